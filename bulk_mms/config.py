@@ -1,0 +1,378 @@
+"""Job files and account settings, loaded from TOML into frozen dataclasses.
+
+A *job* (``jobs/*.toml``) says what to send to whom. The *settings* (``config.toml``, see
+``config.example.toml``) say how to talk to the API. Every key is checked: an unknown key, a
+wrong type or a value out of range is a :class:`ConfigError` naming the file and the setting.
+The API key is never read from a file, only from ``TELNYX_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bulk_mms.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
+API_KEY_ENV = "TELNYX_API_KEY"
+BASE_URL_ENV = "TELNYX_BASE_URL"
+MAX_GROUP_SIZE = 8  # the API's limit on `to`
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_SHORT_CODE = re.compile(r"^\d{3,8}$")
+_ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A ``text`` or ``subject`` with ``{column}`` placeholders (plain names only)."""
+
+    source: str
+    #: Column names the template needs, in order of first use.
+    fields: tuple[str, ...]
+
+    def render(self, row: Mapping[str, str]) -> str:
+        """Fill the placeholders from ``row`` (which must hold every name in ``fields``)."""
+        if not self.fields:
+            return self.source
+        return self.source.format_map(row)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageConfig:
+    """The ``[message]`` table of a job."""
+
+    from_: str
+    text: Template | None = None
+    subject: Template | None = None
+    media_urls: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_failover_url: str | None = None
+    use_profile_webhooks: bool | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every column the templates need."""
+        names: list[str] = []
+        for tpl in (self.text, self.subject):
+            if tpl is not None:
+                names.extend(n for n in tpl.fields if n not in names)
+        return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """One job file: what to send to whom."""
+
+    name: str
+    path: Path
+    input: Path
+    ledger: Path
+    message: MessageConfig
+    phone_column: str = "phone"
+    group_size: int = MAX_GROUP_SIZE
+    group_by: str | None = None
+    default_region: str = "US"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """``[retry]``: how often and how patiently a retryable failure is tried again."""
+
+    #: Total tries per group, the first included.
+    attempts: int = 5
+    #: First backoff in seconds; doubles each retry, with full jitter.
+    backoff_initial: float = 0.5
+    #: Longest backoff between two tries, in seconds.
+    backoff_max: float = 30.0
+    #: Longest Retry-After hint honoured as given; longer hints are capped to this.
+    max_retry_after: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Account-level settings: ``config.toml`` overlaid by the environment and the command line."""
+
+    base_url: str = DEFAULT_BASE_URL
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0
+    #: Groups per second, account-wide.
+    rate: float = 10.0
+    #: Requests in flight at once.
+    concurrency: int = 8
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# TOML helpers
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into a one-line :class:`ConfigError`."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("file", "not found", source=path) from None
+    except IsADirectoryError:
+        raise ConfigError("file", "is a directory, not a TOML file", source=path) from None
+    except PermissionError:
+        raise ConfigError("file", "permission denied", source=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", "is not UTF-8 text", source=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("syntax", str(exc), source=path) from None
+    except OSError as exc:
+        raise ConfigError("file", exc.strerror or str(exc), source=path) from None
+
+
+class _Table:
+    """Typed, checked access to one TOML table. Private."""
+
+    def __init__(self, data: Mapping[str, Any], source: Path, prefix: str = "") -> None:
+        self._data = data
+        self._source = source
+        self._prefix = prefix
+        self._used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self._name(key), message, source=self._source)
+
+    def _get(self, key: str) -> Any:
+        self._used.add(key)
+        return self._data.get(key)
+
+    def str_(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {type(value).__name__}")
+        return value
+
+    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be a whole number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be from {lo} to {hi}, not {value}")
+        return value
+
+    def float_(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be from {lo:g} to {hi:g}, not {value:g}")
+        return float(value)
+
+    def bool_(self, key: str) -> bool | None:
+        value = self._get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(key, f"must be true or false, not {value!r}")
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return _Table(value, self._source, prefix=f"{self._name(key)}.")
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for: a typo must not be silently ignored."""
+        unknown = sorted(set(self._data) - self._used)
+        if unknown:
+            raise self.error(unknown[0], "unknown setting")
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+
+
+def parse_template(value: str, setting: str, source: Path) -> Template:
+    """Check a ``{column}`` template: plain names only, no attribute or index access."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ConfigError(setting, f"bad template: {exc}", source=source) from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or name.isdigit() or any(c in name for c in ".[]"):
+            raise ConfigError(
+                setting,
+                f"placeholder {{{name}}} must be a plain column name "
+                "(no attribute, index or positional access)",
+                source=source,
+            )
+        if spec or conversion:
+            raise ConfigError(
+                setting,
+                f"placeholder {{{name}}} must not have a conversion or format spec",
+                source=source,
+            )
+        if name not in names:
+            names.append(name)
+    return Template(value, tuple(names))
+
+
+def _check_sender(value: str, source: Path) -> str:
+    if _E164.match(value) or _SHORT_CODE.match(value) or _ALPHANUMERIC.match(value):
+        return value
+    raise ConfigError(
+        "message.from",
+        f"{value!r} is not an E.164 number (+15551234567), a short code or an alphanumeric "
+        "sender id",
+        source=source,
+    )
+
+
+def _check_url(value: str | None, setting: str, source: Path) -> str | None:
+    if value is not None and not _URL.match(value):
+        raise ConfigError(setting, f"{value!r} is not an http(s) URL", source=source)
+    return value
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Load and check a job file.
+
+    Args:
+        path: the job's TOML file; ``input`` and ``ledger`` are relative to its folder.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or any setting is wrong.
+    """
+    path = Path(path)
+    top = _Table(read_toml(path), path)
+    name = top.str_("name", required=True)
+    assert name is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the ledger)")
+    input_ = top.str_("input", required=True)
+    assert input_ is not None
+    ledger = top.str_("ledger") or f"ledgers/{name}.jsonl"
+    phone_column = top.str_("phone_column", "phone") or "phone"
+    group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
+    group_by = top.str_("group_by")
+    region = (top.str_("default_region", "US") or "US").upper()
+    if region not in ("US", "CA"):
+        raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
+
+    msg = top.table("message")
+    sender = msg.str_("from", required=True)
+    assert sender is not None
+    text = msg.str_("text")
+    subject = msg.str_("subject")
+    if text is not None and not text.strip():
+        raise msg.error("text", "must not be empty (leave it out to send media only)")
+    media = msg.str_list("media_urls")
+    for i, url in enumerate(media):
+        _check_url(url, f"message.media_urls[{i}]", path)
+    if text is None and not media:
+        raise msg.error("text", "a message needs text or media_urls")
+    message = MessageConfig(
+        from_=_check_sender(sender, path),
+        text=parse_template(text, "message.text", path) if text is not None else None,
+        subject=parse_template(subject, "message.subject", path) if subject is not None else None,
+        media_urls=media,
+        webhook_url=_check_url(msg.str_("webhook_url"), "message.webhook_url", path),
+        webhook_failover_url=_check_url(
+            msg.str_("webhook_failover_url"), "message.webhook_failover_url", path
+        ),
+        use_profile_webhooks=msg.bool_("use_profile_webhooks"),
+    )
+    msg.finish()
+    top.finish()
+    base = path.parent
+    return JobConfig(
+        name=name,
+        path=path,
+        input=base / input_,
+        ledger=base / ledger,
+        message=message,
+        phone_column=phone_column,
+        group_size=group_size,
+        group_by=group_by,
+        default_region=region,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load account settings: defaults, then the file (if any), then ``TELNYX_BASE_URL``.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a setting is unknown or out of range.
+    """
+    env = os.environ if env is None else env
+    settings = Settings()
+    dflt = settings.retry
+    if path is not None:
+        path = Path(path)
+        top = _Table(read_toml(path), path)
+        api = top.table("api")
+        limits = top.table("limits")
+        retry = top.table("retry")
+        settings = Settings(
+            base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
+            connect_timeout=api.float_("connect_timeout", settings.connect_timeout, 0.1, 600),
+            request_timeout=api.float_("request_timeout", settings.request_timeout, 0.1, 3600),
+            rate=limits.float_("rate", settings.rate, 0.001, 10_000),
+            concurrency=limits.int_("concurrency", settings.concurrency, 1, 1000),
+            retry=RetryConfig(
+                attempts=retry.int_("attempts", dflt.attempts, 1, 100),
+                backoff_initial=retry.float_("backoff_initial", dflt.backoff_initial, 0, 3600),
+                backoff_max=retry.float_("backoff_max", dflt.backoff_max, 0, 86_400),
+                max_retry_after=retry.float_("max_retry_after", dflt.max_retry_after, 0, 86_400),
+            ),
+        )
+        for table in (api, limits, retry, top):
+            table.finish()
+    if env.get(BASE_URL_ENV):
+        settings = replace(settings, base_url=env[BASE_URL_ENV])
+    return check_settings(settings)
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Check values that may also come from the command line."""
+    if not _URL.match(settings.base_url):
+        raise ConfigError("base_url", f"{settings.base_url!r} is not an http(s) URL")
+    if not 0 < settings.rate <= 10_000:
+        raise ConfigError(
+            "rate", f"must be greater than 0 and at most 10000, not {settings.rate:g}"
+        )
+    if not 1 <= settings.concurrency <= 1000:
+        raise ConfigError("concurrency", f"must be from 1 to 1000, not {settings.concurrency}")
+    return replace(settings, base_url=settings.base_url.rstrip("/"))

@@ -1,0 +1,167 @@
+"""Every error bulk_mms raises on purpose, in one tree.
+
+::
+
+    BulkMmsError                      exit code (cli.py)
+     ├── UsageError                    2  bad job, config or input: nothing was sent
+     │    ├── ConfigError(setting)        a setting is missing, unknown or out of range
+     │    └── InputError(path, line)      the recipient file cannot be read
+     ├── LedgerError(path, line)       2  the ledger cannot be used
+     │    ├── LedgerCorrupt               a line in the middle is not a ledger event
+     │    └── LedgerMismatch              the ledger belongs to another input or job
+     └── SendError                        one request failed; the runner decides
+          ├── AuthError(status)        3  401/403: the key is refused; the job stops
+          ├── Rejected(status)            400/422: the API refuses this group; never retried
+          ├── RetryableSendError          nothing was delivered; retry is safe
+          │    ├── RateLimited(retry_after) 429
+          │    ├── ServerError(status)      5xx
+          │    └── NetworkError             failed before the request left (DNS, refused, TLS)
+          └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed out)
+
+Every message is one line and names the file and line, or the setting, that is wrong. No
+message ever contains the API key: the client never puts headers into an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    """One entry of a Telnyx ``errors`` array."""
+
+    #: Telnyx error code, e.g. ``"40318"``; empty when the body had none.
+    code: str
+    title: str
+    detail: str
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.code, self.title, self.detail) if p]
+        return " ".join(parts) if parts else "no detail"
+
+
+class BulkMmsError(Exception):
+    """Root of every error bulk_mms raises on purpose."""
+
+
+class UsageError(BulkMmsError):
+    """The job cannot start as configured. Nothing has been sent."""
+
+
+class ConfigError(UsageError):
+    """A setting in a job or config file (or on the command line) is wrong."""
+
+    def __init__(self, setting: str, message: str, *, source: str | Path | None = None) -> None:
+        self.setting = setting
+        self.message = message
+        self.source = str(source) if source is not None else None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.setting}: {self.message}"
+
+
+class InputError(UsageError):
+    """The recipient file as a whole cannot be used (missing, unreadable, no phone column)."""
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+class LedgerError(BulkMmsError):
+    """The ledger file cannot be used."""
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+class LedgerCorrupt(LedgerError):
+    """A complete line of the ledger is not a valid event."""
+
+
+class LedgerMismatch(LedgerError):
+    """The ledger was written for a different job or input file."""
+
+
+class SendError(BulkMmsError):
+    """Sending one group failed. Subclasses say whether retrying is safe."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, errors: Sequence[ApiError] = ()
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.errors = tuple(errors)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        head = f"HTTP {self.status}: " if self.status is not None else ""
+        tail = f" ({'; '.join(map(str, self.errors))})" if self.errors else ""
+        return f"{head}{self.message}{tail}"
+
+    @property
+    def code(self) -> str:
+        """The first Telnyx error code, or the HTTP status, or the error class name."""
+        for err in self.errors:
+            if err.code:
+                return err.code
+        if self.status is not None:
+            return str(self.status)
+        return type(self).__name__
+
+
+class AuthError(SendError):
+    """The API refused the key (401/403). Retrying cannot help; the whole job stops."""
+
+
+class Rejected(SendError):
+    """The API refused this group (400/404/422 ...). Permanent: never retried."""
+
+
+class RetryableSendError(SendError):
+    """The group was certainly not delivered; sending it again is safe."""
+
+
+class RateLimited(RetryableSendError):
+    """HTTP 429. ``retry_after`` is the server's hint in seconds, when it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = 429,
+        errors: Sequence[ApiError] = (),
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, errors=errors)
+
+
+class ServerError(RetryableSendError):
+    """HTTP 5xx: the server failed before accepting the message."""
+
+
+class NetworkError(RetryableSendError):
+    """The request never left: DNS failure, connection refused, TLS failure, connect timeout."""
+
+
+class AmbiguousSendError(SendError):
+    """The request left but no usable answer came back: it may or may not have been accepted."""

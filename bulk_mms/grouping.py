@@ -1,0 +1,106 @@
+"""Split the recipient stream into groups of at most eight, each with a stable id.
+
+Without ``group_by``, consecutive recipients fill groups of ``group_size``. With
+``group_by = "COLUMN"``, rows sharing a key form one group (split into chunks when the key has
+more than ``group_size`` recipients). Keys must be contiguous in the file: a key that returns after
+its group was closed is rejected row by row, so only the open group is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+
+from bulk_mms.config import JobConfig, MessageConfig
+from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
+
+
+def group_id(job_name: str, to: Sequence[str]) -> str:
+    """A deterministic id from the job name and the recipients, stable across runs.
+
+    The message text is deliberately left out: fixing a typo in the text and rerunning must not
+    make already-sent groups look new and text them twice.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    h.update(job_name.encode())
+    for phone in to:
+        h.update(b"\x1f")
+        h.update(phone.encode())
+    return h.hexdigest()
+
+
+def render_message(message: MessageConfig, first: Recipient) -> MessageBody:
+    """The request body for a group, with placeholders filled from its first row."""
+    return MessageBody(
+        from_=message.from_,
+        text=message.text.render(first.fields) if message.text else None,
+        subject=message.subject.render(first.fields) if message.subject else None,
+        media_urls=message.media_urls,
+        webhook_url=message.webhook_url,
+        webhook_failover_url=message.webhook_failover_url,
+        use_profile_webhooks=message.use_profile_webhooks,
+    )
+
+
+class _Grouper:
+    """Builds groups from a recipient stream. Private: use :func:`make_groups`."""
+
+    def __init__(self, job: JobConfig) -> None:
+        self.job = job
+        self.seq = 0
+
+    def make(self, members: Sequence[Recipient]) -> Group:
+        to = tuple(r.phone for r in members)
+        group = Group(
+            id=group_id(self.job.name, to),
+            seq=self.seq,
+            to=to,
+            lines=tuple(r.line for r in members),
+            message=render_message(self.job.message, members[0]),
+        )
+        self.seq += 1
+        return group
+
+
+def make_groups(
+    items: Iterable[Recipient | RejectedRow], job: JobConfig
+) -> Iterator[Group | RejectedRow]:
+    """Group recipients as the job says, passing rejected rows through in order."""
+    grouper = _Grouper(job)
+    size = job.group_size
+    key_column = job.group_by
+    buffer: list[Recipient] = []
+    current_key: str | None = None
+    closed: set[str] = set()  # keys whose group is finished; a returning key is refused
+
+    for item in items:
+        if isinstance(item, RejectedRow):
+            yield item
+            continue
+        if key_column is not None:
+            key = item.fields[key_column].strip()
+            if not key:
+                yield RejectedRow(item.line, item.phone, f"empty {key_column!r} value")
+                continue
+            if key != current_key:
+                if buffer:
+                    yield grouper.make(buffer)
+                    buffer = []
+                if current_key is not None:
+                    closed.add(current_key)
+                if key in closed:
+                    yield RejectedRow(
+                        item.line,
+                        item.phone,
+                        f"{key_column} {key!r} appeared earlier and its group is closed "
+                        "(sort the file by this column)",
+                    )
+                    current_key = None
+                    continue
+                current_key = key
+        buffer.append(item)
+        if len(buffer) == size:
+            yield grouper.make(buffer)
+            buffer = []
+    if buffer:
+        yield grouper.make(buffer)

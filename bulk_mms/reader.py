@@ -1,0 +1,321 @@
+"""Stream recipient rows from CSV or JSONL (optionally gzip'd) without loading the file.
+
+The file is read as bytes, a line at a time, so a bad byte sequence or an enormous line spoils
+only its own row: it becomes a :class:`RejectedRow` and the run goes on. Problems with the file
+as a whole (missing, unreadable, binary, empty, no phone column) raise :class:`InputError`
+before anything is sent.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import orjson
+
+from bulk_mms.errors import InputError
+from bulk_mms.models import RejectedRow
+
+#: A physical line longer than this is rejected instead of being read into memory whole.
+MAX_LINE_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+_CsvReader = type(csv.reader([]))
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input record: its first line and the fields the job needs."""
+
+    line: int
+    fields: dict[str, str]
+
+
+def detect_format(path: Path) -> tuple[str, bool]:
+    """Return ``(format, gzipped)`` from the file name: ``.csv``, ``.jsonl``, each maybe ``.gz``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    if gz:
+        suffixes = suffixes[:-1]
+    fmt = _FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise InputError(path, "unknown input format: name it .csv or .jsonl (optionally .gz)")
+    return fmt, gz
+
+
+class RowReader:
+    """Iterate the rows of one recipient file, keeping only the columns the job needs.
+
+    Use as a context manager; :meth:`open` checks the file and reads its header, so every
+    whole-file problem surfaces before the first row is returned.
+    """
+
+    __slots__ = (
+        "_bad",
+        "_csv",
+        "_file",
+        "_first",
+        "_lineno",
+        "columns",
+        "format",
+        "gzipped",
+        "keep",
+        "path",
+        "phone",
+    )
+
+    def __init__(self, path: str | Path, phone_column: str, keep: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        #: The phone column's name.
+        self.phone = phone_column
+        #: Other columns to keep on each row (templates, group_by).
+        self.keep = tuple(c for c in dict.fromkeys(keep) if c != phone_column)
+        self.format, self.gzipped = detect_format(self.path)
+        #: Column names: the CSV header, or the keys of the first JSONL record.
+        self.columns: tuple[str, ...] = ()
+        self._file: IO[bytes] | None = None
+        # line number -> reason, for lines the decoder had to refuse (CSV only)
+        self._bad: dict[int, str] = {}
+        self._first: list[tuple[int, bytes]] = []  # lines read ahead while checking the file
+        self._lineno = 0
+        self._csv: Iterator[list[str]] | None = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open the file and check it as a whole. Raises :class:`InputError`."""
+        try:
+            raw: IO[bytes] = self.path.open("rb")
+        except FileNotFoundError:
+            raise InputError(self.path, "no such file") from None
+        except IsADirectoryError:
+            raise InputError(self.path, "is a directory") from None
+        except PermissionError:
+            raise InputError(self.path, "permission denied") from None
+        except OSError as exc:
+            raise InputError(self.path, exc.strerror or str(exc)) from None
+        if self.gzipped:
+            raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        self._file = raw
+        try:
+            head = raw.peek(4096) if isinstance(raw, io.BufferedReader) else b""
+            first = self._readline()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            self.close()
+            raise InputError(self.path, f"cannot be read: {exc}") from None
+        if first is None:
+            self.close()
+            raise InputError(self.path, "is empty")
+        if b"\x00" in (head or first[1]):
+            self.close()
+            raise InputError(self.path, "is a binary file, not UTF-8 text")
+        self._first.append(first)
+        if self.format == "csv":
+            self._open_csv()
+        else:
+            self._open_jsonl()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _readline(self) -> tuple[int, bytes] | None:
+        """Next physical line as bytes with its number; an over-long line comes back empty."""
+        assert self._file is not None
+        f = self._file
+        self._lineno += 1
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return None
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # skip the rest without keeping it
+                line = f.readline(MAX_LINE_BYTES)
+            return self._lineno, b""
+        return self._lineno, line
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        while self._first:
+            yield self._first.pop(0)
+        while (item := self._readline()) is not None:
+            yield item
+
+    # -- CSV -----------------------------------------------------------------------------
+
+    def _text_lines(self) -> Iterator[str]:
+        """Decoded lines for the csv module; undecodable or over-long lines become blank."""
+        for lineno, line in self._lines():
+            raw = line[len(_BOM) :] if lineno == 1 and line.startswith(_BOM) else line
+            if not raw:
+                self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
+                yield "\n"
+                continue
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._bad[lineno] = "line is not valid UTF-8"
+                yield "\n"
+
+    def _open_csv(self) -> None:
+        self._csv = csv.reader(self._text_lines(), strict=False)
+        try:
+            header = next(self._csv, None)
+        except csv.Error as exc:
+            raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
+        if self._bad.get(1):
+            raise InputError(self.path, f"bad header: {self._bad[1]}", line=1)
+        if not header or not any(h.strip() for h in header):
+            raise InputError(self.path, "has no header row", line=1)
+        self.columns = tuple(h.strip() for h in header)
+        if self.phone not in self.columns:
+            raise InputError(
+                self.path,
+                f"no {self.phone!r} column (columns: {', '.join(self.columns)}); "
+                "set phone_column in the job",
+                line=1,
+            )
+
+    def _csv_rows(self) -> Iterator[Row | RejectedRow]:
+        reader = self._csv
+        assert isinstance(reader, _CsvReader)
+        index = {c: i for i, c in enumerate(self.columns)}
+        wanted = [(c, index.get(c)) for c in (self.phone, *self.keep)]
+        width = len(self.columns)
+        last = reader.line_num
+        while True:
+            try:
+                rec = next(reader, None)
+            except csv.Error as exc:
+                start, last = last + 1, reader.line_num
+                yield RejectedRow(start, "", f"malformed CSV: {exc}")
+                continue
+            if rec is None:
+                return
+            start, last = last + 1, reader.line_num
+            if self._bad:
+                reason = next(
+                    (self._bad.pop(n) for n in range(start, last + 1) if n in self._bad), None
+                )
+                if reason is not None:
+                    yield RejectedRow(start, "", reason)
+                    continue
+            if not rec or (len(rec) == 1 and not rec[0].strip()):
+                continue  # blank line
+            if len(rec) > width:
+                yield RejectedRow(
+                    start, ",".join(rec)[:200], f"row has {len(rec)} fields, header has {width}"
+                )
+                continue
+            fields: dict[str, str] = {}
+            missing = None
+            for name, i in wanted:
+                if i is None or i >= len(rec):
+                    missing = name
+                    break
+                fields[name] = rec[i]
+            if missing is not None:
+                yield RejectedRow(start, ",".join(rec)[:200], f"missing column {missing!r}")
+                continue
+            yield Row(start, fields)
+
+    # -- JSONL ---------------------------------------------------------------------------
+
+    def _parse_json(self, lineno: int, raw: bytes) -> dict[str, str] | RejectedRow | None:
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        if not raw:
+            return RejectedRow(lineno, "", f"line is longer than {MAX_LINE_BYTES} bytes")
+        if not raw.strip():
+            return None
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            value = raw[:200].decode("utf-8", "replace").strip()
+            return RejectedRow(lineno, value, f"malformed JSON: {exc}")
+        if not isinstance(obj, dict):
+            return RejectedRow(
+                lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"
+            )
+        # null counts as missing; other values read as a CSV cell would
+        return {str(k): _as_text(v) for k, v in obj.items() if v is not None}
+
+    def _open_jsonl(self) -> None:
+        # Columns come from the first record that parses, read ahead (at most 1,000 lines)
+        # into self._first so that no line is consumed.
+        checked = 0
+        while True:
+            for lineno, raw in self._first[checked:]:
+                rec = self._parse_json(lineno, raw)
+                if isinstance(rec, dict):
+                    self.columns = tuple(rec)
+                    if self.phone not in rec:
+                        raise InputError(
+                            self.path,
+                            f"first record has no {self.phone!r} field "
+                            f"(fields: {', '.join(rec)}); set phone_column in the job",
+                            line=lineno,
+                        )
+                    return
+            checked = len(self._first)
+            item = self._readline() if checked < 1000 else None
+            if item is None:
+                return  # nothing parses near the top: the rows are rejected one by one
+            self._first.append(item)
+
+    def _jsonl_rows(self) -> Iterator[Row | RejectedRow]:
+        wanted = (self.phone, *self.keep)
+        for lineno, raw in self._lines():
+            rec = self._parse_json(lineno, raw)
+            if rec is None:
+                continue
+            if isinstance(rec, RejectedRow):
+                yield rec
+                continue
+            fields: dict[str, str] = {}
+            missing = None
+            for name in wanted:
+                value = rec.get(name)
+                if value is None:
+                    missing = name
+                    break
+                fields[name] = value
+            if missing is not None:
+                yield RejectedRow(lineno, rec.get(self.phone, ""), f"missing field {missing!r}")
+                continue
+            yield Row(lineno, fields)
+
+    # -- iteration -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Row | RejectedRow]:
+        if self._file is None:
+            raise RuntimeError("RowReader used before open()")
+        try:
+            yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
+
+
+def _as_text(value: object) -> str:
+    """A JSON value as the string a CSV cell would hold."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value).decode()

@@ -1,0 +1,114 @@
+"""Retry policy for one group, in one place, on tenacity.
+
+Only :class:`~bulk_mms.errors.RetryableSendError` is retried (429, 5xx, failures before the
+request left). The wait honours the server's hint (``Retry-After`` and friends, capped at
+``max_retry_after``) and otherwise backs off exponentially with full jitter. Permanent errors,
+auth failures and ambiguous failures return at once. The sleep is injectable so tests never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import tenacity
+
+from bulk_mms.client import MmsClient
+from bulk_mms.config import RetryConfig
+from bulk_mms.errors import RateLimited, RetryableSendError, SendError
+from bulk_mms.models import Group, SendReceipt
+
+Sleep = Callable[[float], Awaitable[None]]
+log = structlog.get_logger("bulk_mms.retry")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """The end of sending one group: a receipt or the last error, and how many tries it took."""
+
+    receipt: SendReceipt | None
+    error: SendError | None
+    attempts: int
+
+
+class StopRetrying(Exception):
+    """Raised by a ``before_attempt`` hook to give up without sending (the job is stopping)."""
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Server hint first, else exponential backoff with full jitter. Private."""
+
+    def __init__(self, policy: RetryConfig) -> None:
+        self.policy = policy
+        self.backoff = tenacity.wait_random_exponential(
+            multiplier=policy.backoff_initial, max=policy.backoff_max
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return min(exc.retry_after, self.policy.max_retry_after)
+        return float(self.backoff(retry_state))
+
+
+def _log_retry(group: Group) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "send.retry_scheduled",
+            group=group.id,
+            attempt=state.attempt_number,
+            caused_by=str(exc),
+            wait_for=round(state.upcoming_sleep, 2),
+        )
+
+    return before_sleep
+
+
+async def send_with_retry(
+    client: MmsClient,
+    group: Group,
+    policy: RetryConfig,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    before_attempt: Callable[[int], Awaitable[None]] | None = None,
+) -> Attempted:
+    """Send one group, retrying what can be retried.
+
+    Args:
+        client: the API seam.
+        group: what to send.
+        policy: attempts and backoff.
+        sleep: awaited between tries (tests pass a fake).
+        before_attempt: awaited with the attempt number before each try (rate limiting, the
+            write-ahead ledger entry); it may raise :class:`StopRetrying` to give up unsent.
+
+    Returns:
+        The receipt, or the error that ended the tries, with the number of tries.
+
+    Raises:
+        StopRetrying: ``before_attempt`` gave up before a try.
+    """
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type(RetryableSendError),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=_Wait(policy),
+        sleep=sleep,
+        before_sleep=_log_retry(group),
+        reraise=True,
+    )
+    number = 0
+    try:
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if before_attempt is not None:
+                    await before_attempt(number)
+                receipt = await client.send(group)
+                return Attempted(receipt, None, number)
+    except SendError as exc:
+        return Attempted(None, exc, number)
+    raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover

@@ -1,0 +1,492 @@
+"""Run a job: read → validate → group → skip what the ledger has → pace → send/retry → record.
+
+The reader feeds a bounded queue (backpressure: the file is read only as fast as groups go out)
+drained by ``concurrency`` worker tasks. Before each request leaves, an ``attempt`` event is made
+durable in the ledger; the outcome follows. A stop (signal, refused key, ledger failure) stops the
+reader and lets requests in flight finish and be recorded; what was never attempted is simply
+sent by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from bulk_mms._version import __version__
+from bulk_mms.client import MmsClient, idempotency_key
+from bulk_mms.config import JobConfig, Settings
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    AuthError,
+    ConfigError,
+    LedgerError,
+)
+from bulk_mms.grouping import make_groups
+from bulk_mms.ledger import (
+    FORMAT,
+    Ledger,
+    LedgerState,
+    check_header,
+    fingerprint,
+    now_iso,
+    replay,
+)
+from bulk_mms.limiter import Pacer
+from bulk_mms.models import Group, RejectedRow
+from bulk_mms.reader import RowReader
+from bulk_mms.retry import Attempted, Sleep, StopRetrying, send_with_retry
+from bulk_mms.validate import validate_rows
+
+log = structlog.get_logger("bulk_mms.runner")
+
+#: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
+#: that the reader never runs far ahead of the sending.
+QUEUE_DEPTH_PER_WORKER = 2
+
+
+class Stop(asyncio.Event):
+    """A stop request with its reason (``"SIGINT"``, ``"auth"``, ``"ledger"``...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop is requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait(), timeout=seconds)
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """What one run did, and where the whole ledger stands afterwards."""
+
+    job: str
+    sent_groups: int = 0
+    sent_recipients: int = 0
+    failed_groups: int = 0
+    failed_recipients: int = 0
+    in_doubt_groups: int = 0
+    rejected_rows: int = 0
+    #: Groups skipped because an earlier run finished them.
+    skipped_groups: int = 0
+    #: Groups held back because an earlier run left them in doubt.
+    held_groups: int = 0
+    cost: dict[str, Decimal] = field(default_factory=dict)
+    wait_seconds_max: float = 0.0
+    duration_s: float = 0.0
+    #: Why the run stopped early, or None if it reached the end of the input.
+    stopped: str | None = None
+    #: Open problems over the whole ledger: failed and in-doubt groups.
+    open_failed: int = 0
+    open_in_doubt: int = 0
+    #: Set by a dry run: the first groups, for display.
+    preview: list[Group] = field(default_factory=list)
+    error: BaseException | None = field(default=None, repr=False)
+
+    def as_log(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "sent_groups": self.sent_groups,
+            "sent_recipients": self.sent_recipients,
+            "failed_groups": self.failed_groups,
+            "in_doubt_groups": self.in_doubt_groups,
+            "rejected_rows": self.rejected_rows,
+            "skipped_groups": self.skipped_groups,
+            "held_groups": self.held_groups,
+            "cost": {k: str(v) for k, v in self.cost.items()},
+            "wait_seconds_max": self.wait_seconds_max,
+            "duration_s": round(self.duration_s, 3),
+            "stopped": self.stopped,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing
+
+
+def open_reader(job: JobConfig) -> RowReader:
+    """Open the job's input and check it against the job. Raises InputError or ConfigError."""
+    keep = [*job.message.fields, *([job.group_by] if job.group_by else [])]
+    reader = RowReader(job.input, job.phone_column, keep)
+    reader.open()
+    if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
+        for setting, names in (
+            ("message.text", job.message.text.fields if job.message.text else ()),
+            ("message.subject", job.message.subject.fields if job.message.subject else ()),
+            ("group_by", (job.group_by,) if job.group_by else ()),
+        ):
+            for name in names:
+                if name not in reader.columns:
+                    reader.close()
+                    raise ConfigError(
+                        setting,
+                        f"{name!r} is not a column of {job.input} "
+                        f"(columns: {', '.join(reader.columns)})",
+                        source=job.path,
+                    )
+    return reader
+
+
+def header_for(job: JobConfig, input_fingerprint: str) -> dict[str, Any]:
+    """The ledger's first line for this job."""
+    return {
+        "event": "job",
+        "format": FORMAT,
+        "version": __version__,
+        "job": job.name,
+        "input": str(job.input),
+        "fingerprint": input_fingerprint,
+        "phone_column": job.phone_column,
+        "group_size": job.group_size,
+        "group_by": job.group_by,
+        "from": job.message.from_,
+        "time": now_iso(),
+    }
+
+
+def plan(job: JobConfig, reader: RowReader) -> Iterator[Group | RejectedRow]:
+    """The whole pipeline up to sending, as one lazy stream."""
+    rows = validate_rows(reader, job.phone_column, job.default_region)
+    return make_groups(rows, job)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+class Runner:
+    """One run of one job. Private: use :func:`run_job`."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        settings: Settings,
+        client: MmsClient,
+        ledger: Ledger,
+        state: LedgerState,
+        *,
+        resend_in_doubt: bool,
+        sleep: Sleep | None,
+        stop: Stop,
+    ) -> None:
+        self.job = job
+        self.settings = settings
+        self.client = client
+        self.ledger = ledger
+        self.state = state
+        self.resend_in_doubt = resend_in_doubt
+        self.stop = stop
+        self.sleep: Sleep = sleep or stop.sleep
+        self.summary = JobSummary(job.name)
+        self.pacer = Pacer(settings.rate)
+        self.queue: asyncio.Queue[Group | None] = asyncio.Queue(
+            settings.concurrency * QUEUE_DEPTH_PER_WORKER
+        )
+        self.in_flight = 0
+        self.errors: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"<Runner {self.job.name} sent={s.sent_groups} failed={s.failed_groups} "
+            f"in_doubt={s.in_doubt_groups} in_flight={self.in_flight}>"
+        )
+
+    async def produce(self, reader: RowReader) -> None:
+        """Feed groups to the workers; record rejected rows; skip what is done."""
+        s, state = self.summary, self.state
+        for n, item in enumerate(plan(self.job, reader)):
+            if self.stop.is_set():
+                break
+            if n % 512 == 511:
+                await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
+            if isinstance(item, RejectedRow):
+                s.rejected_rows += 1
+                if item.line not in state.rejected_lines:
+                    self.ledger.write_nowait(
+                        {
+                            "event": "rejected",
+                            "line": item.line,
+                            "value": item.value,
+                            "reason": item.reason,
+                            "time": now_iso(),
+                        }
+                    )
+                log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
+                continue
+            if state.is_done(item.id):
+                s.skipped_groups += 1
+                continue
+            if item.id in state.in_doubt and not self.resend_in_doubt:
+                s.held_groups += 1
+                continue
+            await self.queue.put(item)
+
+    async def work(self) -> None:
+        while (group := await self.queue.get()) is not None:
+            if self.stop.is_set():
+                continue  # drain without sending; the next run sends these
+            self.in_flight += 1
+            try:
+                await self.send(group)
+            finally:
+                self.in_flight -= 1
+
+    async def send(self, group: Group) -> None:
+        async def before_attempt(number: int) -> None:
+            await self.pacer.acquire()
+            if self.stop.is_set():
+                raise StopRetrying
+            # Write-ahead: the intent is durable before the request can leave.
+            await self.ledger.write(
+                {
+                    "event": "attempt",
+                    "group": group.id,
+                    "seq": group.seq,
+                    "from": group.message.from_,
+                    "attempt": number,
+                    "key": idempotency_key(group),
+                    "time": now_iso(),
+                }
+            )
+
+        try:
+            result = await send_with_retry(
+                self.client,
+                group,
+                self.settings.retry,
+                sleep=self.sleep,
+                before_attempt=before_attempt,
+            )
+        except StopRetrying:
+            return
+        except LedgerError as exc:
+            self.fail_ledger(exc)
+            return
+        try:
+            await self.record(group, result)
+        except LedgerError as exc:
+            self.fail_ledger(exc)
+
+    def fail_ledger(self, exc: LedgerError) -> None:
+        if self.summary.error is None:
+            self.summary.error = exc
+        self.stop.request("ledger")
+
+    async def record(self, group: Group, result: Attempted) -> None:
+        s = self.summary
+        base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
+        if result.receipt is not None:
+            r = result.receipt
+            s.sent_groups += 1
+            s.sent_recipients += len(group.to)
+            if r.cost is not None:
+                s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
+            if r.wait_seconds is not None:
+                s.wait_seconds_max = max(s.wait_seconds_max, r.wait_seconds)
+            await self.ledger.write(
+                {
+                    "event": "sent",
+                    **base,
+                    "from": group.message.from_,
+                    "message_id": r.message_id,
+                    "statuses": {st.phone: st.status for st in r.statuses},
+                    "wait_seconds": r.wait_seconds,
+                    "cost": (
+                        {"amount": str(r.cost.amount), "currency": r.cost.currency}
+                        if r.cost
+                        else None
+                    ),
+                    "attempts": result.attempts,
+                    "time": now_iso(),
+                }
+            )
+            log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
+            return
+        err = result.error
+        assert err is not None
+        self.errors[err.code] += 1
+        if isinstance(err, AmbiguousSendError):
+            s.in_doubt_groups += 1
+            await self.ledger.write(
+                {
+                    "event": "in_doubt",
+                    **base,
+                    "reason": str(err),
+                    "attempts": result.attempts,
+                    "time": now_iso(),
+                }
+            )
+            log.warning("group.in_doubt", group=group.id, reason=str(err))
+            return
+        if isinstance(err, AuthError):
+            # Not a verdict on this group: nothing was sent. Stop the job; a rerun with a good
+            # key sends it.
+            if self.summary.error is None:
+                self.summary.error = err
+            self.stop.request("auth")
+            log.error("job.auth_refused", status=err.status)
+            return
+        s.failed_groups += 1
+        s.failed_recipients += len(group.to)
+        first = err.errors[0] if err.errors else None
+        await self.ledger.write(
+            {
+                "event": "failed",
+                **base,
+                "status": err.status,
+                "code": err.code,
+                "title": first.title if first else type(err).__name__,
+                "detail": first.detail if first and first.detail else str(err),
+                "attempts": result.attempts,
+                "time": now_iso(),
+            }
+        )
+        log.warning("group.failed", group=group.id, code=err.code, error=str(err))
+
+    async def run(self, reader: RowReader) -> None:
+        workers = [
+            asyncio.create_task(self.work(), name=f"bulk-mms-worker-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+        try:
+            await self.produce(reader)
+        except LedgerError as exc:
+            self.fail_ledger(exc)
+        finally:
+            for _ in workers:
+                await self.queue.put(None)
+            await asyncio.gather(*workers)
+
+
+async def run_job(
+    job: JobConfig,
+    settings: Settings,
+    client: MmsClient,
+    *,
+    resend_in_doubt: bool = False,
+    sleep: Sleep | None = None,
+    stop: Stop | None = None,
+) -> JobSummary:
+    """Run a job to the end of its input, or until stopped.
+
+    Args:
+        job: what to send to whom.
+        settings: rate, concurrency, retries.
+        client: the API seam.
+        resend_in_doubt: also send groups an earlier run left in doubt.
+        sleep: the backoff sleep (tests pass a fake); by default a sleep that a stop interrupts.
+        stop: set it to stop early (the CLI sets it on SIGINT/SIGTERM).
+
+    Returns:
+        The run's :class:`JobSummary`. ``summary.error`` holds an :class:`AuthError` or
+        :class:`LedgerError` that stopped the run.
+
+    Raises:
+        InputError, ConfigError: the input cannot be used; nothing was sent.
+        LedgerError: the ledger is locked, corrupt or belongs to another input; nothing was sent.
+    """
+    started = time.monotonic()
+    stop = stop or Stop()
+    with open_reader(job) as reader:
+        input_fp = fingerprint(job.input)
+        header = header_for(job, input_fp)
+        ledger = Ledger.open(job.ledger)
+        try:
+            state = replay(job.ledger)
+            if state.header is None:
+                ledger.write_sync(header)
+            else:
+                check_header(job.ledger, state.header, header)
+                log.info(
+                    "ledger.resumed",
+                    ledger=str(job.ledger),
+                    sent=len(state.sent),
+                    failed=len(state.failed),
+                    in_doubt=len(state.in_doubt),
+                    runs=state.runs,
+                )
+            ledger.write_sync({"event": "run", "pid": os.getpid(), "time": now_iso()})
+            runner = Runner(
+                job,
+                settings,
+                client,
+                ledger,
+                state,
+                resend_in_doubt=resend_in_doubt,
+                sleep=sleep,
+                stop=stop,
+            )
+            log.info(
+                "job.started",
+                job=job.name,
+                input=str(job.input),
+                ledger=str(job.ledger),
+                rate=settings.rate,
+                concurrency=settings.concurrency,
+            )
+            await runner.run(reader)
+            try:
+                await ledger.drain()
+            except LedgerError as exc:
+                runner.fail_ledger(exc)
+        finally:
+            await _close(ledger)
+    s = runner.summary
+    s.stopped = stop.reason
+    s.duration_s = time.monotonic() - started
+    final = replay(job.ledger) if s.error is None else state
+    s.open_failed = len(final.failed)
+    s.open_in_doubt = len(final.in_doubt)
+    log.info("job.finished", **s.as_log(), errors=dict(runner.errors))
+    return s
+
+
+async def dry_run(job: JobConfig, preview: int = 5) -> JobSummary:
+    """Read, validate and group the whole input; send and write nothing.
+
+    The summary's ``sent_*`` counts are what a real run would send now.
+    """
+    started = time.monotonic()
+    s = JobSummary(job.name)
+    state = replay(job.ledger) if job.ledger.exists() else LedgerState()
+    with open_reader(job) as reader:
+        for item in plan(job, reader):
+            if isinstance(item, RejectedRow):
+                s.rejected_rows += 1
+                continue
+            if state.is_done(item.id):
+                s.skipped_groups += 1
+                continue
+            if item.id in state.in_doubt:
+                s.held_groups += 1
+                continue
+            s.sent_groups += 1
+            s.sent_recipients += len(item.to)
+            if len(s.preview) < preview:
+                s.preview.append(item)
+    s.duration_s = time.monotonic() - started
+    s.stopped = "dry-run"
+    return s
+
+
+async def _close(ledger: Ledger) -> None:
+    try:
+        await ledger.close()
+    except LedgerError:
+        ledger.close_sync()
