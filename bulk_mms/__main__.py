@@ -1,0 +1,7 @@
+"""``python -m bulk_mms``."""
+
+import sys
+
+from bulk_mms.cli import main
+
+sys.exit(main())

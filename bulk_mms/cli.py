@@ -1,0 +1,247 @@
+"""``bulk-mms``: a thin command line over :func:`bulk_mms.run_job` and the ledger report.
+
+It parses arguments, loads the job and settings, configures logging, runs, and turns the result
+or the error into one of the documented exit codes. Expected failures print one line on stderr,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import structlog
+
+from bulk_mms import fake_api, log
+from bulk_mms._version import __version__
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.config import (
+    API_KEY_ENV,
+    JobConfig,
+    Settings,
+    check_settings,
+    load_job,
+    load_settings,
+)
+from bulk_mms.errors import AuthError, BulkMmsError, ConfigError, LedgerError, UsageError
+from bulk_mms.ledger import LedgerLocked
+from bulk_mms.report import format_text, summarize
+from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
+
+#: Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # finished, but some groups failed or are in doubt
+EXIT_USAGE = 2  # bad usage, config, input or ledger; nothing sent
+EXIT_AUTH = 3  # the API refused the key
+EXIT_LOCKED = 75  # another run holds the ledger (EX_TEMPFAIL: try again later)
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+_SIGNAL_EXIT = {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM}
+#: Seconds given to requests in flight after the first signal, beyond the request timeout.
+DRAIN_GRACE_S = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bulk-mms", description="Send group MMS in bulk through the Telnyx Messaging API."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log every group")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines even on a terminal")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="send a job (resumes from its ledger)")
+    run.add_argument("job", type=Path, help="the job file (TOML)")
+    run.add_argument("--config", type=Path, help="account settings (TOML); see config.example.toml")
+    run.add_argument("--ledger", type=Path, help="ledger path (default: from the job)")
+    run.add_argument(
+        "--base-url", help=f"API base URL (default: ${'{'}TELNYX_BASE_URL{'}'} or the live API)"
+    )
+    run.add_argument("--rate", type=float, help="groups per second, account-wide")
+    run.add_argument("--concurrency", type=int, help="requests in flight at once")
+    run.add_argument(
+        "--sandbox", action="store_true", help="send to the built-in fake API (no key needed)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="read, check and group; send nothing")
+    run.add_argument(
+        "--resend-in-doubt",
+        action="store_true",
+        help="also send groups an earlier run left in doubt (they may arrive twice)",
+    )
+
+    status = sub.add_parser("status", help="summarise a ledger")
+    status.add_argument("ledger", type=Path)
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bulk-mms``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    log.configure(
+        -1 if args.quiet else 1 if args.verbose else 0, json=True if args.log_json else None
+    )
+    try:
+        if args.command == "status":
+            return cmd_status(args)
+        return cmd_run(args)
+    except LedgerLocked as exc:
+        return _fail(exc, EXIT_LOCKED)
+    except (UsageError, LedgerError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except AuthError as exc:
+        return _fail(exc, EXIT_AUTH)
+    except BulkMmsError as exc:  # pragma: no cover - every subclass is mapped above
+        return _fail(exc, EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("bulk-mms: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"bulk-mms: error: {exc}", file=sys.stderr)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    summary = summarize(args.ledger)
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    else:
+        print(format_text(summary, args.ledger))
+    return EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if args.base_url:
+        settings = replace(settings, base_url=args.base_url)
+    if args.rate is not None:
+        settings = replace(settings, rate=args.rate)
+    if args.concurrency is not None:
+        settings = replace(settings, concurrency=args.concurrency)
+    return check_settings(settings)
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    if args.sandbox:
+        return "sandbox-key"
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise ConfigError(API_KEY_ENV, "is not set: export your Telnyx API key (or use --sandbox)")
+    if key != key.strip() or any(ch in key for ch in "\r\n\t "):
+        raise ConfigError(API_KEY_ENV, "contains whitespace; check how it was exported")
+    return key
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    if args.ledger is not None:
+        job = replace(job, ledger=args.ledger)
+    settings = _settings(args)
+    if args.dry_run:
+        return _print_dry_run(asyncio.run(dry_run(job)), job, settings)
+    key = _api_key(args)
+    summary = asyncio.run(
+        _run(job, settings, key, sandbox=args.sandbox, resend=args.resend_in_doubt)
+    )
+    return _exit_code(summary)
+
+
+async def _run(
+    job: JobConfig, settings: Settings, key: str, *, sandbox: bool, resend: bool
+) -> JobSummary:
+    stop = Stop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            structlog.get_logger("bulk_mms.cli").warning("job.cancelled", signal=name)
+            task.cancel()  # second signal: stop at once; attempts already recorded stay in doubt
+            return
+        structlog.get_logger("bulk_mms.cli").warning("job.stopping", signal=name)
+        stop.request(name)
+        loop.call_later(settings.request_timeout + DRAIN_GRACE_S, task.cancel)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        async with (
+            _endpoint(settings, sandbox) as base_url,
+            AiohttpMmsClient(
+                base_url,
+                key,
+                connect_timeout=settings.connect_timeout,
+                request_timeout=settings.request_timeout,
+                max_connections=settings.concurrency,
+            ) as client,
+        ):
+            return await run_job(job, settings, client, resend_in_doubt=resend, stop=stop)
+    except asyncio.CancelledError:
+        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(settings: Settings, sandbox: bool) -> AsyncIterator[str]:
+    if not sandbox:
+        yield settings.base_url
+        return
+    async with fake_api.serve() as url:
+        structlog.get_logger("bulk_mms.cli").info("sandbox.started", base_url=url)
+        yield url
+
+
+def _exit_code(s: JobSummary) -> int:
+    if isinstance(s.error, AuthError):
+        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
+        return EXIT_AUTH
+    if isinstance(s.error, LedgerError):
+        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
+        return EXIT_USAGE
+    if s.stopped in _SIGNAL_EXIT:
+        print(
+            f"bulk-mms: stopped by {s.stopped}: {s.sent_groups} groups sent this run; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return _SIGNAL_EXIT[s.stopped]
+    print(
+        f"{s.job}: sent {s.sent_groups} groups ({s.sent_recipients} recipients), "
+        f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
+        f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
+    )
+    return EXIT_INCOMPLETE if s.open_failed or s.open_in_doubt else EXIT_OK
+
+
+def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
+    print(f"dry run of {job.name}: nothing was sent")
+    print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
+    print(f"  rejected     {s.rejected_rows} rows")
+    print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
+    print(f"  at {settings.rate:g} groups/s: about {s.sent_groups / settings.rate:.0f} s")
+    for g in s.preview:
+        text = (g.message.text or "")[:60]
+        print(f"  group {g.seq} [{g.id}] {', '.join(g.to)}: {text!r}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

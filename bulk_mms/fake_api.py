@@ -1,0 +1,355 @@
+"""A Telnyx-compatible fake of the three messaging endpoints bulk_mms uses, for tests and demos.
+
+``POST /v2/messages/group_mms`` validates the body as the API documents it (``from``; ``to`` of
+1 to 8 numbers in +E.164; ``text`` non-empty when given; text or media required), keeps the
+message, and answers with the documented shape (``cost.amount`` as a string, as the send
+endpoint does). ``GET /v2/messages/group/{message_id}`` lists the per-recipient messages and
+``GET /v2/messages/{id}`` returns one (``cost.amount`` as a number there, as documented).
+
+Faults are scripted per request with :class:`Fault` objects queued on :attr:`FakeTelnyx.faults`
+(``429`` with ``Retry-After``, 5xx, a dropped connection before or after the message was
+accepted, a slow answer, a 200 with no id or a body that is not JSON), and ``wait_seconds`` comes
+from a callable, so a test can make it grow. ``Idempotency-Key`` is honoured unless
+``honour_idempotency`` is off: a repeated key replays the first success; the same key with
+another body gets 422.
+
+Run it alone with ``python -m bulk_mms.fake_api --port 8080``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+FaultKind = Literal["status", "drop_before", "drop_after", "slow", "no_id", "not_json"]
+_E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
+_SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
+COST_PER_RECIPIENT = "0.0051"
+
+
+@dataclass(slots=True)
+class Fault:
+    """One scripted misbehaviour, used by the next POST that reaches the server.
+
+    Args:
+        kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body),
+            ``drop_before`` (close the connection without accepting), ``drop_after`` (accept,
+            then close without answering), ``slow`` (accept after ``delay`` seconds),
+            ``no_id`` (accept, answer 200 without an id), ``not_json`` (accept, answer 200 with
+            a body that is not JSON).
+    """
+
+    kind: FaultKind
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    code: str = ""
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A group message the fake accepted."""
+
+    id: str
+    from_: str
+    to: tuple[str, ...]
+    body: dict[str, Any]
+    idempotency_key: str | None
+    received_at: str
+    #: Per-recipient message ids, same order as ``to``.
+    recipient_ids: tuple[str, ...]
+    wait_seconds: float
+
+
+@dataclass
+class FakeTelnyx:
+    """State and behaviour of the fake API. Tests inspect :attr:`accepted` and :attr:`requests`."""
+
+    #: The key to require; None accepts any non-empty bearer token.
+    api_key: str | None = None
+    honour_idempotency: bool = True
+    #: Faults used one per POST, oldest first.
+    faults: deque[Fault] = field(default_factory=deque)
+    #: ``wait_seconds`` for the n-th accepted message (0-based).
+    wait_seconds: Callable[[int], float] = lambda _n: 0.0
+    #: Status the GET endpoints report for each recipient.
+    delivery_status: str = "delivered"
+    accepted: list[Accepted] = field(default_factory=list)
+    #: Every POST body that arrived, faulted or not.
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    by_id: dict[str, Accepted] = field(default_factory=dict)
+    by_recipient_id: dict[str, tuple[Accepted, int]] = field(default_factory=dict)
+    _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+
+    # -- views for tests -----------------------------------------------------------------
+
+    def recipient_counts(self) -> dict[str, int]:
+        """How many accepted messages each number is in."""
+        counts: dict[str, int] = {}
+        for msg in self.accepted:
+            for phone in msg.to:
+                counts[phone] = counts.get(phone, 0) + 1
+        return counts
+
+    # -- the app ------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v2/messages/group_mms", self.send_group_mms)
+        app.router.add_get("/v2/messages/group/{message_id}", self.get_group)
+        app.router.add_get("/v2/messages/{id}", self.get_message)
+        return app
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not token or (self.api_key is not None and token != self.api_key):
+            return _errors(401, "10009", "Authentication failed", "The API key is not valid.")
+        return None
+
+    async def send_group_mms(self, request: web.Request) -> web.StreamResponse:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _errors(400, "10015", "Bad Request", "The request body is not valid JSON.")
+        self.requests.append(body if isinstance(body, dict) else {"_": body})
+        fault = self.faults.popleft() if self.faults else None
+        if fault is not None and fault.kind == "status":
+            return _errors(
+                fault.status, fault.code or str(fault.status), "Scripted fault", "", fault.headers
+            )
+        if fault is not None and fault.kind == "drop_before":
+            return _drop(request)
+        if (invalid := _validate(body)) is not None:
+            return invalid
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and self.honour_idempotency and key in self._keys:
+            first_raw, first_response = self._keys[key]
+            if first_raw != raw:
+                return _errors(
+                    422, "10015", "Idempotency key reused", "Same key, different request body."
+                )
+            return _json(200, first_response)
+        msg = self._accept(body, key)
+        response = {"data": self._record(msg, cost_as_string=True)}
+        if key is not None and self.honour_idempotency:
+            self._keys[key] = (raw, response)
+        if fault is not None:
+            if fault.kind == "drop_after":
+                return _drop(request)
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+            elif fault.kind == "no_id":
+                del response["data"]["id"]
+            elif fault.kind == "not_json":
+                return web.Response(status=200, body=b"<html>oops", content_type="text/html")
+        return _json(200, response)
+
+    def _accept(self, body: dict[str, Any], key: str | None) -> Accepted:
+        n = len(self.accepted)
+        to = tuple(body["to"])
+        msg = Accepted(
+            id=str(uuid.uuid4()),
+            from_=body["from"],
+            to=to,
+            body=body,
+            idempotency_key=key,
+            received_at=_now(),
+            recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
+            wait_seconds=float(self.wait_seconds(n)),
+        )
+        self.accepted.append(msg)
+        self.by_id[msg.id] = msg
+        for i, rid in enumerate(msg.recipient_ids):
+            self.by_recipient_id[rid] = (msg, i)
+        return msg
+
+    def _record(
+        self,
+        msg: Accepted,
+        *,
+        cost_as_string: bool,
+        only: int | None = None,
+        status: str = "queued",
+    ) -> dict[str, Any]:
+        """The documented message object, for the whole group or for recipient ``only``."""
+        n = len(msg.to) if only is None else 1
+        amount = f"{float(COST_PER_RECIPIENT) * n:.4f}"
+        indexes = range(len(msg.to)) if only is None else [only]
+        body = msg.body
+        return {
+            "record_type": "message",
+            "direction": "outbound",
+            "id": msg.id if only is None else msg.recipient_ids[only],
+            "type": "MMS",
+            "messaging_profile_id": "4000eba1-a0c0-4563-9925-b25e842a7cb6",
+            "organization_id": "b448f9cc-a842-4784-98e9-03c1a5872950",
+            "from": {"phone_number": msg.from_, "carrier": "TELNYX LLC", "line_type": "VoIP"},
+            "to": [
+                {
+                    "phone_number": msg.to[i],
+                    "status": status,
+                    "carrier": "T-MOBILE USA, INC.",
+                    "line_type": "Wireless",
+                }
+                for i in indexes
+            ],
+            "cc": [],
+            "text": body.get("text"),
+            "subject": body.get("subject"),
+            "media": [
+                {"url": u, "content_type": None, "sha256": None, "size": None}
+                for u in body.get("media_urls") or []
+            ],
+            "webhook_url": body.get("webhook_url"),
+            "webhook_failover_url": body.get("webhook_failover_url"),
+            "encoding": "GSM-7",
+            "parts": 1,
+            "tags": [],
+            "cost": {"amount": amount if cost_as_string else float(amount), "currency": "USD"},
+            "received_at": msg.received_at,
+            "sent_at": None,
+            "completed_at": None,
+            "valid_until": None,
+            "errors": [],
+            "wait_seconds": msg.wait_seconds,
+        }
+
+    async def get_group(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        msg = self.by_id.get(request.match_info["message_id"])
+        if msg is None:
+            return _errors(404, "10005", "Resource not found", "No such group message.")
+        data = [
+            self._record(msg, cost_as_string=False, only=i, status=self.delivery_status)
+            for i in range(len(msg.to))
+        ]
+        return _json(200, {"data": data})
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        mid = request.match_info["id"]
+        if mid in self.by_id:
+            data = self._record(self.by_id[mid], cost_as_string=False, status=self.delivery_status)
+        elif mid in self.by_recipient_id:
+            msg, i = self.by_recipient_id[mid]
+            data = self._record(msg, cost_as_string=False, only=i, status=self.delivery_status)
+        else:
+            return _errors(404, "10005", "Resource not found", "No such message.")
+        data.pop("wait_seconds", None)  # the documented GET shape has no wait_seconds
+        return _json(200, {"data": data})
+
+
+def _validate(body: object) -> web.Response | None:
+    """Refuse what the real API documents as invalid, with a Telnyx-shaped 422."""
+
+    def bad(detail: str, pointer: str) -> web.Response:
+        return _errors(422, "10015", "Invalid parameter", detail, pointer=pointer)
+
+    if not isinstance(body, dict):
+        return bad("The request body must be an object.", "/")
+    sender = body.get("from")
+    if not isinstance(sender, str) or not _SENDER.match(sender):
+        return bad("'from' must be a +E.164 number, short code or alphanumeric id.", "/from")
+    to = body.get("to")
+    if not isinstance(to, list) or not to:
+        return bad("'to' must be a non-empty list.", "/to")
+    if len(to) > 8:
+        return bad("No more than 8 destinations are allowed.", "/to")
+    if len(set(to)) != len(to):
+        return bad("'to' must not repeat a number.", "/to")
+    for phone in to:
+        if not isinstance(phone, str) or not _E164_NANP.match(phone):
+            return bad(f"{phone!r} is not a +E.164 US/Canada number.", "/to")
+    text = body.get("text")
+    if text is not None and (not isinstance(text, str) or not text):
+        return bad("'text' must be a non-empty string.", "/text")
+    media = body.get("media_urls")
+    if media is not None and (
+        not isinstance(media, list) or not all(isinstance(u, str) and u for u in media)
+    ):
+        return bad("'media_urls' must be a list of URLs.", "/media_urls")
+    if not text and not media:
+        return bad("A message needs text or media_urls.", "/text")
+    for key in ("subject", "webhook_url", "webhook_failover_url"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return bad(f"'{key}' must be a string.", f"/{key}")
+    upw = body.get("use_profile_webhooks")
+    if upw is not None and not isinstance(upw, bool):
+        return bad("'use_profile_webhooks' must be a boolean.", "/use_profile_webhooks")
+    return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _errors(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    pointer: str | None = None,
+) -> web.Response:
+    err: dict[str, Any] = {"code": code, "title": title, "detail": detail}
+    if pointer is not None:
+        err["source"] = {"pointer": pointer}
+    return _json(status, {"errors": [err]}, headers)
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without answering (the client sees a disconnect)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)
+
+
+@contextlib.asynccontextmanager
+async def serve(fake: FakeTelnyx | None = None, port: int = 0) -> AsyncIterator[str]:
+    """Run the fake on 127.0.0.1 in this event loop; yield its base URL (``.../v2``)."""
+    fake = fake or FakeTelnyx()
+    runner = web.AppRunner(fake.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        bound = runner.addresses[0][1]  # the port the OS chose when port is 0
+        yield f"http://127.0.0.1:{bound}/v2"
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual use
+    parser = argparse.ArgumentParser(description="Run the fake Telnyx messaging API.")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--key", help="require this API key (default: accept any)")
+    args = parser.parse_args(argv)
+    web.run_app(FakeTelnyx(api_key=args.key).app(), host="127.0.0.1", port=args.port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,72 @@
+"""structlog configuration: readable lines on a terminal, one JSON object per line otherwise.
+
+Events are dotted names with flat keys (``group.sent``, ``send.retry_scheduled``,
+``job.finished``). A last processor scrubs the API key from every value, as a second line of
+defence: no code path logs headers, but a key that slips into an exception text must still never
+reach the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+from bulk_mms.config import API_KEY_ENV
+
+_REDACTED = "[redacted]"
+
+
+def _scrubber(secret: str | None) -> structlog.types.Processor:
+    def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if secret:
+            for key, value in event.items():
+                if isinstance(value, str) and secret in value:
+                    event[key] = value.replace(secret, _REDACTED)
+        return event
+
+    return scrub
+
+
+def _orjson_dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(
+    verbosity: int = 0, *, stream: TextIO | None = None, json: bool | None = None
+) -> None:
+    """Set up logging for the CLI.
+
+    Args:
+        verbosity: -1 quiet (warnings and errors), 0 normal (info), 1 verbose (debug).
+        stream: where log lines go; stderr by default, so stdout stays for results.
+        json: force JSON lines (True) or console lines (False); by default JSON unless the
+            stream is a terminal.
+    """
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _scrubber(os.environ.get(API_KEY_ENV)),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
