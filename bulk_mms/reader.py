@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ class RowReader:
         "_file",
         "_first",
         "_lineno",
+        "_raw",
         "columns",
         "format",
         "gzipped",
@@ -80,6 +80,7 @@ class RowReader:
         #: Column names: the CSV header, or the keys of the first JSONL record.
         self.columns: tuple[str, ...] = ()
         self._file: IO[bytes] | None = None
+        self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
         # line number -> reason, for lines the decoder had to refuse (CSV only)
         self._bad: dict[int, str] = {}
         self._first: list[tuple[int, bytes]] = []  # lines read ahead while checking the file
@@ -109,20 +110,24 @@ class RowReader:
             raise InputError(self.path, "permission denied") from None
         except OSError as exc:
             raise InputError(self.path, exc.strerror or str(exc)) from None
-        if self.gzipped:
-            raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-        self._file = raw
+        self._raw = raw
+        self._file = gzip.GzipFile(fileobj=raw, mode="rb") if self.gzipped else raw
         try:
-            head = raw.peek(4096) if isinstance(raw, io.BufferedReader) else b""
+            self._check_and_read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_and_read_header(self) -> None:
+        assert self._file is not None
+        try:
+            head = self._file.peek(4096) if hasattr(self._file, "peek") else b""
             first = self._readline()
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            self.close()
             raise InputError(self.path, f"cannot be read: {exc}") from None
         if first is None:
-            self.close()
             raise InputError(self.path, "is empty")
         if b"\x00" in (head or first[1]):
-            self.close()
             raise InputError(self.path, "is a binary file, not UTF-8 text")
         self._first.append(first)
         if self.format == "csv":
@@ -131,9 +136,10 @@ class RowReader:
             self._open_jsonl()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in (self._file, self._raw):
+            if f is not None:
+                f.close()
+        self._file = self._raw = None
 
     def _readline(self) -> tuple[int, bytes] | None:
         """Next physical line as bytes with its number; an over-long line comes back empty."""

@@ -1,0 +1,192 @@
+"""The real aiohttp client against the fake Telnyx server: every answer becomes a typed result."""
+
+from __future__ import annotations
+
+import socket
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.client import (
+    AiohttpMmsClient,
+    idempotency_key,
+    parse_money,
+    parse_receipt,
+    parse_retry_after,
+    request_body,
+)
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    AuthError,
+    NetworkError,
+    RateLimited,
+    Rejected,
+    ServerError,
+)
+from bulk_mms.fake_api import Fault, FakeTelnyx
+from bulk_mms.models import Group, MessageBody
+
+KEY = "test-key-123"
+API = tuple[FakeTelnyx, str]
+
+
+def group(n: int = 3, **message: object) -> Group:
+    body = MessageBody(from_="+18445550001", text="hello", **message)  # type: ignore[arg-type]
+    to = tuple(f"+1212555{i:04d}" for i in range(n))
+    return Group(id="gid0001", seq=0, to=to, lines=tuple(range(2, 2 + n)), message=body)
+
+
+def client(url: str, key: str = KEY, timeout: float = 5.0) -> AiohttpMmsClient:
+    return AiohttpMmsClient(url, key, connect_timeout=1.0, request_timeout=timeout)
+
+
+async def test_send_returns_typed_receipt(fake_api: API) -> None:
+    """A 200 becomes a receipt: id, per-recipient status, wait_seconds and an exact Decimal cost."""
+    fake, url = fake_api
+    fake.wait_seconds = lambda n: 1.5
+    async with client(url) as c:
+        receipt = await c.send(group(3, subject="S", media_urls=("https://x.test/a.png",)))
+    assert receipt.message_id == fake.accepted[0].id
+    assert [s.phone for s in receipt.statuses] == list(group(3).to)
+    assert {s.status for s in receipt.statuses} == {"queued"}
+    assert receipt.wait_seconds == 1.5
+    assert receipt.cost is not None
+    assert receipt.cost.amount == Decimal("0.0153")
+    assert receipt.cost.currency == "USD"
+    assert fake.requests[0]["media_urls"] == ["https://x.test/a.png"]
+    assert fake.accepted[0].idempotency_key == idempotency_key(group())
+
+
+def test_request_body_leaves_out_unset_fields() -> None:
+    """Only set fields go in the body; `from` and `to` are always there."""
+    assert request_body(group(2)) == {
+        "from": "+18445550001",
+        "to": ["+12125550000", "+12125550001"],
+        "text": "hello",
+    }
+    body = request_body(group(1, use_profile_webhooks=False, webhook_url="https://h.test"))
+    assert body["use_profile_webhooks"] is False
+    assert body["webhook_url"] == "https://h.test"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"amount": "0.0051", "currency": "USD"}, Decimal("0.0051")),
+        ({"amount": 0.0051, "currency": "USD"}, Decimal("0.0051")),
+        ({"amount": 3, "currency": "EUR"}, Decimal(3)),
+        ({"amount": None, "currency": "USD"}, None),
+        ({"amount": "NaN", "currency": "USD"}, None),
+        ("0.1", None),
+    ],
+)
+def test_cost_amount_as_string_or_number(raw: object, expected: Decimal | None) -> None:
+    """cost.amount parses to the same exact Decimal whether the API sent a string or a number."""
+    money = parse_money(raw)
+    assert (money.amount if money else None) == expected
+
+
+def test_retry_after_variants() -> None:
+    """Retry-After (seconds or date), retry-after-ms and x-ratelimit-reset (delta or epoch)."""
+    now = 1_700_000_000.0
+    assert parse_retry_after({"retry-after": "7"}, now) == 7.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}, now) == 1.5
+    assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:30 GMT"}, now) == 10.0
+    assert parse_retry_after({"x-ratelimit-reset": "4"}, now) == 4.0
+    assert parse_retry_after({"x-ratelimit-reset": str(now + 12)}, now) == 12.0
+    assert parse_retry_after({"retry-after": "soon"}, now) is None
+    assert parse_retry_after({}, now) is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "fields"),
+    [
+        (
+            Fault("status", 429, headers={"Retry-After": "3"}, code="40318"),
+            RateLimited,
+            {"retry_after": 3.0, "code": "40318"},
+        ),
+        (Fault("status", 503), ServerError, {"status": 503}),
+        (Fault("status", 400, code="40001"), Rejected, {"code": "40001"}),
+        (Fault("status", 403), AuthError, {"status": 403}),
+        (Fault("drop_before"), AmbiguousSendError, {}),
+        (Fault("drop_after"), AmbiguousSendError, {}),
+        (Fault("no_id"), AmbiguousSendError, {"status": 200}),
+        (Fault("not_json"), AmbiguousSendError, {"status": 200}),
+    ],
+)
+async def test_faults_map_to_the_error_tree(
+    fake_api: API, fault: Fault, error: type[Exception], fields: dict[str, object]
+) -> None:
+    """Each scripted fault raises the documented BulkMmsError subclass with its details."""
+    fake, url = fake_api
+    fake.faults.append(fault)
+    async with client(url) as c:
+        with pytest.raises(error) as info:
+            await c.send(group())
+    for name, value in fields.items():
+        assert getattr(info.value, name) == value
+    assert KEY not in str(info.value)
+
+
+async def test_slow_response_times_out_as_ambiguous(fake_api: API) -> None:
+    """A server slower than the request timeout gives an ambiguous failure, not a retryable one."""
+    fake, url = fake_api
+    fake.faults.append(Fault("slow", delay=2.0))
+    async with client(url, timeout=0.2) as c:
+        with pytest.raises(AmbiguousSendError, match="no response in time"):
+            await c.send(group())
+    assert len(fake.accepted) == 1  # it was accepted after all: exactly why it is in doubt
+
+
+async def test_wrong_key_is_auth_error_without_the_key(fake_api: API) -> None:
+    """A refused key raises AuthError, and the message does not contain the key."""
+    _, url = fake_api
+    async with client(url, key="wrong-secret-key") as c:
+        with pytest.raises(AuthError) as info:
+            await c.send(group())
+    assert info.value.status == 401
+    assert "wrong-secret-key" not in str(info.value)
+    assert "wrong-secret-key" not in repr(c)
+
+
+async def test_invalid_body_is_rejected_by_the_fake(fake_api: API) -> None:
+    """More than 8 numbers is refused with 422, as the API documents."""
+    _, url = fake_api
+    big = Group(
+        id="g", seq=0, to=tuple(f"+1212555{i:04d}" for i in range(9)), lines=(), message=group().message
+    )
+    async with client(url) as c:
+        with pytest.raises(Rejected) as info:
+            await c.send(big)
+    assert info.value.status == 422
+    assert "No more than 8" in str(info.value)
+
+
+async def test_connection_refused_is_network_error(tmp_path: Path) -> None:
+    """Nothing listening means the request never left: a retryable NetworkError."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with client(f"http://127.0.0.1:{port}/v2") as c:
+        with pytest.raises(NetworkError, match="cannot connect"):
+            await c.send(group())
+
+
+def test_receipt_without_data_is_ambiguous() -> None:
+    """A 2xx body without a data object or id cannot be trusted as sent."""
+    with pytest.raises(AmbiguousSendError):
+        parse_receipt({"errors": []})
+    with pytest.raises(AmbiguousSendError):
+        parse_receipt({"data": {"id": ""}})
+
+
+async def test_idempotency_key_replays_first_response(fake_api: API) -> None:
+    """The same group sent twice with the same key is accepted once; the id is replayed."""
+    fake, url = fake_api
+    async with client(url) as c:
+        first = await c.send(group())
+        second = await c.send(group())
+    assert first.message_id == second.message_id
+    assert len(fake.accepted) == 1

@@ -1,0 +1,133 @@
+"""Job and settings files: every mistake is a one-line ConfigError naming file and setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.config import load_job, load_settings
+from bulk_mms.errors import ConfigError
+
+GOOD_MESSAGE = '[message]\nfrom = "+18445550001"\ntext = "Hi {name}"\n'
+
+
+def write(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_full_job_loads_with_paths_relative_to_the_job(tmp_path: Path) -> None:
+    """Every documented job key loads; input and ledger resolve beside the job file."""
+    p = write(
+        tmp_path,
+        'name = "n"\ninput = "in.csv"\nphone_column = "tel"\ngroup_size = 5\n'
+        'group_by = "hh"\n[message]\nfrom = "ACME"\ntext = "Hi {name}"\nsubject = "S {hh}"\n'
+        'media_urls = ["https://x.test/a.png"]\nwebhook_url = "https://h.test/w"\n'
+        'webhook_failover_url = "https://h.test/f"\nuse_profile_webhooks = false\n',
+    )
+    job = load_job(p)
+    assert job.input == tmp_path / "in.csv"
+    assert job.ledger == tmp_path / "ledgers" / "n.jsonl"
+    assert (job.phone_column, job.group_size, job.group_by) == ("tel", 5, "hh")
+    assert job.message.fields == ("name", "hh")
+    assert job.message.use_profile_webhooks is False
+
+
+@pytest.mark.parametrize(
+    ("text", "setting", "message"),
+    [
+        ('name = "n"\ninput = "a.csv"\ngroup_size = 9\n' + GOOD_MESSAGE, "group_size", "1 to 8"),
+        ('name = "n"\ninput = "a.csv"\ngroup_size = 0\n' + GOOD_MESSAGE, "group_size", "1 to 8"),
+        ('name = "n"\ninput = "a.csv"\ncolour = 1\n' + GOOD_MESSAGE, "colour", "unknown setting"),
+        ('name = "n"\n' + GOOD_MESSAGE, "input", "is required"),
+        ('name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\n', "text", "text or"),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\ntext = "{a.b}"\n',
+            "message.text",
+            "plain column name",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\ntext = "{0}"\n',
+            "message.text",
+            "plain column name",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\ntext = "{x[0]}"\n',
+            "message.text",
+            "plain column name",
+        ),
+        ('name = "n"\ninput = "a.csv"\n[message]\nfrom = "12"\ntext = "x"\n', "from", "E.164"),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\ntext = "x"\n'
+            'media_urls = ["ftp://x"]\n',
+            "media_urls[0]",
+            "http(s) URL",
+        ),
+        ('name = "n"\ninput = "a.csv"\n[message\n', "syntax", "line 3"),
+        ('name = "bad name!"\ninput = "a.csv"\n' + GOOD_MESSAGE, "name", "letters"),
+    ],
+)
+def test_bad_job_files_name_the_setting(
+    tmp_path: Path, text: str, setting: str, message: str
+) -> None:
+    """Out-of-range, unknown, missing and malformed settings each give a one-line error."""
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    err = str(info.value)
+    assert str(p) in err
+    assert setting in err
+    assert message in err
+    assert "\n" not in err
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    """A job file that does not exist is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_settings_load_with_env_override(tmp_path: Path) -> None:
+    """config.toml values load; TELNYX_BASE_URL overrides the file's base_url."""
+    p = write(
+        tmp_path,
+        '[api]\nbase_url = "https://a.test/v2/"\nrequest_timeout = 5\n'
+        "[limits]\nrate = 2.5\nconcurrency = 3\n[retry]\nattempts = 7\n",
+        "config.toml",
+    )
+    s = load_settings(p, env={})
+    assert (s.base_url, s.request_timeout, s.rate, s.concurrency) == (
+        "https://a.test/v2",
+        5.0,
+        2.5,
+        3,
+    )
+    assert s.retry.attempts == 7
+    assert load_settings(p, env={"TELNYX_BASE_URL": "http://b.test/v2"}).base_url == (
+        "http://b.test/v2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("[limits]\nrate = -1\n", "limits.rate"),
+        ("[limits]\nconcurrency = 0\n", "limits.concurrency"),
+        ("[limits]\nrate = 'fast'\n", "limits.rate"),
+        ("[api]\nkey = 'secret'\n", "api.key"),
+        ("[retry]\nattempts = 0\n", "retry.attempts"),
+    ],
+)
+def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
+    """Negative rates, zero concurrency, wrong types and a key in the file are refused."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text, "config.toml"), env={})
+    assert setting in str(info.value)
+
+
+def test_example_config_loads() -> None:
+    """config.example.toml is a valid settings file with the documented defaults."""
+    s = load_settings(Path(__file__).parent.parent / "config.example.toml", env={})
+    assert s.base_url == "https://api.telnyx.com/v2"

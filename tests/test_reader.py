@@ -1,0 +1,126 @@
+"""The streaming reader: formats, encodings, and bad rows versus bad files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.errors import InputError
+from bulk_mms.models import RejectedRow
+from bulk_mms.reader import MAX_LINE_BYTES, Row, RowReader
+
+
+def read(path: Path, phone: str = "phone", keep: tuple[str, ...] = ()) -> list[Row | RejectedRow]:
+    with RowReader(path, phone, keep) as reader:
+        return list(reader)
+
+
+def test_csv_with_bom_crlf_and_quoted_fields(tmp_path: Path) -> None:
+    """A UTF-8 BOM, CRLF line ends and a quoted field with a comma and a newline all parse."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(
+        b'\xef\xbb\xbfphone,name\r\n+12125550100,"Smith, Jo"\r\n+12125550101,"two\r\nlines"\r\n'
+        b"+12125550102,Al\r\n"
+    )
+    rows = read(p, keep=("name",))
+    assert rows == [
+        Row(2, {"phone": "+12125550100", "name": "Smith, Jo"}),
+        Row(3, {"phone": "+12125550101", "name": "two\r\nlines"}),
+        Row(5, {"phone": "+12125550102", "name": "Al"}),
+    ]
+
+
+def test_gzip_and_jsonl(tmp_path: Path) -> None:
+    """A gzip'd JSONL file streams; numbers given as JSON numbers read as text."""
+    p = tmp_path / "a.jsonl.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(b'{"phone": 2125550100, "name": "A"}\n\n{"phone": "+12125550101", "name": "B"}\n')
+    assert read(p, keep=("name",)) == [
+        Row(1, {"phone": "2125550100", "name": "A"}),
+        Row(3, {"phone": "+12125550101", "name": "B"}),
+    ]
+
+
+def test_bad_jsonl_lines_are_rejected_with_line_numbers(tmp_path: Path) -> None:
+    """A malformed line, a non-object and a record missing the phone are rejected; others pass."""
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"phone": "+12125550100"}\n{"phone": \n[1,2]\n{"name": "x"}\n{"phone": null}\n')
+    rows = read(p)
+    assert rows[0] == Row(1, {"phone": "+12125550100"})
+    assert [(r.line, r.reason.split(":")[0]) for r in rows[1:] if isinstance(r, RejectedRow)] == [
+        (2, "malformed JSON"),
+        (3, "not an object"),
+        (4, "missing field 'phone'"),
+        (5, "missing field 'phone'"),
+    ]
+
+
+def test_short_and_long_csv_rows_are_rejected(tmp_path: Path) -> None:
+    """A row missing the phone cell or with extra cells is rejected; the next row is read."""
+    p = tmp_path / "a.csv"
+    p.write_text("name,phone\nonly-name\nA,+12125550100,extra\nB,+12125550101\n")
+    rows = read(p)
+    assert isinstance(rows[0], RejectedRow)
+    assert rows[0].line == 2
+    assert "missing column 'phone'" in rows[0].reason
+    assert isinstance(rows[1], RejectedRow)
+    assert "3 fields" in rows[1].reason
+    assert rows[2] == Row(4, {"phone": "+12125550101"})
+
+
+def test_invalid_utf8_and_overlong_lines_spoil_only_their_row(tmp_path: Path) -> None:
+    """A line in another encoding and a 10 MB line are rejected; rows after them still read."""
+    p = tmp_path / "a.csv"
+    huge = b"+1212" + b"9" * (10 * MAX_LINE_BYTES)
+    p.write_bytes(b"phone\n+12125550100\n\xff\xfe bad\n" + huge + b"\n+12125550101\n")
+    rows = read(p)
+    assert rows[0] == Row(2, {"phone": "+12125550100"})
+    assert isinstance(rows[1], RejectedRow)
+    assert (rows[1].line, rows[1].reason) == (3, "line is not valid UTF-8")
+    assert isinstance(rows[2], RejectedRow)
+    assert rows[2].line == 4
+    assert "longer than" in rows[2].reason
+    assert rows[3] == Row(5, {"phone": "+12125550101"})
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.csv", None, "no such file"),
+        ("empty.csv", b"", "is empty"),
+        ("bin.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary file"),
+        ("nophone.csv", b"name,email\nA,a@x\n", "no 'phone' column"),
+        ("x.xlsx", b"phone\n", "unknown input format"),
+        ("nophone.jsonl", b'{"tel": "+12125550100"}\n', "first record has no 'phone' field"),
+        ("bad.csv.gz", b"not gzip at all", "cannot be read"),
+    ],
+)
+def test_whole_file_problems_are_one_line_input_errors(
+    tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    """A file that cannot be used at all raises InputError naming the file, before any row."""
+    p = tmp_path / name
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(InputError) as info:
+        read(p)
+    assert message in str(info.value)
+    assert str(p) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
+    """A header with no data rows reads as zero rows (the runner then has nothing to send)."""
+    p = tmp_path / "a.csv"
+    p.write_text("phone,name\n")
+    assert read(p) == []
+
+
+def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
+    """Columns the job does not use are not kept in memory."""
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(orjson.dumps({"phone": "+12125550100", "a": "1", "b": "2"}) + b"\n")
+    assert read(p, keep=("b",)) == [Row(1, {"phone": "+12125550100", "b": "2"})]

@@ -1,0 +1,75 @@
+"""Retry policy with a fake client and a fake sleep: no real waiting."""
+
+from __future__ import annotations
+
+from bulk_mms.config import RetryConfig
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    AuthError,
+    NetworkError,
+    RateLimited,
+    Rejected,
+    SendError,
+    ServerError,
+)
+from bulk_mms.models import Group, MessageBody, SendReceipt
+from bulk_mms.retry import send_with_retry
+from tests.conftest import FakeClient, FakeSleep, ok_receipt
+
+POLICY = RetryConfig(attempts=4, backoff_initial=1.0, backoff_max=8.0, max_retry_after=60.0)
+GROUP = Group("g1", 0, ("+12125550100",), (2,), MessageBody(from_="+18445550001", text="x"))
+
+
+def script(*answers: SendError | None) -> FakeClient:
+    def handler(group: Group, n: int) -> SendReceipt | SendError:
+        answer = answers[n] if n < len(answers) else None
+        return answer if answer is not None else ok_receipt(group, n)
+
+    return FakeClient(handler)
+
+
+async def test_429_waits_for_the_server_hint(fake_sleep: FakeSleep) -> None:
+    """A 429 with Retry-After waits exactly that long, then the retry succeeds."""
+    c = script(RateLimited("x", retry_after=7.0), None)
+    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    assert result.receipt is not None
+    assert result.attempts == 2
+    assert fake_sleep.calls == [7.0]
+
+
+async def test_huge_hint_is_capped(fake_sleep: FakeSleep) -> None:
+    """A Retry-After beyond max_retry_after is capped to it."""
+    c = script(RateLimited("x", retry_after=10_000.0), None)
+    await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    assert fake_sleep.calls == [60.0]
+
+
+async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeSleep) -> None:
+    """5xx and connect failures retry with waits within the exponential envelope."""
+    c = script(ServerError("x", status=503), NetworkError("x"), ServerError("x", status=500), None)
+    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    assert result.receipt is not None
+    assert result.attempts == 4
+    assert len(fake_sleep.calls) == 3
+    for i, wait in enumerate(fake_sleep.calls, start=1):
+        assert 0 <= wait <= min(8.0, 1.0 * 2**i)
+
+
+async def test_gives_up_after_the_configured_attempts(fake_sleep: FakeSleep) -> None:
+    """When every try fails, the last error is returned with the number of tries."""
+    c = script(*[ServerError("down", status=502)] * 10)
+    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    assert isinstance(result.error, ServerError)
+    assert result.attempts == 4
+    assert len(c.calls) == 4
+
+
+async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeSleep) -> None:
+    """Rejected, AuthError and AmbiguousSendError end after a single try."""
+    for err in (Rejected("no", status=422), AuthError("no", status=401), AmbiguousSendError("?")):
+        c = script(err)
+        result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+        assert result.error is err
+        assert result.attempts == 1
+        assert len(c.calls) == 1
+    assert fake_sleep.calls == []
