@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, cast
 
 import orjson
 
@@ -90,7 +90,8 @@ class RowReader:
     # -- opening -------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self.open()
+        if self._file is None:
+            self.open()
         return self
 
     def __exit__(
@@ -111,7 +112,7 @@ class RowReader:
         except OSError as exc:
             raise InputError(self.path, exc.strerror or str(exc)) from None
         self._raw = raw
-        self._file = gzip.GzipFile(fileobj=raw, mode="rb") if self.gzipped else raw
+        self._file = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if self.gzipped else raw
         try:
             self._check_and_read_header()
         except BaseException:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from decimal import Decimal
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 

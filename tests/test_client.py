@@ -24,7 +24,7 @@ from bulk_mms.errors import (
     Rejected,
     ServerError,
 )
-from bulk_mms.fake_api import Fault, FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, MessageBody
 
 KEY = "test-key-123"
@@ -155,7 +155,11 @@ async def test_invalid_body_is_rejected_by_the_fake(fake_api: API) -> None:
     """More than 8 numbers is refused with 422, as the API documents."""
     _, url = fake_api
     big = Group(
-        id="g", seq=0, to=tuple(f"+1212555{i:04d}" for i in range(9)), lines=(), message=group().message
+        id="g",
+        seq=0,
+        to=tuple(f"+1212555{i:04d}" for i in range(9)),
+        lines=(),
+        message=group().message,
     )
     async with client(url) as c:
         with pytest.raises(Rejected) as info:

@@ -84,7 +84,7 @@ def test_group_ids_are_deterministic_and_ignore_the_text() -> None:
 def test_every_recipient_lands_exactly_once_in_a_bounded_group(
     keys: list[str], size: int, by: bool
 ) -> None:
-    """For any input: each recipient is in one group or rejected, never both; groups hold 1..size."""
+    """Any input: each recipient is grouped once or rejected; every group holds 1..size."""
     recipients = people(keys)
     out = list(make_groups(recipients, job(group_size=size, group_by="hh" if by else None)))
     placed = [p for g in groups(out) for p in g.to]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,6 @@ def lines(*events: dict[str, Any]) -> bytes:
 
 async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) -> None:
     """Concurrent writers each return once durable; lines keep order; fsyncs are shared."""
-    import asyncio
-
     ledger = Ledger.open(tmp_path / "l.jsonl")
     ledger.write_sync(HEADER)
     await asyncio.gather(*(ledger.write({"event": "sent", "group": f"g{i}"}) for i in range(50)))
@@ -111,8 +111,6 @@ def test_header_mismatch_is_refused(tmp_path: Path) -> None:
 
 def test_second_open_is_locked_out_with_the_holder_pid(tmp_path: Path) -> None:
     """While one run holds the ledger, a second open fails naming the holder's PID."""
-    import os
-
     first = Ledger.open(tmp_path / "l.jsonl")
     with pytest.raises(LedgerLocked) as info:
         Ledger.open(tmp_path / "l.jsonl")

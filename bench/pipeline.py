@@ -1,0 +1,114 @@
+"""Benchmark: read, validate, de-duplicate and group a large input in one streaming pass.
+
+Usage: python bench/pipeline.py [ROWS]   (default 1,000,000)
+
+Writes a CSV of ROWS recipients (3% invalid, 2% duplicates) to a temporary folder, runs the
+pipeline up to sending (what ``--dry-run`` does) and prints rows/s and peak RSS. Also times the
+replay of a ledger with ROWS/8 sent groups (what a resume reads first).
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bulk_mms.config import load_job
+from bulk_mms.ledger import replay
+from bulk_mms.models import Group, RejectedRow
+from bulk_mms.runner import open_reader, plan
+
+
+def write_input(path: Path, rows: int) -> None:
+    rng = random.Random(1)
+    areas = ["212", "312", "415", "617", "206", "303", "512", "404", "416", "604"]
+    with path.open("w", encoding="utf-8") as f:
+        f.write("phone,first_name\n")
+        for i in range(rows):
+            r = rng.random()
+            if r < 0.03:
+                phone = f"+44 20 7946 {i % 10000:04d}" if r < 0.015 else f"12ab{i}"
+            elif r < 0.05 and i > 10:
+                phone = f"+1{areas[(i - 7) % 10]}{(i - 7) // 10 % 10_000_000:07d}"
+            else:
+                phone = f"+1{areas[i % 10]}{i // 10 % 10_000_000:07d}"
+                phone = phone[:5] + "2" + phone[6:]  # exchange must not start with 0/1
+            f.write(f"{phone},Name{i}\n")
+
+
+def write_job(root: Path) -> Path:
+    job = root / "job.toml"
+    job.write_text(
+        'name = "bench"\ninput = "in.csv"\n[message]\nfrom = "+18445550001"\n'
+        'text = "Hi {first_name}"\n'
+    )
+    return job
+
+
+def write_ledger(path: Path, groups: int) -> None:
+    header = {"event": "job", "job": "bench", "fingerprint": "x", "group_size": 8}
+    with path.open("wb") as f:
+        f.write(orjson.dumps(header) + b"\n")
+        for i in range(groups):
+            gid = f"{i:024x}"
+            to = [f"+1212555{(i * 8 + k) % 10000:04d}" for k in range(8)]
+            f.write(
+                orjson.dumps({"event": "attempt", "group": gid, "seq": i, "attempt": 1}) + b"\n"
+            )
+            f.write(
+                orjson.dumps(
+                    {
+                        "event": "sent",
+                        "group": gid,
+                        "seq": i,
+                        "to": to,
+                        "message_id": "40385f64-5717-4562-b3fc-2c963f66afa6",
+                        "statuses": dict.fromkeys(to, "queued"),
+                        "wait_seconds": 0.5,
+                        "cost": {"amount": "0.0408", "currency": "USD"},
+                        "attempts": 1,
+                        "time": "2026-11-23T16:00:00.000Z",
+                    }
+                )
+                + b"\n"
+            )
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_input(root / "in.csv", rows)
+        job = load_job(write_job(root))
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        groups = rejected = recipients = 0
+        with open_reader(job) as reader:
+            for item in plan(job, reader):
+                if isinstance(item, RejectedRow):
+                    rejected += 1
+                elif isinstance(item, Group):
+                    groups += 1
+                    recipients += len(item.to)
+        dt = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"pipeline: {rows:,} rows in {dt:.1f} s ({rows / dt:,.0f} rows/s)")
+        print(f"  {groups:,} groups, {recipients:,} recipients, {rejected:,} rejected rows")
+        print(f"  peak RSS {peak:.0f} MB (interpreter and imports: {rss_before:.0f} MB)")
+
+        n_groups = max(1, rows // 8)
+        write_ledger(root / "ledger.jsonl", n_groups)
+        size = (root / "ledger.jsonl").stat().st_size / 1e6
+        t0 = time.perf_counter()
+        state = replay(root / "ledger.jsonl")
+        dt = time.perf_counter() - t0
+        print(f"resume: replayed {len(state.sent):,} sent groups ({size:.0f} MB) in {dt:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

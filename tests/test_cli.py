@@ -1,0 +1,197 @@
+"""The command line, in-process: exit codes, one-line errors, status, and no leaked key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger import Ledger
+from tests.conftest import JobFactory, numbers
+from tests.threaded import fake_api_thread
+
+SECRET = "KEYsecret-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", SECRET)
+
+
+def status_json(ledger: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    capsys.readouterr()
+    assert main(["status", str(ledger), "--json"]) == 0
+    data: dict[str, object] = orjson.loads(capsys.readouterr().out)
+    return data
+
+
+def test_sandbox_run_then_status_and_rerun(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sandbox run exits 0; status --json agrees; a rerun sends nothing and still exits 0."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(19), "oops", numbers(1)[0]]])
+    job = jobs.job()
+    job_file = str(jobs.root / "job.toml")
+    assert main(["run", job_file, "--sandbox", "--rate", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 3 groups (19 recipients)" in out
+    status = status_json(job.ledger, capsys)
+    assert status["sent_groups"] == 3
+    assert status["sent_recipients"] == 19
+    assert status["rejected_rows"] == 2
+    assert status["failed_groups"] == 0
+    assert status["in_doubt_groups"] == 0
+    assert status["cost"] == "0.0969"
+    assert main(["run", job_file, "--sandbox"]) == 0
+    assert "sent 0 groups" in capsys.readouterr().out
+    assert status_json(job.ledger, capsys)["sent_recipients"] == 19
+
+
+def test_run_against_api_with_key_never_leaks_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every recipient reaches the server once; the key is in no output and not in the ledger."""
+    fake = FakeTelnyx(api_key=SECRET)
+    jobs.people(30)
+    job = jobs.job()
+    with fake_api_thread(fake) as url:
+        code = main(["-v", "run", str(job.path), "--base-url", url, "--rate", "500"])
+    assert code == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(30), 1)
+    assert all(len(m.to) <= 8 for m in fake.accepted)
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert SECRET.encode() not in job.ledger.read_bytes()
+
+
+def test_refused_key_exits_3(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key the API refuses stops the run with exit code 3 and one line naming the problem."""
+    fake = FakeTelnyx(api_key="the-right-key")
+    jobs.people(30)
+    job = jobs.job(extra="group_size = 1")
+    with fake_api_thread(fake) as url:
+        code = main(["run", str(job.path), "--base-url", url, "--rate", "500"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "API key was refused" in err
+    assert SECRET not in err
+    assert len(fake.requests) == 0  # refused before the body was even read
+    assert "Traceback" not in err
+
+
+def test_failed_groups_exit_1(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that finishes with a failed group exits 1, and status counts it."""
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40001"))
+    jobs.people(16)
+    job = jobs.job()
+    with fake_api_thread(fake) as url:
+        code = main(["run", str(job.path), "--base-url", url, "--concurrency", "1"])
+    assert code == 1
+    assert status_json(job.ledger, capsys)["failed_groups"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("bad_toml", [], "syntax"),
+        ("group_size_9", [], "group_size: must be from 1 to 8"),
+        ("ok", ["--rate", "-1"], "rate: must be greater than 0"),
+        ("ok", ["--config", "missing.toml"], "missing.toml: file: not found"),
+        ("missing_column", [], "'nickname' is not a column"),
+        ("no_input", [], "no such file"),
+        ("empty_input", [], "is empty"),
+    ],
+)
+def test_bad_usage_is_one_line_exit_2(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    args: list[str],
+    message: str,
+) -> None:
+    """Config and input mistakes exit 2 with a single 'bulk-mms: error:' line and no traceback."""
+    jobs.people(3)
+    if setup == "bad_toml":
+        (jobs.root / "job.toml").write_text("name = \n")
+    elif setup == "group_size_9":
+        (jobs.root / "job.toml").write_text(
+            'name = "n"\ninput = "people.csv"\ngroup_size = 9\n[message]\nfrom = "+18445550001"\n'
+            'text = "x"\n'
+        )
+    elif setup == "missing_column":
+        jobs.job(message='text = "Hi {nickname}"')
+    elif setup == "no_input":
+        jobs.job("absent.csv")
+    elif setup == "empty_input":
+        (jobs.root / "empty.csv").write_text("")
+        jobs.job("empty.csv")
+    else:
+        jobs.job()
+    capsys.readouterr()
+    code = main(["run", str(jobs.root / "job.toml"), "--sandbox", *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("bulk-mms:")]
+    assert code == 2
+    assert len(lines) == 1
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_key_is_exit_2_naming_the_variable(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without TELNYX_API_KEY (and without --sandbox) nothing is sent and the variable is named."""
+    monkeypatch.delenv("TELNYX_API_KEY")
+    jobs.people(3)
+    job = jobs.job()
+    assert main(["run", str(job.path)]) == 2
+    assert "TELNYX_API_KEY: is not set" in capsys.readouterr().err
+    assert not job.ledger.exists()
+
+
+def test_locked_ledger_exits_75(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run on a ledger in use exits 75 naming the holder's PID."""
+    jobs.people(3)
+    job = jobs.job()
+    holder = Ledger.open(job.ledger)
+    try:
+        assert main(["run", str(job.path), "--sandbox"]) == 75
+    finally:
+        holder.close_sync()
+    assert f"PID {os.getpid()}" in capsys.readouterr().err
+
+
+def test_dry_run_prints_counts_and_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dry-run needs no key, prints what it would send, and writes no ledger."""
+    monkeypatch.delenv("TELNYX_API_KEY")
+    jobs.people(10)
+    job = jobs.job()
+    assert main(["run", str(job.path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would send   2 groups, 10 recipients" in out
+    assert "Hello P0" in out
+    assert not job.ledger.exists()
+
+
+def test_status_of_missing_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """status on a missing ledger is a one-line error, exit 2."""
+    assert main(["status", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such ledger" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """`python -m bulk_mms --version` prints the version."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bulk_mms", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("bulk-mms ")

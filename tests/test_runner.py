@@ -1,0 +1,250 @@
+"""The runner with a fake client: outcomes, the ledger, resume, and stopping."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+import bulk_mms.ledger as ledger_mod
+from bulk_mms.config import JobConfig
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    AuthError,
+    ConfigError,
+    InputError,
+    LedgerError,
+    LedgerMismatch,
+    RateLimited,
+    Rejected,
+    SendError,
+)
+from bulk_mms.ledger import iter_events, replay
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.runner import Stop, dry_run, run_job
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers, ok_receipt
+
+
+def events(job: JobConfig, kind: str | None = None) -> list[dict[str, object]]:
+    return [e for _, e in iter_events(job.ledger) if kind is None or e["event"] == kind]
+
+
+async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) -> None:
+    """20 valid rows plus a bad and a duplicate: 3 groups sent, 2 rejected, all in the ledger."""
+    rows = [{"phone": p, "first": "A"} for p in numbers(20)]
+    rows.insert(5, {"phone": "nope", "first": "B"})
+    rows.insert(9, {"phone": numbers(1)[0], "first": "C"})
+    jobs.csv(rows)
+    job = jobs.job()
+    client = FakeClient()
+    s = await run_job(job, FAST, client)
+    assert sorted(client.sent_numbers()) == numbers(20)
+    assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (3, 20, 2)
+    assert s.cost == {"USD": Decimal("0.1020")}
+    sent = events(job, "sent")
+    assert len(sent) == 3
+    first = sent[0]
+    assert first["to"] == numbers(8)
+    assert first["message_id"]
+    assert first["statuses"] == dict.fromkeys(numbers(8), "queued")
+    assert first["cost"] == {"amount": "0.0408", "currency": "USD"}
+    assert first["attempts"] == 1
+    rejected = events(job, "rejected")
+    assert [(e["line"], e["value"]) for e in rejected] == [(7, "nope"), (11, numbers(1)[0])]
+    header = events(job)[0]
+    assert header["event"] == "job"
+    assert str(header["fingerprint"]).startswith("sha256:")
+
+
+async def test_attempt_is_durable_before_the_request(jobs: JobFactory) -> None:
+    """When the client is called, the ledger already holds the group's attempt event."""
+    jobs.people(3)
+    job = jobs.job()
+    seen: list[bool] = []
+
+    def handler(group: Group, n: int) -> SendReceipt:
+        attempts = [e for e in events(job, "attempt") if e["group"] == group.id]
+        seen.append(bool(attempts))
+        return ok_receipt(group, n)
+
+    await run_job(job, FAST, FakeClient(handler))
+    assert seen == [True]
+
+
+async def test_rerun_sends_nothing_and_records_nothing_twice(jobs: JobFactory) -> None:
+    """A second run over a finished ledger skips every group and re-records no rejected row."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    again = FakeClient()
+    s = await run_job(job, FAST, again)
+    assert again.calls == []
+    assert (s.sent_groups, s.skipped_groups) == (0, 2)
+    assert len(events(job, "rejected")) == 1
+    assert len(events(job, "run")) == 2
+
+
+async def test_resume_after_interruption_sends_only_the_rest(jobs: JobFactory) -> None:
+    """A run stopped part way is resumed by the next: every recipient is sent exactly once."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 4")
+    stop = Stop()
+
+    def handler(group: Group, n: int) -> SendReceipt:
+        if n == 3:
+            stop.request("SIGINT")
+        return ok_receipt(group, n)
+
+    first = FakeClient(handler)
+    s1 = await run_job(job, FAST.__class__(rate=10_000, concurrency=1), first, stop=stop)
+    assert s1.stopped == "SIGINT"
+    assert 0 < len(first.calls) < 10
+    second = FakeClient()
+    await run_job(job, FAST, second)
+    assert sorted(first.sent_numbers() + second.sent_numbers()) == numbers(40)
+
+
+async def test_changed_input_is_refused(jobs: JobFactory) -> None:
+    """A different input file with the same ledger is refused before anything is sent."""
+    jobs.people(5)
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    jobs.people(6)
+    client = FakeClient()
+    with pytest.raises(LedgerMismatch, match="input file"):
+        await run_job(job, FAST, client)
+    assert client.calls == []
+
+
+async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
+    """A refused key stops the job after the first response; no group is recorded failed."""
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient(lambda g, n: AuthError("refused", status=401))
+    s = await run_job(job, FAST, client)
+    assert isinstance(s.error, AuthError)
+    assert s.stopped == "auth"
+    assert len(client.calls) <= FAST.concurrency
+    assert events(job, "failed") == []
+
+
+async def test_ambiguous_failure_is_in_doubt_and_held_on_rerun(jobs: JobFactory) -> None:
+    """An ambiguous send is recorded in_doubt, not retried, and not resent unless asked."""
+    jobs.people(16)
+    job = jobs.job()
+
+    def handler(group: Group, n: int) -> SendReceipt | SendError:
+        return AmbiguousSendError("dropped") if group.seq == 0 else ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, FAST, client)
+    assert (s.sent_groups, s.in_doubt_groups, s.open_in_doubt) == (1, 1, 1)
+    assert len(client.calls) == 2
+    (doubt,) = events(job, "in_doubt")
+    assert doubt["to"] == numbers(8)
+    rerun = FakeClient()
+    s2 = await run_job(job, FAST, rerun)
+    assert (rerun.calls, s2.held_groups) == ([], 1)
+    resend = FakeClient()
+    s3 = await run_job(job, FAST, resend, resend_in_doubt=True)
+    assert [g.to for g in resend.calls] == [tuple(numbers(8))]
+    assert s3.open_in_doubt == 0
+
+
+async def test_attempt_without_outcome_is_held_as_in_doubt(jobs: JobFactory) -> None:
+    """A crash between the attempt and its outcome leaves the group in doubt, not resent."""
+    jobs.people(8)
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    # simulate a crash after the attempt: drop the outcome line
+    raw = job.ledger.read_bytes().splitlines(keepends=True)
+    job.ledger.write_bytes(b"".join(line for line in raw if b'"event":"sent"' not in line))
+    assert replay(job.ledger).in_doubt
+    again = FakeClient()
+    s = await run_job(job, FAST, again)
+    assert (again.calls, s.held_groups, s.open_in_doubt) == ([], 1, 1)
+
+
+async def test_permanent_and_exhausted_failures_are_recorded(
+    jobs: JobFactory, fake_sleep: FakeSleep
+) -> None:
+    """A 422 is failed at once; a 429 that never clears fails after the configured attempts."""
+    jobs.people(16)
+    job = jobs.job()
+
+    def handler(group: Group, n: int) -> SendError:
+        if group.seq == 0:
+            return Rejected("bad", status=422)
+        return RateLimited("slow down", retry_after=1.0)
+
+    s = await run_job(job, FAST, FakeClient(handler), sleep=fake_sleep)
+    failed = sorted(events(job, "failed"), key=lambda e: int(str(e["seq"])))
+    assert [(e["status"], e["attempts"]) for e in failed] == [(422, 1), (429, 3)]
+    assert s.open_failed == 2
+    assert fake_sleep.calls == [1.0, 1.0]
+
+
+async def test_unknown_template_column_is_a_config_error(jobs: JobFactory) -> None:
+    """A placeholder naming a column the file lacks stops the job before sending."""
+    jobs.people(3)
+    job = jobs.job(message='text = "Hi {nickname}"')
+    client = FakeClient()
+    with pytest.raises(ConfigError, match="'nickname' is not a column"):
+        await run_job(job, FAST, client)
+    assert client.calls == []
+    assert not job.ledger.exists()
+
+
+async def test_missing_input_is_an_input_error(jobs: JobFactory) -> None:
+    """A job whose input file is missing raises InputError naming the file."""
+    job = jobs.job("nowhere.csv")
+    with pytest.raises(InputError, match=r"nowhere\.csv: no such file"):
+        await run_job(job, FAST, FakeClient())
+
+
+async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Path) -> None:
+    """If the ledger cannot be written, sending stops at once and the error is reported."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 1")
+    calls = 0
+    real = ledger_mod.Ledger._write_lines
+
+    def failing(self: ledger_mod.Ledger, lines: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise LedgerError(self.path, "cannot write: disk full")
+        real(self, lines)
+
+    client = FakeClient()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger_mod.Ledger, "_write_lines", failing)
+        s = await run_job(job, FAST, client)
+    assert s.error is not None
+    assert "disk full" in str(s.error)
+    assert s.stopped == "ledger"
+    assert len(client.calls) < 10
+    # every request that left has its attempt in the ledger
+    attempted = {e["group"] for e in events(job, "attempt")}
+    assert {g.id for g in client.calls} <= attempted
+
+
+async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:
+    """A dry run counts groups and rejections and leaves no ledger."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
+    job = jobs.job()
+    s = await dry_run(job)
+    assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (2, 10, 1)
+    assert [len(g.to) for g in s.preview] == [8, 2]
+    assert not job.ledger.exists()
+
+
+async def test_ledger_lines_are_json_with_an_event(jobs: JobFactory) -> None:
+    """Every ledger line parses with orjson and carries an event field."""
+    jobs.people(9)
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    for line in job.ledger.read_bytes().splitlines():
+        assert "event" in orjson.loads(line)
