@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,8 @@ class RowReader:
         self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
         # line number -> reason, for lines the decoder had to refuse (CSV only)
         self._bad: dict[int, str] = {}
-        self._first: list[tuple[int, bytes]] = []  # lines read ahead while checking the file
+        # lines read ahead while checking the file, handed out again before any new line
+        self._first: deque[tuple[int, bytes]] = deque()
         self._lineno = 0
         self._csv: Iterator[list[str]] | None = None
 
@@ -157,10 +159,26 @@ class RowReader:
         return self._lineno, line
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
-        while self._first:
-            yield self._first.pop(0)
-        while (item := self._readline()) is not None:
+        # Lines read ahead while opening come first; _first may grow after this generator has
+        # started (the CSV check peeks past the header), so it is looked at on every step.
+        while True:
+            if self._first:
+                yield self._first.popleft()
+                continue
+            item = self._readline()
+            if item is None:
+                return
             yield item
+
+    def _peek_content(self) -> bool:
+        """Read ahead to the next non-blank line, keeping what was read; False at end of file."""
+        if any(raw.strip() or not raw for _, raw in self._first):
+            return True
+        while (item := self._readline()) is not None:
+            self._first.append(item)
+            if item[1].strip() or not item[1]:
+                return True
+        return False
 
     # -- CSV -----------------------------------------------------------------------------
 
@@ -196,6 +214,8 @@ class RowReader:
                 "set phone_column in the job",
                 line=1,
             )
+        if not self._peek_content():
+            raise InputError(self.path, "has a header but no data rows")
 
     def _csv_rows(self) -> Iterator[Row | RejectedRow]:
         reader = self._csv
@@ -266,7 +286,7 @@ class RowReader:
         # into self._first so that no line is consumed.
         checked = 0
         while True:
-            for lineno, raw in self._first[checked:]:
+            for lineno, raw in list(self._first)[checked:]:
                 rec = self._parse_json(lineno, raw)
                 if isinstance(rec, dict):
                     self.columns = tuple(rec)
@@ -281,6 +301,8 @@ class RowReader:
             checked = len(self._first)
             item = self._readline() if checked < 1000 else None
             if item is None:
+                if not any(raw.strip() or not raw for _, raw in self._first):
+                    raise InputError(self.path, "has no records (only blank lines)")
                 return  # nothing parses near the top: the rows are rejected one by one
             self._first.append(item)
 

@@ -112,11 +112,23 @@ def test_whole_file_problems_are_one_line_input_errors(
     assert "\n" not in str(info.value)
 
 
-def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
-    """A header with no data rows reads as zero rows (the runner then has nothing to send)."""
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("h.csv", "phone,name\n"), ("h2.csv", "phone,name\r\n\r\n  \n"), ("b.jsonl", "\n \n")],
+)
+def test_file_with_no_data_rows_is_an_error(tmp_path: Path, name: str, content: str) -> None:
+    """A header with no rows (or only blank lines) is an InputError, not a silent empty run."""
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(InputError, match=r"no data rows|no records"):
+        read(p)
+
+
+def test_blank_lines_between_rows_are_skipped(tmp_path: Path) -> None:
+    """Blank lines after the header and between rows are not rows."""
     p = tmp_path / "a.csv"
-    p.write_text("phone,name\n")
-    assert read(p) == []
+    p.write_text("phone\n\n+12125550100\n\n+12125550101\n")
+    assert read(p) == [Row(3, {"phone": "+12125550100"}), Row(5, {"phone": "+12125550101"})]
 
 
 def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
