@@ -1,0 +1,78 @@
+"""The real runner and aiohttp client against the fake Telnyx server with scripted faults."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger import iter_events
+from bulk_mms.report import summarize
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeSleep, JobFactory, numbers
+
+API = tuple[FakeTelnyx, str]
+KEY = "test-key-123"
+
+
+async def test_fault_mix_every_recipient_accepted_once_or_in_doubt(
+    fake_api: API, jobs: JobFactory, fake_sleep: FakeSleep
+) -> None:
+    """429s, 5xx and drops before the body is read are retried; a drop after acceptance is in doubt.
+
+    The server's own record and the ledger agree: each recipient is accepted at most once, every
+    recipient the ledger calls sent was accepted, and the in-doubt group is the one the server
+    accepted without answering.
+    """
+    fake, url = fake_api
+    fake.faults.extend(
+        [
+            Fault("status", 429, headers={"Retry-After": "2"}),
+            Fault("status", 503),
+            Fault("status", 429, headers={"retry-after-ms": "250"}, code="40318"),
+            Fault("drop_after"),
+            Fault("status", 500),
+        ]
+    )
+    jobs.people(64)
+    job = jobs.job(extra="group_size = 4")
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, attempts=5))
+    async with AiohttpMmsClient(url, KEY, request_timeout=5) as client:
+        s = await run_job(job, settings, client, sleep=fake_sleep)
+    assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (15, 1, 0)
+    counts = fake.recipient_counts()
+    assert set(counts.values()) == {1}
+    assert sorted(counts) == numbers(64)  # the in-doubt group was in fact accepted
+    assert 2.0 in fake_sleep.calls
+    assert 0.25 in fake_sleep.calls
+    status = summarize(job.ledger)
+    assert status.sent_recipients == 60
+    assert status.in_doubt_recipients == 4
+    sent_ids = {e["message_id"] for _, e in iter_events(job.ledger) if e["event"] == "sent"}
+    assert sent_ids <= {m.id for m in fake.accepted}
+
+
+async def test_growing_wait_seconds_are_recorded(fake_api: API, jobs: JobFactory) -> None:
+    """The wait_seconds the API reports for each message lands in the ledger and the summary."""
+    fake, url = fake_api
+    fake.wait_seconds = lambda n: 0.5 * n
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 8")
+    async with AiohttpMmsClient(url, KEY) as client:
+        s = await run_job(job, replace(FAST, concurrency=1), client)
+    waits = [e["wait_seconds"] for _, e in iter_events(job.ledger) if e["event"] == "sent"]
+    assert waits == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert s.wait_seconds_max == 2.0
+    assert summarize(job.ledger).as_dict()["wait_seconds_max"] == 2.0
+
+
+async def test_rerun_against_the_server_sends_nothing(fake_api: API, jobs: JobFactory) -> None:
+    """Running the same job twice against the server accepts every recipient exactly once."""
+    fake, url = fake_api
+    jobs.people(30)
+    job = jobs.job()
+    for _ in range(2):
+        async with AiohttpMmsClient(url, KEY) as client:
+            await run_job(job, FAST, client)
+    assert fake.recipient_counts() == dict.fromkeys(numbers(30), 1)
+    assert len(fake.requests) == 4
