@@ -10,6 +10,7 @@ from bulk_mms.config import JobConfig, Settings, load_job, load_settings
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
+    ApiUnavailable,
     AuthError,
     BulkMmsError,
     ConfigError,
@@ -32,6 +33,7 @@ __all__ = [
     "AiohttpMmsClient",
     "AmbiguousSendError",
     "ApiError",
+    "ApiUnavailable",
     "AuthError",
     "BulkMmsError",
     "ConfigError",

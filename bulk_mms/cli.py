@@ -31,7 +31,14 @@ from bulk_mms.config import (
     load_job,
     load_settings,
 )
-from bulk_mms.errors import AuthError, BulkMmsError, ConfigError, LedgerError, UsageError
+from bulk_mms.errors import (
+    ApiUnavailable,
+    AuthError,
+    BulkMmsError,
+    ConfigError,
+    LedgerError,
+    UsageError,
+)
 from bulk_mms.ledger import LedgerLocked
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
@@ -216,6 +223,9 @@ def _exit_code(s: JobSummary) -> int:
     if isinstance(s.error, LedgerError):
         print(f"bulk-mms: error: {s.error}", file=sys.stderr)
         return EXIT_USAGE
+    if isinstance(s.error, ApiUnavailable):
+        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     if s.stopped in _SIGNAL_EXIT:
         print(
             f"bulk-mms: stopped by {s.stopped}: {s.sent_groups} groups sent this run; "
@@ -228,7 +238,8 @@ def _exit_code(s: JobSummary) -> int:
         f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
         f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
     )
-    return EXIT_INCOMPLETE if s.open_failed or s.open_in_doubt else EXIT_OK
+    incomplete = s.open_failed or s.open_in_doubt or s.retry_later_groups
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
 
 
 def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:

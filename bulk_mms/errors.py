@@ -6,6 +6,7 @@
      ├── UsageError                    2  bad job, config or input: nothing was sent
      │    ├── ConfigError(setting)        a setting is missing, unknown or out of range
      │    └── InputError(path, line)      the recipient file cannot be read
+     ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    └── LedgerMismatch              the ledger belongs to another input or job
@@ -77,6 +78,13 @@ class InputError(UsageError):
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
         return f"{where}: {self.message}"
+
+
+class ApiUnavailable(BulkMmsError):
+    """Group after group used up its retries on transient errors: the API is down or unreachable.
+
+    The job stops instead of failing every remaining group; those groups are resent by a rerun.
+    """
 
 
 class LedgerError(BulkMmsError):

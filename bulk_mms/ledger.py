@@ -100,7 +100,8 @@ class LedgerState:
     header: Event | None = None
     #: Groups the API accepted.
     sent: set[str] = field(default_factory=set)
-    #: Groups the API refused, or whose retries ran out.
+    #: Groups the API refused for good. (A group whose retries ran out on a transient error,
+    #: ``"retryable": true``, is not here: the next run sends it again.)
     failed: set[str] = field(default_factory=set)
     #: Groups that may have been accepted (an attempt with no outcome, or an ``in_doubt``
     #: event): held unless the operator asks to resend them.
@@ -120,20 +121,28 @@ def replay(path: Path) -> LedgerState:
     if not path.exists() or path.stat().st_size == 0:
         return state
     sent, failed, doubt, rejected = state.sent, state.failed, state.in_doubt, state.rejected_lines
-    attempted: set[str] = set()
+    # groups whose latest event is an attempt: a request may have left before a crash
+    open_: set[str] = set()
     for lineno, event in iter_events(path):
         kind = event["event"]
         try:
             if kind == "attempt":
-                attempted.add(event["group"])
+                open_.add(event["group"])
             elif kind == "sent":
-                sent.add(event["group"])
+                gid = event["group"]
+                sent.add(gid)
+                open_.discard(gid)
             elif kind == "failed":
-                failed.add(event["group"])
+                gid = event["group"]
+                open_.discard(gid)
+                if not event.get("retryable"):
+                    failed.add(gid)
             elif kind == "rejected":
                 rejected.add(event["line"])
             elif kind == "in_doubt":
-                doubt.add(event["group"])
+                gid = event["group"]
+                open_.discard(gid)
+                doubt.add(gid)
             elif kind == "run":
                 state.runs += 1
             elif kind == "job":
@@ -144,7 +153,7 @@ def replay(path: Path) -> LedgerState:
             raise LedgerCorrupt(path, f"{kind} event without {exc}", line=lineno) from None
     # An attempt with no outcome is a request that may have left before a crash. A later run
     # may have sent (or resent) the group; only what is still open stays in doubt.
-    doubt |= attempted
+    doubt |= open_
     doubt -= sent
     doubt -= failed
     if state.header is None and (sent or failed or rejected or doubt):

@@ -26,9 +26,11 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import (
     AmbiguousSendError,
+    ApiUnavailable,
     AuthError,
     ConfigError,
     LedgerError,
+    RetryableSendError,
 )
 from bulk_mms.grouping import make_groups
 from bulk_mms.ledger import (
@@ -47,6 +49,10 @@ from bulk_mms.retry import Attempted, Sleep, StopRetrying, send_with_retry
 from bulk_mms.validate import validate_rows
 
 log = structlog.get_logger("bulk_mms.runner")
+
+#: After this many groups in a row end on a transient error with their retries used up, the API
+#: is taken to be down and the job stops (a rerun resumes) instead of failing every group.
+UNREACHABLE_AFTER = 3
 
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
 #: that the reader never runs far ahead of the sending.
@@ -80,6 +86,9 @@ class JobSummary:
     sent_recipients: int = 0
     failed_groups: int = 0
     failed_recipients: int = 0
+    #: Of the failed groups, those that ran out of retries on a transient error: the next run
+    #: sends them again.
+    retry_later_groups: int = 0
     in_doubt_groups: int = 0
     rejected_rows: int = 0
     #: Groups skipped because an earlier run finished them.
@@ -104,6 +113,7 @@ class JobSummary:
             "sent_groups": self.sent_groups,
             "sent_recipients": self.sent_recipients,
             "failed_groups": self.failed_groups,
+            "retry_later_groups": self.retry_later_groups,
             "in_doubt_groups": self.in_doubt_groups,
             "rejected_rows": self.rejected_rows,
             "skipped_groups": self.skipped_groups,
@@ -199,6 +209,7 @@ class Runner:
         )
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
+        self.transient_streak = 0  # groups in a row that used up their retries
 
     def __repr__(self) -> str:
         s = self.summary
@@ -321,6 +332,8 @@ class Runner:
         err = result.error
         assert err is not None
         self.errors[err.code] += 1
+        retryable = isinstance(err, RetryableSendError)
+        self.transient_streak = self.transient_streak + 1 if retryable else 0
         if isinstance(err, AmbiguousSendError):
             s.in_doubt_groups += 1
             await self.ledger.write(
@@ -344,6 +357,7 @@ class Runner:
             return
         s.failed_groups += 1
         s.failed_recipients += len(group.to)
+        s.retry_later_groups += retryable
         first = err.errors[0] if err.errors else None
         await self.ledger.write(
             {
@@ -354,10 +368,20 @@ class Runner:
                 "title": first.title if first else type(err).__name__,
                 "detail": first.detail if first and first.detail else str(err),
                 "attempts": result.attempts,
+                "retryable": retryable,
                 "time": now_iso(),
             }
         )
-        log.warning("group.failed", group=group.id, code=err.code, error=str(err))
+        log.warning(
+            "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
+        )
+        if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
+            if self.summary.error is None:
+                self.summary.error = ApiUnavailable(
+                    f"the API keeps failing ({err}); stopped after {UNREACHABLE_AFTER} groups "
+                    "in a row used up their retries. Nothing is lost: rerun to resume"
+                )
+            self.stop.request("unavailable")
 
     async def run(self, reader: RowReader) -> None:
         workers = [
@@ -394,8 +418,8 @@ async def run_job(
         stop: set it to stop early (the CLI sets it on SIGINT/SIGTERM).
 
     Returns:
-        The run's :class:`JobSummary`. ``summary.error`` holds an :class:`AuthError` or
-        :class:`LedgerError` that stopped the run.
+        The run's :class:`JobSummary`. ``summary.error`` holds the :class:`AuthError`,
+        :class:`ApiUnavailable` or :class:`LedgerError` that stopped the run, if one did.
 
     Raises:
         InputError, ConfigError: the input cannot be used; nothing was sent.

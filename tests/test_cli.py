@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,39 @@ def test_python_dash_m_runs_the_cli() -> None:
         [sys.executable, "-m", "bulk_mms", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("bulk-mms ")
+
+
+def test_unreachable_api_is_one_line_and_resumable(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listening at the base URL: exit 1, one line saying so, and no group lost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (jobs.root / "config.toml").write_text("[retry]\nattempts = 1\n")
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 2")
+    code = main(
+        [
+            "-q",
+            "run",
+            str(job.path),
+            "--config",
+            str(jobs.root / "config.toml"),
+            "--base-url",
+            f"http://127.0.0.1:{port}/v2",
+            "--concurrency",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("bulk-mms:")]
+    assert len(lines) == 1
+    assert "the API keeps failing" in lines[0]
+    assert "cannot connect" in lines[0]
+    assert "Traceback" not in err
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)

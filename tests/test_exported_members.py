@@ -16,6 +16,7 @@ def test_public_names() -> None:
         "AiohttpMmsClient",
         "AmbiguousSendError",
         "ApiError",
+        "ApiUnavailable",
         "AuthError",
         "BulkMmsError",
         "ConfigError",

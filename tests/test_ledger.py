@@ -72,7 +72,8 @@ def test_corrupt_line_in_the_middle_names_the_line(tmp_path: Path) -> None:
 
 
 def test_replay_classifies_groups(tmp_path: Path) -> None:
-    """Sent and failed are done; an attempt without outcome is in doubt; a resend clears doubt."""
+    """Sent and failed are done; an attempt without outcome is in doubt; transient failures are not
+    done; a resend clears doubt."""
     p = tmp_path / "l.jsonl"
     p.write_bytes(
         lines(
@@ -88,12 +89,15 @@ def test_replay_classifies_groups(tmp_path: Path) -> None:
             {"event": "in_doubt", "group": "e"},
             {"event": "attempt", "group": "e"},
             {"event": "sent", "group": "e"},
+            {"event": "attempt", "group": "f"},
+            {"event": "failed", "group": "f", "retryable": True},
             {"event": "rejected", "line": 7},
         )
     )
     state = replay(p)
     assert state.sent == {"a", "e"}
-    assert state.failed == {"b"}
+    assert state.failed == {"b"}  # f ran out of retries on a transient error: sent next run
+    assert not state.is_done("f")
     assert state.in_doubt == {"c", "d"}
     assert state.rejected_lines == {7}
     assert state.runs == 1
@@ -124,6 +128,9 @@ EVENTS = st.lists(
         st.builds(lambda g: {"event": "attempt", "group": g}, st.sampled_from("abcd")),
         st.builds(lambda g: {"event": "sent", "group": g}, st.sampled_from("abcd")),
         st.builds(lambda g: {"event": "failed", "group": g}, st.sampled_from("abcd")),
+        st.builds(
+            lambda g: {"event": "failed", "group": g, "retryable": True}, st.sampled_from("abcd")
+        ),
         st.builds(lambda n: {"event": "rejected", "line": n}, st.integers(1, 9)),
     ),
     max_size=25,
@@ -150,19 +157,20 @@ def test_any_prefix_torn_anywhere_replays_consistently(
 
 
 def replay_of(raw: list[bytes]) -> tuple[set[str], set[str], set[str], set[int]]:
-    """A slow, obvious model of replay."""
-    sent: set[str] = set()
-    failed: set[str] = set()
-    attempted: set[str] = set()
+    """A slow, obvious model of replay: each group's history, read whole."""
+    history: dict[str, list[dict[str, Any]]] = {}
     rejected: set[int] = set()
     for line in raw:
         e = orjson.loads(line)
-        if e["event"] == "sent":
-            sent.add(e["group"])
-        elif e["event"] == "failed":
-            failed.add(e["group"])
-        elif e["event"] == "attempt":
-            attempted.add(e["group"])
-        elif e["event"] == "rejected":
+        if e["event"] == "rejected":
             rejected.add(e["line"])
-    return sent, failed, attempted - sent - failed, rejected
+        elif "group" in e:
+            history.setdefault(e["group"], []).append(e)
+    sent = {g for g, h in history.items() if any(e["event"] == "sent" for e in h)}
+    failed = {
+        g
+        for g, h in history.items()
+        if any(e["event"] == "failed" and not e.get("retryable") for e in h)
+    }
+    doubt = {g for g, h in history.items() if h[-1]["event"] == "attempt"} - sent - failed
+    return sent, failed, doubt, rejected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import bulk_mms.ledger as ledger_mod
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import (
     AmbiguousSendError,
+    ApiUnavailable,
     AuthError,
     ConfigError,
     InputError,
     LedgerError,
     LedgerMismatch,
+    NetworkError,
     RateLimited,
     Rejected,
     SendError,
@@ -170,7 +173,8 @@ async def test_attempt_without_outcome_is_held_as_in_doubt(jobs: JobFactory) -> 
 async def test_permanent_and_exhausted_failures_are_recorded(
     jobs: JobFactory, fake_sleep: FakeSleep
 ) -> None:
-    """A 422 is failed at once; a 429 that never clears fails after the configured attempts."""
+    """A 422 fails for good at once; a 429 that never clears fails after the configured attempts
+    and is marked retryable, so the next run sends it again (and only it)."""
     jobs.people(16)
     job = jobs.job()
 
@@ -181,9 +185,34 @@ async def test_permanent_and_exhausted_failures_are_recorded(
 
     s = await run_job(job, FAST, FakeClient(handler), sleep=fake_sleep)
     failed = sorted(events(job, "failed"), key=lambda e: int(str(e["seq"])))
-    assert [(e["status"], e["attempts"]) for e in failed] == [(422, 1), (429, 3)]
-    assert s.open_failed == 2
+    assert [(e["status"], e["attempts"], e["retryable"]) for e in failed] == [
+        (422, 1, False),
+        (429, 3, True),
+    ]
+    assert (s.open_failed, s.retry_later_groups) == (1, 1)
     assert fake_sleep.calls == [1.0, 1.0]
+    rerun = FakeClient()
+    s2 = await run_job(job, FAST, rerun, sleep=fake_sleep)
+    assert [g.seq for g in rerun.calls] == [1]
+    assert (s2.sent_groups, s2.open_failed) == (1, 1)
+
+
+async def test_outage_stops_the_job_instead_of_failing_everything(
+    jobs: JobFactory, fake_sleep: FakeSleep
+) -> None:
+    """When group after group uses up its retries, the job stops; a rerun sends everything."""
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 1")
+    down = FakeClient(lambda g, n: NetworkError("cannot connect: refused"))
+    s = await run_job(job, replace(FAST, concurrency=1), down, sleep=fake_sleep)
+    assert isinstance(s.error, ApiUnavailable)
+    assert "rerun to resume" in str(s.error)
+    assert s.stopped == "unavailable"
+    assert s.failed_groups == 3
+    assert len(down.calls) == 3 * FAST.retry.attempts
+    back = FakeClient()
+    await run_job(job, FAST, back)
+    assert sorted(back.sent_numbers()) == numbers(80)
 
 
 async def test_unknown_template_column_is_a_config_error(jobs: JobFactory) -> None:
