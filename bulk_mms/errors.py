@@ -66,8 +66,8 @@ class ConfigError(UsageError):
         return f"{where}{self.setting}: {self.message}"
 
 
-class InputError(UsageError):
-    """The recipient file as a whole cannot be used (missing, unreadable, no phone column)."""
+class _Located(Exception):
+    """An error about a file, and optionally a line of it. Private: shared by two branches."""
 
     def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
         self.path = str(path)
@@ -78,6 +78,10 @@ class InputError(UsageError):
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
         return f"{where}: {self.message}"
+
+
+class InputError(_Located, UsageError):
+    """The recipient file as a whole cannot be used (missing, unreadable, no phone column)."""
 
 
 class ApiUnavailable(BulkMmsError):
@@ -87,18 +91,8 @@ class ApiUnavailable(BulkMmsError):
     """
 
 
-class LedgerError(BulkMmsError):
+class LedgerError(_Located, BulkMmsError):
     """The ledger file cannot be used."""
-
-    def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
-        self.path = str(path)
-        self.line = line
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else self.path
-        return f"{where}: {self.message}"
 
 
 class LedgerCorrupt(LedgerError):
