@@ -49,13 +49,19 @@ class Template:
 class MessageConfig:
     """The ``[message]`` table of a job."""
 
-    from_: str
+    #: The sender pool: one ``from`` or several. A group keeps the sender it was first sent from.
+    senders: tuple[str, ...]
     text: Template | None = None
     subject: Template | None = None
     media_urls: tuple[str, ...] = ()
     webhook_url: str | None = None
     webhook_failover_url: str | None = None
     use_profile_webhooks: bool | None = None
+
+    @property
+    def from_(self) -> str:
+        """The first sender: the one used when the pool has a single number."""
+        return self.senders[0]
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -107,6 +113,17 @@ class Settings:
     rate: float = 10.0
     #: Requests in flight at once.
     concurrency: int = 8
+    #: What one group costs against the rates: ``"request"`` (1) or ``"recipient"`` (its size).
+    cost: str = "request"
+    #: Target for the queue wait Telnyx reports; above it a sender slows down and pauses.
+    max_queue_wait_s: float = 30.0
+    #: Stop the job (resumably) after this many seconds; 0 means no limit.
+    max_job_duration_s: float = 0.0
+    #: Give up on a group still being rate limited this long after its first try (0: no limit).
+    max_group_age_s: float = 3600.0
+    #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
+    sender_limits: dict[str, float] = field(default_factory=dict)
+    type_limits: dict[str, float] = field(default_factory=dict)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
 
@@ -198,6 +215,17 @@ class _Table:
             raise self.error(key, "must be a list of strings")
         return tuple(value)
 
+    def rate_table(self, key: str, allowed: tuple[str, ...] | None = None) -> dict[str, float]:
+        """A table of name = rate (> 0), e.g. ``[limits.senders]``."""
+        sub = self.table(key)
+        out: dict[str, float] = {}
+        for name in list(sub._data):
+            if allowed is not None and name not in allowed:
+                raise sub.error(name, f"unknown; use one of {', '.join(allowed)}")
+            out[name] = sub.float_(name, 0.0, 1e-6, 1e6)
+        sub.finish()
+        return out
+
     def table(self, key: str) -> _Table:
         value = self._get(key)
         if value is None:
@@ -288,8 +316,11 @@ def load_job(path: str | Path) -> JobConfig:
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
 
     msg = top.table("message")
-    sender = msg.str_("from", required=True)
-    assert sender is not None
+    senders = msg.str_list("from")
+    if not senders:
+        raise msg.error("from", "is required (a number, or a list of numbers for a pool)")
+    if len(set(senders)) != len(senders):
+        raise msg.error("from", "lists a sender twice")
     text = msg.str_("text")
     subject = msg.str_("subject")
     if text is not None and not text.strip():
@@ -300,7 +331,7 @@ def load_job(path: str | Path) -> JobConfig:
     if text is None and not media:
         raise msg.error("text", "a message needs text or media_urls")
     message = MessageConfig(
-        from_=_check_sender(sender, path),
+        senders=tuple(_check_sender(s, path) for s in senders),
         text=parse_template(text, "message.text", path) if text is not None else None,
         subject=parse_template(subject, "message.subject", path) if subject is not None else None,
         media_urls=media,
@@ -351,6 +382,18 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             request_timeout=api.float_("request_timeout", settings.request_timeout, 0.1, 3600),
             rate=limits.float_("rate", settings.rate, 0.001, 10_000),
             concurrency=limits.int_("concurrency", settings.concurrency, 1, 1000),
+            cost=_choice(limits, "cost", ("request", "recipient")),
+            max_queue_wait_s=limits.float_(
+                "max_queue_wait_s", settings.max_queue_wait_s, 1, 14_400
+            ),
+            max_job_duration_s=limits.float_("max_job_duration_s", 0.0, 0, 30 * 86_400),
+            max_group_age_s=limits.float_(
+                "max_group_age_s", settings.max_group_age_s, 0, 30 * 86_400
+            ),
+            sender_limits=limits.rate_table("senders"),
+            type_limits=limits.rate_table(
+                "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
+            ),
             retry=RetryConfig(
                 attempts=retry.int_("attempts", dflt.attempts, 1, 100),
                 backoff_initial=retry.float_("backoff_initial", dflt.backoff_initial, 0, 3600),
@@ -363,6 +406,13 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])
     return check_settings(settings)
+
+
+def _choice(table: _Table, key: str, choices: tuple[str, ...]) -> str:
+    value = table.str_(key, choices[0]) or choices[0]
+    if value not in choices:
+        raise table.error(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return value
 
 
 def check_settings(settings: Settings) -> Settings:

@@ -109,6 +109,8 @@ class LedgerState:
     #: Input lines already recorded as rejected, so a rerun does not record them twice.
     rejected_lines: set[int] = field(default_factory=set)
     runs: int = 0
+    #: The sender each attempted group used: a group keeps it across retries and resumes.
+    sender_of: dict[str, str] = field(default_factory=dict)
 
     def is_done(self, group: str) -> bool:
         """True when the group has a final outcome and must never be sent again."""
@@ -127,7 +129,10 @@ def replay(path: Path) -> LedgerState:
         kind = event["event"]
         try:
             if kind == "attempt":
-                open_.add(event["group"])
+                gid = event["group"]
+                open_.add(gid)
+                if "from" in event:
+                    state.sender_of[gid] = event["from"]
             elif kind == "sent":
                 gid = event["group"]
                 sent.add(gid)

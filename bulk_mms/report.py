@@ -58,8 +58,8 @@ class LedgerSummary:
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
             "attempts": self.attempts,
-            "wait_seconds_p50": _percentile(waits, 0.50),
-            "wait_seconds_p95": _percentile(waits, 0.95),
+            "wait_seconds_p50": percentile(waits, 0.50),
+            "wait_seconds_p95": percentile(waits, 0.95),
             "wait_seconds_max": waits[-1] if waits else None,
             "error_codes": dict(self.error_codes.most_common()),
             "rejected_reasons": dict(self.rejected_reasons.most_common(10)),
@@ -68,7 +68,8 @@ class LedgerSummary:
         }
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted ``values``, nearest rank; None when empty."""
     if not values:
         return None
     return values[min(len(values) - 1, int(q * len(values)))]

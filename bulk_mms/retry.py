@@ -4,11 +4,15 @@ Only :class:`~bulk_mms.errors.RetryableSendError` is retried (429, 5xx, failures
 request left). The wait honours the server's hint (``Retry-After`` and friends, capped at
 ``max_retry_after``) and otherwise backs off exponentially with full jitter. Permanent errors,
 auth failures and ambiguous failures return at once. The sleep is injectable so tests never wait.
+
+A 429 is not a failure of the group but a request to slow down: it never counts against
+``attempts``. Only a deadline (the group's maximum age, or the job's) ends a run of 429s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +39,25 @@ class Attempted:
 
 class StopRetrying(Exception):
     """Raised by a ``before_attempt`` hook to give up without sending (the job is stopping)."""
+
+
+class _Stop(tenacity.stop.stop_base):
+    """Stop after ``attempts`` failures that are not 429s, or once past the deadline. Private."""
+
+    def __init__(self, attempts: int, deadline: float | None, now: Callable[[], float]) -> None:
+        self.attempts = attempts
+        self.deadline = deadline
+        self.now = now
+        self.failures = 0
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if not isinstance(exc, RateLimited):
+            self.failures += 1
+        if self.failures >= self.attempts:
+            return True
+        return self.deadline is not None and self.now() >= self.deadline
 
 
 class _Wait(tenacity.wait.wait_base):
@@ -75,6 +98,9 @@ async def send_with_retry(
     *,
     sleep: Sleep = asyncio.sleep,
     before_attempt: Callable[[int], Awaitable[None]] | None = None,
+    on_error: Callable[[SendError], None] | None = None,
+    deadline: float | None = None,
+    now: Callable[[], float] = time.monotonic,
 ) -> Attempted:
     """Send one group, retrying what can be retried.
 
@@ -85,6 +111,9 @@ async def send_with_retry(
         sleep: awaited between tries (tests pass a fake).
         before_attempt: awaited with the attempt number before each try (rate limiting, the
             write-ahead ledger entry); it may raise :class:`StopRetrying` to give up unsent.
+        on_error: called with each failed try's error (the pacer learns from 429s).
+        deadline: no retry starts after this time on the ``now`` clock.
+        now: the clock for ``deadline``.
 
     Returns:
         The receipt, or the error that ended the tries, with the number of tries.
@@ -94,7 +123,7 @@ async def send_with_retry(
     """
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception_type(RetryableSendError),
-        stop=tenacity.stop_after_attempt(policy.attempts),
+        stop=_Stop(policy.attempts, deadline, now),
         wait=_Wait(policy),
         sleep=sleep,
         before_sleep=_log_retry(group),
@@ -107,7 +136,12 @@ async def send_with_retry(
                 number = attempt.retry_state.attempt_number
                 if before_attempt is not None:
                     await before_attempt(number)
-                receipt = await client.send(group)
+                try:
+                    receipt = await client.send(group)
+                except SendError as exc:
+                    if on_error is not None:
+                        on_error(exc)
+                    raise
                 return Attempted(receipt, None, number)
     except SendError as exc:
         return Attempted(None, exc, number)

@@ -15,9 +15,9 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -30,7 +30,9 @@ from bulk_mms.errors import (
     AuthError,
     ConfigError,
     LedgerError,
+    RateLimited,
     RetryableSendError,
+    SendError,
 )
 from bulk_mms.grouping import make_groups
 from bulk_mms.ledger import (
@@ -42,10 +44,11 @@ from bulk_mms.ledger import (
     now_iso,
     replay,
 )
-from bulk_mms.limiter import Pacer
 from bulk_mms.models import Group, RejectedRow
+from bulk_mms.pacing import Pacer, PacingConfig, Ticket
 from bulk_mms.reader import RowReader
-from bulk_mms.retry import Attempted, Sleep, StopRetrying, send_with_retry
+from bulk_mms.report import percentile
+from bulk_mms.retry import Attempted, StopRetrying, send_with_retry
 from bulk_mms.validate import validate_rows
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -57,6 +60,28 @@ UNREACHABLE_AFTER = 3
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
 #: that the reader never runs far ahead of the sending.
 QUEUE_DEPTH_PER_WORKER = 2
+
+
+class Clock(Protocol):
+    """Time for the pacer, the backoff and the deadlines. Tests pass a fake that jumps."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The event loop's clock; its sleep wakes early when the job is asked to stop."""
+
+    def __init__(self, stop: Stop) -> None:
+        self._stop = stop
+        self._loop = asyncio.get_running_loop()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._stop.sleep(seconds)
 
 
 class Stop(asyncio.Event):
@@ -96,7 +121,15 @@ class JobSummary:
     #: Groups held back because an earlier run left them in doubt.
     held_groups: int = 0
     cost: dict[str, Decimal] = field(default_factory=dict)
-    wait_seconds_max: float = 0.0
+    #: Reported ``wait_seconds``: median, 95th percentile and maximum (None: none reported).
+    wait_seconds_p50: float | None = None
+    wait_seconds_p95: float | None = None
+    wait_seconds_max: float | None = None
+    #: Requests admitted per second, first to last admission.
+    achieved_rate: float | None = None
+    #: 429 answers, and of those how many said the queue was full (40318).
+    rate_limited: int = 0
+    queue_full: int = 0
     duration_s: float = 0.0
     #: Why the run stopped early, or None if it reached the end of the input.
     stopped: str | None = None
@@ -119,7 +152,12 @@ class JobSummary:
             "skipped_groups": self.skipped_groups,
             "held_groups": self.held_groups,
             "cost": {k: str(v) for k, v in self.cost.items()},
+            "achieved_rate": round(self.achieved_rate, 3) if self.achieved_rate else None,
+            "wait_seconds_p50": self.wait_seconds_p50,
+            "wait_seconds_p95": self.wait_seconds_p95,
             "wait_seconds_max": self.wait_seconds_max,
+            "rate_limited": self.rate_limited,
+            "queue_full": self.queue_full,
             "duration_s": round(self.duration_s, 3),
             "stopped": self.stopped,
         }
@@ -191,7 +229,7 @@ class Runner:
         state: LedgerState,
         *,
         resend_in_doubt: bool,
-        sleep: Sleep | None,
+        clock: Clock | None,
         stop: Stop,
     ) -> None:
         self.job = job
@@ -201,9 +239,25 @@ class Runner:
         self.state = state
         self.resend_in_doubt = resend_in_doubt
         self.stop = stop
-        self.sleep: Sleep = sleep or stop.sleep
+        self.clock: Clock = clock or LoopClock(stop)
         self.summary = JobSummary(job.name)
-        self.pacer = Pacer(settings.rate)
+        self.pacer = Pacer(
+            PacingConfig(
+                rate=settings.rate,
+                cost=settings.cost,
+                max_queue_wait_s=settings.max_queue_wait_s,
+                sender_limits=settings.sender_limits,
+                type_limits=settings.type_limits,
+            ),
+            job.message.senders,
+            now=self.clock.now,
+            sleep=self.clock.sleep,
+        )
+        self.started = self.clock.now()
+        self.deadline = (
+            self.started + settings.max_job_duration_s if settings.max_job_duration_s else None
+        )
+        self.waits: list[float] = []
         self.queue: asyncio.Queue[Group | None] = asyncio.Queue(
             settings.concurrency * QUEUE_DEPTH_PER_WORKER
         )
@@ -223,6 +277,10 @@ class Runner:
         s, state = self.summary, self.state
         for n, item in enumerate(plan(self.job, reader)):
             if self.stop.is_set():
+                break
+            if self.deadline is not None and self.clock.now() >= self.deadline:
+                log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
+                self.stop.request("deadline")
                 break
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
@@ -258,9 +316,30 @@ class Runner:
             finally:
                 self.in_flight -= 1
 
+    def sender_for(self, group: Group) -> Group:
+        """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
+        sender = self.state.sender_of.get(group.id)
+        if sender is not None and sender not in self.pacer.senders:
+            log.warning("group.sender_gone", group=group.id, sender=sender)
+            sender = None
+        sender = sender or self.pacer.choose()
+        if sender == group.message.from_:
+            return group
+        return replace(group, message=replace(group.message, from_=sender))
+
     async def send(self, group: Group) -> None:
+        group = self.sender_for(group)
+        sender = group.message.from_
+        ticket: Ticket | None = None
+        throttled = 0
+        age_limit = self.settings.max_group_age_s
+        deadlines = [d for d in (self.deadline,) if d is not None]
+        if age_limit:
+            deadlines.append(self.clock.now() + age_limit)
+
         async def before_attempt(number: int) -> None:
-            await self.pacer.acquire()
+            nonlocal ticket
+            ticket = await self.pacer.acquire(sender, len(group.to))
             if self.stop.is_set():
                 raise StopRetrying
             # Write-ahead: the intent is durable before the request can leave.
@@ -276,21 +355,32 @@ class Runner:
                 }
             )
 
+        def on_error(exc: SendError) -> None:
+            nonlocal throttled
+            if isinstance(exc, RateLimited):
+                throttled += 1
+                self.pacer.on_rate_limited(sender, exc.retry_after, exc.code)
+
         try:
             result = await send_with_retry(
                 self.client,
                 group,
                 self.settings.retry,
-                sleep=self.sleep,
+                sleep=self.clock.sleep,
                 before_attempt=before_attempt,
+                on_error=on_error,
+                deadline=min(deadlines) if deadlines else None,
+                now=self.clock.now,
             )
         except StopRetrying:
             return
         except LedgerError as exc:
             self.fail_ledger(exc)
             return
+        if result.receipt is not None and ticket is not None:
+            self.pacer.observe(ticket, result.receipt.wait_seconds)
         try:
-            await self.record(group, result)
+            await self.record(group, result, throttled)
         except LedgerError as exc:
             self.fail_ledger(exc)
 
@@ -299,7 +389,7 @@ class Runner:
             self.summary.error = exc
         self.stop.request("ledger")
 
-    async def record(self, group: Group, result: Attempted) -> None:
+    async def record(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         s = self.summary
         base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
         if result.receipt is not None:
@@ -309,7 +399,7 @@ class Runner:
             if r.cost is not None:
                 s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
             if r.wait_seconds is not None:
-                s.wait_seconds_max = max(s.wait_seconds_max, r.wait_seconds)
+                self.waits.append(r.wait_seconds)
             await self.ledger.write(
                 {
                     "event": "sent",
@@ -324,6 +414,7 @@ class Runner:
                         else None
                     ),
                     "attempts": result.attempts,
+                    "rate_limited": throttled,
                     "time": now_iso(),
                 }
             )
@@ -368,6 +459,7 @@ class Runner:
                 "title": first.title if first else type(err).__name__,
                 "detail": first.detail if first and first.detail else str(err),
                 "attempts": result.attempts,
+                "rate_limited": throttled,
                 "retryable": retryable,
                 "time": now_iso(),
             }
@@ -404,7 +496,7 @@ async def run_job(
     client: MmsClient,
     *,
     resend_in_doubt: bool = False,
-    sleep: Sleep | None = None,
+    clock: Clock | None = None,
     stop: Stop | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
@@ -414,7 +506,8 @@ async def run_job(
         settings: rate, concurrency, retries.
         client: the API seam.
         resend_in_doubt: also send groups an earlier run left in doubt.
-        sleep: the backoff sleep (tests pass a fake); by default a sleep that a stop interrupts.
+        clock: time for pacing, backoff and deadlines (tests pass a fake); by default the loop's,
+            with a sleep that a stop interrupts.
         stop: set it to stop early (the CLI sets it on SIGINT/SIGTERM).
 
     Returns:
@@ -453,7 +546,7 @@ async def run_job(
                 ledger,
                 state,
                 resend_in_doubt=resend_in_doubt,
-                sleep=sleep,
+                clock=clock,
                 stop=stop,
             )
             log.info(
@@ -474,6 +567,13 @@ async def run_job(
     s = runner.summary
     s.stopped = stop.reason
     s.duration_s = time.monotonic() - started
+    waits = sorted(runner.waits)
+    s.wait_seconds_p50 = percentile(waits, 0.50)
+    s.wait_seconds_p95 = percentile(waits, 0.95)
+    s.wait_seconds_max = waits[-1] if waits else None
+    s.achieved_rate = runner.pacer.achieved_rate()
+    s.rate_limited = runner.pacer.rate_limited
+    s.queue_full = runner.pacer.queue_full
     final = replay(job.ledger) if s.error is None else state
     s.open_failed = len(final.failed)
     s.open_in_doubt = len(final.in_doubt)

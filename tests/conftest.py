@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -73,13 +74,25 @@ class FakeClient:
 
 
 class FakeSleep:
-    """Records requested sleeps instead of sleeping."""
+    """A fake clock: sleeping records the request and moves the clock on at once.
 
-    def __init__(self) -> None:
+    Usable as the retry ``sleep`` (call it) and as the runner's ``clock`` (``now``/``sleep``).
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
         self.calls: list[float] = []
+        self.time = start
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        self.time += max(0.0, seconds)
+        await asyncio.sleep(0)
 
     async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
+        await self.sleep(seconds)
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ def job(group_size: int = 8, group_by: str | None = None) -> JobConfig:
         path=Path("j.toml"),
         input=Path("in.csv"),
         ledger=Path("l.jsonl"),
-        message=MessageConfig(from_="+18445550001", text=parse_template("Hi {n}", "t", Path())),
+        message=MessageConfig(
+            senders=("+18445550001",), text=parse_template("Hi {n}", "t", Path())
+        ),
         group_size=group_size,
         group_by=group_by,
     )

@@ -38,7 +38,7 @@ async def test_fault_mix_every_recipient_accepted_once_or_in_doubt(
     job = jobs.job(extra="group_size = 4")
     settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, attempts=5))
     async with AiohttpMmsClient(url, KEY, request_timeout=5) as client:
-        s = await run_job(job, settings, client, sleep=fake_sleep)
+        s = await run_job(job, settings, client, clock=fake_sleep)
     assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (15, 1, 0)
     counts = fake.recipient_counts()
     assert set(counts.values()) == {1}

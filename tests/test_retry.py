@@ -73,3 +73,31 @@ async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeSl
         assert result.attempts == 1
         assert len(c.calls) == 1
     assert fake_sleep.calls == []
+
+
+async def test_429s_do_not_use_up_attempts(fake_sleep: FakeSleep) -> None:
+    """Ten 429s in a row, then success: 429s are not failures, so attempts=4 is not exceeded."""
+    c = script(*[RateLimited("x", retry_after=0.5)] * 10, None)
+    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    assert result.receipt is not None
+    assert result.attempts == 11
+
+
+async def test_deadline_ends_a_run_of_429s(fake_sleep: FakeSleep) -> None:
+    """A group rate limited past its deadline ends with the 429 as its error."""
+    c = script(*[RateLimited("x", retry_after=2.0)] * 100)
+    deadline = fake_sleep.now() + 9.0
+    result = await send_with_retry(
+        c, GROUP, POLICY, sleep=fake_sleep, deadline=deadline, now=fake_sleep.now
+    )
+    assert isinstance(result.error, RateLimited)
+    assert result.attempts == 6  # tries at t=0, 2, 4, 6, 8, 10: the last one is past 9
+    assert fake_sleep.now() >= deadline
+
+
+async def test_on_error_sees_every_failed_try(fake_sleep: FakeSleep) -> None:
+    """The on_error hook is called once per failed try, with that try's error."""
+    seen: list[SendError] = []
+    c = script(RateLimited("x", retry_after=1.0), ServerError("y", status=500), None)
+    await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep, on_error=seen.append)
+    assert [type(e) for e in seen] == [RateLimited, ServerError]

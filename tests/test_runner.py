@@ -173,8 +173,8 @@ async def test_attempt_without_outcome_is_held_as_in_doubt(jobs: JobFactory) -> 
 async def test_permanent_and_exhausted_failures_are_recorded(
     jobs: JobFactory, fake_sleep: FakeSleep
 ) -> None:
-    """A 422 fails for good at once; a 429 that never clears fails after the configured attempts
-    and is marked retryable, so the next run sends it again (and only it)."""
+    """A 422 fails for good at once; a 429 that never clears fails when the group's maximum age
+    passes, marked retryable, so the next run sends it again (and only it)."""
     jobs.people(16)
     job = jobs.job()
 
@@ -183,16 +183,16 @@ async def test_permanent_and_exhausted_failures_are_recorded(
             return Rejected("bad", status=422)
         return RateLimited("slow down", retry_after=1.0)
 
-    s = await run_job(job, FAST, FakeClient(handler), sleep=fake_sleep)
+    settings = replace(FAST, max_group_age_s=10.0)
+    s = await run_job(job, settings, FakeClient(handler), clock=fake_sleep)
     failed = sorted(events(job, "failed"), key=lambda e: int(str(e["seq"])))
-    assert [(e["status"], e["attempts"], e["retryable"]) for e in failed] == [
-        (422, 1, False),
-        (429, 3, True),
-    ]
+    assert [(e["status"], e["retryable"]) for e in failed] == [(422, False), (429, True)]
+    assert failed[0]["attempts"] == 1
+    assert 10 <= int(str(failed[1]["attempts"])) <= 12  # one try a second until 10 s old
+    assert failed[1]["rate_limited"] == failed[1]["attempts"]
     assert (s.open_failed, s.retry_later_groups) == (1, 1)
-    assert fake_sleep.calls == [1.0, 1.0]
     rerun = FakeClient()
-    s2 = await run_job(job, FAST, rerun, sleep=fake_sleep)
+    s2 = await run_job(job, FAST, rerun, clock=fake_sleep)
     assert [g.seq for g in rerun.calls] == [1]
     assert (s2.sent_groups, s2.open_failed) == (1, 1)
 
@@ -204,7 +204,7 @@ async def test_outage_stops_the_job_instead_of_failing_everything(
     jobs.people(80)
     job = jobs.job(extra="group_size = 1")
     down = FakeClient(lambda g, n: NetworkError("cannot connect: refused"))
-    s = await run_job(job, replace(FAST, concurrency=1), down, sleep=fake_sleep)
+    s = await run_job(job, replace(FAST, concurrency=1), down, clock=fake_sleep)
     assert isinstance(s.error, ApiUnavailable)
     assert "rerun to resume" in str(s.error)
     assert s.stopped == "unavailable"

@@ -1,0 +1,354 @@
+"""Pacing: send at the rate Telnyx's queue drains, without being told that rate.
+
+Telnyx queues traffic above its limits instead of refusing it, and reports in each response's
+``wait_seconds`` how long that message waited. The pacer turns those reports into a send rate.
+
+Three layers gate every request, in this order:
+
+1. **Per sender** (:class:`SenderPace`): a GCRA token bucket whose rate the controller moves
+   between a floor and the sender's ceiling (its configured limit, or the account rate), plus a
+   pause (after a 429, or to let a long queue drain). Pure logic with an explicit ``now``, so the
+   controller is tested without any clock.
+2. **Account-wide**: an :class:`aiolimiter.AsyncLimiter` at the configured ``rate`` that smooths
+   requests out, and a sliding-window guard (:class:`WindowGuard`) that makes "no one-second
+   window above ``rate``" hold exactly, even when a wake-up comes late (a leaky bucket alone lets
+   a late request and an on-time one land closer than ``1/rate``).
+3. The number in flight, bounded by the runner's workers.
+
+The controller (per sender)::
+
+    wait reported w ──► queue forming?  no (w≈0) ─► rate * 1.25 per second, up to the ceiling
+                                        yes ─────► drain rate D from consecutive departures:
+                                                   D = Δsequence / Δ(send time + w)
+                                                   rate = D * (1 + (w_goal - w) / tau)
+                                                   w > max_queue_wait: pause (w - w_goal)
+    429 ──────────────────────────────► pause for the hint (or backoff), rate / 2
+    429 code 40318 (queue full) ──────► pause, rate / 4
+
+Because a FIFO queue releases messages exactly ``1/D`` apart, two responses that both waited
+tell the drain rate directly; the controller then aims the queue at ``w_goal`` (a quarter of
+``max_queue_wait_s``): long enough that the queue never runs dry (so the drain is used fully),
+short enough to stay far from the cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+log = structlog.get_logger("bulk_mms.pacing")
+
+#: Rate never drops below this fraction of the ceiling (and never below 0.01/s), so a sender
+#: keeps probing even after a burst of bad news.
+FLOOR_FRACTION = 0.01
+#: How fast (seconds) the controller closes the gap between the reported and the goal wait.
+TAU_S = 10.0
+#: Waits at or under this many seconds count as "no queue".
+NO_QUEUE_S = 0.05
+#: Multiplicative increase per second of empty-queue reports.
+INCREASE = 1.25
+#: Backoff after a 429 without a hint, in seconds.
+DEFAULT_429_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admission: which sender, when, and the sender's cumulative cost including this one."""
+
+    sender: str
+    time: float
+    seq: float
+    cost: float
+
+
+@dataclass(slots=True)
+class SenderPace:
+    """One sender's adaptive bucket. Private to the pacer; all methods take ``now``."""
+
+    sender: str
+    #: The most this sender may ever send, in cost units per second.
+    ceiling: float
+    #: Goal for the reported queue wait, seconds.
+    goal_wait: float
+    #: Above this reported wait the sender pauses to let the queue drain.
+    max_wait: float
+    rate: float = 0.0
+    #: GCRA theoretical arrival time: the earliest the next admission may happen.
+    tat: float = 0.0
+    paused_until: float = 0.0
+    #: Cumulative cost admitted: the position in the sender's queue.
+    seq: float = 0.0
+    # (departure time = send + wait, seq) of recent responses that waited; drain estimate
+    departures: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=32))
+    drain: float | None = None
+    last_increase: float = -math.inf
+    last_used: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0:
+            self.rate = self.ceiling
+
+    @property
+    def floor(self) -> float:
+        return max(0.01, self.ceiling * FLOOR_FRACTION)
+
+    def earliest(self) -> float:
+        """The earliest time this sender may send next."""
+        return max(self.tat, self.paused_until)
+
+    def admit(self, now: float, cost: float) -> Ticket:
+        # A little burst tolerance (one request's worth) absorbs late wake-ups, so the long-run
+        # rate is the configured one rather than a bit less.
+        start = max(now, self.tat - cost / self.rate)
+        self.tat = max(self.tat, start) + cost / self.rate
+        self.seq += cost
+        self.last_used = now
+        return Ticket(self.sender, now, self.seq, cost)
+
+    def _set(self, rate: float, reason: str) -> tuple[float, float, str] | None:
+        new = min(self.ceiling, max(self.floor, rate))
+        old = self.rate
+        if abs(new - old) < 1e-9:
+            return None
+        self.rate = new
+        return old, new, reason
+
+    def observe(self, now: float, ticket: Ticket, wait: float) -> tuple[float, float, str] | None:
+        """Take in the ``wait_seconds`` reported for ``ticket``; return a rate change, if any."""
+        if wait <= NO_QUEUE_S:
+            self.departures.clear()
+            self.drain = None
+            if now - self.last_increase >= 1.0 and self.rate < self.ceiling:
+                self.last_increase = now
+                return self._set(self.rate * INCREASE + self.floor, "queue empty")
+            return None
+        self.departures.append((ticket.time + wait, ticket.seq))
+        drain = self._estimate_drain()
+        if drain is not None:
+            self.drain = drain
+        base = self.drain if self.drain is not None else self.rate * 0.5
+        if wait > self.max_wait:
+            # Stop until the queue is back to the goal; messages drain at base meanwhile.
+            self.paused_until = max(self.paused_until, now + (wait - self.goal_wait))
+            return self._set(base, f"wait {wait:.1f}s over {self.max_wait:g}s: pause")
+        target = base * (1 + (self.goal_wait - wait) / TAU_S)
+        change = self._set(target, f"wait {wait:.1f}s, drain {base:.2f}/s")
+        if change is not None and abs(change[1] - change[0]) < 0.02 * change[0]:
+            return None  # too small to log; the rate is set all the same
+        return change
+
+    def _estimate_drain(self) -> float | None:
+        """Messages leave a FIFO queue 1/D apart: D = Δseq / Δdeparture over recent samples."""
+        if len(self.departures) < 3:
+            return None
+        samples = sorted(self.departures, key=lambda d: d[1])
+        (t0, s0), (t1, s1) = samples[0], samples[-1]
+        if t1 - t0 < 0.5 or s1 <= s0:
+            return None
+        return (s1 - s0) / (t1 - t0)
+
+    def rate_limited(
+        self, now: float, retry_after: float | None, queue_full: bool
+    ) -> tuple[float, float, str] | None:
+        """A 429 for this sender: pause for the hint (or a backoff) and cut the rate."""
+        pause = retry_after if retry_after is not None else DEFAULT_429_PAUSE_S
+        self.paused_until = max(self.paused_until, now + pause)
+        factor = 0.25 if queue_full else 0.5
+        reason = "429 queue full (40318)" if queue_full else "429"
+        return self._set(self.rate * factor, reason)
+
+
+class WindowGuard:
+    """At most ``limit`` cost units in any ``window``-second span, by a log of recent sends.
+
+    A small ``margin`` is added to the window so that network jitter between here and the server
+    cannot make two sends a full window apart here look closer there.
+    """
+
+    __slots__ = ("_log", "_sum", "limit", "margin", "window")
+
+    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.005) -> None:
+        self.limit = limit
+        self.window = window
+        self.margin = margin
+        self._log: deque[tuple[float, float]] = deque()
+        self._sum = 0.0
+
+    def earliest(self, now: float, cost: float) -> float:
+        """When a send of ``cost`` would fit (now, or later)."""
+        span = self.window + self.margin
+        while self._log and self._log[0][0] <= now - span:
+            self._sum -= self._log.popleft()[1]
+        if self._sum + cost <= self.limit + 1e-9 or not self._log:
+            return now
+        # drop the oldest sends until the cost fits; it fits once the last of those ages out
+        total = self._sum
+        for t, c in self._log:
+            total -= c
+            if total + cost <= self.limit + 1e-9:
+                return t + span
+        return self._log[-1][0] + span  # pragma: no cover - the empty log returned above
+
+    def record(self, now: float, cost: float) -> None:
+        self._log.append((now, cost))
+        self._sum += cost
+
+
+@dataclass(frozen=True, slots=True)
+class PacingConfig:
+    """What the pacer needs from the settings."""
+
+    #: Account-wide ceiling, cost units per second.
+    rate: float
+    #: ``"request"`` (a group costs 1) or ``"recipient"`` (a group costs its size).
+    cost: str = "request"
+    max_queue_wait_s: float = 30.0
+    #: Per-sender ceilings by number, cost units per second.
+    sender_limits: dict[str, float] = field(default_factory=dict)
+    #: Per-sender ceilings by type (``long_code``, ``toll_free``, ``short_code``,
+    #: ``alphanumeric``), used when a number has no limit of its own.
+    type_limits: dict[str, float] = field(default_factory=dict)
+
+
+def sender_type(sender: str) -> str:
+    """``short_code``, ``toll_free``, ``long_code`` or ``alphanumeric``."""
+    if sender.isdigit():
+        return "short_code"
+    if not sender.startswith("+"):
+        return "alphanumeric"
+    if sender[:5] in ("+1800", "+1833", "+1844", "+1855", "+1866", "+1877", "+1888"):
+        return "toll_free"
+    return "long_code"
+
+
+class Pacer:
+    """Admits requests under the per-sender and account-wide limits; learns from responses.
+
+    Create it inside the running loop (aiolimiter binds to it).
+
+    Args:
+        config: rates and the queue-wait target.
+        senders: the pool of ``from`` values.
+        now: the clock (the loop's time by default); tests pass a fake one.
+        sleep: how to wait for the clock (``asyncio.sleep`` by default); a fake clock's sleep
+            advances it.
+    """
+
+    def __init__(
+        self,
+        config: PacingConfig,
+        senders: Sequence[str],
+        *,
+        now: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        loop = asyncio.get_running_loop()
+        self._time: Callable[[], float] = now or loop.time
+        self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        goal = config.max_queue_wait_s / 4
+        self.senders: dict[str, SenderPace] = {}
+        for s in dict.fromkeys(senders):
+            ceiling = config.sender_limits.get(
+                s, config.type_limits.get(sender_type(s), config.rate)
+            )
+            self.senders[s] = SenderPace(
+                s, min(ceiling, config.rate), goal_wait=goal, max_wait=config.max_queue_wait_s
+            )
+        # The bucket holds the largest single cost (a group of 8 under cost="recipient"), so it
+        # is never asked for more than it can hold (aiolimiter raises if it is).
+        self.max_cost = 8.0 if config.cost == "recipient" else 1.0
+        capacity = max(self.max_cost, 1.0)
+        self._bucket = AsyncLimiter(capacity, capacity / config.rate)
+        self._guard = WindowGuard(max(config.rate, self.max_cost))
+        self._account_lock = asyncio.Lock()
+        self._sender_locks = {s: asyncio.Lock() for s in self.senders}
+        #: Account-wide pause (every sender showed a 429 lately).
+        self.paused_until = 0.0
+        self._recent_429: dict[str, float] = {}
+        #: Counters for the summary.
+        self.rate_limited = 0
+        self.queue_full = 0
+        self.admitted = 0
+        self.first_admit: float | None = None
+        self.last_admit: float | None = None
+
+    def now(self) -> float:
+        return self._time()
+
+    def cost_of(self, size: int) -> float:
+        return float(size) if self.config.cost == "recipient" else 1.0
+
+    def choose(self, candidates: Iterable[str] | None = None) -> str:
+        """The sender that can send soonest (least recently used on a tie)."""
+        pool = [self.senders[s] for s in (candidates or self.senders)]
+        best = min(pool, key=lambda p: (p.earliest(), p.last_used))
+        return best.sender
+
+    async def _wait_until(self, when: Callable[[], float]) -> None:
+        # The deadline is re-read after every sleep: a 429 may have pushed it out meanwhile.
+        while (delay := when() - self.now()) > 1e-6:
+            await self._sleep(delay)
+
+    async def acquire(self, sender: str, size: int) -> Ticket:
+        """Wait until ``sender`` may send a group of ``size``; return the admission ticket."""
+        pace = self.senders[sender]
+        cost = self.cost_of(size)
+        async with self._sender_locks[sender]:
+            # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
+            await self._wait_until(pace.earliest)
+            async with self._account_lock:
+                await self._wait_until(lambda: self.paused_until)
+                await self._bucket.acquire(min(cost, self._bucket.max_rate))
+                await self._wait_until(lambda: self._guard.earliest(self.now(), cost))
+                now = self.now()
+                self._guard.record(now, cost)
+            ticket = pace.admit(now, cost)
+        self.admitted += 1
+        self.first_admit = now if self.first_admit is None else self.first_admit
+        self.last_admit = now
+        return ticket
+
+    def observe(self, ticket: Ticket, wait: float | None) -> None:
+        """A response for ``ticket`` reported ``wait`` seconds in the queue."""
+        if wait is None:
+            return
+        pace = self.senders[ticket.sender]
+        self._log_change(pace, pace.observe(self.now(), ticket, wait))
+
+    def on_rate_limited(self, sender: str, retry_after: float | None, code: str) -> None:
+        """A 429 for ``sender``. When every sender has had one lately, pause the account too."""
+        now = self.now()
+        queue_full = code == "40318"
+        self.rate_limited += 1
+        self.queue_full += queue_full
+        pace = self.senders[sender]
+        self._log_change(pace, pace.rate_limited(now, retry_after, queue_full))
+        self._recent_429[sender] = now
+        window = max(5.0, retry_after or 0.0)
+        if all(now - self._recent_429.get(s, -math.inf) <= window for s in self.senders):
+            self.paused_until = max(self.paused_until, pace.paused_until)
+
+    def _log_change(self, pace: SenderPace, change: tuple[float, float, str] | None) -> None:
+        if change is not None:
+            old, new, reason = change
+            log.info(
+                "pace.changed",
+                sender=pace.sender,
+                old=round(old, 3),
+                new=round(new, 3),
+                reason=reason,
+            )
+
+    def achieved_rate(self) -> float | None:
+        """Admissions per second between the first and the last."""
+        if self.first_admit is None or self.last_admit is None or self.admitted < 2:
+            return None
+        span = self.last_admit - self.first_admit
+        return (self.admitted - 1) / span if span > 0 else None
