@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -72,6 +73,37 @@ class Accepted:
     wait_seconds: float
 
 
+@dataclass(slots=True)
+class SenderQueue:
+    """Telnyx's queue for one sender, as a fluid model: it drains at ``drain`` messages/s.
+
+    A message arriving behind ``q`` others waits ``q / drain`` seconds; one that would make the
+    queue longer than ``cap`` is refused with 429 / 40318 ("Message queue full").
+    """
+
+    drain: float
+    cap: float
+    q: float = 0.0
+    last: float = 0.0
+
+    def settle(self, now: float) -> None:
+        self.q = max(0.0, self.q - (now - self.last) * self.drain)
+        self.last = now
+
+    def offer(self, now: float, size: float) -> float | None:
+        """Queue ``size`` messages; return the wait of the first, or None if the queue is full."""
+        self.settle(now)
+        if self.q + size > self.cap:
+            return None
+        wait = self.q / self.drain
+        self.q += size
+        return wait
+
+    def set_drain(self, now: float, drain: float) -> None:
+        self.settle(now)
+        self.drain = drain
+
+
 @dataclass
 class FakeTelnyx:
     """State and behaviour of the fake API. Tests inspect :attr:`accepted` and :attr:`requests`."""
@@ -85,6 +117,18 @@ class FakeTelnyx:
     wait_seconds: Callable[[int], float] = lambda _n: 0.0
     #: Status the GET endpoints report for each recipient.
     delivery_status: str = "delivered"
+    #: Queue model: drain rate (messages/s) for every sender, or per sender; None disables it
+    #: and ``wait_seconds`` comes from the callable above.
+    drain_rate: float | None = None
+    sender_drain: dict[str, float] = field(default_factory=dict)
+    #: Longest queue per sender, in messages.
+    queue_cap: float = 1000.0
+    #: ``"request"``: a group is one message in the queue; ``"recipient"``: one per recipient.
+    queue_unit: str = "request"
+    clock: Callable[[], float] = time.monotonic
+    queues: dict[str, SenderQueue] = field(default_factory=dict)
+    #: (time, sender, recipients) of every accepted message, in order: the server's own log.
+    accept_log: list[tuple[float, str, int]] = field(default_factory=list)
     accepted: list[Accepted] = field(default_factory=list)
     #: Every POST body that arrived, faulted or not.
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -93,6 +137,21 @@ class FakeTelnyx:
     _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
 
     # -- views for tests -----------------------------------------------------------------
+
+    def queue_for(self, sender: str) -> SenderQueue | None:
+        drain = self.sender_drain.get(sender, self.drain_rate)
+        if drain is None:
+            return None
+        if sender not in self.queues:
+            self.queues[sender] = SenderQueue(drain, self.queue_cap, last=self.clock())
+        return self.queues[sender]
+
+    def set_drain(self, sender: str, drain: float) -> None:
+        """Change a sender's drain rate from now on (the queue so far drained at the old one)."""
+        self.sender_drain[sender] = drain
+        queue = self.queue_for(sender)
+        assert queue is not None
+        queue.set_drain(self.clock(), drain)
 
     def recipient_counts(self) -> dict[str, int]:
         """How many accepted messages each number is in."""
@@ -144,7 +203,14 @@ class FakeTelnyx:
                     422, "10015", "Idempotency key reused", "Same key, different request body."
                 )
             return _json(200, first_response)
-        msg = self._accept(body, key)
+        wait: float | None = None
+        queue = self.queue_for(body["from"])
+        if queue is not None:
+            size = len(body["to"]) if self.queue_unit == "recipient" else 1
+            wait = queue.offer(self.clock(), size)
+            if wait is None:
+                return _errors(429, "40318", "Message queue full", "Try again later.")
+        msg = self._accept(body, key, wait)
         response = {"data": self._record(msg, cost_as_string=True)}
         if key is not None and self.honour_idempotency:
             self._keys[key] = (raw, response)
@@ -159,8 +225,9 @@ class FakeTelnyx:
                 return web.Response(status=200, body=b"<html>oops", content_type="text/html")
         return _json(200, response)
 
-    def _accept(self, body: dict[str, Any], key: str | None) -> Accepted:
+    def _accept(self, body: dict[str, Any], key: str | None, wait: float | None) -> Accepted:
         n = len(self.accepted)
+        self.accept_log.append((self.clock(), body["from"], len(body["to"])))
         to = tuple(body["to"])
         msg = Accepted(
             id=str(uuid.uuid4()),
@@ -170,7 +237,7 @@ class FakeTelnyx:
             idempotency_key=key,
             received_at=_now(),
             recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
-            wait_seconds=float(self.wait_seconds(n)),
+            wait_seconds=round(wait if wait is not None else float(self.wait_seconds(n)), 3),
         )
         self.accepted.append(msg)
         self.by_id[msg.id] = msg

@@ -9,10 +9,16 @@ Three layers gate every request, in this order:
    between a floor and the sender's ceiling (its configured limit, or the account rate), plus a
    pause (after a 429, or to let a long queue drain). Pure logic with an explicit ``now``, so the
    controller is tested without any clock.
-2. **Account-wide**: an :class:`aiolimiter.AsyncLimiter` at the configured ``rate`` that smooths
-   requests out, and a sliding-window guard (:class:`WindowGuard`) that makes "no one-second
-   window above ``rate``" hold exactly, even when a wake-up comes late (a leaky bucket alone lets
-   a late request and an on-time one land closer than ``1/rate``).
+2. **Account-wide**: the same kind of GCRA bucket at the configured ``rate``, which spaces
+   requests evenly, and a sliding-window guard (:class:`WindowGuard`) that makes "no one-second
+   window above ``rate``" hold exactly, even when a wake-up comes late (a bucket alone lets a
+   late request and an on-time one land closer than ``1/rate``).
+
+Why not aiolimiter, which bulk_mms used at first: its rate is fixed when it is built (the
+controller must move it every few seconds), it reads the event loop's clock directly (so tests
+would have to really sleep, or patch the loop), and a bucket deep enough to hold a group of 8
+admits a burst at any window boundary. A GCRA bucket is ten lines, takes any clock, and its rate
+is a plain attribute.
 3. The number in flight, bounded by the runner's workers.
 
 The controller (per sender)::
@@ -28,7 +34,8 @@ The controller (per sender)::
 Because a FIFO queue releases messages exactly ``1/D`` apart, two responses that both waited
 tell the drain rate directly; the controller then aims the queue at ``w_goal`` (a quarter of
 ``max_queue_wait_s``): long enough that the queue never runs dry (so the drain is used fully),
-short enough to stay far from the cap.
+short enough to stay far from the cap. A queue-full 429 shows the cap is nearer than that: the
+goal drops to half the wait last seen before it.
 """
 
 from __future__ import annotations
@@ -40,7 +47,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from aiolimiter import AsyncLimiter
 
 log = structlog.get_logger("bulk_mms.pacing")
 
@@ -53,6 +59,8 @@ TAU_S = 10.0
 NO_QUEUE_S = 0.05
 #: Multiplicative increase per second of empty-queue reports.
 INCREASE = 1.25
+#: The drain rate is fitted over responses from this many recent seconds.
+DRAIN_WINDOW_S = 10.0
 #: Backoff after a 429 without a hint, in seconds.
 DEFAULT_429_PAUSE_S = 1.0
 
@@ -65,6 +73,85 @@ class Ticket:
     time: float
     seq: float
     cost: float
+
+
+class DrainFit:
+    """Least-squares drain rate over a sliding time window. Private to :class:`SenderPace`.
+
+    Messages leave a FIFO queue ``1/D`` apart, so departure time plotted against queue position
+    is a line of slope ``1/D``. Fitting all recent points, rather than taking two, shrugs off a
+    server that rounds ``wait_seconds``. Running sums keep each report O(1); they are rebuilt
+    from the window now and then, relative to its first point, so rounding never piles up.
+    """
+
+    __slots__ = ("_origin", "_points", "_since_rebuild", "_sums", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._points: deque[tuple[float, float]] = deque()
+        self._origin = (0.0, 0.0)
+        self._sums = [0.0] * 5  # n, sum s, sum t, sum s*s, sum s*t (relative to _origin)
+        self._since_rebuild = 0
+
+    def clear(self) -> None:
+        self._points.clear()
+        self._sums = [0.0] * 5
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def _acc(self, t: float, s: float, sign: float) -> None:
+        t -= self._origin[0]
+        s -= self._origin[1]
+        sums = self._sums
+        sums[0] += sign
+        sums[1] += sign * s
+        sums[2] += sign * t
+        sums[3] += sign * s * s
+        sums[4] += sign * s * t
+
+    def add(self, t: float, s: float, now: float) -> float | None:
+        """Add a departure; drop those older than the window; return the fitted rate, if any."""
+        self._points.append((t, s))
+        self._acc(t, s, 1.0)
+        while self._points[0][0] < now - self.window and len(self._points) > 1:
+            old_t, old_s = self._points.popleft()
+            self._acc(old_t, old_s, -1.0)
+        self._since_rebuild += 1
+        if self._since_rebuild >= 1024:
+            self._since_rebuild = 0
+            self._origin = self._points[0]
+            self._sums = [0.0] * 5
+            for pt, ps in self._points:
+                self._acc(pt, ps, 1.0)
+        n, ss, st, sss, sst = self._sums
+        span = self._points[-1][0] - self._points[0][0]
+        if n < 3 or span < 0.5:
+            return None
+        sxx = sss - ss * ss / n
+        sxy = sst - ss * st / n
+        if sxx <= 0 or sxy <= 0:
+            return None
+        return sxx / sxy  # queue positions per second: the inverse of the fitted slope
+
+
+@dataclass(slots=True)
+class Gcra:
+    """A token bucket in GCRA form: a theoretical arrival time that advances ``cost / rate``.
+
+    ``tolerance`` seconds of lateness are forgiven, so late wake-ups do not lower the long-run
+    rate; the window guard, not this bucket, bounds what a single second may hold.
+    """
+
+    rate: float
+    tolerance: float = 0.0
+    tat: float = 0.0
+
+    def earliest(self) -> float:
+        return self.tat - self.tolerance
+
+    def admit(self, now: float, cost: float) -> None:
+        self.tat = max(self.tat, now - self.tolerance) + cost / self.rate
 
 
 @dataclass(slots=True)
@@ -84,10 +171,14 @@ class SenderPace:
     paused_until: float = 0.0
     #: Cumulative cost admitted: the position in the sender's queue.
     seq: float = 0.0
-    # (departure time = send + wait, seq) of recent responses that waited; drain estimate
-    departures: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=32))
+    #: Recent (departure time = send + wait, seq) of responses that waited: the drain fit.
+    departures: DrainFit = field(default_factory=lambda: DrainFit(DRAIN_WINDOW_S))
     drain: float | None = None
+    #: The latest wait reported: where the queue stood when it last answered.
+    last_wait: float = 0.0
     last_increase: float = -math.inf
+    #: When a report last showed a queue; "empty" means none for a whole second.
+    last_queued: float = -math.inf
     last_used: float = -math.inf
 
     def __post_init__(self) -> None:
@@ -121,18 +212,22 @@ class SenderPace:
 
     def observe(self, now: float, ticket: Ticket, wait: float) -> tuple[float, float, str] | None:
         """Take in the ``wait_seconds`` reported for ``ticket``; return a rate change, if any."""
+        self.last_wait = wait
         if wait <= NO_QUEUE_S:
+            # One short wait may be a rounded-down small one; a second of them is no queue.
+            if now - self.last_queued < 1.0:
+                return None
             self.departures.clear()
             self.drain = None
             if now - self.last_increase >= 1.0 and self.rate < self.ceiling:
                 self.last_increase = now
                 return self._set(self.rate * INCREASE + self.floor, "queue empty")
             return None
-        self.departures.append((ticket.time + wait, ticket.seq))
-        drain = self._estimate_drain()
+        self.last_queued = now
+        drain = self.departures.add(ticket.time + wait, ticket.seq, now)
         if drain is not None:
             self.drain = drain
-        base = self.drain if self.drain is not None else self.rate * 0.5
+        base = self.drain if self.drain is not None else self.rate
         if wait > self.max_wait:
             # Stop until the queue is back to the goal; messages drain at base meanwhile.
             self.paused_until = max(self.paused_until, now + (wait - self.goal_wait))
@@ -143,22 +238,15 @@ class SenderPace:
             return None  # too small to log; the rate is set all the same
         return change
 
-    def _estimate_drain(self) -> float | None:
-        """Messages leave a FIFO queue 1/D apart: D = Δseq / Δdeparture over recent samples."""
-        if len(self.departures) < 3:
-            return None
-        samples = sorted(self.departures, key=lambda d: d[1])
-        (t0, s0), (t1, s1) = samples[0], samples[-1]
-        if t1 - t0 < 0.5 or s1 <= s0:
-            return None
-        return (s1 - s0) / (t1 - t0)
-
     def rate_limited(
         self, now: float, retry_after: float | None, queue_full: bool
     ) -> tuple[float, float, str] | None:
         """A 429 for this sender: pause for the hint (or a backoff) and cut the rate."""
         pause = retry_after if retry_after is not None else DEFAULT_429_PAUSE_S
         self.paused_until = max(self.paused_until, now + pause)
+        if queue_full and self.last_wait > NO_QUEUE_S:
+            # The queue's cap is shorter than our goal: aim well under the wait it filled at.
+            self.goal_wait = max(0.5, min(self.goal_wait, self.last_wait / 2))
         factor = 0.25 if queue_full else 0.5
         reason = "429 queue full (40318)" if queue_full else "429"
         return self._set(self.rate * factor, reason)
@@ -230,8 +318,6 @@ def sender_type(sender: str) -> str:
 class Pacer:
     """Admits requests under the per-sender and account-wide limits; learns from responses.
 
-    Create it inside the running loop (aiolimiter binds to it).
-
     Args:
         config: rates and the queue-wait target.
         senders: the pool of ``from`` values.
@@ -261,11 +347,10 @@ class Pacer:
             self.senders[s] = SenderPace(
                 s, min(ceiling, config.rate), goal_wait=goal, max_wait=config.max_queue_wait_s
             )
-        # The bucket holds the largest single cost (a group of 8 under cost="recipient"), so it
-        # is never asked for more than it can hold (aiolimiter raises if it is).
+        # A group of 8 under cost="recipient" must fit in one second's window even when the rate
+        # is lower than 8, or it could never be sent: the window holds at least the largest cost.
         self.max_cost = 8.0 if config.cost == "recipient" else 1.0
-        capacity = max(self.max_cost, 1.0)
-        self._bucket = AsyncLimiter(capacity, capacity / config.rate)
+        self._bucket = Gcra(config.rate, tolerance=self.max_cost / config.rate)
         self._guard = WindowGuard(max(config.rate, self.max_cost))
         self._account_lock = asyncio.Lock()
         self._sender_locks = {s: asyncio.Lock() for s in self.senders}
@@ -304,10 +389,15 @@ class Pacer:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
             await self._wait_until(pace.earliest)
             async with self._account_lock:
-                await self._wait_until(lambda: self.paused_until)
-                await self._bucket.acquire(min(cost, self._bucket.max_rate))
-                await self._wait_until(lambda: self._guard.earliest(self.now(), cost))
+                await self._wait_until(
+                    lambda: max(
+                        self.paused_until,
+                        self._bucket.earliest(),
+                        self._guard.earliest(self.now(), cost),
+                    )
+                )
                 now = self.now()
+                self._bucket.admit(now, cost)
                 self._guard.record(now, cost)
             ticket = pace.admit(now, cost)
         self.admitted += 1
