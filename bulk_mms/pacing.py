@@ -261,7 +261,7 @@ class WindowGuard:
 
     __slots__ = ("_log", "_sum", "limit", "margin", "window")
 
-    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.005) -> None:
+    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.008) -> None:
         self.limit = limit
         self.window = window
         self.margin = margin
@@ -353,6 +353,7 @@ class Pacer:
         self._bucket = Gcra(config.rate, tolerance=self.max_cost / config.rate)
         self._guard = WindowGuard(max(config.rate, self.max_cost))
         self._account_lock = asyncio.Lock()
+        self._slot_lock = asyncio.Lock()
         self._sender_locks = {s: asyncio.Lock() for s in self.senders}
         #: Account-wide pause (every sender showed a 429 lately).
         self.paused_until = 0.0
@@ -389,21 +390,25 @@ class Pacer:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
             await self._wait_until(pace.earliest)
             async with self._account_lock:
-                await self._wait_until(
-                    lambda: max(
-                        self.paused_until,
-                        self._bucket.earliest(),
-                        self._guard.earliest(self.now(), cost),
-                    )
-                )
+                await self._wait_until(lambda: max(self.paused_until, self._bucket.earliest()))
                 now = self.now()
                 self._bucket.admit(now, cost)
-                self._guard.record(now, cost)
             ticket = pace.admit(now, cost)
         self.admitted += 1
         self.first_admit = now if self.first_admit is None else self.first_admit
         self.last_admit = now
         return ticket
+
+    async def send_slot(self, ticket: Ticket) -> None:
+        """Wait until sending ``ticket`` keeps every one-second window within the rate.
+
+        Called right before the request leaves, *after* the write-ahead ledger entry: the fsync
+        between :meth:`acquire` and here releases several workers at once, and only a check at
+        the moment of sending keeps the windows the server sees within the cap.
+        """
+        async with self._slot_lock:
+            await self._wait_until(lambda: self._guard.earliest(self.now(), ticket.cost))
+            self._guard.record(self.now(), ticket.cost)
 
     def observe(self, ticket: Ticket, wait: float | None) -> None:
         """A response for ``ticket`` reported ``wait`` seconds in the queue."""

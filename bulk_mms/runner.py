@@ -354,6 +354,7 @@ class Runner:
                     "time": now_iso(),
                 }
             )
+            await self.pacer.send_slot(ticket)
 
         def on_error(exc: SendError) -> None:
             nonlocal throttled

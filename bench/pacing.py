@@ -1,0 +1,146 @@
+"""Benchmark: pacing against the sandbox's queue model, in real time.
+
+Usage: python bench/pacing.py [a|b|c ...]   (default: all three; about four minutes)
+
+(a) a fixed cap R with no queue: achieved rate / R, and the most accepted in any 1 s window;
+(b) a queue draining at D/s while the configured ceiling is 5xD: achieved / D, p95 wait, 429s;
+(c) the drain rate halving mid-run: how long until waits are back within the target.
+
+Every figure is read from the server's own log of when it accepted each message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.config import Settings, load_job
+from bulk_mms.fake_api import FakeTelnyx, serve
+from bulk_mms.report import percentile
+from bulk_mms.runner import run_job
+
+SENDER = "+13125550100"
+TARGET_WAIT = 30.0
+
+
+def phones(n: int) -> list[str]:
+    areas = ["212", "312", "415", "617", "206", "303", "512", "404", "646", "718"]
+    return [f"+1{areas[i % 10]}55{5 + (i // 10) // 10000}{(i // 10) % 10000:04d}" for i in range(n)]
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
+
+
+async def run(fake: FakeTelnyx, groups: int, settings: Settings, root: Path) -> None:
+    (root / "in.csv").write_text("phone\n" + "\n".join(phones(groups)) + "\n")
+    (root / "job.toml").write_text(
+        f'name = "bench"\ninput = "in.csv"\ngroup_size = 1\n[message]\nfrom = "{SENDER}"\n'
+        'text = "hello"\n'
+    )
+    job = load_job(root / "job.toml")
+    async with serve(fake) as url, AiohttpMmsClient(url, "bench-key") as client:
+        await run_job(job, replace(settings, base_url=url), client)
+
+
+async def scenario_a(root: Path) -> str:
+    rate = 20.0
+    fake = FakeTelnyx()
+    await run(fake, 600, Settings(rate=rate, concurrency=8), root)
+    times = [t for t, _, _ in fake.accept_log]
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    return (
+        f"| (a) fixed cap R = {rate:g}/s, no queue | achieved {achieved:.2f}/s = "
+        f"{achieved / rate:.3f} R | max in any 1 s window: {max_in_window(times)} "
+        f"(R = {rate:g}) |"
+    )
+
+
+def wait_stats(fake: FakeTelnyx, after: float) -> list[float]:
+    t0 = fake.accept_log[0][0]
+    return sorted(
+        m.wait_seconds
+        for (t, _, _), m in zip(fake.accept_log, fake.accepted, strict=True)
+        if t - t0 >= after
+    )
+
+
+async def scenario_b(root: Path) -> str:
+    drain = 5.0
+    fake = FakeTelnyx(drain_rate=drain, queue_cap=100)
+    fulls: list[float] = []
+    original = fake.send_group_mms
+
+    async def counting(request):  # type: ignore[no-untyped-def]
+        response = await original(request)
+        if response.status == 429:
+            fulls.append(fake.clock())
+        return response
+
+    fake.send_group_mms = counting  # type: ignore[method-assign]
+    start = fake.clock()
+    await run(fake, 450, Settings(rate=5 * drain, concurrency=8), root)
+    times = [t for t, _, _ in fake.accept_log]
+    steady = [t for t in times if t - times[0] >= 10]
+    achieved = (len(steady) - 1) / (steady[-1] - steady[0])
+    waits = wait_stats(fake, 10)
+    late_fulls = sum(1 for t in fulls if t - start > 10)
+    return (
+        f"| (b) drain D = {drain:g}/s, ceiling 5D = {5 * drain:g}/s, cap 100 | achieved "
+        f"{achieved:.2f}/s = {achieved / drain:.3f} D after 10 s | p95 wait "
+        f"{percentile(waits, 0.95):.1f} s (target {TARGET_WAIT:g}); 429s: {len(fulls)} in all, "
+        f"{late_fulls} after 10 s |"
+    )
+
+
+async def scenario_c(root: Path) -> str:
+    fake = FakeTelnyx(drain_rate=10.0, queue_cap=1000)
+    halve_at = 40.0
+
+    async def halve() -> float:
+        await asyncio.sleep(halve_at)
+        fake.set_drain(SENDER, 5.0)
+        return fake.clock()
+
+    halver = asyncio.create_task(halve())
+    await run(fake, 900, Settings(rate=50.0, concurrency=8), root)
+    changed = await halver
+    after = [
+        (t - changed, m.wait_seconds)
+        for (t, _, _), m in zip(fake.accept_log, fake.accepted, strict=True)
+        if t >= changed
+    ]
+    peak = max(w for _, w in after)
+    over = [dt for dt, w in after if w > TARGET_WAIT]
+    back = max(over) if over else 0.0
+    settle = max((dt for dt, w in after if w > 1.5 * TARGET_WAIT / 4), default=0.0)
+    tail = [t for t, _, _ in fake.accept_log if t - changed >= 30]
+    rate_after = (len(tail) - 1) / (tail[-1] - tail[0]) if len(tail) > 1 else 0.0
+    return (
+        f"| (c) drain 10/s halves to 5/s at {halve_at:g} s, ceiling 50/s | peak wait {peak:.1f} s, "
+        f"over the {TARGET_WAIT:g} s target for {back:.1f} s; back near the goal wait "
+        f"(<= {1.5 * TARGET_WAIT / 4:.1f} s) {settle:.1f} s after | rate after: "
+        f"{rate_after:.2f}/s |"
+    )
+
+
+async def main(which: list[str]) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    print("| scenario | rate | detail |")
+    print("|---|---|---|")
+    for name, scenario in (("a", scenario_a), ("b", scenario_b), ("c", scenario_c)):
+        if name in which:
+            with tempfile.TemporaryDirectory() as tmp:
+                print(await scenario(Path(tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:] or ["a", "b", "c"]))
