@@ -61,6 +61,9 @@ NO_QUEUE_S = 0.05
 INCREASE = 1.25
 #: The drain rate is fitted over responses from this many recent seconds.
 DRAIN_WINDOW_S = 10.0
+#: Credit a bucket may bank while it lags (a stalled fsync, a slow response), in seconds of its
+#: rate: enough to catch up after a stall; the window guard still caps every second.
+CATCH_UP_S = 0.5
 #: Backoff after a 429 without a hint, in seconds.
 DEFAULT_429_PAUSE_S = 1.0
 
@@ -145,13 +148,17 @@ class Gcra:
 
     rate: float
     tolerance: float = 0.0
-    tat: float = 0.0
+    #: Theoretical arrival time; None until the first admission, so a bucket starts with no
+    #: banked credit (no burst at start).
+    tat: float | None = None
 
     def earliest(self) -> float:
-        return self.tat - self.tolerance
+        return -math.inf if self.tat is None else self.tat - self.tolerance
 
     def admit(self, now: float, cost: float) -> None:
-        self.tat = max(self.tat, now - self.tolerance) + cost / self.rate
+        # An empty bucket at first: credit accrues only from lagging, never up front.
+        tat = now + self.tolerance if self.tat is None else self.tat
+        self.tat = max(tat, now - self.tolerance) + cost / self.rate
 
 
 @dataclass(slots=True)
@@ -166,8 +173,8 @@ class SenderPace:
     #: Above this reported wait the sender pauses to let the queue drain.
     max_wait: float
     rate: float = 0.0
-    #: GCRA theoretical arrival time: the earliest the next admission may happen.
-    tat: float = 0.0
+    #: GCRA theoretical arrival time; None until the first admission (no credit at start).
+    tat: float | None = None
     paused_until: float = 0.0
     #: Cumulative cost admitted: the position in the sender's queue.
     seq: float = 0.0
@@ -191,13 +198,19 @@ class SenderPace:
 
     def earliest(self) -> float:
         """The earliest time this sender may send next."""
-        return max(self.tat, self.paused_until)
+        if self.tat is None:
+            return self.paused_until
+        return max(self.tat - max(1.0 / self.rate, CATCH_UP_S), self.paused_until)
 
     def admit(self, now: float, cost: float) -> Ticket:
-        # A little burst tolerance (one request's worth) absorbs late wake-ups, so the long-run
-        # rate is the configured one rather than a bit less.
-        start = max(now, self.tat - cost / self.rate)
-        self.tat = max(self.tat, start) + cost / self.rate
+        # Banked credit (CATCH_UP_S) absorbs late wake-ups and stalls, so the long-run rate is
+        # the one set rather than a bit less; a pause resets it.
+        tolerance = max(cost / self.rate, CATCH_UP_S)
+        tat = now + tolerance if self.tat is None else self.tat  # empty bucket at first
+        if self.paused_until > now - tolerance:
+            # a pause forfeits the credit it would otherwise have banked
+            tat = max(tat, self.paused_until + tolerance)
+        self.tat = max(tat, now - tolerance) + cost / self.rate
         self.seq += cost
         self.last_used = now
         return Ticket(self.sender, now, self.seq, cost)
@@ -261,7 +274,7 @@ class WindowGuard:
 
     __slots__ = ("_log", "_sum", "limit", "margin", "window")
 
-    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.008) -> None:
+    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.005) -> None:
         self.limit = limit
         self.window = window
         self.margin = margin
@@ -350,7 +363,7 @@ class Pacer:
         # A group of 8 under cost="recipient" must fit in one second's window even when the rate
         # is lower than 8, or it could never be sent: the window holds at least the largest cost.
         self.max_cost = 8.0 if config.cost == "recipient" else 1.0
-        self._bucket = Gcra(config.rate, tolerance=self.max_cost / config.rate)
+        self._bucket = Gcra(config.rate, tolerance=max(self.max_cost / config.rate, CATCH_UP_S))
         self._guard = WindowGuard(max(config.rate, self.max_cost))
         self._account_lock = asyncio.Lock()
         self._slot_lock = asyncio.Lock()
