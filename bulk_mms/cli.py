@@ -238,6 +238,12 @@ def _exit_code(s: JobSummary) -> int:
         f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
         f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
     )
+    if s.achieved_rate is not None:
+        print(
+            f"{s.job}: {s.achieved_rate:.2f} requests/s; wait_seconds p50 {s.wait_seconds_p50} "
+            f"p95 {s.wait_seconds_p95} max {s.wait_seconds_max}; 429s {s.rate_limited} "
+            f"(queue full {s.queue_full})"
+        )
     incomplete = s.open_failed or s.open_in_doubt or s.retry_later_groups
     return EXIT_INCOMPLETE if incomplete else EXIT_OK
 

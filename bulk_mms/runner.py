@@ -395,6 +395,7 @@ class Runner:
         base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
         if result.receipt is not None:
             r = result.receipt
+            self.transient_streak = 0
             s.sent_groups += 1
             s.sent_recipients += len(group.to)
             if r.cost is not None:
@@ -434,6 +435,7 @@ class Runner:
                     **base,
                     "reason": str(err),
                     "attempts": result.attempts,
+                    "rate_limited": throttled,
                     "time": now_iso(),
                 }
             )

@@ -135,6 +135,7 @@ class JobFactory:
         extra: str = "",
         message: str = 'text = "Hello {first}"',
         name: str = "test-job",
+        sender: str = '"+18445550001"',
     ) -> JobConfig:
         path = self.root / "job.toml"
         path.write_text(
@@ -145,7 +146,7 @@ class JobFactory:
                 {extra}
 
                 [message]
-                from = "+18445550001"
+                from = {sender}
                 {message}
                 """
             ),

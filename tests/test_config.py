@@ -131,3 +131,44 @@ def test_example_config_loads() -> None:
     """config.example.toml is a valid settings file with the documented defaults."""
     s = load_settings(Path(__file__).parent.parent / "config.example.toml", env={})
     assert s.base_url == "https://api.telnyx.com/v2"
+
+
+def test_limits_table_with_sender_limits(tmp_path: Path) -> None:
+    """[limits] takes cost, queue target, deadlines and per-type and per-number sender limits."""
+    p = write(
+        tmp_path,
+        '[limits]\nrate = 15\ncost = "recipient"\nmax_queue_wait_s = 20\n'
+        "max_job_duration_s = 3600\nmax_group_age_s = 600\n"
+        "[limits.sender_types]\nlong_code = 0.1\ntoll_free = 20\n"
+        '[limits.senders]\n"+13125551234" = 2.5\n',
+        "config.toml",
+    )
+    s = load_settings(p, env={})
+    assert (s.rate, s.cost, s.max_queue_wait_s) == (15.0, "recipient", 20.0)
+    assert (s.max_job_duration_s, s.max_group_age_s) == (3600.0, 600.0)
+    assert s.type_limits == {"long_code": 0.1, "toll_free": 20.0}
+    assert s.sender_limits == {"+13125551234": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ('[limits]\ncost = "message"\n', "limits.cost"),
+        ("[limits.sender_types]\nlandline = 1\n", "limits.sender_types.landline"),
+        ('[limits.senders]\n"+13125551234" = 0\n', "limits.senders.+13125551234"),
+    ],
+)
+def test_bad_limits_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
+    """An unknown cost model, sender type, or a zero sender limit is refused, naming it."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text, "config.toml"), env={})
+    assert setting in str(info.value)
+
+
+def test_from_may_be_a_pool(tmp_path: Path) -> None:
+    """`from` takes a list of senders; a repeated sender is refused."""
+    base = 'name = "n"\ninput = "a.csv"\n[message]\ntext = "x"\n'
+    job = load_job(write(tmp_path, base + 'from = ["+13125550001", "+13125550002"]\n'))
+    assert job.message.senders == ("+13125550001", "+13125550002")
+    with pytest.raises(ConfigError, match="twice"):
+        load_job(write(tmp_path, base + 'from = ["+13125550001", "+13125550001"]\n'))

@@ -46,6 +46,8 @@ async def test_fault_mix_every_recipient_accepted_once_or_in_doubt(
     assert 2.0 in fake_sleep.calls
     assert 0.25 in fake_sleep.calls
     status = summarize(job.ledger)
+    assert status.rate_limited == 2
+    assert status.achieved_rate is not None
     assert status.sent_recipients == 60
     assert status.in_doubt_recipients == 4
     sent_ids = {e["message_id"] for _, e in iter_events(job.ledger) if e["event"] == "sent"}

@@ -23,6 +23,7 @@ from bulk_mms.errors import (
     RateLimited,
     Rejected,
     SendError,
+    ServerError,
 )
 from bulk_mms.ledger import iter_events, replay
 from bulk_mms.models import Group, SendReceipt
@@ -277,3 +278,32 @@ async def test_ledger_lines_are_json_with_an_event(jobs: JobFactory) -> None:
     await run_job(job, FAST, FakeClient())
     for line in job.ledger.read_bytes().splitlines():
         assert "event" in orjson.loads(line)
+
+
+async def test_sender_pool_spreads_groups_and_keeps_senders_on_resume(
+    jobs: JobFactory,
+) -> None:
+    """Groups spread over the pool; a group retried on a later run keeps its first sender."""
+    jobs.people(48)
+    job = jobs.job(
+        extra="group_size = 2",
+        sender='["+13125550001", "+13125550002", "+13125550003"]',
+    )
+    first_try: dict[str, str] = {}
+
+    def handler(group: Group, n: int) -> SendReceipt | SendError:
+        first_try.setdefault(group.id, group.message.from_)
+        if group.seq % 4 == 0:
+            return ServerError("down", status=503)
+        return ok_receipt(group, n)
+
+    settings = replace(FAST, retry=replace(FAST.retry, attempts=1))
+    client = FakeClient(handler)
+    await run_job(job, settings, client)
+    used = {g.message.from_ for g in client.calls}
+    assert used == {"+13125550001", "+13125550002", "+13125550003"}
+    again = FakeClient()
+    await run_job(job, settings, again)
+    assert len(again.calls) == 6  # the groups that failed transiently
+    for group in again.calls:
+        assert group.message.from_ == first_try[group.id]
