@@ -100,6 +100,13 @@ class RetryConfig:
     backoff_max: float = 30.0
     #: Longest Retry-After hint honoured as given; longer hints are capped to this.
     max_retry_after: float = 300.0
+    #: Retry an outcome we cannot know (dropped after sending, read timeout) with the same
+    #: Idempotency-Key while the key is inside its window. Off for a server or proxy that
+    #: ignores the key: such groups are then held in doubt.
+    retry_ambiguous: bool = True
+    #: How long after a group's first attempt its key is trusted: a safe margin under the
+    #: 24 hours Telnyx keeps a key.
+    idempotency_window_s: float = 23 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +406,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 backoff_initial=retry.float_("backoff_initial", dflt.backoff_initial, 0, 3600),
                 backoff_max=retry.float_("backoff_max", dflt.backoff_max, 0, 86_400),
                 max_retry_after=retry.float_("max_retry_after", dflt.max_retry_after, 0, 86_400),
+                retry_ambiguous=_bool(retry, "retry_ambiguous", dflt.retry_ambiguous),
+                idempotency_window_s=retry.float_(
+                    "idempotency_window_s", dflt.idempotency_window_s, 0, 86_400
+                ),
             ),
         )
         for table in (api, limits, retry, top):
@@ -406,6 +417,11 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])
     return check_settings(settings)
+
+
+def _bool(table: _Table, key: str, default: bool) -> bool:
+    value = table.bool_(key)
+    return default if value is None else value
 
 
 def _choice(table: _Table, key: str, choices: tuple[str, ...]) -> str:

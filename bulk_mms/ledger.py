@@ -111,6 +111,8 @@ class LedgerState:
     runs: int = 0
     #: The sender each attempted group used: a group keeps it across retries and resumes.
     sender_of: dict[str, str] = field(default_factory=dict)
+    #: Wall-clock time of each attempted group's first attempt: its Idempotency-Key's age.
+    first_attempt: dict[str, float] = field(default_factory=dict)
 
     def is_done(self, group: str) -> bool:
         """True when the group has a final outcome and must never be sent again."""
@@ -133,6 +135,8 @@ def replay(path: Path) -> LedgerState:
                 open_.add(gid)
                 if "from" in event:
                     state.sender_of[gid] = event["from"]
+                if "t0" in event and gid not in state.first_attempt:
+                    state.first_attempt[gid] = event["t0"]
             elif kind == "sent":
                 gid = event["group"]
                 sent.add(gid)

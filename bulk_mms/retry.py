@@ -7,6 +7,11 @@ auth failures and ambiguous failures return at once. The sleep is injectable so 
 
 A 429 is not a failure of the group but a request to slow down: it never counts against
 ``attempts``. Only a deadline (the group's maximum age, or the job's) ends a run of 429s.
+
+An :class:`~bulk_mms.errors.AmbiguousSendError` (the request left; no usable answer came back)
+is retried only while ``ambiguous_until`` (wall-clock seconds) is in the future: the caller sets
+it to the group's first attempt plus the idempotency window, when the server honours
+``Idempotency-Key`` and so turns a repeat into a replay of the first answer.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tenacity
 
 from bulk_mms.client import MmsClient
 from bulk_mms.config import RetryConfig
-from bulk_mms.errors import RateLimited, RetryableSendError, SendError
+from bulk_mms.errors import AmbiguousSendError, RateLimited, RetryableSendError, SendError
 from bulk_mms.models import Group, SendReceipt
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -101,6 +106,8 @@ async def send_with_retry(
     on_error: Callable[[SendError], None] | None = None,
     deadline: float | None = None,
     now: Callable[[], float] = time.monotonic,
+    ambiguous_until: float | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Attempted:
     """Send one group, retrying what can be retried.
 
@@ -114,6 +121,8 @@ async def send_with_retry(
         on_error: called with each failed try's error (the pacer learns from 429s).
         deadline: no retry starts after this time on the ``now`` clock.
         now: the clock for ``deadline``.
+        ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
+        wall_clock: the clock for ``ambiguous_until``.
 
     Returns:
         The receipt, or the error that ended the tries, with the number of tries.
@@ -122,7 +131,16 @@ async def send_with_retry(
         StopRetrying: ``before_attempt`` gave up before a try.
     """
     retrying = tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type(RetryableSendError),
+        retry=tenacity.retry_if_exception(
+            lambda exc: (
+                isinstance(exc, RetryableSendError)
+                or (
+                    isinstance(exc, AmbiguousSendError)
+                    and ambiguous_until is not None
+                    and wall_clock() < ambiguous_until
+                )
+            )
+        ),
         stop=_Stop(policy.attempts, deadline, now),
         wait=_Wait(policy),
         sleep=sleep,

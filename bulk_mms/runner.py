@@ -31,6 +31,7 @@ from bulk_mms.errors import (
     ConfigError,
     LedgerError,
     RateLimited,
+    Rejected,
     RetryableSendError,
     SendError,
 )
@@ -301,7 +302,7 @@ class Runner:
             if state.is_done(item.id):
                 s.skipped_groups += 1
                 continue
-            if item.id in state.in_doubt and not self.resend_in_doubt:
+            if item.id in state.in_doubt and not self.may_resend(item.id):
                 s.held_groups += 1
                 continue
             await self.queue.put(item)
@@ -315,6 +316,25 @@ class Runner:
                 await self.send(group)
             finally:
                 self.in_flight -= 1
+
+    def key_valid_until(self, group_id: str, fresh: float | None = None) -> float | None:
+        """Until when a repeat of this group is safe (its key is replayed), if it is at all.
+
+        ``fresh`` stands in for the first attempt of a group never tried before (a moment
+        before it, so the window it gives is, if anything, short).
+        """
+        retry = self.settings.retry
+        if not retry.retry_ambiguous:
+            return None
+        t0 = self.state.first_attempt.get(group_id, fresh)
+        return None if t0 is None else t0 + retry.idempotency_window_s
+
+    def may_resend(self, group_id: str) -> bool:
+        """An in-doubt group is sent again if the operator says so, or if its key still holds."""
+        if self.resend_in_doubt:
+            return True
+        until = self.key_valid_until(group_id)
+        return until is not None and time.time() < until
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
@@ -337,11 +357,18 @@ class Runner:
         if age_limit:
             deadlines.append(self.clock.now() + age_limit)
 
+        # An earlier run may have sent this group already (it was in doubt): any answer now
+        # is a replay under the same key, and a 422 would mean the body changed under it.
+        was_in_doubt = group.id in self.state.in_doubt
+        t0 = self.state.first_attempt.get(group.id)
+
         async def before_attempt(number: int) -> None:
-            nonlocal ticket
+            nonlocal ticket, t0
             ticket = await self.pacer.acquire(sender, len(group.to))
             if self.stop.is_set():
                 raise StopRetrying
+            if t0 is None:
+                t0 = self.state.first_attempt[group.id] = time.time()
             # Write-ahead: the intent is durable before the request can leave.
             await self.ledger.write(
                 {
@@ -351,6 +378,7 @@ class Runner:
                     "from": group.message.from_,
                     "attempt": number,
                     "key": idempotency_key(group),
+                    "t0": t0,
                     "time": now_iso(),
                 }
             )
@@ -372,6 +400,7 @@ class Runner:
                 on_error=on_error,
                 deadline=min(deadlines) if deadlines else None,
                 now=self.clock.now,
+                ambiguous_until=self.key_valid_until(group.id, fresh=time.time()),
             )
         except StopRetrying:
             return
@@ -380,6 +409,12 @@ class Runner:
             return
         if result.receipt is not None and ticket is not None:
             self.pacer.observe(ticket, result.receipt.wait_seconds)
+        if (
+            isinstance(result.error, Rejected)
+            and result.error.status == 422
+            and (was_in_doubt or result.attempts > 1)
+        ):
+            result = replace(result, error=_key_conflict(result.error))
         try:
             await self.record(group, result, throttled)
         except LedgerError as exc:
@@ -610,6 +645,22 @@ async def dry_run(job: JobConfig, preview: int = 5) -> JobSummary:
     s.duration_s = time.monotonic() - started
     s.stopped = "dry-run"
     return s
+
+
+def _key_conflict(err: Rejected) -> Rejected:
+    """A 422 on a repeat under the same Idempotency-Key: the request body changed under the key.
+
+    bulk_mms builds the same body for the same group every time, so this is a bug (or the job's
+    message was edited while a group was in doubt). It is logged at error level and recorded
+    failed with the reason spelled out; the group may or may not have gone out the first time.
+    """
+    log.error("idempotency.conflict", error=str(err))
+    return Rejected(
+        "idempotency conflict: the request body changed under the same Idempotency-Key "
+        "(was the message edited while this group was in doubt?); the first request may "
+        "have been delivered",
+        status=err.status,
+    )
 
 
 async def _close(ledger: Ledger) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import iter_events
@@ -15,41 +17,52 @@ API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
 
 
-async def test_fault_mix_every_recipient_accepted_once_or_in_doubt(
-    fake_api: API, jobs: JobFactory, fake_sleep: FakeSleep
-) -> None:
-    """429s, 5xx and drops before the body is read are retried; a drop after acceptance is in doubt.
+FAULTS = [
+    Fault("status", 429, headers={"Retry-After": "2"}),
+    Fault("status", 503),
+    Fault("status", 429, headers={"retry-after-ms": "250"}, code="40318"),
+    Fault("drop_after"),
+    Fault("status", 500),
+    Fault("drop_before"),
+    Fault("slow", delay=1.0),
+]
 
-    The server's own record and the ledger agree: each recipient is accepted at most once, every
-    recipient the ledger calls sent was accepted, and the in-doubt group is the one the server
-    accepted without answering.
+
+@pytest.mark.parametrize("honour_keys", [True, False])
+async def test_fault_mix_accepts_each_recipient_at_most_once(
+    fake_api: API, jobs: JobFactory, fake_sleep: FakeSleep, honour_keys: bool
+) -> None:
+    """429s, 5xx, drops before and after acceptance and a slow answer, with the real client.
+
+    When the server honours Idempotency-Key, ambiguous tries are repeated under the same key
+    and every recipient is accepted exactly once. When it does not (and retry_ambiguous is
+    off), no recipient is accepted twice, and every group not known sent is listed in doubt.
     """
     fake, url = fake_api
-    fake.faults.extend(
-        [
-            Fault("status", 429, headers={"Retry-After": "2"}),
-            Fault("status", 503),
-            Fault("status", 429, headers={"retry-after-ms": "250"}, code="40318"),
-            Fault("drop_after"),
-            Fault("status", 500),
-        ]
-    )
+    fake.honour_idempotency = honour_keys
+    fake.faults.extend(FAULTS)
     jobs.people(64)
     job = jobs.job(extra="group_size = 4")
-    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, attempts=5))
-    async with AiohttpMmsClient(url, KEY, request_timeout=5) as client:
+    retry = replace(FAST.retry, attempts=5, retry_ambiguous=honour_keys)
+    settings = replace(FAST, concurrency=1, retry=retry)
+    async with AiohttpMmsClient(url, KEY, request_timeout=0.5) as client:
         s = await run_job(job, settings, client, clock=fake_sleep)
-    assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (15, 1, 0)
     counts = fake.recipient_counts()
     assert set(counts.values()) == {1}
-    assert sorted(counts) == numbers(64)  # the in-doubt group was in fact accepted
-    assert 2.0 in fake_sleep.calls
-    assert 0.25 in fake_sleep.calls
     status = summarize(job.ledger)
     assert status.rate_limited == 2
-    assert status.achieved_rate is not None
-    assert status.sent_recipients == 60
-    assert status.in_doubt_recipients == 4
+    assert 2.0 in fake_sleep.calls
+    assert 0.25 in fake_sleep.calls
+    if honour_keys:
+        assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (16, 0, 0)
+        assert sorted(counts) == numbers(64)
+    else:
+        assert s.failed_groups == 0
+        assert s.sent_groups + s.in_doubt_groups == 16
+        assert status.in_doubt_recipients == 64 - status.sent_recipients
+        missing = set(numbers(64)) - set(counts)
+        doubt = {p for _, e in iter_events(job.ledger) if e["event"] == "in_doubt" for p in e["to"]}
+        assert missing <= doubt
     sent_ids = {e["message_id"] for _, e in iter_events(job.ledger) if e["event"] == "sent"}
     assert sent_ids <= {m.id for m in fake.accepted}
 

@@ -134,8 +134,30 @@ async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
     assert events(job, "failed") == []
 
 
-async def test_ambiguous_failure_is_in_doubt_and_held_on_rerun(jobs: JobFactory) -> None:
-    """An ambiguous send is recorded in_doubt, not retried, and not resent unless asked."""
+NO_KEYS = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
+
+
+async def test_ambiguous_failure_is_retried_under_the_same_key(jobs: JobFactory) -> None:
+    """An ambiguous send is retried at once with the same Idempotency-Key, and then sent."""
+    jobs.people(16)
+    job = jobs.job()
+
+    def handler(group: Group, n: int) -> SendReceipt | SendError:
+        return AmbiguousSendError("dropped") if n == 0 else ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, replace(FAST, concurrency=1), client)
+    assert (s.sent_groups, s.in_doubt_groups) == (2, 0)
+    assert [g.seq for g in client.calls] == [0, 0, 1]
+    attempts = [e for e in events(job, "attempt") if e["seq"] == 0]
+    assert len(attempts) == 2
+    assert attempts[0]["key"] == attempts[1]["key"]
+    assert attempts[0]["t0"] == attempts[1]["t0"]  # the key's age counts from the first try
+
+
+async def test_ambiguous_failure_is_held_when_keys_are_not_trusted(jobs: JobFactory) -> None:
+    """With retry_ambiguous = false, an ambiguous send is in doubt, not retried, not resent
+    on a rerun, and resent only with --resend-in-doubt."""
     jobs.people(16)
     job = jobs.job()
 
@@ -143,32 +165,69 @@ async def test_ambiguous_failure_is_in_doubt_and_held_on_rerun(jobs: JobFactory)
         return AmbiguousSendError("dropped") if group.seq == 0 else ok_receipt(group, n)
 
     client = FakeClient(handler)
-    s = await run_job(job, FAST, client)
+    s = await run_job(job, NO_KEYS, client)
     assert (s.sent_groups, s.in_doubt_groups, s.open_in_doubt) == (1, 1, 1)
     assert len(client.calls) == 2
     (doubt,) = events(job, "in_doubt")
     assert doubt["to"] == numbers(8)
     rerun = FakeClient()
-    s2 = await run_job(job, FAST, rerun)
+    s2 = await run_job(job, NO_KEYS, rerun)
     assert (rerun.calls, s2.held_groups) == ([], 1)
     resend = FakeClient()
-    s3 = await run_job(job, FAST, resend, resend_in_doubt=True)
+    s3 = await run_job(job, NO_KEYS, resend, resend_in_doubt=True)
     assert [g.to for g in resend.calls] == [tuple(numbers(8))]
     assert s3.open_in_doubt == 0
 
 
-async def test_attempt_without_outcome_is_held_as_in_doubt(jobs: JobFactory) -> None:
-    """A crash between the attempt and its outcome leaves the group in doubt, not resent."""
+def drop_outcomes(job: JobConfig) -> None:
+    """Simulate a crash after the attempts were durable: remove every sent line."""
+    raw = job.ledger.read_bytes().splitlines(keepends=True)
+    job.ledger.write_bytes(b"".join(line for line in raw if b'"event":"sent"' not in line))
+
+
+async def test_attempt_without_outcome_is_resent_under_its_key(jobs: JobFactory) -> None:
+    """After a crash between attempt and outcome, a rerun resends the group with the same key
+    (the API replays its first answer); with keys not trusted, it is held in doubt instead."""
+    jobs.people(8)
+    job = jobs.job()
+    first = FakeClient()
+    await run_job(job, FAST, first)
+    drop_outcomes(job)
+    assert replay(job.ledger).in_doubt
+    held = FakeClient()
+    s = await run_job(job, NO_KEYS, held)
+    assert (held.calls, s.held_groups, s.open_in_doubt) == ([], 1, 1)
+    again = FakeClient()
+    s = await run_job(job, FAST, again)
+    assert [g.id for g in again.calls] == [g.id for g in first.calls]
+    assert (s.sent_groups, s.open_in_doubt) == (1, 0)
+
+
+async def test_in_doubt_past_the_key_window_is_held(jobs: JobFactory) -> None:
+    """A group whose first attempt is older than idempotency_window_s is not resent."""
     jobs.people(8)
     job = jobs.job()
     await run_job(job, FAST, FakeClient())
-    # simulate a crash after the attempt: drop the outcome line
-    raw = job.ledger.read_bytes().splitlines(keepends=True)
-    job.ledger.write_bytes(b"".join(line for line in raw if b'"event":"sent"' not in line))
-    assert replay(job.ledger).in_doubt
+    drop_outcomes(job)
+    raw = job.ledger.read_bytes().replace(b'"t0":', b'"t0":-86400.0,"old_t0":')
+    job.ledger.write_bytes(raw)
     again = FakeClient()
     s = await run_job(job, FAST, again)
-    assert (again.calls, s.held_groups, s.open_in_doubt) == ([], 1, 1)
+    assert (again.calls, s.held_groups) == ([], 1)
+
+
+async def test_422_on_a_repeat_is_an_idempotency_conflict(jobs: JobFactory) -> None:
+    """A 422 answering a repeat under the same key is recorded failed as a key conflict."""
+    jobs.people(8)
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    drop_outcomes(job)
+    conflict = FakeClient(lambda g, n: Rejected("same key, other body", status=422))
+    s = await run_job(job, FAST, conflict)
+    (failed,) = events(job, "failed")
+    assert "idempotency conflict" in str(failed["detail"])
+    assert failed["retryable"] is False
+    assert s.open_failed == 1
 
 
 async def test_permanent_and_exhausted_failures_are_recorded(
