@@ -1,0 +1,121 @@
+"""Kill the real CLI at random moments and resume it; the server's record must stay exact.
+
+The fake API runs in a thread of the test process; ``bulk-mms run`` runs in a subprocess that
+is SIGKILLed several times mid-run, then run to the end. With a server that honours
+Idempotency-Key every recipient is accepted exactly once; with one that ignores it (and
+``retry_ambiguous = false``) no recipient is accepted twice and every one missing is in doubt.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import iter_events
+from bulk_mms.report import summarize
+from tests.conftest import JobFactory, numbers
+from tests.threaded import fake_api_thread
+
+KEY = "crash-test-key"
+N = 160
+
+
+def start(job: Path, url: str, config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TELNYX_API_KEY": KEY}
+    env.pop("TELNYX_BASE_URL", None)
+    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
+    cmd += ["--config", str(config)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("honour_keys", [True, False])
+def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bool) -> None:
+    """Four SIGKILLs mid-run and a final run: exactly once with keys, at most once without."""
+    fake = FakeTelnyx(api_key=KEY, honour_idempotency=honour_keys)
+    jobs.people(N)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    flag = str(honour_keys).lower()
+    config.write_text(f"[limits]\nrate = 30\nconcurrency = 4\n[retry]\nretry_ambiguous = {flag}\n")
+    rng = random.Random(7 if honour_keys else 8)
+    kills = 0
+    with fake_api_thread(fake) as url:
+        for _ in range(4):
+            proc = start(job.path, url, config)
+            time.sleep(rng.uniform(0.6, 1.2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=10)
+        final = start(job.path, url, config)
+        out, err = final.communicate(timeout=60)
+    assert kills >= 3, "the job finished before it could be killed: slow the rate down"
+    assert final.returncode in (0, 1), err.decode()
+    counts = fake.recipient_counts()
+    assert max(counts.values()) == 1
+    status = summarize(job.ledger)
+    if honour_keys:
+        assert sorted(counts) == numbers(N)
+        assert final.returncode == 0
+        assert status.sent_recipients == N
+    else:
+        missing = set(numbers(N)) - set(counts)
+        ledger_doubt = _in_doubt_numbers(job.ledger)
+        assert missing <= ledger_doubt
+        assert status.failed_groups == 0
+    assert KEY.encode() not in job.ledger.read_bytes()
+    assert KEY.encode() not in out + err
+
+
+def _in_doubt_numbers(ledger: Path) -> set[str]:
+    """Recipients of groups that are in doubt at the end: attempted with no final outcome."""
+    last: dict[str, tuple[str, list[str]]] = {}
+    to_of: dict[str, list[str]] = {}
+    for _, e in iter_events(ledger):
+        if "group" in e:
+            if "to" in e:
+                to_of[e["group"]] = e["to"]
+            last[e["group"]] = (e["event"], to_of.get(e["group"], []))
+    done = {g for g, _ in last.items() if _[0] in ("sent", "failed")}
+    doubt: set[str] = set()
+    for g, (kind, _) in last.items():
+        if g not in done and kind in ("attempt", "in_doubt"):
+            doubt.update(to_of.get(g, []))
+    return doubt
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_and_rerun_resumes(
+    jobs: JobFactory, sig: signal.Signals, code: int
+) -> None:
+    """SIGINT/SIGTERM: requests in flight finish, one summary line, exit 130/143; a rerun
+    completes with every recipient accepted exactly once."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(N)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n")
+    with fake_api_thread(fake) as url:
+        proc = start(job.path, url, config)
+        time.sleep(1.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == code
+        assert f"stopped by {sig.name}" in err.decode()
+        before = sum(fake.recipient_counts().values())
+        assert 0 < before < N
+        final = start(job.path, url, config)
+        final.communicate(timeout=60)
+    assert final.returncode == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(N), 1)
+    # nothing was left in doubt by the clean stop: every attempt has an outcome
+    status = summarize(job.ledger)
+    assert status.in_doubt_groups == 0
