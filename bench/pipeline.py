@@ -57,9 +57,17 @@ def write_ledger(path: Path, groups: int) -> None:
         for i in range(groups):
             gid = f"{i:024x}"
             to = [f"+1212555{(i * 8 + k) % 10000:04d}" for k in range(8)]
-            f.write(
-                orjson.dumps({"event": "attempt", "group": gid, "seq": i, "attempt": 1}) + b"\n"
-            )
+            attempt = {
+                "event": "attempt",
+                "group": gid,
+                "seq": i,
+                "from": "+13125550100",
+                "attempt": 1,
+                "key": f"bulk-mms-{gid}",
+                "t0": 1.8e9,
+                "time": "2026-11-23T16:00:00.000Z",
+            }
+            f.write(orjson.dumps(attempt) + b"\n")
             f.write(
                 orjson.dumps(
                     {

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-FaultKind = Literal["status", "drop_before", "drop_after", "slow", "no_id", "not_json"]
+FaultKind = Literal["status", "drop_before", "drop_after", "slow", "no_id", "not_json", "truncated"]
 _E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
 COST_PER_RECIPIENT = "0.0051"
@@ -48,7 +48,7 @@ class Fault:
             ``drop_before`` (close the connection without accepting), ``drop_after`` (accept,
             then close without answering), ``slow`` (accept after ``delay`` seconds),
             ``no_id`` (accept, answer 200 without an id), ``not_json`` (accept, answer 200 with
-            a body that is not JSON).
+            a body that is not JSON), ``truncated`` (accept, then cut the body off midway).
     """
 
     kind: FaultKind
@@ -223,6 +223,8 @@ class FakeTelnyx:
                 del response["data"]["id"]
             elif fault.kind == "not_json":
                 return web.Response(status=200, body=b"<html>oops", content_type="text/html")
+            elif fault.kind == "truncated":
+                return await _truncated(request, orjson.dumps(response))
         return _json(200, response)
 
     def _accept(self, body: dict[str, Any], key: str | None, wait: float | None) -> Accepted:
@@ -386,6 +388,17 @@ def _errors(
     if pointer is not None:
         err["source"] = {"pointer": pointer}
     return _json(status, {"errors": [err]}, headers)
+
+
+async def _truncated(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Promise the whole body, send half of it, and close the connection."""
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    await resp.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return resp
 
 
 def _drop(request: web.Request) -> web.Response:

@@ -114,6 +114,7 @@ def test_retry_after_variants() -> None:
         (Fault("drop_after"), AmbiguousSendError, {}),
         (Fault("no_id"), AmbiguousSendError, {"status": 200}),
         (Fault("not_json"), AmbiguousSendError, {"status": 200}),
+        (Fault("truncated"), AmbiguousSendError, {}),
     ],
 )
 async def test_faults_map_to_the_error_tree(
@@ -174,6 +175,13 @@ async def test_connection_refused_is_network_error(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     async with client(f"http://127.0.0.1:{port}/v2") as c:
+        with pytest.raises(NetworkError, match="cannot connect"):
+            await c.send(group())
+
+
+async def test_dns_failure_is_network_error() -> None:
+    """A host name that does not resolve fails before anything is sent: NetworkError."""
+    async with client("http://no-such-host.invalid/v2") as c:
         with pytest.raises(NetworkError, match="cannot connect"):
             await c.send(group())
 

@@ -119,3 +119,26 @@ def test_signal_stops_cleanly_and_rerun_resumes(
     # nothing was left in doubt by the clean stop: every attempt has an outcome
     status = summarize(job.ledger)
     assert status.in_doubt_groups == 0
+
+
+def test_second_sigint_cancels_at_once_and_rerun_is_exact(jobs: JobFactory) -> None:
+    """A second SIGINT cancels requests in flight; their attempts are durable, so the rerun
+    repeats them under the same key and every recipient is still accepted exactly once."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(N)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n")
+    with fake_api_thread(fake) as url:
+        proc = start(job.path, url, config)
+        time.sleep(1.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 130
+        assert b"Traceback" not in err
+        final = start(job.path, url, config)
+        final.communicate(timeout=60)
+    assert final.returncode == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(N), 1)
