@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import iter_events
 from bulk_mms.report import summarize
@@ -92,17 +93,22 @@ def _in_doubt_numbers(ledger: Path) -> set[str]:
     return doubt
 
 
+def paced_job(jobs: JobFactory) -> tuple[FakeTelnyx, JobConfig, Path]:
+    """A job of N recipients in pairs, paced at 40 groups/s: about two seconds of sending."""
+    jobs.people(N)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n")
+    return FakeTelnyx(api_key=KEY), job, config
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_rerun_resumes(
     jobs: JobFactory, sig: signal.Signals, code: int
 ) -> None:
     """SIGINT/SIGTERM: requests in flight finish, one summary line, exit 130/143; a rerun
     completes with every recipient accepted exactly once."""
-    fake = FakeTelnyx(api_key=KEY)
-    jobs.people(N)
-    job = jobs.job(extra="group_size = 2")
-    config = jobs.root / "config.toml"
-    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n")
+    fake, job, config = paced_job(jobs)
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)
         time.sleep(1.2)
@@ -124,11 +130,7 @@ def test_signal_stops_cleanly_and_rerun_resumes(
 def test_second_sigint_cancels_at_once_and_rerun_is_exact(jobs: JobFactory) -> None:
     """A second SIGINT cancels requests in flight; their attempts are durable, so the rerun
     repeats them under the same key and every recipient is still accepted exactly once."""
-    fake = FakeTelnyx(api_key=KEY)
-    jobs.people(N)
-    job = jobs.job(extra="group_size = 2")
-    config = jobs.root / "config.toml"
-    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n")
+    fake, job, config = paced_job(jobs)
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)
         time.sleep(1.2)
