@@ -113,6 +113,9 @@ class LedgerState:
     sender_of: dict[str, str] = field(default_factory=dict)
     #: Wall-clock time of each attempted group's first attempt: its Idempotency-Key's age.
     first_attempt: dict[str, float] = field(default_factory=dict)
+    #: Groups with an ``in_doubt`` event of their own (an attempt cut off by a crash has none
+    #: until a later run holds it and records one).
+    doubt_recorded: set[str] = field(default_factory=set)
 
     def is_done(self, group: str) -> bool:
         """True when the group has a final outcome and must never be sent again."""
@@ -152,6 +155,7 @@ def replay(path: Path) -> LedgerState:
                 gid = event["group"]
                 open_.discard(gid)
                 doubt.add(gid)
+                state.doubt_recorded.add(gid)
             elif kind == "run":
                 state.runs += 1
             elif kind == "job":

@@ -304,6 +304,20 @@ class Runner:
                 continue
             if item.id in state.in_doubt and not self.may_resend(item.id):
                 s.held_groups += 1
+                if item.id not in state.doubt_recorded:
+                    # cut off by a crash after its attempt: say so, with its recipients, once
+                    state.doubt_recorded.add(item.id)
+                    self.ledger.write_nowait(
+                        {
+                            "event": "in_doubt",
+                            "group": item.id,
+                            "seq": item.seq,
+                            "to": list(item.to),
+                            "reason": "attempted before a crash; the outcome is unknown",
+                            "attempts": 0,
+                            "time": now_iso(),
+                        }
+                    )
                 continue
             await self.queue.put(item)
 

@@ -77,20 +77,12 @@ def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bo
 
 
 def _in_doubt_numbers(ledger: Path) -> set[str]:
-    """Recipients of groups that are in doubt at the end: attempted with no final outcome."""
-    last: dict[str, tuple[str, list[str]]] = {}
-    to_of: dict[str, list[str]] = {}
-    for _, e in iter_events(ledger):
-        if "group" in e:
-            if "to" in e:
-                to_of[e["group"]] = e["to"]
-            last[e["group"]] = (e["event"], to_of.get(e["group"], []))
-    done = {g for g, _ in last.items() if _[0] in ("sent", "failed")}
-    doubt: set[str] = set()
-    for g, (kind, _) in last.items():
-        if g not in done and kind in ("attempt", "in_doubt"):
-            doubt.update(to_of.get(g, []))
-    return doubt
+    """Recipients the ledger lists in doubt at the end (in doubt, and not sent later)."""
+    events = [e for _, e in iter_events(ledger)]
+    sent = {e["group"] for e in events if e["event"] == "sent"}
+    return {
+        p for e in events if e["event"] == "in_doubt" and e["group"] not in sent for p in e["to"]
+    }
 
 
 def paced_job(jobs: JobFactory) -> tuple[FakeTelnyx, JobConfig, Path]:

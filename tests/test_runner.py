@@ -197,6 +197,10 @@ async def test_attempt_without_outcome_is_resent_under_its_key(jobs: JobFactory)
     held = FakeClient()
     s = await run_job(job, NO_KEYS, held)
     assert (held.calls, s.held_groups, s.open_in_doubt) == ([], 1, 1)
+    (doubt,) = events(job, "in_doubt")  # recorded once, with its recipients, for status
+    assert doubt["to"] == numbers(8)
+    await run_job(job, NO_KEYS, FakeClient())
+    assert len(events(job, "in_doubt")) == 1
     again = FakeClient()
     s = await run_job(job, FAST, again)
     assert [g.id for g in again.calls] == [g.id for g in first.calls]
