@@ -51,9 +51,11 @@ def normalize_phone(value: str, region: str = "US") -> str:
             f"+{number.country_code} is not a US or Canadian number "
             "(group MMS reaches the US and Canada only)"
         )
-    if not phonenumbers.is_valid_number(number):
-        raise PhoneError("not a valid US or Canadian phone number")
+    # is_valid_number would search the +1 regions for this number's region itself; asking for
+    # the region once and checking validity there does that search only once.
     where = phonenumbers.region_code_for_number(number)
+    if where is None or not phonenumbers.is_valid_number_for_region(number, where):
+        raise PhoneError("not a valid US or Canadian phone number")
     if where not in _REACHABLE_REGIONS:
         raise PhoneError(
             f"+1 number outside the US and Canada ({where}); group MMS reaches the US and "
