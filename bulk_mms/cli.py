@@ -160,7 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = replace(job, ledger=args.ledger)
     settings = _settings(args)
     if args.dry_run:
-        return _print_dry_run(asyncio.run(dry_run(job)), job, settings)
+        summary = asyncio.run(dry_run(job, settings, resend_in_doubt=args.resend_in_doubt))
+        return _print_dry_run(summary, job, settings)
     key = _api_key(args)
     summary = asyncio.run(
         _run(job, settings, key, sandbox=args.sandbox, resend=args.resend_in_doubt)

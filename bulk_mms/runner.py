@@ -23,7 +23,7 @@ import structlog
 
 from bulk_mms._version import __version__
 from bulk_mms.client import MmsClient, idempotency_key
-from bulk_mms.config import JobConfig, Settings
+from bulk_mms.config import JobConfig, RetryConfig, Settings
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiUnavailable,
@@ -208,6 +208,36 @@ def header_for(job: JobConfig, input_fingerprint: str) -> dict[str, Any]:
     }
 
 
+def key_valid_until(
+    state: LedgerState, retry: RetryConfig, group_id: str, fresh: float | None = None
+) -> float | None:
+    """Until when a repeat of this group is safe (its key is replayed), if it is at all.
+
+    ``fresh`` stands in for the first attempt of a group never tried before (a moment before
+    it, so the window it gives is, if anything, short).
+    """
+    if not retry.retry_ambiguous:
+        return None
+    t0 = state.first_attempt.get(group_id, fresh)
+    return None if t0 is None else t0 + retry.idempotency_window_s
+
+
+def disposition(
+    state: LedgerState, retry: RetryConfig, group_id: str, *, resend_in_doubt: bool
+) -> str:
+    """What a run does with a group: ``"skip"`` (done), ``"hold"`` (in doubt) or ``"send"``.
+
+    An in-doubt group is sent again if the operator says so, or if its key still holds.
+    """
+    if state.is_done(group_id):
+        return "skip"
+    if group_id in state.in_doubt and not resend_in_doubt:
+        until = key_valid_until(state, retry, group_id)
+        if until is None or time.time() >= until:
+            return "hold"
+    return "send"
+
+
 def plan(job: JobConfig, reader: RowReader) -> Iterator[Group | RejectedRow]:
     """The whole pipeline up to sending, as one lazy stream."""
     rows = validate_rows(reader, job.phone_column, job.default_region)
@@ -299,10 +329,13 @@ class Runner:
                     )
                 log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
                 continue
-            if state.is_done(item.id):
+            action = disposition(
+                state, self.settings.retry, item.id, resend_in_doubt=self.resend_in_doubt
+            )
+            if action == "skip":
                 s.skipped_groups += 1
                 continue
-            if item.id in state.in_doubt and not self.may_resend(item.id):
+            if action == "hold":
                 s.held_groups += 1
                 if item.id not in state.doubt_recorded:
                     # cut off by a crash after its attempt: say so, with its recipients, once
@@ -330,25 +363,6 @@ class Runner:
                 await self.send(group)
             finally:
                 self.in_flight -= 1
-
-    def key_valid_until(self, group_id: str, fresh: float | None = None) -> float | None:
-        """Until when a repeat of this group is safe (its key is replayed), if it is at all.
-
-        ``fresh`` stands in for the first attempt of a group never tried before (a moment
-        before it, so the window it gives is, if anything, short).
-        """
-        retry = self.settings.retry
-        if not retry.retry_ambiguous:
-            return None
-        t0 = self.state.first_attempt.get(group_id, fresh)
-        return None if t0 is None else t0 + retry.idempotency_window_s
-
-    def may_resend(self, group_id: str) -> bool:
-        """An in-doubt group is sent again if the operator says so, or if its key still holds."""
-        if self.resend_in_doubt:
-            return True
-        until = self.key_valid_until(group_id)
-        return until is not None and time.time() < until
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
@@ -414,7 +428,9 @@ class Runner:
                 on_error=on_error,
                 deadline=min(deadlines) if deadlines else None,
                 now=self.clock.now,
-                ambiguous_until=self.key_valid_until(group.id, fresh=time.time()),
+                ambiguous_until=key_valid_until(
+                    self.state, self.settings.retry, group.id, fresh=time.time()
+                ),
             )
         except StopRetrying:
             return
@@ -633,10 +649,13 @@ async def run_job(
     return s
 
 
-async def dry_run(job: JobConfig, preview: int = 5) -> JobSummary:
+async def dry_run(
+    job: JobConfig, settings: Settings, *, resend_in_doubt: bool = False, preview: int = 5
+) -> JobSummary:
     """Read, validate and group the whole input; send and write nothing.
 
-    The summary's ``sent_*`` counts are what a real run would send now.
+    The summary's ``sent_*`` counts are what a real run with the same settings would send now:
+    the skip/hold decision is the runner's own (:func:`disposition`).
     """
     started = time.monotonic()
     s = JobSummary(job.name)
@@ -646,10 +665,11 @@ async def dry_run(job: JobConfig, preview: int = 5) -> JobSummary:
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
                 continue
-            if state.is_done(item.id):
+            action = disposition(state, settings.retry, item.id, resend_in_doubt=resend_in_doubt)
+            if action == "skip":
                 s.skipped_groups += 1
                 continue
-            if item.id in state.in_doubt:
+            if action == "hold":
                 s.held_groups += 1
                 continue
             s.sent_groups += 1

@@ -328,7 +328,7 @@ async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:
     """A dry run counts groups and rejections and leaves no ledger."""
     jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
     job = jobs.job()
-    s = await dry_run(job)
+    s = await dry_run(job, FAST)
     assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (2, 10, 1)
     assert [len(g.to) for g in s.preview] == [8, 2]
     assert not job.ledger.exists()
@@ -370,3 +370,18 @@ async def test_sender_pool_spreads_groups_and_keeps_senders_on_resume(
     assert len(again.calls) == 6  # the groups that failed transiently
     for group in again.calls:
         assert group.message.from_ == first_try[group.id]
+
+
+async def test_dry_run_decides_in_doubt_groups_as_a_real_run_would(jobs: JobFactory) -> None:
+    """A group in doubt inside its key window counts as 'would send' in a dry run (a real run
+    resends it); with keys not trusted it counts as held, unless --resend-in-doubt."""
+    jobs.people(8)
+    job = jobs.job()
+    await run_job(job, FAST, FakeClient())
+    drop_outcomes(job)
+    trusted = await dry_run(job, FAST)
+    assert (trusted.sent_groups, trusted.held_groups) == (1, 0)
+    untrusted = await dry_run(job, NO_KEYS)
+    assert (untrusted.sent_groups, untrusted.held_groups) == (0, 1)
+    forced = await dry_run(job, NO_KEYS, resend_in_doubt=True)
+    assert (forced.sent_groups, forced.held_groups) == (1, 0)
