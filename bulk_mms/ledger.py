@@ -121,13 +121,29 @@ class LedgerState:
         """True when the group has a final outcome and must never be sent again."""
         return group in self.sent or group in self.failed
 
+    def outcome(self, kind: str, group: str, *, retryable: bool = False) -> None:
+        """Apply a ``sent``, ``failed`` or ``in_doubt`` event: on replay, and as a run writes.
+
+        A transient failure (``retryable``) settles nothing: a group in doubt stays in doubt,
+        since its first request may still have been delivered.
+        """
+        if kind == "sent":
+            self.sent.add(group)
+            self.in_doubt.discard(group)
+        elif kind == "failed":
+            if not retryable:
+                self.failed.add(group)
+                self.in_doubt.discard(group)
+        elif kind == "in_doubt" and not self.is_done(group):
+            self.in_doubt.add(group)
+            self.doubt_recorded.add(group)
+
 
 def replay(path: Path) -> LedgerState:
     """Read a ledger into a :class:`LedgerState`. An empty or missing file is a fresh state."""
     state = LedgerState()
     if not path.exists() or path.stat().st_size == 0:
         return state
-    sent, failed, doubt, rejected = state.sent, state.failed, state.in_doubt, state.rejected_lines
     # groups whose latest event is an attempt: a request may have left before a crash
     open_: set[str] = set()
     for lineno, event in iter_events(path):
@@ -140,22 +156,12 @@ def replay(path: Path) -> LedgerState:
                     state.sender_of[gid] = event["from"]
                 if "t0" in event and gid not in state.first_attempt:
                     state.first_attempt[gid] = event["t0"]
-            elif kind == "sent":
-                gid = event["group"]
-                sent.add(gid)
-                open_.discard(gid)
-            elif kind == "failed":
+            elif kind in ("sent", "failed", "in_doubt"):
                 gid = event["group"]
                 open_.discard(gid)
-                if not event.get("retryable"):
-                    failed.add(gid)
+                state.outcome(kind, gid, retryable=bool(event.get("retryable")))
             elif kind == "rejected":
-                rejected.add(event["line"])
-            elif kind == "in_doubt":
-                gid = event["group"]
-                open_.discard(gid)
-                doubt.add(gid)
-                state.doubt_recorded.add(gid)
+                state.rejected_lines.add(event["line"])
             elif kind == "run":
                 state.runs += 1
             elif kind == "job":
@@ -166,10 +172,10 @@ def replay(path: Path) -> LedgerState:
             raise LedgerCorrupt(path, f"{kind} event without {exc}", line=lineno) from None
     # An attempt with no outcome is a request that may have left before a crash. A later run
     # may have sent (or resent) the group; only what is still open stays in doubt.
-    doubt |= open_
-    doubt -= sent
-    doubt -= failed
-    if state.header is None and (sent or failed or rejected or doubt):
+    state.in_doubt |= open_ - state.sent - state.failed
+    if state.header is None and (
+        state.sent or state.failed or state.rejected_lines or state.in_doubt
+    ):
         raise LedgerCorrupt(path, "the first line is not a job header", line=1)
     return state
 

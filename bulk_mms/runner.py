@@ -339,7 +339,7 @@ class Runner:
                 s.held_groups += 1
                 if item.id not in state.doubt_recorded:
                     # cut off by a crash after its attempt: say so, with its recipients, once
-                    state.doubt_recorded.add(item.id)
+                    state.outcome("in_doubt", item.id)
                     self.ledger.write_nowait(
                         {
                             "event": "in_doubt",
@@ -485,6 +485,7 @@ class Runner:
                     "time": now_iso(),
                 }
             )
+            self.state.outcome("sent", group.id)
             log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
             return
         err = result.error
@@ -504,6 +505,7 @@ class Runner:
                     "time": now_iso(),
                 }
             )
+            self.state.outcome("in_doubt", group.id)
             log.warning("group.in_doubt", group=group.id, reason=str(err))
             return
         if isinstance(err, AuthError):
@@ -532,6 +534,7 @@ class Runner:
                 "time": now_iso(),
             }
         )
+        self.state.outcome("failed", group.id, retryable=retryable)
         log.warning(
             "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
         )
@@ -642,9 +645,9 @@ async def run_job(
     s.achieved_rate = runner.pacer.achieved_rate()
     s.rate_limited = runner.pacer.rate_limited
     s.queue_full = runner.pacer.queue_full
-    final = replay(job.ledger) if s.error is None else state
-    s.open_failed = len(final.failed)
-    s.open_in_doubt = len(final.in_doubt)
+    # The state was kept up to date as each outcome was written: no second read of the ledger.
+    s.open_failed = len(state.failed)
+    s.open_in_doubt = len(state.in_doubt)
     log.info("job.finished", **s.as_log(), errors=dict(runner.errors))
     return s
 

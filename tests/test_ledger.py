@@ -132,6 +132,7 @@ EVENTS = st.lists(
             lambda g: {"event": "failed", "group": g, "retryable": True}, st.sampled_from("abcd")
         ),
         st.builds(lambda n: {"event": "rejected", "line": n}, st.integers(1, 9)),
+        st.builds(lambda g: {"event": "in_doubt", "group": g}, st.sampled_from("abcd")),
     ),
     max_size=25,
 )
@@ -172,5 +173,13 @@ def replay_of(raw: list[bytes]) -> tuple[set[str], set[str], set[str], set[int]]
         for g, h in history.items()
         if any(e["event"] == "failed" and not e.get("retryable") for e in h)
     }
-    doubt = {g for g, h in history.items() if h[-1]["event"] == "attempt"} - sent - failed
+    doubt = (
+        {
+            g
+            for g, h in history.items()
+            if h[-1]["event"] == "attempt" or any(e["event"] == "in_doubt" for e in h)
+        }
+        - sent
+        - failed
+    )
     return sent, failed, doubt, rejected
