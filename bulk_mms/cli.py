@@ -217,16 +217,18 @@ async def _endpoint(settings: Settings, sandbox: bool) -> AsyncIterator[str]:
         yield url
 
 
+#: Errors that stop a run part way, and the exit code each gives.
+_STOPPING_ERRORS: tuple[tuple[type[BulkMmsError], int], ...] = (
+    (AuthError, EXIT_AUTH),
+    (LedgerError, EXIT_USAGE),
+    (ApiUnavailable, EXIT_INCOMPLETE),
+)
+
+
 def _exit_code(s: JobSummary) -> int:
-    if isinstance(s.error, AuthError):
-        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
-        return EXIT_AUTH
-    if isinstance(s.error, LedgerError):
-        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
-        return EXIT_USAGE
-    if isinstance(s.error, ApiUnavailable):
-        print(f"bulk-mms: error: {s.error}", file=sys.stderr)
-        return EXIT_INCOMPLETE
+    for kind, code in _STOPPING_ERRORS:
+        if isinstance(s.error, kind):
+            return _fail(s.error, code)
     if s.stopped in _SIGNAL_EXIT:
         print(
             f"bulk-mms: stopped by {s.stopped}: {s.sent_groups} groups sent this run; "
