@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -384,10 +384,9 @@ class Pacer:
     def cost_of(self, size: int) -> float:
         return float(size) if self.config.cost == "recipient" else 1.0
 
-    def choose(self, candidates: Iterable[str] | None = None) -> str:
+    def choose(self) -> str:
         """The sender that can send soonest (least recently used on a tie)."""
-        pool = [self.senders[s] for s in (candidates or self.senders)]
-        best = min(pool, key=lambda p: (p.earliest(), p.last_used))
+        best = min(self.senders.values(), key=lambda p: (p.earliest(), p.last_used))
         return best.sender
 
     async def _wait_until(self, when: Callable[[], float]) -> None:
