@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from bulk_mms.errors import (
 from bulk_mms.ledger import LedgerLocked
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
+from bulk_mms.track import TrackResult, format_track, track_ledger
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0
@@ -87,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send groups an earlier run left in doubt (they may arrive twice)",
     )
 
+    track = sub.add_parser("track", help="poll delivery statuses of a ledger's sent groups")
+    track.add_argument("ledger", type=Path)
+    track.add_argument("--follow", action="store_true", help="keep polling until all are final")
+    track.add_argument("--config", type=Path, help="account settings (TOML); see [track]")
+    track.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
+    track.add_argument("--rate", type=float, help="GET requests per second")
+    track.add_argument("--json", action="store_true", help="print the result as JSON")
+
     status = sub.add_parser("status", help="summarise a ledger")
     status.add_argument("ledger", type=Path)
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -102,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "track":
+            return cmd_track(args)
         return cmd_run(args)
     except LedgerLocked as exc:
         return _fail(exc, EXIT_LOCKED)
@@ -137,14 +148,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.base_url:
         settings = replace(settings, base_url=args.base_url)
     if args.rate is not None:
-        settings = replace(settings, rate=args.rate)
-    if args.concurrency is not None:
+        if args.command == "track":
+            if not 0 < args.rate <= 1000:
+                raise ConfigError("--rate", f"must be above 0 and at most 1000, not {args.rate:g}")
+            settings = replace(settings, track=replace(settings.track, rate=args.rate))
+        else:
+            settings = replace(settings, rate=args.rate)
+    if getattr(args, "concurrency", None) is not None:
         settings = replace(settings, concurrency=args.concurrency)
     return check_settings(settings)
 
 
 def _api_key(args: argparse.Namespace) -> str:
-    if args.sandbox:
+    if getattr(args, "sandbox", False):
         return "sandbox-key"
     key = os.environ.get(API_KEY_ENV, "")
     if not key.strip():
@@ -169,10 +185,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _exit_code(summary)
 
 
-async def _run(
-    job: JobConfig, settings: Settings, key: str, *, sandbox: bool, resend: bool
-) -> JobSummary:
-    stop = Stop()
+@contextlib.contextmanager
+def _stop_on_signals(stop: Stop, grace: float) -> Iterator[None]:
+    """First SIGINT/SIGTERM: ask ``stop`` and cancel after ``grace`` s; a second: cancel now."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -184,27 +199,68 @@ async def _run(
             return
         structlog.get_logger("bulk_mms.cli").warning("job.stopping", signal=name)
         stop.request(name)
-        loop.call_later(settings.request_timeout + DRAIN_GRACE_S, task.cancel)
+        loop.call_later(grace, task.cancel)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
-        async with (
-            _endpoint(settings, sandbox) as base_url,
-            AiohttpMmsClient(
-                base_url,
-                key,
-                connect_timeout=settings.connect_timeout,
-                request_timeout=settings.request_timeout,
-                max_connections=settings.concurrency,
-            ) as client,
-        ):
-            return await run_job(job, settings, client, resend_in_doubt=resend, stop=stop)
-    except asyncio.CancelledError:
-        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+        yield
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
+    return AiohttpMmsClient(
+        base_url,
+        key,
+        connect_timeout=settings.connect_timeout,
+        request_timeout=settings.request_timeout,
+        max_connections=settings.concurrency,
+    )
+
+
+async def _run(
+    job: JobConfig, settings: Settings, key: str, *, sandbox: bool, resend: bool
+) -> JobSummary:
+    stop = Stop()
+    try:
+        with _stop_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+            async with (
+                _endpoint(settings, sandbox) as base_url,
+                _client(settings, base_url, key) as client,
+            ):
+                return await run_job(job, settings, client, resend_in_doubt=resend, stop=stop)
+    except asyncio.CancelledError:
+        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    key = _api_key(args)
+    result = asyncio.run(_track(args.ledger, settings, key, follow=args.follow))
+    if isinstance(result.error, AuthError):
+        return _fail(result.error, EXIT_AUTH)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_track(result, args.ledger))
+    if result.stopped in _SIGNAL_EXIT:
+        return _SIGNAL_EXIT[result.stopped]
+    trouble = result.not_found or result.unlisted or result.errors
+    return EXIT_INCOMPLETE if trouble or (args.follow and result.pending) else EXIT_OK
+
+
+async def _track(path: Path, settings: Settings, key: str, *, follow: bool) -> TrackResult:
+    stop = Stop()
+    try:
+        with _stop_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+            async with _client(settings, settings.base_url, key) as client:
+                return await track_ledger(path, settings, client, follow=follow, stop=stop)
+    except asyncio.CancelledError:
+        return TrackResult(stopped=stop.reason or "SIGINT")
+    except AuthError as exc:
+        return TrackResult(error=exc)
 
 
 @contextlib.asynccontextmanager

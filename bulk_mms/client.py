@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
@@ -31,6 +32,7 @@ from bulk_mms.errors import (
     ApiError,
     AuthError,
     NetworkError,
+    NotFound,
     RateLimited,
     Rejected,
     SendError,
@@ -39,12 +41,14 @@ from bulk_mms.errors import (
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 
 SEND_PATH = "/messages/group_mms"
+GROUP_PATH = "/messages/group/"
+MESSAGE_PATH = "/messages/"
 
 USER_AGENT = f"bulk-mms/{__version__}"
 
 
 class MmsClient(Protocol):
-    """Sends one group MMS. The only thing the runner calls."""
+    """Sends one group MMS, and reads back where its recipients stand. The one API seam."""
 
     async def send(self, group: Group) -> SendReceipt:
         """Send ``group``; return the API's receipt.
@@ -52,6 +56,19 @@ class MmsClient(Protocol):
         Raises:
             SendError: a subclass saying whether a retry is safe (see :mod:`bulk_mms.errors`).
         """
+        ...
+
+    async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        """``GET /messages/group/{message_id}``: every recipient the API lists for a group.
+
+        Raises:
+            NotFound: the API does not know the id.
+            SendError: as for :meth:`send` (a GET is always safe to retry).
+        """
+        ...
+
+    async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        """``GET /messages/{id}``: the recipients of one message (a recipient's own id)."""
         ...
 
 
@@ -153,6 +170,37 @@ def parse_receipt(body: object) -> SendReceipt:
     )
 
 
+def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
+    """Recipients and statuses from a message object or a list of them (the GET endpoints).
+
+    ``GET /messages/group/{id}`` lists one message per recipient, each with its own id, ``to``
+    and ``errors``; ``GET /messages/{id}`` returns one. Entries that are not objects, or have no
+    ``phone_number``, are skipped: a partial answer still yields what it does say.
+    """
+    messages = data if isinstance(data, list) else [data]
+    out: list[RecipientStatus] = []
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        mid = msg.get("id") if isinstance(msg.get("id"), str) else None
+        errors = parse_errors(msg)
+        at = next(
+            (msg[k] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)), None
+        )
+        for item in msg.get("to") or ():
+            if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
+                out.append(
+                    RecipientStatus(
+                        item["phone_number"],
+                        str(item.get("status") or ""),
+                        message_id=mid,
+                        errors=errors,
+                        at=at,
+                    )
+                )
+    return tuple(out)
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms``, ``Retry-After`` or ``x-ratelimit-reset``.
 
@@ -185,6 +233,8 @@ def error_for_status(status: int, body: object, headers: Mapping[str, str]) -> S
     errors = parse_errors(body)
     if status in (401, 403):
         return AuthError("the API key was refused", status=status, errors=errors)
+    if status == 404:
+        return NotFound("the API does not know this message id", status=status, errors=errors)
     if status == 429:
         return RateLimited(
             "rate limited", retry_after=parse_retry_after(headers), status=status, errors=errors
@@ -283,11 +333,40 @@ class AiohttpMmsClient:
 
     async def send(self, group: Group) -> SendReceipt:
         """POST the group; return a receipt or raise a typed :class:`SendError`."""
-        session = self._open()
         data = orjson.dumps(request_body(group))
         headers = {**self._headers, "Idempotency-Key": idempotency_key(group)}
+        status, body = await self._request("POST", self._send_url, data, headers)
+        try:
+            return parse_receipt(body)
+        except AmbiguousSendError as exc:
+            exc.status = status
+            raise
+
+    async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        """GET the group's messages; the recipients and statuses they list."""
+        url = f"{self.base_url}{GROUP_PATH}{_segment(message_id)}"
+        _, body = await self._request("GET", url)
+        return parse_statuses(body.get("data") if isinstance(body, dict) else None)
+
+    async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        """GET one message; the recipients and statuses it lists."""
+        url = f"{self.base_url}{MESSAGE_PATH}{_segment(message_id)}"
+        _, body = await self._request("GET", url)
+        return parse_statuses(body.get("data") if isinstance(body, dict) else None)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, object]:
+        """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`."""
+        session = self._open()
         with map_client_errors():
-            async with session.post(self._send_url, data=data, headers=headers) as resp:
+            async with session.request(
+                method, url, data=data, headers=headers or self._headers
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -300,9 +379,10 @@ class AiohttpMmsClient:
                     f"HTTP {status} with a body that is not JSON", status=status
                 ) from None
         if 200 <= status < 300:
-            try:
-                return parse_receipt(body)
-            except AmbiguousSendError as exc:
-                exc.status = status
-                raise
+            return status, body
         raise error_for_status(status, body, resp_headers)
+
+
+def _segment(message_id: str) -> str:
+    """A message id as one URL path segment: ids come from a ledger or a webhook, so quote them."""
+    return urllib.parse.quote(message_id, safe="")

@@ -110,6 +110,20 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackConfig:
+    """``[track]``: how ``bulk-mms track`` polls delivery statuses."""
+
+    #: GET requests per second: its own budget, apart from sending.
+    rate: float = 10.0
+    #: Seconds between passes with ``--follow``; a group whose status did not change is asked
+    #: again after twice as long each time, up to ``max_interval``.
+    interval: float = 30.0
+    max_interval: float = 900.0
+    #: Stop asking about a group this many seconds after it was sent.
+    max_age: float = 72 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Account-level settings: ``config.toml`` overlaid by the environment and the command line."""
 
@@ -132,6 +146,7 @@ class Settings:
     sender_limits: dict[str, float] = field(default_factory=dict)
     type_limits: dict[str, float] = field(default_factory=dict)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +398,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         api = top.table("api")
         limits = top.table("limits")
         retry = top.table("retry")
+        track = top.table("track")
+        tdflt = TrackConfig()
         settings = Settings(
             base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
             connect_timeout=api.float_("connect_timeout", settings.connect_timeout, 0.1, 600),
@@ -411,8 +428,14 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                     "idempotency_window_s", dflt.idempotency_window_s, 0, 86_400
                 ),
             ),
+            track=TrackConfig(
+                rate=track.float_("rate", tdflt.rate, 0.01, 1000),
+                interval=track.float_("interval", tdflt.interval, 1, 86_400),
+                max_interval=track.float_("max_interval", tdflt.max_interval, 1, 86_400),
+                max_age=track.float_("max_age", tdflt.max_age, 60, 30 * 86_400),
+            ),
         )
-        for table in (api, limits, retry, top):
+        for table in (api, limits, retry, track, top):
             table.finish()
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])

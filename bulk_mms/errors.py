@@ -5,7 +5,8 @@
     BulkMmsError                      exit code (cli.py)
      ├── UsageError                    2  bad job, config or input: nothing was sent
      │    ├── ConfigError(setting)        a setting is missing, unknown or out of range
-     │    └── InputError(path, line)      the recipient file cannot be read
+     │    ├── InputError(path, line)      the recipient file cannot be read
+     │    └── MediaError(url)             a media URL fails the preflight check
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
@@ -13,6 +14,7 @@
      └── SendError                        one request failed; the runner decides
           ├── AuthError(status)        3  401/403: the key is refused; the job stops
           ├── Rejected(status)            400/422: the API refuses this group; never retried
+          │    └── NotFound                 404 on a GET: the API does not know the message id
           ├── RetryableSendError          nothing was delivered; retry is safe
           │    ├── RateLimited(retry_after) 429
           │    ├── ServerError(status)      5xx
@@ -84,6 +86,14 @@ class InputError(_Located, UsageError):
     """The recipient file as a whole cannot be used (missing, unreadable, no phone column)."""
 
 
+class MediaError(UsageError):
+    """A media URL of the message fails the preflight check (unreachable, no type, too big)."""
+
+    def __init__(self, url: str, message: str) -> None:
+        self.url = url
+        super().__init__(f"media {url}: {message}")
+
+
 class ApiUnavailable(BulkMmsError):
     """Group after group used up its retries on transient errors: the API is down or unreachable.
 
@@ -136,6 +146,10 @@ class AuthError(SendError):
 
 class Rejected(SendError):
     """The API refused this group (400/404/422 ...). Permanent: never retried."""
+
+
+class NotFound(Rejected):
+    """HTTP 404 on ``GET /messages/...``: the API does not know this message id."""
 
 
 class RetryableSendError(SendError):

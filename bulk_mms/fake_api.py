@@ -33,6 +33,8 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from bulk_mms.delivery import FINAL
+
 FaultKind = Literal["status", "drop_before", "drop_after", "slow", "no_id", "not_json", "truncated"]
 _E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
@@ -71,6 +73,8 @@ class Accepted:
     #: Per-recipient message ids, same order as ``to``.
     recipient_ids: tuple[str, ...]
     wait_seconds: float
+    #: ``clock()`` when accepted: the start of its delivery timeline.
+    accepted_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -115,8 +119,9 @@ class FakeTelnyx:
     faults: deque[Fault] = field(default_factory=deque)
     #: ``wait_seconds`` for the n-th accepted message (0-based).
     wait_seconds: Callable[[int], float] = lambda _n: 0.0
-    #: Status the GET endpoints report for each recipient.
-    delivery_status: str = "delivered"
+    #: Status the GET endpoints report for each recipient: a fixed one, or a function of the
+    #: number and the seconds since the message was accepted (see :func:`carrier_timeline`).
+    delivery_status: str | Callable[[str, float], str] = "delivered"
     #: Queue model: drain rate (messages/s) for every sender, or per sender; None disables it
     #: and ``wait_seconds`` comes from the callable above.
     drain_rate: float | None = None
@@ -227,6 +232,12 @@ class FakeTelnyx:
                 return await _truncated(request, orjson.dumps(response))
         return _json(200, response)
 
+    def status_of(self, msg: Accepted, i: int) -> str:
+        """Where recipient ``i`` of ``msg`` stands now."""
+        if isinstance(self.delivery_status, str):
+            return self.delivery_status
+        return self.delivery_status(msg.to[i], self.clock() - msg.accepted_at)
+
     def _accept(self, body: dict[str, Any], key: str | None, wait: float | None) -> Accepted:
         n = len(self.accepted)
         self.accept_log.append((self.clock(), body["from"], len(body["to"])))
@@ -240,6 +251,7 @@ class FakeTelnyx:
             received_at=_now(),
             recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
             wait_seconds=round(wait if wait is not None else float(self.wait_seconds(n)), 3),
+            accepted_at=self.clock(),
         )
         self.accepted.append(msg)
         self.by_id[msg.id] = msg
@@ -253,12 +265,18 @@ class FakeTelnyx:
         *,
         cost_as_string: bool,
         only: int | None = None,
-        status: str = "queued",
+        live: bool = False,
     ) -> dict[str, Any]:
-        """The documented message object, for the whole group or for recipient ``only``."""
+        """The documented message object, for the whole group or for recipient ``only``.
+
+        ``live``: statuses as they stand now (the GETs); otherwise ``queued`` (the send).
+        """
         n = len(msg.to) if only is None else 1
         amount = f"{float(COST_PER_RECIPIENT) * n:.4f}"
         indexes = range(len(msg.to)) if only is None else [only]
+        statuses = [self.status_of(msg, i) if live else "queued" for i in indexes]
+        failed = [s for s in statuses if s in ("delivery_failed", "sending_failed")]
+        final = all(s in FINAL for s in statuses)
         body = msg.body
         return {
             "record_type": "message",
@@ -275,7 +293,7 @@ class FakeTelnyx:
                     "carrier": "T-MOBILE USA, INC.",
                     "line_type": "Wireless",
                 }
-                for i in indexes
+                for i, status in zip(indexes, statuses, strict=True)
             ],
             "cc": [],
             "text": body.get("text"),
@@ -292,9 +310,13 @@ class FakeTelnyx:
             "cost": {"amount": amount if cost_as_string else float(amount), "currency": "USD"},
             "received_at": msg.received_at,
             "sent_at": None,
-            "completed_at": None,
+            "completed_at": _now() if live and final else None,
             "valid_until": None,
-            "errors": [],
+            "errors": (
+                [{"code": "40008", "title": "Undeliverable", "detail": "The carrier refused it."}]
+                if failed
+                else []
+            ),
             "wait_seconds": msg.wait_seconds,
         }
 
@@ -305,8 +327,7 @@ class FakeTelnyx:
         if msg is None:
             return _errors(404, "10005", "Resource not found", "No such group message.")
         data = [
-            self._record(msg, cost_as_string=False, only=i, status=self.delivery_status)
-            for i in range(len(msg.to))
+            self._record(msg, cost_as_string=False, only=i, live=True) for i in range(len(msg.to))
         ]
         return _json(200, {"data": data})
 
@@ -315,14 +336,39 @@ class FakeTelnyx:
             return denied
         mid = request.match_info["id"]
         if mid in self.by_id:
-            data = self._record(self.by_id[mid], cost_as_string=False, status=self.delivery_status)
+            data = self._record(self.by_id[mid], cost_as_string=False, live=True)
         elif mid in self.by_recipient_id:
             msg, i = self.by_recipient_id[mid]
-            data = self._record(msg, cost_as_string=False, only=i, status=self.delivery_status)
+            data = self._record(msg, cost_as_string=False, only=i, live=True)
         else:
             return _errors(404, "10005", "Resource not found", "No such message.")
         data.pop("wait_seconds", None)  # the documented GET shape has no wait_seconds
         return _json(200, {"data": data})
+
+
+def carrier_timeline(
+    fail_every: int = 5, sent_after: float = 1.0, final_after: float = 3.0
+) -> Callable[[str, float], str]:
+    """A delivery timeline for :attr:`FakeTelnyx.delivery_status`, like a carrier's.
+
+    Every recipient is ``queued``, then ``sent`` after ``sent_after`` seconds, then final after
+    ``final_after``: ``delivery_failed`` for numbers whose last four digits are a multiple of
+    ``fail_every`` (0: none), ``delivered`` for the rest. Deterministic, so a test can predict it.
+    """
+
+    def status(phone: str, age: float) -> str:
+        if age < sent_after:
+            return "queued"
+        if age < final_after:
+            return "sent"
+        return "delivery_failed" if will_fail(phone, fail_every) else "delivered"
+
+    return status
+
+
+def will_fail(phone: str, fail_every: int) -> bool:
+    """Whether :func:`carrier_timeline` ends ``phone`` in ``delivery_failed``."""
+    return fail_every > 0 and int(phone[-4:]) % fail_every == 0
 
 
 def _validate(body: object) -> web.Response | None:
@@ -427,8 +473,22 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
     parser = argparse.ArgumentParser(description="Run the fake Telnyx messaging API.")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--key", help="require this API key (default: accept any)")
+    parser.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        help="end numbers whose last 4 digits are a multiple of N in delivery_failed",
+    )
+    parser.add_argument(
+        "--final-after", type=float, default=0.0, help="seconds until a recipient is final"
+    )
     args = parser.parse_args(argv)
-    web.run_app(FakeTelnyx(api_key=args.key).app(), host="127.0.0.1", port=args.port)
+    fake = FakeTelnyx(api_key=args.key)
+    if args.fail_every or args.final_after:
+        fake.delivery_status = carrier_timeline(
+            args.fail_every, args.final_after / 3, args.final_after
+        )
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port)
 
 
 if __name__ == "__main__":  # pragma: no cover

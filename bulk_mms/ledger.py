@@ -2,7 +2,9 @@
 
 Line 1 is a ``job`` header (job name, input fingerprint, grouping, version). Every later line is
 an event with an ``event`` field: ``run`` (a run started), ``attempt`` (a request is about to
-leave: written *and fsync'd* before it does), ``sent``, ``failed``, ``in_doubt``, ``rejected``.
+leave: written *and fsync'd* before it does), ``sent``, ``failed``, ``in_doubt``, ``rejected``,
+and ``status`` (a recipient's delivery status, from ``track`` or ``webhooks``: see
+:mod:`bulk_mms.delivery`).
 
 Durability. Events are written with one ``os.write`` each (``O_APPEND``) and made durable with
 ``fsync``. fsync is *group-committed*: a single flusher task writes every event queued since the
@@ -68,8 +70,15 @@ class LedgerLocked(LedgerError):
 # Reading
 
 
-def iter_events(path: Path) -> Iterator[tuple[int, Event]]:
+#: How a ``status`` line starts (the writer puts ``event`` first): replay skips them unparsed.
+STATUS_PREFIX = b'{"event":"status"'
+
+
+def iter_events(path: Path, *, skip_status: bool = False) -> Iterator[tuple[int, Event]]:
     """Yield ``(line number, event)`` for every complete line; ignore a torn last line.
+
+    ``skip_status`` passes over delivery ``status`` lines without parsing them: resuming a
+    run needs none of them, and a tracked ledger has up to eight per group.
 
     Raises:
         LedgerCorrupt: a complete line is not a JSON object with an ``event`` field.
@@ -84,6 +93,8 @@ def iter_events(path: Path) -> Iterator[tuple[int, Event]]:
         for lineno, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 return  # torn last line: a crash mid-write; it never had an outcome
+            if skip_status and raw.startswith(STATUS_PREFIX):
+                continue
             try:
                 event = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -146,7 +157,7 @@ def replay(path: Path) -> LedgerState:
         return state
     # groups whose latest event is an attempt: a request may have left before a crash
     open_: set[str] = set()
-    for lineno, event in iter_events(path):
+    for lineno, event in iter_events(path, skip_status=True):
         kind = event["event"]
         try:
             if kind == "attempt":
@@ -256,11 +267,36 @@ class Ledger:
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            _cut_torn_tail(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                _cut_torn_tail(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
             os.close(lock_fd)
             raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
         return cls(path, fd, lock_fd)
+
+    @classmethod
+    def open_for_status(cls, path: Path) -> Ledger:
+        """Open an existing ledger to append ``status`` events, beside a run that may be sending.
+
+        No run lock is taken (``track`` and ``webhooks`` work while a run sends); every write
+        still takes the append lock, so lines from different processes never mix.
+
+        Raises:
+            LedgerError: the ledger does not exist, is empty, or cannot be written.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            raise LedgerError(path, "no such ledger") from None
+        except OSError as exc:
+            raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
+        if os.fstat(fd).st_size == 0:
+            os.close(fd)
+            raise LedgerError(path, "is empty: nothing has been sent with it")
+        return cls(path, fd, -1)
 
     @property
     def is_empty(self) -> bool:
@@ -321,9 +357,17 @@ class Ledger:
         data = b"".join(lines)
         view = memoryview(data)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            # The append lock: `track` and `webhooks` append status events to a ledger that a run
+            # may be writing. Each batch goes in whole, after a check that the file ends with a
+            # newline (a writer killed mid-line leaves a tail that must go first).
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                _cut_torn_tail(self._fd)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         except OSError as exc:
             reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise LedgerError(self.path, f"cannot write: {reason}") from None
@@ -353,15 +397,16 @@ class Ledger:
     def close_sync(self) -> None:
         """Release the lock and close without waiting (queued events may be lost)."""
         for fd in (self._fd, self._lock_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._fd = self._lock_fd = -1
 
 
 def _cut_torn_tail(fd: int) -> None:
     """Truncate the file after its last newline: what follows is a torn write."""
     size = os.fstat(fd).st_size
-    if size == 0:
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
     pos = size
     step = 4096

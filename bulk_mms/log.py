@@ -20,11 +20,13 @@ import structlog
 from bulk_mms.config import API_KEY_ENV
 
 _REDACTED = "[redacted]"
+#: Shorter "keys" are not real Telnyx keys; scrubbing them would mangle ordinary words.
+_MIN_SECRET = 8
 
 
 def _scrubber(secret: str | None) -> structlog.types.Processor:
     def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if secret:
+        if secret and len(secret) >= _MIN_SECRET:
             for key, value in event.items():
                 if isinstance(value, str) and secret in value:
                     event[key] = value.replace(secret, _REDACTED)

@@ -86,6 +86,12 @@ class RecipientStatus:
 
     phone: str
     status: str
+    #: The recipient's own message id, when the API gives one (``GET /messages/group/...``).
+    message_id: str | None = None
+    errors: tuple[ApiError, ...] = ()
+    #: When the API says the status was reached (``completed_at``, ``sent_at``, or the
+    #: webhook's ``occurred_at``), ISO 8601; None when it does not say.
+    at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 import tenacity
@@ -30,6 +31,7 @@ from bulk_mms.errors import AmbiguousSendError, RateLimited, RetryableSendError,
 from bulk_mms.models import Group, SendReceipt
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 log = structlog.get_logger("bulk_mms.retry")
 
 
@@ -163,4 +165,41 @@ async def send_with_retry(
                 return Attempted(receipt, None, number)
     except SendError as exc:
         return Attempted(None, exc, number)
+    raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+
+
+async def fetch_with_retry(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryConfig,
+    *,
+    what: str,
+    sleep: Sleep = asyncio.sleep,
+    now: Callable[[], float] = time.monotonic,
+    on_error: Callable[[SendError], None] | None = None,
+) -> T:
+    """Run a read (a GET) with the same backoff as sends.
+
+    A read changes nothing, so an ambiguous failure is retried as freely as a transient one.
+
+    Raises:
+        SendError: the last error, once the tries are used up or the error is permanent.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if on_error is not None and isinstance(exc, SendError):
+            on_error(exc)
+        log.debug("fetch.retry_scheduled", what=what, caused_by=str(exc))
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type((RetryableSendError, AmbiguousSendError)),
+        stop=_Stop(policy.attempts, None, now),
+        wait=_Wait(policy),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
     raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover

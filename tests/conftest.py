@@ -16,7 +16,7 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
-from bulk_mms.errors import SendError
+from bulk_mms.errors import NotFound, SendError
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 
@@ -52,6 +52,9 @@ class FakeClient:
 
     handler: Handler | None = None
     calls: list[Group] = field(default_factory=list)
+    #: What the GETs answer, by message id: statuses, or an error to raise; unknown ids 404.
+    delivery: dict[str, tuple[RecipientStatus, ...] | SendError] = field(default_factory=dict)
+    fetches: list[str] = field(default_factory=list)
     _counter: Iterator[int] = field(default_factory=itertools.count)
 
     async def send(self, group: Group) -> SendReceipt:
@@ -68,6 +71,21 @@ class FakeClient:
         if isinstance(out, SendError):
             raise out
         return out
+
+    async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        return self._fetch(message_id)
+
+    async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        return self._fetch(message_id)
+
+    def _fetch(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        self.fetches.append(message_id)
+        answer = self.delivery.get(message_id)
+        if answer is None:
+            raise NotFound("unknown", status=404)
+        if isinstance(answer, SendError):
+            raise answer
+        return answer
 
     def sent_numbers(self) -> list[str]:
         return [p for g in self.calls for p in g.to]

@@ -1,0 +1,334 @@
+"""``bulk-mms track``: poll delivery statuses of sent groups into the ledger.
+
+For every sent group with a recipient not yet final, :class:`Tracker` asks
+``GET /messages/group/{message_id}`` (or ``GET /messages/{id}`` when a single recipient is left
+and its own id is known, or when the group id is unknown to the API but recipient ids are), under
+its own token bucket (``[track] rate``) and with the send path's backoff. Each change becomes a
+``status`` line (:func:`bulk_mms.delivery.status_event`).
+
+One pass by default; ``follow`` repeats passes until every recipient is final or its group is
+older than ``max_age``. A group whose statuses did not change is asked again after twice the
+interval each time (up to ``max_interval``), so a long tail of slow carriers costs few requests.
+
+A 404 (the API does not know the id) and a recipient the API does not list are counted and
+named in the result, never fatal. A refused key stops tracking (:class:`AuthError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bulk_mms.client import MmsClient
+from bulk_mms.config import Settings
+from bulk_mms.delivery import FINAL, DeliveryBook, SentGroup, status_event
+from bulk_mms.errors import AuthError, NotFound, RateLimited, SendError
+from bulk_mms.ledger import Ledger
+from bulk_mms.models import RecipientStatus
+from bulk_mms.pacing import Gcra
+from bulk_mms.retry import fetch_with_retry
+from bulk_mms.runner import Clock, LoopClock, Stop
+
+log = structlog.get_logger("bulk_mms.track")
+
+
+@dataclass(slots=True)
+class TrackResult:
+    """What tracking found, over all passes."""
+
+    requests: int = 0
+    #: ``status`` lines written.
+    changes: int = 0
+    passes: int = 0
+    #: Recipients of tracked groups by latest status, after the last pass.
+    statuses: Counter[str] = field(default_factory=Counter)
+    #: Recipients still not final, and of those, in groups past ``max_age``.
+    pending: int = 0
+    too_old: int = 0
+    #: Groups whose message id the API does not know (404).
+    not_found: list[str] = field(default_factory=list)
+    #: (group, phone) the API's answer did not list.
+    unlisted: list[tuple[str, str]] = field(default_factory=list)
+    #: Groups whose GET failed after retries, by error code, in the last pass.
+    errors: Counter[str] = field(default_factory=Counter)
+    stopped: str | None = None
+    #: The error that ended tracking (a refused key), if one did.
+    error: BaseException | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "changes": self.changes,
+            "passes": self.passes,
+            "statuses": dict(self.statuses.most_common()),
+            "pending": self.pending,
+            "too_old": self.too_old,
+            "not_found": self.not_found,
+            "unlisted": [{"group": g, "recipient": p} for g, p in self.unlisted],
+            "errors": dict(self.errors),
+            "stopped": self.stopped,
+        }
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Tracker:
+    """Polls one ledger's sent groups. Create it, then ``await run(follow=...)``."""
+
+    def __init__(
+        self,
+        book: DeliveryBook,
+        ledger: Ledger,
+        client: MmsClient,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        stop: Stop | None = None,
+    ) -> None:
+        self.book = book
+        self.ledger = ledger
+        self.client = client
+        self.settings = settings
+        self.cfg = settings.track
+        self.stop = stop or Stop()
+        self.clock: Clock = clock or LoopClock(self.stop)
+        self.wall_clock = wall_clock
+        self.bucket = Gcra(self.cfg.rate, tolerance=0.5)
+        self.result = TrackResult()
+        #: Group id → (passes without change, monotonic time of the next ask).
+        self.backoff: dict[str, tuple[int, float]] = {}
+        self._not_found: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Tracker {self.book.path} groups={len(self.book.groups)}>"
+
+    # -- choosing what to ask ---------------------------------------------------------------
+
+    def due(self) -> list[SentGroup]:
+        """Groups with a recipient not final, inside ``max_age``, whose backoff has passed."""
+        now, wall = self.clock.now(), self.wall_clock()
+        out = []
+        for g in self.book.groups.values():
+            if g.id in self._not_found or not self.book.pending(g):
+                continue
+            if wall - _epoch(g.time) > self.cfg.max_age:
+                continue
+            if self.backoff.get(g.id, (0, 0.0))[1] <= now:
+                out.append(g)
+        return out
+
+    # -- asking -----------------------------------------------------------------------------
+
+    async def _limited(self) -> None:
+        """Wait for the tracking bucket."""
+        while (wait := self.bucket.earliest() - self.clock.now()) > 0:
+            await self.clock.sleep(wait)
+        self.bucket.admit(self.clock.now(), 1.0)
+        self.result.requests += 1
+
+    async def _get(self, what: str, message_id: str) -> tuple[RecipientStatus, ...]:
+        fetch = self.client.fetch_group if what == "group" else self.client.fetch_message
+
+        async def call() -> tuple[RecipientStatus, ...]:
+            await self._limited()
+            return await fetch(message_id)
+
+        def on_error(exc: SendError) -> None:
+            if isinstance(exc, RateLimited):
+                # the API asks for less: halve this tracker's own rate for the rest of the run
+                self.bucket.rate = max(0.1, self.bucket.rate / 2)
+
+        return await fetch_with_retry(
+            call,
+            self.settings.retry,
+            what=f"{what} {message_id}",
+            sleep=self.clock.sleep,
+            now=self.clock.now,
+            on_error=on_error,
+        )
+
+    async def ask(self, g: SentGroup) -> tuple[RecipientStatus, ...] | None:
+        """The API's statuses for a group's pending recipients; None when it cannot say."""
+        pending = self.book.pending(g)
+        ids = [k.message_id for p in pending if (k := self.book.known.get(p)) and k.message_id]
+        try:
+            if len(pending) == 1 and len(ids) == 1:
+                return await self._get("message", ids[0])  # one left: the smaller answer
+            return await self._get("group", g.message_id)
+        except NotFound:
+            if len(ids) == len(pending):
+                # the group id is gone but each recipient's own id is known: ask one by one
+                found: list[RecipientStatus] = []
+                for mid in ids:
+                    try:
+                        found.extend(await self._get("message", mid))
+                    except NotFound:
+                        continue
+                if found:
+                    return tuple(found)
+            self._not_found.add(g.id)
+            self.result.not_found.append(g.id)
+            log.warning("track.not_found", group=g.id, message_id=g.message_id)
+            return None
+
+    async def poll(self, g: SentGroup) -> None:
+        try:
+            statuses = await self.ask(g)
+        except AuthError as exc:
+            self.result.error = exc
+            self.stop.request("auth")
+            return
+        except SendError as exc:
+            self.result.errors[exc.code] += 1
+            log.warning("track.failed", group=g.id, error=str(exc))
+            return
+        if statuses is None:
+            return
+        listed = {st.phone: st for st in statuses}
+        changed = False
+        for phone in self.book.pending(g):
+            st = listed.get(phone)
+            if st is None:
+                if (g.id, phone) not in self.result.unlisted:
+                    self.result.unlisted.append((g.id, phone))
+                    log.warning("track.recipient_unlisted", group=g.id, recipient=phone)
+                continue
+            if self.book.apply(st, g.id):
+                await self.ledger.write(status_event(g.id, st, source="track"))
+                self.result.changes += 1
+                changed = True
+                log.debug("track.status", group=g.id, recipient=phone, status=st.status)
+        unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
+        delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))
+        self.backoff[g.id] = (unchanged, self.clock.now() + delay)
+
+    async def one_pass(self) -> None:
+        self.result.errors.clear()
+        queue: asyncio.Queue[SentGroup] = asyncio.Queue()
+        for g in self.due():
+            queue.put_nowait(g)
+
+        async def worker() -> None:
+            while not self.stop.is_set():
+                try:
+                    g = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await self.poll(g)
+
+        workers = min(self.settings.concurrency, queue.qsize())
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        self.result.passes += 1
+        if isinstance(self.result.error, AuthError):
+            raise self.result.error
+
+    def remaining(self) -> int:
+        """Recipients not final in groups still inside ``max_age`` and known to the API."""
+        wall = self.wall_clock()
+        return sum(
+            len(self.book.pending(g))
+            for g in self.book.groups.values()
+            if g.id not in self._not_found and wall - _epoch(g.time) <= self.cfg.max_age
+        )
+
+    async def run(self, *, follow: bool = False) -> TrackResult:
+        """One pass, or with ``follow`` passes until nothing is left to ask."""
+        while True:
+            await self.one_pass()
+            left = self.remaining()
+            log.info(
+                "track.pass",
+                number=self.result.passes,
+                changes=self.result.changes,
+                pending=left,
+                requests=self.result.requests,
+            )
+            if not follow or not left or self.stop.is_set():
+                break
+            waits = [at for _, at in self.backoff.values()]
+            next_at = min(waits, default=self.clock.now() + self.cfg.interval)
+            await self.clock.sleep(max(1.0, next_at - self.clock.now()))
+            if self.stop.is_set():
+                break
+        self.result.stopped = self.stop.reason
+        self._tally()
+        return self.result
+
+    def _tally(self) -> None:
+        r = self.result
+        wall = self.wall_clock()
+        r.statuses.clear()
+        r.pending = r.too_old = 0
+        for g in self.book.groups.values():
+            for phone in g.to:
+                status = self.book.status_of(phone) or "queued"
+                r.statuses[status] += 1
+                if status not in FINAL:
+                    r.pending += 1
+                    r.too_old += wall - _epoch(g.time) > self.cfg.max_age
+
+
+async def track_ledger(
+    path: Path,
+    settings: Settings,
+    client: MmsClient,
+    *,
+    follow: bool = False,
+    clock: Clock | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    stop: Stop | None = None,
+) -> TrackResult:
+    """Track a ledger's sent groups: one pass, or until done with ``follow``.
+
+    Works beside a run that is still sending (status lines take only the append lock).
+
+    Raises:
+        LedgerError: the ledger is missing, empty, corrupt or cannot be written.
+        AuthError: the API refused the key.
+    """
+    book = DeliveryBook.load(path)
+    ledger = Ledger.open_for_status(path)
+    tracker = Tracker(book, ledger, client, settings, clock=clock, wall_clock=wall_clock, stop=stop)
+    log.info("track.started", ledger=str(path), groups=len(book.groups), follow=follow)
+    try:
+        return await tracker.run(follow=follow)
+    finally:
+        await ledger.close()
+
+
+def format_track(r: TrackResult, path: Path) -> str:
+    """What a pass found, for a person."""
+    total = sum(r.statuses.values())
+    counts = ", ".join(f"{k} {v}" for k, v in r.statuses.most_common()) or "none"
+    lines = [
+        f"{path}: {total} recipients: {counts}",
+        f"  not final {r.pending} (past max_age: {r.too_old}); "
+        f"{r.changes} changes recorded; {r.requests} requests in {r.passes} pass(es)",
+    ]
+    if r.not_found:
+        more = f" (+{len(r.not_found) - 5} more)" if len(r.not_found) > 5 else ""
+        lines.append(f"  unknown to the API (404): {', '.join(r.not_found[:5])}{more}")
+    if r.unlisted:
+        shown = ", ".join(f"{p} in {g}" for g, p in r.unlisted[:5])
+        more = f" (+{len(r.unlisted) - 5} more)" if len(r.unlisted) > 5 else ""
+        lines.append(f"  not listed by the API: {shown}{more}")
+    if r.errors:
+        lines.append(
+            "  could not ask (will retry next pass): "
+            + ", ".join(f"{k or 'network'} x{v}" for k, v in r.errors.items())
+        )
+    return "\n".join(lines)

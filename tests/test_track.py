@@ -1,0 +1,209 @@
+"""Delivery tracking: the status rules, the tracker on a fake client and on the fake API."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.config import TrackConfig
+from bulk_mms.delivery import DeliveryBook, Known, supersedes
+from bulk_mms.errors import AuthError, ServerError
+from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
+from bulk_mms.ledger import iter_events
+from bulk_mms.models import RecipientStatus
+from bulk_mms.runner import run_job
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers
+
+API = tuple[FakeTelnyx, str]
+KEY = "test-key-123"
+
+
+class ServerClock:
+    """The fake server's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def status_lines(path: Path) -> list[dict[str, object]]:
+    return [e for _, e in iter_events(path) if e["event"] == "status"]
+
+
+@pytest.mark.parametrize(
+    ("new", "new_at", "old", "news"),
+    [
+        ("sent", None, None, True),
+        ("sent", None, Known("queued"), True),
+        ("queued", None, Known("sent"), False),
+        ("sent", None, Known("delivered"), False),
+        ("delivered", None, Known("delivered"), False),
+        ("delivered", None, Known("sent"), True),
+        (
+            "delivered",
+            "2026-01-02T00:00:00Z",
+            Known("delivery_unconfirmed", "2026-01-01T00:00:00Z"),
+            True,
+        ),
+        (
+            "delivered",
+            "2026-01-01T00:00:00Z",
+            Known("delivery_failed", "2026-01-02T00:00:00Z"),
+            False,
+        ),
+        ("delivered", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), False),
+        ("", None, None, False),
+    ],
+)
+def test_supersedes_orders_reports(
+    new: str, new_at: str | None, old: Known | None, news: bool
+) -> None:
+    """Non-final statuses only move forward; a final one yields only to a later final one."""
+    assert supersedes(new, new_at, old) is news
+
+
+async def sent_ledger(jobs: JobFactory, n: int = 16) -> tuple[Path, FakeClient]:
+    """A ledger with ``n`` recipients sent in groups of 4 through a fake client."""
+    jobs.people(n)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeSleep())
+    return job.ledger, client
+
+
+async def test_one_pass_records_each_change_once(jobs: JobFactory) -> None:
+    """A pass writes one status line per recipient whose status changed, and none on a repeat."""
+    ledger, client = await sent_ledger(jobs)
+    for i, g in enumerate(client.calls):
+        client.delivery[f"msg-{g.id}-{i}"] = tuple(
+            RecipientStatus(p, "delivered", message_id=f"r-{p}") for p in g.to
+        )
+    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert r.changes == 16
+    assert r.statuses == {"delivered": 16}
+    assert r.pending == 0
+    again = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert (again.changes, again.requests) == (0, 0)
+    assert len(status_lines(ledger)) == 16
+
+
+async def test_not_found_and_unlisted_are_reported(jobs: JobFactory) -> None:
+    """A 404 group and a recipient the API leaves out are named in the result, not fatal."""
+    ledger, client = await sent_ledger(jobs, 8)
+    g0, g1 = client.calls
+    client.delivery[f"msg-{g1.id}-1"] = tuple(RecipientStatus(p, "sent") for p in g1.to[1:])
+    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert r.not_found == [g0.id]
+    assert r.unlisted == [(g1.id, g1.to[0])]
+    assert r.changes == 3
+
+
+async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory) -> None:
+    """With one recipient left and its own id known, the tracker uses GET /messages/{id}."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    gid = f"msg-{g.id}-0"
+    client.delivery[gid] = tuple(
+        RecipientStatus(p, "delivered" if i else "sent", message_id=f"r{i}")
+        for i, p in enumerate(g.to)
+    )
+    await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    client.delivery["r0"] = (RecipientStatus(g.to[0], "delivery_failed", message_id="r0"),)
+    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert client.fetches == [gid, "r0"]
+    assert r.statuses == {"delivered": 3, "delivery_failed": 1}
+
+
+async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
+    """--follow asks again after the interval, doubling it while nothing changes, until final."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    mid = f"msg-{g.id}-0"
+    answers = iter(["sent", "sent", "sent", "delivered"])
+
+    async def fetch(message_id: str) -> tuple[RecipientStatus, ...]:
+        client.fetches.append(message_id)
+        return tuple(RecipientStatus(p, next(answers)) for p in g.to[:1]) + tuple(
+            RecipientStatus(p, "delivered") for p in g.to[1:]
+        )
+
+    client.fetch_group = fetch  # type: ignore[method-assign]
+    clock = FakeSleep()
+    settings = replace(FAST, track=TrackConfig(interval=10, max_interval=25))
+    r = await track_ledger(ledger, settings, client, follow=True, clock=clock)
+    assert client.fetches == [mid] * 4
+    assert [round(s) for s in clock.calls if s >= 1] == [10, 10, 20]
+    assert r.pending == 0
+    assert r.statuses["delivered"] == 4
+
+
+async def test_follow_gives_up_past_max_age(jobs: JobFactory) -> None:
+    """Groups older than max_age are no longer asked about and count as too old."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "sent") for p in g.to)
+    settings = replace(FAST, track=TrackConfig(max_age=3600))
+    r = await track_ledger(
+        ledger,
+        settings,
+        client,
+        follow=True,
+        clock=FakeSleep(),
+        wall_clock=lambda: time.time() + 7200,
+    )
+    assert r.requests == 0
+    assert (r.pending, r.too_old) == (4, 4)
+
+
+async def test_errors_are_retried_then_left_for_next_pass(jobs: JobFactory) -> None:
+    """A GET that keeps failing with 5xx is retried, counted, and leaves the ledger untouched."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = ServerError("down", status=503)
+    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert r.errors == {"503": 1}
+    assert client.fetches == [f"msg-{g.id}-0"] * FAST.retry.attempts
+    assert status_lines(ledger) == []
+
+
+async def test_refused_key_stops_tracking(jobs: JobFactory) -> None:
+    """A 401 on a GET is raised to the caller instead of being counted per group."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = AuthError("no", status=401)
+    with pytest.raises(AuthError):
+        await track_ledger(ledger, FAST, client, clock=FakeSleep())
+
+
+async def test_track_agrees_with_the_server_recipient_by_recipient(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """Against the fake API with a carrier timeline, tracked statuses equal the server's."""
+    fake, url = fake_api
+    server_clock = ServerClock()
+    fake.clock = server_clock
+    fake.delivery_status = carrier_timeline(fail_every=3, sent_after=1, final_after=5)
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 8")
+    async with AiohttpMmsClient(url, KEY) as client:
+        await run_job(job, FAST, client, clock=FakeSleep())
+        server_clock.t = 2
+        first = await track_ledger(job.ledger, FAST, client, clock=FakeSleep())
+        assert first.statuses == {"sent": 40}
+        server_clock.t = 10
+        second = await track_ledger(job.ledger, FAST, client, clock=FakeSleep())
+    expected = {p: "delivery_failed" if will_fail(p, 3) else "delivered" for p in numbers(40)}
+    assert {p: k.status for p, k in DeliveryBook.load(job.ledger).known.items()} == expected
+    assert second.pending == 0
+    failed_lines = [e for e in status_lines(job.ledger) if e["status"] == "delivery_failed"]
+    assert failed_lines
+    assert all(e["errors"] and e["source"] == "track" for e in failed_lines)
+    assert all(orjson.dumps(e).startswith(b'{"event":"status"') for e in failed_lines)
