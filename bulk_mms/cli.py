@@ -40,7 +40,7 @@ from bulk_mms.errors import (
     UsageError,
 )
 from bulk_mms.ledger import LedgerLocked
-from bulk_mms.report import format_text, summarize
+from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
 from bulk_mms.track import TrackResult, format_track, track_ledger
 
@@ -49,6 +49,7 @@ EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # finished, but some groups failed or are in doubt
 EXIT_USAGE = 2  # bad usage, config, input or ledger; nothing sent
 EXIT_AUTH = 3  # the API refused the key
+EXIT_WINDOW = 4  # outside the job's send_window, or it closed: resumable
 EXIT_LOCKED = 75  # another run holds the ledger (EX_TEMPFAIL: try again later)
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -74,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="account settings (TOML); see config.example.toml")
     run.add_argument("--ledger", type=Path, help="ledger path (default: from the job)")
     run.add_argument(
+        "--input",
+        type=Path,
+        help="send to this file instead of the job's input (e.g. a report --failed-csv file)",
+    )
+    run.add_argument(
+        "--name",
+        help="job name (default: the job's; with --input, the job's plus the file's stem, so "
+        "group ids and Idempotency-Keys differ from the first send)",
+    )
+    run.add_argument(
         "--base-url", help=f"API base URL (default: ${'{'}TELNYX_BASE_URL{'}'} or the live API)"
     )
     run.add_argument("--rate", type=float, help="groups per second, account-wide")
@@ -96,7 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--rate", type=float, help="GET requests per second")
     track.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    status = sub.add_parser("status", help="summarise a ledger")
+    report = sub.add_parser("report", help="outcomes, delivery, cost and errors of a ledger")
+    report.add_argument("ledger", type=Path)
+    report.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        help="table on a terminal, JSON otherwise (default)",
+    )
+    report.add_argument(
+        "--failed-csv",
+        type=Path,
+        metavar="PATH",
+        help="write the recipients who did not get the message as a job input file",
+    )
+
+    status = sub.add_parser("status", help="the same as report (kept for scripts)")
     status.add_argument("ledger", type=Path)
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
@@ -109,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         -1 if args.quiet else 1 if args.verbose else 0, json=True if args.log_json else None
     )
     try:
-        if args.command == "status":
-            return cmd_status(args)
+        if args.command in ("status", "report"):
+            return cmd_report(args)
         if args.command == "track":
             return cmd_track(args)
         return cmd_run(args)
@@ -132,14 +157,30 @@ def _fail(exc: BaseException, code: int) -> int:
     return code
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     summary = summarize(args.ledger)
-    if args.json:
+    fmt = getattr(args, "format", None)
+    if fmt is None:
+        json_default = args.command == "report" and not sys.stdout.isatty()
+        fmt = "json" if getattr(args, "json", False) or json_default else "table"
+    if fmt == "json":
         sys.stdout.write(
             orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
+    elif fmt == "csv":
+        sys.stdout.write(format_csv(summary))
     else:
         print(format_text(summary, args.ledger))
+    failed_csv = getattr(args, "failed_csv", None)
+    if failed_csv is not None:
+        try:
+            n, full = write_failed_csv(summary, failed_csv)
+        except OSError as exc:
+            raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
+        how = (
+            "with their input rows" if full else "phone numbers only (the input is gone or changed)"
+        )
+        print(f"bulk-mms: wrote {n} recipients to {failed_csv} ({how})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -171,7 +212,10 @@ def _api_key(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
+    job = load_job(args.job, name=args.name, input_file=args.input)
+    if args.input is not None and args.name is None:
+        # a new name: same recipients regrouped the same way must not reuse the first keys
+        job = load_job(args.job, name=f"{job.name}-{args.input.stem}", input_file=args.input)
     if args.ledger is not None:
         job = replace(job, ledger=args.ledger)
     settings = _settings(args)
@@ -285,6 +329,13 @@ def _exit_code(s: JobSummary) -> int:
     for kind, code in _STOPPING_ERRORS:
         if isinstance(s.error, kind):
             return _fail(s.error, code)
+    if s.stopped == "window":
+        print(
+            f"bulk-mms: send window closed: {s.sent_groups} groups sent this run; "
+            "the next run inside the window resumes",
+            file=sys.stderr,
+        )
+        return EXIT_WINDOW
     if s.stopped in _SIGNAL_EXIT:
         print(
             f"bulk-mms: stopped by {s.stopped}: {s.sent_groups} groups sent this run; "

@@ -8,10 +8,12 @@ The API key is never read from a file, only from ``TELNYX_API_KEY``.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import string
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,6 +76,26 @@ class MessageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SendWindow:
+    """``send_window = "09:00-20:00"``: the local times a job may send at.
+
+    ``end`` before ``start`` is a window across midnight (``"22:00-06:00"``).
+    """
+
+    start: dt.time
+    end: dt.time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    def contains(self, t: dt.time) -> bool:
+        t = t.replace(tzinfo=None)
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+@dataclass(frozen=True, slots=True)
 class JobConfig:
     """One job file: what to send to whom."""
 
@@ -86,6 +108,13 @@ class JobConfig:
     group_size: int = MAX_GROUP_SIZE
     group_by: str | None = None
     default_region: str = "US"
+    #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
+    timezone: str = "UTC"
+    send_window: SendWindow | None = None
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,24 +341,45 @@ def _check_url(value: str | None, setting: str, source: Path) -> str | None:
     return value
 
 
-def load_job(path: str | Path) -> JobConfig:
+def load_job(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    input_file: str | Path | None = None,
+    now: dt.datetime | None = None,
+) -> JobConfig:
     """Load and check a job file.
 
     Args:
         path: the job's TOML file; ``input`` and ``ledger`` are relative to its folder.
+        name: use this job name instead of the file's (``run --name``).
+        input_file: use this input file instead of the file's (``run --input``), relative to the
+            current directory.
+        now: the moment ``{date}`` in the ledger path stands for (default: now).
 
     Raises:
         ConfigError: the file is missing, not TOML, or any setting is wrong.
     """
     path = Path(path)
     top = _Table(read_toml(path), path)
-    name = top.str_("name", required=True)
+    file_name = top.str_("name", required=name is None)
+    name = name or file_name
     assert name is not None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
         raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the ledger)")
-    input_ = top.str_("input", required=True)
-    assert input_ is not None
-    ledger = top.str_("ledger") or f"ledgers/{name}.jsonl"
+    input_ = top.str_("input", required=input_file is None)
+    input_path = Path(input_file) if input_file is not None else path.parent / str(input_)
+    timezone = top.str_("timezone", "UTC") or "UTC"
+    try:
+        zone = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise top.error(
+            "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
+        ) from None
+    window_text = top.str_("send_window")
+    window = _parse_window(window_text, top) if window_text is not None else None
+    today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
+    ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
     phone_column = top.str_("phone_column", "phone") or "phone"
     group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
     group_by = top.str_("group_by")
@@ -369,14 +419,44 @@ def load_job(path: str | Path) -> JobConfig:
     return JobConfig(
         name=name,
         path=path,
-        input=base / input_,
+        input=input_path,
         ledger=base / ledger,
+        timezone=timezone,
+        send_window=window,
         message=message,
         phone_column=phone_column,
         group_size=group_size,
         group_by=group_by,
         default_region=region,
     )
+
+
+def _ledger_path(template: str, name: str, today: dt.date, top: _Table) -> str:
+    """``ledger`` with ``{name}`` and ``{date}`` (YYYY-MM-DD in the job's timezone) filled in."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise top.error("ledger", f"bad placeholder: {exc}") from None
+    unknown = fields - {"name", "date"}
+    if unknown:
+        raise top.error(
+            "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
+        )
+    return template.format(name=name, date=today.isoformat())
+
+
+def _parse_window(text: str, top: _Table) -> SendWindow:
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if m is None:
+        raise top.error("send_window", f"{text!r} is not HH:MM-HH:MM (e.g. '09:00-20:00')")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        raise top.error("send_window", f"{text!r} has a time that does not exist")
+    start = dt.time(h1, m1)
+    end = dt.time.max if h2 == 24 else dt.time(h2, m2)
+    if start == end:
+        raise top.error("send_window", "start and end are the same: the window would be empty")
+    return SendWindow(start, end)
 
 
 # --------------------------------------------------------------------------------------------

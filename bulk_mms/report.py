@@ -1,15 +1,27 @@
-"""Summaries read back from a ledger: what ``bulk-mms status`` prints."""
+"""Summaries read back from a ledger: what ``bulk-mms report`` (and ``status``) prints.
+
+One pass over the ledger folds every event: outcomes per group (a later outcome wins, and a sent
+group stays sent), delivery statuses per recipient (through
+:class:`~bulk_mms.delivery.DeliveryBook`, so the report orders reports as ``track`` and
+``webhooks`` do), costs per currency, waits and error codes. :func:`write_failed_csv` turns the
+recipients who did not get the message into an input file a new job can take as it is.
+"""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bulk_mms.ledger import iter_events
+from bulk_mms.delivery import FINAL, NOT_RECEIVED, DeliveryBook
+from bulk_mms.ledger import fingerprint, iter_events
+from bulk_mms.reader import Row, RowReader
+from bulk_mms.validate import PhoneError, normalize_phone
 
 
 @dataclass(slots=True)
@@ -38,6 +50,18 @@ class LedgerSummary:
     rate_limited: int = 0
     sending_seconds: float = 0.0
     sent_events: int = 0
+    #: Recipients of sent groups by their latest delivery status (``queued`` until tracked).
+    delivery: Counter[str] = field(default_factory=Counter)
+    #: Recipients who did not get the message, with why: failed and in-doubt groups, and
+    #: delivery_failed / sending_failed / expired. In ledger order.
+    undelivered: list[tuple[str, str]] = field(default_factory=list)
+    #: The ledger header's phone column (the failed-recipients file uses the same name).
+    phone_column: str = "phone"
+    fingerprint: str | None = None
+
+    @property
+    def recipients(self) -> int:
+        return self.sent_recipients + self.failed_recipients + self.in_doubt_recipients
 
     @property
     def achieved_rate(self) -> float | None:
@@ -67,6 +91,10 @@ class LedgerSummary:
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": self.in_doubt_recipients,
             "rejected_rows": self.rejected_rows,
+            "recipients": self.recipients,
+            "delivery": dict(self.delivery.most_common()),
+            "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
+            "undelivered_recipients": len(self.undelivered),
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
@@ -103,9 +131,11 @@ def _reason_kind(reason: str) -> str:
 class _Summarizer:
     """Folds ledger events into a :class:`LedgerSummary`. Private: use :func:`summarize`."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
         self.s = LedgerSummary()
-        self.outcome: dict[str, tuple[str, int]] = {}
+        self.book = DeliveryBook(path)
+        #: Group → (latest outcome, recipients, why it failed).
+        self.outcome: dict[str, tuple[str, tuple[str, ...], str]] = {}
         self.costs: dict[str, tuple[Decimal, str]] = {}
         self.rejected: dict[int, str] = {}
         # first attempt and last outcome of the current run, for the sending time
@@ -127,6 +157,10 @@ class _Summarizer:
             s.last_time = t
         if kind == "job":
             s.job, s.input = ev.get("job"), ev.get("input")
+            s.phone_column = str(ev.get("phone_column") or "phone")
+            s.fingerprint = ev.get("fingerprint")
+        elif kind == "status":
+            self.book.feed(ev)
         elif kind == "run":
             s.runs += 1
             self.close_run()
@@ -147,8 +181,14 @@ class _Summarizer:
         prev = self.outcome.get(gid)
         if prev is not None and prev[0] == "sent":
             return  # a sent group stays sent
-        self.outcome[gid] = (kind, len(ev.get("to") or ()))
+        why = (
+            f"failed: {ev.get('code') or ev.get('status') or ''} {ev.get('title') or ''}".strip()
+            if kind == "failed"
+            else "in doubt: may not have been sent"
+        )
+        self.outcome[gid] = (kind, tuple(ev.get("to") or ()), why)
         if kind == "sent":
+            self.book.feed(ev)
             cost = ev.get("cost")
             if isinstance(cost, dict) and cost.get("amount") is not None:
                 self.costs[gid] = (Decimal(str(cost["amount"])), str(cost.get("currency", "USD")))
@@ -160,16 +200,24 @@ class _Summarizer:
     def finish(self) -> LedgerSummary:
         s = self.s
         self.close_run()
-        for kind, n in self.outcome.values():
+        for kind, to, why in self.outcome.values():
+            n = len(to)
             if kind == "sent":
                 s.sent_groups += 1
                 s.sent_recipients += n
-            elif kind == "failed":
+                for phone in to:
+                    status = self.book.status_of(phone) or "queued"
+                    s.delivery[status] += 1
+                    if status in NOT_RECEIVED:
+                        s.undelivered.append((phone, status))
+                continue
+            if kind == "failed":
                 s.failed_groups += 1
                 s.failed_recipients += n
             else:
                 s.in_doubt_groups += 1
                 s.in_doubt_recipients += n
+            s.undelivered.extend((phone, why) for phone in to)
         for amount, currency in self.costs.values():
             s.cost[currency] = s.cost.get(currency, Decimal(0)) + amount
         s.rejected_rows = len(self.rejected)
@@ -179,40 +227,129 @@ class _Summarizer:
 
 def summarize(path: Path) -> LedgerSummary:
     """Read a whole ledger once. Later events win: a group sent on a rerun is no longer failed."""
-    folder = _Summarizer()
+    folder = _Summarizer(path)
     for _, ev in iter_events(path):
         folder.feed(ev)
     return folder.finish()
 
 
 def format_text(s: LedgerSummary, path: Path) -> str:
-    """A short human-readable status block."""
+    """The report as a table, for a person at a terminal."""
     d = s.as_dict()
     cost = ", ".join(f"{v} {k}" for k, v in d["cost_by_currency"].items()) or "0"
     lines = [
-        f"ledger     {path}",
-        f"job        {s.job}   runs: {s.runs}",
-        f"sent       {s.sent_groups} groups, {s.sent_recipients} recipients",
-        f"failed     {s.failed_groups} groups, {s.failed_recipients} recipients",
-        f"in doubt   {s.in_doubt_groups} groups, {s.in_doubt_recipients} recipients",
-        f"rejected   {s.rejected_rows} rows",
-        f"cost       {cost}",
+        f"ledger       {path}",
+        f"job          {s.job}   runs: {s.runs}   {s.first_time or '-'} .. {s.last_time or '-'}",
+        "",
+        f"{'':13}{'groups':>10}{'recipients':>12}",
+        f"{'sent':13}{s.sent_groups:>10}{s.sent_recipients:>12}",
+        f"{'failed':13}{s.failed_groups:>10}{s.failed_recipients:>12}",
+        f"{'in doubt':13}{s.in_doubt_groups:>10}{s.in_doubt_recipients:>12}",
+        f"{'total':13}{s.sent_groups + s.failed_groups + s.in_doubt_groups:>10}{s.recipients:>12}",
+        f"{'rejected':13}{'':>10}{s.rejected_rows:>12}  (input rows not sent)",
+        "",
     ]
+    if s.delivery:
+        lines.append("delivery     (recipients of sent groups, latest status)")
+        lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
+        if d["delivery_pending"]:
+            lines.append(f"  not final yet: {d['delivery_pending']} (run `bulk-mms track`)")
+        lines.append("")
+    lines.append(f"did not get   {len(s.undelivered)} recipients (write them with --failed-csv)")
+    lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
         lines.append(
-            f"rate       {d['achieved_rate']} groups/s while sending; 429s: {s.rate_limited}"
+            f"rate         {d['achieved_rate']} groups/s while sending; 429s: {s.rate_limited}"
         )
     if d["wait_seconds_max"] is not None:
         lines.append(
-            f"wait_s     p50 {d['wait_seconds_p50']}  p95 {d['wait_seconds_p95']}"
+            f"wait_seconds p50 {d['wait_seconds_p50']}  p95 {d['wait_seconds_p95']}"
             f"  max {d['wait_seconds_max']}"
         )
     if s.error_codes:
         lines.append(
-            "errors     " + ", ".join(f"{k} x{v}" for k, v in s.error_codes.most_common(5))
+            "errors       " + ", ".join(f"{k} x{v}" for k, v in s.error_codes.most_common(10))
         )
     if s.rejected_reasons:
         lines.append(
-            "rejections " + ", ".join(f"{k} x{v}" for k, v in s.rejected_reasons.most_common(5))
+            "rejections   " + ", ".join(f"{k} x{v}" for k, v in s.rejected_reasons.most_common(5))
         )
     return "\n".join(lines)
+
+
+def format_csv(s: LedgerSummary) -> str:
+    """The report as ``metric,value`` rows; nested counts become ``delivery.delivered`` etc."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["metric", "value"])
+    for key, value in s.as_dict().items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                w.writerow([f"{key}.{sub}", v])
+        else:
+            w.writerow([key, "" if value is None else value])
+    return out.getvalue()
+
+
+#: The column the failed-recipients file adds, saying why each row is in it.
+REASON_COLUMN = "bulk_mms_reason"
+
+
+def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
+    """Write the recipients who did not get the message as a CSV a new job can take.
+
+    When the job's input file is still there and unchanged (its fingerprint matches the
+    ledger's), each recipient's whole original row is written, so the new job's templates find
+    the same columns; otherwise only the phone column. A ``bulk_mms_reason`` column says why.
+    The file is written next to ``out`` and renamed into place, so it is never half written.
+
+    Returns:
+        (rows written, whether they are the original rows).
+    """
+    wanted = dict(s.undelivered)
+    source = Path(s.input) if s.input else None
+    rows: list[dict[str, str]] = []
+    columns = [s.phone_column]
+    full = False
+    if wanted and source is not None and source.exists() and fingerprint(source) == s.fingerprint:
+        columns, rows = _original_rows(source, s.phone_column, wanted)
+        full = True
+    else:
+        rows = [{s.phone_column: phone} for phone in wanted]
+    for row in rows:
+        row[REASON_COLUMN] = wanted[_phone_key(row[s.phone_column])]
+    tmp = out.with_name(f".{out.name}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, [*columns, REASON_COLUMN], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out)
+    return len(rows), full
+
+
+def _phone_key(value: str) -> str:
+    try:
+        return normalize_phone(value)
+    except PhoneError:
+        return value
+
+
+def _original_rows(
+    source: Path, phone_column: str, wanted: dict[str, str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The input rows of the wanted numbers, each once, with every column of the input."""
+    with RowReader(source, phone_column) as probe:
+        columns = list(probe.columns)
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    with RowReader(source, phone_column, columns) as reader:
+        for row in reader:
+            if isinstance(row, Row):
+                key = _phone_key(row.fields.get(phone_column, ""))
+                if key in wanted and key not in seen:
+                    seen.add(key)
+                    rows.append(dict(row.fields))
+    # numbers whose row is no longer readable still go in, with the phone column alone
+    rows.extend({phone_column: p} for p in wanted if p not in seen)
+    return columns, rows

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
@@ -198,7 +199,7 @@ def header_for(job: JobConfig, input_fingerprint: str) -> dict[str, Any]:
         "format": FORMAT,
         "version": __version__,
         "job": job.name,
-        "input": str(job.input),
+        "input": str(job.input.resolve()),
         "fingerprint": input_fingerprint,
         "phone_column": job.phone_column,
         "group_size": job.group_size,
@@ -238,6 +239,13 @@ def disposition(
     return "send"
 
 
+def in_window(job: JobConfig, now: dt.datetime) -> bool:
+    """Whether the job may send at ``now`` (an aware datetime): always, without a send_window."""
+    if job.send_window is None:
+        return True
+    return job.send_window.contains(now.astimezone(job.zone).time())
+
+
 def plan(job: JobConfig, reader: RowReader) -> Iterator[Group | RejectedRow]:
     """The whole pipeline up to sending, as one lazy stream."""
     rows = validate_rows(reader, job.phone_column, job.default_region)
@@ -262,8 +270,10 @@ class Runner:
         resend_in_doubt: bool,
         clock: Clock | None,
         stop: Stop,
+        wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.job = job
+        self.wall = wall
         self.settings = settings
         self.client = client
         self.ledger = ledger
@@ -393,6 +403,9 @@ class Runner:
         async def before_attempt(number: int) -> None:
             nonlocal ticket, t0
             ticket = await self.pacer.acquire(sender, len(group.to))
+            if not self.stop.is_set() and not in_window(self.job, self.wall()):
+                log.warning("job.window_closed", send_window=str(self.job.send_window))
+                self.stop.request("window")
             if self.stop.is_set():
                 raise StopRetrying
             if t0 is None:
@@ -569,6 +582,7 @@ async def run_job(
     resend_in_doubt: bool = False,
     clock: Clock | None = None,
     stop: Stop | None = None,
+    wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
 
@@ -580,6 +594,9 @@ async def run_job(
         clock: time for pacing, backoff and deadlines (tests pass a fake); by default the loop's,
             with a sleep that a stop interrupts.
         stop: set it to stop early (the CLI sets it on SIGINT/SIGTERM).
+        wall: the wall clock (aware) for the job's ``send_window``. Outside the window nothing
+            is sent (``summary.stopped == "window"``); when it closes mid-run, requests not yet
+            sent stay for the next run and those in flight finish.
 
     Returns:
         The run's :class:`JobSummary`. ``summary.error`` holds the :class:`AuthError`,
@@ -591,6 +608,15 @@ async def run_job(
     """
     started = time.monotonic()
     stop = stop or Stop()
+    if not in_window(job, wall()):
+        local = wall().astimezone(job.zone)
+        log.warning(
+            "job.outside_window",
+            send_window=str(job.send_window),
+            timezone=job.timezone,
+            local_time=local.strftime("%H:%M"),
+        )
+        return JobSummary(job.name, stopped="window")
     with open_reader(job) as reader:
         input_fp = fingerprint(job.input)
         header = header_for(job, input_fp)
@@ -619,6 +645,7 @@ async def run_job(
                 resend_in_doubt=resend_in_doubt,
                 clock=clock,
                 stop=stop,
+                wall=wall,
             )
             log.info(
                 "job.started",
