@@ -1,0 +1,109 @@
+"""Cron campaigns: dated ledgers in the job's timezone, and the send window (exit 4, resumable)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import pytest
+
+from bulk_mms.cli import EXIT_WINDOW, main
+from bulk_mms.config import SendWindow, load_job
+from bulk_mms.errors import ConfigError
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers
+
+UTC = dt.UTC
+
+
+def test_dated_ledger_uses_the_jobs_timezone(jobs: JobFactory) -> None:
+    """{date} is the local date in `timezone`: 02:00 UTC is still the day before in Chicago."""
+    jobs.people(1)
+    extra = 'ledger = "ledgers/{name}-{date}.jsonl"\ntimezone = "America/Chicago"'
+    job = jobs.job(extra=extra, name="nightly")
+    at = dt.datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    job = load_job(job.path, now=at)
+    assert job.ledger == jobs.root / "ledgers" / "nightly-2026-11-23.jsonl"
+    later = load_job(job.path, now=at + dt.timedelta(hours=6))
+    assert later.ledger.name == "nightly-2026-11-24.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting"),
+    [
+        ('ledger = "ledgers/{job}.jsonl"', "ledger"),
+        ('timezone = "Mars/Olympus"', "timezone"),
+        ('send_window = "9-17"', "send_window"),
+        ('send_window = "09:00-25:00"', "send_window"),
+        ('send_window = "09:00-09:00"', "send_window"),
+    ],
+)
+def test_bad_cron_settings_name_the_setting(jobs: JobFactory, extra: str, setting: str) -> None:
+    """A bad placeholder, zone or window is a ConfigError naming the setting."""
+    jobs.people(1)
+    with pytest.raises(ConfigError) as info:
+        jobs.job(extra=extra)
+    assert info.value.setting == setting
+
+
+@pytest.mark.parametrize(
+    ("window", "inside", "outside"),
+    [
+        (SendWindow(dt.time(9), dt.time(20)), [dt.time(9), dt.time(19, 59)], [dt.time(20)]),
+        (SendWindow(dt.time(22), dt.time(6)), [dt.time(23), dt.time(5, 59)], [dt.time(12)]),
+    ],
+)
+def test_send_window_contains(
+    window: SendWindow, inside: list[dt.time], outside: list[dt.time]
+) -> None:
+    """The start is inside and the end outside; a window may run across midnight."""
+    assert all(window.contains(t) for t in inside)
+    assert not any(window.contains(t) for t in outside)
+
+
+async def test_outside_the_window_nothing_is_sent(jobs: JobFactory) -> None:
+    """Started outside its window, a run sends nothing, writes no ledger and says why."""
+    jobs.people(8)
+    job = jobs.job(extra='send_window = "09:00-20:00"\ntimezone = "Europe/Paris"')
+    client = FakeClient()
+    night = dt.datetime(2026, 11, 23, 22, 30, tzinfo=UTC)  # 23:30 in Paris
+    s = await run_job(job, FAST, client, clock=FakeSleep(), wall=lambda: night)
+    assert s.stopped == "window"
+    assert client.calls == []
+    assert not job.ledger.exists()
+
+
+async def test_window_closing_stops_and_the_next_run_resumes(jobs: JobFactory) -> None:
+    """At the window's end the run stops before the next request; the next run sends the rest."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 2\nsend_window = "09:00-20:00"')
+    settings = replace(FAST, rate=1.0, concurrency=1)
+    clock = FakeSleep(start=0.0)
+    close = dt.datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
+
+    def wall() -> dt.datetime:  # 5 s before the window closes, moving with the fake clock
+        return close - dt.timedelta(seconds=5) + dt.timedelta(seconds=clock.now())
+
+    client = FakeClient()
+    first = await run_job(job, settings, client, clock=clock, wall=wall)
+    assert first.stopped == "window"
+    assert 3 <= first.sent_groups <= 6
+    morning = dt.datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    second = await run_job(job, FAST, client, clock=FakeSleep(), wall=lambda: morning)
+    assert second.stopped is None
+    assert first.sent_groups + second.sent_groups == 20
+    assert sorted(client.sent_numbers()) == numbers(40)
+
+
+def test_cli_exits_4_outside_the_window(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bulk-mms run` outside the send window exits 4 with one line saying it is resumable."""
+    jobs.people(4)
+    hour = (dt.datetime.now(UTC).hour + 2) % 24
+    window = f"{hour:02d}:00-{(hour + 1) % 24:02d}:00"
+    job = jobs.job(extra=f'send_window = "{window}"')
+    assert main(["-q", "run", str(job.path), "--sandbox"]) == EXIT_WINDOW
+    err = capsys.readouterr().err
+    assert "send window closed" in err
+    assert "Traceback" not in err

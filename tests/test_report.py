@@ -1,0 +1,135 @@
+"""report: outcome and delivery counts, formats, and the failed-recipients file as a new job."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.config import load_job
+from bulk_mms.delivery import status_event
+from bulk_mms.errors import Rejected
+from bulk_mms.ledger import Ledger
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.report import REASON_COLUMN, summarize, write_failed_csv
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, ok_receipt
+
+
+async def mixed_ledger(jobs: JobFactory) -> tuple[Path, list[Group]]:
+    """24 people in groups of 4: group 1 refused (400), the rest sent; then delivery statuses:
+    in group 0 one delivery_failed and one expired, one duplicate report, one out of order."""
+    jobs.people(24)
+    job = jobs.job(extra="group_size = 4")
+
+    def handler(group: Group, n: int) -> Rejected | SendReceipt:
+        return Rejected("bad", status=400) if group.seq == 1 else ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    await run_job(job, FAST, client, clock=FakeSleep())
+    sent = [g for g in client.calls if g.seq != 1]
+    ledger = Ledger.open_for_status(job.ledger)
+    g0 = sent[0]
+    reports = [
+        (g0.to[0], "delivery_failed", "2026-01-01T00:00:02Z"),
+        (g0.to[1], "expired", "2026-01-01T00:00:02Z"),
+        (g0.to[2], "delivered", "2026-01-01T00:00:02Z"),
+        (g0.to[2], "delivered", "2026-01-01T00:00:02Z"),  # a duplicate
+        (g0.to[2], "sent", "2026-01-01T00:00:01Z"),  # late and out of order
+    ]
+    for phone, status, at in reports:
+        ledger.write_sync(status_event(g0.id, RecipientStatus(phone, status, at=at), source="t"))
+    for g in sent[1:]:
+        for phone in g.to:
+            ledger.write_sync(status_event(g.id, RecipientStatus(phone, "delivered"), source="t"))
+    ledger.close_sync()
+    return job.ledger, client.calls
+
+
+async def test_counts_by_outcome_and_delivery(jobs: JobFactory) -> None:
+    """Outcomes count groups and recipients; delivery counts the latest status of each."""
+    path, _ = await mixed_ledger(jobs)
+    s = summarize(path)
+    assert (s.sent_groups, s.sent_recipients, s.failed_groups, s.failed_recipients) == (5, 20, 1, 4)
+    # the duplicate and the late "sent" change nothing: 17 delivered + 1 each failed/expired,
+    # and g0.to[3] was never reported so it stays queued
+    assert s.delivery == {"delivered": 17, "delivery_failed": 1, "expired": 1, "queued": 1}
+    assert s.cost == {"USD": Decimal("0.0051") * 20}
+    assert s.error_codes == {"400": 1}
+    d = s.as_dict()
+    assert (d["recipients"], d["undelivered_recipients"], d["delivery_pending"]) == (24, 6, 1)
+
+
+async def test_failed_csv_is_a_job_input_with_the_original_rows(jobs: JobFactory) -> None:
+    """The file holds exactly the recipients who did not get it, with every input column."""
+    path, calls = await mixed_ledger(jobs)
+    out = jobs.root / "out" / "failed.csv"
+    n, full = write_failed_csv(summarize(path), out)
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    refused = next(g for g in calls if g.seq == 1)
+    g0 = next(g for g in calls if g.seq == 0)
+    assert full
+    assert n == 6
+    assert {r["phone"] for r in rows} == {*refused.to, g0.to[0], g0.to[1]}
+    assert all(r["first"].startswith("P") for r in rows)
+    reasons = {r["phone"]: r[REASON_COLUMN] for r in rows}
+    assert reasons[g0.to[0]] == "delivery_failed"
+    assert reasons[refused.to[0]].startswith("failed: 400")
+
+
+async def test_failed_csv_without_the_input_keeps_the_numbers(jobs: JobFactory) -> None:
+    """If the input changed since, the file still lists every number, in the phone column."""
+    path, _ = await mixed_ledger(jobs)
+    (jobs.root / "people.csv").write_text("phone,first\n+12125550000,X\n")
+    out = jobs.root / "failed.csv"
+    n, full = write_failed_csv(summarize(path), out)
+    assert (n, full) == (6, False)
+    assert next(csv.reader(io.StringIO(out.read_text()))) == ["phone", REASON_COLUMN]
+
+
+async def test_failed_csv_fed_back_sends_exactly_the_failures(jobs: JobFactory) -> None:
+    """run --input on the failed file sends each failed recipient once, and nobody else."""
+    path, calls = await mixed_ledger(jobs)
+    out = jobs.root / "failed.csv"
+    write_failed_csv(summarize(path), out)
+    job = load_job(jobs.root / "job.toml", name="test-job-failed", input_file=out)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeSleep())
+    refused = next(g for g in calls if g.seq == 1)
+    g0 = next(g for g in calls if g.seq == 0)
+    assert sorted(client.sent_numbers()) == sorted([*refused.to, g0.to[0], g0.to[1]])
+    assert s.rejected_rows == 0
+    assert {g.id for g in client.calls}.isdisjoint({g.id for g in calls})
+
+
+async def test_report_formats(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """--format json parses, csv has metric rows, and the table names each section."""
+    path, _ = await mixed_ledger(jobs)
+    capsys.readouterr()
+    assert main(["report", str(path), "--format", "json"]) == 0
+    d = orjson.loads(capsys.readouterr().out)
+    assert d["delivery"]["delivery_failed"] == 1
+    assert main(["report", str(path), "--format", "csv"]) == 0
+    rows = dict(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows["delivery.expired"] == "1"
+    assert rows["cost_by_currency.USD"] == "0.1020"
+    assert main(["report", str(path), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    for word in ("sent", "failed", "in doubt", "delivery_failed", "did not get", "cost"):
+        assert word in table
+
+
+async def test_report_cli_writes_failed_csv(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --failed-csv writes the file and says how many rows on stderr."""
+    path, _ = await mixed_ledger(jobs)
+    out = jobs.root / "f.csv"
+    assert main(["report", str(path), "--format", "json", "--failed-csv", str(out)]) == 0
+    assert "wrote 6 recipients" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 7
