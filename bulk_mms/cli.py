@@ -43,6 +43,7 @@ from bulk_mms.ledger import LedgerLocked
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
 from bulk_mms.track import TrackResult, format_track, track_ledger
+from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
 #: Exit codes (documented in the README).
 EXIT_OK = 0
@@ -107,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--rate", type=float, help="GET requests per second")
     track.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    hooks = sub.add_parser("webhooks", help="receive delivery webhooks into a ledger")
+    hooks.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        help="address to listen on, e.g. 0.0.0.0:8080",
+    )
+    hooks.add_argument("--ledger", type=Path, required=True, help="the ledger to record into")
+
     report = sub.add_parser("report", help="outcomes, delivery, cost and errors of a ledger")
     report.add_argument("ledger", type=Path)
     report.add_argument(
@@ -138,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "track":
             return cmd_track(args)
+        if args.command == "webhooks":
+            return cmd_webhooks(args)
         return cmd_run(args)
     except LedgerLocked as exc:
         return _fail(exc, EXIT_LOCKED)
@@ -323,6 +335,33 @@ _STOPPING_ERRORS: tuple[tuple[type[BulkMmsError], int], ...] = (
     (LedgerError, EXIT_USAGE),
     (ApiUnavailable, EXIT_INCOMPLETE),
 )
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    host, sep, port_text = args.listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("--listen", f"{args.listen!r} is not HOST:PORT (e.g. 0.0.0.0:8080)")
+    key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
+
+    async def serve() -> None:
+        stop = Stop()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.request, sig.name)
+        try:
+            await serve_webhooks(
+                args.ledger,
+                host.strip("[]") or "0.0.0.0",  # noqa: S104 - ":PORT" asks for every interface
+                int(port_text),
+                key,
+                stop,
+            )
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(serve())
+    return EXIT_OK
 
 
 def _exit_code(s: JobSummary) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulk_mms.errors import LedgerCorrupt
-from bulk_mms.ledger import Event, iter_events, now_iso
+from bulk_mms.ledger import Event, Tail, now_iso
 from bulk_mms.models import RecipientStatus
 
 #: Statuses a recipient never leaves.
@@ -113,6 +113,7 @@ class DeliveryBook:
     by_message_id: dict[str, str] = field(default_factory=dict)
     #: Webhook event ids already recorded, so a redelivered event is not recorded twice.
     webhook_ids: set[str] = field(default_factory=set)
+    tail: Tail | None = None
 
     @classmethod
     def load(cls, path: Path) -> DeliveryBook:
@@ -121,15 +122,21 @@ class DeliveryBook:
         Raises:
             LedgerError: the ledger is missing or unreadable; LedgerCorrupt names a bad line.
         """
-        book = cls(path)
-        for lineno, ev in iter_events(path):
+        book = cls(path, tail=Tail(path))
+        book.refresh()
+        return book
+
+    def refresh(self) -> None:
+        """Take in the lines written since the last read (a run may still be sending)."""
+        if self.tail is None:
+            self.tail = Tail(self.path)
+        for lineno, ev in self.tail.read():
             try:
-                book.feed(ev)
+                self.feed(ev)
             except (KeyError, TypeError, ValueError):
                 raise LedgerCorrupt(
-                    path, f"{ev['event']} event is malformed", line=lineno
+                    self.path, f"{ev['event']} event is malformed", line=lineno
                 ) from None
-        return book
 
     def feed(self, ev: Event) -> None:
         kind = ev["event"]

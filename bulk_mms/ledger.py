@@ -83,25 +83,43 @@ def iter_events(path: Path, *, skip_status: bool = False) -> Iterator[tuple[int,
     Raises:
         LedgerCorrupt: a complete line is not a JSON object with an ``event`` field.
     """
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise LedgerError(path, "no such ledger") from None
-    except OSError as exc:
-        raise LedgerError(path, exc.strerror or str(exc)) from None
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                return  # torn last line: a crash mid-write; it never had an outcome
-            if skip_status and raw.startswith(STATUS_PREFIX):
-                continue
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise LedgerCorrupt(path, "not a JSON line", line=lineno) from None
-            if not isinstance(event, dict) or "event" not in event:
-                raise LedgerCorrupt(path, "not a ledger event", line=lineno)
-            yield lineno, event
+    return Tail(path).read(skip_status=skip_status)
+
+
+class Tail:
+    """Reads a ledger's complete lines, each call from where the last one stopped.
+
+    ``webhooks`` keeps one open on a ledger that a run is still appending to.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lineno = 0
+
+    def read(self, *, skip_status: bool = False) -> Iterator[tuple[int, Event]]:
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            raise LedgerError(self.path, "no such ledger") from None
+        except OSError as exc:
+            raise LedgerError(self.path, exc.strerror or str(exc)) from None
+        with f:
+            f.seek(self.offset)
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    return  # torn or still being written: read again next time
+                self.offset += len(raw)
+                self.lineno += 1
+                if skip_status and raw.startswith(STATUS_PREFIX):
+                    continue
+                try:
+                    event = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise LedgerCorrupt(self.path, "not a JSON line", line=self.lineno) from None
+                if not isinstance(event, dict) or "event" not in event:
+                    raise LedgerCorrupt(self.path, "not a ledger event", line=self.lineno)
+                yield self.lineno, event
 
 
 @dataclass(slots=True)

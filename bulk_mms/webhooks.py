@@ -1,0 +1,232 @@
+"""``bulk-mms webhooks``: receive Telnyx messaging webhooks into a ledger as ``status`` lines.
+
+Every request is checked before its body is even parsed: ``telnyx-signature-ed25519`` must be an
+Ed25519 signature, by the account's public key (``TELNYX_PUBLIC_KEY``, base64), over
+``"{telnyx-timestamp}|{raw body}"``, and the timestamp must be within :data:`TOLERANCE_S` of now
+(an old, replayed request fails). A request that fails gets 401 and a ``webhook.rejected`` log
+line; nothing of it is written.
+
+A verified ``message.sent`` or ``message.finalized`` event is matched to a sent group of the
+ledger (by message id, else by recipient number) and each recipient whose status is news
+(:func:`bulk_mms.delivery.supersedes`) gets a durable ``status`` line before the 200 goes back,
+which takes milliseconds (group commit). Repeats (the same event id) and stale reports (a
+``message.sent`` after ``message.finalized``) are acknowledged and not recorded. Events for
+numbers the ledger never sent to are acknowledged and logged, never written: whatever arrives,
+the only file written is the ledger, and only with recipients it already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from bulk_mms.client import parse_statuses
+from bulk_mms.delivery import DeliveryBook, status_event
+from bulk_mms.errors import ConfigError
+from bulk_mms.ledger import Event, Ledger
+from bulk_mms.models import RecipientStatus
+
+log = structlog.get_logger("bulk_mms.webhooks")
+
+PUBLIC_KEY_ENV = "TELNYX_PUBLIC_KEY"
+SIGNATURE_HEADER = "telnyx-signature-ed25519"
+TIMESTAMP_HEADER = "telnyx-timestamp"
+#: How far a request's timestamp may be from now, in seconds (Telnyx's documented tolerance).
+TOLERANCE_S = 300
+#: Largest body accepted; a messaging event is a few kilobytes.
+MAX_BODY = 256 * 1024
+EVENTS = frozenset({"message.sent", "message.finalized"})
+_FIELD_MAX = 128
+
+
+def load_public_key(value: str | None) -> Ed25519PublicKey:
+    """The account's Ed25519 public key from ``TELNYX_PUBLIC_KEY`` (base64, or PEM).
+
+    Raises:
+        ConfigError: missing, or not an Ed25519 public key.
+    """
+    if not value or not value.strip():
+        raise ConfigError(PUBLIC_KEY_ENV, "is not set: export the public key from the portal")
+    text = value.strip()
+    bad = ConfigError(PUBLIC_KEY_ENV, "is not an Ed25519 public key (base64 of 32 bytes, or PEM)")
+    try:
+        if text.startswith("-----BEGIN"):
+            key = load_pem_public_key(text.encode())
+        else:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error, TypeError):
+        raise bad from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise bad
+    return key
+
+
+def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: float) -> str | None:
+    """Check a request's signature and age; the reason it fails, or None when it is good."""
+    signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
+    if not signature or not stamp:
+        return "missing signature headers"
+    try:
+        sent_at = int(stamp)
+    except ValueError:
+        return "bad timestamp"
+    if abs(now - sent_at) > TOLERANCE_S:
+        return f"timestamp {abs(now - sent_at):.0f} s away from now (tolerance {TOLERANCE_S} s)"
+    try:
+        key.verify(base64.b64decode(signature, validate=True), stamp.encode() + b"|" + raw)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return "signature does not verify"
+    return None
+
+
+def _short(value: object) -> str | None:
+    return value[:_FIELD_MAX] if isinstance(value, str) else None
+
+
+class WebhookReceiver:
+    """The aiohttp handler; keeps the ledger's :class:`DeliveryBook` current as events come in."""
+
+    def __init__(
+        self,
+        book: DeliveryBook,
+        ledger: Ledger,
+        key: Ed25519PublicKey,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.book = book
+        self.ledger = ledger
+        self.key = key
+        self.now = now
+        self.recorded = 0
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<WebhookReceiver {self.book.path} recorded={self.recorded}>"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(request, "body too large", 413)
+        problem = verify(self.key, request.headers, raw, self.now())
+        if problem is not None:
+            return self._reject(request, problem, 401)
+        try:
+            body = orjson.loads(raw)
+            data = body["data"]
+            event_id, event_type = str(data["id"]), str(data["event_type"])
+            payload = data["payload"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("webhook.malformed", remote=request.remote)
+            return web.json_response({"error": "not a Telnyx event"}, status=400)
+        if event_type not in EVENTS:
+            log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
+            return web.json_response({"ok": True})
+        if event_id in self.book.webhook_ids:
+            log.debug("webhook.duplicate", id=_short(event_id))
+            return web.json_response({"ok": True, "duplicate": True})
+        events = self.news(event_id, payload, _short(data.get("occurred_at")))
+        for ev in events:
+            await self.ledger.write(ev)
+        self.book.webhook_ids.add(event_id)
+        self.recorded += len(events)
+        log.info("webhook.received", event_type=event_type, id=event_id, recorded=len(events))
+        return web.json_response({"ok": True, "recorded": len(events)})
+
+    def news(self, event_id: str, payload: Any, occurred_at: str | None) -> list[Event]:
+        """The ``status`` lines an event adds: recipients known to the ledger, whose news it is."""
+        statuses = parse_statuses(payload)
+        message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
+        if statuses and not all(self._group_for(st.phone, message_id) for st in statuses):
+            self.book.refresh()  # sent since this server started?
+        out = []
+        for st in statuses:
+            gid = self._group_for(st.phone, message_id)
+            if gid is None:
+                log.warning("webhook.unknown_recipient", id=event_id, message_id=message_id)
+                continue
+            report = RecipientStatus(
+                st.phone,
+                st.status[:_FIELD_MAX],
+                message_id=message_id,
+                errors=st.errors[:5],
+                at=occurred_at or st.at,
+            )
+            if self.book.apply(report, gid):
+                out.append(status_event(gid, report, source="webhook", webhook_id=event_id))
+        return out
+
+    def _group_for(self, phone: str, message_id: str | None) -> str | None:
+        gid = self.book.group_of.get(phone)
+        if gid is None and message_id is not None:
+            gid = self.book.by_message_id.get(message_id)
+            if gid is not None and phone not in self.book.groups[gid].to:
+                return None
+        return gid
+
+    def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
+        self.rejected += 1
+        log.warning("webhook.rejected", reason=reason, remote=request.remote, status=status)
+        return web.json_response(
+            {"error": "unauthorized" if status == 401 else reason}, status=status
+        )
+
+
+async def serve_webhooks(
+    ledger_path: Path,
+    host: str,
+    port: int,
+    key: Ed25519PublicKey,
+    stop: asyncio.Event,
+    *,
+    started: Callable[[str], None] | None = None,
+) -> WebhookReceiver:
+    """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
+
+    Raises:
+        LedgerError: the ledger is missing, empty or cannot be written.
+        ConfigError: the address cannot be listened on.
+    """
+    book = DeliveryBook.load(ledger_path)
+    ledger = Ledger.open_for_status(ledger_path)
+    receiver = WebhookReceiver(book, ledger, key)
+    runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                "--listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        bound = runner.addresses[0]
+        address = f"{bound[0]}:{bound[1]}"
+        log.info(
+            "webhooks.listening", address=address, ledger=str(ledger_path), groups=len(book.groups)
+        )
+        if started is not None:
+            started(address)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await ledger.close()
+    log.info("webhooks.stopped", recorded=receiver.recorded, rejected=receiver.rejected)
+    return receiver

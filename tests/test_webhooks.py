@@ -1,0 +1,221 @@
+"""Webhooks: Ed25519 verification, duplicates and order, and what may reach the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from bulk_mms.cli import main
+from bulk_mms.delivery import DeliveryBook
+from bulk_mms.errors import ConfigError
+from bulk_mms.ledger import Ledger, iter_events
+from bulk_mms.models import Group
+from bulk_mms.runner import Stop, run_job
+from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory
+
+SIGNER = Ed25519PrivateKey.generate()
+PUBLIC_B64 = base64.b64encode(
+    SIGNER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+).decode()
+
+
+def event(
+    kind: str, group: Group, message_id: str, status: str, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """A Telnyx messaging webhook for every recipient of ``group``."""
+    return {
+        "data": {
+            "event_type": kind,
+            "id": event_id or str(uuid.uuid4()),
+            "occurred_at": "2026-11-23T10:00:00.000+00:00",
+            "record_type": "event",
+            "payload": {
+                "id": message_id,
+                "to": [{"phone_number": p, "status": status} for p in group.to],
+                "errors": [],
+            },
+        },
+        "meta": {"attempt": 1, "delivered_to": "https://example.com/hooks"},
+    }
+
+
+def signed(
+    body: dict[str, Any], *, key: Ed25519PrivateKey = SIGNER, age: float = 0
+) -> tuple[bytes, dict[str, str]]:
+    raw = orjson.dumps(body)
+    stamp = str(int(time.time() - age))
+    sig = base64.b64encode(key.sign(stamp.encode() + b"|" + raw)).decode()
+    return raw, {"telnyx-signature-ed25519": sig, "telnyx-timestamp": stamp}
+
+
+def status_lines(path: Path) -> list[dict[str, Any]]:
+    return [e for _, e in iter_events(path) if e["event"] == "status"]
+
+
+async def sent(jobs: JobFactory, n: int = 8) -> tuple[Path, FakeClient]:
+    jobs.people(n)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeSleep())
+    return job.ledger, client
+
+
+@pytest.fixture
+async def hooks(jobs: JobFactory) -> AsyncIterator[tuple[TestClient[Any, Any], Path, FakeClient]]:
+    ledger_path, client = await sent(jobs)
+    ledger = Ledger.open_for_status(ledger_path)
+    receiver = WebhookReceiver(DeliveryBook.load(ledger_path), ledger, load_public_key(PUBLIC_B64))
+    async with TestClient(TestServer(receiver.app())) as http:
+        yield http, ledger_path, client
+    await ledger.close()
+
+
+async def test_signed_finalized_event_is_recorded(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient],
+) -> None:
+    """A correctly signed message.finalized becomes one status line per recipient."""
+    http, path, client = hooks
+    g = client.calls[0]
+    raw, headers = signed(
+        event("message.finalized", g, f"msg-{g.id}-0", "delivered", event_id="e1")
+    )
+    resp = await http.post("/webhooks", data=raw, headers=headers)
+    assert resp.status == 200
+    assert (await resp.json())["recorded"] == 4
+    lines = status_lines(path)
+    assert {e["recipient"] for e in lines} == set(g.to)
+    assert all(e["source"] == "webhook" and e["webhook_id"] == "e1" for e in lines)
+
+
+@pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale", "garbage"])
+async def test_bad_signatures_get_401_and_write_nothing(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], forgery: str
+) -> None:
+    """Another key, an edited body, no headers, a 10-minute-old stamp or junk: 401, no line."""
+    http, path, client = hooks
+    body = event("message.finalized", client.calls[0], "m", "delivered")
+    raw, headers = signed(
+        body,
+        key=Ed25519PrivateKey.generate() if forgery == "other_key" else SIGNER,
+        age=600 if forgery == "stale" else 0,
+    )
+    if forgery == "tampered":
+        raw = raw.replace(b"delivered", b"delivery_failed")
+    if forgery == "missing":
+        headers = {}
+    if forgery == "garbage":
+        headers["telnyx-signature-ed25519"] = "not base64!"
+    resp = await http.post("/webhooks", data=raw, headers=headers)
+    assert resp.status == 401
+    assert status_lines(path) == []
+
+
+async def test_duplicates_and_late_events_are_acknowledged_not_recorded(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient],
+) -> None:
+    """A redelivered event id, and a message.sent after message.finalized, change nothing."""
+    http, path, client = hooks
+    g = client.calls[0]
+    final = event("message.finalized", g, "m", "delivery_failed", event_id="e-final")
+    for body in (final, final, event("message.sent", g, "m", "sent", event_id="e-late")):
+        raw, headers = signed(body)
+        resp = await http.post("/webhooks", data=raw, headers=headers)
+        assert resp.status == 200
+    assert [e["status"] for e in status_lines(path)] == ["delivery_failed"] * 4
+
+
+async def test_unknown_recipients_and_other_events_write_nothing(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], jobs: JobFactory
+) -> None:
+    """Numbers the ledger never sent to, and message.received, are acknowledged and ignored."""
+    http, path, client = hooks
+    stranger = Group("x", 0, ("+13125550199",), (1,), client.calls[0].message)
+    for body in (
+        event("message.finalized", stranger, "unknown-id", "delivered"),
+        event("message.received", client.calls[0], "m", "delivered"),
+    ):
+        raw, headers = signed(body)
+        assert (await http.post("/webhooks", data=raw, headers=headers)).status == 200
+    assert status_lines(path) == []
+    assert sorted(p.name for p in jobs.root.rglob("*") if p.is_file()) == [
+        "job.toml",
+        "people.csv",
+        "test-job.jsonl",
+        "test-job.jsonl.lock",
+    ]
+
+
+async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) -> None:
+    """Listening on port 0 beside a run, events for groups sent later are still recorded."""
+    path, client = await sent(jobs, 4)
+    stop = Stop()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve_webhooks(
+            path, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
+        )
+    )
+    address = await ready
+    # a run appends a sent group after the server read the ledger
+    ledger = Ledger.open_for_status(path)
+    g = client.calls[0]
+    ledger.write_sync(
+        {
+            "event": "sent",
+            "group": "late-group",
+            "seq": 9,
+            "to": ["+13125550111"],
+            "message_id": "late-msg",
+            "time": "2026-11-23T10:00:00Z",
+        }
+    )
+    ledger.close_sync()
+    late = Group("late-group", 9, ("+13125550111",), (9,), g.message)
+    raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://{address}/hooks", data=raw, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+    stop.request("test")
+    receiver = await server
+    assert receiver.recorded == 1
+    assert [e["recipient"] for e in status_lines(path)] == ["+13125550111"]
+
+
+def test_public_key_errors_name_the_variable() -> None:
+    """A missing or wrong TELNYX_PUBLIC_KEY is a ConfigError naming it."""
+    for value in (
+        None,
+        "",
+        "bm90IGEga2V5",
+        "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----",
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_public_key(value)
+        assert info.value.setting == "TELNYX_PUBLIC_KEY"
+
+
+def test_cli_without_public_key_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bulk-mms webhooks` without the public key exits 2 with one line, no traceback."""
+    monkeypatch.delenv("TELNYX_PUBLIC_KEY", raising=False)
+    code = main(["webhooks", "--listen", "127.0.0.1:0", "--ledger", str(tmp_path / "l.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "TELNYX_PUBLIC_KEY" in err
