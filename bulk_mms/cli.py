@@ -40,6 +40,7 @@ from bulk_mms.errors import (
     UsageError,
 )
 from bulk_mms.ledger import LedgerLocked
+from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
 from bulk_mms.track import TrackResult, format_track, track_ledger
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandbox", action="store_true", help="send to the built-in fake API (no key needed)"
     )
     run.add_argument("--dry-run", action="store_true", help="read, check and group; send nothing")
+    run.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="off a terminal, log a job.progress event this often (default 30)",
+    )
     run.add_argument(
         "--resend-in-doubt",
         action="store_true",
@@ -235,8 +243,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = asyncio.run(dry_run(job, settings, resend_in_doubt=args.resend_in_doubt))
         return _print_dry_run(summary, job, settings)
     key = _api_key(args)
+    progress: Progress
+    if sys.stderr.isatty() and not args.quiet and not args.log_json:
+        progress = BarProgress(sys.stderr)
+    else:
+        progress = LogProgress(max(1.0, args.progress_every))
     summary = asyncio.run(
-        _run(job, settings, key, sandbox=args.sandbox, resend=args.resend_in_doubt)
+        _run(
+            job, settings, key, sandbox=args.sandbox, resend=args.resend_in_doubt, progress=progress
+        )
     )
     return _exit_code(summary)
 
@@ -277,7 +292,13 @@ def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
 
 
 async def _run(
-    job: JobConfig, settings: Settings, key: str, *, sandbox: bool, resend: bool
+    job: JobConfig,
+    settings: Settings,
+    key: str,
+    *,
+    sandbox: bool,
+    resend: bool,
+    progress: Progress | None = None,
 ) -> JobSummary:
     stop = Stop()
     try:
@@ -286,7 +307,9 @@ async def _run(
                 _endpoint(settings, sandbox) as base_url,
                 _client(settings, base_url, key) as client,
             ):
-                return await run_job(job, settings, client, resend_in_doubt=resend, stop=stop)
+                return await run_job(
+                    job, settings, client, resend_in_doubt=resend, stop=stop, progress=progress
+                )
     except asyncio.CancelledError:
         return JobSummary(job.name, stopped=stop.reason or "SIGINT")
 

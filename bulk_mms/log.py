@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from tqdm import tqdm
 
 from bulk_mms.config import API_KEY_ENV
 
@@ -37,6 +38,29 @@ def _scrubber(secret: str | None) -> structlog.types.Processor:
 
 def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+class BarSafeStream:
+    """A text stream that lifts any progress bar on it while a log line is written.
+
+    structlog's WriteLogger writes each line (newline included) in one call, so a line is
+    never split by a redraw of the bar.
+    """
+
+    def __init__(self, inner: TextIO) -> None:
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        with tqdm.external_write_mode(file=self.inner):
+            n = self.inner.write(text)
+            self.inner.flush()
+        return n
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
 
 
 def configure(
@@ -69,6 +93,6 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(BarSafeStream(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
@@ -48,6 +48,7 @@ from bulk_mms.ledger import (
 )
 from bulk_mms.models import Group, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig, Ticket
+from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.reader import RowReader
 from bulk_mms.report import percentile
 from bulk_mms.retry import Attempted, StopRetrying, send_with_retry
@@ -58,6 +59,8 @@ log = structlog.get_logger("bulk_mms.runner")
 #: After this many groups in a row end on a transient error with their retries used up, the API
 #: is taken to be down and the job stops (a rerun resumes) instead of failing every group.
 UNREACHABLE_AFTER = 3
+#: Seconds between progress snapshots.
+PROGRESS_PERIOD_S = 0.5
 
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
 #: that the reader never runs far ahead of the sending.
@@ -305,6 +308,8 @@ class Runner:
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
         self.transient_streak = 0  # groups in a row that used up their retries
+        #: Input rows dealt with, for progress: recorded, rejected, skipped or held.
+        self.rows_done = 0
 
     def __repr__(self) -> str:
         s = self.summary
@@ -327,6 +332,7 @@ class Runner:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
+                self.rows_done += 1
                 if item.line not in state.rejected_lines:
                     self.ledger.write_nowait(
                         {
@@ -342,6 +348,8 @@ class Runner:
             action = disposition(
                 state, self.settings.retry, item.id, resend_in_doubt=self.resend_in_doubt
             )
+            if action != "send":
+                self.rows_done += len(item.to)
             if action == "skip":
                 s.skipped_groups += 1
                 continue
@@ -470,6 +478,8 @@ class Runner:
 
     async def record(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         s = self.summary
+        if not isinstance(result.error, AuthError):
+            self.rows_done += len(group.to)
         base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
         if result.receipt is not None:
             r = result.receipt
@@ -559,6 +569,25 @@ class Runner:
                 )
             self.stop.request("unavailable")
 
+    def snapshot(self, total: int | None) -> Snapshot:
+        s = self.summary
+        return Snapshot(
+            rows_done=self.rows_done,
+            rows_total=total,
+            groups_sent=s.sent_groups,
+            groups_failed=s.failed_groups,
+            groups_in_doubt=s.in_doubt_groups,
+            rate_limited=self.pacer.rate_limited,
+            wait_seconds=self.waits[-1] if self.waits else None,
+            elapsed_s=self.clock.now() - self.started,
+        )
+
+    async def report_progress(self, progress: Progress, total: int | None) -> None:
+        """Hand a snapshot to ``progress`` twice a second (real time: it is for display)."""
+        while True:
+            progress.update(self.snapshot(total))
+            await asyncio.sleep(PROGRESS_PERIOD_S)
+
     async def run(self, reader: RowReader) -> None:
         workers = [
             asyncio.create_task(self.work(), name=f"bulk-mms-worker-{i}")
@@ -583,6 +612,7 @@ async def run_job(
     clock: Clock | None = None,
     stop: Stop | None = None,
     wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    progress: Progress | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
 
@@ -597,6 +627,7 @@ async def run_job(
         wall: the wall clock (aware) for the job's ``send_window``. Outside the window nothing
             is sent (``summary.stopped == "window"``); when it closes mid-run, requests not yet
             sent stay for the next run and those in flight finish.
+        progress: where to show progress (a bar, or ``job.progress`` events); None: nowhere.
 
     Returns:
         The run's :class:`JobSummary`. ``summary.error`` holds the :class:`AuthError`,
@@ -655,7 +686,8 @@ async def run_job(
                 rate=settings.rate,
                 concurrency=settings.concurrency,
             )
-            await runner.run(reader)
+            async with _showing(runner, progress, job):
+                await runner.run(reader)
             try:
                 await ledger.drain()
             except LedgerError as exc:
@@ -725,6 +757,24 @@ def _key_conflict(err: Rejected) -> Rejected:
         "have been delivered",
         status=err.status,
     )
+
+
+@contextlib.asynccontextmanager
+async def _showing(
+    runner: Runner, progress: Progress | None, job: JobConfig
+) -> AsyncIterator[None]:
+    """Show the runner's progress while the block runs, and a last snapshot after it."""
+    if progress is None:
+        yield
+        return
+    total = open_count(job.input)
+    shower = asyncio.create_task(runner.report_progress(progress, total))
+    try:
+        yield
+    finally:
+        shower.cancel()
+        progress.update(runner.snapshot(total))
+        progress.close()
 
 
 async def _close(ledger: Ledger) -> None:
