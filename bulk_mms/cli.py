@@ -40,6 +40,7 @@ from bulk_mms.errors import (
     UsageError,
 )
 from bulk_mms.ledger import LedgerLocked
+from bulk_mms.media import check_media
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandbox", action="store_true", help="send to the built-in fake API (no key needed)"
     )
     run.add_argument("--dry-run", action="store_true", help="read, check and group; send nothing")
+    run.add_argument(
+        "--skip-media-check",
+        action="store_true",
+        help="do not fetch media_urls before sending (they are checked by default)",
+    )
     run.add_argument(
         "--progress-every",
         type=float,
@@ -239,6 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ledger is not None:
         job = replace(job, ledger=args.ledger)
     settings = _settings(args)
+    _preflight_media(job, args)
     if args.dry_run:
         summary = asyncio.run(dry_run(job, settings, resend_in_doubt=args.resend_in_doubt))
         return _print_dry_run(summary, job, settings)
@@ -312,6 +319,18 @@ async def _run(
                 )
     except asyncio.CancelledError:
         return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+
+
+def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
+    """Fetch each media URL once before anything is sent (MediaError: exit 2, nothing sent)."""
+    urls = job.message.media_urls
+    if not urls:
+        return
+    if args.skip_media_check or args.sandbox:
+        reason = "--skip-media-check" if args.skip_media_check else "sandbox (media is not sent)"
+        structlog.get_logger("bulk_mms.cli").info("media.check_skipped", reason=reason)
+        return
+    asyncio.run(check_media(urls))
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -425,11 +444,28 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  rejected     {s.rejected_rows} rows")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
-    print(f"  at {settings.rate:g} groups/s: about {s.sent_groups / settings.rate:.0f} s")
+    e = s.estimate
+    if e is not None:
+        unit = "recipients" if settings.cost == "recipient" else "groups"
+        print(f"  duration     at least {_duration(e.seconds)} at {e.rate:g} {unit}/s")
+        if e.cost is not None:
+            print(f"  cost         about {e.cost.amount:.4f} {e.cost.currency} ({e.price_basis})")
+        else:
+            print(f"  cost         {e.price_basis}")
     for g in s.preview:
         text = (g.message.text or "")[:60]
         print(f"  group {g.seq} [{g.id}] {', '.join(g.to)}: {text!r}")
     return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    """``3 h 25 min``, ``12 min 5 s``, ``40 s``."""
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min {sec} s" if m else f"{sec} s"
 
 
 if __name__ == "__main__":  # pragma: no cover

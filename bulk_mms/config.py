@@ -16,6 +16,7 @@ import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,10 @@ class Settings:
     type_limits: dict[str, float] = field(default_factory=dict)
     retry: RetryConfig = field(default_factory=RetryConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    #: ``[pricing] per_recipient``: what one recipient costs, for the dry run's estimate only
+    #: (what Telnyx reports after sending is what the ledger and report use).
+    price_per_recipient: Decimal | None = None
+    currency: str = "USD"
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +234,21 @@ class _Table:
         if not isinstance(value, str):
             raise self.error(key, f"must be a string, not {type(value).__name__}")
         return value
+
+    def decimal(self, key: str) -> Decimal | None:
+        """A non-negative amount, written as a string (exact) or a number."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(key, f'must be an amount like "0.0150", not {value!r}')
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise self.error(key, f"{value!r} is not a decimal amount") from None
+        if not amount.is_finite() or amount < 0:
+            raise self.error(key, f"must be a non-negative amount, not {value!r}")
+        return amount
 
     def int_(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self._get(key)
@@ -479,6 +499,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         limits = top.table("limits")
         retry = top.table("retry")
         track = top.table("track")
+        pricing = top.table("pricing")
         tdflt = TrackConfig()
         settings = Settings(
             base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
@@ -515,7 +536,12 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 max_age=track.float_("max_age", tdflt.max_age, 60, 30 * 86_400),
             ),
         )
-        for table in (api, limits, retry, track, top):
+        settings = replace(
+            settings,
+            price_per_recipient=pricing.decimal("per_recipient"),
+            currency=(pricing.str_("currency", "USD") or "USD").upper(),
+        )
+        for table in (api, limits, retry, track, pricing, top):
             table.finish()
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -46,11 +47,11 @@ from bulk_mms.ledger import (
     now_iso,
     replay,
 )
-from bulk_mms.models import Group, RejectedRow
+from bulk_mms.models import Group, Money, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig, Ticket
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.reader import RowReader
-from bulk_mms.report import percentile
+from bulk_mms.report import percentile, summarize
 from bulk_mms.retry import Attempted, StopRetrying, send_with_retry
 from bulk_mms.validate import validate_rows
 
@@ -107,6 +108,48 @@ class Stop(asyncio.Event):
             await asyncio.wait_for(self.wait(), timeout=seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a dry run expects sending to take: time at the configured ceilings, and cost."""
+
+    seconds: float
+    #: Requests (or recipients, with ``cost = "recipient"``) per second it assumes.
+    rate: float
+    cost: Money | None
+    #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
+    price_basis: str
+
+
+def estimate(
+    job: JobConfig, settings: Settings, groups: int, recipients: int, observed: Money | None
+) -> Estimate:
+    """Time at the lowest of the account rate and the senders' summed ceilings; cost at the
+    price per recipient seen in this ledger so far, else ``[pricing] per_recipient``.
+
+    The time is a floor: Telnyx's queue (``wait_seconds``) can only slow the adaptive pacing.
+    """
+    pacer = Pacer(
+        PacingConfig(
+            rate=settings.rate,
+            cost=settings.cost,
+            max_queue_wait_s=settings.max_queue_wait_s,
+            sender_limits=settings.sender_limits,
+            type_limits=settings.type_limits,
+        ),
+        job.message.senders,
+    )
+    rate = min(settings.rate, sum(p.ceiling for p in pacer.senders.values()))
+    units = recipients if settings.cost == "recipient" else groups
+    if observed is not None:
+        price, basis = observed, "the average per recipient this ledger has paid"
+    elif settings.price_per_recipient is not None:
+        price = Money(settings.price_per_recipient, settings.currency)
+        basis = "[pricing] per_recipient"
+    else:
+        return Estimate(units / rate, rate, None, "unknown: set [pricing] per_recipient")
+    return Estimate(units / rate, rate, Money(price.amount * recipients, price.currency), basis)
+
+
 @dataclass(slots=True)
 class JobSummary:
     """What one run did, and where the whole ledger stands afterwards."""
@@ -141,8 +184,9 @@ class JobSummary:
     #: Open problems over the whole ledger: failed and in-doubt groups.
     open_failed: int = 0
     open_in_doubt: int = 0
-    #: Set by a dry run: the first groups, for display.
+    #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
+    estimate: Estimate | None = None
     error: BaseException | None = field(default=None, repr=False)
 
     def as_log(self) -> dict[str, Any]:
@@ -740,7 +784,21 @@ async def dry_run(
                 s.preview.append(item)
     s.duration_s = time.monotonic() - started
     s.stopped = "dry-run"
+    s.estimate = estimate(
+        job, settings, s.sent_groups, s.sent_recipients, _paid_per_recipient(job.ledger)
+    )
     return s
+
+
+def _paid_per_recipient(path: Path) -> Money | None:
+    """The mean price per recipient of a ledger's sent groups, if it has any in one currency."""
+    if not path.exists():
+        return None
+    paid = summarize(path)
+    if len(paid.cost) != 1 or not paid.sent_recipients:
+        return None
+    ((currency, total),) = paid.cost.items()
+    return Money((total / paid.sent_recipients).quantize(Decimal("0.000001")), currency)
 
 
 def _key_conflict(err: Rejected) -> Rejected:
