@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ from bulk_mms.ledger import LedgerLocked
 from bulk_mms.media import check_media
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
-from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
+from bulk_mms.runner import JobSummary, Stop, dry_run, in_window, run_job
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
@@ -452,6 +453,9 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
             print(f"  cost         about {e.cost.amount:.4f} {e.cost.currency} ({e.price_basis})")
         else:
             print(f"  cost         {e.price_basis}")
+    if job.send_window is not None:
+        now = "open" if in_window(job, dt.datetime.now(dt.UTC)) else "closed: a run now exits 4"
+        print(f"  window       {job.send_window} {job.timezone}, {now}")
     for g in s.preview:
         text = (g.message.text or "")[:60]
         print(f"  group {g.seq} [{g.id}] {', '.join(g.to)}: {text!r}")

@@ -2,7 +2,8 @@
 
 For every sent group with a recipient not yet final, :class:`Tracker` asks
 ``GET /messages/group/{message_id}`` (or ``GET /messages/{id}`` when a single recipient is left
-and its own id is known, or when the group id is unknown to the API but recipient ids are), under
+and its own id is known; and after a 404 on the group, with each recipient's own id, or failing
+that with the group's id, which some servers answer there too), under
 its own token bucket (``[track] rate``) and with the send path's backoff. Each change becomes a
 ``status`` line (:func:`bulk_mms.delivery.status_event`).
 
@@ -17,6 +18,7 @@ named in the result, never fatal. A refused key stops tracking (:class:`AuthErro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections import Counter
@@ -170,7 +172,11 @@ class Tracker:
                 return await self._get("message", ids[0])  # one left: the smaller answer
             return await self._get("group", g.message_id)
         except NotFound:
-            if len(ids) == len(pending):
+            if not ids:
+                # no recipient ids yet: some servers answer for the group's id here too
+                with contextlib.suppress(NotFound):
+                    return await self._get("message", g.message_id)
+            if ids and len(ids) == len(pending):
                 # the group id is gone but each recipient's own id is known: ask one by one
                 found: list[RecipientStatus] = []
                 for mid in ids:
