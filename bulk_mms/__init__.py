@@ -1,7 +1,7 @@
 """bulk_mms: send group MMS in bulk through the Telnyx Messaging API.
 
-Read → validate → group → pace → send/retry → ledger. The public surface is below; every other
-module is internal.
+Read → validate → group → pace → send/retry → ledger; then track → report. The public surface
+is below; every other module is internal.
 """
 
 from bulk_mms._version import __version__
@@ -18,7 +18,9 @@ from bulk_mms.errors import (
     LedgerCorrupt,
     LedgerError,
     LedgerMismatch,
+    MediaError,
     NetworkError,
+    NotFound,
     RateLimited,
     Rejected,
     RetryableSendError,
@@ -27,7 +29,9 @@ from bulk_mms.errors import (
     UsageError,
 )
 from bulk_mms.models import Group, MessageBody, Money, Outcome, RecipientStatus, SendReceipt
+from bulk_mms.report import LedgerSummary, summarize, write_failed_csv
 from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
+from bulk_mms.track import TrackResult, track_ledger
 
 __all__ = [
     "AiohttpMmsClient",
@@ -44,10 +48,13 @@ __all__ = [
     "LedgerCorrupt",
     "LedgerError",
     "LedgerMismatch",
+    "LedgerSummary",
+    "MediaError",
     "MessageBody",
     "MmsClient",
     "Money",
     "NetworkError",
+    "NotFound",
     "Outcome",
     "RateLimited",
     "RecipientStatus",
@@ -58,10 +65,14 @@ __all__ = [
     "ServerError",
     "Settings",
     "Stop",
+    "TrackResult",
     "UsageError",
     "__version__",
     "dry_run",
     "load_job",
     "load_settings",
     "run_job",
+    "summarize",
+    "track_ledger",
+    "write_failed_csv",
 ]
