@@ -11,7 +11,8 @@ ledger (by message id, else by recipient number) and each recipient whose status
 (:func:`bulk_mms.delivery.supersedes`) gets a durable ``status`` line before the 200 goes back,
 which takes milliseconds (group commit). Repeats (the same event id) and stale reports (a
 ``message.sent`` after ``message.finalized``) are acknowledged and not recorded. Events for
-numbers the ledger never sent to are acknowledged and logged, never written: whatever arrives,
+numbers the ledger does not hold are acknowledged, looked for again for 30 s (a webhook can beat
+the run's own ``sent`` line), then logged and dropped, never written: whatever arrives,
 the only file written is the ledger, and only with recipients it already holds.
 """
 
@@ -21,9 +22,8 @@ import asyncio
 import base64
 import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 import structlog
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from bulk_mms.client import parse_statuses
 from bulk_mms.delivery import DeliveryBook, status_event
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import Event, Ledger
+from bulk_mms.ledger import Ledger
 from bulk_mms.models import RecipientStatus
 
 log = structlog.get_logger("bulk_mms.webhooks")
@@ -49,6 +49,10 @@ TOLERANCE_S = 300
 MAX_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
 _FIELD_MAX = 128
+#: A webhook can arrive before the run has written its group's `sent` line: its recipients are
+#: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
+LATE_WINDOW_S = 30.0
+LATE_POLL_S = 0.5
 
 
 def load_public_key(value: str | None) -> Ed25519PublicKey:
@@ -112,6 +116,9 @@ class WebhookReceiver:
         self.now = now
         self.recorded = 0
         self.rejected = 0
+        #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
+        self.late_window_s = LATE_WINDOW_S
+        self._later: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<WebhookReceiver {self.book.path} recorded={self.recorded}>"
@@ -143,26 +150,44 @@ class WebhookReceiver:
         if event_id in self.book.webhook_ids:
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
-        events = self.news(event_id, payload, _short(data.get("occurred_at")))
-        for ev in events:
-            await self.ledger.write(ev)
-        self.book.webhook_ids.add(event_id)
-        self.recorded += len(events)
-        log.info("webhook.received", event_type=event_type, id=event_id, recorded=len(events))
-        return web.json_response({"ok": True, "recorded": len(events)})
-
-    def news(self, event_id: str, payload: Any, occurred_at: str | None) -> list[Event]:
-        """The ``status`` lines an event adds: recipients known to the ledger, whose news it is."""
-        statuses = parse_statuses(payload)
+        occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
+        matched, unknown = self.match(parse_statuses(payload), message_id)
+        recorded = await self.record(event_id, matched, message_id, occurred_at)
+        self.book.webhook_ids.add(event_id)
+        if unknown:
+            # the run may not have written this group's `sent` line yet (a webhook can beat it)
+            task = asyncio.create_task(self.match_later(event_id, unknown, message_id, occurred_at))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+        log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
+        return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
+
+    def match(
+        self, statuses: Sequence[RecipientStatus], message_id: str | None
+    ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
+        """Split reports into those for the ledger's recipients (with their group) and the rest."""
         if statuses and not all(self._group_for(st.phone, message_id) for st in statuses):
-            self.book.refresh()  # sent since this server started?
-        out = []
+            self.book.refresh()  # sent since this server last read the ledger?
+        matched, unknown = [], []
         for st in statuses:
             gid = self._group_for(st.phone, message_id)
             if gid is None:
-                log.warning("webhook.unknown_recipient", id=event_id, message_id=message_id)
-                continue
+                unknown.append(st)
+            else:
+                matched.append((gid, st))
+        return matched, unknown
+
+    async def record(
+        self,
+        event_id: str,
+        matched: Sequence[tuple[str, RecipientStatus]],
+        message_id: str | None,
+        occurred_at: str | None,
+    ) -> int:
+        """Write, durably, the reports that are news; how many were."""
+        n = 0
+        for gid, st in matched:
             report = RecipientStatus(
                 st.phone,
                 st.status[:_FIELD_MAX],
@@ -171,8 +196,36 @@ class WebhookReceiver:
                 at=occurred_at or st.at,
             )
             if self.book.apply(report, gid):
-                out.append(status_event(gid, report, source="webhook", webhook_id=event_id))
-        return out
+                await self.ledger.write(
+                    status_event(gid, report, source="webhook", webhook_id=event_id)
+                )
+                n += 1
+        self.recorded += n
+        return n
+
+    async def match_later(
+        self,
+        event_id: str,
+        unknown: list[RecipientStatus],
+        message_id: str | None,
+        occurred_at: str | None,
+    ) -> None:
+        """Look for reports' recipients again for a while as the ledger grows; then give up."""
+        deadline = time.monotonic() + self.late_window_s
+        while unknown and time.monotonic() < deadline:
+            await asyncio.sleep(LATE_POLL_S)
+            matched, unknown = self.match(unknown, message_id)
+            await self.record(event_id, matched, message_id, occurred_at)
+        if unknown:
+            log.warning(
+                "webhook.unknown_recipient", id=event_id, message_id=message_id, count=len(unknown)
+            )
+
+    async def close(self) -> None:
+        """Stop waiting for late matches."""
+        for task in list(self._later):
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
 
     def _group_for(self, phone: str, message_id: str | None) -> str | None:
         gid = self.book.group_of.get(phone)
@@ -227,6 +280,7 @@ async def serve_webhooks(
         await stop.wait()
     finally:
         await runner.cleanup()
+        await receiver.close()
         await ledger.close()
     log.info("webhooks.stopped", recorded=receiver.recorded, rejected=receiver.rejected)
     return receiver

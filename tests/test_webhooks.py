@@ -78,8 +78,10 @@ async def hooks(jobs: JobFactory) -> AsyncIterator[tuple[TestClient[Any, Any], P
     ledger_path, client = await sent(jobs)
     ledger = Ledger.open_for_status(ledger_path)
     receiver = WebhookReceiver(DeliveryBook.load(ledger_path), ledger, load_public_key(PUBLIC_B64))
+    receiver.late_window_s = 0.3
     async with TestClient(TestServer(receiver.app())) as http:
         yield http, ledger_path, client
+    await receiver.close()
     await ledger.close()
 
 
@@ -219,3 +221,31 @@ def test_cli_without_public_key_is_one_line(
     assert code == 2
     assert err.count("\n") == 1
     assert "TELNYX_PUBLIC_KEY" in err
+
+
+async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient],
+) -> None:
+    """A webhook for a group whose `sent` line is not written yet is matched once it is."""
+    http, path, client = hooks
+    late = Group("late-group", 9, ("+13125550111",), (9,), client.calls[0].message)
+    raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
+    resp = await http.post("/webhooks", data=raw, headers=headers)
+    assert (await resp.json())["pending"] == 1
+    ledger = Ledger.open_for_status(path)
+    ledger.write_sync(
+        {
+            "event": "sent",
+            "group": "late-group",
+            "seq": 9,
+            "to": ["+13125550111"],
+            "message_id": "late-msg",
+            "time": "2026-11-23T10:00:00Z",
+        }
+    )
+    ledger.close_sync()
+    for _ in range(50):
+        if status_lines(path):
+            break
+        await asyncio.sleep(0.05)
+    assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
