@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import Ledger
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
@@ -232,3 +232,51 @@ def test_unreachable_api_is_one_line_and_resumable(
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
     assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)
+
+
+def test_campaign_end_to_end_through_the_cli(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run, track --follow, report --failed-csv, run --input: the resend reaches exactly the
+    recipients the server failed, and report agrees with the server recipient by recipient."""
+    fake = FakeTelnyx(
+        delivery_status=carrier_timeline(fail_every=4, sent_after=0.05, final_after=0.2)
+    )
+    jobs.people(30)
+    job = jobs.job(extra="group_size = 5")
+    cfg = jobs.root / "config.toml"
+    cfg.write_text("[track]\ninterval = 1\n")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+        capsys.readouterr()
+        assert (
+            main(
+                [
+                    "-q",
+                    "track",
+                    str(job.ledger),
+                    "--base-url",
+                    url,
+                    "--follow",
+                    "--config",
+                    str(cfg),
+                ]
+            )
+            == 0
+        )
+        assert "delivery_failed" in capsys.readouterr().out
+        failed = jobs.root / "failed.csv"
+        assert (
+            main(["report", str(job.ledger), "--format", "json", "--failed-csv", str(failed)]) == 0
+        )
+        report = orjson.loads(capsys.readouterr().out)
+        expected = [p for p in numbers(30) if will_fail(p, 4)]
+        assert report["delivery"] == {
+            "delivered": 30 - len(expected),
+            "delivery_failed": len(expected),
+        }
+        before = len(fake.accepted)
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
+    resent = sorted(p for m in fake.accepted[before:] for p in m.to)
+    assert resent == sorted(expected)
+    assert (jobs.root / "ledgers" / "test-job-failed.jsonl").exists()
