@@ -21,6 +21,7 @@ import orjson
 from bulk_mms.config import load_job
 from bulk_mms.ledger import replay
 from bulk_mms.models import Group, RejectedRow
+from bulk_mms.report import summarize
 from bulk_mms.runner import open_reader, plan
 
 
@@ -87,6 +88,30 @@ def write_ledger(path: Path, groups: int) -> None:
             )
 
 
+def append_statuses(path: Path, groups: int) -> None:
+    """A final delivery status line for every recipient, as `track` would write them."""
+    with path.open("ab") as f:
+        for i in range(groups):
+            gid = f"{i:024x}"
+            for k in range(8):
+                f.write(
+                    orjson.dumps(
+                        {
+                            "event": "status",
+                            "group": gid,
+                            "recipient": f"+1212555{(i * 8 + k) % 10000:04d}",
+                            "status": "delivered",
+                            "message_id": "40385f64-5717-4562-b3fc-2c963f66afa6",
+                            "errors": [],
+                            "at": "2026-11-23T16:00:05.000Z",
+                            "source": "track",
+                            "time": "2026-11-23T16:10:00.000Z",
+                        }
+                    )
+                    + b"\n"
+                )
+
+
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,6 +141,18 @@ def main() -> None:
         state = replay(root / "ledger.jsonl")
         dt = time.perf_counter() - t0
         print(f"resume: replayed {len(state.sent):,} sent groups ({size:.0f} MB) in {dt:.2f} s")
+
+        append_statuses(root / "ledger.jsonl", n_groups)
+        size = (root / "ledger.jsonl").stat().st_size / 1e6
+        t0 = time.perf_counter()
+        state = replay(root / "ledger.jsonl")
+        dt = time.perf_counter() - t0
+        print(f"resume, tracked ledger (+8 status lines per group, {size:.0f} MB): {dt:.2f} s")
+        t0 = time.perf_counter()
+        summary = summarize(root / "ledger.jsonl")
+        dt = time.perf_counter() - t0
+        recipients = sum(summary.delivery.values())
+        print(f"report of the tracked ledger: {dt:.2f} s ({recipients:,} recipients)")
 
 
 if __name__ == "__main__":

@@ -104,22 +104,27 @@ class Tail:
             raise LedgerError(self.path, "no such ledger") from None
         except OSError as exc:
             raise LedgerError(self.path, exc.strerror or str(exc)) from None
+        # Locals in the loop, written back as it goes: a tracked ledger has millions of lines.
+        offset, lineno = self.offset, self.lineno
         with f:
-            f.seek(self.offset)
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    return  # torn or still being written: read again next time
-                self.offset += len(raw)
-                self.lineno += 1
-                if skip_status and raw.startswith(STATUS_PREFIX):
-                    continue
-                try:
-                    event = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise LedgerCorrupt(self.path, "not a JSON line", line=self.lineno) from None
-                if not isinstance(event, dict) or "event" not in event:
-                    raise LedgerCorrupt(self.path, "not a ledger event", line=self.lineno)
-                yield self.lineno, event
+            f.seek(offset)
+            try:
+                for raw in f:
+                    if raw[-1:] != b"\n":
+                        return  # torn or still being written: read again next time
+                    offset += len(raw)
+                    lineno += 1
+                    if skip_status and raw.startswith(STATUS_PREFIX):
+                        continue
+                    try:
+                        event = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        raise LedgerCorrupt(self.path, "not a JSON line", line=lineno) from None
+                    if not isinstance(event, dict) or "event" not in event:
+                        raise LedgerCorrupt(self.path, "not a ledger event", line=lineno)
+                    yield lineno, event
+            finally:
+                self.offset, self.lineno = offset, lineno
 
 
 @dataclass(slots=True)
