@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulk_mms.errors import LedgerCorrupt
-from bulk_mms.ledger import Event, Tail, now_iso
+from bulk_mms.ledger import Event, Tail, now_iso, parse_time
 from bulk_mms.models import RecipientStatus
 
 #: Statuses a recipient never leaves.
@@ -84,6 +84,13 @@ def status_event(
     return event
 
 
+def _sent_at(iso: object) -> float:
+    try:
+        return parse_time(iso) if isinstance(iso, str) else 0.0
+    except ValueError:
+        return 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class SentGroup:
     """A group the API accepted, as its ``sent`` line records it."""
@@ -92,8 +99,8 @@ class SentGroup:
     message_id: str
     to: tuple[str, ...]
     sender: str | None
-    #: The ``sent`` line's ``time`` (ISO 8601).
-    time: str
+    #: The ``sent`` line's ``time``, in seconds since the epoch (0 when it has none).
+    sent_at: float
 
 
 @dataclass(slots=True)
@@ -146,7 +153,7 @@ class DeliveryBook:
                 message_id=ev["message_id"],
                 to=tuple(ev["to"]),
                 sender=ev.get("from"),
-                time=ev.get("time") or "",
+                sent_at=_sent_at(ev.get("time")),
             )
             self.groups[g.id] = g
             self.by_message_id[g.message_id] = g.id

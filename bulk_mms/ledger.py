@@ -49,6 +49,15 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_time(iso: str) -> float:
+    """Seconds since the epoch of an event's ``time`` (what :func:`now_iso` writes).
+
+    Raises:
+        ValueError: not an ISO 8601 time.
+    """
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
     """``sha256:<hex>`` of the file's bytes, as stored (compressed files are hashed compressed)."""
     h = hashlib.sha256()

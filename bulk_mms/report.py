@@ -10,7 +10,6 @@ recipients who did not get the message into an input file a new job can take as 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, DeliveryBook
-from bulk_mms.ledger import fingerprint, iter_events
+from bulk_mms.ledger import fingerprint, iter_events, parse_time
 from bulk_mms.reader import Row, RowReader
 from bulk_mms.validate import PhoneError, normalize_phone
 
@@ -118,11 +117,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def _seconds(iso: str) -> float:
-    """Seconds since the epoch of an event's ISO 8601 ``time``."""
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def _reason_kind(reason: str) -> str:
     """Reasons without their specifics, so they can be counted: 'duplicate', 'malformed JSON'."""
     return reason.split(":", 1)[0].split(" (", 1)[0]
@@ -144,7 +138,7 @@ class _Summarizer:
 
     def close_run(self) -> None:
         if self.run_first and self.run_last:
-            span = _seconds(self.run_last) - _seconds(self.run_first)
+            span = parse_time(self.run_last) - parse_time(self.run_first)
             self.s.sending_seconds += max(0.0, span)
         self.run_first = self.run_last = None
 

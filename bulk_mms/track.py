@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -80,13 +79,6 @@ class TrackResult:
         }
 
 
-def _epoch(iso: str) -> float:
-    try:
-        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 class Tracker:
     """Polls one ledger's sent groups. Create it, then ``await run(follow=...)``."""
 
@@ -123,15 +115,20 @@ class Tracker:
     def due(self) -> list[SentGroup]:
         """Groups with a recipient not final, inside ``max_age``, whose backoff has passed."""
         now, wall = self.clock.now(), self.wall_clock()
-        out = []
-        for g in self.book.groups.values():
-            if g.id in self._not_found or not self.book.pending(g):
-                continue
-            if wall - _epoch(g.time) > self.cfg.max_age:
-                continue
-            if self.backoff.get(g.id, (0, 0.0))[1] <= now:
-                out.append(g)
-        return out
+        return [
+            g
+            for g in self.book.groups.values()
+            if self._trackable(g, wall)
+            and self.backoff.get(g.id, (0, 0.0))[1] <= now
+            and self.book.pending(g)
+        ]
+
+    def _too_old(self, g: SentGroup, wall: float) -> bool:
+        return wall - g.sent_at > self.cfg.max_age
+
+    def _trackable(self, g: SentGroup, wall: float) -> bool:
+        """Known to the API and inside ``max_age``."""
+        return g.id not in self._not_found and not self._too_old(g, wall)
 
     # -- asking -----------------------------------------------------------------------------
 
@@ -246,9 +243,7 @@ class Tracker:
         """Recipients not final in groups still inside ``max_age`` and known to the API."""
         wall = self.wall_clock()
         return sum(
-            len(self.book.pending(g))
-            for g in self.book.groups.values()
-            if g.id not in self._not_found and wall - _epoch(g.time) <= self.cfg.max_age
+            len(self.book.pending(g)) for g in self.book.groups.values() if self._trackable(g, wall)
         )
 
     async def run(self, *, follow: bool = False) -> TrackResult:
@@ -285,7 +280,7 @@ class Tracker:
                 r.statuses[status] += 1
                 if status not in FINAL:
                     r.pending += 1
-                    r.too_old += wall - _epoch(g.time) > self.cfg.max_age
+                    r.too_old += self._too_old(g, wall)
 
 
 async def track_ledger(
