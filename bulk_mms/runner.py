@@ -120,6 +120,17 @@ class Estimate:
     price_basis: str
 
 
+def pacing_config(settings: Settings) -> PacingConfig:
+    """The pacer's part of the settings."""
+    return PacingConfig(
+        rate=settings.rate,
+        cost=settings.cost,
+        max_queue_wait_s=settings.max_queue_wait_s,
+        sender_limits=settings.sender_limits,
+        type_limits=settings.type_limits,
+    )
+
+
 def estimate(
     job: JobConfig, settings: Settings, groups: int, recipients: int, observed: Money | None
 ) -> Estimate:
@@ -128,16 +139,7 @@ def estimate(
 
     The time is a floor: Telnyx's queue (``wait_seconds``) can only slow the adaptive pacing.
     """
-    pacer = Pacer(
-        PacingConfig(
-            rate=settings.rate,
-            cost=settings.cost,
-            max_queue_wait_s=settings.max_queue_wait_s,
-            sender_limits=settings.sender_limits,
-            type_limits=settings.type_limits,
-        ),
-        job.message.senders,
-    )
+    pacer = Pacer(pacing_config(settings), job.message.senders)
     rate = min(settings.rate, sum(p.ceiling for p in pacer.senders.values()))
     units = recipients if settings.cost == "recipient" else groups
     if observed is not None:
@@ -330,13 +332,7 @@ class Runner:
         self.clock: Clock = clock or LoopClock(stop)
         self.summary = JobSummary(job.name)
         self.pacer = Pacer(
-            PacingConfig(
-                rate=settings.rate,
-                cost=settings.cost,
-                max_queue_wait_s=settings.max_queue_wait_s,
-                sender_limits=settings.sender_limits,
-                type_limits=settings.type_limits,
-            ),
+            pacing_config(settings),
             job.message.senders,
             now=self.clock.now,
             sleep=self.clock.sleep,
