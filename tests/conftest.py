@@ -19,6 +19,7 @@ from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.errors import NotFound, SendError
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
+from bulk_mms.runner import run_job
 
 pytest_plugins = ("pytest_aiohttp",)
 
@@ -177,6 +178,15 @@ class JobFactory:
         for r in rows:
             r.update(cols)
         return self.csv(rows)
+
+
+async def sent_ledger(jobs: JobFactory, n: int) -> tuple[Path, FakeClient]:
+    """A ledger with ``n`` recipients sent in groups of 4 through a fake client."""
+    jobs.people(n)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeSleep())
+    return job.ledger, client
 
 
 @pytest.fixture

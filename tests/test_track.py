@@ -18,7 +18,7 @@ from bulk_mms.ledger import iter_events
 from bulk_mms.models import RecipientStatus
 from bulk_mms.runner import run_job
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers
+from tests.conftest import FAST, FakeSleep, JobFactory, numbers, sent_ledger
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -70,18 +70,9 @@ def test_supersedes_orders_reports(
     assert supersedes(new, new_at, old) is news
 
 
-async def sent_ledger(jobs: JobFactory, n: int = 16) -> tuple[Path, FakeClient]:
-    """A ledger with ``n`` recipients sent in groups of 4 through a fake client."""
-    jobs.people(n)
-    job = jobs.job(extra="group_size = 4")
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeSleep())
-    return job.ledger, client
-
-
 async def test_one_pass_records_each_change_once(jobs: JobFactory) -> None:
     """A pass writes one status line per recipient whose status changed, and none on a repeat."""
-    ledger, client = await sent_ledger(jobs)
+    ledger, client = await sent_ledger(jobs, 16)
     for i, g in enumerate(client.calls):
         client.delivery[f"msg-{g.id}-{i}"] = tuple(
             RecipientStatus(p, "delivered", message_id=f"r-{p}") for p in g.to

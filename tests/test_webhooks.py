@@ -22,9 +22,9 @@ from bulk_mms.delivery import DeliveryBook
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import Ledger, iter_events
 from bulk_mms.models import Group
-from bulk_mms.runner import Stop, run_job
+from bulk_mms.runner import Stop
 from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory
+from tests.conftest import FakeClient, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()
 PUBLIC_B64 = base64.b64encode(
@@ -65,17 +65,27 @@ def status_lines(path: Path) -> list[dict[str, Any]]:
     return [e for _, e in iter_events(path) if e["event"] == "status"]
 
 
-async def sent(jobs: JobFactory, n: int = 8) -> tuple[Path, FakeClient]:
-    jobs.people(n)
-    job = jobs.job(extra="group_size = 4")
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeSleep())
-    return job.ledger, client
+def append_late_group(path: Path, like: Group) -> Group:
+    """Append the `sent` line a run writes for one more group (message id "late-msg")."""
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    ledger = Ledger.open_for_status(path)
+    ledger.write_sync(
+        {
+            "event": "sent",
+            "group": late.id,
+            "seq": late.seq,
+            "to": list(late.to),
+            "message_id": "late-msg",
+            "time": "2026-11-23T10:00:00Z",
+        }
+    )
+    ledger.close_sync()
+    return late
 
 
 @pytest.fixture
 async def hooks(jobs: JobFactory) -> AsyncIterator[tuple[TestClient[Any, Any], Path, FakeClient]]:
-    ledger_path, client = await sent(jobs)
+    ledger_path, client = await sent_ledger(jobs, 8)
     ledger = Ledger.open_for_status(ledger_path)
     receiver = WebhookReceiver(DeliveryBook.load(ledger_path), ledger, load_public_key(PUBLIC_B64))
     receiver.late_window_s = 0.3
@@ -162,7 +172,7 @@ async def test_unknown_recipients_and_other_events_write_nothing(
 
 async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) -> None:
     """Listening on port 0 beside a run, events for groups sent later are still recorded."""
-    path, client = await sent(jobs, 4)
+    path, client = await sent_ledger(jobs, 4)
     stop = Stop()
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(
@@ -171,21 +181,7 @@ async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) ->
         )
     )
     address = await ready
-    # a run appends a sent group after the server read the ledger
-    ledger = Ledger.open_for_status(path)
-    g = client.calls[0]
-    ledger.write_sync(
-        {
-            "event": "sent",
-            "group": "late-group",
-            "seq": 9,
-            "to": ["+13125550111"],
-            "message_id": "late-msg",
-            "time": "2026-11-23T10:00:00Z",
-        }
-    )
-    ledger.close_sync()
-    late = Group("late-group", 9, ("+13125550111",), (9,), g.message)
+    late = append_late_group(path, client.calls[0])  # sent after the server read the ledger
     raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
     async with (
         aiohttp.ClientSession() as session,
@@ -232,18 +228,7 @@ async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
     raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
     resp = await http.post("/webhooks", data=raw, headers=headers)
     assert (await resp.json())["pending"] == 1
-    ledger = Ledger.open_for_status(path)
-    ledger.write_sync(
-        {
-            "event": "sent",
-            "group": "late-group",
-            "seq": 9,
-            "to": ["+13125550111"],
-            "message_id": "late-msg",
-            "time": "2026-11-23T10:00:00Z",
-        }
-    )
-    ledger.close_sync()
+    append_late_group(path, client.calls[0])
     for _ in range(50):
         if status_lines(path):
             break
