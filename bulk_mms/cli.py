@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -40,7 +41,7 @@ from bulk_mms.errors import (
     LedgerError,
     UsageError,
 )
-from bulk_mms.ledger import LedgerLocked
+from bulk_mms.ledger import LedgerLocked, fingerprint
 from bulk_mms.media import check_media
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--name",
-        help="job name (default: the job's; with --input, the job's plus the file's stem, so "
-        "group ids and Idempotency-Keys differ from the first send)",
+        help="job name (default: the job's; with --input, the job's plus the file's stem and "
+        "a short hash of it, so the resend has a ledger and a campaign of its own)",
     )
     run.add_argument(
         "--base-url", help=f"API base URL (default: ${'{'}TELNYX_BASE_URL{'}'} or the live API)"
@@ -241,8 +242,7 @@ def _api_key(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job, name=args.name, input_file=args.input)
     if args.input is not None and args.name is None:
-        # a new name: same recipients regrouped the same way must not reuse the first keys
-        job = load_job(args.job, name=f"{job.name}-{args.input.stem}", input_file=args.input)
+        job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
     if args.ledger is not None:
         job = replace(job, ledger=args.ledger)
     settings = _settings(args)
@@ -262,6 +262,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
     return _exit_code(summary)
+
+
+def _rerun_name(name: str, input_file: Path) -> str:
+    """The job name for ``run --input FILE``: ``<name>-<stem>-<first 8 hex of the file's hash>``.
+
+    The name picks the ledger, so a resend gets a ledger (and a campaign) of its own instead of
+    tripping over the first send's; the hash gives each round of ``--failed-csv`` reruns its own
+    (a second ``failed.csv`` differs from the first), while rerunning the same file resumes.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
+    try:
+        digest = fingerprint(input_file).removeprefix("sha256:")[:8]
+    except OSError:
+        return f"{name}-{stem}"[:100]  # unreadable: the run stops on it with its own message
+    return f"{name}-{stem}"[:91] + f"-{digest}"
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The one seam between the runner and the Telnyx API.
 
-:class:`MmsClient` is all the runner knows: ``await client.send(group)`` returns a
+:class:`MmsClient` is all the runner knows: ``await client.send(group, key)`` returns a
 :class:`~bulk_mms.models.SendReceipt` or raises a :class:`~bulk_mms.errors.SendError`. Unit tests
 pass a fake; :class:`AiohttpMmsClient` is the real one. No aiohttp exception leaves this module:
 :func:`map_client_errors` translates them at the boundary, and status codes become typed errors
@@ -50,8 +50,8 @@ USER_AGENT = f"bulk-mms/{__version__}"
 class MmsClient(Protocol):
     """Sends one group MMS, and reads back where its recipients stand. The one API seam."""
 
-    async def send(self, group: Group) -> SendReceipt:
-        """Send ``group``; return the API's receipt.
+    async def send(self, group: Group, key: str) -> SendReceipt:
+        """Send ``group`` under the ``Idempotency-Key`` ``key``; return the API's receipt.
 
         Raises:
             SendError: a subclass saying whether a retry is safe (see :mod:`bulk_mms.errors`).
@@ -72,9 +72,18 @@ class MmsClient(Protocol):
         ...
 
 
-def idempotency_key(group: Group) -> str:
-    """The ``Idempotency-Key`` for a group: the same on every retry and every resume."""
-    return f"bulk-mms-{group.id}"
+def idempotency_key(campaign: str | None, group_id: str) -> str:
+    """The ``Idempotency-Key`` of a group in a campaign: the same on every retry and resume.
+
+    ``campaign`` is the ledger's identity (its header's ``campaign``), made when the ledger is
+    created: the same group in another ledger (tomorrow's ``{date}`` ledger, a new
+    ``--ledger``) gets another key, so the API sends it anew instead of replaying the answer
+    it gave the first campaign. ``None`` is a ledger written before campaigns existed: its
+    groups keep the key they were first sent under, so resuming it is still a replay.
+    """
+    if campaign is None:
+        return f"bulk-mms-{group_id}"
+    return f"bulk-mms-{campaign}-{group_id}"
 
 
 def request_body(group: Group) -> dict[str, Any]:
@@ -331,10 +340,10 @@ class AiohttpMmsClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, group: Group) -> SendReceipt:
+    async def send(self, group: Group, key: str) -> SendReceipt:
         """POST the group; return a receipt or raise a typed :class:`SendError`."""
         data = orjson.dumps(request_body(group))
-        headers = {**self._headers, "Idempotency-Key": idempotency_key(group)}
+        headers = {**self._headers, "Idempotency-Key": key}
         status, body = await self._request("POST", self._send_url, data, headers)
         try:
             return parse_receipt(body)

@@ -40,7 +40,9 @@ import orjson
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerMismatch
 
 #: Ledger format version, in the header. Bumped when the meaning of a field changes.
-FORMAT = 1
+#: 2: the header carries ``campaign``, which every Idempotency-Key includes. A format-1 ledger
+#: (no campaign) still resumes, under the keys it was started with.
+FORMAT = 2
 Event = dict[str, Any]
 
 
@@ -159,6 +161,12 @@ class LedgerState:
     #: Groups with an ``in_doubt`` event of their own (an attempt cut off by a crash has none
     #: until a later run holds it and records one).
     doubt_recorded: set[str] = field(default_factory=set)
+
+    @property
+    def campaign(self) -> str | None:
+        """The ledger's identity, part of every Idempotency-Key; None for a format-1 ledger."""
+        value = self.header.get("campaign") if self.header is not None else None
+        return value if isinstance(value, str) and value else None
 
     def is_done(self, group: str) -> bool:
         """True when the group has a final outcome and must never be sent again."""

@@ -57,6 +57,8 @@ class LedgerSummary:
     #: The ledger header's phone column (the failed-recipients file uses the same name).
     phone_column: str = "phone"
     fingerprint: str | None = None
+    #: The ledger's campaign (its identity; None for a format-1 ledger).
+    campaign: str | None = None
 
     @property
     def recipients(self) -> int:
@@ -153,6 +155,7 @@ class _Summarizer:
             s.job, s.input = ev.get("job"), ev.get("input")
             s.phone_column = str(ev.get("phone_column") or "phone")
             s.fingerprint = ev.get("fingerprint")
+            s.campaign = ev.get("campaign") if isinstance(ev.get("campaign"), str) else None
         elif kind == "status":
             self.book.feed(ev)
         elif kind == "run":
@@ -287,6 +290,10 @@ def format_csv(s: LedgerSummary) -> str:
 
 #: The column the failed-recipients file adds, saying why each row is in it.
 REASON_COLUMN = "bulk_mms_reason"
+#: The campaign the recipients were missed by. It makes each round's file differ from the last
+#: even when the same people fail for the same reason, so ``run --input`` (which names the
+#: resend after the file's hash) gives every round a ledger and a campaign of its own.
+CAMPAIGN_COLUMN = "bulk_mms_campaign"
 
 
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
@@ -294,7 +301,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
 
     When the job's input file is still there and unchanged (its fingerprint matches the
     ledger's), each recipient's whole original row is written, so the new job's templates find
-    the same columns; otherwise only the phone column. A ``bulk_mms_reason`` column says why.
+    the same columns; otherwise only the phone column. A ``bulk_mms_reason`` column says why,
+    and ``bulk_mms_campaign`` which campaign missed them (replacing those columns of an input
+    that was itself such a file).
     The file is written next to ``out`` and renamed into place, so it is never half written.
 
     Returns:
@@ -312,10 +321,13 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         rows = [{s.phone_column: phone} for phone in wanted]
     for row in rows:
         row[REASON_COLUMN] = wanted[_phone_key(row[s.phone_column])]
+        row[CAMPAIGN_COLUMN] = s.campaign or ""
+    ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
+    columns = [c for c in columns if c not in ours]
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tmp.open("w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, [*columns, REASON_COLUMN], extrasaction="ignore")
+        w = csv.DictWriter(f, [*columns, *ours], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     tmp.replace(out)

@@ -101,6 +101,7 @@ def _log_retry(group: Group) -> Callable[[tenacity.RetryCallState], None]:
 async def send_with_retry(
     client: MmsClient,
     group: Group,
+    key: str,
     policy: RetryConfig,
     *,
     sleep: Sleep = asyncio.sleep,
@@ -116,6 +117,7 @@ async def send_with_retry(
     Args:
         client: the API seam.
         group: what to send.
+        key: its ``Idempotency-Key``, the same on every try.
         policy: attempts and backoff.
         sleep: awaited between tries (tests pass a fake).
         before_attempt: awaited with the attempt number before each try (rate limiting, the
@@ -157,7 +159,7 @@ async def send_with_retry(
                 if before_attempt is not None:
                     await before_attempt(number)
                 try:
-                    receipt = await client.send(group)
+                    receipt = await client.send(group, key)
                 except SendError as exc:
                     if on_error is not None:
                         on_error(exc)

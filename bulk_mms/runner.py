@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -447,6 +448,7 @@ class Runner:
         # is a replay under the same key, and a 422 would mean the body changed under it.
         was_in_doubt = group.id in self.state.in_doubt
         t0 = self.state.first_attempt.get(group.id)
+        key = idempotency_key(self.state.campaign, group.id)
 
         async def before_attempt(number: int) -> None:
             nonlocal ticket, t0
@@ -466,7 +468,7 @@ class Runner:
                     "seq": group.seq,
                     "from": group.message.from_,
                     "attempt": number,
-                    "key": idempotency_key(group),
+                    "key": key,
                     "t0": t0,
                     "time": now_iso(),
                 }
@@ -483,6 +485,7 @@ class Runner:
             result = await send_with_retry(
                 self.client,
                 group,
+                key,
                 self.settings.retry,
                 sleep=self.clock.sleep,
                 before_attempt=before_attempt,
@@ -695,12 +698,16 @@ async def run_job(
         try:
             state = replay(job.ledger)
             if state.header is None:
+                # A new ledger is a new campaign: its own identity, in every Idempotency-Key.
+                header["campaign"] = secrets.token_hex(8)
                 ledger.write_sync(header)
+                state.header = header
             else:
                 check_header(job.ledger, state.header, header)
                 log.info(
                     "ledger.resumed",
                     ledger=str(job.ledger),
+                    campaign=state.campaign,
                     sent=len(state.sent),
                     failed=len(state.failed),
                     in_doubt=len(state.in_doubt),
@@ -723,6 +730,7 @@ async def run_job(
                 job=job.name,
                 input=str(job.input),
                 ledger=str(job.ledger),
+                campaign=state.campaign,
                 rate=settings.rate,
                 concurrency=settings.concurrency,
             )

@@ -53,14 +53,17 @@ class FakeClient:
 
     handler: Handler | None = None
     calls: list[Group] = field(default_factory=list)
+    #: The Idempotency-Key of each call, same order as ``calls``.
+    keys: list[str] = field(default_factory=list)
     #: What the GETs answer, by message id: statuses, or an error to raise; unknown ids 404.
     delivery: dict[str, tuple[RecipientStatus, ...] | SendError] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
     _counter: Iterator[int] = field(default_factory=itertools.count)
 
-    async def send(self, group: Group) -> SendReceipt:
+    async def send(self, group: Group, key: str) -> SendReceipt:
         n = next(self._counter)
         self.calls.append(group)
+        self.keys.append(key)
         if self.handler is None:
             return ok_receipt(group, n)
         result = self.handler(group, n)

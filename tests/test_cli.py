@@ -277,6 +277,14 @@ def test_campaign_end_to_end_through_the_cli(
         }
         before = len(fake.accepted)
         assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
-    resent = sorted(p for m in fake.accepted[before:] for p in m.to)
-    assert resent == sorted(expected)
-    assert (jobs.root / "ledgers" / "test-job-failed.jsonl").exists()
+        resent = sorted(p for m in fake.accepted[before:] for p in m.to)
+        assert resent == sorted(expected)
+        (round1,) = (jobs.root / "ledgers").glob("test-job-failed-*.jsonl")
+        # the same people fail again; the second round is a campaign of its own, and sends
+        track = ["-q", "track", str(round1), "--base-url", url, "--follow", "--config", str(cfg)]
+        assert main(track) == 0
+        assert main(["report", str(round1), "--format", "json", "--failed-csv", str(failed)]) == 0
+        before = len(fake.accepted)
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
+        assert sorted(p for m in fake.accepted[before:] for p in m.to) == sorted(expected)
+    assert len(list((jobs.root / "ledgers").glob("test-job-failed-*.jsonl"))) == 2

@@ -28,6 +28,7 @@ from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, MessageBody
 
 KEY = "test-key-123"
+IDEM = idempotency_key("c0ffee", "gid0001")
 API = tuple[FakeTelnyx, str]
 
 
@@ -46,7 +47,7 @@ async def test_send_returns_typed_receipt(fake_api: API) -> None:
     fake, url = fake_api
     fake.wait_seconds = lambda n: 1.5
     async with client(url) as c:
-        receipt = await c.send(group(3, subject="S", media_urls=("https://x.test/a.png",)))
+        receipt = await c.send(group(3, subject="S", media_urls=("https://x.test/a.png",)), IDEM)
     assert receipt.message_id == fake.accepted[0].id
     assert [s.phone for s in receipt.statuses] == list(group(3).to)
     assert {s.status for s in receipt.statuses} == {"queued"}
@@ -55,7 +56,7 @@ async def test_send_returns_typed_receipt(fake_api: API) -> None:
     assert receipt.cost.amount == Decimal("0.0153")
     assert receipt.cost.currency == "USD"
     assert fake.requests[0]["media_urls"] == ["https://x.test/a.png"]
-    assert fake.accepted[0].idempotency_key == idempotency_key(group())
+    assert fake.accepted[0].idempotency_key == IDEM == "bulk-mms-c0ffee-gid0001"
 
 
 def test_request_body_leaves_out_unset_fields() -> None:
@@ -125,7 +126,7 @@ async def test_faults_map_to_the_error_tree(
     fake.faults.append(fault)
     async with client(url) as c:
         with pytest.raises(error) as info:
-            await c.send(group())
+            await c.send(group(), IDEM)
     for name, value in fields.items():
         assert getattr(info.value, name) == value
     assert KEY not in str(info.value)
@@ -137,7 +138,7 @@ async def test_slow_response_times_out_as_ambiguous(fake_api: API) -> None:
     fake.faults.append(Fault("slow", delay=2.0))
     async with client(url, timeout=0.2) as c:
         with pytest.raises(AmbiguousSendError, match="no response in time"):
-            await c.send(group())
+            await c.send(group(), IDEM)
     assert len(fake.accepted) == 1  # it was accepted after all: exactly why it is in doubt
 
 
@@ -146,7 +147,7 @@ async def test_wrong_key_is_auth_error_without_the_key(fake_api: API) -> None:
     _, url = fake_api
     async with client(url, key="wrong-secret-key") as c:
         with pytest.raises(AuthError) as info:
-            await c.send(group())
+            await c.send(group(), IDEM)
     assert info.value.status == 401
     assert "wrong-secret-key" not in str(info.value)
     assert "wrong-secret-key" not in repr(c)
@@ -164,7 +165,7 @@ async def test_invalid_body_is_rejected_by_the_fake(fake_api: API) -> None:
     )
     async with client(url) as c:
         with pytest.raises(Rejected) as info:
-            await c.send(big)
+            await c.send(big, IDEM)
     assert info.value.status == 422
     assert "No more than 8" in str(info.value)
 
@@ -176,14 +177,14 @@ async def test_connection_refused_is_network_error(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     async with client(f"http://127.0.0.1:{port}/v2") as c:
         with pytest.raises(NetworkError, match="cannot connect"):
-            await c.send(group())
+            await c.send(group(), IDEM)
 
 
 async def test_dns_failure_is_network_error() -> None:
     """A host name that does not resolve fails before anything is sent: NetworkError."""
     async with client("http://no-such-host.invalid/v2") as c:
         with pytest.raises(NetworkError, match="cannot connect"):
-            await c.send(group())
+            await c.send(group(), IDEM)
 
 
 def test_receipt_without_data_is_ambiguous() -> None:
@@ -198,7 +199,7 @@ async def test_idempotency_key_replays_first_response(fake_api: API) -> None:
     """The same group sent twice with the same key is accepted once; the id is replayed."""
     fake, url = fake_api
     async with client(url) as c:
-        first = await c.send(group())
-        second = await c.send(group())
+        first = await c.send(group(), IDEM)
+        second = await c.send(group(), IDEM)
     assert first.message_id == second.message_id
     assert len(fake.accepted) == 1

@@ -16,7 +16,7 @@ from bulk_mms.delivery import status_event
 from bulk_mms.errors import Rejected
 from bulk_mms.ledger import Ledger
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.report import REASON_COLUMN, summarize, write_failed_csv
+from bulk_mms.report import CAMPAIGN_COLUMN, REASON_COLUMN, summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, ok_receipt
 
@@ -89,7 +89,11 @@ async def test_failed_csv_without_the_input_keeps_the_numbers(jobs: JobFactory) 
     out = jobs.root / "failed.csv"
     n, full = write_failed_csv(summarize(path), out)
     assert (n, full) == (6, False)
-    assert next(csv.reader(io.StringIO(out.read_text()))) == ["phone", REASON_COLUMN]
+    assert next(csv.reader(io.StringIO(out.read_text()))) == [
+        "phone",
+        REASON_COLUMN,
+        CAMPAIGN_COLUMN,
+    ]
 
 
 async def test_failed_csv_fed_back_sends_exactly_the_failures(jobs: JobFactory) -> None:

@@ -17,6 +17,7 @@ from bulk_mms.retry import send_with_retry
 from tests.conftest import FakeClient, FakeSleep, ok_receipt
 
 POLICY = RetryConfig(attempts=4, backoff_initial=1.0, backoff_max=8.0, max_retry_after=60.0)
+KEY = "bulk-mms-c0ffee-g1"
 GROUP = Group("g1", 0, ("+12125550100",), (2,), MessageBody(from_="+18445550001", text="x"))
 
 
@@ -31,7 +32,7 @@ def script(*answers: SendError | None) -> FakeClient:
 async def test_429_waits_for_the_server_hint(fake_sleep: FakeSleep) -> None:
     """A 429 with Retry-After waits exactly that long, then the retry succeeds."""
     c = script(RateLimited("x", retry_after=7.0), None)
-    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 2
     assert fake_sleep.calls == [7.0]
@@ -40,14 +41,14 @@ async def test_429_waits_for_the_server_hint(fake_sleep: FakeSleep) -> None:
 async def test_huge_hint_is_capped(fake_sleep: FakeSleep) -> None:
     """A Retry-After beyond max_retry_after is capped to it."""
     c = script(RateLimited("x", retry_after=10_000.0), None)
-    await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
     assert fake_sleep.calls == [60.0]
 
 
 async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeSleep) -> None:
     """5xx and connect failures retry with waits within the exponential envelope."""
     c = script(ServerError("x", status=503), NetworkError("x"), ServerError("x", status=500), None)
-    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 4
     assert len(fake_sleep.calls) == 3
@@ -58,7 +59,7 @@ async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeSleep
 async def test_gives_up_after_the_configured_attempts(fake_sleep: FakeSleep) -> None:
     """When every try fails, the last error is returned with the number of tries."""
     c = script(*[ServerError("down", status=502)] * 10)
-    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
     assert isinstance(result.error, ServerError)
     assert result.attempts == 4
     assert len(c.calls) == 4
@@ -68,7 +69,7 @@ async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeSl
     """Rejected, AuthError and AmbiguousSendError end after a single try."""
     for err in (Rejected("no", status=422), AuthError("no", status=401), AmbiguousSendError("?")):
         c = script(err)
-        result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+        result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
         assert result.error is err
         assert result.attempts == 1
         assert len(c.calls) == 1
@@ -78,7 +79,7 @@ async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeSl
 async def test_429s_do_not_use_up_attempts(fake_sleep: FakeSleep) -> None:
     """Ten 429s in a row, then success: 429s are not failures, so attempts=4 is not exceeded."""
     c = script(*[RateLimited("x", retry_after=0.5)] * 10, None)
-    result = await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 11
 
@@ -88,7 +89,7 @@ async def test_deadline_ends_a_run_of_429s(fake_sleep: FakeSleep) -> None:
     c = script(*[RateLimited("x", retry_after=2.0)] * 100)
     deadline = fake_sleep.now() + 9.0
     result = await send_with_retry(
-        c, GROUP, POLICY, sleep=fake_sleep, deadline=deadline, now=fake_sleep.now
+        c, GROUP, KEY, POLICY, sleep=fake_sleep, deadline=deadline, now=fake_sleep.now
     )
     assert isinstance(result.error, RateLimited)
     assert result.attempts == 6  # tries at t=0, 2, 4, 6, 8, 10: the last one is past 9
@@ -99,5 +100,5 @@ async def test_on_error_sees_every_failed_try(fake_sleep: FakeSleep) -> None:
     """The on_error hook is called once per failed try, with that try's error."""
     seen: list[SendError] = []
     c = script(RateLimited("x", retry_after=1.0), ServerError("y", status=500), None)
-    await send_with_retry(c, GROUP, POLICY, sleep=fake_sleep, on_error=seen.append)
+    await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep, on_error=seen.append)
     assert [type(e) for e in seen] == [RateLimited, ServerError]
