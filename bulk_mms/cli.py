@@ -32,12 +32,15 @@ from bulk_mms.config import (
     check_settings,
     load_job,
     load_settings,
+    sends_key_in_clear,
 )
 from bulk_mms.errors import (
     ApiUnavailable,
     AuthError,
     BulkMmsError,
     ConfigError,
+    EndpointError,
+    FatalSendError,
     LedgerError,
     UsageError,
 )
@@ -58,6 +61,9 @@ EXIT_WINDOW = 4  # outside the job's send_window, or it closed: resumable
 EXIT_LOCKED = 75  # another run holds the ledger (EX_TEMPFAIL: try again later)
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+
+#: Misbehaviours for ``run --sandbox`` to show (see ``fake_api.FAULT_PRESETS``).
+SANDBOX_FAULTS_ENV = "BULK_MMS_SANDBOX_FAULTS"
 
 _SIGNAL_EXIT = {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM}
 #: Seconds given to requests in flight after the first signal, beyond the request timeout.
@@ -171,10 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_LOCKED)
     except (UsageError, LedgerError) as exc:
         return _fail(exc, EXIT_USAGE)
-    except AuthError as exc:
-        return _fail(exc, EXIT_AUTH)
-    except BulkMmsError as exc:  # pragma: no cover - every subclass is mapped above
-        return _fail(exc, EXIT_USAGE)
+    except BulkMmsError as exc:
+        return _fail(exc, _exit_for(exc) or EXIT_USAGE)
     except KeyboardInterrupt:
         print("bulk-mms: interrupted", file=sys.stderr)
         return EXIT_SIGINT
@@ -280,20 +284,33 @@ def _rerun_name(name: str, input_file: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: Stop, grace: float) -> Iterator[None]:
-    """First SIGINT/SIGTERM: ask ``stop`` and cancel after ``grace`` s; a second: cancel now."""
+def _stop_on_signals(stop: Stop, grace: float, *, cancel_on_force: bool = False) -> Iterator[None]:
+    """SIGINT/SIGTERM: the first asks ``stop`` (waits end at once, requests in flight finish)
+    and forces it after ``grace`` s; a second forces it now (requests in flight are cancelled,
+    every written line kept); a third cancels everything. ``cancel_on_force``: for work that
+    has nothing in flight worth finishing (tracking), forcing cancels the task."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    log = structlog.get_logger("bulk_mms.cli")
+    signals: list[str] = []
+
+    def force(name: str) -> None:
+        stop.force(name)
+        if cancel_on_force:
+            task.cancel()
 
     def on_signal(name: str) -> None:
-        if stop.is_set():
-            structlog.get_logger("bulk_mms.cli").warning("job.cancelled", signal=name)
-            task.cancel()  # second signal: stop at once; attempts already recorded stay in doubt
-            return
-        structlog.get_logger("bulk_mms.cli").warning("job.stopping", signal=name)
-        stop.request(name)
-        loop.call_later(grace, task.cancel)
+        signals.append(name)
+        if len(signals) == 1:
+            log.warning("job.stopping", signal=name)
+            stop.request(name)
+            loop.call_later(grace, force, name)
+        elif len(signals) == 2:
+            log.warning("job.cancelled", signal=name)
+            force(name)
+        else:
+            task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
@@ -302,9 +319,20 @@ def _stop_on_signals(stop: Stop, grace: float) -> Iterator[None]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            if signals:
+                # already on the way out with the code a signal gives: another Ctrl-C must not
+                # turn the clean exit into a KeyboardInterrupt
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
+    if sends_key_in_clear(base_url):
+        structlog.get_logger("bulk_mms.cli").warning(
+            "config.cleartext_base_url",
+            base_url=base_url,
+            hint="plain http to a host that is not this machine: the API key would cross the "
+            "network unencrypted; use https",
+        )
     return AiohttpMmsClient(
         base_url,
         key,
@@ -353,8 +381,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     settings = _settings(args)
     key = _api_key(args)
     result = asyncio.run(_track(args.ledger, settings, key, follow=args.follow))
-    if isinstance(result.error, AuthError):
-        return _fail(result.error, EXIT_AUTH)
+    if result.error is not None:
+        return _fail(result.error, _exit_for(result.error) or EXIT_USAGE)
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -368,12 +396,12 @@ def cmd_track(args: argparse.Namespace) -> int:
 async def _track(path: Path, settings: Settings, key: str, *, follow: bool) -> TrackResult:
     stop = Stop()
     try:
-        with _stop_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+        with _stop_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S, cancel_on_force=True):
             async with _client(settings, settings.base_url, key) as client:
                 return await track_ledger(path, settings, client, follow=follow, stop=stop)
     except asyncio.CancelledError:
         return TrackResult(stopped=stop.reason or "SIGINT")
-    except AuthError as exc:
+    except FatalSendError as exc:
         return TrackResult(error=exc)
 
 
@@ -382,17 +410,33 @@ async def _endpoint(settings: Settings, sandbox: bool) -> AsyncIterator[str]:
     if not sandbox:
         yield settings.base_url
         return
-    async with fake_api.serve() as url:
-        structlog.get_logger("bulk_mms.cli").info("sandbox.started", base_url=url)
+    fake = fake_api.FakeTelnyx()
+    try:
+        fake.faults.extend(fake_api.parse_faults(os.environ.get(SANDBOX_FAULTS_ENV, "")))
+    except ValueError as exc:
+        raise ConfigError(SANDBOX_FAULTS_ENV, str(exc)) from None
+    async with fake_api.serve(fake) as url:
+        structlog.get_logger("bulk_mms.cli").info(
+            "sandbox.started", base_url=url, faults=len(fake.faults)
+        )
         yield url
 
 
-#: Errors that stop a run part way, and the exit code each gives.
+#: Errors that stop a run (or track) part way, and the exit code each gives.
 _STOPPING_ERRORS: tuple[tuple[type[BulkMmsError], int], ...] = (
     (AuthError, EXIT_AUTH),
+    (EndpointError, EXIT_USAGE),
     (LedgerError, EXIT_USAGE),
     (ApiUnavailable, EXIT_INCOMPLETE),
 )
+
+
+def _exit_for(exc: BaseException | None) -> int | None:
+    """The exit code of an error that stopped the work, from the one table above."""
+    for kind, code in _STOPPING_ERRORS:
+        if isinstance(exc, kind):
+            return code
+    return None
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
@@ -423,9 +467,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def _exit_code(s: JobSummary) -> int:
-    for kind, code in _STOPPING_ERRORS:
-        if isinstance(s.error, kind):
-            return _fail(s.error, code)
+    if s.error is not None and (code := _exit_for(s.error)) is not None:
+        return _fail(s.error, code)
     if s.stopped == "window":
         print(
             f"bulk-mms: send window closed: {s.sent_groups} groups sent this run; "
@@ -451,6 +494,13 @@ def _exit_code(s: JobSummary) -> int:
             f"p95 {s.wait_seconds_p95} max {s.wait_seconds_max}; 429s {s.rate_limited} "
             f"(queue full {s.queue_full})"
         )
+    if s.stopped == "deadline":
+        print(
+            f"bulk-mms: stopped at max_job_duration_s: {s.sent_groups} groups sent this run; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     incomplete = s.open_failed or s.open_in_doubt or s.retry_later_groups
     return EXIT_INCOMPLETE if incomplete else EXIT_OK
 

@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
+import re
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 import aiohttp
 import orjson
+import structlog
+import yarl
 
 from bulk_mms._version import __version__
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
     AuthError,
+    EndpointError,
     NetworkError,
     NotFound,
     RateLimited,
@@ -38,13 +42,14 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
+from bulk_mms.models import Group, RecipientStatus, SendReceipt, parse_money
 
 SEND_PATH = "/messages/group_mms"
 GROUP_PATH = "/messages/group/"
 MESSAGE_PATH = "/messages/"
 
 USER_AGENT = f"bulk-mms/{__version__}"
+log = structlog.get_logger("bulk_mms.client")
 
 
 class MmsClient(Protocol):
@@ -107,31 +112,31 @@ def request_body(group: Group) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Parsing responses
+#
+# Every answer is untrusted input: each field is read with a bound, and nothing a server sends
+# can raise anything but a SendError. A field that fails its bound is dropped (and, where it
+# matters, logged), never allowed to crash the run or turn into a send that did not happen.
+
+#: Largest response body read; past it the answer is unusable (a 2xx is then in doubt).
+MAX_BODY = 1 << 20
+#: Message ids are UUIDs; anything longer or stranger is not one.
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: Bounds on the text we keep from an answer: statuses, error entries and their fields.
+_STATUS_CHARS = 40
+_MAX_ERRORS = 10
+_ERROR_CHARS = 500
 
 
-def parse_money(value: object) -> Money | None:
-    """``{"amount": "0.0051" | 0.0051, "currency": "USD"}`` as exact :class:`Money`.
-
-    The API sends the amount as a string on some endpoints and as a JSON number on others;
-    ``str()`` of the parsed float gives back the shortest literal, so both become the same
-    Decimal.
-    """
-    if not isinstance(value, dict):
-        return None
-    amount, currency = value.get("amount"), value.get("currency")
-    if amount is None or isinstance(amount, bool) or not isinstance(amount, str | int | float):
-        return None
-    try:
-        dec = Decimal(str(amount).strip())
-    except InvalidOperation:
-        return None
-    if not dec.is_finite():
-        return None
-    return Money(dec, str(currency or "USD"))
+def _text(value: object, limit: int) -> str:
+    """A string field of an answer, cut to ``limit`` characters; anything else is empty."""
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def parse_errors(body: object) -> tuple[ApiError, ...]:
-    """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly."""
+    """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly.
+
+    At most :data:`_MAX_ERRORS` entries, each field cut to :data:`_ERROR_CHARS` characters.
+    """
     if not isinstance(body, dict):
         return ()
     items = body.get("errors")
@@ -140,24 +145,42 @@ def parse_errors(body: object) -> tuple[ApiError, ...]:
     if not isinstance(items, list):
         return ()
     out = []
-    for item in items:
+    for item in items[:_MAX_ERRORS]:
         if isinstance(item, dict):
+            code = item.get("code")
             out.append(
                 ApiError(
-                    code=str(item.get("code") or ""),
-                    title=str(item.get("title") or ""),
-                    detail=str(item.get("detail") or ""),
+                    code=str(code)[:_ERROR_CHARS] if isinstance(code, str | int) else "",
+                    title=_text(item.get("title"), _ERROR_CHARS),
+                    detail=_text(item.get("detail"), _ERROR_CHARS),
                 )
             )
     return tuple(out)
 
 
-def parse_receipt(body: object) -> SendReceipt:
+def parse_seconds(value: object) -> float | None:
+    """A non-negative number of seconds from an answer (``wait_seconds``), or None.
+
+    Huge values stay as they are (the pacer clamps them to its ceilings and says so); what is
+    not a number at all, or negative, is no value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
     """Turn a 2xx body into a :class:`SendReceipt`.
 
+    Args:
+        body: the parsed JSON.
+        to: the numbers the request was for; recipients the answer lists are checked against
+            them (an answer about other numbers is not an answer to this request).
+
     Raises:
-        AmbiguousSendError: the body has no message id: the API took the request but we cannot
-            tell what became of it.
+        AmbiguousSendError: the body has no usable message id, or names numbers the request
+            did not: the API took the request but we cannot tell what became of it.
     """
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict):
@@ -165,16 +188,29 @@ def parse_receipt(body: object) -> SendReceipt:
     message_id = data.get("id")
     if not isinstance(message_id, str) or not message_id:
         raise AmbiguousSendError("accepted, but the response has no message id")
+    if not _MESSAGE_ID.match(message_id):
+        raise AmbiguousSendError("accepted, but the response's message id is not an id")
+    wanted = set(to) if to is not None else None
     statuses = []
-    for item in data.get("to") or ():
+    listed = data.get("to")
+    for item in listed if isinstance(listed, list) else ():
         if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-            statuses.append(RecipientStatus(item["phone_number"], str(item.get("status") or "")))
-    wait = data.get("wait_seconds")
+            phone = item["phone_number"]
+            if wanted is not None and phone not in wanted:
+                raise AmbiguousSendError(
+                    "accepted, but the response lists a number this request did not send to"
+                )
+            statuses.append(RecipientStatus(phone, _text(item.get("status"), _STATUS_CHARS)))
+    raw_cost = data.get("cost")
+    cost = parse_money(raw_cost)
+    if cost is None and raw_cost is not None:
+        amount = raw_cost.get("amount") if isinstance(raw_cost, dict) else raw_cost
+        log.warning("response.cost_unusable", message_id=message_id, amount=repr(amount)[:60])
     return SendReceipt(
         message_id=message_id,
         statuses=tuple(statuses),
-        wait_seconds=float(wait) if isinstance(wait, int | float) and wait >= 0 else None,
-        cost=parse_money(data.get("cost")),
+        wait_seconds=parse_seconds(data.get("wait_seconds")),
+        cost=cost,
         errors=parse_errors(data),
     )
 
@@ -191,17 +227,20 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
     for msg in messages:
         if not isinstance(msg, dict):
             continue
-        mid = msg.get("id") if isinstance(msg.get("id"), str) else None
+        mid = msg.get("id")
+        mid = mid if isinstance(mid, str) and _MESSAGE_ID.match(mid) else None
         errors = parse_errors(msg)
         at = next(
-            (msg[k] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)), None
+            (msg[k][:64] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)),
+            None,
         )
-        for item in msg.get("to") or ():
+        listed = msg.get("to")
+        for item in listed if isinstance(listed, list) else ():
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
                 out.append(
                     RecipientStatus(
-                        item["phone_number"],
-                        str(item.get("status") or ""),
+                        item["phone_number"][:32],
+                        _text(item.get("status"), _STATUS_CHARS),
                         message_id=mid,
                         errors=errors,
                         at=at,
@@ -214,32 +253,48 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     """Seconds to wait from ``retry-after-ms``, ``Retry-After`` or ``x-ratelimit-reset``.
 
     ``Retry-After`` may be seconds or an HTTP date; ``x-ratelimit-reset`` may be seconds or a
-    Unix time (taken as a time when it is larger than a year in seconds).
+    Unix time (taken as a time when it is larger than a year in seconds). The result is a
+    non-negative number, possibly huge or infinite (``1e999``): the retry and the pacer clamp
+    it to ``max_retry_after``. What does not parse is no hint (None).
     """
     now = time.time() if now is None else now
     value = headers.get("retry-after-ms")
-    if value is not None:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(value) / 1000)
+    if value is not None and (ms := _seconds(value)) is not None:
+        return ms / 1000
     value = headers.get("retry-after")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            with contextlib.suppress(TypeError, ValueError, IndexError):
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - now)
+        if (seconds := _seconds(value)) is not None:
+            return seconds
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - now)
     value = headers.get("x-ratelimit-reset")
-    if value is not None:
-        with contextlib.suppress(ValueError):
-            seconds = float(value)
-            return max(0.0, seconds - now if seconds > 31_536_000 else seconds)
+    if value is not None and (seconds := _seconds(value)) is not None:
+        return max(0.0, seconds - now if seconds > 31_536_000 else seconds)
     return None
 
 
-def error_for_status(status: int, body: object, headers: Mapping[str, str]) -> SendError:
-    """The typed error for a non-2xx response."""
+def _seconds(text: str) -> float | None:
+    """A header's number: non-negative (a negative one is 0), not NaN; None if not a number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else max(0.0, value)
+
+
+def error_for_status(
+    status: int, body: object, headers: Mapping[str, str], *, base_url: str = "the base URL"
+) -> SendError:
+    """The typed error for a response that is not a 2xx."""
     errors = parse_errors(body)
+    if 300 <= status < 400:
+        target = _where(headers.get("location"))
+        return EndpointError(
+            f"the server answered with a redirect{target}, which bulk-mms never follows: "
+            f"check the base URL ({base_url}; api.base_url, --base-url or TELNYX_BASE_URL)",
+            status=status,
+        )
     if status in (401, 403):
         return AuthError("the API key was refused", status=status, errors=errors)
     if status == 404:
@@ -248,10 +303,26 @@ def error_for_status(status: int, body: object, headers: Mapping[str, str]) -> S
         return RateLimited(
             "rate limited", retry_after=parse_retry_after(headers), status=status, errors=errors
         )
-    if status >= 500 or status in (408, 409):
+    if 500 <= status < 600 or status in (408, 409):
         # 408/409: the server did not (yet) act on the request; safe to try again
         return ServerError("the server failed", status=status, errors=errors)
-    return Rejected("the API refused the request", status=status, errors=errors)
+    if 400 <= status < 500:
+        return Rejected("the API refused the request", status=status, errors=errors)
+    # 1xx or a status HTTP does not define: no telling what the server did with the request
+    return AmbiguousSendError("the server answered with an unknown status", status=status)
+
+
+def _where(location: str | None) -> str:
+    """`` to https://host`` for a redirect's Location (scheme and host only), or nothing."""
+    if not location:
+        return ""
+    try:
+        url = yarl.URL(location)
+    except (ValueError, TypeError):
+        return ""
+    if not url.is_absolute() or url.host is None:
+        return " (to a path on the same host)"
+    return f" (to {url.scheme}://{url.host[:100]})"
 
 
 @contextlib.contextmanager
@@ -261,6 +332,9 @@ def map_client_errors() -> Iterator[None]:
         yield
     except SendError:
         raise
+    except (aiohttp.InvalidURL, ValueError) as exc:
+        # raised before anything is sent (check_settings refuses such URLs up front)
+        raise EndpointError(f"the base URL cannot be used ({type(exc).__name__})") from None
     except aiohttp.ConnectionTimeoutError as exc:
         raise NetworkError(f"connect timed out ({exc or 'no answer'})") from None
     except aiohttp.ClientConnectorError as exc:
@@ -346,7 +420,7 @@ class AiohttpMmsClient:
         headers = {**self._headers, "Idempotency-Key": key}
         status, body = await self._request("POST", self._send_url, data, headers)
         try:
-            return parse_receipt(body)
+            return parse_receipt(body, group.to)
         except AmbiguousSendError as exc:
             exc.status = status
             raise
@@ -370,26 +444,54 @@ class AiohttpMmsClient:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, object]:
-        """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`."""
+        """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
+
+        Redirects are never followed, and at most :data:`MAX_BODY` bytes of a body are read.
+        """
         session = self._open()
         with map_client_errors():
             async with session.request(
-                method, url, data=data, headers=headers or self._headers
+                method, url, data=data, headers=headers or self._headers, allow_redirects=False
             ) as resp:
-                raw = await resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
-        try:
-            body: object = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-            if 200 <= status < 300:
+                raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
+        ok = 200 <= status < 300
+        if raw is None:
+            if ok:
                 raise AmbiguousSendError(
-                    f"HTTP {status} with a body that is not JSON", status=status
-                ) from None
-        if 200 <= status < 300:
+                    f"the answer's body is over {MAX_BODY} bytes: unusable",
+                    status=status,
+                )
+            body: object = None
+        else:
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                body = None
+                if ok:
+                    raise AmbiguousSendError(
+                        "the answer's body is not JSON", status=status
+                    ) from None
+        if ok:
             return status, body
-        raise error_for_status(status, body, resp_headers)
+        raise error_for_status(status, body, resp_headers, base_url=self.base_url)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (the connection is then dropped)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            resp.close()  # never read the rest: a body that never ends must not fill memory
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _segment(message_id: str) -> str:

@@ -9,6 +9,7 @@ The API key is never read from a file, only from ``TELNYX_API_KEY``.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import string
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+import yarl
 
 from bulk_mms.errors import ConfigError
 
@@ -560,14 +563,60 @@ def _choice(table: _Table, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_base_url(url: str) -> str:
+    """The API base URL, checked before any request: http(s), a host, no credentials.
+
+    The message never repeats a URL that carries credentials. The API key comes from
+    ``TELNYX_API_KEY`` only, so ``user:password@`` in the URL is a mistake either way.
+
+    Raises:
+        ConfigError: the URL cannot be used.
+    """
+    shown = repr(url) if "@" not in url and len(url) <= 200 else "the URL"
+    try:
+        parsed = yarl.URL(url)
+        port = parsed.port
+    except (ValueError, TypeError):
+        raise ConfigError("base_url", f"{shown} is not a valid URL") from None
+    if parsed.user is not None or parsed.password is not None:
+        raise ConfigError(
+            "base_url",
+            "must not carry credentials (user:password@host): the API key is read from "
+            f"{API_KEY_ENV} only",
+        )
+    if not _URL.match(url) or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("base_url", f"{shown} is not an http(s) URL with a host")
+    if port is None or not 0 < port < 65536:
+        raise ConfigError("base_url", f"{shown} has no usable port")
+    if parsed.query_string or parsed.fragment:
+        raise ConfigError("base_url", f"{shown} must not have a query or a fragment")
+    return url.rstrip("/")
+
+
+def sends_key_in_clear(url: str) -> bool:
+    """Whether requests to ``url`` would carry the API key unencrypted across a network.
+
+    Plain http is fine to a loopback address (the sandbox, a local proxy), nowhere else.
+    """
+    parsed = yarl.URL(url)
+    if parsed.scheme != "http":
+        return False
+    host = (parsed.host or "").strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 def check_settings(settings: Settings) -> Settings:
     """Check values that may also come from the command line."""
-    if not _URL.match(settings.base_url):
-        raise ConfigError("base_url", f"{settings.base_url!r} is not an http(s) URL")
+    base_url = check_base_url(settings.base_url)
     if not 0 < settings.rate <= 10_000:
         raise ConfigError(
             "rate", f"must be greater than 0 and at most 10000, not {settings.rate:g}"
         )
     if not 1 <= settings.concurrency <= 1000:
         raise ConfigError("concurrency", f"must be from 1 to 1000, not {settings.concurrency}")
-    return replace(settings, base_url=settings.base_url.rstrip("/"))
+    return replace(settings, base_url=base_url)

@@ -12,7 +12,9 @@
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    └── LedgerMismatch              the ledger belongs to another input or job
      └── SendError                        one request failed; the runner decides
-          ├── AuthError(status)        3  401/403: the key is refused; the job stops
+          ├── FatalSendError              no group can succeed as configured; the job stops
+          │    ├── AuthError(status)   3    401/403: the key is refused
+          │    └── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
           ├── Rejected(status)            400/422: the API refuses this group; never retried
           │    └── NotFound                 404 on a GET: the API does not know the message id
           ├── RetryableSendError          nothing was delivered; retry is safe
@@ -140,8 +142,24 @@ class SendError(BulkMmsError):
         return type(self).__name__
 
 
-class AuthError(SendError):
+class FatalSendError(SendError):
+    """No request can succeed as things are configured: the whole job stops at once.
+
+    Not a verdict on the group that met it: nothing was accepted, and a rerun (with the cause
+    fixed) sends it.
+    """
+
+
+class AuthError(FatalSendError):
     """The API refused the key (401/403). Retrying cannot help; the whole job stops."""
+
+
+class EndpointError(FatalSendError):
+    """The base URL does not lead to the API: it answered with a redirect, or cannot be used.
+
+    bulk_mms never follows a redirect: a POST turned into a GET would be read as an answer to
+    the send, and a 307 would post the body (and the key) wherever the ``Location`` points.
+    """
 
 
 class Rejected(SendError):

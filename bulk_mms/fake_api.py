@@ -35,7 +35,18 @@ from aiohttp import web
 
 from bulk_mms.delivery import FINAL
 
-FaultKind = Literal["status", "drop_before", "drop_after", "slow", "no_id", "not_json", "truncated"]
+FaultKind = Literal[
+    "status",
+    "drop_before",
+    "drop_after",
+    "slow",
+    "no_id",
+    "not_json",
+    "truncated",
+    "redirect",
+    "endless",
+    "patch",
+]
 _E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
 COST_PER_RECIPIENT = "0.0051"
@@ -50,7 +61,11 @@ class Fault:
             ``drop_before`` (close the connection without accepting), ``drop_after`` (accept,
             then close without answering), ``slow`` (accept after ``delay`` seconds),
             ``no_id`` (accept, answer 200 without an id), ``not_json`` (accept, answer 200 with
-            a body that is not JSON), ``truncated`` (accept, then cut the body off midway).
+            a body that is not JSON), ``truncated`` (accept, then cut the body off midway),
+            ``redirect`` (answer ``status``, a 3xx, with ``Location: location``, accepting
+            nothing), ``endless`` (accept, then send a 200 body that never ends),
+            ``patch`` (accept, and answer with ``patch`` merged into the response's ``data``:
+            ``{"wait_seconds": 1e12}``, an overflowing cost, someone else's numbers...).
     """
 
     kind: FaultKind
@@ -58,6 +73,52 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     code: str = ""
     delay: float = 0.0
+    location: str = "/v2/elsewhere"
+    patch: dict[str, Any] = field(default_factory=dict)
+
+
+#: Named misbehaviours, for the sandbox (``BULK_MMS_SANDBOX_FAULTS``) and ``--fault``.
+FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
+    "status-500": lambda: Fault("status", 500),
+    "status-503": lambda: Fault("status", 503),
+    "status-429": lambda: Fault("status", 429, headers={"Retry-After": "1"}),
+    "queue-full": lambda: Fault("status", 429, headers={"Retry-After": "1"}, code="40318"),
+    "huge-retry-after": lambda: Fault("status", 429, headers={"Retry-After": "1000000000000"}),
+    "huge-ratelimit-reset": lambda: Fault(
+        "status", 429, headers={"x-ratelimit-reset": "99999999999999"}
+    ),
+    "huge-wait": lambda: Fault("patch", patch={"wait_seconds": 1e12}),
+    "overflow-cost": lambda: Fault(
+        "patch", patch={"cost": {"amount": "9e999999999", "currency": "USD"}}
+    ),
+    "negative-cost": lambda: Fault("patch", patch={"cost": {"amount": "-5", "currency": "USD"}}),
+    "foreign-numbers": lambda: Fault(
+        "patch", patch={"to": [{"phone_number": "+12025550000", "status": "queued"}]}
+    ),
+    "endless-body": lambda: Fault("endless"),
+    "redirect-302": lambda: Fault("redirect", 302),
+    "redirect-307": lambda: Fault("redirect", 307),
+    "drop-before": lambda: Fault("drop_before"),
+    "drop-after": lambda: Fault("drop_after"),
+    "no-id": lambda: Fault("no_id"),
+    "not-json": lambda: Fault("not_json"),
+    "truncated": lambda: Fault("truncated"),
+}
+
+
+def parse_faults(spec: str) -> list[Fault]:
+    """``"huge-wait,redirect-302*3"``: presets in order, each ``*N`` times (once by default).
+
+    Raises:
+        ValueError: an unknown name or a bad count, naming the choices.
+    """
+    out: list[Fault] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, count = item.partition("*")
+        if name not in FAULT_PRESETS or (count and not count.isdigit()):
+            raise ValueError(f"unknown fault {item!r}; use one of {', '.join(FAULT_PRESETS)}")
+        out.extend(FAULT_PRESETS[name]() for _ in range(int(count or 1)))
+    return out
 
 
 @dataclass(slots=True)
@@ -198,6 +259,8 @@ class FakeTelnyx:
             )
         if fault is not None and fault.kind == "drop_before":
             return _drop(request)
+        if fault is not None and fault.kind == "redirect":
+            return web.Response(status=fault.status, headers={"Location": fault.location})
         if (invalid := _validate(body)) is not None:
             return invalid
         key = request.headers.get("Idempotency-Key")
@@ -230,6 +293,10 @@ class FakeTelnyx:
                 return web.Response(status=200, body=b"<html>oops", content_type="text/html")
             elif fault.kind == "truncated":
                 return await _truncated(request, orjson.dumps(response))
+            elif fault.kind == "endless":
+                return await _endless(request)
+            elif fault.kind == "patch":
+                response = {"data": {**response["data"], **fault.patch}}
         return _json(200, response)
 
     def status_of(self, msg: Accepted, i: int) -> str:
@@ -447,6 +514,18 @@ async def _truncated(request: web.Request, body: bytes) -> web.StreamResponse:
     return resp
 
 
+async def _endless(request: web.Request) -> web.StreamResponse:
+    """A 200 whose JSON body never ends: it streams until the client hangs up."""
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    await resp.write(b'{"data": {"id": "')
+    block = b"x" * 65536
+    with contextlib.suppress(ConnectionError):
+        while request.transport is not None and not request.transport.is_closing():
+            await resp.write(block)
+    return resp
+
+
 def _drop(request: web.Request) -> web.Response:
     """Close the connection without answering (the client sees a disconnect)."""
     if request.transport is not None:
@@ -482,8 +561,19 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
     parser.add_argument(
         "--final-after", type=float, default=0.0, help="seconds until a recipient is final"
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[*N]",
+        help=f"misbehave on the next POSTs, in order (repeatable): {', '.join(FAULT_PRESETS)}",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(api_key=args.key)
+    try:
+        fake.faults.extend(parse_faults(",".join(args.fault)))
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.fail_every or args.final_after:
         fake.delivery_status = carrier_timeline(
             args.fail_every, args.final_after / 3, args.final_after

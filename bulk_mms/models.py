@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from bulk_mms.errors import ApiError
 
@@ -78,6 +79,42 @@ class Money:
 
     amount: Decimal
     currency: str
+
+
+#: Largest cost accepted for one message, and the most characters its amount may have: a price
+#: beyond them is not a price, and summing it could overflow the Decimal context.
+MAX_AMOUNT = Decimal(1_000_000)
+_AMOUNT_CHARS = 40
+
+
+def parse_money(value: object) -> Money | None:
+    """``{"amount": "0.0051" | 0.0051, "currency": "USD"}`` as exact :class:`Money`, or None.
+
+    The API sends the amount as a string on some endpoints and as a JSON number on others;
+    ``str()`` of the parsed float gives back the shortest literal, so both become the same
+    Decimal. An amount that is not a finite number from 0 to :data:`MAX_AMOUNT` (``"NaN"``,
+    ``"-1"``, ``"9e999999999"``) is no amount: None. The ledger's own cost fields are read
+    back through this too.
+    """
+    if not isinstance(value, dict):
+        return None
+    amount, currency = value.get("amount"), value.get("currency")
+    if amount is None or isinstance(amount, bool) or not isinstance(amount, str | int | float):
+        return None
+    text = str(amount).strip()
+    if len(text) > _AMOUNT_CHARS:
+        return None
+    try:
+        dec = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not dec.is_finite() or not 0 <= dec <= MAX_AMOUNT:
+        return None
+    exponent = dec.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -24:  # more places than any price has
+        return None
+    cur = currency.strip().upper() if isinstance(currency, str) else ""
+    return Money(dec, cur if re.fullmatch(r"[A-Z]{3}", cur) else "USD")
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,21 @@ DRAIN_WINDOW_S = 10.0
 CATCH_UP_S = 0.5
 #: Backoff after a 429 without a hint, in seconds.
 DEFAULT_429_PAUSE_S = 1.0
+#: The longest queue wait (``wait_seconds``) taken at its word: Telnyx expires a message that
+#: waits about four hours, so a longer report is not a queue but a broken answer. It is
+#: clamped to this (and logged once); the pause it causes is then bounded by
+#: ``max_group_age_s`` and ``max_job_duration_s``, and ended by a stop at once.
+WAIT_CEILING_S = 4 * 3600.0
+
+
+class PaceAborted(Exception):
+    """:meth:`Pacer.acquire` gave up: the job is stopping, or the sender cannot send before the
+    caller's deadline (a pause runs past it). ``earliest`` is when it could have sent."""
+
+    def __init__(self, reason: str, earliest: float) -> None:
+        self.reason = reason
+        self.earliest = earliest
+        super().__init__(f"{reason} (could send at {earliest:.3f})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +330,8 @@ class PacingConfig:
     #: Per-sender ceilings by type (``long_code``, ``toll_free``, ``short_code``,
     #: ``alphanumeric``), used when a number has no limit of its own.
     type_limits: dict[str, float] = field(default_factory=dict)
+    #: The longest pause a 429's hint (``Retry-After``...) may cause: ``max_retry_after``.
+    max_pause_s: float = 300.0
 
 
 def sender_type(sender: str) -> str:
@@ -336,7 +353,9 @@ class Pacer:
         senders: the pool of ``from`` values.
         now: the clock (the loop's time by default); tests pass a fake one.
         sleep: how to wait for the clock (``asyncio.sleep`` by default); a fake clock's sleep
-            advances it.
+            advances it. It should return early when the job is asked to stop.
+        stopped: whether the job is stopping; every wait checks it after each sleep and gives
+            up (:class:`PaceAborted`) instead of waiting on.
     """
 
     def __init__(
@@ -346,11 +365,15 @@ class Pacer:
         *,
         now: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         loop = asyncio.get_running_loop()
         self._time: Callable[[], float] = now or loop.time
         self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        self._stopped = stopped
+        #: Hints already logged as absurd (each is logged once per run).
+        self._absurd: set[str] = set()
         goal = config.max_queue_wait_s / 4
         self.senders: dict[str, SenderPace] = {}
         for s in dict.fromkeys(senders):
@@ -389,20 +412,32 @@ class Pacer:
         best = min(self.senders.values(), key=lambda p: (p.earliest(), p.last_used))
         return best.sender
 
-    async def _wait_until(self, when: Callable[[], float]) -> None:
-        # The deadline is re-read after every sleep: a 429 may have pushed it out meanwhile.
-        while (delay := when() - self.now()) > 1e-6:
+    async def _wait_until(self, when: Callable[[], float], deadline: float | None = None) -> None:
+        # The time is re-read after every sleep: a 429 may have pushed it out meanwhile. A stop
+        # ends the wait at once (the sleep returns early; this loop must not spin on it).
+        while (delay := (at := when()) - self.now()) > 1e-6:
+            if self._stopped():
+                raise PaceAborted("stopping", at)
+            if deadline is not None and at > deadline:
+                raise PaceAborted("deadline", at)
             await self._sleep(delay)
 
-    async def acquire(self, sender: str, size: int) -> Ticket:
-        """Wait until ``sender`` may send a group of ``size``; return the admission ticket."""
+    async def acquire(self, sender: str, size: int, deadline: float | None = None) -> Ticket:
+        """Wait until ``sender`` may send a group of ``size``; return the admission ticket.
+
+        Raises:
+            PaceAborted: the job is stopping, or the sender cannot send by ``deadline`` (on
+                this pacer's clock): no point waiting for a pause that outlasts it.
+        """
         pace = self.senders[sender]
         cost = self.cost_of(size)
         async with self._sender_locks[sender]:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
-            await self._wait_until(pace.earliest)
+            await self._wait_until(pace.earliest, deadline)
             async with self._account_lock:
-                await self._wait_until(lambda: max(self.paused_until, self._bucket.earliest()))
+                await self._wait_until(
+                    lambda: max(self.paused_until, self._bucket.earliest()), deadline
+                )
                 now = self.now()
                 self._bucket.admit(now, cost)
             ticket = pace.admit(now, cost)
@@ -422,15 +457,36 @@ class Pacer:
             await self._wait_until(lambda: self._guard.earliest(self.now(), ticket.cost))
             self._guard.record(self.now(), ticket.cost)
 
-    def observe(self, ticket: Ticket, wait: float | None) -> None:
-        """A response for ``ticket`` reported ``wait`` seconds in the queue."""
+    def bounded(self, what: str, value: float, ceiling: float) -> float:
+        """``value`` (a server's hint, in seconds) clamped to ``ceiling``; the first absurd
+        value of each kind is logged as such."""
+        if value <= ceiling:
+            return value
+        if what not in self._absurd:
+            self._absurd.add(what)
+            log.warning("pace.absurd_hint", hint=what, value=value, used=ceiling)
+        return ceiling
+
+    def observe(self, ticket: Ticket, wait: float | None) -> float | None:
+        """A response for ``ticket`` reported ``wait`` seconds in the queue.
+
+        Returns:
+            The wait as the pacer took it: clamped to :data:`WAIT_CEILING_S`.
+        """
         if wait is None:
-            return
+            return None
+        wait = self.bounded("wait_seconds", wait, WAIT_CEILING_S)
         pace = self.senders[ticket.sender]
         self._log_change(pace, pace.observe(self.now(), ticket, wait))
+        return wait
 
     def on_rate_limited(self, sender: str, retry_after: float | None, code: str) -> None:
-        """A 429 for ``sender``. When every sender has had one lately, pause the account too."""
+        """A 429 for ``sender``. When every sender has had one lately, pause the account too.
+
+        ``retry_after`` is clamped to ``max_pause_s`` (``max_retry_after``) first.
+        """
+        if retry_after is not None:
+            retry_after = self.bounded("retry_after", retry_after, self.config.max_pause_s)
         now = self.now()
         queue_full = code == "40318"
         self.rate_limited += 1

@@ -19,6 +19,7 @@ from typing import Any
 
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, DeliveryBook
 from bulk_mms.ledger import fingerprint, iter_events, parse_time
+from bulk_mms.models import parse_money
 from bulk_mms.reader import Row, RowReader
 from bulk_mms.validate import PhoneError, normalize_phone
 
@@ -186,9 +187,9 @@ class _Summarizer:
         self.outcome[gid] = (kind, tuple(ev.get("to") or ()), why)
         if kind == "sent":
             self.book.feed(ev)
-            cost = ev.get("cost")
-            if isinstance(cost, dict) and cost.get("amount") is not None:
-                self.costs[gid] = (Decimal(str(cost["amount"])), str(cost.get("currency", "USD")))
+            cost = parse_money(ev.get("cost"))  # the same bounds as when it was received
+            if cost is not None:
+                self.costs[gid] = (cost.amount, cost.currency)
             if isinstance(ev.get("wait_seconds"), int | float):
                 s.wait_seconds.append(float(ev["wait_seconds"]))
         elif kind == "failed":

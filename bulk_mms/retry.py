@@ -45,7 +45,15 @@ class Attempted:
 
 
 class StopRetrying(Exception):
-    """Raised by a ``before_attempt`` hook to give up without sending (the job is stopping)."""
+    """Raised by a ``before_attempt`` hook to give up before a try (the job is stopping).
+
+    When an earlier try failed, :func:`send_with_retry` ends with that try's error (an
+    ambiguous try stays in doubt); else with ``error``, if one is given; else it re-raises.
+    """
+
+    def __init__(self, error: SendError | None = None) -> None:
+        self.error = error
+        super().__init__(str(error) if error is not None else "stopped")
 
 
 class _Stop(tenacity.stop.stop_base):
@@ -64,7 +72,10 @@ class _Stop(tenacity.stop.stop_base):
             self.failures += 1
         if self.failures >= self.attempts:
             return True
-        return self.deadline is not None and self.now() >= self.deadline
+        # tenacity computes the wait before asking this: no wait that ends past the deadline
+        # is begun (a 429's hint of an hour must not hold a group whose deadline is in a minute)
+        ends = self.now() + retry_state.upcoming_sleep
+        return self.deadline is not None and ends > self.deadline
 
 
 class _Wait(tenacity.wait.wait_base):
@@ -152,6 +163,7 @@ async def send_with_retry(
         reraise=True,
     )
     number = 0
+    last: SendError | None = None
     try:
         async for attempt in retrying:
             with attempt:
@@ -161,12 +173,19 @@ async def send_with_retry(
                 try:
                     receipt = await client.send(group, key)
                 except SendError as exc:
+                    last = exc
                     if on_error is not None:
                         on_error(exc)
                     raise
                 return Attempted(receipt, None, number)
     except SendError as exc:
         return Attempted(None, exc, number)
+    except StopRetrying as stop:
+        if last is not None:  # the tries made so far end it: the last one's error stands
+            return Attempted(None, last, number - 1)
+        if stop.error is not None:
+            return Attempted(None, stop.error, number - 1)
+        raise
     raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
 
 

@@ -32,6 +32,7 @@ from bulk_mms.errors import (
     ApiUnavailable,
     AuthError,
     ConfigError,
+    FatalSendError,
     LedgerError,
     RateLimited,
     Rejected,
@@ -49,7 +50,7 @@ from bulk_mms.ledger import (
     replay,
 )
 from bulk_mms.models import Group, Money, RejectedRow
-from bulk_mms.pacing import Pacer, PacingConfig, Ticket
+from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig, Ticket
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.reader import RowReader
 from bulk_mms.report import percentile, summarize
@@ -92,16 +93,37 @@ class LoopClock:
 
 
 class Stop(asyncio.Event):
-    """A stop request with its reason (``"SIGINT"``, ``"auth"``, ``"ledger"``...)."""
+    """A stop request with its reason (``"SIGINT"``, ``"auth"``, ``"ledger"``...).
+
+    A stop is graceful: no new request leaves, every wait ends at once, the requests in flight
+    finish and are recorded. :meth:`force` (a second Ctrl-C) also cancels those in flight:
+    their attempts stay on record, in doubt, and every line already written stays written.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.reason: str | None = None
+        self.forced = False
+        self._on_force: list[Callable[[], None]] = []
 
     def request(self, reason: str) -> None:
         if not self.is_set():
             self.reason = reason
             self.set()
+
+    def force(self, reason: str | None = None) -> None:
+        """Stop now: a stop (if none was asked yet), and cancel the work in flight."""
+        self.request(reason or "forced")
+        if not self.forced:
+            self.forced = True
+            for callback in self._on_force:
+                callback()
+
+    def on_force(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the stop is forced (at once if it already is)."""
+        self._on_force.append(callback)
+        if self.forced:
+            callback()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when a stop is requested."""
@@ -129,6 +151,7 @@ def pacing_config(settings: Settings) -> PacingConfig:
         max_queue_wait_s=settings.max_queue_wait_s,
         sender_limits=settings.sender_limits,
         type_limits=settings.type_limits,
+        max_pause_s=settings.retry.max_retry_after,
     )
 
 
@@ -337,6 +360,7 @@ class Runner:
             job.message.senders,
             now=self.clock.now,
             sleep=self.clock.sleep,
+            stopped=stop.is_set,
         )
         self.started = self.clock.now()
         self.deadline = (
@@ -349,6 +373,9 @@ class Runner:
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
         self.transient_streak = 0  # groups in a row that used up their retries
+        #: Groups whose attempt is on record and whose outcome is not yet: cut off in flight
+        #: by a forced stop, they are recorded in doubt.
+        self.open_attempts: set[str] = set()
         #: Input rows dealt with, for progress: recorded, rejected, skipped or held.
         self.rows_done = 0
 
@@ -420,8 +447,33 @@ class Runner:
             self.in_flight += 1
             try:
                 await self.send(group)
+            except asyncio.CancelledError:
+                self.cut_off(group)
+                raise
             finally:
                 self.in_flight -= 1
+        self.queue.put_nowait(None)  # pass the end on to the next worker (a slot just freed)
+
+    def cut_off(self, group: Group) -> None:
+        """A forced stop cancelled ``group`` in flight: if its attempt is on record, record it
+        in doubt (the request may have left), so the report counts it where it stands."""
+        if group.id not in self.open_attempts:
+            return
+        self.open_attempts.discard(group.id)
+        self.summary.in_doubt_groups += 1
+        self.state.outcome("in_doubt", group.id)
+        with contextlib.suppress(LedgerError):
+            self.ledger.write_nowait(
+                {
+                    "event": "in_doubt",
+                    "group": group.id,
+                    "seq": group.seq,
+                    "to": list(group.to),
+                    "reason": "cut off in flight by a forced stop; the outcome is unknown",
+                    "attempts": 0,
+                    "time": now_iso(),
+                }
+            )
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
@@ -440,9 +492,9 @@ class Runner:
         ticket: Ticket | None = None
         throttled = 0
         age_limit = self.settings.max_group_age_s
-        deadlines = [d for d in (self.deadline,) if d is not None]
-        if age_limit:
-            deadlines.append(self.clock.now() + age_limit)
+        group_deadline = self.clock.now() + age_limit if age_limit else None
+        deadlines = [d for d in (self.deadline, group_deadline) if d is not None]
+        deadline = min(deadlines) if deadlines else None
 
         # An earlier run may have sent this group already (it was in doubt): any answer now
         # is a replay under the same key, and a 422 would mean the body changed under it.
@@ -452,7 +504,10 @@ class Runner:
 
         async def before_attempt(number: int) -> None:
             nonlocal ticket, t0
-            ticket = await self.pacer.acquire(sender, len(group.to))
+            try:
+                ticket = await self.pacer.acquire(sender, len(group.to), deadline)
+            except PaceAborted as exc:
+                raise self._gave_up(exc) from None
             if not self.stop.is_set() and not in_window(self.job, self.wall()):
                 log.warning("job.window_closed", send_window=str(self.job.send_window))
                 self.stop.request("window")
@@ -461,6 +516,7 @@ class Runner:
             if t0 is None:
                 t0 = self.state.first_attempt[group.id] = time.time()
             # Write-ahead: the intent is durable before the request can leave.
+            self.open_attempts.add(group.id)
             await self.ledger.write(
                 {
                     "event": "attempt",
@@ -473,7 +529,12 @@ class Runner:
                     "time": now_iso(),
                 }
             )
-            await self.pacer.send_slot(ticket)
+            try:
+                await self.pacer.send_slot(ticket)
+            except PaceAborted:
+                # The attempt is on record but the request never left: say so, or a resume
+                # would take this group for one that may have been accepted.
+                raise StopRetrying(_never_left()) from None
 
         def on_error(exc: SendError) -> None:
             nonlocal throttled
@@ -490,7 +551,7 @@ class Runner:
                 sleep=self.clock.sleep,
                 before_attempt=before_attempt,
                 on_error=on_error,
-                deadline=min(deadlines) if deadlines else None,
+                deadline=deadline,
                 now=self.clock.now,
                 ambiguous_until=key_valid_until(
                     self.state, self.settings.retry, group.id, fresh=time.time()
@@ -502,7 +563,9 @@ class Runner:
             self.fail_ledger(exc)
             return
         if result.receipt is not None and ticket is not None:
-            self.pacer.observe(ticket, result.receipt.wait_seconds)
+            # the wait as the pacer took it (clamped), for the ledger and the percentiles too
+            wait = self.pacer.observe(ticket, result.receipt.wait_seconds)
+            result = replace(result, receipt=replace(result.receipt, wait_seconds=wait))
         if (
             isinstance(result.error, Rejected)
             and result.error.status == 422
@@ -514,6 +577,25 @@ class Runner:
         except LedgerError as exc:
             self.fail_ledger(exc)
 
+    def _gave_up(self, exc: PaceAborted) -> StopRetrying:
+        """Why a group stops waiting for the pacer: the job stops, its deadline passes (the job
+        stops too), or its own ``max_group_age_s`` would pass first (the group alone gives up,
+        recorded with its last error, or as rate limited when it never got a try)."""
+        if exc.reason == "deadline" and self.deadline is not None and exc.earliest > self.deadline:
+            if not self.stop.is_set():
+                log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
+                self.stop.request("deadline")
+            return StopRetrying()
+        if exc.reason == "deadline":
+            return StopRetrying(
+                RateLimited(
+                    f"not sent within max_group_age_s ({self.settings.max_group_age_s:g} s): "
+                    "its sender is paused past it (429s or a long queue); a rerun sends it",
+                    status=None,
+                )
+            )
+        return StopRetrying()
+
     def fail_ledger(self, exc: LedgerError) -> None:
         if self.summary.error is None:
             self.summary.error = exc
@@ -521,7 +603,8 @@ class Runner:
 
     async def record(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         s = self.summary
-        if not isinstance(result.error, AuthError):
+        self.open_attempts.discard(group.id)
+        if not isinstance(result.error, FatalSendError):
             self.rows_done += len(group.to)
         base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
         if result.receipt is not None:
@@ -574,13 +657,17 @@ class Runner:
             self.state.outcome("in_doubt", group.id)
             log.warning("group.in_doubt", group=group.id, reason=str(err))
             return
-        if isinstance(err, AuthError):
-            # Not a verdict on this group: nothing was sent. Stop the job; a rerun with a good
-            # key sends it.
+        if isinstance(err, FatalSendError):
+            # Not a verdict on this group: nothing was accepted. Stop the job; a rerun with the
+            # key or the base URL fixed sends it.
             if self.summary.error is None:
                 self.summary.error = err
-            self.stop.request("auth")
-            log.error("job.auth_refused", status=err.status)
+            if isinstance(err, AuthError):
+                self.stop.request("auth")
+                log.error("job.auth_refused", status=err.status)
+            else:
+                self.stop.request("endpoint")
+                log.error("job.endpoint_refused", status=err.status, error=str(err))
             return
         s.failed_groups += 1
         s.failed_recipients += len(group.to)
@@ -631,19 +718,31 @@ class Runner:
             progress.update(self.snapshot(total))
             await asyncio.sleep(PROGRESS_PERIOD_S)
 
-    async def run(self, reader: RowReader) -> None:
-        workers = [
-            asyncio.create_task(self.work(), name=f"bulk-mms-worker-{i}")
-            for i in range(self.settings.concurrency)
-        ]
+    async def feed(self, reader: RowReader) -> None:
+        """Produce, then tell the workers the input has ended (one end marker, passed on)."""
         try:
             await self.produce(reader)
         except LedgerError as exc:
             self.fail_ledger(exc)
         finally:
-            for _ in workers:
+            if not self.stop.forced:  # forced: the workers are gone; nobody would take it
                 await self.queue.put(None)
-            await asyncio.gather(*workers)
+
+    async def run(self, reader: RowReader) -> None:
+        tasks = [asyncio.create_task(self.feed(reader), name="bulk-mms-reader")]
+        tasks += [
+            asyncio.create_task(self.work(), name=f"bulk-mms-worker-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+
+        def cancel_all() -> None:
+            for task in tasks:
+                task.cancel()
+
+        self.stop.on_force(cancel_all)
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome
 
 
 async def run_job(
@@ -673,7 +772,7 @@ async def run_job(
         progress: where to show progress (a bar, or ``job.progress`` events); None: nowhere.
 
     Returns:
-        The run's :class:`JobSummary`. ``summary.error`` holds the :class:`AuthError`,
+        The run's :class:`JobSummary`. ``summary.error`` holds the :class:`FatalSendError`,
         :class:`ApiUnavailable` or :class:`LedgerError` that stopped the run, if one did.
 
     Raises:
@@ -803,6 +902,12 @@ def _paid_per_recipient(path: Path) -> Money | None:
         return None
     ((currency, total),) = paid.cost.items()
     return Money((total / paid.sent_recipients).quantize(Decimal("0.000001")), currency)
+
+
+def _never_left() -> RetryableSendError:
+    """The outcome of a try whose ``attempt`` is on record but whose request never left (the job
+    was stopped in the last moment before it): nothing was sent, so a rerun sends it."""
+    return RetryableSendError("stopped before the request left; nothing was sent")
 
 
 def _key_conflict(err: Rejected) -> Rejected:

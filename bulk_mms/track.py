@@ -12,7 +12,8 @@ older than ``max_age``. A group whose statuses did not change is asked again aft
 interval each time (up to ``max_interval``), so a long tail of slow carriers costs few requests.
 
 A 404 (the API does not know the id) and a recipient the API does not list are counted and
-named in the result, never fatal. A refused key stops tracking (:class:`AuthError`).
+named in the result, never fatal. A refused key or a redirect stops tracking
+(:class:`FatalSendError`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import structlog
 from bulk_mms.client import MmsClient
 from bulk_mms.config import Settings
 from bulk_mms.delivery import FINAL, DeliveryBook, SentGroup, status_event
-from bulk_mms.errors import AuthError, NotFound, RateLimited, SendError
+from bulk_mms.errors import FatalSendError, NotFound, RateLimited, SendError
 from bulk_mms.ledger import Ledger
 from bulk_mms.models import RecipientStatus
 from bulk_mms.pacing import Gcra
@@ -191,9 +192,9 @@ class Tracker:
     async def poll(self, g: SentGroup) -> None:
         try:
             statuses = await self.ask(g)
-        except AuthError as exc:
+        except FatalSendError as exc:  # a refused key, or a redirect: no GET can succeed
             self.result.error = exc
-            self.stop.request("auth")
+            self.stop.request("auth" if exc.status in (401, 403) else "endpoint")
             return
         except SendError as exc:
             self.result.errors[exc.code] += 1
@@ -236,7 +237,7 @@ class Tracker:
         workers = min(self.settings.concurrency, queue.qsize())
         await asyncio.gather(*(worker() for _ in range(workers)))
         self.result.passes += 1
-        if isinstance(self.result.error, AuthError):
+        if isinstance(self.result.error, FatalSendError):
             raise self.result.error
 
     def remaining(self) -> int:
@@ -299,7 +300,7 @@ async def track_ledger(
 
     Raises:
         LedgerError: the ledger is missing, empty, corrupt or cannot be written.
-        AuthError: the API refused the key.
+        FatalSendError: the API refused the key, or the base URL redirects.
     """
     book = DeliveryBook.load(path)
     ledger = Ledger.open_for_status(path)

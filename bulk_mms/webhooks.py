@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -77,22 +78,43 @@ def load_public_key(value: str | None) -> Ed25519PublicKey:
     return key
 
 
-def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: float) -> str | None:
-    """Check a request's signature and age; the reason it fails, or None when it is good."""
+class Unverified(Exception):
+    """Why a request fails :func:`verify`, and the status it gets: 400 for a header that is
+    malformed, 401 for one that is well formed but missing, stale or not by the key."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
+
+
+#: A timestamp is Unix seconds: digits only, and no more than 12 of them (the year 33658). A
+#: longer one would only be a way to make the arithmetic below overflow.
+_STAMP = re.compile(r"^[0-9]{1,12}$")
+#: An Ed25519 signature is 64 bytes: 88 characters of base64.
+_SIGNATURE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
+
+
+def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: float) -> None:
+    """Check a request's signature and age.
+
+    Raises:
+        Unverified: the reason it fails, with its status (400 or 401).
+    """
     signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
     if not signature or not stamp:
-        return "missing signature headers"
-    try:
-        sent_at = int(stamp)
-    except ValueError:
-        return "bad timestamp"
-    if abs(now - sent_at) > TOLERANCE_S:
-        return f"timestamp {abs(now - sent_at):.0f} s away from now (tolerance {TOLERANCE_S} s)"
+        raise Unverified("missing signature headers", 401)
+    if not _STAMP.match(stamp):
+        raise Unverified("malformed timestamp", 400)
+    if not _SIGNATURE.match(signature):
+        raise Unverified("malformed signature", 400)
+    age = abs(now - int(stamp))
+    if age > TOLERANCE_S:
+        raise Unverified(f"timestamp {age:.0f} s away from now (tolerance {TOLERANCE_S} s)", 401)
     try:
         key.verify(base64.b64decode(signature, validate=True), stamp.encode() + b"|" + raw)
     except (InvalidSignature, binascii.Error, ValueError):
-        return "signature does not verify"
-    return None
+        raise Unverified("signature does not verify", 401) from None
 
 
 def _short(value: object) -> str | None:
@@ -133,9 +155,10 @@ class WebhookReceiver:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(request, "body too large", 413)
-        problem = verify(self.key, request.headers, raw, self.now())
-        if problem is not None:
-            return self._reject(request, problem, 401)
+        try:
+            verify(self.key, request.headers, raw, self.now())
+        except Unverified as exc:
+            return self._reject(request, exc.reason, exc.status)
         try:
             body = orjson.loads(raw)
             data = body["data"]

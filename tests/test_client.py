@@ -11,7 +11,6 @@ import pytest
 from bulk_mms.client import (
     AiohttpMmsClient,
     idempotency_key,
-    parse_money,
     parse_receipt,
     parse_retry_after,
     request_body,
@@ -25,7 +24,7 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.models import Group, MessageBody
+from bulk_mms.models import Group, MessageBody, parse_money
 
 KEY = "test-key-123"
 IDEM = idempotency_key("c0ffee", "gid0001")

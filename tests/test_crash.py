@@ -130,7 +130,7 @@ def test_second_sigint_cancels_at_once_and_rerun_is_exact(jobs: JobFactory) -> N
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
-        assert proc.returncode == 130
+        assert proc.returncode == 130, err.decode()[-3000:]
         assert b"Traceback" not in err
         final = start(job.path, url, config)
         final.communicate(timeout=60)

@@ -20,6 +20,8 @@ def test_public_names() -> None:
         "AuthError",
         "BulkMmsError",
         "ConfigError",
+        "EndpointError",
+        "FatalSendError",
         "Group",
         "InputError",
         "JobConfig",

@@ -112,11 +112,11 @@ async def test_signed_finalized_event_is_recorded(
     assert all(e["source"] == "webhook" and e["webhook_id"] == "e1" for e in lines)
 
 
-@pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale", "garbage"])
+@pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale"])
 async def test_bad_signatures_get_401_and_write_nothing(
     hooks: tuple[TestClient[Any, Any], Path, FakeClient], forgery: str
 ) -> None:
-    """Another key, an edited body, no headers, a 10-minute-old stamp or junk: 401, no line."""
+    """Another key, an edited body, no headers or a 10-minute-old stamp: 401, no line."""
     http, path, client = hooks
     body = event("message.finalized", client.calls[0], "m", "delivered")
     raw, headers = signed(
@@ -128,10 +128,34 @@ async def test_bad_signatures_get_401_and_write_nothing(
         raw = raw.replace(b"delivered", b"delivery_failed")
     if forgery == "missing":
         headers = {}
-    if forgery == "garbage":
-        headers["telnyx-signature-ed25519"] = "not base64!"
     resp = await http.post("/webhooks", data=raw, headers=headers)
     assert resp.status == 401
+    assert status_lines(path) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("telnyx-timestamp", "9" * 20),
+        ("telnyx-timestamp", "9" * 5000),
+        ("telnyx-timestamp", "1e99"),
+        ("telnyx-timestamp", "-5"),
+        ("telnyx-timestamp", "1700000000.5"),
+        ("telnyx-signature-ed25519", "not base64!"),
+        ("telnyx-signature-ed25519", "QUJD"),
+        ("telnyx-signature-ed25519", "A" * 4000),
+    ],
+)
+async def test_malformed_signature_headers_get_400_never_500(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], header: str, value: str
+) -> None:
+    """A timestamp that is not 1 to 12 digits or a signature that is not 64 bytes of base64
+    is a bad request (400), checked before any arithmetic: no 500, no line."""
+    http, path, client = hooks
+    raw, headers = signed(event("message.finalized", client.calls[0], "m", "delivered"))
+    headers[header] = value
+    resp = await http.post("/webhooks", data=raw, headers=headers)
+    assert resp.status == 400
     assert status_lines(path) == []
 
 
