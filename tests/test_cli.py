@@ -288,3 +288,74 @@ def test_campaign_end_to_end_through_the_cli(
         assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
         assert sorted(p for m in fake.accepted[before:] for p in m.to) == sorted(expected)
     assert len(list((jobs.root / "ledgers").glob("test-job-failed-*.jsonl"))) == 2
+
+
+def test_a_base_url_with_credentials_is_exit_2_before_anything(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """https://user:pass@host: one line naming base_url, exit 2, no password echoed, and not
+    even a ledger header written (the check comes before the first request)."""
+    jobs.people(3)
+    job = jobs.job()
+    code = main(["run", str(job.path), "--base-url", "https://ops:hunter2@api.example.com/v2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "base_url: must not carry credentials" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+    assert not job.ledger.exists()
+
+
+def test_a_redirecting_base_url_is_exit_2_naming_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that redirects the send stops the run with exit 2 and a line that names the
+    base URL as the likely cause; the redirect is not followed."""
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("redirect", 301, location="https://elsewhere.example.com/v2"))
+    jobs.people(3)
+    job = jobs.job()
+    with fake_api_thread(fake) as url:
+        code = main(["-q", "run", str(job.path), "--base-url", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"check the base URL ({url}" in err
+    assert "(to https://elsewhere.example.com)" in err
+    assert fake.accepted == []
+    assert len(fake.requests) == 1
+
+
+def test_plain_http_off_this_machine_warns(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain-http base URL to another host warns that the key would cross in clear text."""
+    jobs.people(3)
+    job = jobs.job()
+    port = _free_port()
+    code = main(
+        [
+            "--log-json",
+            "run",
+            str(job.path),
+            "--base-url",
+            f"http://10.255.255.1:{port}/v2",
+            "--config",
+            str(_fast_fail_config(jobs)),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "config.cleartext_base_url" in err
+    assert SECRET not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fast_fail_config(jobs: JobFactory) -> Path:
+    cfg = jobs.root / "fastfail.toml"
+    cfg.write_text("[api]\nconnect_timeout = 0.1\n[retry]\nattempts = 1\nbackoff_initial = 0\n")
+    return cfg

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bulk_mms.config import load_job, load_settings
+from bulk_mms.config import check_base_url, load_job, load_settings, sends_key_in_clear
 from bulk_mms.errors import ConfigError
 
 GOOD_MESSAGE = '[message]\nfrom = "+18445550001"\ntext = "Hi {name}"\n'
@@ -172,3 +172,41 @@ def test_from_may_be_a_pool(tmp_path: Path) -> None:
     assert job.message.senders == ("+13125550001", "+13125550002")
     with pytest.raises(ConfigError, match="twice"):
         load_job(write(tmp_path, base + 'from = ["+13125550001", "+13125550001"]\n'))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:hunter2@api.example.com/v2", "must not carry credentials"),
+        ("https://:hunter2@api.example.com/v2", "must not carry credentials"),
+        ("ftp://api.example.com/v2", "not an http(s) URL"),
+        ("https:///v2", "not an http(s) URL"),
+        ("https://api.example.com:99999/v2", "not a valid URL"),
+        ("https://api.example.com/v2?x=1", "query"),
+        ("http://[::1/v2", "not a valid URL"),
+    ],
+)
+def test_a_base_url_that_cannot_be_used_is_refused_up_front(url: str, expected: str) -> None:
+    """Credentials, other schemes, no host, a bad port or a query: a ConfigError naming
+    base_url, before any request, and the message never repeats a password."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"TELNYX_BASE_URL": url})
+    assert info.value.setting == "base_url"
+    assert expected in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "clear"),
+    [
+        ("http://api.example.com/v2", True),
+        ("http://10.0.0.5:8080/v2", True),
+        ("https://api.example.com/v2", False),
+        ("http://127.0.0.1:8080/v2", False),
+        ("http://[::1]:8080/v2", False),
+        ("http://localhost:8080/v2", False),
+    ],
+)
+def test_plain_http_is_flagged_only_off_this_machine(url: str, clear: bool) -> None:
+    """The key would cross the network in clear text only over http to a non-loopback host."""
+    assert sends_key_in_clear(check_base_url(url)) is clear

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.config import JobConfig
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, parse_faults
 from bulk_mms.ledger import iter_events
 from bulk_mms.report import summarize
 from tests.conftest import JobFactory, numbers
@@ -29,10 +30,19 @@ KEY = "crash-test-key"
 N = 160
 
 
-def start(job: Path, url: str, config: Path) -> subprocess.Popen[bytes]:
+def start(job: Path, url: str, config: Path, *flags: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TELNYX_API_KEY": KEY}
     env.pop("TELNYX_BASE_URL", None)
-    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bulk_mms",
+        *(flags or ("-q",)),
+        "run",
+        str(job),
+        "--base-url",
+        url,
+    ]
     cmd += ["--config", str(config)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -136,3 +146,58 @@ def test_second_sigint_cancels_at_once_and_rerun_is_exact(jobs: JobFactory) -> N
         final.communicate(timeout=60)
     assert final.returncode == 0
     assert fake.recipient_counts() == dict.fromkeys(numbers(N), 1)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_a_day_long_pause_at_once(
+    jobs: JobFactory, sig: signal.Signals, code: int
+) -> None:
+    """A 429 asking for ages (clamped to max_retry_after, 10 minutes here) pauses the sender; a
+    signal ends the pause within a second: exit 130/143, job.finished logged, the lock
+    released (a rerun starts at once), and the 429'd group on record, not in doubt."""
+    fake, job, config = paced_job(jobs)
+    config.write_text("[limits]\nrate = 40\nconcurrency = 4\n[retry]\nmax_retry_after = 600\n")
+    fake.faults.extend(parse_faults("huge-retry-after*4"))
+    with fake_api_thread(fake) as url:
+        proc = start(job.path, url, config, "--log-json")
+        _wait_for_line(job.ledger, b'"event":"attempt"')
+        time.sleep(0.5)
+        assert proc.poll() is None  # paused, not finished
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+        assert proc.returncode == code, err.decode()[-2000:]
+        assert elapsed < 5, f"took {elapsed:.1f} s to stop"
+        assert b"Traceback" not in err
+        assert b'"job.finished"' in err
+        assert summarize(job.ledger).in_doubt_groups == 0
+        fake.faults.clear()
+        final = start(job.path, url, config)
+        final.communicate(timeout=60)
+    assert final.returncode == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(N), 1)
+
+
+def test_an_endless_body_keeps_the_process_small(jobs: JobFactory) -> None:
+    """Answers whose bodies never end are read up to 1 MiB each: the run finishes with every
+    recipient accepted once, no traceback, and a peak RSS of a few tens of MB."""
+    fake, job, config = paced_job(jobs)
+    fake.faults.extend(parse_faults("endless-body*6"))
+    with fake_api_thread(fake) as url:
+        proc = start(job.path, url, config)
+        _, err = proc.communicate(timeout=120)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"Traceback" not in err
+    assert fake.recipient_counts() == dict.fromkeys(numbers(N), 1)
+    assert usage.ru_maxrss < 300 * 1024  # kB on Linux
+
+
+def _wait_for_line(path: Path, needle: bytes, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_bytes():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} never appeared in {path}")

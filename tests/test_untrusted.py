@@ -1,0 +1,265 @@
+"""Every answer from the server is untrusted input: the real client and runner against the fake
+API's misbehaviours. No answer may crash the run, hang it, or become a "sent" that did not
+happen; the report's sent count is never above what the server accepted, and never below it by
+more than the in-doubt count."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from structlog.testing import capture_logs
+
+from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, parse_retry_after
+from bulk_mms.errors import AmbiguousSendError, EndpointError, ServerError
+from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, parse_faults
+from bulk_mms.ledger import iter_events
+from bulk_mms.models import Group, MessageBody
+from bulk_mms.pacing import WAIT_CEILING_S
+from bulk_mms.report import summarize
+from bulk_mms.runner import JobSummary, run_job
+from tests.conftest import FAST, FakeSleep, JobFactory, numbers
+
+API = tuple[FakeTelnyx, str]
+KEY = "test-key-123"
+
+
+async def run_against(
+    url: str, jobs: JobFactory, n: int = 16, **retry: object
+) -> tuple[JobSummary, FakeSleep]:
+    """Send ``n`` recipients in groups of 4 through the real client, one request at a time."""
+    jobs.people(n)
+    job = jobs.job(extra="group_size = 4")
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, **retry))  # type: ignore[arg-type]
+    clock = FakeSleep()
+    async with AiohttpMmsClient(url, KEY, request_timeout=5.0) as client:
+        s = await run_job(job, settings, client, clock=clock)
+    return s, clock
+
+
+def assert_report_matches_server(jobs: JobFactory, fake: FakeTelnyx) -> None:
+    """The ledger's sent recipients are at most what the server accepted, at least that less
+    the in-doubt ones, and nobody was accepted twice."""
+    counts = fake.recipient_counts()
+    assert not counts or max(counts.values()) == 1
+    status = summarize(jobs.root / "ledgers" / "test-job.jsonl")
+    accepted = sum(counts.values())
+    assert status.sent_recipients <= accepted
+    assert status.sent_recipients >= accepted - status.in_doubt_recipients
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_is_never_followed_nor_recorded_sent(
+    fake_api: API, jobs: JobFactory, status: int
+) -> None:
+    """A 302 (which would become a GET of a real message) or a 307 (which would re-post the body
+    and key elsewhere) stops the job with an error naming the base URL; nothing is sent."""
+    fake, url = fake_api
+    async with AiohttpMmsClient(url, KEY) as client:  # a message the Location can point at
+        other = await client.send(
+            parse_group(numbers(1, 900)), idempotency_key("c0ffee", "earlier")
+        )
+    fake.faults.append(Fault("redirect", status, location=f"/v2/messages/{other.message_id}"))
+    before = len(fake.requests)
+    s, _ = await run_against(url, jobs)
+    assert isinstance(s.error, EndpointError)
+    assert s.error.status == status
+    assert url in str(s.error)
+    assert "redirect" in str(s.error)
+    assert s.stopped == "endpoint"
+    assert s.sent_groups == 0
+    assert len(fake.requests) == before + 1  # the redirect was not followed with a new POST
+    assert not [
+        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+    ]
+
+
+async def test_an_endless_body_is_cut_off_and_the_group_stays_safe(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A 200 whose body never ends is read up to 1 MiB: that try is in doubt, and with keys
+    trusted the repeat under the same key is a replay, so every recipient gets one message."""
+    fake, url = fake_api
+    fake.faults.append(Fault("endless"))
+    s, _ = await run_against(url, jobs)
+    assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
+    assert fake.recipient_counts() == dict.fromkeys(numbers(16), 1)
+    assert_report_matches_server(jobs, fake)
+
+
+async def test_an_endless_body_without_trusted_keys_is_in_doubt(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """With retry_ambiguous off, the cut-off group is in doubt: never sent, never lost."""
+    fake, url = fake_api
+    fake.faults.append(Fault("endless"))
+    s, _ = await run_against(url, jobs, retry_ambiguous=False)
+    assert (s.sent_groups, s.in_doubt_groups) == (3, 1)
+    (doubt,) = [
+        e
+        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        if e["event"] == "in_doubt"
+    ]
+    assert "1048576 bytes" in str(doubt["reason"])
+    assert_report_matches_server(jobs, fake)
+
+
+@pytest.mark.parametrize("amount", ["9e999999999", "-5", "Infinity", "1e-999999999", "1" * 60])
+async def test_an_absurd_cost_is_unknown_and_the_send_is_recorded(
+    fake_api: API, jobs: JobFactory, amount: str
+) -> None:
+    """A cost that overflows, is negative, infinite or absurdly precise is recorded as unknown
+    with a warning; the accepted group is still recorded sent, and the report adds up."""
+    fake, url = fake_api
+    fake.faults.append(Fault("patch", patch={"cost": {"amount": amount, "currency": "USD"}}))
+    with capture_logs() as logs:
+        s, _ = await run_against(url, jobs)
+    assert s.sent_groups == 4
+    assert s.cost == {"USD": Decimal("0.0204") * 3}
+    assert [e for e in logs if e["event"] == "response.cost_unusable"]
+    sent = [
+        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+    ]
+    assert sent[0]["cost"] is None
+    assert summarize(jobs.root / "ledgers" / "test-job.jsonl").cost == s.cost
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"to": [{"phone_number": "+12025550000", "status": "queued"}]},
+        {"id": "x" * 5000},
+        {"id": "../../v2/other"},
+        {"id": 12345},
+    ],
+)
+async def test_an_answer_about_something_else_is_in_doubt(
+    fake_api: API, jobs: JobFactory, patch: dict[str, object]
+) -> None:
+    """A 200 naming numbers the request did not send to, or an id that is no id, is not an
+    answer to this request: the group is in doubt (here: repeated under its key, a replay)."""
+    fake, url = fake_api
+    fake.faults.append(Fault("patch", patch=patch))
+    s, _ = await run_against(url, jobs)
+    assert (s.sent_groups, s.failed_groups) == (4, 0)
+    assert fake.recipient_counts() == dict.fromkeys(numbers(16), 1)
+    ids = {
+        e["message_id"]
+        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        if e["event"] == "sent"
+    }
+    assert ids == {m.id for m in fake.accepted}
+
+
+async def test_a_huge_retry_after_is_clamped_and_logged_once(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """Retry-After: 1000000000000 and an epoch x-ratelimit-reset in the far future pause no
+    longer than max_retry_after, and the absurd hint is logged once as such."""
+    fake, url = fake_api
+    fake.faults.extend(parse_faults("huge-retry-after,huge-ratelimit-reset,huge-retry-after"))
+    with capture_logs() as logs:
+        s, clock = await run_against(url, jobs, max_retry_after=60.0)
+    assert s.sent_groups == 4
+    assert max(clock.calls) <= 60.0
+    assert clock.now() - 1000.0 <= 3 * 60.0 + 5
+    absurd = [e for e in logs if e["event"] == "pace.absurd_hint"]
+    assert [(e["hint"], e["used"]) for e in absurd] == [("retry_after", 60.0)]
+    assert_report_matches_server(jobs, fake)
+
+
+async def test_a_huge_wait_seconds_is_clamped_and_ends_in_bounded_time(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """wait_seconds 1e12 is taken as the 4 h ceiling; the pause it causes outlasts
+    max_group_age_s, so the waiting groups give up at once (a rerun sends them) instead of
+    waiting for ever, and the ledger never records the absurd value."""
+    fake, url = fake_api
+    fake.faults.extend(parse_faults("huge-wait"))
+    with capture_logs() as logs:
+        s, clock = await run_against(url, jobs)
+    assert s.sent_groups == 1
+    assert s.retry_later_groups == 3
+    assert clock.now() - 1000.0 < 60
+    assert [e["used"] for e in logs if e["event"] == "pace.absurd_hint"] == [WAIT_CEILING_S]
+    waits = [
+        e["wait_seconds"]
+        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        if e["event"] == "sent"
+    ]
+    assert waits == [WAIT_CEILING_S]
+    assert_report_matches_server(jobs, fake)
+
+
+async def test_every_preset_fault_ends_cleanly(fake_api: API, jobs: JobFactory) -> None:
+    """The fake API's whole repertoire, one after another: each run ends, the ledger agrees
+    with the server after every one, and reruns reach everyone exactly once."""
+    fake, url = fake_api
+    fake.faults.extend(FAULT_PRESETS[name]() for name in FAULT_PRESETS)
+    runs = 0
+    while True:
+        runs += 1
+        s, _ = await run_against(url, jobs, n=160, attempts=5)
+        assert_report_matches_server(jobs, fake)
+        if s.error is None and not s.retry_later_groups and s.stopped is None:
+            break
+        assert runs < 10
+    assert runs > 1  # the redirects and the 4-hour wait each stopped a run
+    assert fake.recipient_counts() == dict.fromkeys(numbers(160), 1)
+
+
+def test_unknown_fault_names_are_refused_with_the_choices() -> None:
+    """parse_faults names the choices when a name is wrong."""
+    assert [f.kind for f in parse_faults("drop-after*2, huge-wait")] == [
+        "drop_after",
+        "drop_after",
+        "patch",
+    ]
+    with pytest.raises(ValueError, match="endless-body"):
+        parse_faults("nope")
+
+
+def test_retry_after_that_is_not_a_finite_number_is_bounded() -> None:
+    """inf parses as an unbounded hint (for the pacer to clamp), NaN and junk as none."""
+    assert parse_retry_after({"retry-after": "1e999"}, 0.0) == math.inf
+    assert parse_retry_after({"retry-after": "nan"}, 0.0) is None
+    assert parse_retry_after({"retry-after-ms": "-5"}, 0.0) == 0.0
+    assert parse_retry_after({"retry-after": "Fri, 31 Dec 99999 23:59:59 GMT"}, 0.0) is None
+
+
+def test_receipts_keep_only_bounded_fields() -> None:
+    """Statuses and errors are cut to size; wait_seconds must be a finite non-negative number."""
+    body = {
+        "data": {
+            "id": "40385f64-5717-4562-b3fc-2c963f66afa6",
+            "to": [{"phone_number": "+12125550000", "status": "q" * 10_000}],
+            "errors": [{"code": "1", "title": "t" * 10_000}] * 1000,
+            "wait_seconds": -3,
+        }
+    }
+    r = parse_receipt(body, ["+12125550000"])
+    assert len(r.statuses[0].status) <= 40
+    assert len(r.errors) == 10
+    assert all(len(e.title) <= 500 for e in r.errors)
+    assert r.wait_seconds is None
+    with pytest.raises(AmbiguousSendError):
+        parse_receipt(body, ["+12125550001"])
+
+
+async def test_an_unknown_status_is_ambiguous_and_a_5xx_retryable(fake_api: API) -> None:
+    """A status HTTP does not define may have been acted on: ambiguous; a 503 is retryable."""
+    fake, url = fake_api
+    fake.faults.extend([Fault("status", 599), Fault("status", 799)])
+    async with AiohttpMmsClient(url, KEY) as client:
+        with pytest.raises(ServerError):
+            await client.send(parse_group(numbers(2)), "k1")
+        with pytest.raises(AmbiguousSendError, match="unknown status"):
+            await client.send(parse_group(numbers(2)), "k2")
+
+
+def parse_group(to: list[str]) -> Group:
+    """A group to send by hand."""
+    body = MessageBody(from_="+18445550001", text="hi")
+    return Group("gid", 0, tuple(to), tuple(range(len(to))), body)
