@@ -59,8 +59,9 @@ from bulk_mms.validate import validate_rows
 
 log = structlog.get_logger("bulk_mms.runner")
 
-#: After this many groups in a row end on a transient error with their retries used up, the API
-#: is taken to be down and the job stops (a rerun resumes) instead of failing every group.
+#: After this many groups in a row end without a usable answer (a transient error with their
+#: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
+#: resumes) instead of going through every group.
 UNREACHABLE_AFTER = 3
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
@@ -641,7 +642,10 @@ class Runner:
         assert err is not None
         self.errors[err.code] += 1
         retryable = isinstance(err, RetryableSendError)
-        self.transient_streak = self.transient_streak + 1 if retryable else 0
+        # no usable answer (retries used up, or in doubt): group after group means the API is
+        # down or broken, and the job stops instead of burning through the list
+        unanswered = retryable or isinstance(err, AmbiguousSendError)
+        self.transient_streak = self.transient_streak + 1 if unanswered else 0
         if isinstance(err, AmbiguousSendError):
             s.in_doubt_groups += 1
             await self.ledger.write(
@@ -656,6 +660,7 @@ class Runner:
             )
             self.state.outcome("in_doubt", group.id)
             log.warning("group.in_doubt", group=group.id, reason=str(err))
+            self._stop_if_unavailable(err)
             return
         if isinstance(err, FatalSendError):
             # Not a verdict on this group: nothing was accepted. Stop the job; a rerun with the
@@ -691,11 +696,14 @@ class Runner:
         log.warning(
             "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
         )
+        self._stop_if_unavailable(err)
+
+    def _stop_if_unavailable(self, err: SendError) -> None:
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
             if self.summary.error is None:
                 self.summary.error = ApiUnavailable(
                     f"the API keeps failing ({err}); stopped after {UNREACHABLE_AFTER} groups "
-                    "in a row used up their retries. Nothing is lost: rerun to resume"
+                    "in a row got no usable answer. Nothing is lost: rerun to resume"
                 )
             self.stop.request("unavailable")
 

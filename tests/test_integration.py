@@ -47,6 +47,9 @@ async def test_fault_mix_accepts_each_recipient_at_most_once(
     settings = replace(FAST, concurrency=1, retry=retry)
     async with AiohttpMmsClient(url, KEY, request_timeout=0.5) as client:
         s = await run_job(job, settings, client, clock=fake_sleep)
+        # three groups in a row without a usable answer stop the job; reruns go on from there
+        while s.stopped == "unavailable":
+            s = await run_job(job, settings, client, clock=fake_sleep)
     counts = fake.recipient_counts()
     assert set(counts.values()) == {1}
     status = summarize(job.ledger)
@@ -57,9 +60,8 @@ async def test_fault_mix_accepts_each_recipient_at_most_once(
         assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (16, 0, 0)
         assert sorted(counts) == numbers(64)
     else:
-        assert s.failed_groups == 0
-        assert s.sent_groups + s.in_doubt_groups == 16
-        assert status.in_doubt_recipients == 64 - status.sent_recipients
+        assert status.failed_groups == 0
+        assert status.sent_recipients + status.in_doubt_recipients == 64
         missing = set(numbers(64)) - set(counts)
         doubt = {p for _, e in iter_events(job.ledger) if e["event"] == "in_doubt" for p in e["to"]}
         assert missing <= doubt

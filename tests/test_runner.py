@@ -279,6 +279,24 @@ async def test_outage_stops_the_job_instead_of_failing_everything(
     assert sorted(back.sent_numbers()) == numbers(80)
 
 
+async def test_a_server_that_never_answers_stops_the_job_not_the_list(
+    jobs: JobFactory, fake_sleep: FakeSleep
+) -> None:
+    """Group after group in doubt (every answer lost) stops the job after three: the rest of
+    the list is not turned into groups in doubt, and a rerun resends the three under their
+    keys."""
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 1")
+    mute = FakeClient(lambda g, n: AmbiguousSendError("no response in time"))
+    s = await run_job(job, replace(FAST, concurrency=1), mute, clock=fake_sleep)
+    assert isinstance(s.error, ApiUnavailable)
+    assert s.in_doubt_groups == 3
+    assert len(mute.calls) == 3 * FAST.retry.attempts
+    back = FakeClient()
+    await run_job(job, FAST, back)
+    assert sorted(back.sent_numbers()) == numbers(80)
+
+
 async def test_unknown_template_column_is_a_config_error(jobs: JobFactory) -> None:
     """A placeholder naming a column the file lacks stops the job before sending."""
     jobs.people(3)
