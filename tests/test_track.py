@@ -12,7 +12,7 @@ import pytest
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import TrackConfig
 from bulk_mms.delivery import DeliveryBook, Known, supersedes
-from bulk_mms.errors import AuthError, ServerError
+from bulk_mms.errors import AuthError, EndpointError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
 from bulk_mms.ledger import iter_events
 from bulk_mms.models import RecipientStatus
@@ -172,6 +172,17 @@ async def test_refused_key_stops_tracking(jobs: JobFactory) -> None:
     client.delivery[f"msg-{g.id}-0"] = AuthError("no", status=401)
     with pytest.raises(AuthError):
         await track_ledger(ledger, FAST, client, clock=FakeSleep())
+
+
+async def test_a_redirect_on_a_get_stops_tracking(jobs: JobFactory) -> None:
+    """A 3xx on a GET (the base URL is wrong) stops tracking like a refused key: no GET can
+    succeed, so no group is counted as failed one by one."""
+    ledger, client = await sent_ledger(jobs, 8)
+    for n, g in enumerate(client.calls):
+        client.delivery[f"msg-{g.id}-{n}"] = EndpointError("redirect", status=302)
+    with pytest.raises(EndpointError):
+        await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    assert len(client.fetches) <= FAST.concurrency
 
 
 async def test_track_agrees_with_the_server_recipient_by_recipient(
