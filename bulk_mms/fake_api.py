@@ -537,7 +537,8 @@ def _drop(request: web.Request) -> web.Response:
 async def serve(fake: FakeTelnyx | None = None, port: int = 0) -> AsyncIterator[str]:
     """Run the fake on 127.0.0.1 in this event loop; yield its base URL (``.../v2``)."""
     fake = fake or FakeTelnyx()
-    runner = web.AppRunner(fake.app(), access_log=None)
+    # a stopping run must not wait a minute for a handler that is still slow or endless
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
