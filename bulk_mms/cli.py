@@ -509,6 +509,7 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  rejected     {s.rejected_rows} rows")
+    print(f"  grouping     {job.grouping}")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     e = s.estimate
     if e is not None:

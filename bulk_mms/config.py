@@ -30,6 +30,14 @@ API_KEY_ENV = "TELNYX_API_KEY"
 BASE_URL_ENV = "TELNYX_BASE_URL"
 MAX_GROUP_SIZE = 8  # the API's limit on `to`
 
+#: What putting unrelated people in one group MMS does, said wherever a job chooses it.
+MIXING_CONSEQUENCE = "each member sees the others' numbers, and every reply goes to all of them"
+GROUPING_CHOICE = (
+    'say how groups form: group_by = "COLUMN" (people who already share a thread: a '
+    "household, a team) or mix_unrelated = true (unrelated recipients in one group MMS: "
+    f"{MIXING_CONSEQUENCE}); or group_size = 1 for a message each"
+)
+
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _SHORT_CODE = re.compile(r"^\d{3,8}$")
 _ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
@@ -111,6 +119,9 @@ class JobConfig:
     phone_column: str = "phone"
     group_size: int = MAX_GROUP_SIZE
     group_by: str | None = None
+    #: Unrelated recipients may share a group MMS (each sees the others' numbers, and replies
+    #: go to all): the job's explicit choice when it has no ``group_by``.
+    mix_unrelated: bool = False
     default_region: str = "US"
     #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
     timezone: str = "UTC"
@@ -119,6 +130,15 @@ class JobConfig:
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def grouping(self) -> str:
+        """How groups form, in words, for the run's start line and the dry run."""
+        if self.group_size == 1:
+            return "one recipient per message"
+        if self.group_by is not None:
+            return f"by {self.group_by!r}: people who share it share a message"
+        return f"unrelated recipients, up to {self.group_size} a message: {MIXING_CONSEQUENCE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +426,7 @@ def load_job(
     phone_column = top.str_("phone_column", "phone") or "phone"
     group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
     group_by = top.str_("group_by")
+    mix_unrelated = top.bool_("mix_unrelated") or False
     region = (top.str_("default_region", "US") or "US").upper()
     if region not in ("US", "CA"):
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
@@ -437,7 +458,13 @@ def load_job(
         use_profile_webhooks=msg.bool_("use_profile_webhooks"),
     )
     msg.finish()
-    top.finish()
+    top.finish()  # a misspelt key first: "group_bye" must not read as a missing choice
+    if group_by is not None and mix_unrelated:
+        raise top.error(
+            "mix_unrelated", "contradicts group_by: groups form by group_by's column; drop one"
+        )
+    if group_by is None and not mix_unrelated and group_size > 1:
+        raise top.error("group_by", GROUPING_CHOICE)
     base = path.parent
     return JobConfig(
         name=name,
@@ -450,6 +477,7 @@ def load_job(
         phone_column=phone_column,
         group_size=group_size,
         group_by=group_by,
+        mix_unrelated=mix_unrelated,
         default_region=region,
     )
 

@@ -838,6 +838,7 @@ async def run_job(
                 input=str(job.input),
                 ledger=str(job.ledger),
                 campaign=state.campaign,
+                grouping=job.grouping,
                 rate=settings.rate,
                 concurrency=settings.concurrency,
             )

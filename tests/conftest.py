@@ -160,11 +160,14 @@ class JobFactory:
         sender: str = '"+18445550001"',
     ) -> JobConfig:
         path = self.root / "job.toml"
+        # mixing unrelated recipients is the tests' usual choice; a job must make one
+        grouping = "" if "group_by" in extra or "mix_unrelated" in extra else "mix_unrelated = true"
         path.write_text(
             textwrap.dedent(
                 f"""\
                 name = "{name}"
                 input = "{input_name}"
+                {grouping}
                 {extra}
 
                 [message]

@@ -359,3 +359,23 @@ def _fast_fail_config(jobs: JobFactory) -> Path:
     cfg = jobs.root / "fastfail.toml"
     cfg.write_text("[api]\nconnect_timeout = 0.1\n[retry]\nattempts = 1\nbackoff_initial = 0\n")
     return cfg
+
+
+def test_a_job_without_a_grouping_choice_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No group_by and no mix_unrelated: exit 2 before anything is sent, one line naming both
+    choices; the dry run of a mixing job states what mixing means."""
+    jobs.people(10)
+    (jobs.root / "job.toml").write_text(
+        'name = "n"\ninput = "people.csv"\n[message]\nfrom = "+18445550001"\ntext = "x"\n'
+    )
+    code = main(["run", str(jobs.root / "job.toml"), "--sandbox"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "group_by" in err
+    assert "mix_unrelated = true" in err
+    assert not (jobs.root / "ledgers").exists()
+    job = jobs.job()
+    assert main(["run", str(job.path), "--dry-run"]) == 0
+    assert "sees the others' numbers" in capsys.readouterr().out

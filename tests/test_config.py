@@ -167,7 +167,7 @@ def test_bad_limits_name_the_setting(tmp_path: Path, text: str, setting: str) ->
 
 def test_from_may_be_a_pool(tmp_path: Path) -> None:
     """`from` takes a list of senders; a repeated sender is refused."""
-    base = 'name = "n"\ninput = "a.csv"\n[message]\ntext = "x"\n'
+    base = 'name = "n"\ninput = "a.csv"\nmix_unrelated = true\n[message]\ntext = "x"\n'
     job = load_job(write(tmp_path, base + 'from = ["+13125550001", "+13125550002"]\n'))
     assert job.message.senders == ("+13125550001", "+13125550002")
     with pytest.raises(ConfigError, match="twice"):
@@ -210,3 +210,32 @@ def test_a_base_url_that_cannot_be_used_is_refused_up_front(url: str, expected: 
 def test_plain_http_is_flagged_only_off_this_machine(url: str, clear: bool) -> None:
     """The key would cross the network in clear text only over http to a non-loopback host."""
     assert sends_key_in_clear(check_base_url(url)) is clear
+
+
+@pytest.mark.parametrize(
+    ("grouping", "outcome"),
+    [
+        ("", "group_by: say how groups form"),
+        ("mix_unrelated = false\n", "group_by: say how groups form"),
+        ('group_by = "hh"\nmix_unrelated = true\n', "mix_unrelated: contradicts group_by"),
+        ("group_size = 1\n", None),
+        ("mix_unrelated = true\n", None),
+        ('group_by = "hh"\n', None),
+    ],
+)
+def test_grouping_is_an_explicit_choice(tmp_path: Path, grouping: str, outcome: str | None) -> None:
+    """A job with neither group_by nor mix_unrelated (and groups of more than one) is refused
+    with a message naming both choices and what mixing means; one of them, or group_size = 1,
+    is enough."""
+    text = 'name = "n"\ninput = "a.csv"\n' + grouping + '[message]\nfrom = "ACME"\ntext = "x"\n'
+    if outcome is None:
+        job = load_job(write(tmp_path, text))
+        assert job.grouping
+        return
+    with pytest.raises(ConfigError) as info:
+        load_job(write(tmp_path, text))
+    assert outcome in str(info.value)
+    if "say how" in outcome:
+        assert 'group_by = "COLUMN"' in str(info.value)
+        assert "mix_unrelated = true" in str(info.value)
+        assert "sees the others' numbers" in str(info.value)
