@@ -48,7 +48,7 @@ from bulk_mms.ledger import LedgerLocked, fingerprint
 from bulk_mms.media import check_media
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
-from bulk_mms.runner import JobSummary, Stop, dry_run, in_window, run_job
+from bulk_mms.runner import JobSummary, Stop, dry_run, in_window, run_job, seed_job
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
@@ -115,6 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="off a terminal, log a job.progress event this often (default 30)",
+    )
+    run.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="send only the next N groups (a rehearsal); a later run sends the rest",
+    )
+    run.add_argument(
+        "--to",
+        action="append",
+        metavar="NUMBER",
+        help="seed send: the job's message, rendered as for its first rows, to these numbers "
+        "only (repeatable, up to 8), in a ledger of its own; the campaign is untouched",
+    )
+    run.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="do not ask before sending (the question is only asked on a terminal)",
     )
     run.add_argument(
         "--resend-in-doubt",
@@ -247,14 +266,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job, name=args.name, input_file=args.input)
     if args.input is not None and args.name is None:
         job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
-    if args.ledger is not None:
+    if args.to:
+        if args.ledger is not None:
+            raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
+        job = seed_job(job, args.to, dt.datetime.now(dt.UTC))
+    elif args.ledger is not None:
         job = replace(job, ledger=args.ledger)
     settings = _settings(args)
     _preflight_media(job, args)
     if args.dry_run:
-        summary = asyncio.run(dry_run(job, settings, resend_in_doubt=args.resend_in_doubt))
+        summary = asyncio.run(
+            dry_run(job, settings, resend_in_doubt=args.resend_in_doubt, limit=args.limit)
+        )
         return _print_dry_run(summary, job, settings)
     key = _api_key(args)
+    if not args.yes and not args.sandbox and _interactive():
+        plan = asyncio.run(
+            dry_run(job, settings, resend_in_doubt=args.resend_in_doubt, limit=args.limit)
+        )
+        if plan.sent_groups and not _confirm(plan, job, settings):
+            print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
+            return EXIT_INCOMPLETE
     progress: Progress
     if sys.stderr.isatty() and not args.quiet and not args.log_json:
         progress = BarProgress(sys.stderr)
@@ -262,10 +294,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = LogProgress(max(1.0, args.progress_every))
     summary = asyncio.run(
         _run(
-            job, settings, key, sandbox=args.sandbox, resend=args.resend_in_doubt, progress=progress
+            job,
+            settings,
+            key,
+            sandbox=args.sandbox,
+            resend=args.resend_in_doubt,
+            progress=progress,
+            limit=args.limit,
         )
     )
     return _exit_code(summary)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _interactive() -> bool:
+    """Whether someone is at a terminal to answer a question (cron: never)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(plan: JobSummary, job: JobConfig, settings: Settings) -> bool:
+    """Show what the run would send and ask; True only for a yes."""
+    e = plan.estimate
+    cost = f"about {e.cost.amount:.4f} {e.cost.currency}" if e and e.cost else "cost unknown"
+    took = f"at least {_duration(e.seconds)}" if e else ""
+    print(
+        f"{job.name}: about to send {plan.sent_groups} groups ({plan.sent_recipients} "
+        f"recipients), {cost}, {took}; grouping: {job.grouping}",
+        file=sys.stderr,
+    )
+    print("Send now? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _rerun_name(name: str, input_file: Path) -> str:
@@ -350,6 +421,7 @@ async def _run(
     sandbox: bool,
     resend: bool,
     progress: Progress | None = None,
+    limit: int | None = None,
 ) -> JobSummary:
     stop = Stop()
     try:
@@ -359,7 +431,13 @@ async def _run(
                 _client(settings, base_url, key) as client,
             ):
                 return await run_job(
-                    job, settings, client, resend_in_doubt=resend, stop=stop, progress=progress
+                    job,
+                    settings,
+                    client,
+                    resend_in_doubt=resend,
+                    stop=stop,
+                    progress=progress,
+                    limit=limit,
                 )
     except asyncio.CancelledError:
         return JobSummary(job.name, stopped=stop.reason or "SIGINT")
@@ -493,6 +571,12 @@ def _exit_code(s: JobSummary) -> int:
             f"{s.job}: {s.achieved_rate:.2f} requests/s; wait_seconds p50 {s.wait_seconds_p50} "
             f"p95 {s.wait_seconds_p95} max {s.wait_seconds_max}; 429s {s.rate_limited} "
             f"(queue full {s.queue_full})"
+        )
+    if s.stopped == "limit":
+        print(
+            f"bulk-mms: --limit reached: {s.sent_groups} groups sent this run; a run without "
+            "--limit sends the rest",
+            file=sys.stderr,
         )
     if s.stopped == "deadline":
         print(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
+import itertools
 import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -26,13 +28,14 @@ import structlog
 
 from bulk_mms._version import __version__
 from bulk_mms.client import MmsClient, idempotency_key
-from bulk_mms.config import JobConfig, RetryConfig, Settings
+from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiUnavailable,
     AuthError,
     ConfigError,
     FatalSendError,
+    InputError,
     LedgerError,
     RateLimited,
     Rejected,
@@ -49,13 +52,13 @@ from bulk_mms.ledger import (
     now_iso,
     replay,
 )
-from bulk_mms.models import Group, Money, RejectedRow
+from bulk_mms.models import Group, Money, Recipient, RejectedRow
 from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig, Ticket
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.reader import RowReader
 from bulk_mms.report import percentile, summarize
 from bulk_mms.retry import Attempted, StopRetrying, send_with_retry
-from bulk_mms.validate import validate_rows
+from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -266,6 +269,59 @@ def open_reader(job: JobConfig) -> RowReader:
     return reader
 
 
+def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
+    """The job of a seed send (``run --to``): the job's message to ``to`` only, as one group.
+
+    Each seed number takes the template values of one of the input's first valid rows, so
+    the seeds see the message as the first recipients will. The seed rows are written to a
+    CSV beside the ledger (a record of what was sent to whom), and the job is renamed
+    ``<name>-seed-<UTC time>``: its own ledger and campaign, the real campaign untouched.
+
+    Raises:
+        ConfigError: a seed number is not valid, is repeated, or there are more than 8.
+        InputError: the input cannot be read.
+    """
+    seeds: list[str] = []
+    for value in to:
+        try:
+            phone = normalize_phone(value, job.default_region)
+        except PhoneError as exc:
+            raise ConfigError("--to", f"{value!r}: {exc}") from None
+        if phone in seeds:
+            raise ConfigError("--to", f"{value!r} is given twice")
+        seeds.append(phone)
+    if len(seeds) > MAX_GROUP_SIZE:
+        raise ConfigError("--to", f"at most {MAX_GROUP_SIZE} numbers, not {len(seeds)}")
+    with open_reader(job) as reader:
+        rows = validate_rows(reader, job.phone_column, job.default_region)
+        firsts = list(itertools.islice((r for r in rows if isinstance(r, Recipient)), len(seeds)))
+    if not firsts:
+        raise InputError(job.input, "has no valid row to render the message from")
+    name = f"{job.name}-seed-{now.astimezone(dt.UTC):%Y%m%dT%H%M%S}"[-100:].lstrip("-._")
+    path = job.ledger.parent / f"{name}.csv"
+    columns = [job.phone_column, *(c for c in job.message.fields if c != job.phone_column)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for i, phone in enumerate(seeds):
+                fields = firsts[i % len(firsts)].fields
+                writer.writerow([phone, *(fields.get(c, "") for c in columns[1:])])
+    except OSError as exc:
+        raise ConfigError("--to", f"cannot write {path}: {exc.strerror or exc}") from None
+    return replace(
+        job,
+        name=name,
+        input=path,
+        ledger=path.with_suffix(".jsonl"),
+        group_size=len(seeds),
+        group_by=None,
+        mix_unrelated=True,
+        send_window=None,  # the seeds are the operator's own phones, asked for now
+    )
+
+
 def header_for(job: JobConfig, input_fingerprint: str) -> dict[str, Any]:
     """The ledger's first line for this job."""
     return {
@@ -344,6 +400,7 @@ class Runner:
         resend_in_doubt: bool,
         clock: Clock | None,
         stop: Stop,
+        limit: int | None = None,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.job = job
@@ -353,6 +410,9 @@ class Runner:
         self.ledger = ledger
         self.state = state
         self.resend_in_doubt = resend_in_doubt
+        #: Send at most this many groups in this run (``run --limit``); the next run goes on.
+        self.limit = limit
+        self.queued = 0
         self.stop = stop
         self.clock: Clock = clock or LoopClock(stop)
         self.summary = JobSummary(job.name)
@@ -440,6 +500,10 @@ class Runner:
                     )
                 continue
             await self.queue.put(item)
+            self.queued += 1
+            if self.limit is not None and self.queued >= self.limit:
+                log.info("job.limit_reached", limit=self.limit)
+                break
 
     async def work(self) -> None:
         while (group := await self.queue.get()) is not None:
@@ -763,6 +827,7 @@ async def run_job(
     stop: Stop | None = None,
     wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     progress: Progress | None = None,
+    limit: int | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
 
@@ -778,6 +843,8 @@ async def run_job(
             is sent (``summary.stopped == "window"``); when it closes mid-run, requests not yet
             sent stay for the next run and those in flight finish.
         progress: where to show progress (a bar, or ``job.progress`` events); None: nowhere.
+        limit: send at most this many groups (``run --limit``, a rehearsal); the rest stay
+            for the next run (``summary.stopped == "limit"``).
 
     Returns:
         The run's :class:`JobSummary`. ``summary.error`` holds the :class:`FatalSendError`,
@@ -831,6 +898,7 @@ async def run_job(
                 clock=clock,
                 stop=stop,
                 wall=wall,
+                limit=limit,
             )
             log.info(
                 "job.started",
@@ -851,7 +919,7 @@ async def run_job(
         finally:
             await _close(ledger)
     s = runner.summary
-    s.stopped = stop.reason
+    s.stopped = stop.reason or ("limit" if limit is not None and runner.queued >= limit else None)
     s.duration_s = time.monotonic() - started
     waits = sorted(runner.waits)
     s.wait_seconds_p50 = percentile(waits, 0.50)
@@ -868,7 +936,12 @@ async def run_job(
 
 
 async def dry_run(
-    job: JobConfig, settings: Settings, *, resend_in_doubt: bool = False, preview: int = 5
+    job: JobConfig,
+    settings: Settings,
+    *,
+    resend_in_doubt: bool = False,
+    preview: int = 5,
+    limit: int | None = None,
 ) -> JobSummary:
     """Read, validate and group the whole input; send and write nothing.
 
@@ -890,6 +963,8 @@ async def dry_run(
             if action == "hold":
                 s.held_groups += 1
                 continue
+            if limit is not None and s.sent_groups >= limit:
+                continue  # counted as the runner would leave it: for the next run
             s.sent_groups += 1
             s.sent_recipients += len(item.to)
             if len(s.preview) < preview:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import bulk_mms.cli as cli
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import Ledger
@@ -379,3 +381,76 @@ def test_a_job_without_a_grouping_choice_sends_nothing(
     job = jobs.job()
     assert main(["run", str(job.path), "--dry-run"]) == 0
     assert "sees the others' numbers" in capsys.readouterr().out
+
+
+def test_limit_sends_the_first_groups_and_a_plain_rerun_the_rest(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --limit 2 sends two groups into the campaign's ledger; a plain run sends the rest;
+    every recipient gets exactly one message."""
+    fake = FakeTelnyx()
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 4")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "2"]) == 0
+        assert len(fake.accepted) == 2
+        assert "--limit reached: 2 groups" in capsys.readouterr().err
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert len(fake.accepted) == 10
+    assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)
+
+
+def test_a_seed_send_reaches_only_the_seeds_in_a_ledger_of_its_own(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --to sends the job's message, rendered from the first rows, to the seed numbers
+    only, in its own ledger; the campaign then sends to everyone as if nothing happened."""
+    fake = FakeTelnyx()
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    with fake_api_thread(fake) as url:
+        seeds = ["+13125550100", "(312) 555-0101"]
+        code = main(
+            ["-q", "run", str(job.path), "--base-url", url, "--to", seeds[0], "--to", seeds[1]]
+        )
+        assert code == 0
+        (seed,) = fake.accepted
+        assert seed.to == ("+13125550100", "+13125550101")
+        assert seed.body["text"] == "Hello P0"
+        assert not job.ledger.exists()
+        assert len(list((jobs.root / "ledgers").glob("test-job-seed-*.jsonl"))) == 1
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == {
+        **dict.fromkeys(numbers(8), 1),
+        **dict.fromkeys(["+13125550100", "+13125550101"], 1),
+    }
+    assert main(["run", str(job.path), "--to", "12", "--sandbox"]) == 2
+    assert "--to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("answer", "code", "sent"), [("y\n", 0, 2), ("n\n", 1, 0), ("", 1, 0)])
+def test_a_terminal_is_asked_before_spending(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    code: int,
+    sent: int,
+) -> None:
+    """On a terminal, run shows groups, recipients, cost and time and asks; only a yes sends.
+    --yes skips the question (and off a terminal it is never asked)."""
+    fake = FakeTelnyx()
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == code
+        err = capsys.readouterr().err
+        assert "about to send 2 groups (8 recipients)" in err
+        assert "Send now? [y/N]" in err
+        assert len(fake.accepted) == sent
+        if not sent:
+            assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) == 0
+            assert "Send now?" not in capsys.readouterr().err
+            assert len(fake.accepted) == 2
