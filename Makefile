@@ -21,6 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	rm -f jobs/ledgers/demo.jsonl
 	$(BIN)/bulk-mms run jobs/demo.toml --sandbox; test $$? -le 1
+	$(BIN)/bulk-mms -q track jobs/ledgers/demo.jsonl --sandbox --follow --format table
 	$(BIN)/bulk-mms report jobs/ledgers/demo.jsonl --format table
 
 lint: $(VENV)/.installed-test

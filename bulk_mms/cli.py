@@ -15,7 +15,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from bulk_mms.config import (
     load_settings,
     sends_key_in_clear,
 )
+from bulk_mms.delivery import DeliveryBook
 from bulk_mms.errors import (
     ApiUnavailable,
     AuthError,
@@ -70,20 +72,54 @@ _SIGNAL_EXIT = {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM}
 DRAIN_GRACE_S = 5.0
 
 
+def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags every command takes, before or after its name (``-v run`` or ``run -v``).
+
+    On the subcommands they default to SUPPRESS, so a flag given before the name is not reset.
+    """
+    default: object = False if defaults else argparse.SUPPRESS
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log every group"
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="log warnings and errors"
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", default=default, help="JSON log lines on a terminal too"
+    )
+    parser.add_argument(
+        "--no-color", action="store_true", default=default, help="no colors (also: NO_COLOR set)"
+    )
+
+
+def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    """``--format`` (table on a terminal, JSON otherwise), with ``--json`` as its alias."""
+    parser.add_argument(
+        "--format", choices=choices, help="table on a terminal, JSON otherwise (default)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_const",
+        const="json",
+        dest="format",
+        help="the same as --format json",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bulk-mms", description="Send group MMS in bulk through the Telnyx Messaging API."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log every group")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines even on a terminal")
+    _global_flags(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="send a job (resumes from its ledger)")
+    run = sub.add_parser("run", help="send a job (resumes from its ledger)", parents=[common])
     run.add_argument("job", type=Path, help="the job file (TOML)")
-    run.add_argument("--config", type=Path, help="account settings (TOML); see config.example.toml")
+    run.add_argument("--config", type=Path, help=CONFIG_HELP)
     run.add_argument("--ledger", type=Path, help="ledger path (default: from the job)")
     run.add_argument(
         "--input",
@@ -141,30 +177,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send groups an earlier run left in doubt (they may arrive twice)",
     )
 
-    track = sub.add_parser("track", help="poll delivery statuses of a ledger's sent groups")
+    track = sub.add_parser(
+        "track", help="poll delivery statuses of a ledger's sent groups", parents=[common]
+    )
     track.add_argument("ledger", type=Path)
     track.add_argument("--follow", action="store_true", help="keep polling until all are final")
-    track.add_argument("--config", type=Path, help="account settings (TOML); see [track]")
+    track.add_argument("--config", type=Path, help=CONFIG_HELP)
     track.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
+    track.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="ask the built-in fake API (a sandbox ledger's ids are unknown to it: reported 404)",
+    )
     track.add_argument("--rate", type=float, help="GET requests per second")
-    track.add_argument("--json", action="store_true", help="print the result as JSON")
+    _format_flag(track, ("table", "json"))
 
-    hooks = sub.add_parser("webhooks", help="receive delivery webhooks into a ledger")
+    hooks = sub.add_parser(
+        "webhooks", help="receive delivery webhooks into a ledger", parents=[common]
+    )
+    hooks.add_argument("ledger", type=Path, nargs="?", help="the ledger to record into")
+    hooks.add_argument("--ledger", type=Path, dest="ledger_option", help=argparse.SUPPRESS)
     hooks.add_argument(
         "--listen",
         required=True,
         metavar="HOST:PORT",
         help="address to listen on, e.g. 0.0.0.0:8080",
     )
-    hooks.add_argument("--ledger", type=Path, required=True, help="the ledger to record into")
 
-    report = sub.add_parser("report", help="outcomes, delivery, cost and errors of a ledger")
-    report.add_argument("ledger", type=Path)
-    report.add_argument(
-        "--format",
-        choices=("table", "json", "csv"),
-        help="table on a terminal, JSON otherwise (default)",
+    report = sub.add_parser(
+        "report", help="outcomes, delivery, cost and errors of a ledger", parents=[common]
     )
+    report.add_argument("ledger", type=Path)
+    _format_flag(report, ("table", "json", "csv"))
     report.add_argument(
         "--failed-csv",
         type=Path,
@@ -172,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the recipients who did not get the message as a job input file",
     )
 
-    status = sub.add_parser("status", help="the same as report (kept for scripts)")
+    status = sub.add_parser(
+        "status", help="the same as report (kept for scripts)", parents=[common]
+    )
     status.add_argument("ledger", type=Path)
-    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _format_flag(status, ("table", "json", "csv"))
     return parser
 
 
@@ -182,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bulk-mms``; returns the exit code."""
     args = build_parser().parse_args(argv)
     log.configure(
-        -1 if args.quiet else 1 if args.verbose else 0, json=True if args.log_json else None
+        -1 if args.quiet else 1 if args.verbose else 0,
+        json=True if args.log_json else None,
+        no_color=args.no_color,
     )
     try:
         if args.command in ("status", "report"):
@@ -201,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bulk-mms: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # the reader of our output went away (`| head`): end quietly, as other tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _fail(exc: BaseException, code: int) -> int:
@@ -210,10 +263,10 @@ def _fail(exc: BaseException, code: int) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     summary = summarize(args.ledger)
-    fmt = getattr(args, "format", None)
+    fmt = args.format
     if fmt is None:
-        json_default = args.command == "report" and not sys.stdout.isatty()
-        fmt = "json" if getattr(args, "json", False) or json_default else "table"
+        # status keeps its documented table default for scripts that parse it
+        fmt = "json" if args.command == "report" and not sys.stdout.isatty() else "table"
     if fmt == "json":
         sys.stdout.write(
             orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -235,8 +288,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Where the settings are looked for, first found wins (documented in the README).
+CONFIG_ENV = "BULK_MMS_CONFIG"
+CONFIG_HELP = (
+    f"account settings (TOML; see config.example.toml). Default: ${CONFIG_ENV}, else "
+    "./config.toml, else ~/.config/bulk-mms/config.toml, if there"
+)
+
+
+def find_config(given: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file: ``--config``, else ``$BULK_MMS_CONFIG``, else ``./config.toml``, else
+    ``$XDG_CONFIG_HOME/bulk-mms/config.toml`` (``~/.config/...``), whichever comes first.
+
+    A path given explicitly must exist (the loader says so); the defaults only if they do.
+    """
+    env = os.environ if env is None else env
+    if given is not None:
+        return given
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    home = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for candidate in (Path("config.toml"), home / "bulk-mms" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+    path = find_config(args.config)
+    if path is not None and args.config is None:
+        structlog.get_logger("bulk_mms.cli").info("config.found", path=str(path))
+    settings = load_settings(path)
     if args.base_url:
         settings = replace(settings, base_url=args.base_url)
     if args.rate is not None:
@@ -252,7 +334,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _api_key(args: argparse.Namespace) -> str:
-    if getattr(args, "sandbox", False):
+    if args.sandbox:
         return "sandbox-key"
     key = os.environ.get(API_KEY_ENV, "")
     if not key.strip():
@@ -457,11 +539,16 @@ def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
 
 def cmd_track(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
+        settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
-    result = asyncio.run(_track(args.ledger, settings, key, follow=args.follow))
+    result = asyncio.run(
+        _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
+    )
     if result.error is not None:
         return _fail(result.error, _exit_for(result.error) or EXIT_USAGE)
-    if args.json:
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(format_track(result, args.ledger))
@@ -471,11 +558,16 @@ def cmd_track(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if trouble or (args.follow and result.pending) else EXIT_OK
 
 
-async def _track(path: Path, settings: Settings, key: str, *, follow: bool) -> TrackResult:
+async def _track(
+    path: Path, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
+) -> TrackResult:
     stop = Stop()
     try:
         with _stop_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S, cancel_on_force=True):
-            async with _client(settings, settings.base_url, key) as client:
+            async with (
+                _endpoint(settings, sandbox, ledger=path) as base_url,
+                _client(settings, base_url, key) as client,
+            ):
                 return await track_ledger(path, settings, client, follow=follow, stop=stop)
     except asyncio.CancelledError:
         return TrackResult(stopped=stop.reason or "SIGINT")
@@ -484,11 +576,24 @@ async def _track(path: Path, settings: Settings, key: str, *, follow: bool) -> T
 
 
 @contextlib.asynccontextmanager
-async def _endpoint(settings: Settings, sandbox: bool) -> AsyncIterator[str]:
+async def _endpoint(
+    settings: Settings, sandbox: bool, *, ledger: Path | None = None
+) -> AsyncIterator[str]:
+    """The API's base URL: the configured one, or a sandbox started here for the command.
+
+    For ``track --sandbox`` the sandbox first learns the ledger's sent groups (their run had
+    a sandbox of its own), and reports them through a carrier timeline: queued, sent, then
+    delivered, or delivery_failed for one number in seven, over a few seconds.
+    """
     if not sandbox:
         yield settings.base_url
         return
     fake = fake_api.FakeTelnyx()
+    if ledger is not None:
+        fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)
+        now = time.time()
+        for g in DeliveryBook.load(ledger).groups.values():
+            fake.adopt(g.message_id, g.sender or "", g.to, max(0.0, now - g.sent_at))
     try:
         fake.faults.extend(fake_api.parse_faults(os.environ.get(SANDBOX_FAULTS_ENV, "")))
     except ValueError as exc:
@@ -521,6 +626,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     host, sep, port_text = args.listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError("--listen", f"{args.listen!r} is not HOST:PORT (e.g. 0.0.0.0:8080)")
+    ledger = args.ledger or args.ledger_option
+    if ledger is None:
+        raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
 
     async def serve() -> None:
@@ -530,7 +638,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.request, sig.name)
         try:
             await serve_webhooks(
-                args.ledger,
+                ledger,
                 host.strip("[]") or "0.0.0.0",  # noqa: S104 - ":PORT" asks for every interface
                 int(port_text),
                 key,

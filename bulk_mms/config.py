@@ -9,6 +9,7 @@ The API key is never read from a file, only from ``TELNYX_API_KEY``.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import ipaddress
 import os
 import re
@@ -332,7 +333,9 @@ class _Table:
         """Refuse keys nobody asked for: a typo must not be silently ignored."""
         unknown = sorted(set(self._data) - self._used)
         if unknown:
-            raise self.error(unknown[0], "unknown setting")
+            near = difflib.get_close_matches(unknown[0], sorted(self._used), n=1, cutoff=0.6)
+            hint = f"; did you mean {self._name(near[0])!r}?" if near else ""
+            raise self.error(unknown[0], f"unknown setting{hint}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,6 +219,24 @@ class FakeTelnyx:
         assert queue is not None
         queue.set_drain(self.clock(), drain)
 
+    def adopt(self, message_id: str, sender: str, to: tuple[str, ...], age: float) -> None:
+        """Know a message accepted ``age`` seconds ago by another instance (``track --sandbox``:
+        the demo's run had a sandbox of its own), so the GETs can answer for it."""
+        msg = Accepted(
+            id=message_id,
+            from_=sender,
+            to=to,
+            body={"from": sender, "to": list(to)},
+            idempotency_key=None,
+            received_at=_now(),
+            recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
+            wait_seconds=0.0,
+            accepted_at=self.clock() - age,
+        )
+        self.by_id[msg.id] = msg
+        for i, rid in enumerate(msg.recipient_ids):
+            self.by_recipient_id[rid] = (msg, i)
+
     def recipient_counts(self) -> dict[str, int]:
         """How many accepted messages each number is in."""
         counts: dict[str, int] = {}

@@ -63,8 +63,17 @@ class BarSafeStream:
         return self.inner.isatty()
 
 
+def use_color(stream: TextIO, *, no_color: bool = False) -> bool:
+    """Color only on a terminal, never with ``--no-color`` or ``NO_COLOR`` set (no-color.org)."""
+    return stream.isatty() and not no_color and not os.environ.get("NO_COLOR")
+
+
 def configure(
-    verbosity: int = 0, *, stream: TextIO | None = None, json: bool | None = None
+    verbosity: int = 0,
+    *,
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    no_color: bool = False,
 ) -> None:
     """Set up logging for the CLI.
 
@@ -73,6 +82,7 @@ def configure(
         stream: where log lines go; stderr by default, so stdout stays for results.
         json: force JSON lines (True) or console lines (False); by default JSON unless the
             stream is a terminal.
+        no_color: plain console lines even on a terminal (also when ``NO_COLOR`` is set).
     """
     stream = stream or sys.stderr
     if json is None:
@@ -81,7 +91,7 @@ def configure(
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=use_color(stream, no_color=no_color))
     )
     structlog.configure(
         processors=[

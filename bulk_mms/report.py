@@ -251,7 +251,10 @@ def format_text(s: LedgerSummary, path: Path) -> str:
         lines.append("delivery     (recipients of sent groups, latest status)")
         lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
         if d["delivery_pending"]:
-            lines.append(f"  not final yet: {d['delivery_pending']} (run `bulk-mms track`)")
+            lines.append(
+                f"  not final yet: {d['delivery_pending']} (run `bulk-mms track {path}`; add "
+                "--sandbox for a sandbox run)"
+            )
         lines.append("")
     lines.append(f"did not get   {len(s.undelivered)} recipients (write them with --failed-csv)")
     lines.append(f"cost         {cost}")

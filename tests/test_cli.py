@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 import bulk_mms.cli as cli
+from bulk_mms import log
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import Ledger
@@ -454,3 +455,84 @@ def test_a_terminal_is_asked_before_spending(
             assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) == 0
             assert "Send now?" not in capsys.readouterr().err
             assert len(fake.accepted) == 2
+
+
+def test_one_way_to_ask(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Global flags work after the subcommand; --format is taken by report, status and track
+    (--json is its alias); webhooks takes the ledger as its positional argument."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    assert main(["run", str(job.path), "--sandbox", "-q", "--no-color"]) == 0
+    capsys.readouterr()
+    for cmd in (["status", str(job.ledger)], ["report", str(job.ledger)]):
+        assert main([*cmd, "--format", "json", "-q"]) == 0
+        assert orjson.loads(capsys.readouterr().out)["sent_groups"] == 2
+        assert main([*cmd, "--json"]) == 0
+        assert orjson.loads(capsys.readouterr().out)["sent_groups"] == 2
+        assert main([*cmd, "--format", "csv"]) == 0
+        assert capsys.readouterr().out.startswith("metric,value")
+    args = cli.build_parser().parse_args(["webhooks", str(job.ledger), "--listen", ":0", "-v"])
+    assert (args.ledger, args.verbose) == (job.ledger, True)
+    monkeypatch.delenv("TELNYX_PUBLIC_KEY", raising=False)
+    assert main(["webhooks", "--listen", ":0"]) == 2
+    assert "webhooks LEDGER" in capsys.readouterr().err
+
+
+def test_track_works_against_the_sandbox(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's next step works: track --sandbox knows the sandbox run's messages and
+    follows them to final statuses, which the report then shows."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
+    capsys.readouterr()
+    code = main(["-q", "track", str(job.ledger), "--sandbox", "--follow", "--format", "json"])
+    out = orjson.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["pending"] == 0
+    assert out["not_found"] == []
+    assert main(["report", str(job.ledger), "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert sum(report["delivery"].values()) == 16
+    assert set(report["delivery"]) <= {"delivered", "delivery_failed"}
+
+
+def test_config_is_found_on_the_search_path(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """--config, else $BULK_MMS_CONFIG, else ./config.toml, else the user's config directory;
+    a misspelt key names the nearest known one."""
+    home = tmp_path / "xdg"
+    (home / "bulk-mms").mkdir(parents=True)
+    (home / "bulk-mms" / "config.toml").write_text("[limits]\nrate = 3\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert cli.find_config(None) == home / "bulk-mms" / "config.toml"
+    (tmp_path / "config.toml").write_text("[limits]\nrate = 4\n")
+    assert cli.find_config(None) == Path("config.toml")
+    monkeypatch.setenv("BULK_MMS_CONFIG", str(tmp_path / "env.toml"))
+    assert cli.find_config(None) == tmp_path / "env.toml"
+    assert cli.find_config(Path("given.toml")) == Path("given.toml")
+    (tmp_path / "env.toml").write_text("[limits]\nconcurency = 4\n")
+    jobs.people(3)
+    assert main(["run", str(jobs.job().path), "--sandbox"]) == 2
+    assert "did you mean 'limits.concurrency'?" in capsys.readouterr().err
+
+
+def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NO_COLOR or --no-color turn colors off even on a terminal."""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert log.use_color(Tty())
+    assert not log.use_color(Tty(), no_color=True)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not log.use_color(Tty())
