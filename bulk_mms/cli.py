@@ -674,6 +674,7 @@ def _exit_code(s: JobSummary) -> int:
         f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
         f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
     )
+    _print_template_notes(s)
     if s.achieved_rate is not None:
         print(
             f"{s.job}: {s.achieved_rate:.2f} requests/s; wait_seconds p50 {s.wait_seconds_p50} "
@@ -702,6 +703,7 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  rejected     {s.rejected_rows} rows")
     print(f"  grouping     {job.grouping}")
+    _print_template_notes(s, prefix="  templates    ")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     e = s.estimate
     if e is not None:
@@ -718,6 +720,18 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         text = (g.message.text or "")[:60]
         print(f"  group {g.seq} [{g.id}] {', '.join(g.to)}: {text!r}")
     return EXIT_OK
+
+
+def _print_template_notes(s: JobSummary, prefix: str | None = None) -> None:
+    """Say which placeholders did not fit their groups, and how to fix them."""
+    notes = [
+        f"{{{name}}} differs between members in {n} groups (the first member's value is used)"
+        for name, n in s.template_differs.most_common()
+    ] + [f"{{{name}}} is empty in {n} groups" for name, n in s.template_empty.most_common()]
+    if not notes:
+        return
+    hint = "[message] join = [...] lists every member's value; [message.defaults] fills empties"
+    print(f"{prefix or s.job + ': templates: '}{'; '.join(notes)}. {hint}")
 
 
 def _duration(seconds: float) -> str:

@@ -72,6 +72,11 @@ class MessageConfig:
     webhook_url: str | None = None
     webhook_failover_url: str | None = None
     use_profile_webhooks: bool | None = None
+    #: Placeholders filled with every member's value, joined ("Ann, Bob and Cy"), instead of
+    #: the group's first row's.
+    join: tuple[str, ...] = ()
+    #: What an empty value becomes, per placeholder (``[message.defaults]``).
+    defaults: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def from_(self) -> str:
@@ -434,7 +439,33 @@ def load_job(
     if region not in ("US", "CA"):
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
 
-    msg = top.table("message")
+    message = _load_message(top.table("message"), path)
+    top.finish()  # a misspelt key first: "group_bye" must not read as a missing choice
+    if group_by is not None and mix_unrelated:
+        raise top.error(
+            "mix_unrelated", "contradicts group_by: groups form by group_by's column; drop one"
+        )
+    if group_by is None and not mix_unrelated and group_size > 1:
+        raise top.error("group_by", GROUPING_CHOICE)
+    base = path.parent
+    return JobConfig(
+        name=name,
+        path=path,
+        input=input_path,
+        ledger=base / ledger,
+        timezone=timezone,
+        send_window=window,
+        message=message,
+        phone_column=phone_column,
+        group_size=group_size,
+        group_by=group_by,
+        mix_unrelated=mix_unrelated,
+        default_region=region,
+    )
+
+
+def _load_message(msg: _Table, path: Path) -> MessageConfig:
+    """The ``[message]`` table, checked."""
     senders = msg.str_list("from")
     if not senders:
         raise msg.error("from", "is required (a number, or a list of numbers for a pool)")
@@ -459,30 +490,24 @@ def load_job(
             msg.str_("webhook_failover_url"), "message.webhook_failover_url", path
         ),
         use_profile_webhooks=msg.bool_("use_profile_webhooks"),
+        join=msg.str_list("join"),
+        defaults=_defaults(msg.table("defaults")),
     )
+    for i, name in enumerate(message.join):
+        if name not in message.fields:
+            raise msg.error(f"join[{i}]", f"{name!r} is not a placeholder of text or subject")
+    for name in message.defaults:
+        if name not in message.fields:
+            raise msg.error(f"defaults.{name}", "is not a placeholder of text or subject")
     msg.finish()
-    top.finish()  # a misspelt key first: "group_bye" must not read as a missing choice
-    if group_by is not None and mix_unrelated:
-        raise top.error(
-            "mix_unrelated", "contradicts group_by: groups form by group_by's column; drop one"
-        )
-    if group_by is None and not mix_unrelated and group_size > 1:
-        raise top.error("group_by", GROUPING_CHOICE)
-    base = path.parent
-    return JobConfig(
-        name=name,
-        path=path,
-        input=input_path,
-        ledger=base / ledger,
-        timezone=timezone,
-        send_window=window,
-        message=message,
-        phone_column=phone_column,
-        group_size=group_size,
-        group_by=group_by,
-        mix_unrelated=mix_unrelated,
-        default_region=region,
-    )
+    return message
+
+
+def _defaults(table: _Table) -> dict[str, str]:
+    """``[message.defaults]``: placeholder = text for an empty value."""
+    out = {name: table.str_(name) or "" for name in list(table._data)}
+    table.finish()
+    return out
 
 
 def _ledger_path(template: str, name: str, today: dt.date, top: _Table) -> str:

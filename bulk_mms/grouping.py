@@ -29,17 +29,61 @@ def group_id(job_name: str, to: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def render_message(message: MessageConfig, first: Recipient) -> MessageBody:
-    """The request body for a group, with placeholders filled from its first row."""
-    return MessageBody(
+def join_names(values: Sequence[str]) -> str:
+    """``"Ann"``, ``"Ann and Bob"``, ``"Ann, Bob and Cy"``: distinct non-empty values, in order."""
+    seen = list(dict.fromkeys(v for v in values if v))
+    if len(seen) <= 1:
+        return seen[0] if seen else ""
+    return f"{', '.join(seen[:-1])} and {seen[-1]}"
+
+
+def template_values(
+    message: MessageConfig, members: Sequence[Recipient]
+) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]:
+    """The values a group's placeholders take, and which of them do not fit the group.
+
+    A placeholder takes the first member's value, or every member's joined when the job says
+    ``join``; an empty value takes the job's default for it, if any.
+
+    Returns:
+        (values, placeholders whose value differs between members and is not joined,
+        placeholders left empty).
+    """
+    values: dict[str, str] = {}
+    differs: list[str] = []
+    empty: list[str] = []
+    for name in message.fields:
+        own = [m.fields.get(name, "").strip() for m in members]
+        if name in message.join:
+            value = join_names(own)
+        else:
+            value = own[0]
+            if len(set(own)) > 1:
+                differs.append(name)
+        if not value:
+            value = message.defaults.get(name, "")
+            if not value:
+                empty.append(name)
+        values[name] = value
+    return values, tuple(differs), tuple(empty)
+
+
+def render_message(
+    message: MessageConfig, members: Sequence[Recipient]
+) -> tuple[MessageBody, tuple[str, ...], tuple[str, ...]]:
+    """The request body for a group, with its placeholders filled (:func:`template_values`),
+    and the placeholders that differ between members or are empty."""
+    values, differs, empty = template_values(message, members)
+    body = MessageBody(
         from_=message.from_,
-        text=message.text.render(first.fields) if message.text else None,
-        subject=message.subject.render(first.fields) if message.subject else None,
+        text=message.text.render(values) if message.text else None,
+        subject=message.subject.render(values) if message.subject else None,
         media_urls=message.media_urls,
         webhook_url=message.webhook_url,
         webhook_failover_url=message.webhook_failover_url,
         use_profile_webhooks=message.use_profile_webhooks,
     )
+    return body, differs, empty
 
 
 class _Grouper:
@@ -51,12 +95,15 @@ class _Grouper:
 
     def make(self, members: Sequence[Recipient]) -> Group:
         to = tuple(r.phone for r in members)
+        body, differs, empty = render_message(self.job.message, members)
         group = Group(
             id=group_id(self.job.name, to),
             seq=self.seq,
             to=to,
             lines=tuple(r.line for r in members),
-            message=render_message(self.job.message, members[0]),
+            message=body,
+            differs=differs,
+            empty=empty,
         )
         self.seq += 1
         return group

@@ -71,6 +71,10 @@ class Group:
     #: Input lines of the recipients, same order as ``to``.
     lines: tuple[int, ...]
     message: MessageBody
+    #: Placeholders whose value differs between the members (the message carries the first
+    #: member's), and placeholders left empty: counted and reported, so the job can fix them.
+    differs: tuple[str, ...] = field(default=(), compare=False)
+    empty: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

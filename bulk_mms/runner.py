@@ -214,6 +214,10 @@ class JobSummary:
     #: Open problems over the whole ledger: failed and in-doubt groups.
     open_failed: int = 0
     open_in_doubt: int = 0
+    #: Groups (of those sent, or a dry run would send) whose message took a placeholder's
+    #: value from the first member though the members' values differ, or left it empty.
+    template_differs: Counter[str] = field(default_factory=Counter)
+    template_empty: Counter[str] = field(default_factory=Counter)
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
     estimate: Estimate | None = None
@@ -239,7 +243,14 @@ class JobSummary:
             "queue_full": self.queue_full,
             "duration_s": round(self.duration_s, 3),
             "stopped": self.stopped,
+            "template_differs": dict(self.template_differs),
+            "template_empty": dict(self.template_empty),
         }
+
+    def note_template(self, group: Group) -> None:
+        """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""
+        self.template_differs.update(group.differs)
+        self.template_empty.update(group.empty)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +510,7 @@ class Runner:
                         }
                     )
                 continue
+            s.note_template(item)
             await self.queue.put(item)
             self.queued += 1
             if self.limit is not None and self.queued >= self.limit:
@@ -967,6 +979,7 @@ async def dry_run(
                 continue  # counted as the runner would leave it: for the next run
             s.sent_groups += 1
             s.sent_recipients += len(item.to)
+            s.note_template(item)
             if len(s.preview) < preview:
                 s.preview.append(item)
     s.duration_s = time.monotonic() - started

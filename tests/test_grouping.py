@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bulk_mms.config import JobConfig, MessageConfig, parse_template
-from bulk_mms.grouping import group_id, make_groups
+from bulk_mms.errors import ConfigError
+from bulk_mms.grouping import group_id, join_names, make_groups
 from bulk_mms.models import Group, Recipient, RejectedRow
+from bulk_mms.runner import dry_run
+from tests.conftest import FAST, JobFactory, numbers
 
 
 def job(group_size: int = 8, group_by: str | None = None) -> JobConfig:
@@ -97,3 +101,42 @@ def test_every_recipient_lands_exactly_once_in_a_bounded_group(
     if by:
         for g in groups(out):
             assert len({recipients[line - 2].fields["hh"] for line in g.lines}) == 1
+
+
+def test_join_names_reads_as_a_list() -> None:
+    """Distinct non-empty values joined the way a greeting reads."""
+    assert join_names([]) == ""
+    assert join_names(["Ann", "", "Ann"]) == "Ann"
+    assert join_names(["Ann", "Bob"]) == "Ann and Bob"
+    assert join_names(["Ann", "Bob", "", "Cy", "Bob"]) == "Ann, Bob and Cy"
+
+
+async def test_templates_are_counted_joined_and_defaulted(jobs: JobFactory) -> None:
+    """A placeholder that differs within a group, or is empty, is counted per group; join
+    greets every member, and a default fills an empty value instead of "Hi ,"."""
+    rows = [
+        {"phone": p, "first": f, "hh": h}
+        for p, f, h in zip(numbers(6), ["Ann", "Bob", "", "", "Cy", "Cy"], "AABBCC", strict=True)
+    ]
+    jobs.csv(rows)
+    plain = jobs.job(extra='group_by = "hh"', message='text = "Hi {first}!"')
+    s = await dry_run(plain, FAST)
+    assert s.template_differs == {"first": 1}  # household A: Ann and Bob
+    assert s.template_empty == {"first": 1}  # household B: no name
+    assert [g.message.text for g in s.preview] == ["Hi Ann!", "Hi !", "Hi Cy!"]
+    fixed = jobs.job(
+        extra='group_by = "hh"',
+        message='text = "Hi {first}!"\njoin = ["first"]\n[message.defaults]\nfirst = "there"',
+    )
+    s = await dry_run(fixed, FAST)
+    assert (s.template_differs, s.template_empty) == ({}, {})
+    assert [g.message.text for g in s.preview] == ["Hi Ann and Bob!", "Hi there!", "Hi Cy!"]
+
+
+def test_join_and_defaults_must_name_placeholders(jobs: JobFactory) -> None:
+    """join or defaults naming something the templates do not use is a config error."""
+    jobs.people(2)
+    with pytest.raises(ConfigError, match=r"message\.join\[0\]"):
+        jobs.job(message='text = "Hi {first}"\njoin = ["last"]')
+    with pytest.raises(ConfigError, match=r"message\.defaults\.last"):
+        jobs.job(message='text = "Hi {first}"\n[message.defaults]\nlast = "x"')
