@@ -29,6 +29,9 @@ class Snapshot:
 
     #: Input rows dealt with (sent, failed, in doubt, rejected, skipped as done or held).
     rows_done: int
+    #: Of those, the rows that needed no request (rejected, done by an earlier run, held):
+    #: they go by in an instant, so rates and ETAs leave them out.
+    rows_free: int
     #: Data rows in the input, when known (an uncompressed file's line count, header excluded).
     rows_total: int | None
     groups_sent: int
@@ -68,6 +71,7 @@ def count_rows(path: Path, *, header: bool) -> int | None:
 
 
 def _eta(snap: Snapshot, rate: float) -> float | None:
+    """Seconds left: the rows still to do at the rate rows needing a request were done."""
     if snap.rows_total is None or rate <= 0:
         return None
     return max(0.0, (snap.rows_total - snap.rows_done) / rate)
@@ -96,9 +100,12 @@ class BarProgress:
         self.bar: tqdm[Never] | None = None
 
     def update(self, snap: Snapshot) -> None:
+        # The bar counts this run's work: rows that need no request (done before, rejected)
+        # leave the total instead of racing the bar ahead and the ETA down.
+        total = None if snap.rows_total is None else snap.rows_total - snap.rows_free
         if self.bar is None:
             self.bar = tqdm(
-                total=snap.rows_total,
+                total=total,
                 unit="row",
                 file=self.stream,
                 dynamic_ncols=True,
@@ -106,7 +113,9 @@ class BarProgress:
                 bar_format=_BAR,
             )
         bar = self.bar
-        bar.update(snap.rows_done - bar.n)
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(snap.rows_done - snap.rows_free - bar.n)
         wait = "-" if snap.wait_seconds is None else f"{snap.wait_seconds:.1f}s"
         bar.set_postfix_str(
             f"{snap.groups_sent / max(snap.elapsed_s, 1e-9):.1f} groups/s, "
@@ -130,7 +139,7 @@ class LogProgress:
 
     def update(self, snap: Snapshot) -> None:
         t = self.now()
-        rate = self.rate.update(t, snap.rows_done)
+        rate = self.rate.update(t, snap.rows_done - snap.rows_free)
         if t < self.next_at:
             return
         self.next_at = t + self.every

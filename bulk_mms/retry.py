@@ -17,6 +17,7 @@ it to the group's first attempt plus the idempotency window, when the server hon
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,18 +96,59 @@ class _Wait(tenacity.wait.wait_base):
         return float(self.backoff(retry_state))
 
 
-def _log_retry(group: Group) -> Callable[[tenacity.RetryCallState], None]:
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        log.warning(
-            "send.retry_scheduled",
-            group=group.id,
-            attempt=state.attempt_number,
-            caused_by=str(exc),
-            wait_for=round(state.upcoming_sleep, 2),
-        )
+class RetryDigest:
+    """Retries of many groups for one cause, said once rather than once a retry.
 
-    return before_sleep
+    The first retry of each cause (the error's code: ``503``, ``NetworkError``...) is logged at
+    once as ``send.retry_scheduled``; later ones are counted and logged as one
+    ``send.retries`` line per cause every ``every`` seconds, and by :meth:`flush` at the end.
+    Each retry is still logged at debug level (``-v``).
+    """
+
+    def __init__(self, every: float = 5.0, now: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.now = now
+        self._pending: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+
+    def note(self, group: Group, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        cause = exc.code if isinstance(exc, SendError) else type(exc).__name__
+        wait = round(state.upcoming_sleep, 2)
+        log.debug("send.retry", group=group.id, attempt=state.attempt_number, caused_by=str(exc))
+        t = self.now()
+        if cause not in self._since:
+            self._since[cause] = t
+            self._pending[cause] = 0
+            log.warning(
+                "send.retry_scheduled",
+                group=group.id,
+                attempt=state.attempt_number,
+                cause=cause,
+                caused_by=str(exc),
+                wait_for=wait,
+            )
+            return
+        self._pending[cause] += 1
+        if t - self._since[cause] >= self.every:
+            self._say(cause, t)
+
+    def _say(self, cause: str, t: float) -> None:
+        if self._pending.get(cause):
+            log.warning(
+                "send.retries",
+                cause=cause,
+                retries=self._pending[cause],
+                seconds=round(t - self._since[cause], 1),
+            )
+        self._pending[cause] = 0
+        self._since[cause] = t
+
+    def flush(self) -> None:
+        """Say what is still counted (at the end of a run)."""
+        t = self.now()
+        for cause in list(self._pending):
+            self._say(cause, t)
 
 
 async def send_with_retry(
@@ -122,6 +164,7 @@ async def send_with_retry(
     now: Callable[[], float] = time.monotonic,
     ambiguous_until: float | None = None,
     wall_clock: Callable[[], float] = time.time,
+    digest: RetryDigest | None = None,
 ) -> Attempted:
     """Send one group, retrying what can be retried.
 
@@ -138,6 +181,8 @@ async def send_with_retry(
         now: the clock for ``deadline``.
         ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
         wall_clock: the clock for ``ambiguous_until``.
+        digest: where retries are told (one line per cause now and then); a digest of this
+            call's own by default.
 
     Returns:
         The receipt, or the error that ended the tries, with the number of tries.
@@ -159,7 +204,7 @@ async def send_with_retry(
         stop=_Stop(policy.attempts, deadline, now),
         wait=_Wait(policy),
         sleep=sleep,
-        before_sleep=_log_retry(group),
+        before_sleep=functools.partial((digest or RetryDigest()).note, group),
         reraise=True,
     )
     number = 0

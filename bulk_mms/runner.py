@@ -57,7 +57,7 @@ from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig, Ticket
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.reader import RowReader
 from bulk_mms.report import percentile, summarize
-from bulk_mms.retry import Attempted, StopRetrying, send_with_retry
+from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -444,12 +444,18 @@ class Runner:
         )
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
+        #: Retries told one line per cause now and then, not one line each.
+        self.retries = RetryDigest()
         self.transient_streak = 0  # groups in a row that used up their retries
         #: Groups whose attempt is on record and whose outcome is not yet: cut off in flight
         #: by a forced stop, they are recorded in doubt.
         self.open_attempts: set[str] = set()
-        #: Input rows dealt with, for progress: recorded, rejected, skipped or held.
+        #: Input rows dealt with, for progress: recorded, rejected, skipped or held; and of
+        #: those, the rows that needed no request (rejected, done before, held): the ETA's
+        #: rate counts only the others.
         self.rows_done = 0
+        self.rows_free = 0
+        self.last_sent: float | None = None
 
     def __repr__(self) -> str:
         s = self.summary
@@ -473,6 +479,7 @@ class Runner:
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
                 self.rows_done += 1
+                self.rows_free += 1
                 if item.line not in state.rejected_lines:
                     self.ledger.write_nowait(
                         {
@@ -490,6 +497,7 @@ class Runner:
             )
             if action != "send":
                 self.rows_done += len(item.to)
+                self.rows_free += len(item.to)
             if action == "skip":
                 s.skipped_groups += 1
                 continue
@@ -633,6 +641,7 @@ class Runner:
                 ambiguous_until=key_valid_until(
                     self.state, self.settings.retry, group.id, fresh=time.time()
                 ),
+                digest=self.retries,
             )
         except StopRetrying:
             return
@@ -673,6 +682,14 @@ class Runner:
             )
         return StopRetrying()
 
+    def achieved_rate(self) -> float | None:
+        """Groups this run got sent per second, from its first request to its last send: no
+        rate at all when it sent fewer than two (retries and failures are not progress)."""
+        first, last = self.pacer.first_admit, self.last_sent
+        if self.summary.sent_groups < 2 or first is None or last is None or last <= first:
+            return None
+        return self.summary.sent_groups / (last - first)
+
     def fail_ledger(self, exc: LedgerError) -> None:
         if self.summary.error is None:
             self.summary.error = exc
@@ -689,6 +706,7 @@ class Runner:
             self.transient_streak = 0
             s.sent_groups += 1
             s.sent_recipients += len(group.to)
+            self.last_sent = self.clock.now()
             if r.cost is not None:
                 s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
             if r.wait_seconds is not None:
@@ -787,6 +805,7 @@ class Runner:
         s = self.summary
         return Snapshot(
             rows_done=self.rows_done,
+            rows_free=self.rows_free,
             rows_total=total,
             groups_sent=s.sent_groups,
             groups_failed=s.failed_groups,
@@ -930,6 +949,7 @@ async def run_job(
                 runner.fail_ledger(exc)
         finally:
             await _close(ledger)
+    runner.retries.flush()
     s = runner.summary
     s.stopped = stop.reason or ("limit" if limit is not None and runner.queued >= limit else None)
     s.duration_s = time.monotonic() - started
@@ -937,7 +957,7 @@ async def run_job(
     s.wait_seconds_p50 = percentile(waits, 0.50)
     s.wait_seconds_p95 = percentile(waits, 0.95)
     s.wait_seconds_max = waits[-1] if waits else None
-    s.achieved_rate = runner.pacer.achieved_rate()
+    s.achieved_rate = runner.achieved_rate()
     s.rate_limited = runner.pacer.rate_limited
     s.queue_full = runner.pacer.queue_full
     # The state was kept up to date as each outcome was written: no second read of the ledger.
