@@ -716,6 +716,14 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     if job.send_window is not None:
         now = "open" if in_window(job, dt.datetime.now(dt.UTC)) else "closed: a run now exits 4"
         print(f"  window       {job.send_window} {job.timezone}, {now}")
+    if s.locked_by is not None:
+        print(f"  ledger       held by a run now (PID {s.locked_by}): a run now exits 75")
+    media = ", media URLs" if job.message.media_urls else ""
+    print(f"  checked      job, settings, input{media}, ledger (its job, input, grouping, lock)")
+    print(
+        "  not checked  the API key and the API's answers (a dry run sends nothing); "
+        "try run --to YOUR_NUMBER, or --limit 1"
+    )
     for g in s.preview:
         text = (g.message.text or "")[:60]
         print(f"  group {g.seq} [{g.id}] {', '.join(g.to)}: {text!r}")

@@ -317,6 +317,22 @@ class Ledger:
             raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
         return cls(path, fd, lock_fd)
 
+    @staticmethod
+    def holder(path: Path) -> str | None:
+        """The PID of the run that holds ``path`` now, or None (a dry run's check: it takes
+        the lock for an instant and gives it back, as a run would take it)."""
+        try:
+            lock_fd = os.open(f"{path}.lock", os.O_RDWR)
+        except OSError:
+            return None  # no lock file: no run has ever held it
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(lock_fd)  # closing releases the lock if it was taken
+        return None
+
     @classmethod
     def open_for_status(cls, path: Path) -> Ledger:
         """Open an existing ledger to append ``status`` events, beside a run that may be sending.

@@ -218,6 +218,8 @@ class JobSummary:
     #: value from the first member though the members' values differ, or left it empty.
     template_differs: Counter[str] = field(default_factory=Counter)
     template_empty: Counter[str] = field(default_factory=Counter)
+    #: Set by a dry run: the PID of a run that holds the ledger now (a run would exit 75).
+    locked_by: str | None = None
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
     estimate: Estimate | None = None
@@ -984,6 +986,9 @@ async def dry_run(
     s = JobSummary(job.name)
     state = replay(job.ledger) if job.ledger.exists() else LedgerState()
     with open_reader(job) as reader:
+        if state.header is not None:  # the run's own check: refuse another input or grouping
+            check_header(job.ledger, state.header, header_for(job, fingerprint(job.input)))
+        s.locked_by = Ledger.holder(job.ledger)
         for item in plan(job, reader):
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1

@@ -536,3 +536,25 @@ def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not log.use_color(Tty(), no_color=True)
     monkeypatch.setenv("NO_COLOR", "1")
     assert not log.use_color(Tty())
+
+
+def test_the_dry_run_makes_the_runs_checks(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run refuses a ledger of another input as the run would (exit 2), names a run
+    that holds the ledger, and says what it could not check."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--limit", "1"]) == 0
+    capsys.readouterr()
+    lock = Ledger.open(job.ledger)
+    try:
+        assert main(["run", str(job.path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert f"held by a run now (PID {os.getpid()})" in out
+        assert "not checked  the API key" in out
+    finally:
+        lock.close_sync()
+    jobs.people(9)
+    assert main(["run", str(job.path), "--dry-run"]) == 2
+    assert "input file contents" in capsys.readouterr().err
