@@ -117,8 +117,11 @@ def parse_money(value: object) -> Money | None:
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -24:  # more places than any price has
         return None
+    if currency is None or currency == "":
+        return Money(dec, "USD")  # the API's only currency when it does not say
     cur = currency.strip().upper() if isinstance(currency, str) else ""
-    return Money(dec, cur if re.fullmatch(r"[A-Z]{3}", cur) else "USD")
+    # a currency that is not an ISO code is no currency: the amount cannot be added up
+    return Money(dec, cur) if re.fullmatch(r"[A-Z]{3}", cur) else None
 
 
 @dataclass(frozen=True, slots=True)

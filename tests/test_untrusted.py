@@ -16,7 +16,7 @@ from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, pa
 from bulk_mms.errors import AmbiguousSendError, EndpointError, ServerError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, parse_faults
 from bulk_mms.ledger import iter_events
-from bulk_mms.models import Group, MessageBody
+from bulk_mms.models import Group, MessageBody, Money, parse_money
 from bulk_mms.pacing import WAIT_CEILING_S
 from bulk_mms.report import summarize
 from bulk_mms.runner import JobSummary, run_job
@@ -104,6 +104,14 @@ async def test_an_endless_body_without_trusted_keys_is_in_doubt(
     ]
     assert "1048576 bytes" in str(doubt["reason"])
     assert_report_matches_server(jobs, fake)
+
+
+def test_a_currency_that_is_no_currency_makes_the_cost_unknown() -> None:
+    """A missing currency is the API's USD; one that is not an ISO code cannot be added up."""
+    assert parse_money({"amount": "0.1"}) == Money(Decimal("0.1"), "USD")
+    assert parse_money({"amount": "0.1", "currency": "eur"}) == Money(Decimal("0.1"), "EUR")
+    assert parse_money({"amount": "0.1", "currency": "<script>"}) is None
+    assert parse_money({"amount": "0.1", "currency": 5}) is None
 
 
 @pytest.mark.parametrize("amount", ["9e999999999", "-5", "Infinity", "1e-999999999", "1" * 60])
