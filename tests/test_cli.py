@@ -558,3 +558,19 @@ def test_the_dry_run_makes_the_runs_checks(
     jobs.people(9)
     assert main(["run", str(job.path), "--dry-run"]) == 2
     assert "input file contents" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(jobs: JobFactory) -> None:
+    """report into a pipe whose reader has gone (`| head`): exit 0, nothing on stderr."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
+    cmd = [sys.executable, "-m", "bulk_mms", "report", str(job.ledger), "--format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 0
+    assert err == b""
