@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import math
 import re
 import time
@@ -418,7 +419,17 @@ class AiohttpMmsClient:
         """POST the group; return a receipt or raise a typed :class:`SendError`."""
         data = orjson.dumps(request_body(group))
         headers = {**self._headers, "Idempotency-Key": key}
-        status, body = await self._request("POST", self._send_url, data, headers)
+        try:
+            status, body = await self._request("POST", self._send_url, data, headers)
+        except Rejected as exc:
+            if exc.status in (404, 405):
+                # the send endpoint is not here: a wrong base URL, not a verdict on this group
+                raise EndpointError(
+                    f"POST {SEND_PATH} is not found here: check the base URL "
+                    f"({self.base_url}; api.base_url, --base-url or TELNYX_BASE_URL)",
+                    status=exc.status,
+                ) from None
+            raise
         try:
             return parse_receipt(body, group.to)
         except AmbiguousSendError as exc:
@@ -465,17 +476,33 @@ class AiohttpMmsClient:
                 )
             body: object = None
         else:
-            try:
-                body = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
+            body = _json(raw)
+            if body is _NOT_JSON:
                 body = None
                 if ok:
-                    raise AmbiguousSendError(
-                        "the answer's body is not JSON", status=status
-                    ) from None
+                    raise AmbiguousSendError("the answer's body is not JSON", status=status)
         if ok:
             return status, body
         raise error_for_status(status, body, resp_headers, base_url=self.base_url)
+
+
+_NOT_JSON = object()
+
+
+def _json(raw: bytes) -> object:
+    """A body's JSON, or :data:`_NOT_JSON`. orjson refuses a whole document for one number
+    beyond a double (``"amount": 1e999``); the standard parser reads it as infinity, which the
+    field's own bound then refuses, so the rest of an accepted answer is not lost."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes | None:

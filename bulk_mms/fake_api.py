@@ -46,6 +46,7 @@ FaultKind = Literal[
     "redirect",
     "endless",
     "patch",
+    "raw",
 ]
 _E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
@@ -65,7 +66,9 @@ class Fault:
             ``redirect`` (answer ``status``, a 3xx, with ``Location: location``, accepting
             nothing), ``endless`` (accept, then send a 200 body that never ends),
             ``patch`` (accept, and answer with ``patch`` merged into the response's ``data``:
-            ``{"wait_seconds": 1e12}``, an overflowing cost, someone else's numbers...).
+            ``{"wait_seconds": 1e12}``, an overflowing cost, someone else's numbers...),
+            ``raw`` (accept, and answer 200 with the bytes ``raw``, ``{id}`` replaced by the
+            message id: JSON that no encoder would write, such as ``1e999``).
     """
 
     kind: FaultKind
@@ -75,6 +78,7 @@ class Fault:
     delay: float = 0.0
     location: str = "/v2/elsewhere"
     patch: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""
 
 
 #: Named misbehaviours, for the sandbox (``BULK_MMS_SANDBOX_FAULTS``) and ``--fault``.
@@ -315,6 +319,9 @@ class FakeTelnyx:
                 return await _endless(request)
             elif fault.kind == "patch":
                 response = {"data": {**response["data"], **fault.patch}}
+            elif fault.kind == "raw":
+                body = fault.raw.replace(b"{id}", msg.id.encode())
+                return web.Response(status=200, body=body, content_type="application/json")
         return _json(200, response)
 
     def status_of(self, msg: Accepted, i: int) -> str:

@@ -439,6 +439,8 @@ class Pacer:
                     lambda: max(self.paused_until, self._bucket.earliest()), deadline
                 )
                 now = self.now()
+                if deadline is not None and now > deadline:  # the locks' queue took it past
+                    raise PaceAborted("deadline", now)
                 self._bucket.admit(now, cost)
             ticket = pace.admit(now, cost)
         self.admitted += 1

@@ -185,7 +185,9 @@ async def send_with_retry(
             call's own by default.
 
     Returns:
-        The receipt, or the error that ended the tries, with the number of tries.
+        The receipt, or the error that ended the tries, with the number of tries. Once a try
+        was ambiguous (it may have been accepted), the group can only end sent or ambiguous:
+        a later 503, 429 or refusal does not undo what the earlier try may have done.
 
     Raises:
         StopRetrying: ``before_attempt`` gave up before a try.
@@ -209,6 +211,7 @@ async def send_with_retry(
     )
     number = 0
     last: SendError | None = None
+    doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
     try:
         async for attempt in retrying:
             with attempt:
@@ -219,19 +222,30 @@ async def send_with_retry(
                     receipt = await client.send(group, key)
                 except SendError as exc:
                     last = exc
+                    if doubt is None and isinstance(exc, AmbiguousSendError):
+                        doubt = exc
                     if on_error is not None:
                         on_error(exc)
                     raise
                 return Attempted(receipt, None, number)
     except SendError as exc:
-        return Attempted(None, exc, number)
+        return Attempted(None, _still_in_doubt(doubt, exc), number)
     except StopRetrying as stop:
         if last is not None:  # the tries made so far end it: the last one's error stands
-            return Attempted(None, last, number - 1)
+            return Attempted(None, _still_in_doubt(doubt, last), number - 1)
         if stop.error is not None:
             return Attempted(None, stop.error, number - 1)
         raise
     raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+
+
+def _still_in_doubt(doubt: AmbiguousSendError | None, last: SendError) -> SendError:
+    """The error a group ends with: ``last``, unless an earlier try may have been accepted."""
+    if doubt is None or isinstance(last, AmbiguousSendError):
+        return last
+    return AmbiguousSendError(
+        f"{doubt.message}; the tries after it ended with {last}", status=doubt.status
+    )
 
 
 async def fetch_with_retry(

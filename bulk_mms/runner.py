@@ -34,6 +34,7 @@ from bulk_mms.errors import (
     ApiUnavailable,
     AuthError,
     ConfigError,
+    EndpointError,
     FatalSendError,
     InputError,
     LedgerError,
@@ -451,7 +452,9 @@ class Runner:
         self.transient_streak = 0  # groups in a row that used up their retries
         #: Groups whose attempt is on record and whose outcome is not yet: cut off in flight
         #: by a forced stop, they are recorded in doubt.
-        self.open_attempts: set[str] = set()
+        #: (None: a request is out, or may have been accepted; an error: the last try
+        #: certainly failed and the group waits for its next try.)
+        self.open_attempts: dict[str, SendError | None] = {}
         #: Input rows dealt with, for progress: recorded, rejected, skipped or held; and of
         #: those, the rows that needed no request (rejected, done before, held): the ETA's
         #: rate counts only the others.
@@ -542,25 +545,25 @@ class Runner:
         self.queue.put_nowait(None)  # pass the end on to the next worker (a slot just freed)
 
     def cut_off(self, group: Group) -> None:
-        """A forced stop cancelled ``group`` in flight: if its attempt is on record, record it
-        in doubt (the request may have left), so the report counts it where it stands."""
+        """A forced stop cancelled ``group``: if its attempt is on record, record where it
+        stands, so the report counts it and a resume knows: in doubt when a request was out
+        (or an earlier try may have landed), else failed with its last try's error (retryable).
+        """
         if group.id not in self.open_attempts:
             return
-        self.open_attempts.discard(group.id)
-        self.summary.in_doubt_groups += 1
-        self.state.outcome("in_doubt", group.id)
+        last = self.open_attempts.pop(group.id)
+        base = _base(group)
+        if last is None:
+            self.summary.in_doubt_groups += 1
+            self.state.outcome("in_doubt", group.id)
+            reason = "cut off in flight by a forced stop; the outcome is unknown"
+            event = _in_doubt_event(base, reason, attempts=0, throttled=0)
+        else:
+            self.summary.failed_groups += 1
+            self.summary.retry_later_groups += 1
+            event = _failed_event(base, last, attempts=0, throttled=0, retryable=True)
         with contextlib.suppress(LedgerError):
-            self.ledger.write_nowait(
-                {
-                    "event": "in_doubt",
-                    "group": group.id,
-                    "seq": group.seq,
-                    "to": list(group.to),
-                    "reason": "cut off in flight by a forced stop; the outcome is unknown",
-                    "attempts": 0,
-                    "time": now_iso(),
-                }
-            )
+            self.ledger.write_nowait(event)
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
@@ -578,6 +581,7 @@ class Runner:
         sender = group.message.from_
         ticket: Ticket | None = None
         throttled = 0
+        ambiguous = False  # a try of this run may have been accepted
         age_limit = self.settings.max_group_age_s
         group_deadline = self.clock.now() + age_limit if age_limit else None
         deadlines = [d for d in (self.deadline, group_deadline) if d is not None]
@@ -603,7 +607,7 @@ class Runner:
             if t0 is None:
                 t0 = self.state.first_attempt[group.id] = time.time()
             # Write-ahead: the intent is durable before the request can leave.
-            self.open_attempts.add(group.id)
+            self.open_attempts[group.id] = None
             await self.ledger.write(
                 {
                     "event": "attempt",
@@ -624,10 +628,9 @@ class Runner:
                 raise StopRetrying(_never_left()) from None
 
         def on_error(exc: SendError) -> None:
-            nonlocal throttled
-            if isinstance(exc, RateLimited):
-                throttled += 1
-                self.pacer.on_rate_limited(sender, exc.retry_after, exc.code)
+            nonlocal throttled, ambiguous
+            ambiguous = self._after_try(group.id, sender, exc, ambiguous)
+            throttled += isinstance(exc, RateLimited)
 
         try:
             result = await send_with_retry(
@@ -665,6 +668,16 @@ class Runner:
         except LedgerError as exc:
             self.fail_ledger(exc)
 
+    def _after_try(self, group_id: str, sender: str, exc: SendError, ambiguous: bool) -> bool:
+        """Learn from a failed try (the pacer from a 429); whether a try so far may have
+        been accepted."""
+        ambiguous = ambiguous or isinstance(exc, AmbiguousSendError)
+        if not ambiguous and isinstance(exc, RetryableSendError):
+            self.open_attempts[group_id] = exc  # nothing is out until the next try
+        if isinstance(exc, RateLimited):
+            self.pacer.on_rate_limited(sender, exc.retry_after, exc.code)
+        return ambiguous
+
     def _gave_up(self, exc: PaceAborted) -> StopRetrying:
         """Why a group stops waiting for the pacer: the job stops, its deadline passes (the job
         stops too), or its own ``max_group_age_s`` would pass first (the group alone gives up,
@@ -699,10 +712,10 @@ class Runner:
 
     async def record(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         s = self.summary
-        self.open_attempts.discard(group.id)
+        self.open_attempts.pop(group.id, None)
         if not isinstance(result.error, FatalSendError):
             self.rows_done += len(group.to)
-        base = {"group": group.id, "seq": group.seq, "to": list(group.to)}
+        base = _base(group)
         if result.receipt is not None:
             r = result.receipt
             self.transient_streak = 0
@@ -737,6 +750,11 @@ class Runner:
         err = result.error
         assert err is not None
         self.errors[err.code] += 1
+        if isinstance(err, FatalSendError):
+            # Not a verdict on this group: stop the job (a rerun with the key or the base URL
+            # fixed sends it), and record where the group stands so a resume knows.
+            self._stop_for(err)
+            err = _settled(err)
         retryable = isinstance(err, RetryableSendError)
         # no usable answer (retries used up, or in doubt): group after group means the API is
         # down or broken, and the job stops instead of burning through the list
@@ -744,55 +762,30 @@ class Runner:
         self.transient_streak = self.transient_streak + 1 if unanswered else 0
         if isinstance(err, AmbiguousSendError):
             s.in_doubt_groups += 1
-            await self.ledger.write(
-                {
-                    "event": "in_doubt",
-                    **base,
-                    "reason": str(err),
-                    "attempts": result.attempts,
-                    "rate_limited": throttled,
-                    "time": now_iso(),
-                }
-            )
+            await self.ledger.write(_in_doubt_event(base, str(err), result.attempts, throttled))
             self.state.outcome("in_doubt", group.id)
             log.warning("group.in_doubt", group=group.id, reason=str(err))
             self._stop_if_unavailable(err)
             return
-        if isinstance(err, FatalSendError):
-            # Not a verdict on this group: nothing was accepted. Stop the job; a rerun with the
-            # key or the base URL fixed sends it.
-            if self.summary.error is None:
-                self.summary.error = err
-            if isinstance(err, AuthError):
-                self.stop.request("auth")
-                log.error("job.auth_refused", status=err.status)
-            else:
-                self.stop.request("endpoint")
-                log.error("job.endpoint_refused", status=err.status, error=str(err))
-            return
         s.failed_groups += 1
         s.failed_recipients += len(group.to)
         s.retry_later_groups += retryable
-        first = err.errors[0] if err.errors else None
-        await self.ledger.write(
-            {
-                "event": "failed",
-                **base,
-                "status": err.status,
-                "code": err.code,
-                "title": first.title if first else type(err).__name__,
-                "detail": first.detail if first and first.detail else str(err),
-                "attempts": result.attempts,
-                "rate_limited": throttled,
-                "retryable": retryable,
-                "time": now_iso(),
-            }
-        )
+        await self.ledger.write(_failed_event(base, err, result.attempts, throttled, retryable))
         self.state.outcome("failed", group.id, retryable=retryable)
         log.warning(
             "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
         )
         self._stop_if_unavailable(err)
+
+    def _stop_for(self, err: FatalSendError) -> None:
+        if self.summary.error is None:
+            self.summary.error = err
+        if isinstance(err, AuthError):
+            self.stop.request("auth")
+            log.error("job.auth_refused", status=err.status)
+        else:
+            self.stop.request("endpoint")
+            log.error("job.endpoint_refused", status=err.status, error=str(err))
 
     def _stop_if_unavailable(self, err: SendError) -> None:
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
@@ -829,9 +822,8 @@ class Runner:
             await self.produce(reader)
         except LedgerError as exc:
             self.fail_ledger(exc)
-        finally:
-            if not self.stop.forced:  # forced: the workers are gone; nobody would take it
-                await self.queue.put(None)
+        # not in a finally: a cancelled feeder must not wait on a queue nobody drains
+        await self.queue.put(None)
 
     async def run(self, reader: RowReader) -> None:
         tasks = [asyncio.create_task(self.feed(reader), name="bulk-mms-reader")]
@@ -845,9 +837,19 @@ class Runner:
                 task.cancel()
 
         self.stop.on_force(cancel_all)
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                raise outcome
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:  # cancelled from outside: take the children along
+            cancel_all()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        broken = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+        if broken:
+            # a bug, not a send error (those are all recorded): stop everything rather than
+            # let the reader wait for workers that are gone, and let it be seen
+            self.stop.force("error")
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise broken[0]
 
 
 async def run_job(
@@ -1026,21 +1028,68 @@ def _paid_per_recipient(path: Path) -> Money | None:
     return Money((total / paid.sent_recipients).quantize(Decimal("0.000001")), currency)
 
 
+def _base(group: Group) -> dict[str, Any]:
+    """The fields every outcome event of a group starts with."""
+    return {"group": group.id, "seq": group.seq, "to": list(group.to)}
+
+
+def _in_doubt_event(
+    base: dict[str, Any], reason: str, attempts: int, throttled: int
+) -> dict[str, Any]:
+    return {
+        "event": "in_doubt",
+        **base,
+        "reason": reason,
+        "attempts": attempts,
+        "rate_limited": throttled,
+        "time": now_iso(),
+    }
+
+
+def _failed_event(
+    base: dict[str, Any], err: SendError, attempts: int, throttled: int, retryable: bool
+) -> dict[str, Any]:
+    first = err.errors[0] if err.errors else None
+    return {
+        "event": "failed",
+        **base,
+        "status": err.status,
+        "code": err.code,
+        "title": first.title if first else type(err).__name__,
+        "detail": first.detail if first and first.detail else str(err),
+        "attempts": attempts,
+        "rate_limited": throttled,
+        "retryable": retryable,
+        "time": now_iso(),
+    }
+
+
+def _settled(err: FatalSendError) -> SendError:
+    """Where a group stands after the error that stopped the job: a redirect that may follow a
+    processed POST (301/302/303, "see the result there") leaves it in doubt; a refused key or
+    a 307/308 ("send it there instead") left it unsent, for a rerun to send."""
+    if isinstance(err, EndpointError) and err.status in (301, 302, 303):
+        return AmbiguousSendError(
+            f"{err.message}; the server may have acted on it first", status=err.status
+        )
+    return RetryableSendError(err.message, status=err.status, errors=err.errors)
+
+
 def _never_left() -> RetryableSendError:
     """The outcome of a try whose ``attempt`` is on record but whose request never left (the job
     was stopped in the last moment before it): nothing was sent, so a rerun sends it."""
     return RetryableSendError("stopped before the request left; nothing was sent")
 
 
-def _key_conflict(err: Rejected) -> Rejected:
+def _key_conflict(err: Rejected) -> AmbiguousSendError:
     """A 422 on a repeat under the same Idempotency-Key: the request body changed under the key.
 
     bulk_mms builds the same body for the same group every time, so this is a bug (or the job's
-    message was edited while a group was in doubt). It is logged at error level and recorded
-    failed with the reason spelled out; the group may or may not have gone out the first time.
+    message was edited while a group was in doubt). It is logged at error level and the group
+    is recorded in doubt, with the reason spelled out: the first request may have gone out.
     """
     log.error("idempotency.conflict", error=str(err))
-    return Rejected(
+    return AmbiguousSendError(
         "idempotency conflict: the request body changed under the same Idempotency-Key "
         "(was the message edited while this group was in doubt?); the first request may "
         "have been delivered",

@@ -123,7 +123,8 @@ async def test_changed_input_is_refused(jobs: JobFactory) -> None:
 
 
 async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
-    """A refused key stops the job after the first response; no group is recorded failed."""
+    """A refused key stops the job after the first response; the groups it met are recorded
+    retryable (never accepted: a rerun with a good key sends them), not left in doubt."""
     jobs.people(80)
     job = jobs.job(extra="group_size = 1")
     client = FakeClient(lambda g, n: AuthError("refused", status=401))
@@ -131,7 +132,10 @@ async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
     assert isinstance(s.error, AuthError)
     assert s.stopped == "auth"
     assert len(client.calls) <= FAST.concurrency
-    assert events(job, "failed") == []
+    failed = events(job, "failed")
+    assert len(failed) == len(client.calls)
+    assert all(e["retryable"] and e["code"] == "401" for e in failed)
+    assert replay(job.ledger).in_doubt == set()
 
 
 NO_KEYS = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
@@ -221,17 +225,41 @@ async def test_in_doubt_past_the_key_window_is_held(jobs: JobFactory) -> None:
 
 
 async def test_422_on_a_repeat_is_an_idempotency_conflict(jobs: JobFactory) -> None:
-    """A 422 answering a repeat under the same key is recorded failed as a key conflict."""
+    """A 422 answering a repeat under the same key is a key conflict, and the group stays in
+    doubt (its first request may have been delivered), never failed."""
     jobs.people(8)
     job = jobs.job()
     await run_job(job, FAST, FakeClient())
     drop_outcomes(job)
     conflict = FakeClient(lambda g, n: Rejected("same key, other body", status=422))
     s = await run_job(job, FAST, conflict)
-    (failed,) = events(job, "failed")
-    assert "idempotency conflict" in str(failed["detail"])
-    assert failed["retryable"] is False
-    assert s.open_failed == 1
+    assert events(job, "failed") == []
+    (doubt,) = events(job, "in_doubt")
+    assert "idempotency conflict" in str(doubt["reason"])
+    assert (s.open_failed, s.open_in_doubt) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        ServerError("busy", status=503),
+        RateLimited("slow", retry_after=1.0),
+        NetworkError("refused"),
+        Rejected("bad", status=400),
+    ],
+)
+async def test_a_try_that_may_have_landed_keeps_its_group_in_doubt(
+    jobs: JobFactory, after: SendError
+) -> None:
+    """Once a try was ambiguous, whatever the later tries answer (5xx, 429, refused, 400), the
+    group ends in doubt, not failed: the first try may have been accepted."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient(lambda g, n: AmbiguousSendError("dropped") if n == 0 else after)
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeSleep())
+    assert (s.failed_groups, s.in_doubt_groups) == (0, 1)
+    assert events(job, "failed") == []
+    assert replay(job.ledger).in_doubt == {client.calls[0].id}
 
 
 async def test_permanent_and_exhausted_failures_are_recorded(

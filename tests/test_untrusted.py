@@ -271,3 +271,53 @@ def parse_group(to: list[str]) -> Group:
     """A group to send by hand."""
     body = MessageBody(from_="+18445550001", text="hi")
     return Group("gid", 0, tuple(to), tuple(range(len(to))), body)
+
+
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_send_endpoint_that_is_not_there_stops_the_job(
+    fake_api: API, jobs: JobFactory, status: int
+) -> None:
+    """A 404/405 on POST /messages/group_mms is a wrong base URL, not a verdict on each group:
+    the job stops (exit 2 at the CLI) instead of failing every group for good."""
+    fake, url = fake_api
+    fake.faults.append(Fault("status", status))
+    s, _ = await run_against(url, jobs)
+    assert isinstance(s.error, EndpointError)
+    assert "check the base URL" in str(s.error)
+    assert s.stopped == "endpoint"
+    failed = [
+        e
+        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        if e["event"] == "failed"
+    ]
+    assert all(e["retryable"] for e in failed)  # a rerun with the URL fixed sends them
+    s2, _ = await run_against(url, jobs)
+    assert s2.sent_groups == 4
+
+
+@pytest.mark.parametrize(("status", "doubt"), [(301, 1), (302, 1), (303, 1), (307, 0), (308, 0)])
+async def test_a_redirect_records_where_the_group_stands(
+    fake_api: API, jobs: JobFactory, status: int, doubt: int
+) -> None:
+    """A 301/302/303 may follow a POST the server processed ("see the result there"): the
+    group is in doubt. A 307/308 asks for the request elsewhere: unsent, retryable."""
+    fake, url = fake_api
+    fake.faults.append(Fault("redirect", status))
+    s, _ = await run_against(url, jobs)
+    assert (s.in_doubt_groups, s.retry_later_groups) == (doubt, 1 - doubt)
+    assert s.sent_groups == 0
+
+
+async def test_a_cost_beyond_a_double_loses_only_the_cost(fake_api: API, jobs: JobFactory) -> None:
+    """ "amount": 1e999 as a JSON number (which orjson refuses for the whole body) costs the
+    answer only its cost: the group is recorded sent, with the cost unknown."""
+    fake, url = fake_api
+    raw = b'{"data": {"id": "{id}", "cost": {"amount": 1e999, "currency": "USD"}}}'
+    fake.faults.append(Fault("raw", raw=raw))
+    s, _ = await run_against(url, jobs)
+    assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
+    sent = [
+        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+    ]
+    assert sent[0]["cost"] is None
+    assert sent[0]["message_id"] == fake.accepted[0].id

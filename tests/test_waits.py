@@ -208,3 +208,62 @@ async def test_an_ambiguous_try_stays_in_doubt_when_the_group_gives_up(
     assert s.in_doubt_groups == 1
     assert s.failed_groups == 0
     assert replay(job.ledger).in_doubt == {next(iter(replay(job.ledger).first_attempt))}
+
+
+async def test_a_broken_worker_ends_the_run_instead_of_hanging(jobs: JobFactory) -> None:
+    """An unexpected exception in a worker (a bug) with one worker and a full queue: the run
+    stops and raises it, instead of the reader waiting for ever with the ledger locked."""
+    jobs.people(64)
+    job = jobs.job(extra="group_size = 1")
+
+    def boom(g: Group, n: int) -> SendReceipt:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(
+            run_job(job, replace(FAST, concurrency=1), FakeClient(boom), clock=FakeSleep()), 5
+        )
+    again = await run_job(job, FAST, FakeClient(), clock=FakeSleep())  # the lock is free
+    assert again.sent_groups + again.held_groups == 64
+
+
+async def test_cancelling_run_job_from_outside_cancels_its_work(jobs: JobFactory) -> None:
+    """run_job cancelled by its caller (wait_for, a TaskGroup) ends promptly: reader and
+    workers are cancelled with it, and the ledger is released."""
+    jobs.people(64)
+    job = jobs.job(extra="group_size = 1")
+    hang = asyncio.Event()
+
+    async def never(g: Group, n: int) -> SendReceipt:
+        await hang.wait()
+        raise AssertionError
+
+    task = asyncio.create_task(run_job(job, FAST, FakeClient(never), clock=FakeSleep()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=3)
+    assert task in done
+    again = await run_job(job, FAST, FakeClient(), clock=FakeSleep())
+    assert again.error is None
+
+
+async def test_a_forced_stop_while_waiting_to_retry_records_the_last_try(
+    jobs: JobFactory,
+) -> None:
+    """Forced while a group waits for its retry after a definite 503: it is recorded failed
+    (retryable) with that 503, not in doubt, since no request of it was out."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    stop = Stop()
+
+    def answer(g: Group, n: int) -> SendReceipt | RateLimited:
+        asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
+        return RateLimited("busy", retry_after=60.0, status=503)
+
+    s = await asyncio.wait_for(
+        run_job(job, FAST, FakeClient(answer), clock=CountingSleep(), stop=stop), 5
+    )
+    assert s.in_doubt_groups == 0
+    assert replay(job.ledger).in_doubt == set()
+    (failed,) = [e for _, e in iter_events(job.ledger) if e["event"] == "failed"]
+    assert failed["retryable"] is True
