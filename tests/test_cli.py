@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import socket
@@ -574,3 +575,19 @@ def test_a_closed_pipe_ends_quietly(jobs: JobFactory) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=30) == 0
     assert err == b""
+
+
+def test_the_readme_command_reference_lists_every_option() -> None:
+    """Every long option of every command's --help is in the README's command reference."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    reference = readme.split("### Commands", 1)[1].split("```", 2)[1]
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert f"bulk-mms {name} " in reference
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in reference, f"{name} {option}"
