@@ -293,7 +293,7 @@ def error_for_status(
         target = _where(headers.get("location"))
         return EndpointError(
             f"the server answered with a redirect{target}, which bulk-mms never follows: "
-            f"check the base URL ({base_url}; api.base_url, --base-url or TELNYX_BASE_URL)",
+            + check_base_url_hint(base_url),
             status=status,
         )
     if status in (401, 403):
@@ -311,6 +311,11 @@ def error_for_status(
         return Rejected("the API refused the request", status=status, errors=errors)
     # 1xx or a status HTTP does not define: no telling what the server did with the request
     return AmbiguousSendError("the server answered with an unknown status", status=status)
+
+
+def check_base_url_hint(base_url: str) -> str:
+    """The end of every message that blames the base URL: which one, and where it is set."""
+    return f"check the base URL ({base_url}; api.base_url, --base-url or TELNYX_BASE_URL)"
 
 
 def _where(location: str | None) -> str:
@@ -425,8 +430,7 @@ class AiohttpMmsClient:
             if exc.status in (404, 405):
                 # the send endpoint is not here: a wrong base URL, not a verdict on this group
                 raise EndpointError(
-                    f"POST {SEND_PATH} is not found here: check the base URL "
-                    f"({self.base_url}; api.base_url, --base-url or TELNYX_BASE_URL)",
+                    f"POST {SEND_PATH} is not found here: " + check_base_url_hint(self.base_url),
                     status=exc.status,
                 ) from None
             raise
