@@ -104,6 +104,7 @@ class _Grouper:
             message=body,
             differs=differs,
             empty=empty,
+            rows=tuple(r.fields for r in members),
         )
         self.seq += 1
         return group

@@ -75,6 +75,9 @@ class Group:
     #: member's), and placeholders left empty: counted and reported, so the job can fix them.
     differs: tuple[str, ...] = field(default=(), compare=False)
     empty: tuple[str, ...] = field(default=(), compare=False)
+    #: The members' input rows (every column the reader kept), same order as ``to``: the
+    #: ledger records them, so the failed-recipients file never re-reads a changed input.
+    rows: tuple[Mapping[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,16 +67,28 @@ class RowReader:
         "format",
         "gzipped",
         "keep",
+        "keep_all",
         "path",
         "phone",
     )
 
-    def __init__(self, path: str | Path, phone_column: str, keep: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        phone_column: str,
+        keep: Sequence[str] = (),
+        *,
+        keep_all: bool = False,
+    ) -> None:
         self.path = Path(path)
         #: The phone column's name.
         self.phone = phone_column
-        #: Other columns to keep on each row (templates, group_by).
+        #: Other columns to keep on each row (templates, group_by): a row without one is
+        #: rejected.
         self.keep = tuple(c for c in dict.fromkeys(keep) if c != phone_column)
+        #: Keep every other column too, where the row has it (for the ledger's record of the
+        #: input rows); a row without one is not rejected for it.
+        self.keep_all = keep_all
         self.format, self.gzipped = detect_format(self.path)
         #: Column names: the CSV header, or the keys of the first JSONL record.
         self.columns: tuple[str, ...] = ()
@@ -258,6 +270,10 @@ class RowReader:
             if missing is not None:
                 yield RejectedRow(start, ",".join(rec)[:200], f"missing column {missing!r}")
                 continue
+            if self.keep_all:
+                for name, i in index.items():
+                    if name not in fields:
+                        fields[name] = rec[i] if i < len(rec) else ""
             yield Row(start, fields)
 
     # -- JSONL ---------------------------------------------------------------------------
@@ -326,6 +342,10 @@ class RowReader:
             if missing is not None:
                 yield RejectedRow(lineno, rec.get(self.phone, ""), f"missing field {missing!r}")
                 continue
+            if self.keep_all:
+                for name in self.columns:
+                    if name not in fields:
+                        fields[name] = rec.get(name, "")
             yield Row(lineno, fields)
 
     # -- iteration -----------------------------------------------------------------------

@@ -60,6 +60,10 @@ class LedgerSummary:
     fingerprint: str | None = None
     #: The ledger's campaign (its identity; None for a format-1 ledger).
     campaign: str | None = None
+    #: The ledger itself, and the input columns its outcome events record rows in (none in a
+    #: ledger written before rows were recorded).
+    ledger: Path | None = None
+    columns: tuple[str, ...] = ()
 
     @property
     def recipients(self) -> int:
@@ -157,6 +161,8 @@ class _Summarizer:
             s.phone_column = str(ev.get("phone_column") or "phone")
             s.fingerprint = ev.get("fingerprint")
             s.campaign = ev.get("campaign") if isinstance(ev.get("campaign"), str) else None
+            cols = ev.get("columns")
+            s.columns = tuple(str(c) for c in cols) if isinstance(cols, list) else ()
         elif kind == "status":
             self.book.feed(ev)
         elif kind == "run":
@@ -228,7 +234,9 @@ def summarize(path: Path) -> LedgerSummary:
     folder = _Summarizer(path)
     for _, ev in iter_events(path):
         folder.feed(ev)
-    return folder.finish()
+    summary = folder.finish()
+    summary.ledger = path
+    return summary
 
 
 def format_text(s: LedgerSummary, path: Path) -> str:
@@ -303,11 +311,12 @@ CAMPAIGN_COLUMN = "bulk_mms_campaign"
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     """Write the recipients who did not get the message as a CSV a new job can take.
 
-    When the job's input file is still there and unchanged (its fingerprint matches the
-    ledger's), each recipient's whole original row is written, so the new job's templates find
-    the same columns; otherwise only the phone column. A ``bulk_mms_reason`` column says why,
-    and ``bulk_mms_campaign`` which campaign missed them (replacing those columns of an input
-    that was itself such a file).
+    Each recipient's whole input row is written, as the ledger recorded it when the group was
+    sent, so the new job's templates find the same columns whatever became of the input; for
+    a ledger that records no rows, the row is re-read from the input when it is still there
+    and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
+    ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
+    (replacing those columns of an input that was itself such a file).
     The file is written next to ``out`` and renamed into place, so it is never half written.
 
     Returns:
@@ -318,7 +327,10 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     rows: list[dict[str, str]] = []
     columns = [s.phone_column]
     full = False
-    if wanted and source is not None and source.exists() and fingerprint(source) == s.fingerprint:
+    recorded = _recorded_rows(s, wanted) if wanted and s.columns else None
+    if recorded is not None:
+        columns, rows, full = [s.phone_column, *s.columns], recorded, True
+    elif wanted and source is not None and source.exists() and fingerprint(source) == s.fingerprint:
         columns, rows = _original_rows(source, s.phone_column, wanted)
         full = True
     else:
@@ -336,6 +348,25 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         w.writerows(rows)
     tmp.replace(out)
     return len(rows), full
+
+
+def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:
+    """The wanted recipients' input rows as the ledger recorded them when it sent (or tried to
+    send) their groups: every column, whatever became of the input file since. None when some
+    recipient's row is not recorded (a group written by an older bulk-mms)."""
+    assert s.ledger is not None
+    found: dict[str, dict[str, str]] = {}
+    for _, ev in iter_events(s.ledger, skip_status=True):
+        rows, to = ev.get("rows"), ev.get("to")
+        if ev.get("event") not in ("sent", "failed", "in_doubt") or not isinstance(rows, list):
+            continue
+        for phone, values in zip(to if isinstance(to, list) else (), rows, strict=False):
+            if phone in wanted and isinstance(values, list):
+                cells = dict(zip(s.columns, map(str, values), strict=False))
+                found[phone] = {s.phone_column: phone, **cells}
+    if not all(phone in found for phone in wanted):
+        return None
+    return [found[phone] for phone in wanted]
 
 
 def _phone_key(value: str) -> str:

@@ -260,10 +260,13 @@ class JobSummary:
 # Preparing
 
 
-def open_reader(job: JobConfig) -> RowReader:
-    """Open the job's input and check it against the job. Raises InputError or ConfigError."""
+def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
+    """Open the job's input and check it against the job. Raises InputError or ConfigError.
+
+    ``keep_all``: keep every column of each row (a run records the rows in its ledger).
+    """
     keep = [*job.message.fields, *([job.group_by] if job.group_by else [])]
-    reader = RowReader(job.input, job.phone_column, keep)
+    reader = RowReader(job.input, job.phone_column, keep, keep_all=keep_all)
     reader.open()
     if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
         for setting, names in (
@@ -447,6 +450,9 @@ class Runner:
         )
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
+        #: The input columns the ledger records each group's rows in (its header's).
+        header_columns = state.header.get("columns") if state.header else None
+        self.columns: list[str] = header_columns if isinstance(header_columns, list) else []
         #: Retries told one line per cause now and then, not one line each.
         self.retries = RetryDigest()
         self.transient_streak = 0  # groups in a row that used up their retries
@@ -552,7 +558,7 @@ class Runner:
         if group.id not in self.open_attempts:
             return
         last = self.open_attempts.pop(group.id)
-        base = _base(group)
+        base = _base(group, self.columns)
         if last is None:
             self.summary.in_doubt_groups += 1
             self.state.outcome("in_doubt", group.id)
@@ -715,7 +721,7 @@ class Runner:
         self.open_attempts.pop(group.id, None)
         if not isinstance(result.error, FatalSendError):
             self.rows_done += len(group.to)
-        base = _base(group)
+        base = _base(group, self.columns)
         if result.receipt is not None:
             r = result.receipt
             self.transient_streak = 0
@@ -900,9 +906,10 @@ async def run_job(
             local_time=local.strftime("%H:%M"),
         )
         return JobSummary(job.name, stopped="window")
-    with open_reader(job) as reader:
+    with open_reader(job, keep_all=True) as reader:
         input_fp = fingerprint(job.input)
         header = header_for(job, input_fp)
+        header["columns"] = [c for c in reader.columns if c != job.phone_column]
         ledger = Ledger.open(job.ledger)
         try:
             state = replay(job.ledger)
@@ -1028,9 +1035,13 @@ def _paid_per_recipient(path: Path) -> Money | None:
     return Money((total / paid.sent_recipients).quantize(Decimal("0.000001")), currency)
 
 
-def _base(group: Group) -> dict[str, Any]:
-    """The fields every outcome event of a group starts with."""
-    return {"group": group.id, "seq": group.seq, "to": list(group.to)}
+def _base(group: Group, columns: Sequence[str] = ()) -> dict[str, Any]:
+    """The fields every outcome event of a group starts with; with ``rows``, the members'
+    input rows as values in the header's ``columns`` order (what --failed-csv writes)."""
+    base: dict[str, Any] = {"group": group.id, "seq": group.seq, "to": list(group.to)}
+    if columns and group.rows:
+        base["rows"] = [[row.get(c, "") for c in columns] for row in group.rows]
+    return base
 
 
 def _in_doubt_event(

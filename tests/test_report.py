@@ -18,7 +18,7 @@ from bulk_mms.ledger import Ledger
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import CAMPAIGN_COLUMN, REASON_COLUMN, summarize, write_failed_csv
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers, ok_receipt
 
 
 async def mixed_ledger(jobs: JobFactory) -> tuple[Path, list[Group]]:
@@ -82,9 +82,30 @@ async def test_failed_csv_is_a_job_input_with_the_original_rows(jobs: JobFactory
     assert reasons[refused.to[0]].startswith("failed: 400")
 
 
-async def test_failed_csv_without_the_input_keeps_the_numbers(jobs: JobFactory) -> None:
-    """If the input changed since, the file still lists every number, in the phone column."""
+async def test_failed_csv_carries_the_rows_the_ledger_recorded(jobs: JobFactory) -> None:
+    """If the input changed (or went) since, the file still has every input column of every
+    recipient, as the ledger recorded them when their groups were sent or refused."""
     path, _ = await mixed_ledger(jobs)
+    (jobs.root / "people.csv").write_text("phone,first\n+12125550000,X\n")
+    out = jobs.root / "failed.csv"
+    n, full = write_failed_csv(summarize(path), out)
+    assert (n, full) == (6, True)
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["phone", "first", REASON_COLUMN, CAMPAIGN_COLUMN]
+    assert {r["phone"]: r["first"] for r in rows}[numbers(24)[4]] == "P4"
+
+
+async def test_failed_csv_of_a_ledger_without_rows_keeps_the_numbers(jobs: JobFactory) -> None:
+    """A ledger that records no rows (an older bulk-mms) and a changed input: the file still
+    lists every number, in the phone column."""
+    path, _ = await mixed_ledger(jobs)
+    lines = path.read_bytes().splitlines(keepends=True)
+    stripped = [
+        orjson.dumps({k: v for k, v in orjson.loads(x).items() if k not in ("rows", "columns")})
+        + b"\n"
+        for x in lines
+    ]
+    path.write_bytes(b"".join(stripped))
     (jobs.root / "people.csv").write_text("phone,first\n+12125550000,X\n")
     out = jobs.root / "failed.csv"
     n, full = write_failed_csv(summarize(path), out)
