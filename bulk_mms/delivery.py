@@ -54,10 +54,22 @@ def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:
     if old.status in FINAL:
         if new not in FINAL or new == old.status:
             return False
-        return new_at is not None and old.at is not None and new_at > old.at
+        new_t, old_t = _instant(new_at), _instant(old.at)
+        return new_t is not None and old_t is not None and new_t > old_t
     if new in FINAL:
         return True
     return _RANK.get(new, 0) > _RANK.get(old.status, 0)
+
+
+def _instant(at: str | None) -> float | None:
+    """A report's stamp as an instant (``10:00:00.500+00:00`` is after ``10:00:00Z``, and
+    ``-05:00`` is five hours behind UTC), or None when it has none or it does not parse."""
+    if at is None:
+        return None
+    try:
+        return parse_time(at)
+    except (ValueError, OverflowError):
+        return None
 
 
 def status_event(

@@ -57,7 +57,10 @@ def parse_time(iso: str) -> float:
     Raises:
         ValueError: not an ISO 8601 time.
     """
-    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    when = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    if when.tzinfo is None:  # a stamp without an offset is UTC, never this machine's zone
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:

@@ -60,6 +60,28 @@ def status_lines(path: Path) -> list[dict[str, object]]:
             False,
         ),
         ("delivered", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), False),
+        # instants, not strings: half a second later wins though it sorts lower as text
+        (
+            "delivered",
+            "2026-01-01T10:00:00.500+00:00",
+            Known("delivery_failed", "2026-01-01T10:00:00Z"),
+            True,
+        ),
+        # 09:00-05:00 is 14:00 UTC: later than 12:00Z, though "09" sorts before "12"
+        (
+            "delivered",
+            "2026-01-01T09:00:00-05:00",
+            Known("delivery_failed", "2026-01-01T12:00:00Z"),
+            True,
+        ),
+        # 13:00+05:00 is 08:00 UTC: earlier than 12:00Z, though "13" sorts after "12"
+        (
+            "delivered",
+            "2026-01-01T13:00:00+05:00",
+            Known("delivery_failed", "2026-01-01T12:00:00Z"),
+            False,
+        ),
+        ("delivered", "not a time", Known("delivery_failed", "2026-01-01T12:00:00Z"), False),
         ("", None, None, False),
     ],
 )
