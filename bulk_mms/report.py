@@ -139,6 +139,8 @@ class _Summarizer:
         self.outcome: dict[str, tuple[str, tuple[str, ...], str]] = {}
         self.costs: dict[str, tuple[Decimal, str]] = {}
         self.rejected: dict[int, str] = {}
+        #: Groups with an attempt and no outcome after it (their recipients, when recorded).
+        self.open: dict[str, tuple[str, ...]] = {}
         # first attempt and last outcome of the current run, for the sending time
         self.run_first: str | None = None
         self.run_last: str | None = None
@@ -171,6 +173,9 @@ class _Summarizer:
         elif kind == "attempt":
             s.attempts += 1
             self.run_first = self.run_first or t
+            # open until an outcome closes it: a crash in between leaves the group in doubt,
+            # as a resume takes it (ledger.replay)
+            self.open[ev["group"]] = tuple(ev.get("to") or ())
         elif kind in ("sent", "failed", "in_doubt"):
             self.outcome_event(kind, ev, t)
         elif kind == "rejected":
@@ -179,12 +184,15 @@ class _Summarizer:
     def outcome_event(self, kind: str, ev: dict[str, Any], t: str | None) -> None:
         s = self.s
         gid = ev["group"]
+        self.open.pop(gid, None)
         self.run_last = t or self.run_last
         s.rate_limited += int(ev.get("rate_limited") or 0)
         s.sent_events += kind == "sent"
         prev = self.outcome.get(gid)
         if prev is not None and prev[0] == "sent":
             return  # a sent group stays sent
+        if prev is not None and prev[0] == "in_doubt" and kind == "failed" and ev.get("retryable"):
+            return  # a transient failure settles nothing: its first request may have landed
         why = (
             f"failed: {ev.get('code') or ev.get('status') or ''} {ev.get('title') or ''}".strip()
             if kind == "failed"
@@ -204,6 +212,10 @@ class _Summarizer:
     def finish(self) -> LedgerSummary:
         s = self.s
         self.close_run()
+        for gid, to in self.open.items():  # cut off by a crash: in doubt, unless sent before
+            prev = self.outcome.get(gid)
+            if prev is None or prev[0] == "failed":
+                self.outcome[gid] = ("in_doubt", to or (prev[1] if prev else ()), _CUT_OFF)
         for kind, to, why in self.outcome.values():
             n = len(to)
             if kind == "sent":
@@ -301,6 +313,7 @@ def format_csv(s: LedgerSummary) -> str:
 
 
 #: The column the failed-recipients file adds, saying why each row is in it.
+_CUT_OFF = "in doubt: attempted before a crash, outcome unknown"
 REASON_COLUMN = "bulk_mms_reason"
 #: The campaign the recipients were missed by. It makes each round's file differ from the last
 #: even when the same people fail for the same reason, so ``run --input`` (which names the

@@ -619,6 +619,7 @@ class Runner:
                     "event": "attempt",
                     "group": group.id,
                     "seq": group.seq,
+                    "to": list(group.to),
                     "from": group.message.from_,
                     "attempt": number,
                     "key": key,
