@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from decimal import Decimal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +13,13 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
-from bulk_mms.errors import NotFound, SendError
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.runner import run_job
+from bulk_mms.testing import FakeClient, FakeSleep, ok_receipt
+
+__all__ = ["FakeClient", "FakeSleep", "ok_receipt"]  # the tests import them from here too
 
 pytest_plugins = ("pytest_aiohttp",)
-
-Handler = Callable[[Group, int], Awaitable[SendReceipt] | SendReceipt | SendError]
 
 
 @pytest.fixture(autouse=True)
@@ -32,89 +28,6 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
-
-
-def ok_receipt(group: Group, n: int = 0, *, wait: float = 0.0) -> SendReceipt:
-    """What a successful send of ``group`` returns."""
-    return SendReceipt(
-        message_id=f"msg-{group.id}-{n}",
-        statuses=tuple(RecipientStatus(p, "queued") for p in group.to),
-        wait_seconds=wait,
-        cost=Money(Decimal("0.0051") * len(group.to), "USD"),
-    )
-
-
-@dataclass
-class FakeClient:
-    """An MmsClient whose answers come from ``handler(group, call_number)``.
-
-    The handler returns a receipt or an error to raise; by default every send succeeds.
-    """
-
-    handler: Handler | None = None
-    calls: list[Group] = field(default_factory=list)
-    #: The Idempotency-Key of each call, same order as ``calls``.
-    keys: list[str] = field(default_factory=list)
-    #: What the GETs answer, by message id: statuses, or an error to raise; unknown ids 404.
-    delivery: dict[str, tuple[RecipientStatus, ...] | SendError] = field(default_factory=dict)
-    fetches: list[str] = field(default_factory=list)
-    _counter: Iterator[int] = field(default_factory=itertools.count)
-
-    async def send(self, group: Group, key: str) -> SendReceipt:
-        n = next(self._counter)
-        self.calls.append(group)
-        self.keys.append(key)
-        if self.handler is None:
-            return ok_receipt(group, n)
-        result = self.handler(group, n)
-        if isinstance(result, SendError):
-            raise result
-        if isinstance(result, SendReceipt):
-            return result
-        out = await result
-        if isinstance(out, SendError):
-            raise out
-        return out
-
-    async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
-        return self._fetch(message_id)
-
-    async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
-        return self._fetch(message_id)
-
-    def _fetch(self, message_id: str) -> tuple[RecipientStatus, ...]:
-        self.fetches.append(message_id)
-        answer = self.delivery.get(message_id)
-        if answer is None:
-            raise NotFound("unknown", status=404)
-        if isinstance(answer, SendError):
-            raise answer
-        return answer
-
-    def sent_numbers(self) -> list[str]:
-        return [p for g in self.calls for p in g.to]
-
-
-class FakeSleep:
-    """A fake clock: sleeping records the request and moves the clock on at once.
-
-    Usable as the retry ``sleep`` (call it) and as the runner's ``clock`` (``now``/``sleep``).
-    """
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.calls: list[float] = []
-        self.time = start
-
-    def now(self) -> float:
-        return self.time
-
-    async def sleep(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.time += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-    async def __call__(self, seconds: float) -> None:
-        await self.sleep(seconds)
 
 
 @pytest.fixture
