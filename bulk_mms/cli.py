@@ -37,16 +37,12 @@ from bulk_mms.config import (
 )
 from bulk_mms.delivery import DeliveryBook
 from bulk_mms.errors import (
-    ApiUnavailable,
-    AuthError,
     BulkMmsError,
     ConfigError,
-    EndpointError,
     FatalSendError,
     LedgerError,
-    UsageError,
 )
-from bulk_mms.ledger import LedgerLocked, fingerprint
+from bulk_mms.ledger import fingerprint
 from bulk_mms.media import check_media
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
@@ -54,13 +50,12 @@ from bulk_mms.runner import JobSummary, Stop, dry_run, in_window, run_job, seed_
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
-#: Exit codes (documented in the README).
+#: Exit codes that are not an error's own (documented in the README; an error that stops a
+#: command exits with its class's ``exit_code``: 2, 3 or 75, see errors.py).
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1  # finished, but some groups failed or are in doubt
 EXIT_USAGE = 2  # bad usage, config, input or ledger; nothing sent
-EXIT_AUTH = 3  # the API refused the key
 EXIT_WINDOW = 4  # outside the job's send_window, or it closed: resumable
-EXIT_LOCKED = 75  # another run holds the ledger (EX_TEMPFAIL: try again later)
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -240,12 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "webhooks":
             return cmd_webhooks(args)
         return cmd_run(args)
-    except LedgerLocked as exc:
-        return _fail(exc, EXIT_LOCKED)
-    except (UsageError, LedgerError) as exc:
-        return _fail(exc, EXIT_USAGE)
     except BulkMmsError as exc:
-        return _fail(exc, _exit_for(exc) or EXIT_USAGE)
+        return _fail(exc, exc.exit_code)
     except KeyboardInterrupt:
         print("bulk-mms: interrupted", file=sys.stderr)
         return EXIT_SIGINT
@@ -546,7 +537,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
     )
     if result.error is not None:
-        return _fail(result.error, _exit_for(result.error) or EXIT_USAGE)
+        return _fail(result.error, _exit_for(result.error))
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")
     if fmt == "json":
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -605,21 +596,9 @@ async def _endpoint(
         yield url
 
 
-#: Errors that stop a run (or track) part way, and the exit code each gives.
-_STOPPING_ERRORS: tuple[tuple[type[BulkMmsError], int], ...] = (
-    (AuthError, EXIT_AUTH),
-    (EndpointError, EXIT_USAGE),
-    (LedgerError, EXIT_USAGE),
-    (ApiUnavailable, EXIT_INCOMPLETE),
-)
-
-
-def _exit_for(exc: BaseException | None) -> int | None:
-    """The exit code of an error that stopped the work, from the one table above."""
-    for kind, code in _STOPPING_ERRORS:
-        if isinstance(exc, kind):
-            return code
-    return None
+def _exit_for(exc: BaseException) -> int:
+    """The exit code of an error that stopped the work: its class's own (see errors.py)."""
+    return exc.exit_code if isinstance(exc, BulkMmsError) else EXIT_USAGE
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
@@ -653,8 +632,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def _exit_code(s: JobSummary) -> int:
-    if s.error is not None and (code := _exit_for(s.error)) is not None:
-        return _fail(s.error, code)
+    if s.error is not None:
+        return _fail(s.error, _exit_for(s.error))
     if s.stopped == "window":
         print(
             f"bulk-mms: send window closed: {s.sent_groups} groups sent this run; "

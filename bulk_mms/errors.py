@@ -10,7 +10,8 @@
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
-     │    └── LedgerMismatch              the ledger belongs to another input or job
+     │    ├── LedgerMismatch              the ledger belongs to another input or job
+     │    └── LedgerLocked(pid)       75    another run holds it: try again later
      └── SendError                        one request failed; the runner decides
           ├── FatalSendError              no group can succeed as configured; the job stops
           │    ├── AuthError(status)   3    401/403: the key is refused
@@ -23,8 +24,10 @@
           │    └── NetworkError             failed before the request left (DNS, refused, TLS)
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed out)
 
-Every message is one line and names the file and line, or the setting, that is wrong. No
-message ever contains the API key: the client never puts headers into an error.
+The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
+this tree is the one table. Every message is one line and names the file and line, or the
+setting, that is wrong. No message ever contains the API key: the client never puts headers
+into an error.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class ApiError:
 
 class BulkMmsError(Exception):
     """Root of every error bulk_mms raises on purpose."""
+
+    #: The exit code when this error ends a command (see the tree above).
+    exit_code = 2
 
 
 class UsageError(BulkMmsError):
@@ -102,6 +108,8 @@ class ApiUnavailable(BulkMmsError):
     The job stops instead of failing every remaining group; those groups are resent by a rerun.
     """
 
+    exit_code = 1
+
 
 class LedgerError(_Located, BulkMmsError):
     """The ledger file cannot be used."""
@@ -113,6 +121,16 @@ class LedgerCorrupt(LedgerError):
 
 class LedgerMismatch(LedgerError):
     """The ledger was written for a different job or input file."""
+
+
+class LedgerLocked(LedgerError):
+    """Another run holds this ledger (EX_TEMPFAIL: try again later)."""
+
+    exit_code = 75
+
+    def __init__(self, path: str | Path, pid: str) -> None:
+        self.pid = pid
+        super().__init__(path, f"another bulk-mms run (PID {pid or 'unknown'}) is using it")
 
 
 class SendError(BulkMmsError):
@@ -152,6 +170,8 @@ class FatalSendError(SendError):
 
 class AuthError(FatalSendError):
     """The API refused the key (401/403). Retrying cannot help; the whole job stops."""
+
+    exit_code = 3
 
 
 class EndpointError(FatalSendError):

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerMismatch
+from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerMismatch
 
 #: Ledger format version, in the header. Bumped when the meaning of a field changes.
 #: 2: the header carries ``campaign``, which every Idempotency-Key includes. A format-1 ledger
@@ -70,14 +70,6 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return f"sha256:{h.hexdigest()}"
-
-
-class LedgerLocked(LedgerError):
-    """Another run holds this ledger."""
-
-    def __init__(self, path: str | Path, pid: str) -> None:
-        self.pid = pid
-        super().__init__(path, f"another bulk-mms run (PID {pid or 'unknown'}) is using it")
 
 
 # --------------------------------------------------------------------------------------------

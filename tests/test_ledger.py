@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulk_mms.errors import LedgerCorrupt, LedgerMismatch
-from bulk_mms.ledger import Ledger, LedgerLocked, check_header, iter_events, replay
+from bulk_mms.errors import LedgerCorrupt, LedgerLocked, LedgerMismatch
+from bulk_mms.ledger import Ledger, check_header, iter_events, replay
 
 HEADER: dict[str, Any] = {
     "event": "job",
