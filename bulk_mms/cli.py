@@ -711,10 +711,14 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
 
 def _print_template_notes(s: JobSummary, prefix: str | None = None) -> None:
     """Say which placeholders did not fit their groups, and how to fix them."""
+
+    def groups(n: int) -> str:
+        return f"{n} group{'' if n == 1 else 's'}"
+
     notes = [
-        f"{{{name}}} differs between members in {n} groups (the first member's value is used)"
+        f"{{{name}}} differs between members in {groups(n)} (the first member's value is used)"
         for name, n in s.template_differs.most_common()
-    ] + [f"{{{name}}} is empty in {n} groups" for name, n in s.template_empty.most_common()]
+    ] + [f"{{{name}}} is empty in {groups(n)}" for name, n in s.template_empty.most_common()]
     if not notes:
         return
     hint = "[message] join = [...] lists every member's value; [message.defaults] fills empties"
