@@ -357,7 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = asyncio.run(
             dry_run(job, settings, resend_in_doubt=args.resend_in_doubt, limit=args.limit)
         )
-        if plan.sent_groups and not _confirm(plan, job, settings):
+        if plan.sent_groups and not _confirm(plan, job):
             print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
             return EXIT_INCOMPLETE
     progress: Progress
@@ -394,14 +394,13 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _confirm(plan: JobSummary, job: JobConfig, settings: Settings) -> bool:
+def _confirm(plan: JobSummary, job: JobConfig) -> bool:
     """Show what the run would send and ask; True only for a yes."""
     e = plan.estimate
-    cost = f"about {e.cost.amount:.4f} {e.cost.currency}" if e and e.cost else "cost unknown"
-    took = f"at least {_duration(e.seconds)}" if e else ""
+    cost_time = f", {e.cost_text()}, at least {_duration(e.seconds)}" if e else ""
     print(
         f"{job.name}: about to send {plan.sent_groups} groups ({plan.sent_recipients} "
-        f"recipients), {cost}, {took}; grouping: {job.grouping}",
+        f"recipients){cost_time}; grouping: {job.grouping}",
         file=sys.stderr,
     )
     print("Send now? [y/N] ", end="", file=sys.stderr, flush=True)
@@ -688,10 +687,7 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     if e is not None:
         unit = "recipients" if settings.cost == "recipient" else "groups"
         print(f"  duration     at least {_duration(e.seconds)} at {e.rate:g} {unit}/s")
-        if e.cost is not None:
-            print(f"  cost         about {e.cost.amount:.4f} {e.cost.currency} ({e.price_basis})")
-        else:
-            print(f"  cost         {e.price_basis}")
+        print(f"  cost         {e.cost_text()}")
     if job.send_window is not None:
         now = "open" if in_window(job, dt.datetime.now(dt.UTC)) else "closed: a run now exits 4"
         print(f"  window       {job.send_window} {job.timezone}, {now}")

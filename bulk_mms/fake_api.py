@@ -237,6 +237,10 @@ class FakeTelnyx:
             wait_seconds=0.0,
             accepted_at=self.clock() - age,
         )
+        self._remember(msg)
+
+    def _remember(self, msg: Accepted) -> None:
+        """Make ``msg`` known to the GETs, by its id and by each recipient's own id."""
         self.by_id[msg.id] = msg
         for i, rid in enumerate(msg.recipient_ids):
             self.by_recipient_id[rid] = (msg, i)
@@ -346,9 +350,7 @@ class FakeTelnyx:
             accepted_at=self.clock(),
         )
         self.accepted.append(msg)
-        self.by_id[msg.id] = msg
-        for i, rid in enumerate(msg.recipient_ids):
-            self.by_recipient_id[rid] = (msg, i)
+        self._remember(msg)
         return msg
 
     def _record(

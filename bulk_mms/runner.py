@@ -147,6 +147,12 @@ class Estimate:
     #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
     price_basis: str
 
+    def cost_text(self) -> str:
+        """``about 1.2138 USD (basis)``, or why there is no price."""
+        if self.cost is None:
+            return self.price_basis
+        return f"about {self.cost.amount:.4f} {self.cost.currency} ({self.price_basis})"
+
 
 def pacing_config(settings: Settings) -> PacingConfig:
     """The pacer's part of the settings."""
@@ -482,8 +488,7 @@ class Runner:
             if self.stop.is_set():
                 break
             if self.deadline is not None and self.clock.now() >= self.deadline:
-                log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
-                self.stop.request("deadline")
+                self._deadline_reached()
                 break
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
@@ -517,16 +522,9 @@ class Runner:
                 if item.id not in state.doubt_recorded:
                     # cut off by a crash after its attempt: say so, with its recipients, once
                     state.outcome("in_doubt", item.id)
+                    reason = "attempted before a crash; the outcome is unknown"
                     self.ledger.write_nowait(
-                        {
-                            "event": "in_doubt",
-                            "group": item.id,
-                            "seq": item.seq,
-                            "to": list(item.to),
-                            "reason": "attempted before a crash; the outcome is unknown",
-                            "attempts": 0,
-                            "time": now_iso(),
-                        }
+                        _in_doubt_event(_base(item, self.columns), reason, 0, 0)
                     )
                 continue
             s.note_template(item)
@@ -690,9 +688,7 @@ class Runner:
         stops too), or its own ``max_group_age_s`` would pass first (the group alone gives up,
         recorded with its last error, or as rate limited when it never got a try)."""
         if exc.reason == "deadline" and self.deadline is not None and exc.earliest > self.deadline:
-            if not self.stop.is_set():
-                log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
-                self.stop.request("deadline")
+            self._deadline_reached()
             return StopRetrying()
         if exc.reason == "deadline":
             return StopRetrying(
@@ -703,6 +699,12 @@ class Runner:
                 )
             )
         return StopRetrying()
+
+    def _deadline_reached(self) -> None:
+        """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""
+        if not self.stop.is_set():
+            log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
+            self.stop.request("deadline")
 
     def achieved_rate(self) -> float | None:
         """Groups this run got sent per second, from its first request to its last send: no
