@@ -31,7 +31,8 @@ import structlog
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import Settings, load_job
 from bulk_mms.models import Group
-from bulk_mms.runner import open_reader, plan, run_job
+from bulk_mms.prepare import open_reader, plan
+from bulk_mms.runner import run_job
 
 SENDER = "+13125550100"
 

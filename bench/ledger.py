@@ -3,7 +3,7 @@
 Usage: python bench/ledger.py [EVENTS] [WRITERS]   (default 2000 events, 32 concurrent writers)
 
 Per-event: each event is written and fsync'd before the next (what a naive ledger does).
-Group commit: WRITERS tasks each await ``Ledger.write`` (durable on return), as the runner's
+Group commit: WRITERS tasks each await ``LedgerStore.append`` (durable on return), as the runner's
 workers do; one fsync covers every event queued while the previous fsync ran.
 """
 
@@ -15,34 +15,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from bulk_mms.ledger import Ledger
+from bulk_mms.ledger import Attempt, open_store
 
 
-def event(i: int) -> dict[str, object]:
-    return {"event": "attempt", "group": f"{i:024x}", "seq": i, "attempt": 1, "from": "+1"}
+def event(i: int) -> Attempt:
+    return Attempt(f"{i:024x}", ("+12125550100",), i, "+1", 1)
 
 
 def per_event(path: Path, n: int) -> tuple[float, int]:
-    ledger = Ledger.open(path)
+    ledger = open_store(path)
     t0 = time.perf_counter()
     for i in range(n):
-        ledger.write_sync(event(i))
+        ledger.append_now(event(i))
     dt = time.perf_counter() - t0
     ledger.close_sync()
     return n / dt, n
 
 
 async def group_commit(path: Path, n: int, writers: int) -> tuple[float, int]:
-    ledger = Ledger.open(path)
+    ledger = open_store(path)
 
     async def writer(k: int) -> None:
         for i in range(k, n, writers):
-            await ledger.write(event(i))
+            await ledger.append(event(i))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(writer(k) for k in range(writers)))
     dt = time.perf_counter() - t0
-    fsyncs = ledger.fsyncs
+    fsyncs = ledger.commits
     await ledger.close()
     return n / dt, fsyncs
 

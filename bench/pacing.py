@@ -1,6 +1,10 @@
 """Benchmark: pacing against the sandbox's queue model, in real time.
 
 Usage: python bench/pacing.py [a|b|c ...]   (default: all three; about four minutes)
+       python bench/pacing.py --help
+
+The run goes through the whole pacer: the adaptive per-sender controller, the fixed limits
+(aiolimiter's bucket on the job's clock) and the account budget's one-second window guard.
 
 (a) a fixed cap R with no queue: achieved rate / R, and the most accepted in any 1 s window;
 (b) a queue draining at D/s while the configured ceiling is 5xD: achieved / D, p95 wait, 429s;
@@ -24,8 +28,8 @@ import structlog
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx, serve
-from bulk_mms.report import percentile
 from bulk_mms.runner import run_job
+from bulk_mms.summary import percentile
 
 SENDER = "+13125550100"
 TARGET_WAIT = 30.0
@@ -143,4 +147,8 @@ async def main(which: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:] or ["a", "b", "c"]))
+    args = sys.argv[1:] or ["a", "b", "c"]
+    if not set(args) <= {"a", "b", "c"}:
+        print(__doc__)
+        sys.exit(0 if {"-h", "--help"} & set(args) else 2)
+    asyncio.run(main(args))

@@ -19,10 +19,10 @@ from pathlib import Path
 import orjson
 
 from bulk_mms.config import load_job
-from bulk_mms.ledger import replay
+from bulk_mms.ledger import load
 from bulk_mms.models import Group, RejectedRow
+from bulk_mms.prepare import open_reader, plan
 from bulk_mms.report import summarize
-from bulk_mms.runner import open_reader, plan
 
 
 def write_input(path: Path, rows: int) -> None:
@@ -138,14 +138,14 @@ def main() -> None:
         write_ledger(root / "ledger.jsonl", n_groups)
         size = (root / "ledger.jsonl").stat().st_size / 1e6
         t0 = time.perf_counter()
-        state = replay(root / "ledger.jsonl")
+        view = load(root / "ledger.jsonl", statuses=False)
         dt = time.perf_counter() - t0
-        print(f"resume: replayed {len(state.sent):,} sent groups ({size:.0f} MB) in {dt:.2f} s")
+        print(f"resume: replayed {view.count('sent'):,} sent groups ({size:.0f} MB) in {dt:.2f} s")
 
         append_statuses(root / "ledger.jsonl", n_groups)
         size = (root / "ledger.jsonl").stat().st_size / 1e6
         t0 = time.perf_counter()
-        state = replay(root / "ledger.jsonl")
+        load(root / "ledger.jsonl", statuses=False)
         dt = time.perf_counter() - t0
         print(f"resume, tracked ledger (+8 status lines per group, {size:.0f} MB): {dt:.2f} s")
         t0 = time.perf_counter()

@@ -31,8 +31,11 @@ from bulk_mms.errors import (
     UsageError,
 )
 from bulk_mms.models import Group, MessageBody, Money, Outcome, RecipientStatus, SendReceipt
+from bulk_mms.prepare import dry_run
 from bulk_mms.report import LedgerSummary, summarize, write_failed_csv
-from bulk_mms.runner import JobSummary, Stop, dry_run, run_job
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
 from bulk_mms.track import TrackResult, track_ledger
 
 __all__ = [

@@ -25,13 +25,17 @@
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed out)
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
-this tree is the one table. Every message is one line and names the file and line, or the
-setting, that is wrong. No message ever contains the API key: the client never puts headers
-into an error.
+this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
+1 finished with groups failed, pending a rerun or in doubt, 4 outside the send window
+(resumable), 130/143 stopped by SIGINT/SIGTERM (resumable).
+
+Every message is one line and names the file and line, or the setting, that is wrong. No
+message ever contains the API key: the client never puts headers into an error.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,17 @@ class ApiError:
     def __str__(self) -> str:
         parts = [p for p in (self.code, self.title, self.detail) if p]
         return " ".join(parts) if parts else "no detail"
+
+
+class Exit(enum.IntEnum):
+    """The exit codes that are not an error's own (those are on the classes above)."""
+
+    OK = 0
+    INCOMPLETE = 1
+    USAGE = 2
+    WINDOW = 4
+    SIGINT = 130
+    SIGTERM = 143
 
 
 class BulkMmsError(Exception):

@@ -3,23 +3,29 @@
 Telnyx queues traffic above its limits instead of refusing it, and reports in each response's
 ``wait_seconds`` how long that message waited. The pacer turns those reports into a send rate.
 
-Three layers gate every request, in this order:
+Four gates stand before every request, in this order:
 
 1. **Per sender** (:class:`SenderPace`): a GCRA token bucket whose rate the controller moves
    between a floor and the sender's ceiling (its configured limit, or the account rate), plus a
    pause (after a 429, or to let a long queue drain). Pure logic with an explicit ``now``, so the
    controller is tested without any clock.
-2. **Account-wide**: the same kind of GCRA bucket at the configured ``rate``, which spaces
-   requests evenly, and a sliding-window guard (:class:`WindowGuard`) that makes "no one-second
-   window above ``rate``" hold exactly, even when a wake-up comes late (a bucket alone lets a
-   late request and an on-time one land closer than ``1/rate``).
+2. **Per number, fixed**: a sender with a configured limit (``sender_limits`` or
+   ``type_limits``) also passes a :class:`~bulk_mms.budget.FixedRate` at that limit, so
+   nothing the controller does (its banked catch-up credit included) takes it above.
+3. **Account-wide** (an :class:`~bulk_mms.budget.AccountBudget`, by default the in-process
+   :class:`~bulk_mms.budget.LocalBudget`): the account pause, admission spaced at the
+   configured ``rate``, and, right before the request leaves (:meth:`Pacer.send_slot`), the
+   window guard that makes "no one-second window above ``rate``" hold exactly, even when a
+   wake-up comes late.
+4. The number in flight, bounded by the runner's workers.
 
-Why not aiolimiter, which bulk_mms used at first: its rate is fixed when it is built (the
-controller must move it every few seconds), it reads the event loop's clock directly (so tests
-would have to really sleep, or patch the loop), and a bucket deep enough to hold a group of 8
-admits a burst at any window boundary. A GCRA bucket is ten lines, takes any clock, and its rate
-is a plain attribute.
-3. The number in flight, bounded by the runner's workers.
+Where aiolimiter is used, and where not (the details are in :mod:`bulk_mms.budget`):
+aiolimiter's leaky bucket holds the *fixed* limits, gates 2 and 3's spacing (and ``track``'s GET
+rate), driven by the injected :class:`~bulk_mms.clock.Clock` rather than the loop's time. The
+adaptive per-sender rate (gate 1) is our own GCRA, since aiolimiter's rate is fixed when it is
+built while the controller moves this one every few seconds, and a pause must forfeit banked
+credit. The window guard is our own too: a leaky bucket deep enough to absorb late wake-ups
+lets a window at a bucket's refill boundary hold ``rate`` plus its depth.
 
 The controller (per sender)::
 
@@ -43,10 +49,36 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+
+from bulk_mms.budget import (
+    CATCH_UP_S,
+    AccountBudget,
+    FixedRate,
+    LocalBudget,
+    PaceAborted,
+    WindowGuard,
+    wait_until,
+)
+from bulk_mms.clock import Clock, SystemClock
+
+# Re-exported: the runner, the CLI and the tests import these from here.
+__all__ = [
+    "CATCH_UP_S",
+    "WAIT_CEILING_S",
+    "DrainFit",
+    "Gcra",
+    "PaceAborted",
+    "Pacer",
+    "PacingConfig",
+    "SenderPace",
+    "Ticket",
+    "WindowGuard",
+    "sender_type",
+]
 
 log = structlog.get_logger("bulk_mms.pacing")
 
@@ -61,9 +93,6 @@ NO_QUEUE_S = 0.05
 INCREASE = 1.25
 #: The drain rate is fitted over responses from this many recent seconds.
 DRAIN_WINDOW_S = 10.0
-#: Credit a bucket may bank while it lags (a stalled fsync, a slow response), in seconds of its
-#: rate: enough to catch up after a stall; the window guard still caps every second.
-CATCH_UP_S = 0.5
 #: Backoff after a 429 without a hint, in seconds.
 DEFAULT_429_PAUSE_S = 1.0
 #: The longest queue wait (``wait_seconds``) taken at its word: Telnyx expires a message that
@@ -71,16 +100,6 @@ DEFAULT_429_PAUSE_S = 1.0
 #: clamped to this (and logged once); the pause it causes is then bounded by
 #: ``max_group_age_s`` and ``max_job_duration_s``, and ended by a stop at once.
 WAIT_CEILING_S = 4 * 3600.0
-
-
-class PaceAborted(Exception):
-    """:meth:`Pacer.acquire` gave up: the job is stopping, or the sender cannot send before the
-    caller's deadline (a pause runs past it). ``earliest`` is when it could have sent."""
-
-    def __init__(self, reason: str, earliest: float) -> None:
-        self.reason = reason
-        self.earliest = earliest
-        super().__init__(f"{reason} (could send at {earliest:.3f})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +177,9 @@ class Gcra:
     """A token bucket in GCRA form: a theoretical arrival time that advances ``cost / rate``.
 
     ``tolerance`` seconds of lateness are forgiven, so late wake-ups do not lower the long-run
-    rate; the window guard, not this bucket, bounds what a single second may hold.
+    rate. The pacer no longer uses it (the account's spacing is a
+    :class:`~bulk_mms.budget.FixedRate`); it stays only until ``track``'s GET rate moves to a
+    :class:`~bulk_mms.budget.FixedRate` too, and then goes.
     """
 
     rate: float
@@ -280,42 +301,6 @@ class SenderPace:
         return self._set(self.rate * factor, reason)
 
 
-class WindowGuard:
-    """At most ``limit`` cost units in any ``window``-second span, by a log of recent sends.
-
-    A small ``margin`` is added to the window so that network jitter between here and the server
-    cannot make two sends a full window apart here look closer there.
-    """
-
-    __slots__ = ("_log", "_sum", "limit", "margin", "window")
-
-    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.005) -> None:
-        self.limit = limit
-        self.window = window
-        self.margin = margin
-        self._log: deque[tuple[float, float]] = deque()
-        self._sum = 0.0
-
-    def earliest(self, now: float, cost: float) -> float:
-        """When a send of ``cost`` would fit (now, or later)."""
-        span = self.window + self.margin
-        while self._log and self._log[0][0] <= now - span:
-            self._sum -= self._log.popleft()[1]
-        if self._sum + cost <= self.limit + 1e-9 or not self._log:
-            return now
-        # drop the oldest sends until the cost fits; it fits once the last of those ages out
-        total = self._sum
-        for t, c in self._log:
-            total -= c
-            if total + cost <= self.limit + 1e-9:
-                return t + span
-        return self._log[-1][0] + span  # pragma: no cover - the empty log returned above
-
-    def record(self, now: float, cost: float) -> None:
-        self._log.append((now, cost))
-        self._sum += cost
-
-
 @dataclass(frozen=True, slots=True)
 class PacingConfig:
     """What the pacer needs from the settings."""
@@ -351,11 +336,14 @@ class Pacer:
     Args:
         config: rates and the queue-wait target.
         senders: the pool of ``from`` values.
-        now: the clock (the loop's time by default); tests pass a fake one.
-        sleep: how to wait for the clock (``asyncio.sleep`` by default); a fake clock's sleep
-            advances it. It should return early when the job is asked to stop.
+        clock: the job's clock (:class:`~bulk_mms.clock.SystemClock` by default); tests pass a
+            :class:`~bulk_mms.testing.FakeClock`. Its sleep should return early when the job is
+            asked to stop.
         stopped: whether the job is stopping; every wait checks it after each sleep and gives
             up (:class:`PaceAborted`) instead of waiting on.
+        budget: what the account's senders share (admission at ``rate``, pauses, the window
+            guard); by default a :class:`~bulk_mms.budget.LocalBudget` on ``clock``. One passed
+            in must run on the same clock.
     """
 
     def __init__(
@@ -363,36 +351,40 @@ class Pacer:
         config: PacingConfig,
         senders: Sequence[str],
         *,
-        now: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Clock | None = None,
         stopped: Callable[[], bool] = lambda: False,
+        budget: AccountBudget | None = None,
     ) -> None:
         self.config = config
-        loop = asyncio.get_running_loop()
-        self._time: Callable[[], float] = now or loop.time
-        self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        self.clock: Clock = clock or SystemClock()
         self._stopped = stopped
+        # A group of 8 under cost="recipient" must fit in one second's window even when the rate
+        # is lower than 8, or it could never be sent: the window holds at least the largest cost.
+        self.max_cost = 8.0 if config.cost == "recipient" else 1.0
+        self.budget: AccountBudget = budget or LocalBudget(
+            config.rate, self.clock, max_cost=self.max_cost, stopped=stopped
+        )
         #: Hints already logged as absurd (each is logged once per run).
         self._absurd: set[str] = set()
         goal = config.max_queue_wait_s / 4
         self.senders: dict[str, SenderPace] = {}
+        #: The fixed per-number ceilings, for senders with a configured limit.
+        self._ceilings: dict[str, FixedRate] = {}
         for s in dict.fromkeys(senders):
-            ceiling = config.sender_limits.get(
-                s, config.type_limits.get(sender_type(s), config.rate)
-            )
+            limit = config.sender_limits.get(s, config.type_limits.get(sender_type(s)))
+            ceiling = config.rate if limit is None else min(limit, config.rate)
             self.senders[s] = SenderPace(
-                s, min(ceiling, config.rate), goal_wait=goal, max_wait=config.max_queue_wait_s
+                s, ceiling, goal_wait=goal, max_wait=config.max_queue_wait_s
             )
-        # A group of 8 under cost="recipient" must fit in one second's window even when the rate
-        # is lower than 8, or it could never be sent: the window holds at least the largest cost.
-        self.max_cost = 8.0 if config.cost == "recipient" else 1.0
-        self._bucket = Gcra(config.rate, tolerance=max(self.max_cost / config.rate, CATCH_UP_S))
-        self._guard = WindowGuard(max(config.rate, self.max_cost))
-        self._account_lock = asyncio.Lock()
-        self._slot_lock = asyncio.Lock()
+            if limit is not None:
+                self._ceilings[s] = FixedRate(
+                    ceiling,
+                    self.clock,
+                    depth=max(self.max_cost, ceiling * CATCH_UP_S),
+                    credit=self.max_cost,
+                    stopped=stopped,
+                )
         self._sender_locks = {s: asyncio.Lock() for s in self.senders}
-        #: Account-wide pause (every sender showed a 429 lately).
-        self.paused_until = 0.0
         self._recent_429: dict[str, float] = {}
         #: Counters for the summary.
         self.rate_limited = 0
@@ -401,26 +393,29 @@ class Pacer:
         self.first_admit: float | None = None
         self.last_admit: float | None = None
 
-    def now(self) -> float:
-        return self._time()
+    @property
+    def paused_until(self) -> float:
+        """Until when the whole account is paused (every sender showed a 429 lately)."""
+        return self.budget.paused_until()
 
     def cost_of(self, size: int) -> float:
         return float(size) if self.config.cost == "recipient" else 1.0
 
+    def _sender_earliest(self, pace: SenderPace, cost: float) -> float:
+        """When ``pace`` may send ``cost``: its own bucket and pause (a shared budget may know
+        of a longer pause), and its fixed ceiling."""
+        pace.paused_until = max(pace.paused_until, self.budget.paused_until(pace.sender))
+        ceiling = self._ceilings.get(pace.sender)
+        earliest = pace.earliest()
+        return earliest if ceiling is None else max(earliest, ceiling.ready_at(cost))
+
     def choose(self) -> str:
         """The sender that can send soonest (least recently used on a tie)."""
-        best = min(self.senders.values(), key=lambda p: (p.earliest(), p.last_used))
+        best = min(
+            self.senders.values(),
+            key=lambda p: (self._sender_earliest(p, self.max_cost), p.last_used),
+        )
         return best.sender
-
-    async def _wait_until(self, when: Callable[[], float], deadline: float | None = None) -> None:
-        # The time is re-read after every sleep: a 429 may have pushed it out meanwhile. A stop
-        # ends the wait at once (the sleep returns early; this loop must not spin on it).
-        while (delay := (at := when()) - self.now()) > 1e-6:
-            if self._stopped():
-                raise PaceAborted("stopping", at)
-            if deadline is not None and at > deadline:
-                raise PaceAborted("deadline", at)
-            await self._sleep(delay)
 
     async def acquire(self, sender: str, size: int, deadline: float | None = None) -> Ticket:
         """Wait until ``sender`` may send a group of ``size``; return the admission ticket.
@@ -433,15 +428,19 @@ class Pacer:
         cost = self.cost_of(size)
         async with self._sender_locks[sender]:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
-            await self._wait_until(pace.earliest, deadline)
-            async with self._account_lock:
-                await self._wait_until(
-                    lambda: max(self.paused_until, self._bucket.earliest()), deadline
-                )
-                now = self.now()
-                if deadline is not None and now > deadline:  # the locks' queue took it past
-                    raise PaceAborted("deadline", now)
-                self._bucket.admit(now, cost)
+            await wait_until(
+                self.clock,
+                lambda: self._sender_earliest(pace, cost),
+                stopped=self._stopped,
+                deadline=deadline,
+            )
+            now = await self.budget.acquire(cost, deadline)
+            # Charged only once the account admitted it: an abort above costs the sender
+            # nothing. Its lock is held, so the room seen before the account's wait is still
+            # there (a bucket's room only grows with time).
+            ceiling = self._ceilings.get(sender)
+            if ceiling is not None:
+                ceiling.take(cost)
             ticket = pace.admit(now, cost)
         self.admitted += 1
         self.first_admit = now if self.first_admit is None else self.first_admit
@@ -454,10 +453,11 @@ class Pacer:
         Called right before the request leaves, *after* the write-ahead ledger entry: the fsync
         between :meth:`acquire` and here releases several workers at once, and only a check at
         the moment of sending keeps the windows the server sees within the cap.
+
+        Raises:
+            PaceAborted: the job is stopping.
         """
-        async with self._slot_lock:
-            await self._wait_until(lambda: self._guard.earliest(self.now(), ticket.cost))
-            self._guard.record(self.now(), ticket.cost)
+        await self.budget.send_slot(ticket.cost)
 
     def bounded(self, what: str, value: float, ceiling: float) -> float:
         """``value`` (a server's hint, in seconds) clamped to ``ceiling``; the first absurd
@@ -479,7 +479,10 @@ class Pacer:
             return None
         wait = self.bounded("wait_seconds", wait, WAIT_CEILING_S)
         pace = self.senders[ticket.sender]
-        self._log_change(pace, pace.observe(self.now(), ticket, wait))
+        before = pace.paused_until
+        self._log_change(pace, pace.observe(self.clock.monotonic(), ticket, wait))
+        if pace.paused_until > before:  # a queue to let drain: the budget shares the pause
+            self.budget.pause(pace.paused_until, pace.sender)
         return wait
 
     def on_rate_limited(self, sender: str, retry_after: float | None, code: str) -> None:
@@ -489,16 +492,17 @@ class Pacer:
         """
         if retry_after is not None:
             retry_after = self.bounded("retry_after", retry_after, self.config.max_pause_s)
-        now = self.now()
+        now = self.clock.monotonic()
         queue_full = code == "40318"
         self.rate_limited += 1
         self.queue_full += queue_full
         pace = self.senders[sender]
         self._log_change(pace, pace.rate_limited(now, retry_after, queue_full))
+        self.budget.pause(pace.paused_until, sender)
         self._recent_429[sender] = now
         window = max(5.0, retry_after or 0.0)
         if all(now - self._recent_429.get(s, -math.inf) <= window for s in self.senders):
-            self.paused_until = max(self.paused_until, pace.paused_until)
+            self.budget.pause(pace.paused_until)
 
     def _log_change(self, pace: SenderPace, change: tuple[float, float, str] | None) -> None:
         if change is not None:

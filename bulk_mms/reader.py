@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -368,3 +369,12 @@ def _as_text(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """``sha256:<hex>`` of the file's bytes, as stored (compressed files are hashed compressed)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"

@@ -1,10 +1,11 @@
 """Summaries read back from a ledger: what ``bulk-mms report`` (and ``status``) prints.
 
-One pass over the ledger folds every event: outcomes per group (a later outcome wins, and a sent
-group stays sent), delivery statuses per recipient (through
-:class:`~bulk_mms.delivery.DeliveryBook`, so the report orders reports as ``track`` and
-``webhooks`` do), costs per currency, waits and error codes. :func:`write_failed_csv` turns the
-recipients who did not get the message into an input file a new job can take as it is.
+The numbers come from the one fold, :class:`~bulk_mms.ledger.LedgerView`, the same a run and
+its resume act on: every valid recipient in exactly one state (sent, failed, retry pending, in
+doubt, not attempted), delivery statuses as ``track`` and ``webhooks`` ordered them, costs per
+currency, waits and error codes. :func:`write_failed_csv` turns the recipients no rerun will
+send (failed for good, or not delivered) into an input file a new job can take as it is: never
+one that is in doubt or that a plain rerun sends, so nobody is texted twice.
 """
 
 from __future__ import annotations
@@ -17,26 +18,36 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bulk_mms.delivery import FINAL, NOT_RECEIVED, DeliveryBook
-from bulk_mms.ledger import fingerprint, iter_events, parse_time
-from bulk_mms.models import parse_money
-from bulk_mms.reader import Row, RowReader
+from bulk_mms.delivery import FINAL
+from bulk_mms.ledger import (
+    STATES,
+    Failed,
+    InDoubt,
+    Location,
+    RecipientCounts,
+    Sent,
+    load,
+    open_store,
+)
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
+from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
 
 
 @dataclass(slots=True)
 class LedgerSummary:
-    """The state of a job as its ledger records it, each group and row counted once."""
+    """The state of a job as its ledger records it, each group and recipient counted once."""
 
     job: str | None = None
     input: str | None = None
     runs: int = 0
-    sent_groups: int = 0
-    sent_recipients: int = 0
-    failed_groups: int = 0
-    failed_recipients: int = 0
-    in_doubt_groups: int = 0
-    in_doubt_recipients: int = 0
+    #: Groups by state (``sent``, ``failed``, ``retry_pending``, ``in_doubt``).
+    groups: Counter[str] = field(default_factory=Counter)
+    #: Every valid recipient in exactly one state.
+    recipient_states: RecipientCounts = field(
+        default_factory=lambda: RecipientCounts(0, 0, 0, 0, 0, 0, input_read=False)
+    )
     rejected_rows: int = 0
     cost: dict[str, Decimal] = field(default_factory=dict)
     attempts: int = 0
@@ -52,8 +63,8 @@ class LedgerSummary:
     sent_events: int = 0
     #: Recipients of sent groups by their latest delivery status (``queued`` until tracked).
     delivery: Counter[str] = field(default_factory=Counter)
-    #: Recipients who did not get the message, with why: failed and in-doubt groups, and
-    #: delivery_failed / sending_failed / expired. In ledger order.
+    #: Recipients who did not get the message and no rerun will send, with why: groups failed
+    #: for good, and delivery_failed / sending_failed / expired. In ledger order.
     undelivered: list[tuple[str, str]] = field(default_factory=list)
     #: The ledger header's phone column (the failed-recipients file uses the same name).
     phone_column: str = "phone"
@@ -62,12 +73,36 @@ class LedgerSummary:
     campaign: str | None = None
     #: The ledger itself, and the input columns its outcome events record rows in (none in a
     #: ledger written before rows were recorded).
-    ledger: Path | None = None
+    ledger: Location | None = None
     columns: tuple[str, ...] = ()
 
     @property
-    def recipients(self) -> int:
-        return self.sent_recipients + self.failed_recipients + self.in_doubt_recipients
+    def sent_groups(self) -> int:
+        return self.groups[SENT]
+
+    @property
+    def sent_recipients(self) -> int:
+        return self.recipient_states.sent
+
+    @property
+    def failed_groups(self) -> int:
+        return self.groups[FAILED]
+
+    @property
+    def failed_recipients(self) -> int:
+        return self.recipient_states.failed
+
+    @property
+    def in_doubt_groups(self) -> int:
+        return self.groups[IN_DOUBT]
+
+    @property
+    def in_doubt_recipients(self) -> int:
+        return self.recipient_states.in_doubt
+
+    @property
+    def retry_pending_groups(self) -> int:
+        return self.groups[RETRY_PENDING]
 
     @property
     def achieved_rate(self) -> float | None:
@@ -86,18 +121,23 @@ class LedgerSummary:
     def as_dict(self) -> dict[str, Any]:
         waits = sorted(self.wait_seconds)
         total = self.total_cost
+        r = self.recipient_states
         return {
             "job": self.job,
             "input": self.input,
             "runs": self.runs,
+            "recipients": r.as_dict(),
+            "input_read": r.input_read,
+            "groups": {state: self.groups[state] for state in STATES[:-1]},
             "sent_groups": self.sent_groups,
-            "sent_recipients": self.sent_recipients,
+            "sent_recipients": r.sent,
             "failed_groups": self.failed_groups,
-            "failed_recipients": self.failed_recipients,
+            "failed_recipients": r.failed,
+            "retry_pending_groups": self.retry_pending_groups,
+            "retry_pending_recipients": r.retry_pending,
             "in_doubt_groups": self.in_doubt_groups,
-            "in_doubt_recipients": self.in_doubt_recipients,
+            "in_doubt_recipients": r.in_doubt,
             "rejected_rows": self.rejected_rows,
-            "recipients": self.recipients,
             "delivery": dict(self.delivery.most_common()),
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "undelivered_recipients": len(self.undelivered),
@@ -105,7 +145,7 @@ class LedgerSummary:
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
             "attempts": self.attempts,
-            "achieved_rate": round(r, 3) if (r := self.achieved_rate) is not None else None,
+            "achieved_rate": round(a, 3) if (a := self.achieved_rate) is not None else None,
             "rate_limited": self.rate_limited,
             "wait_seconds_p50": percentile(waits, 0.50),
             "wait_seconds_p95": percentile(waits, 0.95),
@@ -117,154 +157,68 @@ class LedgerSummary:
         }
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of sorted ``values``, nearest rank; None when empty."""
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def _reason_kind(reason: str) -> str:
     """Reasons without their specifics, so they can be counted: 'duplicate', 'malformed JSON'."""
     return reason.split(":", 1)[0].split(" (", 1)[0]
 
 
-class _Summarizer:
-    """Folds ledger events into a :class:`LedgerSummary`. Private: use :func:`summarize`."""
-
-    def __init__(self, path: Path) -> None:
-        self.s = LedgerSummary()
-        self.book = DeliveryBook(path)
-        #: Group → (latest outcome, recipients, why it failed).
-        self.outcome: dict[str, tuple[str, tuple[str, ...], str]] = {}
-        self.costs: dict[str, tuple[Decimal, str]] = {}
-        self.rejected: dict[int, str] = {}
-        #: Groups with an attempt and no outcome after it (their recipients, when recorded).
-        self.open: dict[str, tuple[str, ...]] = {}
-        # first attempt and last outcome of the current run, for the sending time
-        self.run_first: str | None = None
-        self.run_last: str | None = None
-
-    def close_run(self) -> None:
-        if self.run_first and self.run_last:
-            span = parse_time(self.run_last) - parse_time(self.run_first)
-            self.s.sending_seconds += max(0.0, span)
-        self.run_first = self.run_last = None
-
-    def feed(self, ev: dict[str, Any]) -> None:
-        s = self.s
-        kind = ev["event"]
-        t = ev.get("time") if isinstance(ev.get("time"), str) else None
-        if t is not None:
-            s.first_time = s.first_time or t
-            s.last_time = t
-        if kind == "job":
-            s.job, s.input = ev.get("job"), ev.get("input")
-            s.phone_column = str(ev.get("phone_column") or "phone")
-            s.fingerprint = ev.get("fingerprint")
-            s.campaign = ev.get("campaign") if isinstance(ev.get("campaign"), str) else None
-            cols = ev.get("columns")
-            s.columns = tuple(str(c) for c in cols) if isinstance(cols, list) else ()
-        elif kind == "status":
-            self.book.feed(ev)
-        elif kind == "run":
-            s.runs += 1
-            self.close_run()
-        elif kind == "attempt":
-            s.attempts += 1
-            self.run_first = self.run_first or t
-            # open until an outcome closes it: a crash in between leaves the group in doubt,
-            # as a resume takes it (ledger.replay)
-            self.open[ev["group"]] = tuple(ev.get("to") or ())
-        elif kind in ("sent", "failed", "in_doubt"):
-            self.outcome_event(kind, ev, t)
-        elif kind == "rejected":
-            self.rejected[ev["line"]] = str(ev.get("reason", ""))
-
-    def outcome_event(self, kind: str, ev: dict[str, Any], t: str | None) -> None:
-        s = self.s
-        gid = ev["group"]
-        self.open.pop(gid, None)
-        self.run_last = t or self.run_last
-        s.rate_limited += int(ev.get("rate_limited") or 0)
-        s.sent_events += kind == "sent"
-        prev = self.outcome.get(gid)
-        if prev is not None and prev[0] == "sent":
-            return  # a sent group stays sent
-        if prev is not None and prev[0] == "in_doubt" and kind == "failed" and ev.get("retryable"):
-            return  # a transient failure settles nothing: its first request may have landed
-        why = (
-            f"failed: {ev.get('code') or ev.get('status') or ''} {ev.get('title') or ''}".strip()
-            if kind == "failed"
-            else "in doubt: may not have been sent"
-        )
-        self.outcome[gid] = (kind, tuple(ev.get("to") or ()), why)
-        if kind == "sent":
-            self.book.feed(ev)
-            cost = parse_money(ev.get("cost"))  # the same bounds as when it was received
-            if cost is not None:
-                self.costs[gid] = (cost.amount, cost.currency)
-            if isinstance(ev.get("wait_seconds"), int | float):
-                s.wait_seconds.append(float(ev["wait_seconds"]))
-        elif kind == "failed":
-            s.error_codes[str(ev.get("code"))] += 1
-
-    def finish(self) -> LedgerSummary:
-        s = self.s
-        self.close_run()
-        for gid, to in self.open.items():  # cut off by a crash: in doubt, unless sent before
-            prev = self.outcome.get(gid)
-            if prev is None or prev[0] == "failed":
-                self.outcome[gid] = ("in_doubt", to or (prev[1] if prev else ()), _CUT_OFF)
-        for kind, to, why in self.outcome.values():
-            n = len(to)
-            if kind == "sent":
-                s.sent_groups += 1
-                s.sent_recipients += n
-                for phone in to:
-                    status = self.book.status_of(phone) or "queued"
-                    s.delivery[status] += 1
-                    if status in NOT_RECEIVED:
-                        s.undelivered.append((phone, status))
-                continue
-            if kind == "failed":
-                s.failed_groups += 1
-                s.failed_recipients += n
-            else:
-                s.in_doubt_groups += 1
-                s.in_doubt_recipients += n
-            s.undelivered.extend((phone, why) for phone in to)
-        for amount, currency in self.costs.values():
-            s.cost[currency] = s.cost.get(currency, Decimal(0)) + amount
-        s.rejected_rows = len(self.rejected)
-        s.rejected_reasons = Counter(_reason_kind(r) for r in self.rejected.values())
-        return s
+def summarize(location: Location) -> LedgerSummary:
+    """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up."""
+    view = load(location)
+    s = LedgerSummary(ledger=location)
+    if (h := view.header) is not None:
+        s.job, s.input, s.phone_column = h.job, h.input, h.phone_column
+        s.fingerprint, s.campaign, s.columns = h.fingerprint, h.campaign, h.columns
+    s.runs, s.attempts, s.rate_limited = view.runs, view.attempts, view.rate_limited
+    s.first_time, s.last_time = view.first_time, view.last_time
+    s.sending_seconds, s.sent_events = view.sending_seconds, view.sent_events
+    s.wait_seconds = view.waits
+    s.error_codes = view.error_codes
+    s.cost = view.cost()
+    s.recipient_states = view.recipients()
+    for rec in view.groups.values():
+        state = rec.state
+        if state is not None:
+            s.groups[state] += 1
+        if state == SENT:
+            for phone in rec.to:
+                s.delivery[view.status_of(phone) or "queued"] += 1
+    s.undelivered = list(view.not_received().items())
+    s.rejected_rows = len(view.rejected)
+    s.rejected_reasons = Counter(_reason_kind(r) for r in view.rejected.values())
+    return s
 
 
-def summarize(path: Path) -> LedgerSummary:
-    """Read a whole ledger once. Later events win: a group sent on a rerun is no longer failed."""
-    folder = _Summarizer(path)
-    for _, ev in iter_events(path):
-        folder.feed(ev)
-    summary = folder.finish()
-    summary.ledger = path
-    return summary
+#: How the table names each state, and what it means for the next step.
+_STATE_ROWS = (
+    (SENT, "sent", ""),
+    (FAILED, "failed", "  (final: in --failed-csv)"),
+    (RETRY_PENDING, "retry pending", "  (a plain rerun sends them)"),
+    (IN_DOUBT, "in doubt", "  (may have been sent: held)"),
+    ("not_attempted", "not attempted", "  (a plain rerun sends them)"),
+)
 
 
-def format_text(s: LedgerSummary, path: Path) -> str:
+def format_text(s: LedgerSummary, path: Location) -> str:
     """The report as a table, for a person at a terminal."""
     d = s.as_dict()
+    r = d["recipients"]
     cost = ", ".join(f"{v} {k}" for k, v in d["cost_by_currency"].items()) or "0"
     lines = [
         f"ledger       {path}",
         f"job          {s.job}   runs: {s.runs}   {s.first_time or '-'} .. {s.last_time or '-'}",
         "",
-        f"{'':13}{'groups':>10}{'recipients':>12}",
-        f"{'sent':13}{s.sent_groups:>10}{s.sent_recipients:>12}",
-        f"{'failed':13}{s.failed_groups:>10}{s.failed_recipients:>12}",
-        f"{'in doubt':13}{s.in_doubt_groups:>10}{s.in_doubt_recipients:>12}",
-        f"{'total':13}{s.sent_groups + s.failed_groups + s.in_doubt_groups:>10}{s.recipients:>12}",
-        f"{'rejected':13}{'':>10}{s.rejected_rows:>12}  (input rows not sent)",
+        f"{'':15}{'groups':>8}{'recipients':>12}",
+    ]
+    for state, label, note in _STATE_ROWS:
+        groups = s.groups[state] if state in s.groups or state != "not_attempted" else ""
+        lines.append(f"{label:15}{groups:>8}{r[state]:>12}{note if r[state] else ''}")
+    valid_note = (
+        "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
+    )
+    lines += [
+        f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}",
+        f"{'rejected':15}{'':>8}{s.rejected_rows:>12}  (input rows never sent)",
         "",
     ]
     if s.delivery:
@@ -276,7 +230,9 @@ def format_text(s: LedgerSummary, path: Path) -> str:
                 "--sandbox for a sandbox run)"
             )
         lines.append("")
-    lines.append(f"did not get   {len(s.undelivered)} recipients (write them with --failed-csv)")
+    lines.append(
+        f"did not get  {len(s.undelivered)} recipients for good (write them with --failed-csv)"
+    )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
         lines.append(
@@ -313,7 +269,6 @@ def format_csv(s: LedgerSummary) -> str:
 
 
 #: The column the failed-recipients file adds, saying why each row is in it.
-_CUT_OFF = "in doubt: attempted before a crash, outcome unknown"
 REASON_COLUMN = "bulk_mms_reason"
 #: The campaign the recipients were missed by. It makes each round's file differ from the last
 #: even when the same people fail for the same reason, so ``run --input`` (which names the
@@ -369,14 +324,12 @@ def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, s
     recipient's row is not recorded (a group written by an older bulk-mms)."""
     assert s.ledger is not None
     found: dict[str, dict[str, str]] = {}
-    for _, ev in iter_events(s.ledger, skip_status=True):
-        rows, to = ev.get("rows"), ev.get("to")
-        if ev.get("event") not in ("sent", "failed", "in_doubt") or not isinstance(rows, list):
+    for ev in open_store(s.ledger, "read").events(skip_status=True):
+        if not isinstance(ev, Sent | Failed | InDoubt) or not ev.rows:
             continue
-        for phone, values in zip(to if isinstance(to, list) else (), rows, strict=False):
-            if phone in wanted and isinstance(values, list):
-                cells = dict(zip(s.columns, map(str, values), strict=False))
-                found[phone] = {s.phone_column: phone, **cells}
+        for phone, values in zip(ev.to, ev.rows, strict=False):
+            if phone in wanted:
+                found[phone] = {s.phone_column: phone, **dict(zip(s.columns, values, strict=False))}
     if not all(phone in found for phone in wanted):
         return None
     return [found[phone] for phone in wanted]

@@ -3,7 +3,7 @@
 Only :class:`~bulk_mms.errors.RetryableSendError` is retried (429, 5xx, failures before the
 request left). The wait honours the server's hint (``Retry-After`` and friends, capped at
 ``max_retry_after``) and otherwise backs off exponentially with full jitter. Permanent errors,
-auth failures and ambiguous failures return at once. The sleep is injectable so tests never wait.
+auth failures and ambiguous failures return at once. The clock is injected so tests never wait.
 
 A 429 is not a failure of the group but a request to slow down: it never counts against
 ``attempts``. Only a deadline (the group's maximum age, or the job's) ends a run of 429s.
@@ -16,7 +16,6 @@ it to the group's first attempt plus the idempotency window, when the server hon
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +26,11 @@ import structlog
 import tenacity
 
 from bulk_mms.client import MmsClient
+from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.config import RetryConfig
 from bulk_mms.errors import AmbiguousSendError, RateLimited, RetryableSendError, SendError
 from bulk_mms.models import Group, SendReceipt
 
-Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 log = structlog.get_logger("bulk_mms.retry")
 
@@ -157,13 +156,11 @@ async def send_with_retry(
     key: str,
     policy: RetryConfig,
     *,
-    sleep: Sleep = asyncio.sleep,
+    clock: Clock | None = None,
     before_attempt: Callable[[int], Awaitable[None]] | None = None,
     on_error: Callable[[SendError], None] | None = None,
     deadline: float | None = None,
-    now: Callable[[], float] = time.monotonic,
     ambiguous_until: float | None = None,
-    wall_clock: Callable[[], float] = time.time,
     digest: RetryDigest | None = None,
 ) -> Attempted:
     """Send one group, retrying what can be retried.
@@ -173,14 +170,13 @@ async def send_with_retry(
         group: what to send.
         key: its ``Idempotency-Key``, the same on every try.
         policy: attempts and backoff.
-        sleep: awaited between tries (tests pass a fake).
+        clock: sleeps between tries, and tells the time for ``deadline`` (monotonic) and
+            ``ambiguous_until`` (wall); the system's by default, a fake in tests.
         before_attempt: awaited with the attempt number before each try (rate limiting, the
             write-ahead ledger entry); it may raise :class:`StopRetrying` to give up unsent.
         on_error: called with each failed try's error (the pacer learns from 429s).
-        deadline: no retry starts after this time on the ``now`` clock.
-        now: the clock for ``deadline``.
+        deadline: no retry starts after this monotonic time.
         ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
-        wall_clock: the clock for ``ambiguous_until``.
         digest: where retries are told (one line per cause now and then); a digest of this
             call's own by default.
 
@@ -192,6 +188,7 @@ async def send_with_retry(
     Raises:
         StopRetrying: ``before_attempt`` gave up before a try.
     """
+    clock = clock or SystemClock()
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(
             lambda exc: (
@@ -199,13 +196,13 @@ async def send_with_retry(
                 or (
                     isinstance(exc, AmbiguousSendError)
                     and ambiguous_until is not None
-                    and wall_clock() < ambiguous_until
+                    and clock.wall() < ambiguous_until
                 )
             )
         ),
-        stop=_Stop(policy.attempts, deadline, now),
+        stop=_Stop(policy.attempts, deadline, clock.monotonic),
         wait=_Wait(policy),
-        sleep=sleep,
+        sleep=clock.sleep,
         before_sleep=functools.partial((digest or RetryDigest()).note, group),
         reraise=True,
     )
@@ -253,8 +250,7 @@ async def fetch_with_retry(
     policy: RetryConfig,
     *,
     what: str,
-    sleep: Sleep = asyncio.sleep,
-    now: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
     on_error: Callable[[SendError], None] | None = None,
 ) -> T:
     """Run a read (a GET) with the same backoff as sends.
@@ -271,11 +267,12 @@ async def fetch_with_retry(
             on_error(exc)
         log.debug("fetch.retry_scheduled", what=what, caused_by=str(exc))
 
+    clock = clock or SystemClock()
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception_type((RetryableSendError, AmbiguousSendError)),
-        stop=_Stop(policy.attempts, None, now),
+        stop=_Stop(policy.attempts, None, clock.monotonic),
         wait=_Wait(policy),
-        sleep=sleep,
+        sleep=clock.sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

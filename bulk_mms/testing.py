@@ -1,14 +1,14 @@
 """Helpers for testing code that uses bulk_mms, without a network or a real clock.
 
 :class:`FakeClient` stands behind the :class:`~bulk_mms.client.MmsClient` seam (like httpx's
-``MockTransport``): its answers come from a handler you write. :class:`FakeSleep` is a clock
+``MockTransport``): its answers come from a handler you write. :class:`FakeClock` is a clock
 whose sleeps move time on at once, usable as the runner's ``clock`` and as a retry ``sleep``::
 
     from bulk_mms import load_job, run_job
-    from bulk_mms.testing import FakeClient, FakeSleep
+    from bulk_mms.testing import FakeClient, FakeClock
 
     client = FakeClient()
-    summary = await run_job(load_job("jobs/demo.toml"), settings, client, clock=FakeSleep())
+    summary = await run_job(load_job("jobs/demo.toml"), settings, client, clock=FakeClock())
     assert summary.sent_groups == len(client.calls)
 
 For the HTTP level, :mod:`bulk_mms.fake_api` is a Telnyx-compatible server with scripted faults.
@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
+
+import orjson
 
 from bulk_mms.errors import NotFound, SendError
+from bulk_mms.ledger import Location, load, open_store
+from bulk_mms.ledger.events import encode
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 
-__all__ = ["FakeClient", "FakeSleep", "Handler", "ok_receipt"]
+__all__ = ["FakeClient", "FakeClock", "Handler", "groups_in", "ledger_events", "ok_receipt"]
 
 #: What a :class:`FakeClient` handler returns for ``(group, call number)``: a receipt, an
 #: error to raise, or an awaitable of either.
@@ -93,18 +99,29 @@ class FakeClient:
         return [p for g in self.calls for p in g.to]
 
 
-class FakeSleep:
-    """A fake clock: sleeping records the request and moves the clock on at once.
+class FakeClock:
+    """A fake :class:`~bulk_mms.clock.Clock`: sleeping records the request and moves both
+    times on at once, so a test of hours of pacing takes milliseconds.
 
-    Usable as the retry ``sleep`` (call it) and as the runner's ``clock`` (``now``/``sleep``).
+    Usable as the runner's ``clock`` and, called, as a plain ``sleep``.
     """
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, wall: float | None = None) -> None:
         self.calls: list[float] = []
         self.time = start
+        #: The wall clock starts at ``wall`` (by default the real time now) and moves with
+        #: the monotonic one.
+        self._wall_offset = (time.time() if wall is None else wall) - start
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self.time
+
+    def wall(self) -> float:
+        return self.time + self._wall_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move time on without sleeping (as if the machine had been busy)."""
+        self.time += seconds
 
     async def sleep(self, seconds: float) -> None:
         self.calls.append(seconds)
@@ -113,3 +130,16 @@ class FakeSleep:
 
     async def __call__(self, seconds: float) -> None:
         await self.sleep(seconds)
+
+
+def ledger_events(location: Location) -> list[dict[str, Any]]:
+    """Every event of a ledger, in order, as the JSON objects the store keeps (``event`` is
+    the kind): for asserting on what a run recorded."""
+    return [orjson.loads(encode(ev)) for ev in open_store(location, "read").events()]
+
+
+def groups_in(location: Location, state: str) -> set[str]:
+    """The ids of a ledger's groups in ``state`` (``sent``, ``failed``, ``retry_pending``,
+    ``in_doubt``), as every reader of the ledger folds it."""
+    view = load(location, statuses=False)
+    return {gid for gid, rec in view.groups.items() if rec.state == state}

@@ -5,7 +5,7 @@ For every sent group with a recipient not yet final, :class:`Tracker` asks
 and its own id is known; and after a 404 on the group, with each recipient's own id, or failing
 that with the group's id, which some servers answer there too), under
 its own token bucket (``[track] rate``) and with the send path's backoff. Each change becomes a
-``status`` line (:func:`bulk_mms.delivery.status_event`).
+``status`` event, judged news by the ledger's own fold (:class:`~bulk_mms.ledger.LedgerView`).
 
 One pass by default; ``follow`` repeats passes until every recipient is final or its group is
 older than ``max_age``. A group whose statuses did not change is asked again after twice the
@@ -20,24 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 
+from bulk_mms.budget import FixedRate
 from bulk_mms.client import MmsClient
+from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import Settings
-from bulk_mms.delivery import FINAL, DeliveryBook, SentGroup, status_event
+from bulk_mms.delivery import FINAL
 from bulk_mms.errors import FatalSendError, NotFound, RateLimited, SendError
-from bulk_mms.ledger import Ledger
+from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open_store
+from bulk_mms.ledger.events import status_event
 from bulk_mms.models import RecipientStatus
-from bulk_mms.pacing import Gcra
 from bulk_mms.retry import fetch_with_retry
-from bulk_mms.runner import Clock, LoopClock, Stop
+from bulk_mms.signals import Stop
 
 log = structlog.get_logger("bulk_mms.track")
 
@@ -85,59 +84,55 @@ class Tracker:
 
     def __init__(
         self,
-        book: DeliveryBook,
-        ledger: Ledger,
+        view: LedgerView,
+        store: LedgerStore,
         client: MmsClient,
         settings: Settings,
         *,
         clock: Clock | None = None,
-        wall_clock: Callable[[], float] = time.time,
         stop: Stop | None = None,
     ) -> None:
-        self.book = book
-        self.ledger = ledger
+        self.view = view
+        self.store = store
         self.client = client
         self.settings = settings
         self.cfg = settings.track
         self.stop = stop or Stop()
-        self.clock: Clock = clock or LoopClock(self.stop)
-        self.wall_clock = wall_clock
-        self.bucket = Gcra(self.cfg.rate, tolerance=0.5)
+        self.clock: Clock = clock or SystemClock(self.stop)
+        self.gets = FixedRate(self.cfg.rate, self.clock, stopped=self.stop.is_set)
         self.result = TrackResult()
         #: Group id → (passes without change, monotonic time of the next ask).
         self.backoff: dict[str, tuple[int, float]] = {}
         self._not_found: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<Tracker {self.book.path} groups={len(self.book.groups)}>"
+        return f"<Tracker {self.store.name} groups={len(self.view.groups)}>"
 
     # -- choosing what to ask ---------------------------------------------------------------
 
-    def due(self) -> list[SentGroup]:
+    def due(self) -> list[GroupRecord]:
         """Groups with a recipient not final, inside ``max_age``, whose backoff has passed."""
-        now, wall = self.clock.now(), self.wall_clock()
+        now, wall = self.clock.monotonic(), self.clock.wall()
         return [
             g
-            for g in self.book.groups.values()
+            for g in self.view.sent_groups()
             if self._trackable(g, wall)
             and self.backoff.get(g.id, (0, 0.0))[1] <= now
-            and self.book.pending(g)
+            and self.view.pending(g)
         ]
 
-    def _too_old(self, g: SentGroup, wall: float) -> bool:
+    def _too_old(self, g: GroupRecord, wall: float) -> bool:
         return wall - g.sent_at > self.cfg.max_age
 
-    def _trackable(self, g: SentGroup, wall: float) -> bool:
+    def _trackable(self, g: GroupRecord, wall: float) -> bool:
         """Known to the API and inside ``max_age``."""
         return g.id not in self._not_found and not self._too_old(g, wall)
 
     # -- asking -----------------------------------------------------------------------------
 
     async def _limited(self) -> None:
-        """Wait for the tracking bucket."""
-        while (wait := self.bucket.earliest() - self.clock.now()) > 0:
-            await self.clock.sleep(wait)
-        self.bucket.admit(self.clock.now(), 1.0)
+        """Wait for the tracking rate (``[track] rate``, an aiolimiter bucket on the clock)."""
+        await self.gets.acquire()
         self.result.requests += 1
 
     async def _get(self, what: str, message_id: str) -> tuple[RecipientStatus, ...]:
@@ -150,21 +145,22 @@ class Tracker:
         def on_error(exc: SendError) -> None:
             if isinstance(exc, RateLimited):
                 # the API asks for less: halve this tracker's own rate for the rest of the run
-                self.bucket.rate = max(0.1, self.bucket.rate / 2)
+                rate = max(0.1, self.gets.rate / 2)
+                self.gets = FixedRate(rate, self.clock, stopped=self.stop.is_set)
 
         return await fetch_with_retry(
             call,
             self.settings.retry,
             what=f"{what} {message_id}",
-            sleep=self.clock.sleep,
-            now=self.clock.now,
+            clock=self.clock,
             on_error=on_error,
         )
 
-    async def ask(self, g: SentGroup) -> tuple[RecipientStatus, ...] | None:
+    async def ask(self, g: GroupRecord) -> tuple[RecipientStatus, ...] | None:
         """The API's statuses for a group's pending recipients; None when it cannot say."""
-        pending = self.book.pending(g)
-        ids = [k.message_id for p in pending if (k := self.book.known.get(p)) and k.message_id]
+        pending = self.view.pending(g)
+        ids = [k.message_id for p in pending if (k := self.view.known.get(p)) and k.message_id]
+        assert g.message_id is not None  # a sent group has one
         try:
             if len(pending) == 1 and len(ids) == 1:
                 return await self._get("message", ids[0])  # one left: the smaller answer
@@ -189,7 +185,7 @@ class Tracker:
             log.warning("track.not_found", group=g.id, message_id=g.message_id)
             return None
 
-    async def poll(self, g: SentGroup) -> None:
+    async def poll(self, g: GroupRecord) -> None:
         try:
             statuses = await self.ask(g)
         except FatalSendError as exc:  # a refused key, or a redirect: no GET can succeed
@@ -204,25 +200,26 @@ class Tracker:
             return
         listed = {st.phone: st for st in statuses}
         changed = False
-        for phone in self.book.pending(g):
+        for phone in self.view.pending(g):
             st = listed.get(phone)
             if st is None:
                 if (g.id, phone) not in self.result.unlisted:
                     self.result.unlisted.append((g.id, phone))
                     log.warning("track.recipient_unlisted", group=g.id, recipient=phone)
                 continue
-            if self.book.apply(st, g.id):
-                await self.ledger.write(status_event(g.id, st, source="track"))
+            if self.view.apply_status(st, g.id):
+                now = iso(self.clock.wall())
+                await self.store.append(status_event(g.id, st, source="track", time=now))
                 self.result.changes += 1
                 changed = True
                 log.debug("track.status", group=g.id, recipient=phone, status=st.status)
         unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
         delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))
-        self.backoff[g.id] = (unchanged, self.clock.now() + delay)
+        self.backoff[g.id] = (unchanged, self.clock.monotonic() + delay)
 
     async def one_pass(self) -> None:
         self.result.errors.clear()
-        queue: asyncio.Queue[SentGroup] = asyncio.Queue()
+        queue: asyncio.Queue[GroupRecord] = asyncio.Queue()
         for g in self.due():
             queue.put_nowait(g)
 
@@ -242,9 +239,9 @@ class Tracker:
 
     def remaining(self) -> int:
         """Recipients not final in groups still inside ``max_age`` and known to the API."""
-        wall = self.wall_clock()
+        wall = self.clock.wall()
         return sum(
-            len(self.book.pending(g)) for g in self.book.groups.values() if self._trackable(g, wall)
+            len(self.view.pending(g)) for g in self.view.sent_groups() if self._trackable(g, wall)
         )
 
     async def run(self, *, follow: bool = False) -> TrackResult:
@@ -262,8 +259,8 @@ class Tracker:
             if not follow or not left or self.stop.is_set():
                 break
             waits = [at for _, at in self.backoff.values()]
-            next_at = min(waits, default=self.clock.now() + self.cfg.interval)
-            await self.clock.sleep(max(1.0, next_at - self.clock.now()))
+            next_at = min(waits, default=self.clock.monotonic() + self.cfg.interval)
+            await self.clock.sleep(max(1.0, next_at - self.clock.monotonic()))
             if self.stop.is_set():
                 break
         self.result.stopped = self.stop.reason
@@ -272,12 +269,12 @@ class Tracker:
 
     def _tally(self) -> None:
         r = self.result
-        wall = self.wall_clock()
+        wall = self.clock.wall()
         r.statuses.clear()
         r.pending = r.too_old = 0
-        for g in self.book.groups.values():
+        for g in self.view.sent_groups():
             for phone in g.to:
-                status = self.book.status_of(phone) or "queued"
+                status = self.view.status_of(phone) or "queued"
                 r.statuses[status] += 1
                 if status not in FINAL:
                     r.pending += 1
@@ -285,34 +282,34 @@ class Tracker:
 
 
 async def track_ledger(
-    path: Path,
+    location: Location,
     settings: Settings,
     client: MmsClient,
     *,
     follow: bool = False,
     clock: Clock | None = None,
-    wall_clock: Callable[[], float] = time.time,
     stop: Stop | None = None,
 ) -> TrackResult:
     """Track a ledger's sent groups: one pass, or until done with ``follow``.
 
-    Works beside a run that is still sending (status lines take only the append lock).
+    Works beside a run that is still sending (status events need no run lock).
 
     Raises:
         LedgerError: the ledger is missing, empty, corrupt or cannot be written.
         FatalSendError: the API refused the key, or the base URL redirects.
     """
-    book = DeliveryBook.load(path)
-    ledger = Ledger.open_for_status(path)
-    tracker = Tracker(book, ledger, client, settings, clock=clock, wall_clock=wall_clock, stop=stop)
-    log.info("track.started", ledger=str(path), groups=len(book.groups), follow=follow)
+    store = open_store(location, "append")
     try:
+        view = LedgerView.fold(store.new_events())
+        tracker = Tracker(view, store, client, settings, clock=clock, stop=stop)
+        groups = sum(1 for _ in view.sent_groups())
+        log.info("track.started", ledger=store.name, groups=groups, follow=follow)
         return await tracker.run(follow=follow)
     finally:
-        await ledger.close()
+        await store.close()
 
 
-def format_track(r: TrackResult, path: Path) -> str:
+def format_track(r: TrackResult, path: Location) -> str:
     """What a pass found, for a person."""
     total = sum(r.statuses.values())
     counts = ", ".join(f"{k} {v}" for k, v in r.statuses.most_common()) or "none"

@@ -8,7 +8,7 @@ line; nothing of it is written.
 
 A verified ``message.sent`` or ``message.finalized`` event is matched to a sent group of the
 ledger (by message id, else by recipient number) and each recipient whose status is news
-(:func:`bulk_mms.delivery.supersedes`) gets a durable ``status`` line before the 200 goes back,
+(:func:`bulk_mms.delivery.supersedes`) gets a durable ``status`` event before the 200 goes back,
 which takes milliseconds (group commit). Repeats (the same event id) and stale reports (a
 ``message.sent`` after ``message.finalized``) are acknowledged and not recorded. Events for
 numbers the ledger does not hold are acknowledged, looked for again for 30 s (a webhook can beat
@@ -22,9 +22,7 @@ import asyncio
 import base64
 import binascii
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import orjson
 import structlog
@@ -34,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import parse_statuses
-from bulk_mms.delivery import DeliveryBook, status_event
+from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import Ledger
+from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
+from bulk_mms.ledger.events import status_event
 from bulk_mms.models import RecipientStatus
 
 log = structlog.get_logger("bulk_mms.webhooks")
@@ -122,20 +121,20 @@ def _short(value: object) -> str | None:
 
 
 class WebhookReceiver:
-    """The aiohttp handler; keeps the ledger's :class:`DeliveryBook` current as events come in."""
+    """The aiohttp handler; keeps the ledger's view current as events come in."""
 
     def __init__(
         self,
-        book: DeliveryBook,
-        ledger: Ledger,
+        view: LedgerView,
+        store: LedgerStore,
         key: Ed25519PublicKey,
         *,
-        now: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
-        self.book = book
-        self.ledger = ledger
+        self.view = view
+        self.store = store
         self.key = key
-        self.now = now
+        self.clock: Clock = clock or SystemClock()
         self.recorded = 0
         self.rejected = 0
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
@@ -143,7 +142,7 @@ class WebhookReceiver:
         self._later: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"<WebhookReceiver {self.book.path} recorded={self.recorded}>"
+        return f"<WebhookReceiver {self.store.name} recorded={self.recorded}>"
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -156,7 +155,7 @@ class WebhookReceiver:
         except web.HTTPRequestEntityTooLarge:
             return self._reject(request, "body too large", 413)
         try:
-            verify(self.key, request.headers, raw, self.now())
+            verify(self.key, request.headers, raw, self.clock.wall())
         except Unverified as exc:
             return self._reject(request, exc.reason, exc.status)
         try:
@@ -170,14 +169,14 @@ class WebhookReceiver:
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
             return web.json_response({"ok": True})
-        if event_id in self.book.webhook_ids:
+        if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
         matched, unknown = self.match(parse_statuses(payload), message_id)
         recorded = await self.record(event_id, matched, message_id, occurred_at)
-        self.book.webhook_ids.add(event_id)
+        self.view.webhook_ids.add(event_id)
         if unknown:
             # the run may not have written this group's `sent` line yet (a webhook can beat it)
             task = asyncio.create_task(self.match_later(event_id, unknown, message_id, occurred_at))
@@ -191,7 +190,7 @@ class WebhookReceiver:
     ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
         """Split reports into those for the ledger's recipients (with their group) and the rest."""
         if statuses and not all(self._group_for(st.phone, message_id) for st in statuses):
-            self.book.refresh()  # sent since this server last read the ledger?
+            self.refresh()  # sent since this server last read the ledger?
         matched, unknown = [], []
         for st in statuses:
             gid = self._group_for(st.phone, message_id)
@@ -218,9 +217,15 @@ class WebhookReceiver:
                 errors=st.errors[:5],
                 at=occurred_at or st.at,
             )
-            if self.book.apply(report, gid):
-                await self.ledger.write(
-                    status_event(gid, report, source="webhook", webhook_id=event_id)
+            if self.view.apply_status(report, gid):
+                await self.store.append(
+                    status_event(
+                        gid,
+                        report,
+                        source="webhook",
+                        webhook_id=event_id,
+                        time=iso(self.clock.wall()),
+                    )
                 )
                 n += 1
         self.recorded += n
@@ -234,9 +239,9 @@ class WebhookReceiver:
         occurred_at: str | None,
     ) -> None:
         """Look for reports' recipients again for a while as the ledger grows; then give up."""
-        deadline = time.monotonic() + self.late_window_s
-        while unknown and time.monotonic() < deadline:
-            await asyncio.sleep(LATE_POLL_S)
+        deadline = self.clock.monotonic() + self.late_window_s
+        while unknown and self.clock.monotonic() < deadline:
+            await self.clock.sleep(LATE_POLL_S)
             matched, unknown = self.match(unknown, message_id)
             await self.record(event_id, matched, message_id, occurred_at)
         if unknown:
@@ -250,11 +255,16 @@ class WebhookReceiver:
             task.cancel()
         await asyncio.gather(*self._later, return_exceptions=True)
 
+    def refresh(self) -> None:
+        """Take in what has been written since (a run may still be sending)."""
+        for ev in self.store.new_events():
+            self.view.apply(ev)
+
     def _group_for(self, phone: str, message_id: str | None) -> str | None:
-        gid = self.book.group_of.get(phone)
+        gid = self.view.group_of.get(phone)
         if gid is None and message_id is not None:
-            gid = self.book.by_message_id.get(message_id)
-            if gid is not None and phone not in self.book.groups[gid].to:
+            gid = self.view.by_message_id.get(message_id)
+            if gid is not None and phone not in self.view.groups[gid].to:
                 return None
         return gid
 
@@ -267,7 +277,7 @@ class WebhookReceiver:
 
 
 async def serve_webhooks(
-    ledger_path: Path,
+    location: Location,
     host: str,
     port: int,
     key: Ed25519PublicKey,
@@ -281,9 +291,9 @@ async def serve_webhooks(
         LedgerError: the ledger is missing, empty or cannot be written.
         ConfigError: the address cannot be listened on.
     """
-    book = DeliveryBook.load(ledger_path)
-    ledger = Ledger.open_for_status(ledger_path)
-    receiver = WebhookReceiver(book, ledger, key)
+    store = open_store(location, "append")
+    receiver = WebhookReceiver(LedgerView(), store, key)
+    receiver.refresh()
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -296,7 +306,10 @@ async def serve_webhooks(
         bound = runner.addresses[0]
         address = f"{bound[0]}:{bound[1]}"
         log.info(
-            "webhooks.listening", address=address, ledger=str(ledger_path), groups=len(book.groups)
+            "webhooks.listening",
+            address=address,
+            ledger=store.name,
+            groups=len(receiver.view.groups),
         )
         if started is not None:
             started(address)
@@ -304,6 +317,6 @@ async def serve_webhooks(
     finally:
         await runner.cleanup()
         await receiver.close()
-        await ledger.close()
+        await store.close()
     log.info("webhooks.stopped", recorded=receiver.recorded, rejected=receiver.rejected)
     return receiver

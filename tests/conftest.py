@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.runner import run_job
-from bulk_mms.testing import FakeClient, FakeSleep, ok_receipt
+from bulk_mms.testing import FakeClient, FakeClock, ok_receipt
 
-__all__ = ["FakeClient", "FakeSleep", "ok_receipt"]  # the tests import them from here too
+__all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
 
 pytest_plugins = ("pytest_aiohttp",)
 
@@ -31,8 +31,8 @@ def _reset_structlog() -> Iterator[None]:
 
 
 @pytest.fixture
-def fake_sleep() -> FakeSleep:
-    return FakeSleep()
+def fake_sleep() -> FakeClock:
+    return FakeClock()
 
 
 FAST = Settings(
@@ -104,7 +104,7 @@ async def sent_ledger(jobs: JobFactory, n: int) -> tuple[Path, FakeClient]:
     jobs.people(n)
     job = jobs.job(extra="group_size = 4")
     client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeSleep())
+    await run_job(job, FAST, client, clock=FakeClock())
     return job.ledger, client
 
 

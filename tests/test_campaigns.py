@@ -14,9 +14,9 @@ import orjson
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import iter_events
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers, ok_receipt
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -32,16 +32,16 @@ async def test_two_ledgers_of_one_job_send_every_group_twice(
     job = jobs.job(extra="group_size = 4")
     second = replace(job, ledger=jobs.root / "ledgers" / "tomorrow.jsonl")
     async with AiohttpMmsClient(url, KEY) as client:
-        s1 = await run_job(job, FAST, client, clock=FakeSleep())
-        s2 = await run_job(second, FAST, client, clock=FakeSleep())
-        again = await run_job(job, FAST, client, clock=FakeSleep())
+        s1 = await run_job(job, FAST, client, clock=FakeClock())
+        s2 = await run_job(second, FAST, client, clock=FakeClock())
+        again = await run_job(job, FAST, client, clock=FakeClock())
     assert (s1.sent_groups, s2.sent_groups, again.sent_groups) == (6, 6, 0)
     assert again.skipped_groups == 6
     assert len(fake.accepted) == 12
     assert fake.recipient_counts() == dict.fromkeys(numbers(24), 2)
     # the second night's message ids are its own, not replays of the first night's
     ids = [
-        {e["message_id"] for _, e in iter_events(led) if e["event"] == "sent"}
+        {e["message_id"] for e in ledger_events(led) if e["event"] == "sent"}
         for led in (job.ledger, second.ledger)
     ]
     assert len(ids[0]) == len(ids[1]) == 6
@@ -56,21 +56,21 @@ async def test_keys_carry_the_ledgers_campaign_and_resume_keeps_them(jobs: JobFa
         lambda g, n: AmbiguousSendError("dropped after sending") if n == 0 else ok_receipt(g, n)
     )
     settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, retry_ambiguous=False))
-    first = await run_job(job, settings, client, clock=FakeSleep())
+    first = await run_job(job, settings, client, clock=FakeClock())
     assert first.in_doubt_groups == 1
-    header = next(e for _, e in iter_events(job.ledger))
+    header = next(e for e in ledger_events(job.ledger))
     campaign = header["campaign"]
-    assert header["format"] == 2
+    assert header["format"] == 3
     assert isinstance(campaign, str)
     assert len(campaign) == 16
     assert client.keys == [idempotency_key(campaign, g.id) for g in client.calls]
     # --resend-in-doubt on the same ledger: the same key as the first try (a replay if it landed)
     held = client.calls[0]
     resend = FakeClient()
-    await run_job(job, settings, resend, clock=FakeSleep(), resend_in_doubt=True)
+    await run_job(job, settings, resend, clock=FakeClock(), resend_in_doubt=True)
     assert [g.id for g in resend.calls] == [held.id]
     assert resend.keys == [client.keys[0]]
-    attempts = [e["key"] for _, e in iter_events(job.ledger) if e["event"] == "attempt"]
+    attempts = [e["key"] for e in ledger_events(job.ledger) if e["event"] == "attempt"]
     assert set(attempts) == set(client.keys)
 
 
@@ -79,16 +79,16 @@ async def test_a_format_1_ledger_resumes_under_its_old_keys(jobs: JobFactory) ->
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
     probe = FakeClient()
-    await run_job(replace(job, ledger=jobs.root / "probe.jsonl"), FAST, probe, clock=FakeSleep())
+    await run_job(replace(job, ledger=jobs.root / "probe.jsonl"), FAST, probe, clock=FakeClock())
     gid = probe.calls[0].id
-    header = next(e for _, e in iter_events(jobs.root / "probe.jsonl"))
+    header = next(e for e in ledger_events(jobs.root / "probe.jsonl"))
     old = {k: v for k, v in header.items() if k != "campaign"} | {"format": 1}
     attempt = {"event": "attempt", "group": gid, "seq": 0, "attempt": 1, "t0": 9e12}
     attempt |= {"from": "+18445550001", "key": f"bulk-mms-{gid}", "time": "2026-11-24T01:00:00Z"}
     job.ledger.parent.mkdir(parents=True, exist_ok=True)
     job.ledger.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in (old, attempt)))
     client = FakeClient()
-    s = await run_job(job, FAST, client, clock=FakeSleep())
+    s = await run_job(job, FAST, client, clock=FakeClock())
     assert s.sent_groups == 2
     assert dict(zip([g.id for g in client.calls], client.keys, strict=True))[gid] == (
         f"bulk-mms-{gid}"

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 import bulk_mms.cli as cli
-from bulk_mms import log
+from bulk_mms import commands, log
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
-from bulk_mms.ledger import Ledger
+from bulk_mms.ledger import open_store
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -166,7 +166,7 @@ def test_locked_ledger_exits_75(jobs: JobFactory, capsys: pytest.CaptureFixture[
     """A second run on a ledger in use exits 75 naming the holder's PID."""
     jobs.people(3)
     job = jobs.job()
-    holder = Ledger.open(job.ledger)
+    holder = open_store(job.ledger, "run")
     try:
         assert main(["run", str(job.path), "--sandbox"]) == 75
     finally:
@@ -444,7 +444,7 @@ def test_a_terminal_is_asked_before_spending(
     fake = FakeTelnyx()
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
-    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(commands, "interactive", lambda: True)
     monkeypatch.setattr("sys.stdin", io.StringIO(answer))
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url]) == code
@@ -548,7 +548,7 @@ def test_the_dry_run_makes_the_runs_checks(
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(job.path), "--sandbox", "--limit", "1"]) == 0
     capsys.readouterr()
-    lock = Ledger.open(job.ledger)
+    lock = open_store(job.ledger, "run")
     try:
         assert main(["run", str(job.path), "--dry-run"]) == 0
         out = capsys.readouterr().out

@@ -21,8 +21,8 @@ import pytest
 
 from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx, parse_faults
-from bulk_mms.ledger import iter_events
 from bulk_mms.report import summarize
+from bulk_mms.testing import ledger_events
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bo
 
 def _in_doubt_numbers(ledger: Path) -> set[str]:
     """Recipients the ledger lists in doubt at the end (in doubt, and not sent later)."""
-    events = [e for _, e in iter_events(ledger)]
+    events = ledger_events(ledger)
     sent = {e["group"] for e in events if e["event"] == "sent"}
     return {
         p for e in events if e["event"] == "in_doubt" and e["group"] not in sent for p in e["to"]

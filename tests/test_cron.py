@@ -11,7 +11,7 @@ from bulk_mms.cli import EXIT_WINDOW, main
 from bulk_mms.config import SendWindow, load_job
 from bulk_mms.errors import ConfigError
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
 
 UTC = dt.UTC
 
@@ -67,7 +67,7 @@ async def test_outside_the_window_nothing_is_sent(jobs: JobFactory) -> None:
     job = jobs.job(extra='send_window = "09:00-20:00"\ntimezone = "Europe/Paris"')
     client = FakeClient()
     night = dt.datetime(2026, 11, 23, 22, 30, tzinfo=UTC)  # 23:30 in Paris
-    s = await run_job(job, FAST, client, clock=FakeSleep(), wall=lambda: night)
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=night.timestamp()))
     assert s.stopped == "window"
     assert client.calls == []
     assert not job.ledger.exists()
@@ -78,18 +78,15 @@ async def test_window_closing_stops_and_the_next_run_resumes(jobs: JobFactory) -
     jobs.people(40)
     job = jobs.job(extra='group_size = 2\nsend_window = "09:00-20:00"')
     settings = replace(FAST, rate=1.0, concurrency=1)
-    clock = FakeSleep(start=0.0)
     close = dt.datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
-
-    def wall() -> dt.datetime:  # 5 s before the window closes, moving with the fake clock
-        return close - dt.timedelta(seconds=5) + dt.timedelta(seconds=clock.now())
-
+    # 5 s before the window closes; its wall clock moves with its monotonic one
+    clock = FakeClock(start=0.0, wall=close.timestamp() - 5)
     client = FakeClient()
-    first = await run_job(job, settings, client, clock=clock, wall=wall)
+    first = await run_job(job, settings, client, clock=clock)
     assert first.stopped == "window"
     assert 3 <= first.sent_groups <= 6
     morning = dt.datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-    second = await run_job(job, FAST, client, clock=FakeSleep(), wall=lambda: morning)
+    second = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
     assert second.stopped is None
     assert first.sent_groups + second.sent_groups == 20
     assert sorted(client.sent_numbers()) == numbers(40)

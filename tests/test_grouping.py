@@ -12,7 +12,7 @@ from bulk_mms.config import JobConfig, MessageConfig, parse_template
 from bulk_mms.errors import ConfigError
 from bulk_mms.grouping import group_id, join_names, make_groups
 from bulk_mms.models import Group, Recipient, RejectedRow
-from bulk_mms.runner import dry_run
+from bulk_mms.prepare import dry_run
 from tests.conftest import FAST, JobFactory, numbers
 
 

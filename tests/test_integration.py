@@ -8,10 +8,10 @@ import pytest
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import iter_events
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeSleep, JobFactory, numbers
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClock, JobFactory, numbers
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -30,7 +30,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("honour_keys", [True, False])
 async def test_fault_mix_accepts_each_recipient_at_most_once(
-    fake_api: API, jobs: JobFactory, fake_sleep: FakeSleep, honour_keys: bool
+    fake_api: API, jobs: JobFactory, fake_sleep: FakeClock, honour_keys: bool
 ) -> None:
     """429s, 5xx, drops before and after acceptance and a slow answer, with the real client.
 
@@ -63,9 +63,9 @@ async def test_fault_mix_accepts_each_recipient_at_most_once(
         assert status.failed_groups == 0
         assert status.sent_recipients + status.in_doubt_recipients == 64
         missing = set(numbers(64)) - set(counts)
-        doubt = {p for _, e in iter_events(job.ledger) if e["event"] == "in_doubt" for p in e["to"]}
+        doubt = {p for e in ledger_events(job.ledger) if e["event"] == "in_doubt" for p in e["to"]}
         assert missing <= doubt
-    sent_ids = {e["message_id"] for _, e in iter_events(job.ledger) if e["event"] == "sent"}
+    sent_ids = {e["message_id"] for e in ledger_events(job.ledger) if e["event"] == "sent"}
     assert sent_ids <= {m.id for m in fake.accepted}
 
 
@@ -77,7 +77,7 @@ async def test_growing_wait_seconds_are_recorded(fake_api: API, jobs: JobFactory
     job = jobs.job(extra="group_size = 8")
     async with AiohttpMmsClient(url, KEY) as client:
         s = await run_job(job, replace(FAST, concurrency=1), client)
-    waits = [e["wait_seconds"] for _, e in iter_events(job.ledger) if e["event"] == "sent"]
+    waits = [e["wait_seconds"] for e in ledger_events(job.ledger) if e["event"] == "sent"]
     assert waits == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert s.wait_seconds_max == 2.0
     assert summarize(job.ledger).as_dict()["wait_seconds_max"] == 2.0

@@ -1,9 +1,12 @@
-"""The ledger: durable appends, torn tails, corruption, replay, header checks and the lock."""
+"""The ledger: typed events, the JSONL store (durable appends, torn tails, corruption, the lock),
+the one fold and its states, header checks."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulk_mms.errors import LedgerCorrupt, LedgerLocked, LedgerMismatch
-from bulk_mms.ledger import Ledger, check_header, iter_events, replay
+from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerLocked
+from bulk_mms.ledger import (
+    Attempt,
+    Event,
+    Failed,
+    Header,
+    InDoubt,
+    Planned,
+    Rejected,
+    RunStarted,
+    Sent,
+    Status,
+    load,
+    open_store,
+    to_json,
+)
+from bulk_mms.ledger.events import decode, encode
+from bulk_mms.models import Money
+from bulk_mms.testing import ledger_events
 
 HEADER: dict[str, Any] = {
     "event": "job",
@@ -32,101 +52,179 @@ def lines(*events: dict[str, Any]) -> bytes:
 
 async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) -> None:
     """Concurrent writers each return once durable; lines keep order; fsyncs are shared."""
-    ledger = Ledger.open(tmp_path / "l.jsonl")
-    ledger.write_sync(HEADER)
-    await asyncio.gather(*(ledger.write({"event": "sent", "group": f"g{i}"}) for i in range(50)))
+    ledger = open_store(tmp_path / "l.jsonl")
+    ledger.append_now(decode(HEADER))  # type: ignore[arg-type]
+    await asyncio.gather(*(ledger.append(Sent(f"g{i}", f"m{i}")) for i in range(50)))
     await ledger.close()
-    events = [e for _, e in iter_events(tmp_path / "l.jsonl")]
+    events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
-    assert ledger.fsyncs < 50
+    assert ledger.commits < 50
 
 
 def test_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:
     """A crash mid-write leaves a partial line; opening cuts it so appends stay clean."""
     p = tmp_path / "l.jsonl"
-    p.write_bytes(lines(HEADER, {"event": "sent", "group": "a"}) + b'{"event":"se')
-    assert replay(p).sent == {"a"}  # readers ignore it
-    ledger = Ledger.open(p)
-    ledger.write_sync({"event": "sent", "group": "b"})
+    p.write_bytes(lines(HEADER, sent("a")) + b'{"event":"se')
+    assert set(load(p).groups) == {"a"}  # readers ignore it
+    ledger = open_store(p)
+    ledger.append_now(Sent("b", "mb"))
     ledger.close_sync()
-    assert replay(p).sent == {"a", "b"}
-    assert p.read_bytes().endswith(b'"b"}\n')
+    assert {g for g, r in load(p).groups.items() if r.state == "sent"} == {"a", "b"}
+    assert p.read_bytes().count(b"\n") == 3
+    assert b'{"event":"se{' not in p.read_bytes()
 
 
 def test_nul_filled_tail_is_cut(tmp_path: Path) -> None:
     """Some file systems leave NUL bytes after a crash; they are cut like a torn line."""
     p = tmp_path / "l.jsonl"
     p.write_bytes(lines(HEADER) + b"\x00" * 300)
-    Ledger.open(p).close_sync()
+    open_store(p).close_sync()
     assert p.read_bytes() == lines(HEADER)
 
 
 def test_corrupt_line_in_the_middle_names_the_line(tmp_path: Path) -> None:
     """A complete line that is not an event is corruption, reported with its line number."""
     p = tmp_path / "l.jsonl"
-    p.write_bytes(lines(HEADER) + b"garbage\n" + lines({"event": "sent", "group": "a"}))
+    p.write_bytes(lines(HEADER) + b"garbage\n" + lines(sent("a")))
     with pytest.raises(LedgerCorrupt) as info:
-        replay(p)
+        load(p)
     assert info.value.line == 2
     assert f"{p}:2" in str(info.value)
 
 
-def test_replay_classifies_groups(tmp_path: Path) -> None:
-    """Sent and failed are done; an attempt without outcome is in doubt; transient failures are not
-    done; a resend clears doubt."""
+def sent(group: str) -> dict[str, Any]:
+    return {"event": "sent", "group": group, "message_id": f"m-{group}"}
+
+
+def test_the_fold_puts_each_group_in_one_state(tmp_path: Path) -> None:
+    """Sent wins; a refusal is failed; retries run out is retry_pending; an attempt without an
+    outcome, or any doubt, is in doubt until a send settles it; a later failure never clears
+    doubt; a new run turns an attempt left open by a crash into doubt."""
     p = tmp_path / "l.jsonl"
     p.write_bytes(
         lines(
             HEADER,
             {"event": "run"},
-            {"event": "attempt", "group": "a"},
-            {"event": "sent", "group": "a"},
+            {"event": "attempt", "group": "a", "to": ["+1"]},
+            sent("a"),
             {"event": "attempt", "group": "b"},
             {"event": "failed", "group": "b"},
-            {"event": "attempt", "group": "c"},
+            {"event": "attempt", "group": "c", "to": ["+3", "+4"]},
             {"event": "in_doubt", "group": "d"},
             {"event": "attempt", "group": "e"},
             {"event": "in_doubt", "group": "e"},
             {"event": "attempt", "group": "e"},
-            {"event": "sent", "group": "e"},
+            sent("e"),
             {"event": "attempt", "group": "f"},
             {"event": "failed", "group": "f", "retryable": True},
+            {"event": "in_doubt", "group": "g"},
+            {"event": "attempt", "group": "g"},
+            {"event": "failed", "group": "g", "retryable": True},
+            {"event": "attempt", "group": "h"},
+            {"event": "run"},
+            {"event": "attempt", "group": "h"},
+            {"event": "failed", "group": "h", "code": "500", "retryable": True},
             {"event": "rejected", "line": 7},
+            {"event": "planned", "recipients": 9, "groups": 6, "rejected": 1},
         )
     )
-    state = replay(p)
-    assert state.sent == {"a", "e"}
-    assert state.failed == {"b"}  # f ran out of retries on a transient error: sent next run
-    assert not state.is_done("f")
-    assert state.in_doubt == {"c", "d"}
-    assert state.rejected_lines == {7}
-    assert state.runs == 1
+    view = load(p)
+    states = {g: r.state for g, r in view.groups.items()}
+    assert states == {
+        "a": "sent",
+        "b": "failed",
+        "c": "in_doubt",
+        "d": "in_doubt",
+        "e": "sent",
+        "f": "retry_pending",
+        "g": "in_doubt",
+        "h": "in_doubt",
+    }
+    assert view.is_done("b")
+    assert not view.is_done("f")
+    assert set(view.rejected) == {7}
+    assert view.runs == 2
+    r = view.recipients()
+    assert (r.valid, r.sent, r.in_doubt, r.not_attempted) == (9, 1, 2, 6)
 
 
-def test_header_mismatch_is_refused(tmp_path: Path) -> None:
+def test_every_event_survives_the_round_trip() -> None:
+    """Each kind of event encodes to one JSON line (kind first) and decodes to itself."""
+    events: list[Event] = [
+        Header("j", "sha256:aa", campaign="c1", columns=("name",)),
+        RunStarted(12, "2026-11-25T00:00:00.000Z"),
+        Planned(10, 2, 1),
+        Attempt("g", ("+1", "+2"), 3, "+15550001", 2, "key", 1.5),
+        Sent(
+            "g",
+            "m",
+            ("+1",),
+            rows=(("Ann",),),
+            statuses={"+1": "queued"},
+            wait_seconds=1.5,
+            cost=Money(Decimal("0.004"), "USD"),
+        ),
+        Failed("g", ("+1",), status=400, code="40310", title="t", retryable=False),
+        InDoubt("g", ("+1",), reason="lost"),
+        Rejected(4, "x", "bad"),
+        Status("g", "+1", "delivered", "m1", (ApiError("1", "t", "d"),), "2026-01-01T00:00:00Z"),
+    ]
+    for ev in events:
+        line = encode(ev)
+        assert line.startswith(b'{"event":"' + ev.kind.encode() + b'"')
+        assert decode(orjson.loads(line)) == ev
+        assert to_json(ev)["event"] == ev.kind
+
+
+def test_a_version_2_ledger_still_reads() -> None:
+    """Lines written by the format-2 writer decode, missing fields taking their defaults."""
+    old = {
+        "event": "failed",
+        "group": "g",
+        "seq": 1,
+        "to": ["+1"],
+        "status": 503,
+        "code": "503",
+        "title": "ServerError",
+        "detail": "x",
+        "attempts": 4,
+        "rate_limited": 0,
+        "retryable": True,
+        "time": "2026-11-20T10:00:00.000Z",
+    }
+    ev = decode(old)
+    assert isinstance(ev, Failed)
+    assert ev.retryable
+    assert ev.to == ("+1",)
+    assert decode({"event": "from-the-future"}) is None
+
+
+def test_header_mismatch_is_refused() -> None:
     """Another input file or another grouping under the same ledger is refused, saying which."""
-    p = tmp_path / "l.jsonl"
-    with pytest.raises(LedgerMismatch, match="input file contents"):
-        check_header(p, HEADER, {**HEADER, "fingerprint": "sha256:bb"})
-    with pytest.raises(LedgerMismatch, match="group_size"):
-        check_header(p, HEADER, {**HEADER, "group_size": 4})
-    check_header(p, HEADER, dict(HEADER))
+    header = decode(HEADER)
+    assert isinstance(header, Header)
+    assert "input file contents" in (
+        header.mismatch(replace(header, fingerprint="sha256:bb")) or ""
+    )
+    assert "group_size" in (header.mismatch(replace(header, group_size=4)) or "")
+    assert "newer" in (replace(header, format=99).mismatch(header) or "")
+    assert header.mismatch(header) is None
 
 
 def test_second_open_is_locked_out_with_the_holder_pid(tmp_path: Path) -> None:
     """While one run holds the ledger, a second open fails naming the holder's PID."""
-    first = Ledger.open(tmp_path / "l.jsonl")
+    first = open_store(tmp_path / "l.jsonl")
     with pytest.raises(LedgerLocked) as info:
-        Ledger.open(tmp_path / "l.jsonl")
+        open_store(tmp_path / "l.jsonl")
     assert str(os.getpid()) in str(info.value)
     first.close_sync()
-    Ledger.open(tmp_path / "l.jsonl").close_sync()
+    open_store(tmp_path / "l.jsonl").close_sync()
 
 
 EVENTS = st.lists(
     st.one_of(
         st.builds(lambda g: {"event": "attempt", "group": g}, st.sampled_from("abcd")),
-        st.builds(lambda g: {"event": "sent", "group": g}, st.sampled_from("abcd")),
+        st.builds(sent, st.sampled_from("abcd")),
         st.builds(lambda g: {"event": "failed", "group": g}, st.sampled_from("abcd")),
         st.builds(
             lambda g: {"event": "failed", "group": g, "retryable": True}, st.sampled_from("abcd")
@@ -139,10 +237,11 @@ EVENTS = st.lists(
 
 
 @given(events=EVENTS, cut=st.integers(0, 10_000), tail=st.integers(1, 200))
-def test_any_prefix_torn_anywhere_replays_consistently(
+def test_any_prefix_torn_anywhere_folds_consistently(
     tmp_path_factory: pytest.TempPathFactory, events: list[dict[str, Any]], cut: int, tail: int
 ) -> None:
-    """Any prefix of a ledger, torn anywhere in its last line, replays to the full lines' state."""
+    """Any prefix of a ledger, torn anywhere in its last line, folds to the full lines' state,
+    the same as a slow, obvious model of each group's history."""
     data = lines(HEADER, *events)
     whole = data.split(b"\n")[:-1]
     n = cut % (len(whole) + 1)
@@ -150,36 +249,27 @@ def test_any_prefix_torn_anywhere_replays_consistently(
     torn = whole[n][: tail % (len(whole[n]) + 1)] if n < len(whole) else b""
     p = tmp_path_factory.mktemp("l") / "l.jsonl"
     p.write_bytes(kept + torn)
-    state = replay(p)
-    expected = replay_of(whole[:n])
-    assert (state.sent, state.failed, state.in_doubt, state.rejected_lines) == expected
-    assert state.sent.isdisjoint(state.in_doubt)
-    assert state.failed.isdisjoint(state.in_doubt)
+    view = load(p)
+    assert {g: r.state for g, r in view.groups.items()} == model_of(whole[1:n])
+    assert set(view.rejected) == {orjson.loads(x)["line"] for x in whole[1:n] if b"rejected" in x}
 
 
-def replay_of(raw: list[bytes]) -> tuple[set[str], set[str], set[str], set[int]]:
-    """A slow, obvious model of replay: each group's history, read whole."""
+def model_of(raw: list[bytes]) -> dict[str, str]:
+    """Each group's state from its whole history: sent if ever sent; else in doubt if ever in
+    doubt or its last event is an attempt; else as its last failure says."""
     history: dict[str, list[dict[str, Any]]] = {}
-    rejected: set[int] = set()
     for line in raw:
         e = orjson.loads(line)
-        if e["event"] == "rejected":
-            rejected.add(e["line"])
-        elif "group" in e:
+        if "group" in e:
             history.setdefault(e["group"], []).append(e)
-    sent = {g for g, h in history.items() if any(e["event"] == "sent" for e in h)}
-    failed = {
-        g
-        for g, h in history.items()
-        if any(e["event"] == "failed" and not e.get("retryable") for e in h)
-    }
-    doubt = (
-        {
-            g
-            for g, h in history.items()
-            if h[-1]["event"] == "attempt" or any(e["event"] == "in_doubt" for e in h)
-        }
-        - sent
-        - failed
-    )
-    return sent, failed, doubt, rejected
+    states = {}
+    for g, h in history.items():
+        kinds = [e["event"] for e in h]
+        if "sent" in kinds:
+            states[g] = "sent"
+        elif "in_doubt" in kinds or kinds[-1] == "attempt":
+            states[g] = "in_doubt"
+        else:
+            last = [e for e in h if e["event"] == "failed"][-1]
+            states[g] = "retry_pending" if last.get("retryable") else "failed"
+    return states

@@ -14,7 +14,7 @@ from bulk_mms.cli import main
 from bulk_mms.errors import MediaError
 from bulk_mms.media import MAX_MEDIA_BYTES, check_media
 from bulk_mms.models import Money
-from bulk_mms.runner import dry_run
+from bulk_mms.prepare import dry_run
 from tests.conftest import FAST, JobFactory
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from bulk_mms.fake_api import SenderQueue
 from bulk_mms.pacing import Pacer, PacingConfig, SenderPace, Ticket, WindowGuard, sender_type
-from tests.conftest import FakeSleep
+from bulk_mms.testing import FakeClock
 
 Change = Callable[[float, SenderQueue], None]
 
@@ -163,55 +163,81 @@ def test_sender_types() -> None:
     ]
 
 
-async def test_fixed_cap_is_met_without_exceeding_any_window(fake_sleep: FakeSleep) -> None:
+async def test_fixed_cap_is_met_without_exceeding_any_window() -> None:
     """With no queue, the pacer admits at the configured rate and no 1 s window holds more."""
-    pacer = Pacer(PacingConfig(rate=20.0), ["+18445550001"], now=fake_sleep.now, sleep=fake_sleep)
+    clock = FakeClock()
+    pacer = Pacer(PacingConfig(rate=20.0), ["+18445550001"], clock=clock)
     times = []
     for _ in range(400):
         ticket = await pacer.acquire("+18445550001", 1)
         await pacer.send_slot(ticket)
-        times.append(fake_sleep.now())
+        times.append(clock.monotonic())
     for i, start in enumerate(times):
         assert sum(1 for x in times[i:] if x < start + 1.0) <= 20
     assert pacer.achieved_rate() == pytest.approx(20.0, rel=0.02)
 
 
-async def test_per_sender_limits_and_recipient_cost(fake_sleep: FakeSleep) -> None:
+async def test_per_sender_limits_and_recipient_cost() -> None:
     """cost = "recipient" charges a group its size; a per-number limit caps that sender."""
+    clock = FakeClock()
     config = PacingConfig(rate=100.0, cost="recipient", sender_limits={"+13125551234": 16.0})
-    pacer = Pacer(config, ["+13125551234"], now=fake_sleep.now, sleep=fake_sleep)
-    start = fake_sleep.now()
+    pacer = Pacer(config, ["+13125551234"], clock=clock)
+    start = clock.monotonic()
     for _ in range(20):
         await pacer.acquire("+13125551234", 8)
-    assert fake_sleep.now() - start == pytest.approx(19 * 8 / 16.0, rel=0.05)
+    assert clock.monotonic() - start == pytest.approx(19 * 8 / 16.0, rel=0.05)
 
 
-async def test_a_paused_sender_holds_back_only_its_own_groups(fake_sleep: FakeSleep) -> None:
+async def test_a_paused_sender_holds_back_only_its_own_groups() -> None:
     """After a 429 on one sender, choose() picks the other and it sends without waiting."""
+    clock = FakeClock()
     pool = ["+13125550001", "+13125550002"]
-    pacer = Pacer(PacingConfig(rate=50.0), pool, now=fake_sleep.now, sleep=fake_sleep)
+    pacer = Pacer(PacingConfig(rate=50.0), pool, clock=clock)
     pacer.on_rate_limited(pool[0], 60.0, "")
     assert pacer.choose() == pool[1]
-    start = fake_sleep.now()
+    start = clock.monotonic()
     await pacer.acquire(pool[1], 1)
-    assert fake_sleep.now() - start < 1.0
+    assert clock.monotonic() - start < 1.0
     assert pacer.paused_until == 0.0  # one sender limited is not the account
+    assert pacer.budget.paused_until(pool[0]) == start + 60.0  # the budget shares its pause
 
 
-async def test_all_senders_limited_pauses_the_account(fake_sleep: FakeSleep) -> None:
+async def test_all_senders_limited_pauses_the_account() -> None:
     """When every sender has had a 429 lately, the account pauses too."""
+    clock = FakeClock()
     pool = ["+13125550001", "+13125550002"]
-    pacer = Pacer(PacingConfig(rate=50.0), pool, now=fake_sleep.now, sleep=fake_sleep)
+    pacer = Pacer(PacingConfig(rate=50.0), pool, clock=clock)
     pacer.on_rate_limited(pool[0], 5.0, "40318")
     pacer.on_rate_limited(pool[1], 5.0, "")
-    assert pacer.paused_until >= fake_sleep.now() + 5.0
+    assert pacer.paused_until >= clock.monotonic() + 5.0
     assert (pacer.rate_limited, pacer.queue_full) == (2, 1)
 
 
-async def test_concurrent_acquires_are_spaced(fake_sleep: FakeSleep) -> None:
+async def test_concurrent_acquires_are_spaced() -> None:
     """Many tasks acquiring at once are admitted one at a time, 1/rate apart."""
-    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], now=fake_sleep.now, sleep=fake_sleep)
+    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], clock=FakeClock())
     tickets = await asyncio.gather(*(pacer.acquire("ACME", 1) for _ in range(30)))
     times = sorted(t.time for t in tickets)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps[1:]) >= 0.099
+
+
+async def test_a_pause_learned_elsewhere_holds_the_sender() -> None:
+    """A sender pause the budget knows of (a shared budget learns them from other processes)
+    holds that sender's next admission until it ends."""
+    clock = FakeClock()
+    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], clock=clock)
+    until = clock.monotonic() + 30.0
+    pacer.budget.pause(until, "ACME")
+    ticket = await pacer.acquire("ACME", 1)
+    assert ticket.time >= until
+    assert pacer.senders["ACME"].paused_until == until
+
+
+async def test_a_long_queue_pause_is_shared_with_the_budget() -> None:
+    """A reported wait over the target pauses the sender in the budget too."""
+    clock = FakeClock()
+    pacer = Pacer(PacingConfig(rate=10.0, max_queue_wait_s=30.0), ["ACME"], clock=clock)
+    ticket = await pacer.acquire("ACME", 1)
+    pacer.observe(ticket, 40.0)
+    assert pacer.budget.paused_until("ACME") == pytest.approx(clock.monotonic() + 40.0 - 7.5)

@@ -12,7 +12,7 @@ from bulk_mms.errors import NetworkError
 from bulk_mms.log import BarSafeStream
 from bulk_mms.progress import BarProgress, LogProgress, Snapshot, count_rows
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
 
 def snap(done: int, total: int | None = 100, sent: int = 0, free: int = 0) -> Snapshot:
@@ -72,7 +72,7 @@ async def test_runner_reports_every_row(jobs: JobFactory) -> None:
         def close(self) -> None:
             seen.append(seen[-1])
 
-    await run_job(job, FAST, FakeClient(), clock=FakeSleep(), progress=Recorder())
+    await run_job(job, FAST, FakeClient(), clock=FakeClock(), progress=Recorder())
     last = seen[-1]
     assert (last.rows_done, last.rows_total, last.groups_sent) == (4, 4, 1)
 
@@ -101,7 +101,7 @@ async def test_nothing_sent_is_no_rate(jobs: JobFactory) -> None:
     jobs.people(12)
     job = jobs.job(extra="group_size = 4")
     s = await run_job(
-        job, FAST, FakeClient(lambda g, n: NetworkError("refused")), clock=FakeSleep()
+        job, FAST, FakeClient(lambda g, n: NetworkError("refused")), clock=FakeClock()
     )
     assert s.sent_groups == 0
     assert s.achieved_rate is None
@@ -114,7 +114,7 @@ async def test_retries_for_one_cause_are_one_line_not_one_each(jobs: JobFactory)
     job = jobs.job(extra="group_size = 4")
     with capture_logs() as logs:
         await run_job(
-            job, FAST, FakeClient(lambda g, n: NetworkError("refused")), clock=FakeSleep()
+            job, FAST, FakeClient(lambda g, n: NetworkError("refused")), clock=FakeClock()
         )
     scheduled = [e for e in logs if e["event"] == "send.retry_scheduled"]
     summed = [e for e in logs if e["event"] == "send.retries"]

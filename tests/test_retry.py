@@ -14,7 +14,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.models import Group, MessageBody, SendReceipt
 from bulk_mms.retry import send_with_retry
-from tests.conftest import FakeClient, FakeSleep, ok_receipt
+from tests.conftest import FakeClient, FakeClock, ok_receipt
 
 POLICY = RetryConfig(attempts=4, backoff_initial=1.0, backoff_max=8.0, max_retry_after=60.0)
 KEY = "bulk-mms-c0ffee-g1"
@@ -29,26 +29,26 @@ def script(*answers: SendError | None) -> FakeClient:
     return FakeClient(handler)
 
 
-async def test_429_waits_for_the_server_hint(fake_sleep: FakeSleep) -> None:
+async def test_429_waits_for_the_server_hint(fake_sleep: FakeClock) -> None:
     """A 429 with Retry-After waits exactly that long, then the retry succeeds."""
     c = script(RateLimited("x", retry_after=7.0), None)
-    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 2
     assert fake_sleep.calls == [7.0]
 
 
-async def test_huge_hint_is_capped(fake_sleep: FakeSleep) -> None:
+async def test_huge_hint_is_capped(fake_sleep: FakeClock) -> None:
     """A Retry-After beyond max_retry_after is capped to it."""
     c = script(RateLimited("x", retry_after=10_000.0), None)
-    await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+    await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
     assert fake_sleep.calls == [60.0]
 
 
-async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeSleep) -> None:
+async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeClock) -> None:
     """5xx and connect failures retry with waits within the exponential envelope."""
     c = script(ServerError("x", status=503), NetworkError("x"), ServerError("x", status=500), None)
-    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 4
     assert len(fake_sleep.calls) == 3
@@ -56,49 +56,47 @@ async def test_5xx_and_network_errors_back_off_with_jitter(fake_sleep: FakeSleep
         assert 0 <= wait <= min(8.0, 1.0 * 2**i)
 
 
-async def test_gives_up_after_the_configured_attempts(fake_sleep: FakeSleep) -> None:
+async def test_gives_up_after_the_configured_attempts(fake_sleep: FakeClock) -> None:
     """When every try fails, the last error is returned with the number of tries."""
     c = script(*[ServerError("down", status=502)] * 10)
-    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
     assert isinstance(result.error, ServerError)
     assert result.attempts == 4
     assert len(c.calls) == 4
 
 
-async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeSleep) -> None:
+async def test_permanent_auth_and_ambiguous_are_never_retried(fake_sleep: FakeClock) -> None:
     """Rejected, AuthError and AmbiguousSendError end after a single try."""
     for err in (Rejected("no", status=422), AuthError("no", status=401), AmbiguousSendError("?")):
         c = script(err)
-        result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+        result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
         assert result.error is err
         assert result.attempts == 1
         assert len(c.calls) == 1
     assert fake_sleep.calls == []
 
 
-async def test_429s_do_not_use_up_attempts(fake_sleep: FakeSleep) -> None:
+async def test_429s_do_not_use_up_attempts(fake_sleep: FakeClock) -> None:
     """Ten 429s in a row, then success: 429s are not failures, so attempts=4 is not exceeded."""
     c = script(*[RateLimited("x", retry_after=0.5)] * 10, None)
-    result = await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
     assert result.receipt is not None
     assert result.attempts == 11
 
 
-async def test_deadline_ends_a_run_of_429s(fake_sleep: FakeSleep) -> None:
+async def test_deadline_ends_a_run_of_429s(fake_sleep: FakeClock) -> None:
     """A group rate limited up to its deadline ends with the 429, without a wait past it."""
     c = script(*[RateLimited("x", retry_after=2.0)] * 100)
-    deadline = fake_sleep.now() + 9.0
-    result = await send_with_retry(
-        c, GROUP, KEY, POLICY, sleep=fake_sleep, deadline=deadline, now=fake_sleep.now
-    )
+    deadline = fake_sleep.monotonic() + 9.0
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep, deadline=deadline)
     assert isinstance(result.error, RateLimited)
     assert result.attempts == 5  # tries at t=0, 2, 4, 6, 8: a wait to 10 would pass 9
-    assert fake_sleep.now() <= deadline
+    assert fake_sleep.monotonic() <= deadline
 
 
-async def test_on_error_sees_every_failed_try(fake_sleep: FakeSleep) -> None:
+async def test_on_error_sees_every_failed_try(fake_sleep: FakeClock) -> None:
     """The on_error hook is called once per failed try, with that try's error."""
     seen: list[SendError] = []
     c = script(RateLimited("x", retry_after=1.0), ServerError("y", status=500), None)
-    await send_with_retry(c, GROUP, KEY, POLICY, sleep=fake_sleep, on_error=seen.append)
+    await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep, on_error=seen.append)
     assert [type(e) for e in seen] == [RateLimited, ServerError]

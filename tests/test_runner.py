@@ -9,7 +9,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-import bulk_mms.ledger as ledger_mod
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -25,14 +24,17 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.ledger import iter_events, replay
+from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Group, SendReceipt
-from bulk_mms.runner import Stop, dry_run, run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers, ok_receipt
+from bulk_mms.prepare import dry_run
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
+from bulk_mms.testing import groups_in, ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 
 def events(job: JobConfig, kind: str | None = None) -> list[dict[str, object]]:
-    return [e for _, e in iter_events(job.ledger) if kind is None or e["event"] == kind]
+    return [e for e in ledger_events(job.ledger) if kind is None or e["event"] == kind]
 
 
 async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) -> None:
@@ -135,7 +137,7 @@ async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
     failed = events(job, "failed")
     assert len(failed) == len(client.calls)
     assert all(e["retryable"] and e["code"] == "401" for e in failed)
-    assert replay(job.ledger).in_doubt == set()
+    assert groups_in(job.ledger, "in_doubt") == set()
 
 
 NO_KEYS = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
@@ -197,7 +199,7 @@ async def test_attempt_without_outcome_is_resent_under_its_key(jobs: JobFactory)
     first = FakeClient()
     await run_job(job, FAST, first)
     drop_outcomes(job)
-    assert replay(job.ledger).in_doubt
+    assert groups_in(job.ledger, "in_doubt")
     held = FakeClient()
     s = await run_job(job, NO_KEYS, held)
     assert (held.calls, s.held_groups, s.open_in_doubt) == ([], 1, 1)
@@ -256,14 +258,14 @@ async def test_a_try_that_may_have_landed_keeps_its_group_in_doubt(
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
     client = FakeClient(lambda g, n: AmbiguousSendError("dropped") if n == 0 else after)
-    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeSleep())
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
     assert (s.failed_groups, s.in_doubt_groups) == (0, 1)
     assert events(job, "failed") == []
-    assert replay(job.ledger).in_doubt == {client.calls[0].id}
+    assert groups_in(job.ledger, "in_doubt") == {client.calls[0].id}
 
 
 async def test_permanent_and_exhausted_failures_are_recorded(
-    jobs: JobFactory, fake_sleep: FakeSleep
+    jobs: JobFactory, fake_sleep: FakeClock
 ) -> None:
     """A 422 fails for good at once; a 429 that never clears fails when the group's maximum age
     passes, marked retryable, so the next run sends it again (and only it)."""
@@ -290,7 +292,7 @@ async def test_permanent_and_exhausted_failures_are_recorded(
 
 
 async def test_outage_stops_the_job_instead_of_failing_everything(
-    jobs: JobFactory, fake_sleep: FakeSleep
+    jobs: JobFactory, fake_sleep: FakeClock
 ) -> None:
     """When group after group uses up its retries, the job stops; a rerun sends everything."""
     jobs.people(80)
@@ -308,7 +310,7 @@ async def test_outage_stops_the_job_instead_of_failing_everything(
 
 
 async def test_a_server_that_never_answers_stops_the_job_not_the_list(
-    jobs: JobFactory, fake_sleep: FakeSleep
+    jobs: JobFactory, fake_sleep: FakeClock
 ) -> None:
     """Group after group in doubt (every answer lost) stops the job after three: the rest of
     the list is not turned into groups in doubt, and a rerun resends the three under their
@@ -348,9 +350,9 @@ async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Pa
     jobs.people(40)
     job = jobs.job(extra="group_size = 1")
     calls = 0
-    real = ledger_mod.Ledger._write_lines
+    real = JsonlStore._write_lines
 
-    def failing(self: ledger_mod.Ledger, lines: list[bytes]) -> None:
+    def failing(self: JsonlStore, lines: list[bytes]) -> None:
         nonlocal calls
         calls += 1
         if calls > 3:
@@ -359,7 +361,7 @@ async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Pa
 
     client = FakeClient()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ledger_mod.Ledger, "_write_lines", failing)
+        mp.setattr(JsonlStore, "_write_lines", failing)
         s = await run_job(job, FAST, client)
     assert s.error is not None
     assert "disk full" in str(s.error)

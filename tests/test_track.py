@@ -11,14 +11,15 @@ import pytest
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import TrackConfig
-from bulk_mms.delivery import DeliveryBook, Known, supersedes
+from bulk_mms.delivery import Known, supersedes
 from bulk_mms.errors import AuthError, EndpointError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
-from bulk_mms.ledger import iter_events
+from bulk_mms.ledger import load
 from bulk_mms.models import RecipientStatus
 from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, FakeSleep, JobFactory, numbers, sent_ledger
+from tests.conftest import FAST, FakeClock, JobFactory, numbers, sent_ledger
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -35,7 +36,7 @@ class ServerClock:
 
 
 def status_lines(path: Path) -> list[dict[str, object]]:
-    return [e for _, e in iter_events(path) if e["event"] == "status"]
+    return [e for e in ledger_events(path) if e["event"] == "status"]
 
 
 @pytest.mark.parametrize(
@@ -99,11 +100,11 @@ async def test_one_pass_records_each_change_once(jobs: JobFactory) -> None:
         client.delivery[f"msg-{g.id}-{i}"] = tuple(
             RecipientStatus(p, "delivered", message_id=f"r-{p}") for p in g.to
         )
-    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert r.changes == 16
     assert r.statuses == {"delivered": 16}
     assert r.pending == 0
-    again = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    again = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert (again.changes, again.requests) == (0, 0)
     assert len(status_lines(ledger)) == 16
 
@@ -113,7 +114,7 @@ async def test_not_found_and_unlisted_are_reported(jobs: JobFactory) -> None:
     ledger, client = await sent_ledger(jobs, 8)
     g0, g1 = client.calls
     client.delivery[f"msg-{g1.id}-1"] = tuple(RecipientStatus(p, "sent") for p in g1.to[1:])
-    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert r.not_found == [g0.id]
     assert r.unlisted == [(g1.id, g1.to[0])]
     assert r.changes == 3
@@ -128,9 +129,9 @@ async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory)
         RecipientStatus(p, "delivered" if i else "sent", message_id=f"r{i}")
         for i, p in enumerate(g.to)
     )
-    await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    await track_ledger(ledger, FAST, client, clock=FakeClock())
     client.delivery["r0"] = (RecipientStatus(g.to[0], "delivery_failed", message_id="r0"),)
-    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert client.fetches == [gid, "r0"]
     assert r.statuses == {"delivered": 3, "delivery_failed": 1}
 
@@ -149,7 +150,7 @@ async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
         )
 
     client.fetch_group = fetch  # type: ignore[method-assign]
-    clock = FakeSleep()
+    clock = FakeClock()
     settings = replace(FAST, track=TrackConfig(interval=10, max_interval=25))
     r = await track_ledger(ledger, settings, client, follow=True, clock=clock)
     assert client.fetches == [mid] * 4
@@ -169,8 +170,7 @@ async def test_follow_gives_up_past_max_age(jobs: JobFactory) -> None:
         settings,
         client,
         follow=True,
-        clock=FakeSleep(),
-        wall_clock=lambda: time.time() + 7200,
+        clock=FakeClock(wall=time.time() + 7200),
     )
     assert r.requests == 0
     assert (r.pending, r.too_old) == (4, 4)
@@ -181,7 +181,7 @@ async def test_errors_are_retried_then_left_for_next_pass(jobs: JobFactory) -> N
     ledger, client = await sent_ledger(jobs, 4)
     (g,) = client.calls
     client.delivery[f"msg-{g.id}-0"] = ServerError("down", status=503)
-    r = await track_ledger(ledger, FAST, client, clock=FakeSleep())
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert r.errors == {"503": 1}
     assert client.fetches == [f"msg-{g.id}-0"] * FAST.retry.attempts
     assert status_lines(ledger) == []
@@ -193,7 +193,7 @@ async def test_refused_key_stops_tracking(jobs: JobFactory) -> None:
     (g,) = client.calls
     client.delivery[f"msg-{g.id}-0"] = AuthError("no", status=401)
     with pytest.raises(AuthError):
-        await track_ledger(ledger, FAST, client, clock=FakeSleep())
+        await track_ledger(ledger, FAST, client, clock=FakeClock())
 
 
 async def test_a_redirect_on_a_get_stops_tracking(jobs: JobFactory) -> None:
@@ -203,7 +203,7 @@ async def test_a_redirect_on_a_get_stops_tracking(jobs: JobFactory) -> None:
     for n, g in enumerate(client.calls):
         client.delivery[f"msg-{g.id}-{n}"] = EndpointError("redirect", status=302)
     with pytest.raises(EndpointError):
-        await track_ledger(ledger, FAST, client, clock=FakeSleep())
+        await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert len(client.fetches) <= FAST.concurrency
 
 
@@ -218,14 +218,14 @@ async def test_track_agrees_with_the_server_recipient_by_recipient(
     jobs.people(40)
     job = jobs.job(extra="group_size = 8")
     async with AiohttpMmsClient(url, KEY) as client:
-        await run_job(job, FAST, client, clock=FakeSleep())
+        await run_job(job, FAST, client, clock=FakeClock())
         server_clock.t = 2
-        first = await track_ledger(job.ledger, FAST, client, clock=FakeSleep())
+        first = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
         assert first.statuses == {"sent": 40}
         server_clock.t = 10
-        second = await track_ledger(job.ledger, FAST, client, clock=FakeSleep())
+        second = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
     expected = {p: "delivery_failed" if will_fail(p, 3) else "delivered" for p in numbers(40)}
-    assert {p: k.status for p, k in DeliveryBook.load(job.ledger).known.items()} == expected
+    assert {p: k.status for p, k in load(job.ledger).known.items()} == expected
     assert second.pending == 0
     failed_lines = [e for e in status_lines(job.ledger) if e["status"] == "delivery_failed"]
     assert failed_lines

@@ -15,12 +15,13 @@ from structlog.testing import capture_logs
 from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, parse_retry_after
 from bulk_mms.errors import AmbiguousSendError, EndpointError, ServerError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, parse_faults
-from bulk_mms.ledger import iter_events
 from bulk_mms.models import Group, MessageBody, Money, parse_money
 from bulk_mms.pacing import WAIT_CEILING_S
 from bulk_mms.report import summarize
-from bulk_mms.runner import JobSummary, run_job
-from tests.conftest import FAST, FakeSleep, JobFactory, numbers
+from bulk_mms.runner import run_job
+from bulk_mms.summary import JobSummary
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClock, JobFactory, numbers
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -28,12 +29,12 @@ KEY = "test-key-123"
 
 async def run_against(
     url: str, jobs: JobFactory, n: int = 16, **retry: object
-) -> tuple[JobSummary, FakeSleep]:
+) -> tuple[JobSummary, FakeClock]:
     """Send ``n`` recipients in groups of 4 through the real client, one request at a time."""
     jobs.people(n)
     job = jobs.job(extra="group_size = 4")
     settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, **retry))  # type: ignore[arg-type]
-    clock = FakeSleep()
+    clock = FakeClock()
     async with AiohttpMmsClient(url, KEY, request_timeout=5.0) as client:
         s = await run_job(job, settings, client, clock=clock)
     return s, clock
@@ -72,7 +73,7 @@ async def test_a_redirect_is_never_followed_nor_recorded_sent(
     assert s.sent_groups == 0
     assert len(fake.requests) == before + 1  # the redirect was not followed with a new POST
     assert not [
-        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
     ]
 
 
@@ -99,7 +100,7 @@ async def test_an_endless_body_without_trusted_keys_is_in_doubt(
     assert (s.sent_groups, s.in_doubt_groups) == (3, 1)
     (doubt,) = [
         e
-        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
         if e["event"] == "in_doubt"
     ]
     assert "1048576 bytes" in str(doubt["reason"])
@@ -128,7 +129,7 @@ async def test_an_absurd_cost_is_unknown_and_the_send_is_recorded(
     assert s.cost == {"USD": Decimal("0.0204") * 3}
     assert [e for e in logs if e["event"] == "response.cost_unusable"]
     sent = [
-        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
     ]
     assert sent[0]["cost"] is None
     assert summarize(jobs.root / "ledgers" / "test-job.jsonl").cost == s.cost
@@ -155,7 +156,7 @@ async def test_an_answer_about_something_else_is_in_doubt(
     assert fake.recipient_counts() == dict.fromkeys(numbers(16), 1)
     ids = {
         e["message_id"]
-        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
         if e["event"] == "sent"
     }
     assert ids == {m.id for m in fake.accepted}
@@ -172,7 +173,7 @@ async def test_a_huge_retry_after_is_clamped_and_logged_once(
         s, clock = await run_against(url, jobs, max_retry_after=60.0)
     assert s.sent_groups == 4
     assert max(clock.calls) <= 60.0
-    assert clock.now() - 1000.0 <= 3 * 60.0 + 5
+    assert clock.monotonic() - 1000.0 <= 3 * 60.0 + 5
     absurd = [e for e in logs if e["event"] == "pace.absurd_hint"]
     assert [(e["hint"], e["used"]) for e in absurd] == [("retry_after", 60.0)]
     assert_report_matches_server(jobs, fake)
@@ -190,11 +191,11 @@ async def test_a_huge_wait_seconds_is_clamped_and_ends_in_bounded_time(
         s, clock = await run_against(url, jobs)
     assert s.sent_groups == 1
     assert s.retry_later_groups == 3
-    assert clock.now() - 1000.0 < 60
+    assert clock.monotonic() - 1000.0 < 60
     assert [e["used"] for e in logs if e["event"] == "pace.absurd_hint"] == [WAIT_CEILING_S]
     waits = [
         e["wait_seconds"]
-        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
+        for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
         if e["event"] == "sent"
     ]
     assert waits == [WAIT_CEILING_S]
@@ -286,9 +287,7 @@ async def test_a_send_endpoint_that_is_not_there_stops_the_job(
     assert "check the base URL" in str(s.error)
     assert s.stopped == "endpoint"
     failed = [
-        e
-        for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl")
-        if e["event"] == "failed"
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "failed"
     ]
     assert all(e["retryable"] for e in failed)  # a rerun with the URL fixed sends them
     s2, _ = await run_against(url, jobs)
@@ -317,7 +316,7 @@ async def test_a_cost_beyond_a_double_loses_only_the_cost(fake_api: API, jobs: J
     s, _ = await run_against(url, jobs)
     assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
     sent = [
-        e for _, e in iter_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
     ]
     assert sent[0]["cost"] is None
     assert sent[0]["message_id"] == fake.accepted[0].id

@@ -14,16 +14,18 @@ import pytest
 from structlog.testing import capture_logs
 
 from bulk_mms.errors import AmbiguousSendError, RateLimited
-from bulk_mms.ledger import iter_events, replay
+from bulk_mms.ledger import load
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.pacing import WAIT_CEILING_S, PaceAborted, Pacer, PacingConfig
-from bulk_mms.runner import Stop, run_job
-from tests.conftest import FAST, FakeClient, FakeSleep, JobFactory, numbers, ok_receipt
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
+from bulk_mms.testing import groups_in, ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 SENDER = "+18445550001"
 
 
-class CountingSleep(FakeSleep):
+class CountingSleep(FakeClock):
     """A fake clock whose sleeps return at once without moving time when ``stopped``: what the
     runner's stop-aware sleep does. A loop that kept sleeping after a stop would spin here."""
 
@@ -46,8 +48,7 @@ async def test_a_stop_ends_a_pacer_wait_at_once() -> None:
     pacer = Pacer(
         PacingConfig(rate=10, max_pause_s=86_400),
         [SENDER],
-        now=clock.now,
-        sleep=clock.sleep,
+        clock=clock,
         stopped=lambda: clock.stopped,
     )
     pacer.on_rate_limited(SENDER, 86_000.0, "429")
@@ -58,30 +59,29 @@ async def test_a_stop_ends_a_pacer_wait_at_once() -> None:
     assert len(clock.calls) <= 1
 
 
-async def test_a_pause_past_the_deadline_is_not_waited_out(fake_sleep: FakeSleep) -> None:
+async def test_a_pause_past_the_deadline_is_not_waited_out(fake_sleep: FakeClock) -> None:
     """acquire(deadline=...) gives up at once when the sender cannot send before it."""
-    pacer = Pacer(PacingConfig(rate=10), [SENDER], now=fake_sleep.now, sleep=fake_sleep.sleep)
+    pacer = Pacer(PacingConfig(rate=10), [SENDER], clock=fake_sleep)
     pacer.on_rate_limited(SENDER, 120.0, "429")
     with pytest.raises(PaceAborted) as info:
-        await pacer.acquire(SENDER, 1, deadline=fake_sleep.now() + 60)
+        await pacer.acquire(SENDER, 1, deadline=fake_sleep.monotonic() + 60)
     assert info.value.reason == "deadline"
     assert fake_sleep.calls == []
-    ticket = await pacer.acquire(SENDER, 1, deadline=fake_sleep.now() + 200)
+    ticket = await pacer.acquire(SENDER, 1, deadline=fake_sleep.monotonic() + 200)
     assert ticket.time >= 1000.0 + 120.0
 
 
-async def test_hints_are_clamped_to_their_ceilings(fake_sleep: FakeSleep) -> None:
+async def test_hints_are_clamped_to_their_ceilings(fake_sleep: FakeClock) -> None:
     """A 429's hint pauses at most max_pause_s; a reported wait counts as at most 4 hours."""
     pacer = Pacer(
         PacingConfig(rate=10, max_pause_s=30.0),
         [SENDER],
-        now=fake_sleep.now,
-        sleep=fake_sleep.sleep,
+        clock=fake_sleep,
     )
     with capture_logs() as logs:
         pacer.on_rate_limited(SENDER, float("inf"), "429")
         pacer.on_rate_limited(SENDER, 1e12, "429")
-    assert pacer.senders[SENDER].paused_until <= fake_sleep.now() + 30.0
+    assert pacer.senders[SENDER].paused_until <= fake_sleep.monotonic() + 30.0
     assert len([e for e in logs if e["event"] == "pace.absurd_hint"]) == 1
     ticket = await pacer.acquire(SENDER, 1)
     assert pacer.observe(ticket, 1e12) == WAIT_CEILING_S
@@ -99,15 +99,15 @@ async def test_group_age_ends_a_pause_and_the_group_is_resendable(jobs: JobFacto
     settings = replace(
         FAST, concurrency=1, max_group_age_s=60.0, retry=replace(FAST.retry, max_retry_after=900)
     )
-    clock = FakeSleep()
+    clock = FakeClock()
     s = await run_job(job, settings, client, clock=clock)
-    assert clock.now() - 1000.0 < 60
+    assert clock.monotonic() - 1000.0 < 60
     assert (s.sent_groups, s.retry_later_groups) == (0, 2)
     assert s.stopped is None
-    failed = [e for _, e in iter_events(job.ledger) if e["event"] == "failed"]
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert [e["code"] for e in failed] == ["429", "RateLimited"]
     assert all(e["retryable"] for e in failed)
-    again = await run_job(job, settings, FakeClient(), clock=FakeSleep())
+    again = await run_job(job, settings, FakeClient(), clock=FakeClock())
     assert again.sent_groups == 2
 
 
@@ -119,13 +119,14 @@ async def test_the_job_deadline_is_honoured_while_waiting(jobs: JobFactory) -> N
         lambda g, n: RateLimited("slow", retry_after=250.0) if n == 0 else ok_receipt(g, n)
     )
     settings = replace(FAST, concurrency=1, max_job_duration_s=100.0)
-    clock = FakeSleep()
+    clock = FakeClock()
     s = await run_job(job, settings, client, clock=clock)
     assert s.stopped == "deadline"
-    assert clock.now() - 1000.0 < 100
+    assert clock.monotonic() - 1000.0 < 100
     assert s.sent_groups == 0
-    state = replay(job.ledger)
-    assert state.in_doubt == set()  # the 429'd group is on record as such, not in doubt
+    assert (
+        groups_in(job.ledger, "in_doubt") == set()
+    )  # the 429'd group is on record as such, not in doubt
 
 
 async def test_a_stop_during_backoff_records_the_last_try_not_doubt(jobs: JobFactory) -> None:
@@ -139,10 +140,10 @@ async def test_a_stop_during_backoff_records_the_last_try_not_doubt(jobs: JobFac
         stop.request("SIGTERM")
         return RateLimited("busy", retry_after=100.0, status=503)
 
-    s = await run_job(job, FAST, FakeClient(answer), clock=FakeSleep(), stop=stop)
+    s = await run_job(job, FAST, FakeClient(answer), clock=FakeClock(), stop=stop)
     assert s.stopped == "SIGTERM"
     assert s.retry_later_groups == 1
-    assert replay(job.ledger).in_doubt == set()
+    assert groups_in(job.ledger, "in_doubt") == set()
 
 
 async def test_a_forced_stop_cuts_off_in_flight_and_keeps_every_line(jobs: JobFactory) -> None:
@@ -165,20 +166,19 @@ async def test_a_forced_stop_cuts_off_in_flight_and_keeps_every_line(jobs: JobFa
     settings = replace(FAST, concurrency=4)
     with capture_logs() as logs:
         s = await asyncio.wait_for(
-            run_job(job, settings, FakeClient(answer), clock=FakeSleep(), stop=stop), 5
+            run_job(job, settings, FakeClient(answer), clock=FakeClock(), stop=stop), 5
         )
     assert s.stopped == "SIGINT"
     assert s.sent_groups == 2
     assert s.in_doubt_groups == 4  # the four in flight
     assert [e for e in logs if e["event"] == "job.finished"]
-    state = replay(job.ledger)
-    assert len(state.sent) == 2
-    assert len(state.in_doubt) == 4
-    reasons = {e["reason"] for _, e in iter_events(job.ledger) if e["event"] == "in_doubt"}
+    assert len(groups_in(job.ledger, "sent")) == 2
+    assert len(groups_in(job.ledger, "in_doubt")) == 4
+    reasons = {e["reason"] for e in ledger_events(job.ledger) if e["event"] == "in_doubt"}
     assert reasons == {"cut off in flight by a forced stop; the outcome is unknown"}
     # the lock is free: a resume runs, and with keys trusted it resends the cut-off groups
     rest = FakeClient()
-    again = await run_job(job, settings, rest, clock=FakeSleep())
+    again = await run_job(job, settings, rest, clock=FakeClock())
     assert again.sent_groups == 6
     assert sorted(rest.sent_numbers()) == sorted(set(numbers(32)) - set(numbers(8)))
 
@@ -190,7 +190,7 @@ async def test_an_ambiguous_try_stays_in_doubt_when_the_group_gives_up(
     ends in doubt (its first request may have landed), never failed."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    clock = FakeSleep()
+    clock = FakeClock()
     pacer_pause = 5000.0
 
     def answer(g: Group, n: int) -> SendReceipt | AmbiguousSendError | RateLimited:
@@ -207,7 +207,7 @@ async def test_an_ambiguous_try_stays_in_doubt_when_the_group_gives_up(
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
     assert s.in_doubt_groups == 1
     assert s.failed_groups == 0
-    assert replay(job.ledger).in_doubt == {next(iter(replay(job.ledger).first_attempt))}
+    assert groups_in(job.ledger, "in_doubt") == set(load(job.ledger).groups)
 
 
 async def test_a_broken_worker_ends_the_run_instead_of_hanging(jobs: JobFactory) -> None:
@@ -221,9 +221,9 @@ async def test_a_broken_worker_ends_the_run_instead_of_hanging(jobs: JobFactory)
 
     with pytest.raises(RuntimeError, match="a bug"):
         await asyncio.wait_for(
-            run_job(job, replace(FAST, concurrency=1), FakeClient(boom), clock=FakeSleep()), 5
+            run_job(job, replace(FAST, concurrency=1), FakeClient(boom), clock=FakeClock()), 5
         )
-    again = await run_job(job, FAST, FakeClient(), clock=FakeSleep())  # the lock is free
+    again = await run_job(job, FAST, FakeClient(), clock=FakeClock())  # the lock is free
     assert again.sent_groups + again.held_groups == 64
 
 
@@ -238,12 +238,12 @@ async def test_cancelling_run_job_from_outside_cancels_its_work(jobs: JobFactory
         await hang.wait()
         raise AssertionError
 
-    task = asyncio.create_task(run_job(job, FAST, FakeClient(never), clock=FakeSleep()))
+    task = asyncio.create_task(run_job(job, FAST, FakeClient(never), clock=FakeClock()))
     await asyncio.sleep(0.05)
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=3)
     assert task in done
-    again = await run_job(job, FAST, FakeClient(), clock=FakeSleep())
+    again = await run_job(job, FAST, FakeClient(), clock=FakeClock())
     assert again.error is None
 
 
@@ -264,6 +264,6 @@ async def test_a_forced_stop_while_waiting_to_retry_records_the_last_try(
         run_job(job, FAST, FakeClient(answer), clock=CountingSleep(), stop=stop), 5
     )
     assert s.in_doubt_groups == 0
-    assert replay(job.ledger).in_doubt == set()
-    (failed,) = [e for _, e in iter_events(job.ledger) if e["event"] == "failed"]
+    assert groups_in(job.ledger, "in_doubt") == set()
+    (failed,) = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert failed["retryable"] is True

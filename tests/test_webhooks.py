@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bulk_mms.cli import main
-from bulk_mms.delivery import DeliveryBook
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import Ledger, iter_events
+from bulk_mms.ledger import LedgerView, Sent, open_store
 from bulk_mms.models import Group
-from bulk_mms.runner import Stop
+from bulk_mms.signals import Stop
+from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
 from tests.conftest import FakeClient, JobFactory, sent_ledger
 
@@ -62,23 +62,14 @@ def signed(
 
 
 def status_lines(path: Path) -> list[dict[str, Any]]:
-    return [e for _, e in iter_events(path) if e["event"] == "status"]
+    return [e for e in ledger_events(path) if e["event"] == "status"]
 
 
 def append_late_group(path: Path, like: Group) -> Group:
     """Append the `sent` line a run writes for one more group (message id "late-msg")."""
     late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
-    ledger = Ledger.open_for_status(path)
-    ledger.write_sync(
-        {
-            "event": "sent",
-            "group": late.id,
-            "seq": late.seq,
-            "to": list(late.to),
-            "message_id": "late-msg",
-            "time": "2026-11-23T10:00:00Z",
-        }
-    )
+    ledger = open_store(path, "append")
+    ledger.append_now(Sent(late.id, "late-msg", late.to, late.seq, time="2026-11-23T10:00:00Z"))
     ledger.close_sync()
     return late
 
@@ -86,8 +77,9 @@ def append_late_group(path: Path, like: Group) -> Group:
 @pytest.fixture
 async def hooks(jobs: JobFactory) -> AsyncIterator[tuple[TestClient[Any, Any], Path, FakeClient]]:
     ledger_path, client = await sent_ledger(jobs, 8)
-    ledger = Ledger.open_for_status(ledger_path)
-    receiver = WebhookReceiver(DeliveryBook.load(ledger_path), ledger, load_public_key(PUBLIC_B64))
+    ledger = open_store(ledger_path, "append")
+    receiver = WebhookReceiver(LedgerView(), ledger, load_public_key(PUBLIC_B64))
+    receiver.refresh()
     receiver.late_window_s = 0.3
     async with TestClient(TestServer(receiver.app())) as http:
         yield http, ledger_path, client

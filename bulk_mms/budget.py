@@ -1,0 +1,374 @@
+"""The account budget: what every sender of one account shares, behind one seam.
+
+Telnyx counts its limits per account: whatever sends for the account (one process today,
+several later) must together stay under the account ``rate``. The :class:`AccountBudget`
+protocol is the part of the pacer that is shared that way:
+
+* :meth:`~AccountBudget.acquire`: admission at account level, spaced at ``rate``;
+* :meth:`~AccountBudget.pause` / :meth:`~AccountBudget.paused_until`: the account's pause
+  (every sender saw a 429), and each sender's own pause (a 429, or a queue to let drain);
+* :meth:`~AccountBudget.send_slot`: the one-second window guard, called right before a
+  request leaves, so that no one-second window ever holds more than ``rate``.
+
+:class:`LocalBudget` is the in-process implementation. The per-sender adaptive controller
+(:class:`bulk_mms.pacing.SenderPace`) stays in the pacer, on top of the budget. A shared
+implementation (one budget row per account in PostgreSQL, updated atomically) is one more
+class with these four methods; the pacer does not change.
+
+All times crossing the seam are on the injected clock's ``monotonic()`` scale. A shared
+implementation converts them at its own boundary (for instance to the database's clock, by
+the offset between the two read at each round trip), since each process's monotonic clock
+has its own origin. ``pause`` and ``paused_until`` are synchronous (the pacer's 429 path is):
+a shared implementation serves ``paused_until`` from what it read on its last round trip, and
+writes a ``pause`` through on its next one (or from a task of its own).
+
+Where aiolimiter is used, and where not
+---------------------------------------
+
+:class:`FixedRate` wraps :class:`aiolimiter.AsyncLimiter` for the *fixed* limits, whose rate
+is known when they are built: the account-wide ``rate`` (inside :class:`LocalBudget`), a
+sender's configured per-number ceiling (in the pacer), and ``track``'s GET rate. Its leaky
+bucket (the level, the leak, :meth:`~aiolimiter.AsyncLimiter.has_capacity`, the
+``ValueError`` for an amount above capacity) is aiolimiter's own. Two things are not:
+
+* **Its clock.** aiolimiter reads ``loop.time()`` in exactly one place, ``_leak``; the
+  private subclass :class:`_ClockedLimiter` overrides that one method to read the injected
+  :class:`~bulk_mms.clock.Clock` instead, so a :class:`~bulk_mms.testing.FakeClock` (whose
+  sleep moves its own time, never the loop's) drives it.
+* **Its waiting.** ``AsyncLimiter.acquire`` parks waiters on futures woken by
+  ``loop.call_at``: on the loop's clock again, and with no way to give up at a deadline or on
+  a stop. :class:`FixedRate` instead sleeps on the injected clock until ``has_capacity()``
+  holds, and only then charges the bucket, so aiolimiter never has to wait itself.
+
+aiolimiter is not used, and our own code stays, for:
+
+* **The adaptive per-sender rate** (:class:`bulk_mms.pacing.SenderPace`): the controller
+  moves it every few seconds, while aiolimiter's ``max_rate / time_period`` is fixed when the
+  limiter is built (``_rate_per_sec`` is computed once in ``__init__``). A sender's pause also
+  forfeits the credit it would have banked, which a leaky bucket has no notion of.
+* **"No one-second window above rate"** (:class:`WindowGuard`): a leaky bucket of depth ``D``
+  admits ``D`` at once from full credit and ``rate`` more within the same second, so some
+  window holds ``rate + D``. Only ``D`` near zero would avoid that, and then every late
+  wake-up would be throughput lost for good. The buckets here keep a little depth (about half
+  a second's worth, :data:`CATCH_UP_S`) so the long-run rate is the one set; the guard, a log
+  of the last second's sends, caps every window exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from aiolimiter import AsyncLimiter
+
+from bulk_mms.clock import Clock
+
+__all__ = [
+    "CATCH_UP_S",
+    "AccountBudget",
+    "FixedRate",
+    "LocalBudget",
+    "PaceAborted",
+    "WindowGuard",
+    "wait_until",
+]
+
+#: Credit a bucket may bank while it lags (a stalled fsync, a slow response), in seconds of its
+#: rate: enough to catch up after a stall; the window guard still caps every second.
+CATCH_UP_S = 0.5
+
+
+class PaceAborted(Exception):
+    """A wait for admission gave up: the job is stopping, or the wait would run past the
+    caller's deadline (a pause outlasts it). ``earliest`` is when it could have gone."""
+
+    def __init__(self, reason: str, earliest: float) -> None:
+        self.reason = reason
+        self.earliest = earliest
+        super().__init__(f"{reason} (could send at {earliest:.3f})")
+
+
+def _never() -> bool:
+    return False
+
+
+async def wait_until(
+    clock: Clock,
+    when: Callable[[], float],
+    *,
+    stopped: Callable[[], bool] = _never,
+    deadline: float | None = None,
+) -> float:
+    """Sleep on ``clock`` until ``when()`` has come; return the clock's time then.
+
+    ``when`` is re-read after every sleep: a 429 may have pushed it out meanwhile.
+
+    Raises:
+        PaceAborted: ``stopped()`` is true (a stopping clock's sleep returns at once, so this
+            loop must not spin on it), or ``when()`` is past ``deadline``: no point waiting.
+    """
+    while (delay := (at := when()) - clock.monotonic()) > 1e-6:
+        if stopped():
+            raise PaceAborted("stopping", at)
+        if deadline is not None and at > deadline:
+            raise PaceAborted("deadline", at)
+        await clock.sleep(delay)
+    return clock.monotonic()
+
+
+class _ClockedLimiter(AsyncLimiter):
+    """aiolimiter's leaky bucket, leaking by the injected clock instead of the loop's. Private.
+
+    Only :class:`FixedRate` uses it, and never lets :meth:`AsyncLimiter.acquire` wait (which
+    would set a timer on the loop's clock): it calls nothing but ``has_capacity`` and reads
+    and charges ``_level`` after its own wait.
+    """
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, max_rate: float, time_period: float, clock: Clock) -> None:
+        super().__init__(max_rate, time_period)
+        self._clock = clock
+        self._last_check = clock.monotonic()
+
+    def _leak(self) -> None:
+        # aiolimiter's own _leak, with the clock swapped: drip out what the elapsed time allows
+        now = self._clock.monotonic()
+        if self._level:
+            elapsed = now - self._last_check
+            self._level = max(self._level - elapsed * self._rate_per_sec, 0.0)
+        self._last_check = now
+
+
+class FixedRate:
+    """A fixed rate limit on the injected clock: aiolimiter's leaky bucket, our waiting.
+
+    ``rate`` units per second, banking at most ``depth`` units of credit (the most admitted
+    at once after an idle spell). It starts with ``credit`` units banked (``depth`` by
+    default, as aiolimiter does). Use it where a rate is fixed for the limiter's life::
+
+        gets = FixedRate(settings.track.rate, clock, stopped=stop.is_set)
+        ...
+        await gets.acquire()  # before each GET
+        response = await fetch(message_id)
+
+    The rate cannot change once built (aiolimiter's cannot): to slow down for the rest of a
+    run (after a 429, say), build a new one, ``FixedRate(max(0.1, gets.rate / 2), clock)``.
+
+    Args:
+        rate: units per second.
+        clock: the job's clock; all waiting is ``clock.sleep``.
+        depth: the bucket's capacity, in units; no single acquire may ask for more.
+        credit: units banked at start, at most ``depth``.
+        stopped: whether the job is stopping; a wait then raises :class:`PaceAborted`.
+    """
+
+    __slots__ = ("_limiter", "_lock", "_stopped", "clock", "depth", "rate")
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Clock,
+        *,
+        depth: float = 1.0,
+        credit: float | None = None,
+        stopped: Callable[[], bool] = _never,
+    ) -> None:
+        if rate <= 0 or depth <= 0:
+            raise ValueError("rate and depth must be positive")
+        #: Units per second.
+        self.rate = rate
+        #: The bucket's capacity: the largest burst, and the largest single acquire.
+        self.depth = depth
+        self.clock = clock
+        self._stopped = stopped
+        self._limiter = _ClockedLimiter(depth, depth / rate, clock)
+        # a full level is no credit: start with ``credit`` units of room
+        self._limiter._level = depth - min(depth, depth if credit is None else credit)
+        # FIFO among waiters; one sleeper at a time, so a fake clock moves once per admission
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<FixedRate {self.rate:g}/s depth={self.depth:g}>"
+
+    def ready_at(self, amount: float = 1.0) -> float:
+        """When ``amount`` units fit (now, or later), on the clock's monotonic time."""
+        limiter = self._limiter
+        if limiter.has_capacity(amount):
+            return limiter._last_check
+        needed = limiter._level + amount - limiter.max_rate
+        return limiter._last_check + needed / self.rate
+
+    def take(self, amount: float = 1.0) -> None:
+        """Charge ``amount`` now. For callers that waited for :meth:`ready_at` themselves;
+        a rounding hair early only delays the next admission by as much."""
+        if not 0 <= amount <= self.depth:
+            raise ValueError(f"amount {amount:g} is not between 0 and the depth {self.depth:g}")
+        self._limiter.has_capacity(amount)  # leak up to now first
+        self._limiter._level += amount
+
+    async def acquire(self, amount: float = 1.0, deadline: float | None = None) -> float:
+        """Wait on the clock until ``amount`` fits, charge it, and return the time then.
+
+        Raises:
+            ValueError: ``amount`` exceeds ``depth`` (it could never fit).
+            PaceAborted: the job is stopping, or it would not fit by ``deadline``.
+        """
+        if not 0 <= amount <= self.depth:
+            raise ValueError(f"amount {amount:g} is not between 0 and the depth {self.depth:g}")
+        async with self._lock:
+            now = await wait_until(
+                self.clock, lambda: self.ready_at(amount), stopped=self._stopped, deadline=deadline
+            )
+            self.take(amount)
+            return now
+
+
+class WindowGuard:
+    """At most ``limit`` cost units in any ``window``-second span, by a log of recent sends.
+
+    A small ``margin`` is added to the window so that network jitter between here and the server
+    cannot make two sends a full window apart here look closer there.
+    """
+
+    __slots__ = ("_log", "_sum", "limit", "margin", "window")
+
+    def __init__(self, limit: float, window: float = 1.0, margin: float = 0.005) -> None:
+        self.limit = limit
+        self.window = window
+        self.margin = margin
+        self._log: deque[tuple[float, float]] = deque()
+        self._sum = 0.0
+
+    def earliest(self, now: float, cost: float) -> float:
+        """When a send of ``cost`` would fit (now, or later)."""
+        span = self.window + self.margin
+        while self._log and self._log[0][0] <= now - span:
+            self._sum -= self._log.popleft()[1]
+        if self._sum + cost <= self.limit + 1e-9 or not self._log:
+            return now
+        # drop the oldest sends until the cost fits; it fits once the last of those ages out
+        total = self._sum
+        for t, c in self._log:
+            total -= c
+            if total + cost <= self.limit + 1e-9:
+                return t + span
+        return self._log[-1][0] + span  # pragma: no cover - the empty log returned above
+
+    def record(self, now: float, cost: float) -> None:
+        self._log.append((now, cost))
+        self._sum += cost
+
+
+class AccountBudget(Protocol):
+    """What all senders of one account share: admission at ``rate``, pauses, the window guard.
+
+    Times are on the pacer's clock (``Clock.monotonic()``); costs are in the pacer's units
+    (a request, or a recipient). Every wait ends in :class:`PaceAborted` on a stop.
+    """
+
+    def paused_until(self, sender: str | None = None) -> float:
+        """Until when the account (no ``sender``) or that sender is paused; 0.0 if never.
+
+        A sender's pause is its own: the account's is not folded in.
+        """
+        ...
+
+    def pause(self, until: float, sender: str | None = None) -> None:
+        """Pause the account (no ``sender``) or one sender until ``until``; a pause only ever
+        extends, never shortens."""
+        ...
+
+    async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        """Admit ``cost`` at account level: wait out the account pause and the spacing at
+        ``rate``; return the admission time.
+
+        Raises:
+            PaceAborted: the job is stopping, or admission would come after ``deadline``.
+        """
+        ...
+
+    async def send_slot(self, cost: float) -> float:
+        """Wait until sending ``cost`` now keeps every one-second window within ``rate``;
+        record the send and return its time. Called right before the request leaves.
+
+        Raises:
+            PaceAborted: the job is stopping.
+        """
+        ...
+
+
+class LocalBudget:
+    """The in-process :class:`AccountBudget`: one process sends for the account.
+
+    Args:
+        rate: the account's ceiling, cost units per second.
+        clock: the job's clock.
+        max_cost: the largest single cost (8 for a group of 8 under ``cost = "recipient"``).
+            Every window holds at least that much, or such a group could never go when
+            ``rate`` is lower. The spacing bucket starts with that much credit, and no more,
+            and banks at most that plus :data:`CATCH_UP_S` seconds of ``rate``.
+        stopped: whether the job is stopping.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float = 1.0,
+        stopped: Callable[[], bool] = _never,
+    ) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._stopped = stopped
+        # one group's worth, plus half a second of catch-up after a late wake-up or a stall
+        self._bucket = FixedRate(
+            rate, clock, depth=max_cost + rate * CATCH_UP_S, credit=max_cost, stopped=stopped
+        )
+        self._guard = WindowGuard(max(rate, max_cost))
+        self._paused_until = 0.0
+        self._sender_pauses: dict[str, float] = {}
+        self._account_lock = asyncio.Lock()
+        self._slot_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<LocalBudget {self.rate:g}/s paused_until={self._paused_until:.3f}>"
+
+    def paused_until(self, sender: str | None = None) -> float:
+        if sender is None:
+            return self._paused_until
+        return self._sender_pauses.get(sender, 0.0)
+
+    def pause(self, until: float, sender: str | None = None) -> None:
+        if sender is None:
+            self._paused_until = max(self._paused_until, until)
+        else:
+            self._sender_pauses[sender] = max(self._sender_pauses.get(sender, 0.0), until)
+
+    async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        async with self._account_lock:
+            # re-read on every wake-up: a 429 may have paused the account meanwhile
+            now = await wait_until(
+                self.clock,
+                lambda: max(self._paused_until, self._bucket.ready_at(cost)),
+                stopped=self._stopped,
+                deadline=deadline,
+            )
+            if deadline is not None and now > deadline:  # the lock's queue took it past
+                raise PaceAborted("deadline", now)
+            self._bucket.take(cost)
+            return now
+
+    async def send_slot(self, cost: float) -> float:
+        async with self._slot_lock:
+            now = await wait_until(
+                self.clock,
+                lambda: self._guard.earliest(self.clock.monotonic(), cost),
+                stopped=self._stopped,
+            )
+            # the time after the wake-up, however late: the log holds when sends really left
+            self._guard.record(now, cost)
+            return now

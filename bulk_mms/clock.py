@@ -1,0 +1,91 @@
+"""One clock for the whole job: monotonic time, wall time and sleeping, behind one seam.
+
+Pacing, retries, deadlines, the runner, ``track`` and the webhook receiver all take a
+:class:`Clock`. The real one is :class:`SystemClock` (the event loop's time, the system's wall
+clock, and a sleep that a stop ends at once); tests pass :class:`bulk_mms.testing.FakeClock`,
+whose sleep moves both of its times on without waiting.
+
+The wall clock also stamps ledger events (:meth:`Clock.stamp`), and :func:`parse_time` reads
+those stamps (and the API's) back as instants: no time is ever compared as a string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Time as the job sees it."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: pacing, backoff and deadlines."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the epoch: event stamps, Idempotency-Key ages, send windows."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a stopping job's clock may return early)."""
+        ...
+
+
+class SystemClock:
+    """The event loop's monotonic time and the system's wall clock.
+
+    Args:
+        stopping: an event that, once set, ends every sleep at once (the job's stop).
+    """
+
+    def __init__(self, stopping: asyncio.Event | None = None) -> None:
+        self._stopping = stopping
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        if self._stopping is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+
+
+def utc(clock: Clock) -> dt.datetime:
+    """The clock's wall time as an aware UTC datetime (for send windows and seeded jobs)."""
+    return dt.datetime.fromtimestamp(clock.wall(), dt.UTC)
+
+
+def iso(seconds: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def parse_time(stamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 stamp; a stamp without an offset is UTC.
+
+    Raises:
+        ValueError: not an ISO 8601 time.
+    """
+    when = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if when.tzinfo is None:  # never this machine's zone
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def instant(stamp: object) -> float | None:
+    """:func:`parse_time` for untrusted stamps: None when there is none or it does not parse."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return parse_time(stamp)
+    except (ValueError, OverflowError):
+        return None

@@ -1,0 +1,363 @@
+"""The commands: each turns parsed arguments into a run, a tracking pass, a webhook receiver or a
+report, and returns the exit code. Long commands stop through the one signal path
+(:func:`bulk_mms.signals.stopping_on_signals`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import structlog
+
+from bulk_mms import fake_api
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.clock import SystemClock, utc
+from bulk_mms.config import (
+    API_KEY_ENV,
+    JobConfig,
+    Settings,
+    check_settings,
+    load_job,
+    load_settings,
+    sends_key_in_clear,
+)
+from bulk_mms.console import (
+    SIGNAL_EXIT,
+    confirm,
+    exit_for,
+    fail,
+    interactive,
+    print_dry_run,
+    run_outcome,
+)
+from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
+from bulk_mms.ledger import load
+from bulk_mms.media import check_media
+from bulk_mms.prepare import dry_run, seed_job
+from bulk_mms.progress import BarProgress, LogProgress, Progress
+from bulk_mms.reader import fingerprint
+from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.summary import JobSummary
+from bulk_mms.track import TrackResult, format_track, track_ledger
+from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
+
+#: Misbehaviours for ``run --sandbox`` to show (see ``fake_api.FAULT_PRESETS``).
+SANDBOX_FAULTS_ENV = "BULK_MMS_SANDBOX_FAULTS"
+#: Seconds given to requests in flight after the first signal, beyond the request timeout.
+DRAIN_GRACE_S = 5.0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job, name=args.name, input_file=args.input)
+    if args.input is not None and args.name is None:
+        job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
+    if args.to:
+        if args.ledger is not None:
+            raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
+        job = seed_job(job, args.to, utc(SystemClock()))
+    elif args.ledger is not None:
+        job = replace(job, ledger=args.ledger)
+    settings = settings_for(args)
+    _preflight_media(job, args)
+    if args.dry_run:
+        summary = asyncio.run(
+            dry_run(
+                job,
+                settings,
+                resend_in_doubt=args.resend_in_doubt,
+                limit=args.limit,
+            )
+        )
+        return print_dry_run(summary, job, settings)
+    key = _api_key(args)
+    if not args.yes and not args.sandbox and interactive():
+        plan = asyncio.run(
+            dry_run(
+                job,
+                settings,
+                resend_in_doubt=args.resend_in_doubt,
+                limit=args.limit,
+            )
+        )
+        if plan.sent_groups and not confirm(plan, job):
+            print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
+            return Exit.INCOMPLETE
+    progress: Progress
+    if sys.stderr.isatty() and not args.quiet and not args.log_json:
+        progress = BarProgress(sys.stderr)
+    else:
+        progress = LogProgress(max(1.0, args.progress_every))
+    summary = asyncio.run(
+        _run(
+            job,
+            settings,
+            key,
+            sandbox=args.sandbox,
+            resend=args.resend_in_doubt,
+            progress=progress,
+            limit=args.limit,
+        )
+    )
+    return run_outcome(summary)
+
+
+def _rerun_name(name: str, input_file: Path) -> str:
+    """The job name for ``run --input FILE``: ``<name>-<stem>-<first 8 hex of the file's hash>``.
+
+    The name picks the ledger, so a resend gets a ledger (and a campaign) of its own instead of
+    tripping over the first send's; the hash gives each round of ``--failed-csv`` reruns its own
+    (a second ``failed.csv`` differs from the first), while rerunning the same file resumes.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
+    try:
+        digest = fingerprint(input_file).removeprefix("sha256:")[:8]
+    except OSError:
+        return f"{name}-{stem}"[:100]  # unreadable: the run stops on it with its own message
+    return f"{name}-{stem}"[:91] + f"-{digest}"
+
+
+def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
+    if sends_key_in_clear(base_url):
+        structlog.get_logger("bulk_mms.cli").warning(
+            "config.cleartext_base_url",
+            base_url=base_url,
+            hint="plain http to a host that is not this machine: the API key would cross the "
+            "network unencrypted; use https",
+        )
+    return AiohttpMmsClient(
+        base_url,
+        key,
+        connect_timeout=settings.connect_timeout,
+        request_timeout=settings.request_timeout,
+        max_connections=settings.concurrency,
+    )
+
+
+async def _run(
+    job: JobConfig,
+    settings: Settings,
+    key: str,
+    *,
+    sandbox: bool,
+    resend: bool,
+    progress: Progress | None = None,
+    limit: int | None = None,
+) -> JobSummary:
+    stop = Stop()
+    try:
+        with stopping_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+            async with (
+                _endpoint(settings, sandbox) as base_url,
+                _client(settings, base_url, key) as client,
+            ):
+                return await run_job(
+                    job,
+                    settings,
+                    client,
+                    resend_in_doubt=resend,
+                    stop=stop,
+                    progress=progress,
+                    limit=limit,
+                )
+    except asyncio.CancelledError:
+        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+
+
+def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
+    """Fetch each media URL once before anything is sent (MediaError: exit 2, nothing sent)."""
+    urls = job.message.media_urls
+    if not urls:
+        return
+    if args.skip_media_check or args.sandbox:
+        reason = "--skip-media-check" if args.skip_media_check else "sandbox (media is not sent)"
+        structlog.get_logger("bulk_mms.cli").info("media.check_skipped", reason=reason)
+        return
+    asyncio.run(check_media(urls))
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
+        settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
+    key = _api_key(args)
+    result = asyncio.run(
+        _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
+    )
+    if result.error is not None:
+        return fail(result.error, exit_for(result.error))
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_track(result, args.ledger))
+    if result.stopped in SIGNAL_EXIT:
+        return SIGNAL_EXIT[result.stopped]
+    trouble = result.not_found or result.unlisted or result.errors
+    return Exit.INCOMPLETE if trouble or (args.follow and result.pending) else Exit.OK
+
+
+async def _track(
+    path: Path, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
+) -> TrackResult:
+    stop = Stop()
+    try:
+        with stopping_on_signals(
+            stop, settings.request_timeout + DRAIN_GRACE_S, cancel_on_force=True
+        ):
+            async with (
+                _endpoint(settings, sandbox, ledger=path) as base_url,
+                _client(settings, base_url, key) as client,
+            ):
+                return await track_ledger(path, settings, client, follow=follow, stop=stop)
+    except asyncio.CancelledError:
+        return TrackResult(stopped=stop.reason or "SIGINT")
+    except FatalSendError as exc:
+        return TrackResult(error=exc)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(
+    settings: Settings, sandbox: bool, *, ledger: Path | None = None
+) -> AsyncIterator[str]:
+    """The API's base URL: the configured one, or a sandbox started here for the command.
+
+    For ``track --sandbox`` the sandbox first learns the ledger's sent groups (their run had
+    a sandbox of its own), and reports them through a carrier timeline: queued, sent, then
+    delivered, or delivery_failed for one number in seven, over a few seconds.
+    """
+    if not sandbox:
+        yield settings.base_url
+        return
+    fake = fake_api.FakeTelnyx()
+    if ledger is not None:
+        fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)
+        now = SystemClock().wall()
+        for g in load(ledger).sent_groups():
+            fake.adopt(g.message_id or "", g.sender or "", g.to, max(0.0, now - g.sent_at))
+    try:
+        fake.faults.extend(fake_api.parse_faults(os.environ.get(SANDBOX_FAULTS_ENV, "")))
+    except ValueError as exc:
+        raise ConfigError(SANDBOX_FAULTS_ENV, str(exc)) from None
+    async with fake_api.serve(fake) as url:
+        structlog.get_logger("bulk_mms.cli").info(
+            "sandbox.started", base_url=url, faults=len(fake.faults)
+        )
+        yield url
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    host, sep, port_text = args.listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("--listen", f"{args.listen!r} is not HOST:PORT (e.g. 0.0.0.0:8080)")
+    ledger = args.ledger or args.ledger_option
+    if ledger is None:
+        raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
+    key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
+
+    async def serve() -> None:
+        stop = Stop()
+        with stopping_on_signals(stop, DRAIN_GRACE_S, cancel_on_force=True):
+            await serve_webhooks(
+                ledger,
+                host.strip("[]") or "0.0.0.0",  # noqa: S104 - ":PORT" asks for every interface
+                int(port_text),
+                key,
+                stop,
+            )
+
+    asyncio.run(serve())
+    return Exit.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    summary = summarize(args.ledger)
+    fmt = args.format
+    if fmt is None:
+        # status keeps its documented table default for scripts that parse it
+        fmt = "json" if args.command == "report" and not sys.stdout.isatty() else "table"
+    if fmt == "json":
+        sys.stdout.write(
+            orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    elif fmt == "csv":
+        sys.stdout.write(format_csv(summary))
+    else:
+        print(format_text(summary, args.ledger))
+    failed_csv = getattr(args, "failed_csv", None)
+    if failed_csv is not None:
+        try:
+            n, full = write_failed_csv(summary, failed_csv)
+        except OSError as exc:
+            raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
+        how = (
+            "with their input rows" if full else "phone numbers only (the input is gone or changed)"
+        )
+        print(f"bulk-mms: wrote {n} recipients to {failed_csv} ({how})", file=sys.stderr)
+    return Exit.OK
+
+
+#: Where the settings are looked for, first found wins (documented in the README).
+CONFIG_ENV = "BULK_MMS_CONFIG"
+CONFIG_HELP = (
+    f"account settings (TOML; see config.example.toml). Default: ${CONFIG_ENV}, else "
+    "./config.toml, else ~/.config/bulk-mms/config.toml, if there"
+)
+
+
+def find_config(given: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file: ``--config``, else ``$BULK_MMS_CONFIG``, else ``./config.toml``, else
+    ``$XDG_CONFIG_HOME/bulk-mms/config.toml`` (``~/.config/...``), whichever comes first.
+
+    A path given explicitly must exist (the loader says so); the defaults only if they do.
+    """
+    env = os.environ if env is None else env
+    if given is not None:
+        return given
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    home = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for candidate in (Path("config.toml"), home / "bulk-mms" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    path = find_config(args.config)
+    if path is not None and args.config is None:
+        structlog.get_logger("bulk_mms.cli").info("config.found", path=str(path))
+    settings = load_settings(path)
+    if args.base_url:
+        settings = replace(settings, base_url=args.base_url)
+    if args.rate is not None:
+        if args.command == "track":
+            if not 0 < args.rate <= 1000:
+                raise ConfigError("--rate", f"must be above 0 and at most 1000, not {args.rate:g}")
+            settings = replace(settings, track=replace(settings.track, rate=args.rate))
+        else:
+            settings = replace(settings, rate=args.rate)
+    if getattr(args, "concurrency", None) is not None:
+        settings = replace(settings, concurrency=args.concurrency)
+    return check_settings(settings)
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    if args.sandbox:
+        return "sandbox-key"
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise ConfigError(API_KEY_ENV, "is not set: export your Telnyx API key (or use --sandbox)")
+    if key != key.strip() or any(ch in key for ch in "\r\n\t "):
+        raise ConfigError(API_KEY_ENV, "contains whitespace; check how it was exported")
+    return key

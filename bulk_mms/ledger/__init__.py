@@ -1,0 +1,48 @@
+"""The ledger: every outcome of a job, as typed events, in a durable store, read by one fold.
+
+* :mod:`~bulk_mms.ledger.events`: what is recorded (frozen dataclasses, one encoder/decoder);
+* :mod:`~bulk_mms.ledger.fold`: :class:`LedgerView`, the only code that turns events into state;
+* :mod:`~bulk_mms.ledger.store`: the :class:`LedgerStore` seam and :func:`open_store`;
+* :mod:`~bulk_mms.ledger.jsonl`: the JSONL file store.
+"""
+
+from bulk_mms.ledger.events import (
+    FORMAT,
+    Attempt,
+    Event,
+    Failed,
+    Header,
+    InDoubt,
+    Planned,
+    Rejected,
+    RunStarted,
+    Sent,
+    Status,
+    to_json,
+)
+from bulk_mms.ledger.fold import STATES, GroupRecord, LedgerView, RecipientCounts
+from bulk_mms.ledger.store import LedgerStore, Location, holder, load, open_store
+
+__all__ = [
+    "FORMAT",
+    "STATES",
+    "Attempt",
+    "Event",
+    "Failed",
+    "GroupRecord",
+    "Header",
+    "InDoubt",
+    "LedgerStore",
+    "LedgerView",
+    "Location",
+    "Planned",
+    "RecipientCounts",
+    "Rejected",
+    "RunStarted",
+    "Sent",
+    "Status",
+    "holder",
+    "load",
+    "open_store",
+    "to_json",
+]

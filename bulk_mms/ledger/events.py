@@ -1,0 +1,445 @@
+"""Ledger events: what a job records, one frozen dataclass per kind, one encoder, one decoder.
+
+Every store writes and reads these and nothing else. On the wire (a JSONL line, a database
+row's document) an event is a JSON object whose first key is ``event``, its kind::
+
+    job       Header      the first event: the job, its input's fingerprint, grouping, campaign
+    run       RunStarted  a run (or a process sharing the job) began
+    planned   Planned     a run read its whole input: how many recipients, groups and rejects
+    attempt   Attempt     a request is about to leave (durable before it does)
+    sent      Sent        the API accepted the group
+    failed    Failed      the API refused it (``retryable``: a plain rerun sends it again)
+    in_doubt  InDoubt     the request may have been accepted: held unless the key still holds
+    rejected  Rejected    an input row that is never sent, and why
+    status    Status      a recipient's delivery status, from ``track`` or ``webhooks``
+
+:func:`encode` turns an event into its JSON bytes (orjson); :func:`decode` turns a parsed object
+back into an event, accepting every older format (missing fields take their defaults). An
+object that is not an event raises :class:`Malformed`, which the store turns into
+:class:`~bulk_mms.errors.LedgerCorrupt` naming the line; an unknown kind (written by a newer
+bulk-mms) decodes to None and is passed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+import orjson
+
+from bulk_mms.errors import ApiError
+from bulk_mms.models import Money, RecipientStatus, parse_money
+
+#: Ledger format version, in the header. Bumped when the meaning of a field changes.
+#: 2: the header carries ``campaign``, which every Idempotency-Key includes (a format-1 ledger
+#: still resumes, under the keys it was started with). 3: ``planned`` events.
+FORMAT: Final = 3
+
+
+class Malformed(ValueError):
+    """A JSON object that is not a ledger event (the store names the line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The job a ledger belongs to; a resume must match it (:func:`check_header`)."""
+
+    job: str
+    fingerprint: str | None
+    phone_column: str = "phone"
+    group_size: int = 8
+    group_by: str | None = None
+    input: str | None = None
+    from_: str | None = None
+    #: The ledger's identity, part of every Idempotency-Key; None for a format-1 ledger.
+    campaign: str | None = None
+    #: The input columns (besides the phone) that outcome events record rows in.
+    columns: tuple[str, ...] = ()
+    format: int = FORMAT
+    version: str = ""
+    time: str = ""
+    kind: ClassVar[str] = "job"
+
+    def mismatch(self, expected: Header) -> str | None:
+        """Why a run for ``expected`` must not resume this ledger, or None when it may."""
+        if self.format > FORMAT:
+            return f"written by a newer bulk-mms (format {self.format})"
+        for name, label, hint in _MATCHED:
+            was, now = getattr(self, name), getattr(expected, name)
+            if was != now:
+                return f"belongs to a different run: {label} was {was!r}, now {now!r}{hint}"
+        return None
+
+
+_REGROUP = " (regrouping would resend people already sent; use a new --ledger)"
+#: What a resume must find unchanged: (field, label, hint).
+_MATCHED: Final = (
+    ("job", "job name", ""),
+    (
+        "fingerprint",
+        "input file contents",
+        " (the input file changed since this ledger was started; use a new --ledger)",
+    ),
+    ("group_size", "group_size", _REGROUP),
+    ("group_by", "group_by", _REGROUP),
+    ("phone_column", "phone_column", ""),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    pid: int = 0
+    time: str = ""
+    kind: ClassVar[str] = "run"
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A run read its input to the end: so many valid recipients in so many groups."""
+
+    recipients: int
+    groups: int
+    rejected: int
+    time: str = ""
+    kind: ClassVar[str] = "planned"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A request for ``group`` is about to leave; written durably before it does."""
+
+    group: str
+    to: tuple[str, ...] = ()
+    seq: int = 0
+    from_: str | None = None
+    attempt: int = 1
+    key: str | None = None
+    #: Wall-clock seconds of the group's first attempt: its Idempotency-Key's age.
+    t0: float | None = None
+    time: str = ""
+    kind: ClassVar[str] = "attempt"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    group: str
+    message_id: str
+    to: tuple[str, ...] = ()
+    seq: int = 0
+    #: The members' input rows, values in the header's ``columns`` order.
+    rows: tuple[tuple[str, ...], ...] = ()
+    from_: str | None = None
+    #: Each recipient's status in the API's answer (``queued`` and so on).
+    statuses: Mapping[str, str] = field(default_factory=dict)
+    wait_seconds: float | None = None
+    cost: Money | None = None
+    attempts: int = 1
+    rate_limited: int = 0
+    time: str = ""
+    kind: ClassVar[str] = "sent"
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    group: str
+    to: tuple[str, ...] = ()
+    seq: int = 0
+    rows: tuple[tuple[str, ...], ...] = ()
+    status: int | None = None
+    code: str | None = None
+    title: str = ""
+    detail: str = ""
+    attempts: int = 0
+    rate_limited: int = 0
+    #: True: nothing was accepted and a plain rerun sends the group again (retries ran out on a
+    #: transient error). False: the API refused it for good.
+    retryable: bool = False
+    time: str = ""
+    kind: ClassVar[str] = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    group: str
+    to: tuple[str, ...] = ()
+    seq: int = 0
+    rows: tuple[tuple[str, ...], ...] = ()
+    reason: str = ""
+    attempts: int = 0
+    rate_limited: int = 0
+    time: str = ""
+    kind: ClassVar[str] = "in_doubt"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    line: int
+    value: str = ""
+    reason: str = ""
+    time: str = ""
+    kind: ClassVar[str] = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One recipient's delivery status, reported by ``track`` or a webhook."""
+
+    group: str
+    recipient: str
+    status: str
+    message_id: str | None = None
+    errors: tuple[ApiError, ...] = ()
+    #: When the API says the status was reached (ISO 8601), if it said.
+    at: str | None = None
+    source: str = ""
+    webhook_id: str | None = None
+    time: str = ""
+    kind: ClassVar[str] = "status"
+
+    @property
+    def report(self) -> RecipientStatus:
+        return RecipientStatus(
+            self.recipient, self.status, message_id=self.message_id, errors=self.errors, at=self.at
+        )
+
+
+def status_event(
+    group: str,
+    st: RecipientStatus,
+    *,
+    source: str,
+    time: str,
+    webhook_id: str | None = None,
+) -> Status:
+    """The event for one recipient's new status, as ``track`` or a webhook reported it."""
+    return Status(
+        group,
+        st.phone,
+        st.status,
+        message_id=st.message_id,
+        errors=st.errors[:5],
+        at=st.at,
+        source=source,
+        webhook_id=webhook_id,
+        time=time,
+    )
+
+
+Event = Header | RunStarted | Planned | Attempt | Sent | Failed | InDoubt | Rejected | Status
+#: The events that settle (for now) where a group stands.
+Outcome = Sent | Failed | InDoubt
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _money(cost: Money | None) -> dict[str, str] | None:
+    return None if cost is None else {"amount": str(cost.amount), "currency": cost.currency}
+
+
+def to_json(ev: Event) -> dict[str, Any]:
+    """The event as the JSON object a store writes (``event`` first; ``from_`` as ``from``)."""
+    out: dict[str, Any] = {"event": ev.kind}
+    for name in ev.__slots__:
+        value = getattr(ev, name)
+        if name == "cost":
+            value = _money(value)
+        elif name == "errors":
+            value = [{"code": e.code, "title": e.title, "detail": e.detail} for e in value]
+        out["from" if name == "from_" else name] = value
+    return out
+
+
+def encode(ev: Event) -> bytes:
+    """One line of JSON, newline included."""
+    return orjson.dumps(to_json(ev), option=orjson.OPT_APPEND_NEWLINE)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _str(d: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str):
+        raise Malformed(f"{key!r} is missing or not text")
+    return value
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(d: Mapping[str, Any], key: str, default: int = 0) -> int:
+    value = d.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Malformed(f"{key!r} is not a whole number")
+    return value
+
+
+def _time(d: Mapping[str, Any]) -> str:
+    return _opt_str(d, "time") or ""
+
+
+def _num(d: Mapping[str, Any], key: str) -> float | None:
+    value = d.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _numbers(d: Mapping[str, Any]) -> tuple[str, ...]:
+    value = d.get("to", ())
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        raise Malformed("'to' is not a list of numbers")
+    return tuple(value)
+
+
+def _rows(d: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    value = d.get("rows")
+    if not isinstance(value, list):
+        return ()
+    return tuple(tuple(map(str, r)) for r in value if isinstance(r, list))
+
+
+def _errors(value: object) -> tuple[ApiError, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        ApiError(str(e.get("code") or ""), str(e.get("title") or ""), str(e.get("detail") or ""))
+        for e in value[:5]
+        if isinstance(e, dict)
+    )
+
+
+def _header(d: Mapping[str, Any]) -> Header:
+    columns = d.get("columns")
+    return Header(
+        job=_str(d, "job"),
+        fingerprint=_opt_str(d, "fingerprint"),
+        phone_column=_opt_str(d, "phone_column") or "phone",
+        group_size=_int(d, "group_size", 8),
+        group_by=_opt_str(d, "group_by"),
+        input=_opt_str(d, "input"),
+        from_=_opt_str(d, "from"),
+        campaign=_opt_str(d, "campaign") or None,
+        columns=tuple(map(str, columns)) if isinstance(columns, list) else (),
+        format=_int(d, "format", 1),
+        version=_opt_str(d, "version") or "",
+        time=_time(d),
+    )
+
+
+def _attempt(d: Mapping[str, Any]) -> Attempt:
+    return Attempt(
+        group=_str(d, "group"),
+        to=_numbers(d),
+        seq=_int(d, "seq"),
+        from_=_opt_str(d, "from"),
+        attempt=_int(d, "attempt", 1),
+        key=_opt_str(d, "key"),
+        t0=_num(d, "t0"),
+        time=_time(d),
+    )
+
+
+def _sent(d: Mapping[str, Any]) -> Sent:
+    statuses = d.get("statuses")
+    return Sent(
+        group=_str(d, "group"),
+        message_id=_str(d, "message_id"),
+        to=_numbers(d),
+        seq=_int(d, "seq"),
+        rows=_rows(d),
+        from_=_opt_str(d, "from"),
+        statuses=(
+            {str(k): str(v) for k, v in statuses.items()} if isinstance(statuses, dict) else {}
+        ),
+        wait_seconds=_num(d, "wait_seconds"),
+        cost=parse_money(d.get("cost")),  # the bounds it was received under
+        attempts=_int(d, "attempts", 1),
+        rate_limited=_int(d, "rate_limited"),
+        time=_time(d),
+    )
+
+
+def _failed(d: Mapping[str, Any]) -> Failed:
+    status = d.get("status")
+    code = d.get("code")
+    return Failed(
+        group=_str(d, "group"),
+        to=_numbers(d),
+        seq=_int(d, "seq"),
+        rows=_rows(d),
+        status=status if isinstance(status, int) else None,
+        code=str(code) if code is not None else None,
+        title=_opt_str(d, "title") or "",
+        detail=_opt_str(d, "detail") or "",
+        attempts=_int(d, "attempts"),
+        rate_limited=_int(d, "rate_limited"),
+        retryable=bool(d.get("retryable")),
+        time=_time(d),
+    )
+
+
+def _in_doubt(d: Mapping[str, Any]) -> InDoubt:
+    return InDoubt(
+        group=_str(d, "group"),
+        to=_numbers(d),
+        seq=_int(d, "seq"),
+        rows=_rows(d),
+        reason=_opt_str(d, "reason") or "",
+        attempts=_int(d, "attempts"),
+        rate_limited=_int(d, "rate_limited"),
+        time=_time(d),
+    )
+
+
+def _status(d: Mapping[str, Any]) -> Status:
+    return Status(
+        group=_str(d, "group"),
+        recipient=_str(d, "recipient"),
+        status=_str(d, "status"),
+        message_id=_opt_str(d, "message_id"),
+        errors=_errors(d.get("errors")),
+        at=_opt_str(d, "at"),
+        source=_opt_str(d, "source") or "",
+        webhook_id=_opt_str(d, "webhook_id"),
+        time=_time(d),
+    )
+
+
+_DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
+    "job": _header,
+    "run": lambda d: RunStarted(_int(d, "pid"), _time(d)),
+    "planned": lambda d: Planned(
+        _int(d, "recipients"), _int(d, "groups"), _int(d, "rejected"), _time(d)
+    ),
+    "attempt": _attempt,
+    "sent": _sent,
+    "failed": _failed,
+    "in_doubt": _in_doubt,
+    "rejected": lambda d: Rejected(
+        _int(d, "line"), str(d.get("value") or ""), str(d.get("reason") or ""), _time(d)
+    ),
+    "status": _status,
+}
+
+
+def decode(obj: object) -> Event | None:
+    """The event a parsed JSON object holds; None for a kind this version does not know.
+
+    Raises:
+        Malformed: it is not a ledger event, or a field it must have is missing or mistyped.
+    """
+    if not isinstance(obj, dict) or not isinstance(kind := obj.get("event"), str):
+        raise Malformed("not a ledger event")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        return None
+    try:
+        return decoder(obj)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise Malformed(f"{kind} event: {exc}") from None

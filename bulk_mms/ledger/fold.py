@@ -1,0 +1,328 @@
+"""The one fold: :class:`LedgerView` turns a ledger's events into where everything stands.
+
+Every reader of a ledger reads this: a run and its resume (what to skip, hold or send), the dry
+run, ``report`` and ``status``, ``track`` and ``webhooks`` (sent groups and their recipients'
+latest statuses), and ``--failed-csv``. A run applies each event it writes to its own view, so
+the state it acts on is the state a later reader folds from the same events.
+
+Each group of the ledger is in one state, and so is each of its recipients::
+
+    sent           the API accepted it (final: nothing undoes a sent)
+    failed         the API refused it for good: no rerun sends it (the failed file lists it)
+    retry_pending  nothing was accepted and a plain rerun sends it (retries ran out on 5xx,
+                   the job stopped before the request left)
+    in_doubt       a request may have been accepted (an answer lost, a crash after the
+                   ``attempt``): held, never counted failed; only ``sent`` settles it
+
+A valid recipient the ledger has no group for is ``not_attempted`` (counted against the
+``planned`` event a run writes when it has read its whole input).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Final
+
+from bulk_mms.clock import instant
+from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
+from bulk_mms.ledger.events import (
+    Attempt,
+    Event,
+    Failed,
+    Header,
+    InDoubt,
+    Planned,
+    Rejected,
+    RunStarted,
+    Sent,
+    Status,
+)
+from bulk_mms.models import Money, RecipientStatus
+
+SENT: Final = "sent"
+FAILED: Final = "failed"
+RETRY_PENDING: Final = "retry_pending"
+IN_DOUBT: Final = "in_doubt"
+NOT_ATTEMPTED: Final = "not_attempted"
+#: The states of a recipient, in the order reports show them.
+STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
+CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
+
+
+@dataclass(slots=True)
+class GroupRecord:
+    """One group as the ledger has it."""
+
+    id: str
+    to: tuple[str, ...] = ()
+    #: The last outcome's state (None: attempted, no outcome yet).
+    outcome: str | None = None
+    #: An attempt with no outcome after it: a request may be out (or was, before a crash).
+    open: bool = False
+    #: The group has an ``in_doubt`` event of its own (a crash's open attempt has none).
+    doubt_recorded: bool = False
+    sender: str | None = None
+    #: Wall-clock seconds of its first attempt: its Idempotency-Key's age.
+    t0: float | None = None
+    message_id: str | None = None
+    #: The ``sent`` event's time, in seconds since the epoch (0 when it has none).
+    sent_at: float = 0.0
+    cost: Money | None = None
+    #: Why it failed, for the failed-recipients file.
+    why: str = ""
+
+    @property
+    def state(self) -> str | None:
+        """Where it stands: an open attempt leaves it in doubt unless it was sent before."""
+        if self.outcome == SENT:
+            return SENT
+        if self.open or self.outcome == IN_DOUBT:
+            return IN_DOUBT
+        return self.outcome
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientCounts:
+    """Every valid recipient in exactly one state; the five add up to ``valid``."""
+
+    valid: int
+    sent: int
+    failed: int
+    retry_pending: int
+    in_doubt: int
+    not_attempted: int
+    #: Whether a run has read the whole input (else ``not_attempted`` counts only what the
+    #: ledger knows of, and ``valid`` is a floor).
+    input_read: bool
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("valid", *STATES)}
+
+
+@dataclass(slots=True)
+class LedgerView:
+    """Everything a ledger says, folded from its events in order by :meth:`apply`."""
+
+    header: Header | None = None
+    runs: int = 0
+    #: The latest ``planned`` event: how much of the input is valid.
+    planned: Planned | None = None
+    groups: dict[str, GroupRecord] = field(default_factory=dict)
+    #: Input line → why it was rejected.
+    rejected: dict[int, str] = field(default_factory=dict)
+    #: Latest delivery status per recipient of a sent group.
+    known: dict[str, Known] = field(default_factory=dict)
+    #: Phone number → group id, for every recipient of a sent group.
+    group_of: dict[str, str] = field(default_factory=dict)
+    #: Group message ids and recipients' own ids → group id.
+    by_message_id: dict[str, str] = field(default_factory=dict)
+    #: Webhook event ids already recorded: a redelivered event is recorded once.
+    webhook_ids: set[str] = field(default_factory=set)
+    # what reports add up
+    attempts: int = 0
+    rate_limited: int = 0
+    sent_events: int = 0
+    waits: list[float] = field(default_factory=list)
+    error_codes: Counter[str] = field(default_factory=Counter)
+    first_time: str | None = None
+    last_time: str | None = None
+    #: Seconds spent sending: first attempt to last outcome, run by run.
+    sending_seconds: float = 0.0
+    _open: set[str] = field(default_factory=set)
+    _run_first: float | None = None
+    _run_last: float | None = None
+
+    @classmethod
+    def fold(cls, events: Iterable[Event]) -> LedgerView:
+        view = cls()
+        for ev in events:
+            view.apply(ev)
+        view.close_run()
+        return view
+
+    @property
+    def campaign(self) -> str | None:
+        """The ledger's identity, part of every Idempotency-Key; None for a format-1 ledger."""
+        return self.header.campaign if self.header is not None else None
+
+    # -- folding ----------------------------------------------------------------------------
+
+    def apply(self, ev: Event) -> None:
+        """Take one event in (on replay, and as a run writes it)."""
+        if ev.time:
+            self.first_time = self.first_time or ev.time
+            self.last_time = ev.time
+        match ev:
+            case Status():
+                self.apply_status(ev.report, ev.group)
+                if ev.webhook_id:
+                    self.webhook_ids.add(ev.webhook_id)
+            case Attempt():
+                self._attempt(ev)
+            case Sent() | Failed() | InDoubt():
+                self._outcome(ev)
+            case Rejected():
+                self.rejected[ev.line] = ev.reason
+            case Planned():
+                self.planned = ev
+            case RunStarted():
+                self._run_started()
+            case Header():
+                self.header = ev
+
+    def _run_started(self) -> None:
+        """A new run: an attempt still open belonged to a run that ended without recording
+        its outcome (a crash), so its request may have been accepted."""
+        self.runs += 1
+        self.close_run()
+        for gid in self._open:
+            rec = self.groups[gid]
+            if rec.open and rec.outcome != SENT:
+                rec.outcome = IN_DOUBT
+                rec.why = CUT_OFF
+        self._open.clear()
+
+    def _group(self, gid: str, to: tuple[str, ...]) -> GroupRecord:
+        rec = self.groups.get(gid)
+        if rec is None:
+            rec = self.groups[gid] = GroupRecord(gid, to)
+        elif to and not rec.to:
+            rec.to = to
+        return rec
+
+    def _attempt(self, ev: Attempt) -> None:
+        rec = self._group(ev.group, ev.to)
+        self.attempts += 1
+        rec.open = True
+        self._open.add(rec.id)
+        rec.sender = ev.from_ or rec.sender
+        if rec.t0 is None and ev.t0 is not None:
+            rec.t0 = ev.t0
+        if self._run_first is None:
+            self._run_first = instant(ev.time)
+
+    def _outcome(self, ev: Sent | Failed | InDoubt) -> None:
+        rec = self._group(ev.group, ev.to)
+        rec.open = False
+        self.rate_limited += ev.rate_limited
+        self._run_last = instant(ev.time) or self._run_last
+        if rec.outcome == SENT:
+            return  # a sent group stays sent
+        if isinstance(ev, Sent):
+            self._sent(rec, ev)
+        elif isinstance(ev, InDoubt):
+            rec.outcome, rec.doubt_recorded = IN_DOUBT, True
+            rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
+        else:
+            self.error_codes[str(ev.code)] += 1
+            if rec.outcome == IN_DOUBT:
+                return  # a later failure does not undo what an earlier try may have done
+            rec.outcome = RETRY_PENDING if ev.retryable else FAILED
+            rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
+
+    def _sent(self, rec: GroupRecord, ev: Sent) -> None:
+        rec.outcome = SENT
+        rec.message_id = ev.message_id
+        rec.sender = ev.from_ or rec.sender
+        rec.sent_at = instant(ev.time) or 0.0
+        rec.cost = ev.cost
+        self.sent_events += 1
+        if ev.wait_seconds is not None:
+            self.waits.append(ev.wait_seconds)
+        self.by_message_id[ev.message_id] = rec.id
+        for phone in rec.to:
+            self.group_of[phone] = rec.id
+            status = ev.statuses.get(phone) or "queued"
+            if supersedes(status, None, self.known.get(phone)):
+                self.known[phone] = Known(status)
+
+    def apply_status(self, st: RecipientStatus, group: str) -> bool:
+        """Take a delivery report in; True when it is news (and so worth recording)."""
+        old = self.known.get(st.phone)
+        if st.message_id:
+            self.by_message_id.setdefault(st.message_id, group)
+        if not supersedes(st.status, st.at, old):
+            if old is not None and st.message_id and not old.message_id:
+                self.known[st.phone] = Known(old.status, old.at, st.message_id)
+            return False
+        mid = st.message_id or (old.message_id if old else None)
+        self.known[st.phone] = Known(st.status, st.at, mid)
+        return True
+
+    def close_run(self) -> None:
+        """End the current run's sending span (a new run starts, or the fold ends)."""
+        if self._run_first is not None and self._run_last is not None:
+            self.sending_seconds += max(0.0, self._run_last - self._run_first)
+        self._run_first = self._run_last = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def state(self, gid: str) -> str | None:
+        """A group's state, or None when the ledger has never seen it."""
+        rec = self.groups.get(gid)
+        return rec.state if rec is not None else None
+
+    def is_done(self, gid: str) -> bool:
+        """True when the group has a final outcome (sent, or failed for good)."""
+        return self.state(gid) in (SENT, FAILED)
+
+    def in_doubt(self, gid: str) -> bool:
+        return self.state(gid) == IN_DOUBT
+
+    def count(self, state: str) -> int:
+        """Groups in ``state``."""
+        return sum(1 for rec in self.groups.values() if rec.state == state)
+
+    def recipients(self) -> RecipientCounts:
+        by_state: Counter[str] = Counter()
+        for rec in self.groups.values():
+            if (st := rec.state) is not None:
+                by_state[st] += len(rec.to)
+        known = sum(by_state.values())
+        valid = max(known, self.planned.recipients) if self.planned else known
+        return RecipientCounts(
+            valid=valid,
+            sent=by_state[SENT],
+            failed=by_state[FAILED],
+            retry_pending=by_state[RETRY_PENDING],
+            in_doubt=by_state[IN_DOUBT],
+            not_attempted=valid - known,
+            input_read=self.planned is not None,
+        )
+
+    def sent_groups(self) -> Iterator[GroupRecord]:
+        return (rec for rec in self.groups.values() if rec.outcome == SENT)
+
+    def status_of(self, phone: str) -> str | None:
+        k = self.known.get(phone)
+        return k.status if k else None
+
+    def pending(self, rec: GroupRecord) -> list[str]:
+        """The recipients of a sent group not yet in a final delivery status."""
+        return [p for p in rec.to if (k := self.known.get(p)) is None or k.status not in FINAL]
+
+    def not_received(self) -> dict[str, str]:
+        """Who did not get the message, with why, in ledger order: the failed groups'
+        recipients (final failures only: no rerun sends them) and sent recipients whose
+        delivery failed for good. Never a recipient in doubt or pending a rerun."""
+        out: dict[str, str] = {}
+        for rec in self.groups.values():
+            if rec.state == FAILED:
+                out.update(dict.fromkeys(rec.to, rec.why))
+            elif rec.state == SENT:
+                for phone in rec.to:
+                    if (status := self.status_of(phone)) in NOT_RECEIVED:
+                        out[phone] = status
+        return out
+
+    def cost(self) -> dict[str, Decimal]:
+        """What the sent groups cost, per currency."""
+        total: dict[str, Decimal] = {}
+        for rec in self.sent_groups():
+            if rec.cost is not None:
+                c = rec.cost
+                total[c.currency] = total.get(c.currency, Decimal(0)) + c.amount
+        return total

@@ -1,0 +1,324 @@
+"""The JSONL ledger store: an append-only file, one event per line, written with orjson.
+
+Line 1 is the ``job`` header; every later line is one event (:mod:`bulk_mms.ledger.events`).
+This module is the only code that knows the ledger is a file: its path, its bytes, its locks.
+
+Durability. Events are written with one ``os.write`` each (``O_APPEND``) and made durable with
+``fsync``. fsync is *group-committed*: a single flusher task writes every event queued since the
+last flush and fsyncs once in a worker thread, and every writer awaiting durability is released by
+the fsync that covers its line. Many groups in flight therefore share one fsync.
+
+Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
+second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
+``webhooks`` append ``status`` events beside a run without that lock; every batch of lines takes
+the file's own append lock, so lines from different processes never mix.
+
+Crashes. A crash mid-write can leave a torn last line (a prefix, or NUL bytes on some file
+systems). On open, everything after the last newline is cut off before anything is appended, so a
+torn line never ends up in the middle. A complete line that does not parse, anywhere, is
+:class:`~bulk_mms.errors.LedgerCorrupt` naming the line: that is damage, not a crash.
+
+Reading. ``status`` lines start with ``{"event":"status"`` (the encoder writes the kind first), so
+a resume, which needs none of them, passes over them without parsing: a tracked ledger has up to
+eight per group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.ledger.events import Event, Malformed, decode, encode
+
+#: How a ``status`` line starts: a resume skips them unparsed.
+_STATUS_PREFIX = b'{"event":"status"'
+
+
+class _Tail:
+    """Reads a ledger's complete lines, each call from where the last one stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lineno = 0
+
+    def read(self, *, skip_status: bool = False) -> Iterator[Event]:
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            raise LedgerError(self.path, "no such ledger") from None
+        except OSError as exc:
+            raise LedgerError(self.path, exc.strerror or str(exc)) from None
+        # Locals in the loop, written back as it goes: a tracked ledger has millions of lines.
+        offset, lineno = self.offset, self.lineno
+        with f:
+            f.seek(offset)
+            try:
+                for raw in f:
+                    if raw[-1:] != b"\n":
+                        return  # torn or still being written: read again next time
+                    offset += len(raw)
+                    lineno += 1
+                    if skip_status and raw.startswith(_STATUS_PREFIX):
+                        continue
+                    try:
+                        event = decode(orjson.loads(raw))
+                    except orjson.JSONDecodeError:
+                        raise LedgerCorrupt(self.path, "not a JSON line", line=lineno) from None
+                    except Malformed as exc:
+                        raise LedgerCorrupt(self.path, str(exc), line=lineno) from None
+                    if event is not None:
+                        if lineno == 1 and event.kind != "job":
+                            raise LedgerCorrupt(
+                                self.path, "the first line is not a job header", line=1
+                            )
+                        if lineno > 1 and event.kind == "job":
+                            raise LedgerCorrupt(self.path, "a second job header", line=lineno)
+                        yield event
+            finally:
+                self.offset, self.lineno = offset, lineno
+
+
+class JsonlStore:
+    """A ledger file, opened by :meth:`open` in one of three modes (see
+    :class:`~bulk_mms.ledger.store.LedgerStore`): ``run`` (exclusive, created if missing),
+    ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
+    """
+
+    def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
+        self.path = path
+        self.name = str(path)
+        self._fd = fd
+        self._lock_fd = lock_fd
+        self._tail = _Tail(path)
+        # encoded lines waiting for the flusher, and the futures released by their fsync
+        self._pending: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        #: Set once a write or fsync fails: nothing more may be sent.
+        self.failed: LedgerError | None = None
+        #: Events written and fsyncs done (commits), for the benchmark and the summary.
+        self.events_written = 0
+        self.commits = 0
+
+    def __repr__(self) -> str:
+        return f"<JsonlStore {self.name} events_written={self.events_written}>"
+
+    @classmethod
+    def open(cls, path: Path, mode: str = "run") -> JsonlStore:
+        """Open ``path`` as ``mode`` says.
+
+        Raises:
+            LedgerLocked: ``run``, and another run holds it.
+            LedgerError: it cannot be created, locked or written; or (``append``, ``read``)
+                it does not exist or (``append``) is empty.
+        """
+        if mode == "read":
+            if not path.exists():
+                raise LedgerError(path, "no such ledger")
+            return cls(path)
+        if mode == "append":
+            return cls._open_append(path)
+        return cls._open_run(path)
+
+    @classmethod
+    def _open_run(cls, path: Path) -> JsonlStore:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerError(path, f"cannot create: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
+            os.close(lock_fd)
+            raise LedgerLocked(path, holder) from None
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                _cut_torn_tail(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
+        return cls(path, fd, lock_fd)
+
+    @classmethod
+    def _open_append(cls, path: Path) -> JsonlStore:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            raise LedgerError(path, "no such ledger") from None
+        except OSError as exc:
+            raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
+        if os.fstat(fd).st_size == 0:
+            os.close(fd)
+            raise LedgerError(path, "is empty: nothing has been sent with it")
+        return cls(path, fd, -1)
+
+    @staticmethod
+    def holder(path: Path) -> str | None:
+        """The PID of the run that holds ``path`` now, or None (a dry run's check: it takes
+        the lock for an instant and gives it back, as a run would take it)."""
+        try:
+            lock_fd = os.open(f"{path}.lock", os.O_RDWR)
+        except OSError:
+            return None  # no lock file: no run has ever held it
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(lock_fd)  # closing releases the lock if it was taken
+        return None
+
+    def events(self, *, skip_status: bool = False) -> Iterator[Event]:
+        """Every event from the first line on (an empty or missing file has none).
+
+        Raises:
+            LedgerCorrupt: a complete line is not a ledger event.
+        """
+        if not self.path.exists():
+            return iter(())
+        return _Tail(self.path).read(skip_status=skip_status)
+
+    def new_events(self) -> Iterator[Event]:
+        """The events written since the last call (by this process or another)."""
+        return self._tail.read()
+
+    @property
+    def is_empty(self) -> bool:
+        return os.fstat(self._fd).st_size == 0
+
+    def append_now(self, event: Event) -> None:
+        """Write and fsync one event now, blocking. For the header and the run's start."""
+        self._write_lines([encode(event)])
+        self._fsync()
+
+    def append_nowait(self, event: Event) -> None:
+        """Queue an event; it becomes durable with the next group commit."""
+        if self.failed is not None:
+            raise self.failed
+        self._pending.append(encode(event))
+        self._kick()
+
+    async def append(self, event: Event) -> None:
+        """Queue an event and return once an fsync covers it.
+
+        Raises:
+            LedgerError: the write or fsync failed (disk full, I/O error). The ledger is then
+                closed to further writes; the caller must stop sending.
+        """
+        if self.failed is not None:
+            raise self.failed
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append(encode(event))
+        self._waiters.append(fut)
+        self._kick()
+        await fut
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        # One flusher at a time keeps lines in order. While fsync runs in a thread, new events
+        # queue up in _pending and go out together in the next round: that is the group commit.
+        while self._pending:
+            lines, self._pending = self._pending, []
+            waiters, self._waiters = self._waiters, []
+            try:
+                self._write_lines(lines)
+                await asyncio.to_thread(self._fsync)
+            except LedgerError as exc:
+                self.failed = exc
+                for fut in waiters + self._waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self._waiters, self._pending = [], []
+                return
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        view = memoryview(data)
+        try:
+            # The append lock: `track` and `webhooks` append status events to a ledger that a run
+            # may be writing. Each batch goes in whole, after a check that the file ends with a
+            # newline (a writer killed mid-line leaves a tail that must go first).
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                _cut_torn_tail(self._fd)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise LedgerError(self.path, f"cannot write: {reason}") from None
+        self.events_written += len(lines)
+
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
+        self.commits += 1
+
+    async def drain(self) -> None:
+        """Wait until every queued event is durable."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        if self.failed is not None:
+            raise self.failed
+
+    async def close(self) -> None:
+        """Make everything durable, release the lock and close."""
+        try:
+            await self.drain()
+        finally:
+            self.close_sync()
+
+    def close_sync(self) -> None:
+        """Release the lock and close without waiting (queued events may be lost)."""
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = -1
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate the file after its last newline: what follows is a torn write."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    pos = size
+    step = 4096
+    while pos > 0:
+        start = max(0, pos - step)
+        block = os.pread(fd, pos - start, start)
+        nl = block.rfind(b"\n")
+        if nl >= 0:
+            end = start + nl + 1
+            if end != size:
+                os.ftruncate(fd, end)
+            return
+        pos = start
+    os.ftruncate(fd, 0)  # no newline at all: a torn header

@@ -1,0 +1,273 @@
+"""Everything before sending: the job's input opened and checked, its plan (read → validate →
+group), what a run would do with each group given its ledger, and the dry run that says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
+
+from bulk_mms._version import __version__
+from bulk_mms.clock import Clock, SystemClock, iso
+from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
+from bulk_mms.errors import ConfigError, InputError, LedgerMismatch
+from bulk_mms.grouping import make_groups
+from bulk_mms.ledger import FORMAT, Header, LedgerView, holder, load
+from bulk_mms.models import Group, Money, Recipient, RejectedRow
+from bulk_mms.pacing import Pacer, PacingConfig
+from bulk_mms.reader import RowReader, fingerprint
+from bulk_mms.summary import Estimate, JobSummary
+from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
+
+
+def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
+    """Open the job's input and check it against the job. Raises InputError or ConfigError.
+
+    ``keep_all``: keep every column of each row (a run records the rows in its ledger).
+    """
+    keep = [*job.message.fields, *([job.group_by] if job.group_by else [])]
+    reader = RowReader(job.input, job.phone_column, keep, keep_all=keep_all)
+    reader.open()
+    if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
+        for setting, names in (
+            ("message.text", job.message.text.fields if job.message.text else ()),
+            ("message.subject", job.message.subject.fields if job.message.subject else ()),
+            ("group_by", (job.group_by,) if job.group_by else ()),
+        ):
+            for name in names:
+                if name not in reader.columns:
+                    reader.close()
+                    raise ConfigError(
+                        setting,
+                        f"{name!r} is not a column of {job.input} "
+                        f"(columns: {', '.join(reader.columns)})",
+                        source=job.path,
+                    )
+    return reader
+
+
+def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
+    """The job of a seed send (``run --to``): the job's message to ``to`` only, as one group.
+
+    Each seed number takes the template values of one of the input's first valid rows, so
+    the seeds see the message as the first recipients will. The seed rows are written to a
+    CSV beside the ledger (a record of what was sent to whom), and the job is renamed
+    ``<name>-seed-<UTC time>``: its own ledger and campaign, the real campaign untouched.
+
+    Raises:
+        ConfigError: a seed number is not valid, is repeated, or there are more than 8.
+        InputError: the input cannot be read.
+    """
+    seeds: list[str] = []
+    for value in to:
+        try:
+            phone = normalize_phone(value, job.default_region)
+        except PhoneError as exc:
+            raise ConfigError("--to", f"{value!r}: {exc}") from None
+        if phone in seeds:
+            raise ConfigError("--to", f"{value!r} is given twice")
+        seeds.append(phone)
+    if len(seeds) > MAX_GROUP_SIZE:
+        raise ConfigError("--to", f"at most {MAX_GROUP_SIZE} numbers, not {len(seeds)}")
+    with open_reader(job) as reader:
+        rows = validate_rows(reader, job.phone_column, job.default_region)
+        firsts = list(itertools.islice((r for r in rows if isinstance(r, Recipient)), len(seeds)))
+    if not firsts:
+        raise InputError(job.input, "has no valid row to render the message from")
+    name = f"{job.name}-seed-{now.astimezone(dt.UTC):%Y%m%dT%H%M%S}"[-100:].lstrip("-._")
+    path = job.ledger.parent / f"{name}.csv"
+    columns = [job.phone_column, *(c for c in job.message.fields if c != job.phone_column)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for i, phone in enumerate(seeds):
+                fields = firsts[i % len(firsts)].fields
+                writer.writerow([phone, *(fields.get(c, "") for c in columns[1:])])
+    except OSError as exc:
+        raise ConfigError("--to", f"cannot write {path}: {exc.strerror or exc}") from None
+    return replace(
+        job,
+        name=name,
+        input=path,
+        ledger=path.with_suffix(".jsonl"),
+        group_size=len(seeds),
+        group_by=None,
+        mix_unrelated=True,
+        send_window=None,  # the seeds are the operator's own phones, asked for now
+    )
+
+
+def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
+    """The ledger's first event for this job (a new ledger adds its campaign and columns)."""
+    return Header(
+        job=job.name,
+        fingerprint=input_fingerprint,
+        phone_column=job.phone_column,
+        group_size=job.group_size,
+        group_by=job.group_by,
+        input=str(job.input.resolve()),
+        from_=job.message.from_,
+        format=FORMAT,
+        version=__version__,
+        time=iso(clock.wall()),
+    )
+
+
+def check_resumable(view: LedgerView, expected: Header, where: str) -> None:
+    """Refuse to resume a ledger written for another job, input or grouping.
+
+    Raises:
+        LedgerMismatch: it belongs to a different run.
+    """
+    if view.header is not None and (why := view.header.mismatch(expected)) is not None:
+        raise LedgerMismatch(where, why)
+
+
+def key_valid_until(
+    view: LedgerView, retry: RetryConfig, group_id: str, fresh: float | None = None
+) -> float | None:
+    """Until when (wall clock) a repeat of this group is safe (its key is replayed), if at all.
+
+    ``fresh`` stands in for the first attempt of a group never tried before (a moment before
+    it, so the window it gives is, if anything, short).
+    """
+    if not retry.retry_ambiguous:
+        return None
+    rec = view.groups.get(group_id)
+    t0 = rec.t0 if rec is not None and rec.t0 is not None else fresh
+    return None if t0 is None else t0 + retry.idempotency_window_s
+
+
+def disposition(
+    view: LedgerView, retry: RetryConfig, group_id: str, now: float, *, resend_in_doubt: bool
+) -> str:
+    """What a run does with a group: ``"skip"`` (done), ``"hold"`` (in doubt) or ``"send"``.
+
+    An in-doubt group is sent again if the operator says so, or if its key still holds at
+    ``now`` (wall clock).
+    """
+    if view.is_done(group_id):
+        return "skip"
+    if view.in_doubt(group_id) and not resend_in_doubt:
+        until = key_valid_until(view, retry, group_id)
+        if until is None or now >= until:
+            return "hold"
+    return "send"
+
+
+def in_window(job: JobConfig, now: dt.datetime) -> bool:
+    """Whether the job may send at ``now`` (an aware datetime): always, without a send_window."""
+    if job.send_window is None:
+        return True
+    return job.send_window.contains(now.astimezone(job.zone).time())
+
+
+def plan(job: JobConfig, reader: RowReader) -> Iterator[Group | RejectedRow]:
+    """The whole pipeline up to sending, as one lazy stream."""
+    rows = validate_rows(reader, job.phone_column, job.default_region)
+    return make_groups(rows, job)
+
+
+def pacing_config(settings: Settings) -> PacingConfig:
+    """The pacer's part of the settings."""
+    return PacingConfig(
+        rate=settings.rate,
+        cost=settings.cost,
+        max_queue_wait_s=settings.max_queue_wait_s,
+        sender_limits=settings.sender_limits,
+        type_limits=settings.type_limits,
+        max_pause_s=settings.retry.max_retry_after,
+    )
+
+
+def estimate(
+    job: JobConfig,
+    settings: Settings,
+    groups: int,
+    recipients: int,
+    observed: Money | None,
+    *,
+    clock: Clock,
+) -> Estimate:
+    """Time at the lowest of the account rate and the senders' summed ceilings; cost at the
+    price per recipient seen in this ledger so far, else ``[pricing] per_recipient``.
+
+    The time is a floor: Telnyx's queue (``wait_seconds``) can only slow the adaptive pacing.
+    """
+    pacer = Pacer(pacing_config(settings), job.message.senders, clock=clock)
+    rate = min(settings.rate, sum(p.ceiling for p in pacer.senders.values()))
+    units = recipients if settings.cost == "recipient" else groups
+    if observed is not None:
+        price, basis = observed, "the average per recipient this ledger has paid"
+    elif settings.price_per_recipient is not None:
+        price = Money(settings.price_per_recipient, settings.currency)
+        basis = "[pricing] per_recipient"
+    else:
+        return Estimate(units / rate, rate, None, "unknown: set [pricing] per_recipient")
+    return Estimate(units / rate, rate, Money(price.amount * recipients, price.currency), basis)
+
+
+async def dry_run(
+    job: JobConfig,
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    resend_in_doubt: bool = False,
+    preview: int = 5,
+    limit: int | None = None,
+) -> JobSummary:
+    """Read, validate and group the whole input; send and write nothing.
+
+    The summary's ``sent_*`` counts are what a real run with the same settings would send now:
+    the skip/hold decision is the runner's own (:func:`disposition`).
+    """
+    clock = clock or SystemClock()
+    started = clock.monotonic()
+    s = JobSummary(job.name)
+    view = load(job.ledger, statuses=False) if job.ledger.exists() else LedgerView()
+    with open_reader(job) as reader:
+        check_resumable(view, header_for(job, fingerprint(job.input), clock), str(job.ledger))
+        s.locked_by = holder(job.ledger)
+        now = clock.wall()
+        for item in plan(job, reader):
+            if isinstance(item, RejectedRow):
+                s.rejected_rows += 1
+                continue
+            action = disposition(
+                view, settings.retry, item.id, now, resend_in_doubt=resend_in_doubt
+            )
+            if action == "skip":
+                s.skipped_groups += 1
+                continue
+            if action == "hold":
+                s.held_groups += 1
+                continue
+            if limit is not None and s.sent_groups >= limit:
+                continue  # counted as the runner would leave it: for the next run
+            s.sent_groups += 1
+            s.sent_recipients += len(item.to)
+            s.note_template(item)
+            if len(s.preview) < preview:
+                s.preview.append(item)
+    s.duration_s = clock.monotonic() - started
+    s.stopped = "dry-run"
+    s.estimate = estimate(
+        job, settings, s.sent_groups, s.sent_recipients, paid_per_recipient(view), clock=clock
+    )
+    return s
+
+
+def paid_per_recipient(view: LedgerView) -> Money | None:
+    """The mean price per recipient of a ledger's sent groups, if it has any in one currency."""
+    paid = view.cost()
+    sent = sum(len(rec.to) for rec in view.sent_groups())
+    if len(paid) != 1 or not sent:
+        return None
+    ((currency, total),) = paid.items()
+    return Money((total / sent).quantize(Decimal("0.000001")), currency)

@@ -1,0 +1,242 @@
+"""The run's side of the ledger: every event a run writes is built, stored and folded here.
+
+:class:`Recorder` turns what happened to a group (an attempt about to leave, a receipt, the
+error that ended its tries, a rejected row) into one typed event, appends it to the store, and
+applies it to the run's :class:`~bulk_mms.ledger.LedgerView` and :class:`JobSummary`. So the
+state a run acts on is the state any later reader folds from the same events, and the events
+are built in one place.
+
+Where a group ends after an error (:meth:`Recorder.outcome`)::
+
+    an earlier try (this run or one before) may have been accepted ──► in_doubt
+    ambiguous (the request left, no usable answer) ──────────────────► in_doubt
+    retryable (429/5xx/network before sending; retries ran out) ─────► failed, retryable
+    refused for good (4xx) ──────────────────────────────────────────► failed
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from bulk_mms.clock import Clock, iso
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    EndpointError,
+    FatalSendError,
+    LedgerError,
+    RetryableSendError,
+    SendError,
+)
+from bulk_mms.errors import (
+    Rejected as Refused,
+)
+from bulk_mms.ledger import (
+    Attempt,
+    Event,
+    Failed,
+    InDoubt,
+    LedgerStore,
+    LedgerView,
+    Planned,
+    Rejected,
+    Sent,
+)
+from bulk_mms.ledger.fold import IN_DOUBT
+from bulk_mms.models import Group, RejectedRow, SendReceipt
+from bulk_mms.summary import JobSummary
+
+log = structlog.get_logger("bulk_mms.runner")
+
+CRASHED = "attempted before a crash; the outcome is unknown"
+CUT_OFF = "cut off in flight by a forced stop; the outcome is unknown"
+
+
+class Recorder:
+    """Writes a run's events; keeps its view and summary in step with them."""
+
+    def __init__(
+        self, store: LedgerStore, view: LedgerView, summary: JobSummary, clock: Clock
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.summary = summary
+        self.clock = clock
+        #: The input columns outcome events record each member's row in (the header's).
+        self.columns: Sequence[str] = view.header.columns if view.header else ()
+        self.errors: Counter[str] = Counter()
+        self.waits: list[float] = []
+
+    def _now(self) -> str:
+        return iso(self.clock.wall())
+
+    async def _write(self, ev: Event) -> None:
+        await self.store.append(ev)
+        self.view.apply(ev)
+
+    def _queue(self, ev: Event) -> None:
+        self.store.append_nowait(ev)
+        self.view.apply(ev)
+
+    def _members(self, group: Group) -> dict[str, Any]:
+        """What every outcome of a group records: its members and, with the header's
+        ``columns``, their input rows (what --failed-csv writes)."""
+        rows: tuple[tuple[str, ...], ...] = ()
+        if self.columns and group.rows:
+            rows = tuple(tuple(row.get(c, "") for c in self.columns) for row in group.rows)
+        return {"group": group.id, "seq": group.seq, "to": group.to, "rows": rows}
+
+    # -- before sending ---------------------------------------------------------------------
+
+    def rejected(self, item: RejectedRow) -> None:
+        """An input row that is never sent: recorded once, however many runs read it."""
+        self.summary.rejected_rows += 1
+        if item.line not in self.view.rejected:
+            self._queue(Rejected(item.line, item.value, item.reason, self._now()))
+        log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
+
+    def planned(self, recipients: int, groups: int, rejected: int) -> None:
+        """The run has read its whole input."""
+        self._queue(Planned(recipients, groups, rejected, self._now()))
+
+    def held(self, group: Group) -> None:
+        """A group held in doubt; an open attempt left by a crash is said so, once."""
+        self.summary.held_groups += 1
+        rec = self.view.groups.get(group.id)
+        if rec is not None and not rec.doubt_recorded:
+            self._queue(InDoubt(**self._members(group), reason=CRASHED, time=self._now()))
+
+    async def attempt(self, group: Group, number: int, key: str, t0: float) -> None:
+        """Write-ahead: durable before the request can leave."""
+        await self._write(
+            Attempt(
+                group.id,
+                group.to,
+                group.seq,
+                group.message.from_,
+                number,
+                key,
+                t0,
+                self._now(),
+            )
+        )
+
+    # -- after ------------------------------------------------------------------------------
+
+    async def sent(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> None:
+        s = self.summary
+        s.sent_groups += 1
+        s.sent_recipients += len(group.to)
+        if r.cost is not None:
+            s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
+        if r.wait_seconds is not None:
+            self.waits.append(r.wait_seconds)
+        await self._write(
+            Sent(
+                **self._members(group),
+                message_id=r.message_id,
+                from_=group.message.from_,
+                statuses={st.phone: st.status for st in r.statuses},
+                wait_seconds=r.wait_seconds,
+                cost=r.cost,
+                attempts=attempts,
+                rate_limited=throttled,
+                time=self._now(),
+            )
+        )
+        log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
+
+    async def outcome(self, group: Group, err: SendError, attempts: int, throttled: int) -> None:
+        """Record where ``group`` stands after the error that ended its tries."""
+        self.errors[err.code] += 1
+        rec = self.view.groups.get(group.id)
+        if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
+            # in doubt before this run: a later failure does not undo what that try may have done
+            err = AmbiguousSendError(
+                f"in doubt since an earlier run; this run's tries ended with {err}",
+                status=err.status,
+            )
+        if isinstance(err, AmbiguousSendError):
+            self.summary.in_doubt_groups += 1
+            ev: Event = InDoubt(
+                **self._members(group),
+                reason=str(err),
+                attempts=attempts,
+                rate_limited=throttled,
+                time=self._now(),
+            )
+            log.warning("group.in_doubt", group=group.id, reason=str(err))
+        else:
+            ev = self._failed(group, err, attempts, throttled)
+        await self._write(ev)
+
+    def _failed(self, group: Group, err: SendError, attempts: int, throttled: int) -> Failed:
+        retryable = isinstance(err, RetryableSendError)
+        self.summary.failed_groups += 1
+        self.summary.failed_recipients += len(group.to)
+        self.summary.retry_later_groups += retryable
+        first = err.errors[0] if err.errors else None
+        log.warning(
+            "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
+        )
+        return Failed(
+            **self._members(group),
+            status=err.status,
+            code=err.code,
+            title=first.title if first else type(err).__name__,
+            detail=first.detail if first and first.detail else str(err),
+            attempts=attempts,
+            rate_limited=throttled,
+            retryable=retryable,
+            time=self._now(),
+        )
+
+    def cut_off(self, group: Group, last: SendError | None) -> None:
+        """A forced stop cancelled ``group`` after its attempt: in doubt when a request was
+        out (``last`` is None), else failed with its last try's error (retryable)."""
+        if last is None:
+            self.summary.in_doubt_groups += 1
+            ev: Event = InDoubt(**self._members(group), reason=CUT_OFF, time=self._now())
+        else:
+            ev = self._failed(group, last, attempts=0, throttled=0)
+        # if the store already failed, the attempt on record leaves the group in doubt
+        with contextlib.suppress(LedgerError):
+            self._queue(ev)
+
+
+def settled(err: FatalSendError) -> SendError:
+    """Where a group stands after the error that stopped the job: a redirect that may follow a
+    processed POST (301/302/303, "see the result there") leaves it in doubt; a refused key or
+    a 307/308 ("send it there instead") left it unsent, for a rerun to send."""
+    if isinstance(err, EndpointError) and err.status in (301, 302, 303):
+        return AmbiguousSendError(
+            f"{err.message}; the server may have acted on it first", status=err.status
+        )
+    return RetryableSendError(err.message, status=err.status, errors=err.errors)
+
+
+def never_left() -> RetryableSendError:
+    """The outcome of a try whose ``attempt`` is on record but whose request never left (the job
+    was stopped in the last moment before it): nothing was sent, so a rerun sends it."""
+    return RetryableSendError("stopped before the request left; nothing was sent")
+
+
+def key_conflict(err: Refused) -> AmbiguousSendError:
+    """A 422 on a repeat under the same Idempotency-Key: the request body changed under the key.
+
+    bulk_mms builds the same body for the same group every time, so this is a bug (or the job's
+    message was edited while a group was in doubt). It is logged at error level and the group
+    is recorded in doubt, with the reason spelled out: the first request may have gone out.
+    """
+    log.error("idempotency.conflict", error=str(err))
+    return AmbiguousSendError(
+        "idempotency conflict: the request body changed under the same Idempotency-Key "
+        "(was the message edited while this group was in doubt?); the first request may "
+        "have been delivered",
+        status=err.status,
+    )

@@ -1,0 +1,95 @@
+"""Stopping: one :class:`Stop` per command, and the one path from SIGINT/SIGTERM to it.
+
+Every long command (``run``, ``track``, ``webhooks``) runs inside :func:`stopping_on_signals`:
+the first signal asks the command to stop (waits end at once, requests in flight finish and are
+recorded) and forces the stop after a grace period; a second forces it now; a third cancels
+everything. The command exits with the code the signal gives (130 or 143).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+
+import structlog
+
+log = structlog.get_logger("bulk_mms.signals")
+
+
+class Stop(asyncio.Event):
+    """A stop request with its reason (``"SIGINT"``, ``"auth"``, ``"ledger"``...).
+
+    A stop is graceful: no new request leaves, every wait ends at once, the requests in flight
+    finish and are recorded. :meth:`force` (a second Ctrl-C) also cancels those in flight:
+    their attempts stay on record, in doubt, and every line already written stays written.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+        self.forced = False
+        self._on_force: list[Callable[[], None]] = []
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+    def force(self, reason: str | None = None) -> None:
+        """Stop now: a stop (if none was asked yet), and cancel the work in flight."""
+        self.request(reason or "forced")
+        if not self.forced:
+            self.forced = True
+            for callback in self._on_force:
+                callback()
+
+    def on_force(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the stop is forced (at once if it already is)."""
+        self._on_force.append(callback)
+        if self.forced:
+            callback()
+
+
+@contextlib.contextmanager
+def stopping_on_signals(
+    stop: Stop, grace: float, *, cancel_on_force: bool = False
+) -> Iterator[None]:
+    """SIGINT/SIGTERM: the first asks ``stop`` (waits end at once, requests in flight finish)
+    and forces it after ``grace`` s; a second forces it now (requests in flight are cancelled,
+    every written line kept); a third cancels everything. ``cancel_on_force``: for work that
+    has nothing in flight worth finishing (tracking), forcing cancels the task."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    signals: list[str] = []
+
+    def force(name: str) -> None:
+        stop.force(name)
+        if cancel_on_force:
+            task.cancel()
+
+    def on_signal(name: str) -> None:
+        signals.append(name)
+        if len(signals) == 1:
+            log.warning("job.stopping", signal=name)
+            stop.request(name)
+            loop.call_later(grace, force, name)
+        elif len(signals) == 2:
+            log.warning("job.cancelled", signal=name)
+            force(name)
+        else:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            if signals:
+                # already on the way out with the code a signal gives: another Ctrl-C must not
+                # turn the clean exit into a KeyboardInterrupt
+                signal.signal(sig, signal.SIG_IGN)

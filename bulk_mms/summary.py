@@ -1,0 +1,118 @@
+"""What a run did: :class:`JobSummary` (and a dry run's :class:`Estimate`), kept as it goes.
+
+The state of the whole ledger is not kept here: that is :class:`~bulk_mms.ledger.LedgerView`'s.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bulk_mms.ledger import RecipientCounts
+from bulk_mms.models import Group, Money
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted ``values``, nearest rank; None when empty."""
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a dry run expects sending to take: time at the configured ceilings, and cost."""
+
+    seconds: float
+    #: Requests (or recipients, with ``cost = "recipient"``) per second it assumes.
+    rate: float
+    cost: Money | None
+    #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
+    price_basis: str
+
+    def cost_text(self) -> str:
+        """``about 1.2138 USD (basis)``, or why there is no price."""
+        if self.cost is None:
+            return self.price_basis
+        return f"about {self.cost.amount:.4f} {self.cost.currency} ({self.price_basis})"
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """What one run did, and where the whole ledger stands afterwards."""
+
+    job: str
+    sent_groups: int = 0
+    sent_recipients: int = 0
+    failed_groups: int = 0
+    failed_recipients: int = 0
+    #: Of the failed groups, those that ran out of retries on a transient error: the next run
+    #: sends them again.
+    retry_later_groups: int = 0
+    in_doubt_groups: int = 0
+    rejected_rows: int = 0
+    #: Groups skipped because an earlier run finished them.
+    skipped_groups: int = 0
+    #: Groups held back because an earlier run left them in doubt.
+    held_groups: int = 0
+    cost: dict[str, Decimal] = field(default_factory=dict)
+    #: Reported ``wait_seconds``: median, 95th percentile and maximum (None: none reported).
+    wait_seconds_p50: float | None = None
+    wait_seconds_p95: float | None = None
+    wait_seconds_max: float | None = None
+    #: Requests admitted per second, first to last admission.
+    achieved_rate: float | None = None
+    #: 429 answers, and of those how many said the queue was full (40318).
+    rate_limited: int = 0
+    queue_full: int = 0
+    duration_s: float = 0.0
+    #: Why the run stopped early, or None if it reached the end of the input.
+    stopped: str | None = None
+    #: Open problems over the whole ledger after the run: groups failed for good, in doubt,
+    #: and pending a rerun; and every valid recipient's state.
+    open_failed: int = 0
+    open_in_doubt: int = 0
+    open_retry_pending: int = 0
+    recipients: RecipientCounts | None = None
+    #: Groups (of those sent, or a dry run would send) whose message took a placeholder's
+    #: value from the first member though the members' values differ, or left it empty.
+    template_differs: Counter[str] = field(default_factory=Counter)
+    template_empty: Counter[str] = field(default_factory=Counter)
+    #: Set by a dry run: the PID of a run that holds the ledger now (a run would exit 75).
+    locked_by: str | None = None
+    #: Set by a dry run: the first groups, for display, and what sending them would take.
+    preview: list[Group] = field(default_factory=list)
+    estimate: Estimate | None = None
+    error: BaseException | None = field(default=None, repr=False)
+
+    def as_log(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "sent_groups": self.sent_groups,
+            "sent_recipients": self.sent_recipients,
+            "failed_groups": self.failed_groups,
+            "retry_later_groups": self.retry_later_groups,
+            "in_doubt_groups": self.in_doubt_groups,
+            "rejected_rows": self.rejected_rows,
+            "skipped_groups": self.skipped_groups,
+            "held_groups": self.held_groups,
+            "cost": {k: str(v) for k, v in self.cost.items()},
+            "achieved_rate": round(self.achieved_rate, 3) if self.achieved_rate else None,
+            "wait_seconds_p50": self.wait_seconds_p50,
+            "wait_seconds_p95": self.wait_seconds_p95,
+            "wait_seconds_max": self.wait_seconds_max,
+            "rate_limited": self.rate_limited,
+            "queue_full": self.queue_full,
+            "duration_s": round(self.duration_s, 3),
+            "stopped": self.stopped,
+            "template_differs": dict(self.template_differs),
+            "template_empty": dict(self.template_empty),
+            "recipients": self.recipients.as_dict() if self.recipients else None,
+        }
+
+    def note_template(self, group: Group) -> None:
+        """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""
+        self.template_differs.update(group.differs)
+        self.template_empty.update(group.empty)

@@ -1,0 +1,227 @@
+"""The account budget seam: LocalBudget's guarantees, FixedRate on the fake clock, the ceilings.
+
+Nothing here sleeps for real: every clock is a :class:`FakeClock` (some wake late on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import random
+
+import pytest
+
+from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted
+from bulk_mms.pacing import Pacer, PacingConfig
+from bulk_mms.testing import FakeClock
+
+
+class LateClock(FakeClock):
+    """A fake clock whose every sleep overshoots by up to ``late`` seconds (a busy loop)."""
+
+    def __init__(self, late: float, seed: int = 7) -> None:
+        super().__init__()
+        self.late = late
+        self._random = random.Random(seed)
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self._random.uniform(0.0, self.late))
+
+
+def most_in_a_window(sends: list[tuple[float, float]], window: float = 1.0) -> float:
+    """The largest total cost in any ``window``-second span [t, t + window) of ``sends``."""
+    sends = sorted(sends)
+    times = [t for t, _ in sends]
+    return max(
+        sum(c for _, c in sends[i : bisect.bisect_left(times, t + window)])
+        for i, t in enumerate(times)
+    )
+
+
+@pytest.mark.parametrize(("rate", "costs"), [(10.0, [1.0]), (20.0, [1.0, 3.0, 8.0])])
+async def test_no_window_holds_more_than_the_rate_under_concurrency(
+    rate: float, costs: list[float]
+) -> None:
+    """Twelve workers with late wake-ups and a random stall between acquire and send_slot:
+    no one-second window of sends holds more than ``rate``."""
+    clock = LateClock(late=0.03)
+    budget = LocalBudget(rate, clock, max_cost=max(costs))
+    stalls = random.Random(3)
+    sends: list[tuple[float, float]] = []
+
+    async def worker(n: int) -> None:
+        for i in range(25):
+            cost = costs[(n + i) % len(costs)]
+            await budget.acquire(cost)
+            await clock.sleep(stalls.uniform(0.0, 0.2))  # the write-ahead fsync, say
+            sends.append((await budget.send_slot(cost), cost))
+
+    await asyncio.gather(*(worker(n) for n in range(12)))
+    assert len(sends) == 300
+    assert most_in_a_window(sends) <= rate + 1e-9
+
+
+async def test_acquire_spaces_admissions_at_the_rate() -> None:
+    """Back-to-back acquires are admitted 1/rate apart, the first at once (no start burst)."""
+    clock = FakeClock()
+    budget = LocalBudget(10.0, clock)
+    start = clock.monotonic()
+    times = [await budget.acquire(1.0) for _ in range(50)]
+    assert times[0] == start
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([0.1] * 49)
+
+
+async def test_a_pause_holds_every_acquirer_until_it_ends() -> None:
+    """Ten acquirers waiting on a paused account are all admitted at or after its end."""
+    clock = FakeClock()
+    budget = LocalBudget(50.0, clock)
+    until = clock.monotonic() + 12.0
+    budget.pause(until)
+    times = await asyncio.gather(*(budget.acquire(1.0) for _ in range(10)))
+    assert min(times) >= until
+    assert budget.paused_until() == until
+
+
+async def test_a_pause_arriving_mid_queue_holds_the_rest() -> None:
+    """A pause set while others queue is seen by every later admission (re-read on waking)."""
+    clock = FakeClock()
+    budget = LocalBudget(10.0, clock)
+    times: list[float] = []
+
+    async def one() -> None:
+        times.append(await budget.acquire(1.0))
+        if len(times) == 3:
+            budget.pause(times[-1] + 10.0)
+
+    await asyncio.gather(*(one() for _ in range(8)))
+    assert min(times[3:]) >= times[2] + 10.0
+
+
+async def test_a_deadline_shorter_than_the_pause_aborts_at_once() -> None:
+    """acquire(deadline) before the pause ends raises PaceAborted("deadline"), sleeping not
+    at all; the sender pause is the budget's own and leaves the account free."""
+    clock = FakeClock()
+    budget = LocalBudget(10.0, clock)
+    budget.pause(clock.monotonic() + 120.0)
+    with pytest.raises(PaceAborted) as info:
+        await budget.acquire(1.0, deadline=clock.monotonic() + 60.0)
+    assert (info.value.reason, info.value.earliest) == ("deadline", clock.monotonic() + 120.0)
+    assert clock.calls == []
+    budget.pause(clock.monotonic() + 500.0, "ACME")
+    assert budget.paused_until("ACME") == clock.monotonic() + 500.0
+    assert budget.paused_until() == clock.monotonic() + 120.0
+
+
+async def test_a_stop_ends_a_budget_wait() -> None:
+    """A stopping job's acquire and send_slot give up with PaceAborted("stopping")."""
+    clock = FakeClock()
+    stopping = False
+    budget = LocalBudget(1.0, clock, stopped=lambda: stopping)
+    budget.pause(clock.monotonic() + 3600.0)
+    stopping = True
+    with pytest.raises(PaceAborted) as info:
+        await budget.acquire(1.0)
+    assert info.value.reason == "stopping"
+    await budget.send_slot(1.0)  # the first send fits at once
+    with pytest.raises(PaceAborted):
+        await budget.send_slot(1.0)
+    assert clock.calls == []
+
+
+async def test_fixed_rate_admits_at_its_rate_on_the_fake_clock() -> None:
+    """aiolimiter's bucket, driven by a fake clock far from the loop's time: 40 concurrent
+    acquires at 8/s come 1/8 s apart, 4.875 s of fake time, without really waiting."""
+    clock = FakeClock(start=1e7)
+    limiter = FixedRate(8.0, clock)
+    loop_started = asyncio.get_running_loop().time()
+    times = sorted(await asyncio.gather(*(limiter.acquire() for _ in range(40))))
+    assert times[0] == 1e7
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([0.125] * 39)
+    assert asyncio.get_running_loop().time() - loop_started < 1.0
+
+
+async def test_fixed_rate_banks_credit_up_to_its_depth() -> None:
+    """A full bucket of depth 5 admits 5 at once, then the rate; asking more raises."""
+    clock = FakeClock()
+    limiter = FixedRate(2.0, clock, depth=5.0)
+    times = [await limiter.acquire() for _ in range(7)]
+    assert times[:5] == [clock.time - 1.0] * 5
+    assert times[5:] == pytest.approx([times[0] + 0.5, times[0] + 1.0])
+    with pytest.raises(ValueError):
+        await limiter.acquire(6.0)
+
+
+async def test_fixed_rate_keeps_its_rate_despite_late_wake_ups() -> None:
+    """Wake-ups up to 40 ms late cost no throughput: the bucket's depth banks the lateness."""
+    clock = LateClock(late=0.04)
+    limiter = FixedRate(10.0, clock, depth=5.0, credit=1.0)
+    times = [await limiter.acquire() for _ in range(200)]
+    assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(10.0, rel=0.01)
+
+
+async def test_fixed_rate_stop_and_deadline() -> None:
+    """A FixedRate wait gives up on a stop, and at once when the deadline comes first."""
+    clock = FakeClock()
+    stopping = False
+    limiter = FixedRate(1.0, clock, stopped=lambda: stopping)
+    await limiter.acquire()
+    with pytest.raises(PaceAborted) as info:
+        await limiter.acquire(deadline=clock.monotonic() + 0.5)
+    assert info.value.reason == "deadline"
+    stopping = True
+    with pytest.raises(PaceAborted) as info:
+        await limiter.acquire()
+    assert info.value.reason == "stopping"
+    assert clock.calls == []
+
+
+@pytest.mark.parametrize(("limits", "expected"), [({"+13125551234": 5.0}, 5.0), ({}, 100.0)])
+async def test_a_per_number_ceiling_caps_the_sender_above_the_controller(
+    limits: dict[str, float], expected: float
+) -> None:
+    """A controller pushed to 100/s still sends at the number's fixed ceiling of 5/s, and no
+    window holds more than 5; without a configured limit the same sender goes at 100/s."""
+    clock = FakeClock()
+    sender = "+13125551234"
+    pacer = Pacer(PacingConfig(rate=100.0, sender_limits=limits), [sender], clock=clock)
+    pace = pacer.senders[sender]
+    pace.ceiling = pace.rate = 100.0  # as if the controller had climbed past the limit
+    times: list[tuple[float, float]] = []
+    for _ in range(60):
+        times.append(((await pacer.acquire(sender, 1)).time, 1.0))
+    assert pacer.achieved_rate() == pytest.approx(expected, rel=0.02)
+    assert most_in_a_window(times) <= expected
+
+
+class RecordingBudget(LocalBudget):
+    """A budget that notes every call: the pacer goes through the seam for all of them."""
+
+    def __init__(self, rate: float, clock: FakeClock) -> None:
+        super().__init__(rate, clock)
+        self.seen: list[str] = []
+
+    async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        self.seen.append("acquire")
+        return await super().acquire(cost, deadline)
+
+    async def send_slot(self, cost: float) -> float:
+        self.seen.append("send_slot")
+        return await super().send_slot(cost)
+
+    def pause(self, until: float, sender: str | None = None) -> None:
+        self.seen.append(f"pause {sender}")
+        super().pause(until, sender)
+
+
+async def test_the_pacer_goes_through_an_injected_budget() -> None:
+    """A budget passed in takes every admission, send slot and pause the pacer makes."""
+    clock = FakeClock()
+    budget = RecordingBudget(10.0, clock)
+    seam: AccountBudget = budget
+    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], clock=clock, budget=seam)
+    ticket = await pacer.acquire("ACME", 1)
+    await pacer.send_slot(ticket)
+    pacer.on_rate_limited("ACME", 2.0, "")
+    assert budget.seen == ["acquire", "send_slot", "pause ACME", "pause None"]
+    assert pacer.paused_until == clock.monotonic() + 2.0
