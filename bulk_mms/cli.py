@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bulk_mms import commands, log
 from bulk_mms._version import __version__
@@ -21,6 +22,10 @@ from bulk_mms.console import fail
 from bulk_mms.errors import BulkMmsError, Exit
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
+
+if TYPE_CHECKING:  # generic only to the type checker
+    #: What ``add_subparsers`` returns.
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 #: For scripts and tests that name it (the table is :class:`bulk_mms.errors.Exit`).
 EXIT_WINDOW = Exit.WINDOW
@@ -70,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_flags(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_parser(sub, common)
+    _ledger_parsers(sub, common)
+    return parser
 
+
+def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="send a job (resumes from its ledger)", parents=[common])
     run.add_argument("job", type=Path, help="the job file (TOML)")
     run.add_argument("--config", type=Path, help=CONFIG_HELP)
@@ -131,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send groups an earlier run left in doubt (they may arrive twice)",
     )
 
+
+def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    """The commands that work on a ledger: track, webhooks, report, status."""
     track = sub.add_parser(
         "track", help="poll delivery statuses of a ledger's sent groups", parents=[common]
     )
@@ -175,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("ledger", type=Path)
     _format_flag(status, ("table", "json", "csv"))
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,25 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     _preflight_media(job, args)
     if args.dry_run:
-        summary = asyncio.run(
-            dry_run(
-                job,
-                settings,
-                resend_in_doubt=args.resend_in_doubt,
-                limit=args.limit,
-            )
-        )
-        return print_dry_run(summary, job, settings)
+        return print_dry_run(_plan(job, settings, args), job, settings)
     key = _api_key(args)
     if not args.yes and not args.sandbox and interactive():
-        plan = asyncio.run(
-            dry_run(
-                job,
-                settings,
-                resend_in_doubt=args.resend_in_doubt,
-                limit=args.limit,
-            )
-        )
+        plan = _plan(job, settings, args)
         if plan.sent_groups and not confirm(plan, job):
             print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
             return Exit.INCOMPLETE
@@ -110,6 +95,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
     return run_outcome(summary)
+
+
+def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
+    """What a run would do now (a dry run)."""
+    return asyncio.run(
+        dry_run(job, settings, resend_in_doubt=args.resend_in_doubt, limit=args.limit)
+    )
 
 
 def _rerun_name(name: str, input_file: Path) -> str:

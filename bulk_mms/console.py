@@ -29,29 +29,40 @@ def exit_for(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, BulkMmsError) else Exit.USAGE
 
 
+#: How a stop is told: what happened, what to do next, and (when it ends the run early) the
+#: exit code. ``limit`` and ``deadline`` are told after the run's counts.
+_STOPS: dict[str, tuple[str, str]] = {
+    "window": ("send window closed", "the next run inside the window resumes"),
+    "SIGINT": ("stopped by SIGINT", "run the same command again to resume"),
+    "SIGTERM": ("stopped by SIGTERM", "run the same command again to resume"),
+    "limit": ("--limit reached", "a run without --limit sends the rest"),
+    "deadline": ("stopped at max_job_duration_s", "run the same command again to resume"),
+}
+
+
+def _tell_stop(s: JobSummary) -> None:
+    what, then = _STOPS[s.stopped or ""]
+    print(f"bulk-mms: {what}: {s.sent_groups} groups sent this run; {then}", file=sys.stderr)
+
+
 def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
-    if s.stopped == "window":
-        print(
-            f"bulk-mms: send window closed: {s.sent_groups} groups sent this run; "
-            "the next run inside the window resumes",
-            file=sys.stderr,
-        )
-        return Exit.WINDOW
-    if s.stopped in SIGNAL_EXIT:
-        print(
-            f"bulk-mms: stopped by {s.stopped}: {s.sent_groups} groups sent this run; "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
-        return SIGNAL_EXIT[s.stopped]
+    if s.stopped in ("window", *SIGNAL_EXIT):
+        _tell_stop(s)
+        return SIGNAL_EXIT.get(s.stopped or "", Exit.WINDOW)
     print(
         f"{s.job}: sent {s.sent_groups} groups ({s.sent_recipients} recipients), "
         f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
         f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
     )
+    if (r := s.recipients) is not None:
+        print(
+            f"{s.job}: the ledger's {r.valid} valid recipients: sent {r.sent}, failed {r.failed}, "
+            f"pending a rerun {r.retry_pending}, in doubt {r.in_doubt}, "
+            f"not attempted {r.not_attempted}"
+        )
     print_template_notes(s)
     if s.achieved_rate is not None:
         print(
@@ -59,20 +70,11 @@ def run_outcome(s: JobSummary) -> int:
             f"p95 {s.wait_seconds_p95} max {s.wait_seconds_max}; 429s {s.rate_limited} "
             f"(queue full {s.queue_full})"
         )
-    if s.stopped == "limit":
-        print(
-            f"bulk-mms: --limit reached: {s.sent_groups} groups sent this run; a run without "
-            "--limit sends the rest",
-            file=sys.stderr,
-        )
+    if s.stopped in ("limit", "deadline"):
+        _tell_stop(s)
     if s.stopped == "deadline":
-        print(
-            f"bulk-mms: stopped at max_job_duration_s: {s.sent_groups} groups sent this run; "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
         return Exit.INCOMPLETE
-    incomplete = s.open_failed or s.open_in_doubt or s.retry_later_groups
+    incomplete = s.open_failed or s.open_in_doubt or s.open_retry_pending or s.retry_later_groups
     return Exit.INCOMPLETE if incomplete else Exit.OK
 
 

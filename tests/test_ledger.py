@@ -16,21 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerLocked
-from bulk_mms.ledger import (
-    Attempt,
-    Event,
-    Failed,
-    Header,
-    InDoubt,
-    Planned,
-    Rejected,
-    RunStarted,
-    Sent,
-    Status,
-    load,
-    open_store,
-    to_json,
-)
+from bulk_mms.ledger import events as ev
+from bulk_mms.ledger import load, open_store, to_json
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.models import Money
 from bulk_mms.testing import ledger_events
@@ -54,7 +41,7 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     """Concurrent writers each return once durable; lines keep order; fsyncs are shared."""
     ledger = open_store(tmp_path / "l.jsonl")
     ledger.append_now(decode(HEADER))  # type: ignore[arg-type]
-    await asyncio.gather(*(ledger.append(Sent(f"g{i}", f"m{i}")) for i in range(50)))
+    await asyncio.gather(*(ledger.append(ev.Sent(f"g{i}", message_id=f"m{i}")) for i in range(50)))
     await ledger.close()
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
@@ -67,7 +54,7 @@ def test_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:
     p.write_bytes(lines(HEADER, sent("a")) + b'{"event":"se')
     assert set(load(p).groups) == {"a"}  # readers ignore it
     ledger = open_store(p)
-    ledger.append_now(Sent("b", "mb"))
+    ledger.append_now(ev.Sent("b", message_id="mb"))
     ledger.close_sync()
     assert {g for g, r in load(p).groups.items() if r.state == "sent"} == {"a", "b"}
     assert p.read_bytes().count(b"\n") == 3
@@ -97,7 +84,7 @@ def sent(group: str) -> dict[str, Any]:
 
 
 def test_the_fold_puts_each_group_in_one_state(tmp_path: Path) -> None:
-    """Sent wins; a refusal is failed; retries run out is retry_pending; an attempt without an
+    """ev.Sent wins; a refusal is failed; retries run out is retry_pending; an attempt without an
     outcome, or any doubt, is in doubt until a send settles it; a later failure never clears
     doubt; a new run turns an attempt left open by a crash into doubt."""
     p = tmp_path / "l.jsonl"
@@ -150,30 +137,30 @@ def test_the_fold_puts_each_group_in_one_state(tmp_path: Path) -> None:
 
 def test_every_event_survives_the_round_trip() -> None:
     """Each kind of event encodes to one JSON line (kind first) and decodes to itself."""
-    events: list[Event] = [
-        Header("j", "sha256:aa", campaign="c1", columns=("name",)),
-        RunStarted(12, "2026-11-25T00:00:00.000Z"),
-        Planned(10, 2, 1),
-        Attempt("g", ("+1", "+2"), 3, "+15550001", 2, "key", 1.5),
-        Sent(
+    events: list[ev.Event] = [
+        ev.Header("j", "sha256:aa", campaign="c1", columns=("name",)),
+        ev.RunStarted(12, "2026-11-25T00:00:00.000Z"),
+        ev.Planned(10, 2, 1),
+        ev.Attempt("g", ("+1", "+2"), 3, "+15550001", 2, "key", 1.5),
+        ev.Sent(
             "g",
-            "m",
             ("+1",),
+            message_id="m",
             rows=(("Ann",),),
             statuses={"+1": "queued"},
             wait_seconds=1.5,
             cost=Money(Decimal("0.004"), "USD"),
         ),
-        Failed("g", ("+1",), status=400, code="40310", title="t", retryable=False),
-        InDoubt("g", ("+1",), reason="lost"),
-        Rejected(4, "x", "bad"),
-        Status("g", "+1", "delivered", "m1", (ApiError("1", "t", "d"),), "2026-01-01T00:00:00Z"),
+        ev.Failed("g", ("+1",), status=400, code="40310", title="t", retryable=False),
+        ev.InDoubt("g", ("+1",), reason="lost"),
+        ev.Rejected(4, "x", "bad"),
+        ev.Status("g", "+1", "delivered", "m1", (ApiError("1", "t", "d"),), "2026-01-01T00:00:00Z"),
     ]
-    for ev in events:
-        line = encode(ev)
-        assert line.startswith(b'{"event":"' + ev.kind.encode() + b'"')
-        assert decode(orjson.loads(line)) == ev
-        assert to_json(ev)["event"] == ev.kind
+    for event in events:
+        line = encode(event)
+        assert line.startswith(b'{"event":"' + event.kind.encode() + b'"')
+        assert decode(orjson.loads(line)) == event
+        assert to_json(event)["event"] == event.kind
 
 
 def test_a_version_2_ledger_still_reads() -> None:
@@ -192,17 +179,17 @@ def test_a_version_2_ledger_still_reads() -> None:
         "retryable": True,
         "time": "2026-11-20T10:00:00.000Z",
     }
-    ev = decode(old)
-    assert isinstance(ev, Failed)
-    assert ev.retryable
-    assert ev.to == ("+1",)
+    failed = decode(old)
+    assert isinstance(failed, ev.Failed)
+    assert failed.retryable
+    assert failed.to == ("+1",)
     assert decode({"event": "from-the-future"}) is None
 
 
 def test_header_mismatch_is_refused() -> None:
     """Another input file or another grouping under the same ledger is refused, saying which."""
     header = decode(HEADER)
-    assert isinstance(header, Header)
+    assert isinstance(header, ev.Header)
     assert "input file contents" in (
         header.mismatch(replace(header, fingerprint="sha256:bb")) or ""
     )

@@ -22,6 +22,14 @@ from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 
+def states(valid: int, *counts: int) -> dict[str, int]:
+    """The report's ``recipients``: valid, then sent, failed, retry_pending, in_doubt and
+    not_attempted, which must add up to valid."""
+    assert sum(counts) == valid
+    names = ("sent", "failed", "retry_pending", "in_doubt", "not_attempted")
+    return {"valid": valid, **dict(zip(names, counts, strict=True))}
+
+
 def failed_file(tmp_path: Path, ledger: Path) -> list[str]:
     """The numbers ``report --failed-csv`` writes."""
     out = tmp_path / "failed.csv"
@@ -50,14 +58,7 @@ async def test_retries_run_out_on_5xx_is_pending_a_rerun_not_failed(
     client = FakeClient(flaky)
     await run_job(job, FAST, client, clock=FakeClock())
     report = report_json(job.ledger, capsys)
-    assert report["recipients"] == {
-        "valid": 16,
-        "sent": 12,
-        "failed": 0,
-        "retry_pending": 4,
-        "in_doubt": 0,
-        "not_attempted": 0,
-    }
+    assert report["recipients"] == states(16, 12, 0, 4, 0, 0)
     assert failed_file(tmp_path, job.ledger) == []
     rerun = FakeClient()
     await run_job(job, FAST, rerun, clock=FakeClock())
@@ -84,14 +85,7 @@ async def test_accepted_then_lost_then_500s_stays_in_doubt(
     client = FakeClient(lost)
     await run_job(job, FAST, client, clock=FakeClock())
     r = report_json(job.ledger, capsys)["recipients"]
-    assert r == {
-        "valid": 8,
-        "sent": 4,
-        "failed": 0,
-        "retry_pending": 0,
-        "in_doubt": 4,
-        "not_attempted": 0,
-    }
+    assert r == states(8, 4, 0, 0, 4, 0)
     assert failed_file(tmp_path, job.ledger) == []
     assert len(groups_in(job.ledger, "in_doubt")) == 1
 
@@ -124,27 +118,13 @@ async def test_a_crash_between_attempt_and_outcome_is_counted_in_doubt(
     await task
     monkeypatch.undo()
     r = report_json(job.ledger, capsys)
-    assert r["recipients"] == {
-        "valid": 12,
-        "sent": 4,
-        "failed": 0,
-        "retry_pending": 0,
-        "in_doubt": 4,
-        "not_attempted": 4,
-    }
+    assert r["recipients"] == states(12, 4, 0, 0, 4, 4)
     rerun = FakeClient()
     s = await run_job(job, FAST, rerun, clock=FakeClock(wall=FakeClock().wall() + 86_400 * 2))
     assert s.held_groups == 1  # its key has expired: held, not resent
     assert len(rerun.sent_numbers()) == 4
     r = report_json(job.ledger, capsys)
-    assert r["recipients"] == {
-        "valid": 12,
-        "sent": 8,
-        "failed": 0,
-        "retry_pending": 0,
-        "in_doubt": 4,
-        "not_attempted": 0,
-    }
+    assert r["recipients"] == states(12, 8, 0, 0, 4, 0)
 
 
 async def test_states_add_up_and_the_failed_file_holds_only_final_failures(
@@ -168,14 +148,7 @@ async def test_states_add_up_and_the_failed_file_holds_only_final_failures(
     await run_job(job, FAST, client, clock=FakeClock())
     r = report_json(job.ledger, capsys)["recipients"]
     assert isinstance(r, dict)
-    assert r == {
-        "valid": 20,
-        "sent": 8,
-        "failed": 4,
-        "retry_pending": 4,
-        "in_doubt": 4,
-        "not_attempted": 0,
-    }
+    assert r == states(20, 8, 4, 4, 4, 0)
     refused = next(g for g in client.calls if g.seq == 0)
     assert sorted(failed_file(tmp_path, job.ledger)) == sorted(refused.to)
     s = summarize(job.ledger)

@@ -69,7 +69,9 @@ def append_late_group(path: Path, like: Group) -> Group:
     """Append the `sent` line a run writes for one more group (message id "late-msg")."""
     late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
     ledger = open_store(path, "append")
-    ledger.append_now(Sent(late.id, "late-msg", late.to, late.seq, time="2026-11-23T10:00:00Z"))
+    ledger.append_now(
+        Sent(late.id, late.to, late.seq, message_id="late-msg", time="2026-11-23T10:00:00Z")
+    )
     ledger.close_sync()
     return late
 

@@ -22,6 +22,7 @@ bulk-mms) decodes to None and is passed over.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -122,53 +123,45 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
-class Sent:
+class _Outcome:
+    """What every outcome of a group records."""
+
     group: str
-    message_id: str
     to: tuple[str, ...] = ()
     seq: int = 0
     #: The members' input rows, values in the header's ``columns`` order.
     rows: tuple[tuple[str, ...], ...] = ()
+    attempts: int = 0
+    rate_limited: int = 0
+    time: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent(_Outcome):
+    message_id: str = ""
     from_: str | None = None
     #: Each recipient's status in the API's answer (``queued`` and so on).
     statuses: Mapping[str, str] = field(default_factory=dict)
     wait_seconds: float | None = None
     cost: Money | None = None
-    attempts: int = 1
-    rate_limited: int = 0
-    time: str = ""
     kind: ClassVar[str] = "sent"
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
-    group: str
-    to: tuple[str, ...] = ()
-    seq: int = 0
-    rows: tuple[tuple[str, ...], ...] = ()
+class Failed(_Outcome):
     status: int | None = None
     code: str | None = None
     title: str = ""
     detail: str = ""
-    attempts: int = 0
-    rate_limited: int = 0
     #: True: nothing was accepted and a plain rerun sends the group again (retries ran out on a
     #: transient error). False: the API refused it for good.
     retryable: bool = False
-    time: str = ""
     kind: ClassVar[str] = "failed"
 
 
 @dataclass(frozen=True, slots=True)
-class InDoubt:
-    group: str
-    to: tuple[str, ...] = ()
-    seq: int = 0
-    rows: tuple[tuple[str, ...], ...] = ()
+class InDoubt(_Outcome):
     reason: str = ""
-    attempts: int = 0
-    rate_limited: int = 0
-    time: str = ""
     kind: ClassVar[str] = "in_doubt"
 
 
@@ -238,10 +231,20 @@ def _money(cost: Money | None) -> dict[str, str] | None:
     return None if cost is None else {"amount": str(cost.amount), "currency": cost.currency}
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def to_json(ev: Event) -> dict[str, Any]:
     """The event as the JSON object a store writes (``event`` first; ``from_`` as ``from``)."""
     out: dict[str, Any] = {"event": ev.kind}
-    for name in ev.__slots__:
+    for name in _field_names(type(ev)):
         value = getattr(ev, name)
         if name == "cost":
             value = _money(value)
@@ -345,55 +348,42 @@ def _attempt(d: Mapping[str, Any]) -> Attempt:
     )
 
 
+def _members(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every outcome has."""
+    return {
+        "group": _str(d, "group"),
+        "to": _numbers(d),
+        "seq": _int(d, "seq"),
+        "rows": _rows(d),
+        "attempts": _int(d, "attempts"),
+        "rate_limited": _int(d, "rate_limited"),
+        "time": _time(d),
+    }
+
+
 def _sent(d: Mapping[str, Any]) -> Sent:
     statuses = d.get("statuses")
     return Sent(
-        group=_str(d, "group"),
+        **_members(d),
         message_id=_str(d, "message_id"),
-        to=_numbers(d),
-        seq=_int(d, "seq"),
-        rows=_rows(d),
         from_=_opt_str(d, "from"),
         statuses=(
             {str(k): str(v) for k, v in statuses.items()} if isinstance(statuses, dict) else {}
         ),
         wait_seconds=_num(d, "wait_seconds"),
         cost=parse_money(d.get("cost")),  # the bounds it was received under
-        attempts=_int(d, "attempts", 1),
-        rate_limited=_int(d, "rate_limited"),
-        time=_time(d),
     )
 
 
 def _failed(d: Mapping[str, Any]) -> Failed:
-    status = d.get("status")
-    code = d.get("code")
+    status, code = d.get("status"), d.get("code")
     return Failed(
-        group=_str(d, "group"),
-        to=_numbers(d),
-        seq=_int(d, "seq"),
-        rows=_rows(d),
+        **_members(d),
         status=status if isinstance(status, int) else None,
         code=str(code) if code is not None else None,
         title=_opt_str(d, "title") or "",
         detail=_opt_str(d, "detail") or "",
-        attempts=_int(d, "attempts"),
-        rate_limited=_int(d, "rate_limited"),
         retryable=bool(d.get("retryable")),
-        time=_time(d),
-    )
-
-
-def _in_doubt(d: Mapping[str, Any]) -> InDoubt:
-    return InDoubt(
-        group=_str(d, "group"),
-        to=_numbers(d),
-        seq=_int(d, "seq"),
-        rows=_rows(d),
-        reason=_opt_str(d, "reason") or "",
-        attempts=_int(d, "attempts"),
-        rate_limited=_int(d, "rate_limited"),
-        time=_time(d),
     )
 
 
@@ -420,7 +410,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "attempt": _attempt,
     "sent": _sent,
     "failed": _failed,
-    "in_doubt": _in_doubt,
+    "in_doubt": lambda d: InDoubt(**_members(d), reason=_opt_str(d, "reason") or ""),
     "rejected": lambda d: Rejected(
         _int(d, "line"), str(d.get("value") or ""), str(d.get("reason") or ""), _time(d)
     ),

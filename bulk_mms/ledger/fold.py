@@ -28,18 +28,7 @@ from typing import Final
 
 from bulk_mms.clock import instant
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
-from bulk_mms.ledger.events import (
-    Attempt,
-    Event,
-    Failed,
-    Header,
-    InDoubt,
-    Planned,
-    Rejected,
-    RunStarted,
-    Sent,
-    Status,
-)
+from bulk_mms.ledger import events
 from bulk_mms.models import Money, RecipientStatus
 
 SENT: Final = "sent"
@@ -106,10 +95,10 @@ class RecipientCounts:
 class LedgerView:
     """Everything a ledger says, folded from its events in order by :meth:`apply`."""
 
-    header: Header | None = None
+    header: events.Header | None = None
     runs: int = 0
     #: The latest ``planned`` event: how much of the input is valid.
-    planned: Planned | None = None
+    planned: events.Planned | None = None
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     #: Input line → why it was rejected.
     rejected: dict[int, str] = field(default_factory=dict)
@@ -136,9 +125,9 @@ class LedgerView:
     _run_last: float | None = None
 
     @classmethod
-    def fold(cls, events: Iterable[Event]) -> LedgerView:
+    def fold(cls, stream: Iterable[events.Event]) -> LedgerView:
         view = cls()
-        for ev in events:
+        for ev in stream:
             view.apply(ev)
         view.close_run()
         return view
@@ -150,27 +139,27 @@ class LedgerView:
 
     # -- folding ----------------------------------------------------------------------------
 
-    def apply(self, ev: Event) -> None:
+    def apply(self, ev: events.Event) -> None:
         """Take one event in (on replay, and as a run writes it)."""
         if ev.time:
             self.first_time = self.first_time or ev.time
             self.last_time = ev.time
         match ev:
-            case Status():
+            case events.Status():
                 self.apply_status(ev.report, ev.group)
                 if ev.webhook_id:
                     self.webhook_ids.add(ev.webhook_id)
-            case Attempt():
+            case events.Attempt():
                 self._attempt(ev)
-            case Sent() | Failed() | InDoubt():
+            case events.Sent() | events.Failed() | events.InDoubt():
                 self._outcome(ev)
-            case Rejected():
+            case events.Rejected():
                 self.rejected[ev.line] = ev.reason
-            case Planned():
+            case events.Planned():
                 self.planned = ev
-            case RunStarted():
+            case events.RunStarted():
                 self._run_started()
-            case Header():
+            case events.Header():
                 self.header = ev
 
     def _run_started(self) -> None:
@@ -193,7 +182,7 @@ class LedgerView:
             rec.to = to
         return rec
 
-    def _attempt(self, ev: Attempt) -> None:
+    def _attempt(self, ev: events.Attempt) -> None:
         rec = self._group(ev.group, ev.to)
         self.attempts += 1
         rec.open = True
@@ -204,16 +193,16 @@ class LedgerView:
         if self._run_first is None:
             self._run_first = instant(ev.time)
 
-    def _outcome(self, ev: Sent | Failed | InDoubt) -> None:
+    def _outcome(self, ev: events.Sent | events.Failed | events.InDoubt) -> None:
         rec = self._group(ev.group, ev.to)
         rec.open = False
         self.rate_limited += ev.rate_limited
         self._run_last = instant(ev.time) or self._run_last
         if rec.outcome == SENT:
             return  # a sent group stays sent
-        if isinstance(ev, Sent):
+        if isinstance(ev, events.Sent):
             self._sent(rec, ev)
-        elif isinstance(ev, InDoubt):
+        elif isinstance(ev, events.InDoubt):
             rec.outcome, rec.doubt_recorded = IN_DOUBT, True
             rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
         else:
@@ -223,7 +212,7 @@ class LedgerView:
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
 
-    def _sent(self, rec: GroupRecord, ev: Sent) -> None:
+    def _sent(self, rec: GroupRecord, ev: events.Sent) -> None:
         rec.outcome = SENT
         rec.message_id = ev.message_id
         rec.sender = ev.from_ or rec.sender

@@ -1,0 +1,278 @@
+"""Sending one group: pace, write the attempt ahead, send with retries, record the outcome.
+
+:class:`GroupSender` is the runner's per-group path, shared by its workers. It keeps what spans
+groups: the pacer, the retry digest, the streak of groups without a usable answer (the API is
+down: stop), the attempts on record whose outcome is not yet (for a forced stop), and why the
+job stopped, if it did.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+import structlog
+
+from bulk_mms.client import MmsClient, idempotency_key
+from bulk_mms.clock import Clock, utc
+from bulk_mms.config import JobConfig, Settings
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiUnavailable,
+    AuthError,
+    FatalSendError,
+    LedgerError,
+    RateLimited,
+    Rejected,
+    RetryableSendError,
+    SendError,
+)
+from bulk_mms.models import Group
+from bulk_mms.pacing import PaceAborted, Pacer, Ticket
+from bulk_mms.prepare import in_window, key_valid_until, pacing_config
+from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
+from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
+from bulk_mms.signals import Stop
+
+log = structlog.get_logger("bulk_mms.runner")
+
+#: After this many groups in a row end without a usable answer (a transient error with their
+#: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
+#: resumes) instead of going through every group.
+UNREACHABLE_AFTER = 3
+
+
+@dataclass(slots=True)
+class _Tries:
+    """One group's tries in this run."""
+
+    group: Group
+    key: str
+    #: No try starts after this (monotonic): the job's deadline or the group's age limit.
+    deadline: float | None
+    #: Wall-clock time of the group's first attempt ever: its key's age.
+    t0: float | None = None
+    #: A try (this run's, or an earlier run's) may have been accepted.
+    ambiguous: bool = False
+    ticket: Ticket | None = None
+    throttled: int = 0
+
+
+class GroupSender:
+    """Sends groups for one run. Private to the runner."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        settings: Settings,
+        client: MmsClient,
+        recorder: Recorder,
+        *,
+        clock: Clock,
+        stop: Stop,
+    ) -> None:
+        self.job = job
+        self.settings = settings
+        self.client = client
+        self.recorder = recorder
+        self.view = recorder.view
+        self.summary = recorder.summary
+        self.clock = clock
+        self.stop = stop
+        self.pacer = Pacer(
+            pacing_config(settings), job.message.senders, clock=clock, stopped=stop.is_set
+        )
+        self.started = clock.monotonic()
+        #: ``max_job_duration_s`` from now, on the monotonic clock.
+        self.deadline = (
+            self.started + settings.max_job_duration_s if settings.max_job_duration_s else None
+        )
+        #: Retries told one line per cause now and then, not one line each.
+        self.retries = RetryDigest(now=clock.monotonic)
+        self.transient_streak = 0  # groups in a row that got no usable answer
+        #: Groups whose attempt is on record and whose outcome is not yet, for a forced stop:
+        #: None while a request is out (or a try may have been accepted); else the error of
+        #: the last try, which certainly failed.
+        self.open_attempts: dict[str, SendError | None] = {}
+        self.last_sent: float | None = None
+
+    def cut_off(self, group: Group) -> None:
+        """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""
+        if group.id in self.open_attempts:
+            self.recorder.cut_off(group, self.open_attempts.pop(group.id))
+
+    def sender_for(self, group: Group) -> Group:
+        """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
+        rec = self.view.groups.get(group.id)
+        sender = rec.sender if rec is not None else None
+        if sender is not None and sender not in self.pacer.senders:
+            log.warning("group.sender_gone", group=group.id, sender=sender)
+            sender = None
+        sender = sender or self.pacer.choose()
+        if sender == group.message.from_:
+            return group
+        return replace(group, message=replace(group.message, from_=sender))
+
+    def _deadline_for(self) -> float | None:
+        """The earlier of the job's deadline and this group's ``max_group_age_s``."""
+        age_limit = self.settings.max_group_age_s
+        group_deadline = self.clock.monotonic() + age_limit if age_limit else None
+        deadlines = [d for d in (self.deadline, group_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    async def send(self, group: Group) -> None:
+        group = self.sender_for(group)
+        rec = self.view.groups.get(group.id)
+        # An earlier run may have sent this group already (it was in doubt): any answer now
+        # is a replay under the same key, and a 422 would mean the body changed under it.
+        was_in_doubt = self.view.in_doubt(group.id)
+        tries = _Tries(
+            group,
+            idempotency_key(self.view.campaign, group.id),
+            self._deadline_for(),
+            t0=rec.t0 if rec is not None else None,
+            ambiguous=was_in_doubt,
+        )
+        try:
+            result = await send_with_retry(
+                self.client,
+                group,
+                tries.key,
+                self.settings.retry,
+                clock=self.clock,
+                before_attempt=functools.partial(self._before_attempt, tries),
+                on_error=functools.partial(self._on_error, tries),
+                deadline=tries.deadline,
+                ambiguous_until=key_valid_until(
+                    self.view, self.settings.retry, group.id, fresh=self.clock.wall()
+                ),
+                digest=self.retries,
+            )
+        except StopRetrying:
+            self.open_attempts.pop(group.id, None)
+            return
+        except LedgerError as exc:
+            self.fail_ledger(exc)
+            return
+        if result.receipt is not None and tries.ticket is not None:
+            # the wait as the pacer took it (clamped), for the ledger and the percentiles too
+            wait = self.pacer.observe(tries.ticket, result.receipt.wait_seconds)
+            result = replace(result, receipt=replace(result.receipt, wait_seconds=wait))
+        if (
+            isinstance(result.error, Rejected)
+            and result.error.status == 422
+            and (was_in_doubt or result.attempts > 1)
+        ):
+            result = replace(result, error=key_conflict(result.error))
+        try:
+            await self.conclude(group, result, tries.throttled)
+        except LedgerError as exc:
+            self.fail_ledger(exc)
+
+    async def _before_attempt(self, tries: _Tries, number: int) -> None:
+        """Pace, check the window and the stop, write the attempt ahead, take a send slot."""
+        group = tries.group
+        try:
+            tries.ticket = await self.pacer.acquire(
+                group.message.from_, len(group.to), tries.deadline
+            )
+        except PaceAborted as exc:
+            raise self._gave_up(exc) from None
+        if not self.stop.is_set() and not in_window(self.job, utc(self.clock)):
+            log.warning("job.window_closed", send_window=str(self.job.send_window))
+            self.stop.request("window")
+        if self.stop.is_set():
+            raise StopRetrying
+        tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
+        self.open_attempts[group.id] = None
+        await self.recorder.attempt(group, number, tries.key, tries.t0)
+        try:
+            await self.pacer.send_slot(tries.ticket)
+        except PaceAborted:
+            # on record, but the request never left: a resume must not take it for one that
+            # may have been accepted
+            raise StopRetrying(never_left()) from None
+
+    def _on_error(self, tries: _Tries, exc: SendError) -> None:
+        """Learn from a failed try (the pacer from a 429); keep what a forced stop records."""
+        tries.ambiguous = tries.ambiguous or isinstance(exc, AmbiguousSendError)
+        if not tries.ambiguous and isinstance(exc, RetryableSendError):
+            self.open_attempts[tries.group.id] = exc  # nothing is out until the next try
+        if isinstance(exc, RateLimited):
+            self.pacer.on_rate_limited(tries.group.message.from_, exc.retry_after, exc.code)
+            tries.throttled += 1
+
+    def _gave_up(self, exc: PaceAborted) -> StopRetrying:
+        """Why a group stops waiting for the pacer: the job stops, its deadline passes (the job
+        stops too), or its own ``max_group_age_s`` would pass first (the group alone gives up,
+        recorded with its last error, or as rate limited when it never got a try)."""
+        if exc.reason == "deadline" and self.deadline is not None and exc.earliest > self.deadline:
+            self.deadline_reached()
+            return StopRetrying()
+        if exc.reason == "deadline":
+            return StopRetrying(
+                RateLimited(
+                    f"not sent within max_group_age_s ({self.settings.max_group_age_s:g} s): "
+                    "its sender is paused past it (429s or a long queue); a rerun sends it",
+                    status=None,
+                )
+            )
+        return StopRetrying()
+
+    async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> None:
+        """Record how the group's tries ended; stop the job when that is what it says."""
+        self.open_attempts.pop(group.id, None)
+        if result.receipt is not None:
+            self.transient_streak = 0
+            self.last_sent = self.clock.monotonic()
+            await self.recorder.sent(group, result.receipt, result.attempts, throttled)
+            return
+        err = result.error
+        assert err is not None
+        if isinstance(err, FatalSendError):
+            # Not a verdict on this group: stop the job (a rerun with the key or the base URL
+            # fixed sends it), and record where the group stands so a resume knows.
+            self._stop_for(err)
+            err = settled(err)
+        # no usable answer (retries used up, or in doubt): group after group means the API is
+        # down or broken, and the job stops instead of burning through the list
+        unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
+        self.transient_streak = self.transient_streak + 1 if unanswered else 0
+        await self.recorder.outcome(group, err, result.attempts, throttled)
+        if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
+            self._fail(
+                ApiUnavailable(
+                    f"the API keeps failing ({err}); stopped after {UNREACHABLE_AFTER} groups "
+                    "in a row got no usable answer. Nothing is lost: rerun to resume"
+                ),
+                "unavailable",
+            )
+
+    def _fail(self, error: BaseException, reason: str) -> None:
+        if self.summary.error is None:
+            self.summary.error = error
+        self.stop.request(reason)
+
+    def _stop_for(self, err: FatalSendError) -> None:
+        if isinstance(err, AuthError):
+            log.error("job.auth_refused", status=err.status)
+        else:
+            log.error("job.endpoint_refused", status=err.status, error=str(err))
+        self._fail(err, "auth" if isinstance(err, AuthError) else "endpoint")
+
+    def fail_ledger(self, exc: LedgerError) -> None:
+        self._fail(exc, "ledger")
+
+    def deadline_reached(self) -> None:
+        """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""
+        if not self.stop.is_set():
+            log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
+            self.stop.request("deadline")
+
+    def achieved_rate(self) -> float | None:
+        """Groups this run got sent per second, from its first request to its last send: no
+        rate at all when it sent fewer than two (retries and failures are not progress)."""
+        first, last = self.pacer.first_admit, self.last_sent
+        if self.summary.sent_groups < 2 or first is None or last is None or last <= first:
+            return None
+        return self.summary.sent_groups / (last - first)
