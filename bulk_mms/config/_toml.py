@@ -1,0 +1,160 @@
+"""Reading TOML into checked values: every key known, every type and range checked, every
+error naming the file and the setting (with a near-miss suggestion for an unknown key)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from bulk_mms.errors import ConfigError
+
+#: What a URL setting must look like.
+URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into a one-line :class:`ConfigError`."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("file", "not found", source=path) from None
+    except IsADirectoryError:
+        raise ConfigError("file", "is a directory, not a TOML file", source=path) from None
+    except PermissionError:
+        raise ConfigError("file", "permission denied", source=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", "is not UTF-8 text", source=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("syntax", str(exc), source=path) from None
+    except OSError as exc:
+        raise ConfigError("file", exc.strerror or str(exc), source=path) from None
+
+
+class Table:
+    """Typed, checked access to one TOML table. Private."""
+
+    def __init__(self, data: Mapping[str, Any], source: Path, prefix: str = "") -> None:
+        self._data = data
+        self._source = source
+        self._prefix = prefix
+        self._used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self._name(key), message, source=self._source)
+
+    def _get(self, key: str) -> Any:
+        self._used.add(key)
+        return self._data.get(key)
+
+    def str_(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {type(value).__name__}")
+        return value
+
+    def decimal(self, key: str) -> Decimal | None:
+        """A non-negative amount, written as a string (exact) or a number."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(key, f'must be an amount like "0.0150", not {value!r}')
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise self.error(key, f"{value!r} is not a decimal amount") from None
+        if not amount.is_finite() or amount < 0:
+            raise self.error(key, f"must be a non-negative amount, not {value!r}")
+        return amount
+
+    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be a whole number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be from {lo} to {hi}, not {value}")
+        return value
+
+    def float_(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be from {lo:g} to {hi:g}, not {value:g}")
+        return float(value)
+
+    def bool_(self, key: str) -> bool | None:
+        value = self._get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(key, f"must be true or false, not {value!r}")
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def rate_table(self, key: str, allowed: tuple[str, ...] | None = None) -> dict[str, float]:
+        """A table of name = rate (> 0), e.g. ``[limits.senders]``."""
+        sub = self.table(key)
+        out: dict[str, float] = {}
+        for name in list(sub._data):
+            if allowed is not None and name not in allowed:
+                raise sub.error(name, f"unknown; use one of {', '.join(allowed)}")
+            out[name] = sub.float_(name, 0.0, 1e-6, 1e6)
+        sub.finish()
+        return out
+
+    def table(self, key: str) -> Table:
+        value = self._get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return Table(value, self._source, prefix=f"{self._name(key)}.")
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for: a typo must not be silently ignored."""
+        unknown = sorted(set(self._data) - self._used)
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], sorted(self._used), n=1, cutoff=0.6)
+            hint = f"; did you mean {self._name(near[0])!r}?" if near else ""
+            raise self.error(unknown[0], f"unknown setting{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+
+
+def read_bool(table: Table, key: str, default: bool) -> bool:
+    value = table.bool_(key)
+    return default if value is None else value
+
+
+def read_choice(table: Table, key: str, choices: tuple[str, ...]) -> str:
+    value = table.str_(key, choices[0]) or choices[0]
+    if value not in choices:
+        raise table.error(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return value

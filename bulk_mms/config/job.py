@@ -1,0 +1,325 @@
+"""Job files (``jobs/*.toml``): what to send to whom, loaded into frozen dataclasses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bulk_mms.config._toml import URL, Table, read_toml
+from bulk_mms.errors import ConfigError
+
+MAX_GROUP_SIZE = 8  # the API's limit on `to`
+
+#: What putting unrelated people in one group MMS does, said wherever a job chooses it.
+MIXING_CONSEQUENCE = "each member sees the others' numbers, and every reply goes to all of them"
+GROUPING_CHOICE = (
+    'say how groups form: group_by = "COLUMN" (people who already share a thread: a '
+    "household, a team) or mix_unrelated = true (unrelated recipients in one group MMS: "
+    f"{MIXING_CONSEQUENCE}); or group_size = 1 for a message each"
+)
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_SHORT_CODE = re.compile(r"^\d{3,8}$")
+_ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A ``text`` or ``subject`` with ``{column}`` placeholders (plain names only)."""
+
+    source: str
+    #: Column names the template needs, in order of first use.
+    fields: tuple[str, ...]
+
+    def render(self, row: Mapping[str, str]) -> str:
+        """Fill the placeholders from ``row`` (which must hold every name in ``fields``)."""
+        if not self.fields:
+            return self.source
+        return self.source.format_map(row)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageConfig:
+    """The ``[message]`` table of a job."""
+
+    #: The sender pool: one ``from`` or several. A group keeps the sender it was first sent from.
+    senders: tuple[str, ...]
+    text: Template | None = None
+    subject: Template | None = None
+    media_urls: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_failover_url: str | None = None
+    use_profile_webhooks: bool | None = None
+    #: Placeholders filled with every member's value, joined ("Ann, Bob and Cy"), instead of
+    #: the group's first row's.
+    join: tuple[str, ...] = ()
+    #: What an empty value becomes, per placeholder (``[message.defaults]``).
+    defaults: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def from_(self) -> str:
+        """The first sender: the one used when the pool has a single number."""
+        return self.senders[0]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every column the templates need."""
+        names: list[str] = []
+        for tpl in (self.text, self.subject):
+            if tpl is not None:
+                names.extend(n for n in tpl.fields if n not in names)
+        return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class SendWindow:
+    """``send_window = "09:00-20:00"``: the local times a job may send at.
+
+    ``end`` before ``start`` is a window across midnight (``"22:00-06:00"``).
+    """
+
+    start: dt.time
+    end: dt.time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    def contains(self, t: dt.time) -> bool:
+        t = t.replace(tzinfo=None)
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """One job file: what to send to whom."""
+
+    name: str
+    path: Path
+    input: Path
+    ledger: Path
+    message: MessageConfig
+    phone_column: str = "phone"
+    group_size: int = MAX_GROUP_SIZE
+    group_by: str | None = None
+    #: Unrelated recipients may share a group MMS (each sees the others' numbers, and replies
+    #: go to all): the job's explicit choice when it has no ``group_by``.
+    mix_unrelated: bool = False
+    default_region: str = "US"
+    #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
+    timezone: str = "UTC"
+    send_window: SendWindow | None = None
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def grouping(self) -> str:
+        """How groups form, in words, for the run's start line and the dry run."""
+        if self.group_size == 1:
+            return "one recipient per message"
+        if self.group_by is not None:
+            return f"by {self.group_by!r}: people who share it share a message"
+        return f"unrelated recipients, up to {self.group_size} a message: {MIXING_CONSEQUENCE}"
+
+
+def parse_template(value: str, setting: str, source: Path) -> Template:
+    """Check a ``{column}`` template: plain names only, no attribute or index access."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ConfigError(setting, f"bad template: {exc}", source=source) from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or name.isdigit() or any(c in name for c in ".[]"):
+            raise ConfigError(
+                setting,
+                f"placeholder {{{name}}} must be a plain column name "
+                "(no attribute, index or positional access)",
+                source=source,
+            )
+        if spec or conversion:
+            raise ConfigError(
+                setting,
+                f"placeholder {{{name}}} must not have a conversion or format spec",
+                source=source,
+            )
+        if name not in names:
+            names.append(name)
+    return Template(value, tuple(names))
+
+
+def _check_sender(value: str, source: Path) -> str:
+    if _E164.match(value) or _SHORT_CODE.match(value) or _ALPHANUMERIC.match(value):
+        return value
+    raise ConfigError(
+        "message.from",
+        f"{value!r} is not an E.164 number (+15551234567), a short code or an alphanumeric "
+        "sender id",
+        source=source,
+    )
+
+
+def _check_url(value: str | None, setting: str, source: Path) -> str | None:
+    if value is not None and not URL.match(value):
+        raise ConfigError(setting, f"{value!r} is not an http(s) URL", source=source)
+    return value
+
+
+def load_job(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    input_file: str | Path | None = None,
+    now: dt.datetime | None = None,
+) -> JobConfig:
+    """Load and check a job file.
+
+    Args:
+        path: the job's TOML file; ``input`` and ``ledger`` are relative to its folder.
+        name: use this job name instead of the file's (``run --name``).
+        input_file: use this input file instead of the file's (``run --input``), relative to the
+            current directory.
+        now: the moment ``{date}`` in the ledger path stands for (default: now).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or any setting is wrong.
+    """
+    path = Path(path)
+    top = Table(read_toml(path), path)
+    file_name = top.str_("name", required=name is None)
+    name = name or file_name
+    assert name is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the ledger)")
+    input_ = top.str_("input", required=input_file is None)
+    input_path = Path(input_file) if input_file is not None else path.parent / str(input_)
+    timezone = top.str_("timezone", "UTC") or "UTC"
+    try:
+        zone = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise top.error(
+            "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
+        ) from None
+    window_text = top.str_("send_window")
+    window = _parse_window(window_text, top) if window_text is not None else None
+    today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
+    ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
+    phone_column = top.str_("phone_column", "phone") or "phone"
+    group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
+    group_by = top.str_("group_by")
+    mix_unrelated = top.bool_("mix_unrelated") or False
+    region = (top.str_("default_region", "US") or "US").upper()
+    if region not in ("US", "CA"):
+        raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
+
+    message = _load_message(top.table("message"), path)
+    top.finish()  # a misspelt key first: "group_bye" must not read as a missing choice
+    if group_by is not None and mix_unrelated:
+        raise top.error(
+            "mix_unrelated", "contradicts group_by: groups form by group_by's column; drop one"
+        )
+    if group_by is None and not mix_unrelated and group_size > 1:
+        raise top.error("group_by", GROUPING_CHOICE)
+    base = path.parent
+    return JobConfig(
+        name=name,
+        path=path,
+        input=input_path,
+        ledger=base / ledger,
+        timezone=timezone,
+        send_window=window,
+        message=message,
+        phone_column=phone_column,
+        group_size=group_size,
+        group_by=group_by,
+        mix_unrelated=mix_unrelated,
+        default_region=region,
+    )
+
+
+def _load_message(msg: Table, path: Path) -> MessageConfig:
+    """The ``[message]`` table, checked."""
+    senders = msg.str_list("from")
+    if not senders:
+        raise msg.error("from", "is required (a number, or a list of numbers for a pool)")
+    if len(set(senders)) != len(senders):
+        raise msg.error("from", "lists a sender twice")
+    text = msg.str_("text")
+    subject = msg.str_("subject")
+    if text is not None and not text.strip():
+        raise msg.error("text", "must not be empty (leave it out to send media only)")
+    media = msg.str_list("media_urls")
+    for i, url in enumerate(media):
+        _check_url(url, f"message.media_urls[{i}]", path)
+    if text is None and not media:
+        raise msg.error("text", "a message needs text or media_urls")
+    message = MessageConfig(
+        senders=tuple(_check_sender(s, path) for s in senders),
+        text=parse_template(text, "message.text", path) if text is not None else None,
+        subject=parse_template(subject, "message.subject", path) if subject is not None else None,
+        media_urls=media,
+        webhook_url=_check_url(msg.str_("webhook_url"), "message.webhook_url", path),
+        webhook_failover_url=_check_url(
+            msg.str_("webhook_failover_url"), "message.webhook_failover_url", path
+        ),
+        use_profile_webhooks=msg.bool_("use_profile_webhooks"),
+        join=msg.str_list("join"),
+        defaults=_defaults(msg.table("defaults")),
+    )
+    for i, name in enumerate(message.join):
+        if name not in message.fields:
+            raise msg.error(f"join[{i}]", f"{name!r} is not a placeholder of text or subject")
+    for name in message.defaults:
+        if name not in message.fields:
+            raise msg.error(f"defaults.{name}", "is not a placeholder of text or subject")
+    msg.finish()
+    return message
+
+
+def _defaults(table: Table) -> dict[str, str]:
+    """``[message.defaults]``: placeholder = text for an empty value."""
+    out = {name: table.str_(name) or "" for name in list(table._data)}
+    table.finish()
+    return out
+
+
+def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
+    """``ledger`` with ``{name}`` and ``{date}`` (YYYY-MM-DD in the job's timezone) filled in."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise top.error("ledger", f"bad placeholder: {exc}") from None
+    unknown = fields - {"name", "date"}
+    if unknown:
+        raise top.error(
+            "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
+        )
+    return template.format(name=name, date=today.isoformat())
+
+
+def _parse_window(text: str, top: Table) -> SendWindow:
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if m is None:
+        raise top.error("send_window", f"{text!r} is not HH:MM-HH:MM (e.g. '09:00-20:00')")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        raise top.error("send_window", f"{text!r} has a time that does not exist")
+    start = dt.time(h1, m1)
+    end = dt.time.max if h2 == 24 else dt.time(h2, m2)
+    if start == end:
+        raise top.error("send_window", "start and end are the same: the window would be empty")
+    return SendWindow(start, end)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings

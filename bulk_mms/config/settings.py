@@ -1,0 +1,213 @@
+"""Account settings (``config.toml``, see ``config.example.toml``): how to talk to the API. The
+API key is never read from a file, only from ``TELNYX_API_KEY``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+
+import yarl
+
+from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
+from bulk_mms.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
+API_KEY_ENV = "TELNYX_API_KEY"
+BASE_URL_ENV = "TELNYX_BASE_URL"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """``[retry]``: how often and how patiently a retryable failure is tried again."""
+
+    #: Total tries per group, the first included.
+    attempts: int = 5
+    #: First backoff in seconds; doubles each retry, with full jitter.
+    backoff_initial: float = 0.5
+    #: Longest backoff between two tries, in seconds.
+    backoff_max: float = 30.0
+    #: Longest Retry-After hint honoured as given; longer hints are capped to this.
+    max_retry_after: float = 300.0
+    #: Retry an outcome we cannot know (dropped after sending, read timeout) with the same
+    #: Idempotency-Key while the key is inside its window. Off for a server or proxy that
+    #: ignores the key: such groups are then held in doubt.
+    retry_ambiguous: bool = True
+    #: How long after a group's first attempt its key is trusted: a safe margin under the
+    #: 24 hours Telnyx keeps a key.
+    idempotency_window_s: float = 23 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackConfig:
+    """``[track]``: how ``bulk-mms track`` polls delivery statuses."""
+
+    #: GET requests per second: its own budget, apart from sending.
+    rate: float = 10.0
+    #: Seconds between passes with ``--follow``; a group whose status did not change is asked
+    #: again after twice as long each time, up to ``max_interval``.
+    interval: float = 30.0
+    max_interval: float = 900.0
+    #: Stop asking about a group this many seconds after it was sent.
+    max_age: float = 72 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Account-level settings: ``config.toml`` overlaid by the environment and the command line."""
+
+    base_url: str = DEFAULT_BASE_URL
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0
+    #: Groups per second, account-wide.
+    rate: float = 10.0
+    #: Requests in flight at once.
+    concurrency: int = 8
+    #: What one group costs against the rates: ``"request"`` (1) or ``"recipient"`` (its size).
+    cost: str = "request"
+    #: Target for the queue wait Telnyx reports; above it a sender slows down and pauses.
+    max_queue_wait_s: float = 30.0
+    #: Stop the job (resumably) after this many seconds; 0 means no limit.
+    max_job_duration_s: float = 0.0
+    #: Give up on a group still being rate limited this long after its first try (0: no limit).
+    max_group_age_s: float = 3600.0
+    #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
+    sender_limits: dict[str, float] = field(default_factory=dict)
+    type_limits: dict[str, float] = field(default_factory=dict)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    #: ``[pricing] per_recipient``: what one recipient costs, for the dry run's estimate only
+    #: (what Telnyx reports after sending is what the ledger and report use).
+    price_per_recipient: Decimal | None = None
+    currency: str = "USD"
+
+
+# --------------------------------------------------------------------------------------------
+# TOML helpers
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load account settings: defaults, then the file (if any), then ``TELNYX_BASE_URL``.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a setting is unknown or out of range.
+    """
+    env = os.environ if env is None else env
+    settings = Settings()
+    dflt = settings.retry
+    if path is not None:
+        path = Path(path)
+        top = Table(read_toml(path), path)
+        api = top.table("api")
+        limits = top.table("limits")
+        retry = top.table("retry")
+        track = top.table("track")
+        pricing = top.table("pricing")
+        tdflt = TrackConfig()
+        settings = Settings(
+            base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
+            connect_timeout=api.float_("connect_timeout", settings.connect_timeout, 0.1, 600),
+            request_timeout=api.float_("request_timeout", settings.request_timeout, 0.1, 3600),
+            rate=limits.float_("rate", settings.rate, 0.001, 10_000),
+            concurrency=limits.int_("concurrency", settings.concurrency, 1, 1000),
+            cost=read_choice(limits, "cost", ("request", "recipient")),
+            max_queue_wait_s=limits.float_(
+                "max_queue_wait_s", settings.max_queue_wait_s, 1, 14_400
+            ),
+            max_job_duration_s=limits.float_("max_job_duration_s", 0.0, 0, 30 * 86_400),
+            max_group_age_s=limits.float_(
+                "max_group_age_s", settings.max_group_age_s, 0, 30 * 86_400
+            ),
+            sender_limits=limits.rate_table("senders"),
+            type_limits=limits.rate_table(
+                "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
+            ),
+            retry=RetryConfig(
+                attempts=retry.int_("attempts", dflt.attempts, 1, 100),
+                backoff_initial=retry.float_("backoff_initial", dflt.backoff_initial, 0, 3600),
+                backoff_max=retry.float_("backoff_max", dflt.backoff_max, 0, 86_400),
+                max_retry_after=retry.float_("max_retry_after", dflt.max_retry_after, 0, 86_400),
+                retry_ambiguous=read_bool(retry, "retry_ambiguous", dflt.retry_ambiguous),
+                idempotency_window_s=retry.float_(
+                    "idempotency_window_s", dflt.idempotency_window_s, 0, 86_400
+                ),
+            ),
+            track=TrackConfig(
+                rate=track.float_("rate", tdflt.rate, 0.01, 1000),
+                interval=track.float_("interval", tdflt.interval, 1, 86_400),
+                max_interval=track.float_("max_interval", tdflt.max_interval, 1, 86_400),
+                max_age=track.float_("max_age", tdflt.max_age, 60, 30 * 86_400),
+            ),
+        )
+        settings = replace(
+            settings,
+            price_per_recipient=pricing.decimal("per_recipient"),
+            currency=(pricing.str_("currency", "USD") or "USD").upper(),
+        )
+        for table in (api, limits, retry, track, pricing, top):
+            table.finish()
+    if env.get(BASE_URL_ENV):
+        settings = replace(settings, base_url=env[BASE_URL_ENV])
+    return check_settings(settings)
+
+
+def check_base_url(url: str) -> str:
+    """The API base URL, checked before any request: http(s), a host, no credentials.
+
+    The message never repeats a URL that carries credentials. The API key comes from
+    ``TELNYX_API_KEY`` only, so ``user:password@`` in the URL is a mistake either way.
+
+    Raises:
+        ConfigError: the URL cannot be used.
+    """
+    shown = repr(url) if "@" not in url and len(url) <= 200 else "the URL"
+    try:
+        parsed = yarl.URL(url)
+        port = parsed.port
+    except (ValueError, TypeError):
+        raise ConfigError("base_url", f"{shown} is not a valid URL") from None
+    if parsed.user is not None or parsed.password is not None:
+        raise ConfigError(
+            "base_url",
+            "must not carry credentials (user:password@host): the API key is read from "
+            f"{API_KEY_ENV} only",
+        )
+    if not URL.match(url) or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("base_url", f"{shown} is not an http(s) URL with a host")
+    if port is None or not 0 < port < 65536:
+        raise ConfigError("base_url", f"{shown} has no usable port")
+    if parsed.query_string or parsed.fragment:
+        raise ConfigError("base_url", f"{shown} must not have a query or a fragment")
+    return url.rstrip("/")
+
+
+def sends_key_in_clear(url: str) -> bool:
+    """Whether requests to ``url`` would carry the API key unencrypted across a network.
+
+    Plain http is fine to a loopback address (the sandbox, a local proxy), nowhere else.
+    """
+    parsed = yarl.URL(url)
+    if parsed.scheme != "http":
+        return False
+    host = (parsed.host or "").strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Check values that may also come from the command line."""
+    base_url = check_base_url(settings.base_url)
+    if not 0 < settings.rate <= 10_000:
+        raise ConfigError(
+            "rate", f"must be greater than 0 and at most 10000, not {settings.rate:g}"
+        )
+    if not 1 <= settings.concurrency <= 1000:
+        raise ConfigError("concurrency", f"must be from 1 to 1000, not {settings.concurrency}")
+    return replace(settings, base_url=base_url)
