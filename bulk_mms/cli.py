@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING
 
 from bulk_mms import commands, log
 from bulk_mms._version import __version__
-from bulk_mms.commands import CONFIG_HELP, find_config
+from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.console import fail
 from bulk_mms.errors import BulkMmsError, Exit
+from bulk_mms.ledger import location
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
 
 if TYPE_CHECKING:  # generic only to the type checker
     #: What ``add_subparsers`` returns.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+LEDGER_HELP = "a JSONL ledger file, or postgresql://USER@HOST/DB?ledger=NAME"
 
 #: For scripts and tests that name it (the table is :class:`bulk_mms.errors.Exit`).
 EXIT_WINDOW = Exit.WINDOW
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub, common)
     _ledger_parsers(sub, common)
+    _admin_parsers(sub, common)
     return parser
 
 
@@ -84,7 +88,12 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="send a job (resumes from its ledger)", parents=[common])
     run.add_argument("job", type=Path, help="the job file (TOML)")
     run.add_argument("--config", type=Path, help=CONFIG_HELP)
-    run.add_argument("--ledger", type=Path, help="ledger path (default: from the job)")
+    run.add_argument(
+        "--ledger",
+        type=location,
+        help="ledger: a JSONL path, or postgresql://USER@HOST/DB[?ledger=NAME] (default: "
+        f"${LEDGER_URL_ENV}, else the job's)",
+    )
     run.add_argument(
         "--input",
         type=Path,
@@ -147,7 +156,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     track = sub.add_parser(
         "track", help="poll delivery statuses of a ledger's sent groups", parents=[common]
     )
-    track.add_argument("ledger", type=Path)
+    track.add_argument("ledger", type=location, help=LEDGER_HELP)
     track.add_argument("--follow", action="store_true", help="keep polling until all are final")
     track.add_argument("--config", type=Path, help=CONFIG_HELP)
     track.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
@@ -162,8 +171,8 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     hooks = sub.add_parser(
         "webhooks", help="receive delivery webhooks into a ledger", parents=[common]
     )
-    hooks.add_argument("ledger", type=Path, nargs="?", help="the ledger to record into")
-    hooks.add_argument("--ledger", type=Path, dest="ledger_option", help=argparse.SUPPRESS)
+    hooks.add_argument("ledger", type=location, nargs="?", help=LEDGER_HELP)
+    hooks.add_argument("--ledger", type=location, dest="ledger_option", help=argparse.SUPPRESS)
     hooks.add_argument(
         "--listen",
         required=True,
@@ -174,7 +183,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     report = sub.add_parser(
         "report", help="outcomes, delivery, cost and errors of a ledger", parents=[common]
     )
-    report.add_argument("ledger", type=Path)
+    report.add_argument("ledger", type=location, help=LEDGER_HELP)
     _format_flag(report, ("table", "json", "csv"))
     report.add_argument(
         "--failed-csv",
@@ -186,8 +195,25 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     status = sub.add_parser(
         "status", help="the same as report (kept for scripts)", parents=[common]
     )
-    status.add_argument("ledger", type=Path)
+    status.add_argument("ledger", type=location, help=LEDGER_HELP)
     _format_flag(status, ("table", "json", "csv"))
+
+
+def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    """``db migrate`` and ``ledger copy``."""
+    db = sub.add_parser("db", help="the PostgreSQL ledger database", parents=[common])
+    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate = db_sub.add_parser("migrate", help="create or upgrade the schema", parents=[common])
+    migrate.add_argument(
+        "url", nargs="?", help=f"postgresql://USER@HOST/DB (default: ${LEDGER_URL_ENV})"
+    )
+    ledger = sub.add_parser("ledger", help="move ledgers between stores", parents=[common])
+    ledger_sub = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    copy = ledger_sub.add_parser(
+        "copy", help="copy a ledger: JSONL to PostgreSQL or back", parents=[common]
+    )
+    copy.add_argument("source", type=location, help=LEDGER_HELP)
+    copy.add_argument("target", type=location, help="a new ledger: " + LEDGER_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +244,8 @@ COMMANDS = {
     "webhooks": commands.cmd_webhooks,
     "report": commands.cmd_report,
     "status": commands.cmd_report,
+    "db": commands.cmd_db,
+    "ledger": commands.cmd_ledger,
 }
 
 

@@ -40,7 +40,15 @@ from bulk_mms.console import (
     run_outcome,
 )
 from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
-from bulk_mms.ledger import load
+from bulk_mms.ledger import (
+    Location,
+    copy_ledger,
+    display,
+    load,
+    location,
+    migrate_database,
+    named,
+)
 from bulk_mms.media import check_media
 from bulk_mms.prepare import dry_run, seed_job
 from bulk_mms.progress import BarProgress, LogProgress, Progress
@@ -52,6 +60,8 @@ from bulk_mms.summary import JobSummary
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
+#: A database for the ledger of every run that names none on the command line.
+LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"
 #: Misbehaviours for ``run --sandbox`` to show (see ``fake_api.FAULT_PRESETS``).
 SANDBOX_FAULTS_ENV = "BULK_MMS_SANDBOX_FAULTS"
 #: Seconds given to requests in flight after the first signal, beyond the request timeout.
@@ -66,8 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.ledger is not None:
             raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
         job = seed_job(job, args.to, utc(SystemClock()))
-    elif args.ledger is not None:
-        job = replace(job, ledger=args.ledger)
+    elif (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+        job = _with_ledger(job, location(where))
     settings = settings_for(args)
     _preflight_media(job, args)
     if args.dry_run:
@@ -95,6 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
     return run_outcome(summary)
+
+
+def _with_ledger(job: JobConfig, where: Location) -> JobConfig:
+    """The job with its ledger somewhere else (``--ledger``, ``BULK_MMS_LEDGER_URL``)."""
+    if isinstance(where, Path):
+        return replace(job, ledger=where, database=None)
+    return replace(job, database=str(named(where, job.name)))
 
 
 def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
@@ -192,7 +209,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if fmt == "json":
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(format_track(result, args.ledger))
+        print(format_track(result, display(args.ledger)))
     if result.stopped in SIGNAL_EXIT:
         return SIGNAL_EXIT[result.stopped]
     trouble = result.not_found or result.unlisted or result.errors
@@ -200,7 +217,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 async def _track(
-    path: Path, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
+    path: Location, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
 ) -> TrackResult:
     stop = Stop()
     try:
@@ -220,7 +237,7 @@ async def _track(
 
 @contextlib.asynccontextmanager
 async def _endpoint(
-    settings: Settings, sandbox: bool, *, ledger: Path | None = None
+    settings: Settings, sandbox: bool, *, ledger: Location | None = None
 ) -> AsyncIterator[str]:
     """The API's base URL: the configured one, or a sandbox started here for the command.
 
@@ -285,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif fmt == "csv":
         sys.stdout.write(format_csv(summary))
     else:
-        print(format_text(summary, args.ledger))
+        print(format_text(summary, display(args.ledger)))
     failed_csv = getattr(args, "failed_csv", None)
     if failed_csv is not None:
         try:
@@ -353,3 +370,22 @@ def _api_key(args: argparse.Namespace) -> str:
     if key != key.strip() or any(ch in key for ch in "\r\n\t "):
         raise ConfigError(API_KEY_ENV, "contains whitespace; check how it was exported")
     return key
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``db migrate [URL]``: create or upgrade the ledger schema (a run does it on first use)."""
+    url = args.url or os.environ.get(LEDGER_URL_ENV)
+    if not url:
+        raise ConfigError(
+            "URL", f"name the database: bulk-mms db migrate URL (or ${LEDGER_URL_ENV})"
+        )
+    before, after = migrate_database(url)
+    print(f"bulk-mms: {display(url)}: schema version {before} -> {after}", file=sys.stderr)
+    return Exit.OK
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
+    n = asyncio.run(copy_ledger(args.source, args.target))
+    print(f"bulk-mms: copied {n} events to {display(args.target)}", file=sys.stderr)
+    return Exit.OK

@@ -16,7 +16,16 @@ from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import ConfigError, InputError, LedgerMismatch
 from bulk_mms.grouping import make_groups
-from bulk_mms.ledger import FORMAT, Header, LedgerView, holder, load
+from bulk_mms.ledger import (
+    FORMAT,
+    Header,
+    LedgerView,
+    display,
+    exists,
+    holder,
+    load,
+    named,
+)
 from bulk_mms.models import Group, Money, Recipient, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
@@ -96,6 +105,7 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
         name=name,
         input=path,
         ledger=path.with_suffix(".jsonl"),
+        database=str(named(job.database, name, rename=True)) if job.database else None,
         group_size=len(seeds),
         group_by=None,
         mix_unrelated=True,
@@ -230,10 +240,10 @@ async def dry_run(
     clock = clock or SystemClock()
     started = clock.monotonic()
     s = JobSummary(job.name)
-    view = load(job.ledger, statuses=False) if job.ledger.exists() else LedgerView()
+    view = load(job.where, statuses=False) if exists(job.where) else LedgerView()
     with open_reader(job) as reader:
-        check_resumable(view, header_for(job, fingerprint(job.input), clock), str(job.ledger))
-        s.locked_by = holder(job.ledger)
+        check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
+        s.locked_by = holder(job.where)
         now = clock.wall()
         for item in plan(job, reader):
             if isinstance(item, RejectedRow):

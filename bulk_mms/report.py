@@ -27,7 +27,7 @@ from bulk_mms.ledger import (
     RecipientCounts,
     Sent,
     load,
-    open_store,
+    read_events,
 )
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
 from bulk_mms.reader import Row, RowReader, fingerprint
@@ -324,7 +324,7 @@ def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, s
     recipient's row is not recorded (a group written by an older bulk-mms)."""
     assert s.ledger is not None
     found: dict[str, dict[str, str]] = {}
-    for ev in open_store(s.ledger, "read").events(skip_status=True):
+    for ev in read_events(s.ledger, skip_status=True):
         if not isinstance(ev, Sent | Failed | InDoubt) or not ev.rows:
             continue
         for phone, values in zip(ev.to, ev.rows, strict=False):

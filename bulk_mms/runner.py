@@ -311,7 +311,7 @@ async def run_job(
         return JobSummary(job.name, stopped="window")
     with open_reader(job, keep_all=True) as reader:
         header = header_for(job, fingerprint(job.input), clock)
-        store = open_store(job.ledger, "run")
+        store = open_store(job.where, "run")
         try:
             view = _resume(store, header, reader.columns, job.phone_column)
             started = RunStarted(os.getpid(), iso(clock.wall()))

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from bulk_mms.errors import NotFound, SendError
-from bulk_mms.ledger import Location, load, open_store
+from bulk_mms.ledger import Location, load, read_events
 from bulk_mms.ledger.events import encode
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 
@@ -135,7 +135,7 @@ class FakeClock:
 def ledger_events(location: Location) -> list[dict[str, Any]]:
     """Every event of a ledger, in order, as the JSON objects the store keeps (``event`` is
     the kind): for asserting on what a run recorded."""
-    return [orjson.loads(encode(ev)) for ev in open_store(location, "read").events()]
+    return [orjson.loads(encode(ev)) for ev in read_events(location)]
 
 
 def groups_in(location: Location, state: str) -> set[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bulk_mms.config._toml import URL, Table, read_toml
 from bulk_mms.errors import ConfigError
+from bulk_mms.ledger.store import Location, is_database, named
 
 MAX_GROUP_SIZE = 8  # the API's limit on `to`
 
@@ -103,6 +104,7 @@ class JobConfig:
     name: str
     path: Path
     input: Path
+    #: The JSONL ledger file (unused when ``database`` is set).
     ledger: Path
     message: MessageConfig
     phone_column: str = "phone"
@@ -115,6 +117,14 @@ class JobConfig:
     #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
     timezone: str = "UTC"
     send_window: SendWindow | None = None
+    #: A ``postgresql://`` URL naming the ledger (``?ledger=``, by default the job's name),
+    #: from the job's ``ledger``, ``--ledger`` or ``BULK_MMS_LEDGER_URL``; None: the file.
+    database: str | None = None
+
+    @property
+    def where(self) -> Location:
+        """Where the job's ledger is: the database when one is named, else the file."""
+        return self.database if self.database is not None else self.ledger
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -235,7 +245,8 @@ def load_job(
         name=name,
         path=path,
         input=input_path,
-        ledger=base / ledger,
+        ledger=base / (f"ledgers/{name}.jsonl" if is_database(ledger) else ledger),
+        database=str(named(ledger, name)) if is_database(ledger) else None,
         timezone=timezone,
         send_window=window,
         message=message,

@@ -21,7 +21,20 @@ from bulk_mms.ledger.events import (
     to_json,
 )
 from bulk_mms.ledger.fold import STATES, GroupRecord, LedgerView, RecipientCounts
-from bulk_mms.ledger.store import LedgerStore, Location, holder, load, open_store
+from bulk_mms.ledger.store import (
+    LedgerStore,
+    Location,
+    copy_ledger,
+    display,
+    exists,
+    holder,
+    load,
+    location,
+    migrate_database,
+    named,
+    open_store,
+    read_events,
+)
 
 __all__ = [
     "FORMAT",
@@ -41,8 +54,15 @@ __all__ = [
     "RunStarted",
     "Sent",
     "Status",
+    "copy_ledger",
+    "display",
+    "exists",
     "holder",
     "load",
+    "location",
+    "migrate_database",
+    "named",
     "open_store",
+    "read_events",
     "to_json",
 ]

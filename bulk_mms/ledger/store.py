@@ -3,8 +3,9 @@
 A :class:`LedgerStore` appends events durably and gives them back in order. Nothing outside a
 store knows where or how it keeps them: the runner, ``track``, ``webhooks`` and ``report`` see
 :mod:`events <bulk_mms.ledger.events>` going in and a :class:`~bulk_mms.ledger.LedgerView`
-coming out. The JSONL file (:class:`~bulk_mms.ledger.jsonl.JsonlStore`) is the store; a new
-backend is one module implementing this protocol and one branch in :func:`open_store`.
+coming out. The JSONL file (:class:`~bulk_mms.ledger.jsonl.JsonlStore`) is the embedded store;
+PostgreSQL (:class:`~bulk_mms.ledger.postgres.PostgresStore`) is the one several hosts share.
+A backend is one module implementing this protocol and one branch in :func:`open_store`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
+
+import yarl
 
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event
@@ -74,25 +77,130 @@ class LedgerStore(Protocol):
         ...
 
 
-def open_store(location: Location, mode: Mode = "run") -> LedgerStore:
-    """Open the ledger at ``location``.
+def location(text: str | Path) -> Location:
+    """A ledger location as given (a flag, a job setting, ``BULK_MMS_LEDGER_URL``): a
+    ``postgresql://`` URL stays a URL, anything else is a file path."""
+    text = str(text)
+    return text if is_database(text) else Path(text)
+
+
+def is_database(where: Location) -> bool:
+    """Whether ``where`` names a database (``postgresql://``) rather than a file."""
+    return isinstance(where, str) and where.split("://", 1)[0] in ("postgresql", "postgres")
+
+
+def display(where: Location) -> str:
+    """How to name a ledger to a person: a database URL without its password."""
+    if is_database(where):
+        return str(yarl.URL(str(where)).with_password(None))
+    return str(where)
+
+
+def named(where: Location, name: str, *, rename: bool = False) -> Location:
+    """A database location with the ledger ``name`` (when it names none, or ``rename``); a
+    file is returned as it is."""
+    if isinstance(where, Path):
+        return where
+    url = yarl.URL(where)
+    if "ledger" in url.query and not rename:
+        return where
+    return str(url.update_query(ledger=name))
+
+
+def open_store(where: Location, mode: Mode = "run") -> LedgerStore:
+    """Open the ledger at ``where``: a JSONL file, or a PostgreSQL URL.
 
     Raises:
         LedgerLocked: ``run``, and another run holds it.
         LedgerError: it cannot be opened as ``mode`` needs.
     """
-    return JsonlStore.open(Path(location), mode)
+    if isinstance(where, str) and is_database(where):
+        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+
+        return postgres.PostgresStore.open(where, mode)
+    return JsonlStore.open(Path(where), mode)
 
 
-def holder(location: Location) -> str | None:
-    """Who runs the job at ``location`` now (a PID), or None: what a dry run warns about."""
-    return JsonlStore.holder(Path(location))
+def holder(where: Location) -> str | None:
+    """Who runs the job at ``where`` now (a PID), or None: what a dry run warns about."""
+    if isinstance(where, str) and is_database(where):
+        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+
+        return postgres.holder(where)
+    return JsonlStore.holder(Path(where))
 
 
-def load(location: Location, *, statuses: bool = True) -> LedgerView:
+def exists(where: Location) -> bool:
+    """Whether a ledger is at ``where`` (a database that cannot be reached is an error).
+
+    Raises:
+        LedgerError: the database cannot be reached.
+    """
+    if is_database(where):
+        try:
+            open_store(where, "read").close_sync()
+        except LedgerError as exc:
+            if "no such ledger" in str(exc):
+                return False
+            raise
+        return True
+    return Path(where).exists()
+
+
+def read_events(where: Location, *, skip_status: bool = False) -> Iterator[Event]:
+    """Every event of the ledger at ``where``, in order (read only).
+
+    Raises:
+        LedgerError: it is missing or unreadable; LedgerCorrupt names a bad event.
+    """
+    store = open_store(where, "read")
+    try:
+        yield from store.events(skip_status=skip_status)
+    finally:
+        store.close_sync()
+
+
+def load(where: Location, *, statuses: bool = True) -> LedgerView:
     """Fold a whole ledger (read only). ``statuses=False`` skips delivery statuses (faster).
 
     Raises:
         LedgerError: it is missing or unreadable; LedgerCorrupt names a bad event.
     """
-    return LedgerView.fold(open_store(location, "read").events(skip_status=not statuses))
+    return LedgerView.fold(read_events(where, skip_status=not statuses))
+
+
+async def copy_ledger(source: Location, target: Location) -> int:
+    """Copy every event of ``source`` into ``target``, which must be new or empty; how many.
+
+    Raises:
+        LedgerError: the source cannot be read, or the target already holds events.
+    """
+    store = open_store(target, "run")
+    if next(iter(store.events()), None) is not None:
+        store.close_sync()
+        raise LedgerError(display(target), "already holds events: copy into a new ledger")
+    try:
+        n = 0
+        for ev in read_events(source):
+            store.append_nowait(ev)
+            n += 1
+            if n % 4096 == 0:
+                await store.drain()
+        await store.close()
+    except BaseException:
+        store.close_sync()
+        raise
+    return n
+
+
+def migrate_database(url: str) -> tuple[int, int]:
+    """Bring the database at ``url`` up to this bulk-mms's schema: (version before, after).
+
+    Raises:
+        LedgerError: it cannot be reached, or its schema is newer.
+    """
+    if not is_database(url):
+        raise LedgerError(display(url), "is not a postgresql:// URL")
+    from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+
+    return postgres.migrate_url(url)

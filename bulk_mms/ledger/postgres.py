@@ -1,0 +1,338 @@
+"""The PostgreSQL ledger store: the same events as the JSONL file, in a database every host reaches.
+
+A location is a libpq URL with the ledger's name in its query::
+
+    postgresql://USER@HOST:PORT/DB?ledger=NAME
+
+(``ledger`` defaults to ``default``; the job file fills it with the job's name). Passwords come
+from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads them) and are never shown: the
+store's :attr:`name` is the URL without one, and connection errors are scrubbed of it.
+
+Driver: psycopg 3. Its async connection carries the send path (the write-ahead ``attempt`` and
+every outcome, group-committed: one transaction per batch of events queued while the last
+commit ran, as the JSONL store shares one fsync), and its sync connection streams reads through
+a server-side cursor, so a fold stays a plain iterator; both are the same libpq, with its own
+``~/.pgpass``, ``PG*`` variables and TLS handling, and the binary build needs no compiler.
+
+Schema (:func:`migrate`, versioned in ``bulk_mms_schema``; run by ``bulk-mms db migrate`` and on
+first use): ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (one row per event,
+its JSON in ``body``, ordered by ``seq``). A webhook event recorded twice (two receivers behind
+one load balancer, a redelivery) is refused by a unique index, not by a read-then-write.
+
+A run holds a session advisory lock on its ledger (with its PID in ``application_name``): a
+second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`, as with the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+import psycopg
+import yarl
+
+from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
+
+#: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
+SCHEMA_VERSION: Final = 1
+_MIGRATIONS: Final = {
+    1: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
+            id bigserial PRIMARY KEY,
+            name text NOT NULL UNIQUE,
+            created timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS bulk_mms_events (
+            ledger bigint NOT NULL REFERENCES bulk_mms_ledgers (id) ON DELETE CASCADE,
+            seq bigserial NOT NULL,
+            kind text NOT NULL,
+            grp text,
+            webhook_id text,
+            recipient text,
+            body jsonb NOT NULL,
+            PRIMARY KEY (ledger, seq)
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_webhook
+            ON bulk_mms_events (ledger, webhook_id, recipient) WHERE webhook_id IS NOT NULL;
+    """,
+}
+_INSERT: Final = (
+    "INSERT INTO bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) "
+    "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
+)
+_READ: Final = (
+    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND seq > %s ORDER BY seq"
+)
+_READ_SKIPPING_STATUS: Final = (
+    "SELECT seq, body::text FROM bulk_mms_events "
+    "WHERE ledger = %s AND seq > %s AND kind <> 'status' ORDER BY seq"
+)
+#: The advisory-lock namespace of migrations (any constant: it only has to be the same).
+_MIGRATE_LOCK: Final = 0x62756C6B
+
+
+def split(location: str) -> tuple[str, str, str]:
+    """``(conninfo for libpq, ledger name, the URL to show)`` of a location.
+
+    Raises:
+        LedgerError: not a usable URL.
+    """
+    try:
+        url = yarl.URL(location)
+    except (TypeError, ValueError):
+        raise LedgerError("ledger URL", "is not a postgresql:// URL") from None
+    name = url.query.get("ledger") or "default"
+    conninfo = url.without_query_params("ledger")
+    shown = str(conninfo.with_password(None).with_query(ledger=name))
+    return str(conninfo), name, shown
+
+
+def _scrub(exc: Exception, conninfo: str) -> str:
+    """A driver error in one line, without the password whatever the driver put in it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    password = yarl.URL(conninfo).password
+    return text.replace(password, "***") if password else text
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION` (idempotent, safe from many processes at
+    once); the version it was at before."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS bulk_mms_schema (version int NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM bulk_mms_schema").fetchone()
+        before = int(row[0]) if row and row[0] is not None else 0
+        if before > SCHEMA_VERSION:
+            raise LedgerError("database", f"schema version {before} is from a newer bulk-mms")
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            conn.execute(_MIGRATIONS[version])
+            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+    return before
+
+
+def migrate_url(location: str) -> tuple[int, int]:
+    """:func:`migrate` the database at ``location``: (version before, after)."""
+    conninfo, _, shown = split(location)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            return migrate(conn), SCHEMA_VERSION
+    except psycopg.Error as exc:
+        raise LedgerError(shown, _scrub(exc, conninfo)) from None
+
+
+def _row(ledger: int, ev: Event) -> tuple[Any, ...]:
+    body = orjson.dumps(to_json(ev)).decode()
+    if isinstance(ev, Status):
+        return (ledger, ev.kind, ev.group, ev.webhook_id, ev.recipient, body)
+    return (ledger, ev.kind, getattr(ev, "group", None), None, None, body)
+
+
+class PostgresStore:
+    """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
+
+    def __init__(self, conninfo: str, name: str, shown: str, conn: psycopg.Connection[Any]) -> None:
+        self._conninfo = conninfo
+        self.ledger_name = name
+        self.name = shown
+        self._conn = conn
+        migrate(conn)
+        self._ledger = self._ledger_id(create=False)
+        self._seen = 0  # the last seq new_events() gave
+        self._writer: psycopg.AsyncConnection[Any] | None = None
+        self._pending: list[tuple[Any, ...]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.failed: LedgerError | None = None
+        self.events_written = 0
+        self.commits = 0
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.name} events_written={self.events_written}>"
+
+    @classmethod
+    def open(cls, location: str, mode: str = "run") -> PostgresStore:
+        """Connect, migrate, and (``run``) take the ledger's lock.
+
+        Raises:
+            LedgerLocked: ``run``, and another run holds the ledger.
+            LedgerError: the database cannot be reached or used; (``append``, ``read``) the
+                ledger does not exist.
+        """
+        conninfo, name, shown = split(location)
+        try:
+            conn = psycopg.connect(
+                conninfo, autocommit=True, application_name=f"bulk-mms pid {os.getpid()}"
+            )
+        except psycopg.Error as exc:
+            raise LedgerError(shown, f"cannot connect: {_scrub(exc, conninfo)}") from None
+        try:
+            return cls._prepared(cls(conninfo, name, shown, conn), mode)
+        except psycopg.Error as exc:
+            conn.close()
+            raise LedgerError(shown, _scrub(exc, conninfo)) from None
+        except LedgerError:
+            conn.close()
+            raise
+
+    @staticmethod
+    def _prepared(store: PostgresStore, mode: str) -> PostgresStore:
+        if store._ledger is None:
+            if mode != "run":
+                raise LedgerError(store.name, "no such ledger")
+            store._ledger = store._ledger_id(create=True)
+        if mode == "run":
+            store._lock()
+        return store
+
+    def _ledger_id(self, *, create: bool) -> int | None:
+        if create:
+            self._conn.execute(
+                "INSERT INTO bulk_mms_ledgers (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (self.ledger_name,),
+            )
+        row = self._conn.execute(
+            "SELECT id FROM bulk_mms_ledgers WHERE name = %s", (self.ledger_name,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def _lock(self) -> None:
+        row = self._conn.execute(
+            "SELECT pg_try_advisory_lock(%s::int, %s::int)", (_MIGRATE_LOCK, self._id)
+        ).fetchone()
+        if not (row and row[0]):
+            raise LedgerLocked(self.name, holder_of(self._conn, self._id) or "unknown")
+
+    @property
+    def _id(self) -> int:
+        assert self._ledger is not None
+        return self._ledger
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def events(self, *, skip_status: bool = False) -> Iterator[Event]:
+        return self._read(0, skip_status=skip_status)
+
+    def new_events(self) -> Iterator[Event]:
+        return self._read(self._seen)
+
+    def _read(self, after: int, *, skip_status: bool = False) -> Iterator[Event]:
+        sql = _READ_SKIPPING_STATUS if skip_status else _READ
+        with psycopg.connect(self._conninfo) as conn, conn.cursor(name="bulk_mms_read") as cur:
+            cur.itersize = 5000
+            cur.execute(sql, (self._id, after))
+            for seq, body in cur:
+                self._seen = max(self._seen, seq)
+                try:
+                    event = decode(orjson.loads(body))
+                except (orjson.JSONDecodeError, Malformed) as exc:
+                    raise LedgerCorrupt(self.name, str(exc), line=seq) from None
+                if event is not None:
+                    yield event
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append_now(self, event: Event) -> None:
+        try:
+            self._conn.execute(_INSERT, _row(self._id, event))
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+        self.events_written += 1
+        self.commits += 1
+
+    def append_nowait(self, event: Event) -> None:
+        if self.failed is not None:
+            raise self.failed
+        self._pending.append(_row(self._id, event))
+        self._kick()
+
+    async def append(self, event: Event) -> None:
+        if self.failed is not None:
+            raise self.failed
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append(_row(self._id, event))
+        self._waiters.append(fut)
+        self._kick()
+        await fut
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        # Group commit: what queued while the last transaction ran goes in the next one.
+        while self._pending:
+            rows, self._pending = self._pending, []
+            waiters, self._waiters = self._waiters, []
+            try:
+                await self._commit(rows)
+            except LedgerError as exc:
+                self.failed = exc
+                for fut in waiters + self._waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self._waiters, self._pending = [], []
+                return
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _commit(self, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            if self._writer is None:
+                self._writer = await psycopg.AsyncConnection.connect(self._conninfo)
+            async with self._writer.transaction(), self._writer.cursor() as cur:
+                await cur.executemany(_INSERT, rows)
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+        self.events_written += len(rows)
+        self.commits += 1
+
+    async def drain(self) -> None:
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        if self.failed is not None:
+            raise self.failed
+
+    async def close(self) -> None:
+        try:
+            await self.drain()
+        finally:
+            if self._writer is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self._writer.close()
+                self._writer = None
+            self.close_sync()
+
+    def close_sync(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()  # ends the session: its advisory lock goes with it
+
+
+def holder_of(conn: psycopg.Connection[Any], ledger: int) -> str | None:
+    """Who holds a ledger's run lock: the holder's ``application_name`` PID, or None."""
+    row = conn.execute(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
+        (_MIGRATE_LOCK, ledger),
+    ).fetchone()
+    if row is None:
+        return None
+    return str(row[0]).removeprefix("bulk-mms pid ") or "unknown"
+
+
+def holder(location: str) -> str | None:
+    """Who runs the ledger at ``location`` now, or None (also when it cannot be asked)."""
+    conninfo, name, _ = split(location)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT id FROM bulk_mms_ledgers WHERE name = %s", (name,)
+            ).fetchone()
+            return holder_of(conn, int(row[0])) if row else None
+    except psycopg.Error:
+        return None

@@ -1,0 +1,141 @@
+"""The PostgreSQL ledger store against the real server: the same promises as the file (a run,
+its resume and its report agree), the run lock, webhook events recorded once, ledger copy both
+ways, the schema migrated by the tool, and no password in what a user sees."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.errors import LedgerError, LedgerLocked, Rejected
+from bulk_mms.ledger import events, open_store, read_events, to_json
+from bulk_mms.ledger.store import named
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.report import summarize
+from bulk_mms.runner import run_job
+from bulk_mms.testing import groups_in
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+
+SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of its own on the project's PostgreSQL, dropped afterwards."""
+    name = f"bulk_mms_test_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {SERVER}: {str(exc).splitlines()[0]}"
+        if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{SERVER}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def test_a_run_resume_and_report_agree_on_postgres(jobs: JobFactory, database: str) -> None:
+    """A job sent into PostgreSQL: the report counts what the server accepted and refused,
+    and a rerun sends nobody again."""
+    jobs.people(20)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return Rejected("invalid", status=400) if g.seq == 1 else ok_receipt(g, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, FAST, client, clock=FakeClock())
+    assert (s.sent_groups, s.failed_groups) == (4, 1)
+    report = summarize(job.where)
+    assert report.recipient_states.as_dict() == {
+        "valid": 20,
+        "sent": 16,
+        "failed": 4,
+        "retry_pending": 0,
+        "in_doubt": 0,
+        "not_attempted": 0,
+    }
+    again = FakeClient()
+    s2 = await run_job(job, FAST, again, clock=FakeClock())
+    assert again.calls == []
+    assert s2.skipped_groups == 5
+    assert len(groups_in(job.where, "sent")) == 4
+    assert not job.ledger.exists()  # nothing went to the file
+
+
+def test_a_second_run_of_the_same_ledger_is_locked_out(database: str) -> None:
+    """While one run holds a database ledger, a second is refused naming the holder's PID."""
+    where = f"{database}?ledger=locked"
+    first = open_store(where, "run")
+    with pytest.raises(LedgerLocked) as info:
+        open_store(where, "run")
+    assert str(os.getpid()) in str(info.value)
+    first.close_sync()
+    open_store(where, "run").close_sync()
+
+
+def test_a_redelivered_webhook_event_is_recorded_once(database: str) -> None:
+    """The same webhook event written twice (two receivers, a redelivery) is one row."""
+    where = f"{database}?ledger=hooks"
+    store = open_store(where, "run")
+    status = events.status_event(
+        "g1", RecipientStatus("+12125550100", "delivered"), source="webhook",
+        time="", webhook_id="evt-1",
+    )  # fmt: skip
+    store.append_now(status)
+    store.append_now(status)
+    store.close_sync()
+    assert [to_json(e) for e in read_events(where)] == [to_json(status)]
+
+
+def test_ledger_copy_both_ways_keeps_every_event(
+    jobs: JobFactory, database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSONL → PostgreSQL → JSONL gives back the same events, in order, through the CLI."""
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 4")
+    asyncio.run(run_job(job, FAST, FakeClient(), clock=FakeClock()))
+    where = f"{database}?ledger=copied"
+    back = jobs.root / "back.jsonl"
+    assert main(["-q", "ledger", "copy", str(job.ledger), where]) == 0
+    assert main(["-q", "ledger", "copy", where, str(back)]) == 0
+    original = [to_json(e) for e in read_events(job.ledger)]
+    assert [to_json(e) for e in read_events(back)] == original
+    assert main(["-q", "ledger", "copy", str(job.ledger), where]) == 2  # not into a used one
+    assert "already holds events" in capsys.readouterr().err
+    assert main(["-q", "report", where, "--json"]) == 0
+    assert sorted(summarize(where).undelivered) == []
+    assert summarize(where).sent_recipients == len(numbers(12))
+
+
+def test_the_schema_is_migrated_by_the_tool(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """db migrate creates the schema, and a second time finds it current."""
+    assert main(["-q", "db", "migrate", database]) == 0
+    assert "schema version 0 -> 1" in capsys.readouterr().err
+    assert main(["-q", "db", "migrate", database]) == 0
+    assert "schema version 1 -> 1" in capsys.readouterr().err
+
+
+def test_a_password_never_shows(database: str) -> None:
+    """A URL's password is neither in the ledger's name nor in a connection error."""
+    server = SERVER.replace("postgres@", "postgres:s3cr3t-pw@")
+    with pytest.raises(LedgerError) as info:
+        open_store(f"{server.rsplit(':', 1)[0]}:1/nowhere?ledger=x", "read")
+    assert "s3cr3t-pw" not in str(info.value)
+    store = open_store(f"{server}/{database.rsplit('/', 1)[1]}?ledger=pw", "run")
+    assert "s3cr3t-pw" not in store.name
+    store.close_sync()
