@@ -87,6 +87,9 @@ class Runner:
         )
         self.in_flight = 0
         self.sender = GroupSender(job, settings, client, recorder, clock=clock, stop=stop)
+        self.store = recorder.store
+        #: Shared ledger: groups a live process claimed first, waited on until they settle.
+        self.others: dict[str, Group] = {}
         self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
@@ -140,9 +143,17 @@ class Runner:
             if not await self._dispatch(item):
                 return
         self.recorder.planned(recipients, groups, rejected)
+        if self.others:
+            await self._settle_others()
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
+        if self.store.shared and not self.view.is_done(group.id):
+            if not await self.store.claim(group.id):
+                self.others[group.id] = group  # a live process has it: see it settle
+                return True
+            # another process may have sent it since this run started
+            self.view.refresh_group(group.id, self.store.group_events(group.id))
         action = disposition(
             self.view,
             self.settings.retry,
@@ -165,6 +176,34 @@ class Runner:
             log.info("job.limit_reached", limit=self.limit)
             return False
         return True
+
+    async def _settle_others(self) -> None:
+        """Shared ledger: wait until the groups other processes claimed are settled, and take
+        over those whose process died (its claim ran out): so every process ends when the job
+        does, with the same view of it, and a process that dies loses none of its groups."""
+        while self.others and not self.stop.is_set():
+            for gid, group in list(self.others.items()):
+                rec = self.view.refresh_group(gid, self.store.group_events(gid))
+                if rec is not None and not rec.open and rec.outcome is not None:
+                    del self.others[gid]  # settled by its owner
+                elif await self.store.claim(gid):
+                    del self.others[gid]
+                    log.info("group.taken_over", group=gid)
+                    self.view.refresh_group(gid, self.store.group_events(gid))
+                    if not await self._dispatch(group):
+                        return
+            if self.others:
+                await self.clock.sleep(min(1.0, self.store.lease_s / 4))
+
+    async def keep_claims(self) -> None:
+        """Shared ledger: renew this process's claims well within the lease, until cancelled."""
+        while True:
+            await asyncio.sleep(self.store.lease_s / 3)  # real time: the lease is the server's
+            try:
+                await self.store.heartbeat()
+            except LedgerError as exc:
+                self.sender.fail_ledger(exc)
+                return
 
     async def feed(self, reader: RowReader) -> None:
         """Produce, then tell the workers the input has ended (one end marker, passed on)."""
@@ -204,12 +243,16 @@ class Runner:
                 task.cancel()
 
         self.stop.on_force(cancel_all)
+        claims = asyncio.create_task(self.keep_claims()) if self.store.shared else None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:  # cancelled from outside: take the children along
             cancel_all()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            if claims is not None:
+                claims.cancel()
         broken = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
         if broken:
             # a bug, not a send error (those are all recorded): stop everything rather than
@@ -314,7 +357,8 @@ async def run_job(
         store = open_store(job.where, "run")
         try:
             view = _resume(store, header, reader.columns, job.phone_column)
-            started = RunStarted(os.getpid(), iso(clock.wall()))
+            store.lease_s = settings.lease_s
+            started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             store.append_now(started)
             view.apply(started)
             recorder = Recorder(store, view, JobSummary(job.name), clock)

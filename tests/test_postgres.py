@@ -1,27 +1,38 @@
 """The PostgreSQL ledger store against the real server: the same promises as the file (a run,
-its resume and its report agree), the run lock, webhook events recorded once, ledger copy both
-ways, the schema migrated by the tool, and no password in what a user sees."""
+its resume and its report agree), several processes sharing one job (claims, leases, a killed
+process's groups finished by the others), webhook events recorded once, ledger copy both ways,
+the schema migrated by the tool, and no password in what a user sees."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.errors import LedgerError, LedgerLocked, Rejected
+from bulk_mms.errors import LedgerError, Rejected
+from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, open_store, read_events, to_json
+from bulk_mms.ledger.postgres import SCHEMA_VERSION
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.threaded import fake_api_thread
+
+KEY = "pg-test-key"
 
 SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
@@ -75,15 +86,55 @@ async def test_a_run_resume_and_report_agree_on_postgres(jobs: JobFactory, datab
     assert not job.ledger.exists()  # nothing went to the file
 
 
-def test_a_second_run_of_the_same_ledger_is_locked_out(database: str) -> None:
-    """While one run holds a database ledger, a second is refused naming the holder's PID."""
-    where = f"{database}?ledger=locked"
-    first = open_store(where, "run")
-    with pytest.raises(LedgerLocked) as info:
-        open_store(where, "run")
-    assert str(os.getpid()) in str(info.value)
-    first.close_sync()
-    open_store(where, "run").close_sync()
+async def test_each_group_is_claimed_by_one_process_until_its_lease_runs_out(
+    database: str,
+) -> None:
+    """Two processes on one ledger: a group goes to the first that claims it; the other gets
+    it only once the first's heartbeat has stopped for the lease."""
+    where = f"{database}?ledger=shared"
+    first, second = open_store(where, "run"), open_store(where, "run")
+    first.lease_s = second.lease_s = 30.0
+    assert await first.claim("g1")
+    assert not await second.claim("g1")
+    assert await first.claim("g1")  # a renewal
+    assert await second.claim("g2")
+    second.lease_s = 0.0  # as if 30 s had passed since first's last heartbeat
+    assert await second.claim("g1")
+    await first.close()
+    await second.close()
+
+
+def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
+    jobs: JobFactory, database: str
+) -> None:
+    """Three real `bulk-mms run` processes on one PostgreSQL ledger, one SIGKILLed mid-run:
+    the others take over its groups when its lease runs out; every recipient is accepted
+    exactly once at the server, and both survivors exit 0 as a single run would."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(120)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 15\nconcurrency = 2\nlease_s = 2\n")
+    where = f"{database}?ledger=three"
+    with fake_api_thread(fake) as url:
+        procs = [run_cli(job.path, url, config, where) for _ in range(3)]
+        time.sleep(1.5)
+        procs[0].send_signal(signal.SIGKILL)
+        outs = [p.communicate(timeout=90) for p in procs]
+    assert procs[0].returncode == -signal.SIGKILL
+    assert [p.returncode for p in procs[1:]] == [0, 0], [o[1].decode()[-400:] for o in outs]
+    counts = fake.recipient_counts()
+    assert sorted(counts) == numbers(120)
+    assert max(counts.values()) == 1
+    assert summarize(where).sent_recipients == 120
+
+
+def run_cli(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TELNYX_API_KEY": KEY}
+    env.pop("TELNYX_BASE_URL", None)
+    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
+    cmd += ["--config", str(config), "--ledger", ledger, "--yes"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_a_redelivered_webhook_event_is_recorded_once(database: str) -> None:
@@ -125,9 +176,9 @@ def test_the_schema_is_migrated_by_the_tool(
 ) -> None:
     """db migrate creates the schema, and a second time finds it current."""
     assert main(["-q", "db", "migrate", database]) == 0
-    assert "schema version 0 -> 1" in capsys.readouterr().err
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in capsys.readouterr().err
     assert main(["-q", "db", "migrate", database]) == 0
-    assert "schema version 1 -> 1" in capsys.readouterr().err
+    assert f"schema version {SCHEMA_VERSION} -> {SCHEMA_VERSION}" in capsys.readouterr().err
 
 
 def test_a_password_never_shows(database: str) -> None:

@@ -74,6 +74,9 @@ class Settings:
     max_job_duration_s: float = 0.0
     #: Give up on a group still being rate limited this long after its first try (0: no limit).
     max_group_age_s: float = 3600.0
+    #: With a shared (PostgreSQL) ledger: seconds without a heartbeat after which a process's
+    #: claimed groups pass to the other processes running the job.
+    lease_s: float = 30.0
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
     sender_limits: dict[str, float] = field(default_factory=dict)
     type_limits: dict[str, float] = field(default_factory=dict)
@@ -121,6 +124,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             max_group_age_s=limits.float_(
                 "max_group_age_s", settings.max_group_age_s, 0, 30 * 86_400
             ),
+            lease_s=limits.float_("lease_s", settings.lease_s, 1, 3600),
             sender_limits=limits.rate_table("senders"),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")

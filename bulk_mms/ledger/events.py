@@ -92,6 +92,9 @@ _MATCHED: Final = (
 class RunStarted:
     pid: int = 0
     time: str = ""
+    #: Another process may be running the ledger too (a database): an attempt left open is
+    #: then not taken for a crash's (its owner's claim says whether it is alive).
+    shared: bool = False
     kind: ClassVar[str] = "run"
 
 
@@ -403,7 +406,7 @@ def _status(d: Mapping[str, Any]) -> Status:
 
 _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "job": _header,
-    "run": lambda d: RunStarted(_int(d, "pid"), _time(d)),
+    "run": lambda d: RunStarted(_int(d, "pid"), _time(d), bool(d.get("shared"))),
     "planned": lambda d: Planned(
         _int(d, "recipients"), _int(d, "groups"), _int(d, "rejected"), _time(d)
     ),

@@ -158,15 +158,20 @@ class LedgerView:
             case events.Planned():
                 self.planned = ev
             case events.RunStarted():
-                self._run_started()
+                self._run_started(ev.shared)
             case events.Header():
                 self.header = ev
 
-    def _run_started(self) -> None:
+    def _run_started(self, shared: bool) -> None:
         """A new run: an attempt still open belonged to a run that ended without recording
-        its outcome (a crash), so its request may have been accepted."""
+        its outcome (a crash), so its request may have been accepted. (Not so on a shared
+        ledger, where other processes send at the same time: there an open attempt stays
+        open, in doubt only while it is, until its owner or the one that takes over its
+        group records the outcome.)"""
         self.runs += 1
         self.close_run()
+        if shared:
+            return
         for gid in self._open:
             rec = self.groups[gid]
             if rec.open and rec.outcome != SENT:
@@ -240,6 +245,14 @@ class LedgerView:
         mid = st.message_id or (old.message_id if old else None)
         self.known[st.phone] = Known(st.status, st.at, mid)
         return True
+
+    def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
+        """Rebuild one group from its events as the ledger has them now (another process
+        may have sent it): what a shared run does before it decides about the group."""
+        self.groups.pop(gid, None)
+        for ev in stream:
+            self.apply(ev)
+        return self.groups.get(gid)
 
     def close_run(self) -> None:
         """End the current run's sending span (a new run starts, or the fold ends)."""

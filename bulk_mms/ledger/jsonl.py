@@ -195,6 +195,19 @@ class JsonlStore:
             return iter(())
         return _Tail(self.path).read(skip_status=skip_status)
 
+    #: A file is exclusive to one run (its lock): there is nothing to claim.
+    shared = False
+    lease_s = 0.0
+
+    def group_events(self, group: str) -> list[Event]:
+        return []  # exclusive: this run's own view already holds all of them
+
+    async def claim(self, group: str) -> bool:
+        return True
+
+    async def heartbeat(self) -> None:
+        return None
+
     def new_events(self) -> Iterator[Event]:
         """The events written since the last call (by this process or another)."""
         return self._tail.read()

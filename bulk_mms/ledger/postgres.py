@@ -19,8 +19,11 @@ first use): ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (o
 its JSON in ``body``, ordered by ``seq``). A webhook event recorded twice (two receivers behind
 one load balancer, a redelivery) is refused by a unique index, not by a read-then-write.
 
-A run holds a session advisory lock on its ledger (with its PID in ``application_name``): a
-second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`, as with the file.
+Several processes, on one host or many, may run the same ledger at once (:attr:`shared`): each
+claims a group (:meth:`PostgresStore.claim`, in ``bulk_mms_claims``) before it sends it, and
+keeps its claims alive with a heartbeat; a process whose heartbeat stops for ``lease_s`` loses
+its claims to the others, which finish its groups under the same Idempotency-Keys and the same
+in-doubt rules as a resume.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
+import socket
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -35,11 +40,11 @@ import orjson
 import psycopg
 import yarl
 
-from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.errors import LedgerCorrupt, LedgerError
 from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -60,7 +65,31 @@ _MIGRATIONS: Final = {
         CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_webhook
             ON bulk_mms_events (ledger, webhook_id, recipient) WHERE webhook_id IS NOT NULL;
     """,
+    2: """
+        CREATE INDEX IF NOT EXISTS bulk_mms_events_group ON bulk_mms_events (ledger, grp);
+        CREATE TABLE IF NOT EXISTS bulk_mms_claims (
+            ledger bigint NOT NULL REFERENCES bulk_mms_ledgers (id) ON DELETE CASCADE,
+            grp text NOT NULL,
+            owner text NOT NULL,
+            heartbeat timestamptz NOT NULL,
+            PRIMARY KEY (ledger, grp)
+        );
+    """,
 }
+#: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
+#: stopped more than the lease ago (it died). No row back: a live process holds it.
+_CLAIM: Final = """
+    INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat) VALUES (%s, %s, %s, now())
+    ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now()
+    WHERE bulk_mms_claims.owner = EXCLUDED.owner
+       OR bulk_mms_claims.heartbeat < now() - make_interval(secs => %s)
+    RETURNING owner
+"""
+_HEARTBEAT: Final = "UPDATE bulk_mms_claims SET heartbeat = now() WHERE ledger = %s AND owner = %s"
+_GROUP_EVENTS: Final = (
+    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND grp = %s "
+    "AND kind <> 'status' ORDER BY seq"
+)
 _INSERT: Final = (
     "INSERT INTO bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) "
     "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
@@ -144,6 +173,13 @@ class PostgresStore:
         self._ledger = self._ledger_id(create=False)
         self._seen = 0  # the last seq new_events() gave
         self._writer: psycopg.AsyncConnection[Any] | None = None
+        self._claims: psycopg.AsyncConnection[Any] | None = None
+        #: Who this process is to the other processes sharing the ledger.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        #: Several processes may run this ledger at once: each group is claimed first.
+        self.shared = True
+        #: Seconds without a heartbeat after which a process's claims pass to the others.
+        self.lease_s = 30.0
         self._pending: list[tuple[Any, ...]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -185,8 +221,6 @@ class PostgresStore:
             if mode != "run":
                 raise LedgerError(store.name, "no such ledger")
             store._ledger = store._ledger_id(create=True)
-        if mode == "run":
-            store._lock()
         return store
 
     def _ledger_id(self, *, create: bool) -> int | None:
@@ -199,13 +233,6 @@ class PostgresStore:
             "SELECT id FROM bulk_mms_ledgers WHERE name = %s", (self.ledger_name,)
         ).fetchone()
         return int(row[0]) if row else None
-
-    def _lock(self) -> None:
-        row = self._conn.execute(
-            "SELECT pg_try_advisory_lock(%s::int, %s::int)", (_MIGRATE_LOCK, self._id)
-        ).fetchone()
-        if not (row and row[0]):
-            raise LedgerLocked(self.name, holder_of(self._conn, self._id) or "unknown")
 
     @property
     def _id(self) -> int:
@@ -233,6 +260,47 @@ class PostgresStore:
                     raise LedgerCorrupt(self.name, str(exc), line=seq) from None
                 if event is not None:
                     yield event
+
+    def group_events(self, group: str) -> list[Event]:
+        """A group's events as the ledger has them now (written by any process)."""
+        rows = self._conn.execute(_GROUP_EVENTS, (self._id, group)).fetchall()
+        out = []
+        for seq, body in rows:
+            try:
+                event = decode(orjson.loads(body))
+            except (orjson.JSONDecodeError, Malformed) as exc:
+                raise LedgerCorrupt(self.name, str(exc), line=seq) from None
+            if event is not None:
+                out.append(event)
+        return out
+
+    # -- sharing ----------------------------------------------------------------------------
+
+    async def _claims_conn(self) -> psycopg.AsyncConnection[Any]:
+        if self._claims is None:
+            self._claims = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        return self._claims
+
+    async def claim(self, group: str) -> bool:
+        """Take ``group`` for this process: True when no live process holds it.
+
+        Raises:
+            LedgerError: the database cannot be reached.
+        """
+        try:
+            conn = await self._claims_conn()
+            cur = await conn.execute(_CLAIM, (self._id, group, self.owner, self.lease_s))
+            return await cur.fetchone() is not None
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot claim: {_scrub(exc, self._conninfo)}") from None
+
+    async def heartbeat(self) -> None:
+        """Keep this process's claims alive (call well within ``lease_s``)."""
+        try:
+            conn = await self._claims_conn()
+            await conn.execute(_HEARTBEAT, (self._id, self.owner))
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot renew: {_scrub(exc, self._conninfo)}") from None
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -302,37 +370,13 @@ class PostgresStore:
         try:
             await self.drain()
         finally:
-            if self._writer is not None:
-                with contextlib.suppress(psycopg.Error):
-                    await self._writer.close()
-                self._writer = None
+            for conn in (self._writer, self._claims):
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+            self._writer = self._claims = None
             self.close_sync()
 
     def close_sync(self) -> None:
         with contextlib.suppress(psycopg.Error):
             self._conn.close()  # ends the session: its advisory lock goes with it
-
-
-def holder_of(conn: psycopg.Connection[Any], ledger: int) -> str | None:
-    """Who holds a ledger's run lock: the holder's ``application_name`` PID, or None."""
-    row = conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
-        (_MIGRATE_LOCK, ledger),
-    ).fetchone()
-    if row is None:
-        return None
-    return str(row[0]).removeprefix("bulk-mms pid ") or "unknown"
-
-
-def holder(location: str) -> str | None:
-    """Who runs the ledger at ``location`` now, or None (also when it cannot be asked)."""
-    conninfo, name, _ = split(location)
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT id FROM bulk_mms_ledgers WHERE name = %s", (name,)
-            ).fetchone()
-            return holder_of(conn, int(row[0])) if row else None
-    except psycopg.Error:
-        return None

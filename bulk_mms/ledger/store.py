@@ -39,6 +39,10 @@ class LedgerStore(Protocol):
     events_written: int
     #: Durable commits made (group commit: one covers many events).
     commits: int
+    #: Whether other processes may run the same ledger at once (then each group is claimed
+    #: before it is sent); a store that is not shared is exclusive to one run.
+    shared: bool
+    lease_s: float
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
         """Every event in order; ``skip_status`` passes over delivery statuses (a resume)."""
@@ -46,6 +50,18 @@ class LedgerStore(Protocol):
 
     def new_events(self) -> Iterator[Event]:
         """The events appended since the last call, by anyone (``webhooks`` follows a run)."""
+        ...
+
+    def group_events(self, group: str) -> list[Event]:
+        """One group's events as the ledger has them now, by whichever process wrote them."""
+        ...
+
+    async def claim(self, group: str) -> bool:
+        """Take ``group`` for this process; False while a live process holds it."""
+        ...
+
+    async def heartbeat(self) -> None:
+        """Keep this process's claims alive."""
         ...
 
     def append_now(self, event: Event) -> None:
@@ -123,10 +139,8 @@ def open_store(where: Location, mode: Mode = "run") -> LedgerStore:
 
 def holder(where: Location) -> str | None:
     """Who runs the job at ``where`` now (a PID), or None: what a dry run warns about."""
-    if isinstance(where, str) and is_database(where):
-        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
-
-        return postgres.holder(where)
+    if is_database(where):
+        return None  # shared: another run there is a partner, not an obstacle
     return JsonlStore.holder(Path(where))
 
 
