@@ -299,6 +299,10 @@ class AccountBudget(Protocol):
         """
         ...
 
+    async def close(self) -> None:
+        """Let go of what the budget holds (a connection); the run is over."""
+        ...
+
 
 class LocalBudget:
     """The in-process :class:`AccountBudget`: one process sends for the account.
@@ -372,3 +376,6 @@ class LocalBudget:
             # the time after the wake-up, however late: the log holds when sends really left
             self._guard.record(now, cost)
             return now
+
+    async def close(self) -> None:
+        return None

@@ -330,6 +330,11 @@ def sender_type(sender: str) -> str:
     return "long_code"
 
 
+def max_cost(config: PacingConfig) -> float:
+    """The largest cost of one request: a group of 8 under ``cost = "recipient"``, else 1."""
+    return 8.0 if config.cost == "recipient" else 1.0
+
+
 class Pacer:
     """Admits requests under the per-sender and account-wide limits; learns from responses.
 
@@ -360,7 +365,7 @@ class Pacer:
         self._stopped = stopped
         # A group of 8 under cost="recipient" must fit in one second's window even when the rate
         # is lower than 8, or it could never be sent: the window holds at least the largest cost.
-        self.max_cost = 8.0 if config.cost == "recipient" else 1.0
+        self.max_cost = max_cost(config)
         self.budget: AccountBudget = budget or LocalBudget(
             config.rate, self.clock, max_cost=self.max_cost, stopped=stopped
         )

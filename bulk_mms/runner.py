@@ -355,6 +355,7 @@ async def run_job(
     with open_reader(job, keep_all=True) as reader:
         header = header_for(job, fingerprint(job.input), clock)
         store = open_store(job.where, "run")
+        runner: Runner | None = None
         try:
             view = _resume(store, header, reader.columns, job.phone_column)
             store.lease_s = settings.lease_s
@@ -374,6 +375,8 @@ async def run_job(
             except LedgerError as exc:
                 runner.sender.fail_ledger(exc)
         finally:
+            if runner is not None:
+                await runner.pacer.budget.close()
             await _close(store)
     return runner.finish()
 

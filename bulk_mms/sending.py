@@ -28,7 +28,7 @@ from bulk_mms.errors import (
     SendError,
 )
 from bulk_mms.models import Group
-from bulk_mms.pacing import PaceAborted, Pacer, Ticket
+from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.prepare import in_window, key_valid_until, pacing_config
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
@@ -79,8 +79,19 @@ class GroupSender:
         self.summary = recorder.summary
         self.clock = clock
         self.stop = stop
+        pacing = pacing_config(settings)
         self.pacer = Pacer(
-            pacing_config(settings), job.message.senders, clock=clock, stopped=stop.is_set
+            pacing,
+            job.message.senders,
+            clock=clock,
+            stopped=stop.is_set,
+            budget=recorder.store.account_budget(
+                settings.account,
+                settings.rate,
+                clock,
+                max_cost=max_cost(pacing),
+                stopped=stop.is_set,
+            ),
         )
         self.started = clock.monotonic()
         #: ``max_job_duration_s`` from now, on the monotonic clock.

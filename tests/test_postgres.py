@@ -109,7 +109,8 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
 ) -> None:
     """Three real `bulk-mms run` processes on one PostgreSQL ledger, one SIGKILLed mid-run:
     the others take over its groups when its lease runs out; every recipient is accepted
-    exactly once at the server, and both survivors exit 0 as a single run would."""
+    exactly once at the server, both survivors exit 0 as a single run would, and together
+    they never put more than the account's rate into any one-second window."""
     fake = FakeTelnyx(api_key=KEY)
     jobs.people(120)
     job = jobs.job(extra="group_size = 2")
@@ -127,6 +128,10 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
     assert sorted(counts) == numbers(120)
     assert max(counts.values()) == 1
     assert summarize(where).sent_recipients == 120
+    # one account budget for all three: no one-second window at the server above the rate
+    times = [t for t, _, _ in fake.accept_log]
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert busiest <= 15
 
 
 def run_cli(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[bytes]:

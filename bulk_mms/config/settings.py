@@ -77,6 +77,9 @@ class Settings:
     #: With a shared (PostgreSQL) ledger: seconds without a heartbeat after which a process's
     #: claimed groups pass to the other processes running the job.
     lease_s: float = 30.0
+    #: With a shared (PostgreSQL) ledger: processes naming the same account share its ``rate``
+    #: (and each sender's pauses) through the database.
+    account: str = "default"
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
     sender_limits: dict[str, float] = field(default_factory=dict)
     type_limits: dict[str, float] = field(default_factory=dict)
@@ -125,6 +128,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 "max_group_age_s", settings.max_group_age_s, 0, 30 * 86_400
             ),
             lease_s=limits.float_("lease_s", settings.lease_s, 1, 3600),
+            account=limits.str_("account", settings.account) or settings.account,
             sender_limits=limits.rate_table("senders"),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")

@@ -30,11 +30,12 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 
+from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 
@@ -207,6 +208,17 @@ class JsonlStore:
 
     async def heartbeat(self) -> None:
         return None
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> None:
+        return None  # one process: the pacer's own in-process budget
 
     def new_events(self) -> Iterator[Event]:
         """The events written since the last call (by this process or another)."""

@@ -33,18 +33,20 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import orjson
 import psycopg
 import yarl
 
+from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError
 from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
+from bulk_mms.ledger.pgbudget import PostgresBudget
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -73,6 +75,19 @@ _MIGRATIONS: Final = {
             owner text NOT NULL,
             heartbeat timestamptz NOT NULL,
             PRIMARY KEY (ledger, grp)
+        );
+    """,
+    3: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_budgets (
+            account text PRIMARY KEY,
+            tat double precision NOT NULL DEFAULT 0,
+            paused_until double precision NOT NULL DEFAULT 0
+        );
+        CREATE TABLE IF NOT EXISTS bulk_mms_sender_pauses (
+            account text NOT NULL,
+            sender text NOT NULL,
+            until double precision NOT NULL,
+            PRIMARY KEY (account, sender)
         );
     """,
 }
@@ -301,6 +316,20 @@ class PostgresStore:
             await conn.execute(_HEARTBEAT, (self._id, self.owner))
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot renew: {_scrub(exc, self._conninfo)}") from None
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> PostgresBudget:
+        """The budget every process naming ``account`` shares, in this database."""
+        return PostgresBudget(
+            self._conninfo, self.name, account, rate, clock, max_cost=max_cost, stopped=stopped
+        )
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -10,12 +10,14 @@ A backend is one module implementing this protocol and one branch in :func:`open
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
 import yarl
 
+from bulk_mms.budget import AccountBudget
+from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event
 from bulk_mms.ledger.fold import LedgerView
@@ -62,6 +64,19 @@ class LedgerStore(Protocol):
 
     async def heartbeat(self) -> None:
         """Keep this process's claims alive."""
+        ...
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> AccountBudget | None:
+        """The account budget the processes sharing this store share (None: each process
+        paces alone, the in-process budget)."""
         ...
 
     def append_now(self, event: Event) -> None:

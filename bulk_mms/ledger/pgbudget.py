@@ -1,0 +1,191 @@
+"""The account budget shared through PostgreSQL: every process that names the same ``account``
+paces under one rate.
+
+One row per account in ``bulk_mms_budgets`` holds a GCRA's theoretical arrival time (``tat``,
+on the database's clock) and the account's pause; ``bulk_mms_sender_pauses`` holds each
+sender's pause (a 429, a queue to let drain), so hosts do not fight over one sender's queue.
+Admission is one atomic ``UPDATE``: it succeeds only when the row's ``tat`` has come, and moves
+it on by the cost's spacing, so N processes together are spaced as one. The spacing has no burst
+allowance and a 1 % margin, so no one-second window at the API holds more than ``rate`` even
+with the few milliseconds of jitter between admission and arrival.
+
+Times cross the :class:`~bulk_mms.budget.AccountBudget` seam on the process's monotonic clock;
+they are converted at each round trip by the offset between it and the database's clock.
+``pause`` is synchronous (the pacer's 429 path is): it takes effect here at once and is written
+through by a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Final
+
+import psycopg
+
+from bulk_mms.budget import PaceAborted, WindowGuard
+from bulk_mms.clock import Clock
+from bulk_mms.errors import LedgerError
+
+#: Spacing is ``cost / rate`` times this: room for jitter between admission and arrival.
+MARGIN: Final = 1.01
+_ADMIT: Final = """
+    WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t)
+    UPDATE bulk_mms_budgets b SET tat = greatest(b.tat, now.t) + %(spacing)s
+    FROM now
+    WHERE b.account = %(account)s AND b.tat <= now.t AND b.paused_until <= now.t
+    RETURNING now.t, b.tat, b.paused_until
+"""
+_PEEK: Final = """
+    SELECT extract(epoch FROM clock_timestamp())::float8, tat, paused_until,
+           coalesce((SELECT max(until) FROM bulk_mms_sender_pauses
+                     WHERE account = %(account)s), 0)
+    FROM bulk_mms_budgets WHERE account = %(account)s
+"""
+_PAUSE_ACCOUNT: Final = (
+    "UPDATE bulk_mms_budgets SET paused_until = greatest(paused_until, %s) WHERE account = %s"
+)
+_PAUSE_SENDER: Final = """
+    INSERT INTO bulk_mms_sender_pauses (account, sender, until) VALUES (%s, %s, %s)
+    ON CONFLICT (account, sender) DO UPDATE
+    SET until = greatest(bulk_mms_sender_pauses.until, EXCLUDED.until)
+"""
+_SENDER_PAUSES: Final = "SELECT sender, until FROM bulk_mms_sender_pauses WHERE account = %s"
+
+
+class PostgresBudget:
+    """An :class:`~bulk_mms.budget.AccountBudget` in the database. Build it with
+    :meth:`PostgresStore.account_budget <bulk_mms.ledger.postgres.PostgresStore.account_budget>`.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        name: str,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float = 1.0,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self.account = account
+        self.rate = rate
+        self.clock = clock
+        self._stopped = stopped
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        #: database time minus this process's monotonic time, from the last round trip
+        self._offset: float | None = None
+        self._paused_until = 0.0
+        self._sender_pauses: dict[str, float] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._guard = WindowGuard(max(rate, max_cost))
+
+    def __repr__(self) -> str:
+        return f"<PostgresBudget {self.account} {self.rate:g}/s>"
+
+    async def _db(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                await self._conn.execute(
+                    "INSERT INTO bulk_mms_budgets (account) VALUES (%s) ON CONFLICT DO NOTHING",
+                    (self.account,),
+                )
+            except psycopg.Error as exc:
+                raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
+        return self._conn
+
+    def _local(self, db_time: float) -> float:
+        assert self._offset is not None
+        return db_time - self._offset
+
+    def paused_until(self, sender: str | None = None) -> float:
+        if sender is None:
+            return self._paused_until
+        return self._sender_pauses.get(sender, 0.0)
+
+    def pause(self, until: float, sender: str | None = None) -> None:
+        if sender is None:
+            self._paused_until = max(self._paused_until, until)
+        else:
+            self._sender_pauses[sender] = max(self._sender_pauses.get(sender, 0.0), until)
+        if self._offset is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._write_pause(until + self._offset, sender)
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write_pause(self, db_until: float, sender: str | None) -> None:
+        with contextlib.suppress(psycopg.Error, LedgerError):
+            conn = await self._db()
+            if sender is None:
+                await conn.execute(_PAUSE_ACCOUNT, (db_until, self.account))
+            else:
+                await conn.execute(_PAUSE_SENDER, (self.account, sender, db_until))
+
+    async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        spacing = cost / self.rate * MARGIN
+        async with self._lock:
+            while True:
+                if self._stopped():
+                    raise PaceAborted("stopping", self.clock.monotonic())
+                at = await self._try_admit(spacing)
+                if at is None:
+                    return self.clock.monotonic()
+                if deadline is not None and at > deadline:
+                    raise PaceAborted("deadline", at)
+                await self.clock.sleep(max(0.0, at - self.clock.monotonic()))
+
+    async def _try_admit(self, spacing: float) -> float | None:
+        """One round trip: admitted (None), or when to try again (local monotonic time)."""
+        conn = await self._db()
+        try:
+            before = self.clock.monotonic()
+            cur = await conn.execute(_ADMIT, {"spacing": spacing, "account": self.account})
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(_PEEK, {"account": self.account})
+                row = await cur.fetchone()
+            assert row is not None
+            self._offset = float(row[0]) - (before + self.clock.monotonic()) / 2
+            if len(row) == 3:
+                return None
+            await self._learn_pauses(conn, float(row[2]))
+            return self._local(max(float(row[1]), float(row[2])))
+        except psycopg.Error as exc:
+            raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
+
+    async def _learn_pauses(self, conn: psycopg.AsyncConnection[Any], account_until: float) -> None:
+        """Take in the pauses other processes wrote (the account's and each sender's)."""
+        self._paused_until = max(self._paused_until, self._local(account_until))
+        cur = await conn.execute(_SENDER_PAUSES, (self.account,))
+        for sender, until in await cur.fetchall():
+            self._sender_pauses[sender] = max(
+                self._sender_pauses.get(sender, 0.0), self._local(float(until))
+            )
+
+    async def send_slot(self, cost: float) -> float:
+        # the shared spacing already keeps the account's windows; this keeps this process's
+        # own sends from bunching after a stall
+        while (at := self._guard.earliest(self.clock.monotonic(), cost)) > self.clock.monotonic():
+            if self._stopped():
+                raise PaceAborted("stopping", at)
+            await self.clock.sleep(at - self.clock.monotonic())
+        now = self.clock.monotonic()
+        self._guard.record(now, cost)
+        return now
+
+    async def close(self) -> None:
+        for task in list(self._writes):
+            with contextlib.suppress(Exception):
+                await task
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
