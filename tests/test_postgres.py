@@ -143,7 +143,8 @@ def run_cli(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[
 
 
 def test_a_redelivered_webhook_event_is_recorded_once(database: str) -> None:
-    """The same webhook event written twice (two receivers, a redelivery) is one row."""
+    """The same webhook event written twice (two receivers, a redelivery) is one row, and so is
+    a row rejected by two processes."""
     where = f"{database}?ledger=hooks"
     store = open_store(where, "run")
     status = events.status_event(
@@ -152,8 +153,11 @@ def test_a_redelivered_webhook_event_is_recorded_once(database: str) -> None:
     )  # fmt: skip
     store.append_now(status)
     store.append_now(status)
+    rejected = events.Rejected(7, "x", "bad")
+    store.append_now(rejected)  # two processes reading the same input: recorded once
+    store.append_now(rejected)
     store.close_sync()
-    assert [to_json(e) for e in read_events(where)] == [to_json(status)]
+    assert [to_json(e) for e in read_events(where)] == [to_json(status), to_json(rejected)]
 
 
 def test_ledger_copy_both_ways_keeps_every_event(
@@ -195,3 +199,19 @@ def test_a_password_never_shows(database: str) -> None:
     store = open_store(f"{server}/{database.rsplit('/', 1)[1]}?ledger=pw", "run")
     assert "s3cr3t-pw" not in store.name
     store.close_sync()
+
+
+async def test_batched_events_keep_every_character(database: str) -> None:
+    """Events written in one batch (the COPY path) read back exactly, backslashes, tabs and
+    quotes in their text included."""
+    where = f"{database}?ledger=chars"
+    store = open_store(where, "run")
+    tricky = ("back\\slash", 'quote"d', "tab\there", "new\nline", "ünï \\N")
+    batch = [
+        events.Failed(f"g{i}", ("+12125550100",), i, rows=(tricky,), title=t, detail=t)
+        for i, t in enumerate(tricky)
+    ]
+    for ev in batch:
+        store.append_nowait(ev)
+    await store.close()
+    assert list(read_events(where)) == batch

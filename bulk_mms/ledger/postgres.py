@@ -17,7 +17,8 @@ a server-side cursor, so a fold stays a plain iterator; both are the same libpq,
 Schema (:func:`migrate`, versioned in ``bulk_mms_schema``; run by ``bulk-mms db migrate`` and on
 first use): ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (one row per event,
 its JSON in ``body``, ordered by ``seq``). A webhook event recorded twice (two receivers behind
-one load balancer, a redelivery) is refused by a unique index, not by a read-then-write.
+one load balancer, a redelivery), and an input row rejected by two processes reading the same
+input, are refused by unique indexes, not by a read-then-write.
 
 Several processes, on one host or many, may run the same ledger at once (:attr:`shared`): each
 claims a group (:meth:`PostgresStore.claim`, in ``bulk_mms_claims``) before it sends it, and
@@ -46,7 +47,7 @@ from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
 from bulk_mms.ledger.pgbudget import PostgresBudget
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -90,6 +91,10 @@ _MIGRATIONS: Final = {
             PRIMARY KEY (account, sender)
         );
     """,
+    4: """
+        CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_rejected
+            ON bulk_mms_events (ledger, (body->>'line')) WHERE kind = 'rejected';
+    """,
 }
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
 #: stopped more than the lease ago (it died). No row back: a live process holds it.
@@ -116,6 +121,9 @@ _READ_SKIPPING_STATUS: Final = (
     "SELECT seq, body::text FROM bulk_mms_events "
     "WHERE ledger = %s AND seq > %s AND kind <> 'status' ORDER BY seq"
 )
+_COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) FROM STDIN"
+#: Events a unique index may refuse (recorded by another process already): never COPY'd.
+_UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
 
@@ -174,6 +182,18 @@ def _row(ledger: int, ev: Event) -> tuple[Any, ...]:
     if isinstance(ev, Status):
         return (ledger, ev.kind, ev.group, ev.webhook_id, ev.recipient, body)
     return (ledger, ev.kind, getattr(ev, "group", None), None, None, body)
+
+
+def _copy_field(value: object) -> bytes:
+    if value is None:
+        return b"\\N"
+    # COPY's text format: a backslash is doubled; orjson writes no raw tab or newline
+    return str(value).encode().replace(b"\\", b"\\\\")
+
+
+def _copy_line(row: tuple[Any, ...]) -> bytes:
+    """One row in COPY's text format."""
+    return b"\t".join(map(_copy_field, row)) + b"\n"
 
 
 class PostgresStore:
@@ -383,7 +403,11 @@ class PostgresStore:
             if self._writer is None:
                 self._writer = await psycopg.AsyncConnection.connect(self._conninfo)
             async with self._writer.transaction(), self._writer.cursor() as cur:
-                await cur.executemany(_INSERT, rows)
+                if any(row[1] in _UNIQUE_KINDS for row in rows):
+                    await cur.executemany(_INSERT, rows)  # may repeat: ON CONFLICT DO NOTHING
+                else:
+                    async with cur.copy(_COPY) as copy:  # the fast path: one stream
+                        await copy.write(b"".join(map(_copy_line, rows)))
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
         self.events_written += len(rows)
