@@ -304,7 +304,26 @@ class AccountBudget(Protocol):
         ...
 
 
-class LocalBudget:
+class Pauses:
+    """The account's pause and each sender's, as a budget keeps them: a pause only extends."""
+
+    def __init__(self) -> None:
+        self._account = 0.0
+        self._senders: dict[str, float] = {}
+
+    def paused_until(self, sender: str | None = None) -> float:
+        if sender is None:
+            return self._account
+        return self._senders.get(sender, 0.0)
+
+    def pause(self, until: float, sender: str | None = None) -> None:
+        if sender is None:
+            self._account = max(self._account, until)
+        else:
+            self._senders[sender] = max(self._senders.get(sender, 0.0), until)
+
+
+class LocalBudget(Pauses):
     """The in-process :class:`AccountBudget`: one process sends for the account.
 
     Args:
@@ -333,31 +352,19 @@ class LocalBudget:
             rate, clock, depth=max_cost + rate * CATCH_UP_S, credit=max_cost, stopped=stopped
         )
         self._guard = WindowGuard(max(rate, max_cost))
-        self._paused_until = 0.0
-        self._sender_pauses: dict[str, float] = {}
+        super().__init__()
         self._account_lock = asyncio.Lock()
         self._slot_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"<LocalBudget {self.rate:g}/s paused_until={self._paused_until:.3f}>"
-
-    def paused_until(self, sender: str | None = None) -> float:
-        if sender is None:
-            return self._paused_until
-        return self._sender_pauses.get(sender, 0.0)
-
-    def pause(self, until: float, sender: str | None = None) -> None:
-        if sender is None:
-            self._paused_until = max(self._paused_until, until)
-        else:
-            self._sender_pauses[sender] = max(self._sender_pauses.get(sender, 0.0), until)
+        return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
         async with self._account_lock:
             # re-read on every wake-up: a 429 may have paused the account meanwhile
             now = await wait_until(
                 self.clock,
-                lambda: max(self._paused_until, self._bucket.ready_at(cost)),
+                lambda: max(self.paused_until(), self._bucket.ready_at(cost)),
                 stopped=self._stopped,
                 deadline=deadline,
             )

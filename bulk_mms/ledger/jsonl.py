@@ -37,6 +37,7 @@ import orjson
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 
 #: How a ``status`` line starts: a resume skips them unparsed.
@@ -88,7 +89,7 @@ class _Tail:
                 self.offset, self.lineno = offset, lineno
 
 
-class JsonlStore:
+class JsonlStore(GroupCommitted[bytes]):
     """A ledger file, opened by :meth:`open` in one of three modes (see
     :class:`~bulk_mms.ledger.store.LedgerStore`): ``run`` (exclusive, created if missing),
     ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
@@ -96,22 +97,11 @@ class JsonlStore:
 
     def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
         self.path = path
+        super().__init__()
         self.name = str(path)
         self._fd = fd
         self._lock_fd = lock_fd
         self._tail = _Tail(path)
-        # encoded lines waiting for the flusher, and the futures released by their fsync
-        self._pending: list[bytes] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        #: Set once a write or fsync fails: nothing more may be sent.
-        self.failed: LedgerError | None = None
-        #: Events written and fsyncs done (commits), for the benchmark and the summary.
-        self.events_written = 0
-        self.commits = 0
-
-    def __repr__(self) -> str:
-        return f"<JsonlStore {self.name} events_written={self.events_written}>"
 
     @classmethod
     def open(cls, path: Path, mode: str = "run") -> JsonlStore:
@@ -233,51 +223,13 @@ class JsonlStore:
         self._write_lines([encode(event)])
         self._fsync()
 
-    def append_nowait(self, event: Event) -> None:
-        """Queue an event; it becomes durable with the next group commit."""
-        if self.failed is not None:
-            raise self.failed
-        self._pending.append(encode(event))
-        self._kick()
+    def _encode(self, event: Event) -> bytes:
+        return encode(event)
 
-    async def append(self, event: Event) -> None:
-        """Queue an event and return once an fsync covers it.
-
-        Raises:
-            LedgerError: the write or fsync failed (disk full, I/O error). The ledger is then
-                closed to further writes; the caller must stop sending.
-        """
-        if self.failed is not None:
-            raise self.failed
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append(encode(event))
-        self._waiters.append(fut)
-        self._kick()
-        await fut
-
-    def _kick(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        # One flusher at a time keeps lines in order. While fsync runs in a thread, new events
-        # queue up in _pending and go out together in the next round: that is the group commit.
-        while self._pending:
-            lines, self._pending = self._pending, []
-            waiters, self._waiters = self._waiters, []
-            try:
-                self._write_lines(lines)
-                await asyncio.to_thread(self._fsync)
-            except LedgerError as exc:
-                self.failed = exc
-                for fut in waiters + self._waiters:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._waiters, self._pending = [], []
-                return
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+    async def _commit(self, lines: list[bytes]) -> None:
+        # while fsync runs in a thread, new events queue up: that is the group commit
+        self._write_lines(lines)
+        await asyncio.to_thread(self._fsync)
 
     def _write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -305,13 +257,6 @@ class JsonlStore:
         except OSError as exc:
             raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
         self.commits += 1
-
-    async def drain(self) -> None:
-        """Wait until every queued event is durable."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        if self.failed is not None:
-            raise self.failed
 
     async def close(self) -> None:
         """Make everything durable, release the lock and close."""

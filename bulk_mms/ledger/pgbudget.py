@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import psycopg
 
-from bulk_mms.budget import PaceAborted, WindowGuard
+from bulk_mms.budget import PaceAborted, Pauses, WindowGuard
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerError
 
@@ -55,7 +55,7 @@ _PAUSE_SENDER: Final = """
 _SENDER_PAUSES: Final = "SELECT sender, until FROM bulk_mms_sender_pauses WHERE account = %s"
 
 
-class PostgresBudget:
+class PostgresBudget(Pauses):
     """An :class:`~bulk_mms.budget.AccountBudget` in the database. Build it with
     :meth:`PostgresStore.account_budget <bulk_mms.ledger.postgres.PostgresStore.account_budget>`.
     """
@@ -81,8 +81,7 @@ class PostgresBudget:
         self._lock = asyncio.Lock()
         #: database time minus this process's monotonic time, from the last round trip
         self._offset: float | None = None
-        self._paused_until = 0.0
-        self._sender_pauses: dict[str, float] = {}
+        super().__init__()
         self._writes: set[asyncio.Task[None]] = set()
         self._guard = WindowGuard(max(rate, max_cost))
 
@@ -105,16 +104,8 @@ class PostgresBudget:
         assert self._offset is not None
         return db_time - self._offset
 
-    def paused_until(self, sender: str | None = None) -> float:
-        if sender is None:
-            return self._paused_until
-        return self._sender_pauses.get(sender, 0.0)
-
     def pause(self, until: float, sender: str | None = None) -> None:
-        if sender is None:
-            self._paused_until = max(self._paused_until, until)
-        else:
-            self._sender_pauses[sender] = max(self._sender_pauses.get(sender, 0.0), until)
+        super().pause(until, sender)
         if self._offset is not None:
             task = asyncio.get_running_loop().create_task(
                 self._write_pause(until + self._offset, sender)
@@ -164,12 +155,10 @@ class PostgresBudget:
 
     async def _learn_pauses(self, conn: psycopg.AsyncConnection[Any], account_until: float) -> None:
         """Take in the pauses other processes wrote (the account's and each sender's)."""
-        self._paused_until = max(self._paused_until, self._local(account_until))
+        super().pause(self._local(account_until))
         cur = await conn.execute(_SENDER_PAUSES, (self.account,))
         for sender, until in await cur.fetchall():
-            self._sender_pauses[sender] = max(
-                self._sender_pauses.get(sender, 0.0), self._local(float(until))
-            )
+            super().pause(self._local(float(until)), sender)
 
     async def send_slot(self, cost: float) -> float:
         # the shared spacing already keeps the account's windows; this keeps this process's

@@ -29,7 +29,6 @@ in-doubt rules as a resume.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -43,6 +42,7 @@ import yarl
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError
+from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
 from bulk_mms.ledger.pgbudget import PostgresBudget
 
@@ -196,10 +196,11 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
     return b"\t".join(map(_copy_field, row)) + b"\n"
 
 
-class PostgresStore:
+class PostgresStore(GroupCommitted[tuple[Any, ...]]):
     """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
 
     def __init__(self, conninfo: str, name: str, shown: str, conn: psycopg.Connection[Any]) -> None:
+        super().__init__()
         self._conninfo = conninfo
         self.ledger_name = name
         self.name = shown
@@ -215,22 +216,13 @@ class PostgresStore:
         self.shared = True
         #: Seconds without a heartbeat after which a process's claims pass to the others.
         self.lease_s = 30.0
-        self._pending: list[tuple[Any, ...]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.failed: LedgerError | None = None
-        self.events_written = 0
-        self.commits = 0
-
-    def __repr__(self) -> str:
-        return f"<PostgresStore {self.name} events_written={self.events_written}>"
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
-        """Connect, migrate, and (``run``) take the ledger's lock.
+        """Connect and migrate; ``run`` creates the ledger when it is new (other runs of it
+        may be going on: they share it).
 
         Raises:
-            LedgerLocked: ``run``, and another run holds the ledger.
             LedgerError: the database cannot be reached or used; (``append``, ``read``) the
                 ledger does not exist.
         """
@@ -361,42 +353,8 @@ class PostgresStore:
         self.events_written += 1
         self.commits += 1
 
-    def append_nowait(self, event: Event) -> None:
-        if self.failed is not None:
-            raise self.failed
-        self._pending.append(_row(self._id, event))
-        self._kick()
-
-    async def append(self, event: Event) -> None:
-        if self.failed is not None:
-            raise self.failed
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append(_row(self._id, event))
-        self._waiters.append(fut)
-        self._kick()
-        await fut
-
-    def _kick(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        # Group commit: what queued while the last transaction ran goes in the next one.
-        while self._pending:
-            rows, self._pending = self._pending, []
-            waiters, self._waiters = self._waiters, []
-            try:
-                await self._commit(rows)
-            except LedgerError as exc:
-                self.failed = exc
-                for fut in waiters + self._waiters:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._waiters, self._pending = [], []
-                return
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+    def _encode(self, event: Event) -> tuple[Any, ...]:
+        return _row(self._id, event)
 
     async def _commit(self, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -412,12 +370,6 @@ class PostgresStore:
             raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
         self.events_written += len(rows)
         self.commits += 1
-
-    async def drain(self) -> None:
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        if self.failed is not None:
-            raise self.failed
 
     async def close(self) -> None:
         try:

@@ -36,8 +36,12 @@ class LedgerStore(Protocol):
 
     #: How to name it to a person (never with a password in it).
     name: str
-    #: Set once an append failed: nothing more may be sent.
-    failed: LedgerError | None
+
+    @property
+    def failed(self) -> LedgerError | None:
+        """Set once an append failed: nothing more may be sent."""
+        ...
+
     events_written: int
     #: Durable commits made (group commit: one covers many events).
     commits: int
