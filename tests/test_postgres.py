@@ -26,9 +26,11 @@ from bulk_mms.ledger import events, open_store, read_events, to_json
 from bulk_mms.ledger.postgres import SCHEMA_VERSION
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.report import summarize
+from bulk_mms.prepare import dry_run
+from bulk_mms.report import summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
+from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 from tests.threaded import fake_api_thread
 
@@ -215,3 +217,32 @@ async def test_batched_events_keep_every_character(database: str) -> None:
         store.append_nowait(ev)
     await store.close()
     assert list(read_events(where)) == batch
+
+
+async def test_track_dry_run_and_failed_csv_work_on_postgres(
+    jobs: JobFactory, database: str
+) -> None:
+    """On a database ledger: a dry run sees what was sent, track records delivery statuses, and
+    the failed-recipients file holds the refused group and the failed delivery."""
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return Rejected("invalid", status=400) if g.seq == 0 else ok_receipt(g, n)
+
+    client = FakeClient(handler)
+    await run_job(job, FAST, client, clock=FakeClock())
+    plan = await dry_run(job, FAST, clock=FakeClock())
+    assert (plan.skipped_groups, plan.sent_groups) == (3, 0)
+    sent = [g for g in client.calls if g.seq != 0]
+    for n, g in enumerate(sent, start=1):
+        client.delivery[f"msg-{g.id}-{n}"] = tuple(
+            RecipientStatus(p, "delivery_failed" if p == g.to[0] else "delivered") for p in g.to
+        )
+    result = await track_ledger(job.where, FAST, client, clock=FakeClock())
+    assert result.statuses == {"delivered": 6, "delivery_failed": 2}
+    out = jobs.root / "failed.csv"
+    count, _ = write_failed_csv(summarize(job.where), out)
+    refused = next(g for g in client.calls if g.seq == 0)
+    assert count == len(refused.to) + len(sent)
