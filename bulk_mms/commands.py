@@ -310,9 +310,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
         how = (
-            "with their input rows" if full else "phone numbers only (the input is gone or changed)"
+            "nobody failed for good"
+            if not n
+            else "with their input rows"
+            if full
+            else "phone numbers only: the input is gone or changed"
         )
-        print(f"bulk-mms: wrote {n} recipients to {failed_csv} ({how})", file=sys.stderr)
+        r = summary.recipient_states
+        print(
+            f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
+            f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt",
+            file=sys.stderr,
+        )
     return Exit.OK
 
 
