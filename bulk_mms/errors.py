@@ -15,6 +15,8 @@
      └── SendError                        one request failed; the runner decides
           ├── FatalSendError              no group can succeed as configured; the job stops
           │    ├── AuthError(status)   3    401/403: the key is refused
+          │    ├── LimitReached        5    a carrier's cap (40016): resumable after its reset
+          │    ├── AccountRefused      6    no funds (20100), spend limit (40333)
           │    └── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
           ├── Rejected(status)            400/422: the API refuses this group; never retried
           │    └── NotFound                 404 on a GET: the API does not know the message id
@@ -187,6 +189,20 @@ class AuthError(FatalSendError):
     """The API refused the key (401/403). Retrying cannot help; the whole job stops."""
 
     exit_code = 3
+
+
+class LimitReached(FatalSendError):
+    """A limit the account or the job is under was reached (a carrier's daily cap): stop,
+    resumable once it resets or is raised."""
+
+    exit_code = 5
+
+
+class AccountRefused(FatalSendError):
+    """The account refused to send at all (insufficient funds, the profile's spend limit):
+    stop at once, resumable once it is fixed."""
+
+    exit_code = 6
 
 
 class EndpointError(FatalSendError):

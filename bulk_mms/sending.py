@@ -17,11 +17,13 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import (
+    AccountRefused,
     AmbiguousSendError,
     ApiUnavailable,
     AuthError,
     FatalSendError,
     LedgerError,
+    LimitReached,
     RateLimited,
     Rejected,
     RetryableSendError,
@@ -29,6 +31,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
+from bulk_mms.policy import PolicyClient
 from bulk_mms.prepare import in_window, key_valid_until, pacing_config
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
@@ -40,6 +43,12 @@ log = structlog.get_logger("bulk_mms.runner")
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
 #: resumes) instead of going through every group.
 UNREACHABLE_AFTER = 3
+#: Why a fatal error stopped the job, by its class (the stop's reason, and its log event).
+_STOP_REASONS: dict[type[FatalSendError], str] = {
+    AuthError: "auth",
+    LimitReached: "limit",
+    AccountRefused: "account",
+}
 
 
 @dataclass(slots=True)
@@ -73,7 +82,9 @@ class GroupSender:
     ) -> None:
         self.job = job
         self.settings = settings
-        self.client = client
+        #: Every send goes through the error policy (``[errors]``): a carrier's code becomes
+        #: the error the runner acts on (:mod:`bulk_mms.policy`).
+        self.client: MmsClient = PolicyClient(client, settings.error_policy, clock)
         self.recorder = recorder
         self.view = recorder.view
         self.summary = recorder.summary
@@ -265,11 +276,9 @@ class GroupSender:
         self.stop.request(reason)
 
     def _stop_for(self, err: FatalSendError) -> None:
-        if isinstance(err, AuthError):
-            log.error("job.auth_refused", status=err.status)
-        else:
-            log.error("job.endpoint_refused", status=err.status, error=str(err))
-        self._fail(err, "auth" if isinstance(err, AuthError) else "endpoint")
+        reason = _STOP_REASONS.get(type(err), "endpoint")
+        log.error(f"job.{reason}_refused", status=err.status, code=err.code, error=str(err))
+        self._fail(err, reason)
 
     def fail_ledger(self, exc: LedgerError) -> None:
         self._fail(exc, "ledger")

@@ -127,6 +127,10 @@ class Table:
         sub.finish()
         return out
 
+    def strings(self) -> dict[str, str]:
+        """Every key of a free-form table (``[errors]``: code = "action"), as text."""
+        return {key: self.str_(key, required=True) or "" for key in list(self._data)}
+
     def table(self, key: str) -> Table:
         value = self._get(key)
         if value is None:

@@ -14,6 +14,7 @@ import yarl
 
 from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
 from bulk_mms.errors import ConfigError
+from bulk_mms.policy import DEFAULT_POLICY, Action, load_policy
 
 DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
 API_KEY_ENV = "TELNYX_API_KEY"
@@ -80,6 +81,8 @@ class Settings:
     #: With a shared (PostgreSQL) ledger: processes naming the same account share its ``rate``
     #: (and each sender's pauses) through the database.
     account: str = "default"
+    #: Telnyx error code → what to do about it (:mod:`bulk_mms.policy`; ``[errors]``).
+    error_policy: Mapping[str, Action] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
     sender_limits: dict[str, float] = field(default_factory=dict)
     type_limits: dict[str, float] = field(default_factory=dict)
@@ -112,6 +115,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         retry = top.table("retry")
         track = top.table("track")
         pricing = top.table("pricing")
+        errors = top.table("errors")
         tdflt = TrackConfig()
         settings = Settings(
             base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
@@ -129,6 +133,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             ),
             lease_s=limits.float_("lease_s", settings.lease_s, 1, 3600),
             account=limits.str_("account", settings.account) or settings.account,
+            error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
             sender_limits=limits.rate_table("senders"),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
@@ -155,7 +160,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             price_per_recipient=pricing.decimal("per_recipient"),
             currency=(pricing.str_("currency", "USD") or "USD").upper(),
         )
-        for table in (api, limits, retry, track, pricing, top):
+        for table in (api, limits, retry, track, pricing, errors, top):
             table.finish()
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])

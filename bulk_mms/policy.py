@@ -1,0 +1,167 @@
+"""What to do about a Telnyx error code: one table, built in and overridable (``[errors]``).
+
+US messaging is governed by carriers as much as by the API, and each refusal says what it is
+by its code. The client classifies an answer by its HTTP status; this table then decides by the
+code, and :class:`PolicyClient` (a seam around the client) turns the error into the one the
+runner already knows how to handle:
+
+==============  ===========================================  ======================================
+action          meaning                                      becomes
+==============  ===========================================  ======================================
+``fail``        permanent for this group                     Rejected: recorded failed
+``retry``       transient                                    a retryable error: backoff, then
+                                                             pending a rerun
+``slow``        spam filtering (40002, 40011)                a 429: that sender's rate halves
+``defer``       a carrier's limit until its reset: 40016     40016: LimitReached, the job stops
+                (T-Mobile daily cap, midnight US/Pacific),   (exit 5, resumable tomorrow);
+                40018 (AT&T per-minute)                      40018: a 429 until the next minute
+``halt``        the account cannot send: 20100 (funds),      AccountRefused: the job stops at once
+                40333 (spend limit)                          (exit 6, resumable)
+``suppress``    the number opted out (40300)                 Rejected (the suppression list
+                                                             comes with its own change)
+``retire_sender`` the sending number is blocked or           Rejected, naming the sender
+                unhealthy (40003, 40315)
+==============  ===========================================  ======================================
+
+Nothing a policy does makes a group that may have been accepted look refused: it only reads
+errors whose answer said the request was not accepted (a non-2xx with an ``errors`` array).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import zoneinfo
+from collections.abc import Mapping
+from typing import Final
+
+import structlog
+
+from bulk_mms.client import MmsClient
+from bulk_mms.clock import Clock, utc
+from bulk_mms.errors import (
+    AccountRefused,
+    AmbiguousSendError,
+    ConfigError,
+    FatalSendError,
+    LimitReached,
+    RateLimited,
+    Rejected,
+    SendError,
+    ServerError,
+)
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+
+log = structlog.get_logger("bulk_mms.policy")
+
+
+class Action(enum.StrEnum):
+    FAIL = "fail"
+    RETRY = "retry"
+    SLOW = "slow"
+    DEFER = "defer"
+    HALT = "halt"
+    SUPPRESS = "suppress"
+    RETIRE_SENDER = "retire_sender"
+
+
+#: The built-in table (Telnyx docs and support articles, read 2026-11-23).
+DEFAULT_POLICY: Final[Mapping[str, Action]] = {
+    "40300": Action.SUPPRESS,  # the recipient texted STOP: blocked for the messaging profile
+    "40016": Action.DEFER,  # T-Mobile's daily 10DLC brand cap: until midnight US/Pacific
+    "40018": Action.DEFER,  # AT&T's per-minute campaign limit: until the next minute
+    "40002": Action.SLOW,  # blocked as spam (temporary)
+    "40011": Action.SLOW,  # too many messages: spam filtering (temporary)
+    "40003": Action.RETIRE_SENDER,  # the sending number is blocked
+    "40315": Action.RETIRE_SENDER,  # unhealthy sender
+    "20100": Action.HALT,  # insufficient funds
+    "40333": Action.HALT,  # the messaging profile's daily spend limit
+    "40014": Action.RETRY,  # expired in Telnyx's queue: nothing was delivered
+}
+#: T-Mobile resets its daily caps at midnight in this zone.
+CAP_ZONE: Final = zoneinfo.ZoneInfo("America/Los_Angeles")
+
+
+def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[str, Action]:
+    """The built-in table with ``[errors]`` (code = "action") over it.
+
+    Raises:
+        ConfigError: a code is not digits, or an action is not one of :class:`Action`.
+    """
+    policy = dict(DEFAULT_POLICY)
+    for code, value in table.items():
+        if not code.isdigit():
+            raise ConfigError(f"{source}.{code}", "must be a Telnyx error code (digits)")
+        try:
+            policy[code] = Action(str(value))
+        except ValueError:
+            choices = ", ".join(a.value for a in Action)
+            raise ConfigError(f"{source}.{code}", f"must be one of {choices}") from None
+    return policy
+
+
+def next_midnight(now: dt.datetime, zone: dt.tzinfo = CAP_ZONE) -> dt.datetime:
+    """The next midnight in ``zone`` after ``now`` (aware)."""
+    local = now.astimezone(zone)
+    return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(0), zone)
+
+
+def apply_policy(
+    err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime
+) -> SendError:
+    """The error the runner should see for ``err`` under ``policy``."""
+    if isinstance(err, AmbiguousSendError | FatalSendError) or not err.errors:
+        return err  # the answer did not say "not accepted" with a code: leave it as it is
+    action = policy.get(err.code)
+    if action is None:
+        return err
+    st, errors = err.status, err.errors
+    match action:
+        case Action.RETRY:
+            return ServerError(err.message, status=st, errors=errors)
+        case Action.SLOW:
+            return RateLimited(
+                f"{err.message}; slowing {sender}", retry_after=None, status=st, errors=errors
+            )
+        case Action.HALT:
+            return AccountRefused(f"the account cannot send: {err}", status=st, errors=errors)
+        case Action.DEFER:
+            return _deferred(err, now)
+        case Action.RETIRE_SENDER:
+            log.warning("sender.refused", sender=sender, code=err.code)
+            message = f"{err.message}; the sender {sender} is refused"
+            return Rejected(message, status=st, errors=errors)
+    return Rejected(err.message, status=st, errors=errors)  # fail, suppress
+
+
+def _deferred(err: SendError, now: dt.datetime) -> SendError:
+    if err.code == "40018":  # a per-minute limit: wait for the next minute
+        wait = 60.0 - now.second - now.microsecond / 1e6
+        return RateLimited(err.message, retry_after=wait, status=err.status, errors=err.errors)
+    until = next_midnight(now)
+    return LimitReached(
+        f"a carrier's daily cap was reached ({err}); resumable after {until:%Y-%m-%d %H:%M %Z}",
+        status=err.status,
+        errors=err.errors,
+    )
+
+
+class PolicyClient:
+    """An :class:`~bulk_mms.client.MmsClient` that applies the error policy to every send."""
+
+    def __init__(self, client: MmsClient, policy: Mapping[str, Action], clock: Clock) -> None:
+        self.client = client
+        self.policy = policy
+        self.clock = clock
+
+    async def send(self, group: Group, key: str) -> SendReceipt:
+        try:
+            return await self.client.send(group, key)
+        except SendError as exc:
+            raise apply_policy(exc, self.policy, group.message.from_, utc(self.clock)) from exc
+
+    async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        return await self.client.fetch_group(message_id)
+
+    async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
+        return await self.client.fetch_message(message_id)

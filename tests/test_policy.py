@@ -1,0 +1,104 @@
+"""The error policy: a Telnyx code decides what happens to a group and to the job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.config import load_settings
+from bulk_mms.console import exit_for
+from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.policy import Action, next_midnight
+from bulk_mms.runner import run_job
+from bulk_mms.testing import groups_in
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+
+
+def refused(code: str, status: int = 400) -> Rejected:
+    return Rejected("refused", status=status, errors=(ApiError(code, "t", "d"),))
+
+
+def first_group_gets(code: str, status: int = 400, times: int = 1) -> FakeClient:
+    """A client that refuses group 0's first ``times`` tries with ``code``."""
+    tries: dict[str, int] = {}
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        tries[g.id] = tries.get(g.id, 0) + 1
+        if g.seq == 0 and tries[g.id] <= times:
+            return refused(code, status)
+        return ok_receipt(g, n)
+
+    return FakeClient(handler)
+
+
+async def test_insufficient_funds_halts_the_job_with_exit_6_and_loses_nothing(
+    jobs: JobFactory,
+) -> None:
+    """20100 stops the job at once (exit 6); the group is pending a rerun, nothing failed."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    s = await run_job(
+        job, replace(FAST, concurrency=1), first_group_gets("20100", 402), clock=FakeClock()
+    )
+    assert isinstance(s.error, AccountRefused)
+    assert exit_for(s.error) == 6
+    assert groups_in(job.ledger, "failed") == set()
+    assert len(groups_in(job.ledger, "retry_pending")) == 1
+
+
+async def test_a_daily_cap_stops_with_exit_5_until_midnight_pacific(jobs: JobFactory) -> None:
+    """40016 (T-Mobile's daily cap) stops the job, exit 5, naming the reset; resumable."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    s = await run_job(
+        job, replace(FAST, concurrency=1), first_group_gets("40016"), clock=FakeClock()
+    )
+    assert isinstance(s.error, LimitReached)
+    assert exit_for(s.error) == 5
+    assert "resumable after" in str(s.error)
+    rerun = await run_job(job, FAST, FakeClient(), clock=FakeClock())
+    assert rerun.sent_groups == 2
+
+
+async def test_a_per_minute_limit_waits_for_the_next_minute(jobs: JobFactory) -> None:
+    """40018 (AT&T per minute) waits until the next minute, then sends."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    clock = FakeClock(wall=dt.datetime(2026, 11, 25, 10, 0, 45, tzinfo=dt.UTC).timestamp())
+    s = await run_job(job, FAST, first_group_gets("40018"), clock=clock)
+    assert s.sent_groups == 1
+    assert any(14 <= c <= 16 for c in clock.calls)  # 15 s to the next minute
+
+
+async def test_spam_codes_slow_the_sender_and_retry(jobs: JobFactory) -> None:
+    """40002 (spam block, temporary) is a 429 for that sender: it slows down and retries."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    s = await run_job(job, FAST, first_group_gets("40002", times=2), clock=FakeClock())
+    assert s.sent_groups == 1
+    assert s.rate_limited == 2
+
+
+def test_the_table_is_overridable_and_checked(tmp_path: Path) -> None:
+    """[errors] code = "action" overrides the built-in table; a bad action names the code."""
+    config = tmp_path / "config.toml"
+    config.write_text('[errors]\n40300 = "retry"\n12345 = "halt"\n')
+    policy = load_settings(config).error_policy
+    assert (policy["40300"], policy["12345"], policy["20100"]) == (
+        Action.RETRY,
+        Action.HALT,
+        Action.HALT,
+    )
+    config.write_text('[errors]\n40300 = "ignore"\n')
+    with pytest.raises(ConfigError, match="40300"):
+        load_settings(config)
+
+
+def test_midnight_is_pacific_midnight() -> None:
+    """The daily cap resets at midnight US/Pacific, whatever the machine's zone."""
+    now = dt.datetime(2026, 11, 25, 7, 30, tzinfo=dt.UTC)  # 23:30 the day before in LA
+    assert next_midnight(now).astimezone(dt.UTC) == dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
