@@ -200,7 +200,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    """``db migrate`` and ``ledger copy``."""
+    """``db migrate``, ``ledger copy`` and ``suppress``."""
     db = sub.add_parser("db", help="the PostgreSQL ledger database", parents=[common])
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
     migrate = db_sub.add_parser("migrate", help="create or upgrade the schema", parents=[common])
@@ -214,6 +214,13 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     copy.add_argument("source", type=location, help=LEDGER_HELP)
     copy.add_argument("target", type=location, help="a new ledger: " + LEDGER_HELP)
+    suppress = sub.add_parser(
+        "suppress", help="the account's suppression list ([suppression] file)", parents=[common]
+    )
+    suppress.add_argument("action", choices=("add", "remove", "list"))
+    suppress.add_argument("numbers", nargs="*", metavar="NUMBER")
+    suppress.add_argument("--config", type=Path, help=CONFIG_HELP)
+    suppress.add_argument("--reason", default="added by hand", help="a note kept beside each")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,6 +253,7 @@ COMMANDS = {
     "status": commands.cmd_report,
     "db": commands.cmd_db,
     "ledger": commands.cmd_ledger,
+    "suppress": commands.cmd_suppress,
 }
 
 

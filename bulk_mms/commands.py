@@ -57,6 +57,7 @@ from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
+from bulk_mms.suppression import Suppressed, parse_numbers
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
@@ -397,4 +398,21 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
     n = asyncio.run(copy_ledger(args.source, args.target))
     print(f"bulk-mms: copied {n} events to {display(args.target)}", file=sys.stderr)
+    return Exit.OK
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list."""
+    path = find_config(args.config)
+    listed = Suppressed(load_settings(path).suppression_file if path else None)
+    if args.action == "list":
+        for number in listed.numbers():
+            print(number)
+        return Exit.OK
+    numbers = parse_numbers(args.numbers)
+    if not numbers:
+        raise ConfigError("NUMBER", f"name the numbers to {args.action}")
+    done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
+    what = "added to" if args.action == "add" else "removed from"
+    print(f"bulk-mms: {len(done)} {what} {listed.path}", file=sys.stderr)
     return Exit.OK

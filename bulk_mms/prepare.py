@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
@@ -30,6 +30,7 @@ from bulk_mms.models import Group, Money, Recipient, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.summary import Estimate, JobSummary
+from bulk_mms.suppression import Suppressed
 from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
 
 
@@ -178,9 +179,12 @@ def in_window(job: JobConfig, now: dt.datetime) -> bool:
     return job.send_window.contains(now.astimezone(job.zone).time())
 
 
-def plan(job: JobConfig, reader: RowReader) -> Iterator[Group | RejectedRow]:
-    """The whole pipeline up to sending, as one lazy stream."""
-    rows = validate_rows(reader, job.phone_column, job.default_region)
+def plan(
+    job: JobConfig, reader: RowReader, suppressed: Container[str] = ()
+) -> Iterator[Group | RejectedRow]:
+    """The whole pipeline up to sending, as one lazy stream (numbers in ``suppressed`` are
+    rejected)."""
+    rows = validate_rows(reader, job.phone_column, job.default_region, suppressed)
     return make_groups(rows, job)
 
 
@@ -245,7 +249,7 @@ async def dry_run(
         check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
         s.locked_by = holder(job.where)
         now = clock.wall()
-        for item in plan(job, reader):
+        for item in plan(job, reader, Suppressed(settings.suppression_file)):
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
                 continue

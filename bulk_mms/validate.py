@@ -7,7 +7,7 @@ a valid number of one of those two regions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 import phonenumbers
 
@@ -65,13 +65,17 @@ def normalize_phone(value: str, region: str = "US") -> str:
 
 
 def validate_rows(
-    rows: Iterable[Row | RejectedRow], phone_column: str, region: str = "US"
+    rows: Iterable[Row | RejectedRow],
+    phone_column: str,
+    region: str = "US",
+    suppressed: Container[str] = (),
 ) -> Iterator[Recipient | RejectedRow]:
     """Validate and de-duplicate rows in one pass, in input order.
 
     The first row with a number wins; later rows with the same number are rejected as
-    duplicates. Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a
-    million-row file stays well inside the memory budget.
+    duplicates. A number in ``suppressed`` (the account's suppression list) is rejected too.
+    Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a million-row file
+    stays well inside the memory budget.
     """
     seen: set[int] = set()
     for row in rows:
@@ -83,6 +87,9 @@ def validate_rows(
             phone = normalize_phone(raw, region)
         except PhoneError as exc:
             yield RejectedRow(row.line, raw, str(exc))
+            continue
+        if phone in suppressed:
+            yield RejectedRow(row.line, raw, f"suppressed: {phone} is on the suppression list")
             continue
         key = int(phone[1:])
         if key in seen:

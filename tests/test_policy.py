@@ -1,4 +1,5 @@
-"""The error policy: a Telnyx code decides what happens to a group and to the job."""
+"""The error policy (a Telnyx code decides what happens to a group and to the job) and the
+suppression list."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from bulk_mms.cli import main
 from bulk_mms.config import load_settings
 from bulk_mms.console import exit_for
 from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.policy import Action, next_midnight
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 
 def refused(code: str, status: int = 400) -> Rejected:
@@ -102,3 +105,30 @@ def test_midnight_is_pacific_midnight() -> None:
     """The daily cap resets at midnight US/Pacific, whatever the machine's zone."""
     now = dt.datetime(2026, 11, 25, 7, 30, tzinfo=dt.UTC)  # 23:30 the day before in LA
     assert next_midnight(now).astimezone(dt.UTC) == dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
+
+
+async def test_suppressed_numbers_are_rejected_before_any_request(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Numbers on the suppression list (added with `suppress add`) are rejected at validation
+    with the reason `suppressed`: no request is made for them, the others are sent."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    assert (
+        main(["-q", "suppress", "add", "+12125550001", "(212) 555-0003", "--config", str(config)])
+        == 0
+    )
+    assert "2 added to" in capsys.readouterr().err
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert sorted(client.sent_numbers()) == [
+        n for n in numbers(8) if n not in ("+12125550001", "+12125550003")
+    ]
+    assert s.rejected_rows == 2
+    assert summarize(job.ledger).rejected_reasons == {"suppressed": 2}
+    assert main(["-q", "suppress", "remove", "+12125550001", "--config", str(config)]) == 0
+    assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.split() == ["+12125550003"]

@@ -81,6 +81,8 @@ class Settings:
     #: With a shared (PostgreSQL) ledger: processes naming the same account share its ``rate``
     #: (and each sender's pauses) through the database.
     account: str = "default"
+    #: The account's suppression list (``[suppression] file``): numbers never texted.
+    suppression_file: Path | None = None
     #: Telnyx error code → what to do about it (:mod:`bulk_mms.policy`; ``[errors]``).
     error_policy: Mapping[str, Action] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
@@ -116,6 +118,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         track = top.table("track")
         pricing = top.table("pricing")
         errors = top.table("errors")
+        suppression = top.table("suppression")
+        listed = suppression.str_("file")
         tdflt = TrackConfig()
         settings = Settings(
             base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
@@ -134,6 +138,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             lease_s=limits.float_("lease_s", settings.lease_s, 1, 3600),
             account=limits.str_("account", settings.account) or settings.account,
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
+            suppression_file=(path.parent / listed) if listed else None,
             sender_limits=limits.rate_table("senders"),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
@@ -160,7 +165,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             price_per_recipient=pricing.decimal("per_recipient"),
             currency=(pricing.str_("currency", "USD") or "USD").upper(),
         )
-        for table in (api, limits, retry, track, pricing, errors, top):
+        for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])

@@ -1,0 +1,126 @@
+"""The account's suppression list: numbers never to text (they opted out, or asked not to be).
+
+A plain file named by ``[suppression] file`` in the settings: one E.164 number a line, ``#``
+starts a comment (the rest of the line: a reason, a date). Every job that uses the settings
+rejects these recipients at validation with the reason ``suppressed``, before any request: no
+charge, no carrier complaint. ``bulk-mms suppress add|remove|list`` edit it; additions are
+appended with fsync, removals rewrite the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from bulk_mms.errors import ConfigError
+from bulk_mms.validate import PhoneError, normalize_phone
+
+
+class Suppressed:
+    """The numbers of a suppression list, for membership tests (E.164 digits as ints)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._numbers: set[int] = set()
+        if path is not None and path.exists():
+            self._numbers = {int(p[1:]) for p in _read(path)}
+
+    def __contains__(self, phone: object) -> bool:
+        return isinstance(phone, str) and phone[1:].isdigit() and int(phone[1:]) in self._numbers
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    def numbers(self) -> list[str]:
+        return [f"+{n}" for n in sorted(self._numbers)]
+
+    def add(self, phones: Iterable[str], reason: str) -> list[str]:
+        """Append the numbers not on the list yet (durably); the ones added.
+
+        Raises:
+            ConfigError: the list has no file, or it cannot be written.
+        """
+        path = self._writable()
+        new = [p for p in dict.fromkeys(phones) if p not in self]
+        if not new:
+            return []
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        text = "".join(f"{p}  # {reason} {stamp}\n" for p in new)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
+        self._numbers.update(int(p[1:]) for p in new)
+        return new
+
+    def remove(self, phones: Iterable[str]) -> list[str]:
+        """Take numbers off the list (the file is rewritten in place, atomically)."""
+        path = self._writable()
+        gone = {int(p[1:]) for p in phones if p in self}
+        if not gone:
+            return []
+        keep = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if not (n := _number(line)) or int(n[1:]) not in gone
+        ]
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text("".join(keep), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
+        self._numbers -= gone
+        return [f"+{n}" for n in sorted(gone)]
+
+    def _writable(self) -> Path:
+        if self.path is None:
+            raise ConfigError("suppression.file", "no suppression list: set [suppression] file")
+        return self.path
+
+
+def _number(line: str) -> str | None:
+    text = line.split("#", 1)[0].strip()
+    return text or None
+
+
+def _read(path: Path) -> list[str]:
+    """The numbers of a list file, each checked.
+
+    Raises:
+        ConfigError: a line is not a number (naming the file and line).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("suppression.file", f"cannot read {path}: {exc}") from None
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if (text := _number(line)) is None:
+            continue
+        try:
+            out.append(normalize_phone(text))
+        except PhoneError as exc:
+            raise ConfigError("suppression.file", f"{path}:{i}: {exc}") from None
+    return out
+
+
+def parse_numbers(values: Iterable[str], region: str = "US") -> list[str]:
+    """Numbers given on the command line, in E.164.
+
+    Raises:
+        ConfigError: one is not a valid number.
+    """
+    try:
+        return [normalize_phone(v, region) for v in values]
+    except PhoneError as exc:
+        raise ConfigError("NUMBER", str(exc)) from None
