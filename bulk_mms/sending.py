@@ -31,11 +31,12 @@ from bulk_mms.errors import (
 )
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import PolicyClient
+from bulk_mms.policy import Action, PolicyClient
 from bulk_mms.prepare import in_window, key_valid_until, pacing_config
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
+from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -261,6 +262,7 @@ class GroupSender:
         unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
         self.transient_streak = self.transient_streak + 1 if unanswered else 0
         await self.recorder.outcome(group, err, result.attempts, throttled)
+        self._suppress_if_opted_out(group, err)
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
             self._fail(
                 ApiUnavailable(
@@ -269,6 +271,20 @@ class GroupSender:
                 ),
                 "unavailable",
             )
+
+    def _suppress_if_opted_out(self, group: Group, err: SendError) -> None:
+        """A refusal the policy says is an opt-out (40300), for a group of one: that number
+        goes on the suppression list, so no later job texts it. (Which member of a larger
+        group opted out the answer does not say: logged, not guessed.)"""
+        if isinstance(err, AmbiguousSendError) or self.settings.error_policy.get(err.code) != (
+            Action.SUPPRESS
+        ):
+            return
+        if len(group.to) != 1 or self.settings.suppression_file is None:
+            log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
+            return
+        added = Suppressed(self.settings.suppression_file).add(group.to, f"opted out ({err.code})")
+        log.info("recipient.suppressed", recipient=group.to[0], code=err.code, new=bool(added))
 
     def _fail(self, error: BaseException, reason: str) -> None:
         if self.summary.error is None:

@@ -132,3 +132,27 @@ async def test_suppressed_numbers_are_rejected_before_any_request(
     assert main(["-q", "suppress", "remove", "+12125550001", "--config", str(config)]) == 0
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
     assert capsys.readouterr().out.split() == ["+12125550003"]
+
+
+async def test_an_opt_out_refusal_puts_the_number_on_the_list(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A 40300 (the recipient texted STOP) for a message of one: that number goes on the
+    suppression list, and the next job rejects it without a request."""
+    jobs.people(3)
+    job = jobs.job(extra="group_size = 1")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    stop_sayer = numbers(3)[1]
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return refused("40300", 400) if g.to == (stop_sayer,) else ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(handler), clock=FakeClock())
+    assert (tmp_path / "suppressed.txt").read_text().startswith(stop_sayer)
+    again = FakeClient()
+    job2 = replace(job, name="tomorrow", ledger=jobs.root / "tomorrow.jsonl")
+    s = await run_job(job2, settings, again, clock=FakeClock())
+    assert stop_sayer not in again.sent_numbers()
+    assert s.rejected_rows == 1
