@@ -7,12 +7,13 @@ Every code comes from one table: :class:`~bulk_mms.errors.Exit`, and an error's 
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.prepare import in_window
-from bulk_mms.summary import JobSummary
+from bulk_mms.summary import Estimate, JobSummary
 
 #: The code a stop by a signal exits with.
 SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
@@ -90,6 +91,8 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         unit = "recipients" if settings.cost == "recipient" else "groups"
         print(f"  duration     at least {duration(e.seconds)} at {e.rate:g} {unit}/s")
         print(f"  cost         {e.cost_text()}")
+    if job.max_cost is not None:
+        print(f"  max_cost     {_fits(job.max_cost, e)}")
     if job.send_window is not None:
         now = "open" if in_window(job, utc(SystemClock())) else "closed: a run now exits 4"
         print(f"  window       {job.send_window} {job.timezone}, {now}")
@@ -136,6 +139,15 @@ def duration(seconds: float) -> str:
 def interactive() -> bool:
     """Whether someone is at a terminal to answer a question (cron: never)."""
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _fits(ceiling: Decimal, e: Estimate | None) -> str:
+    """Whether the rest of the job fits under ``max_cost``, as a dry run can tell."""
+    if e is None or e.cost is None:
+        return f"{ceiling}: no price to judge by (set [pricing] per_recipient); a run needs one"
+    total = e.paid + e.cost.amount
+    verdict = "fits" if total <= ceiling else "does NOT fit: a run stops at it (exit 5)"
+    return f"{ceiling} {e.cost.currency}: {e.paid} paid + about {e.cost.amount:.4f} more {verdict}"
 
 
 def confirm(plan: JobSummary, job: JobConfig) -> bool:

@@ -219,9 +219,8 @@ def estimate(
     units = recipients if settings.cost == "recipient" else groups
     if observed is not None:
         price, basis = observed, "the average per recipient this ledger has paid"
-    elif settings.price_per_recipient is not None:
-        price = Money(settings.price_per_recipient, settings.currency)
-        basis = "[pricing] per_recipient"
+    elif (configured := settings_price(settings)) is not None:
+        price, basis = configured, "[pricing] per_recipient"
     else:
         return Estimate(units / rate, rate, None, "unknown: set [pricing] per_recipient")
     return Estimate(units / rate, rate, Money(price.amount * recipients, price.currency), basis)
@@ -271,10 +270,18 @@ async def dry_run(
                 s.preview.append(item)
     s.duration_s = clock.monotonic() - started
     s.stopped = "dry-run"
-    s.estimate = estimate(
+    estimated = estimate(
         job, settings, s.sent_groups, s.sent_recipients, paid_per_recipient(view), clock=clock
     )
+    s.estimate = replace(estimated, paid=sum(view.cost().values(), Decimal(0)))
     return s
+
+
+def settings_price(settings: Settings) -> Money | None:
+    """``[pricing] per_recipient``, if set."""
+    if settings.price_per_recipient is None:
+        return None
+    return Money(settings.price_per_recipient, settings.currency)
 
 
 def paid_per_recipient(view: LedgerView) -> Money | None:

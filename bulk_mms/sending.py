@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 import structlog
 
@@ -32,10 +33,17 @@ from bulk_mms.errors import (
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.policy import Action, PolicyClient
-from bulk_mms.prepare import in_window, key_valid_until, pacing_config
+from bulk_mms.prepare import (
+    in_window,
+    key_valid_until,
+    pacing_config,
+    paid_per_recipient,
+    settings_price,
+)
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
+from bulk_mms.spend import SpendCeiling
 from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -118,6 +126,16 @@ class GroupSender:
         #: the last try, which certainly failed.
         self.open_attempts: dict[str, SendError | None] = {}
         self.last_sent: float | None = None
+        #: The job's ``max_cost``, kept as groups start and end.
+        self.ceiling = (
+            SpendCeiling(
+                job.max_cost,
+                sum(self.view.cost().values(), Decimal(0)),
+                paid_per_recipient(self.view) or settings_price(settings),
+            )
+            if job.max_cost is not None
+            else None
+        )
 
     def cut_off(self, group: Group) -> None:
         """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""
@@ -173,6 +191,8 @@ class GroupSender:
             )
         except StopRetrying:
             self.open_attempts.pop(group.id, None)
+            if self.ceiling is not None:
+                self.ceiling.settle(group, None)
             return
         except LedgerError as exc:
             self.fail_ledger(exc)
@@ -205,6 +225,9 @@ class GroupSender:
             log.warning("job.window_closed", send_window=str(self.job.send_window))
             self.stop.request("window")
         if self.stop.is_set():
+            raise StopRetrying
+        if self.ceiling is not None and (over := self.ceiling.reserve(group)) is not None:
+            self._fail(over, "limit")
             raise StopRetrying
         tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
         self.open_attempts[group.id] = None
@@ -245,6 +268,8 @@ class GroupSender:
     async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         """Record how the group's tries ended; stop the job when that is what it says."""
         self.open_attempts.pop(group.id, None)
+        if self.ceiling is not None:
+            self.ceiling.settle(group, result.receipt.cost if result.receipt else None)
         if result.receipt is not None:
             self.transient_streak = 0
             self.last_sent = self.clock.monotonic()

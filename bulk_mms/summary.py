@@ -31,6 +31,8 @@ class Estimate:
     cost: Money | None
     #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
     price_basis: str
+    #: What the ledger has paid already (one currency; 0 for a new ledger).
+    paid: Decimal = Decimal(0)
 
     def cost_text(self) -> str:
         """``about 1.2138 USD (basis)``, or why there is no price."""

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from bulk_mms.cli import main
 from bulk_mms.config import load_settings
-from bulk_mms.console import exit_for
+from bulk_mms.console import exit_for, print_dry_run
 from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.policy import Action, next_midnight
+from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
@@ -156,3 +158,23 @@ async def test_an_opt_out_refusal_puts_the_number_on_the_list(
     s = await run_job(job2, settings, again, clock=FakeClock())
     assert stop_sayer not in again.sent_numbers()
     assert s.rejected_rows == 1
+
+
+async def test_the_spend_ceiling_stops_before_a_send_that_could_pass_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_cost: at 0.0051 a recipient, 0.05 covers two groups of 4 (0.0408) but not a third:
+    the run sends two, stops with exit 5, and the dry run said the job would not fit."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "0.05"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+    plan = await dry_run(job, settings, clock=FakeClock())
+    assert plan.estimate is not None
+    print_dry_run(plan, job, settings)
+    assert "does NOT fit" in capsys.readouterr().out
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    assert exit_for(s.error) == 5
+    assert s.sent_groups == 2
+    assert summarize(job.ledger).total_cost == Decimal("0.0408")

@@ -8,6 +8,7 @@ import string
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from bulk_mms.config._toml import URL, Table, read_toml
@@ -117,6 +118,9 @@ class JobConfig:
     #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
     timezone: str = "UTC"
     send_window: SendWindow | None = None
+    #: The most this job may spend, in the account's currency (``max_cost = "250.00"``): no
+    #: send starts that could take the ledger's spend past it.
+    max_cost: Decimal | None = None
     #: A ``postgresql://`` URL naming the ledger (``?ledger=``, by default the job's name),
     #: from the job's ``ledger``, ``--ledger`` or ``BULK_MMS_LEDGER_URL``; None: the file.
     database: str | None = None
@@ -220,6 +224,7 @@ def load_job(
         raise top.error(
             "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
         ) from None
+    max_cost = top.decimal("max_cost")
     window_text = top.str_("send_window")
     window = _parse_window(window_text, top) if window_text is not None else None
     today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
@@ -249,6 +254,7 @@ def load_job(
         database=str(named(ledger, name)) if is_database(ledger) else None,
         timezone=timezone,
         send_window=window,
+        max_cost=max_cost,
         message=message,
         phone_column=phone_column,
         group_size=group_size,
