@@ -46,6 +46,18 @@ def _tell_stop(s: JobSummary) -> None:
     print(f"bulk-mms: {what}: {s.sent_groups} groups sent this run; {then}", file=sys.stderr)
 
 
+def _tell_quiet(s: JobSummary) -> int:
+    """Quiet hours left recipients for later: say which zones and when the next one opens."""
+    waiting = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
+    when = f"{s.next_opening:%Y-%m-%d %H:%M} UTC" if s.next_opening else "not within two days"
+    print(
+        f"bulk-mms: {s.sent_groups} groups sent this run; recipients' quiet hours: {waiting} "
+        f"wait for their window; the next opens {when}: a run then sends them",
+        file=sys.stderr,
+    )
+    return Exit.WINDOW
+
+
 def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
@@ -53,6 +65,8 @@ def run_outcome(s: JobSummary) -> int:
     if s.stopped in ("window", *SIGNAL_EXIT):
         _tell_stop(s)
         return SIGNAL_EXIT.get(s.stopped or "", Exit.WINDOW)
+    if s.stopped == "quiet_hours":
+        return _tell_quiet(s)
     print(
         f"{s.job}: sent {s.sent_groups} groups ({s.sent_recipients} recipients), "
         f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from bulk_mms.config import JobConfig, MessageConfig
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
+from bulk_mms.quiet import zones_for
 
 
 def group_id(job_name: str, to: Sequence[str]) -> str:
@@ -93,8 +94,14 @@ class _Grouper:
         self.job = job
         self.seq = 0
 
+    def zones_of(self, r: Recipient) -> tuple[str, ...]:
+        return zones_for(r.phone, r.fields, self.job.timezone_column)
+
     def make(self, members: Sequence[Recipient]) -> Group:
         to = tuple(r.phone for r in members)
+        zones: tuple[str, ...] = ()
+        if self.job.recipient_window is not None:
+            zones = tuple(sorted({z for r in members for z in self.zones_of(r)}))
         body, differs, empty = render_message(self.job.message, members)
         group = Group(
             id=group_id(self.job.name, to),
@@ -105,6 +112,7 @@ class _Grouper:
             differs=differs,
             empty=empty,
             rows=tuple(r.fields for r in members),
+            zones=zones,
         )
         self.seq += 1
         return group
@@ -121,6 +129,9 @@ def make_groups(
     current_key: str | None = None
     closed: set[str] = set()  # keys whose group is finished; a returning key is refused
 
+    if key_column is None and job.recipient_window is not None:
+        yield from _by_zone(items, grouper, size)
+        return
     for item in items:
         if isinstance(item, RejectedRow):
             yield item
@@ -152,3 +163,23 @@ def make_groups(
             buffer = []
     if buffer:
         yield grouper.make(buffer)
+
+
+def _by_zone(
+    items: Iterable[Recipient | RejectedRow], grouper: _Grouper, size: int
+) -> Iterator[Group | RejectedRow]:
+    """Groups that never mix time zones (quiet hours are the recipient's): one open group per
+    zone, so memory stays bounded by the number of zones."""
+    open_groups: dict[tuple[str, ...], list[Recipient]] = {}
+    for item in items:
+        if isinstance(item, RejectedRow):
+            yield item
+            continue
+        buffer = open_groups.setdefault(grouper.zones_of(item), [])
+        buffer.append(item)
+        if len(buffer) == size:
+            yield grouper.make(buffer)
+            buffer.clear()
+    for buffer in open_groups.values():
+        if buffer:
+            yield grouper.make(buffer)

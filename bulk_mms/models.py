@@ -78,6 +78,9 @@ class Group:
     #: The members' input rows (every column the reader kept), same order as ``to``: the
     #: ledger records them, so the failed-recipients file never re-reads a changed input.
     rows: tuple[Mapping[str, str], ...] = field(default=(), compare=False, repr=False)
+    #: The members' time zones, when the job keeps quiet hours (``recipient_window``): the
+    #: group may be sent only while the window is open in every one.
+    zones: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

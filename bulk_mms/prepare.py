@@ -39,7 +39,11 @@ def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
 
     ``keep_all``: keep every column of each row (a run records the rows in its ledger).
     """
-    keep = [*job.message.fields, *([job.group_by] if job.group_by else [])]
+    keep = [
+        *job.message.fields,
+        *([job.group_by] if job.group_by else []),
+        *([job.timezone_column] if job.timezone_column else []),
+    ]
     reader = RowReader(job.input, job.phone_column, keep, keep_all=keep_all)
     reader.open()
     if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
@@ -124,6 +128,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         group_by=job.group_by,
         input=str(job.input.resolve()),
         from_=job.message.from_,
+        recipient_window=str(job.recipient_window) if job.recipient_window else None,
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),

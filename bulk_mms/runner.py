@@ -36,6 +36,7 @@ from bulk_mms.prepare import (
     plan,
 )
 from bulk_mms.progress import Progress, Snapshot, open_count
+from bulk_mms.quiet import next_opening, open_for
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.recorder import Recorder
 from bulk_mms.sending import GroupSender
@@ -91,6 +92,8 @@ class Runner:
         self.store = recorder.store
         #: Shared ledger: groups a live process claimed first, waited on until they settle.
         self.others: dict[str, Group] = {}
+        #: Recipients left for their window to open (quiet hours), by their zones.
+        self.quiet = self.sender.quiet
         self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
@@ -150,6 +153,8 @@ class Runner:
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
+        if self._quiet(group):
+            return True
         if self.store.shared and not self.view.is_done(group.id):
             if not await self.store.claim(group.id):
                 self.others[group.id] = group  # a live process has it: see it settle
@@ -177,6 +182,18 @@ class Runner:
         if self.limit is not None and self.queued >= self.limit:
             log.info("job.limit_reached", limit=self.limit)
             return False
+        return True
+
+    def _quiet(self, group: Group) -> bool:
+        """Whether the group waits for its recipients' window (quiet hours in their zone)."""
+        window = self.job.recipient_window
+        if window is None or self.view.is_done(group.id):
+            return False
+        if open_for(window, group.zones, utc(self.clock)):
+            return False
+        self.quiet[group.zones] += len(group.to)
+        self.rows_done += len(group.to)
+        self.rows_free += len(group.to)
         return True
 
     async def _settle_others(self) -> None:
@@ -292,6 +309,12 @@ class Runner:
         s, view = self.summary, self.view
         limited = self.limit is not None and self.queued >= self.limit
         s.stopped = self.stop.reason or ("limit" if limited else None)
+        if s.stopped is None and self.quiet and self.job.recipient_window is not None:
+            s.stopped = "quiet_hours"
+            now = utc(self.clock)
+            openings = [next_opening(self.job.recipient_window, z, now) for z in self.quiet]
+            s.next_opening = min((o for o in openings if o is not None), default=None)
+            s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
         s.duration_s = self.clock.monotonic() - self.sender.started
         waits = sorted(self.recorder.waits)
         s.wait_seconds_p50 = percentile(waits, 0.50)

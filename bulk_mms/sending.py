@@ -9,6 +9,7 @@ job stopped, if it did.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -40,6 +41,7 @@ from bulk_mms.prepare import (
     paid_per_recipient,
     settings_price,
 )
+from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
@@ -126,6 +128,8 @@ class GroupSender:
         #: the last try, which certainly failed.
         self.open_attempts: dict[str, SendError | None] = {}
         self.last_sent: float | None = None
+        #: Recipients left for their window to open (quiet hours), by their zones.
+        self.quiet: Counter[tuple[str, ...]] = Counter()
         #: The job's ``max_cost``, kept as groups start and end.
         self.ceiling = (
             SpendCeiling(
@@ -225,6 +229,14 @@ class GroupSender:
             log.warning("job.window_closed", send_window=str(self.job.send_window))
             self.stop.request("window")
         if self.stop.is_set():
+            raise StopRetrying
+        window = self.job.recipient_window
+        if (
+            window is not None
+            and number == 1
+            and not open_for(window, group.zones, utc(self.clock))
+        ):
+            self.quiet[group.zones] += len(group.to)  # closed while it waited: for later
             raise StopRetrying
         if self.ceiling is not None and (over := self.ceiling.reserve(group)) is not None:
             self._fail(over, "limit")

@@ -5,6 +5,7 @@ The state of the whole ledger is not kept here: that is :class:`~bulk_mms.ledger
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -87,6 +88,9 @@ class JobSummary:
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
     estimate: Estimate | None = None
+    #: Quiet hours: recipients left for their window, by zone, and when the first opens.
+    quiet: dict[str, int] = field(default_factory=dict)
+    next_opening: dt.datetime | None = None
     error: BaseException | None = field(default=None, repr=False)
 
     def as_log(self) -> dict[str, Any]:

@@ -118,6 +118,11 @@ class JobConfig:
     #: IANA zone for ``{date}`` in the ledger path and for ``send_window``.
     timezone: str = "UTC"
     send_window: SendWindow | None = None
+    #: The local times a recipient may be texted at, in *their* time zone (TCPA quiet hours):
+    #: ``recipient_window = "08:00-21:00"``; None: any time.
+    recipient_window: SendWindow | None = None
+    #: A column naming each recipient's IANA zone; by default the zone comes from the number.
+    timezone_column: str | None = None
     #: The most this job may spend, in the account's currency (``max_cost = "250.00"``): no
     #: send starts that could take the ledger's spend past it.
     max_cost: Decimal | None = None
@@ -225,6 +230,11 @@ def load_job(
             "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
         ) from None
     max_cost = top.decimal("max_cost")
+    recipient_text = top.str_("recipient_window")
+    recipient_window = (
+        _parse_window(recipient_text, top, "recipient_window") if recipient_text else None
+    )
+    timezone_column = top.str_("timezone_column")
     window_text = top.str_("send_window")
     window = _parse_window(window_text, top) if window_text is not None else None
     today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
@@ -255,6 +265,8 @@ def load_job(
         timezone=timezone,
         send_window=window,
         max_cost=max_cost,
+        recipient_window=recipient_window,
+        timezone_column=timezone_column,
         message=message,
         phone_column=phone_column,
         group_size=group_size,
@@ -324,17 +336,17 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
     return template.format(name=name, date=today.isoformat())
 
 
-def _parse_window(text: str, top: Table) -> SendWindow:
+def _parse_window(text: str, top: Table, setting: str = "send_window") -> SendWindow:
     m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
     if m is None:
-        raise top.error("send_window", f"{text!r} is not HH:MM-HH:MM (e.g. '09:00-20:00')")
+        raise top.error(setting, f"{text!r} is not HH:MM-HH:MM (e.g. '09:00-20:00')")
     h1, m1, h2, m2 = (int(g) for g in m.groups())
     if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
-        raise top.error("send_window", f"{text!r} has a time that does not exist")
+        raise top.error(setting, f"{text!r} has a time that does not exist")
     start = dt.time(h1, m1)
     end = dt.time.max if h2 == 24 else dt.time(h2, m2)
     if start == end:
-        raise top.error("send_window", "start and end are the same: the window would be empty")
+        raise top.error(setting, "start and end are the same: the window would be empty")
     return SendWindow(start, end)
 
 

@@ -57,6 +57,8 @@ class Header:
     campaign: str | None = None
     #: The input columns (besides the phone) that outcome events record rows in.
     columns: tuple[str, ...] = ()
+    #: Quiet hours split groups by time zone: a ledger keeps the grouping it began with.
+    recipient_window: str | None = None
     format: int = FORMAT
     version: str = ""
     time: str = ""
@@ -85,6 +87,7 @@ _MATCHED: Final = (
     ("group_size", "group_size", _REGROUP),
     ("group_by", "group_by", _REGROUP),
     ("phone_column", "phone_column", ""),
+    ("recipient_window", "recipient_window", _REGROUP),
 )
 
 
@@ -332,6 +335,7 @@ def _header(d: Mapping[str, Any]) -> Header:
         from_=_opt_str(d, "from"),
         campaign=_opt_str(d, "campaign") or None,
         columns=tuple(map(str, columns)) if isinstance(columns, list) else (),
+        recipient_window=_opt_str(d, "recipient_window"),
         format=_int(d, "format", 1),
         version=_opt_str(d, "version") or "",
         time=_time(d),

@@ -1,0 +1,62 @@
+"""Quiet hours in the recipient's time zone: ``recipient_window = "08:00-21:00"``.
+
+The TCPA's quiet hours are the *recipient's* local time. Each recipient's zone comes from a
+``timezone_column`` if the job names one, else from the number (phonenumbers' time zone data,
+by the number's prefix). A number whose prefix spans several zones (a toll-free range, Alaska's
+two) gets all of them, and may be texted only when the window is open in every one: the
+overlap. Groups never mix zones (:func:`bulk_mms.grouping.make_groups` keeps one open group
+per zone), so a group is sent exactly when its members may be texted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import zoneinfo
+from collections.abc import Iterable, Mapping
+
+import phonenumbers
+from phonenumbers import timezone as pn_timezone
+
+from bulk_mms.config import SendWindow
+
+#: phonenumbers' answer for a number it cannot place.
+_UNKNOWN = "Etc/Unknown"
+#: How finely :func:`next_opening` looks ahead, and how far.
+_STEP = dt.timedelta(minutes=5)
+_HORIZON = dt.timedelta(days=2)
+
+
+@functools.lru_cache(maxsize=4096)
+def _zones_of_prefix(prefix: str) -> tuple[str, ...]:
+    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(prefix + "0" * 4))
+    return tuple(sorted(z for z in zones if z != _UNKNOWN)) or ("UTC",)
+
+
+def zones_for(phone: str, fields: Mapping[str, str], column: str | None) -> tuple[str, ...]:
+    """A recipient's zones: the column's value when it is a zone, else the number's."""
+    if column is not None and (name := fields.get(column, "").strip()):
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass  # not a zone: the number says where
+        else:
+            return (name,)
+    return _zones_of_prefix(phone[:8])  # +1 NPA NXX: the finest prefix the data uses
+
+
+def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> bool:
+    """Whether ``now`` (aware) is inside the window in every one of ``zones``."""
+    return all(window.contains(now.astimezone(zoneinfo.ZoneInfo(z)).time()) for z in zones)
+
+
+def next_opening(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> dt.datetime | None:
+    """The first moment after ``now`` when the window is open in all ``zones`` (to 5 minutes),
+    or None when the zones' windows never overlap within two days."""
+    zones = tuple(zones)
+    t = now.replace(second=0, microsecond=0) + _STEP
+    while t - now <= _HORIZON:
+        if open_for(window, zones, t):
+            return t
+        t += _STEP
+    return None

@@ -1,0 +1,56 @@
+"""Quiet hours in the recipient's time zone: groups never mix zones, only open zones are sent,
+and a run with only closed zones left exits 4 saying when the next opens."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bulk_mms.config import SendWindow
+from bulk_mms.console import run_outcome
+from bulk_mms.quiet import next_opening, open_for, zones_for
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+
+NEW_YORK = [f"+1212555{i:04d}" for i in range(6)]
+LOS_ANGELES = [f"+1310555{i:04d}" for i in range(6)]
+WINDOW = SendWindow(dt.time(8), dt.time(21))
+
+
+def test_a_numbers_zone_comes_from_its_prefix_or_the_column() -> None:
+    """212 is New York, 310 Los Angeles; a timezone_column value overrides; 907 spans two."""
+    assert zones_for("+12125550100", {}, None) == ("America/New_York",)
+    assert zones_for("+13105550100", {"tz": "America/Chicago"}, "tz") == ("America/Chicago",)
+    assert zones_for("+13105550100", {"tz": "not a zone"}, "tz") == ("America/Los_Angeles",)
+    assert len(zones_for("+19075550100", {}, None)) == 2
+
+
+def test_windows_open_per_zone_and_the_next_opening_is_found() -> None:
+    """At 12:30 UTC it is 7:30 in New York (closed) and 4:30 in Los Angeles (closed); New York
+    opens at 13:00 UTC."""
+    now = dt.datetime(2026, 11, 25, 12, 30, tzinfo=dt.UTC)
+    assert not open_for(WINDOW, ("America/New_York",), now)
+    assert next_opening(WINDOW, ("America/New_York",), now) == dt.datetime(
+        2026, 11, 25, 13, 0, tzinfo=dt.UTC
+    )
+
+
+async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
+    """At 14:00 UTC New York (9:00) is open and Los Angeles (6:00) is not: only New York's
+    recipients are sent, in groups of their own zone; the run exits 4 naming the next opening;
+    a run after it opens sends the rest."""
+    pairs = zip(NEW_YORK, LOS_ANGELES, strict=True)
+    rows = [{"phone": p, "first": "x"} for pair in pairs for p in pair]
+    jobs.csv(rows)
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "08:00-21:00"')
+    morning = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK
+    assert all(len({p[:5] for p in g.to}) == 1 for g in client.calls)  # zones never mix
+    assert s.stopped == "quiet_hours"
+    assert s.next_opening == dt.datetime(2026, 11, 25, 16, 0, tzinfo=dt.UTC)
+    assert run_outcome(s) == 4
+    later = morning + dt.timedelta(hours=3)
+    s2 = await run_job(job, FAST, client, clock=FakeClock(wall=later.timestamp()))
+    assert s2.stopped is None
+    assert sorted(client.sent_numbers()) == sorted(NEW_YORK + LOS_ANGELES)
