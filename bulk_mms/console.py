@@ -10,9 +10,10 @@ import sys
 from decimal import Decimal
 
 from bulk_mms.clock import SystemClock, utc
-from bulk_mms.config import JobConfig, Settings
+from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.prepare import in_window
+from bulk_mms.quiet import next_opening, open_for
 from bulk_mms.summary import Estimate, JobSummary
 
 #: The code a stop by a signal exits with.
@@ -98,6 +99,8 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  rejected     {s.rejected_rows} rows")
     print(f"  grouping     {job.grouping}")
+    if job.recipient_window is not None:
+        _print_zones(s, job.recipient_window)
     print_template_notes(s, prefix="  templates    ")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     e = s.estimate
@@ -153,6 +156,20 @@ def duration(seconds: float) -> str:
 def interactive() -> bool:
     """Whether someone is at a terminal to answer a question (cron: never)."""
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _print_zones(s: JobSummary, window: SendWindow) -> None:
+    """Recipients per time zone, and whether each zone's window is open now or when it opens."""
+    now = utc(SystemClock())
+    print(f"  quiet hours  {window} in each recipient's zone")
+    for key, n in sorted(s.zones.items(), key=lambda kv: -kv[1]):
+        zones = tuple(key.split(", "))
+        if open_for(window, zones, now):
+            state = "open now"
+        else:
+            at = next_opening(window, zones, now)
+            state = f"opens {at:%Y-%m-%d %H:%M} UTC" if at else "no overlap within two days"
+        print(f"    {n:>8} in {key}: {state}")
 
 
 def _fits(ceiling: Decimal, e: Estimate | None) -> str:

@@ -270,6 +270,9 @@ async def dry_run(
                 continue  # counted as the runner would leave it: for the next run
             s.sent_groups += 1
             s.sent_recipients += len(item.to)
+            if item.zones:
+                key = ", ".join(item.zones)
+                s.zones[key] = s.zones.get(key, 0) + len(item.to)
             s.note_template(item)
             if len(s.preview) < preview:
                 s.preview.append(item)

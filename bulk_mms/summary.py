@@ -88,6 +88,8 @@ class JobSummary:
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
     estimate: Estimate | None = None
+    #: Set by a dry run with quiet hours: recipients it would send, by their zones.
+    zones: dict[str, int] = field(default_factory=dict)
     #: Quiet hours: recipients left for their window, by zone, and when the first opens.
     quiet: dict[str, int] = field(default_factory=dict)
     next_opening: dt.datetime | None = None

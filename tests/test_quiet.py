@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from bulk_mms.config import SendWindow
-from bulk_mms.console import run_outcome
+from bulk_mms.console import print_dry_run, run_outcome
+from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
@@ -54,3 +57,17 @@ async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) 
     s2 = await run_job(job, FAST, client, clock=FakeClock(wall=later.timestamp()))
     assert s2.stopped is None
     assert sorted(client.sent_numbers()) == sorted(NEW_YORK + LOS_ANGELES)
+
+
+async def test_the_dry_run_shows_recipients_per_zone(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run with quiet hours lists each zone's recipients and whether it is open."""
+    jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "08:00-21:00"')
+    plan = await dry_run(job, FAST, clock=FakeClock())
+    assert plan.zones == {"America/New_York": 6, "America/Los_Angeles": 6}
+    print_dry_run(plan, job, FAST)
+    out = capsys.readouterr().out
+    assert "6 in America/New_York" in out
+    assert "6 in America/Los_Angeles" in out
