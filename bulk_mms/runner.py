@@ -26,6 +26,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
+from bulk_mms.limits import run_limits
 from bulk_mms.models import Group, RejectedRow
 from bulk_mms.prepare import (
     check_resumable,
@@ -88,7 +89,15 @@ class Runner:
             settings.concurrency * QUEUE_DEPTH_PER_WORKER
         )
         self.in_flight = 0
-        self.sender = GroupSender(job, settings, client, recorder, clock=clock, stop=stop)
+        self.sender = GroupSender(
+            job,
+            settings,
+            client,
+            recorder,
+            clock=clock,
+            stop=stop,
+            limits=run_limits(job, settings, recorder.view, clock),
+        )
         self.store = recorder.store
         #: Shared ledger: groups a live process claimed first, waited on until they settle.
         self.others: dict[str, Group] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from dataclasses import dataclass, replace
-from decimal import Decimal
 
 import structlog
 
@@ -31,6 +30,7 @@ from bulk_mms.errors import (
     RetryableSendError,
     SendError,
 )
+from bulk_mms.limits import Limit
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.policy import Action, PolicyClient
@@ -38,14 +38,11 @@ from bulk_mms.prepare import (
     in_window,
     key_valid_until,
     pacing_config,
-    paid_per_recipient,
-    settings_price,
 )
 from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
-from bulk_mms.spend import SpendCeiling
 from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -90,6 +87,7 @@ class GroupSender:
         *,
         clock: Clock,
         stop: Stop,
+        limits: list[Limit] | None = None,
     ) -> None:
         self.job = job
         self.settings = settings
@@ -130,16 +128,8 @@ class GroupSender:
         self.last_sent: float | None = None
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
-        #: The job's ``max_cost``, kept as groups start and end.
-        self.ceiling = (
-            SpendCeiling(
-                job.max_cost,
-                sum(self.view.cost().values(), Decimal(0)),
-                paid_per_recipient(self.view) or settings_price(settings),
-            )
-            if job.max_cost is not None
-            else None
-        )
+        #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
+        self.limits: list[Limit] = limits or []
 
     def cut_off(self, group: Group) -> None:
         """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""
@@ -195,8 +185,8 @@ class GroupSender:
             )
         except StopRetrying:
             self.open_attempts.pop(group.id, None)
-            if self.ceiling is not None:
-                self.ceiling.settle(group, None)
+            for limit in self.limits:
+                limit.settle(group, None)
             return
         except LedgerError as exc:
             self.fail_ledger(exc)
@@ -238,9 +228,10 @@ class GroupSender:
         ):
             self.quiet[group.zones] += len(group.to)  # closed while it waited: for later
             raise StopRetrying
-        if self.ceiling is not None and (over := self.ceiling.reserve(group)) is not None:
-            self._fail(over, "limit")
-            raise StopRetrying
+        for limit in self.limits:
+            if (over := limit.reserve(group)) is not None:
+                self._fail(over, "limit")
+                raise StopRetrying
         tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
         self.open_attempts[group.id] = None
         await self.recorder.attempt(group, number, tries.key, tries.t0)
@@ -280,8 +271,8 @@ class GroupSender:
     async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> None:
         """Record how the group's tries ended; stop the job when that is what it says."""
         self.open_attempts.pop(group.id, None)
-        if self.ceiling is not None:
-            self.ceiling.settle(group, result.receipt.cost if result.receipt else None)
+        for limit in self.limits:
+            limit.settle(group, result.receipt)
         if result.receipt is not None:
             self.transient_streak = 0
             self.last_sent = self.clock.monotonic()

@@ -178,3 +178,26 @@ async def test_the_spend_ceiling_stops_before_a_send_that_could_pass_it(
     assert exit_for(s.error) == 5
     assert s.sent_groups == 2
     assert summarize(job.ledger).total_cost == Decimal("0.0408")
+
+
+async def test_the_daily_cap_counts_every_job_and_stops_at_exactly_the_cap(
+    jobs: JobFactory,
+) -> None:
+    """[limits] daily_recipients = 10: one job sends 6, a second job on the account sends 4 and
+    stops with exit 5; the next day (after midnight US/Pacific) it sends the rest."""
+    day = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.UTC)  # 10:00 in Los Angeles
+    settings = replace(FAST, concurrency=1, daily_recipients=10)
+    jobs.people(6)
+    first = jobs.job(extra="group_size = 1", name="first")
+    await run_job(first, settings, FakeClient(), clock=FakeClock(wall=day.timestamp()))
+    jobs.people(6, start=100)
+    second = jobs.job(extra="group_size = 1", name="second")
+    client = FakeClient()
+    s = await run_job(second, settings, client, clock=FakeClock(wall=day.timestamp()))
+    assert isinstance(s.error, LimitReached)
+    assert exit_for(s.error) == 5
+    assert len(client.sent_numbers()) == 4
+    tomorrow = day + dt.timedelta(days=1)
+    s2 = await run_job(second, settings, client, clock=FakeClock(wall=tomorrow.timestamp()))
+    assert s2.error is None
+    assert len(client.sent_numbers()) == 6

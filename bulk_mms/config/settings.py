@@ -3,8 +3,10 @@ API key is never read from a file, only from ``TELNYX_API_KEY``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -16,6 +18,8 @@ from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
 from bulk_mms.errors import ConfigError
 from bulk_mms.policy import DEFAULT_POLICY, Action, load_policy
 
+#: When a carrier's day starts: T-Mobile resets its daily caps at midnight US/Pacific.
+DAILY_RESET = "00:00 America/Los_Angeles"
 DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
 API_KEY_ENV = "TELNYX_API_KEY"
 BASE_URL_ENV = "TELNYX_BASE_URL"
@@ -83,6 +87,10 @@ class Settings:
     account: str = "default"
     #: The account's suppression list (``[suppression] file``): numbers never texted.
     suppression_file: Path | None = None
+    #: Recipients every job on the account may send per day (a carrier's daily cap), and when
+    #: the day starts (``"00:00 America/Los_Angeles"``: T-Mobile's reset); None: no cap.
+    daily_recipients: int | None = None
+    daily_reset: str = DAILY_RESET
     #: Telnyx error code → what to do about it (:mod:`bulk_mms.policy`; ``[errors]``).
     error_policy: Mapping[str, Action] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
@@ -137,6 +145,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             ),
             lease_s=limits.float_("lease_s", settings.lease_s, 1, 3600),
             account=limits.str_("account", settings.account) or settings.account,
+            daily_recipients=limits.int_("daily_recipients", 0, 0, 10_000_000) or None,
+            daily_reset=_daily_reset(limits),
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
             suppression_file=(path.parent / listed) if listed else None,
             sender_limits=limits.rate_table("senders"),
@@ -170,6 +180,32 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])
     return check_settings(settings)
+
+
+def _daily_reset(limits: Table) -> str:
+    """``daily_reset = "HH:MM Zone"``, checked."""
+    text = limits.str_("daily_reset", DAILY_RESET) or DAILY_RESET
+    try:
+        day_start(text, dt.datetime.now(dt.UTC))
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise limits.error(
+            "daily_reset", f"{text!r} is not 'HH:MM Zone', e.g. '00:00 America/Los_Angeles'"
+        ) from None
+    return text
+
+
+def day_start(reset: str, now: dt.datetime) -> dt.datetime:
+    """The start of the current day under ``reset`` (``"HH:MM Zone"``), as of ``now``.
+
+    Raises:
+        ValueError, ZoneInfoNotFoundError: ``reset`` is not ``"HH:MM Zone"``.
+    """
+    clock, _, zone_name = reset.strip().partition(" ")
+    hour, minute = (int(x) for x in clock.split(":"))
+    zone = zoneinfo.ZoneInfo(zone_name.strip())
+    local = now.astimezone(zone)
+    start = dt.datetime.combine(local.date(), dt.time(hour, minute), zone)
+    return start if start <= local else start - dt.timedelta(days=1)
 
 
 def check_base_url(url: str) -> str:

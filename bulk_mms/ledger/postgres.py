@@ -124,6 +124,11 @@ _READ_SKIPPING_STATUS: Final = (
 _COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) FROM STDIN"
 #: Events a unique index may refuse (recorded by another process already): never COPY'd.
 _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
+_SENT_SINCE: Final = """
+    SELECT sum(jsonb_array_length(body->'to')) FROM bulk_mms_events
+    WHERE kind = 'sent'
+      AND extract(epoch FROM (body->>'time')::timestamptz) >= %s
+"""
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
 
@@ -385,3 +390,15 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
     def close_sync(self) -> None:
         with contextlib.suppress(psycopg.Error):
             self._conn.close()  # ends the session: its advisory lock goes with it
+
+
+def sent_since(location: str, since: float) -> int:
+    """Recipients every ledger of the database records as sent since ``since`` (epoch)."""
+    conninfo, _, shown = split(location)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            migrate(conn)
+            row = conn.execute(_SENT_SINCE, (since,)).fetchone()
+    except psycopg.Error as exc:
+        raise LedgerError(shown, _scrub(exc, conninfo)) from None
+    return int(row[0]) if row and row[0] is not None else 0

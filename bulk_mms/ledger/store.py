@@ -17,9 +17,9 @@ from typing import Literal, Protocol
 import yarl
 
 from bulk_mms.budget import AccountBudget
-from bulk_mms.clock import Clock
+from bulk_mms.clock import Clock, instant
 from bulk_mms.errors import LedgerError
-from bulk_mms.ledger.events import Event
+from bulk_mms.ledger.events import Event, Sent
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
 
@@ -237,3 +237,24 @@ def migrate_database(url: str) -> tuple[int, int]:
     from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
 
     return postgres.migrate_url(url)
+
+
+def sent_since(where: Location, since: float) -> int:
+    """Recipients the account's ledgers record as sent since ``since`` (epoch seconds): every
+    ledger of the database, or every ``*.jsonl`` ledger beside the file (what a daily cap
+    counts). Files that are not ledgers are passed over."""
+    if is_database(where):
+        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+
+        return postgres.sent_since(str(where), since)
+    total = 0
+    for path in sorted(Path(where).parent.glob("*.jsonl")):
+        try:
+            total += sum(
+                len(ev.to)
+                for ev in read_events(path, skip_status=True)
+                if isinstance(ev, Sent) and (instant(ev.time) or 0.0) >= since
+            )
+        except LedgerError:
+            continue  # not a ledger (or damaged): nothing it says can be counted
+    return total
