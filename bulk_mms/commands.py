@@ -193,7 +193,7 @@ def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
         reason = "--skip-media-check" if args.skip_media_check else "sandbox (media is not sent)"
         structlog.get_logger("bulk_mms.cli").info("media.check_skipped", reason=reason)
         return
-    asyncio.run(check_media(urls))
+    asyncio.run(check_media(urls, senders=job.message.senders))
 
 
 def cmd_track(args: argparse.Namespace) -> int:

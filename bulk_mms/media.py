@@ -26,6 +26,9 @@ log = structlog.get_logger("bulk_mms.media")
 
 #: The API's limit: "The total media size must be less than 1 MB."
 MAX_MEDIA_BYTES = 1_000_000
+#: The smallest MMS size the US carriers (AT&T, T-Mobile, Verizon) deliver untouched, by sender
+#: type: above it some carrier drops or transcodes the media (read 2026-11-23).
+CARRIER_CAPS = {"toll_free": 600_000, "short_code": 600_000, "long_code": 1_000_000}
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 
@@ -84,10 +87,26 @@ async def probe(session: aiohttp.ClientSession, url: str) -> MediaInfo:
     return MediaInfo(url, ctype, size)
 
 
+def carrier_warnings(total: int, senders: Sequence[str]) -> list[str]:
+    """What some carrier would do to media of ``total`` bytes from these senders, by type."""
+    from bulk_mms.pacing import sender_type  # noqa: PLC0415 - media must not need the pacer
+
+    warnings = []
+    for kind in sorted({sender_type(s) for s in senders}):
+        cap = CARRIER_CAPS.get(kind)
+        if cap is not None and total > cap:
+            warnings.append(
+                f"{kind} senders: {total:,} bytes of media is over the {cap:,} some US carriers "
+                "deliver untouched; they may drop or transcode it"
+            )
+    return warnings
+
+
 async def check_media(
-    urls: Sequence[str], *, request_timeout: float = 15.0
+    urls: Sequence[str], *, request_timeout: float = 15.0, senders: Sequence[str] = ()
 ) -> tuple[MediaInfo, ...]:
-    """Probe each distinct URL once, concurrently, and check the message's total.
+    """Probe each distinct URL once, concurrently, and check the message's total (and warn,
+    per sender type, where some carrier's cap is lower than the API's).
 
     Raises:
         MediaError: the first URL that fails, or the total size.
@@ -118,4 +137,6 @@ async def check_media(
             f"the message's media total {total:,} bytes; Telnyx takes less than "
             f"{MAX_MEDIA_BYTES:,} (this one is {biggest.size:,})",
         )
+    for warning in carrier_warnings(total, senders):
+        log.warning("media.carrier_cap", detail=warning)
     return tuple(infos)

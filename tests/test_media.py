@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from bulk_mms.cli import main
 from bulk_mms.errors import MediaError
-from bulk_mms.media import MAX_MEDIA_BYTES, check_media
+from bulk_mms.media import MAX_MEDIA_BYTES, carrier_warnings, check_media
 from bulk_mms.models import Money
 from bulk_mms.prepare import dry_run
 from tests.conftest import FAST, JobFactory
@@ -110,3 +110,13 @@ async def test_dry_run_estimates_time_and_cost(jobs: JobFactory) -> None:
     bare = await dry_run(job, FAST)
     assert bare.estimate is not None
     assert bare.estimate.cost is None
+
+
+def test_carrier_caps_warn_per_sender_type() -> None:
+    """700 KB fits the API's 1 MB but not the 600 KB some carriers deliver from toll-free and
+    short codes: a warning for those types, none for a long code."""
+    warnings = carrier_warnings(700_000, ["+18445550001", "12345", "+13125550100"])
+    assert len(warnings) == 2
+    assert warnings[0].startswith("short_code")
+    assert warnings[1].startswith("toll_free")
+    assert carrier_warnings(500_000, ["+18445550001"]) == []
