@@ -54,6 +54,8 @@ from bulk_mms.summary import JobSummary
 log = structlog.get_logger("bulk_mms.runner")
 
 CRASHED = "attempted before a crash; the outcome is unknown"
+#: The code of a group the job's deadline left unsent (recorded failed: no rerun sends it).
+EXPIRED_UNSENT = "expired_unsent"
 CUT_OFF = "cut off in flight by a forced stop; the outcome is unknown"
 
 
@@ -110,6 +112,19 @@ class Recorder:
         rec = self.view.groups.get(group.id)
         if rec is not None and not rec.doubt_recorded:
             self._queue(InDoubt(**self._members(group), reason=CRASHED, time=self._now()))
+
+    def expired(self, group: Group, deadline: str) -> None:
+        """A group never sent because the job's deadline passed: final, never sent later."""
+        self.summary.expired_groups += 1
+        self._queue(
+            Failed(
+                **self._members(group),
+                code=EXPIRED_UNSENT,
+                title="not sent before the job's deadline",
+                detail=f"the deadline was {deadline}; a late message is worse than none",
+                time=self._now(),
+            )
+        )
 
     async def attempt(self, group: Group, number: int, key: str, t0: float) -> None:
         """Write-ahead: durable before the request can leave."""

@@ -162,7 +162,7 @@ class Runner:
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
-        if self._quiet(group):
+        if self._quiet(group) or self._expired(group):
             return True
         if self.store.shared and not self.view.is_done(group.id):
             if not await self.store.claim(group.id):
@@ -191,6 +191,19 @@ class Runner:
         if self.limit is not None and self.queued >= self.limit:
             log.info("job.limit_reached", limit=self.limit)
             return False
+        return True
+
+    def _expired(self, group: Group) -> bool:
+        """Whether the job's deadline has passed for a group not yet sent: then it is recorded
+        ``expired_unsent`` (once) and never sent. A group in doubt stays in doubt."""
+        deadline = self.job.deadline
+        if deadline is None or utc(self.clock) < deadline:
+            return False
+        if self.view.state(group.id) not in (None, RETRY_PENDING):
+            return False  # sent or failed already, or in doubt: it stays as it is
+        self.recorder.expired(group, deadline.isoformat(timespec="minutes"))
+        self.rows_done += len(group.to)
+        self.rows_free += len(group.to)
         return True
 
     def _quiet(self, group: Group) -> bool:

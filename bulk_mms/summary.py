@@ -60,6 +60,8 @@ class JobSummary:
     skipped_groups: int = 0
     #: Groups held back because an earlier run left them in doubt.
     held_groups: int = 0
+    #: Groups the job's ``deadline`` left unsent (recorded ``expired_unsent``).
+    expired_groups: int = 0
     cost: dict[str, Decimal] = field(default_factory=dict)
     #: Reported ``wait_seconds``: median, 95th percentile and maximum (None: none reported).
     wait_seconds_p50: float | None = None
@@ -106,6 +108,7 @@ class JobSummary:
             "rejected_rows": self.rejected_rows,
             "skipped_groups": self.skipped_groups,
             "held_groups": self.held_groups,
+            "expired_groups": self.expired_groups,
             "cost": {k: str(v) for k, v in self.cost.items()},
             "achieved_rate": round(self.achieved_rate, 3) if self.achieved_rate else None,
             "wait_seconds_p50": self.wait_seconds_p50,

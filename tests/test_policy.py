@@ -201,3 +201,22 @@ async def test_the_daily_cap_counts_every_job_and_stops_at_exactly_the_cap(
     s2 = await run_job(second, settings, client, clock=FakeClock(wall=tomorrow.timestamp()))
     assert s2.error is None
     assert len(client.sent_numbers()) == 6
+
+
+async def test_past_the_deadline_groups_are_recorded_expired_and_never_sent(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """deadline: a run after it sends nothing; the groups are recorded expired_unsent (final,
+    in the failed file with why), and a later run does not send them either."""
+    jobs.people(8)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00"\ntimezone = "UTC"')
+    after = dt.datetime(2026, 11, 24, 12, 5, tzinfo=dt.UTC)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=after.timestamp()))
+    assert client.calls == []
+    assert s.expired_groups == 2
+    report = summarize(job.ledger)
+    assert report.recipient_states.failed == 8
+    assert report.error_codes == {"expired_unsent": 2}
+    again = await run_job(job, FAST, client, clock=FakeClock(wall=after.timestamp()))
+    assert (again.skipped_groups, client.calls) == (2, [])

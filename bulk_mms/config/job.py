@@ -123,6 +123,9 @@ class JobConfig:
     recipient_window: SendWindow | None = None
     #: A column naming each recipient's IANA zone; by default the zone comes from the number.
     timezone_column: str | None = None
+    #: After this moment (aware) nothing more is sent: what is left is recorded
+    #: ``expired_unsent`` (a reminder that arrives after the event is worse than none).
+    deadline: dt.datetime | None = None
     #: The most this job may spend, in the account's currency (``max_cost = "250.00"``): no
     #: send starts that could take the ledger's spend past it.
     max_cost: Decimal | None = None
@@ -230,6 +233,7 @@ def load_job(
             "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
         ) from None
     max_cost = top.decimal("max_cost")
+    deadline = _deadline(top.str_("deadline"), zone, top)
     recipient_text = top.str_("recipient_window")
     recipient_window = (
         _parse_window(recipient_text, top, "recipient_window") if recipient_text else None
@@ -265,6 +269,7 @@ def load_job(
         timezone=timezone,
         send_window=window,
         max_cost=max_cost,
+        deadline=deadline,
         recipient_window=recipient_window,
         timezone_column=timezone_column,
         message=message,
@@ -334,6 +339,19 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
             "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
         )
     return template.format(name=name, date=today.isoformat())
+
+
+def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | None:
+    """``deadline = "2026-11-24T12:00"``, in the job's timezone unless it names an offset."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise top.error(
+            "deadline", f"{text!r} is not a date and time like '2026-11-24T12:00'"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=zone)
 
 
 def _parse_window(text: str, top: Table, setting: str = "send_window") -> SendWindow:
