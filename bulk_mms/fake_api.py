@@ -142,6 +142,21 @@ class Accepted:
     accepted_at: float = 0.0
 
 
+#: The HTTP status and title the sandbox gives each refusal code (Telnyx's, as documented).
+REFUSALS: dict[str, tuple[int, str]] = {
+    "40300": (400, "Blocked due to STOP message"),
+    "40016": (400, "T-Mobile daily message limit reached"),
+    "40018": (400, "AT&T campaign rate limit reached"),
+    "40002": (400, "Blocked as spam - temporary"),
+    "40011": (400, "Too many requests - spam"),
+    "40003": (400, "Blocked as spam - permanent"),
+    "40315": (400, "Unhealthy from number"),
+    "20100": (402, "Insufficient funds"),
+    "40333": (429, "Messaging profile spend limit reached"),
+    "40014": (400, "Message expired in queue"),
+}
+
+
 @dataclass(slots=True)
 class SenderQueue:
     """Telnyx's queue for one sender, as a fluid model: it drains at ``drain`` messages/s.
@@ -196,6 +211,10 @@ class FakeTelnyx:
     #: ``"request"``: a group is one message in the queue; ``"recipient"``: one per recipient.
     queue_unit: str = "request"
     clock: Callable[[], float] = time.monotonic
+    #: Carriers' refusals by rule: number → Telnyx error code (40300 opted out, 40016 the
+    #: daily cap, 20100 no funds...). A send naming one is refused with that code, as a
+    #: carrier's verdict: nothing is accepted.
+    refuse: dict[str, str] = field(default_factory=dict)
     queues: dict[str, SenderQueue] = field(default_factory=dict)
     #: (time, sender, recipients) of every accepted message, in order: the server's own log.
     accept_log: list[tuple[float, str, int]] = field(default_factory=list)
@@ -289,6 +308,10 @@ class FakeTelnyx:
             return web.Response(status=fault.status, headers={"Location": fault.location})
         if (invalid := _validate(body)) is not None:
             return invalid
+        if refused := [p for p in body["to"] if p in self.refuse]:
+            code = self.refuse[refused[0]]
+            status, title = REFUSALS.get(code, (400, "Refused"))
+            return _errors(status, code, title, f"Refused for {refused[0]}.")
         key = request.headers.get("Idempotency-Key")
         if key is not None and self.honour_idempotency and key in self._keys:
             first_raw, first_response = self._keys[key]

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import load_settings
 from bulk_mms.console import exit_for, print_dry_run
 from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
+from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.policy import Action, next_midnight
 from bulk_mms.prepare import dry_run
@@ -220,3 +222,30 @@ async def test_past_the_deadline_groups_are_recorded_expired_and_never_sent(
     assert report.error_codes == {"expired_unsent": 2}
     again = await run_job(job, FAST, client, clock=FakeClock(wall=after.timestamp()))
     assert (again.skipped_groups, client.calls) == (2, [])
+
+
+async def test_carrier_refusals_end_to_end_against_the_sandbox(
+    jobs: JobFactory, tmp_path: Path, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """The real client against the fake API refusing by rule: a 40300 number is never
+    accepted, its neighbours are, and it is suppressed for the next job with no request for
+    it; a 20100 then halts the job with exit 6 and nothing lost."""
+    fake, url = fake_api
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 1")
+    stop_sayer = numbers(4)[2]
+    fake.refuse[stop_sayer] = "40300"
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry, concurrency=1)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, settings, client, clock=FakeClock())
+        assert sorted(fake.recipient_counts()) == sorted(set(numbers(4)) - {stop_sayer})
+        requests_before = len(fake.requests)
+        tomorrow = replace(job, name="tomorrow", ledger=jobs.root / "tomorrow.jsonl")
+        fake.refuse[numbers(4)[0]] = "20100"
+        s = await run_job(tomorrow, settings, client, clock=FakeClock())
+    assert stop_sayer not in [p for r in fake.requests[requests_before:] for p in r["to"]]
+    assert isinstance(s.error, AccountRefused)
+    assert exit_for(s.error) == 6
+    assert summarize(tomorrow.ledger).recipient_states.failed == 0
