@@ -9,7 +9,7 @@ job stopped, if it did.
 from __future__ import annotations
 
 import functools
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 
 import structlog
@@ -126,6 +126,8 @@ class GroupSender:
         #: the last try, which certainly failed.
         self.open_attempts: dict[str, SendError | None] = {}
         self.last_sent: float | None = None
+        #: Whether each of the last ``spam_window`` groups ended on a spam code.
+        self.recent: deque[bool] = deque(maxlen=settings.spam_window)
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
@@ -250,6 +252,7 @@ class GroupSender:
         if isinstance(exc, RateLimited):
             self.pacer.on_rate_limited(tries.group.message.from_, exc.retry_after, exc.code)
             tries.throttled += 1
+        self._watch_spam(exc)
 
     def _gave_up(self, exc: PaceAborted) -> StopRetrying:
         """Why a group stops waiting for the pacer: the job stops, its deadline passes (the job
@@ -277,6 +280,7 @@ class GroupSender:
             self.transient_streak = 0
             self.last_sent = self.clock.monotonic()
             await self.recorder.sent(group, result.receipt, result.attempts, throttled)
+            self._watch_spam(None)
             return
         err = result.error
         assert err is not None
@@ -298,6 +302,27 @@ class GroupSender:
                     "in a row got no usable answer. Nothing is lost: rerun to resume"
                 ),
                 "unavailable",
+            )
+
+    def _watch_spam(self, err: SendError | None) -> None:
+        """Stop (resumably, exit 5) when spam filtering met a large share of the last tries
+        (each failed try, each send), instead of burning the list while carriers block it."""
+        spam = err is not None and self.settings.error_policy.get(err.code) == Action.SLOW
+        self.recent.append(spam)
+        window, share = self.settings.spam_window, self.settings.spam_share
+        if (
+            len(self.recent) >= window
+            and sum(self.recent) >= share * window
+            and not (self.stop.is_set())
+        ):
+            self._fail(
+                LimitReached(
+                    f"spam filtering met {sum(self.recent)} of the last {window} tries "
+                    f"(spam_share {share:g}): paused before the list is burnt; check the "
+                    "content and the sender's reputation, then rerun",
+                    status=None,
+                ),
+                "limit",
             )
 
     def _suppress_if_opted_out(self, group: Group, err: SendError) -> None:

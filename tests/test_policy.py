@@ -249,3 +249,19 @@ async def test_carrier_refusals_end_to_end_against_the_sandbox(
     assert isinstance(s.error, AccountRefused)
     assert exit_for(s.error) == 6
     assert summarize(tomorrow.ledger).recipient_states.failed == 0
+
+
+async def test_a_burst_of_spam_codes_stops_the_job_instead_of_burning_the_list(
+    jobs: JobFactory,
+) -> None:
+    """When spam filtering (40002) meets half of the last 20 tries, the job stops with exit 5
+    and the groups not sent are pending a rerun, not failed."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient(lambda g, n: refused("40002") if g.seq >= 10 else ok_receipt(g, n))
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    assert "spam filtering" in str(s.error)
+    assert exit_for(s.error) == 5
+    assert s.sent_groups == 10
+    assert groups_in(job.ledger, "failed") == set()

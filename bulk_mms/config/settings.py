@@ -91,6 +91,10 @@ class Settings:
     #: the day starts (``"00:00 America/Los_Angeles"``: T-Mobile's reset); None: no cap.
     daily_recipients: int | None = None
     daily_reset: str = DAILY_RESET
+    #: Stop (resumably) when at least this share of the last ``spam_window`` tries met spam
+    #: filtering (the policy's ``slow`` codes): the list is not burnt while carriers block.
+    spam_share: float = 0.5
+    spam_window: int = 20
     #: Telnyx error code → what to do about it (:mod:`bulk_mms.policy`; ``[errors]``).
     error_policy: Mapping[str, Action] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
@@ -147,6 +151,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             account=limits.str_("account", settings.account) or settings.account,
             daily_recipients=limits.int_("daily_recipients", 0, 0, 10_000_000) or None,
             daily_reset=_daily_reset(limits),
+            spam_share=limits.float_("spam_share", 0.5, 0.01, 1.0),
+            spam_window=limits.int_("spam_window", 20, 2, 10_000),
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
             suppression_file=(path.parent / listed) if listed else None,
             sender_limits=limits.rate_table("senders"),
