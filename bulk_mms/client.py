@@ -78,6 +78,9 @@ class MmsClient(Protocol):
         ...
 
 
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
 def idempotency_key(campaign: str | None, group_id: str) -> str:
     """The ``Idempotency-Key`` of a group in a campaign: the same on every retry and resume.
 
@@ -451,6 +454,21 @@ class AiohttpMmsClient:
         url = f"{self.base_url}{MESSAGE_PATH}{_segment(message_id)}"
         _, body = await self._request("GET", url)
         return parse_statuses(body.get("data") if isinstance(body, dict) else None)
+
+    async def fetch_optouts(self, page: int, size: int = 250) -> tuple[list[str], int]:
+        """``GET /messaging_optouts``: one page of the profile's opt-outs; the numbers (``to``,
+        checked) and the number of pages."""
+        url = f"{self.base_url}/messaging_optouts?page[number]={page}&page[size]={size}"
+        _, body = await self._request("GET", url)
+        data = body.get("data") if isinstance(body, dict) else None
+        meta = body.get("meta") if isinstance(body, dict) else None
+        numbers = [
+            to
+            for item in (data if isinstance(data, list) else [])[:size]
+            if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.match(to)
+        ]
+        pages = meta.get("total_pages") if isinstance(meta, dict) else None
+        return numbers, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
 
     async def _request(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -54,6 +55,7 @@ from bulk_mms.prepare import dry_run, seed_job
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
+from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
@@ -359,7 +361,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     settings = load_settings(path)
     if args.base_url:
         settings = replace(settings, base_url=args.base_url)
-    if args.rate is not None:
+    if getattr(args, "rate", None) is not None:
         if args.command == "track":
             if not 0 < args.rate <= 1000:
                 raise ConfigError("--rate", f"must be above 0 and at most 1000, not {args.rate:g}")
@@ -416,3 +418,35 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     what = "added to" if args.action == "add" else "removed from"
     print(f"bulk-mms: {len(done)} {what} {listed.path}", file=sys.stderr)
     return Exit.OK
+
+
+def cmd_optouts(args: argparse.Namespace) -> int:
+    """``optouts sync``: every number that opted out of the profile goes on the list."""
+    settings = settings_for(args)
+    listed = Suppressed(settings.suppression_file)
+    if listed.path is None:
+        raise ConfigError("suppression.file", "no suppression list: set [suppression] file")
+    key = _api_key(args)
+    numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
+    added = listed.add(numbers, "opted out (messaging_optouts)")
+    print(
+        f"bulk-mms: {len(numbers)} opt-outs on the profile, {len(added)} new on {listed.path}",
+        file=sys.stderr,
+    )
+    return Exit.OK
+
+
+async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[str]:
+    async with (
+        _endpoint(settings, sandbox) as base_url,
+        _client(settings, base_url, key) as client,
+    ):
+        numbers: list[str] = []
+        page, pages = 1, 1
+        while page <= pages:
+            found, pages = await fetch_with_retry(
+                functools.partial(client.fetch_optouts, page), settings.retry, what="optouts"
+            )
+            numbers += found
+            page += 1
+        return numbers

@@ -215,6 +215,8 @@ class FakeTelnyx:
     #: daily cap, 20100 no funds...). A send naming one is refused with that code, as a
     #: carrier's verdict: nothing is accepted.
     refuse: dict[str, str] = field(default_factory=dict)
+    #: Numbers that texted STOP to the profile: what ``GET /messaging_optouts`` lists.
+    optouts: list[str] = field(default_factory=list)
     queues: dict[str, SenderQueue] = field(default_factory=dict)
     #: (time, sender, recipients) of every accepted message, in order: the server's own log.
     accept_log: list[tuple[float, str, int]] = field(default_factory=list)
@@ -279,6 +281,7 @@ class FakeTelnyx:
         app.router.add_post("/v2/messages/group_mms", self.send_group_mms)
         app.router.add_get("/v2/messages/group/{message_id}", self.get_group)
         app.router.add_get("/v2/messages/{id}", self.get_message)
+        app.router.add_get("/v2/messaging_optouts", self.get_optouts)
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -350,6 +353,23 @@ class FakeTelnyx:
                 body = fault.raw.replace(b"{id}", msg.id.encode())
                 return web.Response(status=200, body=body, content_type="application/json")
         return _json(200, response)
+
+    async def get_optouts(self, request: web.Request) -> web.StreamResponse:
+        """The profile's opt-outs, a page at a time (the shape the SDK's messaging_optouts
+        resource documents): every number in :attr:`optouts`."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        page = max(1, int(request.query.get("page[number]", "1") or 1))
+        size = max(1, min(250, int(request.query.get("page[size]", "20") or 20)))
+        chunk = self.optouts[(page - 1) * size : page * size]
+        pages = max(1, -(-len(self.optouts) // size))
+        data = [
+            {"to": to, "from": "+18445550001", "keyword": "STOP", "created_at": _now()}
+            for to in chunk
+        ]
+        meta = {"page_number": page, "page_size": size, "total_pages": pages,
+                "total_results": len(self.optouts)}  # fmt: skip
+        return _json(200, {"data": data, "meta": meta})
 
     def status_of(self, msg: Accepted, i: int) -> str:
         """Where recipient ``i`` of ``msg`` stands now."""

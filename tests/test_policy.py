@@ -23,6 +23,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.threaded import fake_api_thread
 
 
 def refused(code: str, status: int = 400) -> Rejected:
@@ -265,3 +266,22 @@ async def test_a_burst_of_spam_codes_stops_the_job_instead_of_burning_the_list(
     assert exit_for(s.error) == 5
     assert s.sent_groups == 10
     assert groups_in(job.ledger, "failed") == set()
+
+
+def test_optouts_sync_pulls_every_page_into_the_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`optouts sync` reads GET /v2/messaging_optouts page by page and adds each number to the
+    suppression list once (a second sync adds none)."""
+    fake = FakeTelnyx(api_key="test-key-123")
+    fake.optouts = [f"+1212555{i:04d}" for i in range(300)]  # two pages of 250
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        argv = ["-q", "optouts", "sync", "--config", str(config), "--base-url", url]
+        assert main(argv) == 0
+        assert "300 opt-outs on the profile, 300 new" in capsys.readouterr().err
+        assert main(argv) == 0
+        assert "300 opt-outs on the profile, 0 new" in capsys.readouterr().err
+    assert len((tmp_path / "suppressed.txt").read_text().splitlines()) == 300
