@@ -276,6 +276,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     if ledger is None:
         raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
+    path = find_config(None)
+    listed = load_settings(path).suppression_file if path else None
 
     async def serve() -> None:
         stop = Stop()
@@ -286,6 +288,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 int(port_text),
                 key,
                 stop,
+                suppressed=Suppressed(listed) if listed else None,
             )
 
     asyncio.run(serve())

@@ -37,6 +37,7 @@ from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import RecipientStatus
+from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger("bulk_mms.webhooks")
 
@@ -48,6 +49,9 @@ TOLERANCE_S = 300
 #: Largest body accepted; a messaging event is a few kilobytes.
 MAX_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
+#: Inbound texts that opt out, as the carriers' standard keywords (CTIA).
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _FIELD_MAX = 128
 #: A webhook can arrive before the run has written its group's `sent` line: its recipients are
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
@@ -130,7 +134,10 @@ class WebhookReceiver:
         key: Ed25519PublicKey,
         *,
         clock: Clock | None = None,
+        suppressed: Suppressed | None = None,
     ) -> None:
+        #: The account's suppression list, where inbound STOPs go (None: not kept).
+        self.suppressed = suppressed
         self.view = view
         self.store = store
         self.key = key
@@ -166,6 +173,8 @@ class WebhookReceiver:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
+        if event_type == "message.received":
+            return web.json_response({"ok": True, "suppressed": self.opt_out(payload)})
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
             return web.json_response({"ok": True})
@@ -184,6 +193,21 @@ class WebhookReceiver:
             task.add_done_callback(self._later.discard)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
         return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
+
+    def opt_out(self, payload: object) -> bool:
+        """An inbound message that opts out (STOP and its synonyms): its sender goes on the
+        suppression list, so no later job texts them. True when it was added."""
+        if self.suppressed is None or not isinstance(payload, dict):
+            return False
+        text, sender = payload.get("text"), payload.get("from")
+        phone = sender.get("phone_number") if isinstance(sender, dict) else None
+        if not isinstance(text, str) or text.strip().upper() not in OPT_OUT_WORDS:
+            return False
+        if not isinstance(phone, str) or not _E164.match(phone):
+            return False
+        added = self.suppressed.add([phone], "texted STOP (webhook)")
+        log.info("webhook.opt_out", recipient=phone, new=bool(added))
+        return bool(added)
 
     def match(
         self, statuses: Sequence[RecipientStatus], message_id: str | None
@@ -284,6 +308,7 @@ async def serve_webhooks(
     stop: asyncio.Event,
     *,
     started: Callable[[str], None] | None = None,
+    suppressed: Suppressed | None = None,
 ) -> WebhookReceiver:
     """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
 
@@ -292,7 +317,7 @@ async def serve_webhooks(
         ConfigError: the address cannot be listened on.
     """
     store = open_store(location, "append")
-    receiver = WebhookReceiver(LedgerView(), store, key)
+    receiver = WebhookReceiver(LedgerView(), store, key, suppressed=suppressed)
     receiver.refresh()
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()

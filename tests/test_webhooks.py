@@ -22,6 +22,7 @@ from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, open_store
 from bulk_mms.models import Group
 from bulk_mms.signals import Stop
+from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
 from tests.conftest import FakeClient, JobFactory, sent_ledger
@@ -252,3 +253,38 @@ async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
             break
         await asyncio.sleep(0.05)
     assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+
+
+async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A signed message.received saying STOP adds its sender to the suppression list; other
+    words do not; a forged one is refused before anything is read."""
+    ledger_path, _ = await sent_ledger(jobs, 4)
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    store = open_store(ledger_path, "append")
+    receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64), suppressed=listed)
+
+    def inbound(text: str) -> dict[str, Any]:
+        return {
+            "data": {
+                "event_type": "message.received",
+                "id": str(uuid.uuid4()),
+                "payload": {"text": text, "from": {"phone_number": "+12125550002"}},
+            }
+        }
+
+    async with TestClient(TestServer(receiver.app())) as http:
+        raw, headers = signed(inbound("hello"))
+        assert (await (await http.post("/h", data=raw, headers=headers)).json())[
+            "suppressed"
+        ] is False
+        raw, headers = signed(inbound(" stop "))
+        assert (await (await http.post("/h", data=raw, headers=headers)).json())[
+            "suppressed"
+        ] is True
+        raw, headers = signed(inbound("STOP"), key=Ed25519PrivateKey.generate())
+        assert (await http.post("/h", data=raw, headers=headers)).status == 401
+    await receiver.close()
+    await store.close()
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550002"]
