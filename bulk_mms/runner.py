@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from dataclasses import replace
 import structlog
 
 from bulk_mms.client import MmsClient
-from bulk_mms.clock import Clock, SystemClock, iso, utc
+from bulk_mms.clock import Clock, SystemClock, instant, iso, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import (
     LedgerError,
@@ -103,6 +104,9 @@ class Runner:
         self.others: dict[str, Group] = {}
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet = self.sender.quiet
+        #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign
+        #: began): what is left is recorded ``expired_unsent``.
+        self.deadline = job_deadline(job, self.view)
         self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
@@ -196,7 +200,7 @@ class Runner:
     def _expired(self, group: Group) -> bool:
         """Whether the job's deadline has passed for a group not yet sent: then it is recorded
         ``expired_unsent`` (once) and never sent. A group in doubt stays in doubt."""
-        deadline = self.job.deadline
+        deadline = self.deadline
         if deadline is None or utc(self.clock) < deadline:
             return False
         if self.view.state(group.id) not in (None, RETRY_PENDING):
@@ -426,6 +430,15 @@ async def run_job(
                 await runner.pacer.budget.close()
             await _close(store)
     return runner.finish()
+
+
+def job_deadline(job: JobConfig, view: LedgerView) -> dt.datetime | None:
+    """The earlier of the job's ``deadline`` and ``max_age_s`` after its ledger began."""
+    ends = [job.deadline] if job.deadline else []
+    began = instant(view.header.time) if view.header is not None else None
+    if job.max_age_s is not None and began is not None:
+        ends.append(dt.datetime.fromtimestamp(began + job.max_age_s, dt.UTC))
+    return min(ends, default=None)
 
 
 def _resume(

@@ -285,3 +285,20 @@ def test_optouts_sync_pulls_every_page_into_the_list(
         assert main(argv) == 0
         assert "300 opt-outs on the profile, 0 new" in capsys.readouterr().err
     assert len((tmp_path / "suppressed.txt").read_text().splitlines()) == 300
+
+
+async def test_max_age_expires_what_is_left_that_long_after_the_campaign_began(
+    jobs: JobFactory,
+) -> None:
+    """max_age_s = 3600: a run inside the hour sends; a resume two hours after the campaign
+    began sends nothing more and records the rest expired_unsent."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4\nmax_age_s = 3600")
+    start = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    first = await run_job(job, FAST, FakeClient(), clock=FakeClock(wall=start.timestamp()), limit=1)
+    assert first.sent_groups == 1
+    later = FakeClock(wall=(start + dt.timedelta(hours=2)).timestamp())
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=later)
+    assert client.calls == []
+    assert s.expired_groups == 1

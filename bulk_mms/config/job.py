@@ -126,6 +126,8 @@ class JobConfig:
     #: After this moment (aware) nothing more is sent: what is left is recorded
     #: ``expired_unsent`` (a reminder that arrives after the event is worse than none).
     deadline: dt.datetime | None = None
+    #: Or: seconds after the campaign began (its ledger's first run) when the same happens.
+    max_age_s: float | None = None
     #: The most this job may spend, in the account's currency (``max_cost = "250.00"``): no
     #: send starts that could take the ledger's spend past it.
     max_cost: Decimal | None = None
@@ -234,6 +236,7 @@ def load_job(
         ) from None
     max_cost = top.decimal("max_cost")
     deadline = _deadline(top.str_("deadline"), zone, top)
+    max_age_s = top.float_("max_age_s", 0.0, 0.0, 365 * 86_400) or None
     recipient_text = top.str_("recipient_window")
     recipient_window = (
         _parse_window(recipient_text, top, "recipient_window") if recipient_text else None
@@ -270,6 +273,7 @@ def load_job(
         send_window=window,
         max_cost=max_cost,
         deadline=deadline,
+        max_age_s=max_age_s,
         recipient_window=recipient_window,
         timezone_column=timezone_column,
         message=message,
