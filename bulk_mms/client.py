@@ -31,6 +31,7 @@ import structlog
 import yarl
 
 from bulk_mms._version import __version__
+from bulk_mms.clock import instant
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
@@ -216,7 +217,15 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
         wait_seconds=parse_seconds(data.get("wait_seconds")),
         cost=cost,
         errors=parse_errors(data),
+        valid_until=_stamp(data.get("valid_until")),
     )
+
+
+def _stamp(value: object) -> str | None:
+    """An ISO 8601 time the API sent, if it is one (bounded, parsed): else None."""
+    if not isinstance(value, str) or len(value) > 40 or instant(value) is None:
+        return None
+    return value
 
 
 def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:

@@ -154,3 +154,5 @@ class SendReceipt:
     wait_seconds: float | None = None
     cost: Money | None = None
     errors: tuple[ApiError, ...] = ()
+    #: Until when Telnyx will try to deliver it, when the API says (ISO 8601).
+    valid_until: str | None = None

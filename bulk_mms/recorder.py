@@ -159,6 +159,7 @@ class Recorder:
                 statuses={st.phone: st.status for st in r.statuses},
                 wait_seconds=r.wait_seconds,
                 cost=r.cost,
+                valid_until=r.valid_until,
                 attempts=attempts,
                 rate_limited=throttled,
                 time=self._now(),

@@ -202,3 +202,15 @@ async def test_idempotency_key_replays_first_response(fake_api: API) -> None:
         second = await c.send(group(), IDEM)
     assert first.message_id == second.message_id
     assert len(fake.accepted) == 1
+
+
+def test_valid_until_is_kept_when_it_is_a_time() -> None:
+    """The API's valid_until is recorded when it is a time, and dropped when it is not."""
+    data = {
+        "id": "40385f64-5717-4562-b3fc-2c963f66afa6",
+        "to": [{"phone_number": "+12125550100", "status": "queued"}],
+        "valid_until": "2026-11-25T14:00:00.000+00:00",
+    }
+    assert parse_receipt({"data": data}).valid_until == "2026-11-25T14:00:00.000+00:00"
+    assert parse_receipt({"data": {**data, "valid_until": "soon"}}).valid_until is None
+    assert parse_receipt({"data": {**data, "valid_until": "9" * 500}}).valid_until is None

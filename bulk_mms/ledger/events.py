@@ -150,6 +150,8 @@ class Sent(_Outcome):
     statuses: Mapping[str, str] = field(default_factory=dict)
     wait_seconds: float | None = None
     cost: Money | None = None
+    #: Until when Telnyx tries to deliver it, as the API said.
+    valid_until: str | None = None
     kind: ClassVar[str] = "sent"
 
 
@@ -379,6 +381,7 @@ def _sent(d: Mapping[str, Any]) -> Sent:
         ),
         wait_seconds=_num(d, "wait_seconds"),
         cost=parse_money(d.get("cost")),  # the bounds it was received under
+        valid_until=_opt_str(d, "valid_until"),
     )
 
 
