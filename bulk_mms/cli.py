@@ -221,11 +221,17 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     suppress.add_argument("numbers", nargs="*", metavar="NUMBER")
     suppress.add_argument("--config", type=Path, help=CONFIG_HELP)
     suppress.add_argument("--reason", default="added by hand", help="a note kept beside each")
+    suppress.add_argument(
+        "--ledger", type=location, help="a postgresql:// ledger: the database's own list"
+    )
     optouts = sub.add_parser(
         "optouts", help="the messaging profile's opt-outs (STOP)", parents=[common]
     )
     optouts.add_argument("action", choices=("sync",), help="add them to the suppression list")
     optouts.add_argument("--config", type=Path, help=CONFIG_HELP)
+    optouts.add_argument(
+        "--ledger", type=location, help="a postgresql:// ledger: the database's own list"
+    )
     optouts.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
     optouts.add_argument(
         "--sandbox", action="store_true", help="ask the built-in fake API (no key needed)"

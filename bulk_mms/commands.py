@@ -59,7 +59,7 @@ from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import Suppressed, parse_numbers
+from bulk_mms.suppression import parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
@@ -288,7 +288,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 int(port_text),
                 key,
                 stop,
-                suppressed=Suppressed(listed) if listed else None,
+                suppressed=suppression_for(listed, ledger),
             )
 
     asyncio.run(serve())
@@ -409,7 +409,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 def cmd_suppress(args: argparse.Namespace) -> int:
     """``suppress add|remove|list [NUMBER ...]``: the account's suppression list."""
     path = find_config(args.config)
-    listed = Suppressed(load_settings(path).suppression_file if path else None)
+    listed = suppression_for(load_settings(path).suppression_file if path else None, args.ledger)
     if args.action == "list":
         for number in listed.numbers():
             print(number)
@@ -426,7 +426,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 def cmd_optouts(args: argparse.Namespace) -> int:
     """``optouts sync``: every number that opted out of the profile goes on the list."""
     settings = settings_for(args)
-    listed = Suppressed(settings.suppression_file)
+    listed = suppression_for(settings.suppression_file, args.ledger)
     if listed.path is None:
         raise ConfigError("suppression.file", "no suppression list: set [suppression] file")
     key = _api_key(args)

@@ -30,7 +30,7 @@ from bulk_mms.models import Group, Money, Recipient, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.summary import Estimate, JobSummary
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import suppression_for
 from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
 
 
@@ -253,7 +253,7 @@ async def dry_run(
         check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
         s.locked_by = holder(job.where)
         now = clock.wall()
-        for item in plan(job, reader, Suppressed(settings.suppression_file)):
+        for item in plan(job, reader, suppression_for(settings.suppression_file, job.where)):
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
                 continue

@@ -44,7 +44,6 @@ from bulk_mms.recorder import Recorder
 from bulk_mms.sending import GroupSender
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
-from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -139,7 +138,7 @@ class Runner:
         """Feed groups to the workers; record rejected rows; skip what is done; say how much
         of the input is valid once it has all been read."""
         recipients = groups = rejected = 0
-        suppressed = Suppressed(self.settings.suppression_file)
+        suppressed = self.sender.suppressed
         for n, item in enumerate(plan(self.job, reader, suppressed)):
             if self.stop.is_set():
                 return

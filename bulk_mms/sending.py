@@ -43,7 +43,7 @@ from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import suppression_for
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -126,6 +126,8 @@ class GroupSender:
         #: the last try, which certainly failed.
         self.open_attempts: dict[str, SendError | None] = {}
         self.last_sent: float | None = None
+        #: The account's suppression list (the settings' file, or the database's table).
+        self.suppressed = suppression_for(settings.suppression_file, job.where)
         #: Whether each of the last ``spam_window`` groups ended on a spam code.
         self.recent: deque[bool] = deque(maxlen=settings.spam_window)
         #: Recipients left for their window to open (quiet hours), by their zones.
@@ -333,10 +335,10 @@ class GroupSender:
             Action.SUPPRESS
         ):
             return
-        if len(group.to) != 1 or self.settings.suppression_file is None:
+        if len(group.to) != 1 or self.suppressed.path is None:
             log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
             return
-        added = Suppressed(self.settings.suppression_file).add(group.to, f"opted out ({err.code})")
+        added = self.suppressed.add(group.to, f"opted out ({err.code})")
         log.info("recipient.suppressed", recipient=group.to[0], code=err.code, new=bool(added))
 
     def _fail(self, error: BaseException, reason: str) -> None:

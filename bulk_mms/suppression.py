@@ -20,10 +20,14 @@ from bulk_mms.validate import PhoneError, normalize_phone
 
 
 class Suppressed:
-    """The numbers of a suppression list, for membership tests (E.164 digits as ints)."""
+    """The numbers of a suppression list, for membership tests (E.164 digits as ints).
+
+    The list is the settings' file, or, with a database ledger, the database's own table
+    (:func:`suppression_for`); this class is the file, and the base of the table's.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path
+        self.path: object = path
         self._numbers: set[int] = set()
         if path is not None and path.exists():
             self._numbers = {int(p[1:]) for p in _read(path)}
@@ -83,9 +87,25 @@ class Suppressed:
         return [f"+{n}" for n in sorted(gone)]
 
     def _writable(self) -> Path:
-        if self.path is None:
+        if not isinstance(self.path, Path):
             raise ConfigError("suppression.file", "no suppression list: set [suppression] file")
         return self.path
+
+
+def suppression_for(file: Path | None, where: object = None) -> Suppressed:
+    """The account's suppression list: the database's table when the ledger is in one, else
+    the settings' file (``[suppression] file``; none: an empty list that cannot be added to).
+
+    Raises:
+        LedgerError: the database cannot be reached.
+    """
+    from bulk_mms.ledger.store import is_database  # noqa: PLC0415 - no cycle at import
+
+    if isinstance(where, str) and is_database(where):
+        from bulk_mms.ledger.postgres import PostgresSuppressed  # noqa: PLC0415 - psycopg
+
+        return PostgresSuppressed(where)
+    return Suppressed(file)
 
 
 def _number(line: str) -> str | None:

@@ -197,7 +197,9 @@ class WebhookReceiver:
     def opt_out(self, payload: object) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the
         suppression list, so no later job texts them. True when it was added."""
-        if self.suppressed is None or not isinstance(payload, dict):
+        if self.suppressed is None or self.suppressed.path is None:
+            return False
+        if not isinstance(payload, dict):
             return False
         text, sender = payload.get("text"), payload.get("from")
         phone = sender.get("phone_number") if isinstance(sender, dict) else None

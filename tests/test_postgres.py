@@ -246,3 +246,21 @@ async def test_track_dry_run_and_failed_csv_work_on_postgres(
     count, _ = write_failed_csv(summarize(job.where), out)
     refused = next(g for g in client.calls if g.seq == 0)
     assert count == len(refused.to) + len(sent)
+
+
+async def test_with_a_database_ledger_the_suppression_list_is_its_table(
+    jobs: JobFactory, database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`suppress add --ledger URL` writes the database's own list, shared by every host: a job
+    on that database rejects the number without a request."""
+    where = f"{database}?ledger=supp"
+    assert main(["-q", "suppress", "add", "+12125550001", "--ledger", where]) == 0
+    jobs.people(4)
+    job = replace(jobs.job(extra="group_size = 4"), database=where)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock())
+    assert "+12125550001" not in client.sent_numbers()
+    assert s.rejected_rows == 1
+    capsys.readouterr()
+    assert main(["-q", "suppress", "list", "--ledger", where]) == 0
+    assert capsys.readouterr().out.split() == ["+12125550001"]

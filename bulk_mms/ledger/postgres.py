@@ -33,7 +33,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import orjson
@@ -45,9 +45,10 @@ from bulk_mms.errors import LedgerCorrupt, LedgerError
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
 from bulk_mms.ledger.pgbudget import PostgresBudget
+from bulk_mms.suppression import Suppressed
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -94,6 +95,13 @@ _MIGRATIONS: Final = {
     4: """
         CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_rejected
             ON bulk_mms_events (ledger, (body->>'line')) WHERE kind = 'rejected';
+    """,
+    5: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_suppressions (
+            number text PRIMARY KEY,
+            reason text NOT NULL DEFAULT '',
+            added timestamptz NOT NULL DEFAULT now()
+        );
     """,
 }
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
@@ -402,3 +410,44 @@ def sent_since(location: str, since: float) -> int:
     except psycopg.Error as exc:
         raise LedgerError(shown, _scrub(exc, conninfo)) from None
     return int(row[0]) if row and row[0] is not None else 0
+
+
+class PostgresSuppressed(Suppressed):
+    """The account's suppression list as a table of the ledger's database: every host and job
+    on it shares one list. Read whole at the start (membership tests must be fast); additions
+    and removals go straight to the table."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(None)
+        self._conninfo, _, shown = split(location)
+        self.path = shown
+        rows = self._run("SELECT number FROM bulk_mms_suppressions", ())
+        self._numbers = {int(str(r[0])[1:]) for r in rows if str(r[0])[1:].isdigit()}
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                migrate(conn)
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+
+    def add(self, phones: Iterable[str], reason: str) -> list[str]:
+        new = [p for p in dict.fromkeys(phones) if p not in self]
+        for phone in new:
+            self._run(_SUPPRESS, (phone, reason))
+        self._numbers.update(int(p[1:]) for p in new)
+        return new
+
+    def remove(self, phones: Iterable[str]) -> list[str]:
+        gone = [p for p in dict.fromkeys(phones) if p in self]
+        for phone in gone:
+            self._run("DELETE FROM bulk_mms_suppressions WHERE number = %s", (phone,))
+        self._numbers -= {int(p[1:]) for p in gone}
+        return sorted(gone)
+
+
+_SUPPRESS: Final = (
+    "INSERT INTO bulk_mms_suppressions (number, reason) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+)
