@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ from aiohttp.test_utils import TestServer
 
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
 from bulk_mms.testing import FakeClient, FakeClock, ok_receipt
 
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
@@ -119,3 +123,39 @@ async def fake_api() -> AsyncIterator[tuple[FakeTelnyx, str]]:
     fake = FakeTelnyx(api_key="test-key-123")
     async with TestServer(fake.app(), host="127.0.0.1", port=0) as server:
         yield fake, str(server.make_url("/v2"))
+
+
+async def crash_mid_send(
+    job: JobConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    hanging: int = 1,
+    hang: Callable[[Group], bool] = lambda g: True,
+    settings: Settings = FAST,
+) -> FakeClient:
+    """Run ``job`` until ``hanging`` groups that ``hang`` picks have their request out (the
+    others are answered), then die as a SIGKILL would: attempts on record, no outcome for the
+    hanging ones. The client, with its calls, is returned."""
+    stop = Stop()
+    out: set[str] = set()
+    all_out = asyncio.Event()
+
+    async def answer(g: Group, n: int) -> SendReceipt:
+        if not hang(g):
+            return ok_receipt(g, n)
+        out.add(g.id)
+        if len(out) >= hanging:
+            all_out.set()
+        await asyncio.Event().wait()  # the answer never comes
+        raise AssertionError
+
+    client = FakeClient(answer)
+    with monkeypatch.context() as m:
+        m.setattr(Recorder, "cut_off", lambda self, group, last: None)  # dies recording nothing
+        task = asyncio.create_task(run_job(job, settings, client, clock=FakeClock(), stop=stop))
+        await asyncio.wait_for(all_out.wait(), 10)
+        for _ in range(100):  # let the answered groups be recorded
+            await asyncio.sleep(0)
+        stop.force("SIGKILL")
+        await task
+    return client

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import orjson
-
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import Attempt, load, open_store
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -81,12 +80,14 @@ async def test_a_format_1_ledger_resumes_under_its_old_keys(jobs: JobFactory) ->
     probe = FakeClient()
     await run_job(replace(job, ledger=jobs.root / "probe.jsonl"), FAST, probe, clock=FakeClock())
     gid = probe.calls[0].id
-    header = next(e for e in ledger_events(jobs.root / "probe.jsonl"))
-    old = {k: v for k, v in header.items() if k != "campaign"} | {"format": 1}
-    attempt = {"event": "attempt", "group": gid, "seq": 0, "attempt": 1, "t0": 9e12}
-    attempt |= {"from": "+18445550001", "key": f"bulk-mms-{gid}", "time": "2026-11-24T01:00:00Z"}
-    job.ledger.parent.mkdir(parents=True, exist_ok=True)
-    job.ledger.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in (old, attempt)))
+    header = load(jobs.root / "probe.jsonl").header
+    assert header is not None
+    # a format-1 ledger: no campaign; its group's attempt under the key of the time
+    store = open_store(job.ledger, "run")
+    store.append_now(replace(header, campaign=None, format=1))
+    key = f"bulk-mms-{gid}"
+    store.append_now(Attempt(gid, (), 0, "+18445550001", 1, key, 9e12, "2026-11-24T01:00:00Z"))
+    store.close_sync()
     client = FakeClient()
     s = await run_job(job, FAST, client, clock=FakeClock())
     assert s.sent_groups == 2

@@ -12,14 +12,22 @@ import pytest
 
 from bulk_mms.cli import main
 from bulk_mms.config import load_job
-from bulk_mms.errors import Rejected
+from bulk_mms.errors import Rejected, ServerError
 from bulk_mms.ledger import open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import CAMPAIGN_COLUMN, REASON_COLUMN, summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.conftest import (
+    FAST,
+    FakeClient,
+    FakeClock,
+    JobFactory,
+    crash_mid_send,
+    numbers,
+    ok_receipt,
+)
 
 
 async def mixed_ledger(jobs: JobFactory) -> tuple[Path, list[Group]]:
@@ -169,22 +177,17 @@ async def test_report_cli_writes_failed_csv(
     assert len(out.read_text().splitlines()) == 7
 
 
-async def test_report_agrees_with_resume_on_what_is_in_doubt(jobs: JobFactory) -> None:
+async def test_report_agrees_with_resume_on_what_is_in_doubt(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An attempt cut off by a crash (no outcome) and a group in doubt whose resend then failed
     transiently are both in doubt, in the report as in a resume: every recipient counted."""
     jobs.people(12)
     job = jobs.job(extra="group_size = 4")
-    await run_job(job, FAST, FakeClient(), clock=FakeClock())
-    events = [orjson.loads(x) for x in job.ledger.read_bytes().splitlines()]
-    sent = [e for e in events if e["event"] == "sent"]
-    keep = [e for e in events if e not in sent[:2]]  # groups 0 and 1 lose their outcome
-    g1 = sent[1]
-    later = [
-        {"event": "in_doubt", "group": g1["group"], "seq": 1, "to": g1["to"], "reason": "x"},
-        {"event": "attempt", "group": g1["group"], "seq": 1, "to": g1["to"], "attempt": 1},
-        {"event": "failed", "group": g1["group"], "seq": 1, "to": g1["to"], "retryable": True},
-    ]
-    job.ledger.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in keep + later))
+    await crash_mid_send(job, monkeypatch, hanging=2, hang=lambda g: g.seq < 2)
+    # the resend of group 1 (its key still holds) fails on 503s: it stays in doubt
+    flaky = FakeClient(lambda g, n: ServerError("down", status=503))
+    await run_job(job, FAST, flaky, clock=FakeClock(), resend_in_doubt=True)
     s = summarize(job.ledger)
     assert (s.sent_groups, s.in_doubt_groups, s.failed_groups) == (1, 2, 0)
     assert s.in_doubt_recipients == 8

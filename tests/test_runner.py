@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +31,15 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.testing import groups_in, ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.conftest import (
+    FAST,
+    FakeClient,
+    FakeClock,
+    JobFactory,
+    crash_mid_send,
+    numbers,
+    ok_receipt,
+)
 
 
 def events(job: JobConfig, kind: str | None = None) -> list[dict[str, object]]:
@@ -185,20 +194,14 @@ async def test_ambiguous_failure_is_held_when_keys_are_not_trusted(jobs: JobFact
     assert s3.open_in_doubt == 0
 
 
-def drop_outcomes(job: JobConfig) -> None:
-    """Simulate a crash after the attempts were durable: remove every sent line."""
-    raw = job.ledger.read_bytes().splitlines(keepends=True)
-    job.ledger.write_bytes(b"".join(line for line in raw if b'"event":"sent"' not in line))
-
-
-async def test_attempt_without_outcome_is_resent_under_its_key(jobs: JobFactory) -> None:
+async def test_attempt_without_outcome_is_resent_under_its_key(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a crash between attempt and outcome, a rerun resends the group with the same key
     (the API replays its first answer); with keys not trusted, it is held in doubt instead."""
     jobs.people(8)
     job = jobs.job()
-    first = FakeClient()
-    await run_job(job, FAST, first)
-    drop_outcomes(job)
+    first = await crash_mid_send(job, monkeypatch)
     assert groups_in(job.ledger, "in_doubt")
     held = FakeClient()
     s = await run_job(job, NO_KEYS, held)
@@ -213,26 +216,27 @@ async def test_attempt_without_outcome_is_resent_under_its_key(jobs: JobFactory)
     assert (s.sent_groups, s.open_in_doubt) == (1, 0)
 
 
-async def test_in_doubt_past_the_key_window_is_held(jobs: JobFactory) -> None:
+async def test_in_doubt_past_the_key_window_is_held(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A group whose first attempt is older than idempotency_window_s is not resent."""
     jobs.people(8)
     job = jobs.job()
-    await run_job(job, FAST, FakeClient())
-    drop_outcomes(job)
-    raw = job.ledger.read_bytes().replace(b'"t0":', b'"t0":-86400.0,"old_t0":')
-    job.ledger.write_bytes(raw)
+    await crash_mid_send(job, monkeypatch)
+    two_days_later = FakeClock(wall=time.time() + 2 * 86_400)
     again = FakeClient()
-    s = await run_job(job, FAST, again)
+    s = await run_job(job, FAST, again, clock=two_days_later)
     assert (again.calls, s.held_groups) == ([], 1)
 
 
-async def test_422_on_a_repeat_is_an_idempotency_conflict(jobs: JobFactory) -> None:
+async def test_422_on_a_repeat_is_an_idempotency_conflict(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 422 answering a repeat under the same key is a key conflict, and the group stays in
     doubt (its first request may have been delivered), never failed."""
     jobs.people(8)
     job = jobs.job()
-    await run_job(job, FAST, FakeClient())
-    drop_outcomes(job)
+    await crash_mid_send(job, monkeypatch)
     conflict = FakeClient(lambda g, n: Rejected("same key, other body", status=422))
     s = await run_job(job, FAST, conflict)
     assert events(job, "failed") == []
@@ -420,13 +424,14 @@ async def test_sender_pool_spreads_groups_and_keeps_senders_on_resume(
         assert group.message.from_ == first_try[group.id]
 
 
-async def test_dry_run_decides_in_doubt_groups_as_a_real_run_would(jobs: JobFactory) -> None:
+async def test_dry_run_decides_in_doubt_groups_as_a_real_run_would(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A group in doubt inside its key window counts as 'would send' in a dry run (a real run
     resends it); with keys not trusted it counts as held, unless --resend-in-doubt."""
     jobs.people(8)
     job = jobs.job()
-    await run_job(job, FAST, FakeClient())
-    drop_outcomes(job)
+    await crash_mid_send(job, monkeypatch)
     trusted = await dry_run(job, FAST)
     assert (trusted.sent_groups, trusted.held_groups) == (1, 0)
     untrusted = await dry_run(job, NO_KEYS)
