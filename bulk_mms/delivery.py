@@ -41,6 +41,8 @@ class Known:
     at: str | None = None
     #: The recipient's own message id, once the API has named it.
     message_id: str | None = None
+    #: The Telnyx error code the report carried, if any (why it failed).
+    code: str | None = None
 
 
 def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:

@@ -30,7 +30,6 @@ errors whose answer said the request was not accepted (a non-2xx with an ``error
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import zoneinfo
 from collections.abc import Mapping
 from typing import Final
@@ -39,6 +38,7 @@ import structlog
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, utc
+from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -55,29 +55,6 @@ from bulk_mms.models import Group, RecipientStatus, SendReceipt
 log = structlog.get_logger("bulk_mms.policy")
 
 
-class Action(enum.StrEnum):
-    FAIL = "fail"
-    RETRY = "retry"
-    SLOW = "slow"
-    DEFER = "defer"
-    HALT = "halt"
-    SUPPRESS = "suppress"
-    RETIRE_SENDER = "retire_sender"
-
-
-#: The built-in table (Telnyx docs and support articles, read 2026-11-23).
-DEFAULT_POLICY: Final[Mapping[str, Action]] = {
-    "40300": Action.SUPPRESS,  # the recipient texted STOP: blocked for the messaging profile
-    "40016": Action.DEFER,  # T-Mobile's daily 10DLC brand cap: until midnight US/Pacific
-    "40018": Action.DEFER,  # AT&T's per-minute campaign limit: until the next minute
-    "40002": Action.SLOW,  # blocked as spam (temporary)
-    "40011": Action.SLOW,  # too many messages: spam filtering (temporary)
-    "40003": Action.RETIRE_SENDER,  # the sending number is blocked
-    "40315": Action.RETIRE_SENDER,  # unhealthy sender
-    "20100": Action.HALT,  # insufficient funds
-    "40333": Action.HALT,  # the messaging profile's daily spend limit
-    "40014": Action.RETRY,  # expired in Telnyx's queue: nothing was delivered
-}
 #: T-Mobile resets its daily caps at midnight in this zone.
 CAP_ZONE: Final = zoneinfo.ZoneInfo("America/Los_Angeles")
 

@@ -16,6 +16,7 @@ import structlog
 
 from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
+from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import (
     AccountRefused,
@@ -33,7 +34,7 @@ from bulk_mms.errors import (
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import Action, PolicyClient
+from bulk_mms.policy import PolicyClient
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,

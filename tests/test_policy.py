@@ -12,16 +12,18 @@ import pytest
 
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.codes import Action
 from bulk_mms.config import load_settings
 from bulk_mms.console import exit_for, print_dry_run
 from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.models import Group, SendReceipt
-from bulk_mms.policy import Action, next_midnight
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.policy import next_midnight
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
+from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 from tests.threaded import fake_api_thread
 
@@ -302,3 +304,24 @@ async def test_max_age_expires_what_is_left_that_long_after_the_campaign_began(
     s = await run_job(job, FAST, client, clock=later)
     assert client.calls == []
     assert s.expired_groups == 1
+
+
+async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
+    jobs: JobFactory,
+) -> None:
+    """A delivery report failing with 40016 (a carrier's daily cap) lands in the failed file
+    marked resendable; one failing with 40008 (undeliverable) does not."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    cap, bad = (ApiError("40016", "T-Mobile daily cap", ""), ApiError("40008", "Undeliverable", ""))
+    client.delivery[f"msg-{g.id}-0"] = (
+        RecipientStatus(g.to[0], "delivery_failed", errors=(cap,)),
+        RecipientStatus(g.to[1], "delivery_failed", errors=(bad,)),
+    )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    reasons = dict(summarize(job.ledger).undelivered)
+    assert "resendable" in reasons[g.to[0]]
+    assert reasons[g.to[1]] == "delivery_failed 40008"

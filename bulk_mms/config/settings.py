@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yarl
 
+from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
 from bulk_mms.errors import ConfigError
-from bulk_mms.policy import DEFAULT_POLICY, Action, load_policy
+from bulk_mms.policy import load_policy
 
 #: When a carrier's day starts: T-Mobile resets its daily caps at midnight US/Pacific.
 DAILY_RESET = "00:00 America/Los_Angeles"

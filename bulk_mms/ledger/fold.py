@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Final
 
 from bulk_mms.clock import instant
+from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
 from bulk_mms.models import Money, RecipientStatus
@@ -240,10 +241,11 @@ class LedgerView:
             self.by_message_id.setdefault(st.message_id, group)
         if not supersedes(st.status, st.at, old):
             if old is not None and st.message_id and not old.message_id:
-                self.known[st.phone] = Known(old.status, old.at, st.message_id)
+                self.known[st.phone] = Known(old.status, old.at, st.message_id, old.code)
             return False
         mid = st.message_id or (old.message_id if old else None)
-        self.known[st.phone] = Known(st.status, st.at, mid)
+        code = next((e.code for e in st.errors if e.code), None)
+        self.known[st.phone] = Known(st.status, st.at, mid, code)
         return True
 
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
@@ -316,8 +318,8 @@ class LedgerView:
                 out.update(dict.fromkeys(rec.to, rec.why))
             elif rec.state == SENT:
                 for phone in rec.to:
-                    if (status := self.status_of(phone)) in NOT_RECEIVED:
-                        out[phone] = status
+                    if (k := self.known.get(phone)) is not None and k.status in NOT_RECEIVED:
+                        out[phone] = _delivery_reason(k)
         return out
 
     def cost(self) -> dict[str, Decimal]:
@@ -328,3 +330,13 @@ class LedgerView:
                 c = rec.cost
                 total[c.currency] = total.get(c.currency, Decimal(0)) + c.amount
         return total
+
+
+def _delivery_reason(k: Known) -> str:
+    """Why a delivery failed, and whether a later send may reach the recipient (a carrier's
+    daily cap, a spam filter: the error policy's table says)."""
+    if k.code is None:
+        return k.status
+    if DEFAULT_POLICY.get(k.code) in RESENDABLE:
+        return f"{k.status} {k.code}: resendable, nothing was wrong with the number"
+    return f"{k.status} {k.code}"

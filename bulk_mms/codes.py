@@ -1,0 +1,39 @@
+"""Telnyx error codes and what they call for: the one table (:data:`DEFAULT_POLICY`).
+
+A plain table, with no client behind it, so that the ledger's fold can read it too (a delivery
+report's code says whether a recipient may be sent again); :mod:`bulk_mms.policy` applies it to
+sends, with the settings' ``[errors]`` over it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Final
+
+
+class Action(enum.StrEnum):
+    FAIL = "fail"
+    RETRY = "retry"
+    SLOW = "slow"
+    DEFER = "defer"
+    HALT = "halt"
+    SUPPRESS = "suppress"
+    RETIRE_SENDER = "retire_sender"
+
+
+#: The built-in table (Telnyx docs and support articles, read 2026-11-23).
+DEFAULT_POLICY: Final[Mapping[str, Action]] = {
+    "40300": Action.SUPPRESS,  # the recipient texted STOP: blocked for the messaging profile
+    "40016": Action.DEFER,  # T-Mobile's daily 10DLC brand cap: until midnight US/Pacific
+    "40018": Action.DEFER,  # AT&T's per-minute campaign limit: until the next minute
+    "40002": Action.SLOW,  # blocked as spam (temporary)
+    "40011": Action.SLOW,  # too many messages: spam filtering (temporary)
+    "40003": Action.RETIRE_SENDER,  # the sending number is blocked
+    "40315": Action.RETIRE_SENDER,  # unhealthy sender
+    "20100": Action.HALT,  # insufficient funds
+    "40333": Action.HALT,  # the messaging profile's daily spend limit
+    "40014": Action.RETRY,  # expired in Telnyx's queue: nothing was delivered
+}
+#: Actions that say nothing was wrong with the recipient: a later send may reach them.
+RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
