@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -20,11 +19,12 @@ from dataclasses import replace
 import structlog
 
 from bulk_mms.client import MmsClient
-from bulk_mms.clock import Clock, SystemClock, instant, iso, utc
+from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import (
     LedgerError,
 )
+from bulk_mms.gates import Gates
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.limits import run_limits
@@ -38,10 +38,11 @@ from bulk_mms.prepare import (
     plan,
 )
 from bulk_mms.progress import Progress, Snapshot, open_count
-from bulk_mms.quiet import next_opening, open_for
+from bulk_mms.quiet import next_opening
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.recorder import Recorder
 from bulk_mms.sending import GroupSender
+from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
 
@@ -99,13 +100,11 @@ class Runner:
             limits=run_limits(job, settings, recorder.view, clock),
         )
         self.store = recorder.store
-        #: Shared ledger: groups a live process claimed first, waited on until they settle.
-        self.others: dict[str, Group] = {}
-        #: Recipients left for their window to open (quiet hours), by their zones.
+        #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`).
+        self.sharing = Sharing(self.store, self.view, clock)
+        #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
+        self.gates = Gates(job, recorder, clock, self.sender.quiet)
         self.quiet = self.sender.quiet
-        #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign
-        #: began): what is left is recorded ``expired_unsent``.
-        self.deadline = job_deadline(job, self.view)
         self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
@@ -160,19 +159,16 @@ class Runner:
             if not await self._dispatch(item):
                 return
         self.recorder.planned(recipients, groups, rejected)
-        if self.others:
-            await self._settle_others()
+        await self.sharing.settle_others(self._dispatch, self.stop.is_set)
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
-        if self._quiet(group) or self._expired(group):
+        if self.gates.hold(group):
+            self.rows_done += len(group.to)
+            self.rows_free += len(group.to)
             return True
-        if self.store.shared and not self.view.is_done(group.id):
-            if not await self.store.claim(group.id):
-                self.others[group.id] = group  # a live process has it: see it settle
-                return True
-            # another process may have sent it since this run started
-            self.view.refresh_group(group.id, self.store.group_events(group.id))
+        if not await self.sharing.take(group):
+            return True  # another live process has it
         action = disposition(
             self.view,
             self.settings.retry,
@@ -195,59 +191,6 @@ class Runner:
             log.info("job.limit_reached", limit=self.limit)
             return False
         return True
-
-    def _expired(self, group: Group) -> bool:
-        """Whether the job's deadline has passed for a group not yet sent: then it is recorded
-        ``expired_unsent`` (once) and never sent. A group in doubt stays in doubt."""
-        deadline = self.deadline
-        if deadline is None or utc(self.clock) < deadline:
-            return False
-        if self.view.state(group.id) not in (None, RETRY_PENDING):
-            return False  # sent or failed already, or in doubt: it stays as it is
-        self.recorder.expired(group, deadline.isoformat(timespec="minutes"))
-        self.rows_done += len(group.to)
-        self.rows_free += len(group.to)
-        return True
-
-    def _quiet(self, group: Group) -> bool:
-        """Whether the group waits for its recipients' window (quiet hours in their zone)."""
-        window = self.job.recipient_window
-        if window is None or self.view.is_done(group.id):
-            return False
-        if open_for(window, group.zones, utc(self.clock)):
-            return False
-        self.quiet[group.zones] += len(group.to)
-        self.rows_done += len(group.to)
-        self.rows_free += len(group.to)
-        return True
-
-    async def _settle_others(self) -> None:
-        """Shared ledger: wait until the groups other processes claimed are settled, and take
-        over those whose process died (its claim ran out): so every process ends when the job
-        does, with the same view of it, and a process that dies loses none of its groups."""
-        while self.others and not self.stop.is_set():
-            for gid, group in list(self.others.items()):
-                rec = self.view.refresh_group(gid, self.store.group_events(gid))
-                if rec is not None and not rec.open and rec.outcome is not None:
-                    del self.others[gid]  # settled by its owner
-                elif await self.store.claim(gid):
-                    del self.others[gid]
-                    log.info("group.taken_over", group=gid)
-                    self.view.refresh_group(gid, self.store.group_events(gid))
-                    if not await self._dispatch(group):
-                        return
-            if self.others:
-                await self.clock.sleep(min(1.0, self.store.lease_s / 4))
-
-    async def keep_claims(self) -> None:
-        """Shared ledger: renew this process's claims well within the lease, until cancelled."""
-        while True:
-            await asyncio.sleep(self.store.lease_s / 3)  # real time: the lease is the server's
-            try:
-                await self.store.heartbeat()
-            except LedgerError as exc:
-                self.sender.fail_ledger(exc)
-                return
 
     async def feed(self, reader: RowReader) -> None:
         """Produce, then tell the workers the input has ended (one end marker, passed on)."""
@@ -287,7 +230,11 @@ class Runner:
                 task.cancel()
 
         self.stop.on_force(cancel_all)
-        claims = asyncio.create_task(self.keep_claims()) if self.store.shared else None
+        claims = (
+            asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
+            if self.store.shared
+            else None
+        )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:  # cancelled from outside: take the children along
@@ -429,15 +376,6 @@ async def run_job(
                 await runner.pacer.budget.close()
             await _close(store)
     return runner.finish()
-
-
-def job_deadline(job: JobConfig, view: LedgerView) -> dt.datetime | None:
-    """The earlier of the job's ``deadline`` and ``max_age_s`` after its ledger began."""
-    ends = [job.deadline] if job.deadline else []
-    began = instant(view.header.time) if view.header is not None else None
-    if job.max_age_s is not None and began is not None:
-        ends.append(dt.datetime.fromtimestamp(began + job.max_age_s, dt.UTC))
-    return min(ends, default=None)
 
 
 def _resume(

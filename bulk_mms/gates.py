@@ -1,0 +1,66 @@
+"""What holds a group back before its request, besides the ledger: the recipients' quiet hours
+(the group waits for its window: a later run sends it) and the job's deadline (past it, the
+group is recorded ``expired_unsent`` and never sent)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+from bulk_mms.clock import Clock, instant, utc
+from bulk_mms.config import JobConfig
+from bulk_mms.ledger import LedgerView
+from bulk_mms.ledger.fold import RETRY_PENDING
+from bulk_mms.models import Group
+from bulk_mms.quiet import open_for
+from bulk_mms.recorder import Recorder
+
+
+def job_deadline(job: JobConfig, view: LedgerView) -> dt.datetime | None:
+    """The earlier of the job's ``deadline`` and ``max_age_s`` after its ledger began."""
+    ends = [job.deadline] if job.deadline else []
+    began = instant(view.header.time) if view.header is not None else None
+    if job.max_age_s is not None and began is not None:
+        ends.append(dt.datetime.fromtimestamp(began + job.max_age_s, dt.UTC))
+    return min(ends, default=None)
+
+
+class Gates:
+    """Quiet hours and the deadline, asked for each group the runner reads."""
+
+    def __init__(
+        self, job: JobConfig, recorder: Recorder, clock: Clock, quiet: Counter[tuple[str, ...]]
+    ) -> None:
+        self.job = job
+        self.recorder = recorder
+        self.view = recorder.view
+        self.clock = clock
+        #: Recipients left for their window to open, by their zones (shared with the sender,
+        #: which finds some closed only when their turn comes).
+        self.quiet = quiet
+        #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign began).
+        self.deadline = job_deadline(job, self.view)
+
+    def hold(self, group: Group) -> bool:
+        """Whether ``group`` is held back now (waiting for its window, or expired)."""
+        return self._quiet(group) or self._expired(group)
+
+    def _expired(self, group: Group) -> bool:
+        """Past the deadline, a group not yet sent is recorded ``expired_unsent`` (once) and
+        never sent. A group in doubt stays in doubt."""
+        deadline = self.deadline
+        if deadline is None or utc(self.clock) < deadline:
+            return False
+        if self.view.state(group.id) not in (None, RETRY_PENDING):
+            return False  # sent or failed already, or in doubt: it stays as it is
+        self.recorder.expired(group, deadline.isoformat(timespec="minutes"))
+        return True
+
+    def _quiet(self, group: Group) -> bool:
+        window = self.job.recipient_window
+        if window is None or self.view.is_done(group.id):
+            return False
+        if open_for(window, group.zones, utc(self.clock)):
+            return False
+        self.quiet[group.zones] += len(group.to)
+        return True
