@@ -152,12 +152,17 @@ def parse_errors(body: object) -> tuple[ApiError, ...]:
     out = []
     for item in items[:_MAX_ERRORS]:
         if isinstance(item, dict):
-            code = item.get("code")
+            code, source = item.get("code"), item.get("source")
             out.append(
                 ApiError(
                     code=str(code)[:_ERROR_CHARS] if isinstance(code, str | int) else "",
                     title=_text(item.get("title"), _ERROR_CHARS),
                     detail=_text(item.get("detail"), _ERROR_CHARS),
+                    pointer=(
+                        _text(source.get("pointer"), _ERROR_CHARS)
+                        if isinstance(source, dict)
+                        else ""
+                    ),
                 )
             )
     return tuple(out)

@@ -251,7 +251,9 @@ async def _endpoint(
     if not sandbox:
         yield settings.base_url
         return
-    fake = fake_api.FakeTelnyx()
+    fake = fake_api.FakeTelnyx(
+        refuse=dict(fake_api.SANDBOX_REFUSE), report=dict(fake_api.SANDBOX_REPORT)
+    )
     if ledger is not None:
         fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)
         now = SystemClock().wall()

@@ -19,7 +19,9 @@
           │    ├── AccountRefused      6    no funds (20100), spend limit (40333)
           │    └── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
           ├── Rejected(status)            400/422: the API refuses this group; never retried
-          │    └── NotFound                 404 on a GET: the API does not know the message id
+          │    ├── NotFound                 404 on a GET: the API does not know the message id
+          │    └── SenderRefused(sender)    40003/40315: the number leaves the pool, the group
+          │                                 goes out from another
           ├── RetryableSendError          nothing was delivered; retry is safe
           │    ├── RateLimited(retry_after) 429
           │    ├── ServerError(status)      5xx
@@ -51,6 +53,8 @@ class ApiError:
     code: str
     title: str
     detail: str
+    #: ``source.pointer``: a JSON pointer (RFC 6901) into the request, e.g. ``"/to/2"``.
+    pointer: str = ""
 
     def __str__(self) -> str:
         parts = [p for p in (self.code, self.title, self.detail) if p]
@@ -219,6 +223,23 @@ class Rejected(SendError):
 
 class NotFound(Rejected):
     """HTTP 404 on ``GET /messages/...``: the API does not know this message id."""
+
+
+class SenderRefused(Rejected):
+    """The API refused the sending number (blocked as spam, unhealthy: 40003, 40315). Not a
+    verdict on the group: the number leaves the job's pool and the group goes out from another
+    (under a new Idempotency-Key: this request was never accepted)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sender: str,
+        status: int | None = None,
+        errors: Sequence[ApiError] = (),
+    ) -> None:
+        self.sender = sender
+        super().__init__(message, status=status, errors=errors)
 
 
 class RetryableSendError(SendError):

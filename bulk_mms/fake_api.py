@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
@@ -142,9 +142,15 @@ class Accepted:
     accepted_at: float = 0.0
 
 
+#: The sandbox's carrier rules for ``run --sandbox`` and ``track --sandbox`` (and so
+#: ``make demo``): a number ending in 0300 has opted out (40300: its group goes out without
+#: it), one ending in 0016 is reported past T-Mobile's daily cap (40016: resendable).
+SANDBOX_REFUSE: Final = {"*0300": "40300"}
+SANDBOX_REPORT: Final = {"*0016": "40016"}
+
 #: The HTTP status and title the sandbox gives each refusal code (Telnyx's, as documented).
 REFUSALS: dict[str, tuple[int, str]] = {
-    "40300": (400, "Blocked due to STOP message"),
+    "40300": (409, "Blocked due to STOP message"),
     "40016": (400, "T-Mobile daily message limit reached"),
     "40018": (400, "AT&T campaign rate limit reached"),
     "40002": (400, "Blocked as spam - temporary"),
@@ -211,10 +217,14 @@ class FakeTelnyx:
     #: ``"request"``: a group is one message in the queue; ``"recipient"``: one per recipient.
     queue_unit: str = "request"
     clock: Callable[[], float] = time.monotonic
-    #: Carriers' refusals by rule: number → Telnyx error code (40300 opted out, 40016 the
-    #: daily cap, 20100 no funds...). A send naming one is refused with that code, as a
-    #: carrier's verdict: nothing is accepted.
+    #: Carriers' refusals by rule: number (or ``*`` and its last four digits) → Telnyx error
+    #: code (40300 opted out, 40016 the daily cap, 20100 no funds...). A send naming one is
+    #: refused with that code, as a carrier's verdict: nothing is accepted. Opt-outs are
+    #: refused as Telnyx does, one error per member, each with its ``source.pointer``.
     refuse: dict[str, str] = field(default_factory=dict)
+    #: Delivery reports by rule, the same way: such a recipient is accepted and then ends
+    #: ``delivery_failed`` with that code (a carrier's cap, a spam filter).
+    report: dict[str, str] = field(default_factory=dict)
     #: Numbers that texted STOP to the profile: what ``GET /messaging_optouts`` lists.
     optouts: list[str] = field(default_factory=list)
     queues: dict[str, SenderQueue] = field(default_factory=dict)
@@ -311,10 +321,8 @@ class FakeTelnyx:
             return web.Response(status=fault.status, headers={"Location": fault.location})
         if (invalid := _validate(body)) is not None:
             return invalid
-        if refused := [p for p in body["to"] if p in self.refuse]:
-            code = self.refuse[refused[0]]
-            status, title = REFUSALS.get(code, (400, "Refused"))
-            return _errors(status, code, title, f"Refused for {refused[0]}.")
+        if refused := [(i, p) for i, p in enumerate(body["to"]) if rule(self.refuse, p)]:
+            return self._refusal(body["from"], refused)
         key = request.headers.get("Idempotency-Key")
         if key is not None and self.honour_idempotency and key in self._keys:
             first_raw, first_response = self._keys[key]
@@ -371,8 +379,30 @@ class FakeTelnyx:
                 "total_results": len(self.optouts)}  # fmt: skip
         return _json(200, {"data": data, "meta": meta})
 
+    def _refusal(self, sender: str, refused: list[tuple[int, str]]) -> web.Response:
+        """The answer to a send that names refused numbers: the first one's code; for an
+        opt-out, one error per opted-out member, as Telnyx words it."""
+        code = rule(self.refuse, refused[0][1]) or ""
+        status, title = REFUSALS.get(code, (400, "Refused"))
+        if code != "40300":
+            return _errors(status, code, title, f"Refused for {refused[0][1]}.")
+        errors = [
+            {
+                "code": code,
+                "title": title,
+                "detail": f"Messages cannot be sent from {sender} to {phone} due to an "
+                "existing block rule.",
+                "source": {"pointer": f"/to/{i}"},
+            }
+            for i, phone in refused
+            if rule(self.refuse, phone) == code
+        ]
+        return _json(status, {"errors": errors})
+
     def status_of(self, msg: Accepted, i: int) -> str:
         """Where recipient ``i`` of ``msg`` stands now."""
+        if rule(self.report, msg.to[i]):
+            return "delivery_failed"
         if isinstance(self.delivery_status, str):
             return self.delivery_status
         return self.delivery_status(msg.to[i], self.clock() - msg.accepted_at)
@@ -412,7 +442,11 @@ class FakeTelnyx:
         amount = f"{float(COST_PER_RECIPIENT) * n:.4f}"
         indexes = range(len(msg.to)) if only is None else [only]
         statuses = [self.status_of(msg, i) if live else "queued" for i in indexes]
-        failed = [s for s in statuses if s in ("delivery_failed", "sending_failed")]
+        failed = [
+            msg.to[i]
+            for i, s in zip(indexes, statuses, strict=True)
+            if s in ("delivery_failed", "sending_failed")
+        ]
         final = all(s in FINAL for s in statuses)
         body = msg.body
         return {
@@ -449,11 +483,7 @@ class FakeTelnyx:
             "sent_at": None,
             "completed_at": _now() if live and final else None,
             "valid_until": None,
-            "errors": (
-                [{"code": "40008", "title": "Undeliverable", "detail": "The carrier refused it."}]
-                if failed
-                else []
-            ),
+            "errors": [_report_error(rule(self.report, phone)) for phone in failed[:1]],
             "wait_seconds": msg.wait_seconds,
         }
 
@@ -596,6 +626,19 @@ async def _endless(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def rule(table: dict[str, str], phone: str) -> str | None:
+    """The code a rule table gives ``phone``: its own entry, or ``*`` and its last four digits."""
+    return table.get(phone) or table.get(f"*{phone[-4:]}")
+
+
+def _report_error(code: str | None) -> dict[str, str]:
+    """The ``errors`` entry of a failed delivery: the rule's code, else a plain 40008."""
+    if code is None:
+        return {"code": "40008", "title": "Undeliverable", "detail": "The carrier refused it."}
+    title = REFUSALS.get(code, (400, "Refused"))[1]
+    return {"code": code, "title": title, "detail": f"Reported by the carrier ({code})."}
+
+
 def _drop(request: web.Request) -> web.Response:
     """Close the connection without answering (the client sees a disconnect)."""
     if request.transport is not None:
@@ -639,8 +682,22 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         metavar="NAME[*N]",
         help=f"misbehave on the next POSTs, in order (repeatable): {', '.join(FAULT_PRESETS)}",
     )
+    for flag, what in (("--refuse", "refuse sends to"), ("--report", "report delivery_failed for")):
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="NUMBER=CODE",
+            help=f"{what} NUMBER (or *LAST4) with Telnyx error CODE (repeatable)",
+        )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(api_key=args.key)
+    for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
+        for item in items:
+            number, sep, code = item.partition("=")
+            if not sep or not code.isdigit():
+                parser.error(f"{item!r} is not NUMBER=CODE")
+            table[number] = code
     try:
         fake.faults.extend(parse_faults(",".join(args.fault)))
     except ValueError as exc:

@@ -9,7 +9,7 @@ its group was closed is rejected row by row, so only the open group is ever held
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 
 from bulk_mms.config import JobConfig, MessageConfig
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
@@ -97,7 +97,7 @@ class _Grouper:
     def zones_of(self, r: Recipient) -> tuple[str, ...]:
         return zones_for(r.phone, r.fields, self.job.timezone_column)
 
-    def make(self, members: Sequence[Recipient]) -> Group:
+    def make(self, members: Sequence[Recipient], seq: int | None = None) -> Group:
         to = tuple(r.phone for r in members)
         zones: tuple[str, ...] = ()
         if self.job.recipient_window is not None:
@@ -105,7 +105,7 @@ class _Grouper:
         body, differs, empty = render_message(self.job.message, members)
         group = Group(
             id=group_id(self.job.name, to),
-            seq=self.seq,
+            seq=self.seq if seq is None else seq,
             to=to,
             lines=tuple(r.line for r in members),
             message=body,
@@ -114,8 +114,22 @@ class _Grouper:
             rows=tuple(r.fields for r in members),
             zones=zones,
         )
-        self.seq += 1
+        if seq is None:
+            self.seq += 1
         return group
+
+
+def without(group: Group, drop: Container[str], job: JobConfig) -> Group | None:
+    """The group made anew without the members in ``drop`` (opted out, suppressed): its own
+    id (so its own Idempotency-Key: the first was never accepted), its message filled for the
+    members left, its place in the job kept. None when nobody is left."""
+    rows = group.rows or ({},) * len(group.to)
+    keep = [
+        Recipient(phone, line, fields)
+        for phone, line, fields in zip(group.to, group.lines, rows, strict=True)
+        if phone not in drop
+    ]
+    return _Grouper(job).make(keep, group.seq) if keep else None
 
 
 def make_groups(

@@ -81,6 +81,9 @@ class Group:
     #: The members' time zones, when the job keeps quiet hours (``recipient_window``): the
     #: group may be sent only while the window is open in every one.
     zones: tuple[str, ...] = field(default=(), compare=False)
+    #: When the group was made anew without members the API refused by name (opted out):
+    #: those members, counted failed in the group they were refused in.
+    refused: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -390,6 +390,8 @@ class Pacer:
                     stopped=stopped,
                 )
         self._sender_locks = {s: asyncio.Lock() for s in self.senders}
+        #: Senders the API refused (40003, 40315): out of the pool for the rest of the job.
+        self.retired: set[str] = set()
         self._recent_429: dict[str, float] = {}
         #: Counters for the summary.
         self.rate_limited = 0
@@ -414,12 +416,29 @@ class Pacer:
         earliest = pace.earliest()
         return earliest if ceiling is None else max(earliest, ceiling.ready_at(cost))
 
+    def usable(self, sender: str | None) -> bool:
+        """Whether ``sender`` is in the pool and not retired."""
+        return sender in self.senders and sender not in self.retired
+
+    def retire(self, sender: str) -> int:
+        """Take ``sender`` out of the pool for the rest of the job (the API refused it); its
+        waiting groups give up (:class:`PaceAborted` ``"retired"``) and go to another. Returns
+        how many senders are left."""
+        if sender in self.senders and sender not in self.retired:
+            self.retired.add(sender)
+            log.warning("sender.retired", sender=sender, left=len(self.senders) - len(self.retired))
+        return len(self.senders) - len(self.retired)
+
     def choose(self) -> str:
-        """The sender that can send soonest (least recently used on a tie)."""
-        best = min(
-            self.senders.values(),
-            key=lambda p: (self._sender_earliest(p, self.max_cost), p.last_used),
-        )
+        """The sender that can send soonest (least recently used on a tie).
+
+        Raises:
+            PaceAborted: every sender is retired (``"retired"``).
+        """
+        left = [p for p in self.senders.values() if p.sender not in self.retired]
+        if not left:
+            raise PaceAborted("retired", math.inf)
+        best = min(left, key=lambda p: (self._sender_earliest(p, self.max_cost), p.last_used))
         return best.sender
 
     async def acquire(self, sender: str, size: int, deadline: float | None = None) -> Ticket:
@@ -431,14 +450,23 @@ class Pacer:
         """
         pace = self.senders[sender]
         cost = self.cost_of(size)
+        if sender in self.retired:
+            raise PaceAborted("retired", math.inf)
         async with self._sender_locks[sender]:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
-            await wait_until(
-                self.clock,
-                lambda: self._sender_earliest(pace, cost),
-                stopped=self._stopped,
-                deadline=deadline,
-            )
+            try:
+                await wait_until(
+                    self.clock,
+                    lambda: self._sender_earliest(pace, cost),
+                    stopped=lambda: self._stopped() or sender in self.retired,
+                    deadline=deadline,
+                )
+            except PaceAborted:
+                if sender in self.retired:
+                    raise PaceAborted("retired", math.inf) from None
+                raise
+            if sender in self.retired:  # retired while this one held the lock
+                raise PaceAborted("retired", math.inf)
             now = await self.budget.acquire(cost, deadline)
             # Charged only once the account admitted it: an abort above costs the sender
             # nothing. Its lock is held, so the room seen before the account's wait is still
@@ -506,7 +534,11 @@ class Pacer:
         self.budget.pause(pace.paused_until, sender)
         self._recent_429[sender] = now
         window = max(5.0, retry_after or 0.0)
-        if all(now - self._recent_429.get(s, -math.inf) <= window for s in self.senders):
+        if all(
+            now - self._recent_429.get(s, -math.inf) <= window
+            for s in self.senders
+            if s not in self.retired
+        ):
             self.budget.pause(pace.paused_until)
 
     def _log_change(self, pace: SenderPace, change: tuple[float, float, str] | None) -> None:

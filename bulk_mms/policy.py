@@ -17,10 +17,11 @@ action          meaning                                      becomes
                 40018 (AT&T per-minute)                      40018: a 429 until the next minute
 ``halt``        the account cannot send: 20100 (funds),      AccountRefused: the job stops at once
                 40333 (spend limit)                          (exit 6, resumable)
-``suppress``    the number opted out (40300)                 Rejected (the suppression list
-                                                             comes with its own change)
-``retire_sender`` the sending number is blocked or           Rejected, naming the sender
-                unhealthy (40003, 40315)
+``suppress``    the number opted out (40300)                 Rejected; the refused members go on
+                                                             the suppression list and the rest
+                                                             are sent without them
+``retire_sender`` the sending number is blocked or           SenderRefused: the number leaves the
+                unhealthy (40003, 40315)                     pool, the group goes out from another
 ==============  ===========================================  ======================================
 
 Nothing a policy does makes a group that may have been accepted look refused: it only reads
@@ -30,8 +31,9 @@ errors whose answer said the request was not accepted (a non-2xx with an ``error
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import structlog
@@ -47,6 +49,7 @@ from bulk_mms.errors import (
     LimitReached,
     RateLimited,
     Rejected,
+    SenderRefused,
     SendError,
     ServerError,
 )
@@ -107,8 +110,40 @@ def apply_policy(
         case Action.RETIRE_SENDER:
             log.warning("sender.refused", sender=sender, code=err.code)
             message = f"{err.message}; the sender {sender} is refused"
-            return Rejected(message, status=st, errors=errors)
-    return Rejected(err.message, status=st, errors=errors)  # fail, suppress
+            return SenderRefused(message, sender=sender, status=st, errors=errors)
+    if action == Action.SUPPRESS:
+        return Rejected("refused: a recipient opted out (STOP)", status=st, errors=errors)
+    return Rejected("the API refused the request", status=st, errors=errors)  # fail
+
+
+#: A number in an error's text: Telnyx's 40300 detail names it ("... from {src} to {dst} ...").
+_NUMBER = re.compile(r"\+?\d[\d\-(). ]{8,18}\d")
+
+
+def refused_members(
+    err: SendError, to: Sequence[str], policy: Mapping[str, Action]
+) -> tuple[str, ...]:
+    """The members of a group that the answer refuses by name under a ``suppress`` code (an
+    opt-out): each such error's ``source.pointer`` (``/to/2``), else the members its detail or
+    title names. A group of one is its only member. Nothing is guessed: a larger group whose
+    answer names no member gives none."""
+    if isinstance(err, AmbiguousSendError):
+        return ()
+    found: dict[str, None] = {}
+    for e in err.errors:
+        if policy.get(e.code) != Action.SUPPRESS:
+            continue
+        if (m := re.fullmatch(r"/to/(\d{1,2})", e.pointer)) and int(m[1]) < len(to):
+            found[to[int(m[1])]] = None
+            continue
+        for text in _NUMBER.findall(f"{e.detail} {e.title}"):
+            digits = re.sub(r"\D", "", text)
+            for phone in to:
+                if phone[1:] == digits or (len(digits) == 10 and phone == f"+1{digits}"):
+                    found[phone] = None
+        if not found and len(to) == 1:
+            found[to[0]] = None
+    return tuple(found)
 
 
 def _deferred(err: SendError, now: dt.datetime) -> SendError:

@@ -10,12 +10,13 @@ import itertools
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Final
 
 from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import ConfigError, InputError, LedgerMismatch
-from bulk_mms.grouping import make_groups
+from bulk_mms.grouping import make_groups, without
 from bulk_mms.ledger import (
     FORMAT,
     Header,
@@ -26,6 +27,7 @@ from bulk_mms.ledger import (
     load,
     named,
 )
+from bulk_mms.ledger.fold import FAILED
 from bulk_mms.models import Group, Money, Recipient, RejectedRow
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
@@ -185,12 +187,58 @@ def in_window(job: JobConfig, now: dt.datetime) -> bool:
 
 
 def plan(
-    job: JobConfig, reader: RowReader, suppressed: Container[str] = ()
+    job: JobConfig,
+    reader: RowReader,
+    suppressed: Container[str] = (),
+    view: LedgerView | None = None,
 ) -> Iterator[Group | RejectedRow]:
-    """The whole pipeline up to sending, as one lazy stream (numbers in ``suppressed`` are
-    rejected)."""
-    rows = validate_rows(reader, job.phone_column, job.default_region, suppressed)
-    return make_groups(rows, job)
+    """The whole pipeline up to sending, as one lazy stream: rows read, validated and grouped,
+    then each group as the ledger and the suppression list leave it (:func:`members_left`)."""
+    view = view if view is not None else LedgerView()
+    for item in make_groups(validate_rows(reader, job.phone_column, job.default_region), job):
+        if isinstance(item, RejectedRow):
+            yield item
+        else:
+            yield from members_left(item, view, suppressed, job)
+
+
+#: How a rejected row's reason starts when the suppression list had its number.
+SUPPRESSED: Final = "suppressed"
+
+
+def members_left(
+    group: Group, view: LedgerView, suppressed: Container[str], job: JobConfig
+) -> Iterator[Group | RejectedRow]:
+    """A group as the ledger and the suppression list leave it.
+
+    Grouping depends on the input alone, so a resume finds the groups it sent whatever the list
+    says now. Then: while the ledger has the group failed with members the API refused by name
+    (opted out), the group made without them takes its place; a group the ledger knows
+    otherwise stands as it is (sent, in doubt, pending: a resume acts on what was); a group it
+    has never seen loses its suppressed members, each rejected ``suppressed`` (for good in this
+    ledger, even if the list drops the number later), and is made anew without them.
+    """
+    refused: tuple[str, ...] = ()
+    while (rec := view.groups.get(group.id)) is not None and rec.refused and rec.state == FAILED:
+        remade = without(group, rec.refused, job)
+        if remade is None:
+            break  # every member refused: the failed group stands (a run skips it)
+        refused += rec.refused
+        group = remade
+    if rec is None:
+        drop = [
+            (phone, line)
+            for phone, line in zip(group.to, group.lines, strict=True)
+            if phone in suppressed or view.rejected.get(line, "").startswith(SUPPRESSED)
+        ]
+        for phone, line in drop:
+            yield RejectedRow(line, phone, f"{SUPPRESSED}: {phone} is on the suppression list")
+        if drop:
+            remade = without(group, {phone for phone, _ in drop}, job)
+            if remade is None:
+                return
+            group = remade
+    yield replace(group, refused=refused) if refused else group
 
 
 def pacing_config(settings: Settings) -> PacingConfig:
@@ -253,7 +301,8 @@ async def dry_run(
         check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
         s.locked_by = holder(job.where)
         now = clock.wall()
-        for item in plan(job, reader, suppression_for(settings.suppression_file, job.where)):
+        suppressed = suppression_for(settings.suppression_file, job.where)
+        for item in plan(job, reader, suppressed, view):
             if isinstance(item, RejectedRow):
                 s.rejected_rows += 1
                 continue

@@ -31,6 +31,7 @@ from bulk_mms.errors import (
     FatalSendError,
     LedgerError,
     RetryableSendError,
+    SenderRefused,
     SendError,
 )
 from bulk_mms.errors import (
@@ -167,8 +168,16 @@ class Recorder:
         )
         log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
 
-    async def outcome(self, group: Group, err: SendError, attempts: int, throttled: int) -> None:
-        """Record where ``group`` stands after the error that ended its tries."""
+    async def outcome(
+        self,
+        group: Group,
+        err: SendError,
+        attempts: int,
+        throttled: int,
+        refused: tuple[str, ...] = (),
+    ) -> None:
+        """Record where ``group`` stands after the error that ended its tries (``refused``:
+        the members the API refused by name, when only they failed)."""
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -188,18 +197,34 @@ class Recorder:
             )
             log.warning("group.in_doubt", group=group.id, reason=str(err))
         else:
-            ev = self._failed(group, err, attempts, throttled)
+            ev = self._failed(group, err, attempts, throttled, refused)
         await self._write(ev)
 
-    def _failed(self, group: Group, err: SendError, attempts: int, throttled: int) -> Failed:
-        retryable = isinstance(err, RetryableSendError)
-        self.summary.failed_groups += 1
-        self.summary.failed_recipients += len(group.to)
-        self.summary.retry_later_groups += retryable
+    def _failed(
+        self,
+        group: Group,
+        err: SendError,
+        attempts: int,
+        throttled: int,
+        refused: tuple[str, ...] = (),
+    ) -> Failed:
+        retired = err.sender if isinstance(err, SenderRefused) else None
+        retryable = retired is not None or isinstance(err, RetryableSendError)
         first = err.errors[0] if err.errors else None
-        log.warning(
-            "group.failed", group=group.id, code=err.code, error=str(err), retryable=retryable
-        )
+        if retired is not None:  # not the group's failure: it goes out from another sender
+            log.warning("group.rerouted", group=group.id, code=err.code, sender=retired)
+        else:
+            self.summary.failed_groups += 1
+            self.summary.failed_recipients += len(refused or group.to)
+            self.summary.retry_later_groups += retryable
+            log.warning(
+                "group.failed",
+                group=group.id,
+                code=err.code,
+                error=str(err),
+                retryable=retryable,
+                refused=len(refused) or None,
+            )
         return Failed(
             **self._members(group),
             status=err.status,
@@ -209,6 +234,8 @@ class Recorder:
             attempts=attempts,
             rate_limited=throttled,
             retryable=retryable,
+            refused=refused,
+            retired=retired,
             time=self._now(),
         )
 

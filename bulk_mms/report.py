@@ -29,7 +29,7 @@ from bulk_mms.ledger import (
     load,
     read_events,
 )
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RESENDABLE_NOTE, RETRY_PENDING, SENT
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
@@ -230,8 +230,10 @@ def format_text(s: LedgerSummary, path: Location) -> str:
                 "--sandbox for a sandbox run)"
             )
         lines.append("")
+    resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
     lines.append(
-        f"did not get  {len(s.undelivered)} recipients for good (write them with --failed-csv)"
+        f"did not get  {len(s.undelivered)} recipients ({resendable} of them met a carrier's "
+        "cap or filter: resendable); write them with --failed-csv"
     )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:

@@ -25,6 +25,7 @@ from bulk_mms.errors import (
     LedgerError,
 )
 from bulk_mms.gates import Gates
+from bulk_mms.grouping import without
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.limits import run_limits
@@ -138,7 +139,7 @@ class Runner:
         of the input is valid once it has all been read."""
         recipients = groups = rejected = 0
         suppressed = self.sender.suppressed
-        for n, item in enumerate(plan(self.job, reader, suppressed)):
+        for n, item in enumerate(plan(self.job, reader, suppressed, self.view)):
             if self.stop.is_set():
                 return
             if (
@@ -154,7 +155,7 @@ class Runner:
                 self.rows_free += 1
                 self.recorder.rejected(item)
                 continue
-            recipients += len(item.to)
+            recipients += len(item.to) + len(item.refused)
             groups += 1
             if not await self._dispatch(item):
                 return
@@ -163,27 +164,9 @@ class Runner:
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
-        if self.gates.hold(group):
-            self.rows_done += len(group.to)
-            self.rows_free += len(group.to)
+        if (admitted := await self._admit(group)) is None:
             return True
-        if not await self.sharing.take(group):
-            return True  # another live process has it
-        action = disposition(
-            self.view,
-            self.settings.retry,
-            group.id,
-            self.clock.wall(),
-            resend_in_doubt=self.resend_in_doubt,
-        )
-        if action != "send":
-            self.rows_done += len(group.to)
-            self.rows_free += len(group.to)
-            if action == "skip":
-                self.summary.skipped_groups += 1
-            else:
-                self.recorder.held(group)
-            return True
+        group = admitted
         self.summary.note_template(group)
         await self.queue.put(group)
         self.queued += 1
@@ -191,6 +174,41 @@ class Runner:
             log.info("job.limit_reached", limit=self.limit)
             return False
         return True
+
+    async def _admit(self, group: Group) -> Group | None:
+        """The group this process sends now for ``group``, if any: not held for quiet hours,
+        claimed (a shared ledger), and neither done nor in doubt (else it is skipped or held
+        here); made without the members another process had refused since this one planned
+        it."""
+        if self.gates.hold(group):
+            self.rows_done += len(group.to)
+            self.rows_free += len(group.to)
+            return None
+        if not await self.sharing.take(group):
+            return None  # another live process has it
+        rec = self.view.groups.get(group.id)
+        if rec is not None and rec.refused and rec.state == FAILED:
+            # another process had members refused since this one planned it: what is left
+            remade = without(group, rec.refused, self.job)
+            if remade is None:
+                return None
+            return await self._admit(replace(remade, refused=group.refused + rec.refused))
+        action = disposition(
+            self.view,
+            self.settings.retry,
+            group.id,
+            self.clock.wall(),
+            resend_in_doubt=self.resend_in_doubt,
+        )
+        if action == "send":
+            return group
+        self.rows_done += len(group.to)
+        self.rows_free += len(group.to)
+        if action == "skip":
+            self.summary.skipped_groups += 1
+        else:
+            self.recorder.held(group)
+        return None
 
     async def feed(self, reader: RowReader) -> None:
         """Produce, then tell the workers the input has ended (one end marker, passed on)."""
@@ -208,10 +226,17 @@ class Runner:
             if self.stop.is_set():
                 continue  # drain without sending; the next run sends these
             self.in_flight += 1
+            current: Group | None = group
             try:
-                await self.sender.send(group)
+                while current is not None:
+                    # what goes out in its place: from another sender, or without opt-outs
+                    after = await self.sender.send(current)
+                    if after is not None and after.id != current.id:
+                        after = await self._admit(after)
+                    current = after
             except asyncio.CancelledError:
-                self.sender.cut_off(group)
+                if current is not None:
+                    self.sender.cut_off(current)
                 raise
             finally:
                 self.in_flight -= 1

@@ -23,18 +23,22 @@ from bulk_mms.errors import (
     AmbiguousSendError,
     ApiUnavailable,
     AuthError,
+    ConfigError,
     FatalSendError,
     LedgerError,
     LimitReached,
     RateLimited,
     Rejected,
     RetryableSendError,
+    SenderRefused,
     SendError,
 )
+from bulk_mms.grouping import without
+from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import PolicyClient
+from bulk_mms.policy import PolicyClient, refused_members
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,
@@ -74,6 +78,8 @@ class _Tries:
     ambiguous: bool = False
     ticket: Ticket | None = None
     throttled: int = 0
+    #: Its sender was retired while it waited: it goes out from another.
+    rerouted: bool = False
 
 
 class GroupSender:
@@ -135,6 +141,8 @@ class GroupSender:
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
         self.limits: list[Limit] = limits or []
+        for sender in sorted(self.view.retired):  # refused in an earlier run of this job
+            self.pacer.retire(sender)
 
     def cut_off(self, group: Group) -> None:
         """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""
@@ -142,16 +150,32 @@ class GroupSender:
             self.recorder.cut_off(group, self.open_attempts.pop(group.id))
 
     def sender_for(self, group: Group) -> Group:
-        """Give the group its sender: the one it had before (sticky), or the freest in the pool."""
+        """Give the group its sender: the one it had before (sticky), or the freest in the pool.
+
+        Raises:
+            PaceAborted: every sender of the job is retired.
+        """
         rec = self.view.groups.get(group.id)
         sender = rec.sender if rec is not None else None
-        if sender is not None and sender not in self.pacer.senders:
+        if sender is not None and not self.pacer.usable(sender):
             log.warning("group.sender_gone", group=group.id, sender=sender)
             sender = None
         sender = sender or self.pacer.choose()
         if sender == group.message.from_:
             return group
         return replace(group, message=replace(group.message, from_=sender))
+
+    def key_for(self, group: Group) -> str:
+        """The group's Idempotency-Key: its latest attempt's, unless it moved to another sender
+        after a refusal (a new request: a new key, or the API would call the body changed).
+        A group that may have been accepted keeps its key whatever its sender: a 422 then says
+        so, where a new key could send it twice."""
+        rec = self.view.groups.get(group.id)
+        if rec is None or rec.key is None:
+            return idempotency_key(self.view.campaign, group.id)
+        if rec.sender in (None, group.message.from_) or rec.state == IN_DOUBT or rec.open:
+            return rec.key
+        return idempotency_key(self.view.campaign, f"{group.id}-{group.message.from_[1:]}")
 
     def _deadline_for(self) -> float | None:
         """The earlier of the job's deadline and this group's ``max_group_age_s``."""
@@ -160,17 +184,25 @@ class GroupSender:
         deadlines = [d for d in (self.deadline, group_deadline) if d is not None]
         return min(deadlines) if deadlines else None
 
-    async def send(self, group: Group) -> None:
-        group = self.sender_for(group)
+    async def send(self, group: Group) -> Group | None:
+        """Send one group and record how it ended. Returns what goes out in its place, if
+        anything: the same group from another sender (the API refused its sender), or the
+        members the API did not refuse by name (opt-outs), made into a new group."""
+        try:
+            group = self.sender_for(group)
+        except PaceAborted:
+            self._no_senders()
+            return None
         rec = self.view.groups.get(group.id)
         # An earlier run may have sent this group already (it was in doubt): any answer now
         # is a replay under the same key, and a 422 would mean the body changed under it.
         was_in_doubt = self.view.in_doubt(group.id)
+        key = self.key_for(group)
         tries = _Tries(
             group,
-            idempotency_key(self.view.campaign, group.id),
+            key,
             self._deadline_for(),
-            t0=rec.t0 if rec is not None else None,
+            t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
         )
         try:
@@ -192,10 +224,10 @@ class GroupSender:
             self.open_attempts.pop(group.id, None)
             for limit in self.limits:
                 limit.settle(group, None)
-            return
+            return group if tries.rerouted and not self.stop.is_set() else None
         except LedgerError as exc:
             self.fail_ledger(exc)
-            return
+            return None
         if result.receipt is not None and tries.ticket is not None:
             # the wait as the pacer took it (clamped), for the ledger and the percentiles too
             wait = self.pacer.observe(tries.ticket, result.receipt.wait_seconds)
@@ -207,9 +239,13 @@ class GroupSender:
         ):
             result = replace(result, error=key_conflict(result.error))
         try:
-            await self.conclude(group, result, tries.throttled)
+            after = await self.conclude(group, result, tries.throttled)
         except LedgerError as exc:
             self.fail_ledger(exc)
+            return None
+        if tries.rerouted and after is None and result.receipt is None:
+            after = group
+        return None if self.stop.is_set() else after
 
     async def _before_attempt(self, tries: _Tries, number: int) -> None:
         """Pace, check the window and the stop, write the attempt ahead, take a send slot."""
@@ -219,6 +255,7 @@ class GroupSender:
                 group.message.from_, len(group.to), tries.deadline
             )
         except PaceAborted as exc:
+            tries.rerouted = exc.reason == "retired"
             raise self._gave_up(exc) from None
         if not self.stop.is_set() and not in_window(self.job, utc(self.clock)):
             log.warning("job.window_closed", send_window=str(self.job.send_window))
@@ -274,8 +311,9 @@ class GroupSender:
             )
         return StopRetrying()
 
-    async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> None:
-        """Record how the group's tries ended; stop the job when that is what it says."""
+    async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> Group | None:
+        """Record how the group's tries ended; stop the job when that is what it says. Returns
+        the group that goes out in its place, if any (see :meth:`send`)."""
         self.open_attempts.pop(group.id, None)
         for limit in self.limits:
             limit.settle(group, result.receipt)
@@ -284,7 +322,7 @@ class GroupSender:
             self.last_sent = self.clock.monotonic()
             await self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._watch_spam(None)
-            return
+            return None
         err = result.error
         assert err is not None
         if isinstance(err, FatalSendError):
@@ -296,8 +334,10 @@ class GroupSender:
         # down or broken, and the job stops instead of burning through the list
         unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
         self.transient_streak = self.transient_streak + 1 if unanswered else 0
-        await self.recorder.outcome(group, err, result.attempts, throttled)
-        self._suppress_if_opted_out(group, err)
+        refused = refused_members(err, group.to, self.settings.error_policy)
+        partial = refused if 0 < len(refused) < len(group.to) else ()
+        await self.recorder.outcome(group, err, result.attempts, throttled, partial)
+        self._suppress(group, err, refused)
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
             self._fail(
                 ApiUnavailable(
@@ -306,6 +346,26 @@ class GroupSender:
                 ),
                 "unavailable",
             )
+        if isinstance(err, SenderRefused):
+            if self.pacer.retire(err.sender) == 0:
+                self._no_senders()
+                return None
+            return group  # the same members, from another sender
+        if partial:
+            return without(group, partial, self.job)
+        return None
+
+    def _no_senders(self) -> None:
+        """Every sender of the job was refused: stop (exit 6, resumable with a sender fixed)."""
+        retired = ", ".join(sorted(self.pacer.retired))
+        self._fail(
+            AccountRefused(
+                f"the API refused every sender of the job ({retired}: blocked or unhealthy, "
+                "40003/40315); add a healthy number to message.from, then rerun",
+                status=None,
+            ),
+            "account",
+        )
 
     def _watch_spam(self, err: SendError | None) -> None:
         """Stop (resumably, exit 5) when spam filtering met a large share of the last tries
@@ -328,19 +388,23 @@ class GroupSender:
                 "limit",
             )
 
-    def _suppress_if_opted_out(self, group: Group, err: SendError) -> None:
-        """A refusal the policy says is an opt-out (40300), for a group of one: that number
-        goes on the suppression list, so no later job texts it. (Which member of a larger
-        group opted out the answer does not say: logged, not guessed.)"""
-        if isinstance(err, AmbiguousSendError) or self.settings.error_policy.get(err.code) != (
-            Action.SUPPRESS
-        ):
+    def _suppress(self, group: Group, err: SendError, refused: tuple[str, ...]) -> None:
+        """The members the API refused as opted out (40300) go on the suppression list, so no
+        later job texts them. A refusal that names no member of a larger group is logged, not
+        guessed at."""
+        if not refused:
+            if self.settings.error_policy.get(err.code) == Action.SUPPRESS:
+                log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
             return
-        if len(group.to) != 1 or self.suppressed.path is None:
-            log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
+        if self.suppressed.path is None:
+            log.warning("recipient.opted_out", recipients=list(refused), code=err.code)
             return
-        added = self.suppressed.add(group.to, f"opted out ({err.code})")
-        log.info("recipient.suppressed", recipient=group.to[0], code=err.code, new=bool(added))
+        try:
+            added = self.suppressed.add(refused, f"opted out ({err.code})")
+        except ConfigError as exc:  # the list cannot be written: the ledger still has it
+            log.warning("suppression.unwritable", error=str(exc), recipients=list(refused))
+            return
+        log.info("recipient.suppressed", recipients=list(refused), code=err.code, new=len(added))
 
     def _fail(self, error: BaseException, reason: str) -> None:
         if self.summary.error is None:

@@ -7,7 +7,7 @@ a valid number of one of those two regions.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import phonenumbers
 
@@ -68,12 +68,12 @@ def validate_rows(
     rows: Iterable[Row | RejectedRow],
     phone_column: str,
     region: str = "US",
-    suppressed: Container[str] = (),
 ) -> Iterator[Recipient | RejectedRow]:
     """Validate and de-duplicate rows in one pass, in input order.
 
     The first row with a number wins; later rows with the same number are rejected as
-    duplicates. A number in ``suppressed`` (the account's suppression list) is rejected too.
+    duplicates. (The suppression list applies to groups, not rows: see
+    :func:`bulk_mms.prepare.members_left`.)
     Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a million-row file
     stays well inside the memory budget.
     """
@@ -87,9 +87,6 @@ def validate_rows(
             phone = normalize_phone(raw, region)
         except PhoneError as exc:
             yield RejectedRow(row.line, raw, str(exc))
-            continue
-        if phone in suppressed:
-            yield RejectedRow(row.line, raw, f"suppressed: {phone} is on the suppression list")
             continue
         key = int(phone[1:])
         if key in seen:

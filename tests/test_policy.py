@@ -14,11 +14,18 @@ from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
 from bulk_mms.config import load_settings
-from bulk_mms.console import exit_for, print_dry_run
-from bulk_mms.errors import AccountRefused, ApiError, ConfigError, LimitReached, Rejected
+from bulk_mms.console import exit_for, print_dry_run, run_outcome
+from bulk_mms.errors import (
+    AccountRefused,
+    ApiError,
+    ConfigError,
+    LimitReached,
+    Rejected,
+    ServerError,
+)
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.policy import next_midnight
+from bulk_mms.policy import next_midnight, refused_members
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
@@ -325,3 +332,181 @@ async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
     reasons = dict(summarize(job.ledger).undelivered)
     assert "resendable" in reasons[g.to[0]]
     assert reasons[g.to[1]] == "delivery_failed 40008"
+
+
+def opted_out(group: Group, *phones: str) -> Rejected:
+    """A 40300 as Telnyx words it: one error per opted-out member, each with its pointer."""
+    errors = tuple(
+        ApiError(
+            "40300",
+            "Blocked due to STOP message",
+            f"Messages cannot be sent from {group.message.from_} to {p} due to an existing block "
+            "rule.",
+            pointer=f"/to/{group.to.index(p)}",
+        )
+        for p in phones
+    )
+    return Rejected("refused", status=409, errors=errors)
+
+
+def test_refused_members_are_named_by_pointer_or_detail_never_guessed() -> None:
+    """The opted-out members come from each error's pointer, else from the number its detail
+    names; a group of one is its member; an answer naming nobody in a larger group names none."""
+    to = tuple(numbers(3))
+    policy = load_settings(None).error_policy
+    by_pointer = Rejected("x", errors=(ApiError("40300", "t", "", pointer="/to/2"),))
+    by_detail = Rejected("x", errors=(ApiError("40300", "t", "... to (212) 555-0001 due"),))
+    nobody = Rejected("x", errors=(ApiError("40300", "t", "blocked"),))
+    other_code = Rejected("x", errors=(ApiError("40310", "t", "", pointer="/to/0"),))
+    assert refused_members(by_pointer, to, policy) == (to[2],)
+    assert refused_members(by_detail, to, policy) == (to[1],)
+    assert refused_members(nobody, to, policy) == ()
+    assert refused_members(nobody, to[:1], policy) == to[:1]
+    assert refused_members(other_code, to, policy) == ()
+
+
+async def test_an_opt_out_in_a_group_sends_the_others_without_it(
+    jobs: JobFactory, tmp_path: Path, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """Against the fake API refusing two numbers with 40300: neither is ever accepted, their
+    group-mates are (in groups made without them, under new keys), only the two count failed,
+    both go on the suppression list, and the next job makes no request for them."""
+    fake, url = fake_api
+    people = numbers(8)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    stop_sayers = {people[1], people[6]}
+    fake.refuse.update(dict.fromkeys(stop_sayers, "40300"))
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+        assert fake.recipient_counts() == dict.fromkeys(set(people) - stop_sayers, 1)
+        keys = [m.idempotency_key for m in fake.accepted]
+        assert len(set(keys)) == 2
+        summary = summarize(job.ledger)
+        assert (summary.recipient_states.sent, summary.recipient_states.failed) == (6, 2)
+        assert {phone for phone, _ in summary.undelivered} == stop_sayers
+        assert s.failed_groups == 2
+        assert run_outcome(s) == 1  # two recipients failed for good
+        listed = (tmp_path / "suppressed.txt").read_text()
+        assert all(p in listed for p in stop_sayers)
+        before = len(fake.requests)
+        tomorrow = replace(job, name="tomorrow", ledger=jobs.root / "tomorrow.jsonl")
+        s2 = await run_job(tomorrow, settings, client, clock=FakeClock())
+    sent_tomorrow = [p for r in fake.requests[before:] for p in r["to"]]
+    assert sorted(sent_tomorrow) == sorted(set(people) - stop_sayers)
+    assert s2.rejected_rows == 2
+    assert summarize(tomorrow.ledger).rejected_reasons == {"suppressed": 2}
+
+
+async def test_a_group_refused_for_one_member_is_resumed_without_it(jobs: JobFactory) -> None:
+    """When the group made without an opted-out member did not get out (the API went away),
+    a plain rerun sends that group (not the first, not the member), with no suppression list:
+    the ledger remembers who was refused."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+
+    def first_run(g: Group, n: int) -> SendReceipt | Rejected | ServerError:
+        if people[2] in g.to:
+            return opted_out(g, people[2])
+        return ServerError("down", status=503)
+
+    one_try = replace(FAST, retry=replace(FAST.retry, attempts=1))
+    await run_job(job, one_try, FakeClient(first_run), clock=FakeClock())
+    assert summarize(job.ledger).recipient_states.as_dict() == {
+        "valid": 4, "sent": 0, "failed": 1, "retry_pending": 3, "in_doubt": 0,
+        "not_attempted": 0,
+    }  # fmt: skip
+    again = FakeClient()
+    s = await run_job(job, FAST, again, clock=FakeClock())
+    assert [g.to for g in again.calls] == [(people[0], people[1], people[3])]
+    assert s.recipients is not None
+    assert (s.recipients.sent, s.recipients.failed, s.recipients.valid) == (3, 1, 4)
+
+
+async def test_a_list_change_between_runs_never_regroups_what_was_sent(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """Numbers suppressed after a run began do not shift the groups: a sent group with one of
+    them stays sent (nobody texted twice), a group not yet sent goes out without it."""
+    people = numbers(8)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    first = FakeClient()
+    await run_job(job, settings, first, clock=FakeClock(), limit=1)
+    assert main(["-q", "suppress", "add", people[0], people[5], "--config", str(config)]) == 0
+    second = FakeClient()
+    await run_job(job, settings, second, clock=FakeClock())
+    assert [g.to for g in first.calls] == [tuple(people[:4])]
+    assert [g.to for g in second.calls] == [(people[4], people[6], people[7])]
+    assert summarize(job.ledger).recipient_states.sent == 7
+
+
+async def test_a_refused_sender_leaves_the_pool_and_its_groups_go_out_from_another(
+    jobs: JobFactory,
+) -> None:
+    """40003 on one sender: it is retired for the job, the refused group goes out from the
+    other sender under a new key, every later group too, and the run ends clean (exit 0)."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4", sender='["+18445550001", "+18445550002"]')
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        if g.message.from_ == "+18445550001":
+            return refused("40003")
+        return ok_receipt(g, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    accepted = [g for g in client.calls if g.message.from_ == "+18445550002"]
+    assert len(accepted) == 4
+    assert len([g for g in client.calls if g.message.from_ == "+18445550001"]) == 1
+    moved = client.calls[0].id
+    assert len({k for g, k in zip(client.calls, client.keys, strict=True) if g.id == moved}) == 2
+    assert s.error is None
+    assert s.recipients is not None
+    assert s.recipients.sent == 16
+    assert run_outcome(s) == 0
+
+
+async def test_every_sender_refused_stops_with_exit_6_and_nothing_failed(
+    jobs: JobFactory,
+) -> None:
+    """When the API refuses the job's only sender (40315), the job stops at once with exit 6;
+    its group is pending a rerun, nothing is failed, and a resume does not use that sender."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient(lambda g, n: refused("40315"))
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    assert isinstance(s.error, AccountRefused)
+    assert exit_for(s.error) == 6
+    assert "every sender" in str(s.error)
+    assert groups_in(job.ledger, "failed") == set()
+    assert len(client.calls) == 1
+    again = FakeClient()
+    s2 = await run_job(job, FAST, again, clock=FakeClock())
+    assert isinstance(s2.error, AccountRefused)
+    assert again.calls == []
+
+
+async def test_the_sandbox_reports_a_carrier_cap_in_delivery_statuses(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """The fake API's report rule (``*LAST4`` → code): the recipient is accepted, then
+    ``track`` reads delivery_failed with 40016 from the API and the ledger marks it resendable."""
+    fake, url = fake_api
+    people = numbers(2)
+    fake.report[f"*{people[1][-4:]}"] = "40016"
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    reasons = dict(summarize(job.ledger).undelivered)
+    assert list(reasons) == [people[1]]
+    assert reasons[people[1]].startswith("delivery_failed 40016: resendable")

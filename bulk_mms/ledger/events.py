@@ -164,6 +164,12 @@ class Failed(_Outcome):
     #: True: nothing was accepted and a plain rerun sends the group again (retries ran out on a
     #: transient error). False: the API refused it for good.
     retryable: bool = False
+    #: The members the API refused by name (opted out, 40300): only they failed; the others
+    #: go on in a group made without them (a new id and key: this one was never accepted).
+    refused: tuple[str, ...] = ()
+    #: The sender the API refused (40003, 40315): it leaves the pool for the rest of the job,
+    #: and the group (retryable) goes out from another sender under a new key.
+    retired: str | None = None
     kind: ClassVar[str] = "failed"
 
 
@@ -258,6 +264,8 @@ def to_json(ev: Event) -> dict[str, Any]:
             value = _money(value)
         elif name == "errors":
             value = [{"code": e.code, "title": e.title, "detail": e.detail} for e in value]
+        elif not value and name in ("refused", "retired"):
+            continue  # the common case: left out
         out["from" if name == "from_" else name] = value
     return out
 
@@ -301,10 +309,10 @@ def _num(d: Mapping[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _numbers(d: Mapping[str, Any]) -> tuple[str, ...]:
-    value = d.get("to", ())
+def _numbers(d: Mapping[str, Any], key: str = "to") -> tuple[str, ...]:
+    value = d.get(key, ())
     if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-        raise Malformed("'to' is not a list of numbers")
+        raise Malformed(f"{key!r} is not a list of numbers")
     return tuple(value)
 
 
@@ -394,6 +402,8 @@ def _failed(d: Mapping[str, Any]) -> Failed:
         title=_opt_str(d, "title") or "",
         detail=_opt_str(d, "detail") or "",
         retryable=bool(d.get("retryable")),
+        refused=_numbers(d, "refused"),
+        retired=_opt_str(d, "retired"),
     )
 
 

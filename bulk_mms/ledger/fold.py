@@ -40,6 +40,8 @@ NOT_ATTEMPTED: Final = "not_attempted"
 #: The states of a recipient, in the order reports show them.
 STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
 CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
+#: What the reason of a recipient that a later send may reach says (a carrier's cap).
+RESENDABLE_NOTE: Final = "resendable"
 
 
 @dataclass(slots=True)
@@ -63,6 +65,12 @@ class GroupRecord:
     cost: Money | None = None
     #: Why it failed, for the failed-recipients file.
     why: str = ""
+    #: The Idempotency-Key of its latest attempt (a group moved off a refused sender gets a
+    #: new one).
+    key: str | None = None
+    #: The members the API refused by name (opted out): when the group failed for that, only
+    #: they failed, and the rest went on in a group made without them.
+    refused: tuple[str, ...] = ()
 
     @property
     def state(self) -> str | None:
@@ -72,6 +80,12 @@ class GroupRecord:
         if self.open or self.outcome == IN_DOUBT:
             return IN_DOUBT
         return self.outcome
+
+    @property
+    def counted(self) -> tuple[str, ...]:
+        """The recipients whose state is this group's: all its members, except when the API
+        refused some by name (those failed; the others are another group's now)."""
+        return self.refused if self.refused and self.state == FAILED else self.to
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +135,8 @@ class LedgerView:
     last_time: str | None = None
     #: Seconds spent sending: first attempt to last outcome, run by run.
     sending_seconds: float = 0.0
+    #: Senders the API refused (40003, 40315): out of the pool for the rest of the job.
+    retired: set[str] = field(default_factory=set)
     _open: set[str] = field(default_factory=set)
     _run_first: float | None = None
     _run_last: float | None = None
@@ -194,7 +210,9 @@ class LedgerView:
         rec.open = True
         self._open.add(rec.id)
         rec.sender = ev.from_ or rec.sender
-        if rec.t0 is None and ev.t0 is not None:
+        if ev.key is not None and ev.key != rec.key:
+            rec.key, rec.t0 = ev.key, ev.t0  # a new key (a new sender): its own age
+        elif rec.t0 is None and ev.t0 is not None:
             rec.t0 = ev.t0
         if self._run_first is None:
             self._run_first = instant(ev.time)
@@ -213,9 +231,12 @@ class LedgerView:
             rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
         else:
             self.error_codes[str(ev.code)] += 1
+            if ev.retired:
+                self.retired.add(ev.retired)
             if rec.outcome == IN_DOUBT:
                 return  # a later failure does not undo what an earlier try may have done
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
+            rec.refused = ev.refused
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
 
     def _sent(self, rec: GroupRecord, ev: events.Sent) -> None:
@@ -284,7 +305,7 @@ class LedgerView:
         by_state: Counter[str] = Counter()
         for rec in self.groups.values():
             if (st := rec.state) is not None:
-                by_state[st] += len(rec.to)
+                by_state[st] += len(rec.counted)
         known = sum(by_state.values())
         valid = max(known, self.planned.recipients) if self.planned else known
         return RecipientCounts(
@@ -315,7 +336,7 @@ class LedgerView:
         out: dict[str, str] = {}
         for rec in self.groups.values():
             if rec.state == FAILED:
-                out.update(dict.fromkeys(rec.to, rec.why))
+                out.update(dict.fromkeys(rec.counted, rec.why))
             elif rec.state == SENT:
                 for phone in rec.to:
                     if (k := self.known.get(phone)) is not None and k.status in NOT_RECEIVED:
@@ -338,5 +359,5 @@ def _delivery_reason(k: Known) -> str:
     if k.code is None:
         return k.status
     if DEFAULT_POLICY.get(k.code) in RESENDABLE:
-        return f"{k.status} {k.code}: resendable, nothing was wrong with the number"
+        return f"{k.status} {k.code}: {RESENDABLE_NOTE}, nothing was wrong with the number"
     return f"{k.status} {k.code}"
