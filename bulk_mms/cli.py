@@ -21,6 +21,7 @@ from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.console import fail
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.ledger import location
+from bulk_mms.metrics import CommandMetrics
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
 
@@ -149,6 +150,16 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also send groups an earlier run left in doubt (they may arrive twice)",
     )
+    _metrics_flag(run)
+
+
+def _metrics_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="when done, write Prometheus metrics here (node_exporter's textfile collector)",
+    )
 
 
 def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -167,6 +178,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     track.add_argument("--rate", type=float, help="GET requests per second")
     _format_flag(track, ("table", "json"))
+    _metrics_flag(track)
 
     hooks = sub.add_parser(
         "webhooks", help="receive delivery webhooks into a ledger", parents=[common]
@@ -246,6 +258,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         json=True if args.log_json else None,
         no_color=args.no_color,
     )
+    path = getattr(args, "metrics_file", None)
+    args.metrics = CommandMetrics(path, args.command) if path is not None else None
+    code = _command(args)
+    if args.metrics is not None:  # whatever the outcome: monitoring must hear of a failure
+        try:
+            args.metrics.write(code)
+        except BulkMmsError as exc:
+            return fail(exc, code or exc.exit_code)
+    return code
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BulkMmsError as exc:

@@ -75,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job, name=args.name, input_file=args.input)
     if args.input is not None and args.name is None:
         job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
+    if args.metrics is not None:
+        args.metrics.name = job.name
     if args.to:
         if args.ledger is not None:
             raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
@@ -107,6 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     )
+    if args.metrics is not None:
+        args.metrics.summary = summary
     return run_outcome(summary)
 
 
@@ -203,9 +207,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
         settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
+    if args.metrics is not None:
+        args.metrics.name = display(args.ledger)
     result = asyncio.run(
         _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
     )
+    if args.metrics is not None:
+        args.metrics.track = result
     if result.error is not None:
         return fail(result.error, exit_for(result.error))
     fmt = args.format or ("table" if sys.stdout.isatty() else "json")

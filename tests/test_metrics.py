@@ -1,0 +1,86 @@
+"""``--metrics-file``: the Prometheus textfile a cron run leaves for node_exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bulk_mms.cli import main
+from tests.conftest import JobFactory, numbers
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.delenv("TELNYX_API_KEY", raising=False)
+
+
+def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a textfile, as Prometheus's own parser reads it."""
+    out = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            extra = tuple(
+                sorted((k, v) for k, v in s.labels.items() if k not in ("command", "name"))
+            )
+            out[(s.name, extra)] = s.value
+    return out
+
+
+def test_a_run_writes_its_exit_code_times_and_recipients(jobs: JobFactory, tmp_path: Path) -> None:
+    """A sandbox run's metrics file parses as Prometheus text: exit code 0, start before end,
+    a last success, recipients by state, groups sent and cost; no temporary file is left."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "oops"]])
+    jobs.job(extra="group_size = 5")
+    prom = tmp_path / "textfile" / "bulk_mms.prom"
+    code = main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox", "--rate", "1000",
+                 "--metrics-file", str(prom)])  # fmt: skip
+    assert code == 0
+    m = samples(prom)
+    assert m[("bulk_mms_last_exit_code", ())] == 0
+    start = m[("bulk_mms_last_start_timestamp_seconds", ())]
+    assert start <= m[("bulk_mms_last_end_timestamp_seconds", ())]
+    assert m[("bulk_mms_last_success_timestamp_seconds", ())] >= start
+    assert m[("bulk_mms_recipients", (("state", "sent"),))] == 10
+    assert m[("bulk_mms_recipients", (("state", "valid"),))] == 10
+    assert m[("bulk_mms_groups_sent", ())] == 2
+    assert m[("bulk_mms_rows_rejected", ())] == 1
+    assert m[("bulk_mms_cost", (("currency", "USD"),))] > 0
+    assert [p.name for p in prom.parent.iterdir()] == ["bulk_mms.prom"]
+
+
+def test_a_failed_run_keeps_the_last_success_and_says_its_exit_code(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A run that fails (no API key: exit 2) still writes the file, with its exit code, and
+    carries over the last success from the file it replaces: what the 26 h alert reads."""
+    jobs.people(4)
+    jobs.job()
+    prom = tmp_path / "bulk_mms.prom"
+    job_file = str(jobs.root / "job.toml")
+    assert main(["-q", "run", job_file, "--sandbox", "--metrics-file", str(prom)]) == 0
+    success = samples(prom)[("bulk_mms_last_success_timestamp_seconds", ())]
+    assert main(["-q", "run", job_file, "--metrics-file", str(prom)]) == 2
+    m = samples(prom)
+    assert m[("bulk_mms_last_exit_code", ())] == 2
+    assert m[("bulk_mms_last_success_timestamp_seconds", ())] == success
+    assert m[("bulk_mms_last_end_timestamp_seconds", ())] >= success
+
+
+def test_an_unwritable_metrics_file_is_one_line_naming_the_flag(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A metrics file that cannot be written is said in one line naming --metrics-file, and a
+    run that otherwise succeeded does not exit 0 (monitoring would not hear of it)."""
+    jobs.people(2)
+    jobs.job()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox",
+                 "--metrics-file", str(blocker / "x.prom")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert "--metrics-file" in err[0]
