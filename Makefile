@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	rm -f jobs/ledgers/demo.jsonl
 	$(BIN)/bulk-mms run jobs/demo.toml --sandbox; test $$? -le 1
 	$(BIN)/bulk-mms -q track jobs/ledgers/demo.jsonl --sandbox --follow --format table
-	$(BIN)/bulk-mms report jobs/ledgers/demo.jsonl --format table
+	$(BIN)/bulk-mms report jobs/ledgers/demo.jsonl --format table --html jobs/ledgers/demo.html
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .

@@ -203,6 +203,12 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the recipients who did not get the message as a job input file",
     )
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="also write the report as one self-contained HTML page with charts",
+    )
 
     status = sub.add_parser(
         "status", help="the same as report (kept for scripts)", parents=[common]

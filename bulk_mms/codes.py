@@ -37,3 +37,23 @@ DEFAULT_POLICY: Final[Mapping[str, Action]] = {
 }
 #: Actions that say nothing was wrong with the recipient: a later send may reach them.
 RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
+
+#: Each code's title, in Telnyx's words (its error-code pages): the report's legend, and the
+#: sandbox's answers.
+MEANINGS: Final[Mapping[str, str]] = {
+    "10015": "Bad request",
+    "20100": "Insufficient funds",
+    "40001": "Not routable",
+    "40002": "Blocked as spam - temporary",
+    "40003": "Blocked as spam - permanent",
+    "40008": "Undeliverable",
+    "40011": "Too many requests",
+    "40014": "Message expired in queue",
+    "40016": "T-Mobile daily message limit reached",
+    "40018": "AT&T campaign rate limit reached",
+    "40300": "Blocked due to STOP message",
+    "40315": "Unhealthy from number",
+    "40318": "Message queue full",
+    "40333": "Messaging profile spend limit reached",
+    "expired_unsent": "Not sent before the job's deadline (bulk-mms)",
+}

@@ -319,6 +319,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(format_csv(summary))
     else:
         print(format_text(summary, display(args.ledger)))
+    page = getattr(args, "html", None)
+    if page is not None:
+        from bulk_mms.html_report import write_html  # noqa: PLC0415 - matplotlib: only here
+
+        try:
+            write_html(args.ledger, page, summary)
+        except OSError as exc:
+            raise LedgerError(page, f"cannot write: {exc.strerror or exc}") from None
+        print(f"bulk-mms: wrote the report to {page.resolve().as_uri()}", file=sys.stderr)
     failed_csv = getattr(args, "failed_csv", None)
     if failed_csv is not None:
         try:

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 import orjson
 from aiohttp import web
 
+from bulk_mms.codes import MEANINGS
 from bulk_mms.delivery import FINAL
 
 FaultKind = Literal[
@@ -150,17 +151,12 @@ SANDBOX_REPORT: Final = {"*0016": "40016"}
 
 #: The HTTP status and title the sandbox gives each refusal code (Telnyx's, as documented).
 REFUSALS: dict[str, tuple[int, str]] = {
-    "40300": (409, "Blocked due to STOP message"),
-    "40016": (400, "T-Mobile daily message limit reached"),
-    "40018": (400, "AT&T campaign rate limit reached"),
-    "40002": (400, "Blocked as spam - temporary"),
-    "40011": (400, "Too many requests - spam"),
-    "40003": (400, "Blocked as spam - permanent"),
-    "40315": (400, "Unhealthy from number"),
-    "20100": (402, "Insufficient funds"),
-    "40333": (429, "Messaging profile spend limit reached"),
-    "40014": (400, "Message expired in queue"),
-}
+    code: (status, MEANINGS[code])
+    for code, status in (
+        ("40300", 409), ("40016", 400), ("40018", 400), ("40002", 400), ("40011", 400),
+        ("40003", 400), ("40315", 400), ("20100", 402), ("40333", 429), ("40014", 400),
+    )
+}  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -1,0 +1,92 @@
+"""``report --html``: one self-contained page, looked at in a real (headless) browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.html_report import SENT_COLOUR, Timeline, render
+from bulk_mms.report import LedgerSummary
+from tests.conftest import JobFactory, numbers
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars",
+)  # fmt: skip
+
+
+def chromium() -> str:
+    """Debian's chromium, or a skip (a failure where CI requires it) saying it is missing."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        reason = "no chromium on PATH (Debian's chromium package) to look at the page"
+        if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def sandbox_ledger(jobs: JobFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ledger of a sandbox run: 40 recipients in groups of 4, one of them opted out."""
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    people = [*numbers(39), "+14155550300"]
+    jobs.csv([{"phone": p, "first": "x"} for p in [*people, "oops"]])
+    job = jobs.job(extra="group_size = 4")
+    assert main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox", "--rate", "20"]) == 1
+    return job.ledger
+
+
+def test_the_page_is_self_contained_and_escapes_the_ledger(
+    sandbox_ledger: Path, tmp_path: Path
+) -> None:
+    """The page has its charts inline (SVG), loads nothing from anywhere (no script, no
+    external src or href), names the error code with Telnyx's meaning, and says the counts."""
+    page = tmp_path / "report.html"
+    assert main(["-q", "report", str(sandbox_ledger), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert text.count("<svg") == 3
+    assert "<script" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert "Blocked due to STOP message" in text
+    assert "<b>39</b><span>sent</span>" in text
+
+
+def test_ledger_text_is_escaped_never_markup() -> None:
+    """A job name or error code with markup in it is shown as text."""
+    s = LedgerSummary(job="<img src=x onerror=alert(1)>")
+    s.error_codes["<b>1</b>"] += 1
+    page = render(s, Timeline(), "ledger")
+    assert "<img" not in page
+    assert "<b>1</b>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_the_charts_render_in_headless_chromium(sandbox_ledger: Path, tmp_path: Path) -> None:
+    """Chromium opens the page from disk with the network off and its screenshot shows the
+    charts: thousands of pixels in the chart colour (text-only would have none)."""
+    browser = chromium()
+    page, shot = tmp_path / "report.html", tmp_path / "shot.png"
+    assert main(["-q", "report", str(sandbox_ledger), "--html", str(page)]) == 0
+    subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    from matplotlib.image import imread  # noqa: PLC0415 - reads the PNG the browser wrote
+
+    import numpy as np  # noqa: PLC0415 - matplotlib's own dependency
+
+    pixels = np.asarray(imread(str(shot)))[:, :, :3]
+    want = np.array([int(SENT_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    close = np.all(np.abs(pixels - want) < 0.02, axis=2)
+    assert int(close.sum()) > 20_000
+    rows = np.flatnonzero(np.any(close, axis=1))
+    assert int(rows.max() - rows.min()) > 800  # the charts run down the page, not one blob
