@@ -69,7 +69,7 @@ def write_job(root: Path, groups: int) -> Path:
     (root / "in.csv").write_text("phone,first\n" + "\n".join(rows) + "\n")
     job = root / "job.toml"
     job.write_text(
-        f'name = "cpu"\ninput = "in.csv"\n[message]\nfrom = "{SENDER}"\ntext = "Hi {{first}}"\n'
+        f'name = "cpu"\ninput = "in.csv"\nmix_unrelated = true\n[message]\nfrom = "{SENDER}"\ntext = "Hi {{first}}"\n'
     )
     return job
 

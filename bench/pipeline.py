@@ -45,7 +45,7 @@ def write_input(path: Path, rows: int) -> None:
 def write_job(root: Path) -> Path:
     job = root / "job.toml"
     job.write_text(
-        'name = "bench"\ninput = "in.csv"\n[message]\nfrom = "+18445550001"\n'
+        'name = "bench"\ninput = "in.csv"\nmix_unrelated = true\n[message]\nfrom = "+18445550001"\n'
         'text = "Hi {first_name}"\n'
     )
     return job

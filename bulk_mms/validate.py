@@ -7,9 +7,14 @@ a valid number of one of those two regions.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
 
 import phonenumbers
+from phonenumbers import PhoneNumberDesc
 
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
@@ -25,6 +30,11 @@ class PhoneError(ValueError):
 def normalize_phone(value: str, region: str = "US") -> str:
     """Return ``value`` as E.164 (``+14155550100``).
 
+    A number already in canonical ``+1NXXNXXXXXX`` form takes :func:`_nanp`, which asks
+    phonenumbers' own metadata the same questions without parsing (about ten times faster);
+    anything else is parsed. Both give the same verdict for every number (a property test
+    holds them to it).
+
     Args:
         value: what the input file holds, in any common national or international format.
         region: the region assumed for numbers written without ``+``.
@@ -33,6 +43,13 @@ def normalize_phone(value: str, region: str = "US") -> str:
         PhoneError: empty, has letters or stray characters, is not a valid number, or is not
             in the US or Canada.
     """
+    if len(value) == 12 and value[1] == "1" and _CANONICAL.fullmatch(value):
+        return _nanp(value)
+    return _parsed(value, region)
+
+
+def _parsed(value: str, region: str) -> str:
+    """:func:`normalize_phone` by phonenumbers' parser: the path for every form of number."""
     text = value.strip()
     if not text:
         raise PhoneError("empty phone number")
@@ -55,13 +72,115 @@ def normalize_phone(value: str, region: str = "US") -> str:
     # the region once and checking validity there does that search only once.
     where = phonenumbers.region_code_for_number(number)
     if where is None or not phonenumbers.is_valid_number_for_region(number, where):
-        raise PhoneError("not a valid US or Canadian phone number")
+        raise PhoneError(_INVALID)
     if where not in _REACHABLE_REGIONS:
         raise PhoneError(
             f"+1 number outside the US and Canada ({where}); group MMS reaches the US and "
             "Canada only"
         )
     return f"+{number.country_code}{number.national_number}"
+
+
+#: ``+1`` and ten digits, the area code not starting with 0 or 1 (a leading 1 would be taken
+#: for the national prefix by the parser: that one takes the slow path).
+_CANONICAL: Final = re.compile(r"\+1[2-9][0-9]{9}")
+_INVALID: Final = "not a valid US or Canadian phone number"
+
+#: The national number's length in the fast path: every pattern is compiled for it alone.
+_NSN_LENGTH: Final = 10
+
+
+def _pattern(*descs: PhoneNumberDesc | None) -> re.Pattern[str] | None:
+    """One pattern that fully matches a 10-digit national number when any of ``descs`` does
+    (phonenumbers' ``_is_number_matching_desc``: its possible lengths, then its pattern); None
+    when none can."""
+    alternatives = [
+        f"(?:{d.national_number_pattern})"
+        for d in descs
+        if d is not None
+        and d.national_number_pattern
+        and (not d.possible_length or _NSN_LENGTH in d.possible_length)
+    ]
+    return re.compile("|".join(alternatives)) if alternatives else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """What phonenumbers reads of one +1 region's metadata to place and validate a number."""
+
+    code: str
+    leading: re.Pattern[str] | None
+    general: re.Pattern[str] | None
+    #: Any type that makes a number valid whatever the mobile pattern says.
+    types: re.Pattern[str] | None
+    #: The mobile pattern, when it differs from the fixed-line one (else it is never asked).
+    mobile: re.Pattern[str] | None
+
+    def valid(self, nn: str) -> bool:
+        """phonenumbers' ``_number_type_helper(nn, metadata) != UNKNOWN``."""
+        if self.general is None or self.general.fullmatch(nn) is None:
+            return False
+        if self.types is not None and self.types.fullmatch(nn) is not None:
+            return True
+        return self.mobile is not None and self.mobile.fullmatch(nn) is not None
+
+
+#: The number types (besides mobile) any of which makes a number valid, as phonenumbers asks.
+_VALID_TYPES: Final = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number",
+                       "pager", "uan", "voicemail", "fixed_line")  # fmt: skip
+
+
+@functools.cache
+def _nanp_regions() -> tuple[_Region, ...]:
+    """The +1 regions in phonenumbers' own order (the US first), compiled once."""
+    out = []
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
+        if m is None:
+            continue
+        out.append(
+            _Region(
+                code,
+                re.compile(m.leading_digits) if m.leading_digits is not None else None,
+                _pattern(m.general_desc),
+                _pattern(
+                    m.premium_rate,
+                    m.toll_free,
+                    m.shared_cost,
+                    m.voip,
+                    m.personal_number,
+                    m.pager,
+                    m.uan,
+                    m.voicemail,
+                    m.fixed_line,
+                ),  # fmt: skip
+                None if m.same_mobile_and_fixed_line_pattern else _pattern(m.mobile),
+            )
+        )
+    return tuple(out)
+
+
+def _nanp(phone: str) -> str:
+    """:func:`normalize_phone` for a canonical ``+1`` number, from the metadata directly:
+    ``region_code_for_number`` (leading digits where a region has them, else validity; the
+    first region that claims it), then validity for that region."""
+    nn = phone[2:]
+    for region in _nanp_regions():
+        if region.leading is not None:
+            if region.leading.match(nn) is None:
+                continue
+            valid = region.valid(nn)
+        elif not (valid := region.valid(nn)):
+            continue
+        if not valid:
+            raise PhoneError(_INVALID)
+        if region.code not in _REACHABLE_REGIONS:
+            raise PhoneError(
+                f"+1 number outside the US and Canada ({region.code}); group MMS reaches the US "
+                "and Canada only"
+            )
+        return phone
+    raise PhoneError(_INVALID)
 
 
 def validate_rows(

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
-from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
+from bulk_mms.validate import PhoneError, _parsed, normalize_phone, validate_rows
+
+#: Area codes across the +1 regions: US, Canada, the Caribbean, Pacific, toll-free, premium.
+AREAS = (
+    "212",
+    "415",
+    "416",
+    "604",
+    "268",
+    "787",
+    "809",
+    "876",
+    "345",
+    "671",
+    "340",
+    "800",
+    "888",
+    "900",
+    "264",
+    "441",
+    "649",
+    "684",
+    "721",
+    "758",
+    "767",
+    "784",
+    "868",
+    "869",
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +92,33 @@ def test_duplicates_are_rejected_after_the_first() -> None:
     assert (out[2].line, out[2].value) == (4, "(212) 555-0100")
     assert out[2].reason.startswith("duplicate")
     assert out[3] == Recipient("+12125550101", 5, {})
+
+
+def verdict(fn: Callable[[], str]) -> str:
+    """The number a path returns, or its refusal's reason."""
+    try:
+        return fn()
+    except PhoneError as exc:
+        return f"refused: {exc}"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    area=st.one_of(st.integers(200, 999).map(str), st.sampled_from(AREAS)),
+    rest=st.integers(0, 9_999_999).map(lambda n: f"{n:07d}"),
+)
+def test_the_canonical_fast_path_agrees_with_the_parser(area: str, rest: str) -> None:
+    """For any +1 number in canonical form, the metadata fast path gives the parser's verdict
+    (the number, or the same reason): valid, invalid, Caribbean, toll-free, premium."""
+    phone = f"+1{area}{rest}"
+    assert verdict(lambda: normalize_phone(phone)) == verdict(lambda: _parsed(phone, "US"))
+
+
+def test_the_fast_path_agrees_on_a_sweep_of_every_area_code() -> None:
+    """Every area code 200-999 with exchanges across the range: the same verdicts."""
+    for area in range(200, 1000):
+        for rest in ("2015550", "5550100", "9999999", "2345678", "8675309", "0000000"):
+            phone = f"+1{area}{rest}"
+            assert verdict(lambda: normalize_phone(phone)) == verdict(  # noqa: B023
+                lambda: _parsed(phone, "US")  # noqa: B023
+            ), phone
