@@ -153,7 +153,7 @@ def _nanp_regions() -> tuple[_Region, ...]:
                     m.uan,
                     m.voicemail,
                     m.fixed_line,
-                ),  # fmt: skip
+                ),
                 None if m.same_mobile_and_fixed_line_pattern else _pattern(m.mobile),
             )
         )
