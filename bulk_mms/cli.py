@@ -21,7 +21,6 @@ from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.console import fail
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.ledger import location
-from bulk_mms.metrics import CommandMetrics
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
 
@@ -265,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         no_color=args.no_color,
     )
     path = getattr(args, "metrics_file", None)
-    args.metrics = CommandMetrics(path, args.command) if path is not None else None
+    args.metrics = None
+    if path is not None:
+        from bulk_mms.metrics import CommandMetrics  # noqa: PLC0415 - prometheus_client: if asked
+
+        args.metrics = CommandMetrics(path, args.command)
     code = _command(args)
     if args.metrics is not None:  # whatever the outcome: monitoring must hear of a failure
         try:

@@ -19,7 +19,6 @@ from pathlib import Path
 import orjson
 import structlog
 
-from bulk_mms import fake_api
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import (
@@ -61,7 +60,6 @@ from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
-from bulk_mms.webhooks import PUBLIC_KEY_ENV, load_public_key, serve_webhooks
 
 #: A database for the ledger of every run that names none on the command line.
 LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"
@@ -259,6 +257,7 @@ async def _endpoint(
     if not sandbox:
         yield settings.base_url
         return
+    from bulk_mms import fake_api  # noqa: PLC0415 - aiohttp's server: only for the sandbox
     fake = fake_api.FakeTelnyx(
         refuse=dict(fake_api.SANDBOX_REFUSE), report=dict(fake_api.SANDBOX_REPORT)
     )
@@ -285,6 +284,12 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     ledger = args.ledger or args.ledger_option
     if ledger is None:
         raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
+    from bulk_mms.webhooks import (  # noqa: PLC0415 - aiohttp's server and cryptography
+        PUBLIC_KEY_ENV,
+        load_public_key,
+        serve_webhooks,
+    )
+
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
     path = find_config(None)
     listed = load_settings(path).suppression_file if path else None

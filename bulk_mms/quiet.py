@@ -16,7 +16,6 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 
 import phonenumbers
-from phonenumbers import timezone as pn_timezone
 
 from bulk_mms.config import SendWindow
 
@@ -29,7 +28,9 @@ _HORIZON = dt.timedelta(days=2)
 
 @functools.lru_cache(maxsize=4096)
 def _zones_of_prefix(prefix: str) -> tuple[str, ...]:
-    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(prefix + "0" * 4))
+    from phonenumbers import timezone  # noqa: PLC0415 - its data loads only for quiet hours
+
+    zones = timezone.time_zones_for_number(phonenumbers.parse(prefix + "0" * 4))
     return tuple(sorted(z for z in zones if z != _UNKNOWN)) or ("UTC",)
 
 
