@@ -258,6 +258,7 @@ async def _endpoint(
         yield settings.base_url
         return
     from bulk_mms import fake_api  # noqa: PLC0415 - aiohttp's server: only for the sandbox
+
     fake = fake_api.FakeTelnyx(
         refuse=dict(fake_api.SANDBOX_REFUSE), report=dict(fake_api.SANDBOX_REPORT)
     )

@@ -408,7 +408,7 @@ def _resume(
 ) -> LedgerView:
     """Fold what the ledger holds (not the delivery statuses: a run needs none); a new ledger
     gets its header: a new campaign, with its own Idempotency-Keys."""
-    view = LedgerView.fold(store.events(skip_status=True))
+    view = store.fold(skip_status=True)
     if view.header is None:
         header = replace(
             header,

@@ -20,11 +20,14 @@ A valid recipient the ledger has no group for is ``not_attempted`` (counted agai
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
@@ -144,8 +147,9 @@ class LedgerView:
     @classmethod
     def fold(cls, stream: Iterable[events.Event]) -> LedgerView:
         view = cls()
-        for ev in stream:
-            view.apply(ev)
+        with paused_gc():
+            for ev in stream:
+                view.apply(ev)
         view.close_run()
         return view
 
@@ -283,6 +287,93 @@ class LedgerView:
             self.sending_seconds += max(0.0, self._run_last - self._run_first)
         self._run_first = self._run_last = None
 
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the fold holds, as plain JSON values, mid-stream (a run not yet closed):
+        :meth:`from_state` of it, then the events that follow, equals a full replay. Groups and
+        statuses are kept in columns: a million recipients load in one orjson pass."""
+        recs = list(self.groups.values())
+        phones = list(self.known)
+        return {
+            "header": events.to_json(self.header) if self.header is not None else None,
+            "planned": events.to_json(self.planned) if self.planned is not None else None,
+            "counts": [self.runs, self.attempts, self.rate_limited, self.sent_events],
+            "times": [
+                self.first_time,
+                self.last_time,
+                self.sending_seconds,
+                self._run_first,
+                self._run_last,
+            ],
+            "groups": {name: [_cell(getattr(r, name)) for r in recs] for name in _GROUP_FIELDS},
+            "open": sorted(self._open),
+            "rejected": [[line, why] for line, why in self.rejected.items()],
+            "known": {
+                "phone": phones,
+                **{
+                    name: [getattr(self.known[p], name) for p in phones]
+                    for name in ("status", "at", "message_id", "code")
+                },
+            },
+            "by_message_id": self.by_message_id,
+            "webhook_ids": sorted(self.webhook_ids),
+            "waits": self.waits,
+            "error_codes": dict(self.error_codes),
+            "retired": sorted(self.retired),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> LedgerView:
+        """The view :meth:`to_state` saved.
+
+        Raises:
+            ValueError, KeyError, TypeError: it is not one (the caller replays instead).
+        """
+        view = cls()
+        if d["header"] is not None:
+            header = events.decode(d["header"])
+            if not isinstance(header, events.Header):
+                raise ValueError("not a header")
+            view.header = header
+        if d["planned"] is not None:
+            planned = events.decode(d["planned"])
+            if not isinstance(planned, events.Planned):
+                raise ValueError("not a planned event")
+            view.planned = planned
+        view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
+        (view.first_time, view.last_time, view.sending_seconds,
+         view._run_first, view._run_last) = d["times"]  # fmt: skip
+        columns = d["groups"]
+        groups, group_of = view.groups, view.group_of
+        for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
+            rec = GroupRecord(*values)
+            rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
+            rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
+            if rec.cost is not None:
+                cost: list[str] = rec.cost  # type: ignore[assignment]
+                rec.cost = Money(Decimal(cost[0]), cost[1])
+            groups[rec.id] = rec
+            if rec.outcome == SENT:  # each number is in one sent group at most: deduplicated
+                gid = rec.id
+                for phone in rec.to:
+                    group_of[phone] = gid
+        view._open = set(d["open"])
+        view.rejected = {int(line): str(why) for line, why in d["rejected"]}
+        k = d["known"]
+        view.known = {
+            phone: Known(status, at, mid, code)
+            for phone, status, at, mid, code in zip(
+                k["phone"], k["status"], k["at"], k["message_id"], k["code"], strict=True
+            )
+        }
+        view.by_message_id = dict(d["by_message_id"])
+        view.webhook_ids = set(d["webhook_ids"])
+        view.waits = [float(w) for w in d["waits"]]
+        view.error_codes = Counter(d["error_codes"])
+        view.retired = set(d["retired"])
+        return view
+
     # -- reading ----------------------------------------------------------------------------
 
     def state(self, gid: str) -> str | None:
@@ -351,6 +442,34 @@ class LedgerView:
                 c = rec.cost
                 total[c.currency] = total.get(c.currency, Decimal(0)) + c.amount
         return total
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cycle collector off while a fold builds its objects (none of them in a cycle): with
+    it on, a million-recipient fold spends a third of its time in collections that free
+    nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+#: A group's fields, in the order a checkpoint's columns keep them.
+_GROUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GroupRecord))
+
+
+def _cell(value: object) -> object:
+    """A group field as JSON: numbers joined by commas (one string, not eight, to parse back),
+    money as its amount and currency, the rest as it is."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, Money):
+        return [str(value.amount), value.currency]
+    return value
 
 
 def _delivery_reason(k: Known) -> str:

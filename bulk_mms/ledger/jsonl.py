@@ -37,8 +37,10 @@ import orjson
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
+from bulk_mms.ledger.fold import LedgerView, paused_gc
 
 #: How a ``status`` line starts: a resume skips them unparsed.
 _STATUS_PREFIX = b'{"event":"status"'
@@ -185,6 +187,31 @@ class JsonlStore(GroupCommitted[bytes]):
         if not self.path.exists():
             return iter(())
         return _Tail(self.path).read(skip_status=skip_status)
+
+    def fold(self, *, skip_status: bool = False) -> LedgerView:
+        """The ledger folded: from its checkpoint, if it has a usable one, plus the lines
+        after it; a fold that replayed many lines leaves a new checkpoint
+        (:mod:`bulk_mms.ledger.checkpoint`).
+
+        Raises:
+            LedgerCorrupt: a complete line is not a ledger event.
+        """
+        if not self.path.exists():
+            return LedgerView()
+        statuses = not skip_status
+        tail = _Tail(self.path)
+        with paused_gc():
+            saved = checkpoint.read(self.path, statuses=statuses)
+            view = LedgerView()
+            if saved is not None:
+                view, tail.offset, tail.lineno = saved
+            start = tail.lineno
+            for ev in tail.read(skip_status=skip_status):
+                view.apply(ev)
+        if tail.lineno - start >= checkpoint.EVERY:
+            checkpoint.write(self.path, view, tail.offset, tail.lineno, statuses=statuses)
+        view.close_run()
+        return view
 
     #: A file is exclusive to one run (its lock): there is nothing to claim.
     shared = False

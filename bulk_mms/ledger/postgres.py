@@ -44,6 +44,7 @@ from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
+from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.suppression import Suppressed
 
@@ -283,6 +284,9 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
         return self._read(0, skip_status=skip_status)
+
+    def fold(self, *, skip_status: bool = False) -> LedgerView:
+        return LedgerView.fold(self.events(skip_status=skip_status))
 
     def new_events(self) -> Iterator[Event]:
         return self._read(self._seen)

@@ -58,6 +58,10 @@ class LedgerStore(Protocol):
         """The events appended since the last call, by anyone (``webhooks`` follows a run)."""
         ...
 
+    def fold(self, *, skip_status: bool = False) -> LedgerView:
+        """:class:`LedgerView` of every event (a store may start from a checkpoint of it)."""
+        ...
+
     def group_events(self, group: str) -> list[Event]:
         """One group's events as the ledger has them now, by whichever process wrote them."""
         ...
@@ -199,7 +203,11 @@ def load(where: Location, *, statuses: bool = True) -> LedgerView:
     Raises:
         LedgerError: it is missing or unreadable; LedgerCorrupt names a bad event.
     """
-    return LedgerView.fold(read_events(where, skip_status=not statuses))
+    store = open_store(where, "read")
+    try:
+        return store.fold(skip_status=not statuses)
+    finally:
+        store.close_sync()
 
 
 async def copy_ledger(source: Location, target: Location) -> int:

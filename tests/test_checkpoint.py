@@ -1,0 +1,99 @@
+"""Checkpoints of the fold: a cache of the ledger's replay, never a second truth."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.errors import SendError, ServerError
+from bulk_mms.ledger import LedgerView, load, read_events
+from bulk_mms.ledger import checkpoint as ckpt
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.runner import run_job
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+from tests.test_policy import opted_out
+
+
+def replay(ledger: Path, *, statuses: bool) -> LedgerView:
+    """The fold from the first line, no checkpoint."""
+    return LedgerView.fold(read_events(ledger, skip_status=not statuses))
+
+
+async def tracked_ledger(jobs: JobFactory, people: int = 48) -> Path:
+    """A ledger with every kind of state: sent (tracked, some failed delivery), a refused
+    member, a group pending a rerun, a run per call."""
+    jobs.people(people)
+    job = jobs.job(extra="group_size = 4")
+
+    def handler(g: Group, n: int) -> SendReceipt | SendError:
+        if g.seq == 1 and len(g.to) == 4:
+            return opted_out(g, g.to[1])
+        if g.seq == 2:
+            return ServerError("down", status=503)
+        return ok_receipt(g, n)
+
+    client = FakeClient(handler)
+    one_try = replace(FAST, retry=replace(FAST.retry, attempts=1))
+    await run_job(job, one_try, client, clock=FakeClock())
+    for i, g in enumerate(client.calls):
+        client.delivery[f"msg-{g.id}-{i}"] = tuple(
+            RecipientStatus(
+                p, "delivered" if k % 3 else "delivery_failed", at=f"2026-11-30T0{k}:00Z"
+            )
+            for k, p in enumerate(g.to)
+        )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    return job.ledger
+
+
+@pytest.mark.parametrize("statuses", [True, False])
+async def test_a_fold_from_a_checkpoint_equals_a_full_replay(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, statuses: bool
+) -> None:
+    """A fold leaves a checkpoint; the next fold starts from it and, with more events appended
+    since (another run, more statuses), gives exactly the full replay's view."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    first = load(ledger, statuses=statuses)
+    assert ckpt.path_for(ledger, statuses).exists()
+    assert first == replay(ledger, statuses=statuses)
+    await tracked_ledger(jobs)  # a second run of the same job, and another tracking pass
+    again = load(ledger, statuses=statuses)
+    assert again == replay(ledger, statuses=statuses)
+    assert again.runs == 2
+
+
+async def test_a_checkpoint_that_no_longer_describes_the_ledger_is_ignored(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger replaced under its checkpoint (same length, other bytes), cut short, or a
+    damaged checkpoint: the fold replays from the first line and is right."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger)
+    saved = ledger.read_bytes()
+    ledger.write_bytes(saved.replace(b'"delivered"', b'"deliverex"'))  # same length
+    assert load(ledger) == replay(ledger, statuses=True)
+    ledger.write_bytes(saved[: len(saved) // 2].rsplit(b"\n", 1)[0] + b"\n")
+    assert load(ledger) == replay(ledger, statuses=True)
+    ledger.write_bytes(saved)
+    ckpt.path_for(ledger, True).write_bytes(b'{"version": 1, "offset": "x"}')
+    assert load(ledger) == replay(ledger, statuses=True)
+
+
+async def test_a_resume_reads_the_checkpoint_and_sends_nothing_twice(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed from a checkpoint knows every group: a rerun of a finished job sends only
+    the group left pending, once."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger, statuses=False)
+    assert ckpt.path_for(ledger, False).exists()
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    assert [g.seq for g in client.calls] == [2]
