@@ -23,8 +23,9 @@ import bisect
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -147,16 +148,14 @@ async def scenario_c(root: Path) -> Result:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """A scenario's README row, and what its picture is drawn from."""
+class Result(NamedTuple):
+    """A scenario's README row, and what its picture is drawn from: the line the rate should
+    sit on (R or D), and when the drain changed (seconds from the first acceptance)."""
 
     row: str
     title: str
     fake: FakeTelnyx
-    #: The line the rate should sit on (R or D), if there is one.
     target: float | None = None
-    #: When the drain changed, in seconds from the first acceptance.
     change_at: float | None = None
 
 

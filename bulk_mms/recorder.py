@@ -197,17 +197,14 @@ class Recorder:
             )
             log.warning("group.in_doubt", group=group.id, reason=str(err))
         else:
-            ev = self._failed(group, err, attempts, throttled, refused)
+            ev = self._failed(group, err, (attempts, throttled), refused)
         await self._write(ev)
 
     def _failed(
-        self,
-        group: Group,
-        err: SendError,
-        attempts: int,
-        throttled: int,
-        refused: tuple[str, ...] = (),
+        self, group: Group, err: SendError, tries: tuple[int, int], refused: tuple[str, ...] = ()
     ) -> Failed:
+        """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited)."""
+        attempts, throttled = tries
         retired = err.sender if isinstance(err, SenderRefused) else None
         retryable = retired is not None or isinstance(err, RetryableSendError)
         first = err.errors[0] if err.errors else None
@@ -246,7 +243,7 @@ class Recorder:
             self.summary.in_doubt_groups += 1
             ev: Event = InDoubt(**self._members(group), reason=CUT_OFF, time=self._now())
         else:
-            ev = self._failed(group, last, attempts=0, throttled=0)
+            ev = self._failed(group, last, (0, 0))
         # if the store already failed, the attempt on record leaves the group in doubt
         with contextlib.suppress(LedgerError):
             self._queue(ev)
