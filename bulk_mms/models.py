@@ -84,6 +84,10 @@ class Group:
     #: When the group was made anew without members the API refused by name (opted out):
     #: those members, counted failed in the group they were refused in.
     refused: tuple[str, ...] = field(default=(), compare=False)
+    #: When this run made the group anew without members on the suppression list: the id of
+    #: the group it was made from, and those members (the run records it before sending).
+    origin: str = field(default="", compare=False)
+    suppressed: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,32 +212,34 @@ def members_left(
     """A group as the ledger and the suppression list leave it.
 
     Grouping depends on the input alone, so a resume finds the groups it sent whatever the list
-    says now. Then: while the ledger has the group failed with members the API refused by name
-    (opted out), the group made without them takes its place; a group the ledger knows
-    otherwise stands as it is (sent, in doubt, pending: a resume acts on what was); a group it
-    has never seen loses its suppressed members, each rejected ``suppressed`` (for good in this
-    ledger, even if the list drops the number later), and is made anew without them.
+    says now. Then the ledger decides while it knows the group: one that failed with members
+    the API refused by name (opted out), or that an earlier run made anew without suppressed
+    members (``remade``), gives way to the group made without them, and so on; one it knows
+    otherwise stands as it is (sent, in doubt, pending: a resume acts on what was). Only a
+    group the ledger has never seen meets today's list: its suppressed members are rejected
+    ``suppressed`` and it is made anew without them, marked :attr:`Group.suppressed` for the
+    run to record (``remade``) before it sends it, so no later run regroups it.
     """
     refused: tuple[str, ...] = ()
-    while (rec := view.groups.get(group.id)) is not None and rec.refused and rec.state == FAILED:
+    while (rec := view.groups.get(group.id)) is not None and rec.refused:
+        if rec.state not in (FAILED, None):
+            break  # sent, in doubt or pending with that membership: it stands
         remade = without(group, rec.refused, job)
         if remade is None:
             break  # every member refused: the failed group stands (a run skips it)
-        refused += rec.refused
+        if rec.state == FAILED:
+            refused += rec.refused  # counted failed there; remade: rejected rows
         group = remade
     if rec is None:
-        drop = [
-            (phone, line)
-            for phone, line in zip(group.to, group.lines, strict=True)
-            if phone in suppressed or view.rejected.get(line, "").startswith(SUPPRESSED)
-        ]
+        drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
         for phone, line in drop:
             yield RejectedRow(line, phone, f"{SUPPRESSED}: {phone} is on the suppression list")
         if drop:
-            remade = without(group, {phone for phone, _ in drop}, job)
+            gone = tuple(phone for phone, _ in drop)
+            remade = without(group, gone, job)
             if remade is None:
-                return
-            group = remade
+                return  # nobody left: their rows are all rejected
+            group = replace(remade, origin=group.id, suppressed=gone)
     yield replace(group, refused=refused) if refused else group
 
 

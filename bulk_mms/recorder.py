@@ -46,6 +46,7 @@ from bulk_mms.ledger import (
     LedgerView,
     Planned,
     Rejected,
+    Remade,
     Sent,
 )
 from bulk_mms.ledger.fold import IN_DOUBT
@@ -102,6 +103,11 @@ class Recorder:
         if item.line not in self.view.rejected:
             self._queue(Rejected(item.line, item.value, item.reason, self._now()))
         log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
+
+    def remade(self, group: Group) -> None:
+        """``group`` goes out in place of ``group.origin``, without its suppressed members."""
+        self._queue(Remade(group.origin, group.suppressed, self._now()))
+        log.info("group.remade", group=group.origin, now=group.id, without=len(group.suppressed))
 
     def planned(self, recipients: int, groups: int, rejected: int) -> None:
         """The run has read its whole input."""
@@ -175,9 +181,9 @@ class Recorder:
         attempts: int,
         throttled: int,
         refused: tuple[str, ...] = (),
-    ) -> None:
+    ) -> Event:
         """Record where ``group`` stands after the error that ended its tries (``refused``:
-        the members the API refused by name, when only they failed)."""
+        the members the API refused by name, when only they failed); the event recorded."""
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -199,6 +205,7 @@ class Recorder:
         else:
             ev = self._failed(group, err, (attempts, throttled), refused)
         await self._write(ev)
+        return ev
 
     def _failed(
         self, group: Group, err: SendError, tries: tuple[int, int], refused: tuple[str, ...] = ()

@@ -175,24 +175,31 @@ class Runner:
             return False
         return True
 
-    async def _admit(self, group: Group) -> Group | None:
+    async def _admit(self, group: Group, *, rows: bool = True) -> Group | None:
         """The group this process sends now for ``group``, if any: not held for quiet hours,
         claimed (a shared ledger), and neither done nor in doubt (else it is skipped or held
         here); made without the members another process had refused since this one planned
-        it."""
+        it. ``rows``: count its rows as dealt with when it is not sent (not for a group made in
+        place of one already counted)."""
+        free = len(group.to) if rows else 0
+        if group.suppressed:  # made in this plan without suppressed members: say so, once
+            if not await self.sharing.untouched(group.origin):
+                return None
+            self.recorder.remade(group)
         if self.gates.hold(group):
-            self.rows_done += len(group.to)
-            self.rows_free += len(group.to)
+            self.rows_done += free
+            self.rows_free += free
             return None
         if not await self.sharing.take(group):
             return None  # another live process has it
         rec = self.view.groups.get(group.id)
-        if rec is not None and rec.refused and rec.state == FAILED:
-            # another process had members refused since this one planned it: what is left
+        if rec is not None and rec.refused and rec.state in (FAILED, None):
+            # another process had members refused (or suppressed) since this one planned it
             remade = without(group, rec.refused, self.job)
             if remade is None:
                 return None
-            return await self._admit(replace(remade, refused=group.refused + rec.refused))
+            refused = group.refused + (rec.refused if rec.state == FAILED else ())
+            return await self._admit(replace(remade, refused=refused), rows=rows)
         action = disposition(
             self.view,
             self.settings.retry,
@@ -202,8 +209,8 @@ class Runner:
         )
         if action == "send":
             return group
-        self.rows_done += len(group.to)
-        self.rows_free += len(group.to)
+        self.rows_done += free
+        self.rows_free += free
         if action == "skip":
             self.summary.skipped_groups += 1
         else:
@@ -232,7 +239,7 @@ class Runner:
                     # what goes out in its place: from another sender, or without opt-outs
                     after = await self.sender.send(current)
                     if after is not None and after.id != current.id:
-                        after = await self._admit(after)
+                        after = await self._admit(after, rows=False)
                     current = after
             except asyncio.CancelledError:
                 if current is not None:

@@ -34,7 +34,8 @@ from bulk_mms.errors import (
     SendError,
 )
 from bulk_mms.grouping import without
-from bulk_mms.ledger.fold import IN_DOUBT
+from bulk_mms.ledger import Failed
+from bulk_mms.ledger.fold import RETRY_PENDING
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
@@ -166,16 +167,18 @@ class GroupSender:
         return replace(group, message=replace(group.message, from_=sender))
 
     def key_for(self, group: Group) -> str:
-        """The group's Idempotency-Key: its latest attempt's, unless it moved to another sender
-        after a refusal (a new request: a new key, or the API would call the body changed).
-        A group that may have been accepted keeps its key whatever its sender: a 422 then says
-        so, where a new key could send it twice."""
+        """The group's Idempotency-Key: its latest attempt's, unless the API's last answer
+        under it refused the group's sender (nothing was accepted: the request from another
+        sender is a new one, under a new key). Any other group keeps its key whatever its
+        sender (a 5xx may follow a request that was processed): a 422 then says the body
+        changed, where a new key could send it twice."""
         rec = self.view.groups.get(group.id)
         if rec is None or rec.key is None:
             return idempotency_key(self.view.campaign, group.id)
-        if rec.sender in (None, group.message.from_) or rec.state == IN_DOUBT or rec.open:
-            return rec.key
-        return idempotency_key(self.view.campaign, f"{group.id}-{group.message.from_[1:]}")
+        moved = rec.refused_sender not in (None, group.message.from_)
+        if moved and rec.state == RETRY_PENDING and not rec.open:
+            return idempotency_key(self.view.campaign, f"{group.id}-{group.message.from_[1:]}")
+        return rec.key  # the same request again, or one that may have been accepted
 
     def _deadline_for(self) -> float | None:
         """The earlier of the job's deadline and this group's ``max_group_age_s``."""
@@ -228,6 +231,13 @@ class GroupSender:
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None
+        if tries.rerouted and result.receipt is None and not tries.ambiguous:
+            # its sender was retired while it waited to retry: nothing was accepted, and it
+            # goes on from another sender (its open attempt is closed by what comes of that)
+            self.open_attempts.pop(group.id, None)
+            for limit in self.limits:
+                limit.settle(group, None)
+            return None if self.stop.is_set() else group
         if result.receipt is not None and tries.ticket is not None:
             # the wait as the pacer took it (clamped), for the ledger and the percentiles too
             wait = self.pacer.observe(tries.ticket, result.receipt.wait_seconds)
@@ -243,8 +253,6 @@ class GroupSender:
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None
-        if tries.rerouted and after is None and result.receipt is None:
-            after = group
         return None if self.stop.is_set() else after
 
     async def _before_attempt(self, tries: _Tries, number: int) -> None:
@@ -336,7 +344,7 @@ class GroupSender:
         self.transient_streak = self.transient_streak + 1 if unanswered else 0
         refused = refused_members(err, group.to, self.settings.error_policy)
         partial = refused if 0 < len(refused) < len(group.to) else ()
-        await self.recorder.outcome(group, err, result.attempts, throttled, partial)
+        recorded = await self.recorder.outcome(group, err, result.attempts, throttled, partial)
         self._suppress(group, err, refused)
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
             self._fail(
@@ -346,10 +354,12 @@ class GroupSender:
                 ),
                 "unavailable",
             )
+        if isinstance(err, SenderRefused) and self.pacer.retire(err.sender) == 0:
+            self._no_senders()
+            return None
+        if not isinstance(recorded, Failed):
+            return None  # in doubt from an earlier try: nothing goes out in its place
         if isinstance(err, SenderRefused):
-            if self.pacer.retire(err.sender) == 0:
-                self._no_senders()
-                return None
             return group  # the same members, from another sender
         if partial:
             return without(group, partial, self.job)

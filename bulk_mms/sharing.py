@@ -45,6 +45,16 @@ class Sharing:
         self.view.refresh_group(group.id, self.store.group_events(group.id))
         return True
 
+    async def untouched(self, gid: str) -> bool:
+        """Whether this process may decide about group ``gid``, which it has not seen in the
+        ledger: always on a store that is not shared; else once it holds the claim and the
+        ledger still has nothing of the group (another process may have acted since)."""
+        if not self.store.shared:
+            return True
+        if not await self.store.claim(gid):
+            return False  # a live process decides it; if it dies, a rerun does
+        return self.view.refresh_group(gid, self.store.group_events(gid)) is None
+
     async def settle_others(
         self, dispatch: Callable[[Group], Awaitable[bool]], stopped: Callable[[], bool]
     ) -> None:

@@ -80,9 +80,8 @@ def test_the_charts_render_in_headless_chromium(sandbox_ledger: Path, tmp_path: 
          "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    from matplotlib.image import imread  # noqa: PLC0415 - reads the PNG the browser wrote
-
     import numpy as np  # noqa: PLC0415 - matplotlib's own dependency
+    from matplotlib.image import imread  # noqa: PLC0415 - reads the PNG the browser wrote
 
     pixels = np.asarray(imread(str(shot)))[:, :, :3]
     want = np.array([int(SENT_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5)])

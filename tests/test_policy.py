@@ -3,6 +3,7 @@ suppression list."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import replace
 from decimal import Decimal
@@ -17,18 +18,22 @@ from bulk_mms.config import load_settings
 from bulk_mms.console import exit_for, print_dry_run, run_outcome
 from bulk_mms.errors import (
     AccountRefused,
+    AmbiguousSendError,
     ApiError,
     ConfigError,
     LimitReached,
     Rejected,
+    SendError,
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.pacing import Pacer
 from bulk_mms.policy import next_midnight, refused_members
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -510,3 +515,127 @@ async def test_the_sandbox_reports_a_carrier_cap_in_delivery_statuses(
     reasons = dict(summarize(job.ledger).undelivered)
     assert list(reasons) == [people[1]]
     assert reasons[people[1]].startswith("delivery_failed 40016: resendable")
+
+
+async def test_a_number_suppressed_after_its_group_went_out_never_regroups_it(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A group sent without a suppressed member is recorded as made without it (``remade``):
+    when another member of it opts out later, a resume still finds the group it sent, and
+    nobody is texted twice."""
+    people = numbers(8)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    assert main(["-q", "suppress", "add", people[3], "--config", str(config)]) == 0
+    first = FakeClient()
+    await run_job(job, settings, first, clock=FakeClock(), limit=1)
+    assert main(["-q", "suppress", "add", people[1], "--config", str(config)]) == 0
+    second = FakeClient()
+    s = await run_job(job, settings, second, clock=FakeClock())
+    assert [g.to for g in first.calls] == [tuple(people[:3])]
+    assert [g.to for g in second.calls] == [tuple(people[4:])]
+    assert s.recipients is not None
+    assert (s.recipients.valid, s.recipients.sent) == (7, 7)
+
+
+async def test_an_opt_out_answer_to_a_group_in_doubt_sends_nothing_in_its_place(
+    jobs: JobFactory,
+) -> None:
+    """A group left in doubt, resent under its key and refused 40300 for one member, stays in
+    doubt (the first request may have gone out): no group is made without the member, and
+    the recipients still add up."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    no_retry = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
+    lost = FakeClient(lambda g, n: AmbiguousSendError("timeout", status=None))
+    await run_job(job, no_retry, lost, clock=FakeClock())
+    again = FakeClient(lambda g, n: opted_out(g, people[2]))
+    await run_job(job, FAST, again, clock=FakeClock(), resend_in_doubt=True)
+    assert len(again.calls) == 1
+    states = summarize(job.ledger).recipient_states
+    assert (states.valid, states.in_doubt) == (4, 4)
+
+
+async def test_a_group_moved_off_a_retired_sender_after_a_5xx_keeps_its_key(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group whose try got a 503 (which may follow a processed request) and whose sender
+    is then retired goes out from the other sender under the same key, and the run, all
+    sent, is not counted failed."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4", sender='["+18445550001", "+18445550002"]')
+
+    def handler(g: Group, n: int) -> SendReceipt | SendError:
+        if g.message.from_ == "+18445550001":
+            if g.seq == 0:
+                return ServerError("down", status=503)
+            return refused("40003")
+        return ok_receipt(g, n)
+
+    retired = asyncio.Event()
+    retire = Pacer.retire
+
+    def retiring(self: Pacer, sender: str) -> int:
+        left = retire(self, sender)
+        retired.set()
+        return left
+
+    monkeypatch.setattr(Pacer, "retire", retiring)
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)  # no jitter
+
+    class UntilRetired(FakeClock):
+        """A retry's backoff (1 s here; the pacer's waits are far shorter) lasts until the
+        sender has been retired: the order the test is about, made certain."""
+
+        async def sleep(self, seconds: float) -> None:
+            if seconds >= 0.5:
+                await retired.wait()
+            await super().sleep(seconds)
+
+    client = FakeClient(handler)
+    backoff = replace(FAST.retry, attempts=3, backoff_initial=1.0, backoff_max=1.0)
+    s = await run_job(
+        job, replace(FAST, concurrency=2, retry=backoff), client, clock=UntilRetired()
+    )
+    first = client.calls[0].id
+    tries = [(g.message.from_, k) for g, k in zip(client.calls, client.keys, strict=True)]
+    mine = [t for g, t in zip(client.calls, tries, strict=True) if g.id == first]
+    assert [sender for sender, _ in mine] == ["+18445550001", "+18445550002"]
+    assert len({key for _, key in mine}) == 1
+    assert s.recipients is not None
+    assert s.recipients.sent == 16
+    assert (s.failed_groups, s.retry_later_groups) == (0, 0)
+    assert run_outcome(s) == 0
+
+
+async def test_the_dry_run_follows_the_ledger_to_the_group_a_run_would_send(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """After a 40300 stopped a run before the group made without the member went out, the dry
+    run counts that group to send, as the run then sends it (even with the list edited)."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    assert main(["-q", "suppress", "add", people[3], "--config", str(config)]) == 0
+    stop = Stop()
+
+    def handler(g: Group, n: int) -> SendReceipt | SendError:
+        if people[1] in g.to:
+            stop.request("SIGTERM")
+            return opted_out(g, people[1])
+        return ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(handler), clock=FakeClock(), stop=stop)
+    (tmp_path / "suppressed.txt").write_text(f"{people[3]}\n")  # the 40300 line removed
+    planned = await dry_run(job, settings, clock=FakeClock())
+    second = FakeClient()
+    await run_job(job, settings, second, clock=FakeClock())
+    assert [g.to for g in second.calls] == [(people[0], people[2])]
+    assert planned.sent_groups == 1

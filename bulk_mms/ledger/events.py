@@ -11,6 +11,7 @@ row's document) an event is a JSON object whose first key is ``event``, its kind
     failed    Failed      the API refused it (``retryable``: a plain rerun sends it again)
     in_doubt  InDoubt     the request may have been accepted: held unless the key still holds
     rejected  Rejected    an input row that is never sent, and why
+    remade    Remade      a group never sent is made anew without suppressed members
     status    Status      a recipient's delivery status, from ``track`` or ``webhooks``
 
 :func:`encode` turns an event into its JSON bytes (orjson); :func:`decode` turns a parsed object
@@ -180,6 +181,18 @@ class InDoubt(_Outcome):
 
 
 @dataclass(frozen=True, slots=True)
+class Remade:
+    """A group that was never attempted goes out without ``without`` (numbers the suppression
+    list had when a run planned it): every later run follows this to the same new group,
+    whatever the list says by then."""
+
+    group: str
+    without: tuple[str, ...] = ()
+    time: str = ""
+    kind: ClassVar[str] = "remade"
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     line: int
     value: str = ""
@@ -233,7 +246,9 @@ def status_event(
     )
 
 
-Event = Header | RunStarted | Planned | Attempt | Sent | Failed | InDoubt | Rejected | Status
+Event = (
+    Header | RunStarted | Planned | Attempt | Sent | Failed | InDoubt | Remade | Rejected | Status
+)
 #: The events that settle (for now) where a group stands.
 Outcome = Sent | Failed | InDoubt
 
@@ -431,6 +446,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "sent": _sent,
     "failed": _failed,
     "in_doubt": lambda d: InDoubt(**_members(d), reason=_opt_str(d, "reason") or ""),
+    "remade": lambda d: Remade(_str(d, "group"), _numbers(d, "without"), _time(d)),
     "rejected": lambda d: Rejected(
         _int(d, "line"), str(d.get("value") or ""), str(d.get("reason") or ""), _time(d)
     ),

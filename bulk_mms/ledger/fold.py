@@ -72,8 +72,12 @@ class GroupRecord:
     #: new one).
     key: str | None = None
     #: The members the API refused by name (opted out): when the group failed for that, only
-    #: they failed, and the rest went on in a group made without them.
+    #: they failed, and the rest went on in a group made without them. For a group never
+    #: attempted (``remade``), the suppressed members it went on without.
     refused: tuple[str, ...] = ()
+    #: The sender the API refused on its latest outcome (40003, 40315): only then does the
+    #: group take a new key, for the new sender.
+    refused_sender: str | None = None
 
     @property
     def state(self) -> str | None:
@@ -176,6 +180,10 @@ class LedgerView:
                 self._outcome(ev)
             case events.Rejected():
                 self.rejected[ev.line] = ev.reason
+            case events.Remade():
+                rec = self._group(ev.group, ())
+                if rec.outcome is None and not rec.open:
+                    rec.refused = ev.without
             case events.Planned():
                 self.planned = ev
             case events.RunStarted():
@@ -240,7 +248,7 @@ class LedgerView:
             if rec.outcome == IN_DOUBT:
                 return  # a later failure does not undo what an earlier try may have done
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
-            rec.refused = ev.refused
+            rec.refused, rec.refused_sender = ev.refused, ev.retired
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
 
     def _sent(self, rec: GroupRecord, ev: events.Sent) -> None:
