@@ -172,7 +172,7 @@ def draw(results: list[Result], path: Path) -> None:
             per_second[int(t)] += 1
         per_second = per_second[:-1] or per_second  # the last second is only partly run
         ax.step(range(len(per_second)), per_second, where="post", label="accepted per second")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(*per_second, r.target or 0) * 1.25)
         if r.target is not None:
             ax.axhline(r.target, color="#2ca02c", linestyle="--", linewidth=1, label="R or D")
         if r.change_at is not None:
