@@ -53,13 +53,19 @@ def write_job(root: Path) -> Path:
     return job
 
 
+def member(group: int, k: int) -> str:
+    """Member ``k`` of group ``group``: a distinct valid number for each of up to 8,000,000."""
+    n = group * 8 + k
+    return f"+1212{n // 10000 % 800 + 200:03d}{n % 10000:04d}"
+
+
 def write_ledger(path: Path, groups: int) -> None:
     header = {"event": "job", "job": "bench", "fingerprint": "x", "group_size": 8}
     with path.open("wb") as f:
         f.write(orjson.dumps(header) + b"\n")
         for i in range(groups):
             gid = f"{i:024x}"
-            to = [f"+1212555{(i * 8 + k) % 10000:04d}" for k in range(8)]
+            to = [member(i, k) for k in range(8)]
             attempt = {
                 "event": "attempt",
                 "group": gid,
@@ -101,7 +107,7 @@ def append_statuses(path: Path, groups: int) -> None:
                         {
                             "event": "status",
                             "group": gid,
-                            "recipient": f"+1212555{(i * 8 + k) % 10000:04d}",
+                            "recipient": member(i, k),
                             "status": "delivered",
                             "message_id": "40385f64-5717-4562-b3fc-2c963f66afa6",
                             "errors": [],

@@ -19,7 +19,7 @@ rows are deduplicated before grouping).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bulk_mms.clock import instant
 
@@ -32,9 +32,10 @@ NOT_RECEIVED = frozenset({"delivery_failed", "sending_failed", "expired"})
 _RANK = {"": 0, "queued": 1, "sending": 2, "sent": 3}
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
-    """The latest status of one recipient, as the ledger has it."""
+class Known(NamedTuple):
+    """The latest status of one recipient, as the ledger has it. (A named tuple: a tracked
+    ledger holds one per recipient, and a million of them are built in a fraction of the time
+    a frozen dataclass takes.)"""
 
     status: str
     #: When the API says it was reached (ISO 8601), if it said.

@@ -287,7 +287,7 @@ class WebhookReceiver:
             self.view.apply(ev)
 
     def _group_for(self, phone: str, message_id: str | None) -> str | None:
-        gid = self.view.group_of.get(phone)
+        gid = self.view.group_of(phone)
         if gid is None and message_id is not None:
             gid = self.view.by_message_id.get(message_id)
             if gid is not None and phone not in self.view.groups[gid].to:

@@ -19,7 +19,7 @@ from tests.test_policy import opted_out
 
 def replay(ledger: Path, *, statuses: bool) -> LedgerView:
     """The fold from the first line, no checkpoint."""
-    return LedgerView.fold(read_events(ledger, skip_status=not statuses))
+    return LedgerView.fold(read_events(ledger, skip_status=not statuses), statuses=statuses)
 
 
 async def tracked_ledger(jobs: JobFactory, people: int = 48) -> Path:

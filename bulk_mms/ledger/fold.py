@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -118,6 +119,9 @@ class LedgerView:
     """Everything a ledger says, folded from its events in order by :meth:`apply`."""
 
     header: events.Header | None = None
+    #: Whether it keeps recipients' delivery statuses (a resume needs none: a million
+    #: recipients' worth of objects it would build for nothing).
+    statuses: bool = True
     runs: int = 0
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
@@ -126,8 +130,6 @@ class LedgerView:
     rejected: dict[int, str] = field(default_factory=dict)
     #: Latest delivery status per recipient of a sent group.
     known: dict[str, Known] = field(default_factory=dict)
-    #: Phone number → group id, for every recipient of a sent group.
-    group_of: dict[str, str] = field(default_factory=dict)
     #: Group message ids and recipients' own ids → group id.
     by_message_id: dict[str, str] = field(default_factory=dict)
     #: Webhook event ids already recorded: a redelivered event is recorded once.
@@ -145,12 +147,14 @@ class LedgerView:
     #: Senders the API refused (40003, 40315): out of the pool for the rest of the job.
     retired: set[str] = field(default_factory=set)
     _open: set[str] = field(default_factory=set)
+    #: Phone number → group id of its sent group: built when first asked (:meth:`group_of`).
+    _group_of: dict[str, str] | None = field(default=None, compare=False, repr=False)
     _run_first: float | None = None
     _run_last: float | None = None
 
     @classmethod
-    def fold(cls, stream: Iterable[events.Event]) -> LedgerView:
-        view = cls()
+    def fold(cls, stream: Iterable[events.Event], *, statuses: bool = True) -> LedgerView:
+        view = cls(statuses=statuses)
         with paused_gc():
             for ev in stream:
                 view.apply(ev)
@@ -171,6 +175,8 @@ class LedgerView:
             self.last_time = ev.time
         match ev:
             case events.Status():
+                if not self.statuses:
+                    return
                 self.apply_status(ev.report, ev.group)
                 if ev.webhook_id:
                     self.webhook_ids.add(ev.webhook_id)
@@ -232,6 +238,7 @@ class LedgerView:
     def _outcome(self, ev: events.Sent | events.Failed | events.InDoubt) -> None:
         rec = self._group(ev.group, ev.to)
         rec.open = False
+        self._open.discard(rec.id)
         self.rate_limited += ev.rate_limited
         self._run_last = instant(ev.time) or self._run_last
         if rec.outcome == SENT:
@@ -261,8 +268,11 @@ class LedgerView:
         if ev.wait_seconds is not None:
             self.waits.append(ev.wait_seconds)
         self.by_message_id[ev.message_id] = rec.id
+        if self._group_of is not None:
+            self._group_of.update(dict.fromkeys(rec.to, rec.id))
+        if not self.statuses:
+            return
         for phone in rec.to:
-            self.group_of[phone] = rec.id
             status = ev.statuses.get(phone) or "queued"
             if supersedes(status, None, self.known.get(phone)):
                 self.known[phone] = Known(status)
@@ -304,6 +314,7 @@ class LedgerView:
         recs = list(self.groups.values())
         phones = list(self.known)
         return {
+            "statuses": self.statuses,
             "header": events.to_json(self.header) if self.header is not None else None,
             "planned": events.to_json(self.planned) if self.planned is not None else None,
             "counts": [self.runs, self.attempts, self.rate_limited, self.sent_events],
@@ -338,7 +349,7 @@ class LedgerView:
         Raises:
             ValueError, KeyError, TypeError: it is not one (the caller replays instead).
         """
-        view = cls()
+        view = cls(statuses=bool(d["statuses"]))
         if d["header"] is not None:
             header = events.decode(d["header"])
             if not isinstance(header, events.Header):
@@ -353,7 +364,7 @@ class LedgerView:
         (view.first_time, view.last_time, view.sending_seconds,
          view._run_first, view._run_last) = d["times"]  # fmt: skip
         columns = d["groups"]
-        groups, group_of = view.groups, view.group_of
+        groups = view.groups
         for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
             rec = GroupRecord(*values)
             rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
@@ -362,19 +373,16 @@ class LedgerView:
                 cost: list[str] = rec.cost  # type: ignore[assignment]
                 rec.cost = Money(Decimal(cost[0]), cost[1])
             groups[rec.id] = rec
-            if rec.outcome == SENT:  # each number is in one sent group at most: deduplicated
-                gid = rec.id
-                for phone in rec.to:
-                    group_of[phone] = gid
         view._open = set(d["open"])
         view.rejected = {int(line): str(why) for line, why in d["rejected"]}
         k = d["known"]
-        view.known = {
-            phone: Known(status, at, mid, code)
-            for phone, status, at, mid, code in zip(
-                k["phone"], k["status"], k["at"], k["message_id"], k["code"], strict=True
+        view.known = dict(
+            zip(
+                k["phone"],
+                map(_known, zip(k["status"], k["at"], k["message_id"], k["code"], strict=True)),
+                strict=True,
             )
-        }
+        )
         view.by_message_id = dict(d["by_message_id"])
         view.webhook_ids = set(d["webhook_ids"])
         view.waits = [float(w) for w in d["waits"]]
@@ -416,6 +424,12 @@ class LedgerView:
             not_attempted=valid - known,
             input_read=self.planned is not None,
         )
+
+    def group_of(self, phone: str) -> str | None:
+        """The sent group ``phone`` is in (each number is in one at most: deduplicated)."""
+        if self._group_of is None:
+            self._group_of = {p: rec.id for rec in self.sent_groups() for p in rec.to}
+        return self._group_of.get(phone)
 
     def sent_groups(self) -> Iterator[GroupRecord]:
         return (rec for rec in self.groups.values() if rec.outcome == SENT)
@@ -465,6 +479,9 @@ def paused_gc() -> Iterator[None]:
         if was:
             gc.enable()
 
+
+#: A :class:`Known` from its four values, at C speed (a million of them in a report).
+_known: Final[Callable[[tuple[Any, ...]], Known]] = functools.partial(tuple.__new__, Known)
 
 #: A group's fields, in the order a checkpoint's columns keep them.
 _GROUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GroupRecord))

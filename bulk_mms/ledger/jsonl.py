@@ -202,7 +202,7 @@ class JsonlStore(GroupCommitted[bytes]):
         tail = _Tail(self.path)
         with paused_gc():
             saved = checkpoint.read(self.path, statuses=statuses)
-            view = LedgerView()
+            view = LedgerView(statuses=statuses)
             if saved is not None:
                 view, tail.offset, tail.lineno = saved
             start = tail.lineno

@@ -286,7 +286,7 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
         return self._read(0, skip_status=skip_status)
 
     def fold(self, *, skip_status: bool = False) -> LedgerView:
-        return LedgerView.fold(self.events(skip_status=skip_status))
+        return LedgerView.fold(self.events(skip_status=skip_status), statuses=not skip_status)
 
     def new_events(self) -> Iterator[Event]:
         return self._read(self._seen)
