@@ -176,13 +176,8 @@ def summarize(location: Location) -> LedgerSummary:
     s.error_codes = view.error_codes
     s.cost = view.cost()
     s.recipient_states = view.recipients()
-    for rec in view.groups.values():
-        state = rec.state
-        if state is not None:
-            s.groups[state] += 1
-        if state == SENT:
-            for phone in rec.to:
-                s.delivery[view.status_of(phone) or "queued"] += 1
+    s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
+    s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
     s.rejected_rows = len(view.rejected)
     s.rejected_reasons = Counter(_reason_kind(r) for r in view.rejected.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,3 +98,26 @@ async def test_a_resume_reads_the_checkpoint_and_sends_nothing_twice(
     client = FakeClient()
     await run_job(job, FAST, client, clock=FakeClock())
     assert [g.seq for g in client.calls] == [2]
+
+
+async def test_delivery_counts_kept_as_statuses_change_match_a_recount(jobs: JobFactory) -> None:
+    """The fold's running count of sent recipients by status equals a recount from each
+    recipient's latest status, after statuses moved on twice (sent, then final)."""
+    jobs.people(24)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    for final in (False, True):
+        for i, g in enumerate(client.calls):
+            client.delivery[f"msg-{g.id}-{i}"] = tuple(
+                RecipientStatus(p, ("delivered", "delivery_failed")[k % 2] if final else "sent")
+                for k, p in enumerate(g.to)
+            )
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    view = load(job.ledger)
+    recount = Counter(
+        view.known[p].status if p in view.known else "queued"
+        for rec in view.sent_groups()
+        for p in rec.to
+    )
+    assert view.delivery() == recount == Counter(delivered=12, delivery_failed=12)

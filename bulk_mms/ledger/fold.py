@@ -130,6 +130,8 @@ class LedgerView:
     rejected: dict[int, str] = field(default_factory=dict)
     #: Latest delivery status per recipient of a sent group.
     known: dict[str, Known] = field(default_factory=dict)
+    #: Recipients of sent groups by their latest status, kept as statuses change.
+    _delivery: Counter[str] = field(default_factory=Counter)
     #: Group message ids and recipients' own ids → group id.
     by_message_id: dict[str, str] = field(default_factory=dict)
     #: Webhook event ids already recorded: a redelivered event is recorded once.
@@ -272,10 +274,12 @@ class LedgerView:
             self._group_of.update(dict.fromkeys(rec.to, rec.id))
         if not self.statuses:
             return
+        known, delivery = self.known, self._delivery
         for phone in rec.to:
             status = ev.statuses.get(phone) or "queued"
-            if supersedes(status, None, self.known.get(phone)):
-                self.known[phone] = Known(status)
+            if supersedes(status, None, known.get(phone)):
+                known[phone] = Known(status)
+            delivery[known[phone].status] += 1
 
     def apply_status(self, st: RecipientStatus, group: str) -> bool:
         """Take a delivery report in; True when it is news (and so worth recording)."""
@@ -289,6 +293,10 @@ class LedgerView:
         mid = st.message_id or (old.message_id if old else None)
         code = next((e.code for e in st.errors if e.code), None)
         self.known[st.phone] = Known(st.status, st.at, mid, code)
+        rec = self.groups.get(group)
+        if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
+            self._delivery[old.status] -= 1  # a recipient of a sent group moves on
+            self._delivery[st.status] += 1
         return True
 
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
@@ -337,6 +345,7 @@ class LedgerView:
             },
             "by_message_id": self.by_message_id,
             "webhook_ids": sorted(self.webhook_ids),
+            "delivery": dict(self._delivery),
             "waits": self.waits,
             "error_codes": dict(self.error_codes),
             "retired": sorted(self.retired),
@@ -385,6 +394,7 @@ class LedgerView:
         )
         view.by_message_id = dict(d["by_message_id"])
         view.webhook_ids = set(d["webhook_ids"])
+        view._delivery = Counter(d["delivery"])
         view.waits = [float(w) for w in d["waits"]]
         view.error_codes = Counter(d["error_codes"])
         view.retired = set(d["retired"])
@@ -446,15 +456,21 @@ class LedgerView:
         """Who did not get the message, with why, in ledger order: the failed groups'
         recipients (final failures only: no rerun sends them) and sent recipients whose
         delivery failed for good. Never a recipient in doubt or pending a rerun."""
+        known = self.known
+        failed = {p for p, k in known.items() if k.status in NOT_RECEIVED}
         out: dict[str, str] = {}
         for rec in self.groups.values():
-            if rec.state == FAILED:
+            state = rec.state
+            if state == FAILED:
                 out.update(dict.fromkeys(rec.counted, rec.why))
-            elif rec.state == SENT:
-                for phone in rec.to:
-                    if (k := self.known.get(phone)) is not None and k.status in NOT_RECEIVED:
-                        out[phone] = _delivery_reason(k)
+            elif state == SENT and not failed.isdisjoint(rec.to):
+                out.update((p, _delivery_reason(known[p])) for p in rec.to if p in failed)
         return out
+
+    def delivery(self) -> Counter[str]:
+        """Recipients of sent groups by their latest delivery status (``queued`` until one is
+        reported), as the fold kept them."""
+        return +self._delivery  # a copy, without the statuses nobody is in any more
 
     def cost(self) -> dict[str, Decimal]:
         """What the sent groups cost, per currency."""
