@@ -14,7 +14,7 @@ import pytest
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
-from bulk_mms.config import load_settings
+from bulk_mms.config import Settings, load_settings
 from bulk_mms.console import exit_for, print_dry_run, run_outcome
 from bulk_mms.errors import (
     AccountRefused,
@@ -339,6 +339,16 @@ async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
     assert reasons[g.to[1]] == "delivery_failed 40008"
 
 
+def listed(tmp_path: Path, *phones: str) -> tuple[Path, Settings]:
+    """A config whose suppression list (``suppressed.txt``) has ``phones``, added with
+    ``suppress add``, and its settings at test speed."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    if phones:
+        assert main(["-q", "suppress", "add", *phones, "--config", str(config)]) == 0
+    return config, replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+
+
 def opted_out(group: Group, *phones: str) -> Rejected:
     """A 40300 as Telnyx words it: one error per opted-out member, each with its pointer."""
     errors = tuple(
@@ -526,10 +536,7 @@ async def test_a_number_suppressed_after_its_group_went_out_never_regroups_it(
     people = numbers(8)
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
-    config = tmp_path / "config.toml"
-    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
-    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
-    assert main(["-q", "suppress", "add", people[3], "--config", str(config)]) == 0
+    config, settings = listed(tmp_path, people[3])
     first = FakeClient()
     await run_job(job, settings, first, clock=FakeClock(), limit=1)
     assert main(["-q", "suppress", "add", people[1], "--config", str(config)]) == 0
@@ -620,10 +627,7 @@ async def test_the_dry_run_follows_the_ledger_to_the_group_a_run_would_send(
     people = numbers(4)
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    config = tmp_path / "config.toml"
-    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
-    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
-    assert main(["-q", "suppress", "add", people[3], "--config", str(config)]) == 0
+    _, settings = listed(tmp_path, people[3])
     stop = Stop()
 
     def handler(g: Group, n: int) -> SendReceipt | SendError:
