@@ -58,7 +58,7 @@ from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import parse_numbers, suppression_for
+from bulk_mms.suppression import default_list, parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
 
 #: A database for the ledger of every run that names none on the command line.
@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = seed_job(job, args.to, utc(SystemClock()))
     elif (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
         job = _with_ledger(job, location(where))
-    settings = settings_for(args)
+    settings = _sandbox_list(settings_for(args), args.sandbox, job.ledger.parent)
     _preflight_media(job, args)
     if args.dry_run:
         return print_dry_run(_plan(job, settings, args), job, settings)
@@ -110,6 +110,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         args.metrics.summary = summary
     return run_outcome(summary)
+
+
+def _sandbox_list(settings: Settings, sandbox: bool, folder: Path) -> Settings:
+    """The settings for a sandbox command: the sandbox's opt-outs (its rule refuses numbers
+    ending in 0300) go to a list of their own in ``folder``, never the account's, unless the
+    settings name one."""
+    if not sandbox or settings.suppression_file is not None:
+        return settings
+    return replace(settings, suppression_file=folder / "sandbox-suppressed.txt")
 
 
 def _with_ledger(job: JobConfig, where: Location) -> JobConfig:
@@ -450,10 +459,8 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 
 def cmd_optouts(args: argparse.Namespace) -> int:
     """``optouts sync``: every number that opted out of the profile goes on the list."""
-    settings = settings_for(args)
+    settings = _sandbox_list(settings_for(args), args.sandbox, default_list().parent)
     listed = suppression_for(settings.suppression_file, args.ledger)
-    if listed.path is None:
-        raise ConfigError("suppression.file", "no suppression list: set [suppression] file")
     key = _api_key(args)
     numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
     added = listed.add(numbers, "opted out (messaging_optouts)")

@@ -1,7 +1,9 @@
 """The account's suppression list: numbers never to text (they opted out, or asked not to be).
 
-A plain file named by ``[suppression] file`` in the settings: one E.164 number a line, ``#``
-starts a comment (the rest of the line: a reason, a date). Every job that uses the settings
+A plain file named by ``[suppression] file`` in the settings, by default
+``$XDG_DATA_HOME/bulk-mms/suppressed.txt`` (``~/.local/share/bulk-mms/suppressed.txt``): opt-outs
+are honoured whether or not anyone configured a list. One E.164 number a line, ``#`` starts a
+comment (the rest of the line: a reason, a date). Every job that uses the settings
 rejects these recipients at validation with the reason ``suppressed``, before any request: no
 charge, no carrier complaint. ``bulk-mms suppress add|remove|list`` edit it; additions are
 appended with fsync, removals rewrite the file atomically.
@@ -92,9 +94,15 @@ class Suppressed:
         return self.path
 
 
+def default_list() -> Path:
+    """Where the suppression list is when the settings name none: the user's data folder."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "bulk-mms" / "suppressed.txt"
+
+
 def suppression_for(file: Path | None, where: object = None) -> Suppressed:
     """The account's suppression list: the database's table when the ledger is in one, else
-    the settings' file (``[suppression] file``; none: an empty list that cannot be added to).
+    the settings' file (``[suppression] file``, else :func:`default_list`).
 
     Raises:
         LedgerError: the database cannot be reached.
@@ -105,7 +113,7 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
         from bulk_mms.ledger.postgres import PostgresSuppressed  # noqa: PLC0415 - psycopg
 
         return PostgresSuppressed(where)
-    return Suppressed(file)
+    return Suppressed(file if file is not None else default_list())
 
 
 def _number(line: str) -> str | None:

@@ -27,6 +27,12 @@ pytest_plugins = ("pytest_aiohttp",)
 
 
 @pytest.fixture(autouse=True)
+def _own_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default suppression list (in the user's data folder) is the test's own."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+@pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Each test starts with structlog's defaults (the CLI reconfigures it)."""
     structlog.reset_defaults()

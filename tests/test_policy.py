@@ -34,6 +34,7 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.suppression import default_list
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -643,3 +644,23 @@ async def test_the_dry_run_follows_the_ledger_to_the_group_a_run_would_send(
     await run_job(job, settings, second, clock=FakeClock())
     assert [g.to for g in second.calls] == [(people[0], people[2])]
     assert planned.sent_groups == 1
+
+
+async def test_opt_outs_are_honoured_with_no_list_configured(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """With no ``[suppression] file`` in the settings, a 40300 still puts the number on the
+    default list (the user's data folder), and the next job makes no request for it."""
+    fake, url = fake_api
+    people = numbers(8)
+    fake.refuse[people[5]] = "40300"
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        before = len(fake.requests)
+        tomorrow = replace(job, name="tomorrow", ledger=jobs.root / "tomorrow.jsonl")
+        s = await run_job(tomorrow, FAST, client, clock=FakeClock())
+    assert people[5] in default_list().read_text()
+    assert people[5] not in [p for r in fake.requests[before:] for p in r["to"]]
+    assert s.rejected_rows == 1
