@@ -44,6 +44,7 @@ from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
+    AuthError,
     ConfigError,
     FatalSendError,
     LimitReached,
@@ -90,9 +91,11 @@ def apply_policy(
     err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime
 ) -> SendError:
     """The error the runner should see for ``err`` under ``policy``."""
-    if isinstance(err, AmbiguousSendError | FatalSendError) or not err.errors:
+    action = policy.get(err.code) if err.errors else None
+    if isinstance(err, AuthError) and action is not None:
+        pass  # a carrier's code in a 403 (a server that says "forbidden" for an opt-out)
+    elif isinstance(err, AmbiguousSendError | FatalSendError) or not err.errors:
         return err  # the answer did not say "not accepted" with a code: leave it as it is
-    action = policy.get(err.code)
     if action is None:
         return err
     st, errors = err.status, err.errors

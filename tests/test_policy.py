@@ -20,6 +20,7 @@ from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
     ApiError,
+    AuthError,
     ConfigError,
     LimitReached,
     Rejected,
@@ -664,3 +665,26 @@ async def test_opt_outs_are_honoured_with_no_list_configured(
     assert people[5] in default_list().read_text()
     assert people[5] not in [p for r in fake.requests[before:] for p in r["to"]]
     assert s.rejected_rows == 1
+
+
+async def test_an_opt_out_in_a_403_is_judged_by_its_code_not_taken_for_a_bad_key(
+    jobs: JobFactory,
+) -> None:
+    """A server that answers an opt-out with HTTP 403 and code 40300: the member is refused and
+    the rest sent, not the whole job stopped as if the key were refused."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+
+    def handler(g: Group, n: int) -> SendReceipt | SendError:
+        if people[0] in g.to:
+            err = opted_out(g, people[0])
+            return AuthError("forbidden", status=403, errors=err.errors)
+        return ok_receipt(g, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, FAST, client, clock=FakeClock())
+    assert s.error is None
+    assert [g.to for g in client.calls][-1] == tuple(people[1:])
+    assert s.recipients is not None
+    assert (s.recipients.sent, s.recipients.failed) == (3, 1)
