@@ -300,7 +300,7 @@ async def track_ledger(
     """
     store = open_store(location, "append")
     try:
-        view = LedgerView.fold(store.new_events())
+        view = store.fold()
         tracker = Tracker(view, store, client, settings, clock=clock, stop=stop)
         groups = sum(1 for _ in view.sent_groups())
         log.info("track.started", ledger=store.name, groups=groups, follow=follow)

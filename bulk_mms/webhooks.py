@@ -319,8 +319,7 @@ async def serve_webhooks(
         ConfigError: the address cannot be listened on.
     """
     store = open_store(location, "append")
-    receiver = WebhookReceiver(LedgerView(), store, key, suppressed=suppressed)
-    receiver.refresh()
+    receiver = WebhookReceiver(store.fold(), store, key, suppressed=suppressed)
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:

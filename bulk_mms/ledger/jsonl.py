@@ -191,7 +191,7 @@ class JsonlStore(GroupCommitted[bytes]):
     def fold(self, *, skip_status: bool = False) -> LedgerView:
         """The ledger folded: from its checkpoint, if it has a usable one, plus the lines
         after it; a fold that replayed many lines leaves a new checkpoint
-        (:mod:`bulk_mms.ledger.checkpoint`).
+        (:mod:`bulk_mms.ledger.checkpoint`). :meth:`new_events` goes on from where it ended.
 
         Raises:
             LedgerCorrupt: a complete line is not a ledger event.
@@ -210,6 +210,7 @@ class JsonlStore(GroupCommitted[bytes]):
                 view.apply(ev)
         if tail.lineno - start >= checkpoint.EVERY:
             checkpoint.write(self.path, view, tail.offset, tail.lineno, statuses=statuses)
+        self._tail.offset, self._tail.lineno = tail.offset, tail.lineno  # new_events: after it
         view.close_run()
         return view
 

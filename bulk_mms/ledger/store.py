@@ -59,7 +59,8 @@ class LedgerStore(Protocol):
         ...
 
     def fold(self, *, skip_status: bool = False) -> LedgerView:
-        """:class:`LedgerView` of every event (a store may start from a checkpoint of it)."""
+        """:class:`LedgerView` of every event (a store may start from a checkpoint of it);
+        :meth:`new_events` then goes on from the last event it folded."""
         ...
 
     def group_events(self, group: str) -> list[Event]:
