@@ -115,6 +115,11 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         print(f"  window       {job.send_window} {job.timezone}, {now}")
     if s.locked_by is not None:
         print(f"  ledger       held by a run now (PID {s.locked_by}): a run now exits 75")
+    if s.retired:
+        gone = ", ".join(s.retired)
+        left = len(job.message.senders) - len(s.retired)
+        tail = f"{left} left" if left else "none left: a run now exits 6"
+        print(f"  senders      refused by the API earlier in this ledger: {gone} ({tail})")
     media = ", media URLs" if job.message.media_urls else ""
     print(f"  checked      job, settings, input{media}, ledger (its job, input, grouping, lock)")
     print(

@@ -317,8 +317,6 @@ class FakeTelnyx:
             return web.Response(status=fault.status, headers={"Location": fault.location})
         if (invalid := _validate(body)) is not None:
             return invalid
-        if refused := [(i, p) for i, p in enumerate(body["to"]) if rule(self.refuse, p)]:
-            return self._refusal(body["from"], refused)
         key = request.headers.get("Idempotency-Key")
         if key is not None and self.honour_idempotency and key in self._keys:
             first_raw, first_response = self._keys[key]
@@ -326,7 +324,9 @@ class FakeTelnyx:
                 return _errors(
                     422, "10015", "Idempotency key reused", "Same key, different request body."
                 )
-            return _json(200, first_response)
+            return _json(200, first_response)  # a replay, whatever the rules say by now
+        if refused := [(i, p) for i, p in enumerate(body["to"]) if rule(self.refuse, p)]:
+            return self._refusal(body["from"], refused)
         wait: float | None = None
         queue = self.queue_for(body["from"])
         if queue is not None:

@@ -302,6 +302,7 @@ async def dry_run(
     with open_reader(job) as reader:
         check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
         s.locked_by = holder(job.where)
+        s.retired = tuple(x for x in job.message.senders if x in view.retired)
         now = clock.wall()
         suppressed = suppression_for(settings.suppression_file, job.where)
         for item in plan(job, reader, suppressed, view):

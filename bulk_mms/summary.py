@@ -87,6 +87,9 @@ class JobSummary:
     template_empty: Counter[str] = field(default_factory=Counter)
     #: Set by a dry run: the PID of a run that holds the ledger now (a run would exit 75).
     locked_by: str | None = None
+    #: Set by a dry run: the job's senders the API refused earlier in this ledger (out of the
+    #: pool for the rest of the job).
+    retired: tuple[str, ...] = ()
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = field(default_factory=list)
     estimate: Estimate | None = None

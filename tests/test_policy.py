@@ -688,3 +688,17 @@ async def test_an_opt_out_in_a_403_is_judged_by_its_code_not_taken_for_a_bad_key
     assert [g.to for g in client.calls][-1] == tuple(people[1:])
     assert s.recipients is not None
     assert (s.recipients.sent, s.recipients.failed) == (3, 1)
+
+
+async def test_the_dry_run_says_when_every_sender_was_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the API refused the job's only sender, the dry run names it and says a run
+    would exit 6, instead of promising groups a run will not send."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    await run_job(job, FAST, FakeClient(lambda g, n: refused("40003")), clock=FakeClock())
+    planned = await dry_run(job, FAST, clock=FakeClock())
+    assert planned.retired == ("+18445550001",)
+    print_dry_run(planned, job, FAST)
+    assert "none left: a run now exits 6" in capsys.readouterr().out
