@@ -220,17 +220,9 @@ def members_left(
     ``suppressed`` and it is made anew without them, marked :attr:`Group.suppressed` for the
     run to record (``remade``) before it sends it, so no later run regroups it.
     """
-    refused: tuple[str, ...] = ()
-    while (rec := view.groups.get(group.id)) is not None and rec.refused:
-        if rec.state not in (FAILED, None):
-            break  # sent, in doubt or pending with that membership: it stands
-        remade = without(group, rec.refused, job)
-        if remade is None:
-            break  # every member refused: the failed group stands (a run skips it)
-        if rec.state == FAILED:
-            refused += rec.refused  # counted failed there; remade: rejected rows
+    while (remade := remade_from(group, view, job)) is not None:
         group = remade
-    if rec is None:
+    if view.groups.get(group.id) is None:
         drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
         for phone, line in drop:
             yield RejectedRow(line, phone, f"{SUPPRESSED}: {phone} is on the suppression list")
@@ -240,7 +232,23 @@ def members_left(
             if remade is None:
                 return  # nobody left: their rows are all rejected
             group = replace(remade, origin=group.id, suppressed=gone)
-    yield replace(group, refused=refused) if refused else group
+    yield group
+
+
+def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
+    """The group the ledger says goes out in place of ``group``, if any: made without the
+    members the API refused by name (they failed there, and :attr:`Group.refused` carries
+    them on to be counted) or that an earlier run left out as suppressed (``remade``). None
+    when ``group`` stands as it is: unknown to the ledger, sent, in doubt or pending with that
+    membership, or with every member refused."""
+    rec = view.groups.get(group.id)
+    if rec is None or not rec.refused or rec.state not in (FAILED, None):
+        return None
+    remade = without(group, rec.refused, job)
+    if remade is None:
+        return None
+    refused = group.refused + (rec.refused if rec.state == FAILED else ())
+    return replace(remade, refused=refused) if refused else remade
 
 
 def pacing_config(settings: Settings) -> PacingConfig:

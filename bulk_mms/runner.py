@@ -25,7 +25,6 @@ from bulk_mms.errors import (
     LedgerError,
 )
 from bulk_mms.gates import Gates
-from bulk_mms.grouping import without
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.limits import run_limits
@@ -37,6 +36,7 @@ from bulk_mms.prepare import (
     in_window,
     open_reader,
     plan,
+    remade_from,
 )
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.quiet import next_opening
@@ -192,14 +192,9 @@ class Runner:
             return None
         if not await self.sharing.take(group):
             return None  # another live process has it
-        rec = self.view.groups.get(group.id)
-        if rec is not None and rec.refused and rec.state in (FAILED, None):
+        if (remade := remade_from(group, self.view, self.job)) is not None:
             # another process had members refused (or suppressed) since this one planned it
-            remade = without(group, rec.refused, self.job)
-            if remade is None:
-                return None
-            refused = group.refused + (rec.refused if rec.state == FAILED else ())
-            return await self._admit(replace(remade, refused=refused), rows=rows)
+            return await self._admit(remade, rows=rows)
         action = disposition(
             self.view,
             self.settings.retry,

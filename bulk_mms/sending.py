@@ -37,7 +37,7 @@ from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed
 from bulk_mms.ledger.fold import RETRY_PENDING
 from bulk_mms.limits import Limit
-from bulk_mms.models import Group
+from bulk_mms.models import Group, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.policy import PolicyClient, refused_members
 from bulk_mms.prepare import (
@@ -224,9 +224,7 @@ class GroupSender:
                 digest=self.retries,
             )
         except StopRetrying:
-            self.open_attempts.pop(group.id, None)
-            for limit in self.limits:
-                limit.settle(group, None)
+            self._release(group, None)
             return group if tries.rerouted and not self.stop.is_set() else None
         except LedgerError as exc:
             self.fail_ledger(exc)
@@ -234,9 +232,7 @@ class GroupSender:
         if tries.rerouted and result.receipt is None and not tries.ambiguous:
             # its sender was retired while it waited to retry: nothing was accepted, and it
             # goes on from another sender (its open attempt is closed by what comes of that)
-            self.open_attempts.pop(group.id, None)
-            for limit in self.limits:
-                limit.settle(group, None)
+            self._release(group, None)
             return None if self.stop.is_set() else group
         if result.receipt is not None and tries.ticket is not None:
             # the wait as the pacer took it (clamped), for the ledger and the percentiles too
@@ -322,9 +318,7 @@ class GroupSender:
     async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> Group | None:
         """Record how the group's tries ended; stop the job when that is what it says. Returns
         the group that goes out in its place, if any (see :meth:`send`)."""
-        self.open_attempts.pop(group.id, None)
-        for limit in self.limits:
-            limit.settle(group, result.receipt)
+        self._release(group, result.receipt)
         if result.receipt is not None:
             self.transient_streak = 0
             self.last_sent = self.clock.monotonic()
@@ -364,6 +358,13 @@ class GroupSender:
         if partial:
             return without(group, partial, self.job)
         return None
+
+    def _release(self, group: Group, receipt: SendReceipt | None) -> None:
+        """The group's tries are over: nothing of it is out any more, and the limits learn
+        what it took (nothing, without a receipt)."""
+        self.open_attempts.pop(group.id, None)
+        for limit in self.limits:
+            limit.settle(group, receipt)
 
     def _no_senders(self) -> None:
         """Every sender of the job was refused: stop (exit 6, resumable with a sender fixed)."""
@@ -405,9 +406,6 @@ class GroupSender:
         if not refused:
             if self.settings.error_policy.get(err.code) == Action.SUPPRESS:
                 log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
-            return
-        if self.suppressed.path is None:
-            log.warning("recipient.opted_out", recipients=list(refused), code=err.code)
             return
         try:
             added = self.suppressed.add(refused, f"opted out ({err.code})")
