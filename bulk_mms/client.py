@@ -501,9 +501,10 @@ class AiohttpMmsClient:
                 method, url, data=data, headers=headers or self._headers, allow_redirects=False
             ) as resp:
                 status = resp.status
-                resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+                ok = 200 <= status < 300
+                # an error's headers say when to try again; an answer's are not needed
+                resp_headers = {} if ok else {k.lower(): v for k, v in resp.headers.items()}
                 raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
-        ok = 200 <= status < 300
         if raw is None:
             if ok:
                 raise AmbiguousSendError(
@@ -543,9 +544,11 @@ def _json(raw: bytes) -> object:
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes | None:
     """The body, or None once it passes ``limit`` bytes (the connection is then dropped)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        resp.close()
-        return None
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            resp.close()
+            return None
+        return await resp.read()  # no more than the length it declared: the parser holds it to it
     chunks: list[bytes] = []
     size = 0
     while chunk := await resp.content.read(64 * 1024):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import time
 from typing import Protocol
 
@@ -65,8 +66,22 @@ def utc(clock: Clock) -> dt.datetime:
 
 def iso(seconds: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
+    global _last_iso  # noqa: PLW0603 - a memo of one stamp
+    ms = None
+    if seconds >= 0:  # the millisecond datetime shows: it rounds the fraction to microseconds
+        frac, whole = math.modf(seconds)
+        ms = int(whole) * 1000 + round(frac * 1e6) // 1000
+    if ms is not None and ms == _last_iso[0]:
+        return _last_iso[1]  # events come many to a millisecond: one stamp for them all
     stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    stamp = stamp.replace("+00:00", "Z")
+    if ms is not None:
+        _last_iso = (ms, stamp)
+    return stamp
+
+
+#: The last millisecond :func:`iso` stamped, and its stamp.
+_last_iso: tuple[int | None, str] = (None, "")
 
 
 def parse_time(stamp: str) -> float:

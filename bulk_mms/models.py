@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,15 @@ def parse_money(value: object) -> Money | None:
     text = str(amount).strip()
     if len(text) > _AMOUNT_CHARS:
         return None
+    if currency is not None and not isinstance(currency, str):
+        return None
+    return _money(text, currency[:_AMOUNT_CHARS] if currency else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _money(text: str, currency: str) -> Money | None:
+    """:func:`parse_money` of an amount's text and a currency: every message of a campaign
+    costs one of a few prices, worked out once each (a Money is immutable)."""
     try:
         dec = Decimal(text)
     except InvalidOperation:
@@ -130,11 +140,14 @@ def parse_money(value: object) -> Money | None:
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -24:  # more places than any price has
         return None
-    if currency is None or currency == "":
+    if currency == "":
         return Money(dec, "USD")  # the API's only currency when it does not say
-    cur = currency.strip().upper() if isinstance(currency, str) else ""
+    cur = currency.strip().upper()
     # a currency that is not an ISO code is no currency: the amount cannot be added up
-    return Money(dec, cur) if re.fullmatch(r"[A-Z]{3}", cur) else None
+    return Money(dec, cur) if _CURRENCY.fullmatch(cur) else None
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,12 @@ class Recorder:
         ``columns``, their input rows (what --failed-csv writes)."""
         rows: tuple[tuple[str, ...], ...] = ()
         if self.columns and group.rows:
-            rows = tuple(tuple(row.get(c, "") for c in self.columns) for row in group.rows)
+            columns = self.columns
+            if len(columns) == 1:  # the common case, without a generator a member
+                (column,) = columns
+                rows = tuple((row.get(column, ""),) for row in group.rows)
+            else:
+                rows = tuple(tuple(row.get(c, "") for c in columns) for row in group.rows)
         return {"group": group.id, "seq": group.seq, "to": group.to, "rows": rows}
 
     # -- before sending ---------------------------------------------------------------------

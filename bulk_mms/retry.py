@@ -189,42 +189,57 @@ async def send_with_retry(
         StopRetrying: ``before_attempt`` gave up before a try.
     """
     clock = clock or SystemClock()
-    retrying = tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(
-            lambda exc: (
-                isinstance(exc, RetryableSendError)
-                or (
-                    isinstance(exc, AmbiguousSendError)
-                    and ambiguous_until is not None
-                    and clock.wall() < ambiguous_until
-                )
-            )
-        ),
-        stop=_Stop(policy.attempts, deadline, clock.monotonic),
-        wait=_Wait(policy),
-        sleep=clock.sleep,
-        before_sleep=functools.partial((digest or RetryDigest()).note, group),
-        reraise=True,
-    )
     number = 0
     last: SendError | None = None
     doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
+
+    async def one_try(n: int) -> SendReceipt:
+        nonlocal number, last, doubt
+        number = n
+        if before_attempt is not None:
+            await before_attempt(n)
+        try:
+            return await client.send(group, key)
+        except SendError as exc:
+            last = exc
+            if doubt is None and isinstance(exc, AmbiguousSendError):
+                doubt = exc
+            if on_error is not None:
+                on_error(exc)
+            raise
+
     try:
+        # The first try needs no retry machinery, and most groups take one try: tenacity
+        # starts when one fails, and judges that failure as its own first attempt (what to
+        # retry, how long to wait, when to stop are all its).
+        try:
+            return Attempted(await one_try(1), None, 1)
+        except SendError:
+            pass
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: (
+                    isinstance(exc, RetryableSendError)
+                    or (
+                        isinstance(exc, AmbiguousSendError)
+                        and ambiguous_until is not None
+                        and clock.wall() < ambiguous_until
+                    )
+                )
+            ),
+            stop=_Stop(policy.attempts, deadline, clock.monotonic),
+            wait=_Wait(policy),
+            sleep=clock.sleep,
+            before_sleep=functools.partial((digest or RetryDigest()).note, group),
+            reraise=True,
+        )
         async for attempt in retrying:
             with attempt:
-                number = attempt.retry_state.attempt_number
-                if before_attempt is not None:
-                    await before_attempt(number)
-                try:
-                    receipt = await client.send(group, key)
-                except SendError as exc:
-                    last = exc
-                    if doubt is None and isinstance(exc, AmbiguousSendError):
-                        doubt = exc
-                    if on_error is not None:
-                        on_error(exc)
-                    raise
-                return Attempted(receipt, None, number)
+                n = attempt.retry_state.attempt_number
+                if n == 1:
+                    assert last is not None
+                    raise last
+                return Attempted(await one_try(n), None, n)
     except SendError as exc:
         return Attempted(None, _still_in_doubt(doubt, exc), number)
     except StopRetrying as stop:

@@ -237,7 +237,8 @@ class GroupSender:
         if result.receipt is not None and tries.ticket is not None:
             # the wait as the pacer took it (clamped), for the ledger and the percentiles too
             wait = self.pacer.observe(tries.ticket, result.receipt.wait_seconds)
-            result = replace(result, receipt=replace(result.receipt, wait_seconds=wait))
+            if wait != result.receipt.wait_seconds:
+                result = replace(result, receipt=replace(result.receipt, wait_seconds=wait))
         if (
             isinstance(result.error, Rejected)
             and result.error.status == 422

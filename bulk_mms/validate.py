@@ -110,53 +110,44 @@ class _Region:
 
     code: str
     leading: re.Pattern[str] | None
-    general: re.Pattern[str] | None
-    #: Any type that makes a number valid whatever the mobile pattern says.
-    types: re.Pattern[str] | None
-    #: The mobile pattern, when it differs from the fixed-line one (else it is never asked).
-    mobile: re.Pattern[str] | None
 
     def valid(self, nn: str) -> bool:
         """phonenumbers' ``_number_type_helper(nn, metadata) != UNKNOWN``."""
-        if self.general is None or self.general.fullmatch(nn) is None:
+        general, types, mobile = _patterns(self.code)
+        if general is None or general.fullmatch(nn) is None:
             return False
-        if self.types is not None and self.types.fullmatch(nn) is not None:
+        if types is not None and types.fullmatch(nn) is not None:
             return True
-        return self.mobile is not None and self.mobile.fullmatch(nn) is not None
+        return mobile is not None and mobile.fullmatch(nn) is not None
 
 
-#: The number types (besides mobile) any of which makes a number valid, as phonenumbers asks.
-_VALID_TYPES: Final = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number",
-                       "pager", "uan", "voicemail", "fixed_line")  # fmt: skip
+@functools.cache
+def _patterns(
+    code: str,
+) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, re.Pattern[str] | None]:
+    """A region's general pattern; the types (besides mobile) any of which makes a number
+    valid, as phonenumbers asks; and the mobile pattern when it differs from the fixed-line
+    one (else it is never asked). Compiled when a number first needs them: a US list never
+    pays for the other twenty-four regions."""
+    m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
+    assert m is not None
+    return (
+        _pattern(m.general_desc),
+        _pattern(m.premium_rate, m.toll_free, m.shared_cost, m.voip, m.personal_number,
+                 m.pager, m.uan, m.voicemail, m.fixed_line),
+        None if m.same_mobile_and_fixed_line_pattern else _pattern(m.mobile),
+    )  # fmt: skip
 
 
 @functools.cache
 def _nanp_regions() -> tuple[_Region, ...]:
-    """The +1 regions in phonenumbers' own order (the US first), compiled once."""
+    """The +1 regions in phonenumbers' own order (the US first), with their leading digits."""
     out = []
     for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
         m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
-        if m is None:
-            continue
-        out.append(
-            _Region(
-                code,
-                re.compile(m.leading_digits) if m.leading_digits is not None else None,
-                _pattern(m.general_desc),
-                _pattern(
-                    m.premium_rate,
-                    m.toll_free,
-                    m.shared_cost,
-                    m.voip,
-                    m.personal_number,
-                    m.pager,
-                    m.uan,
-                    m.voicemail,
-                    m.fixed_line,
-                ),
-                None if m.same_mobile_and_fixed_line_pattern else _pattern(m.mobile),
-            )
-        )
+        if m is not None:
+            leading = re.compile(m.leading_digits) if m.leading_digits is not None else None
+            out.append(_Region(code, leading))
     return tuple(out)
 
 

@@ -100,3 +100,31 @@ async def test_on_error_sees_every_failed_try(fake_sleep: FakeClock) -> None:
     c = script(RateLimited("x", retry_after=1.0), ServerError("y", status=500), None)
     await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep, on_error=seen.append)
     assert [type(e) for e in seen] == [RateLimited, ServerError]
+
+
+async def test_tries_are_numbered_across_the_first_and_the_retries(fake_sleep: FakeClock) -> None:
+    """The first try (made before tenacity starts) and each retry are numbered 1, 2, 3 for
+    ``before_attempt``, and the first failure is judged as tenacity's own first attempt."""
+    numbers: list[int] = []
+
+    async def before(n: int) -> None:
+        numbers.append(n)
+
+    c = script(ServerError("x", status=503), RateLimited("x", retry_after=3.0), None)
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep, before_attempt=before)
+    assert numbers == [1, 2, 3]
+    assert result.attempts == 3
+    assert len(c.calls) == 3
+    assert len(fake_sleep.calls) == 2
+    assert 0 <= fake_sleep.calls[0] <= 2.0  # the 503's backoff: the first attempt's envelope
+    assert fake_sleep.calls[1] == 3.0
+
+
+async def test_a_refusal_on_the_first_try_is_not_retried(fake_sleep: FakeClock) -> None:
+    """A permanent refusal on the first try ends the group at once, with one try counted."""
+    c = script(Rejected("bad", status=400))
+    result = await send_with_retry(c, GROUP, KEY, POLICY, clock=fake_sleep)
+    assert isinstance(result.error, Rejected)
+    assert result.attempts == 1
+    assert len(c.calls) == 1
+    assert fake_sleep.calls == []

@@ -68,14 +68,15 @@ class MessageConfig:
         """The first sender: the one used when the pool has a single number."""
         return self.senders[0]
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """Every column the templates need."""
+    #: Every column the templates need (worked out once: every group asks).
+    fields: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
         names: list[str] = []
         for tpl in (self.text, self.subject):
             if tpl is not None:
                 names.extend(n for n in tpl.fields if n not in names)
-        return tuple(names)
+        object.__setattr__(self, "fields", tuple(names))
 
 
 @dataclass(frozen=True, slots=True)

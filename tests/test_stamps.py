@@ -1,0 +1,37 @@
+"""Event stamps: the memoised ``iso`` always gives what datetime gives."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulk_mms.clock import iso
+
+
+def reference(seconds: float) -> str:
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=4_102_444_800),  # to 2100
+    st.lists(st.floats(min_value=0, max_value=0.002), min_size=1, max_size=5),
+)
+def test_iso_matches_datetime_for_runs_of_close_stamps(start: float, steps: list[float]) -> None:
+    """Stamps taken close together (the memo's case) equal datetime's, millisecond edges too."""
+    t = start
+    for step in steps:
+        t += step
+        assert iso(t) == reference(t)
+
+
+def test_iso_at_millisecond_edges() -> None:
+    """Times a hair either side of a millisecond boundary get datetime's millisecond."""
+    base = 1_796_024_211.0
+    for ms in (411, 412, 413):
+        for delta in (-1e-7, -4e-7, 0.0, 4e-7, 1e-7, 5e-7, 6e-7):
+            t = base + ms / 1000 + delta
+            assert iso(t) == reference(t)
