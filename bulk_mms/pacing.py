@@ -435,6 +435,8 @@ class Pacer:
         Raises:
             PaceAborted: every sender is retired (``"retired"``).
         """
+        if len(self.senders) == 1 and not self.retired:
+            return next(iter(self.senders))  # a pool of one: nothing to choose
         left = [p for p in self.senders.values() if p.sender not in self.retired]
         if not left:
             raise PaceAborted("retired", math.inf)

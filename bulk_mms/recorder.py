@@ -155,7 +155,11 @@ class Recorder:
 
     # -- after ------------------------------------------------------------------------------
 
-    async def sent(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> None:
+    def sent(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> None:
+        """The API accepted ``group``. Queued for the next group commit, not waited for: the
+        attempt before it is durable, so a crash before this is too leaves the group in doubt
+        under a key that replays the answer, as a crash during the request does. The worker
+        goes on meanwhile; a commit that fails stops the run at its next write or at the end."""
         s = self.summary
         s.sent_groups += 1
         s.sent_recipients += len(group.to)
@@ -163,7 +167,7 @@ class Recorder:
             s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
         if r.wait_seconds is not None:
             self.waits.append(r.wait_seconds)
-        await self._write(
+        self._queue(
             Sent(
                 **self._members(group),
                 message_id=r.message_id,

@@ -138,6 +138,8 @@ class GroupSender:
         self.suppressed = suppression_for(settings.suppression_file, job.where)
         #: Whether each of the last ``spam_window`` groups ended on a spam code.
         self.recent: deque[bool] = deque(maxlen=settings.spam_window)
+        #: How many of ``recent`` are true, kept as it moves.
+        self.spam_count = 0
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
@@ -262,7 +264,11 @@ class GroupSender:
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
             raise self._gave_up(exc) from None
-        if not self.stop.is_set() and not in_window(self.job, utc(self.clock)):
+        if (
+            self.job.send_window is not None
+            and not self.stop.is_set()
+            and not in_window(self.job, utc(self.clock))
+        ):
             log.warning("job.window_closed", send_window=str(self.job.send_window))
             self.stop.request("window")
         if self.stop.is_set():
@@ -323,7 +329,7 @@ class GroupSender:
         if result.receipt is not None:
             self.transient_streak = 0
             self.last_sent = self.clock.monotonic()
-            await self.recorder.sent(group, result.receipt, result.attempts, throttled)
+            self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._watch_spam(None)
             return None
         err = result.error
@@ -383,16 +389,19 @@ class GroupSender:
         """Stop (resumably, exit 5) when spam filtering met a large share of the last tries
         (each failed try, each send), instead of burning the list while carriers block it."""
         spam = err is not None and self.settings.error_policy.get(err.code) == Action.SLOW
-        self.recent.append(spam)
         window, share = self.settings.spam_window, self.settings.spam_share
+        if len(self.recent) == window:
+            self.spam_count -= self.recent[0]  # leaving the window
+        self.recent.append(spam)
+        self.spam_count += spam
         if (
             len(self.recent) >= window
-            and sum(self.recent) >= share * window
+            and self.spam_count >= share * window
             and not (self.stop.is_set())
         ):
             self._fail(
                 LimitReached(
-                    f"spam filtering met {sum(self.recent)} of the last {window} tries "
+                    f"spam filtering met {self.spam_count} of the last {window} tries "
                     f"(spam_share {share:g}): paused before the list is burnt; check the "
                     "content and the sender's reputation, then rerun",
                     status=None,

@@ -376,6 +376,31 @@ async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Pa
     assert {g.id for g in client.calls} <= attempted
 
 
+async def test_an_unwritable_sent_event_still_fails_the_run(jobs: JobFactory) -> None:
+    """The outcome of a send is not waited for, but a commit of it that fails is still the
+    run's error (stopped "ledger"), and the attempt before it is on disk: a resume holds the
+    group in doubt rather than taking it for unsent."""
+    jobs.people(8)
+    job = jobs.job()
+    real = JsonlStore._write_lines
+
+    def failing(self: JsonlStore, lines: list[bytes]) -> None:
+        if any(b'"event":"sent"' in line for line in lines):
+            raise LedgerError(self.path, "cannot write: disk full")
+        real(self, lines)
+
+    client = FakeClient()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(JsonlStore, "_write_lines", failing)
+        s = await run_job(job, FAST, client)
+    assert len(client.calls) == 1
+    assert s.error is not None
+    assert "disk full" in str(s.error)
+    assert s.stopped == "ledger"
+    assert [e["group"] for e in events(job, "attempt")] == [client.calls[0].id]
+    assert events(job, "sent") == []
+
+
 async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:
     """A dry run counts groups and rejections and leaves no ledger."""
     jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
