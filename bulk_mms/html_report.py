@@ -1,11 +1,12 @@
 """``report --html``: the morning report, one self-contained page (no network needed to open it).
 
 The numbers are :func:`~bulk_mms.report.summarize`'s (the one fold); the page adds what only a
-picture shows: the campaign's timeline (groups sent per second, ``wait_seconds``, 429s and the
-runs' starts), the outcomes and the delivery funnel, and each sender's share. The charts are
-matplotlib's, drawn to SVG with text as paths (no font to fetch) and put inline; matplotlib
-rather than hand-drawn SVG because axes, ticks, scales and legends are its job and not ours.
-Every value from the ledger is HTML-escaped: a ledger's text is data, never markup.
+picture shows: the campaign's timeline (groups sent per second, each sender's pace as the
+pacer set it, ``wait_seconds``, 429s and the runs' starts), the outcomes and the delivery
+funnel, and each sender's share. The charts are matplotlib's, drawn to SVG with text as paths
+(no font to fetch) and put inline; matplotlib rather than hand-drawn SVG because axes, ticks,
+scales and legends are its job and not ours. Every value from the ledger is HTML-escaped: a
+ledger's text is data, never markup.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
 from bulk_mms.ledger import Event, Location, display, read_events
-from bulk_mms.ledger.events import Failed, InDoubt, RunStarted, Sent
+from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
 from bulk_mms.report import LedgerSummary, summarize
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 SENT_COLOUR = "#1f77b4"
 WAIT_COLOUR = "#ff7f0e"
 LIMITED_COLOUR = "#d62728"
+PACE_COLOUR = "#2ca02c"
 #: At most this many bars on the timeline: a long campaign's seconds are binned.
 MAX_BINS = 600
 
@@ -46,6 +48,9 @@ class Timeline:
     #: (time, 429s) for every outcome that met any.
     limited: list[tuple[float, int]] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)
+    #: Each sender's pace as the pacer set it: (time, rate) steps, and what the rate counts.
+    pace: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    pace_per: str = "request"
     #: Groups sent by each sender.
     senders: Counter[str] = field(default_factory=Counter)
 
@@ -70,6 +75,10 @@ class Timeline:
                 case RunStarted():
                     if (at := instant(ev.time)) is not None:
                         t.runs.append(at)
+                case Paced():
+                    if (at := instant(ev.time)) is not None:
+                        t.pace.setdefault(ev.sender, []).append((at, ev.rate))
+                        t.pace_per = ev.per
         return t
 
 
@@ -160,7 +169,20 @@ def _timeline_chart(t: Timeline) -> Figure | None:
     rates = [b / width for b in bins]
     ax.bar(xs, rates, width=width, align="edge", color=SENT_COLOUR, label="groups sent/s")
     ax.set_xlabel(f"seconds since {_when_epoch(start)}")
-    ax.set_ylabel("groups per second")
+    ax.set_ylabel("per second")
+    for i, (sender, steps) in enumerate(sorted(t.pace.items())):
+        # each step holds until the next, and the last until the campaign's end
+        xs_p = [at - start for at, _ in steps] + [end - start]
+        ys_p = [rate for _, rate in steps] + [steps[-1][1]]
+        ax.step(
+            xs_p,
+            ys_p,
+            where="post",
+            color=PACE_COLOUR,
+            linewidth=1.2,
+            alpha=1.0 if i == 0 else 0.6,
+            label=f"pace of {sender} ({t.pace_per}s/s)" if i < 3 else None,
+        )
     for run in t.runs:
         if start <= run <= end:
             ax.axvline(run - start, color="#888888", linestyle=":", linewidth=1)

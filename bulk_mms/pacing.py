@@ -390,6 +390,9 @@ class Pacer:
                     stopped=stopped,
                 )
         self._sender_locks = {s: asyncio.Lock() for s in self.senders}
+        #: Told ``(sender, was, rate, reason)`` when a sender's pace is set: at its first
+        #: admission (``was`` 0, ``"start"``) and at each change that is logged.
+        self.on_change: Callable[[str, float, float, str], None] | None = None
         #: Senders the API refused (40003, 40315): out of the pool for the rest of the job.
         self.retired: set[str] = set()
         self._recent_429: dict[str, float] = {}
@@ -476,6 +479,8 @@ class Pacer:
             ceiling = self._ceilings.get(sender)
             if ceiling is not None:
                 ceiling.take(cost)
+            if pace.tat is None and self.on_change is not None:  # its first send of the run
+                self.on_change(sender, 0.0, pace.rate, "start")
             ticket = pace.admit(now, cost)
         self.admitted += 1
         self.first_admit = now if self.first_admit is None else self.first_admit
@@ -546,6 +551,8 @@ class Pacer:
     def _log_change(self, pace: SenderPace, change: tuple[float, float, str] | None) -> None:
         if change is not None:
             old, new, reason = change
+            if self.on_change is not None:
+                self.on_change(pace.sender, old, new, reason)
             log.info(
                 "pace.changed",
                 sender=pace.sender,

@@ -44,6 +44,7 @@ from bulk_mms.ledger import (
     InDoubt,
     LedgerStore,
     LedgerView,
+    Paced,
     Planned,
     Rejected,
     Remade,
@@ -113,6 +114,10 @@ class Recorder:
         """``group`` goes out in place of ``group.origin``, without its suppressed members."""
         self._queue(Remade(group.origin, group.suppressed, self._now()))
         log.info("group.remade", group=group.origin, now=group.id, without=len(group.suppressed))
+
+    def paced(self, per: str, sender: str, was: float, rate: float, reason: str) -> None:
+        """The pacer set ``sender``'s pace (for the report's timeline)."""
+        self._queue(Paced(sender, round(rate, 4), round(was, 4), per, reason, self._now()))
 
     def planned(self, recipients: int, groups: int, rejected: int) -> None:
         """The run has read its whole input."""

@@ -121,6 +121,7 @@ class GroupSender:
                 stopped=stop.is_set,
             ),
         )
+        self.pacer.on_change = functools.partial(recorder.paced, pacing.cost)
         self.started = clock.monotonic()
         #: ``max_job_duration_s`` from now, on the monotonic clock.
         self.deadline = (

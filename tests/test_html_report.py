@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.html_report import SENT_COLOUR, Timeline, render
+from bulk_mms.html_report import PACE_COLOUR, SENT_COLOUR, Timeline, render
+from bulk_mms.ledger import read_events
 from bulk_mms.report import LedgerSummary
 from tests.conftest import JobFactory, numbers
 
@@ -57,6 +58,21 @@ def test_the_page_is_self_contained_and_escapes_the_ledger(
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     assert "Blocked due to STOP message" in text
     assert "<b>39</b><span>sent</span>" in text
+
+
+def test_the_timeline_draws_each_senders_pace_from_the_ledger(
+    sandbox_ledger: Path, tmp_path: Path
+) -> None:
+    """The run recorded its sender's pace (a start at the configured rate), and the page's
+    timeline draws it as a step line in the pace colour."""
+    timeline = Timeline.read(read_events(sandbox_ledger))
+    (sender, steps), *_ = timeline.pace.items()
+    assert sender.startswith("+1")
+    assert steps[0][1] == 20.0  # --rate 20: where the pacer starts
+    page = tmp_path / "report.html"
+    assert main(["-q", "report", str(sandbox_ledger), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert PACE_COLOUR in text  # the step line (text is drawn as paths, so no label to find)
 
 
 def test_ledger_text_is_escaped_never_markup() -> None:

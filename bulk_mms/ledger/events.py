@@ -12,6 +12,7 @@ row's document) an event is a JSON object whose first key is ``event``, its kind
     in_doubt  InDoubt     the request may have been accepted: held unless the key still holds
     rejected  Rejected    an input row that is never sent, and why
     remade    Remade      a group never sent is made anew without suppressed members
+    pace      Paced       a sender's pace changed (the pacer's answer to waits and 429s)
     status    Status      a recipient's delivery status, from ``track`` or ``webhooks``
 
 :func:`encode` turns an event into its JSON bytes (orjson); :func:`decode` turns a parsed object
@@ -193,6 +194,22 @@ class Remade:
 
 
 @dataclass(frozen=True, slots=True)
+class Paced:
+    """The pacer set a sender's pace: at its first send of a run (``"start"``), and at each
+    change it logs (``pace.changed``), for the report's timeline. Folds into nothing."""
+
+    sender: str
+    #: The pace now, and before (0 at a start), in the pacer's units per second.
+    rate: float
+    was: float = 0.0
+    #: ``"request"`` or ``"recipient"``: what the rate counts.
+    per: str = "request"
+    reason: str = ""
+    time: str = ""
+    kind: ClassVar[str] = "pace"
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     line: int
     value: str = ""
@@ -247,7 +264,17 @@ def status_event(
 
 
 Event = (
-    Header | RunStarted | Planned | Attempt | Sent | Failed | InDoubt | Remade | Rejected | Status
+    Header
+    | RunStarted
+    | Planned
+    | Attempt
+    | Sent
+    | Failed
+    | InDoubt
+    | Remade
+    | Paced
+    | Rejected
+    | Status
 )
 #: The events that settle (for now) where a group stands.
 Outcome = Sent | Failed | InDoubt
@@ -447,6 +474,14 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "failed": _failed,
     "in_doubt": lambda d: InDoubt(**_members(d), reason=_opt_str(d, "reason") or ""),
     "remade": lambda d: Remade(_str(d, "group"), _numbers(d, "without"), _time(d)),
+    "pace": lambda d: Paced(
+        _str(d, "sender"),
+        _num(d, "rate") or 0.0,
+        _num(d, "was") or 0.0,
+        _str(d, "per", "request"),
+        _str(d, "reason", ""),
+        _time(d),
+    ),
     "rejected": lambda d: Rejected(
         _int(d, "line"), str(d.get("value") or ""), str(d.get("reason") or ""), _time(d)
     ),
