@@ -2,6 +2,6 @@
 
 import sys
 
-from bulk_mms.cli import main
+from bulk_mms.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

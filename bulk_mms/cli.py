@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -255,6 +256,18 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
 
 
+def entry() -> int:
+    """The ``bulk-mms`` program: :func:`main` in a process of its own, with the cycle
+    collector tuned for it. What the imports made lives as long as the process, so it is
+    frozen out of the collector's sight; and a run makes many short-lived objects a group and
+    almost no cycles, so the youngest generation is collected every 10,000 allocations
+    rather than 700 (about a tenth of a run's CPU went to collections that freed nothing).
+    Not done in :func:`main`, which tests and embedders call in their own processes."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bulk-mms``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -317,4 +330,4 @@ def _positive_int(text: str) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(entry())

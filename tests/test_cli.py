@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import socket
@@ -591,3 +592,20 @@ def test_the_readme_command_reference_lists_every_option() -> None:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in reference, f"{name} {option}"
+
+
+def test_the_program_tunes_the_collector_and_main_leaves_it_alone(tmp_path: Path) -> None:
+    """``bulk-mms`` (the entry point) freezes what its imports made and collects the youngest
+    generation less often; ``main``, which tests and embedders call, changes neither."""
+    before = gc.get_threshold()
+    main(["-q", "report", str(tmp_path / "missing.jsonl")])
+    assert gc.get_threshold() == before
+    probe = (
+        "import gc, bulk_mms.cli as cli\n"
+        "before = gc.get_threshold()[0]\n"
+        "cli.main = lambda argv=None: print(before, gc.get_threshold()[0], "
+        "gc.get_freeze_count() > 0) or 0\n"
+        "raise SystemExit(cli.entry())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["700", "10000", "True"]
