@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +32,7 @@ from bulk_mms.models import Group, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import (
     FAST,
@@ -349,17 +352,14 @@ async def test_missing_input_is_an_input_error(jobs: JobFactory) -> None:
         await run_job(job, FAST, FakeClient())
 
 
-async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Path) -> None:
-    """If the ledger cannot be written, sending stops at once and the error is reported."""
-    jobs.people(40)
-    job = jobs.job(extra="group_size = 1")
-    calls = 0
+async def run_with_failing_writes(
+    job: JobConfig, fails: Callable[[list[bytes]], bool]
+) -> tuple[JobSummary, FakeClient]:
+    """Run ``job`` with every ledger write for which ``fails(lines)`` is true a disk-full."""
     real = JsonlStore._write_lines
 
     def failing(self: JsonlStore, lines: list[bytes]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 3:
+        if fails(lines):
             raise LedgerError(self.path, "cannot write: disk full")
         real(self, lines)
 
@@ -367,6 +367,15 @@ async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Pa
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(JsonlStore, "_write_lines", failing)
         s = await run_job(job, FAST, client)
+    return s, client
+
+
+async def test_ledger_write_failure_stops_sending(jobs: JobFactory, tmp_path: Path) -> None:
+    """If the ledger cannot be written, sending stops at once and the error is reported."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 1")
+    writes = itertools.count(1)
+    s, client = await run_with_failing_writes(job, lambda _lines: next(writes) > 3)
     assert s.error is not None
     assert "disk full" in str(s.error)
     assert s.stopped == "ledger"
@@ -382,17 +391,9 @@ async def test_an_unwritable_sent_event_still_fails_the_run(jobs: JobFactory) ->
     group in doubt rather than taking it for unsent."""
     jobs.people(8)
     job = jobs.job()
-    real = JsonlStore._write_lines
-
-    def failing(self: JsonlStore, lines: list[bytes]) -> None:
-        if any(b'"event":"sent"' in line for line in lines):
-            raise LedgerError(self.path, "cannot write: disk full")
-        real(self, lines)
-
-    client = FakeClient()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(JsonlStore, "_write_lines", failing)
-        s = await run_job(job, FAST, client)
+    s, client = await run_with_failing_writes(
+        job, lambda lines: any(b'"event":"sent"' in line for line in lines)
+    )
     assert len(client.calls) == 1
     assert s.error is not None
     assert "disk full" in str(s.error)
