@@ -281,6 +281,11 @@ class AccountBudget(Protocol):
         extends, never shortens."""
         ...
 
+    def admit_now(self, cost: float) -> float | None:
+        """Admit ``cost`` at once if that needs no wait and nobody waits before it: the
+        admission time; else None (and nothing is charged: :meth:`acquire` then waits)."""
+        ...
+
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
         """Admit ``cost`` at account level: wait out the account pause and the spacing at
         ``rate``; return the admission time.
@@ -359,6 +364,18 @@ class LocalBudget(Pauses):
     def __repr__(self) -> str:
         return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"
 
+    def admit_now(self, cost: float) -> float | None:
+        # what acquire does when its wait would not sleep: the same check, without the lock
+        # and the wait (nothing here awaits, so nothing else runs between check and charge)
+        if self._account_lock.locked():
+            return None
+        at = max(self.paused_until(), self._bucket.ready_at(cost))
+        now = self.clock.monotonic()
+        if at - now > 1e-6:
+            return None
+        self._bucket.take(cost)
+        return now
+
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
         async with self._account_lock:
             # re-read on every wake-up: a 429 may have paused the account meanwhile
@@ -374,6 +391,11 @@ class LocalBudget(Pauses):
             return now
 
     async def send_slot(self, cost: float) -> float:
+        if not self._slot_lock.locked():  # nobody waits: room now needs no lock and no wait
+            now = self.clock.monotonic()
+            if self._guard.earliest(now, cost) - now <= 1e-6:
+                self._guard.record(now, cost)
+                return now
         async with self._slot_lock:
             now = await wait_until(
                 self.clock,

@@ -457,7 +457,14 @@ class Pacer:
         cost = self.cost_of(size)
         if sender in self.retired:
             raise PaceAborted("retired", math.inf)
-        async with self._sender_locks[sender]:
+        lock = self._sender_locks[sender]
+        if not lock.locked() and self._sender_earliest(pace, cost) - self.clock.monotonic() <= 1e-6:
+            # The common case, without the lock and the waits: nobody waits for this sender,
+            # it may send now, and so may the account (nothing here awaits in between).
+            now = self.budget.admit_now(cost)
+            if now is not None:
+                return self._admitted(sender, pace, cost, now)
+        async with lock:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
             try:
                 await wait_until(
@@ -476,12 +483,16 @@ class Pacer:
             # Charged only once the account admitted it: an abort above costs the sender
             # nothing. Its lock is held, so the room seen before the account's wait is still
             # there (a bucket's room only grows with time).
-            ceiling = self._ceilings.get(sender)
-            if ceiling is not None:
-                ceiling.take(cost)
-            if pace.tat is None and self.on_change is not None:  # its first send of the run
-                self.on_change(sender, 0.0, pace.rate, "start")
-            ticket = pace.admit(now, cost)
+            return self._admitted(sender, pace, cost, now)
+
+    def _admitted(self, sender: str, pace: SenderPace, cost: float, now: float) -> Ticket:
+        """Charge an admission of ``cost`` at ``now`` to the sender; its ticket."""
+        ceiling = self._ceilings.get(sender)
+        if ceiling is not None:
+            ceiling.take(cost)
+        if pace.tat is None and self.on_change is not None:  # its first send of the run
+            self.on_change(sender, 0.0, pace.rate, "start")
+        ticket = pace.admit(now, cost)
         self.admitted += 1
         self.first_admit = now if self.first_admit is None else self.first_admit
         self.last_admit = now

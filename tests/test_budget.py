@@ -201,6 +201,10 @@ class RecordingBudget(LocalBudget):
         super().__init__(rate, clock)
         self.seen: list[str] = []
 
+    def admit_now(self, cost: float) -> float | None:
+        self.seen.append("admit_now")
+        return super().admit_now(cost)
+
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
         self.seen.append("acquire")
         return await super().acquire(cost, deadline)
@@ -223,5 +227,23 @@ async def test_the_pacer_goes_through_an_injected_budget() -> None:
     ticket = await pacer.acquire("ACME", 1)
     await pacer.send_slot(ticket)
     pacer.on_rate_limited("ACME", 2.0, "")
-    assert budget.seen == ["acquire", "send_slot", "pause ACME", "pause None"]
+    # room at once: admitted without a wait, through the same seam
+    assert budget.seen == ["admit_now", "send_slot", "pause ACME", "pause None"]
     assert pacer.paused_until == clock.monotonic() + 2.0
+
+
+async def test_admit_now_takes_only_what_needs_no_wait_and_charges_like_acquire() -> None:
+    """``admit_now`` admits while there is room (charging the bucket as ``acquire`` does),
+    refuses once the next admission would have to wait, and refuses while the account is
+    paused: the pacer then takes the waiting path, in order behind any waiter."""
+    clock = FakeClock()
+    fast, slow = LocalBudget(10.0, clock), LocalBudget(10.0, clock)
+    assert fast.admit_now(1.0) == clock.monotonic()
+    await slow.acquire(1.0)
+    assert fast.admit_now(1.0) is None  # the bucket's one unit of credit is spent
+    assert fast._bucket.ready_at(1.0) == slow._bucket.ready_at(1.0)
+    await clock.sleep(0.1)
+    assert fast.admit_now(1.0) is not None
+    fast.pause(clock.monotonic() + 5.0)
+    await clock.sleep(0.1)
+    assert fast.admit_now(1.0) is None

@@ -121,6 +121,9 @@ class PostgresBudget(Pauses):
             else:
                 await conn.execute(_PAUSE_SENDER, (self.account, sender, db_until))
 
+    def admit_now(self, cost: float) -> float | None:
+        return None  # admission is the database's: always a round trip
+
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
         spacing = cost / self.rate * MARGIN
         async with self._lock:
