@@ -16,7 +16,6 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from tqdm import tqdm
 
 from bulk_mms.config import API_KEY_ENV
 
@@ -51,7 +50,12 @@ class BarSafeStream:
         self.inner = inner
 
     def write(self, text: str) -> int:
-        with tqdm.external_write_mode(file=self.inner):
+        bars = sys.modules.get("tqdm")  # no bar is up unless tqdm was loaded to draw one
+        if bars is None:
+            n = self.inner.write(text)
+            self.inner.flush()
+            return n
+        with bars.tqdm.external_write_mode(file=self.inner):
             n = self.inner.write(text)
             self.inner.flush()
         return n

@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Never, Protocol, TextIO
+from typing import TYPE_CHECKING, Never, Protocol, TextIO
 
 import structlog
-from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = structlog.get_logger("bulk_mms.progress")
 _BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} rows [{elapsed}<{remaining}]{postfix}"
@@ -104,6 +106,8 @@ class BarProgress:
         # leave the total instead of racing the bar ahead and the ETA down.
         total = None if snap.rows_total is None else snap.rows_total - snap.rows_free
         if self.bar is None:
+            from tqdm import tqdm  # noqa: PLC0415 - loaded only when a terminal shows a bar
+
             self.bar = tqdm(
                 total=total,
                 unit="row",

@@ -76,6 +76,9 @@ class Recorder:
         self.columns: Sequence[str] = view.header.columns if view.header else ()
         self.errors: Counter[str] = Counter()
         self.waits: list[float] = []
+        #: The module's logger bound once for the run: the lazy proxy would build a logger
+        #: anew for every line, even one filtered out (a per-group debug line cost 6 us).
+        self.log = log.bind()
 
     def _now(self) -> str:
         return iso(self.clock.wall())
@@ -108,7 +111,7 @@ class Recorder:
         self.summary.rejected_rows += 1
         if item.line not in self.view.rejected:
             self._queue(Rejected(item.line, item.value, item.reason, self._now()))
-        log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
+        self.log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
 
     def remade(self, group: Group) -> None:
         """``group`` goes out in place of ``group.origin``, without its suppressed members."""
@@ -186,7 +189,7 @@ class Recorder:
                 time=self._now(),
             )
         )
-        log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
+        self.log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
 
     async def outcome(
         self,

@@ -186,9 +186,10 @@ class GroupSender:
     def _deadline_for(self) -> float | None:
         """The earlier of the job's deadline and this group's ``max_group_age_s``."""
         age_limit = self.settings.max_group_age_s
-        group_deadline = self.clock.monotonic() + age_limit if age_limit else None
-        deadlines = [d for d in (self.deadline, group_deadline) if d is not None]
-        return min(deadlines) if deadlines else None
+        if not age_limit:
+            return self.deadline
+        own = self.clock.monotonic() + age_limit
+        return own if self.deadline is None else min(self.deadline, own)
 
     async def send(self, group: Group) -> Group | None:
         """Send one group and record how it ended. Returns what goes out in its place, if

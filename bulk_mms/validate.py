@@ -30,7 +30,9 @@ class PhoneError(ValueError):
 def normalize_phone(value: str, region: str = "US") -> str:
     """Return ``value`` as E.164 (``+14155550100``).
 
-    A number already in canonical ``+1NXXNXXXXXX`` form takes :func:`_nanp`, which asks
+    A number already in canonical ``+1NXXNXXXXXX`` form (``+1`` and ten ASCII digits, the
+    area code not starting with 0 or 1: a leading 1 would be taken for the national prefix by
+    the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
     phonenumbers' own metadata the same questions without parsing (about ten times faster);
     anything else is parsed. Both give the same verdict for every number (a property test
     holds them to it).
@@ -43,7 +45,13 @@ def normalize_phone(value: str, region: str = "US") -> str:
         PhoneError: empty, has letters or stray characters, is not a valid number, or is not
             in the US or Canada.
     """
-    if len(value) == 12 and value[1] == "1" and _CANONICAL.fullmatch(value):
+    if (
+        len(value) == 12
+        and value[:2] == "+1"
+        and "2" <= value[2] <= "9"
+        and value.isascii()
+        and value[2:].isdigit()
+    ):
         return _nanp(value)
     return _parsed(value, region)
 
@@ -81,9 +89,6 @@ def _parsed(value: str, region: str) -> str:
     return f"+{number.country_code}{number.national_number}"
 
 
-#: ``+1`` and ten digits, the area code not starting with 0 or 1 (a leading 1 would be taken
-#: for the national prefix by the parser: that one takes the slow path).
-_CANONICAL: Final = re.compile(r"\+1[2-9][0-9]{9}")
 _INVALID: Final = "not a valid US or Canadian phone number"
 
 #: The national number's length in the fast path: every pattern is compiled for it alone.
