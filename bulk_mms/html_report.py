@@ -117,7 +117,11 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         + "".join(f"<div><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in tiles)
         + "</div>",
         "<h2>Timeline</h2>",
-        _figure(_timeline_chart(t), "timeline", "groups sent per second, wait_seconds and 429s"),
+        _figure(
+            _timeline_chart(t),
+            "timeline",
+            "groups sent per second, each sender's pace, wait_seconds and 429s",
+        ),
         "<h2>Outcomes and delivery</h2>",
         _figure(_outcomes_chart(s), "outcomes", "recipients by state, and the delivery funnel"),
         "<h2>Senders</h2>",
@@ -179,8 +183,9 @@ def _timeline_chart(t: Timeline) -> Figure | None:
             ys_p,
             where="post",
             color=PACE_COLOUR,
-            linewidth=1.2,
+            linewidth=1.5,
             alpha=1.0 if i == 0 else 0.6,
+            zorder=3,
             label=f"pace of {sender} ({t.pace_per}s/s)" if i < 3 else None,
         )
     for run in t.runs:

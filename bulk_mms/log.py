@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from contextlib import nullcontext
 from typing import Any, TextIO
 
 import orjson
@@ -51,11 +52,8 @@ class BarSafeStream:
 
     def write(self, text: str) -> int:
         bars = sys.modules.get("tqdm")  # no bar is up unless tqdm was loaded to draw one
-        if bars is None:
-            n = self.inner.write(text)
-            self.inner.flush()
-            return n
-        with bars.tqdm.external_write_mode(file=self.inner):
+        lifted = bars.tqdm.external_write_mode(file=self.inner) if bars else nullcontext()
+        with lifted:
             n = self.inner.write(text)
             self.inner.flush()
         return n

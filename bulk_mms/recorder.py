@@ -77,7 +77,7 @@ class Recorder:
         self.errors: Counter[str] = Counter()
         self.waits: list[float] = []
         #: The module's logger bound once for the run: the lazy proxy would build a logger
-        #: anew for every line, even one filtered out (a per-group debug line cost 6 us).
+        #: anew for every line, even one filtered out (a per-group debug line cost 6 µs).
         self.log = log.bind()
 
     def _now(self) -> str:
@@ -97,7 +97,7 @@ class Recorder:
         rows: tuple[tuple[str, ...], ...] = ()
         if self.columns and group.rows:
             columns = self.columns
-            if len(columns) == 1:  # the common case, without a generator a member
+            if len(columns) == 1:  # the common case: no generator for each member
                 (column,) = columns
                 rows = tuple((row.get(column, ""),) for row in group.rows)
             else:
