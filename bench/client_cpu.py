@@ -1,7 +1,9 @@
 """Benchmark: whole-process CPU of a send, bulk-mms against the floor of its own stack and the SDK.
 
-Usage: python bench/client_cpu.py [GROUPS]     (default 2000; the SDK row needs `pip install
-telnyx`)
+Usage: python bench/client_cpu.py [GROUPS [ROUNDS]]   (default 2000 groups, 3 rounds; the SDK
+row needs `pip install telnyx`, and is left out with BENCH_NO_SDK=1 while iterating: each of
+its rounds takes ten times the others'. This machine's speed varies from run to run, so small
+changes need more rounds to show.)
 
 The fake API runs in a process of its own; each client runs as a fresh process and is charged
 its whole user + system CPU, start-up and imports included (getrusage of the children). All send
@@ -129,6 +131,7 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> float | None:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS
     port = free_port()
     proc = start_fake(port)
     base = f"http://127.0.0.1:{port}/v2"
@@ -160,10 +163,12 @@ def main() -> None:
                 ],
                 "sdk": [sys.executable, __file__, "--sdk", base, str(data)],
             }
-            # one unmeasured round (bytecode and page caches), then ROUNDS interleaved rounds;
+            if os.environ.get("BENCH_NO_SDK"):
+                del clients["sdk"]
+            # one unmeasured round (bytecode and page caches), then ``rounds`` interleaved ones;
             # each client's median is its result (a busy machine skews single runs)
             spent: dict[str, list[float | None]] = {name: [] for name in clients}
-            for round_ in range(ROUNDS + 1):
+            for round_ in range(rounds + 1):
                 for name, argv in clients.items():
                     shutil.rmtree(ledgers, ignore_errors=True)  # each run sends everything anew
                     cpu = measure(argv, env)
