@@ -4,7 +4,8 @@ Telnyx counts its limits per account: whatever sends for the account (one proces
 several later) must together stay under the account ``rate``. The :class:`AccountBudget`
 protocol is the part of the pacer that is shared that way:
 
-* :meth:`~AccountBudget.acquire`: admission at account level, spaced at ``rate``;
+* :meth:`~AccountBudget.acquire`: admission at account level, spaced at ``rate``, and
+  :meth:`~AccountBudget.admit_now`, the same admission when it needs no wait (None: wait);
 * :meth:`~AccountBudget.pause` / :meth:`~AccountBudget.paused_until`: the account's pause
   (every sender saw a 429), and each sender's own pause (a 429, or a queue to let drain);
 * :meth:`~AccountBudget.send_slot`: the one-second window guard, called right before a
@@ -13,7 +14,7 @@ protocol is the part of the pacer that is shared that way:
 :class:`LocalBudget` is the in-process implementation. The per-sender adaptive controller
 (:class:`bulk_mms.pacing.SenderPace`) stays in the pacer, on top of the budget. A shared
 implementation (one budget row per account in PostgreSQL, updated atomically) is one more
-class with these four methods; the pacer does not change.
+class with these five methods; the pacer does not change.
 
 All times crossing the seam are on the injected clock's ``monotonic()`` scale. A shared
 implementation converts them at its own boundary (for instance to the database's clock, by

@@ -542,13 +542,21 @@ def _json(raw: bytes) -> object:
         return _NOT_JSON
 
 
+#: A Content-Encoding that leaves the body as it is.
+_IDENTITY = re.compile(r"\s*(identity)?\s*", re.IGNORECASE)
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes | None:
     """The body, or None once it passes ``limit`` bytes (the connection is then dropped)."""
-    if resp.content_length is not None:
-        if resp.content_length > limit:
-            resp.close()
-            return None
-        return await resp.read()  # no more than the length it declared: the parser holds it to it
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return None
+    if resp.content_length is not None and _IDENTITY.fullmatch(
+        resp.headers.get("Content-Encoding", "")
+    ):
+        # an uncompressed body of a declared length: no more than that (the parser holds it
+        # to it). A compressed one's length is not what it inflates to: it is counted below.
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     while chunk := await resp.content.read(64 * 1024):

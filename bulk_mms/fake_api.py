@@ -22,6 +22,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
+import gzip
 import re
 import time
 import uuid
@@ -46,6 +48,7 @@ FaultKind = Literal[
     "truncated",
     "redirect",
     "endless",
+    "bomb",
     "patch",
     "raw",
 ]
@@ -65,7 +68,9 @@ class Fault:
             ``no_id`` (accept, answer 200 without an id), ``not_json`` (accept, answer 200 with
             a body that is not JSON), ``truncated`` (accept, then cut the body off midway),
             ``redirect`` (answer ``status``, a 3xx, with ``Location: location``, accepting
-            nothing), ``endless`` (accept, then send a 200 body that never ends),
+            nothing), ``endless`` (accept, then send a 200 body that never ends), ``bomb``
+            (accept, then send a 200 gzip body of a few KiB, its Content-Length honest, that
+            inflates to 8 MiB),
             ``patch`` (accept, and answer with ``patch`` merged into the response's ``data``:
             ``{"wait_seconds": 1e12}``, an overflowing cost, someone else's numbers...),
             ``raw`` (accept, and answer 200 with the bytes ``raw``, ``{id}`` replaced by the
@@ -101,6 +106,7 @@ FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
         "patch", patch={"to": [{"phone_number": "+12025550000", "status": "queued"}]}
     ),
     "endless-body": lambda: Fault("endless"),
+    "gzip-bomb": lambda: Fault("bomb"),
     "redirect-302": lambda: Fault("redirect", 302),
     "redirect-307": lambda: Fault("redirect", 307),
     "drop-before": lambda: Fault("drop_before"),
@@ -351,6 +357,12 @@ class FakeTelnyx:
                 return await _truncated(request, orjson.dumps(response))
             elif fault.kind == "endless":
                 return await _endless(request)
+            elif fault.kind == "bomb":
+                return web.Response(
+                    status=200,
+                    body=_bomb(),
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                )
             elif fault.kind == "patch":
                 response = {"data": {**response["data"], **fault.patch}}
             elif fault.kind == "raw":
@@ -620,6 +632,12 @@ async def _endless(request: web.Request) -> web.StreamResponse:
         while request.transport is not None and not request.transport.is_closing():
             await resp.write(block)
     return resp
+
+
+@functools.cache
+def _bomb() -> bytes:
+    """A gzip body of a few KiB that inflates to an 8 MiB JSON string (made once)."""
+    return gzip.compress(b'{"data": {"id": "' + b"x" * (8 << 20) + b'"}}', mtime=0)
 
 
 def rule(table: dict[str, str], phone: str) -> str | None:

@@ -175,8 +175,9 @@ def _timeline_chart(t: Timeline) -> Figure | None:
     ax.set_xlabel(f"seconds since {_when_epoch(start)}")
     ax.set_ylabel("per second")
     for i, (sender, steps) in enumerate(sorted(t.pace.items())):
-        # each step holds until the next, and the last until the campaign's end
-        xs_p = [at - start for at, _ in steps] + [end - start]
+        # each step holds until the next, and the last until the campaign's end (or its own
+        # time, when the pace last changed after the last send)
+        xs_p = [at - start for at, _ in steps] + [max(end, steps[-1][0]) - start]
         ys_p = [rate for _, rate in steps] + [steps[-1][1]]
         ax.step(
             xs_p,

@@ -458,12 +458,18 @@ class Pacer:
         if sender in self.retired:
             raise PaceAborted("retired", math.inf)
         lock = self._sender_locks[sender]
-        if not lock.locked() and self._sender_earliest(pace, cost) - self.clock.monotonic() <= 1e-6:
+        now = self.clock.monotonic()
+        if (
+            not lock.locked()
+            and (deadline is None or now <= deadline)
+            and self._sender_earliest(pace, cost) - now <= 1e-6
+        ):
             # The common case, without the lock and the waits: nobody waits for this sender,
-            # it may send now, and so may the account (nothing here awaits in between).
-            now = self.budget.admit_now(cost)
-            if now is not None:
-                return self._admitted(sender, pace, cost, now)
+            # it may send now, and so may the account (nothing here awaits in between). Past
+            # the deadline the waiting path below says so (PaceAborted), room or not.
+            admitted = self.budget.admit_now(cost)
+            if admitted is not None:
+                return self._admitted(sender, pace, cost, admitted)
         async with lock:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
             try:
@@ -490,12 +496,13 @@ class Pacer:
         ceiling = self._ceilings.get(sender)
         if ceiling is not None:
             ceiling.take(cost)
-        if pace.tat is None and self.on_change is not None:  # its first send of the run
-            self.on_change(sender, 0.0, pace.rate, "start")
+        first = pace.tat is None  # its first send of the run
         ticket = pace.admit(now, cost)
         self.admitted += 1
         self.first_admit = now if self.first_admit is None else self.first_admit
         self.last_admit = now
+        if first and self.on_change is not None:
+            self.on_change(sender, 0.0, pace.rate, "start")
         return ticket
 
     async def send_slot(self, ticket: Ticket) -> None:

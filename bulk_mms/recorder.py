@@ -119,8 +119,11 @@ class Recorder:
         log.info("group.remade", group=group.origin, now=group.id, without=len(group.suppressed))
 
     def paced(self, per: str, sender: str, was: float, rate: float, reason: str) -> None:
-        """The pacer set ``sender``'s pace (for the report's timeline)."""
-        self._queue(Paced(sender, round(rate, 4), round(was, 4), per, reason, self._now()))
+        """The pacer set ``sender``'s pace (for the report's timeline). A picture for the
+        report: a ledger that no longer takes writes does not make it an error here (the
+        writes that matter report that)."""
+        with contextlib.suppress(LedgerError):
+            self._queue(Paced(sender, round(rate, 4), round(was, 4), per, reason, self._now()))
 
     def planned(self, recipients: int, groups: int, rejected: int) -> None:
         """The run has read its whole input."""

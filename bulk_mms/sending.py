@@ -122,6 +122,9 @@ class GroupSender:
             ),
         )
         self.pacer.on_change = functools.partial(recorder.paced, pacing.cost)
+        # a commit that fails, even of an event nobody waits for (a send's outcome), stops the
+        # job at once: every wait (a 429's, a pause) ends instead of running its course
+        recorder.store.on_failure(self.fail_ledger)
         self.started = clock.monotonic()
         #: ``max_job_duration_s`` from now, on the monotonic clock.
         self.deadline = (

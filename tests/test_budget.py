@@ -247,3 +247,16 @@ async def test_admit_now_takes_only_what_needs_no_wait_and_charges_like_acquire(
     fast.pause(clock.monotonic() + 5.0)
     await clock.sleep(0.1)
     assert fast.admit_now(1.0) is None
+
+
+async def test_the_pacer_admits_nothing_past_a_deadline_even_with_room() -> None:
+    """With room to send at once but the group's (or the job's) deadline already past, the
+    pacer refuses (PaceAborted "deadline") instead of taking the no-wait path."""
+    clock = FakeClock()
+    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], clock=clock)
+    with pytest.raises(PaceAborted) as info:
+        await pacer.acquire("ACME", 1, deadline=clock.monotonic() - 1.0)
+    assert info.value.reason == "deadline"
+    assert pacer.admitted == 0
+    ticket = await pacer.acquire("ACME", 1, deadline=clock.monotonic() + 1.0)
+    assert ticket.time == clock.monotonic()

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerLocked
+from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
 from bulk_mms.ledger import load, open_store, to_json
 from bulk_mms.ledger.events import decode, encode
+from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Money
 from bulk_mms.testing import ledger_events
 
@@ -260,3 +261,25 @@ def model_of(raw: list[bytes]) -> dict[str, str]:
             last = [e for e in h if e["event"] == "failed"][-1]
             states[g] = "retry_pending" if last.get("retryable") else "failed"
     return states
+
+
+async def test_a_failed_commit_nobody_waits_for_is_told_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit of queued events (append_nowait, no writer waiting) that fails tells the
+    store's failure callback right away, once, with the error; later appends raise it."""
+    store = open_store(tmp_path / "l.jsonl", "run")
+    told: list[LedgerError] = []
+    store.on_failure(told.append)
+
+    def full(self: JsonlStore, lines: list[bytes]) -> None:
+        raise LedgerError(self.name, "cannot write: disk full")
+
+    monkeypatch.setattr(JsonlStore, "_write_lines", full)
+    store.append_nowait(ev.Rejected(3, "x", "bad", "t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [str(e) for e in told] == [f"{store.name}: cannot write: disk full"]
+    with pytest.raises(LedgerError):
+        store.append_nowait(ev.Rejected(4, "y", "bad", "t"))
+    store.close_sync()

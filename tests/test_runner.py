@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -353,7 +354,10 @@ async def test_missing_input_is_an_input_error(jobs: JobFactory) -> None:
 
 
 async def run_with_failing_writes(
-    job: JobConfig, fails: Callable[[list[bytes]], bool]
+    job: JobConfig,
+    fails: Callable[[list[bytes]], bool],
+    client: FakeClient | None = None,
+    concurrency: int = FAST.concurrency,
 ) -> tuple[JobSummary, FakeClient]:
     """Run ``job`` with every ledger write for which ``fails(lines)`` is true a disk-full."""
     real = JsonlStore._write_lines
@@ -363,10 +367,10 @@ async def run_with_failing_writes(
             raise LedgerError(self.path, "cannot write: disk full")
         real(self, lines)
 
-    client = FakeClient()
+    client = client or FakeClient()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(JsonlStore, "_write_lines", failing)
-        s = await run_job(job, FAST, client)
+        s = await run_job(job, replace(FAST, concurrency=concurrency), client)
     return s, client
 
 
@@ -400,6 +404,32 @@ async def test_an_unwritable_sent_event_still_fails_the_run(jobs: JobFactory) ->
     assert s.stopped == "ledger"
     assert [e["group"] for e in events(job, "attempt")] == [client.calls[0].id]
     assert events(job, "sent") == []
+
+
+async def test_a_pace_change_after_the_ledger_failed_still_ends_in_a_summary(
+    jobs: JobFactory,
+) -> None:
+    """An answer that changes the pace after a commit failed (its pace event cannot be
+    written) does not crash the worker: the run ends with its summary, stopped "ledger"."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    failed = asyncio.Event()
+
+    def sent_fails(lines: list[bytes]) -> bool:
+        if any(b'"event":"sent"' in line for line in lines):
+            failed.set()
+        return failed.is_set()
+
+    async def answer(group: Group, n: int) -> SendReceipt:
+        if n:  # the second answer comes once the first's commit failed
+            await failed.wait()
+        return ok_receipt(group, n, wait=20.0 if n else 0.0)  # a queue: the pace changes
+
+    s, client = await run_with_failing_writes(job, sent_fails, FakeClient(answer), concurrency=2)
+    assert len(client.calls) == 2
+    assert s.stopped == "ledger"
+    assert s.error is not None
+    assert "disk full" in str(s.error)
 
 
 async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:

@@ -115,6 +115,24 @@ def test_a_currency_that_is_no_currency_makes_the_cost_unknown() -> None:
     assert parse_money({"amount": "0.1", "currency": 5}) is None
 
 
+async def test_a_small_gzip_body_that_inflates_past_the_bound_is_cut_off(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A 200 of a few KiB of gzip (its Content-Length honest) that inflates to 8 MiB is read
+    only up to 1 MiB of what it inflates to: that try is in doubt, never sent by guess."""
+    fake, url = fake_api
+    fake.faults.append(Fault("bomb"))
+    s, _ = await run_against(url, jobs, retry_ambiguous=False)
+    assert (s.sent_groups, s.in_doubt_groups) == (3, 1)
+    (doubt,) = [
+        e
+        for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
+        if e["event"] == "in_doubt"
+    ]
+    assert "1048576 bytes" in str(doubt["reason"])
+    assert_report_matches_server(jobs, fake)
+
+
 @pytest.mark.parametrize("amount", ["9e999999999", "-5", "Infinity", "1e-999999999", "1" * 60])
 async def test_an_absurd_cost_is_unknown_and_the_send_is_recorded(
     fake_api: API, jobs: JobFactory, amount: str

@@ -30,6 +30,8 @@ class GroupCommit(Generic[T]):
         self._flusher: asyncio.Task[None] | None = None
         #: The error that closed the store to writes, once one did.
         self.failed: LedgerError | None = None
+        #: Told that error when it happens.
+        self.on_failure: Callable[[LedgerError], None] | None = None
 
     def add(self, item: T) -> None:
         """Queue ``item`` for the next commit.
@@ -68,6 +70,8 @@ class GroupCommit(Generic[T]):
                     if not fut.done():
                         fut.set_exception(exc)
                 self._waiters, self._pending = [], []
+                if self.on_failure is not None:
+                    self.on_failure(exc)
                 return
             for fut in waiters:
                 if not fut.done():
@@ -115,6 +119,10 @@ class GroupCommitted(Generic[T]):
     def append_nowait(self, event: Event) -> None:
         """Queue an event; it becomes durable with the next group commit."""
         self._commits.add(self._encode(event))
+
+    def on_failure(self, callback: Callable[[LedgerError], None]) -> None:
+        """Have ``callback`` told at once when a commit fails (see :class:`GroupCommit`)."""
+        self._commits.on_failure = callback
 
     async def append(self, event: Event) -> None:
         """Queue an event and return once a commit covers it.

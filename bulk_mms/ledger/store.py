@@ -96,6 +96,11 @@ class LedgerStore(Protocol):
         """Append; durable with the next commit."""
         ...
 
+    def on_failure(self, callback: Callable[[LedgerError], None]) -> None:
+        """Have ``callback`` told at once when a commit fails, even one nobody waits for
+        (:meth:`append_nowait`): the run stops then, not at its next write."""
+        ...
+
     async def append(self, event: Event) -> None:
         """Append and return once it is durable.
 
