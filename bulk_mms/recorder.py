@@ -96,12 +96,7 @@ class Recorder:
         ``columns``, their input rows (what --failed-csv writes)."""
         rows: tuple[tuple[str, ...], ...] = ()
         if self.columns and group.rows:
-            columns = self.columns
-            if len(columns) == 1:  # the common case: no generator for each member
-                (column,) = columns
-                rows = tuple((row.get(column, ""),) for row in group.rows)
-            else:
-                rows = tuple(tuple(row.get(c, "") for c in columns) for row in group.rows)
+            rows = tuple(tuple(row.get(c, "") for c in self.columns) for row in group.rows)
         return {"group": group.id, "seq": group.seq, "to": group.to, "rows": rows}
 
     # -- before sending ---------------------------------------------------------------------
@@ -170,7 +165,8 @@ class Recorder:
         """The API accepted ``group``. Queued for the next group commit, not waited for: the
         attempt before it is durable, so a crash before this is too leaves the group in doubt
         under a key that replays the answer, as a crash during the request does. The worker
-        goes on meanwhile; a commit that fails stops the run at its next write or at the end."""
+        goes on meanwhile; a commit that fails stops the run at once (the store's
+        ``on_failure``)."""
         s = self.summary
         s.sent_groups += 1
         s.sent_recipients += len(group.to)
