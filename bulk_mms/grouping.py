@@ -22,12 +22,8 @@ def group_id(job_name: str, to: Sequence[str]) -> str:
     The message text is deliberately left out: fixing a typo in the text and rerunning must not
     make already-sent groups look new and text them twice.
     """
-    h = hashlib.blake2b(digest_size=12)
-    h.update(job_name.encode())
-    for phone in to:
-        h.update(b"\x1f")
-        h.update(phone.encode())
-    return h.hexdigest()
+    # the name, then each number after a unit separator, hashed as one string
+    return hashlib.blake2b("\x1f".join((job_name, *to)).encode(), digest_size=12).hexdigest()
 
 
 def join_names(values: Sequence[str]) -> str:
@@ -98,7 +94,7 @@ class _Grouper:
         return zones_for(r.phone, r.fields, self.job.timezone_column)
 
     def make(self, members: Sequence[Recipient], seq: int | None = None) -> Group:
-        to = tuple(r.phone for r in members)
+        to = tuple([r.phone for r in members])
         zones: tuple[str, ...] = ()
         if self.job.recipient_window is not None:
             zones = tuple(sorted({z for r in members for z in self.zones_of(r)}))
@@ -107,11 +103,11 @@ class _Grouper:
             id=group_id(self.job.name, to),
             seq=self.seq if seq is None else seq,
             to=to,
-            lines=tuple(r.line for r in members),
+            lines=tuple([r.line for r in members]),
             message=body,
             differs=differs,
             empty=empty,
-            rows=tuple(r.fields for r in members),
+            rows=tuple([r.fields for r in members]),
             zones=zones,
         )
         if seq is None:

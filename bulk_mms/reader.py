@@ -12,7 +12,7 @@ import csv
 import gzip
 import hashlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -165,11 +165,7 @@ class RowReader:
         line = f.readline(MAX_LINE_BYTES + 1)
         if not line:
             return None
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):  # skip the rest without keeping it
-                line = f.readline(MAX_LINE_BYTES)
-            return self._lineno, b""
-        return self._lineno, line
+        return self._lineno, _whole(line, f.readline)
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         # Lines read ahead while opening come first; _first may grow after this generator has
@@ -196,17 +192,34 @@ class RowReader:
     # -- CSV -----------------------------------------------------------------------------
 
     def _text_lines(self) -> Iterator[str]:
-        """Decoded lines for the csv module; undecodable or over-long lines become blank."""
-        for lineno, line in self._lines():
-            raw = line[len(_BOM) :] if lineno == 1 and line.startswith(_BOM) else line
-            if not raw:
-                self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
+        """Decoded lines for the csv module; undecodable or over-long lines become blank.
+
+        The lines read ahead while opening come first (:meth:`_lines`' order); the rest are read
+        here directly, as :meth:`_readline` reads them: one loop per line, the hot path of a
+        large file.
+        """
+        assert self._file is not None
+        readline, first, bad = self._file.readline, self._first, self._bad
+        while True:
+            if first:  # read ahead, and it can grow while this waits: the CSV check peeks
+                lineno, line = first.popleft()
+            else:
+                self._lineno = lineno = self._lineno + 1
+                line = readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES:
+                    line = _whole(line, readline)
+            if lineno == 1 and line.startswith(_BOM):
+                line = line[len(_BOM) :]
+            if not line:
+                bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
                 yield "\n"
                 continue
             try:
-                yield raw.decode("utf-8")
+                yield line.decode("utf-8")
             except UnicodeDecodeError:
-                self._bad[lineno] = "line is not valid UTF-8"
+                bad[lineno] = "line is not valid UTF-8"
                 yield "\n"
 
     def _open_csv(self) -> None:
@@ -235,7 +248,12 @@ class RowReader:
         assert isinstance(reader, _CsvReader)
         index = {c: i for i, c in enumerate(self.columns)}
         wanted = [(c, index.get(c)) for c in (self.phone, *self.keep)]
-        width = len(self.columns)
+        width, names, keep_all = len(self.columns), self.columns, self.keep_all
+        # every wanted column is in the header, so a full row has them all (a name the header
+        # repeats takes its last cell either way, as the index does)
+        found = [(c, i) for c, i in wanted if i is not None]
+        whole = len(found) == len(wanted)
+        fields: dict[str, str]
         last = reader.line_num
         while True:
             try:
@@ -261,7 +279,13 @@ class RowReader:
                     start, ",".join(rec)[:200], f"row has {len(rec)} fields, header has {width}"
                 )
                 continue
-            fields: dict[str, str] = {}
+            if len(rec) == width and whole:  # the usual row: every column there
+                if keep_all:
+                    yield Row(start, dict(zip(names, rec, strict=True)))
+                else:
+                    yield Row(start, {name: rec[i] for name, i in found})
+                continue
+            fields = {}
             missing = None
             for name, i in wanted:
                 if i is None or i >= len(rec):
@@ -271,7 +295,7 @@ class RowReader:
             if missing is not None:
                 yield RejectedRow(start, ",".join(rec)[:200], f"missing column {missing!r}")
                 continue
-            if self.keep_all:
+            if keep_all:
                 for name, i in index.items():
                     if name not in fields:
                         fields[name] = rec[i] if i < len(rec) else ""
@@ -358,6 +382,16 @@ class RowReader:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
+
+
+def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
+    """A line as read (``MAX_LINE_BYTES + 1`` at most), or ``b""`` for one longer than that,
+    whose rest is then read and dropped, never kept."""
+    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+        while line and not line.endswith(b"\n"):
+            line = readline(MAX_LINE_BYTES)
+        return b""
+    return line
 
 
 def _as_text(value: object) -> str:

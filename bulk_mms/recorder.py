@@ -95,8 +95,8 @@ class Recorder:
         """What every outcome of a group records: its members and, with the header's
         ``columns``, their input rows (what --failed-csv writes)."""
         rows: tuple[tuple[str, ...], ...] = ()
-        if self.columns and group.rows:
-            rows = tuple(tuple(row.get(c, "") for c in self.columns) for row in group.rows)
+        if (columns := self.columns) and group.rows:
+            rows = tuple([tuple([row.get(c, "") for c in columns]) for row in group.rows])
         return {"group": group.id, "seq": group.seq, "to": group.to, "rows": rows}
 
     # -- before sending ---------------------------------------------------------------------

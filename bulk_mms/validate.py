@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Final
 
 import phonenumbers
@@ -109,23 +108,6 @@ def _pattern(*descs: PhoneNumberDesc | None) -> re.Pattern[str] | None:
     return re.compile("|".join(alternatives)) if alternatives else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Region:
-    """What phonenumbers reads of one +1 region's metadata to place and validate a number."""
-
-    code: str
-    leading: re.Pattern[str] | None
-
-    def valid(self, nn: str) -> bool:
-        """phonenumbers' ``_number_type_helper(nn, metadata) != UNKNOWN``."""
-        general, types, mobile = _patterns(self.code)
-        if general is None or general.fullmatch(nn) is None:
-            return False
-        if types is not None and types.fullmatch(nn) is not None:
-            return True
-        return mobile is not None and mobile.fullmatch(nn) is not None
-
-
 @functools.cache
 def _patterns(
     code: str,
@@ -145,34 +127,44 @@ def _patterns(
 
 
 @functools.cache
-def _nanp_regions() -> tuple[_Region, ...]:
-    """The +1 regions in phonenumbers' own order (the US first), with their leading digits."""
+def _nanp_regions() -> tuple[tuple[str, re.Pattern[str] | None], ...]:
+    """The +1 regions in phonenumbers' own order (the US first), each with its leading digits
+    (what places a number in it before validity does), where it has them."""
     out = []
     for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
         m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
         if m is not None:
-            leading = re.compile(m.leading_digits) if m.leading_digits is not None else None
-            out.append(_Region(code, leading))
+            leading = m.leading_digits
+            out.append((code, re.compile(leading) if leading is not None else None))
     return tuple(out)
 
 
 def _nanp(phone: str) -> str:
     """:func:`normalize_phone` for a canonical ``+1`` number, from the metadata directly:
     ``region_code_for_number`` (leading digits where a region has them, else validity; the
-    first region that claims it), then validity for that region."""
+    first region that claims it), then validity for that region: phonenumbers'
+    ``_number_type_helper(nn, metadata) != UNKNOWN``, its general pattern and then any type's
+    (this loop runs once per row: it is kept to plain locals)."""
     nn = phone[2:]
-    for region in _nanp_regions():
-        if region.leading is not None:
-            if region.leading.match(nn) is None:
-                continue
-            valid = region.valid(nn)
-        elif not (valid := region.valid(nn)):
+    for code, leading in _nanp_regions():
+        if leading is not None and leading.match(nn) is None:
             continue
+        general, types, mobile = _patterns(code)
+        valid = (
+            general is not None
+            and general.fullmatch(nn) is not None
+            and (
+                (types is not None and types.fullmatch(nn) is not None)
+                or (mobile is not None and mobile.fullmatch(nn) is not None)
+            )
+        )
         if not valid:
+            if leading is None:
+                continue  # not this region's: the next one may claim it
             raise PhoneError(_INVALID)
-        if region.code not in _REACHABLE_REGIONS:
+        if code not in _REACHABLE_REGIONS:
             raise PhoneError(
-                f"+1 number outside the US and Canada ({region.code}); group MMS reaches the US "
+                f"+1 number outside the US and Canada ({code}); group MMS reaches the US "
                 "and Canada only"
             )
         return phone

@@ -71,6 +71,12 @@ def test_returning_key_is_rejected_row_by_row() -> None:
     assert [g.to for g in groups(out)] == [("+12125550000",), ("+12125550001",), ("+12125550004",)]
 
 
+def test_group_ids_never_change_between_versions() -> None:
+    """Ids are pinned: a ledger written by an earlier version resumes onto the same groups."""
+    assert group_id("job", ["+12125550100", "+12125550101"]) == "e67abf04488bc4c295e34cac"
+    assert group_id("nightly-é", ["+12125550100"]) == "1e60e7d6a752bd77710bba77"
+
+
 def test_group_ids_are_deterministic_and_ignore_the_text() -> None:
     """The same job and recipients give the same id; another job or recipients do not."""
     a = group_id("job", ["+12125550100", "+12125550101"])

@@ -136,3 +136,24 @@ def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
     p.write_bytes(orjson.dumps({"phone": "+12125550100", "a": "1", "b": "2"}) + b"\n")
     assert read(p, keep=("b",)) == [Row(1, {"phone": "+12125550100", "b": "2"})]
+
+
+def test_full_and_short_rows_keep_the_same_fields(tmp_path: Path) -> None:
+    """Every column kept: a full row, a short one and a repeated header name read alike."""
+    p = tmp_path / "a.csv"
+    p.write_text("phone,name,city,name\n+12125550100,A,X,B\n+12125550101,C\n+12125550102\n")
+    with RowReader(p, "phone", ("name",), keep_all=True) as reader:
+        rows = list(reader)
+    assert rows[0] == Row(2, {"phone": "+12125550100", "name": "B", "city": "X"})
+    assert rows[1] == RejectedRow(3, "+12125550101,C", "missing column 'name'")
+    assert rows[2] == RejectedRow(4, "+12125550102", "missing column 'name'")
+
+
+def test_lines_read_ahead_while_opening_come_first_in_order(tmp_path: Path) -> None:
+    """Blank lines after the header (read ahead by the open check) keep every row's number."""
+    p = tmp_path / "a.csv"
+    p.write_text("phone,name\n\n\n+12125550100,A\n+12125550101,B\n")
+    assert read(p, keep=("name",)) == [
+        Row(4, {"phone": "+12125550100", "name": "A"}),
+        Row(5, {"phone": "+12125550101", "name": "B"}),
+    ]

@@ -287,28 +287,36 @@ def _money(cost: Money | None) -> dict[str, str] | None:
     return None if cost is None else {"amount": str(cost.amount), "currency": cost.currency}
 
 
-_NAMES: dict[type, tuple[str, ...]] = {}
+#: How :func:`to_json` writes a field other than as it is (by the field's name).
+_COST, _ERRORS, _UNLESS_EMPTY = 1, 2, 3
+_HOW = {"cost": _COST, "errors": _ERRORS, "refused": _UNLESS_EMPTY, "retired": _UNLESS_EMPTY}
+#: Each event class's fields as (name, JSON key, how), worked out once per class.
+_FIELDS: dict[type, tuple[tuple[str, str, int], ...]] = {}
 
 
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _fields_of(cls: type) -> tuple[tuple[str, str, int], ...]:
+    out = _FIELDS.get(cls)
+    if out is None:
+        out = _FIELDS[cls] = tuple(
+            (f.name, "from" if f.name == "from_" else f.name, _HOW.get(f.name, 0))
+            for f in dataclasses.fields(cls)
+        )
+    return out
 
 
 def to_json(ev: Event) -> dict[str, Any]:
     """The event as the JSON object a store writes (``event`` first; ``from_`` as ``from``)."""
     out: dict[str, Any] = {"event": ev.kind}
-    for name in _field_names(type(ev)):
+    for name, key, how in _fields_of(type(ev)):
         value = getattr(ev, name)
-        if name == "cost":
-            value = _money(value)
-        elif name == "errors":
-            value = [{"code": e.code, "title": e.title, "detail": e.detail} for e in value]
-        elif not value and name in ("refused", "retired"):
-            continue  # the common case: left out
-        out["from" if name == "from_" else name] = value
+        if how:
+            if how == _COST:
+                value = _money(value)
+            elif how == _ERRORS:
+                value = [{"code": e.code, "title": e.title, "detail": e.detail} for e in value]
+            elif not value:
+                continue  # refused, retired: the common case, left out
+        out[key] = value
     return out
 
 
