@@ -204,13 +204,15 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
     statuses = []
     listed = data.get("to")
     for item in listed if isinstance(listed, list) else ():
-        if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-            phone = item["phone_number"]
+        if isinstance(item, dict) and isinstance(phone := item.get("phone_number"), str):
             if wanted is not None and phone not in wanted:
                 raise AmbiguousSendError(
                     "accepted, but the response lists a number this request did not send to"
                 )
-            statuses.append(RecipientStatus(phone, _text(item.get("status"), _STATUS_CHARS)))
+            status = item.get("status")  # _text, inline: eight times an answer
+            statuses.append(
+                RecipientStatus(phone, status[:_STATUS_CHARS] if isinstance(status, str) else "")
+            )
     raw_cost = data.get("cost")
     cost = parse_money(raw_cost)
     if cost is None and raw_cost is not None:
