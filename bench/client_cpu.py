@@ -5,6 +5,12 @@ row needs `pip install telnyx`, and is left out with BENCH_NO_SDK=1 while iterat
 its rounds takes ten times the others'. This machine's speed varies from run to run, so small
 changes need more rounds to show.)
 
+BENCH_INSTRUCTIONS=1 adds a second table: the floor and bulk-mms once each under valgrind's
+callgrind, which counts the user-space instructions a process executes. That count repeats to
+a fraction of a percent whatever else the machine does, where CPU seconds on a shared VM move
+by a fifth; it leaves out the kernel's part (socket calls, fsync), so it measures our code, not
+the whole cost. Each run takes about forty times as long; the SDK is left out of it.
+
 The fake API runs in a process of its own; each client runs as a fresh process and is charged
 its whole user + system CPU, start-up and imports included (getrusage of the children). All send
 the same 2,000 groups of 8, 32 requests in flight, to the same fake API, in the same session:
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import re
 import resource
 import shutil
 import socket
@@ -129,6 +136,25 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> float | None:
     return children_cpu() - before
 
 
+def instructions(argv: list[str], env: dict[str, str]) -> int | None:
+    """User-space instructions one child executes (callgrind), or None if it failed."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("  (no valgrind on PATH: no instruction counts)", file=sys.stderr)
+        return None
+    done = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    counted = re.search(rb"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or counted is None:
+        print(f"  ({argv[1:3]} failed under callgrind)", file=sys.stderr)
+        return None
+    return int(counted.group(1))
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS
@@ -175,6 +201,14 @@ def main() -> None:
                     if round_:
                         spent[name].append(cpu)
             results = {name: _median(values) for name, values in spent.items()}
+            counted: dict[str, int | None] = {}
+            if os.environ.get("BENCH_INSTRUCTIONS"):
+                # the same program through its module (valgrind runs an interpreter, not a
+                # console script's launcher)
+                clients["bulk-mms run"][:1] = [sys.executable, "-m", "bulk_mms"]
+                for name in ("floor", "bulk-mms run"):
+                    shutil.rmtree(ledgers, ignore_errors=True)
+                    counted[name] = instructions(clients[name], env)
     finally:
         proc.terminate()
         proc.wait()
@@ -188,6 +222,17 @@ def main() -> None:
         else:
             ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "?"
             print(f"| {name} | {cpu:.2f} s | {ratio} |")
+    if counted:
+        base_count = counted.get("floor")
+        print("\nuser-space instructions (callgrind), one run each")
+        print("| client | instructions | vs floor |")
+        print("|---|---|---|")
+        for name, count in counted.items():
+            if count is None:
+                print(f"| {name} | not counted | |")
+            else:
+                ratio = f"{count / base_count:.2f}" if base_count else "?"
+                print(f"| {name} | {count / 1e9:.2f} G | {ratio} |")
 
 
 if __name__ == "__main__":
