@@ -100,9 +100,18 @@ def parse_time(stamp: str) -> float:
 
 def instant(stamp: object) -> float | None:
     """:func:`parse_time` for untrusted stamps: None when there is none or it does not parse."""
+    global _last_instant  # noqa: PLW0603 - a memo of one stamp, as iso keeps
     if not isinstance(stamp, str):
         return None
+    if stamp == _last_instant[0]:
+        return _last_instant[1]  # events come many to a millisecond, read back in order
     try:
-        return parse_time(stamp)
+        seconds = parse_time(stamp)
     except (ValueError, OverflowError):
         return None
+    _last_instant = (stamp, seconds)
+    return seconds
+
+
+#: The last stamp :func:`instant` read, and its instant.
+_last_instant: tuple[str | None, float] = (None, 0.0)

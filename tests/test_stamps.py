@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_mms.clock import iso
+from bulk_mms.clock import instant, iso, parse_time
 
 
 def reference(seconds: float) -> str:
@@ -35,3 +35,12 @@ def test_iso_at_millisecond_edges() -> None:
         for delta in (-1e-7, -4e-7, 0.0, 4e-7, 1e-7, 5e-7, 6e-7):
             t = base + ms / 1000 + delta
             assert iso(t) == reference(t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["2026-11-30T10:00:00.001Z", "2026-11-30T10:00:00.002Z", "x", ""])))
+def test_instant_memo_gives_what_parsing_gives(stamps: list[str]) -> None:
+    """Read in any order, repeated or not, a stamp's instant is its own (bad ones are None)."""
+    for stamp in stamps:
+        expected = parse_time(stamp) if stamp.startswith("2026") else None
+        assert instant(stamp) == expected

@@ -242,11 +242,12 @@ class LedgerView:
         rec.open = False
         self._open.discard(rec.id)
         self.rate_limited += ev.rate_limited
-        self._run_last = instant(ev.time) or self._run_last
+        at = instant(ev.time)
+        self._run_last = at or self._run_last
         if rec.outcome == SENT:
             return  # a sent group stays sent
         if isinstance(ev, events.Sent):
-            self._sent(rec, ev)
+            self._sent(rec, ev, at)
         elif isinstance(ev, events.InDoubt):
             rec.outcome, rec.doubt_recorded = IN_DOUBT, True
             rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
@@ -260,11 +261,11 @@ class LedgerView:
             rec.refused, rec.refused_sender = ev.refused, ev.retired
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
 
-    def _sent(self, rec: GroupRecord, ev: events.Sent) -> None:
+    def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
         rec.outcome = SENT
         rec.message_id = ev.message_id
         rec.sender = ev.from_ or rec.sender
-        rec.sent_at = instant(ev.time) or 0.0
+        rec.sent_at = at or 0.0
         rec.cost = ev.cost
         self.sent_events += 1
         if ev.wait_seconds is not None:
