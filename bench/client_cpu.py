@@ -203,9 +203,9 @@ def main() -> None:
             results = {name: _median(values) for name, values in spent.items()}
             counted: dict[str, int | None] = {}
             if os.environ.get("BENCH_INSTRUCTIONS"):
-                # the same program through its module (valgrind runs an interpreter, not a
-                # console script's launcher)
-                clients["bulk-mms run"][:1] = [sys.executable, "-m", "bulk_mms"]
+                # the same console script, given to its interpreter (valgrind follows no
+                # #! line); not ``-m bulk_mms``, which would import from the working directory
+                clients["bulk-mms run"][:1] = [sys.executable, str(bulk_mms)]
                 for name in ("floor", "bulk-mms run"):
                     shutil.rmtree(ledgers, ignore_errors=True)
                     counted[name] = instructions(clients[name], env)
