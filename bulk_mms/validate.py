@@ -94,36 +94,36 @@ _INVALID: Final = "not a valid US or Canadian phone number"
 _NSN_LENGTH: Final = 10
 
 
-def _pattern(*descs: PhoneNumberDesc | None) -> re.Pattern[str] | None:
-    """One pattern that fully matches a 10-digit national number when any of ``descs`` does
-    (phonenumbers' ``_is_number_matching_desc``: its possible lengths, then its pattern); None
-    when none can."""
-    alternatives = [
+def _alternatives(*descs: PhoneNumberDesc | None) -> str:
+    """A pattern (source) that fully matches a 10-digit national number when any of ``descs``
+    does (phonenumbers' ``_is_number_matching_desc``: its possible lengths, then its pattern);
+    empty when none can."""
+    return "|".join(
         f"(?:{d.national_number_pattern})"
         for d in descs
         if d is not None
         and d.national_number_pattern
         and (not d.possible_length or _NSN_LENGTH in d.possible_length)
-    ]
-    return re.compile("|".join(alternatives)) if alternatives else None
+    )
 
 
 @functools.cache
-def _patterns(
-    code: str,
-) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, re.Pattern[str] | None]:
-    """A region's general pattern; the types (besides mobile) any of which makes a number
-    valid, as phonenumbers asks; and the mobile pattern when it differs from the fixed-line
-    one (else it is never asked). Compiled when a number first needs them: a US list never
-    pays for the other twenty-four regions."""
+def _validity(code: str) -> re.Pattern[str] | None:
+    """One pattern that fully matches exactly a region's valid 10-digit national numbers, as
+    phonenumbers asks: its general pattern (a lookahead over the whole number), then any type
+    that makes a number valid (mobile only where it differs from fixed-line; else it is never
+    asked). None when no number can be valid. One regex call a number; compiled when a number
+    first needs it, so a US list never pays for the other twenty-four regions."""
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
-    return (
-        _pattern(m.general_desc),
-        _pattern(m.premium_rate, m.toll_free, m.shared_cost, m.voip, m.personal_number,
-                 m.pager, m.uan, m.voicemail, m.fixed_line),
-        None if m.same_mobile_and_fixed_line_pattern else _pattern(m.mobile),
+    general = _alternatives(m.general_desc)
+    types = _alternatives(
+        m.premium_rate, m.toll_free, m.shared_cost, m.voip, m.personal_number, m.pager, m.uan,
+        m.voicemail, m.fixed_line, None if m.same_mobile_and_fixed_line_pattern else m.mobile,
     )  # fmt: skip
+    if not general or not types:
+        return None
+    return re.compile(f"(?=(?:{general})\\Z)(?:{types})")
 
 
 @functools.cache
@@ -143,22 +143,14 @@ def _nanp(phone: str) -> str:
     """:func:`normalize_phone` for a canonical ``+1`` number, from the metadata directly:
     ``region_code_for_number`` (leading digits where a region has them, else validity; the
     first region that claims it), then validity for that region: phonenumbers'
-    ``_number_type_helper(nn, metadata) != UNKNOWN``, its general pattern and then any type's
-    (this loop runs once per row: it is kept to plain locals)."""
+    ``_number_type_helper(nn, metadata) != UNKNOWN``, in one regex (:func:`_validity`).
+    This runs once a row: it is kept to plain locals."""
     nn = phone[2:]
     for code, leading in _nanp_regions():
         if leading is not None and leading.match(nn) is None:
             continue
-        general, types, mobile = _patterns(code)
-        valid = (
-            general is not None
-            and general.fullmatch(nn) is not None
-            and (
-                (types is not None and types.fullmatch(nn) is not None)
-                or (mobile is not None and mobile.fullmatch(nn) is not None)
-            )
-        )
-        if not valid:
+        valid = _validity(code)
+        if valid is None or valid.fullmatch(nn) is None:
             if leading is None:
                 continue  # not this region's: the next one may claim it
             raise PhoneError(_INVALID)
@@ -185,11 +177,13 @@ def validate_rows(
     stays well inside the memory budget.
     """
     seen: set[int] = set()
+    remember = seen.add
     for row in rows:
         if isinstance(row, RejectedRow):
             yield row
             continue
-        raw = row.fields[phone_column]
+        fields = row.fields
+        raw = fields[phone_column]
         try:
             phone = normalize_phone(raw, region)
         except PhoneError as exc:
@@ -199,5 +193,5 @@ def validate_rows(
         if key in seen:
             yield RejectedRow(row.line, raw, f"duplicate: {phone} appears earlier in the input")
             continue
-        seen.add(key)
-        yield Recipient(phone, row.line, row.fields)
+        remember(key)
+        yield Recipient(phone, row.line, fields)
