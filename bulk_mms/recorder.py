@@ -94,10 +94,13 @@ class Recorder:
     def _members(self, group: Group) -> dict[str, Any]:
         """What every outcome of a group records: its members and, with the header's
         ``columns``, their input rows (what --failed-csv writes)."""
-        rows: tuple[tuple[str, ...], ...] = ()
-        if (columns := self.columns) and group.rows:
-            rows = tuple([tuple([row.get(c, "") for c in columns]) for row in group.rows])
-        return {"group": group.id, "seq": group.seq, "to": group.to, "rows": rows}
+        return {"group": group.id, "seq": group.seq, "to": group.to, "rows": self._rows(group)}
+
+    def _rows(self, group: Group) -> tuple[tuple[str, ...], ...]:
+        """The members' input rows, values in the header's ``columns`` order (none without)."""
+        if not (columns := self.columns) or not group.rows:
+            return ()
+        return tuple([tuple([row.get(c, "") for c in columns]) for row in group.rows])
 
     # -- before sending ---------------------------------------------------------------------
 
@@ -175,8 +178,11 @@ class Recorder:
         if r.wait_seconds is not None:
             self.waits.append(r.wait_seconds)
         self._queue(
-            Sent(
-                **self._members(group),
+            Sent(  # its members named here, not splatted from _members: once a group
+                group=group.id,
+                to=group.to,
+                seq=group.seq,
+                rows=self._rows(group),
                 message_id=r.message_id,
                 from_=group.message.from_,
                 statuses={st.phone: st.status for st in r.statuses},
