@@ -23,16 +23,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from client_cpu import IN_FLIGHT, free_port, start_fake, write_job
+from client_cpu import IN_FLIGHT, free_port, instructions, start_fake, write_job
 
 STUBS = ("sent", "answer", "attempt", "pace")
 
@@ -115,18 +113,7 @@ def child(mode: str, job: str, base: str) -> None:
 def count(mode: str, job: Path, base: str, env: dict[str, str]) -> int | None:
     """Instructions of one child process under callgrind; None if it failed."""
     shutil.rmtree(job.parent / "ledgers", ignore_errors=True)
-    callgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    done = subprocess.run(
-        [*callgrind, sys.executable, __file__, "--child", mode, str(job), base],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    counted = re.search(rb"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or counted is None:
-        print(f"  ({mode} failed: {done.stderr.decode()[-300:].strip()})", file=sys.stderr)
-        return None
-    return int(counted.group(1))
+    return instructions([sys.executable, __file__, "--child", mode, str(job), base], env)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 SENDER = "+13125550100"
@@ -150,7 +151,8 @@ def instructions(argv: list[str], env: dict[str, str]) -> int | None:
     )
     counted = re.search(rb"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or counted is None:
-        print(f"  ({argv[1:3]} failed under callgrind)", file=sys.stderr)
+        tail = done.stderr.decode(errors="replace")[-300:].strip()
+        print(f"  ({' '.join(argv[1:4])} failed under callgrind: {tail})", file=sys.stderr)
         return None
     return int(counted.group(1))
 
@@ -212,27 +214,27 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait()
-    base_cpu = results["floor"]
-    print(f"{n} groups of 8, {IN_FLIGHT} in flight, whole-process user+system CPU")
-    print("| client | CPU | vs floor |")
-    print("|---|---|---|")
-    for name, cpu in results.items():
-        if cpu is None:
-            print(f"| {name} | not run | |")
-        else:
-            ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "?"
-            print(f"| {name} | {cpu:.2f} s | {ratio} |")
+    title = f"{n} groups of 8, {IN_FLIGHT} in flight, whole-process user+system CPU"
+    _table(title, "CPU", results, lambda cpu: f"{cpu:.2f} s")
     if counted:
-        base_count = counted.get("floor")
-        print("\nuser-space instructions (callgrind), one run each")
-        print("| client | instructions | vs floor |")
-        print("|---|---|---|")
-        for name, count in counted.items():
-            if count is None:
-                print(f"| {name} | not counted | |")
-            else:
-                ratio = f"{count / base_count:.2f}" if base_count else "?"
-                print(f"| {name} | {count / 1e9:.2f} G | {ratio} |")
+        title = "\nuser-space instructions (callgrind), one run each"
+        _table(title, "instructions", counted, lambda count: f"{count / 1e9:.2f} G")
+
+
+def _table(
+    title: str, unit: str, values: Mapping[str, float | None], show: Callable[[float], str]
+) -> None:
+    """One Markdown table of the clients' results, each as a ratio to the floor's too."""
+    base = values.get("floor")
+    print(title)
+    print(f"| client | {unit} | vs floor |")
+    print("|---|---|---|")
+    for name, value in values.items():
+        if value is None:
+            print(f"| {name} | not measured | |")
+        else:
+            ratio = f"{value / base:.2f}" if base else "?"
+            print(f"| {name} | {show(value)} | {ratio} |")
 
 
 if __name__ == "__main__":
