@@ -73,8 +73,9 @@ def iso(seconds: float) -> str:
     if seconds >= 0:  # the millisecond datetime shows: it rounds the fraction to microseconds
         frac, whole = math.modf(seconds)
         ms = int(whole) * 1000 + round(frac * 1e6) // 1000
-    if ms is not None and ms == _last_iso[0]:
-        return _last_iso[1]  # events come many to a millisecond: one stamp for them all
+    last = _last_iso  # read once: another thread may replace it meanwhile
+    if ms is not None and ms == last[0]:
+        return last[1]  # events come many to a millisecond: one stamp for them all
     stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
     stamp = stamp.replace("+00:00", "Z")
     if ms is not None:
@@ -103,8 +104,9 @@ def instant(stamp: object) -> float | None:
     global _last_instant  # noqa: PLW0603 - a memo of one stamp, as iso keeps
     if not isinstance(stamp, str):
         return None
-    if stamp == _last_instant[0]:
-        return _last_instant[1]  # events come many to a millisecond, read back in order
+    last = _last_instant  # read once: another thread may replace it meanwhile
+    if stamp == last[0]:
+        return last[1]  # events come many to a millisecond, read back in order
     try:
         seconds = parse_time(stamp)
     except (ValueError, OverflowError):
