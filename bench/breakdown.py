@@ -106,8 +106,15 @@ def child(mode: str, job: str, base: str) -> None:
     argv = ["-q", "run", job, "--base-url", base, "--yes", "--rate", "10000"]
     argv += ["--concurrency", str(IN_FLIGHT), "--skip-media-check"]
     sys.argv[1:] = argv  # entry() reads them, and tunes the collector as the program does
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-        cli.entry()
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code: object = cli.entry()
+        except SystemExit as exc:
+            code = exc.code
+    # a run that failed is no measurement of one that worked; a stubbed one ends as its stubs
+    # leave the ledger (with no sent lines, its groups are in doubt: exit 1)
+    if code and mode == "run":
+        sys.exit(f"the run exited {code}")
 
 
 def count(mode: str, job: Path, base: str, env: dict[str, str]) -> int | None:
