@@ -121,3 +121,21 @@ async def test_delivery_counts_kept_as_statuses_change_match_a_recount(jobs: Job
         for p in rec.to
     )
     assert view.delivery() == recount == Counter(delivered=12, delivery_failed=12)
+
+
+async def test_a_report_from_a_checkpoint_builds_no_statuses_and_says_what_a_replay_says(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a checkpoint with nothing after it, who did not get the message comes from the
+    saved columns (the per-recipient statuses are never built) and equals a full replay's."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger)  # leaves the checkpoint
+    view = load(ledger)
+    undelivered = view.not_received()
+    assert view._known is None  # still the columns
+    full = replay(ledger, statuses=True)
+    assert undelivered == full.not_received()
+    assert any("delivery_failed" in why for why in undelivered.values())
+    assert view.known == full.known  # built when asked for, the same
+    assert view == full

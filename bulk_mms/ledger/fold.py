@@ -114,9 +114,13 @@ class RecipientCounts:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class LedgerView:
-    """Everything a ledger says, folded from its events in order by :meth:`apply`."""
+    """Everything a ledger says, folded from its events in order by :meth:`apply`.
+
+    Two views are equal when everything they say is (``__eq__``: the fields, with
+    :attr:`known` compared as built).
+    """
 
     header: events.Header | None = None
     #: Whether it keeps recipients' delivery statuses (a resume needs none: a million
@@ -128,8 +132,9 @@ class LedgerView:
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     #: Input line → why it was rejected.
     rejected: dict[int, str] = field(default_factory=dict)
-    #: Latest delivery status per recipient of a sent group.
-    known: dict[str, Known] = field(default_factory=dict)
+    #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
+    _known: dict[str, Known] | None = field(default_factory=dict)
+    _known_columns: tuple[list[Any], ...] | None = field(default=None, repr=False)
     #: Recipients of sent groups by their latest status, kept as statuses change.
     _delivery: Counter[str] = field(default_factory=Counter)
     #: Group message ids and recipients' own ids → group id.
@@ -162,6 +167,24 @@ class LedgerView:
                 view.apply(ev)
         view.close_run()
         return view
+
+    @property
+    def known(self) -> dict[str, Known]:
+        """Latest delivery status per recipient of a sent group. After a checkpoint it is
+        built when first asked for: a report that needs only its counts and its failures
+        (:meth:`not_received`) never makes a million of them."""
+        if self._known is None:
+            phones, *values = self._known_columns or ((),)
+            self._known = dict(zip(phones, map(_known, zip(*values, strict=True)), strict=True))
+            self._known_columns = None
+        return self._known
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LedgerView):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _COMPARED)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: as the dataclass's own eq left it
 
     @property
     def campaign(self) -> str | None:
@@ -339,10 +362,7 @@ class LedgerView:
             "rejected": [[line, why] for line, why in self.rejected.items()],
             "known": {
                 "phone": phones,
-                **{
-                    name: [getattr(self.known[p], name) for p in phones]
-                    for name in ("status", "at", "message_id", "code")
-                },
+                **{name: [getattr(self.known[p], name) for p in phones] for name in _KNOWN_FIELDS},
             },
             "by_message_id": self.by_message_id,
             "webhook_ids": sorted(self.webhook_ids),
@@ -375,24 +395,26 @@ class LedgerView:
          view._run_first, view._run_last) = d["times"]  # fmt: skip
         columns = d["groups"]
         groups = view.groups
+        prices: dict[tuple[str, str], Money] = {}  # a campaign pays a few prices: one Money each
         for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
             rec = GroupRecord(*values)
             rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
             rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
             if rec.cost is not None:
-                cost: list[str] = rec.cost  # type: ignore[assignment]
-                rec.cost = Money(Decimal(cost[0]), cost[1])
+                cell: list[str] = rec.cost  # type: ignore[assignment]
+                key = (cell[0], cell[1])
+                price = prices.get(key)
+                if price is None:
+                    price = prices[key] = Money(Decimal(cell[0]), cell[1])
+                rec.cost = price
             groups[rec.id] = rec
         view._open = set(d["open"])
         view.rejected = {int(line): str(why) for line, why in d["rejected"]}
         k = d["known"]
-        view.known = dict(
-            zip(
-                k["phone"],
-                map(_known, zip(k["status"], k["at"], k["message_id"], k["code"], strict=True)),
-                strict=True,
-            )
-        )
+        names = ("phone", *_KNOWN_FIELDS)
+        if any(len(k[name]) != len(k["phone"]) for name in names):
+            raise ValueError("the known columns differ in length")
+        view._known, view._known_columns = None, tuple(k[name] for name in names)
         view.by_message_id = dict(d["by_message_id"])
         view.webhook_ids = set(d["webhook_ids"])
         view._delivery = Counter(d["delivery"])
@@ -457,8 +479,8 @@ class LedgerView:
         """Who did not get the message, with why, in ledger order: the failed groups'
         recipients (final failures only: no rerun sends them) and sent recipients whose
         delivery failed for good. Never a recipient in doubt or pending a rerun."""
-        known = self.known
-        failed = {p for p, k in known.items() if k.status in NOT_RECEIVED}
+        known = self._failed_deliveries()
+        failed = known.keys()
         out: dict[str, str] = {}
         for rec in self.groups.values():
             state = rec.state
@@ -467,6 +489,18 @@ class LedgerView:
             elif state == SENT and not failed.isdisjoint(rec.to):
                 out.update((p, _delivery_reason(known[p])) for p in rec.to if p in failed)
         return out
+
+    def _failed_deliveries(self) -> dict[str, Known]:
+        """The recipients whose latest status is one of :data:`NOT_RECEIVED`: from the
+        checkpoint's columns while :attr:`known` is not built (only these become objects)."""
+        if self._known is not None or self._known_columns is None:
+            return {p: k for p, k in self.known.items() if k.status in NOT_RECEIVED}
+        phones, status, *rest = self._known_columns
+        return {
+            phones[i]: Known(st, *(column[i] for column in rest))
+            for i, st in enumerate(status)
+            if st in NOT_RECEIVED
+        }
 
     def delivery(self) -> Counter[str]:
         """Recipients of sent groups by their latest delivery status (``queued`` until one is
@@ -497,6 +531,8 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+#: A :class:`Known`'s fields after the phone, as a checkpoint keeps them in columns.
+_KNOWN_FIELDS: Final = ("status", "at", "message_id", "code")
 #: A :class:`Known` from its four values, at C speed (a million of them in a report).
 _known: Final[Callable[[tuple[Any, ...]], Known]] = functools.partial(tuple.__new__, Known)
 
@@ -522,3 +558,11 @@ def _delivery_reason(k: Known) -> str:
     if DEFAULT_POLICY.get(k.code) in RESENDABLE:
         return f"{k.status} {k.code}: {RESENDABLE_NOTE}, nothing was wrong with the number"
     return f"{k.status} {k.code}"
+
+
+#: What :meth:`LedgerView.__eq__` compares: every field but the caches, with ``known`` as built.
+_COMPARED: Final = tuple(
+    "known" if f.name == "_known" else f.name
+    for f in dataclasses.fields(LedgerView)
+    if f.compare and f.name not in ("_known_columns", "_group_of")
+)
