@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bulk_mms.errors import SendError, ServerError
@@ -139,3 +140,20 @@ async def test_a_report_from_a_checkpoint_builds_no_statuses_and_says_what_a_rep
     assert any("delivery_failed" in why for why in undelivered.values())
     assert view.known == full.known  # built when asked for, the same
     assert view == full
+
+
+async def test_a_checkpoint_with_a_damaged_cost_is_ignored(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's cost in a checkpoint that is no amount makes the checkpoint unusable: the
+    fold replays from the first line (no error reaches the reader), and is right."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger, statuses=False)
+    path = ckpt.path_for(ledger, False)
+    data = orjson.loads(path.read_bytes())
+    costs = data["view"]["groups"]["cost"]
+    costs[next(i for i, c in enumerate(costs) if c is not None)] = ["NaN?", "USD"]
+    path.write_bytes(orjson.dumps(data))
+    assert ckpt.read(ledger, statuses=False) is None
+    assert load(ledger, statuses=False) == replay(ledger, statuses=False)

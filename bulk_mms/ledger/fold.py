@@ -34,7 +34,7 @@ from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
-from bulk_mms.models import Money, RecipientStatus
+from bulk_mms.models import Money, RecipientStatus, parse_money
 
 SENT: Final = "sent"
 FAILED: Final = "failed"
@@ -395,7 +395,8 @@ class LedgerView:
          view._run_first, view._run_last) = d["times"]  # fmt: skip
         columns = d["groups"]
         groups = view.groups
-        prices: dict[tuple[str, str], Money] = {}  # a campaign pays a few prices: one Money each
+        # each price read as a replay reads a sent line's cost, once: a campaign pays a few
+        prices: dict[tuple[str, str], Money | None] = {}
         for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
             rec = GroupRecord(*values)
             rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
@@ -403,9 +404,12 @@ class LedgerView:
             if rec.cost is not None:
                 cell: list[str] = rec.cost  # type: ignore[assignment]
                 key = (cell[0], cell[1])
-                price = prices.get(key)
+                if key in prices:
+                    price = prices[key]
+                else:
+                    price = prices[key] = parse_money({"amount": key[0], "currency": key[1]})
                 if price is None:
-                    price = prices[key] = Money(Decimal(cell[0]), cell[1])
+                    raise ValueError(f"a group's cost is not an amount: {cell!r:.60}")
                 rec.cost = price
             groups[rec.id] = rec
         view._open = set(d["open"])
