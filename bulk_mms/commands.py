@@ -13,11 +13,11 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import structlog
+from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import SystemClock, utc

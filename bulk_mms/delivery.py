@@ -35,7 +35,7 @@ _RANK = {"": 0, "queued": 1, "sending": 2, "sent": 3}
 class Known(NamedTuple):
     """The latest status of one recipient, as the ledger has it. (A named tuple: a tracked
     ledger holds one per recipient, and a million of them are built in a fraction of the time
-    a frozen dataclass takes.)"""
+    a frozen record takes.)"""
 
     status: str
     #: When the API says it was reached (ISO 8601), if it said.

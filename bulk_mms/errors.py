@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class ApiError:
+
+class ApiError(msgspec.Struct, frozen=True):
     """One entry of a Telnyx ``errors`` array."""
 
     #: Telnyx error code, e.g. ``"40318"``; empty when the body had none.

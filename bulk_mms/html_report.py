@@ -16,9 +16,10 @@ import html
 import io
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
@@ -38,21 +39,20 @@ PACE_COLOUR = "#2ca02c"
 MAX_BINS = 600
 
 
-@dataclass(slots=True)
-class Timeline:
+class Timeline(msgspec.Struct):
     """What happened when: read from the ledger's outcome events in one pass."""
 
     #: (time, groups sent) per sent event; (time, wait_seconds) where the API said.
-    sent: list[float] = field(default_factory=list)
-    waits: list[tuple[float, float]] = field(default_factory=list)
+    sent: list[float] = msgspec.field(default_factory=list)
+    waits: list[tuple[float, float]] = msgspec.field(default_factory=list)
     #: (time, 429s) for every outcome that met any.
-    limited: list[tuple[float, int]] = field(default_factory=list)
-    runs: list[float] = field(default_factory=list)
+    limited: list[tuple[float, int]] = msgspec.field(default_factory=list)
+    runs: list[float] = msgspec.field(default_factory=list)
     #: Each sender's pace as the pacer set it: (time, rate) steps, and what the rate counts.
-    pace: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    pace: dict[str, list[tuple[float, float]]] = msgspec.field(default_factory=dict)
     pace_per: str = "request"
     #: Groups sent by each sender.
-    senders: Counter[str] = field(default_factory=Counter)
+    senders: Counter[str] = msgspec.field(default_factory=Counter)
 
     @classmethod
     def read(cls, stream: Iterable[Event]) -> Timeline:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import aiohttp
+import msgspec
 import structlog
 
 from bulk_mms._version import __version__
@@ -32,8 +32,7 @@ CARRIER_CAPS = {"toll_free": 600_000, "short_code": 600_000, "long_code": 1_000_
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+)")
 
 
-@dataclass(frozen=True, slots=True)
-class MediaInfo:
+class MediaInfo(msgspec.Struct, frozen=True):
     """What a media URL serves."""
 
     url: str

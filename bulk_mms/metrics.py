@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,13 +29,12 @@ PREFIX = "bulk_mms"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
 
 
-@dataclass(slots=True)
-class CommandMetrics:
+class CommandMetrics(msgspec.Struct):
     """One command's metrics, filled as it runs and written when it ends (:meth:`write`)."""
 
     path: Path
     command: str
-    clock: Clock = field(default_factory=SystemClock)
+    clock: Clock = msgspec.field(default_factory=SystemClock)
     #: The job (or ledger) the command worked on: the ``name`` label.
     name: str = ""
     started: float = 0.0

@@ -1,4 +1,12 @@
-"""The values that flow through the pipeline: rows in, groups across, receipts and outcomes back."""
+"""The values that flow through the pipeline: rows in, groups across, receipts and outcomes back.
+
+Every record in bulk_mms is a :class:`msgspec.Struct`: frozen where it is a value, as a frozen
+slotted dataclass would be (fields, defaults, equality, hashing, ``replace`` from
+:mod:`msgspec.structs`). A Struct class is made in C, where ``dataclasses`` compiles six
+methods for each class at import (about 4 M instructions a class, 0.2 G for a run's 43), and
+an instance is built in a fifth of the time: a send of 2,000 groups runs 13% fewer
+instructions (``bench/breakdown.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,9 @@ import enum
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+
+import msgspec
 
 from bulk_mms.errors import ApiError
 
@@ -25,20 +34,30 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One valid, normalised input row."""
+class Recipient(msgspec.Struct, frozen=True, eq=False):
+    """One valid, normalised input row. Equal by number and line; its fields (personal data)
+    are neither compared nor shown in its repr."""
 
     #: E.164, e.g. ``+14155550100``.
     phone: str
     #: 1-based line of the input file where the row starts.
     line: int
     #: The row's fields, for ``{column}`` placeholders.
-    fields: Mapping[str, str] = field(repr=False, compare=False)
+    fields: Mapping[str, str]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Recipient):
+            return NotImplemented
+        return (self.phone, self.line) == (other.phone, other.line)
+
+    def __hash__(self) -> int:
+        return hash((self.phone, self.line))
+
+    def __repr__(self) -> str:
+        return f"Recipient(phone={self.phone!r}, line={self.line!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class RejectedRow:
+class RejectedRow(msgspec.Struct, frozen=True):
     """An input row that will not be sent, and why."""
 
     line: int
@@ -46,8 +65,7 @@ class RejectedRow:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class MessageBody:
+class MessageBody(msgspec.Struct, frozen=True):
     """Everything of a group MMS request except ``to``, after templates are filled."""
 
     from_: str
@@ -59,9 +77,13 @@ class MessageBody:
     use_profile_webhooks: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Up to eight recipients that receive one group MMS together."""
+class Group(msgspec.Struct, frozen=True, eq=False):
+    """Up to eight recipients that receive one group MMS together.
+
+    Two groups are equal when their identity is (id, place, members, lines and
+    message); what is counted or carried along (template notes, rows, zones, the
+    members left out) is not compared, and the rows (personal data) stay out of its repr.
+    """
 
     #: Deterministic id from the job name and the recipients: stable across runs.
     id: str
@@ -74,25 +96,41 @@ class Group:
     message: MessageBody
     #: Placeholders whose value differs between the members (the message carries the first
     #: member's), and placeholders left empty: counted and reported, so the job can fix them.
-    differs: tuple[str, ...] = field(default=(), compare=False)
-    empty: tuple[str, ...] = field(default=(), compare=False)
+    differs: tuple[str, ...] = ()
+    empty: tuple[str, ...] = ()
     #: The members' input rows (every column the reader kept), same order as ``to``: the
     #: ledger records them, so the failed-recipients file never re-reads a changed input.
-    rows: tuple[Mapping[str, str], ...] = field(default=(), compare=False, repr=False)
+    rows: tuple[Mapping[str, str], ...] = ()
     #: The members' time zones, when the job keeps quiet hours (``recipient_window``): the
     #: group may be sent only while the window is open in every one.
-    zones: tuple[str, ...] = field(default=(), compare=False)
+    zones: tuple[str, ...] = ()
     #: When the group was made anew without members the API refused by name (opted out):
     #: those members, counted failed in the group they were refused in.
-    refused: tuple[str, ...] = field(default=(), compare=False)
+    refused: tuple[str, ...] = ()
     #: When this run made the group anew without members on the suppression list: the id of
     #: the group it was made from, and those members (the run records it before sending).
-    origin: str = field(default="", compare=False)
-    suppressed: tuple[str, ...] = field(default=(), compare=False)
+    origin: str = ""
+    suppressed: tuple[str, ...] = ()
+
+    def _identity(self) -> tuple[object, ...]:
+        return (self.id, self.seq, self.to, self.lines, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Group):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in self.__struct_fields__ if name != "rows"
+        )
+        return f"Group({shown})"
 
 
-@dataclass(frozen=True, slots=True)
-class Money:
+class Money(msgspec.Struct, frozen=True):
     """An amount and its currency. Telnyx sends the amount as a string or a number."""
 
     amount: Decimal
@@ -150,8 +188,7 @@ def _money(text: str, currency: str) -> Money | None:
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientStatus:
+class RecipientStatus(msgspec.Struct, frozen=True):
     """Where one recipient of a group message stands."""
 
     phone: str
@@ -164,8 +201,7 @@ class RecipientStatus:
     at: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SendReceipt:
+class SendReceipt(msgspec.Struct, frozen=True):
     """The API's answer to an accepted group MMS, typed."""
 
     message_id: str

@@ -50,8 +50,8 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 
 from bulk_mms.budget import (
@@ -102,8 +102,7 @@ DEFAULT_429_PAUSE_S = 1.0
 WAIT_CEILING_S = 4 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
+class Ticket(msgspec.Struct, frozen=True):
     """An admission: which sender, when, and the sender's cumulative cost including this one."""
 
     sender: str
@@ -172,8 +171,7 @@ class DrainFit:
         return sxx / sxy  # queue positions per second: the inverse of the fitted slope
 
 
-@dataclass(slots=True)
-class Gcra:
+class Gcra(msgspec.Struct):
     """A token bucket in GCRA form: a theoretical arrival time that advances ``cost / rate``.
 
     ``tolerance`` seconds of lateness are forgiven, so late wake-ups do not lower the long-run
@@ -197,8 +195,7 @@ class Gcra:
         self.tat = max(tat, now - self.tolerance) + cost / self.rate
 
 
-@dataclass(slots=True)
-class SenderPace:
+class SenderPace(msgspec.Struct):
     """One sender's adaptive bucket. Private to the pacer; all methods take ``now``."""
 
     sender: str
@@ -215,7 +212,7 @@ class SenderPace:
     #: Cumulative cost admitted: the position in the sender's queue.
     seq: float = 0.0
     #: Recent (departure time = send + wait, seq) of responses that waited: the drain fit.
-    departures: DrainFit = field(default_factory=lambda: DrainFit(DRAIN_WINDOW_S))
+    departures: DrainFit = msgspec.field(default_factory=lambda: DrainFit(DRAIN_WINDOW_S))
     drain: float | None = None
     #: The latest wait reported: where the queue stood when it last answered.
     last_wait: float = 0.0
@@ -301,8 +298,7 @@ class SenderPace:
         return self._set(self.rate * factor, reason)
 
 
-@dataclass(frozen=True, slots=True)
-class PacingConfig:
+class PacingConfig(msgspec.Struct, frozen=True):
     """What the pacer needs from the settings."""
 
     #: Account-wide ceiling, cost units per second.
@@ -311,10 +307,10 @@ class PacingConfig:
     cost: str = "request"
     max_queue_wait_s: float = 30.0
     #: Per-sender ceilings by number, cost units per second.
-    sender_limits: dict[str, float] = field(default_factory=dict)
+    sender_limits: dict[str, float] = msgspec.field(default_factory=dict)
     #: Per-sender ceilings by type (``long_code``, ``toll_free``, ``short_code``,
     #: ``alphanumeric``), used when a number has no limit of its own.
-    type_limits: dict[str, float] = field(default_factory=dict)
+    type_limits: dict[str, float] = msgspec.field(default_factory=dict)
     #: The longest pause a 429's hint (``Retry-After``...) may cause: ``max_retry_after``.
     max_pause_s: float = 300.0
 

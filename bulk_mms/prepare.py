@@ -8,9 +8,10 @@ import csv
 import datetime as dt
 import itertools
 from collections.abc import Container, Iterator, Sequence
-from dataclasses import replace
 from decimal import Decimal
 from typing import Final
+
+from msgspec.structs import replace
 
 from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Never, Protocol, TextIO
 
+import msgspec
 import structlog
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ log = structlog.get_logger("bulk_mms.progress")
 _BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} rows [{elapsed}<{remaining}]{postfix}"
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     """Where a run stands."""
 
     #: Input rows dealt with (sent, failed, in doubt, rejected, skipped as done or held).

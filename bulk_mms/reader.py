@@ -13,11 +13,11 @@ import gzip
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, cast
 
+import msgspec
 import orjson
 
 from bulk_mms.errors import InputError
@@ -30,8 +30,7 @@ _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(msgspec.Struct, frozen=True):
     """One input record: its first line and the fields the job needs."""
 
     line: int

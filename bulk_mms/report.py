@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from bulk_mms.delivery import FINAL
 from bulk_mms.ledger import (
@@ -42,25 +43,24 @@ from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
 
 
-@dataclass(slots=True)
-class LedgerSummary:
+class LedgerSummary(msgspec.Struct):
     """The state of a job as its ledger records it, each group and recipient counted once."""
 
     job: str | None = None
     input: str | None = None
     runs: int = 0
     #: Groups by state (``sent``, ``failed``, ``retry_pending``, ``in_doubt``).
-    groups: Counter[str] = field(default_factory=Counter)
+    groups: Counter[str] = msgspec.field(default_factory=Counter)
     #: Every valid recipient in exactly one state.
-    recipient_states: RecipientCounts = field(
+    recipient_states: RecipientCounts = msgspec.field(
         default_factory=lambda: RecipientCounts(0, 0, 0, 0, 0, 0, input_read=False)
     )
     rejected_rows: int = 0
-    cost: dict[str, Decimal] = field(default_factory=dict)
+    cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     attempts: int = 0
-    wait_seconds: list[float] = field(default_factory=list)
-    error_codes: Counter[str] = field(default_factory=Counter)
-    rejected_reasons: Counter[str] = field(default_factory=Counter)
+    wait_seconds: list[float] = msgspec.field(default_factory=list)
+    error_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    rejected_reasons: Counter[str] = msgspec.field(default_factory=Counter)
     first_time: str | None = None
     last_time: str | None = None
     #: 429 answers over all groups, and seconds spent sending (first attempt to last outcome,
@@ -69,10 +69,10 @@ class LedgerSummary:
     sending_seconds: float = 0.0
     sent_events: int = 0
     #: Recipients of sent groups by their latest delivery status (``queued`` until tracked).
-    delivery: Counter[str] = field(default_factory=Counter)
+    delivery: Counter[str] = msgspec.field(default_factory=Counter)
     #: Recipients who did not get the message and no rerun will send, with why: groups failed
     #: for good, and delivery_failed / sending_failed / expired. In ledger order.
-    undelivered: list[tuple[str, str]] = field(default_factory=list)
+    undelivered: list[tuple[str, str]] = msgspec.field(default_factory=list)
     #: The ledger header's phone column (the failed-recipients file uses the same name).
     phone_column: str = "phone"
     fingerprint: str | None = None

@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
 import structlog
 import tenacity
 
@@ -35,8 +35,7 @@ T = TypeVar("T")
 log = structlog.get_logger("bulk_mms.retry")
 
 
-@dataclass(frozen=True, slots=True)
-class Attempted:
+class Attempted(msgspec.Struct, frozen=True):
     """The end of sending one group: a receipt or the last error, and how many tries it took."""
 
     receipt: SendReceipt | None

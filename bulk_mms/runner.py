@@ -14,9 +14,9 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import structlog
+from msgspec.structs import replace
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, deque
-from dataclasses import dataclass, replace
 
+import msgspec
 import structlog
+from msgspec.structs import replace
 
 from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
@@ -65,8 +66,7 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
 }
 
 
-@dataclass(slots=True)
-class _Tries:
+class _Tries(msgspec.Struct):
     """One group's tries in this run."""
 
     group: Group

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+import msgspec
 
 from bulk_mms.ledger import RecipientCounts
 from bulk_mms.models import Group, Money
@@ -22,8 +23,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(msgspec.Struct, frozen=True):
     """What a dry run expects sending to take: time at the configured ceilings, and cost."""
 
     seconds: float
@@ -42,8 +42,7 @@ class Estimate:
         return f"about {self.cost.amount:.4f} {self.cost.currency} ({self.price_basis})"
 
 
-@dataclass(slots=True)
-class JobSummary:
+class JobSummary(msgspec.Struct):
     """What one run did, and where the whole ledger stands afterwards."""
 
     job: str
@@ -62,7 +61,7 @@ class JobSummary:
     held_groups: int = 0
     #: Groups the job's ``deadline`` left unsent (recorded ``expired_unsent``).
     expired_groups: int = 0
-    cost: dict[str, Decimal] = field(default_factory=dict)
+    cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     #: Reported ``wait_seconds``: median, 95th percentile and maximum (None: none reported).
     wait_seconds_p50: float | None = None
     wait_seconds_p95: float | None = None
@@ -83,22 +82,22 @@ class JobSummary:
     recipients: RecipientCounts | None = None
     #: Groups (of those sent, or a dry run would send) whose message took a placeholder's
     #: value from the first member though the members' values differ, or left it empty.
-    template_differs: Counter[str] = field(default_factory=Counter)
-    template_empty: Counter[str] = field(default_factory=Counter)
+    template_differs: Counter[str] = msgspec.field(default_factory=Counter)
+    template_empty: Counter[str] = msgspec.field(default_factory=Counter)
     #: Set by a dry run: the PID of a run that holds the ledger now (a run would exit 75).
     locked_by: str | None = None
     #: Set by a dry run: the job's senders the API refused earlier in this ledger (out of the
     #: pool for the rest of the job).
     retired: tuple[str, ...] = ()
     #: Set by a dry run: the first groups, for display, and what sending them would take.
-    preview: list[Group] = field(default_factory=list)
+    preview: list[Group] = msgspec.field(default_factory=list)
     estimate: Estimate | None = None
     #: Set by a dry run with quiet hours: recipients it would send, by their zones.
-    zones: dict[str, int] = field(default_factory=dict)
+    zones: dict[str, int] = msgspec.field(default_factory=dict)
     #: Quiet hours: recipients left for their window, by zone, and when the first opens.
-    quiet: dict[str, int] = field(default_factory=dict)
+    quiet: dict[str, int] = msgspec.field(default_factory=dict)
     next_opening: dt.datetime | None = None
-    error: BaseException | None = field(default=None, repr=False)
+    error: BaseException | None = None
 
     def as_log(self) -> dict[str, Any]:
         return {

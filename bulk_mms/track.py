@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from bulk_mms.budget import FixedRate
@@ -41,8 +41,7 @@ from bulk_mms.signals import Stop
 log = structlog.get_logger("bulk_mms.track")
 
 
-@dataclass(slots=True)
-class TrackResult:
+class TrackResult(msgspec.Struct):
     """What tracking found, over all passes."""
 
     requests: int = 0
@@ -50,19 +49,19 @@ class TrackResult:
     changes: int = 0
     passes: int = 0
     #: Recipients of tracked groups by latest status, after the last pass.
-    statuses: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = msgspec.field(default_factory=Counter)
     #: Recipients still not final, and of those, in groups past ``max_age``.
     pending: int = 0
     too_old: int = 0
     #: Groups whose message id the API does not know (404).
-    not_found: list[str] = field(default_factory=list)
+    not_found: list[str] = msgspec.field(default_factory=list)
     #: (group, phone) the API's answer did not list.
-    unlisted: list[tuple[str, str]] = field(default_factory=list)
+    unlisted: list[tuple[str, str]] = msgspec.field(default_factory=list)
     #: Groups whose GET failed after retries, by error code, in the last pass.
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = msgspec.field(default_factory=Counter)
     stopped: str | None = None
     #: The error that ended tracking (a refused key), if one did.
-    error: BaseException | None = field(default=None, repr=False)
+    error: BaseException | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ message. Each ledger gets an identity when it is created, and every key includes
 
 from __future__ import annotations
 
-from dataclasses import replace
+from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError

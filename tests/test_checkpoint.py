@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.errors import SendError, ServerError
 from bulk_mms.ledger import LedgerView, load, read_events

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import EXIT_WINDOW, main
 from bulk_mms.config import SendWindow, load_job

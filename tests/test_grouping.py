@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, MessageConfig, parse_template
 from bulk_mms.errors import ConfigError
@@ -146,3 +147,22 @@ def test_join_and_defaults_must_name_placeholders(jobs: JobFactory) -> None:
         jobs.job(message='text = "Hi {first}"\njoin = ["last"]')
     with pytest.raises(ConfigError, match=r"message\.defaults\.last"):
         jobs.job(message='text = "Hi {first}"\n[message.defaults]\nlast = "x"')
+
+
+def test_records_are_equal_by_identity_and_keep_rows_out_of_their_repr() -> None:
+    """A group or recipient equals (and hashes as) another with the same identity whatever
+    rows and notes they carry, and neither repr shows a member's row (personal data)."""
+    a, b = people(["hh-private", "hh-private"])
+    (g,) = groups(list(make_groups([a, b], job())))
+    same = replace(g, rows=({"n": "other"},) * 2, differs=("n",), zones=("America/Chicago",))
+    assert same == g
+    assert hash(same) == hash(g)
+    assert len({g, same}) == 1
+    assert replace(g, seq=g.seq + 1) != g
+    assert Recipient(a.phone, a.line, {"n": "else"}) == a
+    assert Recipient(a.phone, a.line + 1, a.fields) != a
+    assert "hh-private" not in repr(a)
+    assert "hh-private" not in repr(g)
+    assert g.id in repr(g)
+    with pytest.raises(AttributeError):
+        g.seq = 5  # type: ignore[misc]

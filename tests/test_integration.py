@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.fake_api import FakeTelnyx, Fault

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev

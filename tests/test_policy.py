@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient

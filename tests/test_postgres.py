@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.errors import LedgerError, Rejected

@@ -6,12 +6,12 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import (

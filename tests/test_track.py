@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import TrackConfig

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.errors import AmbiguousSendError, Rejected, SendError, ServerError

@@ -6,10 +6,10 @@ more than the in-doubt count."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, parse_retry_after
@@ -33,7 +33,7 @@ async def run_against(
     """Send ``n`` recipients in groups of 4 through the real client, one request at a time."""
     jobs.people(n)
     job = jobs.job(extra="group_size = 4")
-    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, **retry))  # type: ignore[arg-type]
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, **retry))
     clock = FakeClock()
     async with AiohttpMmsClient(url, KEY, request_timeout=5.0) as client:
         s = await run_job(job, settings, client, clock=clock)

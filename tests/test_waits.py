@@ -8,9 +8,9 @@ line and records what it cut off.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.errors import AmbiguousSendError, RateLimited

@@ -1,4 +1,4 @@
-"""Job files and account settings, loaded from TOML into frozen dataclasses.
+"""Job files and account settings, loaded from TOML into frozen records.
 
 A *job* (``jobs/*.toml``, :mod:`~bulk_mms.config.job`) says what to send to whom. The
 *settings* (``config.toml``, :mod:`~bulk_mms.config.settings`) say how to talk to the API.

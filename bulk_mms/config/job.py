@@ -1,4 +1,4 @@
-"""Job files (``jobs/*.toml``): what to send to whom, loaded into frozen dataclasses."""
+"""Job files (``jobs/*.toml``): what to send to whom, loaded into frozen records."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import re
 import string
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+
+import msgspec
+import msgspec.structs
 
 from bulk_mms.config._toml import URL, Table, read_toml
 from bulk_mms.errors import ConfigError
@@ -30,8 +32,7 @@ _SHORT_CODE = re.compile(r"^\d{3,8}$")
 _ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Template:
+class Template(msgspec.Struct, frozen=True):
     """A ``text`` or ``subject`` with ``{column}`` placeholders (plain names only)."""
 
     source: str
@@ -45,8 +46,7 @@ class Template:
         return self.source.format_map(row)
 
 
-@dataclass(frozen=True, slots=True)
-class MessageConfig:
+class MessageConfig(msgspec.Struct, frozen=True):
     """The ``[message]`` table of a job."""
 
     #: The sender pool: one ``from`` or several. A group keeps the sender it was first sent from.
@@ -61,26 +61,26 @@ class MessageConfig:
     #: the group's first row's.
     join: tuple[str, ...] = ()
     #: What an empty value becomes, per placeholder (``[message.defaults]``).
-    defaults: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def from_(self) -> str:
         """The first sender: the one used when the pool has a single number."""
         return self.senders[0]
 
-    #: Every column the templates need (worked out once: every group asks).
-    fields: tuple[str, ...] = field(init=False, default=())
+    #: Every column the templates need: worked out from them once, whatever is passed (every
+    #: group asks).
+    fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names: list[str] = []
         for tpl in (self.text, self.subject):
             if tpl is not None:
                 names.extend(n for n in tpl.fields if n not in names)
-        object.__setattr__(self, "fields", tuple(names))
+        msgspec.structs.force_setattr(self, "fields", tuple(names))
 
 
-@dataclass(frozen=True, slots=True)
-class SendWindow:
+class SendWindow(msgspec.Struct, frozen=True):
     """``send_window = "09:00-20:00"``: the local times a job may send at.
 
     ``end`` before ``start`` is a window across midnight (``"22:00-06:00"``).
@@ -99,8 +99,7 @@ class SendWindow:
         return t >= self.start or t < self.end
 
 
-@dataclass(frozen=True, slots=True)
-class JobConfig:
+class JobConfig(msgspec.Struct, frozen=True):
     """One job file: what to send to whom."""
 
     name: str

@@ -8,11 +8,12 @@ import ipaddress
 import os
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import yarl
+from msgspec.structs import replace
 
 from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
@@ -26,8 +27,7 @@ API_KEY_ENV = "TELNYX_API_KEY"
 BASE_URL_ENV = "TELNYX_BASE_URL"
 
 
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
+class RetryConfig(msgspec.Struct, frozen=True):
     """``[retry]``: how often and how patiently a retryable failure is tried again."""
 
     #: Total tries per group, the first included.
@@ -47,8 +47,7 @@ class RetryConfig:
     idempotency_window_s: float = 23 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class TrackConfig:
+class TrackConfig(msgspec.Struct, frozen=True):
     """``[track]``: how ``bulk-mms track`` polls delivery statuses."""
 
     #: GET requests per second: its own budget, apart from sending.
@@ -61,8 +60,7 @@ class TrackConfig:
     max_age: float = 72 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True):
     """Account-level settings: ``config.toml`` overlaid by the environment and the command line."""
 
     base_url: str = DEFAULT_BASE_URL
@@ -97,12 +95,12 @@ class Settings:
     spam_share: float = 0.5
     spam_window: int = 20
     #: Telnyx error code → what to do about it (:mod:`bulk_mms.policy`; ``[errors]``).
-    error_policy: Mapping[str, Action] = field(default_factory=lambda: dict(DEFAULT_POLICY))
+    error_policy: Mapping[str, Action] = msgspec.field(default_factory=lambda: dict(DEFAULT_POLICY))
     #: Per-sender ceilings, by number and by number type; see :mod:`bulk_mms.pacing`.
-    sender_limits: dict[str, float] = field(default_factory=dict)
-    type_limits: dict[str, float] = field(default_factory=dict)
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    track: TrackConfig = field(default_factory=TrackConfig)
+    sender_limits: dict[str, float] = msgspec.field(default_factory=dict)
+    type_limits: dict[str, float] = msgspec.field(default_factory=dict)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    track: TrackConfig = msgspec.field(default_factory=TrackConfig)
     #: ``[pricing] per_recipient``: what one recipient costs, for the dry run's estimate only
     #: (what Telnyx reports after sending is what the ledger and report use).
     price_per_recipient: Decimal | None = None

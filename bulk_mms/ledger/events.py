@@ -1,4 +1,4 @@
-"""Ledger events: what a job records, one frozen dataclass per kind, one encoder, one decoder.
+"""Ledger events: what a job records, one frozen record per kind, one encoder, one decoder.
 
 Every store writes and reads these and nothing else. On the wire (a JSONL line, a database
 row's document) an event is a JSON object whose first key is ``event``, its kind::
@@ -24,11 +24,11 @@ bulk-mms) decodes to None and is passed over.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
+import msgspec
+import msgspec.structs
 import orjson
 
 from bulk_mms.errors import ApiError
@@ -44,8 +44,7 @@ class Malformed(ValueError):
     """A JSON object that is not a ledger event (the store names the line)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(msgspec.Struct, frozen=True):
     """The job a ledger belongs to; a resume must match it (:func:`check_header`)."""
 
     job: str
@@ -93,8 +92,7 @@ _MATCHED: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RunStarted:
+class RunStarted(msgspec.Struct, frozen=True):
     pid: int = 0
     time: str = ""
     #: Another process may be running the ledger too (a database): an attempt left open is
@@ -103,8 +101,7 @@ class RunStarted:
     kind: ClassVar[str] = "run"
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(msgspec.Struct, frozen=True):
     """A run read its input to the end: so many valid recipients in so many groups."""
 
     recipients: int
@@ -114,8 +111,7 @@ class Planned:
     kind: ClassVar[str] = "planned"
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     """A request for ``group`` is about to leave; written durably before it does."""
 
     group: str
@@ -130,8 +126,7 @@ class Attempt:
     kind: ClassVar[str] = "attempt"
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
+class _Outcome(msgspec.Struct, frozen=True):
     """What every outcome of a group records."""
 
     group: str
@@ -144,12 +139,11 @@ class _Outcome:
     time: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Sent(_Outcome):
+class Sent(_Outcome, frozen=True):
     message_id: str = ""
     from_: str | None = None
     #: Each recipient's status in the API's answer (``queued`` and so on).
-    statuses: Mapping[str, str] = field(default_factory=dict)
+    statuses: Mapping[str, str] = msgspec.field(default_factory=dict)
     wait_seconds: float | None = None
     cost: Money | None = None
     #: Until when Telnyx tries to deliver it, as the API said.
@@ -157,8 +151,7 @@ class Sent(_Outcome):
     kind: ClassVar[str] = "sent"
 
 
-@dataclass(frozen=True, slots=True)
-class Failed(_Outcome):
+class Failed(_Outcome, frozen=True):
     status: int | None = None
     code: str | None = None
     title: str = ""
@@ -175,14 +168,12 @@ class Failed(_Outcome):
     kind: ClassVar[str] = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class InDoubt(_Outcome):
+class InDoubt(_Outcome, frozen=True):
     reason: str = ""
     kind: ClassVar[str] = "in_doubt"
 
 
-@dataclass(frozen=True, slots=True)
-class Remade:
+class Remade(msgspec.Struct, frozen=True):
     """A group that was never attempted goes out without ``without`` (numbers the suppression
     list had when a run planned it): every later run follows this to the same new group,
     whatever the list says by then."""
@@ -193,8 +184,7 @@ class Remade:
     kind: ClassVar[str] = "remade"
 
 
-@dataclass(frozen=True, slots=True)
-class Paced:
+class Paced(msgspec.Struct, frozen=True):
     """The pacer set a sender's pace: at its first send of a run (``"start"``), and at each
     change it logs (``pace.changed``), for the report's timeline. Folds into nothing."""
 
@@ -209,8 +199,7 @@ class Paced:
     kind: ClassVar[str] = "pace"
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True):
     line: int
     value: str = ""
     reason: str = ""
@@ -218,8 +207,7 @@ class Rejected:
     kind: ClassVar[str] = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(msgspec.Struct, frozen=True):
     """One recipient's delivery status, reported by ``track`` or a webhook."""
 
     group: str
@@ -299,7 +287,7 @@ def _fields_of(cls: type) -> tuple[tuple[str, str, int], ...]:
     if out is None:
         out = _FIELDS[cls] = tuple(
             (f.name, "from" if f.name == "from_" else f.name, _HOW.get(f.name, 0))
-            for f in dataclasses.fields(cls)
+            for f in msgspec.structs.fields(cls)
         )
     return out
 

@@ -21,14 +21,15 @@ A valid recipient the ledger has no group for is ``not_attempted`` (counted agai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import gc
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
+
+import msgspec
+import msgspec.structs
 
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
@@ -48,8 +49,7 @@ CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
 RESENDABLE_NOTE: Final = "resendable"
 
 
-@dataclass(slots=True)
-class GroupRecord:
+class GroupRecord(msgspec.Struct):
     """One group as the ledger has it."""
 
     id: str
@@ -96,8 +96,7 @@ class GroupRecord:
         return self.refused if self.refused and self.state == FAILED else self.to
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientCounts:
+class RecipientCounts(msgspec.Struct, frozen=True):
     """Every valid recipient in exactly one state; the five add up to ``valid``."""
 
     valid: int
@@ -114,8 +113,7 @@ class RecipientCounts:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
 
 
-@dataclass(slots=True, eq=False)
-class LedgerView:
+class LedgerView(msgspec.Struct, eq=False):
     """Everything a ledger says, folded from its events in order by :meth:`apply`.
 
     Two views are equal when everything they say is (``__eq__``: the fields, with
@@ -129,33 +127,33 @@ class LedgerView:
     runs: int = 0
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
-    groups: dict[str, GroupRecord] = field(default_factory=dict)
+    groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
     #: Input line → why it was rejected.
-    rejected: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = msgspec.field(default_factory=dict)
     #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
-    _known: dict[str, Known] | None = field(default_factory=dict)
-    _known_columns: tuple[list[Any], ...] | None = field(default=None, repr=False)
+    _known: dict[str, Known] | None = msgspec.field(default_factory=dict)
+    _known_columns: tuple[list[Any], ...] | None = None
     #: Recipients of sent groups by their latest status, kept as statuses change.
-    _delivery: Counter[str] = field(default_factory=Counter)
+    _delivery: Counter[str] = msgspec.field(default_factory=Counter)
     #: Group message ids and recipients' own ids → group id.
-    by_message_id: dict[str, str] = field(default_factory=dict)
+    by_message_id: dict[str, str] = msgspec.field(default_factory=dict)
     #: Webhook event ids already recorded: a redelivered event is recorded once.
-    webhook_ids: set[str] = field(default_factory=set)
+    webhook_ids: set[str] = msgspec.field(default_factory=set)
     # what reports add up
     attempts: int = 0
     rate_limited: int = 0
     sent_events: int = 0
-    waits: list[float] = field(default_factory=list)
-    error_codes: Counter[str] = field(default_factory=Counter)
+    waits: list[float] = msgspec.field(default_factory=list)
+    error_codes: Counter[str] = msgspec.field(default_factory=Counter)
     first_time: str | None = None
     last_time: str | None = None
     #: Seconds spent sending: first attempt to last outcome, run by run.
     sending_seconds: float = 0.0
     #: Senders the API refused (40003, 40315): out of the pool for the rest of the job.
-    retired: set[str] = field(default_factory=set)
-    _open: set[str] = field(default_factory=set)
+    retired: set[str] = msgspec.field(default_factory=set)
+    _open: set[str] = msgspec.field(default_factory=set)
     #: Phone number → group id of its sent group: built when first asked (:meth:`group_of`).
-    _group_of: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    _group_of: dict[str, str] | None = None
     _run_first: float | None = None
     _run_last: float | None = None
 
@@ -184,7 +182,7 @@ class LedgerView:
             return NotImplemented
         return all(getattr(self, name) == getattr(other, name) for name in _COMPARED)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable: as the dataclass's own eq left it
+    __hash__ = None  # type: ignore[assignment]  # mutable: never a key
 
     @property
     def campaign(self) -> str | None:
@@ -541,7 +539,7 @@ _KNOWN_FIELDS: Final = ("status", "at", "message_id", "code")
 _known: Final[Callable[[tuple[Any, ...]], Known]] = functools.partial(tuple.__new__, Known)
 
 #: A group's fields, in the order a checkpoint's columns keep them.
-_GROUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GroupRecord))
+_GROUP_FIELDS: Final = tuple(f.name for f in msgspec.structs.fields(GroupRecord))
 
 
 def _cell(value: object) -> object:
@@ -567,6 +565,6 @@ def _delivery_reason(k: Known) -> str:
 #: What :meth:`LedgerView.__eq__` compares: every field but the caches, with ``known`` as built.
 _COMPARED: Final = tuple(
     "known" if f.name == "_known" else f.name
-    for f in dataclasses.fields(LedgerView)
-    if f.compare and f.name not in ("_known_columns", "_group_of")
+    for f in msgspec.structs.fields(LedgerView)
+    if f.name not in ("_known_columns", "_group_of")
 )
