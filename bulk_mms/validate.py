@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import phonenumbers
@@ -33,8 +33,9 @@ def normalize_phone(value: str, region: str = "US") -> str:
     area code not starting with 0 or 1: a leading 1 would be taken for the national prefix by
     the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
     phonenumbers' own metadata the same questions without parsing (about ten times faster);
-    anything else is parsed. Both give the same verdict for every number (a property test
-    holds them to it).
+    its commonest answer, a valid US number, is one regex call (:func:`_canonical_us`).
+    Anything else is parsed. Every path gives the same verdict for every number (property
+    tests hold them to it).
 
     Args:
         value: what the input file holds, in any common national or international format.
@@ -44,6 +45,8 @@ def normalize_phone(value: str, region: str = "US") -> str:
         PhoneError: empty, has letters or stray characters, is not a valid number, or is not
             in the US or Canada.
     """
+    if (_CANONICAL_US or _canonical_us())(value) is not None:
+        return value  # the common case, in one regex call: a valid US number, as written
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -137,6 +140,27 @@ def _nanp_regions() -> tuple[tuple[str, re.Pattern[str] | None], ...]:
             leading = m.leading_digits
             out.append((code, re.compile(leading) if leading is not None else None))
     return tuple(out)
+
+
+#: ``fullmatch`` of :func:`_canonical_us`'s pattern, once made (the first number makes it).
+_CANONICAL_US: Callable[[str], re.Match[str] | None] | None = None
+
+
+def _canonical_us() -> Callable[[str], re.Match[str] | None]:
+    """The first step of :func:`_nanp` as one pattern over the whole value: ``+1`` and ten
+    ASCII digits, the area code not 0 or 1, valid in the first +1 region when that region
+    claims numbers by validity alone (the US: no leading digits), so that it is the region
+    :func:`_nanp` would find. A pattern that matches nothing when phonenumbers' metadata says
+    otherwise (the full path then decides every number)."""
+    global _CANONICAL_US  # noqa: PLW0603 - made once, when the first number needs it
+    code, leading = _nanp_regions()[0]
+    valid = _validity(code)
+    source = f"\\+1(?=[2-9][0-9]{{9}}\\Z)(?:{valid.pattern})" if valid is not None else "(?!)"
+    if code not in _REACHABLE_REGIONS or leading is not None:
+        source = "(?!)"
+    pattern = re.compile(source, re.ASCII)
+    _CANONICAL_US = pattern.fullmatch
+    return _CANONICAL_US
 
 
 def _nanp(phone: str) -> str:
