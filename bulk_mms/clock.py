@@ -68,23 +68,30 @@ def utc(clock: Clock) -> dt.datetime:
 
 def iso(seconds: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
-    global _last_iso  # noqa: PLW0603 - a memo of one stamp
-    ms = None
-    if seconds >= 0:  # the millisecond datetime shows: it rounds the fraction to microseconds
-        frac, whole = math.modf(seconds)
-        ms = int(whole) * 1000 + round(frac * 1e6) // 1000
+    global _last_iso, _last_second  # noqa: PLW0603 - memos of one stamp and one second
+    if seconds < 0:  # before 1970: datetime's own arithmetic, unmemoised
+        stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+        return stamp.replace("+00:00", "Z")
+    # the millisecond datetime shows: it rounds the fraction to microseconds, then cuts
+    frac, whole = math.modf(seconds)
+    ms = int(whole) * 1000 + round(frac * 1e6) // 1000
     last = _last_iso  # read once: another thread may replace it meanwhile
-    if ms is not None and ms == last[0]:
+    if ms == last[0]:
         return last[1]  # events come many to a millisecond: one stamp for them all
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
-    stamp = stamp.replace("+00:00", "Z")
-    if ms is not None:
-        _last_iso = (ms, stamp)
+    second, milli = divmod(ms, 1000)
+    head = _last_second
+    if second != head[0]:  # a new second: datetime writes its date and time once
+        text = dt.datetime.fromtimestamp(second, dt.UTC).isoformat(timespec="seconds")
+        head = _last_second = (second, text.removesuffix("+00:00"))
+    stamp = f"{head[1]}.{milli:03d}Z"
+    _last_iso = (ms, stamp)
     return stamp
 
 
 #: The last millisecond :func:`iso` stamped, and its stamp.
 _last_iso: tuple[int | None, str] = (None, "")
+#: The last whole second :func:`iso` stamped in, and its stamp without the fraction.
+_last_second: tuple[int | None, str] = (None, "")
 
 
 def parse_time(stamp: str) -> float:

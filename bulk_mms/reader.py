@@ -253,7 +253,7 @@ class RowReader:
         found = [(c, i) for c, i in wanted if i is not None]
         whole = len(found) == len(wanted)
         fields: dict[str, str]
-        last = reader.line_num
+        last, bad = reader.line_num, self._bad
         while True:
             try:
                 rec = next(reader, None)
@@ -264,25 +264,25 @@ class RowReader:
             if rec is None:
                 return
             start, last = last + 1, reader.line_num
-            if self._bad:
-                reason = next(
-                    (self._bad.pop(n) for n in range(start, last + 1) if n in self._bad), None
-                )
+            if bad:
+                reason = next((bad.pop(n) for n in range(start, last + 1) if n in bad), None)
                 if reason is not None:
                     yield RejectedRow(start, "", reason)
                     continue
-            if not rec or (len(rec) == 1 and not rec[0].strip()):
-                continue  # blank line
-            if len(rec) > width:
-                yield RejectedRow(
-                    start, ",".join(rec)[:200], f"row has {len(rec)} fields, header has {width}"
-                )
-                continue
-            if len(rec) == width and whole:  # the usual row: every column there
+            size = len(rec)
+            if size == width and whole and (size > 1 or rec[0].strip()):
+                # the usual row: every column there (one column holding nothing is a blank line)
                 if keep_all:
                     yield Row(start, dict(zip(names, rec, strict=True)))
                 else:
                     yield Row(start, {name: rec[i] for name, i in found})
+                continue
+            if not rec or (size == 1 and not rec[0].strip()):
+                continue  # blank line
+            if size > width:
+                yield RejectedRow(
+                    start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
+                )
                 continue
             fields = {}
             missing = None

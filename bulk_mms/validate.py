@@ -202,17 +202,21 @@ def validate_rows(
     """
     seen: set[int] = set()
     remember = seen.add
+    canonical_us = _CANONICAL_US or _canonical_us()  # normalize_phone's first step, inline
     for row in rows:
         if isinstance(row, RejectedRow):
             yield row
             continue
         fields = row.fields
         raw = fields[phone_column]
-        try:
-            phone = normalize_phone(raw, region)
-        except PhoneError as exc:
-            yield RejectedRow(row.line, raw, str(exc))
-            continue
+        if canonical_us(raw) is not None:
+            phone = raw
+        else:
+            try:
+                phone = normalize_phone(raw, region)
+            except PhoneError as exc:
+                yield RejectedRow(row.line, raw, str(exc))
+                continue
         key = int(phone[1:])
         if key in seen:
             yield RejectedRow(row.line, raw, f"duplicate: {phone} appears earlier in the input")

@@ -31,10 +31,19 @@ def test_iso_matches_datetime_for_runs_of_close_stamps(start: float, steps: list
 def test_iso_at_millisecond_edges() -> None:
     """Times a hair either side of a millisecond boundary get datetime's millisecond."""
     base = 1_796_024_211.0
-    for ms in (411, 412, 413):
+    for ms in (0, 411, 412, 413, 999, 1000):
         for delta in (-1e-7, -4e-7, 0.0, 4e-7, 1e-7, 5e-7, 6e-7):
             t = base + ms / 1000 + delta
             assert iso(t) == reference(t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4_102_444_800), min_size=1, max_size=8))
+def test_iso_matches_datetime_for_stamps_in_any_order(times: list[float]) -> None:
+    """Stamps seconds or years apart, back and forth (the second's memo replaced each time),
+    equal datetime's."""
+    for t in times:
+        assert iso(t) == reference(t)
 
 
 @settings(max_examples=500, deadline=None)
