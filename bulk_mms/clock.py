@@ -68,7 +68,7 @@ def utc(clock: Clock) -> dt.datetime:
 
 def iso(seconds: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
-    global _last_iso, _last_second  # noqa: PLW0603 - memos of one stamp and one second
+    global _last_iso, _last_second, _last_instant  # noqa: PLW0603 - memos of one stamp each
     if seconds < 0:  # before 1970: datetime's own arithmetic, unmemoised
         stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
         return stamp.replace("+00:00", "Z")
@@ -85,6 +85,9 @@ def iso(seconds: float) -> str:
         head = _last_second = (second, text.removesuffix("+00:00"))
     stamp = f"{head[1]}.{milli:03d}Z"
     _last_iso = (ms, stamp)
+    # what instant() will read it back as (the fold reads every stamp it is given):
+    # parse_time divides the same whole number of microseconds, so the float is the same
+    _last_instant = (stamp, ms / 1000)
     return stamp
 
 

@@ -223,7 +223,7 @@ def members_left(
     """
     while (remade := remade_from(group, view, job)) is not None:
         group = remade
-    if view.groups.get(group.id) is None:
+    if suppressed and view.groups.get(group.id) is None:  # (an empty list drops no one)
         drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
         for phone, line in drop:
             yield RejectedRow(line, phone, f"{SUPPRESSED}: {phone} is on the suppression list")

@@ -28,6 +28,14 @@ def test_iso_matches_datetime_for_runs_of_close_stamps(start: float, steps: list
         assert iso(t) == reference(t)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=0, max_value=4_102_444_800))
+def test_a_fresh_stamp_reads_back_as_parsing_reads_it(t: float) -> None:
+    """The instant iso leaves for its own stamp is the one parse_time gives it."""
+    stamp = iso(t)
+    assert instant(stamp) == parse_time(stamp)
+
+
 def test_iso_at_millisecond_edges() -> None:
     """Times a hair either side of a millisecond boundary get datetime's millisecond."""
     base = 1_796_024_211.0
