@@ -278,33 +278,34 @@ def _money(cost: Money | None) -> dict[str, str] | None:
 #: How :func:`to_json` writes a field other than as it is (by the field's name).
 _COST, _ERRORS, _UNLESS_EMPTY = 1, 2, 3
 _HOW = {"cost": _COST, "errors": _ERRORS, "refused": _UNLESS_EMPTY, "retired": _UNLESS_EMPTY}
-#: Each event class's fields as (name, JSON key, how), worked out once per class.
-_FIELDS: dict[type, tuple[tuple[str, str, int], ...]] = {}
+#: Each event class's JSON keys in field order, and its fields written otherwise, as
+#: (key, how): worked out once per class.
+_PLANS: dict[type, tuple[tuple[str, ...], tuple[tuple[str, int], ...]]] = {}
 
 
-def _fields_of(cls: type) -> tuple[tuple[str, str, int], ...]:
-    out = _FIELDS.get(cls)
-    if out is None:
-        out = _FIELDS[cls] = tuple(
-            (f.name, "from" if f.name == "from_" else f.name, _HOW.get(f.name, 0))
-            for f in msgspec.structs.fields(cls)
+def _plan_of(cls: type[Event]) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        names = cls.__struct_fields__
+        plan = _PLANS[cls] = (
+            tuple("from" if name == "from_" else name for name in names),
+            tuple((name, _HOW[name]) for name in names if name in _HOW),
         )
-    return out
+    return plan
 
 
 def to_json(ev: Event) -> dict[str, Any]:
     """The event as the JSON object a store writes (``event`` first; ``from_`` as ``from``)."""
+    keys, special = _plan_of(type(ev))
     out: dict[str, Any] = {"event": ev.kind}
-    for name, key, how in _fields_of(type(ev)):
-        value = getattr(ev, name)
-        if how:
-            if how == _COST:
-                value = _money(value)
-            elif how == _ERRORS:
-                value = [{"code": e.code, "title": e.title, "detail": e.detail} for e in value]
-            elif not value:
-                continue  # refused, retired: the common case, left out
-        out[key] = value
+    out.update(zip(keys, msgspec.structs.astuple(ev), strict=True))  # in C, field by field
+    for key, how in special:
+        if how == _COST:
+            out[key] = _money(out[key])
+        elif how == _ERRORS:
+            out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
+        elif not out[key]:
+            del out[key]  # refused, retired: the common case, left out
     return out
 
 
