@@ -112,11 +112,18 @@ def _alternatives(*descs: PhoneNumberDesc | None) -> str:
 
 @functools.cache
 def _validity(code: str) -> re.Pattern[str] | None:
-    """One pattern that fully matches exactly a region's valid 10-digit national numbers, as
-    phonenumbers asks: its general pattern (a lookahead over the whole number), then any type
-    that makes a number valid (mobile only where it differs from fixed-line; else it is never
-    asked). None when no number can be valid. One regex call a number; compiled when a number
-    first needs it, so a US list never pays for the other twenty-four regions."""
+    """One pattern that fully matches exactly a region's valid 10-digit national numbers
+    (:func:`_validity_source`); None when no number can be valid. One regex call a number;
+    compiled when a number first needs it, so a US list never pays for the other twenty-four
+    regions."""
+    source = _validity_source(code)
+    return re.compile(source) if source is not None else None
+
+
+def _validity_source(code: str) -> str | None:
+    """:func:`_validity`'s pattern, as phonenumbers asks: the region's general pattern (a
+    lookahead over the whole number), then any type that makes a number valid (mobile only
+    where it differs from fixed-line; else it is never asked). None when none can match."""
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
     general = _alternatives(m.general_desc)
@@ -126,7 +133,7 @@ def _validity(code: str) -> re.Pattern[str] | None:
     )  # fmt: skip
     if not general or not types:
         return None
-    return re.compile(f"(?=(?:{general})\\Z)(?:{types})")
+    return f"(?=(?:{general})\\Z)(?:{types})"
 
 
 @functools.cache
@@ -153,11 +160,14 @@ def _canonical_us() -> Callable[[str], re.Match[str] | None]:
     :func:`_nanp` would find. A pattern that matches nothing when phonenumbers' metadata says
     otherwise (the full path then decides every number)."""
     global _CANONICAL_US  # noqa: PLW0603 - made once, when the first number needs it
-    code, leading = _nanp_regions()[0]
-    valid = _validity(code)
-    source = f"\\+1(?=[2-9][0-9]{{9}}\\Z)(?:{valid.pattern})" if valid is not None else "(?!)"
-    if code not in _REACHABLE_REGIONS or leading is not None:
-        source = "(?!)"
+    # the first region alone: a list of valid US numbers never loads the other regions'
+    # metadata, nor compiles their patterns (what _nanp_regions does for any other number)
+    code = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
+    m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
+    valid = _validity_source(code) if m is not None and m.leading_digits is None else None
+    source = "(?!)"  # matches nothing: the full path decides every number
+    if valid is not None and code in _REACHABLE_REGIONS:
+        source = f"\\+1(?=[2-9][0-9]{{9}}\\Z)(?:{valid})"
     pattern = re.compile(source, re.ASCII)
     _CANONICAL_US = pattern.fullmatch
     return _CANONICAL_US
