@@ -420,9 +420,17 @@ async def test_a_pace_change_after_the_ledger_failed_still_ends_in_a_summary(
             failed.set()
         return failed.is_set()
 
+    second = asyncio.Event()
+
     async def answer(group: Group, n: int) -> SendReceipt:
-        if n:  # the second answer comes once the first's commit failed
-            await failed.wait()
+        # the first answer waits until the second request has left (its attempt is on disk);
+        # the second comes once the first's sent commit failed. Without the first wait, the
+        # second attempt could share the failing commit and never leave.
+        if n:
+            second.set()
+            await asyncio.wait_for(failed.wait(), 10)  # a guard: set within milliseconds
+        else:
+            await asyncio.wait_for(second.wait(), 10)
         return ok_receipt(group, n, wait=20.0 if n else 0.0)  # a queue: the pace changes
 
     s, client = await run_with_failing_writes(job, sent_fails, FakeClient(answer), concurrency=2)
