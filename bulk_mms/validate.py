@@ -127,9 +127,12 @@ def _validity_source(code: str) -> str | None:
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
     general = _alternatives(m.general_desc)
+    # the commonest types first: which alternative matches never changes whether one does (a
+    # full match with the general pattern's lookahead), and most numbers are fixed or mobile
     types = _alternatives(
+        m.fixed_line, None if m.same_mobile_and_fixed_line_pattern else m.mobile,
         m.premium_rate, m.toll_free, m.shared_cost, m.voip, m.personal_number, m.pager, m.uan,
-        m.voicemail, m.fixed_line, None if m.same_mobile_and_fixed_line_pattern else m.mobile,
+        m.voicemail,
     )  # fmt: skip
     if not general or not types:
         return None
