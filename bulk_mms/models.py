@@ -1,6 +1,7 @@
 """The values that flow through the pipeline: rows in, groups across, receipts and outcomes back.
 
-Every record in bulk_mms is a :class:`msgspec.Struct`: frozen where it is a value, as a frozen
+Every record the pipeline, the ledger and the reports use is a :class:`msgspec.Struct` (the
+sandbox and the test helpers keep plain dataclasses): frozen where it is a value, as a frozen
 slotted dataclass would be (fields, defaults, equality, hashing, ``replace`` from
 :mod:`msgspec.structs`). A Struct class is made in C, where ``dataclasses`` compiles six
 methods for each class at import (about 4 M instructions a class, 0.2 G for a run's 43), and

@@ -47,6 +47,11 @@ def normalize_phone(value: str, region: str = "US") -> str:
     """
     if (_CANONICAL_US or _canonical_us())(value) is not None:
         return value  # the common case, in one regex call: a valid US number, as written
+    return _after_canonical_us(value, region)
+
+
+def _after_canonical_us(value: str, region: str) -> str:
+    """:func:`normalize_phone` for a value its one-regex step did not take."""
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -215,7 +220,8 @@ def validate_rows(
     """
     seen: set[int] = set()
     remember = seen.add
-    canonical_us = _CANONICAL_US or _canonical_us()  # normalize_phone's first step, inline
+    # normalize_phone's first step, inline; what it does not take goes on to the rest
+    canonical_us = _CANONICAL_US or _canonical_us()
     for row in rows:
         if isinstance(row, RejectedRow):
             yield row
@@ -226,7 +232,7 @@ def validate_rows(
             phone = raw
         else:
             try:
-                phone = normalize_phone(raw, region)
+                phone = _after_canonical_us(raw, region)
             except PhoneError as exc:
                 yield RejectedRow(row.line, raw, str(exc))
                 continue
