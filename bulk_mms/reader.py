@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, cast
@@ -25,6 +28,8 @@ from bulk_mms.models import RejectedRow
 
 #: A physical line longer than this is rejected instead of being read into memory whole.
 MAX_LINE_BYTES = 1 << 20
+#: Once a CSV file is open, it is read and decoded this much at a time.
+BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -63,6 +68,7 @@ class RowReader:
         "_first",
         "_lineno",
         "_raw",
+        "_streaming",
         "columns",
         "format",
         "gzipped",
@@ -99,6 +105,8 @@ class RowReader:
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes]] = deque()
         self._lineno = 0
+        # set once the file is open: from then on, CSV lines are read a block at a time
+        self._streaming = False
         self._csv: Iterator[list[str]] | None = None
 
     # -- opening -------------------------------------------------------------------------
@@ -190,39 +198,84 @@ class RowReader:
 
     # -- CSV -----------------------------------------------------------------------------
 
-    def _text_lines(self) -> Iterator[str]:
-        """Decoded lines for the csv module; undecodable or over-long lines become blank.
+    def _text_lines(self) -> Iterator[list[str]]:
+        """Decoded lines for the csv module, in batches; an undecodable or over-long line
+        becomes a blank one, its reason kept in ``_bad`` under its number.
 
-        The lines read ahead while opening come first (:meth:`_lines`' order); the rest are read
-        here directly, as :meth:`_readline` reads them: one loop per line, the hot path of a
-        large file.
+        While the file is being opened, lines come one at a time through :meth:`_readline`
+        (the header checks read ahead with it, so the file must be where they left it), the
+        lines read ahead first. Once it is open, a block of :data:`BLOCK_BYTES` at a time
+        (:meth:`_blocks`): the hot path of a large file.
         """
+        first = self._first
+        while first or not self._streaming:  # ``first`` can grow while this waits
+            item = first.popleft() if first else self._readline()
+            if item is None:
+                return
+            yield [self._decoded(*item)]
+        yield from self._blocks()
+
+    def _decoded(self, lineno: int, line: bytes) -> str:
+        """One line as text, or a blank line with its reason in ``_bad``."""
+        if lineno == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        if not line:  # what _whole and _blocks make of an over-long line
+            self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
+            return "\n"
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad[lineno] = "line is not valid UTF-8"
+            return "\n"
+
+    def _blocks(self) -> Iterator[list[str]]:
+        """The rest of the file's lines, read a block at a time (a line that spans blocks is
+        carried over whole). A line longer than :data:`MAX_LINE_BYTES` is never held: once it
+        is known to be too long, it is counted as one and its rest is read and dropped."""
         assert self._file is not None
-        readline, first, bad = self._file.readline, self._first, self._bad
-        while True:
-            if first:  # read ahead, and it can grow while this waits: the CSV check peeks
-                lineno, line = first.popleft()
-            else:
-                self._lineno = lineno = self._lineno + 1
-                line = readline(MAX_LINE_BYTES + 1)
-                if not line:
-                    return
-                if len(line) > MAX_LINE_BYTES:
-                    line = _whole(line, readline)
-            if lineno == 1 and line.startswith(_BOM):
-                line = line[len(_BOM) :]
-            if not line:
-                bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
-                yield "\n"
+        read, size = self._file.read, BLOCK_BYTES
+        carry, dropping = b"", False
+        while block := read(size):
+            end = block.rfind(b"\n") + 1
+            if dropping:  # the rest of an over-long line, already counted
+                if not end:
+                    continue
+                head = block.find(b"\n") + 1
+                block, end, dropping = block[head:], end - head, False
+            if not end:
+                carry += block
+                if len(carry) > MAX_LINE_BYTES:
+                    carry, dropping = b"", True
+                    self._lineno += 1
+                    yield [self._decoded(self._lineno, b"")]
                 continue
+            data, carry = carry + block[:end], block[end:]
+            if data:
+                yield self._lines_of(data)
+        if carry:  # the last line, with no newline
+            yield self._lines_of(carry)
+
+    def _lines_of(self, data: bytes) -> list[str]:
+        """``data``'s lines (whole lines, each with its newline but maybe the file's last),
+        decoded and numbered on from ``_lineno``: in one call when the block decodes and can
+        hold no over-long line, else one line at a time (:meth:`_decoded`)."""
+        if len(data) <= MAX_LINE_BYTES:
             try:
-                yield line.decode("utf-8")
+                lines = io.StringIO(data.decode("utf-8"), newline="\n").readlines()
             except UnicodeDecodeError:
-                bad[lineno] = "line is not valid UTF-8"
-                yield "\n"
+                pass
+            else:
+                self._lineno += len(lines)
+                return lines
+        out = []
+        for line in io.BytesIO(data).readlines():
+            self._lineno += 1
+            too_long = len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
+            out.append(self._decoded(self._lineno, b"" if too_long else line))
+        return out
 
     def _open_csv(self) -> None:
-        self._csv = csv.reader(self._text_lines(), strict=False)
+        self._csv = csv.reader(chain.from_iterable(self._text_lines()), strict=False)
         try:
             header = next(self._csv, None)
         except csv.Error as exc:
@@ -241,6 +294,7 @@ class RowReader:
             )
         if not self._peek_content():
             raise InputError(self.path, "has a header but no data rows")
+        self._streaming = True
 
     def _csv_rows(self) -> Iterator[Row | RejectedRow]:
         reader = self._csv
@@ -252,53 +306,59 @@ class RowReader:
         # repeats takes its last cell either way, as the index does)
         found = [(c, i) for c, i in wanted if i is not None]
         whole = len(found) == len(wanted)
-        fields: dict[str, str]
+        pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
         last, bad = reader.line_num, self._bad
         while True:
             try:
-                rec = next(reader, None)
+                for rec in reader:
+                    start, last = last + 1, reader.line_num
+                    if bad:
+                        reason = next(
+                            (bad.pop(n) for n in range(start, last + 1) if n in bad), None
+                        )
+                        if reason is not None:
+                            yield RejectedRow(start, "", reason)
+                            continue
+                    size = len(rec)
+                    if size == width and whole and (size > 1 or rec[0].strip()):
+                        # the usual row: every column there (one column holding nothing is a
+                        # blank line)
+                        yield Row(start, pick(rec))
+                        continue
+                    if (item := self._unusual(rec, start, wanted, index)) is not None:
+                        yield item
             except csv.Error as exc:
                 start, last = last + 1, reader.line_num
                 yield RejectedRow(start, "", f"malformed CSV: {exc}")
-                continue
-            if rec is None:
+            else:
                 return
-            start, last = last + 1, reader.line_num
-            if bad:
-                reason = next((bad.pop(n) for n in range(start, last + 1) if n in bad), None)
-                if reason is not None:
-                    yield RejectedRow(start, "", reason)
-                    continue
-            size = len(rec)
-            if size == width and whole and (size > 1 or rec[0].strip()):
-                # the usual row: every column there (one column holding nothing is a blank line)
-                if keep_all:
-                    yield Row(start, dict(zip(names, rec, strict=True)))
-                else:
-                    yield Row(start, {name: rec[i] for name, i in found})
-                continue
-            if not rec or (size == 1 and not rec[0].strip()):
-                continue  # blank line
-            if size > width:
-                yield RejectedRow(
-                    start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
-                )
-                continue
-            fields = {}
-            missing = None
-            for name, i in wanted:
-                if i is None or i >= len(rec):
-                    missing = name
-                    break
-                fields[name] = rec[i]
-            if missing is not None:
-                yield RejectedRow(start, ",".join(rec)[:200], f"missing column {missing!r}")
-                continue
-            if keep_all:
-                for name, i in index.items():
-                    if name not in fields:
-                        fields[name] = rec[i] if i < len(rec) else ""
-            yield Row(start, fields)
+
+    def _unusual(
+        self,
+        rec: list[str],
+        start: int,
+        wanted: list[tuple[str, int | None]],
+        index: dict[str, int],
+    ) -> Row | RejectedRow | None:
+        """A CSV record that is not a full row: a blank line (None), a row with too many fields
+        or without a column the job needs (rejected), or a short row that still has them."""
+        size, width = len(rec), len(self.columns)
+        if not rec or (size == 1 and not rec[0].strip()):
+            return None  # blank line
+        if size > width:
+            return RejectedRow(
+                start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
+            )
+        fields: dict[str, str] = {}
+        for name, i in wanted:
+            if i is None or i >= size:
+                return RejectedRow(start, ",".join(rec)[:200], f"missing column {name!r}")
+            fields[name] = rec[i]
+        if self.keep_all:
+            for name, i in index.items():
+                if name not in fields:
+                    fields[name] = rec[i] if i < size else ""
+        return Row(start, fields)
 
     # -- JSONL ---------------------------------------------------------------------------
 
@@ -381,6 +441,29 @@ class RowReader:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
+
+
+def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[str, str]]:
+    """A function from a full CSV record to its fields: ``(name, index)`` for each column kept.
+
+    A dict display with the names and indexes bound in a closure, for up to four columns (the
+    usual file: about a quarter of ``dict(zip(...))``'s time a row, the reader's largest cost);
+    ``dict(zip(...))`` past that. A name the header repeats takes its last cell either way.
+    """
+    if len(columns) == 1:
+        ((k0, i0),) = columns
+        return lambda rec: {k0: rec[i0]}
+    if len(columns) == 2:
+        (k0, i0), (k1, i1) = columns
+        return lambda rec: {k0: rec[i0], k1: rec[i1]}
+    if len(columns) == 3:
+        (k0, i0), (k1, i1), (k2, i2) = columns
+        return lambda rec: {k0: rec[i0], k1: rec[i1], k2: rec[i2]}
+    if len(columns) == 4:
+        (k0, i0), (k1, i1), (k2, i2), (k3, i3) = columns
+        return lambda rec: {k0: rec[i0], k1: rec[i1], k2: rec[i2], k3: rec[i3]}
+    names, cells = [k for k, _ in columns], itemgetter(*(i for _, i in columns))
+    return lambda rec: dict(zip(names, cells(rec), strict=True))
 
 
 def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bulk_mms import reader as reader_module
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_LINE_BYTES, Row, RowReader
@@ -157,3 +160,59 @@ def test_lines_read_ahead_while_opening_come_first_in_order(tmp_path: Path) -> N
         Row(4, {"phone": "+12125550100", "name": "A"}),
         Row(5, {"phone": "+12125550101", "name": "B"}),
     ]
+
+
+_PIECES = [
+    b"+12125550100,Al",
+    b"+12125550101,Bo\r",
+    b'+12125550102,"two\nlines"',
+    b'+12125550103,"Smith, Jo"',
+    b"",
+    b"\xff\xfe,bad",
+    b"+1212555" + b"9" * 30,
+    b"+12125550104",
+    b"+12125550105,x,y",
+    b'+12125550106,"open',
+    b"caf\xc3\xa9,ok",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), max_size=14),
+    last_newline=st.booleans(),
+    keep_all=st.booleans(),
+)
+def test_rows_do_not_depend_on_where_the_blocks_fall(
+    tmp_path_factory: pytest.TempPathFactory,
+    pieces: list[bytes],
+    last_newline: bool,
+    keep_all: bool,
+) -> None:
+    """Rows and rejections are the same whatever the block size, over-long lines included."""
+    p = tmp_path_factory.mktemp("blocks") / "a.csv"
+    p.write_bytes(b"phone,name\n" + b"\n".join(pieces) + (b"\n" if last_newline else b""))
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader_module, "MAX_LINE_BYTES", 24)  # the 38-byte piece is over-long
+        for block in (1, 2, 5, 24, 25, 1 << 20):
+            mp.setattr(reader_module, "BLOCK_BYTES", block)
+            try:
+                with RowReader(p, "phone", ("name",), keep_all=keep_all) as reader:
+                    seen.append(list(reader))
+            except InputError as exc:
+                seen.append([str(exc)])
+    assert all(rows == seen[0] for rows in seen[1:])
+
+
+def test_rows_of_one_to_seven_columns_keep_every_cell(tmp_path: Path) -> None:
+    """A full row keeps each column's cell, for any number of columns and a repeated name."""
+    for width in range(1, 8):
+        names = ["phone", *(f"c{i}" for i in range(1, width))]
+        if width > 2:
+            names[-1] = "c1"  # a repeated name takes its last cell
+        p = tmp_path / f"w{width}.csv"
+        cells = ["+12125550100", *(f"v{i}" for i in range(1, width))]
+        p.write_text(",".join(names) + "\n" + ",".join(cells) + "\n")
+        with RowReader(p, "phone", keep_all=True) as reader:
+            assert list(reader) == [Row(2, dict(zip(names, cells, strict=True)))]
