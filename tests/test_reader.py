@@ -192,7 +192,7 @@ def test_rows_do_not_depend_on_where_the_blocks_fall(
     """Rows and rejections are the same whatever the block size, over-long lines included."""
     p = tmp_path_factory.mktemp("blocks") / "a.csv"
     p.write_bytes(b"phone,name\n" + b"\n".join(pieces) + (b"\n" if last_newline else b""))
-    seen = []
+    seen: list[list[Row | RejectedRow] | str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader_module, "MAX_LINE_BYTES", 24)  # the 38-byte piece is over-long
         for block in (1, 2, 5, 24, 25, 1 << 20):
@@ -201,7 +201,7 @@ def test_rows_do_not_depend_on_where_the_blocks_fall(
                 with RowReader(p, "phone", ("name",), keep_all=keep_all) as reader:
                     seen.append(list(reader))
             except InputError as exc:
-                seen.append([str(exc)])
+                seen.append(str(exc))
     assert all(rows == seen[0] for rows in seen[1:])
 
 
