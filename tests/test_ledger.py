@@ -17,7 +17,8 @@ from msgspec.structs import replace
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
-from bulk_mms.ledger import load, open_store, to_json
+from bulk_mms.ledger import jsonl, load, open_store, to_json
+from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Money
@@ -47,6 +48,62 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
     assert ledger.commits < 50
+
+
+async def test_busy_commits_keep_their_interval_and_take_all_that_queued_meanwhile() -> None:
+    """After a commit of several items, one due sooner than the interval waits the rest and
+    covers every item queued meanwhile; after a lone item's, or once the interval is past,
+    a commit starts at once."""
+    t = [100.0]
+    waits: list[float] = []
+    batches: list[list[int]] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+        t[0] += seconds
+        await asyncio.sleep(0)  # others queue while this one waits
+
+    async def commit(items: list[int]) -> None:
+        batches.append(items)
+
+    gc: GroupCommit[int] = GroupCommit(commit, 0.005, now=lambda: t[0], sleep=sleep)
+    await gc.add_and_wait(1)
+    t[0] += 0.001
+    await gc.add_and_wait(2)  # a lone writer: no wait
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (3, 4)))
+    t[0] += 0.001
+    pending = asyncio.gather(*(gc.add_and_wait(i) for i in (5, 6)))
+    await asyncio.sleep(0)  # the flusher starts, sees a busy last commit, and waits
+    await asyncio.gather(pending, gc.add_and_wait(7))
+    t[0] += 1.0
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (8, 9)))
+    assert batches == [[1], [2], [3, 4], [5, 6, 7], [8, 9]]
+    assert waits == [0.004]
+
+
+@pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])
+async def test_the_fsync_leaves_the_loop_only_after_a_slow_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_s: float, threaded: bool
+) -> None:
+    """A quick fsync runs on the loop's thread; after one slower than SLOW_FSYNC_S the next
+    goes to a worker thread: either way each commit is durable before its writers return."""
+    monkeypatch.setattr(jsonl, "SLOW_FSYNC_S", slow_s)
+    handed: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        handed.append(fn)
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    ledger = open_store(tmp_path / "l.jsonl")
+    ledger.append_now(decode(HEADER))  # type: ignore[arg-type]
+    for i in range(3):
+        await ledger.append(ev.Sent(f"g{i}", message_id=f"m{i}"))
+    await ledger.close()
+    assert ledger.commits == 4  # the header's, then one an append
+    assert len(handed) == (2 if threaded else 0)  # the first commit finds the disk quick
+    assert [e.get("group") for e in ledger_events(tmp_path / "l.jsonl")[1:]] == ["g0", "g1", "g2"]
 
 
 def test_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:

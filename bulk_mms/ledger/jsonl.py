@@ -5,8 +5,15 @@ This module is the only code that knows the ledger is a file: its path, its byte
 
 Durability. Events are written with one ``os.write`` each (``O_APPEND``) and made durable with
 ``fsync``. fsync is *group-committed*: a single flusher task writes every event queued since the
-last flush and fsyncs once in a worker thread, and every writer awaiting durability is released by
-the fsync that covers its line. Many groups in flight therefore share one fsync.
+last flush and fsyncs once, and every writer awaiting durability is released by the fsync that
+covers its line. Many groups in flight therefore share one fsync, and commits are at least
+:data:`COMMIT_INTERVAL_S` apart, so a busy run makes at most a couple of hundred a second.
+
+The fsync runs on the event loop's own thread while the disk answers within
+:data:`SLOW_FSYNC_S`: handing each one to a worker thread cost a run more CPU than the fsyncs
+themselves (the two threads trading the GIL: some 3,000 context switches for 200 commits). A
+disk slower than that (a network file system, a busy disk) would hold the loop up, so its
+fsyncs go to a worker thread until one is quick again.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
@@ -30,6 +37,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,6 +50,10 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView, paused_gc
 
+#: The least time between two commits' fsyncs (see the module doc).
+COMMIT_INTERVAL_S = 0.005
+#: An fsync that took longer than this sends the next to a worker thread (see the module doc).
+SLOW_FSYNC_S = 0.002
 #: How a ``status`` line starts: a resume skips them unparsed.
 _STATUS_PREFIX = b'{"event":"status"'
 
@@ -97,6 +109,8 @@ class JsonlStore(GroupCommitted[bytes]):
     ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
     """
 
+    commit_interval = COMMIT_INTERVAL_S
+
     def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
         self.path = path
         super().__init__()
@@ -104,6 +118,8 @@ class JsonlStore(GroupCommitted[bytes]):
         self._fd = fd
         self._lock_fd = lock_fd
         self._tail = _Tail(path)
+        # the last fsync took longer than SLOW_FSYNC_S: the next goes to a worker thread
+        self._slow_disk = False
 
     @classmethod
     def open(cls, path: Path, mode: str = "run") -> JsonlStore:
@@ -255,9 +271,12 @@ class JsonlStore(GroupCommitted[bytes]):
         return encode(event)
 
     async def _commit(self, lines: list[bytes]) -> None:
-        # while fsync runs in a thread, new events queue up: that is the group commit
         self._write_lines(lines)
-        await asyncio.to_thread(self._fsync)
+        if self._slow_disk:  # meanwhile the loop goes on, and new events queue up
+            took = await asyncio.to_thread(self._fsync)
+        else:
+            took = self._fsync()
+        self._slow_disk = took > SLOW_FSYNC_S
 
     def _write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -279,12 +298,15 @@ class JsonlStore(GroupCommitted[bytes]):
             raise LedgerError(self.path, f"cannot write: {reason}") from None
         self.events_written += len(lines)
 
-    def _fsync(self) -> None:
+    def _fsync(self) -> float:
+        """fsync the file; the seconds it took."""
+        start = time.perf_counter()
         try:
             os.fsync(self._fd)
         except OSError as exc:
             raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
         self.commits += 1
+        return time.perf_counter() - start
 
     async def close(self) -> None:
         """Make everything durable, release the lock and close."""
