@@ -18,7 +18,6 @@ from msgspec.structs import replace
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
 from bulk_mms.ledger import jsonl, load, open_store, to_json
-from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Money
@@ -48,37 +47,6 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
     assert ledger.commits < 50
-
-
-async def test_busy_commits_keep_their_interval_and_take_all_that_queued_meanwhile() -> None:
-    """After a commit of several items, one due sooner than the interval waits the rest and
-    covers every item queued meanwhile; after a lone item's, or once the interval is past,
-    a commit starts at once."""
-    t = [100.0]
-    waits: list[float] = []
-    batches: list[list[int]] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(round(seconds, 6))
-        t[0] += seconds
-        await asyncio.sleep(0)  # others queue while this one waits
-
-    async def commit(items: list[int]) -> None:
-        batches.append(items)
-
-    gc: GroupCommit[int] = GroupCommit(commit, 0.005, now=lambda: t[0], sleep=sleep)
-    await gc.add_and_wait(1)
-    t[0] += 0.001
-    await gc.add_and_wait(2)  # a lone writer: no wait
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (3, 4)))
-    t[0] += 0.001
-    pending = asyncio.gather(*(gc.add_and_wait(i) for i in (5, 6)))
-    await asyncio.sleep(0)  # the flusher starts, sees a busy last commit, and waits
-    await asyncio.gather(pending, gc.add_and_wait(7))
-    t[0] += 1.0
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (8, 9)))
-    assert batches == [[1], [2], [3, 4], [5, 6, 7], [8, 9]]
-    assert waits == [0.004]
 
 
 @pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])

@@ -4,20 +4,15 @@ A store hands :class:`GroupCommit` its ``commit`` (write and make durable a batc
 write and fsync, the database's transaction). Writers :meth:`~GroupCommit.add` an item and,
 with ``wait``, are released by the commit that covers it. One flusher runs at a time, so items
 are committed in the order they came; while a commit runs, new items queue up and go together
-in the next. Many groups in flight therefore share one commit. A store may also space its
-commits (``interval``): while writers are busy (the last commit covered more than one item), a
-commit due sooner than that after the last one ended waits the rest, and takes everything that
-queued meanwhile; a lone writer never waits (PostgreSQL's ``commit_delay`` and
-``commit_siblings``). Once a commit fails, the store takes nothing more: every waiter gets the
-error, and so does every later add.
+in the next. Many groups in flight therefore share one commit. Once a commit fails, the store
+takes nothing more: every waiter gets the error, and so does every later add.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event
@@ -28,21 +23,8 @@ T = TypeVar("T")
 class GroupCommit(Generic[T]):
     """Batches items for ``commit``; see the module doc."""
 
-    def __init__(
-        self,
-        commit: Callable[[list[T]], Awaitable[None]],
-        interval: float = 0.0,
-        *,
-        now: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, commit: Callable[[list[T]], Awaitable[None]]) -> None:
         self._commit = commit
-        #: The least time from the end of one commit to the start of the next, in seconds.
-        self.interval = interval
-        self._now = now
-        self._sleep = sleep
-        self._last_end = -math.inf
-        self._last_size = 0
         self._pending: list[T] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -77,10 +59,7 @@ class GroupCommit(Generic[T]):
         await fut
 
     async def _flush_loop(self) -> None:
-        now = self._now or asyncio.get_running_loop().time
         while self._pending:
-            if self._last_size > 1 and (rest := self._last_end + self.interval - now()) > 0:
-                await self._sleep(rest)  # what queues meanwhile goes in this commit too
             items, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
             try:
@@ -94,7 +73,6 @@ class GroupCommit(Generic[T]):
                 if self.on_failure is not None:
                     self.on_failure(exc)
                 return
-            self._last_end, self._last_size = now(), len(items)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -117,11 +95,9 @@ class GroupCommitted(Generic[T]):
 
     #: Its name for a person (a path, or a URL without its password).
     name: str
-    #: The :class:`GroupCommit`'s ``interval``: none unless the store sets one.
-    commit_interval: ClassVar[float] = 0.0
 
     def __init__(self) -> None:
-        self._commits: GroupCommit[T] = GroupCommit(self._commit, self.commit_interval)
+        self._commits: GroupCommit[T] = GroupCommit(self._commit)
         #: Events written and commits made, for the benchmark and the summary.
         self.events_written = 0
         self.commits = 0

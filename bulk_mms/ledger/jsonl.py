@@ -6,8 +6,7 @@ This module is the only code that knows the ledger is a file: its path, its byte
 Durability. Events are written with one ``os.write`` each (``O_APPEND``) and made durable with
 ``fsync``. fsync is *group-committed*: a single flusher task writes every event queued since the
 last flush and fsyncs once, and every writer awaiting durability is released by the fsync that
-covers its line. Many groups in flight therefore share one fsync, and commits are at least
-:data:`COMMIT_INTERVAL_S` apart, so a busy run makes at most a couple of hundred a second.
+covers its line. Many groups in flight therefore share one fsync.
 
 The fsync runs on the event loop's own thread while the disk answers within
 :data:`SLOW_FSYNC_S`: handing each one to a worker thread cost a run more CPU than the fsyncs
@@ -50,8 +49,6 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView, paused_gc
 
-#: The least time between two commits' fsyncs (see the module doc).
-COMMIT_INTERVAL_S = 0.005
 #: An fsync that took longer than this sends the next to a worker thread (see the module doc).
 SLOW_FSYNC_S = 0.002
 #: How a ``status`` line starts: a resume skips them unparsed.
@@ -108,8 +105,6 @@ class JsonlStore(GroupCommitted[bytes]):
     :class:`~bulk_mms.ledger.store.LedgerStore`): ``run`` (exclusive, created if missing),
     ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
     """
-
-    commit_interval = COMMIT_INTERVAL_S
 
     def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
         self.path = path
