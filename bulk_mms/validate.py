@@ -33,7 +33,8 @@ def normalize_phone(value: str, region: str = "US") -> str:
     area code not starting with 0 or 1: a leading 1 would be taken for the national prefix by
     the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
     phonenumbers' own metadata the same questions without parsing (about ten times faster);
-    its commonest answer, a valid US number, is one regex call (:func:`_canonical_us`).
+    its commonest answers, a valid US or Canadian number, are one regex call each
+    (:func:`_canonical_in`).
     Anything else is parsed. Every path gives the same verdict for every number (property
     tests hold them to it).
 
@@ -51,7 +52,9 @@ def normalize_phone(value: str, region: str = "US") -> str:
 
 
 def _after_canonical_us(value: str, region: str) -> str:
-    """:func:`normalize_phone` for a value its one-regex step did not take."""
+    """:func:`normalize_phone` for a value its one-regex step did not take: a valid Canadian
+    number as written in one regex call too (:func:`_canonical_in`), other canonical numbers
+    by :func:`_nanp` (which says why not), the rest parsed."""
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -59,6 +62,8 @@ def _after_canonical_us(value: str, region: str) -> str:
         and value.isascii()
         and value[2:].isdigit()
     ):
+        if _canonical_in("CA")(value) is not None:
+            return value
         return _nanp(value)
     return _parsed(value, region)
 
@@ -162,23 +167,41 @@ _CANONICAL_US: Callable[[str], re.Match[str] | None] | None = None
 
 
 def _canonical_us() -> Callable[[str], re.Match[str] | None]:
-    """The first step of :func:`_nanp` as one pattern over the whole value: ``+1`` and ten
-    ASCII digits, the area code not 0 or 1, valid in the first +1 region when that region
-    claims numbers by validity alone (the US: no leading digits), so that it is the region
-    :func:`_nanp` would find. A pattern that matches nothing when phonenumbers' metadata says
-    otherwise (the full path then decides every number)."""
+    """:func:`_canonical_in` the first +1 region (the US), kept where the row loop finds it
+    without a call."""
     global _CANONICAL_US  # noqa: PLW0603 - made once, when the first number needs it
-    # the first region alone: a list of valid US numbers never loads the other regions'
-    # metadata, nor compiles their patterns (what _nanp_regions does for any other number)
-    code = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
-    m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
-    valid = _validity_source(code) if m is not None and m.leading_digits is None else None
-    source = "(?!)"  # matches nothing: the full path decides every number
-    if valid is not None and code in _REACHABLE_REGIONS:
-        source = f"\\+1(?=[2-9][0-9]{{9}}\\Z)(?:{valid})"
-    pattern = re.compile(source, re.ASCII)
-    _CANONICAL_US = pattern.fullmatch
+    _CANONICAL_US = _canonical_in(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0])
     return _CANONICAL_US
+
+
+@functools.cache
+def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
+    """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value:
+    ``+1`` and ten ASCII digits, the area code not 0 or 1, claimed by no +1 region before
+    ``code`` in phonenumbers' order (by its leading digits, or for one without them, by being
+    valid there), in ``code``'s leading digits where it has them, and valid in ``code``. Its
+    ``fullmatch``; a pattern that matches nothing for a region group MMS cannot reach.
+
+    Only the metadata of ``code`` and the regions before it is loaded: a list of valid US
+    numbers never loads the other twenty-four regions' nor compiles their patterns (what
+    :func:`_nanp_regions` does for any other number)."""
+    source = "(?!)"  # matches nothing: the full path decides every number
+    claimed: list[str] = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        m = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+        if m is None:
+            continue
+        if region == code:
+            valid = _validity_source(code)
+            if valid is not None and code in _REACHABLE_REGIONS:
+                lead = f"(?=(?:{m.leading_digits}))" if m.leading_digits is not None else ""
+                source = f"\\+1(?=[2-9][0-9]{{9}}\\Z){''.join(claimed)}{lead}(?:{valid})"
+            break
+        if m.leading_digits is not None:
+            claimed.append(f"(?!(?:{m.leading_digits}))")
+        elif (valid := _validity_source(region)) is not None:
+            claimed.append(f"(?!(?:{valid})\\Z)")
+    return re.compile(source, re.ASCII).fullmatch
 
 
 def _nanp(phone: str) -> str:

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
-from bulk_mms.validate import PhoneError, _canonical_us, _parsed, normalize_phone, validate_rows
+from bulk_mms.validate import (
+    PhoneError,
+    _canonical_in,
+    _canonical_us,
+    _parsed,
+    normalize_phone,
+    validate_rows,
+)
 
 #: Area codes across the +1 regions: US, Canada, the Caribbean, Pacific, toll-free, premium.
 AREAS = (
@@ -131,20 +138,19 @@ def test_the_fast_path_agrees_on_a_sweep_of_every_area_code() -> None:
     rest=st.integers(0, 9_999_999).map(lambda n: f"{n:07d}"),
     form=st.sampled_from(["+1{}", "+1 {}", "1{}", "+1{}\n", "+\uff11{}", "{}"]),
 )
-def test_the_one_regex_step_takes_exactly_the_valid_us_numbers_as_written(
+def test_the_one_regex_steps_take_exactly_the_valid_us_or_canadian_numbers_as_written(
     area: str, rest: str, form: str
 ) -> None:
-    """The first step of the fast path matches a value exactly when it is canonical and the
-    parser finds it a valid number of the US (so that step decides only what it may)."""
+    """Each region's one-regex step matches a value exactly when it is canonical and the
+    parser finds it a valid number of that region (so a step decides only what it may)."""
     value = form.format(area + rest)
     try:
         number = phonenumbers.parse(value, "US")
-        us = (
-            value == f"+1{area}{rest}"
-            and area[0] not in "01"
-            and phonenumbers.region_code_for_number(number) == "US"
-            and phonenumbers.is_valid_number(number)
-        )
+        canonical = value == f"+1{area}{rest}" and area[0] not in "01"
+        where = phonenumbers.region_code_for_number(number)
+        valid = canonical and phonenumbers.is_valid_number(number)
     except phonenumbers.NumberParseException:
-        us = False
-    assert (_canonical_us()(value) is not None) == us
+        where, valid = None, False
+    assert (_canonical_us()(value) is not None) == (valid and where == "US")
+    assert (_canonical_in("CA")(value) is not None) == (valid and where == "CA")
+    assert _canonical_in("AG")("+12684601234") is None  # a region group MMS cannot reach
