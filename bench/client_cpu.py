@@ -203,6 +203,7 @@ def main() -> None:
                     if round_:
                         spent[name].append(cpu)
             results = {name: _median(values) for name, values in spent.items()}
+            paired = {name: _paired(values, spent["floor"]) for name, values in spent.items()}
             counted: dict[str, int | None] = {}
             if os.environ.get("BENCH_INSTRUCTIONS"):
                 # the same console script, given to its interpreter (valgrind follows no
@@ -215,26 +216,43 @@ def main() -> None:
         proc.terminate()
         proc.wait()
     title = f"{n} groups of 8, {IN_FLIGHT} in flight, whole-process user+system CPU"
-    _table(title, "CPU", results, lambda cpu: f"{cpu:.2f} s")
+    _table(title, "CPU", results, lambda cpu: f"{cpu:.2f} s", paired)
     if counted:
         title = "\nuser-space instructions (callgrind), one run each"
         _table(title, "instructions", counted, lambda count: f"{count / 1e9:.2f} G")
 
 
+def _paired(values: list[float | None], floor: list[float | None]) -> float | None:
+    """The median of a client's per-round ratios to the floor's run in the same round. The
+    machine's speed drifts over minutes, and a round's runs share its moment, so this is the
+    steadier estimate of the ratio; None when any run failed."""
+    if any(v is None for v in values + floor):
+        return None
+    return _median([v / f for v, f in zip(values, floor, strict=True) if v and f])
+
+
 def _table(
-    title: str, unit: str, values: Mapping[str, float | None], show: Callable[[float], str]
+    title: str,
+    unit: str,
+    values: Mapping[str, float | None],
+    show: Callable[[float], str],
+    paired: Mapping[str, float | None] | None = None,
 ) -> None:
-    """One Markdown table of the clients' results, each as a ratio to the floor's too."""
+    """One Markdown table of the clients' results, each as a ratio to the floor's too (and,
+    given ``paired``, the median of its ratios round by round)."""
     base = values.get("floor")
     print(title)
-    print(f"| client | {unit} | vs floor |")
-    print("|---|---|---|")
+    print(f"| client | {unit} | vs floor |" + (" vs floor, round by round |" if paired else ""))
+    print("|---|---|---|" + ("---|" if paired else ""))
     for name, value in values.items():
+        extra = ""
+        if paired is not None:
+            extra = f" {r:.2f} |" if (r := paired.get(name)) is not None else " |"
         if value is None:
-            print(f"| {name} | not measured | |")
+            print(f"| {name} | not measured | |{extra}")
         else:
             ratio = f"{value / base:.2f}" if base else "?"
-            print(f"| {name} | {show(value)} | {ratio} |")
+            print(f"| {name} | {show(value)} | {ratio} |{extra}")
 
 
 if __name__ == "__main__":
