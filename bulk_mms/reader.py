@@ -244,7 +244,7 @@ class RowReader:
                 block, end, dropping = block[head:], end - head, False
             if not end:
                 carry += block
-                if len(carry) > MAX_LINE_BYTES:
+                if _too_long(carry):
                     carry, dropping = b"", True
                     self._lineno += 1
                     yield [self._decoded(self._lineno, b"")]
@@ -270,8 +270,7 @@ class RowReader:
         out = []
         for line in io.BytesIO(data).readlines():
             self._lineno += 1
-            too_long = len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
-            out.append(self._decoded(self._lineno, b"" if too_long else line))
+            out.append(self._decoded(self._lineno, b"" if _too_long(line) else line))
         return out
 
     def _open_csv(self) -> None:
@@ -466,10 +465,15 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
     return lambda rec: dict(zip(names, cells(rec), strict=True))
 
 
+def _too_long(line: bytes) -> bool:
+    """Whether a line (with its newline, if it has one) holds more than MAX_LINE_BYTES."""
+    return len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
+
+
 def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
     """A line as read (``MAX_LINE_BYTES + 1`` at most), or ``b""`` for one longer than that,
     whose rest is then read and dropped, never kept."""
-    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+    if _too_long(line):
         while line and not line.endswith(b"\n"):
             line = readline(MAX_LINE_BYTES)
         return b""
