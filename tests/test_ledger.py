@@ -18,6 +18,7 @@ from msgspec.structs import replace
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
 from bulk_mms.ledger import jsonl, load, open_store, to_json
+from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Money
@@ -47,6 +48,78 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
     assert ledger.commits < 50
+
+
+class _Timers:
+    """A fake ``call_later``: records each timer; the test fires them."""
+
+    def __init__(self) -> None:
+        self.set: list[tuple[float, Any, Any]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, callback: Any, arg: Any) -> _Timers:
+        self.set.append((round(delay, 6), callback, arg))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def fire(self) -> None:
+        _, callback, arg = self.set[-1]
+        callback(arg)
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _spaced(interval: float) -> tuple[GroupCommit[int], list[list[int]], list[float], _Timers]:
+    t = [100.0]
+    batches: list[list[int]] = []
+
+    async def commit(items: list[int]) -> None:
+        batches.append(items)
+
+    timers = _Timers()
+    return GroupCommit(commit, interval, now=lambda: t[0], call_later=timers), batches, t, timers
+
+
+async def test_a_busy_commit_waits_out_its_interval_and_takes_all_that_queued_meanwhile() -> None:
+    """After a commit that released several writers, the next one due within the interval
+    waits the rest of it and covers every item queued meanwhile; after a lone writer's, or
+    once the interval is past, a commit starts at once."""
+    gc, batches, t, timers = _spaced(0.005)
+    await gc.add_and_wait(1)
+    await gc.add_and_wait(2)  # a lone writer: no wait
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (3, 4)))
+    t[0] += 0.001
+    five = asyncio.ensure_future(gc.add_and_wait(5))
+    await _settle()
+    assert batches == [[1], [2], [3, 4]]  # 5 waits for company
+    gc.add(6)  # queued meanwhile, not waited for
+    timers.fire()
+    await five
+    t[0] += 1.0
+    await gc.add_and_wait(7)  # its interval is past
+    assert batches == [[1], [2], [3, 4], [5, 6], [7]]
+    assert [delay for delay, _, _ in timers.set] == [0.004]
+
+
+async def test_the_wait_for_company_ends_when_as_many_writers_wait_as_last_time() -> None:
+    """Once as many writers wait as the last commit released, the commit goes without waiting
+    out its interval (writers that all wait at once lose no time to it)."""
+    gc, batches, _t, timers = _spaced(60.0)
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
+    first = asyncio.ensure_future(gc.add_and_wait(3))
+    await _settle()
+    assert batches == [[1, 2]]
+    assert len(timers.set) == 1
+    await asyncio.gather(first, gc.add_and_wait(4))
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (5, 6)))  # both wait at once: no timer
+    assert batches == [[1, 2], [3, 4], [5, 6]]
+    assert len(timers.set) == 1
+    assert timers.cancelled == 1
 
 
 @pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])
