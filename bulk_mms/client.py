@@ -428,6 +428,7 @@ class AiohttpMmsClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                headers=self._headers,  # every request's; a send adds its Idempotency-Key
                 timeout=self._timeout,
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
                 raise_for_status=False,
@@ -442,9 +443,10 @@ class AiohttpMmsClient:
     async def send(self, group: Group, key: str) -> SendReceipt:
         """POST the group; return a receipt or raise a typed :class:`SendError`."""
         data = orjson.dumps(request_body(group))
-        headers = {**self._headers, "Idempotency-Key": key}
         try:
-            status, body = await self._request("POST", self._send_url, data, headers)
+            status, body = await self._request(
+                "POST", self._send_url, data, {"Idempotency-Key": key}
+            )
         except Rejected as exc:
             if exc.status in (404, 405):
                 # the send endpoint is not here: a wrong base URL, not a verdict on this group
@@ -500,7 +502,7 @@ class AiohttpMmsClient:
         session = self._open()
         with map_client_errors():
             async with session.request(
-                method, url, data=data, headers=headers or self._headers, allow_redirects=False
+                method, url, data=data, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
                 ok = 200 <= status < 300
