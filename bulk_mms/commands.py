@@ -30,6 +30,7 @@ from bulk_mms.config import (
     load_settings,
     sends_key_in_clear,
 )
+from bulk_mms.config.folders import user_folder
 from bulk_mms.console import (
     SIGNAL_EXIT,
     confirm,
@@ -384,8 +385,7 @@ def find_config(given: Path | None, env: Mapping[str, str] | None = None) -> Pat
         return given
     if env.get(CONFIG_ENV):
         return Path(env[CONFIG_ENV])
-    home = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    for candidate in (Path("config.toml"), home / "bulk-mms" / "config.toml"):
+    for candidate in (Path("config.toml"), user_folder("config", env) / "config.toml"):
         if candidate.is_file():
             return candidate
     return None

@@ -15,8 +15,6 @@ import functools
 import zoneinfo
 from collections.abc import Iterable, Mapping
 
-import phonenumbers
-
 from bulk_mms.config import SendWindow
 
 #: phonenumbers' answer for a number it cannot place.
@@ -28,7 +26,8 @@ _HORIZON = dt.timedelta(days=2)
 
 @functools.lru_cache(maxsize=4096)
 def _zones_of_prefix(prefix: str) -> tuple[str, ...]:
-    from phonenumbers import timezone  # noqa: PLC0415 - its data loads only for quiet hours
+    import phonenumbers  # noqa: PLC0415 - loaded only for quiet hours
+    from phonenumbers import timezone  # noqa: PLC0415
 
     zones = timezone.time_zones_for_number(phonenumbers.parse(prefix + "0" * 4))
     return tuple(sorted(z for z in zones if z != _UNKNOWN)) or ("UTC",)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 from bulk_mms.validate import PhoneError, normalize_phone
 
@@ -98,8 +99,7 @@ class Suppressed:
 
 def default_list() -> Path:
     """Where the suppression list is when the settings name none: the user's data folder."""
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "bulk-mms" / "suppressed.txt"
+    return user_folder("data") / "suppressed.txt"
 
 
 def suppression_for(file: Path | None, where: object = None) -> Suppressed:

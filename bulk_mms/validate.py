@@ -7,16 +7,24 @@ a valid number of one of those two regions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
-import phonenumbers
-from phonenumbers import PhoneNumberDesc
+import orjson
 
+from bulk_mms.config.folders import user_folder
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
+
+if TYPE_CHECKING:
+    from phonenumbers import PhoneNumberDesc
 
 _ALLOWED_PUNCTUATION = frozenset(" \t+-().\u00a0/")
 _REACHABLE_REGIONS = frozenset({"US", "CA"})
@@ -79,6 +87,8 @@ def _parsed(value: str, region: str) -> str:
             # recipient list they are far more likely a typo or an extension
             kind = "letters" if ch.isalpha() else f"the character {ch!r}"
             raise PhoneError(f"phone number contains {kind}")
+    import phonenumbers  # noqa: PLC0415 - a run of canonical numbers never loads it
+
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
@@ -134,6 +144,8 @@ def _validity_source(code: str) -> str | None:
     """:func:`_validity`'s pattern, as phonenumbers asks: the region's general pattern (a
     lookahead over the whole number), then any type that makes a number valid (mobile only
     where it differs from fixed-line; else it is never asked). None when none can match."""
+    import phonenumbers  # noqa: PLC0415 - see _KeptPatterns
+
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
     general = _alternatives(m.general_desc)
@@ -153,6 +165,8 @@ def _validity_source(code: str) -> str | None:
 def _nanp_regions() -> tuple[tuple[str, re.Pattern[str] | None], ...]:
     """The +1 regions in phonenumbers' own order (the US first), each with its leading digits
     (what places a number in it before validity does), where it has them."""
+    import phonenumbers  # noqa: PLC0415 - see _KeptPatterns
+
     out = []
     for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
         m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
@@ -170,27 +184,38 @@ def _canonical_us() -> Callable[[str], re.Match[str] | None]:
     """:func:`_canonical_in` the first +1 region (the US), kept where the row loop finds it
     without a call."""
     global _CANONICAL_US  # noqa: PLW0603 - made once, when the first number needs it
-    _CANONICAL_US = _canonical_in(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0])
+    _CANONICAL_US = _canonical_in(_kept_patterns().first())
     return _CANONICAL_US
 
 
 @functools.cache
 def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
-    """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value:
-    ``+1`` and ten ASCII digits, the area code not 0 or 1, claimed by no +1 region before
-    ``code`` in phonenumbers' order (by its leading digits, or for one without them, by being
-    valid there), in ``code``'s leading digits where it has them, and valid in ``code``. Its
-    ``fullmatch``; a pattern that matches nothing for a region group MMS cannot reach.
+    """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value
+    (:func:`_canonical_source`), kept between runs (:class:`_KeptPatterns`). Its
+    ``fullmatch``."""
+    return re.compile(_kept_patterns().source(code), re.ASCII).fullmatch
+
+
+def _canonical_source(code: str) -> tuple[str, list[str]]:
+    """:func:`_canonical_in`'s pattern: ``+1`` and ten ASCII digits, the area code not 0 or 1,
+    claimed by no +1 region before ``code`` in phonenumbers' order (by its leading digits, or
+    for one without them, by being valid there), in ``code``'s leading digits where it has
+    them, and valid in ``code``; one that matches nothing for a region group MMS cannot reach.
+    With it, the files of phonenumbers' region data it was made from.
 
     Only the metadata of ``code`` and the regions before it is loaded: a list of valid US
     numbers never loads the other twenty-four regions' nor compiles their patterns (what
     :func:`_nanp_regions` does for any other number)."""
+    import phonenumbers  # noqa: PLC0415 - only to derive it (see _KeptPatterns)
+
     source = "(?!)"  # matches nothing: the full path decides every number
     claimed: list[str] = []
+    consulted: list[str] = []
     for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
         m = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
         if m is None:
             continue
+        consulted.append(region)
         if region == code:
             valid = _validity_source(code)
             if valid is not None and code in _REACHABLE_REGIONS:
@@ -201,7 +226,110 @@ def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
             claimed.append(f"(?!(?:{m.leading_digits}))")
         elif (valid := _validity_source(region)) is not None:
             claimed.append(f"(?!(?:{valid})\\Z)")
-    return re.compile(source, re.ASCII).fullmatch
+    data = [sys.modules[f"phonenumbers.data.region_{region}"].__file__ for region in consulted]
+    return source, [f for f in data if f is not None]
+
+
+class _KeptPatterns:
+    """The one-regex steps' patterns, kept between runs in the user's cache folder
+    (``~/.cache/bulk-mms/nanp-patterns-*.json``), so a run whose numbers they decide never
+    imports phonenumbers: its import compiles dozens of patterns, some 20 ms of every start.
+
+    Each pattern is kept with the size and modification time of every file it was derived
+    from: phonenumbers' package and metadata code, its list of regions, the data of each
+    region consulted, and this module. When any of them is not as it was (phonenumbers
+    upgraded, this code changed), the patterns are derived anew from the metadata, so they
+    are always what :func:`_canonical_source` makes of the metadata installed now. A file
+    that cannot be read or written is no error: the patterns are derived, as without it.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.first_region: str | None = None
+        self.files: dict[str, list[int]] = {}
+        self.patterns: dict[str, str] = {}
+        if path is not None:
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        try:
+            kept = orjson.loads(path.read_bytes())
+            files, patterns, first = kept["files"], kept["patterns"], kept["first"]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if (
+            kept.get("format") == self.FORMAT
+            and isinstance(files, dict)
+            and isinstance(patterns, dict)
+            and isinstance(first, str)
+            and all(isinstance(v, str) for v in patterns.values())
+            and all(_file_stamp(f) == stamp for f, stamp in files.items())
+        ):
+            self.first_region, self.files, self.patterns = first, files, patterns
+
+    def first(self) -> str:
+        """The first +1 region in phonenumbers' order (the US)."""
+        if self.first_region is None:
+            self._keep([])
+        assert self.first_region is not None
+        return self.first_region
+
+    def source(self, code: str) -> str:
+        """``code``'s pattern, kept or derived (and then kept)."""
+        if (source := self.patterns.get(code)) is None:
+            source, data = _canonical_source(code)
+            self.patterns[code] = source
+            self._keep(data)
+        return source
+
+    def _keep(self, data: list[str]) -> None:
+        """Write what is known now, with the stamps of the files it came from (``data``: the
+        regions' files a pattern was derived from)."""
+        import phonenumbers  # noqa: PLC0415 - see the class doc
+        import phonenumbers.phonemetadata  # noqa: PLC0415
+        from phonenumbers import data as regions  # noqa: PLC0415
+
+        self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
+        made_from = [__file__, phonenumbers.__file__, phonenumbers.phonemetadata.__file__]
+        for file in [*made_from, regions.__file__, *data]:
+            if file is not None and (stamp := _file_stamp(file)) is not None:
+                self.files[file] = stamp
+        if self.path is None:
+            return
+        kept = {
+            "format": self.FORMAT,
+            "first": self.first_region,
+            "patterns": self.patterns,
+            "files": self.files,
+        }
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            part = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+            part.write_bytes(orjson.dumps(kept))
+            os.replace(part, self.path)
+
+
+def _file_stamp(path: str) -> list[int] | None:
+    """A file's size and modification time (ns), or None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+@functools.cache
+def _kept_patterns() -> _KeptPatterns:
+    """The patterns this process uses, read from the cache folder when it first needs one (a
+    file for each Python environment: each has its own phonenumbers)."""
+    env = hashlib.blake2b(sys.prefix.encode(), digest_size=6).hexdigest()
+    try:
+        path: Path | None = user_folder("cache") / f"nanp-patterns-{env}.json"
+    except RuntimeError:  # no home folder: derive them every run
+        path = None
+    return _KeptPatterns(path)
 
 
 def _nanp(phone: str) -> str:

@@ -28,8 +28,10 @@ pytest_plugins = ("pytest_aiohttp",)
 
 @pytest.fixture(autouse=True)
 def _own_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default suppression list (in the user's data folder) is the test's own."""
+    """The default suppression list (in the user's data folder) and the cache folder are the
+    test's own."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 @pytest.fixture(autouse=True)

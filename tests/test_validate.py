@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import orjson
 import phonenumbers
 import pytest
 from hypothesis import given, settings
@@ -14,7 +20,9 @@ from bulk_mms.reader import Row
 from bulk_mms.validate import (
     PhoneError,
     _canonical_in,
+    _canonical_source,
     _canonical_us,
+    _KeptPatterns,
     _parsed,
     normalize_phone,
     validate_rows,
@@ -154,3 +162,75 @@ def test_the_one_regex_steps_take_exactly_the_valid_us_or_canadian_numbers_as_wr
     assert (_canonical_us()(value) is not None) == (valid and where == "US")
     assert (_canonical_in("CA")(value) is not None) == (valid and where == "CA")
     assert _canonical_in("AG")("+12684601234") is None  # a region group MMS cannot reach
+
+
+def _kept(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(path.read_bytes())
+    return data
+
+
+def test_kept_patterns_are_read_back_while_their_files_are_as_they_were(tmp_path: Path) -> None:
+    """Patterns derived once are kept with their files' stamps and read back by a later
+    process as they were kept (so it needs no phonenumbers to make them)."""
+    path = tmp_path / "kept.json"
+    made = _KeptPatterns(path).source("US")
+    assert made == _canonical_source("US")[0]
+    kept = _kept(path)
+    assert kept["patterns"] == {"US": made}
+    assert any(f.endswith("region_US.py") for f in kept["files"])
+    kept["patterns"]["US"] = "(?!kept)"
+    path.write_bytes(orjson.dumps(kept))
+    assert _KeptPatterns(path).source("US") == "(?!kept)"
+
+
+@pytest.mark.parametrize("damage", ["stale", "garbage", "wrong shape", "unwritable"])
+def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
+    tmp_path: Path, damage: str
+) -> None:
+    """A kept pattern whose files changed since (an upgraded phonenumbers, this code), or a
+    file that does not parse, is ignored and the pattern derived anew; a cache folder that
+    cannot be written is no error."""
+    path = tmp_path / "kept.json"
+    _KeptPatterns(path).source("US")
+    kept = _kept(path)
+    kept["patterns"]["US"] = ".*"  # would take any value: it must never be used
+    if damage == "stale":
+        kept["files"][next(iter(kept["files"]))][1] += 1
+        path.write_bytes(orjson.dumps(kept))
+    elif damage == "garbage":
+        path.write_bytes(b"\x00{not json")
+    elif damage == "wrong shape":
+        path.write_bytes(orjson.dumps({**kept, "patterns": ["US", ".*"]}))
+    else:
+        path = tmp_path / "a-file" / "kept.json"
+        path.parent.write_text("not a folder")
+    patterns = _KeptPatterns(path)
+    assert patterns.source("US") == _canonical_source("US")[0]
+    if damage != "unwritable":
+        assert _kept(path)["patterns"]["US"] == _canonical_source("US")[0]
+
+
+def test_a_run_of_canonical_numbers_never_imports_phonenumbers(tmp_path: Path) -> None:
+    """With the patterns kept by an earlier process, valid US and Canadian numbers as written
+    are decided without loading phonenumbers (some 20 ms of a start); any other number loads
+    it and is decided by it."""
+    script = (
+        "import sys\n"
+        "from bulk_mms.validate import PhoneError, normalize_phone\n"
+        "assert normalize_phone('+12125550100') == '+12125550100'\n"
+        "assert normalize_phone('+14165550100') == '+14165550100'\n"
+        "before = 'phonenumbers' in sys.modules\n"
+        "try:\n"
+        "    normalize_phone('+12120550100')\n"
+        "except PhoneError:\n"
+        "    pass\n"
+        "print(before, 'phonenumbers' in sys.modules)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs == [["True", "True"], ["False", "True"]]
