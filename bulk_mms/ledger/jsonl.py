@@ -20,7 +20,7 @@ each while the disk and the journal answer, and every wake-up costs a virtual ma
 0.1 ms of CPU in cold caches. Back to back, a run of 2,000 groups made about 330 fsyncs and
 1,300 context switches; spaced, some 100 fsyncs and 550 switches, and 0.06 to 0.07 s less
 CPU, while every writer still waits for the fsync that covers its line. A lone writer never
-waits, and writers that all wait at once go at once (``bench/ledger.py`` keeps its rate).
+waits, and writers that all wait at once go at once (``bench/ledger.py`` keeps its commits).
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
