@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -193,7 +194,12 @@ def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
     """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value
     (:func:`_canonical_source`), kept between runs (:class:`_KeptPatterns`). Its
     ``fullmatch``."""
-    return re.compile(_kept_patterns().source(code), re.ASCII).fullmatch
+    kept = _kept_patterns()
+    try:
+        return re.compile(kept.source(code), re.ASCII).fullmatch
+    except re.error:
+        kept.forget(code)
+        return re.compile(_canonical_source(code)[0], re.ASCII).fullmatch
 
 
 def _canonical_source(code: str) -> tuple[str, list[str]]:
@@ -235,39 +241,48 @@ class _KeptPatterns:
     (``~/.cache/bulk-mms/nanp-patterns-*.json``), so a run whose numbers they decide never
     imports phonenumbers: its import compiles dozens of patterns, some 20 ms of every start.
 
-    Each pattern is kept with the size and modification time of every file it was derived
-    from: phonenumbers' package and metadata code, its list of regions, the data of each
-    region consulted, and this module. When any of them is not as it was (phonenumbers
-    upgraded, this code changed), the patterns are derived anew from the metadata, so they
-    are always what :func:`_canonical_source` makes of the metadata installed now. A file
-    that cannot be read or written is no error: the patterns are derived, as without it.
+    A kept pattern is used only while every file it was derived from holds the same bytes
+    (a digest of each): this module, phonenumbers' package, metadata code and list of regions
+    as this process would import them, and the data of each region consulted. Anything else
+    (phonenumbers upgraded or shadowed, this code changed, a file that cannot be read, a
+    kept file whose own checksum fails) and the patterns are derived anew from the metadata,
+    so they are always what :func:`_canonical_source` makes of what is installed now. A
+    process that finds a file changed since it loaded it writes nothing; a cache that cannot
+    be read or written is no error, only a derivation.
     """
 
-    FORMAT = 1
+    FORMAT = 2
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.first_region: str | None = None
-        self.files: dict[str, list[int]] = {}
         self.patterns: dict[str, str] = {}
+        #: The digest of each file the patterns were derived from, by path.
+        self.files: dict[str, str] = {}
+        #: False once anything is off: nothing more is written.
+        self.sound = path is not None
         if path is not None:
             self._read(path)
 
     def _read(self, path: Path) -> None:
         try:
             kept = orjson.loads(path.read_bytes())
-            files, patterns, first = kept["files"], kept["patterns"], kept["first"]
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            first, patterns, files = kept["first"], kept["patterns"], kept["files"]
+            whole = kept["format"] == self.FORMAT and kept["sum"] == _checksum(kept)
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return
+        base = _base_files()
         if (
-            kept.get("format") == self.FORMAT
-            and isinstance(files, dict)
-            and isinstance(patterns, dict)
+            whole
+            and base is not None
             and isinstance(first, str)
+            and isinstance(patterns, dict)
             and all(isinstance(v, str) for v in patterns.values())
-            and all(_file_stamp(f) == stamp for f, stamp in files.items())
+            and isinstance(files, dict)
+            and all(f in files for f in base)
+            and all(_digest_now(f) == digest for f, digest in files.items())
         ):
-            self.first_region, self.files, self.patterns = first, files, patterns
+            self.first_region, self.patterns, self.files = first, patterns, files
 
     def first(self) -> str:
         """The first +1 region in phonenumbers' order (the US)."""
@@ -284,40 +299,85 @@ class _KeptPatterns:
             self._keep(data)
         return source
 
+    def forget(self, code: str) -> None:
+        """A kept pattern did not compile: trust none of them, and write nothing more."""
+        self.patterns.pop(code, None)
+        self.sound = False
+
     def _keep(self, data: list[str]) -> None:
-        """Write what is known now, with the stamps of the files it came from (``data``: the
+        """Write what is known now, with the digest of each file it came from (``data``: the
         regions' files a pattern was derived from)."""
         import phonenumbers  # noqa: PLC0415 - see the class doc
-        import phonenumbers.phonemetadata  # noqa: PLC0415
-        from phonenumbers import data as regions  # noqa: PLC0415
 
         self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
-        made_from = [__file__, phonenumbers.__file__, phonenumbers.phonemetadata.__file__]
-        for file in [*made_from, regions.__file__, *data]:
-            if file is not None and (stamp := _file_stamp(file)) is not None:
-                self.files[file] = stamp
-        if self.path is None:
+        base = _base_files()
+        if not self.sound or base is None or phonenumbers.__file__ != base[1]:
+            self.sound = False  # not the phonenumbers this process loaded
             return
-        kept = {
+        for file in [*base, *data]:
+            digest = _digest_now(file)
+            if digest is None or self.files.setdefault(file, digest) != digest:
+                self.sound = False  # unreadable, or changed since a pattern came from it
+                return
+        kept: dict[str, object] = {
             "format": self.FORMAT,
             "first": self.first_region,
             "patterns": self.patterns,
             "files": self.files,
         }
-        with contextlib.suppress(OSError):
+        kept["sum"] = _checksum(kept)
+        assert self.path is not None
+        part = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            part = self.path.with_name(f"{self.path.name}.{os.getpid()}")
             part.write_bytes(orjson.dumps(kept))
             os.replace(part, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                part.unlink()
 
 
-def _file_stamp(path: str) -> list[int] | None:
-    """A file's size and modification time (ns), or None when it is not there."""
+def _checksum(kept: Mapping[str, object]) -> str:
+    """A digest of what a kept file says (all but its ``sum``)."""
+    body = orjson.dumps({k: v for k, v in kept.items() if k != "sum"}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def _digest(path: str) -> str | None:
+    """A digest of a file's bytes, or None when it cannot be read."""
     try:
-        st = os.stat(path)
-    except OSError:
+        with open(path, "rb") as f:
+            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+    except (OSError, ValueError):
         return None
-    return [st.st_size, st.st_mtime_ns]
+
+
+#: This module's digest as it was loaded (a file replaced under a running process is not the
+#: code that process runs).
+_OWN_DIGEST = _digest(__file__)
+
+
+def _digest_now(path: str) -> str | None:
+    """:func:`_digest`, but this module's as it was loaded."""
+    return _OWN_DIGEST if path == __file__ else _digest(path)
+
+
+def _base_files() -> list[str] | None:
+    """This module's file, and phonenumbers' package, metadata code and list of regions as
+    this process would import them (found without importing them); None if not found."""
+    try:
+        spec = importlib.util.find_spec("phonenumbers")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    package = os.path.dirname(spec.origin)
+    return [
+        __file__,
+        spec.origin,
+        os.path.join(package, "phonemetadata.py"),
+        os.path.join(package, "data", "__init__.py"),
+    ]
 
 
 @functools.cache

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.config import check_base_url, load_job, load_settings, sends_key_in_clear
+from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 
 GOOD_MESSAGE = '[message]\nfrom = "+18445550001"\ntext = "Hi {name}"\n'
@@ -239,3 +240,13 @@ def test_grouping_is_an_explicit_choice(tmp_path: Path, grouping: str, outcome: 
         assert 'group_by = "COLUMN"' in str(info.value)
         assert "mix_unrelated = true" in str(info.value)
         assert "sees the others' numbers" in str(info.value)
+
+
+def test_user_folders_follow_xdg_and_ignore_a_relative_or_empty_value(tmp_path: Path) -> None:
+    """An absolute ``$XDG_*_HOME`` names the folder; an empty or relative one is ignored (the
+    XDG spec), so a cron job's working folder never becomes its cache."""
+    home = Path.home()
+    assert user_folder("cache", {"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "bulk-mms"
+    assert user_folder("cache", {"XDG_CACHE_HOME": "rel"}) == home / ".cache" / "bulk-mms"
+    assert user_folder("data", {"XDG_DATA_HOME": ""}) == home / ".local/share" / "bulk-mms"
+    assert user_folder("config", {}) == home / ".config" / "bulk-mms"

@@ -48,6 +48,8 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
     assert ledger.commits < 50
+    assert isinstance(ledger, JsonlStore)
+    assert ledger.commit_interval == jsonl.COMMIT_INTERVAL_S
 
 
 class _Timers:
@@ -120,6 +122,52 @@ async def test_the_wait_for_company_ends_when_as_many_writers_wait_as_last_time(
     assert batches == [[1, 2], [3, 4], [5, 6]]
     assert len(timers.set) == 1
     assert timers.cancelled == 1
+
+
+async def test_drain_ends_the_wait_for_company_and_commits_what_a_cancelled_flusher_left() -> None:
+    """At the end nobody else is coming: drain sends a waiting commit at once; and items a
+    cancelled flusher left queued are committed by drain, their writers released."""
+    gc, batches, _t, timers = _spaced(60.0)
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
+    three = asyncio.ensure_future(gc.add_and_wait(3))
+    await _settle()
+    await gc.drain()  # the timer never fires
+    await three
+    assert batches == [[1, 2], [3]]
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (4, 5)))
+    six = asyncio.ensure_future(gc.add_and_wait(6))
+    await _settle()
+    assert gc._flusher is not None
+    gc._flusher.cancel()  # as a loop's shutdown would
+    await _settle()
+    assert not six.done()
+    await gc.drain()
+    await six
+    assert batches == [[1, 2], [3], [4, 5], [6]]
+    assert len(timers.set) == 2
+
+
+async def test_a_commit_that_fails_after_waiting_for_company_fails_its_writers() -> None:
+    """The commit after a wait fails: every writer it covered gets the error, and so does
+    drain."""
+    batches: list[list[int]] = []
+    timers = _Timers()
+
+    async def commit(items: list[int]) -> None:
+        if 3 in items:
+            raise LedgerError(Path("l.jsonl"), "cannot write: disk full")
+        batches.append(items)
+
+    gc: GroupCommit[int] = GroupCommit(commit, 60.0, now=lambda: 100.0, call_later=timers)
+    await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
+    three = asyncio.ensure_future(gc.add_and_wait(3))
+    await _settle()
+    timers.fire()
+    with pytest.raises(LedgerError, match="disk full"):
+        await three
+    with pytest.raises(LedgerError, match="disk full"):
+        await gc.drain()
+    assert batches == [[1, 2]]
 
 
 @pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])

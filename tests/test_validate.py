@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulk_mms import validate
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
 from bulk_mms.validate import (
@@ -169,45 +170,99 @@ def _kept(path: Path) -> dict[str, Any]:
     return data
 
 
+def _rewrite(path: Path, kept: dict[str, Any], *, sealed: bool = True) -> None:
+    """Write ``kept`` back, with a checksum that fits it unless ``sealed`` is False."""
+    if sealed:
+        kept["sum"] = validate._checksum(kept)
+    path.write_bytes(orjson.dumps(kept))
+
+
 def test_kept_patterns_are_read_back_while_their_files_are_as_they_were(tmp_path: Path) -> None:
-    """Patterns derived once are kept with their files' stamps and read back by a later
-    process as they were kept (so it needs no phonenumbers to make them)."""
+    """Patterns derived once are kept with a digest of each file they came from (this module
+    and phonenumbers' among them) and read back by a later process as they were kept."""
     path = tmp_path / "kept.json"
     made = _KeptPatterns(path).source("US")
     assert made == _canonical_source("US")[0]
     kept = _kept(path)
     assert kept["patterns"] == {"US": made}
-    assert any(f.endswith("region_US.py") for f in kept["files"])
+    assert validate.__file__ in kept["files"]
+    assert any(f.endswith(os.path.join("data", "region_US.py")) for f in kept["files"])
     kept["patterns"]["US"] = "(?!kept)"
-    path.write_bytes(orjson.dumps(kept))
+    _rewrite(path, kept)
     assert _KeptPatterns(path).source("US") == "(?!kept)"
 
 
-@pytest.mark.parametrize("damage", ["stale", "garbage", "wrong shape", "unwritable"])
+@pytest.mark.parametrize(
+    "damage",
+    ["stale", "unsealed", "garbage", "wrong shape", "not this module", "NUL", "unwritable"],
+)
 def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
     tmp_path: Path, damage: str
 ) -> None:
-    """A kept pattern whose files changed since (an upgraded phonenumbers, this code), or a
-    file that does not parse, is ignored and the pattern derived anew; a cache folder that
-    cannot be written is no error."""
+    """A kept pattern whose files changed since (an upgraded or shadowed phonenumbers, this
+    code), whose file fails its checksum or does not parse, or that does not name this module,
+    is ignored and the pattern derived anew; nothing about the cache raises."""
     path = tmp_path / "kept.json"
     _KeptPatterns(path).source("US")
     kept = _kept(path)
     kept["patterns"]["US"] = ".*"  # would take any value: it must never be used
     if damage == "stale":
-        kept["files"][next(iter(kept["files"]))][1] += 1
-        path.write_bytes(orjson.dumps(kept))
+        region = next(f for f in kept["files"] if f.endswith("region_US.py"))
+        kept["files"][region] = "0" * 32
+        _rewrite(path, kept)
+    elif damage == "unsealed":
+        _rewrite(path, kept, sealed=False)
     elif damage == "garbage":
         path.write_bytes(b"\x00{not json")
     elif damage == "wrong shape":
-        path.write_bytes(orjson.dumps({**kept, "patterns": ["US", ".*"]}))
+        _rewrite(path, {**kept, "patterns": ["US", ".*"]})
+    elif damage == "not this module":
+        del kept["files"][validate.__file__]
+        _rewrite(path, kept)
+    elif damage == "NUL":
+        kept["files"]["bad\x00name"] = "0" * 32
+        _rewrite(path, kept)
     else:
         path = tmp_path / "a-file" / "kept.json"
         path.parent.write_text("not a folder")
+    assert _KeptPatterns(path).source("US") == _canonical_source("US")[0]
+
+
+def test_a_process_that_finds_a_file_changed_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a file a kept pattern came from changes while a process runs (phonenumbers
+    upgraded under it), the process derives what it needs but keeps nothing more, so the old
+    pattern is never written beside the new file's digest."""
+    path = tmp_path / "kept.json"
+    _KeptPatterns(path).source("US")
     patterns = _KeptPatterns(path)
-    assert patterns.source("US") == _canonical_source("US")[0]
-    if damage != "unwritable":
-        assert _kept(path)["patterns"]["US"] == _canonical_source("US")[0]
+    assert patterns.patterns == {"US": _canonical_source("US")[0]}
+    digest = validate._digest
+    monkeypatch.setattr(
+        validate,
+        "_digest",
+        lambda f: "0" * 32 if f.endswith("region_US.py") else digest(f),
+    )
+    assert patterns.source("CA") == _canonical_source("CA")[0]
+    assert list(_kept(path)["patterns"]) == ["US"]
+
+
+def test_a_kept_pattern_that_does_not_compile_is_derived_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept pattern that is not a regex at all is no error: the step is derived anew."""
+    path = tmp_path / "kept.json"
+    _KeptPatterns(path).source("US")
+    kept = _kept(path)
+    kept["patterns"]["US"] = "("
+    _rewrite(path, kept)
+    patterns = _KeptPatterns(path)
+    monkeypatch.setattr(validate, "_kept_patterns", lambda: patterns)
+    step = _canonical_in.__wrapped__("US")
+    assert step("+12125550100") is not None
+    assert step("+12120550100") is None
+    assert not patterns.sound
 
 
 def test_a_run_of_canonical_numbers_never_imports_phonenumbers(tmp_path: Path) -> None:

@@ -18,11 +18,13 @@ def user_folder(
     kind: Literal["config", "data", "cache"], env: Mapping[str, str] | None = None
 ) -> Path:
     """``$XDG_CONFIG_HOME/bulk-mms`` (``~/.config/bulk-mms``), and the same for ``data``
-    (``~/.local/share``) and ``cache`` (``~/.cache``).
+    (``~/.local/share``) and ``cache`` (``~/.cache``). A variable that is empty or holds a
+    relative path is ignored, as the XDG Base Directory spec says.
 
     Raises:
         RuntimeError: the variable is not set and there is no home folder.
     """
     env = os.environ if env is None else env
     var, default = _FOLDERS[kind]
-    return Path(env.get(var) or Path.home() / default) / "bulk-mms"
+    value = env.get(var, "")
+    return (Path(value) if os.path.isabs(value) else Path.home() / default) / "bulk-mms"

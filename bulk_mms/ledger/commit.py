@@ -72,6 +72,8 @@ class GroupCommit(Generic[T]):
         self._last_waiters = 0
         #: Set while the flusher waits for company: ended early by enough writers.
         self._company: asyncio.Future[None] | None = None
+        #: How many drain() calls are waiting: while any is, no commit waits for company.
+        self._draining = 0
         self._pending: list[T] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -113,6 +115,7 @@ class GroupCommit(Generic[T]):
         while self._pending:
             if (
                 self._last_waiters > 1
+                and not self._draining
                 and len(self._waiters) < self._last_waiters
                 and (rest := self._last_end + self.interval - now()) > 0
             ):
@@ -146,15 +149,26 @@ class GroupCommit(Generic[T]):
             self._company = None
 
     async def drain(self) -> None:
-        """Wait until everything queued is committed.
+        """Wait until everything queued is committed: meanwhile no commit waits for company
+        (nobody else is coming), and what a cancelled flusher left is committed anew.
 
         Raises:
             LedgerError: a commit failed.
         """
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        if self.failed is not None:
-            raise self.failed
+        self._draining += 1
+        try:
+            while self.failed is None:
+                if self._company is not None:
+                    _end_wait(self._company)
+                if self._flusher is not None and not self._flusher.done():
+                    await asyncio.shield(self._flusher)
+                elif self._pending:
+                    self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+                else:
+                    return
+        finally:
+            self._draining -= 1
+        raise self.failed
 
 
 class GroupCommitted(Generic[T]):
