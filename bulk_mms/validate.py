@@ -195,19 +195,20 @@ def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
     (:func:`_canonical_source`), kept between runs (:class:`_KeptPatterns`). Its
     ``fullmatch``."""
     kept = _kept_patterns()
+    source = kept.source(code)
     try:
-        return re.compile(kept.source(code), re.ASCII).fullmatch
-    except re.error:
-        kept.forget(code)
-        return re.compile(_canonical_source(code)[0], re.ASCII).fullmatch
+        return re.compile(source, re.ASCII).fullmatch
+    except Exception:  # a kept pattern that does not compile, however it fails
+        kept.forget()
+        return re.compile(_canonical_source(code), re.ASCII).fullmatch
 
 
-def _canonical_source(code: str) -> tuple[str, list[str]]:
+def _canonical_source(code: str, loading: Callable[[str], None] | None = None) -> str:
     """:func:`_canonical_in`'s pattern: ``+1`` and ten ASCII digits, the area code not 0 or 1,
     claimed by no +1 region before ``code`` in phonenumbers' order (by its leading digits, or
     for one without them, by being valid there), in ``code``'s leading digits where it has
     them, and valid in ``code``; one that matches nothing for a region group MMS cannot reach.
-    With it, the files of phonenumbers' region data it was made from.
+    ``loading`` is told each region before its metadata is asked for (and so loaded).
 
     Only the metadata of ``code`` and the regions before it is loaded: a list of valid US
     numbers never loads the other twenty-four regions' nor compiles their patterns (what
@@ -216,12 +217,12 @@ def _canonical_source(code: str) -> tuple[str, list[str]]:
 
     source = "(?!)"  # matches nothing: the full path decides every number
     claimed: list[str] = []
-    consulted: list[str] = []
     for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        if loading is not None:
+            loading(region)
         m = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
         if m is None:
             continue
-        consulted.append(region)
         if region == code:
             valid = _validity_source(code)
             if valid is not None and code in _REACHABLE_REGIONS:
@@ -232,8 +233,7 @@ def _canonical_source(code: str) -> tuple[str, list[str]]:
             claimed.append(f"(?!(?:{m.leading_digits}))")
         elif (valid := _validity_source(region)) is not None:
             claimed.append(f"(?!(?:{valid})\\Z)")
-    data = [sys.modules[f"phonenumbers.data.region_{region}"].__file__ for region in consulted]
-    return source, [f for f in data if f is not None]
+    return source
 
 
 class _KeptPatterns:
@@ -242,13 +242,15 @@ class _KeptPatterns:
     imports phonenumbers: its import compiles dozens of patterns, some 20 ms of every start.
 
     A kept pattern is used only while every file it was derived from holds the same bytes
-    (a digest of each): this module, phonenumbers' package, metadata code and list of regions
-    as this process would import them, and the data of each region consulted. Anything else
-    (phonenumbers upgraded or shadowed, this code changed, a file that cannot be read, a
-    kept file whose own checksum fails) and the patterns are derived anew from the metadata,
-    so they are always what :func:`_canonical_source` makes of what is installed now. A
-    process that finds a file changed since it loaded it writes nothing; a cache that cannot
-    be read or written is no error, only a derivation.
+    (a digest of each): this module as it was loaded, phonenumbers' package, metadata code
+    and list of regions as this process would import them, and the data of each region
+    consulted. Each file's digest is taken before phonenumbers loads it, and the patterns are
+    written only if every file still holds those bytes after the derivation, so a pattern is
+    never written beside bytes it was not made from. Anything else (phonenumbers upgraded or
+    shadowed, this code changed, a file that cannot be read, a kept file whose own checksum
+    fails, phonenumbers already imported when the patterns were first needed) and the
+    patterns are derived from the metadata and not kept; a cache that cannot be read or
+    written is no error, only a derivation.
     """
 
     FORMAT = 2
@@ -257,24 +259,33 @@ class _KeptPatterns:
         self.path = path
         self.first_region: str | None = None
         self.patterns: dict[str, str] = {}
-        #: The digest of each file the patterns were derived from, by path.
+        #: The digest of each file the patterns were derived from, by path, taken before
+        #: phonenumbers loaded it (or read from a kept file whose files all still match).
         self.files: dict[str, str] = {}
-        #: False once anything is off: nothing more is written.
-        self.sound = path is not None
-        if path is not None:
-            self._read(path)
+        #: False once anything is off: nothing more is read from or written to the file.
+        self.sound = False
+        self._origin = self._package = ""
+        base = _base_files()
+        if path is None or base is None or "phonenumbers" in sys.modules:
+            return  # the loaded phonenumbers' bytes are not known: derive, keep nothing
+        self._origin, self._package = base[1], os.path.dirname(base[1])
+        if not self._read(path, base):
+            digests = {f: _digest_now(f) for f in base}
+            if any(d is None for d in digests.values()):
+                return
+            self.files = {f: d for f, d in digests.items() if d is not None}
+        self.sound = True
 
-    def _read(self, path: Path) -> None:
+    def _read(self, path: Path, base: list[str]) -> bool:
+        """Take the kept file's patterns if it can be trusted (see the class doc)."""
         try:
             kept = orjson.loads(path.read_bytes())
             first, patterns, files = kept["first"], kept["patterns"], kept["files"]
             whole = kept["format"] == self.FORMAT and kept["sum"] == _checksum(kept)
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return
-        base = _base_files()
+            return False
         if (
             whole
-            and base is not None
             and isinstance(first, str)
             and isinstance(patterns, dict)
             and all(isinstance(v, str) for v in patterns.values())
@@ -283,42 +294,57 @@ class _KeptPatterns:
             and all(_digest_now(f) == digest for f, digest in files.items())
         ):
             self.first_region, self.patterns, self.files = first, patterns, files
+            return True
+        return False
 
     def first(self) -> str:
         """The first +1 region in phonenumbers' order (the US)."""
         if self.first_region is None:
-            self._keep([])
-        assert self.first_region is not None
+            import phonenumbers  # noqa: PLC0415 - see the class doc
+
+            self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
+            self._keep()
         return self.first_region
 
     def source(self, code: str) -> str:
         """``code``'s pattern, kept or derived (and then kept)."""
         if (source := self.patterns.get(code)) is None:
-            source, data = _canonical_source(code)
+            source = _canonical_source(code, self._loading if self.sound else None)
             self.patterns[code] = source
-            self._keep(data)
+            self._keep()
         return source
 
-    def forget(self, code: str) -> None:
+    def forget(self) -> None:
         """A kept pattern did not compile: trust none of them, and write nothing more."""
-        self.patterns.pop(code, None)
+        self.patterns.clear()
         self.sound = False
 
-    def _keep(self, data: list[str]) -> None:
-        """Write what is known now, with the digest of each file it came from (``data``: the
-        regions' files a pattern was derived from)."""
+    def _loading(self, region: str) -> None:
+        """Take a region file's digest before phonenumbers loads it."""
+        file = os.path.join(self._package, "data", f"region_{region}.py")
+        if file in self.files:
+            return  # digested before: by this process before loading it, or when kept
+        digest = _digest(file)
+        if digest is None or f"phonenumbers.data.region_{region}" in sys.modules:
+            self.sound = False  # loaded from elsewhere, or before its bytes were known
+        else:
+            self.files[file] = digest
+
+    def _keep(self) -> None:
+        """Write what is known now, if every file it came from still holds the bytes it had
+        before phonenumbers loaded it."""
+        if not self.sound or self.path is None:
+            return
         import phonenumbers  # noqa: PLC0415 - see the class doc
 
-        self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
-        base = _base_files()
-        if not self.sound or base is None or phonenumbers.__file__ != base[1]:
-            self.sound = False  # not the phonenumbers this process loaded
+        if self.first_region is None:
+            self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
+        if phonenumbers.__file__ != self._origin:
+            self.sound = False  # not the phonenumbers whose files were digested
             return
-        for file in [*base, *data]:
-            digest = _digest_now(file)
-            if digest is None or self.files.setdefault(file, digest) != digest:
-                self.sound = False  # unreadable, or changed since a pattern came from it
-                return
+        if any(_digest_now(f) != digest for f, digest in self.files.items()):
+            self.sound = False  # changed while this process ran: its patterns are not theirs
+            return
         kept: dict[str, object] = {
             "format": self.FORMAT,
             "first": self.first_region,
@@ -326,7 +352,6 @@ class _KeptPatterns:
             "files": self.files,
         }
         kept["sum"] = _checksum(kept)
-        assert self.path is not None
         part = self.path.with_name(f"{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

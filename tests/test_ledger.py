@@ -170,6 +170,34 @@ async def test_a_commit_that_fails_after_waiting_for_company_fails_its_writers()
     assert batches == [[1, 2]]
 
 
+@pytest.mark.parametrize("how", ["a bug", "cancelled"])
+async def test_a_commit_that_ends_otherwise_is_never_taken_for_durable(how: str) -> None:
+    """A commit that raises something other than a LedgerError, or is cancelled while it
+    runs, fails its writers with a LedgerError naming the store: drain says so too (not a
+    CancelledError it did not ask for), and the store takes nothing more."""
+    started = asyncio.Event()
+
+    async def commit(items: list[int]) -> None:
+        if how == "a bug":
+            raise RuntimeError("oops")
+        started.set()
+        await asyncio.sleep(3600)  # cancelled below, as a loop's shutdown would
+
+    gc: GroupCommit[int] = GroupCommit(commit, where=lambda: "l.jsonl")
+    one = asyncio.ensure_future(gc.add_and_wait(1))
+    if how == "cancelled":
+        await started.wait()
+        assert gc._flusher is not None
+        gc._flusher.cancel()
+    reason = "a commit failed" if how == "a bug" else "a commit was cancelled"
+    with pytest.raises(LedgerError, match=f"l.jsonl: {reason}"):
+        await one
+    with pytest.raises(LedgerError, match=reason):
+        await gc.drain()
+    with pytest.raises(LedgerError):
+        gc.add(2)
+
+
 @pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])
 async def test_the_fsync_leaves_the_loop_only_after_a_slow_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_s: float, threaded: bool

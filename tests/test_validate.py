@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,21 +177,51 @@ def _rewrite(path: Path, kept: dict[str, Any], *, sealed: bool = True) -> None:
     path.write_bytes(orjson.dumps(kept))
 
 
+def _is_phonenumbers(name: str) -> bool:
+    return name == "phonenumbers" or name.startswith("phonenumbers.")
+
+
+@pytest.fixture
+def unloaded() -> Iterator[None]:
+    """The test runs as a process that has not imported phonenumbers yet (as a run does when
+    it first needs a pattern); the modules are put back as they were afterwards."""
+    saved = {k: v for k, v in sys.modules.items() if _is_phonenumbers(k)}
+    for name in saved:
+        del sys.modules[name]
+    yield
+    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+def _made(path: Path, *codes: str) -> dict[str, Any]:
+    """Derive and keep ``codes`` as a fresh process would; the kept file."""
+    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
+        del sys.modules[name]
+    patterns = _KeptPatterns(path)
+    for code in codes:
+        patterns.source(code)
+    return _kept(path)
+
+
+@pytest.mark.usefixtures("unloaded")
 def test_kept_patterns_are_read_back_while_their_files_are_as_they_were(tmp_path: Path) -> None:
     """Patterns derived once are kept with a digest of each file they came from (this module
     and phonenumbers' among them) and read back by a later process as they were kept."""
     path = tmp_path / "kept.json"
-    made = _KeptPatterns(path).source("US")
-    assert made == _canonical_source("US")[0]
-    kept = _kept(path)
-    assert kept["patterns"] == {"US": made}
+    kept = _made(path, "US")
+    assert kept["patterns"] == {"US": _canonical_source("US")}
     assert validate.__file__ in kept["files"]
     assert any(f.endswith(os.path.join("data", "region_US.py")) for f in kept["files"])
     kept["patterns"]["US"] = "(?!kept)"
     _rewrite(path, kept)
+    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
+        del sys.modules[name]
     assert _KeptPatterns(path).source("US") == "(?!kept)"
+    assert "phonenumbers" not in sys.modules
 
 
+@pytest.mark.usefixtures("unloaded")
 @pytest.mark.parametrize(
     "damage",
     ["stale", "unsealed", "garbage", "wrong shape", "not this module", "NUL", "unwritable"],
@@ -203,8 +233,7 @@ def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
     code), whose file fails its checksum or does not parse, or that does not name this module,
     is ignored and the pattern derived anew; nothing about the cache raises."""
     path = tmp_path / "kept.json"
-    _KeptPatterns(path).source("US")
-    kept = _kept(path)
+    kept = _made(path, "US")
     kept["patterns"]["US"] = ".*"  # would take any value: it must never be used
     if damage == "stale":
         region = next(f for f in kept["files"] if f.endswith("region_US.py"))
@@ -225,43 +254,64 @@ def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
     else:
         path = tmp_path / "a-file" / "kept.json"
         path.parent.write_text("not a folder")
-    assert _KeptPatterns(path).source("US") == _canonical_source("US")[0]
+    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
+        del sys.modules[name]
+    assert _KeptPatterns(path).source("US") == _canonical_source("US")
 
 
-def test_a_process_that_finds_a_file_changed_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When a file a kept pattern came from changes while a process runs (phonenumbers
-    upgraded under it), the process derives what it needs but keeps nothing more, so the old
-    pattern is never written beside the new file's digest."""
+def test_nothing_is_kept_or_read_once_phonenumbers_is_loaded(tmp_path: Path) -> None:
+    """A process that imported phonenumbers before it first needed a pattern (an embedder,
+    this test) cannot know the bytes it loaded: it derives, and neither reads nor writes."""
+    assert "phonenumbers" in sys.modules
     path = tmp_path / "kept.json"
-    _KeptPatterns(path).source("US")
     patterns = _KeptPatterns(path)
-    assert patterns.patterns == {"US": _canonical_source("US")[0]}
-    digest = validate._digest
-    monkeypatch.setattr(
-        validate,
-        "_digest",
-        lambda f: "0" * 32 if f.endswith("region_US.py") else digest(f),
-    )
-    assert patterns.source("CA") == _canonical_source("CA")[0]
-    assert list(_kept(path)["patterns"]) == ["US"]
+    assert patterns.source("US") == _canonical_source("US")
+    assert not path.exists()
 
 
-def test_a_kept_pattern_that_does_not_compile_is_derived_anew(
+@pytest.mark.usefixtures("unloaded")
+def test_a_file_that_changes_while_a_process_runs_is_never_kept_beside_its_old_pattern(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A kept pattern that is not a regex at all is no error: the step is derived anew."""
+    """A region file replaced between its load and the write (phonenumbers upgraded under the
+    process): its digest from before the load no longer matches, so nothing is written."""
     path = tmp_path / "kept.json"
-    _KeptPatterns(path).source("US")
-    kept = _kept(path)
-    kept["patterns"]["US"] = "("
+    digest = validate._digest
+    seen: list[str] = []
+
+    def upgraded(f: str) -> str | None:
+        if f.endswith("region_US.py"):
+            seen.append(f)
+            return "0" * 32 if len(seen) > 1 else digest(f)
+        return digest(f)
+
+    monkeypatch.setattr(validate, "_digest", upgraded)
+    patterns = _KeptPatterns(path)
+    assert patterns.source("US") == _canonical_source("US")
+    assert len(seen) == 2  # before the load, and before the write
+    assert not path.exists()
+    assert not patterns.sound
+
+
+@pytest.mark.usefixtures("unloaded")
+@pytest.mark.parametrize("bad", ["(", "a{99999999999999999999}", "(?u)x", "(?:" * 5000])
+def test_a_kept_pattern_that_does_not_compile_is_derived_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """A kept pattern that is not a regex this module can compile, however it fails, is no
+    error: the step is derived anew and no kept pattern is trusted after it."""
+    path = tmp_path / "kept.json"
+    kept = _made(path, "US", "CA")
+    kept["patterns"]["US"] = bad
     _rewrite(path, kept)
+    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
+        del sys.modules[name]
     patterns = _KeptPatterns(path)
     monkeypatch.setattr(validate, "_kept_patterns", lambda: patterns)
     step = _canonical_in.__wrapped__("US")
     assert step("+12125550100") is not None
     assert step("+12120550100") is None
+    assert patterns.patterns == {}
     assert not patterns.sound
 
 

@@ -53,6 +53,7 @@ class GroupCommit(Generic[T]):
             writers to the start of the next, unless company comes sooner (0: none).
         now: the loop's monotonic time by default (a fake in tests).
         call_later: ``loop.call_later`` by default (a fake in tests).
+        where: the store's name, for the error when a commit ends otherwise than it should.
     """
 
     def __init__(
@@ -62,8 +63,10 @@ class GroupCommit(Generic[T]):
         *,
         now: Callable[[], float] | None = None,
         call_later: CallLater | None = None,
+        where: Callable[[], str] = lambda: "the ledger",
     ) -> None:
         self._commit = commit
+        self._where = where
         self.interval = interval
         self._now = now
         self._call_later = call_later
@@ -124,19 +127,35 @@ class GroupCommit(Generic[T]):
             waiters, self._waiters = self._waiters, []
             try:
                 await self._commit(items)
-            except LedgerError as exc:
-                self.failed = exc
-                for fut in waiters + self._waiters:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._waiters, self._pending = [], []
-                if self.on_failure is not None:
-                    self.on_failure(exc)
+            except BaseException as exc:
+                # A store's commit fails with a LedgerError; cancelled, or failing otherwise (a
+                # bug), it leaves its items' durability just as unknown: they are never
+                # reported durable, and the store takes nothing more.
+                self._fail(exc, waiters)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 return
             self._last_end, self._last_waiters = now(), len(waiters)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _fail(self, exc: BaseException, waiters: list[asyncio.Future[None]]) -> None:
+        """Close the store to writes: every writer waiting, and every later one, gets the
+        error (a LedgerError naming the store, for a commit that ended otherwise)."""
+        if isinstance(exc, LedgerError):
+            failure = exc
+        else:
+            reason = "was cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+            failure = LedgerError(self._where(), f"a commit {reason} ({type(exc).__name__})")
+            failure.__cause__ = exc
+        self.failed = failure
+        for fut in waiters + self._waiters:
+            if not fut.done():
+                fut.set_exception(failure)
+        self._waiters, self._pending = [], []
+        if self.on_failure is not None:
+            self.on_failure(failure)
 
     async def _wait_for_company(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Wait ``seconds``, or less if as many writers come as the last commit released."""
@@ -161,7 +180,12 @@ class GroupCommit(Generic[T]):
                 if self._company is not None:
                     _end_wait(self._company)
                 if self._flusher is not None and not self._flusher.done():
-                    await asyncio.shield(self._flusher)
+                    try:
+                        await asyncio.shield(self._flusher)
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # this drain was cancelled, not only the flusher
                 elif self._pending:
                     self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
                 else:
@@ -181,7 +205,9 @@ class GroupCommitted(Generic[T]):
     commit_interval: ClassVar[float] = 0.0
 
     def __init__(self) -> None:
-        self._commits: GroupCommit[T] = GroupCommit(self._commit, self.commit_interval)
+        self._commits: GroupCommit[T] = GroupCommit(
+            self._commit, self.commit_interval, where=lambda: self.name
+        )
         #: Events written and commits made, for the benchmark and the summary.
         self.events_written = 0
         self.commits = 0
