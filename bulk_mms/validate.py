@@ -300,10 +300,8 @@ class _KeptPatterns:
     def first(self) -> str:
         """The first +1 region in phonenumbers' order (the US)."""
         if self.first_region is None:
-            import phonenumbers  # noqa: PLC0415 - see the class doc
-
-            self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
             self._keep()
+        assert self.first_region is not None
         return self.first_region
 
     def source(self, code: str) -> str:
@@ -331,14 +329,14 @@ class _KeptPatterns:
             self.files[file] = digest
 
     def _keep(self) -> None:
-        """Write what is known now, if every file it came from still holds the bytes it had
-        before phonenumbers loaded it."""
-        if not self.sound or self.path is None:
-            return
+        """Write what is known now (the first region too, once asked), if every file it came
+        from still holds the bytes it had before phonenumbers loaded it."""
         import phonenumbers  # noqa: PLC0415 - see the class doc
 
         if self.first_region is None:
             self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
+        if not self.sound or self.path is None:
+            return
         if phonenumbers.__file__ != self._origin:
             self.sound = False  # not the phonenumbers whose files were digested
             return

@@ -95,7 +95,7 @@ class GroupCommit(Generic[T]):
             raise self.failed
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flush_soon()
 
     async def add_and_wait(self, item: T) -> None:
         """Queue ``item`` and return once a commit covers it.
@@ -111,6 +111,10 @@ class GroupCommit(Generic[T]):
         if (company := self._company) is not None and len(self._waiters) >= self._last_waiters:
             _end_wait(company)
         await fut
+
+    def _flush_soon(self) -> None:
+        """Start the flusher (none is running)."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,7 +191,7 @@ class GroupCommit(Generic[T]):
                         if task is not None and task.cancelling():
                             raise  # this drain was cancelled, not only the flusher
                 elif self._pending:
-                    self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+                    self._flush_soon()
                 else:
                     return
         finally:
