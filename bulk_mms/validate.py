@@ -7,20 +7,12 @@ a valid number of one of those two regions.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import importlib.util
-import os
 import re
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-import orjson
-
-from bulk_mms.config.folders import user_folder
+from bulk_mms.kept_patterns import KeptPatterns, digest, in_cache_folder
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
 
@@ -145,7 +137,7 @@ def _validity_source(code: str) -> str | None:
     """:func:`_validity`'s pattern, as phonenumbers asks: the region's general pattern (a
     lookahead over the whole number), then any type that makes a number valid (mobile only
     where it differs from fixed-line; else it is never asked). None when none can match."""
-    import phonenumbers  # noqa: PLC0415 - see _KeptPatterns
+    import phonenumbers  # noqa: PLC0415 - see bulk_mms.kept_patterns
 
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
@@ -166,7 +158,7 @@ def _validity_source(code: str) -> str | None:
 def _nanp_regions() -> tuple[tuple[str, re.Pattern[str] | None], ...]:
     """The +1 regions in phonenumbers' own order (the US first), each with its leading digits
     (what places a number in it before validity does), where it has them."""
-    import phonenumbers  # noqa: PLC0415 - see _KeptPatterns
+    import phonenumbers  # noqa: PLC0415 - see bulk_mms.kept_patterns
 
     out = []
     for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
@@ -192,7 +184,7 @@ def _canonical_us() -> Callable[[str], re.Match[str] | None]:
 @functools.cache
 def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
     """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value
-    (:func:`_canonical_source`), kept between runs (:class:`_KeptPatterns`). Its
+    (:func:`_canonical_source`), kept between runs (:mod:`bulk_mms.kept_patterns`). Its
     ``fullmatch``."""
     kept = _kept_patterns()
     source = kept.source(code)
@@ -213,7 +205,7 @@ def _canonical_source(code: str, loading: Callable[[str], None] | None = None) -
     Only the metadata of ``code`` and the regions before it is loaded: a list of valid US
     numbers never loads the other twenty-four regions' nor compiles their patterns (what
     :func:`_nanp_regions` does for any other number)."""
-    import phonenumbers  # noqa: PLC0415 - only to derive it (see _KeptPatterns)
+    import phonenumbers  # noqa: PLC0415 - only to derive it (see bulk_mms.kept_patterns)
 
     source = "(?!)"  # matches nothing: the full path decides every number
     claimed: list[str] = []
@@ -236,183 +228,15 @@ def _canonical_source(code: str, loading: Callable[[str], None] | None = None) -
     return source
 
 
-class _KeptPatterns:
-    """The one-regex steps' patterns, kept between runs in the user's cache folder
-    (``~/.cache/bulk-mms/nanp-patterns-*.json``), so a run whose numbers they decide never
-    imports phonenumbers: its import compiles dozens of patterns, some 20 ms of every start.
-
-    A kept pattern is used only while every file it was derived from holds the same bytes
-    (a digest of each): this module as it was loaded, phonenumbers' package, metadata code
-    and list of regions as this process would import them, and the data of each region
-    consulted. Each file's digest is taken before phonenumbers loads it, and the patterns are
-    written only if every file still holds those bytes after the derivation, so a pattern is
-    never written beside bytes it was not made from. Anything else (phonenumbers upgraded or
-    shadowed, this code changed, a file that cannot be read, a kept file whose own checksum
-    fails, phonenumbers already imported when the patterns were first needed) and the
-    patterns are derived from the metadata and not kept; a cache that cannot be read or
-    written is no error, only a derivation.
-    """
-
-    FORMAT = 2
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.first_region: str | None = None
-        self.patterns: dict[str, str] = {}
-        #: The digest of each file the patterns were derived from, by path, taken before
-        #: phonenumbers loaded it (or read from a kept file whose files all still match).
-        self.files: dict[str, str] = {}
-        #: False once anything is off: nothing more is read from or written to the file.
-        self.sound = False
-        self._origin = self._package = ""
-        base = _base_files()
-        if path is None or base is None or "phonenumbers" in sys.modules:
-            return  # the loaded phonenumbers' bytes are not known: derive, keep nothing
-        self._origin, self._package = base[1], os.path.dirname(base[1])
-        if not self._read(path, base):
-            digests = {f: _digest_now(f) for f in base}
-            if any(d is None for d in digests.values()):
-                return
-            self.files = {f: d for f, d in digests.items() if d is not None}
-        self.sound = True
-
-    def _read(self, path: Path, base: list[str]) -> bool:
-        """Take the kept file's patterns if it can be trusted (see the class doc)."""
-        try:
-            kept = orjson.loads(path.read_bytes())
-            first, patterns, files = kept["first"], kept["patterns"], kept["files"]
-            whole = kept["format"] == self.FORMAT and kept["sum"] == _checksum(kept)
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return False
-        if (
-            whole
-            and isinstance(first, str)
-            and isinstance(patterns, dict)
-            and all(isinstance(v, str) for v in patterns.values())
-            and isinstance(files, dict)
-            and all(f in files for f in base)
-            and all(_digest_now(f) == digest for f, digest in files.items())
-        ):
-            self.first_region, self.patterns, self.files = first, patterns, files
-            return True
-        return False
-
-    def first(self) -> str:
-        """The first +1 region in phonenumbers' order (the US)."""
-        if self.first_region is None:
-            self._keep()
-        assert self.first_region is not None
-        return self.first_region
-
-    def source(self, code: str) -> str:
-        """``code``'s pattern, kept or derived (and then kept)."""
-        if (source := self.patterns.get(code)) is None:
-            source = _canonical_source(code, self._loading if self.sound else None)
-            self.patterns[code] = source
-            self._keep()
-        return source
-
-    def forget(self) -> None:
-        """A kept pattern did not compile: trust none of them, and write nothing more."""
-        self.patterns.clear()
-        self.sound = False
-
-    def _loading(self, region: str) -> None:
-        """Take a region file's digest before phonenumbers loads it."""
-        file = os.path.join(self._package, "data", f"region_{region}.py")
-        if file in self.files:
-            return  # digested before: by this process before loading it, or when kept
-        digest = _digest(file)
-        if digest is None or f"phonenumbers.data.region_{region}" in sys.modules:
-            self.sound = False  # loaded from elsewhere, or before its bytes were known
-        else:
-            self.files[file] = digest
-
-    def _keep(self) -> None:
-        """Write what is known now (the first region too, once asked), if every file it came
-        from still holds the bytes it had before phonenumbers loaded it."""
-        import phonenumbers  # noqa: PLC0415 - see the class doc
-
-        if self.first_region is None:
-            self.first_region = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0]
-        if not self.sound or self.path is None:
-            return
-        if phonenumbers.__file__ != self._origin:
-            self.sound = False  # not the phonenumbers whose files were digested
-            return
-        if any(_digest_now(f) != digest for f, digest in self.files.items()):
-            self.sound = False  # changed while this process ran: its patterns are not theirs
-            return
-        kept: dict[str, object] = {
-            "format": self.FORMAT,
-            "first": self.first_region,
-            "patterns": self.patterns,
-            "files": self.files,
-        }
-        kept["sum"] = _checksum(kept)
-        part = self.path.with_name(f"{self.path.name}.{os.getpid()}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            part.write_bytes(orjson.dumps(kept))
-            os.replace(part, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                part.unlink()
-
-
-def _checksum(kept: Mapping[str, object]) -> str:
-    """A digest of what a kept file says (all but its ``sum``)."""
-    body = orjson.dumps({k: v for k, v in kept.items() if k != "sum"}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
-
-
-def _digest(path: str) -> str | None:
-    """A digest of a file's bytes, or None when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-    except (OSError, ValueError):
-        return None
-
-
 #: This module's digest as it was loaded (a file replaced under a running process is not the
-#: code that process runs).
-_OWN_DIGEST = _digest(__file__)
-
-
-def _digest_now(path: str) -> str | None:
-    """:func:`_digest`, but this module's as it was loaded."""
-    return _OWN_DIGEST if path == __file__ else _digest(path)
-
-
-def _base_files() -> list[str] | None:
-    """This module's file, and phonenumbers' package, metadata code and list of regions as
-    this process would import them (found without importing them); None if not found."""
-    try:
-        spec = importlib.util.find_spec("phonenumbers")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    package = os.path.dirname(spec.origin)
-    return [
-        __file__,
-        spec.origin,
-        os.path.join(package, "phonemetadata.py"),
-        os.path.join(package, "data", "__init__.py"),
-    ]
+#: code that process runs): its patterns are kept beside it.
+_OWN_DIGEST = digest(__file__)
 
 
 @functools.cache
-def _kept_patterns() -> _KeptPatterns:
-    """The patterns this process uses, read from the cache folder when it first needs one (a
-    file for each Python environment: each has its own phonenumbers)."""
-    env = hashlib.blake2b(sys.prefix.encode(), digest_size=6).hexdigest()
-    try:
-        path: Path | None = user_folder("cache") / f"nanp-patterns-{env}.json"
-    except RuntimeError:  # no home folder: derive them every run
-        path = None
-    return _KeptPatterns(path)
+def _kept_patterns() -> KeptPatterns:
+    """The patterns this process uses, read from the cache folder when it first needs one."""
+    return in_cache_folder(_canonical_source, (__file__, _OWN_DIGEST))
 
 
 def _nanp(phone: str) -> str:

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_mms import validate
+from bulk_mms import kept_patterns, validate
+from bulk_mms.kept_patterns import KeptPatterns
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
 from bulk_mms.validate import (
@@ -23,7 +24,6 @@ from bulk_mms.validate import (
     _canonical_in,
     _canonical_source,
     _canonical_us,
-    _KeptPatterns,
     _parsed,
     normalize_phone,
     validate_rows,
@@ -173,8 +173,13 @@ def _kept(path: Path) -> dict[str, Any]:
 def _rewrite(path: Path, kept: dict[str, Any], *, sealed: bool = True) -> None:
     """Write ``kept`` back, with a checksum that fits it unless ``sealed`` is False."""
     if sealed:
-        kept["sum"] = validate._checksum(kept)
+        kept["sum"] = kept_patterns._checksum(kept)
     path.write_bytes(orjson.dumps(kept))
+
+
+def _kept_at(path: Path) -> KeptPatterns:
+    """The patterns kept at ``path``, as validate keeps them."""
+    return KeptPatterns(path, _canonical_source, (validate.__file__, validate._OWN_DIGEST))
 
 
 def _is_phonenumbers(name: str) -> bool:
@@ -198,7 +203,7 @@ def _made(path: Path, *codes: str) -> dict[str, Any]:
     """Derive and keep ``codes`` as a fresh process would; the kept file."""
     for name in [k for k in sys.modules if _is_phonenumbers(k)]:
         del sys.modules[name]
-    patterns = _KeptPatterns(path)
+    patterns = _kept_at(path)
     for code in codes:
         patterns.source(code)
     return _kept(path)
@@ -217,7 +222,7 @@ def test_kept_patterns_are_read_back_while_their_files_are_as_they_were(tmp_path
     _rewrite(path, kept)
     for name in [k for k in sys.modules if _is_phonenumbers(k)]:
         del sys.modules[name]
-    assert _KeptPatterns(path).source("US") == "(?!kept)"
+    assert _kept_at(path).source("US") == "(?!kept)"
     assert "phonenumbers" not in sys.modules
 
 
@@ -256,7 +261,7 @@ def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
         path.parent.write_text("not a folder")
     for name in [k for k in sys.modules if _is_phonenumbers(k)]:
         del sys.modules[name]
-    assert _KeptPatterns(path).source("US") == _canonical_source("US")
+    assert _kept_at(path).source("US") == _canonical_source("US")
 
 
 def test_nothing_is_kept_or_read_once_phonenumbers_is_loaded(tmp_path: Path) -> None:
@@ -264,7 +269,7 @@ def test_nothing_is_kept_or_read_once_phonenumbers_is_loaded(tmp_path: Path) -> 
     this test) cannot know the bytes it loaded: it derives, and neither reads nor writes."""
     assert "phonenumbers" in sys.modules
     path = tmp_path / "kept.json"
-    patterns = _KeptPatterns(path)
+    patterns = _kept_at(path)
     assert patterns.source("US") == _canonical_source("US")
     assert not path.exists()
 
@@ -276,7 +281,7 @@ def test_a_file_that_changes_while_a_process_runs_is_never_kept_beside_its_old_p
     """A region file replaced between its load and the write (phonenumbers upgraded under the
     process): its digest from before the load no longer matches, so nothing is written."""
     path = tmp_path / "kept.json"
-    digest = validate._digest
+    digest = kept_patterns.digest
     seen: list[str] = []
 
     def upgraded(f: str) -> str | None:
@@ -285,8 +290,8 @@ def test_a_file_that_changes_while_a_process_runs_is_never_kept_beside_its_old_p
             return "0" * 32 if len(seen) > 1 else digest(f)
         return digest(f)
 
-    monkeypatch.setattr(validate, "_digest", upgraded)
-    patterns = _KeptPatterns(path)
+    monkeypatch.setattr(kept_patterns, "digest", upgraded)
+    patterns = _kept_at(path)
     assert patterns.source("US") == _canonical_source("US")
     assert len(seen) == 2  # before the load, and before the write
     assert not path.exists()
@@ -306,7 +311,7 @@ def test_a_kept_pattern_that_does_not_compile_is_derived_anew(
     _rewrite(path, kept)
     for name in [k for k in sys.modules if _is_phonenumbers(k)]:
         del sys.modules[name]
-    patterns = _KeptPatterns(path)
+    patterns = _kept_at(path)
     monkeypatch.setattr(validate, "_kept_patterns", lambda: patterns)
     step = _canonical_in.__wrapped__("US")
     assert step("+12125550100") is not None
