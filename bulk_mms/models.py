@@ -58,12 +58,44 @@ class Recipient(msgspec.Struct, frozen=True, eq=False):
         return f"Recipient(phone={self.phone!r}, line={self.line!r})"
 
 
+class Rejection(enum.StrEnum):
+    """Why an input row is not sent, as a kind: the one table of reasons' first words.
+
+    Only :attr:`INVALID` and :attr:`ROW` are losses (:attr:`loss`): a duplicate's number is in
+    the job already, a suppressed or excluded number is left out on purpose.
+    """
+
+    #: The number is not one group MMS can reach.
+    INVALID = "invalid"
+    #: The row itself is unusable: malformed, a column missing, too long, an empty group key.
+    ROW = "row"
+    #: The number appears earlier in the input (counted, never written to the ledger a row
+    #: at a time).
+    DUPLICATE = "duplicate"
+    #: The number is on the suppression list.
+    SUPPRESSED = "suppressed"
+    #: A ledger named by ``run --exclude-sent`` records the number sent.
+    EXCLUDED = "excluded"
+
+    @property
+    def loss(self) -> bool:
+        """Whether a row of this kind is someone the job meant to reach and cannot."""
+        return self in (Rejection.INVALID, Rejection.ROW)
+
+
 class RejectedRow(msgspec.Struct, frozen=True):
     """An input row that will not be sent, and why."""
 
     line: int
     value: str
     reason: str
+    kind: Rejection = Rejection.ROW
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its specifics, so reasons can be counted: ``"duplicate"``,
+    ``"malformed JSON"``, ``"not a valid number"``."""
+    return reason.split(":", 1)[0].split(" (", 1)[0]
 
 
 class MessageBody(msgspec.Struct, frozen=True):

@@ -9,7 +9,6 @@ import datetime as dt
 import itertools
 from collections.abc import Container, Iterator, Sequence
 from decimal import Decimal
-from typing import Final
 
 from msgspec.structs import replace
 
@@ -29,7 +28,7 @@ from bulk_mms.ledger import (
     named,
 )
 from bulk_mms.ledger.fold import FAILED
-from bulk_mms.models import Group, Money, Recipient, RejectedRow
+from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.summary import Estimate, JobSummary
@@ -203,10 +202,6 @@ def plan(
             yield from members_left(item, view, suppressed, job)
 
 
-#: How a rejected row's reason starts when the suppression list had its number.
-SUPPRESSED: Final = "suppressed"
-
-
 def members_left(
     group: Group, view: LedgerView, suppressed: Container[str], job: JobConfig
 ) -> Iterator[Group | RejectedRow]:
@@ -226,7 +221,8 @@ def members_left(
     if suppressed and view.groups.get(group.id) is None:  # (an empty list drops no one)
         drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
         for phone, line in drop:
-            yield RejectedRow(line, phone, f"{SUPPRESSED}: {phone} is on the suppression list")
+            reason = f"suppressed: {phone} is on the suppression list"
+            yield RejectedRow(line, phone, reason, Rejection.SUPPRESSED)
         if drop:
             gone = tuple(phone for phone, _ in drop)
             remade = without(group, gone, job)

@@ -51,7 +51,7 @@ from bulk_mms.ledger import (
     Sent,
 )
 from bulk_mms.ledger.fold import IN_DOUBT
-from bulk_mms.models import Group, RejectedRow, SendReceipt
+from bulk_mms.models import Group, RejectedRow, Rejection, SendReceipt
 from bulk_mms.summary import JobSummary
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -105,9 +105,14 @@ class Recorder:
     # -- before sending ---------------------------------------------------------------------
 
     def rejected(self, item: RejectedRow) -> None:
-        """An input row that is never sent: recorded once, however many runs read it."""
+        """An input row that is never sent: recorded once, however many runs read it. A
+        duplicate is counted, never recorded (:class:`~bulk_mms.ledger.Planned` has the
+        count): a file of one row repeated makes a ledger of one row."""
+        if item.kind is Rejection.DUPLICATE:
+            self.summary.duplicate_rows += 1
+            return
         self.summary.rejected_rows += 1
-        if item.line not in self.view.rejected:
+        if item.kind is Rejection.SUPPRESSED or item.line > self.view.rejected_through:
             self._queue(Rejected(item.line, item.value, item.reason, self._now()))
         self.log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
 
@@ -125,7 +130,8 @@ class Recorder:
 
     def planned(self, recipients: int, groups: int, rejected: int) -> None:
         """The run has read its whole input."""
-        self._queue(Planned(recipients, groups, rejected, self._now()))
+        duplicates = self.summary.duplicate_rows
+        self._queue(Planned(recipients, groups, rejected, self._now(), duplicates))
 
     def held(self, group: Group) -> None:
         """A group held in doubt; an open attempt left by a crash is said so, once."""

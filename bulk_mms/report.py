@@ -56,6 +56,8 @@ class LedgerSummary(msgspec.Struct):
         default_factory=lambda: RecipientCounts(0, 0, 0, 0, 0, 0, input_read=False)
     )
     rejected_rows: int = 0
+    #: Rows whose number appears earlier in the input (the latest run's count).
+    duplicate_rows: int = 0
     cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     attempts: int = 0
     wait_seconds: list[float] = msgspec.field(default_factory=list)
@@ -145,6 +147,7 @@ class LedgerSummary(msgspec.Struct):
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
             "rejected_rows": self.rejected_rows,
+            "duplicate_rows": self.duplicate_rows,
             "delivery": dict(self.delivery.most_common()),
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "undelivered_recipients": len(self.undelivered),
@@ -158,15 +161,10 @@ class LedgerSummary(msgspec.Struct):
             "wait_seconds_p95": percentile(waits, 0.95),
             "wait_seconds_max": waits[-1] if waits else None,
             "error_codes": dict(self.error_codes.most_common()),
-            "rejected_reasons": dict(self.rejected_reasons.most_common(10)),
+            "rejected_reasons": dict(self.rejected_reasons.most_common()),
             "first_event": self.first_time,
             "last_event": self.last_time,
         }
-
-
-def _reason_kind(reason: str) -> str:
-    """Reasons without their specifics, so they can be counted: 'duplicate', 'malformed JSON'."""
-    return reason.split(":", 1)[0].split(" (", 1)[0]
 
 
 def summarize(location: Location) -> LedgerSummary:
@@ -196,8 +194,9 @@ def _summarize(location: Location) -> LedgerSummary:
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
-    s.rejected_rows = len(view.rejected)
-    s.rejected_reasons = Counter(_reason_kind(r) for r in view.rejected.values())
+    s.rejected_rows = sum(view.rejected.values())
+    s.rejected_reasons = Counter(view.rejected)
+    s.duplicate_rows = view.planned.duplicates if view.planned is not None else 0
     return s
 
 

@@ -28,7 +28,7 @@ from bulk_mms.gates import Gates
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.limits import run_limits
-from bulk_mms.models import Group, RejectedRow
+from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
     check_resumable,
     disposition,
@@ -150,7 +150,7 @@ class Runner:
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
             if isinstance(item, RejectedRow):
-                rejected += 1
+                rejected += item.kind is not Rejection.DUPLICATE
                 self.rows_done += 1
                 self.rows_free += 1
                 self.recorder.rejected(item)

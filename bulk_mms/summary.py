@@ -55,6 +55,8 @@ class JobSummary(msgspec.Struct):
     retry_later_groups: int = 0
     in_doubt_groups: int = 0
     rejected_rows: int = 0
+    #: Rows whose number appears earlier in the input (not losses: counted apart).
+    duplicate_rows: int = 0
     #: Groups skipped because an earlier run finished them.
     skipped_groups: int = 0
     #: Groups held back because an earlier run left them in doubt.
@@ -108,6 +110,7 @@ class JobSummary(msgspec.Struct):
             "retry_later_groups": self.retry_later_groups,
             "in_doubt_groups": self.in_doubt_groups,
             "rejected_rows": self.rejected_rows,
+            "duplicate_rows": self.duplicate_rows,
             "skipped_groups": self.skipped_groups,
             "held_groups": self.held_groups,
             "expired_groups": self.expired_groups,

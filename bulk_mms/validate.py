@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from bulk_mms.kept_patterns import KeptPatterns, digest, in_cache_folder
-from bulk_mms.models import Recipient, RejectedRow
+from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
 
 if TYPE_CHECKING:
@@ -292,11 +292,12 @@ def validate_rows(
             try:
                 phone = _after_canonical_us(raw, region)
             except PhoneError as exc:
-                yield RejectedRow(row.line, raw, str(exc))
+                yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)
                 continue
         key = int(phone[1:])
         if key in seen:
-            yield RejectedRow(row.line, raw, f"duplicate: {phone} appears earlier in the input")
+            reason = f"duplicate: {phone} appears earlier in the input"
+            yield RejectedRow(row.line, raw, reason, Rejection.DUPLICATE)
             continue
         remember(key)
         yield Recipient(phone, row.line, fields)

@@ -51,7 +51,8 @@ def events(job: JobConfig, kind: str | None = None) -> list[dict[str, object]]:
 
 
 async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) -> None:
-    """20 valid rows plus a bad and a duplicate: 3 groups sent, 2 rejected, all in the ledger."""
+    """20 valid rows plus a bad and a duplicate: 3 groups sent, the bad row rejected and
+    recorded, the duplicate counted (in the planned event), not recorded a line at a time."""
     rows = [{"phone": p, "first": "A"} for p in numbers(20)]
     rows.insert(5, {"phone": "nope", "first": "B"})
     rows.insert(9, {"phone": numbers(1)[0], "first": "C"})
@@ -60,7 +61,7 @@ async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) ->
     client = FakeClient()
     s = await run_job(job, FAST, client)
     assert sorted(client.sent_numbers()) == numbers(20)
-    assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (3, 20, 2)
+    assert (s.sent_groups, s.sent_recipients, s.rejected_rows, s.duplicate_rows) == (3, 20, 1, 1)
     assert s.cost == {"USD": Decimal("0.1020")}
     sent = events(job, "sent")
     assert len(sent) == 3
@@ -71,7 +72,9 @@ async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) ->
     assert first["cost"] == {"amount": "0.0408", "currency": "USD"}
     assert first["attempts"] == 1
     rejected = events(job, "rejected")
-    assert [(e["line"], e["value"]) for e in rejected] == [(7, "nope"), (11, numbers(1)[0])]
+    assert [(e["line"], e["value"]) for e in rejected] == [(7, "nope")]
+    (planned,) = events(job, "planned")
+    assert (planned["rejected"], planned["duplicates"]) == (1, 1)
     header = events(job)[0]
     assert header["event"] == "job"
     assert str(header["fingerprint"]).startswith("sha256:")

@@ -102,12 +102,15 @@ class RunStarted(msgspec.Struct, frozen=True):
 
 
 class Planned(msgspec.Struct, frozen=True):
-    """A run read its input to the end: so many valid recipients in so many groups."""
+    """A run read its input to the end: so many valid recipients in so many groups, so many
+    rows rejected (each recorded by a ``rejected`` event) and so many duplicates (rows whose
+    number appears earlier in the input: counted here only, never a line each)."""
 
     recipients: int
     groups: int
     rejected: int
     time: str = ""
+    duplicates: int = 0
     kind: ClassVar[str] = "planned"
 
 
@@ -464,7 +467,11 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "job": _header,
     "run": lambda d: RunStarted(_int(d, "pid"), _time(d), bool(d.get("shared"))),
     "planned": lambda d: Planned(
-        _int(d, "recipients"), _int(d, "groups"), _int(d, "rejected"), _time(d)
+        _int(d, "recipients"),
+        _int(d, "groups"),
+        _int(d, "rejected"),
+        _time(d),
+        _int(d, "duplicates"),
     ),
     "attempt": _attempt,
     "sent": _sent,

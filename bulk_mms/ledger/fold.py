@@ -35,7 +35,7 @@ from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
-from bulk_mms.models import Money, RecipientStatus, parse_money
+from bulk_mms.models import Money, RecipientStatus, Rejection, parse_money, reason_kind
 
 SENT: Final = "sent"
 FAILED: Final = "failed"
@@ -128,8 +128,13 @@ class LedgerView(msgspec.Struct, eq=False):
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
     groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
-    #: Input line → why it was rejected.
-    rejected: dict[int, str] = msgspec.field(default_factory=dict)
+    #: Rejected input rows by reason (:func:`~bulk_mms.models.reason_kind`): counts only, so
+    #: a ledger of any number of rejected rows folds in bounded memory (the rows themselves
+    #: are read from the events: ``report --rejected-csv``).
+    rejected: Counter[str] = msgspec.field(default_factory=Counter)
+    #: The last input line recorded as rejected in input order (all but suppressed rows,
+    #: which are rejected as their group is made): a rerun records only the lines after it.
+    rejected_through: int = 0
     #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
     _known: dict[str, Known] | None = msgspec.field(default_factory=dict)
     _known_columns: tuple[list[Any], ...] | None = None
@@ -208,7 +213,10 @@ class LedgerView(msgspec.Struct, eq=False):
             case events.Sent() | events.Failed() | events.InDoubt():
                 self._outcome(ev)
             case events.Rejected():
-                self.rejected[ev.line] = ev.reason
+                kind = reason_kind(ev.reason)
+                self.rejected[kind] += 1
+                if kind != Rejection.SUPPRESSED:
+                    self.rejected_through = max(self.rejected_through, ev.line)
             case events.Remade():
                 rec = self._group(ev.group, ())
                 if rec.outcome is None and not rec.open:
@@ -357,7 +365,7 @@ class LedgerView(msgspec.Struct, eq=False):
             ],
             "groups": {name: [_cell(getattr(r, name)) for r in recs] for name in _GROUP_FIELDS},
             "open": sorted(self._open),
-            "rejected": [[line, why] for line, why in self.rejected.items()],
+            "rejected": [dict(self.rejected), self.rejected_through],
             "known": {
                 "phone": phones,
                 **{name: [getattr(self.known[p], name) for p in phones] for name in _KNOWN_FIELDS},
@@ -411,7 +419,8 @@ class LedgerView(msgspec.Struct, eq=False):
                 rec.cost = price
             groups[rec.id] = rec
         view._open = set(d["open"])
-        view.rejected = {int(line): str(why) for line, why in d["rejected"]}
+        reasons, view.rejected_through = d["rejected"]
+        view.rejected = Counter({str(k): int(n) for k, n in reasons.items()})
         k = d["known"]
         names = ("phone", *_KNOWN_FIELDS)
         if any(len(k[name]) != len(k["phone"]) for name in names):
