@@ -19,10 +19,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -f jobs/ledgers/demo.jsonl
+	rm -f jobs/ledgers/sandbox/demo.jsonl
 	$(BIN)/bulk-mms run jobs/demo.toml --sandbox; test $$? -le 1
-	$(BIN)/bulk-mms -q track jobs/ledgers/demo.jsonl --sandbox --follow --format table
-	$(BIN)/bulk-mms report jobs/ledgers/demo.jsonl --format table --html jobs/ledgers/demo.html
+	$(BIN)/bulk-mms -q track jobs/ledgers/sandbox/demo.jsonl --sandbox --follow --format table
+	$(BIN)/bulk-mms report jobs/ledgers/sandbox/demo.jsonl --format table --html jobs/ledgers/sandbox/demo.html
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .

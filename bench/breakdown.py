@@ -92,7 +92,8 @@ def child(mode: str, job: str, base: str) -> None:
 
     if mode.startswith("plan"):
         from bulk_mms.config import load_job  # noqa: PLC0415
-        from bulk_mms.prepare import open_reader, plan  # noqa: PLC0415
+        from bulk_mms.prepare import plan  # noqa: PLC0415
+        from bulk_mms.scan import open_reader  # noqa: PLC0415
 
         loaded = load_job(Path(job))
         if mode == "plan":

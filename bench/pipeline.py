@@ -23,8 +23,9 @@ import orjson
 from bulk_mms.config import load_job
 from bulk_mms.ledger import load
 from bulk_mms.models import Group, RejectedRow
-from bulk_mms.prepare import open_reader, plan
+from bulk_mms.prepare import plan
 from bulk_mms.report import summarize
+from bulk_mms.scan import open_reader
 
 
 def write_input(path: Path, rows: int) -> None:

@@ -150,6 +150,21 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also send groups an earlier run left in doubt (they may arrive twice)",
     )
+    run.add_argument(
+        "--exclude-sent",
+        type=location,
+        action="append",
+        default=[],
+        metavar="LEDGER",
+        help="skip every number this ledger records sent (repeatable): after fixing an "
+        "input, or moving a campaign to a new ledger, nobody is texted twice",
+    )
+    run.add_argument(
+        "--rejected-csv",
+        type=Path,
+        metavar="PATH",
+        help="write every rejected input row (line, value, reason) to this CSV",
+    )
     _metrics_flag(run)
 
 

@@ -30,7 +30,13 @@ from bulk_mms.config import (
     load_settings,
     sends_key_in_clear,
 )
-from bulk_mms.config.folders import user_folder
+from bulk_mms.config.folders import (
+    SANDBOX_FOLDER,
+    is_sandbox_ledger,
+    sandbox_ledger,
+    sandbox_list,
+    user_folder,
+)
 from bulk_mms.console import (
     SIGNAL_EXIT,
     confirm,
@@ -51,7 +57,7 @@ from bulk_mms.ledger import (
     named,
 )
 from bulk_mms.media import check_media
-from bulk_mms.prepare import dry_run, seed_job
+from bulk_mms.prepare import dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
@@ -59,7 +65,7 @@ from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import default_list, parse_numbers, suppression_for
+from bulk_mms.suppression import parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
 
 #: A database for the ledger of every run that names none on the command line.
@@ -76,14 +82,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
     if args.metrics is not None:
         args.metrics.name = job.name
-    if args.to:
-        if args.ledger is not None:
-            raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
-        job = seed_job(job, args.to, utc(SystemClock()))
-    elif (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+    if args.to and args.ledger is not None:
+        raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
+    if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
         job = _with_ledger(job, location(where))
-    settings = _sandbox_list(settings_for(args), args.sandbox, job.ledger.parent)
+    settings = settings_for(args)
+    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
+        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
+        settings = sealed(settings)
+    if args.to:
+        job = seed_job(job, args.to, utc(SystemClock()))
+    _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
+    args.excluded = sent_numbers(args.exclude_sent)
     if args.dry_run:
         return print_dry_run(_plan(job, settings, args), job, settings)
     key = _api_key(args)
@@ -106,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             resend=args.resend_in_doubt,
             progress=progress,
             limit=args.limit,
+            excluded=args.excluded,
+            rejected_csv=args.rejected_csv,
         )
     )
     if args.metrics is not None:
@@ -113,13 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_outcome(summary)
 
 
-def _sandbox_list(settings: Settings, sandbox: bool, folder: Path) -> Settings:
-    """The settings for a sandbox command: the sandbox's opt-outs (its rule refuses numbers
-    ending in 0300) go to a list of their own in ``folder``, never the account's, unless the
-    settings name one."""
-    if not sandbox or settings.suppression_file is not None:
-        return settings
-    return replace(settings, suppression_file=folder / "sandbox-suppressed.txt")
+def sealed(settings: Settings) -> Settings:
+    """The settings for a sandbox command: the sandbox's own suppression list (its opt-out
+    rule refuses numbers ending in 0300), never the account's, whatever the settings name."""
+    return replace(settings, suppression_file=sandbox_list())
 
 
 def _with_ledger(job: JobConfig, where: Location) -> JobConfig:
@@ -132,8 +142,30 @@ def _with_ledger(job: JobConfig, where: Location) -> JobConfig:
 def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
     """What a run would do now (a dry run)."""
     return asyncio.run(
-        dry_run(job, settings, resend_in_doubt=args.resend_in_doubt, limit=args.limit)
+        dry_run(
+            job,
+            settings,
+            resend_in_doubt=args.resend_in_doubt,
+            limit=args.limit,
+            excluded=args.excluded,
+            rejected_csv=args.rejected_csv,
+        )
     )
+
+
+def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> None:
+    """A daily cap cuts a campaign short for the next day to finish; a ``{date}`` ledger
+    would start the list anew each day instead (the first people texted daily, the rest
+    never). The combination is refused, saying what to write instead."""
+    if settings.daily_recipients is not None and job.dated_ledger:
+        raise ConfigError(
+            "ledger",
+            "holds {date}, and [limits] daily_recipients is set: each day would start the list "
+            "again from the top; name the ledger without {date} (e.g. "
+            '"ledgers/{name}.jsonl") so the next day continues where the cap stopped, or '
+            "give each day's campaign a job name of its own",
+            source=job.path,
+        )
 
 
 def _rerun_name(name: str, input_file: Path) -> str:
@@ -177,6 +209,8 @@ async def _run(
     resend: bool,
     progress: Progress | None = None,
     limit: int | None = None,
+    excluded: frozenset[int] = frozenset(),
+    rejected_csv: Path | None = None,
 ) -> JobSummary:
     stop = Stop()
     try:
@@ -193,6 +227,8 @@ async def _run(
                     stop=stop,
                     progress=progress,
                     limit=limit,
+                    excluded=excluded,
+                    rejected_csv=rejected_csv,
                 )
     except asyncio.CancelledError:
         return JobSummary(job.name, stopped=stop.reason or "SIGINT")
@@ -213,6 +249,12 @@ def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
 def cmd_track(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
+        if not is_sandbox_ledger(args.ledger):
+            raise ConfigError(
+                "--sandbox",
+                f"{display(args.ledger)} is not a sandbox run's ledger (those are in a "
+                f"{SANDBOX_FOLDER}/ folder): the sandbox's made-up statuses would go into it",
+            )
         settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
     if args.metrics is not None:
@@ -459,7 +501,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 
 def cmd_optouts(args: argparse.Namespace) -> int:
     """``optouts sync``: every number that opted out of the profile goes on the list."""
-    settings = _sandbox_list(settings_for(args), args.sandbox, default_list().parent)
+    settings = sealed(settings_for(args)) if args.sandbox else settings_for(args)
     listed = suppression_for(settings.suppression_file, args.ledger)
     key = _api_key(args)
     numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))

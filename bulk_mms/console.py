@@ -70,8 +70,8 @@ def run_outcome(s: JobSummary) -> int:
         return _tell_quiet(s)
     print(
         f"{s.job}: sent {s.sent_groups} groups ({s.sent_recipients} recipients), "
-        f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, rejected rows {s.rejected_rows}, "
-        f"already done {s.skipped_groups}, held in doubt {s.held_groups}"
+        f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, "
+        f"already done {s.skipped_groups}, held in doubt {s.held_groups}; {s.rows_text()}"
     )
     if (r := s.recipients) is not None:
         print(
@@ -97,7 +97,7 @@ def run_outcome(s: JobSummary) -> int:
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
-    print(f"  rejected     {s.rejected_rows} rows")
+    print(f"  input        {s.rows_text()}")
     print(f"  grouping     {job.grouping}")
     if job.recipient_window is not None:
         _print_zones(s, job.recipient_window)

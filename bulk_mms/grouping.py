@@ -1,15 +1,18 @@
 """Split the recipient stream into groups of at most eight, each with a stable id.
 
-Without ``group_by``, consecutive recipients fill groups of ``group_size``. With
-``group_by = "COLUMN"``, rows sharing a key form one group (split into chunks when the key has
-more than ``group_size`` recipients). Keys must be contiguous in the file: a key that returns after
-its group was closed is rejected row by row, so only the open group is ever held in memory.
+Without ``group_by``, consecutive recipients fill groups of ``group_size`` (with a
+``recipient_window``, one open group per time zone). With ``group_by = "COLUMN"``, rows sharing
+a key form one group wherever they stand in the file (split into chunks of ``group_size`` when
+the key has more): a chunk goes out when it is full, the last one when the key's last row is
+read. The scan before a run (:mod:`bulk_mms.scan`) says where each key's last row is, so only
+groups still waiting for rows are held in memory; without it, a key's last chunk waits for the
+end of the input.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 
 from bulk_mms.config import JobConfig, MessageConfig
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
@@ -128,50 +131,69 @@ def without(group: Group, drop: Container[str], job: JobConfig) -> Group | None:
     return _Grouper(job).make(keep, group.seq) if keep else None
 
 
+def keyed(
+    items: Iterable[Recipient | RejectedRow], column: str
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient whose ``column`` is blank rejected: it has no group."""
+    for item in items:
+        if isinstance(item, Recipient) and not item.fields[column].strip():
+            yield RejectedRow(item.line, item.phone, f"empty {column!r} value")
+        else:
+            yield item
+
+
 def make_groups(
-    items: Iterable[Recipient | RejectedRow], job: JobConfig
+    items: Iterable[Recipient | RejectedRow],
+    job: JobConfig,
+    last_lines: Mapping[str, int] | None = None,
 ) -> Iterator[Group | RejectedRow]:
-    """Group recipients as the job says, passing rejected rows through in order."""
+    """Group recipients as the job says, passing rejected rows through in order.
+
+    ``last_lines``: with ``group_by``, the line of each key's last row (the scan's): its last
+    chunk goes out as that row is read, not at the end of the input.
+    """
     grouper = _Grouper(job)
     size = job.group_size
-    key_column = job.group_by
-    buffer: list[Recipient] = []
-    current_key: str | None = None
-    closed: set[str] = set()  # keys whose group is finished; a returning key is refused
-
-    if key_column is None and job.recipient_window is not None:
+    if job.group_by is not None:
+        yield from _by_key(keyed(items, job.group_by), grouper, size, job.group_by, last_lines)
+        return
+    if job.recipient_window is not None:
         yield from _by_zone(items, grouper, size)
         return
+    buffer: list[Recipient] = []
     for item in items:
         if isinstance(item, RejectedRow):
             yield item
             continue
-        if key_column is not None:
-            key = item.fields[key_column].strip()
-            if not key:
-                yield RejectedRow(item.line, item.phone, f"empty {key_column!r} value")
-                continue
-            if key != current_key:
-                if buffer:
-                    yield grouper.make(buffer)
-                    buffer = []
-                if current_key is not None:
-                    closed.add(current_key)
-                if key in closed:
-                    yield RejectedRow(
-                        item.line,
-                        item.phone,
-                        f"{key_column} {key!r} appeared earlier and its group is closed "
-                        "(sort the file by this column)",
-                    )
-                    current_key = None
-                    continue
-                current_key = key
         buffer.append(item)
         if len(buffer) == size:
             yield grouper.make(buffer)
             buffer = []
     if buffer:
+        yield grouper.make(buffer)
+
+
+def _by_key(
+    items: Iterable[Recipient | RejectedRow],
+    grouper: _Grouper,
+    size: int,
+    column: str,
+    last_lines: Mapping[str, int] | None,
+) -> Iterator[Group | RejectedRow]:
+    """Groups of the rows that share ``column``'s value, wherever they are in the input."""
+    waiting: dict[str, list[Recipient]] = {}
+    for item in items:
+        if isinstance(item, RejectedRow):
+            yield item
+            continue
+        key = item.fields[column].strip()
+        buffer = waiting.setdefault(key, [])
+        buffer.append(item)
+        last = last_lines is not None and last_lines.get(key) == item.line
+        if len(buffer) == size or last:
+            yield grouper.make(buffer)
+            del waiting[key]
+    for buffer in waiting.values():  # without last_lines (or a file changed since the scan)
         yield grouper.make(buffer)
 
 

@@ -9,18 +9,20 @@ import datetime as dt
 import itertools
 from collections.abc import Container, Iterator, Sequence
 from decimal import Decimal
+from pathlib import Path
 
 from msgspec.structs import replace
 
 from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
-from bulk_mms.errors import ConfigError, InputError, LedgerMismatch
+from bulk_mms.errors import ConfigError, InputError, LedgerError, LedgerMismatch
 from bulk_mms.grouping import make_groups, without
 from bulk_mms.ledger import (
     FORMAT,
     Header,
     LedgerView,
+    Location,
     display,
     exists,
     holder,
@@ -30,40 +32,11 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import FAILED
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
-from bulk_mms.reader import RowReader, fingerprint
+from bulk_mms.reader import RowReader
+from bulk_mms.scan import InputScan, check_rejected_share, excluding, open_reader, scan_input
 from bulk_mms.summary import Estimate, JobSummary
 from bulk_mms.suppression import suppression_for
 from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
-
-
-def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
-    """Open the job's input and check it against the job. Raises InputError or ConfigError.
-
-    ``keep_all``: keep every column of each row (a run records the rows in its ledger).
-    """
-    keep = [
-        *job.message.fields,
-        *([job.group_by] if job.group_by else []),
-        *([job.timezone_column] if job.timezone_column else []),
-    ]
-    reader = RowReader(job.input, job.phone_column, keep, keep_all=keep_all)
-    reader.open()
-    if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
-        for setting, names in (
-            ("message.text", job.message.text.fields if job.message.text else ()),
-            ("message.subject", job.message.subject.fields if job.message.subject else ()),
-            ("group_by", (job.group_by,) if job.group_by else ()),
-        ):
-            for name in names:
-                if name not in reader.columns:
-                    reader.close()
-                    raise ConfigError(
-                        setting,
-                        f"{name!r} is not a column of {job.input} "
-                        f"(columns: {', '.join(reader.columns)})",
-                        source=job.path,
-                    )
-    return reader
 
 
 def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
@@ -191,11 +164,19 @@ def plan(
     reader: RowReader,
     suppressed: Container[str] = (),
     view: LedgerView | None = None,
+    *,
+    scan: InputScan | None = None,
+    excluded: Container[int] = (),
 ) -> Iterator[Group | RejectedRow]:
-    """The whole pipeline up to sending, as one lazy stream: rows read, validated and grouped,
-    then each group as the ledger and the suppression list leave it (:func:`members_left`)."""
+    """The whole pipeline up to sending, as one lazy stream: rows read, validated, those in
+    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`) and grouped (where each key ends:
+    the ``scan`` of the same input), then each group as the ledger and the suppression list
+    leave it (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
-    for item in make_groups(validate_rows(reader, job.phone_column, job.default_region), job):
+    rows = validate_rows(reader, job.phone_column, job.default_region)
+    if excluded:
+        rows = excluding(rows, excluded)
+    for item in make_groups(rows, job, scan.last_lines if scan is not None else None):
         if isinstance(item, RejectedRow):
             yield item
         else:
@@ -294,25 +275,40 @@ async def dry_run(
     resend_in_doubt: bool = False,
     preview: int = 5,
     limit: int | None = None,
+    excluded: Container[int] = (),
+    rejected_csv: Path | None = None,
 ) -> JobSummary:
-    """Read, validate and group the whole input; send and write nothing.
+    """Scan the whole input as a run would, and refuse it as a run would; then read,
+    validate and group it; send and write nothing but ``rejected_csv``.
 
     The summary's ``sent_*`` counts are what a real run with the same settings would send now:
-    the skip/hold decision is the runner's own (:func:`disposition`).
+    the skip/hold decision is the runner's own (:func:`disposition`), its limits are checked
+    as a run checks them (:func:`~bulk_mms.limits.run_limits`: ``max_cost`` needs a price).
+
+    Raises:
+        InputError: the input cannot be read to its end, or loses too many rows.
+        ConfigError: a setting a run would refuse.
+        LedgerMismatch: the ledger belongs to another input or job.
     """
+    from bulk_mms.limits import run_limits  # noqa: PLC0415 - limits builds on prepare
+
     clock = clock or SystemClock()
     started = clock.monotonic()
     s = JobSummary(job.name)
+    scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
+    check_rejected_share(scan, job)
+    s.input = scan
     view = load(job.where, statuses=False) if exists(job.where) else LedgerView()
+    run_limits(job, settings, view, clock)
     with open_reader(job) as reader:
-        check_resumable(view, header_for(job, fingerprint(job.input), clock), display(job.where))
+        check_resumable(view, header_for(job, scan.fingerprint, clock), display(job.where))
         s.locked_by = holder(job.where)
         s.retired = tuple(x for x in job.message.senders if x in view.retired)
         now = clock.wall()
         suppressed = suppression_for(settings.suppression_file, job.where)
-        for item in plan(job, reader, suppressed, view):
+        for item in plan(job, reader, suppressed, view, scan=scan, excluded=excluded):
             if isinstance(item, RejectedRow):
-                s.rejected_rows += 1
+                s.note_rejected(item.kind)
                 continue
             action = disposition(
                 view, settings.retry, item.id, now, resend_in_doubt=resend_in_doubt
@@ -340,6 +336,21 @@ async def dry_run(
     )
     s.estimate = replace(estimated, paid=sum(view.cost().values(), Decimal(0)))
     return s
+
+
+def sent_numbers(ledgers: Sequence[Location]) -> frozenset[int]:
+    """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``).
+
+    Raises:
+        LedgerError: a ledger is not there or cannot be read.
+    """
+    numbers: set[int] = set()
+    for where in ledgers:
+        if not exists(where):
+            raise LedgerError(display(where), "no such ledger (--exclude-sent)")
+        for rec in load(where, statuses=False).sent_groups():
+            numbers.update(int(phone[1:]) for phone in rec.to)
+    return frozenset(numbers)
 
 
 def settings_price(settings: Settings) -> Money | None:

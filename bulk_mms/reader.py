@@ -1,9 +1,11 @@
 """Stream recipient rows from CSV or JSONL (optionally gzip'd) without loading the file.
 
-The file is read as bytes, a line at a time, so a bad byte sequence or an enormous line spoils
-only its own row: it becomes a :class:`RejectedRow` and the run goes on. Problems with the file
-as a whole (missing, unreadable, binary, empty, no phone column) raise :class:`InputError`
-before anything is sent.
+The file is read as bytes, a block or a line at a time. An enormous line spoils only its own
+row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
+:class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, bytes
+that are not text in the job's encoding (with the encoding they look like), a quoted field that
+swallows the rows after it (an unclosed quote), a compressed file cut short. A run reads the
+whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self, cast
+from typing import IO, Any, Protocol, Self, cast
 
 import msgspec
 import orjson
@@ -28,11 +30,40 @@ from bulk_mms.models import RejectedRow
 
 #: A physical line longer than this is rejected instead of being read into memory whole.
 MAX_LINE_BYTES = 1 << 20
+#: A CSV record may span at most this many lines (a quoted field with line breaks).
+MAX_RECORD_LINES = 20
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class Digest(Protocol):
+    """A hash being computed (``hashlib.sha256()``)."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+class _Hashed(io.RawIOBase):
+    """A raw file whose every byte read also goes to a digest. Private."""
+
+    def __init__(self, raw: IO[bytes], digest: Digest) -> None:
+        super().__init__()
+        self._raw, self._digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._digest.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -64,12 +95,14 @@ class RowReader:
     __slots__ = (
         "_bad",
         "_csv",
+        "_digest",
         "_file",
         "_first",
         "_lineno",
         "_raw",
         "_streaming",
         "columns",
+        "encoding",
         "format",
         "gzipped",
         "keep",
@@ -85,8 +118,14 @@ class RowReader:
         keep: Sequence[str] = (),
         *,
         keep_all: bool = False,
+        encoding: str = "utf-8",
+        digest: Digest | None = None,
     ) -> None:
         self.path = Path(path)
+        #: The file's text encoding (an ASCII-compatible codec's name).
+        self.encoding = encoding
+        # given every byte of the file as read; iterating to the end reads it all
+        self._digest = digest
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -100,8 +139,9 @@ class RowReader:
         self.columns: tuple[str, ...] = ()
         self._file: IO[bytes] | None = None
         self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
-        # line number -> reason, for lines the decoder had to refuse (CSV only)
-        self._bad: dict[int, str] = {}
+        # line number -> why the decoder refused it (CSV only): a reason its row is rejected
+        # for, or the error that stops the file
+        self._bad: dict[int, str | InputError] = {}
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes]] = deque()
         self._lineno = 0
@@ -125,6 +165,8 @@ class RowReader:
         """Open the file and check it as a whole. Raises :class:`InputError`."""
         try:
             raw: IO[bytes] = self.path.open("rb")
+            if self._digest is not None:
+                raw = io.BufferedReader(_Hashed(raw, self._digest), BLOCK_BYTES)
         except FileNotFoundError:
             raise InputError(self.path, "no such file") from None
         except IsADirectoryError:
@@ -151,7 +193,7 @@ class RowReader:
         if first is None:
             raise InputError(self.path, "is empty")
         if b"\x00" in (head or first[1]):
-            raise InputError(self.path, "is a binary file, not UTF-8 text")
+            raise InputError(self.path, f"is a binary file, not {self.encoding} text")
         self._first.append(first)
         if self.format == "csv":
             self._open_csv()
@@ -223,10 +265,23 @@ class RowReader:
             self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
             return "\n"
         try:
-            return line.decode("utf-8")
+            return line.decode(self.encoding)
         except UnicodeDecodeError:
-            self._bad[lineno] = "line is not valid UTF-8"
+            # raised when the rows reach this line, so the rows before it come first
+            self._bad[lineno] = self._not_text(lineno, line)
             return "\n"
+
+    def _not_text(self, lineno: int, line: bytes) -> InputError:
+        """The error for a line that is not text in the job's encoding: the whole file stops
+        (one wrongly saved file must not become a row-by-row rejection of everyone)."""
+        looks = likely_encoding(line)
+        hint = (
+            f'it looks like {looks}: set encoding = "{looks}" in the job, or save the file '
+            f"as {self.encoding}"
+            if looks != self.encoding
+            else "the file is damaged"
+        )
+        return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
 
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
@@ -261,7 +316,7 @@ class RowReader:
         hold no over-long line, else one line at a time (:meth:`_decoded`)."""
         if len(data) <= MAX_LINE_BYTES:
             try:
-                lines = io.StringIO(data.decode("utf-8"), newline="\n").readlines()
+                lines = io.StringIO(data.decode(self.encoding), newline="\n").readlines()
             except UnicodeDecodeError:
                 pass
             else:
@@ -279,8 +334,10 @@ class RowReader:
             header = next(self._csv, None)
         except csv.Error as exc:
             raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
-        if self._bad.get(1):
-            raise InputError(self.path, f"bad header: {self._bad[1]}", line=1)
+        if isinstance(bad := self._bad.get(1), InputError):
+            raise bad
+        if bad:
+            raise InputError(self.path, f"bad header: {bad}", line=1)
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
         self.columns = tuple(h.strip() for h in header)
@@ -311,10 +368,14 @@ class RowReader:
             try:
                 for rec in reader:
                     start, last = last + 1, reader.line_num
+                    if last != start:  # a quoted field with line breaks: a real one?
+                        self._check_span(rec, start, last)
                     if bad:
                         reason = next(
                             (bad.pop(n) for n in range(start, last + 1) if n in bad), None
                         )
+                        if isinstance(reason, InputError):
+                            raise reason
                         if reason is not None:
                             yield RejectedRow(start, "", reason)
                             continue
@@ -331,6 +392,25 @@ class RowReader:
                 yield RejectedRow(start, "", f"malformed CSV: {exc}")
             else:
                 return
+
+    def _check_span(self, rec: list[str], start: int, last: int) -> None:
+        """Refuse a record whose quoted field runs over lines that look like rows of their own
+        (as many commas as a row has), or over more than :data:`MAX_RECORD_LINES`: the mark of
+        an unclosed quote, which would swallow the people on those lines."""
+        commas = len(self.columns) - 1
+        swallowed = last - start >= MAX_RECORD_LINES or any(
+            part.count(",") >= commas
+            for cell in rec
+            if "\n" in cell or "\r" in cell
+            for part in cell.splitlines()[1:]
+        )
+        if swallowed:
+            raise InputError(
+                self.path,
+                f"a quoted field opened here runs to line {last} over what look like rows: "
+                "an unclosed quote? Fix the file and run again",
+                line=start,
+            )
 
     def _unusual(
         self,
@@ -369,8 +449,12 @@ class RowReader:
         if not raw.strip():
             return None
         try:
-            obj = orjson.loads(raw)
+            obj = orjson.loads(raw if self.encoding == "utf-8" else raw.decode(self.encoding))
+        except UnicodeDecodeError:
+            raise self._not_text(lineno, raw) from None
         except orjson.JSONDecodeError as exc:
+            if self.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
+                raise self._not_text(lineno, raw) from None
             value = raw[:200].decode("utf-8", "replace").strip()
             return RejectedRow(lineno, value, f"malformed JSON: {exc}")
         if not isinstance(obj, dict):
@@ -438,6 +522,9 @@ class RowReader:
             raise RuntimeError("RowReader used before open()")
         try:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+            if self._digest is not None and self._raw is not None:
+                while self._raw.read(BLOCK_BYTES):  # what no row holds (a gzip trailer)
+                    pass
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
 
@@ -489,6 +576,17 @@ def _as_text(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def likely_encoding(data: bytes) -> str:
+    """The first of UTF-8 and Windows-1252 that ``data`` is valid text in, else Latin-1."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    return "latin-1"
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:

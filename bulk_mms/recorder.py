@@ -108,10 +108,9 @@ class Recorder:
         """An input row that is never sent: recorded once, however many runs read it. A
         duplicate is counted, never recorded (:class:`~bulk_mms.ledger.Planned` has the
         count): a file of one row repeated makes a ledger of one row."""
+        self.summary.note_rejected(item.kind)
         if item.kind is Rejection.DUPLICATE:
-            self.summary.duplicate_rows += 1
             return
-        self.summary.rejected_rows += 1
         if item.kind is Rejection.SUPPRESSED or item.line > self.view.rejected_through:
             self._queue(Rejected(item.line, item.value, item.reason, self._now()))
         self.log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
+from pathlib import Path
 
 import structlog
 from msgspec.structs import replace
@@ -34,14 +35,14 @@ from bulk_mms.prepare import (
     disposition,
     header_for,
     in_window,
-    open_reader,
     plan,
     remade_from,
 )
 from bulk_mms.progress import Progress, Snapshot, open_count
 from bulk_mms.quiet import next_opening
-from bulk_mms.reader import RowReader, fingerprint
+from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
+from bulk_mms.scan import InputScan, check_rejected_share, open_reader, scan_input
 from bulk_mms.sending import GroupSender
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
@@ -74,8 +75,14 @@ class Runner:
         stop: Stop,
         resend_in_doubt: bool = False,
         limit: int | None = None,
+        scan: InputScan | None = None,
+        excluded: Container[int] = (),
     ) -> None:
         self.job = job
+        #: The scan of the whole input before this run (where each group_by key ends).
+        self.scan = scan
+        #: Numbers ``--exclude-sent`` leaves out (E.164 digits).
+        self.excluded = excluded
         self.settings = settings
         self.client = client
         self.recorder = recorder
@@ -139,7 +146,10 @@ class Runner:
         of the input is valid once it has all been read."""
         recipients = groups = rejected = 0
         suppressed = self.sender.suppressed
-        for n, item in enumerate(plan(self.job, reader, suppressed, self.view)):
+        items = plan(
+            self.job, reader, suppressed, self.view, scan=self.scan, excluded=self.excluded
+        )
+        for n, item in enumerate(items):
             if self.stop.is_set():
                 return
             if (
@@ -341,8 +351,14 @@ async def run_job(
     stop: Stop | None = None,
     progress: Progress | None = None,
     limit: int | None = None,
+    excluded: Container[int] = (),
+    rejected_csv: Path | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
+
+    The whole input is scanned first (:func:`~bulk_mms.scan.scan_input`): an input that cannot
+    be read to its end, or that loses more than ``max_rejected_share`` of its rows, stops the
+    run before the ledger is opened, with nothing sent.
 
     Args:
         job: what to send to whom.
@@ -357,6 +373,8 @@ async def run_job(
         progress: where to show progress (a bar, or ``job.progress`` events); None: nowhere.
         limit: send at most this many groups (``run --limit``, a rehearsal); the rest stay
             for the next run (``summary.stopped == "limit"``).
+        excluded: numbers (E.164 digits) not to send to (``run --exclude-sent``).
+        rejected_csv: where to write every rejected row of the input, with its line and why.
 
     Returns:
         The run's :class:`JobSummary`. ``summary.error`` holds the :class:`FatalSendError`,
@@ -376,8 +394,10 @@ async def run_job(
             local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
         )
         return JobSummary(job.name, stopped="window")
+    scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
+    check_rejected_share(scan, job)
     with open_reader(job, keep_all=True) as reader:
-        header = header_for(job, fingerprint(job.input), clock)
+        header = header_for(job, scan.fingerprint, clock)
         store = open_store(job.where, "run")
         runner: Runner | None = None
         try:
@@ -387,9 +407,10 @@ async def run_job(
             store.append_now(started)
             view.apply(started)
             recorder = Recorder(store, view, JobSummary(job.name), clock)
+            recorder.summary.input = scan
             runner = Runner(
                 job, settings, client, recorder, clock=clock, stop=stop, limit=limit,
-                resend_in_doubt=resend_in_doubt,
+                resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
             )  # fmt: skip
             runner.log_start(store.name)
             async with _showing(runner, progress, job):

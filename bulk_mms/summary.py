@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from bulk_mms.ledger import RecipientCounts
-from bulk_mms.models import Group, Money
+from bulk_mms.models import Group, Money, Rejection
+from bulk_mms.scan import InputScan
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -57,6 +58,10 @@ class JobSummary(msgspec.Struct):
     rejected_rows: int = 0
     #: Rows whose number appears earlier in the input (not losses: counted apart).
     duplicate_rows: int = 0
+    #: Rows whose number a ledger given to ``--exclude-sent`` records sent.
+    excluded_rows: int = 0
+    #: What the scan before sending found in the whole input.
+    input: InputScan | None = None
     #: Groups skipped because an earlier run finished them.
     skipped_groups: int = 0
     #: Groups held back because an earlier run left them in doubt.
@@ -111,6 +116,7 @@ class JobSummary(msgspec.Struct):
             "in_doubt_groups": self.in_doubt_groups,
             "rejected_rows": self.rejected_rows,
             "duplicate_rows": self.duplicate_rows,
+            "excluded_rows": self.excluded_rows,
             "skipped_groups": self.skipped_groups,
             "held_groups": self.held_groups,
             "expired_groups": self.expired_groups,
@@ -127,6 +133,32 @@ class JobSummary(msgspec.Struct):
             "template_empty": dict(self.template_empty),
             "recipients": self.recipients.as_dict() if self.recipients else None,
         }
+
+    def note_rejected(self, kind: Rejection) -> None:
+        """Count a row that is not sent, as its kind is counted."""
+        if kind is Rejection.DUPLICATE:
+            self.duplicate_rows += 1
+        elif kind is Rejection.EXCLUDED:
+            self.excluded_rows += 1
+        else:
+            self.rejected_rows += 1
+
+    def rows_text(self) -> str:
+        """The input rows not sent, in words: ``"rejected 3 of 400 rows (0.8%: not a valid
+        number: 2 rows, ...); 1 duplicate; 5 already sent (--exclude-sent)"``."""
+        scan = self.input
+        if scan is not None and scan.lost_rows:
+            text = (
+                f"rejected {scan.lost_rows} of {scan.rows} rows "
+                f"({scan.lost_share:.1%}: {scan.reasons()})"
+            )
+        else:
+            text = f"rejected {self.rejected_rows} rows"
+        if self.duplicate_rows:
+            text += f"; {self.duplicate_rows} duplicate number{'s' * (self.duplicate_rows != 1)}"
+        if self.excluded_rows:
+            text += f"; {self.excluded_rows} already sent (--exclude-sent)"
+        return text
 
     def note_template(self, group: Group) -> None:
         """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""

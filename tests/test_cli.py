@@ -17,6 +17,7 @@ import pytest
 import bulk_mms.cli as cli
 from bulk_mms import commands, log
 from bulk_mms.cli import main
+from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import open_store
 from tests.conftest import JobFactory, numbers
@@ -48,7 +49,7 @@ def test_sandbox_run_then_status_and_rerun(
     assert main(["run", job_file, "--sandbox", "--rate", "1000"]) == 0
     out = capsys.readouterr().out
     assert "sent 3 groups (19 recipients)" in out
-    status = status_json(job.ledger, capsys)
+    status = status_json(sandbox_ledger(job.ledger), capsys)
     assert status["sent_groups"] == 3
     assert status["sent_recipients"] == 19
     assert (status["rejected_rows"], status["duplicate_rows"]) == (1, 1)
@@ -57,7 +58,7 @@ def test_sandbox_run_then_status_and_rerun(
     assert status["cost"] == "0.0969"
     assert main(["run", job_file, "--sandbox"]) == 0
     assert "sent 0 groups" in capsys.readouterr().out
-    assert status_json(job.ledger, capsys)["sent_recipients"] == 19
+    assert status_json(sandbox_ledger(job.ledger), capsys)["sent_recipients"] == 19
 
 
 def test_run_against_api_with_key_never_leaks_it(
@@ -167,7 +168,7 @@ def test_locked_ledger_exits_75(jobs: JobFactory, capsys: pytest.CaptureFixture[
     """A second run on a ledger in use exits 75 naming the holder's PID."""
     jobs.people(3)
     job = jobs.job()
-    holder = open_store(job.ledger, "run")
+    holder = open_store(sandbox_ledger(job.ledger), "run")
     try:
         assert main(["run", str(job.path), "--sandbox"]) == 75
     finally:
@@ -468,15 +469,20 @@ def test_one_way_to_ask(
     job = jobs.job(extra="group_size = 4")
     assert main(["run", str(job.path), "--sandbox", "-q", "--no-color"]) == 0
     capsys.readouterr()
-    for cmd in (["status", str(job.ledger)], ["report", str(job.ledger)]):
+    for cmd in (
+        ["status", str(sandbox_ledger(job.ledger))],
+        ["report", str(sandbox_ledger(job.ledger))],
+    ):
         assert main([*cmd, "--format", "json", "-q"]) == 0
         assert orjson.loads(capsys.readouterr().out)["sent_groups"] == 2
         assert main([*cmd, "--json"]) == 0
         assert orjson.loads(capsys.readouterr().out)["sent_groups"] == 2
         assert main([*cmd, "--format", "csv"]) == 0
         assert capsys.readouterr().out.startswith("metric,value")
-    args = cli.build_parser().parse_args(["webhooks", str(job.ledger), "--listen", ":0", "-v"])
-    assert (args.ledger, args.verbose) == (job.ledger, True)
+    args = cli.build_parser().parse_args(
+        ["webhooks", str(sandbox_ledger(job.ledger)), "--listen", ":0", "-v"]
+    )
+    assert (args.ledger, args.verbose) == (sandbox_ledger(job.ledger), True)
     monkeypatch.delenv("TELNYX_PUBLIC_KEY", raising=False)
     assert main(["webhooks", "--listen", ":0"]) == 2
     assert "webhooks LEDGER" in capsys.readouterr().err
@@ -491,12 +497,22 @@ def test_track_works_against_the_sandbox(
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
     capsys.readouterr()
-    code = main(["-q", "track", str(job.ledger), "--sandbox", "--follow", "--format", "json"])
+    code = main(
+        [
+            "-q",
+            "track",
+            str(sandbox_ledger(job.ledger)),
+            "--sandbox",
+            "--follow",
+            "--format",
+            "json",
+        ]
+    )
     out = orjson.loads(capsys.readouterr().out)
     assert code == 0
     assert out["pending"] == 0
     assert out["not_found"] == []
-    assert main(["report", str(job.ledger), "--format", "json"]) == 0
+    assert main(["report", str(sandbox_ledger(job.ledger)), "--format", "json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert sum(report["delivery"].values()) == 16
     assert set(report["delivery"]) <= {"delivered", "delivery_failed"}
@@ -549,16 +565,16 @@ def test_the_dry_run_makes_the_runs_checks(
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(job.path), "--sandbox", "--limit", "1"]) == 0
     capsys.readouterr()
-    lock = open_store(job.ledger, "run")
+    lock = open_store(sandbox_ledger(job.ledger), "run")
     try:
-        assert main(["run", str(job.path), "--dry-run"]) == 0
+        assert main(["run", str(job.path), "--dry-run", "--sandbox"]) == 0
         out = capsys.readouterr().out
         assert f"held by a run now (PID {os.getpid()})" in out
         assert "not checked  the API key" in out
     finally:
         lock.close_sync()
     jobs.people(9)
-    assert main(["run", str(job.path), "--dry-run"]) == 2
+    assert main(["run", str(job.path), "--dry-run", "--sandbox"]) == 2
     assert "input file contents" in capsys.readouterr().err
 
 
@@ -567,7 +583,15 @@ def test_a_closed_pipe_ends_quietly(jobs: JobFactory) -> None:
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
-    cmd = [sys.executable, "-m", "bulk_mms", "report", str(job.ledger), "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bulk_mms",
+        "report",
+        str(sandbox_ledger(job.ledger)),
+        "--format",
+        "json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stderr is not None

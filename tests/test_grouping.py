@@ -56,20 +56,37 @@ def test_template_filled_from_first_row_of_each_group() -> None:
     assert [g.message.text for g in out] == ["Hi N0", "Hi N2"]
 
 
+def last_lines(recipients: list[Recipient]) -> dict[str, int]:
+    """Each key's last line, as the scan finds it."""
+    return {r.fields["hh"]: r.line for r in recipients}
+
+
 def test_group_by_keeps_households_together_and_splits_large_ones() -> None:
     """Rows sharing a key form one group; a key with more rows than group_size is chunked."""
-    keys = ["a", "a", "b", "c", "c", "c", "c", "c"]
-    out = groups(list(make_groups(people(keys), job(group_size=3, group_by="hh"))))
+    rows = people(["a", "a", "b", "c", "c", "c", "c", "c"])
+    out = groups(list(make_groups(rows, job(group_size=3, group_by="hh"), last_lines(rows))))
     assert [len(g.to) for g in out] == [2, 1, 3, 2]
 
 
-def test_returning_key_is_rejected_row_by_row() -> None:
-    """A key that comes back after its group closed is rejected, naming the column."""
-    out = list(make_groups(people(["a", "b", "a", "b", "c"]), job(group_by="hh")))
+def test_an_unsorted_key_still_forms_one_group() -> None:
+    """Rows of a key scattered through the file form one group, out when its last row is read;
+    none is rejected for its position, and the result is the same without the scan's lines."""
+    rows = people(["a", "b", "a", "c", "b", "a"])
+    out = list(make_groups(rows, job(group_by="hh"), last_lines(rows)))
+    assert not [r for r in out if isinstance(r, RejectedRow)]
+    # c's only row is line 5, b's last is 6, a's last is 7: each group goes out at its last row
+    assert [g.lines for g in groups(out)] == [(5,), (3, 6), (2, 4, 7)]
+    unscanned = list(make_groups(rows, job(group_by="hh")))
+    assert sorted(g.to for g in groups(unscanned)) == sorted(g.to for g in groups(out))
+
+
+def test_an_empty_key_is_rejected_naming_the_column() -> None:
+    """A row with a blank group_by value has no group: it is rejected, naming the column."""
+    rows = people(["a", " ", "a"])
+    out = list(make_groups(rows, job(group_by="hh"), last_lines(rows)))
     rejected = [r for r in out if isinstance(r, RejectedRow)]
-    assert [r.line for r in rejected] == [4, 5]
-    assert "hh 'a' appeared earlier" in rejected[0].reason
-    assert [g.to for g in groups(out)] == [("+12125550000",), ("+12125550001",), ("+12125550004",)]
+    assert [(r.line, r.reason) for r in rejected] == [(3, "empty 'hh' value")]
+    assert [g.lines for g in groups(out)] == [(2, 4)]
 
 
 def test_group_ids_never_change_between_versions() -> None:

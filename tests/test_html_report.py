@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
+from bulk_mms.config import folders
 from bulk_mms.html_report import PACE_COLOUR, SENT_COLOUR, Timeline, render
 from bulk_mms.ledger import read_events
 from bulk_mms.report import LedgerSummary
@@ -42,7 +43,7 @@ def sandbox_ledger(jobs: JobFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     jobs.csv([{"phone": p, "first": "x"} for p in [*people, "oops"]])
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox", "--rate", "20"]) == 1
-    return job.ledger
+    return folders.sandbox_ledger(job.ledger)
 
 
 def test_the_page_is_self_contained_and_escapes_the_ledger(

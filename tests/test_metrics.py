@@ -33,7 +33,7 @@ def test_a_run_writes_its_exit_code_times_and_recipients(jobs: JobFactory, tmp_p
     """A sandbox run's metrics file parses as Prometheus text: exit code 0, start before end,
     a last success, recipients by state, groups sent and cost; no temporary file is left."""
     jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "oops"]])
-    jobs.job(extra="group_size = 5")
+    jobs.job(extra="group_size = 5\nmax_rejected_share = 0.5")
     prom = tmp_path / "textfile" / "bulk_mms.prom"
     code = main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox", "--rate", "1000",
                  "--metrics-file", str(prom)])  # fmt: skip

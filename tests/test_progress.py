@@ -62,7 +62,7 @@ async def test_runner_reports_every_row(jobs: JobFactory) -> None:
     """The last snapshot of a run counts every data row: sent, rejected and duplicate."""
     rows = "phone,first\n+12125550001,a\nnot-a-number,b\n+12125550002,c\n+12125550001,d\n"
     jobs.csv(rows)
-    job = jobs.job()
+    job = jobs.job(extra="max_rejected_share = 0.5")
     seen: list[Snapshot] = []
 
     class Recorder:

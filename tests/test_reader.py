@@ -74,19 +74,64 @@ def test_short_and_long_csv_rows_are_rejected(tmp_path: Path) -> None:
     assert rows[2] == Row(4, {"phone": "+12125550101"})
 
 
-def test_invalid_utf8_and_overlong_lines_spoil_only_their_row(tmp_path: Path) -> None:
-    """A line in another encoding and a 10 MB line are rejected; rows after them still read."""
+def test_overlong_lines_spoil_only_their_row(tmp_path: Path) -> None:
+    """A 10 MB line is rejected; the rows after it still read."""
     p = tmp_path / "a.csv"
     huge = b"+1212" + b"9" * (10 * MAX_LINE_BYTES)
-    p.write_bytes(b"phone\n+12125550100\n\xff\xfe bad\n" + huge + b"\n+12125550101\n")
+    p.write_bytes(b"phone\n+12125550100\n" + huge + b"\n+12125550101\n")
     rows = read(p)
     assert rows[0] == Row(2, {"phone": "+12125550100"})
     assert isinstance(rows[1], RejectedRow)
-    assert (rows[1].line, rows[1].reason) == (3, "line is not valid UTF-8")
-    assert isinstance(rows[2], RejectedRow)
-    assert rows[2].line == 4
-    assert "longer than" in rows[2].reason
-    assert rows[3] == Row(5, {"phone": "+12125550101"})
+    assert rows[1].line == 3
+    assert "longer than" in rows[1].reason
+    assert rows[2] == Row(4, {"phone": "+12125550101"})
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
+def test_a_cp1252_file_read_as_utf8_stops_naming_line_and_encoding(
+    tmp_path: Path, name: str
+) -> None:
+    """Excel's Windows-1252 export read as UTF-8 stops the file at its first accented line,
+    naming the line and cp1252, instead of rejecting its rows one by one."""
+    if ".jsonl" in name:
+        data = (
+            '{"phone": "+12125550100", "name": "Ann"}\n{"phone": "+12125550101", "name": "Zoë"}\n'
+        )
+    else:
+        data = "phone,name\r\n+12125550100,Ann\r\n+12125550101,Zoë\r\n"
+    raw = data.encode("cp1252")
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == (2 if ".jsonl" in name else 3)
+    assert 'encoding = "cp1252"' in err.value.message
+
+
+def test_a_cp1252_file_with_its_encoding_keeps_every_name(tmp_path: Path) -> None:
+    """With encoding = cp1252 every name reads as written, a UTF-8 BOM skipped."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + "phone,name\r\n+12125550101,Zoë Müller\r\n".encode("cp1252"))
+    with RowReader(p, "phone", ("name",), encoding="cp1252") as r:
+        assert list(r) == [Row(2, {"phone": "+12125550101", "name": "Zoë Müller"})]
+
+
+def test_an_unclosed_quote_that_swallows_rows_stops_the_file(tmp_path: Path) -> None:
+    """A quote left open swallows the rows after it: the file stops, naming the line where it
+    opened, instead of losing those people; a real multi-line field still reads."""
+    p = tmp_path / "a.csv"
+    rows = "".join(f"+1212555{i:04d},name {i}\n" for i in range(10, 20))
+    p.write_text('phone,name\n+12125550100,"Ann\n' + rows, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 2
+    assert "unclosed quote" in err.value.message
+    ok = tmp_path / "b.csv"
+    ok.write_text('phone,name\n+12125550100,"Ann\nand Bo"\n+12125550101,Cy\n', encoding="utf-8")
+    assert read(ok, keep=("name",)) == [
+        Row(2, {"phone": "+12125550100", "name": "Ann\nand Bo"}),
+        Row(4, {"phone": "+12125550101", "name": "Cy"}),
+    ]
 
 
 @pytest.mark.parametrize(

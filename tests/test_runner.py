@@ -98,7 +98,7 @@ async def test_attempt_is_durable_before_the_request(jobs: JobFactory) -> None:
 async def test_rerun_sends_nothing_and_records_nothing_twice(jobs: JobFactory) -> None:
     """A second run over a finished ledger skips every group and re-records no rejected row."""
     jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
-    job = jobs.job()
+    job = jobs.job(extra="max_rejected_share = 0.5")
     await run_job(job, FAST, FakeClient())
     again = FakeClient()
     s = await run_job(job, FAST, again)
@@ -446,7 +446,7 @@ async def test_a_pace_change_after_the_ledger_failed_still_ends_in_a_summary(
 async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:
     """A dry run counts groups and rejections and leaves no ledger."""
     jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(10), "bad"]])
-    job = jobs.job()
+    job = jobs.job(extra="max_rejected_share = 0.5")
     s = await dry_run(job, FAST)
     assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (2, 10, 1)
     assert [len(g.to) for g in s.preview] == [8, 2]

@@ -28,3 +28,24 @@ def user_folder(
     var, default = _FOLDERS[kind]
     value = env.get(var, "")
     return (Path(value) if os.path.isabs(value) else Path.home() / default) / "bulk-mms"
+
+
+#: The folder beside a job's ledgers where its ``--sandbox`` runs keep theirs: a sandbox run
+#: never reads or writes a real ledger, nor counts in the real ones' daily cap.
+SANDBOX_FOLDER = "sandbox"
+
+
+def sandbox_ledger(ledger: Path) -> Path:
+    """Where a ``--sandbox`` run of a job whose ledger is ``ledger`` keeps its own."""
+    return ledger.parent / SANDBOX_FOLDER / ledger.name
+
+
+def is_sandbox_ledger(where: object) -> bool:
+    """Whether ``where`` is a sandbox run's ledger (a file in a sandbox folder)."""
+    return isinstance(where, Path) and where.parent.name == SANDBOX_FOLDER
+
+
+def sandbox_list() -> Path:
+    """The sandbox's suppression list, shared by every ``--sandbox`` command and apart from
+    the account's."""
+    return user_folder("data") / SANDBOX_FOLDER / "suppressed.txt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import re
 import string
@@ -134,6 +135,14 @@ class JobConfig(msgspec.Struct, frozen=True):
     #: A ``postgresql://`` URL naming the ledger (``?ledger=``, by default the job's name),
     #: from the job's ``ledger``, ``--ledger`` or ``BULK_MMS_LEDGER_URL``; None: the file.
     database: str | None = None
+    #: The input's text encoding (``encoding = "cp1252"`` for Excel's CSV on Windows); a UTF-8
+    #: byte-order mark is skipped whatever it says.
+    encoding: str = "utf-8"
+    #: The largest share of the input's rows that may be rejected (bad numbers, broken rows;
+    #: not duplicates, suppressed or excluded numbers) before the run refuses to send anything.
+    max_rejected_share: float = 0.05
+    #: Whether the ledger's name holds ``{date}`` (a new ledger, so a new campaign, each day).
+    dated_ledger: bool = False
 
     @property
     def where(self) -> Location:
@@ -251,6 +260,8 @@ def load_job(
     group_by = top.str_("group_by")
     mix_unrelated = top.bool_("mix_unrelated") or False
     region = (top.str_("default_region", "US") or "US").upper()
+    encoding = _encoding(top.str_("encoding", "utf-8") or "utf-8", top)
+    max_rejected_share = top.float_("max_rejected_share", 0.05, 0.0, 1.0)
     if region not in ("US", "CA"):
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
 
@@ -282,6 +293,9 @@ def load_job(
         group_by=group_by,
         mix_unrelated=mix_unrelated,
         default_region=region,
+        encoding=encoding,
+        max_rejected_share=max_rejected_share,
+        dated_ledger="{date}" in (top.str_("ledger") or ""),
     )
 
 
@@ -343,6 +357,22 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
             "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
         )
     return template.format(name=name, date=today.isoformat())
+
+
+def _encoding(name: str, top: Table) -> str:
+    """``encoding``, as Python's codec name: one that writes newline, comma and quote as
+    ASCII does (UTF-8, cp1252, Latin-1...), so lines and fields split as they do in UTF-8."""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise top.error(
+            "encoding", f"{name!r} is not a known encoding (e.g. 'utf-8', 'cp1252', 'latin-1')"
+        ) from None
+    if '\n,"'.encode(codec, "replace") != b'\n,"' or codec.startswith("utf-16"):
+        raise top.error(
+            "encoding", f"{name!r} is not ASCII-compatible: save the file as UTF-8 or cp1252"
+        )
+    return "utf-8" if codec == "utf-8" else codec
 
 
 def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | None:

@@ -1,0 +1,208 @@
+"""The whole input, checked before the first request: read, decoded, parsed and validated once,
+and hashed in the same pass.
+
+A run and a dry run scan first (:func:`scan_input`), then refuse the input (exit 2, nothing
+sent) when it cannot be read to its end (truncated, corrupt, not text in the job's encoding,
+an unclosed quote) or when more of its rows are lost than the job allows
+(:func:`check_rejected_share`). The scan also learns where each ``group_by`` key's last row is,
+so groups form whole wherever their rows stand in the file
+(:func:`bulk_mms.grouping.make_groups`).
+
+Memory: a set of the numbers seen (about 70 bytes a recipient, for duplicates), and with
+``group_by`` one entry per distinct key (about 120 bytes each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Container, Iterator
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from bulk_mms.config import JobConfig
+from bulk_mms.csvfile import write_csv
+from bulk_mms.errors import ConfigError, InputError
+from bulk_mms.grouping import keyed
+from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
+from bulk_mms.reader import Digest, RowReader
+from bulk_mms.validate import validate_rows
+
+log = structlog.get_logger("bulk_mms.scan")
+
+#: The columns of a ``--rejected-csv`` file.
+REJECTED_COLUMNS = ("line", "value", "reason")
+
+
+class InputScan(msgspec.Struct, frozen=True):
+    """What one pass over the whole input found."""
+
+    #: ``sha256:<hex>`` of the file's bytes as stored (the ledger's header keeps it).
+    fingerprint: str
+    #: Data rows read (blank lines not counted).
+    rows: int
+    #: Valid recipients, each number once, those excluded left out.
+    recipients: int
+    #: Rows lost (:attr:`Rejection.loss`), by reason (:func:`reason_kind`).
+    lost: Counter[str]
+    #: Rows whose number appears earlier in the input.
+    duplicates: int
+    #: Rows whose number a ledger named by ``run --exclude-sent`` records sent.
+    excluded: int
+    #: With ``group_by``: each key's last line, where its last group is complete.
+    last_lines: dict[str, int] | None = None
+
+    @property
+    def lost_rows(self) -> int:
+        return sum(self.lost.values())
+
+    @property
+    def lost_share(self) -> float:
+        """The share of the input's rows that are lost: 0 for an input of no rows."""
+        return self.lost_rows / self.rows if self.rows else 0.0
+
+    def reasons(self) -> str:
+        """The reasons rows are lost, commonest first: ``"not a valid number: 120 rows, ..."``."""
+        return ", ".join(
+            f"{why}: {n} row{'s' if n != 1 else ''}" for why, n in self.lost.most_common()
+        )
+
+
+def open_reader(
+    job: JobConfig, *, keep_all: bool = False, digest: Digest | None = None
+) -> RowReader:
+    """Open the job's input and check it against the job. Raises InputError or ConfigError.
+
+    ``keep_all``: keep every column of each row (a run records the rows in its ledger).
+    ``digest``: given every byte of the file as read.
+    """
+    keep = [
+        *job.message.fields,
+        *([job.group_by] if job.group_by else []),
+        *([job.timezone_column] if job.timezone_column else []),
+    ]
+    reader = RowReader(
+        job.input,
+        job.phone_column,
+        keep,
+        keep_all=keep_all,
+        encoding=job.encoding,
+        digest=digest,
+    )
+    reader.open()
+    if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
+        for setting, names in (
+            ("message.text", job.message.text.fields if job.message.text else ()),
+            ("message.subject", job.message.subject.fields if job.message.subject else ()),
+            ("group_by", (job.group_by,) if job.group_by else ()),
+        ):
+            for name in names:
+                if name not in reader.columns:
+                    reader.close()
+                    raise ConfigError(
+                        setting,
+                        f"{name!r} is not a column of {job.input} "
+                        f"(columns: {', '.join(reader.columns)})",
+                        source=job.path,
+                    )
+    return reader
+
+
+def excluding(
+    items: Iterator[Recipient | RejectedRow], excluded: Container[int]
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient whose number (E.164 digits as an int) is in ``excluded``
+    turned into a rejected row of kind :attr:`Rejection.EXCLUDED`."""
+    for item in items:
+        if isinstance(item, Recipient) and int(item.phone[1:]) in excluded:
+            reason = "excluded: already sent by a ledger given to --exclude-sent"
+            yield RejectedRow(item.line, item.phone, reason, Rejection.EXCLUDED)
+        else:
+            yield item
+
+
+def scan_input(
+    job: JobConfig, *, excluded: Container[int] = (), rejected_csv: Path | None = None
+) -> InputScan:
+    """Read the whole input once; write every rejected row to ``rejected_csv`` if given.
+
+    Raises:
+        InputError: the file cannot be read to its end, or is not text in its encoding.
+        ConfigError: ``rejected_csv`` cannot be written.
+    """
+    digest = hashlib.sha256()
+    counts: Counter[Rejection] = Counter()
+    lost: Counter[str] = Counter()
+    last_lines: dict[str, int] | None = {} if job.group_by else None
+    recipients = 0
+
+    with open_reader(job, digest=digest) as reader:
+        items = validate_rows(reader, job.phone_column, job.default_region)
+        if excluded:
+            items = excluding(items, excluded)
+        if job.group_by is not None:
+            items = keyed(items, job.group_by)
+
+        def rejected() -> Iterator[tuple[int, str, str]]:
+            nonlocal recipients
+            for item in items:
+                if isinstance(item, RejectedRow):
+                    counts[item.kind] += 1
+                    if item.kind.loss:
+                        lost[reason_kind(item.reason)] += 1
+                    yield item.line, item.value, item.reason
+                    continue
+                recipients += 1
+                if last_lines is not None:
+                    last_lines[item.fields[job.group_by or ""].strip()] = item.line
+
+        if rejected_csv is None:
+            for _ in rejected():
+                pass
+        else:
+            try:
+                n = write_csv(rejected_csv, REJECTED_COLUMNS, rejected())
+            except OSError as exc:
+                raise ConfigError(
+                    "--rejected-csv", f"cannot write {rejected_csv}: {exc.strerror or exc}"
+                ) from None
+            log.info("input.rejected_csv", path=str(rejected_csv), rows=n)
+    return InputScan(
+        fingerprint=f"sha256:{digest.hexdigest()}",
+        rows=recipients + sum(counts.values()),
+        recipients=recipients,
+        lost=lost,
+        duplicates=counts[Rejection.DUPLICATE],
+        excluded=counts[Rejection.EXCLUDED],
+        last_lines=last_lines,
+    )
+
+
+def check_rejected_share(scan: InputScan, job: JobConfig) -> None:
+    """Refuse an input that loses more than ``max_rejected_share`` of its rows; warn of any
+    loss at or under it.
+
+    Raises:
+        InputError: too many rows are lost; nothing may be sent.
+    """
+    if not scan.lost_rows:
+        return
+    share, allowed = scan.lost_share, job.max_rejected_share
+    if share > allowed:
+        raise InputError(
+            job.input,
+            f"{scan.lost_rows} of its {scan.rows} rows ({share:.1%}) cannot be sent, more than "
+            f"max_rejected_share ({allowed:.1%}); nothing was sent. {scan.reasons()}. "
+            "Every such row: --rejected-csv PATH; to send the rest anyway, raise "
+            "max_rejected_share in the job",
+        )
+    log.warning(
+        "input.rows_rejected",
+        rows=scan.lost_rows,
+        of=scan.rows,
+        share=round(share, 4),
+        max_rejected_share=allowed,
+        reasons=dict(scan.lost.most_common()),
+    )
