@@ -127,9 +127,8 @@ class Recorder:
         with contextlib.suppress(LedgerError):
             self._queue(Paced(sender, round(rate, 4), round(was, 4), per, reason, self._now()))
 
-    def planned(self, recipients: int, groups: int, rejected: int) -> None:
-        """The run has read its whole input."""
-        duplicates = self.summary.duplicate_rows
+    def planned(self, recipients: int, groups: int, rejected: int, duplicates: int) -> None:
+        """How much of the input is valid (:class:`~bulk_mms.ledger.Planned`)."""
         self._queue(Planned(recipients, groups, rejected, self._now(), duplicates))
 
     def held(self, group: Group) -> None:

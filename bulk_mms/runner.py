@@ -47,6 +47,7 @@ from bulk_mms.sending import GroupSender
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
+from bulk_mms.suppression import Suppressed, suppression_for
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -77,6 +78,7 @@ class Runner:
         limit: int | None = None,
         scan: InputScan | None = None,
         excluded: Container[int] = (),
+        suppressed: Suppressed | None = None,
     ) -> None:
         self.job = job
         #: The scan of the whole input before this run (where each group_by key ends).
@@ -106,6 +108,7 @@ class Runner:
             clock=clock,
             stop=stop,
             limits=run_limits(job, settings, recorder.view, clock),
+            suppressed=suppressed,
         )
         self.store = recorder.store
         #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`).
@@ -169,7 +172,7 @@ class Runner:
             groups += 1
             if not await self._dispatch(item):
                 return
-        self.recorder.planned(recipients, groups, rejected)
+        self.recorder.planned(recipients, groups, rejected, self.summary.duplicate_rows)
         await self.sharing.settle_others(self._dispatch, self.stop.is_set)
 
     async def _dispatch(self, group: Group) -> bool:
@@ -394,7 +397,8 @@ async def run_job(
             local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
         )
         return JobSummary(job.name, stopped="window")
-    scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
+    suppressed = suppression_for(settings.suppression_file, job.where)
+    scan = scan_input(job, suppressed=suppressed, excluded=excluded, rejected_csv=rejected_csv)
     check_rejected_share(scan, job)
     with open_reader(job, keep_all=True) as reader:
         header = header_for(job, scan.fingerprint, clock)
@@ -408,9 +412,12 @@ async def run_job(
             view.apply(started)
             recorder = Recorder(store, view, JobSummary(job.name), clock)
             recorder.summary.input = scan
+            # how many are valid, known before the first send: a report after a crash adds up
+            recorder.planned(scan.recipients - scan.suppressed, 0, scan.lost_rows, scan.duplicates)
             runner = Runner(
                 job, settings, client, recorder, clock=clock, stop=stop, limit=limit,
                 resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
+                suppressed=suppressed,
             )  # fmt: skip
             runner.log_start(store.name)
             async with _showing(runner, progress, job):

@@ -51,6 +51,8 @@ class InputScan(msgspec.Struct, frozen=True):
     duplicates: int
     #: Rows whose number a ledger named by ``run --exclude-sent`` records sent.
     excluded: int
+    #: Of the valid recipients, those on the suppression list now.
+    suppressed: int = 0
     #: With ``group_by``: each key's last line, where its last group is complete.
     last_lines: dict[str, int] | None = None
 
@@ -124,9 +126,16 @@ def excluding(
 
 
 def scan_input(
-    job: JobConfig, *, excluded: Container[int] = (), rejected_csv: Path | None = None
+    job: JobConfig,
+    *,
+    suppressed: Container[str] = (),
+    excluded: Container[int] = (),
+    rejected_csv: Path | None = None,
 ) -> InputScan:
     """Read the whole input once; write every rejected row to ``rejected_csv`` if given.
+
+    ``suppressed`` numbers are counted, not rejected here: the list applies to groups
+    (:func:`bulk_mms.prepare.members_left`).
 
     Raises:
         InputError: the file cannot be read to its end, or is not text in its encoding.
@@ -136,7 +145,7 @@ def scan_input(
     counts: Counter[Rejection] = Counter()
     lost: Counter[str] = Counter()
     last_lines: dict[str, int] | None = {} if job.group_by else None
-    recipients = 0
+    recipients = on_list = 0
 
     with open_reader(job, digest=digest) as reader:
         items = validate_rows(reader, job.phone_column, job.default_region)
@@ -146,7 +155,7 @@ def scan_input(
             items = keyed(items, job.group_by)
 
         def rejected() -> Iterator[tuple[int, str, str]]:
-            nonlocal recipients
+            nonlocal recipients, on_list
             for item in items:
                 if isinstance(item, RejectedRow):
                     counts[item.kind] += 1
@@ -155,6 +164,7 @@ def scan_input(
                     yield item.line, item.value, item.reason
                     continue
                 recipients += 1
+                on_list += item.phone in suppressed
                 if last_lines is not None:
                     last_lines[item.fields[job.group_by or ""].strip()] = item.line
 
@@ -176,6 +186,7 @@ def scan_input(
         lost=lost,
         duplicates=counts[Rejection.DUPLICATE],
         excluded=counts[Rejection.EXCLUDED],
+        suppressed=on_list,
         last_lines=last_lines,
     )
 

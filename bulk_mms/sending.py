@@ -50,7 +50,7 @@ from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import suppression_for
+from bulk_mms.suppression import Suppressed, suppression_for
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -96,6 +96,7 @@ class GroupSender:
         clock: Clock,
         stop: Stop,
         limits: list[Limit] | None = None,
+        suppressed: Suppressed | None = None,
     ) -> None:
         self.job = job
         self.settings = settings
@@ -139,7 +140,11 @@ class GroupSender:
         self.open_attempts: dict[str, SendError | None] = {}
         self.last_sent: float | None = None
         #: The account's suppression list (the settings' file, or the database's table).
-        self.suppressed = suppression_for(settings.suppression_file, job.where)
+        self.suppressed = (
+            suppressed
+            if suppressed is not None
+            else suppression_for(settings.suppression_file, job.where)
+        )
         #: Whether each of the last ``spam_window`` groups ended on a spam code.
         self.recent: deque[bool] = deque(maxlen=settings.spam_window)
         #: How many of ``recent`` are true, kept as it moves.

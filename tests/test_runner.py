@@ -28,6 +28,7 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
+from bulk_mms.ledger import load
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.prepare import dry_run
@@ -73,8 +74,9 @@ async def test_every_valid_recipient_sent_once_and_recorded(jobs: JobFactory) ->
     assert first["attempts"] == 1
     rejected = events(job, "rejected")
     assert [(e["line"], e["value"]) for e in rejected] == [(7, "nope")]
-    (planned,) = events(job, "planned")
-    assert (planned["rejected"], planned["duplicates"]) == (1, 1)
+    before, after = events(job, "planned")  # from the scan, then from the grouping
+    assert (before["recipients"], before["rejected"], before["duplicates"]) == (20, 1, 1)
+    assert (after["recipients"], after["groups"], after["duplicates"]) == (20, 3, 1)
     header = events(job)[0]
     assert header["event"] == "job"
     assert str(header["fingerprint"]).startswith("sha256:")
@@ -505,3 +507,17 @@ async def test_dry_run_decides_in_doubt_groups_as_a_real_run_would(
     assert (untrusted.sent_groups, untrusted.held_groups) == (0, 1)
     forced = await dry_run(job, NO_KEYS, resend_in_doubt=True)
     assert (forced.sent_groups, forced.held_groups) == (1, 0)
+
+
+async def test_after_a_crash_the_recipient_counts_add_up_to_the_whole_input(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed on its first send (before it grouped the whole input) leaves a ledger
+    whose recipient counts still add up to every valid recipient of the input."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(40), "bad"]])
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    await crash_mid_send(job, monkeypatch)
+    r = load(job.ledger).recipients()
+    assert (r.valid, r.input_read) == (40, True)
+    assert r.sent + r.failed + r.retry_pending + r.in_doubt + r.not_attempted == 40
+    assert r.not_attempted > 0  # some groups were never made: counted all the same

@@ -102,9 +102,13 @@ class RunStarted(msgspec.Struct, frozen=True):
 
 
 class Planned(msgspec.Struct, frozen=True):
-    """A run read its input to the end: so many valid recipients in so many groups, so many
-    rows rejected (each recorded by a ``rejected`` event) and so many duplicates (rows whose
-    number appears earlier in the input: counted here only, never a line each)."""
+    """How much of the input is valid: so many recipients in so many groups, so many rows
+    rejected (each recorded by a ``rejected`` event) and so many duplicates (rows whose number
+    appears earlier in the input: counted here only, never a line each).
+
+    A run writes one before its first send, from its scan of the whole input (``groups`` is 0
+    there: groups are not counted until they are made), and one when it has grouped the whole
+    input; the latest stands."""
 
     recipients: int
     groups: int

@@ -1,0 +1,266 @@
+"""Exports as offices make them, through the CLI: exit 0 means everyone got it, else it says who
+did not (unsorted group_by, cp1252, CRLF and BOM, a third invalid, a truncated gzip, an unclosed
+quote, one row repeated, a fixed file rerun, a daily cap with a dated ledger, the sandbox)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.config.folders import sandbox_ledger, sandbox_list
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import Planned, read_events
+from tests.conftest import JobFactory, numbers
+from tests.threaded import fake_api_thread
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-test")
+
+
+def write_families(path: Path, families: int, *, seed: int = 7) -> dict[str, set[str]]:
+    """A CRLF CSV with a BOM of ``families`` families of 1..6 people, rows shuffled (as a
+    spreadsheet export comes); returns each family's numbers."""
+    rows: list[tuple[str, str, str]] = []
+    members: dict[str, set[str]] = {}
+    rng = random.Random(seed)
+    n = 0
+    for f in range(families):
+        fid = f"F{f:03d}"
+        for phone in numbers(rng.randint(1, 6), n):
+            rows.append((phone, fid, f"P{n}"))
+            members.setdefault(fid, set()).add(phone)
+            n += 1
+    rng.shuffle(rows)
+    text = "phone,family,first\r\n" + "".join(f"{p},{f},{x}\r\n" for p, f, x in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    return members
+
+
+def test_an_unsorted_group_by_export_sends_every_family_whole(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Families whose rows are scattered through the file each go out as one message (or
+    chunks of 8), everyone once, nobody rejected, exit 0."""
+    families = write_families(jobs.root / "people.csv", 80)
+    job = jobs.job(extra='group_by = "family"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    everyone = set().union(*families.values())
+    assert fake.recipient_counts() == dict.fromkeys(everyone, 1)
+    sent = {frozenset(m.to) for m in fake.accepted}
+    assert sent == {frozenset(v) for v in families.values()}  # all of 1..6: never split
+    assert "rejected 0 rows" in capsys.readouterr().out
+
+
+def cp1252_export(path: Path) -> None:
+    path.write_bytes(
+        "phone,first\r\n+12125550100,Zoë\r\n+12125550101,José\r\n+12125550102,Ann\r\n".encode(
+            "cp1252"
+        )
+    )
+
+
+def test_a_cp1252_export_is_refused_before_any_request_naming_the_encoding(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read as UTF-8, Excel's cp1252 export stops with exit 2 before any request, naming the
+    line and cp1252; no ledger is made."""
+    cp1252_export(jobs.root / "people.csv")
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:2:" in err
+    assert 'encoding = "cp1252"' in err
+    assert fake.requests == []
+    assert not job.ledger.exists()
+
+
+def test_a_cp1252_export_with_its_encoding_sends_every_name_right(jobs: JobFactory) -> None:
+    """With encoding = "cp1252" the accented names reach the API as written."""
+    cp1252_export(jobs.root / "people.csv")
+    job = jobs.job(extra='encoding = "cp1252"\ngroup_size = 1')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    texts = sorted(m.body["text"] for m in fake.accepted)
+    assert texts == ["Hello Ann", "Hello José", "Hello Zoë"]
+
+
+def third_invalid(jobs: JobFactory) -> list[str]:
+    """30 rows, every third with a broken number; returns the valid numbers."""
+    good = numbers(20)
+    rows = []
+    for i in range(30):
+        rows.append({"phone": "555-01" if i % 3 == 2 else good.pop(0), "first": f"P{i}"})
+    jobs.csv(rows)
+    return [r["phone"] for r in rows if r["phone"].startswith("+")]
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_third_invalid_exits_2_before_any_request(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path, dry: bool
+) -> None:
+    """A file a third invalid sends nothing (run and dry run exit 2), with one line giving the
+    share and the reason; --rejected-csv lists every rejected row with its line."""
+    third_invalid(jobs)
+    job = jobs.job()
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main([*args, *(["--dry-run"] if dry else [])]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1
+    assert "10 of its 30 rows (33.3%) cannot be sent" in err[0]
+    assert "max_rejected_share (5.0%)" in err[0]
+    assert fake.requests == []
+    assert not job.ledger.exists()
+    with rejected.open(encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["line", "value", "reason"]
+    assert [int(r[0]) for r in table[1:]] == list(range(4, 32, 3))
+    assert all(r[1] == "555-01" for r in table[1:])
+
+
+def test_a_third_invalid_sends_the_rest_when_the_job_allows_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With max_rejected_share = 0.5 the valid rows are sent and the summary says how many
+    rows were rejected, of how many, and why."""
+    valid = third_invalid(jobs)
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(valid, 1)
+    out = capsys.readouterr()
+    assert "rejected 10 of 30 rows (33.3%" in out.out
+    assert "input.rows_rejected" in out.out + out.err
+
+
+def test_a_truncated_gzip_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .csv.gz cut short is found before the first request: exit 2, nothing sent, and the
+    rerun with the whole file is a fresh start, not "a different run"."""
+    rows = "phone,first\n" + "".join(f"{p},x\n" for p in numbers(2000))
+    whole = gzip.compress(rows.encode())
+    (jobs.root / "people.csv.gz").write_bytes(whole[: len(whole) // 2])
+    job = jobs.job("people.csv.gz")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+        assert "people.csv.gz" in capsys.readouterr().err
+        assert fake.requests == []
+        (jobs.root / "people.csv.gz").write_bytes(whole)
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(2000), 1)
+
+
+def test_an_unclosed_quote_sends_nothing_and_names_the_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One unclosed quote would swallow the rows after it: exit 2, nothing sent, the line
+    where it opened named."""
+    rows = [f"{p},P{i}\n" for i, p in enumerate(numbers(50))]
+    rows[10] = rows[10].replace(",P10", ',"P10')
+    jobs.csv("phone,first\n" + "".join(rows))
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:12:" in err
+    assert "unclosed quote" in err
+    assert fake.requests == []
+
+
+def test_one_row_repeated_makes_a_small_ledger_and_a_report(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gzip of one row repeated 20,000 times sends it once, counts the copies as
+    duplicates, writes no line per copy, and report reads it."""
+    text = "phone,first\n" + "+12125550100,Ann\n" * 20_000
+    (jobs.root / "people.csv.gz").write_bytes(gzip.compress(text.encode()))
+    job = jobs.job("people.csv.gz")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == {"+12125550100": 1}
+    events = list(read_events(job.ledger))
+    assert len(events) < 10
+    planned = [e for e in events if isinstance(e, Planned)]
+    assert [p.duplicates for p in planned] == [19_999, 19_999]
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert (report["rejected_rows"], report["duplicate_rows"]) == (0, 19_999)
+
+
+def test_exclude_sent_skips_whoever_another_ledger_reached(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a fixed file is renamed into a new campaign, --exclude-sent LEDGER texts only
+    those the first ledger did not reach, and says how many it skipped."""
+    jobs.people(10)
+    first = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(first.path), "--base-url", url]) == 0
+        jobs.people(25)
+        fixed = jobs.job(name="test-job-fixed")
+        capsys.readouterr()
+        code = main(
+            ["run", str(fixed.path), "--base-url", url, "--exclude-sent", str(first.ledger)]
+        )
+    assert code == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(25), 1)
+    assert "10 already sent (--exclude-sent)" in capsys.readouterr().out
+
+
+def test_a_daily_cap_with_a_dated_ledger_is_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A {date} ledger with a daily cap would restart the list each day: refused with exit 2,
+    saying what to write instead."""
+    jobs.people(5)
+    job = jobs.job(extra='ledger = "ledgers/{name}-{date}.jsonl"')
+    (jobs.root / "config.toml").write_text("[limits]\ndaily_recipients = 80\n", encoding="utf-8")
+    code = main(["run", str(job.path), "--sandbox", "--config", str(jobs.root / "config.toml")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "{date}" in err
+    assert "without {date}" in err
+
+
+def test_a_sandbox_run_leaves_the_configured_suppression_list_alone(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sandbox's opt-outs go to its own list, never the settings' file, and its ledger to
+    a sandbox folder, never the real one."""
+    jobs.csv([{"phone": p, "first": "x"} for p in ["+14155550300", *numbers(5)]])
+    job = jobs.job()
+    real = jobs.root / "suppressed.txt"
+    real.write_text("# the account's list\n", encoding="utf-8")
+    config = jobs.root / "config.toml"
+    config.write_text(f'[suppression]\nfile = "{real}"\n', encoding="utf-8")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--config", str(config)]) == 1
+    assert real.read_text(encoding="utf-8") == "# the account's list\n"
+    assert "+14155550300" in sandbox_list().read_text(encoding="utf-8")
+    assert not job.ledger.exists()
+    assert sandbox_ledger(job.ledger).exists()
+    capsys.readouterr()
+    assert main(["track", str(job.ledger), "--sandbox"]) == 2
+    assert "not a sandbox run's ledger" in capsys.readouterr().err
