@@ -39,6 +39,7 @@ from bulk_mms.console import (
     interactive,
     print_dry_run,
     run_outcome,
+    say,
 )
 from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
 from bulk_mms.ledger import (
@@ -90,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.yes and not args.sandbox and interactive():
         plan = _plan(job, settings, args)
         if plan.sent_groups and not confirm(plan, job):
-            print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
+            say("run.declined", "bulk-mms: nothing sent (answered no)", job=job.name)
             return Exit.INCOMPLETE
     progress: Progress
     if sys.stderr.isatty() and not args.quiet and not args.log_json:
@@ -224,9 +225,11 @@ def cmd_track(args: argparse.Namespace) -> int:
         args.metrics.track = result
     if result.error is not None:
         return fail(result.error, exit_for(result.error))
-    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    fmt = args.format or ("table" if sys.stdout.isatty() and not args.log_json else "json")
     if fmt == "json":
-        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        text = format_track(result, display(args.ledger)) if args.log_json else ""
+        note = ("track.result", text) if args.log_json else None
+        sys.stdout.write(_json_text(result.as_dict(), note))
     else:
         print(format_track(result, display(args.ledger)))
     if result.stopped in SIGNAL_EXIT:
@@ -326,11 +329,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt is None:
         # status keeps its documented table default for scripts that parse it
-        fmt = "json" if args.command == "report" and not sys.stdout.isatty() else "table"
+        piped = args.command == "report" and not sys.stdout.isatty()
+        fmt = "json" if piped or args.log_json else "table"
     if fmt == "json":
-        sys.stdout.write(
-            orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
+        text = format_text(summary, display(args.ledger)) if args.log_json else ""
+        note = ("report.summary", text) if args.log_json else None
+        sys.stdout.write(_json_text(summary.as_dict(), note))
     elif fmt == "csv":
         sys.stdout.write(format_csv(summary))
     else:
@@ -343,7 +347,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_html(args.ledger, page, summary)
         except OSError as exc:
             raise LedgerError(page, f"cannot write: {exc.strerror or exc}") from None
-        print(f"bulk-mms: wrote the report to {page.resolve().as_uri()}", file=sys.stderr)
+        say(
+            "report.html_written",
+            f"bulk-mms: wrote the report to {page.resolve().as_uri()}",
+            path=str(page),
+        )
     failed_csv = getattr(args, "failed_csv", None)
     if failed_csv is not None:
         try:
@@ -358,12 +366,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             else "phone numbers only: the input is gone or changed"
         )
         r = summary.recipient_states
-        print(
+        say(
+            "report.failed_csv_written",
             f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
             f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt",
-            file=sys.stderr,
+            path=str(failed_csv),
+            recipients=n,
         )
     return Exit.OK
+
+
+def _json_text(data: dict[str, object], note: tuple[str, str] | None = None) -> str:
+    """A command's JSON answer: indented for a person; under ``--log-json`` (``note`` given as
+    its event and message) one line that is also a note, the answer's keys beside them."""
+    if note is None:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    event, message = note
+    return (
+        orjson.dumps({"event": event, "level": "info", "message": message, **data}).decode() + "\n"
+    )
 
 
 #: Where the settings are looked for, first found wins (documented in the README).
@@ -429,14 +450,25 @@ def cmd_db(args: argparse.Namespace) -> int:
             "URL", f"name the database: bulk-mms db migrate URL (or ${LEDGER_URL_ENV})"
         )
     before, after = migrate_database(url)
-    print(f"bulk-mms: {display(url)}: schema version {before} -> {after}", file=sys.stderr)
+    say(
+        "db.migrated",
+        f"bulk-mms: {display(url)}: schema version {before} -> {after}",
+        database=display(url),
+        before=before,
+        after=after,
+    )
     return Exit.OK
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
     n = asyncio.run(copy_ledger(args.source, args.target))
-    print(f"bulk-mms: copied {n} events to {display(args.target)}", file=sys.stderr)
+    say(
+        "ledger.copied",
+        f"bulk-mms: copied {n} events to {display(args.target)}",
+        events=n,
+        target=display(args.target),
+    )
     return Exit.OK
 
 
@@ -464,9 +496,12 @@ def cmd_optouts(args: argparse.Namespace) -> int:
     key = _api_key(args)
     numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
     added = listed.add(numbers, "opted out (messaging_optouts)")
-    print(
+    say(
+        "optouts.synced",
         f"bulk-mms: {len(numbers)} opt-outs on the profile, {len(added)} new on {listed.path}",
-        file=sys.stderr,
+        optouts=len(numbers),
+        added=len(added),
+        list=str(listed.path),
     )
     return Exit.OK
 
