@@ -68,7 +68,8 @@ class JobSummary(msgspec.Struct):
     wait_seconds_p50: float | None = None
     wait_seconds_p95: float | None = None
     wait_seconds_max: float | None = None
-    #: Requests admitted per second, first to last admission.
+    #: Requests per second while sending: every try, over the time from the first request
+    #: leaving to the last, on the monotonic clock (None when nothing was sent).
     achieved_rate: float | None = None
     #: 429 answers, and of those how many said the queue was full (40318).
     rate_limited: int = 0
