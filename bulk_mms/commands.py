@@ -216,12 +216,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
         settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
-    if args.metrics is not None:
+    if args.metrics is not None:  # the job's name once the ledger is read; its path until
         args.metrics.name = display(args.ledger)
     result = asyncio.run(
         _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
     )
     if args.metrics is not None:
+        args.metrics.name = result.job or args.metrics.name
         args.metrics.track = result
     if result.error is not None:
         return fail(result.error, exit_for(result.error))
@@ -242,6 +243,7 @@ async def _track(
     path: Location, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
 ) -> TrackResult:
     stop = Stop()
+    found = TrackResult()  # its job is known once the ledger is read, whatever happens next
     try:
         with stopping_on_signals(
             stop, settings.request_timeout + DRAIN_GRACE_S, cancel_on_force=True
@@ -250,11 +252,13 @@ async def _track(
                 _endpoint(settings, sandbox, ledger=path) as base_url,
                 _client(settings, base_url, key) as client,
             ):
-                return await track_ledger(path, settings, client, follow=follow, stop=stop)
+                return await track_ledger(
+                    path, settings, client, follow=follow, stop=stop, result=found
+                )
     except asyncio.CancelledError:
-        return TrackResult(stopped=stop.reason or "SIGINT")
+        return TrackResult(stopped=stop.reason or "SIGINT", job=found.job)
     except FatalSendError as exc:
-        return TrackResult(error=exc)
+        return TrackResult(error=exc, job=found.job)
 
 
 @contextlib.asynccontextmanager
