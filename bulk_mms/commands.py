@@ -477,20 +477,40 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list."""
+    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list.
+
+    Each given value that is not a phone number is named on a line of its own, the valid ones
+    are still added (or removed), and the exit code is then 1.
+    """
     path = find_config(args.config)
     listed = suppression_for(load_settings(path).suppression_file if path else None, args.ledger)
     if args.action == "list":
         for number in listed.numbers():
             print(number)
         return Exit.OK
-    numbers = parse_numbers(args.numbers)
-    if not numbers:
+    numbers, bad = parse_numbers(args.numbers)
+    if not numbers and not bad:
         raise ConfigError("NUMBER", f"name the numbers to {args.action}")
-    done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
-    what = "added to" if args.action == "add" else "removed from"
-    print(f"bulk-mms: {len(done)} {what} {listed.path}", file=sys.stderr)
-    return Exit.OK
+    done_word = "added" if args.action == "add" else "removed"
+    for given, why in bad:  # each named; the good ones are still done
+        say(
+            "suppress.not_a_number",
+            f"bulk-mms: {given!r} is not a phone number ({why}): not {done_word}",
+            level="error",
+            number=given,
+            reason=why,
+        )
+    if numbers:
+        done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
+        where = "to" if args.action == "add" else "from"
+        unit = "number" if len(done) == 1 else "numbers"
+        say(
+            f"suppress.{done_word}",
+            f"bulk-mms: {len(done)} {unit} {done_word} {where} {listed.path}",
+            numbers=done,
+            list=str(listed.path),
+        )
+    return Exit.INCOMPLETE if bad else Exit.OK
 
 
 def cmd_optouts(args: argparse.Namespace) -> int:
