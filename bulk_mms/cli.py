@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from bulk_mms import commands, log
+from bulk_mms import commands, console, log
 from bulk_mms._version import __version__
 from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
-from bulk_mms.console import fail
+from bulk_mms.console import fail, say
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.ledger import location
 
@@ -70,13 +70,31 @@ def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> N
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors said as notes (one JSON object under ``--log-json``).
+    Private."""
+
+    def error(self, message: str) -> NoReturn:
+        if not console.json_on():
+            super().error(message)
+        say(
+            "command.usage_error",
+            f"{self.prog}: error: {message}",
+            level="error",
+            usage=self.format_usage().strip(),
+            exit_code=int(Exit.USAGE),
+        )
+        sys.exit(Exit.USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # typed as argparse's own: its subparsers are _Parser too (argparse makes them its type)
+    parser: argparse.ArgumentParser = _Parser(
         prog="bulk-mms", description="Send group MMS in bulk through the Telnyx Messaging API."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_flags(parser, defaults=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_flags(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub, common)
@@ -285,6 +303,9 @@ def entry() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bulk-mms``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # before parsing, so that argparse's own errors are JSON too
+    console.use_json("--log-json" in argv)
     args = build_parser().parse_args(argv)
     log.configure(
         -1 if args.quiet else 1 if args.verbose else 0,
@@ -312,7 +333,7 @@ def _command(args: argparse.Namespace) -> int:
     except BulkMmsError as exc:
         return fail(exc, exc.exit_code)
     except KeyboardInterrupt:
-        print("bulk-mms: interrupted", file=sys.stderr)
+        say("command.interrupted", "bulk-mms: interrupted", level="warning")
         return Exit.SIGINT
     except BrokenPipeError:
         # the reader of our output went away (`| head`): end quietly, as other tools do

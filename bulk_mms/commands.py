@@ -45,6 +45,7 @@ from bulk_mms.console import (
     interactive,
     print_dry_run,
     run_outcome,
+    say,
 )
 from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
 from bulk_mms.ledger import (
@@ -101,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.yes and not args.sandbox and interactive():
         plan = _plan(job, settings, args)
         if plan.sent_groups and not confirm(plan, job):
-            print("bulk-mms: nothing sent (answered no)", file=sys.stderr)
+            say("run.declined", "bulk-mms: nothing sent (answered no)", job=job.name)
             return Exit.INCOMPLETE
     progress: Progress
     if sys.stderr.isatty() and not args.quiet and not args.log_json:
@@ -257,18 +258,21 @@ def cmd_track(args: argparse.Namespace) -> int:
             )
         settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
-    if args.metrics is not None:
+    if args.metrics is not None:  # the job's name once the ledger is read; its path until
         args.metrics.name = display(args.ledger)
     result = asyncio.run(
         _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
     )
     if args.metrics is not None:
+        args.metrics.name = result.job or args.metrics.name
         args.metrics.track = result
     if result.error is not None:
         return fail(result.error, exit_for(result.error))
-    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    fmt = args.format or ("table" if sys.stdout.isatty() and not args.log_json else "json")
     if fmt == "json":
-        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        text = format_track(result, display(args.ledger)) if args.log_json else ""
+        note = ("track.result", text) if args.log_json else None
+        sys.stdout.write(_json_text(result.as_dict(), note))
     else:
         print(format_track(result, display(args.ledger)))
     if result.stopped in SIGNAL_EXIT:
@@ -281,6 +285,7 @@ async def _track(
     path: Location, settings: Settings, key: str, *, follow: bool, sandbox: bool = False
 ) -> TrackResult:
     stop = Stop()
+    found = TrackResult()  # its job is known once the ledger is read, whatever happens next
     try:
         with stopping_on_signals(
             stop, settings.request_timeout + DRAIN_GRACE_S, cancel_on_force=True
@@ -289,11 +294,13 @@ async def _track(
                 _endpoint(settings, sandbox, ledger=path) as base_url,
                 _client(settings, base_url, key) as client,
             ):
-                return await track_ledger(path, settings, client, follow=follow, stop=stop)
+                return await track_ledger(
+                    path, settings, client, follow=follow, stop=stop, result=found
+                )
     except asyncio.CancelledError:
-        return TrackResult(stopped=stop.reason or "SIGINT")
+        return TrackResult(stopped=stop.reason or "SIGINT", job=found.job)
     except FatalSendError as exc:
-        return TrackResult(error=exc)
+        return TrackResult(error=exc, job=found.job)
 
 
 @contextlib.asynccontextmanager
@@ -368,11 +375,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt is None:
         # status keeps its documented table default for scripts that parse it
-        fmt = "json" if args.command == "report" and not sys.stdout.isatty() else "table"
+        piped = args.command == "report" and not sys.stdout.isatty()
+        fmt = "json" if piped or args.log_json else "table"
     if fmt == "json":
-        sys.stdout.write(
-            orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
+        text = format_text(summary, display(args.ledger)) if args.log_json else ""
+        note = ("report.summary", text) if args.log_json else None
+        sys.stdout.write(_json_text(summary.as_dict(), note))
     elif fmt == "csv":
         sys.stdout.write(format_csv(summary))
     else:
@@ -385,7 +393,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_html(args.ledger, page, summary)
         except OSError as exc:
             raise LedgerError(page, f"cannot write: {exc.strerror or exc}") from None
-        print(f"bulk-mms: wrote the report to {page.resolve().as_uri()}", file=sys.stderr)
+        say(
+            "report.html_written",
+            f"bulk-mms: wrote the report to {page.resolve().as_uri()}",
+            path=str(page),
+        )
     failed_csv = getattr(args, "failed_csv", None)
     if failed_csv is not None:
         try:
@@ -400,12 +412,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             else "phone numbers only: the input is gone or changed"
         )
         r = summary.recipient_states
-        print(
+        say(
+            "report.failed_csv_written",
             f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
             f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt",
-            file=sys.stderr,
+            path=str(failed_csv),
+            recipients=n,
         )
     return Exit.OK
+
+
+def _json_text(data: dict[str, object], note: tuple[str, str] | None = None) -> str:
+    """A command's JSON answer: indented for a person; under ``--log-json`` (``note`` given as
+    its event and message) one line that is also a note, the answer's keys beside them."""
+    if note is None:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    event, message = note
+    return (
+        orjson.dumps({"event": event, "level": "info", "message": message, **data}).decode() + "\n"
+    )
 
 
 #: Where the settings are looked for, first found wins (documented in the README).
@@ -471,32 +496,63 @@ def cmd_db(args: argparse.Namespace) -> int:
             "URL", f"name the database: bulk-mms db migrate URL (or ${LEDGER_URL_ENV})"
         )
     before, after = migrate_database(url)
-    print(f"bulk-mms: {display(url)}: schema version {before} -> {after}", file=sys.stderr)
+    say(
+        "db.migrated",
+        f"bulk-mms: {display(url)}: schema version {before} -> {after}",
+        database=display(url),
+        before=before,
+        after=after,
+    )
     return Exit.OK
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
     n = asyncio.run(copy_ledger(args.source, args.target))
-    print(f"bulk-mms: copied {n} events to {display(args.target)}", file=sys.stderr)
+    say(
+        "ledger.copied",
+        f"bulk-mms: copied {n} events to {display(args.target)}",
+        events=n,
+        target=display(args.target),
+    )
     return Exit.OK
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list."""
+    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list.
+
+    Each given value that is not a phone number is named on a line of its own, the valid ones
+    are still added (or removed), and the exit code is then 1.
+    """
     path = find_config(args.config)
     listed = suppression_for(load_settings(path).suppression_file if path else None, args.ledger)
     if args.action == "list":
         for number in listed.numbers():
             print(number)
         return Exit.OK
-    numbers = parse_numbers(args.numbers)
-    if not numbers:
+    numbers, bad = parse_numbers(args.numbers)
+    if not numbers and not bad:
         raise ConfigError("NUMBER", f"name the numbers to {args.action}")
-    done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
-    what = "added to" if args.action == "add" else "removed from"
-    print(f"bulk-mms: {len(done)} {what} {listed.path}", file=sys.stderr)
-    return Exit.OK
+    done_word = "added" if args.action == "add" else "removed"
+    for given, why in bad:  # each named; the good ones are still done
+        say(
+            "suppress.not_a_number",
+            f"bulk-mms: {given!r} is not a phone number ({why}): not {done_word}",
+            level="error",
+            number=given,
+            reason=why,
+        )
+    if numbers:
+        done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
+        where = "to" if args.action == "add" else "from"
+        unit = "number" if len(done) == 1 else "numbers"
+        say(
+            f"suppress.{done_word}",
+            f"bulk-mms: {len(done)} {unit} {done_word} {where} {listed.path}",
+            numbers=done,
+            list=str(listed.path),
+        )
+    return Exit.INCOMPLETE if bad else Exit.OK
 
 
 def cmd_optouts(args: argparse.Namespace) -> int:
@@ -506,9 +562,12 @@ def cmd_optouts(args: argparse.Namespace) -> int:
     key = _api_key(args)
     numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
     added = listed.add(numbers, "opted out (messaging_optouts)")
-    print(
+    say(
+        "optouts.synced",
         f"bulk-mms: {len(numbers)} opt-outs on the profile, {len(added)} new on {listed.path}",
-        file=sys.stderr,
+        optouts=len(numbers),
+        added=len(added),
+        list=str(listed.path),
     )
     return Exit.OK
 

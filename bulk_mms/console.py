@@ -1,14 +1,28 @@
 """What the CLI says to a person: a run's outcome and its exit code, a dry run, a question.
 
+Every note for a person goes through :func:`say`: a plain line normally, one JSON object (with
+``event``, ``level``, ``message`` and the note's fields) under ``--log-json``
+(:func:`use_json`), so a log collector never meets a line it cannot parse.
+
 Every code comes from one table: :class:`~bulk_mms.errors.Exit`, and an error's own
 ``exit_code`` (drawn with the error tree in :mod:`bulk_mms.errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import io
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any, TextIO
 
+import orjson
+
+from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import BulkMmsError, Exit
@@ -20,9 +34,118 @@ from bulk_mms.summary import Estimate, JobSummary
 SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
 
 
+#: Whether notes are JSON objects (``--log-json``); set by :func:`use_json`.
+_json = False
+
+
+def use_json(on: bool) -> None:
+    """Make every note :func:`say` gives (``on``) a JSON object, or (off) a plain line.
+
+    On, Python's warnings and the standard library's log records (aiohttp's) become notes too,
+    instead of lines of their own shape on stderr; off puts back what was there.
+    """
+    global _json  # noqa: PLW0603 - the one switch, set once per command by the CLI
+    _json = on
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _NoteHandler)]:
+        root.removeHandler(handler)
+    if on:
+        root.addHandler(_NoteHandler(logging.WARNING))
+        warnings.showwarning = _show_warning
+    else:
+        warnings.showwarning = _SHOW_WARNING
+
+
+def json_on() -> bool:
+    """Whether notes are JSON objects now (``--log-json``)."""
+    return _json
+
+
+def say(
+    event: str,
+    message: str,
+    *,
+    level: str = "info",
+    stream: TextIO | None = None,
+    **fields: Any,
+) -> None:
+    """Tell a person ``message``, on stderr unless ``stream`` says otherwise.
+
+    A plain line normally; under ``--log-json`` one JSON object on one line: ``event`` (a
+    dotted name), ``level``, ``message``, ``timestamp`` and ``fields``, with the API key
+    scrubbed as in the log.
+    """
+    out = stream or sys.stderr
+    if not _json:
+        print(message, file=out, flush=True)
+        return
+    note = {
+        **fields,
+        "event": event,
+        "level": level,
+        "message": message,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    out.write(orjson.dumps(log.scrub(note), default=str).decode() + "\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def said(event: str, **fields: Any) -> Iterator[None]:
+    """Under ``--log-json``, what the block prints on stdout becomes one note there (its lines
+    the ``message``); otherwise the block prints as it would."""
+    if not _json:
+        yield
+        return
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        yield
+    say(event, text.getvalue().rstrip("\n"), stream=sys.stdout, **fields)
+
+
+class _NoteHandler(logging.Handler):
+    """The standard library's log records (aiohttp's, asyncio's), as notes. Private."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            say(record.name, text, level=record.levelname.lower())
+        except Exception:  # a log line must never stop the command
+            self.handleError(record)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    say(
+        "python.warning",
+        str(message),
+        level="warning",
+        stream=file,
+        category=category.__name__,
+        where=f"{filename}:{lineno}",
+    )
+
+
 def fail(exc: BaseException, code: int) -> int:
     """Say what stopped the command, in one line, and give its code."""
-    print(f"bulk-mms: error: {exc}", file=sys.stderr)
+    say(
+        "command.failed",
+        f"bulk-mms: error: {exc}",
+        level="error",
+        error=type(exc).__name__,
+        exit_code=int(code),
+    )
     return code
 
 
@@ -44,19 +167,36 @@ _STOPS: dict[str, tuple[str, str]] = {
 
 def _tell_stop(s: JobSummary) -> None:
     what, then = _STOPS[s.stopped or ""]
-    print(f"bulk-mms: {what}: {s.sent_groups} groups sent this run; {then}", file=sys.stderr)
+    say(
+        "job.stopped",
+        f"bulk-mms: {what}: {_n(s.sent_groups, 'group')} sent this run; {then}",
+        level="warning",
+        reason=s.stopped,
+        sent_groups=s.sent_groups,
+    )
 
 
 def _tell_quiet(s: JobSummary) -> int:
-    """Quiet hours left recipients for later: say which zones and when the next one opens."""
-    waiting = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
+    """Quiet hours left recipients for later: say how many in which zones, and when the next
+    zone's window opens."""
+    held = sum(s.quiet.values())
+    zones = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
     when = f"{s.next_opening:%Y-%m-%d %H:%M} UTC" if s.next_opening else "not within two days"
-    print(
-        f"bulk-mms: {s.sent_groups} groups sent this run; recipients' quiet hours: {waiting} "
-        f"wait for their window; the next opens {when}: a run then sends them",
-        file=sys.stderr,
+    say(
+        "job.quiet_hours",
+        f"bulk-mms: {_n(s.sent_groups, 'group')} sent this run; {_n(held, 'recipient')} held "
+        f"for their quiet hours ({zones}); the next window opens {when}: a run then sends them",
+        level="warning",
+        sent_groups=s.sent_groups,
+        held_recipients=dict(sorted(s.quiet.items())),
+        next_opening=s.next_opening,
     )
     return Exit.WINDOW
+
+
+def _n(count: int, unit: str) -> str:
+    """``1 group``, ``3 groups``: a count with its unit."""
+    return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
 def run_outcome(s: JobSummary) -> int:
@@ -68,23 +208,42 @@ def run_outcome(s: JobSummary) -> int:
         return SIGNAL_EXIT.get(s.stopped or "", Exit.WINDOW)
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
-    print(
-        f"{s.job}: sent {s.sent_groups} groups ({s.sent_recipients} recipients), "
-        f"failed {s.failed_groups}, in doubt {s.in_doubt_groups}, "
-        f"already done {s.skipped_groups}, held in doubt {s.held_groups}; {s.rows_text()}"
+    out = sys.stdout
+    say(
+        "job.summary",
+        f"{s.job}: sent {_n(s.sent_groups, 'group')} ({_n(s.sent_recipients, 'recipient')}); "
+        f"{_n(s.failed_groups, 'group')} failed, {s.in_doubt_groups} in doubt; "
+        f"{_n(s.skipped_groups, 'group')} already done, "
+        f"{s.held_groups} held in doubt; {s.rows_text()}",
+        stream=out,
+        **s.as_log(),
     )
     if (r := s.recipients) is not None:
-        print(
-            f"{s.job}: the ledger's {r.valid} valid recipients: sent {r.sent}, failed {r.failed}, "
-            f"pending a rerun {r.retry_pending}, in doubt {r.in_doubt}, "
-            f"not attempted {r.not_attempted}"
+        say(
+            "job.recipients",
+            f"{s.job}: the ledger's {_n(r.valid, 'valid recipient')}: {r.sent} sent, "
+            f"{r.failed} failed, {r.retry_pending} pending a rerun, {r.in_doubt} in doubt, "
+            f"{r.not_attempted} not attempted",
+            stream=out,
+            job=s.job,
+            recipients=r.as_dict(),
         )
     print_template_notes(s)
     if s.achieved_rate is not None:
-        print(
-            f"{s.job}: {s.achieved_rate:.2f} requests/s; wait_seconds p50 {s.wait_seconds_p50} "
-            f"p95 {s.wait_seconds_p95} max {s.wait_seconds_max}; 429s {s.rate_limited} "
-            f"(queue full {s.queue_full})"
+        say(
+            "job.rate",
+            f"{s.job}: {s.achieved_rate:.2f} requests/s while sending; the API's queue wait "
+            f"(wait_seconds): median {_s(s.wait_seconds_p50)}, 95th percentile "
+            f"{_s(s.wait_seconds_p95)}, max {_s(s.wait_seconds_max)}; "
+            f"{_n(s.rate_limited, 'rate-limit answer')} (429), {s.queue_full} of them queue full",
+            stream=out,
+            job=s.job,
+            requests_per_s=round(s.achieved_rate, 3),
+            wait_seconds_p50=s.wait_seconds_p50,
+            wait_seconds_p95=s.wait_seconds_p95,
+            wait_seconds_max=s.wait_seconds_max,
+            rate_limited=s.rate_limited,
+            queue_full=s.queue_full,
         )
     if s.stopped in ("limit", "deadline"):
         _tell_stop(s)
@@ -95,6 +254,23 @@ def run_outcome(s: JobSummary) -> int:
 
 
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
+    """Say what a run would do now; under ``--log-json`` as one ``dry_run.plan`` note with
+    the counts as fields."""
+    with said(
+        "dry_run.plan",
+        job=job.name,
+        groups=s.sent_groups,
+        recipients=s.sent_recipients,
+        rejected_rows=s.rejected_rows,
+        skipped_groups=s.skipped_groups,
+        held_groups=s.held_groups,
+        seconds=round(s.estimate.seconds, 1) if s.estimate else None,
+        cost=s.estimate.cost if s.estimate else None,
+    ):
+        return _print_dry_run(s, job, settings)
+
+
+def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  input        {s.rows_text()}")
@@ -145,7 +321,24 @@ def print_template_notes(s: JobSummary, prefix: str | None = None) -> None:
     if not notes:
         return
     hint = "[message] join = [...] lists every member's value; [message.defaults] fills empties"
-    print(f"{prefix or s.job + ': templates: '}{'; '.join(notes)}. {hint}")
+    text = f"{prefix or s.job + ': templates: '}{'; '.join(notes)}. {hint}"
+    if prefix is not None:  # a line of a longer text (the dry run's)
+        print(text)
+        return
+    say(
+        "job.templates",
+        text,
+        level="warning",
+        stream=sys.stdout,
+        job=s.job,
+        differs=dict(s.template_differs),
+        empty=dict(s.template_empty),
+    )
+
+
+def _s(seconds: float | None) -> str:
+    """``0.4 s``, or ``-`` when the API reported none."""
+    return "-" if seconds is None else f"{seconds:g} s"
 
 
 def duration(seconds: float) -> str:
@@ -174,7 +367,7 @@ def _print_zones(s: JobSummary, window: SendWindow) -> None:
         else:
             at = next_opening(window, zones, now)
             state = f"opens {at:%Y-%m-%d %H:%M} UTC" if at else "no overlap within two days"
-        print(f"    {n:>8} in {key}: {state}")
+        print(f"    {n:>8} recipients in {key}: {state}")
 
 
 def _fits(ceiling: Decimal, e: Estimate | None) -> str:
@@ -190,12 +383,18 @@ def confirm(plan: JobSummary, job: JobConfig) -> bool:
     """Show what the run would send and ask; True only for a yes."""
     e = plan.estimate
     cost_time = f", {e.cost_text()}, at least {duration(e.seconds)}" if e else ""
-    print(
-        f"{job.name}: about to send {plan.sent_groups} groups ({plan.sent_recipients} "
-        f"recipients){cost_time}; grouping: {job.grouping}",
-        file=sys.stderr,
+    say(
+        "run.confirm",
+        f"{job.name}: about to send {_n(plan.sent_groups, 'group')} "
+        f"({_n(plan.sent_recipients, 'recipient')}){cost_time}; grouping: {job.grouping}",
+        job=job.name,
+        groups=plan.sent_groups,
+        recipients=plan.sent_recipients,
     )
-    print("Send now? [y/N] ", end="", file=sys.stderr, flush=True)
+    if _json:
+        say("run.question", "Send now? [y/N]", job=job.name)
+    else:
+        print("Send now? [y/N] ", end="", file=sys.stderr, flush=True)
     try:
         answer = sys.stdin.readline()
     except (OSError, KeyboardInterrupt):

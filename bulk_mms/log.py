@@ -36,6 +36,24 @@ def _scrubber(secret: str | None) -> structlog.types.Processor:
     return scrub
 
 
+def scrub(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with the API key (``TELNYX_API_KEY``) replaced in every string value, in
+    place."""
+    _scrubber(os.environ.get(API_KEY_ENV))(None, "", event)
+    return event
+
+
+def _with_message(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Give a JSON line its ``message``: the event's name and its fields, as a person reads
+    them (``job.progress: rows_done=120 rows_total=400``)."""
+    if "message" not in event:
+        fields = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in ("event", "level", "timestamp")
+        )
+        event["message"] = f"{event.get('event')}: {fields}" if fields else str(event.get("event"))
+    return event
+
+
 def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -83,7 +101,8 @@ def configure(
         verbosity: -1 quiet (warnings and errors), 0 normal (info), 1 verbose (debug).
         stream: where log lines go; stderr by default, so stdout stays for results.
         json: force JSON lines (True) or console lines (False); by default JSON unless the
-            stream is a terminal.
+            stream is a terminal. A JSON line has ``event``, ``level``, ``timestamp`` and
+            ``message`` (the event and its fields in words, unless the call gave one).
         no_color: plain console lines even on a terminal (also when ``NO_COLOR`` is set).
     """
     stream = stream or sys.stderr
@@ -101,6 +120,7 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([_with_message] if json else []),  # before the scrubber, which then scrubs it
             _scrubber(os.environ.get(API_KEY_ENV)),
             renderer,
         ],

@@ -102,7 +102,11 @@ class _Gauges:
         self.set(
             "rows_rejected", "Input rows rejected (bad, duplicate, suppressed).", s.rejected_rows
         )
-        self.set("send_rate_groups_per_second", "Groups sent per second.", s.achieved_rate or 0.0)
+        self.set(
+            "send_rate_groups_per_second",
+            "Requests per second while sending.",
+            s.achieved_rate or 0.0,
+        )
         self.set("wait_seconds_p95", "95th percentile of wait_seconds.", s.wait_seconds_p95 or 0.0)
         self.set("rate_limited_responses", "429 answers in the last run.", s.rate_limited)
         self.set("duration_seconds", "How long the last run took.", s.duration_s)

@@ -83,6 +83,35 @@ class _Tries(msgspec.Struct):
     rerouted: bool = False
 
 
+class RequestTimes:
+    """When this run's requests left, on the monotonic clock: the rate it achieved. Private.
+
+    Every try counts (a retry is a request the pace admitted too), failed or not.
+    """
+
+    __slots__ = ("first", "last", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def left(self, now: float) -> None:
+        """A request leaves now."""
+        self.requests += 1
+        self.first = now if self.first is None else self.first
+        self.last = now
+
+    def rate(self) -> float | None:
+        """Requests per second while sending: the gaps between departures over the time from
+        the first request leaving to the last (``n`` requests paced at ``r`` per second leave
+        ``(n - 1) / r`` seconds apart, so ``n - 1`` gaps, not ``n``: three requests at 10/s
+        are 10/s, not 15). None with fewer than two requests, or all at one instant."""
+        if self.first is None or self.last is None or self.last <= self.first:
+            return None
+        return (self.requests - 1) / (self.last - self.first)
+
+
 class GroupSender:
     """Sends groups for one run. Private to the runner."""
 
@@ -138,7 +167,8 @@ class GroupSender:
         #: None while a request is out (or a try may have been accepted); else the error of
         #: the last try, which certainly failed.
         self.open_attempts: dict[str, SendError | None] = {}
-        self.last_sent: float | None = None
+        #: When each request of this run left (the achieved rate).
+        self.times = RequestTimes()
         #: The account's suppression list (the settings' file, or the database's table).
         self.suppressed = (
             suppressed
@@ -304,6 +334,7 @@ class GroupSender:
             # on record, but the request never left: a resume must not take it for one that
             # may have been accepted
             raise StopRetrying(never_left()) from None
+        self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
 
     def _on_error(self, tries: _Tries, exc: SendError) -> None:
         """Learn from a failed try (the pacer from a 429); keep what a forced stop records."""
@@ -338,7 +369,6 @@ class GroupSender:
         self._release(group, result.receipt)
         if result.receipt is not None:
             self.transient_streak = 0
-            self.last_sent = self.clock.monotonic()
             self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._watch_spam(None)
             return None
@@ -454,9 +484,6 @@ class GroupSender:
             self.stop.request("deadline")
 
     def achieved_rate(self) -> float | None:
-        """Groups this run got sent per second, from its first request to its last send: no
-        rate at all when it sent fewer than two (retries and failures are not progress)."""
-        first, last = self.pacer.first_admit, self.last_sent
-        if self.summary.sent_groups < 2 or first is None or last is None or last <= first:
-            return None
-        return self.summary.sent_groups / (last - first)
+        """Requests per second while this run was sending (:meth:`RequestTimes.rate`); none
+        when it got nothing sent (the rate of tries that all failed says nothing of pace)."""
+        return self.times.rate() if self.summary.sent_groups else None

@@ -73,7 +73,8 @@ class JobSummary(msgspec.Struct):
     wait_seconds_p50: float | None = None
     wait_seconds_p95: float | None = None
     wait_seconds_max: float | None = None
-    #: Requests admitted per second, first to last admission.
+    #: Requests per second while sending: every try, over the time from the first request
+    #: leaving to the last, on the monotonic clock (None when nothing was sent).
     achieved_rate: float | None = None
     #: 429 answers, and of those how many said the queue was full (40318).
     rate_limited: int = 0
@@ -117,6 +118,8 @@ class JobSummary(msgspec.Struct):
             "rejected_rows": self.rejected_rows,
             "duplicate_rows": self.duplicate_rows,
             "excluded_rows": self.excluded_rows,
+            "input_rows": self.input.rows if self.input else None,
+            "rejected_by_reason": dict(self.input.lost.most_common()) if self.input else None,
             "skipped_groups": self.skipped_groups,
             "held_groups": self.held_groups,
             "expired_groups": self.expired_groups,
@@ -144,16 +147,16 @@ class JobSummary(msgspec.Struct):
             self.rejected_rows += 1
 
     def rows_text(self) -> str:
-        """The input rows not sent, in words: ``"rejected 3 of 400 rows (0.8%: not a valid
-        number: 2 rows, ...); 1 duplicate; 5 already sent (--exclude-sent)"``."""
+        """The input rows not sent, in words: ``"3 of 400 rows rejected (0.8%: not a valid
+        number: 2 rows, ...); 1 duplicate number; 5 already sent (--exclude-sent)"``."""
         scan = self.input
         if scan is not None and scan.lost_rows:
             text = (
-                f"rejected {scan.lost_rows} of {scan.rows} rows "
+                f"{scan.lost_rows} of {scan.rows} rows rejected "
                 f"({scan.lost_share:.1%}: {scan.reasons()})"
             )
         else:
-            text = f"rejected {self.rejected_rows} rows"
+            text = f"{self.rejected_rows} row{'s' * (self.rejected_rows != 1)} rejected"
         if self.duplicate_rows:
             text += f"; {self.duplicate_rows} duplicate number{'s' * (self.duplicate_rows != 1)}"
         if self.excluded_rows:

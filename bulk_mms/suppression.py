@@ -144,13 +144,16 @@ def _read(path: Path) -> list[str]:
     return out
 
 
-def parse_numbers(values: Iterable[str], region: str = "US") -> list[str]:
-    """Numbers given on the command line, in E.164.
-
-    Raises:
-        ConfigError: one is not a valid number.
-    """
-    try:
-        return [normalize_phone(v, region) for v in values]
-    except PhoneError as exc:
-        raise ConfigError("NUMBER", str(exc)) from None
+def parse_numbers(
+    values: Iterable[str], region: str = "US"
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Numbers given on the command line: the valid ones in E.164, and each one that is not a
+    number as ``(what was given, why)``, both in the order given."""
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for v in values:
+        try:
+            good.append(normalize_phone(v, region))
+        except PhoneError as exc:
+            bad.append((v, str(exc)))
+    return good, bad

@@ -13,7 +13,8 @@ interval each time (up to ``max_interval``), so a long tail of slow carriers cos
 
 A 404 (the API does not know the id) and a recipient the API does not list are counted and
 named in the result, never fatal. A refused key or a redirect stops tracking
-(:class:`FatalSendError`).
+(:class:`FatalSendError`), and so does an API that cannot be reached:
+:data:`UNREACHABLE_AFTER` connection failures in a row (:class:`ApiUnavailable`, exit 1).
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from typing import Any
 import msgspec
 import structlog
 
-from bulk_mms.budget import FixedRate
+from bulk_mms.budget import FixedRate, PaceAborted
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import Settings
 from bulk_mms.delivery import FINAL
-from bulk_mms.errors import FatalSendError, NotFound, RateLimited, SendError
+from bulk_mms.errors import (
+    ApiUnavailable,
+    FatalSendError,
+    NetworkError,
+    NotFound,
+    RateLimited,
+    SendError,
+)
 from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import RecipientStatus
@@ -39,6 +47,12 @@ from bulk_mms.retry import fetch_with_retry
 from bulk_mms.signals import Stop
 
 log = structlog.get_logger("bulk_mms.track")
+
+#: Tries in a row that could not connect to the API (refused, DNS, TLS, connect timeout:
+#: :class:`NetworkError`) after which tracking stops with :class:`ApiUnavailable` (exit 1):
+#: at the default backoff that is under a minute, not every group through every retry. Any
+#: answer from the API, an error status included, starts the count again.
+UNREACHABLE_AFTER = 5
 
 
 class TrackResult(msgspec.Struct):
@@ -60,8 +74,10 @@ class TrackResult(msgspec.Struct):
     #: Groups whose GET failed after retries, by error code, in the last pass.
     errors: Counter[str] = msgspec.field(default_factory=Counter)
     stopped: str | None = None
-    #: The error that ended tracking (a refused key), if one did.
+    #: The error that ended tracking (a refused key, an unreachable API), if one did.
     error: BaseException | None = None
+    #: The job the ledger belongs to (its header), once the ledger was read.
+    job: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +106,7 @@ class Tracker:
         *,
         clock: Clock | None = None,
         stop: Stop | None = None,
+        result: TrackResult | None = None,
     ) -> None:
         self.view = view
         self.store = store
@@ -99,10 +116,14 @@ class Tracker:
         self.stop = stop or Stop()
         self.clock: Clock = clock or SystemClock(self.stop)
         self.gets = FixedRate(self.cfg.rate, self.clock, stopped=self.stop.is_set)
-        self.result = TrackResult()
+        #: What tracking found: the caller's, when given, so it keeps the job's name and what
+        #: was found even if tracking is cut short.
+        self.result = result if result is not None else TrackResult()
         #: Group id → (passes without change, monotonic time of the next ask).
         self.backoff: dict[str, tuple[int, float]] = {}
         self._not_found: set[str] = set()
+        #: Tries in a row that could not connect (:data:`UNREACHABLE_AFTER`).
+        self.connect_failures = 0
 
     def __repr__(self) -> str:
         return f"<Tracker {self.store.name} groups={len(self.view.groups)}>"
@@ -139,7 +160,17 @@ class Tracker:
 
         async def call() -> tuple[RecipientStatus, ...]:
             await self._limited()
-            return await fetch(message_id)
+            try:
+                found = await fetch(message_id)
+            except NetworkError as exc:
+                self._unreachable(exc)
+                raise
+            except SendError as exc:
+                if exc.status is not None:  # the API answered: it can be reached
+                    self.connect_failures = 0
+                raise
+            self.connect_failures = 0
+            return found
 
         def on_error(exc: SendError) -> None:
             if isinstance(exc, RateLimited):
@@ -154,6 +185,19 @@ class Tracker:
             clock=self.clock,
             on_error=on_error,
         )
+
+    def _unreachable(self, exc: NetworkError) -> None:
+        """One more try could not connect; at :data:`UNREACHABLE_AFTER` in a row, give up.
+
+        Raises:
+            ApiUnavailable: that many tries in a row could not connect (not retried).
+        """
+        self.connect_failures += 1
+        if self.connect_failures >= UNREACHABLE_AFTER:
+            raise ApiUnavailable(
+                f"the API cannot be reached: {self.connect_failures} tries in a row could not "
+                f"connect ({exc}); check base_url and the network, then run track again"
+            )
 
     async def ask(self, g: GroupRecord) -> tuple[RecipientStatus, ...] | None:
         """The API's statuses for a group's pending recipients; None when it cannot say."""
@@ -190,6 +234,12 @@ class Tracker:
         except FatalSendError as exc:  # a refused key, or a redirect: no GET can succeed
             self.result.error = exc
             self.stop.request("auth" if exc.status in (401, 403) else "endpoint")
+            return
+        except ApiUnavailable as exc:  # nothing can be asked: stop every worker
+            self.result.error = self.result.error or exc
+            self.stop.request("unavailable")
+            return
+        except PaceAborted:  # stopping while this group waited for the rate: left as it is
             return
         except SendError as exc:
             self.result.errors[exc.code] += 1
@@ -288,10 +338,15 @@ async def track_ledger(
     follow: bool = False,
     clock: Clock | None = None,
     stop: Stop | None = None,
+    result: TrackResult | None = None,
 ) -> TrackResult:
-    """Track a ledger's sent groups: one pass, or until done with ``follow``.
+    """Track a ledger's sent groups: one pass, or until done with ``follow``, into ``result``
+    when given (a new one by default); its ``job`` is set as soon as the ledger is read.
 
     Works beside a run that is still sending (status events need no run lock).
+
+    An API that cannot be reached ends tracking with the result's ``error`` an
+    :class:`ApiUnavailable` (see :data:`UNREACHABLE_AFTER`).
 
     Raises:
         LedgerError: the ledger is missing, empty, corrupt or cannot be written.
@@ -300,7 +355,8 @@ async def track_ledger(
     store = open_store(location, "append")
     try:
         view = store.fold()
-        tracker = Tracker(view, store, client, settings, clock=clock, stop=stop)
+        tracker = Tracker(view, store, client, settings, clock=clock, stop=stop, result=result)
+        tracker.result.job = view.header.job if view.header is not None else None
         groups = sum(1 for _ in view.sent_groups())
         log.info("track.started", ledger=store.name, groups=groups, follow=follow)
         return await tracker.run(follow=follow)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bulk_mms.cli import main
 from bulk_mms.config import check_base_url, load_job, load_settings, sends_key_in_clear
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
@@ -82,6 +83,29 @@ def test_bad_job_files_name_the_setting(
     assert setting in err
     assert message in err
     assert "\n" not in err
+
+
+def test_a_csv_given_as_the_job_says_it_is_not_a_job_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV where the job belongs: 'x.csv is not a job file (TOML): ...', exit 2, no
+    'Invalid statement' or syntax talk without saying what the file is not."""
+    people = write(tmp_path, "phone,first\n+12125550100,Ann\n", "people.csv")
+    with pytest.raises(ConfigError) as info:
+        load_job(people)
+    assert str(info.value).startswith(f"{people} is not a job file (TOML): ")
+    assert main(["run", str(people), "--dry-run"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"bulk-mms: error: {people} is not a job file (TOML): ")
+
+
+def test_a_binary_file_given_as_settings_says_it_is_not_a_settings_file(tmp_path: Path) -> None:
+    """A gzip where the settings belong: not a settings file (TOML), not UTF-8 text."""
+    p = tmp_path / "people.csv.gz"
+    p.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    with pytest.raises(ConfigError) as info:
+        load_settings(p)
+    assert str(info.value) == f"{p} is not a settings file (TOML): not UTF-8 text"
 
 
 def test_missing_job_file(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_an_unsorted_group_by_export_sends_every_family_whole(
     assert fake.recipient_counts() == dict.fromkeys(everyone, 1)
     sent = {frozenset(m.to) for m in fake.accepted}
     assert sent == {frozenset(v) for v in families.values()}  # all of 1..6: never split
-    assert "rejected 0 rows" in capsys.readouterr().out
+    assert "0 rows rejected" in capsys.readouterr().out
 
 
 def cp1252_export(path: Path) -> None:
@@ -146,7 +146,7 @@ def test_a_third_invalid_sends_the_rest_when_the_job_allows_it(
         assert main(["run", str(job.path), "--base-url", url]) == 0
     assert fake.recipient_counts() == dict.fromkeys(valid, 1)
     out = capsys.readouterr()
-    assert "rejected 10 of 30 rows (33.3%" in out.out
+    assert "10 of 30 rows rejected (33.3%" in out.out
     assert "input.rows_rejected" in out.out + out.err
 
 

@@ -141,7 +141,7 @@ async def test_suppressed_numbers_are_rejected_before_any_request(
         main(["-q", "suppress", "add", "+12125550001", "(212) 555-0003", "--config", str(config)])
         == 0
     )
-    assert "2 added to" in capsys.readouterr().err
+    assert "2 numbers added to" in capsys.readouterr().err
     settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
     client = FakeClient()
     s = await run_job(job, settings, client, clock=FakeClock())
@@ -153,6 +153,38 @@ async def test_suppressed_numbers_are_rejected_before_any_request(
     assert main(["-q", "suppress", "remove", "+12125550001", "--config", str(config)]) == 0
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
     assert capsys.readouterr().out.split() == ["+12125550003"]
+
+
+def test_suppress_add_names_each_bad_number_and_adds_the_good(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`suppress add` with bad numbers among good ones: each bad one is named on its own line,
+    the good ones are on the list, and the exit code is 1."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    given = ["+12125550001", "call-me", "(212) 555-0003", "+1555"]
+    assert main(["-q", "suppress", "add", *given, "--config", str(config)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err[0]
+        == "bulk-mms: 'call-me' is not a phone number (phone number contains letters): not added"
+    )
+    assert err[1].startswith("bulk-mms: '+1555' is not a phone number (")
+    assert err[2] == f"bulk-mms: 2 numbers added to {tmp_path / 'suppressed.txt'}"
+    assert len(err) == 3
+    assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.split() == ["+12125550001", "+12125550003"]
+
+
+def test_suppress_add_with_only_bad_numbers_adds_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`suppress add` with no valid number names it, writes no list, and exits 1."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    assert main(["-q", "suppress", "add", "nope", "--config", str(config)]) == 1
+    assert "'nope' is not a phone number" in capsys.readouterr().err
+    assert not (tmp_path / "suppressed.txt").exists()
 
 
 async def test_an_opt_out_refusal_puts_the_number_on_the_list(

@@ -69,5 +69,5 @@ async def test_the_dry_run_shows_recipients_per_zone(
     assert plan.zones == {"America/New_York": 6, "America/Los_Angeles": 6}
     print_dry_run(plan, job, FAST)
     out = capsys.readouterr().out
-    assert "6 in America/New_York" in out
-    assert "6 in America/Los_Angeles" in out
+    assert "6 recipients in America/New_York" in out
+    assert "6 recipients in America/Los_Angeles" in out

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 from msgspec.structs import replace
+from prometheus_client.parser import text_string_to_metric_families
 
+from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import TrackConfig
+from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.delivery import Known, supersedes
-from bulk_mms.errors import AuthError, EndpointError, ServerError
+from bulk_mms.errors import ApiUnavailable, AuthError, EndpointError, NetworkError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
 from bulk_mms.ledger import load
 from bulk_mms.models import RecipientStatus
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import track_ledger
+from bulk_mms.track import UNREACHABLE_AFTER, track_ledger
 from tests.conftest import FAST, FakeClock, JobFactory, numbers, sent_ledger
 
 API = tuple[FakeTelnyx, str]
@@ -231,3 +235,62 @@ async def test_track_agrees_with_the_server_recipient_by_recipient(
     assert failed_lines
     assert all(e["errors"] and e["source"] == "track" for e in failed_lines)
     assert all(orjson.dumps(e).startswith(b'{"event":"status"') for e in failed_lines)
+
+
+async def test_an_unreachable_api_stops_tracking_after_a_run_of_failures(
+    jobs: JobFactory,
+) -> None:
+    """Tries that cannot connect, UNREACHABLE_AFTER in a row, end tracking with ApiUnavailable
+    instead of every group going through every retry."""
+    ledger, client = await sent_ledger(jobs, 40)
+    for n, g in enumerate(client.calls):
+        client.delivery[f"msg-{g.id}-{n}"] = NetworkError("cannot connect: refused")
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock(), follow=True)
+    assert isinstance(r.error, ApiUnavailable)
+    assert f"{UNREACHABLE_AFTER} tries in a row could not connect" in str(r.error)
+    assert r.stopped == "unavailable"
+    assert len(client.fetches) < UNREACHABLE_AFTER + FAST.concurrency  # not 10 groups x 3 tries
+
+
+async def test_an_answer_breaks_the_run_of_connection_failures(jobs: JobFactory) -> None:
+    """Connection failures with answers between them never add up to an unreachable API."""
+    ledger, client = await sent_ledger(jobs, 40)
+    for n, g in enumerate(client.calls):
+        refused = NetworkError("cannot connect: refused")
+        client.delivery[f"msg-{g.id}-{n}"] = refused if n % 2 else ServerError("x", status=503)
+    r = await track_ledger(ledger, replace(FAST, concurrency=1), client, clock=FakeClock())
+    assert r.error is None
+    assert sum(r.errors.values()) == 10  # each group asked, and left for the next pass
+
+
+def test_track_against_a_closed_port_exits_1_in_one_line(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """track with nothing listening at the base URL: exit 1, one line saying so; the metrics
+    file labels its series with the job's name, not the ledger's path."""
+    monkeypatch.setenv("TELNYX_API_KEY", KEY)
+    jobs.people(20)
+    job = jobs.job(extra="group_size = 2", name="nightly-news")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--rate", "1000"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    cfg = jobs.root / "config.toml"
+    cfg.write_text("[retry]\nbackoff_initial = 0.001\nbackoff_max = 0.002\n")
+    prom = jobs.root / "track.prom"
+    capsys.readouterr()
+    closed = f"http://127.0.0.1:{port}/v2"
+    ledger = str(sandbox_ledger(job.ledger))
+    code = main(["-q", "track", ledger, "--follow", "--config", str(cfg),
+                 "--base-url", closed, "--metrics-file", str(prom)])  # fmt: skip
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("bulk-mms: error: the API cannot be reached: 5 tries in a row")
+    names = {
+        s.labels["name"]
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+    assert names == {"nightly-news"}

@@ -17,8 +17,20 @@ from bulk_mms.errors import ConfigError
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning every failure into a one-line :class:`ConfigError`."""
+class _NotToml(ConfigError):
+    """A file given as TOML that is not (a CSV where the job belongs). Private."""
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.message}"
+
+
+def read_toml(path: Path, kind: str = "TOML file") -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into a one-line :class:`ConfigError`.
+
+    A file whose name does not end in ``.toml`` and does not parse is said to be no ``kind``
+    (``jobs/x.csv is not a job file (TOML): ...``): most likely another file was given in
+    its place. A ``.toml`` file that does not parse has a syntax error, said with its line.
+    """
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -28,10 +40,13 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("file", "is a directory, not a TOML file", source=path) from None
     except PermissionError:
         raise ConfigError("file", "permission denied", source=path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("file", "is not UTF-8 text", source=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("syntax", str(exc), source=path) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        if path.suffix.lower() != ".toml":
+            raise _NotToml("file", f"is not a {kind} (TOML): {why}", source=path) from None
+        if isinstance(exc, UnicodeDecodeError):
+            raise ConfigError("file", "is not UTF-8 text", source=path) from None
+        raise ConfigError("syntax", why, source=path) from None
     except OSError as exc:
         raise ConfigError("file", exc.strerror or str(exc), source=path) from None
 

@@ -228,7 +228,7 @@ def load_job(
         ConfigError: the file is missing, not TOML, or any setting is wrong.
     """
     path = Path(path)
-    top = Table(read_toml(path), path)
+    top = Table(read_toml(path, "job file"), path)
     file_name = top.str_("name", required=name is None)
     name = name or file_name
     assert name is not None

@@ -122,7 +122,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     dflt = settings.retry
     if path is not None:
         path = Path(path)
-        top = Table(read_toml(path), path)
+        top = Table(read_toml(path, "settings file"), path)
         api = top.table("api")
         limits = top.table("limits")
         retry = top.table("retry")

@@ -1,0 +1,104 @@
+"""What a run says at its end: counts with their units, and the rate it really achieved."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from msgspec.structs import replace
+
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import Exit, SendError, ServerError
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.runner import run_job
+from bulk_mms.sending import RequestTimes
+from bulk_mms.summary import JobSummary
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+
+#: One request at a time: FakeClock's sleeps add up, so concurrent sleepers would move its
+#: time on by the sum of their waits rather than the longest.
+PACED_10 = replace(FAST, rate=10.0, concurrency=1)
+
+
+def test_request_times_count_gaps_not_requests() -> None:
+    """Three requests 0.1 s apart are 10 requests/s, not 3 over 0.2 s (15/s)."""
+    times = RequestTimes()
+    for t in (5.0, 5.1, 5.2):
+        times.left(t)
+    assert times.rate() == pytest.approx(10.0)
+
+
+def test_request_times_need_two_instants() -> None:
+    """No rate from one request, or from requests that all left at one instant."""
+    times = RequestTimes()
+    assert times.rate() is None
+    times.left(1.0)
+    assert times.rate() is None
+    times.left(1.0)
+    assert times.rate() is None
+
+
+async def test_a_short_run_paced_at_10_says_10(jobs: JobFactory) -> None:
+    """A run of three groups paced at 10/s reports about 10 requests/s, not 15."""
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 4")
+    s = await run_job(job, PACED_10, FakeClient(), clock=FakeClock())
+    assert s.sent_groups == 3
+    assert s.achieved_rate == pytest.approx(10.0, rel=0.05)
+
+
+async def test_retries_are_requests_too(jobs: JobFactory) -> None:
+    """Every try is a request the pace admitted: a group tried twice counts twice."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    tried: set[str] = set()
+
+    def first_try_fails(group: Group, n: int) -> SendReceipt | SendError:
+        if group.id in tried:
+            return ok_receipt(group, n)
+        tried.add(group.id)
+        return ServerError("503", status=503)
+
+    client = FakeClient(first_try_fails)
+    s = await run_job(job, PACED_10, client, clock=FakeClock())
+    assert (s.sent_groups, len(client.calls)) == (2, 4)
+    assert s.achieved_rate == pytest.approx(10.0, rel=0.05)
+
+
+def test_quiet_hours_line_names_its_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quiet-hours stop says how many recipients wait, and where."""
+    s = JobSummary(
+        "j",
+        sent_groups=4,
+        stopped="quiet_hours",
+        quiet={"America/Chicago": 59},
+        next_opening=dt.datetime(2025, 1, 2, 14, 0, tzinfo=dt.UTC),
+    )
+    assert run_outcome(s) == Exit.WINDOW
+    err = capsys.readouterr().err
+    assert "4 groups sent this run" in err
+    assert "59 recipients held for their quiet hours (59 in America/Chicago)" in err
+    assert "2025-01-02 14:00 UTC" in err
+
+
+def test_summary_lines_name_their_units(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each count in the summary says what it counts, and the rate says requests/s."""
+    s = JobSummary(
+        "j",
+        sent_groups=1,
+        sent_recipients=3,
+        failed_groups=2,
+        rejected_rows=1,
+        skipped_groups=5,
+        achieved_rate=9.94,
+        wait_seconds_p50=0.5,
+        rate_limited=1,
+    )
+    assert run_outcome(s) == Exit.OK
+    out = capsys.readouterr().out
+    assert "sent 1 group (3 recipients); 2 groups failed" in out
+    assert "5 groups already done" in out
+    assert "; 1 row rejected" in out
+    assert "9.94 requests/s while sending" in out
+    assert "median 0.5 s" in out
+    assert "1 rate-limit answer (429)" in out
