@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from bulk_mms.csvfile import safe_cell, write_csv
 from bulk_mms.delivery import FINAL
 from bulk_mms.ledger import (
     STATES,
@@ -268,16 +269,18 @@ def format_text(s: LedgerSummary, path: Location) -> str:
 
 
 def format_csv(s: LedgerSummary) -> str:
-    """The report as ``metric,value`` rows; nested counts become ``delivery.delivered`` etc."""
+    """The report as ``metric,value`` rows; nested counts become ``delivery.delivered`` etc.
+    Every cell goes through :func:`~bulk_mms.csvfile.safe_cell` (a reason read from an input
+    row never runs as a formula)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["metric", "value"])
     for key, value in s.as_dict().items():
         if isinstance(value, dict):
             for sub, v in value.items():
-                w.writerow([f"{key}.{sub}", v])
+                w.writerow([safe_cell(f"{key}.{sub}"), safe_cell(v)])
         else:
-            w.writerow([key, "" if value is None else value])
+            w.writerow([key, safe_cell(value)])
     return out.getvalue()
 
 
@@ -298,7 +301,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
     ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
     (replacing those columns of an input that was itself such a file).
-    The file is written next to ``out`` and renamed into place, so it is never half written.
+    Written by :func:`~bulk_mms.csvfile.write_csv`: whole or not at all, and no cell a
+    spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
+    a job's input).
 
     Returns:
         (rows written, whether they are the original rows).
@@ -321,14 +326,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         row[CAMPAIGN_COLUMN] = s.campaign or ""
     ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
     columns = [c for c in columns if c not in ours]
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, [*columns, *ours], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out)
-    return len(rows), full
+    header = [*columns, *ours]
+    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows))
+    return n, full
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:

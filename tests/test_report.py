@@ -16,7 +16,14 @@ from bulk_mms.errors import Rejected, ServerError
 from bulk_mms.ledger import open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.report import CAMPAIGN_COLUMN, REASON_COLUMN, summarize, write_failed_csv
+from bulk_mms.report import (
+    CAMPAIGN_COLUMN,
+    REASON_COLUMN,
+    LedgerSummary,
+    format_csv,
+    summarize,
+    write_failed_csv,
+)
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from tests.conftest import (
@@ -193,3 +200,30 @@ async def test_report_agrees_with_resume_on_what_is_in_doubt(
     assert s.in_doubt_recipients == 8
     assert len(groups_in(job.ledger, "in_doubt")) == s.in_doubt_groups
     assert s.sent_recipients + s.in_doubt_recipients == 12
+
+
+async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactory) -> None:
+    """--failed-csv writes a cell a spreadsheet would run as a formula with a leading quote,
+    and the E.164 numbers as they are: the file still reads back as a job's input."""
+    jobs.csv([{"phone": p, "first": "=HYPERLINK(1)"} for p in numbers(4)])
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient(lambda g, n: Rejected("bad", status=400))
+    await run_job(job, FAST, client, clock=FakeClock())
+    out = jobs.root / "failed.csv"
+    argv = ["-q", "report", str(job.ledger), "--format", "json", "--failed-csv", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["phone"] for r in rows] == numbers(4)
+    assert {r["first"] for r in rows} == {"'=HYPERLINK(1)"}
+    again = load_job(jobs.root / "job.toml", name="again", input_file=out)
+    resend = FakeClient()
+    await run_job(again, FAST, resend, clock=FakeClock())
+    assert sorted(resend.sent_numbers()) == numbers(4)
+
+
+def test_report_csv_neutralises_formulas() -> None:
+    """--format csv writes no cell that starts a formula (a job name here), numbers kept."""
+    s = LedgerSummary(job="=cmd|' /C calc'!A0", rejected_rows=3)
+    rows = dict(csv.reader(io.StringIO(format_csv(s))))
+    assert rows["job"] == "'=cmd|' /C calc'!A0"
+    assert rows["rejected_rows"] == "3"
