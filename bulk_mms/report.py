@@ -6,6 +6,8 @@ doubt, not attempted), delivery statuses as ``track`` and ``webhooks`` ordered t
 currency, waits and error codes. :func:`write_failed_csv` turns the recipients no rerun will
 send (failed for good, or not delivered) into an input file a new job can take as it is: never
 one that is in doubt or that a plain rerun sends, so nobody is texted twice.
+Every CSV goes through :func:`~bulk_mms.csvfile.write_csv`, and every error or reason is said in
+words (:mod:`bulk_mms.words`) where a person reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from bulk_mms.ledger import (
     STATES,
     Failed,
     InDoubt,
+    LedgerView,
     Location,
     RecipientCounts,
     Sent,
@@ -34,6 +37,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import (
     FAILED,
     IN_DOUBT,
+    NOT_ATTEMPTED,
     RESENDABLE_NOTE,
     RETRY_PENDING,
     SENT,
@@ -42,6 +46,7 @@ from bulk_mms.ledger.fold import (
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
+from bulk_mms.words import OPEN, count, error_words, why_words
 
 
 class LedgerSummary(msgspec.Struct):
@@ -62,8 +67,13 @@ class LedgerSummary(msgspec.Struct):
     cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     attempts: int = 0
     wait_seconds: list[float] = msgspec.field(default_factory=list)
+    #: Failed events by their code (each time a group's tries ended on an error, every run).
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    #: Rejected input rows by reason (every reason, each counted in rows).
     rejected_reasons: Counter[str] = msgspec.field(default_factory=Counter)
+    #: The groups not sent (failed, retry pending, in doubt), by state and why in words
+    #: (:func:`~bulk_mms.words.why_words`): (groups, recipients).
+    unsent: dict[tuple[str, str], tuple[int, int]] = msgspec.field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
     #: 429 answers over all groups, and seconds spent sending (first attempt to last outcome,
@@ -162,7 +172,7 @@ class LedgerSummary(msgspec.Struct):
             "wait_seconds_p95": percentile(waits, 0.95),
             "wait_seconds_max": waits[-1] if waits else None,
             "error_codes": dict(self.error_codes.most_common()),
-            "rejected_reasons": dict(self.rejected_reasons.most_common()),
+            "rejected_rows_by_reason": dict(self.rejected_reasons.most_common()),
             "first_event": self.first_time,
             "last_event": self.last_time,
         }
@@ -193,6 +203,7 @@ def _summarize(location: Location) -> LedgerSummary:
     s.cost = view.cost()
     s.recipient_states = view.recipients()
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
+    s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
     s.rejected_rows = sum(view.rejected.values())
@@ -201,18 +212,37 @@ def _summarize(location: Location) -> LedgerSummary:
     return s
 
 
+def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
+    """The groups not sent, by (state, why in words): how many groups, how many recipients."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    words: dict[str, str] = {}  # a few whys among many groups: each said once
+    for rec in view.groups.values():
+        state = rec.state
+        if state is None or state == SENT:
+            continue
+        why = rec.why or OPEN
+        said = words.get(why)
+        if said is None:
+            said = words[why] = why_words(why)
+        groups, recipients = out.get((state, said), (0, 0))
+        out[state, said] = (groups + 1, recipients + len(rec.counted))
+    return dict(sorted(out.items(), key=lambda kv: (STATES.index(kv[0][0]), -kv[1][1])))
+
+
 #: How the table names each state, and what it means for the next step.
 _STATE_ROWS = (
     (SENT, "sent", ""),
     (FAILED, "failed", "  (final: in --failed-csv)"),
     (RETRY_PENDING, "retry pending", "  (a plain rerun sends them)"),
     (IN_DOUBT, "in doubt", "  (may have been sent: held)"),
-    ("not_attempted", "not attempted", "  (a plain rerun sends them)"),
+    (NOT_ATTEMPTED, "not attempted", "  (not sent yet: a plain rerun sends them)"),
 )
+_LABELS = {state: label for state, label, _ in _STATE_ROWS}
 
 
 def format_text(s: LedgerSummary, path: Location) -> str:
-    """The report as a table, for a person at a terminal."""
+    """The report as a table, for a person at a terminal: every count with its unit, every
+    error and reason in words (:mod:`bulk_mms.words`), every rejection reason."""
     d = s.as_dict()
     r = d["recipients"]
     cost = ", ".join(f"{v} {k}" for k, v in d["cost_by_currency"].items()) or "0"
@@ -223,34 +253,47 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         f"{'':15}{'groups':>8}{'recipients':>12}",
     ]
     for state, label, note in _STATE_ROWS:
-        groups = s.groups[state] if state in s.groups or state != "not_attempted" else ""
+        groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         lines.append(f"{label:15}{groups:>8}{r[state]:>12}{note if r[state] else ''}")
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
     )
     lines += [
         f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}",
-        f"{'rejected':15}{'':>8}{s.rejected_rows:>12}  (input rows never sent)",
+        "",
+        f"rejected     {count(s.rejected_rows, 'input row')} never sent"
+        + ("; list them with --rejected-csv" if s.rejected_rows else ""),
+        f"duplicates   {count(s.duplicate_rows, 'row')} whose number is in the job already "
+        "(the latest run's count; nobody is sent twice)",
         "",
     ]
+    if s.unsent:
+        lines.append("not sent, and why")
+        for (state, why), (groups, recipients) in s.unsent.items():
+            lines.append(
+                f"  {_LABELS[state]:14}{count(groups, 'group')}, "
+                f"{count(recipients, 'recipient')}: {why}"
+            )
+        lines.append("")
     if s.delivery:
         lines.append("delivery     (recipients of sent groups, latest status)")
         lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
         if d["delivery_pending"]:
             lines.append(
-                f"  not final yet: {d['delivery_pending']} (run `bulk-mms track {path}`; add "
-                "--sandbox for a sandbox run)"
+                f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
+                f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
             )
         lines.append("")
     resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
     lines.append(
-        f"did not get  {len(s.undelivered)} recipients ({resendable} of them met a carrier's "
-        "cap or filter: resendable); write them with --failed-csv"
+        f"did not get  {count(len(s.undelivered), 'recipient')} ({resendable} of them met a "
+        "carrier's cap or filter: resendable); write them with --failed-csv"
     )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
         lines.append(
-            f"rate         {d['achieved_rate']} groups/s while sending; 429s: {s.rate_limited}"
+            f"rate         {d['achieved_rate']} groups/s while sending; "
+            f"429 answers: {s.rate_limited}"
         )
     if d["wait_seconds_max"] is not None:
         lines.append(
@@ -258,12 +301,15 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             f"  max {d['wait_seconds_max']}"
         )
     if s.error_codes:
-        lines.append(
-            "errors       " + ", ".join(f"{k} x{v}" for k, v in s.error_codes.most_common(10))
+        lines.append("errors that ended a group's tries (a group counts again in each run it did)")
+        lines.extend(
+            f"  {count(n, 'group'):>12}  {error_words(code)}"
+            for code, n in s.error_codes.most_common()
         )
     if s.rejected_reasons:
-        lines.append(
-            "rejections   " + ", ".join(f"{k} x{v}" for k, v in s.rejected_reasons.most_common(5))
+        lines.append("rejected rows, by reason")
+        lines.extend(
+            f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rejected_reasons.most_common()
         )
     return "\n".join(lines)
 

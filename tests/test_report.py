@@ -1,21 +1,25 @@
-"""report: outcome and delivery counts, formats, and the failed-recipients file as a new job."""
+"""report: outcome and delivery counts, formats, the failed-recipients file as a new job, and
+errors and reasons in words."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.config import load_job
-from bulk_mms.errors import Rejected, ServerError
+from bulk_mms.errors import NetworkError, Rejected, SendError, ServerError
 from bulk_mms.ledger import open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.recorder import never_left
 from bulk_mms.report import (
     CAMPAIGN_COLUMN,
     REASON_COLUMN,
@@ -200,6 +204,128 @@ async def test_report_agrees_with_resume_on_what_is_in_doubt(
     assert s.in_doubt_recipients == 8
     assert len(groups_in(job.ledger, "in_doubt")) == s.in_doubt_groups
     assert s.sent_recipients + s.in_doubt_recipients == 12
+
+
+# -- words for people, every reason ---------------------------------------------------------
+
+
+async def troubled_ledger(jobs: JobFactory) -> Path:
+    """40 people in groups of 4, one at a time: group 0 refused (400), 1 unreachable, 2 on
+    503s, 4 stopped before its request left (what a Ctrl-C records), the rest sent."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 4")
+    troubles: dict[int, SendError] = {
+        0: Rejected("bad", status=400),
+        1: NetworkError("cannot connect: refused"),
+        2: ServerError("the server failed", status=503),
+        4: never_left(),
+    }
+
+    def handler(group: Group, n: int) -> SendError | SendReceipt:
+        return troubles.get(group.seq) or ok_receipt(group, n)
+
+    await run_job(job, replace(FAST, concurrency=1), FakeClient(handler), clock=FakeClock())
+    return job.ledger
+
+
+async def test_table_says_what_happened_in_words(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table says each error and why each group is not sent in words, with units, and
+    names no error class."""
+    path = await troubled_ledger(jobs)
+    capsys.readouterr()
+    assert main(["report", str(path), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    for said in (
+        "failed        1 group, 4 recipients: refused by the API (HTTP 400)",
+        "retry pending 1 group, 4 recipients: API unreachable: no connection could be made",
+        "retry pending 1 group, 4 recipients: server error 503: retries used up",
+        "retry pending 1 group, 4 recipients: not sent yet: the run was stopped (Ctrl-C",
+        "1 group  API unreachable",
+        "did not get  4 recipients",
+    ):
+        assert said in table
+    for name in ("RetryableSendError", "NetworkError", "ServerError", " x1"):
+        assert name not in table
+
+
+async def test_in_doubt_after_a_crash_is_said_in_words(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group whose request was out when the run died reads as "may have been sent", with
+    what a rerun does about it, in the table and in the HTML page."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    await crash_mid_send(job, monkeypatch, hanging=1, hang=lambda g: g.seq == 0)
+    capsys.readouterr()
+    page = jobs.root / "report.html"
+    assert main(["report", str(job.ledger), "--format", "table", "--html", str(page)]) == 0
+    said = "1 group, 4 recipients: may have been sent: its request was out when the ledger"
+    assert said in capsys.readouterr().out
+    assert "may have been sent: its request was out" in page.read_text()
+
+
+async def test_html_says_errors_in_words(jobs: JobFactory) -> None:
+    """The page's tables say what happened, not the error's class, and count in units."""
+    path = await troubled_ledger(jobs)
+    page = jobs.root / "report.html"
+    assert main(["-q", "report", str(path), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "API unreachable: no connection could be made" in text
+    assert "server error 503: retries used up" in text
+    assert "not sent yet: the run was stopped" in text
+    assert "<td>retry pending</td><td>1</td><td>4</td>" in text
+    for name in ("RetryableSendError", "NetworkError", "ServerError"):
+        assert name not in text
+
+
+#: Seven kinds of bad number, one row each (more than any top-5 would show).
+BAD_NUMBERS = (
+    "",
+    "abc",
+    "+442071838750",
+    "+33142685300",
+    "+15555550100",
+    "+18765550100",
+    "=1+2",
+)
+
+
+def rejecting_job(jobs: JobFactory) -> Path:
+    """A job of 200 good numbers, one duplicate and :data:`BAD_NUMBERS`, run in the sandbox;
+    its ledger."""
+    people = [*numbers(200), numbers(1)[0], *BAD_NUMBERS]
+    jobs.csv([{"phone": p, "first": "x"} for p in people])
+    job = jobs.job()
+    assert main(["-q", "run", str(job.path), "--sandbox", "--rate", "1000"]) == 0
+    return job.ledger
+
+
+def test_every_rejection_reason_in_every_format(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All seven rejection reasons are in the table, JSON, CSV and HTML, each counted in rows."""
+    ledger = rejecting_job(jobs)
+    capsys.readouterr()
+    assert main(["report", str(ledger), "--format", "json"]) == 0
+    by_reason = orjson.loads(capsys.readouterr().out)["rejected_rows_by_reason"]
+    assert len(by_reason) == 7
+    assert set(by_reason.values()) == {1}
+    assert main(["report", str(ledger), "--format", "csv"]) == 0
+    metrics = dict(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert {k for k in metrics if k.startswith("rejected_rows_by_reason.")} == {
+        f"rejected_rows_by_reason.{reason}" for reason in by_reason
+    }
+    page = jobs.root / "r.html"
+    assert main(["report", str(ledger), "--format", "table", "--html", str(page)]) == 0
+    table = capsys.readouterr().out
+    html_text = page.read_text()
+    assert "rejected     7 input rows never sent" in table
+    assert "duplicates   1 row whose number is in the job already" in table
+    for reason in by_reason:
+        assert f"       1 row  {reason}" in table
+        assert f"<td>{html.escape(reason)}</td><td>1</td>" in html_text
 
 
 async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactory) -> None:
