@@ -6,8 +6,9 @@ doubt, not attempted), delivery statuses as ``track`` and ``webhooks`` ordered t
 currency, waits and error codes. :func:`write_failed_csv` turns the recipients no rerun will
 send (failed for good, or not delivered) into an input file a new job can take as it is: never
 one that is in doubt or that a plain rerun sends, so nobody is texted twice.
-Every CSV goes through :func:`~bulk_mms.csvfile.write_csv`, and every error or reason is said in
-words (:mod:`bulk_mms.words`) where a person reads it.
+:func:`write_rejected_csv` lists the input rows never sent, :func:`write_recipients_csv` every
+recipient the ledger names. Every CSV goes through :func:`~bulk_mms.csvfile.write_csv`, and
+every error or reason is said in words (:mod:`bulk_mms.words`) where a person reads it.
 """
 
 from __future__ import annotations
@@ -15,21 +16,26 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import safe_cell, write_csv
 from bulk_mms.delivery import FINAL
+from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
     Failed,
+    GroupRecord,
     InDoubt,
     LedgerView,
     Location,
     RecipientCounts,
+    Rejected,
     Sent,
     load,
     read_events,
@@ -46,7 +52,7 @@ from bulk_mms.ledger.fold import (
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
-from bulk_mms.words import OPEN, count, error_words, why_words
+from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
 
 
 class LedgerSummary(msgspec.Struct):
@@ -419,3 +425,114 @@ def _original_rows(
     # numbers whose row is no longer readable still go in, with the phone column alone
     rows.extend({phone_column: p} for p in wanted if p not in seen)
     return columns, rows
+
+
+#: The columns of ``report --rejected-csv``.
+REJECTED_HEADER = ("line", "value", "reason")
+
+
+def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
+    """Write every input row the ledger records rejected (``line,value,reason``) to ``out``.
+
+    The rows are streamed from the ledger's events as they are read, never held (a ledger may
+    record millions). Duplicates are not in it: a run counts them (``planned``), it does not
+    record them a row each. Written by :func:`~bulk_mms.csvfile.write_csv`.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    rows = (
+        (ev.line, ev.value, ev.reason)
+        for ev in read_events(s.ledger, skip_status=True)
+        if isinstance(ev, Rejected)
+    )
+    return _write(out, REJECTED_HEADER, rows)
+
+
+#: The columns of ``report --recipients-csv``.
+RECIPIENTS_HEADER = (
+    "phone",
+    "group",
+    "state",
+    "delivery_status",
+    "error_code",
+    "error_title",
+    "cost",
+    "currency",
+)
+#: The places a recipient's share of its group's cost is given to.
+_SHARE_PLACES = Decimal("1e-8")
+
+
+def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
+    """Write one row per recipient the ledger names, with where each stands, to ``out``.
+
+    Columns (:data:`RECIPIENTS_HEADER`):
+
+    * ``phone``, ``group``: the number (E.164) and its group's id;
+    * ``state``: ``sent``, ``failed``, ``retry_pending`` or ``in_doubt``, as the fold has it
+      (:class:`~bulk_mms.ledger.LedgerView`); recipients not attempted are not named by the
+      ledger (only counted), so they are not in the file;
+    * ``delivery_status``: a sent recipient's latest status (``queued`` until one is reported),
+      empty for the others;
+    * ``error_code``, ``error_title``: the delivery report's code and Telnyx's title for it,
+      or the code that ended the group's tries and its title (in words where the recorded
+      title is only an error's kind); for a group in doubt, no code and why in words;
+    * ``cost``, ``currency``: the recipient's share of its group's cost. The API reports one
+      cost per group message, so this is that cost divided evenly among the group's
+      recipients, to 8 decimal places (the shares may differ from the group's cost in the
+      last place); empty when the group was not sent or the API reported no cost.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    with paused_gc():
+        view = load(s.ledger)
+    return _write(out, RECIPIENTS_HEADER, _recipient_rows(view))
+
+
+def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
+    known = view.known
+    for rec in view.groups.values():
+        state = rec.state
+        if state is None:
+            continue  # made anew without some members, never attempted: another group's now
+        cost = currency = ""
+        if state == SENT and rec.cost is not None and rec.to:
+            share = (rec.cost.amount / len(rec.to)).quantize(_SHARE_PLACES).normalize()
+            cost, currency = f"{share:f}", rec.cost.currency
+        code, title = ("", "") if state == SENT else _error_of(rec)
+        for phone in rec.counted:
+            status = ""
+            if state == SENT:
+                k = known.get(phone)
+                status = k.status if k is not None else "queued"
+                if k is not None and k.code:
+                    code, title = k.code, MEANINGS.get(k.code) or error_words(k.code)
+                else:
+                    code, title = "", ""
+            yield (phone, rec.id, state, status, code, title, cost, currency)
+
+
+def _error_of(rec: GroupRecord) -> tuple[str, str]:
+    """The code and title a group not sent ended on, from its why (``failed: CODE TITLE``),
+    the title in words where it is only an error's kind; for a group in doubt, no code and
+    why in words."""
+    if not rec.why.startswith("failed: "):
+        return "", why_words(rec.why or OPEN)
+    code, _, title = rec.why.removeprefix("failed: ").partition(" ")
+    if not title or title in BY_KIND or title == code:
+        title = error_words(code)
+    return code, title
+
+
+def _write(out: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> int:
+    try:
+        return write_csv(out, header, rows)
+    except OSError as exc:
+        raise LedgerError(out, f"cannot write: {exc.strerror or exc}") from None

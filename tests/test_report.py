@@ -1,11 +1,12 @@
-"""report: outcome and delivery counts, formats, the failed-recipients file as a new job, and
-errors and reasons in words."""
+"""report: outcome and delivery counts, formats, the failed-recipients file as a new job, the
+rejected-rows and recipients files, and errors in words."""
 
 from __future__ import annotations
 
 import csv
 import html
 import io
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.config import load_job
-from bulk_mms.errors import NetworkError, Rejected, SendError, ServerError
-from bulk_mms.ledger import open_store
-from bulk_mms.ledger.events import status_event
+from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
+from bulk_mms.ledger import Rejected as RejectedEvent
+from bulk_mms.ledger import Sent as SentEvent
+from bulk_mms.ledger import open_store, read_events
+from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.recorder import never_left
 from bulk_mms.report import (
@@ -206,7 +209,7 @@ async def test_report_agrees_with_resume_on_what_is_in_doubt(
     assert s.sent_recipients + s.in_doubt_recipients == 12
 
 
-# -- words for people, every reason ---------------------------------------------------------
+# -- words for people, every reason, the rejected and recipients files -----------------------
 
 
 async def troubled_ledger(jobs: JobFactory) -> Path:
@@ -326,6 +329,117 @@ def test_every_rejection_reason_in_every_format(
     for reason in by_reason:
         assert f"       1 row  {reason}" in table
         assert f"<td>{html.escape(reason)}</td><td>1</td>" in html_text
+
+
+def test_rejected_csv_lists_every_rejected_row(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --rejected-csv writes each rejected row's line, value and reason (a formula
+    neutralised), not the duplicate, and says how many rows and duplicates on one line."""
+    ledger = rejecting_job(jobs)
+    out = jobs.root / "out" / "rejected.csv"
+    capsys.readouterr()
+    assert main(["report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"bulk-mms: wrote 7 rejected rows to {out}; not in it: 1 duplicate row (counted by "
+        "the latest run; their numbers are in the job already)\n"
+    )
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows[0] == ["line", "value", "reason"]
+    assert [int(line) for line, _, _ in rows[1:]] == list(range(203, 210))  # header is line 1
+    values = [value for _, value, _ in rows[1:]]
+    assert values == ["", "abc", "+442071838750", "+33142685300", "+15555550100",
+                      "+18765550100", "'=1+2"]  # fmt: skip
+    assert rows[-1][2] == "phone number contains the character '='"
+
+
+def test_rejected_csv_streams_the_ledger(jobs: JobFactory) -> None:
+    """A ledger of 60,000 rejected rows is written out without holding them: the memory the
+    report takes stays far below what the rows would need held at once."""
+    ledger = rejecting_job(jobs)
+    with ledger.open("ab") as f:
+        for line in range(1000, 61000):
+            f.write(encode(RejectedEvent(line, f"bad-{line:08d}", "phone number contains letters")))
+    out = jobs.root / "rejected.csv"
+    tracemalloc.start()
+    try:
+        argv = ["-q", "report", str(ledger), "--format", "json", "--rejected-csv", str(out)]
+        assert main(argv) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 1 + 7 + 60_000
+    assert peak < 3_000_000  # the 60,000 rows held as tuples of str take about 10 MB
+
+
+def test_a_file_that_cannot_be_written_is_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rejected-csv or --recipients-csv into a path that cannot be a file: exit 2, one line
+    naming the file, no traceback, nothing left behind."""
+    ledger = rejecting_job(jobs)
+    blocker = jobs.root / "not-a-folder"
+    blocker.write_text("x")
+    for flag in ("--rejected-csv", "--recipients-csv"):
+        out = blocker / "out.csv"
+        capsys.readouterr()
+        assert main(["report", str(ledger), "--format", "json", flag, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bulk-mms: error: {out}: cannot write")
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
+
+
+async def test_recipients_csv_has_a_row_per_recipient(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --recipients-csv: one row per recipient the ledger names, with its state, its
+    delivery status and error in words, and its share of the group's cost."""
+    path = await troubled_ledger(jobs)
+    g5 = next(
+        ev
+        for ev in read_events(path)
+        if isinstance(ev, SentEvent) and ev.seq == 5  # a sent group: one delivery fails
+    )
+    store = open_store(path, "append")
+    late = RecipientStatus(
+        g5.to[0], "delivery_failed", errors=(ApiError("40016", "T-Mobile cap", ""),)
+    )
+    store.append_now(status_event(g5.group, late, source="t", time=""))
+    store.close_sync()
+    out = jobs.root / "everyone.csv"
+    capsys.readouterr()
+    assert main(["report", str(path), "--format", "json", "--recipients-csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"bulk-mms: wrote 40 recipients to {out}; not in it: 0 recipients not attempted "
+        "(the ledger counts them, it does not name them)\n"
+    )
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert list(rows[0]) == [
+        "phone", "group", "state", "delivery_status", "error_code", "error_title", "cost",
+        "currency",
+    ]  # fmt: skip
+    by_phone = {r["phone"]: r for r in rows}
+    assert set(by_phone) == set(numbers(40))
+    assert sum(r["state"] == "sent" for r in rows) == 24
+    refused = by_phone[numbers(40)[0]]
+    assert (refused["state"], refused["error_code"], refused["error_title"]) == (
+        "failed",
+        "400",
+        "refused by the API (HTTP 400)",
+    )
+    assert refused["cost"] == refused["delivery_status"] == ""
+    stopped = by_phone[numbers(40)[16]]
+    assert stopped["state"] == "retry_pending"
+    assert stopped["error_title"].startswith("not sent yet: the run was stopped")
+    capped = by_phone[g5.to[0]]
+    assert (capped["delivery_status"], capped["error_code"]) == ("delivery_failed", "40016")
+    assert capped["error_title"] == "T-Mobile daily message limit reached"
+    assert (capped["cost"], capped["currency"]) == ("0.0051", "USD")
+    ok = by_phone[g5.to[1]]
+    assert (ok["delivery_status"], ok["error_code"], ok["cost"]) == ("queued", "", "0.0051")
 
 
 async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactory) -> None:
