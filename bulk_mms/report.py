@@ -50,6 +50,7 @@ from bulk_mms.ledger.fold import (
     paused_gc,
 )
 from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
 from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
@@ -427,12 +428,9 @@ def _original_rows(
     return columns, rows
 
 
-#: The columns of ``report --rejected-csv``.
-REJECTED_HEADER = ("line", "value", "reason")
-
-
 def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
-    """Write every input row the ledger records rejected (``line,value,reason``) to ``out``.
+    """Write every input row the ledger records rejected to ``out``, in the columns of
+    ``run --rejected-csv`` (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``).
 
     The rows are streamed from the ledger's events as they are read, never held (a ledger may
     record millions). Duplicates are not in it: a run counts them (``planned``), it does not
@@ -450,7 +448,7 @@ def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
         for ev in read_events(s.ledger, skip_status=True)
         if isinstance(ev, Rejected)
     )
-    return _write(out, REJECTED_HEADER, rows)
+    return _write(out, REJECTED_COLUMNS, rows)
 
 
 #: The columns of ``report --recipients-csv``.

@@ -15,7 +15,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
-from bulk_mms.config import load_job
+from bulk_mms.config import folders, load_job
 from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
 from bulk_mms.ledger import Rejected as RejectedEvent
 from bulk_mms.ledger import Sent as SentEvent
@@ -302,7 +302,7 @@ def rejecting_job(jobs: JobFactory) -> Path:
     jobs.csv([{"phone": p, "first": "x"} for p in people])
     job = jobs.job()
     assert main(["-q", "run", str(job.path), "--sandbox", "--rate", "1000"]) == 0
-    return job.ledger
+    return folders.sandbox_ledger(job.ledger)
 
 
 def test_every_rejection_reason_in_every_format(
