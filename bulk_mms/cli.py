@@ -237,6 +237,18 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="write the recipients who did not get the message as a job input file",
     )
     report.add_argument(
+        "--rejected-csv",
+        type=Path,
+        metavar="PATH",
+        help="write every input row the ledger records rejected: line,value,reason",
+    )
+    report.add_argument(
+        "--recipients-csv",
+        type=Path,
+        metavar="PATH",
+        help="write one row per recipient: phone, group, state, delivery status, error, cost",
+    )
+    report.add_argument(
         "--html",
         type=Path,
         metavar="PATH",

@@ -61,13 +61,21 @@ from bulk_mms.media import check_media
 from bulk_mms.prepare import dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
-from bulk_mms.report import format_csv, format_text, summarize, write_failed_csv
+from bulk_mms.report import (
+    format_csv,
+    format_text,
+    summarize,
+    write_failed_csv,
+    write_recipients_csv,
+    write_rejected_csv,
+)
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
+from bulk_mms.words import count
 
 #: A database for the ledger of every run that names none on the command line.
 LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"
@@ -418,6 +426,22 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt",
             path=str(failed_csv),
             recipients=n,
+        )
+    if (rejected := getattr(args, "rejected_csv", None)) is not None:
+        n = write_rejected_csv(summary, rejected)
+        print(
+            f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it: "
+            f"{count(summary.duplicate_rows, 'duplicate row')} (counted by the latest run; "
+            "their numbers are in the job already)",
+            file=sys.stderr,
+        )
+    if (everyone := getattr(args, "recipients_csv", None)) is not None:
+        n = write_recipients_csv(summary, everyone)
+        print(
+            f"bulk-mms: wrote {count(n, 'recipient')} to {everyone}; not in it: "
+            f"{count(summary.recipient_states.not_attempted, 'recipient')} not attempted "
+            "(the ledger counts them, it does not name them)",
+            file=sys.stderr,
         )
     return Exit.OK
 

@@ -6,7 +6,8 @@ pacer set it, ``wait_seconds``, 429s and the runs' starts), the outcomes and the
 funnel, and each sender's share. The charts are matplotlib's, drawn to SVG with text as paths
 (no font to fetch) and put inline; matplotlib rather than hand-drawn SVG because axes, ticks,
 scales and legends are its job and not ours. Every value from the ledger is HTML-escaped: a
-ledger's text is data, never markup.
+ledger's text is data, never markup. Errors and reasons are said in words
+(:mod:`bulk_mms.words`), and every count names its unit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
 from bulk_mms.report import LedgerSummary, summarize
+from bulk_mms.words import count, error_words
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,16 +105,16 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
     delivered = s.delivery.get("delivered", 0)
     tiles = [
         ("valid recipients", f"{r.valid:,}"),
-        ("sent", f"{r.sent:,}"),
-        ("delivered", f"{delivered:,}"),
-        ("failed for good", f"{r.failed:,}"),
-        ("in doubt", f"{r.in_doubt:,}"),
+        ("recipients sent", f"{r.sent:,}"),
+        ("recipients delivered", f"{delivered:,}"),
+        ("recipients failed for good", f"{r.failed:,}"),
+        ("recipients in doubt", f"{r.in_doubt:,}"),
         ("cost", ", ".join(f"{v:.4f} {k}" for k, v in sorted(s.cost.items())) or "none"),
     ]
     span = f"{_when(s.first_time)} to {_when(s.last_time)}" if s.first_time else "no events"
     body = [
         f"<h1>{_e(s.job or 'bulk-mms')}: the morning report</h1>",
-        f"<p class=meta>ledger {_e(name)} &middot; {s.runs} run(s) &middot; {_e(span)}</p>",
+        f"<p class=meta>ledger {_e(name)} &middot; {count(s.runs, 'run')} &middot; {_e(span)}</p>",
         "<div class=tiles>"
         + "".join(f"<div><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in tiles)
         + "</div>",
@@ -128,16 +130,26 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         _figure(_senders_chart(t), "senders", "groups sent by each number"),
         "<h2>Cost</h2>",
         _table(("currency", "amount"), [(k, f"{v:.4f}") for k, v in sorted(s.cost.items())]),
-        "<h2>Error codes</h2>",
+        "<h2>Not sent, and why</h2>",
         _table(
-            ("code", "times", "Telnyx's meaning", "bulk-mms does"),
+            ("state", "groups", "recipients", "why"),
             [
-                (code, str(n), MEANINGS.get(code, ""), str(DEFAULT_POLICY.get(code, "")))
+                (state.replace("_", " "), f"{g:,}", f"{n:,}", why)
+                for (state, why), (g, n) in s.unsent.items()
+            ],
+        ),
+        "<h2>Errors</h2>",
+        _table(
+            ("what happened", "groups whose tries ended on it", "code", "bulk-mms does"),
+            [
+                (error_words(code), f"{n:,}", _code(code), str(DEFAULT_POLICY.get(code, "")))
                 for code, n in s.error_codes.most_common()
             ],
         ),
         "<h2>Rejected rows</h2>",
-        _table(("reason", "rows"), [(k, str(n)) for k, n in s.rejected_reasons.most_common()]),
+        _table(("reason", "rows"), [(k, f"{n:,}") for k, n in s.rejected_reasons.most_common()]),
+        f"<p class=meta>{_e(count(s.duplicate_rows, 'duplicate row'))} (numbers in the job "
+        "already: counted by the latest run, nobody sent twice)</p>",
     ]
     return _PAGE.format(title=_e(f"bulk-mms report: {s.job or name}"), body="\n".join(body))
 
@@ -269,6 +281,11 @@ def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _code(code: str) -> str:
+    """A code as the table shows it: Telnyx's and HTTP's; bulk-mms's own kinds are words only."""
+    return code if code.isdigit() or code in MEANINGS else ""
 
 
 def _e(text: str) -> str:

@@ -6,6 +6,9 @@ doubt, not attempted), delivery statuses as ``track`` and ``webhooks`` ordered t
 currency, waits and error codes. :func:`write_failed_csv` turns the recipients no rerun will
 send (failed for good, or not delivered) into an input file a new job can take as it is: never
 one that is in doubt or that a plain rerun sends, so nobody is texted twice.
+:func:`write_rejected_csv` lists the input rows never sent, :func:`write_recipients_csv` every
+recipient the ledger names. Every CSV goes through :func:`~bulk_mms.csvfile.write_csv`, and
+every error or reason is said in words (:mod:`bulk_mms.words`) where a person reads it.
 """
 
 from __future__ import annotations
@@ -13,19 +16,26 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from bulk_mms.codes import MEANINGS
+from bulk_mms.csvfile import safe_cell, write_csv
 from bulk_mms.delivery import FINAL
+from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
     Failed,
+    GroupRecord,
     InDoubt,
+    LedgerView,
     Location,
     RecipientCounts,
+    Rejected,
     Sent,
     load,
     read_events,
@@ -33,14 +43,17 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import (
     FAILED,
     IN_DOUBT,
+    NOT_ATTEMPTED,
     RESENDABLE_NOTE,
     RETRY_PENDING,
     SENT,
     paused_gc,
 )
 from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
+from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
 
 
 class LedgerSummary(msgspec.Struct):
@@ -61,8 +74,13 @@ class LedgerSummary(msgspec.Struct):
     cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     attempts: int = 0
     wait_seconds: list[float] = msgspec.field(default_factory=list)
+    #: Failed events by their code (each time a group's tries ended on an error, every run).
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    #: Rejected input rows by reason (every reason, each counted in rows).
     rejected_reasons: Counter[str] = msgspec.field(default_factory=Counter)
+    #: The groups not sent (failed, retry pending, in doubt), by state and why in words
+    #: (:func:`~bulk_mms.words.why_words`): (groups, recipients).
+    unsent: dict[tuple[str, str], tuple[int, int]] = msgspec.field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
     #: 429 answers over all groups, and seconds spent sending (first attempt to last outcome,
@@ -161,7 +179,7 @@ class LedgerSummary(msgspec.Struct):
             "wait_seconds_p95": percentile(waits, 0.95),
             "wait_seconds_max": waits[-1] if waits else None,
             "error_codes": dict(self.error_codes.most_common()),
-            "rejected_reasons": dict(self.rejected_reasons.most_common()),
+            "rejected_rows_by_reason": dict(self.rejected_reasons.most_common()),
             "first_event": self.first_time,
             "last_event": self.last_time,
         }
@@ -192,6 +210,7 @@ def _summarize(location: Location) -> LedgerSummary:
     s.cost = view.cost()
     s.recipient_states = view.recipients()
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
+    s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
     s.rejected_rows = sum(view.rejected.values())
@@ -200,18 +219,37 @@ def _summarize(location: Location) -> LedgerSummary:
     return s
 
 
+def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
+    """The groups not sent, by (state, why in words): how many groups, how many recipients."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    words: dict[str, str] = {}  # a few whys among many groups: each said once
+    for rec in view.groups.values():
+        state = rec.state
+        if state is None or state == SENT:
+            continue
+        why = rec.why or OPEN
+        said = words.get(why)
+        if said is None:
+            said = words[why] = why_words(why)
+        groups, recipients = out.get((state, said), (0, 0))
+        out[state, said] = (groups + 1, recipients + len(rec.counted))
+    return dict(sorted(out.items(), key=lambda kv: (STATES.index(kv[0][0]), -kv[1][1])))
+
+
 #: How the table names each state, and what it means for the next step.
 _STATE_ROWS = (
     (SENT, "sent", ""),
     (FAILED, "failed", "  (final: in --failed-csv)"),
     (RETRY_PENDING, "retry pending", "  (a plain rerun sends them)"),
     (IN_DOUBT, "in doubt", "  (may have been sent: held)"),
-    ("not_attempted", "not attempted", "  (a plain rerun sends them)"),
+    (NOT_ATTEMPTED, "not attempted", "  (not sent yet: a plain rerun sends them)"),
 )
+_LABELS = {state: label for state, label, _ in _STATE_ROWS}
 
 
 def format_text(s: LedgerSummary, path: Location) -> str:
-    """The report as a table, for a person at a terminal."""
+    """The report as a table, for a person at a terminal: every count with its unit, every
+    error and reason in words (:mod:`bulk_mms.words`), every rejection reason."""
     d = s.as_dict()
     r = d["recipients"]
     cost = ", ".join(f"{v} {k}" for k, v in d["cost_by_currency"].items()) or "0"
@@ -222,34 +260,47 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         f"{'':15}{'groups':>8}{'recipients':>12}",
     ]
     for state, label, note in _STATE_ROWS:
-        groups = s.groups[state] if state in s.groups or state != "not_attempted" else ""
+        groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         lines.append(f"{label:15}{groups:>8}{r[state]:>12}{note if r[state] else ''}")
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
     )
     lines += [
         f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}",
-        f"{'rejected':15}{'':>8}{s.rejected_rows:>12}  (input rows never sent)",
+        "",
+        f"rejected     {count(s.rejected_rows, 'input row')} never sent"
+        + ("; list them with --rejected-csv" if s.rejected_rows else ""),
+        f"duplicates   {count(s.duplicate_rows, 'row')} whose number is in the job already "
+        "(the latest run's count; nobody is sent twice)",
         "",
     ]
+    if s.unsent:
+        lines.append("not sent, and why")
+        for (state, why), (groups, recipients) in s.unsent.items():
+            lines.append(
+                f"  {_LABELS[state]:14}{count(groups, 'group')}, "
+                f"{count(recipients, 'recipient')}: {why}"
+            )
+        lines.append("")
     if s.delivery:
         lines.append("delivery     (recipients of sent groups, latest status)")
         lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
         if d["delivery_pending"]:
             lines.append(
-                f"  not final yet: {d['delivery_pending']} (run `bulk-mms track {path}`; add "
-                "--sandbox for a sandbox run)"
+                f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
+                f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
             )
         lines.append("")
     resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
     lines.append(
-        f"did not get  {len(s.undelivered)} recipients ({resendable} of them met a carrier's "
-        "cap or filter: resendable); write them with --failed-csv"
+        f"did not get  {count(len(s.undelivered), 'recipient')} ({resendable} of them met a "
+        "carrier's cap or filter: resendable); write them with --failed-csv"
     )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
         lines.append(
-            f"rate         {d['achieved_rate']} groups/s while sending; 429s: {s.rate_limited}"
+            f"rate         {d['achieved_rate']} groups/s while sending; "
+            f"429 answers: {s.rate_limited}"
         )
     if d["wait_seconds_max"] is not None:
         lines.append(
@@ -257,27 +308,32 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             f"  max {d['wait_seconds_max']}"
         )
     if s.error_codes:
-        lines.append(
-            "errors       " + ", ".join(f"{k} x{v}" for k, v in s.error_codes.most_common(10))
+        lines.append("errors that ended a group's tries (a group counts again in each run it did)")
+        lines.extend(
+            f"  {count(n, 'group'):>12}  {error_words(code)}"
+            for code, n in s.error_codes.most_common()
         )
     if s.rejected_reasons:
-        lines.append(
-            "rejections   " + ", ".join(f"{k} x{v}" for k, v in s.rejected_reasons.most_common(5))
+        lines.append("rejected rows, by reason")
+        lines.extend(
+            f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rejected_reasons.most_common()
         )
     return "\n".join(lines)
 
 
 def format_csv(s: LedgerSummary) -> str:
-    """The report as ``metric,value`` rows; nested counts become ``delivery.delivered`` etc."""
+    """The report as ``metric,value`` rows; nested counts become ``delivery.delivered`` etc.
+    Every cell goes through :func:`~bulk_mms.csvfile.safe_cell` (a reason read from an input
+    row never runs as a formula)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["metric", "value"])
     for key, value in s.as_dict().items():
         if isinstance(value, dict):
             for sub, v in value.items():
-                w.writerow([f"{key}.{sub}", v])
+                w.writerow([safe_cell(f"{key}.{sub}"), safe_cell(v)])
         else:
-            w.writerow([key, "" if value is None else value])
+            w.writerow([key, safe_cell(value)])
     return out.getvalue()
 
 
@@ -298,7 +354,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
     ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
     (replacing those columns of an input that was itself such a file).
-    The file is written next to ``out`` and renamed into place, so it is never half written.
+    Written by :func:`~bulk_mms.csvfile.write_csv`: whole or not at all, and no cell a
+    spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
+    a job's input).
 
     Returns:
         (rows written, whether they are the original rows).
@@ -321,14 +379,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         row[CAMPAIGN_COLUMN] = s.campaign or ""
     ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
     columns = [c for c in columns if c not in ours]
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, [*columns, *ours], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out)
-    return len(rows), full
+    header = [*columns, *ours]
+    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows))
+    return n, full
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:
@@ -373,3 +426,111 @@ def _original_rows(
     # numbers whose row is no longer readable still go in, with the phone column alone
     rows.extend({phone_column: p} for p in wanted if p not in seen)
     return columns, rows
+
+
+def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
+    """Write every input row the ledger records rejected to ``out``, in the columns of
+    ``run --rejected-csv`` (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``).
+
+    The rows are streamed from the ledger's events as they are read, never held (a ledger may
+    record millions). Duplicates are not in it: a run counts them (``planned``), it does not
+    record them a row each. Written by :func:`~bulk_mms.csvfile.write_csv`.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    rows = (
+        (ev.line, ev.value, ev.reason)
+        for ev in read_events(s.ledger, skip_status=True)
+        if isinstance(ev, Rejected)
+    )
+    return _write(out, REJECTED_COLUMNS, rows)
+
+
+#: The columns of ``report --recipients-csv``.
+RECIPIENTS_HEADER = (
+    "phone",
+    "group",
+    "state",
+    "delivery_status",
+    "error_code",
+    "error_title",
+    "cost",
+    "currency",
+)
+#: The places a recipient's share of its group's cost is given to.
+_SHARE_PLACES = Decimal("1e-8")
+
+
+def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
+    """Write one row per recipient the ledger names, with where each stands, to ``out``.
+
+    Columns (:data:`RECIPIENTS_HEADER`):
+
+    * ``phone``, ``group``: the number (E.164) and its group's id;
+    * ``state``: ``sent``, ``failed``, ``retry_pending`` or ``in_doubt``, as the fold has it
+      (:class:`~bulk_mms.ledger.LedgerView`); recipients not attempted are not named by the
+      ledger (only counted), so they are not in the file;
+    * ``delivery_status``: a sent recipient's latest status (``queued`` until one is reported),
+      empty for the others;
+    * ``error_code``, ``error_title``: the delivery report's code and Telnyx's title for it,
+      or the code that ended the group's tries and its title (in words where the recorded
+      title is only an error's kind); for a group in doubt, no code and why in words;
+    * ``cost``, ``currency``: the recipient's share of its group's cost. The API reports one
+      cost per group message, so this is that cost divided evenly among the group's
+      recipients, to 8 decimal places (the shares may differ from the group's cost in the
+      last place); empty when the group was not sent or the API reported no cost.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    with paused_gc():
+        view = load(s.ledger)
+    return _write(out, RECIPIENTS_HEADER, _recipient_rows(view))
+
+
+def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
+    known = view.known
+    for rec in view.groups.values():
+        state = rec.state
+        if state is None:
+            continue  # made anew without some members, never attempted: another group's now
+        cost = currency = ""
+        if state == SENT and rec.cost is not None and rec.to:
+            share = (rec.cost.amount / len(rec.to)).quantize(_SHARE_PLACES).normalize()
+            cost, currency = f"{share:f}", rec.cost.currency
+        code, title = ("", "") if state == SENT else _error_of(rec)
+        for phone in rec.counted:
+            status = ""
+            if state == SENT:
+                k = known.get(phone)
+                status = k.status if k is not None else "queued"
+                if k is not None and k.code:
+                    code, title = k.code, MEANINGS.get(k.code) or error_words(k.code)
+                else:
+                    code, title = "", ""
+            yield (phone, rec.id, state, status, code, title, cost, currency)
+
+
+def _error_of(rec: GroupRecord) -> tuple[str, str]:
+    """The code and title a group not sent ended on, from its why (``failed: CODE TITLE``),
+    the title in words where it is only an error's kind; for a group in doubt, no code and
+    why in words."""
+    if not rec.why.startswith("failed: "):
+        return "", why_words(rec.why or OPEN)
+    code, _, title = rec.why.removeprefix("failed: ").partition(" ")
+    if not title or title in BY_KIND or title == code:
+        title = error_words(code)
+    return code, title
+
+
+def _write(out: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> int:
+    try:
+        return write_csv(out, header, rows)
+    except OSError as exc:
+        raise LedgerError(out, f"cannot write: {exc.strerror or exc}") from None

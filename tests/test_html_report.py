@@ -58,7 +58,7 @@ def test_the_page_is_self_contained_and_escapes_the_ledger(
     assert "<script" not in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     assert "Blocked due to STOP message" in text
-    assert "<b>39</b><span>sent</span>" in text
+    assert "<b>39</b><span>recipients sent</span>" in text
 
 
 def test_the_timeline_draws_each_senders_pace_from_the_ledger(

@@ -1,22 +1,36 @@
-"""report: outcome and delivery counts, formats, and the failed-recipients file as a new job."""
+"""report: outcome and delivery counts, formats, the failed-recipients file as a new job, the
+rejected-rows and recipients files, and errors in words."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
-from bulk_mms.config import load_job
-from bulk_mms.errors import Rejected, ServerError
-from bulk_mms.ledger import open_store
-from bulk_mms.ledger.events import status_event
+from bulk_mms.config import folders, load_job
+from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
+from bulk_mms.ledger import Rejected as RejectedEvent
+from bulk_mms.ledger import Sent as SentEvent
+from bulk_mms.ledger import open_store, read_events
+from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.report import CAMPAIGN_COLUMN, REASON_COLUMN, summarize, write_failed_csv
+from bulk_mms.recorder import never_left
+from bulk_mms.report import (
+    CAMPAIGN_COLUMN,
+    REASON_COLUMN,
+    LedgerSummary,
+    format_csv,
+    summarize,
+    write_failed_csv,
+)
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from tests.conftest import (
@@ -193,3 +207,263 @@ async def test_report_agrees_with_resume_on_what_is_in_doubt(
     assert s.in_doubt_recipients == 8
     assert len(groups_in(job.ledger, "in_doubt")) == s.in_doubt_groups
     assert s.sent_recipients + s.in_doubt_recipients == 12
+
+
+# -- words for people, every reason, the rejected and recipients files -----------------------
+
+
+async def troubled_ledger(jobs: JobFactory) -> Path:
+    """40 people in groups of 4, one at a time: group 0 refused (400), 1 unreachable, 2 on
+    503s, 4 stopped before its request left (what a Ctrl-C records), the rest sent."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 4")
+    troubles: dict[int, SendError] = {
+        0: Rejected("bad", status=400),
+        1: NetworkError("cannot connect: refused"),
+        2: ServerError("the server failed", status=503),
+        4: never_left(),
+    }
+
+    def handler(group: Group, n: int) -> SendError | SendReceipt:
+        return troubles.get(group.seq) or ok_receipt(group, n)
+
+    await run_job(job, replace(FAST, concurrency=1), FakeClient(handler), clock=FakeClock())
+    return job.ledger
+
+
+async def test_table_says_what_happened_in_words(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table says each error and why each group is not sent in words, with units, and
+    names no error class."""
+    path = await troubled_ledger(jobs)
+    capsys.readouterr()
+    assert main(["report", str(path), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    for said in (
+        "failed        1 group, 4 recipients: refused by the API (HTTP 400)",
+        "retry pending 1 group, 4 recipients: API unreachable: no connection could be made",
+        "retry pending 1 group, 4 recipients: server error 503: retries used up",
+        "retry pending 1 group, 4 recipients: not sent yet: the run was stopped (Ctrl-C",
+        "1 group  API unreachable",
+        "did not get  4 recipients",
+    ):
+        assert said in table
+    for name in ("RetryableSendError", "NetworkError", "ServerError", " x1"):
+        assert name not in table
+
+
+async def test_in_doubt_after_a_crash_is_said_in_words(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group whose request was out when the run died reads as "may have been sent", with
+    what a rerun does about it, in the table and in the HTML page."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    await crash_mid_send(job, monkeypatch, hanging=1, hang=lambda g: g.seq == 0)
+    capsys.readouterr()
+    page = jobs.root / "report.html"
+    assert main(["report", str(job.ledger), "--format", "table", "--html", str(page)]) == 0
+    said = "1 group, 4 recipients: may have been sent: its request was out when the ledger"
+    assert said in capsys.readouterr().out
+    assert "may have been sent: its request was out" in page.read_text()
+
+
+async def test_html_says_errors_in_words(jobs: JobFactory) -> None:
+    """The page's tables say what happened, not the error's class, and count in units."""
+    path = await troubled_ledger(jobs)
+    page = jobs.root / "report.html"
+    assert main(["-q", "report", str(path), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "API unreachable: no connection could be made" in text
+    assert "server error 503: retries used up" in text
+    assert "not sent yet: the run was stopped" in text
+    assert "<td>retry pending</td><td>1</td><td>4</td>" in text
+    for name in ("RetryableSendError", "NetworkError", "ServerError"):
+        assert name not in text
+
+
+#: Seven kinds of bad number, one row each (more than any top-5 would show).
+BAD_NUMBERS = (
+    "",
+    "abc",
+    "+442071838750",
+    "+33142685300",
+    "+15555550100",
+    "+18765550100",
+    "=1+2",
+)
+
+
+def rejecting_job(jobs: JobFactory) -> Path:
+    """A job of 200 good numbers, one duplicate and :data:`BAD_NUMBERS`, run in the sandbox;
+    its ledger."""
+    people = [*numbers(200), numbers(1)[0], *BAD_NUMBERS]
+    jobs.csv([{"phone": p, "first": "x"} for p in people])
+    job = jobs.job()
+    assert main(["-q", "run", str(job.path), "--sandbox", "--rate", "1000"]) == 0
+    return folders.sandbox_ledger(job.ledger)
+
+
+def test_every_rejection_reason_in_every_format(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All seven rejection reasons are in the table, JSON, CSV and HTML, each counted in rows."""
+    ledger = rejecting_job(jobs)
+    capsys.readouterr()
+    assert main(["report", str(ledger), "--format", "json"]) == 0
+    by_reason = orjson.loads(capsys.readouterr().out)["rejected_rows_by_reason"]
+    assert len(by_reason) == 7
+    assert set(by_reason.values()) == {1}
+    assert main(["report", str(ledger), "--format", "csv"]) == 0
+    metrics = dict(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert {k for k in metrics if k.startswith("rejected_rows_by_reason.")} == {
+        f"rejected_rows_by_reason.{reason}" for reason in by_reason
+    }
+    page = jobs.root / "r.html"
+    assert main(["report", str(ledger), "--format", "table", "--html", str(page)]) == 0
+    table = capsys.readouterr().out
+    html_text = page.read_text()
+    assert "rejected     7 input rows never sent" in table
+    assert "duplicates   1 row whose number is in the job already" in table
+    for reason in by_reason:
+        assert f"       1 row  {reason}" in table
+        assert f"<td>{html.escape(reason)}</td><td>1</td>" in html_text
+
+
+def test_rejected_csv_lists_every_rejected_row(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --rejected-csv writes each rejected row's line, value and reason (a formula
+    neutralised), not the duplicate, and says how many rows and duplicates on one line."""
+    ledger = rejecting_job(jobs)
+    out = jobs.root / "out" / "rejected.csv"
+    capsys.readouterr()
+    assert main(["report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"bulk-mms: wrote 7 rejected rows to {out}; not in it: 1 duplicate row (counted by "
+        "the latest run; their numbers are in the job already)\n"
+    )
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows[0] == ["line", "value", "reason"]
+    assert [int(line) for line, _, _ in rows[1:]] == list(range(203, 210))  # header is line 1
+    values = [value for _, value, _ in rows[1:]]
+    assert values == ["", "abc", "+442071838750", "+33142685300", "+15555550100",
+                      "+18765550100", "'=1+2"]  # fmt: skip
+    assert rows[-1][2] == "phone number contains the character '='"
+
+
+def test_rejected_csv_streams_the_ledger(jobs: JobFactory) -> None:
+    """A ledger of 60,000 rejected rows is written out without holding them: the memory the
+    report takes stays far below what the rows would need held at once."""
+    ledger = rejecting_job(jobs)
+    with ledger.open("ab") as f:
+        for line in range(1000, 61000):
+            f.write(encode(RejectedEvent(line, f"bad-{line:08d}", "phone number contains letters")))
+    out = jobs.root / "rejected.csv"
+    tracemalloc.start()
+    try:
+        argv = ["-q", "report", str(ledger), "--format", "json", "--rejected-csv", str(out)]
+        assert main(argv) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 1 + 7 + 60_000
+    assert peak < 3_000_000  # the 60,000 rows held as tuples of str take about 10 MB
+
+
+def test_a_file_that_cannot_be_written_is_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rejected-csv or --recipients-csv into a path that cannot be a file: exit 2, one line
+    naming the file, no traceback, nothing left behind."""
+    ledger = rejecting_job(jobs)
+    blocker = jobs.root / "not-a-folder"
+    blocker.write_text("x")
+    for flag in ("--rejected-csv", "--recipients-csv"):
+        out = blocker / "out.csv"
+        capsys.readouterr()
+        assert main(["report", str(ledger), "--format", "json", flag, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bulk-mms: error: {out}: cannot write")
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
+
+
+async def test_recipients_csv_has_a_row_per_recipient(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --recipients-csv: one row per recipient the ledger names, with its state, its
+    delivery status and error in words, and its share of the group's cost."""
+    path = await troubled_ledger(jobs)
+    g5 = next(
+        ev
+        for ev in read_events(path)
+        if isinstance(ev, SentEvent) and ev.seq == 5  # a sent group: one delivery fails
+    )
+    store = open_store(path, "append")
+    late = RecipientStatus(
+        g5.to[0], "delivery_failed", errors=(ApiError("40016", "T-Mobile cap", ""),)
+    )
+    store.append_now(status_event(g5.group, late, source="t", time=""))
+    store.close_sync()
+    out = jobs.root / "everyone.csv"
+    capsys.readouterr()
+    assert main(["report", str(path), "--format", "json", "--recipients-csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"bulk-mms: wrote 40 recipients to {out}; not in it: 0 recipients not attempted "
+        "(the ledger counts them, it does not name them)\n"
+    )
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert list(rows[0]) == [
+        "phone", "group", "state", "delivery_status", "error_code", "error_title", "cost",
+        "currency",
+    ]  # fmt: skip
+    by_phone = {r["phone"]: r for r in rows}
+    assert set(by_phone) == set(numbers(40))
+    assert sum(r["state"] == "sent" for r in rows) == 24
+    refused = by_phone[numbers(40)[0]]
+    assert (refused["state"], refused["error_code"], refused["error_title"]) == (
+        "failed",
+        "400",
+        "refused by the API (HTTP 400)",
+    )
+    assert refused["cost"] == refused["delivery_status"] == ""
+    stopped = by_phone[numbers(40)[16]]
+    assert stopped["state"] == "retry_pending"
+    assert stopped["error_title"].startswith("not sent yet: the run was stopped")
+    capped = by_phone[g5.to[0]]
+    assert (capped["delivery_status"], capped["error_code"]) == ("delivery_failed", "40016")
+    assert capped["error_title"] == "T-Mobile daily message limit reached"
+    assert (capped["cost"], capped["currency"]) == ("0.0051", "USD")
+    ok = by_phone[g5.to[1]]
+    assert (ok["delivery_status"], ok["error_code"], ok["cost"]) == ("queued", "", "0.0051")
+
+
+async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactory) -> None:
+    """--failed-csv writes a cell a spreadsheet would run as a formula with a leading quote,
+    and the E.164 numbers as they are: the file still reads back as a job's input."""
+    jobs.csv([{"phone": p, "first": "=HYPERLINK(1)"} for p in numbers(4)])
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient(lambda g, n: Rejected("bad", status=400))
+    await run_job(job, FAST, client, clock=FakeClock())
+    out = jobs.root / "failed.csv"
+    argv = ["-q", "report", str(job.ledger), "--format", "json", "--failed-csv", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["phone"] for r in rows] == numbers(4)
+    assert {r["first"] for r in rows} == {"'=HYPERLINK(1)"}
+    again = load_job(jobs.root / "job.toml", name="again", input_file=out)
+    resend = FakeClient()
+    await run_job(again, FAST, resend, clock=FakeClock())
+    assert sorted(resend.sent_numbers()) == numbers(4)
+
+
+def test_report_csv_neutralises_formulas() -> None:
+    """--format csv writes no cell that starts a formula (a job name here), numbers kept."""
+    s = LedgerSummary(job="=cmd|' /C calc'!A0", rejected_rows=3)
+    rows = dict(csv.reader(io.StringIO(format_csv(s))))
+    assert rows["job"] == "'=cmd|' /C calc'!A0"
+    assert rows["rejected_rows"] == "3"

@@ -1,0 +1,106 @@
+"""What the report says for each error and reason a ledger records: sentences, not class names.
+
+The ledger keeps what happened as it was recorded (a ``failed`` event's ``code``: a Telnyx error
+code, the HTTP status, or the name of bulk_mms's error class when there was neither; a group's
+``why``; a rejected row's reason); the report and the HTML page translate it here, when they
+present it, through one table (:data:`BY_KIND`) and the rules around it:
+
+=========================  ==========================================================
+recorded                   said
+=========================  ==========================================================
+Telnyx code (``40300``)    Telnyx's title (:data:`~bulk_mms.codes.MEANINGS`) and the code
+HTTP status (``503``)      what the status means for a send, and the status
+class name, bulk_mms code  :data:`BY_KIND`
+a group's in-doubt why     :data:`BY_KIND` (the fold's and the recorder's reasons)
+a rejected row's reason    as recorded: it is already words (``not a valid number``)
+=========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from bulk_mms.codes import MEANINGS
+from bulk_mms.ledger.fold import CUT_OFF
+
+#: The fold's why of a group that has an ``in_doubt`` event of its own.
+RECORDED_DOUBT: Final = "in doubt: may have been sent; not resent without --resend-in-doubt"
+#: The why of a group with an attempt and no outcome after it, in a ledger no later run read.
+OPEN: Final = "attempted; no outcome recorded"
+_HELD: Final = "held: a plain rerun does not resend it (--resend-in-doubt does)"
+
+#: Each recorded kind of error or reason that is not a Telnyx code or an HTTP status, in words.
+BY_KIND: Final[Mapping[str, str]] = {
+    # a failed event's code when the error had no Telnyx code and no HTTP status
+    "RetryableSendError": "not sent yet: the run was stopped (Ctrl-C, a signal, or a stop for "
+    "another error) before its request left",
+    "NetworkError": "API unreachable: no connection could be made, retries used up",
+    "ServerError": "the API's server failed, retries used up",
+    "RateLimited": "rate limited: its sender was held back by 429 answers past max_group_age_s",
+    "AmbiguousSendError": "may have been sent: no usable answer came back",
+    "Rejected": "refused by the API",
+    "SenderRefused": "the API refused the sending number; the group goes out from another",
+    "EndpointError": "the base URL does not lead to the API",
+    "AuthError": "the API key was refused",
+    "NotFound": "the API answered 404: not found",
+    "FatalSendError": "the job stopped: no request could succeed as configured",
+    "LimitReached": "a carrier's cap was reached; a run after it resets sends it",
+    "AccountRefused": "the account refused to send (funds or the profile's spend limit)",
+    "SendError": "sending failed",
+    "expired_unsent": "not sent before the job's deadline: a late message is worse than none",
+    # a group's why, as the fold keeps it, when it is in doubt
+    CUT_OFF: f"may have been sent: a run ended (a crash or a kill) while its request was out; "
+    f"{_HELD}",
+    RECORDED_DOUBT: f"may have been sent: no usable answer came back; {_HELD}",
+    OPEN: "may have been sent: its request was out when the ledger was last written (a run "
+    "still going, or one that crashed)",
+}
+
+
+def error_words(code: str) -> str:
+    """What a ``failed`` event's ``code`` means, as a sentence for a person.
+
+    Args:
+        code: a Telnyx error code, an HTTP status, or a bulk_mms error kind (:data:`BY_KIND`).
+    """
+    if code in BY_KIND:
+        return BY_KIND[code]
+    if code in MEANINGS:
+        return f"{MEANINGS[code]} (Telnyx error {code})"
+    if code.isdigit() and len(code) == 3:
+        return _status_words(int(code))
+    if code.isdigit():
+        return f"Telnyx error {code}"
+    return code or "no reason recorded"
+
+
+def _status_words(status: int) -> str:
+    if status == 429:
+        return "rate limited by the API (HTTP 429), retries used up"
+    if status >= 500:
+        return f"server error {status}: retries used up"
+    if status in (401, 403):
+        return f"the API key was refused (HTTP {status})"
+    if status == 404:
+        return "the API answered 404: not found"
+    if 300 <= status < 400:
+        return f"the base URL redirected (HTTP {status}); bulk-mms never follows a redirect"
+    return f"refused by the API (HTTP {status})"
+
+
+def why_words(why: str) -> str:
+    """A group's ``why`` (:attr:`~bulk_mms.ledger.GroupRecord.why`) as a sentence.
+
+    A failed group's why is ``failed: CODE TITLE``; it is said as :func:`error_words` of the
+    code. Any other why is looked up in :data:`BY_KIND`, and said as it is when not there.
+    """
+    if why.startswith("failed: "):
+        code = why.removeprefix("failed: ").split(" ", 1)[0]
+        return error_words(code)
+    return BY_KIND.get(why, why)
+
+
+def count(n: int, unit: str) -> str:
+    """``n`` and its unit, singular for one: ``1 row``, ``3 groups``, ``1,204 recipients``."""
+    return f"{n:,} {unit if n == 1 else unit + 's'}"
