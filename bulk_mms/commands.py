@@ -429,19 +429,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     if (rejected := getattr(args, "rejected_csv", None)) is not None:
         n = write_rejected_csv(summary, rejected)
-        print(
+        say(
+            "report.rejected_csv_written",
             f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it: "
             f"{count(summary.duplicate_rows, 'duplicate row')} (counted by the latest run; "
             "their numbers are in the job already)",
-            file=sys.stderr,
+            path=str(rejected),
+            rows=n,
         )
     if (everyone := getattr(args, "recipients_csv", None)) is not None:
         n = write_recipients_csv(summary, everyone)
-        print(
+        say(
+            "report.recipients_csv_written",
             f"bulk-mms: wrote {count(n, 'recipient')} to {everyone}; not in it: "
             f"{count(summary.recipient_states.not_attempted, 'recipient')} not attempted "
             "(the ledger counts them, it does not name them)",
-            file=sys.stderr,
+            path=str(everyone),
+            recipients=n,
         )
     return Exit.OK
 
