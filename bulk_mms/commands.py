@@ -89,8 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job, name=args.name, input_file=args.input)
     if args.input is not None and args.name is None:
         job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
-    if args.metrics is not None:
-        args.metrics.name = job.name
+    if args.metrics is not None:  # a sandbox run's series never pass for the real job's
+        args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
     if args.to and args.ledger is not None:
         raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
     if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
@@ -105,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent)
     if args.dry_run:
+        if not args.sandbox:
+            _warn_cleartext(settings.base_url)
         return print_dry_run(_plan(job, settings, args), job, settings)
     key = _api_key(args)
     if not args.yes and not args.sandbox and interactive():
@@ -192,7 +194,8 @@ def _rerun_name(name: str, input_file: Path) -> str:
     return f"{name}-{stem}"[:91] + f"-{digest}"
 
 
-def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
+def _warn_cleartext(base_url: str) -> None:
+    """Warn when the API key would cross the network unencrypted (a run, and its dry run)."""
     if sends_key_in_clear(base_url):
         structlog.get_logger("bulk_mms.cli").warning(
             "config.cleartext_base_url",
@@ -200,6 +203,10 @@ def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
             hint="plain http to a host that is not this machine: the API key would cross the "
             "network unencrypted; use https",
         )
+
+
+def _client(settings: Settings, base_url: str, key: str) -> AiohttpMmsClient:
+    _warn_cleartext(base_url)
     return AiohttpMmsClient(
         base_url,
         key,

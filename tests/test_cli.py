@@ -353,6 +353,9 @@ def test_plain_http_off_this_machine_warns(
     assert code == 1
     assert "config.cleartext_base_url" in err
     assert SECRET not in err
+    url = f"http://10.255.255.1:{port}/v2"
+    assert main(["--log-json", "run", str(job.path), "--base-url", url, "--dry-run"]) == 0
+    assert "config.cleartext_base_url" in capsys.readouterr().err  # the dry run warns too
 
 
 def _free_port() -> int:

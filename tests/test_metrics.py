@@ -8,7 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx
 from tests.conftest import JobFactory, numbers
+from tests.threaded import fake_api_thread
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +54,7 @@ def test_a_run_writes_its_exit_code_times_and_recipients(jobs: JobFactory, tmp_p
 
 
 def test_a_failed_run_keeps_the_last_success_and_says_its_exit_code(
-    jobs: JobFactory, tmp_path: Path
+    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run that fails (no API key: exit 2) still writes the file, with its exit code, and
     carries over the last success from the file it replaces: what the 26 h alert reads."""
@@ -60,8 +62,12 @@ def test_a_failed_run_keeps_the_last_success_and_says_its_exit_code(
     jobs.job()
     prom = tmp_path / "bulk_mms.prom"
     job_file = str(jobs.root / "job.toml")
-    assert main(["-q", "run", job_file, "--sandbox", "--metrics-file", str(prom)]) == 0
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-metrics")
+    with fake_api_thread(FakeTelnyx()) as url:
+        args = ["-q", "run", job_file, "--base-url", url, "--metrics-file", str(prom)]
+        assert main(args) == 0
     success = samples(prom)[("bulk_mms_last_success_timestamp_seconds", ())]
+    monkeypatch.delenv("TELNYX_API_KEY")
     assert main(["-q", "run", job_file, "--metrics-file", str(prom)]) == 2
     m = samples(prom)
     assert m[("bulk_mms_last_exit_code", ())] == 2
