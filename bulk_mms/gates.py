@@ -29,7 +29,12 @@ class Gates:
     """Quiet hours and the deadline, asked for each group the runner reads."""
 
     def __init__(
-        self, job: JobConfig, recorder: Recorder, clock: Clock, quiet: Counter[tuple[str, ...]]
+        self,
+        job: JobConfig,
+        recorder: Recorder,
+        clock: Clock,
+        quiet: Counter[tuple[str, ...]],
+        expires_at: dt.datetime | None,
     ) -> None:
         self.job = job
         self.recorder = recorder
@@ -38,8 +43,9 @@ class Gates:
         #: Recipients left for their window to open, by their zones (shared with the sender,
         #: which finds some closed only when their turn comes).
         self.quiet = quiet
-        #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign began).
-        self.deadline = job_deadline(job, self.view)
+        #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign began:
+        #: :func:`job_deadline`, as the sender keeps it).
+        self.deadline = expires_at
 
     def hold(self, group: Group) -> bool:
         """Whether ``group`` is held back now (waiting for its window, or expired)."""

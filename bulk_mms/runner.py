@@ -114,7 +114,7 @@ class Runner:
         #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`).
         self.sharing = Sharing(self.store, self.view, clock)
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
-        self.gates = Gates(job, recorder, clock, self.sender.quiet)
+        self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
         self.quiet = self.sender.quiet
         self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.

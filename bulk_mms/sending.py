@@ -34,6 +34,7 @@ from bulk_mms.errors import (
     SenderRefused,
     SendError,
 )
+from bulk_mms.gates import job_deadline
 from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed
 from bulk_mms.ledger.fold import RETRY_PENDING
@@ -81,6 +82,8 @@ class _Tries(msgspec.Struct):
     throttled: int = 0
     #: Its sender was retired while it waited: it goes out from another.
     rerouted: bool = False
+    #: The job's deadline passed before it could leave: recorded ``expired_unsent``.
+    expired: bool = False
 
 
 class RequestTimes:
@@ -160,6 +163,15 @@ class GroupSender:
         self.deadline = (
             self.started + settings.max_job_duration_s if settings.max_job_duration_s else None
         )
+        #: After this (aware) no request leaves: the job's ``deadline``, or ``max_age_s``
+        #: after its campaign began. Checked as each request is about to leave, every try.
+        self.expires_at = job_deadline(job, self.view)
+        #: The same moment on the monotonic clock, where waits (the pacer's, a backoff's) end.
+        self.expires_mono = (
+            self.started + (self.expires_at.timestamp() - clock.wall())
+            if self.expires_at is not None
+            else None
+        )
         #: Retries told one line per cause now and then, not one line each.
         self.retries = RetryDigest(now=clock.monotonic)
         self.transient_streak = 0  # groups in a row that got no usable answer
@@ -222,12 +234,12 @@ class GroupSender:
         return rec.key  # the same request again, or one that may have been accepted
 
     def _deadline_for(self) -> float | None:
-        """The earlier of the job's deadline and this group's ``max_group_age_s``."""
+        """When this group's waits and tries end (monotonic): the earliest of
+        ``max_job_duration_s``, the job's deadline and this group's ``max_group_age_s``."""
         age_limit = self.settings.max_group_age_s
-        if not age_limit:
-            return self.deadline
-        own = self.clock.monotonic() + age_limit
-        return own if self.deadline is None else min(self.deadline, own)
+        own = self.clock.monotonic() + age_limit if age_limit else None
+        ends = [t for t in (self.deadline, self.expires_mono, own) if t is not None]
+        return min(ends, default=None)
 
     async def send(self, group: Group) -> Group | None:
         """Send one group and record how it ended. Returns what goes out in its place, if
@@ -271,6 +283,9 @@ class GroupSender:
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None
+        if tries.expired:  # recorded expired_unsent as its deadline passed between tries
+            self._release(group, None)
+            return None
         if tries.rerouted and result.receipt is None and not tries.ambiguous:
             # its sender was retired while it waited to retry: nothing was accepted, and it
             # goes on from another sender (its open attempt is closed by what comes of that)
@@ -295,7 +310,8 @@ class GroupSender:
         return None if self.stop.is_set() else after
 
     async def _before_attempt(self, tries: _Tries, number: int) -> None:
-        """Pace, check the window and the stop, write the attempt ahead, take a send slot."""
+        """Pace, check the gates, write the attempt ahead, take a send slot, and check the
+        gates again: the request leaves only if every gate is open at that moment."""
         group = tries.group
         try:
             tries.ticket = await self.pacer.acquire(
@@ -303,24 +319,8 @@ class GroupSender:
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
-            raise self._gave_up(exc) from None
-        if (
-            self.job.send_window is not None
-            and not self.stop.is_set()
-            and not in_window(self.job, utc(self.clock))
-        ):
-            log.warning("job.window_closed", send_window=str(self.job.send_window))
-            self.stop.request("window")
-        if self.stop.is_set():
-            raise StopRetrying
-        window = self.job.recipient_window
-        if (
-            window is not None
-            and number == 1
-            and not open_for(window, group.zones, utc(self.clock))
-        ):
-            self.quiet[group.zones] += len(group.to)  # closed while it waited: for later
-            raise StopRetrying
+            raise self._gave_up(exc, tries) from None
+        self._check_gates(tries)
         for limit in self.limits:
             if (over := limit.reserve(group)) is not None:
                 self._fail(over, "limit")
@@ -334,7 +334,50 @@ class GroupSender:
             # on record, but the request never left: a resume must not take it for one that
             # may have been accepted
             raise StopRetrying(never_left()) from None
+        self._check_gates(tries, on_record=True)
         self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
+
+    def _check_gates(self, tries: _Tries, *, on_record: bool = False) -> None:
+        """Raise :class:`StopRetrying` unless every gate is open now: the stop, the job's
+        ``send_window``, its deadline (``deadline``, ``max_age_s``) and the recipients'
+        ``recipient_window``, on every try. A group the deadline closes on is recorded
+        ``expired_unsent`` (unless a try may have been accepted: it stays in doubt); one its
+        recipients' window closes on waits for it (a later run). ``on_record``: its attempt
+        is written, so a stop records that the request never left."""
+        group, now = tries.group, utc(self.clock)
+        unsent: SendError | None = None
+        if on_record:  # this try never left; an earlier one (this run's or not) may have
+            unsent = (
+                AmbiguousSendError(
+                    "stopped before a repeat left; an earlier try may have been accepted"
+                )
+                if tries.ambiguous
+                else never_left()
+            )
+        if (
+            self.job.send_window is not None
+            and not self.stop.is_set()
+            and not in_window(self.job, now)
+        ):
+            log.warning("job.window_closed", send_window=str(self.job.send_window))
+            self.stop.request("window")
+        if self.stop.is_set():
+            raise StopRetrying(unsent)
+        if self.expires_at is not None and now >= self.expires_at:
+            self._expire(tries)
+            raise StopRetrying(None if tries.expired else unsent)
+        window = self.job.recipient_window
+        if window is not None and not open_for(window, group.zones, now):
+            self.quiet[group.zones] += len(group.to)  # closed while it waited: for later
+            raise StopRetrying(unsent)
+
+    def _expire(self, tries: _Tries) -> None:
+        """The job's deadline passed before ``tries.group`` could leave: record it
+        ``expired_unsent`` (never sent later), unless a try may have been accepted."""
+        if tries.ambiguous or tries.expired or self.expires_at is None:
+            return
+        tries.expired = True
+        self.recorder.expired(tries.group, self.expires_at.isoformat(timespec="minutes"))
 
     def _on_error(self, tries: _Tries, exc: SendError) -> None:
         """Learn from a failed try (the pacer from a 429); keep what a forced stop records."""
@@ -346,12 +389,20 @@ class GroupSender:
             tries.throttled += 1
         self._watch_spam(exc)
 
-    def _gave_up(self, exc: PaceAborted) -> StopRetrying:
-        """Why a group stops waiting for the pacer: the job stops, its deadline passes (the job
-        stops too), or its own ``max_group_age_s`` would pass first (the group alone gives up,
-        recorded with its last error, or as rate limited when it never got a try)."""
+    def _gave_up(self, exc: PaceAborted, tries: _Tries) -> StopRetrying:
+        """Why a group stops waiting for the pacer: the job stops, ``max_job_duration_s``
+        passes (the job stops too), the job's deadline passes (the group expires), or its own
+        ``max_group_age_s`` would pass first (the group alone gives up, recorded with its last
+        error, or as rate limited when it never got a try)."""
         if exc.reason == "deadline" and self.deadline is not None and exc.earliest > self.deadline:
             self.deadline_reached()
+            return StopRetrying()
+        if (
+            exc.reason == "deadline"
+            and self.expires_mono is not None
+            and exc.earliest >= self.expires_mono
+        ):
+            self._expire(tries)
             return StopRetrying()
         if exc.reason == "deadline":
             return StopRetrying(

@@ -1,0 +1,113 @@
+"""Every gate is checked as each request is about to leave, on every try: the job's deadline
+(and max_age_s), its send_window and the recipients' recipient_window close on groups that
+wait in the queue, the pacer or a backoff, and none of them goes out (injected clock)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from msgspec.structs import replace
+
+from bulk_mms.errors import RateLimited
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.runner import run_job
+from bulk_mms.testing import groups_in, ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+
+NOON = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+ONE_MINUTE = dt.timedelta(minutes=1)
+
+
+def clock_at(when: dt.datetime) -> FakeClock:
+    return FakeClock(wall=when.timestamp())
+
+
+async def test_no_request_leaves_after_the_deadline_from_the_queue_or_the_pacer(
+    jobs: JobFactory,
+) -> None:
+    """Paced at one group a second with the deadline 3.5 s away, the groups still queued or
+    waiting in the pacer when it passes are recorded expired_unsent, and no request leaves
+    after it."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:03.5+00:00"')
+    clock = clock_at(NOON)
+    left: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        left.append(clock.wall())
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, rate=1.0, concurrency=4)
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    deadline = NOON.timestamp() + 3.5
+    assert left
+    assert max(left) <= deadline
+    assert s.sent_groups == len(left)
+    assert s.sent_groups + s.expired_groups == 10
+    expired = [e for e in ledger_events(job.ledger) if e.get("code") == "expired_unsent"]
+    assert len(expired) == 10 - len(left)
+
+
+async def test_a_retry_after_the_deadline_never_leaves(jobs: JobFactory) -> None:
+    """A group whose first try gets a 503 and whose backoff would end past the deadline is not
+    tried again (it stays with its 503), and the next run records it expired_unsent."""
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:05+00:00"')
+    clock = clock_at(NOON)
+    tries: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        tries.append(clock.wall())
+        raise RateLimited("busy", retry_after=10.0, status=503)
+
+    settings = replace(FAST, retry=replace(FAST.retry, max_retry_after=60))
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert tries == [NOON.timestamp()]
+    assert s.sent_groups == 0
+    again = await run_job(job, settings, FakeClient(answer), clock=clock_at(NOON + ONE_MINUTE))
+    assert (tries, again.expired_groups) == ([NOON.timestamp()], 1)
+    codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes == ["503", "expired_unsent"]
+
+
+async def test_a_429_pause_past_the_deadline_expires_the_group(jobs: JobFactory) -> None:
+    """A Retry-After that would carry the group past the deadline ends its wait at once: it
+    expires instead of going out 553 s late."""
+    jobs.people(8)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:30+00:00"')
+    clock = clock_at(NOON)
+    sent_at: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if n == 0:
+            raise RateLimited("slow", retry_after=600.0)
+        sent_at.append(clock.wall())
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, max_retry_after=900))
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert all(t <= NOON.timestamp() + 30 for t in sent_at)
+    assert clock.wall() - NOON.timestamp() < 60  # the pause was not waited out
+    assert s.sent_groups == len(sent_at)
+    assert s.expired_groups >= 1
+
+
+async def test_quiet_hours_are_checked_on_every_try(jobs: JobFactory) -> None:
+    """A retry whose backoff ends after the recipients' window closed is not sent: the group
+    waits for the window (exit 4's quiet hours), it is not texted at 21:00:19."""
+    jobs.people(4, tz="America/Chicago")
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "08:00-21:00"\ntimezone_column = "tz"')
+    almost = dt.datetime(2026, 11, 24, 20, 59, 55, tzinfo=ZoneInfo("America/Chicago"))
+    clock = clock_at(almost)
+    tries: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        tries.append(clock.wall())
+        raise RateLimited("busy", retry_after=20.0, status=503)
+
+    settings = replace(FAST, retry=replace(FAST.retry, max_retry_after=60))
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert tries == [almost.timestamp()]
+    assert s.stopped == "quiet_hours"
+    assert groups_in(job.ledger, "retry_pending")
