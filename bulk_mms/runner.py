@@ -38,11 +38,17 @@ from bulk_mms.prepare import (
     plan,
     remade_from,
 )
-from bulk_mms.progress import Progress, Snapshot, open_count
+from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import next_opening
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
-from bulk_mms.scan import InputScan, check_rejected_share, open_reader, scan_input
+from bulk_mms.scan import (
+    InputScan,
+    ScanStopped,
+    check_rejected_share,
+    open_reader,
+    scan_input,
+)
 from bulk_mms.sending import GroupSender
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
@@ -398,7 +404,19 @@ async def run_job(
         )
         return JobSummary(job.name, stopped="window")
     suppressed = suppression_for(settings.suppression_file, job.where)
-    scan = scan_input(job, suppressed=suppressed, excluded=excluded, rejected_csv=rejected_csv)
+    log.info("input.scan_started", input=str(job.input))
+    try:  # in a worker thread: a signal during a long scan is heard at once
+        scan = await asyncio.to_thread(
+            scan_input,
+            job,
+            suppressed=suppressed,
+            excluded=excluded,
+            rejected_csv=rejected_csv,
+            stopped=stop.is_set,
+        )
+    except ScanStopped:
+        log.warning("job.stopped_while_scanning", reason=stop.reason)
+        return JobSummary(job.name, stopped=stop.reason)
     check_rejected_share(scan, job)
     with open_reader(job, keep_all=True) as reader:
         header = header_for(job, scan.fingerprint, clock)
@@ -470,7 +488,7 @@ async def _showing(
     if progress is None:
         yield
         return
-    total = open_count(job.input)
+    total = runner.scan.rows if runner.scan is not None else None
     shower = asyncio.create_task(runner.report_progress(progress, total))
     try:
         yield

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 
 import msgspec
@@ -125,17 +125,29 @@ def excluding(
             yield item
 
 
+class ScanStopped(Exception):
+    """The scan was asked to stop (``stopped()`` became true) before the end of the input."""
+
+
+#: Rows between two looks at ``stopped`` during a scan.
+STOP_CHECK_ROWS = 4096
+
+
 def scan_input(
     job: JobConfig,
     *,
     suppressed: Container[str] = (),
     excluded: Container[int] = (),
     rejected_csv: Path | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> InputScan:
     """Read the whole input once; write every rejected row to ``rejected_csv`` if given.
 
     ``suppressed`` numbers are counted, not rejected here: the list applies to groups
-    (:func:`bulk_mms.prepare.members_left`).
+    (:func:`bulk_mms.prepare.members_left`). ``stopped`` is asked every
+    :data:`STOP_CHECK_ROWS` rows (a run scans in a worker thread, so a signal is heard at
+    once); when it says so, the scan ends with :class:`ScanStopped` (``rejected_csv`` is then
+    left as it was).
 
     Raises:
         InputError: the file cannot be read to its end, or is not text in its encoding.
@@ -156,7 +168,9 @@ def scan_input(
 
         def rejected() -> Iterator[tuple[int, str, str]]:
             nonlocal recipients, on_list
-            for item in items:
+            for n, item in enumerate(items):
+                if n % STOP_CHECK_ROWS == 0 and stopped():
+                    raise ScanStopped
                 if isinstance(item, RejectedRow):
                     counts[item.kind] += 1
                     if item.kind.loss:
