@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import os
 import re
@@ -58,7 +59,7 @@ from bulk_mms.ledger import (
     named,
 )
 from bulk_mms.media import check_media
-from bulk_mms.prepare import dry_run, seed_job, sent_numbers
+from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.report import (
@@ -99,6 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
         job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
         settings = sealed(settings)
+    if where is None and job.dated_ledger and job.database is None:
+        job = _finish_yesterdays(job, args)
     if args.to:
         job = seed_job(job, args.to, utc(SystemClock()))
     _refuse_daily_cap_with_dated_ledger(job, settings)
@@ -162,6 +165,24 @@ def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSu
             rejected_csv=args.rejected_csv,
         )
     )
+
+
+def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
+    """The job with the previous day's ``{date}`` ledger when the run belongs there
+    (:func:`~bulk_mms.prepare.continues_earlier`): a campaign cut at midnight is finished, not
+    sent again to everyone under a new date."""
+    now = utc(SystemClock())
+    yesterday = load_job(
+        args.job, name=job.name, input_file=args.input, now=now - dt.timedelta(days=1)
+    ).ledger
+    if args.sandbox:
+        yesterday = sandbox_ledger(yesterday)
+    if not continues_earlier(job, yesterday, now):
+        return job
+    structlog.get_logger("bulk_mms.cli").info(
+        "ledger.continued", ledger=str(yesterday), instead_of=str(job.ledger)
+    )
+    return replace(job, ledger=yesterday)
 
 
 def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> None:

@@ -32,7 +32,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import FAILED
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
-from bulk_mms.reader import RowReader
+from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.scan import InputScan, check_rejected_share, excluding, open_reader, scan_input
 from bulk_mms.summary import Estimate, JobSummary
 from bulk_mms.suppression import suppression_for
@@ -336,6 +336,26 @@ async def dry_run(
     )
     s.estimate = replace(estimated, paid=sum(view.cost().values(), Decimal(0)))
     return s
+
+
+def continues_earlier(job: JobConfig, earlier: Path, now: dt.datetime) -> bool:
+    """Whether a run of a ``{date}`` job at ``now`` belongs in ``earlier`` (the previous
+    date's ledger) rather than its own: ``earlier`` is this job's, for this very input, the
+    job's own ledger is not begun, and: with a ``send_window`` across midnight, ``now`` is
+    before the window's end (its night began on the earlier date, whatever is left of it);
+    else, ``earlier`` is unfinished (input not all read; recipients not attempted, pending a
+    rerun or in doubt)."""
+    if earlier == job.ledger or job.ledger.exists() or not earlier.exists():
+        return False
+    view = load(earlier, statuses=False)
+    header = view.header
+    if header is None or header.job != job.name or header.fingerprint != fingerprint(job.input):
+        return False
+    window = job.send_window
+    if window is not None and window.end < window.start:  # across midnight
+        return now.astimezone(job.zone).time() < window.end  # before it ends: its night
+    r = view.recipients()
+    return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
 
 
 def sent_numbers(ledgers: Sequence[Location]) -> frozenset[int]:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import EXIT_WINDOW, main
-from bulk_mms.config import SendWindow, load_job
+from bulk_mms.config import JobConfig, SendWindow, load_job
 from bulk_mms.errors import ConfigError
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.prepare import continues_earlier
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
+from tests.threaded import fake_api_thread
 
 UTC = dt.UTC
 
@@ -104,3 +110,53 @@ def test_cli_exits_4_outside_the_window(
     err = capsys.readouterr().err
     assert "send window closed" in err
     assert "Traceback" not in err
+
+
+async def _cut_short(job_path: Path, when: dt.datetime) -> JobConfig:
+    """Run the job as of ``when`` (its {date} ledger) and stop it after one group."""
+    earlier = load_job(job_path, now=when)
+    await run_job(earlier, FAST, FakeClient(), limit=1)
+    return earlier
+
+
+def test_a_campaign_cut_at_midnight_is_finished_not_sent_again(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A {date} job whose run yesterday was cut short (its window crossed midnight): today's
+    run finishes yesterday's ledger, so nobody is texted twice; once it is finished, the next
+    day's run opens a ledger of its own."""
+    jobs.people(24)
+    job = jobs.job(extra='group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"')
+    yesterday = dt.datetime.now(UTC) - dt.timedelta(days=1)
+    earlier = asyncio.run(_cut_short(job.path, yesterday))
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-cron")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert sorted(fake.recipient_counts()) == numbers(24)[4:]  # the first group went yesterday
+    assert not load_job(job.path).ledger.exists()
+    assert summarize(earlier.ledger).recipient_states.sent == 24
+
+
+@pytest.mark.parametrize(
+    ("local", "continues"),
+    [(dt.time(0, 0, 30), True), (dt.time(5, 59), True), (dt.time(22, 30), False)],
+)
+async def test_a_night_window_belongs_to_the_date_it_opened(
+    jobs: JobFactory, local: dt.time, continues: bool
+) -> None:
+    """With send_window 22:00-06:00, a run after midnight belongs to the ledger of the night's
+    first date, finished or not; one after 22:00 opens its own."""
+    jobs.people(8)
+    extra = (
+        'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
+        'send_window = "22:00-06:00"\ntimezone = "America/Chicago"'
+    )
+    job = jobs.job(extra=extra)
+    zone = job.zone
+    now = dt.datetime.combine(dt.date(2026, 11, 25), local, zone)
+    night = dt.datetime.combine(dt.date(2026, 11, 24), dt.time(23), zone)
+    earlier = load_job(job.path, now=night)
+    await run_job(earlier, FAST, FakeClient(), clock=FakeClock(wall=night.timestamp()))
+    today = load_job(job.path, now=now)
+    assert continues_earlier(today, earlier.ledger, now) is continues
