@@ -79,9 +79,14 @@ class Recorder:
         #: The module's logger bound once for the run: the lazy proxy would build a logger
         #: anew for every line, even one filtered out (a per-group debug line cost 6 µs).
         self.log = log.bind()
+        # stamps are the run's start on the wall clock plus monotonic time since: a clock
+        # step mid-run (NTP, a VM resumed) never makes a span between two stamps of one run
+        # (the report's time spent sending, its achieved rate) negative or hours long
+        self._mono0, self._wall0 = clock.monotonic(), clock.wall()
 
     def _now(self) -> str:
-        return iso(self.clock.wall())
+        """The stamp of an event written now (see ``__init__``)."""
+        return iso(self._wall0 + (self.clock.monotonic() - self._mono0))
 
     async def _write(self, ev: Event) -> None:
         await self.store.append(ev)

@@ -123,6 +123,10 @@ class FakeClock:
         """Move time on without sleeping (as if the machine had been busy)."""
         self.time += seconds
 
+    def step_wall(self, seconds: float) -> None:
+        """Move the wall clock alone (an NTP step, a VM resumed): monotonic time goes on."""
+        self._wall_offset += seconds
+
     async def sleep(self, seconds: float) -> None:
         self.calls.append(seconds)
         self.time += max(0.0, seconds)

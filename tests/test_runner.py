@@ -521,3 +521,23 @@ async def test_after_a_crash_the_recipient_counts_add_up_to_the_whole_input(
     assert (r.valid, r.input_read) == (40, True)
     assert r.sent + r.failed + r.retry_pending + r.in_doubt + r.not_attempted == 40
     assert r.not_attempted > 0  # some groups were never made: counted all the same
+
+
+async def test_a_clock_step_mid_run_does_not_distort_the_time_spent_sending(
+    jobs: JobFactory,
+) -> None:
+    """The wall clock jumps an hour back mid-run (NTP): the ledger's time spent sending, and so
+    the report's achieved rate, are the monotonic span, not an hour off."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    clock = FakeClock()
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        clock.advance(1.0)
+        if n == 1:
+            clock.step_wall(-3600)
+        return ok_receipt(g, n)
+
+    await run_job(job, replace(FAST, concurrency=1), FakeClient(answer), clock=clock)
+    view = load(job.ledger)
+    assert 3.0 <= view.sending_seconds <= 5.0
