@@ -20,7 +20,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol, Self, cast
+from typing import IO, Self, cast
 
 import msgspec
 import orjson
@@ -37,33 +37,6 @@ BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-class Digest(Protocol):
-    """A hash being computed (``hashlib.sha256()``)."""
-
-    def update(self, data: bytes | memoryview, /) -> None: ...
-
-
-class _Hashed(io.RawIOBase):
-    """A raw file whose every byte read also goes to a digest. Private."""
-
-    def __init__(self, raw: IO[bytes], digest: Digest) -> None:
-        super().__init__()
-        self._raw, self._digest = raw, digest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n: int = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self._digest.update(memoryview(buffer)[:n])
-        return n
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -95,7 +68,6 @@ class RowReader:
     __slots__ = (
         "_bad",
         "_csv",
-        "_digest",
         "_file",
         "_first",
         "_lineno",
@@ -119,13 +91,10 @@ class RowReader:
         *,
         keep_all: bool = False,
         encoding: str = "utf-8",
-        digest: Digest | None = None,
     ) -> None:
         self.path = Path(path)
         #: The file's text encoding (an ASCII-compatible codec's name).
         self.encoding = encoding
-        # given every byte of the file as read; iterating to the end reads it all
-        self._digest = digest
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -165,8 +134,6 @@ class RowReader:
         """Open the file and check it as a whole. Raises :class:`InputError`."""
         try:
             raw: IO[bytes] = self.path.open("rb")
-            if self._digest is not None:
-                raw = io.BufferedReader(_Hashed(raw, self._digest), BLOCK_BYTES)
         except FileNotFoundError:
             raise InputError(self.path, "no such file") from None
         except IsADirectoryError:
@@ -522,9 +489,6 @@ class RowReader:
             raise RuntimeError("RowReader used before open()")
         try:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-            if self._digest is not None and self._raw is not None:
-                while self._raw.read(BLOCK_BYTES):  # what no row holds (a gzip trailer)
-                    pass
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
 

@@ -1,5 +1,5 @@
 """The whole input, checked before the first request: read, decoded, parsed and validated once,
-and hashed in the same pass.
+and hashed (the ledger's header keeps the hash).
 
 A run and a dry run scan first (:func:`scan_input`), then refuse the input (exit 2, nothing
 sent) when it cannot be read to its end (truncated, corrupt, not text in the job's encoding,
@@ -14,7 +14,6 @@ Memory: a set of the numbers seen (about 70 bytes a recipient, for duplicates), 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.grouping import keyed
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
-from bulk_mms.reader import Digest, RowReader
+from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.validate import validate_rows
 
 log = structlog.get_logger("bulk_mms.scan")
@@ -72,13 +71,10 @@ class InputScan(msgspec.Struct, frozen=True):
         )
 
 
-def open_reader(
-    job: JobConfig, *, keep_all: bool = False, digest: Digest | None = None
-) -> RowReader:
+def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
     """Open the job's input and check it against the job. Raises InputError or ConfigError.
 
     ``keep_all``: keep every column of each row (a run records the rows in its ledger).
-    ``digest``: given every byte of the file as read.
     """
     keep = [
         *job.message.fields,
@@ -91,7 +87,6 @@ def open_reader(
         keep,
         keep_all=keep_all,
         encoding=job.encoding,
-        digest=digest,
     )
     reader.open()
     if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
@@ -153,13 +148,12 @@ def scan_input(
         InputError: the file cannot be read to its end, or is not text in its encoding.
         ConfigError: ``rejected_csv`` cannot be written.
     """
-    digest = hashlib.sha256()
     counts: Counter[Rejection] = Counter()
     lost: Counter[str] = Counter()
     last_lines: dict[str, int] | None = {} if job.group_by else None
     recipients = on_list = 0
 
-    with open_reader(job, digest=digest) as reader:
+    with open_reader(job) as reader:
         items = validate_rows(reader, job.phone_column, job.default_region)
         if excluded:
             items = excluding(items, excluded)
@@ -194,7 +188,7 @@ def scan_input(
                 ) from None
             log.info("input.rejected_csv", path=str(rejected_csv), rows=n)
     return InputScan(
-        fingerprint=f"sha256:{digest.hexdigest()}",
+        fingerprint=fingerprint(job.input),
         rows=recipients + sum(counts.values()),
         recipients=recipients,
         lost=lost,

@@ -47,10 +47,12 @@ def fake_sleep() -> FakeClock:
     return FakeClock()
 
 
+#: Quick settings for a server that replays Idempotency-Keys (the fake client's answers are
+#: the test's own): the tests of the default, where keys are not trusted, say so.
 FAST = Settings(
     rate=10_000.0,
     concurrency=4,
-    retry=RetryConfig(attempts=3, backoff_initial=0.01, backoff_max=0.02),
+    retry=RetryConfig(attempts=3, backoff_initial=0.01, backoff_max=0.02, retry_ambiguous=True),
 )
 
 

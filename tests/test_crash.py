@@ -183,6 +183,7 @@ def test_an_endless_body_keeps_the_process_small(jobs: JobFactory) -> None:
     """Answers whose bodies never end are read up to 1 MiB each: the run finishes with every
     recipient accepted once, no traceback, and a peak RSS of a few tens of MB."""
     fake, job, config = paced_job(jobs)
+    config.write_text(config.read_text() + '[api]\nidempotency = "replayed"\n')
     fake.faults.extend(parse_faults("endless-body*6"))
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)

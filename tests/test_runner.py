@@ -153,8 +153,9 @@ async def test_auth_failure_stops_the_job(jobs: JobFactory) -> None:
     assert s.stopped == "auth"
     assert len(client.calls) <= FAST.concurrency
     failed = events(job, "failed")
-    assert len(failed) == len(client.calls)
-    assert all(e["retryable"] and e["code"] == "401" for e in failed)
+    assert all(e["retryable"] for e in failed)
+    met = [e for e in failed if e["code"] == "401"]
+    assert len(met) == len(client.calls)  # the others were stopped before their request left
     assert groups_in(job.ledger, "in_doubt") == set()
 
 

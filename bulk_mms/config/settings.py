@@ -16,7 +16,7 @@ import yarl
 from msgspec.structs import replace
 
 from bulk_mms.codes import DEFAULT_POLICY, Action
-from bulk_mms.config._toml import URL, Table, read_bool, read_choice, read_toml
+from bulk_mms.config._toml import URL, Table, read_choice, read_toml
 from bulk_mms.errors import ConfigError
 from bulk_mms.policy import load_policy
 
@@ -38,10 +38,12 @@ class RetryConfig(msgspec.Struct, frozen=True):
     backoff_max: float = 30.0
     #: Longest Retry-After hint honoured as given; longer hints are capped to this.
     max_retry_after: float = 300.0
-    #: Retry an outcome we cannot know (dropped after sending, read timeout) with the same
-    #: Idempotency-Key while the key is inside its window. Off for a server or proxy that
-    #: ignores the key: such groups are then held in doubt.
-    retry_ambiguous: bool = True
+    #: Whether the server replays an ``Idempotency-Key`` (``[api] idempotency =
+    #: "replayed"``): then an outcome we cannot know (dropped after sending, read timeout) is
+    #: retried under the same key while the key is inside its window. Telnyx declares no key
+    #: for group MMS, so by default it is not trusted: such a group is in doubt until the
+    #: API's records settle it (:mod:`bulk_mms.settle`).
+    retry_ambiguous: bool = False
     #: How long after a group's first attempt its key is trusted: a safe margin under the
     #: 24 hours Telnyx keeps a key.
     idempotency_window_s: float = 23 * 3600.0
@@ -105,6 +107,10 @@ class Settings(msgspec.Struct, frozen=True):
     #: (what Telnyx reports after sending is what the ledger and report use).
     price_per_recipient: Decimal | None = None
     currency: str = "USD"
+    #: ``[api] records_lag_s``: how long after a request the API's message detail records
+    #: may still lack it (Telnyx: the last 4 hours may be missing). A group in doubt is taken
+    #: for never accepted only when no record of it is found this long after its last try.
+    records_lag_s: float = 4 * 3600.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +169,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 backoff_initial=retry.float_("backoff_initial", dflt.backoff_initial, 0, 3600),
                 backoff_max=retry.float_("backoff_max", dflt.backoff_max, 0, 86_400),
                 max_retry_after=retry.float_("max_retry_after", dflt.max_retry_after, 0, 86_400),
-                retry_ambiguous=read_bool(retry, "retry_ambiguous", dflt.retry_ambiguous),
+                retry_ambiguous=_key_replayed(api, retry),
                 idempotency_window_s=retry.float_(
                     "idempotency_window_s", dflt.idempotency_window_s, 0, 86_400
                 ),
@@ -178,6 +184,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         settings = replace(
             settings,
             price_per_recipient=pricing.decimal("per_recipient"),
+            records_lag_s=api.float_("records_lag_s", settings.records_lag_s, 0, 7 * 86_400),
             currency=(pricing.str_("currency", "USD") or "USD").upper(),
         )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
@@ -185,6 +192,21 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if env.get(BASE_URL_ENV):
         settings = replace(settings, base_url=env[BASE_URL_ENV])
     return check_settings(settings)
+
+
+def _key_replayed(api: Table, retry: Table) -> bool:
+    """``[api] idempotency``: ``"untrusted"`` (the default: Telnyx declares no
+    Idempotency-Key for group MMS) or ``"replayed"`` (a server known to replay it). The older
+    ``[retry] retry_ambiguous`` says the same; the two must agree."""
+    choice = api.str_("idempotency")
+    if choice is not None and choice not in ("untrusted", "replayed"):
+        raise api.error("idempotency", f'must be "untrusted" or "replayed", not {choice!r}')
+    older = retry.bool_("retry_ambiguous")
+    if choice is not None and older is not None and older != (choice == "replayed"):
+        raise retry.error(
+            "retry_ambiguous", f'contradicts [api] idempotency = "{choice}": drop retry_ambiguous'
+        )
+    return choice == "replayed" if choice is not None else bool(older)
 
 
 def _daily_reset(limits: Table) -> str:
