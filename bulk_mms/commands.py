@@ -206,12 +206,12 @@ def _rerun_name(name: str, input_file: Path) -> str:
     The name picks the ledger, so a resend gets a ledger (and a campaign) of its own instead of
     tripping over the first send's; the hash gives each round of ``--failed-csv`` reruns its own
     (a second ``failed.csv`` differs from the first), while rerunning the same file resumes.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a regular file.
     """
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
-    try:
-        digest = fingerprint(input_file).removeprefix("sha256:")[:8]
-    except OSError:
-        return f"{name}-{stem}"[:100]  # unreadable: the run stops on it with its own message
+    digest = fingerprint(input_file).removeprefix("sha256:")[:8]
     return f"{name}-{stem}"[:91] + f"-{digest}"
 
 
