@@ -26,6 +26,7 @@ from bulk_mms.config import (
     API_KEY_ENV,
     JobConfig,
     Settings,
+    cap_concurrency,
     check_settings,
     load_job,
     load_settings,
@@ -530,7 +531,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
             settings = replace(settings, rate=args.rate)
     if getattr(args, "concurrency", None) is not None:
         settings = replace(settings, concurrency=args.concurrency)
-    return check_settings(settings)
+    return cap_concurrency(check_settings(settings))
 
 
 def _api_key(args: argparse.Namespace) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
 import hashlib
 import io
@@ -70,6 +71,10 @@ def open_input(path: Path) -> IO[bytes]:
     except PermissionError:
         raise InputError(path, "permission denied") from None
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise InputError(
+                path, f"cannot be opened: {exc.strerror}: raise ulimit -n or lower --concurrency"
+            ) from None
         raise InputError(path, exc.strerror or str(exc)) from None
     try:
         _check_regular(path, os.fstat(fd).st_mode)
