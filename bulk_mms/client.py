@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import json
 import math
 import re
+import resource
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
     AuthError,
+    DescriptorsExhausted,
     EndpointError,
     NetworkError,
     NotFound,
@@ -352,27 +355,70 @@ def _where(location: str | None) -> str:
 
 @contextlib.contextmanager
 def map_client_errors() -> Iterator[None]:
-    """Translate aiohttp and socket failures into the :class:`SendError` tree."""
+    """Translate aiohttp and socket failures into the :class:`SendError` tree.
+
+    Raises:
+        DescriptorsExhausted: no socket could be opened for want of file descriptors (a local
+            fault, checked first: aiohttp reports it as a failure to connect).
+        SendError: the subclass that says whether the request left (see the module docstring).
+    """
     try:
         yield
     except SendError:
         raise
-    except (aiohttp.InvalidURL, ValueError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: BaseException) -> SendError:
+    """The :class:`SendError` for an aiohttp, socket or URL failure."""
+    if (exhausted := out_of_descriptors(exc)) is not None:
+        return exhausted
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
         # raised before anything is sent (check_settings refuses such URLs up front)
-        raise EndpointError(f"the base URL cannot be used ({type(exc).__name__})") from None
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise NetworkError(f"connect timed out ({exc or 'no answer'})") from None
-    except aiohttp.ClientConnectorError as exc:
+        return EndpointError(f"the base URL cannot be used ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return NetworkError(f"connect timed out ({exc or 'no answer'})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
         # DNS, refused, TLS: the connection was never made, so nothing was sent
-        raise NetworkError(f"cannot connect: {exc}") from None
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise AmbiguousSendError(f"no response in time ({type(exc).__name__})") from None
-    except aiohttp.ServerDisconnectedError:
-        raise AmbiguousSendError("the server closed the connection before answering") from None
-    except aiohttp.ClientPayloadError as exc:
-        raise AmbiguousSendError(f"the response was cut off ({exc})") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise AmbiguousSendError(f"connection failed ({type(exc).__name__}: {exc})") from None
+        return NetworkError(f"cannot connect: {exc}")
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return AmbiguousSendError(f"no response in time ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return AmbiguousSendError("the server closed the connection before answering")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return AmbiguousSendError(f"the response was cut off ({exc})")
+    return AmbiguousSendError(f"connection failed ({type(exc).__name__}: {exc})")
+
+
+def out_of_descriptors(exc: BaseException) -> DescriptorsExhausted | None:
+    """The :class:`DescriptorsExhausted` for ``exc`` when it (or the error it wraps: aiohttp's
+    ``os_error``, a cause or context) is EMFILE or ENFILE; None for any other failure."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE):
+            return DescriptorsExhausted(descriptors_message(err.errno))
+        todo += [getattr(err, "os_error", None), err.__cause__, err.__context__]
+    return None
+
+
+def descriptors_message(code: int) -> str:
+    """What running out of file descriptors means and what to do, in one line."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    whose = (
+        "the system's open-file table is full (ENFILE)"
+        if code == errno.ENFILE
+        else f"this process has all the file descriptors it may open (EMFILE; ulimit -n is {soft})"
+    )
+    return (
+        f"out of file descriptors, a local limit, not the API's: {whose}; raise ulimit -n or "
+        "lower --concurrency. Nothing was sent on that request: rerun to resume"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from bulk_mms.config import (
     API_KEY_ENV,
     JobConfig,
     Settings,
+    cap_concurrency,
     check_settings,
     load_job,
     load_settings,
@@ -206,12 +207,12 @@ def _rerun_name(name: str, input_file: Path) -> str:
     The name picks the ledger, so a resend gets a ledger (and a campaign) of its own instead of
     tripping over the first send's; the hash gives each round of ``--failed-csv`` reruns its own
     (a second ``failed.csv`` differs from the first), while rerunning the same file resumes.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a regular file.
     """
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
-    try:
-        digest = fingerprint(input_file).removeprefix("sha256:")[:8]
-    except OSError:
-        return f"{name}-{stem}"[:100]  # unreadable: the run stops on it with its own message
+    digest = fingerprint(input_file).removeprefix("sha256:")[:8]
     return f"{name}-{stem}"[:91] + f"-{digest}"
 
 
@@ -530,7 +531,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
             settings = replace(settings, rate=args.rate)
     if getattr(args, "concurrency", None) is not None:
         settings = replace(settings, concurrency=args.concurrency)
-    return check_settings(settings)
+    return cap_concurrency(check_settings(settings))
 
 
 def _api_key(args: argparse.Namespace) -> str:

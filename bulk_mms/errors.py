@@ -17,7 +17,9 @@
           │    ├── AuthError(status)   3    401/403: the key is refused
           │    ├── LimitReached        5    a carrier's cap (40016): resumable after its reset
           │    ├── AccountRefused      6    no funds (20100), spend limit (40333)
-          │    └── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
+          │    ├── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
+          │    └── DescriptorsExhausted 2   EMFILE/ENFILE: this machine ran out of file
+          │                                 descriptors (ulimit -n, --concurrency), not the API
           ├── Rejected(status)            400/422: the API refuses this group; never retried
           │    ├── NotFound                 404 on a GET: the API does not know the message id
           │    └── SenderRefused(sender)    40003/40315: the number leaves the pool, the group
@@ -215,6 +217,12 @@ class EndpointError(FatalSendError):
     bulk_mms never follows a redirect: a POST turned into a GET would be read as an answer to
     the send, and a 307 would post the body (and the key) wherever the ``Location`` points.
     """
+
+
+class DescriptorsExhausted(FatalSendError):
+    """No socket could be opened: the process or the system is out of file descriptors
+    (EMFILE, ENFILE). A local fault, not the API's: the job stops at once, leaving the group
+    unsent for a rerun, with a message naming ``ulimit -n`` and ``--concurrency``."""
 
 
 class Rejected(SendError):

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Never, Protocol, TextIO
 import msgspec
 import structlog
 
+from bulk_mms.errors import InputError
+from bulk_mms.reader import open_input
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -61,12 +64,12 @@ def count_rows(path: Path, *, header: bool) -> int | None:
     lines = 0
     last = b"\n"
     try:
-        with path.open("rb") as f:
+        with open_input(path) as f:
             while block := f.read(1 << 20):
                 lines += block.count(b"\n")
                 last = block[-1:]
-    except OSError:
-        return None
+    except (OSError, InputError):
+        return None  # not a regular file, or unreadable: the scan stops on it, saying why
     lines += last != b"\n"
     return max(0, lines - header)
 

@@ -10,10 +10,14 @@ whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it with no
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import gzip
 import hashlib
 import io
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
@@ -37,6 +41,61 @@ BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_input(path: Path) -> IO[bytes]:
+    """Open a job's input for reading bytes: the only way bulk_mms opens one.
+
+    A run reads its input several times (hash, count, check, send), so only a regular file
+    will do: a FIFO gives its rows to one pass only, and opening it waits for a writer.
+
+    Raises:
+        InputError: the path is missing, unreadable, a directory, or not a regular file
+            (a FIFO, a device, a socket); checked with ``stat`` before anything opens it.
+    """
+    try:
+        _check_regular(path, os.stat(path).st_mode)
+        # Non-blocking, so a path swapped for a FIFO since the stat cannot hang the open;
+        # the descriptor's own mode is checked again below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise InputError(
+                path, f"cannot be opened: {exc.strerror}: raise ulimit -n or lower --concurrency"
+            ) from None
+        raise InputError(path, exc.strerror or str(exc)) from None
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    """Raise the one-line :class:`InputError` for a ``st_mode`` that is not a regular file."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise InputError(path, "is a directory")
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    raise InputError(
+        path,
+        f"is not a regular file ({kind}): give bulk-mms a file; it reads the input more than once",
+    )
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -103,6 +162,9 @@ class RowReader:
         #: Keep every other column too, where the row has it (for the ledger's record of the
         #: input rows); a row without one is not rejected for it.
         self.keep_all = keep_all
+        # a device or FIFO is named as such, whatever its name says about the format
+        with contextlib.suppress(OSError):
+            _check_regular(self.path, os.stat(self.path).st_mode)
         self.format, self.gzipped = detect_format(self.path)
         #: Column names: the CSV header, or the keys of the first JSONL record.
         self.columns: tuple[str, ...] = ()
@@ -132,16 +194,7 @@ class RowReader:
 
     def open(self) -> None:
         """Open the file and check it as a whole. Raises :class:`InputError`."""
-        try:
-            raw: IO[bytes] = self.path.open("rb")
-        except FileNotFoundError:
-            raise InputError(self.path, "no such file") from None
-        except IsADirectoryError:
-            raise InputError(self.path, "is a directory") from None
-        except PermissionError:
-            raise InputError(self.path, "permission denied") from None
-        except OSError as exc:
-            raise InputError(self.path, exc.strerror or str(exc)) from None
+        raw = open_input(self.path)
         self._raw = raw
         self._file = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if self.gzipped else raw
         try:
@@ -554,9 +607,13 @@ def likely_encoding(data: bytes) -> str:
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """``sha256:<hex>`` of the file's bytes, as stored (compressed files are hashed compressed)."""
+    """``sha256:<hex>`` of the file's bytes, as stored (compressed files are hashed compressed).
+
+    Raises:
+        InputError: the file cannot be opened, or is not a regular file (:func:`open_input`).
+    """
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_input(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return f"sha256:{h.hexdigest()}"

@@ -369,7 +369,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     recorded = _recorded_rows(s, wanted) if wanted and s.columns else None
     if recorded is not None:
         columns, rows, full = [s.phone_column, *s.columns], recorded, True
-    elif wanted and source is not None and source.exists() and fingerprint(source) == s.fingerprint:
+    elif (
+        wanted and source is not None and source.is_file() and fingerprint(source) == s.fingerprint
+    ):
         columns, rows = _original_rows(source, s.phone_column, wanted)
         full = True
     else:

@@ -25,6 +25,7 @@ from bulk_mms.errors import (
     ApiUnavailable,
     AuthError,
     ConfigError,
+    DescriptorsExhausted,
     FatalSendError,
     LedgerError,
     LimitReached,
@@ -64,6 +65,7 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
     AuthError: "auth",
     LimitReached: "limit",
     AccountRefused: "account",
+    DescriptorsExhausted: "descriptors",
 }
 
 

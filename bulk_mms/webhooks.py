@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import parse_statuses
 from bulk_mms.clock import Clock, SystemClock, iso
-from bulk_mms.errors import ConfigError
+from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.models import RecipientStatus
@@ -120,6 +121,11 @@ def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: f
         raise Unverified("signature does not verify", 401) from None
 
 
+def _write_failed(event_id: str, exc: LedgerError) -> None:
+    """Log, in one line and without a traceback, that an event's reports could not be written."""
+    log.error("webhook.write_failed", id=_short(event_id), error=str(exc))
+
+
 def _short(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
 
@@ -135,9 +141,13 @@ class WebhookReceiver:
         *,
         clock: Clock | None = None,
         suppressed: Suppressed | None = None,
+        reopen: Callable[[], LedgerStore] | None = None,
     ) -> None:
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
+        #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
+        #: request that writes works on a fresh one (None: it stays failed, every write a 503).
+        self.reopen = reopen
         self.view = view
         self.store = store
         self.key = key
@@ -183,8 +193,14 @@ class WebhookReceiver:
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
-        matched, unknown = self.match(parse_statuses(payload), message_id)
-        recorded = await self.record(event_id, matched, message_id, occurred_at)
+        try:
+            self.ready()
+            matched, unknown = self.match(parse_statuses(payload), message_id)
+            recorded = await self.record(event_id, matched, message_id, occurred_at)
+        except LedgerError as exc:
+            # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
+            _write_failed(event_id, exc)
+            return web.json_response({"error": "the ledger cannot be written now"}, status=503)
         self.view.webhook_ids.add(event_id)
         if unknown:
             # the run may not have written this group's `sent` line yet (a webhook can beat it)
@@ -233,7 +249,62 @@ class WebhookReceiver:
         message_id: str | None,
         occurred_at: str | None,
     ) -> int:
-        """Write, durably, the reports that are news; how many were."""
+        """Write, durably, the reports that are news; how many were.
+
+        Raises:
+            LedgerError: a write failed. The view is then read anew from the ledger (it had
+                taken in reports that were not written), so a redelivery finds them news.
+        """
+        # this store and the view that goes with it, even should another writer's failure
+        # swap both meanwhile: a report goes into the view only of the store it is written to
+        store, view = self.store, self.view
+        try:
+            return await self._record(
+                store,
+                view,
+                event_id=event_id,
+                matched=matched,
+                message_id=message_id,
+                occurred_at=occurred_at,
+            )
+        except LedgerError:
+            if self.store is store:  # the first of the writers that saw it fail
+                with contextlib.suppress(LedgerError):
+                    self.ready()
+            raise
+
+    def ready(self) -> None:
+        """Have a store that takes writes: open the ledger anew, and read it into a fresh view,
+        if the current store's write failed (a full disk freed since, say).
+
+        Raises:
+            LedgerError: the store failed and the ledger cannot be opened again (yet).
+        """
+        failure = self.store.failed
+        if failure is None:
+            return
+        if self.reopen is None:
+            raise failure
+        store = self.reopen()
+        try:
+            view = store.fold()
+        except BaseException:
+            store.close_sync()
+            raise
+        self.store.close_sync()
+        self.store, self.view = store, view
+        log.info("webhook.ledger_reopened", ledger=store.name, after=str(failure))
+
+    async def _record(
+        self,
+        store: LedgerStore,
+        view: LedgerView,
+        *,
+        event_id: str,
+        matched: Sequence[tuple[str, RecipientStatus]],
+        message_id: str | None,
+        occurred_at: str | None,
+    ) -> int:
         n = 0
         for gid, st in matched:
             report = RecipientStatus(
@@ -243,8 +314,8 @@ class WebhookReceiver:
                 errors=st.errors[:5],
                 at=occurred_at or st.at,
             )
-            if self.view.apply_status(report, gid):
-                await self.store.append(
+            if view.apply_status(report, gid):
+                await store.append(
                     status_event(
                         gid,
                         report,
@@ -268,8 +339,15 @@ class WebhookReceiver:
         deadline = self.clock.monotonic() + self.late_window_s
         while unknown and self.clock.monotonic() < deadline:
             await self.clock.sleep(LATE_POLL_S)
-            matched, unknown = self.match(unknown, message_id)
-            await self.record(event_id, matched, message_id, occurred_at)
+            try:
+                self.ready()
+                matched, rest = self.match(unknown, message_id)
+                await self.record(event_id, matched, message_id, occurred_at)
+            except LedgerError as exc:
+                # answered already, so nobody redelivers: look for them again at the next poll
+                _write_failed(event_id, exc)
+                continue
+            unknown = rest
         if unknown:
             log.warning(
                 "webhook.unknown_recipient", id=event_id, message_id=message_id, count=len(unknown)
@@ -319,7 +397,13 @@ async def serve_webhooks(
         ConfigError: the address cannot be listened on.
     """
     store = open_store(location, "append")
-    receiver = WebhookReceiver(store.fold(), store, key, suppressed=suppressed)
+    receiver = WebhookReceiver(
+        store.fold(),
+        store,
+        key,
+        suppressed=suppressed,
+        reopen=lambda: open_store(location, "append"),
+    )
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -343,6 +427,6 @@ async def serve_webhooks(
     finally:
         await runner.cleanup()
         await receiver.close()
-        await store.close()
+        await receiver.store.close()
     log.info("webhooks.stopped", recorded=receiver.recorded, rejected=receiver.rejected)
     return receiver

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +20,8 @@ from bulk_mms.client import (
 from bulk_mms.errors import (
     AmbiguousSendError,
     AuthError,
+    DescriptorsExhausted,
+    FatalSendError,
     NetworkError,
     RateLimited,
     Rejected,
@@ -184,6 +188,30 @@ async def test_dns_failure_is_network_error() -> None:
     async with client("http://no-such-host.invalid/v2") as c:
         with pytest.raises(NetworkError, match="cannot connect"):
             await c.send(group(), IDEM)
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+async def test_descriptors_exhausted_while_connecting_is_a_local_fatal_error(
+    fake_api: API, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """EMFILE/ENFILE on the socket is DescriptorsExhausted (exit 2, naming ulimit -n and
+    --concurrency), not a NetworkError that would read as the API failing; nothing was sent."""
+    fake, url = fake_api
+
+    async def no_socket(*args: object, **kwargs: object) -> socket.socket:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("aiohttp.connector.aiohappyeyeballs.start_connection", no_socket)
+    async with client(url) as c:
+        with pytest.raises(DescriptorsExhausted) as info:
+            await c.send(group(), IDEM)
+    assert isinstance(info.value, FatalSendError)
+    assert not isinstance(info.value, NetworkError)
+    assert info.value.exit_code == 2
+    assert "ulimit -n" in str(info.value)
+    assert "--concurrency" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert fake.requests == []
 
 
 def test_receipt_without_data_is_ambiguous() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,57 @@ def test_user_folders_follow_xdg_and_ignore_a_relative_or_empty_value(tmp_path: 
     assert user_folder("cache", {"XDG_CACHE_HOME": "rel"}) == home / ".cache" / "bulk-mms"
     assert user_folder("data", {"XDG_DATA_HOME": ""}) == home / ".local/share" / "bulk-mms"
     assert user_folder("config", {}) == home / ".config" / "bulk-mms"
+
+
+def _deadline_job(tmp_path: Path, deadline: str) -> Path:
+    return write(
+        tmp_path,
+        f'name = "n"\ninput = "a.csv"\ngroup_size = 1\ntimezone = "America/Chicago"\n'
+        f'deadline = "{deadline}"\n' + GOOD_MESSAGE,
+    )
+
+
+def test_a_deadline_in_the_skipped_hour_is_refused_with_both_readings(tmp_path: Path) -> None:
+    """2026-03-08T02:30 never shows on Chicago's clocks: a one-line error says so and gives the
+    instant each offset would make of it."""
+    p = _deadline_job(tmp_path, "2026-03-08T02:30")
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert str(info.value) == (
+        f"{p}: deadline: 2026-03-08T02:30 does not exist in America/Chicago (the clocks go "
+        "from 02:00 to 03:00): read with either offset it is 2026-03-08T03:30-05:00 or "
+        "2026-03-08T01:30-06:00; write the one you mean"
+    )
+
+
+def test_a_deadline_in_the_repeated_hour_is_refused_with_both_offsets(tmp_path: Path) -> None:
+    """2026-11-01T01:30 happens twice in Chicago: the error names -05:00 and -06:00 and shows
+    how to write either."""
+    p = _deadline_job(tmp_path, "2026-11-01T01:30")
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert str(info.value) == (
+        f"{p}: deadline: 2026-11-01T01:30 happens twice in America/Chicago (-05:00 and "
+        "-06:00): write the offset, e.g. 2026-11-01T01:30-05:00 (the first) or "
+        "2026-11-01T01:30-06:00 (the second)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("2026-11-01T01:30-05:00", "2026-11-01T06:30:00+00:00"),
+        ("2026-11-01T01:30-06:00", "2026-11-01T07:30:00+00:00"),
+        ("2026-03-08T02:30-06:00", "2026-03-08T08:30:00+00:00"),
+        ("2026-11-01T02:30", "2026-11-01T08:30:00+00:00"),
+        ("2026-03-08T03:30", "2026-03-08T08:30:00+00:00"),
+    ],
+)
+def test_a_deadline_with_an_offset_or_outside_a_change_is_taken_as_written(
+    tmp_path: Path, text: str, utc: str
+) -> None:
+    """An explicit offset is taken as it is (even for a wall time the zone skips), and a local
+    time next to a change reads as the one instant it names."""
+    job = load_job(_deadline_job(tmp_path, text))
+    assert job.deadline is not None
+    assert job.deadline.astimezone(dt.UTC).isoformat() == utc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -288,3 +290,54 @@ async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(
     await receiver.close()
     await store.close()
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550002"]
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_frees(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, failures: int
+) -> None:
+    """While appending to the ledger fails with ENOSPC each delivery gets 503 (Telnyx
+    redelivers) and nothing is recorded; once space is back the same event is recorded in full,
+    once, and later events too: the receiver does not stay broken."""
+    path, client = await sent_ledger(jobs, 8)
+    store = open_store(path, "append")
+    receiver = WebhookReceiver(
+        store.fold(),
+        store,
+        load_public_key(PUBLIC_B64),
+        reopen=lambda: open_store(path, "append"),
+    )
+    real_write = os.write
+    full = [failures]
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if full[0] and b'"webhook_id"' in bytes(data):
+            full[0] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    first, second = client.calls[0], client.calls[1]
+    async with TestClient(TestServer(receiver.app())) as http:
+        delivery = event(
+            "message.finalized", first, f"msg-{first.id}-0", "delivered", event_id="e1"
+        )
+        statuses = []
+        for _ in range(failures + 1):
+            raw, headers = signed(delivery)
+            resp = await http.post("/webhooks", data=raw, headers=headers)
+            statuses.append(resp.status)
+        assert statuses == [503] * failures + [200]
+        assert (await resp.json())["recorded"] == 4
+        raw, headers = signed(
+            event("message.finalized", second, f"msg-{second.id}-0", "delivered", event_id="e2")
+        )
+        resp = await http.post("/webhooks", data=raw, headers=headers)
+        assert resp.status == 200
+        assert (await resp.json())["recorded"] == 4
+    await receiver.close()
+    await receiver.store.close()
+    lines = status_lines(path)
+    assert sorted((e["webhook_id"], e["recipient"]) for e in lines) == sorted(
+        [("e1", p) for p in first.to] + [("e2", p) for p in second.to]
+    )

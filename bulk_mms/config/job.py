@@ -385,7 +385,76 @@ def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | No
         raise top.error(
             "deadline", f"{text!r} is not a date and time like '2026-11-24T12:00'"
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=zone)
+    if when.tzinfo is not None:
+        return when
+    problem = local_time_problem(when, zone)
+    if problem is not None:
+        raise top.error("deadline", problem)
+    return when.replace(tzinfo=zone)
+
+
+def local_time_problem(when: dt.datetime, zone: dt.tzinfo) -> str | None:
+    """Why the naive local time ``when`` cannot stand for one instant in ``zone``, or None.
+
+    A wall time inside a spring-forward gap never happens; one inside a fall-back overlap
+    happens twice. Either way the message names both readings as times with an offset, so the
+    user can write the one they mean.
+    """
+    first = when.replace(tzinfo=zone, fold=0)
+    second = when.replace(tzinfo=zone, fold=1)
+    off_first, off_second = first.utcoffset(), second.utcoffset()
+    if off_first == off_second or off_first is None or off_second is None:
+        return None
+    shown = _minutes(when)
+    place = getattr(zone, "key", str(zone))
+    if first.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == when:
+        # Both folds survive the round trip: the wall time exists twice.
+        return (
+            f"{shown} happens twice in {place} ({_offset(off_first)} and "
+            f"{_offset(off_second)}): write the offset, e.g. {shown}{_offset(off_first)} "
+            f"(the first) or {shown}{_offset(off_second)} (the second)"
+        )
+    # A gap: fold=0 reads the time with the offset before the change, fold=1 with the one
+    # after; each lands on a wall time that does exist, on the other side of the jump.
+    readings = [
+        first.astimezone(dt.UTC).astimezone(zone),
+        second.astimezone(dt.UTC).astimezone(zone),
+    ]
+    jump = _transition(second.astimezone(dt.UTC), first.astimezone(dt.UTC), zone, off_second)
+    return (
+        f"{shown} does not exist in {place} (the clocks go from "
+        f"{(jump + off_first):%H:%M} to {(jump + off_second):%H:%M}): read with either offset "
+        f"it is {' or '.join(_minutes(r) + _offset(r.utcoffset()) for r in readings)}; write "
+        "the one you mean"
+    )
+
+
+def _transition(
+    low: dt.datetime, high: dt.datetime, zone: dt.tzinfo, after: dt.timedelta
+) -> dt.datetime:
+    """The first UTC second in ``[low, high]`` at which ``zone`` is at offset ``after``."""
+    lo, hi = int(low.timestamp()), int(high.timestamp())
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, zone).utcoffset() == after:
+            hi = mid
+        else:
+            lo = mid + 1
+    return dt.datetime.fromtimestamp(lo, dt.UTC).replace(tzinfo=None)
+
+
+def _minutes(when: dt.datetime) -> str:
+    """``when`` as ``YYYY-MM-DDTHH:MM`` (with seconds only when it has them), no offset."""
+    spec = "seconds" if when.second or when.microsecond else "minutes"
+    return when.replace(tzinfo=None).isoformat(timespec=spec)
+
+
+def _offset(offset: dt.timedelta | None) -> str:
+    """A UTC offset as ``-05:00``."""
+    total = int((offset or dt.timedelta()).total_seconds()) // 60
+    sign = "-" if total < 0 else "+"
+    hours, minutes = divmod(abs(total), 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
 
 
 def _parse_window(text: str, top: Table, setting: str = "send_window") -> SendWindow:

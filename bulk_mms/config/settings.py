@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import resource
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
 import msgspec
+import structlog
 import yarl
 from msgspec.structs import replace
 
@@ -25,6 +27,9 @@ DAILY_RESET = "00:00 America/Los_Angeles"
 DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
 API_KEY_ENV = "TELNYX_API_KEY"
 BASE_URL_ENV = "TELNYX_BASE_URL"
+#: File descriptors kept back from ``concurrency`` for everything but the API's sockets: the
+#: ledger and its lock, the input, logs, metrics, the event loop's own, a sandbox's server.
+RESERVED_DESCRIPTORS = 32
 
 
 class RetryConfig(msgspec.Struct, frozen=True):
@@ -292,3 +297,35 @@ def check_settings(settings: Settings) -> Settings:
     if not 1 <= settings.concurrency <= 1000:
         raise ConfigError("concurrency", f"must be from 1 to 1000, not {settings.concurrency}")
     return replace(settings, base_url=base_url)
+
+
+def cap_concurrency(settings: Settings, nofile: int | None = None) -> Settings:
+    """``settings`` with ``concurrency`` lowered to what the descriptor limit allows.
+
+    Each request in flight holds a socket, so ``concurrency`` plus
+    :data:`RESERVED_DESCRIPTORS` must fit under the soft ``RLIMIT_NOFILE`` (``ulimit -n``);
+    when it does not, concurrency becomes what fits (at least 1) and ``config.concurrency_capped``
+    is logged at warning level, instead of the run failing on its sockets.
+
+    Args:
+        settings: checked settings.
+        nofile: the soft descriptor limit; by default the process's own.
+    """
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY or nofile < 0:
+        return settings
+    fits = max(1, nofile - RESERVED_DESCRIPTORS)
+    if settings.concurrency <= fits:
+        return settings
+    needed = settings.concurrency + RESERVED_DESCRIPTORS
+    structlog.get_logger("bulk_mms.config").warning(
+        "config.concurrency_capped",
+        concurrency=settings.concurrency,
+        capped_to=fits,
+        nofile_limit=nofile,
+        reserved=RESERVED_DESCRIPTORS,
+        hint=f"ulimit -n is {nofile}: raise it (ulimit -n {needed}) for --concurrency "
+        f"{settings.concurrency}, or give a lower --concurrency",
+    )
+    return replace(settings, concurrency=fits)
