@@ -25,7 +25,7 @@ import msgspec
 
 from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import safe_cell, write_csv
-from bulk_mms.delivery import FINAL
+from bulk_mms.delivery import FINAL, UNCONFIRMED
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
@@ -168,10 +168,13 @@ class LedgerSummary(msgspec.Struct):
             "duplicate_rows": self.duplicate_rows,
             "delivery": dict(self.delivery.most_common()),
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
+            "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
+            "cost_final": {k: str(f) for k, (f, _) in sorted(self.cost_parts.items())},
+            "cost_estimated": {k: str(e) for k, (_, e) in sorted(self.cost_parts.items())},
             "attempts": self.attempts,
             "achieved_rate": round(a, 3) if (a := self.achieved_rate) is not None else None,
             "rate_limited": self.rate_limited,
@@ -285,6 +288,11 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     if s.delivery:
         lines.append("delivery     (recipients of sent groups, latest status)")
         lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
+        if d["delivery_unconfirmed"]:
+            lines.append(
+                f"  delivered? unconfirmed: {count(d['delivery_unconfirmed'], 'recipient')} "
+                "(final: no handset report will come; not failed, not pending)"
+            )
         if d["delivery_pending"]:
             lines.append(
                 f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
