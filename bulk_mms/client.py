@@ -240,7 +240,10 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
 
     ``GET /messages/group/{id}`` lists one message per recipient, each with its own id, ``to``
     and ``errors``; ``GET /messages/{id}`` returns one. Entries that are not objects, or have no
-    ``phone_number``, are skipped: a partial answer still yields what it does say.
+    ``phone_number``, are skipped: a partial answer still yields what it does say. A message
+    that names one recipient gives them its ``cost`` (:func:`~bulk_mms.models.parse_money`,
+    exact: the spec sends the amount as a string); a message naming several gives none, as
+    its cost is not one recipient's.
     """
     messages = data if isinstance(data, list) else [data]
     out: list[RecipientStatus] = []
@@ -255,7 +258,9 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
             None,
         )
         listed = msg.get("to")
-        for item in listed if isinstance(listed, list) else ():
+        items = listed if isinstance(listed, list) else []
+        cost = parse_money(msg.get("cost")) if len(items) == 1 else None
+        for item in items:
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
                 out.append(
                     RecipientStatus(
@@ -264,6 +269,7 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
                         message_id=mid,
                         errors=errors,
                         at=at,
+                        cost=cost,
                     )
                 )
     return tuple(out)

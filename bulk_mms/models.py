@@ -232,6 +232,10 @@ class RecipientStatus(msgspec.Struct, frozen=True):
     #: When the API says the status was reached (``completed_at``, ``sent_at``, or the
     #: webhook's ``occurred_at``), ISO 8601; None when it does not say.
     at: str | None = None
+    #: What this recipient's message cost, as the report said (a message that names only this
+    #: recipient: a group's GET lists one per recipient, a webhook is about one). Final only
+    #: when the status is (see :meth:`~bulk_mms.ledger.LedgerView.apply_status`).
+    cost: Money | None = None
 
 
 class SendReceipt(msgspec.Struct, frozen=True):
