@@ -238,6 +238,16 @@ class RecipientStatus(msgspec.Struct, frozen=True):
     cost: Money | None = None
 
 
+class OptOut(msgspec.Struct, frozen=True):
+    """One block of the profile's opt-out list (``GET /messaging_optouts``): ``to`` texted
+    STOP to ``from_``, so ``from_`` cannot text ``to`` (a 40300) until ``to`` texts START."""
+
+    #: The sending address the block is for (a number, or a short code, or an alphanumeric id).
+    from_: str
+    #: The number that opted out, E.164.
+    to: str
+
+
 class SendReceipt(msgspec.Struct, frozen=True):
     """The API's answer to an accepted group MMS, typed."""
 

@@ -105,6 +105,9 @@ class Settings(msgspec.Struct, frozen=True):
     #: (what Telnyx reports after sending is what the ledger and report use).
     price_per_recipient: Decimal | None = None
     currency: str = "USD"
+    #: ``[api] messaging_profile_id``: the profile whose opt-outs ``optouts sync`` reads
+    #: (``filter[messaging_profile_id]``); None reads the account's.
+    messaging_profile_id: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +182,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             settings,
             price_per_recipient=pricing.decimal("per_recipient"),
             currency=(pricing.str_("currency", "USD") or "USD").upper(),
+            messaging_profile_id=api.str_("messaging_profile_id") or None,
         )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()
