@@ -47,11 +47,14 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.models import Group, RecipientStatus, SendReceipt, parse_money
+from bulk_mms.models import Group, OptOut, RecipientStatus, SendReceipt, parse_money
 
 SEND_PATH = "/messages/group_mms"
 GROUP_PATH = "/messages/group/"
 MESSAGE_PATH = "/messages/"
+OPTOUTS_PATH = "/messaging_optouts"
+#: The largest ``page[size]`` the opt-out list serves.
+OPTOUT_PAGE_MAX = 250
 
 USER_AGENT = f"bulk-mms/{__version__}"
 log = structlog.get_logger("bulk_mms.client")
@@ -243,7 +246,10 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
 
     ``GET /messages/group/{id}`` lists one message per recipient, each with its own id, ``to``
     and ``errors``; ``GET /messages/{id}`` returns one. Entries that are not objects, or have no
-    ``phone_number``, are skipped: a partial answer still yields what it does say.
+    ``phone_number``, are skipped: a partial answer still yields what it does say. A message
+    that names one recipient gives them its ``cost`` (:func:`~bulk_mms.models.parse_money`,
+    exact: the spec sends the amount as a string); a message naming several gives none, as
+    its cost is not one recipient's.
     """
     messages = data if isinstance(data, list) else [data]
     out: list[RecipientStatus] = []
@@ -258,7 +264,9 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
             None,
         )
         listed = msg.get("to")
-        for item in listed if isinstance(listed, list) else ():
+        items = listed if isinstance(listed, list) else []
+        cost = parse_money(msg.get("cost")) if len(items) == 1 else None
+        for item in items:
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
                 out.append(
                     RecipientStatus(
@@ -267,9 +275,25 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
                         message_id=mid,
                         errors=errors,
                         at=at,
+                        cost=cost,
                     )
                 )
     return tuple(out)
+
+
+def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
+    """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` (1 when it is
+    missing or absurd). A block whose ``to`` is not an E.164 number (redacted, missing) is
+    left out; its ``from`` is kept as given (bounded), empty when missing."""
+    data = body.get("data") if isinstance(body, dict) else None
+    meta = body.get("meta") if isinstance(body, dict) else None
+    blocks = [
+        OptOut(from_[:32] if isinstance(from_ := item.get("from"), str) else "", to)
+        for item in (data if isinstance(data, list) else [])[:size]
+        if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.match(to)
+    ]
+    pages = meta.get("total_pages") if isinstance(meta, dict) else None
+    return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -519,20 +543,38 @@ class AiohttpMmsClient:
         _, body = await self._request("GET", url)
         return parse_statuses(body.get("data") if isinstance(body, dict) else None)
 
-    async def fetch_optouts(self, page: int, size: int = 250) -> tuple[list[str], int]:
-        """``GET /messaging_optouts``: one page of the profile's opt-outs; the numbers (``to``,
-        checked) and the number of pages."""
-        url = f"{self.base_url}/messaging_optouts?page[number]={page}&page[size]={size}"
+    async def fetch_optouts(
+        self,
+        page: int,
+        size: int = OPTOUT_PAGE_MAX,
+        *,
+        from_: str | None = None,
+        profile: str | None = None,
+    ) -> tuple[list[OptOut], int]:
+        """``GET /messaging_optouts``: one page of opt-outs (``page[size]`` at most
+        :data:`OPTOUT_PAGE_MAX`), unredacted (``redaction_enabled=false``: a redacted number,
+        ``+447766****``, names nobody), filtered by sender (``filter[from]``) and messaging
+        profile (``filter[messaging_profile_id]``) when given. The blocks
+        (:func:`parse_optouts`) and the number of pages.
+
+        Raises:
+            SendError: as for any GET (a GET is always safe to retry).
+        """
+        size = max(1, min(size, OPTOUT_PAGE_MAX))
+        query: dict[str, str | int] = {
+            "page[number]": page,
+            "page[size]": size,
+            "redaction_enabled": "false",
+        }
+        if from_ is not None:
+            query["filter[from]"] = from_
+        if profile is not None:
+            query["filter[messaging_profile_id]"] = profile
+        url = f"{self.base_url}{OPTOUTS_PATH}?" + urllib.parse.urlencode(
+            query, quote_via=urllib.parse.quote
+        )
         _, body = await self._request("GET", url)
-        data = body.get("data") if isinstance(body, dict) else None
-        meta = body.get("meta") if isinstance(body, dict) else None
-        numbers = [
-            to
-            for item in (data if isinstance(data, list) else [])[:size]
-            if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.match(to)
-        ]
-        pages = meta.get("total_pages") if isinstance(meta, dict) else None
-        return numbers, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
+        return parse_optouts(body, size)
 
     async def _request(
         self,

@@ -613,7 +613,9 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 
 
 def cmd_optouts(args: argparse.Namespace) -> int:
-    """``optouts sync``: every number that opted out of the profile goes on the list."""
+    """``optouts sync``: every number that opted out of the profile (``[api]
+    messaging_profile_id``; else of any profile of the account) goes on the list, read
+    unredacted (a redacted number names nobody)."""
     settings = sealed(settings_for(args)) if args.sandbox else settings_for(args)
     listed = suppression_for(settings.suppression_file, args.ledger)
     key = _api_key(args)
@@ -638,8 +640,12 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
         page, pages = 1, 1
         while page <= pages:
             found, pages = await fetch_with_retry(
-                functools.partial(client.fetch_optouts, page), settings.retry, what="optouts"
+                functools.partial(
+                    client.fetch_optouts, page, profile=settings.messaging_profile_id
+                ),
+                settings.retry,
+                what="optouts",
             )
-            numbers += found
+            numbers += [block.to for block in found]
             page += 1
         return numbers

@@ -1,8 +1,15 @@
 """Delivery statuses after the send: what ``track``, ``webhooks`` and ``report`` share.
 
 A sent group's recipients move ``queued`` → ``sending`` → ``sent`` → a final status
-(:data:`FINAL`). Reports arrive twice over (polling and webhooks), late, repeated and out of
-order, so one rule (:func:`supersedes`) decides whether a report is news:
+(:data:`FINAL`). Every status of the API (:data:`STATUSES`) is one of three kinds once final:
+received (``delivered``), not received (:data:`NOT_RECEIVED`: ``expired``, ``sending_failed``,
+``delivery_failed``) and unconfirmed (:data:`UNCONFIRMED`: ``delivery_unconfirmed``, and
+``unknown``, which group messages report for recipients not on Telnyx's network: handset
+delivery status is not available for them). Unconfirmed is final: nothing more will come, so
+``track --follow`` stops asking, and reports count them apart, neither failed nor pending.
+
+Reports arrive twice over (polling and webhooks), late, repeated and out of order, so one rule
+(:func:`supersedes`) decides whether a report is news:
 
 * a final status is never replaced by a non-final one (a late ``message.sent`` after
   ``message.finalized`` is ignored);
@@ -23,12 +30,28 @@ from typing import NamedTuple
 
 from bulk_mms.clock import instant
 
+#: Every recipient status the API documents (``to[].status`` of the spec, and ``unknown``,
+#: which group messages add), in the order a message moves through them.
+STATUSES = (
+    "queued",
+    "sending",
+    "sent",
+    "expired",
+    "sending_failed",
+    "delivery_unconfirmed",
+    "delivered",
+    "delivery_failed",
+    "unknown",
+)
 #: Statuses a recipient never leaves.
 FINAL = frozenset(
-    {"delivered", "delivery_failed", "sending_failed", "expired", "delivery_unconfirmed"}
+    {"delivered", "delivery_failed", "sending_failed", "expired", "delivery_unconfirmed", "unknown"}
 )
 #: Final statuses that mean the recipient did not get the message.
 NOT_RECEIVED = frozenset({"delivery_failed", "sending_failed", "expired"})
+#: Final statuses that say neither way: the carrier did not confirm (``delivery_unconfirmed``),
+#: or the recipient is not on Telnyx's network and no handset report exists (``unknown``).
+UNCONFIRMED = frozenset({"delivery_unconfirmed", "unknown"})
 _RANK = {"": 0, "queued": 1, "sending": 2, "sent": 3}
 
 

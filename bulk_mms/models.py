@@ -232,6 +232,20 @@ class RecipientStatus(msgspec.Struct, frozen=True):
     #: When the API says the status was reached (``completed_at``, ``sent_at``, or the
     #: webhook's ``occurred_at``), ISO 8601; None when it does not say.
     at: str | None = None
+    #: What this recipient's message cost, as the report said (a message that names only this
+    #: recipient: a group's GET lists one per recipient, a webhook is about one). Final only
+    #: when the status is (see :meth:`~bulk_mms.ledger.LedgerView.apply_status`).
+    cost: Money | None = None
+
+
+class OptOut(msgspec.Struct, frozen=True):
+    """One block of the profile's opt-out list (``GET /messaging_optouts``): ``to`` texted
+    STOP to ``from_``, so ``from_`` cannot text ``to`` (a 40300) until ``to`` texts START."""
+
+    #: The sending address the block is for (a number, or a short code, or an alphanumeric id).
+    from_: str
+    #: The number that opted out, E.164.
+    to: str
 
 
 class SendReceipt(msgspec.Struct, frozen=True):

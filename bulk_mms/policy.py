@@ -34,7 +34,7 @@ import datetime as dt
 import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import structlog
 
@@ -54,7 +54,7 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.models import Group, OptOut, RecipientStatus, SendReceipt
 
 log = structlog.get_logger("bulk_mms.policy")
 
@@ -149,6 +149,60 @@ def refused_members(
     return tuple(found)
 
 
+@runtime_checkable
+class OptOutLister(Protocol):
+    """A client that can read the opt-out list (:meth:`AiohttpMmsClient.fetch_optouts
+    <bulk_mms.client.AiohttpMmsClient.fetch_optouts>`)."""
+
+    async def fetch_optouts(
+        self, page: int, size: int = ..., *, from_: str | None = None, profile: str | None = None
+    ) -> tuple[list[OptOut], int]: ...
+
+
+#: The most opt-out pages one refusal reads (250 blocks each): past them the sender has more
+#: opt-outs than a lookup per refused group should page through, and the group fails as it is.
+OPTOUT_PAGES_MAX = 40
+
+
+async def refused_by_optouts(
+    client: object,
+    err: SendError,
+    group: Group,
+    policy: Mapping[str, Action],
+) -> tuple[str, ...]:
+    """The members of ``group`` that the opt-out list says opted out of its sender, for a
+    refusal under a ``suppress`` code (40300, a 409) that names none of them
+    (:func:`refused_members` found none: the spec does not promise a group's 40300 says who).
+
+    Reads ``GET /messaging_optouts`` filtered by ``filter[from]`` = the group's sender,
+    unredacted, 250 blocks a page; each block is a from→to pair, and a member is refused when
+    a block from the sender names it. Nothing is guessed: a refusal of another kind, a group
+    of one (its member is the one refused), a client that cannot list opt-outs, or a list
+    that cannot be read (one try per page; logged) gives none, and the group fails whole as
+    before.
+    """
+    if isinstance(err, AmbiguousSendError) or not err.errors or len(group.to) < 2:
+        return ()
+    if not any(policy.get(e.code) == Action.SUPPRESS for e in err.errors):
+        return ()
+    if not isinstance(client, OptOutLister):
+        return ()
+    sender, members = group.message.from_, set(group.to)
+    found: set[str] = set()
+    page, pages = 1, 1
+    try:
+        while page <= min(pages, OPTOUT_PAGES_MAX):
+            blocks, pages = await client.fetch_optouts(page, 250, from_=sender)
+            found.update(b.to for b in blocks if b.from_ == sender and b.to in members)
+            page += 1
+    except SendError as exc:
+        log.warning("optouts.lookup_failed", group=group.id, error=str(exc))
+        return ()
+    refused = tuple(p for p in group.to if p in found)
+    log.info("optouts.lookup", group=group.id, sender=sender, refused=len(refused), pages=pages)
+    return refused
+
+
 def _deferred(err: SendError, now: dt.datetime) -> SendError:
     if err.code == "40018":  # a per-minute limit: wait for the next minute
         wait = 60.0 - now.second - now.microsecond / 1e6
@@ -180,3 +234,17 @@ class PolicyClient:
 
     async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
         return await self.client.fetch_message(message_id)
+
+    async def fetch_optouts(
+        self,
+        page: int,
+        size: int = 250,
+        *,
+        from_: str | None = None,
+        profile: str | None = None,
+    ) -> tuple[list[OptOut], int]:
+        """The wrapped client's opt-out list (:class:`OptOutLister`); an empty one when it
+        cannot list them."""
+        if not isinstance(self.client, OptOutLister):
+            return [], 1
+        return await self.client.fetch_optouts(page, size, from_=from_, profile=profile)

@@ -25,7 +25,7 @@ import msgspec
 
 from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import safe_cell, write_csv
-from bulk_mms.delivery import FINAL
+from bulk_mms.delivery import FINAL, UNCONFIRMED
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
@@ -72,6 +72,9 @@ class LedgerSummary(msgspec.Struct):
     #: Rows whose number appears earlier in the input (the latest run's count).
     duplicate_rows: int = 0
     cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    #: The cost per currency as (final, estimated): final where a status report carried a
+    #: recipient's final cost, the send's estimate otherwise (:meth:`LedgerView.cost_parts`).
+    cost_parts: dict[str, tuple[Decimal, Decimal]] = msgspec.field(default_factory=dict)
     attempts: int = 0
     wait_seconds: list[float] = msgspec.field(default_factory=list)
     #: Failed events by their code (each time a group's tries ended on an error, every run).
@@ -168,10 +171,13 @@ class LedgerSummary(msgspec.Struct):
             "duplicate_rows": self.duplicate_rows,
             "delivery": dict(self.delivery.most_common()),
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
+            "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
+            "cost_final": {k: str(f) for k, (f, _) in sorted(self.cost_parts.items())},
+            "cost_estimated": {k: str(e) for k, (_, e) in sorted(self.cost_parts.items())},
             "attempts": self.attempts,
             "achieved_rate": round(a, 3) if (a := self.achieved_rate) is not None else None,
             "rate_limited": self.rate_limited,
@@ -207,7 +213,8 @@ def _summarize(location: Location) -> LedgerSummary:
     s.sending_seconds, s.sent_events = view.sending_seconds, view.sent_events
     s.wait_seconds = view.waits
     s.error_codes = view.error_codes
-    s.cost = view.cost()
+    s.cost_parts = view.cost_parts()
+    s.cost = {cur: final + est for cur, (final, est) in s.cost_parts.items()}
     s.recipient_states = view.recipients()
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
     s.unsent = _unsent(view)
@@ -252,7 +259,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     error and reason in words (:mod:`bulk_mms.words`), every rejection reason."""
     d = s.as_dict()
     r = d["recipients"]
-    cost = ", ".join(f"{v} {k}" for k, v in d["cost_by_currency"].items()) or "0"
+    cost = cost_words(s)
     lines = [
         f"ledger       {path}",
         f"job          {s.job}   runs: {s.runs}   {s.first_time or '-'} .. {s.last_time or '-'}",
@@ -285,6 +292,11 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     if s.delivery:
         lines.append("delivery     (recipients of sent groups, latest status)")
         lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
+        if d["delivery_unconfirmed"]:
+            lines.append(
+                f"  delivered? unconfirmed: {count(d['delivery_unconfirmed'], 'recipient')} "
+                "(final: no handset report will come; not failed, not pending)"
+            )
         if d["delivery_pending"]:
             lines.append(
                 f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
@@ -319,6 +331,22 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rejected_reasons.most_common()
         )
     return "\n".join(lines)
+
+
+def cost_words(s: LedgerSummary) -> str:
+    """The cost per currency, and how much of it is final: ``1.23 USD: 0.90 final, 0.33
+    estimated``. The send's answer gives an estimate; a recipient's final cost comes with
+    ``message.finalized`` or a GET of a finalized message (``track``)."""
+    out = []
+    for cur, (final, est) in sorted(s.cost_parts.items()):
+        total = final + est
+        if not est:
+            out.append(f"{total} {cur} (final)")
+        elif not final:
+            out.append(f"{total} {cur} (estimated: final costs come with track or webhooks)")
+        else:
+            out.append(f"{total} {cur}: {final} final, {est} estimated")
+    return "; ".join(out) or "0"
 
 
 def format_csv(s: LedgerSummary) -> str:
@@ -482,10 +510,11 @@ def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
     * ``error_code``, ``error_title``: the delivery report's code and Telnyx's title for it,
       or the code that ended the group's tries and its title (in words where the recorded
       title is only an error's kind); for a group in doubt, no code and why in words;
-    * ``cost``, ``currency``: the recipient's share of its group's cost. The API reports one
-      cost per group message, so this is that cost divided evenly among the group's
-      recipients, to 8 decimal places (the shares may differ from the group's cost in the
-      last place); empty when the group was not sent or the API reported no cost.
+    * ``cost``, ``currency``: the recipient's final cost when a status report carried it
+      (``message.finalized``, ``track``), else their share of the group's estimated cost (the
+      send's answer gives one per group message: divided evenly among the group's
+      recipients, to 8 decimal places); empty when the group was not sent or no cost was
+      reported.
 
     Raises:
         LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
@@ -497,7 +526,7 @@ def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
 
 
 def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
-    known = view.known
+    known, final_cost = view.known, view.final_cost
     for rec in view.groups.values():
         state = rec.state
         if state is None:
@@ -516,6 +545,10 @@ def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
                     code, title = k.code, MEANINGS.get(k.code) or error_words(k.code)
                 else:
                     code, title = "", ""
+                if (final := final_cost.get(phone)) is not None:
+                    amount = f"{final.amount:f}"
+                    yield (phone, rec.id, state, status, code, title, amount, final.currency)
+                    continue
             yield (phone, rec.id, state, status, code, title, cost, currency)
 
 

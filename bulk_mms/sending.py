@@ -42,7 +42,7 @@ from bulk_mms.ledger.fold import RETRY_PENDING
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import PolicyClient, refused_members
+from bulk_mms.policy import PolicyClient, refused_by_optouts, refused_members
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,
@@ -437,6 +437,9 @@ class GroupSender:
         unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
         self.transient_streak = self.transient_streak + 1 if unanswered else 0
         refused = refused_members(err, group.to, self.settings.error_policy)
+        refused = refused or await refused_by_optouts(
+            self.client, err, group, self.settings.error_policy
+        )
         partial = refused if 0 < len(refused) < len(group.to) else ()
         recorded = await self.recorder.outcome(group, err, result.attempts, throttled, partial)
         self._suppress(group, err, refused)

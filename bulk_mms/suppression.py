@@ -7,6 +7,11 @@ comment (the rest of the line: a reason, a date). Every job that uses the settin
 rejects these recipients at validation with the reason ``suppressed``, before any request: no
 charge, no carrier complaint. ``bulk-mms suppress add|remove|list`` edit it; additions are
 appended with fsync, removals rewrite the file atomically.
+
+Each addition records why (the comment): by hand (``suppress add --reason``), or because the
+number itself opted out: an inbound STOP (``texted STOP``), the profile's opt-out list or a
+40300 refusal (``opted out (...)``). Only the latter are lifted by that number's START
+(:func:`added_by_stop`): the opt-out was the recipient's to make, and theirs to take back.
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ from pathlib import Path
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 from bulk_mms.validate import PhoneError, normalize_phone
+
+#: How the reason of a suppression that the number's own STOP caused starts: an inbound STOP
+#: (webhooks), the profile's opt-out list (``optouts sync``), a 40300 refusal (a run).
+STOP_REASONS = ("texted STOP", "opted out")
+
+
+def added_by_stop(reason: str | None) -> bool:
+    """Whether a suppression's recorded reason says the number's own STOP put it there."""
+    return reason is not None and reason.startswith(STOP_REASONS)
+
+
+def keyword(text: str) -> str:
+    """An inbound text as a keyword: case and spaces aside (``" Un stop "`` is ``UNSTOP``)."""
+    return "".join(text.split()).upper()
 
 
 class Suppressed:
@@ -45,6 +64,23 @@ class Suppressed:
 
     def numbers(self) -> list[str]:
         return [f"+{n}" for n in sorted(self._numbers)]
+
+    def reason(self, phone: str) -> str | None:
+        """Why ``phone`` is on the list, as recorded when it was added (its line's comment,
+        the date included); None when it is not on the list or no reason was written."""
+        if phone not in self or not isinstance(self.path, Path):
+            return None
+        found = None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if (text := _number(line)) is None:
+                continue
+            try:
+                same = normalize_phone(text) == phone
+            except PhoneError:
+                continue
+            if same:
+                found = line.partition("#")[2].strip() or None
+        return found
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
         """Append the numbers not on the list yet (durably); the ones added.

@@ -7,13 +7,23 @@ Ed25519 signature, by the account's public key (``TELNYX_PUBLIC_KEY``, base64), 
 line; nothing of it is written.
 
 A verified ``message.sent`` or ``message.finalized`` event is matched to a sent group of the
-ledger (by message id, else by recipient number) and each recipient whose status is news
-(:func:`bulk_mms.delivery.supersedes`) gets a durable ``status`` event before the 200 goes back,
-which takes milliseconds (group commit). Repeats (the same event id) and stale reports (a
-``message.sent`` after ``message.finalized``) are acknowledged and not recorded. Events for
-numbers the ledger does not hold are acknowledged, looked for again for 30 s (a webhook can beat
-the run's own ``sent`` line), then logged and dropped, never written: whatever arrives,
-the only file written is the ledger, and only with recipients it already holds.
+ledger by its message id alone (:attr:`LedgerView.by_message_id`): the group's own id (the
+send's answer) matches the group's members it lists; a recipient's own id (learnt from a GET
+by ``track``, or an earlier event) matches that recipient only. A number is never enough: the
+same number may be texted by another job or app from the same account. Each matched recipient
+whose report is news (:meth:`LedgerView.apply_status`: a status that supersedes, or a final
+cost) gets a durable ``status`` event before the 200 goes back, which takes milliseconds (group
+commit). ``message.finalized`` carries the recipient's final cost, which is recorded with it;
+the other events' costs are estimates and are not. Repeats (the same event id) and stale
+reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded.
+
+An event whose message id the ledger does not know is acknowledged, looked for again for 30 s
+(a webhook can beat the run's own ``sent`` line), then counted (:attr:`WebhookReceiver.unmatched`,
+``webhook.unmatched`` in the log) and dropped, never written against anyone: whatever arrives,
+the only file written is the ledger, and only with recipients of messages it sent.
+
+Inbound ``message.received`` events keep the suppression list: STOP and its synonyms add the
+sender; START or UNSTOP lift a suppression that a STOP added (never one added by hand).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+import msgspec.structs
 import orjson
 import structlog
 from aiohttp import web
@@ -37,8 +48,9 @@ from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
+from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import Suppressed, added_by_stop, keyword
 
 log = structlog.get_logger("bulk_mms.webhooks")
 
@@ -50,8 +62,14 @@ TOLERANCE_S = 300
 #: Largest body accepted; a messaging event is a few kilobytes.
 MAX_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
+#: The event whose payload carries a message's final cost.
+FINALIZED = "message.finalized"
 #: Inbound texts that opt out, as the carriers' standard keywords (CTIA).
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+#: Inbound texts that opt back in (Telnyx lifts its block on START; UNSTOP is its synonym).
+OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
+#: The reason an inbound STOP is recorded under on the suppression list.
+STOP_REASON = "texted STOP (webhook)"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _FIELD_MAX = 128
 #: A webhook can arrive before the run has written its group's `sent` line: its recipients are
@@ -154,12 +172,18 @@ class WebhookReceiver:
         self.clock: Clock = clock or SystemClock()
         self.recorded = 0
         self.rejected = 0
+        #: Events for messages this ledger did not send (or whose id it never learnt), after
+        #: the late window: acknowledged, counted, never recorded.
+        self.unmatched = 0
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
         self._later: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"<WebhookReceiver {self.store.name} recorded={self.recorded}>"
+        return (
+            f"<WebhookReceiver {self.store.name} recorded={self.recorded} "
+            f"unmatched={self.unmatched}>"
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -184,7 +208,8 @@ class WebhookReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
-            return web.json_response({"ok": True, "suppressed": self.opt_out(payload)})
+            suppressed, lifted = self.opt_out(payload), self.opt_in(payload)
+            return web.json_response({"ok": True, "suppressed": suppressed, "lifted": lifted})
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
             return web.json_response({"ok": True})
@@ -193,16 +218,22 @@ class WebhookReceiver:
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
+        statuses = parse_statuses(payload)
+        if event_type != FINALIZED:  # only message.finalized carries the final cost
+            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
         try:
             self.ready()
-            matched, unknown = self.match(parse_statuses(payload), message_id)
+            matched, unknown = self.match(statuses, message_id)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
             # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
             _write_failed(event_id, exc)
             return web.json_response({"error": "the ledger cannot be written now"}, status=503)
         self.view.webhook_ids.add(event_id)
-        if unknown:
+        if unknown and message_id is None:
+            self._unmatched(event_id, message_id, unknown)
+            unknown = []
+        elif unknown:
             # the run may not have written this group's `sent` line yet (a webhook can beat it)
             task = asyncio.create_task(self.match_later(event_id, unknown, message_id, occurred_at))
             self._later.add(task)
@@ -219,28 +250,69 @@ class WebhookReceiver:
             return False
         text, sender = payload.get("text"), payload.get("from")
         phone = sender.get("phone_number") if isinstance(sender, dict) else None
-        if not isinstance(text, str) or text.strip().upper() not in OPT_OUT_WORDS:
+        if not isinstance(text, str) or keyword(text) not in OPT_OUT_WORDS:
             return False
         if not isinstance(phone, str) or not _E164.match(phone):
             return False
-        added = self.suppressed.add([phone], "texted STOP (webhook)")
+        added = self.suppressed.add([phone], STOP_REASON)
         log.info("webhook.opt_out", recipient=phone, new=bool(added))
         return bool(added)
+
+    def opt_in(self, payload: object) -> bool:
+        """An inbound START (or UNSTOP; case and spaces aside) lifts its sender's suppression,
+        but only one a STOP added (:func:`~bulk_mms.suppression.added_by_stop`): a number
+        suppressed by hand stays suppressed. The request is verified before this runs (signed
+        by Telnyx), so nobody can lift a block by posting. True when it was lifted."""
+        if self.suppressed is None or self.suppressed.path is None:
+            return False
+        if not isinstance(payload, dict):
+            return False
+        text, sender = payload.get("text"), payload.get("from")
+        phone = sender.get("phone_number") if isinstance(sender, dict) else None
+        if not isinstance(text, str) or keyword(text) not in OPT_IN_WORDS:
+            return False
+        if not isinstance(phone, str) or not _E164.match(phone) or phone not in self.suppressed:
+            return False
+        reason = self.suppressed.reason(phone)
+        if not added_by_stop(reason):
+            log.info("webhook.opt_in_kept", recipient=phone, reason=reason)
+            return False
+        lifted = bool(self.suppressed.remove([phone]))
+        log.info("webhook.opt_in", recipient=phone, lifted=lifted)
+        return lifted
 
     def match(
         self, statuses: Sequence[RecipientStatus], message_id: str | None
     ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
-        """Split reports into those for the ledger's recipients (with their group) and the rest."""
-        if statuses and not all(self._group_for(st.phone, message_id) for st in statuses):
+        """Split reports into those for recipients of the message ``message_id`` names (with
+        their group) and the rest: all of them when the id is not one this ledger knows.
+
+        The group's own id matches every member it lists; a recipient's own id matches that
+        recipient alone. A listed number that is not such a recipient is ignored (logged):
+        it is never matched by number to some other group.
+        """
+        if not statuses:
+            return [], []
+        gid = self._group_for(message_id)
+        if gid is None and message_id is not None:
             self.refresh()  # sent since this server last read the ledger?
-        matched, unknown = [], []
-        for st in statuses:
-            gid = self._group_for(st.phone, message_id)
-            if gid is None:
-                unknown.append(st)
-            else:
-                matched.append((gid, st))
-        return matched, unknown
+            gid = self._group_for(message_id)
+        if gid is None:
+            return [], list(statuses)
+        rec = self.view.groups[gid]
+        if rec.message_id == message_id:
+            mine = set(rec.to)
+        else:  # a recipient's own id: only that recipient
+            known = self.view.known
+            mine = {p for p in rec.to if (k := known.get(p)) and k.message_id == message_id}
+        matched = [(gid, st) for st in statuses if st.phone in mine]
+        if len(matched) < len(statuses):
+            log.warning(
+                "webhook.stray_recipients",
+                message_id=message_id,
+                count=len(statuses) - len(matched),
+            )
+        return matched, []
 
     async def record(
         self,
@@ -307,12 +379,16 @@ class WebhookReceiver:
     ) -> int:
         n = 0
         for gid, st in matched:
+            rec = view.groups.get(gid)
+            # a recipient keeps its own id; the group's id is not one recipient's
+            own = message_id if rec is None or rec.message_id != message_id else None
             report = RecipientStatus(
                 st.phone,
                 st.status[:_FIELD_MAX],
-                message_id=message_id,
+                message_id=own,
                 errors=st.errors[:5],
                 at=occurred_at or st.at,
+                cost=st.cost,
             )
             if view.apply_status(report, gid):
                 await store.append(
@@ -349,9 +425,25 @@ class WebhookReceiver:
                 continue
             unknown = rest
         if unknown:
-            log.warning(
-                "webhook.unknown_recipient", id=event_id, message_id=message_id, count=len(unknown)
-            )
+            self._unmatched(event_id, message_id, unknown)
+
+    def _unmatched(
+        self, event_id: str, message_id: str | None, unknown: Sequence[RecipientStatus]
+    ) -> None:
+        """An event for a message this ledger did not send: counted and dropped."""
+        self.unmatched += 1
+        log.warning(
+            "webhook.unmatched",
+            id=_short(event_id),
+            message_id=message_id,
+            recipients=len(unknown),
+            unmatched=self.unmatched,
+        )
+
+    async def settle(self) -> None:
+        """Wait until every event still being looked for is matched or counted unmatched."""
+        while self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop waiting for late matches."""
@@ -364,13 +456,13 @@ class WebhookReceiver:
         for ev in self.store.new_events():
             self.view.apply(ev)
 
-    def _group_for(self, phone: str, message_id: str | None) -> str | None:
-        gid = self.view.group_of(phone)
-        if gid is None and message_id is not None:
-            gid = self.view.by_message_id.get(message_id)
-            if gid is not None and phone not in self.view.groups[gid].to:
-                return None
-        return gid
+    def _group_for(self, message_id: str | None) -> str | None:
+        """The sent group a message id is of (its own, or one of its recipients'), if any."""
+        if message_id is None:
+            return None
+        gid = self.view.by_message_id.get(message_id)
+        rec = self.view.groups.get(gid) if gid is not None else None
+        return gid if rec is not None and rec.outcome == SENT else None
 
     def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
         self.rejected += 1
@@ -428,5 +520,10 @@ async def serve_webhooks(
         await runner.cleanup()
         await receiver.close()
         await receiver.store.close()
-    log.info("webhooks.stopped", recorded=receiver.recorded, rejected=receiver.rejected)
+    log.info(
+        "webhooks.stopped",
+        recorded=receiver.recorded,
+        rejected=receiver.rejected,
+        unmatched=receiver.unmatched,
+    )
     return receiver

@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bulk_mms.cli import main
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import LedgerView, Sent, open_store
-from bulk_mms.models import Group
+from bulk_mms.ledger import LedgerView, Sent, load, open_store
+from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
-from tests.conftest import FakeClient, JobFactory, sent_ledger
+from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()
 PUBLIC_B64 = base64.b64encode(
@@ -162,8 +163,9 @@ async def test_duplicates_and_late_events_are_acknowledged_not_recorded(
     """A redelivered event id, and a message.sent after message.finalized, change nothing."""
     http, path, client = hooks
     g = client.calls[0]
-    final = event("message.finalized", g, "m", "delivery_failed", event_id="e-final")
-    for body in (final, final, event("message.sent", g, "m", "sent", event_id="e-late")):
+    mid = f"msg-{g.id}-0"
+    final = event("message.finalized", g, mid, "delivery_failed", event_id="e-final")
+    for body in (final, final, event("message.sent", g, mid, "sent", event_id="e-late")):
         raw, headers = signed(body)
         resp = await http.post("/webhooks", data=raw, headers=headers)
         assert resp.status == 200
@@ -330,7 +332,7 @@ async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_free
         assert statuses == [503] * failures + [200]
         assert (await resp.json())["recorded"] == 4
         raw, headers = signed(
-            event("message.finalized", second, f"msg-{second.id}-0", "delivered", event_id="e2")
+            event("message.finalized", second, f"msg-{second.id}-1", "delivered", event_id="e2")
         )
         resp = await http.post("/webhooks", data=raw, headers=headers)
         assert resp.status == 200
@@ -341,3 +343,114 @@ async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_free
     assert sorted((e["webhook_id"], e["recipient"]) for e in lines) == sorted(
         [("e1", p) for p in first.to] + [("e2", p) for p in second.to]
     )
+
+
+async def receiver_for(jobs: JobFactory, **kwargs: Any) -> tuple[WebhookReceiver, Path, FakeClient]:
+    """A receiver on a ledger of 8 sent in groups of 4, with a fake clock: its late window
+    passes without real waiting."""
+    path, client = await sent_ledger(jobs, 8)
+    store = open_store(path, "append")
+    receiver = WebhookReceiver(
+        LedgerView(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), **kwargs
+    )
+    receiver.refresh()
+    return receiver, path, client
+
+
+async def test_an_event_for_a_message_never_sent_is_counted_not_recorded(
+    jobs: JobFactory,
+) -> None:
+    """An event naming the ledger's own recipients under a message id the ledger never sent
+    (another app texting the same numbers) writes nothing and is counted unmatched."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    async with TestClient(TestServer(receiver.app())) as http:
+        raw, headers = signed(event("message.finalized", g, "someone-elses-msg", "delivered"))
+        resp = await http.post("/hooks", data=raw, headers=headers)
+        assert resp.status == 200
+        assert (await resp.json())["recorded"] == 0
+        await receiver.settle()  # the late window passes on the fake clock
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 1
+    assert status_lines(path) == []
+
+
+async def test_a_recipients_own_id_matches_that_recipient_only(jobs: JobFactory) -> None:
+    """Once track has learnt a recipient's own message id, an event under that id is recorded
+    for that recipient alone, even when it lists the others too."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    receiver.view.apply_status(RecipientStatus(g.to[1], "sent", message_id="own-1"), g.id)
+    async with TestClient(TestServer(receiver.app())) as http:
+        raw, headers = signed(event("message.finalized", g, "own-1", "delivered"))
+        resp = await http.post("/hooks", data=raw, headers=headers)
+        assert (await resp.json())["recorded"] == 1
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["recipient"], e["message_id"]) for e in status_lines(path)] == [(g.to[1], "own-1")]
+    assert receiver.unmatched == 0
+
+
+async def test_finalized_records_the_final_cost_and_sent_does_not(jobs: JobFactory) -> None:
+    """message.finalized's cost is recorded with the status as the recipient's final cost (an
+    exact string amount); message.sent's cost, an estimate, is not."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    one = Group(g.id, g.seq, g.to[:1], g.lines[:1], g.message)
+
+    def priced(kind: str, status: str) -> dict[str, Any]:
+        body = event(kind, one, f"msg-{g.id}-0", status)
+        body["data"]["payload"]["cost"] = {"amount": "0.0061", "currency": "USD"}
+        return body
+
+    async with TestClient(TestServer(receiver.app())) as http:
+        for body in (priced("message.sent", "sent"), priced("message.finalized", "delivered")):
+            raw, headers = signed(body)
+            assert (await http.post("/hooks", data=raw, headers=headers)).status == 200
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["status"], e.get("cost")) for e in status_lines(path)] == [
+        ("sent", None),
+        ("delivered", {"amount": "0.0061", "currency": "USD"}),
+    ]
+    assert load(path).final_cost == {g.to[0]: Money(Decimal("0.0061"), "USD")}
+
+
+def inbound(text: str, phone: str = "+12125550002") -> dict[str, Any]:
+    """A message.received webhook: ``phone`` texted ``text``."""
+    return {
+        "data": {
+            "event_type": "message.received",
+            "id": str(uuid.uuid4()),
+            "payload": {"text": text, "from": {"phone_number": phone}},
+        }
+    }
+
+
+async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A verified " Start " (case and spaces aside) takes a STOP-added number off the list;
+    UNSTOP does too; a number suppressed by hand stays; a forged START lifts nothing."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    listed.add(["+12125550009"], "added by hand")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    async with TestClient(TestServer(receiver.app())) as http:
+
+        async def post(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            raw, headers = signed(body, **kw)
+            resp = await http.post("/h", data=raw, headers=headers)
+            return await resp.json() if resp.status == 200 else {"status": resp.status}
+
+        assert (await post(inbound("STOP")))["suppressed"] is True
+        forged = await post(inbound("START"), key=Ed25519PrivateKey.generate())
+        assert forged == {"status": 401}
+        assert listed.numbers() == ["+12125550002", "+12125550009"]
+        assert (await post(inbound(" Start ")))["lifted"] is True
+        assert (await post(inbound("stop", "+12125550003")))["suppressed"] is True
+        assert (await post(inbound("un stop", "+12125550003")))["lifted"] is True
+        assert (await post(inbound("START", "+12125550009")))["lifted"] is False
+    await receiver.close()
+    await receiver.store.close()
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550009"]

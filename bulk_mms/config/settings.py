@@ -116,6 +116,9 @@ class Settings(msgspec.Struct, frozen=True):
     #: may still lack it (Telnyx: the last 4 hours may be missing). A group in doubt is taken
     #: for never accepted only when no record of it is found this long after its last try.
     records_lag_s: float = 4 * 3600.0
+    #: ``[api] messaging_profile_id``: the profile whose opt-outs ``optouts sync`` reads
+    #: (``filter[messaging_profile_id]``); None reads the account's.
+    messaging_profile_id: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +194,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             price_per_recipient=pricing.decimal("per_recipient"),
             records_lag_s=api.float_("records_lag_s", settings.records_lag_s, 0, 7 * 86_400),
             currency=(pricing.str_("currency", "USD") or "USD").upper(),
+            messaging_profile_id=api.str_("messaging_profile_id") or None,
         )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()

@@ -227,12 +227,20 @@ class Status(msgspec.Struct, frozen=True):
     source: str = ""
     webhook_id: str | None = None
     time: str = ""
+    #: The recipient's final cost, when the report carried one with a final status (written
+    #: only then: a status line without it has no ``cost`` key).
+    cost: Money | None = None
     kind: ClassVar[str] = "status"
 
     @property
     def report(self) -> RecipientStatus:
         return RecipientStatus(
-            self.recipient, self.status, message_id=self.message_id, errors=self.errors, at=self.at
+            self.recipient,
+            self.status,
+            message_id=self.message_id,
+            errors=self.errors,
+            at=self.at,
+            cost=self.cost,
         )
 
 
@@ -255,6 +263,7 @@ def status_event(
         source=source,
         webhook_id=webhook_id,
         time=time,
+        cost=st.cost,
     )
 
 
@@ -283,8 +292,10 @@ def _money(cost: Money | None) -> dict[str, str] | None:
 
 
 #: How :func:`to_json` writes a field other than as it is (by the field's name).
-_COST, _ERRORS, _UNLESS_EMPTY = 1, 2, 3
+_COST, _ERRORS, _UNLESS_EMPTY, _COST_IF_ANY = 1, 2, 3, 4
 _HOW = {"cost": _COST, "errors": _ERRORS, "refused": _UNLESS_EMPTY, "retired": _UNLESS_EMPTY}
+#: Fields written otherwise in one class only: a status line's cost is left out when none.
+_HOW_IN = {("Status", "cost"): _COST_IF_ANY}
 #: Each event class's JSON keys in field order, and its fields written otherwise, as
 #: (key, how): worked out once per class.
 _PLANS: dict[type, tuple[tuple[str, ...], tuple[tuple[str, int], ...]]] = {}
@@ -296,7 +307,11 @@ def _plan_of(cls: type[Event]) -> tuple[tuple[str, ...], tuple[tuple[str, int], 
         names = cls.__struct_fields__
         plan = _PLANS[cls] = (
             tuple("from" if name == "from_" else name for name in names),
-            tuple((name, _HOW[name]) for name in names if name in _HOW),
+            tuple(
+                (name, _HOW_IN.get((cls.__name__, name), _HOW[name]))
+                for name in names
+                if name in _HOW
+            ),
         )
     return plan
 
@@ -309,6 +324,11 @@ def to_json(ev: Event) -> dict[str, Any]:
     for key, how in special:
         if how == _COST:
             out[key] = _money(out[key])
+        elif how == _COST_IF_ANY:
+            if out[key] is None:
+                del out[key]
+            else:
+                out[key] = _money(out[key])
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
@@ -464,6 +484,7 @@ def _status(d: Mapping[str, Any]) -> Status:
         source=_opt_str(d, "source") or "",
         webhook_id=_opt_str(d, "webhook_id"),
         time=_time(d),
+        cost=parse_money(d.get("cost")),
     )
 
 

@@ -47,6 +47,8 @@ STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
 CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
 #: What the reason of a recipient that a later send may reach says (a carrier's cap).
 RESENDABLE_NOTE: Final = "resendable"
+#: The places a recipient's share of its group's estimated cost is rounded to.
+SHARE_PLACES: Final = Decimal("0.00000001")
 
 
 class GroupRecord(msgspec.Struct):
@@ -144,6 +146,10 @@ class LedgerView(msgspec.Struct, eq=False):
     by_message_id: dict[str, str] = msgspec.field(default_factory=dict)
     #: Webhook event ids already recorded: a redelivered event is recorded once.
     webhook_ids: set[str] = msgspec.field(default_factory=set)
+    #: Recipient → the final cost of their message, once a final status report carried one
+    #: (``message.finalized``, a GET of a finalized message); the send's answer is only an
+    #: estimate (:meth:`cost_parts`).
+    final_cost: dict[str, Money] = msgspec.field(default_factory=dict)
     # what reports add up
     attempts: int = 0
     rate_limited: int = 0
@@ -312,14 +318,27 @@ class LedgerView(msgspec.Struct, eq=False):
             delivery[known[phone].status] += 1
 
     def apply_status(self, st: RecipientStatus, group: str) -> bool:
-        """Take a delivery report in; True when it is news (and so worth recording)."""
+        """Take a delivery report in; True when it is news (and so worth recording).
+
+        News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
+        or a final cost: a report's cost is taken as the recipient's final cost only when its
+        status is final, and replaces one known only when the status is news too (a late,
+        stale report does not overwrite the cost of the newer one).
+        """
         old = self.known.get(st.phone)
         if st.message_id:
             self.by_message_id.setdefault(st.message_id, group)
-        if not supersedes(st.status, st.at, old):
+        moved = supersedes(st.status, st.at, old)
+        priced = False
+        if st.cost is not None and st.status in FINAL:
+            had = self.final_cost.get(st.phone)
+            if had is None or (moved and had != st.cost):
+                self.final_cost[st.phone] = st.cost
+                priced = True
+        if not moved:
             if old is not None and st.message_id and not old.message_id:
                 self.known[st.phone] = Known(old.status, old.at, st.message_id, old.code)
-            return False
+            return priced
         mid = st.message_id or (old.message_id if old else None)
         code = next((e.code for e in st.errors if e.code), None)
         self.known[st.phone] = Known(st.status, st.at, mid, code)
@@ -372,6 +391,7 @@ class LedgerView(msgspec.Struct, eq=False):
             },
             "by_message_id": self.by_message_id,
             "webhook_ids": sorted(self.webhook_ids),
+            "final_cost": {p: [str(c.amount), c.currency] for p, c in self.final_cost.items()},
             "delivery": dict(self._delivery),
             "waits": self.waits,
             "error_codes": dict(self.error_codes),
@@ -428,6 +448,10 @@ class LedgerView(msgspec.Struct, eq=False):
         view._known, view._known_columns = None, tuple(k[name] for name in names)
         view.by_message_id = dict(d["by_message_id"])
         view.webhook_ids = set(d["webhook_ids"])
+        for phone, (amount, currency) in d["final_cost"].items():
+            if (money := parse_money({"amount": amount, "currency": currency})) is None:
+                raise ValueError(f"a final cost is not an amount: {amount!r:.60}")
+            view.final_cost[phone] = money
         view._delivery = Counter(d["delivery"])
         view.waits = [float(w) for w in d["waits"]]
         view.error_codes = Counter(d["error_codes"])
@@ -519,13 +543,38 @@ class LedgerView(msgspec.Struct, eq=False):
         return +self._delivery  # a copy, without the statuses nobody is in any more
 
     def cost(self) -> dict[str, Decimal]:
-        """What the sent groups cost, per currency."""
-        total: dict[str, Decimal] = {}
+        """What the sent groups cost, per currency: final where known, else estimated
+        (:meth:`cost_parts` says how much is which)."""
+        return {cur: final + est for cur, (final, est) in self.cost_parts().items()}
+
+    def cost_parts(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """What the sent groups cost, per currency, as (final, estimated).
+
+        Final: the recipients whose final cost a status report carried (:attr:`final_cost`).
+        Estimated: for the rest, their share of their group's cost as the send's answer gave
+        it (the whole estimate when no member's final cost is known; else split evenly, to
+        :data:`SHARE_PLACES`). A group with neither adds nothing. All in Decimal, never float.
+        """
+        parts: dict[str, tuple[Decimal, Decimal]] = {}
+        final_cost = self.final_cost
+
+        def add(money: Money, final: Decimal, est: Decimal) -> None:
+            f, e = parts.get(money.currency, (Decimal(0), Decimal(0)))
+            parts[money.currency] = (f + final, e + est)
+
         for rec in self.sent_groups():
-            if rec.cost is not None:
-                c = rec.cost
-                total[c.currency] = total.get(c.currency, Decimal(0)) + c.amount
-        return total
+            finals = [c for p in rec.to if (c := final_cost.get(p)) is not None]
+            for c in finals:
+                add(c, c.amount, Decimal(0))
+            if rec.cost is None or len(finals) == len(rec.to):
+                continue
+            if not finals:
+                add(rec.cost, Decimal(0), rec.cost.amount)
+            else:
+                left = len(rec.to) - len(finals)
+                share = (rec.cost.amount * left / len(rec.to)).quantize(SHARE_PLACES)
+                add(rec.cost, Decimal(0), share)
+        return parts
 
 
 @contextlib.contextmanager

@@ -444,6 +444,12 @@ class PostgresSuppressed(Suppressed):
         self._numbers.update(int(p[1:]) for p in new)
         return new
 
+    def reason(self, phone: str) -> str | None:
+        if phone not in self:
+            return None
+        rows = self._run("SELECT reason FROM bulk_mms_suppressions WHERE number = %s", (phone,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def remove(self, phones: Iterable[str]) -> list[str]:
         gone = [p for p in dict.fromkeys(phones) if p in self]
         for phone in gone:

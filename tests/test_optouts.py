@@ -1,0 +1,197 @@
+"""The opt-out list (``GET /messaging_optouts``): who a 40300 that names nobody refused, and
+``optouts sync`` by messaging profile with full numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
+
+from bulk_mms.cli import main
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.config import load_settings
+from bulk_mms.errors import ApiError, Rejected, SendError, ServerError
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.models import Group, MessageBody, OptOut, SendReceipt
+from bulk_mms.policy import refused_by_optouts
+from bulk_mms.runner import run_job
+from bulk_mms.suppression import Suppressed
+from bulk_mms.testing import groups_in
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.threaded import fake_api_thread
+
+SENDER = "+18445550001"
+OTHER_SENDER = "+18445550002"
+POLICY = load_settings(None).error_policy
+
+
+@dataclass
+class OptOutFake(FakeTelnyx):
+    """The fake API with an opt-out list of from→to pairs, filtered as the spec says
+    (``filter[from]``, ``filter[messaging_profile_id]``), redacted unless asked not to be;
+    every query it got is kept."""
+
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)  # (profile, from, to)
+    queries: list[dict[str, str]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2/messaging_optouts", self.get_optouts)
+        return app
+
+    async def get_optouts(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        self.queries.append(query)
+        page, size = int(query.get("page[number]", "1")), int(query.get("page[size]", "20"))
+        found = [
+            (f, t)
+            for p, f, t in self.pairs
+            if query.get("filter[from]", f) == f
+            and query.get("filter[messaging_profile_id]", p) == p
+        ]
+        redact = query.get("redaction_enabled", "true") != "false"
+        data = [
+            {"from": f, "to": t[:-4] + "****" if redact else t, "keyword": "STOP"}
+            for f, t in found[(page - 1) * size : page * size]
+        ]
+        pages = max(1, -(-len(found) // size))
+        meta = {"page_number": page, "page_size": size, "total_pages": pages,
+                "total_results": len(found)}  # fmt: skip
+        return web.json_response({"data": data, "meta": meta})
+
+
+def nobody_named() -> Rejected:
+    """A 409 40300 that does not say which member opted out."""
+    return Rejected(
+        "refused", status=409, errors=(ApiError("40300", "Blocked due to STOP message", ""),)
+    )
+
+
+def group_of(to: list[str]) -> Group:
+    """A group of ``to`` from :data:`SENDER`."""
+    return Group("g1", 0, tuple(to), tuple(range(1, len(to) + 1)), MessageBody(SENDER, "hi"))
+
+
+async def test_the_list_names_the_members_a_40300_did_not(tmp_path: Path) -> None:
+    """Over two pages of the sender's opt-outs, read unredacted at 250 a page, the members that
+    opted out of this sender are refused; an opt-out from another sender, or of someone not
+    in the group, refuses nobody here."""
+    to = numbers(4)
+    fake = OptOutFake(api_key="k")
+    fake.pairs = [("p", SENDER, n) for n in numbers(300, start=1000)]  # fills page 1
+    fake.pairs += [("p", SENDER, to[2]), ("p", OTHER_SENDER, to[0])]
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "k") as client,
+    ):
+        refused = await refused_by_optouts(client, nobody_named(), group_of(to), POLICY)
+    assert refused == (to[2],)
+    assert [q["page[number]"] for q in fake.queries] == ["1", "2"]
+    assert all(
+        q["filter[from]"] == SENDER
+        and q["redaction_enabled"] == "false"
+        and q["page[size]"] == "250"
+        for q in fake.queries
+    )
+
+
+async def test_the_lookup_is_only_for_an_opt_out_that_names_nobody() -> None:
+    """Another code, a group of one, a client without the list, or a list that cannot be read:
+    no member is named, and nothing is guessed."""
+
+    class Lists:
+        def __init__(self, answer: list[OptOut] | SendError) -> None:
+            self.answer = answer
+            self.asked = 0
+
+        async def fetch_optouts(
+            self,
+            page: int,
+            size: int = 250,
+            *,
+            from_: str | None = None,
+            profile: str | None = None,
+        ) -> tuple[list[OptOut], int]:
+            self.asked += 1
+            if isinstance(self.answer, SendError):
+                raise self.answer
+            return self.answer, 1
+
+    to = numbers(3)
+    listed = Lists([OptOut(SENDER, to[1])])
+    assert await refused_by_optouts(listed, nobody_named(), group_of(to), POLICY) == (to[1],)
+    other = Rejected("x", status=400, errors=(ApiError("40310", "t", ""),))
+    assert await refused_by_optouts(listed, other, group_of(to), POLICY) == ()
+    assert await refused_by_optouts(listed, nobody_named(), group_of(to[:1]), POLICY) == ()
+    assert await refused_by_optouts(FakeClient(), nobody_named(), group_of(to), POLICY) == ()
+    broken = Lists(ServerError("down", status=503))
+    assert await refused_by_optouts(broken, nobody_named(), group_of(to), POLICY) == ()
+    assert (listed.asked, broken.asked) == (1, 1)
+
+
+@dataclass
+class ListingClient(FakeClient):
+    """A fake client whose opt-out list holds ``blocks``."""
+
+    blocks: list[OptOut] = field(default_factory=list)
+
+    async def fetch_optouts(
+        self, page: int, size: int = 250, *, from_: str | None = None, profile: str | None = None
+    ) -> tuple[list[OptOut], int]:
+        return [b for b in self.blocks if from_ in (None, b.from_)], 1
+
+
+async def test_a_run_suppresses_the_listed_member_and_sends_the_rest_as_one(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A group of 4 refused with a 40300 naming nobody: the opt-out list names one member, who
+    goes on the suppression list; the other three go out together as one message."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    people = numbers(4)
+    stop_sayer = people[1]
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return nobody_named() if stop_sayer in g.to else ok_receipt(g, n)
+
+    client = ListingClient(handler, blocks=[OptOut(job.message.from_, stop_sayer)])
+    await run_job(job, settings, client, clock=FakeClock())
+    assert [sorted(g.to) for g in client.calls] == [
+        sorted(people),
+        sorted(set(people) - {stop_sayer}),
+    ]
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == [stop_sayer]
+    assert len(groups_in(job.ledger, "sent")) == 1
+
+
+def test_optouts_sync_asks_for_the_profile_and_full_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``[api] messaging_profile_id``, sync reads only that profile's opt-outs, unredacted,
+    and lists their full numbers; another profile's are left alone."""
+    fake = OptOutFake(api_key="test-key-123")
+    mine, theirs = numbers(2), numbers(1, start=50)
+    fake.pairs = [("prof-1", SENDER, n) for n in mine] + [("prof-2", SENDER, theirs[0])]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[api]\nmessaging_profile_id = "prof-1"\n[suppression]\nfile = "suppressed.txt"\n'
+    )
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert "2 opt-outs on the profile, 2 new" in capsys.readouterr().err
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(mine)
+    query: dict[str, Any] = fake.queries[0]
+    assert (query["filter[messaging_profile_id]"], query["redaction_enabled"]) == (
+        "prof-1",
+        "false",
+    )
+    assert "filter[from]" not in query
