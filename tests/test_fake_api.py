@@ -8,6 +8,7 @@ runs on a :class:`FakeClock` that the test moves on.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import urllib.parse
 import uuid
@@ -596,3 +597,40 @@ async def test_a_webhook_the_receiver_refuses_is_tried_three_times_then_the_fail
         clock.advance(1)
         assert await a.fake.pump_webhooks() == 1
     assert got == [("/main", 1), ("/main", 2), ("/main", 3), ("/failover", 4)]
+
+
+async def test_a_served_fake_posts_due_webhooks_each_time_its_sleep_ends() -> None:
+    """With webhook_every_s, the served fake pumps webhooks by itself, on its injected sleep."""
+    ticks: asyncio.Queue[float] = asyncio.Queue()
+    received: list[str] = []
+    both = asyncio.Event()
+
+    async def tick(seconds: float) -> None:
+        await ticks.get()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(orjson.loads(await request.read())["data"]["event_type"])
+        if len(received) == 2:
+            both.set()
+        return web.Response()
+
+    hooks_app = web.Application()
+    hooks_app.router.add_post("/hooks", hook)
+    fake = FakeTelnyx(
+        api_key="test-key-123",
+        signing_key=Ed25519PrivateKey.generate(),
+        webhook_every_s=1.0,
+        sleep=tick,
+    )
+    async with (
+        TestServer(hooks_app, host="127.0.0.1", port=0) as hooks,
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        fake.webhook_url = str(hooks.make_url("/hooks"))
+        body = {"from": FROM, "to": ["+12125550100"], "text": "hi"}
+        async with http.post(server.make_url("/v2/messages/group_mms"), json=body, headers=AUTH):
+            pass
+        ticks.put_nowait(1.0)
+        await asyncio.wait_for(both.wait(), 10)
+    assert received == ["message.sent", "message.finalized"]
