@@ -50,7 +50,7 @@ def start(job: Path, url: str, config: Path, *flags: str) -> subprocess.Popen[by
 @pytest.mark.parametrize("honour_keys", [True, False])
 def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bool) -> None:
     """Four SIGKILLs mid-run and a final run: exactly once with keys, at most once without."""
-    fake = FakeTelnyx(api_key=KEY, honour_idempotency=honour_keys)
+    fake = FakeTelnyx(api_key=KEY, replay_keys=honour_keys)
     jobs.people(N)
     job = jobs.job(extra="group_size = 2")
     config = jobs.root / "config.toml"
@@ -184,6 +184,7 @@ def test_an_endless_body_keeps_the_process_small(jobs: JobFactory) -> None:
     recipient accepted once, no traceback, and a peak RSS of a few tens of MB."""
     fake, job, config = paced_job(jobs)
     config.write_text(config.read_text() + '[api]\nidempotency = "replayed"\n')
+    fake.replay_keys = True  # the run trusts keys: a server that replays them
     fake.faults.extend(parse_faults("endless-body*6"))
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)

@@ -38,7 +38,7 @@ async def test_fault_mix_accepts_each_recipient_at_most_once(
     off), no recipient is accepted twice, and every group not known sent is listed in doubt.
     """
     fake, url = fake_api
-    fake.honour_idempotency = honour_keys
+    fake.replay_keys = honour_keys
     fake.faults.extend(FAULTS)
     jobs.people(64)
     job = jobs.job(extra="group_size = 4")

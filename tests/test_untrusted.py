@@ -83,6 +83,7 @@ async def test_an_endless_body_is_cut_off_and_the_group_stays_safe(
     """A 200 whose body never ends is read up to 1 MiB: that try is in doubt, and with keys
     trusted the repeat under the same key is a replay, so every recipient gets one message."""
     fake, url = fake_api
+    fake.replay_keys = True  # kind fake until issue 28 part 2: the repeat relies on a replay
     fake.faults.append(Fault("endless"))
     s, _ = await run_against(url, jobs)
     assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
@@ -153,6 +154,7 @@ async def test_an_answer_about_something_else_is_in_doubt(
     """A 200 naming numbers the request did not send to, or an id that is no id, is not an
     answer to this request: the group is in doubt (here: repeated under its key, a replay)."""
     fake, url = fake_api
+    fake.replay_keys = True  # kind fake until issue 28 part 2: the repeat relies on a replay
     fake.faults.append(Fault("patch", patch=patch))
     s, _ = await run_against(url, jobs)
     assert (s.sent_groups, s.failed_groups) == (4, 0)
@@ -209,6 +211,8 @@ async def test_every_preset_fault_ends_cleanly(fake_api: API, jobs: JobFactory) 
     """The fake API's whole repertoire, one after another: each run ends, the ledger agrees
     with the server after every one, and reruns reach everyone exactly once."""
     fake, url = fake_api
+    # kind fake until issue 28 part 2: ambiguous tries are retried under their key
+    fake.replay_keys = True
     fake.faults.extend(FAULT_PRESETS[name]() for name in FAULT_PRESETS)
     runs = 0
     while True:
