@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import parse_statuses
-from bulk_mms.clock import Clock, SystemClock, iso
+from bulk_mms.clock import Clock, SystemClock, instant, iso
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
@@ -53,6 +53,12 @@ from bulk_mms.models import RecipientStatus
 from bulk_mms.suppression import Suppressed, added_by_stop, keyword
 
 log = structlog.get_logger("bulk_mms.webhooks")
+
+#: An event under a recipient's own id not yet learnt is taken for this ledger's only within
+#: this long after the group was sent (Telnyx keeps trying for up to 72 hours).
+LEARN_WINDOW_S = 72 * 3600.0
+#: How far apart two machines' clocks may be (the event's time against the send's stamp).
+CLOCK_SLACK_S = 300.0
 
 PUBLIC_KEY_ENV = "TELNYX_PUBLIC_KEY"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
@@ -218,12 +224,14 @@ class WebhookReceiver:
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
+        sender = payload.get("from") if isinstance(payload, dict) else None
+        sent_from = _short(sender.get("phone_number")) if isinstance(sender, dict) else None
         statuses = parse_statuses(payload)
         if event_type != FINALIZED:  # only message.finalized carries the final cost
             statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
         try:
             self.ready()
-            matched, unknown = self.match(statuses, message_id)
+            matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
             # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
@@ -235,7 +243,9 @@ class WebhookReceiver:
             unknown = []
         elif unknown:
             # the run may not have written this group's `sent` line yet (a webhook can beat it)
-            task = asyncio.create_task(self.match_later(event_id, unknown, message_id, occurred_at))
+            task = asyncio.create_task(
+                self.match_later(event_id, unknown, message_id, occurred_at, sent_from)
+            )
             self._later.add(task)
             task.add_done_callback(self._later.discard)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
@@ -282,21 +292,32 @@ class WebhookReceiver:
         return lifted
 
     def match(
-        self, statuses: Sequence[RecipientStatus], message_id: str | None
+        self,
+        statuses: Sequence[RecipientStatus],
+        message_id: str | None,
+        sent_from: str | None = None,
+        occurred_at: str | None = None,
     ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
         """Split reports into those for recipients of the message ``message_id`` names (with
         their group) and the rest: all of them when the id is not one this ledger knows.
 
         The group's own id matches every member it lists; a recipient's own id matches that
         recipient alone. A listed number that is not such a recipient is ignored (logged):
-        it is never matched by number to some other group.
+        it is never matched by number to some other group. A recipient's own id the ledger
+        has not learnt yet (group MMS sends one event per recipient, under an id the send's
+        answer does not give) is learnt from an event about that one recipient
+        (:meth:`_learn`).
         """
         if not statuses:
             return [], []
         gid = self._group_for(message_id)
         if gid is None and message_id is not None:
             self.refresh()  # sent since this server last read the ledger?
-            gid = self._group_for(message_id)
+            gid = self._group_for(message_id) or self._learn(
+                statuses, message_id, sent_from, occurred_at
+            )
+            if gid is not None and self._group_for(message_id) is None:
+                return [(gid, statuses[0])], []
         if gid is None:
             return [], list(statuses)
         rec = self.view.groups[gid]
@@ -410,6 +431,7 @@ class WebhookReceiver:
         unknown: list[RecipientStatus],
         message_id: str | None,
         occurred_at: str | None,
+        sent_from: str | None = None,
     ) -> None:
         """Look for reports' recipients again for a while as the ledger grows; then give up."""
         deadline = self.clock.monotonic() + self.late_window_s
@@ -417,7 +439,7 @@ class WebhookReceiver:
             await self.clock.sleep(LATE_POLL_S)
             try:
                 self.ready()
-                matched, rest = self.match(unknown, message_id)
+                matched, rest = self.match(unknown, message_id, sent_from, occurred_at)
                 await self.record(event_id, matched, message_id, occurred_at)
             except LedgerError as exc:
                 # answered already, so nobody redelivers: look for them again at the next poll
@@ -455,6 +477,35 @@ class WebhookReceiver:
         """Take in what has been written since (a run may still be sending)."""
         for ev in self.store.new_events():
             self.view.apply(ev)
+
+    def _learn(
+        self,
+        statuses: Sequence[RecipientStatus],
+        message_id: str,
+        sent_from: str | None,
+        occurred_at: str | None,
+    ) -> str | None:
+        """The sent group an event under an unknown id is about, when the event is about one
+        recipient, that recipient is a member of a group this ledger sent from the event's
+        sender, and the event comes after that send and within ``LEARN_WINDOW_S`` of it: the
+        event's id is then that recipient's own (recorded with its status, so later events
+        match by it). None otherwise: the event is not this ledger's."""
+        if len(statuses) != 1 or sent_from is None:
+            return None
+        phone = statuses[0].phone
+        gid = self.view.group_of(phone)
+        rec = self.view.groups.get(gid) if gid is not None else None
+        if rec is None or rec.sender != sent_from or rec.outcome != SENT:
+            return None
+        at = instant(occurred_at) if occurred_at else None
+        if (
+            at is not None
+            and rec.sent_at
+            and not (rec.sent_at - CLOCK_SLACK_S <= at <= rec.sent_at + LEARN_WINDOW_S)
+        ):
+            return None
+        log.debug("webhook.learnt_id", message_id=message_id, group=gid)
+        return gid
 
     def _group_for(self, message_id: str | None) -> str | None:
         """The sent group a message id is of (its own, or one of its recipients'), if any."""
