@@ -15,6 +15,7 @@ request left and is a :class:`NetworkError`; anything after the request may have
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import email.utils
 import errno
 import json
@@ -47,12 +48,21 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.models import Group, OptOut, RecipientStatus, SendReceipt, parse_money
+from bulk_mms.models import (
+    Group,
+    MessageRecord,
+    OptOut,
+    RecipientStatus,
+    SendReceipt,
+    parse_money,
+)
 
 SEND_PATH = "/messages/group_mms"
 GROUP_PATH = "/messages/group/"
 MESSAGE_PATH = "/messages/"
 OPTOUTS_PATH = "/messaging_optouts"
+#: Message detail records: evidence of what the API accepted, whatever the answer said.
+RECORDS_PATH = "/reports/mdrs"
 #: The largest ``page[size]`` the opt-out list serves.
 OPTOUT_PAGE_MAX = 250
 
@@ -294,6 +304,36 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
     ]
     pages = meta.get("total_pages") if isinstance(meta, dict) else None
     return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
+
+
+def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
+    """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
+    without an id, numbers or a readable ``created_at`` is left out."""
+    data = body.get("data") if isinstance(body, dict) else None
+    out: list[MessageRecord] = []
+    for item in (data if isinstance(data, list) else [])[:limit]:
+        if not isinstance(item, dict):
+            continue
+        rid, cli, cld = item.get("id"), item.get("cli"), item.get("cld")
+        created = instant(str(item.get("created_at") or ""))
+        if not (isinstance(rid, str) and isinstance(cli, str) and isinstance(cld, str)):
+            continue
+        if created is None:
+            continue
+        amount, currency = item.get("cost"), item.get("currency")
+        cost = parse_money({"amount": amount, "currency": currency}) if amount else None
+        status = item.get("status")
+        out.append(
+            MessageRecord(
+                _text(rid, 100),
+                _text(cli, 32),
+                _text(cld, 32),
+                created,
+                _text(status, 32) if isinstance(status, str) else "",
+                cost,
+            )
+        )
+    return out
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -576,6 +616,28 @@ class AiohttpMmsClient:
         _, body = await self._request("GET", url)
         return parse_optouts(body, size)
 
+    async def fetch_records(
+        self, cli: str, cld: str, start: float, end: float
+    ) -> list[MessageRecord]:
+        """``GET /reports/mdrs``: the outbound message detail records from ``cli`` to ``cld``
+        created from ``start`` to ``end`` (seconds since the epoch).
+
+        Raises:
+            SendError: as for any GET (a GET is always safe to retry).
+        """
+        query = {
+            "direction": "OUTBOUND",
+            "cli": cli,
+            "cld": cld,
+            "start_date": _iso_z(start),
+            "end_date": _iso_z(end),
+        }
+        url = f"{self.base_url}{RECORDS_PATH}?" + urllib.parse.urlencode(
+            query, quote_via=urllib.parse.quote
+        )
+        _, body = await self._request("GET", url)
+        return parse_records(body)
+
     async def _request(
         self,
         method: str,
@@ -658,6 +720,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> 
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _iso_z(seconds: float) -> str:
+    """Seconds since the epoch as ``2026-12-05T08:00:00Z`` (a records query's bound)."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _segment(message_id: str) -> str:

@@ -238,6 +238,19 @@ class RecipientStatus(msgspec.Struct, frozen=True):
     cost: Money | None = None
 
 
+class MessageRecord(msgspec.Struct, frozen=True):
+    """One message detail record (``GET /reports/mdrs``): evidence that the API accepted a
+    message from ``cli`` to ``cld``, whatever became of the answer to its request."""
+
+    id: str
+    cli: str
+    cld: str
+    #: Seconds since the epoch.
+    created_at: float
+    status: str = ""
+    cost: Money | None = None
+
+
 class OptOut(msgspec.Struct, frozen=True):
     """One block of the profile's opt-out list (``GET /messaging_optouts``): ``to`` texted
     STOP to ``from_``, so ``from_`` cannot text ``to`` (a 40300) until ``to`` texts START."""

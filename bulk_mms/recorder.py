@@ -50,8 +50,8 @@ from bulk_mms.ledger import (
     Remade,
     Sent,
 )
-from bulk_mms.ledger.fold import IN_DOUBT
-from bulk_mms.models import Group, RejectedRow, Rejection, SendReceipt
+from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
+from bulk_mms.models import Group, MessageRecord, RejectedRow, Rejection, SendReceipt
 from bulk_mms.summary import JobSummary
 
 log = structlog.get_logger("bulk_mms.runner")
@@ -152,6 +152,28 @@ class Recorder:
                 code=EXPIRED_UNSENT,
                 title="not sent before the job's deadline",
                 detail=f"the deadline was {deadline}; a late message is worse than none",
+                time=self._now(),
+            )
+        )
+
+    def accepted_by_records(self, group: Group, record: MessageRecord) -> None:
+        """A group in doubt that the API's records show accepted: ``sent``, under the
+        record's id (its cost and statuses come with tracking)."""
+        receipt = SendReceipt(record.id, (), cost=record.cost)
+        self.log.info("group.settled", group=group.id, as_="sent", record=record.id)
+        self.sent(group, receipt, 0, 0)
+
+    def not_accepted(self, group: Group, lag: float) -> None:
+        """A group in doubt that the API's records, complete, show never accepted: retryable,
+        and sent again under a new key."""
+        self.log.info("group.settled", group=group.id, as_="not_accepted")
+        self._queue(
+            Failed(
+                **self._members(group),
+                code=NOT_ACCEPTED,
+                title="the API's records show it was never accepted",
+                detail=f"no message detail record {lag:g} s after its last try; sent again",
+                retryable=True,
                 time=self._now(),
             )
         )

@@ -27,7 +27,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.gates import Gates
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
 from bulk_mms.limits import run_limits
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
@@ -50,6 +50,7 @@ from bulk_mms.scan import (
     scan_input,
 )
 from bulk_mms.sending import GroupSender
+from bulk_mms.settle import Verdict
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
@@ -61,6 +62,9 @@ log = structlog.get_logger("bulk_mms.runner")
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
 #: resumes) instead of going through every group.
 UNREACHABLE_AFTER = 3
+#: The longest a run waits, before it ends, for the API's records of its groups in doubt to
+#: be complete (``[api] records_lag_s`` set low); past it, a later run looks.
+SETTLE_WAIT_S = 60.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
@@ -221,15 +225,53 @@ class Runner:
             self.clock.wall(),
             resend_in_doubt=self.resend_in_doubt,
         )
+        if action == "hold":
+            verdict = await self._settle(group)
+            if verdict == Verdict.ABSENT:
+                action = "send"  # never accepted, by the API's records: sent again, a new key
+            elif verdict == Verdict.UNKNOWN:
+                self.sender.doubts[group.id] = group  # looked at again before the run ends
         if action == "send":
             return group
         self.rows_done += free
         self.rows_free += free
-        if action == "skip":
+        if action == "skip" or self.view.state(group.id) == SENT:
             self.summary.skipped_groups += 1
         else:
             self.recorder.held(group)
         return None
+
+    async def _settle(self, group: Group) -> Verdict:
+        """Look a group in doubt up in the API's records (:mod:`bulk_mms.settle`) and record
+        what they show: accepted (``sent``), or never accepted (sent again); else nothing."""
+        rec = self.view.groups.get(group.id)
+        if rec is None:
+            return Verdict.UNKNOWN
+        finding = await self.sender.settler.settle(rec)
+        if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
+            self.recorder.accepted_by_records(group, finding.record)
+        elif finding.verdict == Verdict.ABSENT:
+            self.recorder.not_accepted(group, self.settings.records_lag_s)
+        return finding.verdict
+
+    async def settle_doubts(self) -> None:
+        """Before the run ends, the groups it left in doubt are looked up in the API's records:
+        at once, and once more when they will be complete within :data:`SETTLE_WAIT_S`
+        (``[api] records_lag_s`` set low); one never accepted is sent again. The rest stay in
+        doubt for a later run, ``track`` or ``report``'s next look."""
+        for gid, group in list(self.sender.doubts.items()):
+            rec = self.view.groups.get(gid)
+            if self.stop.is_set() or rec is None or rec.state != IN_DOUBT:
+                continue
+            verdict = await self._settle(group)
+            wait = self.sender.settler.complete_in(rec)
+            if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
+                await self.clock.sleep(wait)
+                if self.stop.is_set():
+                    return
+                verdict = await self._settle(group)
+            if verdict == Verdict.ABSENT and not self.stop.is_set():
+                await self._send(group)
 
     async def feed(self, reader: RowReader) -> None:
         """Produce, then tell the workers the input has ended (one end marker, passed on)."""
@@ -247,22 +289,27 @@ class Runner:
             if self.stop.is_set():
                 continue  # drain without sending; the next run sends these
             self.in_flight += 1
-            current: Group | None = group
             try:
-                while current is not None:
-                    # what goes out in its place: from another sender, or without opt-outs
-                    after = await self.sender.send(current)
-                    if after is not None and after.id != current.id:
-                        after = await self._admit(after, rows=False)
-                    current = after
-            except asyncio.CancelledError:
-                if current is not None:
-                    self.sender.cut_off(current)
-                raise
+                await self._send(group)
             finally:
                 self.in_flight -= 1
                 self.rows_done += len(group.to)
         self.queue.put_nowait(None)  # pass the end on to the next worker (a slot just freed)
+
+    async def _send(self, group: Group) -> None:
+        """Send ``group``, then what goes out in its place (from another sender, or without
+        opt-outs), until nothing does."""
+        current: Group | None = group
+        try:
+            while current is not None:
+                after = await self.sender.send(current)
+                if after is not None and after.id != current.id:
+                    after = await self._admit(after, rows=False)
+                current = after
+        except asyncio.CancelledError:
+            if current is not None:
+                self.sender.cut_off(current)
+            raise
 
     async def run(self, reader: RowReader) -> None:
         tasks = [asyncio.create_task(self.feed(reader), name="bulk-mms-reader")]
@@ -440,6 +487,7 @@ async def run_job(
             runner.log_start(store.name)
             async with _showing(runner, progress, job):
                 await runner.run(reader)
+                await runner.settle_doubts()
             try:
                 await store.drain()
             except LedgerError as exc:

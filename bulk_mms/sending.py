@@ -37,7 +37,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.gates import job_deadline
 from bulk_mms.grouping import without
-from bulk_mms.ledger import Failed
+from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group, SendReceipt
@@ -51,6 +51,7 @@ from bulk_mms.prepare import (
 from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
+from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppression_for
 
@@ -195,6 +196,10 @@ class GroupSender:
         self.spam_count = 0
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
+        #: Groups this run left in doubt, for the API's records to settle before it ends.
+        self.doubts: dict[str, Group] = {}
+        #: Looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
+        self.settler = Settler(client, settings.records_lag_s, settings.request_timeout, clock)
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
         self.limits: list[Limit] = limits or []
         for sender in sorted(self.view.retired):  # refused in an earlier run of this job
@@ -228,6 +233,9 @@ class GroupSender:
         sender (a 5xx may follow a request that was processed): a 422 then says the body
         changed, where a new key could send it twice."""
         rec = self.view.groups.get(group.id)
+        if rec is not None and rec.key is None and rec.resends:
+            # the API's records showed the earlier request never accepted: a new request
+            return idempotency_key(self.view.campaign, f"{group.id}-r{rec.resends}")
         if rec is None or rec.key is None:
             return idempotency_key(self.view.campaign, group.id)
         moved = rec.refused_sender not in (None, group.message.from_)
@@ -442,6 +450,8 @@ class GroupSender:
         )
         partial = refused if 0 < len(refused) < len(group.to) else ()
         recorded = await self.recorder.outcome(group, err, result.attempts, throttled, partial)
+        if isinstance(recorded, InDoubt):
+            self.doubts[group.id] = group  # for the records to settle before the run ends
         self._suppress(group, err, refused)
         if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
             self._fail(

@@ -29,7 +29,7 @@ import orjson
 from bulk_mms.errors import NotFound, SendError
 from bulk_mms.ledger import Location, load, read_events
 from bulk_mms.ledger.events import encode
-from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
+from bulk_mms.models import Group, MessageRecord, Money, RecipientStatus, SendReceipt
 
 __all__ = ["FakeClient", "FakeClock", "Handler", "groups_in", "ledger_events", "ok_receipt"]
 
@@ -62,6 +62,12 @@ class FakeClient:
     #: What the GETs answer, by message id: statuses, or an error to raise; unknown ids 404.
     delivery: dict[str, tuple[RecipientStatus, ...] | SendError] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
+    #: The message detail records it serves (``fetch_records``): one per recipient of every
+    #: send it answered with a receipt, stamped by ``wall``; a test adds its own (a send the
+    #: "server" took before the answer was lost).
+    records: list[MessageRecord] = field(default_factory=list)
+    #: The wall clock its records are stamped by (a test passes its FakeClock's ``wall``).
+    wall: Callable[[], float] = time.time
     _counter: Iterator[int] = field(default_factory=itertools.count)
 
     async def send(self, group: Group, key: str) -> SendReceipt:
@@ -69,16 +75,36 @@ class FakeClient:
         self.calls.append(group)
         self.keys.append(key)
         if self.handler is None:
-            return ok_receipt(group, n)
+            return self.took(group, ok_receipt(group, n))
         result = self.handler(group, n)
         if isinstance(result, SendError):
             raise result
         if isinstance(result, SendReceipt):
-            return result
+            return self.took(group, result)
         out = await result
         if isinstance(out, SendError):
             raise out
-        return out
+        return self.took(group, out)
+
+    def took(self, group: Group, receipt: SendReceipt) -> SendReceipt:
+        """Keep the records of an accepted send (one per recipient), as the API does."""
+        now = self.wall()
+        self.records += [
+            MessageRecord(f"{receipt.message_id}/{p}", group.message.from_, p, now, "DELIVERED")
+            for p in group.to
+        ]
+        return receipt
+
+    async def fetch_records(
+        self, cli: str, cld: str, start: float, end: float
+    ) -> list[MessageRecord]:
+        """The records from ``cli`` to ``cld`` created from ``start`` to ``end``."""
+        self.fetches.append(f"records {cli} {cld}")
+        return [
+            r
+            for r in self.records
+            if r.cli == cli and r.cld == cld and start <= r.created_at <= end
+        ]
 
     async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
         return self._fetch(message_id)

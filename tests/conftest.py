@@ -19,7 +19,7 @@ from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
-from bulk_mms.testing import FakeClient, FakeClock, ok_receipt
+from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
 
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
 
@@ -135,6 +135,14 @@ async def fake_api() -> AsyncIterator[tuple[FakeTelnyx, str]]:
         yield fake, str(server.make_url("/v2"))
 
 
+def _all_recorded(job: JobConfig, client: FakeClient, hang: Callable[[Group], bool]) -> bool:
+    """Whether every group ``client`` answered has its ``sent`` line in the ledger."""
+    if not job.ledger.exists():
+        return False
+    sent = {e["group"] for e in ledger_events(job.ledger) if e["event"] == "sent"}
+    return all(g.id in sent for g in client.calls if not hang(g))
+
+
 async def crash_mid_send(
     job: JobConfig,
     monkeypatch: pytest.MonkeyPatch,
@@ -164,8 +172,10 @@ async def crash_mid_send(
         m.setattr(Recorder, "cut_off", lambda self, group, last: None)  # dies recording nothing
         task = asyncio.create_task(run_job(job, settings, client, clock=FakeClock(), stop=stop))
         await asyncio.wait_for(all_out.wait(), 10)
-        for _ in range(100):  # let the answered groups be recorded
+        for n in range(20_000):  # let every answered group be recorded sent (a busy machine)
             await asyncio.sleep(0)
+            if n % 50 == 0 and _all_recorded(job, client, hang):
+                break
         stop.force("SIGKILL")
         await task
     return client

@@ -117,7 +117,9 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
     jobs.people(120)
     job = jobs.job(extra="group_size = 2")
     config = jobs.root / "config.toml"
-    config.write_text("[limits]\nrate = 15\nconcurrency = 2\nlease_s = 2\n")
+    config.write_text(
+        "[limits]\nrate = 15\nconcurrency = 2\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
+    )
     where = f"{database}?ledger=three"
     with fake_api_thread(fake) as url:
         procs = [run_cli(job.path, url, config, where) for _ in range(3)]

@@ -30,7 +30,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.ledger import load
 from bulk_mms.ledger.jsonl import JsonlStore
-from bulk_mms.models import Group, SendReceipt
+from bulk_mms.models import Group, MessageRecord, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
@@ -226,17 +226,25 @@ async def test_attempt_without_outcome_is_resent_under_its_key(
     assert (s.sent_groups, s.open_in_doubt) == (1, 0)
 
 
-async def test_in_doubt_past_the_key_window_is_held(
+async def test_in_doubt_past_the_key_window_is_settled_by_the_records(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A group whose first attempt is older than idempotency_window_s is not resent."""
-    jobs.people(8)
-    job = jobs.job()
-    await crash_mid_send(job, monkeypatch)
-    two_days_later = FakeClock(wall=time.time() + 2 * 86_400)
-    again = FakeClient()
-    s = await run_job(job, FAST, again, clock=two_days_later)
-    assert (again.calls, s.held_groups) == ([], 1)
+    """Past its key's window a group in doubt is never resent under the old key: when the
+    API's records show it accepted it is recorded sent, with no request; when they are complete
+    and show nothing it is sent again, under a new key."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 8")
+    first = await crash_mid_send(job, monkeypatch, hanging=2)
+    gone, took = first.calls[0], first.calls[1]
+    later = FakeClock(wall=time.time() + 2 * 86_400)
+    again = FakeClient(wall=later.wall)
+    t0 = load(job.ledger).groups[took.id].last_try
+    again.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    s = await run_job(job, FAST, again, clock=later)
+    assert [g.id for g in again.calls] == [gone.id]
+    assert again.keys[0] != first.keys[0]
+    assert (s.held_groups, s.open_in_doubt) == (0, 0)
+    assert load(job.ledger).groups[took.id].message_id == "rec-1"
 
 
 async def test_422_on_a_repeat_is_an_idempotency_conflict(

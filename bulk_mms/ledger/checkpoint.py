@@ -31,7 +31,7 @@ log = structlog.get_logger("bulk_mms.ledger")
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 3
+VERSION: Final = 4
 _WINDOW = 4096
 
 

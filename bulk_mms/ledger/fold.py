@@ -45,6 +45,9 @@ NOT_ATTEMPTED: Final = "not_attempted"
 #: The states of a recipient, in the order reports show them.
 STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
 CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
+#: The code of the ``failed`` event that settles a group in doubt as never accepted (the API's
+#: records, complete, show no message): it is sent again, under a new key.
+NOT_ACCEPTED: Final = "not_accepted"
 #: What the reason of a recipient that a later send may reach says (a carrier's cap).
 RESENDABLE_NOTE: Final = "resendable"
 #: The places a recipient's share of its group's estimated cost is rounded to.
@@ -81,6 +84,13 @@ class GroupRecord(msgspec.Struct):
     #: The sender the API refused on its latest outcome (40003, 40315): only then does the
     #: group take a new key, for the new sender.
     refused_sender: str | None = None
+    #: Wall-clock seconds of its latest attempt (0 when it has none), and of the latest
+    #: outcome that left it in doubt (0 when none did).
+    last_try: float = 0.0
+    doubt_at: float = 0.0
+    #: How often the API's records showed it never accepted after it was in doubt: each such
+    #: send goes under a key of its own.
+    resends: int = 0
 
     @property
     def state(self) -> str | None:
@@ -269,8 +279,10 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.key, rec.t0 = ev.key, ev.t0  # a new key (a new sender): its own age
         elif rec.t0 is None and ev.t0 is not None:
             rec.t0 = ev.t0
+        at = instant(ev.time)
+        rec.last_try = at or rec.last_try
         if self._run_first is None:
-            self._run_first = instant(ev.time)
+            self._run_first = at
 
     def _outcome(self, ev: events.Sent | events.Failed | events.InDoubt) -> None:
         rec = self._group(ev.group, ev.to)
@@ -285,7 +297,11 @@ class LedgerView(msgspec.Struct, eq=False):
             self._sent(rec, ev, at)
         elif isinstance(ev, events.InDoubt):
             rec.outcome, rec.doubt_recorded = IN_DOUBT, True
+            rec.doubt_at = at or rec.doubt_at
             rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
+        elif ev.code == NOT_ACCEPTED:  # the API's records show it never took the group
+            rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
+            rec.why = f"failed: {ev.code} {ev.title}".strip()
         else:
             self.error_codes[str(ev.code)] += 1
             if ev.retired:

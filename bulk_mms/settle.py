@@ -1,0 +1,130 @@
+"""Settling groups in doubt by the API's own records, never by resending blindly.
+
+Telnyx declares no ``Idempotency-Key`` for group MMS, so a request whose answer was lost (a
+reset after the server took it, a read timeout) may or may not have been accepted, and a
+repeat could text everyone twice. Such a group is *in doubt* until evidence settles it: the
+message detail records (``GET /reports/mdrs``) from its sender to its first member, created
+between its first try and its last try's answer (with :data:`CLOCK_SLACK_S` either side).
+
+* Found: the group was accepted; it is recorded ``sent`` under the record's id.
+* Not found, and the records are complete (``[api] records_lag_s`` after its last try): it
+  was never accepted; it is recorded as such (``not_accepted``, retryable) and sent again,
+  under a new Idempotency-Key.
+* Not found yet, or the records cannot be read: it stays in doubt, for a later look.
+
+With ``[api] idempotency = "replayed"`` a run retries such a group under its key instead
+while the key holds; settling is for the rest.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, runtime_checkable
+
+import msgspec
+import structlog
+
+from bulk_mms.clock import Clock
+from bulk_mms.errors import SendError
+from bulk_mms.ledger.fold import GroupRecord
+from bulk_mms.models import MessageRecord
+
+log = structlog.get_logger("bulk_mms.settle")
+
+#: How far apart this machine's clock and the API's may be, in seconds: a record this far
+#: outside a group's tries still counts as its.
+CLOCK_SLACK_S = 120.0
+#: How long after a try ended (its connection reset, its answer given up on) the server may
+#: still be taking it in, in seconds.
+SETTLED_SLACK_S = 2.0
+
+
+@runtime_checkable
+class RecordsReader(Protocol):
+    """A client that can read message detail records (:meth:`AiohttpMmsClient.fetch_records
+    <bulk_mms.client.AiohttpMmsClient.fetch_records>`)."""
+
+    async def fetch_records(
+        self, cli: str, cld: str, start: float, end: float
+    ) -> list[MessageRecord]: ...
+
+
+class Verdict(enum.StrEnum):
+    """What the records say of a group in doubt."""
+
+    #: A record shows it was accepted.
+    ACCEPTED = "accepted"
+    #: The records are complete and show nothing: it was never accepted.
+    ABSENT = "absent"
+    #: Nothing yet (the records may lag), or they could not be read: still in doubt.
+    UNKNOWN = "unknown"
+
+
+class Finding(msgspec.Struct, frozen=True):
+    """A verdict, with the record that proves acceptance (for :attr:`Verdict.ACCEPTED`)."""
+
+    verdict: Verdict
+    record: MessageRecord | None = None
+
+
+UNKNOWN = Finding(Verdict.UNKNOWN)
+
+
+class Settler:
+    """Looks a group in doubt up in the API's records.
+
+    Args:
+        client: the API seam; one that cannot read records settles nothing.
+        records_lag_s: how long after a try its record may still be missing.
+        request_timeout: how long after a try's start its answer could come.
+        clock: the wall clock (the records' times are the API's wall clock).
+    """
+
+    def __init__(
+        self, client: object, records_lag_s: float, request_timeout: float, clock: Clock
+    ) -> None:
+        self.client = client if isinstance(client, RecordsReader) else None
+        self.records_lag_s = records_lag_s
+        self.request_timeout = request_timeout
+        self.clock = clock
+
+    def window(self, rec: GroupRecord) -> tuple[float, float] | None:
+        """When a record of the group's acceptance would be stamped: from its first try to
+        its last try's answer, with clock slack; None when the ledger does not say."""
+        first = rec.t0 if rec.t0 is not None else rec.last_try
+        if not first or not rec.last_try:
+            return None
+        return (
+            first - CLOCK_SLACK_S,
+            rec.last_try + self.request_timeout + CLOCK_SLACK_S,
+        )
+
+    def complete_in(self, rec: GroupRecord) -> float:
+        """Seconds until the records of the group's tries are complete (0: they are):
+        ``records_lag_s`` after its last try ended (when it was recorded in doubt, or, after a
+        crash, its last try's start plus the request timeout), plus :data:`SETTLED_SLACK_S`."""
+        ended = rec.doubt_at or (rec.last_try + self.request_timeout if rec.last_try else 0.0)
+        if not ended:
+            return 0.0
+        return max(0.0, ended + SETTLED_SLACK_S + self.records_lag_s - self.clock.wall())
+
+    async def settle(self, rec: GroupRecord) -> Finding:
+        """What the records say of ``rec`` (a group in doubt) now."""
+        window = self.window(rec)
+        if self.client is None or window is None or not rec.to or rec.sender is None:
+            return UNKNOWN
+        start, end = window
+        try:
+            found = await self.client.fetch_records(rec.sender, rec.to[0], start, end)
+        except SendError as exc:
+            log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
+            return UNKNOWN
+        mine = [r for r in found if r.cli == rec.sender and r.cld == rec.to[0]]
+        accepted = next((r for r in mine if start <= r.created_at <= end), None)
+        if accepted is not None:
+            log.info("settle.accepted", group=rec.id, record=accepted.id)
+            return Finding(Verdict.ACCEPTED, accepted)
+        if self.complete_in(rec) > 0:
+            return UNKNOWN
+        log.info("settle.absent", group=rec.id)
+        return Finding(Verdict.ABSENT)
