@@ -149,8 +149,9 @@ async def scenario_c(root: Path) -> Result:
 
 
 class Result(NamedTuple):
-    """A scenario's row of the docs' table, and what its picture is drawn from: the line the rate should
-    sit on (R or D), and when the drain changed (seconds from the first acceptance)."""
+    """A scenario's row of the docs' table, and what its picture is drawn from: the line the
+    rate should sit on (R or D), and when the drain changed (seconds from the first
+    acceptance)."""
 
     row: str
     title: str
