@@ -3,15 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The stamp files re-install only when pyproject.toml changes.
+# The stamp files re-install only when pyproject.toml changes. `all` is every optional feature
+# (PostgreSQL, the HTML report, metrics, webhooks): the demo shows them all.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -34,10 +35,14 @@ typecheck: $(VENV)/.installed-test
 unit: $(VENV)/.installed-test
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# the docs site, into the git-ignored site/; --strict: a broken link or anchor fails the build
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint typecheck unit docs
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache jobs/ledgers
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache jobs/ledgers site

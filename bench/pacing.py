@@ -3,8 +3,8 @@
 Usage: python bench/pacing.py [a|b|c ...]   (default: all three; about four minutes)
        python bench/pacing.py --help
 
-Prints the README's table, and draws each scenario's accepted rate and ``wait_seconds`` over
-time into bench/pacing.png (matplotlib), which the README shows.
+Prints docs/performance.md's pacing table, and draws each scenario's accepted rate and
+``wait_seconds`` over time into docs/img/pacing.png (matplotlib), which that page shows.
 
 The run goes through the whole pacer: the adaptive per-sender controller, the fixed limits
 (aiolimiter's bucket on the job's clock) and the account budget's one-second window guard.
@@ -149,8 +149,9 @@ async def scenario_c(root: Path) -> Result:
 
 
 class Result(NamedTuple):
-    """A scenario's README row, and what its picture is drawn from: the line the rate should
-    sit on (R or D), and when the drain changed (seconds from the first acceptance)."""
+    """A scenario's row of the docs' table, and what its picture is drawn from: the line the
+    rate should sit on (R or D), and when the drain changed (seconds from the first
+    acceptance)."""
 
     row: str
     title: str
@@ -205,7 +206,7 @@ async def main(which: list[str]) -> None:
                 result = await scenario(Path(tmp))
                 print(result.row, flush=True)
                 results.append(result)
-    picture = Path(__file__).with_name("pacing.png")
+    picture = Path(__file__).parent.parent / "docs" / "img" / "pacing.png"
     draw(results, picture)
     print(f"drawn: {picture}")
 

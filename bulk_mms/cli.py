@@ -20,7 +20,8 @@ from bulk_mms import commands, console, log
 from bulk_mms._version import __version__
 from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.console import fail, say
-from bulk_mms.errors import BulkMmsError, Exit
+from bulk_mms.errors import BulkMmsError, Exit, MissingExtra
+from bulk_mms.extras import needs
 from bulk_mms.ledger import location
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
@@ -327,8 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = getattr(args, "metrics_file", None)
     args.metrics = None
     if path is not None:
-        from bulk_mms.metrics import CommandMetrics  # noqa: PLC0415 - prometheus_client: if asked
-
+        try:
+            with needs("metrics", "--metrics-file"):
+                from bulk_mms.metrics import CommandMetrics  # noqa: PLC0415 - prometheus_client
+        except MissingExtra as exc:
+            return fail(exc, exc.exit_code)
         args.metrics = CommandMetrics(path, args.command)
     code = _command(args)
     if args.metrics is not None:  # whatever the outcome: monitoring must hear of a failure

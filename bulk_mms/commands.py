@@ -50,6 +50,7 @@ from bulk_mms.console import (
     say,
 )
 from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
+from bulk_mms.extras import needs
 from bulk_mms.ledger import (
     Location,
     copy_ledger,
@@ -383,11 +384,12 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     ledger = args.ledger or args.ledger_option
     if ledger is None:
         raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
-    from bulk_mms.webhooks import (  # noqa: PLC0415 - aiohttp's server and cryptography
-        PUBLIC_KEY_ENV,
-        load_public_key,
-        serve_webhooks,
-    )
+    with needs("webhooks", "bulk-mms webhooks"):
+        from bulk_mms.webhooks import (  # noqa: PLC0415 - aiohttp's server and cryptography
+            PUBLIC_KEY_ENV,
+            load_public_key,
+            serve_webhooks,
+        )
 
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
     path = find_config(None)
@@ -410,6 +412,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if getattr(args, "html", None) is not None:
+        with needs("html", "report --html"):  # refused before the table, not after it
+            import matplotlib  # noqa: F401, PLC0415
     summary = summarize(args.ledger)
     fmt = args.format
     if fmt is None:

@@ -6,7 +6,8 @@
      ├── UsageError                    2  bad job, config or input: nothing was sent
      │    ├── ConfigError(setting)        a setting is missing, unknown or out of range
      │    ├── InputError(path, line)      the recipient file cannot be read
-     │    └── MediaError(url)             a media URL fails the preflight check
+     │    ├── MediaError(url)             a media URL fails the preflight check
+     │    └── MissingExtra(extra)         a feature's optional package is not installed
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
@@ -115,6 +116,23 @@ class _Located(Exception):
 
 class InputError(_Located, UsageError):
     """The recipient file as a whole cannot be used (missing, unreadable, no phone column)."""
+
+
+class MissingExtra(UsageError):
+    """A feature needs an optional package that is not installed: the message names the
+    extra that brings it (``pip install 'bulk-mms[html]'``)."""
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.package = package
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"{self.feature} needs {self.package}, which is not installed: "
+            f"pip install 'bulk-mms[{self.extra}]'"
+        )
 
 
 class MediaError(UsageError):

@@ -148,7 +148,10 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
     from bulk_mms.ledger.store import is_database  # noqa: PLC0415 - no cycle at import
 
     if isinstance(where, str) and is_database(where):
-        from bulk_mms.ledger.postgres import PostgresSuppressed  # noqa: PLC0415 - psycopg
+        from bulk_mms.extras import needs  # noqa: PLC0415 - no cycle at import
+
+        with needs("postgres", "a PostgreSQL ledger"):
+            from bulk_mms.ledger.postgres import PostgresSuppressed  # noqa: PLC0415 - psycopg
 
         return PostgresSuppressed(where)
     return Suppressed(file if file is not None else default_list())

@@ -32,6 +32,7 @@ def test_public_names() -> None:
         "LedgerSummary",
         "MediaError",
         "MessageBody",
+        "MissingExtra",
         "MmsClient",
         "Money",
         "NetworkError",

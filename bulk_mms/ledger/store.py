@@ -19,6 +19,7 @@ import yarl
 from bulk_mms.budget import AccountBudget
 from bulk_mms.clock import Clock, instant
 from bulk_mms.errors import LedgerError
+from bulk_mms.extras import needs
 from bulk_mms.ledger.events import Event, Sent
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
@@ -160,7 +161,8 @@ def open_store(where: Location, mode: Mode = "run") -> LedgerStore:
         LedgerError: it cannot be opened as ``mode`` needs.
     """
     if isinstance(where, str) and is_database(where):
-        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+        with needs("postgres", "a PostgreSQL ledger"):
+            from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
 
         return postgres.PostgresStore.open(where, mode)
     return JsonlStore.open(Path(where), mode)
@@ -248,7 +250,8 @@ def migrate_database(url: str) -> tuple[int, int]:
     """
     if not is_database(url):
         raise LedgerError(display(url), "is not a postgresql:// URL")
-    from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+    with needs("postgres", "a PostgreSQL ledger"):
+        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
 
     return postgres.migrate_url(url)
 
@@ -258,7 +261,8 @@ def sent_since(where: Location, since: float) -> int:
     ledger of the database, or every ``*.jsonl`` ledger beside the file (what a daily cap
     counts). Files that are not ledgers are passed over."""
     if is_database(where):
-        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+        with needs("postgres", "a PostgreSQL ledger"):
+            from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
 
         return postgres.sent_since(str(where), since)
     total = 0
