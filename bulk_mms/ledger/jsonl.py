@@ -55,7 +55,7 @@ from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
-from bulk_mms.ledger.fold import LedgerView, paused_gc
+from bulk_mms.ledger.fold import LedgerView
 
 #: An fsync that took longer than this sends the next to a worker thread (see the module doc).
 SLOW_FSYNC_S = 0.002
@@ -223,14 +223,13 @@ class JsonlStore(GroupCommitted[bytes]):
             return LedgerView()
         statuses = not skip_status
         tail = _Tail(self.path)
-        with paused_gc():
-            saved = checkpoint.read(self.path, statuses=statuses)
-            view = LedgerView(statuses=statuses)
-            if saved is not None:
-                view, tail.offset, tail.lineno = saved
-            start = tail.lineno
-            for ev in tail.read(skip_status=skip_status):
-                view.apply(ev)
+        saved = checkpoint.read(self.path, statuses=statuses)
+        view = LedgerView(statuses=statuses)
+        if saved is not None:
+            view, tail.offset, tail.lineno = saved
+        start = tail.lineno
+        for ev in tail.read(skip_status=skip_status):
+            view.apply(ev)
         if tail.lineno - start >= checkpoint.EVERY:
             checkpoint.write(self.path, view, tail.offset, tail.lineno, statuses=statuses)
         self._tail.offset, self._tail.lineno = tail.offset, tail.lineno  # new_events: after it
