@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -198,28 +199,27 @@ async def test_a_commit_that_ends_otherwise_is_never_taken_for_durable(how: str)
         gc.add(2)
 
 
-@pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])
-async def test_the_fsync_leaves_the_loop_only_after_a_slow_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_s: float, threaded: bool
-) -> None:
-    """A quick fsync runs on the loop's thread; after one slower than SLOW_FSYNC_S the next
-    goes to a worker thread: either way each commit is durable before its writers return."""
-    monkeypatch.setattr(jsonl, "SLOW_FSYNC_S", slow_s)
-    handed: list[object] = []
-    to_thread = asyncio.to_thread
-
-    async def counted(fn: Any, *args: Any) -> Any:
-        handed.append(fn)
-        return await to_thread(fn, *args)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+async def test_the_fsync_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """Every commit's fsync runs on a worker thread, never the loop's, and each commit is
+    durable before its writers return."""
+    loop_thread = threading.get_ident()
+    synced_on: list[int] = []
     ledger = open_store(tmp_path / "l.jsonl")
+    assert isinstance(ledger, JsonlStore)
     ledger.append_now(decode(HEADER))  # type: ignore[arg-type]
+    fsync = ledger._fsync
+
+    def recorded() -> None:
+        synced_on.append(threading.get_ident())
+        fsync()
+
+    ledger._fsync = recorded  # type: ignore[method-assign]
     for i in range(3):
         await ledger.append(ev.Sent(f"g{i}", message_id=f"m{i}"))
+        assert ledger.commits == i + 2  # the header's, then one an append
     await ledger.close()
-    assert ledger.commits == 4  # the header's, then one an append
-    assert len(handed) == (2 if threaded else 0)  # the first commit finds the disk quick
+    assert len(synced_on) == 3
+    assert loop_thread not in synced_on
     assert [e.get("group") for e in ledger_events(tmp_path / "l.jsonl")[1:]] == ["g0", "g1", "g2"]
 
 

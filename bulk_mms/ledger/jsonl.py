@@ -8,11 +8,9 @@ Durability. Events are written with one ``os.write`` each (``O_APPEND``) and mad
 last flush and fsyncs once, and every writer awaiting durability is released by the fsync that
 covers its line. Many groups in flight therefore share one fsync.
 
-The fsync runs on the event loop's own thread while the disk answers within
-:data:`SLOW_FSYNC_S`: handing each one to a worker thread cost a run more CPU than the fsyncs
-themselves (the two threads trading the GIL: some 3,000 context switches for 200 commits). A
-disk slower than that (a network file system, a busy disk) would hold the loop up, so its
-fsyncs go to a worker thread until one is quick again.
+The fsync runs on a worker thread, never on the event loop's: a slow disk (a network file
+system, a busy disk) holds up only the writers waiting for that commit, while the loop's timers,
+pacing and requests go on and new events queue for the next commit.
 
 Busy commits keep :data:`COMMIT_INTERVAL_S` apart (:class:`~bulk_mms.ledger.commit.GroupCommit`'s
 ``interval``). An fsync is not only its instructions: the process sleeps two to four times in
@@ -44,7 +42,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,8 +54,6 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView
 
-#: An fsync that took longer than this sends the next to a worker thread (see the module doc).
-SLOW_FSYNC_S = 0.002
 #: The least time between busy commits, unless company comes sooner (see the module doc).
 COMMIT_INTERVAL_S = 0.004
 #: How a ``status`` line starts: a resume skips them unparsed.
@@ -125,8 +120,6 @@ class JsonlStore(GroupCommitted[bytes]):
         self._fd = fd
         self._lock_fd = lock_fd
         self._tail = _Tail(path)
-        # the last fsync took longer than SLOW_FSYNC_S: the next goes to a worker thread
-        self._slow_disk = False
 
     @classmethod
     def open(cls, path: Path, mode: str = "run") -> JsonlStore:
@@ -278,11 +271,7 @@ class JsonlStore(GroupCommitted[bytes]):
 
     async def _commit(self, lines: list[bytes]) -> None:
         self._write_lines(lines)
-        if self._slow_disk:  # meanwhile the loop goes on, and new events queue up
-            took = await asyncio.to_thread(self._fsync)
-        else:
-            took = self._fsync()
-        self._slow_disk = took > SLOW_FSYNC_S
+        await asyncio.to_thread(self._fsync)  # meanwhile the loop goes on; new events queue up
 
     def _write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -304,15 +293,17 @@ class JsonlStore(GroupCommitted[bytes]):
             raise LedgerError(self.path, f"cannot write: {reason}") from None
         self.events_written += len(lines)
 
-    def _fsync(self) -> float:
-        """fsync the file; the seconds it took."""
-        start = time.perf_counter()
+    def _fsync(self) -> None:
+        """fsync the file.
+
+        Raises:
+            LedgerError: the disk refused it.
+        """
         try:
             os.fsync(self._fd)
         except OSError as exc:
             raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
         self.commits += 1
-        return time.perf_counter() - start
 
     async def close(self) -> None:
         """Make everything durable, release the lock and close."""
