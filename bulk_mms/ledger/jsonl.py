@@ -12,14 +12,6 @@ The fsync runs on a worker thread, never on the event loop's: a slow disk (a net
 system, a busy disk) holds up only the writers waiting for that commit, while the loop's timers,
 pacing and requests go on and new events queue for the next commit.
 
-Busy commits keep :data:`COMMIT_INTERVAL_S` apart (:class:`~bulk_mms.ledger.commit.GroupCommit`'s
-``interval``). An fsync is not only its instructions: the process sleeps two to four times in
-each while the disk and the journal answer, and every wake-up costs a virtual machine some
-0.1 ms of CPU in cold caches. Back to back, a run of 2,000 groups made about 330 fsyncs and
-1,300 context switches; spaced, some 100 fsyncs and 550 switches, and 0.06 to 0.07 s less
-CPU, while every writer still waits for the fsync that covers its line. A lone writer never
-waits, and writers that all wait at once go at once (``bench/ledger.py`` keeps its commits).
-
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
 ``webhooks`` append ``status`` events beside a run without that lock; every batch of lines takes
@@ -54,8 +46,6 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView
 
-#: The least time between busy commits, unless company comes sooner (see the module doc).
-COMMIT_INTERVAL_S = 0.004
 #: How a ``status`` line starts: a resume skips them unparsed.
 _STATUS_PREFIX = b'{"event":"status"'
 
@@ -110,8 +100,6 @@ class JsonlStore(GroupCommitted[bytes]):
     :class:`~bulk_mms.ledger.store.LedgerStore`): ``run`` (exclusive, created if missing),
     ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
     """
-
-    commit_interval = COMMIT_INTERVAL_S
 
     def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
         self.path = path
