@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,10 +54,12 @@ _STATUS_PREFIX = b'{"event":"status"'
 class _Tail:
     """Reads a ledger's complete lines, each call from where the last one stopped."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, digest: hashlib._Hash | None = None) -> None:
         self.path = path
         self.offset = 0
         self.lineno = 0
+        #: Takes every complete line read, when given: a checkpoint's hash of its prefix.
+        self.digest = digest
 
     def read(self, *, skip_status: bool = False) -> Iterator[Event]:
         try:
@@ -67,6 +70,7 @@ class _Tail:
             raise LedgerError(self.path, exc.strerror or str(exc)) from None
         # Locals in the loop, written back as it goes: a tracked ledger has millions of lines.
         offset, lineno = self.offset, self.lineno
+        hashed = self.digest.update if self.digest is not None else None
         with f:
             f.seek(offset)
             try:
@@ -75,6 +79,8 @@ class _Tail:
                         return  # torn or still being written: read again next time
                     offset += len(raw)
                     lineno += 1
+                    if hashed is not None:
+                        hashed(raw)
                     if skip_status and raw.startswith(_STATUS_PREFIX):
                         continue
                     try:
@@ -203,16 +209,20 @@ class JsonlStore(GroupCommitted[bytes]):
         if not self.path.exists():
             return LedgerView()
         statuses = not skip_status
-        tail = _Tail(self.path)
         saved = checkpoint.read(self.path, statuses=statuses)
-        view = LedgerView(statuses=statuses)
-        if saved is not None:
-            view, tail.offset, tail.lineno = saved
+        if saved is None:
+            view, tail = LedgerView(statuses=statuses), _Tail(self.path, hashlib.sha256())
+        else:
+            view, tail = saved.view, _Tail(self.path, saved.prefix)
+            tail.offset, tail.lineno = saved.offset, saved.lineno
         start = tail.lineno
         for ev in tail.read(skip_status=skip_status):
             view.apply(ev)
         if tail.lineno - start >= checkpoint.EVERY:
-            checkpoint.write(self.path, view, tail.offset, tail.lineno, statuses=statuses)
+            assert tail.digest is not None
+            checkpoint.write(
+                self.path, view, tail.offset, tail.lineno, tail.digest, statuses=statuses
+            )
         self._tail.offset, self._tail.lineno = tail.offset, tail.lineno  # new_events: after it
         view.close_run()
         return view
