@@ -32,7 +32,7 @@ def normalize_phone(value: str, region: str = "US") -> str:
     A number already in canonical ``+1NXXNXXXXXX`` form (``+1`` and ten ASCII digits, the
     area code not starting with 0 or 1: a leading 1 would be taken for the national prefix by
     the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
-    phonenumbers' own metadata the same questions without parsing (about ten times faster);
+    phonenumbers' own metadata the same questions without parsing;
     its commonest answers, a valid US or Canadian number, are one regex call each
     (:func:`_canonical_in`).
     Anything else is parsed. Every path gives the same verdict for every number (property
