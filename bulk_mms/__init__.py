@@ -4,52 +4,40 @@ Read → validate → group → pace → send/retry → ledger; then track → r
 is below; every other module is internal.
 """
 
-import gc as _gc
-
-# What the imports below make (some 400 modules' classes, functions and tables) lives as long
-# as the process, and none of it is garbage: the cycle collector is off while they load, so a
-# start makes no collections that would find nothing (``bulk-mms`` then freezes it all out of
-# the collector's sight: :func:`bulk_mms.cli.entry`). Left as it was found.
-_collecting = _gc.isenabled()
-_gc.disable()
-try:
-    from bulk_mms._version import __version__
-    from bulk_mms.client import AiohttpMmsClient, MmsClient
-    from bulk_mms.config import JobConfig, Settings, load_job, load_settings
-    from bulk_mms.errors import (
-        AmbiguousSendError,
-        ApiError,
-        ApiUnavailable,
-        AuthError,
-        BulkMmsError,
-        ConfigError,
-        EndpointError,
-        FatalSendError,
-        InputError,
-        LedgerCorrupt,
-        LedgerError,
-        LedgerMismatch,
-        MediaError,
-        MissingExtra,
-        NetworkError,
-        NotFound,
-        RateLimited,
-        Rejected,
-        RetryableSendError,
-        SendError,
-        ServerError,
-        UsageError,
-    )
-    from bulk_mms.models import Group, MessageBody, Money, Outcome, RecipientStatus, SendReceipt
-    from bulk_mms.prepare import dry_run
-    from bulk_mms.report import LedgerSummary, summarize, write_failed_csv
-    from bulk_mms.runner import run_job
-    from bulk_mms.signals import Stop
-    from bulk_mms.summary import JobSummary
-    from bulk_mms.track import TrackResult, track_ledger
-finally:
-    if _collecting:
-        _gc.enable()
+from bulk_mms._version import __version__
+from bulk_mms.client import AiohttpMmsClient, MmsClient
+from bulk_mms.config import JobConfig, Settings, load_job, load_settings
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    BulkMmsError,
+    ConfigError,
+    EndpointError,
+    FatalSendError,
+    InputError,
+    LedgerCorrupt,
+    LedgerError,
+    LedgerMismatch,
+    MediaError,
+    MissingExtra,
+    NetworkError,
+    NotFound,
+    RateLimited,
+    Rejected,
+    RetryableSendError,
+    SendError,
+    ServerError,
+    UsageError,
+)
+from bulk_mms.models import Group, MessageBody, Money, Outcome, RecipientStatus, SendReceipt
+from bulk_mms.prepare import dry_run
+from bulk_mms.report import LedgerSummary, summarize, write_failed_csv
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
+from bulk_mms.track import TrackResult, track_ledger
 
 __all__ = [
     "AiohttpMmsClient",

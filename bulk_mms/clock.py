@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import math
 import time
 from typing import Protocol
 
@@ -68,33 +67,8 @@ def utc(clock: Clock) -> dt.datetime:
 
 def iso(seconds: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
-    global _last_iso, _last_second, _last_instant  # noqa: PLW0603 - memos of one stamp each
-    if seconds < 0:  # before 1970: datetime's own arithmetic, unmemoised
-        stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
-        return stamp.replace("+00:00", "Z")
-    # the millisecond datetime shows: it rounds the fraction to microseconds, then cuts
-    frac, whole = math.modf(seconds)
-    ms = int(whole) * 1000 + round(frac * 1e6) // 1000
-    last = _last_iso  # read once: another thread may replace it meanwhile
-    if ms == last[0]:
-        return last[1]  # events come many to a millisecond: one stamp for them all
-    second, milli = divmod(ms, 1000)
-    head = _last_second
-    if second != head[0]:  # a new second: datetime writes its date and time once
-        text = dt.datetime.fromtimestamp(second, dt.UTC).isoformat(timespec="seconds")
-        head = _last_second = (second, text.removesuffix("+00:00"))
-    stamp = f"{head[1]}.{milli:03d}Z"
-    _last_iso = (ms, stamp)
-    # what instant() will read it back as (the fold reads every stamp it is given):
-    # parse_time divides the same whole number of microseconds, so the float is the same
-    _last_instant = (stamp, ms / 1000)
-    return stamp
-
-
-#: The last millisecond :func:`iso` stamped, and its stamp.
-_last_iso: tuple[int | None, str] = (None, "")
-#: The last whole second :func:`iso` stamped in, and its stamp without the fraction.
-_last_second: tuple[int | None, str] = (None, "")
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def parse_time(stamp: str) -> float:
@@ -111,19 +85,9 @@ def parse_time(stamp: str) -> float:
 
 def instant(stamp: object) -> float | None:
     """:func:`parse_time` for untrusted stamps: None when there is none or it does not parse."""
-    global _last_instant  # noqa: PLW0603 - a memo of one stamp, as iso keeps
     if not isinstance(stamp, str):
         return None
-    last = _last_instant  # read once: another thread may replace it meanwhile
-    if stamp == last[0]:
-        return last[1]  # events come many to a millisecond, read back in order
     try:
-        seconds = parse_time(stamp)
+        return parse_time(stamp)
     except (ValueError, OverflowError):
         return None
-    _last_instant = (stamp, seconds)
-    return seconds
-
-
-#: The last stamp :func:`instant` read, and its instant.
-_last_instant: tuple[str | None, float] = (None, 0.0)

@@ -47,7 +47,6 @@ from bulk_mms.ledger.fold import (
     RESENDABLE_NOTE,
     RETRY_PENDING,
     SENT,
-    paused_gc,
 )
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.scan import REJECTED_COLUMNS
@@ -192,17 +191,7 @@ class LedgerSummary(msgspec.Struct):
 
 
 def summarize(location: Location) -> LedgerSummary:
-    """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up.
-
-    The cycle collector stays off throughout, as it does for the fold (:func:`paused_gc`): the
-    sums make no cycles, and with it on, young collections walked the fold's million fresh
-    objects again and again (a fifth of a tracked million-recipient report).
-    """
-    with paused_gc():
-        return _summarize(location)
-
-
-def _summarize(location: Location) -> LedgerSummary:
+    """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up."""
     view = load(location)
     s = LedgerSummary(ledger=location)
     if (h := view.header) is not None:
@@ -520,8 +509,7 @@ def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
         LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
     """
     assert s.ledger is not None
-    with paused_gc():
-        view = load(s.ledger)
+    view = load(s.ledger)
     return _write(out, RECIPIENTS_HEADER, _recipient_rows(view))
 
 

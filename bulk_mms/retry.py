@@ -207,37 +207,27 @@ async def send_with_retry(
                 on_error(exc)
             raise
 
-    try:
-        # The first try needs no retry machinery, and most groups take one try: tenacity
-        # starts when one fails, and judges that failure as its own first attempt (what to
-        # retry, how long to wait, when to stop are all its).
-        try:
-            return Attempted(await one_try(1), None, 1)
-        except SendError:
-            pass
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(
-                lambda exc: (
-                    isinstance(exc, RetryableSendError)
-                    or (
-                        isinstance(exc, AmbiguousSendError)
-                        and ambiguous_until is not None
-                        and clock.wall() < ambiguous_until
-                    )
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(
+            lambda exc: (
+                isinstance(exc, RetryableSendError)
+                or (
+                    isinstance(exc, AmbiguousSendError)
+                    and ambiguous_until is not None
+                    and clock.wall() < ambiguous_until
                 )
-            ),
-            stop=_Stop(policy.attempts, deadline, clock.monotonic),
-            wait=_Wait(policy),
-            sleep=clock.sleep,
-            before_sleep=functools.partial((digest or RetryDigest()).note, group),
-            reraise=True,
-        )
+            )
+        ),
+        stop=_Stop(policy.attempts, deadline, clock.monotonic),
+        wait=_Wait(policy),
+        sleep=clock.sleep,
+        before_sleep=functools.partial((digest or RetryDigest()).note, group),
+        reraise=True,
+    )
+    try:
         async for attempt in retrying:
             with attempt:
                 n = attempt.retry_state.attempt_number
-                if n == 1:
-                    assert last is not None
-                    raise last
                 return Attempted(await one_try(n), None, n)
     except SendError as exc:
         return Attempted(None, _still_in_doubt(doubt, exc), number)

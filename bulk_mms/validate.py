@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from bulk_mms.kept_patterns import KeptPatterns, digest, in_cache_folder
 from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
 
@@ -33,7 +32,7 @@ def normalize_phone(value: str, region: str = "US") -> str:
     A number already in canonical ``+1NXXNXXXXXX`` form (``+1`` and ten ASCII digits, the
     area code not starting with 0 or 1: a leading 1 would be taken for the national prefix by
     the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
-    phonenumbers' own metadata the same questions without parsing (about ten times faster);
+    phonenumbers' own metadata the same questions without parsing;
     its commonest answers, a valid US or Canadian number, are one regex call each
     (:func:`_canonical_in`).
     Anything else is parsed. Every path gives the same verdict for every number (property
@@ -137,7 +136,7 @@ def _validity_source(code: str) -> str | None:
     """:func:`_validity`'s pattern, as phonenumbers asks: the region's general pattern (a
     lookahead over the whole number), then any type that makes a number valid (mobile only
     where it differs from fixed-line; else it is never asked). None when none can match."""
-    import phonenumbers  # noqa: PLC0415 - see bulk_mms.kept_patterns
+    import phonenumbers  # noqa: PLC0415 - a run of canonical US numbers may never need it
 
     m = phonenumbers.PhoneMetadata.metadata_for_region(code, None)
     assert m is not None
@@ -158,7 +157,7 @@ def _validity_source(code: str) -> str | None:
 def _nanp_regions() -> tuple[tuple[str, re.Pattern[str] | None], ...]:
     """The +1 regions in phonenumbers' own order (the US first), each with its leading digits
     (what places a number in it before validity does), where it has them."""
-    import phonenumbers  # noqa: PLC0415 - see bulk_mms.kept_patterns
+    import phonenumbers  # noqa: PLC0415 - a run of canonical US numbers may never need it
 
     out = []
     for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
@@ -176,42 +175,35 @@ _CANONICAL_US: Callable[[str], re.Match[str] | None] | None = None
 def _canonical_us() -> Callable[[str], re.Match[str] | None]:
     """:func:`_canonical_in` the first +1 region (the US), kept where the row loop finds it
     without a call."""
+    import phonenumbers  # noqa: PLC0415 - loaded when the first number needs it
+
     global _CANONICAL_US  # noqa: PLW0603 - made once, when the first number needs it
-    _CANONICAL_US = _canonical_in(_kept_patterns().first())
+    _CANONICAL_US = _canonical_in(phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0])
     return _CANONICAL_US
 
 
 @functools.cache
 def _canonical_in(code: str) -> Callable[[str], re.Match[str] | None]:
     """What :func:`_nanp` decides for a reachable region, as one pattern over the whole value
-    (:func:`_canonical_source`), kept between runs (:mod:`bulk_mms.kept_patterns`). Its
-    ``fullmatch``."""
-    kept = _kept_patterns()
-    source = kept.source(code)
-    try:
-        return re.compile(source, re.ASCII).fullmatch
-    except Exception:  # a kept pattern that does not compile, however it fails
-        kept.forget()
-        return re.compile(_canonical_source(code), re.ASCII).fullmatch
+    (:func:`_canonical_source`), derived in memory from phonenumbers' metadata when first
+    needed. Its ``fullmatch``."""
+    return re.compile(_canonical_source(code), re.ASCII).fullmatch
 
 
-def _canonical_source(code: str, loading: Callable[[str], None] | None = None) -> str:
+def _canonical_source(code: str) -> str:
     """:func:`_canonical_in`'s pattern: ``+1`` and ten ASCII digits, the area code not 0 or 1,
     claimed by no +1 region before ``code`` in phonenumbers' order (by its leading digits, or
     for one without them, by being valid there), in ``code``'s leading digits where it has
     them, and valid in ``code``; one that matches nothing for a region group MMS cannot reach.
-    ``loading`` is told each region before its metadata is asked for (and so loaded).
 
     Only the metadata of ``code`` and the regions before it is loaded: a list of valid US
     numbers never loads the other twenty-four regions' nor compiles their patterns (what
     :func:`_nanp_regions` does for any other number)."""
-    import phonenumbers  # noqa: PLC0415 - only to derive it (see bulk_mms.kept_patterns)
+    import phonenumbers  # noqa: PLC0415 - loaded when the first number needs it
 
     source = "(?!)"  # matches nothing: the full path decides every number
     claimed: list[str] = []
     for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
-        if loading is not None:
-            loading(region)
         m = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
         if m is None:
             continue
@@ -226,17 +218,6 @@ def _canonical_source(code: str, loading: Callable[[str], None] | None = None) -
         elif (valid := _validity_source(region)) is not None:
             claimed.append(f"(?!(?:{valid})\\Z)")
     return source
-
-
-#: This module's digest as it was loaded (a file replaced under a running process is not the
-#: code that process runs): its patterns are kept beside it.
-_OWN_DIGEST = digest(__file__)
-
-
-@functools.cache
-def _kept_patterns() -> KeptPatterns:
-    """The patterns this process uses, read from the cache folder when it first needs one."""
-    return in_cache_folder(_canonical_source, (__file__, _OWN_DIGEST))
 
 
 def _nanp(phone: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from bulk_mms.errors import SendError, ServerError
 from bulk_mms.ledger import LedgerView, load, read_events
 from bulk_mms.ledger import checkpoint as ckpt
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
@@ -145,15 +148,61 @@ async def test_a_report_from_a_checkpoint_builds_no_statuses_and_says_what_a_rep
 async def test_a_checkpoint_with_a_damaged_cost_is_ignored(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A group's cost in a checkpoint that is no amount makes the checkpoint unusable: the
-    fold replays from the first line (no error reaches the reader), and is right."""
+    """A group's cost in a checkpoint that is no amount makes the checkpoint unusable, even
+    sealed anew: the fold replays from the first line (no error reaches the reader)."""
     monkeypatch.setattr(ckpt, "EVERY", 10)
     ledger = await tracked_ledger(jobs)
     load(ledger, statuses=False)
     path = ckpt.path_for(ledger, False)
-    data = orjson.loads(path.read_bytes())
+    data = orjson.loads(path.read_bytes().partition(b"\n")[2])
     costs = data["view"]["groups"]["cost"]
     costs[next(i for i, c in enumerate(costs) if c is not None)] = ["NaN?", "USD"]
-    path.write_bytes(orjson.dumps(data))
+    body = orjson.dumps(data)
+    path.write_bytes(hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
     assert ckpt.read(ledger, statuses=False) is None
     assert load(ledger, statuses=False) == replay(ledger, statuses=False)
+
+
+async def test_a_ledger_edited_in_place_reports_what_the_file_says(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit far before the checkpoint's offset that keeps the ledger's length (a status
+    ``delivered`` turned into ``sent``): the checkpoint no longer counts, and the report says
+    what the file says."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    before = summarize(ledger)  # leaves the checkpoint
+    assert ckpt.path_for(ledger, True).exists()
+    saved = ledger.read_bytes()
+    at = saved.index(b'"status":"delivered"')
+    assert len(saved) - at > 4096  # beyond any window near the offset
+    ledger.write_bytes(saved[:at] + b'"status":"sent"     ' + saved[at + 20 :])
+    assert len(ledger.read_bytes()) == len(saved)
+    after = summarize(ledger)
+    assert after.delivery["delivered"] == before.delivery["delivered"] - 1
+    assert load(ledger) == replay(ledger, statuses=True)
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "one byte flipped", "cut short", "empty"])
+async def test_a_damaged_checkpoint_is_ignored(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A checkpoint of random bytes, with one byte changed, cut short or empty, is ignored
+    without an error: the fold replays and leaves a sound checkpoint again."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger)
+    path = ckpt.path_for(ledger, True)
+    sound = path.read_bytes()
+    if damage == "random bytes":
+        path.write_bytes(random.Random(7).randbytes(len(sound)))
+    elif damage == "one byte flipped":
+        at = len(sound) // 2
+        path.write_bytes(sound[:at] + bytes([sound[at] ^ 1]) + sound[at + 1 :])
+    elif damage == "cut short":
+        path.write_bytes(sound[: len(sound) // 2])
+    else:
+        path.write_bytes(b"")
+    assert ckpt.read(ledger, statuses=True) is None
+    assert load(ledger) == replay(ledger, statuses=True)
+    assert path.read_bytes() == sound

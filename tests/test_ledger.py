@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from msgspec.structs import replace
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
-from bulk_mms.ledger import jsonl, load, open_store, to_json
+from bulk_mms.ledger import load, open_store, to_json
 from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.jsonl import JsonlStore
@@ -48,27 +49,6 @@ async def test_events_are_appended_in_order_and_group_committed(tmp_path: Path) 
     events = ledger_events(tmp_path / "l.jsonl")
     assert [e.get("group") for e in events[1:]] == [f"g{i}" for i in range(50)]
     assert ledger.commits < 50
-    assert isinstance(ledger, JsonlStore)
-    assert ledger.commit_interval == jsonl.COMMIT_INTERVAL_S
-
-
-class _Timers:
-    """A fake ``call_later``: records each timer; the test fires them."""
-
-    def __init__(self) -> None:
-        self.set: list[tuple[float, Any, Any]] = []
-        self.cancelled = 0
-
-    def __call__(self, delay: float, callback: Any, arg: Any) -> _Timers:
-        self.set.append((round(delay, 6), callback, arg))
-        return self
-
-    def cancel(self) -> None:
-        self.cancelled += 1
-
-    def fire(self) -> None:
-        _, callback, arg = self.set[-1]
-        callback(arg)
 
 
 async def _settle() -> None:
@@ -76,95 +56,63 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def _spaced(interval: float) -> tuple[GroupCommit[int], list[list[int]], list[float], _Timers]:
-    t = [100.0]
+def _batched(gate: asyncio.Event | None = None) -> tuple[GroupCommit[int], list[list[int]]]:
+    """A group commit whose commit records its batches, then waits for ``gate`` if given."""
     batches: list[list[int]] = []
 
     async def commit(items: list[int]) -> None:
         batches.append(items)
+        if gate is not None:
+            await gate.wait()
 
-    timers = _Timers()
-    return GroupCommit(commit, interval, now=lambda: t[0], call_later=timers), batches, t, timers
+    return GroupCommit(commit), batches
 
 
-async def test_a_busy_commit_waits_out_its_interval_and_takes_all_that_queued_meanwhile() -> None:
-    """After a commit that released several writers, the next one due within the interval
-    waits the rest of it and covers every item queued meanwhile; after a lone writer's, or
-    once the interval is past, a commit starts at once."""
-    gc, batches, t, timers = _spaced(0.005)
+async def test_items_queued_while_a_commit_runs_go_together_in_the_next() -> None:
+    """Writers that come while a commit runs share the next commit, in the order they came,
+    and each is released only by the commit that covers its item."""
+    gate = asyncio.Event()
+    gc, batches = _batched(gate)
+    one = asyncio.ensure_future(gc.add_and_wait(1))
+    await _settle()
+    rest = asyncio.gather(*(gc.add_and_wait(i) for i in (2, 3, 4)))
+    await _settle()
+    assert batches == [[1]]
+    assert not one.done()
+    gate.set()
+    await one
+    await rest
+    assert batches == [[1], [2, 3, 4]]
+
+
+async def test_drain_commits_what_a_cancelled_flusher_left() -> None:
+    """Items a flusher cancelled before it ran left queued (as a loop's shutdown would) are
+    committed by drain."""
+    gc, batches = _batched()
     await gc.add_and_wait(1)
-    await gc.add_and_wait(2)  # a lone writer: no wait
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (3, 4)))
-    t[0] += 0.001
-    five = asyncio.ensure_future(gc.add_and_wait(5))
-    await _settle()
-    assert batches == [[1], [2], [3, 4]]  # 5 waits for company
-    gc.add(6)  # queued meanwhile, not waited for
-    timers.fire()
-    await five
-    t[0] += 1.0
-    await gc.add_and_wait(7)  # its interval is past
-    assert batches == [[1], [2], [3, 4], [5, 6], [7]]
-    assert [delay for delay, _, _ in timers.set] == [0.004]
-
-
-async def test_the_wait_for_company_ends_when_as_many_writers_wait_as_last_time() -> None:
-    """Once as many writers wait as the last commit released, the commit goes without waiting
-    out its interval (writers that all wait at once lose no time to it)."""
-    gc, batches, _t, timers = _spaced(60.0)
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
-    first = asyncio.ensure_future(gc.add_and_wait(3))
-    await _settle()
-    assert batches == [[1, 2]]
-    assert len(timers.set) == 1
-    await asyncio.gather(first, gc.add_and_wait(4))
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (5, 6)))  # both wait at once: no timer
-    assert batches == [[1, 2], [3, 4], [5, 6]]
-    assert len(timers.set) == 1
-    assert timers.cancelled == 1
-
-
-async def test_drain_ends_the_wait_for_company_and_commits_what_a_cancelled_flusher_left() -> None:
-    """At the end nobody else is coming: drain sends a waiting commit at once; and items a
-    cancelled flusher left queued are committed by drain, their writers released."""
-    gc, batches, _t, timers = _spaced(60.0)
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
-    three = asyncio.ensure_future(gc.add_and_wait(3))
-    await _settle()
-    await gc.drain()  # the timer never fires
-    await three
-    assert batches == [[1, 2], [3]]
-    await asyncio.gather(*(gc.add_and_wait(i) for i in (4, 5)))
-    six = asyncio.ensure_future(gc.add_and_wait(6))
-    await _settle()
+    gc.add(2)
     assert gc._flusher is not None
-    gc._flusher.cancel()  # as a loop's shutdown would
+    gc._flusher.cancel()
     await _settle()
-    assert not six.done()
+    assert batches == [[1]]
     await gc.drain()
-    await six
-    assert batches == [[1, 2], [3], [4, 5], [6]]
-    assert len(timers.set) == 2
+    assert batches == [[1], [2]]
+    assert gc.failed is None
 
 
-async def test_a_commit_that_fails_after_waiting_for_company_fails_its_writers() -> None:
-    """The commit after a wait fails: every writer it covered gets the error, and so does
-    drain."""
+async def test_a_failed_commit_fails_its_writers_and_drain() -> None:
+    """A commit that fails gives every writer it covered the error, and drain too."""
     batches: list[list[int]] = []
-    timers = _Timers()
 
     async def commit(items: list[int]) -> None:
         if 3 in items:
             raise LedgerError(Path("l.jsonl"), "cannot write: disk full")
         batches.append(items)
 
-    gc: GroupCommit[int] = GroupCommit(commit, 60.0, now=lambda: 100.0, call_later=timers)
+    gc: GroupCommit[int] = GroupCommit(commit)
     await asyncio.gather(*(gc.add_and_wait(i) for i in (1, 2)))
-    three = asyncio.ensure_future(gc.add_and_wait(3))
-    await _settle()
-    timers.fire()
     with pytest.raises(LedgerError, match="disk full"):
-        await three
+        await gc.add_and_wait(3)
     with pytest.raises(LedgerError, match="disk full"):
         await gc.drain()
     assert batches == [[1, 2]]
@@ -198,28 +146,27 @@ async def test_a_commit_that_ends_otherwise_is_never_taken_for_durable(how: str)
         gc.add(2)
 
 
-@pytest.mark.parametrize(("slow_s", "threaded"), [(10.0, False), (-1.0, True)])
-async def test_the_fsync_leaves_the_loop_only_after_a_slow_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_s: float, threaded: bool
-) -> None:
-    """A quick fsync runs on the loop's thread; after one slower than SLOW_FSYNC_S the next
-    goes to a worker thread: either way each commit is durable before its writers return."""
-    monkeypatch.setattr(jsonl, "SLOW_FSYNC_S", slow_s)
-    handed: list[object] = []
-    to_thread = asyncio.to_thread
-
-    async def counted(fn: Any, *args: Any) -> Any:
-        handed.append(fn)
-        return await to_thread(fn, *args)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+async def test_the_fsync_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """Every commit's fsync runs on a worker thread, never the loop's, and each commit is
+    durable before its writers return."""
+    loop_thread = threading.get_ident()
+    synced_on: list[int] = []
     ledger = open_store(tmp_path / "l.jsonl")
+    assert isinstance(ledger, JsonlStore)
     ledger.append_now(decode(HEADER))  # type: ignore[arg-type]
+    fsync = ledger._fsync
+
+    def recorded() -> None:
+        synced_on.append(threading.get_ident())
+        fsync()
+
+    ledger._fsync = recorded  # type: ignore[method-assign]
     for i in range(3):
         await ledger.append(ev.Sent(f"g{i}", message_id=f"m{i}"))
+        assert ledger.commits == i + 2  # the header's, then one an append
     await ledger.close()
-    assert ledger.commits == 4  # the header's, then one an append
-    assert len(handed) == (2 if threaded else 0)  # the first commit finds the disk quick
+    assert len(synced_on) == 3
+    assert loop_thread not in synced_on
     assert [e.get("group") for e in ledger_events(tmp_path / "l.jsonl")[1:]] == ["g0", "g1", "g2"]
 
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import orjson
 import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_mms import kept_patterns, validate
-from bulk_mms.kept_patterns import KeptPatterns
 from bulk_mms.models import Recipient, RejectedRow
 from bulk_mms.reader import Row
 from bulk_mms.validate import (
     PhoneError,
     _canonical_in,
-    _canonical_source,
     _canonical_us,
     _parsed,
     normalize_phone,
@@ -163,184 +154,3 @@ def test_the_one_regex_steps_take_exactly_the_valid_us_or_canadian_numbers_as_wr
     assert (_canonical_us()(value) is not None) == (valid and where == "US")
     assert (_canonical_in("CA")(value) is not None) == (valid and where == "CA")
     assert _canonical_in("AG")("+12684601234") is None  # a region group MMS cannot reach
-
-
-def _kept(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(path.read_bytes())
-    return data
-
-
-def _rewrite(path: Path, kept: dict[str, Any], *, sealed: bool = True) -> None:
-    """Write ``kept`` back, with a checksum that fits it unless ``sealed`` is False."""
-    if sealed:
-        kept["sum"] = kept_patterns._checksum(kept)
-    path.write_bytes(orjson.dumps(kept))
-
-
-def _kept_at(path: Path) -> KeptPatterns:
-    """The patterns kept at ``path``, as validate keeps them."""
-    return KeptPatterns(path, _canonical_source, (validate.__file__, validate._OWN_DIGEST))
-
-
-def _is_phonenumbers(name: str) -> bool:
-    return name == "phonenumbers" or name.startswith("phonenumbers.")
-
-
-@pytest.fixture
-def unloaded() -> Iterator[None]:
-    """The test runs as a process that has not imported phonenumbers yet (as a run does when
-    it first needs a pattern); the modules are put back as they were afterwards."""
-    saved = {k: v for k, v in sys.modules.items() if _is_phonenumbers(k)}
-    for name in saved:
-        del sys.modules[name]
-    yield
-    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
-        del sys.modules[name]
-    sys.modules.update(saved)
-
-
-def _made(path: Path, *codes: str) -> dict[str, Any]:
-    """Derive and keep ``codes`` as a fresh process would; the kept file."""
-    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
-        del sys.modules[name]
-    patterns = _kept_at(path)
-    for code in codes:
-        patterns.source(code)
-    return _kept(path)
-
-
-@pytest.mark.usefixtures("unloaded")
-def test_kept_patterns_are_read_back_while_their_files_are_as_they_were(tmp_path: Path) -> None:
-    """Patterns derived once are kept with a digest of each file they came from (this module
-    and phonenumbers' among them) and read back by a later process as they were kept."""
-    path = tmp_path / "kept.json"
-    kept = _made(path, "US")
-    assert kept["patterns"] == {"US": _canonical_source("US")}
-    assert validate.__file__ in kept["files"]
-    assert any(f.endswith(os.path.join("data", "region_US.py")) for f in kept["files"])
-    kept["patterns"]["US"] = "(?!kept)"
-    _rewrite(path, kept)
-    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
-        del sys.modules[name]
-    assert _kept_at(path).source("US") == "(?!kept)"
-    assert "phonenumbers" not in sys.modules
-
-
-@pytest.mark.usefixtures("unloaded")
-@pytest.mark.parametrize(
-    "damage",
-    ["stale", "unsealed", "garbage", "wrong shape", "not this module", "NUL", "unwritable"],
-)
-def test_kept_patterns_are_made_anew_when_they_cannot_be_trusted(
-    tmp_path: Path, damage: str
-) -> None:
-    """A kept pattern whose files changed since (an upgraded or shadowed phonenumbers, this
-    code), whose file fails its checksum or does not parse, or that does not name this module,
-    is ignored and the pattern derived anew; nothing about the cache raises."""
-    path = tmp_path / "kept.json"
-    kept = _made(path, "US")
-    kept["patterns"]["US"] = ".*"  # would take any value: it must never be used
-    if damage == "stale":
-        region = next(f for f in kept["files"] if f.endswith("region_US.py"))
-        kept["files"][region] = "0" * 32
-        _rewrite(path, kept)
-    elif damage == "unsealed":
-        _rewrite(path, kept, sealed=False)
-    elif damage == "garbage":
-        path.write_bytes(b"\x00{not json")
-    elif damage == "wrong shape":
-        _rewrite(path, {**kept, "patterns": ["US", ".*"]})
-    elif damage == "not this module":
-        del kept["files"][validate.__file__]
-        _rewrite(path, kept)
-    elif damage == "NUL":
-        kept["files"]["bad\x00name"] = "0" * 32
-        _rewrite(path, kept)
-    else:
-        path = tmp_path / "a-file" / "kept.json"
-        path.parent.write_text("not a folder")
-    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
-        del sys.modules[name]
-    assert _kept_at(path).source("US") == _canonical_source("US")
-
-
-def test_nothing_is_kept_or_read_once_phonenumbers_is_loaded(tmp_path: Path) -> None:
-    """A process that imported phonenumbers before it first needed a pattern (an embedder,
-    this test) cannot know the bytes it loaded: it derives, and neither reads nor writes."""
-    assert "phonenumbers" in sys.modules
-    path = tmp_path / "kept.json"
-    patterns = _kept_at(path)
-    assert patterns.source("US") == _canonical_source("US")
-    assert not path.exists()
-
-
-@pytest.mark.usefixtures("unloaded")
-def test_a_file_that_changes_while_a_process_runs_is_never_kept_beside_its_old_pattern(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A region file replaced between its load and the write (phonenumbers upgraded under the
-    process): its digest from before the load no longer matches, so nothing is written."""
-    path = tmp_path / "kept.json"
-    digest = kept_patterns.digest
-    seen: list[str] = []
-
-    def upgraded(f: str) -> str | None:
-        if f.endswith("region_US.py"):
-            seen.append(f)
-            return "0" * 32 if len(seen) > 1 else digest(f)
-        return digest(f)
-
-    monkeypatch.setattr(kept_patterns, "digest", upgraded)
-    patterns = _kept_at(path)
-    assert patterns.source("US") == _canonical_source("US")
-    assert len(seen) == 2  # before the load, and before the write
-    assert not path.exists()
-    assert not patterns.sound
-
-
-@pytest.mark.usefixtures("unloaded")
-@pytest.mark.parametrize("bad", ["(", "a{99999999999999999999}", "(?u)x", "(?:" * 5000])
-def test_a_kept_pattern_that_does_not_compile_is_derived_anew(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
-) -> None:
-    """A kept pattern that is not a regex this module can compile, however it fails, is no
-    error: the step is derived anew and no kept pattern is trusted after it."""
-    path = tmp_path / "kept.json"
-    kept = _made(path, "US", "CA")
-    kept["patterns"]["US"] = bad
-    _rewrite(path, kept)
-    for name in [k for k in sys.modules if _is_phonenumbers(k)]:
-        del sys.modules[name]
-    patterns = _kept_at(path)
-    monkeypatch.setattr(validate, "_kept_patterns", lambda: patterns)
-    step = _canonical_in.__wrapped__("US")
-    assert step("+12125550100") is not None
-    assert step("+12120550100") is None
-    assert patterns.patterns == {}
-    assert not patterns.sound
-
-
-def test_a_run_of_canonical_numbers_never_imports_phonenumbers(tmp_path: Path) -> None:
-    """With the patterns kept by an earlier process, valid US and Canadian numbers as written
-    are decided without loading phonenumbers (some 20 ms of a start); any other number loads
-    it and is decided by it."""
-    script = (
-        "import sys\n"
-        "from bulk_mms.validate import PhoneError, normalize_phone\n"
-        "assert normalize_phone('+12125550100') == '+12125550100'\n"
-        "assert normalize_phone('+14165550100') == '+14165550100'\n"
-        "before = 'phonenumbers' in sys.modules\n"
-        "try:\n"
-        "    normalize_phone('+12120550100')\n"
-        "except PhoneError:\n"
-        "    pass\n"
-        "print(before, 'phonenumbers' in sys.modules)\n"
-    )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    runs = [
-        subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
-        for _ in range(2)
-    ]
-    assert runs == [["True", "True"], ["False", "True"]]

@@ -6,14 +6,6 @@ with ``wait``, are released by the commit that covers it. One flusher runs at a 
 are committed in the order they came; while a commit runs, new items queue up and go together
 in the next. Many groups in flight therefore share one commit.
 
-A store may also space its commits (``interval``; PostgreSQL's ``commit_delay`` and
-``commit_siblings``): after a commit that released several writers, the next one due sooner
-than ``interval`` after it ended waits for company, that is until the rest of the interval has
-passed or as many writers wait as the last commit released, whichever comes first, and then
-takes everything that queued meanwhile. A lone writer never waits, and writers that all wait
-at once (nobody else can come) go at once. Every writer is still released only by the commit
-that covers its item.
-
 Once a commit fails, the store takes nothing more: every waiter gets the error, and so does
 every later add.
 """
@@ -21,9 +13,8 @@ every later add.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event
@@ -31,52 +22,22 @@ from bulk_mms.ledger.events import Event
 T = TypeVar("T")
 
 
-class _Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-#: ``loop.call_later``'s shape: run a callback with one argument after a delay (a fake in tests).
-CallLater = Callable[[float, Callable[[asyncio.Future[None]], None], asyncio.Future[None]], _Timer]
-
-
-def _end_wait(company: asyncio.Future[None]) -> None:
-    if not company.done():
-        company.set_result(None)
-
-
 class GroupCommit(Generic[T]):
     """Batches items for ``commit``; see the module doc.
 
     Args:
         commit: writes a batch and makes it durable.
-        interval: the least time, in seconds, from the end of a commit that released several
-            writers to the start of the next, unless company comes sooner (0: none).
-        now: the loop's monotonic time by default (a fake in tests).
-        call_later: ``loop.call_later`` by default (a fake in tests).
         where: the store's name, for the error when a commit ends otherwise than it should.
     """
 
     def __init__(
         self,
         commit: Callable[[list[T]], Awaitable[None]],
-        interval: float = 0.0,
         *,
-        now: Callable[[], float] | None = None,
-        call_later: CallLater | None = None,
         where: Callable[[], str] = lambda: "the ledger",
     ) -> None:
         self._commit = commit
         self._where = where
-        self.interval = interval
-        self._now = now
-        self._call_later = call_later
-        self._last_end = -math.inf
-        #: How many writers the last commit released.
-        self._last_waiters = 0
-        #: Set while the flusher waits for company: ended early by enough writers.
-        self._company: asyncio.Future[None] | None = None
-        #: How many drain() calls are waiting: while any is, no commit waits for company.
-        self._draining = 0
         self._pending: list[T] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -108,8 +69,6 @@ class GroupCommit(Generic[T]):
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self.add(item)
-        if (company := self._company) is not None and len(self._waiters) >= self._last_waiters:
-            _end_wait(company)
         await fut
 
     def _flush_soon(self) -> None:
@@ -117,16 +76,7 @@ class GroupCommit(Generic[T]):
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = self._now or loop.time
         while self._pending:
-            if (
-                self._last_waiters > 1
-                and not self._draining
-                and len(self._waiters) < self._last_waiters
-                and (rest := self._last_end + self.interval - now()) > 0
-            ):
-                await self._wait_for_company(loop, rest)
             items, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
             try:
@@ -139,7 +89,6 @@ class GroupCommit(Generic[T]):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return
-            self._last_end, self._last_waiters = now(), len(waiters)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -161,41 +110,25 @@ class GroupCommit(Generic[T]):
         if self.on_failure is not None:
             self.on_failure(failure)
 
-    async def _wait_for_company(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        """Wait ``seconds``, or less if as many writers come as the last commit released."""
-        company = self._company = loop.create_future()
-        timer = (self._call_later or loop.call_later)(seconds, _end_wait, company)
-        try:
-            await company
-        finally:
-            timer.cancel()
-            self._company = None
-
     async def drain(self) -> None:
-        """Wait until everything queued is committed: meanwhile no commit waits for company
-        (nobody else is coming), and what a cancelled flusher left is committed anew.
+        """Wait until everything queued is committed; what a cancelled flusher left is
+        committed anew.
 
         Raises:
             LedgerError: a commit failed.
         """
-        self._draining += 1
-        try:
-            while self.failed is None:
-                if self._company is not None:
-                    _end_wait(self._company)
-                if self._flusher is not None and not self._flusher.done():
-                    try:
-                        await asyncio.shield(self._flusher)
-                    except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if task is not None and task.cancelling():
-                            raise  # this drain was cancelled, not only the flusher
-                elif self._pending:
-                    self._flush_soon()
-                else:
-                    return
-        finally:
-            self._draining -= 1
+        while self.failed is None:
+            if self._flusher is not None and not self._flusher.done():
+                try:
+                    await asyncio.shield(self._flusher)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this drain was cancelled, not only the flusher
+            elif self._pending:
+                self._flush_soon()
+            else:
+                return
         raise self.failed
 
 
@@ -205,13 +138,9 @@ class GroupCommitted(Generic[T]):
 
     #: Its name for a person (a path, or a URL without its password).
     name: str
-    #: The :class:`GroupCommit`'s ``interval``: none unless the store sets one.
-    commit_interval: ClassVar[float] = 0.0
 
     def __init__(self) -> None:
-        self._commits: GroupCommit[T] = GroupCommit(
-            self._commit, self.commit_interval, where=lambda: self.name
-        )
+        self._commits: GroupCommit[T] = GroupCommit(self._commit, where=lambda: self.name)
         #: Events written and commits made, for the benchmark and the summary.
         self.events_written = 0
         self.commits = 0

@@ -8,19 +8,9 @@ Durability. Events are written with one ``os.write`` each (``O_APPEND``) and mad
 last flush and fsyncs once, and every writer awaiting durability is released by the fsync that
 covers its line. Many groups in flight therefore share one fsync.
 
-The fsync runs on the event loop's own thread while the disk answers within
-:data:`SLOW_FSYNC_S`: handing each one to a worker thread cost a run more CPU than the fsyncs
-themselves (the two threads trading the GIL: some 3,000 context switches for 200 commits). A
-disk slower than that (a network file system, a busy disk) would hold the loop up, so its
-fsyncs go to a worker thread until one is quick again.
-
-Busy commits keep :data:`COMMIT_INTERVAL_S` apart (:class:`~bulk_mms.ledger.commit.GroupCommit`'s
-``interval``). An fsync is not only its instructions: the process sleeps two to four times in
-each while the disk and the journal answer, and every wake-up costs a virtual machine some
-0.1 ms of CPU in cold caches. Back to back, a run of 2,000 groups made about 330 fsyncs and
-1,300 context switches; spaced, some 100 fsyncs and 550 switches, and 0.06 to 0.07 s less
-CPU, while every writer still waits for the fsync that covers its line. A lone writer never
-waits, and writers that all wait at once go at once (``bench/ledger.py`` keeps its commits).
+The fsync runs on a worker thread, never on the event loop's: a slow disk (a network file
+system, a busy disk) holds up only the writers waiting for that commit, while the loop's timers,
+pacing and requests go on and new events queue for the next commit.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
@@ -43,8 +33,8 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,12 +45,8 @@ from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Malformed, decode, encode
-from bulk_mms.ledger.fold import LedgerView, paused_gc
+from bulk_mms.ledger.fold import LedgerView
 
-#: An fsync that took longer than this sends the next to a worker thread (see the module doc).
-SLOW_FSYNC_S = 0.002
-#: The least time between busy commits, unless company comes sooner (see the module doc).
-COMMIT_INTERVAL_S = 0.004
 #: How a ``status`` line starts: a resume skips them unparsed.
 _STATUS_PREFIX = b'{"event":"status"'
 
@@ -68,10 +54,12 @@ _STATUS_PREFIX = b'{"event":"status"'
 class _Tail:
     """Reads a ledger's complete lines, each call from where the last one stopped."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, digest: hashlib._Hash | None = None) -> None:
         self.path = path
         self.offset = 0
         self.lineno = 0
+        #: Takes every complete line read, when given: a checkpoint's hash of its prefix.
+        self.digest = digest
 
     def read(self, *, skip_status: bool = False) -> Iterator[Event]:
         try:
@@ -82,6 +70,7 @@ class _Tail:
             raise LedgerError(self.path, exc.strerror or str(exc)) from None
         # Locals in the loop, written back as it goes: a tracked ledger has millions of lines.
         offset, lineno = self.offset, self.lineno
+        hashed = self.digest.update if self.digest is not None else None
         with f:
             f.seek(offset)
             try:
@@ -90,6 +79,8 @@ class _Tail:
                         return  # torn or still being written: read again next time
                     offset += len(raw)
                     lineno += 1
+                    if hashed is not None:
+                        hashed(raw)
                     if skip_status and raw.startswith(_STATUS_PREFIX):
                         continue
                     try:
@@ -116,8 +107,6 @@ class JsonlStore(GroupCommitted[bytes]):
     ``append`` (``status`` events beside a run; the ledger must exist) or ``read``.
     """
 
-    commit_interval = COMMIT_INTERVAL_S
-
     def __init__(self, path: Path, fd: int = -1, lock_fd: int = -1) -> None:
         self.path = path
         super().__init__()
@@ -125,8 +114,6 @@ class JsonlStore(GroupCommitted[bytes]):
         self._fd = fd
         self._lock_fd = lock_fd
         self._tail = _Tail(path)
-        # the last fsync took longer than SLOW_FSYNC_S: the next goes to a worker thread
-        self._slow_disk = False
 
     @classmethod
     def open(cls, path: Path, mode: str = "run") -> JsonlStore:
@@ -222,17 +209,20 @@ class JsonlStore(GroupCommitted[bytes]):
         if not self.path.exists():
             return LedgerView()
         statuses = not skip_status
-        tail = _Tail(self.path)
-        with paused_gc():
-            saved = checkpoint.read(self.path, statuses=statuses)
-            view = LedgerView(statuses=statuses)
-            if saved is not None:
-                view, tail.offset, tail.lineno = saved
-            start = tail.lineno
-            for ev in tail.read(skip_status=skip_status):
-                view.apply(ev)
+        saved = checkpoint.read(self.path, statuses=statuses)
+        if saved is None:
+            view, tail = LedgerView(statuses=statuses), _Tail(self.path, hashlib.sha256())
+        else:
+            view, tail = saved.view, _Tail(self.path, saved.prefix)
+            tail.offset, tail.lineno = saved.offset, saved.lineno
+        start = tail.lineno
+        for ev in tail.read(skip_status=skip_status):
+            view.apply(ev)
         if tail.lineno - start >= checkpoint.EVERY:
-            checkpoint.write(self.path, view, tail.offset, tail.lineno, statuses=statuses)
+            assert tail.digest is not None
+            checkpoint.write(
+                self.path, view, tail.offset, tail.lineno, tail.digest, statuses=statuses
+            )
         self._tail.offset, self._tail.lineno = tail.offset, tail.lineno  # new_events: after it
         view.close_run()
         return view
@@ -279,11 +269,7 @@ class JsonlStore(GroupCommitted[bytes]):
 
     async def _commit(self, lines: list[bytes]) -> None:
         self._write_lines(lines)
-        if self._slow_disk:  # meanwhile the loop goes on, and new events queue up
-            took = await asyncio.to_thread(self._fsync)
-        else:
-            took = self._fsync()
-        self._slow_disk = took > SLOW_FSYNC_S
+        await asyncio.to_thread(self._fsync)  # meanwhile the loop goes on; new events queue up
 
     def _write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -305,15 +291,17 @@ class JsonlStore(GroupCommitted[bytes]):
             raise LedgerError(self.path, f"cannot write: {reason}") from None
         self.events_written += len(lines)
 
-    def _fsync(self) -> float:
-        """fsync the file; the seconds it took."""
-        start = time.perf_counter()
+    def _fsync(self) -> None:
+        """fsync the file.
+
+        Raises:
+            LedgerError: the disk refused it.
+        """
         try:
             os.fsync(self._fd)
         except OSError as exc:
             raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
         self.commits += 1
-        return time.perf_counter() - start
 
     async def close(self) -> None:
         """Make everything durable, release the lock and close."""
