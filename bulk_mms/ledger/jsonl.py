@@ -54,7 +54,7 @@ from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
-from bulk_mms.ledger.events import Event, Malformed, decode, encode
+from bulk_mms.ledger.events import Event, Header, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView, paused_gc
 
 #: An fsync that took longer than this sends the next to a worker thread (see the module doc).
@@ -239,16 +239,15 @@ class JsonlStore(GroupCommitted[bytes]):
 
     #: A file is exclusive to one run (its lock): there is nothing to claim.
     shared = False
-    lease_s = 0.0
 
-    def group_events(self, group: str) -> list[Event]:
+    async def group_events(self, group: str) -> list[Event]:
         return []  # exclusive: this run's own view already holds all of them
 
-    async def claim(self, group: str) -> bool:
-        return True
-
-    async def heartbeat(self) -> None:
-        return None
+    def put_header(self, header: Header) -> Header:
+        """Append ``header`` now: the file is exclusive to this run (its lock), so no other
+        process can have written one since the fold found none."""
+        self.append_now(header)
+        return header
 
     def account_budget(
         self,
