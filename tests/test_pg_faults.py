@@ -18,13 +18,16 @@ import psycopg
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms import runner
 from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, load, open_store, read_events
 from bulk_mms.ledger.postgres import PostgresStore
+from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
+from bulk_mms.signals import Stop
 from tests.conftest import JobFactory, numbers
 from tests.test_postgres import KEY
 from tests.threaded import fake_api_thread
@@ -349,3 +352,27 @@ def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
         if time.monotonic() > end:
             pytest.fail(f"not ready within {seconds} s")
         time.sleep(0.05)
+
+
+async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drain that never ends is given up (TimeoutError) soon after a stop comes, not after
+    the full bound; cancelling the wait raises CancelledError, never swallowed."""
+    monkeypatch.setattr(runner, "DRAIN_LIMIT_STOPPING_S", 0.01)
+    stop = Stop()
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(_bounded(never, stop))
+    await asyncio.sleep(0)
+    stop.request("SIGTERM")
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await waiting
+    took = asyncio.get_running_loop().time() - start
+    assert took < 1.0  # not DRAIN_LIMIT_S (30 s)
+    assert never.cancelled()
+    cancelled = asyncio.create_task(_bounded(asyncio.sleep(60), Stop()))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
