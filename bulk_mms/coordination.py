@@ -5,7 +5,8 @@ keeps its claims alive while it works (:meth:`~Coordinator.heartbeat`), and writ
 write-ahead ``attempt`` under the claim's :class:`Fence` (:meth:`~Coordinator.fence`): a store
 that is shared writes the attempt only while the claim is still held with that fence, so a
 process that lost a claim (paused past the lease, cut off) can never send the group. The
-ledger store keeps to appending, reading and folding events.
+account budget the processes share comes from it too (:meth:`~Coordinator.account_budget`).
+The ledger store keeps to appending, reading and folding events.
 
 A run on a ledger nobody else may run at once (the JSONL file, under its lock) uses
 :class:`LocalCoordinator`: everything is its own, nothing is fenced. A PostgreSQL ledger uses
@@ -14,10 +15,13 @@ A run on a ledger nobody else may run at once (the JSONL file, under its lock) u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from bulk_mms.budget import AccountBudget
+    from bulk_mms.clock import Clock
     from bulk_mms.ledger.store import LedgerStore
 
 
@@ -63,6 +67,19 @@ class Coordinator(Protocol):
         """
         ...
 
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> AccountBudget | None:
+        """The account budget the processes sharing this job share (None: this process paces
+        alone, with the pacer's in-process budget)."""
+        ...
+
     async def close(self) -> None:
         """Release what the coordinator holds (connections); never raises."""
         ...
@@ -82,6 +99,17 @@ class LocalCoordinator:
 
     async def heartbeat(self) -> None:
         return None
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> AccountBudget | None:
+        return None  # one process: the pacer's own in-process budget
 
     async def close(self) -> None:
         return None

@@ -149,7 +149,7 @@ class GroupSender:
             job.message.senders,
             clock=clock,
             stopped=stop.is_set,
-            budget=recorder.store.account_budget(
+            budget=recorder.coordinator.account_budget(
                 settings.account,
                 settings.rate,
                 clock,

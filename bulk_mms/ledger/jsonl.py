@@ -45,12 +45,11 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
-from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
@@ -248,17 +247,6 @@ class JsonlStore(GroupCommitted[bytes]):
         process can have written one since the fold found none."""
         self.append_now(header)
         return header
-
-    def account_budget(
-        self,
-        account: str,
-        rate: float,
-        clock: Clock,
-        *,
-        max_cost: float,
-        stopped: Callable[[], bool],
-    ) -> None:
-        return None  # one process: the pacer's own in-process budget
 
     def new_events(self) -> Iterator[Event]:
         """The events written since the last call (by this process or another)."""

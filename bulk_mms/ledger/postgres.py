@@ -516,20 +516,6 @@ class PostgresStore(GroupCommitted[_Item]):
             raise LedgerCorrupt(self.name, "its job header cannot be read")
         return there
 
-    def account_budget(
-        self,
-        account: str,
-        rate: float,
-        clock: Clock,
-        *,
-        max_cost: float,
-        stopped: Callable[[], bool],
-    ) -> PostgresBudget:
-        """The budget every process naming ``account`` shares, in this database."""
-        return PostgresBudget(
-            self._conninfo, self.name, account, rate, clock, max_cost=max_cost, stopped=stopped
-        )
-
     # -- writing ----------------------------------------------------------------------------
 
     def append_now(self, event: Event) -> None:
@@ -629,6 +615,7 @@ class PostgresCoordinator:
         self.owner = store.owner
         self._ledger = store._id
         self._link = _Link(store._conninfo, store.name)
+        self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
 
@@ -654,6 +641,20 @@ class PostgresCoordinator:
             await conn.execute(_HEARTBEAT, (self._ledger, self.owner))
 
         await self._link.run(renew, "cannot renew claims")
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> PostgresBudget:
+        """The budget every process naming ``account`` shares, in this database."""
+        return PostgresBudget(
+            self._conninfo, self.name, account, rate, clock, max_cost=max_cost, stopped=stopped
+        )
 
     async def close(self) -> None:
         await self._link.close()

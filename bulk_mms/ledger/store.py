@@ -16,8 +16,7 @@ from typing import Literal, Protocol
 
 import yarl
 
-from bulk_mms.budget import AccountBudget
-from bulk_mms.clock import Clock, instant
+from bulk_mms.clock import instant
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event, Header, Sent
@@ -81,19 +80,6 @@ class LedgerStore(Protocol):
         Raises:
             LedgerError: it could not be written or read.
         """
-        ...
-
-    def account_budget(
-        self,
-        account: str,
-        rate: float,
-        clock: Clock,
-        *,
-        max_cost: float,
-        stopped: Callable[[], bool],
-    ) -> AccountBudget | None:
-        """The account budget the processes sharing this store share (None: each process
-        paces alone, the in-process budget)."""
         ...
 
     def append_now(self, event: Event) -> None:
