@@ -56,8 +56,11 @@ class SystemClock:
         if self._stopping is None:
             await asyncio.sleep(seconds)
             return
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes as
+        # the wait ends, and a stopping job must never lose one
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._stopping.wait()
 
 
 def utc(clock: Clock) -> dt.datetime:

@@ -249,8 +249,17 @@ def run_outcome(s: JobSummary) -> int:
         _tell_stop(s)
     if s.stopped == "deadline":
         return Exit.INCOMPLETE
-    incomplete = s.open_failed or s.open_in_doubt or s.open_retry_pending or s.retry_later_groups
-    return Exit.INCOMPLETE if incomplete else Exit.OK
+    return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
+
+
+def _incomplete(s: JobSummary) -> bool:
+    """Whether a run that ended by itself leaves a valid recipient unsent: failed, pending a
+    rerun or in doubt, or never attempted (a group another process held and never settled, a
+    group remade without a suppressed member). ``--limit`` aside: it says how many remain."""
+    if s.open_failed or s.open_in_doubt or s.open_retry_pending or s.retry_later_groups:
+        return True
+    r = s.recipients
+    return s.stopped != "limit" and r is not None and r.not_attempted > 0
 
 
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:

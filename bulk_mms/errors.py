@@ -12,7 +12,11 @@
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job
-     │    └── LedgerLocked(pid)       75    another run holds it: try again later
+     │    ├── LedgerLocked(pid)       75    another run holds it: try again later
+     │    ├── LedgerUnavailable        7    the ledger failed mid-run (a database connection
+     │    │                                 lost, a lock or a timeout): stopped, resumable
+     │    └── ClaimLost(group)            another process took the group over: never sent
+     │                                      here (the sender skips it; never an exit)
      └── SendError                        one request failed; the runner decides
           ├── FatalSendError              no group can succeed as configured; the job stops
           │    ├── AuthError(status)   3    401/403: the key is refused
@@ -162,6 +166,24 @@ class LedgerCorrupt(LedgerError):
 
 class LedgerMismatch(LedgerError):
     """The ledger was written for a different job or input file."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger failed while a run was using it: a database connection lost and not won
+    back, a statement that outlived its timeout. Every event written before stays written; what
+    was in flight is in doubt; a rerun resumes."""
+
+    exit_code = 7
+
+
+class ClaimLost(LedgerError):
+    """A shared ledger refused a group's write-ahead attempt: this process no longer holds
+    the group's claim (another took it over while this one was paused or cut off). The
+    request must not leave; the group is the other process's now."""
+
+    def __init__(self, path: str | Path, group: str) -> None:
+        self.group = group
+        super().__init__(path, f"group {group}: claimed by another process; not sent here")
 
 
 class LedgerLocked(LedgerError):

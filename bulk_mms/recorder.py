@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from bulk_mms.clock import Clock, iso
+from bulk_mms.coordination import Coordinator, LocalCoordinator
 from bulk_mms.errors import (
     AmbiguousSendError,
     EndpointError,
@@ -66,9 +67,17 @@ class Recorder:
     """Writes a run's events; keeps its view and summary in step with them."""
 
     def __init__(
-        self, store: LedgerStore, view: LedgerView, summary: JobSummary, clock: Clock
+        self,
+        store: LedgerStore,
+        view: LedgerView,
+        summary: JobSummary,
+        clock: Clock,
+        *,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.store = store
+        #: Whose fences the write-ahead attempts are written under (a shared ledger).
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.view = view
         self.summary = summary
         self.clock = clock
@@ -179,19 +188,25 @@ class Recorder:
         )
 
     async def attempt(self, group: Group, number: int, key: str, t0: float) -> None:
-        """Write-ahead: durable before the request can leave."""
-        await self._write(
-            Attempt(
-                group.id,
-                group.to,
-                group.seq,
-                group.message.from_,
-                number,
-                key,
-                t0,
-                self._now(),
-            )
+        """Write-ahead: durable before the request can leave, and (a shared ledger) only
+        while this process still holds the group's claim.
+
+        Raises:
+            ClaimLost: another process took the group over: the request must not leave.
+            LedgerError: the attempt could not be made durable.
+        """
+        ev = Attempt(
+            group.id,
+            group.to,
+            group.seq,
+            group.message.from_,
+            number,
+            key,
+            t0,
+            self._now(),
         )
+        await self.store.append(ev, fence=self.coordinator.fence(group.id))
+        self.view.apply(ev)
 
     # -- after ------------------------------------------------------------------------------
 

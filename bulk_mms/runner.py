@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Awaitable, Container
 from pathlib import Path
 
 import structlog
@@ -22,8 +22,10 @@ from msgspec.structs import replace
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
+from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import (
     LedgerError,
+    LedgerUnavailable,
 )
 from bulk_mms.gates import Gates
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
@@ -121,8 +123,9 @@ class Runner:
             suppressed=suppressed,
         )
         self.store = recorder.store
-        #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`).
-        self.sharing = Sharing(self.store, self.view, clock)
+        #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`), through the
+        #: recorder's coordinator (the one its attempts are fenced by).
+        self.sharing = Sharing(self.store, recorder.coordinator, self.view, clock)
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
         self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
         self.quiet = self.sender.quiet
@@ -325,7 +328,7 @@ class Runner:
         self.stop.on_force(cancel_all)
         claims = (
             asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
-            if self.store.shared
+            if self.sharing.shared
             else None
         )
         try:
@@ -468,14 +471,14 @@ async def run_job(
     with open_reader(job, keep_all=True) as reader:
         header = header_for(job, scan.fingerprint, clock)
         store = open_store(job.where, "run")
+        coordinator = coordinator_for(store, settings.lease_s)
         runner: Runner | None = None
         try:
             view = _resume(store, header, reader.columns, job.phone_column)
-            store.lease_s = settings.lease_s
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             store.append_now(started)
             view.apply(started)
-            recorder = Recorder(store, view, JobSummary(job.name), clock)
+            recorder = Recorder(store, view, JobSummary(job.name), clock, coordinator=coordinator)
             recorder.summary.input = scan
             # how many are valid, known before the first send: a report after a crash adds up
             recorder.planned(scan.recipients - scan.suppressed, 0, scan.lost_rows, scan.duplicates)
@@ -489,14 +492,64 @@ async def run_job(
                 await runner.run(reader)
                 await runner.settle_doubts()
             try:
-                await store.drain()
+                await _bounded(store.drain(), stop)
+            except TimeoutError:
+                runner.sender.fail_ledger(_undrained(store, stop))
             except LedgerError as exc:
                 runner.sender.fail_ledger(exc)
         finally:
             if runner is not None:
                 await runner.pacer.budget.close()
-            await _close(store)
+            await coordinator.close()
+            await _close(store, stop)
     return runner.finish()
+
+
+#: The longest the events of a run that ends are waited for: the database's own bound on a
+#: commit, and much less once a stop was asked for (a signal ends a run within
+#: ``request_timeout`` + 5 s whatever the database does) or forced.
+DRAIN_LIMIT_S = 30.0
+DRAIN_LIMIT_STOPPING_S = 2.0
+DRAIN_LIMIT_FORCED_S = 0.25
+
+
+def _drain_limit(stop: Stop) -> float:
+    """How long a run that ends waits for its last events to be durable."""
+    if stop.forced:
+        return DRAIN_LIMIT_FORCED_S
+    return DRAIN_LIMIT_STOPPING_S if stop.is_set() else DRAIN_LIMIT_S
+
+
+async def _bounded(work: Awaitable[None], stop: Stop) -> None:
+    """Await ``work`` for at most :func:`_drain_limit` s, and at most
+    :data:`DRAIN_LIMIT_STOPPING_S` s once a stop comes meanwhile.
+
+    Raises:
+        TimeoutError: it took longer (``work`` is cancelled).
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(_drain_limit(stop)) as bound:
+
+        def shorten(_: object) -> None:
+            soon = loop.time() + DRAIN_LIMIT_STOPPING_S
+            if (when := bound.when()) is None or soon < when:
+                bound.reschedule(soon)
+
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(shorten)
+        try:
+            await work
+        finally:
+            stopping.remove_done_callback(shorten)
+            stopping.cancel()
+
+
+def _undrained(store: LedgerStore, stop: Stop) -> LedgerUnavailable:
+    return LedgerUnavailable(
+        store.name,
+        f"its last events were not durable within {_drain_limit(stop):g} s (the database is "
+        "locked or gone): what they record is in doubt; rerun to resume",
+    )
 
 
 def _resume(
@@ -511,9 +564,10 @@ def _resume(
             campaign=secrets.token_hex(8),
             columns=tuple(c for c in columns if c != phone_column),
         )
-        store.append_now(header)
-        view.apply(header)
-        return view
+        # insert-or-read: another process that started at the same moment may have won
+        view.apply(there := store.put_header(header))
+        if there is header:
+            return view
     check_resumable(view, header, store.name)
     log.info(
         "ledger.resumed",
@@ -546,8 +600,10 @@ async def _showing(
         progress.close()
 
 
-async def _close(store: LedgerStore) -> None:
+async def _close(store: LedgerStore, stop: Stop) -> None:
+    """Close the store, waiting for it no longer than :func:`_bounded` (then let go of it
+    with what is not yet durable)."""
     try:
-        await store.close()
-    except LedgerError:
+        await _bounded(store.close(), stop)
+    except (LedgerError, TimeoutError):
         store.close_sync()

@@ -24,6 +24,7 @@ from bulk_mms.errors import (
     AmbiguousSendError,
     ApiUnavailable,
     AuthError,
+    ClaimLost,
     ConfigError,
     DescriptorsExhausted,
     FatalSendError,
@@ -149,7 +150,7 @@ class GroupSender:
             job.message.senders,
             clock=clock,
             stopped=stop.is_set,
-            budget=recorder.store.account_budget(
+            budget=recorder.coordinator.account_budget(
                 settings.account,
                 settings.rate,
                 clock,
@@ -290,6 +291,9 @@ class GroupSender:
         except StopRetrying:
             self._release(group, None)
             return group if tries.rerouted and not self.stop.is_set() else None
+        except ClaimLost:  # another process took the group over: it is theirs, never sent here
+            self._release(group, None)
+            return None
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
@@ -179,3 +182,27 @@ async def crash_mid_send(
         stop.force("SIGKILL")
         await task
     return client
+
+
+#: The PostgreSQL server the database tests use (each makes its own database there).
+SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of its own on the project's PostgreSQL, dropped afterwards; the test is
+    skipped, with the reason in one line, when there is no server."""
+    name = f"bulk_mms_test_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {SERVER}: {str(exc).splitlines()[0]}"
+        if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{SERVER}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -9,6 +9,7 @@ from msgspec.structs import replace
 
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit, SendError, ServerError
+from bulk_mms.ledger import RecipientCounts
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
 from bulk_mms.sending import RequestTimes
@@ -102,3 +103,16 @@ def test_summary_lines_name_their_units(capsys: pytest.CaptureFixture[str]) -> N
     assert "9.94 requests/s while sending" in out
     assert "median 0.5 s" in out
     assert "1 rate-limit answer (429)" in out
+
+
+def test_a_run_that_left_recipients_unattempted_does_not_exit_0() -> None:
+    """Valid recipients the ledger never attempted (another process held them, then stopped)
+    make the exit 1; under ``--limit`` they are the rest the limit left, and it is 0."""
+    counts = RecipientCounts(
+        valid=10, sent=6, failed=0, retry_pending=0, in_doubt=0, not_attempted=4, input_read=True
+    )
+    assert run_outcome(JobSummary("j", sent_groups=3, recipients=counts)) == Exit.INCOMPLETE
+    limited = JobSummary("j", sent_groups=3, recipients=counts, stopped="limit")
+    assert run_outcome(limited) == Exit.OK
+    done = replace(counts, sent=10, not_attempted=0)
+    assert run_outcome(JobSummary("j", sent_groups=5, recipients=done)) == Exit.OK

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
+from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, open_store, read_events, to_json
@@ -31,31 +29,18 @@ from bulk_mms.report import summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.conftest import (
+    FAST,
+    SERVER,
+    FakeClient,
+    FakeClock,
+    JobFactory,
+    numbers,
+    ok_receipt,
+)
 from tests.threaded import fake_api_thread
 
 KEY = "pg-test-key"
-
-SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A database of its own on the project's PostgreSQL, dropped afterwards."""
-    name = f"bulk_mms_test_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL at {SERVER}: {str(exc).splitlines()[0]}"
-        if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{SERVER}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def test_a_run_resume_and_report_agree_on_postgres(jobs: JobFactory, database: str) -> None:
@@ -95,13 +80,15 @@ async def test_each_group_is_claimed_by_one_process_until_its_lease_runs_out(
     it only once the first's heartbeat has stopped for the lease."""
     where = f"{database}?ledger=shared"
     first, second = open_store(where, "run"), open_store(where, "run")
-    first.lease_s = second.lease_s = 30.0
-    assert await first.claim("g1")
-    assert not await second.claim("g1")
-    assert await first.claim("g1")  # a renewal
-    assert await second.claim("g2")
-    second.lease_s = 0.0  # as if 30 s had passed since first's last heartbeat
-    assert await second.claim("g1")
+    one, two = coordinator_for(first, 30.0), coordinator_for(second, 30.0)
+    assert await one.claim("g1")
+    assert not await two.claim("g1")
+    assert await one.claim("g1")  # a renewal
+    assert await two.claim("g2")
+    two.lease_s = 0.0  # as if 30 s had passed since first's last heartbeat
+    assert await two.claim("g1")
+    for c in (one, two):
+        await c.close()
     await first.close()
     await second.close()
 

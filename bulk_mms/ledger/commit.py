@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from bulk_mms.coordination import Fence
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.events import Event
 
@@ -167,8 +168,9 @@ class GroupCommitted(Generic[T]):
         """Have ``callback`` told at once when a commit fails (see :class:`GroupCommit`)."""
         self._commits.on_failure = callback
 
-    async def append(self, event: Event) -> None:
-        """Queue an event and return once a commit covers it.
+    async def append(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Queue an event and return once a commit covers it. A store that is not shared has
+        no claims, so nothing to fence: ``fence`` is for a shared store (which overrides this).
 
         Raises:
             LedgerError: the commit failed (disk full, I/O error, the database gone). The

@@ -35,16 +35,15 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
-from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
-from bulk_mms.ledger.events import Event, Malformed, decode, encode
+from bulk_mms.ledger.events import Event, Header, Malformed, decode, encode
 from bulk_mms.ledger.fold import LedgerView
 
 #: How a ``status`` line starts: a resume skips them unparsed.
@@ -229,27 +228,15 @@ class JsonlStore(GroupCommitted[bytes]):
 
     #: A file is exclusive to one run (its lock): there is nothing to claim.
     shared = False
-    lease_s = 0.0
 
-    def group_events(self, group: str) -> list[Event]:
+    async def group_events(self, group: str) -> list[Event]:
         return []  # exclusive: this run's own view already holds all of them
 
-    async def claim(self, group: str) -> bool:
-        return True
-
-    async def heartbeat(self) -> None:
-        return None
-
-    def account_budget(
-        self,
-        account: str,
-        rate: float,
-        clock: Clock,
-        *,
-        max_cost: float,
-        stopped: Callable[[], bool],
-    ) -> None:
-        return None  # one process: the pacer's own in-process budget
+    def put_header(self, header: Header) -> Header:
+        """Append ``header`` now: the file is exclusive to this run (its lock), so no other
+        process can have written one since the fold found none."""
+        self.append_now(header)
+        return header
 
     def new_events(self) -> Iterator[Event]:
         """The events written since the last call (by this process or another)."""

@@ -21,35 +21,59 @@ one load balancer, a redelivery), and an input row rejected by two processes rea
 input, are refused by unique indexes, not by a read-then-write.
 
 Several processes, on one host or many, may run the same ledger at once (:attr:`shared`): each
-claims a group (:meth:`PostgresStore.claim`, in ``bulk_mms_claims``) before it sends it, and
+claims a group (:class:`PostgresCoordinator`, in ``bulk_mms_claims``) before it sends it, and
 keeps its claims alive with a heartbeat; a process whose heartbeat stops for ``lease_s`` loses
-its claims to the others, which finish its groups under the same Idempotency-Keys and the same
-in-doubt rules as a resume.
+its claims to the others, which finish its groups under the same in-doubt rules as a resume.
+Each claim carries a fence token that grows on every takeover, and a write-ahead ``attempt`` is
+inserted only while its writer still holds the claim with that token (one statement, which
+also locks the claim row until the attempt is committed): a process that lost a claim can
+never send the group. One job header per ledger, by a unique index: processes that start at
+once on a new ledger end with the same header and campaign.
+
+Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this module's boundary,
+named by the URL without its password. During a run, every database call is asynchronous and
+bounded (:data:`DB_TIMEOUT_S`); a connection found lost is made again once (a statement that
+never reached its commit is safe to repeat), else the run stops with
+:class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Final, TypeVar
 
 import orjson
 import psycopg
+import structlog
 import yarl
 
 from bulk_mms.clock import Clock
-from bulk_mms.errors import LedgerCorrupt, LedgerError
+from bulk_mms.coordination import Fence
+from bulk_mms.errors import ClaimLost, LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.commit import GroupCommitted
-from bulk_mms.ledger.events import Event, Malformed, Status, decode, to_json
+from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.suppression import Suppressed
 
+log = structlog.get_logger("bulk_mms.ledger")
+
+T = TypeVar("T")
+
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
+#: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
+#: one group): past it the run stops with LedgerUnavailable, resumable.
+DB_TIMEOUT_S: Final = 30.0
+#: Seconds to connect before a connection attempt counts as failed.
+CONNECT_TIMEOUT_S: Final = 5
+#: The longest a synchronous statement (the fold at a run's start, a report) waits for a lock.
+LOCK_TIMEOUT_MS: Final = 10_000
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -104,16 +128,49 @@ _MIGRATIONS: Final = {
             added timestamptz NOT NULL DEFAULT now()
         );
     """,
+    6: """
+        ALTER TABLE bulk_mms_claims ADD COLUMN IF NOT EXISTS token bigint NOT NULL DEFAULT 1;
+        CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_header
+            ON bulk_mms_events (ledger) WHERE kind = 'job';
+    """,
 }
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
-#: stopped more than the lease ago (it died). No row back: a live process holds it.
+#: stopped more than the lease ago (it died, or is paused): a takeover, which grows the fence
+#: token. No row back: a live process holds it. The claim's token comes back.
 _CLAIM: Final = """
-    INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat) VALUES (%s, %s, %s, now())
-    ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now()
+    INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat, token)
+    VALUES (%s, %s, %s, now(), 1)
+    ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now(),
+        token = bulk_mms_claims.token + (bulk_mms_claims.owner <> EXCLUDED.owner)::int
     WHERE bulk_mms_claims.owner = EXCLUDED.owner
        OR bulk_mms_claims.heartbeat < now() - make_interval(secs => %s)
-    RETURNING owner
+    RETURNING token
 """
+#: Write-ahead attempts, each only while its writer holds the group's claim with its token. The
+#: claim row stays locked (FOR SHARE) until the attempt commits, so a takeover either comes
+#: first (the attempt is refused) or waits for it (and then sees it: the group is in doubt).
+_FENCED_INSERT: Final = """
+    INSERT INTO bulk_mms_events (ledger, kind, grp, body)
+    SELECT %(ledger)s, a.kind, a.grp, a.body::jsonb
+    FROM unnest(%(kinds)s::text[], %(grps)s::text[], %(bodies)s::text[], %(tokens)s::bigint[])
+        WITH ORDINALITY AS a(kind, grp, body, token, n)
+    WHERE EXISTS (
+        SELECT 1 FROM bulk_mms_claims c
+        WHERE c.ledger = %(ledger)s AND c.grp = a.grp AND c.owner = %(owner)s
+          AND c.token = a.token
+        FOR SHARE)
+    ORDER BY a.n
+    RETURNING grp
+"""
+#: The ledger's one job header: this one if it has none yet (the unique index decides a race).
+_PUT_HEADER: Final = (
+    "INSERT INTO bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) "
+    "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING seq"
+)
+_HEADER: Final = (
+    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND kind = 'job' "
+    "ORDER BY seq LIMIT 1"
+)
 _HEARTBEAT: Final = "UPDATE bulk_mms_claims SET heartbeat = now() WHERE ledger = %s AND owner = %s"
 _GROUP_EVENTS: Final = (
     "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND grp = %s "
@@ -165,6 +222,122 @@ def _scrub(exc: Exception, conninfo: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _connect_args() -> dict[str, Any]:
+    """What every connection of this process gives libpq: a bounded connect and its name (so
+    an operator sees, and may end, bulk-mms's sessions)."""
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": f"bulk-mms pid {os.getpid()}",
+    }
+
+
+def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A synchronous connection (a run's start, reports) whose lock waits are bounded."""
+    return psycopg.connect(
+        conninfo,
+        autocommit=autocommit,
+        options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+        **_connect_args(),
+    )
+
+
+def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    return conn is None or conn.closed or conn.broken
+
+
+class _Link:
+    """One asynchronous connection of a run, bounded and made again once when found lost.
+    Private: the store's and the coordinator's way to the database.
+
+    Args:
+        conninfo: for libpq (may hold a password: never shown).
+        name: the URL to show.
+        timeout_s: no call waits longer (LedgerUnavailable).
+    """
+
+    def __init__(self, conninfo: str, name: str, timeout_s: float = DB_TIMEOUT_S) -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self.timeout_s = timeout_s
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connected(self) -> psycopg.AsyncConnection[Any]:
+        if _lost(self._conn):
+            await self._drop()
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, **_connect_args()
+            )
+        assert self._conn is not None
+        return self._conn
+
+    async def run(
+        self,
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        what: str,
+        *,
+        repeatable: Callable[[], bool] = lambda: True,
+    ) -> T:
+        """``work`` on the connection, within :attr:`timeout_s`; once more on a new
+        connection if this one was lost and ``repeatable()`` says nothing of the first try
+        can have been committed.
+
+        Raises:
+            LedgerUnavailable: the database was lost (twice, or past a commit), or did not
+                answer in time.
+            LedgerError: any other driver error.
+        """
+        for last in (False, True):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await work(await self._connected())
+            except TimeoutError:
+                await self._drop()
+                raise LedgerUnavailable(
+                    self._name, f"{what}: no answer within {self.timeout_s:g} s"
+                ) from None
+            except psycopg.OperationalError as exc:
+                lost = _lost(self._conn)
+                await self._drop()
+                if lost and not last and repeatable():
+                    log.warning("ledger.reconnecting", ledger=self._name, error=self._text(exc))
+                    continue
+                raise LedgerUnavailable(self._name, f"{what}: {self._text(exc)}") from None
+            except psycopg.Error as exc:
+                raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _text(self, exc: Exception) -> str:
+        return _scrub(exc, self._conninfo)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
+                async with asyncio.timeout(1.0):
+                    await conn.close()
+
+    async def close(self) -> None:
+        """Close the connection (never raises)."""
+        await self._drop()
+
+
+class _Fenced:
+    """A write-ahead attempt waiting for its commit under a fence. Private."""
+
+    __slots__ = ("body", "fence", "group", "kind", "written")
+
+    def __init__(self, event: Event, fence: Fence) -> None:
+        self.kind = event.kind
+        self.group: str = getattr(event, "group", "")
+        self.body = orjson.dumps(to_json(event)).decode()
+        self.fence = fence
+        #: Set by the commit: whether the claim still held (the attempt is in the ledger).
+        self.written = False
+
+
+_Item = tuple[Any, ...] | _Fenced
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Bring the schema up to :data:`SCHEMA_VERSION` (idempotent, safe from many processes at
     once); the version it was at before."""
@@ -185,7 +358,7 @@ def migrate_url(location: str) -> tuple[int, int]:
     """:func:`migrate` the database at ``location``: (version before, after)."""
     conninfo, _, shown = split(location)
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with _sync_connect(conninfo) as conn:
             return migrate(conn), SCHEMA_VERSION
     except psycopg.Error as exc:
         raise LedgerError(shown, _scrub(exc, conninfo)) from None
@@ -210,7 +383,7 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
     return b"\t".join(map(_copy_field, row)) + b"\n"
 
 
-class PostgresStore(GroupCommitted[tuple[Any, ...]]):
+class PostgresStore(GroupCommitted[_Item]):
     """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
 
     def __init__(self, conninfo: str, name: str, shown: str, conn: psycopg.Connection[Any]) -> None:
@@ -222,14 +395,12 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
         self._seen = 0  # the last seq new_events() gave
-        self._writer: psycopg.AsyncConnection[Any] | None = None
-        self._claims: psycopg.AsyncConnection[Any] | None = None
+        self._writer = _Link(conninfo, shown)
+        self._reader = _Link(conninfo, shown)
         #: Who this process is to the other processes sharing the ledger.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         #: Several processes may run this ledger at once: each group is claimed first.
         self.shared = True
-        #: Seconds without a heartbeat after which a process's claims pass to the others.
-        self.lease_s = 30.0
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
@@ -242,9 +413,7 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
         """
         conninfo, name, shown = split(location)
         try:
-            conn = psycopg.connect(
-                conninfo, autocommit=True, application_name=f"bulk-mms pid {os.getpid()}"
-            )
+            conn = _sync_connect(conninfo)
         except psycopg.Error as exc:
             raise LedgerError(shown, f"cannot connect: {_scrub(exc, conninfo)}") from None
         try:
@@ -293,58 +462,185 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
 
     def _read(self, after: int, *, skip_status: bool = False) -> Iterator[Event]:
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
-        with psycopg.connect(self._conninfo) as conn, conn.cursor(name="bulk_mms_read") as cur:
-            cur.itersize = 5000
-            cur.execute(sql, (self._id, after))
-            for seq, body in cur:
-                self._seen = max(self._seen, seq)
-                try:
-                    event = decode(orjson.loads(body))
-                except (orjson.JSONDecodeError, Malformed) as exc:
-                    raise LedgerCorrupt(self.name, str(exc), line=seq) from None
-                if event is not None:
-                    yield event
+        try:
+            with (
+                _sync_connect(self._conninfo, autocommit=False) as conn,
+                conn.cursor(name="bulk_mms_read") as cur,
+            ):
+                cur.itersize = 5000
+                cur.execute(sql, (self._id, after))
+                for seq, body in cur:
+                    self._seen = max(self._seen, seq)
+                    if (event := self._decode(seq, body)) is not None:
+                        yield event
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot read: {_scrub(exc, self._conninfo)}") from None
 
-    def group_events(self, group: str) -> list[Event]:
-        """A group's events as the ledger has them now (written by any process)."""
-        rows = self._conn.execute(_GROUP_EVENTS, (self._id, group)).fetchall()
-        out = []
-        for seq, body in rows:
-            try:
-                event = decode(orjson.loads(body))
-            except (orjson.JSONDecodeError, Malformed) as exc:
-                raise LedgerCorrupt(self.name, str(exc), line=seq) from None
-            if event is not None:
-                out.append(event)
-        return out
+    def _decode(self, seq: int, body: str) -> Event | None:
+        try:
+            return decode(orjson.loads(body))
+        except (orjson.JSONDecodeError, Malformed) as exc:
+            raise LedgerCorrupt(self.name, str(exc), line=seq) from None
 
-    # -- sharing ----------------------------------------------------------------------------
-
-    async def _claims_conn(self) -> psycopg.AsyncConnection[Any]:
-        if self._claims is None:
-            self._claims = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        return self._claims
-
-    async def claim(self, group: str) -> bool:
-        """Take ``group`` for this process: True when no live process holds it.
+    async def group_events(self, group: str) -> list[Event]:
+        """A group's events as the ledger has them now (written by any process).
 
         Raises:
-            LedgerError: the database cannot be reached.
+            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
+        """
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(_GROUP_EVENTS, (self._id, group))
+            return await cur.fetchall()
+
+        rows = await self._reader.run(read, "cannot read")
+        return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
+
+    def put_header(self, header: Header) -> Header:
+        """The ledger's header: ``header`` when it had none, else the one another process
+        wrote first (a unique index decides a race).
+
+        Raises:
+            LedgerError: the database failed, or the header there cannot be read.
         """
         try:
-            conn = await self._claims_conn()
-            cur = await conn.execute(_CLAIM, (self._id, group, self.owner, self.lease_s))
-            return await cur.fetchone() is not None
+            if self._conn.execute(_PUT_HEADER, _row(self._id, header)).fetchone() is not None:
+                self.events_written += 1
+                self.commits += 1
+                return header
+            row = self._conn.execute(_HEADER, (self._id,)).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot claim: {_scrub(exc, self._conninfo)}") from None
+            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+        there = self._decode(row[0], row[1]) if row is not None else None
+        if not isinstance(there, Header):
+            raise LedgerCorrupt(self.name, "its job header cannot be read")
+        return there
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append_now(self, event: Event) -> None:
+        try:
+            self._conn.execute(_INSERT, _row(self._id, event))
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+        self.events_written += 1
+        self.commits += 1
+
+    def _encode(self, event: Event) -> _Item:
+        return _row(self._id, event)
+
+    async def append(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Append and return once it is durable; under a ``fence`` (a write-ahead attempt on
+        a shared ledger), only while this process still holds the group's claim with it.
+
+        Raises:
+            ClaimLost: another process took the group over: it must not be sent here.
+            LedgerError: it could not be made durable; the store takes no more events.
+        """
+        if fence is None:
+            await super().append(event)
+            return
+        item = _Fenced(event, fence)
+        await self._commits.add_and_wait(item)
+        if not item.written:
+            log.warning("group.claim_lost", group=item.group, token=fence.token)
+            raise ClaimLost(self.name, item.group)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        rows = [i for i in items if isinstance(i, tuple)]
+        fenced = [i for i in items if isinstance(i, _Fenced)]
+        committing = False  # past this, a lost connection leaves the commit unknown
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            nonlocal committing
+            written: set[str] = set()
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    if any(row[1] in _UNIQUE_KINDS for row in rows):
+                        await cur.executemany(_INSERT, rows)  # may repeat: ON CONFLICT DO NOTHING
+                    elif rows:
+                        async with cur.copy(_COPY) as copy:  # the fast path: one stream
+                            await copy.write(b"".join(map(_copy_line, rows)))
+                    if fenced:
+                        await cur.execute(_FENCED_INSERT, self._fenced_params(fenced))
+                        written = {str(r[0]) for r in await cur.fetchall()}
+                committing = True
+            return written
+
+        written = await self._writer.run(write, "cannot write", repeatable=lambda: not committing)
+        for item in fenced:
+            item.written = item.group in written
+        self.events_written += len(rows) + len(written)
+        self.commits += 1
+
+    def _fenced_params(self, fenced: list[_Fenced]) -> dict[str, Any]:
+        owners = {i.fence.owner for i in fenced}
+        assert len(owners) == 1, "one process writes under its own fences only"
+        return {
+            "ledger": self._id,
+            "owner": owners.pop(),
+            "kinds": [i.kind for i in fenced],
+            "grps": [i.group for i in fenced],
+            "bodies": [i.body for i in fenced],
+            "tokens": [i.fence.token for i in fenced],
+        }
+
+    async def close(self) -> None:
+        try:
+            await self.drain()
+        finally:
+            await self._writer.close()
+            await self._reader.close()
+            self.close_sync()
+
+    def close_sync(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()  # ends the session: its advisory lock goes with it
+
+
+class PostgresCoordinator:
+    """Claims, their fences and their heartbeat in the ledger's database: the
+    :class:`~bulk_mms.coordination.Coordinator` of a run on a :class:`PostgresStore`.
+
+    Args:
+        store: the run's store (its ledger, and who this process is: ``store.owner``).
+        lease_s: seconds without a heartbeat after which a claim passes to another process.
+    """
+
+    shared = True
+
+    def __init__(self, store: PostgresStore, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self.name = store.name
+        self.owner = store.owner
+        self._ledger = store._id
+        self._link = _Link(store._conninfo, store.name)
+        self._conninfo = store._conninfo
+        #: This process's claims: each group's fence token when it last claimed it.
+        self._tokens: dict[str, int] = {}
+
+    async def claim(self, group: str) -> bool:
+        async def claim(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(_CLAIM, (self._ledger, group, self.owner, self.lease_s))
+            return await cur.fetchone()
+
+        row = await self._link.run(claim, "cannot claim")
+        if row is None:
+            self._tokens.pop(group, None)
+            return False
+        self._tokens[group] = int(row[0])
+        return True
+
+    def fence(self, group: str) -> Fence | None:
+        """This process's fence on ``group``; a group it never claimed gets a token no claim
+        has (0), so its attempt is refused rather than written unfenced."""
+        return Fence(self.owner, self._tokens.get(group, 0))
 
     async def heartbeat(self) -> None:
-        """Keep this process's claims alive (call well within ``lease_s``)."""
-        try:
-            conn = await self._claims_conn()
-            await conn.execute(_HEARTBEAT, (self._id, self.owner))
-        except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot renew: {_scrub(exc, self._conninfo)}") from None
+        async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(_HEARTBEAT, (self._ledger, self.owner))
+
+        await self._link.run(renew, "cannot renew claims")
 
     def account_budget(
         self,
@@ -360,55 +656,15 @@ class PostgresStore(GroupCommitted[tuple[Any, ...]]):
             self._conninfo, self.name, account, rate, clock, max_cost=max_cost, stopped=stopped
         )
 
-    # -- writing ----------------------------------------------------------------------------
-
-    def append_now(self, event: Event) -> None:
-        try:
-            self._conn.execute(_INSERT, _row(self._id, event))
-        except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
-        self.events_written += 1
-        self.commits += 1
-
-    def _encode(self, event: Event) -> tuple[Any, ...]:
-        return _row(self._id, event)
-
-    async def _commit(self, rows: list[tuple[Any, ...]]) -> None:
-        try:
-            if self._writer is None:
-                self._writer = await psycopg.AsyncConnection.connect(self._conninfo)
-            async with self._writer.transaction(), self._writer.cursor() as cur:
-                if any(row[1] in _UNIQUE_KINDS for row in rows):
-                    await cur.executemany(_INSERT, rows)  # may repeat: ON CONFLICT DO NOTHING
-                else:
-                    async with cur.copy(_COPY) as copy:  # the fast path: one stream
-                        await copy.write(b"".join(map(_copy_line, rows)))
-        except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
-        self.events_written += len(rows)
-        self.commits += 1
-
     async def close(self) -> None:
-        try:
-            await self.drain()
-        finally:
-            for conn in (self._writer, self._claims):
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
-            self._writer = self._claims = None
-            self.close_sync()
-
-    def close_sync(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self._conn.close()  # ends the session: its advisory lock goes with it
+        await self._link.close()
 
 
 def sent_since(location: str, since: float) -> int:
     """Recipients every ledger of the database records as sent since ``since`` (epoch)."""
     conninfo, _, shown = split(location)
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with _sync_connect(conninfo) as conn:
             migrate(conn)
             row = conn.execute(_SENT_SINCE, (since,)).fetchone()
     except psycopg.Error as exc:
@@ -430,7 +686,7 @@ class PostgresSuppressed(Suppressed):
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:
-            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            with _sync_connect(self._conninfo) as conn:
                 migrate(conn)
                 cur = conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []

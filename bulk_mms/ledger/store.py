@@ -16,11 +16,11 @@ from typing import Literal, Protocol
 
 import yarl
 
-from bulk_mms.budget import AccountBudget
-from bulk_mms.clock import Clock, instant
+from bulk_mms.clock import instant
+from bulk_mms.coordination import Fence
 from bulk_mms.errors import LedgerError
 from bulk_mms.extras import needs
-from bulk_mms.ledger.events import Event, Sent
+from bulk_mms.ledger.events import Event, Header, Sent
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
 
@@ -47,9 +47,9 @@ class LedgerStore(Protocol):
     #: Durable commits made (group commit: one covers many events).
     commits: int
     #: Whether other processes may run the same ledger at once (then each group is claimed
-    #: before it is sent); a store that is not shared is exclusive to one run.
+    #: before it is sent: :mod:`bulk_mms.coordination`); a store that is not shared is
+    #: exclusive to one run.
     shared: bool
-    lease_s: float
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
         """Every event in order; ``skip_status`` passes over delivery statuses (a resume)."""
@@ -64,29 +64,23 @@ class LedgerStore(Protocol):
         :meth:`new_events` then goes on from the last event it folded."""
         ...
 
-    def group_events(self, group: str) -> list[Event]:
-        """One group's events as the ledger has them now, by whichever process wrote them."""
+    async def group_events(self, group: str) -> list[Event]:
+        """One group's events as the ledger has them now, by whichever process wrote them
+        (none from a store that is not shared: the run's own view holds them all).
+
+        Raises:
+            LedgerError: the store failed (LedgerUnavailable: lost, or no answer in time).
+        """
         ...
 
-    async def claim(self, group: str) -> bool:
-        """Take ``group`` for this process; False while a live process holds it."""
-        ...
+    def put_header(self, header: Header) -> Header:
+        """The ledger's one job header: ``header``, appended and durable now, when it has
+        none; else the one already there (another process that started at the same moment
+        wrote it first), which the caller checks against its own.
 
-    async def heartbeat(self) -> None:
-        """Keep this process's claims alive."""
-        ...
-
-    def account_budget(
-        self,
-        account: str,
-        rate: float,
-        clock: Clock,
-        *,
-        max_cost: float,
-        stopped: Callable[[], bool],
-    ) -> AccountBudget | None:
-        """The account budget the processes sharing this store share (None: each process
-        paces alone, the in-process budget)."""
+        Raises:
+            LedgerError: it could not be written or read.
+        """
         ...
 
     def append_now(self, event: Event) -> None:
@@ -102,10 +96,13 @@ class LedgerStore(Protocol):
         (:meth:`append_nowait`): the run stops then, not at its next write."""
         ...
 
-    async def append(self, event: Event) -> None:
-        """Append and return once it is durable.
+    async def append(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Append and return once it is durable. With a ``fence`` (a write-ahead attempt
+        under a claim, :meth:`Coordinator.fence <bulk_mms.coordination.Coordinator.fence>`),
+        a shared store appends it only while the claim is still held with that fence.
 
         Raises:
+            ClaimLost: the fence no longer holds: the group must not be sent by this process.
             LedgerError: it could not be made durable; the store takes no more events.
         """
         ...

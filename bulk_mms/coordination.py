@@ -1,0 +1,125 @@
+"""The seam between processes that share a job: claims, their fences and their heartbeat.
+
+A run asks its :class:`Coordinator` before it decides about a group (:meth:`~Coordinator.claim`),
+keeps its claims alive while it works (:meth:`~Coordinator.heartbeat`), and writes each
+write-ahead ``attempt`` under the claim's :class:`Fence` (:meth:`~Coordinator.fence`): a store
+that is shared writes the attempt only while the claim is still held with that fence, so a
+process that lost a claim (paused past the lease, cut off) can never send the group. The
+account budget the processes share comes from it too (:meth:`~Coordinator.account_budget`).
+The ledger store keeps to appending, reading and folding events.
+
+A run on a ledger nobody else may run at once (the JSONL file, under its lock) uses
+:class:`LocalCoordinator`: everything is its own, nothing is fenced. A PostgreSQL ledger uses
+:class:`~bulk_mms.ledger.postgres.PostgresCoordinator`. :func:`coordinator_for` picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bulk_mms.budget import AccountBudget
+    from bulk_mms.clock import Clock
+    from bulk_mms.ledger.store import LedgerStore
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Who holds a group's claim, and since which takeover: ``token`` grows each time another
+    process takes the group over, so an older holder's write is recognised and refused."""
+
+    owner: str
+    token: int
+
+
+class Coordinator(Protocol):
+    """One process's part in a job other processes may be running too."""
+
+    #: Whether other processes may run the same ledger at once (then each group is claimed
+    #: before this process decides about it).
+    shared: bool
+    #: Seconds without a heartbeat after which a process's claims pass to the others.
+    lease_s: float
+
+    async def claim(self, group: str) -> bool:
+        """Take ``group`` for this process (or renew its claim): False while another live
+        process holds it. A takeover grows the claim's fence token.
+
+        Raises:
+            LedgerError: the coordination store failed (LedgerUnavailable: lost, or no
+                answer in time).
+        """
+        ...
+
+    def fence(self, group: str) -> Fence | None:
+        """The fence of this process's claim on ``group`` (None: not shared, nothing to
+        fence); the store writes the group's attempt only while it still holds."""
+        ...
+
+    async def heartbeat(self) -> None:
+        """Renew every claim this process holds (call well within :attr:`lease_s`).
+
+        Raises:
+            LedgerError: they could not be renewed; the caller stops and treats the groups
+                in flight as in doubt.
+        """
+        ...
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> AccountBudget | None:
+        """The account budget the processes sharing this job share (None: this process paces
+        alone, with the pacer's in-process budget)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the coordinator holds (connections); never raises."""
+        ...
+
+
+class LocalCoordinator:
+    """The coordinator of a run nobody else shares: every group is its own, nothing fenced."""
+
+    shared = False
+    lease_s = 0.0
+
+    async def claim(self, group: str) -> bool:
+        return True
+
+    def fence(self, group: str) -> Fence | None:
+        return None
+
+    async def heartbeat(self) -> None:
+        return None
+
+    def account_budget(
+        self,
+        account: str,
+        rate: float,
+        clock: Clock,
+        *,
+        max_cost: float,
+        stopped: Callable[[], bool],
+    ) -> AccountBudget | None:
+        return None  # one process: the pacer's own in-process budget
+
+    async def close(self) -> None:
+        return None
+
+
+def coordinator_for(store: LedgerStore, lease_s: float) -> Coordinator:
+    """The coordinator of a run on ``store``: the database's when it is shared, else local."""
+    if not store.shared:
+        return LocalCoordinator()
+    from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore  # noqa: PLC0415
+
+    assert isinstance(store, PostgresStore)  # the one shared store
+    return PostgresCoordinator(store, lease_s)

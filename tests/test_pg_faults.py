@@ -1,0 +1,378 @@
+"""A shared PostgreSQL ledger when the world is unkind: fenced claims (a process that lost a
+claim cannot write its attempt, so never sends), one job header however processes race,
+database faults as ordinary failures (a lost connection, a locked table, a signal meanwhile),
+and the waits a stop must be able to cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from msgspec.structs import replace
+
+from bulk_mms import runner
+from bulk_mms.clock import SystemClock
+from bulk_mms.coordination import LocalCoordinator, coordinator_for
+from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import events, load, open_store, read_events
+from bulk_mms.ledger.postgres import PostgresStore
+from bulk_mms.runner import _bounded
+from bulk_mms.sharing import Sharing
+from bulk_mms.signals import Stop
+from tests.conftest import JobFactory, numbers
+from tests.test_postgres import KEY
+from tests.threaded import fake_api_thread
+
+HEADER = events.Header("job", "f" * 8, campaign="c1")
+
+
+def _attempt(group: str) -> events.Attempt:
+    return events.Attempt(group, ("+12125550000",), 0, "+18445550001", 1, "k", 0.0, "t")
+
+
+async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: str) -> None:
+    """A takeover grows the fence token: the old holder's attempt is refused (ClaimLost) and
+    not in the ledger; the new holder's is written; a renewal by the old one takes nothing
+    back."""
+    where = f"{database}?ledger=fenced"
+    first, second = open_store(where, "run"), open_store(where, "run")
+    one, two = coordinator_for(first, 30.0), coordinator_for(second, 30.0)
+    try:
+        assert await one.claim("g1")
+        old = one.fence("g1")
+        two.lease_s = 0.0  # first's lease has run out (paused past it)
+        assert await two.claim("g1")
+        new = two.fence("g1")
+        assert old is not None
+        assert new is not None
+        assert new.token == old.token + 1
+        await one.heartbeat()  # woken: renews what it still holds, which is nothing of g1
+        with pytest.raises(ClaimLost):
+            await first.append(_attempt("g1"), fence=old)
+        await second.append(_attempt("g1"), fence=new)
+        attempts = [e for e in await first.group_events("g1") if isinstance(e, events.Attempt)]
+        assert len(attempts) == 1
+        assert first.failed is None  # a lost claim is not a broken store
+        two.lease_s = 30.0
+        assert not await one.claim("g1")
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()
+
+
+async def test_an_attempt_for_a_group_never_claimed_is_refused(database: str) -> None:
+    """A fence this process never got (token 0) writes nothing."""
+    store = open_store(f"{database}?ledger=unclaimed", "run")
+    coord = coordinator_for(store, 30.0)
+    try:
+        with pytest.raises(ClaimLost):
+            await store.append(_attempt("g9"), fence=coord.fence("g9"))
+        assert await store.group_events("g9") == []
+    finally:
+        await coord.close()
+        await store.close()
+
+
+async def test_processes_racing_to_write_the_header_end_with_one(database: str) -> None:
+    """Eight stores writing a header to a new ledger at once: one row, and each gets back
+    the header that won."""
+    where = f"{database}?ledger=race"
+    stores = [open_store(where, "run") for _ in range(8)]
+    try:
+        mine = [replace(HEADER, campaign=f"c{i}") for i in range(8)]
+        got = await asyncio.gather(
+            *(asyncio.to_thread(s.put_header, h) for s, h in zip(stores, mine, strict=True))
+        )
+        assert len({h.campaign for h in got}) == 1
+        headers = [e for e in read_events(where) if isinstance(e, events.Header)]
+        assert [h.campaign for h in headers] == [got[0].campaign]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_lost_connection_is_made_again_once(database: str) -> None:
+    """pg_terminate_backend of the store's connections: the next read and write reconnect
+    and succeed."""
+    where = f"{database}?ledger=lost"
+    store = open_store(where, "run")
+    try:
+        store.append_now(HEADER)
+        await store.append(events.RunStarted(1, "t"))
+        assert await store.group_events("g") == []
+        _terminate(database, os.getpid())
+        await store.append(events.RunStarted(2, "t"))  # reconnects
+        assert await store.group_events("g") == []
+        assert sum(isinstance(e, events.RunStarted) for e in read_events(where)) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_locked_table_ends_a_write_in_ledger_unavailable(database: str) -> None:
+    """A commit that waits on a lock past the store's timeout fails as LedgerUnavailable
+    (exit 7), naming the ledger without a password, and closes the store to writes."""
+    where = f"{database}?ledger=locked"
+    store = open_store(where, "run")
+    assert isinstance(store, PostgresStore)
+    store._writer.timeout_s = 0.5
+    try:
+        with (
+            _locked(database, "bulk_mms_events"),
+            pytest.raises(LedgerUnavailable, match=r"no answer within 0\.5 s") as caught,
+        ):
+            await store.append(events.RunStarted(1, "t"))
+        assert caught.value.exit_code == 7
+        assert isinstance(store.failed, LedgerUnavailable)
+    finally:
+        store.close_sync()
+
+
+async def test_a_heartbeat_that_crashes_stops_the_run() -> None:
+    """An error in the heartbeat that is not a LedgerError still reaches ``failed``: the
+    claims task never dies unseen."""
+
+    class Broken(LocalCoordinator):
+        lease_s = 0.003
+
+        async def heartbeat(self) -> None:
+            raise RuntimeError("boom")
+
+    told: list[LedgerError] = []
+    sharing = Sharing(None, Broken(), None, SystemClock())  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await sharing.keep_claims(told.append)
+    assert [str(e) for e in told] == ["claims: the heartbeat failed: RuntimeError"]
+
+
+async def test_a_cancel_during_a_stoppable_sleep_is_never_swallowed() -> None:
+    """SystemClock.sleep with a stop: cancelling it raises CancelledError at once, even when
+    the stop comes in the same moment."""
+    stopping = asyncio.Event()
+    clock = SystemClock(stopping)
+    task = asyncio.create_task(clock.sleep(60))
+    await asyncio.sleep(0)
+    stopping.set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+# -- real `bulk-mms run` processes -----------------------------------------------------------
+
+
+def test_processes_started_at_once_on_a_new_ledger_share_one_header(
+    jobs: JobFactory, database: str, tmp_path: Path
+) -> None:
+    """Three runs started in one instant on a fresh database: one header, one campaign,
+    everyone texted once; then a run of another input under the same ledger is refused
+    (exit 2) with nothing sent."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(30)
+    job = jobs.job(extra="group_size = 3")
+    config = _config(jobs.root, "rate = 30\nconcurrency = 2\nlease_s = 3")
+    where = f"{database}?ledger=instant"
+    with fake_api_thread(fake) as url:
+        procs = [_run(job.path, url, config, where) for _ in range(3)]
+        outs = [p.communicate(timeout=90) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-300:] for o in outs]
+        headers = [e for e in read_events(where) if isinstance(e, events.Header)]
+        assert len(headers) == 1
+        assert max(fake.recipient_counts().values()) == 1
+        assert sorted(fake.recipient_counts()) == numbers(30)
+        jobs.people(31)  # another input, the same job and ledger
+        other = _run(job.path, url, config, where)
+        _, err = other.communicate(timeout=60)
+    assert other.returncode == 2, err[-300:]
+    assert b"input file contents" in err
+    assert b"Traceback" not in err
+    assert sum(fake.recipient_counts().values()) == 30
+
+
+def test_a_process_paused_past_its_lease_texts_nobody_twice(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two runs; one is SIGSTOPped until the other has taken its claims over, then woken:
+    with a fake that replays no keys, nobody is texted twice, and every recipient is sent
+    or held in doubt (never lost)."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 2")
+    config = _config(jobs.root, "rate = 10\nconcurrency = 2\nlease_s = 1")
+    where = f"{database}?ledger=paused"
+    with fake_api_thread(fake) as url:
+        first = _run(job.path, url, config, where)
+        _wait_for(lambda: _count(database, "attempt") >= 6, 30)
+        second = _run(job.path, url, config, where)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            _wait_for(lambda: _max_token(database) >= 2, 30)  # the second took a claim over
+        finally:
+            first.send_signal(signal.SIGCONT)
+        outs = [p.communicate(timeout=120) for p in (first, second)]
+    for _, err in outs:
+        assert b"Traceback" not in err
+    counts = fake.recipient_counts()
+    assert max(counts.values()) == 1
+    view = load(where)
+    settled = {p for g in view.groups.values() if g.state in ("sent", "in_doubt") for p in g.to}
+    assert settled == set(numbers(80))
+
+
+def test_a_terminated_connection_is_survived_or_stops_cleanly(
+    jobs: JobFactory, database: str
+) -> None:
+    """pg_terminate_backend of every connection of a run: it reconnects and finishes, or
+    stops within seconds with exit 7 and no traceback; a rerun then completes, everyone
+    texted once."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 2")
+    config = _config(jobs.root, "rate = 8\nconcurrency = 2")
+    where = f"{database}?ledger=terminated"
+    with fake_api_thread(fake) as url:
+        proc = _run(job.path, url, config, where)
+        _wait_for(lambda: _count(database, "sent") >= 4, 30)
+        _terminate(database, proc.pid)
+        cut = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, 7), err[-400:]
+        assert b"Traceback" not in err
+        if proc.returncode == 7:
+            assert time.monotonic() - cut < 10
+            again = _run(job.path, url, config, where)
+            _, err = again.communicate(timeout=60)
+            assert again.returncode == 0, err[-400:]
+    assert max(fake.recipient_counts().values()) == 1
+    assert sorted(fake.recipient_counts()) == numbers(40)
+
+
+def test_sigterm_with_the_ledger_table_locked_ends_the_run_within_20_s(
+    jobs: JobFactory, database: str
+) -> None:
+    """A run whose ledger table another session locks, then SIGTERM: it exits within 20 s
+    (request_timeout 2 + the 5 s grace, and bounded closing), without a traceback, with the
+    code of a stop (143) or of the database fault (7)."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(60)
+    job = jobs.job(extra="group_size = 2")
+    config = _config(jobs.root, "rate = 5\nconcurrency = 2", api="request_timeout = 2")
+    where = f"{database}?ledger=lockedrun"
+    with fake_api_thread(fake) as url:
+        proc = _run(job.path, url, config, where)
+        _wait_for(lambda: _count(database, "sent") >= 2, 30)
+        with _locked(database, "bulk_mms_events"):
+            time.sleep(0.5)  # let the run block on the lock
+            proc.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - start
+    assert took < 20, took
+    assert proc.returncode in (143, 7), err[-400:]
+    assert b"Traceback" not in err
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _config(root: Path, limits: str, *, api: str = "") -> Path:
+    path = root / "config.toml"
+    path.write_text(f"[limits]\n{limits}\n" + (f"[api]\n{api}\n" if api else ""))
+    return path
+
+
+def _run(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TELNYX_API_KEY": KEY}
+    env.pop("TELNYX_BASE_URL", None)
+    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
+    cmd += ["--config", str(config), "--ledger", ledger, "--yes"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _query(database: str, sql: str) -> object:
+    with psycopg.connect(database, autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def _count(database: str, kind: str) -> int:
+    try:
+        n = _query(database, f"SELECT count(*) FROM bulk_mms_events WHERE kind = '{kind}'")
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(str(n))
+
+
+def _max_token(database: str) -> int:
+    try:
+        return int(str(_query(database, "SELECT coalesce(max(token), 0) FROM bulk_mms_claims")))
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def _terminate(database: str, pid: int) -> None:
+    """End every session of the process ``pid`` (its application_name) from the server."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"bulk-mms pid {pid}",),
+        )
+
+
+class _locked:
+    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` from another session meanwhile."""
+
+    def __init__(self, database: str, table: str) -> None:
+        self.conn = psycopg.connect(database)
+        self.table = table
+
+    def __enter__(self) -> None:
+        self.conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
+    """Poll ``ready`` (rows in the database) until it holds; fail after ``seconds``."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > end:
+            pytest.fail(f"not ready within {seconds} s")
+        time.sleep(0.05)
+
+
+async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drain that never ends is given up (TimeoutError) soon after a stop comes, not after
+    the full bound; cancelling the wait raises CancelledError, never swallowed."""
+    monkeypatch.setattr(runner, "DRAIN_LIMIT_STOPPING_S", 0.01)
+    stop = Stop()
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(_bounded(never, stop))
+    await asyncio.sleep(0)
+    stop.request("SIGTERM")
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await waiting
+    took = asyncio.get_running_loop().time() - start
+    assert took < 1.0  # not DRAIN_LIMIT_S (30 s)
+    assert never.cancelled()
+    cancelled = asyncio.create_task(_bounded(asyncio.sleep(60), Stop()))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
