@@ -24,6 +24,7 @@ from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import (
+    BulkMmsError,
     LedgerError,
     LedgerUnavailable,
 )
@@ -57,6 +58,7 @@ from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
 from bulk_mms.suppression import Suppressed, suppression_for
+from bulk_mms.track import Tracker
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -67,6 +69,10 @@ UNREACHABLE_AFTER = 3
 #: The longest a run waits, before it ends, for the API's records of its groups in doubt to
 #: be complete (``[api] records_lag_s`` set low); past it, a later run looks.
 SETTLE_WAIT_S = 60.0
+#: While a run sends, the share of the account rate its delivery polling may use, and how long
+#: after a group is sent it is first asked about (``watch_delivery``).
+DELIVERY_SHARE = 0.1
+DELIVERY_FIRST_S = 10.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
@@ -326,6 +332,7 @@ class Runner:
                 task.cancel()
 
         self.stop.on_force(cancel_all)
+        watcher = asyncio.create_task(self.watch_delivery(), name="bulk-mms-delivery")
         claims = (
             asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
             if self.sharing.shared
@@ -338,6 +345,7 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
+            watcher.cancel()
             if claims is not None:
                 claims.cancel()
         broken = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
@@ -347,6 +355,39 @@ class Runner:
             self.stop.force("error")
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
+
+    async def watch_delivery(self) -> None:
+        """While the run sends, poll the delivery statuses of the groups it has sent (a
+        :class:`~bulk_mms.track.Tracker` on the run's own ledger, at
+        :data:`DELIVERY_SHARE` of the account rate, each group first asked
+        :data:`DELIVERY_FIRST_S` after it was sent), so carrier codes, which arrive only in
+        delivery reports, reach the error policy within seconds
+        (:meth:`GroupSender.on_delivery`). Works from cron with no public URL. Real time: the
+        API's carriers keep it, not the run's clock."""
+        share = self.settings.rate * DELIVERY_SHARE
+        track = replace(
+            self.settings.track,
+            rate=max(0.1, min(self.settings.track.rate, share)),
+            interval=DELIVERY_FIRST_S,
+            max_interval=DELIVERY_FIRST_S * 8,
+        )
+        tracker = Tracker(
+            self.view,
+            self.store,
+            self.client,
+            replace(self.settings, track=track),
+            stop=self.stop,
+            on_status=self.sender.on_delivery,
+        )
+        while not self.stop.is_set():
+            await asyncio.sleep(DELIVERY_FIRST_S)
+            for g in self.view.sent_groups():
+                tracker.backoff.setdefault(g.id, (0, tracker.clock.monotonic() + DELIVERY_FIRST_S))
+            try:
+                await tracker.one_pass()
+            except BulkMmsError as exc:  # the sending path will meet the same trouble
+                log.warning("delivery.watch_stopped", error=str(exc))
+                return
 
     # -- telling ----------------------------------------------------------------------------
 

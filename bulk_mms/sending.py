@@ -39,9 +39,9 @@ from bulk_mms.errors import (
 from bulk_mms.gates import job_deadline
 from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed, InDoubt
-from bulk_mms.ledger.fold import RETRY_PENDING
+from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
 from bulk_mms.limits import Limit
-from bulk_mms.models import Group, SendReceipt
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.policy import PolicyClient, refused_by_optouts, refused_members
 from bulk_mms.prepare import (
@@ -475,6 +475,23 @@ class GroupSender:
         if partial:
             return without(group, partial, self.job)
         return None
+
+    def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
+        """The error policy applied to a delivery report that comes in while the run sends
+        (carrier codes arrive there, never as an answer to the request): a sender blocked
+        (40003, 40315) leaves the pool at once; spam filtering (40002, 40011), an expiry in the
+        queue (40014) and a carrier's cap (40016, 40018) slow that sender down, as a 429 does."""
+        code = next((e.code for e in st.errors if e.code), None)
+        action = self.settings.error_policy.get(code) if code is not None else None
+        sender = rec.sender
+        if action is None or sender is None:
+            return
+        log.warning("delivery.policy", group=rec.id, code=code, action=str(action), sender=sender)
+        if action == Action.RETIRE_SENDER:
+            if self.pacer.retire(sender) == 0 and not self.stop.is_set():
+                self._no_senders()
+        elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
+            self.pacer.on_rate_limited(sender, None, code or "")
 
     def _release(self, group: Group, receipt: SendReceipt | None) -> None:
         """The group's tries are over: nothing of it is out any more, and the limits learn

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -107,7 +108,10 @@ class Tracker:
         clock: Clock | None = None,
         stop: Stop | None = None,
         result: TrackResult | None = None,
+        on_status: Callable[[GroupRecord, RecipientStatus], None] | None = None,
     ) -> None:
+        #: Told of every status that is news, after it is recorded (a run's error policy).
+        self.on_status = on_status
         self.view = view
         self.store = store
         self.client = client
@@ -261,6 +265,8 @@ class Tracker:
                 await self.store.append(status_event(g.id, st, source="track", time=now))
                 self.result.changes += 1
                 changed = True
+                if self.on_status is not None:
+                    self.on_status(g, st)
                 log.debug("track.status", group=g.id, recipient=phone, status=st.status)
         unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
         delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))

@@ -1,0 +1,44 @@
+"""The loop closes during the run: carrier codes arrive only in delivery reports, and the run's
+own delivery polling brings them to the error policy while it sends."""
+
+from __future__ import annotations
+
+import pytest
+from msgspec.structs import replace
+
+from bulk_mms import runner as runner_module
+from bulk_mms.errors import ApiError
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClient, JobFactory, ok_receipt
+
+BLOCKED, HEALTHY = "+18445550001", "+18445550002"
+
+
+async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API accepts every send, but the first sender's messages fail delivery with 40003:
+    the run's delivery polling retires that sender within a poll, and the rest of the job goes
+    out from the other."""
+    monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 1", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    client = FakeClient()
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        if g.message.from_ == BLOCKED:
+            spam = ApiError("40003", "Blocked as spam - permanent", "")
+            client.delivery[receipt.message_id] = tuple(
+                RecipientStatus(p, "delivery_failed", errors=(spam,)) for p in g.to
+            )
+        return receipt
+
+    client.handler = answer
+    settings = replace(FAST, rate=40.0, concurrency=2)  # about a second of sending, real time
+    s = await run_job(job, settings, client)
+    senders = [g.message.from_ for g in client.calls]
+    assert senders.count(BLOCKED) < 20  # retired part way, not after the whole list
+    assert senders[-5:] == [HEALTHY] * 5
+    assert s.sent_groups == 40
