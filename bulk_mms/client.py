@@ -370,7 +370,7 @@ def _seconds(text: str) -> float | None:
     return None if math.isnan(value) else max(0.0, value)
 
 
-def error_for_status(
+def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error it means, one return a row
     status: int, body: object, headers: Mapping[str, str], *, base_url: str = "the base URL"
 ) -> SendError:
     """The typed error for a response that is not a 2xx."""
@@ -434,7 +434,7 @@ def map_client_errors() -> Iterator[None]:
         raise _translate(exc) from None
 
 
-def _translate(exc: BaseException) -> SendError:
+def _translate(exc: BaseException) -> SendError:  # noqa: PLR0911 - one return per lower-layer error it maps (httpx's map_exceptions)
     """The :class:`SendError` for an aiohttp, socket or URL failure."""
     if (exhausted := out_of_descriptors(exc)) is not None:
         return exhausted

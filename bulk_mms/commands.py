@@ -89,23 +89,7 @@ DRAIN_GRACE_S = 5.0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    job = load_job(args.job, name=args.name, input_file=args.input)
-    if args.input is not None and args.name is None:
-        job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
-    if args.metrics is not None:  # a sandbox run's series never pass for the real job's
-        args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
-    if args.to and args.ledger is not None:
-        raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
-    if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
-        job = _with_ledger(job, location(where))
-    settings = settings_for(args)
-    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
-        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
-        settings = sealed(settings)
-    if where is None and job.dated_ledger and job.database is None:
-        job = _finish_yesterdays(job, args)
-    if args.to:
-        job = seed_job(job, args.to, utc(SystemClock()))
+    job, settings = _job_and_settings(args)
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent)
@@ -200,6 +184,30 @@ def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> N
             "give each day's campaign a job name of its own",
             source=job.path,
         )
+
+
+def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
+    """The job as ``run``'s flags leave it (``--input``, ``--name``, ``--ledger``, the
+    sandbox's own folder and list, the previous date's unfinished ledger, ``--to``), and the
+    settings."""
+    job = load_job(args.job, name=args.name, input_file=args.input)
+    if args.input is not None and args.name is None:
+        job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
+    if args.metrics is not None:  # a sandbox run's series never pass for the real job's
+        args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
+    if args.to and args.ledger is not None:
+        raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
+    if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+        job = _with_ledger(job, location(where))
+    settings = settings_for(args)
+    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
+        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
+        settings = sealed(settings)
+    if where is None and job.dated_ledger and job.database is None:
+        job = _finish_yesterdays(job, args)
+    if args.to:
+        job = seed_job(job, args.to, utc(SystemClock()))
+    return job, settings
 
 
 def _rerun_name(name: str, input_file: Path) -> str:

@@ -87,7 +87,7 @@ def next_midnight(now: dt.datetime, zone: dt.tzinfo = CAP_ZONE) -> dt.datetime:
     return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(0), zone)
 
 
-def apply_policy(
+def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
     err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime
 ) -> SendError:
     """The error the runner should see for ``err`` under ``policy``."""

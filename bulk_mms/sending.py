@@ -252,7 +252,7 @@ class GroupSender:
         ends = [t for t in (self.deadline, self.expires_mono, own) if t is not None]
         return min(ends, default=None)
 
-    async def send(self, group: Group) -> Group | None:
+    async def send(self, group: Group) -> Group | None:  # noqa: PLR0911 - each way a group's tries end returns what goes out in its place
         """Send one group and record how it ended. Returns what goes out in its place, if
         anything: the same group from another sender (the API refused its sender), or the
         members the API did not refuse by name (opt-outs), made into a new group."""

@@ -26,6 +26,8 @@ from bulk_mms.testing import ledger_events
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
+pytestmark = pytest.mark.slow
+
 KEY = "crash-test-key"
 N = 160
 

@@ -13,6 +13,8 @@ from bulk_mms.errors import MissingExtra
 from bulk_mms.extras import EXTRAS, needs
 from tests.test_log_json import cli_env, demo_copy
 
+pytestmark = pytest.mark.slow
+
 #: ``bulk-mms`` as a base install runs it: importing any extra's package fails, as if absent.
 BASE_INSTALL = f"""
 import sys

@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from bulk_mms.fake_api import FakeTelnyx
 from tests.conftest import JobFactory
 from tests.threaded import fake_api_thread
+
+pytestmark = pytest.mark.slow
 
 KEY = "stops-test-key"
 

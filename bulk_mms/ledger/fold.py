@@ -209,7 +209,7 @@ class LedgerView(msgspec.Struct, eq=False):
 
     # -- folding ----------------------------------------------------------------------------
 
-    def apply(self, ev: events.Event) -> None:
+    def apply(self, ev: events.Event) -> None:  # noqa: C901, PLR0912 - one match over the event kinds: the fold in one place
         """Take one event in (on replay, and as a run writes it)."""
         if ev.time:
             self.first_time = self.first_time or ev.time
