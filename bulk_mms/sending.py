@@ -8,6 +8,7 @@ job stopped, if it did.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections import Counter, deque
 
@@ -69,6 +70,12 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
     AccountRefused: "account",
     DescriptorsExhausted: "descriptors",
 }
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """Take an abandoned write's outcome, so that its failure is not reported unhandled."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Tries(msgspec.Struct):
@@ -341,7 +348,7 @@ class GroupSender:
                 raise StopRetrying
         tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
         self.open_attempts[group.id] = None
-        await self.recorder.attempt(group, number, tries.key, tries.t0)
+        await self._write_attempt(group, number, tries)
         try:
             await self.pacer.send_slot(tries.ticket)
         except PaceAborted:
@@ -350,6 +357,28 @@ class GroupSender:
             raise StopRetrying(never_left()) from None
         self._check_gates(tries, on_record=True)
         self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
+
+    async def _write_attempt(self, group: Group, number: int, tries: _Tries) -> None:
+        """Write the attempt ahead, durably. On a shared ledger a stop ends the wait for the
+        database (a locked table must not hold a SIGTERM): the request then never leaves; an
+        attempt that lands later reads, to the next run, as one whose outcome is unknown, and
+        the API's records settle it."""
+        assert tries.t0 is not None
+        write = self.recorder.attempt(group, number, tries.key, tries.t0)
+        if not self.recorder.store.shared:
+            await write
+            return
+        writing = asyncio.ensure_future(write)
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({writing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not writing.done():
+            writing.add_done_callback(_quiet)
+            self.open_attempts.pop(group.id, None)
+            raise StopRetrying
+        writing.result()
 
     def _check_gates(self, tries: _Tries, *, on_record: bool = False) -> None:
         """Raise :class:`StopRetrying` unless every gate is open now: the stop, the job's

@@ -261,13 +261,14 @@ def test_a_terminated_connection_is_survived_or_stops_cleanly(
 def test_sigterm_with_the_ledger_table_locked_ends_the_run_within_20_s(
     jobs: JobFactory, database: str
 ) -> None:
-    """A run whose ledger table another session locks, then SIGTERM: it exits within 20 s
-    (request_timeout 2 + the 5 s grace, and bounded closing), without a traceback, with the
-    code of a stop (143) or of the database fault (7)."""
+    """A run whose ledger table another session locks, then SIGTERM: with the default
+    request_timeout (30 s) it exits within 20 s (a stop ends the wait for the database, and
+    closing is bounded), without a traceback, with the code of a stop (143) or of the
+    database fault (7)."""
     fake = FakeTelnyx(api_key=KEY)
     jobs.people(60)
     job = jobs.job(extra="group_size = 2")
-    config = _config(jobs.root, "rate = 5\nconcurrency = 2", api="request_timeout = 2")
+    config = _config(jobs.root, "rate = 5\nconcurrency = 2")
     where = f"{database}?ledger=lockedrun"
     with fake_api_thread(fake) as url:
         proc = _run(job.path, url, config, where)
