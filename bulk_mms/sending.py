@@ -343,7 +343,7 @@ class GroupSender:
         self.open_attempts[group.id] = None
         await self.recorder.attempt(group, number, tries.key, tries.t0)
         try:
-            await self.pacer.send_slot(tries.ticket)
+            await self.pacer.send_slot(tries.ticket, tries.deadline)
         except PaceAborted:
             # on record, but the request never left: a resume must not take it for one that
             # may have been accepted

@@ -130,15 +130,18 @@ class PostgresBudget(Pauses):
             while True:
                 if self._stopped():
                     raise PaceAborted("stopping", self.clock.monotonic())
-                at = await self._try_admit(spacing)
-                if at is None:
-                    return self.clock.monotonic()
+                admitted, at = await self._try_admit(spacing)
+                if admitted:
+                    # the moment the database admitted it (not when the answer came back): the
+                    # pacer measures an admission's age from it, and takes a stale one again
+                    return min(at, self.clock.monotonic())
                 if deadline is not None and at > deadline:
                     raise PaceAborted("deadline", at)
                 await self.clock.sleep(max(0.0, at - self.clock.monotonic()))
 
-    async def _try_admit(self, spacing: float) -> float | None:
-        """One round trip: admitted (None), or when to try again (local monotonic time)."""
+    async def _try_admit(self, spacing: float) -> tuple[bool, float]:
+        """One round trip: (True, when it was admitted), or (False, when to try again), on
+        the local monotonic clock."""
         conn = await self._db()
         try:
             before = self.clock.monotonic()
@@ -150,9 +153,9 @@ class PostgresBudget(Pauses):
             assert row is not None
             self._offset = float(row[0]) - (before + self.clock.monotonic()) / 2
             if len(row) == 3:
-                return None
+                return True, self._local(float(row[0]))
             await self._learn_pauses(conn, float(row[2]))
-            return self._local(max(float(row[1]), float(row[2])))
+            return False, self._local(max(float(row[1]), float(row[2])))
         except psycopg.Error as exc:
             raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
 
