@@ -23,7 +23,9 @@ many; at worst the groups it had in flight, for the rest of the day or until the
 row is reset).
 
 The spend ceiling counts each send at what it cost when the API said so. A send of unknown
-cost (the API left its cost null) counts at the price, never as free. The price is
+cost (the API left its cost null) counts at the price, never as free. (A send that cost more
+than the price it was reserved at can take the count past the ceiling by the difference: only
+the groups in flight, each by what it was underpriced.) The price is
 ``[pricing] per_recipient``; without one, the average this ledger has paid per recipient; with
 neither, ``max_cost`` is refused (:class:`~bulk_mms.errors.ConfigError`).
 """
