@@ -344,10 +344,12 @@ class GroupSender:
         await self.recorder.attempt(group, number, tries.key, tries.t0)
         try:
             await self.pacer.send_slot(tries.ticket, tries.deadline)
-        except PaceAborted:
+        except PaceAborted as exc:
             # on record, but the request never left: a resume must not take it for one that
-            # may have been accepted
-            raise StopRetrying(never_left()) from None
+            # may have been accepted. A stale admission taken again past a deadline: the job's
+            # expires the group, max_job_duration_s stops the job (as in the pacer's wait)
+            self._gave_up(exc, tries)
+            raise StopRetrying(None if tries.expired else never_left()) from None
         self._check_gates(tries, on_record=True)
         self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
 
