@@ -76,6 +76,7 @@ from bulk_mms.clock import Clock
 __all__ = [
     "CATCH_UP_S",
     "PERMIT_MAX_AGE_S",
+    "PERMIT_MIN_AGE_S",
     "AccountBudget",
     "FixedRate",
     "LocalBudget",
@@ -92,18 +93,24 @@ CATCH_UP_S = 0.5
 #: older one (a commit stalled, the process was paused) is taken again first
 #: (:func:`permit_max_age`), so a stall never turns into a burst at the server.
 PERMIT_MAX_AGE_S = 1.0
+#: ... and at least this, however high the rate: an ordinary write-ahead commit (an fsync, a
+#: round trip to the database) is younger, so it never costs an admission taken twice.
+PERMIT_MIN_AGE_S = 0.025
 
 
 def permit_max_age(rate: float) -> float:
     """How old an admission at ``rate`` may be when its request leaves: one interval of the
-    rate (``1 / rate``), at most :data:`PERMIT_MAX_AGE_S`.
+    rate (``1 / rate``), but not under :data:`PERMIT_MIN_AGE_S` nor over
+    :data:`PERMIT_MAX_AGE_S`.
 
-    Why one interval: admissions are spaced at least ``1.05 / rate`` apart (the shared budget's
-    margin), and each leaves within this bound of its own, so the requests that reach the
-    server in any one second were admitted within ``1 + 1 / rate`` seconds: at most
-    ``(rate + 1) / 1.05`` of them, under ``rate + 1`` with some 50 ms to spare for jitter.
+    Why: admissions are spaced at least ``1.05 / rate`` apart (the shared budget's margin) and
+    each request leaves within this bound ``B`` of its admission, so the requests that reach
+    the server in any one second were admitted within ``1 + B`` seconds: at most one more
+    than ``(1 + B) * rate / 1.05`` of them. For every ``B`` this returns that is less than
+    ``rate + 1``, so never more than ``rate + 1`` arrive in a second, with
+    ``0.05 + 1.05 / rate - B`` seconds (25 ms or more) to spare for jitter on the way.
     """
-    return min(PERMIT_MAX_AGE_S, 1.0 / rate)
+    return min(PERMIT_MAX_AGE_S, max(PERMIT_MIN_AGE_S, 1.0 / rate))
 
 
 class PaceAborted(Exception):

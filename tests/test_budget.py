@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted
+from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted, permit_max_age
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.testing import FakeClock
 
@@ -364,3 +364,14 @@ async def test_a_commit_stall_never_turns_into_a_burst_across_processes() -> Non
     assert len(sends) == 144
     assert most_in_a_window(sends) <= 11
     assert most_in_a_window(await stalled_processes(retake=False)) > 11
+
+
+@pytest.mark.parametrize(
+    ("rate", "bound"), [(0.5, 1.0), (1.0, 1.0), (10.0, 0.1), (40.0, 0.025), (1000.0, 0.025)]
+)
+def test_the_stale_bound_keeps_every_second_within_rate_plus_one(rate: float, bound: float) -> None:
+    """The bound is one interval, 25 ms to 1 s; admissions 1.05/rate apart that each leave
+    within it put at most rate + 1 into any second, with 25 ms or more to spare."""
+    assert permit_max_age(rate) == pytest.approx(bound)
+    spare = 1.05 * (math.floor(rate) + 1) / rate - 1.0 - bound
+    assert spare >= 0.025 - 1e-9
