@@ -26,7 +26,6 @@ from bulk_mms.runner import run_job
 from bulk_mms.testing import ok_receipt
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
 from tests.test_postgres import KEY, run_cli
-from tests.test_postgres import database as database  # noqa: PLC0414 - the fixture, shared
 from tests.threaded import fake_api_thread
 
 
