@@ -44,6 +44,7 @@ def wait_for(what: str, done: object, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_commit_stall_never_puts_more_than_the_rate_into_a_second(
     jobs: JobFactory, database: str
 ) -> None:
@@ -190,6 +191,7 @@ async def test_tallies_in_one_database_never_pass_the_cap(database: str) -> None
             await t.close()
 
 
+@pytest.mark.slow
 def test_three_processes_on_one_database_keep_one_daily_cap(
     jobs: JobFactory, database: str
 ) -> None:
