@@ -74,7 +74,9 @@ def stub(parts: set[str]) -> None:
             cost = self.cost_of(size)
             return self._admitted(sender, self.senders[sender], cost, self.clock.monotonic())
 
-        async def send_slot(self: pacing.Pacer, ticket: pacing.Ticket) -> None:
+        async def send_slot(
+            self: pacing.Pacer, ticket: pacing.Ticket, deadline: float | None = None
+        ) -> None:
             return None
 
         pacing.Pacer.acquire = acquire  # type: ignore[method-assign]

@@ -11,6 +11,13 @@ protocol is the part of the pacer that is shared that way:
 * :meth:`~AccountBudget.send_slot`: the one-second window guard, called right before a
   request leaves, so that no one-second window ever holds more than ``rate``.
 
+The rate holds when requests *leave*, not when they were admitted: between the two lie the
+write-ahead commit and whatever stalls it. The pacer therefore takes an admission again when it
+is older than :func:`permit_max_age` as its request is about to leave
+(:meth:`bulk_mms.pacing.Pacer.send_slot`); the admissions that a stalled commit held back then
+go out spaced at ``rate`` instead of together. That is what keeps the windows of several
+processes sharing one budget (each one's window guard sees only its own sends).
+
 :class:`LocalBudget` is the in-process implementation. The per-sender adaptive controller
 (:class:`bulk_mms.pacing.SenderPace`) stays in the pacer, on top of the budget. A shared
 implementation (one budget row per account in PostgreSQL, updated atomically) is one more
@@ -68,17 +75,42 @@ from bulk_mms.clock import Clock
 
 __all__ = [
     "CATCH_UP_S",
+    "PERMIT_MAX_AGE_S",
+    "PERMIT_MIN_AGE_S",
     "AccountBudget",
     "FixedRate",
     "LocalBudget",
     "PaceAborted",
     "WindowGuard",
+    "permit_max_age",
     "wait_until",
 ]
 
 #: Credit a bucket may bank while it lags (a stalled fsync, a slow response), in seconds of its
 #: rate: enough to catch up after a stall; the window guard still caps every second.
 CATCH_UP_S = 0.5
+#: The oldest an admission may be when its request leaves, in seconds, whatever the rate: an
+#: older one (a commit stalled, the process was paused) is taken again first
+#: (:func:`permit_max_age`), so a stall never turns into a burst at the server.
+PERMIT_MAX_AGE_S = 1.0
+#: ... and at least this, however high the rate: an ordinary write-ahead commit (an fsync, a
+#: round trip to the database) is younger, so it never costs an admission taken twice.
+PERMIT_MIN_AGE_S = 0.025
+
+
+def permit_max_age(rate: float) -> float:
+    """How old an admission at ``rate`` may be when its request leaves: one interval of the
+    rate (``1 / rate``), but not under :data:`PERMIT_MIN_AGE_S` nor over
+    :data:`PERMIT_MAX_AGE_S`.
+
+    Why: admissions are spaced at least ``1.05 / rate`` apart (the shared budget's margin) and
+    each request leaves within this bound ``B`` of its admission, so the requests that reach
+    the server in any one second were admitted within ``1 + B`` seconds: at most one more
+    than ``(1 + B) * rate / 1.05`` of them. For every ``B`` this returns that is less than
+    ``rate + 1``, so never more than ``rate + 1`` arrive in a second, with
+    ``0.05 + 1.05 / rate - B`` seconds (25 ms or more) to spare for jitter on the way.
+    """
+    return min(PERMIT_MAX_AGE_S, max(PERMIT_MIN_AGE_S, 1.0 / rate))
 
 
 class PaceAborted(Exception):

@@ -16,7 +16,8 @@ Four gates stand before every request, in this order:
    :class:`~bulk_mms.budget.LocalBudget`): the account pause, admission spaced at the
    configured ``rate``, and, right before the request leaves (:meth:`Pacer.send_slot`), the
    window guard that makes "no one-second window above ``rate``" hold exactly, even when a
-   wake-up comes late.
+   wake-up comes late. An admission stale by then (older than
+   :func:`~bulk_mms.budget.permit_max_age`: a commit stalled) is taken again first.
 4. The number in flight, bounded by the runner's workers.
 
 Where aiolimiter is used, and where not (the details are in :mod:`bulk_mms.budget`):
@@ -61,6 +62,7 @@ from bulk_mms.budget import (
     LocalBudget,
     PaceAborted,
     WindowGuard,
+    permit_max_age,
     wait_until,
 )
 from bulk_mms.clock import Clock, SystemClock
@@ -398,6 +400,9 @@ class Pacer:
         self.admitted = 0
         self.first_admit: float | None = None
         self.last_admit: float | None = None
+        #: Admissions taken again because they were stale when their request was to leave.
+        self.retaken = 0
+        self._permit_age = permit_max_age(config.rate)
 
     @property
     def paused_until(self) -> float:
@@ -501,16 +506,25 @@ class Pacer:
             self.on_change(sender, 0.0, pace.rate, "start")
         return ticket
 
-    async def send_slot(self, ticket: Ticket) -> None:
+    async def send_slot(self, ticket: Ticket, deadline: float | None = None) -> None:
         """Wait until sending ``ticket`` keeps every one-second window within the rate.
 
         Called right before the request leaves, *after* the write-ahead ledger entry: the fsync
         between :meth:`acquire` and here releases several workers at once, and only a check at
-        the moment of sending keeps the windows the server sees within the cap.
+        the moment of sending keeps the windows the server sees within the cap. An admission
+        older than :func:`~bulk_mms.budget.permit_max_age` by now (the commit stalled, the
+        process was paused) is taken again from the account budget first, so admissions that
+        piled up during a stall leave spaced at ``rate``, not together, however many processes
+        share the budget. (The sender's own pace and ceiling are not taken again: they bound
+        one sender's queue at Telnyx, which a late request does not overfill.)
 
         Raises:
-            PaceAborted: the job is stopping.
+            PaceAborted: the job is stopping, or the admission taken again would come after
+                ``deadline``.
         """
+        if self.clock.monotonic() - ticket.time > self._permit_age:
+            self.retaken += 1
+            await self.budget.acquire(ticket.cost, deadline)
         await self.budget.send_slot(ticket.cost)
 
     def bounded(self, what: str, value: float, ceiling: float) -> float:

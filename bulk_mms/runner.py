@@ -541,6 +541,8 @@ async def run_job(
         finally:
             if runner is not None:
                 await runner.pacer.budget.close()
+                for kept in runner.sender.limits:
+                    await kept.close()
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()

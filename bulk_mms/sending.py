@@ -296,21 +296,21 @@ class GroupSender:
                 digest=self.retries,
             )
         except StopRetrying:
-            self._release(group, None)
+            await self._release(group, None, maybe_sent=tries.ambiguous)
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
-            self._release(group, None)
+            await self._release(group, None)
             return None
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
-            self._release(group, None)
+            await self._release(group, None)
             return None
         if tries.rerouted and result.receipt is None and not tries.ambiguous:
             # its sender was retired while it waited to retry: nothing was accepted, and it
             # goes on from another sender (its open attempt is closed by what comes of that)
-            self._release(group, None)
+            await self._release(group, None)
             return None if self.stop.is_set() else group
         if result.receipt is not None and tries.ticket is not None:
             # the wait as the pacer took it (clamped), for the ledger and the percentiles too
@@ -343,18 +343,20 @@ class GroupSender:
             raise self._gave_up(exc, tries) from None
         self._check_gates(tries)
         for limit in self.limits:
-            if (over := limit.reserve(group)) is not None:
+            if (over := await limit.reserve(group)) is not None:
                 self._fail(over, "limit")
                 raise StopRetrying
         tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
         self.open_attempts[group.id] = None
         await self._write_attempt(group, number, tries)
         try:
-            await self.pacer.send_slot(tries.ticket)
-        except PaceAborted:
+            await self.pacer.send_slot(tries.ticket, tries.deadline)
+        except PaceAborted as exc:
             # on record, but the request never left: a resume must not take it for one that
-            # may have been accepted
-            raise StopRetrying(never_left()) from None
+            # may have been accepted. A stale admission taken again past a deadline: the job's
+            # expires the group, max_job_duration_s stops the job (as in the pacer's wait)
+            self._gave_up(exc, tries)
+            raise StopRetrying(None if tries.expired else never_left()) from None
         self._check_gates(tries, on_record=True)
         self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
 
@@ -460,7 +462,9 @@ class GroupSender:
     async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> Group | None:
         """Record how the group's tries ended; stop the job when that is what it says. Returns
         the group that goes out in its place, if any (see :meth:`send`)."""
-        self._release(group, result.receipt)
+        await self._release(
+            group, result.receipt, maybe_sent=isinstance(result.error, AmbiguousSendError)
+        )
         if result.receipt is not None:
             self.transient_streak = 0
             self.recorder.sent(group, result.receipt, result.attempts, throttled)
@@ -522,12 +526,14 @@ class GroupSender:
         elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
             self.pacer.on_rate_limited(sender, None, code or "")
 
-    def _release(self, group: Group, receipt: SendReceipt | None) -> None:
+    async def _release(
+        self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False
+    ) -> None:
         """The group's tries are over: nothing of it is out any more, and the limits learn
-        what it took (nothing, without a receipt)."""
+        what it took (nothing, without a receipt, unless ``maybe_sent``: in doubt)."""
         self.open_attempts.pop(group.id, None)
         for limit in self.limits:
-            limit.settle(group, receipt)
+            await limit.settle(group, receipt, maybe_sent=maybe_sent)
 
     def _no_senders(self) -> None:
         """Every sender of the job was refused: stop (exit 6, resumable with a sender fixed)."""

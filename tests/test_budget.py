@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import itertools
+import math
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
-from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted
+from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted, permit_max_age
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.testing import FakeClock
 
@@ -260,3 +264,114 @@ async def test_the_pacer_admits_nothing_past_a_deadline_even_with_room() -> None
     assert pacer.admitted == 0
     ticket = await pacer.acquire("ACME", 1, deadline=clock.monotonic() + 1.0)
     assert ticket.time == clock.monotonic()
+
+
+async def test_a_stale_admission_is_taken_again_before_its_request_leaves() -> None:
+    """An admission older than one interval when its request is to leave (a commit stalled
+    3 s) is taken again from the budget; a fresh one goes as it is."""
+    clock = FakeClock()
+    budget = RecordingBudget(10.0, clock)
+    pacer = Pacer(PacingConfig(rate=10.0), ["ACME"], clock=clock, budget=budget)
+    fresh = await pacer.acquire("ACME", 1)
+    clock.advance(0.05)  # half an interval: the write-ahead commit as it should be
+    await pacer.send_slot(fresh)
+    stale = await pacer.acquire("ACME", 1)
+    clock.advance(3.0)  # the commit stalled
+    await pacer.send_slot(stale)
+    assert pacer.retaken == 1
+    assert budget.seen.count("acquire") + budget.seen.count("admit_now") == 3
+
+
+class SharedSpacing(LocalBudget):
+    """One process's part of a budget shared as the database shares it: admissions spaced by
+    one bucket for all (no burst, a 5 % margin), the window guard this process's own."""
+
+    def __init__(self, shared: FixedRate, rate: float, clock: FakeClock) -> None:
+        super().__init__(rate, clock)
+        self.shared = shared
+
+    def admit_now(self, cost: float) -> float | None:
+        return None  # the database's admission is always a round trip
+
+    async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        return await self.shared.acquire(cost, deadline)
+
+
+class VirtualClock(FakeClock):
+    """A fake clock whose sleeps overlap, as real ones do: time moves on to the earliest
+    wake-up only once every task is waiting (:meth:`run` drives it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def sleep(self, seconds: float) -> None:
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.time + max(0.0, seconds), next(self._order), wake))
+        await wake
+
+    async def run(self, main: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(main)
+        while not task.done():
+            for _ in range(50):  # let every runnable task get to its next sleep
+                await asyncio.sleep(0)
+            if task.done():
+                break
+            assert self._timers, "every task waits, and not on the clock"
+            at, _, wake = heapq.heappop(self._timers)
+            self.time = max(self.time, at)
+            wake.set_result(None)
+        task.result()
+
+
+async def stalled_processes(*, retake: bool) -> list[tuple[float, float]]:
+    """Three processes of four workers share one budget at rate 10; every commit between
+    admission and sending stalls from t+2 s to t+5 s. When each request left."""
+    clock = VirtualClock()
+    shared = FixedRate(10.0 / 1.05, clock, depth=1.0, credit=1.0)
+    stall_from, stall_to = clock.monotonic() + 2.0, clock.monotonic() + 5.0
+    sends: list[tuple[float, float]] = []
+
+    async def process() -> None:
+        budget = SharedSpacing(shared, 10.0, clock)
+        pacer = Pacer(PacingConfig(rate=10.0), ["+15550001111"], clock=clock, budget=budget)
+        if not retake:
+            pacer._permit_age = math.inf
+
+        async def worker() -> None:
+            for _ in range(12):
+                ticket = await pacer.acquire("+15550001111", 1)
+                if stall_from <= (now := clock.monotonic()) < stall_to:
+                    await clock.sleep(stall_to - now)  # the write-ahead commit stalls
+                await pacer.send_slot(ticket)
+                sends.append((clock.monotonic(), 1.0))
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+
+    async def main() -> None:
+        await asyncio.gather(*(process() for _ in range(3)))
+
+    await clock.run(main())
+    return sends
+
+
+async def test_a_commit_stall_never_turns_into_a_burst_across_processes() -> None:
+    """Three processes sharing the account rate (10) through spacing alone, a 3 s commit
+    stall: with stale admissions taken again no one-second window holds more than rate + 1;
+    without, the admissions held back by the stall leave together (the test can fail)."""
+    sends = await stalled_processes(retake=True)
+    assert len(sends) == 144
+    assert most_in_a_window(sends) <= 11
+    assert most_in_a_window(await stalled_processes(retake=False)) > 11
+
+
+@pytest.mark.parametrize(
+    ("rate", "bound"), [(0.5, 1.0), (1.0, 1.0), (10.0, 0.1), (40.0, 0.025), (1000.0, 0.025)]
+)
+def test_the_stale_bound_keeps_every_second_within_rate_plus_one(rate: float, bound: float) -> None:
+    """The bound is one interval, 25 ms to 1 s; admissions 1.05/rate apart that each leave
+    within it put at most rate + 1 into any second, with 25 ms or more to spare."""
+    assert permit_max_age(rate) == pytest.approx(bound)
+    spare = 1.05 * (math.floor(rate) + 1) / rate - 1.0 - bound
+    assert spare >= 0.025 - 1e-9

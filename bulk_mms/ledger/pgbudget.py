@@ -13,20 +13,26 @@ Times cross the :class:`~bulk_mms.budget.AccountBudget` seam on the process's mo
 they are converted at each round trip by the offset between it and the database's clock.
 ``pause`` is synchronous (the pacer's 429 path is): it takes effect here at once and is written
 through by a task of its own.
+
+The limits every process of an account keeps together (the daily cap, a job's ``max_cost``)
+count in ``bulk_mms_limits`` (:class:`PostgresTally`): a row per count, reserved by one
+``UPDATE ... SET used = used + n WHERE used + n <= cap RETURNING``, so two processes can never
+both take the last room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, Final, TypeVar
 
 import psycopg
 
 from bulk_mms.budget import PaceAborted, Pauses, WindowGuard
 from bulk_mms.clock import Clock
-from bulk_mms.errors import LedgerError
+from bulk_mms.errors import LedgerError, LedgerUnavailable
 
 #: Spacing is ``cost / rate`` times this: room for jitter between admission and arrival (the
 #: write-ahead commit and the connection lie between them): 50 ms in any second.
@@ -130,15 +136,18 @@ class PostgresBudget(Pauses):
             while True:
                 if self._stopped():
                     raise PaceAborted("stopping", self.clock.monotonic())
-                at = await self._try_admit(spacing)
-                if at is None:
-                    return self.clock.monotonic()
+                admitted, at = await self._try_admit(spacing)
+                if admitted:
+                    # the moment the database admitted it (not when the answer came back): the
+                    # pacer measures an admission's age from it, and takes a stale one again
+                    return min(at, self.clock.monotonic())
                 if deadline is not None and at > deadline:
                     raise PaceAborted("deadline", at)
                 await self.clock.sleep(max(0.0, at - self.clock.monotonic()))
 
-    async def _try_admit(self, spacing: float) -> float | None:
-        """One round trip: admitted (None), or when to try again (local monotonic time)."""
+    async def _try_admit(self, spacing: float) -> tuple[bool, float]:
+        """One round trip: (True, when it was admitted), or (False, when to try again), on
+        the local monotonic clock."""
         conn = await self._db()
         try:
             before = self.clock.monotonic()
@@ -150,9 +159,9 @@ class PostgresBudget(Pauses):
             assert row is not None
             self._offset = float(row[0]) - (before + self.clock.monotonic()) / 2
             if len(row) == 3:
-                return None
+                return True, self._local(float(row[0]))
             await self._learn_pauses(conn, float(row[2]))
-            return self._local(max(float(row[1]), float(row[2])))
+            return False, self._local(max(float(row[1]), float(row[2])))
         except psycopg.Error as exc:
             raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
 
@@ -182,3 +191,99 @@ class PostgresBudget(Pauses):
             with contextlib.suppress(psycopg.Error):
                 await self._conn.close()
             self._conn = None
+
+
+_T = TypeVar("_T")
+#: The longest one count's round trip may take before the run stops (a locked table, a
+#: server gone): seconds.
+TALLY_TIMEOUT_S: Final = 30.0
+_TALLY_SEED: Final = (
+    "INSERT INTO bulk_mms_limits (name, used) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
+)
+_TALLY_TAKE: Final = """
+    UPDATE bulk_mms_limits SET used = used + %(amount)s
+    WHERE name = %(name)s AND used + %(amount)s <= %(cap)s
+    RETURNING used
+"""
+_TALLY_USED: Final = "SELECT used FROM bulk_mms_limits WHERE name = %s"
+_TALLY_ADD: Final = "UPDATE bulk_mms_limits SET used = greatest(0, used + %s) WHERE name = %s"
+
+
+class PostgresTally:
+    """A :class:`~bulk_mms.limits.Tally` in the ledger's database, shared by every process
+    and job that uses it: a row of ``bulk_mms_limits`` per count, changed atomically.
+
+    A count that has no row yet is made with the ``seed`` its first taker passes (an insert
+    that does nothing when another process made it first), then reserved by one ``UPDATE``
+    that adds only while the sum stays within the cap. Its own connection (autocommit), made
+    at the first count; every round trip ends within :data:`TALLY_TIMEOUT_S`, or in
+    :class:`~bulk_mms.errors.LedgerUnavailable` (the run stops, exit 7, resumable).
+
+    Args:
+        location: the ledger's ``postgresql://`` URL.
+    """
+
+    def __init__(self, location: str) -> None:
+        from bulk_mms.ledger.postgres import split  # noqa: PLC0415 - postgres imports this
+
+        self._conninfo, self.ledger, self._shown = split(location)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._seeded: set[str] = set()
+        # one connection: one count's statements at a time
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<PostgresTally {self._shown}>"
+
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``work`` on the connection, under the lock and the timeout; a database's error or
+        silence becomes a :class:`LedgerError` (and the connection is dropped)."""
+        from bulk_mms.ledger.postgres import _scrub  # noqa: PLC0415 - postgres imports this
+
+        async with self._lock:
+            try:
+                async with asyncio.timeout(TALLY_TIMEOUT_S):
+                    if self._conn is None:
+                        self._conn = await psycopg.AsyncConnection.connect(
+                            self._conninfo, autocommit=True
+                        )
+                    return await work(self._conn)
+            except (psycopg.Error, TimeoutError) as exc:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                why = (
+                    _scrub(exc, self._conninfo)
+                    if isinstance(exc, psycopg.Error)
+                    else (f"no answer within {TALLY_TIMEOUT_S:g} s")
+                )
+                raise LedgerUnavailable(
+                    self._shown, f"cannot keep the limits' count: {why}"
+                ) from None
+
+    async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
+        async def work(conn: psycopg.AsyncConnection[Any]) -> Decimal | None:
+            if key not in self._seeded:
+                await conn.execute(_TALLY_SEED, (key, seed))
+                self._seeded.add(key)
+            cur = await conn.execute(_TALLY_TAKE, {"amount": amount, "name": key, "cap": cap})
+            if await cur.fetchone() is not None:
+                return None
+            cur = await conn.execute(_TALLY_USED, (key,))
+            row = await cur.fetchone()
+            return Decimal(row[0]) if row is not None else seed
+
+        return await self._run(work)
+
+    async def add(self, key: str, amount: Decimal) -> None:
+        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(_TALLY_ADD, (amount, key))
+
+        await self._run(work)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()

@@ -66,7 +66,7 @@ log = structlog.get_logger("bulk_mms.ledger")
 T = TypeVar("T")
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 #: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
 #: one group): past it the run stops with LedgerUnavailable, resumable.
 DB_TIMEOUT_S: Final = 30.0
@@ -132,6 +132,12 @@ _MIGRATIONS: Final = {
         ALTER TABLE bulk_mms_claims ADD COLUMN IF NOT EXISTS token bigint NOT NULL DEFAULT 1;
         CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_header
             ON bulk_mms_events (ledger) WHERE kind = 'job';
+    """,
+    7: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_limits (
+            name text PRIMARY KEY,
+            used numeric NOT NULL DEFAULT 0
+        );
     """,
 }
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
