@@ -72,7 +72,6 @@ __all__ = [
     "CATCH_UP_S",
     "WAIT_CEILING_S",
     "DrainFit",
-    "Gcra",
     "PaceAborted",
     "Pacer",
     "PacingConfig",
@@ -171,30 +170,6 @@ class DrainFit:
         if sxx <= 0 or sxy <= 0:
             return None
         return sxx / sxy  # queue positions per second: the inverse of the fitted slope
-
-
-class Gcra(msgspec.Struct):
-    """A token bucket in GCRA form: a theoretical arrival time that advances ``cost / rate``.
-
-    ``tolerance`` seconds of lateness are forgiven, so late wake-ups do not lower the long-run
-    rate. The pacer no longer uses it (the account's spacing is a
-    :class:`~bulk_mms.budget.FixedRate`); it stays only until ``track``'s GET rate moves to a
-    :class:`~bulk_mms.budget.FixedRate` too, and then goes.
-    """
-
-    rate: float
-    tolerance: float = 0.0
-    #: Theoretical arrival time; None until the first admission, so a bucket starts with no
-    #: banked credit (no burst at start).
-    tat: float | None = None
-
-    def earliest(self) -> float:
-        return -math.inf if self.tat is None else self.tat - self.tolerance
-
-    def admit(self, now: float, cost: float) -> None:
-        # An empty bucket at first: credit accrues only from lagging, never up front.
-        tat = now + self.tolerance if self.tat is None else self.tat
-        self.tat = max(tat, now - self.tolerance) + cost / self.rate
 
 
 class SenderPace(msgspec.Struct):
