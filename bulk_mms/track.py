@@ -42,9 +42,11 @@ from bulk_mms.errors import (
     SendError,
 )
 from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open_store
-from bulk_mms.ledger.events import status_event
+from bulk_mms.ledger.events import Event, Failed, Sent, status_event
+from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
 from bulk_mms.models import RecipientStatus
 from bulk_mms.retry import fetch_with_retry
+from bulk_mms.settle import Settler, Verdict
 from bulk_mms.signals import Stop
 
 log = structlog.get_logger("bulk_mms.track")
@@ -299,8 +301,45 @@ class Tracker:
             len(self.view.pending(g)) for g in self.view.sent_groups() if self._trackable(g, wall)
         )
 
+    async def settle_doubts(self) -> int:
+        """Look the ledger's groups in doubt up in the API's records (:mod:`bulk_mms.settle`)
+        and record what they show: accepted (``sent``, then tracked like any other), or,
+        the records complete, never accepted (retryable: the next run sends them, under a new
+        key). How many were settled."""
+        settler = Settler(
+            self.client, self.settings.records_lag_s, self.settings.request_timeout, self.clock
+        )
+        settled = 0
+        for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
+            if self.stop.is_set():
+                break
+            finding = await settler.settle(rec)
+            now = iso(self.clock.wall())
+            event: Event
+            if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
+                record = finding.record
+                event = Sent(
+                    rec.id, rec.to, message_id=record.id, from_=rec.sender, cost=record.cost,
+                    time=now,
+                )  # fmt: skip
+            elif finding.verdict == Verdict.ABSENT:
+                event = Failed(
+                    rec.id, rec.to, code=NOT_ACCEPTED, retryable=True, time=now,
+                    title="the API's records show it was never accepted",
+                )  # fmt: skip
+            else:
+                continue
+            await self.store.append(event)
+            self.view.apply(event)
+            settled += 1
+        if settled:
+            log.info("track.settled", groups=settled)
+        return settled
+
     async def run(self, *, follow: bool = False) -> TrackResult:
-        """One pass, or with ``follow`` passes until nothing is left to ask."""
+        """Settle what the API's records can settle, then one pass, or with ``follow``
+        passes until nothing is left to ask."""
+        await self.settle_doubts()
         while True:
             await self.one_pass()
             left = self.remaining()

@@ -10,8 +10,12 @@ import pytest
 
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger import load
+from bulk_mms.models import MessageRecord
 from bulk_mms.report import summarize
-from tests.conftest import JobFactory, numbers
+from bulk_mms.testing import FakeClient, FakeClock
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, JobFactory, crash_mid_send, numbers
 from tests.threaded import fake_api_thread
 
 KEY = "KEY-settle"
@@ -59,3 +63,23 @@ def test_a_group_never_accepted_is_sent_again_under_a_new_key(jobs: JobFactory) 
     assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
     keys = [r.idempotency_key for r in fake.accepted]
     assert len(keys) == 1
+
+
+async def test_track_settles_groups_in_doubt_by_the_records(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash leaves two groups in doubt; track looks them up: the one the records show
+    accepted is recorded sent (and tracked), the one they show nothing of (complete) is left
+    for the next run, retryable."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 8")
+    first = await crash_mid_send(job, monkeypatch, hanging=2)
+    took, gone = first.calls[0], first.calls[1]
+    later = FakeClock(wall=load(job.ledger).groups[took.id].last_try + 86_400)
+    client = FakeClient(wall=later.wall)
+    t0 = load(job.ledger).groups[took.id].last_try
+    client.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    await track_ledger(job.ledger, FAST, client, clock=later)
+    view = load(job.ledger)
+    assert (view.groups[took.id].state, view.groups[took.id].message_id) == ("sent", "rec-1")
+    assert view.groups[gone.id].state == "retry_pending"
