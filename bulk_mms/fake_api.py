@@ -61,6 +61,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from bulk_mms import delivery
 from bulk_mms.codes import MEANINGS
 
 if TYPE_CHECKING:  # cryptography is the webhooks extra's: the sandbox sends without it
@@ -264,18 +265,8 @@ REPORT_STATUS: Final[Mapping[str, str]] = {"40014": "sending_failed"}
 
 #: Every delivery status a recipient of a group message can have (the spec's eight, and
 #: ``unknown``: final and unconfirmed, for recipients not on Telnyx's network, FACTS 4).
-STATUSES: Final = (
-    "queued",
-    "sending",
-    "sent",
-    "expired",
-    "sending_failed",
-    "delivery_unconfirmed",
-    "delivered",
-    "delivery_failed",
-    "unknown",
-)
-FINAL_STATUSES: Final = frozenset(STATUSES[3:])
+STATUSES: Final = delivery.STATUSES
+FINAL_STATUSES: Final = delivery.FINAL
 #: Final statuses of messages that never left Telnyx: no ``message.sent``, no charge.
 NEVER_SENT: Final = frozenset({"sending_failed", "expired"})
 #: The MDR status each final delivery status is recorded as (MdrDetailResponse.status).

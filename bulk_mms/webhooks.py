@@ -33,7 +33,7 @@ import base64
 import binascii
 import contextlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 
 import msgspec.structs
 import orjson
@@ -251,18 +251,26 @@ class WebhookReceiver:
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
         return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
 
+    def _keyword_from(self, payload: object, words: Container[str]) -> str | None:
+        """The sender of an inbound message that is one of ``words`` (case and spaces
+        aside), when there is a suppression list to act on; else None."""
+        if self.suppressed is None or self.suppressed.path is None:
+            return None
+        if not isinstance(payload, dict):
+            return None
+        text, sender = payload.get("text"), payload.get("from")
+        phone = sender.get("phone_number") if isinstance(sender, dict) else None
+        if not isinstance(text, str) or keyword(text) not in words:
+            return None
+        if not isinstance(phone, str) or not _E164.match(phone):
+            return None
+        return phone
+
     def opt_out(self, payload: object) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the
         suppression list, so no later job texts them. True when it was added."""
-        if self.suppressed is None or self.suppressed.path is None:
-            return False
-        if not isinstance(payload, dict):
-            return False
-        text, sender = payload.get("text"), payload.get("from")
-        phone = sender.get("phone_number") if isinstance(sender, dict) else None
-        if not isinstance(text, str) or keyword(text) not in OPT_OUT_WORDS:
-            return False
-        if not isinstance(phone, str) or not _E164.match(phone):
+        phone = self._keyword_from(payload, OPT_OUT_WORDS)
+        if phone is None or self.suppressed is None:
             return False
         added = self.suppressed.add([phone], STOP_REASON)
         log.info("webhook.opt_out", recipient=phone, new=bool(added))
@@ -273,15 +281,8 @@ class WebhookReceiver:
         but only one a STOP added (:func:`~bulk_mms.suppression.added_by_stop`): a number
         suppressed by hand stays suppressed. The request is verified before this runs (signed
         by Telnyx), so nobody can lift a block by posting. True when it was lifted."""
-        if self.suppressed is None or self.suppressed.path is None:
-            return False
-        if not isinstance(payload, dict):
-            return False
-        text, sender = payload.get("text"), payload.get("from")
-        phone = sender.get("phone_number") if isinstance(sender, dict) else None
-        if not isinstance(text, str) or keyword(text) not in OPT_IN_WORDS:
-            return False
-        if not isinstance(phone, str) or not _E164.match(phone) or phone not in self.suppressed:
+        phone = self._keyword_from(payload, OPT_IN_WORDS)
+        if phone is None or self.suppressed is None or phone not in self.suppressed:
             return False
         reason = self.suppressed.reason(phone)
         if not added_by_stop(reason):
