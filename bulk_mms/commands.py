@@ -165,7 +165,7 @@ def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
         yesterday = sandbox_ledger(yesterday)
     if not continues_earlier(job, yesterday, now):
         return job
-    structlog.get_logger("bulk_mms.cli").info(
+    structlog.get_logger(__name__).info(
         "ledger.continued", ledger=str(yesterday), instead_of=str(job.ledger)
     )
     return replace(job, ledger=yesterday)
@@ -228,7 +228,7 @@ def _rerun_name(name: str, input_file: Path) -> str:
 def _warn_cleartext(base_url: str) -> None:
     """Warn when the API key would cross the network unencrypted (a run, and its dry run)."""
     if sends_key_in_clear(base_url):
-        structlog.get_logger("bulk_mms.cli").warning(
+        structlog.get_logger(__name__).warning(
             "config.cleartext_base_url",
             base_url=base_url,
             hint="plain http to a host that is not this machine: the API key would cross the "
@@ -288,7 +288,7 @@ def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
         return
     if args.skip_media_check or args.sandbox:
         reason = "--skip-media-check" if args.skip_media_check else "sandbox (media is not sent)"
-        structlog.get_logger("bulk_mms.cli").info("media.check_skipped", reason=reason)
+        structlog.get_logger(__name__).info("media.check_skipped", reason=reason)
         return
     asyncio.run(check_media(urls, senders=job.message.senders))
 
@@ -379,7 +379,7 @@ async def _endpoint(
     except ValueError as exc:
         raise ConfigError(SANDBOX_FAULTS_ENV, str(exc)) from None
     async with fake_api.serve(fake) as url:
-        structlog.get_logger("bulk_mms.cli").info(
+        structlog.get_logger(__name__).info(
             "sandbox.started", base_url=url, faults=len(fake.faults)
         )
         yield url
@@ -533,7 +533,7 @@ def find_config(given: Path | None, env: Mapping[str, str] | None = None) -> Pat
 def settings_for(args: argparse.Namespace) -> Settings:
     path = find_config(args.config)
     if path is not None and args.config is None:
-        structlog.get_logger("bulk_mms.cli").info("config.found", path=str(path))
+        structlog.get_logger(__name__).info("config.found", path=str(path))
     settings = load_settings(path)
     if args.base_url:
         settings = replace(settings, base_url=args.base_url)

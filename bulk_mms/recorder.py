@@ -55,7 +55,7 @@ from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
 from bulk_mms.models import Group, MessageRecord, RejectedRow, Rejection, SendReceipt
 from bulk_mms.summary import JobSummary
 
-log = structlog.get_logger("bulk_mms.runner")
+log = structlog.get_logger(__name__)
 
 CRASHED = "attempted before a crash; the outcome is unknown"
 #: The code of a group the job's deadline left unsent (recorded failed: no rerun sends it).

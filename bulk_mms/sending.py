@@ -57,7 +57,7 @@ from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppression_for
 
-log = structlog.get_logger("bulk_mms.runner")
+log = structlog.get_logger(__name__)
 
 #: After this many groups in a row end without a usable answer (a transient error with their
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun

@@ -24,7 +24,7 @@ from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
 from bulk_mms.models import Group
 
-log = structlog.get_logger("bulk_mms.runner")
+log = structlog.get_logger(__name__)
 
 
 class Sharing:

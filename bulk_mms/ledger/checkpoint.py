@@ -29,7 +29,7 @@ import structlog
 
 from bulk_mms.ledger.fold import LedgerView
 
-log = structlog.get_logger("bulk_mms.ledger")
+log = structlog.get_logger(__name__)
 
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000

@@ -61,7 +61,7 @@ from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.suppression import Suppressed
 
-log = structlog.get_logger("bulk_mms.ledger")
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
