@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 
+from msgspec.structs import replace
+
 from bulk_mms.config import JobConfig, MessageConfig
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
 from bulk_mms.quiet import zones_for
@@ -140,6 +142,23 @@ def keyed(
             yield RejectedRow(item.line, item.phone, f"empty {column!r} value")
         else:
             yield item
+
+
+def moved(group: Group, members: Container[str], sender: str, job: JobConfig) -> Group | None:
+    """The group in which ``group``'s ``members`` go again, from another sender than the
+    blocked ``sender`` (a :class:`~bulk_mms.ledger.Moved` event): its message filled for them,
+    its place in the job kept, and an id of its own (so its own Idempotency-Key), derived from
+    the first group's and the blocked sender's. None when none of them is a member."""
+    rows = group.rows or ({},) * len(group.to)
+    keep = [
+        Recipient(phone, line, fields)
+        for phone, line, fields in zip(group.to, group.lines, rows, strict=True)
+        if phone in members
+    ]
+    if not keep:
+        return None
+    made = _Grouper(job).make(keep, group.seq)
+    return replace(made, id=group_id(job.name, (group.id, sender)))
 
 
 def make_groups(

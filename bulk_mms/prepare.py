@@ -17,7 +17,7 @@ from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import ConfigError, InputError, LedgerError, LedgerMismatch
-from bulk_mms.grouping import make_groups, without
+from bulk_mms.grouping import make_groups, moved, without
 from bulk_mms.ledger import (
     FORMAT,
     Header,
@@ -29,7 +29,7 @@ from bulk_mms.ledger import (
     load,
     named,
 )
-from bulk_mms.ledger.fold import FAILED
+from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
@@ -220,6 +220,8 @@ def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
     when ``group`` stands as it is: unknown to the ledger, sent, in doubt or pending with that
     membership, or with every member refused."""
     rec = view.groups.get(group.id)
+    if rec is not None and rec.moved and rec.state == SENT and rec.sender is not None:
+        return moved(group, rec.moved, rec.sender, job)  # their sender blocked: from another
     if rec is None or not rec.refused or rec.state not in (FAILED, None):
         return None
     remade = without(group, rec.refused, job)

@@ -45,6 +45,7 @@ from bulk_mms.ledger import (
     InDoubt,
     LedgerStore,
     LedgerView,
+    Moved,
     Paced,
     Planned,
     Rejected,
@@ -164,6 +165,11 @@ class Recorder:
                 time=self._now(),
             )
         )
+
+    def moved(self, group: str, members: tuple[str, ...], sender: str, code: str) -> None:
+        """Members of a sent group failed by their blocked sender go again from another."""
+        self._queue(Moved(group, members, sender, code, self._now()))
+        self.log.info("group.moved", group=group, members=len(members), sender=sender, code=code)
 
     def accepted_by_records(self, group: Group, record: MessageRecord) -> None:
         """A group in doubt that the API's records show accepted: ``sent``, under the

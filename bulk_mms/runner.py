@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Container
@@ -73,6 +74,10 @@ SETTLE_WAIT_S = 60.0
 #: after a group is sent it is first asked about (``watch_delivery``).
 DELIVERY_SHARE = 0.1
 DELIVERY_FIRST_S = 10.0
+#: How long a run that found a sender blocked waits, before it ends, for the final statuses of
+#: the groups that sender sent, and how often it asks meanwhile (``watch_blocked``).
+BLOCKED_WAIT_S = 60.0
+BLOCKED_POLL_S = 2.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
 #: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
@@ -356,6 +361,47 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
 
+    @functools.cached_property
+    def delivery(self) -> Tracker:
+        """The tracker of this run's own delivery statuses (:meth:`watch_delivery`)."""
+        share = self.settings.rate * DELIVERY_SHARE
+        track = replace(
+            self.settings.track,
+            rate=max(0.1, min(self.settings.track.rate, share)),
+            interval=DELIVERY_FIRST_S,
+            max_interval=DELIVERY_FIRST_S * 8,
+        )
+        return Tracker(
+            self.view,
+            self.store,
+            self.client,
+            replace(self.settings, track=track),
+            stop=self.stop,
+            on_status=self.sender.on_delivery,
+        )
+
+    async def watch_blocked(self) -> None:
+        """Before the run ends: when a delivery report showed a sender blocked, the groups it
+        sent are asked about until their statuses are final (for at most
+        :data:`BLOCKED_WAIT_S`), so every member it failed is moved and a rerun sends them all
+        from another sender."""
+        blocked = self.sender.retired_by_delivery
+        deadline = asyncio.get_running_loop().time() + BLOCKED_WAIT_S
+        while blocked and not self.stop.is_set():
+            pending = [
+                g for g in self.view.sent_groups() if g.sender in blocked and self.view.pending(g)
+            ]
+            if not pending or asyncio.get_running_loop().time() >= deadline:
+                return
+            for g in pending:
+                self.delivery.backoff[g.id] = (0, 0.0)  # due now
+            try:
+                await self.delivery.one_pass()
+            except BulkMmsError as exc:
+                log.warning("delivery.watch_stopped", error=str(exc))
+                return
+            await asyncio.sleep(BLOCKED_POLL_S)
+
     async def watch_delivery(self) -> None:
         """While the run sends, poll the delivery statuses of the groups it has sent (a
         :class:`~bulk_mms.track.Tracker` on the run's own ledger, at
@@ -364,21 +410,7 @@ class Runner:
         delivery reports, reach the error policy within seconds
         (:meth:`GroupSender.on_delivery`). Works from cron with no public URL. Real time: the
         API's carriers keep it, not the run's clock."""
-        share = self.settings.rate * DELIVERY_SHARE
-        track = replace(
-            self.settings.track,
-            rate=max(0.1, min(self.settings.track.rate, share)),
-            interval=DELIVERY_FIRST_S,
-            max_interval=DELIVERY_FIRST_S * 8,
-        )
-        tracker = Tracker(
-            self.view,
-            self.store,
-            self.client,
-            replace(self.settings, track=track),
-            stop=self.stop,
-            on_status=self.sender.on_delivery,
-        )
+        tracker = self.delivery
         while not self.stop.is_set():
             await asyncio.sleep(DELIVERY_FIRST_S)
             for g in self.view.sent_groups():
@@ -532,6 +564,7 @@ async def run_job(
             async with _showing(runner, progress, job):
                 await runner.run(reader)
                 await runner.settle_doubts()
+                await runner.watch_blocked()
             try:
                 await _bounded(store.drain(), stop)
             except TimeoutError:

@@ -206,6 +206,8 @@ class GroupSender:
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
         self.doubts: dict[str, Group] = {}
+        #: Senders a delivery report showed blocked during this run.
+        self.retired_by_delivery: set[str] = set()
         #: Looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
         self.settler = Settler(client, settings.records_lag_s, settings.request_timeout, clock)
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
@@ -512,8 +514,10 @@ class GroupSender:
     def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
         """The error policy applied to a delivery report that comes in while the run sends
         (carrier codes arrive there, never as an answer to the request): a sender blocked
-        (40003, 40315) leaves the pool at once; spam filtering (40002, 40011), an expiry in the
-        queue (40014) and a carrier's cap (40016, 40018) slow that sender down, as a 429 does."""
+        (40003, 40315) leaves the pool at once, and each member it failed is moved (a rerun
+        sends them from another sender, :class:`~bulk_mms.ledger.Moved`); spam filtering
+        (40002, 40011), an expiry in the queue (40014) and a carrier's cap (40016, 40018) slow
+        that sender down, as a 429 does."""
         code = next((e.code for e in st.errors if e.code), None)
         action = self.settings.error_policy.get(code) if code is not None else None
         sender = rec.sender
@@ -521,6 +525,9 @@ class GroupSender:
             return
         log.warning("delivery.policy", group=rec.id, code=code, action=str(action), sender=sender)
         if action == Action.RETIRE_SENDER:
+            # the member goes again, from another sender, in a group of its own (a rerun)
+            self.recorder.moved(rec.id, (st.phone,), sender, code or "")
+            self.retired_by_delivery.add(sender)
             if self.pacer.retire(sender) == 0 and not self.stop.is_set():
                 self._no_senders()
         elif action in (Action.SLOW, Action.RETRY, Action.DEFER):

@@ -9,6 +9,7 @@ from msgspec.structs import replace
 from bulk_mms import runner as runner_module
 from bulk_mms.errors import ApiError
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, JobFactory, ok_receipt
 
@@ -19,9 +20,11 @@ async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API accepts every send, but the first sender's messages fail delivery with 40003:
-    the run's delivery polling retires that sender within a poll, and the rest of the job goes
-    out from the other."""
+    the run's delivery polling retires that sender within a poll, the rest of the job goes out
+    from the other, and a rerun sends the members it failed from the other: everyone accepted
+    once from the healthy sender."""
     monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    monkeypatch.setattr(runner_module, "BLOCKED_POLL_S", 0.02)
     jobs.people(40)
     job = jobs.job(extra="group_size = 1", sender=f'["{BLOCKED}", "{HEALTHY}"]')
     client = FakeClient()
@@ -42,3 +45,16 @@ async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
     assert senders.count(BLOCKED) < 20  # retired part way, not after the whole list
     assert senders[-5:] == [HEALTHY] * 5
     assert s.sent_groups == 40
+    # the members the blocked sender failed were moved: a plain rerun sends them from the
+    # other sender, under keys of their own, and nobody else
+    blocked = {p for g in client.calls if g.message.from_ == BLOCKED for p in g.to}
+    again = await run_job(job, settings, client)
+    resent = client.calls[len(senders) :]
+    assert sorted(p for g in resent for p in g.to) == sorted(blocked)
+    assert {g.message.from_ for g in resent} == {HEALTHY}
+    assert again.sent_groups == len(blocked)
+    healthy = [p for g in client.calls if g.message.from_ == HEALTHY for p in g.to]
+    assert sorted(healthy) == sorted(set(healthy))
+    assert len(healthy) == 40
+    r = summarize(job.ledger).recipient_states
+    assert (r.valid, r.sent, r.not_attempted) == (40, 40, 0)

@@ -12,6 +12,7 @@ row's document) an event is a JSON object whose first key is ``event``, its kind
     in_doubt  InDoubt     the request may have been accepted: held unless the key still holds
     rejected  Rejected    an input row that is never sent, and why
     remade    Remade      a group never sent is made anew without suppressed members
+    moved     Moved       members of a sent group go again from another sender (theirs blocked)
     pace      Paced       a sender's pace changed (the pacer's answer to waits and 429s)
     status    Status      a recipient's delivery status, from ``track`` or ``webhooks``
 
@@ -191,6 +192,19 @@ class Remade(msgspec.Struct, frozen=True):
     kind: ClassVar[str] = "remade"
 
 
+class Moved(msgspec.Struct, frozen=True):
+    """Members of a sent group whose delivery failed because their sender is blocked (40003,
+    40315): the sender leaves the job's pool, and they go out again, from another sender, in a
+    group of their own (:func:`bulk_mms.grouping.moved`)."""
+
+    group: str
+    members: tuple[str, ...] = ()
+    sender: str = ""
+    code: str = ""
+    time: str = ""
+    kind: ClassVar[str] = "moved"
+
+
 class Paced(msgspec.Struct, frozen=True):
     """The pacer set a sender's pace: at its first send of a run (``"start"``), and at each
     change it logs (``pace.changed``), for the report's timeline. Folds into nothing."""
@@ -276,6 +290,7 @@ Event = (
     | Failed
     | InDoubt
     | Remade
+    | Moved
     | Paced
     | Rejected
     | Status
@@ -503,6 +518,13 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "failed": _failed,
     "in_doubt": lambda d: InDoubt(**_members(d), reason=_opt_str(d, "reason") or ""),
     "remade": lambda d: Remade(_str(d, "group"), _numbers(d, "without"), _time(d)),
+    "moved": lambda d: Moved(
+        _str(d, "group"),
+        _numbers(d, "members"),
+        _str(d, "sender", ""),
+        _str(d, "code", ""),
+        _time(d),
+    ),
     "pace": lambda d: Paced(
         _str(d, "sender"),
         _num(d, "rate") or 0.0,

@@ -89,6 +89,9 @@ class GroupRecord(msgspec.Struct):
     #: How often the API's records showed it never accepted after it was in doubt: each such
     #: send goes under a key of its own.
     resends: int = 0
+    #: Members of this sent group that go again from another sender (``moved``): their state
+    #: is their new group's.
+    moved: tuple[str, ...] = ()
 
     @property
     def state(self) -> str | None:
@@ -103,7 +106,11 @@ class GroupRecord(msgspec.Struct):
     def counted(self) -> tuple[str, ...]:
         """The recipients whose state is this group's: all its members, except when the API
         refused some by name (those failed; the others are another group's now)."""
-        return self.refused if self.refused and self.state == FAILED else self.to
+        if self.refused and self.state == FAILED:
+            return self.refused
+        if self.moved and self.state == SENT:
+            return tuple(p for p in self.to if p not in self.moved)
+        return self.to
 
 
 class RecipientCounts(msgspec.Struct, frozen=True):
@@ -234,6 +241,11 @@ class LedgerView(msgspec.Struct, eq=False):
                 rec = self._group(ev.group, ())
                 if rec.outcome is None and not rec.open:
                     rec.refused = ev.without
+            case events.Moved():
+                rec = self._group(ev.group, ())
+                rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
+                if ev.sender:
+                    self.retired.add(ev.sender)
             case events.Planned():
                 self.planned = ev
             case events.RunStarted():
@@ -440,6 +452,7 @@ class LedgerView(msgspec.Struct, eq=False):
             rec = GroupRecord(*values)
             rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
             rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
+            rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
             if rec.cost is not None:
                 cell: list[str] = rec.cost  # type: ignore[assignment]
                 key = (cell[0], cell[1])
