@@ -367,7 +367,6 @@ async def _endpoint(
     fake = fake_api.FakeTelnyx(
         refuse=dict(fake_api.SANDBOX_REFUSE),
         report=dict(fake_api.SANDBOX_REPORT),
-        name_refused_members=True,  # until a 40300 naming nobody is settled (issue 28.5)
     )
     if ledger is not None:
         fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)

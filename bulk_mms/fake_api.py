@@ -528,6 +528,8 @@ class FakeTelnyx:
     def refusal_code(self, sender: str, phone: str) -> str | None:
         """The code a send from ``sender`` to ``phone`` is refused with at once, if any."""
         code = rule(self.refuse, phone)
+        if code == "40300" and not self._blocked(sender, phone):
+            self.opt_out(phone, sender)  # a STOP by rule is a block the opt-out list shows too
         if code is not None and (code in REFUSALS or self.sync_carrier_codes):
             return code
         if self._blocked(sender, phone):
