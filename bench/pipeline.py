@@ -2,8 +2,13 @@
 
 Usage: python bench/pipeline.py [ROWS]   (default 1,000,000)
 
-Writes a CSV of ROWS recipients (3% invalid, 2% duplicates) to a temporary folder, runs the
-pipeline up to sending (what ``--dry-run`` does) and prints rows/s and peak RSS. Also times the
+Writes a CSV of ROWS recipients (3% invalid, 2% duplicates) to a temporary folder, the numbers
+written as people write them (a quarter each ``+1NXXNXXXXXX``, ``(NXX) NXX-XXXX``,
+``NXX-NXX-XXXX``, ``1NXXNXXXXXX``), runs the pipeline up to sending in this process and prints
+rows/s and peak RSS; then ``bulk-mms run JOB --dry-run`` on the same file as a child process
+(the whole program: start-up, the input's scan and its plan), its rows/s and peak RSS by
+getrusage of that child alone. BENCH_CANONICAL=1 writes every number canonical;
+BENCH_DRY_RUN_ONLY=1 measures only the dry run. Also times the
 replay of a ledger with ROWS/8 sent groups (what a resume reads first), then, with a delivery
 status for every recipient appended, a resume and a report: the first replays and leaves a
 checkpoint of the fold, the second starts from it.
@@ -11,8 +16,10 @@ checkpoint of the fold, the second starts from it.
 
 from __future__ import annotations
 
+import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +49,44 @@ def write_input(path: Path, rows: int) -> None:
             else:
                 phone = f"+1{areas[i % 10]}{i // 10 % 10_000_000:07d}"
                 phone = phone[:5] + "2" + phone[6:]  # exchange must not start with 0/1
-            f.write(f"{phone},Name{i}\n")
+            f.write(f"{as_written(phone, i)},Name{i}\n")
+
+
+#: How people write a +1 number, a quarter of the rows each (BENCH_CANONICAL=1: all canonical).
+LAYOUTS = ("+1{a}{e}{l}", "({a}) {e}-{l}", "{a}-{e}-{l}", "1{a}{e}{l}")
+
+
+def as_written(phone: str, i: int) -> str:
+    """``phone`` (canonical or not a +1 number) in row ``i``'s layout; a duplicate keeps the
+    layout of its row, so it is written unlike its first (as in a real export)."""
+    if os.environ.get("BENCH_CANONICAL") or len(phone) != 12 or not phone.startswith("+1"):
+        return phone
+    layout = LAYOUTS[i % len(LAYOUTS)]
+    return layout.format(a=phone[2:5], e=phone[5:8], l=phone[8:])
+
+
+def dry_run_child(job: Path, rows: int) -> None:
+    """``bulk-mms run JOB --dry-run`` as a user runs it: wall time, rows/s, and the child's own
+    peak RSS (``wait4``'s rusage of that one process)."""
+    program = Path(sys.executable).with_name("bulk-mms")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(program), "-q", "run", str(job), "--dry-run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        print(f"dry run failed ({proc.returncode}): {err[-300:]}", file=sys.stderr)
+        return
+    cpu = usage.ru_utime + usage.ru_stime
+    print(
+        f"bulk-mms run --dry-run: {rows:,} rows in {dt:.2f} s ({rows / dt:,.0f} rows/s), "
+        f"CPU {cpu:.2f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB"
+    )
 
 
 def write_job(root: Path) -> Path:
@@ -126,7 +170,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_input(root / "in.csv", rows)
-        job = load_job(write_job(root))
+        job_path = write_job(root)
+        if os.environ.get("BENCH_DRY_RUN_ONLY"):
+            dry_run_child(job_path, rows)
+            return
+        job = load_job(job_path)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.perf_counter()
         groups = rejected = recipients = 0
@@ -142,6 +190,7 @@ def main() -> None:
         print(f"pipeline: {rows:,} rows in {dt:.1f} s ({rows / dt:,.0f} rows/s)")
         print(f"  {groups:,} groups, {recipients:,} recipients, {rejected:,} rejected rows")
         print(f"  peak RSS {peak:.0f} MB (interpreter and imports: {rss_before:.0f} MB)")
+        dry_run_child(job_path, rows)
 
         n_groups = max(1, rows // 8)
         write_ledger(root / "ledger.jsonl", n_groups)

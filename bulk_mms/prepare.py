@@ -7,16 +7,17 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import itertools
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 from msgspec.structs import replace
 
 from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
-from bulk_mms.errors import ConfigError, InputError, LedgerError, LedgerMismatch
+from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
 from bulk_mms.grouping import make_groups, moved, without
 from bulk_mms.ledger import (
     FORMAT,
@@ -33,10 +34,20 @@ from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.reader import RowReader, fingerprint
-from bulk_mms.scan import InputScan, check_rejected_share, excluding, open_reader, scan_input
+from bulk_mms.scan import (
+    InputScan,
+    Tally,
+    check_rejected_share,
+    excluding,
+    open_reader,
+    scan_input,
+    write_rejected,
+)
 from bulk_mms.summary import Estimate, JobSummary
 from bulk_mms.suppression import suppression_for
 from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
+
+T = TypeVar("T")
 
 
 def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
@@ -167,15 +178,19 @@ def plan(
     *,
     scan: InputScan | None = None,
     excluded: Container[int] = (),
+    tally: Tally | None = None,
 ) -> Iterator[Group | RejectedRow]:
     """The whole pipeline up to sending, as one lazy stream: rows read, validated, those in
-    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`) and grouped (where each key ends:
-    the ``scan`` of the same input), then each group as the ledger and the suppression list
+    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`), counted by ``tally`` if given
+    (what a scan would find, found in this pass) and grouped (where each key ends: the
+    ``scan`` of the same input), then each group as the ledger and the suppression list
     leave it (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
     rows = validate_rows(reader, job.phone_column, job.default_region)
     if excluded:
         rows = excluding(rows, excluded)
+    if tally is not None:
+        rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):
         if isinstance(item, RejectedRow):
             yield item
@@ -280,57 +295,35 @@ async def dry_run(
     excluded: Container[int] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
-    """Scan the whole input as a run would, and refuse it as a run would; then read,
-    validate and group it; send and write nothing but ``rejected_csv``.
+    """Read, validate and group the whole input as a run would, and refuse it as a run would
+    (in the same order: the input, then the ledger and the limits); send and write nothing but
+    ``rejected_csv``.
 
     The summary's ``sent_*`` counts are what a real run with the same settings would send now:
     the skip/hold decision is the runner's own (:func:`disposition`), its limits are checked
     as a run checks them (:func:`~bulk_mms.limits.run_limits`: ``max_cost`` needs a price).
+    A job with ``group_by`` is scanned first (where each key ends decides its groups); any
+    other is scanned and planned in one pass.
 
     Raises:
         InputError: the input cannot be read to its end, or loses too many rows.
         ConfigError: a setting a run would refuse.
         LedgerMismatch: the ledger belongs to another input or job.
     """
-    from bulk_mms.limits import run_limits  # noqa: PLC0415 - limits builds on prepare
-
     clock = clock or SystemClock()
     started = clock.monotonic()
     s = JobSummary(job.name)
-    scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
-    check_rejected_share(scan, job)
-    s.input = scan
-    view = load(job.where, statuses=False) if exists(job.where) else LedgerView()
-    run_limits(job, settings, view, clock)
-    with open_reader(job) as reader:
-        check_resumable(view, header_for(job, scan.fingerprint, clock), display(job.where))
-        s.locked_by = holder(job.where)
-        s.retired = tuple(x for x in job.message.senders if x in view.retired)
-        now = clock.wall()
+    dry = _DryRun(s, settings, clock, resend_in_doubt=resend_in_doubt, preview=preview, limit=limit)
+    if job.group_by is not None:
+        scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
+        check_rejected_share(scan, job)
+        view = load(job.where, statuses=False) if exists(job.where) else LedgerView()
+        dry.check_ledger(job, view, scan)
         suppressed = suppression_for(settings.suppression_file, job.where)
-        for item in plan(job, reader, suppressed, view, scan=scan, excluded=excluded):
-            if isinstance(item, RejectedRow):
-                s.note_rejected(item.kind)
-                continue
-            action = disposition(
-                view, settings.retry, item.id, now, resend_in_doubt=resend_in_doubt
-            )
-            if action == "skip":
-                s.skipped_groups += 1
-                continue
-            if action == "hold":
-                s.held_groups += 1
-                continue
-            if limit is not None and s.sent_groups >= limit:
-                continue  # counted as the runner would leave it: for the next run
-            s.sent_groups += 1
-            s.sent_recipients += len(item.to)
-            if item.zones:
-                key = ", ".join(item.zones)
-                s.zones[key] = s.zones.get(key, 0) + len(item.to)
-            s.note_template(item)
-            if len(s.preview) < preview:
-                s.preview.append(item)
+        with open_reader(job) as reader:
+            dry.take(plan(job, reader, suppressed, view, scan=scan, excluded=excluded), view)
+    else:
+        view = dry.one_pass(job, excluded, rejected_csv)
     s.duration_s = clock.monotonic() - started
     s.stopped = "dry-run"
     estimated = estimate(
@@ -338,6 +331,120 @@ async def dry_run(
     )
     s.estimate = replace(estimated, paid=sum(view.cost().values(), Decimal(0)))
     return s
+
+
+class _DryRun:
+    """A dry run's summary, filled in as its plan streams by. Private."""
+
+    def __init__(
+        self,
+        summary: JobSummary,
+        settings: Settings,
+        clock: Clock,
+        *,
+        resend_in_doubt: bool,
+        preview: int,
+        limit: int | None,
+    ) -> None:
+        self.s = summary
+        self.settings = settings
+        self.clock = clock
+        self.resend_in_doubt = resend_in_doubt
+        self.preview = preview
+        self.limit = limit
+
+    def check_ledger(self, job: JobConfig, view: LedgerView, scan: InputScan) -> None:
+        """The refusals after the input's, in a run's order (limits, then the ledger's job
+        and input); then what the summary says of the ledger."""
+        from bulk_mms.limits import run_limits  # noqa: PLC0415 - limits builds on prepare
+
+        self.s.input = scan
+        run_limits(job, self.settings, view, self.clock)
+        check_resumable(view, header_for(job, scan.fingerprint, self.clock), display(job.where))
+        self.s.locked_by = holder(job.where)
+        self.s.retired = tuple(x for x in job.message.senders if x in view.retired)
+
+    def one_pass(
+        self, job: JobConfig, excluded: Container[int], rejected_csv: Path | None
+    ) -> LedgerView:
+        """Scan and plan a job without ``group_by`` in one pass over its input. What the
+        plan needs first (the ledger, the suppression list) is read first, but a refusal of
+        theirs is raised only where a scan-first dry run would raise it: after the input's."""
+        view, unreadable = _attempt(
+            lambda: load(job.where, statuses=False) if exists(job.where) else LedgerView(),
+            LedgerView(),
+        )
+        nobody: Container[str] = ()
+        suppressed, unlisted = _attempt(
+            lambda: suppression_for(self.settings.suppression_file, job.where), nobody
+        )
+        tally = Tally(job)
+        with open_reader(job) as reader:
+            items = plan(job, reader, suppressed, view, excluded=excluded, tally=tally)
+            write_rejected(rejected_csv, self._rejected(items, view))
+        scan = tally.scan(fingerprint(job.input))
+        check_rejected_share(scan, job)
+        if unreadable is not None:
+            raise unreadable
+        self.check_ledger(job, view, scan)
+        if unlisted is not None:
+            raise unlisted
+        return view
+
+    def _rejected(
+        self, items: Iterator[Group | RejectedRow], view: LedgerView
+    ) -> Iterator[tuple[int, str, str]]:
+        """:meth:`take`, yielding the rows a scan rejects (line, value, reason): every
+        rejected row but those the suppression list drops from groups."""
+        for item in self._taken(items, view):
+            if item.kind is not Rejection.SUPPRESSED:
+                yield item.line, item.value, item.reason
+
+    def take(self, items: Iterator[Group | RejectedRow], view: LedgerView) -> None:
+        """Count the plan's groups and rejected rows into the summary."""
+        for _ in self._taken(items, view):
+            pass
+
+    def _taken(
+        self, items: Iterator[Group | RejectedRow], view: LedgerView
+    ) -> Iterator[RejectedRow]:
+        """The plan's groups into the summary, as a run would decide each now; its rejected
+        rows counted and passed on."""
+        s, retry, limit = self.s, self.settings.retry, self.limit
+        now = self.clock.wall()
+        for item in items:
+            if isinstance(item, RejectedRow):
+                s.note_rejected(item.kind)
+                yield item
+                continue
+            action = disposition(view, retry, item.id, now, resend_in_doubt=self.resend_in_doubt)
+            if action == "skip":
+                s.skipped_groups += 1
+            elif action == "hold":
+                s.held_groups += 1
+            elif limit is None or s.sent_groups < limit:  # else for the next run, as a run does
+                self._send(item)
+
+    def _send(self, group: Group) -> None:
+        """A group the run would send now, into the summary."""
+        s = self.s
+        s.sent_groups += 1
+        s.sent_recipients += len(group.to)
+        if group.zones:
+            key = ", ".join(group.zones)
+            s.zones[key] = s.zones.get(key, 0) + len(group.to)
+        s.note_template(group)
+        if len(s.preview) < self.preview:
+            s.preview.append(group)
+
+
+def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]:
+    """``make()`` and None, or ``instead`` and the refusal ``make`` raised (for the caller to
+    raise in its turn)."""
+    try:
+        return make(), None
+    except BulkMmsError as exc:
+        return instead, exc
 
 
 def continues_earlier(job: JobConfig, earlier: Path, now: dt.datetime) -> bool:

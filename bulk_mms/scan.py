@@ -15,7 +15,7 @@ Memory: a set of the numbers seen (about 70 bytes a recipient, for duplicates), 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -148,11 +148,7 @@ def scan_input(
         InputError: the file cannot be read to its end, or is not text in its encoding.
         ConfigError: ``rejected_csv`` cannot be written.
     """
-    counts: Counter[Rejection] = Counter()
-    lost: Counter[str] = Counter()
-    last_lines: dict[str, int] | None = {} if job.group_by else None
-    recipients = on_list = 0
-
+    tally = Tally(job, suppressed)
     with open_reader(job) as reader:
         items = validate_rows(reader, job.phone_column, job.default_region)
         if excluded:
@@ -161,42 +157,76 @@ def scan_input(
             items = keyed(items, job.group_by)
 
         def rejected() -> Iterator[tuple[int, str, str]]:
-            nonlocal recipients, on_list
-            for n, item in enumerate(items):
+            for n, item in enumerate(tally.count(items)):
                 if n % STOP_CHECK_ROWS == 0 and stopped():
                     raise ScanStopped
                 if isinstance(item, RejectedRow):
-                    counts[item.kind] += 1
-                    if item.kind.loss:
-                        lost[reason_kind(item.reason)] += 1
                     yield item.line, item.value, item.reason
-                    continue
-                recipients += 1
-                on_list += item.phone in suppressed
-                if last_lines is not None:
-                    last_lines[item.fields[job.group_by or ""].strip()] = item.line
 
-        if rejected_csv is None:
-            for _ in rejected():
-                pass
-        else:
-            try:
-                n = write_csv(rejected_csv, REJECTED_COLUMNS, rejected())
-            except OSError as exc:
-                raise ConfigError(
-                    "--rejected-csv", f"cannot write {rejected_csv}: {exc.strerror or exc}"
-                ) from None
-            log.info("input.rejected_csv", path=str(rejected_csv), rows=n)
-    return InputScan(
-        fingerprint=fingerprint(job.input),
-        rows=recipients + sum(counts.values()),
-        recipients=recipients,
-        lost=lost,
-        duplicates=counts[Rejection.DUPLICATE],
-        excluded=counts[Rejection.EXCLUDED],
-        suppressed=on_list,
-        last_lines=last_lines,
-    )
+        write_rejected(rejected_csv, rejected())
+    return tally.scan(fingerprint(job.input))
+
+
+def write_rejected(path: Path | None, rows: Iterator[tuple[int, str, str]]) -> None:
+    """Drain ``rows`` (line, value, reason), writing them to ``path`` as a ``--rejected-csv``
+    file if given (whole or not at all).
+
+    Raises:
+        ConfigError: ``path`` cannot be written.
+    """
+    if path is None:
+        for _ in rows:
+            pass
+        return
+    try:
+        n = write_csv(path, REJECTED_COLUMNS, rows)
+    except OSError as exc:
+        raise ConfigError("--rejected-csv", f"cannot write {path}: {exc.strerror or exc}") from None
+    log.info("input.rejected_csv", path=str(path), rows=n)
+
+
+class Tally:
+    """What a pass over an input's checked rows finds, counted as they stream by
+    (:meth:`count`), then as an :class:`InputScan` (:meth:`scan`). Private."""
+
+    def __init__(self, job: JobConfig, suppressed: Container[str] = ()) -> None:
+        self._counts: Counter[Rejection] = Counter()
+        self._lost: Counter[str] = Counter()
+        self._key = job.group_by
+        #: with ``group_by``: each key's last line so far
+        self._last_lines: dict[str, int] | None = {} if job.group_by else None
+        self._suppressed = suppressed
+        self._recipients = self._on_list = 0
+
+    def count(self, items: Iterable[Recipient | RejectedRow]) -> Iterator[Recipient | RejectedRow]:
+        """``items``, unchanged and in order, each counted."""
+        counts, lost, suppressed = self._counts, self._lost, self._suppressed
+        last_lines, key = self._last_lines, self._key or ""
+        for item in items:
+            if isinstance(item, RejectedRow):
+                counts[item.kind] += 1
+                if item.kind.loss:
+                    lost[reason_kind(item.reason)] += 1
+            else:
+                self._recipients += 1
+                self._on_list += item.phone in suppressed
+                if last_lines is not None:
+                    last_lines[item.fields[key].strip()] = item.line
+            yield item
+
+    def scan(self, input_fingerprint: str) -> InputScan:
+        """What was counted, for the input whose bytes hash to ``input_fingerprint``."""
+        counts = self._counts
+        return InputScan(
+            fingerprint=input_fingerprint,
+            rows=self._recipients + sum(counts.values()),
+            recipients=self._recipients,
+            lost=self._lost,
+            duplicates=counts[Rejection.DUPLICATE],
+            excluded=counts[Rejection.EXCLUDED],
+            suppressed=self._on_list,
+            last_lines=self._last_lines,
+        )
 
 
 def check_rejected_share(scan: InputScan, job: JobConfig) -> None:

@@ -34,9 +34,10 @@ def normalize_phone(value: str, region: str = "US") -> str:
     the parser, so that one takes the slow path) takes :func:`_nanp`, which asks
     phonenumbers' own metadata the same questions without parsing;
     its commonest answers, a valid US or Canadian number, are one regex call each
-    (:func:`_canonical_in`).
-    Anything else is parsed. Every path gives the same verdict for every number (property
-    tests hold them to it).
+    (:func:`_canonical_in`). A +1 number written as people write it (``(646) 991-6750``,
+    ``415-847-5622``, ``14152981157``, ``+1 206 571 3909``: :func:`_formatted`) is decided
+    as its canonical form. Anything else is parsed. Every path gives the same verdict for
+    every number (property tests hold them to it).
 
     Args:
         value: what the input file holds, in any common national or international format.
@@ -54,7 +55,8 @@ def normalize_phone(value: str, region: str = "US") -> str:
 def _after_canonical_us(value: str, region: str) -> str:
     """:func:`normalize_phone` for a value its one-regex step did not take: a valid Canadian
     number as written in one regex call too (:func:`_canonical_in`), other canonical numbers
-    by :func:`_nanp` (which says why not), the rest parsed."""
+    by :func:`_nanp` (which says why not), a +1 number written with the usual punctuation
+    (:func:`_formatted`) as its canonical form, the rest parsed."""
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -65,7 +67,46 @@ def _after_canonical_us(value: str, region: str) -> str:
         if _canonical_in("CA")(value) is not None:
             return value
         return _nanp(value)
+    if (phone := _formatted(value, region)) is not None:
+        return normalize_phone(phone, region)  # canonical now: decided as written that way
     return _parsed(value, region)
+
+
+#: The punctuation people write between a number's digits: deleted, it leaves the digits
+#: (and a leading ``+``) that :func:`_formatted` reads.
+_FORMATTING: Final = str.maketrans("", "", " -.()")
+#: Regions in which phonenumbers reads ten digits, or eleven starting with 1, as a +1
+#: number with those ten digits (national prefix ``1``, nothing transformed).
+_PLAIN_NANP: Final = frozenset({"US", "CA"})
+#: Longer values go to the parser (it refuses any over 250 characters).
+_FORMATTED_MAX_LENGTH: Final = 40
+
+
+def _formatted(value: str, region: str) -> str | None:
+    """``value`` as canonical ``+1NXXNXXXXXX`` when it is written as people write a +1
+    number: ASCII digits, spaces, ``-``, ``.``, ``(`` and ``)`` only, and either ``+1`` then
+    ten digits, or (for a ``region`` in :data:`_PLAIN_NANP`) ten digits or ``1`` and ten;
+    the area code not starting with 0 or 1. None for anything else: the parser decides it.
+
+    The parser reads every value this returns a number for as that number (property tests
+    and a sweep of every area code hold the two to the same verdicts)."""
+    if len(value) > _FORMATTED_MAX_LENGTH:
+        return None
+    digits = value.translate(_FORMATTING)
+    n = len(digits)
+    if n == 12 and digits[:2] == "+1":
+        national = digits[2:]
+    elif region not in _PLAIN_NANP:
+        return None
+    elif n == 11 and digits[0] == "1":
+        national = digits[1:]
+    elif n == 10:
+        national = digits
+    else:
+        return None
+    if "2" <= national[0] <= "9" and national.isascii() and national.isdigit():
+        return "+1" + national
+    return None
 
 
 def _parsed(value: str, region: str) -> str:

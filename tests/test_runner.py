@@ -33,6 +33,7 @@ from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Group, MessageRecord, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.runner import run_job
+from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in, ledger_events
@@ -462,6 +463,43 @@ async def test_dry_run_sends_and_writes_nothing(jobs: JobFactory) -> None:
     assert (s.sent_groups, s.sent_recipients, s.rejected_rows) == (2, 10, 1)
     assert [len(g.to) for g in s.preview] == [8, 2]
     assert not job.ledger.exists()
+
+
+async def test_a_one_pass_dry_run_finds_what_the_scan_finds(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A job without group_by is scanned and planned in one pass: its summary's input is the
+    scan's, and its --rejected-csv holds the scan's rows (a suppressed member is not one)."""
+    people = numbers(20)
+    rows = [{"phone": p, "first": "x"} for p in people]
+    rows[3:3] = [{"phone": "bad", "first": "y"}, {"phone": people[0], "first": "z"}]
+    jobs.csv(rows)
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    (tmp_path / "list.txt").write_text(people[5] + "\n")
+    settings = replace(FAST, suppression_file=tmp_path / "list.txt")
+    excluded = frozenset({int(people[7][1:])})
+    s = await dry_run(job, settings, excluded=excluded, rejected_csv=tmp_path / "one.csv")
+    scanned = scan_input(job, excluded=excluded, rejected_csv=tmp_path / "scan.csv")
+    assert s.input == scanned
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "scan.csv").read_text()
+    assert (tmp_path / "one.csv").read_text().count("\n") == 4  # header, bad, duplicate, excluded
+    counts = (s.sent_recipients, s.rejected_rows, s.duplicate_rows, s.excluded_rows)
+    assert counts == (18, 2, 1, 1)  # rejected: the bad row and the suppressed member
+
+
+async def test_a_dry_run_refuses_the_input_before_a_ledger_it_cannot_use(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input that loses too many rows is refused (InputError) even when the ledger is
+    another input's: the input's refusal comes first, as in a run."""
+    jobs.people(8)
+    job = jobs.job()
+    await crash_mid_send(job, monkeypatch)
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(3), "bad", "worse"]])
+    with pytest.raises(InputError, match="max_rejected_share"):
+        await dry_run(job, FAST)
+    with pytest.raises(LedgerMismatch):
+        await dry_run(replace(job, max_rejected_share=0.9), FAST)
 
 
 async def test_ledger_lines_are_json_with_an_event(jobs: JobFactory) -> None:
