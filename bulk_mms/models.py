@@ -144,6 +144,9 @@ class Group(msgspec.Struct, frozen=True, eq=False):
     #: the group it was made from, and those members (the run records it before sending).
     origin: str = ""
     suppressed: tuple[str, ...] = ()
+    #: Not sent before this (wall clock, 0: any time): members a carrier refused for now,
+    #: going again after its reset.
+    not_before: float = 0.0
 
     def _identity(self) -> tuple[object, ...]:
         return (self.id, self.seq, self.to, self.lines, self.message)

@@ -236,7 +236,8 @@ def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
     membership, or with every member refused."""
     rec = view.groups.get(group.id)
     if rec is not None and rec.moved and rec.state == SENT and rec.sender is not None:
-        return moved(group, rec.moved, rec.sender, job)  # their sender blocked: from another
+        again = moved(group, rec.moved, rec.sender, job)  # blocked sender, or a carrier's "later"
+        return replace(again, not_before=rec.moved_after) if again is not None else None
     if rec is None or not rec.refused or rec.state not in (FAILED, None):
         return None
     remade = without(group, rec.refused, job)

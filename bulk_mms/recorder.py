@@ -166,9 +166,12 @@ class Recorder:
             )
         )
 
-    def moved(self, group: str, members: tuple[str, ...], sender: str, code: str) -> None:
-        """Members of a sent group failed by their blocked sender go again from another."""
-        self._queue(Moved(group, members, sender, code, self._now()))
+    def moved(
+        self, group: str, members: tuple[str, ...], sender: str, code: str, after: float = 0.0
+    ) -> None:
+        """Members of a sent group go again in a group of their own: from another sender
+        (``sender`` blocked), or not before ``after`` (a carrier's temporary refusal)."""
+        self._queue(Moved(group, members, sender, code, self._now(), after))
         self.log.info("group.moved", group=group, members=len(members), sender=sender, code=code)
 
     def accepted_by_records(self, group: Group, record: MessageRecord) -> None:

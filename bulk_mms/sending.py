@@ -9,6 +9,7 @@ job stopped, if it did.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from collections import Counter, deque
 
@@ -20,6 +21,8 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
+from bulk_mms.config.settings import day_start
+from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -70,6 +73,19 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
     AccountRefused: "account",
     DescriptorsExhausted: "descriptors",
 }
+
+
+def carrier_reset(code: str, daily_reset: str, now: float) -> float:
+    """When a carrier that refused a message for now takes it again (wall clock): T-Mobile's
+    daily brand cap (40016) at the next daily reset (``[limits] daily_reset``), AT&T's
+    per-minute limit (40018) a minute on, the others (spam filtering, an expiry in the queue)
+    at once."""
+    if code == "40016":
+        start = day_start(daily_reset, dt.datetime.fromtimestamp(now, dt.UTC))
+        return (start + dt.timedelta(days=1)).timestamp()
+    if code == "40018":
+        return now + 60.0
+    return 0.0
 
 
 def _quiet(task: asyncio.Future[None]) -> None:
@@ -517,7 +533,8 @@ class GroupSender:
         (40003, 40315) leaves the pool at once, and each member it failed is moved (a rerun
         sends them from another sender, :class:`~bulk_mms.ledger.Moved`); spam filtering
         (40002, 40011), an expiry in the queue (40014) and a carrier's cap (40016, 40018) slow
-        that sender down, as a 429 does."""
+        that sender down, as a 429 does, and the member they failed goes again, in a group of
+        its own, not before the carrier's reset (:func:`carrier_reset`)."""
         code = next((e.code for e in st.errors if e.code), None)
         action = self.settings.error_policy.get(code) if code is not None else None
         sender = rec.sender
@@ -532,6 +549,9 @@ class GroupSender:
                 self._no_senders()
         elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
             self.pacer.on_rate_limited(sender, None, code or "")
+            if st.status in NOT_RECEIVED:  # refused for now: goes again after the reset
+                after = carrier_reset(code or "", self.settings.daily_reset, self.clock.wall())
+                self.recorder.moved(rec.id, (st.phone,), "", code or "", after)
 
     async def _release(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False

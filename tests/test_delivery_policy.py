@@ -3,6 +3,8 @@ own delivery polling brings them to the error policy while it sends."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from msgspec.structs import replace
 
@@ -11,7 +13,7 @@ from bulk_mms.errors import ApiError
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, JobFactory, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
 BLOCKED, HEALTHY = "+18445550001", "+18445550002"
 
@@ -58,3 +60,38 @@ async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
     assert len(healthy) == 40
     r = summarize(job.ledger).recipient_states
     assert (r.valid, r.sent, r.not_attempted) == (40, 40, 0)
+
+
+async def test_a_carriers_daily_cap_in_delivery_reports_defers_only_its_members(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member failed by T-Mobile's daily cap (40016, in its delivery report) goes again
+    after the cap resets, in a group of its own; a rerun before the reset sends nobody, one
+    after it sends that member alone."""
+    monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    monkeypatch.setattr(runner_module, "DELIVERY_SHARE", 1.0)  # a GET a group, here
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient()
+    capped = "+12125550005"
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        cap = ApiError("40016", "T-Mobile daily message limit reached", "")
+        client.delivery[receipt.message_id] = tuple(
+            RecipientStatus(p, "delivery_failed", errors=(cap,))
+            if p == capped
+            else RecipientStatus(p, "delivered")
+            for p in g.to
+        )
+        return receipt
+
+    client.handler = answer
+    settings = replace(FAST, rate=6.0, concurrency=1)  # two seconds of sending, real time
+    await run_job(job, settings, client)
+    sent = len(client.calls)
+    before = await run_job(job, settings, client)
+    assert (len(client.calls), before.sent_groups) == (sent, 0)
+    after_reset = FakeClock(wall=time.time() + 2 * 86_400)
+    await run_job(job, settings, client, clock=after_reset)
+    assert [g.to for g in client.calls[sent:]] == [(capped,)]

@@ -193,15 +193,18 @@ class Remade(msgspec.Struct, frozen=True):
 
 
 class Moved(msgspec.Struct, frozen=True):
-    """Members of a sent group whose delivery failed because their sender is blocked (40003,
-    40315): the sender leaves the job's pool, and they go out again, from another sender, in a
-    group of their own (:func:`bulk_mms.grouping.moved`)."""
+    """Members of a sent group whose delivery failed for a reason that is not theirs: their
+    sender is blocked (40003, 40315; ``sender`` names it, and it leaves the job's pool), or a
+    carrier refused them for now (40002, 40011, 40014, 40016, 40018; ``after``: not before
+    the carrier's reset, wall-clock seconds). They go out again in a group of their own
+    (:func:`bulk_mms.grouping.moved`)."""
 
     group: str
     members: tuple[str, ...] = ()
     sender: str = ""
     code: str = ""
     time: str = ""
+    after: float = 0.0
     kind: ClassVar[str] = "moved"
 
 
@@ -524,6 +527,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
         _str(d, "sender", ""),
         _str(d, "code", ""),
         _time(d),
+        _num(d, "after") or 0.0,
     ),
     "pace": lambda d: Paced(
         _str(d, "sender"),

@@ -89,9 +89,11 @@ class GroupRecord(msgspec.Struct):
     #: How often the API's records showed it never accepted after it was in doubt: each such
     #: send goes under a key of its own.
     resends: int = 0
-    #: Members of this sent group that go again from another sender (``moved``): their state
+    #: Members of this sent group that go again (``moved``: their sender blocked, or a
+    #: carrier's temporary refusal), and not before when (wall clock; 0: at once): their state
     #: is their new group's.
     moved: tuple[str, ...] = ()
+    moved_after: float = 0.0
 
     @property
     def state(self) -> str | None:
@@ -244,6 +246,7 @@ class LedgerView(msgspec.Struct, eq=False):
             case events.Moved():
                 rec = self._group(ev.group, ())
                 rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
+                rec.moved_after = max(rec.moved_after, ev.after)
                 if ev.sender:
                     self.retired.add(ev.sender)
             case events.Planned():
@@ -548,7 +551,12 @@ class LedgerView(msgspec.Struct, eq=False):
             if state == FAILED:
                 out.update(dict.fromkeys(rec.counted, rec.why))
             elif state == SENT and not failed.isdisjoint(rec.to):
-                out.update((p, _delivery_reason(known[p])) for p in rec.to if p in failed)
+                # a moved member goes again (its state is its new group's): not in this list
+                out.update(
+                    (p, _delivery_reason(known[p]))
+                    for p in rec.to
+                    if p in failed and p not in rec.moved
+                )
         return out
 
     def _failed_deliveries(self) -> dict[str, Known]:
