@@ -34,13 +34,14 @@ import datetime as dt
 import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import structlog
 
 from bulk_mms.client import MmsClient
-from bulk_mms.clock import Clock, utc
+from bulk_mms.clock import Clock, iso, utc
 from bulk_mms.codes import DEFAULT_POLICY, Action
+from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -54,7 +55,12 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
+from bulk_mms.ledger.events import Moved
 from bulk_mms.models import Group, OptOut, RecipientStatus, SendReceipt
+
+if TYPE_CHECKING:
+    from bulk_mms.config import Settings
+    from bulk_mms.ledger.fold import GroupRecord
 
 log = structlog.get_logger("bulk_mms.policy")
 
@@ -248,3 +254,41 @@ class PolicyClient:
         if not isinstance(self.client, OptOutLister):
             return [], 1
         return await self.client.fetch_optouts(page, size, from_=from_, profile=profile)
+
+
+def carrier_reset(code: str, daily_reset: str, now: float) -> float:
+    """When a carrier that refused a message for now takes it again (wall clock): T-Mobile's
+    daily brand cap (40016) at the next daily reset (``[limits] daily_reset``), AT&T's
+    per-minute limit (40018) a minute on, the others (spam filtering, an expiry in the queue)
+    at once."""
+    if code == "40016":
+        from bulk_mms.config.settings import day_start  # noqa: PLC0415 - settings import this
+
+        start = day_start(daily_reset, dt.datetime.fromtimestamp(now, dt.UTC))
+        return (start + dt.timedelta(days=1)).timestamp()
+    if code == "40018":
+        return now + 60.0
+    return 0.0
+
+
+def delivery_action(
+    rec: GroupRecord, st: RecipientStatus, settings: Settings, now: float
+) -> tuple[Action | None, Moved | None]:
+    """What a delivery report calls for (the one reading of a carrier code after acceptance,
+    for a run and for ``track``): the policy's action for its code, and the ``moved`` event
+    for its member when it goes again (its sender blocked: from another sender; refused for
+    now: after the carrier's reset), if any. ``(None, None)`` for a report with no code the
+    policy knows, or a group with no sender on record."""
+    code = next((e.code for e in st.errors if e.code), None)
+    action = settings.error_policy.get(code) if code is not None else None
+    if action is None or rec.sender is None or code is None:
+        return None, None
+    stamp = iso(now)
+    if action == Action.RETIRE_SENDER:
+        log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
+        return action, Moved(rec.id, (st.phone,), rec.sender, code, stamp)
+    if action in (Action.SLOW, Action.RETRY, Action.DEFER) and st.status in NOT_RECEIVED:
+        after = carrier_reset(code, settings.daily_reset, now)
+        log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
+        return action, Moved(rec.id, (st.phone,), "", code, stamp, after)
+    return action, None

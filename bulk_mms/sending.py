@@ -9,7 +9,6 @@ job stopped, if it did.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 from collections import Counter, deque
 
@@ -21,8 +20,6 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
-from bulk_mms.config.settings import day_start
-from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -47,7 +44,7 @@ from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
 from bulk_mms.limits import Limit
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import PolicyClient, refused_by_optouts, refused_members
+from bulk_mms.policy import PolicyClient, delivery_action, refused_by_optouts, refused_members
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,
@@ -73,19 +70,6 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
     AccountRefused: "account",
     DescriptorsExhausted: "descriptors",
 }
-
-
-def carrier_reset(code: str, daily_reset: str, now: float) -> float:
-    """When a carrier that refused a message for now takes it again (wall clock): T-Mobile's
-    daily brand cap (40016) at the next daily reset (``[limits] daily_reset``), AT&T's
-    per-minute limit (40018) a minute on, the others (spam filtering, an expiry in the queue)
-    at once."""
-    if code == "40016":
-        start = day_start(daily_reset, dt.datetime.fromtimestamp(now, dt.UTC))
-        return (start + dt.timedelta(days=1)).timestamp()
-    if code == "40018":
-        return now + 60.0
-    return 0.0
 
 
 def _quiet(task: asyncio.Future[None]) -> None:
@@ -534,24 +518,19 @@ class GroupSender:
         sends them from another sender, :class:`~bulk_mms.ledger.Moved`); spam filtering
         (40002, 40011), an expiry in the queue (40014) and a carrier's cap (40016, 40018) slow
         that sender down, as a 429 does, and the member they failed goes again, in a group of
-        its own, not before the carrier's reset (:func:`carrier_reset`)."""
-        code = next((e.code for e in st.errors if e.code), None)
-        action = self.settings.error_policy.get(code) if code is not None else None
-        sender = rec.sender
-        if action is None or sender is None:
+        its own, not before the carrier's reset (:func:`~bulk_mms.policy.carrier_reset`)."""
+        action, moved = delivery_action(rec, st, self.settings, self.clock.wall())
+        if action is None or rec.sender is None:
             return
-        log.warning("delivery.policy", group=rec.id, code=code, action=str(action), sender=sender)
+        sender = rec.sender
+        if moved is not None:
+            self.recorder.moved(moved.group, moved.members, moved.sender, moved.code, moved.after)
         if action == Action.RETIRE_SENDER:
-            # the member goes again, from another sender, in a group of its own (a rerun)
-            self.recorder.moved(rec.id, (st.phone,), sender, code or "")
             self.retired_by_delivery.add(sender)
             if self.pacer.retire(sender) == 0 and not self.stop.is_set():
                 self._no_senders()
         elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
-            self.pacer.on_rate_limited(sender, None, code or "")
-            if st.status in NOT_RECEIVED:  # refused for now: goes again after the reset
-                after = carrier_reset(code or "", self.settings.daily_reset, self.clock.wall())
-                self.recorder.moved(rec.id, (st.phone,), "", code or "", after)
+            self.pacer.on_rate_limited(sender, None, moved.code if moved else "")
 
     async def _release(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False

@@ -45,6 +45,7 @@ from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open
 from bulk_mms.ledger.events import Event, Failed, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
 from bulk_mms.models import RecipientStatus
+from bulk_mms.policy import delivery_action
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict
 from bulk_mms.signals import Stop
@@ -400,7 +401,18 @@ async def track_ledger(
     store = open_store(location, "append")
     try:
         view = store.fold()
-        tracker = Tracker(view, store, client, settings, clock=clock, stop=stop, result=result)
+        clock = clock or SystemClock(stop)
+
+        def on_status(rec: GroupRecord, st: RecipientStatus) -> None:
+            # a member failed by its blocked sender, or refused for now, goes again (a rerun)
+            if (found := delivery_action(rec, st, settings, clock.wall())[1]) is not None:
+                store.append_nowait(found)  # durable when the store closes
+                view.apply(found)
+
+        tracker = Tracker(
+            view, store, client, settings, clock=clock, stop=stop, result=result,
+            on_status=on_status,
+        )  # fmt: skip
         tracker.result.job = view.header.job if view.header is not None else None
         groups = sum(1 for _ in view.sent_groups())
         log.info("track.started", ledger=store.name, groups=groups, follow=follow)

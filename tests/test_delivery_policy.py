@@ -13,6 +13,7 @@ from bulk_mms.errors import ApiError
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
 BLOCKED, HEALTHY = "+18445550001", "+18445550002"
@@ -95,3 +96,25 @@ async def test_a_carriers_daily_cap_in_delivery_reports_defers_only_its_members(
     after_reset = FakeClock(wall=time.time() + 2 * 86_400)
     await run_job(job, settings, client, clock=after_reset)
     assert [g.to for g in client.calls[sent:]] == [(capped,)]
+
+
+async def test_track_moves_what_a_blocked_sender_failed_for_the_next_run(
+    jobs: JobFactory,
+) -> None:
+    """A 40003 that arrives only after the run (track reads it) moves that member all the
+    same: the next run sends it from the other sender, and nobody else."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    spam = ApiError("40003", "Blocked as spam - permanent", "")
+    client.delivery[f"msg-{first.id}-0"] = tuple(
+        RecipientStatus(p, "delivery_failed", errors=(spam,)) if p == first.to[1] else
+        RecipientStatus(p, "delivered")
+        for p in first.to
+    )  # fmt: skip
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    await run_job(job, FAST, client, clock=FakeClock())
+    resent = client.calls[1:]
+    assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]

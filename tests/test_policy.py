@@ -28,6 +28,7 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import load
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.policy import next_midnight, refused_members
@@ -356,8 +357,9 @@ async def test_max_age_expires_what_is_left_that_long_after_the_campaign_began(
 async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
     jobs: JobFactory,
 ) -> None:
-    """A delivery report failing with 40016 (a carrier's daily cap) lands in the failed file
-    marked resendable; one failing with 40008 (undeliverable) does not."""
+    """A delivery report failing with 40016 (a carrier's daily cap) moves its member, to go
+    again after the reset (not in the failed file: the next run after the reset sends it);
+    one failing with 40008 (undeliverable) is in the failed file, for good."""
     jobs.people(2)
     job = jobs.job(extra="group_size = 2")
     client = FakeClient()
@@ -370,8 +372,10 @@ async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
     )
     await track_ledger(job.ledger, FAST, client, clock=FakeClock())
     reasons = dict(summarize(job.ledger).undelivered)
-    assert "resendable" in reasons[g.to[0]]
-    assert reasons[g.to[1]] == "delivery_failed 40008"
+    assert reasons == {g.to[1]: "delivery_failed 40008"}
+    rec = load(job.ledger).groups[g.id]
+    assert rec.moved == (g.to[0],)
+    assert rec.moved_after > FakeClock().wall()  # the carrier's next daily reset
 
 
 def listed(tmp_path: Path, *phones: str) -> tuple[Path, Settings]:
@@ -549,7 +553,8 @@ async def test_the_sandbox_reports_a_carrier_cap_in_delivery_statuses(
     jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
 ) -> None:
     """The fake API's report rule (``*LAST4`` → code): the recipient is accepted, then
-    ``track`` reads delivery_failed with 40016 from the API and the ledger marks it resendable."""
+    ``track`` reads delivery_failed with 40016 from the API and the ledger moves it, to go
+    again after the carrier's reset."""
     fake, url = fake_api
     people = numbers(2)
     fake.report[f"*{people[1][-4:]}"] = "40016"
@@ -558,9 +563,9 @@ async def test_the_sandbox_reports_a_carrier_cap_in_delivery_statuses(
     async with AiohttpMmsClient(url, "test-key-123") as client:
         await run_job(job, FAST, client, clock=FakeClock())
         await track_ledger(job.ledger, FAST, client, clock=FakeClock())
-    reasons = dict(summarize(job.ledger).undelivered)
-    assert list(reasons) == [people[1]]
-    assert reasons[people[1]].startswith("delivery_failed 40016: resendable")
+    assert dict(summarize(job.ledger).undelivered) == {}
+    (rec,) = load(job.ledger).groups.values()
+    assert rec.moved == (people[1],)
 
 
 async def test_a_number_suppressed_after_its_group_went_out_never_regroups_it(
