@@ -204,12 +204,13 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
     jobs: JobFactory, database: str
 ) -> None:
     """Two runs; one is SIGSTOPped until the other has taken its claims over, then woken:
-    with a fake that replays no keys, nobody is texted twice, and every recipient is sent
-    or held in doubt (never lost)."""
+    with a fake that replays no keys, nobody is texted twice, every recipient is sent or held
+    in doubt (never lost), and a rerun (the records complete: records_lag_s = 0) leaves
+    everyone accepted exactly once."""
     fake = FakeTelnyx(api_key=KEY)
     jobs.people(80)
     job = jobs.job(extra="group_size = 2")
-    config = _config(jobs.root, "rate = 10\nconcurrency = 2\nlease_s = 1")
+    config = _config(jobs.root, "rate = 10\nconcurrency = 2\nlease_s = 1", api="records_lag_s = 0")
     where = f"{database}?ledger=paused"
     with fake_api_thread(fake) as url:
         first = _run(job.path, url, config, where)
@@ -228,6 +229,11 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
     view = load(where)
     settled = {p for g in view.groups.values() if g.state in ("sent", "in_doubt") for p in g.to}
     assert settled == set(numbers(80))
+    with fake_api_thread(fake) as url:
+        rerun = _run(job.path, url, config, where)
+        _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err[-400:]
+    assert fake.recipient_counts() == dict.fromkeys(numbers(80), 1)
 
 
 def test_a_terminated_connection_is_survived_or_stops_cleanly(
