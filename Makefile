@@ -21,7 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	rm -f jobs/ledgers/sandbox/demo.jsonl
-	$(BIN)/bulk-mms run jobs/demo.toml --sandbox; test $$? -le 1
+	BULK_MMS_SANDBOX_WEBHOOKS=1 $(BIN)/bulk-mms run jobs/demo.toml --sandbox; test $$? -le 1
 	$(BIN)/bulk-mms -q track jobs/ledgers/sandbox/demo.jsonl --sandbox --follow --format table
 	$(BIN)/bulk-mms report jobs/ledgers/sandbox/demo.jsonl --format table --html jobs/ledgers/sandbox/demo.html
 

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -49,7 +50,7 @@ from bulk_mms.console import (
     run_outcome,
     say,
 )
-from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError
+from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError, MissingExtra
 from bulk_mms.extras import needs
 from bulk_mms.ledger import (
     Location,
@@ -79,6 +80,9 @@ from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import parse_numbers, suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
 from bulk_mms.words import count
+
+if TYPE_CHECKING:
+    from bulk_mms.fake_api import FakeTelnyx
 
 #: A database for the ledger of every run that names none on the command line.
 LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"
@@ -262,8 +266,9 @@ async def _run(
     stop = Stop()
     try:
         with stopping_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+            hooks = job.where if sandbox and os.environ.get(SANDBOX_WEBHOOKS_ENV) else None
             async with (
-                _endpoint(settings, sandbox) as base_url,
+                _endpoint(settings, sandbox, webhooks_into=hooks) as base_url,
                 _client(settings, base_url, key) as client,
             ):
                 return await run_job(
@@ -351,13 +356,19 @@ async def _track(
 
 @contextlib.asynccontextmanager
 async def _endpoint(
-    settings: Settings, sandbox: bool, *, ledger: Location | None = None
+    settings: Settings,
+    sandbox: bool,
+    *,
+    ledger: Location | None = None,
+    webhooks_into: Location | None = None,
 ) -> AsyncIterator[str]:
     """The API's base URL: the configured one, or a sandbox started here for the command.
 
     For ``track --sandbox`` the sandbox first learns the ledger's sent groups (their run had
     a sandbox of its own), and reports them through a carrier timeline: queued, sent, then
-    delivered, or delivery_failed for one number in seven, over a few seconds.
+    delivered, or delivery_failed for one number in seven, over a few seconds. With
+    ``webhooks_into`` (a sandbox run, ``$BULK_MMS_SANDBOX_WEBHOOKS`` set), the same timeline
+    reaches that ledger as signed webhooks once the command is done (:func:`_sandbox_webhooks`).
     """
     if not sandbox:
         yield settings.base_url
@@ -368,8 +379,9 @@ async def _endpoint(
         refuse=dict(fake_api.SANDBOX_REFUSE),
         report=dict(fake_api.SANDBOX_REPORT),
     )
-    if ledger is not None:
+    if ledger is not None or webhooks_into is not None:
         fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)
+    if ledger is not None:
         now = SystemClock().wall()
         for g in load(ledger).sent_groups():
             fake.adopt(g.message_id or "", g.sender or "", g.to, max(0.0, now - g.sent_at))
@@ -382,6 +394,61 @@ async def _endpoint(
             "sandbox.started", base_url=url, faults=len(fake.faults)
         )
         yield url
+        if webhooks_into is not None and fake.accepted:
+            await _sandbox_webhooks(fake, webhooks_into)
+
+
+#: ``run --sandbox`` with this set: the sandbox's carrier reports by signed webhook too.
+SANDBOX_WEBHOOKS_ENV = "BULK_MMS_SANDBOX_WEBHOOKS"
+#: How long a sandbox run posts its carrier's webhooks for (its timeline ends in 3 s).
+SANDBOX_WEBHOOKS_S = 6.0
+
+
+async def _sandbox_webhooks(fake: FakeTelnyx, where: Location) -> None:
+    """The sandbox's carrier reports each recipient's fate (``message.sent``, then
+    ``message.finalized``) by signed webhook to a receiver started on this machine for the
+    run's ledger: the path a real campaign's webhooks take, end to end (``make demo``).
+    Without the ``webhooks`` extra (cryptography), it is skipped."""
+    logger = structlog.get_logger(__name__)
+    try:
+        with needs("webhooks", "the sandbox's webhooks"):
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+                Ed25519PrivateKey,
+            )
+
+            from bulk_mms.webhooks import serve_webhooks  # noqa: PLC0415 - cryptography
+    except MissingExtra:
+        logger.info("sandbox.webhooks_skipped", reason="no cryptography (bulk-mms[webhooks])")
+        return
+    signer = Ed25519PrivateKey.generate()
+    fake.signing_key = signer
+    done, ready = asyncio.Event(), asyncio.Event()
+    address: list[str] = []
+
+    def started(where_at: str) -> None:
+        address.append(where_at)
+        ready.set()
+
+    serving = asyncio.create_task(
+        serve_webhooks(where, "127.0.0.1", 0, signer.public_key(), done, started=started)
+    )
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        fake.webhook_url = f"http://{address[0]}/webhooks"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + SANDBOX_WEBHOOKS_S
+        everyone = sum(len(m.to) for m in fake.accepted)
+        while loop.time() < end:
+            await fake.pump_webhooks()
+            finals = sum(1 for p in fake.webhooks_sent if p.event_type == "message.finalized")
+            if finals >= everyone:
+                break  # every recipient's fate is told
+            await asyncio.sleep(0.5)
+    finally:
+        done.set()
+    receiver = await serving
+    logger.info("sandbox.webhooks", recorded=receiver.recorded, posted=len(fake.webhooks_sent))
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:

@@ -12,10 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bulk_mms import commands
 from bulk_mms.cli import main
 from bulk_mms.config.folders import sandbox_ledger, sandbox_list
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import Planned, read_events
+from bulk_mms.testing import ledger_events
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -264,3 +266,21 @@ def test_a_sandbox_run_leaves_the_configured_suppression_list_alone(
     capsys.readouterr()
     assert main(["track", str(job.ledger), "--sandbox"]) == 2
     assert "not a sandbox run's ledger" in capsys.readouterr().err
+
+
+def test_a_sandbox_run_can_report_by_signed_webhooks(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With BULK_MMS_SANDBOX_WEBHOOKS set (make demo), the sandbox's carrier posts signed
+    webhooks to a receiver for the run's ledger, which verifies and records them."""
+    monkeypatch.setenv(commands.SANDBOX_WEBHOOKS_ENV, "1")
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
+    hooks = [
+        e
+        for e in ledger_events(sandbox_ledger(job.ledger))
+        if e["event"] == "status" and e["source"] == "webhook"
+    ]
+    assert {e["recipient"] for e in hooks} == set(numbers(8))
+    assert {e["status"] for e in hooks} <= {"delivered", "delivery_failed", "sent", "queued"}
