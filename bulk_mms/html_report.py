@@ -26,7 +26,7 @@ from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
-from bulk_mms.report import LedgerSummary, summarize
+from bulk_mms.report import LedgerSummary, cost_words, summarize
 from bulk_mms.words import count, error_words
 
 if TYPE_CHECKING:
@@ -129,7 +129,14 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         "<h2>Senders</h2>",
         _figure(_senders_chart(t), "senders", "groups sent by each number"),
         "<h2>Cost</h2>",
-        _table(("currency", "amount"), [(k, f"{v:.4f}") for k, v in sorted(s.cost.items())]),
+        _table(
+            ("currency", "amount", "final", "estimated"),
+            [
+                (k, f"{final + est:.4f}", f"{final:.4f}", f"{est:.4f}")
+                for k, (final, est) in sorted(s.cost_parts.items())
+            ],
+        ),
+        f"<p>{_e(cost_words(s))}</p>",
         "<h2>Not sent, and why</h2>",
         _table(
             ("state", "groups", "recipients", "why"),
