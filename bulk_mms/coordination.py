@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from bulk_mms.budget import AccountBudget
     from bulk_mms.clock import Clock
     from bulk_mms.ledger.store import LedgerStore
+    from bulk_mms.rate import AccountBudget
 
 
 @dataclass(frozen=True, slots=True)

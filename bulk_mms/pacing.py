@@ -10,17 +10,17 @@ Four gates stand before every request, in this order:
    pause (after a 429, or to let a long queue drain). Pure logic with an explicit ``now``, so the
    controller is tested without any clock.
 2. **Per number, fixed**: a sender with a configured limit (``sender_limits`` or
-   ``type_limits``) also passes a :class:`~bulk_mms.budget.FixedRate` at that limit, so
+   ``type_limits``) also passes a :class:`~bulk_mms.rate.FixedRate` at that limit, so
    nothing the controller does (its banked catch-up credit included) takes it above.
-3. **Account-wide** (an :class:`~bulk_mms.budget.AccountBudget`, by default the in-process
-   :class:`~bulk_mms.budget.LocalBudget`): the account pause, admission spaced at the
+3. **Account-wide** (an :class:`~bulk_mms.rate.AccountBudget`, by default the in-process
+   :class:`~bulk_mms.rate.LocalBudget`): the account pause, admission spaced at the
    configured ``rate``, and, right before the request leaves (:meth:`Pacer.send_slot`), the
    window guard that makes "no one-second window above ``rate``" hold exactly, even when a
    wake-up comes late. An admission stale by then (older than
-   :func:`~bulk_mms.budget.permit_max_age`: a commit stalled) is taken again first.
+   :func:`~bulk_mms.rate.permit_max_age`: a commit stalled) is taken again first.
 4. The number in flight, bounded by the runner's workers.
 
-Where aiolimiter is used, and where not (the details are in :mod:`bulk_mms.budget`):
+Where aiolimiter is used, and where not (the details are in :mod:`bulk_mms.rate`):
 aiolimiter's leaky bucket holds the *fixed* limits, gates 2 and 3's spacing (and ``track``'s GET
 rate), driven by the injected :class:`~bulk_mms.clock.Clock` rather than the loop's time. The
 adaptive per-sender rate (gate 1) is our own GCRA, since aiolimiter's rate is fixed when it is
@@ -55,7 +55,8 @@ from collections.abc import Callable, Sequence
 import msgspec
 import structlog
 
-from bulk_mms.budget import (
+from bulk_mms.clock import Clock, SystemClock
+from bulk_mms.rate import (
     CATCH_UP_S,
     AccountBudget,
     FixedRate,
@@ -65,7 +66,6 @@ from bulk_mms.budget import (
     permit_max_age,
     wait_until,
 )
-from bulk_mms.clock import Clock, SystemClock
 
 # Re-exported: the runner, the CLI and the tests import these from here.
 __all__ = [
@@ -320,7 +320,7 @@ class Pacer:
         stopped: whether the job is stopping; every wait checks it after each sleep and gives
             up (:class:`PaceAborted`) instead of waiting on.
         budget: what the account's senders share (admission at ``rate``, pauses, the window
-            guard); by default a :class:`~bulk_mms.budget.LocalBudget` on ``clock``. One passed
+            guard); by default a :class:`~bulk_mms.rate.LocalBudget` on ``clock``. One passed
             in must run on the same clock.
     """
 
@@ -487,7 +487,7 @@ class Pacer:
         Called right before the request leaves, *after* the write-ahead ledger entry: the fsync
         between :meth:`acquire` and here releases several workers at once, and only a check at
         the moment of sending keeps the windows the server sees within the cap. An admission
-        older than :func:`~bulk_mms.budget.permit_max_age` by now (the commit stalled, the
+        older than :func:`~bulk_mms.rate.permit_max_age` by now (the commit stalled, the
         process was paused) is taken again from the account budget first, so admissions that
         piled up during a stall leave spaced at ``rate``, not together, however many processes
         share the budget. (The sender's own pace and ceiling are not taken again: they bound

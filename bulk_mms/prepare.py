@@ -302,7 +302,7 @@ async def dry_run(
 
     The summary's ``sent_*`` counts are what a real run with the same settings would send now:
     the skip/hold decision is the runner's own (:func:`disposition`), its limits are checked
-    as a run checks them (:func:`~bulk_mms.limits.run_limits`: ``max_cost`` needs a price).
+    as a run checks them (:func:`~bulk_mms.caps.run_limits`: ``max_cost`` needs a price).
     A job with ``group_by`` is scanned first (where each key ends decides its groups); any
     other is scanned and planned in one pass.
 
@@ -357,7 +357,7 @@ class _DryRun:
     def check_ledger(self, job: JobConfig, view: LedgerView, scan: InputScan) -> None:
         """The refusals after the input's, in a run's order (limits, then the ledger's job
         and input); then what the summary says of the ledger."""
-        from bulk_mms.limits import run_limits  # noqa: PLC0415 - limits builds on prepare
+        from bulk_mms.caps import run_limits  # noqa: PLC0415 - limits builds on prepare
 
         self.s.input = scan
         run_limits(job, self.settings, view, self.clock)

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 from msgspec.structs import replace
 
+from bulk_mms.caps import run_limits
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
@@ -32,7 +33,6 @@ from bulk_mms.errors import (
 from bulk_mms.gates import Gates
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
-from bulk_mms.limits import run_limits
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
     check_resumable,

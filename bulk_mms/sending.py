@@ -16,6 +16,7 @@ import msgspec
 import structlog
 from msgspec.structs import replace
 
+from bulk_mms.caps import Limit
 from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.codes import Action
@@ -41,7 +42,6 @@ from bulk_mms.gates import job_deadline
 from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
-from bulk_mms.limits import Limit
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
 from bulk_mms.policy import PolicyClient, delivery_action, refused_by_optouts, refused_members

@@ -28,7 +28,6 @@ from typing import Any
 import msgspec
 import structlog
 
-from bulk_mms.budget import FixedRate, PaceAborted
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import Settings
@@ -46,6 +45,7 @@ from bulk_mms.ledger.events import Event, Failed, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action
+from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict
 from bulk_mms.signals import Stop

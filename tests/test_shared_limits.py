@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms.caps import DailyCap, FileTally, SpendCeiling, Tally
 from bulk_mms.console import exit_for
 from bulk_mms.errors import LimitReached
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger.pgbudget import PostgresTally
-from bulk_mms.limits import DailyCap, FileTally, SpendCeiling, Tally
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize

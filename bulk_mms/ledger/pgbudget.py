@@ -9,7 +9,7 @@ it on by the cost's spacing, so N processes together are spaced as one. The spac
 allowance and a 5 % margin, so no one-second window at the API holds more than ``rate`` even
 with tens of milliseconds of jitter between admission and arrival.
 
-Times cross the :class:`~bulk_mms.budget.AccountBudget` seam on the process's monotonic clock;
+Times cross the :class:`~bulk_mms.rate.AccountBudget` seam on the process's monotonic clock;
 they are converted at each round trip by the offset between it and the database's clock.
 ``pause`` is synchronous (the pacer's 429 path is): it takes effect here at once and is written
 through by a task of its own.
@@ -30,9 +30,9 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 
-from bulk_mms.budget import PaceAborted, Pauses, WindowGuard
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerError, LedgerUnavailable
+from bulk_mms.rate import PaceAborted, Pauses, WindowGuard
 
 #: Spacing is ``cost / rate`` times this: room for jitter between admission and arrival (the
 #: write-ahead commit and the connection lie between them): 50 ms in any second.
@@ -62,7 +62,7 @@ _SENDER_PAUSES: Final = "SELECT sender, until FROM bulk_mms_sender_pauses WHERE 
 
 
 class PostgresBudget(Pauses):
-    """An :class:`~bulk_mms.budget.AccountBudget` in the database. Build it with
+    """An :class:`~bulk_mms.rate.AccountBudget` in the database. Build it with
     :meth:`PostgresStore.account_budget <bulk_mms.ledger.postgres.PostgresStore.account_budget>`.
     """
 
@@ -210,7 +210,7 @@ _TALLY_ADD: Final = "UPDATE bulk_mms_limits SET used = greatest(0, used + %s) WH
 
 
 class PostgresTally:
-    """A :class:`~bulk_mms.limits.Tally` in the ledger's database, shared by every process
+    """A :class:`~bulk_mms.caps.Tally` in the ledger's database, shared by every process
     and job that uses it: a row of ``bulk_mms_limits`` per count, changed atomically.
 
     A count that has no row yet is made with the ``seed`` its first taker passes (an insert

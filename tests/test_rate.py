@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bulk_mms.budget import AccountBudget, FixedRate, LocalBudget, PaceAborted, permit_max_age
 from bulk_mms.pacing import Pacer, PacingConfig
+from bulk_mms.rate import AccountBudget, FixedRate, LocalBudget, PaceAborted, permit_max_age
 from bulk_mms.testing import FakeClock
 
 

@@ -65,7 +65,7 @@ __all__ = [
     "run_limits",
 ]
 
-log = structlog.get_logger("bulk_mms.limits")
+log = structlog.get_logger("bulk_mms.caps")
 
 
 class Tally(Protocol):
