@@ -12,7 +12,7 @@ end of the input.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from msgspec.structs import replace
 
@@ -124,11 +124,17 @@ def without(group: Group, drop: Container[str], job: JobConfig) -> Group | None:
     """The group made anew without the members in ``drop`` (opted out, suppressed): its own
     id (so its own Idempotency-Key: the first was never accepted), its message filled for the
     members left, its place in the job kept. None when nobody is left."""
+    return _regroup(group, lambda phone: phone not in drop, job)
+
+
+def _regroup(group: Group, keeps: Callable[[str], bool], job: JobConfig) -> Group | None:
+    """``group`` made anew of the members ``keeps`` keeps, its message filled for them, its
+    place in the job kept; None when it keeps nobody."""
     rows = group.rows or ({},) * len(group.to)
     keep = [
         Recipient(phone, line, fields)
         for phone, line, fields in zip(group.to, group.lines, rows, strict=True)
-        if phone not in drop
+        if keeps(phone)
     ]
     return _Grouper(job).make(keep, group.seq) if keep else None
 
@@ -149,16 +155,8 @@ def moved(group: Group, members: Container[str], sender: str, job: JobConfig) ->
     blocked ``sender`` (a :class:`~bulk_mms.ledger.Moved` event): its message filled for them,
     its place in the job kept, and an id of its own (so its own Idempotency-Key), derived from
     the first group's and the blocked sender's. None when none of them is a member."""
-    rows = group.rows or ({},) * len(group.to)
-    keep = [
-        Recipient(phone, line, fields)
-        for phone, line, fields in zip(group.to, group.lines, rows, strict=True)
-        if phone in members
-    ]
-    if not keep:
-        return None
-    made = _Grouper(job).make(keep, group.seq)
-    return replace(made, id=group_id(job.name, (group.id, sender)))
+    made = _regroup(group, lambda phone: phone in members, job)
+    return replace(made, id=group_id(job.name, (group.id, sender))) if made else None
 
 
 def make_groups(
