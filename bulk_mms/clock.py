@@ -3,7 +3,12 @@
 Pacing, retries, deadlines, the runner, ``track`` and the webhook receiver all take a
 :class:`Clock`. The real one is :class:`SystemClock` (the monotonic time the event loop reads,
 the system's wall clock, and a sleep that a stop ends at once); tests pass
-:class:`bulk_mms.testing.FakeClock`, whose sleep moves both of its times on without waiting.
+:class:`bulk_mms.testing.FakeClock`, which reads the loop's time too, on a virtual loop clock
+(``looptime``) that fast-forwards every wait.
+
+Every clock's monotonic time runs at the event loop's pace (it may start elsewhere): the rate
+limiters (:class:`aiolimiter.AsyncLimiter`, in :mod:`bulk_mms.rate`) keep the loop's time, and
+only durations pass between the two.
 
 The wall clock also stamps ledger events (:meth:`Clock.stamp`), and :func:`parse_time` reads
 those stamps (and the API's) back as instants: no time is ever compared as a string.
@@ -22,7 +27,8 @@ class Clock(Protocol):
     """Time as the job sees it."""
 
     def monotonic(self) -> float:
-        """Seconds on a clock that never jumps: pacing, backoff and deadlines."""
+        """Seconds on a clock that never jumps and runs at the event loop's pace: pacing,
+        backoff and deadlines."""
         ...
 
     def wall(self) -> float:
@@ -45,9 +51,12 @@ class SystemClock:
         self._stopping = stopping
 
     def monotonic(self) -> float:
-        # what asyncio's own loop reads for its time (BaseEventLoop.time), without asking
-        # for the running loop on every call: the pacer reads it several times a group
-        return time.monotonic()
+        # the running loop's own time (which aiolimiter's buckets keep too); outside a loop,
+        # what asyncio's loops read (BaseEventLoop.time)
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
 
     def wall(self) -> float:
         return time.time()

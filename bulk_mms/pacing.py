@@ -22,7 +22,8 @@ Four gates stand before every request, in this order:
 
 Where aiolimiter is used, and where not (the details are in :mod:`bulk_mms.rate`):
 aiolimiter's leaky bucket holds the *fixed* limits, gates 2 and 3's spacing (and ``track``'s GET
-rate), driven by the injected :class:`~bulk_mms.clock.Clock` rather than the loop's time. The
+rate), through its public API and on the event loop's clock, at whose pace every
+:class:`~bulk_mms.clock.Clock` runs. The
 adaptive per-sender rate (gate 1) is our own GCRA, since aiolimiter's rate is fixed when it is
 built while the controller moves this one every few seconds, and a pause must forfeit banked
 credit. The window guard is our own too: a leaky bucket deep enough to absorb late wake-ups
@@ -315,7 +316,8 @@ class Pacer:
         config: rates and the queue-wait target.
         senders: the pool of ``from`` values.
         clock: the job's clock (:class:`~bulk_mms.clock.SystemClock` by default); tests pass a
-            :class:`~bulk_mms.testing.FakeClock`. Its sleep should return early when the job is
+            :class:`~bulk_mms.testing.FakeClock`. It runs at the event loop's pace (the fixed
+            limits keep the loop's time), and its sleep should return early when the job is
             asked to stop.
         stopped: whether the job is stopping; every wait checks it after each sleep and gives
             up (:class:`PaceAborted`) instead of waiting on.
@@ -441,11 +443,11 @@ class Pacer:
             and self._sender_earliest(pace, cost) - now <= 1e-6
         ):
             # The common case, without the lock and the waits: nobody waits for this sender,
-            # it may send now, and so may the account (nothing here awaits in between). Past
+            # it may send now, and so may the account (nothing here suspends in between). Past
             # the deadline the waiting path below says so (PaceAborted), room or not.
-            admitted = self.budget.admit_now(cost)
+            admitted = await self.budget.admit_now(cost)
             if admitted is not None:
-                return self._admitted(sender, pace, cost, admitted)
+                return await self._admitted(sender, pace, cost, admitted)
         async with lock:
             # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
             try:
@@ -465,13 +467,13 @@ class Pacer:
             # Charged only once the account admitted it: an abort above costs the sender
             # nothing. Its lock is held, so the room seen before the account's wait is still
             # there (a bucket's room only grows with time).
-            return self._admitted(sender, pace, cost, now)
+            return await self._admitted(sender, pace, cost, now)
 
-    def _admitted(self, sender: str, pace: SenderPace, cost: float, now: float) -> Ticket:
+    async def _admitted(self, sender: str, pace: SenderPace, cost: float, now: float) -> Ticket:
         """Charge an admission of ``cost`` at ``now`` to the sender; its ticket."""
         ceiling = self._ceilings.get(sender)
         if ceiling is not None:
-            ceiling.take(cost)
+            await ceiling.acquire(cost)  # the room is there (it was waited for): no wait
         first = pace.tat is None  # its first send of the run
         ticket = pace.admit(now, cost)
         self.admitted += 1

@@ -33,27 +33,25 @@ writes a ``pause`` through on its next one (or from a task of its own).
 Where aiolimiter is used, and where not
 ---------------------------------------
 
-:class:`FixedRate` wraps :class:`aiolimiter.AsyncLimiter` for the *fixed* limits, whose rate
-is known when they are built: the account-wide ``rate`` (inside :class:`LocalBudget`), a
-sender's configured per-number ceiling (in the pacer), and ``track``'s GET rate. Its leaky
-bucket (the level, the leak, :meth:`~aiolimiter.AsyncLimiter.has_capacity`, the
-``ValueError`` for an amount above capacity) is aiolimiter's own. Two things are not:
+:class:`FixedRate` is :class:`aiolimiter.AsyncLimiter`, used through its public API
+(``has_capacity``, ``acquire``), for the *fixed* limits, whose rate is known when they are
+built: the account-wide ``rate`` (inside :class:`LocalBudget`), a sender's configured
+per-number ceiling (in the pacer), and ``track``'s GET rate. The bucket is aiolimiter's own;
+:class:`FixedRate` waits for room in it on the job's clock (a stop ends that wait, and a
+deadline refuses to begin it) and only then charges it.
 
-* **Its clock.** aiolimiter reads ``loop.time()`` in exactly one place, ``_leak``; the
-  private subclass :class:`_ClockedLimiter` overrides that one method to read the injected
-  :class:`~bulk_mms.clock.Clock` instead, so a :class:`~bulk_mms.testing.FakeClock` (whose
-  sleep moves its own time, never the loop's) drives it.
-* **Its waiting.** ``AsyncLimiter.acquire`` parks waiters on futures woken by
-  ``loop.call_at``: on the loop's clock again, and with no way to give up at a deadline or on
-  a stop. :class:`FixedRate` instead sleeps on the injected clock until ``has_capacity()``
-  holds, and only then charges the bucket, so aiolimiter never has to wait itself.
+aiolimiter keeps time by the event loop's clock, so every :class:`~bulk_mms.clock.Clock`
+runs at the loop's pace: :class:`~bulk_mms.clock.SystemClock` is the loop's own time, and
+:class:`~bulk_mms.testing.FakeClock` reads the loop's time too (tests run the loop on a
+virtual clock, ``looptime``, where every wait is fast-forwarded). Only durations cross
+between the two, never instants, so a clock may start anywhere.
 
 aiolimiter is not used, and our own code stays, for:
 
 * **The adaptive per-sender rate** (:class:`bulk_mms.pacing.SenderPace`): the controller
   moves it every few seconds, while aiolimiter's ``max_rate / time_period`` is fixed when the
-  limiter is built (``_rate_per_sec`` is computed once in ``__init__``). A sender's pause also
-  forfeits the credit it would have banked, which a leaky bucket has no notion of.
+  limiter is built. A sender's pause also forfeits the credit it would have banked, which a
+  leaky bucket has no notion of.
 * **"No one-second window above rate"** (:class:`WindowGuard`): a leaky bucket of depth ``D``
   admits ``D`` at once from full credit and ``rate`` more within the same second, so some
   window holds ``rate + D``. Only ``D`` near zero would avoid that, and then every late
@@ -96,6 +94,18 @@ PERMIT_MAX_AGE_S = 1.0
 #: ... and at least this, however high the rate: an ordinary write-ahead commit (an fsync, a
 #: round trip to the database) is younger, so it never costs an admission taken twice.
 PERMIT_MIN_AGE_S = 0.025
+
+
+#: How finely :meth:`FixedRate.ready_at` measures the room in a bucket: to ``2**-40`` of the
+#: amount asked for.
+_ROOM_BITS = 40
+#: The shortest wait for room, in seconds (above :func:`wait_until`'s tolerance): a bucket a
+#: rounding error short of room is ready a little later, never at the same instant again (a
+#: loop whose time stands still, a virtual one, would spin on that instant).
+_MIN_WAIT_S = 1e-5
+#: A bucket this share of an amount short of room has room for it: the rest is the rounding
+#: error of its float arithmetic, not time still to wait.
+_HAIR = 1e-9
 
 
 def permit_max_age(rate: float) -> float:
@@ -151,36 +161,13 @@ async def wait_until(
     return clock.monotonic()
 
 
-class _ClockedLimiter(AsyncLimiter):
-    """aiolimiter's leaky bucket, leaking by the injected clock instead of the loop's. Private.
-
-    Only :class:`FixedRate` uses it, and never lets :meth:`AsyncLimiter.acquire` wait (which
-    would set a timer on the loop's clock): it calls nothing but ``has_capacity`` and reads
-    and charges ``_level`` after its own wait.
-    """
-
-    __slots__ = ("_clock",)
-
-    def __init__(self, max_rate: float, time_period: float, clock: Clock) -> None:
-        super().__init__(max_rate, time_period)
-        self._clock = clock
-        self._last_check = clock.monotonic()
-
-    def _leak(self) -> None:
-        # aiolimiter's own _leak, with the clock swapped: drip out what the elapsed time allows
-        now = self._clock.monotonic()
-        if self._level:
-            elapsed = now - self._last_check
-            self._level = max(self._level - elapsed * self._rate_per_sec, 0.0)
-        self._last_check = now
-
-
 class FixedRate:
-    """A fixed rate limit on the injected clock: aiolimiter's leaky bucket, our waiting.
+    """A fixed rate limit: an :class:`aiolimiter.AsyncLimiter`, waited for on the job's clock.
 
     ``rate`` units per second, banking at most ``depth`` units of credit (the most admitted
-    at once after an idle spell). It starts with ``credit`` units banked (``depth`` by
-    default, as aiolimiter does). Use it where a rate is fixed for the limiter's life::
+    at once after an idle spell). It starts with ``credit`` units of room (``depth`` by
+    default, as aiolimiter does), from its first use. Use it where a rate is fixed for the
+    limiter's life::
 
         gets = FixedRate(settings.track.rate, clock, stopped=stop.is_set)
         ...
@@ -190,15 +177,19 @@ class FixedRate:
     The rate cannot change once built (aiolimiter's cannot): to slow down for the rest of a
     run (after a 429, say), build a new one, ``FixedRate(max(0.1, gets.rate / 2), clock)``.
 
+    The bucket is aiolimiter's, through its public API: :meth:`ready_at` learns the room in it
+    from ``has_capacity`` and charges with ``acquire`` only once the room is there, so the wait
+    itself is a sleep on the job's clock, which a stop ends and a deadline refuses to begin.
+
     Args:
         rate: units per second.
-        clock: the job's clock; all waiting is ``clock.sleep``.
+        clock: the job's clock (it runs at the event loop's pace, as aiolimiter's does).
         depth: the bucket's capacity, in units; no single acquire may ask for more.
-        credit: units banked at start, at most ``depth``.
+        credit: units of room at the start, at most ``depth``.
         stopped: whether the job is stopping; a wait then raises :class:`PaceAborted`.
     """
 
-    __slots__ = ("_limiter", "_lock", "_stopped", "clock", "depth", "rate")
+    __slots__ = ("_limiter", "_lock", "_owed", "_stopped", "clock", "depth", "rate")
 
     def __init__(
         self,
@@ -217,45 +208,75 @@ class FixedRate:
         self.depth = depth
         self.clock = clock
         self._stopped = stopped
-        self._limiter = _ClockedLimiter(depth, depth / rate, clock)
-        # a full level is no credit: start with ``credit`` units of room
-        self._limiter._level = depth - min(depth, depth if credit is None else credit)
-        # FIFO among waiters; one sleeper at a time, so a fake clock moves once per admission
+        self._limiter = AsyncLimiter(depth, depth / rate)
+        #: Charged at the first use, so that the bucket starts with ``credit`` units of room
+        #: (a new AsyncLimiter has all of its ``depth``).
+        self._owed = depth - min(depth, depth if credit is None else credit)
+        # FIFO among waiters; one sleeper at a time, so a clock moves once per admission
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<FixedRate {self.rate:g}/s depth={self.depth:g}>"
 
-    def ready_at(self, amount: float = 1.0) -> float:
-        """When ``amount`` units fit (now, or later), on the clock's monotonic time."""
-        limiter = self._limiter
-        if limiter.has_capacity(amount):
-            return limiter._last_check
-        needed = limiter._level + amount - limiter.max_rate
-        return limiter._last_check + needed / self.rate
-
-    def take(self, amount: float = 1.0) -> None:
-        """Charge ``amount`` now. For callers that waited for :meth:`ready_at` themselves;
-        a rounding hair early only delays the next admission by as much."""
+    def _check(self, amount: float) -> None:
         if not 0 <= amount <= self.depth:
             raise ValueError(f"amount {amount:g} is not between 0 and the depth {self.depth:g}")
-        self._limiter.has_capacity(amount)  # leak up to now first
-        self._limiter._level += amount
+
+    def ready_at(self, amount: float = 1.0) -> float:
+        """When ``amount`` fits (now, or later), on the clock's monotonic time.
+
+        The room now is the most that ``has_capacity`` admits, to within :data:`_ROOM_BITS`
+        halvings of ``amount``; the rest leaks at ``rate``.
+        """
+        fits = self._limiter.has_capacity
+        now = self.clock.monotonic()
+        if self._fitting(amount) is not None:
+            return now
+        room, short = 0.0, amount  # has_capacity holds for room and fails for short
+        for _ in range(_ROOM_BITS):
+            mid = (room + short) / 2
+            if fits(mid + self._owed):
+                room = mid
+            else:
+                short = mid
+        return now + max((amount - room) / self.rate, _MIN_WAIT_S)
+
+    def _fitting(self, amount: float) -> float | None:
+        """What to charge for ``amount`` now: itself if it fits; a hair less if only that fits
+        (the bucket's float arithmetic left it a rounding error short, :data:`_HAIR`); else
+        None."""
+        for charge in (amount, amount * (1 - _HAIR)):
+            if self._limiter.has_capacity(charge + self._owed):
+                return charge
+        return None
+
+    def has_room(self, amount: float = 1.0) -> bool:
+        """Whether ``amount`` fits now with nobody waiting before it (then :meth:`acquire`
+        takes it without suspending)."""
+        return not self._lock.locked() and self._fitting(amount) is not None
 
     async def acquire(self, amount: float = 1.0, deadline: float | None = None) -> float:
-        """Wait on the clock until ``amount`` fits, charge it, and return the time then.
+        """Wait on the clock until ``amount`` fits, take it, and return the time then.
 
         Raises:
             ValueError: ``amount`` exceeds ``depth`` (it could never fit).
             PaceAborted: the job is stopping, or it would not fit by ``deadline``.
         """
-        if not 0 <= amount <= self.depth:
-            raise ValueError(f"amount {amount:g} is not between 0 and the depth {self.depth:g}")
+        self._check(amount)
         async with self._lock:
-            now = await wait_until(
-                self.clock, lambda: self.ready_at(amount), stopped=self._stopped, deadline=deadline
-            )
-            self.take(amount)
+            charge: float | None = None
+            while charge is None:  # (a wake-up that read the clock a hair early waits on)
+                now = await wait_until(
+                    self.clock,
+                    lambda: self.ready_at(amount),
+                    stopped=self._stopped,
+                    deadline=deadline,
+                )
+                charge = self._fitting(amount)
+            if self._owed:
+                owed, self._owed = self._owed, 0.0
+                await self._limiter.acquire(owed)  # a new bucket has room for it: no wait
+            await self._limiter.acquire(charge)  # it fits now: no wait
             return now
 
 
@@ -314,9 +335,10 @@ class AccountBudget(Protocol):
         extends, never shortens."""
         ...
 
-    def admit_now(self, cost: float) -> float | None:
+    async def admit_now(self, cost: float) -> float | None:
         """Admit ``cost`` at once if that needs no wait and nobody waits before it: the
-        admission time; else None (and nothing is charged: :meth:`acquire` then waits)."""
+        admission time; else None (and nothing is charged: :meth:`acquire` then waits).
+        It never suspends."""
         ...
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
@@ -397,16 +419,17 @@ class LocalBudget(Pauses):
     def __repr__(self) -> str:
         return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"
 
-    def admit_now(self, cost: float) -> float | None:
-        # what acquire does when its wait would not sleep: the same check, without the lock
-        # and the wait (nothing here awaits, so nothing else runs between check and charge)
-        if self._account_lock.locked():
-            return None
-        at = max(self.paused_until(), self._bucket.ready_at(cost))
+    async def admit_now(self, cost: float) -> float | None:
+        # what acquire does when its wait would not sleep: nothing here suspends, so nothing
+        # else runs between the checks and the charge
         now = self.clock.monotonic()
-        if at - now > 1e-6:
+        if (
+            self._account_lock.locked()
+            or self.paused_until() - now > 1e-6
+            or not self._bucket.has_room(cost)
+        ):
             return None
-        self._bucket.take(cost)
+        await self._bucket.acquire(cost)
         return now
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
@@ -420,7 +443,7 @@ class LocalBudget(Pauses):
             )
             if deadline is not None and now > deadline:  # the lock's queue took it past
                 raise PaceAborted("deadline", now)
-            self._bucket.take(cost)
+            await self._bucket.acquire(cost)  # the room is there: no wait
             return now
 
     async def send_slot(self, cost: float) -> float:

@@ -63,10 +63,6 @@ from bulk_mms.track import Tracker
 
 log = structlog.get_logger("bulk_mms.runner")
 
-#: After this many groups in a row end without a usable answer (a transient error with their
-#: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
-#: resumes) instead of going through every group.
-UNREACHABLE_AFTER = 3
 #: The longest a run waits, before it ends, for the API's records of its groups in doubt to
 #: be complete (``[api] records_lag_s`` set low); past it, a later run looks.
 SETTLE_WAIT_S = 60.0

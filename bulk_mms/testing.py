@@ -2,7 +2,8 @@
 
 :class:`FakeClient` stands behind the :class:`~bulk_mms.client.MmsClient` seam (like httpx's
 ``MockTransport``): its answers come from a handler you write. :class:`FakeClock` is a clock
-whose sleeps move time on at once, usable as the runner's ``clock`` and as a retry ``sleep``::
+on the event loop's time, usable as the runner's ``clock`` and as a retry ``sleep``; under a
+virtual loop clock (``looptime``: ``pytest --looptime``) its sleeps take no real time::
 
     from bulk_mms import load_job, run_job
     from bulk_mms.testing import FakeClient, FakeClock
@@ -126,28 +127,53 @@ class FakeClient:
 
 
 class FakeClock:
-    """A fake :class:`~bulk_mms.clock.Clock`: sleeping records the request and moves both
-    times on at once, so a test of hours of pacing takes milliseconds.
+    """A :class:`~bulk_mms.clock.Clock` for tests, on the event loop's time.
+
+    Its monotonic time is the running loop's ``time()`` (shifted to start at ``start``) and
+    its wall clock moves with it, as :class:`~bulk_mms.clock.SystemClock`'s do. Under a
+    virtual loop clock (``looptime``: ``pytest --looptime``) every sleep, timer and
+    :class:`aiolimiter.AsyncLimiter` wait is fast-forwarded, so a test of hours of pacing
+    takes milliseconds; timers fire in order, as they would for real.
 
     Usable as the runner's ``clock`` and, called, as a plain ``sleep``.
     """
 
     def __init__(self, start: float = 1000.0, wall: float | None = None) -> None:
+        #: Every sleep asked for, in order.
         self.calls: list[float] = []
-        self.time = start
+        self._start = start
+        #: Added to the loop's time: the start, and every :meth:`advance`.
+        self._shift: float | None = None
         #: The wall clock starts at ``wall`` (by default the real time now) and moves with
         #: the monotonic one.
         self._wall_offset = (time.time() if wall is None else wall) - start
 
+    def _loop_time(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # read outside a loop (a sync test, a fixture): time stands
+            return 0.0
+
+    @property
+    def time(self) -> float:
+        """The monotonic time now."""
+        return self.monotonic()
+
     def monotonic(self) -> float:
-        return self.time
+        now = self._loop_time()
+        if self._shift is None:
+            self._shift = self._start - now
+        return now + self._shift
 
     def wall(self) -> float:
-        return self.time + self._wall_offset
+        return self.monotonic() + self._wall_offset
 
     def advance(self, seconds: float) -> None:
-        """Move time on without sleeping (as if the machine had been busy)."""
-        self.time += seconds
+        """Move this clock on without sleeping (as if the machine had been busy). The loop's
+        own timers, and a rate limiter's, do not see it: use a sleep for those."""
+        self.monotonic()
+        assert self._shift is not None
+        self._shift += seconds
 
     def step_wall(self, seconds: float) -> None:
         """Move the wall clock alone (an NTP step, a VM resumed): monotonic time goes on."""
@@ -155,8 +181,7 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.calls.append(seconds)
-        self.time += max(0.0, seconds)
-        await asyncio.sleep(0)
+        await asyncio.sleep(max(0.0, seconds))
 
     async def __call__(self, seconds: float) -> None:
         await self.sleep(seconds)

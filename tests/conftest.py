@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,35 @@ from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
 
 pytest_plugins = ("pytest_aiohttp",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test runs on a virtual loop clock (looptime): sleeps, timers and rate-limiter
+    waits take no real time, and FakeClock reads that clock. While a thread works (an fsync
+    off the loop) the virtual clock moves in 1 ms steps of real time, so it never runs ahead of
+    the thread by more than that. Its resolution is asyncio's own (1 ns): with a coarser one,
+    a timer due in less than half a tick never comes and the loop spins. ``pytest
+    --no-looptime`` runs them on the real clock."""
+    for item in items:
+        item.add_marker(pytest.mark.looptime(idle_step=0.001, resolution=1e-9), append=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A plain (not async) test leaves no event loop open: looptime's plugin asks the policy
+    for a loop around every test, which makes one for a plain test that nobody closes; this
+    gives it one to find, closed afterwards."""
+    if inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    policy = asyncio.get_event_loop_policy()
+    loop = policy.new_event_loop()
+    policy.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        loop.close()
+        policy.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)
@@ -175,14 +206,15 @@ async def crash_mid_send(
         m.setattr(Recorder, "cut_off", lambda self, group, last: None)  # dies recording nothing
         task = asyncio.create_task(run_job(job, settings, client, clock=FakeClock(), stop=stop))
         await asyncio.wait_for(all_out.wait(), 10)
-        # let the other workers send and have every answer recorded (a busy machine is slow)
-        calls = -1
-        for n in range(20_000):
-            await asyncio.sleep(0)
-            if n % 50 == 0:
-                if len(client.calls) == calls and _all_recorded(job, client, hang):
-                    break
-                calls = len(client.calls)
+        # let the other workers send and have every answer recorded: on the virtual clock,
+        # until the calls have stood still for a second with every answer on record (a busy
+        # machine's fsync is slow: a real minute at most)
+        calls, still, give_up = -1, 0, time.monotonic() + 60
+        while still < 20 and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+            recorded = len(client.calls) == calls and _all_recorded(job, client, hang)
+            still = still + 1 if recorded else 0
+            calls = len(client.calls)
         stop.force("SIGKILL")
         await task
     return client

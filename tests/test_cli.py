@@ -350,7 +350,7 @@ def test_plain_http_off_this_machine_warns(
         ]
     )
     err = capsys.readouterr().err
-    assert code == 1
+    assert code != 0  # nothing there (exit 1), or something that is not the API (exit 2)
     assert "config.cleartext_base_url" in err
     assert SECRET not in err
     url = f"http://10.255.255.1:{port}/v2"

@@ -127,7 +127,7 @@ class PostgresBudget(Pauses):
             else:
                 await conn.execute(_PAUSE_SENDER, (self.account, sender, db_until))
 
-    def admit_now(self, cost: float) -> float | None:
+    async def admit_now(self, cost: float) -> float | None:
         return None  # admission is the database's: always a round trip
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
