@@ -107,8 +107,7 @@ async def test_on_error_sees_every_failed_try(fake_sleep: FakeClock) -> None:
 
 
 async def test_tries_are_numbered_across_the_first_and_the_retries(fake_sleep: FakeClock) -> None:
-    """The first try (made before tenacity starts) and each retry are numbered 1, 2, 3 for
-    ``before_attempt``, and the first failure is judged as tenacity's own first attempt."""
+    """Every try, the first and each retry, is numbered 1, 2, 3 for ``before_attempt``."""
     numbers: list[int] = []
 
     async def before(n: int) -> None:
