@@ -16,7 +16,6 @@ it to the group's first attempt plus the idempotency window, when the server hon
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -56,12 +55,20 @@ class StopRetrying(Exception):
 
 
 class _Stop(tenacity.stop.stop_base):
-    """Stop after ``attempts`` failures that are not 429s, or once past the deadline. Private."""
+    """Stop after ``attempts`` failures that are not 429s, or once past the deadline. Private.
+
+    :meth:`begin` starts it anew for another call (a :class:`Retrier`'s next group).
+    """
 
     def __init__(self, attempts: int, deadline: float | None, now: Callable[[], float]) -> None:
         self.attempts = attempts
         self.deadline = deadline
         self.now = now
+        self.failures = 0
+
+    def begin(self, deadline: float | None) -> None:
+        """No failures yet, and ``deadline`` (monotonic) for the tries to come."""
+        self.deadline = deadline
         self.failures = 0
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
@@ -149,6 +156,112 @@ class RetryDigest:
             self._say(cause, t)
 
 
+class Retrier:
+    """The retries of one group at a time, group after group: tenacity's machinery (its
+    ``AsyncRetrying``, the stop, the wait, the retry predicate) is built once and reused.
+
+    :meth:`send` sends one group as :func:`send_with_retry` does, and is not for two groups at
+    once (it raises :class:`RuntimeError`): a caller with several groups in flight keeps one
+    ``Retrier`` for each. What a call's tries share (tenacity's ``RetryCallState``, the
+    failures the stop counts, the group's deadline, until when an ambiguous try is retried) is
+    begun anew by each call.
+
+    Args:
+        policy: attempts and backoff.
+        clock: sleeps between tries, and tells the time for a call's ``deadline`` (monotonic)
+            and ``ambiguous_until`` (wall); the system's by default, a fake in tests.
+        digest: where retries are told; a digest of this retrier's own by default.
+    """
+
+    def __init__(
+        self,
+        policy: RetryConfig,
+        *,
+        clock: Clock | None = None,
+        digest: RetryDigest | None = None,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.digest = digest or RetryDigest()
+        #: The group being sent, and until when its ambiguous tries are retried (wall).
+        self._group: Group | None = None
+        self._ambiguous_until: float | None = None
+        self._stop = _Stop(policy.attempts, None, self.clock.monotonic)
+        self._retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(self._retryable),
+            stop=self._stop,
+            wait=_Wait(policy),
+            sleep=self.clock.sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """Whether the try that raised ``exc`` may be made again (see the module)."""
+        if isinstance(exc, RetryableSendError):
+            return True
+        until = self._ambiguous_until
+        return (
+            isinstance(exc, AmbiguousSendError) and until is not None and self.clock.wall() < until
+        )
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        assert self._group is not None
+        self.digest.note(self._group, state)
+
+    async def send(
+        self,
+        client: MmsClient,
+        group: Group,
+        key: str,
+        *,
+        before_attempt: Callable[[int], Awaitable[None]] | None = None,
+        on_error: Callable[[SendError], None] | None = None,
+        deadline: float | None = None,
+        ambiguous_until: float | None = None,
+    ) -> Attempted:
+        """Send one group, retrying what can be retried: :func:`send_with_retry`, whose
+        arguments, result and errors these are.
+
+        Raises:
+            StopRetrying: ``before_attempt`` gave up before a try.
+            RuntimeError: this retrier is sending another group.
+        """
+        if self._group is not None:
+            raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
+        self._group, self._ambiguous_until = group, ambiguous_until
+        self._stop.begin(deadline)
+        number = 0
+        last: SendError | None = None
+        doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
+        try:
+            async for attempt in self._retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    if before_attempt is not None:
+                        await before_attempt(number)
+                    try:
+                        receipt = await client.send(group, key)
+                    except SendError as exc:
+                        last = exc
+                        if doubt is None and isinstance(exc, AmbiguousSendError):
+                            doubt = exc
+                        if on_error is not None:
+                            on_error(exc)
+                        raise
+                    return Attempted(receipt, None, number)
+        except SendError as exc:
+            return Attempted(None, _still_in_doubt(doubt, exc), number)
+        except StopRetrying as stop:
+            if last is not None:  # the tries made so far end it: the last one's error stands
+                return Attempted(None, _still_in_doubt(doubt, last), number - 1)
+            if stop.error is not None:
+                return Attempted(None, stop.error, number - 1)
+            raise
+        finally:
+            self._group = self._ambiguous_until = None
+        raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+
+
 async def send_with_retry(
     client: MmsClient,
     group: Group,
@@ -163,6 +276,9 @@ async def send_with_retry(
     digest: RetryDigest | None = None,
 ) -> Attempted:
     """Send one group, retrying what can be retried.
+
+    Every try is made under tenacity, by a :class:`Retrier` of this call's own (a caller that
+    sends group after group keeps its retriers and calls :meth:`Retrier.send`).
 
     Args:
         client: the API seam.
@@ -187,57 +303,15 @@ async def send_with_retry(
     Raises:
         StopRetrying: ``before_attempt`` gave up before a try.
     """
-    clock = clock or SystemClock()
-    number = 0
-    last: SendError | None = None
-    doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
-
-    async def one_try(n: int) -> SendReceipt:
-        nonlocal number, last, doubt
-        number = n
-        if before_attempt is not None:
-            await before_attempt(n)
-        try:
-            return await client.send(group, key)
-        except SendError as exc:
-            last = exc
-            if doubt is None and isinstance(exc, AmbiguousSendError):
-                doubt = exc
-            if on_error is not None:
-                on_error(exc)
-            raise
-
-    retrying = tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(
-            lambda exc: (
-                isinstance(exc, RetryableSendError)
-                or (
-                    isinstance(exc, AmbiguousSendError)
-                    and ambiguous_until is not None
-                    and clock.wall() < ambiguous_until
-                )
-            )
-        ),
-        stop=_Stop(policy.attempts, deadline, clock.monotonic),
-        wait=_Wait(policy),
-        sleep=clock.sleep,
-        before_sleep=functools.partial((digest or RetryDigest()).note, group),
-        reraise=True,
+    return await Retrier(policy, clock=clock, digest=digest).send(
+        client,
+        group,
+        key,
+        before_attempt=before_attempt,
+        on_error=on_error,
+        deadline=deadline,
+        ambiguous_until=ambiguous_until,
     )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                return Attempted(await one_try(n), None, n)
-    except SendError as exc:
-        return Attempted(None, _still_in_doubt(doubt, exc), number)
-    except StopRetrying as stop:
-        if last is not None:  # the tries made so far end it: the last one's error stands
-            return Attempted(None, _still_in_doubt(doubt, last), number - 1)
-        if stop.error is not None:
-            return Attempted(None, stop.error, number - 1)
-        raise
-    raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
 
 
 def _still_in_doubt(doubt: AmbiguousSendError | None, last: SendError) -> SendError:

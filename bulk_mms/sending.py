@@ -52,7 +52,7 @@ from bulk_mms.prepare import (
 )
 from bulk_mms.quiet import open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
-from bulk_mms.retry import Attempted, RetryDigest, StopRetrying, send_with_retry
+from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppression_for
@@ -185,6 +185,9 @@ class GroupSender:
         )
         #: Retries told one line per cause now and then, not one line each.
         self.retries = RetryDigest(now=clock.monotonic)
+        #: Retriers not sending a group now: each group in flight takes one (the workers'
+        #: tenacity machinery, built once each and reused group after group).
+        self._retriers: list[Retrier] = []
         self.transient_streak = 0  # groups in a row that got no usable answer
         #: Groups whose attempt is on record and whose outcome is not yet, for a forced stop:
         #: None while a request is out (or a try may have been accepted); else the error of
@@ -282,20 +285,23 @@ class GroupSender:
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
         )
+        retriers = self._retriers
+        retrier = (
+            retriers.pop()
+            if retriers
+            else Retrier(self.settings.retry, clock=self.clock, digest=self.retries)
+        )
         try:
-            result = await send_with_retry(
+            result = await retrier.send(
                 self.client,
                 group,
                 tries.key,
-                self.settings.retry,
-                clock=self.clock,
                 before_attempt=functools.partial(self._before_attempt, tries),
                 on_error=functools.partial(self._on_error, tries),
                 deadline=tries.deadline,
                 ambiguous_until=key_valid_until(
                     self.view, self.settings.retry, group.id, fresh=self.clock.wall()
                 ),
-                digest=self.retries,
             )
         except StopRetrying:
             await self._release(group, None, maybe_sent=tries.ambiguous)
@@ -306,6 +312,8 @@ class GroupSender:
         except LedgerError as exc:
             self.fail_ledger(exc)
             return None
+        finally:
+            retriers.append(retrier)  # its call is over, however it ended
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None

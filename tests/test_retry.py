@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from bulk_mms.config import RetryConfig
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -13,7 +17,7 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.models import Group, MessageBody, SendReceipt
-from bulk_mms.retry import send_with_retry
+from bulk_mms.retry import Retrier, send_with_retry
 from tests.conftest import FakeClient, FakeClock, ok_receipt
 
 POLICY = RetryConfig(attempts=4, backoff_initial=1.0, backoff_max=8.0, max_retry_after=60.0)
@@ -103,8 +107,7 @@ async def test_on_error_sees_every_failed_try(fake_sleep: FakeClock) -> None:
 
 
 async def test_tries_are_numbered_across_the_first_and_the_retries(fake_sleep: FakeClock) -> None:
-    """The first try (made before tenacity starts) and each retry are numbered 1, 2, 3 for
-    ``before_attempt``, and the first failure is judged as tenacity's own first attempt."""
+    """Every try, the first and each retry, is numbered 1, 2, 3 for ``before_attempt``."""
     numbers: list[int] = []
 
     async def before(n: int) -> None:
@@ -128,3 +131,54 @@ async def test_a_refusal_on_the_first_try_is_not_retried(fake_sleep: FakeClock) 
     assert result.attempts == 1
     assert len(c.calls) == 1
     assert fake_sleep.calls == []
+
+
+async def test_a_retrier_begins_each_group_anew(fake_sleep: FakeClock) -> None:
+    """A reused Retrier counts each group's failures and keeps each group's deadline apart."""
+    retrier = Retrier(POLICY, clock=fake_sleep)
+    c = script(
+        *[ServerError("down", status=502)] * 4, None, *[RateLimited("x", retry_after=2.0)] * 9
+    )
+    first = await retrier.send(c, GROUP, KEY)
+    assert isinstance(first.error, ServerError)
+    assert first.attempts == 4
+    second = await retrier.send(c, GROUP, KEY)  # its 4 failures are not carried over
+    assert second.receipt is not None
+    assert second.attempts == 1
+    third = await retrier.send(c, GROUP, KEY, deadline=fake_sleep.monotonic() + 5.0)
+    assert isinstance(third.error, RateLimited)
+    assert third.attempts == 3  # tries at t=0, 2, 4: a wait to 6 would pass 5
+    fourth = await retrier.send(c, GROUP, KEY)  # no deadline: the last 429s, then sent
+    assert fourth.receipt is not None
+    assert fourth.attempts == 7
+
+
+async def test_a_retrier_retries_ambiguous_tries_by_its_call(fake_sleep: FakeClock) -> None:
+    """``ambiguous_until`` is the call's own: a later call without it does not retry."""
+    retrier = Retrier(POLICY, clock=fake_sleep)
+    c = script(AmbiguousSendError("?"), None, AmbiguousSendError("?"))
+    until = fake_sleep.wall() + 60.0
+    first = await retrier.send(c, GROUP, KEY, ambiguous_until=until)
+    assert first.receipt is not None
+    assert first.attempts == 2
+    second = await retrier.send(c, GROUP, KEY)
+    assert isinstance(second.error, AmbiguousSendError)
+    assert second.attempts == 1
+
+
+async def test_a_retrier_sends_one_group_at_a_time(fake_sleep: FakeClock) -> None:
+    """A second send on a Retrier whose group is out is refused; once it ends, it is free."""
+    release = asyncio.Event()
+
+    async def held(group: Group, n: int) -> SendReceipt:
+        await release.wait()
+        return ok_receipt(group, n)
+
+    retrier = Retrier(POLICY, clock=fake_sleep)
+    out = asyncio.ensure_future(retrier.send(FakeClient(held), GROUP, KEY))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one group at a time"):
+        await retrier.send(FakeClient(), GROUP, KEY)
+    release.set()
+    assert (await out).receipt is not None
+    assert (await retrier.send(FakeClient(), GROUP, KEY)).receipt is not None
