@@ -45,7 +45,7 @@ class Gates:
         self.quiet = quiet
         #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign began:
         #: :func:`job_deadline`, as the sender keeps it).
-        self.deadline = expires_at
+        self.expires_at = expires_at
 
     def hold(self, group: Group) -> bool:
         """Whether ``group`` is held back now (waiting for its window, or expired)."""
@@ -54,7 +54,7 @@ class Gates:
     def _expired(self, group: Group) -> bool:
         """Past the deadline, a group not yet sent is recorded ``expired_unsent`` (once) and
         never sent. A group in doubt stays in doubt."""
-        deadline = self.deadline
+        deadline = self.expires_at
         if deadline is None or utc(self.clock) < deadline:
             return False
         if self.view.state(group.id) not in (None, RETRY_PENDING):

@@ -176,9 +176,9 @@ class Runner:
             if self.stop.is_set():
                 return
             if (
-                deadline := self.sender.deadline
+                deadline := self.sender.run_deadline
             ) is not None and self.clock.monotonic() >= deadline:
-                self.sender.deadline_reached()
+                self.sender.run_deadline_reached()
                 return
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks

@@ -83,8 +83,9 @@ class _Tries(msgspec.Struct):
 
     group: Group
     key: str
-    #: No try starts after this (monotonic): the job's deadline or the group's age limit.
-    deadline: float | None
+    #: No try starts after this (monotonic): the earliest of the run's deadline, the job's
+    #: ``expires_at`` and the group's own age limit.
+    group_deadline: float | None
     #: Wall-clock time of the group's first attempt ever: its key's age.
     t0: float | None = None
     #: A try (this run's, or an earlier run's) may have been accepted.
@@ -170,8 +171,8 @@ class GroupSender:
         # job at once: every wait (a 429's, a pause) ends instead of running its course
         recorder.store.on_failure(self.fail_ledger)
         self.started = clock.monotonic()
-        #: ``max_job_duration_s`` from now, on the monotonic clock.
-        self.deadline = (
+        #: ``max_job_duration_s`` from now, on the monotonic clock: the run stops there.
+        self.run_deadline = (
             self.started + settings.max_job_duration_s if settings.max_job_duration_s else None
         )
         #: After this (aware) no request leaves: the job's ``deadline``, or ``max_age_s``
@@ -256,12 +257,12 @@ class GroupSender:
             return idempotency_key(self.view.campaign, f"{group.id}-{group.message.from_[1:]}")
         return rec.key  # the same request again, or one that may have been accepted
 
-    def _deadline_for(self) -> float | None:
+    def _group_deadline(self) -> float | None:
         """When this group's waits and tries end (monotonic): the earliest of
         ``max_job_duration_s``, the job's deadline and this group's ``max_group_age_s``."""
         age_limit = self.settings.max_group_age_s
         own = self.clock.monotonic() + age_limit if age_limit else None
-        ends = [t for t in (self.deadline, self.expires_mono, own) if t is not None]
+        ends = [t for t in (self.run_deadline, self.expires_mono, own) if t is not None]
         return min(ends, default=None)
 
     async def send(self, group: Group) -> Group | None:  # noqa: PLR0911 - each way a group's tries end returns what goes out in its place
@@ -281,7 +282,7 @@ class GroupSender:
         tries = _Tries(
             group,
             key,
-            self._deadline_for(),
+            self._group_deadline(),
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
         )
@@ -298,7 +299,7 @@ class GroupSender:
                 tries.key,
                 before_attempt=functools.partial(self._before_attempt, tries),
                 on_error=functools.partial(self._on_error, tries),
-                deadline=tries.deadline,
+                deadline=tries.group_deadline,
                 ambiguous_until=key_valid_until(
                     self.view, self.settings.retry, group.id, fresh=self.clock.wall()
                 ),
@@ -346,7 +347,7 @@ class GroupSender:
         group = tries.group
         try:
             tries.ticket = await self.pacer.acquire(
-                group.message.from_, len(group.to), tries.deadline
+                group.message.from_, len(group.to), tries.group_deadline
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
@@ -360,7 +361,7 @@ class GroupSender:
         self.open_attempts[group.id] = None
         await self._write_attempt(group, number, tries)
         try:
-            await self.pacer.send_slot(tries.ticket, tries.deadline)
+            await self.pacer.send_slot(tries.ticket, tries.group_deadline)
         except PaceAborted as exc:
             # on record, but the request never left: a resume must not take it for one that
             # may have been accepted. A stale admission taken again past a deadline: the job's
@@ -449,8 +450,12 @@ class GroupSender:
         passes (the job stops too), the job's deadline passes (the group expires), or its own
         ``max_group_age_s`` would pass first (the group alone gives up, recorded with its last
         error, or as rate limited when it never got a try)."""
-        if exc.reason == "deadline" and self.deadline is not None and exc.earliest > self.deadline:
-            self.deadline_reached()
+        if (
+            exc.reason == "deadline"
+            and self.run_deadline is not None
+            and exc.earliest > self.run_deadline
+        ):
+            self.run_deadline_reached()
             return StopRetrying()
         if (
             exc.reason == "deadline"
@@ -613,7 +618,7 @@ class GroupSender:
     def fail_ledger(self, exc: LedgerError) -> None:
         self._fail(exc, "ledger")
 
-    def deadline_reached(self) -> None:
+    def run_deadline_reached(self) -> None:
         """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""
         if not self.stop.is_set():
             log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
