@@ -52,8 +52,9 @@ from bulk_mms.ledger import (
     Remade,
     Sent,
 )
-from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
+from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import Group, MessageRecord, RejectedRow, Rejection, SendReceipt
+from bulk_mms.settle import never_accepted
 from bulk_mms.summary import JobSummary
 
 log = structlog.get_logger(__name__)
@@ -185,16 +186,7 @@ class Recorder:
         """A group in doubt that the API's records, complete, show never accepted: retryable,
         and sent again under a new key."""
         self.log.info("group.settled", group=group.id, as_="not_accepted")
-        self._queue(
-            Failed(
-                **self._members(group),
-                code=NOT_ACCEPTED,
-                title="the API's records show it was never accepted",
-                detail=f"no message detail record {lag:g} s after its last try; sent again",
-                retryable=True,
-                time=self._now(),
-            )
-        )
+        self._queue(never_accepted(lag, self._now(), **self._members(group)))
 
     async def attempt(self, group: Group, number: int, key: str, t0: float) -> None:
         """Write-ahead: durable before the request can leave, and (a shared ledger) only

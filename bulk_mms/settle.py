@@ -19,14 +19,15 @@ while the key holds; settling is for the rest.
 from __future__ import annotations
 
 import enum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import structlog
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import SendError
-from bulk_mms.ledger.fold import GroupRecord
+from bulk_mms.ledger.events import Failed
+from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
 from bulk_mms.models import MessageRecord
 
 log = structlog.get_logger("bulk_mms.settle")
@@ -128,3 +129,18 @@ class Settler:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+
+def never_accepted(lag: float, time: str, **members: Any) -> Failed:
+    """The event that settles a group in doubt which the API's records, complete ``lag``
+    seconds after its last try, show never accepted: failed and retryable, so the next send
+    of it is a new request, under a new key. ``members`` are the event's ``group`` and ``to``
+    (and ``seq`` and ``rows`` where the caller has them)."""
+    return Failed(
+        **members,
+        code=NOT_ACCEPTED,
+        title="the API's records show it was never accepted",
+        detail=f"no message detail record {lag:g} s after its last try; sent again",
+        retryable=True,
+        time=time,
+    )

@@ -41,13 +41,13 @@ from bulk_mms.errors import (
     SendError,
 )
 from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open_store
-from bulk_mms.ledger.events import Event, Failed, Sent, status_event
-from bulk_mms.ledger.fold import IN_DOUBT, NOT_ACCEPTED
+from bulk_mms.ledger.events import Event, Sent, status_event
+from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action
 from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.retry import fetch_with_retry
-from bulk_mms.settle import Settler, Verdict
+from bulk_mms.settle import Settler, Verdict, never_accepted
 from bulk_mms.signals import Stop
 
 log = structlog.get_logger("bulk_mms.track")
@@ -324,10 +324,7 @@ class Tracker:
                     time=now,
                 )  # fmt: skip
             elif finding.verdict == Verdict.ABSENT:
-                event = Failed(
-                    rec.id, rec.to, code=NOT_ACCEPTED, retryable=True, time=now,
-                    title="the API's records show it was never accepted",
-                )  # fmt: skip
+                event = never_accepted(self.settings.records_lag_s, now, group=rec.id, to=rec.to)
             else:
                 continue
             await self.store.append(event)
