@@ -72,7 +72,7 @@ def stub(parts: set[str]) -> None:
             self: pacing.Pacer, sender: str, size: int, deadline: float | None = None
         ) -> pacing.Ticket:
             cost = self.cost_of(size)
-            return self._admitted(sender, self.senders[sender], cost, self.clock.monotonic())
+            return await self._admitted(sender, self.senders[sender], cost, self.clock.monotonic())
 
         async def send_slot(
             self: pacing.Pacer, ticket: pacing.Ticket, deadline: float | None = None

@@ -136,7 +136,6 @@ class Runner:
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
         self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
         self.quiet = self.sender.quiet
-        self.pacer = self.sender.pacer
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
         self.rows_free = 0
@@ -423,6 +422,7 @@ class Runner:
     def snapshot(self, total: int | None) -> Snapshot:
         s = self.summary
         waits = self.recorder.waits
+        stats = self.sender.stats()
         return Snapshot(
             rows_done=self.rows_done,
             rows_free=self.rows_free,
@@ -430,9 +430,9 @@ class Runner:
             groups_sent=s.sent_groups,
             groups_failed=s.failed_groups,
             groups_in_doubt=s.in_doubt_groups,
-            rate_limited=self.pacer.rate_limited,
+            rate_limited=stats.rate_limited,
             wait_seconds=waits[-1] if waits else None,
-            elapsed_s=self.clock.monotonic() - self.sender.started,
+            elapsed_s=stats.elapsed_s,
         )
 
     async def report_progress(self, progress: Progress, total: int | None) -> None:
@@ -443,8 +443,7 @@ class Runner:
 
     def finish(self) -> JobSummary:
         """The run's summary, with where the whole ledger stands now."""
-        self.sender.retries.flush()
-        s, view = self.summary, self.view
+        s, view, stats = self.summary, self.view, self.sender.stats()
         limited = self.limit is not None and self.queued >= self.limit
         s.stopped = self.stop.reason or ("limit" if limited else None)
         if s.stopped is None and self.quiet and self.job.recipient_window is not None:
@@ -453,14 +452,14 @@ class Runner:
             openings = [next_opening(self.job.recipient_window, z, now) for z in self.quiet]
             s.next_opening = min((o for o in openings if o is not None), default=None)
             s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
-        s.duration_s = self.clock.monotonic() - self.sender.started
+        s.duration_s = stats.elapsed_s
         waits = sorted(self.recorder.waits)
         s.wait_seconds_p50 = percentile(waits, 0.50)
         s.wait_seconds_p95 = percentile(waits, 0.95)
         s.wait_seconds_max = waits[-1] if waits else None
-        s.achieved_rate = self.sender.achieved_rate()
-        s.rate_limited = self.pacer.rate_limited
-        s.queue_full = self.pacer.queue_full
+        s.achieved_rate = stats.achieved_rate
+        s.rate_limited = stats.rate_limited
+        s.queue_full = stats.queue_full
         # the view took in every event as it was written: no second read of the ledger
         s.open_failed = view.count(FAILED)
         s.open_in_doubt = view.count(IN_DOUBT)
@@ -570,9 +569,7 @@ async def run_job(
                 runner.sender.fail_ledger(exc)
         finally:
             if runner is not None:
-                await runner.pacer.budget.close()
-                for kept in runner.sender.limits:
-                    await kept.close()
+                await runner.sender.close()
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()

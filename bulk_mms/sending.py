@@ -127,8 +127,27 @@ class RequestTimes:
         return (self.requests - 1) / (self.last - self.first)
 
 
+class SenderStats(msgspec.Struct, frozen=True):
+    """What a :class:`GroupSender` counted since it started."""
+
+    #: Seconds since it started, on the monotonic clock.
+    elapsed_s: float
+    #: Requests per second while it was sending (:meth:`RequestTimes.rate`); None when it got
+    #: nothing sent (the rate of tries that all failed says nothing of pace).
+    achieved_rate: float | None
+    #: 429s, and of them the queue-full ones (40318).
+    rate_limited: int
+    queue_full: int
+
+
 class GroupSender:
-    """Sends groups for one run. Private to the runner."""
+    """Sends groups for one run. Private to the runner.
+
+    It owns what a send must pass and what spans groups: the pacer (and the account budget
+    behind it), the money and count caps, the deadlines (``run_deadline``, ``expires_at``,
+    each group's ``group_deadline``) and the retry digest. The runner reads what it counted
+    through :meth:`stats` and lets go of it all with :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -624,7 +643,19 @@ class GroupSender:
             log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
             self.stop.request("deadline")
 
-    def achieved_rate(self) -> float | None:
-        """Requests per second while this run was sending (:meth:`RequestTimes.rate`); none
-        when it got nothing sent (the rate of tries that all failed says nothing of pace)."""
-        return self.times.rate() if self.summary.sent_groups else None
+    def stats(self) -> SenderStats:
+        """What it counted so far."""
+        return SenderStats(
+            elapsed_s=self.clock.monotonic() - self.started,
+            achieved_rate=self.times.rate() if self.summary.sent_groups else None,
+            rate_limited=self.pacer.rate_limited,
+            queue_full=self.pacer.queue_full,
+        )
+
+    async def close(self) -> None:
+        """The run is over: say the retries still counted, and let go of the account budget
+        and the caps (a shared one holds a database connection)."""
+        self.retries.flush()
+        await self.pacer.budget.close()
+        for limit in self.limits:
+            await limit.close()
