@@ -169,6 +169,9 @@ class WebhookReceiver:
     ) -> None:
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
+        #: One change to the suppression list at a time (it runs in a thread: an fsync, or a
+        #: database round trip, must not hold the loop).
+        self._listing = asyncio.Lock()
         #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
         #: request that writes works on a fresh one (None: it stays failed, every write a 503).
         self.reopen = reopen
@@ -214,7 +217,8 @@ class WebhookReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
-            suppressed, lifted = self.opt_out(payload), self.opt_in(payload)
+            async with self._listing:
+                suppressed, lifted = await asyncio.to_thread(self._keywords, payload)
             return web.json_response({"ok": True, "suppressed": suppressed, "lifted": lifted})
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
@@ -265,6 +269,10 @@ class WebhookReceiver:
         if not isinstance(phone, str) or not _E164.match(phone):
             return None
         return phone
+
+    def _keywords(self, payload: object) -> tuple[bool, bool]:
+        """An inbound message's STOP or START applied: (suppressed, lifted)."""
+        return self.opt_out(payload), self.opt_in(payload)
 
     def opt_out(self, payload: object) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the
