@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import pytest
 from msgspec.structs import replace
 
 from bulk_mms.errors import RateLimited
@@ -63,10 +64,11 @@ async def test_a_retry_after_the_deadline_never_leaves(jobs: JobFactory) -> None
 
     settings = replace(FAST, retry=replace(FAST.retry, max_retry_after=60))
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
-    assert tries == [NOON.timestamp()]
+    assert tries == pytest.approx([NOON.timestamp()], abs=0.1)  # one try, at noon
     assert s.sent_groups == 0
     again = await run_job(job, settings, FakeClient(answer), clock=clock_at(NOON + ONE_MINUTE))
-    assert (tries, again.expired_groups) == ([NOON.timestamp()], 1)
+    assert tries == pytest.approx([NOON.timestamp()], abs=0.1)
+    assert again.expired_groups == 1
     codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert codes == ["503", "expired_unsent"]
 
@@ -108,6 +110,6 @@ async def test_quiet_hours_are_checked_on_every_try(jobs: JobFactory) -> None:
 
     settings = replace(FAST, retry=replace(FAST.retry, max_retry_after=60))
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
-    assert tries == [almost.timestamp()]
+    assert tries == pytest.approx([almost.timestamp()], abs=0.1)  # one try, before 21:00
     assert s.stopped == "quiet_hours"
     assert groups_in(job.ledger, "retry_pending")
