@@ -543,9 +543,10 @@ async def run_job(
         coordinator = coordinator_for(store, settings.lease_s)
         runner: Runner | None = None
         try:
-            view = _resume(store, header, reader.columns, job.phone_column)
+            # off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is heard
+            view = await asyncio.to_thread(_resume, store, header, reader.columns, job.phone_column)
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
-            store.append_now(started)
+            await asyncio.to_thread(store.append_now, started)
             view.apply(started)
             recorder = Recorder(store, view, JobSummary(job.name), clock, coordinator=coordinator)
             recorder.summary.input = scan
