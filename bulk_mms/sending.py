@@ -221,8 +221,6 @@ class GroupSender:
             if suppressed is not None
             else suppression_for(settings.suppression_file, job.where)
         )
-        #: One write to the suppression list at a time (:meth:`_suppress`).
-        self._suppressing = asyncio.Lock()
         #: Whether each of the last ``spam_window`` groups ended on a spam code.
         self.recent: deque[bool] = deque(maxlen=settings.spam_window)
         #: How many of ``recent`` are true, kept as it moves.
@@ -613,18 +611,16 @@ class GroupSender:
 
     async def _suppress(self, group: Group, err: SendError, refused: tuple[str, ...]) -> None:
         """The members the API refused as opted out (40300) go on the suppression list, so no
-        later job texts them, written off the loop (an fsync, or a database round trip) and
-        one write at a time. A refusal that names no member of a larger group is logged, not
-        guessed at."""
+        later job texts them, written off the loop (:meth:`Suppressed.off_loop`). A refusal
+        that names no member of a larger group is logged, not guessed at."""
         if not refused:
             if self.settings.error_policy.get(err.code) == Action.SUPPRESS:
                 log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
             return
         try:
-            async with self._suppressing:
-                added = await asyncio.to_thread(
-                    self.suppressed.add, refused, f"opted out ({err.code})"
-                )
+            added = await self.suppressed.off_loop(
+                functools.partial(self.suppressed.add, refused, f"opted out ({err.code})")
+            )
         except ConfigError as exc:  # the list cannot be written: the ledger still has it
             log.warning("suppression.unwritable", error=str(exc), recipients=list(refused))
             return

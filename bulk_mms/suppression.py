@@ -16,15 +16,20 @@ number itself opted out: an inbound STOP (``texted STOP``), the profile's opt-ou
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 from bulk_mms.validate import PhoneError, normalize_phone
+
+T = TypeVar("T")
 
 #: How the reason of a suppression that the number's own STOP caused starts: an inbound STOP
 #: (webhooks), the profile's opt-out list (``optouts sync``), a 40300 refusal (a run).
@@ -51,8 +56,20 @@ class Suppressed:
     def __init__(self, path: Path | None = None) -> None:
         self.path: object = path
         self._numbers: set[int] = set()
+        self._changing = threading.Lock()  # one change at a time (:meth:`off_loop`)
         if path is not None and path.exists():
             self._numbers = {int(p[1:]) for p in _read(path)}
+
+    async def off_loop(self, change: Callable[[], T]) -> T:
+        """Run ``change`` (an :meth:`add`, a :meth:`remove`, or several) in a thread, one
+        change to the list at a time: the file's fsync, or the table's round trips, never hold
+        the event loop."""
+
+        def one_at_a_time() -> T:
+            with self._changing:
+                return change()
+
+        return await asyncio.to_thread(one_at_a_time)
 
     def __contains__(self, phone: object) -> bool:
         if not self._numbers:

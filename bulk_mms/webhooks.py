@@ -32,6 +32,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
 
@@ -169,9 +170,6 @@ class WebhookReceiver:
     ) -> None:
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
-        #: One change to the suppression list at a time (it runs in a thread: an fsync, or a
-        #: database round trip, must not hold the loop).
-        self._listing = asyncio.Lock()
         #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
         #: request that writes works on a fresh one (None: it stays failed, every write a 503).
         self.reopen = reopen
@@ -217,8 +215,11 @@ class WebhookReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
-            async with self._listing:
-                suppressed, lifted = await asyncio.to_thread(self._keywords, payload)
+            suppressed, lifted = (
+                await self.suppressed.off_loop(functools.partial(self._keywords, payload))
+                if self.suppressed is not None
+                else (False, False)
+            )
             return web.json_response({"ok": True, "suppressed": suppressed, "lifted": lifted})
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
