@@ -17,7 +17,7 @@ it to the group's first attempt plus the idempotency window, when the server hon
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -43,10 +43,11 @@ class Attempted(msgspec.Struct, frozen=True):
 
 
 class StopRetrying(Exception):
-    """Raised by a ``before_attempt`` hook to give up before a try (the job is stopping).
+    """Raised in a try, before its request leaves, to give up (the job is stopping, a gate
+    closed, a deadline passed).
 
-    When an earlier try failed, :func:`send_with_retry` ends with that try's error (an
-    ambiguous try stays in doubt); else with ``error``, if one is given; else it re-raises.
+    When an earlier try failed, the tries end with that try's error (an ambiguous try stays in
+    doubt); else with ``error``, if one is given; else it is raised on to the caller.
     """
 
     def __init__(self, error: SendError | None = None) -> None:
@@ -157,18 +158,28 @@ class RetryDigest:
 
 
 class Retrier:
-    """The retries of one group at a time, group after group: tenacity's machinery (its
+    """The tries of one group at a time, group after group: tenacity's machinery (its
     ``AsyncRetrying``, the stop, the wait, the retry predicate) is built once and reused.
 
-    :meth:`send` sends one group as :func:`send_with_retry` does, and is not for two groups at
-    once (it raises :class:`RuntimeError`): a caller with several groups in flight keeps one
-    ``Retrier`` for each. What a call's tries share (tenacity's ``RetryCallState``, the
-    failures the stop counts, the group's deadline, until when an ambiguous try is retried) is
-    begun anew by each call.
+    A caller writes its try loop top to bottom over :meth:`attempts`, and reads how it ended
+    from :meth:`ended`::
+
+        receipt = None
+        async for attempt in retrier.attempts(group, deadline=..., ambiguous_until=...):
+            with attempt:  # tenacity's: an error in the block ends this try
+                ...  # pace, record the attempt ahead
+                receipt = await client.send(group, key)
+        result = retrier.ended(receipt)
+
+    :meth:`send` is that loop for a caller with no more to do per try than two hooks. A
+    retrier is not for two groups at once (:meth:`attempts` raises :class:`RuntimeError`): a
+    caller with several groups in flight keeps one ``Retrier`` for each. What a group's tries
+    share (tenacity's ``RetryCallState``, the failures the stop counts, the group's deadline,
+    until when an ambiguous try is retried, the last error) is begun anew for each group.
 
     Args:
         policy: attempts and backoff.
-        clock: sleeps between tries, and tells the time for a call's ``deadline`` (monotonic)
+        clock: sleeps between tries, and tells the time for a group's ``deadline`` (monotonic)
             and ``ambiguous_until`` (wall); the system's by default, a fake in tests.
         digest: where retries are told; a digest of this retrier's own by default.
     """
@@ -185,6 +196,12 @@ class Retrier:
         #: The group being sent, and until when its ambiguous tries are retried (wall).
         self._group: Group | None = None
         self._ambiguous_until: float | None = None
+        #: The group's tries so far: how many began, the last one's error (a SendError: an
+        #: answer, or none), the first one that may have been accepted, and how they ended.
+        self._number = 0
+        self._last: SendError | None = None
+        self._doubt: AmbiguousSendError | None = None
+        self._ended: Attempted | None = None
         self._stop = _Stop(policy.attempts, None, self.clock.monotonic)
         self._retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(self._retryable),
@@ -196,7 +213,12 @@ class Retrier:
         )
 
     def _retryable(self, exc: BaseException) -> bool:
-        """Whether the try that raised ``exc`` may be made again (see the module)."""
+        """Whether the try that raised ``exc`` may be made again (see the module); tenacity
+        asks once for each failed try, so a :class:`SendError` is noted here as the last."""
+        if isinstance(exc, SendError):
+            self._last = exc
+            if self._doubt is None and isinstance(exc, AmbiguousSendError):
+                self._doubt = exc
         if isinstance(exc, RetryableSendError):
             return True
         until = self._ambiguous_until
@@ -207,6 +229,58 @@ class Retrier:
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         assert self._group is not None
         self.digest.note(self._group, state)
+
+    def attempts(
+        self,
+        group: Group,
+        *,
+        deadline: float | None = None,
+        ambiguous_until: float | None = None,
+    ) -> AsyncIterator[tenacity.AttemptManager]:
+        """Tenacity's attempts for ``group``: each is a context manager for one try. The tries
+        end when one's block ends without an error (it answered), or when the error that ended
+        the last one may not be retried (see the module); :meth:`ended` then says how. The
+        loop must run to its end (no ``break`` or ``return`` in it).
+
+        Args:
+            group: what is sent (for the retry digest).
+            deadline: no retry starts after this monotonic time.
+            ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
+
+        Raises:
+            RuntimeError: this retrier is sending another group.
+            StopRetrying: (from the loop) a block gave up before the first try, naming no
+                error.
+            BaseException: (from the loop) whatever else a block raised (a ledger's error, a
+                cancel).
+        """
+        if self._group is not None:
+            raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
+        self._group, self._ambiguous_until = group, ambiguous_until
+        self._number, self._last, self._doubt, self._ended = 0, None, None, None
+        self._stop.begin(deadline)
+        return _Attempts(self)
+
+    def _end(self, exc: BaseException) -> None:
+        """The tries ended on ``exc``: keep how (:meth:`ended`), or raise it on."""
+        if isinstance(exc, SendError):
+            self._ended = Attempted(None, _still_in_doubt(self._doubt, exc), self._number)
+        elif isinstance(exc, StopRetrying) and (self._last is not None or exc.error is not None):
+            # the tries made so far end it (the last one's error), else the error it names
+            last = self._last
+            error = _still_in_doubt(self._doubt, last) if last is not None else exc.error
+            assert error is not None
+            self._ended = Attempted(None, error, self._number - 1)
+        else:
+            raise exc
+
+    def ended(self, receipt: SendReceipt | None) -> Attempted:
+        """How the tries that :meth:`attempts` gave ended: ``receipt``, the answer of the last
+        try, if it has one; else the error that ended them."""
+        if receipt is not None:
+            return Attempted(receipt, None, self._number)
+        assert self._ended is not None, "the tries ended with neither an answer nor an error"
+        return self._ended
 
     async def send(
         self,
@@ -226,40 +300,55 @@ class Retrier:
             StopRetrying: ``before_attempt`` gave up before a try.
             RuntimeError: this retrier is sending another group.
         """
-        if self._group is not None:
-            raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
-        self._group, self._ambiguous_until = group, ambiguous_until
-        self._stop.begin(deadline)
-        number = 0
-        last: SendError | None = None
-        doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
+        receipt = None
+        async for attempt in self.attempts(
+            group, deadline=deadline, ambiguous_until=ambiguous_until
+        ):
+            with attempt:
+                if before_attempt is not None:
+                    await before_attempt(attempt.retry_state.attempt_number)
+                try:
+                    receipt = await client.send(group, key)
+                except SendError as exc:
+                    if on_error is not None:
+                        on_error(exc)
+                    raise
+        return self.ended(receipt)
+
+
+class _Attempts:
+    """:meth:`Retrier.attempts`: tenacity's ``AsyncRetrying`` iterated for one group, which
+    ends at the first try that answered (tenacity is not asked again: nothing retries an
+    answer) or at the error that ends the tries, kept by the retrier. Private."""
+
+    __slots__ = ("_attempt", "_retrier", "_retrying")
+
+    def __init__(self, retrier: Retrier) -> None:
+        self._retrier = retrier
+        self._retrying = retrier._retrying.__aiter__()  # begun anew for this group
+        self._attempt: tenacity.AttemptManager | None = None
+
+    def __aiter__(self) -> _Attempts:
+        return self
+
+    async def __anext__(self) -> tenacity.AttemptManager:
+        retrier = self._retrier
+        if self._attempt is not None:
+            outcome = self._attempt.retry_state.outcome
+            if outcome is not None and not outcome.failed:
+                retrier._group = retrier._ambiguous_until = None
+                raise StopAsyncIteration
         try:
-            async for attempt in self._retrying:
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    if before_attempt is not None:
-                        await before_attempt(number)
-                    try:
-                        receipt = await client.send(group, key)
-                    except SendError as exc:
-                        last = exc
-                        if doubt is None and isinstance(exc, AmbiguousSendError):
-                            doubt = exc
-                        if on_error is not None:
-                            on_error(exc)
-                        raise
-                    return Attempted(receipt, None, number)
-        except SendError as exc:
-            return Attempted(None, _still_in_doubt(doubt, exc), number)
-        except StopRetrying as stop:
-            if last is not None:  # the tries made so far end it: the last one's error stands
-                return Attempted(None, _still_in_doubt(doubt, last), number - 1)
-            if stop.error is not None:
-                return Attempted(None, stop.error, number - 1)
-            raise
-        finally:
-            self._group = self._ambiguous_until = None
-        raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+            attempt = await self._retrying.__anext__()
+        except BaseException as exc:
+            retrier._group = retrier._ambiguous_until = None
+            if isinstance(exc, StopAsyncIteration):
+                raise
+            retrier._end(exc)
+            raise StopAsyncIteration from None
+        retrier._number = attempt.retry_state.attempt_number
+        self._attempt = attempt
+        return attempt
 
 
 async def send_with_retry(

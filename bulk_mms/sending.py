@@ -312,17 +312,7 @@ class GroupSender:
             else Retrier(self.settings.retry, clock=self.clock, digest=self.retries)
         )
         try:
-            result = await retrier.send(
-                self.client,
-                group,
-                tries.key,
-                before_attempt=functools.partial(self._before_attempt, tries),
-                on_error=functools.partial(self._on_error, tries),
-                deadline=tries.group_deadline,
-                ambiguous_until=key_valid_until(
-                    self.view, self.settings.retry, group.id, fresh=self.clock.wall()
-                ),
-            )
+            result = await self._tries(tries, retrier)
         except StopRetrying:
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return group if tries.rerouted and not self.stop.is_set() else None
@@ -360,27 +350,62 @@ class GroupSender:
             return None
         return None if self.stop.is_set() else after
 
-    async def _before_attempt(self, tries: _Tries, number: int) -> None:
-        """Pace, check the gates, write the attempt ahead, take a send slot, and check the
-        gates again: the request leaves only if every gate is open at that moment."""
+    async def _tries(self, tries: _Tries, retrier: Retrier) -> Attempted:
+        """The group's tries, each top to bottom: the pacer admits it, the gates and the caps
+        let it through, its attempt is written ahead, it takes its send slot, and the request
+        leaves. Tenacity (``retrier``) says whether another try follows an error.
+
+        Raises:
+            StopRetrying: it gave up before its first try (see :meth:`Retrier.attempts`).
+            ClaimLost: another process took the group over before its request left.
+            LedgerError: its attempt could not be made durable.
+        """
+        group, receipt = tries.group, None
+        async for attempt in retrier.attempts(
+            group,
+            deadline=tries.group_deadline,
+            ambiguous_until=key_valid_until(
+                self.view, self.settings.retry, group.id, fresh=self.clock.wall()
+            ),
+        ):
+            with attempt:
+                ticket = await self._pace(tries)
+                await self._reserve(tries)
+                await self._write_attempt(tries, attempt.retry_state.attempt_number)
+                await self._take_slot(tries, ticket)
+                try:
+                    receipt = await self.client.send(group, tries.key)
+                except SendError as exc:
+                    self._on_error(tries, exc)
+                    raise
+        return retrier.ended(receipt)
+
+    async def _pace(self, tries: _Tries) -> Ticket:
+        """Wait for the pacer to admit the group's sender; its ticket (kept in ``tries``)."""
         group = tries.group
         try:
-            tries.ticket = await self.pacer.acquire(
+            ticket = await self.pacer.acquire(
                 group.message.from_, len(group.to), tries.group_deadline
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
             raise self._gave_up(exc, tries) from None
+        tries.ticket = ticket
+        return ticket
+
+    async def _reserve(self, tries: _Tries) -> None:
+        """Every gate is open now and every cap (money, count) has room for the group."""
         self._check_gates(tries)
         for limit in self.limits:
-            if (over := await limit.reserve(group)) is not None:
+            if (over := await limit.reserve(tries.group)) is not None:
                 self._fail(over, "limit")
                 raise StopRetrying
-        tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
-        self.open_attempts[group.id] = None
-        await self._write_attempt(group, number, tries)
+
+    async def _take_slot(self, tries: _Tries, ticket: Ticket) -> None:
+        """The attempt is on record: wait for the moment the request may leave (the pacer's
+        send slot), and check the gates again at that moment."""
         try:
-            await self.pacer.send_slot(tries.ticket, tries.group_deadline)
+            await self.pacer.send_slot(ticket, tries.group_deadline)
         except PaceAborted as exc:
             # on record, but the request never left: a resume must not take it for one that
             # may have been accepted. A stale admission taken again past a deadline: the job's
@@ -388,14 +413,16 @@ class GroupSender:
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
         self._check_gates(tries, on_record=True)
-        self.times.left(self.clock.monotonic())  # the request leaves now (send_with_retry)
+        self.times.left(self.clock.monotonic())  # the request leaves now
 
-    async def _write_attempt(self, group: Group, number: int, tries: _Tries) -> None:
-        """Write the attempt ahead, durably. On a shared ledger a stop ends the wait for the
-        database (a locked table must not hold a SIGTERM): the request then never leaves; an
-        attempt that lands later reads, to the next run, as one whose outcome is unknown, and
-        the API's records settle it."""
-        assert tries.t0 is not None
+    async def _write_attempt(self, tries: _Tries, number: int) -> None:
+        """Write the attempt ahead, durably (from here a forced stop records where the group
+        stands). On a shared ledger a stop ends the wait for the database (a locked table must
+        not hold a SIGTERM): the request then never leaves; an attempt that lands later reads,
+        to the next run, as one whose outcome is unknown, and the API's records settle it."""
+        group = tries.group
+        tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
+        self.open_attempts[group.id] = None
         write = self.recorder.attempt(group, number, tries.key, tries.t0)
         if not self.recorder.store.shared:
             await write
