@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+import psycopg
 import pytest
 from msgspec.structs import replace
 
@@ -21,7 +23,7 @@ from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, open_store, read_events, to_json
-from bulk_mms.ledger.postgres import SCHEMA_VERSION
+from bulk_mms.ledger.postgres import _MIGRATIONS, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
@@ -179,6 +181,46 @@ def test_the_schema_is_migrated_by_the_tool(
     assert f"schema version 0 -> {SCHEMA_VERSION}" in capsys.readouterr().err
     assert main(["-q", "db", "migrate", database]) == 0
     assert f"schema version {SCHEMA_VERSION} -> {SCHEMA_VERSION}" in capsys.readouterr().err
+
+
+def test_a_ledger_with_two_raced_headers_migrates_to_its_first(
+    database: str, tmp_path: Path
+) -> None:
+    """Two raced job headers at schema 5 migrate: the first stays, the later is kept ignored."""
+    first = events.Header("raced", "sha256:aa", campaign="c-first")
+    second = events.Header("raced", "sha256:aa", campaign="c-second")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bulk_mms_schema (version int NOT NULL)")
+        for version in range(1, 6):
+            conn.execute(_MIGRATIONS[version])
+            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+        row = conn.execute(
+            "INSERT INTO bulk_mms_ledgers (name) VALUES ('raced') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        ledger = row[0]
+        bodies = [orjson.dumps(to_json(header)).decode() for header in (first, second)]
+        for body in bodies:
+            conn.execute(
+                "INSERT INTO bulk_mms_events (ledger, kind, body) VALUES (%s, 'job', %s::jsonb)",
+                (ledger, body),
+            )
+    assert migrate_url(database) == (5, SCHEMA_VERSION)
+    where = f"{database}?ledger=raced"
+    assert summarize(where).campaign == "c-first"
+    assert [to_json(e) for e in read_events(where)] == [to_json(first)]
+    store = open_store(where, "run")
+    assert store.put_header(second) == first  # the index now holds: the first is the header
+    store.close_sync()
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT kind, body FROM bulk_mms_events WHERE ledger = %s ORDER BY seq", (ledger,)
+        ).fetchall()
+    assert [kind for kind, _ in rows] == ["job", "job_duplicate"]
+    assert rows[1][1] == {**orjson.loads(bodies[1]), "event": "job_duplicate"}  # all else kept
+    copied = tmp_path / "raced.jsonl"
+    assert main(["-q", "ledger", "copy", where, str(copied)]) == 0  # not a second header
+    assert [to_json(e) for e in read_events(copied)] == [to_json(first)]
 
 
 def test_a_password_never_shows(database: str) -> None:

@@ -128,8 +128,19 @@ _MIGRATIONS: Final = {
             added timestamptz NOT NULL DEFAULT now()
         );
     """,
+    # A ledger written before the header's unique index may hold more than one job header
+    # (processes raced): its first stays the header; each later one is kept, re-kinded in its
+    # column and its body's "event" (which every read decodes: an unknown kind is skipped),
+    # so the index can be made. The lock keeps an older process from adding one meanwhile.
     6: """
         ALTER TABLE bulk_mms_claims ADD COLUMN IF NOT EXISTS token bigint NOT NULL DEFAULT 1;
+        LOCK TABLE bulk_mms_events IN SHARE ROW EXCLUSIVE MODE;
+        UPDATE bulk_mms_events AS later
+        SET kind = 'job_duplicate', body = jsonb_set(later.body, '{event}', '"job_duplicate"')
+        WHERE later.kind = 'job' AND EXISTS (
+            SELECT 1 FROM bulk_mms_events AS earlier
+            WHERE earlier.ledger = later.ledger AND earlier.kind = 'job'
+              AND earlier.seq < later.seq);
         CREATE UNIQUE INDEX IF NOT EXISTS bulk_mms_events_header
             ON bulk_mms_events (ledger) WHERE kind = 'job';
     """,
