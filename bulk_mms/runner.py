@@ -1,10 +1,13 @@
 """Run a job: read → validate → group → skip what the ledger has → pace → send/retry → record.
 
-The reader feeds a bounded queue (backpressure: the file is read only as fast as groups go out)
-drained by ``concurrency`` worker tasks. Before each request leaves, an ``attempt`` event is made
-durable in the ledger; the outcome follows (:class:`~bulk_mms.recorder.Recorder`). A stop
-(signal, refused key, ledger failure) stops the reader and lets requests in flight finish and be
-recorded; what was never attempted is simply sent by the next run.
+The reader feeds a queue, at most :data:`QUEUE_DEPTH_PER_WORKER` groups per worker ahead
+(backpressure: the file is read only as fast as groups go out), drained by ``concurrency``
+worker tasks; what goes out in a sent group's place (another sender, the members not refused)
+goes back on the same queue, ahead of the reader's groups. Before each request leaves, an
+``attempt`` event is made durable in the ledger; the outcome follows
+(:class:`~bulk_mms.recorder.Recorder`). A stop (signal, refused key, ledger failure) stops the
+reader and lets requests in flight finish and be recorded; what was never attempted is simply
+sent by the next run.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Container
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 from msgspec.structs import replace
@@ -76,9 +81,23 @@ BLOCKED_WAIT_S = 60.0
 BLOCKED_POLL_S = 2.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
-#: How many groups may wait in the queue per worker: enough to keep workers busy, small enough
-#: that the reader never runs far ahead of the sending.
+#: How many of the reader's groups may wait in the queue per worker: enough to keep workers
+#: busy, small enough that the reader never runs far ahead of the sending.
 QUEUE_DEPTH_PER_WORKER = 2
+
+#: The ranks of what waits on a run's queue, taken in this order: a group that goes out in
+#: another's place, a group the reader fed, the end of the work.
+_RESEND, _FED, _END = 0, 1, 2
+
+
+class _Item(NamedTuple):
+    """What waits on a run's queue: ``group`` (None: the end), of rank :data:`_RESEND`,
+    :data:`_FED` or :data:`_END`; ``seq`` keeps each rank first in, first out (and is never
+    equal, so groups are never compared)."""
+
+    rank: int
+    seq: int
+    group: Group | None
 
 
 class Runner:
@@ -115,9 +134,12 @@ class Runner:
         #: Send at most this many groups in this run (``run --limit``); the next run goes on.
         self.limit = limit
         self.queued = 0
-        self.queue: asyncio.Queue[Group | None] = asyncio.Queue(
-            settings.concurrency * QUEUE_DEPTH_PER_WORKER
-        )
+        #: The groups to send (:meth:`work`). Unbounded: a worker never waits to put a resend.
+        self.queue: asyncio.PriorityQueue[_Item] = asyncio.PriorityQueue()
+        #: The reader's bound: it takes a place before it puts a group, a worker gives it
+        #: back as it takes the group off.
+        self.room = asyncio.Semaphore(settings.concurrency * QUEUE_DEPTH_PER_WORKER)
+        self._seq = itertools.count()
         self.in_flight = 0
         self.sender = GroupSender(
             job,
@@ -200,7 +222,8 @@ class Runner:
             return True
         group = admitted
         self.summary.note_template(group)
-        await self.queue.put(group)
+        await self.room.acquire()
+        self._put(_FED, group)
         self.queued += 1
         if self.limit is not None and self.queued >= self.limit:
             log.info("job.limit_reached", limit=self.limit)
@@ -281,45 +304,84 @@ class Runner:
                     return
                 verdict = await self._settle(group)
             if verdict == Verdict.ABSENT and not self.stop.is_set():
-                await self._send(group)
+                # the workers are gone: what goes out in its place is sent here, in turn
+                current: Group | None = group
+                while current is not None:
+                    current = await self._send(current)
 
     async def feed(self, reader: RowReader) -> None:
-        """Produce, then tell the workers the input has ended (one end marker, passed on)."""
+        """Produce; once every group on the queue is done, those sent in another's place
+        too (:meth:`work`), tell the workers the work has ended (one end marker, passed on).
+
+        The end of the input is not the end of the work: a group a worker still sends may
+        yet put one in its place. ``queue.join()`` returns only when every group put on the
+        queue has been marked done, and a worker puts a group's replacement before it marks
+        that group done; so when it returns, nothing is queued or being sent, and nothing
+        can be put any more (only this feeder and workers busy with a group put groups)."""
         try:
             await self.produce(reader)
         except LedgerError as exc:
             self.sender.fail_ledger(exc)
         # not in a finally: a cancelled feeder must not wait on a queue nobody drains
-        await self.queue.put(None)
+        await self.queue.join()
+        self._put(_END, None)
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def work(self) -> None:
-        while (group := await self.queue.get()) is not None:
-            if self.stop.is_set():
-                continue  # drain without sending; the next run sends these
-            self.in_flight += 1
-            try:
-                await self._send(group)
-            finally:
-                self.in_flight -= 1
-                self.rows_done += len(group.to)
-        self.queue.put_nowait(None)  # pass the end on to the next worker (a slot just freed)
+    def _put(self, rank: int, group: Group | None) -> None:
+        """Put ``group`` on the queue, never waiting (the reader waits for :attr:`room`
+        first)."""
+        self.queue.put_nowait(_Item(rank, next(self._seq), group))
 
-    async def _send(self, group: Group) -> None:
-        """Send ``group``, then what goes out in its place (from another sender, or without
-        opt-outs), until nothing does."""
-        current: Group | None = group
+    async def work(self) -> None:
+        """Take groups off the queue and send them until the end marker, then pass it on.
+
+        Contract, for :meth:`feed`'s ``join()``: every item taken is marked done exactly once,
+        and a group's replacement is put on the queue before the group is marked done.
+        Replacements never wait for room (the queue is unbounded; only the reader waits, for
+        :attr:`room`, which a worker gives back as it takes a fed group), so workers never
+        wait on each other, whatever the concurrency, and they go first, ahead of the
+        reader's groups. After a stop, what is taken is drained without sending (the next
+        run sends it)."""
+        while (item := await self.queue.get()).group is not None:
+            try:
+                if item.rank == _FED:
+                    self.room.release()
+                if not self.stop.is_set():
+                    await self._take(item.group, fed=item.rank == _FED)
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+        self._put(_END, None)  # pass the end on to the next worker
+
+    async def _take(self, group: Group, *, fed: bool) -> None:
+        """Send a group taken off the queue and put what goes out in its place back on it.
+        ``fed``: it came from the reader, and its rows are dealt with once it is sent (a
+        replacement's were, with the group it replaces)."""
+        self.in_flight += 1
         try:
-            while current is not None:
-                after = await self.sender.send(current)
-                if after is not None and after.id != current.id:
-                    after = await self._admit(after, rows=False)
-                current = after
+            after = await self._send(group)
+        finally:
+            self.in_flight -= 1
+            if fed:
+                self.rows_done += len(group.to)
+        if after is not None:
+            self._put(_RESEND, after)
+
+    async def _send(self, group: Group) -> Group | None:
+        """Send ``group``; return what goes out in its place, admitted (:meth:`_admit`), if
+        anything: the same group from another sender, or a new group without the members
+        the API refused by name (:meth:`GroupSender.send`). It leaves with no attempt open,
+        so a forced stop before it is sent has nothing to record for it; a forced stop
+        while ``group`` is sent records where ``group`` stands (:meth:`GroupSender.cut_off`)."""
+        try:
+            after = await self.sender.send(group)
         except asyncio.CancelledError:
-            if current is not None:
-                self.sender.cut_off(current)
+            self.sender.cut_off(group)
             raise
+        if after is not None and after.id != group.id:
+            after = await self._admit(after, rows=False)
+        return after
 
     async def run(self, reader: RowReader) -> None:
         tasks = [asyncio.create_task(self.feed(reader), name="bulk-mms-reader")]
