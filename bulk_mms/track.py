@@ -57,6 +57,10 @@ log = structlog.get_logger("bulk_mms.track")
 #: at the default backoff that is under a minute, not every group through every retry. Any
 #: answer from the API, an error status included, starts the count again.
 UNREACHABLE_AFTER = 5
+#: A group whose next ask is at most this far off is due now: a sleep until that moment may
+#: end a hair early (asyncio runs a timer within its clock's resolution, and the sum of two
+#: floats rounds), and must not cost a second sleep of :meth:`Tracker.run`'s one-second floor.
+DUE_SLACK_S = 0.01
 
 
 class TrackResult(msgspec.Struct):
@@ -139,7 +143,7 @@ class Tracker:
 
     def due(self) -> list[GroupRecord]:
         """Groups with a recipient not final, inside ``max_age``, whose backoff has passed."""
-        now, wall = self.clock.monotonic(), self.clock.wall()
+        now, wall = self.clock.monotonic() + DUE_SLACK_S, self.clock.wall()
         return [
             g
             for g in self.view.sent_groups()

@@ -158,8 +158,7 @@ async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
     settings = replace(FAST, track=TrackConfig(interval=10, max_interval=25))
     r = await track_ledger(ledger, settings, client, follow=True, clock=clock)
     assert client.fetches == [mid] * 4
-    # the passes' waits (a shorter one, the GET bucket's under a loaded machine, is not one)
-    assert [round(s) for s in clock.calls if s >= 5] == [10, 10, 20]
+    assert [round(s) for s in clock.calls if s >= 1] == [10, 10, 20]
     assert r.pending == 0
     assert r.statuses["delivered"] == 4
 
