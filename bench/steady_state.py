@@ -17,6 +17,14 @@ SMALL groups at the slope.
 
 Rounds interleave the clients, and each round's ratio is taken within the round (this
 machine's speed drifts over minutes); the result is the median of the rounds' ratios.
+
+``BENCH_INSTRUCTIONS=1`` counts each client's user-space instructions under valgrind's
+callgrind instead of its CPU seconds: repeatable to a few tenths of a percent where CPU
+seconds on a shared VM move by a tenth, so one round tells a change of 1% apart (blind to
+the kernel's part: sockets, fsync, and each ``getpid`` that Python 3.11's
+``asyncio.get_running_loop`` makes). A run lasts minutes under valgrind, so bulk-mms's
+delivery watcher (it first asks about a group ten seconds after sending it) is held off there,
+or it would poll what the run sent.
 """
 
 from __future__ import annotations
@@ -30,11 +38,26 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from client_cpu import IN_FLIGHT, free_port, start_fake, write_job
+from client_cpu import IN_FLIGHT, free_port, instructions, start_fake, write_job
+
+COUNT_INSTRUCTIONS = bool(os.environ.get("BENCH_INSTRUCTIONS"))
+#: bulk-mms with its delivery watcher held off, for a run under valgrind (see the module).
+_WATCHER_HELD_OFF = (
+    "import sys; import bulk_mms.runner as r; r.DELIVERY_FIRST_S = 1e9; "
+    "from bulk_mms.cli import entry; sys.argv[0] = 'bulk-mms'; sys.exit(entry())"
+)
 
 
 def cpu_of(argv: list[str], env: dict[str, str]) -> float:
-    """User + system CPU seconds of one child process, alone."""
+    """User + system CPU seconds of one child process, alone; with ``BENCH_INSTRUCTIONS``,
+    its user-space instructions in thousands of millions (so that a slope per group reads in
+    thousands where CPU reads in µs, and start-up in thousands of millions where CPU reads
+    in s)."""
+    if COUNT_INSTRUCTIONS:
+        counted = instructions(argv, env)
+        if counted is None:
+            raise RuntimeError(f"{argv[1:3]} failed under callgrind")
+        return counted / 1e9
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
@@ -47,12 +70,16 @@ def cpu_of(argv: list[str], env: dict[str, str]) -> float:
 
 def clients(base: str, root: Path) -> dict[str, list[str]]:
     """Each client's command line, for the job in ``root``."""
-    program = Path(sys.executable).with_name("bulk-mms")
+    program = (
+        [sys.executable, "-c", _WATCHER_HELD_OFF]
+        if COUNT_INSTRUCTIONS
+        else [str(Path(sys.executable).with_name("bulk-mms"))]
+    )
     client_cpu = str(Path(__file__).with_name("client_cpu.py"))
     return {
         "floor": [sys.executable, client_cpu, "--floor", base, str(root / "in.csv")],
         "bulk-mms": [
-            str(program), "-q", "run", str(root / "job.toml"), "--base-url", base, "--yes",
+            *program, "-q", "run", str(root / "job.toml"), "--base-url", base, "--yes",
             "--rate", "10000", "--concurrency", str(IN_FLIGHT), "--skip-media-check",
         ],
     }  # fmt: skip
@@ -100,8 +127,11 @@ def main() -> None:
             ratios.append(slopes["bulk-mms"][-1] / slopes["floor"][-1])
             shown = ", ".join(f"{n} {v[-1] * 1e6:.0f} µs" for n, v in slopes.items())
             print(f"round {r + 1}: per group {shown}; ratio {ratios[-1]:.2f}", flush=True)
+    unit = "instructions" if COUNT_INSTRUCTIONS else "CPU"
     print(f"\n{small:,} and {large:,} groups of 8, {IN_FLIGHT} in flight, {rounds} rounds")
-    print("| client | CPU per group (median, range) | start-up CPU (median) | vs floor |")
+    if COUNT_INSTRUCTIONS:
+        print("(instructions: read µs as thousands, s as thousands of millions)")
+    print(f"| client | {unit} per group (median, range) | start-up {unit} (median) | vs floor |")
     print("|---|---|---|---|")
     for name, values in slopes.items():
         lo, mid, hi = min(values), statistics.median(values), max(values)
