@@ -250,10 +250,24 @@ class FixedRate:
                 return charge
         return None
 
-    def has_room(self, amount: float = 1.0) -> bool:
-        """Whether ``amount`` fits now with nobody waiting before it (then :meth:`acquire`
-        takes it without suspending)."""
-        return not self._lock.locked() and self._fitting(amount) is not None
+    async def take_if_room(self, amount: float = 1.0) -> bool:
+        """Take ``amount`` if it fits now with nobody waiting before it; never waits.
+
+        Raises:
+            ValueError: ``amount`` exceeds ``depth`` (it could never fit).
+        """
+        self._check(amount)
+        if self._lock.locked() or (charge := self._fitting(amount)) is None:
+            return False
+        await self._charge(charge)
+        return True
+
+    async def _charge(self, charge: float) -> None:
+        """Charge the bucket ``charge`` that fits now (and the start's debt): no wait."""
+        if self._owed:
+            owed, self._owed = self._owed, 0.0
+            await self._limiter.acquire(owed)  # a new bucket has room for it
+        await self._limiter.acquire(charge)
 
     async def acquire(self, amount: float = 1.0, deadline: float | None = None) -> float:
         """Wait on the clock until ``amount`` fits, take it, and return the time then.
@@ -273,10 +287,7 @@ class FixedRate:
                     deadline=deadline,
                 )
                 charge = self._fitting(amount)
-            if self._owed:
-                owed, self._owed = self._owed, 0.0
-                await self._limiter.acquire(owed)  # a new bucket has room for it: no wait
-            await self._limiter.acquire(charge)  # it fits now: no wait
+            await self._charge(charge)
             return now
 
 
@@ -426,10 +437,9 @@ class LocalBudget(Pauses):
         if (
             self._account_lock.locked()
             or self.paused_until() - now > 1e-6
-            or not self._bucket.has_room(cost)
+            or not await self._bucket.take_if_room(cost)
         ):
             return None
-        await self._bucket.acquire(cost)
         return now
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:

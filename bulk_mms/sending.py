@@ -98,6 +98,19 @@ class _Tries(msgspec.Struct):
     expired: bool = False
 
 
+def _unsent(tries: _Tries, on_record: bool) -> SendError | None:
+    """What a try that a gate stopped ends with: nothing before its attempt is on record;
+    after, that its request never left (or, when an earlier try may have been accepted, that
+    the group is still in doubt)."""
+    if not on_record:
+        return None
+    if tries.ambiguous:
+        return AmbiguousSendError(
+            "stopped before a repeat left; an earlier try may have been accepted"
+        )
+    return never_left()
+
+
 class RequestTimes:
     """When this run's requests left, on the monotonic clock: the rate it achieved. Private.
 
@@ -446,32 +459,24 @@ class GroupSender:
         ``expired_unsent`` (unless a try may have been accepted: it stays in doubt); one its
         recipients' window closes on waits for it (a later run). ``on_record``: its attempt
         is written, so a stop records that the request never left."""
-        group, now = tries.group, utc(self.clock)
-        unsent: SendError | None = None
-        if on_record:  # this try never left; an earlier one (this run's or not) may have
-            unsent = (
-                AmbiguousSendError(
-                    "stopped before a repeat left; an earlier try may have been accepted"
-                )
-                if tries.ambiguous
-                else never_left()
-            )
-        if (
+        stop = self.stop
+        window_closed = (
             self.job.send_window is not None
-            and not self.stop.is_set()
-            and not in_window(self.job, now)
-        ):
+            and not stop.is_set()
+            and not in_window(self.job, utc(self.clock))
+        )
+        if window_closed:
             log.warning("job.window_closed", send_window=str(self.job.send_window))
-            self.stop.request("window")
-        if self.stop.is_set():
-            raise StopRetrying(unsent)
-        if self.expires_at is not None and now >= self.expires_at:
+            stop.request("window")
+        if stop.is_set():
+            raise StopRetrying(_unsent(tries, on_record))
+        if self.expires_at is not None and self.clock.wall() >= self.expires_at.timestamp():
             self._expire(tries)
-            raise StopRetrying(None if tries.expired else unsent)
+            raise StopRetrying(None if tries.expired else _unsent(tries, on_record))
         window = self.job.recipient_window
-        if window is not None and not open_for(window, group.zones, now):
-            self.quiet[group.zones] += len(group.to)  # closed while it waited: for later
-            raise StopRetrying(unsent)
+        if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
+            self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
+            raise StopRetrying(_unsent(tries, on_record))
 
     def _expire(self, tries: _Tries) -> None:
         """The job's deadline passed before ``tries.group`` could leave: record it
