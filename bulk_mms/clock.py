@@ -49,14 +49,20 @@ class SystemClock:
 
     def __init__(self, stopping: asyncio.Event | None = None) -> None:
         self._stopping = stopping
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def monotonic(self) -> float:
-        # the running loop's own time (which aiolimiter's buckets keep too); outside a loop,
-        # what asyncio's loops read (BaseEventLoop.time)
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            return time.monotonic()
+        # The time of the event loop the clock first ran under, bound as aiolimiter's buckets
+        # bind theirs (again once that loop is closed): asking for the running loop on every
+        # read costs a getpid system call on Python 3.11. Outside any loop, what asyncio's
+        # loops read (BaseEventLoop.time).
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return time.monotonic()
+        return loop.time()
 
     def wall(self) -> float:
         return time.time()
