@@ -139,7 +139,7 @@ def request_body(group: Group) -> dict[str, Any]:
 # matters, logged), never allowed to crash the run or turn into a send that did not happen.
 
 #: Largest response body read; past it the answer is unusable (a 2xx is then in doubt).
-MAX_BODY = 1 << 20
+MAX_ANSWER_BODY = 1 << 20
 #: Message ids are UUIDs; anything longer or stranger is not one.
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 #: Bounds on the text we keep from an answer: statuses, error entries and their fields.
@@ -647,7 +647,7 @@ class AiohttpMmsClient:
     ) -> tuple[int, object]:
         """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
 
-        Redirects are never followed, and at most :data:`MAX_BODY` bytes of a body are read.
+        Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are read.
         """
         session = self._open()
         with map_client_errors():
@@ -662,7 +662,7 @@ class AiohttpMmsClient:
         if raw is None:
             if ok:
                 raise AmbiguousSendError(
-                    f"the answer's body is over {MAX_BODY} bytes: unusable",
+                    f"the answer's body is over {MAX_ANSWER_BODY} bytes: unusable",
                     status=status,
                 )
             body: object = None
@@ -700,7 +700,7 @@ def _json(raw: bytes) -> object:
 _IDENTITY = re.compile(r"\s*(identity)?\s*", re.IGNORECASE)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes | None:
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BODY) -> bytes | None:
     """The body, or None once it passes ``limit`` bytes (the connection is then dropped)."""
     if resp.content_length is not None and resp.content_length > limit:
         resp.close()

@@ -22,6 +22,11 @@ import datetime as dt
 import time
 from typing import Protocol
 
+#: How far apart this machine's clock and Telnyx's may be, in seconds: a message detail
+#: record (:mod:`bulk_mms.settle`) or a webhook's event (:mod:`bulk_mms.webhooks`) stamped
+#: this far before a group's first try can still be that group's.
+CLOCK_SKEW_S = 120.0
+
 
 class Clock(Protocol):
     """Time as the job sees it."""

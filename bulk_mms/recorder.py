@@ -62,7 +62,8 @@ log = structlog.get_logger(__name__)
 CRASHED = "attempted before a crash; the outcome is unknown"
 #: The code of a group the job's deadline left unsent (recorded failed: no rerun sends it).
 EXPIRED_UNSENT = "expired_unsent"
-CUT_OFF = "cut off in flight by a forced stop; the outcome is unknown"
+#: Why a group is in doubt that a forced stop cancelled while its request was out.
+STOPPED_IN_FLIGHT = "cut off in flight by a forced stop; the outcome is unknown"
 
 
 class Recorder:
@@ -317,7 +318,7 @@ class Recorder:
         out (``last`` is None), else failed with its last try's error (retryable)."""
         if last is None:
             self.summary.in_doubt_groups += 1
-            ev: Event = InDoubt(**self._members(group), reason=CUT_OFF, time=self._now())
+            ev: Event = InDoubt(**self._members(group), reason=STOPPED_IN_FLIGHT, time=self._now())
         else:
             ev = self._failed(group, last, (0, 0))
         # if the store already failed, the attempt on record leaves the group in doubt

@@ -62,7 +62,7 @@ log = structlog.get_logger(__name__)
 #: After this many groups in a row end without a usable answer (a transient error with their
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
 #: resumes) instead of going through every group.
-UNREACHABLE_AFTER = 3
+STOP_AFTER_UNANSWERED = 3
 #: Why a fatal error stopped the job, by its class (the stop's reason, and its log event).
 _STOP_REASONS: dict[type[FatalSendError], str] = {
     AuthError: "auth",
@@ -556,10 +556,10 @@ class GroupSender:
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
         await self._suppress(group, err, refused)
-        if self.transient_streak >= UNREACHABLE_AFTER and not self.stop.is_set():
+        if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
             self._fail(
                 ApiUnavailable(
-                    f"the API keeps failing ({err}); stopped after {UNREACHABLE_AFTER} groups "
+                    f"the API keeps failing ({err}); stopped after {STOP_AFTER_UNANSWERED} groups "
                     "in a row got no usable answer. Nothing is lost: rerun to resume"
                 ),
                 "unavailable",

@@ -4,7 +4,8 @@ Telnyx declares no ``Idempotency-Key`` for group MMS, so a request whose answer 
 reset after the server took it, a read timeout) may or may not have been accepted, and a
 repeat could text everyone twice. Such a group is *in doubt* until evidence settles it: the
 message detail records (``GET /reports/mdrs``) from its sender to its first member, created
-between its first try and its last try's answer (with :data:`CLOCK_SLACK_S` either side).
+between its first try and its last try's answer (with :data:`~bulk_mms.clock.CLOCK_SKEW_S`
+either side).
 
 * Found: the group was accepted; it is recorded ``sent`` under the record's id.
 * Not found, and the records are complete (``[api] records_lag_s`` after its last try): it
@@ -24,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 import structlog
 
-from bulk_mms.clock import Clock
+from bulk_mms.clock import CLOCK_SKEW_S, Clock
 from bulk_mms.errors import SendError
 from bulk_mms.ledger.events import Failed
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
@@ -32,9 +33,6 @@ from bulk_mms.models import MessageRecord
 
 log = structlog.get_logger("bulk_mms.settle")
 
-#: How far apart this machine's clock and the API's may be, in seconds: a record this far
-#: outside a group's tries still counts as its.
-CLOCK_SLACK_S = 120.0
 #: How long after a try ended (its connection reset, its answer given up on) the server may
 #: still be taking it in, in seconds.
 SETTLED_SLACK_S = 2.0
@@ -96,8 +94,8 @@ class Settler:
         if not first or not rec.last_try:
             return None
         return (
-            first - CLOCK_SLACK_S,
-            rec.last_try + self.request_timeout + CLOCK_SLACK_S,
+            first - CLOCK_SKEW_S,
+            rec.last_try + self.request_timeout + CLOCK_SKEW_S,
         )
 
     def complete_in(self, rec: GroupRecord) -> float:

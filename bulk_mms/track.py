@@ -14,7 +14,7 @@ interval each time (up to ``max_interval``), so a long tail of slow carriers cos
 A 404 (the API does not know the id) and a recipient the API does not list are counted and
 named in the result, never fatal. A refused key or a redirect stops tracking
 (:class:`FatalSendError`), and so does an API that cannot be reached:
-:data:`UNREACHABLE_AFTER` connection failures in a row (:class:`ApiUnavailable`, exit 1).
+:data:`STOP_AFTER_UNREACHABLE` connection failures in a row (:class:`ApiUnavailable`, exit 1).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ log = structlog.get_logger("bulk_mms.track")
 #: :class:`NetworkError`) after which tracking stops with :class:`ApiUnavailable` (exit 1):
 #: at the default backoff that is under a minute, not every group through every retry. Any
 #: answer from the API, an error status included, starts the count again.
-UNREACHABLE_AFTER = 5
+STOP_AFTER_UNREACHABLE = 5
 #: A group whose next ask is at most this far off is due now: a sleep until that moment may
 #: end a hair early (asyncio runs a timer within its clock's resolution, and the sum of two
 #: floats rounds), and must not cost a second sleep of :meth:`Tracker.run`'s one-second floor.
@@ -133,7 +133,7 @@ class Tracker:
         #: Group id → (passes without change, monotonic time of the next ask).
         self.backoff: dict[str, tuple[int, float]] = {}
         self._not_found: set[str] = set()
-        #: Tries in a row that could not connect (:data:`UNREACHABLE_AFTER`).
+        #: Tries in a row that could not connect (:data:`STOP_AFTER_UNREACHABLE`).
         self.connect_failures = 0
 
     def __repr__(self) -> str:
@@ -198,13 +198,13 @@ class Tracker:
         )
 
     def _unreachable(self, exc: NetworkError) -> None:
-        """One more try could not connect; at :data:`UNREACHABLE_AFTER` in a row, give up.
+        """One more try could not connect; at :data:`STOP_AFTER_UNREACHABLE` in a row, give up.
 
         Raises:
             ApiUnavailable: that many tries in a row could not connect (not retried).
         """
         self.connect_failures += 1
-        if self.connect_failures >= UNREACHABLE_AFTER:
+        if self.connect_failures >= STOP_AFTER_UNREACHABLE:
             raise ApiUnavailable(
                 f"the API cannot be reached: {self.connect_failures} tries in a row could not "
                 f"connect ({exc}); check base_url and the network, then run track again"
@@ -393,7 +393,7 @@ async def track_ledger(
     Works beside a run that is still sending (status events need no run lock).
 
     An API that cannot be reached ends tracking with the result's ``error`` an
-    :class:`ApiUnavailable` (see :data:`UNREACHABLE_AFTER`).
+    :class:`ApiUnavailable` (see :data:`STOP_AFTER_UNREACHABLE`).
 
     Raises:
         LedgerError: the ledger is missing, empty, corrupt or cannot be written.

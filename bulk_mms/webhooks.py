@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import parse_statuses
-from bulk_mms.clock import Clock, SystemClock, instant, iso
+from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
@@ -58,8 +58,6 @@ log = structlog.get_logger("bulk_mms.webhooks")
 #: An event under a recipient's own id not yet learnt is taken for this ledger's only within
 #: this long after the group was sent (Telnyx keeps trying for up to 72 hours).
 LEARN_WINDOW_S = 72 * 3600.0
-#: How far apart two machines' clocks may be (the event's time against the send's stamp).
-CLOCK_SLACK_S = 300.0
 
 PUBLIC_KEY_ENV = "TELNYX_PUBLIC_KEY"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
@@ -67,7 +65,7 @@ TIMESTAMP_HEADER = "telnyx-timestamp"
 #: How far a request's timestamp may be from now, in seconds (Telnyx's documented tolerance).
 TOLERANCE_S = 300
 #: Largest body accepted; a messaging event is a few kilobytes.
-MAX_BODY = 256 * 1024
+MAX_EVENT_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
 #: The event whose payload carries a message's final cost.
 FINALIZED = "message.finalized"
@@ -193,7 +191,7 @@ class WebhookReceiver:
         )
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_EVENT_BODY)
         app.router.add_post("/{tail:.*}", self.handle)
         return app
 
@@ -511,7 +509,7 @@ class WebhookReceiver:
         if (
             at is not None
             and rec.sent_at
-            and not (rec.sent_at - CLOCK_SLACK_S <= at <= rec.sent_at + LEARN_WINDOW_S)
+            and not (rec.sent_at - CLOCK_SKEW_S <= at <= rec.sent_at + LEARN_WINDOW_S)
         ):
             return None
         log.debug("webhook.learnt_id", message_id=message_id, group=gid)

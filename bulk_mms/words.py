@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.ledger.fold import CUT_OFF
+from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME
 
 #: The fold's why of a group that has an ``in_doubt`` event of its own.
 RECORDED_DOUBT: Final = "in doubt: may have been sent; not resent without --resend-in-doubt"
@@ -50,8 +50,9 @@ BY_KIND: Final[Mapping[str, str]] = {
     "SendError": "sending failed",
     "expired_unsent": "not sent before the job's deadline: a late message is worse than none",
     # a group's why, as the fold keeps it, when it is in doubt
-    CUT_OFF: f"may have been sent: a run ended (a crash or a kill) while its request was out; "
-    f"{_HELD}",
+    ENDED_WITHOUT_OUTCOME: (
+        f"may have been sent: a run ended (a crash or a kill) while its request was out; {_HELD}"
+    ),
     RECORDED_DOUBT: f"may have been sent: no usable answer came back; {_HELD}",
     OPEN: "may have been sent: its request was out when the ledger was last written (a run "
     "still going, or one that crashed)",

@@ -22,7 +22,7 @@ from bulk_mms.ledger import load
 from bulk_mms.models import RecipientStatus
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import UNREACHABLE_AFTER, track_ledger
+from bulk_mms.track import STOP_AFTER_UNREACHABLE, track_ledger
 from tests.conftest import FAST, FakeClock, JobFactory, numbers, sent_ledger
 
 API = tuple[FakeTelnyx, str]
@@ -240,16 +240,18 @@ async def test_track_agrees_with_the_server_recipient_by_recipient(
 async def test_an_unreachable_api_stops_tracking_after_a_run_of_failures(
     jobs: JobFactory,
 ) -> None:
-    """Tries that cannot connect, UNREACHABLE_AFTER in a row, end tracking with ApiUnavailable
+    """Tries that cannot connect, STOP_AFTER_UNREACHABLE in a row, end tracking with ApiUnavailable
     instead of every group going through every retry."""
     ledger, client = await sent_ledger(jobs, 40)
     for n, g in enumerate(client.calls):
         client.delivery[f"msg-{g.id}-{n}"] = NetworkError("cannot connect: refused")
     r = await track_ledger(ledger, FAST, client, clock=FakeClock(), follow=True)
     assert isinstance(r.error, ApiUnavailable)
-    assert f"{UNREACHABLE_AFTER} tries in a row could not connect" in str(r.error)
+    assert f"{STOP_AFTER_UNREACHABLE} tries in a row could not connect" in str(r.error)
     assert r.stopped == "unavailable"
-    assert len(client.fetches) < UNREACHABLE_AFTER + FAST.concurrency  # not 10 groups x 3 tries
+    assert (
+        len(client.fetches) < STOP_AFTER_UNREACHABLE + FAST.concurrency
+    )  # not 10 groups x 3 tries
 
 
 async def test_an_answer_breaks_the_run_of_connection_failures(jobs: JobFactory) -> None:

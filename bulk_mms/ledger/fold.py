@@ -42,7 +42,9 @@ IN_DOUBT: Final = "in_doubt"
 NOT_ATTEMPTED: Final = "not_attempted"
 #: The states of a recipient, in the order reports show them.
 STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
-CUT_OFF: Final = "in doubt: attempted before a crash, outcome unknown"
+#: Why a group is in doubt whose attempt a new run found open: the run before ended without
+#: recording its outcome (a crash, a kill).
+ENDED_WITHOUT_OUTCOME: Final = "in doubt: attempted before a crash, outcome unknown"
 #: The code of the ``failed`` event that settles a group in doubt as never accepted (the API's
 #: records, complete, show no message): it is sent again, under a new key.
 NOT_ACCEPTED: Final = "not_accepted"
@@ -270,7 +272,7 @@ class LedgerView(msgspec.Struct, eq=False):
             rec = self.groups[gid]
             if rec.open and rec.outcome != SENT:
                 rec.outcome = IN_DOUBT
-                rec.why = CUT_OFF
+                rec.why = ENDED_WITHOUT_OUTCOME
         self._open.clear()
 
     def _group(self, gid: str, to: tuple[str, ...]) -> GroupRecord:
