@@ -10,6 +10,7 @@ from bulk_mms.config import RetryConfig
 from bulk_mms.errors import (
     AmbiguousSendError,
     AuthError,
+    LedgerError,
     NetworkError,
     RateLimited,
     Rejected,
@@ -182,3 +183,37 @@ async def test_a_retrier_sends_one_group_at_a_time(fake_sleep: FakeClock) -> Non
     release.set()
     assert (await out).receipt is not None
     assert (await retrier.send(FakeClient(), GROUP, KEY)).receipt is not None
+
+
+async def test_attempts_pass_on_what_is_not_a_send_error(fake_sleep: FakeClock) -> None:
+    """An error in a try that is no answer (a ledger's) is raised on from the loop, untried
+    again, and the retrier is free for the next group."""
+    retrier = Retrier(POLICY, clock=fake_sleep)
+    tries = 0
+
+    async def loop() -> None:
+        nonlocal tries
+        async for attempt in retrier.attempts(GROUP):
+            with attempt:
+                tries += 1
+                raise LedgerError("ledger.jsonl", "disk full")
+
+    with pytest.raises(LedgerError):
+        await loop()
+    assert tries == 1
+    assert (await retrier.send(FakeClient(), GROUP, KEY)).receipt is not None
+
+
+async def test_attempts_end_at_the_first_answer(fake_sleep: FakeClock) -> None:
+    """The loop ends at the first try that answered, after a retried one: ``ended`` gives
+    that answer and the number of tries."""
+    retrier = Retrier(POLICY, clock=fake_sleep)
+    c = script(ServerError("down", status=503), None)
+    receipt = None
+    async for attempt in retrier.attempts(GROUP):
+        with attempt:
+            receipt = await c.send(GROUP, KEY)
+    result = retrier.ended(receipt)
+    assert result.receipt is not None
+    assert result.attempts == 2
+    assert len(c.calls) == 2
