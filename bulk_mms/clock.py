@@ -59,8 +59,9 @@ class SystemClock:
     def monotonic(self) -> float:
         # The time of the event loop the clock first ran under, bound as aiolimiter's buckets
         # bind theirs (again once that loop is closed): asking for the running loop on every
-        # read costs a getpid system call on Python 3.11. Outside any loop, what asyncio's
-        # loops read (BaseEventLoop.time).
+        # read costs a getpid system call on Python 3.11. (A clock shared by loops running in
+        # two threads reads the first; asyncio's own loops all read time.monotonic.) Outside
+        # any loop, what asyncio's loops read (BaseEventLoop.time).
         loop = self._loop
         if loop is None or loop.is_closed():
             try:

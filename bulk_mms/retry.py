@@ -239,8 +239,9 @@ class Retrier:
     ) -> AsyncIterator[tenacity.AttemptManager]:
         """Tenacity's attempts for ``group``: each is a context manager for one try. The tries
         end when one's block ends without an error (it answered), or when the error that ended
-        the last one may not be retried (see the module); :meth:`ended` then says how. The
-        loop must run to its end (no ``break`` or ``return`` in it).
+        the last one may not be retried (see the module); :meth:`ended` then says how. A loop
+        that runs to its end frees the retrier; one that may end otherwise (a ``break``, an
+        error outside a try) must :meth:`release` it.
 
         Args:
             group: what is sent (for the retry digest).
@@ -274,6 +275,12 @@ class Retrier:
         else:
             raise exc
 
+    def release(self) -> None:
+        """The caller's loop over :meth:`attempts` is over, however it ended: the retrier is
+        free for another group. The loop's own end frees it; a caller whose loop may end
+        otherwise (an error outside a try) releases it in a ``finally``."""
+        self._group = self._ambiguous_until = None
+
     def ended(self, receipt: SendReceipt | None) -> Attempted:
         """How the tries that :meth:`attempts` gave ended: ``receipt``, the answer of the last
         try, if it has one; else the error that ended them."""
@@ -301,18 +308,21 @@ class Retrier:
             RuntimeError: this retrier is sending another group.
         """
         receipt = None
-        async for attempt in self.attempts(
-            group, deadline=deadline, ambiguous_until=ambiguous_until
-        ):
-            with attempt:
-                if before_attempt is not None:
-                    await before_attempt(attempt.retry_state.attempt_number)
-                try:
-                    receipt = await client.send(group, key)
-                except SendError as exc:
-                    if on_error is not None:
-                        on_error(exc)
-                    raise
+        try:
+            async for attempt in self.attempts(
+                group, deadline=deadline, ambiguous_until=ambiguous_until
+            ):
+                with attempt:
+                    if before_attempt is not None:
+                        await before_attempt(attempt.retry_state.attempt_number)
+                    try:
+                        receipt = await client.send(group, key)
+                    except SendError as exc:
+                        if on_error is not None:
+                            on_error(exc)
+                        raise
+        finally:
+            self.release()
         return self.ended(receipt)
 
 
@@ -336,12 +346,12 @@ class _Attempts:
         if self._attempt is not None:
             outcome = self._attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:
-                retrier._group = retrier._ambiguous_until = None
+                retrier.release()
                 raise StopAsyncIteration
         try:
             attempt = await self._retrying.__anext__()
         except BaseException as exc:
-            retrier._group = retrier._ambiguous_until = None
+            retrier.release()
             if isinstance(exc, StopAsyncIteration):
                 raise
             retrier._end(exc)

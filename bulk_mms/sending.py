@@ -336,7 +336,8 @@ class GroupSender:
             self.fail_ledger(exc)
             return None
         finally:
-            retriers.append(retrier)  # its call is over, however it ended
+            retrier.release()  # its tries are over, however they ended
+            retriers.append(retrier)
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None

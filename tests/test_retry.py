@@ -217,3 +217,20 @@ async def test_attempts_end_at_the_first_answer(fake_sleep: FakeClock) -> None:
     assert result.receipt is not None
     assert result.attempts == 2
     assert len(c.calls) == 2
+
+
+async def test_a_released_retrier_is_free_after_a_loop_left_early(fake_sleep: FakeClock) -> None:
+    """A loop over ``attempts`` left by an error outside a try leaves the retrier busy until
+    ``release``; then it sends the next group."""
+    retrier = Retrier(POLICY, clock=fake_sleep)
+
+    async def loop() -> None:
+        async for _attempt in retrier.attempts(GROUP):
+            raise ValueError("outside the try")
+
+    with pytest.raises(ValueError, match="outside the try"):
+        await loop()
+    with pytest.raises(RuntimeError, match="one group at a time"):
+        retrier.attempts(GROUP)
+    retrier.release()
+    assert (await retrier.send(FakeClient(), GROUP, KEY)).receipt is not None
