@@ -101,7 +101,7 @@ def parse_time(stamp: str) -> float:
     Raises:
         ValueError: not an ISO 8601 time.
     """
-    when = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    when = dt.datetime.fromisoformat(stamp)  # a trailing Z is UTC (Python 3.11 reads it)
     if when.tzinfo is None:  # never this machine's zone
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
