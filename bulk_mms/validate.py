@@ -72,9 +72,6 @@ def _after_canonical_us(value: str, region: str) -> str:
     return _parsed(value, region)
 
 
-#: The punctuation people write between a number's digits: deleted, it leaves the digits
-#: (and a leading ``+``) that :func:`_formatted` reads.
-_FORMATTING: Final = str.maketrans("", "", " -.()")
 #: Regions in which phonenumbers reads ten digits, or eleven starting with 1, as a +1
 #: number with those ten digits (national prefix ``1``, nothing transformed).
 _PLAIN_NANP: Final = frozenset({"US", "CA"})
@@ -92,7 +89,11 @@ def _formatted(value: str, region: str) -> str | None:
     and a sweep of every area code hold the two to the same verdicts)."""
     if len(value) > _FORMATTED_MAX_LENGTH:
         return None
-    digits = value.translate(_FORMATTING)
+    # the punctuation people write between a number's digits, deleted: the digits (and a
+    # leading +) are left (five replaces take half the time of one str.translate)
+    digits = (
+        value.replace(" ", "").replace("-", "").replace(".", "").replace("(", "").replace(")", "")
+    )
     n = len(digits)
     if n == 12 and digits[:2] == "+1":
         national = digits[2:]
