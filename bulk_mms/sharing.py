@@ -22,9 +22,15 @@ from bulk_mms.clock import Clock
 from bulk_mms.coordination import Coordinator
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
+from bulk_mms.ledger.fold import FAILED, RETRY_PENDING, SENT
 from bulk_mms.models import Group
 
 log = structlog.get_logger(__name__)
+
+#: The states in which the process holding a group has decided it for this run. A group in
+#: doubt is not one: its holder may still settle it by the API's records before it ends (and
+#: send it again), so the others watch on until it does, or until its claim passes to them.
+SETTLED = frozenset((SENT, FAILED, RETRY_PENDING))
 
 
 class Sharing:
@@ -76,7 +82,7 @@ class Sharing:
         while self.others and not stopped():
             for gid, group in list(self.others.items()):
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
-                if rec is not None and not rec.open and rec.outcome is not None:
+                if rec is not None and rec.state in SETTLED:
                     del self.others[gid]  # settled by its owner
                 elif await self.coordinator.claim(gid):
                     del self.others[gid]
