@@ -24,7 +24,6 @@ import msgspec
 import structlog
 import tenacity
 
-from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.config import RetryConfig
 from bulk_mms.errors import AmbiguousSendError, RateLimited, RetryableSendError, SendError
@@ -161,18 +160,15 @@ class Retrier:
     """The tries of one group at a time, group after group: tenacity's machinery (its
     ``AsyncRetrying``, the stop, the wait, the retry predicate) is built once and reused.
 
-    A caller writes its try loop top to bottom over :meth:`attempts`, and reads how it ended
-    from :meth:`ended`::
+    A caller hands :meth:`run` one try, written top to bottom, and gets how the tries ended::
 
-        receipt = None
-        async for attempt in retrier.attempts(group, deadline=..., ambiguous_until=...):
-            with attempt:  # tenacity's: an error in the block ends this try
-                ...  # pace, record the attempt ahead
-                receipt = await client.send(group, key)
-        result = retrier.ended(receipt)
+        async def try_once(n: int) -> SendReceipt:
+            ...  # pace, record try n ahead
+            return await client.send(group, key)
 
-    :meth:`send` is that loop for a caller with no more to do per try than two hooks. A
-    retrier is not for two groups at once (:meth:`attempts` raises :class:`RuntimeError`): a
+        result = await retrier.run(group, try_once, deadline=..., ambiguous_until=...)
+
+    A retrier is not for two groups at once (:meth:`run` raises :class:`RuntimeError`): a
     caller with several groups in flight keeps one ``Retrier`` for each. What a group's tries
     share (tenacity's ``RetryCallState``, the failures the stop counts, the group's deadline,
     until when an ambiguous try is retried, the last error) is begun anew for each group.
@@ -230,30 +226,20 @@ class Retrier:
         assert self._group is not None
         self.digest.note(self._group, state)
 
-    def attempts(
+    def _attempts(
         self,
         group: Group,
         *,
         deadline: float | None = None,
         ambiguous_until: float | None = None,
     ) -> AsyncIterator[tenacity.AttemptManager]:
-        """Tenacity's attempts for ``group``: each is a context manager for one try. The tries
-        end when one's block ends without an error (it answered), or when the error that ended
-        the last one may not be retried (see the module); :meth:`ended` then says how. A loop
-        that runs to its end frees the retrier; one that may end otherwise (a ``break``, an
-        error outside a try) must :meth:`release` it.
-
-        Args:
-            group: what is sent (for the retry digest).
-            deadline: no retry starts after this monotonic time.
-            ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
+        """Tenacity's attempts for ``group`` (:meth:`run`'s loop): each is a context manager
+        for one try. They end when one's block ends without an error (it answered), or when
+        the error that ended the last one may not be retried (see the module), kept for
+        :meth:`run` (:meth:`_end`); the caller frees the retrier however the loop ends.
 
         Raises:
             RuntimeError: this retrier is sending another group.
-            StopRetrying: (from the loop) a block gave up before the first try, naming no
-                error.
-            BaseException: (from the loop) whatever else a block raised (a ledger's error, a
-                cancel).
         """
         if self._group is not None:
             raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
@@ -263,7 +249,7 @@ class Retrier:
         return _Attempts(self)
 
     def _end(self, exc: BaseException) -> None:
-        """The tries ended on ``exc``: keep how (:meth:`ended`), or raise it on."""
+        """The tries ended on ``exc``: keep how (for :meth:`run`), or raise it on."""
         if isinstance(exc, SendError):
             self._ended = Attempted(None, _still_in_doubt(self._doubt, exc), self._number)
         elif isinstance(exc, StopRetrying) and (self._last is not None or exc.error is not None):
@@ -275,59 +261,54 @@ class Retrier:
         else:
             raise exc
 
-    def release(self) -> None:
-        """The caller's loop over :meth:`attempts` is over, however it ended: the retrier is
-        free for another group. The loop's own end frees it; a caller whose loop may end
-        otherwise (an error outside a try) releases it in a ``finally``."""
-        self._group = self._ambiguous_until = None
+    async def run(
+        self,
+        group: Group,
+        try_once: Callable[[int], Awaitable[SendReceipt]],
+        *,
+        deadline: float | None = None,
+        ambiguous_until: float | None = None,
+    ) -> Attempted:
+        """Send one group, retrying what can be retried: the one try loop.
 
-    def ended(self, receipt: SendReceipt | None) -> Attempted:
-        """How the tries that :meth:`attempts` gave ended: ``receipt``, the answer of the last
-        try, if it has one; else the error that ended them."""
+        ``try_once(n)`` makes try number ``n`` (1, 2, ...) top to bottom and returns its
+        answer; an error it raises ends that try. Before its request leaves it may raise
+        :class:`StopRetrying` to give up unsent. A :class:`~bulk_mms.errors.SendError` is
+        retried or ends the tries (see the module); any other error is raised on, untried
+        again. However the loop ends, the retrier is free for another group.
+
+        Args:
+            group: what is sent (for the retry digest).
+            try_once: one try; given its number.
+            deadline: no retry starts after this monotonic time.
+            ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
+
+        Returns:
+            The receipt, or the error that ended the tries, with the number of tries. Once a
+            try was ambiguous (it may have been accepted), the group can only end sent or
+            ambiguous: a later 503, 429 or refusal does not undo what that try may have done.
+
+        Raises:
+            RuntimeError: this retrier is sending another group.
+            StopRetrying: ``try_once`` gave up before the first try, naming no error.
+            BaseException: whatever else ``try_once`` raised (a ledger's error, a cancel).
+        """
+        receipt = None
+        tries = self._attempts(group, deadline=deadline, ambiguous_until=ambiguous_until)
+        try:
+            async for attempt in tries:
+                with attempt:  # tenacity's: an error in the block ends this try
+                    receipt = await try_once(attempt.retry_state.attempt_number)
+        finally:
+            self._group = self._ambiguous_until = None
         if receipt is not None:
             return Attempted(receipt, None, self._number)
         assert self._ended is not None, "the tries ended with neither an answer nor an error"
         return self._ended
 
-    async def send(
-        self,
-        client: MmsClient,
-        group: Group,
-        key: str,
-        *,
-        before_attempt: Callable[[int], Awaitable[None]] | None = None,
-        on_error: Callable[[SendError], None] | None = None,
-        deadline: float | None = None,
-        ambiguous_until: float | None = None,
-    ) -> Attempted:
-        """Send one group, retrying what can be retried: :func:`send_with_retry`, whose
-        arguments, result and errors these are.
-
-        Raises:
-            StopRetrying: ``before_attempt`` gave up before a try.
-            RuntimeError: this retrier is sending another group.
-        """
-        receipt = None
-        try:
-            async for attempt in self.attempts(
-                group, deadline=deadline, ambiguous_until=ambiguous_until
-            ):
-                with attempt:
-                    if before_attempt is not None:
-                        await before_attempt(attempt.retry_state.attempt_number)
-                    try:
-                        receipt = await client.send(group, key)
-                    except SendError as exc:
-                        if on_error is not None:
-                            on_error(exc)
-                        raise
-        finally:
-            self.release()
-        return self.ended(receipt)
-
 
 class _Attempts:
-    """:meth:`Retrier.attempts`: tenacity's ``AsyncRetrying`` iterated for one group, which
+    """:meth:`Retrier._attempts`: tenacity's ``AsyncRetrying`` iterated for one group, which
     ends at the first try that answered (tenacity is not asked again: nothing retries an
     answer) or at the error that ends the tries, kept by the retrier. Private."""
 
@@ -346,12 +327,10 @@ class _Attempts:
         if self._attempt is not None:
             outcome = self._attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:
-                retrier.release()
                 raise StopAsyncIteration
         try:
             attempt = await self._retrying.__anext__()
         except BaseException as exc:
-            retrier.release()
             if isinstance(exc, StopAsyncIteration):
                 raise
             retrier._end(exc)
@@ -359,58 +338,6 @@ class _Attempts:
         retrier._number = attempt.retry_state.attempt_number
         self._attempt = attempt
         return attempt
-
-
-async def send_with_retry(
-    client: MmsClient,
-    group: Group,
-    key: str,
-    policy: RetryConfig,
-    *,
-    clock: Clock | None = None,
-    before_attempt: Callable[[int], Awaitable[None]] | None = None,
-    on_error: Callable[[SendError], None] | None = None,
-    deadline: float | None = None,
-    ambiguous_until: float | None = None,
-    digest: RetryDigest | None = None,
-) -> Attempted:
-    """Send one group, retrying what can be retried.
-
-    Every try is made under tenacity, by a :class:`Retrier` of this call's own (a caller that
-    sends group after group keeps its retriers and calls :meth:`Retrier.send`).
-
-    Args:
-        client: the API seam.
-        group: what to send.
-        key: its ``Idempotency-Key``, the same on every try.
-        policy: attempts and backoff.
-        clock: sleeps between tries, and tells the time for ``deadline`` (monotonic) and
-            ``ambiguous_until`` (wall); the system's by default, a fake in tests.
-        before_attempt: awaited with the attempt number before each try (rate limiting, the
-            write-ahead ledger entry); it may raise :class:`StopRetrying` to give up unsent.
-        on_error: called with each failed try's error (the pacer learns from 429s).
-        deadline: no retry starts after this monotonic time.
-        ambiguous_until: retry ambiguous failures until this wall-clock time (None: never).
-        digest: where retries are told (one line per cause now and then); a digest of this
-            call's own by default.
-
-    Returns:
-        The receipt, or the error that ended the tries, with the number of tries. Once a try
-        was ambiguous (it may have been accepted), the group can only end sent or ambiguous:
-        a later 503, 429 or refusal does not undo what the earlier try may have done.
-
-    Raises:
-        StopRetrying: ``before_attempt`` gave up before a try.
-    """
-    return await Retrier(policy, clock=clock, digest=digest).send(
-        client,
-        group,
-        key,
-        before_attempt=before_attempt,
-        on_error=on_error,
-        deadline=deadline,
-        ambiguous_until=ambiguous_until,
-    )
 
 
 def _still_in_doubt(doubt: AmbiguousSendError | None, last: SendError) -> SendError:

@@ -336,8 +336,7 @@ class GroupSender:
             self.fail_ledger(exc)
             return None
         finally:
-            retrier.release()  # its tries are over, however they ended
-            retriers.append(retrier)
+            retriers.append(retrier)  # free again: its tries are over, however they ended
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None
@@ -365,34 +364,37 @@ class GroupSender:
         return None if self.stop.is_set() else after
 
     async def _tries(self, tries: _Tries, retrier: Retrier) -> Attempted:
-        """The group's tries, each top to bottom: the pacer admits it, the gates and the caps
-        let it through, its attempt is written ahead, it takes its send slot, and the request
-        leaves. Tenacity (``retrier``) says whether another try follows an error.
+        """The group's tries (:meth:`_try`, each); tenacity (``retrier``) says whether another
+        try follows an error.
 
         Raises:
-            StopRetrying: it gave up before its first try (see :meth:`Retrier.attempts`).
+            StopRetrying: it gave up before its first try (see :meth:`Retrier.run`).
             ClaimLost: another process took the group over before its request left.
             LedgerError: its attempt could not be made durable.
         """
-        group, receipt = tries.group, None
-        async for attempt in retrier.attempts(
+        group = tries.group
+        return await retrier.run(
             group,
+            functools.partial(self._try, tries),
             deadline=tries.group_deadline,
             ambiguous_until=key_valid_until(
                 self.view, self.settings.retry, group.id, fresh=self.clock.wall()
             ),
-        ):
-            with attempt:
-                ticket = await self._pace(tries)
-                await self._reserve(tries)
-                await self._write_attempt(tries, attempt.retry_state.attempt_number)
-                await self._take_slot(tries, ticket)
-                try:
-                    receipt = await self.client.send(group, tries.key)
-                except SendError as exc:
-                    self._on_error(tries, exc)
-                    raise
-        return retrier.ended(receipt)
+        )
+
+    async def _try(self, tries: _Tries, number: int) -> SendReceipt:
+        """Try ``number`` of the group, top to bottom: the pacer admits it, the gates and the
+        caps let it through, its attempt is written ahead, it takes its send slot, and the
+        request leaves; its answer, or the error that ended it."""
+        ticket = await self._pace(tries)
+        await self._reserve(tries)
+        await self._write_attempt(tries, number)
+        await self._take_slot(tries, ticket)
+        try:
+            return await self.client.send(tries.group, tries.key)
+        except SendError as exc:
+            self._on_error(tries, exc)
+            raise
 
     async def _pace(self, tries: _Tries) -> Ticket:
         """Wait for the pacer to admit the group's sender; its ticket (kept in ``tries``)."""
