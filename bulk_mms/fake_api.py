@@ -104,8 +104,9 @@ class Fault:
 
     Args:
         kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body),
-            ``drop_before`` (close the connection without accepting), ``drop_after`` (accept,
-            then close without answering), ``slow`` (accept after ``delay`` seconds),
+            ``drop_before`` (close the connection without accepting, after ``delay``
+            seconds), ``drop_after`` (accept, then close without answering), ``slow`` (accept
+            after ``delay`` seconds),
             ``no_id`` (accept, answer 200 without an id), ``not_json`` (accept, answer 200 with
             a body that is not JSON), ``truncated`` (accept, then cut the body off midway),
             ``redirect`` (answer ``status``, a 3xx, with ``Location: location``, accepting
@@ -565,6 +566,7 @@ class FakeTelnyx:
                 fault.status, fault.code or str(fault.status), "Scripted fault", "", fault.headers
             )
         if fault is not None and fault.kind == "drop_before":
+            await asyncio.sleep(fault.delay)  # a request held, never taken in
             return _drop(request)
         if fault is not None and fault.kind == "redirect":
             return web.Response(status=fault.status, headers={"Location": fault.location})

@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from bulk_mms.cli import main
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import events, open_store, read_events, to_json
 from bulk_mms.ledger.postgres import _MIGRATIONS, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
@@ -127,6 +127,41 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
     times = [t for t, _, _ in fake.accept_log]
     busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
     assert busiest <= 15
+
+
+@pytest.mark.slow
+def test_a_group_killed_before_the_api_took_it_is_sent_once_by_the_survivors(
+    jobs: JobFactory, database: str
+) -> None:
+    """A process SIGKILLed while its request is held at the API, never taken in: the two
+    processes started after it take its groups over when its lease runs out; the group is in
+    doubt until the API's records, complete, show it was never accepted, and then one of them
+    sends it. Each waits for the other's group in doubt to be decided: both exit 0, everyone
+    is accepted exactly once."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.append(Fault("drop_before", delay=60.0))  # the first request, the killed one's
+    jobs.people(20)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text(
+        "[limits]\nrate = 20\nconcurrency = 1\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
+    )
+    where = f"{database}?ledger=held"
+    with fake_api_thread(fake) as url:
+        first = run_cli(job.path, url, config, where)
+        deadline = time.monotonic() + 60
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.requests, "the first process never sent"
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        procs = [run_cli(job.path, url, config, where) for _ in range(2)]
+        outs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [(o[0] + o[1]).decode()[-600:] for o in outs]
+    counts = fake.recipient_counts()
+    assert sorted(counts) == numbers(20)
+    assert max(counts.values()) == 1
+    assert summarize(where).sent_recipients == 20
 
 
 def run_cli(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[bytes]:
