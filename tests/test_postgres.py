@@ -19,6 +19,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
+from bulk_mms.config import JobConfig
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
 from bulk_mms.fake_api import FakeTelnyx, Fault
@@ -103,12 +104,7 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
     exactly once at the server, both survivors exit 0 as a single run would, and together
     they never put more than the account's rate into any one-second window."""
     fake = FakeTelnyx(api_key=KEY)
-    jobs.people(120)
-    job = jobs.job(extra="group_size = 2")
-    config = jobs.root / "config.toml"
-    config.write_text(
-        "[limits]\nrate = 15\nconcurrency = 2\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
-    )
+    job, config = shared_job(jobs, 120, rate=15, concurrency=2)
     where = f"{database}?ledger=three"
     with fake_api_thread(fake) as url:
         procs = [run_cli(job.path, url, config, where) for _ in range(3)]
@@ -116,13 +112,7 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
         procs[0].send_signal(signal.SIGKILL)
         outs = [p.communicate(timeout=90) for p in procs]
     assert procs[0].returncode == -signal.SIGKILL
-    assert [p.returncode for p in procs[1:]] == [0, 0], [
-        (o[0] + o[1]).decode()[-600:] for o in outs
-    ]
-    counts = fake.recipient_counts()
-    assert sorted(counts) == numbers(120)
-    assert max(counts.values()) == 1
-    assert summarize(where).sent_recipients == 120
+    assert_each_accepted_once(fake, where, procs[1:], outs[1:], 120)
     # one account budget for all three: no one-second window at the server above the rate
     times = [t for t, _, _ in fake.accept_log]
     busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
@@ -140,12 +130,7 @@ def test_a_group_killed_before_the_api_took_it_is_sent_once_by_the_survivors(
     is accepted exactly once."""
     fake = FakeTelnyx(api_key=KEY)
     fake.faults.append(Fault("drop_before", delay=60.0))  # the first request, the killed one's
-    jobs.people(20)
-    job = jobs.job(extra="group_size = 2")
-    config = jobs.root / "config.toml"
-    config.write_text(
-        "[limits]\nrate = 20\nconcurrency = 1\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
-    )
+    job, config = shared_job(jobs, 20, rate=20, concurrency=1)
     where = f"{database}?ledger=held"
     with fake_api_thread(fake) as url:
         first = run_cli(job.path, url, config, where)
@@ -157,11 +142,40 @@ def test_a_group_killed_before_the_api_took_it_is_sent_once_by_the_survivors(
         first.communicate(timeout=30)
         procs = [run_cli(job.path, url, config, where) for _ in range(2)]
         outs = [p.communicate(timeout=90) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [(o[0] + o[1]).decode()[-600:] for o in outs]
+    assert_each_accepted_once(fake, where, procs, outs, 20)
+
+
+def shared_job(
+    jobs: JobFactory, people: int, *, rate: int, concurrency: int
+) -> tuple[JobConfig, Path]:
+    """A job of ``people`` in groups of two, and a config for processes sharing it: a lease
+    of two seconds, and the API's records complete at once (``records_lag_s = 0``)."""
+    jobs.people(people)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text(
+        f"[limits]\nrate = {rate}\nconcurrency = {concurrency}\nlease_s = 2\n"
+        "[api]\nrecords_lag_s = 0\n"
+    )
+    return job, config
+
+
+def assert_each_accepted_once(
+    fake: FakeTelnyx,
+    where: str,
+    procs: list[subprocess.Popen[bytes]],
+    outs: list[tuple[bytes, bytes]],
+    people: int,
+) -> None:
+    """Every process exited 0 (else: what each printed last), and the API accepted each of
+    ``people`` exactly once, as the shared ledger records."""
+    assert [p.returncode for p in procs] == [0] * len(procs), [
+        (out + err).decode()[-600:] for out, err in outs
+    ]
     counts = fake.recipient_counts()
-    assert sorted(counts) == numbers(20)
+    assert sorted(counts) == numbers(people)
     assert max(counts.values()) == 1
-    assert summarize(where).sent_recipients == 20
+    assert summarize(where).sent_recipients == people
 
 
 def run_cli(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[bytes]:
