@@ -59,7 +59,7 @@ from bulk_mms.scan import (
     scan_input,
 )
 from bulk_mms.sending import GroupSender
-from bulk_mms.settle import Verdict
+from bulk_mms.settle import SETTLED_SLACK_S, Verdict
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
@@ -293,21 +293,45 @@ class Runner:
         (``[api] records_lag_s`` set low); one never accepted is sent again. The rest stay in
         doubt for a later run, ``track`` or ``report``'s next look."""
         for gid, group in list(self.sender.doubts.items()):
-            rec = self.view.groups.get(gid)
-            if self.stop.is_set() or rec is None or rec.state != IN_DOUBT:
-                continue
+            await self._settle_doubt(gid, group)
+
+    async def _settle_doubt(self, gid: str, group: Group) -> None:
+        """:meth:`settle_doubts` for one group."""
+        rec = self.view.groups.get(gid)
+        if self.stop.is_set() or rec is None or rec.state != IN_DOUBT:
+            return
+        verdict = await self._settle(group)
+        wait = self.sender.settler.complete_in(rec)
+        if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
+            await self.clock.sleep(wait)
+            if self.stop.is_set():
+                return
             verdict = await self._settle(group)
-            wait = self.sender.settler.complete_in(rec)
-            if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
-                await self.clock.sleep(wait)
-                if self.stop.is_set():
-                    return
-                verdict = await self._settle(group)
-            if verdict == Verdict.ABSENT and not self.stop.is_set():
-                # the workers are gone: what goes out in its place is sent here, in turn
-                current: Group | None = group
-                while current is not None:
-                    current = await self._send(current)
+        if verdict == Verdict.ABSENT and not self.stop.is_set():
+            await self._send_here(group)
+
+    async def _send_here(self, group: Group) -> None:
+        """Send ``group``, and what goes out in its place, in this task: the workers are gone."""
+        current: Group | None = group
+        while current is not None:
+            current = await self._send(current)
+
+    async def settle_later(self) -> None:
+        """Once its own groups are settled, wait for the groups other processes left
+        undecided, and for those they took over from this one (:meth:`Sharing.settle_later
+        <bulk_mms.sharing.Sharing.settle_later>`): as long as their holders may take to
+        settle theirs, and a lease more."""
+        self.sharing.later.update(self.sender.lost)
+        within = SETTLE_WAIT_S + SETTLED_SLACK_S + self.sharing.coordinator.lease_s
+        await self.sharing.settle_later(self._take_over_late, self.stop.is_set, within)
+
+    async def _take_over_late(self, group: Group) -> None:
+        """A group whose holder died undecided: decided here as a rerun would (skipped, held
+        and settled, or sent), in this task."""
+        if (admitted := await self._admit(group)) is not None:
+            await self._send_here(admitted)
+        elif group.id in self.sender.doubts:
+            await self._settle_doubt(group.id, group)
 
     async def feed(self, reader: RowReader) -> None:
         """Produce; once every group on the queue is done, those sent in another's place
@@ -623,6 +647,7 @@ async def run_job(
             async with _showing(runner, progress, job):
                 await runner.run(reader)
                 await runner.settle_doubts()
+                await runner.settle_later()
                 await runner.watch_blocked()
             try:
                 await _bounded(store.drain(), stop)

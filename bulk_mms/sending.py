@@ -242,6 +242,9 @@ class GroupSender:
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
         self.doubts: dict[str, Group] = {}
+        #: Groups another process took over before their request left here: theirs to decide,
+        #: watched before the run ends (a shared ledger).
+        self.lost: dict[str, Group] = {}
         #: Senders a delivery report showed blocked during this run.
         self.retired_by_delivery: set[str] = set()
         #: Looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
@@ -330,6 +333,7 @@ class GroupSender:
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
+            self.lost[group.id] = group
             await self._release(group, None)
             return None
         except LedgerError as exc:

@@ -22,15 +22,17 @@ from bulk_mms.clock import Clock
 from bulk_mms.coordination import Coordinator
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
-from bulk_mms.ledger.fold import FAILED, RETRY_PENDING, SENT
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
 from bulk_mms.models import Group
 
 log = structlog.get_logger(__name__)
 
-#: The states in which the process holding a group has decided it for this run. A group in
-#: doubt is not one: its holder may still settle it by the API's records before it ends (and
-#: send it again), so the others watch on until it does, or until its claim passes to them.
-SETTLED = frozenset((SENT, FAILED, RETRY_PENDING))
+#: The states a group's holder never changes in the same run: sent, or failed for good.
+FINAL = frozenset((SENT, FAILED))
+#: The states a holder may still change before it ends: in doubt (it settles the group by the
+#: API's records, and may send it again) and pending a retry (the records showed it never
+#: accepted, and it is sent again).
+UNDECIDED = frozenset((IN_DOUBT, RETRY_PENDING))
 
 
 class Sharing:
@@ -45,6 +47,9 @@ class Sharing:
         self.clock = clock
         #: Groups a live process claimed first, watched until they settle.
         self.others: dict[str, Group] = {}
+        #: Of those, the ones their holder left undecided (:data:`UNDECIDED`): looked at again
+        #: once this process has settled its own (:meth:`settle_later`).
+        self.later: dict[str, Group] = {}
 
     @property
     def shared(self) -> bool:
@@ -78,19 +83,55 @@ class Sharing:
     ) -> None:
         """Wait until the groups others claimed are settled; take over those whose process
         died and ``dispatch`` them. So every process ends when the job does, with the same view
-        of it, and a process that dies loses none of its groups."""
+        of it, and a process that dies loses none of its groups.
+
+        A group its live holder left undecided (in doubt, or pending a retry) is set aside for
+        :meth:`settle_later`: its holder decides it only once its own input is done, and it
+        may be waiting here for a group of this process's in turn."""
         while self.others and not stopped():
             for gid, group in list(self.others.items()):
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
-                if rec is not None and rec.state in SETTLED:
+                if rec is not None and rec.state in FINAL:
                     del self.others[gid]  # settled by its owner
                 elif await self.coordinator.claim(gid):
                     del self.others[gid]
                     log.info("group.taken_over", group=gid)
                     if not await dispatch(group):
                         return
+                elif rec is not None and not rec.open and rec.state in UNDECIDED:
+                    del self.others[gid]
+                    self.later[gid] = group
             if self.others:
                 await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
+
+    async def settle_later(
+        self,
+        take_over: Callable[[Group], Awaitable[None]],
+        stopped: Callable[[], bool],
+        within: float,
+    ) -> None:
+        """Once this process has settled its own groups, wait for those :meth:`settle_others`
+        set aside until their holder decides them (sent, or failed for good), or ``take_over``
+        the ones whose holder died. A holder alive but still undecided ``within`` seconds
+        (its records may lag for longer; it may be waiting on another) is left to them: the
+        group stays undecided here, for ``track``, ``report`` or the next run. Bounded, so no
+        two processes wait on each other for ever."""
+        give_up = self.clock.monotonic() + within
+        while self.later and not stopped():
+            for gid, group in list(self.later.items()):
+                rec = self.view.refresh_group(gid, await self.store.group_events(gid))
+                if rec is not None and rec.state in FINAL:
+                    del self.later[gid]
+                elif await self.coordinator.claim(gid):
+                    del self.later[gid]
+                    log.info("group.taken_over", group=gid)
+                    await take_over(group)
+            if not self.later:
+                return
+            if self.clock.monotonic() >= give_up:
+                log.warning("groups.left_undecided", groups=len(self.later), within_s=within)
+                return
+            await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
 
     async def keep_claims(self, failed: Callable[[LedgerError], None]) -> None:
         """Renew this process's claims well within the lease, until cancelled. A renewal

@@ -1,5 +1,5 @@
 """Several processes on one ledger (:mod:`bulk_mms.sharing`), without a database: which
-groups another process holds are watched, and until when."""
+groups another process holds are watched, until when, and which are taken over."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from bulk_mms.sharing import Sharing
 from tests.conftest import FakeClock
 
 MEMBERS = ("+12025550101", "+12025550102")
+GROUP = Group("g1", 1, MEMBERS, (2, 3), MessageBody(from_="+15550001", text="hello"))
+ATTEMPT = events.Attempt("g1", MEMBERS, 1, "+15550001", 1, "k1", 1.0)
+DOUBT = events.InDoubt("g1", MEMBERS, 1, reason="in doubt: attempted before a crash")
+SENT = events.Sent("g1", MEMBERS, 1, message_id="m1")
 
 
 class Ledger:
-    """A shared ledger's events for one group, as its holder writes them over time."""
+    """A shared ledger's events for one group, as its holder writes them read after read
+    (the last stays)."""
 
     def __init__(self, *history: Sequence[events.Event]) -> None:
         self.history = list(history)
@@ -26,34 +31,76 @@ class Ledger:
         return list(self.history[min(self.reads, len(self.history)) - 1])
 
 
-class HeldElsewhere(LocalCoordinator):
-    """A shared coordinator whose every group a live process holds."""
+class Holder(LocalCoordinator):
+    """A shared coordinator whose groups a live process holds for the first ``held`` asks."""
 
     shared = True
     lease_s = 2.0
 
+    def __init__(self, held: int = 1_000_000) -> None:
+        self.held = held
+
     async def claim(self, group: str) -> bool:
-        return False
+        self.held -= 1
+        return self.held < 0
 
 
-async def test_a_group_its_holder_has_in_doubt_is_watched_until_it_is_sent() -> None:
-    """A group another live process recorded in doubt is not settled: that process may still
-    settle it by the API's records and send it; the watch ends only when it is sent, and the
-    watcher's view then says sent."""
-    attempt = events.Attempt("g1", MEMBERS, 1, "+15550001", 1, "k1", 1.0)
-    doubt = events.InDoubt("g1", MEMBERS, 1, reason="in doubt: attempted before a crash")
-    sent = events.Sent("g1", MEMBERS, 1, message_id="m1")
-    ledger = Ledger([attempt], [attempt, doubt], [attempt, doubt], [attempt, doubt, sent])
-    view = LedgerView()
-    sharing = Sharing(ledger, HeldElsewhere(), view, FakeClock())  # type: ignore[arg-type]
-    body = MessageBody(from_="+15550001", text="hello")
-    sharing.others["g1"] = Group(id="g1", seq=1, to=MEMBERS, lines=(2, 3), message=body)
-    dispatched: list[Group] = []
+def sharing_of(ledger: Ledger, holder: Holder) -> Sharing:
+    """A process's sharing, watching GROUP (another process claimed it first)."""
+    sharing = Sharing(ledger, holder, LedgerView(), FakeClock())  # type: ignore[arg-type]
+    sharing.others[GROUP.id] = GROUP
+    return sharing
 
-    async def dispatch(group: Group) -> bool:
-        dispatched.append(group)
+
+async def test_a_group_its_holder_has_in_doubt_is_set_aside_then_watched_until_sent() -> None:
+    """A group another live process recorded in doubt is not decided (its holder may settle it
+    by the API's records and send it), nor waited for while this process's own input is
+    still open (its holder may be waiting for one of ours): it is set aside, and watched once
+    ours are settled until it is sent. The watcher's view then says sent."""
+    ledger = Ledger([ATTEMPT], [ATTEMPT, DOUBT], [ATTEMPT, DOUBT], [ATTEMPT, DOUBT, SENT])
+    sharing = sharing_of(ledger, Holder())
+    taken: list[Group] = []
+
+    async def take(group: Group) -> bool:
+        taken.append(group)
         return True
 
-    await sharing.settle_others(dispatch, lambda: False)
-    assert (ledger.reads, dispatched, sharing.others) == (4, [], {})
-    assert view.state("g1") == "sent"
+    async def take_later(group: Group) -> None:
+        taken.append(group)
+
+    await sharing.settle_others(take, lambda: False)
+    assert (ledger.reads, sharing.others, list(sharing.later)) == (2, {}, ["g1"])
+    await sharing.settle_later(take_later, lambda: False, within=60.0)
+    assert (ledger.reads, taken, sharing.later) == (4, [], {})
+    assert sharing.view.state("g1") == "sent"
+
+
+async def test_an_undecided_group_is_left_to_a_live_holder_after_the_wait() -> None:
+    """A group its live holder never decides is watched for ``within`` seconds, then left
+    undecided here: no two processes wait on each other for ever."""
+    clock = FakeClock()
+    sharing = Sharing(Ledger([ATTEMPT, DOUBT]), Holder(), LedgerView(), clock)  # type: ignore[arg-type]
+    sharing.later[GROUP.id] = GROUP
+    start = clock.monotonic()
+
+    async def take_later(group: Group) -> None:
+        raise AssertionError("a live holder's group is never taken")
+
+    await sharing.settle_later(take_later, lambda: False, within=10.0)
+    assert list(sharing.later) == ["g1"]
+    assert 10.0 <= clock.monotonic() - start <= 11.0
+    assert sharing.view.state("g1") == "in_doubt"
+
+
+async def test_an_undecided_group_whose_holder_died_is_taken_over() -> None:
+    """Once the holder's claim passes (it died undecided), the watcher takes the group over
+    and stops watching it."""
+    sharing = sharing_of(Ledger([ATTEMPT, DOUBT]), Holder(held=3))
+    sharing.later[GROUP.id] = sharing.others.pop(GROUP.id)
+    taken: list[Group] = []
+
+    async def take_later(group: Group) -> None:
+        taken.append(group)
+
+    await sharing.settle_later(take_later, lambda: False, within=60.0)
+    assert (taken, sharing.later) == ([GROUP], {})
