@@ -238,9 +238,10 @@ class Runner:
         place of one already counted)."""
         free = len(group.to) if rows else 0
         if group.suppressed:  # made in this plan without suppressed members: say so, once
-            if not await self.sharing.untouched(group.origin):
+            if not await self.sharing.remakes(group):
                 return None
-            self.recorder.remade(group)
+            if not ((origin := self.view.groups.get(group.origin)) and origin.refused):
+                self.recorder.remade(group)  # (else its maker recorded it, then died)
         if self.gates.hold(group) or group.not_before > self.clock.wall():
             # (members a carrier refused for now wait for its reset: a later run sends them)
             self.rows_done += free

@@ -68,15 +68,21 @@ class Sharing:
         self.view.refresh_group(group.id, await self.store.group_events(group.id))
         return True
 
-    async def untouched(self, gid: str) -> bool:
-        """Whether this process may decide about group ``gid``, which it has not seen in the
-        ledger: always on a store that is not shared; else once it holds the claim and the
-        ledger still has nothing of the group (another process may have acted since)."""
+    async def remakes(self, group: Group) -> bool:
+        """Whether this process makes ``group`` in place of ``group.origin`` (without its
+        suppressed members): always on a store that is not shared; else once it holds the
+        origin's claim and the ledger has nothing of the origin but this same remaking (its
+        maker died before sending it). While a live process holds the origin, ``group`` is
+        what that process sends (the same plan, the same id): it is watched until it settles."""
         if not self.shared:
             return True
-        if not await self.coordinator.claim(gid):
-            return False  # a live process decides it; if it dies, a rerun does
-        return self.view.refresh_group(gid, await self.store.group_events(gid)) is None
+        if not await self.coordinator.claim(group.origin):
+            self.others[group.id] = group  # a live process decides it
+            return False
+        rec = self.view.refresh_group(group.origin, await self.store.group_events(group.origin))
+        return rec is None or (
+            rec.outcome is None and not rec.open and rec.refused == group.suppressed
+        )
 
     async def settle_others(
         self, dispatch: Callable[[Group], Awaitable[bool]], stopped: Callable[[], bool]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
 from bulk_mms.coordination import LocalCoordinator
 from bulk_mms.ledger import LedgerView, events
 from bulk_mms.models import Group, MessageBody
@@ -104,3 +106,20 @@ async def test_an_undecided_group_whose_holder_died_is_taken_over() -> None:
 
     await sharing.settle_later(take_later, lambda: False, within=60.0)
     assert (taken, sharing.later) == ([GROUP], {})
+
+
+async def test_a_remade_group_is_watched_made_or_taken_over_by_its_origin() -> None:
+    """A group made without a suppressed member goes to whoever holds its origin: while a
+    live process does, it is watched; once the origin's claim passes, this process makes it
+    when the ledger has nothing of the origin, or the same remaking (its maker died before
+    sending it), never when the origin went otherwise."""
+    remade = msgspec.structs.replace(GROUP, id="g2", origin="g1", suppressed=("+12025550103",))
+    same = events.Remade("g1", without=("+12025550103",))
+    other = events.Remade("g1", without=("+12025550104",))
+    watching = Sharing(Ledger([]), Holder(), LedgerView(), FakeClock())  # type: ignore[arg-type]
+    assert not await watching.remakes(remade)
+    assert watching.others == {"g2": remade}
+    for history, makes in (([], True), ([same], True), ([other], False), ([ATTEMPT], False)):
+        free = Sharing(Ledger(history), Holder(held=0), LedgerView(), FakeClock())  # type: ignore[arg-type]
+        assert await free.remakes(remade) is makes, history
+        assert free.others == {}
