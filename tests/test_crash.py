@@ -114,7 +114,8 @@ def test_signal_stops_cleanly_and_rerun_resumes(
     fake, job, config = paced_job(jobs)
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)
-        time.sleep(1.2)
+        _wait_for_line(job.ledger, b'"event":"sent"')  # sending: the handlers are in place
+        time.sleep(0.3)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == code
@@ -136,7 +137,8 @@ def test_second_sigint_cancels_at_once_and_rerun_is_exact(jobs: JobFactory) -> N
     fake, job, config = paced_job(jobs)
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config)
-        time.sleep(1.2)
+        _wait_for_line(job.ledger, b'"event":"sent"')  # sending: the handlers are in place
+        time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)

@@ -143,7 +143,7 @@ def test_groups_killed_before_the_api_took_them_are_sent_once_by_the_survivors(
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         procs = [run_cli(job.path, url, config, where) for _ in range(2)]
-        outs = [p.communicate(timeout=60) for p in procs]
+        outs = [p.communicate(timeout=90) for p in procs]
     assert_each_accepted_once(fake, where, procs, outs, numbers(20))
 
 
