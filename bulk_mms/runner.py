@@ -154,7 +154,13 @@ class Runner:
         self.store = recorder.store
         #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`), through the
         #: recorder's coordinator (the one its attempts are fenced by).
-        self.sharing = Sharing(self.store, recorder.coordinator, self.view, clock)
+        self.sharing = Sharing(
+            self.store,
+            recorder.coordinator,
+            self.view,
+            clock,
+            successor=lambda group: remade_from(group, self.view, self.job),
+        )
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
         self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
         self.quiet = self.sender.quiet

@@ -39,12 +39,20 @@ class Sharing:
     """One process's part in a shared ledger."""
 
     def __init__(
-        self, store: LedgerStore, coordinator: Coordinator, view: LedgerView, clock: Clock
+        self,
+        store: LedgerStore,
+        coordinator: Coordinator,
+        view: LedgerView,
+        clock: Clock,
+        successor: Callable[[Group], Group | None] = lambda group: None,
     ) -> None:
         self.store = store
         self.coordinator = coordinator
         self.view = view
         self.clock = clock
+        #: The group that goes out in place of a settled one, as the ledger has it now
+        #: (members refused by name, or moved): watched in turn.
+        self.successor = successor
         #: Groups a live process claimed first, watched until they settle.
         self.others: dict[str, Group] = {}
         #: Of those, the ones their holder left undecided (:data:`UNDECIDED`): looked at again
@@ -99,6 +107,7 @@ class Sharing:
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
                 if rec is not None and rec.state in FINAL:
                     del self.others[gid]  # settled by its owner
+                    self._follow(group, self.others)
                 elif await self.coordinator.claim(gid):
                     del self.others[gid]
                     log.info("group.taken_over", group=gid)
@@ -128,6 +137,7 @@ class Sharing:
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
                 if rec is not None and rec.state in FINAL:
                     del self.later[gid]
+                    self._follow(group, self.later)
                 elif await self.coordinator.claim(gid):
                     del self.later[gid]
                     log.info("group.taken_over", group=gid)
@@ -138,6 +148,12 @@ class Sharing:
                 log.warning("groups.left_undecided", groups=len(self.later), within_s=within)
                 return
             await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
+
+    def _follow(self, group: Group, watched: dict[str, Group]) -> None:
+        """Watch what goes out in place of ``group``, settled by another process: the members
+        it did not refuse by name (or moved), in a group of their own."""
+        if (after := self.successor(group)) is not None and after.id not in watched:
+            watched[after.id] = after
 
     async def keep_claims(self, failed: Callable[[LedgerError], None]) -> None:
         """Renew this process's claims well within the lease, until cancelled. A renewal

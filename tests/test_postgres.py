@@ -166,6 +166,31 @@ def test_processes_sharing_a_job_with_suppressed_members_each_exit_0(
     assert_each_accepted_once(fake, where, procs, outs, sorted(set(numbers(40)) - set(gone)))
 
 
+@pytest.mark.slow
+def test_processes_sharing_a_job_agree_on_members_the_api_refused(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two processes; the API refuses two members by name (opted out), and whoever sent their
+    groups sends the other members on in groups of their own. Each process follows those to
+    the end: both say the same (38 sent, 2 failed, none unaccounted for) and exit 1 for the
+    two who did not get it; nobody is texted twice."""
+    fake = FakeTelnyx(api_key=KEY)
+    stopped = numbers(40)[1::21]  # two numbers in two different groups
+    for phone in stopped:
+        fake.opt_out(phone, "+18445550001")
+    job, config = shared_job(jobs, 40, rate=20, concurrency=2, group_size=4)
+    where = f"{database}?ledger=refused"
+    with fake_api_thread(fake) as url:
+        procs = [run_cli(job.path, url, config, where) for _ in range(2)]
+        outs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], [(o + e).decode()[-1000:] for o, e in outs]
+    said = "40 valid recipients: 38 sent, 2 failed, 0 pending a rerun, 0 in doubt, 0 not attempted"
+    assert all(said in out.decode() for out, _ in outs), [out.decode() for out, _ in outs]
+    counts = fake.recipient_counts()
+    assert sorted(counts) == sorted(set(numbers(40)) - set(stopped))
+    assert max(counts.values()) == 1
+
+
 def shared_job(
     jobs: JobFactory, people: int, *, rate: int, concurrency: int, group_size: int = 2
 ) -> tuple[JobConfig, Path]:

@@ -123,3 +123,28 @@ async def test_a_remade_group_is_watched_made_or_taken_over_by_its_origin() -> N
         free = Sharing(Ledger(history), Holder(held=0), LedgerView(), FakeClock())  # type: ignore[arg-type]
         assert await free.remakes(remade) is makes, history
         assert free.others == {}
+
+
+async def test_what_goes_out_in_a_settled_groups_place_is_watched_in_turn() -> None:
+    """A group another process settled with members refused by name is followed to the group
+    of the others: watched until it too settles, once."""
+    rest = msgspec.structs.replace(GROUP, id="g2", to=MEMBERS[:1], lines=(2,))
+    failed = events.Failed("g1", MEMBERS, 1, code="40300", refused=MEMBERS[1:])
+    sent = events.Sent("g2", MEMBERS[:1], 1, message_id="m2")
+    ledger = Ledger([ATTEMPT, failed], [sent])
+    asked: list[str] = []
+
+    def successor(group: Group) -> Group | None:
+        asked.append(group.id)
+        return rest if group.id == "g1" else None
+
+    view = LedgerView()
+    sharing = Sharing(ledger, Holder(), view, FakeClock(), successor)  # type: ignore[arg-type]
+    sharing.others[GROUP.id] = GROUP
+
+    async def take(group: Group) -> bool:
+        raise AssertionError("a live holder's group is never taken")
+
+    await sharing.settle_others(take, lambda: False)
+    assert (asked, sharing.others, sharing.later) == (["g1", "g2"], {}, {})
+    assert (view.state("g1"), view.state("g2")) == ("failed", "sent")
