@@ -152,7 +152,8 @@ class Sharing:
     def _follow(self, group: Group, watched: dict[str, Group]) -> None:
         """Watch what goes out in place of ``group``, settled by another process: the members
         it did not refuse by name (or moved), in a group of their own."""
-        if (after := self.successor(group)) is not None and after.id not in watched:
+        after = self.successor(group)
+        if after is not None and after.id != group.id and after.id not in watched:
             watched[after.id] = after
 
     async def keep_claims(self, failed: Callable[[LedgerError], None]) -> None:
