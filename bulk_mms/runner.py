@@ -337,6 +337,7 @@ class Runner:
         and settled, or sent), in this task."""
         if (admitted := await self._admit(group)) is not None:
             await self._send_here(admitted)
+            self.rows_done += len(admitted.to)  # dealt with, as a worker counts a fed group
         elif group.id in self.sender.doubts:
             await self._settle_doubt(group.id, group)
 
