@@ -167,6 +167,8 @@ class Runner:
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
         self.rows_free = 0
+        #: Groups lost to another process's takeover: their rows are counted already.
+        self._counted: set[str] = set()
         self.last_sent: float | None = None
 
     def log_start(self, ledger: str) -> None:
@@ -243,16 +245,17 @@ class Runner:
         it. ``rows``: count its rows as dealt with when it is not sent (not for a group made in
         place of one already counted)."""
         free = len(group.to) if rows else 0
+        if self.gates.hold(group) or group.not_before > self.clock.wall():
+            # (members a carrier refused for now wait for its reset: a later run sends them;
+            # a group held here is neither claimed nor watched, nor its origin's claim taken)
+            self.rows_done += free
+            self.rows_free += free
+            return None
         if group.suppressed:  # made in this plan without suppressed members: say so, once
             if not await self.sharing.remakes(group):
                 return None
             if not ((origin := self.view.groups.get(group.origin)) and origin.refused):
                 self.recorder.remade(group)  # (else its maker recorded it, then died)
-        if self.gates.hold(group) or group.not_before > self.clock.wall():
-            # (members a carrier refused for now wait for its reset: a later run sends them)
-            self.rows_done += free
-            self.rows_free += free
-            return None
         if not await self.sharing.take(group):
             return None  # another live process has it
         if (remade := remade_from(group, self.view, self.job)) is not None:
@@ -328,18 +331,29 @@ class Runner:
         undecided, and for those they took over from this one (:meth:`Sharing.settle_later
         <bulk_mms.sharing.Sharing.settle_later>`): as long as their holders may take to
         settle theirs, and a lease more."""
-        self.sharing.later.update(self.sender.lost)
+        self._watch_lost()
         within = SETTLE_WAIT_S + SETTLED_SLACK_S + self.sharing.coordinator.lease_s
         await self.sharing.settle_later(self._take_over_late, self.stop.is_set, within)
+
+    def _watch_lost(self) -> None:
+        """Watch the groups another process took over from this one since the last look
+        (:attr:`GroupSender.lost`); their rows were counted as dealt with when they were."""
+        while self.sender.lost:
+            gid, group = self.sender.lost.popitem()
+            self._counted.add(gid)
+            self.sharing.watch_later(group)
 
     async def _take_over_late(self, group: Group) -> None:
         """A group whose holder died undecided: decided here as a rerun would (skipped, held
         and settled, or sent), in this task."""
-        if (admitted := await self._admit(group)) is not None:
+        fresh = group.id not in self._counted
+        if (admitted := await self._admit(group, rows=fresh)) is not None:
             await self._send_here(admitted)
-            self.rows_done += len(admitted.to)  # dealt with, as a worker counts a fed group
+            if fresh:
+                self.rows_done += len(admitted.to)  # dealt with, as a worker counts a fed group
         elif group.id in self.sender.doubts:
             await self._settle_doubt(group.id, group)
+        self._watch_lost()  # taken over from this one in turn (paused past its lease)
 
     async def feed(self, reader: RowReader) -> None:
         """Produce; once every group on the queue is done, those sent in another's place
@@ -428,11 +442,6 @@ class Runner:
 
         self.stop.on_force(cancel_all)
         watcher = asyncio.create_task(self.watch_delivery(), name="bulk-mms-delivery")
-        claims = (
-            asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
-            if self.sharing.shared
-            else None
-        )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:  # cancelled from outside: take the children along
@@ -441,8 +450,6 @@ class Runner:
             raise
         finally:
             watcher.cancel()
-            if claims is not None:
-                claims.cancel()
         broken = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
         if broken:
             # a bug, not a send error (those are all recorded): stop everything rather than
@@ -450,6 +457,22 @@ class Runner:
             self.stop.force("error")
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
+
+    @contextlib.asynccontextmanager
+    async def keeping_claims(self) -> AsyncIterator[None]:
+        """Renew this process's claims (a shared ledger) until the block ends: the run, the
+        settling of its doubts and the wait for what others left undecided. A live process's
+        groups never pass to another while it may still decide them."""
+        claims = (
+            asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
+            if self.sharing.shared
+            else None
+        )
+        try:
+            yield
+        finally:
+            if claims is not None:
+                claims.cancel()
 
     @functools.cached_property
     def delivery(self) -> Tracker:
@@ -653,9 +676,10 @@ async def run_job(
             )  # fmt: skip
             runner.log_start(store.name)
             async with _showing(runner, progress, job):
-                await runner.run(reader)
-                await runner.settle_doubts()
-                await runner.settle_later()
+                async with runner.keeping_claims():
+                    await runner.run(reader)
+                    await runner.settle_doubts()
+                    await runner.settle_later()
                 await runner.watch_blocked()
             try:
                 await _bounded(store.drain(), stop)

@@ -58,6 +58,9 @@ class Sharing:
         #: Of those, the ones their holder left undecided (:data:`UNDECIDED`): looked at again
         #: once this process has settled its own (:meth:`settle_later`).
         self.later: dict[str, Group] = {}
+        #: The claim through which a group in :attr:`later` passes to this process (see
+        #: :meth:`watch_later`); its own when not here.
+        self._through: dict[str, str] = {}
 
     @property
     def shared(self) -> bool:
@@ -81,11 +84,13 @@ class Sharing:
         suppressed members): always on a store that is not shared; else once it holds the
         origin's claim and the ledger has nothing of the origin but this same remaking (its
         maker died before sending it). While a live process holds the origin, ``group`` is
-        what that process sends (the same plan, the same id): it is watched until it settles."""
+        what that process sends (the same plan, the same id): it is watched, once this
+        process has settled its own (:meth:`settle_later`), and only through its origin's
+        claim, which its maker holds."""
         if not self.shared:
             return True
         if not await self.coordinator.claim(group.origin):
-            self.others[group.id] = group  # a live process decides it
+            self.watch_later(group, group.origin)  # a live process decides it
             return False
         rec = self.view.refresh_group(group.origin, await self.store.group_events(group.origin))
         return rec is None or (
@@ -107,7 +112,7 @@ class Sharing:
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
                 if rec is not None and rec.state in FINAL:
                     del self.others[gid]  # settled by its owner
-                    self._follow(group, self.others)
+                    self._follow(group)
                 elif await self.coordinator.claim(gid):
                     del self.others[gid]
                     log.info("group.taken_over", group=gid)
@@ -115,7 +120,7 @@ class Sharing:
                         return
                 elif rec is not None and not rec.open and rec.state in UNDECIDED:
                     del self.others[gid]
-                    self.later[gid] = group
+                    self.watch_later(group)
             if self.others:
                 await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
 
@@ -137,8 +142,8 @@ class Sharing:
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
                 if rec is not None and rec.state in FINAL:
                     del self.later[gid]
-                    self._follow(group, self.later)
-                elif await self.coordinator.claim(gid):
+                    self._follow(group)
+                elif await self.coordinator.claim(self._through.get(gid, gid)):
                     del self.later[gid]
                     log.info("group.taken_over", group=gid)
                     await take_over(group)
@@ -149,12 +154,21 @@ class Sharing:
                 return
             await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
 
-    def _follow(self, group: Group, watched: dict[str, Group]) -> None:
+    def watch_later(self, group: Group, through: str | None = None) -> None:
+        """Watch ``group`` once this process has settled its own (:meth:`settle_later`). It
+        passes to this process only when the claim ``through`` can be taken: its own by
+        default; the claim of whatever its maker holds while it makes it (a remade group's
+        origin, the group a successor goes out in place of), so a watcher never takes a
+        group from under a live maker."""
+        self.later[group.id] = group
+        self._through[group.id] = through or group.id
+
+    def _follow(self, group: Group) -> None:
         """Watch what goes out in place of ``group``, settled by another process: the members
         it did not refuse by name (or moved), in a group of their own."""
         after = self.successor(group)
-        if after is not None and after.id != group.id and after.id not in watched:
-            watched[after.id] = after
+        if after is not None and after.id != group.id and after.id not in self.later:
+            self.watch_later(after, group.id)
 
     async def keep_claims(self, failed: Callable[[LedgerError], None]) -> None:
         """Renew this process's claims well within the lease, until cancelled. A renewal

@@ -6,6 +6,7 @@ the schema migrated by the tool, and no password in what a user sees."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -188,6 +189,39 @@ def test_processes_sharing_a_job_agree_on_members_the_api_refused(
     assert all(said in out.decode() for out, _ in outs), [out.decode() for out, _ in outs]
     counts = fake.recipient_counts()
     assert sorted(counts) == sorted(set(numbers(40)) - set(stopped))
+    assert max(counts.values()) == 1
+
+
+@pytest.mark.slow
+def test_processes_never_wait_on_each_other_for_remade_groups_held_for_quiet_hours(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two processes; half the groups are in a zone outside the recipient window and each of
+    those loses a member to the suppression list. A group held for quiet hours is neither
+    claimed nor watched, so neither process waits for a remade group the other will not send
+    tonight: both end within seconds, the open zone's recipients sent once each."""
+    hour = dt.datetime.now(dt.UTC).hour
+    window = f"{max(0, hour - 1):02d}:00-{min(23, hour + 2):02d}:{'59' if hour >= 22 else '00'}"
+    people = numbers(48)
+    closed = {p for i, p in enumerate(people) if i // 4 % 2}  # every other group of four
+    gone = sorted(closed)[::4]  # one member of each of those
+    where = f"{database}?ledger=quiet"
+    for phone in gone:
+        assert main(["-q", "suppress", "add", phone, "--ledger", where]) == 0
+    rows = [
+        {"phone": p, "first": "x", "tz": "Etc/GMT-12" if p in closed else "UTC"} for p in people
+    ]
+    jobs.csv(rows)
+    job = jobs.job(extra=f'group_size = 4\nrecipient_window = "{window}"\ntimezone_column = "tz"')
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 20\nconcurrency = 1\nlease_s = 2\n")
+    fake = FakeTelnyx(api_key=KEY)
+    with fake_api_thread(fake) as url:
+        procs = [run_cli(job.path, url, config, where) for _ in range(2)]
+        outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [4, 4], [(o + e).decode()[-1000:] for o, e in outs]
+    counts = fake.recipient_counts()
+    assert sorted(counts) == sorted(set(people) - closed)
     assert max(counts.values()) == 1
 
 

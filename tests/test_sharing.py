@@ -41,8 +41,11 @@ class Holder(LocalCoordinator):
 
     def __init__(self, held: int = 1_000_000) -> None:
         self.held = held
+        #: The claims asked for, in order.
+        self.asked: list[str] = []
 
     async def claim(self, group: str) -> bool:
+        self.asked.append(group)
         self.held -= 1
         return self.held < 0
 
@@ -110,24 +113,35 @@ async def test_an_undecided_group_whose_holder_died_is_taken_over() -> None:
 
 async def test_a_remade_group_is_watched_made_or_taken_over_by_its_origin() -> None:
     """A group made without a suppressed member goes to whoever holds its origin: while a
-    live process does, it is watched; once the origin's claim passes, this process makes it
-    when the ledger has nothing of the origin, or the same remaking (its maker died before
-    sending it), never when the origin went otherwise."""
+    live process does, it is watched (after this process's own), through the origin's claim
+    and never its own (its maker may not have claimed it yet); once the origin's claim
+    passes, it is taken over. A process makes it when the ledger has nothing of the origin,
+    or the same remaking (its maker died before sending it), never when the origin went
+    otherwise."""
     remade = msgspec.structs.replace(GROUP, id="g2", origin="g1", suppressed=("+12025550103",))
     same = events.Remade("g1", without=("+12025550103",))
     other = events.Remade("g1", without=("+12025550104",))
-    watching = Sharing(Ledger([]), Holder(), LedgerView(), FakeClock())  # type: ignore[arg-type]
+    holder = Holder()
+    watching = Sharing(Ledger([]), holder, LedgerView(), FakeClock())  # type: ignore[arg-type]
     assert not await watching.remakes(remade)
-    assert watching.others == {"g2": remade}
+    assert (watching.others, watching.later) == ({}, {"g2": remade})
+    taken: list[Group] = []
+
+    async def take_later(group: Group) -> None:
+        taken.append(group)
+
+    holder.held = 1  # the origin's maker lives on for one more look, then dies
+    await watching.settle_later(take_later, lambda: False, within=60.0)
+    assert (holder.asked, taken) == (["g1", "g1", "g1"], [remade])  # never its own claim, g2
     for history, makes in (([], True), ([same], True), ([other], False), ([ATTEMPT], False)):
         free = Sharing(Ledger(history), Holder(held=0), LedgerView(), FakeClock())  # type: ignore[arg-type]
         assert await free.remakes(remade) is makes, history
-        assert free.others == {}
+        assert (free.others, free.later) == ({}, {})
 
 
 async def test_what_goes_out_in_a_settled_groups_place_is_watched_in_turn() -> None:
     """A group another process settled with members refused by name is followed to the group
-    of the others: watched until it too settles, once."""
+    of the others: watched, once this process's own are settled, until it too settles."""
     rest = msgspec.structs.replace(GROUP, id="g2", to=MEMBERS[:1], lines=(2,))
     failed = events.Failed("g1", MEMBERS, 1, code="40300", refused=MEMBERS[1:])
     sent = events.Sent("g2", MEMBERS[:1], 1, message_id="m2")
@@ -145,6 +159,11 @@ async def test_what_goes_out_in_a_settled_groups_place_is_watched_in_turn() -> N
     async def take(group: Group) -> bool:
         raise AssertionError("a live holder's group is never taken")
 
+    async def take_later(group: Group) -> None:
+        raise AssertionError("a live holder's group is never taken")
+
     await sharing.settle_others(take, lambda: False)
-    assert (asked, sharing.others, sharing.later) == (["g1", "g2"], {}, {})
+    assert (asked, sharing.others, list(sharing.later)) == (["g1"], {}, ["g2"])
+    await sharing.settle_later(take_later, lambda: False, within=60.0)
+    assert (asked, sharing.later) == (["g1", "g2"], {})
     assert (view.state("g1"), view.state("g2")) == ("failed", "sent")
