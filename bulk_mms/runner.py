@@ -306,15 +306,17 @@ class Runner:
             await self._settle_doubt(gid, group)
 
     async def _settle_doubt(self, gid: str, group: Group) -> None:
-        """:meth:`settle_doubts` for one group."""
+        """:meth:`settle_doubts` for one group, while this process still holds it."""
+        if self.stop.is_set() or not await self.sharing.still_holds(group):
+            return
         rec = self.view.groups.get(gid)
-        if self.stop.is_set() or rec is None or rec.state != IN_DOUBT:
+        if rec is None or rec.state != IN_DOUBT:
             return
         verdict = await self._settle(group)
         wait = self.sender.settler.complete_in(rec)
         if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
             await self.clock.sleep(wait)
-            if self.stop.is_set():
+            if self.stop.is_set() or not await self.sharing.still_holds(group):
                 return
             verdict = await self._settle(group)
         if verdict == Verdict.ABSENT and not self.stop.is_set():

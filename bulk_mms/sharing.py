@@ -79,6 +79,19 @@ class Sharing:
         self.view.refresh_group(group.id, await self.store.group_events(group.id))
         return True
 
+    async def still_holds(self, group: Group) -> bool:
+        """Whether this process still decides ``group``, which it held: always on a store that
+        is not shared; else once its claim is renewed, with the group as the ledger has it
+        now. A group another process took over meanwhile (this one was paused past its
+        lease) is watched instead (:meth:`watch_later`)."""
+        if not self.shared:
+            return True
+        if not await self.coordinator.claim(group.id):
+            self.watch_later(group)
+            return False
+        self.view.refresh_group(group.id, await self.store.group_events(group.id))
+        return True
+
     async def remakes(self, group: Group) -> bool:
         """Whether this process makes ``group`` in place of ``group.origin`` (without its
         suppressed members): always on a store that is not shared; else once it holds the

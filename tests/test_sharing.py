@@ -167,3 +167,15 @@ async def test_what_goes_out_in_a_settled_groups_place_is_watched_in_turn() -> N
     await sharing.settle_later(take_later, lambda: False, within=60.0)
     assert (asked, sharing.later) == (["g1", "g2"], {})
     assert (view.state("g1"), view.state("g2")) == ("failed", "sent")
+
+
+async def test_a_group_taken_over_while_this_process_waited_is_watched_not_settled() -> None:
+    """Before it settles a group of its own in doubt, a process renews the group's claim and
+    reads the group again; one another process took over meanwhile (this one was paused
+    past its lease) is watched instead, never settled from a stale view."""
+    lost = Sharing(Ledger([ATTEMPT, DOUBT]), Holder(), LedgerView(), FakeClock())  # type: ignore[arg-type]
+    assert not await lost.still_holds(GROUP)
+    assert list(lost.later) == ["g1"]
+    kept = Sharing(Ledger([ATTEMPT, DOUBT]), Holder(held=0), LedgerView(), FakeClock())  # type: ignore[arg-type]
+    assert await kept.still_holds(GROUP)
+    assert (kept.later, kept.view.state("g1")) == ({}, "in_doubt")
