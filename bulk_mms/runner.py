@@ -248,14 +248,15 @@ class Runner:
         if self.gates.hold(group) or group.not_before > self.clock.wall():
             # (members a carrier refused for now wait for its reset: a later run sends them;
             # a group held here is neither claimed nor watched, nor its origin's claim taken)
+            if group.suppressed and not self.sharing.shared:
+                self._remade(group)  # alone on the ledger: later runs follow it
             self.rows_done += free
             self.rows_free += free
             return None
         if group.suppressed:  # made in this plan without suppressed members: say so, once
             if not await self.sharing.remakes(group):
                 return None
-            if not ((origin := self.view.groups.get(group.origin)) and origin.refused):
-                self.recorder.remade(group)  # (else its maker recorded it, then died)
+            self._remade(group)
         if not await self.sharing.take(group):
             return None  # another live process has it
         if (remade := remade_from(group, self.view, self.job)) is not None:
@@ -284,6 +285,12 @@ class Runner:
             self.recorder.held(group)
         return None
 
+    def _remade(self, group: Group) -> None:
+        """Record that ``group`` goes out in place of its origin, once (its maker may have
+        recorded it, then died)."""
+        if not ((origin := self.view.groups.get(group.origin)) and origin.refused):
+            self.recorder.remade(group)
+
     async def _settle(self, group: Group) -> Verdict:
         """Look a group in doubt up in the API's records (:mod:`bulk_mms.settle`) and record
         what they show: accepted (``sent``), or never accepted (sent again); else nothing."""
@@ -296,6 +303,15 @@ class Runner:
         elif finding.verdict == Verdict.ABSENT:
             self.recorder.not_accepted(group, self.settings.records_lag_s)
         return finding.verdict
+
+    async def settle(self) -> None:
+        """After the run: settle its own doubts, then wait for what others left undecided. A
+        ledger that fails meanwhile stops the run as it would during it."""
+        try:
+            await self.settle_doubts()
+            await self.settle_later()
+        except LedgerError as exc:
+            self.sender.fail_ledger(exc)
 
     async def settle_doubts(self) -> None:
         """Before the run ends, the groups it left in doubt are looked up in the API's records:
@@ -680,8 +696,7 @@ async def run_job(
             async with _showing(runner, progress, job):
                 async with runner.keeping_claims():
                     await runner.run(reader)
-                    await runner.settle_doubts()
-                    await runner.settle_later()
+                    await runner.settle()
                 await runner.watch_blocked()
             try:
                 await _bounded(store.drain(), stop)

@@ -22,7 +22,7 @@ from bulk_mms.clock import Clock
 from bulk_mms.coordination import Coordinator
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
 from bulk_mms.models import Group
 
 log = structlog.get_logger(__name__)
@@ -33,6 +33,15 @@ FINAL = frozenset((SENT, FAILED))
 #: API's records, and may send it again) and pending a retry (the records showed it never
 #: accepted, and it is sent again).
 UNDECIDED = frozenset((IN_DOUBT, RETRY_PENDING))
+
+
+def handed_on(rec: GroupRecord) -> bool:
+    """Whether a group's holder is done with it for this run: sent or failed for good, or
+    made anew without members (refused by name, or suppressed) and closed, the new group
+    going out in its place (:attr:`Sharing.successor`)."""
+    if rec.state in FINAL:
+        return True
+    return rec.outcome is None and not rec.open and bool(rec.refused)
 
 
 class Sharing:
@@ -123,7 +132,7 @@ class Sharing:
         while self.others and not stopped():
             for gid, group in list(self.others.items()):
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
-                if rec is not None and rec.state in FINAL:
+                if rec is not None and handed_on(rec):
                     del self.others[gid]  # settled by its owner
                     self._follow(group)
                 elif await self.coordinator.claim(gid):
@@ -150,12 +159,16 @@ class Sharing:
         group stays undecided here, for ``track``, ``report`` or the next run. Bounded, so no
         two processes wait on each other for ever."""
         give_up = self.clock.monotonic() + within
+        while self.others:  # claimed by another after the feed's watch ended
+            self.watch_later(self.others.pop(next(iter(self.others))))
         while self.later and not stopped():
             for gid, group in list(self.later.items()):
                 rec = self.view.refresh_group(gid, await self.store.group_events(gid))
-                if rec is not None and rec.state in FINAL:
+                if rec is not None and handed_on(rec):
                     del self.later[gid]
                     self._follow(group)
+                elif group.suppressed and await self._went_whole(group):
+                    del self.later[gid]  # its origin went out as it was: nothing in its place
                 elif await self.coordinator.claim(self._through.get(gid, gid)):
                     del self.later[gid]
                     log.info("group.taken_over", group=gid)
@@ -166,6 +179,13 @@ class Sharing:
                 log.warning("groups.left_undecided", groups=len(self.later), within_s=within)
                 return
             await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
+
+    async def _went_whole(self, group: Group) -> bool:
+        """Whether the origin of remade ``group`` was sent, or failed, as it was (another
+        process, whose suppression list differed, decided it): then nobody sends ``group``."""
+        events = await self.store.group_events(group.origin)
+        origin = self.view.refresh_group(group.origin, events)
+        return origin is not None and origin.state in FINAL
 
     def watch_later(self, group: Group, through: str | None = None) -> None:
         """Watch ``group`` once this process has settled its own (:meth:`settle_later`). It

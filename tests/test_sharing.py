@@ -179,3 +179,39 @@ async def test_a_group_taken_over_while_this_process_waited_is_watched_not_settl
     kept = Sharing(Ledger([ATTEMPT, DOUBT]), Holder(held=0), LedgerView(), FakeClock())  # type: ignore[arg-type]
     assert await kept.still_holds(GROUP)
     assert (kept.later, kept.view.state("g1")) == ({}, "in_doubt")
+
+
+async def test_a_group_its_holder_remade_is_handed_on_to_the_new_group() -> None:
+    """A watched group whose holder left members out of it (suppressed since this process
+    planned it) is never waited on: its holder will not settle it. The group made in its
+    place is watched instead, through the claim on the first (its maker's); and anything
+    still watched when the feed's watch ended is watched after the run."""
+    remade = events.Remade("g1", without=MEMBERS[1:])
+    rest = msgspec.structs.replace(GROUP, id="g2", to=MEMBERS[:1], lines=(2,))
+    holder = Holder()
+    ledger = Ledger([remade])
+    sharing = Sharing(
+        ledger,  # type: ignore[arg-type]
+        holder,
+        LedgerView(),
+        FakeClock(),
+        lambda group: rest if group.id == "g1" else None,
+    )
+    sharing.others[GROUP.id] = GROUP
+
+    async def take(group: Group) -> bool:
+        raise AssertionError("a live holder's group is never taken")
+
+    await sharing.settle_others(take, lambda: False)
+    assert (sharing.others, list(sharing.later)) == ({}, ["g2"])
+    late = msgspec.structs.replace(GROUP, id="g3")
+    sharing.others["g3"] = late  # a take that failed after the feed's watch
+    taken: list[str] = []
+
+    async def take_later(group: Group) -> None:
+        taken.append(group.id)
+
+    holder.held = 0  # everyone's holder is gone now
+    await sharing.settle_later(take_later, lambda: False, within=60.0)
+    assert sorted(taken) == ["g2", "g3"]
+    assert "g1" in holder.asked  # g2 passed through its maker's claim on g1
