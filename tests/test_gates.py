@@ -5,6 +5,7 @@ wait in the queue, the pacer or a backoff, and none of them goes out (injected c
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,8 +14,9 @@ from msgspec.structs import replace
 from bulk_mms.errors import RateLimited
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
+from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import groups_in, ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 NOON = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 ONE_MINUTE = dt.timedelta(minutes=1)
@@ -113,3 +115,22 @@ async def test_quiet_hours_are_checked_on_every_try(jobs: JobFactory) -> None:
     assert tries == pytest.approx([almost.timestamp()], abs=0.1)  # one try, before 21:00
     assert s.stopped == "quiet_hours"
     assert groups_in(job.ledger, "retry_pending")
+
+
+async def test_a_group_remade_and_held_for_quiet_hours_is_remade_once(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """Alone on a JSONL ledger, a group made without a suppressed member and held for quiet
+    hours records its remaking: the next run, still in quiet hours, follows it and does not
+    record the suppressed row again."""
+    jobs.people(4, tz="America/Chicago")
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "08:00-21:00"\ntimezone_column = "tz"')
+    Suppressed(tmp_path / "suppressed.txt").add([numbers(4)[1]], "test")
+    settings = replace(FAST, suppression_file=tmp_path / "suppressed.txt")
+    late = dt.datetime(2026, 11, 24, 23, 0, tzinfo=ZoneInfo("America/Chicago"))
+    client = FakeClient()
+    for _ in range(2):
+        s = await run_job(job, settings, client, clock=clock_at(late))
+        assert s.stopped == "quiet_hours"
+    kinds = [e["event"] for e in ledger_events(job.ledger)]
+    assert (kinds.count("remade"), kinds.count("rejected"), client.calls) == (1, 1, [])
