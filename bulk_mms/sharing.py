@@ -3,7 +3,11 @@ for the groups others hold.
 
 Every process reads the whole input. Before it decides about a group it claims it through the
 run's :class:`~bulk_mms.coordination.Coordinator`; a live process's claim sends the group to
-:attr:`Sharing.others`, to be watched until it settles. A claim that stops being renewed for
+:attr:`Sharing.others`, to be watched until it settles. One its holder leaves undecided (in
+doubt, pending a retry), makes anew, or sends on without some members is watched after the run
+(:attr:`Sharing.later`), for a bounded time, through the claim its maker holds: no two
+processes wait on each other for ever, and no watcher takes a group from under a live maker.
+A claim that stops being renewed for
 ``lease_s`` (its process died, or was paused) passes to whoever asks next, under a new fence
 token: the old holder can no longer write the group's attempt, so never sends it. Who takes
 over a group with an open attempt finds it in doubt (held, settled by the API's records),
