@@ -323,7 +323,7 @@ class Runner:
 
     async def _settle_doubt(self, gid: str, group: Group) -> None:
         """:meth:`settle_doubts` for one group, while this process still holds it."""
-        if self.stop.is_set() or not await self.sharing.still_holds(group):
+        if self.stop.is_set() or not await self.sharing.take(group):
             return
         rec = self.view.groups.get(gid)
         if rec is None or rec.state != IN_DOUBT:
@@ -332,7 +332,7 @@ class Runner:
         wait = self.sender.settler.complete_in(rec)
         if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
             await self.clock.sleep(wait)
-            if self.stop.is_set() or not await self.sharing.still_holds(group):
+            if self.stop.is_set() or not await self.sharing.take(group):
                 return
             verdict = await self._settle(group)
         if verdict == Verdict.ABSENT and not self.stop.is_set():

@@ -82,27 +82,15 @@ class Sharing:
 
     async def take(self, group: Group) -> bool:
         """Whether this process decides about ``group``: it holds the claim (and has the
-        group as the ledger has it now), or the store is not shared."""
+        group as the ledger has it now), or the store is not shared. A group a live process
+        holds (it claimed it first, or took it over while this one was paused past its lease)
+        is watched instead, until it settles."""
         if not self.shared or self.view.is_done(group.id):
             return True
         if not await self.coordinator.claim(group.id):
             self.others[group.id] = group  # a live process has it: see it settle
             return False
-        # another process may have sent it since this run started
-        self.view.refresh_group(group.id, await self.store.group_events(group.id))
-        return True
-
-    async def still_holds(self, group: Group) -> bool:
-        """Whether this process still decides ``group``, which it held: always on a store that
-        is not shared; else once its claim is renewed, with the group as the ledger has it
-        now. A group another process took over meanwhile (this one was paused past its
-        lease) is watched instead (:meth:`watch_later`)."""
-        if not self.shared:
-            return True
-        if not await self.coordinator.claim(group.id):
-            self.watch_later(group)
-            return False
-        self.view.refresh_group(group.id, await self.store.group_events(group.id))
+        await self._refresh(group.id)  # another process may have sent it since this run started
         return True
 
     async def remakes(self, group: Group) -> bool:
@@ -118,7 +106,7 @@ class Sharing:
         if not await self.coordinator.claim(group.origin):
             self.watch_later(group, group.origin)  # a live process decides it
             return False
-        rec = self.view.refresh_group(group.origin, await self.store.group_events(group.origin))
+        rec = await self._refresh(group.origin)
         return rec is None or (
             rec.outcome is None and not rec.open and rec.refused == group.suppressed
         )
@@ -135,7 +123,7 @@ class Sharing:
         may be waiting here for a group of this process's in turn."""
         while self.others and not stopped():
             for gid, group in list(self.others.items()):
-                rec = self.view.refresh_group(gid, await self.store.group_events(gid))
+                rec = await self._refresh(gid)
                 if rec is not None and handed_on(rec):
                     del self.others[gid]  # settled by its owner
                     self._follow(group)
@@ -148,7 +136,7 @@ class Sharing:
                     del self.others[gid]
                     self.watch_later(group)
             if self.others:
-                await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
+                await self.clock.sleep(self._poll_s)
 
     async def settle_later(
         self,
@@ -157,17 +145,16 @@ class Sharing:
         within: float,
     ) -> None:
         """Once this process has settled its own groups, wait for those :meth:`settle_others`
-        set aside until their holder decides them (sent, or failed for good), or ``take_over``
+        set aside (and any :meth:`take` found held since) until their holder decides them (sent, or failed for good), or ``take_over``
         the ones whose holder died. A holder alive but still undecided ``within`` seconds
         (its records may lag for longer; it may be waiting on another) is left to them: the
         group stays undecided here, for ``track``, ``report`` or the next run. Bounded, so no
         two processes wait on each other for ever."""
         give_up = self.clock.monotonic() + within
-        while self.others:  # claimed by another after the feed's watch ended
-            self.watch_later(self.others.pop(next(iter(self.others))))
+        self._adopt_others()
         while self.later and not stopped():
             for gid, group in list(self.later.items()):
-                rec = self.view.refresh_group(gid, await self.store.group_events(gid))
+                rec = await self._refresh(gid)
                 if rec is not None and handed_on(rec):
                     del self.later[gid]
                     self._follow(group)
@@ -177,18 +164,32 @@ class Sharing:
                     del self.later[gid]
                     log.info("group.taken_over", group=gid)
                     await take_over(group)
+            self._adopt_others()
             if not self.later:
                 return
             if self.clock.monotonic() >= give_up:
                 log.warning("groups.left_undecided", groups=len(self.later), within_s=within)
                 return
-            await self.clock.sleep(min(1.0, self.coordinator.lease_s / 4))
+            await self.clock.sleep(self._poll_s)
+
+    def _adopt_others(self) -> None:
+        """Watch after the run what :meth:`take` found held since the feed's watch ended."""
+        while self.others:
+            self.watch_later(self.others.pop(next(iter(self.others))))
+
+    async def _refresh(self, gid: str) -> GroupRecord | None:
+        """Group ``gid`` in this process's view as the ledger has it now."""
+        return self.view.refresh_group(gid, await self.store.group_events(gid))
+
+    @property
+    def _poll_s(self) -> float:
+        """How often a watched group is read again: well within a lease."""
+        return min(1.0, self.coordinator.lease_s / 4)
 
     async def _went_whole(self, group: Group) -> bool:
         """Whether the origin of remade ``group`` was sent, or failed, as it was (another
         process, whose suppression list differed, decided it): then nobody sends ``group``."""
-        events = await self.store.group_events(group.origin)
-        origin = self.view.refresh_group(group.origin, events)
+        origin = await self._refresh(group.origin)
         return origin is not None and origin.state in FINAL
 
     def watch_later(self, group: Group, through: str | None = None) -> None:
