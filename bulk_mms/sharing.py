@@ -145,11 +145,12 @@ class Sharing:
         within: float,
     ) -> None:
         """Once this process has settled its own groups, wait for those :meth:`settle_others`
-        set aside (and any :meth:`take` found held since) until their holder decides them (sent, or failed for good), or ``take_over``
-        the ones whose holder died. A holder alive but still undecided ``within`` seconds
-        (its records may lag for longer; it may be waiting on another) is left to them: the
-        group stays undecided here, for ``track``, ``report`` or the next run. Bounded, so no
-        two processes wait on each other for ever."""
+        set aside (and any :meth:`take` found held since) until their holder decides them
+        (sent, or failed for good), or ``take_over`` the ones whose holder died. A holder
+        alive but still undecided ``within`` seconds (its records may lag for longer; it may
+        be waiting on another) is left to them: the group stays undecided here, for
+        ``track``, ``report`` or the next run. Bounded, so no two processes wait on each
+        other for ever."""
         give_up = self.clock.monotonic() + within
         self._adopt_others()
         while self.later and not stopped():
