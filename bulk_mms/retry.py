@@ -17,7 +17,7 @@ it to the group's first attempt plus the idempotency window, when the server hon
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -192,12 +192,6 @@ class Retrier:
         #: The group being sent, and until when its ambiguous tries are retried (wall).
         self._group: Group | None = None
         self._ambiguous_until: float | None = None
-        #: The group's tries so far: how many began, the last one's error (a SendError: an
-        #: answer, or none), the first one that may have been accepted, and how they ended.
-        self._number = 0
-        self._last: SendError | None = None
-        self._doubt: AmbiguousSendError | None = None
-        self._ended: Attempted | None = None
         self._stop = _Stop(policy.attempts, None, self.clock.monotonic)
         self._retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(self._retryable),
@@ -209,12 +203,7 @@ class Retrier:
         )
 
     def _retryable(self, exc: BaseException) -> bool:
-        """Whether the try that raised ``exc`` may be made again (see the module); tenacity
-        asks once for each failed try, so a :class:`SendError` is noted here as the last."""
-        if isinstance(exc, SendError):
-            self._last = exc
-            if self._doubt is None and isinstance(exc, AmbiguousSendError):
-                self._doubt = exc
+        """Whether the try that raised ``exc`` may be made again (see the module)."""
         if isinstance(exc, RetryableSendError):
             return True
         until = self._ambiguous_until
@@ -225,41 +214,6 @@ class Retrier:
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         assert self._group is not None
         self.digest.note(self._group, state)
-
-    def _attempts(
-        self,
-        group: Group,
-        *,
-        deadline: float | None = None,
-        ambiguous_until: float | None = None,
-    ) -> AsyncIterator[tenacity.AttemptManager]:
-        """Tenacity's attempts for ``group`` (:meth:`run`'s loop): each is a context manager
-        for one try. They end when one's block ends without an error (it answered), or when
-        the error that ended the last one may not be retried (see the module), kept for
-        :meth:`run` (:meth:`_end`); the caller frees the retrier however the loop ends.
-
-        Raises:
-            RuntimeError: this retrier is sending another group.
-        """
-        if self._group is not None:
-            raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
-        self._group, self._ambiguous_until = group, ambiguous_until
-        self._number, self._last, self._doubt, self._ended = 0, None, None, None
-        self._stop.begin(deadline)
-        return _Attempts(self)
-
-    def _end(self, exc: BaseException) -> None:
-        """The tries ended on ``exc``: keep how (for :meth:`run`), or raise it on."""
-        if isinstance(exc, SendError):
-            self._ended = Attempted(None, _still_in_doubt(self._doubt, exc), self._number)
-        elif isinstance(exc, StopRetrying) and (self._last is not None or exc.error is not None):
-            # the tries made so far end it (the last one's error), else the error it names
-            last = self._last
-            error = _still_in_doubt(self._doubt, last) if last is not None else exc.error
-            assert error is not None
-            self._ended = Attempted(None, error, self._number - 1)
-        else:
-            raise exc
 
     async def run(
         self,
@@ -293,51 +247,36 @@ class Retrier:
             StopRetrying: ``try_once`` gave up before the first try, naming no error.
             BaseException: whatever else ``try_once`` raised (a ledger's error, a cancel).
         """
-        receipt = None
-        tries = self._attempts(group, deadline=deadline, ambiguous_until=ambiguous_until)
+        if self._group is not None:
+            raise RuntimeError(f"a Retrier sends one group at a time ({self._group.id} is out)")
+        self._group, self._ambiguous_until = group, ambiguous_until
+        self._stop.begin(deadline)
+        number = 0
+        last: SendError | None = None
+        doubt: AmbiguousSendError | None = None  # the first try that may have been accepted
         try:
-            async for attempt in tries:
+            async for attempt in self._retrying:
                 with attempt:  # tenacity's: an error in the block ends this try
-                    receipt = await try_once(attempt.retry_state.attempt_number)
+                    number = attempt.retry_state.attempt_number
+                    try:
+                        receipt = await try_once(number)
+                    except SendError as exc:
+                        last = exc
+                        if doubt is None and isinstance(exc, AmbiguousSendError):
+                            doubt = exc
+                        raise
+                    return Attempted(receipt, None, number)  # an answer: tenacity is done
+        except SendError as exc:
+            return Attempted(None, _still_in_doubt(doubt, exc), number)
+        except StopRetrying as stop:
+            if last is not None:  # the tries made so far end it: the last one's error stands
+                return Attempted(None, _still_in_doubt(doubt, last), number - 1)
+            if stop.error is not None:
+                return Attempted(None, stop.error, number - 1)
+            raise
         finally:
             self._group = self._ambiguous_until = None
-        if receipt is not None:
-            return Attempted(receipt, None, self._number)
-        assert self._ended is not None, "the tries ended with neither an answer nor an error"
-        return self._ended
-
-
-class _Attempts:
-    """:meth:`Retrier._attempts`: tenacity's ``AsyncRetrying`` iterated for one group, which
-    ends at the first try that answered (tenacity is not asked again: nothing retries an
-    answer) or at the error that ends the tries, kept by the retrier. Private."""
-
-    __slots__ = ("_attempt", "_retrier", "_retrying")
-
-    def __init__(self, retrier: Retrier) -> None:
-        self._retrier = retrier
-        self._retrying = retrier._retrying.__aiter__()  # begun anew for this group
-        self._attempt: tenacity.AttemptManager | None = None
-
-    def __aiter__(self) -> _Attempts:
-        return self
-
-    async def __anext__(self) -> tenacity.AttemptManager:
-        retrier = self._retrier
-        if self._attempt is not None:
-            outcome = self._attempt.retry_state.outcome
-            if outcome is not None and not outcome.failed:
-                raise StopAsyncIteration
-        try:
-            attempt = await self._retrying.__anext__()
-        except BaseException as exc:
-            if isinstance(exc, StopAsyncIteration):
-                raise
-            retrier._end(exc)
-            raise StopAsyncIteration from None
-        retrier._number = attempt.retry_state.attempt_number
-        self._attempt = attempt
-        return attempt
+        raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
 
 
 def _still_in_doubt(doubt: AmbiguousSendError | None, last: SendError) -> SendError:
