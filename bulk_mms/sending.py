@@ -327,9 +327,16 @@ class GroupSender:
             if retriers
             else Retrier(self.settings.retry, clock=self.clock, digest=self.retries)
         )
-        try:
-            result = await self._tries(tries, retrier)
-        except StopRetrying:
+        try:  # each try is _try; tenacity (the retrier) says whether another follows an error
+            result = await retrier.run(
+                group,
+                functools.partial(self._try, tries),
+                deadline=tries.group_deadline,
+                ambiguous_until=key_valid_until(
+                    self.view, self.settings.retry, group.id, fresh=self.clock.wall()
+                ),
+            )
+        except StopRetrying:  # it gave up before its first try
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
@@ -366,25 +373,6 @@ class GroupSender:
             self.fail_ledger(exc)
             return None
         return None if self.stop.is_set() else after
-
-    async def _tries(self, tries: _Tries, retrier: Retrier) -> Attempted:
-        """The group's tries (:meth:`_try`, each); tenacity (``retrier``) says whether another
-        try follows an error.
-
-        Raises:
-            StopRetrying: it gave up before its first try (see :meth:`Retrier.run`).
-            ClaimLost: another process took the group over before its request left.
-            LedgerError: its attempt could not be made durable.
-        """
-        group = tries.group
-        return await retrier.run(
-            group,
-            functools.partial(self._try, tries),
-            deadline=tries.group_deadline,
-            ambiguous_until=key_valid_until(
-                self.view, self.settings.retry, group.id, fresh=self.clock.wall()
-            ),
-        )
 
     async def _try(self, tries: _Tries, number: int) -> SendReceipt:
         """Try ``number`` of the group, top to bottom: the pacer admits it, the gates and the
