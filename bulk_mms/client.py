@@ -73,8 +73,14 @@ log = structlog.get_logger("bulk_mms.client")
 class MmsClient(Protocol):
     """Sends one group MMS, and reads back where its recipients stand. The one API seam."""
 
-    async def send(self, group: Group, key: str) -> SendReceipt:
+    async def send(
+        self, group: Group, key: str, *, leave_within: float | None = None
+    ) -> SendReceipt:
         """Send ``group`` under the ``Idempotency-Key`` ``key``; return the API's receipt.
+
+        ``leave_within``: seconds the request has to leave in (a deadline or a window closes
+        then). A connection not ready by then (being made, or waited for from the pool)
+        means the request never leaves: :class:`~bulk_mms.errors.NetworkError`.
 
         Raises:
             SendError: a subclass saying whether a retry is safe (see :mod:`bulk_mms.errors`).
@@ -550,12 +556,19 @@ class AiohttpMmsClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, group: Group, key: str) -> SendReceipt:
-        """POST the group; return a receipt or raise a typed :class:`SendError`."""
+    async def send(
+        self, group: Group, key: str, *, leave_within: float | None = None
+    ) -> SendReceipt:
+        """POST the group; return a receipt or raise a typed :class:`SendError`. The
+        connection must be ready within ``leave_within`` seconds, if given (see
+        :meth:`MmsClient.send`): the request leaves then, or not at all."""
         data = orjson.dumps(request_body(group))
+        timeout = self._timeout
+        if leave_within is not None and leave_within < (timeout.connect or float("inf")):
+            timeout = aiohttp.ClientTimeout(total=timeout.total, connect=max(leave_within, 1e-3))
         try:
             status, body = await self._request(
-                "POST", self._send_url, data, {"Idempotency-Key": key}
+                "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
             )
         except Rejected as exc:
             if exc.status in (404, 405):
@@ -644,15 +657,22 @@ class AiohttpMmsClient:
         url: str,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        timeouts: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, object]:
         """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
 
-        Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are read.
+        Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are
+        read. ``timeouts``: this request's, instead of the client's.
         """
         session = self._open()
         with map_client_errors():
             async with session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
+                method,
+                url,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeouts or self._timeout,
             ) as resp:
                 status = resp.status
                 ok = 200 <= status < 300

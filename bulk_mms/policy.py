@@ -229,9 +229,11 @@ class PolicyClient:
         self.policy = policy
         self.clock = clock
 
-    async def send(self, group: Group, key: str) -> SendReceipt:
+    async def send(
+        self, group: Group, key: str, *, leave_within: float | None = None
+    ) -> SendReceipt:
         try:
-            return await self.client.send(group, key)
+            return await self.client.send(group, key, leave_within=leave_within)
         except SendError as exc:
             raise apply_policy(exc, self.policy, group.message.from_, utc(self.clock)) from exc
 

@@ -21,6 +21,7 @@ from bulk_mms.config import SendWindow
 _UNKNOWN = "Etc/Unknown"
 #: How finely :func:`next_opening` looks ahead, and how far.
 _STEP = dt.timedelta(minutes=5)
+_MINUTE = dt.timedelta(minutes=1)
 _HORIZON = dt.timedelta(days=2)
 
 
@@ -48,6 +49,31 @@ def zones_for(phone: str, fields: Mapping[str, str], column: str | None) -> tupl
 def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> bool:
     """Whether ``now`` (aware) is inside the window in every one of ``zones``."""
     return all(window.contains(now.astimezone(zoneinfo.ZoneInfo(z)).time()) for z in zones)
+
+
+def closes_in(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> float:
+    """Seconds from ``now`` (aware, inside the window in every one of ``zones``) until the
+    window closes in the first of them: when the local time next reaches its ``end``, or,
+    on the night the clocks skip that time, when they jump past it."""
+    left = float("inf")
+    for name in zones:
+        zone = zoneinfo.ZoneInfo(name)
+        local = now.astimezone(zone)
+        wall = local.replace(
+            hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0
+        )
+        if wall <= local:
+            wall += dt.timedelta(days=1)  # wall-clock arithmetic: the same local time tomorrow
+        end = wall.astimezone(dt.UTC)
+        if end.astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
+            # the clocks skip ``end`` that night: the window closes as they jump, the last
+            # whole minute before which it was open (windows and jumps fall on minutes)
+            while end - _MINUTE > now and not window.contains(
+                (end - _MINUTE).astimezone(zone).time()
+            ):
+                end -= _MINUTE
+        left = min(left, (end - now).total_seconds())
+    return left
 
 
 def next_opening(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> dt.datetime | None:

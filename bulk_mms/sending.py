@@ -50,7 +50,7 @@ from bulk_mms.prepare import (
     key_valid_until,
     pacing_config,
 )
-from bulk_mms.quiet import open_for
+from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
@@ -381,9 +381,9 @@ class GroupSender:
         ticket = await self._pace(tries)
         await self._reserve(tries)
         await self._write_attempt(tries, number)
-        await self._take_slot(tries, ticket)
+        within = await self._take_slot(tries, ticket)
         try:
-            return await self.client.send(tries.group, tries.key)
+            return await self.client.send(tries.group, tries.key, leave_within=within)
         except SendError as exc:
             self._on_error(tries, exc)
             raise
@@ -409,9 +409,10 @@ class GroupSender:
                 self._fail(over, "limit")
                 raise StopRetrying
 
-    async def _take_slot(self, tries: _Tries, ticket: Ticket) -> None:
+    async def _take_slot(self, tries: _Tries, ticket: Ticket) -> float | None:
         """The attempt is on record: wait for the moment the request may leave (the pacer's
-        send slot), and check the gates again at that moment."""
+        send slot), and check the gates again at that moment. Returns the seconds the
+        request has left to leave in (:meth:`_leave_within`)."""
         try:
             await self.pacer.send_slot(ticket, tries.group_deadline)
         except PaceAborted as exc:
@@ -421,7 +422,24 @@ class GroupSender:
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
         self._check_gates(tries, on_record=True)
-        self.times.left(self.clock.monotonic())  # the request leaves now
+        now = self.clock.monotonic()
+        self.times.left(now)  # the request leaves now
+        return self._leave_within(tries, now)
+
+    def _leave_within(self, tries: _Tries, now: float) -> float | None:
+        """Seconds until the first gate that is open ``now`` closes: the group's deadline
+        (``group_deadline``), the job's ``send_window`` and the recipients'
+        ``recipient_window``; None when none will. The client refuses to send once they
+        are up (a connection still being made or waited for), so no request leaves late."""
+        ends: list[float] = [] if tries.group_deadline is None else [tries.group_deadline - now]
+        job = self.job
+        if job.send_window is not None or job.recipient_window is not None:
+            at = utc(self.clock)
+            if job.send_window is not None:
+                ends.append(closes_in(job.send_window, (job.timezone,), at))
+            if job.recipient_window is not None:
+                ends.append(closes_in(job.recipient_window, tries.group.zones, at))
+        return max(min(ends), 0.0) if ends else None
 
     async def _write_attempt(self, tries: _Tries, number: int) -> None:
         """Write the attempt ahead, durably (from here a forced stop records where the group

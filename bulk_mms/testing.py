@@ -60,6 +60,8 @@ class FakeClient:
     calls: list[Group] = field(default_factory=list)
     #: The Idempotency-Key of each call, same order as ``calls``.
     keys: list[str] = field(default_factory=list)
+    #: The seconds each call's request had to leave in (``leave_within``), same order.
+    leave_within: list[float | None] = field(default_factory=list)
     #: What the GETs answer, by message id: statuses, or an error to raise; unknown ids 404.
     delivery: dict[str, tuple[RecipientStatus, ...] | SendError] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
@@ -71,10 +73,13 @@ class FakeClient:
     wall: Callable[[], float] = time.time
     _counter: Iterator[int] = field(default_factory=itertools.count)
 
-    async def send(self, group: Group, key: str) -> SendReceipt:
+    async def send(
+        self, group: Group, key: str, *, leave_within: float | None = None
+    ) -> SendReceipt:
         n = next(self._counter)
         self.calls.append(group)
         self.keys.append(key)
+        self.leave_within.append(leave_within)
         if self.handler is None:
             return self.took(group, ok_receipt(group, n))
         result = self.handler(group, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
@@ -143,6 +144,23 @@ async def test_slow_response_times_out_as_ambiguous(fake_api: API) -> None:
         with pytest.raises(AmbiguousSendError, match="no response in time"):
             await c.send(group(), IDEM)
     assert len(fake.accepted) == 1  # it was accepted after all: exactly why it is in doubt
+
+
+async def test_a_request_that_cannot_leave_in_time_never_leaves(fake_api: API) -> None:
+    """A send whose connection is not ready within ``leave_within`` (the pool's one connection
+    busy) fails as never sent, and never reaches the server; the same send with room goes."""
+    fake, url = fake_api
+    fake.faults.append(Fault("slow", delay=0.5))
+    c = AiohttpMmsClient(url, KEY, connect_timeout=5.0, request_timeout=5.0, max_connections=1)
+    async with c:
+        holding = asyncio.ensure_future(c.send(group(), IDEM))
+        await asyncio.sleep(0.05)  # the first request holds the one connection
+        with pytest.raises(NetworkError, match="connect timed out"):
+            await c.send(group(2), idempotency_key("c0ffee", "late"), leave_within=0.1)
+        assert [r.method for r in fake.http_log] == ["POST"]  # the late one never went out
+        await holding
+        receipt = await c.send(group(2), idempotency_key("c0ffee", "late"), leave_within=2.0)
+    assert [a.id for a in fake.accepted] == [(await holding).message_id, receipt.message_id]
 
 
 async def test_wrong_key_is_auth_error_without_the_key(fake_api: API) -> None:

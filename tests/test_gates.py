@@ -117,6 +117,36 @@ async def test_quiet_hours_are_checked_on_every_try(jobs: JobFactory) -> None:
     assert groups_in(job.ledger, "retry_pending")
 
 
+@pytest.mark.parametrize(
+    ("extra", "closes"),
+    [
+        ('deadline = "2026-11-24T12:00:40+00:00"', 40.0),
+        ('send_window = "09:00-12:01"', 60.0),
+        ('recipient_window = "06:00-07:02"\ntimezone_column = "tz"', 120.0),
+    ],
+)
+async def test_each_request_must_leave_before_the_first_gate_closes(
+    jobs: JobFactory, extra: str, closes: float
+) -> None:
+    """Each request is handed the seconds left before the first gate closes (the deadline,
+    the send_window's end, the recipients' window's end in their zone): the client never
+    sends one whose connection is ready only after that."""
+    jobs.people(12, tz="America/New_York")  # 07:00 there at noon UTC
+    job = jobs.job(extra=f"group_size = 4\n{extra}")
+    clock = clock_at(NOON)
+    sent_at: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        sent_at.append(clock.wall())
+        return ok_receipt(g, n)
+
+    client = FakeClient(answer)
+    s = await run_job(job, replace(FAST, rate=1.0), client, clock=clock)
+    assert s.sent_groups == 3
+    ends = [t + w for t, w in zip(sent_at, client.leave_within, strict=True) if w is not None]
+    assert ends == pytest.approx([NOON.timestamp() + closes] * 3, abs=1e-6)
+
+
 async def test_a_group_remade_and_held_for_quiet_hours_is_remade_once(
     jobs: JobFactory, tmp_path: Path
 ) -> None:

@@ -4,19 +4,22 @@ and a run with only closed zones left exits 4 saying when the next opens."""
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from bulk_mms.config import SendWindow
 from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.prepare import dry_run
-from bulk_mms.quiet import next_opening, open_for, zones_for
+from bulk_mms.quiet import closes_in, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
 NEW_YORK = [f"+1212555{i:04d}" for i in range(6)]
 LOS_ANGELES = [f"+1310555{i:04d}" for i in range(6)]
 WINDOW = SendWindow(dt.time(8), dt.time(21))
+ONE_TO_HALF_PAST = SendWindow(dt.time(1), dt.time(1, 30))
+NY = ("America/New_York",)
 
 
 def test_a_numbers_zone_comes_from_its_prefix_or_the_column() -> None:
@@ -35,6 +38,28 @@ def test_windows_open_per_zone_and_the_next_opening_is_found() -> None:
     assert next_opening(WINDOW, ("America/New_York",), now) == dt.datetime(
         2026, 11, 25, 13, 0, tzinfo=dt.UTC
     )
+
+
+@pytest.mark.parametrize(
+    ("window", "local", "zones", "minutes"),
+    [
+        (WINDOW, dt.datetime(2026, 12, 5, 20, 30), NY, 30),
+        (WINDOW, dt.datetime(2026, 12, 5, 20, 30), (*NY, "America/Chicago"), 30),
+        (SendWindow(dt.time(22), dt.time(6)), dt.datetime(2026, 12, 5, 23), ("UTC",), 420),
+        # 01:30 on the night New York's clocks skip 02:00-03:00: shut at the jump, 30 min on
+        (SendWindow(dt.time(1), dt.time(2, 30)), dt.datetime(2026, 3, 8, 1, 30), NY, 30),
+        # the hour that comes twice: the window ends in the same pass of it as now
+        (ONE_TO_HALF_PAST, dt.datetime(2026, 11, 1, 1, 10), NY, 20),
+        (ONE_TO_HALF_PAST, dt.datetime(2026, 11, 1, 1, 10, fold=1), NY, 20),
+    ],
+)
+def test_a_window_closes_when_its_end_comes_first_in_any_zone(
+    window: SendWindow, local: dt.datetime, zones: tuple[str, ...], minutes: int
+) -> None:
+    """The time until a window closes is to its end in the first zone to reach it, through a
+    midnight and through either daylight-saving change."""
+    now = local.replace(tzinfo=ZoneInfo(zones[0])).astimezone(dt.UTC)
+    assert closes_in(window, zones, now) == minutes * 60
 
 
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
