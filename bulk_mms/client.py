@@ -570,6 +570,17 @@ class AiohttpMmsClient:
             status, body = await self._request(
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
             )
+        except ServerError as exc:
+            if exc.status is None or exc.status < 500:
+                raise  # 408, 409: not acted on
+            # the request reached the server: a 5xx may come after it acted (a gateway's 502,
+            # 504), and no Idempotency-Key is declared for group MMS to make a repeat safe
+            raise AmbiguousSendError(
+                f"the server failed ({exc.status}) after the request reached it; "
+                "it may have been accepted",
+                status=exc.status,
+                errors=exc.errors,
+            ) from None
         except Rejected as exc:
             if exc.status in (404, 405):
                 # the send endpoint is not here: a wrong base URL, not a verdict on this group

@@ -31,9 +31,10 @@
           │                                 goes out from another
           ├── RetryableSendError          nothing was delivered; retry is safe
           │    ├── RateLimited(retry_after) 429
-          │    ├── ServerError(status)      5xx
+          │    ├── ServerError(status)      5xx on a GET; 408, 409 (a 5xx on a send is in doubt)
           │    └── NetworkError             failed before the request left (DNS, refused, TLS)
-          └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed out)
+          └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed
+                                          out, a 5xx answering the send)
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
@@ -310,7 +311,9 @@ class RateLimited(RetryableSendError):
 
 
 class ServerError(RetryableSendError):
-    """HTTP 5xx: the server failed before accepting the message."""
+    """The server failed without acting: a 5xx answering a read (a GET), or a 408/409. A 5xx
+    answering a send may follow a request the server acted on: that is an
+    :class:`AmbiguousSendError`."""
 
 
 class NetworkError(RetryableSendError):

@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # cryptography is the webhooks extra's: the sandbox sends wit
 
 FaultKind = Literal[
     "status",
+    "status_after",
     "drop_before",
     "drop_after",
     "slow",
@@ -104,6 +105,8 @@ class Fault:
 
     Args:
         kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body),
+            ``status_after`` (accept, then answer ``status`` as ``status`` does: a gateway's
+            5xx after the server acted),
             ``drop_before`` (close the connection without accepting, after ``delay``
             seconds), ``drop_after`` (accept, then close without answering), ``slow`` (accept
             after ``delay`` seconds),
@@ -133,6 +136,7 @@ class Fault:
 FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
     "status-500": lambda: Fault("status", 500),
     "status-503": lambda: Fault("status", 503),
+    "status-502-after": lambda: Fault("status_after", 502),
     # Telnyx's documented rate limit: code 10011 and x-ratelimit-* (reset in seconds)
     "status-429": lambda: Fault(
         "status",
@@ -601,6 +605,8 @@ class FakeTelnyx:
         if fault is not None:
             if fault.kind == "drop_after":
                 return _drop(request)
+            if fault.kind == "status_after":
+                return _errors(fault.status, fault.code or str(fault.status), "Scripted fault", "")
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "no_id":

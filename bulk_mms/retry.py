@@ -1,6 +1,6 @@
 """Retry policy for one group, in one place, on tenacity.
 
-Only :class:`~bulk_mms.errors.RetryableSendError` is retried (429, 5xx, failures before the
+Only :class:`~bulk_mms.errors.RetryableSendError` is retried (429, a GET's 5xx, failures before the
 request left). The wait honours the server's hint (``Retry-After`` and friends, capped at
 ``max_retry_after``) and otherwise backs off exponentially with full jitter. Permanent errors,
 auth failures and ambiguous failures return at once. The clock is injected so tests never wait.

@@ -48,6 +48,24 @@ def test_resets_after_acceptance_never_text_anyone_twice(jobs: JobFactory) -> No
     assert report.recipient_states.in_doubt == 0
 
 
+def test_a_5xx_to_a_send_is_settled_by_the_records_not_repeated(jobs: JobFactory) -> None:
+    """Keys ignored: a 502 after the server took a group and a 503 before it took another
+    are both in doubt, never repeated blindly; the records settle them (sent, and sent
+    again under a new key), and everyone is accepted exactly once, exit 0."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.extend([Fault("status_after", 502), Fault("status", 503)])
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    config = jobs.root / "config.toml"
+    config.write_text("[api]\nrecords_lag_s = 0\n")
+    with fake_api_thread(fake) as url:
+        code = main(["-q", "run", str(job.path), "--base-url", url, "--config", str(config)])
+    assert code == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(16), 1)
+    assert len(fake.accepted) == 4
+    assert summarize(job.ledger).recipient_states.sent == 16
+
+
 def test_a_group_never_accepted_is_sent_again_under_a_new_key(jobs: JobFactory) -> None:
     """A request dropped before the server took it leaves no record: with the records
     complete (records_lag_s = 0) it is sent again in the same run, under a new key."""

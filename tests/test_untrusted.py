@@ -13,7 +13,7 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, parse_retry_after
-from bulk_mms.errors import AmbiguousSendError, EndpointError, ServerError
+from bulk_mms.errors import AmbiguousSendError, EndpointError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
 from bulk_mms.models import Group, MessageBody, Money, parse_money
 from bulk_mms.pacing import WAIT_CEILING_S
@@ -266,12 +266,13 @@ def test_receipts_keep_only_bounded_fields() -> None:
         parse_receipt(body, ["+12125550001"])
 
 
-async def test_an_unknown_status_is_ambiguous_and_a_5xx_retryable(fake_api: API) -> None:
-    """A status HTTP does not define may have been acted on: ambiguous; a 503 is retryable."""
+async def test_an_unknown_status_or_a_5xx_to_a_send_is_ambiguous(fake_api: API) -> None:
+    """A status HTTP does not define, or a 5xx answering a send, may follow a request the
+    server acted on: ambiguous, never retried blindly."""
     fake, url = fake_api
     fake.faults.extend([Fault("status", 599), Fault("status", 799)])
     async with AiohttpMmsClient(url, KEY) as client:
-        with pytest.raises(ServerError):
+        with pytest.raises(AmbiguousSendError, match=r"failed \(599\)"):
             await client.send(parse_group(numbers(2)), "k1")
         with pytest.raises(AmbiguousSendError, match="unknown status"):
             await client.send(parse_group(numbers(2)), "k2")
