@@ -24,6 +24,9 @@ action          meaning                                      becomes
                 unhealthy (40003, 40315)                     pool, the group goes out from another
 ==============  ===========================================  ======================================
 
+Telnyx itself reports carrier codes (40002 to 40018) only after accepting a message, in its
+delivery reports: :func:`delivery_action` reads them there, by the same table.
+
 Nothing a policy does makes a group that may have been accepted look refused: it only reads
 errors whose answer said the request was not accepted (a non-2xx with an ``errors`` array).
 """

@@ -21,6 +21,7 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
+from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -153,6 +154,27 @@ class SenderStats(msgspec.Struct, frozen=True):
     queue_full: int
 
 
+class SpamWatch:
+    """Whether spam filtering met ``share`` of the last ``window`` verdicts. Private."""
+
+    __slots__ = ("count", "recent", "share", "window")
+
+    def __init__(self, window: int, share: float) -> None:
+        self.window = window
+        self.share = share
+        self.recent: deque[bool] = deque(maxlen=window)
+        #: How many of ``recent`` are spam, kept as it moves.
+        self.count = 0
+
+    def note(self, spam: bool) -> bool:
+        """One more verdict; whether the window is full and spam meets the share."""
+        if len(self.recent) == self.window:
+            self.count -= self.recent[0]  # leaving the window
+        self.recent.append(spam)
+        self.count += spam
+        return len(self.recent) >= self.window and self.count >= self.share * self.window
+
+
 class GroupSender:
     """Sends groups for one run. Private to the runner.
 
@@ -234,10 +256,11 @@ class GroupSender:
             if suppressed is not None
             else suppression_for(settings.suppression_file, job.where)
         )
-        #: Whether each of the last ``spam_window`` groups ended on a spam code.
-        self.recent: deque[bool] = deque(maxlen=settings.spam_window)
-        #: How many of ``recent`` are true, kept as it moves.
-        self.spam_count = 0
+        #: Spam filtering in the answers to this run's tries (a server that says so at once).
+        self.spam_tries = SpamWatch(settings.spam_window, settings.spam_share)
+        #: Spam filtering in the final delivery reports of this run's recipients (Telnyx:
+        #: carrier codes arrive only there).
+        self.spam_reports = SpamWatch(settings.spam_window, settings.spam_share)
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
@@ -597,6 +620,8 @@ class GroupSender:
         that sender down, as a 429 does, and the member they failed goes again, in a group of
         its own, not before the carrier's reset (:func:`~bulk_mms.policy.carrier_reset`)."""
         action, moved = delivery_action(rec, st, self.settings, self.clock.wall())
+        if st.status in FINAL:
+            self._spam_stop(self.spam_reports, action == Action.SLOW, "delivery reports")
         if action is None or rec.sender is None:
             return
         sender = rec.sender
@@ -631,23 +656,18 @@ class GroupSender:
         )
 
     def _watch_spam(self, err: SendError | None) -> None:
-        """Stop (resumably, exit 5) when spam filtering met a large share of the last tries
-        (each failed try, each send), instead of burning the list while carriers block it."""
+        """Note how a try ended (a failed try, or a send) in :attr:`spam_tries`."""
         spam = err is not None and self.settings.error_policy.get(err.code) == Action.SLOW
-        window, share = self.settings.spam_window, self.settings.spam_share
-        if len(self.recent) == window:
-            self.spam_count -= self.recent[0]  # leaving the window
-        self.recent.append(spam)
-        self.spam_count += spam
-        if (
-            len(self.recent) >= window
-            and self.spam_count >= share * window
-            and not (self.stop.is_set())
-        ):
+        self._spam_stop(self.spam_tries, spam, "tries")
+
+    def _spam_stop(self, watch: SpamWatch, spam: bool, what: str) -> None:
+        """Stop (resumably, exit 5) when spam filtering met a large share of the last tries or
+        delivery reports, instead of burning the list while carriers block it."""
+        if watch.note(spam) and not self.stop.is_set():
             self._fail(
                 LimitReached(
-                    f"spam filtering met {self.spam_count} of the last {window} tries "
-                    f"(spam_share {share:g}): paused before the list is burnt; check the "
+                    f"spam filtering met {watch.count} of the last {watch.window} {what} "
+                    f"(spam_share {watch.share:g}): paused before the list is burnt; check the "
                     "content and the sender's reputation, then rerun",
                     status=None,
                 ),

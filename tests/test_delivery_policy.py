@@ -9,10 +9,12 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms import runner as runner_module
-from bulk_mms.errors import ApiError
+from bulk_mms.console import exit_for
+from bulk_mms.errors import ApiError, LimitReached
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
@@ -96,6 +98,40 @@ async def test_a_carriers_daily_cap_in_delivery_reports_defers_only_its_members(
     after_reset = FakeClock(wall=time.time() + 2 * 86_400)
     await run_job(job, settings, client, clock=after_reset)
     assert [g.to for g in client.calls[sent:]] == [(capped,)]
+
+
+async def test_a_burst_of_spam_codes_in_delivery_reports_stops_the_job(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API accepts every send, but from the eleventh on carriers filter them as spam
+    (40002, in their delivery reports only): once half of the last 20 final reports say so the
+    job stops with exit 5, part way, and nobody is failed: what it did not send, and the
+    members filtered, are a rerun's."""
+    monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    monkeypatch.setattr(runner_module, "DELIVERY_SHARE", 1.0)  # a GET a group, here
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient()
+    spam = ApiError("40002", "Message blocked as spam - temporary", "")
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        client.delivery[receipt.message_id] = tuple(
+            RecipientStatus(p, "delivery_failed", errors=(spam,)) if g.seq >= 10 else
+            RecipientStatus(p, "delivered")
+            for p in g.to
+        )  # fmt: skip
+        return receipt
+
+    client.handler = answer
+    s = await run_job(job, replace(FAST, rate=20.0, concurrency=1), client)
+    assert isinstance(s.error, LimitReached)
+    assert "of the last 20 delivery reports" in str(s.error)
+    assert exit_for(s.error) == 5
+    assert 20 <= len(client.calls) < 80
+    assert groups_in(job.ledger, "failed") == set()
+    r = summarize(job.ledger).recipient_states  # the filtered ones are moved: a rerun's
+    assert (r.failed, r.sent + r.not_attempted) == (0, 80)
 
 
 async def test_track_moves_what_a_blocked_sender_failed_for_the_next_run(
