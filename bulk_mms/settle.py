@@ -3,9 +3,11 @@
 Telnyx declares no ``Idempotency-Key`` for group MMS, so a request whose answer was lost (a
 reset after the server took it, a read timeout) may or may not have been accepted, and a
 repeat could text everyone twice. Such a group is *in doubt* until evidence settles it: the
-message detail records (``GET /reports/mdrs``) from its sender to its first member, created
+message detail records (``GET /reports/mdrs``) from its sender to any of its members, created
 between its first try and its last try's answer (with :data:`~bulk_mms.clock.CLOCK_SKEW_S`
-either side).
+either side). Telnyx does not document how a group MMS appears there (one record a member, or
+one for the message under one of them), so each member is looked up in turn until one is found;
+absence takes every member's records.
 
 * Found: the group was accepted; it is recorded ``sent`` under the record's id.
 * Not found, and the records are complete (``[api] records_lag_s`` after its last try): it
@@ -113,16 +115,23 @@ class Settler:
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
-        try:
-            found = await self.client.fetch_records(rec.sender, rec.to[0], start, end)
-        except SendError as exc:
-            log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
-            return UNKNOWN
-        mine = [r for r in found if r.cli == rec.sender and r.cld == rec.to[0]]
-        accepted = next((r for r in mine if start <= r.created_at <= end), None)
-        if accepted is not None:
-            log.info("settle.accepted", group=rec.id, record=accepted.id)
-            return Finding(Verdict.ACCEPTED, accepted)
+        for member in rec.to:  # absence takes every member's records
+            try:
+                found = await self.client.fetch_records(rec.sender, member, start, end)
+            except SendError as exc:
+                log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
+                return UNKNOWN
+            accepted = next(
+                (
+                    r
+                    for r in found
+                    if r.cli == rec.sender and r.cld == member and start <= r.created_at <= end
+                ),
+                None,
+            )
+            if accepted is not None:
+                log.info("settle.accepted", group=rec.id, record=accepted.id)
+                return Finding(Verdict.ACCEPTED, accepted)
         if self.complete_in(rec) > 0:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import pytest
 
 from bulk_mms.cli import main
+from bulk_mms.errors import ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
+from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import MessageRecord
 from bulk_mms.report import summarize
+from bulk_mms.settle import Settler, Verdict
 from bulk_mms.testing import FakeClient, FakeClock
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, JobFactory, crash_mid_send, numbers
@@ -101,3 +104,33 @@ async def test_track_settles_groups_in_doubt_by_the_records(
     view = load(job.ledger)
     assert (view.groups[took.id].state, view.groups[took.id].message_id) == ("sent", "rec-1")
     assert view.groups[gone.id].state == "retry_pending"
+
+
+DOUBT = GroupRecord(
+    "g1", ("+12125550001", "+12125550002", "+12125550003"), sender="+18445550001",
+    t0=1_000_000.0, last_try=1_000_000.0, doubt_at=1_000_001.0,
+)  # fmt: skip
+
+
+async def test_the_records_settle_a_group_under_any_of_its_members() -> None:
+    """A group the records list under its third member only is accepted; with no record of
+    any member, once the records are complete, it is absent only after every member was
+    looked up; a lookup that fails leaves it in doubt."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    client.records.append(
+        MessageRecord("r3", "+18445550001", "+12125550003", 1_000_000.5, "DELIVERED")
+    )
+    found = await settler.settle(DOUBT)
+    assert (found.verdict, found.record and found.record.id) == (Verdict.ACCEPTED, "r3")
+    client.records.clear()
+    client.fetches.clear()
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
+    assert len(client.fetches) == 3
+
+    async def unreadable(cli: str, cld: str, start: float, end: float) -> list[MessageRecord]:
+        raise ServerError("down", status=503)
+
+    client.fetch_records = unreadable  # type: ignore[method-assign]
+    assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
