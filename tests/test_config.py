@@ -267,6 +267,36 @@ def test_grouping_is_an_explicit_choice(tmp_path: Path, grouping: str, outcome: 
         assert "sees the others' numbers" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ['group_by = ""', 'group_by = "  "', 'phone_column = ""', 'timezone_column = " "'],
+)
+def test_a_blank_column_name_is_refused(tmp_path: Path, setting: str) -> None:
+    """A setting that names a column, given empty or blank, is a ConfigError naming it."""
+    text = f'name = "n"\ninput = "a.csv"\nmix_unrelated = true\n{setting}\n' + GOOD_MESSAGE
+    if setting.startswith("group_by"):
+        text = text.replace("mix_unrelated = true\n", "")
+    key = setting.partition(" ")[0]
+    with pytest.raises(ConfigError) as info:
+        load_job(write(tmp_path, text))
+    assert info.value.setting == key
+    assert str(info.value).startswith(f"{tmp_path / 'job.toml'}: {key}: ")
+    assert "names no column" in str(info.value)
+
+
+def test_a_blank_group_by_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run on a job with group_by = "" exits 2 with one line naming the setting, no traceback."""
+    write(tmp_path, "phone,hh\n+12125550100,a\n", "a.csv")
+    job = write(tmp_path, 'name = "n"\ninput = "a.csv"\ngroup_by = ""\n' + GOOD_MESSAGE)
+    assert main(["run", str(job), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"bulk-mms: error: {job}: group_by: '' names no column: " + (
+        "give a column's name, or leave the setting out\n"
+    )
+
+
 def test_user_folders_follow_xdg_and_ignore_a_relative_or_empty_value(tmp_path: Path) -> None:
     """An absolute ``$XDG_*_HOME`` names the folder; an empty or relative one is ignored (the
     XDG spec), so a cron job's working folder never becomes its cache."""

@@ -80,6 +80,16 @@ class Table:
             raise self.error(key, f"must be a string, not {type(value).__name__}")
         return value
 
+    def column(self, key: str, default: str | None = None) -> str | None:
+        """A setting that names an input column: ``default`` when absent; refused when empty
+        or blank (it would name no column)."""
+        value = self.str_(key, default)
+        if value is not None and not value.strip():
+            raise self.error(
+                key, f"{value!r} names no column: give a column's name, or leave the setting out"
+            )
+        return value
+
     def decimal(self, key: str) -> Decimal | None:
         """A non-negative amount, written as a string (exact) or a number."""
         value = self._get(key)

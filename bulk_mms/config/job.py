@@ -250,14 +250,14 @@ def load_job(
     recipient_window = (
         _parse_window(recipient_text, top, "recipient_window") if recipient_text else None
     )
-    timezone_column = top.str_("timezone_column")
+    timezone_column = top.column("timezone_column")
     window_text = top.str_("send_window")
     window = _parse_window(window_text, top) if window_text is not None else None
     today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
     ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
-    phone_column = top.str_("phone_column", "phone") or "phone"
+    phone_column = top.column("phone_column", "phone") or "phone"
     group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
-    group_by = top.str_("group_by")
+    group_by = top.column("group_by")
     mix_unrelated = top.bool_("mix_unrelated") or False
     region = (top.str_("default_region", "US") or "US").upper()
     encoding = _encoding(top.str_("encoding", "utf-8") or "utf-8", top)
