@@ -72,15 +72,14 @@ def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> N
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors said as notes (one JSON object under ``--log-json``).
+    """argparse, with a usage error said in one line naming the argument (no usage block; one
+    JSON object under ``--log-json``, the usage beside it), exit 2. ``--help`` is argparse's.
     Private."""
 
     def error(self, message: str) -> NoReturn:
-        if not console.json_on():
-            super().error(message)
         say(
             "command.usage_error",
-            f"{self.prog}: error: {message}",
+            f"{self.prog}: error: {message} (see {self.prog} --help)",
             level="error",
             usage=self.format_usage().strip(),
             exit_code=int(Exit.USAGE),

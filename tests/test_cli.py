@@ -152,6 +152,38 @@ def test_bad_usage_is_one_line_exit_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "job.toml", "--limit", "0"], "argument --limit: must be 1 or more, not 0"),
+        (["run", "job.toml", "--rate", "x"], "argument --rate: invalid float value: 'x'"),
+        (["report"], "the following arguments are required: ledger"),
+        (["nosuch"], "argument COMMAND: invalid choice: 'nosuch'"),
+    ],
+)
+def test_a_bad_argument_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], named: str
+) -> None:
+    """A bad command-line value is one stderr line naming the argument (no usage block), exit 2."""
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert named in line
+    assert line.startswith("bulk-mms")
+    assert line.endswith("--help)")
+
+
+def test_help_still_shows_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help prints argparse's usage and options, exit 0."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: bulk-mms run")
+    assert "--limit N" in out
+
+
 def test_missing_key_is_exit_2_naming_the_variable(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,12 +108,14 @@ def test_usage_error_is_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_usage_error_stays_plain_without_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without --log-json argparse's usage error reads as it always has."""
-    with pytest.raises(SystemExit):
+    """Without --log-json a usage error is one plain line (no usage block), exit 2."""
+    with pytest.raises(SystemExit) as stopped:
         main(["run"])
+    assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: bulk-mms run")
-    assert "bulk-mms run: error: the following arguments are required: job" in err
+    assert err == (
+        "bulk-mms run: error: the following arguments are required: job (see bulk-mms run --help)\n"
+    )
 
 
 def test_dry_run_plan_is_one_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
