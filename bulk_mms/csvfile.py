@@ -1,5 +1,10 @@
-"""Every CSV file bulk_mms writes for people: written whole or not at all, and safe to open in a
-spreadsheet.
+"""Every file bulk_mms writes for people (the CSV exports, the HTML report): never over a file
+it must keep, written whole or not at all, and every CSV safe to open in a spreadsheet.
+
+:func:`check_output` is the one rule for where such a file may go: not over the job's input,
+its ledger, a ledger named on the command line, or any bulk-mms ledger (:func:`is_ledger`).
+The commands apply it to every option that names a file, before anything is read or sent;
+:func:`write_whole`, which every such file is written through, refuses a ledger on its own too.
 
 A cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is one a
 spreadsheet may run as a formula (CSV injection); such a cell is written with a leading ``'``,
@@ -10,13 +15,107 @@ run as anything, and a file of failed recipients must read back as a job's input
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO, TypeVar
+
+import orjson
+
+from bulk_mms.errors import ConfigError
+from bulk_mms.ledger.events import Header
+
+T = TypeVar("T")
 
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+#: How every JSONL ledger begins: its first line is the ``job`` header, ``event`` its first key.
+LEDGER_START: Final = orjson.dumps({"event": Header.kind})[:-1]
+
+
+def is_ledger(path: Path) -> bool:
+    """Whether ``path`` is a regular file that begins as a JSONL ledger does (its header).
+
+    Reads a few bytes at most; a file that cannot be read is not a ledger.
+    """
+    try:
+        if not path.is_file():  # never opens a FIFO or a terminal (/dev/stdout)
+            return False
+        with path.open("rb") as f:
+            return f.read(len(LEDGER_START)) == LEDGER_START
+    except OSError:
+        return False
+
+
+def check_output(
+    option: str,
+    path: Path,
+    keep: Iterable[tuple[str, Path]] = (),
+    *,
+    source: str | Path | None = None,
+) -> None:
+    """Refuse ``path`` as the file ``option`` writes when it is one of the files to ``keep``
+    (``(what it is, path)``; the same file by any name, a symlink included) or an existing
+    bulk-mms ledger.
+
+    Raises:
+        ConfigError: naming ``option``, ``path`` and what it is (exit 2); nothing is written.
+    """
+    for what, kept in keep:
+        if _same_file(path, kept):
+            raise ConfigError(
+                option,
+                f"{path} is {what}: it would be written over; name another file",
+                source=source,
+            )
+    if is_ledger(path):
+        raise ConfigError(
+            option,
+            f"{path} is a bulk-mms ledger: it would be written over; name another file",
+            source=source,
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode when both exist, else the same
+    path once symlinks and ``..`` are resolved (a file not written yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        pass
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def write_whole(path: Path, write: Callable[[TextIO], T], *, newline: str | None = None) -> T:
+    """Write ``path`` (UTF-8 text) by calling ``write`` with the open file; what it returns.
+
+    The text goes to a new file beside ``path``, flushed to disk, then renamed over it: ``path``
+    is the whole new file or, on any failure, as it was, with no temporary file left. A
+    bulk-mms ledger is never written over (:func:`is_ledger`).
+
+    Raises:
+        OSError: ``path`` is a ledger (``EEXIST``) or cannot be written; it is then as it was.
+    """
+    if is_ledger(path):
+        raise FileExistsError(errno.EEXIST, "is a bulk-mms ledger: not written over", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # "x" below: never written through a file left there
+        with tmp.open("x", encoding="utf-8", newline=newline) as f:
+            result = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
 
 
 def safe_cell(value: object) -> str:
@@ -28,28 +127,23 @@ def safe_cell(value: object) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
-    """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`.
-
-    The file is written beside ``path`` and renamed into place, so it is never half written.
+    """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`,
+    whole or not at all (:func:`write_whole`).
 
     Returns:
         The number of rows written (the header not counted).
 
     Raises:
-        OSError: the file cannot be written; ``path`` is then as it was.
+        OSError: the file cannot be written, or is a ledger; ``path`` is then as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    n = 0
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([safe_cell(h) for h in header])
-            for row in rows:
-                w.writerow([safe_cell(c) for c in row])
-                n += 1
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+
+    def write(f: TextIO) -> int:
+        w = csv.writer(f)
+        w.writerow([safe_cell(h) for h in header])
+        n = 0
+        for row in rows:
+            w.writerow([safe_cell(c) for c in row])
+            n += 1
+        return n
+
+    return write_whole(path, write, newline="")

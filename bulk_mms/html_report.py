@@ -24,6 +24,7 @@ import msgspec
 
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
+from bulk_mms.csvfile import write_whole
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
 from bulk_mms.report import LedgerSummary, cost_words, summarize
@@ -86,17 +87,16 @@ class Timeline(msgspec.Struct):
 
 def write_html(location: Location, path: Path, summary: LedgerSummary | None = None) -> None:
     """Write the report of the ledger at ``location`` (already ``summary``-ed, or not) to
-    ``path``, atomically.
+    ``path``, whole or not at all (:func:`~bulk_mms.csvfile.write_whole`).
 
     Raises:
-        LedgerError: the ledger cannot be read. OSError: the page cannot be written.
+        LedgerError: the ledger cannot be read. OSError: the page cannot be written, or
+            ``path`` is a ledger.
     """
     summary = summary if summary is not None else summarize(location)
     timeline = Timeline.read(read_events(location, skip_status=True))
     page = render(summary, timeline, display(location))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_whole(path, lambda f: f.write(page))
 
 
 def render(s: LedgerSummary, t: Timeline, name: str) -> str:

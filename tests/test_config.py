@@ -297,6 +297,16 @@ def test_a_blank_group_by_is_one_line_exit_2(
     )
 
 
+def test_the_suppression_file_is_never_a_ledger(tmp_path: Path) -> None:
+    """A settings file whose [suppression] file is a ledger is refused, naming the setting."""
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_text('{"event":"job","job":"j","fingerprint":null}\n', encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "l.jsonl"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"suppression\.file: .*l\.jsonl is a bulk-mms ledger"):
+        load_settings(config)
+
+
 def test_user_folders_follow_xdg_and_ignore_a_relative_or_empty_value(tmp_path: Path) -> None:
     """An absolute ``$XDG_*_HOME`` names the folder; an empty or relative one is ignored (the
     XDG spec), so a cron job's working folder never becomes its cache."""

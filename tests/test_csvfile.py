@@ -1,4 +1,5 @@
-"""The CSV writer every exported file goes through."""
+"""The writer every exported file goes through, and the rule for where it may go: never
+over a file to keep or a bulk-mms ledger."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bulk_mms.csvfile import safe_cell, write_csv
+from bulk_mms.csvfile import check_output, is_ledger, safe_cell, write_csv
+from bulk_mms.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,47 @@ def test_write_csv_failure_leaves_old_file(tmp_path: Path) -> None:
         write_csv(out, ["a"], rows())
     assert out.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_is_ledger_reads_the_first_line_only(tmp_path: Path) -> None:
+    """A file is a ledger when it begins with the job header: not a CSV, an empty file, a
+    folder, or a file that is not there."""
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_bytes(b'{"event":"job","job":"j"}\n' + b"x" * 1_000_000)
+    (tmp_path / "a.csv").write_text("phone\n", encoding="utf-8")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "other.jsonl").write_bytes(b'{"event":"sent"}\n')
+    names = ["l.jsonl", "a.csv", "empty.jsonl", "other.jsonl", ".", "none"]
+    assert [is_ledger(tmp_path / n) for n in names] == [True, False, False, False, False, False]
+
+
+def test_check_output_passes_a_new_file(tmp_path: Path) -> None:
+    """A path that is none of the kept files and no ledger passes."""
+    kept = tmp_path / "in.csv"
+    kept.write_text("phone\n", encoding="utf-8")
+    check_output("--x", tmp_path / "new.csv", [("the input", kept)])
+    with pytest.raises(ConfigError, match=r"^--x: .*in\.csv is the input: "):
+        check_output("--x", tmp_path / "sub" / ".." / "in.csv", [("the input", kept)])
+
+
+def test_write_csv_never_replaces_a_ledger(tmp_path: Path) -> None:
+    """write_csv refuses a ledger on its own (an OSError naming why), and leaves it as it was
+    with no temporary file beside it."""
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_bytes(b'{"event":"job","job":"j"}\n')
+    with pytest.raises(FileExistsError, match="is a bulk-mms ledger"):
+        write_csv(ledger, ["a"], [["1"]])
+    assert ledger.read_bytes() == b'{"event":"job","job":"j"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["l.jsonl"]
+
+
+def test_write_csv_never_writes_through_a_file_left_at_its_temporary_name(tmp_path: Path) -> None:
+    """A symlink left where the temporary file goes is replaced, not written through: the file
+    it points to keeps its bytes."""
+    precious = tmp_path / "precious.csv"
+    precious.write_bytes(b"keep\n")
+    (tmp_path / ".out.csv.tmp").symlink_to(precious)
+    assert write_csv(tmp_path / "out.csv", ["a"], [["1"]]) == 1
+    assert precious.read_bytes() == b"keep\n"
+    assert (tmp_path / "out.csv").read_bytes() == b"a\r\n1\r\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "precious.csv"]

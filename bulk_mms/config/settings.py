@@ -19,6 +19,7 @@ from msgspec.structs import replace
 
 from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.config._toml import URL, Table, read_choice, read_toml
+from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
 from bulk_mms.policy import load_policy
 
@@ -145,6 +146,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         errors = top.table("errors")
         suppression = top.table("suppression")
         listed = suppression.str_("file")
+        listed_path = path.parent / listed if listed else None
+        if listed_path is not None:  # appended to, rewritten: never a ledger
+            check_output("suppression.file", listed_path, source=path)
         tdflt = TrackConfig()
         settings = Settings(
             base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
@@ -167,7 +171,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             spam_share=limits.float_("spam_share", 0.5, 0.01, 1.0),
             spam_window=limits.int_("spam_window", 20, 2, 10_000),
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
-            suppression_file=(path.parent / listed) if listed else None,
+            suppression_file=listed_path,
             sender_limits=limits.rate_table("senders"),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
