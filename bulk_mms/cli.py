@@ -344,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     try:
+        commands.refuse_overwrites(args)  # the files it names; the job's, once it is loaded
         return COMMANDS[args.command](args)
     except BulkMmsError as exc:
         return fail(exc, exc.exit_code)

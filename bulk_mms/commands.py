@@ -13,9 +13,9 @@ import functools
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 import structlog
@@ -50,6 +50,7 @@ from bulk_mms.console import (
     run_outcome,
     say,
 )
+from bulk_mms.csvfile import check_output, is_ledger
 from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError, MissingExtra
 from bulk_mms.extras import needs
 from bulk_mms.ledger import (
@@ -193,7 +194,12 @@ def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> N
 def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     """The job as ``run``'s flags leave it (``--input``, ``--name``, ``--ledger``, the
     sandbox's own folder and list, the previous date's unfinished ledger, ``--to``), and the
-    settings."""
+    settings.
+
+    Raises:
+        ConfigError: a setting is wrong, the ledger file holds something else, or a file the
+            run would write is one it must keep (:func:`refuse_overwrites`); nothing written.
+    """
     job = load_job(args.job, name=args.name, input_file=args.input)
     if args.input is not None and args.name is None:
         job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
@@ -209,9 +215,108 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
         settings = sealed(settings)
     if where is None and job.dated_ledger and job.database is None:
         job = _finish_yesterdays(job, args)
+    _check_ledger_file(
+        "--ledger" if args.ledger else LEDGER_URL_ENV if where else "ledger", job.where
+    )
+    refuse_overwrites(
+        args,
+        [
+            ("the job's input", job.input),
+            ("the job's ledger", job.where),
+            ("the job file's input", _file_input(args)),
+        ],
+        writes=[("suppression.file", settings.suppression_file)],
+    )
     if args.to:
         job = seed_job(job, args.to, utc(SystemClock()))
     return job, settings
+
+
+#: The options that name a file a command writes: (option, its attribute on the arguments).
+OUTPUT_OPTIONS: Final = (
+    ("--rejected-csv", "rejected_csv"),
+    ("--failed-csv", "failed_csv"),
+    ("--recipients-csv", "recipients_csv"),
+    ("--html", "html"),
+    ("--metrics-file", "metrics_file"),
+)
+#: The files a command line names that no output may replace: (attribute, what it is).
+_NAMED_FILES: Final = (
+    ("job", "the job file"),
+    ("input", "the input given to --input"),
+    ("ledger", "the ledger given on the command line"),
+    ("exclude_sent", "a ledger given to --exclude-sent"),
+)
+
+
+def refuse_overwrites(
+    args: argparse.Namespace,
+    keep: Iterable[tuple[str, Location | None]] = (),
+    *,
+    writes: Iterable[tuple[str, Path | None]] = (),
+) -> None:
+    """Refuse, before anything is read, sent or written, every file the command would write
+    (its output options, and ``writes``: (setting, path) of the settings' files it writes)
+    when it is a file to keep: one the command line names (the job file, the settings, a
+    ledger, ``--input``), one of ``keep`` ((what it is, where): the job's input and ledger),
+    another output's file, or any bulk-mms ledger (:func:`~bulk_mms.csvfile.check_output`).
+
+    Raises:
+        ConfigError: naming the option or setting and the path (exit 2). A refused
+            ``--metrics-file`` is then not written either (``args.metrics`` is dropped).
+    """
+    kept = [(what, p) for what, p in [*_named_files(args), *keep] if isinstance(p, Path)]
+    outputs = [(flag, getattr(args, attr, None)) for flag, attr in OUTPUT_OPTIONS]
+    for option, path in [*writes, *outputs]:
+        if path is None:
+            continue
+        try:
+            check_output(option, path, kept)
+        except ConfigError:
+            if option == "--metrics-file":
+                args.metrics = None
+            raise
+        kept.append((f"the file {option} names", path))  # one file, two outputs: one lost
+
+
+def _named_files(args: argparse.Namespace) -> list[tuple[str, Location | None]]:
+    """The files the command line names, and the settings file (:func:`find_config`)."""
+    named_: list[tuple[str, Location | None]] = []
+    for attr, what in _NAMED_FILES:
+        value = getattr(args, attr, None)
+        named_ += [(what, v) for v in (value if isinstance(value, list) else [value])]
+    if hasattr(args, "config"):
+        named_.append(("the settings file", find_config(args.config)))
+    return named_
+
+
+def _file_input(args: argparse.Namespace) -> Path | None:
+    """With ``--input``, the input the job file names (kept too); None when it names none."""
+    if args.input is None:
+        return None
+    try:  # any valid name: only the input is wanted, and the file need not name the job
+        return load_job(args.job, name="job").input
+    except ConfigError:
+        return None
+
+
+def _check_ledger_file(setting: str, where: Location) -> None:
+    """Refuse a ledger file to write into that holds something else: it must be new, empty
+    or a bulk-mms ledger (opening one cuts an unfinished last line, the mark of a crash).
+
+    Raises:
+        ConfigError: naming ``setting`` and the file (exit 2); nothing is written.
+    """
+    if not isinstance(where, Path):
+        return
+    try:
+        holds = where.is_file() and where.stat().st_size > 0
+    except OSError:
+        return  # opening it says why
+    if holds and not is_ledger(where):
+        raise ConfigError(
+            setting, f"{where} is not a bulk-mms ledger: it would be written into; name a new file"
+        )
 
 
 def _rerun_name(name: str, input_file: Path) -> str:
@@ -490,6 +595,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         with needs("html", "report --html"):  # refused before the table, not after it
             import matplotlib  # noqa: F401, PLC0415
     summary = summarize(args.ledger)
+    refuse_overwrites(args, [("the job's input", Path(summary.input) if summary.input else None)])
     fmt = args.format
     if fmt is None:
         # status keeps its documented table default for scripts that parse it
@@ -646,6 +752,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
+    _check_ledger_file("TARGET", args.target)
     n = asyncio.run(copy_ledger(args.source, args.target))
     say(
         "ledger.copied",

@@ -319,13 +319,15 @@ def test_campaign_end_to_end_through_the_cli(
         assert resent == sorted(expected)
         (round1,) = (jobs.root / "ledgers").glob("test-job-failed-*.jsonl")
         # the same people fail again; the second round is a campaign of its own, and sends
+        # (its file is a new one: round 1's input is never written over)
         track = ["-q", "track", str(round1), "--base-url", url, "--follow", "--config", str(cfg)]
         assert main(track) == 0
-        assert main(["report", str(round1), "--format", "json", "--failed-csv", str(failed)]) == 0
+        again = jobs.root / "failed2.csv"
+        assert main(["report", str(round1), "--format", "json", "--failed-csv", str(again)]) == 0
         before = len(fake.accepted)
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(again)]) == 0
         assert sorted(p for m in fake.accepted[before:] for p in m.to) == sorted(expected)
-    assert len(list((jobs.root / "ledgers").glob("test-job-failed-*.jsonl"))) == 2
+    assert len(list((jobs.root / "ledgers").glob("test-job-failed*-*.jsonl"))) == 2
 
 
 def test_a_base_url_with_credentials_is_exit_2_before_anything(
