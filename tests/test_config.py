@@ -144,10 +144,12 @@ def test_settings_load_with_env_override(tmp_path: Path) -> None:
         ("[limits]\nrate = 'fast'\n", "limits.rate"),
         ("[api]\nkey = 'secret'\n", "api.key"),
         ("[retry]\nattempts = 0\n", "retry.attempts"),
+        ("[track]\nmax_age = 2592000\n", "track.max_age"),  # the API keeps 10 days
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
-    """Negative rates, zero concurrency, wrong types and a key in the file are refused."""
+    """Negative rates, zero concurrency, wrong types, a key in the file and tracking past the
+    10 days the API serves a message are refused."""
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text, "config.toml"), env={})
     assert setting in str(info.value)

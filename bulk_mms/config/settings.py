@@ -55,6 +55,11 @@ class RetryConfig(msgspec.Struct, frozen=True):
     idempotency_window_s: float = 23 * 3600.0
 
 
+#: How long the API serves a message (``GET /messages/{id}``: "no older than 10 days"), so
+#: the longest ``[track] max_age``.
+API_KEEPS_S = 10 * 86_400
+
+
 class TrackConfig(msgspec.Struct, frozen=True):
     """``[track]``: how ``bulk-mms track`` polls delivery statuses."""
 
@@ -64,7 +69,8 @@ class TrackConfig(msgspec.Struct, frozen=True):
     #: again after twice as long each time, up to ``max_interval``.
     interval: float = 30.0
     max_interval: float = 900.0
-    #: Stop asking about a group this many seconds after it was sent.
+    #: Stop asking about a group this many seconds after it was sent; at most
+    #: :data:`API_KEEPS_S` (the API serves a message no longer).
     max_age: float = 72 * 3600.0
 
 
@@ -190,7 +196,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 rate=track.float_("rate", tdflt.rate, 0.01, 1000),
                 interval=track.float_("interval", tdflt.interval, 1, 86_400),
                 max_interval=track.float_("max_interval", tdflt.max_interval, 1, 86_400),
-                max_age=track.float_("max_age", tdflt.max_age, 60, 30 * 86_400),
+                max_age=track.float_("max_age", tdflt.max_age, 60, API_KEEPS_S),
             ),
         )
         settings = replace(
