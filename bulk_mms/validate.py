@@ -37,7 +37,9 @@ def normalize_phone(value: str, region: str = "US") -> str:
     (:func:`_canonical_in`). A +1 number written as people write it (``(646) 991-6750``,
     ``415-847-5622``, ``14152981157``, ``+1 206 571 3909``: :func:`_formatted`) is decided
     as its canonical form. Anything else is parsed. Every path gives the same verdict for
-    every number (property tests hold them to it).
+    every number (property tests hold them to it). The dashes, spaces and invisible
+    characters that word processors put between digits (``415\u2013847\u20135640``) count as the
+    ASCII separators they stand for (:data:`_SEPARATORS`).
 
     Args:
         value: what the input file holds, in any common national or international format.
@@ -55,8 +57,9 @@ def normalize_phone(value: str, region: str = "US") -> str:
 def _after_canonical_us(value: str, region: str) -> str:
     """:func:`normalize_phone` for a value its one-regex step did not take: a valid Canadian
     number as written in one regex call too (:func:`_canonical_in`), other canonical numbers
-    by :func:`_nanp` (which says why not), a +1 number written with the usual punctuation
-    (:func:`_formatted`) as its canonical form, the rest parsed."""
+    by :func:`_nanp` (which says why not); then, the typographic separators in a value that is
+    not ASCII read as the ASCII ones (:data:`_SEPARATORS`), a +1 number written with the usual
+    punctuation (:func:`_formatted`) as its canonical form, the rest parsed."""
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -67,9 +70,23 @@ def _after_canonical_us(value: str, region: str) -> str:
         if _canonical_in("CA")(value) is not None:
             return value
         return _nanp(value)
+    if not value.isascii():
+        value = value.translate(_SEPARATORS)
     if (phone := _formatted(value, region)) is not None:
         return normalize_phone(phone, region)  # canonical now: decided as written that way
     return _parsed(value, region)
+
+
+#: The separators word processors and spreadsheets put between a number's digits (Excel's
+#: and Word's autocorrect puts an en dash, U+2013, byte 0x96 in cp1252, for the hyphen of
+#: ``415-847-5640``), as the ASCII the rest of the path reads: every dash and the minus sign
+#: as ``-``, the no-break and narrow spaces as a space, and the invisible ones (zero-width
+#: space and joiners, word joiner, byte-order mark, soft hyphen) deleted.
+_SEPARATORS: Final = str.maketrans(
+    dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-")
+    | dict.fromkeys("\u00a0\u2007\u2009\u202f", " ")
+    | dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", None)
+)
 
 
 #: Regions in which phonenumbers reads ten digits, or eleven starting with 1, as a +1

@@ -291,3 +291,120 @@ def test_formatted_numbers_agree_on_a_sweep_of_every_area_code() -> None:
                 value = layout.format(a=f"{area:03d}", e=rest[:3], l=rest[3:])
                 fast, parsed = formatted_verdicts(value, "US")
                 assert fast == parsed, value
+
+
+#: The separators word processors and spreadsheets put between digits, and the ASCII each
+#: stands for (written out here, apart from the code's table, so the two are checked).
+TYPOGRAPHIC = {
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
+    **dict.fromkeys("\u00a0\u2007\u2009\u202f", " "),
+    **dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", ""),
+}
+#: Those of them phonenumbers itself reads as punctuation.
+PHONENUMBERS_READS = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u00a0\u00ad\u200b\u2060"
+
+
+def ascii_spelling(value: str) -> str:
+    """``value`` with each typographic separator as the ASCII it stands for."""
+    return "".join(TYPOGRAPHIC.get(ch, ch) for ch in value)
+
+
+def phonenumbers_verdict(value: str) -> str:
+    """phonenumbers' own verdict: the E.164 number when it parses ``value`` as a valid US or
+    Canadian number, else ``refused``."""
+    try:
+        number = phonenumbers.parse(value, "US")
+    except phonenumbers.NumberParseException:
+        return "refused"
+    ok = phonenumbers.is_valid_number(number)
+    if not ok or phonenumbers.region_code_for_number(number) not in ("US", "CA"):
+        return "refused"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@pytest.mark.parametrize("separator", sorted(TYPOGRAPHIC))
+def test_a_typographic_separator_reads_as_the_ascii_one(separator: str) -> None:
+    """415-847-5640 with its hyphens an en dash (autocorrect's), or any dash, space or
+    invisible character a word processor puts between digits, is the number."""
+    for layout in ("{a}{s}{e}{s}{l}", "({a}){s}{e}{s}{l}", "+1{s}{a}{s}{e}{s}{l}", "{s}{a}{e}{l}"):
+        value = layout.format(a="415", e="847", l="5640", s=separator)
+        assert normalize_phone(value) == "+14158475640", repr(value)
+
+
+def test_the_en_dash_of_a_cp1252_file_reads_as_a_hyphen() -> None:
+    """Byte 0x96 of a cp1252 export, decoded, is an en dash: the row is a recipient."""
+    raw = b"415\x96847\x965640".decode("cp1252")
+    out = list(validate_rows([Row(2, {"phone": raw})], "phone"))
+    assert out == [Recipient("+14158475640", 2, {})]
+
+
+def test_other_stray_characters_are_still_refused_by_name() -> None:
+    """A bullet or a letter between digits is no separator: refused, the character named."""
+    with pytest.raises(PhoneError, match="character '•'"):
+        normalize_phone("415•847•5640")
+    with pytest.raises(PhoneError, match="letters"):
+        normalize_phone("415\u2013847\u2013564O")
+
+
+#: For an ASCII separator, the typographic characters that stand for it.
+TYPOGRAPHIC_FOR = {
+    ascii_: [ch for ch, a in TYPOGRAPHIC.items() if a == ascii_] for ascii_ in ("-", " ")
+}
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    area=st.one_of(st.integers(0, 999).map(lambda n: f"{n:03d}"), st.sampled_from(AREAS)),
+    exchange=st.integers(0, 999).map(lambda n: f"{n:03d}"),
+    line=st.integers(0, 9999).map(lambda n: f"{n:04d}"),
+    layout=st.sampled_from(LAYOUTS),
+    picks=st.lists(st.integers(0, 99), min_size=1, max_size=8),
+    inserts=st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(sorted(TYPOGRAPHIC))), max_size=3
+    ),
+)
+def test_typographic_separators_get_the_verdict_of_the_ascii_spelling(
+    area: str,
+    exchange: str,
+    line: str,
+    layout: str,
+    picks: list[int],
+    inserts: list[tuple[int, str]],
+) -> None:
+    """A number written as people write it, its dashes and spaces swapped for typographic ones
+    and typographic separators put anywhere, gets the parser's verdict on its ASCII spelling
+    (the number, or the same reason)."""
+    value = layout.format(a=area, e=exchange, l=line)
+    swapped = []
+    for ch in value:
+        options = TYPOGRAPHIC_FOR.get(ch)
+        swapped.append(options[picks.pop() % len(options)] if options and picks else ch)
+    value = "".join(swapped)
+    for at, ch in inserts:
+        cut = at % (len(value) + 1)
+        value = value[:cut] + ch + value[cut:]
+    assert verdict(lambda: normalize_phone(value)) == verdict(
+        lambda: _parsed(ascii_spelling(value), "US")
+    ), repr(value)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    digits=st.text(alphabet="0123456789", min_size=9, max_size=13),
+    punctuation=st.lists(
+        st.tuples(st.integers(0, 13), st.sampled_from(f" -.()+{PHONENUMBERS_READS}")),
+        max_size=5,
+    ),
+)
+def test_separators_phonenumbers_reads_get_its_own_verdict(
+    digits: str, punctuation: list[tuple[int, str]]
+) -> None:
+    """Digits with punctuation anywhere, typographic separators phonenumbers reads among it:
+    the number phonenumbers finds valid in the US or Canada, or a refusal when it finds none."""
+    value = digits
+    for at, ch in punctuation:
+        value = value[:at] + ch + value[at:]
+    ours = verdict(lambda: normalize_phone(value))
+    assert (ours if not ours.startswith("refused") else "refused") == phonenumbers_verdict(value), (
+        repr(value)
+    )
