@@ -37,6 +37,7 @@ from bulk_mms.ledger import (
     RecipientCounts,
     Rejected,
     Sent,
+    display,
     load,
     read_events,
 )
@@ -53,6 +54,9 @@ from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
 from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
+
+#: Why a ledger without a job header cannot be summed up.
+NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
 
 
 class LedgerSummary(msgspec.Struct):
@@ -191,8 +195,15 @@ class LedgerSummary(msgspec.Struct):
 
 
 def summarize(location: Location) -> LedgerSummary:
-    """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up."""
+    """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up.
+
+    Raises:
+        LedgerError: it is missing, unreadable or corrupt, or has no job header (an empty
+            file, or not a ledger): nothing to sum up.
+    """
     view = load(location)
+    if view.header is None:
+        raise LedgerError(display(location), NO_HEADER)
     s = LedgerSummary(ledger=location)
     if (h := view.header) is not None:
         s.job, s.input, s.phone_column = h.job, h.input, h.phone_column

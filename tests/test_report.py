@@ -25,6 +25,7 @@ from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.recorder import never_left
 from bulk_mms.report import (
     CAMPAIGN_COLUMN,
+    NO_HEADER,
     REASON_COLUMN,
     LedgerSummary,
     format_csv,
@@ -467,3 +468,17 @@ def test_report_csv_neutralises_formulas() -> None:
     rows = dict(csv.reader(io.StringIO(format_csv(s))))
     assert rows["job"] == "'=cmd|' /C calc'!A0"
     assert rows["rejected_rows"] == "3"
+
+
+@pytest.mark.parametrize("command", ["report", "status"])
+def test_an_empty_ledger_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """An empty ledger file is no job to report on: exit 2 (a ledger that cannot be used), one
+    line saying it is empty, and no report of nothing on stdout."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert main([command, str(empty), "--format", "table"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"bulk-mms: error: {empty}: {NO_HEADER}\n"
