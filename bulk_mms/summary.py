@@ -55,9 +55,13 @@ class JobSummary(msgspec.Struct):
     #: sends them again.
     retry_later_groups: int = 0
     in_doubt_groups: int = 0
+    #: Rows rejected: losses (:attr:`~bulk_mms.models.Rejection.loss`), a bad number or a
+    #: broken row. The rows left out on purpose are counted apart, by kind:
     rejected_rows: int = 0
-    #: Rows whose number appears earlier in the input (not losses: counted apart).
+    #: Rows whose number appears earlier in the input.
     duplicate_rows: int = 0
+    #: Rows whose number is on the suppression list (left out of their groups).
+    suppressed_rows: int = 0
     #: Rows whose number a ledger given to ``--exclude-sent`` records sent.
     excluded_rows: int = 0
     #: What the scan before sending found in the whole input.
@@ -117,6 +121,7 @@ class JobSummary(msgspec.Struct):
             "in_doubt_groups": self.in_doubt_groups,
             "rejected_rows": self.rejected_rows,
             "duplicate_rows": self.duplicate_rows,
+            "suppressed_rows": self.suppressed_rows,
             "excluded_rows": self.excluded_rows,
             "input_rows": self.input.rows if self.input else None,
             "rejected_by_reason": dict(self.input.lost.most_common()) if self.input else None,
@@ -141,24 +146,30 @@ class JobSummary(msgspec.Struct):
         """Count a row that is not sent, as its kind is counted."""
         if kind is Rejection.DUPLICATE:
             self.duplicate_rows += 1
+        elif kind is Rejection.SUPPRESSED:
+            self.suppressed_rows += 1
         elif kind is Rejection.EXCLUDED:
             self.excluded_rows += 1
         else:
             self.rejected_rows += 1
 
     def rows_text(self) -> str:
-        """The input rows not sent, in words: ``"3 of 400 rows rejected (0.8%: not a valid
-        number: 2 rows, ...); 1 duplicate number; 5 already sent (--exclude-sent)"``."""
+        """The input rows not sent, in words, the losses apart from the rows left out on
+        purpose: ``"3 of 400 rows rejected (0.8%: not a valid number: 2 rows, ...); 1
+        duplicate number; 2 suppressed (on the suppression list); 5 already sent
+        (--exclude-sent)"``. Without the scan of the whole input (a run stopped before it
+        ended), only this run's counts."""
         scan = self.input
-        if scan is not None and scan.lost_rows:
-            text = (
-                f"{scan.lost_rows} of {scan.rows} rows rejected "
-                f"({scan.lost_share:.1%}: {scan.reasons()})"
-            )
+        if scan is None:
+            text = f"{_rows(self.rejected_rows)} rejected"
         else:
-            text = f"{self.rejected_rows} row{'s' * (self.rejected_rows != 1)} rejected"
+            text = f"{scan.lost_rows} of {_rows(scan.rows)} rejected"
+            if scan.lost_rows:
+                text += f" ({scan.lost_share:.1%}: {scan.reasons()})"
         if self.duplicate_rows:
             text += f"; {self.duplicate_rows} duplicate number{'s' * (self.duplicate_rows != 1)}"
+        if self.suppressed_rows:
+            text += f"; {self.suppressed_rows} suppressed (on the suppression list)"
         if self.excluded_rows:
             text += f"; {self.excluded_rows} already sent (--exclude-sent)"
         return text
@@ -167,3 +178,8 @@ class JobSummary(msgspec.Struct):
         """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""
         self.template_differs.update(group.differs)
         self.template_empty.update(group.empty)
+
+
+def _rows(n: int) -> str:
+    """``1 row``, ``3 rows``."""
+    return f"{n} row{'s' * (n != 1)}"

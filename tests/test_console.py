@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import pytest
 from msgspec.structs import replace
@@ -12,6 +13,7 @@ from bulk_mms.errors import Exit, SendError, ServerError
 from bulk_mms.ledger import RecipientCounts
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
+from bulk_mms.scan import InputScan
 from bulk_mms.sending import RequestTimes
 from bulk_mms.summary import JobSummary
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
@@ -118,3 +120,13 @@ def test_a_run_that_left_recipients_unattempted_does_not_exit_0() -> None:
     assert run_outcome(limited) == Exit.OK
     done = replace(counts, sent=10, not_attempted=0)
     assert run_outcome(JobSummary("j", sent_groups=5, recipients=done)) == Exit.OK
+
+
+def test_a_suppressed_row_is_not_called_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose one row not sent was on the suppression list says none of its 12 rows was
+    rejected, and names the suppressed one as such."""
+    scan = InputScan("sha256:x", rows=12, recipients=12, lost=Counter(), duplicates=0, excluded=0)
+    s = JobSummary("j", sent_groups=4, sent_recipients=11, suppressed_rows=1, input=scan)
+    assert run_outcome(s) == Exit.OK
+    out = capsys.readouterr().out
+    assert "; 0 of 12 rows rejected; 1 suppressed (on the suppression list)\n" in out

@@ -149,7 +149,7 @@ async def test_suppressed_numbers_are_rejected_before_any_request(
     assert sorted(client.sent_numbers()) == [
         n for n in numbers(8) if n not in ("+12125550001", "+12125550003")
     ]
-    assert s.rejected_rows == 2
+    assert (s.rejected_rows, s.suppressed_rows) == (0, 2)
     assert summarize(job.ledger).rejected_reasons == {"suppressed": 2}
     assert main(["-q", "suppress", "remove", "+12125550001", "--config", str(config)]) == 0
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
@@ -209,7 +209,7 @@ async def test_an_opt_out_refusal_puts_the_number_on_the_list(
     job2 = replace(job, name="tomorrow", ledger=jobs.root / "tomorrow.jsonl")
     s = await run_job(job2, settings, again, clock=FakeClock())
     assert stop_sayer not in again.sent_numbers()
-    assert s.rejected_rows == 1
+    assert (s.rejected_rows, s.suppressed_rows) == (0, 1)
 
 
 async def test_the_spend_ceiling_stops_before_a_send_that_could_pass_it(
@@ -452,7 +452,7 @@ async def test_an_opt_out_in_a_group_sends_the_others_without_it(
         s2 = await run_job(tomorrow, settings, client, clock=FakeClock())
     sent_tomorrow = [p for r in fake.requests[before:] for p in r["to"]]
     assert sorted(sent_tomorrow) == sorted(set(people) - stop_sayers)
-    assert s2.rejected_rows == 2
+    assert (s2.rejected_rows, s2.suppressed_rows) == (0, 2)
     assert summarize(tomorrow.ledger).rejected_reasons == {"suppressed": 2}
 
 
@@ -704,7 +704,7 @@ async def test_opt_outs_are_honoured_with_no_list_configured(
         s = await run_job(tomorrow, FAST, client, clock=FakeClock())
     assert people[5] in default_list().read_text()
     assert people[5] not in [p for r in fake.requests[before:] for p in r["to"]]
-    assert s.rejected_rows == 1
+    assert (s.rejected_rows, s.suppressed_rows) == (0, 1)
 
 
 async def test_an_opt_out_in_a_403_is_judged_by_its_code_not_taken_for_a_bad_key(

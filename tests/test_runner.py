@@ -484,7 +484,8 @@ async def test_a_one_pass_dry_run_finds_what_the_scan_finds(
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "scan.csv").read_text()
     assert (tmp_path / "one.csv").read_text().count("\n") == 4  # header, bad, duplicate, excluded
     counts = (s.sent_recipients, s.rejected_rows, s.duplicate_rows, s.excluded_rows)
-    assert counts == (18, 2, 1, 1)  # rejected: the bad row and the suppressed member
+    assert counts == (18, 1, 1, 1)  # rejected: the bad row alone
+    assert s.suppressed_rows == 1  # the suppressed member: left out on purpose, no loss
 
 
 async def test_a_dry_run_refuses_the_input_before_a_ledger_it_cannot_use(
