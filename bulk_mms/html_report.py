@@ -155,8 +155,11 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         ),
         "<h2>Rejected rows</h2>",
         _table(("reason", "rows"), [(k, f"{n:,}") for k, n in s.rejected_reasons.most_common()]),
-        f"<p class=meta>{_e(count(s.duplicate_rows, 'duplicate row'))} (numbers in the job "
-        "already: counted by the latest run, nobody sent twice)</p>",
+        f"<p class=meta>Left out on purpose, not losses: "
+        f"{_e(count(s.duplicate_rows, 'duplicate row'))} (numbers in the job already: counted "
+        f"by the latest run, nobody sent twice), {_e(count(s.rows.suppressed, 'row'))} on the "
+        f"suppression list, {_e(count(s.rows.excluded, 'row'))} already sent "
+        "(--exclude-sent)</p>",
     ]
     return _PAGE.format(title=_e(f"bulk-mms report: {s.job or name}"), body="\n".join(body))
 

@@ -98,6 +98,21 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].split(" (", 1)[0]
 
 
+#: What :func:`row_kind` calls a row that is a loss (:attr:`Rejection.loss`).
+LOST = "lost"
+#: The kinds of row left out on purpose: the reason of each starts with its kind's name
+#: (``"suppressed: +12125550100 is on the suppression list"``).
+ON_PURPOSE = frozenset({Rejection.DUPLICATE, Rejection.SUPPRESSED, Rejection.EXCLUDED})
+
+
+def row_kind(reason: str) -> str:
+    """What a row not sent is, from its reason alone (all a ledger records of it):
+    ``"duplicate"``, ``"suppressed"`` or ``"excluded"`` for a row left out on purpose, else
+    :data:`LOST` (a bad number, a broken row: a loss)."""
+    kind = reason_kind(reason)
+    return kind if kind in ON_PURPOSE else LOST
+
+
 class MessageBody(msgspec.Struct, frozen=True):
     """Everything of a group MMS request except ``to``, after templates are filled."""
 

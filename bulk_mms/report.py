@@ -1,14 +1,16 @@
 """Summaries read back from a ledger: what ``bulk-mms report`` (and ``status``) prints.
 
-The numbers come from the one fold, :class:`~bulk_mms.ledger.LedgerView`, the same a run and
-its resume act on: every valid recipient in exactly one state (sent, failed, retry pending, in
-doubt, not attempted), delivery statuses as ``track`` and ``webhooks`` ordered them, costs per
-currency, waits and error codes. :func:`write_failed_csv` turns the recipients no rerun will
-send (failed for good, or not delivered) into an input file a new job can take as it is: never
-one that is in doubt or that a plain rerun sends, so nobody is texted twice.
-:func:`write_rejected_csv` lists the input rows never sent, :func:`write_recipients_csv` every
-recipient the ledger names. Every CSV goes through :func:`~bulk_mms.csvfile.write_csv`, and
-every error or reason is said in words (:mod:`bulk_mms.words`) where a person reads it.
+The numbers come from the one fold, :class:`~bulk_mms.ledger.LedgerView`, the same a run and its
+resume act on: every valid recipient in exactly one state (sent, failed, retry pending, in
+doubt, not attempted), every input row once (valid, rejected: a loss, or left out on purpose:
+:class:`~bulk_mms.ledger.InputRows`), delivery statuses as ``track`` and ``webhooks`` ordered
+them, costs per currency, waits and error codes. :func:`write_failed_csv` turns the recipients
+no rerun will send (failed for good, or not delivered) into an input file a new job can take as
+it is: never one that is in doubt or that a plain rerun sends, so nobody is texted twice.
+:func:`write_rejected_csv` lists the input rows rejected (the losses),
+:func:`write_recipients_csv` every recipient the ledger names. Every CSV goes through
+:func:`~bulk_mms.csvfile.write_csv`, and every error or reason is said in words
+(:mod:`bulk_mms.words`) where a person reads it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bulk_mms.ledger import (
     Failed,
     GroupRecord,
     InDoubt,
+    InputRows,
     LedgerView,
     Location,
     RecipientCounts,
@@ -49,6 +52,7 @@ from bulk_mms.ledger.fold import (
     RETRY_PENDING,
     SENT,
 )
+from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import percentile
@@ -71,9 +75,11 @@ class LedgerSummary(msgspec.Struct):
     recipient_states: RecipientCounts = msgspec.field(
         default_factory=lambda: RecipientCounts(0, 0, 0, 0, 0, 0, input_read=False)
     )
-    rejected_rows: int = 0
-    #: Rows whose number appears earlier in the input (the latest run's count).
-    duplicate_rows: int = 0
+    #: Every input row the ledger accounts for: valid, rejected (losses, by reason) or left
+    #: out on purpose (duplicates, suppressed, excluded), adding up to the input's rows.
+    rows: InputRows = msgspec.field(
+        default_factory=lambda: InputRows(0, {}, 0, 0, 0, input_read=False)
+    )
     cost: dict[str, Decimal] = msgspec.field(default_factory=dict)
     #: The cost per currency as (final, estimated): final where a status report carried a
     #: recipient's final cost, the send's estimate otherwise (:meth:`LedgerView.cost_parts`).
@@ -82,8 +88,6 @@ class LedgerSummary(msgspec.Struct):
     wait_seconds: list[float] = msgspec.field(default_factory=list)
     #: Failed events by their code (each time a group's tries ended on an error, every run).
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
-    #: Rejected input rows by reason (every reason, each counted in rows).
-    rejected_reasons: Counter[str] = msgspec.field(default_factory=Counter)
     #: The groups not sent (failed, retry pending, in doubt), by state and why in words
     #: (:func:`~bulk_mms.words.why_words`): (groups, recipients).
     unsent: dict[tuple[str, str], tuple[int, int]] = msgspec.field(default_factory=dict)
@@ -108,6 +112,21 @@ class LedgerSummary(msgspec.Struct):
     #: ledger written before rows were recorded).
     ledger: Location | None = None
     columns: tuple[str, ...] = ()
+
+    @property
+    def rejected_rows(self) -> int:
+        """Rows rejected: losses (a bad number, a broken row)."""
+        return self.rows.lost
+
+    @property
+    def rejected_reasons(self) -> Counter[str]:
+        """Rows rejected, by reason."""
+        return Counter(self.rows.rejected)
+
+    @property
+    def duplicate_rows(self) -> int:
+        """Rows whose number appears earlier in the input (the latest run's count)."""
+        return self.rows.duplicates
 
     @property
     def sent_groups(self) -> int:
@@ -170,8 +189,11 @@ class LedgerSummary(msgspec.Struct):
             "retry_pending_recipients": r.retry_pending,
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
+            "input_rows": self.rows.rows,
             "rejected_rows": self.rejected_rows,
             "duplicate_rows": self.duplicate_rows,
+            "suppressed_rows": self.rows.suppressed,
+            "excluded_rows": self.rows.excluded,
             "delivery": dict(self.delivery.most_common()),
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
@@ -216,13 +238,11 @@ def summarize(location: Location) -> LedgerSummary:
     s.cost_parts = view.cost_parts()
     s.cost = {cur: final + est for cur, (final, est) in s.cost_parts.items()}
     s.recipient_states = view.recipients()
+    s.rows = view.input_rows(s.recipient_states)
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
     s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
-    s.rejected_rows = sum(view.rejected.values())
-    s.rejected_reasons = Counter(view.rejected)
-    s.duplicate_rows = view.planned.duplicates if view.planned is not None else 0
     return s
 
 
@@ -272,15 +292,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
     )
-    lines += [
-        f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}",
-        "",
-        f"rejected     {count(s.rejected_rows, 'input row')} never sent"
-        + ("; list them with --rejected-csv" if s.rejected_rows else ""),
-        f"duplicates   {count(s.duplicate_rows, 'row')} whose number is in the job already "
-        "(the latest run's count; nobody is sent twice)",
-        "",
-    ]
+    lines += [f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}", "", *_rows_lines(s.rows), ""]
     if s.unsent:
         lines.append("not sent, and why")
         for (state, why), (groups, recipients) in s.unsent.items():
@@ -325,12 +337,34 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             f"  {count(n, 'group'):>12}  {error_words(code)}"
             for code, n in s.error_codes.most_common()
         )
-    if s.rejected_reasons:
+    if s.rows.rejected:
         lines.append("rejected rows, by reason")
-        lines.extend(
-            f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rejected_reasons.most_common()
-        )
+        lines.extend(f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rows.rejected.items())
     return "\n".join(lines)
+
+
+def _rows_lines(rows: InputRows) -> list[str]:
+    """Where the input's rows went: the losses apart from the rows left out on purpose, each
+    kind counted, adding up to the rows."""
+    so_far = " so far (no run has read the whole input)" if not rows.input_read else ""
+
+    def kind(label: str, n: int, what: str) -> str:
+        return f"  {label:13}{n:>8} {'row' if n == 1 else 'rows':4}  {what}"
+
+    return [
+        f"input        {count(rows.rows, 'row')}{so_far}: {rows.valid} valid, "
+        f"{rows.lost} rejected, {rows.left_out} left out on purpose",
+        f"rejected     {count(rows.lost, 'row')} that cannot be sent (losses: a bad number, a "
+        "broken row)" + ("; list them with --rejected-csv" if rows.lost else ""),
+        "left out     on purpose, not losses:",
+        kind(
+            "duplicate",
+            rows.duplicates,
+            "whose number is in the job already (the latest run's count; nobody is sent twice)",
+        ),
+        kind("suppressed", rows.suppressed, "whose number is on the suppression list"),
+        kind("already sent", rows.excluded, "by a ledger given to --exclude-sent"),
+    ]
 
 
 def cost_words(s: LedgerSummary) -> str:
@@ -459,12 +493,15 @@ def _original_rows(
 
 
 def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
-    """Write every input row the ledger records rejected to ``out``, in the columns of
-    ``run --rejected-csv`` (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``).
+    """Write every input row the ledger records rejected, the losses (a bad number, a broken
+    row: :data:`~bulk_mms.models.LOST`), to ``out``, in the columns of ``run --rejected-csv``
+    (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``): the rows to fix.
 
-    The rows are streamed from the ledger's events as they are read, never held (a ledger may
-    record millions). Duplicates are not in it: a run counts them (``planned``), it does not
-    record them a row each. Written by :func:`~bulk_mms.csvfile.write_csv`.
+    The rows left out on purpose are not in it: suppressed and excluded numbers (a file
+    fixed and sent again would text them) and duplicates (a run counts them, it records no
+    row for each); the report counts each kind. The rows are streamed from the ledger's
+    events as they are read, never held (a ledger may record millions). Written by
+    :func:`~bulk_mms.csvfile.write_csv`.
 
     Returns:
         The rows written.
@@ -476,7 +513,7 @@ def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
     rows = (
         (ev.line, ev.value, ev.reason)
         for ev in read_events(s.ledger, skip_status=True)
-        if isinstance(ev, Rejected)
+        if isinstance(ev, Rejected) and row_kind(ev.reason) == LOST
     )
     return _write(out, REJECTED_COLUMNS, rows)
 

@@ -150,7 +150,7 @@ async def test_suppressed_numbers_are_rejected_before_any_request(
         n for n in numbers(8) if n not in ("+12125550001", "+12125550003")
     ]
     assert (s.rejected_rows, s.suppressed_rows) == (0, 2)
-    assert summarize(job.ledger).rejected_reasons == {"suppressed": 2}
+    assert summarize(job.ledger).rows.suppressed == 2
     assert main(["-q", "suppress", "remove", "+12125550001", "--config", str(config)]) == 0
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
     assert capsys.readouterr().out.split() == ["+12125550003"]
@@ -453,7 +453,7 @@ async def test_an_opt_out_in_a_group_sends_the_others_without_it(
     sent_tomorrow = [p for r in fake.requests[before:] for p in r["to"]]
     assert sorted(sent_tomorrow) == sorted(set(people) - stop_sayers)
     assert (s2.rejected_rows, s2.suppressed_rows) == (0, 2)
-    assert summarize(tomorrow.ledger).rejected_reasons == {"suppressed": 2}
+    assert summarize(tomorrow.ledger).rows.suppressed == 2
 
 
 async def test_a_group_refused_for_one_member_is_resumed_without_it(jobs: JobFactory) -> None:

@@ -17,9 +17,9 @@ from msgspec.structs import replace
 from bulk_mms.cli import main
 from bulk_mms.config import folders, load_job
 from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
+from bulk_mms.ledger import Header, InputRows, LedgerView, Planned, open_store, read_events
 from bulk_mms.ledger import Rejected as RejectedEvent
 from bulk_mms.ledger import Sent as SentEvent
-from bulk_mms.ledger import open_store, read_events
 from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.recorder import never_left
@@ -33,6 +33,7 @@ from bulk_mms.report import (
     write_failed_csv,
 )
 from bulk_mms.runner import run_job
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in
 from tests.conftest import (
     FAST,
@@ -325,8 +326,9 @@ def test_every_rejection_reason_in_every_format(
     assert main(["report", str(ledger), "--format", "table", "--html", str(page)]) == 0
     table = capsys.readouterr().out
     html_text = page.read_text()
-    assert "rejected     7 input rows never sent" in table
-    assert "duplicates   1 row whose number is in the job already" in table
+    assert "input        208 rows: 200 valid, 7 rejected, 1 left out on purpose" in table
+    assert "rejected     7 rows that cannot be sent (losses" in table
+    assert "  duplicate           1 row   whose number is in the job already" in table
     for reason in by_reason:
         assert f"       1 row  {reason}" in table
         assert f"<td>{html.escape(reason)}</td><td>1</td>" in html_text
@@ -464,7 +466,8 @@ async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactor
 
 def test_report_csv_neutralises_formulas() -> None:
     """--format csv writes no cell that starts a formula (a job name here), numbers kept."""
-    s = LedgerSummary(job="=cmd|' /C calc'!A0", rejected_rows=3)
+    counts = InputRows(5, {"not a valid number": 3}, 0, 0, 0, input_read=True)
+    s = LedgerSummary(job="=cmd|' /C calc'!A0", rows=counts)
     rows = dict(csv.reader(io.StringIO(format_csv(s))))
     assert rows["job"] == "'=cmd|' /C calc'!A0"
     assert rows["rejected_rows"] == "3"
@@ -482,3 +485,96 @@ def test_an_empty_ledger_is_said_in_one_line(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"bulk-mms: error: {empty}: {NO_HEADER}\n"
+
+
+async def left_out_ledger(jobs: JobFactory, tmp_path: Path) -> tuple[Path, JobSummary]:
+    """12 rows: 8 sent, and one each of a bad number, a duplicate, a number on the suppression
+    list and a number an --exclude-sent ledger records sent."""
+    people = numbers(10)
+    rows = [{"phone": p, "first": "x"} for p in people]
+    rows[3:3] = [{"phone": "12345", "first": "y"}, {"phone": people[0], "first": "z"}]
+    jobs.csv(rows)
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    (tmp_path / "list.txt").write_text(people[5] + "\n")
+    settings = replace(FAST, suppression_file=tmp_path / "list.txt")
+    excluded = frozenset({int(people[7][1:])})
+    s = await run_job(job, settings, FakeClient(), clock=FakeClock(), excluded=excluded)
+    return job.ledger, s
+
+
+async def test_the_run_summary_tells_losses_from_rows_left_out(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """The run's summary calls only the bad row rejected (of all 12), and names the
+    duplicate, the suppressed and the excluded row each as what it is."""
+    _, s = await left_out_ledger(jobs, tmp_path)
+    assert (s.rejected_rows, s.duplicate_rows, s.suppressed_rows, s.excluded_rows) == (1, 1, 1, 1)
+    assert s.rows_text() == (
+        "1 of 12 rows rejected (8.3%: not a valid US or Canadian phone number: 1 row); "
+        "1 duplicate number; 1 suppressed (on the suppression list); "
+        "1 already sent (--exclude-sent)"
+    )
+
+
+async def test_the_report_counts_each_kind_of_row_not_sent_apart(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report counts the one loss apart from the rows left out on purpose, kind by kind,
+    adding up to the input's 12 rows, in the table and the JSON alike."""
+    ledger, _ = await left_out_ledger(jobs, tmp_path)
+    report = summarize(ledger)
+    reason = "not a valid US or Canadian phone number"
+    assert report.rows == InputRows(8, {reason: 1}, 1, 1, 1, input_read=True)
+    assert report.rows.rows == 12
+    assert report.rejected_reasons == {reason: 1}
+    d = report.as_dict()
+    kinds = ("input_rows", "rejected_rows", "duplicate_rows", "suppressed_rows", "excluded_rows")
+    assert [d[k] for k in kinds] == [12, 1, 1, 1, 1]
+    assert d["rejected_rows_by_reason"] == {reason: 1}
+    capsys.readouterr()
+    assert main(["report", str(ledger), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "input        12 rows: 8 valid, 1 rejected, 3 left out on purpose" in table
+    assert "rejected     1 row that cannot be sent (losses" in table
+    for line in (
+        "  duplicate           1 row   whose number is in the job already",
+        "  suppressed          1 row   whose number is on the suppression list",
+        "  already sent        1 row   by a ledger given to --exclude-sent",
+    ):
+        assert line in table
+
+
+async def test_rejected_csv_lists_only_the_losses(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --rejected-csv lists the bad row alone: not the suppressed nor the excluded
+    number (a fixed file sent again would text them), nor the duplicate."""
+    ledger, _ = await left_out_ledger(jobs, tmp_path)
+    out = tmp_path / "rejected.csv"
+    assert main(["-q", "report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert rows == [
+        ["line", "value", "reason"],
+        ["5", "12345", "not a valid US or Canadian phone number"],
+    ]
+
+
+def test_input_rows_tell_kinds_by_their_reasons() -> None:
+    """The fold counts each rejected line by its reason's kind: losses by reason, suppressed
+    and excluded apart, duplicates from the latest planned count; all add up."""
+    view = LedgerView.fold(
+        [
+            Header("j", "sha256:x"),
+            Planned(recipients=4, groups=1, rejected=3, duplicates=2),
+            RejectedEvent(2, "abc", "phone number contains letters"),
+            RejectedEvent(3, "+12125550100", "suppressed: +12125550100 is on the suppression list"),
+            RejectedEvent(4, "+12125550101", "excluded: already sent by a ledger given to x"),
+            RejectedEvent(5, "+12125550102", "excluded: already sent by a ledger given to x"),
+            RejectedEvent(6, "", "malformed CSV: unexpected end of data"),
+        ]
+    )
+    rows = view.input_rows()
+    assert rows == InputRows(
+        4, {"phone number contains letters": 1, "malformed CSV": 1}, 2, 1, 2, input_read=True
+    )
+    assert (rows.lost, rows.left_out, rows.rows) == (2, 5, 11)

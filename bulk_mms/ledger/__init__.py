@@ -23,7 +23,7 @@ from bulk_mms.ledger.events import (
     Status,
     to_json,
 )
-from bulk_mms.ledger.fold import STATES, GroupRecord, LedgerView, RecipientCounts
+from bulk_mms.ledger.fold import STATES, GroupRecord, InputRows, LedgerView, RecipientCounts
 from bulk_mms.ledger.store import (
     LedgerStore,
     Location,
@@ -48,6 +48,7 @@ __all__ = [
     "GroupRecord",
     "Header",
     "InDoubt",
+    "InputRows",
     "LedgerStore",
     "LedgerView",
     "Location",

@@ -33,7 +33,15 @@ from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
-from bulk_mms.models import Money, RecipientStatus, Rejection, parse_money, reason_kind
+from bulk_mms.models import (
+    LOST,
+    Money,
+    RecipientStatus,
+    Rejection,
+    parse_money,
+    reason_kind,
+    row_kind,
+)
 
 SENT: Final = "sent"
 FAILED: Final = "failed"
@@ -132,6 +140,37 @@ class RecipientCounts(msgspec.Struct, frozen=True):
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
+
+
+class InputRows(msgspec.Struct, frozen=True):
+    """Every input row the ledger accounts for, each counted once: a valid recipient (in one
+    of the states of :class:`RecipientCounts`), a row rejected (a loss: a bad number, a
+    broken row), or a row left out on purpose (not a loss: a duplicate of a number in the
+    job, a number on the suppression list, a number an ``--exclude-sent`` ledger records
+    sent). They add up to :attr:`rows`: the input's rows once a run has read it whole and
+    recorded its rejections (``input_read``)."""
+
+    valid: int
+    #: Rows rejected, by reason (:func:`~bulk_mms.models.reason_kind`), commonest first.
+    rejected: dict[str, int]
+    duplicates: int
+    suppressed: int
+    excluded: int
+    input_read: bool
+
+    @property
+    def lost(self) -> int:
+        """Rows rejected: someone the job meant to reach and cannot."""
+        return sum(self.rejected.values())
+
+    @property
+    def left_out(self) -> int:
+        """Rows left out on purpose."""
+        return self.duplicates + self.suppressed + self.excluded
+
+    @property
+    def rows(self) -> int:
+        return self.valid + self.lost + self.left_out
 
 
 class LedgerView(msgspec.Struct, eq=False):
@@ -522,6 +561,32 @@ class LedgerView(msgspec.Struct, eq=False):
             in_doubt=by_state[IN_DOUBT],
             not_attempted=valid - known,
             input_read=self.planned is not None,
+        )
+
+    def input_rows(self, recipients: RecipientCounts | None = None) -> InputRows:
+        """Where every input row the ledger accounts for went (:class:`InputRows`), the
+        rejected rows told apart by their reasons (:func:`~bulk_mms.models.row_kind`).
+        ``recipients``: :meth:`recipients`, when the caller has it already.
+
+        Duplicates are the latest run's count (``planned``: a run counts them, it records no
+        line for each), or the ledger's ``rejected`` lines for duplicates where they are more."""
+        recipients = recipients if recipients is not None else self.recipients()
+        lost: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()
+        for reason, n in self.rejected.items():
+            kind = row_kind(reason)
+            if kind == LOST:
+                lost[reason] += n
+            else:
+                kinds[kind] += n
+        planned = self.planned.duplicates if self.planned is not None else 0
+        return InputRows(
+            valid=recipients.valid,
+            rejected=dict(lost.most_common()),
+            duplicates=max(planned, kinds[Rejection.DUPLICATE]),
+            suppressed=kinds[Rejection.SUPPRESSED],
+            excluded=kinds[Rejection.EXCLUDED],
+            input_read=recipients.input_read,
         )
 
     def group_of(self, phone: str) -> str | None:
