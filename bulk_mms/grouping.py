@@ -12,12 +12,13 @@ end of the input.
 from __future__ import annotations
 
 import hashlib
+import string
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, MessageConfig
-from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow
+from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
 from bulk_mms.quiet import zones_for
 
 
@@ -74,11 +75,18 @@ def render_message(
     message: MessageConfig, members: Sequence[Recipient]
 ) -> tuple[MessageBody, tuple[str, ...], tuple[str, ...]]:
     """The request body for a group, with its placeholders filled (:func:`template_values`),
-    and the placeholders that differ between members or are empty."""
+    and the placeholders that differ between members or are empty.
+
+    The API takes a text only as a non-empty string: a text that fills to blanks goes out as
+    none when the job has ``media_urls`` (the media are the message). Without media, no
+    group's text is blank once its rows have passed :func:`with_text`."""
     values, differs, empty = template_values(message, members)
+    text = message.text.render(values) if message.text else None
+    if text is not None and message.media_urls and not text.strip():
+        text = None
     body = MessageBody(
         from_=message.from_,
-        text=message.text.render(values) if message.text else None,
+        text=text,
         subject=message.subject.render(values) if message.subject else None,
         media_urls=message.media_urls,
         webhook_url=message.webhook_url,
@@ -137,6 +145,47 @@ def _regroup(group: Group, keeps: Callable[[str], bool], job: JobConfig) -> Grou
         if keeps(phone)
     ]
     return _Grouper(job).make(keep, group.seq) if keep else None
+
+
+def with_text(
+    items: Iterator[Recipient | RejectedRow], message: MessageConfig
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient rejected (a loss) whose own values leave the message's
+    text blank: a text of placeholders only, every one empty in the row and without a
+    default, and no ``media_urls`` to send instead. The API refuses an empty text, and a
+    group's text takes its first member's values (or every member's, joined): when every
+    member's own values fill it, every group's text says something.
+
+    ``items`` themselves when no row can leave it blank (text around the placeholders, a
+    default for one of them, media, or no text): nothing is added to the row loop."""
+    text = message.text
+    if text is None or message.media_urls or _says_something(text.source):
+        return items
+    names = [n for n in text.fields if not message.defaults.get(n, "").strip()]
+    if len(names) < len(text.fields):
+        return items  # a placeholder with a default is never blank
+    return _rows_with_text(items, names)
+
+
+def _says_something(source: str) -> bool:
+    """Whether a template's text outside its placeholders is more than blanks."""
+    return any(literal.strip() for literal, *_ in string.Formatter().parse(source))
+
+
+def _rows_with_text(
+    items: Iterable[Recipient | RejectedRow], names: Sequence[str]
+) -> Iterator[Recipient | RejectedRow]:
+    """:func:`with_text`'s loop: a recipient whose ``names`` are all blank is rejected."""
+    placeholders = ", ".join(f"{{{n}}}" for n in names)
+    reason = (
+        f"empty message: the text is only {placeholders}, empty in this row; fill it, give it "
+        "a default in [message.defaults], or send media_urls"
+    )
+    for item in items:
+        if isinstance(item, Recipient) and not any(item.fields.get(n, "").strip() for n in names):
+            yield RejectedRow(item.line, item.phone, reason, Rejection.ROW)
+        else:
+            yield item
 
 
 def keyed(

@@ -18,7 +18,7 @@ from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
-from bulk_mms.grouping import make_groups, moved, without
+from bulk_mms.grouping import make_groups, moved, with_text, without
 from bulk_mms.ledger import (
     FORMAT,
     Header,
@@ -74,7 +74,7 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     if len(seeds) > MAX_GROUP_SIZE:
         raise ConfigError("--to", f"at most {MAX_GROUP_SIZE} numbers, not {len(seeds)}")
     with open_reader(job) as reader:
-        rows = validate_rows(reader, job.phone_column, job.default_region)
+        rows = with_text(validate_rows(reader, job.phone_column, job.default_region), job.message)
         firsts = list(itertools.islice((r for r in rows if isinstance(r, Recipient)), len(seeds)))
     if not firsts:
         raise InputError(job.input, "has no valid row to render the message from")
@@ -181,14 +181,16 @@ def plan(
     tally: Tally | None = None,
 ) -> Iterator[Group | RejectedRow]:
     """The whole pipeline up to sending, as one lazy stream: rows read, validated, those in
-    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`), counted by ``tally`` if given
-    (what a scan would find, found in this pass) and grouped (where each key ends: the
-    ``scan`` of the same input), then each group as the ledger and the suppression list
-    leave it (:func:`members_left`)."""
+    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`), those that would leave the
+    message without text rejected (:func:`~bulk_mms.grouping.with_text`), counted by
+    ``tally`` if given (what a scan would find, found in this pass) and grouped (where each
+    key ends: the ``scan`` of the same input), then each group as the ledger and the
+    suppression list leave it (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
     rows = validate_rows(reader, job.phone_column, job.default_region)
     if excluded:
         rows = excluding(rows, excluded)
+    rows = with_text(rows, job.message)
     if tally is not None:
         rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):

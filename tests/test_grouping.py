@@ -9,12 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig, MessageConfig, parse_template
-from bulk_mms.errors import ConfigError
-from bulk_mms.grouping import group_id, join_names, make_groups
-from bulk_mms.models import Group, Recipient, RejectedRow
+from bulk_mms.errors import ConfigError, InputError
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.grouping import group_id, join_names, make_groups, render_message, with_text
+from bulk_mms.models import Group, Recipient, RejectedRow, Rejection
 from bulk_mms.prepare import dry_run
-from tests.conftest import FAST, JobFactory, numbers
+from bulk_mms.report import summarize
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClock, JobFactory, numbers
 
 
 def job(group_size: int = 8, group_by: str | None = None) -> JobConfig:
@@ -183,3 +187,130 @@ def test_records_are_equal_by_identity_and_keep_rows_out_of_their_repr() -> None
     assert g.id in repr(g)
     with pytest.raises(AttributeError):
         g.seq = 5  # type: ignore[misc]
+
+
+def message(text: str | None, *, media: bool = False, **more: object) -> MessageConfig:
+    """A [message] with ``text`` (placeholders parsed), media_urls if asked, and ``more``."""
+    return MessageConfig(
+        senders=("+18445550001",),
+        text=parse_template(text, "t", Path()) if text is not None else None,
+        media_urls=("https://x.test/a.png",) if media else (),
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def rows_of(*names: str) -> list[Recipient]:
+    return [Recipient(f"+1212555{i:04d}", i + 2, {"n": n, "m": ""}) for i, n in enumerate(names)]
+
+
+def test_a_row_that_leaves_the_text_empty_is_rejected_as_a_loss() -> None:
+    """With text = "{n}" and no media, a row whose {n} is empty or blanks is rejected, a loss,
+    its reason naming the placeholder and the fixes; the rows with a value pass as they are."""
+    people = rows_of("Ann", "", "  ", "Cy")
+    out = list(with_text(iter(people), message("{n}")))
+    assert out[0] is people[0]
+    assert out[3] is people[3]
+    for row, person in zip(out[1:3], people[1:3], strict=True):
+        assert isinstance(row, RejectedRow)
+        assert (row.line, row.value, row.kind) == (person.line, person.phone, Rejection.ROW)
+        assert row.kind.loss
+        assert row.reason.startswith("empty message: the text is only {n}, empty in this row")
+        assert "[message.defaults]" in row.reason
+        assert "media_urls" in row.reason
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        message("Hi {n}"),  # text around the placeholder
+        message("{n}", media=True),  # the media are the message
+        message("{n}{m}", defaults={"m": "there"}),  # a default is never blank
+        message(None, media=True),  # no text at all
+    ],
+)
+def test_a_text_that_cannot_be_empty_adds_nothing_to_the_row_loop(config: MessageConfig) -> None:
+    """When no row can leave the text blank, the rows come back as the same iterator."""
+    items = iter(rows_of("", "Bo"))
+    assert with_text(items, config) is items
+
+
+def test_an_empty_text_with_media_goes_out_as_none() -> None:
+    """A group whose text fills to blanks, in a job with media_urls, has no text (the API
+    refuses an empty one); one that says something keeps it."""
+    config = message("{n}", media=True)
+    blank, _, _ = render_message(config, rows_of(" "))
+    said, _, _ = render_message(config, rows_of("Ann"))
+    assert (blank.text, blank.media_urls) == (None, ("https://x.test/a.png",))
+    assert said.text == "Ann"
+
+
+@given(
+    names=st.lists(st.sampled_from(["", " ", "Ann", "Bo"]), max_size=40),
+    others=st.lists(st.sampled_from(["", "x"]), min_size=40, max_size=40),
+    size=st.integers(1, 8),
+    joined=st.booleans(),
+)
+def test_no_group_is_made_with_an_empty_text(
+    names: list[str], others: list[str], size: int, joined: bool
+) -> None:
+    """Any rows, any group size, joined or not: once rows pass with_text, every group's text
+    says something, and every row is in a group or rejected."""
+    people = [
+        Recipient(f"+1212555{i:04d}", i + 2, {"n": n, "m": m})
+        for i, (n, m) in enumerate(zip(names, others, strict=False))
+    ]
+    config = message("{n} {m}", join=("n",) if joined else ())
+    the_job = replace(job(group_size=size), message=config)
+    out = list(make_groups(with_text(iter(people), config), the_job))
+    assert all(g.message.text and g.message.text.strip() for g in groups(out))
+    placed = [p for g in groups(out) for p in g.to]
+    rejected = [r.value for r in out if isinstance(r, RejectedRow)]
+    assert sorted(placed + rejected) == sorted(p.phone for p in people)
+
+
+async def test_a_run_never_sends_an_empty_text(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """text = "{first}" and a row with no first name: the row is rejected before sending and
+    recorded as a loss; the API gets no empty text and every other row is sent."""
+    people = numbers(4)
+    jobs.csv(
+        [{"phone": p, "first": f} for p, f in zip(people, ["Ann", "", "Cy", "Di"], strict=True)]
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5", message='text = "{first}"')
+    fake, url = fake_api
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, FAST, client, clock=FakeClock())
+    assert [r["text"] for r in fake.requests] == ["Ann", "Cy", "Di"]
+    assert (s.failed_groups, s.rejected_rows) == (0, 1)
+    report = summarize(job.ledger)
+    assert report.rows.rows == 4
+    assert list(report.rejected_reasons) == ["empty message"]
+
+
+async def test_a_media_job_sends_an_empty_text_as_none(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """With media_urls, the row with no first name is sent, its request without a text."""
+    jobs.csv([{"phone": p, "first": f} for p, f in zip(numbers(2), ["Ann", ""], strict=True)])
+    media = 'text = "{first}"\nmedia_urls = ["https://x.test/a.png"]'
+    job = jobs.job(extra="group_size = 1", message=media)
+    fake, url = fake_api
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, FAST, client, clock=FakeClock())
+    assert (s.sent_groups, s.failed_groups, s.rejected_rows) == (2, 0, 0)
+    assert [r.get("text") for r in fake.requests] == ["Ann", None]
+    assert all(r["media_urls"] == ["https://x.test/a.png"] for r in fake.requests)
+
+
+async def test_a_dry_run_counts_rows_without_text_against_max_rejected_share(
+    jobs: JobFactory,
+) -> None:
+    """Rows that would leave the text empty are losses: too many of them, and the dry run
+    refuses the input as a run would."""
+    jobs.csv(
+        [{"phone": p, "first": f} for p, f in zip(numbers(4), ["Ann", "", "", "Di"], strict=True)]
+    )
+    job = jobs.job(message='text = "{first}"')
+    with pytest.raises(InputError, match=r"2 of its 4 rows .*empty message: 2 rows"):
+        await dry_run(job, FAST)
