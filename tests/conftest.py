@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx
@@ -154,6 +155,20 @@ async def sent_ledger(jobs: JobFactory, n: int) -> tuple[Path, FakeClient]:
     client = FakeClient()
     await run_job(job, FAST, client, clock=FakeClock())
     return job.ledger, client
+
+
+def left_out_job(jobs: JobFactory, n: int) -> tuple[JobConfig, Settings, frozenset[int]]:
+    """A job of ``n`` people (at least 8) and every kind of row not sent, one each: a bad
+    number and a repeat of the first person after the third, the sixth on the settings'
+    suppression list, the eighth excluded (the numbers ``--exclude-sent`` gives)."""
+    people = numbers(n)
+    rows = [{"phone": p, "first": "x"} for p in people]
+    rows[3:3] = [{"phone": "bad", "first": "y"}, {"phone": people[0], "first": "z"}]
+    jobs.csv(rows)
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    (jobs.root / "list.txt").write_text(people[5] + "\n")
+    settings = replace(FAST, suppression_file=jobs.root / "list.txt")
+    return job, settings, frozenset({int(people[7][1:])})
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from tests.conftest import (
     FakeClock,
     JobFactory,
     crash_mid_send,
+    left_out_job,
     numbers,
     ok_receipt,
 )
@@ -487,17 +488,10 @@ def test_an_empty_ledger_is_said_in_one_line(
     assert err == f"bulk-mms: error: {empty}: {NO_HEADER}\n"
 
 
-async def left_out_ledger(jobs: JobFactory, tmp_path: Path) -> tuple[Path, JobSummary]:
+async def left_out_ledger(jobs: JobFactory) -> tuple[Path, JobSummary]:
     """12 rows: 8 sent, and one each of a bad number, a duplicate, a number on the suppression
     list and a number an --exclude-sent ledger records sent."""
-    people = numbers(10)
-    rows = [{"phone": p, "first": "x"} for p in people]
-    rows[3:3] = [{"phone": "12345", "first": "y"}, {"phone": people[0], "first": "z"}]
-    jobs.csv(rows)
-    job = jobs.job(extra="max_rejected_share = 0.5")
-    (tmp_path / "list.txt").write_text(people[5] + "\n")
-    settings = replace(FAST, suppression_file=tmp_path / "list.txt")
-    excluded = frozenset({int(people[7][1:])})
+    job, settings, excluded = left_out_job(jobs, 10)
     s = await run_job(job, settings, FakeClient(), clock=FakeClock(), excluded=excluded)
     return job.ledger, s
 
@@ -507,10 +501,10 @@ async def test_the_run_summary_tells_losses_from_rows_left_out(
 ) -> None:
     """The run's summary calls only the bad row rejected (of all 12), and names the
     duplicate, the suppressed and the excluded row each as what it is."""
-    _, s = await left_out_ledger(jobs, tmp_path)
+    _, s = await left_out_ledger(jobs)
     assert (s.rejected_rows, s.duplicate_rows, s.suppressed_rows, s.excluded_rows) == (1, 1, 1, 1)
     assert s.rows_text() == (
-        "1 of 12 rows rejected (8.3%: not a valid US or Canadian phone number: 1 row); "
+        "1 of 12 rows rejected (8.3%: phone number contains letters: 1 row); "
         "1 duplicate number; 1 suppressed (on the suppression list); "
         "1 already sent (--exclude-sent)"
     )
@@ -521,9 +515,9 @@ async def test_the_report_counts_each_kind_of_row_not_sent_apart(
 ) -> None:
     """The report counts the one loss apart from the rows left out on purpose, kind by kind,
     adding up to the input's 12 rows, in the table and the JSON alike."""
-    ledger, _ = await left_out_ledger(jobs, tmp_path)
+    ledger, _ = await left_out_ledger(jobs)
     report = summarize(ledger)
-    reason = "not a valid US or Canadian phone number"
+    reason = "phone number contains letters"
     assert report.rows == InputRows(8, {reason: 1}, 1, 1, 1, input_read=True)
     assert report.rows.rows == 12
     assert report.rejected_reasons == {reason: 1}
@@ -549,13 +543,13 @@ async def test_rejected_csv_lists_only_the_losses(
 ) -> None:
     """report --rejected-csv lists the bad row alone: not the suppressed nor the excluded
     number (a fixed file sent again would text them), nor the duplicate."""
-    ledger, _ = await left_out_ledger(jobs, tmp_path)
+    ledger, _ = await left_out_ledger(jobs)
     out = tmp_path / "rejected.csv"
     assert main(["-q", "report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert rows == [
         ["line", "value", "reason"],
-        ["5", "12345", "not a valid US or Canadian phone number"],
+        ["5", "bad", "phone number contains letters"],
     ]
 
 

@@ -43,6 +43,7 @@ from tests.conftest import (
     FakeClock,
     JobFactory,
     crash_mid_send,
+    left_out_job,
     numbers,
     ok_receipt,
 )
@@ -470,14 +471,7 @@ async def test_a_one_pass_dry_run_finds_what_the_scan_finds(
 ) -> None:
     """A job without group_by is scanned and planned in one pass: its summary's input is the
     scan's, and its --rejected-csv holds the scan's rows (a suppressed member is not one)."""
-    people = numbers(20)
-    rows = [{"phone": p, "first": "x"} for p in people]
-    rows[3:3] = [{"phone": "bad", "first": "y"}, {"phone": people[0], "first": "z"}]
-    jobs.csv(rows)
-    job = jobs.job(extra="max_rejected_share = 0.5")
-    (tmp_path / "list.txt").write_text(people[5] + "\n")
-    settings = replace(FAST, suppression_file=tmp_path / "list.txt")
-    excluded = frozenset({int(people[7][1:])})
+    job, settings, excluded = left_out_job(jobs, 20)
     s = await dry_run(job, settings, excluded=excluded, rejected_csv=tmp_path / "one.csv")
     scanned = scan_input(job, excluded=excluded, rejected_csv=tmp_path / "scan.csv")
     assert s.input == scanned

@@ -201,6 +201,17 @@ LAYOUTS = (
 )
 
 
+#: A number as people write it: any area code (000 to 999, and those of every +1 region),
+#: exchange and line, in one of :data:`LAYOUTS`.
+WRITTEN = st.builds(
+    lambda layout, a, e, line: layout.format(a=a, e=e, l=line),
+    st.sampled_from(LAYOUTS),
+    st.one_of(st.integers(0, 999).map(lambda n: f"{n:03d}"), st.sampled_from(AREAS)),
+    st.integers(0, 999).map(lambda n: f"{n:03d}"),
+    st.integers(0, 9999).map(lambda n: f"{n:04d}"),
+)
+
+
 def formatted_verdicts(value: str, region: str) -> tuple[str, str]:
     """The verdicts of :func:`normalize_phone` (fast paths) and of the parser alone."""
     return verdict(lambda: normalize_phone(value, region)), verdict(lambda: _parsed(value, region))
@@ -208,19 +219,15 @@ def formatted_verdicts(value: str, region: str) -> tuple[str, str]:
 
 @settings(max_examples=4000, deadline=None)
 @given(
-    area=st.one_of(st.integers(0, 999).map(lambda n: f"{n:03d}"), st.sampled_from(AREAS)),
-    exchange=st.integers(0, 999).map(lambda n: f"{n:03d}"),
-    line=st.integers(0, 9999).map(lambda n: f"{n:04d}"),
-    layout=st.sampled_from(LAYOUTS),
+    value=WRITTEN,
     region=st.sampled_from(["US", "US", "CA", "GB", "JM"]),
     letter=st.one_of(st.none(), st.tuples(st.integers(0, 20), st.sampled_from("aOlx"))),
 )
 def test_formatted_numbers_get_the_parsers_verdict(
-    area: str, exchange: str, line: str, layout: str, region: str, letter: tuple[int, str] | None
+    value: str, region: str, letter: tuple[int, str] | None
 ) -> None:
     """A number written as people write it (or nearly: extensions, letters, a wrong count of
     digits, an 001 prefix, two +) gets the parser's verdict, the number or the same reason."""
-    value = layout.format(a=area, e=exchange, l=line)
     if letter is not None:
         at = letter[0] % (len(value) + 1)
         value = value[:at] + letter[1] + value[at:]
@@ -354,29 +361,20 @@ TYPOGRAPHIC_FOR = {
 
 @settings(max_examples=3000, deadline=None)
 @given(
-    area=st.one_of(st.integers(0, 999).map(lambda n: f"{n:03d}"), st.sampled_from(AREAS)),
-    exchange=st.integers(0, 999).map(lambda n: f"{n:03d}"),
-    line=st.integers(0, 9999).map(lambda n: f"{n:04d}"),
-    layout=st.sampled_from(LAYOUTS),
+    written=WRITTEN,
     picks=st.lists(st.integers(0, 99), min_size=1, max_size=8),
     inserts=st.lists(
         st.tuples(st.integers(0, 30), st.sampled_from(sorted(TYPOGRAPHIC))), max_size=3
     ),
 )
 def test_typographic_separators_get_the_verdict_of_the_ascii_spelling(
-    area: str,
-    exchange: str,
-    line: str,
-    layout: str,
-    picks: list[int],
-    inserts: list[tuple[int, str]],
+    written: str, picks: list[int], inserts: list[tuple[int, str]]
 ) -> None:
     """A number written as people write it, its dashes and spaces swapped for typographic ones
     and typographic separators put anywhere, gets the parser's verdict on its ASCII spelling
     (the number, or the same reason)."""
-    value = layout.format(a=area, e=exchange, l=line)
     swapped = []
-    for ch in value:
+    for ch in written:
         options = TYPOGRAPHIC_FOR.get(ch)
         swapped.append(options[picks.pop() % len(options)] if options and picks else ch)
     value = "".join(swapped)
