@@ -18,7 +18,7 @@ from bulk_mms.models import Group, Recipient, RejectedRow, Rejection
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClock, JobFactory, numbers
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
 
 
 def job(group_size: int = 8, group_by: str | None = None) -> JobConfig:
@@ -314,3 +314,16 @@ async def test_a_dry_run_counts_rows_without_text_against_max_rejected_share(
     job = jobs.job(message='text = "{first}"')
     with pytest.raises(InputError, match=r"2 of its 4 rows .*empty message: 2 rows"):
         await dry_run(job, FAST)
+
+
+async def test_a_run_refuses_an_input_with_too_many_rows_without_text(jobs: JobFactory) -> None:
+    """The run's scan counts rows that would leave the text empty as losses too: too many of
+    them, and it sends nothing."""
+    jobs.csv(
+        [{"phone": p, "first": f} for p, f in zip(numbers(4), ["Ann", "", "", "Di"], strict=True)]
+    )
+    job = jobs.job(message='text = "{first}"')
+    client = FakeClient()
+    with pytest.raises(InputError, match=r"2 of its 4 rows .*empty message: 2 rows"):
+        await run_job(job, FAST, client, clock=FakeClock())
+    assert client.calls == []
