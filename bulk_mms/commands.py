@@ -647,9 +647,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         n = write_rejected_csv(summary, rejected)
         say(
             "report.rejected_csv_written",
-            f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it: "
-            f"{count(summary.duplicate_rows, 'duplicate row')} (counted by the latest run; "
-            "their numbers are in the job already)",
+            f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it, left out on "
+            f"purpose: {count(summary.duplicate_rows, 'duplicate row')} (their numbers are in "
+            f"the job already), {summary.rows.suppressed} suppressed, "
+            f"{summary.rows.excluded} already sent (--exclude-sent)",
             path=str(rejected),
             rows=n,
         )

@@ -339,15 +339,17 @@ def test_rejected_csv_lists_every_rejected_row(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """report --rejected-csv writes each rejected row's line, value and reason (a formula
-    neutralised), not the duplicate, and says how many rows and duplicates on one line."""
+    neutralised), not the duplicate, and says on one line how many rows, and how many it left
+    out on purpose."""
     ledger = rejecting_job(jobs)
     out = jobs.root / "out" / "rejected.csv"
     capsys.readouterr()
     assert main(["report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
     err = capsys.readouterr().err
     assert err == (
-        f"bulk-mms: wrote 7 rejected rows to {out}; not in it: 1 duplicate row (counted by "
-        "the latest run; their numbers are in the job already)\n"
+        f"bulk-mms: wrote 7 rejected rows to {out}; not in it, left out on purpose: 1 "
+        "duplicate row (their numbers are in the job already), 0 suppressed, 0 already sent "
+        "(--exclude-sent)\n"
     )
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert rows[0] == ["line", "value", "reason"]
