@@ -175,6 +175,7 @@ class RowReader:
         self._bad: dict[int, str | InputError] = {}
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes]] = deque()
+        # lines read so far: a read that fails, fails on the next one
         self._lineno = 0
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
@@ -230,11 +231,12 @@ class RowReader:
         """Next physical line as bytes with its number; an over-long line comes back empty."""
         assert self._file is not None
         f = self._file
-        self._lineno += 1
         line = f.readline(MAX_LINE_BYTES + 1)
         if not line:
             return None
-        return self._lineno, _whole(line, f.readline)
+        line = _whole(line, f.readline)
+        self._lineno += 1
+        return self._lineno, line
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         # Lines read ahead while opening come first; _first may grow after this generator has
@@ -306,9 +308,14 @@ class RowReader:
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
         carried over whole). A line longer than :data:`MAX_LINE_BYTES` is never held: once it
-        is known to be too long, it is counted as one and its rest is read and dropped."""
+        is known to be too long, it is counted as one and its rest is read and dropped.
+
+        A block is at most :data:`BLOCK_BYTES`, as one read gives it (``read1``): a compressed
+        file that ends early gives every line before the cut, then the error, so the error
+        names the line the data stops in."""
         assert self._file is not None
-        read, size = self._file.read, BLOCK_BYTES
+        # a buffered file (open_input) or a GzipFile: both have read1
+        read, size = cast(io.BufferedIOBase, self._file).read1, BLOCK_BYTES
         carry, dropping = b"", False
         while block := read(size):
             end = block.rfind(b"\n") + 1
@@ -542,8 +549,12 @@ class RowReader:
             raise RuntimeError("RowReader used before open()")
         try:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise InputError(self.path, f"read failed: {exc}", line=self._lineno) from None
+        except EOFError as exc:
+            raise InputError(
+                self.path, f"ends early: {exc}: the file looks cut off", line=self._lineno + 1
+            ) from None
+        except (OSError, gzip.BadGzipFile) as exc:
+            raise InputError(self.path, f"read failed: {exc}", line=self._lineno + 1) from None
 
 
 def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import orjson
@@ -132,6 +133,26 @@ def test_an_unclosed_quote_that_swallows_rows_stops_the_file(tmp_path: Path) -> 
         Row(2, {"phone": "+12125550100", "name": "Ann\nand Bo"}),
         Row(4, {"phone": "+12125550101", "name": "Cy"}),
     ]
+
+
+@pytest.mark.parametrize("name", ["a.csv.gz", "a.jsonl.gz"])
+def test_a_truncated_gzip_names_the_line_its_data_stops_in(tmp_path: Path, name: str) -> None:
+    """A .gz cut short stops the file at the line its data stops in (one past the lines that
+    decompress whole), saying it looks cut off."""
+    if name.endswith(".csv.gz"):
+        text = "phone,name\n" + "".join(f"+1212555{i:04d},N{i}\n" for i in range(3000))
+    else:
+        text = "".join(f'{{"phone": "+1212555{i:04d}", "name": "N{i}"}}\n' for i in range(3000))
+    whole = gzip.compress(text.encode())
+    cut = whole[: len(whole) // 2]
+    p = tmp_path / name
+    p.write_bytes(cut)
+    readable = zlib.decompressobj(wbits=31).decompress(cut)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == readable.count(b"\n") + 1
+    assert err.value.line > 100
+    assert "the file looks cut off" in err.value.message
 
 
 @pytest.mark.parametrize(
