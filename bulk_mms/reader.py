@@ -4,8 +4,10 @@ The file is read as bytes, a block or a line at a time. An enormous line spoils 
 row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 :class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, bytes
 that are not text in the job's encoding (with the encoding they look like), a quoted field that
-swallows the rows after it (an unclosed quote), a compressed file cut short. A run reads the
-whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+swallows the rows after it (an unclosed quote), a file cut short (a compressed file that ends
+early, a quote still open at the end, a last line with no line end that has the wrong number of
+fields or is not JSON; a whole last line needs no line end). A run reads the whole file once
+before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ MAX_RECORD_LINES = 20
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
+#: Fed to the csv module after the file's last line: a blank line, unless a quote is still
+#: open, which then runs into it (the record's last line is past the file's).
+_END = ("\n",)
 _CsvReader = type(csv.reader([]))
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -132,6 +137,7 @@ class RowReader:
         "_lineno",
         "_raw",
         "_streaming",
+        "_unended",
         "columns",
         "encoding",
         "format",
@@ -179,6 +185,8 @@ class RowReader:
         self._lineno = 0
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
+        # the number of the file's last line when it has no line end (0 until one is read)
+        self._unended = 0
         self._csv: Iterator[list[str]] | None = None
 
     # -- opening -------------------------------------------------------------------------
@@ -236,6 +244,8 @@ class RowReader:
             return None
         line = _whole(line, f.readline)
         self._lineno += 1
+        if line and not line.endswith(b"\n"):
+            self._unended = self._lineno
         return self._lineno, line
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
@@ -262,9 +272,10 @@ class RowReader:
 
     # -- CSV -----------------------------------------------------------------------------
 
-    def _text_lines(self) -> Iterator[list[str]]:
+    def _text_lines(self) -> Iterator[Sequence[str]]:
         """Decoded lines for the csv module, in batches; an undecodable or over-long line
-        becomes a blank one, its reason kept in ``_bad`` under its number.
+        becomes a blank one, its reason kept in ``_bad`` under its number. :data:`_END` follows
+        the last line.
 
         While the file is being opened, lines come one at a time through :meth:`_readline`
         (the header checks read ahead with it, so the file must be where they left it), the
@@ -275,9 +286,11 @@ class RowReader:
         while first or not self._streaming:  # ``first`` can grow while this waits
             item = first.popleft() if first else self._readline()
             if item is None:
-                return
+                break
             yield [self._decoded(*item)]
-        yield from self._blocks()
+        else:
+            yield from self._blocks()
+        yield _END
 
     def _decoded(self, lineno: int, line: bytes) -> str:
         """One line as text, or a blank line with its reason in ``_bad``."""
@@ -335,6 +348,7 @@ class RowReader:
             if data:
                 yield self._lines_of(data)
         if carry:  # the last line, with no newline
+            self._unended = self._lineno + 1
             yield self._lines_of(carry)
 
     def _lines_of(self, data: bytes) -> list[str]:
@@ -365,6 +379,8 @@ class RowReader:
             raise bad
         if bad:
             raise InputError(self.path, f"bad header: {bad}", line=1)
+        if self._csv.line_num > self._lineno:  # a quote open to the end (it ran into _END)
+            raise _cut_off(self.path, 1)
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
         self.columns = tuple(h.strip() for h in header)
@@ -412,7 +428,7 @@ class RowReader:
                         # blank line)
                         yield Row(start, pick(rec))
                         continue
-                    if (item := self._unusual(rec, start, wanted, index)) is not None:
+                    if (item := self._unusual(rec, (start, last), wanted, index)) is not None:
                         yield item
             except csv.Error as exc:
                 start, last = last + 1, reader.line_num
@@ -423,8 +439,11 @@ class RowReader:
     def _check_span(self, rec: list[str], start: int, last: int) -> None:
         """Refuse a record whose quoted field runs over lines that look like rows of their own
         (as many commas as a row has), or over more than :data:`MAX_RECORD_LINES`: the mark of
-        an unclosed quote, which would swallow the people on those lines."""
+        an unclosed quote, which would swallow the people on those lines. Refuse one whose
+        quote is still open at the end of the file (it runs into :data:`_END`): the file was
+        cut off in the middle of it."""
         commas = len(self.columns) - 1
+        end = self._lineno  # the file's last line, once the record runs past it
         swallowed = last - start >= MAX_RECORD_LINES or any(
             part.count(",") >= commas
             for cell in rec
@@ -434,23 +453,37 @@ class RowReader:
         if swallowed:
             raise InputError(
                 self.path,
-                f"a quoted field opened here runs to line {last} over what look like rows: "
-                "an unclosed quote? Fix the file and run again",
+                f"a quoted field opened here runs to line {min(last, end)} over what look like "
+                "rows: an unclosed quote? Fix the file and run again",
                 line=start,
             )
+        if last > end:
+            raise _cut_off(self.path, start)
 
     def _unusual(
         self,
         rec: list[str],
-        start: int,
+        lines: tuple[int, int],
         wanted: list[tuple[str, int | None]],
         index: dict[str, int],
     ) -> Row | RejectedRow | None:
         """A CSV record that is not a full row: a blank line (None), a row with too many fields
-        or without a column the job needs (rejected), or a short row that still has them."""
+        or without a column the job needs (rejected), or a short row that still has them.
+
+        ``lines``: the record's first and last line. When the last is the file's last line and
+        has no line end, a wrong number of fields is not a bad row but a file cut off in it:
+        :class:`InputError`."""
         size, width = len(rec), len(self.columns)
+        start, last = lines
         if not rec or (size == 1 and not rec[0].strip()):
             return None  # blank line
+        if size != width and last == self._unended:
+            raise InputError(
+                self.path,
+                f"its last line has {size} field{'s' if size != 1 else ''} where the header "
+                f"has {width}, and no line end: the file looks cut off",
+                line=start,
+            )
         if size > width:
             return RejectedRow(
                 start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
@@ -482,6 +515,12 @@ class RowReader:
         except orjson.JSONDecodeError as exc:
             if self.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
                 raise self._not_text(lineno, raw) from None
+            if not raw.endswith(b"\n"):  # only the file's last line can end without one
+                raise InputError(
+                    self.path,
+                    "its last line is not valid JSON and has no line end: the file looks cut off",
+                    line=lineno,
+                ) from None
             value = raw[:200].decode("utf-8", "replace").strip()
             return RejectedRow(lineno, value, f"malformed JSON: {exc}")
         if not isinstance(obj, dict):
@@ -578,6 +617,15 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
         return lambda rec: {k0: rec[i0], k1: rec[i1], k2: rec[i2], k3: rec[i3]}
     names, cells = [k for k, _ in columns], itemgetter(*(i for _, i in columns))
     return lambda rec: dict(zip(names, cells(rec), strict=True))
+
+
+def _cut_off(path: Path, start: int) -> InputError:
+    """The error for a file that ends inside the quoted field of the record at ``start``."""
+    return InputError(
+        path,
+        f"ends inside a quoted field that starts at line {start}: the file looks cut off",
+        line=start,
+    )
 
 
 def _too_long(line: bytes) -> bool:

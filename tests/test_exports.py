@@ -189,6 +189,37 @@ def test_an_unclosed_quote_sends_nothing_and_names_the_line(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ('+12125559999,"partial no', "ends inside a quoted field that starts at line 102"),
+        ("+1212555", "its last line has 1 field where the header has 2, and no line end"),
+        ('{"phone": "+1212555', "its last line is not valid JSON and has no line end"),
+    ],
+)
+def test_a_file_cut_off_in_its_last_row_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tail: str, message: str
+) -> None:
+    """An export cut off in its last row (a quote left open, a row too short, a JSON line
+    cut, with no line end) exits 2 before any request with one line naming that row."""
+    if tail.startswith("{"):
+        people = jobs.root / "people.jsonl"
+        rows = "".join(f'{{"phone": "{p}", "first": "P"}}\n' for p in numbers(101))
+        job = jobs.job("people.jsonl")
+    else:
+        people = jobs.root / "people.csv"
+        rows = "phone,first\n" + "".join(f"{p},P\n" for p in numbers(100))
+        job = jobs.job()
+    people.write_text(rows + tail, encoding="utf-8")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert line == f"bulk-mms: error: {people}:102: {message}: the file looks cut off"
+    assert fake.requests == []
+    assert not job.ledger.exists()
+
+
 def test_one_row_repeated_makes_a_small_ledger_and_a_report(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

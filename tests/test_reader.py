@@ -155,6 +155,87 @@ def test_a_truncated_gzip_names_the_line_its_data_stops_in(tmp_path: Path, name:
     assert "the file looks cut off" in err.value.message
 
 
+_ROWS = "phone,name,note\n+12125550100,Ann,a\n+12125550101,Bo,b\n"
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ['+12125550102,Cy,"partial no', '+12125550102,Cy,"partial no\n', '+12125550102,Cy,"one\ntwo'],
+)
+@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz"])
+def test_a_quote_still_open_at_the_end_refuses_the_file(
+    tmp_path: Path, tail: str, name: str
+) -> None:
+    """A last row whose quote never closes (with or without a line end after it) stops the
+    file at that row's line as cut off, instead of sending the cut value."""
+    data = (_ROWS + tail).encode()
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name", "note"))
+    assert err.value.line == 4
+    assert err.value.message == (
+        "ends inside a quoted field that starts at line 4: the file looks cut off"
+    )
+
+
+def test_a_header_whose_quote_never_closes_is_cut_off_at_line_1(tmp_path: Path) -> None:
+    """A header that opens a quote and never closes it is refused as cut off at line 1."""
+    p = tmp_path / "a.csv"
+    p.write_text('phone,"name\n')
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert (err.value.line, "cut off" in err.value.message) == (1, True)
+
+
+@pytest.mark.parametrize(("tail", "fields"), [("+1212555", 1), ("+12125550102,Cy", 2)])
+def test_a_last_line_with_too_few_fields_and_no_line_end_refuses_the_file(
+    tmp_path: Path, tail: str, fields: int
+) -> None:
+    """A last line with no line end and too few fields is a file cut off in that line: the
+    file is refused, naming it, not one row rejected (or a short row read)."""
+    p = tmp_path / "a.csv"
+    p.write_text(_ROWS + tail)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 4
+    assert err.value.message == (
+        f"its last line has {fields} field{'s' if fields > 1 else ''} where the header has 3, "
+        "and no line end: the file looks cut off"
+    )
+
+
+def test_short_rows_with_a_line_end_and_whole_last_lines_without_one_still_read(
+    tmp_path: Path,
+) -> None:
+    """A short row with its line end is still one rejected row, and a whole last row with
+    no line end (as many exports write it) is read."""
+    p = tmp_path / "a.csv"
+    p.write_text(_ROWS + "+1212555\n+12125550102,Cy,c")
+    rows = read(p, keep=("name",))
+    assert rows[2] == RejectedRow(4, "+1212555", "missing column 'name'")
+    assert rows[3] == Row(5, {"phone": "+12125550102", "name": "Cy"})
+
+
+def test_a_jsonl_last_line_cut_off_refuses_the_file(tmp_path: Path) -> None:
+    """A JSONL file whose last line is not JSON and has no line end is refused as cut off; a
+    malformed line elsewhere is one rejected row, and a whole last line needs no line end."""
+    good = '{"phone": "+12125550100"}\n{"phone": \n{"phone": "+12125550101"}'
+    p = tmp_path / "a.jsonl"
+    p.write_text(good)
+    rows = read(p)
+    assert [r.line for r in rows] == [1, 2, 3]
+    assert isinstance(rows[1], RejectedRow)
+    assert rows[2] == Row(3, {"phone": "+12125550101"})
+    p.write_text(good + '\n{"phone": "+1212555010')
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert err.value.line == 4
+    assert err.value.message == (
+        "its last line is not valid JSON and has no line end: the file looks cut off"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
