@@ -8,6 +8,8 @@ swallows the rows after it (an unclosed quote), a file cut short (a compressed f
 early, a quote still open at the end, a last line with no line end that has the wrong number of
 fields or is not JSON; a whole last line needs no line end). A run reads the whole file once
 before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+
+A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class RowReader:
 
     __slots__ = (
         "_bad",
+        "_bom",
         "_csv",
         "_file",
         "_first",
@@ -158,8 +161,10 @@ class RowReader:
         encoding: str = "utf-8",
     ) -> None:
         self.path = Path(path)
-        #: The file's text encoding (an ASCII-compatible codec's name).
+        #: The file's text encoding (an ASCII-compatible codec's name): once the file is open,
+        #: ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked.
         self.encoding = encoding
+        self._bom = False  # the file starts with a UTF-8 byte order mark
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -223,6 +228,10 @@ class RowReader:
             raise InputError(self.path, "is empty")
         if b"\x00" in (head or first[1]):
             raise InputError(self.path, f"is a binary file, not {self.encoding} text")
+        if first[1].startswith(_BOM):
+            # The mark says UTF-8 (Excel's "CSV UTF-8" writes it): read as cp1252 it would
+            # garble every accent, and no cp1252 file starts with "ï»¿".
+            self._bom, self.encoding = True, "utf-8"
         self._first.append(first)
         if self.format == "csv":
             self._open_csv()
@@ -307,15 +316,21 @@ class RowReader:
             return "\n"
 
     def _not_text(self, lineno: int, line: bytes) -> InputError:
-        """The error for a line that is not text in the job's encoding: the whole file stops
+        """The error for a line that is not text in :attr:`encoding`: the whole file stops
         (one wrongly saved file must not become a row-by-row rejection of everyone)."""
         looks = likely_encoding(line)
-        hint = (
-            f'it looks like {looks}: set encoding = "{looks}" in the job, or save the file '
-            f"as {self.encoding}"
-            if looks != self.encoding
-            else "the file is damaged"
-        )
+        if looks == self.encoding:
+            hint = "the file is damaged"
+        elif self._bom:  # the encoding setting does not apply: the mark makes it UTF-8
+            hint = (
+                f"it looks like {looks}, but the file starts with a UTF-8 byte order mark, "
+                "which makes it utf-8 whatever the job says: save the whole file as UTF-8"
+            )
+        else:
+            hint = (
+                f'it looks like {looks}: set encoding = "{looks}" in the job, or save the file '
+                f"as {self.encoding}"
+            )
         return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
 
     def _blocks(self) -> Iterator[list[str]]:

@@ -100,6 +100,20 @@ def test_a_cp1252_export_with_its_encoding_sends_every_name_right(jobs: JobFacto
     assert texts == ["Hello Ann", "Hello José", "Hello Zoë"]
 
 
+def test_a_utf8_export_with_its_mark_under_a_cp1252_job_sends_every_name_right(
+    jobs: JobFactory,
+) -> None:
+    """Excel's "CSV UTF-8" export (it starts with a byte order mark) under a job that says
+    encoding = "cp1252" sends the names as written, not "JosÃ©"."""
+    text = "phone,first\r\n+12125550100,Zoë\r\n+12125550101,José\r\n"
+    (jobs.root / "people.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    job = jobs.job(extra='encoding = "cp1252"\ngroup_size = 1')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert sorted(m.body["text"] for m in fake.accepted) == ["Hello José", "Hello Zoë"]
+
+
 def third_invalid(jobs: JobFactory) -> list[str]:
     """30 rows, every third with a broken number; returns the valid numbers."""
     good = numbers(20)

@@ -17,8 +17,10 @@ from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_LINE_BYTES, Row, RowReader
 
 
-def read(path: Path, phone: str = "phone", keep: tuple[str, ...] = ()) -> list[Row | RejectedRow]:
-    with RowReader(path, phone, keep) as reader:
+def read(
+    path: Path, phone: str = "phone", keep: tuple[str, ...] = (), encoding: str = "utf-8"
+) -> list[Row | RejectedRow]:
+    with RowReader(path, phone, keep, encoding=encoding) as reader:
         return list(reader)
 
 
@@ -110,11 +112,49 @@ def test_a_cp1252_file_read_as_utf8_stops_naming_line_and_encoding(
 
 
 def test_a_cp1252_file_with_its_encoding_keeps_every_name(tmp_path: Path) -> None:
-    """With encoding = cp1252 every name reads as written, a UTF-8 BOM skipped."""
+    """With encoding = cp1252 every name reads as written."""
     p = tmp_path / "a.csv"
-    p.write_bytes(b"\xef\xbb\xbf" + "phone,name\r\n+12125550101,Zoë Müller\r\n".encode("cp1252"))
+    p.write_bytes("phone,name\r\n+12125550101,Zoë Müller\r\n".encode("cp1252"))
     with RowReader(p, "phone", ("name",), encoding="cp1252") as r:
         assert list(r) == [Row(2, {"phone": "+12125550101", "name": "Zoë Müller"})]
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
+def test_a_utf8_byte_order_mark_makes_the_file_utf8_whatever_the_job_says(
+    tmp_path: Path, name: str
+) -> None:
+    """A file that starts with a UTF-8 byte order mark reads as UTF-8 under encoding =
+    cp1252: "José", not "JosÃ©", the mark skipped."""
+    if ".jsonl" in name:
+        text = '{"phone": "+12125550101", "name": "José"}\n'
+    else:
+        text = "phone,name\r\n+12125550101,José\r\n"
+    data = b"\xef\xbb\xbf" + text.encode("utf-8")
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with RowReader(p, "phone", ("name",), encoding="cp1252") as r:
+        assert list(r) == [
+            Row(1 if ".jsonl" in name else 2, {"phone": "+12125550101", "name": "José"})
+        ]
+        assert r.encoding == "utf-8"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_a_byte_order_mark_before_cp1252_text_says_to_save_it_as_utf8(
+    tmp_path: Path, encoding: str
+) -> None:
+    """A UTF-8 byte order mark before cp1252 bytes stops the file at the accented line with
+    one fix that works, whatever the job's encoding: save it as UTF-8 (setting encoding would
+    not help, the mark overrides it)."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + "phone,name\r\n+12125550101,Zoë\r\n".encode("cp1252"))
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",), encoding=encoding)
+    assert err.value.line == 2
+    assert err.value.message == (
+        "is not valid utf-8 text; it looks like cp1252, but the file starts with a UTF-8 byte "
+        "order mark, which makes it utf-8 whatever the job says: save the whole file as UTF-8"
+    )
 
 
 def test_an_unclosed_quote_that_swallows_rows_stops_the_file(tmp_path: Path) -> None:
