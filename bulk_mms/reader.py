@@ -3,7 +3,8 @@
 The file is read as bytes, a block or a line at a time. An enormous line spoils only its own
 row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 :class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, bytes
-that are not text in the job's encoding (with the encoding they look like), a quoted field that
+that are not text in the job's encoding, or that are UTF-8 under another encoding (with the
+encoding they look like), a quoted field that
 swallows the rows after it (an unclosed quote), a file cut short (a compressed file that ends
 early, a quote still open at the end, a last line with no line end that has the wrong number of
 fields or is not JSON; a whole last line needs no line end). A run reads the whole file once
@@ -14,6 +15,7 @@ A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encod
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import errno
@@ -139,6 +141,7 @@ class RowReader:
         "_first",
         "_lineno",
         "_raw",
+        "_sniff",
         "_streaming",
         "_unended",
         "columns",
@@ -165,6 +168,9 @@ class RowReader:
         #: ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked.
         self.encoding = encoding
         self._bom = False  # the file starts with a UTF-8 byte order mark
+        # under another encoding, until the first line that is not ASCII decides it: is the
+        # file UTF-8 after all (which that encoding would garble)?
+        self._sniff = not codecs.lookup(encoding).name.startswith("utf-8")
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -231,7 +237,7 @@ class RowReader:
         if first[1].startswith(_BOM):
             # The mark says UTF-8 (Excel's "CSV UTF-8" writes it): read as cp1252 it would
             # garble every accent, and no cp1252 file starts with "ï»¿".
-            self._bom, self.encoding = True, "utf-8"
+            self._bom, self.encoding, self._sniff = True, "utf-8", False
         self._first.append(first)
         if self.format == "csv":
             self._open_csv()
@@ -308,6 +314,9 @@ class RowReader:
         if not line:  # what _whole and _blocks make of an over-long line
             self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
             return "\n"
+        if self._sniff and not line.isascii() and (utf8 := self._utf8(lineno, line)):
+            self._bad[lineno] = utf8  # raised when the rows reach it, as below
+            return "\n"
         try:
             return line.decode(self.encoding)
         except UnicodeDecodeError:
@@ -332,6 +341,25 @@ class RowReader:
                 f"as {self.encoding}"
             )
         return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
+
+    def _utf8(self, lineno: int, line: bytes) -> InputError | None:
+        """Decide, at the file's first line that is not ASCII, whether a file read under another
+        encoding is UTF-8 (a UTF-8 line read as cp1252 is valid, and garbled: "JosÃ©"): the
+        error to stop the file with if the line is valid UTF-8, else None. Only that one line
+        is ever looked at: a line that is not UTF-8 shows the job's encoding is right."""
+        self._sniff = False
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        char = next(c for c in text if not c.isascii())
+        garbled = char.encode("utf-8").decode(self.encoding, "replace")
+        return InputError(
+            self.path,
+            f"looks like utf-8 text, not {self.encoding} ({char!r} would read as {garbled!r}): "
+            f'set encoding = "utf-8" in the job, or save the file as {self.encoding}',
+            line=lineno,
+        )
 
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
@@ -368,9 +396,10 @@ class RowReader:
 
     def _lines_of(self, data: bytes) -> list[str]:
         """``data``'s lines (whole lines, each with its newline but maybe the file's last),
-        decoded and numbered on from ``_lineno``: in one call when the block decodes and can
-        hold no over-long line, else one line at a time (:meth:`_decoded`)."""
-        if len(data) <= MAX_LINE_BYTES:
+        decoded and numbered on from ``_lineno``: in one call when the block decodes, can
+        hold no over-long line and needs no look for UTF-8 (:meth:`_utf8`), else one line at a
+        time (:meth:`_decoded`)."""
+        if len(data) <= MAX_LINE_BYTES and not (self._sniff and not data.isascii()):
             try:
                 lines = io.StringIO(data.decode(self.encoding), newline="\n").readlines()
             except UnicodeDecodeError:
@@ -523,6 +552,8 @@ class RowReader:
             return RejectedRow(lineno, "", f"line is longer than {MAX_LINE_BYTES} bytes")
         if not raw.strip():
             return None
+        if self._sniff and not raw.isascii() and (utf8 := self._utf8(lineno, raw)):
+            raise utf8
         try:
             obj = orjson.loads(raw if self.encoding == "utf-8" else raw.decode(self.encoding))
         except UnicodeDecodeError:

@@ -114,6 +114,23 @@ def test_a_utf8_export_with_its_mark_under_a_cp1252_job_sends_every_name_right(
     assert sorted(m.body["text"] for m in fake.accepted) == ["Hello José", "Hello Zoë"]
 
 
+def test_a_utf8_export_under_a_cp1252_job_is_refused_naming_utf8(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A UTF-8 export without a byte order mark under encoding = "cp1252" exits 2 before any
+    request, at its first accented line, saying it looks like UTF-8; no ledger is made."""
+    (jobs.root / "people.csv").write_bytes("phone,first\n+12125550100,José\n".encode())
+    job = jobs.job(extra='encoding = "cp1252"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:2: looks like utf-8 text, not cp1252" in err
+    assert 'set encoding = "utf-8"' in err
+    assert fake.requests == []
+    assert not job.ledger.exists()
+
+
 def third_invalid(jobs: JobFactory) -> list[str]:
     """30 rows, every third with a broken number; returns the valid numbers."""
     good = numbers(20)

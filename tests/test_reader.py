@@ -139,6 +139,45 @@ def test_a_utf8_byte_order_mark_makes_the_file_utf8_whatever_the_job_says(
         assert r.encoding == "utf-8"
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
+@pytest.mark.parametrize("ascii_rows", [1, 20_000])
+def test_a_utf8_file_under_cp1252_stops_at_its_first_accent_naming_utf8(
+    tmp_path: Path, name: str, ascii_rows: int
+) -> None:
+    """A UTF-8 file without a byte order mark read under encoding = cp1252 stops at its
+    first line that is not ASCII (past the first block too), saying it looks like UTF-8 and
+    how "é" would read, instead of sending "JosÃ©"."""
+    numbers = [f"+1212555{i % 10_000:04d}" for i in range(ascii_rows)]
+    if ".jsonl" in name:
+        text = "".join(f'{{"phone": "{n}", "name": "Al"}}\n' for n in numbers)
+        text += '{"phone": "+12125550101", "name": "José"}\n'
+    else:
+        text = "phone,name\n" + "".join(f"{n},Al\n" for n in numbers) + "+12125550101,José\n"
+    data = text.encode("utf-8")
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",), encoding="cp1252")
+    assert err.value.line == ascii_rows + (1 if ".jsonl" in name else 2)
+    assert err.value.message == (
+        "looks like utf-8 text, not cp1252 ('é' would read as 'Ã©'): "
+        'set encoding = "utf-8" in the job, or save the file as cp1252'
+    )
+
+
+def test_the_first_line_that_is_not_ascii_decides_whether_a_file_is_utf8(
+    tmp_path: Path,
+) -> None:
+    """A cp1252 file whose first accented line is not UTF-8 reads as cp1252 to the end, even
+    a later line whose bytes happen to form UTF-8 ("É" then a no-break space)."""
+    p = tmp_path / "a.csv"
+    p.write_bytes("phone,name\n+12125550100,Zoë\n+12125550101,JOSÉ\xa0\n".encode("cp1252"))
+    assert read(p, keep=("name",), encoding="cp1252") == [
+        Row(2, {"phone": "+12125550100", "name": "Zoë"}),
+        Row(3, {"phone": "+12125550101", "name": "JOSÉ\xa0"}),
+    ]
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
 def test_a_byte_order_mark_before_cp1252_text_says_to_save_it_as_utf8(
     tmp_path: Path, encoding: str
