@@ -2,13 +2,13 @@
 
 The file is read as bytes, a block or a line at a time. An enormous line spoils only its own
 row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
-:class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, bytes
-that are not text in the job's encoding, or that are UTF-8 under another encoding (with the
-encoding they look like), a quoted field that
-swallows the rows after it (an unclosed quote), a file cut short (a compressed file that ends
-early, a quote still open at the end, a last line with no line end that has the wrong number of
-fields or is not JSON; a whole last line needs no line end). A run reads the whole file once
-before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+:class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, a
+column the header names twice, bytes that are not text in the job's encoding or that are UTF-8
+under another encoding (with the encoding they look like), a quoted field that swallows the rows
+after it (an unclosed quote), a file cut short (a compressed file that ends early, a quote still
+open at the end, a last line with no line end that has the wrong number of fields or is not
+JSON; a whole last line needs no line end). A run reads the whole file once before it sends
+(:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
@@ -428,6 +428,7 @@ class RowReader:
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
         self.columns = tuple(h.strip() for h in header)
+        self._refuse_repeats()
         if self.phone not in self.columns:
             raise InputError(
                 self.path,
@@ -439,14 +440,27 @@ class RowReader:
             raise InputError(self.path, "has a header but no data rows")
         self._streaming = True
 
+    def _refuse_repeats(self) -> None:
+        """Refuse a header that names a column twice (columns with no name aside): which of
+        the two cells a row is sent with would be a guess."""
+        seen: dict[str, int] = {}
+        for n, name in enumerate(self.columns, 1):
+            if name in seen and name:
+                raise InputError(
+                    self.path,
+                    f"the header names the column {name!r} twice (columns {seen[name]} and {n}): "
+                    "rename or remove one",
+                    line=1,
+                )
+            seen[name] = n
+
     def _csv_rows(self) -> Iterator[Row | RejectedRow]:
         reader = self._csv
         assert isinstance(reader, _CsvReader)
         index = {c: i for i, c in enumerate(self.columns)}
         wanted = [(c, index.get(c)) for c in (self.phone, *self.keep)]
         width, names, keep_all = len(self.columns), self.columns, self.keep_all
-        # every wanted column is in the header, so a full row has them all (a name the header
-        # repeats takes its last cell either way, as the index does)
+        # every wanted column is in the header, so a full row has them all
         found = [(c, i) for c, i in wanted if i is not None]
         whole = len(found) == len(wanted)
         pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
@@ -647,7 +661,7 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
 
     A dict display with the names and indexes bound in a closure, for up to four columns (the
     usual file: about a quarter of ``dict(zip(...))``'s time a row, the reader's largest cost);
-    ``dict(zip(...))`` past that. A name the header repeats takes its last cell either way.
+    ``dict(zip(...))`` past that.
     """
     if len(columns) == 1:
         ((k0, i0),) = columns

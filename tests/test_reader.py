@@ -368,14 +368,33 @@ def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
 
 
 def test_full_and_short_rows_keep_the_same_fields(tmp_path: Path) -> None:
-    """Every column kept: a full row, a short one and a repeated header name read alike."""
+    """Every column kept: a full row and a short one read alike."""
     p = tmp_path / "a.csv"
-    p.write_text("phone,name,city,name\n+12125550100,A,X,B\n+12125550101,C\n+12125550102\n")
-    with RowReader(p, "phone", ("name",), keep_all=True) as reader:
+    p.write_text("phone,name,city\n+12125550100,A,X\n+12125550101,C\n+12125550102\n")
+    with RowReader(p, "phone", ("city",), keep_all=True) as reader:
         rows = list(reader)
-    assert rows[0] == Row(2, {"phone": "+12125550100", "name": "B", "city": "X"})
-    assert rows[1] == RejectedRow(3, "+12125550101,C", "missing column 'name'")
-    assert rows[2] == RejectedRow(4, "+12125550102", "missing column 'name'")
+    assert rows[0] == Row(2, {"phone": "+12125550100", "name": "A", "city": "X"})
+    assert rows[1] == RejectedRow(3, "+12125550101,C", "missing column 'city'")
+    assert rows[2] == RejectedRow(4, "+12125550102", "missing column 'city'")
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("phone,first_name,phone", "'phone' twice (columns 1 and 3)"),
+        ("phone,name, name ,city", "'name' twice (columns 2 and 3)"),
+    ],
+)
+def test_a_header_that_names_a_column_twice_is_refused(
+    tmp_path: Path, header: str, message: str
+) -> None:
+    """A header naming a column twice (spaces aside) is refused at line 1, naming the column,
+    instead of one of the two cells being sent."""
+    p = tmp_path / "a.csv"
+    p.write_text(f"{header}\n+12125550100,A,+12125550199,X\n")
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert str(err.value) == (f"{p}:1: the header names the column {message}: rename or remove one")
 
 
 def test_lines_read_ahead_while_opening_come_first_in_order(tmp_path: Path) -> None:
@@ -436,11 +455,9 @@ def test_rows_do_not_depend_on_where_the_blocks_fall(
 
 
 def test_rows_of_one_to_seven_columns_keep_every_cell(tmp_path: Path) -> None:
-    """A full row keeps each column's cell, for any number of columns and a repeated name."""
+    """A full row keeps each column's cell, for any number of columns."""
     for width in range(1, 8):
         names = ["phone", *(f"c{i}" for i in range(1, width))]
-        if width > 2:
-            names[-1] = "c1"  # a repeated name takes its last cell
         p = tmp_path / f"w{width}.csv"
         cells = ["+12125550100", *(f"v{i}" for i in range(1, width))]
         p.write_text(",".join(names) + "\n" + ",".join(cells) + "\n")
