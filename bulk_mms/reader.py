@@ -481,9 +481,9 @@ class RowReader:
                             yield RejectedRow(start, "", reason)
                             continue
                     size = len(rec)
-                    if size == width and whole and (size > 1 or rec[0].strip()):
-                        # the usual row: every column there (one column holding nothing is a
-                        # blank line)
+                    if size == width and whole and rec[0].strip():
+                        # the usual row: every column there, the first holding something (a
+                        # row of empty cells is a blank line)
                         yield Row(start, pick(rec))
                         continue
                     if (item := self._unusual(rec, (start, last), wanted, index)) is not None:
@@ -525,16 +525,20 @@ class RowReader:
         wanted: list[tuple[str, int | None]],
         index: dict[str, int],
     ) -> Row | RejectedRow | None:
-        """A CSV record that is not a full row: a blank line (None), a row with too many fields
-        or without a column the job needs (rejected), or a short row that still has them.
+        """A CSV record that is not a full row: a blank line or a row of empty cells (None), a
+        row with more fields than the header or without a column the job needs (rejected), or
+        a short row that still has them. Empty fields past the header's last column are
+        dropped first (a spreadsheet pads rows with them).
 
         ``lines``: the record's first and last line. When the last is the file's last line and
         has no line end, a wrong number of fields is not a bad row but a file cut off in it:
         :class:`InputError`."""
+        if not any(cell.strip() for cell in rec):
+            return None  # a blank line, or a spreadsheet's row of empty cells
         size, width = len(rec), len(self.columns)
+        if size > width and not any(cell.strip() for cell in rec[width:]):
+            rec, size = rec[:width], width
         start, last = lines
-        if not rec or (size == 1 and not rec[0].strip()):
-            return None  # blank line
         if size != width and last == self._unended:
             raise InputError(
                 self.path,
@@ -546,6 +550,18 @@ class RowReader:
             return RejectedRow(
                 start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
             )
+        return self._short_row(rec, start, wanted, index)
+
+    def _short_row(
+        self,
+        rec: list[str],
+        start: int,
+        wanted: list[tuple[str, int | None]],
+        index: dict[str, int],
+    ) -> Row | RejectedRow:
+        """A record of at most the header's fields: a row if it has every column the job needs
+        (with :attr:`keep_all`, a column it is too short for is empty), else rejected."""
+        size = len(rec)
         fields: dict[str, str] = {}
         for name, i in wanted:
             if i is None or i >= size:

@@ -131,6 +131,22 @@ def test_a_utf8_export_under_a_cp1252_job_is_refused_naming_utf8(
     assert not job.ledger.exists()
 
 
+def test_a_padded_spreadsheet_export_sends_everyone_and_rejects_nobody(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export whose rows carry empty cells past the header, padded by rows of empty cells,
+    sends every person once with exit 0 and no row rejected."""
+    people = numbers(6)
+    rows = "".join(f"{p},P{i},,\r\n" for i, p in enumerate(people))
+    jobs.csv("phone,first\r\n" + rows + ",,,\r\n" * 20)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+    assert "0 rows rejected" in capsys.readouterr().out
+
+
 def third_invalid(jobs: JobFactory) -> list[str]:
     """30 rows, every third with a broken number; returns the valid numbers."""
     good = numbers(20)

@@ -360,6 +360,29 @@ def test_blank_lines_between_rows_are_skipped(tmp_path: Path) -> None:
     assert read(p) == [Row(3, {"phone": "+12125550100"}), Row(5, {"phone": "+12125550101"})]
 
 
+@pytest.mark.parametrize("header", ["phone,name", "phone,name,,"])
+def test_a_spreadsheets_padding_is_not_a_row_or_a_field(tmp_path: Path, header: str) -> None:
+    """Rows of empty cells are skipped as blank lines and empty cells past the header's last
+    column are dropped, with or without empty names padding the header; a value past the
+    header's last column still rejects its row."""
+    p = tmp_path / "a.csv"
+    p.write_text(
+        f"{header}\r\n+12125550100,A,,\r\n,,,\r\n , ,\r\n+12125550101,B,, ,,\r\n"
+        "+12125550102,C,,,x\r\n,,\r\n"
+    )
+    rows = read(p, keep=("name",))
+    assert rows[:2] == [
+        Row(2, {"phone": "+12125550100", "name": "A"}),
+        Row(5, {"phone": "+12125550101", "name": "B"}),
+    ]
+    assert len(rows) == 3
+    assert isinstance(rows[2], RejectedRow)
+    assert (rows[2].line, rows[2].reason) == (
+        6,
+        f"row has 5 fields, header has {len(header.split(','))}",
+    )
+
+
 def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
     """Columns the job does not use are not kept in memory."""
     p = tmp_path / "a.jsonl"
