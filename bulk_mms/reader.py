@@ -575,7 +575,8 @@ class RowReader:
 
     # -- JSONL ---------------------------------------------------------------------------
 
-    def _parse_json(self, lineno: int, raw: bytes) -> dict[str, str] | RejectedRow | None:
+    def _parse_json(self, lineno: int, raw: bytes) -> dict[str, object] | RejectedRow | None:
+        """One JSONL line's object (None for a blank line), or the reason it is rejected."""
         if lineno == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         if not raw:
@@ -603,8 +604,7 @@ class RowReader:
             return RejectedRow(
                 lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"
             )
-        # null counts as missing; other values read as a CSV cell would
-        return {str(k): _as_text(v) for k, v in obj.items() if v is not None}
+        return obj
 
     def _open_jsonl(self) -> None:
         # Columns come from the first record that parses, read ahead (at most 1,000 lines)
@@ -637,25 +637,33 @@ class RowReader:
             rec = self._parse_json(lineno, raw)
             if rec is None:
                 continue
-            if isinstance(rec, RejectedRow):
-                yield rec
-                continue
-            fields: dict[str, str] = {}
-            missing = None
-            for name in wanted:
-                value = rec.get(name)
-                if value is None:
-                    missing = name
-                    break
+            yield rec if isinstance(rec, RejectedRow) else self._json_row(lineno, rec, wanted)
+
+    def _json_row(
+        self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
+    ) -> Row | RejectedRow:
+        """A JSONL object as a row, its values as CSV cells would hold them (:func:`_cell`):
+        null is an empty value, as an empty cell is. Rejected when a field the job needs is
+        absent or is an object or a list (it would go into a message as JSON)."""
+        fields: dict[str, str] = {}
+        for name in wanted:
+            value = rec.get(name)
+            if isinstance(value, str):
                 fields[name] = value
-            if missing is not None:
-                yield RejectedRow(lineno, rec.get(self.phone, ""), f"missing field {missing!r}")
                 continue
-            if self.keep_all:
-                for name in self.columns:
-                    if name not in fields:
-                        fields[name] = rec.get(name, "")
-            yield Row(lineno, fields)
+            if value is None and name not in rec:
+                why = f"missing field {name!r}"
+            elif isinstance(value, dict | list):
+                why = f"field {name!r} is not a text value (an object or a list)"
+            else:
+                fields[name] = _cell(value)
+                continue
+            return RejectedRow(lineno, _cell(rec.get(self.phone))[:200], why)
+        if self.keep_all:
+            for name in self.columns:
+                if name not in fields:
+                    fields[name] = _cell(rec.get(name))
+        return Row(lineno, fields)
 
     # -- iteration -----------------------------------------------------------------------
 
@@ -719,10 +727,13 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
     return line
 
 
-def _as_text(value: object) -> str:
-    """A JSON value as the string a CSV cell would hold."""
+def _cell(value: object) -> str:
+    """A JSON value as the string a CSV cell would hold: null empty, true and false as
+    written, a number as Python writes it, an object or a list as JSON."""
     if isinstance(value, str):
         return value
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -147,6 +147,41 @@ def test_a_padded_spreadsheet_export_sends_everyone_and_rejects_nobody(
     assert "0 rows rejected" in capsys.readouterr().out
 
 
+def test_jsonl_nulls_take_the_defaults_and_objects_are_rejected_by_name(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """In a JSONL export a null name takes [message.defaults] as an empty cell does, a null
+    phone is rejected as empty, and an object where a name belongs is rejected naming the
+    field, never sent as JSON text."""
+    one, two, three = numbers(3)
+    records = [
+        {"phone": one, "first": None},
+        {"phone": None, "first": "Dee"},
+        {"phone": two, "first": {"x": 1}},
+        {"phone": three, "first": "Ann"},
+    ]
+    (jobs.root / "people.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    job = jobs.job(
+        "people.jsonl",
+        extra="max_rejected_share = 0.5\ngroup_size = 1",
+        message='text = "Hello {first}"\n[message.defaults]\nfirst = "there"',
+    )
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(args) == 0
+    assert sorted((m.to[0], m.body["text"]) for m in fake.accepted) == sorted(
+        [(one, "Hello there"), (three, "Hello Ann")]
+    )
+    with rejected.open(encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[1:] == [
+        ["2", "", "empty phone number"],
+        ["3", two, "field 'first' is not a text value (an object or a list)"],
+    ]
+
+
 def third_invalid(jobs: JobFactory) -> list[str]:
     """30 rows, every third with a broken number; returns the valid numbers."""
     good = numbers(20)

@@ -53,15 +53,44 @@ def test_gzip_and_jsonl(tmp_path: Path) -> None:
 def test_bad_jsonl_lines_are_rejected_with_line_numbers(tmp_path: Path) -> None:
     """A malformed line, a non-object and a record missing the phone are rejected; others pass."""
     p = tmp_path / "a.jsonl"
-    p.write_text('{"phone": "+12125550100"}\n{"phone": \n[1,2]\n{"name": "x"}\n{"phone": null}\n')
+    p.write_text('{"phone": "+12125550100"}\n{"phone": \n[1,2]\n{"name": "x"}\n')
     rows = read(p)
     assert rows[0] == Row(1, {"phone": "+12125550100"})
     assert [(r.line, r.reason.split(":")[0]) for r in rows[1:] if isinstance(r, RejectedRow)] == [
         (2, "malformed JSON"),
         (3, "not an object"),
         (4, "missing field 'phone'"),
-        (5, "missing field 'phone'"),
     ]
+
+
+def test_jsonl_values_read_as_csv_cells_would(tmp_path: Path) -> None:
+    """null is an empty value, as an empty cell is (not a missing field); a number or a
+    boolean reads as written; an object or a list in a field the job needs rejects its row,
+    naming the field (one it does not need is no matter)."""
+    records: list[dict[str, object]] = [
+        {"phone": "+12125550100", "name": None},
+        {"phone": None, "name": "Dee"},
+        {"phone": 2125550101, "name": True},
+        {"phone": "+12125550102", "name": {"x": 1}},
+        {"phone": ["+12125550103"], "name": "Lu"},
+        {"phone": "+12125550104", "name": 1.5, "extra": {"y": [2]}},
+    ]
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    not_text = "is not a text value (an object or a list)"
+    assert read(p, keep=("name",)) == [
+        Row(1, {"phone": "+12125550100", "name": ""}),
+        Row(2, {"phone": "", "name": "Dee"}),
+        Row(3, {"phone": "2125550101", "name": "true"}),
+        RejectedRow(4, "+12125550102", f"field 'name' {not_text}"),
+        RejectedRow(5, '["+12125550103"]', f"field 'phone' {not_text}"),
+        Row(6, {"phone": "+12125550104", "name": "1.5"}),
+    ]
+    with RowReader(p, "phone", keep_all=True) as reader:
+        assert reader.columns == ("phone", "name")
+        rows = list(reader)
+    assert rows[0] == Row(1, {"phone": "+12125550100", "name": ""})
+    assert rows[5] == Row(6, {"phone": "+12125550104", "name": "1.5"})
 
 
 def test_short_and_long_csv_rows_are_rejected(tmp_path: Path) -> None:
