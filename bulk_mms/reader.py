@@ -2,13 +2,14 @@
 
 The file is read as bytes, a block or a line at a time. An enormous line spoils only its own
 row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
-:class:`InputError` naming the line: missing, unreadable, binary, empty, no phone column, a
-column the header names twice, bytes that are not text in the job's encoding or that are UTF-8
-under another encoding (with the encoding they look like), a quoted field that swallows the rows
-after it (an unclosed quote), a file cut short (a compressed file that ends early, a quote still
-open at the end, a last line with no line end that has the wrong number of fields or is not
-JSON; a whole last line needs no line end). A run reads the whole file once before it sends
-(:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+:class:`InputError` naming the line: missing, unreadable, binary or UTF-16 (named as such, with
+how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
+are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
+they look like), a quoted field that swallows the rows after it (an unclosed quote), a file cut
+short (a compressed file that ends early, a quote still open at the end, a last line with no
+line end that has the wrong number of fields or is not JSON; a whole last line needs no line
+end). A run reads the whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it
+with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
@@ -45,6 +46,7 @@ MAX_RECORD_LINES = 20
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 #: Fed to the csv module after the file's last line: a blank line, unless a quote is still
 #: open, which then runs into it (the record's last line is past the file's).
 _END = ("\n",)
@@ -232,8 +234,9 @@ class RowReader:
             raise InputError(self.path, f"cannot be read: {exc}") from None
         if first is None:
             raise InputError(self.path, "is empty")
-        if b"\x00" in (head or first[1]):
-            raise InputError(self.path, f"is a binary file, not {self.encoding} text")
+        sample = head or first[1]
+        if b"\x00" in sample or sample.startswith(_UTF16_BOMS):
+            raise self._not_a_text_file(sample)
         if first[1].startswith(_BOM):
             # The mark says UTF-8 (Excel's "CSV UTF-8" writes it): read as cp1252 it would
             # garble every accent, and no cp1252 file starts with "ï»¿".
@@ -243,6 +246,26 @@ class RowReader:
             self._open_csv()
         else:
             self._open_jsonl()
+
+    def _not_a_text_file(self, sample: bytes) -> InputError:
+        """The error for a file whose first bytes (``sample``) hold a NUL or a UTF-16 byte order
+        mark: UTF-16 (with its mark, or with a NUL every other byte) is named as such, since
+        Excel saves it as "Unicode Text"; anything else is binary, its first NUL's line named."""
+        odd, even = sample[1::2].count(0), sample[::2].count(0)
+        # ASCII in UTF-16: a NUL in (nearly) every byte of one parity, (nearly) none in the other
+        utf16 = max(odd, even) * 4 >= len(sample) > min(odd, even) * 16
+        if sample.startswith(_UTF16_BOMS) or utf16:
+            return InputError(
+                self.path,
+                f'is UTF-16 text (Excel\'s "Unicode Text"), not {self.encoding}: save it '
+                'from Excel as "CSV UTF-8 (Comma delimited)" and run again',
+            )
+        return InputError(
+            self.path,
+            f"is a binary file, not {self.encoding} text (it holds a NUL byte): if it is a "
+            'spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is damaged',
+            line=sample.count(b"\n", 0, sample.index(b"\x00")) + 1,
+        )
 
     def close(self) -> None:
         for f in (self._file, self._raw):

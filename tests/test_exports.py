@@ -182,6 +182,27 @@ def test_jsonl_nulls_take_the_defaults_and_objects_are_rejected_by_name(
     ]
 
 
+def test_an_excel_unicode_text_export_is_refused_saying_utf16(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Excel's "Unicode Text" export (UTF-16) exits 2 before any request with one line saying
+    it is UTF-16 and how to save it, no traceback."""
+    text = "phone\tfirst\r\n+12125550100\tZoë\r\n"
+    (jobs.root / "people.csv").write_bytes(text.encode("utf-16"))
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [x for x in err.splitlines() if "error" in x]
+    assert line.endswith(
+        'people.csv: is UTF-16 text (Excel\'s "Unicode Text"), not utf-8: save '
+        'it from Excel as "CSV UTF-8 (Comma delimited)" and run again'
+    )
+    assert fake.requests == []
+
+
 def third_invalid(jobs: JobFactory) -> list[str]:
     """30 rows, every third with a broken number; returns the valid numbers."""
     good = numbers(20)

@@ -370,6 +370,40 @@ def test_whole_file_problems_are_one_line_input_errors(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-16-le"])
+@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz", "a.jsonl"])
+def test_a_utf16_file_is_named_as_such_with_how_to_save_it(
+    tmp_path: Path, codec: str, name: str
+) -> None:
+    """Excel's "Unicode Text" (UTF-16, with a byte order mark or without) is refused in one
+    line saying it is UTF-16 and how to save it as CSV UTF-8, not as "a binary file"."""
+    text = "phone\tname\r\n+12125550100\tZoë\r\n"
+    data = text.encode(codec)
+    if codec == "utf-16-be":
+        data = b"\xfe\xff" + data  # with its mark; utf-16-le is left without one
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert str(err.value) == (
+        f'{p}: is UTF-16 text (Excel\'s "Unicode Text"), not utf-8: save it from Excel as '
+        '"CSV UTF-8 (Comma delimited)" and run again'
+    )
+
+
+def test_a_nul_byte_names_its_line_and_what_to_do(tmp_path: Path) -> None:
+    """A NUL byte near the top refuses the file as binary in one line, naming the NUL's line
+    and saying to save a spreadsheet as CSV UTF-8."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"phone,name\n+12125550100,A\x00nn\n+12125550101,Bob\n")
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert str(err.value) == (
+        f"{p}:2: is a binary file, not utf-8 text (it holds a NUL byte): if it is a "
+        'spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is damaged'
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [("h.csv", "phone,name\n"), ("h2.csv", "phone,name\r\n\r\n  \n"), ("b.jsonl", "\n \n")],
