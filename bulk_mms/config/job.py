@@ -136,7 +136,7 @@ class JobConfig(msgspec.Struct, frozen=True):
     #: from the job's ``ledger``, ``--ledger`` or ``BULK_MMS_LEDGER_URL``; None: the file.
     database: str | None = None
     #: The input's text encoding (``encoding = "cp1252"`` for Excel's CSV on Windows); a UTF-8
-    #: byte-order mark is skipped whatever it says.
+    #: byte-order mark makes the file UTF-8, whatever this says.
     encoding: str = "utf-8"
     #: The largest share of the input's rows that may be rejected (bad numbers, broken rows;
     #: not duplicates, suppressed or excluded numbers) before the run refuses to send anything.
