@@ -130,7 +130,7 @@ def test_a_padded_spreadsheet_export_sends_everyone_and_rejects_nobody(
     with fake_api_thread(fake) as url:
         assert main(["run", str(job.path), "--base-url", url]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
-    assert "0 rows rejected" in capsys.readouterr().out
+    assert "0 of 6 rows rejected" in capsys.readouterr().out
 
 
 def test_jsonl_nulls_take_the_defaults_and_objects_are_rejected_by_name(
