@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bulk_mms.cli import main
+from bulk_mms.config import JobConfig
 from bulk_mms.errors import ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
@@ -30,19 +31,30 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELNYX_API_KEY", KEY)
 
 
+def faulty_job(
+    jobs: JobFactory, n: int, faults: list[Fault], config: str = "[api]\nrecords_lag_s = 0\n"
+) -> tuple[FakeTelnyx, JobConfig, list[str]]:
+    """A fake API that misbehaves with ``faults``, a job of ``n`` people in groups of 4, and
+    the command line that runs it under the settings ``config`` (less ``--base-url``)."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.extend(faults)
+    jobs.people(n)
+    job = jobs.job(extra="group_size = 4")
+    settings = jobs.root / "config.toml"
+    settings.write_text(config)
+    return fake, job, ["-q", "run", str(job.path), "--config", str(settings)]
+
+
 def test_resets_after_acceptance_never_text_anyone_twice(jobs: JobFactory) -> None:
     """Drops after acceptance, keys ignored, default settings but records_lag_s = 0: each
     dropped group is looked up in the records and recorded sent, never resent; a plain rerun
     finds nothing left in doubt and everyone accepted exactly once."""
-    fake = FakeTelnyx(api_key=KEY)
-    fake.faults.extend([Fault("drop_after"), Fault("drop_after"), Fault("drop_before")])
-    jobs.people(40)
-    job = jobs.job(extra="group_size = 4")
-    config = jobs.root / "config.toml"
-    config.write_text("[api]\nrecords_lag_s = 0\n[retry]\nbackoff_initial = 0.01\n")
+    faults = [Fault("drop_after"), Fault("drop_after"), Fault("drop_before")]
+    config = "[api]\nrecords_lag_s = 0\n[retry]\nbackoff_initial = 0.01\n"
+    fake, job, run = faulty_job(jobs, 40, faults, config)
     with fake_api_thread(fake) as url:
-        first = main(["-q", "run", str(job.path), "--base-url", url, "--config", str(config)])
-        again = main(["-q", "run", str(job.path), "--base-url", url, "--config", str(config)])
+        first = main([*run, "--base-url", url])
+        again = main([*run, "--base-url", url])
     assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)
     assert first in (0, 1)  # three answers lost in a row may stop it as the API being down
     assert again == 0
@@ -55,14 +67,9 @@ def test_a_5xx_to_a_send_is_settled_by_the_records_not_repeated(jobs: JobFactory
     """Keys ignored: a 502 after the server took a group and a 503 before it took another
     are both in doubt, never repeated blindly; the records settle them (sent, and sent
     again under a new key), and everyone is accepted exactly once, exit 0."""
-    fake = FakeTelnyx(api_key=KEY)
-    fake.faults.extend([Fault("status_after", 502), Fault("status", 503)])
-    jobs.people(16)
-    job = jobs.job(extra="group_size = 4")
-    config = jobs.root / "config.toml"
-    config.write_text("[api]\nrecords_lag_s = 0\n")
+    fake, job, run = faulty_job(jobs, 16, [Fault("status_after", 502), Fault("status", 503)])
     with fake_api_thread(fake) as url:
-        code = main(["-q", "run", str(job.path), "--base-url", url, "--config", str(config)])
+        code = main([*run, "--base-url", url])
     assert code == 0
     assert fake.recipient_counts() == dict.fromkeys(numbers(16), 1)
     assert len(fake.accepted) == 4
@@ -72,14 +79,10 @@ def test_a_5xx_to_a_send_is_settled_by_the_records_not_repeated(jobs: JobFactory
 def test_a_group_never_accepted_is_sent_again_under_a_new_key(jobs: JobFactory) -> None:
     """A request dropped before the server took it leaves no record: with the records
     complete (records_lag_s = 0) it is sent again in the same run, under a new key."""
-    fake = FakeTelnyx(api_key=KEY)
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    config = jobs.root / "config.toml"
-    config.write_text('[api]\nrecords_lag_s = 0\nidempotency = "untrusted"\n')
-    fake.faults.append(Fault("drop_before"))
+    config = '[api]\nrecords_lag_s = 0\nidempotency = "untrusted"\n'
+    fake, _, run = faulty_job(jobs, 4, [Fault("drop_before")], config)
     with fake_api_thread(fake) as url:
-        code = main(["-q", "run", str(job.path), "--base-url", url, "--config", str(config)])
+        code = main([*run, "--base-url", url])
     assert code == 0
     assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
     keys = [r.idempotency_key for r in fake.accepted]
