@@ -58,6 +58,14 @@ class Coordinator(Protocol):
         fence); the store writes the group's attempt only while it still holds."""
         ...
 
+    def held_for(self, group: str) -> float | None:
+        """Seconds this process surely still holds its claim on ``group``, by its own clock:
+        the lease from when it last asked to claim it, or to renew it in a renewal answered
+        while the claim still held. None: nothing is shared, no lease runs out. At or under
+        0, the claim may have passed to another process (this one was paused, or its
+        renewals late): no request for the group may leave before it is claimed again."""
+        ...
+
     async def heartbeat(self) -> None:
         """Renew every claim this process holds (call well within :attr:`lease_s`).
 
@@ -95,6 +103,9 @@ class LocalCoordinator:
         return True
 
     def fence(self, group: str) -> Fence | None:
+        return None
+
+    def held_for(self, group: str) -> float | None:
         return None
 
     async def heartbeat(self) -> None:

@@ -64,6 +64,9 @@ log = structlog.get_logger(__name__)
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
 #: resumes) instead of going through every group.
 STOP_AFTER_UNANSWERED = 3
+#: The least time a request keeps, before the claim on its group may pass to another process,
+#: to leave in after its connection is ready (a quarter of the lease, when that is less).
+HOLD_MARGIN_S = 1.0
 #: Why a fatal error stopped the job, by its class (the stop's reason, and its log event).
 _STOP_REASONS: dict[type[FatalSendError], str] = {
     AuthError: "auth",
@@ -435,7 +438,12 @@ class GroupSender:
     async def _take_slot(self, tries: _Tries, ticket: Ticket) -> float | None:
         """The attempt is on record: wait for the moment the request may leave (the pacer's
         send slot), and check the gates again at that moment. Returns the seconds the
-        request has left to leave in (:meth:`_leave_within`)."""
+        request has left to leave in: before a gate closes (:meth:`_leave_within`) or the
+        group's claim may pass to another process (:meth:`_hold`).
+
+        Raises:
+            ClaimLost: another process took the group over.
+        """
         try:
             await self.pacer.send_slot(ticket, tries.group_deadline)
         except PaceAborted as exc:
@@ -445,9 +453,29 @@ class GroupSender:
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
         self._check_gates(tries, on_record=True)
+        held = await self._hold(tries.group)
         now = self.clock.monotonic()
         self.times.left(now)  # the request leaves now
-        return self._leave_within(tries, now)
+        ends = [t for t in (self._leave_within(tries, now), held) if t is not None]
+        return min(ends, default=None)
+
+    async def _hold(self, group: Group) -> float | None:
+        """Seconds the request has to leave in before this process's claim on ``group`` may
+        pass to another (a shared ledger; None: nothing is shared). A claim that may have
+        run out (this process was paused, its renewals late) is claimed again first: one
+        another process took meanwhile raises :class:`ClaimLost`, and the request never
+        leaves here (the other settles the attempt on record by the API's records)."""
+        coordinator = self.recorder.coordinator
+        held = coordinator.held_for(group.id)
+        if held is None:
+            return None
+        margin = min(HOLD_MARGIN_S, coordinator.lease_s / 4)
+        if held <= margin:
+            fence = coordinator.fence(group.id)
+            if not await coordinator.claim(group.id) or coordinator.fence(group.id) != fence:
+                raise ClaimLost(self.recorder.store.name, group.id)
+            held = coordinator.held_for(group.id) or 0.0
+        return max(held - margin, 0.0)
 
     def _leave_within(self, tries: _Tries, now: float) -> float | None:
         """Seconds until the first gate that is open ``now`` closes: the group's deadline

@@ -6,12 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
+import pytest
 
+from bulk_mms import runner
 from bulk_mms.coordination import LocalCoordinator
 from bulk_mms.ledger import LedgerView, events
 from bulk_mms.models import Group, MessageBody
+from bulk_mms.sending import HOLD_MARGIN_S
 from bulk_mms.sharing import Sharing
-from tests.conftest import FakeClock
+from bulk_mms.testing import groups_in
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
 MEMBERS = ("+12025550101", "+12025550102")
 GROUP = Group("g1", 1, MEMBERS, (2, 3), MessageBody(from_="+15550001", text="hello"))
@@ -220,3 +224,45 @@ async def test_a_group_its_holder_remade_is_handed_on_to_the_new_group() -> None
     await sharing.settle_later(take_later, lambda: False, within=60.0)
     assert sorted(taken) == ["g2", "g3"]
     assert "g1" in holder.asked  # g2 passed through its maker's claim on g1
+
+
+class Lapsing(LocalCoordinator):
+    """A coordinator whose claims have all run out (this process was paused past its lease)
+    until it claims each again; ``taken``: another process took them meanwhile."""
+
+    lease_s = 30.0
+
+    def __init__(self, taken: bool) -> None:
+        self.taken = taken
+        self.claimed: set[str] = set()
+
+    def held_for(self, group: str) -> float | None:
+        return self.lease_s if group in self.claimed else 0.0
+
+    async def claim(self, group: str) -> bool:
+        if self.taken:
+            return False
+        self.claimed.add(group)
+        return True
+
+
+@pytest.mark.parametrize("taken", [False, True])
+async def test_a_claim_that_may_have_run_out_is_claimed_again_before_a_request_leaves(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, taken: bool
+) -> None:
+    """After its attempt is on record, a process whose claim may have run out claims the
+    group again before the request leaves: still its own, the request goes, with the fresh
+    lease (less the margin) as its bound; taken by another meanwhile, no request leaves here."""
+    coordinator = Lapsing(taken)
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    s = await runner.run_job(job, FAST, client, clock=FakeClock())
+    if taken:
+        assert (client.calls, s.sent_groups) == ([], 0)
+        assert groups_in(job.ledger, "sent") == set()
+    else:
+        assert s.sent_groups == 2
+        assert coordinator.claimed == {g.id for g in client.calls}
+        assert client.leave_within == [30.0 - HOLD_MARGIN_S] * 2

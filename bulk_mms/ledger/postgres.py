@@ -44,6 +44,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -635,17 +636,22 @@ class PostgresCoordinator:
         self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
+        #: Until when each claim surely holds (``time.monotonic``; see :meth:`held_for`).
+        self._until: dict[str, float] = {}
 
     async def claim(self, group: str) -> bool:
         async def claim(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(_CLAIM, (self._ledger, group, self.owner, self.lease_s))
             return await cur.fetchone()
 
+        asked = time.monotonic()  # real time: the lease runs on the server's
         row = await self._link.run(claim, "cannot claim")
         if row is None:
             self._tokens.pop(group, None)
+            self._until.pop(group, None)
             return False
         self._tokens[group] = int(row[0])
+        self._until[group] = asked + self.lease_s  # the server stamped it after we asked
         return True
 
     def fence(self, group: str) -> Fence | None:
@@ -653,11 +659,19 @@ class PostgresCoordinator:
         has (0), so its attempt is refused rather than written unfenced."""
         return Fence(self.owner, self._tokens.get(group, 0))
 
+    def held_for(self, group: str) -> float | None:
+        return self._until.get(group, 0.0) - time.monotonic()
+
     async def heartbeat(self) -> None:
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(_HEARTBEAT, (self._ledger, self.owner))
 
+        asked = time.monotonic()
         await self._link.run(renew, "cannot renew claims")
+        answered, until = time.monotonic(), asked + self.lease_s
+        for group, held in self._until.items():
+            if held > answered:  # it held until the renewal was done: renewed
+                self._until[group] = until
 
     def account_budget(
         self,
