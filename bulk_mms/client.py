@@ -26,7 +26,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 import aiohttp
 import orjson
@@ -571,10 +571,11 @@ class AiohttpMmsClient:
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
             )
         except ServerError as exc:
-            if exc.status is None or exc.status < 500:
-                raise  # 408, 409: not acted on
-            # the request reached the server: a 5xx may come after it acted (a gateway's 502,
-            # 504), and no Idempotency-Key is declared for group MMS to make a repeat safe
+            if exc.status is None or exc.status not in _MAY_HAVE_ACTED:
+                raise  # 408, 409, 503 ("unable to handle the request"): not acted on
+            # the request reached the server: a 500, 502 or 504 may come after it acted (a
+            # gateway's, behind which the API took it), and no Idempotency-Key is declared for
+            # group MMS to make a repeat safe
             raise AmbiguousSendError(
                 f"the server failed ({exc.status}) after the request reached it; "
                 "it may have been accepted",
@@ -709,6 +710,10 @@ class AiohttpMmsClient:
 
 
 _NOT_JSON = object()
+#: The statuses answering a send that may follow a request the server acted on: any 5xx but
+#: those that say it was not handled (501 not implemented, 503 unable to handle it now, 505
+#: version not supported), which stay retryable.
+_MAY_HAVE_ACTED: Final = frozenset(range(500, 600)) - {501, 503, 505}
 
 
 def _json(raw: bytes) -> object:

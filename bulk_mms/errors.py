@@ -31,10 +31,10 @@
           │                                 goes out from another
           ├── RetryableSendError          nothing was delivered; retry is safe
           │    ├── RateLimited(retry_after) 429
-          │    ├── ServerError(status)      5xx on a GET; 408, 409 (a 5xx on a send is in doubt)
+          │    ├── ServerError(status)      5xx on a GET; 408, 409, 501, 503, 505
           │    └── NetworkError             failed before the request left (DNS, refused, TLS)
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed
-                                          out, a 5xx answering the send)
+                                          out, a 500, 502 or 504 answering the send)
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
@@ -311,9 +311,9 @@ class RateLimited(RetryableSendError):
 
 
 class ServerError(RetryableSendError):
-    """The server failed without acting: a 5xx answering a read (a GET), or a 408/409. A 5xx
-    answering a send may follow a request the server acted on: that is an
-    :class:`AmbiguousSendError`."""
+    """The server failed without acting: a 5xx answering a read (a GET); a 408, 409, 501, 503
+    or 505. Any other 5xx answering a send may follow a request the server acted on: that is
+    an :class:`AmbiguousSendError`."""
 
 
 class NetworkError(RetryableSendError):

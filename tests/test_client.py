@@ -26,6 +26,7 @@ from bulk_mms.errors import (
     NetworkError,
     RateLimited,
     Rejected,
+    ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, MessageBody, parse_money
@@ -111,7 +112,8 @@ def test_retry_after_variants() -> None:
             RateLimited,
             {"retry_after": 3.0, "code": "40318"},
         ),
-        (Fault("status", 503), AmbiguousSendError, {"status": 503}),
+        (Fault("status", 503), ServerError, {"status": 503}),
+        (Fault("status", 500), AmbiguousSendError, {"status": 500}),
         (Fault("status_after", 502), AmbiguousSendError, {"status": 502}),
         (Fault("status", 400, code="40001"), Rejected, {"code": "40001"}),
         (Fault("status", 403), AuthError, {"status": 403}),
