@@ -562,6 +562,8 @@ class AiohttpMmsClient:
         """POST the group; return a receipt or raise a typed :class:`SendError`. The
         connection must be ready within ``leave_within`` seconds, if given (see
         :meth:`MmsClient.send`): the request leaves then, or not at all."""
+        if leave_within is not None and leave_within <= 0:
+            raise NetworkError("no time was left for the request to leave in; not sent")
         data = orjson.dumps(request_body(group))
         timeout = self._timeout
         if leave_within is not None and leave_within < (timeout.connect or float("inf")):

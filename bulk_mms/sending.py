@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter, deque
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -59,6 +61,7 @@ from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppression_for
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: After this many groups in a row end without a usable answer (a transient error with their
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
@@ -76,7 +79,7 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
 }
 
 
-def _quiet(task: asyncio.Future[None]) -> None:
+def _quiet(task: asyncio.Future[Any]) -> None:
     """Take an abandoned write's outcome, so that its failure is not reported unhandled."""
     if not task.cancelled():
         task.exception()
@@ -367,7 +370,7 @@ class GroupSender:
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
             self.lost[group.id] = group
-            await self._release(group, None)
+            await self._release(group, None, maybe_sent=tries.ambiguous)
             return None
         except LedgerError as exc:
             self.fail_ledger(exc)
@@ -452,12 +455,18 @@ class GroupSender:
             # expires the group, max_job_duration_s stops the job (as in the pacer's wait)
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
+        try:
+            held = await self._hold(tries.group)
+        except StopRetrying:  # stopped while claiming again
+            raise StopRetrying(_unsent(tries, on_record=True)) from None
         self._check_gates(tries, on_record=True)
-        held = await self._hold(tries.group)
         now = self.clock.monotonic()
-        self.times.left(now)  # the request leaves now
         ends = [t for t in (self._leave_within(tries, now), held) if t is not None]
-        return min(ends, default=None)
+        within = min(ends, default=None)
+        if within is not None and within <= 0:  # no time to leave in: it never does
+            raise StopRetrying(_unsent(tries, on_record=True))
+        self.times.left(now)  # the request leaves now
+        return within
 
     async def _hold(self, group: Group) -> float | None:
         """Seconds the request has to leave in before this process's claim on ``group`` may
@@ -472,10 +481,26 @@ class GroupSender:
         margin = min(HOLD_MARGIN_S, coordinator.lease_s / 4)
         if held <= margin:
             fence = coordinator.fence(group.id)
-            if not await coordinator.claim(group.id) or coordinator.fence(group.id) != fence:
+            claimed = await self._before_stop(coordinator.claim(group.id))
+            if not claimed or coordinator.fence(group.id) != fence:
                 raise ClaimLost(self.recorder.store.name, group.id)
             held = coordinator.held_for(group.id) or 0.0
-        return max(held - margin, 0.0)
+        return held - margin
+
+    async def _before_stop(self, work: Awaitable[T]) -> T:
+        """What ``work`` (a database call) comes to, unless the job is stopped first: then
+        :class:`StopRetrying`, and ``work`` goes on unwatched (a locked table must not hold a
+        SIGTERM)."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not task.done():
+            task.add_done_callback(_quiet)
+            raise StopRetrying
+        return task.result()
 
     def _leave_within(self, tries: _Tries, now: float) -> float | None:
         """Seconds until the first gate that is open ``now`` closes: the group's deadline
@@ -504,17 +529,11 @@ class GroupSender:
         if not self.recorder.store.shared:
             await write
             return
-        writing = asyncio.ensure_future(write)
-        stopping = asyncio.ensure_future(self.stop.wait())
         try:
-            await asyncio.wait({writing, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not writing.done():
-            writing.add_done_callback(_quiet)
+            await self._before_stop(write)
+        except StopRetrying:
             self.open_attempts.pop(group.id, None)
-            raise StopRetrying
-        writing.result()
+            raise
 
     def _check_gates(self, tries: _Tries, *, on_record: bool = False) -> None:
         """Raise :class:`StopRetrying` unless every gate is open now: the stop, the job's

@@ -232,12 +232,15 @@ class Lapsing(LocalCoordinator):
 
     lease_s = 30.0
 
-    def __init__(self, taken: bool) -> None:
+    def __init__(self, taken: bool, fresh: float = 30.0) -> None:
         self.taken = taken
+        #: What a claim holds for once taken again (less than the margin: the database took
+        #: nearly the whole lease to answer).
+        self.fresh = fresh
         self.claimed: set[str] = set()
 
     def held_for(self, group: str) -> float | None:
-        return self.lease_s if group in self.claimed else 0.0
+        return self.fresh if group in self.claimed else 0.0
 
     async def claim(self, group: str) -> bool:
         if self.taken:
@@ -266,3 +269,18 @@ async def test_a_claim_that_may_have_run_out_is_claimed_again_before_a_request_l
         assert s.sent_groups == 2
         assert coordinator.claimed == {g.id for g in client.calls}
         assert client.leave_within == [30.0 - HOLD_MARGIN_S] * 2
+
+
+async def test_a_claim_taken_again_with_no_time_left_sends_nothing(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim taken again that holds for less than the margin leaves the request no time to
+    leave in: it never does, and the group is pending a rerun."""
+    coordinator = Lapsing(taken=False, fresh=HOLD_MARGIN_S / 2)
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    s = await runner.run_job(job, FAST, client, clock=FakeClock())
+    assert (client.calls, s.sent_groups) == ([], 0)
+    assert len(groups_in(job.ledger, "retry_pending")) == 1

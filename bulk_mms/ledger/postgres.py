@@ -616,6 +616,16 @@ class PostgresStore(GroupCommitted[_Item]):
             self._conn.close()  # ends the session: its advisory lock goes with it
 
 
+def _elapsed() -> float:
+    """Seconds on a clock that goes on while the machine sleeps (``CLOCK_BOOTTIME``, where
+    there is one; else the monotonic clock): a lease runs on the server's real time, and a
+    machine suspended past it has lost its claims, though its monotonic clock stood still."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class PostgresCoordinator:
     """Claims, their fences and their heartbeat in the ledger's database: the
     :class:`~bulk_mms.coordination.Coordinator` of a run on a :class:`PostgresStore`.
@@ -636,7 +646,7 @@ class PostgresCoordinator:
         self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
-        #: Until when each claim surely holds (``time.monotonic``; see :meth:`held_for`).
+        #: Until when each claim surely holds (on :func:`_elapsed`; see :meth:`held_for`).
         self._until: dict[str, float] = {}
 
     async def claim(self, group: str) -> bool:
@@ -644,7 +654,7 @@ class PostgresCoordinator:
             cur = await conn.execute(_CLAIM, (self._ledger, group, self.owner, self.lease_s))
             return await cur.fetchone()
 
-        asked = time.monotonic()  # real time: the lease runs on the server's
+        asked = _elapsed()
         row = await self._link.run(claim, "cannot claim")
         if row is None:
             self._tokens.pop(group, None)
@@ -660,15 +670,15 @@ class PostgresCoordinator:
         return Fence(self.owner, self._tokens.get(group, 0))
 
     def held_for(self, group: str) -> float | None:
-        return self._until.get(group, 0.0) - time.monotonic()
+        return self._until.get(group, 0.0) - _elapsed()
 
     async def heartbeat(self) -> None:
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(_HEARTBEAT, (self._ledger, self.owner))
 
-        asked = time.monotonic()
+        asked = _elapsed()
         await self._link.run(renew, "cannot renew claims")
-        answered, until = time.monotonic(), asked + self.lease_s
+        answered, until = _elapsed(), asked + self.lease_s
         for group, held in self._until.items():
             if held > answered:  # it held until the renewal was done: renewed
                 self._until[group] = until
