@@ -51,6 +51,9 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 #: open, which then runs into it (the record's last line is past the file's).
 _END = ("\n",)
 _CsvReader = type(csv.reader([]))
+#: What a cell may hold and still be empty: blanks, and the DOS end-of-file mark (Ctrl-Z) that
+#: old Windows tools leave after the last line.
+_NOTHING = " \t\r\n\x1a"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -299,12 +302,14 @@ class RowReader:
             yield item
 
     def _peek_content(self) -> bool:
-        """Read ahead to the next non-blank line, keeping what was read; False at end of file."""
-        if any(raw.strip() or not raw for _, raw in self._first):
+        """Read ahead to the next line with content, keeping what was read; False at end of
+        file. A line of blanks, commas (a spreadsheet's row of empty cells) or a DOS end-of-file
+        mark has none; an over-long line (read back empty) has."""
+        if any(_has_content(raw) for _, raw in self._first):
             return True
         while (item := self._readline()) is not None:
             self._first.append(item)
-            if item[1].strip() or not item[1]:
+            if _has_content(item[1]):
                 return True
         return False
 
@@ -556,8 +561,8 @@ class RowReader:
         ``lines``: the record's first and last line. When the last is the file's last line and
         has no line end, a wrong number of fields is not a bad row but a file cut off in it:
         :class:`InputError`."""
-        if not any(cell.strip() for cell in rec):
-            return None  # a blank line, or a spreadsheet's row of empty cells
+        if not any(cell.strip(_NOTHING) for cell in rec):
+            return None  # a blank line, a spreadsheet's row of empty cells, a DOS EOF mark
         size, width = len(rec), len(self.columns)
         if size > width and not any(cell.strip() for cell in rec[width:]):
             rec, size = rec[:width], width
@@ -762,6 +767,12 @@ def _cell(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def _has_content(raw: bytes) -> bool:
+    """Whether a raw line holds a value: more than blanks, commas and a DOS end-of-file mark,
+    or an over-long line (read back empty)."""
+    return not raw or bool(raw.strip(b" \t\r\n,\x1a"))
 
 
 def likely_encoding(data: bytes) -> str:

@@ -406,10 +406,16 @@ def test_a_nul_byte_names_its_line_and_what_to_do(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("h.csv", "phone,name\n"), ("h2.csv", "phone,name\r\n\r\n  \n"), ("b.jsonl", "\n \n")],
+    [
+        ("h.csv", "phone,name\n"),
+        ("h2.csv", "phone,name\r\n\r\n  \n"),
+        ("pad.csv", "phone,name,,\r\n,,,\r\n , ,,\r\n\x1a"),
+        ("b.jsonl", "\n \n"),
+    ],
 )
 def test_file_with_no_data_rows_is_an_error(tmp_path: Path, name: str, content: str) -> None:
-    """A header with no rows (or only blank lines) is an InputError, not a silent empty run."""
+    """A header with no rows (or only blank lines, a spreadsheet's rows of empty cells, a DOS
+    end-of-file mark) is an InputError, not a silent empty run."""
     p = tmp_path / name
     p.write_text(content)
     with pytest.raises(InputError, match=r"no data rows|no records"):
@@ -549,3 +555,13 @@ def test_rows_of_one_to_seven_columns_keep_every_cell(tmp_path: Path) -> None:
         p.write_text(",".join(names) + "\n" + ",".join(cells) + "\n")
         with RowReader(p, "phone", keep_all=True) as reader:
             assert list(reader) == [Row(2, dict(zip(names, cells, strict=True)))]
+
+
+def test_a_dos_end_of_file_mark_after_the_last_line_is_nothing(tmp_path: Path) -> None:
+    """Ctrl-Z after the last line (old Windows tools write it) is neither a row nor a sign the
+    file was cut off: every row is read."""
+    p = tmp_path / "dos.csv"
+    p.write_bytes(b"phone,name\r\n+12125550100,Ann\r\n+12125550101,Bo\r\n\x1a")
+    rows = read(p, keep=("name",))
+    assert [r.fields["name"] for r in rows if isinstance(r, Row)] == ["Ann", "Bo"]
+    assert not [r for r in rows if isinstance(r, RejectedRow)]
