@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms import runner
 from bulk_mms.clock import SystemClock
@@ -24,7 +26,8 @@ from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, load, open_store, read_events
-from bulk_mms.ledger.postgres import PostgresStore
+from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
+from bulk_mms.ledger.postgres import PostgresStore, migrate_url
 from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
@@ -136,6 +139,117 @@ async def test_a_locked_table_ends_a_write_in_ledger_unavailable(database: str) 
         assert isinstance(store.failed, LedgerUnavailable)
     finally:
         store.close_sync()
+
+
+def _budget(database: str) -> PostgresBudget:
+    """An account budget on a migrated ledger, at a rate that never makes a test wait."""
+    where = f"{database}?ledger=budget"
+    migrate_url(where)
+    return PostgresBudget(database, where, "acme", 1e6, SystemClock())
+
+
+def _sessions(database: str) -> set[int]:
+    """The server's pids of this process's sessions on ``database``."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s",
+            (f"bulk-mms pid {os.getpid()}",),
+        ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+async def test_an_account_budget_whose_connection_is_terminated_reconnects(database: str) -> None:
+    """pg_terminate_backend of the budget's (named) connection: the next admission
+    reconnects, on a new session, and is admitted (it used to stop the run with exit 2)."""
+    budget = _budget(database)
+    try:
+        await budget.acquire(1.0)
+        before = _sessions(database)
+        assert len(before) == 1  # named like the ledger's: an operator can see and end it
+        _terminate(database, os.getpid())
+        await budget.acquire(1.0)
+        after = _sessions(database)
+        assert len(after) == 1
+        assert after.isdisjoint(before)
+    finally:
+        await budget.close()
+
+
+async def test_a_locked_budget_table_ends_an_admission_in_ledger_unavailable(
+    database: str,
+) -> None:
+    """An admission that waits on a lock past the timeout fails as LedgerUnavailable (exit
+    7), never a plain LedgerError (exit 2); once the lock is gone the budget admits again."""
+    budget = _budget(database)
+    try:
+        await budget.acquire(1.0)  # connected first: the loop's clock is virtual (looptime)
+        budget._link.timeout_s = 0.5
+        with (
+            _locked(database, "bulk_mms_budgets"),
+            pytest.raises(
+                LedgerUnavailable, match=r"account budget: no answer within 0\.5 s"
+            ) as caught,
+        ):
+            await budget.acquire(1.0)
+        assert caught.value.exit_code == 7
+        budget._link.timeout_s = 30.0
+        await budget.acquire(1.0)
+    finally:
+        await budget.close()
+
+
+async def test_closing_a_budget_gives_up_a_pause_write_the_locked_table_holds(
+    database: str,
+) -> None:
+    """A pause being written when the run stops, its table locked: close() drops it within
+    a few seconds instead of waiting out the 30 s bound."""
+    budget = _budget(database)
+    await budget.acquire(1.0)  # learns the database's clock: pauses are written through
+    with _locked(database, "bulk_mms_budgets"):
+        budget.pause(budget.clock.monotonic() + 60.0)
+        start = time.monotonic()
+        await budget.close()
+        took = time.monotonic() - start
+    assert took < 5, took
+
+
+async def test_a_tally_whose_connection_is_terminated_reconnects_and_counts_once(
+    database: str,
+) -> None:
+    """pg_terminate_backend before a reservation and before a release: each reconnects and
+    counts exactly once (a cap of 10: 2 + 3 taken, 2 given back, so 8 more do not fit)."""
+    where = f"{database}?ledger=tally"
+    migrate_url(where)
+    tally = PostgresTally(where)
+    try:
+        assert await tally.take("daily", Decimal(2), Decimal(10), Decimal(0)) is None
+        with capture_logs() as logs:
+            _terminate(database, os.getpid())
+            assert await tally.take("daily", Decimal(3), Decimal(10), Decimal(0)) is None
+            _terminate(database, os.getpid())
+            await tally.add("daily", Decimal(-2))
+        assert [e["event"] for e in logs] == ["ledger.reconnecting"] * 2
+        assert await tally.take("daily", Decimal(8), Decimal(10), Decimal(0)) == 3
+    finally:
+        await tally.close()
+
+
+async def test_a_locked_limits_table_ends_a_count_in_ledger_unavailable(database: str) -> None:
+    """A count that waits on a lock past the timeout fails as LedgerUnavailable (exit 7)."""
+    where = f"{database}?ledger=tally"
+    migrate_url(where)
+    tally = PostgresTally(where)
+    tally._link.timeout_s = 0.5
+    try:
+        with (
+            _locked(database, "bulk_mms_limits"),
+            pytest.raises(LedgerUnavailable, match=r"no answer within 0\.5 s") as caught,
+        ):
+            await tally.take("daily", Decimal(1), Decimal(10), Decimal(0))
+        assert caught.value.exit_code == 7
+    finally:
+        await tally.close()
 
 
 async def test_a_heartbeat_that_crashes_stops_the_run() -> None:
@@ -329,10 +443,12 @@ def _max_token(database: str) -> int:
 
 
 def _terminate(database: str, pid: int) -> None:
-    """End every session of the process ``pid`` (its application_name) from the server."""
+    """End every session of the process ``pid`` (its application_name) from the server, and
+    wait (up to 5 s) until each is gone."""
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE application_name = %s",
             (f"bulk-mms pid {pid}",),
         )
 

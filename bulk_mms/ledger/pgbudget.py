@@ -18,6 +18,11 @@ The limits every process of an account keeps together (the daily cap, a job's ``
 count in ``bulk_mms_limits`` (:class:`PostgresTally`): a row per count, reserved by one
 ``UPDATE ... SET used = used + n WHERE used + n <= cap RETURNING``, so two processes can never
 both take the last room.
+
+Both talk to the database as the ledger does, through its
+:class:`~bulk_mms.ledger.postgres._Link`: a named connection, every round trip bounded by
+:data:`~bulk_mms.ledger.postgres.DB_TIMEOUT_S`, made again once when found lost, and a failure
+a :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable).
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 
 from bulk_mms.clock import Clock
-from bulk_mms.errors import LedgerError, LedgerUnavailable
+from bulk_mms.errors import LedgerError
 from bulk_mms.rate import PaceAborted, Pauses, WindowGuard
+
+if TYPE_CHECKING:
+    from bulk_mms.ledger.postgres import _Link
+
+_T = TypeVar("_T")
 
 #: Spacing is ``cost / rate`` times this: room for jitter between admission and arrival (the
 #: write-ahead commit and the connection lie between them): 50 ms in any second.
@@ -59,6 +69,17 @@ _PAUSE_SENDER: Final = """
     SET until = greatest(bulk_mms_sender_pauses.until, EXCLUDED.until)
 """
 _SENDER_PAUSES: Final = "SELECT sender, until FROM bulk_mms_sender_pauses WHERE account = %s"
+_SEED_BUDGET: Final = "INSERT INTO bulk_mms_budgets (account) VALUES (%s) ON CONFLICT DO NOTHING"
+#: Seconds :meth:`PostgresBudget.close` gives the pauses still being written before it drops
+#: them (they are advice to the other processes: a stop must not wait on them).
+_CLOSE_WAIT_S: Final = 1.0
+
+
+def _link(conninfo: str, name: str) -> _Link:
+    """The ledger's own kind of connection (postgres.py imports this module: so, late)."""
+    from bulk_mms.ledger.postgres import _Link  # noqa: PLC0415 - postgres imports this
+
+    return _Link(conninfo, name)
 
 
 class PostgresBudget(Pauses):
@@ -77,14 +98,16 @@ class PostgresBudget(Pauses):
         max_cost: float = 1.0,
         stopped: Callable[[], bool] = lambda: False,
     ) -> None:
-        self._conninfo = conninfo
-        self._name = name
         self.account = account
         self.rate = rate
         self.clock = clock
         self._stopped = stopped
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._link = _link(conninfo, name)
+        self._seeded = False
+        #: one admission at a time (held across its waits)
         self._lock = asyncio.Lock()
+        #: one round trip at a time on the one connection (an admission's, a pause's write)
+        self._trip = asyncio.Lock()
         #: database time minus this process's monotonic time, from the last round trip
         self._offset: float | None = None
         super().__init__()
@@ -94,17 +117,25 @@ class PostgresBudget(Pauses):
     def __repr__(self) -> str:
         return f"<PostgresBudget {self.account} {self.rate:g}/s>"
 
-    async def _db(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None:
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                await self._conn.execute(
-                    "INSERT INTO bulk_mms_budgets (account) VALUES (%s) ON CONFLICT DO NOTHING",
-                    (self.account,),
-                )
-            except psycopg.Error as exc:
-                raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
-        return self._conn
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``work`` on the budget's connection, its account's row made first. Every statement
+        here may be repeated on a new connection: the seed and a pause's write change nothing
+        the second time, and an admission repeated after its answer was lost only spaces the
+        account wider, never closer.
+
+        Raises:
+            LedgerUnavailable: the database was lost (twice), or did not answer in time.
+            LedgerError: any other database error.
+        """
+
+        async def seeded(conn: psycopg.AsyncConnection[Any]) -> _T:
+            if not self._seeded:
+                await conn.execute(_SEED_BUDGET, (self.account,))
+                self._seeded = True
+            return await work(conn)
+
+        async with self._trip:
+            return await self._link.run(seeded, "account budget")
 
     def _local(self, db_time: float) -> float:
         assert self._offset is not None
@@ -120,12 +151,16 @@ class PostgresBudget(Pauses):
             task.add_done_callback(self._writes.discard)
 
     async def _write_pause(self, db_until: float, sender: str | None) -> None:
-        with contextlib.suppress(psycopg.Error, LedgerError):
-            conn = await self._db()
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
             if sender is None:
                 await conn.execute(_PAUSE_ACCOUNT, (db_until, self.account))
             else:
                 await conn.execute(_PAUSE_SENDER, (self.account, sender, db_until))
+
+        # advice to the other processes: this one has the pause already, and its next
+        # admission meets the same fault and says so
+        with contextlib.suppress(LedgerError):
+            await self._run(write)
 
     async def admit_now(self, cost: float) -> float | None:
         return None  # admission is the database's: always a round trip
@@ -147,9 +182,13 @@ class PostgresBudget(Pauses):
 
     async def _try_admit(self, spacing: float) -> tuple[bool, float]:
         """One round trip: (True, when it was admitted), or (False, when to try again), on
-        the local monotonic clock."""
-        conn = await self._db()
-        try:
+        the local monotonic clock.
+
+        Raises:
+            LedgerUnavailable: the database was lost, or did not answer in time (exit 7).
+        """
+
+        async def admit(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, float]:
             before = self.clock.monotonic()
             cur = await conn.execute(_ADMIT, {"spacing": spacing, "account": self.account})
             row = await cur.fetchone()
@@ -162,8 +201,8 @@ class PostgresBudget(Pauses):
                 return True, self._local(float(row[0]))
             await self._learn_pauses(conn, float(row[2]))
             return False, self._local(max(float(row[1]), float(row[2])))
-        except psycopg.Error as exc:
-            raise LedgerError(self._name, f"account budget: {exc}".splitlines()[0]) from None
+
+        return await self._run(admit)
 
     async def _learn_pauses(self, conn: psycopg.AsyncConnection[Any], account_until: float) -> None:
         """Take in the pauses other processes wrote (the account's and each sender's)."""
@@ -184,26 +223,23 @@ class PostgresBudget(Pauses):
         return now
 
     async def close(self) -> None:
-        for task in list(self._writes):
-            with contextlib.suppress(Exception):
-                await task
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-            self._conn = None
+        """Let the pauses being written finish (for at most :data:`_CLOSE_WAIT_S`), then close
+        the connection (never raises)."""
+        if self._writes:
+            _, late = await asyncio.wait(list(self._writes), timeout=_CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
+            if late:  # a cancelled query waits for the server's word: bounded too
+                await asyncio.wait(late, timeout=_CLOSE_WAIT_S)
+        await self._link.close()
 
 
-_T = TypeVar("_T")
-#: The longest one count's round trip may take before the run stops (a locked table, a
-#: server gone): seconds.
-TALLY_TIMEOUT_S: Final = 30.0
 _TALLY_SEED: Final = (
     "INSERT INTO bulk_mms_limits (name, used) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
 )
 _TALLY_TAKE: Final = """
     UPDATE bulk_mms_limits SET used = used + %(amount)s
     WHERE name = %(name)s AND used + %(amount)s <= %(cap)s
-    RETURNING used
 """
 _TALLY_USED: Final = "SELECT used FROM bulk_mms_limits WHERE name = %s"
 _TALLY_ADD: Final = "UPDATE bulk_mms_limits SET used = greatest(0, used + %s) WHERE name = %s"
@@ -215,9 +251,15 @@ class PostgresTally:
 
     A count that has no row yet is made with the ``seed`` its first taker passes (an insert
     that does nothing when another process made it first), then reserved by one ``UPDATE``
-    that adds only while the sum stays within the cap. Its own connection (autocommit), made
-    at the first count; every round trip ends within :data:`TALLY_TIMEOUT_S`, or in
+    that adds only while the sum stays within the cap. Its own connection (the ledger's kind:
+    named, made at the first count, made again once when found lost); every round trip ends
+    within :data:`~bulk_mms.ledger.postgres.DB_TIMEOUT_S`, or in
     :class:`~bulk_mms.errors.LedgerUnavailable` (the run stops, exit 7, resumable).
+
+    A count's change is its own transaction, so a connection lost before its ``COMMIT`` was
+    sent has changed nothing and is repeated on a new one; lost during the ``COMMIT``, the
+    change may have counted, and a repeat could count it twice (a release twice gives room
+    that was never freed): that one stops the run instead.
 
     Args:
         location: the ledger's ``postgresql://`` URL.
@@ -226,8 +268,8 @@ class PostgresTally:
     def __init__(self, location: str) -> None:
         from bulk_mms.ledger.postgres import split  # noqa: PLC0415 - postgres imports this
 
-        self._conninfo, self.ledger, self._shown = split(location)
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        conninfo, self.ledger, self._shown = split(location)
+        self._link = _link(conninfo, self._shown)
         self._seeded: set[str] = set()
         # one connection: one count's statements at a time
         self._lock = asyncio.Lock()
@@ -235,55 +277,47 @@ class PostgresTally:
     def __repr__(self) -> str:
         return f"<PostgresTally {self._shown}>"
 
-    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
-        """``work`` on the connection, under the lock and the timeout; a database's error or
-        silence becomes a :class:`LedgerError` (and the connection is dropped)."""
-        from bulk_mms.ledger.postgres import _scrub  # noqa: PLC0415 - postgres imports this
+    async def _change(self, key: str, seed: Decimal | None, sql: str, params: Any) -> bool:
+        """``sql`` (one ``UPDATE`` of ``key``'s row, made from ``seed`` first if it has none)
+        in a transaction of its own: whether it changed the row.
+
+        Raises:
+            LedgerUnavailable: the database was lost (twice, or during the ``COMMIT``), or
+                did not answer in time.
+            LedgerError: any other database error.
+        """
+        committing = False  # past this, a lost connection leaves the change unknown
+
+        async def change(conn: psycopg.AsyncConnection[Any]) -> bool:
+            nonlocal committing
+            if seed is not None and key not in self._seeded:
+                await conn.execute(_TALLY_SEED, (key, seed))  # may repeat: DO NOTHING
+                self._seeded.add(key)
+            async with conn.transaction():
+                cur = await conn.execute(sql, params)
+                committing = cur.rowcount > 0  # a change of nothing is safe to repeat
+            return cur.rowcount > 0
 
         async with self._lock:
-            try:
-                async with asyncio.timeout(TALLY_TIMEOUT_S):
-                    if self._conn is None:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            self._conninfo, autocommit=True
-                        )
-                    return await work(self._conn)
-            except (psycopg.Error, TimeoutError) as exc:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
-                why = (
-                    _scrub(exc, self._conninfo)
-                    if isinstance(exc, psycopg.Error)
-                    else (f"no answer within {TALLY_TIMEOUT_S:g} s")
-                )
-                raise LedgerUnavailable(
-                    self._shown, f"cannot keep the limits' count: {why}"
-                ) from None
+            return await self._link.run(
+                change, "cannot keep the limits' count", repeatable=lambda: not committing
+            )
 
     async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
-        async def work(conn: psycopg.AsyncConnection[Any]) -> Decimal | None:
-            if key not in self._seeded:
-                await conn.execute(_TALLY_SEED, (key, seed))
-                self._seeded.add(key)
-            cur = await conn.execute(_TALLY_TAKE, {"amount": amount, "name": key, "cap": cap})
-            if await cur.fetchone() is not None:
-                return None
+        params = {"amount": amount, "name": key, "cap": cap}
+        if await self._change(key, seed, _TALLY_TAKE, params):
+            return None
+
+        async def used(conn: psycopg.AsyncConnection[Any]) -> Decimal:
             cur = await conn.execute(_TALLY_USED, (key,))
             row = await cur.fetchone()
             return Decimal(row[0]) if row is not None else seed
 
-        return await self._run(work)
+        async with self._lock:
+            return await self._link.run(used, "cannot keep the limits' count")
 
     async def add(self, key: str, amount: Decimal) -> None:
-        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(_TALLY_ADD, (amount, key))
-
-        await self._run(work)
+        await self._change(key, None, _TALLY_ADD, (amount, key))
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
+        await self._link.close()
