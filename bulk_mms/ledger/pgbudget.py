@@ -16,7 +16,7 @@ through by a task of its own.
 
 The limits every process of an account keeps together (the daily cap, a job's ``max_cost``)
 count in ``bulk_mms_limits`` (:class:`PostgresTally`): a row per count, reserved by one
-``UPDATE ... SET used = used + n WHERE used + n <= cap RETURNING``, so two processes can never
+``UPDATE ... SET used = used + n WHERE used + n <= cap``, so two processes can never
 both take the last room.
 
 Both talk to the database as the ledger does, through its
