@@ -47,6 +47,9 @@ MAX_RECORD_LINES = 20
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: Lines that are not ASCII, every one valid UTF-8, that show a file read under another
+#: encoding is UTF-8 (:meth:`RowReader._utf8`).
+UTF8_LINES = 3
 #: Fed to the csv module after the file's last line: a blank line, unless a quote is still
 #: open, which then runs into it (the record's last line is past the file's).
 _END = ("\n",)
@@ -149,6 +152,8 @@ class RowReader:
         "_sniff",
         "_streaming",
         "_unended",
+        "_utf8_first",
+        "_utf8_lines",
         "columns",
         "encoding",
         "format",
@@ -176,6 +181,8 @@ class RowReader:
         # under another encoding, until the first line that is not ASCII decides it: is the
         # file UTF-8 after all (which that encoding would garble)?
         self._sniff = not codecs.lookup(encoding).name.startswith("utf-8")
+        self._utf8_first: InputError | None = None  # the first line that is (see _utf8)
+        self._utf8_lines = 0
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -371,23 +378,39 @@ class RowReader:
         return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
 
     def _utf8(self, lineno: int, line: bytes) -> InputError | None:
-        """Decide, at the file's first line that is not ASCII, whether a file read under another
-        encoding is UTF-8 (a UTF-8 line read as cp1252 is valid, and garbled: "JosÃ©"): the
-        error to stop the file with if the line is valid UTF-8, else None. Only that one line
-        is ever looked at: a line that is not UTF-8 shows the job's encoding is right."""
-        self._sniff = False
+        """Look at a line that is not ASCII in a file read under another encoding: is the file
+        UTF-8 after all (a UTF-8 line read as cp1252 is valid, and garbled: "JosÃ©")? A line
+        that is not UTF-8 settles it: the job's encoding is right, and no line is looked at
+        again. :data:`UTF8_LINES` lines that are settle it the other way: the error to stop
+        the file with, at this line (naming the first of them). Until then None: the line is
+        read in the job's encoding, and a file that ends first is stopped at its end
+        (:meth:`_still_utf8`). One line may be the job's encoding's by chance (in cp1252, an
+        accented capital then a curly quote can be valid UTF-8); several in a row are not."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
+            self._sniff, self._utf8_first = False, None
             return None
-        char = next(c for c in text if not c.isascii())
-        garbled = char.encode("utf-8").decode(self.encoding, "replace")
-        return InputError(
-            self.path,
-            f"looks like utf-8 text, not {self.encoding} ({char!r} would read as {garbled!r}): "
-            f'set encoding = "utf-8" in the job, or save the file as {self.encoding}',
-            line=lineno,
-        )
+        if self._utf8_first is None:
+            char = next(c for c in text if not c.isascii())
+            garbled = char.encode("utf-8").decode(self.encoding, "replace")
+            self._utf8_first = InputError(
+                self.path,
+                f"looks like utf-8 text, not {self.encoding} ({char!r} would read as "
+                f'{garbled!r}): set encoding = "utf-8" in the job, or save the file as '
+                f"{self.encoding}",
+                line=lineno,
+            )
+        self._utf8_lines += 1
+        if self._utf8_lines < UTF8_LINES:
+            return None
+        self._sniff = False
+        return self._utf8_first
+
+    def _still_utf8(self) -> InputError | None:
+        """At the file's end: the error for a file read under another encoding whose every line
+        that is not ASCII (fewer than :data:`UTF8_LINES`, at least one) was valid UTF-8."""
+        return self._utf8_first if self._sniff else None
 
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
@@ -700,6 +723,8 @@ class RowReader:
             raise RuntimeError("RowReader used before open()")
         try:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+            if (utf8 := self._still_utf8()) is not None:
+                raise utf8
         except EOFError as exc:
             raise InputError(
                 self.path, f"ends early: {exc}: the file looks cut off", line=self._lineno + 1

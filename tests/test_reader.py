@@ -207,6 +207,34 @@ def test_the_first_line_that_is_not_ascii_decides_whether_a_file_is_utf8(
     ]
 
 
+def test_a_cp1252_line_that_happens_to_be_utf8_first_does_not_make_the_file_utf8(
+    tmp_path: Path,
+) -> None:
+    """A cp1252 file whose first accented line is valid UTF-8 by chance ("É" then a no-break
+    space) reads as cp1252 when a later accented line is not UTF-8; a UTF-8 file with several
+    accented lines stops at the third, naming the first."""
+    p = tmp_path / "a.csv"
+    p.write_bytes("phone,name\n+12125550101,JOSÉ\xa0\n+12125550100,Zoë\n".encode("cp1252"))
+    assert read(p, keep=("name",), encoding="cp1252") == [
+        Row(2, {"phone": "+12125550101", "name": "JOSÉ\xa0"}),
+        Row(3, {"phone": "+12125550100", "name": "Zoë"}),
+    ]
+    names = ["José", "Zoë", "Ana", "Léa", "Noé"]
+    u = tmp_path / "u.csv"
+    u.write_bytes(
+        ("phone,name\n" + "".join(f"+1212555010{i},{n}\n" for i, n in enumerate(names))).encode()
+    )
+    rows: list[Row | RejectedRow] = []
+    with (
+        pytest.raises(InputError) as err,
+        RowReader(u, "phone", ("name",), encoding="cp1252") as reader,
+    ):
+        rows.extend(reader)
+    assert err.value.line == 2
+    assert "looks like utf-8" in err.value.message
+    assert len(rows) == 3  # up to Léa's line, the third accented: a scan stops there, unsent
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
 def test_a_byte_order_mark_before_cp1252_text_says_to_save_it_as_utf8(
     tmp_path: Path, encoding: str
