@@ -523,7 +523,11 @@ class AiohttpMmsClient:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=connect_timeout)
+        # never rounded up to a whole second (aiohttp's ceil_threshold): a send's connect is
+        # bounded by the time it has to leave in, to the millisecond
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout, connect=connect_timeout, ceil_threshold=math.inf
+        )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -567,7 +571,9 @@ class AiohttpMmsClient:
         data = orjson.dumps(request_body(group))
         timeout = self._timeout
         if leave_within is not None and leave_within < (timeout.connect or float("inf")):
-            timeout = aiohttp.ClientTimeout(total=timeout.total, connect=max(leave_within, 1e-3))
+            timeout = aiohttp.ClientTimeout(
+                total=timeout.total, connect=leave_within, ceil_threshold=math.inf
+            )
         try:
             status, body = await self._request(
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout

@@ -23,6 +23,7 @@ from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
+from bulk_mms.coordination import Fence
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     AccountRefused,
@@ -103,6 +104,8 @@ class _Tries(msgspec.Struct):
     rerouted: bool = False
     #: The job's deadline passed before it could leave: recorded ``expired_unsent``.
     expired: bool = False
+    #: The claim's fence the latest attempt was written under (a shared ledger).
+    fence: Fence | None = None
 
 
 def _unsent(tries: _Tries, on_record: bool) -> SendError | None:
@@ -456,7 +459,7 @@ class GroupSender:
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
         try:
-            held = await self._hold(tries.group)
+            held = await self._hold(tries)
         except StopRetrying:  # stopped while claiming again
             raise StopRetrying(_unsent(tries, on_record=True)) from None
         self._check_gates(tries, on_record=True)
@@ -468,37 +471,43 @@ class GroupSender:
         self.times.left(now)  # the request leaves now
         return within
 
-    async def _hold(self, group: Group) -> float | None:
-        """Seconds the request has to leave in before this process's claim on ``group`` may
+    async def _hold(self, tries: _Tries) -> float | None:
+        """Seconds the request has to leave in before this process's claim on the group may
         pass to another (a shared ledger; None: nothing is shared). A claim that may have
-        run out (this process was paused, its renewals late) is claimed again first: one
-        another process took meanwhile raises :class:`ClaimLost`, and the request never
-        leaves here (the other settles the attempt on record by the API's records)."""
-        coordinator = self.recorder.coordinator
-        held = coordinator.held_for(group.id)
+        run out (this process was paused, its renewals late) is claimed again first. A claim
+        no longer under the fence the attempt was written with (another process took it
+        meanwhile) raises :class:`ClaimLost`, and the request never leaves here (the other
+        settles the attempt on record by the API's records)."""
+        coordinator, gid = self.recorder.coordinator, tries.group.id
+        held = coordinator.held_for(gid)
         if held is None:
             return None
         margin = min(HOLD_MARGIN_S, coordinator.lease_s / 4)
         if held <= margin:
-            fence = coordinator.fence(group.id)
-            claimed = await self._before_stop(coordinator.claim(group.id))
-            if not claimed or coordinator.fence(group.id) != fence:
-                raise ClaimLost(self.recorder.store.name, group.id)
-            held = coordinator.held_for(group.id) or 0.0
+            if not await self._before_stop(coordinator.claim(gid)):
+                raise ClaimLost(self.recorder.store.name, gid)
+            held = coordinator.held_for(gid) or 0.0
+        if coordinator.fence(gid) != tries.fence:
+            raise ClaimLost(self.recorder.store.name, gid)
         return held - margin
 
     async def _before_stop(self, work: Awaitable[T]) -> T:
         """What ``work`` (a database call) comes to, unless the job is stopped first: then
         :class:`StopRetrying`, and ``work`` goes on unwatched (a locked table must not hold a
         SIGTERM)."""
+        if self.stop.is_set():
+            if asyncio.iscoroutine(work):
+                work.close()  # never started: nothing to write or take
+            raise StopRetrying
         task = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            if not task.done():  # stopped, or this wait cancelled: its outcome taken quietly
+                task.add_done_callback(_quiet)
         if not task.done():
-            task.add_done_callback(_quiet)
             raise StopRetrying
         return task.result()
 
@@ -525,6 +534,7 @@ class GroupSender:
         group = tries.group
         tries.t0 = tries.t0 if tries.t0 is not None else self.clock.wall()
         self.open_attempts[group.id] = None
+        tries.fence = self.recorder.coordinator.fence(group.id)  # as the attempt is written
         write = self.recorder.attempt(group, number, tries.key, tries.t0)
         if not self.recorder.store.shared:
             await write

@@ -165,6 +165,21 @@ async def test_a_request_that_cannot_leave_in_time_never_leaves(fake_api: API) -
     assert [a.id for a in fake.accepted] == [(await holding).message_id, receipt.message_id]
 
 
+async def test_a_long_time_to_leave_in_is_kept_to_the_millisecond(fake_api: API) -> None:
+    """A bound over aiohttp's rounding threshold (5 s) is not rounded up to a whole second:
+    a request whose connection is ready 0.1 s after its time is up still never leaves."""
+    fake, url = fake_api
+    fake.faults.append(Fault("slow", delay=5.6))
+    c = AiohttpMmsClient(url, KEY, connect_timeout=30.0, request_timeout=30.0, max_connections=1)
+    async with c:
+        holding = asyncio.ensure_future(c.send(group(), IDEM))
+        await asyncio.sleep(0.1)  # the first request holds the one connection until 5.6 s
+        with pytest.raises(NetworkError, match="connect timed out"):
+            await c.send(group(2), idempotency_key("c0ffee", "late"), leave_within=5.4)
+        await holding
+    assert len(fake.accepted) == 1
+
+
 async def test_wrong_key_is_auth_error_without_the_key(fake_api: API) -> None:
     """A refused key raises AuthError, and the message does not contain the key."""
     _, url = fake_api

@@ -617,13 +617,14 @@ class PostgresStore(GroupCommitted[_Item]):
 
 
 def _elapsed() -> float:
-    """Seconds on a clock that goes on while the machine sleeps (``CLOCK_BOOTTIME``, where
-    there is one; else the monotonic clock): a lease runs on the server's real time, and a
-    machine suspended past it has lost its claims, though its monotonic clock stood still."""
-    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+    """Seconds on a clock that goes on while the machine sleeps (Linux's ``CLOCK_BOOTTIME``;
+    macOS's ``CLOCK_MONOTONIC``; else Python's monotonic clock): a lease runs on the server's
+    real time, and a machine suspended past it has lost its claims, though Python's monotonic
+    clock stood still."""
+    return time.clock_gettime(_AWAKE_OR_NOT) if _AWAKE_OR_NOT is not None else time.monotonic()
 
 
-_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
+_AWAKE_OR_NOT: Final = getattr(time, "CLOCK_BOOTTIME", getattr(time, "CLOCK_MONOTONIC", None))
 
 
 class PostgresCoordinator:
