@@ -493,8 +493,8 @@ class GroupSender:
 
     async def _before_stop(self, work: Awaitable[T]) -> T:
         """What ``work`` (a database call) comes to, unless the job is stopped first: then
-        :class:`StopRetrying`, and ``work`` goes on unwatched (a locked table must not hold a
-        SIGTERM)."""
+        :class:`StopRetrying`, and ``work`` is never started, or, begun, goes on unwatched (a
+        locked table must not hold a SIGTERM)."""
         if self.stop.is_set():
             if asyncio.iscoroutine(work):
                 work.close()  # never started: nothing to write or take
