@@ -17,7 +17,6 @@ number itself opted out: an inbound STOP (``texted STOP``), the profile's opt-ou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bulk_mms.config.folders import user_folder
+from bulk_mms.csvfile import write_whole
 from bulk_mms.errors import ConfigError
 from bulk_mms.validate import PhoneError, normalize_phone
 
@@ -133,13 +133,9 @@ class Suppressed:
             for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
             if not (n := _number(line)) or int(n[1:]) not in gone
         ]
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            tmp.write_text("".join(keep), encoding="utf-8")
-            tmp.replace(path)
+            write_whole(path, lambda f: f.write("".join(keep)), newline="")  # flushed to disk
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
         self._numbers -= gone
         return [f"+{n}" for n in sorted(gone)]
