@@ -20,8 +20,11 @@ Reports arrive twice over (polling and webhooks), late, repeated and out of orde
 Stamps are compared as instants (``10:00:00.500+00:00`` is after ``10:00:00Z``; ``-05:00`` is
 five hours behind UTC), never as strings. Every piece of news becomes one
 :class:`~bulk_mms.ledger.events.Status` event, folded by :class:`~bulk_mms.ledger.LedgerView`.
-A recipient is keyed by phone number alone: a ledger never has one number in two groups (input
-rows are deduplicated before grouping).
+A recipient is keyed by phone number alone: input rows are deduplicated before grouping, so a
+number is in two groups only when a delivery report moved it out of the first (its sender
+blocked, a carrier's refusal for now) and a later run sent it again; its state is then its
+latest send's, and reports of the earlier send are no longer news
+(:meth:`~bulk_mms.ledger.LedgerView.apply_status`).
 """
 
 from __future__ import annotations

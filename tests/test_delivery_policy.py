@@ -4,6 +4,7 @@ own delivery polling brings them to the error policy while it sends."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import pytest
 from msgspec.structs import replace
@@ -11,7 +12,8 @@ from msgspec.structs import replace
 from bulk_mms import runner as runner_module
 from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
-from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.ledger import load
+from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
@@ -154,3 +156,47 @@ async def test_track_moves_what_a_blocked_sender_failed_for_the_next_run(
     await run_job(job, FAST, client, clock=FakeClock())
     resent = client.calls[1:]
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
+
+
+async def test_a_member_sent_again_after_a_move_is_tracked_as_its_new_send(
+    jobs: JobFactory,
+) -> None:
+    """A member a 40003 moved out of a sent group and a later run sent again starts over: the
+    new message is tracked, its report counts once (the delivery counts add up to the sent),
+    it is not in the failed file, and its earlier send's cost is not counted twice."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    moved = first.to[1]
+    blocked = ApiError("40003", "Blocked as spam - permanent", "")
+    cent = Money(Decimal("0.0100"), "USD")
+    client.delivery[f"msg-{first.id}-0"] = tuple(
+        RecipientStatus(
+            p,
+            "delivery_failed" if p == moved else "delivered",
+            errors=(blocked,) if p == moved else (),
+            cost=cent,
+            at="2026-11-23T10:00:00Z",
+            message_id=f"own-{i}",
+        )
+        for i, p in enumerate(first.to)
+    )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    await run_job(job, FAST, client, clock=FakeClock())
+    (again,) = client.calls[1:]
+    assert again.to == (moved,)
+    view = load(job.ledger)
+    assert view.pending(view.groups[again.id]) == [moved]  # asked about, not taken as final
+    client.delivery[f"msg-{again.id}-1"] = (
+        RecipientStatus(moved, "delivered", cost=Money(Decimal("0.0200"), "USD"),
+                        at="2026-11-23T11:00:00Z", message_id="own-new"),
+    )  # fmt: skip
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    view = load(job.ledger)
+    assert dict(view.delivery()) == {"delivered": 4}
+    assert view.not_received() == {}
+    assert view.known[moved].message_id == "own-new"
+    final, _ = view.cost_parts()["USD"]
+    assert final == Decimal("0.0500")  # three at 0.01 and the new send's 0.02, none twice

@@ -366,6 +366,7 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
 
     def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
+        again = self._sent_again(rec) if self.statuses else set()
         rec.outcome = SENT
         rec.message_id = ev.message_id
         rec.sender = ev.from_ or rec.sender
@@ -382,9 +383,26 @@ class LedgerView(msgspec.Struct, eq=False):
         known, delivery = self.known, self._delivery
         for phone in rec.to:
             status = ev.statuses.get(phone) or "queued"
-            if supersedes(status, None, known.get(phone)):
+            old = known.get(phone)
+            if phone in again and old is not None:
+                # sent again: its delivery starts over, and what the earlier send's reports
+                # said (counted with that group, its cost that send's) is not this one's
+                delivery[old.status] -= 1
+                self.final_cost.pop(phone, None)
+                known[phone] = Known(status)
+            elif supersedes(status, None, old):
                 known[phone] = Known(status)
             delivery[known[phone].status] += 1
+
+    def _sent_again(self, rec: GroupRecord) -> set[str]:
+        """The members of ``rec`` (about to be recorded sent) whose latest send was another
+        group's that they were moved out of (:class:`~bulk_mms.ledger.events.Moved`)."""
+        again: set[str] = set()
+        for phone in rec.to:
+            gid = self.group_of(phone)
+            if gid is not None and gid != rec.id and phone in self.groups[gid].moved:
+                again.add(phone)
+        return again
 
     def apply_status(self, st: RecipientStatus, group: str) -> bool:
         """Take a delivery report in; True when it is news (and so worth recording).
@@ -397,6 +415,9 @@ class LedgerView(msgspec.Struct, eq=False):
         old = self.known.get(st.phone)
         if st.message_id:
             self.by_message_id.setdefault(st.message_id, group)
+        rec = self.groups.get(group)
+        if rec is not None and st.phone in rec.moved and self.group_of(st.phone) != group:
+            return False  # a report of a send it was moved out of: its state is its new send's
         moved = supersedes(st.status, st.at, old)
         priced = False
         if st.cost is not None and st.status in FINAL:
@@ -411,7 +432,6 @@ class LedgerView(msgspec.Struct, eq=False):
         mid = st.message_id or (old.message_id if old else None)
         code = next((e.code for e in st.errors if e.code), None)
         self.known[st.phone] = Known(st.status, st.at, mid, code)
-        rec = self.groups.get(group)
         if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
             self._delivery[old.status] -= 1  # a recipient of a sent group moves on
             self._delivery[st.status] += 1
@@ -603,8 +623,14 @@ class LedgerView(msgspec.Struct, eq=False):
         return k.status if k else None
 
     def pending(self, rec: GroupRecord) -> list[str]:
-        """The recipients of a sent group not yet in a final delivery status."""
-        return [p for p in rec.to if (k := self.known.get(p)) is None or k.status not in FINAL]
+        """The recipients of a sent group not yet in a final delivery status (a member moved
+        out of it is its new group's)."""
+        moved, known = rec.moved, self.known
+        return [
+            p
+            for p in rec.to
+            if p not in moved and ((k := known.get(p)) is None or k.status not in FINAL)
+        ]
 
     def not_received(self) -> dict[str, str]:
         """Who did not get the message, with why, in ledger order: the failed groups'
@@ -651,7 +677,8 @@ class LedgerView(msgspec.Struct, eq=False):
     def cost_parts(self) -> dict[str, tuple[Decimal, Decimal]]:
         """What the sent groups cost, per currency, as (final, estimated).
 
-        Final: the recipients whose final cost a status report carried (:attr:`final_cost`).
+        Final: the recipients whose final cost a status report carried (:attr:`final_cost`),
+        each with its latest send (a member moved out of a group is priced with its new one).
         Estimated: for the rest, their share of their group's cost as the send's answer gave
         it (the whole estimate when no member's final cost is known; else split evenly, to
         :data:`SHARE_PLACES`). A group with neither adds nothing. All in Decimal, never float.
@@ -664,7 +691,8 @@ class LedgerView(msgspec.Struct, eq=False):
             parts[money.currency] = (f + final, e + est)
 
         for rec in self.sent_groups():
-            finals = [c for p in rec.to if (c := final_cost.get(p)) is not None]
+            moved = rec.moved  # their final cost is their new send's
+            finals = [c for p in rec.to if p not in moved and (c := final_cost.get(p)) is not None]
             for c in finals:
                 add(c, c.amount, Decimal(0))
             if rec.cost is None or len(finals) == len(rec.to):
