@@ -183,6 +183,9 @@ class WebhookReceiver:
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
         self._later: set[asyncio.Task[None]] = set()
+        #: When each sender's latest STOP or START that was taken in was texted (epoch
+        #: seconds): an older one, redelivered or late, changes nothing.
+        self._keyword_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -213,8 +216,9 @@ class WebhookReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
+            texted = instant(data.get("occurred_at"))
             suppressed, lifted = (
-                await self.suppressed.off_loop(functools.partial(self._keywords, payload))
+                await self.suppressed.off_loop(functools.partial(self._keywords, payload, texted))
                 if self.suppressed is not None
                 else (False, False)
             )
@@ -269,8 +273,20 @@ class WebhookReceiver:
             return None
         return phone
 
-    def _keywords(self, payload: object) -> tuple[bool, bool]:
-        """An inbound message's STOP or START applied: (suppressed, lifted)."""
+    def _keywords(self, payload: object, texted: float | None) -> tuple[bool, bool]:
+        """An inbound message's STOP or START applied, in the order its sender texted them
+        (``texted``: the event's ``occurred_at``): one no later than the latest taken in
+        from that sender (Telnyx redelivers an event up to three times; a STOP redelivered
+        after a START must not undo it) changes nothing. (suppressed, lifted)."""
+        phone = self._keyword_from(payload, OPT_OUT_WORDS | OPT_IN_WORDS)
+        if phone is None:
+            return False, False
+        if texted is not None:
+            latest = self._keyword_at.get(phone)
+            if latest is not None and texted <= latest:
+                log.info("webhook.keyword_stale", recipient=phone)
+                return False, False
+            self._keyword_at[phone] = texted
         return self.opt_out(payload), self.opt_in(payload)
 
     def opt_out(self, payload: object) -> bool:
@@ -419,7 +435,7 @@ class WebhookReceiver:
                 at=occurred_at or st.at,
                 cost=st.cost,
             )
-            if view.apply_status(report, gid):
+            if view.apply_status(report, gid, finalized=True):  # a cost only finalized's
                 await store.append(
                     status_event(
                         gid,

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from bulk_mms.cli import main
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
+from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
@@ -417,15 +418,60 @@ async def test_finalized_records_the_final_cost_and_sent_does_not(jobs: JobFacto
     assert load(path).final_cost == {g.to[0]: Money(Decimal("0.0061"), "USD")}
 
 
-def inbound(text: str, phone: str = "+12125550002") -> dict[str, Any]:
-    """A message.received webhook: ``phone`` texted ``text``."""
-    return {
-        "data": {
-            "event_type": "message.received",
-            "id": str(uuid.uuid4()),
-            "payload": {"text": text, "from": {"phone_number": phone}},
-        }
+@pytest.mark.parametrize("finalized_first", [False, True])
+def test_message_finalized_cost_is_final_over_a_gets(finalized_first: bool) -> None:
+    """A final status with a cost from track's GET, and message.finalized's for the same
+    recipient: the finalized cost is the final one, whichever came first."""
+    phone = "+12125550001"
+    got = Status("g1", phone, "delivered", cost=Money(Decimal("0.0051"), "USD"), source="track")
+    fin = Status(
+        "g1", phone, "delivered", cost=Money(Decimal("0.0061"), "USD"), source="webhook",
+        webhook_id="e1",
+    )  # fmt: skip
+    view = LedgerView()
+    for ev in (fin, got) if finalized_first else (got, fin):
+        view.apply(ev)
+    assert view.final_cost == {phone: Money(Decimal("0.0061"), "USD")}
+
+
+def inbound(
+    text: str, phone: str = "+12125550002", at: str | None = None, event_id: str | None = None
+) -> dict[str, Any]:
+    """A message.received webhook: ``phone`` texted ``text`` (``at``: its ``occurred_at``)."""
+    data: dict[str, Any] = {
+        "event_type": "message.received",
+        "id": event_id or str(uuid.uuid4()),
+        "payload": {"text": text, "from": {"phone_number": phone}},
     }
+    if at is not None:
+        data["occurred_at"] = at
+    return {"data": data}
+
+
+async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """STOP at 10:00, START at 10:05, then the STOP's event again (Telnyx redelivers): the
+    number ends off the list, as its latest keyword says; a STOP texted later still counts."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
+    async with TestClient(TestServer(receiver.app())) as http:
+
+        async def post(body: dict[str, Any]) -> dict[str, Any]:
+            raw, headers = signed(body)
+            resp = await http.post("/h", data=raw, headers=headers)
+            assert resp.status == 200
+            return dict(await resp.json())
+
+        assert (await post(stop))["suppressed"] is True
+        assert (await post(inbound("START", at="2026-11-23T10:05:00Z")))["lifted"] is True
+        assert (await post(stop))["suppressed"] is False
+        assert listed.numbers() == []
+        assert (await post(inbound("stop", at="2026-11-23T10:09:00Z")))["suppressed"] is True
+    await receiver.close()
+    await receiver.store.close()
+    assert listed.numbers() == ["+12125550002"]
 
 
 async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(

@@ -268,7 +268,8 @@ class LedgerView(msgspec.Struct, eq=False):
             case events.Status():
                 if not self.statuses:
                     return
-                self.apply_status(ev.report, ev.group)
+                # a webhook's report carries a cost only from message.finalized: the final one
+                self.apply_status(ev.report, ev.group, finalized=bool(ev.webhook_id))
                 if ev.webhook_id:
                     self.webhook_ids.add(ev.webhook_id)
             case events.Attempt():
@@ -404,13 +405,15 @@ class LedgerView(msgspec.Struct, eq=False):
                 again.add(phone)
         return again
 
-    def apply_status(self, st: RecipientStatus, group: str) -> bool:
+    def apply_status(self, st: RecipientStatus, group: str, *, finalized: bool = False) -> bool:
         """Take a delivery report in; True when it is news (and so worth recording).
 
         News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
         or a final cost: a report's cost is taken as the recipient's final cost only when its
         status is final, and replaces one known only when the status is news too (a late,
-        stale report does not overwrite the cost of the newer one).
+        stale report does not overwrite the cost of the newer one), or when the report is
+        ``finalized`` (``message.finalized``'s, which carries the final cost: it replaces what
+        a GET said).
         """
         old = self.known.get(st.phone)
         if st.message_id:
@@ -422,7 +425,7 @@ class LedgerView(msgspec.Struct, eq=False):
         priced = False
         if st.cost is not None and st.status in FINAL:
             had = self.final_cost.get(st.phone)
-            if had is None or (moved and had != st.cost):
+            if had is None or ((moved or finalized) and had != st.cost):
                 self.final_cost[st.phone] = st.cost
                 priced = True
         if not moved:
