@@ -116,7 +116,8 @@ def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
                 f"{err.message}; slowing {sender}", retry_after=None, status=st, errors=errors
             )
         case Action.HALT:
-            return AccountRefused(f"the account cannot send: {err}", status=st, errors=errors)
+            # its status and errors are told once, by the new error's own str()
+            return AccountRefused("the account cannot send", status=st, errors=errors)
         case Action.DEFER:
             return _deferred(err, now)
         case Action.RETIRE_SENDER:

@@ -63,13 +63,16 @@ def first_group_gets(code: str, status: int = 400, times: int = 1) -> FakeClient
 async def test_insufficient_funds_halts_the_job_with_exit_6_and_loses_nothing(
     jobs: JobFactory,
 ) -> None:
-    """20100 stops the job at once (exit 6); the group is pending a rerun, nothing failed."""
+    """20100 stops the job at once (exit 6), saying so once; the group is pending a rerun,
+    nothing failed."""
     jobs.people(16)
     job = jobs.job(extra="group_size = 4")
     s = await run_job(
         job, replace(FAST, concurrency=1), first_group_gets("20100", 402), clock=FakeClock()
     )
     assert isinstance(s.error, AccountRefused)
+    assert str(s.error).startswith("HTTP 402: the account cannot send (20100")
+    assert str(s.error).count("20100") == 1
     assert exit_for(s.error) == 6
     assert groups_in(job.ledger, "failed") == set()
     assert len(groups_in(job.ledger, "retry_pending")) == 1
