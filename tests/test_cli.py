@@ -670,3 +670,25 @@ def test_the_program_tunes_the_collector_and_main_leaves_it_alone(tmp_path: Path
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["700", "10000", "True"]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://postgres:PW@127.0.0.1:99999/x", "its port is not a number"),
+        ("postgres://postgres:PW@[::1/x", "URL"),
+    ],
+)
+def test_a_ledger_url_that_cannot_be_used_is_one_line_exit_2(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], url: str, why: str
+) -> None:
+    """A database URL with a port out of range or a broken address is refused by run and
+    status in one line, exit 2, without its password: never a traceback."""
+    jobs.people(1)
+    job = jobs.job()
+    assert main(["run", str(job.path), "--ledger", url, "--yes", "--sandbox"]) == 2
+    assert main(["status", url]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert all(line.startswith("bulk-mms: error: ledger URL: is not a usable") for line in err)
+    assert all(why in line and "PW" not in line for line in err)

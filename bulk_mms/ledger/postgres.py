@@ -60,6 +60,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
+from bulk_mms.ledger.store import database_url
 from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger(__name__)
@@ -223,10 +224,7 @@ def split(location: str) -> tuple[str, str, str]:
     Raises:
         LedgerError: not a usable URL.
     """
-    try:
-        url = yarl.URL(location)
-    except (TypeError, ValueError):
-        raise LedgerError("ledger URL", "is not a postgresql:// URL") from None
+    url = database_url(location)
     name = url.query.get("ledger") or "default"
     conninfo = url.without_query_params("ledger")
     shown = str(conninfo.with_password(None).with_query(ledger=name))

@@ -132,19 +132,46 @@ def is_database(where: Location) -> bool:
     return isinstance(where, str) and where.split("://", 1)[0] in ("postgresql", "postgres")
 
 
+def database_url(where: str) -> yarl.URL:
+    """``where`` (a ``postgresql://`` location) as a URL, its host and port checked.
+
+    Raises:
+        LedgerError: not a URL a connection can be made to (said without the URL: it may hold
+            a password).
+    """
+    try:
+        url = yarl.URL(where)
+        port = url.port  # yarl reads the port only when asked
+    except (TypeError, ValueError) as exc:
+        why = "its port is not a number from 1 to 65535" if "port" in str(exc).lower() else ""
+        raise LedgerError(
+            "ledger URL", f"is not a usable postgresql:// URL{': ' if why else ''}{why}"
+        ) from None
+    if port == 0:
+        raise LedgerError("ledger URL", "is not a usable postgresql:// URL: its port is 0")
+    return url
+
+
 def display(where: Location) -> str:
     """How to name a ledger to a person: a database URL without its password."""
     if is_database(where):
-        return str(yarl.URL(str(where)).with_password(None))
+        try:
+            return str(database_url(str(where)).with_password(None))
+        except LedgerError:
+            return "the ledger URL"  # never shown as given: it may hold a password
     return str(where)
 
 
 def named(where: Location, name: str, *, rename: bool = False) -> Location:
     """A database location with the ledger ``name`` (when it names none, or ``rename``); a
-    file is returned as it is."""
+    file is returned as it is.
+
+    Raises:
+        LedgerError: not a usable database URL.
+    """
     if isinstance(where, Path):
         return where
-    url = yarl.URL(where)
+    url = database_url(where)
     if "ledger" in url.query and not rename:
         return where
     return str(url.update_query(ledger=name))
