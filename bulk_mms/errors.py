@@ -13,8 +13,9 @@
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job
      │    ├── LedgerLocked(pid)       75    another run holds it: try again later
-     │    ├── LedgerUnavailable        7    the ledger failed mid-run (a database connection
-     │    │                                 lost, a lock or a timeout): stopped, resumable
+     │    ├── LedgerUnavailable        7    the ledger cannot be reached or written (a
+     │    │                                 database down or lost, a lock or a timeout, a full
+     │    │                                 disk): stopped, resumable
      │    └── ClaimLost(group)            another process took the group over: never sent
      │                                      here (the sender skips it; never an exit)
      └── SendError                        one request failed; the runner decides
@@ -170,9 +171,10 @@ class LedgerMismatch(LedgerError):
 
 
 class LedgerUnavailable(LedgerError):
-    """The ledger failed while a run was using it: a database connection lost and not won
-    back, a statement that outlived its timeout. Every event written before stays written; what
-    was in flight is in doubt; a rerun resumes."""
+    """The ledger cannot be reached or written: a database not answering (at the start, or a
+    connection lost and not won back), a statement that outlived its timeout, a disk that
+    refused a write. Every event written before stays written; what was in flight is in
+    doubt; a rerun resumes."""
 
     exit_code = 7
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import io
 import os
@@ -19,7 +20,7 @@ from bulk_mms import commands, log
 from bulk_mms.cli import main
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
-from bulk_mms.ledger import open_store
+from bulk_mms.ledger import jsonl, open_store
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -692,3 +693,55 @@ def test_a_ledger_url_that_cannot_be_used_is_one_line_exit_2(
     assert len(err) == 2
     assert all(line.startswith("bulk-mms: error: ledger URL: is not a usable") for line in err)
     assert all(why in line and "PW" not in line for line in err)
+
+
+def test_a_disk_that_fills_mid_run_stops_it_resumably(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's disk refuses a write mid-run (ENOSPC): exit 7, one line naming the ledger
+    and saying a rerun resumes; the rerun, with room again, sends everyone exactly once."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 2")
+    cut = jsonl._cut_torn_tail
+    writes = iter(range(1_000_000))
+
+    def full(fd: int) -> None:
+        if next(writes) >= 6:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        cut(fd)
+
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        monkeypatch.setattr(jsonl, "_cut_torn_tail", full)
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) == 7
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1
+        assert str(job.ledger) in err[0]
+        assert "disk full" in err[0]
+        assert "rerun" in err[0]
+        monkeypatch.setattr(jsonl, "_cut_torn_tail", cut)
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) in (0, 1)
+        main(["-q", "run", str(job.path), "--base-url", url, "--yes", "--resend-in-doubt"])
+    assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)
+
+
+def test_a_database_that_does_not_answer_at_the_start_is_exit_7(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ledger database that refuses connections (nothing listening) is exit 7 (a rerun
+    resumes once it answers), not exit 2 (the job's own fault), in one line."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    jobs.people(2)
+    job = jobs.job()
+    url = f"postgresql://postgres@127.0.0.1:{port}/none?ledger=t"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as api:
+        assert main(["run", str(job.path), "--ledger", url, "--yes", "--base-url", api]) == 7
+    assert fake.requests == []
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1
+    assert "cannot connect" in err[0]
+    assert "rerun resumes" in err[0]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import orjson
 
-from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnavailable
 from bulk_mms.ledger import checkpoint
 from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, decode, encode
@@ -48,6 +48,8 @@ from bulk_mms.ledger.fold import LedgerView
 
 #: How a ``status`` line starts: a resume skips them unparsed.
 _STATUS_PREFIX = b'{"event":"status"'
+#: What a write the disk refused says of the run: it stopped, and nothing is lost.
+_RESUMES = "stopped; nothing is lost: rerun once the disk takes writes"
 
 
 class _Tail:
@@ -275,7 +277,7 @@ class JsonlStore(GroupCommitted[bytes]):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         except OSError as exc:
             reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise LedgerError(self.path, f"cannot write: {reason}") from None
+            raise LedgerUnavailable(self.path, f"cannot write: {reason}; {_RESUMES}") from None
         self.events_written += len(lines)
 
     def _fsync(self) -> None:
@@ -287,7 +289,9 @@ class JsonlStore(GroupCommitted[bytes]):
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            raise LedgerError(self.path, f"cannot sync to disk: {exc.strerror or exc}") from None
+            raise LedgerUnavailable(
+                self.path, f"cannot sync to disk: {exc.strerror or exc}; {_RESUMES}"
+            ) from None
         self.commits += 1
 
     async def close(self) -> None:

@@ -238,6 +238,17 @@ def _scrub(exc: Exception, conninfo: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError:
+    """The error for a connection that could not be made. A server not reached (refused, no
+    answer, no such host: libpq gives no SQLSTATE) is :class:`LedgerUnavailable`, exit 7: a
+    rerun resumes once it answers; one the server refused (no such database, a bad role or
+    password) is the settings' to fix, exit 2."""
+    text = f"cannot connect: {_scrub(exc, conninfo)}"
+    if exc.sqlstate is None:
+        return LedgerUnavailable(shown, f"{text} (a rerun resumes once it answers)")
+    return LedgerError(shown, text)
+
+
 def _connect_args() -> dict[str, Any]:
     """What every connection of this process gives libpq: a bounded connect and its name (so
     an operator sees, and may end, bulk-mms's sessions)."""
@@ -248,13 +259,22 @@ def _connect_args() -> dict[str, Any]:
 
 
 def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A synchronous connection (a run's start, reports) whose lock waits are bounded."""
-    return psycopg.connect(
-        conninfo,
-        autocommit=autocommit,
-        options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
-        **_connect_args(),
-    )
+    """A synchronous connection (a run's start, reports) whose lock waits are bounded.
+
+    Raises:
+        LedgerError: it could not be made (:func:`_not_connected`: exit 7 when the server
+            did not answer).
+    """
+    try:
+        return psycopg.connect(
+            conninfo,
+            autocommit=autocommit,
+            options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            **_connect_args(),
+        )
+    except psycopg.Error as exc:
+        shown = str(yarl.URL(conninfo).with_password(None))
+        raise _not_connected(shown, exc, conninfo) from None
 
 
 def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
@@ -428,10 +448,7 @@ class PostgresStore(GroupCommitted[_Item]):
                 ledger does not exist.
         """
         conninfo, name, shown = split(location)
-        try:
-            conn = _sync_connect(conninfo)
-        except psycopg.Error as exc:
-            raise LedgerError(shown, f"cannot connect: {_scrub(exc, conninfo)}") from None
+        conn = _sync_connect(conninfo)
         try:
             return cls._prepared(cls(conninfo, name, shown, conn), mode)
         except psycopg.Error as exc:
