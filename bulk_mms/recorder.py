@@ -176,12 +176,19 @@ class Recorder:
         self._queue(Moved(group, members, sender, code, self._now(), after))
         self.log.info("group.moved", group=group, members=len(members), sender=sender, code=code)
 
-    def accepted_by_records(self, group: Group, record: MessageRecord) -> None:
+    def accepted_by_records(
+        self, group: Group, record: MessageRecord, *, earlier: bool = False
+    ) -> None:
         """A group in doubt that the API's records show accepted: ``sent``, under the
-        record's id (its cost and statuses come with tracking)."""
+        record's id (its cost and statuses come with tracking). ``earlier``: its request
+        left in an earlier run, so this run's summary does not count it sent (the caller
+        counts it already done)."""
         receipt = SendReceipt(record.id, (), cost=record.cost)
         self.log.info("group.settled", group=group.id, as_="sent", record=record.id)
-        self.sent(group, receipt, 0, 0)
+        if earlier:
+            self._queue(self._sent_event(group, receipt, 0, 0))
+        else:
+            self.sent(group, receipt, 0, 0)
 
     def not_accepted(self, group: Group, lag: float) -> None:
         """A group in doubt that the API's records, complete, show never accepted: retryable,
@@ -225,24 +232,25 @@ class Recorder:
             s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
         if r.wait_seconds is not None:
             self.waits.append(r.wait_seconds)
-        self._queue(
-            Sent(  # its members named here, not splatted from _members: once a group
-                group=group.id,
-                to=group.to,
-                seq=group.seq,
-                rows=self._rows(group),
-                message_id=r.message_id,
-                from_=group.message.from_,
-                statuses={st.phone: st.status for st in r.statuses},
-                wait_seconds=r.wait_seconds,
-                cost=r.cost,
-                valid_until=r.valid_until,
-                attempts=attempts,
-                rate_limited=throttled,
-                time=self._now(),
-            )
-        )
+        self._queue(self._sent_event(group, r, attempts, throttled))
         self.log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
+
+    def _sent_event(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> Sent:
+        return Sent(  # its members named here, not splatted from _members: once a group
+            group=group.id,
+            to=group.to,
+            seq=group.seq,
+            rows=self._rows(group),
+            message_id=r.message_id,
+            from_=group.message.from_,
+            statuses={st.phone: st.status for st in r.statuses},
+            wait_seconds=r.wait_seconds,
+            cost=r.cost,
+            valid_until=r.valid_until,
+            attempts=attempts,
+            rate_limited=throttled,
+            time=self._now(),
+        )
 
     async def outcome(
         self,

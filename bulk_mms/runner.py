@@ -169,6 +169,9 @@ class Runner:
         self.rows_free = 0
         #: Groups lost to another process's takeover: their rows are counted already.
         self._counted: set[str] = set()
+        #: Groups found in doubt since an earlier run: settled as sent, they are not this
+        #: run's sends.
+        self._held_before: set[str] = set()
         self.last_sent: float | None = None
 
     def log_start(self, ledger: str) -> None:
@@ -270,6 +273,7 @@ class Runner:
             resend_in_doubt=self.resend_in_doubt,
         )
         if action == "hold":
+            self._held_before.add(group.id)  # in doubt since an earlier run
             verdict = await self._settle(group)
             if verdict == Verdict.ABSENT:
                 action = "send"  # never accepted, by the API's records: sent again, a new key
@@ -299,7 +303,8 @@ class Runner:
             return Verdict.UNKNOWN
         finding = await self.sender.settler.settle(rec)
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
-            self.recorder.accepted_by_records(group, finding.record)
+            earlier = group.id in self._held_before  # its request left before this run
+            self.recorder.accepted_by_records(group, finding.record, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:
             self.recorder.not_accepted(group, self.settings.records_lag_s)
         return finding.verdict
@@ -335,8 +340,21 @@ class Runner:
             if self.stop.is_set() or not await self.sharing.take(group):
                 return
             verdict = await self._settle(group)
+        if verdict != Verdict.UNKNOWN:
+            self._decided(gid, verdict)
         if verdict == Verdict.ABSENT and not self.stop.is_set():
             await self._send_here(group)
+
+    def _decided(self, gid: str, verdict: Verdict) -> None:
+        """A group this run's summary counts in doubt (held from an earlier run, or left so
+        by this one) that the records decided: counted as what it is now instead (already
+        done, or sent by this run; one never accepted is counted as it goes out again)."""
+        s = self.summary
+        if gid in self._held_before:
+            s.held_groups -= 1
+            s.skipped_groups += verdict == Verdict.ACCEPTED
+        else:
+            s.in_doubt_groups -= 1
 
     async def _send_here(self, group: Group) -> None:
         """Send ``group``, and what goes out in its place, in this task: the workers are gone."""

@@ -6,9 +6,12 @@ once with nothing in doubt."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from bulk_mms import runner
 from bulk_mms.cli import main
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
@@ -89,6 +92,41 @@ def test_a_group_never_accepted_is_sent_again_under_a_new_key(jobs: JobFactory) 
     assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
     keys = [r.idempotency_key for r in fake.accepted]
     assert len(keys) == 1
+
+
+async def test_a_run_counts_a_settled_group_once(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group a crash left in doubt that the next run's records show accepted is counted
+    already done, not sent by that run nor held; one they show never accepted is sent by it."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 8")
+    first = await crash_mid_send(job, monkeypatch, hanging=2)
+    took, gone = first.calls[0], first.calls[1]
+    later = FakeClock(wall=load(job.ledger).groups[took.id].last_try + 86_400)
+    client = FakeClient(wall=later.wall)
+    t0 = load(job.ledger).groups[took.id].last_try
+    client.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    s = await runner.run_job(job, FAST, client, clock=later)
+    assert (s.sent_groups, s.skipped_groups, s.held_groups, s.in_doubt_groups) == (1, 1, 0, 0)
+    assert [g.id for g in client.calls] == [gone.id]
+
+
+async def test_a_group_this_run_left_in_doubt_and_settled_is_counted_sent_once(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """A group whose answer was lost after the API took it, settled by the records before the
+    run ends, is counted sent by this run and no longer in doubt."""
+    fake, url = fake_api
+    fake.faults.append(Fault("drop_after"))
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)  # keys ignored
+    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, concurrency=1, retry=untrusted)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await runner.run_job(job, settings, client, clock=FakeClock())
+    assert (s.sent_groups, s.in_doubt_groups, s.held_groups) == (2, 0, 0)
+    assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)
 
 
 async def test_track_settles_groups_in_doubt_by_the_records(
