@@ -17,7 +17,7 @@ from bulk_mms.errors import ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.fold import GroupRecord
-from bulk_mms.models import MessageRecord
+from bulk_mms.models import Group, MessageRecord
 from bulk_mms.report import summarize
 from bulk_mms.settle import Settler, Verdict
 from bulk_mms.testing import FakeClient, FakeClock
@@ -94,11 +94,11 @@ def test_a_group_never_accepted_is_sent_again_under_a_new_key(jobs: JobFactory) 
     assert len(keys) == 1
 
 
-async def test_a_run_counts_a_settled_group_once(
+async def crashed_with_records(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A group a crash left in doubt that the next run's records show accepted is counted
-    already done, not sent by that run nor held; one they show never accepted is sent by it."""
+) -> tuple[JobConfig, Group, Group, FakeClient, FakeClock]:
+    """A job of two groups a crash left in doubt, a day on: the job, the group the API took
+    (its record is served), the one it never took, the client serving the records, the clock."""
     jobs.people(16)
     job = jobs.job(extra="group_size = 8")
     first = await crash_mid_send(job, monkeypatch, hanging=2)
@@ -107,6 +107,15 @@ async def test_a_run_counts_a_settled_group_once(
     client = FakeClient(wall=later.wall)
     t0 = load(job.ledger).groups[took.id].last_try
     client.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    return job, took, gone, client, later
+
+
+async def test_a_run_counts_a_settled_group_once(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group a crash left in doubt that the next run's records show accepted is counted
+    already done, not sent by that run nor held; one they show never accepted is sent by it."""
+    job, _, gone, client, later = await crashed_with_records(jobs, monkeypatch)
     s = await runner.run_job(job, FAST, client, clock=later)
     assert (s.sent_groups, s.skipped_groups, s.held_groups, s.in_doubt_groups) == (1, 1, 0, 0)
     assert [g.id for g in client.calls] == [gone.id]
@@ -135,14 +144,7 @@ async def test_track_settles_groups_in_doubt_by_the_records(
     """A crash leaves two groups in doubt; track looks them up: the one the records show
     accepted is recorded sent (and tracked), the one they show nothing of (complete) is left
     for the next run, retryable."""
-    jobs.people(16)
-    job = jobs.job(extra="group_size = 8")
-    first = await crash_mid_send(job, monkeypatch, hanging=2)
-    took, gone = first.calls[0], first.calls[1]
-    later = FakeClock(wall=load(job.ledger).groups[took.id].last_try + 86_400)
-    client = FakeClient(wall=later.wall)
-    t0 = load(job.ledger).groups[took.id].last_try
-    client.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    job, took, gone, client, later = await crashed_with_records(jobs, monkeypatch)
     await track_ledger(job.ledger, FAST, client, clock=later)
     view = load(job.ledger)
     assert (view.groups[took.id].state, view.groups[took.id].message_id) == ("sent", "rec-1")
