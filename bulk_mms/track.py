@@ -215,16 +215,18 @@ class Tracker:
         pending = self.view.pending(g)
         ids = [k.message_id for p in pending if (k := self.view.known.get(p)) and k.message_id]
         assert g.message_id is not None  # a sent group has one
+        alone = len(pending) == 1 and len(ids) == 1
         try:
-            if len(pending) == 1 and len(ids) == 1:
-                return await self._get("message", ids[0])  # one left: the smaller answer
+            if alone:  # one left: the smaller answer, else the group's
+                with contextlib.suppress(NotFound):
+                    return await self._get("message", ids[0])
             return await self._get("group", g.message_id)
         except NotFound:
             if not ids:
                 # no recipient ids yet: some servers answer for the group's id here too
                 with contextlib.suppress(NotFound):
                     return await self._get("message", g.message_id)
-            if ids and len(ids) == len(pending):
+            if ids and len(ids) == len(pending) and not alone:
                 # the group id is gone but each recipient's own id is known: ask one by one
                 found: list[RecipientStatus] = []
                 for mid in ids:

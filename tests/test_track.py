@@ -140,6 +140,25 @@ async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory)
     assert r.statuses == {"delivered": 3, "delivery_failed": 1}
 
 
+async def test_a_lone_recipient_its_own_id_does_not_find_is_asked_through_the_group(
+    jobs: JobFactory,
+) -> None:
+    """One recipient left whose own id the API no longer finds (404): the tracker asks the
+    group's id instead of giving the group up as not found."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    gid = f"msg-{g.id}-0"
+    client.delivery[gid] = tuple(
+        RecipientStatus(p, "delivered" if i else "sent", message_id=f"r{i}")
+        for i, p in enumerate(g.to)
+    )
+    await track_ledger(ledger, FAST, client, clock=FakeClock())
+    client.delivery[gid] = (RecipientStatus(g.to[0], "delivered", message_id="r0"),)
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert client.fetches == [gid, "r0", gid]
+    assert (r.statuses, r.not_found) == ({"delivered": 4}, [])
+
+
 async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
     """--follow asks again after the interval, doubling it while nothing changes, until final."""
     ledger, client = await sent_ledger(jobs, 4)
