@@ -19,11 +19,11 @@ from bulk_mms.delivery import Known, supersedes
 from bulk_mms.errors import ApiUnavailable, AuthError, EndpointError, NetworkError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
 from bulk_mms.ledger import load
-from bulk_mms.models import RecipientStatus
+from bulk_mms.models import Group, RecipientStatus
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import STOP_AFTER_UNREACHABLE, track_ledger
-from tests.conftest import FAST, FakeClock, JobFactory, numbers, sent_ledger
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -124,8 +124,9 @@ async def test_not_found_and_unlisted_are_reported(jobs: JobFactory) -> None:
     assert r.changes == 3
 
 
-async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory) -> None:
-    """With one recipient left and its own id known, the tracker uses GET /messages/{id}."""
+async def one_left(jobs: JobFactory) -> tuple[Path, FakeClient, Group, str]:
+    """A sent group of four tracked once, three delivered and the first one left with its own
+    id (``r0``) known: the ledger, the client, the group and the group's message id."""
     ledger, client = await sent_ledger(jobs, 4)
     (g,) = client.calls
     gid = f"msg-{g.id}-0"
@@ -134,6 +135,12 @@ async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory)
         for i, p in enumerate(g.to)
     )
     await track_ledger(ledger, FAST, client, clock=FakeClock())
+    return ledger, client, g, gid
+
+
+async def test_a_lone_pending_recipient_is_asked_by_its_own_id(jobs: JobFactory) -> None:
+    """With one recipient left and its own id known, the tracker uses GET /messages/{id}."""
+    ledger, client, g, gid = await one_left(jobs)
     client.delivery["r0"] = (RecipientStatus(g.to[0], "delivery_failed", message_id="r0"),)
     r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert client.fetches == [gid, "r0"]
@@ -145,14 +152,7 @@ async def test_a_lone_recipient_its_own_id_does_not_find_is_asked_through_the_gr
 ) -> None:
     """One recipient left whose own id the API no longer finds (404): the tracker asks the
     group's id instead of giving the group up as not found."""
-    ledger, client = await sent_ledger(jobs, 4)
-    (g,) = client.calls
-    gid = f"msg-{g.id}-0"
-    client.delivery[gid] = tuple(
-        RecipientStatus(p, "delivered" if i else "sent", message_id=f"r{i}")
-        for i, p in enumerate(g.to)
-    )
-    await track_ledger(ledger, FAST, client, clock=FakeClock())
+    ledger, client, g, gid = await one_left(jobs)
     client.delivery[gid] = (RecipientStatus(g.to[0], "delivered", message_id="r0"),)
     r = await track_ledger(ledger, FAST, client, clock=FakeClock())
     assert client.fetches == [gid, "r0", gid]
