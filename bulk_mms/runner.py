@@ -169,9 +169,9 @@ class Runner:
         self.rows_free = 0
         #: Groups lost to another process's takeover: their rows are counted already.
         self._counted: set[str] = set()
-        #: Groups found in doubt since an earlier run: settled as sent, they are not this
-        #: run's sends.
-        self._held_before: set[str] = set()
+        #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
+        #: by the records as sent, they are not this run's sends.
+        self._held: set[str] = set()
         self.last_sent: float | None = None
 
     def log_start(self, ledger: str) -> None:
@@ -273,8 +273,7 @@ class Runner:
             resend_in_doubt=self.resend_in_doubt,
         )
         if action == "hold":
-            self._held_before.add(group.id)  # in doubt since an earlier run
-            verdict = await self._settle(group)
+            verdict = await self._settle(group, earlier=True)  # in doubt since an earlier run
             if verdict == Verdict.ABSENT:
                 action = "send"  # never accepted, by the API's records: sent again, a new key
             elif verdict == Verdict.UNKNOWN:
@@ -287,6 +286,7 @@ class Runner:
             self.summary.skipped_groups += 1
         else:
             self.recorder.held(group)
+            self._held.add(group.id)
         return None
 
     def _remade(self, group: Group) -> None:
@@ -295,15 +295,15 @@ class Runner:
         if not ((origin := self.view.groups.get(group.origin)) and origin.refused):
             self.recorder.remade(group)
 
-    async def _settle(self, group: Group) -> Verdict:
+    async def _settle(self, group: Group, *, earlier: bool) -> Verdict:
         """Look a group in doubt up in the API's records (:mod:`bulk_mms.settle`) and record
-        what they show: accepted (``sent``), or never accepted (sent again); else nothing."""
+        what they show: accepted (``sent``), or never accepted (sent again); else nothing.
+        ``earlier``: its request left before this run (accepted, it is not this run's send)."""
         rec = self.view.groups.get(group.id)
         if rec is None:
             return Verdict.UNKNOWN
         finding = await self.sender.settler.settle(rec)
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
-            earlier = group.id in self._held_before  # its request left before this run
             self.recorder.accepted_by_records(group, finding.record, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:
             self.recorder.not_accepted(group, self.settings.records_lag_s)
@@ -333,13 +333,14 @@ class Runner:
         rec = self.view.groups.get(gid)
         if rec is None or rec.state != IN_DOUBT:
             return
-        verdict = await self._settle(group)
+        earlier = gid in self._held  # held since the start: no request of this run's
+        verdict = await self._settle(group, earlier=earlier)
         wait = self.sender.settler.complete_in(rec)
         if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
             await self.clock.sleep(wait)
             if self.stop.is_set() or not await self.sharing.take(group):
                 return
-            verdict = await self._settle(group)
+            verdict = await self._settle(group, earlier=earlier)
         if verdict != Verdict.UNKNOWN:
             self._decided(gid, verdict)
         if verdict == Verdict.ABSENT and not self.stop.is_set():
@@ -350,7 +351,8 @@ class Runner:
         by this one) that the records decided: counted as what it is now instead (already
         done, or sent by this run; one never accepted is counted as it goes out again)."""
         s = self.summary
-        if gid in self._held_before:
+        if gid in self._held:
+            self._held.discard(gid)
             s.held_groups -= 1
             s.skipped_groups += verdict == Verdict.ACCEPTED
         else:

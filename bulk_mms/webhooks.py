@@ -275,19 +275,22 @@ class WebhookReceiver:
 
     def _keywords(self, payload: object, texted: float | None) -> tuple[bool, bool]:
         """An inbound message's STOP or START applied, in the order its sender texted them
-        (``texted``: the event's ``occurred_at``): one no later than the latest taken in
-        from that sender (Telnyx redelivers an event up to three times; a STOP redelivered
-        after a START must not undo it) changes nothing. (suppressed, lifted)."""
+        (``texted``: the event's ``occurred_at``): one older than the latest taken in from
+        that sender (Telnyx redelivers an event up to three times; a STOP redelivered after a
+        START must not undo it) changes nothing. One that fails to be taken in (the list
+        cannot be written) is not counted taken, so its redelivery is. (suppressed,
+        lifted)."""
         phone = self._keyword_from(payload, OPT_OUT_WORDS | OPT_IN_WORDS)
         if phone is None:
             return False, False
+        latest = self._keyword_at.get(phone)
+        if texted is not None and latest is not None and texted < latest:
+            log.info("webhook.keyword_stale", recipient=phone)
+            return False, False
+        taken = self.opt_out(payload), self.opt_in(payload)  # may raise: redelivered, retried
         if texted is not None:
-            latest = self._keyword_at.get(phone)
-            if latest is not None and texted <= latest:
-                log.info("webhook.keyword_stale", recipient=phone)
-                return False, False
             self._keyword_at[phone] = texted
-        return self.opt_out(payload), self.opt_in(payload)
+        return taken
 
     def opt_out(self, payload: object) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the

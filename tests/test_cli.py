@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yarl
 
 import bulk_mms.cli as cli
 from bulk_mms import commands, log
@@ -745,3 +746,24 @@ def test_a_database_that_does_not_answer_at_the_start_is_exit_7(
     assert len(err) == 1
     assert "cannot connect" in err[0]
     assert "rerun resumes" in err[0]
+
+
+@pytest.mark.parametrize("wrong", ["no_such_database", "role"])
+def test_a_database_that_refuses_the_login_is_exit_2(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], database: str, wrong: str
+) -> None:
+    """A server that answers but refuses the login (no such database, no such role) is the
+    settings' to fix: exit 2, not 7 (a rerun would fail the same way), in one line."""
+    server = yarl.URL(database.rsplit("/", 1)[0])
+    if wrong == "role":
+        server = server.with_user("bulk_mms_no_such_role")
+    url = f"{server}/{'postgres' if wrong == 'role' else 'bulk_mms_no_such_database'}?ledger=t"
+    jobs.people(2)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as api:
+        assert main(["run", str(job.path), "--ledger", url, "--yes", "--base-url", api]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1
+    assert "does not exist" in err[0]
+    assert fake.requests == []

@@ -13,16 +13,16 @@ from bulk_mms import runner
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig
-from bulk_mms.errors import ServerError
+from bulk_mms.errors import AmbiguousSendError, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.fold import GroupRecord
-from bulk_mms.models import Group, MessageRecord
+from bulk_mms.models import Group, MessageRecord, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.settle import Settler, Verdict
 from bulk_mms.testing import FakeClient, FakeClock
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, JobFactory, crash_mid_send, numbers
+from tests.conftest import FAST, JobFactory, crash_mid_send, numbers, ok_receipt
 from tests.threaded import fake_api_thread
 
 KEY = "KEY-settle"
@@ -119,6 +119,25 @@ async def test_a_run_counts_a_settled_group_once(
     s = await runner.run_job(job, FAST, client, clock=later)
     assert (s.sent_groups, s.skipped_groups, s.held_groups, s.in_doubt_groups) == (1, 1, 0, 0)
     assert [g.id for g in client.calls] == [gone.id]
+
+
+async def test_a_group_resent_by_this_run_then_in_doubt_and_settled_is_its_send(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash's group the records show never accepted is sent again by this run; its answer
+    is lost too, and the records settle it accepted before the run ends: this run's send,
+    counted once, neither held nor in doubt."""
+    job, took, gone, client, later = await crashed_with_records(jobs, monkeypatch)
+
+    def lost(g: Group, n: int) -> SendReceipt | SendError:
+        client.took(g, ok_receipt(g, n))  # the API takes it; the answer never comes back
+        return AmbiguousSendError("the connection dropped after sending")
+
+    client.handler = lost
+    s = await runner.run_job(job, FAST, client, clock=later)
+    assert (s.sent_groups, s.skipped_groups, s.held_groups, s.in_doubt_groups) == (1, 1, 0, 0)
+    assert [g.id for g in client.calls] == [gone.id]
+    assert took.id != gone.id
 
 
 async def test_a_group_this_run_left_in_doubt_and_settled_is_counted_sent_once(

@@ -448,6 +448,33 @@ def inbound(
     return {"data": data}
 
 
+async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
+    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP whose suppression-list write fails gets no 2xx; Telnyx redelivers it, and the
+    redelivery is taken in (not dropped as already seen)."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    add = listed.add
+    calls = iter(range(10))
+
+    def flaky(phones: Any, reason: str) -> list[str]:
+        if next(calls) == 0:
+            raise ConfigError("suppression.file", "cannot write: disk full")
+        return add(phones, reason)
+
+    monkeypatch.setattr(listed, "add", flaky)
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
+    async with TestClient(TestServer(receiver.app())) as http:
+        raw, headers = signed(stop)
+        assert (await http.post("/h", data=raw, headers=headers)).status >= 500
+        raw, headers = signed(stop)
+        assert (await http.post("/h", data=raw, headers=headers)).status == 200
+    await receiver.close()
+    await receiver.store.close()
+    assert listed.numbers() == ["+12125550002"]
+
+
 async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
     jobs: JobFactory, tmp_path: Path
 ) -> None:

@@ -223,6 +223,8 @@ class LedgerView(msgspec.Struct, eq=False):
     _open: set[str] = msgspec.field(default_factory=set)
     #: Phone number → group id of its sent group: built when first asked (:meth:`group_of`).
     _group_of: dict[str, str] | None = None
+    #: Whether any member was moved out of a group (:meth:`_sent_again` looks only then).
+    _any_moved: bool = False
     _run_first: float | None = None
     _run_last: float | None = None
 
@@ -289,6 +291,7 @@ class LedgerView(msgspec.Struct, eq=False):
                 rec = self._group(ev.group, ())
                 rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
                 rec.moved_after = max(rec.moved_after, ev.after)
+                self._any_moved = True
                 if ev.sender:
                     self.retired.add(ev.sender)
             case events.Planned():
@@ -399,6 +402,8 @@ class LedgerView(msgspec.Struct, eq=False):
         """The members of ``rec`` (about to be recorded sent) whose latest send was another
         group's that they were moved out of (:class:`~bulk_mms.ledger.events.Moved`)."""
         again: set[str] = set()
+        if not self._any_moved:
+            return again  # the usual ledger: no number is in two groups
         for phone in rec.to:
             gid = self.group_of(phone)
             if gid is not None and gid != rec.id and phone in self.groups[gid].moved:
@@ -549,6 +554,7 @@ class LedgerView(msgspec.Struct, eq=False):
         view.waits = [float(w) for w in d["waits"]]
         view.error_codes = Counter(d["error_codes"])
         view.retired = set(d["retired"])
+        view._any_moved = any(rec.moved for rec in groups.values())
         return view
 
     # -- reading ----------------------------------------------------------------------------
@@ -742,5 +748,5 @@ def _delivery_reason(k: Known) -> str:
 _COMPARED: Final = tuple(
     "known" if f.name == "_known" else f.name
     for f in msgspec.structs.fields(LedgerView)
-    if f.name not in ("_known_columns", "_group_of")
+    if f.name not in ("_known_columns", "_group_of", "_any_moved")
 )

@@ -240,13 +240,26 @@ def _scrub(exc: Exception, conninfo: str) -> str:
 
 def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError:
     """The error for a connection that could not be made. A server not reached (refused, no
-    answer, no such host: libpq gives no SQLSTATE) is :class:`LedgerUnavailable`, exit 7: a
-    rerun resumes once it answers; one the server refused (no such database, a bad role or
-    password) is the settings' to fix, exit 2."""
+    answer, no such host), or one that answered it is not taking connections now (starting
+    up, shutting down, in recovery, full), is :class:`LedgerUnavailable`, exit 7: a rerun
+    resumes once it answers. One that refused the login (no such database or role, a bad
+    password) is the settings' to fix, exit 2. (libpq gives no SQLSTATE before a session:
+    its message says which: a server's refusal is a ``FATAL:`` line.)"""
     text = f"cannot connect: {_scrub(exc, conninfo)}"
-    if exc.sqlstate is None:
+    if "FATAL:" not in text or any(why in text for why in _NOT_NOW):
         return LedgerUnavailable(shown, f"{text} (a rerun resumes once it answers)")
     return LedgerError(shown, text)
+
+
+#: What a server says that takes no connections now, but will (PostgreSQL's own words).
+_NOT_NOW: Final = (
+    "starting up",
+    "shutting down",
+    "in recovery mode",
+    "not yet accepting connections",
+    "too many clients",
+    "remaining connection slots",
+)
 
 
 def _connect_args() -> dict[str, Any]:
