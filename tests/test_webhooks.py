@@ -66,6 +66,16 @@ def signed(
     return raw, {"telnyx-signature-ed25519": sig, "telnyx-timestamp": stamp}
 
 
+async def post_signed(
+    http: TestClient[Any, Any], body: dict[str, Any], **kw: Any
+) -> tuple[int, dict[str, Any]]:
+    """``body`` signed (as Telnyx, or with ``key``) and posted to the receiver: the status,
+    and the JSON answer of a 200 (else nothing)."""
+    raw, headers = signed(body, **kw)
+    resp = await http.post("/h", data=raw, headers=headers)
+    return resp.status, dict(await resp.json()) if resp.status == 200 else {}
+
+
 def status_lines(path: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(path) if e["event"] == "status"]
 
@@ -270,26 +280,11 @@ async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(
     store = open_store(ledger_path, "append")
     receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64), suppressed=listed)
 
-    def inbound(text: str) -> dict[str, Any]:
-        return {
-            "data": {
-                "event_type": "message.received",
-                "id": str(uuid.uuid4()),
-                "payload": {"text": text, "from": {"phone_number": "+12125550002"}},
-            }
-        }
-
     async with TestClient(TestServer(receiver.app())) as http:
-        raw, headers = signed(inbound("hello"))
-        assert (await (await http.post("/h", data=raw, headers=headers)).json())[
-            "suppressed"
-        ] is False
-        raw, headers = signed(inbound(" stop "))
-        assert (await (await http.post("/h", data=raw, headers=headers)).json())[
-            "suppressed"
-        ] is True
-        raw, headers = signed(inbound("STOP"), key=Ed25519PrivateKey.generate())
-        assert (await http.post("/h", data=raw, headers=headers)).status == 401
+        assert (await post_signed(http, inbound("hello")))[1]["suppressed"] is False
+        assert (await post_signed(http, inbound(" stop ")))[1]["suppressed"] is True
+        forged = await post_signed(http, inbound("STOP"), key=Ed25519PrivateKey.generate())
+        assert forged == (401, {})
     await receiver.close()
     await store.close()
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550002"]
@@ -466,10 +461,8 @@ async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
     monkeypatch.setattr(listed, "add", flaky)
     stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
     async with TestClient(TestServer(receiver.app())) as http:
-        raw, headers = signed(stop)
-        assert (await http.post("/h", data=raw, headers=headers)).status >= 500
-        raw, headers = signed(stop)
-        assert (await http.post("/h", data=raw, headers=headers)).status == 200
+        assert (await post_signed(http, stop))[0] >= 500
+        assert (await post_signed(http, stop))[0] == 200
     await receiver.close()
     await receiver.store.close()
     assert listed.numbers() == ["+12125550002"]
@@ -483,19 +476,18 @@ async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
     listed = Suppressed(tmp_path / "suppressed.txt")
     receiver, _, _ = await receiver_for(jobs, suppressed=listed)
     stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
+    start = inbound("START", at="2026-11-23T10:05:00Z")
+    later = inbound("stop", at="2026-11-23T10:09:00Z")
     async with TestClient(TestServer(receiver.app())) as http:
-
-        async def post(body: dict[str, Any]) -> dict[str, Any]:
-            raw, headers = signed(body)
-            resp = await http.post("/h", data=raw, headers=headers)
-            assert resp.status == 200
-            return dict(await resp.json())
-
-        assert (await post(stop))["suppressed"] is True
-        assert (await post(inbound("START", at="2026-11-23T10:05:00Z")))["lifted"] is True
-        assert (await post(stop))["suppressed"] is False
+        taken = {"ok": True, "suppressed": True, "lifted": False}
+        assert await post_signed(http, stop) == (200, taken)
+        assert await post_signed(http, start) == (
+            200,
+            {**taken, "suppressed": False, "lifted": True},
+        )
+        assert await post_signed(http, stop) == (200, {**taken, "suppressed": False})
         assert listed.numbers() == []
-        assert (await post(inbound("stop", at="2026-11-23T10:09:00Z")))["suppressed"] is True
+        assert await post_signed(http, later) == (200, taken)
     await receiver.close()
     await receiver.store.close()
     assert listed.numbers() == ["+12125550002"]
@@ -511,14 +503,12 @@ async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
     receiver, _, _ = await receiver_for(jobs, suppressed=listed)
     async with TestClient(TestServer(receiver.app())) as http:
 
-        async def post(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
-            raw, headers = signed(body, **kw)
-            resp = await http.post("/h", data=raw, headers=headers)
-            return await resp.json() if resp.status == 200 else {"status": resp.status}
+        async def post(body: dict[str, Any]) -> dict[str, Any]:
+            return (await post_signed(http, body))[1]
 
         assert (await post(inbound("STOP")))["suppressed"] is True
-        forged = await post(inbound("START"), key=Ed25519PrivateKey.generate())
-        assert forged == {"status": 401}
+        forged = await post_signed(http, inbound("START"), key=Ed25519PrivateKey.generate())
+        assert forged == (401, {})
         assert listed.numbers() == ["+12125550002", "+12125550009"]
         assert (await post(inbound(" Start ")))["lifted"] is True
         assert (await post(inbound("stop", "+12125550003")))["suppressed"] is True
