@@ -619,7 +619,8 @@ class LedgerView(msgspec.Struct, eq=False):
         )
 
     def group_of(self, phone: str) -> str | None:
-        """The sent group ``phone`` is in (each number is in one at most: deduplicated)."""
+        """The sent group ``phone`` is in: its latest (a number is in two only when a delivery
+        report moved it out of the first, and a later run sent it again)."""
         if self._group_of is None:
             self._group_of = {p: rec.id for rec in self.sent_groups() for p in rec.to}
         return self._group_of.get(phone)
@@ -634,12 +635,8 @@ class LedgerView(msgspec.Struct, eq=False):
     def pending(self, rec: GroupRecord) -> list[str]:
         """The recipients of a sent group not yet in a final delivery status (a member moved
         out of it is its new group's)."""
-        moved, known = rec.moved, self.known
-        return [
-            p
-            for p in rec.to
-            if p not in moved and ((k := known.get(p)) is None or k.status not in FINAL)
-        ]
+        known = self.known
+        return [p for p in rec.counted if (k := known.get(p)) is None or k.status not in FINAL]
 
     def not_received(self) -> dict[str, str]:
         """Who did not get the message, with why, in ledger order: the failed groups'
@@ -654,11 +651,7 @@ class LedgerView(msgspec.Struct, eq=False):
                 out.update(dict.fromkeys(rec.counted, rec.why))
             elif state == SENT and not failed.isdisjoint(rec.to):
                 # a moved member goes again (its state is its new group's): not in this list
-                out.update(
-                    (p, _delivery_reason(known[p]))
-                    for p in rec.to
-                    if p in failed and p not in rec.moved
-                )
+                out.update((p, _delivery_reason(known[p])) for p in rec.counted if p in failed)
         return out
 
     def _failed_deliveries(self) -> dict[str, Known]:
@@ -700,8 +693,8 @@ class LedgerView(msgspec.Struct, eq=False):
             parts[money.currency] = (f + final, e + est)
 
         for rec in self.sent_groups():
-            moved = rec.moved  # their final cost is their new send's
-            finals = [c for p in rec.to if p not in moved and (c := final_cost.get(p)) is not None]
+            # a moved member's final cost is its new send's (not counted here)
+            finals = [c for p in rec.counted if (c := final_cost.get(p)) is not None]
             for c in finals:
                 add(c, c.amount, Decimal(0))
             if rec.cost is None or len(finals) == len(rec.to):

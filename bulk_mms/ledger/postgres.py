@@ -60,7 +60,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.store import database_url
+from bulk_mms.ledger.store import database_url, display
 from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger(__name__)
@@ -286,8 +286,7 @@ def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connecti
             **_connect_args(),
         )
     except psycopg.Error as exc:
-        shown = str(yarl.URL(conninfo).with_password(None))
-        raise _not_connected(shown, exc, conninfo) from None
+        raise _not_connected(display(conninfo), exc, conninfo) from None
 
 
 def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
