@@ -32,7 +32,7 @@ from bulk_mms.models import Group
 log = structlog.get_logger(__name__)
 
 #: The states a group's holder never changes in the same run: sent, or failed for good.
-FINAL = frozenset((SENT, FAILED))
+DECIDED = frozenset((SENT, FAILED))
 #: The states a holder may still change before it ends: in doubt (it settles the group by the
 #: API's records, and may send it again) and pending a retry (the records showed it never
 #: accepted, and it is sent again).
@@ -43,7 +43,7 @@ def handed_on(rec: GroupRecord) -> bool:
     """Whether a group's holder is done with it for this run: sent or failed for good, or
     made anew without members (refused by name, or suppressed) and closed, the new group
     going out in its place (:attr:`Sharing.successor`)."""
-    if rec.state in FINAL:
+    if rec.state in DECIDED:
         return True
     return rec.outcome is None and not rec.open and bool(rec.refused)
 
@@ -191,7 +191,7 @@ class Sharing:
         """Whether the origin of remade ``group`` was sent, or failed, as it was (another
         process, whose suppression list differed, decided it): then nobody sends ``group``."""
         origin = await self._refresh(group.origin)
-        return origin is not None and origin.state in FINAL
+        return origin is not None and origin.state in DECIDED
 
     def watch_later(self, group: Group, through: str | None = None) -> None:
         """Watch ``group`` once this process has settled its own (:meth:`settle_later`). It
