@@ -9,8 +9,9 @@ line; nothing of it is written.
 A verified ``message.sent`` or ``message.finalized`` event is matched to a sent group of the
 ledger by its message id alone (:attr:`LedgerView.by_message_id`): the group's own id (the
 send's answer) matches the group's members it lists; a recipient's own id (learnt from a GET
-by ``track``, or an earlier event) matches that recipient only. A number is never enough: the
-same number may be texted by another job or app from the same account. Each matched recipient
+by ``track``, or an earlier event) matches that recipient only, and is learnt only while the
+recipient has none. A number is never enough: the same number may be texted by another job or
+app from the same account. Each matched recipient
 whose report is news (:meth:`LedgerView.apply_status`: a status that supersedes, or a final
 cost) gets a durable ``status`` event before the 200 goes back, which takes milliseconds (group
 commit). ``message.finalized`` carries the recipient's final cost, which is recorded with it;
@@ -514,15 +515,21 @@ class WebhookReceiver:
     ) -> str | None:
         """The sent group an event under an unknown id is about, when the event is about one
         recipient, that recipient is a member of a group this ledger sent from the event's
-        sender, and the event comes after that send and within ``LEARN_WINDOW_S`` of it: the
-        event's id is then that recipient's own (recorded with its status, so later events
-        match by it). None otherwise: the event is not this ledger's."""
+        sender, and the event comes after that send and within ``LEARN_WINDOW_S`` of it, and
+        the recipient has no own id yet: the event's id is then that recipient's own
+        (recorded with its status, so later events match by it). None otherwise: the event is
+        not this ledger's (one under another id for a recipient whose own id is known is
+        another message to the same number, another job's from the same sender)."""
         if len(statuses) != 1 or sent_from is None:
             return None
         phone = statuses[0].phone
         gid = self.view.group_of(phone)
         rec = self.view.groups.get(gid) if gid is not None else None
         if rec is None or rec.sender != sent_from or rec.outcome != SENT:
+            return None
+        if (known := self.view.known.get(phone)) is not None and known.message_id:
+            # the recipient's own id is known and it is not this one: the event is about
+            # another message to the same number (another job's, from the same sender)
             return None
         at = instant(occurred_at) if occurred_at else None
         if (

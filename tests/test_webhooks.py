@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bulk_mms.cli import main
+from bulk_mms.clock import iso
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
@@ -517,3 +518,60 @@ async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
     await receiver.close()
     await receiver.store.close()
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550009"]
+
+
+def own_event(
+    kind: str,
+    phone: str,
+    message_id: str,
+    status: str,
+    sender: object,
+    *,
+    later: float = 0.0,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """A webhook about one recipient of a group MMS, under that recipient's own message id
+    (as Telnyx sends them, one per recipient): from ``sender`` (an address object, or the
+    bare number some of Telnyx's pages show), ``later`` seconds after now."""
+    errors = [{"code": code, "title": "Blocked as spam - temporary"}] if code else []
+    return {
+        "data": {
+            "event_type": kind,
+            "id": str(uuid.uuid4()),
+            "occurred_at": iso(time.time() + later),
+            "record_type": "event",
+            "payload": {
+                "id": message_id,
+                "direction": "outbound",
+                "from": sender,
+                "to": [{"phone_number": phone, "status": status}],
+                "errors": errors,
+            },
+        },
+        "meta": {"attempt": 1, "delivered_to": "https://example.com/hooks"},
+    }
+
+
+async def test_another_message_to_a_recipient_whose_own_id_is_known_is_not_learnt(
+    jobs: JobFactory,
+) -> None:
+    """Once a recipient's own id is learnt, an event under another id for the same number
+    from the same sender (another job's message, an hour later) is not taken for it: the
+    recipient stays delivered under its own id, and the event is counted unmatched."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    phone, sender = g.to[0], {"phone_number": g.message.from_}
+    async with TestClient(TestServer(receiver.app())) as http:
+        ours = own_event("message.finalized", phone, "own-a", "delivered", sender, later=5)
+        assert (await post_signed(http, ours))[1]["recorded"] == 1
+        theirs = own_event(
+            "message.finalized", phone, "own-b", "delivery_failed", sender, later=3600,
+            code="40002",
+        )  # fmt: skip
+        assert (await post_signed(http, theirs))[1]["recorded"] == 0
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["status"], e["message_id"]) for e in status_lines(path)] == [("delivered", "own-a")]
+    assert load(path).known[phone].status == "delivered"
+    assert receiver.unmatched == 1
