@@ -257,6 +257,15 @@ def _stamp(value: object) -> str | None:
     return value
 
 
+def address(value: object, limit: int = 32) -> str | None:
+    """The number of an address field (``from``): the object's ``phone_number`` (the spec's
+    shape), or a bare string (the shape Telnyx's group messaging page shows), cut to
+    ``limit`` characters; None when it is neither."""
+    if isinstance(value, dict):
+        value = value.get("phone_number")
+    return value[:limit] if isinstance(value, str) and value else None
+
+
 def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
     """Recipients and statuses from a message object or a list of them (the GET endpoints).
 

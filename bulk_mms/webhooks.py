@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bulk_mms.client import parse_statuses
+from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
@@ -232,8 +232,7 @@ class WebhookReceiver:
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
-        sender = payload.get("from") if isinstance(payload, dict) else None
-        sent_from = _short(sender.get("phone_number")) if isinstance(sender, dict) else None
+        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         statuses = parse_statuses(payload)
         if event_type != FINALIZED:  # only message.finalized carries the final cost
             statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
@@ -266,8 +265,7 @@ class WebhookReceiver:
             return None
         if not isinstance(payload, dict):
             return None
-        text, sender = payload.get("text"), payload.get("from")
-        phone = sender.get("phone_number") if isinstance(sender, dict) else None
+        text, phone = payload.get("text"), address(payload.get("from"))
         if not isinstance(text, str) or keyword(text) not in words:
             return None
         if not isinstance(phone, str) or not _E164.match(phone):

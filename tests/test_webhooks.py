@@ -575,3 +575,24 @@ async def test_another_message_to_a_recipient_whose_own_id_is_known_is_not_learn
     assert [(e["status"], e["message_id"]) for e in status_lines(path)] == [("delivered", "own-a")]
     assert load(path).known[phone].status == "delivered"
     assert receiver.unmatched == 1
+
+
+async def test_a_sender_given_as_a_bare_number_is_read_as_its_address(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """``from`` as a bare number (Telnyx's group messaging page shows it so) is read as the
+    address object's phone_number: a recipient's own id is learnt from such an event, and an
+    inbound STOP from such a sender is suppressed."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, path, client = await receiver_for(jobs, suppressed=listed)
+    g = client.calls[0]
+    stop = inbound("STOP")
+    stop["data"]["payload"]["from"] = "+12125550002"
+    async with TestClient(TestServer(receiver.app())) as http:
+        hook = own_event("message.sent", g.to[0], "own-a", "sent", g.message.from_, later=5)
+        assert (await post_signed(http, hook))[1]["recorded"] == 1
+        assert (await post_signed(http, stop))[1]["suppressed"] is True
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["recipient"], e["message_id"]) for e in status_lines(path)] == [(g.to[0], "own-a")]
+    assert listed.numbers() == ["+12125550002"]
