@@ -596,3 +596,16 @@ async def test_a_sender_given_as_a_bare_number_is_read_as_its_address(
     await receiver.store.close()
     assert [(e["recipient"], e["message_id"]) for e in status_lines(path)] == [(g.to[0], "own-a")]
     assert listed.numbers() == ["+12125550002"]
+
+
+@pytest.mark.parametrize("event_id", [None, 42, "", "x" * 200])
+async def test_an_event_whose_id_is_not_an_id_is_malformed(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], event_id: object
+) -> None:
+    """A signed event whose id is missing, not a string, empty or longer than an id is a bad
+    request (400): nothing of it reaches the ledger, and it is not taken for another."""
+    http, path, client = hooks
+    body = event("message.finalized", client.calls[0], f"msg-{client.calls[0].id}-0", "sent")
+    body["data"]["id"] = event_id
+    assert (await post_signed(http, body))[0] == 400
+    assert status_lines(path) == []
