@@ -125,7 +125,9 @@ class Settler:
                 (
                     r
                     for r in found
-                    if r.cli == rec.sender and r.cld == member and start <= r.created_at <= end
+                    if _same(r.cli, rec.sender)
+                    and _same(r.cld, member)
+                    and start <= r.created_at <= end
                 ),
                 None,
             )
@@ -136,6 +138,13 @@ class Settler:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+
+def _same(listed: str, ours: str) -> bool:
+    """Whether a record's number is ours: as we wrote it, or without its leading ``+`` (the
+    records are the API's report, not our request; a record wrongly taken for absent would
+    send the group again)."""
+    return listed.lstrip("+") == ours.lstrip("+")
 
 
 def never_accepted(lag: float, time: str, **members: Any) -> Failed:
