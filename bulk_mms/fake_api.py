@@ -14,7 +14,8 @@ the fake follows them by default:
 * ``GET /v2/messages/group/{message_id}`` lists one message per recipient and
   ``GET /v2/messages/{id}`` returns one (a group's or a recipient's), statuses as they stand on
   the delivery timeline (:attr:`FakeTelnyx.delivery_status`, :func:`carrier_timeline`): every
-  status of the spec, and ``unknown`` for group recipients off Telnyx's network. A failed
+  status of the spec, and ``unknown`` for group recipients off Telnyx's network; a recipient's
+  own message lists the group's other participants in ``cc``. A failed
   recipient's ``errors[]`` carry the carrier's code; money is ``{"amount": "...",
   "currency": "USD"}`` or null, the final cost once final; ``wait_seconds`` is there too.
 * ``GET /v2/reports/mdrs`` lists one detail record per recipient of each accepted message,
@@ -23,7 +24,8 @@ the fake follows them by default:
   redacted as documented.
 * With a ``signing_key``, ``message.sent`` and ``message.finalized`` webhooks (one per
   recipient) are posted, Ed25519-signed, as the timeline reaches them
-  (:meth:`FakeTelnyx.pump_webhooks`).
+  (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
+  examples write it.
 
 The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
 (replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a
@@ -759,7 +761,13 @@ class FakeTelnyx:
                 }
                 for i, s in zip(indexes, statuses, strict=True)
             ],
-            "cc": [],
+            # a recipient's own message shows the group's other participants (Telnyx: group
+            # webhooks "will show all participants"); nothing the client reads comes from here
+            "cc": [
+                {"phone_number": p, "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
+                for j, p in enumerate(msg.to)
+                if only is not None and j != only
+            ],
             "text": text,
             "subject": body.get("subject"),
             "media": [
@@ -960,7 +968,7 @@ class FakeTelnyx:
                 event = {
                     "event_type": event_type,
                     "id": str(uuid.uuid4()),
-                    "occurred_at": _iso(self.wall()),
+                    "occurred_at": _iso(self.wall(), zulu=False),
                     "payload": self._record(msg, only=i, live=True, status=status),
                     "record_type": "event",
                 }
@@ -1102,10 +1110,11 @@ def _validate(body: object) -> web.Response | None:  # noqa: C901, PLR0911, PLR0
     return None
 
 
-def _iso(wall: float) -> str:
-    """Unix seconds as the API writes times: ISO 8601, milliseconds, ``Z``."""
+def _iso(wall: float, *, zulu: bool = True) -> str:
+    """Unix seconds as the API writes times: ISO 8601, milliseconds, ``Z`` (or ``+00:00``,
+    as Telnyx's webhook examples write ``occurred_at``)."""
     stamp = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return stamp.replace("+00:00", "Z") if zulu else stamp
 
 
 def _when(text: str | None) -> float | None:

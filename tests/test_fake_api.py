@@ -27,7 +27,7 @@ from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS31Validator
 
-from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.client import AiohttpMmsClient, parse_statuses
 from bulk_mms.fake_api import STATUSES, FakeTelnyx, SeenRequest, carrier_timeline
 from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
@@ -512,6 +512,30 @@ async def test_our_client_s_requests_are_the_spec_s(api: ApiClock) -> None:
     assert "/v2/messaging_optouts" in paths
     for seen in a.fake.http_log:
         assert request_problems(seen) == [], seen.path
+
+
+async def test_a_recipients_own_message_shows_the_others_in_cc_and_only_to_is_read(
+    api: ApiClock,
+) -> None:
+    """A group's per-recipient messages list the other participants in cc (the spec's shape,
+    checked); the client reads each recipient's status from to alone, one per recipient,
+    whatever cc says (a status there is another participant's, if anyone's)."""
+    a, _ = api
+    to = ["+12125550100", "+12125550101", "+12125550102"]
+    status, body = await a.send(to)
+    assert status == 200
+    assert body["data"]["cc"] == []  # the group's own message: every participant is in to
+    _, group, _ = await a.call("GET", f"/messages/group/{body['data']['id']}")
+    for i, msg in enumerate(group["data"]):
+        assert [r["phone_number"] for r in msg["to"]] == [to[i]]
+        assert [r["phone_number"] for r in msg["cc"]] == to[:i] + to[i + 1 :]
+    msg = group["data"][0]
+    msg["to"][0]["status"] = "sending"
+    msg["cc"] = [{**r, "status": "delivered"} for r in msg["cc"]]
+    assert [(st.phone, st.status) for st in parse_statuses(msg)] == [(to[0], "sending")]
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        listed = await client.fetch_group(body["data"]["id"])
+    assert sorted(st.phone for st in listed) == to
 
 
 async def test_signed_webhooks_reach_the_real_receiver_and_its_ledger(
