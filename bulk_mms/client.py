@@ -605,6 +605,7 @@ class AiohttpMmsClient:
                 raise EndpointError(
                     f"POST {SEND_PATH} is not found here: " + check_base_url_hint(self.base_url),
                     status=exc.status,
+                    errors=exc.errors,  # what the answer said, should it say more
                 ) from None
             raise
         try:

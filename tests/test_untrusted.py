@@ -289,12 +289,14 @@ async def test_a_send_endpoint_that_is_not_there_stops_the_job(
     fake_api: API, jobs: JobFactory, status: int
 ) -> None:
     """A 404/405 on POST /messages/group_mms is a wrong base URL, not a verdict on each group:
-    the job stops (exit 2 at the CLI) instead of failing every group for good."""
+    the job stops (exit 2 at the CLI) instead of failing every group for good, and the
+    error says what the API's own answer said too (its code)."""
     fake, url = fake_api
-    fake.faults.append(Fault("status", status))
+    fake.faults.append(Fault("status", status, code="10005"))
     s, _ = await run_against(url, jobs)
     assert isinstance(s.error, EndpointError)
     assert "check the base URL" in str(s.error)
+    assert "10005" in str(s.error)
     assert s.stopped == "endpoint"
     failed = [
         e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "failed"
