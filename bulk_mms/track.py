@@ -260,9 +260,11 @@ class Tracker:
             return
         if statuses is None:
             return
-        listed = {st.phone: st for st in statuses}
+        listed = self._listed(g, statuses)
         changed = False
         for phone in self.view.pending(g):
+            if phone in listed and listed[phone] is None:
+                continue  # listed, but under other messages' ids too (logged)
             st = listed.get(phone)
             if st is None:
                 if (g.id, phone) not in self.result.unlisted:
@@ -280,6 +282,27 @@ class Tracker:
         unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
         delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))
         self.backoff[g.id] = (unchanged, self.clock.monotonic() + delay)
+
+    def _listed(
+        self, g: GroupRecord, statuses: tuple[RecipientStatus, ...]
+    ) -> dict[str, RecipientStatus | None]:
+        """Each recipient's report in an answer. A recipient listed under more than one
+        message id (the group endpoint returns "all messages in a group MMS conversation",
+        and the same people may be texted again) takes the report under its own id, once
+        known; until then, None: another message's status is never recorded as this one's."""
+        listed: dict[str, RecipientStatus | None] = {}
+        doubled: set[str] = set()
+        for st in statuses:
+            have = listed.setdefault(st.phone, st)
+            if have is not None and have.message_id != st.message_id:
+                doubled.add(st.phone)
+        for phone in doubled:
+            own = k.message_id if (k := self.view.known.get(phone)) else None
+            mine = [st for st in statuses if st.phone == phone and own and st.message_id == own]
+            listed[phone] = mine[-1] if mine else None
+            if not mine:
+                log.warning("track.recipient_ambiguous", group=g.id, recipient=phone)
+        return listed
 
     async def one_pass(self) -> None:
         self.result.errors.clear()

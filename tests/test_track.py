@@ -315,3 +315,24 @@ def test_track_against_a_closed_port_exits_1_in_one_line(
         for s in family.samples
     }
     assert names == {"nightly-news"}
+
+
+async def test_a_member_listed_under_two_messages_takes_only_its_own(jobs: JobFactory) -> None:
+    """A group's answer that lists a member under two message ids (the endpoint returns "all
+    messages in a group MMS conversation": another message to the same people) records
+    neither until the member's own id is known, then only that id's status, in any order."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    gid, p = f"msg-{g.id}-0", g.to[0]
+    rest = tuple(RecipientStatus(q, "sent", message_id=f"r{i}") for i, q in enumerate(g.to) if i)
+    other = RecipientStatus(p, "delivery_failed", message_id="r-other")
+    client.delivery[gid] = (RecipientStatus(p, "sent", message_id="r0"), other, *rest)
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert sorted(str(e["recipient"]) for e in status_lines(ledger)) == sorted(g.to[1:])
+    assert r.unlisted == []  # listed, if twice: not "left out"
+    client.delivery[gid] = (RecipientStatus(p, "sent", message_id="r0"), *rest)
+    await track_ledger(ledger, FAST, client, clock=FakeClock())
+    client.delivery[gid] = (RecipientStatus(p, "delivered", message_id="r0"), other, *rest)
+    await track_ledger(ledger, FAST, client, clock=FakeClock())
+    mine = [(e["status"], e["message_id"]) for e in status_lines(ledger) if e["recipient"] == p]
+    assert mine == [("sent", "r0"), ("delivered", "r0")]
