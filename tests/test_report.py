@@ -401,7 +401,8 @@ async def test_recipients_csv_has_a_row_per_recipient(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """report --recipients-csv: one row per recipient the ledger names, with its state, its
-    delivery status and error in words, and its share of the group's cost."""
+    delivery status and error in words (Telnyx's title for a delivery code), and its share of
+    the group's cost."""
     path = await troubled_ledger(jobs)
     g5 = next(
         ev
@@ -413,6 +414,8 @@ async def test_recipients_csv_has_a_row_per_recipient(
         g5.to[0], "delivery_failed", errors=(ApiError("40016", "T-Mobile cap", ""),)
     )
     store.append_now(status_event(g5.group, late, source="t", time=""))
+    unsent = RecipientStatus(g5.to[2], "delivery_failed", errors=(ApiError("40013", "", ""),))
+    store.append_now(status_event(g5.group, unsent, source="t", time=""))
     store.close_sync()
     out = jobs.root / "everyone.csv"
     capsys.readouterr()
@@ -446,6 +449,8 @@ async def test_recipients_csv_has_a_row_per_recipient(
     assert (capped["cost"], capped["currency"]) == ("0.0051", "USD")
     ok = by_phone[g5.to[1]]
     assert (ok["delivery_status"], ok["error_code"], ok["cost"]) == ("queued", "", "0.0051")
+    # a delivery code of Telnyx's reference is named by its title there
+    assert by_phone[g5.to[2]]["error_title"] == "Invalid source number"
 
 
 async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactory) -> None:
