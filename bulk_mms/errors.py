@@ -9,6 +9,7 @@
      │    ├── MediaError(url)             a media URL fails the preflight check
      │    └── MissingExtra(extra)         a feature's optional package is not installed
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
+     ├── RefusedRepeatedly            1  group after group refused with one error: the job stops
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job
@@ -153,6 +154,17 @@ class ApiUnavailable(BulkMmsError):
     """Group after group used up its retries on transient errors: the API is down or unreachable.
 
     The job stops instead of failing every remaining group; those groups are resent by a rerun.
+    """
+
+    exit_code = 1
+
+
+class RefusedRepeatedly(BulkMmsError):
+    """Group after group was refused (400/422) with one and the same error naming no member:
+    the job's message, sender or profile is what the API refuses, not its recipients.
+
+    The job stops instead of failing every remaining group. The refused groups are failed
+    (``report --failed-csv`` lists them); a rerun, with the job fixed, sends the rest.
     """
 
     exit_code = 1

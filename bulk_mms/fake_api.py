@@ -147,6 +147,7 @@ FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
         code="10011",
     ),
     "queue-full": lambda: Fault("status", 429, code="40318"),
+    "refused-422": lambda: Fault("status", 422, code="10015"),
     "huge-retry-after": lambda: Fault("status", 429, headers={"Retry-After": "1000000000000"}),
     "huge-ratelimit-reset": lambda: Fault(
         "status", 429, headers={"x-ratelimit-reset": "99999999999999"}

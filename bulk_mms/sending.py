@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter, deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -37,6 +37,7 @@ from bulk_mms.errors import (
     LedgerError,
     LimitReached,
     RateLimited,
+    RefusedRepeatedly,
     Rejected,
     RetryableSendError,
     SenderRefused,
@@ -68,6 +69,10 @@ T = TypeVar("T")
 #: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
 #: resumes) instead of going through every group.
 STOP_AFTER_UNANSWERED = 3
+#: After this many groups in a row are refused (400/422) with one and the same error that
+#: names no member, the job's message or sender is what the API refuses, and the job stops
+#: instead of failing every group (:class:`~bulk_mms.errors.RefusedRepeatedly`).
+STOP_AFTER_REFUSED = 5
 #: The least time a request keeps, before the claim on its group may pass to another process,
 #: to leave in after its connection is ready (a quarter of the lease, when that is less).
 HOLD_MARGIN_S = 1.0
@@ -253,6 +258,9 @@ class GroupSender:
         #: tenacity machinery, built once each and reused group after group).
         self._retriers: list[Retrier] = []
         self.transient_streak = 0  # groups in a row that got no usable answer
+        #: The error of the last group refused naming no member, and how many groups in a
+        #: row met it (:data:`STOP_AFTER_REFUSED`).
+        self.refusal_streak: tuple[str, int] = ("", 0)
         #: Groups whose attempt is on record and whose outcome is not yet, for a forced stop:
         #: None while a request is out (or a try may have been accepted); else the error of
         #: the last try, which certainly failed.
@@ -626,6 +634,7 @@ class GroupSender:
         )
         if result.receipt is not None:
             self.transient_streak = 0
+            self.refusal_streak = ("", 0)
             self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._watch_spam(None)
             return None
@@ -649,6 +658,7 @@ class GroupSender:
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
         await self._suppress(group, err, refused)
+        self._count_refusal(err, refused)
         if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
             self._fail(
                 ApiUnavailable(
@@ -667,6 +677,28 @@ class GroupSender:
         if partial:
             return without(group, partial, self.job)
         return None
+
+    def _count_refusal(self, err: SendError, refused: Sequence[str]) -> None:
+        """One more group ended with ``err``: at :data:`STOP_AFTER_REFUSED` groups in a row
+        refused with the same error, one the error policy has no action for (an opt-out, a
+        sender retired, a cap: each is handled on its own) and naming no member, stop the job:
+        it is the job the API refuses."""
+        if type(err) is not Rejected or refused or err.code in self.settings.error_policy:
+            self.refusal_streak = ("", 0)
+            return
+        said = f"{err.status}:{err.code}:{err.message}"
+        last, count = self.refusal_streak
+        count = count + 1 if said == last else 1
+        self.refusal_streak = (said, count)
+        if count >= STOP_AFTER_REFUSED and not self.stop.is_set():
+            self._fail(
+                RefusedRepeatedly(
+                    f"the API refused {count} groups in a row the same way ({err}): the job's "
+                    "message or sender is refused, not its recipients. Fix the job and rerun "
+                    "to send the rest; report --failed-csv lists the refused groups"
+                ),
+                "refused",
+            )
 
     def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
         """The error policy applied to a delivery report that comes in while the run sends

@@ -39,6 +39,7 @@ def test_public_names() -> None:
         "NotFound",
         "Outcome",
         "RateLimited",
+        "RefusedRepeatedly",
         "RecipientStatus",
         "Rejected",
         "RetryableSendError",

@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import (
     AmbiguousSendError,
+    ApiError,
     ApiUnavailable,
     AuthError,
     ConfigError,
@@ -24,6 +25,7 @@ from bulk_mms.errors import (
     LedgerMismatch,
     NetworkError,
     RateLimited,
+    RefusedRepeatedly,
     Rejected,
     SendError,
     ServerError,
@@ -349,6 +351,47 @@ async def test_a_server_that_never_answers_stops_the_job_not_the_list(
     back = FakeClient()
     await run_job(job, FAST, back)
     assert sorted(back.sent_numbers()) == numbers(80)
+
+
+async def test_the_same_refusal_group_after_group_stops_the_job(
+    jobs: JobFactory, fake_sleep: FakeClock
+) -> None:
+    """Five groups in a row refused (422) with one error that names no member stop the job
+    (exit 1, RefusedRepeatedly): the rest of the list is not failed, and a rerun with the job
+    fixed sends it."""
+    jobs.people(80)
+    job = jobs.job(extra="group_size = 1")
+    bad_from = ApiError("40305", "Invalid 'from' address", "not a number on this account")
+    refusing = FakeClient(lambda g, n: Rejected("refused", status=422, errors=[bad_from]))
+    s = await run_job(job, replace(FAST, concurrency=1), refusing, clock=fake_sleep)
+    assert isinstance(s.error, RefusedRepeatedly)
+    assert s.error.exit_code == 1
+    assert "40305" in str(s.error)
+    assert "--failed-csv" in str(s.error)
+    assert s.stopped == "refused"
+    assert (s.failed_groups, len(refusing.calls)) == (5, 5)
+    back = FakeClient()
+    await run_job(job, FAST, back)
+    assert len(back.sent_numbers()) == 75
+
+
+async def test_refusals_that_differ_or_name_a_member_do_not_stop_the_job(
+    jobs: JobFactory, fake_sleep: FakeClock
+) -> None:
+    """Refusals that change from group to group, and ones the error policy handles (a 40300
+    opt-out), are the recipients', not the job's: every group is tried."""
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 1")
+
+    def answer(g: Group, n: int) -> SendError:
+        if g.seq % 2:
+            return Rejected("blocked", status=409, errors=[ApiError("40300", "STOP", "")])
+        return Rejected(f"bad number {g.seq}", status=422)
+
+    refusing = FakeClient(answer)
+    s = await run_job(job, replace(FAST, concurrency=1), refusing, clock=fake_sleep)
+    assert s.error is None
+    assert len(refusing.calls) == 12
 
 
 async def test_unknown_template_column_is_a_config_error(jobs: JobFactory) -> None:
