@@ -48,8 +48,9 @@ class Gates:
         self.expires_at = expires_at
 
     def hold(self, group: Group) -> bool:
-        """Whether ``group`` is held back now (waiting for its window, or expired)."""
-        return self._quiet(group) or self._expired(group)
+        """Whether ``group`` is held back now (expired, or waiting for its window). Expiry is
+        asked first: past the deadline no window opens for it again."""
+        return self._expired(group) or self._quiet(group)
 
     def _expired(self, group: Group) -> bool:
         """Past the deadline, a group not yet sent is recorded ``expired_unsent`` (once) and

@@ -16,12 +16,14 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 
 from bulk_mms.config import SendWindow
+from bulk_mms.config.job import transition
 
 #: phonenumbers' answer for a number it cannot place.
 _UNKNOWN = "Etc/Unknown"
 #: How finely :func:`next_opening` looks ahead, and how far.
 _STEP = dt.timedelta(minutes=5)
-_MINUTE = dt.timedelta(minutes=1)
+_DAY = dt.timedelta(days=1)
+_NEVER = float("inf")
 _HORIZON = dt.timedelta(days=2)
 
 
@@ -52,28 +54,33 @@ def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> bool
 
 
 def closes_in(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> float:
-    """Seconds from ``now`` (aware, inside the window in every one of ``zones``) until the
-    window closes in the first of them: when the local time next reaches its ``end``, or,
-    on the night the clocks skip that time, when they jump past it."""
-    left = float("inf")
-    for name in zones:
-        zone = zoneinfo.ZoneInfo(name)
-        local = now.astimezone(zone)
+    """Seconds from ``now`` (aware) until the window is closed in the first of ``zones``: 0
+    when it is closed in one now. Else when the local time next reaches its ``end`` (``24:00``:
+    midnight), or sooner, when the clocks change on the way to a time outside the window (a
+    jump past ``end`` in spring, back to before ``start`` in the fall)."""
+    return min((_open_for_s(window, zoneinfo.ZoneInfo(z), now) for z in zones), default=_NEVER)
+
+
+def _open_for_s(window: SendWindow, zone: zoneinfo.ZoneInfo, now: dt.datetime) -> float:
+    """:func:`closes_in` for one zone."""
+    local = now.astimezone(zone)
+    if not window.contains(local.time()):
+        return 0.0
+    if window.end == dt.time.max:  # "24:00": open to the end of the day
+        wall = dt.datetime.combine(local.date() + _DAY, dt.time(), zone)
+    else:
         wall = local.replace(
             hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0
         )
         if wall <= local:
-            wall += dt.timedelta(days=1)  # wall-clock arithmetic: the same local time tomorrow
-        end = wall.astimezone(dt.UTC)
-        if end.astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
-            # the clocks skip ``end`` that night: the window closes as they jump, the last
-            # whole minute before which it was open (windows and jumps fall on minutes)
-            while end - _MINUTE > now and not window.contains(
-                (end - _MINUTE).astimezone(zone).time()
-            ):
-                end -= _MINUTE
-        left = min(left, (end - now).total_seconds())
-    return left
+            wall += _DAY  # wall-clock arithmetic: the same local time tomorrow
+    end = wall.astimezone(dt.UTC)  # in a skipped hour: as far past the jump as it falls in it
+    before, after = local.utcoffset(), end.astimezone(zone).utcoffset()
+    if after is not None and after != before:  # the clocks change before the end
+        jump = transition(now, end, zone, after).replace(tzinfo=dt.UTC)
+        if not window.contains(jump.astimezone(zone).time()):
+            end = jump
+    return max((end - now).total_seconds(), 0.0)
 
 
 def next_opening(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> dt.datetime | None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms.console import run_outcome
 from bulk_mms.errors import RateLimited
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
@@ -164,3 +165,22 @@ async def test_a_group_remade_and_held_for_quiet_hours_is_remade_once(
         assert s.stopped == "quiet_hours"
     kinds = [e["event"] for e in ledger_events(job.ledger)]
     assert (kinds.count("remade"), kinds.count("rejected"), client.calls) == (1, 1, [])
+
+
+async def test_past_the_deadline_a_group_in_quiet_hours_expires_instead_of_waiting(
+    jobs: JobFactory,
+) -> None:
+    """A group whose recipients' window is closed when the job's deadline has passed is
+    recorded expired_unsent: the run does not exit 4 promising that a later run sends it."""
+    jobs.people(4, tz="America/Chicago")
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\ntimezone_column = "tz"\n'
+        'deadline = "2026-11-24T22:00-06:00"'
+    )
+    late = dt.datetime(2026, 11, 24, 23, 0, tzinfo=ZoneInfo("America/Chicago"))
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(late))
+    assert (s.stopped, s.quiet, s.expired_groups, client.calls) == (None, {}, 1, [])
+    assert run_outcome(s) == 1
+    codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes == ["expired_unsent"]

@@ -62,6 +62,32 @@ def test_a_window_closes_when_its_end_comes_first_in_any_zone(
     assert closes_in(window, zones, now) == minutes * 60
 
 
+@pytest.mark.parametrize(
+    ("window", "local", "seconds"),
+    [
+        # "24:00": open to the last instant of the day, closed at midnight
+        (SendWindow(dt.time(8), dt.time.max), dt.datetime(2026, 12, 5, 23, 59, 30), 30),
+        (SendWindow(dt.time(8), dt.time.max), dt.datetime(2026, 12, 5, 12), 12 * 3600),
+        # 01:45 in the first pass of the hour New York repeats: at 02:00 the clocks go back
+        # to 01:00, before the window's start, 15 minutes on
+        (SendWindow(dt.time(1, 30), dt.time(21)), dt.datetime(2026, 11, 1, 1, 45), 15 * 60),
+        # a window the clocks go back inside of stays open through the repeated hour
+        (SendWindow(dt.time(0), dt.time(3)), dt.datetime(2026, 11, 1, 1, 50), 130 * 60),
+        # closed now: no time at all
+        (WINDOW, dt.datetime(2026, 12, 5, 21, 0, 1), 0),
+        (WINDOW, dt.datetime(2026, 12, 5, 7, 59), 0),
+    ],
+)
+def test_a_window_closes_at_midnight_when_it_ends_at_24_and_as_the_clocks_go_back(
+    window: SendWindow, local: dt.datetime, seconds: int
+) -> None:
+    """A window ending at 24:00 closes at midnight (not a day later), one whose zone's clocks
+    go back to before its start closes as they do, and a window closed now has no time left:
+    the time a request is given to leave in never outlasts the window."""
+    now = local.replace(tzinfo=ZoneInfo(NY[0])).astimezone(dt.UTC)
+    assert closes_in(window, NY, now) == seconds
+
+
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
     """At 14:00 UTC New York (9:00) is open and Los Angeles (6:00) is not: only New York's
     recipients are sent, in groups of their own zone; the run exits 4 naming the next opening;

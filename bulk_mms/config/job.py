@@ -420,7 +420,7 @@ def local_time_problem(when: dt.datetime, zone: dt.tzinfo) -> str | None:
         first.astimezone(dt.UTC).astimezone(zone),
         second.astimezone(dt.UTC).astimezone(zone),
     ]
-    jump = _transition(second.astimezone(dt.UTC), first.astimezone(dt.UTC), zone, off_second)
+    jump = transition(second.astimezone(dt.UTC), first.astimezone(dt.UTC), zone, off_second)
     return (
         f"{shown} does not exist in {place} (the clocks go from "
         f"{(jump + off_first):%H:%M} to {(jump + off_second):%H:%M}): read with either offset "
@@ -429,10 +429,12 @@ def local_time_problem(when: dt.datetime, zone: dt.tzinfo) -> str | None:
     )
 
 
-def _transition(
+def transition(
     low: dt.datetime, high: dt.datetime, zone: dt.tzinfo, after: dt.timedelta
 ) -> dt.datetime:
-    """The first UTC second in ``[low, high]`` at which ``zone`` is at offset ``after``."""
+    """The first UTC second in ``[low, high]`` (aware) at which ``zone`` is at offset
+    ``after``, as a naive UTC datetime: the moment its clocks change, when ``zone`` changes
+    offset once in that span and is at ``after`` at ``high``."""
     lo, hi = int(low.timestamp()), int(high.timestamp())
     while lo < hi:
         mid = (lo + hi) // 2
