@@ -19,7 +19,7 @@ from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, MessageConfig
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
-from bulk_mms.quiet import zones_for
+from bulk_mms.quiet import zone_problem, zones_for
 
 
 def group_id(job_name: str, to: Sequence[str]) -> str:
@@ -184,6 +184,29 @@ def _rows_with_text(
     for item in items:
         if isinstance(item, Recipient) and not any(item.fields.get(n, "").strip() for n in names):
             yield RejectedRow(item.line, item.phone, reason, Rejection.ROW)
+        else:
+            yield item
+
+
+def zoned(
+    items: Iterator[Recipient | RejectedRow], job: JobConfig
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient whose ``timezone_column`` names no time zone rejected (a
+    loss): its quiet hours cannot be known, and the number's zone may be the wrong one.
+    ``items`` themselves without quiet hours (``recipient_window``) or the column."""
+    column = job.timezone_column
+    if column is None or job.recipient_window is None:
+        return items
+    return _rows_zoned(items, column)
+
+
+def _rows_zoned(
+    items: Iterable[Recipient | RejectedRow], column: str
+) -> Iterator[Recipient | RejectedRow]:
+    """:func:`zoned`'s loop."""
+    for item in items:
+        if isinstance(item, Recipient) and (problem := zone_problem(item.fields, column)):
+            yield RejectedRow(item.line, item.phone, problem, Rejection.ROW)
         else:
             yield item
 

@@ -18,7 +18,7 @@ from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
-from bulk_mms.grouping import make_groups, moved, with_text, without
+from bulk_mms.grouping import make_groups, moved, with_text, without, zoned
 from bulk_mms.ledger import (
     FORMAT,
     Header,
@@ -182,7 +182,8 @@ def plan(
 ) -> Iterator[Group | RejectedRow]:
     """The whole pipeline up to sending, as one lazy stream: rows read, validated, those in
     ``excluded`` left out (:func:`~bulk_mms.scan.excluding`), those that would leave the
-    message without text rejected (:func:`~bulk_mms.grouping.with_text`), counted by
+    message without text rejected (:func:`~bulk_mms.grouping.with_text`), and those whose
+    ``timezone_column`` names no zone (:func:`~bulk_mms.grouping.zoned`), counted by
     ``tally`` if given (what a scan would find, found in this pass) and grouped (where each
     key ends: the ``scan`` of the same input), then each group as the ledger and the
     suppression list leave it (:func:`members_left`)."""
@@ -190,7 +191,7 @@ def plan(
     rows = validate_rows(reader, job.phone_column, job.default_region)
     if excluded:
         rows = excluding(rows, excluded)
-    rows = with_text(rows, job.message)
+    rows = zoned(with_text(rows, job.message), job)
     if tally is not None:
         rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):

@@ -1,7 +1,8 @@
 """Quiet hours in the recipient's time zone: ``recipient_window = "08:00-21:00"``.
 
 The TCPA's quiet hours are the *recipient's* local time. Each recipient's zone comes from a
-``timezone_column`` if the job names one, else from the number (phonenumbers' time zone data,
+``timezone_column`` if the job names one and the row fills it (a value that names no zone
+rejects the row: the number's zone may not be where they are), else from the number (phonenumbers' time zone data,
 by the number's prefix). A number whose prefix spans several zones (a toll-free range, Alaska's
 two) gets all of them, and may be texted only when the window is open in every one: the
 overlap. Groups never mix zones (:func:`bulk_mms.grouping.make_groups` keeps one open group
@@ -36,15 +37,38 @@ def _zones_of_prefix(prefix: str) -> tuple[str, ...]:
     return tuple(sorted(z for z in zones if z != _UNKNOWN)) or ("UTC",)
 
 
+#: Names in the zone database that are no recipient's zone: this machine's own, and aliases.
+_NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@functools.cache
+def _zone_names() -> dict[str, str]:
+    """Every IANA zone's name, by its lowercase."""
+    return {n.lower(): n for n in zoneinfo.available_timezones() - _NOT_PLACES}
+
+
+def zone_named(value: str) -> str | None:
+    """The IANA zone ``value`` names, whatever its case (``america/chicago``), or None."""
+    return _zone_names().get(value.strip().lower())
+
+
+def zone_problem(fields: Mapping[str, str], column: str) -> str | None:
+    """Why a row's ``column`` cannot say where its recipient is (a value that names no IANA
+    zone: a Windows name, a typo), or None (a zone, or blank: the number says)."""
+    value = fields.get(column, "").strip()
+    if not value or zone_named(value) is not None:
+        return None
+    return (
+        f"unknown time zone: {column!r} is {value!r}, not an IANA zone like "
+        "'America/New_York'; fix it, or leave it blank to go by the number"
+    )
+
+
 def zones_for(phone: str, fields: Mapping[str, str], column: str | None) -> tuple[str, ...]:
-    """A recipient's zones: the column's value when it is a zone, else the number's."""
-    if column is not None and (name := fields.get(column, "").strip()):
-        try:
-            zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass  # not a zone: the number says where
-        else:
-            return (name,)
+    """A recipient's zones: the column's when it names one, else the number's (a row whose
+    value names none is rejected as it is read: :func:`zone_problem`)."""
+    if column is not None and (name := zone_named(fields.get(column, ""))) is not None:
+        return (name,)
     return _zones_of_prefix(phone[:8])  # +1 NPA NXX: the finest prefix the data uses
 
 

@@ -24,7 +24,7 @@ import structlog
 from bulk_mms.config import JobConfig
 from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
-from bulk_mms.grouping import keyed, with_text
+from bulk_mms.grouping import keyed, with_text, zoned
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.validate import validate_rows
@@ -153,7 +153,7 @@ def scan_input(
         items = validate_rows(reader, job.phone_column, job.default_region)
         if excluded:
             items = excluding(items, excluded)
-        items = with_text(items, job.message)
+        items = zoned(with_text(items, job.message), job)
         if job.group_by is not None:
             items = keyed(items, job.group_by)
 

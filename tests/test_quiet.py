@@ -13,6 +13,7 @@ from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
 NEW_YORK = [f"+1212555{i:04d}" for i in range(6)]
@@ -122,3 +123,29 @@ async def test_the_dry_run_shows_recipients_per_zone(
     out = capsys.readouterr().out
     assert "6 recipients in America/New_York" in out
     assert "6 recipients in America/Los_Angeles" in out
+
+
+async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_window(
+    jobs: JobFactory,
+) -> None:
+    """A timezone_column value that names no IANA zone (a Windows name) rejects its row,
+    naming the value: the recipient is never texted by the number's zone instead (8:30 in New
+    York is 5:30 where the row says they are). Case aside, a zone's name is read."""
+    rows = [
+        {"phone": NEW_YORK[0], "first": "x", "tz": "Pacific Standard Time"},
+        {"phone": NEW_YORK[1], "first": "x", "tz": "america/new_york"},
+        {"phone": NEW_YORK[2], "first": "x", "tz": ""},
+    ]
+    jobs.csv(rows)
+    job = jobs.job(
+        extra='group_size = 1\nrecipient_window = "08:00-21:00"\ntimezone_column = "tz"\n'
+        "max_rejected_share = 0.5"
+    )
+    morning = dt.datetime(2026, 11, 25, 8, 30, tzinfo=ZoneInfo("America/New_York"))
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK[1:3]
+    assert s.rejected_rows == 1
+    rejected = [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
+    assert [(e["line"], e["reason"].split(":")[0]) for e in rejected] == [(2, "unknown time zone")]
+    assert "'Pacific Standard Time'" in rejected[0]["reason"]
