@@ -2,11 +2,12 @@
 
 The TCPA's quiet hours are the *recipient's* local time. Each recipient's zone comes from a
 ``timezone_column`` if the job names one and the row fills it (a value that names no zone
-rejects the row: the number's zone may not be where they are), else from the number (phonenumbers' time zone data,
-by the number's prefix). A number whose prefix spans several zones (a toll-free range, Alaska's
-two) gets all of them, and may be texted only when the window is open in every one: the
-overlap. Groups never mix zones (:func:`bulk_mms.grouping.make_groups` keeps one open group
-per zone), so a group is sent exactly when its members may be texted.
+rejects the row: the number's zone may not be where they are), else from the number
+(phonenumbers' time zone data, by the number's prefix). A number whose prefix spans several
+zones (a toll-free range, Alaska's two) gets all of them, and may be texted only when the
+window is open in every one: the overlap. Groups never mix zones
+(:func:`bulk_mms.grouping.make_groups` keeps one open group per zone; with ``group_by`` a
+group holds every member's zones), so a group is sent exactly when its members may be texted.
 """
 
 from __future__ import annotations
