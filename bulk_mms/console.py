@@ -209,10 +209,13 @@ def run_outcome(s: JobSummary) -> int:
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
     out = sys.stdout
+    expired = (
+        f"{s.expired_groups} expired unsent (past the job's deadline), " if s.expired_groups else ""
+    )
     say(
         "job.summary",
         f"{s.job}: sent {_n(s.sent_groups, 'group')} ({_n(s.sent_recipients, 'recipient')}); "
-        f"{_n(s.failed_groups, 'group')} failed, {s.in_doubt_groups} in doubt; "
+        f"{_n(s.failed_groups, 'group')} failed, {expired}{s.in_doubt_groups} in doubt; "
         f"{_n(s.skipped_groups, 'group')} already done, "
         f"{s.held_groups} held in doubt; {s.rows_text()}",
         stream=out,

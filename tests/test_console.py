@@ -109,6 +109,17 @@ def test_summary_lines_name_their_units(capsys: pytest.CaptureFixture[str]) -> N
     assert "1 rate-limit answer (429)" in out
 
 
+def test_the_summary_says_how_many_groups_the_deadline_left_unsent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Groups recorded expired_unsent are said as such in the summary (not hidden among 0
+    failed), and the run exits 1."""
+    s = JobSummary("j", expired_groups=2, open_failed=2)
+    assert run_outcome(s) == Exit.INCOMPLETE
+    out = capsys.readouterr().out
+    assert "0 groups failed, 2 expired unsent (past the job's deadline), 0 in doubt" in out
+
+
 def test_a_run_that_left_recipients_unattempted_does_not_exit_0() -> None:
     """Valid recipients the ledger never attempted (another process held them, then stopped)
     make the exit 1; under ``--limit`` they are the rest the limit left, and it is 0."""
