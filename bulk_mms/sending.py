@@ -246,12 +246,6 @@ class GroupSender:
         #: After this (aware) no request leaves: the job's ``deadline``, or ``max_age_s``
         #: after its campaign began. Checked as each request is about to leave, every try.
         self.expires_at = job_deadline(job, self.view)
-        #: The same moment on the monotonic clock, where waits (the pacer's, a backoff's) end.
-        self.expires_mono = (
-            self.started + (self.expires_at.timestamp() - clock.wall())
-            if self.expires_at is not None
-            else None
-        )
         #: Retries told one line per cause now and then, not one line each.
         self.retries = RetryDigest(now=clock.monotonic)
         #: Retriers not sending a group now: each group in flight takes one (the workers'
@@ -332,12 +326,20 @@ class GroupSender:
             return idempotency_key(self.view.campaign, f"{group.id}-{group.message.from_[1:]}")
         return rec.key  # the same request again, or one that may have been accepted
 
+    def expires_mono(self) -> float | None:
+        """The job's deadline (``expires_at``) on the monotonic clock, where waits (the
+        pacer's, a backoff's) end, as the wall clock reads it now: a wall clock stepped since
+        the run began (NTP) moves it."""
+        if self.expires_at is None:
+            return None
+        return self.clock.monotonic() + (self.expires_at.timestamp() - self.clock.wall())
+
     def _group_deadline(self) -> float | None:
         """When this group's waits and tries end (monotonic): the earliest of
         ``max_job_duration_s``, the job's deadline and this group's ``max_group_age_s``."""
         age_limit = self.settings.max_group_age_s
         own = self.clock.monotonic() + age_limit if age_limit else None
-        ends = [t for t in (self.run_deadline, self.expires_mono, own) if t is not None]
+        ends = [t for t in (self.run_deadline, self.expires_mono(), own) if t is not None]
         return min(ends, default=None)
 
     async def send(self, group: Group) -> Group | None:  # noqa: PLR0911 - each way a group's tries end returns what goes out in its place
@@ -521,10 +523,11 @@ class GroupSender:
 
     def _leave_within(self, tries: _Tries, now: float) -> float | None:
         """Seconds until the first gate that is open ``now`` closes: the group's deadline
-        (``group_deadline``), the job's ``send_window`` and the recipients'
-        ``recipient_window``; None when none will. The client refuses to send once they
-        are up (a connection still being made or waited for), so no request leaves late."""
-        ends: list[float] = [] if tries.group_deadline is None else [tries.group_deadline - now]
+        (``group_deadline``), the job's deadline as the wall clock reads it now, the job's
+        ``send_window`` and the recipients' ``recipient_window``; None when none will. The
+        client refuses to send once they are up (a connection still being made or waited
+        for), so no request leaves late."""
+        ends = [t - now for t in (tries.group_deadline, self.expires_mono()) if t is not None]
         job = self.job
         if job.send_window is not None or job.recipient_window is not None:
             at = utc(self.clock)
@@ -611,8 +614,8 @@ class GroupSender:
             return StopRetrying()
         if (
             exc.reason == "deadline"
-            and self.expires_mono is not None
-            and exc.earliest >= self.expires_mono
+            and (expires := self.expires_mono()) is not None
+            and exc.earliest >= expires
         ):
             self._expire(tries)
             return StopRetrying()

@@ -184,3 +184,28 @@ async def test_past_the_deadline_a_group_in_quiet_hours_expires_instead_of_waiti
     assert run_outcome(s) == 1
     codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert codes == ["expired_unsent"]
+
+
+async def test_a_wall_clock_stepped_back_does_not_expire_a_group_before_the_deadline(
+    jobs: JobFactory,
+) -> None:
+    """The wall clock is stepped back two minutes (NTP) as the first request is out, and its
+    429 pauses the sender 90 s: the next group waits that out, since by the wall clock the
+    deadline is three minutes on, and is sent before it, not recorded expired_unsent early."""
+    jobs.people(8)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:01:00+00:00"')
+    clock = clock_at(NOON)
+    sent_at: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if n == 0:
+            clock.step_wall(-120.0)
+            raise RateLimited("slow", retry_after=90.0)
+        sent_at.append(clock.wall())
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, max_retry_after=900))
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert s.expired_groups == 0
+    assert len(sent_at) == 1  # the group after the paused one (which stays pending)
+    assert sent_at[0] < NOON.timestamp() + 60
