@@ -203,11 +203,25 @@ def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
-    if s.stopped in ("window", *SIGNAL_EXIT):
-        _tell_stop(s)
+    if s.stopped in SIGNAL_EXIT or (s.stopped == "window" and s.recipients is None):
+        _tell_stop(s)  # stopped by a signal, or outside the send window before it began
         return SIGNAL_EXIT.get(s.stopped or "", Exit.WINDOW)
+    _tell_summary(s)
+    if s.stopped == "window":  # it closed mid-run
+        _tell_stop(s)
+        return Exit.WINDOW
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
+    if s.stopped in ("limit", "deadline"):
+        _tell_stop(s)
+    if s.stopped == "deadline":
+        return Exit.INCOMPLETE
+    return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
+
+
+def _tell_summary(s: JobSummary) -> None:
+    """The run's counts, the ledger's recipients, template notes and the rate, on stdout:
+    what it sent, and what it did not (failed, expired, in doubt), however it ended."""
     out = sys.stdout
     expired = (
         f"{s.expired_groups} expired unsent (past the job's deadline), " if s.expired_groups else ""
@@ -248,11 +262,6 @@ def run_outcome(s: JobSummary) -> int:
             rate_limited=s.rate_limited,
             queue_full=s.queue_full,
         )
-    if s.stopped in ("limit", "deadline"):
-        _tell_stop(s)
-    if s.stopped == "deadline":
-        return Exit.INCOMPLETE
-    return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
 
 
 def _incomplete(s: JobSummary) -> bool:

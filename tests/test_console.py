@@ -86,6 +86,23 @@ def test_quiet_hours_line_names_its_unit(capsys: pytest.CaptureFixture[str]) -> 
     assert "2025-01-02 14:00 UTC" in err
 
 
+@pytest.mark.parametrize(
+    ("stopped", "quiet"), [("quiet_hours", {"America/Chicago": 8}), ("window", {})]
+)
+def test_a_run_stopped_by_a_window_still_says_what_failed(
+    capsys: pytest.CaptureFixture[str], stopped: str, quiet: dict[str, int]
+) -> None:
+    """A run that left recipients for a window (theirs, or the job's that closed mid-run)
+    exits 4 and still gives the summary: the groups that failed, which no run in the window
+    sends, are said, not hidden behind "a run then sends them"."""
+    s = JobSummary("j", sent_groups=4, failed_groups=2, stopped=stopped, quiet=quiet)
+    s.recipients = RecipientCounts(32, 16, 8, 0, 0, 8, input_read=True)
+    assert run_outcome(s) == Exit.WINDOW
+    out = capsys.readouterr().out
+    assert "sent 4 groups (0 recipients); 2 groups failed" in out
+    assert "8 failed" in out
+
+
 def test_summary_lines_name_their_units(capsys: pytest.CaptureFixture[str]) -> None:
     """Each count in the summary says what it counts, and the rate says requests/s."""
     s = JobSummary(
