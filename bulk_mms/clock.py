@@ -74,14 +74,19 @@ class SystemClock:
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
-        if self._stopping is None:
-            await asyncio.sleep(seconds)
-            return
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes as
-        # the wait ends, and a stopping job must never lose one
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self._stopping.wait()
+        await sleep_unless(self._stopping, seconds)
+
+
+async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:
+    """Wait ``seconds``, or until ``stopping`` is set (at once if it is): a clock's sleep."""
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that comes as
+    # the wait ends, and a stopping job must never lose one
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stopping.wait()
 
 
 def utc(clock: Clock) -> dt.datetime:

@@ -48,7 +48,7 @@ from bulk_mms.prepare import (
     remade_from,
 )
 from bulk_mms.progress import Progress, Snapshot
-from bulk_mms.quiet import next_opening
+from bulk_mms.quiet import closes_in, next_opening
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
 from bulk_mms.scan import (
@@ -479,7 +479,10 @@ class Runner:
                 task.cancel()
 
         self.stop.on_force(cancel_all)
-        watcher = asyncio.create_task(self.watch_delivery(), name="bulk-mms-delivery")
+        watchers = [
+            asyncio.create_task(self.watch_delivery(), name="bulk-mms-delivery"),
+            asyncio.create_task(self.watch_window(), name="bulk-mms-window"),
+        ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:  # cancelled from outside: take the children along
@@ -487,7 +490,8 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
         broken = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
         if broken:
             # a bug, not a send error (those are all recorded): stop everything rather than
@@ -571,6 +575,21 @@ class Runner:
             except BulkMmsError as exc:  # the sending path will meet the same trouble
                 log.warning("delivery.watch_stopped", error=str(exc))
                 return
+
+    async def watch_window(self) -> None:
+        """While the run sends, stop it as the job's ``send_window`` closes, so that every
+        wait (a pause after a 429, a backoff, the pacing) ends then instead of running its
+        course (each try checks the window as well). Asked again as each sleep ends: a wall
+        clock stepped meanwhile moves the close."""
+        window = self.job.send_window
+        if window is None:
+            return
+        while not self.stop.is_set():
+            left = closes_in(window, (self.job.timezone,), utc(self.clock))
+            if left <= 0:
+                self.sender.window_closed()
+                return
+            await self.clock.sleep(left)
 
     # -- telling ----------------------------------------------------------------------------
 

@@ -564,14 +564,8 @@ class GroupSender:
         recipients' window closes on waits for it (a later run). ``on_record``: its attempt
         is written, so a stop records that the request never left."""
         stop = self.stop
-        window_closed = (
-            self.job.send_window is not None
-            and not stop.is_set()
-            and not in_window(self.job, utc(self.clock))
-        )
-        if window_closed:
-            log.warning("job.window_closed", send_window=str(self.job.send_window))
-            stop.request("window")
+        if not stop.is_set() and not in_window(self.job, utc(self.clock)):
+            self.window_closed()
         if stop.is_set():
             raise StopRetrying(_unsent(tries, on_record))
         if self.expires_at is not None and self.clock.wall() >= self.expires_at.timestamp():
@@ -795,6 +789,13 @@ class GroupSender:
 
     def fail_ledger(self, exc: LedgerError) -> None:
         self._fail(exc, "ledger")
+
+    def window_closed(self) -> None:
+        """The job's ``send_window`` has closed: stop the job (exit 4; the next run inside the
+        window resumes), once."""
+        if not self.stop.is_set():
+            log.warning("job.window_closed", send_window=str(self.job.send_window))
+            self.stop.request("window")
 
     def run_deadline_reached(self) -> None:
         """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from bulk_mms.clock import sleep_unless
 from bulk_mms.errors import NotFound, SendError
 from bulk_mms.ledger import Location, load, read_events
 from bulk_mms.ledger.events import encode
@@ -143,9 +144,16 @@ class FakeClock:
     Usable as the runner's ``clock`` and, called, as a plain ``sleep``.
     """
 
-    def __init__(self, start: float = 1000.0, wall: float | None = None) -> None:
+    def __init__(
+        self,
+        start: float = 1000.0,
+        wall: float | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         #: Every sleep asked for, in order.
         self.calls: list[float] = []
+        #: Once set, it ends every sleep at once, as the job's clock does (the job's stop).
+        self._stopping = stopping
         self._start = start
         #: Added to the loop's time: the start, and every :meth:`advance`.
         self._shift: float | None = None
@@ -186,7 +194,7 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.calls.append(seconds)
-        await asyncio.sleep(max(0.0, seconds))
+        await sleep_unless(self._stopping, max(0.0, seconds))
 
     async def __call__(self, seconds: float) -> None:
         await self.sleep(seconds)

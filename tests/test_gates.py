@@ -15,6 +15,7 @@ from bulk_mms.console import run_outcome
 from bulk_mms.errors import RateLimited
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -209,3 +210,24 @@ async def test_a_wall_clock_stepped_back_does_not_expire_a_group_before_the_dead
     assert s.expired_groups == 0
     assert len(sent_at) == 1  # the group after the paused one (which stays pending)
     assert sent_at[0] < NOON.timestamp() + 60
+
+
+async def test_a_run_stops_as_its_send_window_closes_not_after_its_waits(
+    jobs: JobFactory,
+) -> None:
+    """A run whose only worker waits out a 300 s Retry-After stops as the send_window closes
+    30 s later (exit 4's window stop), not 270 s after it."""
+    jobs.people(8)
+    job = jobs.job(extra='group_size = 4\nsend_window = "09:00-12:01"')
+    stop = Stop()
+    clock = FakeClock(wall=(NOON + dt.timedelta(seconds=30)).timestamp(), stopping=stop)
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        raise RateLimited("slow", retry_after=300.0)
+
+    settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, max_retry_after=900))
+    client = FakeClient(answer)
+    s = await run_job(job, settings, client, clock=clock, stop=stop)
+    assert s.stopped == "window"
+    assert len(client.calls) == 1
+    assert clock.wall() - (NOON + ONE_MINUTE).timestamp() < 5
