@@ -29,10 +29,12 @@ from bulk_mms.ledger import (
     holder,
     load,
     named,
+    zones_source,
 )
 from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
+from bulk_mms.quiet import UNKNOWN_ZONE
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.scan import (
     InputScan,
@@ -115,20 +117,36 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         input=str(job.input.resolve()),
         from_=job.message.from_,
         recipient_window=str(job.recipient_window) if job.recipient_window else None,
+        zones=zones_source(job.recipient_window, job.timezone_column),
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),
     )
 
 
-def check_resumable(view: LedgerView, expected: Header, where: str) -> None:
-    """Refuse to resume a ledger written for another job, input or grouping.
+def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputScan) -> None:
+    """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
+    input's, for a ledger begun before its header kept where zones come from).
 
     Raises:
         LedgerMismatch: it belongs to a different run.
     """
-    if view.header is not None and (why := view.header.mismatch(expected)) is not None:
+    header = view.header
+    if header is None:
+        return
+    if (why := header.mismatch(expected)) is not None:
         raise LedgerMismatch(where, why)
+    if header.recipient_window and header.zones is None and scan.lost.get(UNKNOWN_ZONE):
+        # begun by a bulk-mms that grouped such rows by their number's zone: this one
+        # rejects them, so the groups after them would not be the ones it sent
+        raise LedgerMismatch(
+            where,
+            f"was begun by bulk-mms {header.version or '(an older one)'}, which grouped the "
+            f"{scan.lost[UNKNOWN_ZONE]} rows whose timezone_column names no zone by their "
+            "number; this one rejects them, and regrouping would resend people already sent: "
+            "finish this ledger with the bulk-mms that began it, or go on in a new ledger "
+            "with --exclude-sent naming this one",
+        )
 
 
 def key_valid_until(
@@ -364,7 +382,8 @@ class _DryRun:
 
         self.s.input = scan
         run_limits(job, self.settings, view, self.clock)
-        check_resumable(view, header_for(job, scan.fingerprint, self.clock), display(job.where))
+        header = header_for(job, scan.fingerprint, self.clock)
+        check_resumable(view, header, display(job.where), scan)
         self.s.locked_by = holder(job.where)
         self.s.retired = tuple(x for x in job.message.senders if x in view.retired)
 

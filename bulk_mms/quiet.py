@@ -38,19 +38,20 @@ def _zones_of_prefix(prefix: str) -> tuple[str, ...]:
     return tuple(sorted(z for z in zones if z != _UNKNOWN)) or ("UTC",)
 
 
-#: Names in the zone database that are no recipient's zone: this machine's own, and aliases.
-_NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
+#: The first words of the reason a row whose ``timezone_column`` names no zone is rejected
+#: for (its :func:`~bulk_mms.models.reason_kind`).
+UNKNOWN_ZONE = "unknown time zone"
 
 
-@functools.cache
-def _zone_names() -> dict[str, str]:
-    """Every IANA zone's name, by its lowercase."""
-    return {n.lower(): n for n in zoneinfo.available_timezones() - _NOT_PLACES}
-
-
+@functools.lru_cache(maxsize=1024)
 def zone_named(value: str) -> str | None:
-    """The IANA zone ``value`` names, whatever its case (``america/chicago``), or None."""
-    return _zone_names().get(value.strip().lower())
+    """The IANA zone ``value`` names (blanks around it aside), or None."""
+    name = value.strip()
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
 
 
 def zone_problem(fields: Mapping[str, str], column: str) -> str | None:
@@ -60,7 +61,7 @@ def zone_problem(fields: Mapping[str, str], column: str) -> str | None:
     if not value or zone_named(value) is not None:
         return None
     return (
-        f"unknown time zone: {column!r} is {value!r}, not an IANA zone like "
+        f"{UNKNOWN_ZONE}: {column!r} is {value!r}, not an IANA zone like "
         "'America/New_York'; fix it, or leave it blank to go by the number"
     )
 

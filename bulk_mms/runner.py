@@ -718,7 +718,9 @@ async def run_job(
         runner: Runner | None = None
         try:
             # off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is heard
-            view = await asyncio.to_thread(_resume, store, header, reader.columns, job.phone_column)
+            view = await asyncio.to_thread(
+                _resume, store, header, reader.columns, job.phone_column, scan
+            )
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             await asyncio.to_thread(store.append_now, started)
             view.apply(started)
@@ -799,7 +801,11 @@ def _undrained(store: LedgerStore, stop: Stop) -> LedgerUnavailable:
 
 
 def _resume(
-    store: LedgerStore, header: Header, columns: tuple[str, ...] | list[str], phone_column: str
+    store: LedgerStore,
+    header: Header,
+    columns: tuple[str, ...] | list[str],
+    phone_column: str,
+    scan: InputScan,
 ) -> LedgerView:
     """Fold what the ledger holds (not the delivery statuses: a run needs none); a new ledger
     gets its header: a new campaign, with its own Idempotency-Keys."""
@@ -814,7 +820,7 @@ def _resume(
         view.apply(there := store.put_header(header))
         if there is header:
             return view
-    check_resumable(view, header, store.name)
+    check_resumable(view, header, store.name, scan)
     log.info(
         "ledger.resumed",
         ledger=store.name,

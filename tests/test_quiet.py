@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from bulk_mms.config import SendWindow
 from bulk_mms.console import print_dry_run, run_outcome
+from bulk_mms.errors import LedgerMismatch
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
@@ -130,10 +132,10 @@ async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_windo
 ) -> None:
     """A timezone_column value that names no IANA zone (a Windows name) rejects its row,
     naming the value: the recipient is never texted by the number's zone instead (8:30 in New
-    York is 5:30 where the row says they are). Case aside, a zone's name is read."""
+    York is 5:30 where the row says they are)."""
     rows = [
         {"phone": NEW_YORK[0], "first": "x", "tz": "Pacific Standard Time"},
-        {"phone": NEW_YORK[1], "first": "x", "tz": "america/new_york"},
+        {"phone": NEW_YORK[1], "first": "x", "tz": "America/New_York"},
         {"phone": NEW_YORK[2], "first": "x", "tz": ""},
     ]
     jobs.csv(rows)
@@ -149,3 +151,51 @@ async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_windo
     rejected = [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
     assert [(e["line"], e["reason"].split(":")[0]) for e in rejected] == [(2, "unknown time zone")]
     assert "'Pacific Standard Time'" in rejected[0]["reason"]
+
+
+async def test_a_timezone_column_added_mid_campaign_is_refused_not_regrouped(
+    jobs: JobFactory,
+) -> None:
+    """With quiet hours, the timezone_column decides each recipient's zone and so the groups:
+    a ledger begun without it refuses a run with it (exit 2, nothing sent), instead of
+    regrouping and texting people already sent a second time."""
+    rows = [
+        {"phone": p, "first": "x", "tz": "America/Chicago" if i % 2 else ""}
+        for i, p in enumerate(NEW_YORK)
+    ]
+    jobs.csv(rows)
+    noon = FakeClock(wall=dt.datetime(2026, 11, 25, 17, 0, tzinfo=dt.UTC).timestamp())
+    client = FakeClient()
+    window = 'group_size = 2\nrecipient_window = "08:00-21:00"'
+    await run_job(jobs.job(extra=window), FAST, client, clock=noon, limit=2)
+    sent = list(client.sent_numbers())
+    with pytest.raises(LedgerMismatch, match="zones came from the number, now from column 'tz'"):
+        await run_job(jobs.job(extra=f'{window}\ntimezone_column = "tz"'), FAST, client, clock=noon)
+    assert client.sent_numbers() == sent
+
+
+async def test_a_ledger_from_before_zones_were_kept_is_refused_when_rows_would_regroup(
+    jobs: JobFactory,
+) -> None:
+    """A ledger whose header does not say where zones came from (begun by an earlier
+    bulk-mms, which grouped a row whose timezone_column names no zone by its number) is not
+    resumed when the input has such rows: their rejection would regroup the rest."""
+    rows = [
+        {"phone": p, "first": "x", "tz": "Eastern Standard Time" if i == 0 else ""}
+        for i, p in enumerate(NEW_YORK)
+    ]
+    jobs.csv(rows)
+    noon = FakeClock(wall=dt.datetime(2026, 11, 25, 17, 0, tzinfo=dt.UTC).timestamp())
+    job = jobs.job(
+        extra='group_size = 2\nrecipient_window = "08:00-21:00"\ntimezone_column = "tz"\n'
+        "max_rejected_share = 0.5"
+    )
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=noon, limit=1)
+    first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = orjson.loads(first)
+    del header["zones"]
+    job.ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+    with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
+        await run_job(job, FAST, client, clock=noon)
+    assert len(client.calls) == 1

@@ -22,6 +22,7 @@ from bulk_mms.ledger.events import (
     Sent,
     Status,
     to_json,
+    zones_source,
 )
 from bulk_mms.ledger.fold import STATES, GroupRecord, InputRows, LedgerView, RecipientCounts
 from bulk_mms.ledger.store import (
@@ -72,4 +73,5 @@ __all__ = [
     "open_store",
     "read_events",
     "to_json",
+    "zones_source",
 ]

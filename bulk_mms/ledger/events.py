@@ -61,6 +61,9 @@ class Header(msgspec.Struct, frozen=True):
     columns: tuple[str, ...] = ()
     #: Quiet hours split groups by time zone: a ledger keeps the grouping it began with.
     recipient_window: str | None = None
+    #: With quiet hours, where each recipient's zone comes from (:func:`zones_source`): the
+    #: grouping depends on it too. None: no quiet hours, or a ledger begun before it was kept.
+    zones: str | None = None
     format: int = FORMAT
     version: str = ""
     time: str = ""
@@ -74,7 +77,20 @@ class Header(msgspec.Struct, frozen=True):
             was, now = getattr(self, name), getattr(expected, name)
             if was != now:
                 return f"belongs to a different run: {label} was {was!r}, now {now!r}{hint}"
+        if self.zones is not None and self.zones != expected.zones:
+            return (
+                f"belongs to a different run: recipients' zones came from {self.zones}, now "
+                f"from {expected.zones}{_REGROUP}"
+            )
         return None
+
+
+def zones_source(recipient_window: object, timezone_column: str | None) -> str | None:
+    """Where a job's recipients' zones come from, for its ledger's header: ``"the number"``
+    or ``"column 'tz'"``; None without quiet hours (no zones are looked up)."""
+    if recipient_window is None:
+        return None
+    return "the number" if timezone_column is None else f"column {timezone_column!r}"
 
 
 _REGROUP = " (regrouping would resend people already sent; use a new --ledger)"
@@ -430,6 +446,7 @@ def _header(d: Mapping[str, Any]) -> Header:
         campaign=_opt_str(d, "campaign") or None,
         columns=tuple(map(str, columns)) if isinstance(columns, list) else (),
         recipient_window=_opt_str(d, "recipient_window"),
+        zones=_opt_str(d, "zones"),
         format=_int(d, "format", 1),
         version=_opt_str(d, "version") or "",
         time=_time(d),
