@@ -17,9 +17,9 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 
 from msgspec.structs import replace
 
-from bulk_mms.config import JobConfig, MessageConfig
+from bulk_mms.config import JobConfig, MessageConfig, SendWindow
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
-from bulk_mms.quiet import zone_problem, zones_for
+from bulk_mms.quiet import hours_problem, zone_problem, zones_for
 
 
 def group_id(job_name: str, to: Sequence[str]) -> str:
@@ -191,21 +191,25 @@ def _rows_with_text(
 def zoned(
     items: Iterator[Recipient | RejectedRow], job: JobConfig
 ) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose ``timezone_column`` names no time zone rejected (a
-    loss): its quiet hours cannot be known, and the number's zone may be the wrong one.
-    ``items`` themselves without quiet hours (``recipient_window``) or the column."""
-    column = job.timezone_column
-    if column is None or job.recipient_window is None:
+    """``items`` with each recipient whose quiet hours cannot be kept rejected (a loss): its
+    ``timezone_column`` names no time zone (the number's zone may be the wrong one,
+    :func:`~bulk_mms.quiet.zone_problem`), or its zones share no open time of the window
+    (:func:`~bulk_mms.quiet.hours_problem`). ``items`` themselves without quiet hours
+    (``recipient_window``)."""
+    if job.recipient_window is None:
         return items
-    return _rows_zoned(items, column)
+    return _rows_zoned(items, job.recipient_window, job.timezone_column)
 
 
 def _rows_zoned(
-    items: Iterable[Recipient | RejectedRow], column: str
+    items: Iterable[Recipient | RejectedRow], window: SendWindow, column: str | None
 ) -> Iterator[Recipient | RejectedRow]:
     """:func:`zoned`'s loop."""
     for item in items:
-        if isinstance(item, Recipient) and (problem := zone_problem(item.fields, column)):
+        if isinstance(item, Recipient) and (
+            (column is not None and (problem := zone_problem(item.fields, column)))
+            or (problem := hours_problem(window, item.phone, item.fields, column))
+        ):
             yield RejectedRow(item.line, item.phone, problem, Rejection.ROW)
         else:
             yield item

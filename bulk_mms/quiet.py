@@ -5,7 +5,9 @@ The TCPA's quiet hours are the *recipient's* local time. Each recipient's zone c
 rejects the row: the number's zone may not be where they are), else from the number
 (phonenumbers' time zone data, by the number's prefix). A number whose prefix spans several
 zones (a toll-free range, Alaska's two) gets all of them, and may be texted only when the
-window is open in every one: the overlap. Groups never mix zones
+window is open in every one: the overlap. A recipient whose zones share no time of the window
+in winter or in summer (a toll-free number's 42 zones, a narrow window) is rejected as its row
+is read (:func:`never_open`): no run could send it that season. Groups never mix zones
 (:func:`bulk_mms.grouping.make_groups` keeps one open group per zone; with ``group_by`` a
 group holds every member's zones), so a group is sent exactly when its members may be texted.
 """
@@ -63,6 +65,34 @@ def zone_problem(fields: Mapping[str, str], column: str) -> str | None:
     return (
         f"{UNKNOWN_ZONE}: {column!r} is {value!r}, not an IANA zone like "
         "'America/New_York'; fix it, or leave it blank to go by the number"
+    )
+
+
+#: The first words of the reason a row is rejected for when its zones share no open time.
+NO_COMMON_HOURS = "no common hours"
+#: A winter's and a summer's day: the two sets of offsets :func:`never_open` tries.
+_SEASONS = (dt.datetime(2025, 1, 15, tzinfo=dt.UTC), dt.datetime(2025, 7, 15, tzinfo=dt.UTC))
+
+
+@functools.lru_cache(maxsize=256)
+def never_open(window: SendWindow, zones: tuple[str, ...]) -> bool:
+    """Whether some season (a winter's day, a summer's) has no moment when ``window`` is open
+    in every one of ``zones``."""
+    return any(next_opening(window, zones, day) is None for day in _SEASONS)
+
+
+def hours_problem(
+    window: SendWindow, phone: str, fields: Mapping[str, str], column: str | None
+) -> str | None:
+    """Why a recipient cannot be texted inside ``window`` in any season: its zones
+    (:func:`zones_for`) share no open time then; or None."""
+    zones = zones_for(phone, fields, column)
+    if len(zones) < 2 or not never_open(window, zones):
+        return None
+    hint = f"give it a {column!r} value" if column else "name its zone in a timezone_column"
+    return (
+        f"{NO_COMMON_HOURS}: its number spans {len(zones)} time zones ({zones[0]} to "
+        f"{zones[-1]}), which share no time of the window {window} all year; {hint}"
     )
 
 

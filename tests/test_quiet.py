@@ -13,7 +13,7 @@ from bulk_mms.config import SendWindow
 from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.errors import LedgerMismatch
 from bulk_mms.prepare import dry_run
-from bulk_mms.quiet import closes_in, next_opening, open_for, zones_for
+from bulk_mms.quiet import closes_in, hours_problem, never_open, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
@@ -151,6 +151,41 @@ async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_windo
     rejected = [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
     assert [(e["line"], e["reason"].split(":")[0]) for e in rejected] == [(2, "unknown time zone")]
     assert "'Pacific Standard Time'" in rejected[0]["reason"]
+
+
+def test_zones_that_share_no_hour_of_the_window_are_never_open() -> None:
+    """A toll-free number's 42 zones (Guam to Pago Pago) share no hour of 09:00-18:00 in any
+    season, but do of 08:00-21:00; a one-zone number or a column's zone is never refused."""
+    toll_free = zones_for("+18005550100", {}, None)
+    assert len(toll_free) > 40
+    assert never_open(SendWindow(dt.time(9), dt.time(18)), toll_free)
+    assert not never_open(WINDOW, toll_free)
+    narrow = SendWindow(dt.time(9), dt.time(18))
+    reason = hours_problem(narrow, "+18005550100", {}, None)
+    assert reason is not None
+    assert reason.startswith("no common hours: its number spans 42 time zones")
+    assert hours_problem(narrow, "+18005550100", {"tz": "America/Chicago"}, "tz") is None
+    assert hours_problem(narrow, NEW_YORK[0], {}, None) is None
+
+
+async def test_a_number_whose_zones_never_share_the_window_is_rejected_not_held(
+    jobs: JobFactory,
+) -> None:
+    """A toll-free recipient under a 09:00-18:00 recipient_window is rejected as its row is
+    read, naming why: the run sends the rest and exits as done, where before every run held it
+    and exited 4 ("no overlap within two days")."""
+    rows = [{"phone": p, "first": "x"} for p in [*NEW_YORK[:2], "+18005550100"]]
+    jobs.csv(rows)
+    job = jobs.job(
+        extra='group_size = 1\nrecipient_window = "09:00-18:00"\nmax_rejected_share = 0.5'
+    )
+    noon = dt.datetime(2026, 11, 25, 12, 0, tzinfo=ZoneInfo("America/New_York"))
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=noon.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK[:2]
+    assert (s.rejected_rows, s.held_groups, s.stopped) == (1, 0, None)
+    rejected = [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
+    assert [(e["line"], e["reason"].split(":")[0]) for e in rejected] == [(4, "no common hours")]
 
 
 async def test_a_timezone_column_added_mid_campaign_is_refused_not_regrouped(
