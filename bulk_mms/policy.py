@@ -277,24 +277,34 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
     return 0.0
 
 
+#: How many times a delivery report may send one recipient again (:func:`delivery_action`):
+#: after that, its failure stands (``report --failed-csv`` lists it), so a number a carrier
+#: keeps refusing is not texted run after run, each time paid for.
+MAX_RESENDS = 3
+
+
 def delivery_action(
-    rec: GroupRecord, st: RecipientStatus, settings: Settings, now: float
+    rec: GroupRecord, st: RecipientStatus, settings: Settings, now: float, moves: int = 0
 ) -> tuple[Action | None, Moved | None]:
     """What a delivery report calls for (the one reading of a carrier code after acceptance,
     for a run and for ``track``): the policy's action for its code, and the ``moved`` event
     for its member when it goes again (its sender blocked: from another sender; refused for
-    now: after the carrier's reset), if any. ``(None, None)`` for a report with no code the
-    policy knows, or a group with no sender on record."""
+    now: after the carrier's reset), if any: not once it went again :data:`MAX_RESENDS` times
+    (``moves``: :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report
+    with no code the policy knows, or a group with no sender on record."""
     code = next((e.code for e in st.errors if e.code), None)
     action = settings.error_policy.get(code) if code is not None else None
     if action is None or rec.sender is None or code is None:
         return None, None
     stamp = iso(now)
     if action == Action.RETIRE_SENDER:
-        log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
-        return action, Moved(rec.id, (st.phone,), rec.sender, code, stamp)
-    if action in (Action.SLOW, Action.RETRY, Action.DEFER) and st.status in NOT_RECEIVED:
-        after = carrier_reset(code, settings.daily_reset, now)
-        log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
-        return action, Moved(rec.id, (st.phone,), "", code, stamp, after)
-    return action, None
+        sender, after = rec.sender, 0.0  # from another sender
+    elif action in (Action.SLOW, Action.RETRY, Action.DEFER) and st.status in NOT_RECEIVED:
+        sender, after = "", carrier_reset(code, settings.daily_reset, now)
+    else:
+        return action, None
+    if moves >= MAX_RESENDS:
+        log.warning("delivery.resends_spent", group=rec.id, code=code, resends=moves)
+        return action, None
+    log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
+    return action, Moved(rec.id, (st.phone,), sender, code, stamp, after)

@@ -431,7 +431,8 @@ async def track_ledger(
 
         def on_status(rec: GroupRecord, st: RecipientStatus) -> None:
             # a member failed by its blocked sender, or refused for now, goes again (a rerun)
-            if (found := delivery_action(rec, st, settings, clock.wall())[1]) is not None:
+            moves = view.moves(st.phone)
+            if (found := delivery_action(rec, st, settings, clock.wall(), moves)[1]) is not None:
                 store.append_nowait(found)  # durable when the store closes
                 view.apply(found)
 

@@ -14,6 +14,7 @@ from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
 from bulk_mms.ledger import load
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
+from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
@@ -200,3 +201,39 @@ async def test_a_member_sent_again_after_a_move_is_tracked_as_its_new_send(
     assert view.known[moved].message_id == "own-new"
     final, _ = view.cost_parts()["USD"]
     assert final == Decimal("0.0500")  # three at 0.01 and the new send's 0.02, none twice
+
+
+async def test_a_member_a_carrier_keeps_refusing_is_sent_again_three_times_then_stands(
+    jobs: JobFactory,
+) -> None:
+    """A member whose every send expires in the queue (40014, "send again") goes again after
+    each report, but only MAX_RESENDS times: then its failure stands, a rerun sends nobody, and
+    the report lists it as not received."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    expired = ApiError("40014", "Message expired in queue", "")
+    client = FakeClient()
+    stuck = None
+    for _ in range(MAX_RESENDS + 2):
+        await run_job(job, FAST, client, clock=FakeClock())
+        if not client.calls or (stuck is not None and client.calls[-1].to != (stuck,)):
+            break
+        last = client.calls[-1]
+        stuck = stuck or last.to[0]
+        client.delivery[f"msg-{last.id}-{len(client.calls) - 1}"] = tuple(
+            RecipientStatus(
+                p,
+                "delivery_failed" if p == stuck else "delivered",
+                errors=(expired,) if p == stuck else (),
+                at="2026-11-23T10:00:00Z",
+                message_id=f"own-{p}-{len(client.calls)}",
+            )
+            for p in last.to
+        )
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert [g.to for g in client.calls[1:]] == [(stuck,)] * MAX_RESENDS
+    view = load(job.ledger)
+    assert view.moves(stuck) == MAX_RESENDS
+    assert list(view.not_received()) == [stuck]
+    counts = summarize(job.ledger).recipient_states
+    assert (counts.sent, counts.retry_pending, counts.not_attempted) == (2, 0, 0)

@@ -225,6 +225,8 @@ class LedgerView(msgspec.Struct, eq=False):
     _group_of: dict[str, str] | None = None
     #: Whether any member was moved out of a group (:meth:`_sent_again` looks only then).
     _any_moved: bool = False
+    #: Phone number → how many groups it was moved out of: built when first asked (:meth:`moves`).
+    _moves: Counter[str] | None = None
     _run_first: float | None = None
     _run_last: float | None = None
 
@@ -289,6 +291,8 @@ class LedgerView(msgspec.Struct, eq=False):
                     rec.refused = ev.without
             case events.Moved():
                 rec = self._group(ev.group, ())
+                if self._moves is not None:
+                    self._moves.update(p for p in ev.members if p not in rec.moved)
                 rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
                 rec.moved_after = max(rec.moved_after, ev.after)
                 self._any_moved = True
@@ -618,6 +622,15 @@ class LedgerView(msgspec.Struct, eq=False):
             input_read=recipients.input_read,
         )
 
+    def moves(self, phone: str) -> int:
+        """How many sent groups ``phone`` was moved out of (:class:`~bulk_mms.ledger.Moved`: a
+        delivery report sent it again, from another sender or after a carrier's reset)."""
+        if not self._any_moved:
+            return 0
+        if self._moves is None:
+            self._moves = Counter(p for rec in self.groups.values() for p in rec.moved)
+        return self._moves[phone]
+
     def group_of(self, phone: str) -> str | None:
         """The sent group ``phone`` is in: its latest (a number is in two only when a delivery
         report moved it out of the first, and a later run sent it again)."""
@@ -741,5 +754,5 @@ def _delivery_reason(k: Known) -> str:
 _COMPARED: Final = tuple(
     "known" if f.name == "_known" else f.name
     for f in msgspec.structs.fields(LedgerView)
-    if f.name not in ("_known_columns", "_group_of", "_any_moved")
+    if f.name not in ("_known_columns", "_group_of", "_any_moved", "_moves")
 )
