@@ -231,6 +231,7 @@ async def test_a_member_a_carrier_keeps_refusing_is_sent_again_three_times_then_
             for p in last.to
         )
         await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert stuck is not None
     assert [g.to for g in client.calls[1:]] == [(stuck,)] * MAX_RESENDS
     view = load(job.ledger)
     assert view.moves(stuck) == MAX_RESENDS
