@@ -340,6 +340,18 @@ def test_a_deadline_in_the_skipped_hour_is_refused_with_both_readings(tmp_path: 
     )
 
 
+def test_a_deadline_that_is_a_day_alone_is_refused_naming_both_readings(tmp_path: Path) -> None:
+    """deadline = "2026-11-24" could mean that day's start or its end: a one-line error asks
+    for the time, showing both."""
+    p = _deadline_job(tmp_path, "2026-11-24")
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert str(info.value) == (
+        f"{p}: deadline: '2026-11-24' is a day, not a time: write '2026-11-24T00:00' for its "
+        "start or '2026-11-24T23:59' for its end"
+    )
+
+
 def test_a_deadline_in_the_repeated_hour_is_refused_with_both_offsets(tmp_path: Path) -> None:
     """2026-11-01T01:30 happens twice in Chicago: the error names -05:00 and -06:00 and shows
     how to write either."""

@@ -385,12 +385,27 @@ def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | No
         raise top.error(
             "deadline", f"{text!r} is not a date and time like '2026-11-24T12:00'"
         ) from None
+    if _is_date(text.strip()):
+        raise top.error(
+            "deadline",
+            f"{text!r} is a day, not a time: write '{text.strip()}T00:00' for its start or "
+            f"'{text.strip()}T23:59' for its end",
+        )
     if when.tzinfo is not None:
         return when
     problem = local_time_problem(when, zone)
     if problem is not None:
         raise top.error("deadline", problem)
     return when.replace(tzinfo=zone)
+
+
+def _is_date(text: str) -> bool:
+    """Whether ``text`` is a date alone (``2026-11-24``), no time of day."""
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def local_time_problem(when: dt.datetime, zone: dt.tzinfo) -> str | None:
