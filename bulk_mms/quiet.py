@@ -96,11 +96,19 @@ def hours_problem(
     )
 
 
+#: Fixed-offset zones that people write meaning a US zone that keeps daylight time ("EST" in
+#: July means New York's 09:00 at 08:00 EST): a row naming one is read as both.
+_ALSO_MEANT = {"EST": "America/New_York", "MST": "America/Denver"}
+
+
 def zones_for(phone: str, fields: Mapping[str, str], column: str | None) -> tuple[str, ...]:
     """A recipient's zones: the column's when it names one, else the number's (a row whose
-    value names none is rejected as it is read: :func:`zone_problem`)."""
+    value names none is rejected as it is read: :func:`zone_problem`). ``EST`` and ``MST``
+    are read as themselves and as the daylight-keeping zone people mean by them
+    (:data:`_ALSO_MEANT`), so the window must be open by both clocks."""
     if column is not None and (name := zone_named(fields.get(column, ""))) is not None:
-        return (name,)
+        also = _ALSO_MEANT.get(name)
+        return (name,) if also is None else tuple(sorted((name, also)))
     return _zones_of_prefix(phone[:8])  # +1 NPA NXX: the finest prefix the data uses
 
 

@@ -168,6 +168,18 @@ def test_zones_that_share_no_hour_of_the_window_are_never_open() -> None:
     assert hours_problem(narrow, NEW_YORK[0], {}, None) is None
 
 
+def test_est_in_a_row_is_kept_by_new_yorks_clock_too() -> None:
+    """A row whose zone is "EST" (a fixed -05:00 that people write for New York) is open only
+    when both clocks are: at 21:30 New York daylight time (20:30 EST) it is closed, where EST
+    alone would text the recipient after 21:00."""
+    zones = zones_for(NEW_YORK[0], {"tz": "EST"}, "tz")
+    assert zones == ("America/New_York", "EST")
+    late = dt.datetime(2026, 7, 1, 21, 30, tzinfo=ZoneInfo("America/New_York"))
+    assert open_for(WINDOW, ("EST",), late)
+    assert not open_for(WINDOW, zones, late)
+    assert zones_for(NEW_YORK[0], {"tz": "MST"}, "tz") == ("America/Denver", "MST")
+
+
 async def test_a_number_whose_zones_never_share_the_window_is_rejected_not_held(
     jobs: JobFactory,
 ) -> None:
