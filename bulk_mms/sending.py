@@ -434,8 +434,8 @@ class GroupSender:
         """Wait for the pacer to admit the group's sender; its ticket (kept in ``tries``)."""
         group = tries.group
         try:
-            ticket = await self.pacer.acquire(
-                group.message.from_, len(group.to), tries.group_deadline
+            ticket = await self._unless_stopped(
+                self.pacer.acquire(group.message.from_, len(group.to), tries.group_deadline)
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
@@ -447,7 +447,7 @@ class GroupSender:
         """Every gate is open now and every cap (money, count) has room for the group."""
         self._check_gates(tries)
         for limit in self.limits:
-            if (over := await limit.reserve(tries.group)) is not None:
+            if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
                 self._fail(over, "limit")
                 raise StopRetrying
 
@@ -500,6 +500,17 @@ class GroupSender:
         if coordinator.fence(gid) != tries.fence:
             raise ClaimLost(self.recorder.store.name, gid)
         return held - margin
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+        """A round trip to the shared database before the attempt (the account budget's
+        admission, a shared limit's reservation), given up on when the job stops meanwhile
+        (:meth:`_before_stop`: a locked or unreachable table must not hold a SIGTERM). Once
+        stopped, or on a ledger nobody shares, ``work`` is awaited as it is (it ends at once
+        on a stop, or never waits on a database). A reservation given up on may still land:
+        its room stays taken (a cap is never passed, only reached sooner)."""
+        if not self.recorder.store.shared or self.stop.is_set():
+            return await work
+        return await self._before_stop(work)
 
     async def _before_stop(self, work: Awaitable[T]) -> T:
         """What ``work`` (a database call) comes to, unless the job is stopped first: then

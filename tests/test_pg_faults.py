@@ -378,22 +378,25 @@ def test_a_terminated_connection_is_survived_or_stops_cleanly(
     assert sorted(fake.recipient_counts()) == numbers(40)
 
 
-def test_sigterm_with_the_ledger_table_locked_ends_the_run_within_20_s(
-    jobs: JobFactory, database: str
+@pytest.mark.slow
+@pytest.mark.parametrize("table", ["bulk_mms_events", "bulk_mms_budgets", "bulk_mms_limits"])
+def test_sigterm_with_a_ledger_table_locked_ends_the_run_within_20_s(
+    jobs: JobFactory, database: str, table: str
 ) -> None:
-    """A run whose ledger table another session locks, then SIGTERM: with the default
-    request_timeout (30 s) it exits within 20 s (a stop ends the wait for the database, and
-    closing is bounded), without a traceback, with the code of a stop (143) or of the
-    database fault (7)."""
+    """A run (sharing a rate and a max_cost through the database) whose ledger, rate or
+    limits table another session locks, then SIGTERM: with the default request_timeout
+    (30 s) it exits within 20 s (a stop ends the wait for the database, and closing is
+    bounded), without a traceback, with the code of a stop (143) or of the database fault
+    (7)."""
     fake = FakeTelnyx(api_key=KEY)
     jobs.people(60)
-    job = jobs.job(extra="group_size = 2")
-    config = _config(jobs.root, "rate = 5\nconcurrency = 2")
+    job = jobs.job(extra='group_size = 2\nmax_cost = "100"')
+    config = _config(jobs.root, "rate = 5\nconcurrency = 2", pricing='per_recipient = "0.01"')
     where = f"{database}?ledger=lockedrun"
     with fake_api_thread(fake) as url:
         proc = _run(job.path, url, config, where)
         _wait_for(lambda: _count(database, "sent") >= 2, 30)
-        with _locked(database, "bulk_mms_events"):
+        with _locked(database, table):
             time.sleep(0.5)  # let the run block on the lock
             proc.send_signal(signal.SIGTERM)
             start = time.monotonic()
@@ -407,9 +410,13 @@ def test_sigterm_with_the_ledger_table_locked_ends_the_run_within_20_s(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _config(root: Path, limits: str, *, api: str = "") -> Path:
+def _config(root: Path, limits: str, *, api: str = "", pricing: str = "") -> Path:
     path = root / "config.toml"
-    path.write_text(f"[limits]\n{limits}\n" + (f"[api]\n{api}\n" if api else ""))
+    path.write_text(
+        f"[limits]\n{limits}\n"
+        + (f"[api]\n{api}\n" if api else "")
+        + (f"[pricing]\n{pricing}\n" if pricing else "")
+    )
     return path
 
 
