@@ -57,11 +57,14 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def _format_flag(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
-    """``--format`` (table on a terminal, JSON otherwise), with ``--json`` as its alias."""
-    parser.add_argument(
-        "--format", choices=choices, help="table on a terminal, JSON otherwise (default)"
-    )
+def _format_flag(
+    parser: argparse.ArgumentParser,
+    choices: tuple[str, ...],
+    default: str = "table on a terminal, JSON otherwise (default)",
+) -> None:
+    """``--format`` (``default`` says what it is when not given), with ``--json`` as its
+    alias."""
+    parser.add_argument("--format", choices=choices, help=default)
     parser.add_argument(
         "--json",
         action="store_const",
@@ -207,7 +210,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     track.add_argument(
         "--sandbox",
         action="store_true",
-        help="ask the built-in fake API (a sandbox ledger's ids are unknown to it: reported 404)",
+        help="ask the built-in fake API, which knows a sandbox run's messages (its ledger only)",
     )
     track.add_argument("--rate", type=float, help="GET requests per second")
     _format_flag(track, ("table", "json"))
@@ -224,6 +227,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="address to listen on, e.g. 0.0.0.0:8080",
     )
+    hooks.add_argument("--config", type=Path, help=CONFIG_HELP + " (its [suppression] file)")
 
     report = sub.add_parser(
         "report", help="outcomes, delivery, cost and errors of a ledger", parents=[common]
@@ -259,7 +263,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "status", help="the same as report (kept for scripts)", parents=[common]
     )
     status.add_argument("ledger", type=location, help=LEDGER_HELP)
-    _format_flag(status, ("table", "json", "csv"))
+    _format_flag(status, ("table", "json", "csv"), default="table, even piped (default)")
 
 
 def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -571,7 +571,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         )
 
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
-    path = find_config(None)
+    path = find_config(args.config)
     listed = load_settings(path).suppression_file if path else None
 
     async def serve() -> None:
