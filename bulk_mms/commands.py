@@ -404,6 +404,8 @@ def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
+    if args.metrics is not None:  # the job's name once the ledger is read; its path until
+        args.metrics.name = display(args.ledger)
     settings = settings_for(args)
     if args.sandbox:  # the sandbox's carrier finishes in seconds: ask every second, not 30
         if not is_sandbox_ledger(args.ledger):
@@ -414,8 +416,6 @@ def cmd_track(args: argparse.Namespace) -> int:
             )
         settings = replace(settings, track=replace(settings.track, interval=1.0, max_interval=2.0))
     key = _api_key(args)
-    if args.metrics is not None:  # the job's name once the ledger is read; its path until
-        args.metrics.name = display(args.ledger)
     result = asyncio.run(
         _track(args.ledger, settings, key, follow=args.follow, sandbox=args.sandbox)
     )
