@@ -155,6 +155,21 @@ def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) 
     assert setting in str(info.value)
 
 
+def test_a_bad_value_is_said_as_written_with_its_file_and_section(tmp_path: Path) -> None:
+    """A range names its bounds as a person writes them (2592000, not 2.592e+06), and a
+    base_url from the file is named with the file and its section, as every setting is."""
+    p = write(tmp_path, "[limits]\nmax_job_duration_s = 3000000\n", "config.toml")
+    with pytest.raises(ConfigError) as info:
+        load_settings(p, env={})
+    assert str(info.value) == (
+        f"{p}: limits.max_job_duration_s: must be from 0 to 2592000, not 3000000"
+    )
+    p = write(tmp_path, '[api]\nbase_url = "ftp://x.test"\n', "config.toml")
+    with pytest.raises(ConfigError) as info:
+        load_settings(p, env={})
+    assert str(info.value).startswith(f"{p}: api.base_url: 'ftp://x.test' is not an http(s)")
+
+
 def test_example_config_loads() -> None:
     """config.example.toml is a valid settings file with the documented defaults."""
     s = load_settings(Path(__file__).parent.parent / "config.example.toml", env={})

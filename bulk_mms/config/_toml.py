@@ -122,7 +122,7 @@ class Table:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {value!r}")
         if not lo <= value <= hi:
-            raise self.error(key, f"must be from {lo:g} to {hi:g}, not {value:g}")
+            raise self.error(key, f"must be from {_shown(lo)} to {_shown(hi)}, not {_shown(value)}")
         return float(value)
 
     def bool_(self, key: str) -> bool | None:
@@ -171,6 +171,11 @@ class Table:
             near = difflib.get_close_matches(unknown[0], sorted(self._used), n=1, cutoff=0.6)
             hint = f"; did you mean {self._name(near[0])!r}?" if near else ""
             raise self.error(unknown[0], f"unknown setting{hint}")
+
+
+def _shown(number: float) -> str:
+    """A bound or value as a person writes it: ``2592000``, ``0.001``, not ``2.592e+06``."""
+    return f"{number:.15g}" if abs(number) < 1e15 else f"{number:g}"
 
 
 # --------------------------------------------------------------------------------------------

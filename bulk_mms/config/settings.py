@@ -156,8 +156,13 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         if listed_path is not None:  # appended to, rewritten: never a ledger
             check_output("suppression.file", listed_path, source=path)
         tdflt = TrackConfig()
+        base_url = api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL
+        try:  # said with the file and the section, as every other setting's error is
+            check_base_url(base_url)
+        except ConfigError as exc:
+            raise api.error("base_url", exc.message) from None
         settings = Settings(
-            base_url=api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
+            base_url=base_url,
             connect_timeout=api.float_("connect_timeout", settings.connect_timeout, 0.1, 600),
             request_timeout=api.float_("request_timeout", settings.request_timeout, 0.1, 3600),
             rate=limits.float_("rate", settings.rate, 0.001, 10_000),
