@@ -719,7 +719,14 @@ def settings_for(args: argparse.Namespace) -> Settings:
             settings = replace(settings, rate=args.rate)
     if getattr(args, "concurrency", None) is not None:
         settings = replace(settings, concurrency=args.concurrency)
-    return cap_concurrency(check_settings(settings))
+    try:
+        checked = check_settings(settings)
+    except ConfigError as exc:  # a value from the command line is named as it was given
+        flag = f"--{exc.setting.replace('_', '-')}"
+        if getattr(args, exc.setting, None) is not None:
+            raise ConfigError(flag, exc.message) from None
+        raise
+    return cap_concurrency(checked)
 
 
 def _api_key(args: argparse.Namespace) -> str:

@@ -112,7 +112,9 @@ def test_failed_groups_exit_1(jobs: JobFactory, capsys: pytest.CaptureFixture[st
     [
         ("bad_toml", [], "syntax"),
         ("group_size_9", [], "group_size: must be from 1 to 8"),
-        ("ok", ["--rate", "-1"], "rate: must be greater than 0"),
+        ("ok", ["--rate", "-1"], "error: --rate: must be greater than 0"),
+        ("ok", ["--concurrency", "0"], "error: --concurrency: must be from 1 to 1000, not 0"),
+        ("ok", ["--base-url", "ftp://x.test"], "error: --base-url: 'ftp://x.test' is not"),
         ("ok", ["--config", "missing.toml"], "missing.toml: file: not found"),
         ("missing_column", [], "'nickname' is not a column"),
         ("no_input", [], "no such file"),
@@ -335,14 +337,14 @@ def test_campaign_end_to_end_through_the_cli(
 def test_a_base_url_with_credentials_is_exit_2_before_anything(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """https://user:pass@host: one line naming base_url, exit 2, no password echoed, and not
+    """https://user:pass@host: one line naming --base-url, exit 2, no password echoed, and not
     even a ledger header written (the check comes before the first request)."""
     jobs.people(3)
     job = jobs.job()
     code = main(["run", str(job.path), "--base-url", "https://ops:hunter2@api.example.com/v2"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "base_url: must not carry credentials" in err
+    assert "--base-url: must not carry credentials" in err
     assert "hunter2" not in err
     assert "Traceback" not in err
     assert not job.ledger.exists()

@@ -157,7 +157,8 @@ def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) 
 
 def test_a_bad_value_is_said_as_written_with_its_file_and_section(tmp_path: Path) -> None:
     """A range names its bounds as a person writes them (2592000, not 2.592e+06), and a
-    base_url from the file is named with the file and its section, as every setting is."""
+    base_url from the file is named with the file and its section, one from the environment
+    with its variable."""
     p = write(tmp_path, "[limits]\nmax_job_duration_s = 3000000\n", "config.toml")
     with pytest.raises(ConfigError) as info:
         load_settings(p, env={})
@@ -168,6 +169,9 @@ def test_a_bad_value_is_said_as_written_with_its_file_and_section(tmp_path: Path
     with pytest.raises(ConfigError) as info:
         load_settings(p, env={})
     assert str(info.value).startswith(f"{p}: api.base_url: 'ftp://x.test' is not an http(s)")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={"TELNYX_BASE_URL": "ftp://y.test"})
+    assert info.value.setting == "TELNYX_BASE_URL"
 
 
 def test_example_config_loads() -> None:
@@ -231,10 +235,11 @@ def test_from_may_be_a_pool(tmp_path: Path) -> None:
 )
 def test_a_base_url_that_cannot_be_used_is_refused_up_front(url: str, expected: str) -> None:
     """Credentials, other schemes, no host, a bad port or a query: a ConfigError naming
-    base_url, before any request, and the message never repeats a password."""
+    where the URL came from (here TELNYX_BASE_URL), before any request, and the message never
+    repeats a password."""
     with pytest.raises(ConfigError) as info:
         load_settings(None, env={"TELNYX_BASE_URL": url})
-    assert info.value.setting == "base_url"
+    assert info.value.setting == "TELNYX_BASE_URL"
     assert expected in str(info.value)
     assert "hunter2" not in str(info.value)
 

@@ -214,6 +214,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()
     if env.get(BASE_URL_ENV):
+        try:
+            check_base_url(env[BASE_URL_ENV])
+        except ConfigError as exc:
+            raise ConfigError(BASE_URL_ENV, exc.message) from None
         settings = replace(settings, base_url=env[BASE_URL_ENV])
     return check_settings(settings)
 
