@@ -22,8 +22,10 @@
      └── SendError                        one request failed; the runner decides
           ├── FatalSendError              no group can succeed as configured; the job stops
           │    ├── AuthError(status)   3    401/403: the key is refused
-          │    ├── LimitReached        5    a carrier's cap (40016): resumable after its reset
-          │    ├── AccountRefused      6    no funds (20100), spend limit (40333)
+          │    ├── LimitReached        5    a carrier's cap (40016), daily_recipients, max_cost,
+          │    │                            a burst of spam filtering: resumable
+          │    ├── AccountRefused      6    no funds (20100), spend limit (40333), every
+          │    │                            sender of the job refused (40003/40315)
           │    ├── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
           │    └── DescriptorsExhausted 2   EMFILE/ENFILE: this machine ran out of file
           │                                 descriptors (ulimit -n, --concurrency), not the API
@@ -40,8 +42,9 @@
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
-1 finished with groups failed, pending a rerun or in doubt, 4 outside the send window
-(resumable), 130/143 stopped by SIGINT/SIGTERM (resumable).
+1 finished with groups failed, pending a rerun or in doubt (or the prompt answered no), 4
+outside the send window or the recipients' (resumable), 130/143 stopped by SIGINT/SIGTERM
+(resumable). The README's table says the same for users.
 
 Every message is one line and names the file and line, or the setting, that is wrong. No
 message ever contains the API key: the client never puts headers into an error.
