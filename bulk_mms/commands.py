@@ -191,6 +191,27 @@ def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> N
         )
 
 
+def _refuse_undated_database(job: JobConfig, where: Location, setting: str) -> None:
+    """A job whose ledger is a new one each day (``{date}``) refuses a database ledger given
+    without a name (``--ledger``, ``BULK_MMS_LEDGER_URL``): it would be named after the job
+    alone, so the second day would find the first day's campaign (another input: refused; the
+    same input: nothing left, exit 0, and nobody texted that day).
+
+    Raises:
+        ConfigError: naming ``setting`` and what to write instead (exit 2).
+    """
+    if not job.dated_ledger or not isinstance(where, str) or named(where, job.name) == where:
+        return
+    raise ConfigError(
+        setting,
+        "names a database ledger with no date, and the job's ledger holds {date} (a new "
+        "campaign each day): put the database in the job, ledger = "
+        '"postgresql://...?ledger={name}-{date}", or name one ledger for every day with '
+        "?ledger=NAME",
+        source=job.path,
+    )
+
+
 def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     """The job as ``run``'s flags leave it (``--input``, ``--name``, ``--ledger``, the
     sandbox's own folder and list, the previous date's unfinished ledger, ``--to``), and the
@@ -208,6 +229,9 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     if args.to and args.ledger is not None:
         raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
     if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+        if not args.sandbox:  # a sandbox run's ledger is never a database
+            flag = "--ledger" if args.ledger else LEDGER_URL_ENV
+            _refuse_undated_database(job, location(where), flag)
         job = _with_ledger(job, location(where))
     settings = settings_for(args)
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list

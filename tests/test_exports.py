@@ -367,6 +367,34 @@ def test_a_daily_cap_with_a_dated_ledger_is_refused(
     assert "without {date}" in err
 
 
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_a_dated_job_refuses_a_database_ledger_without_a_name(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+) -> None:
+    """A {date} job given a database URL with no ?ledger= (which would name one ledger for
+    every day) is refused with exit 2 before the database is asked, saying what to write;
+    with ?ledger=NAME the choice is the user's, and the run goes on to the database; a
+    --sandbox run, whose ledger is never a database, is not refused."""
+    jobs.people(5)
+    job = jobs.job(extra='ledger = "ledgers/{name}-{date}.jsonl"')
+    closed = "postgresql://bulk@127.0.0.1:1/bulk"  # nothing listens: asking it would be exit 7
+    args = ["run", str(job.path), "--dry-run"]
+    if given == "flag":
+        args += ["--ledger", closed]
+    else:
+        monkeypatch.setenv("BULK_MMS_LEDGER_URL", closed)
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert ("--ledger" if given == "flag" else "BULK_MMS_LEDGER_URL") in line
+    assert "?ledger={name}-{date}" in line
+    if given == "flag":
+        assert main([*args[:-1], closed + "?ledger=every-day"]) == 7
+    assert main([*args, "--sandbox"]) == 0  # sealed: its ledger is a file, whatever is named
+
+
 def test_a_sandbox_run_leaves_the_configured_suppression_list_alone(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
