@@ -159,21 +159,22 @@ def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSu
 
 
 def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
-    """The job with the previous day's ``{date}`` ledger when the run belongs there
-    (:func:`~bulk_mms.prepare.continues_earlier`): a campaign cut at midnight is finished, not
-    sent again to everyone under a new date."""
+    """The job with the previous day's ``{date}`` ledger (a file, or a database's named
+    ledger) when the run belongs there (:func:`~bulk_mms.prepare.continues_earlier`): a
+    campaign cut at midnight is finished, not sent again to everyone under a new date."""
     now = utc(SystemClock())
-    yesterday = load_job(
+    earlier = load_job(
         args.job, name=job.name, input_file=args.input, now=now - dt.timedelta(days=1)
-    ).ledger
-    if args.sandbox:
-        yesterday = sandbox_ledger(yesterday)
+    )
+    yesterday = sandbox_ledger(earlier.ledger) if args.sandbox else earlier.where
     if not continues_earlier(job, yesterday, now):
         return job
     structlog.get_logger(__name__).info(
-        "ledger.continued", ledger=str(yesterday), instead_of=str(job.ledger)
+        "ledger.continued", ledger=display(yesterday), instead_of=display(job.where)
     )
-    return replace(job, ledger=yesterday)
+    if isinstance(yesterday, Path):
+        return replace(job, ledger=yesterday)
+    return replace(job, database=yesterday)
 
 
 def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> None:
@@ -237,7 +238,7 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
         job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
         settings = sealed(settings)
-    if where is None and job.dated_ledger and job.database is None:
+    if where is None and job.dated_ledger:
         job = _finish_yesterdays(job, args)
     _check_ledger_file(
         "--ledger" if args.ledger else LEDGER_URL_ENV if where else "ledger", job.where

@@ -470,14 +470,14 @@ def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]
         return instead, exc
 
 
-def continues_earlier(job: JobConfig, earlier: Path, now: dt.datetime) -> bool:
+def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bool:
     """Whether a run of a ``{date}`` job at ``now`` belongs in ``earlier`` (the previous
     date's ledger) rather than its own: ``earlier`` is this job's, for this very input, the
     job's own ledger is not begun, and: with a ``send_window`` across midnight, ``now`` is
     before the window's end (its night began on the earlier date, whatever is left of it);
     else, ``earlier`` is unfinished (input not all read; recipients not attempted, pending a
     rerun or in doubt)."""
-    if earlier == job.ledger or job.ledger.exists() or not earlier.exists():
+    if earlier == job.where or exists(job.where) or not exists(earlier):
         return False
     view = load(earlier, statuses=False)
     header = view.header

@@ -466,3 +466,31 @@ async def test_with_a_database_ledger_the_suppression_list_is_its_table(
     capsys.readouterr()
     assert main(["-q", "suppress", "list", "--ledger", where]) == 0
     assert capsys.readouterr().out.split() == ["+12125550001"]
+
+
+async def _cut_short(job_path: Path, when: dt.datetime) -> JobConfig:
+    """Run the job as of ``when`` (its {date} ledger) and stop it after one group."""
+    from bulk_mms.config import load_job  # noqa: PLC0415 - this test's alone
+
+    earlier = load_job(job_path, now=when)
+    await run_job(earlier, FAST, FakeClient(), limit=1)
+    return earlier
+
+
+def test_a_campaign_cut_at_midnight_finishes_its_database_ledger(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A {date} job whose database ledger yesterday's run left unfinished: today's run finishes
+    that ledger, as for a file, instead of beginning today's and texting again whoever
+    yesterday reached."""
+    jobs.people(24)
+    job = jobs.job(extra=f'group_size = 4\nledger = "{database}?ledger={{name}}-{{date}}"')
+    yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    earlier = asyncio.run(_cut_short(job.path, yesterday))
+    assert earlier.database is not None
+    monkeypatch.setenv("TELNYX_API_KEY", KEY)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert sorted(fake.recipient_counts()) == numbers(24)[4:]  # the first group went yesterday
+    assert summarize(earlier.database).recipient_states.sent == 24
