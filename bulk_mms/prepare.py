@@ -18,7 +18,7 @@ from bulk_mms._version import __version__
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
-from bulk_mms.grouping import make_groups, moved, with_text, without, zoned
+from bulk_mms.grouping import make_groups, moved, without
 from bulk_mms.ledger import (
     FORMAT,
     Header,
@@ -40,14 +40,14 @@ from bulk_mms.scan import (
     InputScan,
     Tally,
     check_rejected_share,
-    excluding,
+    checked_rows,
     open_reader,
     scan_input,
     write_rejected,
 )
 from bulk_mms.summary import Estimate, JobSummary
 from bulk_mms.suppression import suppression_for
-from bulk_mms.validate import PhoneError, normalize_phone, validate_rows
+from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     if len(seeds) > MAX_GROUP_SIZE:
         raise ConfigError("--to", f"at most {MAX_GROUP_SIZE} numbers, not {len(seeds)}")
     with open_reader(job) as reader:
-        rows = with_text(validate_rows(reader, job.phone_column, job.default_region), job.message)
+        rows = checked_rows(job, reader)
         firsts = list(itertools.islice((r for r in rows if isinstance(r, Recipient)), len(seeds)))
     if not firsts:
         raise InputError(job.input, "has no valid row to render the message from")
@@ -198,18 +198,14 @@ def plan(
     excluded: Container[int] = (),
     tally: Tally | None = None,
 ) -> Iterator[Group | RejectedRow]:
-    """The whole pipeline up to sending, as one lazy stream: rows read, validated, those in
-    ``excluded`` left out (:func:`~bulk_mms.scan.excluding`), those that would leave the
-    message without text rejected (:func:`~bulk_mms.grouping.with_text`), and those whose
-    ``timezone_column`` names no zone (:func:`~bulk_mms.grouping.zoned`), counted by
-    ``tally`` if given (what a scan would find, found in this pass) and grouped (where each
-    key ends: the ``scan`` of the same input), then each group as the ledger and the
-    suppression list leave it (:func:`members_left`)."""
+    """The whole pipeline up to sending, as one lazy stream: rows read and checked as every
+    pass checks them (:func:`~bulk_mms.scan.checked_rows`: numbers, text, ``group_by``
+    values, duplicates, ``excluded``), counted by ``tally`` if given (what a scan would
+    find, found in this pass) and grouped (where each key ends: the ``scan`` of the same
+    input), then each group as the ledger and the suppression list leave it
+    (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
-    rows = validate_rows(reader, job.phone_column, job.default_region)
-    if excluded:
-        rows = excluding(rows, excluded)
-    rows = zoned(with_text(rows, job.message), job)
+    rows = checked_rows(job, reader, excluded)
     if tally is not None:
         rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):

@@ -26,8 +26,8 @@ from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.grouping import keyed, with_text, zoned
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
-from bulk_mms.reader import RowReader, fingerprint
-from bulk_mms.validate import validate_rows
+from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.validate import first_of_each, normalized_rows
 
 log = structlog.get_logger("bulk_mms.scan")
 
@@ -120,6 +120,27 @@ def excluding(
             yield item
 
 
+def checked_rows(
+    job: JobConfig, rows: Iterable[Row | RejectedRow], excluded: Container[int] = ()
+) -> Iterator[Recipient | RejectedRow]:
+    """The input's rows as the job's recipients, in input order: the one sequence of checks
+    every pass over the input makes (the scan, the send, the dry run, a seed send).
+
+    A row is rejected for its number (:func:`~bulk_mms.validate.normalized_rows`), for values
+    that would leave the message's text blank (:func:`~bulk_mms.grouping.with_text`), for
+    quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zoned`), for an empty
+    ``group_by`` value (:func:`~bulk_mms.grouping.keyed`); only then is a number seen
+    before a duplicate (:func:`~bulk_mms.validate.first_of_each`), so a row rejected for its
+    other values never takes a later, valid row's number from it; last, the numbers an
+    ``--exclude-sent`` ledger sent are left out (:func:`excluding`)."""
+    items = with_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
+    items = zoned(items, job)
+    if job.group_by is not None:
+        items = keyed(items, job.group_by)
+    items = first_of_each(items, job.phone_column)
+    return excluding(items, excluded) if excluded else items
+
+
 class ScanStopped(Exception):
     """The scan was asked to stop (``stopped()`` became true) before the end of the input."""
 
@@ -150,12 +171,7 @@ def scan_input(
     """
     tally = Tally(job, suppressed)
     with open_reader(job) as reader:
-        items = validate_rows(reader, job.phone_column, job.default_region)
-        if excluded:
-            items = excluding(items, excluded)
-        items = zoned(with_text(items, job.message), job)
-        if job.group_by is not None:
-            items = keyed(items, job.group_by)
+        items = checked_rows(job, reader, excluded)
 
         def rejected() -> Iterator[tuple[int, str, str]]:
             for n, item in enumerate(tally.count(items)):

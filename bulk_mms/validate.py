@@ -308,16 +308,21 @@ def validate_rows(
     phone_column: str,
     region: str = "US",
 ) -> Iterator[Recipient | RejectedRow]:
-    """Validate and de-duplicate rows in one pass, in input order.
+    """Validate and de-duplicate rows in one pass, in input order: :func:`first_of_each` of
+    :func:`normalized_rows`. A run checks more of each row between the two (its message's
+    text, its ``group_by`` value: :func:`bulk_mms.scan.checked_rows`), so that a row rejected
+    for those never makes a later row with its number a duplicate."""
+    return first_of_each(normalized_rows(rows, phone_column, region), phone_column)
 
-    The first row with a number wins; later rows with the same number are rejected as
-    duplicates. (The suppression list applies to groups, not rows: see
-    :func:`bulk_mms.prepare.members_left`.)
-    Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a million-row file
-    stays well inside the memory budget.
-    """
-    seen: set[int] = set()
-    remember = seen.add
+
+def normalized_rows(
+    rows: Iterable[Row | RejectedRow],
+    phone_column: str,
+    region: str = "US",
+) -> Iterator[Recipient | RejectedRow]:
+    """Each row as a :class:`Recipient` with its number in E.164, or rejected with the reason
+    its number is not one group MMS can reach; rejected rows pass through, in input order.
+    Numbers seen before are not looked at here (:func:`first_of_each`)."""
     # normalize_phone's first step, inline; what it does not take goes on to the rest
     canonical_us = _CANONICAL_US or _canonical_us()
     for row in rows:
@@ -334,10 +339,33 @@ def validate_rows(
             except PhoneError as exc:
                 yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)
                 continue
+        yield Recipient(phone, row.line, fields)
+
+
+def first_of_each(
+    items: Iterable[Recipient | RejectedRow], phone_column: str
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient whose number an earlier recipient has rejected as a
+    duplicate (its value as the row wrote it), in input order.
+
+    Only recipients count: a row rejected before this step (a bad value in a column the job
+    needs) leaves its number free for a later, valid row of the same person, who is sent
+    to, never called a duplicate of a row that was not sent. Seen numbers are kept as ints
+    (E.164 digits), about 70 bytes each, so a million-row file stays well inside the memory
+    budget.
+    """
+    seen: set[int] = set()
+    remember = seen.add
+    for item in items:
+        if isinstance(item, RejectedRow):
+            yield item
+            continue
+        phone = item.phone
         key = int(phone[1:])
         if key in seen:
             reason = f"duplicate: {phone} appears earlier in the input"
-            yield RejectedRow(row.line, raw, reason, Rejection.DUPLICATE)
+            raw = item.fields.get(phone_column, phone)
+            yield RejectedRow(item.line, raw, reason, Rejection.DUPLICATE)
             continue
         remember(key)
-        yield Recipient(phone, row.line, fields)
+        yield item

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_mms.models import Recipient, RejectedRow
+from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
+from bulk_mms.scan import checked_rows
 from bulk_mms.validate import (
     PhoneError,
     _canonical_in,
@@ -20,6 +21,7 @@ from bulk_mms.validate import (
     normalize_phone,
     validate_rows,
 )
+from tests.conftest import JobFactory
 
 #: Area codes across the +1 regions: US, Canada, the Caribbean, Pacific, toll-free, premium.
 AREAS = (
@@ -406,3 +408,25 @@ def test_separators_phonenumbers_reads_get_its_own_verdict(
     assert (ours if not ours.startswith("refused") else "refused") == phonenumbers_verdict(value), (
         repr(value)
     )
+
+
+def test_checked_rows_leave_a_rejected_rows_number_to_a_later_valid_row(jobs: JobFactory) -> None:
+    """A row rejected for its group_by value or its text is no first sighting of its number:
+    the person's later valid row is a recipient, and only a valid row makes duplicates."""
+    jobs.csv("phone,household,first\n")
+    job = jobs.job(extra='group_by = "household"', message='text = "{first}"')
+    rows: list[Row | RejectedRow] = [
+        Row(2, {"phone": "+12125550101", "household": " ", "first": "Ann"}),
+        Row(3, {"phone": "212-555-0101", "household": "H1", "first": "Ann"}),
+        Row(4, {"phone": "+12125550102", "household": "H2", "first": ""}),
+        Row(5, {"phone": "+12125550102", "household": "H2", "first": "Bob"}),
+        Row(6, {"phone": "(212) 555-0102", "household": "H2", "first": "Bob"}),
+    ]
+    out = list(checked_rows(job, rows))
+    assert [(type(x).__name__, x.line) for x in out] == [
+        ("RejectedRow", 2), ("Recipient", 3), ("RejectedRow", 4), ("Recipient", 5),
+        ("RejectedRow", 6),
+    ]  # fmt: skip
+    last = out[-1]
+    assert isinstance(last, RejectedRow)
+    assert (last.kind, last.value) == (Rejection.DUPLICATE, "(212) 555-0102")

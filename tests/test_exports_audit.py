@@ -1,0 +1,57 @@
+"""Exports as offices make them, through the CLI (a second audit): every valid row is sent or
+named, whatever an earlier row of the same person held."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx
+from tests.conftest import JobFactory
+from tests.threaded import fake_api_thread
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit")
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_a_person_whose_first_row_is_rejected_is_sent_from_their_valid_row(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A row rejected for an empty group_by value or an empty text does not make the same
+    person's later, valid row (written another way) a duplicate: that row is sent, and only
+    the broken rows are listed."""
+    jobs.csv(
+        "phone,household,first\r\n"
+        "+12125550101,,Ann\r\n"  # no household: rejected
+        "212-555-0101,H1,Ann\r\n"  # the same person, whole: sent
+        "+12125550102,H2,Bob\r\n"
+        "+12125550103,H3,\r\n"  # no name, and the text is the name alone: rejected
+        "(212) 555-0103,H3,Cy\r\n"  # sent
+    )
+    job = jobs.job(
+        extra='group_by = "household"\nmax_rejected_share = 0.5', message='text = "{first}"'
+    )
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(args) == 0
+    assert fake.recipient_counts() == dict.fromkeys(
+        ["+12125550101", "+12125550102", "+12125550103"], 1
+    )
+    assert sorted(m.body["text"] for m in fake.accepted) == ["Ann", "Bob", "Cy"]
+    assert [r[0] for r in read_csv(rejected)[1:]] == ["2", "5"]
+    out = capsys.readouterr().out
+    assert "2 of 5 rows rejected" in out
+    assert "duplicate" not in out
