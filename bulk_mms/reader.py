@@ -5,7 +5,8 @@ row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 :class:`InputError` naming the line: missing, unreadable, binary or UTF-16 (named as such, with
 how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
 are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
-they look like), a quoted field that swallows the rows after it (an unclosed quote), a file cut
+they look like), a quoted field that swallows the rows after it (an unclosed quote: lines
+inside it shaped like rows, a number where the phone column is), a file cut
 short (a compressed file that ends early, a quote still open at the end, a last line with no
 line end that has the wrong number of fields or is not JSON; a whole last line needs no line
 end). A run reads the whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it
@@ -58,6 +59,9 @@ _CsvReader = type(csv.reader([]))
 #: old Windows tools leave after the last line.
 _NOTHING = " \t\r\n\x1a"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+#: The fewest digits of a value that makes a line inside a quoted field look like a row whose
+#: number it is (a local number has seven).
+_ROW_DIGITS = 7
 
 
 _KINDS = (
@@ -547,14 +551,13 @@ class RowReader:
 
     def _check_span(self, rec: list[str], start: int, last: int) -> None:
         """Refuse a record whose quoted field runs over lines that look like rows of their own
-        (as many commas as a row has), or over more than :data:`MAX_RECORD_LINES`: the mark of
-        an unclosed quote, which would swallow the people on those lines. Refuse one whose
+        (:meth:`_row_like`), or over more than :data:`MAX_RECORD_LINES`: the mark of an
+        unclosed quote, which would swallow the people on those lines. Refuse one whose
         quote is still open at the end of the file (it runs into :data:`_END`): the file was
         cut off in the middle of it."""
-        commas = len(self.columns) - 1
         end = self._lineno  # the file's last line, once the record runs past it
         swallowed = last - start >= MAX_RECORD_LINES or any(
-            part.count(",") >= commas
+            self._row_like(part)
             for cell in rec
             if "\n" in cell or "\r" in cell
             for part in cell.splitlines()[1:]
@@ -568,6 +571,21 @@ class RowReader:
             )
         if last > end:
             raise _cut_off(self.path, start)
+
+    def _row_like(self, line: str) -> bool:
+        """Whether a line inside a quoted field looks like a row of its own: as many commas
+        as a row has, and a phone number (digits and a number's punctuation, at least
+        :data:`_ROW_DIGITS` digits) where the phone column is. A multi-line address or note
+        (``"12 Main St, Apt 4\nSpringfield, IL, 62701"``) has commas but no number there."""
+        if line.count(",") < len(self.columns) - 1:
+            return False
+        cells = next(csv.reader([line]), [])
+        at = self.columns.index(self.phone)
+        if at >= len(cells):
+            return False
+        value = cells[at].strip()
+        digits = sum(c.isdigit() for c in value)
+        return digits >= _ROW_DIGITS and not any(c.isalpha() for c in value)
 
     def _unusual(
         self,

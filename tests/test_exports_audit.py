@@ -55,3 +55,20 @@ def test_a_person_whose_first_row_is_rejected_is_sent_from_their_valid_row(
     out = capsys.readouterr().out
     assert "2 of 5 rows rejected" in out
     assert "duplicate" not in out
+
+
+def test_a_crm_export_with_quoted_addresses_over_lines_sends_everyone(jobs: JobFactory) -> None:
+    """Quoted addresses over several lines, commas in each (a CRM's export, CRLF), are one
+    row each: everyone is sent, not the file refused as an unclosed quote."""
+    rows = [
+        f'{p},P{i},"{i} Main St, Apt 4\r\nSpringfield, IL, 62701"\r\n'
+        for i, p in enumerate(["+12125550101", "+12125550102", "+12125550103"])
+    ]
+    jobs.csv("phone,first,address\r\n" + "".join(rows))
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(
+        ["+12125550101", "+12125550102", "+12125550103"], 1
+    )

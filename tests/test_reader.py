@@ -271,6 +271,34 @@ def test_an_unclosed_quote_that_swallows_rows_stops_the_file(tmp_path: Path) -> 
     ]
 
 
+@pytest.mark.parametrize("phone_at", [0, 2])
+def test_a_quoted_address_over_lines_with_commas_reads_as_one_row(
+    tmp_path: Path, phone_at: int
+) -> None:
+    """A closed quoted field over lines as commaful as a row, but with no number where the
+    phone column is (a CRM's address or note), is one row, not an unclosed quote."""
+    p = tmp_path / "a.csv"
+    names = ["name", "address"]
+    names.insert(phone_at, "phone")
+    address = "12 Main St, Apt 4\nSpringfield, IL, 62701\nUSA, North America, Earth"
+
+    def line(phone: str, name: str, addr: str) -> str:
+        cells = [name, addr]
+        cells.insert(phone_at, phone)
+        return ",".join(cells) + "\n"
+
+    p.write_text(
+        ",".join(names) + "\n"
+        + line("+12125550100", "Ann", f'"{address}"')
+        + line("+12125550101", "Bo", "1 Elm"),
+        encoding="utf-8",
+    )  # fmt: skip
+    assert read(p, keep=("name", "address")) == [
+        Row(2, {"phone": "+12125550100", "name": "Ann", "address": address}),
+        Row(5, {"phone": "+12125550101", "name": "Bo", "address": "1 Elm"}),
+    ]
+
+
 @pytest.mark.parametrize("name", ["a.csv.gz", "a.jsonl.gz"])
 def test_a_truncated_gzip_names_the_line_its_data_stops_in(tmp_path: Path, name: str) -> None:
     """A .gz cut short stops the file at the line its data stops in (one past the lines that
