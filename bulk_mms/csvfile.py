@@ -8,8 +8,11 @@ The commands apply it to every option that names a file, before anything is read
 
 A cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is one a
 spreadsheet may run as a formula (CSV injection); such a cell is written with a leading ``'``,
-which spreadsheets show as text. An E.164 number (``+14155550100``) is left as it is: it cannot
-run as anything, and a file of failed recipients must read back as a job's input.
+which spreadsheets show as text (and so is one that begins with quotes and then one of those,
+so that each cell reads back as it was: :func:`read_cell`). An E.164 number
+(``+14155550100``) is left as it is: it cannot run as anything, and a file of failed
+recipients must read back as a job's input, every cell as the ledger recorded it (the reader
+undoes the quote in a file that has :data:`CAMPAIGN_COLUMN`, which only that file has).
 """
 
 from __future__ import annotations
@@ -118,12 +121,30 @@ def write_whole(path: Path, write: Callable[[TextIO], T], *, newline: str | None
     return result
 
 
+#: The column a file of failed recipients (``report --failed-csv``) adds: the campaign that
+#: missed them. It makes each round's file differ from the last even when the same people
+#: fail for the same reason, so ``run --input`` (which names the resend after the file's hash)
+#: gives every round a ledger and a campaign of its own; and its header marks the file as
+#: bulk-mms's own, whose cells the reader gives back as they were (:func:`read_cell`).
+CAMPAIGN_COLUMN: Final = "bulk_mms_campaign"
+
+
 def safe_cell(value: object) -> str:
-    """``value`` as a cell a spreadsheet shows as text, never runs as a formula."""
+    """``value`` as a cell a spreadsheet shows as text, never runs as a formula: one that
+    starts with a formula's first character, after any quotes, gets a quote in front (the
+    quotes count so that :func:`read_cell` gives every value back)."""
     text = "" if value is None else str(value)
-    if text.startswith(_FORMULA_START) and _E164.fullmatch(text) is None:
+    if text.lstrip("'").startswith(_FORMULA_START) and _E164.fullmatch(text) is None:
         return "'" + text
     return text
+
+
+def read_cell(cell: str) -> str:
+    """The value :func:`safe_cell` wrote as ``cell``: its quote taken off where it added one.
+    For every value, ``read_cell(safe_cell(value)) == value``."""
+    if cell.startswith("'") and cell[1:].lstrip("'").startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:

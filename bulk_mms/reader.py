@@ -37,6 +37,7 @@ from typing import IO, Self, cast
 import msgspec
 import orjson
 
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 
@@ -152,6 +153,7 @@ class RowReader:
         "_file",
         "_first",
         "_lineno",
+        "_ours",
         "_raw",
         "_sniff",
         "_streaming",
@@ -215,6 +217,9 @@ class RowReader:
         # the number of the file's last line when it has no line end (0 until one is read)
         self._unended = 0
         self._csv: Iterator[list[str]] | None = None
+        # a file of failed recipients bulk-mms wrote (report --failed-csv): its cells are
+        # read as the values they were written from (csvfile.read_cell)
+        self._ours = False
 
     # -- opening -------------------------------------------------------------------------
 
@@ -483,6 +488,9 @@ class RowReader:
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
         self.columns = tuple(h.strip() for h in header)
+        if CAMPAIGN_COLUMN in self.columns:
+            self._ours = True
+            self.columns = tuple(read_cell(h) for h in self.columns)
         self._refuse_repeats()
         if self.phone not in self.columns:
             raise InputError(
@@ -519,10 +527,12 @@ class RowReader:
         found = [(c, i) for c, i in wanted if i is not None]
         whole = len(found) == len(wanted)
         pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
-        last, bad = reader.line_num, self._bad
+        last, bad, ours = reader.line_num, self._bad, self._ours
         while True:
             try:
                 for rec in reader:
+                    if ours:
+                        rec = [read_cell(cell) for cell in rec]  # noqa: PLW2901 - as written
                     start, last = last + 1, reader.line_num
                     if last != start:  # a quoted field with line breaks: a real one?
                         self._check_span(rec, start, last)

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.csvfile import safe_cell, write_csv
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, safe_cell, write_csv
 from bulk_mms.delivery import FINAL, UNCONFIRMED
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
@@ -401,10 +401,6 @@ def format_csv(s: LedgerSummary) -> str:
 
 #: The column the failed-recipients file adds, saying why each row is in it.
 REASON_COLUMN = "bulk_mms_reason"
-#: The campaign the recipients were missed by. It makes each round's file differ from the last
-#: even when the same people fail for the same reason, so ``run --input`` (which names the
-#: resend after the file's hash) gives every round a ledger and a campaign of its own.
-CAMPAIGN_COLUMN = "bulk_mms_campaign"
 
 
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bulk_mms.csvfile import check_output, is_ledger, safe_cell, write_csv
+from bulk_mms.csvfile import check_output, is_ledger, read_cell, safe_cell, write_csv
 from bulk_mms.errors import ConfigError
 
 
@@ -103,3 +105,12 @@ def test_write_csv_never_writes_through_a_file_left_at_its_temporary_name(tmp_pa
     assert precious.read_bytes() == b"keep\n"
     assert (tmp_path / "out.csv").read_bytes() == b"a\r\n1\r\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "precious.csv"]
+
+
+@given(st.text())
+def test_read_cell_gives_back_every_value_safe_cell_wrote(value: str) -> None:
+    """Every value reads back as it was from the cell safe_cell writes for it (itself, or
+    with one quote in front), quotes and formula starts included."""
+    cell = safe_cell(value)
+    assert cell in (value, "'" + value)
+    assert read_cell(cell) == value

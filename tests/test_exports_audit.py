@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from tests.conftest import JobFactory
 from tests.threaded import fake_api_thread
 
@@ -72,3 +72,24 @@ def test_a_crm_export_with_quoted_addresses_over_lines_sends_everyone(jobs: JobF
     assert fake.recipient_counts() == dict.fromkeys(
         ["+12125550101", "+12125550102", "+12125550103"], 1
     )
+
+
+def test_a_failed_file_sent_again_texts_every_value_as_the_first_send_did(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A failed recipient whose row holds values a spreadsheet would run (-25.00, @bo, +3)
+    gets them in the resend as in the first send, not with the quote the failed file guards
+    them with; every other file reads its quotes as written."""
+    jobs.csv("phone,first,balance\n+12125550101,Ann,-25.00\n+12125550102,@bo,+3\n")
+    job = jobs.job(extra="group_size = 1", message='text = "Hi {first}: {balance}"')
+    failed = tmp_path / "failed.csv"
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        assert "'-25.00" in failed.read_text(encoding="utf-8")  # guarded in the file
+        assert main([*run, "--input", str(failed)]) == 0
+    texts = [m.body["text"] for m in fake.accepted]
+    assert sorted(texts) == ["Hi @bo: +3", "Hi Ann: -25.00"]

@@ -621,3 +621,19 @@ def test_a_dos_end_of_file_mark_after_the_last_line_is_nothing(tmp_path: Path) -
     rows = read(p, keep=("name",))
     assert [r.fields["name"] for r in rows if isinstance(r, Row)] == ["Ann", "Bo"]
     assert not [r for r in rows if isinstance(r, RejectedRow)]
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_only_a_failed_file_bulk_mms_wrote_has_its_guarding_quotes_read_off(
+    tmp_path: Path, ours: bool
+) -> None:
+    """In a file with the bulk_mms_campaign column (report --failed-csv), a cell the writer
+    guarded with a quote reads as the value it was; in any other file, as written."""
+    p = tmp_path / "a.csv"
+    last = "bulk_mms_campaign" if ours else "other"
+    p.write_text(f"phone,'-x,name,{last}\n+12125550100,'-5,'''=y,c\n", encoding="utf-8")
+    with RowReader(p, "phone", keep_all=True) as reader:
+        rows = list(reader)
+    written = {"phone": "+12125550100", "'-x": "'-5", "name": "'''=y", last: "c"}
+    values = {"phone": "+12125550100", "-x": "-5", "name": "''=y", last: "c"}
+    assert rows == [Row(2, values if ours else written)]
