@@ -36,7 +36,8 @@ def normalize_phone(value: str, region: str = "US") -> str:
     its commonest answers, a valid US or Canadian number, are one regex call each
     (:func:`_canonical_in`). A +1 number written as people write it (``(646) 991-6750``,
     ``415-847-5622``, ``14152981157``, ``+1 206 571 3909``: :func:`_formatted`) is decided
-    as its canonical form. Anything else is parsed. Every path gives the same verdict for
+    as its canonical form; one written as a float (``12125550100.0``) as its digits.
+    Anything else is parsed. Every path gives the same verdict for
     every number (property tests hold them to it). The dashes, spaces and invisible
     characters that word processors put between digits (``415\u2013847\u20135640``) count as the
     ASCII separators they stand for (:data:`_SEPARATORS`).
@@ -72,6 +73,8 @@ def _after_canonical_us(value: str, region: str) -> str:
         return _nanp(value)
     if not value.isascii():
         value = value.translate(_SEPARATORS)
+    if "." in value and (whole := _FLOAT.fullmatch(value)) is not None:
+        value = whole[1]  # a number a spreadsheet or a program wrote as a float: its digits
     if (phone := _formatted(value, region)) is not None:
         return normalize_phone(phone, region)  # canonical now: decided as written that way
     return _parsed(value, region)
@@ -88,6 +91,13 @@ _SEPARATORS: Final = str.maketrans(
     | dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", None)
 )
 
+
+#: A number written as a float (``12125550100.0``: a spreadsheet's number column, pandas'
+#: export of a column with gaps), its digits in the group: they are all there.
+_FLOAT: Final = re.compile(r"\s*(\+?[0-9]+)\.0+\s*", re.ASCII)
+#: A number in scientific notation (``1.21255E+10``): a spreadsheet showed it so and exported
+#: what it showed, its last digits gone.
+_SCIENTIFIC: Final = re.compile(r"\s*\+?[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]+\s*", re.ASCII)
 
 #: Regions in which phonenumbers reads ten digits, or eleven starting with 1, as a +1
 #: number with those ten digits (national prefix ``1``, nothing transformed).
@@ -136,6 +146,12 @@ def _parsed(value: str, region: str) -> str:
         if not ch.isdigit() and ch not in _ALLOWED_PUNCTUATION:
             # phonenumbers would read letters as a vanity number (1-800-FLOWERS); in a
             # recipient list they are far more likely a typo or an extension
+            if _SCIENTIFIC.fullmatch(text) is not None:
+                raise PhoneError(
+                    f"phone number in scientific notation ({text}): a spreadsheet wrote it so, "
+                    "its last digits maybe lost; format the phone column as Text and export "
+                    "it again"
+                )
             kind = "letters" if ch.isalpha() else f"the character {ch!r}"
             raise PhoneError(f"phone number contains {kind}")
     import phonenumbers  # noqa: PLC0415 - a run of canonical numbers never loads it
@@ -321,7 +337,8 @@ def normalized_rows(
     region: str = "US",
 ) -> Iterator[Recipient | RejectedRow]:
     """Each row as a :class:`Recipient` with its number in E.164, or rejected with the reason
-    its number is not one group MMS can reach; rejected rows pass through, in input order.
+    its number is not one group MMS can reach (or, for a row whose number is the phone
+    column's name, that it is the header again); rejected rows pass through, in input order.
     Numbers seen before are not looked at here (:func:`first_of_each`)."""
     # normalize_phone's first step, inline; what it does not take goes on to the rest
     canonical_us = _CANONICAL_US or _canonical_us()
@@ -337,9 +354,18 @@ def normalized_rows(
             try:
                 phone = _after_canonical_us(raw, region)
             except PhoneError as exc:
-                yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)
+                if raw.strip() == phone_column:  # the header, repeated: files joined into one
+                    yield RejectedRow(row.line, raw, _HEADER_AGAIN, Rejection.ROW)
+                else:
+                    yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)
                 continue
         yield Recipient(phone, row.line, fields)
+
+
+#: The reason a row whose number is the phone column's name is rejected.
+_HEADER_AGAIN: Final = (
+    "the header row again (were files joined into one?): a header, not a recipient"
+)
 
 
 def first_of_each(

@@ -93,3 +93,39 @@ def test_a_failed_file_sent_again_texts_every_value_as_the_first_send_did(
         assert main([*run, "--input", str(failed)]) == 0
     texts = [m.body["text"] for m in fake.accepted]
     assert sorted(texts) == ["Hi @bo: +3", "Hi Ann: -25.00"]
+
+
+def test_spreadsheet_shapes_of_a_number_are_sent_or_named_for_what_they_are(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exports joined into one file (their headers repeated), a float column (12125550100.0),
+    scientific notation, the same person written three ways, a last line without an end:
+    each person is sent once; a repeated header and a number in scientific notation are
+    rejected saying so."""
+    part = "phone,first\r\n+1 (212) 555-0101,Ann\r\n12125550102.0,Bob\r\n"
+    jobs.csv(
+        part
+        + part.replace("Ann", "Ann2").replace("Bob", "Bob2")  # the same two again, joined
+        + "1.21255E+10,Cy\n212-555-0101,Ann3\n\u00a0212\u00a0555\u00a00104\u00a0,Di"
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(args) == 0
+    assert fake.recipient_counts() == dict.fromkeys(
+        ["+12125550101", "+12125550102", "+12125550104"], 1
+    )
+    table = read_csv(rejected)[1:]
+    reasons = {int(r[0]): r[2].split(":")[0].split(" (")[0] for r in table}
+    assert reasons == {
+        4: "the header row again",
+        5: "duplicate",
+        6: "duplicate",
+        7: "phone number in scientific notation",
+        8: "duplicate",
+    }
+    out = capsys.readouterr().out
+    assert "2 of 8 rows rejected" in out
+    assert "3 duplicate numbers" in out

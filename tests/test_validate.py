@@ -19,6 +19,7 @@ from bulk_mms.validate import (
     _formatted,
     _parsed,
     normalize_phone,
+    normalized_rows,
     validate_rows,
 )
 from tests.conftest import JobFactory
@@ -60,6 +61,9 @@ AREAS = (
         ("1 212 555 0100", "+12125550100"),
         ("  2125550100 ", "+12125550100"),
         ("+1 416 555 0100", "+14165550100"),  # Toronto
+        ("12125550100.0", "+12125550100"),  # a float column (pandas, a spreadsheet)
+        (" 2125550100.00", "+12125550100"),
+        ("+12125550100.0", "+12125550100"),
     ],
 )
 def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
@@ -78,6 +82,10 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
         ("555-12", "not a valid"),
         ("+1 555 555 0100", "not a valid"),  # 555 is not an area code
         ("212#5550100", "character '#'"),
+        ("1.21255E+10", "scientific notation (1.21255E+10): a spreadsheet wrote it so"),
+        ("2.1255501e9", "format the phone column as Text"),
+        ("2125550100.5", "not a valid"),
+        ("212.555.01.0", "not a valid"),
     ],
 )
 def test_unreachable_or_malformed_numbers_are_refused(raw: str, reason: str) -> None:
@@ -430,3 +438,15 @@ def test_checked_rows_leave_a_rejected_rows_number_to_a_later_valid_row(jobs: Jo
     last = out[-1]
     assert isinstance(last, RejectedRow)
     assert (last.kind, last.value) == (Rejection.DUPLICATE, "(212) 555-0102")
+
+
+def test_a_header_repeated_mid_file_is_rejected_as_such() -> None:
+    """A row whose number is the phone column's name (files joined into one) is rejected as
+    the header again, a row not a number; any other word is letters."""
+    out = list(normalized_rows([Row(5, {"phone": " phone"}), Row(6, {"phone": "tel"})], "phone"))
+    assert [
+        (r.line, r.reason.split(" (")[0], r.kind) for r in out if isinstance(r, RejectedRow)
+    ] == [
+        (5, "the header row again", Rejection.ROW),
+        (6, "phone number contains letters", Rejection.INVALID),
+    ]
