@@ -401,7 +401,7 @@ class _DryRun:
         with open_reader(job) as reader:
             items = plan(job, reader, suppressed, view, excluded=excluded, tally=tally)
             write_rejected(rejected_csv, self._rejected(items, view))
-        scan = tally.scan(fingerprint(job.input))
+        scan = tally.scan(job, reader)
         check_rejected_share(scan, job)
         if unreadable is not None:
             raise unreadable

@@ -120,6 +120,20 @@ def _check_regular(path: Path, mode: int) -> None:
     )
 
 
+class FileStamp(msgspec.Struct, frozen=True):
+    """Which version of an input a pass read: what a run compares to be sure it sends from
+    the bytes its scan checked. Any write to the file changes its modification time (and
+    mostly its size), and so does another file put in its place, written at another moment.
+    (Not the inode: some network filesystems do not keep it from one open to the next.)"""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_size, st.st_mtime_ns)
+
+
 class Row(msgspec.Struct, frozen=True):
     """One input record: its first line and the fields the job needs."""
 
@@ -150,6 +164,7 @@ class RowReader:
         "_bad",
         "_bom",
         "_csv",
+        "_expect",
         "_file",
         "_first",
         "_lineno",
@@ -168,6 +183,7 @@ class RowReader:
         "keep_all",
         "path",
         "phone",
+        "stamp",
     )
 
     def __init__(
@@ -178,8 +194,14 @@ class RowReader:
         *,
         keep_all: bool = False,
         encoding: str = "utf-8",
+        expect: FileStamp | None = None,
     ) -> None:
         self.path = Path(path)
+        #: The file as it was when another pass checked it (:class:`FileStamp`): this pass
+        #: refuses to read it as anything else (:meth:`_check_unchanged`).
+        self._expect = expect
+        #: The file as it was opened (set by :meth:`open`).
+        self.stamp: FileStamp | None = None
         #: The file's text encoding (an ASCII-compatible codec's name): once the file is open,
         #: ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked.
         self.encoding = encoding
@@ -234,11 +256,14 @@ class RowReader:
         self.close()
 
     def open(self) -> None:
-        """Open the file and check it as a whole. Raises :class:`InputError`."""
+        """Open the file and check it as a whole. Raises :class:`InputError`, also when the
+        file is not the one ``expect`` stamps (it was written or replaced since)."""
         raw = open_input(self.path)
         self._raw = raw
         self._file = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if self.gzipped else raw
         try:
+            self.stamp = FileStamp.of(os.fstat(raw.fileno()))
+            self._check_unchanged()
             self._check_and_read_header()
         except BaseException:
             self.close()
@@ -286,6 +311,27 @@ class RowReader:
             line=sample.count(b"\n", 0, sample.index(b"\x00")) + 1,
         )
 
+    def _check_unchanged(self) -> None:
+        """Only when this pass ``expect`` s a version of the file (the one a scan checked):
+        raise :class:`InputError` when the file opened is not that version, or when, once
+        lines are read, its size or modification time changes (it is written while it is
+        read). The lines a pass gives are the ones that were checked, or it stops."""
+        if self._expect is None or self._raw is None:
+            return
+        now = FileStamp.of(os.fstat(self._raw.fileno()))
+        if not self._lineno and now != self._expect:
+            what = "since it was checked before the run: nothing was sent"
+        elif now != self.stamp:
+            what = f"while it was sent from, after line {self._lineno}: nothing more is sent"
+        else:
+            return
+        raise InputError(
+            self.path,
+            f"was written or replaced {what} (its size or time changed). Send a file "
+            "that nothing writes meanwhile: write the export to another name, then rename it "
+            "into place",
+        )
+
     def close(self) -> None:
         for f in (self._file, self._raw):
             if f is not None:
@@ -300,6 +346,8 @@ class RowReader:
         if not line:
             return None
         line = _whole(line, f.readline)
+        if self._expect is not None:
+            self._check_unchanged()  # a line at a time (JSONL): each line, before it counts
         self._lineno += 1
         if line and not line.endswith(b"\n"):
             self._unended = self._lineno
@@ -434,6 +482,7 @@ class RowReader:
         read, size = cast(io.BufferedIOBase, self._file).read1, BLOCK_BYTES
         carry, dropping = b"", False
         while block := read(size):
+            self._check_unchanged()
             end = block.rfind(b"\n") + 1
             if dropping:  # the rest of an over-long line, already counted
                 if not end:

@@ -683,7 +683,9 @@ async def run_job(
         :class:`ApiUnavailable` or :class:`LedgerError` that stopped the run, if one did.
 
     Raises:
-        InputError, ConfigError: the input cannot be used; nothing was sent.
+        InputError, ConfigError: the input cannot be used; nothing was sent. Or (InputError)
+            the input was written or replaced while the run sent from it: what was sent and
+            recorded stands, nothing more is sent.
         LedgerError: the ledger is locked, corrupt or belongs to another input; nothing was sent.
     """
     stop = stop or Stop()
@@ -711,7 +713,7 @@ async def run_job(
         log.warning("job.stopped_while_scanning", reason=stop.reason)
         return JobSummary(job.name, stopped=stop.reason)
     check_rejected_share(scan, job)
-    with open_reader(job, keep_all=True) as reader:
+    with open_reader(job, keep_all=True, expect=scan.stamp) as reader:
         header = header_for(job, scan.fingerprint, clock)
         store = open_store(job.where, "run")
         coordinator = coordinator_for(store, settings.lease_s)

@@ -26,7 +26,7 @@ from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.grouping import keyed, with_text, zoned
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
-from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.reader import FileStamp, Row, RowReader, fingerprint
 from bulk_mms.validate import first_of_each, normalized_rows
 
 log = structlog.get_logger("bulk_mms.scan")
@@ -54,6 +54,9 @@ class InputScan(msgspec.Struct, frozen=True):
     suppressed: int = 0
     #: With ``group_by``: each key's last line, where its last group is complete.
     last_lines: dict[str, int] | None = None
+    #: The file the scan read, as it read it: the send reads that version or stops
+    #: (:class:`~bulk_mms.reader.FileStamp`).
+    stamp: FileStamp | None = None
 
     @property
     def lost_rows(self) -> int:
@@ -71,10 +74,14 @@ class InputScan(msgspec.Struct, frozen=True):
         )
 
 
-def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
+def open_reader(
+    job: JobConfig, *, keep_all: bool = False, expect: FileStamp | None = None
+) -> RowReader:
     """Open the job's input and check it against the job. Raises InputError or ConfigError.
 
     ``keep_all``: keep every column of each row (a run records the rows in its ledger).
+    ``expect``: the version of the file a scan checked (:attr:`InputScan.stamp`); the reader
+    refuses any other, at its opening or while it reads.
     """
     keep = [
         *job.message.fields,
@@ -87,6 +94,7 @@ def open_reader(job: JobConfig, *, keep_all: bool = False) -> RowReader:
         keep,
         keep_all=keep_all,
         encoding=job.encoding,
+        expect=expect,
     )
     reader.open()
     if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
@@ -181,7 +189,7 @@ def scan_input(
                     yield item.line, item.value, item.reason
 
         write_rejected(rejected_csv, rejected())
-    return tally.scan(fingerprint(job.input))
+    return tally.scan(job, reader)
 
 
 def write_rejected(path: Path | None, rows: Iterator[tuple[int, str, str]]) -> None:
@@ -231,8 +239,23 @@ class Tally:
                     last_lines[item.fields[key].strip()] = item.line
             yield item
 
-    def scan(self, input_fingerprint: str) -> InputScan:
-        """What was counted, for the input whose bytes hash to ``input_fingerprint``."""
+    def scan(self, job: JobConfig, reader: RowReader) -> InputScan:
+        """What was counted, once ``reader`` has read the job's input to its end: with the
+        input's fingerprint and the version the reader read (:attr:`RowReader.stamp`).
+
+        Raises:
+            InputError: the file was written or replaced while it was read (the fingerprint
+                may not be of the rows counted).
+        """
+        stamp = reader.stamp
+        input_fingerprint = fingerprint(job.input)
+        if stamp is not None and FileStamp.of(job.input.stat()) != stamp:
+            raise InputError(
+                job.input,
+                "was written or replaced while it was checked: nothing was sent. Send a file "
+                "that nothing writes meanwhile (write the export to another name, then rename "
+                "it into place)",
+            )
         counts = self._counts
         return InputScan(
             fingerprint=input_fingerprint,
@@ -243,6 +266,7 @@ class Tally:
             excluded=counts[Rejection.EXCLUDED],
             suppressed=self._on_list,
             last_lines=self._last_lines,
+            stamp=stamp,
         )
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
+from bulk_mms import reader, runner, scan
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx, Fault
-from tests.conftest import JobFactory
+from bulk_mms.fake_api import Accepted, FakeTelnyx, Fault
+from bulk_mms.scan import InputScan
+from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
 
@@ -129,3 +133,65 @@ def test_spreadsheet_shapes_of_a_number_are_sent_or_named_for_what_they_are(
     out = capsys.readouterr().out
     assert "2 of 8 rows rejected" in out
     assert "3 duplicate numbers" in out
+
+
+class _Reexport(FakeTelnyx):
+    """A fake API during whose third accepted send the export is written again in place
+    (another day's people, fewer of them): a cron export that overwrites the file the run
+    is still sending from."""
+
+    path: Path | None = None
+
+    def _accept(self, body: dict[str, Any], key: str | None, wait: float | None) -> Accepted:
+        if len(self.accepted) == 2 and self.path is not None:
+            with self.path.open("r+", encoding="utf-8") as f:  # in place: same inode
+                f.truncate(0)
+                f.write("phone,first\n" + "".join(f"{p},New\n" for p in numbers(40, 5000)))
+        return super()._accept(body, key, wait)
+
+
+def test_an_export_written_again_while_the_run_sends_from_it_stops_the_run(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file the scan checked is written again in place while the run reads it: the run
+    stops saying so (exit 2) and sends nobody from the new contents; the report counts
+    everyone the first file held who was not sent."""
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 256)  # a few rows a block: many blocks
+    first = numbers(200)
+    path = jobs.csv([{"phone": p, "first": "Old"} for p in first])
+    job = jobs.job(extra="group_size = 1")
+    fake = _Reexport()
+    fake.path = path
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 2
+    assert "people.csv: was written or replaced while it was sent from" in capsys.readouterr().err
+    assert {m.body["text"] for m in fake.accepted} == {"Hello Old"}
+    assert set(fake.recipient_counts()) <= set(first)
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    recipients = orjson.loads(capsys.readouterr().out)["recipients"]
+    assert recipients["valid"] == 200
+    assert recipients["sent"] + recipients["in_doubt"] == len(fake.accepted) < 200
+
+
+def test_an_export_replaced_between_the_check_and_the_send_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is replaced by one of people nobody checked after the scan and before the
+    send opens it: nothing is sent, exit 2, one line saying so."""
+    path = jobs.csv([{"phone": p, "first": "Old"} for p in numbers(10)])
+    job = jobs.job(extra="group_size = 1")
+    real = scan.scan_input
+
+    def scan_then_replace(*args: Any, **kwargs: Any) -> InputScan:
+        checked = real(*args, **kwargs)
+        path.write_text("phone,first\n" + "".join(f"bad{i},New\n" for i in range(10)))
+        return checked
+
+    monkeypatch.setattr(runner, "scan_input", scan_then_replace)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "since it was checked before the run: nothing was sent" in err
+    assert fake.requests == []

@@ -637,3 +637,31 @@ def test_only_a_failed_file_bulk_mms_wrote_has_its_guarding_quotes_read_off(
     written = {"phone": "+12125550100", "'-x": "'-5", "name": "'''=y", last: "c"}
     values = {"phone": "+12125550100", "-x": "-5", "name": "''=y", last: "c"}
     assert rows == [Row(2, values if ours else written)]
+
+
+def test_a_jsonl_file_written_while_a_pass_that_expects_its_version_reads_it_stops(
+    tmp_path: Path,
+) -> None:
+    """A pass that expects the version another pass read stops, naming the last line it gave,
+    as soon as the file is written while it reads; one that expects nothing reads what is
+    there."""
+    p = tmp_path / "a.jsonl"
+    p.write_text("".join(f'{{"phone": "+1212555{i:04d}"}}\n' for i in range(3000)))
+    with RowReader(p, "phone") as first:
+        stamp = first.stamp
+    rows: list[Row | RejectedRow] = []
+
+    def read_and_write_at_the_tenth() -> None:
+        with RowReader(p, "phone", expect=stamp) as reader:
+            for row in reader:
+                rows.append(row)
+                if len(rows) == 10:
+                    with p.open("a") as f:
+                        f.write('{"phone": "+12125559999"}\n')
+
+    with pytest.raises(InputError) as err:
+        read_and_write_at_the_tenth()
+    assert "after line 10: nothing more is sent" in err.value.message
+    assert len(rows) == 10  # nothing read after the write
+    with RowReader(p, "phone") as anyone:
+        assert len(list(anyone)) == 3001
