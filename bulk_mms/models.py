@@ -155,6 +155,10 @@ class Group(msgspec.Struct, frozen=True, eq=False):
     #: When the group was made anew without members the API refused by name (opted out):
     #: those members, counted failed in the group they were refused in.
     refused: tuple[str, ...] = ()
+    #: When the group is of members a delivery report moved out of a sent group (to go again
+    #: from another sender, or after a carrier's reset): the members who stayed there,
+    #: counted sent in it (and so on, through every group it was made from).
+    stayed: tuple[str, ...] = ()
     #: When this run made the group anew without members on the suppression list: the id of
     #: the group it was made from, and those members (the run records it before sending).
     origin: str = ""

@@ -241,27 +241,38 @@ def members_left(
             remade = without(group, gone, job)
             if remade is None:
                 return  # nobody left: their rows are all rejected
-            group = replace(remade, origin=group.id, suppressed=gone)
+            group = replace(
+                remade,
+                origin=group.id,
+                suppressed=gone,
+                refused=group.refused,
+                stayed=group.stayed,
+            )
     yield group
 
 
 def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
     """The group the ledger says goes out in place of ``group``, if any: made without the
     members the API refused by name (they failed there, and :attr:`Group.refused` carries
-    them on to be counted) or that an earlier run left out as suppressed (``remade``). None
+    them on to be counted) or that an earlier run left out as suppressed (``remade``), or of
+    the members a delivery report moved out of it once it was sent (the others stayed sent
+    there, and :attr:`Group.stayed` carries them on to be counted). None
     when ``group`` stands as it is: unknown to the ledger, sent, in doubt or pending with that
     membership, or with every member refused."""
     rec = view.groups.get(group.id)
     if rec is not None and rec.moved and rec.state == SENT and rec.sender is not None:
         again = moved(group, rec.moved, rec.sender, job)  # blocked sender, or a carrier's "later"
-        return replace(again, not_before=rec.moved_after) if again is not None else None
+        if again is None:
+            return None
+        stayed = group.stayed + tuple(p for p in group.to if p not in rec.moved)
+        return replace(again, not_before=rec.moved_after, refused=group.refused, stayed=stayed)
     if rec is None or not rec.refused or rec.state not in (FAILED, None):
         return None
     remade = without(group, rec.refused, job)
     if remade is None:
         return None
     refused = group.refused + (rec.refused if rec.state == FAILED else ())
-    return replace(remade, refused=refused) if refused else remade
+    return replace(remade, refused=refused, stayed=group.stayed)
 
 
 def pacing_config(settings: Settings) -> PacingConfig:

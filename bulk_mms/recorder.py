@@ -128,7 +128,12 @@ class Recorder:
         self.summary.note_rejected(item.kind)
         if item.kind is Rejection.DUPLICATE:
             return
-        if item.kind is Rejection.SUPPRESSED or item.line > self.view.rejected_through:
+        view = self.view
+        if (
+            item.line not in view.suppressed_lines
+            if item.kind is Rejection.SUPPRESSED
+            else item.line > view.rejected_through
+        ):
             self._queue(Rejected(item.line, item.value, item.reason, self._now()))
         self.log.debug("row.rejected", line=item.line, value=item.value, reason=item.reason)
 

@@ -220,7 +220,7 @@ class Runner:
                 self.rows_free += 1
                 self.recorder.rejected(item)
                 continue
-            recipients += len(item.to) + len(item.refused)
+            recipients += len(item.to) + len(item.refused) + len(item.stayed)
             groups += 1
             if not await self._dispatch(item):
                 return

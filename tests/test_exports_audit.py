@@ -195,3 +195,49 @@ def test_an_export_replaced_between_the_check_and_the_send_sends_nothing(
     err = capsys.readouterr().err
     assert "since it was checked before the run: nothing was sent" in err
     assert fake.requests == []
+
+
+def test_a_member_a_carrier_refused_for_today_is_counted_until_sent(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member of a group of four whose delivery met T-Mobile's daily cap (40016) waits for
+    the reset in a group of their own: the rerun before it neither exits 0 nor drops them or
+    the three who stayed sent from the count; the report says one not attempted of ten."""
+    people = numbers(10)
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 4")
+    fake = FakeTelnyx(report={people[5]: "40016"})
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url]
+        assert main(["-q", "run", str(job.path), *args]) == 0
+        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        assert main(["-q", "run", str(job.path), *args]) != 0
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["recipients"] == {
+        "valid": 10, "sent": 9, "failed": 0, "retry_pending": 0, "in_doubt": 0,
+        "not_attempted": 1,
+    }  # fmt: skip
+    assert summary["input_rows"] == 10
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_suppressed_person_alone_in_a_group_is_counted_once_over_reruns(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A number on the suppression list with no one to share a message with is left out by
+    every run; the report still counts the file's rows: one suppressed, nine sent, ten rows."""
+    people = numbers(10)
+    jobs.csv([{"phone": p, "first": "x"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    assert main(["-q", "suppress", "add", people[3]]) == 0
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        for _ in range(3):
+            assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert (summary["input_rows"], summary["suppressed_rows"]) == (10, 1)
+    assert summary["recipients"]["valid"] == summary["recipients"]["sent"] == 9

@@ -21,6 +21,7 @@ from bulk_mms.ledger import events as ev
 from bulk_mms.ledger import load, open_store, to_json
 from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
+from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Money
 from bulk_mms.testing import ledger_events
@@ -407,3 +408,18 @@ async def test_a_failed_commit_nobody_waits_for_is_told_at_once(
     with pytest.raises(LedgerError):
         store.append_nowait(ev.Rejected(4, "y", "bad", "t"))
     store.close_sync()
+
+
+def test_a_line_recorded_suppressed_by_every_run_is_counted_once() -> None:
+    """Each run records the rows of a group it finds all suppressed: the fold counts a line
+    once however often it is recorded (as PostgreSQL's one event a line), and a checkpoint
+    keeps which lines it counted."""
+    view = LedgerView()
+    reason = "suppressed: +12125550103 is on the suppression list"
+    for line in (4, 4, 7, 4):
+        view.apply(ev.Rejected(line, "+12125550103", reason, "t"))
+    view.apply(ev.Rejected(9, "x", "phone number contains letters", "t"))
+    assert view.rejected == {"suppressed": 2, "phone number contains letters": 1}
+    saved = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
+    saved.apply(ev.Rejected(7, "+12125550103", reason, "t"))
+    assert saved.rejected == view.rejected

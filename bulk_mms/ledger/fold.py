@@ -195,6 +195,10 @@ class LedgerView(msgspec.Struct, eq=False):
     #: The last input line recorded as rejected in input order (all but suppressed rows,
     #: which are rejected as their group is made): a rerun records only the lines after it.
     rejected_through: int = 0
+    #: The input lines recorded as suppressed: each is counted once, however many runs
+    #: record it (a group whose members are all suppressed is made anew by every run), as a
+    #: PostgreSQL ledger keeps one ``rejected`` event a line.
+    suppressed_lines: set[int] = msgspec.field(default_factory=set)
     #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
     _known: dict[str, Known] | None = msgspec.field(default_factory=dict)
     _known_columns: tuple[list[Any], ...] | None = None
@@ -282,9 +286,12 @@ class LedgerView(msgspec.Struct, eq=False):
                 self._outcome(ev)
             case events.Rejected():
                 kind = reason_kind(ev.reason)
-                self.rejected[kind] += 1
                 if kind != Rejection.SUPPRESSED:
+                    self.rejected[kind] += 1
                     self.rejected_through = max(self.rejected_through, ev.line)
+                elif ev.line not in self.suppressed_lines:
+                    self.suppressed_lines.add(ev.line)
+                    self.rejected[kind] += 1
             case events.Remade():
                 rec = self._group(ev.group, ())
                 if rec.outcome is None and not rec.open:
@@ -485,7 +492,7 @@ class LedgerView(msgspec.Struct, eq=False):
             ],
             "groups": {name: [_cell(getattr(r, name)) for r in recs] for name in _GROUP_FIELDS},
             "open": sorted(self._open),
-            "rejected": [dict(self.rejected), self.rejected_through],
+            "rejected": [dict(self.rejected), self.rejected_through, sorted(self.suppressed_lines)],
             "known": {
                 "phone": phones,
                 **{name: [getattr(self.known[p], name) for p in phones] for name in _KNOWN_FIELDS},
@@ -541,8 +548,11 @@ class LedgerView(msgspec.Struct, eq=False):
                 rec.cost = price
             groups[rec.id] = rec
         view._open = set(d["open"])
-        reasons, view.rejected_through = d["rejected"]
-        view.rejected = Counter({str(k): int(n) for k, n in reasons.items()})
+        reasons, view.rejected_through, lines = d["rejected"]
+        view.rejected, view.suppressed_lines = (
+            Counter({str(k): int(n) for k, n in reasons.items()}),
+            {int(n) for n in lines},
+        )
         k = d["known"]
         names = ("phone", *_KNOWN_FIELDS)
         if any(len(k[name]) != len(k["phone"]) for name in names):
