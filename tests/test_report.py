@@ -16,6 +16,7 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.config import folders, load_job
+from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
 from bulk_mms.ledger import Header, InputRows, LedgerView, Planned, open_store, read_events
 from bulk_mms.ledger import Rejected as RejectedEvent
@@ -24,7 +25,6 @@ from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.recorder import never_left
 from bulk_mms.report import (
-    CAMPAIGN_COLUMN,
     NO_HEADER,
     REASON_COLUMN,
     LedgerSummary,
