@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import structlog
@@ -133,18 +133,17 @@ def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
 _NUMBER = re.compile(r"\+?\d[\d\-(). ]{8,18}\d")
 
 
-def refused_members(
-    err: SendError, to: Sequence[str], policy: Mapping[str, Action]
+def named_members(
+    err: SendError, to: Sequence[str], codes: Container[str] | None = None
 ) -> tuple[str, ...]:
-    """The members of a group that the answer refuses by name under a ``suppress`` code (an
-    opt-out): each such error's ``source.pointer`` (``/to/2``), else the members its detail or
-    title names. A group of one is its only member. Nothing is guessed: a larger group whose
-    answer names no member gives none."""
+    """The members of a group that the answer's errors name (under one of ``codes``, if
+    given): each error's ``source.pointer`` (``/to/2``), else the members its detail or title
+    names. Nothing is guessed: an answer that names no member gives none."""
     if isinstance(err, AmbiguousSendError):
         return ()
     found: dict[str, None] = {}
     for e in err.errors:
-        if policy.get(e.code) != Action.SUPPRESS:
+        if codes is not None and e.code not in codes:
             continue
         if (m := re.fullmatch(r"/to/(\d{1,2})", e.pointer)) and int(m[1]) < len(to):
             found[to[int(m[1])]] = None
@@ -154,9 +153,20 @@ def refused_members(
             for phone in to:
                 if phone[1:] == digits or (len(digits) == 10 and phone == f"+1{digits}"):
                     found[phone] = None
-        if not found and len(to) == 1:
-            found[to[0]] = None
     return tuple(found)
+
+
+def refused_members(
+    err: SendError, to: Sequence[str], policy: Mapping[str, Action]
+) -> tuple[str, ...]:
+    """The members of a group that the answer refuses by name under a ``suppress`` code (an
+    opt-out): :func:`named_members` under those codes. A group of one is its only member.
+    Nothing is guessed: a larger group whose answer names no member gives none."""
+    suppress = {code for code, action in policy.items() if action == Action.SUPPRESS}
+    found = named_members(err, to, suppress)
+    if found or isinstance(err, AmbiguousSendError) or len(to) != 1:
+        return found
+    return tuple(to) if any(e.code in suppress for e in err.errors) else ()
 
 
 @runtime_checkable

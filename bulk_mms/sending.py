@@ -49,7 +49,13 @@ from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
-from bulk_mms.policy import PolicyClient, delivery_action, refused_by_optouts, refused_members
+from bulk_mms.policy import (
+    PolicyClient,
+    delivery_action,
+    named_members,
+    refused_by_optouts,
+    refused_members,
+)
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,
@@ -666,7 +672,7 @@ class GroupSender:
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
         await self._suppress(group, err, refused)
-        self._count_refusal(err, refused)
+        self._count_refusal(err, refused or named_members(err, group.to))
         if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
             self._fail(
                 ApiUnavailable(
@@ -689,8 +695,8 @@ class GroupSender:
     def _count_refusal(self, err: SendError, refused: Sequence[str]) -> None:
         """One more group ended with ``err``: at :data:`STOP_AFTER_REFUSED` groups in a row
         refused with the same error, one the error policy has no action for (an opt-out, a
-        sender retired, a cap: each is handled on its own) and naming no member, stop the job:
-        it is the job the API refuses."""
+        sender retired, a cap: each is handled on its own) and naming no member (``refused``:
+        those it names, by pointer or number), stop the job: it is the job the API refuses."""
         if type(err) is not Rejected or refused or err.code in self.settings.error_policy:
             self.refusal_streak = ("", 0)
             return

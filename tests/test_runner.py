@@ -394,6 +394,29 @@ async def test_refusals_that_differ_or_name_a_member_do_not_stop_the_job(
     assert len(refusing.calls) == 12
 
 
+async def test_refusals_that_point_at_a_member_do_not_stop_the_job(
+    jobs: JobFactory, fake_sleep: FakeClock
+) -> None:
+    """Refusals whose error points at one of the group's members (``/to/1``, or its number in
+    the detail), as the real client words them (one message, one code), are that member's
+    fault, not the job's: a run of such groups is each failed and every group is tried."""
+    jobs.people(24)
+    job = jobs.job(extra="group_size = 3")
+
+    def answer(g: Group, n: int) -> SendError:
+        if g.seq % 2:
+            bad = ApiError("40310", "Invalid 'to' address", "not a mobile number", "/to/1")
+        else:
+            bad = ApiError("40310", "Invalid 'to' address", f"{g.to[2]} is not a mobile number")
+        return Rejected("the API refused the request", status=422, errors=[bad])
+
+    refusing = FakeClient(answer)
+    s = await run_job(job, replace(FAST, concurrency=1), refusing, clock=fake_sleep)
+    assert s.error is None
+    assert len(refusing.calls) == 8
+    assert s.failed_groups == 8
+
+
 async def test_unknown_template_column_is_a_config_error(jobs: JobFactory) -> None:
     """A placeholder naming a column the file lacks stops the job before sending."""
     jobs.people(3)
