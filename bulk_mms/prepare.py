@@ -34,7 +34,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
-from bulk_mms.quiet import UNKNOWN_ZONE
+from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
 from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.scan import (
     InputScan,
@@ -126,7 +126,9 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
 
 def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputScan) -> None:
     """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
-    input's, for a ledger begun before its header kept where zones come from).
+    input's, for a ledger begun before its header kept where zones come from, when rows that
+    bulk-mms grouped then are rejected now: a timezone_column value naming no zone; with
+    ``group_by``, zones that share no time of the window).
 
     Raises:
         LedgerMismatch: it belongs to a different run.
@@ -136,17 +138,27 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
         return
     if (why := header.mismatch(expected)) is not None:
         raise LedgerMismatch(where, why)
-    if header.recipient_window and header.zones is None and scan.lost.get(UNKNOWN_ZONE):
-        # begun by a bulk-mms that grouped such rows by their number's zone: this one
-        # rejects them, so the groups after them would not be the ones it sent
-        raise LedgerMismatch(
-            where,
-            f"was begun by bulk-mms {header.version or '(an older one)'}, which grouped the "
-            f"{scan.lost[UNKNOWN_ZONE]} rows whose timezone_column names no zone by their "
-            "number; this one rejects them, and regrouping would resend people already sent: "
-            "finish this ledger with the bulk-mms that began it, or go on in a new ledger "
-            "with --exclude-sent naming this one",
+    if not header.recipient_window or header.zones is not None:
+        return
+    # begun by a bulk-mms that grouped rows this one rejects: the groups after them would not
+    # be the ones it sent
+    if unknown := scan.lost.get(UNKNOWN_ZONE):
+        why = f"the {unknown} rows whose timezone_column names no zone by their number"
+    elif header.group_by and (never := scan.lost.get(NO_COMMON_HOURS)):
+        # a never-open member held its group_by chunk; rejecting it shifts the key's chunks
+        why = (
+            f"the {never} rows whose zones share no time of the window into their "
+            f"{header.group_by!r} groups"
         )
+    else:
+        return
+    raise LedgerMismatch(
+        where,
+        f"was begun by bulk-mms {header.version or '(an older one)'}, which grouped {why}; "
+        "this one rejects them, and regrouping would resend people already sent: finish this "
+        "ledger with the bulk-mms that began it, or go on in a new ledger with --exclude-sent "
+        "naming this one",
+    )
 
 
 def key_valid_until(

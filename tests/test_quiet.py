@@ -246,3 +246,30 @@ async def test_a_ledger_from_before_zones_were_kept_is_refused_when_rows_would_r
     with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
         await run_job(job, FAST, client, clock=noon)
     assert len(client.calls) == 1
+
+
+async def test_a_ledger_from_before_never_open_rows_were_rejected_is_refused_with_group_by(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger begun by a bulk-mms that grouped a never-open number (a toll-free one) with
+    its group_by key's other rows is not resumed: rejecting it now would shift the key's later
+    chunks, and a member already sent in one of them would be texted again."""
+    phones = [*NEW_YORK[:3], "+18005550100", *NEW_YORK[3:]]
+    jobs.csv([{"phone": p, "first": "x", "fam": "f"} for p in phones])
+    noon = FakeClock(wall=dt.datetime(2026, 11, 25, 17, 0, tzinfo=dt.UTC).timestamp())
+    job = jobs.job(
+        extra='group_size = 3\ngroup_by = "fam"\nrecipient_window = "09:00-18:00"\n'
+        "max_rejected_share = 0.5"
+    )
+    client = FakeClient()
+    with monkeypatch.context() as old:  # the bulk-mms that kept such rows, held forever
+        old.setattr("bulk_mms.grouping.hours_problem", lambda *a: None)
+        await run_job(job, FAST, client, clock=noon)
+    assert sorted(client.sent_numbers()) == sorted([*NEW_YORK[:3], NEW_YORK[5]])
+    first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = orjson.loads(first)
+    del header["zones"]
+    job.ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+    with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
+        await run_job(job, FAST, client, clock=noon)
+    assert sorted(client.sent_numbers()) == sorted([*NEW_YORK[:3], NEW_YORK[5]])
