@@ -91,8 +91,8 @@ def hours_problem(
         return None
     hint = f"give it a {column!r} value" if column else "name its zone in a timezone_column"
     return (
-        f"{NO_COMMON_HOURS}: its number spans {len(zones)} time zones ({zones[0]} to "
-        f"{zones[-1]}), which share no time of the window {window} all year; {hint}"
+        f"{NO_COMMON_HOURS}: its {len(zones)} time zones ({zones[0]} to {zones[-1]}) share "
+        f"no time of the window {window} in winter or in summer; {hint}"
     )
 
 
