@@ -12,6 +12,7 @@ import pytest
 
 from bulk_mms import reader, runner, scan
 from bulk_mms.cli import main
+from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import Accepted, FakeTelnyx, Fault
 from bulk_mms.scan import InputScan
 from tests.conftest import JobFactory, numbers
@@ -27,6 +28,16 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 def read_csv(path: Path) -> list[list[str]]:
     with path.open(encoding="utf-8", newline="") as f:
         return list(csv.reader(f))
+
+
+def _sent_with_rejected_csv(job: JobConfig, tmp_path: Path) -> tuple[FakeTelnyx, Path]:
+    """Run ``job`` against a fake API, writing ``--rejected-csv``; it must exit 0."""
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(args) == 0
+    return fake, rejected
 
 
 def test_a_person_whose_first_row_is_rejected_is_sent_from_their_valid_row(
@@ -46,11 +57,7 @@ def test_a_person_whose_first_row_is_rejected_is_sent_from_their_valid_row(
     job = jobs.job(
         extra='group_by = "household"\nmax_rejected_share = 0.5', message='text = "{first}"'
     )
-    rejected = tmp_path / "rejected.csv"
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
-        assert main(args) == 0
+    fake, rejected = _sent_with_rejected_csv(job, tmp_path)
     assert fake.recipient_counts() == dict.fromkeys(
         ["+12125550101", "+12125550102", "+12125550103"], 1
     )
@@ -113,11 +120,7 @@ def test_spreadsheet_shapes_of_a_number_are_sent_or_named_for_what_they_are(
         + "1.21255E+10,Cy\n212-555-0101,Ann3\n\u00a0212\u00a0555\u00a00104\u00a0,Di"
     )
     job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
-    rejected = tmp_path / "rejected.csv"
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
-        assert main(args) == 0
+    fake, rejected = _sent_with_rejected_csv(job, tmp_path)
     assert fake.recipient_counts() == dict.fromkeys(
         ["+12125550101", "+12125550102", "+12125550104"], 1
     )

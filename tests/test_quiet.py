@@ -4,6 +4,7 @@ and a run with only closed zones left exits 4 saying when the next opens."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -222,6 +223,15 @@ async def test_a_timezone_column_added_mid_campaign_is_refused_not_regrouped(
     assert client.sent_numbers() == sent
 
 
+def _as_begun_before_zones_were_kept(ledger: Path) -> None:
+    """Rewrite the ledger's header as a bulk-mms that did not keep where zones come from
+    wrote it."""
+    first, *rest = ledger.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = orjson.loads(first)
+    del header["zones"]
+    ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+
+
 async def test_a_ledger_from_before_zones_were_kept_is_refused_when_rows_would_regroup(
     jobs: JobFactory,
 ) -> None:
@@ -240,10 +250,7 @@ async def test_a_ledger_from_before_zones_were_kept_is_refused_when_rows_would_r
     )
     client = FakeClient()
     await run_job(job, FAST, client, clock=noon, limit=1)
-    first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
-    header = orjson.loads(first)
-    del header["zones"]
-    job.ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+    _as_begun_before_zones_were_kept(job.ledger)
     with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
         await run_job(job, FAST, client, clock=noon)
     assert len(client.calls) == 1
@@ -267,10 +274,7 @@ async def test_a_ledger_from_before_never_open_rows_were_rejected_is_refused_wit
         old.setattr("bulk_mms.grouping.hours_problem", lambda *a: None)
         await run_job(job, FAST, client, clock=noon)
     assert sorted(client.sent_numbers()) == sorted([*NEW_YORK[:3], NEW_YORK[5]])
-    first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
-    header = orjson.loads(first)
-    del header["zones"]
-    job.ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+    _as_begun_before_zones_were_kept(job.ledger)
     with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
         await run_job(job, FAST, client, clock=noon)
     assert sorted(client.sent_numbers()) == sorted([*NEW_YORK[:3], NEW_YORK[5]])
