@@ -141,10 +141,17 @@ class Settler:
 
 
 def _same(listed: str, ours: str) -> bool:
-    """Whether a record's number is ours: as we wrote it, or without its leading ``+`` (the
-    records are the API's report, not our request; a record wrongly taken for absent would
-    send the group again)."""
-    return listed.lstrip("+") == ours.lstrip("+")
+    """Whether a record's number is ours: as we wrote it, without its leading ``+``, or a +1
+    number without its country code (the records are the API's report, not our request; a
+    record wrongly taken for absent would send the group again)."""
+    return _national(listed) == _national(ours)
+
+
+def _national(number: str) -> str:
+    """``number`` without its ``+``, and a +1 number without its country code: the ten digits
+    a North American number is also written as."""
+    digits = number.lstrip("+")
+    return digits[1:] if len(digits) == 11 and digits[0] == "1" and digits.isdigit() else digits
 
 
 def never_accepted(lag: float, time: str, **members: Any) -> Failed:

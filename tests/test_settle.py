@@ -200,16 +200,20 @@ async def test_the_records_settle_a_group_under_any_of_its_members() -> None:
     assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
 
 
-async def test_a_record_naming_the_numbers_without_a_plus_still_settles_accepted() -> None:
+@pytest.mark.parametrize("strip", ["+", "+1"])
+async def test_a_record_naming_the_numbers_without_a_plus_still_settles_accepted(
+    strip: str,
+) -> None:
     """A server that filters the records by the query's numbers but writes its own without
-    the leading + (cli 18445550001) still proves acceptance: the group is accepted, never
-    taken for absent and sent again."""
+    the leading + (cli 18445550001), or as ten digits (8445550001), still proves acceptance:
+    the group is accepted, never taken for absent and sent again."""
     clock = FakeClock(wall=1_000_000.0 + 86_400)
     settler = Settler(FakeClient(wall=clock.wall), records_lag_s=3600, request_timeout=30,
                       clock=clock)  # fmt: skip
 
     async def bare(cli: str, cld: str, start: float, end: float) -> list[MessageRecord]:
-        plain = MessageRecord("r1", cli.lstrip("+"), cld.lstrip("+"), 1_000_000.5, "DELIVERED")
+        plain = MessageRecord("r1", cli.removeprefix(strip), cld.removeprefix(strip), 1_000_000.5,
+                              "DELIVERED")  # fmt: skip
         return [plain] if cld == DOUBT.to[0] else []
 
     settler.client.fetch_records = bare  # type: ignore[union-attr, method-assign]
