@@ -181,8 +181,20 @@ def _rows_with_text(
         f"empty message: the text is only {placeholders}, empty in this row; fill it, give it "
         "a default in [message.defaults], or send media_urls"
     )
+
+    def blank(r: Recipient) -> str | None:
+        return None if any(r.fields.get(n, "").strip() for n in names) else reason
+
+    return _rejecting(items, blank)
+
+
+def _rejecting(
+    items: Iterable[Recipient | RejectedRow], problem: Callable[[Recipient], str | None]
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with each recipient that ``problem`` gives a reason for rejected with it (a
+    loss: :attr:`~bulk_mms.models.Rejection.ROW`); the rest pass through, in order."""
     for item in items:
-        if isinstance(item, Recipient) and not any(item.fields.get(n, "").strip() for n in names):
+        if isinstance(item, Recipient) and (reason := problem(item)) is not None:
             yield RejectedRow(item.line, item.phone, reason, Rejection.ROW)
         else:
             yield item
@@ -205,25 +217,21 @@ def _rows_zoned(
     items: Iterable[Recipient | RejectedRow], window: SendWindow, column: str | None
 ) -> Iterator[Recipient | RejectedRow]:
     """:func:`zoned`'s loop."""
-    for item in items:
-        if isinstance(item, Recipient) and (
-            (column is not None and (problem := zone_problem(item.fields, column)))
-            or (problem := hours_problem(window, item.phone, item.fields, column))
-        ):
-            yield RejectedRow(item.line, item.phone, problem, Rejection.ROW)
-        else:
-            yield item
+
+    def unkept(r: Recipient) -> str | None:
+        if column is not None and (problem := zone_problem(r.fields, column)) is not None:
+            return problem
+        return hours_problem(window, r.phone, r.fields, column)
+
+    return _rejecting(items, unkept)
 
 
 def keyed(
     items: Iterable[Recipient | RejectedRow], column: str
 ) -> Iterator[Recipient | RejectedRow]:
     """``items`` with each recipient whose ``column`` is blank rejected: it has no group."""
-    for item in items:
-        if isinstance(item, Recipient) and not item.fields[column].strip():
-            yield RejectedRow(item.line, item.phone, f"empty {column!r} value")
-        else:
-            yield item
+    reason = f"empty {column!r} value"
+    return _rejecting(items, lambda r: None if r.fields[column].strip() else reason)
 
 
 def moved(group: Group, members: Container[str], sender: str, job: JobConfig) -> Group | None:
@@ -240,7 +248,9 @@ def make_groups(
     job: JobConfig,
     last_lines: Mapping[str, int] | None = None,
 ) -> Iterator[Group | RejectedRow]:
-    """Group recipients as the job says, passing rejected rows through in order.
+    """Group recipients as the job says, passing rejected rows through in order. ``items``
+    are checked rows (:func:`~bulk_mms.scan.checked_rows`): with ``group_by``, none has a
+    blank value (:func:`keyed`).
 
     ``last_lines``: with ``group_by``, the line of each key's last row (the scan's): its last
     chunk goes out as that row is read, not at the end of the input.
@@ -248,7 +258,7 @@ def make_groups(
     grouper = _Grouper(job)
     size = job.group_size
     if job.group_by is not None:
-        yield from _by_key(keyed(items, job.group_by), grouper, size, job.group_by, last_lines)
+        yield from _by_key(items, grouper, size, job.group_by, last_lines)
         return
     if job.recipient_window is not None:
         yield from _by_zone(items, grouper, size)

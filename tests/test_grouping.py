@@ -13,7 +13,14 @@ from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig, MessageConfig, parse_template
 from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.grouping import group_id, join_names, make_groups, render_message, with_text
+from bulk_mms.grouping import (
+    group_id,
+    join_names,
+    keyed,
+    make_groups,
+    render_message,
+    with_text,
+)
 from bulk_mms.models import Group, Recipient, RejectedRow, Rejection
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
@@ -85,9 +92,10 @@ def test_an_unsorted_key_still_forms_one_group() -> None:
 
 
 def test_an_empty_key_is_rejected_naming_the_column() -> None:
-    """A row with a blank group_by value has no group: it is rejected, naming the column."""
+    """A row with a blank group_by value has no group: it is rejected, naming the column, and
+    the rest are grouped."""
     rows = people(["a", " ", "a"])
-    out = list(make_groups(rows, job(group_by="hh"), last_lines(rows)))
+    out = list(make_groups(keyed(rows, "hh"), job(group_by="hh"), last_lines(rows)))
     rejected = [r for r in out if isinstance(r, RejectedRow)]
     assert [(r.line, r.reason) for r in rejected] == [(3, "empty 'hh' value")]
     assert [g.lines for g in groups(out)] == [(2, 4)]
