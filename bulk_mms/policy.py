@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import structlog
@@ -294,14 +294,19 @@ MAX_RESENDS = 3
 
 
 def delivery_action(
-    rec: GroupRecord, st: RecipientStatus, settings: Settings, now: float, moves: int = 0
+    rec: GroupRecord,
+    st: RecipientStatus,
+    settings: Settings,
+    now: float,
+    moves: Callable[[str], int],
 ) -> tuple[Action | None, Moved | None]:
     """What a delivery report calls for (the one reading of a carrier code after acceptance,
     for a run and for ``track``): the policy's action for its code, and the ``moved`` event
     for its member when it goes again (its sender blocked: from another sender; refused for
     now: after the carrier's reset), if any: not once it went again :data:`MAX_RESENDS` times
-    (``moves``: :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report
-    with no code the policy knows, or a group with no sender on record."""
+    (``moves``: how many times a number went again, asked only then:
+    :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report with no code the
+    policy knows, or a group with no sender on record."""
     code = next((e.code for e in st.errors if e.code), None)
     action = settings.error_policy.get(code) if code is not None else None
     if action is None or rec.sender is None or code is None:
@@ -313,8 +318,8 @@ def delivery_action(
         sender, after = "", carrier_reset(code, settings.daily_reset, now)
     else:
         return action, None
-    if moves >= MAX_RESENDS:
-        log.warning("delivery.resends_spent", group=rec.id, code=code, resends=moves)
+    if (resends := moves(st.phone)) >= MAX_RESENDS:
+        log.warning("delivery.resends_spent", group=rec.id, code=code, resends=resends)
         return action, None
     log.warning("delivery.policy", group=rec.id, code=code, action=str(action))
     return action, Moved(rec.id, (st.phone,), sender, code, stamp, after)

@@ -722,8 +722,7 @@ class GroupSender:
         (40002, 40011), an expiry in the queue (40014) and a carrier's cap (40016, 40018) slow
         that sender down, as a 429 does, and the member they failed goes again, in a group of
         its own, not before the carrier's reset (:func:`~bulk_mms.policy.carrier_reset`)."""
-        moves = self.view.moves(st.phone)
-        action, moved = delivery_action(rec, st, self.settings, self.clock.wall(), moves)
+        action, moved = delivery_action(rec, st, self.settings, self.clock.wall(), self.view.moves)
         if st.status in FINAL:
             self._spam_stop(self.spam_reports, action == Action.SLOW, "delivery reports")
         if action is None or rec.sender is None:

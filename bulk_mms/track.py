@@ -431,8 +431,8 @@ async def track_ledger(
 
         def on_status(rec: GroupRecord, st: RecipientStatus) -> None:
             # a member failed by its blocked sender, or refused for now, goes again (a rerun)
-            moves = view.moves(st.phone)
-            if (found := delivery_action(rec, st, settings, clock.wall(), moves)[1]) is not None:
+            found = delivery_action(rec, st, settings, clock.wall(), view.moves)[1]
+            if found is not None:
                 store.append_nowait(found)  # durable when the store closes
                 view.apply(found)
 
