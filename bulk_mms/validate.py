@@ -319,18 +319,6 @@ def _nanp(phone: str) -> str:
     raise PhoneError(_INVALID)
 
 
-def validate_rows(
-    rows: Iterable[Row | RejectedRow],
-    phone_column: str,
-    region: str = "US",
-) -> Iterator[Recipient | RejectedRow]:
-    """Validate and de-duplicate rows in one pass, in input order: :func:`first_of_each` of
-    :func:`normalized_rows`. A run checks more of each row between the two (its message's
-    text, its ``group_by`` value: :func:`bulk_mms.scan.checked_rows`), so that a row rejected
-    for those never makes a later row with its number a duplicate."""
-    return first_of_each(normalized_rows(rows, phone_column, region), phone_column)
-
-
 def normalized_rows(
     rows: Iterable[Row | RejectedRow],
     phone_column: str,

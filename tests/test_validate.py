@@ -18,9 +18,9 @@ from bulk_mms.validate import (
     _canonical_us,
     _formatted,
     _parsed,
+    first_of_each,
     normalize_phone,
     normalized_rows,
-    validate_rows,
 )
 from tests.conftest import JobFactory
 
@@ -103,7 +103,7 @@ def test_duplicates_are_rejected_after_the_first() -> None:
         Row(4, {"phone": "(212) 555-0100"}),
         Row(5, {"phone": "+12125550101"}),
     ]
-    out = list(validate_rows(rows, "phone"))
+    out = list(first_of_each(normalized_rows(rows, "phone"), "phone"))
     assert out[0] == Recipient("+12125550100", 2, {})
     assert isinstance(out[1], RejectedRow)
     assert out[1].line == 3
@@ -351,7 +351,7 @@ def test_a_typographic_separator_reads_as_the_ascii_one(separator: str) -> None:
 def test_the_en_dash_of_a_cp1252_file_reads_as_a_hyphen() -> None:
     """Byte 0x96 of a cp1252 export, decoded, is an en dash: the row is a recipient."""
     raw = b"415\x96847\x965640".decode("cp1252")
-    out = list(validate_rows([Row(2, {"phone": raw})], "phone"))
+    out = list(normalized_rows([Row(2, {"phone": raw})], "phone"))
     assert out == [Recipient("+14158475640", 2, {})]
 
 
