@@ -152,6 +152,8 @@ _MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _STATUS_CHARS = 40
 _MAX_ERRORS = 10
 _ERROR_CHARS = 500
+#: A group has at most 8 members, so its ``cc`` at most 8 entries: more are not read.
+_MAX_CC = 8
 
 
 def _text(value: object, limit: int) -> str:
@@ -222,19 +224,17 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
         raise AmbiguousSendError("accepted, but the response has no message id")
     if not _MESSAGE_ID.match(message_id):
         raise AmbiguousSendError("accepted, but the response's message id is not an id")
-    wanted = set(to) if to is not None else None
-    statuses = []
-    listed = data.get("to")
-    for item in listed if isinstance(listed, list) else ():
-        if isinstance(item, dict) and isinstance(phone := item.get("phone_number"), str):
-            if wanted is not None and phone not in wanted:
-                raise AmbiguousSendError(
-                    "accepted, but the response lists a number this request did not send to"
-                )
-            status = item.get("status")  # _text, inline: eight times an answer
-            statuses.append(
-                RecipientStatus(phone, status[:_STATUS_CHARS] if isinstance(status, str) else "")
-            )
+    if to is not None:
+        wanted = set(to)
+        for key in ("to", "cc"):  # a member may be listed in either (the spec gives cc statuses)
+            listed = data.get(key)
+            for item in listed if isinstance(listed, list) else ():
+                phone = item.get("phone_number") if isinstance(item, dict) else None
+                if isinstance(phone, str) and phone not in wanted:
+                    raise AmbiguousSendError(
+                        "accepted, but the response lists a number this request did not send to"
+                    )
+    statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False)
     raw_cost = data.get("cost")
     cost = parse_money(raw_cost)
     if cost is None and raw_cost is not None:
@@ -266,7 +266,9 @@ def address(value: object, limit: int = 32) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
 
 
-def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
+def parse_statuses(
+    data: object, asked: str | None = None, *, stamps: bool = True, costs: bool = True
+) -> tuple[RecipientStatus, ...]:
     """Recipients and statuses from a message object or a list of them (the GET endpoints).
 
     ``GET /messages/group/{id}`` lists one message per recipient, each with its own id, ``to``
@@ -274,23 +276,42 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
     ``phone_number``, are skipped: a partial answer still yields what it does say. A message
     that names one recipient gives them its ``cost`` (:func:`~bulk_mms.models.parse_money`,
     exact: the spec sends the amount as a string); a message naming several gives none, as
-    its cost is not one recipient's.
+    its cost is not one recipient's. An inbound message (``direction`` ``inbound``: a reply,
+    which ``GET /messages/{id}`` may also serve) says nothing of a send, and is skipped.
+
+    The spec gives ``cc[]`` entries a status too: a member of the group may be reported there
+    rather than under ``to``. ``cc`` is read only from the message ``asked`` for (the group's
+    own message: the send's answer, or the id a GET asked for), and only for a number no
+    ``to`` of the answer lists: a recipient's own message lists the other participants in
+    ``cc``, and their status there is not what their own message says. A ``cc`` report names
+    no message of the recipient's own (``message_id`` None), and carries only the errors that
+    point at it (``/cc/{i}``).
     """
-    messages = data if isinstance(data, list) else [data]
+    messages = [
+        m
+        for m in (data if isinstance(data, list) else [data])
+        if isinstance(m, dict) and m.get("direction") != "inbound"
+    ]
     out: list[RecipientStatus] = []
+    copied: list[RecipientStatus] = []
     for msg in messages:
-        if not isinstance(msg, dict):
-            continue
         mid = msg.get("id")
         mid = mid if isinstance(mid, str) and _MESSAGE_ID.match(mid) else None
         errors = parse_errors(msg)
-        at = next(
-            (msg[k][:64] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)),
-            None,
+        at = (
+            next(
+                (msg[k][:64] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)),
+                None,
+            )
+            if stamps
+            else None
         )
-        listed = msg.get("to")
+        listed, cc = msg.get("to"), msg.get("cc")
         items = listed if isinstance(listed, list) else []
-        cost = parse_money(msg.get("cost")) if len(items) == 1 else None
+        copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
+        # a group's own message with members in cc costs the group, not its one `to`
+        alone = costs and len(items) == 1 and not copies
+        cost = parse_money(msg.get("cost")) if alone else None
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
                 out.append(
@@ -303,7 +324,19 @@ def parse_statuses(data: object) -> tuple[RecipientStatus, ...]:
                         cost=cost,
                     )
                 )
-    return tuple(out)
+        for i, item in enumerate(copies[:_MAX_CC]):
+            if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
+                pointer = f"/cc/{i}"
+                copied.append(
+                    RecipientStatus(
+                        item["phone_number"][:32],
+                        _text(item.get("status"), _STATUS_CHARS),
+                        errors=tuple(e for e in errors if e.pointer == pointer),
+                        at=at,
+                    )
+                )
+    in_to = {st.phone for st in out}
+    return (*out, *(st for st in copied if st.phone not in in_to))
 
 
 def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
@@ -618,13 +651,13 @@ class AiohttpMmsClient:
         """GET the group's messages; the recipients and statuses they list."""
         url = f"{self.base_url}{GROUP_PATH}{_segment(message_id)}"
         _, body = await self._request("GET", url)
-        return parse_statuses(body.get("data") if isinstance(body, dict) else None)
+        return parse_statuses(body.get("data") if isinstance(body, dict) else None, message_id)
 
     async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
         """GET one message; the recipients and statuses it lists."""
         url = f"{self.base_url}{MESSAGE_PATH}{_segment(message_id)}"
         _, body = await self._request("GET", url)
-        return parse_statuses(body.get("data") if isinstance(body, dict) else None)
+        return parse_statuses(body.get("data") if isinstance(body, dict) else None, message_id)
 
     async def fetch_optouts(
         self,

@@ -27,6 +27,9 @@ the fake follows them by default:
   (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
   examples write it.
 
+A variant the spec allows is a switch too: ``statuses_in_cc`` lists a group's members past
+the first under ``cc``, with their statuses, in the group's own message.
+
 The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
 (replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a
 400), ``name_refused_members`` (a 40300 names each opted-out member), ``redaction_default``.
@@ -275,6 +278,8 @@ REPORT_STATUS: Final[Mapping[str, str]] = {"40014": "sending_failed"}
 #: ``unknown``: final and unconfirmed, for recipients not on Telnyx's network, FACTS 4).
 STATUSES: Final = delivery.STATUSES
 FINAL_STATUSES: Final = delivery.FINAL
+#: The statuses the spec allows a ``cc[]`` entry (no ``expired``, no ``unknown``).
+CC_STATUSES: Final = frozenset(STATUSES) - {"expired", "unknown"}
 #: Final statuses of messages that never left Telnyx: no ``message.sent``, no charge.
 NEVER_SENT: Final = frozenset({"sending_failed", "expired"})
 #: The MDR status each final delivery status is recorded as (MdrDetailResponse.status).
@@ -344,6 +349,12 @@ class FakeTelnyx:
     #: Name each opted-out member of a refused group (one error each, ``source.pointer``
     #: ``/to/i``). Off: one 40300 error naming nobody; the spec does not say it names any.
     name_refused_members: bool = False
+    #: List a group's members past the first under ``cc``, each with its status, in the
+    #: group's own message (the send's answer, ``GET /messages/{id}`` of the group's id), and
+    #: answer ``GET /messages/group/{id}`` with that one message: the spec gives ``cc[]`` a
+    #: status, and does not say a group's members are all under ``to``. Off: every member
+    #: is under ``to``, and the group's GET lists one message per recipient.
+    statuses_in_cc: bool = False
     #: What ``GET /messaging_optouts`` does when ``redaction_enabled`` is not given: True
     #: redacts ``to`` (``+447766****``), False lists the numbers.
     redaction_default: bool = True
@@ -745,6 +756,20 @@ class FakeTelnyx:
         ]
         body = msg.body
         text = body.get("text")
+        listed = [
+            {
+                "phone_number": msg.to[i],
+                "status": s,
+                "carrier": "T-MOBILE USA, INC.",
+                "line_type": "Wireless",
+            }
+            for i, s in zip(indexes, statuses, strict=True)
+        ]
+        in_cc = self.statuses_in_cc and only is None
+        if in_cc:  # cc's status enum has neither expired nor unknown: no status, then
+            for entry in listed[1:]:
+                if entry["status"] not in CC_STATUSES:
+                    del entry["status"]
         record: dict[str, Any] = {
             "record_type": "message",
             "direction": "outbound",
@@ -753,18 +778,13 @@ class FakeTelnyx:
             "messaging_profile_id": PROFILE_ID,
             "organization_id": ORGANIZATION_ID,
             "from": {"phone_number": msg.from_, "carrier": "TELNYX LLC", "line_type": "VoIP"},
-            "to": [
-                {
-                    "phone_number": msg.to[i],
-                    "status": s,
-                    "carrier": "T-MOBILE USA, INC.",
-                    "line_type": "Wireless",
-                }
-                for i, s in zip(indexes, statuses, strict=True)
-            ],
+            "to": listed[:1] if in_cc else listed,
             # a recipient's own message shows the group's other participants (Telnyx: group
-            # webhooks "will show all participants"); nothing the client reads comes from here
-            "cc": [
+            # webhooks "will show all participants"), with no status of theirs; the group's
+            # own message, with statuses_in_cc, its members past the first, with theirs
+            "cc": listed[1:]
+            if in_cc
+            else [
                 {"phone_number": p, "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
                 for j, p in enumerate(msg.to)
                 if only is not None and j != only
@@ -806,6 +826,8 @@ class FakeTelnyx:
         msg = self.by_id.get(request.match_info["message_id"])
         if msg is None:
             return _errors(404, "10005", "Resource not found", "No such group message.")
+        if self.statuses_in_cc:
+            return _json(200, {"data": [self._record(msg, live=True)]})
         data = [self._record(msg, only=i, live=True) for i in range(len(msg.to))]
         return _json(200, {"data": data})
 

@@ -236,11 +236,12 @@ class WebhookReceiver:
         occurred_at = _short(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
-        statuses = parse_statuses(payload)
-        if event_type != FINALIZED:  # only message.finalized carries the final cost
-            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
         try:
             self.ready()
+            # cc is read only from the group's own message: a recipient's lists the others
+            statuses = parse_statuses(payload, self._own_group_id(message_id))
+            if event_type != FINALIZED:  # only message.finalized carries the final cost
+                statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
             matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
@@ -541,6 +542,17 @@ class WebhookReceiver:
             return None
         log.debug("webhook.learnt_id", message_id=message_id, group=gid)
         return gid
+
+    def _own_group_id(self, message_id: str | None) -> str | None:
+        """``message_id`` when it is the own id of a group this ledger sent (the send's
+        answer's, not one recipient's), reading what was written since if need be; else
+        None."""
+        gid = self._group_for(message_id)
+        if gid is None and message_id is not None:
+            self.refresh()
+            gid = self._group_for(message_id)
+        rec = self.view.groups.get(gid) if gid is not None else None
+        return message_id if rec is not None and rec.message_id == message_id else None
 
     def _group_for(self, message_id: str | None) -> str | None:
         """The sent group a message id is of (its own, or one of its recipients'), if any."""

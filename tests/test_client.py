@@ -16,6 +16,7 @@ from bulk_mms.client import (
     idempotency_key,
     parse_receipt,
     parse_retry_after,
+    parse_statuses,
     request_body,
 )
 from bulk_mms.errors import (
@@ -279,3 +280,58 @@ def test_valid_until_is_kept_when_it_is_a_time() -> None:
     assert parse_receipt({"data": data}).valid_until == "2026-11-25T14:00:00.000+00:00"
     assert parse_receipt({"data": {**data, "valid_until": "soon"}}).valid_until is None
     assert parse_receipt({"data": {**data, "valid_until": "9" * 500}}).valid_until is None
+
+
+GID = "40385f64-5717-4562-b3fc-2c963f66afa6"
+MEMBERS = ("+12125550100", "+12125550101", "+12125550102")
+
+
+def test_a_member_listed_under_cc_in_the_answer_is_read_and_checked() -> None:
+    """The spec gives cc[] a status: a send's answer listing members past the first under cc
+    reports them, and one naming a number the request did not send to under cc is in doubt,
+    as under to."""
+    data = {
+        "id": GID,
+        "to": [{"phone_number": MEMBERS[0], "status": "queued"}],
+        "cc": [{"phone_number": p, "status": "queued"} for p in MEMBERS[1:]],
+        "cost": {"amount": "0.0153", "currency": "USD"},
+    }
+    r = parse_receipt({"data": data}, MEMBERS)
+    assert sorted((st.phone, st.status) for st in r.statuses) == [(p, "queued") for p in MEMBERS]
+    foreign = {**data, "cc": [{"phone_number": "+12025550000", "status": "queued"}]}
+    with pytest.raises(AmbiguousSendError, match="did not send to"):
+        parse_receipt({"data": foreign}, MEMBERS)
+
+
+def test_cc_is_read_only_from_the_message_asked_for_and_never_over_to() -> None:
+    """A group's own message (the id asked for) reports members under cc, with only the
+    errors that point at them and no cost (the message's is the group's); a recipient's own
+    message lists the others in cc and says nothing of them; a member under to anywhere in
+    the answer keeps that report; an inbound message (a reply) reports nobody."""
+    err = {"code": "40002", "title": "Blocked as spam - temporary", "source": {"pointer": "/cc/1"}}
+    group_msg = {
+        "id": GID,
+        "direction": "outbound",
+        "to": [{"phone_number": MEMBERS[0], "status": "delivered"}],
+        "cc": [
+            {"phone_number": MEMBERS[1], "status": "delivered"},
+            {"phone_number": MEMBERS[2], "status": "delivery_failed"},
+        ],
+        "errors": [err],
+        "cost": {"amount": "0.0153", "currency": "USD"},
+    }
+    got = {st.phone: st for st in parse_statuses(group_msg, GID)}
+    assert {p: st.status for p, st in got.items()} == {
+        MEMBERS[0]: "delivered", MEMBERS[1]: "delivered", MEMBERS[2]: "delivery_failed",
+    }  # fmt: skip
+    assert [e.code for e in got[MEMBERS[2]].errors] == ["40002"]
+    assert got[MEMBERS[1]].errors == ()
+    assert got[MEMBERS[1]].message_id is None
+    assert all(st.cost is None for st in got.values())
+    assert [st.phone for st in parse_statuses(group_msg, "another-id")] == [MEMBERS[0]]
+    own = {**group_msg, "id": "own-1", "to": [{"phone_number": MEMBERS[1], "status": "sent"}]}
+    both = {(st.phone, st.status) for st in parse_statuses([group_msg, own], GID)}
+    assert (MEMBERS[1], "sent") in both
+    assert (MEMBERS[1], "delivered") not in both
+    inbound = {**group_msg, "direction": "inbound"}
+    assert parse_statuses(inbound, GID) == ()

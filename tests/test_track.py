@@ -336,3 +336,22 @@ async def test_a_member_listed_under_two_messages_takes_only_its_own(jobs: JobFa
     await track_ledger(ledger, FAST, client, clock=FakeClock())
     mine = [(e["status"], e["message_id"]) for e in status_lines(ledger) if e["recipient"] == p]
     assert mine == [("sent", "r0"), ("delivered", "r0")]
+
+
+async def test_members_the_api_reports_under_cc_are_tracked(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A server that lists a group's members past the first under cc, with their statuses
+    (the spec allows it), in the send's answer and the group's GET: every member is tracked
+    to its final status, none left unlisted or pending."""
+    fake, url = fake_api
+    fake.statuses_in_cc = True
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 8")
+    async with AiohttpMmsClient(url, KEY) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        result = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert (result.unlisted, result.pending) == ([], 0)
+    assert {p: k.status for p, k in load(job.ledger).known.items()} == dict.fromkeys(
+        numbers(16), "delivered"
+    )

@@ -628,3 +628,27 @@ async def test_an_event_whose_id_is_not_an_id_is_malformed(
     body["data"]["id"] = event_id
     assert (await post_signed(http, body))[0] == 400
     assert status_lines(path) == []
+
+
+async def test_members_under_cc_are_read_from_the_groups_own_message_only(
+    jobs: JobFactory,
+) -> None:
+    """An event about the group's own message that lists members past the first under cc,
+    with statuses (the spec allows it), records each of them; an event under a recipient's
+    own id records that recipient only, whatever its cc says of the others."""
+    receiver, path, client = await receiver_for(jobs)
+    g, h = client.calls[0], client.calls[1]
+    sender = {"phone_number": g.message.from_}
+    whole = own_event("message.finalized", g.to[0], f"msg-{g.id}-0", "delivered", sender)
+    whole["data"]["payload"]["cc"] = [{"phone_number": p, "status": "delivered"} for p in g.to[1:]]
+    one = own_event("message.finalized", h.to[0], "own-h0", "delivered", sender, later=1)
+    one["data"]["payload"]["cc"] = [{"phone_number": p, "status": "delivered"} for p in h.to[1:]]
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, whole))[1]["recorded"] == len(g.to)
+        assert (await post_signed(http, one))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert {e["recipient"]: e["status"] for e in status_lines(path)} == dict.fromkeys(
+        [*g.to, h.to[0]], "delivered"
+    )
