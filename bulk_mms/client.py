@@ -356,7 +356,8 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
 
 def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
     """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
-    without an id, numbers or a readable ``created_at`` is left out."""
+    without an id, numbers or a readable ``created_at`` is left out. Its ``message_type``
+    (``SMS``/``MMS``) is kept: an SMS record is not a group MMS's."""
     data = body.get("data") if isinstance(body, dict) else None
     out: list[MessageRecord] = []
     for item in (data if isinstance(data, list) else [])[:limit]:
@@ -370,15 +371,15 @@ def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
             continue
         amount, currency = item.get("cost"), item.get("currency")
         cost = parse_money({"amount": amount, "currency": currency}) if amount else None
-        status = item.get("status")
         out.append(
             MessageRecord(
                 _text(rid, 100),
                 _text(cli, 32),
                 _text(cld, 32),
                 created,
-                _text(status, 32) if isinstance(status, str) else "",
+                _text(item.get("status"), 32),
                 cost,
+                _text(item.get("message_type"), 8),
             )
         )
     return out

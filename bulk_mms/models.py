@@ -271,6 +271,8 @@ class MessageRecord(msgspec.Struct, frozen=True):
     created_at: float
     status: str = ""
     cost: Money | None = None
+    #: ``SMS`` or ``MMS``, as the record says; empty when it does not.
+    message_type: str = ""
 
 
 class OptOut(msgspec.Struct, frozen=True):

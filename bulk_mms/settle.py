@@ -3,14 +3,18 @@
 Telnyx declares no ``Idempotency-Key`` for group MMS, so a request whose answer was lost (a
 reset after the server took it, a read timeout) may or may not have been accepted, and a
 repeat could text everyone twice. Such a group is *in doubt* until evidence settles it: the
-message detail records (``GET /reports/mdrs``) from its sender to any of its members, created
+message detail records (``GET /reports/mdrs``) of MMS from its sender to its members, created
 between its first try and its last try's answer (with :data:`~bulk_mms.clock.CLOCK_SKEW_S`
-either side). Telnyx does not document how a group MMS appears there (one record a member, or
-one for the message under one of them), so each member is looked up in turn until one is found;
-absence takes every member's records.
+either side). Telnyx cuts one record per recipient of a group message (support article
+8255134, "Group Messaging - Bulk Sending MMS"), so an accepted group has a record for every
+member: each member is looked up, and one member's record alone is not the group's (it may
+be another message to that number from the same sender: another job's, a resend's).
 
-* Found: the group was accepted; it is recorded ``sent`` under the record's id.
-* Not found, and the records are complete (``[api] records_lag_s`` after its last try): it
+* Found for every member: the group was accepted; it is recorded ``sent`` under the first
+  member's record's id, its cost the records' sum.
+* Found for some members only: still in doubt (logged ``settle.partial``): neither a send
+  nor a resend can be told apart from another message to those numbers.
+* Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
   was never accepted; it is recorded as such (``not_accepted``, retryable) and sent again,
   under a new Idempotency-Key.
 * Not found yet, or the records cannot be read: it stays in doubt, for a later look.
@@ -22,16 +26,18 @@ while the key holds; settling is for the rest.
 from __future__ import annotations
 
 import enum
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
+import msgspec.structs
 import structlog
 
 from bulk_mms.clock import CLOCK_SKEW_S, Clock
 from bulk_mms.errors import SendError
 from bulk_mms.ledger.events import Failed
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
-from bulk_mms.models import MessageRecord
+from bulk_mms.models import MessageRecord, Money
 
 log = structlog.get_logger("bulk_mms.settle")
 
@@ -115,29 +121,49 @@ class Settler:
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
-        for member in rec.to:  # absence takes every member's records
+        found: list[MessageRecord] = []
+        for member in rec.to:  # one record per member: acceptance and absence take them all
             try:
-                found = await self.client.fetch_records(rec.sender, member, start, end)
+                listed = await self.client.fetch_records(rec.sender, member, start, end)
             except SendError as exc:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
                 return UNKNOWN
-            accepted = next(
-                (
-                    r
-                    for r in found
-                    if _same(r.cli, rec.sender)
-                    and _same(r.cld, member)
-                    and start <= r.created_at <= end
-                ),
-                None,
-            )
-            if accepted is not None:
-                log.info("settle.accepted", group=rec.id, record=accepted.id)
-                return Finding(Verdict.ACCEPTED, accepted)
+            mine = next((r for r in listed if _ours(r, rec.sender, member, start, end)), None)
+            if mine is not None:
+                found.append(mine)
+        if len(found) == len(rec.to):
+            log.info("settle.accepted", group=rec.id, record=found[0].id)
+            return Finding(Verdict.ACCEPTED, _whole(found))
+        if found:
+            log.warning("settle.partial", group=rec.id, members=len(rec.to), records=len(found))
+            return UNKNOWN
         if self.complete_in(rec) > 0:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+
+def _ours(r: MessageRecord, sender: str, member: str, start: float, end: float) -> bool:
+    """Whether a record can be the group's to ``member``: an outbound MMS (when the record
+    says its type) from ``sender`` to ``member`` inside the window."""
+    return (
+        r.message_type.upper() in ("", "MMS")
+        and _same(r.cli, sender)
+        and _same(r.cld, member)
+        and start <= r.created_at <= end
+    )
+
+
+def _whole(found: list[MessageRecord]) -> MessageRecord:
+    """The group's evidence from its members' records: the first one's, with the records'
+    costs summed (each is one recipient's), or no cost when one is missing or the
+    currencies differ."""
+    costs = [r.cost for r in found]
+    currencies = {c.currency for c in costs if c is not None}
+    if any(c is None for c in costs) or len(currencies) != 1:
+        return msgspec.structs.replace(found[0], cost=None)
+    total = sum((c.amount for c in costs if c is not None), Decimal(0))
+    return msgspec.structs.replace(found[0], cost=Money(total, currencies.pop()))
 
 
 def _same(listed: str, ours: str) -> bool:

@@ -6,6 +6,9 @@ once with nothing in doubt."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -17,7 +20,7 @@ from bulk_mms.errors import AmbiguousSendError, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.fold import GroupRecord
-from bulk_mms.models import Group, MessageRecord, SendReceipt
+from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.settle import Settler, Verdict
 from bulk_mms.testing import FakeClient, FakeClock
@@ -106,7 +109,9 @@ async def crashed_with_records(
     later = FakeClock(wall=load(job.ledger).groups[took.id].last_try + 86_400)
     client = FakeClient(wall=later.wall)
     t0 = load(job.ledger).groups[took.id].last_try
-    client.records.append(MessageRecord("rec-1", took.message.from_, took.to[0], t0 + 1))
+    client.records += [  # Telnyx cuts one record per recipient of a group message
+        MessageRecord(f"rec-{i + 1}", took.message.from_, p, t0 + 1) for i, p in enumerate(took.to)
+    ]
     return job, took, gone, client, later
 
 
@@ -176,18 +181,31 @@ DOUBT = GroupRecord(
 )  # fmt: skip
 
 
-async def test_the_records_settle_a_group_under_any_of_its_members() -> None:
-    """A group the records list under its third member only is accepted; with no record of
-    any member, once the records are complete, it is absent only after every member was
-    looked up; a lookup that fails leaves it in doubt."""
+def record(rid: str, member: str, **kw: Any) -> MessageRecord:
+    """A detail record of DOUBT's sender to ``member``, inside its window."""
+    return MessageRecord(rid, "+18445550001", member, 1_000_000.5, "DELIVERED", **kw)
+
+
+async def test_the_records_settle_a_group_only_by_every_members_record() -> None:
+    """Telnyx cuts one record per recipient of a group message: a group whose every member
+    has a record is accepted (under the first's id, its cost the records' sum); one member's
+    record alone (another message to that number) leaves it in doubt, never sent, never
+    resent, even once the records are complete; an SMS record is no group MMS's; with no
+    record of any member, complete, it is absent only after every member was looked up; a
+    lookup that fails leaves it in doubt."""
     clock = FakeClock(wall=1_000_000.0 + 86_400)
     client = FakeClient(wall=clock.wall)
     settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
-    client.records.append(
-        MessageRecord("r3", "+18445550001", "+12125550003", 1_000_000.5, "DELIVERED")
-    )
+    usd = Money(Decimal("0.0102"), "USD")
+    client.records += [record(f"r{i}", p, cost=usd) for i, p in enumerate(DOUBT.to, 1)]
     found = await settler.settle(DOUBT)
-    assert (found.verdict, found.record and found.record.id) == (Verdict.ACCEPTED, "r3")
+    assert found.verdict == Verdict.ACCEPTED
+    assert found.record is not None
+    assert (found.record.id, found.record.cost) == ("r1", Money(Decimal("0.0306"), "USD"))
+    client.records[:] = [record("r3", DOUBT.to[2])]
+    assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+    client.records[:] = [record(f"r{i}", p, message_type="SMS") for i, p in enumerate(DOUBT.to)]
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
     client.records.clear()
     client.fetches.clear()
     assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
@@ -214,7 +232,7 @@ async def test_a_record_naming_the_numbers_without_a_plus_still_settles_accepted
     async def bare(cli: str, cld: str, start: float, end: float) -> list[MessageRecord]:
         plain = MessageRecord("r1", cli.removeprefix(strip), cld.removeprefix(strip), 1_000_000.5,
                               "DELIVERED")  # fmt: skip
-        return [plain] if cld == DOUBT.to[0] else []
+        return [plain]
 
     settler.client.fetch_records = bare  # type: ignore[union-attr, method-assign]
     found = await settler.settle(DOUBT)
