@@ -42,8 +42,12 @@ def added_by_stop(reason: str | None) -> bool:
 
 
 def keyword(text: str) -> str:
-    """An inbound text as a keyword: case and spaces aside (``" Un stop "`` is ``UNSTOP``)."""
-    return "".join(text.split()).upper()
+    """An inbound text as Telnyx reads a keyword: the whole message, case aside, spaces
+    around it and repeated between words aside (``" stop  all "`` is ``STOP ALL``); a space
+    inside a word is kept (``"un stop"`` is not ``UNSTOP``), and any other word makes it no
+    keyword (Telnyx: keywords "are only recognized if they are the only words in the
+    message"). Bounded: a long text is no keyword."""
+    return " ".join(text.split()).upper() if len(text) <= 64 else ""
 
 
 class Suppressed:

@@ -23,8 +23,10 @@ An event whose message id the ledger does not know is acknowledged, looked for a
 ``webhook.unmatched`` in the log) and dropped, never written against anyone: whatever arrives,
 the only file written is the ledger, and only with recipients of messages it sent.
 
-Inbound ``message.received`` events keep the suppression list: STOP and its synonyms add the
-sender; START or UNSTOP lift a suppression that a STOP added (never one added by hand).
+Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
+rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
+and surrounding spaces aside) adds the sender; START or UNSTOP lift a suppression that a STOP
+added (never one added by hand); HELP, or a keyword among other words, changes nothing.
 """
 
 from __future__ import annotations
@@ -70,9 +72,12 @@ MAX_EVENT_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
 #: The event whose payload carries a message's final cost.
 FINALIZED = "message.finalized"
-#: Inbound texts that opt out, as the carriers' standard keywords (CTIA).
-OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
-#: Inbound texts that opt back in (Telnyx lifts its block on START; UNSTOP is its synonym).
+#: Inbound texts that opt out: exactly the keywords on which Telnyx makes a block rule by
+#: default (developers.telnyx.com, "Advanced Opt-In/Out", default behaviour; support article
+#: 1270091), no more (a number Telnyx still texts is not left out) and no fewer.
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+#: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
+#: (Telnyx answers it with its help text) changes nothing.
 OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
 #: The reason an inbound STOP is recorded under on the suppression list.
 STOP_REASON = "texted STOP (webhook)"
@@ -306,10 +311,11 @@ class WebhookReceiver:
         return bool(added)
 
     def opt_in(self, payload: object) -> bool:
-        """An inbound START (or UNSTOP; case and spaces aside) lifts its sender's suppression,
-        but only one a STOP added (:func:`~bulk_mms.suppression.added_by_stop`): a number
-        suppressed by hand stays suppressed. The request is verified before this runs (signed
-        by Telnyx), so nobody can lift a block by posting. True when it was lifted."""
+        """An inbound START (or UNSTOP; case and surrounding spaces aside) lifts its sender's
+        suppression, but only one a STOP added (:func:`~bulk_mms.suppression.added_by_stop`):
+        a number suppressed by hand stays suppressed. The request is verified before this
+        runs (signed by Telnyx), so nobody can lift a block by posting. True when it was
+        lifted."""
         phone = self._keyword_from(payload, OPT_IN_WORDS)
         if phone is None or self.suppressed is None or phone not in self.suppressed:
             return False

@@ -516,8 +516,8 @@ async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
 async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
-    """A verified " Start " (case and spaces aside) takes a STOP-added number off the list;
-    UNSTOP does too; a number suppressed by hand stays; a forged START lifts nothing."""
+    """A verified " Start " (case and surrounding spaces aside) takes a STOP-added number off
+    the list; UNSTOP does too; a number suppressed by hand stays; a forged START lifts nothing."""
     listed = Suppressed(tmp_path / "suppressed.txt")
     listed.add(["+12125550009"], "added by hand")
     receiver, _, _ = await receiver_for(jobs, suppressed=listed)
@@ -532,7 +532,7 @@ async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
         assert listed.numbers() == ["+12125550002", "+12125550009"]
         assert (await post(inbound(" Start ")))["lifted"] is True
         assert (await post(inbound("stop", "+12125550003")))["suppressed"] is True
-        assert (await post(inbound("un stop", "+12125550003")))["lifted"] is True
+        assert (await post(inbound(" unstop ", "+12125550003")))["lifted"] is True
         assert (await post(inbound("START", "+12125550009")))["lifted"] is False
     await receiver.close()
     await receiver.store.close()
@@ -652,3 +652,58 @@ async def test_members_under_cc_are_read_from_the_groups_own_message_only(
     assert {e["recipient"]: e["status"] for e in status_lines(path)} == dict.fromkeys(
         [*g.to, h.to[0]], "delivered"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "suppressed"),
+    [
+        ("STOP", True),
+        ("stopall", True),
+        (" Stop  All ", True),
+        ("UNSUBSCRIBE", True),
+        ("cancel", True),
+        ("End", True),
+        ("quit\n", True),
+        ("OPTOUT", False),
+        ("S T O P", False),
+        ("stop please", False),
+        ("please stop all messages", False),
+        ("HELP", False),
+        ("STOP" * 100, False),
+    ],
+)
+async def test_the_opt_out_keywords_are_exactly_telnyxs(
+    jobs: JobFactory, tmp_path: Path, text: str, suppressed: bool
+) -> None:
+    """An inbound text suppresses its sender exactly when Telnyx makes a block rule for it:
+    the whole message one of STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END, QUIT, case and
+    surrounding spaces aside; OPTOUT, a spelt-out word, a keyword among other words and HELP
+    leave the number textable, as Telnyx does."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    async with TestClient(TestServer(receiver.app())) as http:
+        answer = (await post_signed(http, inbound(text)))[1]
+    await receiver.close()
+    await receiver.store.close()
+    assert (answer["suppressed"], answer["lifted"]) == (suppressed, False)
+    assert listed.numbers() == (["+12125550002"] if suppressed else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "lifted"),
+    [("START", True), ("Unstop", True), ("HELP", False), ("un stop", False), ("start now", False)],
+)
+async def test_only_start_and_unstop_lift_a_stop(
+    jobs: JobFactory, tmp_path: Path, text: str, lifted: bool
+) -> None:
+    """START and UNSTOP (case and surrounding spaces aside) lift a STOP's suppression, as
+    Telnyx lifts its block; HELP, a split word or a keyword among other words do not."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, inbound("STOP", at="2026-11-23T10:00:00Z")))[0] == 200
+        answer = (await post_signed(http, inbound(text, at="2026-11-23T10:05:00Z")))[1]
+    await receiver.close()
+    await receiver.store.close()
+    assert answer["lifted"] is lifted
+    assert listed.numbers() == ([] if lifted else ["+12125550002"])
