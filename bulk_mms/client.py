@@ -162,7 +162,9 @@ def _text(value: object, limit: int) -> str:
 
 
 def parse_errors(body: object) -> tuple[ApiError, ...]:
-    """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly.
+    """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly; or
+    the body itself when it is one bare ``messaging_Error`` (``code`` and ``title``, as the
+    spec answers ``GET /messaging_optouts``' 400 and 401).
 
     At most :data:`_MAX_ERRORS` entries, each field cut to :data:`_ERROR_CHARS` characters.
     """
@@ -171,6 +173,8 @@ def parse_errors(body: object) -> tuple[ApiError, ...]:
     items = body.get("errors")
     if items is None and isinstance(body.get("data"), dict):
         items = body["data"].get("errors")
+    if items is None and "code" in body and isinstance(body.get("title"), str):
+        items = [body]
     if not isinstance(items, list):
         return ()
     out = []

@@ -855,8 +855,9 @@ class FakeTelnyx:
         ``redaction_enabled=false`` (or :attr:`redaction_default` is False and it is not
         given). ``page[size]`` above 250 is a 400, as the spec bounds it.
         """
-        if (denied := self._auth(request)) is not None:
-            return denied
+        # the spec answers this list's 400 and 401 with one bare messaging_Error, no errors[]
+        if self._auth(request) is not None:
+            return _json(401, _error("10009", "Authentication failed", "The API key is not valid."))
         q = request.query
         try:
             page, size = _paging(q)
@@ -864,7 +865,7 @@ class FakeTelnyx:
             lte = _when(q.get("created_at[lte]"))
             redact = _flag(q.get("redaction_enabled"), self.redaction_default)
         except ValueError as exc:
-            return _errors(400, "10015", "Invalid parameter", str(exc))
+            return _json(400, _error("10015", "Invalid parameter", str(exc)))
         items = [
             o if isinstance(o, OptOut) else OptOut(o, created_at=self._epoch) for o in self.optouts
         ]
@@ -1231,10 +1232,15 @@ def _errors(
     *,
     pointer: str | None = None,
 ) -> web.Response:
+    return _json(status, {"errors": [_error(code, title, detail, pointer)]}, headers)
+
+
+def _error(code: str, title: str, detail: str, pointer: str | None = None) -> dict[str, Any]:
+    """One messaging_Error: ``code`` (a string), ``title``, ``detail``, ``source.pointer``."""
     err: dict[str, Any] = {"code": code, "title": title, "detail": detail}
     if pointer is not None:
         err["source"] = {"pointer": pointer}
-    return _json(status, {"errors": [err]}, headers)
+    return err
 
 
 async def _truncated(request: web.Request, body: bytes) -> web.StreamResponse:

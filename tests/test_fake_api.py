@@ -28,6 +28,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS31Validator
 
 from bulk_mms.client import AiohttpMmsClient, parse_statuses
+from bulk_mms.errors import AuthError
 from bulk_mms.fake_api import STATUSES, FakeTelnyx, SeenRequest, carrier_timeline
 from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
@@ -658,3 +659,23 @@ async def test_a_served_fake_posts_due_webhooks_each_time_its_sleep_ends() -> No
         ticks.put_nowait(1.0)
         await asyncio.wait_for(both.wait(), 10)
     assert received == ["message.sent", "message.finalized"]
+
+
+async def test_the_opt_out_list_refuses_with_one_bare_error_as_the_spec_says(
+    api: ApiClock,
+) -> None:
+    """GET /messaging_optouts answers 400 and 401 with one bare messaging_Error (no
+    errors[] around it), as the spec says; the real client reads its code all the same."""
+    a, _ = api
+    a.check = False  # a page past the spec's maximum is not a valid request
+    status, body, _ = await a.call("GET", "/messaging_optouts?page[size]=251")
+    assert (status, body["code"]) == (400, "10015")
+    status, body, _ = await a.call(
+        "GET", "/messaging_optouts", headers={"Authorization": "Bearer x"}
+    )
+    assert (status, body["code"]) == (401, "10009")
+    assert response_problems(a.fake.http_log[-1], status, orjson.dumps(body)) == []
+    async with AiohttpMmsClient(a.url, "wrong-key") as client:
+        with pytest.raises(AuthError) as info:
+            await client.fetch_optouts(1)
+    assert info.value.code == "10009"
