@@ -679,3 +679,22 @@ async def test_the_opt_out_list_refuses_with_one_bare_error_as_the_spec_says(
         with pytest.raises(AuthError) as info:
             await client.fetch_optouts(1)
     assert info.value.code == "10009"
+
+
+async def test_statuses_in_cc_answers_are_the_spec_s(api: ApiClock) -> None:
+    """With statuses_in_cc, the send's answer and both GETs list the first member under to
+    and the rest under cc with their statuses, every answer valid by the spec; the real
+    client reads every member from them."""
+    a, _ = api
+    a.fake.statuses_in_cc = True
+    to = ["+12125550100", "+12125550101", "+12125550102"]
+    status, body, _ = await a.call("POST", "/messages/group_mms", {"from": FROM, "to": to,
+                                                                   "text": "hi"})  # fmt: skip
+    assert status == 200
+    mid = body["data"]["id"]
+    assert [r["phone_number"] for r in body["data"]["cc"]] == to[1:]
+    _, group, _ = await a.call("GET", f"/messages/group/{mid}")
+    assert [m["id"] for m in group["data"]] == [mid]
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        assert sorted(st.phone for st in await client.fetch_group(mid)) == to
+        assert sorted(st.phone for st in await client.fetch_message(mid)) == to
