@@ -361,7 +361,8 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
 def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
     """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
     without an id, numbers or a readable ``created_at`` is left out. Its ``message_type``
-    (``SMS``/``MMS``) is kept: an SMS record is not a group MMS's."""
+    (``SMS``/``MMS``) is kept: an SMS record is not a group MMS's; so is its
+    ``group_message_id`` when it is an id (Telnyx names a group's records by it)."""
     data = body.get("data") if isinstance(body, dict) else None
     out: list[MessageRecord] = []
     for item in (data if isinstance(data, list) else [])[:limit]:
@@ -384,6 +385,9 @@ def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
                 _text(item.get("status"), 32),
                 cost,
                 _text(item.get("message_type"), 8),
+                gmid
+                if isinstance(gmid := item.get("group_message_id"), str) and _MESSAGE_ID.match(gmid)
+                else "",
             )
         )
     return out

@@ -273,6 +273,9 @@ class MessageRecord(msgspec.Struct, frozen=True):
     cost: Money | None = None
     #: ``SMS`` or ``MMS``, as the record says; empty when it does not.
     message_type: str = ""
+    #: The group message the record is one recipient's of, when the record names it (Telnyx
+    #: adds ``group_message_id`` to a group's records: support article 8255134); else empty.
+    group_message_id: str = ""
 
 
 class OptOut(msgspec.Struct, frozen=True):

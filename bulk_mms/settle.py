@@ -10,8 +10,9 @@ either side). Telnyx cuts one record per recipient of a group message (support a
 member: each member is looked up, and one member's record alone is not the group's (it may
 be another message to that number from the same sender: another job's, a resend's).
 
-* Found for every member: the group was accepted; it is recorded ``sent`` under the first
-  member's record's id, its cost the records' sum.
+* Found for every member (all of one group message, when the records name it by
+  ``group_message_id``): the group was accepted; it is recorded ``sent`` under that group
+  message's id (else the first member's record's id), its cost the records' sum.
 * Found for some members only: still in doubt (logged ``settle.partial``): neither a send
   nor a resend can be told apart from another message to those numbers.
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
@@ -121,21 +122,21 @@ class Settler:
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
-        found: list[MessageRecord] = []
+        each: list[list[MessageRecord]] = []
         for member in rec.to:  # one record per member: acceptance and absence take them all
             try:
                 listed = await self.client.fetch_records(rec.sender, member, start, end)
             except SendError as exc:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
                 return UNKNOWN
-            mine = next((r for r in listed if _ours(r, rec.sender, member, start, end)), None)
-            if mine is not None:
-                found.append(mine)
-        if len(found) == len(rec.to):
+            each.append([r for r in listed if _ours(r, rec.sender, member, start, end)])
+        found = _one_message(each)
+        if found is not None:
             log.info("settle.accepted", group=rec.id, record=found[0].id)
             return Finding(Verdict.ACCEPTED, _whole(found))
-        if found:
-            log.warning("settle.partial", group=rec.id, members=len(rec.to), records=len(found))
+        if any(each):
+            have = sum(map(bool, each))
+            log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
             return UNKNOWN
         if self.complete_in(rec) > 0:
             return UNKNOWN
@@ -154,10 +155,33 @@ def _ours(r: MessageRecord, sender: str, member: str, start: float, end: float) 
     )
 
 
+def _one_message(each: list[list[MessageRecord]]) -> list[MessageRecord] | None:
+    """One record per member, all of one group message, from each member's candidates; None
+    when a member has none. Records that name their group message (``group_message_id``,
+    which Telnyx adds to a group's records) must name the same one: the first such id every
+    member has a record under; when none names one, each member's first record. Members whose
+    records name different group messages and no common one: None (not one message)."""
+    if not each or not all(each):
+        return None
+    named = [{r.group_message_id for r in rs if r.group_message_id} for rs in each]
+    if not any(named):
+        return [rs[0] for rs in each]
+    common = set.intersection(*named)
+    gid = next((r.group_message_id for r in each[0] if r.group_message_id in common), None)
+    if gid is None:
+        return None
+    return [next(r for r in rs if r.group_message_id == gid) for rs in each]
+
+
 def _whole(found: list[MessageRecord]) -> MessageRecord:
-    """The group's evidence from its members' records: the first one's, with the records'
-    costs summed (each is one recipient's), or no cost when one is missing or the
+    """The group's evidence from its members' records: the first one's (under the group
+    message's id when the records name it: the id a group's GET answers for), with the
+    records' costs summed (each is one recipient's), or no cost when one is missing or the
     currencies differ."""
+    first = found[0]
+    if first.group_message_id:
+        first = msgspec.structs.replace(first, id=first.group_message_id)
+    found = [first, *found[1:]]
     costs = [r.cost for r in found]
     currencies = {c.currency for c in costs if c is not None}
     if any(c is None for c in costs) or len(currencies) != 1:

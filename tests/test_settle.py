@@ -14,7 +14,7 @@ import pytest
 
 from bulk_mms import runner
 from bulk_mms.cli import main
-from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.client import AiohttpMmsClient, parse_records
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import AmbiguousSendError, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
@@ -237,3 +237,37 @@ async def test_a_record_naming_the_numbers_without_a_plus_still_settles_accepted
     settler.client.fetch_records = bare  # type: ignore[union-attr, method-assign]
     found = await settler.settle(DOUBT)
     assert (found.verdict, found.record and found.record.id) == (Verdict.ACCEPTED, "r1")
+
+
+async def test_records_naming_their_group_message_settle_it_under_that_id() -> None:
+    """Records that name their group message (group_message_id, as Telnyx's do) settle the
+    group only when every member has one under the same group message, and the group is
+    recorded under that id (the one its GET answers for); members whose records name
+    different group messages (other messages to those numbers) leave it in doubt."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    other = [record("x0", DOUBT.to[0], group_message_id="other-group")]
+    client.records += other + [
+        record(f"r{i}", p, group_message_id="the-group") for i, p in enumerate(DOUBT.to)
+    ]
+    found = await settler.settle(DOUBT)
+    assert found.verdict == Verdict.ACCEPTED
+    assert found.record is not None
+    assert found.record.id == "the-group"
+    client.records[:] = other + [
+        record(f"r{i}", p, group_message_id="the-group") for i, p in enumerate(DOUBT.to[1:])
+    ]
+    assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+
+
+def test_a_record_s_group_message_id_and_type_are_read_bounded() -> None:
+    """parse_records keeps a record's message_type and its group_message_id when that is an
+    id; anything else there is dropped, never a crash."""
+    base = {"id": "r1", "cli": "+18445550001", "cld": "+12125550001",
+            "created_at": "2026-12-05T08:00:00Z", "message_type": "MMS"}  # fmt: skip
+    good, bad = parse_records(
+        {"data": [{**base, "group_message_id": "g-1"}, {**base, "group_message_id": ["x"] * 9}]}
+    )
+    assert (good.message_type, good.group_message_id) == ("MMS", "g-1")
+    assert bad.group_message_id == ""
