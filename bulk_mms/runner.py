@@ -35,8 +35,16 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.gates import Gates
-from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted, open_store
+from bulk_mms.gates import Gates, job_deadline
+from bulk_mms.ledger import (
+    Header,
+    LedgerStore,
+    LedgerView,
+    RunStarted,
+    exists,
+    open_store,
+    read_events,
+)
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
@@ -580,15 +588,24 @@ class Runner:
         """While the run sends, stop it as the job's ``send_window`` closes, so that every
         wait (a pause after a 429, a backoff, the pacing) ends then instead of running its
         course (each try checks the window as well). Asked again as each sleep ends: a wall
-        clock stepped meanwhile moves the close."""
+        clock stepped meanwhile moves the close. Past the job's deadline the window stops
+        nothing: no request leaves then anyway, and the run records every group left
+        ``expired_unsent`` (exit 1), not a stop for a later run that cannot send them either
+        (exit 4)."""
         window = self.job.send_window
         if window is None:
             return
+        expires = self.sender.expires_at
         while not self.stop.is_set():
-            left = closes_in(window, (self.job.timezone,), utc(self.clock))
+            now = utc(self.clock)
+            if expires is not None and now >= expires:
+                return
+            left = closes_in(window, (self.job.timezone,), now)
             if left <= 0:
                 self.sender.window_closed()
                 return
+            if expires is not None:  # woken at the deadline too: from then, no stop
+                left = min(left, (expires - now).total_seconds())
             await self.clock.sleep(left)
 
     # -- telling ----------------------------------------------------------------------------
@@ -690,7 +707,7 @@ async def run_job(
     """
     stop = stop or Stop()
     clock = clock or SystemClock(stop)
-    if not in_window(job, utc(clock)):
+    if not in_window(job, utc(clock)) and not _expired_before(job, clock):
         log.warning(
             "job.outside_window",
             send_window=str(job.send_window),
@@ -753,6 +770,29 @@ async def run_job(
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()
+
+
+def _expired_before(job: JobConfig, clock: Clock) -> bool:
+    """Whether the job's deadline (``deadline``, or ``max_age_s`` after its ledger began:
+    :func:`~bulk_mms.gates.job_deadline`) has passed: outside its ``send_window`` such a run
+    goes on, sends nothing (past the deadline nothing leaves) and records what is left
+    ``expired_unsent``, in this run, rather than exit 4 for a later run that cannot send it
+    either. Reads no more of the ledger than its header, and only for ``max_age_s``.
+
+    Raises:
+        LedgerError: the ledger cannot be read.
+    """
+    now = utc(clock)
+    if job.deadline is not None and now >= job.deadline:
+        return True
+    if job.max_age_s is None or not exists(job.where):
+        return False
+    header = next(iter(read_events(job.where, skip_status=True)), None)
+    view = LedgerView()
+    if isinstance(header, Header):
+        view.apply(header)
+    deadline = job_deadline(job, view)
+    return deadline is not None and now >= deadline
 
 
 #: The longest the events of a run that ends are waited for: the database's own bound on a
