@@ -11,6 +11,7 @@ end of the input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import string
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, MessageConfig, SendWindow
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
-from bulk_mms.quiet import hours_problem, zone_problem, zones_for
+from bulk_mms.quiet import hours_problem, never_open, zone_problem, zones_for
 
 
 def group_id(job_name: str, to: Sequence[str]) -> str:
@@ -232,6 +233,131 @@ def keyed(
     """``items`` with each recipient whose ``column`` is blank rejected: it has no group."""
     reason = f"empty {column!r} value"
     return _rejecting(items, lambda r: None if r.fields[column].strip() else reason)
+
+
+#: The first words of the reason a ``group_by`` group's rows are rejected for when its
+#: members' zones share no time of the ``recipient_window`` (:class:`Households`).
+APART = "no common hours in its group"
+
+
+@functools.lru_cache(maxsize=1024)
+def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    """The zones of ``a`` and ``b``, sorted: one tuple for each union, shared by every group."""
+    return tuple(sorted({*a, *b}))
+
+
+class _Chunk:
+    """The rows of one ``group_by`` group as a scan meets them (what :func:`_by_key` will
+    make of them): their lines, numbers and zones. Private to :class:`Households`."""
+
+    __slots__ = ("key", "lines", "listed", "phones", "zones")
+
+    def __init__(self, key: str, zones: tuple[str, ...]) -> None:
+        self.key = key
+        self.lines: list[int] = []
+        self.phones: list[str] = []
+        self.zones = zones
+        self.listed = 0  # members on the suppression list
+
+
+class Households:
+    """Which ``group_by`` groups cannot be sent in any season: their members each have open
+    hours in the ``recipient_window``, but together (a group is sent only when the window is
+    open for every member) share none in winter or in summer (:func:`never_open`): one
+    member in Guam, one in New York. Every run would hold such a group (exit 4) forever, so
+    the scan finds them, and every pass rejects their rows (:data:`APART`, a loss) as it reads
+    them, in input order (:func:`apart_rows`).
+
+    Fed each recipient the checked rows keep (:func:`~bulk_mms.scan.checked_rows`), in input
+    order, it forms the groups as :func:`make_groups` does (a key's rows in chunks of
+    ``group_size``: which rows a chunk holds does not depend on where the key ends), and
+    holds the lines and numbers of each key's open chunk. A rejected chunk is a whole chunk:
+    the key's other chunks keep their rows, so their groups (and ids) are the same.
+    """
+
+    def __init__(self, job: JobConfig, window: SendWindow, column: str) -> None:
+        self.window = window
+        self.column = column
+        self.size = job.group_size
+        self.timezone_column = job.timezone_column
+        self._open: dict[str, _Chunk] = {}
+        #: Rejected rows: each line → the first line of its group.
+        self.apart: dict[int, int] = {}
+        #: Each rejected group's first line → the reason its rows are rejected for.
+        self.reasons: dict[int, str] = {}
+        #: Each rejected row's line → its number.
+        self.phones: dict[int, str] = {}
+        #: Rejected rows on the suppression list (counted there by a scan, until now).
+        self.listed = 0
+        #: Each key's last line outside rejected groups (where its last group is complete).
+        self.last_ok: dict[str, int] = {}
+
+    def add(self, r: Recipient, *, listed: bool = False) -> None:
+        """One more recipient of the input, in order."""
+        key = r.fields[self.column].strip()
+        zones = zones_for(r.phone, r.fields, self.timezone_column)
+        chunk = self._open.get(key)
+        if chunk is None:
+            chunk = self._open[key] = _Chunk(key, zones)
+        elif zones != chunk.zones:
+            chunk.zones = _union(chunk.zones, zones)
+        chunk.lines.append(r.line)
+        chunk.phones.append(r.phone)
+        chunk.listed += listed
+        if len(chunk.lines) == self.size:
+            del self._open[key]
+            self._close(chunk)
+
+    def finish(self) -> None:
+        """The input has ended: its keys' last groups are complete."""
+        chunks, self._open = self._open, {}
+        for chunk in chunks.values():
+            self._close(chunk)
+
+    def _close(self, chunk: _Chunk) -> None:
+        # one member's zones alone are open in every season (else its row was rejected)
+        if len(chunk.zones) < 2 or not never_open(self.window, chunk.zones):
+            self.last_ok[chunk.key] = chunk.lines[-1]
+            return
+        first = chunk.lines[0]
+        for line, phone in zip(chunk.lines, chunk.phones, strict=True):
+            self.apart[line] = first
+            self.phones[line] = phone
+        self.reasons[first] = self._reason(chunk)
+        self.listed += chunk.listed
+
+    def _reason(self, chunk: _Chunk) -> str:
+        lines = join_names([str(n) for n in chunk.lines])
+        zones = chunk.zones
+        named = join_names(list(zones)) if len(zones) <= 4 else f"{zones[0]} to {zones[-1]}"
+        return (
+            f"{APART}: its {self.column!r} value {chunk.key!r} puts lines {lines} in one "
+            f"group, whose time zones ({named}) share no time of the recipient_window "
+            f"{self.window} in winter or in summer, so no run could send it; give them "
+            f"different {self.column!r} values, correct a wrong time zone, or widen the window"
+        )
+
+
+def apart_rows(
+    items: Iterable[Recipient | RejectedRow],
+    apart: Mapping[int, int],
+    reasons: Mapping[int, str],
+    known: Container[str] = (),
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with the rows of the groups :class:`Households` found apart (``apart``: each
+    line → its group's first line; ``reasons``: by first line) rejected, as losses, in input
+    order. A group whose first member is in ``known`` (numbers a ledger has in a group: an
+    earlier bulk-mms tried it, in a season when it was open) is passed through whole: the
+    ledger decides it, as it decides every group it knows."""
+    kept: set[int] = set()
+    for item in items:
+        if isinstance(item, Recipient) and (first := apart.get(item.line)) is not None:
+            if item.line == first and item.phone in known:
+                kept.add(first)
+            if first not in kept:
+                yield RejectedRow(item.line, item.phone, reasons[first], Rejection.ROW)
+                continue
+        yield item
 
 
 def moved(group: Group, members: Container[str], sender: str, job: JobConfig) -> Group | None:

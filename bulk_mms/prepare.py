@@ -217,7 +217,13 @@ def plan(
     input), then each group as the ledger and the suppression list leave it
     (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
-    rows = checked_rows(job, reader, excluded)
+    rows = checked_rows(
+        job,
+        reader,
+        excluded,
+        apart=scan.apart if scan is not None else None,
+        known=lambda: {p for rec in view.groups.values() for p in rec.to},
+    )
     if tally is not None:
         rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):

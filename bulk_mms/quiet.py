@@ -10,6 +10,8 @@ in winter or in summer (a toll-free number's 42 zones, a narrow window) is rejec
 is read (:func:`never_open`): no run could send it that season. Groups never mix zones
 (:func:`bulk_mms.grouping.make_groups` keeps one open group per zone; with ``group_by`` a
 group holds every member's zones), so a group is sent exactly when its members may be texted.
+A ``group_by`` group whose members' zones together are :func:`never_open` has its rows
+rejected by every pass (:class:`bulk_mms.grouping.Households`), not held by every run.
 """
 
 from __future__ import annotations

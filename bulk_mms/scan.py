@@ -9,7 +9,9 @@ so groups form whole wherever their rows stand in the file
 (:func:`bulk_mms.grouping.make_groups`).
 
 Memory: a set of the numbers seen (about 70 bytes a recipient, for duplicates), and with
-``group_by`` one entry per distinct key (about 120 bytes each).
+``group_by`` one entry per distinct key (about 120 bytes each); with ``group_by`` and a
+``recipient_window``, the lines and numbers of each key's group still open (about 100 bytes a
+row: :class:`~bulk_mms.grouping.Households`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import structlog
 from bulk_mms.config import JobConfig
 from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
-from bulk_mms.grouping import keyed, with_text, zoned
+from bulk_mms.grouping import APART, Households, apart_rows, keyed, with_text, zoned
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
 from bulk_mms.reader import FileStamp, Row, RowReader, fingerprint
 from bulk_mms.validate import first_of_each, normalized_rows
@@ -33,6 +35,16 @@ log = structlog.get_logger("bulk_mms.scan")
 
 #: The columns of a ``--rejected-csv`` file.
 REJECTED_COLUMNS = ("line", "value", "reason")
+
+
+class Apart(msgspec.Struct, frozen=True):
+    """The ``group_by`` groups whose members share no hour of the ``recipient_window``
+    (:class:`~bulk_mms.grouping.Households`): every pass rejects their rows."""
+
+    #: Each rejected row's line → the first line of its group.
+    lines: dict[int, int]
+    #: Each rejected group's first line → why.
+    reasons: dict[int, str]
 
 
 class InputScan(msgspec.Struct, frozen=True):
@@ -57,6 +69,9 @@ class InputScan(msgspec.Struct, frozen=True):
     #: The file the scan read, as it read it: the send reads that version or stops
     #: (:class:`~bulk_mms.reader.FileStamp`).
     stamp: FileStamp | None = None
+    #: With ``group_by`` and a ``recipient_window``: the groups whose members share no hour
+    #: of the window, rejected (counted in ``lost``); None when there are none.
+    apart: Apart | None = None
 
     @property
     def lost_rows(self) -> int:
@@ -129,7 +144,11 @@ def excluding(
 
 
 def checked_rows(
-    job: JobConfig, rows: Iterable[Row | RejectedRow], excluded: Container[int] = ()
+    job: JobConfig,
+    rows: Iterable[Row | RejectedRow],
+    excluded: Container[int] = (),
+    apart: Apart | None = None,
+    known: Callable[[], Container[str]] = frozenset,
 ) -> Iterator[Recipient | RejectedRow]:
     """The input's rows as the job's recipients, in input order: the one sequence of checks
     every pass over the input makes (the scan, the send, the dry run, a seed send).
@@ -140,13 +159,20 @@ def checked_rows(
     ``group_by`` value (:func:`~bulk_mms.grouping.keyed`); only then is a number seen
     before a duplicate (:func:`~bulk_mms.validate.first_of_each`), so a row rejected for its
     other values never takes a later, valid row's number from it; last, the numbers an
-    ``--exclude-sent`` ledger sent are left out (:func:`excluding`)."""
+    ``--exclude-sent`` ledger sent are left out (:func:`excluding`). After a scan, the rows
+    of the ``group_by`` groups whose members share no hour of the ``recipient_window`` are
+    rejected too (``apart``, :attr:`InputScan.apart`): whole groups, so the rest keep theirs;
+    but not a group whose first number is ``known()`` (a ledger's, in a group it tried)."""
     items = with_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
     items = zoned(items, job)
     if job.group_by is not None:
         items = keyed(items, job.group_by)
     items = first_of_each(items, job.phone_column)
-    return excluding(items, excluded) if excluded else items
+    if excluded:
+        items = excluding(items, excluded)
+    if apart is not None:
+        items = apart_rows(items, apart.lines, apart.reasons, known())
+    return items
 
 
 class ScanStopped(Exception):
@@ -187,6 +213,7 @@ def scan_input(
                     raise ScanStopped
                 if isinstance(item, RejectedRow):
                     yield item.line, item.value, item.reason
+            yield from tally.finish()  # known once the input has ended: listed after the rest
 
         write_rejected(rejected_csv, rejected())
     return tally.scan(job, reader)
@@ -222,11 +249,19 @@ class Tally:
         self._last_lines: dict[str, int] | None = {} if job.group_by else None
         self._suppressed = suppressed
         self._recipients = self._on_list = 0
+        #: with ``group_by`` and a ``recipient_window``: its groups, for those that share no
+        #: hour of the window
+        self._households = (
+            Households(job, job.recipient_window, job.group_by)
+            if job.group_by is not None and job.recipient_window is not None
+            else None
+        )
+        self._apart: Apart | None = None
 
     def count(self, items: Iterable[Recipient | RejectedRow]) -> Iterator[Recipient | RejectedRow]:
         """``items``, unchanged and in order, each counted."""
         counts, lost, suppressed = self._counts, self._lost, self._suppressed
-        last_lines, key = self._last_lines, self._key or ""
+        last_lines, key, households = self._last_lines, self._key or "", self._households
         for item in items:
             if isinstance(item, RejectedRow):
                 counts[item.kind] += 1
@@ -234,10 +269,41 @@ class Tally:
                     lost[reason_kind(item.reason)] += 1
             else:
                 self._recipients += 1
-                self._on_list += item.phone in suppressed
+                listed = item.phone in suppressed
+                self._on_list += listed
                 if last_lines is not None:
                     last_lines[item.fields[key].strip()] = item.line
+                if households is not None:
+                    households.add(item, listed=listed)
             yield item
+
+    def finish(self) -> list[tuple[int, str, str]]:
+        """Once the input has ended: the rows of the groups whose members share no hour of
+        the window (line, number, reason), counted as rejected (a loss) and not as
+        recipients, and each key's last line outside them. Once; nothing the second time."""
+        households, self._households = self._households, None
+        if households is None:
+            return []
+        households.finish()
+        if not households.apart:
+            return []
+        self._apart = Apart(households.apart, households.reasons)
+        n = len(households.apart)
+        self._recipients -= n
+        self._on_list -= households.listed
+        self._counts[Rejection.ROW] += n
+        self._lost[APART] += n
+        if (last_lines := self._last_lines) is not None:
+            for key, line in list(last_lines.items()):
+                if line in households.apart:
+                    if (ok := households.last_ok.get(key)) is None:
+                        del last_lines[key]
+                    else:
+                        last_lines[key] = ok
+        return [
+            (line, households.phones[line], households.reasons[first])
+            for line, first in sorted(households.apart.items())
+        ]
 
     def scan(self, job: JobConfig, reader: RowReader) -> InputScan:
         """What was counted, once ``reader`` has read the job's input to its end: with the
@@ -247,6 +313,7 @@ class Tally:
             InputError: the file was written or replaced while it was read (the fingerprint
                 may not be of the rows counted).
         """
+        self.finish()
         stamp = reader.stamp
         input_fingerprint = fingerprint(job.input)
         if stamp is not None and FileStamp.of(job.input.stat()) != stamp:
@@ -267,6 +334,7 @@ class Tally:
             suppressed=self._on_list,
             last_lines=self._last_lines,
             stamp=stamp,
+            apart=self._apart,
         )
 
 
