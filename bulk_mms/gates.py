@@ -47,6 +47,10 @@ class Gates:
         #: :func:`job_deadline`, as the sender keeps it).
         self.expires_at = expires_at
 
+    def past_deadline(self) -> bool:
+        """Whether the deadline has passed: from then on no group is sent."""
+        return self.expires_at is not None and utc(self.clock) >= self.expires_at
+
     def hold(self, group: Group) -> bool:
         """Whether ``group`` is held back now (expired, or waiting for its window). Expiry is
         asked first: past the deadline no window opens for it again."""
@@ -56,7 +60,7 @@ class Gates:
         """Past the deadline, a group not yet sent is recorded ``expired_unsent`` (once) and
         never sent. A group in doubt stays in doubt."""
         deadline = self.expires_at
-        if deadline is None or utc(self.clock) < deadline:
+        if deadline is None or not self.past_deadline():
             return False
         if self.view.state(group.id) not in (None, RETRY_PENDING):
             return False  # sent or failed already, or in doubt: it stays as it is

@@ -41,9 +41,9 @@ from bulk_mms.ledger import (
     LedgerStore,
     LedgerView,
     RunStarted,
+    display,
     exists,
     open_store,
-    read_events,
 )
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
 from bulk_mms.models import Group, RejectedRow, Rejection
@@ -256,13 +256,7 @@ class Runner:
         it. ``rows``: count its rows as dealt with when it is not sent (not for a group made in
         place of one already counted)."""
         free = len(group.to) if rows else 0
-        if self.gates.hold(group) or group.not_before > self.clock.wall():
-            # (members a carrier refused for now wait for its reset: a later run sends them;
-            # a group held here is neither claimed nor watched, nor its origin's claim taken)
-            if group.suppressed and not self.sharing.shared:
-                self._remade(group)  # alone on the ledger: later runs follow it
-            self.rows_done += free
-            self.rows_free += free
+        if await self._held_back(group, free):
             return None
         if group.suppressed:  # made in this plan without suppressed members: say so, once
             if not await self.sharing.remakes(group):
@@ -296,6 +290,26 @@ class Runner:
             self.recorder.held(group)
             self._held.add(group.id)
         return None
+
+    async def _held_back(self, group: Group, free: int) -> bool:
+        """Whether ``group`` is held back now, before any claim: by the deadline (recorded
+        expired) or its recipients' quiet hours (:class:`~bulk_mms.gates.Gates`), or until a
+        carrier's reset (``not_before``); its ``free`` rows are then dealt with. Past the
+        deadline on a shared ledger, only the process that holds the group's claim records it
+        expired (with the ledger as it is now): once, not once a process; another's is held
+        here and counted there."""
+        shared = self.sharing.shared
+        if shared and self.gates.past_deadline() and not await self.sharing.take(group):
+            return True  # another live process has it
+        if not (self.gates.hold(group) or group.not_before > self.clock.wall()):
+            return False
+        # (members a carrier refused for now wait for its reset: a later run sends them;
+        # a group held here is neither claimed nor watched, nor its origin's claim taken)
+        if group.suppressed and not self.sharing.shared:
+            self._remade(group)  # alone on the ledger: later runs follow it
+        self.rows_done += free
+        self.rows_free += free
+        return True
 
     def _remade(self, group: Group) -> None:
         """Record that ``group`` goes out in place of its origin, once (its maker may have
@@ -777,17 +791,25 @@ def _expired_before(job: JobConfig, clock: Clock) -> bool:
     :func:`~bulk_mms.gates.job_deadline`) has passed: outside its ``send_window`` such a run
     goes on, sends nothing (past the deadline nothing leaves) and records what is left
     ``expired_unsent``, in this run, rather than exit 4 for a later run that cannot send it
-    either. Reads no more of the ledger than its header, and only for ``max_age_s``.
-
-    Raises:
-        LedgerError: the ledger cannot be read.
-    """
+    either. Reads no more of the ledger than its header, and only for ``max_age_s``; a
+    ledger that cannot be read then is left to the next run inside the window, which says
+    why."""
     now = utc(clock)
     if job.deadline is not None and now >= job.deadline:
         return True
-    if job.max_age_s is None or not exists(job.where):
+    if job.max_age_s is None:
         return False
-    header = next(iter(read_events(job.where, skip_status=True)), None)
+    try:
+        header = None
+        if exists(job.where):
+            store = open_store(job.where, "read")
+            try:
+                header = next(iter(store.events(skip_status=True)), None)
+            finally:
+                store.close_sync()
+    except LedgerError as exc:
+        log.warning("job.deadline_unknown", ledger=display(job.where), error=str(exc))
+        return False
     view = LedgerView()
     if isinstance(header, Header):
         view.apply(header)

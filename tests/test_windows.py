@@ -5,23 +5,37 @@ rejected as the input is scanned (injected clock)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from bulk_mms.config import SendWindow
 from bulk_mms.console import run_outcome
-from bulk_mms.errors import AmbiguousSendError
-from bulk_mms.ledger import Location
-from bulk_mms.models import Group, SendReceipt
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiError,
+    NetworkError,
+    RateLimited,
+    SendError,
+    ServerError,
+)
+from bulk_mms.ledger import Location, load, named
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
+from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.testing import ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
 UTC = dt.UTC
 MORNING = dt.datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -55,6 +69,69 @@ async def test_a_run_outside_the_window_past_the_deadline_records_the_rest_expir
     assert (client.calls, s.stopped, s.expired_groups) == ([], None, 1)
     assert run_outcome(s) == 1
     assert expired_codes(job.ledger) == ["expired_unsent"]
+
+
+async def test_outside_the_window_past_max_age_on_postgres_the_rest_is_expired(
+    jobs: JobFactory, database: str
+) -> None:
+    """On a PostgreSQL ledger too, a run outside its send_window past max_age_s after the
+    campaign began records what is left expired (exit 1), reading the ledger's header."""
+    jobs.people(8)
+    job = jobs.job(extra=WINDOW + "max_age_s = 3600")
+    job = replace(job, database=str(named(database, job.name)))
+    await run_job(job, FAST, FakeClient(), clock=clock_at(MORNING), limit=1)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(EVENING))
+    assert (client.calls, s.stopped, s.expired_groups, run_outcome(s)) == ([], None, 1, 1)
+
+
+async def test_two_processes_on_postgres_send_nothing_past_the_deadline(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two runs sharing a PostgreSQL ledger, paced at a group every 50 seconds with the
+    deadline ten minutes away (of the loop's time, which the database's real waits move on too):
+    no request of either leaves after it, and every group is sent once or recorded
+    expired_unsent once (by the one process that holds it), never once a process."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 4\ntimezone = "UTC"\ndeadline = "2026-11-24T10:10+00:00"')
+    job = replace(job, database=f"{database}?ledger=shared")
+    clock = clock_at(MORNING)
+    left: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        left.append(clock.wall())
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, rate=0.02, concurrency=2)
+    runs = await asyncio.gather(
+        *(run_job(job, settings, FakeClient(answer), clock=clock) for _ in range(2))
+    )
+    assert all(t <= MORNING.timestamp() + 600 for t in left)
+    states = Counter(rec.state for rec in load(job.where).groups.values())
+    assert states == Counter({"sent": len(left), "failed": 10 - len(left)})
+    assert sum(r.sent_groups for r in runs) == len(left)
+    assert sum(r.expired_groups for r in runs) == 10 - len(left)
+    expired = [e for e in ledger_events(job.where) if e.get("code") == "expired_unsent"]
+    assert len(expired) == 10 - len(left)
+
+
+async def test_two_processes_started_past_the_deadline_record_each_group_expired_once(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two runs started after the deadline on one PostgreSQL ledger (cron on two hosts):
+    each group is recorded expired_unsent once, by the process that claims it, and the runs'
+    counts add up to the groups, not to twice as many."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 4\ntimezone = "UTC"\ndeadline = "2026-11-24T09:00+00:00"')
+    job = replace(job, database=f"{database}?ledger=late")
+    client = FakeClient()
+    runs = await asyncio.gather(
+        *(run_job(job, FAST, client, clock=clock_at(MORNING)) for _ in range(2))
+    )
+    assert client.calls == []
+    expired = [e for e in ledger_events(job.where) if e.get("code") == "expired_unsent"]
+    assert len(expired) == 10
+    assert sum(r.expired_groups for r in runs) == 10
 
 
 async def test_outside_the_window_before_the_deadline_a_run_still_waits_for_it(
@@ -208,3 +285,134 @@ async def test_a_household_a_ledger_already_sent_is_left_to_the_ledger_not_rejec
     assert (s.rejected_rows, s.skipped_groups, len(client.calls)) == (0, 2, 2)
     assert not [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
     assert run_outcome(s) == 0
+
+
+# -- the time a request has to leave in never outlasts a window, DST days included ----------
+
+_ZONES = ["America/New_York", "Europe/London", "Australia/Lord_Howe", "Pacific/Guam", "UTC"]
+#: Days around every change of these zones' clocks in 2026 (and ordinary ones).
+_DAYS = [
+    dt.datetime(2026, 3, 8, tzinfo=UTC),
+    dt.datetime(2026, 3, 29, tzinfo=UTC),
+    dt.datetime(2026, 4, 5, tzinfo=UTC),
+    dt.datetime(2026, 10, 4, tzinfo=UTC),
+    dt.datetime(2026, 10, 25, tzinfo=UTC),
+    dt.datetime(2026, 11, 1, tzinfo=UTC),
+    dt.datetime(2026, 7, 15, tzinfo=UTC),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    day=st.sampled_from(_DAYS),
+    offset=st.integers(-36 * 60, 36 * 60),
+    start=st.integers(0, 47),
+    length=st.integers(1, 47),
+    zones=st.lists(st.sampled_from(_ZONES), min_size=1, max_size=2, unique=True),
+)
+def test_a_window_stays_open_for_all_the_time_closes_in_gives(
+    day: dt.datetime, offset: int, start: int, length: int, zones: list[str]
+) -> None:
+    """For any instant near a change of the clocks, any half-hour-edged window (across
+    midnight too) and one or two zones: the window is open in every zone at each minute of
+    the time :func:`closes_in` gives a request to leave in, so no request given that time
+    leaves outside it (and a closed window gives none)."""
+    begin = dt.time(start // 2, 30 * (start % 2))
+    end_slot = (start + length) % 48
+    end = dt.time(end_slot // 2, 30 * (end_slot % 2))
+    assume(begin != end)
+    window = SendWindow(begin, end)
+    now = day + dt.timedelta(minutes=offset, seconds=17)
+    left = closes_in(window, zones, now)
+    assert (left > 0) == open_for(window, zones, now)
+    t = 0.0
+    while t < min(left, 2 * 86_400):
+        assert open_for(window, zones, now + dt.timedelta(seconds=t))
+        t += 60.0
+    if 0 < left < 2 * 86_400:  # just before it closes: still open; at it: closed somewhere
+        assert open_for(window, zones, now + dt.timedelta(seconds=max(left - 1, 0)))
+        assert not open_for(window, zones, now + dt.timedelta(seconds=left))
+
+
+# -- every path a message can leave by, checked against the gates -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "stopped", "expired"),
+    [
+        ('deadline = "2026-11-24T10:30+00:00"', None, 1),
+        ('send_window = "09:00-10:30"', "window", 0),
+        ('recipient_window = "09:00-10:30"\ntimezone_column = "tz"', "quiet_hours", 0),
+    ],
+)
+@pytest.mark.parametrize(
+    "error",
+    [
+        RateLimited("slow", retry_after=5.0),
+        ServerError("busy", status=503),
+        NetworkError("refused"),
+    ],
+    ids=["429", "503", "network"],
+)
+async def test_a_wall_clock_jumping_past_a_gate_during_a_retry_wait_sends_nothing_more(
+    jobs: JobFactory, extra: str, stopped: str | None, expired: int, error: SendError
+) -> None:
+    """The wall clock jumps an hour forward (a VM resumed, NTP) while the first try's 429, 503
+    or connection error waits to be retried: the deadline, the send_window or the recipients'
+    window has passed by then, and no retry leaves (the group expires, or waits for the next
+    window)."""
+    jobs.people(4, tz="UTC")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{extra}')
+    clock = clock_at(MORNING)
+    tries: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        tries.append(clock.wall())
+        clock.step_wall(3600.0)
+        raise error
+
+    s = await run_job(job, FAST, FakeClient(answer), clock=clock)
+    assert tries == pytest.approx([MORNING.timestamp()], abs=0.1)
+    assert (s.stopped, s.expired_groups, s.sent_groups) == (stopped, expired, 0)
+
+
+async def test_a_member_a_delivery_report_sends_again_is_not_sent_past_the_deadline(
+    jobs: JobFactory,
+) -> None:
+    """A member whose delivery failed on a carrier's per-minute cap (40018) goes again, but
+    not after the job's deadline: the run after it records the member's group expired and
+    sends nothing."""
+    jobs.people(2)
+    job = jobs.job(extra='group_size = 2\ntimezone = "UTC"\ndeadline = "2026-11-24T12:00+00:00"')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=clock_at(MORNING))
+    (g,) = client.calls
+    cap = ApiError("40018", "AT&T per-minute cap", "")
+    client.delivery[f"msg-{g.id}-0"] = (
+        RecipientStatus(g.to[0], "delivery_failed", errors=(cap,)),
+        RecipientStatus(g.to[1], "delivered"),
+    )
+    await track_ledger(job.ledger, FAST, client, clock=clock_at(MORNING + dt.timedelta(minutes=5)))
+    assert load(job.ledger).groups[g.id].moved == (g.to[0],)
+    late = await run_job(job, FAST, client, clock=clock_at(EVENING))
+    assert (len(client.calls), late.expired_groups, run_outcome(late)) == (1, 1, 1)
+
+
+async def test_a_member_a_delivery_report_sends_again_waits_for_the_send_window(
+    jobs: JobFactory,
+) -> None:
+    """The same member, before the deadline but outside the send_window, is not sent: the
+    run exits 4 and the next run inside the window sends it, once."""
+    jobs.people(2)
+    job = jobs.job(extra=WINDOW + 'deadline = "2026-11-25T12:00+00:00"')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=clock_at(MORNING))
+    (g,) = client.calls
+    cap = ApiError("40018", "AT&T per-minute cap", "")
+    client.delivery[f"msg-{g.id}-0"] = (RecipientStatus(g.to[0], "delivery_failed", errors=(cap,)),)
+    await track_ledger(job.ledger, FAST, client, clock=clock_at(MORNING + dt.timedelta(minutes=5)))
+    night = await run_job(job, FAST, client, clock=clock_at(EVENING))
+    assert (len(client.calls), run_outcome(night)) == (1, 4)
+    morning = await run_job(job, FAST, client, clock=clock_at(MORNING + dt.timedelta(days=1)))
+    assert [c.to for c in client.calls[1:]] == [(g.to[0],)]
+    assert morning.sent_groups == 1
