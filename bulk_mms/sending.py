@@ -581,13 +581,13 @@ class GroupSender:
         recipients' window closes on waits for it (a later run). ``on_record``: its attempt
         is written, so a stop records that the request never left."""
         stop = self.stop
+        if self.expires_at is not None and self.clock.wall() >= self.expires_at.timestamp():
+            self._expire(tries)  # first: past it, a closed window promises a later run nothing
+            raise StopRetrying(None if tries.expired else _unsent(tries, on_record))
         if not stop.is_set() and not in_window(self.job, utc(self.clock)):
             self.window_closed()
         if stop.is_set():
             raise StopRetrying(_unsent(tries, on_record))
-        if self.expires_at is not None and self.clock.wall() >= self.expires_at.timestamp():
-            self._expire(tries)
-            raise StopRetrying(None if tries.expired else _unsent(tries, on_record))
         window = self.job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited

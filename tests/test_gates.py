@@ -231,3 +231,27 @@ async def test_a_run_stops_as_its_send_window_closes_not_after_its_waits(
     assert s.stopped == "window"
     assert len(client.calls) == 1
     assert clock.wall() - (NOON + ONE_MINUTE).timestamp() < 5
+
+
+async def test_a_try_past_both_the_deadline_and_the_send_window_expires_the_group(
+    jobs: JobFactory,
+) -> None:
+    """The wall clock jumps an hour (a machine resumed from suspend) while a group's first
+    try is out: its next try finds both the send_window closed and the deadline passed, and
+    records the group expired_unsent (exit 1), not a window stop (exit 4) that promises a
+    later run would send it."""
+    jobs.people(4)
+    job = jobs.job(
+        extra='group_size = 4\nsend_window = "09:00-12:30"\ndeadline = "2026-11-24T12:10:00+00:00"'
+    )
+    clock = clock_at(NOON)
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        clock.step_wall(3600.0)
+        raise RateLimited("busy", retry_after=1.0, status=503)
+
+    s = await run_job(job, FAST, FakeClient(answer), clock=clock)
+    assert (s.stopped, s.expired_groups) == (None, 1)
+    assert run_outcome(s) == 1
+    codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes[-1] == "expired_unsent"
