@@ -11,7 +11,6 @@ end of the input.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import string
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -240,12 +239,6 @@ def keyed(
 APART = "no common hours in its group"
 
 
-@functools.lru_cache(maxsize=1024)
-def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
-    """The zones of ``a`` and ``b``, sorted: one tuple for each union, shared by every group."""
-    return tuple(sorted({*a, *b}))
-
-
 class _Chunk:
     """The rows of one ``group_by`` group as a scan meets them (what :func:`_by_key` will
     make of them): their lines, numbers and zones. Private to :class:`Households`."""
@@ -300,7 +293,7 @@ class Households:
         if chunk is None:
             chunk = self._open[key] = _Chunk(key, zones)
         elif zones != chunk.zones:
-            chunk.zones = _union(chunk.zones, zones)
+            chunk.zones = tuple(sorted({*chunk.zones, *zones}))
         chunk.lines.append(r.line)
         chunk.phones.append(r.phone)
         chunk.listed += listed
