@@ -32,7 +32,7 @@ from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from tests.conftest import JobFactory, numbers
-from tests.test_postgres import KEY
+from tests.test_postgres import KEY, age_claims
 from tests.threaded import fake_api_thread
 
 HEADER = events.Header("job", "f" * 8, campaign="c1")
@@ -52,7 +52,7 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
     try:
         assert await one.claim("g1")
         old = one.fence("g1")
-        two.lease_s = 0.0  # first's lease has run out (paused past it)
+        age_claims(database, 31)  # first's lease has run out (paused past it)
         assert await two.claim("g1")
         new = two.fence("g1")
         assert old is not None
@@ -65,8 +65,47 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
         attempts = [e for e in await first.group_events("g1") if isinstance(e, events.Attempt)]
         assert len(attempts) == 1
         assert first.failed is None  # a lost claim is not a broken store
-        two.lease_s = 30.0
         assert not await one.claim("g1")
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()
+
+
+async def test_a_claim_holds_for_its_holders_lease_whatever_the_takers(database: str) -> None:
+    """A holder with a 30 s lease keeps its claim from a process whose own lease is 1 s once
+    its heartbeat is 5 s old (the holder's lease decides, not the taker's); it passes once the
+    holder's lease has run out, under a new fence token."""
+    where = f"{database}?ledger=leases"
+    first, second = open_store(where, "run"), open_store(where, "run")
+    one, two = coordinator_for(first, 30.0), coordinator_for(second, 1.0)
+    try:
+        assert await one.claim("g1")
+        age_claims(database, 5)
+        assert not await two.claim("g1")
+        age_claims(database, 30)
+        assert await two.claim("g1")
+        assert _max_token(database) == 2
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()
+
+
+async def test_a_heartbeat_renews_a_claim_for_its_holders_lease(database: str) -> None:
+    """A renewal by a holder with a 30 s lease keeps its claims from a 1 s taker for 30 s
+    more on the database's clock."""
+    where = f"{database}?ledger=renewed"
+    first, second = open_store(where, "run"), open_store(where, "run")
+    one, two = coordinator_for(first, 30.0), coordinator_for(second, 1.0)
+    try:
+        assert await one.claim("g1")
+        age_claims(database, 29)
+        await one.heartbeat()
+        age_claims(database, 5)
+        assert not await two.claim("g1")
     finally:
         for c in (one, two):
             await c.close()
@@ -348,6 +387,30 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
         _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err[-400:]
     assert fake.recipient_counts() == dict.fromkeys(numbers(80), 1)
+
+
+@pytest.mark.slow
+def test_hosts_with_different_leases_never_take_each_others_live_claims(
+    jobs: JobFactory, database: str
+) -> None:
+    """Two live runs, one with lease_s = 30 (it renews every 10 s), one with lease_s = 1:
+    neither takes a claim of the other (no fence token past 1), everyone is texted once, and
+    both exit 0."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(60)
+    job = jobs.job(extra="group_size = 2")
+    slow = _config(jobs.root, "rate = 6\nconcurrency = 2\nlease_s = 30", api="records_lag_s = 0")
+    quick = jobs.root / "quick.toml"
+    quick.write_text(slow.read_text().replace("lease_s = 30", "lease_s = 1"))
+    where = f"{database}?ledger=leases"
+    with fake_api_thread(fake) as url:
+        first = _run(job.path, url, slow, where)
+        _wait_for(lambda: _count(database, "attempt") >= 2, 30)
+        second = _run(job.path, url, quick, where)
+        outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], [o[1][-400:] for o in outs]
+    assert _max_token(database) == 1
+    assert fake.recipient_counts() == dict.fromkeys(numbers(60), 1)
 
 
 def test_a_terminated_connection_is_survived_or_stops_cleanly(

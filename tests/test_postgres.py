@@ -6,6 +6,7 @@ the schema migrated by the tool, and no password in what a user sees."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -90,7 +91,7 @@ async def test_each_group_is_claimed_by_one_process_until_its_lease_runs_out(
     assert not await two.claim("g1")
     assert await one.claim("g1")  # a renewal
     assert await two.claim("g2")
-    two.lease_s = 0.0  # as if 30 s had passed since first's last heartbeat
+    age_claims(database, 31)  # as if 31 s had passed since first's last heartbeat
     assert await two.claim("g1")
     for c in (one, two):
         await c.close()
@@ -258,6 +259,20 @@ def test_processes_whose_suppression_lists_differ_never_wait_on_each_other(
     assert max(fake.recipient_counts().values()) == 1
 
 
+def age_claims(database: str, seconds: float) -> None:
+    """Move every claim's last renewal (and the expiry it set) ``seconds`` into the past."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE bulk_mms_claims SET heartbeat = heartbeat - make_interval(secs => %s)",
+            (seconds,),
+        )
+        with contextlib.suppress(psycopg.errors.UndefinedColumn):
+            conn.execute(
+                "UPDATE bulk_mms_claims SET expires = expires - make_interval(secs => %s)",
+                (seconds,),
+            )
+
+
 def _wait_until(done: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -392,6 +407,48 @@ def test_a_ledger_with_two_raced_headers_migrates_to_its_first(
     copied = tmp_path / "raced.jsonl"
     assert main(["-q", "ledger", "copy", where, str(copied)]) == 0  # not a second header
     assert [to_json(e) for e in read_events(copied)] == [to_json(first)]
+
+
+async def test_claims_made_before_schema_8_upgrade_in_place_and_run_out_by_the_takers_lease(
+    database: str,
+) -> None:
+    """A schema-7 database holding a live claim (no expiry recorded) migrates in place: the
+    claim stays its holder's until the taker's lease has passed since its heartbeat, then is
+    taken over under the next token; a claim an older bulk-mms renewed after a newer one set
+    its expiry runs out by its heartbeat, not by the stale expiry."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bulk_mms_schema (version int NOT NULL)")
+        for version in range(1, 8):
+            conn.execute(_MIGRATIONS[version])
+            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+        row = conn.execute("INSERT INTO bulk_mms_ledgers (name) VALUES ('old') RETURNING id")
+        ledger = row.fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat, token) "
+            "VALUES (%s, 'g1', 'old-host:1:aa', now() - interval '10 s', 4)",
+            (ledger,),
+        )
+    assert migrate_url(database) == (7, SCHEMA_VERSION)
+    store = open_store(f"{database}?ledger=old", "run")
+    coord = coordinator_for(store, 30.0)
+    try:
+        assert not await coord.claim("g1")  # 10 s since its heartbeat: within 30 s
+        age_claims(database, 25)
+        assert await coord.claim("g1")
+        assert coord.fence("g1").token == 5  # type: ignore[union-attr]
+        age_claims(database, 31)  # our lease ran out, and an older bulk-mms takes it over:
+        with psycopg.connect(database, autocommit=True) as conn:  # our expiry stays, stale
+            conn.execute(
+                "UPDATE bulk_mms_claims SET owner = 'old-host:2:bb', heartbeat = now() "
+                "WHERE grp = 'g1'"
+            )
+        age_claims(database, 10)
+        assert not await coord.claim("g1")
+        age_claims(database, 21)
+        assert await coord.claim("g1")
+    finally:
+        await coord.close()
+        await store.close()
 
 
 def test_a_password_never_shows(database: str) -> None:

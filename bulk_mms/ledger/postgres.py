@@ -22,8 +22,10 @@ input, are refused by unique indexes, not by a read-then-write.
 
 Several processes, on one host or many, may run the same ledger at once (:attr:`shared`): each
 claims a group (:class:`PostgresCoordinator`, in ``bulk_mms_claims``) before it sends it, and
-keeps its claims alive with a heartbeat; a process whose heartbeat stops for ``lease_s`` loses
-its claims to the others, which finish its groups under the same in-doubt rules as a resume.
+keeps its claims alive with a heartbeat; a process whose heartbeat stops for its ``lease_s``
+loses its claims to the others, which finish its groups under the same in-doubt rules as a
+resume. Each claim records when it runs out (``expires``: its holder's lease, on the database's
+clock), so a host configured with a shorter lease never takes a live claim of one with a longer.
 Each claim carries a fence token that grows on every takeover, and a write-ahead ``attempt`` is
 inserted only while its writer still holds the claim with that token (one statement, which
 also locks the claim row until the attempt is committed): a process that lost a claim can
@@ -68,7 +70,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 #: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
 #: one group): past it the run stops with LedgerUnavailable, resumable.
 DB_TIMEOUT_S: Final = 30.0
@@ -152,17 +154,30 @@ _MIGRATIONS: Final = {
             used numeric NOT NULL DEFAULT 0
         );
     """,
+    # Each claim records when it runs out, by its holder's lease on the database's clock
+    # (hosts may be configured with different leases). A row without one (written before,
+    # or by an older bulk-mms still running) runs out by the taker's lease, as it did.
+    # Moved events are counted per number before one is written (MAX_RESENDS): indexed.
+    8: """
+        ALTER TABLE bulk_mms_claims ADD COLUMN IF NOT EXISTS expires timestamptz;
+        CREATE INDEX IF NOT EXISTS bulk_mms_events_moved
+            ON bulk_mms_events (ledger) WHERE kind = 'moved';
+    """,
 }
-#: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose heartbeat
-#: stopped more than the lease ago (it died, or is paused): a takeover, which grows the fence
-#: token. No row back: a live process holds it. The claim's token comes back.
+#: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose lease ran
+#: out (it died, or is paused): a takeover, which grows the fence token. No row back: a live
+#: process holds it. The claim's token comes back. A claim runs out at the ``expires`` its
+#: holder set (its own lease, on the database's clock); one whose ``expires`` is missing or
+#: older than its last heartbeat (written before schema 8, or renewed since by an older
+#: bulk-mms) runs out by the taker's lease after that heartbeat.
 _CLAIM: Final = """
-    INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat, token)
-    VALUES (%s, %s, %s, now(), 1)
+    INSERT INTO bulk_mms_claims AS c (ledger, grp, owner, heartbeat, token, expires)
+    VALUES (%(ledger)s, %(grp)s, %(owner)s, now(), 1, now() + make_interval(secs => %(lease)s))
     ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now(),
-        token = bulk_mms_claims.token + (bulk_mms_claims.owner <> EXCLUDED.owner)::int
-    WHERE bulk_mms_claims.owner = EXCLUDED.owner
-       OR bulk_mms_claims.heartbeat < now() - make_interval(secs => %s)
+        expires = EXCLUDED.expires, token = c.token + (c.owner <> EXCLUDED.owner)::int
+    WHERE c.owner = EXCLUDED.owner
+       OR CASE WHEN c.expires >= c.heartbeat THEN c.expires
+               ELSE c.heartbeat + make_interval(secs => %(lease)s) END < now()
     RETURNING token
 """
 #: Write-ahead attempts, each only while its writer holds the group's claim with its token. The
@@ -190,7 +205,10 @@ _HEADER: Final = (
     "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND kind = 'job' "
     "ORDER BY seq LIMIT 1"
 )
-_HEARTBEAT: Final = "UPDATE bulk_mms_claims SET heartbeat = now() WHERE ledger = %s AND owner = %s"
+_HEARTBEAT: Final = """
+    UPDATE bulk_mms_claims SET heartbeat = now(), expires = now() + make_interval(secs => %s)
+    WHERE ledger = %s AND owner = %s
+"""
 _GROUP_EVENTS: Final = (
     "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND grp = %s "
     "AND kind <> 'status' ORDER BY seq"
@@ -679,7 +697,13 @@ class PostgresCoordinator:
 
     async def claim(self, group: str) -> bool:
         async def claim(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            cur = await conn.execute(_CLAIM, (self._ledger, group, self.owner, self.lease_s))
+            params = {
+                "ledger": self._ledger,
+                "grp": group,
+                "owner": self.owner,
+                "lease": self.lease_s,
+            }
+            cur = await conn.execute(_CLAIM, params)
             return await cur.fetchone()
 
         asked = _elapsed()
@@ -702,7 +726,7 @@ class PostgresCoordinator:
 
     async def heartbeat(self) -> None:
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(_HEARTBEAT, (self._ledger, self.owner))
+            await conn.execute(_HEARTBEAT, (self.lease_s, self._ledger, self.owner))
 
         asked = _elapsed()
         await self._link.run(renew, "cannot renew claims")
