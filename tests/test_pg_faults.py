@@ -28,6 +28,7 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import events, load, open_store, read_events
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.postgres import PostgresStore, migrate_url
+from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
@@ -142,6 +143,44 @@ async def test_processes_racing_to_write_the_header_end_with_one(database: str) 
     finally:
         for s in stores:
             await s.close()
+
+
+def _moved(group: str, *members: str) -> events.Moved:
+    return events.Moved(group, members, "", "40016", "t", 0.0)
+
+
+def _moved_out_of(where: str) -> dict[str, set[str]]:
+    """Each number's groups it was moved out of, as the ledger has them."""
+    out: dict[str, set[str]] = {}
+    for ev in read_events(where):
+        if isinstance(ev, events.Moved):
+            for phone in ev.members:
+                out.setdefault(phone, set()).add(ev.group)
+    return out
+
+
+async def test_two_processes_moving_one_number_at_once_keep_max_resends(database: str) -> None:
+    """Two processes write moves of one number out of five groups at once, each judging by
+    its own view: the ledger keeps policy.MAX_RESENDS of them, the same group's move written
+    again still counts once, and a move naming a spent number and another keeps the other."""
+    where = f"{database}?ledger=resends"
+    a, b = open_store(where, "run"), open_store(where, "run")
+    spent, fresh = "+12125550100", "+12125550101"
+    try:
+        a.append_now(HEADER)
+        writers = [a, b, a, b, a]
+        await asyncio.gather(*(w.append(_moved(f"g{i}", spent)) for i, w in enumerate(writers)))
+        assert len(_moved_out_of(where)[spent]) == MAX_RESENDS
+        again = min(_moved_out_of(where)[spent])
+        await b.append(_moved(again, spent))  # the other process saw the same report
+        await b.append(_moved("g9", spent, fresh))
+        assert _moved_out_of(where) == {spent: _moved_out_of(where)[spent], fresh: {"g9"}}
+        assert len(_moved_out_of(where)[spent]) == MAX_RESENDS
+        assert a.failed is None
+        assert b.failed is None
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_a_lost_connection_is_made_again_once(database: str) -> None:

@@ -63,6 +63,7 @@ from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.ledger.store import database_url, display
+from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.suppression import Suppressed
 
 log = structlog.get_logger(__name__)
@@ -227,6 +228,16 @@ _READ_SKIPPING_STATUS: Final = (
 _COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) FROM STDIN"
 #: Events a unique index may refuse (recorded by another process already): never COPY'd.
 _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
+#: The advisory-lock namespace in which one ledger's moves are written one transaction at a
+#: time (with the ledger's id as the second key).
+_MOVES_LOCK: Final = 0x6D6F7665
+_LOCK_MOVES: Final = "SELECT pg_advisory_xact_lock(%s, (%s %% 2147483647)::int)"
+#: The groups each of some numbers was moved out of in a ledger (partial index: schema 8).
+_MOVED_OUT_OF: Final = """
+    SELECT m.phone, e.grp FROM bulk_mms_events e
+    CROSS JOIN LATERAL jsonb_array_elements_text(e.body->'members') AS m(phone)
+    WHERE e.ledger = %s AND e.kind = 'moved' AND m.phone = ANY(%s)
+"""
 _SENT_SINCE: Final = """
     SELECT sum(jsonb_array_length(body->'to')) FROM bulk_mms_events
     WHERE kind = 'sent'
@@ -614,16 +625,20 @@ class PostgresStore(GroupCommitted[_Item]):
         fenced = [i for i in items if isinstance(i, _Fenced)]
         committing = False  # past this, a lost connection leaves the commit unknown
 
+        kept = len(rows)
+
         async def write(conn: psycopg.AsyncConnection[Any]) -> set[str]:
-            nonlocal committing
+            nonlocal committing, kept
             written: set[str] = set()
             async with conn.transaction():
                 async with conn.cursor() as cur:
-                    if any(row[1] in _UNIQUE_KINDS for row in rows):
-                        await cur.executemany(_INSERT, rows)  # may repeat: ON CONFLICT DO NOTHING
-                    elif rows:
+                    todo = await self._within_resends(cur, rows)
+                    kept = len(todo)
+                    if any(row[1] in _UNIQUE_KINDS for row in todo):
+                        await cur.executemany(_INSERT, todo)  # may repeat: ON CONFLICT DO NOTHING
+                    elif todo:
                         async with cur.copy(_COPY) as copy:  # the fast path: one stream
-                            await copy.write(b"".join(map(_copy_line, rows)))
+                            await copy.write(b"".join(map(_copy_line, todo)))
                     if fenced:
                         await cur.execute(_FENCED_INSERT, self._fenced_params(fenced))
                         written = {str(r[0]) for r in await cur.fetchall()}
@@ -633,8 +648,39 @@ class PostgresStore(GroupCommitted[_Item]):
         written = await self._writer.run(write, "cannot write", repeatable=lambda: not committing)
         for item in fenced:
             item.written = item.group in written
-        self.events_written += len(rows) + len(written)
+        self.events_written += kept + len(written)
         self.commits += 1
+
+    async def _within_resends(
+        self, cur: psycopg.AsyncCursor[Any], rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """``rows`` with each ``moved`` event kept to the numbers it may still move: a number
+        moved out of :data:`~bulk_mms.policy.MAX_RESENDS` other groups already (by any
+        process: each decides by its own view, which may not have the others' moves) stays
+        where it is, and a move left with nobody is not written. The ledger's moves are
+        written one transaction at a time (an advisory lock held to its commit), so two
+        processes never both take a number's last resend."""
+        moved = [i for i, row in enumerate(rows) if row[1] == "moved"]
+        if not moved:
+            return rows
+        bodies = {i: orjson.loads(rows[i][5]) for i in moved}
+        phones = sorted({str(p) for body in bodies.values() for p in body.get("members", ())})
+        await cur.execute(_LOCK_MOVES, (_MOVES_LOCK, self._id))
+        await cur.execute(_MOVED_OUT_OF, (self._id, phones))
+        out_of: dict[str, set[str]] = {}
+        for phone, grp in await cur.fetchall():
+            out_of.setdefault(str(phone), set()).add(str(grp))
+        kept = list(rows)
+        for i, body in bodies.items():
+            group, members = str(rows[i][2]), [str(p) for p in body.get("members", ())]
+            may = [p for p in members if len(out_of.setdefault(p, set()) - {group}) < MAX_RESENDS]
+            for phone in may:
+                out_of[phone].add(group)
+            if may == members:
+                continue
+            log.warning("delivery.resends_spent", group=group, recipients=len(members) - len(may))
+            kept[i] = (*rows[i][:5], orjson.dumps({**body, "members": may}).decode()) if may else ()
+        return [row for row in kept if row]
 
     def _fenced_params(self, fenced: list[_Fenced]) -> dict[str, Any]:
         owners = {i.fence.owner for i in fenced}
