@@ -12,7 +12,7 @@ from msgspec.structs import replace
 from bulk_mms import runner as runner_module
 from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
-from bulk_mms.ledger import load
+from bulk_mms.ledger import LedgerView, Moved, load
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.report import summarize
@@ -238,3 +238,17 @@ async def test_a_member_a_carrier_keeps_refusing_is_sent_again_three_times_then_
     assert list(view.not_received()) == [stuck]
     counts = summarize(job.ledger).recipient_states
     assert (counts.sent, counts.retry_pending, counts.not_attempted) == (2, 0, 0)
+
+
+def test_a_group_read_again_counts_its_moves_once() -> None:
+    """A shared run reads a group again each time it looks at it (refresh_group): a number
+    moved out of it once still counts one move, not one per look."""
+    phone = "+12125550100"
+    moved = Moved("g1", (phone,), "", "40016", "t", 0.0)
+    view = LedgerView.fold([moved])
+    assert view.moves(phone) == 1
+    for _ in range(MAX_RESENDS):
+        view.refresh_group("g1", [moved])
+    assert view.moves(phone) == 1
+    view.refresh_group("g1", [])
+    assert view.moves(phone) == 0

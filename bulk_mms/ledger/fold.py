@@ -458,8 +458,11 @@ class LedgerView(msgspec.Struct, eq=False):
 
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
         """Rebuild one group from its events as the ledger has them now (another process
-        may have sent it): what a shared run does before it decides about the group."""
-        self.groups.pop(gid, None)
+        may have sent it): what a shared run does before it decides about the group. Its
+        moves count once, as the ledger has them now (:meth:`moves`)."""
+        old = self.groups.pop(gid, None)
+        if old is not None and self._moves is not None:
+            self._moves.subtract(old.moved)
         for ev in stream:
             self.apply(ev)
         return self.groups.get(gid)
