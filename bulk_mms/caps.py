@@ -22,8 +22,10 @@ that dies between reserving and settling leaves its reservations counted (never 
 many; at worst the groups it had in flight, for the rest of the day or until the job's count
 row is reset).
 
-The spend ceiling counts each send at what it cost when the API said so. A send of unknown
-cost (the API left its cost null) counts at the price, never as free. (A send that cost more
+The spend ceiling counts each send at the larger of its price and what the API's answer said
+it cost: that cost is an estimate (the final one, in ``message.finalized``, adds the carriers'
+pass-through fees), so a send is never counted below the price the settings give. A send of
+unknown cost (the API left its cost null) counts at the price, never as free. (A send that cost more
 than the price it was reserved at can take the count past the ceiling by the difference: only
 the groups in flight, each by what it was underpriced.) The price is
 ``[pricing] per_recipient``; without one, the average this ledger has paid per recipient; with
@@ -248,8 +250,9 @@ class SpendCeiling:
     """No send starts that could take the job's spend past ``max_cost``.
 
     Counted in ``tally`` under ``key`` (every process of the job shares it): what the ledger
-    has paid, plus every send in flight at ``price`` per recipient. A send's own cost replaces
-    its reservation once the API says it; a send of unknown cost stays counted at ``price``.
+    has paid, plus every send in flight at ``price`` per recipient. A send's own cost raises
+    its reservation once the API says it, never lowers it (the answer's cost is an estimate);
+    a send of unknown cost stays counted at ``price``.
 
     Args:
         ceiling: ``max_cost``.
@@ -304,9 +307,10 @@ class SpendCeiling:
         if receipt is None:
             if not maybe_sent:  # nothing was sent: the room goes back
                 await _adjust(self.tally, self.key, -need, group)
-        elif receipt.cost is not None and receipt.cost.amount != need:
+        elif receipt.cost is not None and receipt.cost.amount > need:
             await _adjust(self.tally, self.key, receipt.cost.amount - need, group)
-        # a null cost: it stays counted at the price, never as free
+        # a null cost, or one under the price: it stays counted at the price (the answer's
+        # cost is an estimate; the final one adds the carriers' fees)
 
     async def close(self) -> None:
         await self.tally.close()

@@ -108,17 +108,19 @@ async def test_a_send_that_never_happened_gives_its_room_back_and_one_in_doubt_k
     assert isinstance(await cap.reserve(group(5)), LimitReached)
 
 
-async def test_a_send_of_unknown_cost_counts_at_the_price_and_a_known_cost_as_paid() -> None:
-    """max_cost 0.05 at 0.01 a recipient: a send the API left without a cost stays counted
-    at the price (never free); one that cost 0.004 counts 0.004."""
-    ceiling = SpendCeiling(Decimal("0.05"), Decimal(0), Money(Decimal("0.01"), "USD"))
-    unknown, cheap = group(1), group(2)
+async def test_a_send_counts_at_its_price_or_its_answers_cost_whichever_is_more() -> None:
+    """max_cost 0.075 at 0.01 a recipient: a send the API left without a cost stays counted
+    at the price (never free), and so does one whose answer said 0.004 (the POST's cost is an
+    estimate: the final one adds carrier fees); one that said 0.03 counts 0.03."""
+    ceiling = SpendCeiling(Decimal("0.075"), Decimal(0), Money(Decimal("0.01"), "USD"))
+    unknown, cheap, dear = group(1), group(2), group(3)
     assert await ceiling.reserve(unknown) is None
     await ceiling.settle(unknown, replace(ok_receipt(unknown), cost=None))
     assert await ceiling.reserve(cheap) is None
     await ceiling.settle(cheap, replace(ok_receipt(cheap), cost=Money(Decimal("0.004"), "USD")))
-    # 0.02 + 0.004 spent: room for 0.026, one more group of 2 (0.02) and no second
-    assert await ceiling.reserve(group(3)) is None
+    assert await ceiling.reserve(dear) is None
+    await ceiling.settle(dear, replace(ok_receipt(dear), cost=Money(Decimal("0.03"), "USD")))
+    # 0.02 + 0.02 + 0.03 spent: no room for another group of 2
     assert isinstance(await ceiling.reserve(group(4)), LimitReached)
 
 
