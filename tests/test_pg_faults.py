@@ -25,7 +25,7 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import events, load, open_store, read_events
+from bulk_mms.ledger import copy_ledger, events, load, open_store, read_events
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.postgres import PostgresStore, migrate_url
 from bulk_mms.policy import MAX_RESENDS
@@ -181,6 +181,25 @@ async def test_two_processes_moving_one_number_at_once_keep_max_resends(database
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_ledger_copied_into_the_database_keeps_every_move(
+    database: str, tmp_path: Path
+) -> None:
+    """ledger copy writes a ledger's events as they are: a file ledger that moved a number
+    more often than policy.MAX_RESENDS (two writers raced) keeps every move in the copy."""
+    source = tmp_path / "raced.jsonl"
+    store = open_store(source, "run")
+    spent = "+12125550100"
+    try:
+        store.append_now(HEADER)
+        for i in range(MAX_RESENDS + 1):
+            await store.append(_moved(f"g{i}", spent))
+    finally:
+        await store.close()
+    where = f"{database}?ledger=copied"
+    assert await copy_ledger(source, where) == MAX_RESENDS + 2
+    assert len(_moved_out_of(where)[spent]) == MAX_RESENDS + 1
 
 
 async def test_a_lost_connection_is_made_again_once(database: str) -> None:

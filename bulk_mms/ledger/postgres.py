@@ -478,11 +478,13 @@ class PostgresStore(GroupCommitted[_Item]):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         #: Several processes may run this ledger at once: each group is claimed first.
         self.shared = True
+        #: Events written as they are (``ledger copy``), no move held to the resends' limit.
+        self.verbatim = False
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
-        """Connect and migrate; ``run`` creates the ledger when it is new (other runs of it
-        may be going on: they share it).
+        """Connect and migrate; ``run`` and ``copy`` create the ledger when it is new (other
+        runs of it may be going on: they share it).
 
         Raises:
             LedgerError: the database cannot be reached or used; (``append``, ``read``) the
@@ -502,9 +504,10 @@ class PostgresStore(GroupCommitted[_Item]):
     @staticmethod
     def _prepared(store: PostgresStore, mode: str) -> PostgresStore:
         if store._ledger is None:
-            if mode != "run":
+            if mode not in ("run", "copy"):
                 raise LedgerError(store.name, "no such ledger")
             store._ledger = store._ledger_id(create=True)
+        store.verbatim = mode == "copy"
         return store
 
     def _ledger_id(self, *, create: bool) -> int | None:
@@ -661,7 +664,7 @@ class PostgresStore(GroupCommitted[_Item]):
         written one transaction at a time (an advisory lock held to its commit), so two
         processes never both take a number's last resend."""
         moved = [i for i, row in enumerate(rows) if row[1] == "moved"]
-        if not moved:
+        if not moved or self.verbatim:
             return rows
         bodies = {i: orjson.loads(rows[i][5]) for i in moved}
         phones = sorted({str(p) for body in bodies.values() for p in body.get("members", ())})

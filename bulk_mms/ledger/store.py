@@ -26,8 +26,10 @@ from bulk_mms.ledger.jsonl import JsonlStore
 
 #: ``run``: this process sends for the job (exclusive where the store needs it; created if
 #: missing). ``append``: delivery statuses beside a run (the ledger must exist and hold a
-#: header). ``read``: reports.
-Mode = Literal["run", "append", "read"]
+#: header). ``read``: reports. ``copy``: as ``run``, for ``ledger copy``: every event written
+#: as it is (a run's database ledger keeps a number's resends to ``policy.MAX_RESENDS``; a copy
+#: keeps what the source holds).
+Mode = Literal["run", "append", "read", "copy"]
 #: Where a ledger is: a file path (JSONL), or a URL naming another store.
 Location = Path | str
 
@@ -189,7 +191,7 @@ def open_store(where: Location, mode: Mode = "run") -> LedgerStore:
             from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
 
         return postgres.PostgresStore.open(where, mode)
-    return JsonlStore.open(Path(where), mode)
+    return JsonlStore.open(Path(where), "run" if mode == "copy" else mode)
 
 
 def holder(where: Location) -> str | None:
@@ -248,7 +250,7 @@ async def copy_ledger(source: Location, target: Location) -> int:
     Raises:
         LedgerError: the source cannot be read, or the target already holds events.
     """
-    store = open_store(target, "run")
+    store = open_store(target, "copy")
     if next(iter(store.events()), None) is not None:
         store.close_sync()
         raise LedgerError(display(target), "already holds events: copy into a new ledger")
