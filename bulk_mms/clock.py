@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 #: How far apart this machine's clock and Telnyx's may be, in seconds: a message detail
@@ -46,7 +47,9 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The system's monotonic time (the event loop's clock) and its wall clock.
+    """The system's monotonic time (the event loop's clock) and its wall clock, or another
+    wall clock it :meth:`follows <follow>` (a shared ledger's database: every host of a job
+    then judges deadlines, windows and the day by one clock).
 
     Args:
         stopping: an event that, once set, ends every sleep at once (the job's stop).
@@ -55,6 +58,8 @@ class SystemClock:
     def __init__(self, stopping: asyncio.Event | None = None) -> None:
         self._stopping = stopping
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Seconds added to the system's wall clock (:meth:`follow`).
+        self.offset = 0.0
 
     def monotonic(self) -> float:
         # The time of the event loop the clock first ran under, bound as aiolimiter's buckets
@@ -71,10 +76,18 @@ class SystemClock:
         return loop.time()
 
     def wall(self) -> float:
-        return time.time()
+        return time.time() + self.offset
 
     async def sleep(self, seconds: float) -> None:
         await sleep_unless(self._stopping, seconds)
+
+    def follow(self, other: Callable[[], float]) -> float:
+        """From now on tell ``other``'s wall time (seconds since the epoch, read once: the
+        midpoint of the read is taken as its instant); the offset, in seconds."""
+        before = time.time()
+        theirs = other()
+        self.offset = theirs - (before + time.time()) / 2
+        return self.offset
 
 
 async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:

@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Container
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import structlog
 from msgspec.structs import replace
@@ -745,11 +745,13 @@ async def run_job(
         return JobSummary(job.name, stopped=stop.reason)
     check_rejected_share(scan, job)
     with open_reader(job, keep_all=True, expect=scan.stamp) as reader:
-        header = header_for(job, scan.fingerprint, clock)
         store = open_store(job.where, "run")
         coordinator = coordinator_for(store, settings.lease_s)
         runner: Runner | None = None
         try:
+            if store.shared and isinstance(clock, SystemClock):
+                await _follow_the_ledgers_clock(clock, store)
+            header = header_for(job, scan.fingerprint, clock)
             # off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is heard
             view = await asyncio.to_thread(
                 _resume, store, header, reader.columns, job.phone_column, scan
@@ -784,6 +786,25 @@ async def run_job(
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()
+
+
+#: A clock further than this from a shared ledger's database's, in seconds, is logged.
+SKEWED_S: Final = 1.0
+
+
+async def _follow_the_ledgers_clock(clock: SystemClock, store: LedgerStore) -> None:
+    """Every host of a job on a shared ledger judges its deadline, its windows and the day
+    (a daily cap's reset) by one clock, the database's, whatever its own clock says: ``clock``
+    follows it from here on. A host further off than :data:`SKEWED_S` is told so, once."""
+    skew = await asyncio.to_thread(clock.follow, store.database_time)
+    if abs(skew) > SKEWED_S:
+        log.warning(
+            "clock.skewed",
+            ledger=store.name,
+            seconds=round(skew, 1),
+            hint="this host's clock is off the database's; the run keeps the database's time. "
+            "Synchronise it (NTP, chrony)",
+        )
 
 
 def _expired_before(job: JobConfig, clock: Clock) -> bool:

@@ -20,6 +20,7 @@ import orjson
 import psycopg
 import pytest
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
@@ -551,3 +552,35 @@ def test_a_campaign_cut_at_midnight_finishes_its_database_ledger(
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
     assert sorted(fake.recipient_counts()) == numbers(24)[4:]  # the first group went yesterday
     assert summarize(earlier.database).recipient_states.sent == 24
+
+
+class _Behind:
+    """The time module as a host whose wall clock is two minutes slow sees it."""
+
+    monotonic = staticmethod(time.monotonic)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() - 120.0
+
+
+async def test_a_host_whose_clock_is_slow_keeps_the_databases_deadline(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock is two minutes slow, on a shared ledger, judges the job's deadline
+    by the database's clock: a deadline the database has passed (though the host's clock
+    has not) records the group expired and sends nothing, and the skew is logged."""
+    import bulk_mms.clock  # noqa: PLC0415 - the module whose time this test slows
+
+    jobs.people(4)
+    passed = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    job = jobs.job(extra=f'group_size = 4\ndeadline = "{passed.isoformat()}"')
+    job = replace(job, database=str(named(database, job.name)))
+    monkeypatch.setattr(bulk_mms.clock, "time", _Behind)
+    client = FakeClient()
+    with capture_logs() as logs:
+        s = await run_job(job, FAST, client)
+    assert (client.calls, s.sent_groups, s.expired_groups) == ([], 0, 1)
+    skewed = [e for e in logs if e["event"] == "clock.skewed"]
+    assert len(skewed) == 1
+    assert 119 < skewed[0]["seconds"] < 121

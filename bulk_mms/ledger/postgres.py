@@ -243,6 +243,7 @@ _SENT_SINCE: Final = """
     WHERE kind = 'sent'
       AND extract(epoch FROM (body->>'time')::timestamptz) >= %s
 """
+_DATABASE_TIME: Final = "SELECT extract(epoch FROM clock_timestamp())::float8"
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
 
@@ -572,6 +573,20 @@ class PostgresStore(GroupCommitted[_Item]):
 
         rows = await self._reader.run(read, "cannot read")
         return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
+
+    def database_time(self) -> float:
+        """The database's wall time, in seconds since the epoch: the clock every host of a
+        shared job follows (:meth:`~bulk_mms.clock.SystemClock.follow`).
+
+        Raises:
+            LedgerError: the database failed.
+        """
+        try:
+            row = self._conn.execute(_DATABASE_TIME).fetchone()
+        except psycopg.Error as exc:
+            raise LedgerError(self.name, f"cannot read: {_scrub(exc, self._conninfo)}") from None
+        assert row is not None
+        return float(row[0])
 
     def put_header(self, header: Header) -> Header:
         """The ledger's header: ``header`` when it had none, else the one another process
