@@ -147,9 +147,16 @@ def read_cell(cell: str) -> str:
     return cell
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
+def write_csv(
+    path: Path, header: Sequence[str], rows: Iterable[Sequence[object]], *, bom: bool = False
+) -> int:
     """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`,
     whole or not at all (:func:`write_whole`).
+
+    ``bom``: begin with a UTF-8 byte order mark, as Excel's "CSV UTF-8" does, for a file that
+    is sent again as a job's input: the reader then takes it as UTF-8 whatever ``encoding``
+    the job gives its own input (a Windows-1252 export's accents come back in UTF-8), and
+    Excel opens it as UTF-8 instead of garbling them.
 
     Returns:
         The number of rows written (the header not counted).
@@ -159,6 +166,8 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]
     """
 
     def write(f: TextIO) -> int:
+        if bom:
+            f.write("\ufeff")
         w = csv.writer(f)
         w.writerow([safe_cell(h) for h in header])
         n = 0

@@ -412,7 +412,8 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
     ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
     (replacing those columns of an input that was itself such a file).
-    Written by :func:`~bulk_mms.csvfile.write_csv`: whole or not at all, and no cell a
+    Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
+    whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
     spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
     a job's input).
 
@@ -440,7 +441,7 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
     columns = [c for c in columns if c not in ours]
     header = [*columns, *ours]
-    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows))
+    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows), bom=True)
     return n, full
 
 

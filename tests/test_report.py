@@ -104,7 +104,7 @@ async def test_failed_csv_is_a_job_input_with_the_original_rows(jobs: JobFactory
     path, calls = await mixed_ledger(jobs)
     out = jobs.root / "out" / "failed.csv"
     n, full = write_failed_csv(summarize(path), out)
-    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     refused = next(g for g in calls if g.seq == 1)
     g0 = next(g for g in calls if g.seq == 0)
     assert full
@@ -124,7 +124,7 @@ async def test_failed_csv_carries_the_rows_the_ledger_recorded(jobs: JobFactory)
     out = jobs.root / "failed.csv"
     n, full = write_failed_csv(summarize(path), out)
     assert (n, full) == (6, True)
-    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     assert list(rows[0]) == ["phone", "first", REASON_COLUMN, CAMPAIGN_COLUMN]
     assert {r["phone"]: r["first"] for r in rows}[numbers(24)[4]] == "P4"
 
@@ -144,7 +144,7 @@ async def test_failed_csv_of_a_ledger_without_rows_keeps_the_numbers(jobs: JobFa
     out = jobs.root / "failed.csv"
     n, full = write_failed_csv(summarize(path), out)
     assert (n, full) == (6, False)
-    assert next(csv.reader(io.StringIO(out.read_text()))) == [
+    assert next(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig")))) == [
         "phone",
         REASON_COLUMN,
         CAMPAIGN_COLUMN,
@@ -463,7 +463,7 @@ async def test_failed_csv_neutralises_formulas_and_keeps_numbers(jobs: JobFactor
     out = jobs.root / "failed.csv"
     argv = ["-q", "report", str(job.ledger), "--format", "json", "--failed-csv", str(out)]
     assert main(argv) == 0
-    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     assert [r["phone"] for r in rows] == numbers(4)
     assert {r["first"] for r in rows} == {"'=HYPERLINK(1)"}
     again = load_job(jobs.root / "job.toml", name="again", input_file=out)

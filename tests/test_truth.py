@@ -34,7 +34,7 @@ def failed_file(tmp_path: Path, ledger: Path) -> list[str]:
     """The numbers ``report --failed-csv`` writes."""
     out = tmp_path / "failed.csv"
     assert main(["-q", "report", str(ledger), "--failed-csv", str(out), "--format", "json"]) == 0
-    with out.open(encoding="utf-8") as f:
+    with out.open(encoding="utf-8-sig") as f:  # it begins with a byte order mark
         return [row["phone"] for row in csv.DictReader(f)]
 
 

@@ -1,0 +1,39 @@
+"""Exports as offices make them, through the whole cycle a user runs (a third audit): run,
+track, report, resend the failed file, rerun; every row sent or named, nobody texted twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from tests.conftest import JobFactory
+from tests.threaded import fake_api_thread
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit2")
+
+
+def test_the_failed_file_of_a_windows_1252_job_is_sent_again_with_its_accents(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A job reading Excel's Windows-1252 CSV (encoding = "cp1252") whose refused recipients
+    have accented names: `run JOB --input failed.csv` sends them again, their names as the
+    first send had them, not stopped as "UTF-8 text, not cp1252"."""
+    path = jobs.root / "people.csv"
+    path.write_bytes("phone,first\r\n+12125550101,José\r\n+12125550102,Zoë\r\n".encode("cp1252"))
+    job = jobs.job(extra='group_size = 1\nencoding = "cp1252"', message='text = "Hi {first}"')
+    failed = tmp_path / "failed.csv"
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        assert main([*run, "--input", str(failed)]) == 0
+    assert sorted(m.body["text"] for m in fake.accepted) == ["Hi José", "Hi Zoë"]
