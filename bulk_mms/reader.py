@@ -8,9 +8,9 @@ are not text in the job's encoding or that are UTF-8 under another encoding (wit
 they look like), a quoted field that swallows the rows after it (an unclosed quote: lines
 inside it shaped like rows, a number where the phone column is), a file cut
 short (a compressed file that ends early, a quote still open at the end, a last line with no
-line end that has the wrong number of fields or is not JSON; a whole last line needs no line
-end). A run reads the whole file once before it sends (:mod:`bulk_mms.scan`), so these stop it
-with nothing sent.
+line end that has the wrong number of fields, is not JSON or ends inside a character; a whole
+last line needs no line end). A run reads the whole file once before it sends
+(:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
@@ -418,7 +418,16 @@ class RowReader:
 
     def _not_text(self, lineno: int, line: bytes) -> InputError:
         """The error for a line that is not text in :attr:`encoding`: the whole file stops
-        (one wrongly saved file must not become a row-by-row rejection of everyone)."""
+        (one wrongly saved file must not become a row-by-row rejection of everyone). The
+        file's last line, with no line end, that is text but for a character cut short at its
+        end is a file cut off there (a copy that stopped), whatever it looks like."""
+        if lineno == self._unended and _cut_short(line, self.encoding):
+            return InputError(
+                self.path,
+                f"its last line ends inside a {self.encoding} character, with no line end: the "
+                "file looks cut off",
+                line=lineno,
+            )
         looks = likely_encoding(line)
         if looks == self.encoding:
             hint = "the file is damaged"
@@ -875,6 +884,17 @@ def _has_content(raw: bytes) -> bool:
     """Whether a raw line holds a value: more than blanks, commas and a DOS end-of-file mark,
     or an over-long line (read back empty)."""
     return not raw or bool(raw.strip(b" \t\r\n,\x1a"))
+
+
+def _cut_short(line: bytes, encoding: str) -> bool:
+    """Whether ``line`` is text in ``encoding`` up to a character whose first bytes end it (a
+    multi-byte character cut off)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        decoder.decode(line, final=False)
+    except UnicodeDecodeError:
+        return False
+    return bool(decoder.getstate()[0])
 
 
 def likely_encoding(data: bytes) -> str:

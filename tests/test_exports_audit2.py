@@ -37,3 +37,27 @@ def test_the_failed_file_of_a_windows_1252_job_is_sent_again_with_its_accents(
         assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
         assert main([*run, "--input", str(failed)]) == 0
     assert sorted(m.body["text"] for m in fake.accepted) == ["Hi José", "Hi Zoë"]
+
+
+@pytest.mark.parametrize("name", ["people.csv", "people.jsonl"])
+def test_a_file_cut_off_inside_an_accented_letter_is_named_cut_off(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A UTF-8 export cut off in the middle of its last line's "é" (a copy that stopped):
+    nothing is sent, exit 2, and the line says the file looks cut off, not that it "looks
+    like cp1252" (which would send the user to change the job's encoding)."""
+    if name.endswith(".csv"):
+        text = "phone,first\n+12125550101,Ann\n+12125550102,José\n"
+    else:
+        text = '{"phone":"+12125550101","first":"Ann"}\n{"phone":"+12125550102","first":"José"}\n'
+    data = text.encode("utf-8")
+    (jobs.root / name).write_bytes(data[: data.rindex("é".encode()) + 1])
+    job = jobs.job(name, extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}:{text.count(chr(10))}: " in err  # the last line
+    assert "cut off" in err
+    assert "cp1252" not in err
+    assert fake.requests == []
