@@ -16,10 +16,12 @@ it is: never one that is in doubt or that a plain rerun sends, so nobody is text
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,15 @@ from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
 
 #: Why a ledger without a job header cannot be summed up.
 NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
+
+
+class Waiting(msgspec.Struct, frozen=True):
+    """A member moved out of a sent group, not sent again yet: the group it was moved out of,
+    the code that moved it, and not before when a rerun sends it (0: at once)."""
+
+    group: str
+    code: str
+    after: float
 
 
 class LedgerSummary(msgspec.Struct):
@@ -112,6 +123,11 @@ class LedgerSummary(msgspec.Struct):
     #: ledger written before rows were recorded).
     ledger: Location | None = None
     columns: tuple[str, ...] = ()
+    #: Members a delivery report moved out of a sent group (a carrier's limit, a sender
+    #: blocked) whose new group no run has tried yet: counted ``not_attempted``, and named
+    #: here, each with the code that moved them and when a rerun may send them (wall-clock
+    #: seconds; 0: at once) (:func:`waiting`).
+    waiting: dict[str, Waiting] = msgspec.field(default_factory=dict)
 
     @property
     def rejected_rows(self) -> int:
@@ -164,6 +180,11 @@ class LedgerSummary(msgspec.Struct):
         return self.sent_events / self.sending_seconds
 
     @property
+    def waiting_until(self) -> float:
+        """When the last member waiting for a carrier's reset may be sent (0: none waits)."""
+        return max((w.after for w in self.waiting.values()), default=0.0)
+
+    @property
     def total_cost(self) -> Decimal | None:
         """The cost when it is all in one currency (the usual case), else None."""
         if not self.cost:
@@ -198,6 +219,8 @@ class LedgerSummary(msgspec.Struct):
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
+            "waiting_recipients": len(self.waiting),
+            "waiting_not_before": _when(self.waiting_until),
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
@@ -243,7 +266,59 @@ def summarize(location: Location) -> LedgerSummary:
     s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
+    s.waiting = waiting(view)
     return s
+
+
+def waiting(view: LedgerView) -> dict[str, Waiting]:
+    """The members a delivery report moved out of a sent group (their sender blocked, or a
+    carrier's limit until its reset: :class:`~bulk_mms.ledger.events.Moved`) whose new group
+    no run has tried yet: the fold counts them not attempted, and only the ledger's ``moved``
+    lines name them. A member moved again out of its new group takes that group's."""
+    tried = {p for rec in view.groups.values() if rec.state is not None for p in rec.counted}
+    known = view.known
+    out: dict[str, Waiting] = {}
+    for rec in view.groups.values():
+        if not rec.moved or rec.state != SENT:
+            continue
+        for phone in rec.moved:
+            if phone not in tried:
+                k = known.get(phone)
+                out[phone] = Waiting(
+                    rec.id, (k.code or "") if k is not None else "", rec.moved_after
+                )
+    return out
+
+
+def _when(seconds: float) -> str | None:
+    """Wall-clock seconds as an ISO time in UTC to the minute; None for 0 (no time)."""
+    if not seconds:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _waiting_note(s: LedgerSummary) -> str:
+    """The not-attempted row's note when some of them wait to go again (:func:`waiting`)."""
+    now = s.recipient_states.not_attempted - len(s.waiting)
+    rest = f"; {now} not sent yet: a plain rerun sends them" if now else ""
+    return f"  ({len(s.waiting)} wait to go again: see below{rest})"
+
+
+def _waiting_lines(s: LedgerSummary) -> list[str]:
+    """The table's lines for the members waiting to go again, by the code that moved them."""
+    by_code: dict[str, list[Waiting]] = {}
+    for w in s.waiting.values():
+        by_code.setdefault(w.code, []).append(w)
+    lines = []
+    for code, ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
+        after = max(w.after for w in ws)
+        when = f"a rerun from {_when(after)} sends them" if after else "a plain rerun sends them"
+        what = error_words(code) if code else "moved out of a sent group"
+        lines.append(
+            f"  {_LABELS[NOT_ATTEMPTED]:14}{count(len(ws), 'recipient')}: {what}: moved out of "
+            f"their sent group; {when}"
+        )
+    return lines
 
 
 def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
@@ -288,18 +363,20 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     ]
     for state, label, note in _STATE_ROWS:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
-        lines.append(f"{label:15}{groups:>8}{r[state]:>12}{note if r[state] else ''}")
+        said = _waiting_note(s) if state == NOT_ATTEMPTED and s.waiting else note
+        lines.append(f"{label:15}{groups:>8}{r[state]:>12}{said if r[state] else ''}")
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
     )
     lines += [f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}", "", *_rows_lines(s.rows), ""]
-    if s.unsent:
+    if s.unsent or s.waiting:
         lines.append("not sent, and why")
         for (state, why), (groups, recipients) in s.unsent.items():
             lines.append(
                 f"  {_LABELS[state]:14}{count(groups, 'group')}, "
                 f"{count(recipients, 'recipient')}: {why}"
             )
+        lines.extend(_waiting_lines(s))
         lines.append("")
     if s.delivery:
         lines.append("delivery     (recipients of sent groups, latest status)")
@@ -537,8 +614,10 @@ def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
 
     * ``phone``, ``group``: the number (E.164) and its group's id;
     * ``state``: ``sent``, ``failed``, ``retry_pending`` or ``in_doubt``, as the fold has it
-      (:class:`~bulk_mms.ledger.LedgerView`); recipients not attempted are not named by the
-      ledger (only counted), so they are not in the file;
+      (:class:`~bulk_mms.ledger.LedgerView`); ``not_attempted`` for a member a delivery report
+      moved out of its sent group (``group``) to go again, not sent again yet (:func:`waiting`:
+      ``error_code`` is the code that moved it). Other recipients not attempted are not named
+      by the ledger (only counted), so they are not in the file;
     * ``delivery_status``: a sent recipient's latest status (``queued`` until one is reported),
       empty for the others;
     * ``error_code``, ``error_title``: the delivery report's code and Telnyx's title for it,
@@ -555,7 +634,15 @@ def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
     """
     assert s.ledger is not None
     view = load(s.ledger)
-    return _write(out, RECIPIENTS_HEADER, _recipient_rows(view))
+    return _write(out, RECIPIENTS_HEADER, chain(_recipient_rows(view), _waiting_rows(view)))
+
+
+def _waiting_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
+    """The members waiting to go again (:func:`waiting`), as ``not_attempted`` rows."""
+    for phone, w in waiting(view).items():
+        status = view.status_of(phone) or ""
+        title = (MEANINGS.get(w.code) or error_words(w.code)) if w.code else ""
+        yield (phone, w.group, NOT_ATTEMPTED, status, w.code, title, "", "")
 
 
 def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:

@@ -3,8 +3,10 @@ track, report, resend the failed file, rerun; every row sent or named, nobody te
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bulk_mms.cli import main
@@ -61,3 +63,38 @@ def test_a_file_cut_off_inside_an_accented_letter_is_named_cut_off(
     assert "cut off" in err
     assert "cp1252" not in err
     assert fake.requests == []
+
+
+def test_a_member_waiting_for_a_carriers_reset_is_named_and_so_is_when(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A member whose delivery met T-Mobile's daily cap (40016) waits for the reset: the
+    report names them (--recipients-csv: not_attempted, 40016) and says a rerun from the reset
+    sends them, not that a plain rerun does now; the JSON counts them and gives the time."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 4")
+    fake = FakeTelnyx(report={people[2]: "40016"})
+    recipients = tmp_path / "recipients.csv"
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url]
+        assert main(["-q", "run", str(job.path), *args]) == 0
+        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        assert main(["-q", "run", str(job.path), *args]) != 0
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "a plain rerun sends them" not in table
+    line = next(x for x in table.splitlines() if "T-Mobile daily message limit" in x)
+    assert "1 recipient" in line
+    assert "a rerun from" in line
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["recipients"]["not_attempted"] == summary["waiting_recipients"] == 1
+    assert summary["waiting_not_before"] > summary["last_event"]
+    assert main(["-q", "report", str(job.ledger), "--recipients-csv", str(recipients)]) == 0
+    with recipients.open(encoding="utf-8") as f:
+        rows = {r["phone"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(people)
+    assert (rows[people[2]]["state"], rows[people[2]]["error_code"]) == ("not_attempted", "40016")
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
