@@ -63,6 +63,8 @@ _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: The fewest digits of a value that makes a line inside a quoted field look like a row whose
 #: number it is (a local number has seven).
 _ROW_DIGITS = 7
+#: What the csv module says of a carriage return alone in a field not quoted.
+_LONE_CR = "new-line character seen in unquoted field"
 
 
 _KINDS = (
@@ -162,6 +164,7 @@ class RowReader:
 
     __slots__ = (
         "_bad",
+        "_batch",
         "_bom",
         "_csv",
         "_expect",
@@ -234,6 +237,9 @@ class RowReader:
         self._first: deque[tuple[int, bytes]] = deque()
         # lines read so far: a read that fails, fails on the next one
         self._lineno = 0
+        # the batch of decoded lines the csv module reads from, and how many lines came
+        # before it: the text of a line it refuses (_said)
+        self._batch: tuple[int, Sequence[str]] = (0, ())
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
         # the number of the file's last line when it has no line end (0 until one is read)
@@ -532,10 +538,18 @@ class RowReader:
         return out
 
     def _open_csv(self) -> None:
-        self._csv = csv.reader(chain.from_iterable(self._text_lines()), strict=False)
+        self._csv = csv.reader(chain.from_iterable(self._kept(self._text_lines())), strict=False)
         try:
             header = next(self._csv, None)
         except csv.Error as exc:
+            if _LONE_CR in str(exc):
+                raise InputError(
+                    self.path,
+                    "the header ends in a carriage return alone (the line end of Excel for "
+                    'Mac\'s "CSV (Macintosh)"): save the file as "CSV UTF-8 (Comma delimited)" '
+                    "and run again",
+                    line=1,
+                ) from None
             raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
         if isinstance(bad := self._bad.get(1), InputError):
             raise bad
@@ -613,9 +627,25 @@ class RowReader:
                         yield item
             except csv.Error as exc:
                 start, last = last + 1, reader.line_num
-                yield RejectedRow(start, "", f"malformed CSV: {exc}")
+                yield RejectedRow(start, self._said(last), _malformed(exc))
             else:
                 return
+
+    def _kept(self, batches: Iterator[Sequence[str]]) -> Iterator[Sequence[str]]:
+        """``batches`` as they are, each kept while the csv module reads it (:meth:`_said`)."""
+        before = 0
+        for batch in batches:
+            self._batch = (before, batch)
+            yield batch
+            before += len(batch)
+
+    def _said(self, line: int) -> str:
+        """The text of the csv module's ``line`` (its count), as a rejected row's value: a
+        carriage return in it written ``\\r``, shown, never sent to a terminal."""
+        before, batch = self._batch
+        at = line - before - 1
+        text = batch[at].rstrip("\r\n") if 0 <= at < len(batch) else ""
+        return text.replace("\r", "\\r")[:200]
 
     def _check_span(self, rec: list[str], start: int, last: int) -> None:
         """Refuse a record whose quoted field runs over lines that look like rows of their own
@@ -840,6 +870,14 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
         return lambda rec: {k0: rec[i0], k1: rec[i1], k2: rec[i2], k3: rec[i3]}
     names, cells = [k for k, _ in columns], itemgetter(*(i for _, i in columns))
     return lambda rec: dict(zip(names, cells(rec), strict=True))
+
+
+def _malformed(exc: csv.Error) -> str:
+    """Why the csv module refused a row, in words where its own are Python's."""
+    why = str(exc)
+    if _LONE_CR in why:
+        why = "a carriage return alone inside the row (two rows on one line? an old Mac line end)"
+    return f"malformed CSV: {why}"
 
 
 def _cut_off(path: Path, start: int) -> InputError:

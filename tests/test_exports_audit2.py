@@ -98,3 +98,47 @@ def test_a_member_waiting_for_a_carriers_reset_is_named_and_so_is_when(
     assert set(rows) == set(people)
     assert (rows[people[2]]["state"], rows[people[2]]["error_code"]) == ("not_attempted", "40016")
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_file_whose_lines_end_in_a_carriage_return_alone_is_refused_saying_so(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Excel for Mac's "CSV (Macintosh)" ends lines with a carriage return alone: nothing is
+    sent, exit 2, one line that names the line ends and how to save the file, not the csv
+    module's "universal-newline mode"."""
+    jobs.csv("phone,first\r+12125550101,Ann\r+12125550102,Bob\r")
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:1: " in err
+    assert "carriage return" in err
+    assert "universal-newline" not in err
+    assert fake.requests == []
+
+
+def test_a_row_holding_a_carriage_return_alone_is_rejected_in_words(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """One line of a file holds two rows joined by a carriage return alone (an old Mac line
+    end pasted in): that line is rejected naming its line and what holds it, the others are
+    sent, and the reason is in words, not the csv module's."""
+    jobs.csv(
+        "phone,first\n"
+        + "".join(f"+1212555{i:04d},P{i}\n" for i in range(101, 121))
+        + "+12125550121,Ann\r+12125550122,Bob\n"
+    )
+    job = jobs.job(extra="group_size = 1")
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        argv = ["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(argv) == 0
+    assert len(fake.recipient_counts()) == 20
+    with rejected.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["line"] for r in rows] == ["22"]
+    assert "carriage return" in rows[0]["reason"]
+    assert "+12125550121" in rows[0]["value"]
+    assert "universal-newline" not in rows[0]["reason"]
