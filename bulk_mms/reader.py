@@ -310,11 +310,15 @@ class RowReader:
                 f'is UTF-16 text (Excel\'s "Unicode Text"), not {self.encoding}: save it '
                 'from Excel as "CSV UTF-8 (Comma delimited)" and run again',
             )
+        return self._binary(sample.count(b"\n", 0, sample.index(b"\x00")) + 1)
+
+    def _binary(self, lineno: int) -> InputError:
+        """The error for a file holding a NUL byte, first at ``lineno``."""
         return InputError(
             self.path,
             f"is a binary file, not {self.encoding} text (it holds a NUL byte): if it is a "
             'spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is damaged',
-            line=sample.count(b"\n", 0, sample.index(b"\x00")) + 1,
+            line=lineno,
         )
 
     def _check_unchanged(self) -> None:
@@ -414,6 +418,9 @@ class RowReader:
             return "\n"
         if self._sniff and not line.isascii() and (utf8 := self._utf8(lineno, line)):
             self._bad[lineno] = utf8  # raised when the rows reach it, as below
+            return "\n"
+        if b"\x00" in line:  # past the first KiB looked at on opening: a damaged file
+            self._bad[lineno] = self._binary(lineno)
             return "\n"
         try:
             return line.decode(self.encoding)
@@ -521,9 +528,13 @@ class RowReader:
     def _lines_of(self, data: bytes) -> list[str]:
         """``data``'s lines (whole lines, each with its newline but maybe the file's last),
         decoded and numbered on from ``_lineno``: in one call when the block decodes, can
-        hold no over-long line and needs no look for UTF-8 (:meth:`_utf8`), else one line at a
-        time (:meth:`_decoded`)."""
-        if len(data) <= MAX_LINE_BYTES and not (self._sniff and not data.isascii()):
+        hold no over-long line, needs no look for UTF-8 (:meth:`_utf8`) and holds no NUL byte,
+        else one line at a time (:meth:`_decoded`)."""
+        if (
+            len(data) <= MAX_LINE_BYTES
+            and not (self._sniff and not data.isascii())
+            and b"\x00" not in data
+        ):
             try:
                 lines = io.StringIO(data.decode(self.encoding), newline="\n").readlines()
             except UnicodeDecodeError:

@@ -142,3 +142,21 @@ def test_a_row_holding_a_carriage_return_alone_is_rejected_in_words(
     assert "carriage return" in rows[0]["reason"]
     assert "+12125550121" in rows[0]["value"]
     assert "universal-newline" not in rows[0]["reason"]
+
+
+def test_a_nul_byte_deep_in_a_file_stops_it_naming_its_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NUL byte past the first few KiB (a damaged export: zeros where a write was lost) stops
+    the file like one at its top, naming its line: it never goes into a message's text."""
+    rows = [f"+1212555{i:04d},Name{i}" for i in range(1000, 2000)]
+    rows[700] = rows[700].replace("Name", "Na\x00me")
+    jobs.csv("phone,first\r\n" + "\r\n".join(rows) + "\r\n")
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:702: " in err
+    assert "NUL" in err
+    assert fake.requests == []
