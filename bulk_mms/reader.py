@@ -24,6 +24,7 @@ import errno
 import gzip
 import hashlib
 import io
+import json
 import os
 import stat
 from collections import deque
@@ -815,7 +816,13 @@ class RowReader:
             rec = self._parse_json(lineno, raw)
             if rec is None:
                 continue
-            yield rec if isinstance(rec, RejectedRow) else self._json_row(lineno, rec, wanted)
+            if isinstance(rec, RejectedRow):
+                yield rec
+                continue
+            row = self._json_row(lineno, rec, wanted)
+            if isinstance(row, Row) and any(isinstance(rec.get(k), float) for k in row.fields):
+                row = self._json_row(lineno, _as_written(raw, self.encoding), wanted)
+            yield row
 
     def _json_row(
         self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
@@ -915,9 +922,18 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
     return line
 
 
+def _as_written(raw: bytes, encoding: str) -> dict[str, object]:
+    """A JSONL line (one orjson parsed to an object) parsed again with each number that is not
+    an integer kept as written (``25.50``, ``1e3``): what a CSV cell would hold, where orjson
+    gives Python's float (``25.5``, ``1000.0``). Only for the rare line that has one."""
+    text = raw.decode(encoding).lstrip("\ufeff")
+    return cast(dict[str, object], json.loads(text, parse_float=str))
+
+
 def _cell(value: object) -> str:
     """A JSON value as the string a CSV cell would hold: null empty, true and false as
-    written, a number as Python writes it, an object or a list as JSON."""
+    written, a number as Python writes it (one that is not an integer was read as written:
+    :func:`_as_written`), an object or a list as JSON."""
     if isinstance(value, str):
         return value
     if value is None:

@@ -160,3 +160,18 @@ def test_a_nul_byte_deep_in_a_file_stops_it_naming_its_line(
     assert "people.csv:702: " in err
     assert "NUL" in err
     assert fake.requests == []
+
+
+def test_a_jsonl_number_is_texted_as_written(jobs: JobFactory) -> None:
+    """JSONL values read as written, as a CSV cell's would be: an amount of 25.50 is texted
+    "25.50" (not Python's 25.5), 1e3 as "1e3", and a number written as an integer as it is."""
+    (jobs.root / "people.jsonl").write_text(
+        '{"phone": "+12125550101", "amount": 25.50, "n": 1e3}\n'
+        '{"phone": "+12125550102", "amount": 7, "n": -0.0}\n',
+        encoding="utf-8",
+    )
+    job = jobs.job("people.jsonl", extra="group_size = 1", message='text = "{amount} {n}"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert sorted(m.body["text"] for m in fake.accepted) == ["25.50 1e3", "7 -0.0"]
