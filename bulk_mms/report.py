@@ -429,8 +429,8 @@ def _rows_lines(rows: InputRows) -> list[str]:
         return f"  {label:13}{n:>8} {'row' if n == 1 else 'rows':4}  {what}"
 
     return [
-        f"input        {count(rows.rows, 'row')}{so_far}: {rows.valid} valid, "
-        f"{rows.lost} rejected, {rows.left_out} left out on purpose",
+        f"input        {count(rows.rows, 'row')}{so_far}: {rows.valid:,} valid, "
+        f"{rows.lost:,} rejected, {rows.left_out:,} left out on purpose",
         f"rejected     {count(rows.lost, 'row')} that cannot be sent (losses: a bad number, a "
         "broken row)" + ("; list them with --rejected-csv" if rows.lost else ""),
         "left out     on purpose, not losses:",
