@@ -175,3 +175,28 @@ def test_a_jsonl_number_is_texted_as_written(jobs: JobFactory) -> None:
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
     assert sorted(m.body["text"] for m in fake.accepted) == ["25.50 1e3", "7 -0.0"]
+
+
+def test_rows_rejected_past_where_a_run_stopped_are_counted_by_the_report(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that stops before the end of its input (here --limit 1; a crash, Ctrl-C) has
+    checked every row but recorded the rejected ones only as far as it read: the report
+    still counts the file's six rows and its two rejected, saying a rerun lists the ones
+    not recorded yet, instead of "4 rows: 4 valid, 0 rejected"."""
+    jobs.csv(
+        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
+        "+12125550704,E\nbad2,F\n"
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    with fake_api_thread(FakeTelnyx()) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "1"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert (summary["input_rows"], summary["rejected_rows"]) == (6, 2)
+    assert summary["recipients"]["valid"] == 4
+    assert main(["report", str(job.ledger), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "input        6 rows: 4 valid, 2 rejected" in table
+    assert "2 rows  not recorded yet" in table
