@@ -577,15 +577,27 @@ class RowReader:
             self.columns = tuple(read_cell(h) for h in self.columns)
         self._refuse_repeats()
         if self.phone not in self.columns:
-            raise InputError(
-                self.path,
-                f"no {self.phone!r} column (columns: {', '.join(self.columns)}); "
-                "set phone_column in the job",
-                line=1,
-            )
+            raise InputError(self.path, self._no_phone_column(), line=1)
         if not self._peek_content():
             raise InputError(self.path, "has a header but no data rows")
         self._streaming = True
+
+    def _no_phone_column(self) -> str:
+        """Why a CSV header without the phone column is refused: a header of one column that
+        holds it between semicolons or tabs is a file not separated by commas (Excel's CSV
+        where the decimal mark is a comma, or its tab-separated "Text"), and is named so."""
+        if len(self.columns) == 1:
+            for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+                if self.phone in (c.strip() for c in self.columns[0].split(sep)):
+                    return (
+                        f"its columns are separated by {name}, not commas: bulk-mms reads "
+                        "comma-separated CSV; save the file with commas (in Excel, set the list "
+                        "separator to a comma, or export it from another program) and run again"
+                    )
+        return (
+            f"no {self.phone!r} column (columns: {', '.join(self.columns)}); "
+            "set phone_column in the job"
+        )
 
     def _refuse_repeats(self) -> None:
         """Refuse a header that names a column twice (columns with no name aside): which of

@@ -200,3 +200,21 @@ def test_rows_rejected_past_where_a_run_stopped_are_counted_by_the_report(
     table = capsys.readouterr().out
     assert "input        6 rows: 4 valid, 2 rejected" in table
     assert "2 rows  not recorded yet" in table
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_an_export_separated_by_semicolons_or_tabs_is_refused_saying_so(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], sep: str
+) -> None:
+    """Excel in a locale with decimal commas writes its CSV with semicolons (and "Text" with
+    tabs): nothing is sent, exit 2, and the line names the separator and what to do, not
+    only "no 'phone' column (columns: phone;first)"."""
+    jobs.csv(f"phone{sep}first\r\n+12125550101{sep}Ann\r\n")
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "separated by" in err
+    assert "comma" in err
+    assert fake.requests == []
