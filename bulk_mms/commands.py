@@ -654,7 +654,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
         how = (
-            "nobody failed for good"
+            ("nobody failed for good" if not summary.resent else "nobody left to resend")
             if not n
             else "with their input rows"
             if full
@@ -664,7 +664,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         say(
             "report.failed_csv_written",
             f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
-            f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt",
+            f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt"
+            + (
+                f", {len(summary.resent)} already sent again by an earlier resend "
+                f"({', '.join(sorted(set(summary.resent.values())))})"
+                if summary.resent
+                else ""
+            ),
             path=str(failed_csv),
             recipients=n,
         )

@@ -19,7 +19,7 @@ import csv
 import datetime as dt
 import io
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from decimal import Decimal
 from itertools import chain
 from pathlib import Path
@@ -28,11 +28,12 @@ from typing import Any
 import msgspec
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, safe_cell, write_csv
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, is_ledger, safe_cell, write_csv
 from bulk_mms.delivery import FINAL, UNCONFIRMED
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
+    Attempt,
     Failed,
     GroupRecord,
     InDoubt,
@@ -128,6 +129,10 @@ class LedgerSummary(msgspec.Struct):
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
     #: seconds; 0: at once) (:func:`waiting`).
     waiting: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    #: Set by :func:`write_failed_csv`: the recipients it left out because an earlier resend
+    #: of this campaign's failed file took them (:func:`resent`), each with that resend's
+    #: ledger.
+    resent: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def rejected_rows(self) -> int:
@@ -517,6 +522,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         (rows written, whether they are the original rows).
     """
     wanted = dict(s.undelivered)
+    s.resent = resent(s, wanted) if wanted else {}
+    for phone in s.resent:
+        del wanted[phone]
     source = Path(s.input) if s.input else None
     rows: list[dict[str, str]] = []
     columns = [s.phone_column]
@@ -539,6 +547,53 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     header = [*columns, *ours]
     n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows), bom=True)
     return n, full
+
+
+def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
+    """Of the ``wanted`` recipients, those an earlier resend of this campaign's failed file
+    took (tried to send, or sent): number -> that resend's ledger.
+
+    A failed file written again later (tracking found more failures since) holds the first
+    file's recipients too; ``run --input`` names each file's resend after its hash, so each
+    gets a ledger of its own, and without this the first file's recipients would be texted
+    by both. The resends are the JSONL ledgers beside this one (where ``run --input`` puts
+    them) whose recorded rows carry this ledger's campaign in :data:`CAMPAIGN_COLUMN`: every
+    number one of them tried is left out (a rerun of that resend settles its own)."""
+    if s.campaign is None or s.ledger is None or not isinstance(s.ledger, Path):
+        return {}
+    out: dict[str, str] = {}
+    for path in sorted(s.ledger.parent.glob("*.jsonl")):
+        if path == s.ledger or not is_ledger(path):
+            continue
+        try:
+            took = _took(path, s.campaign)
+        except LedgerError:
+            continue  # a ledger that cannot be read is not one of its resends
+        out.update((phone, str(path)) for phone in took if phone in wanted)
+    return out
+
+
+def _took(path: Path, campaign: str) -> set[str]:
+    """Every number ``path`` (a ledger) tried, when its rows carry ``campaign`` in
+    :data:`CAMPAIGN_COLUMN` (a resend of that campaign's failed file); else none (read no
+    further than its header when it has no such column)."""
+    events = read_events(path, skip_status=True)
+    try:
+        columns = getattr(next(events, None), "columns", ())
+        if CAMPAIGN_COLUMN not in columns:
+            return set()
+        at = columns.index(CAMPAIGN_COLUMN)
+        tried: set[str] = set()
+        ours = False
+        for ev in events:
+            if isinstance(ev, Attempt):
+                tried.update(ev.to)
+            elif isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
+                ours = ours or any(len(r) > at and r[at] == campaign for r in ev.rows)
+        return tried if ours else set()
+    finally:
+        if (close := getattr(events, "close", None)) is not None:
+            close()  # the ledger's file, closed now, not when the generator is collected
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:

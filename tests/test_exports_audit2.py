@@ -218,3 +218,35 @@ def test_an_export_separated_by_semicolons_or_tabs_is_refused_saying_so(
     assert "separated by" in err
     assert "comma" in err
     assert fake.requests == []
+
+
+def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texted(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The morning's --failed-csv is resent; later, tracking finds one more delivery failed and
+    the report writes the file again: the second file holds only the new failure (the first
+    was texted again already, by the first resend), so each is texted twice in all, never
+    three times; the report says who it left out and why."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 1")
+    late = {people[1]: "sent"}  # not final at the first track
+    fake = FakeTelnyx(report={people[0]: "40008", people[1]: "40008"})
+    fake.delivery_status = lambda phone, age: late.get(phone, "delivered")
+    first, second = tmp_path / "failed1.csv", tmp_path / "failed2.csv"
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url]
+        run = ["-q", "run", str(job.path), *args]
+        assert main(run) == 0
+        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(first)]) == 0
+        assert main([*run, "--input", str(first)]) == 0
+        late.clear()  # its delivery fails now
+        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        capsys.readouterr()
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(second)]) == 0
+        assert "1 already sent again" in capsys.readouterr().err
+        with second.open(encoding="utf-8-sig") as f:
+            assert [r["phone"] for r in csv.DictReader(f)] == [people[1]]
+        assert main([*run, "--input", str(second)]) == 0
+    assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 1, people[3]: 1}
