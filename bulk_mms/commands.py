@@ -654,7 +654,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
         how = (
-            ("nobody failed for good" if not summary.resent else "nobody left to resend")
+            (
+                "nobody left to resend"
+                if summary.resent or summary.expired_left_out
+                else "nobody failed for good"
+            )
             if not n
             else "with their input rows"
             if full
@@ -665,6 +669,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             "report.failed_csv_written",
             f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
             f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt"
+            + (
+                f", {summary.expired_left_out} past the job's deadline (a late message is worse "
+                "than none)"
+                if summary.expired_left_out
+                else ""
+            )
             + (
                 f", {len(summary.resent)} already sent again by an earlier resend "
                 f"({', '.join(sorted(set(summary.resent.values())))})"

@@ -57,6 +57,7 @@ from bulk_mms.ledger.fold import (
 )
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.recorder import EXPIRED_UNSENT
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import percentile
 from bulk_mms.validate import PhoneError, normalize_phone
@@ -133,6 +134,9 @@ class LedgerSummary(msgspec.Struct):
     #: of this campaign's failed file took them (:func:`resent`), each with that resend's
     #: ledger.
     resent: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Set by :func:`write_failed_csv`: how many recipients it left out because the job's
+    #: deadline left their groups unsent (:data:`EXPIRED`).
+    expired_left_out: int = 0
 
     @property
     def rejected_rows(self) -> int:
@@ -417,9 +421,15 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             )
         lines.append("")
     resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
+    late = sum(why.startswith(EXPIRED) for _, why in s.undelivered)
     lines.append(
         f"did not get  {count(len(s.undelivered), 'recipient')} ({resendable} of them met a "
         "carrier's cap or filter: resendable); write them with --failed-csv"
+        + (
+            f" (not the {late} past the job's deadline: a late message is worse than none)"
+            if late
+            else ""
+        )
     )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
@@ -502,6 +512,8 @@ def format_csv(s: LedgerSummary) -> str:
 
 #: The column the failed-recipients file adds, saying why each row is in it.
 REASON_COLUMN = "bulk_mms_reason"
+#: How a recipient's why begins when the job's deadline left its group unsent.
+EXPIRED = f"failed: {EXPIRED_UNSENT}"
 
 
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
@@ -512,7 +524,10 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     a ledger that records no rows, the row is re-read from the input when it is still there
     and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
     ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
-    (replacing those columns of an input that was itself such a file).
+    (replacing those columns of an input that was itself such a file). Recipients the job's
+    deadline left unsent are not in it (:attr:`LedgerSummary.expired_left_out` counts them):
+    the deadline says a late message is worse than none, and a resend is a campaign of its
+    own, whose ``max_age_s`` would start anew.
     Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
     whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
     spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
@@ -521,7 +536,8 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     Returns:
         (rows written, whether they are the original rows).
     """
-    wanted = dict(s.undelivered)
+    wanted = {p: why for p, why in s.undelivered if not why.startswith(EXPIRED)}
+    s.expired_left_out = len(s.undelivered) - len(wanted)
     s.resent = resent(s, wanted) if wanted else {}
     for phone in s.resent:
         del wanted[phone]

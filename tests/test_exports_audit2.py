@@ -4,14 +4,17 @@ track, report, resend the failed file, rerun; every row sent or named, nobody te
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from tests.conftest import JobFactory
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.threaded import fake_api_thread
 
 
@@ -250,3 +253,28 @@ def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texte
             assert [r["phone"] for r in csv.DictReader(f)] == [people[1]]
         assert main([*run, "--input", str(second)]) == 0
     assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 1, people[3]: 1}
+
+
+async def test_a_failed_file_leaves_out_who_the_deadline_left_unsent(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Recipients whose group the job's deadline left unsent did not get it, and the report
+    counts them, but they are not in --failed-csv: sent again with --input, a resend is a
+    campaign of its own (max_age_s starts anew), and it texted them past the deadline the job
+    set; the report says how many it left out and why (injected clock)."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:03.5+00:00"')
+    clock = FakeClock(wall=dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC).timestamp())
+    s = await run_job(job, replace(FAST, rate=1.0, concurrency=4), FakeClient(), clock=clock)
+    assert 0 < s.sent_groups < 10
+    expired = 40 - s.sent_recipients
+    failed = tmp_path / "failed.csv"
+    capsys.readouterr()
+    assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+    out = capsys.readouterr()
+    assert orjson.loads(out.out)["undelivered_recipients"] == expired
+    assert f"{expired} past the job's deadline" in out.err
+    with failed.open(encoding="utf-8-sig") as f:
+        assert list(csv.DictReader(f)) == []
+    assert main(["report", str(job.ledger), "--format", "table"]) == 0
+    assert f"not the {expired} past the job's deadline" in capsys.readouterr().out
