@@ -13,6 +13,7 @@ from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
 from bulk_mms.scan import checked_rows
 from bulk_mms.validate import (
+    _FLOAT,
     PhoneError,
     _canonical_in,
     _canonical_us,
@@ -223,8 +224,20 @@ WRITTEN = st.builds(
 
 
 def formatted_verdicts(value: str, region: str) -> tuple[str, str]:
-    """The verdicts of :func:`normalize_phone` (fast paths) and of the parser alone."""
-    return verdict(lambda: normalize_phone(value, region)), verdict(lambda: _parsed(value, region))
+    """The verdicts of :func:`normalize_phone` (fast paths) and of the parser alone; a value
+    written as a float (``2125550100.0``) is its digits to both (the parser would read the
+    ``.0`` as more digits)."""
+    digits = whole[1] if (whole := _FLOAT.fullmatch(value)) is not None else value
+    return verdict(lambda: normalize_phone(value, region)), verdict(lambda: _parsed(digits, region))
+
+
+@pytest.mark.parametrize("value", ["0.00000000", "2125550100.0", "12125550100.00", "1.0"])
+def test_a_float_written_value_gets_the_verdict_of_its_digits(value: str) -> None:
+    """A value written as a float, a number or not, gets the parser's verdict on its digits
+    (the property tests below found ``0.00000000``, whose reason was the digits', not the
+    parser's on the value as written, which the oracle asked for)."""
+    fast, parsed = formatted_verdicts(value, "US")
+    assert fast == parsed
 
 
 @settings(max_examples=4000, deadline=None)
