@@ -58,8 +58,8 @@ class SystemClock:
     def __init__(self, stopping: asyncio.Event | None = None) -> None:
         self._stopping = stopping
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Seconds added to the system's wall clock (:meth:`follow`).
-        self.offset = 0.0
+        #: The clock followed (:meth:`follow`): its time, and the system's monotonic time then.
+        self._followed: tuple[float, float] | None = None
 
     def monotonic(self) -> float:
         # The time of the event loop the clock first ran under, bound as aiolimiter's buckets
@@ -76,18 +76,24 @@ class SystemClock:
         return loop.time()
 
     def wall(self) -> float:
-        return time.time() + self.offset
+        if (followed := self._followed) is None:
+            return time.time()
+        theirs, then = followed
+        return theirs + (time.monotonic() - then)
 
     async def sleep(self, seconds: float) -> None:
         await sleep_unless(self._stopping, seconds)
 
     def follow(self, other: Callable[[], float]) -> float:
         """From now on tell ``other``'s wall time (seconds since the epoch, read once: the
-        midpoint of the read is taken as its instant); the offset, in seconds."""
-        before = time.time()
+        midpoint of the read is taken as its instant), carried on by the system's monotonic
+        clock, so that the system's wall clock being set meanwhile (NTP, chrony) moves it
+        nothing. How far ``other`` was ahead of the system's wall clock, in seconds."""
+        before, start = time.time(), time.monotonic()
         theirs = other()
-        self.offset = theirs - (before + time.time()) / 2
-        return self.offset
+        after, end = time.time(), time.monotonic()
+        self._followed = (theirs, (start + end) / 2)
+        return theirs - (before + after) / 2
 
 
 async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:

@@ -6,6 +6,9 @@ import asyncio
 import functools
 import time
 
+import pytest
+
+import bulk_mms.clock
 from bulk_mms.clock import SystemClock
 
 
@@ -26,3 +29,34 @@ def test_system_clock_reads_its_loop_and_the_next_once_the_first_is_closed() -> 
             loop.close()
     before = time.monotonic()
     assert before <= SystemClock().monotonic() <= time.monotonic()
+
+
+class _Host:
+    """The time module of a host whose wall clock is ``ahead`` seconds off, and whose
+    monotonic clock the test moves by hand."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = ahead
+        self.mono = 1000.0
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + (self.mono - 1000.0) + self.ahead
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+def test_a_followed_clock_keeps_its_time_when_the_hosts_clock_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clock that follows another (a shared ledger's database) tells the other's time from
+    then on, carried by the monotonic clock: the host's wall clock set right afterwards (NTP
+    steps it back two minutes) moves it nothing, and follow() says how far off the host was."""
+    host = _Host(ahead=120.0)
+    monkeypatch.setattr(bulk_mms.clock, "time", host)
+    clock = SystemClock()
+    assert clock.wall() == 1_800_000_120.0
+    assert clock.follow(lambda: 1_800_000_000.0) == -120.0
+    host.mono += 30.0
+    host.ahead = 0.0  # set right
+    assert clock.wall() == 1_800_000_030.0
