@@ -96,6 +96,13 @@ def render_message(
     return body, differs, empty
 
 
+def group_zones(members: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """A group's zones: every zone of its members', sorted (each member's from
+    :func:`~bulk_mms.quiet.zones_for`). The group may be texted when the window is open in all
+    of them."""
+    return tuple(sorted({z for zones in members for z in zones}))
+
+
 class _Grouper:
     """Builds groups from a recipient stream. Private: use :func:`make_groups`."""
 
@@ -110,7 +117,7 @@ class _Grouper:
         to = tuple([r.phone for r in members])
         zones: tuple[str, ...] = ()
         if self.job.recipient_window is not None:
-            zones = tuple(sorted({z for r in members for z in self.zones_of(r)}))
+            zones = group_zones(self.zones_of(r) for r in members)
         body, differs, empty = render_message(self.job.message, members)
         group = Group(
             id=group_id(self.job.name, to),
@@ -243,13 +250,15 @@ class _Chunk:
     """The rows of one ``group_by`` group as a scan meets them (what :func:`_by_key` will
     make of them): their lines, numbers and zones. Private to :class:`Households`."""
 
-    __slots__ = ("key", "lines", "listed", "phones", "zones")
+    __slots__ = ("key", "lines", "listed", "phones", "zoned")
 
-    def __init__(self, key: str, zones: tuple[str, ...]) -> None:
+    def __init__(self, key: str) -> None:
         self.key = key
         self.lines: list[int] = []
         self.phones: list[str] = []
-        self.zones = zones
+        #: The zones of each member not on the suppression list (the group is made without
+        #: the listed ones, so their hours are not its).
+        self.zoned: list[tuple[str, ...]] = []
         self.listed = 0  # members on the suppression list
 
 
@@ -288,15 +297,15 @@ class Households:
     def add(self, r: Recipient, *, listed: bool = False) -> None:
         """One more recipient of the input, in order."""
         key = r.fields[self.column].strip()
-        zones = zones_for(r.phone, r.fields, self.timezone_column)
         chunk = self._open.get(key)
         if chunk is None:
-            chunk = self._open[key] = _Chunk(key, zones)
-        elif zones != chunk.zones:
-            chunk.zones = tuple(sorted({*chunk.zones, *zones}))
+            chunk = self._open[key] = _Chunk(key)
         chunk.lines.append(r.line)
         chunk.phones.append(r.phone)
-        chunk.listed += listed
+        if listed:
+            chunk.listed += 1
+        else:
+            chunk.zoned.append(zones_for(r.phone, r.fields, self.timezone_column))
         if len(chunk.lines) == self.size:
             del self._open[key]
             self._close(chunk)
@@ -308,20 +317,21 @@ class Households:
             self._close(chunk)
 
     def _close(self, chunk: _Chunk) -> None:
-        # one member's zones alone are open in every season (else its row was rejected)
-        if len(chunk.zones) < 2 or not never_open(self.window, chunk.zones):
+        zones = group_zones(chunk.zoned)
+        # one member's zones alone are open in every season (else its row was rejected),
+        # and so are one zone's
+        if len(chunk.zoned) < 2 or len(zones) < 2 or not never_open(self.window, zones):
             self.last_ok[chunk.key] = chunk.lines[-1]
             return
         first = chunk.lines[0]
         for line, phone in zip(chunk.lines, chunk.phones, strict=True):
             self.apart[line] = first
             self.phones[line] = phone
-        self.reasons[first] = self._reason(chunk)
+        self.reasons[first] = self._reason(chunk, zones)
         self.listed += chunk.listed
 
-    def _reason(self, chunk: _Chunk) -> str:
+    def _reason(self, chunk: _Chunk, zones: tuple[str, ...]) -> str:
         lines = join_names([str(n) for n in chunk.lines])
-        zones = chunk.zones
         named = join_names(list(zones)) if len(zones) <= 4 else f"{zones[0]} to {zones[-1]}"
         return (
             f"{APART}: its {self.column!r} value {chunk.key!r} puts lines {lines} in one "

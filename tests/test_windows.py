@@ -33,6 +33,7 @@ from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
+from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
@@ -244,6 +245,24 @@ async def test_only_the_chunk_that_shares_no_hour_is_rejected_and_the_rest_keep_
     planned = [e for e in ledger_events(job.ledger) if e["event"] == "planned"]
     assert planned[-1]["recipients"] == scan.recipients
     assert planned[-1]["rejected"] == scan.lost_rows
+
+
+async def test_a_household_whose_far_member_opted_out_is_sent_to_the_rest(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A household of New York and Guam whose Guam member is on the suppression list is sent
+    to its New York member (its group is made without the listed one, so its hours are New
+    York's): nobody in it is rejected for sharing no hour, and the listed member is counted
+    as suppressed."""
+    jobs.csv(household_rows(("a", NY), ("b", NY), ("a", GUAM), ("b", NY)))
+    job = jobs.job(extra=HOUSEHOLDS)
+    Suppressed(tmp_path / "suppressed.txt").add(["+12125550002"], "test")
+    settings = replace(FAST, suppression_file=tmp_path / "suppressed.txt")
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=clock_at(NOON_NY))
+    assert sorted(client.sent_numbers()) == ["+12125550000", "+12125550001", "+12125550003"]
+    assert (s.rejected_rows, s.suppressed_rows, s.held_groups) == (0, 1, 0)
+    assert run_outcome(s) == 0
 
 
 async def test_a_ledger_that_held_a_household_sharing_no_hour_resumes_and_rejects_it(
