@@ -25,7 +25,9 @@ action          meaning                                      becomes
 ==============  ===========================================  ======================================
 
 Telnyx itself reports carrier codes (40002 to 40018) only after accepting a message, in its
-delivery reports: :func:`delivery_action` reads them there, by the same table.
+delivery reports: :func:`delivery_action` reads them there, by the same table. A ``suppress``
+code there (a 40300 reported for one member after the group was accepted) puts that member on
+the suppression list, as the send's 409 does.
 
 Nothing a policy does makes a group that may have been accepted look refused: it only reads
 errors whose answer said the request was not accepted (a non-2xx with an ``errors`` array).
@@ -287,6 +289,11 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
     return 0.0
 
 
+def report_code(st: RecipientStatus) -> str | None:
+    """The Telnyx error code a delivery report carries (its first), if any."""
+    return next((e.code for e in st.errors if e.code), None)
+
+
 #: How many times a delivery report may send one recipient again (:func:`delivery_action`):
 #: after that, its failure stands (``report --failed-csv`` lists it), so a number a carrier
 #: keeps refusing is not texted run after run, each time paid for.
@@ -306,11 +313,14 @@ def delivery_action(
     now: after the carrier's reset), if any: not once it went again :data:`MAX_RESENDS` times
     (``moves``: how many times a number went again, asked only then:
     :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report with no code the
-    policy knows, or a group with no sender on record."""
-    code = next((e.code for e in st.errors if e.code), None)
+    policy knows, or a group with no sender on record. ``suppress`` (an opt-out, 40300) only
+    for a member it failed: the caller puts that member on the suppression list."""
+    code = report_code(st)
     action = settings.error_policy.get(code) if code is not None else None
     if action is None or rec.sender is None or code is None:
         return None, None
+    if action == Action.SUPPRESS:
+        return (action if st.status in NOT_RECEIVED else None), None
     stamp = iso(now)
     if action == Action.RETIRE_SENDER:
         sender, after = rec.sender, 0.0  # from another sender

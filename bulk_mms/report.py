@@ -51,6 +51,7 @@ from bulk_mms.ledger.fold import (
     FAILED,
     IN_DOUBT,
     NOT_ATTEMPTED,
+    OPTED_OUT_NOTE,
     RESENDABLE_NOTE,
     RETRY_PENDING,
     SENT,
@@ -137,6 +138,9 @@ class LedgerSummary(msgspec.Struct):
     #: Set by :func:`write_failed_csv`: how many recipients it left out because the job's
     #: deadline left their groups unsent (:data:`EXPIRED`).
     expired_left_out: int = 0
+    #: Set by :func:`write_failed_csv`: how many recipients it left out because they opted
+    #: out (40300, at the send or in a delivery report): nobody is to text them again.
+    opted_out_left_out: int = 0
 
     @property
     def rejected_rows(self) -> int:
@@ -422,14 +426,15 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         lines.append("")
     resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
     late = sum(why.startswith(EXPIRED) for _, why in s.undelivered)
+    stopped = sum(OPTED_OUT_NOTE in why for _, why in s.undelivered)
+    left_out = [
+        *([f"the {late} past the job's deadline: a late message is worse than none"] * bool(late)),
+        *([f"the {stopped} who opted out (STOP): never to be texted again"] * bool(stopped)),
+    ]
     lines.append(
         f"did not get  {count(len(s.undelivered), 'recipient')} ({resendable} of them met a "
         "carrier's cap or filter: resendable); write them with --failed-csv"
-        + (
-            f" (not the {late} past the job's deadline: a late message is worse than none)"
-            if late
-            else ""
-        )
+        + (f" (not {'; not '.join(left_out)})" if left_out else "")
     )
     lines.append(f"cost         {cost}")
     if d["achieved_rate"] is not None:
@@ -527,7 +532,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     (replacing those columns of an input that was itself such a file). Recipients the job's
     deadline left unsent are not in it (:attr:`LedgerSummary.expired_left_out` counts them):
     the deadline says a late message is worse than none, and a resend is a campaign of its
-    own, whose ``max_age_s`` would start anew.
+    own, whose ``max_age_s`` would start anew. Nor are recipients who opted out (a 40300 at
+    the send or in their delivery report; :attr:`LedgerSummary.opted_out_left_out` counts
+    them): they are on the suppression list, and nobody is to text them again.
     Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
     whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
     spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
@@ -538,6 +545,10 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     """
     wanted = {p: why for p, why in s.undelivered if not why.startswith(EXPIRED)}
     s.expired_left_out = len(s.undelivered) - len(wanted)
+    stopped = [p for p, why in wanted.items() if OPTED_OUT_NOTE in why]
+    for phone in stopped:  # they opted out: a resend must not text them
+        del wanted[phone]
+    s.opted_out_left_out = len(stopped)
     s.resent = resent(s, wanted) if wanted else {}
     for phone in s.resent:
         del wanted[phone]

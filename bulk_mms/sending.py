@@ -55,6 +55,7 @@ from bulk_mms.policy import (
     named_members,
     refused_by_optouts,
     refused_members,
+    report_code,
 )
 from bulk_mms.prepare import (
     in_window,
@@ -66,7 +67,7 @@ from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import Suppressed, suppression_for
+from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -714,18 +715,24 @@ class GroupSender:
                 "refused",
             )
 
-    def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
+    async def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
         """The error policy applied to a delivery report that comes in while the run sends
         (carrier codes arrive there, never as an answer to the request): a sender blocked
         (40003, 40315) leaves the pool at once, and each member it failed is moved (a rerun
         sends them from another sender, :class:`~bulk_mms.ledger.Moved`); spam filtering
         (40002, 40011), an expiry in the queue (40014) and a carrier's cap (40016, 40018) slow
         that sender down, as a 429 does, and the member they failed goes again, in a group of
-        its own, not before the carrier's reset (:func:`~bulk_mms.policy.carrier_reset`)."""
+        its own, not before the carrier's reset (:func:`~bulk_mms.policy.carrier_reset`); a
+        member that opted out (40300 reported after acceptance) goes on the suppression list,
+        as one the send's 409 names does."""
         action, moved = delivery_action(rec, st, self.settings, self.clock.wall(), self.view.moves)
         if st.status in FINAL:
             self._spam_stop(self.spam_reports, action == Action.SLOW, "delivery reports")
         if action is None or rec.sender is None:
+            return
+        if action == Action.SUPPRESS:
+            code = report_code(st) or ""
+            await suppress_opted_out(self.suppressed, (st.phone,), code, source="delivery")
             return
         sender = rec.sender
         if moved is not None:

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import structlog
+
 from bulk_mms.config.folders import user_folder
 from bulk_mms.csvfile import write_whole
-from bulk_mms.errors import ConfigError
+from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
+log = structlog.get_logger("bulk_mms.suppression")
 
 #: How the reason of a suppression that the number's own STOP caused starts: an inbound STOP
 #: (webhooks), the profile's opt-out list (``optouts sync``), a 40300 refusal (a run).
@@ -39,6 +43,33 @@ STOP_REASONS = ("texted STOP", "opted out")
 def added_by_stop(reason: str | None) -> bool:
     """Whether a suppression's recorded reason says the number's own STOP put it there."""
     return reason is not None and reason.startswith(STOP_REASONS)
+
+
+def opted_out(code: str) -> str:
+    """The reason recorded for a number the API said opted out, under ``code`` (40300): in the
+    send's refusal, or in a delivery report after it accepted the message."""
+    return f"opted out ({code})"
+
+
+async def suppress_opted_out(
+    suppressed: Suppressed, phones: Iterable[str], code: str, *, source: str
+) -> list[str]:
+    """Put numbers the API said opted out (``code``, 40300) on the suppression list, off the
+    loop, so no later job texts them; the ones added. A list that cannot be written is logged
+    (``suppression.unwritable``), not raised: the ledger still records the refusal, and the
+    report says who opted out."""
+    phones = list(dict.fromkeys(phones))
+    if not phones:
+        return []
+    try:
+        added = await suppressed.off_loop(
+            functools.partial(suppressed.add, phones, opted_out(code))
+        )
+    except (ConfigError, LedgerError) as exc:
+        log.warning("suppression.unwritable", error=str(exc), recipients=phones)
+        return []
+    log.info("recipient.suppressed", recipients=phones, code=code, new=len(added), source=source)
+    return added
 
 
 def keyword(text: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -30,11 +30,14 @@ import structlog
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso
+from bulk_mms.codes import Action
 from bulk_mms.config import Settings
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     ApiUnavailable,
+    ConfigError,
     FatalSendError,
+    LedgerError,
     NetworkError,
     NotFound,
     RateLimited,
@@ -44,11 +47,12 @@ from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open
 from bulk_mms.ledger.events import Event, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import delivery_action
+from bulk_mms.policy import delivery_action, report_code
 from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict, never_accepted
 from bulk_mms.signals import Stop
+from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 
 log = structlog.get_logger("bulk_mms.track")
 
@@ -115,9 +119,10 @@ class Tracker:
         clock: Clock | None = None,
         stop: Stop | None = None,
         result: TrackResult | None = None,
-        on_status: Callable[[GroupRecord, RecipientStatus], None] | None = None,
+        on_status: Callable[[GroupRecord, RecipientStatus], Awaitable[None] | None] | None = None,
     ) -> None:
-        #: Told of every status that is news, after it is recorded (a run's error policy).
+        #: Told of every status that is news, after it is recorded (a run's error policy),
+        #: and awaited when it returns an awaitable (an opt-out written to the list).
         self.on_status = on_status
         self.view = view
         self.store = store
@@ -276,8 +281,8 @@ class Tracker:
                 await self.store.append(status_event(g.id, st, source="track", time=now))
                 self.result.changes += 1
                 changed = True
-                if self.on_status is not None:
-                    self.on_status(g, st)
+                if self.on_status is not None and (told := self.on_status(g, st)) is not None:
+                    await told
                 log.debug("track.status", group=g.id, recipient=phone, status=st.status)
         unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
         delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))
@@ -429,12 +434,29 @@ async def track_ledger(
         view = store.fold()
         clock = clock or SystemClock(stop)
 
-        def on_status(rec: GroupRecord, st: RecipientStatus) -> None:
+        listed: list[Suppressed] = []  # opened at the first opt-out (a database's table)
+
+        async def on_status(rec: GroupRecord, st: RecipientStatus) -> None:
             # a member failed by its blocked sender, or refused for now, goes again (a rerun)
-            found = delivery_action(rec, st, settings, clock.wall(), view.moves)[1]
+            action, found = delivery_action(rec, st, settings, clock.wall(), view.moves)
             if found is not None:
                 store.append_nowait(found)  # durable when the store closes
                 view.apply(found)
+            if action == Action.SUPPRESS and (got := await suppressions()) is not None:
+                # it opted out after the group was accepted: as the send's 409 would have
+                await suppress_opted_out(got, (st.phone,), report_code(st) or "", source="track")
+
+        async def suppressions() -> Suppressed | None:
+            if not listed:
+                try:  # read off the loop: a file, or a database's table
+                    found = await asyncio.to_thread(
+                        suppression_for, settings.suppression_file, location
+                    )
+                except (ConfigError, LedgerError) as exc:
+                    log.warning("suppression.unreadable", error=str(exc))
+                    return None
+                listed.append(found)
+            return listed[0]
 
         tracker = Tracker(
             view, store, client, settings, clock=clock, stop=stop, result=result,

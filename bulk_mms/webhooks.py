@@ -49,12 +49,15 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
+from bulk_mms.codes import DEFAULT_POLICY, Action
+from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.suppression import Suppressed, added_by_stop, keyword
+from bulk_mms.policy import report_code
+from bulk_mms.suppression import Suppressed, added_by_stop, keyword, suppress_opted_out
 
 log = structlog.get_logger("bulk_mms.webhooks")
 
@@ -388,7 +391,7 @@ class WebhookReceiver:
         # swap both meanwhile: a report goes into the view only of the store it is written to
         store, view = self.store, self.view
         try:
-            return await self._record(
+            n = await self._record(
                 store,
                 view,
                 event_id=event_id,
@@ -401,6 +404,19 @@ class WebhookReceiver:
                 with contextlib.suppress(LedgerError):
                     self.ready()
             raise
+        await self._opted_out(matched)
+        return n
+
+    async def _opted_out(self, matched: Sequence[tuple[str, RecipientStatus]]) -> None:
+        """Recipients of this ledger whose delivery failed because they opted out (a
+        ``suppress`` code, 40300, reported after the group was accepted) go on the suppression
+        list, as a send's 409 puts them (a redelivered report adds nobody twice)."""
+        if self.suppressed is None:
+            return
+        for _, st in matched:
+            code = report_code(st)
+            if st.status in NOT_RECEIVED and DEFAULT_POLICY.get(code or "") == Action.SUPPRESS:
+                await suppress_opted_out(self.suppressed, (st.phone,), code or "", source="webhook")
 
     def ready(self) -> None:
         """Have a store that takes writes: open the ledger anew, and read it into a fresh view,

@@ -30,7 +30,7 @@ import msgspec
 import msgspec.structs
 
 from bulk_mms.clock import instant
-from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE
+from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE, Action
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
 from bulk_mms.models import (
@@ -58,6 +58,10 @@ ENDED_WITHOUT_OUTCOME: Final = "in doubt: attempted before a crash, outcome unkn
 NOT_ACCEPTED: Final = "not_accepted"
 #: What the reason of a recipient that a later send may reach says (a carrier's cap).
 RESENDABLE_NOTE: Final = "resendable"
+#: What the reason of a recipient that opted out says (40300: refused by name at the send, or
+#: reported in its delivery report): nobody is to text it again, and ``--failed-csv`` leaves it
+#: out.
+OPTED_OUT_NOTE: Final = "opted out (STOP), not to be texted again"
 #: The places a recipient's share of its group's estimated cost is rounded to.
 SHARE_PLACES: Final = Decimal("0.00000001")
 
@@ -379,6 +383,8 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
             rec.refused, rec.refused_sender = ev.refused, ev.retired
             rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
+            if ev.refused and DEFAULT_POLICY.get(str(ev.code)) == Action.SUPPRESS:
+                rec.why = f"{rec.why}: {OPTED_OUT_NOTE}"  # the members it names opted out
 
     def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
         again = self._sent_again(rec) if self.statuses else set()
@@ -758,6 +764,8 @@ def _delivery_reason(k: Known) -> str:
     daily cap, a spam filter: the error policy's table says)."""
     if k.code is None:
         return k.status
+    if DEFAULT_POLICY.get(k.code) == Action.SUPPRESS:
+        return f"{k.status} {k.code}: {OPTED_OUT_NOTE}"
     if DEFAULT_POLICY.get(k.code) in RESENDABLE:
         return f"{k.status} {k.code}: {RESENDABLE_NOTE}, nothing was wrong with the number"
     return f"{k.status} {k.code}"

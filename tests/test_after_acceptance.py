@@ -1,0 +1,134 @@
+"""Following delivery once the real API accepted a group: an opt-out reported after acceptance,
+a group settled by records that name no group message, and a webhook that beats its `sent`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bulk_mms import runner as runner_module
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.errors import ApiError
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import LedgerView, open_store
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.report import format_text, summarize, write_failed_csv
+from bulk_mms.runner import run_job
+from bulk_mms.suppression import Suppressed, default_list
+from bulk_mms.track import track_ledger
+from bulk_mms.webhooks import WebhookReceiver, load_public_key
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.test_webhooks import PUBLIC_B64, own_event, post_signed
+
+STOP = ApiError("40300", "Blocked due to STOP message", "")
+
+
+def opted_out_report(g: Group, phone: str) -> tuple[RecipientStatus, ...]:
+    """A group's delivery report in which ``phone`` failed with 40300 (opted out) and the
+    others were delivered."""
+    return tuple(
+        RecipientStatus(p, "delivery_failed", errors=(STOP,), message_id=f"own-{i}")
+        if p == phone
+        else RecipientStatus(p, "delivered", message_id=f"own-{i}")
+        for i, p in enumerate(g.to)
+    )
+
+
+def assert_opted_out(ledger: Path, phone: str, tmp_path: Path) -> None:
+    """``phone`` is on the suppression list, the report says it opted out, and the failed
+    file leaves it out (nobody is to text it again)."""
+    assert phone in Suppressed(default_list())
+    s = summarize(ledger)
+    assert "opted out" in dict(s.undelivered)[phone]
+    assert "opted out" in format_text(s, ledger)
+    n, _ = write_failed_csv(s, tmp_path / "failed.csv")
+    assert n == 0
+    assert phone not in (tmp_path / "failed.csv").read_text(encoding="utf-8-sig")
+
+
+async def test_an_opt_out_that_track_reads_in_a_delivery_report_is_suppressed(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A 40300 that arrives in a member's delivery report (not as the send's 409) puts that
+    member on the suppression list when track reads it; the report says it opted out and
+    --failed-csv leaves it out."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = opted_out_report(g, g.to[1])
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert_opted_out(job.ledger, g.to[1], tmp_path)
+    assert Suppressed(default_list()).reason(g.to[1]) is not None
+
+
+async def test_an_opt_out_in_a_delivery_report_during_the_run_is_suppressed(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run's own delivery polling reads a 40300 in a member's report: the member goes
+    on the suppression list before the run ends, and is not sent again."""
+    monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    monkeypatch.setattr(runner_module, "DELIVERY_SHARE", 1.0)
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient()
+    stopped = numbers(12)[4]
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        client.delivery[receipt.message_id] = opted_out_report(g, stopped)
+        return receipt
+
+    client.handler = answer
+    await run_job(job, msgspec.structs.replace(FAST, rate=6.0, concurrency=1), client)
+    assert_opted_out(job.ledger, stopped, tmp_path)
+    before = len(client.calls)
+    await run_job(job, FAST, client, clock=FakeClock())
+    assert len(client.calls) == before
+
+
+async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A message.finalized whose errors carry 40300 puts its recipient on the receiver's
+    suppression list (as an inbound STOP does)."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    listed = Suppressed(default_list())
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(
+        LedgerView(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), suppressed=listed
+    )
+    receiver.refresh()
+    sender = {"phone_number": g.message.from_}
+    body = own_event("message.finalized", g.to[2], "own-2", "delivery_failed", sender, later=1)
+    body["data"]["payload"]["errors"] = [{"code": "40300", "title": STOP.title}]
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, body))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await store.close()
+    assert_opted_out(job.ledger, g.to[2], tmp_path)
+
+
+async def test_a_synchronous_opt_out_is_said_so_and_left_out_of_the_failed_file(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str], tmp_path: Path
+) -> None:
+    """A member the send's 409 refuses by name (40300) is reported opted out and, on the
+    suppression list already, is not written to --failed-csv as someone to resend to."""
+    fake, url = fake_api
+    fake.name_refused_members = True
+    stopped = numbers(4)[2]
+    fake.refuse[stopped] = "40300"
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+    assert_opted_out(job.ledger, stopped, tmp_path)
