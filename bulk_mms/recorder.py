@@ -53,8 +53,8 @@ from bulk_mms.ledger import (
     Sent,
 )
 from bulk_mms.ledger.fold import IN_DOUBT
-from bulk_mms.models import Group, MessageRecord, RejectedRow, Rejection, SendReceipt
-from bulk_mms.settle import never_accepted
+from bulk_mms.models import Group, RejectedRow, Rejection, SendReceipt
+from bulk_mms.settle import Finding, never_accepted, own_ids
 from bulk_mms.summary import JobSummary
 
 log = structlog.get_logger(__name__)
@@ -181,19 +181,22 @@ class Recorder:
         self._queue(Moved(group, members, sender, code, self._now(), after))
         self.log.info("group.moved", group=group, members=len(members), sender=sender, code=code)
 
-    def accepted_by_records(
-        self, group: Group, record: MessageRecord, *, earlier: bool = False
-    ) -> None:
-        """A group in doubt that the API's records show accepted: ``sent``, under the
-        record's id (its cost and statuses come with tracking). ``earlier``: its request
-        left in an earlier run, so this run's summary does not count it sent (the caller
-        counts it already done)."""
+    def accepted_by_records(self, group: Group, finding: Finding, *, earlier: bool = False) -> None:
+        """A group in doubt that the API's records show accepted (``finding``): ``sent``,
+        under the record's id (its cost and statuses come with tracking), and, when the
+        records name no group message, each member's own message id beside it
+        (:func:`~bulk_mms.settle.own_ids`). ``earlier``: its request left in an earlier run,
+        so this run's summary does not count it sent (the caller counts it already done)."""
+        record = finding.record
+        assert record is not None  # an accepted finding has one
         receipt = SendReceipt(record.id, (), cost=record.cost)
         self.log.info("group.settled", group=group.id, as_="sent", record=record.id)
         if earlier:
             self._queue(self._sent_event(group, receipt, 0, 0))
         else:
             self.sent(group, receipt, 0, 0)
+        for ev in own_ids(group.id, group.to, finding, self._now()):
+            self._queue(ev)
 
     def not_accepted(self, group: Group, lag: float) -> None:
         """A group in doubt that the API's records, complete, show never accepted: retryable,

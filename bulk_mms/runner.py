@@ -326,7 +326,7 @@ class Runner:
             return Verdict.UNKNOWN
         finding = await self.sender.settler.settle(rec)
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
-            self.recorder.accepted_by_records(group, finding.record, earlier=earlier)
+            self.recorder.accepted_by_records(group, finding, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:
             self.recorder.not_accepted(group, self.settings.records_lag_s)
         return finding.verdict

@@ -12,7 +12,11 @@ be another message to that number from the same sender: another job's, a resend'
 
 * Found for every member (all of one group message, when the records name it by
   ``group_message_id``): the group was accepted; it is recorded ``sent`` under that group
-  message's id (else the first member's record's id), its cost the records' sum.
+  message's id, its cost the records' sum. Records that name no group message (the spec's
+  ``MdrDetailResponse`` has no such field) give no group id: the group is recorded under the
+  first member's record's id, and each member's record id is recorded as that member's own
+  message id (:func:`own_ids`: Telnyx fetches a message detail record by its message's UUID,
+  ``GET /messages/{id}``), so ``track`` and ``webhooks`` follow every member by its own.
 * Found for some members only: still in doubt (logged ``settle.partial``): neither a send
   nor a resend can be told apart from another message to those numbers.
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
@@ -27,6 +31,7 @@ while the key holds; settling is for the rest.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,7 +41,7 @@ import structlog
 
 from bulk_mms.clock import CLOCK_SKEW_S, Clock
 from bulk_mms.errors import SendError
-from bulk_mms.ledger.events import Failed
+from bulk_mms.ledger.events import Failed, Status
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
 from bulk_mms.models import MessageRecord, Money
 
@@ -69,10 +74,12 @@ class Verdict(enum.StrEnum):
 
 
 class Finding(msgspec.Struct, frozen=True):
-    """A verdict, with the record that proves acceptance (for :attr:`Verdict.ACCEPTED`)."""
+    """A verdict, with the record that proves acceptance (for :attr:`Verdict.ACCEPTED`), and
+    each member's own record, in the group's order."""
 
     verdict: Verdict
     record: MessageRecord | None = None
+    members: tuple[MessageRecord, ...] = ()
 
 
 UNKNOWN = Finding(Verdict.UNKNOWN)
@@ -133,7 +140,7 @@ class Settler:
         found = _one_message(each)
         if found is not None:
             log.info("settle.accepted", group=rec.id, record=found[0].id)
-            return Finding(Verdict.ACCEPTED, _whole(found))
+            return Finding(Verdict.ACCEPTED, _whole(found), tuple(found))
         if any(each):
             have = sum(map(bool, each))
             log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
@@ -202,6 +209,23 @@ def _national(number: str) -> str:
     a North American number is also written as."""
     digits = number.lstrip("+")
     return digits[1:] if len(digits) == 11 and digits[0] == "1" and digits.isdigit() else digits
+
+
+def own_ids(group: str, to: Sequence[str], finding: Finding, time: str) -> list[Status]:
+    """The ``status`` lines that go with the ``sent`` line of a group the records settled,
+    when they name no group message: each member's record id as its own message id (status
+    ``queued``: the records say it was accepted, tracking says the rest), so each member is
+    followed by its own message (``GET /messages/{id}``, its webhooks), not all of them by
+    the first member's. None when the records name the group message (its id is the group's)
+    or do not match the members."""
+    members = finding.members
+    if len(members) != len(to) or any(r.group_message_id for r in members):
+        return []
+    return [
+        Status(group, phone, "queued", message_id=r.id, source="records", time=time)
+        for phone, r in zip(to, members, strict=True)
+        if r.id
+    ]
 
 
 def never_accepted(lag: float, time: str, **members: Any) -> Failed:

@@ -50,7 +50,7 @@ from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, report_code
 from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.retry import fetch_with_retry
-from bulk_mms.settle import Settler, Verdict, never_accepted
+from bulk_mms.settle import Settler, Verdict, never_accepted, own_ids
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 
@@ -216,16 +216,25 @@ class Tracker:
             )
 
     async def ask(self, g: GroupRecord) -> tuple[RecipientStatus, ...] | None:
-        """The API's statuses for a group's pending recipients; None when it cannot say."""
+        """The API's statuses for a group's pending recipients; None when it cannot say.
+
+        A group with no group id on record (settled by detail records that name no group
+        message: :meth:`~bulk_mms.ledger.LedgerView.group_message_id`) is asked member by
+        member, each by its own message id."""
         pending = self.view.pending(g)
-        ids = [k.message_id for p in pending if (k := self.view.known.get(p)) and k.message_id]
+        known = self.view.known
+        own = {p: k.message_id for p in pending if (k := known.get(p)) and k.message_id}
+        ids = list(own.values())
         assert g.message_id is not None  # a sent group has one
+        group_id = self.view.group_message_id(g)
         alone = len(pending) == 1 and len(ids) == 1
+        if group_id is None:  # no group id on record: each member by its own
+            return await self._each(own) or self._gone(g)
         try:
             if alone:  # one left: the smaller answer, else the group's
                 with contextlib.suppress(NotFound):
                     return await self._get("message", ids[0])
-            return await self._get("group", g.message_id)
+            return await self._get("group", group_id)
         except NotFound:
             if not ids:
                 # no recipient ids yet: some servers answer for the group's id here too
@@ -233,18 +242,29 @@ class Tracker:
                     return await self._get("message", g.message_id)
             if ids and len(ids) == len(pending) and not alone:
                 # the group id is gone but each recipient's own id is known: ask one by one
-                found: list[RecipientStatus] = []
-                for mid in ids:
-                    try:
-                        found.extend(await self._get("message", mid))
-                    except NotFound:
-                        continue
-                if found:
-                    return tuple(found)
-            self._not_found.add(g.id)
-            self.result.not_found.append(g.id)
-            log.warning("track.not_found", group=g.id, message_id=g.message_id)
-            return None
+                return await self._each(own) or self._gone(g)
+            return self._gone(g)
+
+    def _gone(self, g: GroupRecord) -> tuple[RecipientStatus, ...] | None:
+        """The API knows none of the group's messages (404): counted, never asked again; the
+        answer :meth:`ask` gives (None: it cannot say)."""
+        self._not_found.add(g.id)
+        self.result.not_found.append(g.id)
+        log.warning("track.not_found", group=g.id, message_id=g.message_id)
+        return None
+
+    async def _each(self, own: dict[str, str]) -> tuple[RecipientStatus, ...]:
+        """Each recipient's report from its own message (``GET /messages/{id}``), by phone →
+        own id; one the API does not know (404) is left out. A recipient's own message may
+        list the group's other participants (``cc``): only its own report is taken from it."""
+        found: list[RecipientStatus] = []
+        for phone, mid in own.items():
+            try:
+                answer = await self._get("message", mid)
+            except NotFound:
+                continue
+            found.extend(st for st in answer if st.phone == phone)
+        return tuple(found)
 
     async def poll(self, g: GroupRecord) -> None:
         try:
@@ -350,19 +370,24 @@ class Tracker:
                 break
             finding = await settler.settle(rec)
             now = iso(self.clock.wall())
-            event: Event
+            found: list[Event]
             if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
                 record = finding.record
-                event = Sent(
-                    rec.id, rec.to, message_id=record.id, from_=rec.sender, cost=record.cost,
-                    time=now,
-                )  # fmt: skip
+                found = [
+                    Sent(
+                        rec.id, rec.to, message_id=record.id, from_=rec.sender,
+                        cost=record.cost, time=now,
+                    ),
+                    *own_ids(rec.id, rec.to, finding, now),  # no group id: each member's own
+                ]  # fmt: skip
             elif finding.verdict == Verdict.ABSENT:
-                event = never_accepted(self.settings.records_lag_s, now, group=rec.id, to=rec.to)
+                lag = self.settings.records_lag_s
+                found = [never_accepted(lag, now, group=rec.id, to=rec.to)]
             else:
                 continue
-            await self.store.append(event)
-            self.view.apply(event)
+            for ev in found:
+                await self.store.append(ev)
+                self.view.apply(ev)
             settled += 1
         if settled:
             log.info("track.settled", groups=settled)

@@ -360,7 +360,7 @@ class WebhookReceiver:
         if gid is None:
             return [], list(statuses)
         rec = self.view.groups[gid]
-        if rec.message_id == message_id:
+        if self.view.group_message_id(rec) == message_id:
             mine = set(rec.to)
         else:  # a recipient's own id: only that recipient
             known = self.view.known
@@ -454,7 +454,7 @@ class WebhookReceiver:
         for gid, st in matched:
             rec = view.groups.get(gid)
             # a recipient keeps its own id; the group's id is not one recipient's
-            own = message_id if rec is None or rec.message_id != message_id else None
+            own = message_id if rec is None or view.group_message_id(rec) != message_id else None
             report = RecipientStatus(
                 st.phone,
                 st.status[:_FIELD_MAX],
@@ -574,7 +574,9 @@ class WebhookReceiver:
             self.refresh()
             gid = self._group_for(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
-        return message_id if rec is not None and rec.message_id == message_id else None
+        if rec is None or self.view.group_message_id(rec) != message_id:
+            return None
+        return message_id
 
     def _group_for(self, message_id: str | None) -> str | None:
         """The sent group a message id is of (its own, or one of its recipients'), if any."""

@@ -3,6 +3,7 @@ a group settled by records that name no group message, and a webhook that beats 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import msgspec
@@ -12,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from bulk_mms import runner as runner_module
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.errors import ApiError
-from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import LedgerView, open_store
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger import LedgerView, load, open_store
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
@@ -21,7 +22,7 @@ from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import WebhookReceiver, load_public_key
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
-from tests.test_webhooks import PUBLIC_B64, own_event, post_signed
+from tests.test_webhooks import PUBLIC_B64, own_event, post_signed, status_lines
 
 STOP = ApiError("40300", "Blocked due to STOP message", "")
 
@@ -132,3 +133,93 @@ async def test_a_synchronous_opt_out_is_said_so_and_left_out_of_the_failed_file(
     async with AiohttpMmsClient(url, "test-key-123") as client:
         await run_job(job, FAST, client, clock=FakeClock())
     assert_opted_out(job.ledger, stopped, tmp_path)
+
+
+async def test_a_group_settled_by_records_without_a_group_id_is_tracked_for_every_member(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """The answer to a send is lost after the API took it, and the records that settle it name
+    no group message (the spec's records have no such field): every member's own message is
+    tracked to its final status, none left pending or unlisted."""
+    fake, url = fake_api
+    fake.faults.append(Fault("drop_after"))
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)  # keys ignored
+    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, concurrency=1, retry=untrusted)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+        assert (s.sent_groups, s.in_doubt_groups) == (1, 0)
+        result = await track_ledger(job.ledger, settings, client, clock=FakeClock())
+    (msg,) = fake.accepted
+    view = load(job.ledger)
+    assert {p: view.known[p].message_id for p in msg.to} == dict(
+        zip(msg.to, msg.recipient_ids, strict=True)
+    )
+    assert (result.pending, result.unlisted, result.not_found) == (0, [], [])
+    assert dict(view.delivery()) == {"delivered": 4}
+
+
+async def test_track_settles_a_group_by_records_and_tracks_every_member(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, settled by track rather than by the run: each member's record id is kept as
+    its own message id, and each is asked by it."""
+    fake, url = fake_api
+    fake.faults.append(Fault("drop_after"))
+    jobs.people(3)
+    job = jobs.job(extra="group_size = 3")
+    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)
+    lagging = msgspec.structs.replace(FAST, records_lag_s=3600.0, concurrency=1, retry=untrusted)
+    monkeypatch.setattr(runner_module, "SETTLE_WAIT_S", 0.0)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        fake.records_lag_s = 3600.0  # the run's look finds no record yet: left in doubt
+        await run_job(job, lagging, client, clock=FakeClock())
+        assert load(job.ledger).count("in_doubt") == 1
+        fake.records_lag_s = 0.0
+        later = FakeClock(wall=time.time() + 7200)
+        result = await track_ledger(job.ledger, lagging, client, clock=later)
+    view = load(job.ledger)
+    assert view.count("sent") == 1
+    assert (result.pending, result.unlisted, result.not_found) == (0, [], [])
+    assert dict(view.delivery()) == {"delivered": 3}
+
+
+async def test_a_webhook_under_a_settled_members_own_id_is_that_members_only(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """A group settled by records that name no group message is recorded under its first
+    member's id: a webhook under that id is that member's own message, so its cc (the other
+    participants, with statuses the spec allows) is not recorded for the others."""
+    fake, url = fake_api
+    fake.faults.append(Fault("drop_after"))
+    jobs.people(3)
+    job = jobs.job(extra="group_size = 3")
+    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)
+    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, concurrency=1, retry=untrusted)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, settings, client, clock=FakeClock())
+    (msg,) = fake.accepted
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
+    receiver.refresh()
+    assert receiver.view.groups[next(iter(receiver.view.groups))].message_id == msg.recipient_ids[0]
+    sender = {"phone_number": msg.from_}
+    body = own_event("message.finalized", msg.to[0], msg.recipient_ids[0], "delivered", sender)
+    body["data"]["payload"]["cc"] = [
+        {"phone_number": p, "status": "delivery_failed"} for p in msg.to[1:]
+    ]
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, body))[1]["recorded"] == 1
+    await receiver.close()
+    await store.close()
+    lines = [e for e in status_lines(job.ledger) if e["source"] == "webhook"]
+    assert [(e["recipient"], e["status"]) for e in lines] == [(msg.to[0], "delivered")]
+
+
+async def _sent(jobs: JobFactory) -> tuple[Path, FakeClient]:
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    return job.ledger, client

@@ -660,6 +660,22 @@ class LedgerView(msgspec.Struct, eq=False):
     def sent_groups(self) -> Iterator[GroupRecord]:
         return (rec for rec in self.groups.values() if rec.outcome == SENT)
 
+    def group_message_id(self, rec: GroupRecord) -> str | None:
+        """The id the API knows a sent group by (``GET /messages/group/{id}``, the group's own
+        webhooks): its ``sent`` line's, unless that is one member's own message id. A group in
+        doubt that message detail records settled, when they name no group message, is
+        recorded under its first member's record, and each member's record id is that
+        member's own (the ``status`` lines written with it): such a group has no group id on
+        record, and is asked about member by member. (Told apart by every member having an
+        own id, one of them the ``sent`` line's: a group's own message that lists its members
+        past the first under ``cc`` gives only the first the group's id.)"""
+        mid = rec.message_id
+        if not mid:
+            return None
+        known = self.known
+        own = [k.message_id if (k := known.get(p)) is not None else None for p in rec.to]
+        return None if mid in own and all(own) else mid
+
     def status_of(self, phone: str) -> str | None:
         k = self.known.get(phone)
         return k.status if k else None
