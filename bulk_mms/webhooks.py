@@ -19,9 +19,11 @@ the other events' costs are estimates and are not. Repeats (the same event id) a
 reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded.
 
 An event whose message id the ledger does not know is acknowledged, looked for again for 30 s
-(a webhook can beat the run's own ``sent`` line), then counted (:attr:`WebhookReceiver.unmatched`,
-``webhook.unmatched`` in the log) and dropped, never written against anyone: whatever arrives,
-the only file written is the ledger, and only with recipients of messages it sent.
+(a webhook can beat the run's own ``sent`` line: it is then read again as the ledger stands, so
+the members a group's own message lists under ``cc`` are recorded too), then counted
+(:attr:`WebhookReceiver.unmatched`, ``webhook.unmatched`` in the log) and dropped, never
+written against anyone: whatever arrives, the only file written is the ledger, and only with
+recipients of messages it sent.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
@@ -37,7 +39,7 @@ import binascii
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
 import msgspec.structs
 import orjson
@@ -246,10 +248,7 @@ class WebhookReceiver:
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:
             self.ready()
-            # cc is read only from the group's own message: a recipient's lists the others
-            statuses = parse_statuses(payload, self._own_group_id(message_id))
-            if event_type != FINALIZED:  # only message.finalized carries the final cost
-                statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
+            statuses = self._statuses(payload, message_id, event_type)
             matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
@@ -262,13 +261,32 @@ class WebhookReceiver:
             unknown = []
         elif unknown:
             # the run may not have written this group's `sent` line yet (a webhook can beat it)
-            task = asyncio.create_task(
-                self.match_later(event_id, unknown, message_id, occurred_at, sent_from)
+            later = self.match_later(
+                event_id,
+                unknown,
+                message_id,
+                occurred_at,
+                sent_from,
+                reread=functools.partial(self._statuses, payload, message_id, event_type),
+                done={st.phone for _, st in matched},
             )
+            task = asyncio.create_task(later)
             self._later.add(task)
             task.add_done_callback(self._later.discard)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
         return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
+
+    def _statuses(
+        self, payload: object, message_id: str | None, event_type: str
+    ) -> tuple[RecipientStatus, ...]:
+        """The reports an event's payload carries, as the ledger stands now: ``cc`` is read
+        only from a group's own message (a recipient's lists the others), so an event that
+        beat its group's ``sent`` line is read again once the line lands; the cost only from
+        ``message.finalized`` (the others' is an estimate)."""
+        statuses = parse_statuses(payload, self._own_group_id(message_id))
+        if event_type != FINALIZED:
+            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
+        return statuses
 
     def _keyword_from(self, payload: object, words: Container[str]) -> str | None:
         """The sender of an inbound message that is one of ``words`` (case and spaces
@@ -484,19 +502,29 @@ class WebhookReceiver:
         message_id: str | None,
         occurred_at: str | None,
         sent_from: str | None = None,
+        *,
+        reread: Callable[[], Sequence[RecipientStatus]] | None = None,
+        done: Iterable[str] = (),
     ) -> None:
-        """Look for reports' recipients again for a while as the ledger grows; then give up."""
+        """Look for reports' recipients again for a while as the ledger grows; then give up.
+        ``reread``: the event's reports read again as the ledger stands (its group's own
+        message, once the group's ``sent`` line lands, reports members under ``cc`` too,
+        which were not read before); those matched already (``done``) are not again."""
         deadline = self.clock.monotonic() + self.late_window_s
+        matched_before = set(done)
         while unknown and self.clock.monotonic() < deadline:
             await self.clock.sleep(LATE_POLL_S)
             try:
                 self.ready()
+                if reread is not None:
+                    unknown = [st for st in reread() if st.phone not in matched_before]
                 matched, rest = self.match(unknown, message_id, sent_from, occurred_at)
                 await self.record(event_id, matched, message_id, occurred_at)
             except LedgerError as exc:
                 # answered already, so nobody redelivers: look for them again at the next poll
                 _write_failed(event_id, exc)
                 continue
+            matched_before.update(st.phone for _, st in matched)
             unknown = rest
         if unknown:
             self._unmatched(event_id, message_id, unknown)

@@ -3,6 +3,7 @@ a group settled by records that name no group message, and a webhook that beats 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from bulk_mms import runner as runner_module
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.errors import ApiError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import LedgerView, load, open_store
+from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
@@ -215,6 +216,40 @@ async def test_a_webhook_under_a_settled_members_own_id_is_that_members_only(
     await store.close()
     lines = [e for e in status_lines(job.ledger) if e["source"] == "webhook"]
     assert [(e["recipient"], e["status"]) for e in lines] == [(msg.to[0], "delivered")]
+
+
+async def test_members_under_cc_of_an_event_that_beats_its_sent_line_are_recorded(
+    jobs: JobFactory,
+) -> None:
+    """A webhook about the group's own message, listing members past the first under cc with
+    their statuses, that arrives before the run wrote the group's `sent` line: once the line
+    lands, every member it reports is recorded, not only the one under `to`."""
+    path, client = await _sent(jobs)
+    store = open_store(path, "append")
+    receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
+    receiver.refresh()
+    late = ("+13125550111", "+13125550112", "+13125550113")
+    sender = {"phone_number": client.calls[0].message.from_}
+    body = own_event("message.finalized", late[0], "late-msg", "delivered", sender)
+    body["data"]["payload"]["cc"] = [{"phone_number": p, "status": "delivered"} for p in late[1:]]
+    async with TestClient(TestServer(receiver.app())) as http:
+        status, answer = await post_signed(http, body)
+        assert (status, answer["recorded"]) == (200, 0)
+        writer = open_store(path, "append")
+        writer.append_now(
+            Sent("late-group", late, 9, message_id="late-msg", from_=sender["phone_number"],
+                 time="2026-11-23T10:00:00Z")
+        )  # fmt: skip
+        writer.close_sync()
+        for _ in range(100):
+            if len(status_lines(path)) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    await receiver.close()
+    await store.close()
+    assert {e["recipient"]: e["status"] for e in status_lines(path)} == dict.fromkeys(
+        late, "delivered"
+    )
 
 
 async def _sent(jobs: JobFactory) -> tuple[Path, FakeClient]:
