@@ -25,7 +25,8 @@ the fake follows them by default:
 * With a ``signing_key``, ``message.sent`` and ``message.finalized`` webhooks (one per
   recipient) are posted, Ed25519-signed, as the timeline reaches them
   (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
-  examples write it.
+  examples write it; with ``webhooks_before_answer``, before the send's answer goes back (they
+  race it at Telnyx).
 
 A variant the spec allows is a switch too: ``statuses_in_cc`` lists a group's members past
 the first under ``cc``, with their statuses, in the group's own message.
@@ -397,6 +398,10 @@ class FakeTelnyx:
     webhook_url: str | None = None
     #: The account's Ed25519 key: webhooks are posted, signed, only when it is set.
     signing_key: Ed25519PrivateKey | None = None
+    #: Post the webhooks due (:meth:`pump_webhooks`) once a message is accepted and before
+    #: its answer goes back: Telnyx's webhooks and the send's answer race, and nothing says
+    #: the answer is read first (a sender's ``sent`` line may come after its webhooks).
+    webhooks_before_answer: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
@@ -614,6 +619,8 @@ class FakeTelnyx:
                 return _errors(429, "40318", "Message queue full", "Try again later.")
         msg = self._accept(body, key, wait)
         response = {"data": self._record(msg, live=False)}
+        if self.webhooks_before_answer:
+            await self.pump_webhooks()
         if key is not None and self.replay_keys:
             self._keys[key] = (raw, response)
         if fault is not None:

@@ -23,7 +23,7 @@ from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import WebhookReceiver, load_public_key
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
-from tests.test_webhooks import PUBLIC_B64, own_event, post_signed, status_lines
+from tests.test_webhooks import PUBLIC_B64, SIGNER, own_event, post_signed, status_lines
 
 STOP = ApiError("40300", "Blocked due to STOP message", "")
 
@@ -258,3 +258,35 @@ async def _sent(jobs: JobFactory) -> tuple[Path, FakeClient]:
     client = FakeClient()
     await run_job(job, FAST, client, clock=FakeClock())
     return job.ledger, client
+
+
+async def test_webhooks_posted_before_the_sends_answer_are_all_recorded(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str]
+) -> None:
+    """The real API may post a group's webhooks (one per recipient, under each one's own id)
+    before the send's answer is read, so before the run writes the group's `sent` line: the
+    fake does so when asked, and every member's report is recorded once the line lands."""
+    fake, url = fake_api
+    fake.faults.extend([Fault("status", 503)] * 3)  # a first run leaves the ledger, unsent
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        store = open_store(job.ledger, "append")
+        receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
+        receiver.refresh()
+        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
+            fake.signing_key, fake.webhook_url = SIGNER, str(hooks.make_url("/hooks"))
+            fake.webhooks_before_answer = True
+            await run_job(job, FAST, client, clock=FakeClock())
+            await receiver.settle()
+    await receiver.close()
+    await store.close()
+    (msg,) = fake.accepted
+    assert [w.event_type for w in fake.webhooks_sent][:1] == ["message.sent"]
+    view = load(job.ledger)
+    assert {p: view.known[p].status for p in msg.to} == dict.fromkeys(msg.to, "delivered")
+    assert {p: view.known[p].message_id for p in msg.to} == dict(
+        zip(msg.to, msg.recipient_ids, strict=True)
+    )
+    assert receiver.unmatched == 0
