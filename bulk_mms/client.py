@@ -35,6 +35,7 @@ import yarl
 
 from bulk_mms._version import __version__
 from bulk_mms.clock import instant
+from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
@@ -314,33 +315,44 @@ def parse_statuses(
         items = listed if isinstance(listed, list) else []
         copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
         # a group's own message with members in cc costs the group, not its one `to`
-        alone = costs and len(items) == 1 and not copies
-        cost = parse_money(msg.get("cost")) if alone else None
-        for item in items:
+        alone = len(items) == 1 and not copies
+        cost = parse_money(msg.get("cost")) if alone and costs else None
+        for i, item in enumerate(items):
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
+                status = _text(item.get("status"), _STATUS_CHARS)
                 out.append(
                     RecipientStatus(
                         item["phone_number"][:32],
-                        _text(item.get("status"), _STATUS_CHARS),
+                        status,
                         message_id=mid,
-                        errors=errors,
+                        errors=errors if alone else _errors_of(errors, f"/to/{i}", status),
                         at=at,
                         cost=cost,
                     )
                 )
         for i, item in enumerate(copies[:_MAX_CC]):
             if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-                pointer = f"/cc/{i}"
+                status = _text(item.get("status"), _STATUS_CHARS)
                 copied.append(
                     RecipientStatus(
                         item["phone_number"][:32],
-                        _text(item.get("status"), _STATUS_CHARS),
-                        errors=tuple(e for e in errors if e.pointer == pointer),
+                        status,
+                        errors=_errors_of(errors, f"/cc/{i}", status),
                         at=at,
                     )
                 )
     in_to = {st.phone for st in out}
     return (*out, *(st for st in copied if st.phone not in in_to))
+
+
+def _errors_of(errors: tuple[ApiError, ...], pointer: str, status: str) -> tuple[ApiError, ...]:
+    """A member's errors in a message naming several: those that point at it (``pointer``:
+    ``/to/{i}``, ``/cc/{i}``), and those that point at nobody when its status says the message
+    did not reach it (:data:`~bulk_mms.delivery.NOT_RECEIVED`): a member it reached never
+    takes another's carrier code."""
+    return tuple(
+        e for e in errors if e.pointer == pointer or (not e.pointer and status in NOT_RECEIVED)
+    )
 
 
 def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:

@@ -309,9 +309,10 @@ def delivery_action(
 ) -> tuple[Action | None, Moved | None]:
     """What a delivery report calls for (the one reading of a carrier code after acceptance,
     for a run and for ``track``): the policy's action for its code, and the ``moved`` event
-    for its member when it goes again (its sender blocked: from another sender; refused for
-    now: after the carrier's reset), if any: not once it went again :data:`MAX_RESENDS` times
-    (``moves``: how many times a number went again, asked only then:
+    for its member when it goes again (its status says the message did not reach them,
+    :data:`~bulk_mms.delivery.NOT_RECEIVED`, and its sender is blocked: from another sender;
+    or it was refused for now: after the carrier's reset), if any: not once it went again
+    :data:`MAX_RESENDS` times (``moves``: how many times a number went again, asked only then:
     :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report with no code the
     policy knows, or a group with no sender on record. ``suppress`` (an opt-out, 40300) only
     for a member it failed: the caller puts that member on the suppression list."""
@@ -322,9 +323,11 @@ def delivery_action(
     if action == Action.SUPPRESS:
         return (action if st.status in NOT_RECEIVED else None), None
     stamp = iso(now)
+    if st.status not in NOT_RECEIVED:
+        return action, None  # it reached them, or may yet: nobody goes again
     if action == Action.RETIRE_SENDER:
         sender, after = rec.sender, 0.0  # from another sender
-    elif action in (Action.SLOW, Action.RETRY, Action.DEFER) and st.status in NOT_RECEIVED:
+    elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
         sender, after = "", carrier_reset(code, settings.daily_reset, now)
     else:
         return action, None

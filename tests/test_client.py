@@ -335,3 +335,30 @@ def test_cc_is_read_only_from_the_message_asked_for_and_never_over_to() -> None:
     assert (MEMBERS[1], "delivered") not in both
     inbound = {**group_msg, "direction": "inbound"}
     assert parse_statuses(inbound, GID) == ()
+
+
+def test_a_message_of_several_members_gives_each_only_the_errors_that_are_its_own() -> None:
+    """In a message naming several members (under to and cc), an error that points at one
+    (/to/i, /cc/i) is that member's alone, and one that points at nobody goes to the members
+    it did not reach (their status says so), never to the first member under to: a delivered
+    member never takes another's carrier code. A message of one recipient keeps them all."""
+    cap = {"code": "40016", "title": "T-Mobile daily cap"}
+    group_msg = {
+        "id": GID,
+        "to": [{"phone_number": MEMBERS[0], "status": "delivered"}],
+        "cc": [
+            {"phone_number": MEMBERS[1], "status": "delivered"},
+            {"phone_number": MEMBERS[2], "status": "delivery_failed"},
+        ],
+        "errors": [cap],
+    }
+    got = {st.phone: [e.code for e in st.errors] for st in parse_statuses(group_msg, GID)}
+    assert got == {MEMBERS[0]: [], MEMBERS[1]: [], MEMBERS[2]: ["40016"]}
+    pointed = {**group_msg, "errors": [{**cap, "source": {"pointer": "/cc/1"}}]}
+    got = {st.phone: [e.code for e in st.errors] for st in parse_statuses(pointed, GID)}
+    assert got == {MEMBERS[0]: [], MEMBERS[1]: [], MEMBERS[2]: ["40016"]}
+    at_first = {**group_msg, "errors": [{**cap, "source": {"pointer": "/to/0"}}]}
+    got = {st.phone: [e.code for e in st.errors] for st in parse_statuses(at_first, GID)}
+    assert got == {MEMBERS[0]: ["40016"], MEMBERS[1]: [], MEMBERS[2]: []}
+    alone = {"id": "own-1", "to": [{"phone_number": MEMBERS[0], "status": "sent"}], "errors": [cap]}
+    assert [e.code for e in parse_statuses(alone)[0].errors] == ["40016"]

@@ -10,11 +10,13 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms import runner as runner_module
+from bulk_mms.codes import Action
 from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
 from bulk_mms.ledger import LedgerView, Moved, load
+from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
-from bulk_mms.policy import MAX_RESENDS
+from bulk_mms.policy import MAX_RESENDS, delivery_action
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
@@ -252,3 +254,18 @@ def test_a_group_read_again_counts_its_moves_once() -> None:
     assert view.moves(phone) == 1
     view.refresh_group("g1", [])
     assert view.moves(phone) == 0
+
+
+def test_a_member_the_message_reached_is_never_sent_again_for_a_blocked_sender() -> None:
+    """A delivery report that carries a blocked sender's code (40003) for a member whose
+    status says the message reached them retires the sender but moves nobody: only members
+    it did not reach go again from another sender."""
+    rec = GroupRecord("g1", ("+12125550100", "+12125550101"), sender=BLOCKED)
+    blocked = (ApiError("40003", "Blocked as spam - permanent", ""),)
+    reached = RecipientStatus("+12125550100", "delivered", errors=blocked)
+    action, moved = delivery_action(rec, reached, FAST, time.time(), lambda phone: 0)
+    assert (action, moved) == (Action.RETIRE_SENDER, None)
+    missed = RecipientStatus("+12125550101", "delivery_failed", errors=blocked)
+    action, moved = delivery_action(rec, missed, FAST, time.time(), lambda phone: 0)
+    assert moved is not None
+    assert moved.members == ("+12125550101",)
