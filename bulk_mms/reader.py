@@ -833,7 +833,8 @@ class RowReader:
                 continue
             row = self._json_row(lineno, rec, wanted)
             if isinstance(row, Row) and any(isinstance(rec.get(k), float) for k in row.fields):
-                row = self._json_row(lineno, _as_written(raw, self.encoding), wanted)
+                written = _as_written(raw, self.encoding)
+                row = row if written is None else self._json_row(lineno, written, wanted)
             yield row
 
     def _json_row(
@@ -934,12 +935,17 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
     return line
 
 
-def _as_written(raw: bytes, encoding: str) -> dict[str, object]:
+def _as_written(raw: bytes, encoding: str) -> dict[str, object] | None:
     """A JSONL line (one orjson parsed to an object) parsed again with each number that is not
     an integer kept as written (``25.50``, ``1e3``): what a CSV cell would hold, where orjson
-    gives Python's float (``25.5``, ``1000.0``). Only for the rare line that has one."""
+    gives Python's float (``25.5``, ``1000.0``). Only for the rare line that has one. None for
+    a line nested deeper than Python's parser goes (orjson's goes further): orjson's reading
+    stands."""
     text = raw.decode(encoding).lstrip("\ufeff")
-    return cast(dict[str, object], json.loads(text, parse_float=str))
+    try:
+        return cast(dict[str, object], json.loads(text, parse_float=str))
+    except RecursionError:
+        return None
 
 
 def _cell(value: object) -> str:

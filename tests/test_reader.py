@@ -93,6 +93,16 @@ def test_jsonl_values_read_as_csv_cells_would(tmp_path: Path) -> None:
     assert rows[5] == Row(6, {"phone": "+12125550104", "name": "1.5"})
 
 
+def test_a_jsonl_decimal_beside_a_deeply_nested_value_is_read(tmp_path: Path) -> None:
+    """A record with a decimal the job needs and a value nested a thousand deep that it does
+    not (orjson reads it; Python's json, which keeps a decimal as written, cannot) is read
+    with the decimal as orjson gives it, not a traceback."""
+    deep = "[" * 1000 + "]" * 1000
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"phone": "+12125550100", "amount": 25.50, "x": ' + deep + "}\n")
+    assert read(p, keep=("amount",)) == [Row(1, {"phone": "+12125550100", "amount": "25.5"})]
+
+
 def test_short_and_long_csv_rows_are_rejected(tmp_path: Path) -> None:
     """A row missing the phone cell or with extra cells is rejected; the next row is read."""
     p = tmp_path / "a.csv"
