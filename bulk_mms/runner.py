@@ -762,7 +762,9 @@ async def run_job(
             recorder = Recorder(store, view, JobSummary(job.name), clock, coordinator=coordinator)
             recorder.summary.input = scan
             # how many are valid, known before the first send: a report after a crash adds up
-            recorder.planned(scan.recipients - scan.suppressed, 0, scan.lost_rows, scan.duplicates)
+            # rejected: every row not sent that is not a duplicate, as the plan's own count
+            left_out = scan.lost_rows + scan.suppressed + scan.excluded
+            recorder.planned(scan.recipients - scan.suppressed, 0, left_out, scan.duplicates)
             runner = Runner(
                 job, settings, client, recorder, clock=clock, stop=stop, limit=limit,
                 resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,

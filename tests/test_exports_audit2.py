@@ -13,7 +13,9 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.suppression import Suppressed
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.threaded import fake_api_thread
 
@@ -203,6 +205,24 @@ def test_rows_rejected_past_where_a_run_stopped_are_counted_by_the_report(
     table = capsys.readouterr().out
     assert "input        6 rows: 4 valid, 2 rejected" in table
     assert "2 rows  not recorded yet" in table
+
+
+async def test_rows_past_where_a_run_stopped_add_up_with_a_suppressed_row_before_it(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """The same early stop when the first row's number is on the suppression list (recorded
+    before the stop): the report still counts six rows, two of them rejected, one
+    suppressed: the early count and the final one count rows alike."""
+    jobs.csv(
+        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
+        "+12125550704,E\nbad2,F\n"
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    Suppressed(tmp_path / "list.txt").add(["+12125550701"], "test")
+    settings = replace(FAST, suppression_file=tmp_path / "list.txt")
+    await run_job(job, settings, FakeClient(), clock=FakeClock(), limit=1)
+    rows = summarize(job.ledger).rows
+    assert (rows.rows, rows.lost, rows.suppressed, rows.valid) == (6, 2, 1, 3)
 
 
 @pytest.mark.parametrize("sep", [";", "\t"])
