@@ -25,6 +25,12 @@ def job_deadline(job: JobConfig, view: LedgerView) -> dt.datetime | None:
     return min(ends, default=None)
 
 
+def past(deadline: dt.datetime | None, clock: Clock) -> bool:
+    """Whether ``deadline`` (:func:`job_deadline`) has passed by ``clock``: from then on no
+    request leaves. The one test of it, for the runner, the gates and the sender."""
+    return deadline is not None and clock.wall() >= deadline.timestamp()
+
+
 class Gates:
     """Quiet hours and the deadline, asked for each group the runner reads."""
 
@@ -49,7 +55,7 @@ class Gates:
 
     def past_deadline(self) -> bool:
         """Whether the deadline has passed: from then on no group is sent."""
-        return self.expires_at is not None and utc(self.clock) >= self.expires_at
+        return past(self.expires_at, self.clock)
 
     def hold(self, group: Group) -> bool:
         """Whether ``group`` is held back now (expired, or waiting for its window). Expiry is

@@ -35,7 +35,7 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.gates import Gates, job_deadline
+from bulk_mms.gates import Gates, job_deadline, past
 from bulk_mms.ledger import (
     Header,
     LedgerStore,
@@ -611,9 +611,9 @@ class Runner:
             return
         expires = self.sender.expires_at
         while not self.stop.is_set():
-            now = utc(self.clock)
-            if expires is not None and now >= expires:
+            if past(expires, self.clock):
                 return
+            now = utc(self.clock)
             left = closes_in(window, (self.job.timezone,), now)
             if left <= 0:
                 self.sender.window_closed()
@@ -817,8 +817,7 @@ def _expired_before(job: JobConfig, clock: Clock) -> bool:
     either. Reads no more of the ledger than its header, and only for ``max_age_s``; a
     ledger that cannot be read then is left to the next run inside the window, which says
     why."""
-    now = utc(clock)
-    if job.deadline is not None and now >= job.deadline:
+    if past(job.deadline, clock):
         return True
     if job.max_age_s is None:
         return False
@@ -836,8 +835,7 @@ def _expired_before(job: JobConfig, clock: Clock) -> bool:
     view = LedgerView()
     if isinstance(header, Header):
         view.apply(header)
-    deadline = job_deadline(job, view)
-    return deadline is not None and now >= deadline
+    return past(job_deadline(job, view), clock)
 
 
 #: The longest the events of a run that ends are waited for: the database's own bound on a

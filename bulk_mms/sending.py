@@ -43,7 +43,7 @@ from bulk_mms.errors import (
     SenderRefused,
     SendError,
 )
-from bulk_mms.gates import job_deadline
+from bulk_mms.gates import job_deadline, past
 from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
@@ -582,7 +582,7 @@ class GroupSender:
         recipients' window closes on waits for it (a later run). ``on_record``: its attempt
         is written, so a stop records that the request never left."""
         stop = self.stop
-        if self.expires_at is not None and self.clock.wall() >= self.expires_at.timestamp():
+        if past(self.expires_at, self.clock):
             self._expire(tries)  # first: past it, a closed window promises a later run nothing
             raise StopRetrying(None if tries.expired else _unsent(tries, on_record))
         if not stop.is_set() and not in_window(self.job, utc(self.clock)):
