@@ -317,30 +317,21 @@ def parse_statuses(
         # a group's own message with members in cc costs the group, not its one `to`
         alone = len(items) == 1 and not copies
         cost = parse_money(msg.get("cost")) if alone and costs else None
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-                status = _text(item.get("status"), _STATUS_CHARS)
-                out.append(
-                    RecipientStatus(
-                        item["phone_number"][:32],
-                        status,
-                        message_id=mid,
-                        errors=errors if alone else _errors_of(errors, f"/to/{i}", status),
-                        at=at,
-                        cost=cost,
+        # a member under cc names no message of its own, and takes no cost
+        for field, entries, into in (("to", items, out), ("cc", copies[:_MAX_CC], copied)):
+            for i, item in enumerate(entries):
+                if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
+                    status = _text(item.get("status"), _STATUS_CHARS)
+                    into.append(
+                        RecipientStatus(
+                            item["phone_number"][:32],
+                            status,
+                            message_id=mid if field == "to" else None,
+                            errors=errors if alone else _errors_of(errors, f"/{field}/{i}", status),
+                            at=at,
+                            cost=cost if field == "to" else None,
+                        )
                     )
-                )
-        for i, item in enumerate(copies[:_MAX_CC]):
-            if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
-                status = _text(item.get("status"), _STATUS_CHARS)
-                copied.append(
-                    RecipientStatus(
-                        item["phone_number"][:32],
-                        status,
-                        errors=_errors_of(errors, f"/cc/{i}", status),
-                        at=at,
-                    )
-                )
     in_to = {st.phone for st in out}
     return (*out, *(st for st in copied if st.phone not in in_to))
 

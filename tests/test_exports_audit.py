@@ -85,6 +85,20 @@ def test_a_crm_export_with_quoted_addresses_over_lines_sends_everyone(jobs: JobF
     )
 
 
+def refused_then_resent(job: JobConfig, failed: Path, *, refused: int) -> FakeTelnyx:
+    """Run ``job`` with its first ``refused`` groups refused for good (40001), write its
+    ``--failed-csv`` to ``failed`` and send that file again with ``--input``: the fake API,
+    which saw it all."""
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(refused))
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        assert main([*run, "--input", str(failed)]) == 0
+    return fake
+
+
 def test_a_failed_file_sent_again_texts_every_value_as_the_first_send_did(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
@@ -94,14 +108,8 @@ def test_a_failed_file_sent_again_texts_every_value_as_the_first_send_did(
     jobs.csv("phone,first,balance\n+12125550101,Ann,-25.00\n+12125550102,@bo,+3\n")
     job = jobs.job(extra="group_size = 1", message='text = "Hi {first}: {balance}"')
     failed = tmp_path / "failed.csv"
-    fake = FakeTelnyx()
-    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
-    with fake_api_thread(fake) as url:
-        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
-        assert main(run) == 1
-        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
-        assert "'-25.00" in failed.read_text(encoding="utf-8")  # guarded in the file
-        assert main([*run, "--input", str(failed)]) == 0
+    fake = refused_then_resent(job, failed, refused=2)
+    assert "'-25.00" in failed.read_text(encoding="utf-8")  # guarded in the file
     texts = [m.body["text"] for m in fake.accepted]
     assert sorted(texts) == ["Hi @bo: +3", "Hi Ann: -25.00"]
 

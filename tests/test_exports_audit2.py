@@ -12,11 +12,12 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+from tests.test_exports_audit import refused_then_resent
 from tests.threaded import fake_api_thread
 
 
@@ -35,14 +36,7 @@ def test_the_failed_file_of_a_windows_1252_job_is_sent_again_with_its_accents(
     path = jobs.root / "people.csv"
     path.write_bytes("phone,first\r\n+12125550101,José\r\n+12125550102,Zoë\r\n".encode("cp1252"))
     job = jobs.job(extra='group_size = 1\nencoding = "cp1252"', message='text = "Hi {first}"')
-    failed = tmp_path / "failed.csv"
-    fake = FakeTelnyx()
-    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
-    with fake_api_thread(fake) as url:
-        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
-        assert main(run) == 1
-        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
-        assert main([*run, "--input", str(failed)]) == 0
+    fake = refused_then_resent(job, tmp_path / "failed.csv", refused=2)
     assert sorted(m.body["text"] for m in fake.accepted) == ["Hi José", "Hi Zoë"]
 
 
