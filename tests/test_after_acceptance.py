@@ -23,6 +23,7 @@ from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import WebhookReceiver, load_public_key
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.test_settle import SETTLED_BY_RECORDS
 from tests.test_webhooks import PUBLIC_B64, SIGNER, own_event, post_signed, status_lines
 
 STOP = ApiError("40300", "Blocked due to STOP message", "")
@@ -146,8 +147,7 @@ async def test_a_group_settled_by_records_without_a_group_id_is_tracked_for_ever
     fake.faults.append(Fault("drop_after"))
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)  # keys ignored
-    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, concurrency=1, retry=untrusted)
+    settings = SETTLED_BY_RECORDS
     async with AiohttpMmsClient(url, "test-key-123") as client:
         s = await run_job(job, settings, client, clock=FakeClock())
         assert (s.sent_groups, s.in_doubt_groups) == (1, 0)
@@ -170,8 +170,7 @@ async def test_track_settles_a_group_by_records_and_tracks_every_member(
     fake.faults.append(Fault("drop_after"))
     jobs.people(3)
     job = jobs.job(extra="group_size = 3")
-    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)
-    lagging = msgspec.structs.replace(FAST, records_lag_s=3600.0, concurrency=1, retry=untrusted)
+    lagging = msgspec.structs.replace(SETTLED_BY_RECORDS, records_lag_s=3600.0)
     monkeypatch.setattr(runner_module, "SETTLE_WAIT_S", 0.0)
     async with AiohttpMmsClient(url, "test-key-123") as client:
         fake.records_lag_s = 3600.0  # the run's look finds no record yet: left in doubt
@@ -196,8 +195,7 @@ async def test_a_webhook_under_a_settled_members_own_id_is_that_members_only(
     fake.faults.append(Fault("drop_after"))
     jobs.people(3)
     job = jobs.job(extra="group_size = 3")
-    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)
-    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, concurrency=1, retry=untrusted)
+    settings = SETTLED_BY_RECORDS
     async with AiohttpMmsClient(url, "test-key-123") as client:
         await run_job(job, settings, client, clock=FakeClock())
     (msg,) = fake.accepted

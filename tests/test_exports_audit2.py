@@ -17,7 +17,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
-from tests.test_exports_audit import refused_then_resent
+from tests.test_exports_audit import capped_then_rerun, refused_then_resent
 from tests.threaded import fake_api_thread
 
 
@@ -73,13 +73,8 @@ def test_a_member_waiting_for_a_carriers_reset_is_named_and_so_is_when(
     people = [f"+1212555{i:04d}" for i in range(101, 105)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 4")
-    fake = FakeTelnyx(report={people[2]: "40016"})
     recipients = tmp_path / "recipients.csv"
-    with fake_api_thread(fake) as url:
-        args = ["--base-url", url]
-        assert main(["-q", "run", str(job.path), *args]) == 0
-        assert main(["-q", "track", str(job.ledger), *args]) == 0
-        assert main(["-q", "run", str(job.path), *args]) != 0
+    fake = capped_then_rerun(job, people[2])
     capsys.readouterr()
     assert main(["report", str(job.ledger), "--format", "table"]) == 0
     table = capsys.readouterr().out
