@@ -171,6 +171,7 @@ class RowReader:
         "_expect",
         "_file",
         "_first",
+        "_known",
         "_lineno",
         "_ours",
         "_raw",
@@ -180,6 +181,7 @@ class RowReader:
         "_utf8_first",
         "_utf8_lines",
         "columns",
+        "complete",
         "encoding",
         "format",
         "gzipped",
@@ -199,6 +201,7 @@ class RowReader:
         keep_all: bool = False,
         encoding: str = "utf-8",
         expect: FileStamp | None = None,
+        columns: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         #: The file as it was when another pass checked it (:class:`FileStamp`): this pass
@@ -227,8 +230,14 @@ class RowReader:
         with contextlib.suppress(OSError):
             _check_regular(self.path, os.stat(self.path).st_mode)
         self.format, self.gzipped = detect_format(self.path)
-        #: Column names: the CSV header, or the keys of the first JSONL record.
-        self.columns: tuple[str, ...] = ()
+        #: Column names: the CSV header; for JSONL, the keys of the records read so far in
+        #: the order first met (after ``columns``, those a scan found), every record's once
+        #: a pass has read the file to its end (:attr:`complete`).
+        self.columns: tuple[str, ...] = tuple(columns) if self.format == "jsonl" else ()
+        self._known = set(self.columns)
+        #: Whether :attr:`columns` are all the file's: a CSV file's once it is open; a JSONL
+        #: file's once a pass has read it to its end, or at once when given ``columns``.
+        self.complete = bool(columns)
         self._file: IO[bytes] | None = None
         self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
         # line number -> why the decoder refused it (CSV only): a reason its row is rejected
@@ -576,6 +585,7 @@ class RowReader:
             self._ours = True
             self.columns = tuple(read_cell(h) for h in self.columns)
         self._refuse_repeats()
+        self.complete = True
         if self.phone not in self.columns:
             raise InputError(self.path, self._no_phone_column(), line=1)
         if not self._peek_content():
@@ -795,32 +805,51 @@ class RowReader:
             return RejectedRow(
                 lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"
             )
+        # Each key's colon, at least: a line with no more colons than keys names none twice
+        # (orjson keeps the last of two values; which one to send would be a guess).
+        if raw.count(b":") > len(obj) and (twice := _repeated_key(raw, self.encoding)):
+            return RejectedRow(
+                lineno,
+                _cell(obj.get(self.phone))[:200],
+                f"the record gives the field {twice!r} twice: remove one",
+            )
         return obj
 
     def _open_jsonl(self) -> None:
-        # Columns come from the first record that parses, read ahead (at most 1,000 lines)
-        # into self._first so that no line is consumed.
-        checked = 0
+        # Records are read ahead (at most 1,000 lines, kept in self._first so that no line is
+        # consumed) to the first that has the phone field: an export that leaves out null
+        # keys may leave it out of a record or two, but a file none of whose first records
+        # has it names its phone another way. Their keys are the first columns.
+        checked, first = 0, 0
         while True:
             for lineno, raw in list(self._first)[checked:]:
                 rec = self._parse_json(lineno, raw)
                 if isinstance(rec, dict):
-                    self.columns = tuple(rec)
-                    if self.phone not in rec:
-                        raise InputError(
-                            self.path,
-                            f"first record has no {self.phone!r} field "
-                            f"(fields: {', '.join(rec)}); set phone_column in the job",
-                            line=lineno,
-                        )
-                    return
+                    first = first or lineno
+                    self._add_columns(rec)
+                    if self.phone in rec:
+                        return
             checked = len(self._first)
             item = self._readline() if checked < 1000 else None
             if item is None:
+                if first:
+                    which = "no record" if checked < 1000 else f"none of its first {checked} lines"
+                    raise InputError(
+                        self.path,
+                        f"{which} has a {self.phone!r} field (fields: "
+                        f"{', '.join(self.columns)}); set phone_column in the job",
+                        line=first,
+                    )
                 if not any(raw.strip() or not raw for _, raw in self._first):
                     raise InputError(self.path, "has no records (only blank lines)")
                 return  # nothing parses near the top: the rows are rejected one by one
             self._first.append(item)
+
+    def _add_columns(self, rec: dict[str, object]) -> None:
+        """Add the keys of ``rec`` that are not columns yet to :attr:`columns`."""
+        if not self._known.issuperset(rec):
+            self.columns += tuple(k for k in rec if k not in self._known)
+            self._known.update(rec)
 
     def _jsonl_rows(self) -> Iterator[Row | RejectedRow]:
         wanted = (self.phone, *self.keep)
@@ -831,25 +860,30 @@ class RowReader:
             if isinstance(rec, RejectedRow):
                 yield rec
                 continue
+            if not self._known.issuperset(rec):
+                self._add_columns(rec)
             row = self._json_row(lineno, rec, wanted)
             if isinstance(row, Row) and any(isinstance(rec.get(k), float) for k in row.fields):
                 written = _as_written(raw, self.encoding)
                 row = row if written is None else self._json_row(lineno, written, wanted)
             yield row
+        self.complete = True
 
     def _json_row(
         self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
     ) -> Row | RejectedRow:
         """A JSONL object as a row, its values as CSV cells would hold them (:func:`_cell`):
-        null is an empty value, as an empty cell is. Rejected when a field the job needs is
-        absent or is an object or a list (it would go into a message as JSON)."""
+        null, or a key the record leaves out, is an empty value, as an empty cell is (a
+        column some other record has: the columns are every record's keys). Rejected when
+        the phone field is absent, or a field the job needs is an object or a list (it would
+        go into a message as JSON)."""
         fields: dict[str, str] = {}
         for name in wanted:
             value = rec.get(name)
             if isinstance(value, str):
                 fields[name] = value
                 continue
-            if value is None and name not in rec:
+            if value is None and name not in rec and name == self.phone:
                 why = f"missing field {name!r}"
             elif isinstance(value, dict | list):
                 why = f"field {name!r} is not a text value (an object or a list)"
@@ -933,6 +967,29 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
             line = readline(MAX_LINE_BYTES)
         return b""
     return line
+
+
+def _repeated_key(raw: bytes, encoding: str) -> str | None:
+    """The first key a JSONL line (one orjson parsed to an object) gives twice at its top
+    level, however it is written (``"a"``, ``"\\u0061"``); None when it gives each once. A
+    repeat inside a nested value is no column's, and no matter."""
+    repeats: list[str | None] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        seen: set[str] = set()
+        twice = None
+        for key, _ in items:
+            if key in seen:
+                twice = twice or key
+            seen.add(key)
+        repeats.append(twice)
+        return dict(items)
+
+    try:
+        json.loads(raw.decode(encoding).lstrip("\ufeff"), object_pairs_hook=pairs)
+    except RecursionError:  # nested deeper than Python's parser goes: no key is looked at
+        return None
+    return repeats[-1] if repeats else None  # the outer object's hook runs last
 
 
 def _as_written(raw: bytes, encoding: str) -> dict[str, object] | None:

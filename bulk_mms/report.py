@@ -650,18 +650,18 @@ def _phone_key(value: str) -> str:
 def _original_rows(
     source: Path, phone_column: str, wanted: dict[str, str]
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """The input rows of the wanted numbers, each once, with every column of the input."""
-    with RowReader(source, phone_column) as probe:
-        columns = list(probe.columns)
+    """The input rows of the wanted numbers, each once, with every column of the input (a
+    JSONL file's: every record's keys, known once it is read to its end)."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    with RowReader(source, phone_column, columns) as reader:
+    with RowReader(source, phone_column, keep_all=True) as reader:
         for row in reader:
             if isinstance(row, Row):
                 key = _phone_key(row.fields.get(phone_column, ""))
                 if key in wanted and key not in seen:
                     seen.add(key)
                     rows.append(dict(row.fields))
+        columns = list(reader.columns)
     # numbers whose row is no longer readable still go in, with the phone column alone
     rows.extend({phone_column: p} for p in wanted if p not in seen)
     return columns, rows

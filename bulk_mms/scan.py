@@ -17,7 +17,7 @@ row: :class:`~bulk_mms.grouping.Households`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -72,6 +72,10 @@ class InputScan(msgspec.Struct, frozen=True):
     #: With ``group_by`` and a ``recipient_window``: the groups whose members share no hour
     #: of the window, rejected (counted in ``lost``); None when there are none.
     apart: Apart | None = None
+    #: The input's columns (:attr:`~bulk_mms.reader.RowReader.columns`): a JSONL file's are
+    #: every record's keys, known only once it has been read to its end, so the pass that
+    #: sends is given them (:func:`open_reader`) for the ledger's header.
+    columns: tuple[str, ...] = ()
 
     @property
     def lost_rows(self) -> int:
@@ -90,13 +94,21 @@ class InputScan(msgspec.Struct, frozen=True):
 
 
 def open_reader(
-    job: JobConfig, *, keep_all: bool = False, expect: FileStamp | None = None
+    job: JobConfig,
+    *,
+    keep_all: bool = False,
+    expect: FileStamp | None = None,
+    columns: Sequence[str] = (),
 ) -> RowReader:
-    """Open the job's input and check it against the job. Raises InputError or ConfigError.
+    """Open the job's input and check it against the job (:func:`check_columns`, once its
+    columns are known: a CSV file's at once, a JSONL file's at the end of a pass, when the
+    pass checks them, or at once when ``columns`` gives them). Raises InputError or
+    ConfigError.
 
     ``keep_all``: keep every column of each row (a run records the rows in its ledger).
     ``expect``: the version of the file a scan checked (:attr:`InputScan.stamp`); the reader
     refuses any other, at its opening or while it reads.
+    ``columns``: the columns a scan found (:attr:`InputScan.columns`).
     """
     keep = [
         *job.message.fields,
@@ -110,24 +122,42 @@ def open_reader(
         keep_all=keep_all,
         encoding=job.encoding,
         expect=expect,
+        columns=columns,
     )
     reader.open()
-    if reader.columns:  # a JSONL file whose first lines are all bad has no known columns
-        for setting, names in (
-            ("message.text", job.message.text.fields if job.message.text else ()),
-            ("message.subject", job.message.subject.fields if job.message.subject else ()),
-            ("group_by", (job.group_by,) if job.group_by else ()),
-        ):
-            for name in names:
-                if name not in reader.columns:
-                    reader.close()
-                    raise ConfigError(
-                        setting,
-                        f"{name!r} is not a column of {job.input} "
-                        f"(columns: {', '.join(reader.columns)})",
-                        source=job.path,
-                    )
+    try:
+        check_columns(job, reader)
+    except ConfigError:
+        reader.close()
+        raise
     return reader
+
+
+def check_columns(job: JobConfig, reader: RowReader) -> None:
+    """Refuse a job whose settings name a column its input does not have, once the
+    reader's columns are all the file's (:attr:`~bulk_mms.reader.RowReader.complete`);
+    nothing before. A JSONL file none of whose records parses has none to check: each of
+    its rows is rejected.
+
+    Raises:
+        ConfigError: naming the setting, the column and the input's columns.
+    """
+    if not reader.complete or not reader.columns:
+        return
+    for setting, names in (
+        ("message.text", job.message.text.fields if job.message.text else ()),
+        ("message.subject", job.message.subject.fields if job.message.subject else ()),
+        ("group_by", (job.group_by,) if job.group_by else ()),
+        ("timezone_column", (job.timezone_column,) if job.timezone_column else ()),
+    ):
+        for name in names:
+            if name not in reader.columns:
+                raise ConfigError(
+                    setting,
+                    f"{name!r} is not a column of {job.input} "
+                    f"(columns: {', '.join(reader.columns)})",
+                    source=job.path,
+                )
 
 
 def excluding(
@@ -201,7 +231,8 @@ def scan_input(
 
     Raises:
         InputError: the file cannot be read to its end, or is not text in its encoding.
-        ConfigError: ``rejected_csv`` cannot be written.
+        ConfigError: ``rejected_csv`` cannot be written, or a setting names a column the
+            input does not have (:func:`check_columns`).
     """
     tally = Tally(job, suppressed)
     with open_reader(job) as reader:
@@ -213,6 +244,7 @@ def scan_input(
                     raise ScanStopped
                 if isinstance(item, RejectedRow):
                     yield item.line, item.value, item.reason
+            check_columns(job, reader)  # a JSONL file's are known now: before it is written
             yield from tally.finish()  # known once the input has ended: listed after the rest
 
         write_rejected(rejected_csv, rejected())
@@ -313,6 +345,7 @@ class Tally:
             InputError: the file was written or replaced while it was read (the fingerprint
                 may not be of the rows counted).
         """
+        check_columns(job, reader)
         self.finish()
         stamp = reader.stamp
         input_fingerprint = fingerprint(job.input)
@@ -335,6 +368,7 @@ class Tally:
             last_lines=self._last_lines,
             stamp=stamp,
             apart=self._apart,
+            columns=reader.columns,
         )
 
 

@@ -89,8 +89,10 @@ def test_jsonl_values_read_as_csv_cells_would(tmp_path: Path) -> None:
     with RowReader(p, "phone", keep_all=True) as reader:
         assert reader.columns == ("phone", "name")
         rows = list(reader)
+        columns: tuple[str, ...] = reader.columns
+    assert columns == ("phone", "name", "extra")  # every record's keys
     assert rows[0] == Row(1, {"phone": "+12125550100", "name": ""})
-    assert rows[5] == Row(6, {"phone": "+12125550104", "name": "1.5"})
+    assert rows[5] == Row(6, {"phone": "+12125550104", "name": "1.5", "extra": '{"y":[2]}'})
 
 
 def test_a_jsonl_decimal_beside_a_deeply_nested_value_is_read(tmp_path: Path) -> None:
@@ -418,7 +420,7 @@ def test_a_jsonl_last_line_cut_off_refuses_the_file(tmp_path: Path) -> None:
         ("bin.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary file"),
         ("nophone.csv", b"name,email\nA,a@x\n", "no 'phone' column"),
         ("x.xlsx", b"phone\n", "unknown input format"),
-        ("nophone.jsonl", b'{"tel": "+12125550100"}\n', "first record has no 'phone' field"),
+        ("nophone.jsonl", b'{"tel": "+12125550100"}\n', "no record has a 'phone' field"),
         ("bad.csv.gz", b"not gzip at all", "cannot be read"),
     ],
 )

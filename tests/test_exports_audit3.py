@@ -1,0 +1,218 @@
+"""Exports as offices make them, a fourth audit: JSONL files whose records do not all have
+the same keys, records that give a key twice, a rerun waiting for a carrier's cap, the bounds
+of the rate flags, and a database URL with a bad parameter."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.models import RejectedRow
+from bulk_mms.reader import Row, RowReader
+from tests.conftest import JobFactory
+from tests.threaded import fake_api_thread
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit3")
+
+
+def _jsonl(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
+
+
+# -- 1. a JSONL file's columns are every record's keys ------------------------------------
+
+
+def test_jsonl_columns_are_every_records_keys_in_the_order_first_met(tmp_path: Path) -> None:
+    """A JSONL file's columns are the keys of all its records, in the order first met, once
+    a pass has read it to its end; a pass given them (a send after its scan) has them from
+    the start. A key a record leaves out is an empty value, as an empty cell is (the phone
+    aside: a record without one is rejected)."""
+    p = _jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"phone": "+12125550101"},
+            {"phone": "+12125550102", "first": "Bo", "household": "h1"},
+            {"first": "Cy", "phone": "+12125550103", "note": "x"},
+            {"first": "Di"},
+        ],
+    )
+    with RowReader(p, "phone", ("first",)) as reader:
+        assert not reader.complete
+        rows = iter(reader)
+        assert next(rows) == Row(1, {"phone": "+12125550101", "first": ""})
+        assert [*rows][-1] == RejectedRow(4, "", "missing field 'phone'")
+        assert reader.complete
+        columns = reader.columns
+    assert columns == ("phone", "first", "household", "note")
+    with RowReader(p, "phone", ("first",), keep_all=True, columns=columns) as reader:
+        assert reader.complete
+        assert reader.columns == columns
+        again = list(reader)
+    assert again == [
+        Row(1, {"phone": "+12125550101", "first": "", "household": "", "note": ""}),
+        Row(2, {"phone": "+12125550102", "first": "Bo", "household": "h1", "note": ""}),
+        Row(3, {"phone": "+12125550103", "first": "Cy", "household": "", "note": "x"}),
+        RejectedRow(4, "", "missing field 'phone'"),
+    ]
+
+
+def test_a_jsonl_file_whose_first_record_leaves_out_empty_keys_is_sent(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """An export that leaves out null keys (the first record has no "household" or
+    "first"): grouped by household and texted by first name, not refused as "'household' is
+    not a column"; the failed file of a later run has every key some record has."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    _jsonl(
+        jobs.root / "people.jsonl",
+        [
+            {"phone": people[0], "household": "h0"},
+            {"phone": people[1], "first": "Bo", "household": "h1"},
+            {"phone": people[2], "first": "Cy", "household": "h1", "vip": "yes"},
+            {"phone": people[3], "first": "Di", "household": "h3"},
+        ],
+    )
+    job = jobs.job("people.jsonl", extra='group_by = "household"', message='text = "Hi {first}"')
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(10))
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 1
+    assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+    with failed.open(encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = {r["phone"]: r for r in reader}
+        assert reader.fieldnames is not None
+        assert reader.fieldnames[:4] == ["phone", "household", "first", "vip"]
+    assert set(rows) == set(people)
+    assert (rows[people[2]]["first"], rows[people[2]]["vip"]) == ("Cy", "yes")
+    assert (rows[people[0]]["first"], rows[people[0]]["vip"]) == ("", "")
+
+
+def test_a_template_field_no_jsonl_record_has_is_refused_after_the_scan(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A field the message names that no record of the JSONL file has is a setting to fix:
+    exit 2 naming message.text and the columns, nothing sent."""
+    _jsonl(
+        jobs.root / "people.jsonl",
+        [{"phone": "+12125550101"}, {"phone": "+12125550102", "name": "Bo"}],
+    )
+    job = jobs.job("people.jsonl", extra="group_size = 1", message='text = "Hi {first}"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "message.text" in err
+    assert "'first' is not a column" in err
+    assert "phone, name" in err
+    assert fake.requests == []
+
+
+def test_a_timezone_column_the_input_lacks_is_refused_as_a_setting(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A timezone_column the input has no column of is the job's to fix (exit 2 naming
+    timezone_column), not every row rejected as missing it."""
+    jobs.csv("phone,first\n+12125550101,Ann\n")
+    job = jobs.job(extra='group_size = 1\nrecipient_window = "00:00-23:59"\ntimezone_column = "tz"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "timezone_column" in err
+    assert "'tz' is not a column" in err
+    assert fake.requests == []
+
+
+def test_a_jsonl_file_with_no_phone_in_its_first_records_is_refused(tmp_path: Path) -> None:
+    """No record near the top has the phone field: the file is refused naming the fields it
+    has (a phone_column to set), whichever record is first."""
+    p = _jsonl(tmp_path / "a.jsonl", [{"tel": "+12125550101"}, {"tel": "+1212", "x": 1}])
+    with pytest.raises(Exception, match=r"no record has a 'phone' field \(fields: tel, x\)"):
+        list(RowReader(p, "phone").__enter__())
+
+
+def test_a_jsonl_file_whose_first_record_has_no_phone_is_read(tmp_path: Path) -> None:
+    """A first record without the phone key (an export that leaves out nulls) is a row
+    rejected for it, not a file refused: the records after it are read."""
+    p = _jsonl(tmp_path / "a.jsonl", [{"first": "Al"}, {"phone": "+12125550102", "first": "B"}])
+    with RowReader(p, "phone", ("first",)) as reader:
+        rows = list(reader)
+    assert rows == [
+        RejectedRow(1, "", "missing field 'phone'"),
+        Row(2, {"phone": "+12125550102", "first": "B"}),
+    ]
+
+
+# -- 2. a key given twice in one JSONL record --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"phone": "+12125550102", "first": "Bo", "first": "Al"}\n',
+        b'{"phone":"+12125550102","first":"Bo","first" : "Al","t":"10:30"}\n',
+        b'{"phone": "+12125550102", "first": "Bo", "fir\\u0073t": "Al"}\n',
+    ],
+)
+def test_a_jsonl_record_that_gives_a_key_twice_is_rejected_naming_it(
+    tmp_path: Path, line: bytes
+) -> None:
+    """A record that gives a key twice is rejected naming the key (which value it would be
+    sent with is a guess, as for a CSV header that names a column twice); the others read."""
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"phone": "+12125550101", "first": "Ann", "t": "10:30"}\n' + line)
+    with RowReader(p, "phone", ("first",)) as reader:
+        rows = list(reader)
+    assert rows[0] == Row(1, {"phone": "+12125550101", "first": "Ann"})
+    assert isinstance(rows[1], RejectedRow)
+    assert rows[1].line == 2
+    assert "'first'" in rows[1].reason
+    assert "twice" in rows[1].reason
+
+
+def test_a_key_given_twice_in_a_nested_value_is_no_matter(tmp_path: Path) -> None:
+    """Only a record's own keys are columns: a repeat inside a nested object does not
+    reject it."""
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"phone": "+12125550101", "meta": {"a": 1, "a": 2}}\n')
+    with RowReader(p, "phone") as reader:
+        assert list(reader) == [Row(1, {"phone": "+12125550101"})]
+
+
+def test_a_ledger_begun_with_the_first_records_keys_alone_resumes(jobs: JobFactory) -> None:
+    """A ledger an older bulk-mms began, whose header has the first JSONL record's keys as
+    its columns, resumes: the rest are sent, nobody twice."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    _jsonl(
+        jobs.root / "people.jsonl",
+        [
+            {"phone": people[0], "first": "Al"},
+            {"phone": people[1], "first": "Bo", "vip": "yes"},
+            {"phone": people[2], "first": "Cy"},
+        ],
+    )
+    job = jobs.job("people.jsonl", extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main([*run, "--limit", "1"]) == 0
+        lines = job.ledger.read_bytes().splitlines(keepends=True)
+        header = orjson.loads(lines[0])
+        assert header["columns"] == ["first", "vip"]
+        header["columns"] = ["first"]
+        job.ledger.write_bytes(orjson.dumps(header) + b"\n" + b"".join(lines[1:]))
+        assert main(run) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
