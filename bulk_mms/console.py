@@ -25,10 +25,10 @@ import orjson
 from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
-from bulk_mms.errors import BulkMmsError, Exit
+from bulk_mms.errors import BulkMmsError, Exit, LimitReached
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
-from bulk_mms.summary import Estimate, JobSummary
+from bulk_mms.summary import Estimate, JobSummary, minute_utc
 
 #: The code a stop by a signal exits with.
 SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
@@ -214,8 +214,19 @@ def run_outcome(s: JobSummary) -> int:
         return _tell_quiet(s)
     if s.stopped in ("limit", "deadline"):
         _tell_stop(s)
+    return _ended(s)
+
+
+def _ended(s: JobSummary) -> int:
+    """The code of a run that went to the end of its input, or to its ``--limit`` or
+    ``max_job_duration_s``: 1 past the deadline, or when it leaves a valid recipient unsent
+    (:func:`_incomplete`); 5 (a carrier's cap, :class:`~bulk_mms.errors.LimitReached`) when
+    members wait for a carrier's reset still to come, whatever else is left: a rerun from
+    it sends them; else 0."""
     if s.stopped == "deadline":
         return Exit.INCOMPLETE
+    if s.waiting_recipients and s.stopped != "limit":
+        return LimitReached.exit_code
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
 
 
@@ -240,7 +251,7 @@ def _tell_summary(s: JobSummary) -> None:
             "job.recipients",
             f"{s.job}: the ledger's {_n(r.valid, 'valid recipient')}: {r.sent} sent, "
             f"{r.failed} failed, {r.retry_pending} pending a rerun, {r.in_doubt} in doubt, "
-            f"{r.not_attempted} not attempted",
+            f"{r.not_attempted} not attempted{_waiting(s)}",
             stream=out,
             job=s.job,
             recipients=r.as_dict(),
@@ -262,6 +273,16 @@ def _tell_summary(s: JobSummary) -> None:
             rate_limited=s.rate_limited,
             queue_full=s.queue_full,
         )
+
+
+def _waiting(s: JobSummary) -> str:
+    """What the recipients line adds of the members waiting for a carrier's reset."""
+    if not s.waiting_recipients:
+        return ""
+    return (
+        f" ({_n(s.waiting_recipients, 'recipient')} held by a carrier's daily limit: a rerun "
+        f"from {minute_utc(s.waiting_until)} sends them)"
+    )
 
 
 def _incomplete(s: JobSummary) -> bool:

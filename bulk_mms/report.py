@@ -16,7 +16,6 @@ it is: never one that is in doubt or that a plain rerun sends, so nobody is text
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from collections import Counter
 from collections.abc import Container, Iterator
@@ -60,7 +59,7 @@ from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.recorder import EXPIRED_UNSENT
 from bulk_mms.scan import REJECTED_COLUMNS
-from bulk_mms.summary import percentile
+from bulk_mms.summary import minute_utc, percentile
 from bulk_mms.validate import PhoneError, normalize_phone
 from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
 
@@ -233,7 +232,7 @@ class LedgerSummary(msgspec.Struct):
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
             "waiting_recipients": len(self.waiting),
-            "waiting_not_before": _when(self.waiting_until),
+            "waiting_not_before": minute_utc(self.waiting_until),
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
@@ -322,13 +321,6 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
     return out
 
 
-def _when(seconds: float) -> str | None:
-    """Wall-clock seconds as an ISO time in UTC to the minute; None for 0 (no time)."""
-    if not seconds:
-        return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
 def _waiting_note(s: LedgerSummary) -> str:
     """The not-attempted row's note when some of them wait to go again (:func:`waiting`)."""
     now = s.recipient_states.not_attempted - len(s.waiting)
@@ -344,7 +336,9 @@ def _waiting_lines(s: LedgerSummary) -> list[str]:
     lines = []
     for code, ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
         after = max(w.after for w in ws)
-        when = f"a rerun from {_when(after)} sends them" if after else "a plain rerun sends them"
+        when = (
+            f"a rerun from {minute_utc(after)} sends them" if after else "a plain rerun sends them"
+        )
         what = error_words(code) if code else "moved out of a sent group"
         lines.append(
             f"  {_LABELS[NOT_ATTEMPTED]:14}{count(len(ws), 'recipient')}: {what}: moved out of "

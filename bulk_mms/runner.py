@@ -59,6 +59,7 @@ from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in, next_opening
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
+from bulk_mms.report import waiting
 from bulk_mms.scan import (
     InputScan,
     ScanStopped,
@@ -670,6 +671,10 @@ class Runner:
         s.open_in_doubt = view.count(IN_DOUBT)
         s.open_retry_pending = view.count(RETRY_PENDING)
         s.recipients = view.recipients()
+        if s.recipients.not_attempted:
+            wall = self.clock.wall()
+            later = [w.after for w in waiting(view).values() if w.after > wall]
+            s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
         log.info("job.finished", **s.as_log(), errors=dict(self.recorder.errors))
         return s
 

@@ -17,6 +17,15 @@ from bulk_mms.models import Group, Money, Rejection
 from bulk_mms.scan import InputScan
 
 
+def minute_utc(seconds: float) -> str | None:
+    """Wall-clock seconds as an ISO time in UTC to the minute (``2026-12-06T05:00Z``): when
+    members waiting for a carrier's reset may be sent, as the run and the report say it;
+    None for 0 (no time)."""
+    if not seconds:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) of sorted ``values``, nearest rank; None when empty."""
     if not values:
@@ -109,6 +118,11 @@ class JobSummary(msgspec.Struct):
     #: Quiet hours: recipients left for their window, by zone, and when the first opens.
     quiet: dict[str, int] = msgspec.field(default_factory=dict)
     next_opening: dt.datetime | None = None
+    #: Members a delivery report moved out of a sent group to go again after a carrier's
+    #: reset (its daily cap: 40016) that is still to come: a rerun from ``waiting_until``
+    #: (wall-clock seconds, the latest of their resets) sends them; the run exits 5.
+    waiting_recipients: int = 0
+    waiting_until: float = 0.0
     error: BaseException | None = None
 
     def as_log(self) -> dict[str, Any]:
@@ -140,6 +154,8 @@ class JobSummary(msgspec.Struct):
             "template_differs": dict(self.template_differs),
             "template_empty": dict(self.template_empty),
             "recipients": self.recipients.as_dict() if self.recipients else None,
+            "waiting_recipients": self.waiting_recipients,
+            "waiting_not_before": minute_utc(self.waiting_until),
         }
 
     def note_rejected(self, kind: Rejection) -> None:

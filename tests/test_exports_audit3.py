@@ -216,3 +216,37 @@ def test_a_ledger_begun_with_the_first_records_keys_alone_resumes(jobs: JobFacto
         assert main(run) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
 
+
+# -- 3. a rerun while members wait for a carrier's daily cap --------------------------------
+
+
+def test_a_rerun_while_members_wait_for_a_carriers_reset_exits_5_saying_when(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun before the reset of a carrier's daily cap (40016: a member moved out of its
+    sent group to go again from the reset) has nothing it may send: exit 5 (a carrier's
+    cap, in the exit-code table), and the summary line and its JSON say how many wait and
+    from when a rerun sends them, not only "1 not attempted" with exit 1."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 4")
+    fake = FakeTelnyx(report={people[2]: "40016"})
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url]
+        assert main(["-q", "run", str(job.path), *args]) == 0
+        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        capsys.readouterr()
+        assert main(["-q", "run", str(job.path), *args]) == 5
+        out = capsys.readouterr()
+        assert main(["-q", "--log-json", "run", str(job.path), *args]) == 5
+        notes = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    when = orjson.loads(capsys.readouterr().out)["waiting_not_before"]
+    assert when
+    line = next(x for x in out.out.splitlines() if "carrier" in x)
+    assert "1 recipient" in line
+    assert f"a rerun from {when} sends" in line
+    summary = next(n for n in notes if n["event"] == "job.summary")
+    assert summary["waiting_recipients"] == 1
+    assert summary["waiting_not_before"] == when
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
