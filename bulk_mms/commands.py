@@ -754,19 +754,17 @@ def settings_for(args: argparse.Namespace) -> Settings:
         settings = replace(settings, base_url=args.base_url)
     if getattr(args, "rate", None) is not None:
         if args.command == "track":
-            if not 0 < args.rate <= 1000:
-                raise ConfigError("--rate", f"must be above 0 and at most 1000, not {args.rate:g}")
             settings = replace(settings, track=replace(settings.track, rate=args.rate))
         else:
             settings = replace(settings, rate=args.rate)
     if getattr(args, "concurrency", None) is not None:
         settings = replace(settings, concurrency=args.concurrency)
-    try:
+    try:  # the one check of each bound (config.settings: RATE, TRACK_RATE, CONCURRENCY)
         checked = check_settings(settings)
     except ConfigError as exc:  # a value from the command line is named as it was given
-        flag = f"--{exc.setting.replace('_', '-')}"
-        if getattr(args, exc.setting, None) is not None:
-            raise ConfigError(flag, exc.message) from None
+        name = exc.setting.rsplit(".", 1)[-1]  # limits.rate, track.rate: --rate
+        if getattr(args, name, None) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')}", exc.message) from None
         raise
     return cap_concurrency(checked)
 

@@ -112,7 +112,7 @@ def test_failed_groups_exit_1(jobs: JobFactory, capsys: pytest.CaptureFixture[st
     [
         ("bad_toml", [], "syntax"),
         ("group_size_9", [], "group_size: must be from 1 to 8"),
-        ("ok", ["--rate", "-1"], "error: --rate: must be greater than 0"),
+        ("ok", ["--rate", "-1"], "error: --rate: must be from 0.001 to 10000, not -1"),
         ("ok", ["--concurrency", "0"], "error: --concurrency: must be from 1 to 1000, not 0"),
         ("ok", ["--base-url", "ftp://x.test"], "error: --base-url: 'ftp://x.test' is not"),
         ("ok", ["--config", "missing.toml"], "missing.toml: file: not found"),

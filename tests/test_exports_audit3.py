@@ -250,3 +250,49 @@ def test_a_rerun_while_members_wait_for_a_carriers_reset_exits_5_saying_when(
     assert summary["waiting_recipients"] == 1
     assert summary["waiting_not_before"] == when
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+# -- 4. the bounds of the rate flags --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "rate", "settings_file", "message"),
+    [
+        ("run", "20000", None, "--rate: must be from 0.001 to 10000, not 20000"),
+        ("run", "0.0001", None, "--rate: must be from 0.001 to 10000, not 0.0001"),
+        ("track", "2000", None, "--rate: must be from 0.01 to 1000, not 2000"),
+        ("track", "0.001", None, "--rate: must be from 0.01 to 1000, not 0.001"),
+        ("run", None, "[limits]\nrate = 20000\n", "limits.rate: must be from 0.001 to 10000"),
+        ("track", None, "[track]\nrate = 2000\n", "track.rate: must be from 0.01 to 1000"),
+    ],
+)
+def test_each_rate_has_one_bound_said_the_same_from_a_flag_or_the_file(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    rate: str | None,
+    settings_file: str | None,
+    message: str,
+) -> None:
+    """`run --rate` and `[limits] rate` share one bound, `track --rate` and `[track] rate`
+    another: a value past it exits 2 with one line naming the flag (or the file's setting)
+    and the bound, the same words both ways; a value inside it is taken."""
+    jobs.people(2)
+    job = jobs.job()
+    if command == "run":
+        args = ["-q", "run", str(job.path), "--dry-run"]
+    else:
+        with fake_api_thread(FakeTelnyx()) as url:
+            assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+        args = ["-q", "track", str(job.ledger), "--base-url", "http://127.0.0.1:9/v2"]
+    if settings_file is not None:
+        config = jobs.root / "config.toml"
+        config.write_text(settings_file, encoding="utf-8")
+        args += ["--config", str(config)]
+    if rate is not None:
+        args += ["--rate", rate]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

@@ -4,17 +4,35 @@ error naming the file and the setting (with a near-miss suggestion for an unknow
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bulk_mms.errors import ConfigError
 
 #: What a URL setting must look like.
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+
+class Bounds(NamedTuple):
+    """The range a setting's number must be in, both ends included: for a setting a flag
+    also gives, the one place its limit is kept (:func:`~bulk_mms.config.check_settings`)."""
+
+    lo: float
+    hi: float
+
+    def check(self, setting: str, value: float) -> None:
+        """Refuse ``value`` outside the range (:class:`ConfigError` naming ``setting``)."""
+        if not self.lo <= value <= self.hi:
+            raise ConfigError(setting, self.refusal(value))
+
+    def refusal(self, value: float) -> str:
+        """Why ``value`` is refused: ``must be from 0.01 to 1000, not 2000``."""
+        return f"must be from {_shown(self.lo)} to {_shown(self.hi)}, not {_shown(value)}"
 
 
 class _NotToml(ConfigError):
@@ -105,24 +123,30 @@ class Table:
             raise self.error(key, f"must be a non-negative amount, not {value!r}")
         return amount
 
-    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
+    def int_(self, key: str, default: int, lo: float = -math.inf, hi: float = math.inf) -> int:
+        """A whole number from ``lo`` to ``hi`` (no range: a setting whose
+        :class:`Bounds` a later check applies)."""
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"must be a whole number, not {value!r}")
         if not lo <= value <= hi:
-            raise self.error(key, f"must be from {lo} to {hi}, not {value}")
+            raise self.error(key, Bounds(lo, hi).refusal(value))
         return value
 
-    def float_(self, key: str, default: float, lo: float, hi: float) -> float:
+    def float_(
+        self, key: str, default: float, lo: float = -math.inf, hi: float = math.inf
+    ) -> float:
+        """A number from ``lo`` to ``hi`` (no range: a setting whose :class:`Bounds` a later
+        check applies)."""
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {value!r}")
         if not lo <= value <= hi:
-            raise self.error(key, f"must be from {_shown(lo)} to {_shown(hi)}, not {_shown(value)}")
+            raise self.error(key, Bounds(lo, hi).refusal(value))
         return float(value)
 
     def bool_(self, key: str) -> bool | None:

@@ -18,7 +18,7 @@ import yarl
 from msgspec.structs import replace
 
 from bulk_mms.codes import DEFAULT_POLICY, Action
-from bulk_mms.config._toml import URL, Table, read_choice, read_toml
+from bulk_mms.config._toml import URL, Bounds, Table, read_choice, read_toml
 from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
 from bulk_mms.policy import load_policy
@@ -28,6 +28,13 @@ DAILY_RESET = "00:00 America/Los_Angeles"
 DEFAULT_BASE_URL = "https://api.telnyx.com/v2"
 API_KEY_ENV = "TELNYX_API_KEY"
 BASE_URL_ENV = "TELNYX_BASE_URL"
+#: The bounds of each setting a command-line flag also gives, by the setting's name in the
+#: settings file: the one place each limit is kept, checked by :func:`check_settings` alone,
+#: whether the value came from the file (its error names the file and the setting) or a
+#: flag (named as given: ``run --rate``, ``track --rate``, ``--concurrency``).
+RATE = Bounds(0.001, 10_000)  # [limits] rate, run --rate: groups per second, account-wide
+TRACK_RATE = Bounds(0.01, 1000)  # [track] rate, track --rate: GETs per second
+CONCURRENCY = Bounds(1, 1000)  # [limits] concurrency, --concurrency: requests in flight
 #: File descriptors kept back from ``concurrency`` for everything but the API's sockets: the
 #: ledger and its lock, the input, logs, metrics, the event loop's own, a sandbox's server.
 RESERVED_DESCRIPTORS = 32
@@ -165,8 +172,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             base_url=base_url,
             connect_timeout=api.float_("connect_timeout", settings.connect_timeout, 0.1, 600),
             request_timeout=api.float_("request_timeout", settings.request_timeout, 0.1, 3600),
-            rate=limits.float_("rate", settings.rate, 0.001, 10_000),
-            concurrency=limits.int_("concurrency", settings.concurrency, 1, 1000),
+            rate=limits.float_("rate", settings.rate),  # RATE: check_settings
+            concurrency=limits.int_("concurrency", settings.concurrency),  # CONCURRENCY
             cost=read_choice(limits, "cost", ("request", "recipient")),
             max_queue_wait_s=limits.float_(
                 "max_queue_wait_s", settings.max_queue_wait_s, 1, 14_400
@@ -198,7 +205,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
                 ),
             ),
             track=TrackConfig(
-                rate=track.float_("rate", tdflt.rate, 0.01, 1000),
+                rate=track.float_("rate", tdflt.rate),  # TRACK_RATE: check_settings
                 interval=track.float_("interval", tdflt.interval, 1, 86_400),
                 max_interval=track.float_("max_interval", tdflt.max_interval, 1, 86_400),
                 max_age=track.float_("max_age", tdflt.max_age, 60, API_KEEPS_S),
@@ -219,7 +226,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         except ConfigError as exc:
             raise ConfigError(BASE_URL_ENV, exc.message) from None
         settings = replace(settings, base_url=env[BASE_URL_ENV])
-    return check_settings(settings)
+    try:
+        return check_settings(settings)
+    except ConfigError as exc:  # a value of the file's (the defaults are in bounds)
+        raise ConfigError(exc.setting, exc.message, source=path) from None
 
 
 def _key_replayed(api: Table, retry: Table) -> bool:
@@ -311,14 +321,17 @@ def sends_key_in_clear(url: str) -> bool:
 
 
 def check_settings(settings: Settings) -> Settings:
-    """Check values that may also come from the command line."""
+    """Check the values that may also come from the command line: the base URL, and each
+    against its bounds (:data:`RATE`, :data:`TRACK_RATE`, :data:`CONCURRENCY`).
+
+    Raises:
+        ConfigError: naming the setting as the settings file names it (``limits.rate``,
+            ``track.rate``, ``limits.concurrency``; ``base_url``).
+    """
     base_url = check_base_url(settings.base_url)
-    if not 0 < settings.rate <= 10_000:
-        raise ConfigError(
-            "rate", f"must be greater than 0 and at most 10000, not {settings.rate:g}"
-        )
-    if not 1 <= settings.concurrency <= 1000:
-        raise ConfigError("concurrency", f"must be from 1 to 1000, not {settings.concurrency}")
+    RATE.check("limits.rate", settings.rate)
+    TRACK_RATE.check("track.rate", settings.track.rate)
+    CONCURRENCY.check("limits.concurrency", settings.concurrency)
     return replace(settings, base_url=base_url)
 
 
