@@ -296,3 +296,40 @@ def test_each_rate_has_one_bound_said_the_same_from_a_flag_or_the_file(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- 5. a database URL with a bad connection parameter --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("sslmode=bogus", "sslmode"),
+        ("target_session_attrs=zzz", "target_session_attrs"),
+        ("port=abc", "port"),
+        ("bogusparam=1", "bogusparam"),
+        ("connect_timeout=x", "connect_timeout"),
+    ],
+)
+def test_a_database_url_with_a_bad_parameter_is_the_settings_to_fix(
+    capsys: pytest.CaptureFixture[str], query: str, parameter: str
+) -> None:
+    """A connection parameter libpq cannot take (a value it does not know, a word where a
+    number goes, a parameter it has not) is the URL's to fix: exit 2 naming the parameter,
+    not exit 7 "a rerun resumes once it answers" as for a server that is down."""
+    pytest.importorskip("psycopg")
+    url = f"postgresql://postgres@127.0.0.1:5432/bulk_mms_none?{query}"
+    assert main(["-q", "db", "migrate", url]) == 2
+    err = capsys.readouterr().err
+    assert f"parameter {parameter!r}" in err
+    assert "rerun" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_database_that_does_not_answer_is_still_exit_7(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server not reached (nothing listens on the port) stays exit 7: a rerun resumes."""
+    pytest.importorskip("psycopg")
+    assert main(["-q", "db", "migrate", "postgresql://postgres@127.0.0.1:9/x?sslmode=disable"]) == 7
+    assert "a rerun resumes once it answers" in capsys.readouterr().err

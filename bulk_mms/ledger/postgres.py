@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import socket
 import time
@@ -52,6 +53,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 import psycopg
+import psycopg.conninfo
 import structlog
 import yarl
 
@@ -273,12 +275,29 @@ def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError
     answer, no such host), or one that answered it is not taking connections now (starting
     up, shutting down, in recovery, full), is :class:`LedgerUnavailable`, exit 7: a rerun
     resumes once it answers. One that refused the login (no such database or role, a bad
-    password) is the settings' to fix, exit 2. (libpq gives no SQLSTATE before a session:
-    its message says which: a server's refusal is a ``FATAL:`` line.)"""
+    password), or a URL whose connection parameter libpq cannot take (a value it does not
+    know, a word where a number goes, a parameter it has not: :data:`_BAD_PARAMETER`, named),
+    is the settings' to fix, exit 2. (libpq gives no SQLSTATE before a session: its message
+    says which: a server's refusal is a ``FATAL:`` line.)"""
     text = f"cannot connect: {_scrub(exc, conninfo)}"
+    if (bad := _BAD_PARAMETER.search(text)) is not None:
+        name = next(g for g in bad.groups() if g)
+        return LedgerError(shown, f"{text}: fix the URL's parameter {name!r}")
     if "FATAL:" not in text or any(why in text for why in _NOT_NOW):
         return LedgerUnavailable(shown, f"{text} (a rerun resumes once it answers)")
     return LedgerError(shown, text)
+
+
+#: What libpq (or psycopg) says, before it tries a server, of a connection parameter it
+#: cannot take; the first group that matched is the parameter's name.
+_BAD_PARAMETER: Final = re.compile(
+    r'invalid URI query parameter: "([^"]+)"'
+    r'|invalid connection option "([^"]+)"'
+    r'|invalid integer value "[^"]*" for connection option "([^"]+)"'
+    r"|invalid (port) number"
+    r"|invalid (\w+) value"
+    r"|bad value for (\w+)"
+)
 
 
 #: What a server says that takes no connections now, but will (PostgreSQL's own words).
@@ -309,6 +328,9 @@ def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connecti
             did not answer).
     """
     try:
+        # the URL's own connect_timeout is overridden below (_connect_args): one it gives
+        # that is not a number is still its mistake, said as such (_not_connected)
+        psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(conninfo))
         return psycopg.connect(
             conninfo,
             autocommit=autocommit,
