@@ -805,9 +805,8 @@ class RowReader:
             return RejectedRow(
                 lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"
             )
-        # Each key's colon, at least: a line with no more colons than keys names none twice
-        # (orjson keeps the last of two values; which one to send would be a guess).
-        if raw.count(b":") > len(obj) and (twice := _repeated_key(raw, self.encoding)):
+        # orjson keeps the last of two values of a key: which one to send would be a guess
+        if (twice := _repeated_key(raw, obj, self.encoding)) is not None:
             return RejectedRow(
                 lineno,
                 _cell(obj.get(self.phone))[:200],
@@ -969,10 +968,20 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
     return line
 
 
-def _repeated_key(raw: bytes, encoding: str) -> str | None:
-    """The first key a JSONL line (one orjson parsed to an object) gives twice at its top
+def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:
+    """The first key a JSONL line (``obj``, as orjson parsed it) gives twice at its top
     level, however it is written (``"a"``, ``"\\u0061"``); None when it gives each once. A
-    repeat inside a nested value is no column's, and no matter."""
+    repeat inside a nested value is no column's, and no matter.
+
+    Parsed again only when two cheap looks cannot tell: a line with no more colons than
+    ``obj`` has keys gives none twice (each key has its colon), nor one without a backslash
+    (every key written as it is) in which each key, quoted, is found once."""
+    if raw.count(b":") <= len(obj):
+        return None
+    if b"\\" not in raw:
+        with contextlib.suppress(UnicodeEncodeError):
+            if all(raw.count(b'"%s"' % key.encode(encoding)) == 1 for key in obj):
+                return None
     repeats: list[str | None] = []
 
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
