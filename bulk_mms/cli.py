@@ -126,10 +126,12 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="job name (default: the job's; with --input, the job's plus the file's stem and "
         "a short hash of it, so the resend has a ledger and a campaign of its own)",
     )
+    run.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or the live API)")
     run.add_argument(
-        "--base-url", help=f"API base URL (default: ${'{'}TELNYX_BASE_URL{'}'} or the live API)"
+        "--rate",
+        type=float,
+        help='groups per second, account-wide (recipients with [limits] cost = "recipient")',
     )
-    run.add_argument("--rate", type=float, help="groups per second, account-wide")
     run.add_argument("--concurrency", type=int, help="requests in flight at once")
     run.add_argument(
         "--sandbox", action="store_true", help="send to the built-in fake API (no key needed)"
@@ -184,7 +186,8 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "--rejected-csv",
         type=Path,
         metavar="PATH",
-        help="write every rejected input row (line, value, reason) to this CSV",
+        help="write every input row rejected, a duplicate or excluded (line, value, reason) "
+        "to this CSV",
     )
     _metrics_flag(run)
 
@@ -238,13 +241,16 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "--failed-csv",
         type=Path,
         metavar="PATH",
-        help="write the recipients who did not get the message as a job input file",
+        help="write the recipients no rerun will send (refused for good, or whose delivery "
+        "failed for good) as a job input file; not those who opted out, those the deadline "
+        "left unsent, nor those an earlier resend of this campaign tried",
     )
     report.add_argument(
         "--rejected-csv",
         type=Path,
         metavar="PATH",
-        help="write every input row the ledger records rejected: line,value,reason",
+        help="write the input rows the ledger records rejected as losses (bad numbers, broken "
+        "rows; not duplicates, suppressed or excluded numbers): line,value,reason",
     )
     report.add_argument(
         "--recipients-csv",
