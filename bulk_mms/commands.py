@@ -51,7 +51,16 @@ from bulk_mms.console import (
     say,
 )
 from bulk_mms.csvfile import check_output, is_ledger
-from bulk_mms.errors import ConfigError, Exit, FatalSendError, LedgerError, MissingExtra
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiUnavailable,
+    ConfigError,
+    Exit,
+    FatalSendError,
+    LedgerError,
+    MissingExtra,
+    RetryableSendError,
+)
 from bulk_mms.extras import needs
 from bulk_mms.ledger import (
     Location,
@@ -875,13 +884,19 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
         numbers: list[str] = []
         page, pages = 1, 1
         while page <= pages:
-            found, pages = await fetch_with_retry(
-                functools.partial(
-                    client.fetch_optouts, page, profile=settings.messaging_profile_id
-                ),
-                settings.retry,
-                what="optouts",
-            )
+            try:
+                found, pages = await fetch_with_retry(
+                    functools.partial(
+                        client.fetch_optouts, page, profile=settings.messaging_profile_id
+                    ),
+                    settings.retry,
+                    what="optouts",
+                )
+            except (RetryableSendError, AmbiguousSendError) as exc:  # the network's, not ours
+                raise ApiUnavailable(
+                    f"the API cannot be reached ({exc}); nothing was changed: check base_url "
+                    "and the network, then run optouts sync again"
+                ) from None
             numbers += [block.to for block in found]
             page += 1
         return numbers

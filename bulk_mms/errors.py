@@ -3,7 +3,8 @@
 ::
 
     BulkMmsError                      exit code (cli.py)
-     ├── UsageError                    2  bad job, config or input: nothing was sent
+     ├── UsageError                    2  bad job, config or input: nothing was sent (an
+     │                                    input written or replaced mid-run stops it there)
      │    ├── ConfigError(setting)        a setting is missing, unknown or out of range
      │    ├── InputError(path, line)      the recipient file cannot be read
      │    ├── MediaError(url)             a media URL fails the preflight check
@@ -26,7 +27,8 @@
           │    │                            a burst of spam filtering: resumable
           │    ├── AccountRefused      6    no funds (20100), spend limit (40333), every
           │    │                            sender of the job refused (40003/40315)
-          │    ├── EndpointError       2    a 3xx (never followed), or a URL the client cannot use
+          │    ├── EndpointError       2    a 3xx (never followed), a 404/405 to the send, or a
+          │    │                            URL the client cannot use
           │    └── DescriptorsExhausted 2   EMFILE/ENFILE: this machine ran out of file
           │                                 descriptors (ulimit -n, --concurrency), not the API
           ├── Rejected(status)            400/422: the API refuses this group; never retried
@@ -38,7 +40,7 @@
           │    ├── ServerError(status)      5xx on a GET; 408, 409, 501, 503, 505
           │    └── NetworkError             failed before the request left (DNS, refused, TLS)
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed
-                                          out, a 500, 502 or 504 answering the send)
+                                          out, a 5xx but 501/503/505 answering the send)
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,

@@ -195,3 +195,19 @@ def test_optouts_sync_asks_for_the_profile_and_full_numbers(
         "false",
     )
     assert "filter[from]" not in query
+
+
+def test_optouts_sync_with_the_api_unreachable_exits_1_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An API that cannot be reached is the network's, not a bad setting: optouts sync exits
+    1 (run it again), as track does, saying so in one line, and the list is untouched."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n[retry]\nattempts = 1\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    argv = ["optouts", "sync", "--config", str(config), "--base-url", "http://127.0.0.1:9/v2"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "suppressed.txt").exists()
