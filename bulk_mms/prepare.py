@@ -4,6 +4,7 @@ group), what a run would do with each group given its ledger, and the dry run th
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import itertools
@@ -39,6 +40,7 @@ from bulk_mms.reader import RowReader, fingerprint
 from bulk_mms.scan import (
     InputScan,
     Tally,
+    check_columns,
     check_rejected_share,
     checked_rows,
     open_reader,
@@ -78,6 +80,9 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     with open_reader(job) as reader:
         rows = checked_rows(job, reader)
         firsts = list(itertools.islice((r for r in rows if isinstance(r, Recipient)), len(seeds)))
+        if not reader.complete:  # a JSONL file's columns are known once it is read through
+            collections.deque(reader, maxlen=0)
+            check_columns(job, reader)
     if not firsts:
         raise InputError(job.input, "has no valid row to render the message from")
     name = f"{job.name}-seed-{now.astimezone(dt.UTC):%Y%m%dT%H%M%S}"[-100:].lstrip("-._")

@@ -473,6 +473,20 @@ def test_a_seed_send_reaches_only_the_seeds_in_a_ledger_of_its_own(
     assert "--to" in capsys.readouterr().err
 
 
+def test_a_seed_send_refuses_a_template_field_no_record_of_a_jsonl_file_has(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --to on a JSONL input whose records (none of them) have the field the message
+    names refuses the job naming the setting, as a full run does, instead of texting the
+    seeds "Hello " (a JSONL file's columns are known only once it is read through)."""
+    (jobs.root / "people.jsonl").write_text('{"phone": "+12125550100", "name": "Al"}\n')
+    job = jobs.job("people.jsonl")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--to", "+13125550100"]) == 2
+    err = capsys.readouterr().err
+    assert "message.text" in err
+    assert "'first' is not a column" in err
+
+
 @pytest.mark.parametrize(("answer", "code", "sent"), [("y\n", 0, 2), ("n\n", 1, 0), ("", 1, 0)])
 def test_a_terminal_is_asked_before_spending(
     jobs: JobFactory,
