@@ -89,8 +89,9 @@ __all__ = [
 CATCH_UP_S = 0.5
 #: The oldest an admission may be when its request leaves, in seconds, whatever the rate: an
 #: older one (a commit stalled, the process was paused) is taken again first
-#: (:func:`permit_max_age`), so a stall never turns into a burst at the server.
-PERMIT_MAX_AGE_S = 1.0
+#: (:func:`permit_max_age`), so a stall never turns into a burst at the server. The shared
+#: budget spaces admissions wider by this much (:func:`bulk_mms.ledger.pgbudget.spacing`).
+PERMIT_MAX_AGE_S = 0.1
 #: ... and at least this, however high the rate: an ordinary write-ahead commit (an fsync, a
 #: round trip to the database) is younger, so it never costs an admission taken twice.
 PERMIT_MIN_AGE_S = 0.025
@@ -113,12 +114,11 @@ def permit_max_age(rate: float) -> float:
     rate (``1 / rate``), but not under :data:`PERMIT_MIN_AGE_S` nor over
     :data:`PERMIT_MAX_AGE_S`.
 
-    Why: admissions are spaced at least ``1.05 / rate`` apart (the shared budget's margin) and
-    each request leaves within this bound ``B`` of its admission, so the requests that reach
-    the server in any one second were admitted within ``1 + B`` seconds: at most one more
-    than ``(1 + B) * rate / 1.05`` of them. For every ``B`` this returns that is less than
-    ``rate + 1``, so never more than ``rate + 1`` arrive in a second, with
-    ``0.05 + 1.05 / rate - B`` seconds (25 ms or more) to spare for jitter on the way.
+    Why: a budget shared by several processes spaces its admissions so that the requests
+    admitted within ``1 + B`` seconds (and a little jitter) are no more than ``rate``
+    (:func:`bulk_mms.ledger.pgbudget.spacing`); each request leaving within this bound ``B``
+    of its admission, no second at the server holds more than ``rate``, though each
+    process's window guard sees only its own sends. (One process's guard sees them all.)
     """
     return min(PERMIT_MAX_AGE_S, max(PERMIT_MIN_AGE_S, 1.0 / rate))
 

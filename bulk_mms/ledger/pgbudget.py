@@ -6,8 +6,8 @@ on the database's clock) and the account's pause; ``bulk_mms_sender_pauses`` hol
 sender's pause (a 429, a queue to let drain), so hosts do not fight over one sender's queue.
 Admission is one atomic ``UPDATE``: it succeeds only when the row's ``tat`` has come, and moves
 it on by the cost's spacing, so N processes together are spaced as one. The spacing has no burst
-allowance and a 5 % margin, so no one-second window at the API holds more than ``rate`` even
-with tens of milliseconds of jitter between admission and arrival.
+allowance and room for the time a request may take from its admission to the API
+(:func:`spacing`), so no one-second window at the API holds more than ``rate``.
 
 Times cross the :class:`~bulk_mms.rate.AccountBudget` seam on the process's monotonic clock;
 they are converted at each round trip by the offset between it and the database's clock.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -37,16 +38,33 @@ import psycopg
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerError
-from bulk_mms.rate import PaceAborted, Pauses, WindowGuard
+from bulk_mms.rate import PaceAborted, Pauses, WindowGuard, permit_max_age
 
 if TYPE_CHECKING:
     from bulk_mms.ledger.postgres import _Link
 
 _T = TypeVar("_T")
 
-#: Spacing is ``cost / rate`` times this: room for jitter between admission and arrival (the
-#: write-ahead commit and the connection lie between them): 50 ms in any second.
-MARGIN: Final = 1.05
+#: How much later than the moment it left its request may reach the API, in seconds (the
+#: admission's round trip is read at its midpoint, the connection to the API): jitter the
+#: spacing leaves room for.
+JITTER_S: Final = 0.025
+
+
+def spacing(cost: float, rate: float) -> float:
+    """How far apart, in seconds, the shared budget admits requests of ``cost`` at ``rate``.
+
+    Each request leaves within :func:`~bulk_mms.rate.permit_max_age` (``B``) of its
+    admission (an older one is admitted again first) and reaches the API within
+    :data:`JITTER_S` (``J``) more, so the requests the API sees in any one second were
+    admitted within ``1 + B + J`` seconds. Spaced that span over the whole number of
+    requests a second may hold (``rate`` rounded down; a rate below 1 spaces wider still),
+    no second holds more than ``rate``: at 12/s, 12 in a second, never 13.
+    """
+    whole = math.floor(rate) if rate >= 1 else rate
+    return cost * (1.0 + permit_max_age(rate) + JITTER_S) / whole
+
+
 _ADMIT: Final = """
     WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t)
     UPDATE bulk_mms_budgets b SET tat = greatest(b.tat, now.t) + %(spacing)s
@@ -166,12 +184,12 @@ class PostgresBudget(Pauses):
         return None  # admission is the database's: always a round trip
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
-        spacing = cost / self.rate * MARGIN
+        gap = spacing(cost, self.rate)
         async with self._lock:
             while True:
                 if self._stopped():
                     raise PaceAborted("stopping", self.clock.monotonic())
-                admitted, at = await self._try_admit(spacing)
+                admitted, at = await self._try_admit(gap)
                 if admitted:
                     # the moment the database admitted it (not when the answer came back): the
                     # pacer measures an admission's age from it, and takes a stale one again
