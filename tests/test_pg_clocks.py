@@ -1,0 +1,103 @@
+"""Hosts whose clocks disagree, sharing one PostgreSQL ledger: real ``bulk-mms run`` processes,
+one of them under libfaketime (its wall clock minutes off, its monotonic clock true), judge
+the job's deadline and the day of a daily cap by the database's clock, so by one clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.fake_api import FakeTelnyx
+from tests.conftest import JobFactory
+from tests.threaded import fake_api_thread
+
+KEY = "pg-clock-key"
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed"),
+]
+
+
+def run(
+    job: Path, url: str, config: Path, ledger: str, offset: str | None
+) -> subprocess.Popen[bytes]:
+    """``bulk-mms run`` on a host whose wall clock is ``offset`` off (``"+120s"``), if any."""
+    env = {**os.environ, "TELNYX_API_KEY": KEY}
+    env.pop("TELNYX_BASE_URL", None)
+    if offset is not None:
+        env |= {"LD_PRELOAD": str(FAKETIME), "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
+    cmd += ["--config", str(config), "--ledger", ledger, "--yes"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """Each process's exit code, once it ended (killed after 60 s); no traceback from any."""
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        assert b"Traceback" not in err, err.decode()[-1000:]
+    return [p.returncode for p in procs]
+
+
+def test_hosts_two_minutes_apart_keep_one_daily_cap_across_its_reset(
+    jobs: JobFactory, database: str
+) -> None:
+    """The daily cap resets at a minute the host two minutes ahead has passed and the other
+    has not: both count one day (the database's), so 40 are sent, not 40 a day each."""
+    now = dt.datetime.now(dt.UTC)
+    reset = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    if (reset - now).total_seconds() < 15:  # the run must not cross it by the true clock
+        reset += dt.timedelta(minutes=1)
+    jobs.people(120)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text(
+        "[limits]\nrate = 20\nconcurrency = 2\nlease_s = 2\ndaily_recipients = 40\n"
+        f'daily_reset = "{reset:%H:%M} UTC"\n[api]\nrecords_lag_s = 0\n'
+    )
+    where = f"{database}?ledger=daily"
+    fake = FakeTelnyx(api_key=KEY)
+    with fake_api_thread(fake) as url:
+        codes = finish(
+            [run(job.path, url, config, where, None), run(job.path, url, config, where, "+120s")]
+        )
+    assert codes == [5, 5]  # the cap, for both
+    assert sum(fake.recipient_counts().values()) == 40
+
+
+def test_a_host_two_minutes_behind_sends_nothing_past_the_deadline(
+    jobs: JobFactory, database: str
+) -> None:
+    """A deadline 5 s away by the true clock, two hosts sending, one of them two minutes
+    behind: no request reaches the API after the deadline (the late host keeps the
+    database's time, not its own, 120 s earlier)."""
+    deadline = time.time() + 5
+    stamp = dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="seconds")
+    jobs.people(200)
+    job = jobs.job(extra=f'group_size = 2\ndeadline = "{stamp}"')
+    config = jobs.root / "config.toml"
+    config.write_text(
+        "[limits]\nrate = 6\nconcurrency = 2\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
+    )
+    where = f"{database}?ledger=deadline"
+    fake = FakeTelnyx(api_key=KEY)
+    with fake_api_thread(fake) as url:
+        codes = finish(
+            [run(job.path, url, config, where, None), run(job.path, url, config, where, "-120s")]
+        )
+    accepted = [fake.wall() - fake.clock() + t for t, _, _ in fake.accept_log]
+    assert accepted, codes  # both sent until the deadline
+    assert max(accepted) <= int(deadline) + 0.05  # the stamp's whole second, and the trip back
+    assert 0 not in codes  # not everyone could be sent in time
