@@ -35,6 +35,7 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
+from bulk_mms.extras import needs
 from bulk_mms.gates import Gates, job_deadline, past
 from bulk_mms.ledger import (
     Header,
@@ -46,6 +47,7 @@ from bulk_mms.ledger import (
     open_store,
 )
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
+from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
     check_resumable,
@@ -726,6 +728,8 @@ async def run_job(
     """
     stop = stop or Stop()
     clock = clock or SystemClock(stop)
+    if is_database(job.where) and isinstance(clock, SystemClock):
+        await _follow_the_databases_clock(clock, str(job.where))  # before the window's check
     if not in_window(job, utc(clock)) and not _expired_before(job, clock):
         log.warning(
             "job.outside_window",
@@ -754,8 +758,6 @@ async def run_job(
         coordinator = coordinator_for(store, settings.lease_s)
         runner: Runner | None = None
         try:
-            if store.shared and isinstance(clock, SystemClock):
-                await _follow_the_ledgers_clock(clock, store)
             header = header_for(job, scan.fingerprint, clock)
             # off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is heard
             view = await asyncio.to_thread(
@@ -799,15 +801,23 @@ async def run_job(
 SKEWED_S: Final = 1.0
 
 
-async def _follow_the_ledgers_clock(clock: SystemClock, store: LedgerStore) -> None:
+async def _follow_the_databases_clock(clock: SystemClock, where: str) -> None:
     """Every host of a job on a shared ledger judges its deadline, its windows and the day
-    (a daily cap's reset) by one clock, the database's, whatever its own clock says: ``clock``
-    follows it from here on. A host further off than :data:`SKEWED_S` is told so, once."""
-    skew = await asyncio.to_thread(clock.follow, store.database_time)
+    (a daily cap's reset) by one clock, the database's at ``where``, whatever its own clock
+    says: ``clock`` follows it from here on, from the run's first look at its send window.
+    A host further off than :data:`SKEWED_S` is told so, once.
+
+    Raises:
+        LedgerError: the database cannot be reached (exit 7 when it did not answer).
+    """
+    with needs("postgres", "a PostgreSQL ledger"):
+        from bulk_mms.ledger.postgres import follow_database_clock  # noqa: PLC0415 - psycopg
+
+    skew = await asyncio.to_thread(follow_database_clock, where, clock.follow)
     if abs(skew) > SKEWED_S:
         log.warning(
             "clock.skewed",
-            ledger=store.name,
+            ledger=display(where),
             seconds=round(skew, 1),
             hint="this host's clock is off the database's; the run keeps the database's time. "
             "Synchronise it (NTP, chrony)",

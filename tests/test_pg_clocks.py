@@ -101,3 +101,23 @@ def test_a_host_two_minutes_behind_sends_nothing_past_the_deadline(
     assert accepted, codes  # both sent until the deadline
     assert max(accepted) <= int(deadline) + 0.05  # the stamp's whole second, and the trip back
     assert 0 not in codes  # not everyone could be sent in time
+
+
+def test_a_host_two_minutes_behind_starts_when_the_databases_window_opened(
+    jobs: JobFactory, database: str
+) -> None:
+    """The send window opened this minute by the database's clock; a host two minutes behind
+    thinks it is still shut. Its run sends (exit 0), as the database's time says, instead of
+    stopping at once as 'outside the window' (exit 4)."""
+    opened = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    window = f"{opened:%H:%M}-{opened + dt.timedelta(minutes=30):%H:%M}"
+    jobs.people(6)
+    job = jobs.job(extra=f'group_size = 2\ntimezone = "UTC"\nsend_window = "{window}"')
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 20\nlease_s = 2\n[api]\nrecords_lag_s = 0\n")
+    where = f"{database}?ledger=window"
+    fake = FakeTelnyx(api_key=KEY)
+    with fake_api_thread(fake) as url:
+        codes = finish([run(job.path, url, config, where, "-120s")])
+    assert codes == [0]
+    assert sum(fake.recipient_counts().values()) == 6

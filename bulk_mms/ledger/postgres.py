@@ -341,6 +341,32 @@ def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connecti
         raise _not_connected(display(conninfo), exc, conninfo) from None
 
 
+def follow_database_clock(location: str, follow: Callable[[Callable[[], float]], T]) -> T:
+    """``follow`` (:meth:`SystemClock.follow <bulk_mms.clock.SystemClock.follow>`) handed a
+    reading of the database's clock at ``location``, on a connection made before (its making
+    is no part of the reading's time) and closed after: what a run follows before anything
+    else, its send window's first check included.
+
+    Raises:
+        LedgerError: the database cannot be reached (exit 7 when it did not answer) or failed.
+    """
+    conninfo, _, shown = split(location)
+    conn = _sync_connect(conninfo)
+
+    def now() -> float:
+        try:
+            row = conn.execute(_DATABASE_TIME).fetchone()
+        except psycopg.Error as exc:
+            raise LedgerError(shown, f"cannot read the time: {_scrub(exc, conninfo)}") from None
+        assert row is not None
+        return float(row[0])
+
+    try:
+        return follow(now)
+    finally:
+        conn.close()
+
+
 def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
