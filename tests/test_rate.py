@@ -325,6 +325,45 @@ async def stalled_processes(*, retake: bool) -> list[tuple[float, float]]:
     return sends
 
 
+async def slow_first_commit(gap: float) -> list[tuple[float, float]]:
+    """Two processes of two workers share one budget at rate 12, admissions ``gap`` apart;
+    the first request's commit takes just under the stale bound, so it leaves late but is not
+    admitted again; the others leave at once. When each request left."""
+    clock = FakeClock()
+    shared = FixedRate(1.0 / gap, clock, depth=1.0, credit=1.0)
+    late = 0.95 * permit_max_age(12.0)
+    sends: list[tuple[float, float]] = []
+    admitted: list[float] = []
+
+    async def process() -> None:
+        budget = SharedSpacing(shared, 12.0, clock)
+        pacer = Pacer(PacingConfig(rate=12.0), ["+15550001111"], clock=clock, budget=budget)
+
+        async def worker() -> None:
+            for _ in range(6):
+                ticket = await pacer.acquire("+15550001111", 1)
+                admitted.append(ticket.time)
+                if len(admitted) == 1:
+                    await clock.sleep(late)  # the first write-ahead commit is slow
+                await pacer.send_slot(ticket)
+                sends.append((clock.monotonic(), 1.0))
+
+        await asyncio.gather(worker(), worker())
+
+    await asyncio.gather(process(), process())
+    return sends
+
+
+async def test_a_request_leaving_late_never_puts_rate_plus_one_into_a_second() -> None:
+    """Processes sharing the account rate (12) through the database's spacing: a request
+    whose commit took just under the stale bound leaves with the next second's admissions,
+    and still no one-second window holds more than 12 (spaced 1.05/rate apart, 13 did)."""
+    sends = await slow_first_commit(spacing(1.0, 12.0))
+    assert len(sends) == 24
+    assert most_in_a_window(sends) <= 12
+    assert most_in_a_window(await slow_first_commit(1.05 / 12.0)) == 13
+
+
 async def test_a_commit_stall_never_turns_into_a_burst_across_processes() -> None:
     """Three processes sharing the account rate (10) through the database's spacing alone, a
     3 s commit stall: with stale admissions taken again no one-second window holds more than
