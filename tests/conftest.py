@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -239,6 +239,14 @@ async def crash_mid_send(
 SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
+def missing(reason: str) -> NoReturn:
+    """Skip the test for want of a service or a tool, saying which in one line; where CI
+    requires every one (``BULK_MMS_REQUIRE_SERVICES``, set by ``.ci/run``), fail it."""
+    if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def database() -> Iterator[str]:
     """A database of its own on the project's PostgreSQL, dropped afterwards; the test is
@@ -247,10 +255,7 @@ def database() -> Iterator[str]:
     try:
         admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL at {SERVER}: {str(exc).splitlines()[0]}"
-        if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(f"no PostgreSQL at {SERVER}: {str(exc).splitlines()[0]}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
