@@ -35,7 +35,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,9 +233,6 @@ class JsonlStore(GroupCommitted[bytes]):
 
     async def group_events(self, group: str) -> list[Event]:
         return []  # exclusive: this run's own view already holds all of them
-
-    def database_time(self) -> float:
-        return time.time()  # one machine's file: its own clock
 
     def put_header(self, header: Header) -> Header:
         """Append ``header`` now: the file is exclusive to this run (its lock), so no other

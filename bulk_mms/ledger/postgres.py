@@ -622,20 +622,6 @@ class PostgresStore(GroupCommitted[_Item]):
         rows = await self._reader.run(read, "cannot read")
         return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
 
-    def database_time(self) -> float:
-        """The database's wall time, in seconds since the epoch: the clock every host of a
-        shared job follows (:meth:`~bulk_mms.clock.SystemClock.follow`).
-
-        Raises:
-            LedgerError: the database failed.
-        """
-        try:
-            row = self._conn.execute(_DATABASE_TIME).fetchone()
-        except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot read: {_scrub(exc, self._conninfo)}") from None
-        assert row is not None
-        return float(row[0])
-
     def put_header(self, header: Header) -> Header:
         """The ledger's header: ``header`` when it had none, else the one another process
         wrote first (a unique index decides a race).

@@ -75,15 +75,6 @@ class LedgerStore(Protocol):
         """
         ...
 
-    def database_time(self) -> float:
-        """The wall time of the clock the store keeps, in seconds since the epoch: a shared
-        store's database's (every host of the job follows it); a file's is this machine's.
-
-        Raises:
-            LedgerError: the store failed.
-        """
-        ...
-
     def put_header(self, header: Header) -> Header:
         """The ledger's one job header: ``header``, appended and durable now, when it has
         none; else the one already there (another process that started at the same moment
