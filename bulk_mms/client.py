@@ -327,7 +327,11 @@ def parse_statuses(
                             item["phone_number"][:32],
                             status,
                             message_id=mid if field == "to" else None,
-                            errors=errors if alone else _errors_of(errors, f"/{field}/{i}", status),
+                            errors=(
+                                _errors_of(errors, f"/{field}/{i}", status)
+                                if errors and not alone
+                                else errors
+                            ),
                             at=at,
                             cost=cost if field == "to" else None,
                         )
