@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Container
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 import structlog
 from msgspec.structs import replace
@@ -35,7 +35,6 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.extras import needs
 from bulk_mms.gates import Gates, job_deadline, past
 from bulk_mms.ledger import (
     Header,
@@ -44,6 +43,7 @@ from bulk_mms.ledger import (
     RunStarted,
     display,
     exists,
+    keep_database_time,
     open_store,
 )
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
@@ -729,7 +729,7 @@ async def run_job(
     stop = stop or Stop()
     clock = clock or SystemClock(stop)
     if is_database(job.where) and isinstance(clock, SystemClock):
-        await _follow_the_databases_clock(clock, str(job.where))  # before the window's check
+        await keep_database_time(clock, str(job.where))  # before the window's check
     if not in_window(job, utc(clock)) and not _expired_before(job, clock):
         log.warning(
             "job.outside_window",
@@ -795,33 +795,6 @@ async def run_job(
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()
-
-
-#: A clock further than this from a shared ledger's database's, in seconds, is logged.
-SKEWED_S: Final = 1.0
-
-
-async def _follow_the_databases_clock(clock: SystemClock, where: str) -> None:
-    """Every host of a job on a shared ledger judges its deadline, its windows and the day
-    (a daily cap's reset) by one clock, the database's at ``where``, whatever its own clock
-    says: ``clock`` follows it from here on, from the run's first look at its send window.
-    A host further off than :data:`SKEWED_S` is told so, once.
-
-    Raises:
-        LedgerError: the database cannot be reached (exit 7 when it did not answer).
-    """
-    with needs("postgres", "a PostgreSQL ledger"):
-        from bulk_mms.ledger.postgres import follow_database_clock  # noqa: PLC0415 - psycopg
-
-    skew = await asyncio.to_thread(follow_database_clock, where, clock.follow)
-    if abs(skew) > SKEWED_S:
-        log.warning(
-            "clock.skewed",
-            ledger=display(where),
-            seconds=round(skew, 1),
-            hint="this host's clock is off the database's; the run keeps the database's time. "
-            "Synchronise it (NTP, chrony)",
-        )
 
 
 def _expired_before(job: JobConfig, clock: Clock) -> bool:

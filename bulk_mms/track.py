@@ -43,7 +43,14 @@ from bulk_mms.errors import (
     RateLimited,
     SendError,
 )
-from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Location, open_store
+from bulk_mms.ledger import (
+    GroupRecord,
+    LedgerStore,
+    LedgerView,
+    Location,
+    keep_database_time,
+    open_store,
+)
 from bulk_mms.ledger.events import Event, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
@@ -457,7 +464,10 @@ async def track_ledger(
     store = open_store(location, "append")
     try:
         view = store.fold()
-        clock = clock or SystemClock(stop)
+        if clock is None:
+            clock = SystemClock(stop)
+            if store.shared:  # a database's: its time, as every run of the job keeps it
+                await keep_database_time(clock, str(location))
 
         listed: list[Suppressed] = []  # opened at the first opt-out (a database's table)
 

@@ -23,6 +23,7 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
+from bulk_mms.clock import parse_time
 from bulk_mms.config import JobConfig
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
@@ -584,3 +585,28 @@ async def test_a_host_whose_clock_is_slow_keeps_the_databases_deadline(
     skewed = [e for e in logs if e["event"] == "clock.skewed"]
     assert len(skewed) == 1
     assert 119 < skewed[0]["seconds"] < 121
+
+
+async def test_track_on_a_host_whose_clock_is_slow_keeps_the_databases_time(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """track on a database ledger, from a host whose clock is two minutes slow, stamps what
+    it records by the database's time (a carrier's reset it computes is the runs' reset) and
+    logs the skew once."""
+    import bulk_mms.clock  # noqa: PLC0415 - the module whose time this test slows
+
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
+    monkeypatch.setattr(bulk_mms.clock, "time", _Behind)
+    with capture_logs() as logs:
+        result = await track_ledger(job.where, FAST, client)
+    assert result.statuses == {"delivered": 4}
+    assert [round(e["seconds"]) for e in logs if e["event"] == "clock.skewed"] == [120]
+    stamps = [parse_time(e.time) for e in read_events(job.where) if isinstance(e, events.Status)]
+    assert len(stamps) == 4
+    assert all(abs(t - time.time()) < 30 for t in stamps)

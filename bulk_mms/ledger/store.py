@@ -10,13 +10,15 @@ A backend is one module implementing this protocol and one branch in :func:`open
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
+import structlog
 import yarl
 
-from bulk_mms.clock import instant
+from bulk_mms.clock import SystemClock, instant
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import LedgerError
 from bulk_mms.extras import needs
@@ -302,3 +304,31 @@ def sent_since(where: Location, since: float) -> int:
         except LedgerError:
             continue  # not a ledger (or damaged): nothing it says can be counted
     return total
+
+
+#: A clock further than this from a shared ledger's database's, in seconds, is logged.
+SKEWED_S: Final = 1.0
+
+
+async def keep_database_time(clock: SystemClock, where: str) -> None:
+    """Every process of a job on a database ledger (its runs, ``track``) judges deadlines,
+    windows, the day (a daily cap's reset) and a carrier's reset by one clock, the
+    database's at ``where``, whatever its host's says: ``clock`` follows it from here on
+    (:meth:`~bulk_mms.clock.SystemClock.follow`). A host further off than :data:`SKEWED_S`
+    is told so, once (``clock.skewed``).
+
+    Raises:
+        LedgerError: the database cannot be reached (exit 7 when it did not answer).
+    """
+    with needs("postgres", "a PostgreSQL ledger"):
+        from bulk_mms.ledger.postgres import follow_database_clock  # noqa: PLC0415 - psycopg
+
+    skew = await asyncio.to_thread(follow_database_clock, where, clock.follow)
+    if abs(skew) > SKEWED_S:
+        structlog.get_logger("bulk_mms.ledger").warning(
+            "clock.skewed",
+            ledger=display(where),
+            seconds=round(skew, 1),
+            hint="this host's clock is off the database's; bulk-mms keeps the database's "
+            "time. Synchronise it (NTP, chrony)",
+        )
