@@ -294,6 +294,15 @@ def report_code(st: RecipientStatus) -> str | None:
     return next((e.code for e in st.errors if e.code), None)
 
 
+def opted_out_in(st: RecipientStatus, policy: Mapping[str, Action]) -> str | None:
+    """The code of a delivery report that says its member opted out (a ``suppress`` code,
+    40300, for a member the message did not reach); None for any other report."""
+    code = report_code(st)
+    if code is None or st.status not in NOT_RECEIVED or policy.get(code) != Action.SUPPRESS:
+        return None
+    return code
+
+
 #: How many times a delivery report may send one recipient again (:func:`delivery_action`):
 #: after that, its failure stands (``report --failed-csv`` lists it), so a number a carrier
 #: keeps refusing is not texted run after run, each time paid for.
@@ -321,7 +330,7 @@ def delivery_action(
     if action is None or rec.sender is None or code is None:
         return None, None
     if action == Action.SUPPRESS:
-        return (action if st.status in NOT_RECEIVED else None), None
+        return (action if opted_out_in(st, settings.error_policy) else None), None
     stamp = iso(now)
     if st.status not in NOT_RECEIVED:
         return action, None  # it reached them, or may yet: nobody goes again

@@ -51,14 +51,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
-from bulk_mms.codes import DEFAULT_POLICY, Action
-from bulk_mms.delivery import NOT_RECEIVED
+from bulk_mms.codes import DEFAULT_POLICY
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import report_code
+from bulk_mms.policy import opted_out_in
 from bulk_mms.suppression import Suppressed, added_by_stop, keyword, suppress_opted_out
 
 log = structlog.get_logger("bulk_mms.webhooks")
@@ -432,9 +431,8 @@ class WebhookReceiver:
         if self.suppressed is None:
             return
         for _, st in matched:
-            code = report_code(st)
-            if st.status in NOT_RECEIVED and DEFAULT_POLICY.get(code or "") == Action.SUPPRESS:
-                await suppress_opted_out(self.suppressed, (st.phone,), code or "", source="webhook")
+            if (code := opted_out_in(st, DEFAULT_POLICY)) is not None:
+                await suppress_opted_out(self.suppressed, (st.phone,), code, source="webhook")
 
     def ready(self) -> None:
         """Have a store that takes writes: open the ledger anew, and read it into a fresh view,
