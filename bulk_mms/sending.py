@@ -245,6 +245,8 @@ class GroupSender:
         # a commit that fails, even of an event nobody waits for (a send's outcome), stops the
         # job at once: every wait (a 429's, a pause) ends instead of running its course
         recorder.store.on_failure(self.fail_ledger)
+        # a move the shared ledger did not write (MAX_RESENDS, by any process) leaves the view
+        recorder.store.on_kept_back(recorder.view.kept_back)
         self.started = clock.monotonic()
         #: ``max_job_duration_s`` from now, on the monotonic clock: the run stops there.
         self.run_deadline = (

@@ -464,6 +464,7 @@ async def track_ledger(
     store = open_store(location, "append")
     try:
         view = store.fold()
+        store.on_kept_back(view.kept_back)  # a move the shared ledger did not write
         if clock is None:
             clock = SystemClock(stop)
             if store.shared:  # a database's: its time, as every run of the job keeps it

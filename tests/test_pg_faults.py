@@ -25,7 +25,7 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import copy_ledger, events, load, open_store, read_events
+from bulk_mms.ledger import LedgerView, copy_ledger, events, load, open_store, read_events
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.postgres import PostgresStore, migrate_url
 from bulk_mms.policy import MAX_RESENDS
@@ -178,6 +178,31 @@ async def test_two_processes_moving_one_number_at_once_keep_max_resends(database
         assert len(_moved_out_of(where)[spent]) == MAX_RESENDS
         assert a.failed is None
         assert b.failed is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_move_the_ledger_keeps_back_leaves_the_process_view(database: str) -> None:
+    """A process whose view lacks another's moves moves a spent number and a fresh one: the
+    ledger keeps the spent one back (policy.MAX_RESENDS), and the process's view drops that
+    move as a fold of the ledger has it, so it does not count the number as going again."""
+    where = f"{database}?ledger=kept-back"
+    a, b = open_store(where, "run"), open_store(where, "run")
+    spent, fresh = "+12125550100", "+12125550101"
+    try:
+        a.append_now(HEADER)
+        for i in range(MAX_RESENDS):
+            await a.append(_moved(f"g{i}", spent))
+        view = LedgerView()  # b's, taken before a's moves
+        b.on_kept_back(view.kept_back)
+        move = _moved("g9", spent, fresh)
+        view.apply(move)
+        b.append_nowait(move)
+        await b.drain()
+        assert view.groups["g9"].moved == (fresh,)
+        assert (view.moves(spent), view.moves(fresh)) == (0, 1)
+        assert b.fold().groups["g9"].moved == view.groups["g9"].moved
     finally:
         await a.close()
         await b.close()

@@ -145,6 +145,7 @@ class GroupCommitted(Generic[T]):
         #: Events written and commits made, for the benchmark and the summary.
         self.events_written = 0
         self.commits = 0
+        self._kept_back: Callable[[str, tuple[str, ...]], None] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} events_written={self.events_written}>"
@@ -167,6 +168,11 @@ class GroupCommitted(Generic[T]):
     def on_failure(self, callback: Callable[[LedgerError], None]) -> None:
         """Have ``callback`` told at once when a commit fails (see :class:`GroupCommit`)."""
         self._commits.on_failure = callback
+
+    def on_kept_back(self, callback: Callable[[str, tuple[str, ...]], None]) -> None:
+        """Have ``callback(group, members)`` told of the members a commit left out of a
+        ``moved`` event of that group (only a shared store does: see the protocol)."""
+        self._kept_back = callback
 
     async def append(self, event: Event, *, fence: Fence | None = None) -> None:
         """Queue an event and return once a commit covers it. A store that is not shared has

@@ -473,6 +473,22 @@ class LedgerView(msgspec.Struct, eq=False):
             self.apply(ev)
         return self.groups.get(gid)
 
+    def kept_back(self, gid: str, members: tuple[str, ...]) -> None:
+        """``members`` of ``gid`` stay where they were: a shared ledger did not write their
+        move, which this view took in (the number was moved :data:`~bulk_mms.policy.MAX_RESENDS`
+        times by any process: :meth:`LedgerStore.on_kept_back
+        <bulk_mms.ledger.store.LedgerStore.on_kept_back>`). The view then holds what a fold of
+        the ledger holds: its failure stands, and nobody waits to go again."""
+        rec = self.groups.get(gid)
+        if rec is None:
+            return
+        gone = [p for p in rec.moved if p in members]
+        if not gone:
+            return
+        rec.moved = tuple(p for p in rec.moved if p not in gone)
+        if self._moves is not None:
+            self._moves.subtract(gone)
+
     def close_run(self) -> None:
         """End the current run's sending span (a new run starts, or the fold ends)."""
         if self._run_first is not None and self._run_last is not None:

@@ -678,13 +678,15 @@ class PostgresStore(GroupCommitted[_Item]):
         committing = False  # past this, a lost connection leaves the commit unknown
 
         kept = len(rows)
+        held: list[tuple[str, tuple[str, ...]]] = []  # (group, members) left out of moves
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> set[str]:
             nonlocal committing, kept
             written: set[str] = set()
+            held.clear()  # a repeated transaction decides anew
             async with conn.transaction():
                 async with conn.cursor() as cur:
-                    todo = await self._within_resends(cur, rows)
+                    todo = await self._within_resends(cur, rows, held)
                     kept = len(todo)
                     if any(row[1] in _UNIQUE_KINDS for row in todo):
                         await cur.executemany(_INSERT, todo)  # may repeat: ON CONFLICT DO NOTHING
@@ -702,14 +704,21 @@ class PostgresStore(GroupCommitted[_Item]):
             item.written = item.group in written
         self.events_written += kept + len(written)
         self.commits += 1
+        if self._kept_back is not None:
+            for group, members in held:
+                self._kept_back(group, members)
 
     async def _within_resends(
-        self, cur: psycopg.AsyncCursor[Any], rows: list[tuple[Any, ...]]
+        self,
+        cur: psycopg.AsyncCursor[Any],
+        rows: list[tuple[Any, ...]],
+        held: list[tuple[str, tuple[str, ...]]],
     ) -> list[tuple[Any, ...]]:
         """``rows`` with each ``moved`` event kept to the numbers it may still move: a number
         moved out of :data:`~bulk_mms.policy.MAX_RESENDS` other groups already (by any
         process: each decides by its own view, which may not have the others' moves) stays
-        where it is, and a move left with nobody is not written. The ledger's moves are
+        where it is (added to ``held`` with its group), and a move left with nobody is not
+        written. The ledger's moves are
         written one transaction at a time (an advisory lock held to its commit), so two
         processes never both take a number's last resend."""
         moved = [i for i, row in enumerate(rows) if row[1] == "moved"]
@@ -731,6 +740,7 @@ class PostgresStore(GroupCommitted[_Item]):
             if may == members:
                 continue
             log.warning("delivery.resends_spent", group=group, recipients=len(members) - len(may))
+            held.append((group, tuple(p for p in members if p not in may)))
             kept[i] = (*rows[i][:5], orjson.dumps({**body, "members": may}).decode()) if may else ()
         return [row for row in kept if row]
 

@@ -100,6 +100,15 @@ class LedgerStore(Protocol):
         (:meth:`append_nowait`): the run stops then, not at its next write."""
         ...
 
+    def on_kept_back(self, callback: Callable[[str, tuple[str, ...]], None]) -> None:
+        """Have ``callback(group, members)`` told, once the commit is durable, of members a
+        ``moved`` event of ``group`` named that the store did not write: a shared ledger keeps
+        each number's moves to :data:`~bulk_mms.policy.MAX_RESENDS` across its processes,
+        while each process judges by its own view (:meth:`LedgerView.kept_back
+        <bulk_mms.ledger.fold.LedgerView.kept_back>` puts that view right). Never called by
+        a store one run has to itself."""
+        ...
+
     async def append(self, event: Event, *, fence: Fence | None = None) -> None:
         """Append and return once it is durable. With a ``fence`` (a write-ahead attempt
         under a claim, :meth:`Coordinator.fence <bulk_mms.coordination.Coordinator.fence>`),
