@@ -37,6 +37,9 @@ DEFAULT_POLICY: Final[Mapping[str, Action]] = {
 }
 #: Actions that say nothing was wrong with the recipient: a later send may reach them.
 RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
+#: The code bulk-mms records for a group the job's deadline left unsent (failed: no rerun
+#: sends it). Its own, never a Telnyx code.
+EXPIRED_UNSENT: Final = "expired_unsent"
 
 #: Each code's title, in Telnyx's words (its error-code pages): the report's legend, and the
 #: sandbox's answers.
@@ -62,5 +65,5 @@ MEANINGS: Final[Mapping[str, str]] = {
     "40315": "Unhealthy from number",
     "40318": "Message queue full",
     "40333": "Messaging profile spend limit reached",
-    "expired_unsent": "Not sent before the job's deadline (bulk-mms)",
+    EXPIRED_UNSENT: "Not sent before the job's deadline (bulk-mms)",
 }

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from bulk_mms.clock import Clock, iso
+from bulk_mms.codes import EXPIRED_UNSENT
 from bulk_mms.coordination import Coordinator, LocalCoordinator
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -60,8 +61,6 @@ from bulk_mms.summary import JobSummary
 log = structlog.get_logger(__name__)
 
 CRASHED = "attempted before a crash; the outcome is unknown"
-#: The code of a group the job's deadline left unsent (recorded failed: no rerun sends it).
-EXPIRED_UNSENT = "expired_unsent"
 #: Why a group is in doubt that a forced stop cancelled while its request was out.
 STOPPED_IN_FLIGHT = "cut off in flight by a forced stop; the outcome is unknown"
 

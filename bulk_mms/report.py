@@ -50,14 +50,14 @@ from bulk_mms.ledger.fold import (
     FAILED,
     IN_DOUBT,
     NOT_ATTEMPTED,
-    OPTED_OUT_NOTE,
-    RESENDABLE_NOTE,
+    NOT_RESENT,
     RETRY_PENDING,
     SENT,
+    Miss,
+    Missed,
 )
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, fingerprint
-from bulk_mms.recorder import EXPIRED_UNSENT
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import minute_utc, percentile
 from bulk_mms.validate import PhoneError, normalize_phone
@@ -113,9 +113,10 @@ class LedgerSummary(msgspec.Struct):
     sent_events: int = 0
     #: Recipients of sent groups by their latest delivery status (``queued`` until tracked).
     delivery: Counter[str] = msgspec.field(default_factory=Counter)
-    #: Recipients who did not get the message and no rerun will send, with why: groups failed
-    #: for good, and delivery_failed / sending_failed / expired. In ledger order.
-    undelivered: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    #: Recipients who did not get the message and no rerun will send, with why and what kind
+    #: of miss (:class:`~bulk_mms.ledger.fold.Missed`): groups failed for good, and
+    #: delivery_failed / sending_failed / expired. In ledger order.
+    undelivered: list[tuple[str, Missed]] = msgspec.field(default_factory=list)
     #: The ledger header's phone column (the failed-recipients file uses the same name).
     phone_column: str = "phone"
     fingerprint: str | None = None
@@ -135,7 +136,7 @@ class LedgerSummary(msgspec.Struct):
     #: ledger.
     resent: dict[str, str] = msgspec.field(default_factory=dict)
     #: Set by :func:`write_failed_csv`: how many recipients it left out because the job's
-    #: deadline left their groups unsent (:data:`EXPIRED`).
+    #: deadline left their groups unsent (:attr:`~bulk_mms.ledger.fold.Miss.EXPIRED`).
     expired_left_out: int = 0
     #: Set by :func:`write_failed_csv`: how many recipients it left out because they opted
     #: out (40300, at the send or in a delivery report): nobody is to text them again.
@@ -418,9 +419,8 @@ def format_text(s: LedgerSummary, path: Location) -> str:
                 f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
             )
         lines.append("")
-    resendable = sum(RESENDABLE_NOTE in why for _, why in s.undelivered)
-    late = sum(why.startswith(EXPIRED) for _, why in s.undelivered)
-    stopped = sum(OPTED_OUT_NOTE in why for _, why in s.undelivered)
+    kinds = Counter(m.kind for _, m in s.undelivered)
+    resendable, late, stopped = kinds[Miss.RESENDABLE], kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
     left_out = [
         *([f"the {late} past the job's deadline: a late message is worse than none"] * bool(late)),
         *([f"the {stopped} who opted out (STOP): never to be texted again"] * bool(stopped)),
@@ -511,8 +511,6 @@ def format_csv(s: LedgerSummary) -> str:
 
 #: The column the failed-recipients file adds, saying why each row is in it.
 REASON_COLUMN = "bulk_mms_reason"
-#: How a recipient's why begins when the job's deadline left its group unsent.
-EXPIRED = f"failed: {EXPIRED_UNSENT}"
 
 
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
@@ -528,7 +526,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     the deadline says a late message is worse than none, and a resend is a campaign of its
     own, whose ``max_age_s`` would start anew. Nor are recipients who opted out (a 40300 at
     the send or in their delivery report; :attr:`LedgerSummary.opted_out_left_out` counts
-    them): they are on the suppression list, and nobody is to text them again.
+    them): they are on the suppression list, and nobody is to text them again. Each is told
+    by the kind of miss the fold gave it (:class:`~bulk_mms.ledger.fold.Miss`), never by
+    its why's words.
     Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
     whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
     spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
@@ -537,12 +537,9 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     Returns:
         (rows written, whether they are the original rows).
     """
-    wanted = {p: why for p, why in s.undelivered if not why.startswith(EXPIRED)}
-    s.expired_left_out = len(s.undelivered) - len(wanted)
-    stopped = [p for p, why in wanted.items() if OPTED_OUT_NOTE in why]
-    for phone in stopped:  # they opted out: a resend must not text them
-        del wanted[phone]
-    s.opted_out_left_out = len(stopped)
+    kinds = Counter(m.kind for _, m in s.undelivered)
+    s.expired_left_out, s.opted_out_left_out = kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
+    wanted = {p: m.why for p, m in s.undelivered if m.kind not in NOT_RESENT}
     s.resent = resent(s, wanted) if wanted else {}
     for phone in s.resent:
         del wanted[phone]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from bulk_mms.codes import MEANINGS
+from bulk_mms.codes import EXPIRED_UNSENT, MEANINGS
 from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME
 
 #: The fold's why of a group that has an ``in_doubt`` event of its own.
@@ -48,7 +48,7 @@ BY_KIND: Final[Mapping[str, str]] = {
     "LimitReached": "a carrier's cap was reached; a run after it resets sends it",
     "AccountRefused": "the account refused to send (funds or the profile's spend limit)",
     "SendError": "sending failed",
-    "expired_unsent": "not sent before the job's deadline: a late message is worse than none",
+    EXPIRED_UNSENT: "not sent before the job's deadline: a late message is worse than none",
     # a group's why, as the fold keeps it, when it is in doubt
     ENDED_WITHOUT_OUTCOME: (
         f"may have been sent: a run ended (a crash or a kill) while its request was out; {_HELD}"

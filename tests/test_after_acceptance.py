@@ -16,6 +16,7 @@ from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.errors import ApiError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
+from bulk_mms.ledger.fold import Miss
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.report import format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
@@ -45,7 +46,8 @@ def assert_opted_out(ledger: Path, phone: str, tmp_path: Path) -> None:
     file leaves it out (nobody is to text it again)."""
     assert phone in Suppressed(default_list())
     s = summarize(ledger)
-    assert "opted out" in dict(s.undelivered)[phone]
+    assert dict(s.undelivered)[phone].kind == Miss.OPTED_OUT
+    assert "opted out" in dict(s.undelivered)[phone].why
     assert "opted out" in format_text(s, ledger)
     n, _ = write_failed_csv(s, tmp_path / "failed.csv")
     assert n == 0

@@ -29,6 +29,7 @@ from bulk_mms.errors import (
 )
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import load
+from bulk_mms.ledger.fold import Miss, Missed
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.policy import next_midnight, refused_members
@@ -375,7 +376,7 @@ async def test_a_delivery_failure_on_a_carrier_cap_is_marked_resendable(
     )
     await track_ledger(job.ledger, FAST, client, clock=FakeClock())
     reasons = dict(summarize(job.ledger).undelivered)
-    assert reasons == {g.to[1]: "delivery_failed 40008"}
+    assert reasons == {g.to[1]: Missed("delivery_failed 40008", Miss.FAILED)}
     rec = load(job.ledger).groups[g.id]
     assert rec.moved == (g.to[0],)
     assert rec.moved_after > FakeClock().wall()  # the carrier's next daily reset

@@ -24,7 +24,15 @@ from bulk_mms.ledger.events import (
     to_json,
     zones_source,
 )
-from bulk_mms.ledger.fold import STATES, GroupRecord, InputRows, LedgerView, RecipientCounts
+from bulk_mms.ledger.fold import (
+    STATES,
+    GroupRecord,
+    InputRows,
+    LedgerView,
+    Miss,
+    Missed,
+    RecipientCounts,
+)
 from bulk_mms.ledger.store import (
     LedgerStore,
     Location,
@@ -54,6 +62,8 @@ __all__ = [
     "LedgerStore",
     "LedgerView",
     "Location",
+    "Miss",
+    "Missed",
     "Moved",
     "Paced",
     "Planned",

@@ -20,17 +20,18 @@ A valid recipient the ledger has no group for is ``not_attempted`` (counted agai
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import msgspec.structs
 
 from bulk_mms.clock import instant
-from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE, Action
+from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, Known, supersedes
 from bulk_mms.ledger import events
 from bulk_mms.models import (
@@ -66,6 +67,36 @@ OPTED_OUT_NOTE: Final = "opted out (STOP), not to be texted again"
 SHARE_PLACES: Final = Decimal("0.00000001")
 
 
+class Miss(enum.StrEnum):
+    """What kind of miss a recipient who did not get the message is
+    (:meth:`LedgerView.not_received`): what decides who a resend takes (``--failed-csv``) and
+    how the report counts them. Decided once, by the fold, as it writes the why: the why is
+    words for a person (and may carry a server's title), never read back to decide."""
+
+    #: The job's deadline left its group unsent (``expired_unsent``): a late message is worse
+    #: than none, and no resend takes it.
+    EXPIRED = "expired"
+    #: It opted out (40300: refused by name at the send, or in its latest delivery report):
+    #: nobody is to text it again, and no resend takes it.
+    OPTED_OUT = "opted_out"
+    #: Its delivery met a carrier's cap or filter (a code the error policy resends): nothing
+    #: was wrong with the number, and a later send may reach it.
+    RESENDABLE = "resendable"
+    #: Failed for any other reason (a group the API refused for good, an undeliverable number).
+    FAILED = "failed"
+
+
+#: The kinds of miss a resend (``--failed-csv``) leaves out.
+NOT_RESENT: Final = frozenset({Miss.EXPIRED, Miss.OPTED_OUT})
+
+
+class Missed(NamedTuple):
+    """A recipient who did not get the message: why, in words, and what kind of miss."""
+
+    why: str
+    kind: Miss
+
+
 class GroupRecord(msgspec.Struct):
     """One group as the ledger has it."""
 
@@ -86,6 +117,9 @@ class GroupRecord(msgspec.Struct):
     cost: Money | None = None
     #: Why it failed, for the failed-recipients file.
     why: str = ""
+    #: What kind of miss its recipients (:attr:`counted`) are while it is failed for good: set
+    #: with :attr:`why` by the outcome that failed it (None after any other outcome).
+    miss: Miss | None = None
     #: The Idempotency-Key of its latest attempt (a group moved off a refused sender gets a
     #: new one).
     key: str | None = None
@@ -329,8 +363,7 @@ class LedgerView(msgspec.Struct, eq=False):
         for gid in self._open:
             rec = self.groups[gid]
             if rec.open and rec.outcome != SENT:
-                rec.outcome = IN_DOUBT
-                rec.why = ENDED_WITHOUT_OUTCOME
+                rec.outcome, rec.why, rec.miss = IN_DOUBT, ENDED_WITHOUT_OUTCOME, None
         self._open.clear()
 
     def _group(self, gid: str, to: tuple[str, ...]) -> GroupRecord:
@@ -371,9 +404,10 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.outcome, rec.doubt_recorded = IN_DOUBT, True
             rec.doubt_at = at or rec.doubt_at
             rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
+            rec.miss = None
         elif ev.code == NOT_ACCEPTED:  # the API's records show it never took the group
             rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
-            rec.why = f"failed: {ev.code} {ev.title}".strip()
+            rec.why, rec.miss = f"failed: {ev.code} {ev.title}".strip(), None
         else:
             self.error_codes[str(ev.code)] += 1
             if ev.retired:
@@ -382,9 +416,7 @@ class LedgerView(msgspec.Struct, eq=False):
                 return  # a later failure does not undo what an earlier try may have done
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
             rec.refused, rec.refused_sender = ev.refused, ev.retired
-            rec.why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
-            if ev.refused and DEFAULT_POLICY.get(str(ev.code)) == Action.SUPPRESS:
-                rec.why = f"{rec.why}: {OPTED_OUT_NOTE}"  # the members it names opted out
+            rec.why, rec.miss = _failure(ev)
 
     def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
         again = self._sent_again(rec) if self.statuses else set()
@@ -557,20 +589,7 @@ class LedgerView(msgspec.Struct, eq=False):
         # each price read as a replay reads a sent line's cost, once: a campaign pays a few
         prices: dict[tuple[str, str], Money | None] = {}
         for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
-            rec = GroupRecord(*values)
-            rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
-            rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
-            rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
-            if rec.cost is not None:
-                cell: list[str] = rec.cost  # type: ignore[assignment]
-                key = (cell[0], cell[1])
-                if key in prices:
-                    price = prices[key]
-                else:
-                    price = prices[key] = parse_money({"amount": key[0], "currency": key[1]})
-                if price is None:
-                    raise ValueError(f"a group's cost is not an amount: {cell!r:.60}")
-                rec.cost = price
+            rec = _record(values, prices)
             groups[rec.id] = rec
         view._open = set(d["open"])
         reasons, view.rejected_through, lines = d["rejected"]
@@ -702,20 +721,21 @@ class LedgerView(msgspec.Struct, eq=False):
         known = self.known
         return [p for p in rec.counted if (k := known.get(p)) is None or k.status not in FINAL]
 
-    def not_received(self) -> dict[str, str]:
-        """Who did not get the message, with why, in ledger order: the failed groups'
-        recipients (final failures only: no rerun sends them) and sent recipients whose
-        delivery failed for good. Never a recipient in doubt or pending a rerun."""
+    def not_received(self) -> dict[str, Missed]:
+        """Who did not get the message, with why and what kind of miss (:class:`Miss`), in
+        ledger order: the failed groups' recipients (final failures only: no rerun sends
+        them) and sent recipients whose delivery failed for good (as their latest status
+        says). Never a recipient in doubt or pending a rerun."""
         known = self._failed_deliveries()
         failed = known.keys()
-        out: dict[str, str] = {}
+        out: dict[str, Missed] = {}
         for rec in self.groups.values():
             state = rec.state
             if state == FAILED:
-                out.update(dict.fromkeys(rec.counted, rec.why))
+                out.update(dict.fromkeys(rec.counted, Missed(rec.why, rec.miss or Miss.FAILED)))
             elif state == SENT and not failed.isdisjoint(rec.to):
                 # a moved member goes again (its state is its new group's): not in this list
-                out.update((p, _delivery_reason(known[p])) for p in rec.counted if p in failed)
+                out.update((p, _delivery_miss(known[p])) for p in rec.counted if p in failed)
         return out
 
     def _failed_deliveries(self) -> dict[str, Known]:
@@ -781,6 +801,31 @@ _known: Final[Callable[[tuple[Any, ...]], Known]] = functools.partial(tuple.__ne
 _GROUP_FIELDS: Final = tuple(f.name for f in msgspec.structs.fields(GroupRecord))
 
 
+def _record(values: tuple[Any, ...], prices: dict[tuple[str, str], Money | None]) -> GroupRecord:
+    """A group from its checkpoint cells (:func:`_cell`), each price read once (``prices``:
+    a campaign pays a few).
+
+    Raises:
+        ValueError: a cell is not what :func:`_cell` writes.
+    """
+    rec = GroupRecord(*values)
+    rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
+    rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
+    rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
+    rec.miss = Miss(rec.miss) if rec.miss is not None else None
+    if rec.cost is not None:
+        cell: list[str] = rec.cost  # type: ignore[assignment]
+        key = (cell[0], cell[1])
+        if key in prices:
+            price = prices[key]
+        else:
+            price = prices[key] = parse_money({"amount": key[0], "currency": key[1]})
+        if price is None:
+            raise ValueError(f"a group's cost is not an amount: {cell!r:.60}")
+        rec.cost = price
+    return rec
+
+
 def _cell(value: object) -> object:
     """A group field as JSON: numbers joined by commas (one string, not eight, to parse back),
     money as its amount and currency, the rest as it is."""
@@ -791,16 +836,33 @@ def _cell(value: object) -> object:
     return value
 
 
-def _delivery_reason(k: Known) -> str:
+def _failure(ev: events.Failed) -> tuple[str, Miss | None]:
+    """Why a group failed, and what kind of miss its recipients are (None: a plain rerun sends
+    it). Expired only by the event bulk-mms writes as the deadline passes (no HTTP answer:
+    a server's code never says it); opted out only for the members a 40300 names."""
+    why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
+    miss = Miss.FAILED
+    if ev.refused and DEFAULT_POLICY.get(str(ev.code)) == Action.SUPPRESS:
+        why, miss = f"{why}: {OPTED_OUT_NOTE}", Miss.OPTED_OUT  # the members it names opted out
+    elif ev.code == EXPIRED_UNSENT and ev.status is None:
+        miss = Miss.EXPIRED
+    return why, None if ev.retryable else miss
+
+
+def _delivery_miss(k: Known) -> Missed:
     """Why a delivery failed, and whether a later send may reach the recipient (a carrier's
-    daily cap, a spam filter: the error policy's table says)."""
+    daily cap, a spam filter: the error policy's table says), or nobody is to (it opted out)."""
     if k.code is None:
-        return k.status
-    if DEFAULT_POLICY.get(k.code) == Action.SUPPRESS:
-        return f"{k.status} {k.code}: {OPTED_OUT_NOTE}"
-    if DEFAULT_POLICY.get(k.code) in RESENDABLE:
-        return f"{k.status} {k.code}: {RESENDABLE_NOTE}, nothing was wrong with the number"
-    return f"{k.status} {k.code}"
+        return Missed(k.status, Miss.FAILED)
+    action = DEFAULT_POLICY.get(k.code)
+    if action == Action.SUPPRESS:
+        return Missed(f"{k.status} {k.code}: {OPTED_OUT_NOTE}", Miss.OPTED_OUT)
+    if action in RESENDABLE:
+        return Missed(
+            f"{k.status} {k.code}: {RESENDABLE_NOTE}, nothing was wrong with the number",
+            Miss.RESENDABLE,
+        )
+    return Missed(f"{k.status} {k.code}", Miss.FAILED)
 
 
 #: What :meth:`LedgerView.__eq__` compares: every field but the caches, with ``known`` as built.

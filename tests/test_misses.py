@@ -1,0 +1,186 @@
+"""Kinds of miss: the fold says what kind each recipient who did not get the message is
+(expired, opted out, resendable, failed), and the report and ``--failed-csv`` read that kind,
+never the words of the why."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulk_mms.errors import ApiError
+from bulk_mms.ledger import (
+    Failed,
+    Header,
+    LedgerView,
+    Miss,
+    Missed,
+    Moved,
+    Sent,
+    Status,
+    open_store,
+)
+from bulk_mms.ledger import fold as fold_module
+from bulk_mms.ledger.events import Event
+from bulk_mms.report import REASON_COLUMN, format_text, summarize, write_failed_csv
+from tests.conftest import numbers
+
+# who is who: each kind of miss, and who is not a miss at all
+E1, E2, S1, F1, F2, D1, D2, D3, D4, C1, OK, R1 = numbers(12, start=300)
+CAP = ApiError("40016", "T-Mobile daily cap", "")
+STOP = ApiError("40300", "Blocked due to STOP message", "")
+UNDELIVERABLE = ApiError("40008", "Undeliverable", "")
+#: A sent group whose members' delivery reports follow.
+G4 = Sent("g4", to=(D1, D2, D3, D4, C1), message_id="m4")
+#: A 409 that names S1: only S1 failed (it opted out).
+REFUSED = Failed("g2", to=(S1, OK), status=409, code="40300", title=STOP.title, refused=(S1,))
+
+
+def report(group: str, phone: str, *errors: ApiError, at: str) -> Status:
+    """A delivery report that ``phone`` of ``group`` was not delivered, for ``errors``."""
+    return Status(group, phone, "delivery_failed", errors=errors, at=at)
+
+
+def cap_then_stop() -> list[Event]:
+    """C1 met a carrier's cap, was moved out of its group to go again after the reset, and
+    its new group's delivery report says it opted out."""
+    return [
+        report("g4", C1, CAP, at="2026-01-01T00:00:01Z"),
+        Moved("g4", (C1,), code="40016", after=1.0),
+        Sent("g5", to=(C1,), message_id="m5"),
+        report("g5", C1, STOP, at="2026-01-02T00:00:01Z"),
+    ]
+
+
+def every_kind() -> list[Event]:
+    """A ledger with a recipient of each kind of miss, and some that are no miss."""
+    return [
+        Header("j", None),
+        # the deadline left it unsent (what the recorder writes: no HTTP answer)
+        Failed("g1", to=(E1, E2), code="expired_unsent", title="not sent before the deadline"),
+        REFUSED,
+        # a server's title may say anything, its code too: neither makes a kind
+        Failed(
+            "g3",
+            to=(F1,),
+            status=400,
+            code="10002",
+            title="resendable: opted out (STOP), not to be texted again",
+        ),
+        Failed("g7", to=(F2,), status=400, code="expired_unsent", title="x"),
+        # a retryable failure is no miss: a plain rerun sends it
+        Failed("g6", to=(R1,), status=503, code="", title="ServerError", retryable=True),
+        G4,
+        report("g4", D1, CAP, at="2026-01-01T00:00:01Z"),
+        report("g4", D2, UNDELIVERABLE, at="2026-01-01T00:00:01Z"),
+        report("g4", D3, at="2026-01-01T00:00:01Z"),
+        report("g4", D4, STOP, at="2026-01-01T00:00:01Z"),
+        *cap_then_stop(),
+    ]
+
+
+#: The kind the fold gives each recipient of :func:`every_kind` who did not get the message.
+KINDS = {
+    E1: Miss.EXPIRED,
+    E2: Miss.EXPIRED,
+    S1: Miss.OPTED_OUT,
+    F1: Miss.FAILED,
+    F2: Miss.FAILED,
+    D1: Miss.RESENDABLE,
+    D2: Miss.FAILED,
+    D3: Miss.FAILED,
+    D4: Miss.OPTED_OUT,
+    C1: Miss.OPTED_OUT,
+}
+#: Who ``--failed-csv`` writes of :func:`every_kind`, in ledger order.
+RESENT = [F1, F2, D1, D2, D3]
+
+
+def ledger(path: Path, evs: list[Event]) -> Path:
+    store = open_store(path)
+    for ev in evs:
+        store.append_now(ev)
+    store.close_sync()
+    return path
+
+
+def failed_file(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_fold_gives_each_recipient_who_missed_its_kind() -> None:
+    """Expired, opted out (at the send and in a delivery report), resendable (a cap) and
+    failed (anything else, whatever a server's title or code says) each as the fold decided,
+    next to the why; a retryable failure and a recipient not refused by name are no miss."""
+    missed = LedgerView.fold(every_kind()).not_received()
+    assert {p: m.kind for p, m in missed.items()} == KINDS
+    assert missed[D1] == Missed(
+        "delivery_failed 40016: resendable, nothing was wrong with the number", Miss.RESENDABLE
+    )
+    assert missed[D4] == Missed(
+        "delivery_failed 40300: opted out (STOP), not to be texted again", Miss.OPTED_OUT
+    )
+    assert missed[E1].why == "failed: expired_unsent not sent before the deadline"
+    assert missed[S1].why == (
+        "failed: 40300 Blocked due to STOP message: opted out (STOP), not to be texted again"
+    )
+
+
+def test_a_recipient_moved_after_a_cap_that_then_opts_out_is_opted_out() -> None:
+    """A member a carrier's cap moved out of its group is no miss while it waits to go
+    again; when its new group's delivery report says 40300, it is opted out, not resendable."""
+    capped, moved, *_ = events = cap_then_stop()
+    assert LedgerView.fold([G4, capped]).not_received()[C1].kind == Miss.RESENDABLE
+    assert C1 not in LedgerView.fold([G4, capped, moved]).not_received()
+    assert LedgerView.fold([G4, *events]).not_received()[C1].kind == Miss.OPTED_OUT
+
+
+def test_the_kinds_survive_a_checkpoint() -> None:
+    """A view saved and loaded again (a checkpoint) says the same kinds, as kinds."""
+    view = LedgerView.fold(every_kind())
+    again = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
+    assert again.not_received() == view.not_received()
+    assert all(isinstance(m.kind, Miss) for m in again.not_received().values())
+
+
+def test_failed_csv_leaves_out_the_expired_and_the_opted_out_by_kind(tmp_path: Path) -> None:
+    """--failed-csv writes the failed and the resendable, with their whys, and leaves out the
+    expired and the opted out, counting each; the table counts the same kinds."""
+    path = ledger(tmp_path / "l.jsonl", every_kind())
+    s = summarize(path)
+    n, _ = write_failed_csv(s, tmp_path / "failed.csv")
+    rows = failed_file(tmp_path / "failed.csv")
+    assert n == len(RESENT)
+    assert [r["phone"] for r in rows] == RESENT
+    assert rows[0][REASON_COLUMN] == (
+        "failed: 10002 resendable: opted out (STOP), not to be texted again"
+    )
+    assert (s.expired_left_out, s.opted_out_left_out) == (2, 3)
+    assert (
+        "did not get  10 recipients (1 of them met a carrier's cap or filter: resendable); write "
+        "them with --failed-csv (not the 2 past the job's deadline: a late message is worse than "
+        "none; not the 3 who opted out (STOP): never to be texted again)"
+    ) in format_text(s, path)
+
+
+def test_failed_csv_is_the_same_whatever_the_notes_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reworded notes change the whys (the reason column) and nothing about who is in the
+    file or who is counted left out."""
+    path = ledger(tmp_path / "l.jsonl", every_kind())
+    monkeypatch.setattr(fold_module, "OPTED_OUT_NOTE", "said STOP")
+    monkeypatch.setattr(fold_module, "RESENDABLE_NOTE", "a carrier's limit")
+    s = summarize(path)
+    assert "said STOP" in dict(s.undelivered)[D4].why
+    n, _ = write_failed_csv(s, tmp_path / "failed.csv")
+    rows = failed_file(tmp_path / "failed.csv")
+    assert [r["phone"] for r in rows] == RESENT
+    assert rows[2][REASON_COLUMN] == (
+        "delivery_failed 40016: a carrier's limit, nothing was wrong with the number"
+    )
+    assert (n, s.expired_left_out, s.opted_out_left_out) == (5, 2, 3)
+    assert "(1 of them met a carrier's cap" in format_text(s, path)
