@@ -665,7 +665,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         how = (
             (
                 "nobody left to resend"
-                if summary.resent or summary.expired_left_out
+                if summary.resent or summary.expired_left_out or summary.opted_out_left_out
                 else "nobody failed for good"
             )
             if not n
@@ -682,6 +682,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f", {summary.expired_left_out} past the job's deadline (a late message is worse "
                 "than none)"
                 if summary.expired_left_out
+                else ""
+            )
+            + (
+                f", {summary.opted_out_left_out} opted out (STOP: never to be texted again)"
+                if summary.opted_out_left_out
                 else ""
             )
             + (

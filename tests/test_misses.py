@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bulk_mms.cli import main
 from bulk_mms.errors import ApiError
 from bulk_mms.ledger import (
     Failed,
@@ -184,3 +185,19 @@ def test_failed_csv_is_the_same_whatever_the_notes_say(
     )
     assert (n, s.expired_left_out, s.opted_out_left_out) == (5, 2, 3)
     assert "(1 of them met a carrier's cap" in format_text(s, path)
+
+
+def test_the_failed_file_message_counts_who_opted_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --failed-csv says how many it left out for opting out, and when nobody is left
+    says so (not that nobody failed); the JSON's count of who did not get it is unchanged."""
+    path = ledger(tmp_path / "l.jsonl", [Header("j", None), REFUSED])
+    out = tmp_path / "failed.csv"
+    assert main(["-q", "report", str(path), "--json", "--failed-csv", str(out)]) == 0
+    said = capsys.readouterr()
+    assert orjson.loads(said.out)["undelivered_recipients"] == 1
+    assert "wrote 0 recipients" in said.err
+    assert "(nobody left to resend)" in said.err
+    assert "1 opted out (STOP: never to be texted again)" in said.err
+    assert failed_file(out) == []
