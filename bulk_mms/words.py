@@ -22,10 +22,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from bulk_mms.codes import EXPIRED_UNSENT, MEANINGS
-from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME
+from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME, RECORDED_DOUBT
 
-#: The fold's why of a group that has an ``in_doubt`` event of its own.
-RECORDED_DOUBT: Final = "in doubt: may have been sent; not resent without --resend-in-doubt"
 #: The why of a group with an attempt and no outcome after it, in a ledger no later run read.
 OPEN: Final = "attempted; no outcome recorded"
 _HELD: Final = "held: a plain rerun does not resend it (--resend-in-doubt does)"

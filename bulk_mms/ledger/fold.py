@@ -54,6 +54,8 @@ STATES: Final = (SENT, FAILED, RETRY_PENDING, IN_DOUBT, NOT_ATTEMPTED)
 #: Why a group is in doubt whose attempt a new run found open: the run before ended without
 #: recording its outcome (a crash, a kill).
 ENDED_WITHOUT_OUTCOME: Final = "in doubt: attempted before a crash, outcome unknown"
+#: The why of a group that has an ``in_doubt`` event of its own.
+RECORDED_DOUBT: Final = "in doubt: may have been sent; not resent without --resend-in-doubt"
 #: The code of the ``failed`` event that settles a group in doubt as never accepted (the API's
 #: records, complete, show no message): it is sent again, under a new key.
 NOT_ACCEPTED: Final = "not_accepted"
@@ -403,7 +405,7 @@ class LedgerView(msgspec.Struct, eq=False):
         elif isinstance(ev, events.InDoubt):
             rec.outcome, rec.doubt_recorded = IN_DOUBT, True
             rec.doubt_at = at or rec.doubt_at
-            rec.why = "in doubt: may have been sent; not resent without --resend-in-doubt"
+            rec.why = RECORDED_DOUBT
             rec.miss = None
         elif ev.code == NOT_ACCEPTED:  # the API's records show it never took the group
             rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
