@@ -12,21 +12,37 @@ Each addition records why (the comment): by hand (``suppress add --reason``), or
 number itself opted out: an inbound STOP (``texted STOP``), the profile's opt-out list or a
 40300 refusal (``opted out (...)``). Only the latter are lifted by that number's START
 (:func:`added_by_stop`): the opt-out was the recipient's to make, and theirs to take back.
+
+The list also keeps the order in which each number texted its keywords, so that a STOP or
+START delivered late (Telnyx redelivers) is judged against the latest one, by any receiver,
+after any restart: an inbound STOP's reason ends with ``at <when it was texted>``, and a START
+(or a STOP whose number is listed already) leaves a comment line ``# +NUMBER texted START
+(webhook) at <when>``, which no reader takes for a number (:meth:`Suppressed.keyword_at`). A
+line without a time (an older file) says nothing of the order.
+
+Every change, and every judgement that must see the file as it stands
+(:meth:`Suppressed.held`), holds an exclusive ``flock`` of the side file ``.NAME.lock`` beside
+the list, and reads the list anew under it: processes sharing the file (two receivers, a
+receiver and a run) change it one at a time, and none loses another's line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import os
+import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
+from bulk_mms.clock import instant
 from bulk_mms.config.folders import user_folder
 from bulk_mms.csvfile import write_whole
 from bulk_mms.errors import ConfigError, LedgerError
@@ -38,6 +54,27 @@ log = structlog.get_logger("bulk_mms.suppression")
 #: How the reason of a suppression that the number's own STOP caused starts: an inbound STOP
 #: (webhooks), the profile's opt-out list (``optouts sync``), a 40300 refusal (a run).
 STOP_REASONS = ("texted STOP", "opted out")
+
+
+#: A keyword's time as the list records it: in a number line's comment (a STOP's reason), or
+#: in a comment line of its own that names the number first (``# +NUMBER texted START ...``).
+_TEXTED_AT = re.compile(r"^texted (?:STOP|START)\b.*? at (\S+)")
+_RECORD = re.compile(r"^\s*#\s*(\+[1-9]\d{6,14})\s+(texted .*)$")
+
+
+def texted_at(reason: str, texted: float) -> str:
+    """``reason`` (``texted STOP ...`` or ``texted START ...``) with when the keyword was
+    texted, to the microsecond (as precise as ``occurred_at``: a redelivery reads back as
+    the same time), as :meth:`Suppressed.keyword_at` reads it back."""
+    when = dt.datetime.fromtimestamp(texted, dt.UTC).isoformat(timespec="microseconds")
+    return f"{reason} at {when.replace('+00:00', 'Z')}"
+
+
+def texted_in(reason: str | None) -> float | None:
+    """When the keyword a recorded reason is about was texted (:func:`texted_at`); None when
+    the reason says no time (an older list's, or one not of a keyword)."""
+    found = _TEXTED_AT.match(reason) if reason is not None else None
+    return instant(found[1]) if found is not None else None
 
 
 def added_by_stop(reason: str | None) -> bool:
@@ -91,9 +128,74 @@ class Suppressed:
     def __init__(self, path: Path | None = None) -> None:
         self.path: object = path
         self._numbers: set[int] = set()
-        self._changing = threading.Lock()  # one change at a time (:meth:`off_loop`)
+        #: one change at a time in this process (:meth:`off_loop`, :meth:`held`)
+        self._changing = threading.RLock()
+        self._lock_fd: int | None = None  # the side file's lock, while :meth:`held`
         if path is not None and path.exists():
             self._numbers = {int(p[1:]) for p in _read(path)}
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The list to this thread until the block ends: no other thread of this process, and
+        (a file) no other process, changes it meanwhile; the numbers are read anew from the
+        file at the start, as other processes left them. Re-entrant.
+
+        Raises:
+            ConfigError: the file's lock cannot be taken, or the file read.
+        """
+        with self._changing:
+            if not isinstance(self.path, Path) or self._lock_fd is not None:
+                yield  # the table (the database orders its changes), or held already
+                return
+            lock = self.path.with_name(f".{self.path.name}.lock")
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ConfigError(
+                    "suppression.file", f"cannot lock {lock}: {exc.strerror}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
+                self._lock_fd = fd
+                self._numbers = (
+                    {int(p[1:]) for p in _read(self.path)} if self.path.exists() else set()
+                )
+                yield
+            finally:
+                self._lock_fd = None
+                os.close(fd)
+
+    def keyword_at(self, phone: str) -> float | None:
+        """When ``phone`` texted its latest STOP or START that the list records (epoch
+        seconds): the latest time of its STOP line's reason and of its comment lines
+        (``# +NUMBER texted START (webhook) at ...``). None when the list records none (an
+        older file, a line added otherwise). Read under :meth:`held` to judge a keyword."""
+        if not isinstance(self.path, Path) or not self.path.exists():
+            return None
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("suppression.file", f"cannot read {self.path}: {exc}") from None
+        return max((t for line in lines if (t := _texted(line, phone)) is not None), default=None)
+
+    def record_keyword(self, phone: str, reason: str, texted: float) -> bool:
+        """Append (durably) that ``phone`` texted a keyword at ``texted`` (``reason``:
+        ``texted START (webhook)``, say), as a comment line: no number is added or lifted.
+        Nothing is written when the list records one at that time or later. True when
+        written.
+
+        Raises:
+            ConfigError: the list has no file, or it cannot be written.
+        """
+        with self.held():
+            if not isinstance(self.path, Path):
+                return False  # the table records no keywords of its own
+            latest = self.keyword_at(phone)
+            if latest is not None and latest >= texted:
+                return False
+            self._append(f"# {phone}  {texted_at(reason, texted)}\n")
+        return True
 
     async def off_loop(self, change: Callable[[], T]) -> T:
         """Run ``change`` (an :meth:`add`, a :meth:`remove`, or several) in a thread, one
@@ -140,12 +242,19 @@ class Suppressed:
         Raises:
             ConfigError: the list has no file, or it cannot be written.
         """
+        self._writable()
+        with self.held():
+            new = [p for p in dict.fromkeys(phones) if p not in self]
+            if not new:
+                return []
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+            self._append("".join(f"{p}  # {reason} {stamp}\n" for p in new))
+            self._numbers.update(int(p[1:]) for p in new)
+        return new
+
+    def _append(self, text: str) -> None:
+        """Append ``text`` to the file, flushed to disk (under :meth:`held`)."""
         path = self._writable()
-        new = [p for p in dict.fromkeys(phones) if p not in self]
-        if not new:
-            return []
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-        text = "".join(f"{p}  # {reason} {stamp}\n" for p in new)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8") as f:
@@ -154,25 +263,27 @@ class Suppressed:
                 os.fsync(f.fileno())
         except OSError as exc:
             raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
-        self._numbers.update(int(p[1:]) for p in new)
-        return new
 
     def remove(self, phones: Iterable[str]) -> list[str]:
-        """Take numbers off the list (the file is rewritten in place, atomically)."""
+        """Take numbers off the list (the file is rewritten in place, atomically; comment
+        lines, keyword records among them, stay)."""
         path = self._writable()
-        gone = {int(p[1:]) for p in phones if p in self}
-        if not gone:
-            return []
-        keep = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if not (n := _number(line)) or int(n[1:]) not in gone
-        ]
-        try:
-            write_whole(path, lambda f: f.write("".join(keep)), newline="")  # flushed to disk
-        except OSError as exc:
-            raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
-        self._numbers -= gone
+        with self.held():
+            gone = {int(p[1:]) for p in phones if p in self}
+            if not gone:
+                return []
+            keep = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if not (n := _number(line)) or int(n[1:]) not in gone
+            ]
+            try:
+                write_whole(path, lambda f: f.write("".join(keep)), newline="")  # flushed
+            except OSError as exc:
+                raise ConfigError(
+                    "suppression.file", f"cannot write {path}: {exc.strerror}"
+                ) from None
+            self._numbers -= gone
         return [f"+{n}" for n in sorted(gone)]
 
     def _writable(self) -> Path:
@@ -208,6 +319,23 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
 def _number(line: str) -> str | None:
     text = line.split("#", 1)[0].strip()
     return text or None
+
+
+def _texted(line: str, phone: str) -> float | None:
+    """When ``line`` says ``phone`` texted a keyword: its number line's reason, or a comment
+    line naming it (:data:`_RECORD`); None when the line says no such thing."""
+    if (record := _RECORD.match(line)) is not None:
+        number, note = record[1], record[2]
+    else:
+        text, _, note = line.partition("#")
+        number, note = text.strip(), note.strip()
+    if not number or (at := texted_in(note)) is None:
+        return None
+    try:
+        same = normalize_phone(number) == phone
+    except PhoneError:
+        return None
+    return at if same else None
 
 
 def _read(path: Path) -> list[str]:

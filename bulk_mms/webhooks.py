@@ -29,6 +29,9 @@ Inbound ``message.received`` events keep the suppression list as Telnyx keeps it
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
 and surrounding spaces aside) adds the sender; START or UNSTOP lift a suppression that a STOP
 added (never one added by hand); HELP, or a keyword among other words, changes nothing.
+Keywords are taken in the order they were texted (``occurred_at``), as the suppression list
+records it (so across restarts, and between receivers sharing the list's file): a late one
+changes nothing.
 """
 
 from __future__ import annotations
@@ -58,7 +61,13 @@ from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import opted_out_in
-from bulk_mms.suppression import Suppressed, added_by_stop, keyword, suppress_opted_out
+from bulk_mms.suppression import (
+    Suppressed,
+    added_by_stop,
+    keyword,
+    suppress_opted_out,
+    texted_at,
+)
 
 log = structlog.get_logger("bulk_mms.webhooks")
 
@@ -83,8 +92,11 @@ OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL
 #: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
 #: (Telnyx answers it with its help text) changes nothing.
 OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
-#: The reason an inbound STOP is recorded under on the suppression list.
+#: The reason an inbound STOP is recorded under on the suppression list (with when it was
+#: texted: :func:`~bulk_mms.suppression.texted_at`).
 STOP_REASON = "texted STOP (webhook)"
+#: What an inbound START's record on the suppression list says (a comment line, no number).
+START_REASON = "texted START (webhook)"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _FIELD_MAX = 128
 #: A webhook can arrive before the run has written its group's `sent` line: its recipients are
@@ -193,8 +205,9 @@ class WebhookReceiver:
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
         self._later: set[asyncio.Task[None]] = set()
-        #: When each sender's latest STOP or START that was taken in was texted (epoch
-        #: seconds): an older one, redelivered or late, changes nothing.
+        #: When each sender's latest STOP or START that this receiver took in was texted
+        #: (epoch seconds); the list's own record (:meth:`Suppressed.keyword_at`) is the
+        #: one shared by every receiver, and kept across restarts.
         self._keyword_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -303,41 +316,57 @@ class WebhookReceiver:
 
     def _keywords(self, payload: object, texted: float | None) -> tuple[bool, bool]:
         """An inbound message's STOP or START applied, in the order its sender texted them
-        (``texted``: the event's ``occurred_at``): one older than the latest taken in from
-        that sender (Telnyx redelivers an event up to three times; a STOP redelivered after a
-        START must not undo it) changes nothing. One that fails to be taken in (the list
-        cannot be written) is not counted taken, so its redelivery is. (suppressed,
-        lifted)."""
+        (``texted``: the event's ``occurred_at``): one older than the latest the suppression
+        list records for that sender (:meth:`Suppressed.keyword_at`, read under the list's
+        lock, as every receiver on it left it, whenever it started) or this receiver took in
+        changes nothing (Telnyx redelivers an event up to three times; a STOP redelivered
+        after a START must not undo it). One that fails to be taken in (the list cannot be
+        written) is not recorded, so its redelivery is taken. (suppressed, lifted)."""
         phone = self._keyword_from(payload, OPT_OUT_WORDS | OPT_IN_WORDS)
-        if phone is None:
+        if phone is None or self.suppressed is None:
             return False, False
-        latest = self._keyword_at.get(phone)
-        if texted is not None and latest is not None and texted < latest:
-            log.info("webhook.keyword_stale", recipient=phone)
-            return False, False
-        taken = self.opt_out(payload), self.opt_in(payload)  # may raise: redelivered, retried
+        with self.suppressed.held():
+            known = (self._keyword_at.get(phone), self.suppressed.keyword_at(phone))
+            latest = max((t for t in known if t is not None), default=None)
+            if texted is not None and latest is not None and texted < latest:
+                log.info("webhook.keyword_stale", recipient=phone)
+                return False, False
+            # may raise: no 2xx, so Telnyx redelivers and it is taken again
+            taken = self.opt_out(payload, texted), self.opt_in(payload, texted)
         if texted is not None:
             self._keyword_at[phone] = texted
         return taken
 
-    def opt_out(self, payload: object) -> bool:
+    def opt_out(self, payload: object, texted: float | None = None) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the
-        suppression list, so no later job texts them. True when it was added."""
+        suppression list, so no later job texts them, with when it was texted (``texted``,
+        if known) in its reason; a sender listed already gets that time recorded instead
+        (:meth:`Suppressed.record_keyword`). True when it was added."""
         phone = self._keyword_from(payload, OPT_OUT_WORDS)
         if phone is None or self.suppressed is None:
             return False
-        added = self.suppressed.add([phone], STOP_REASON)
+        reason = STOP_REASON if texted is None else texted_at(STOP_REASON, texted)
+        added = self.suppressed.add([phone], reason)
+        if not added and texted is not None:
+            self.suppressed.record_keyword(phone, STOP_REASON, texted)
         log.info("webhook.opt_out", recipient=phone, new=bool(added))
         return bool(added)
 
-    def opt_in(self, payload: object) -> bool:
+    def opt_in(self, payload: object, texted: float | None = None) -> bool:
         """An inbound START (or UNSTOP; case and surrounding spaces aside) lifts its sender's
         suppression, but only one a STOP added (:func:`~bulk_mms.suppression.added_by_stop`):
-        a number suppressed by hand stays suppressed. The request is verified before this
+        a number suppressed by hand stays suppressed. When it was texted (``texted``, if
+        known) is recorded on the list first, lifted or not, so a STOP texted before it and
+        delivered after it changes nothing (a crash between the two leaves the number
+        suppressed, and the redelivered START lifts it). The request is verified before this
         runs (signed by Telnyx), so nobody can lift a block by posting. True when it was
         lifted."""
         phone = self._keyword_from(payload, OPT_IN_WORDS)
-        if phone is None or self.suppressed is None or phone not in self.suppressed:
+        if phone is None or self.suppressed is None:
+            return False
+        if texted is not None:
+            self.suppressed.record_keyword(phone, START_REASON, texted)
+        if phone not in self.suppressed:
             return False
         reason = self.suppressed.reason(phone)
         if not added_by_stop(reason):

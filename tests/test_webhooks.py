@@ -27,7 +27,7 @@ from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
 from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
@@ -707,3 +707,138 @@ async def test_only_start_and_unstop_lift_a_stop(
     await receiver.store.close()
     assert answer["lifted"] is lifted
     assert listed.numbers() == ([] if lifted else ["+12125550002"])
+
+
+async def keywords_through(
+    jobs: JobFactory, listed: Path | str, *bodies: dict[str, Any]
+) -> list[tuple[bool, bool]]:
+    """``bodies`` posted, in turn, to a receiver started afresh on the list ``listed`` (a
+    file, or a database's table) (a restarted ``bulk-mms webhooks``): each answer's
+    (suppressed, lifted)."""
+    table = isinstance(listed, str)
+    suppressed = suppression_for(None, listed) if table else Suppressed(Path(listed))
+    receiver, _, _ = await receiver_for(jobs, suppressed=suppressed)
+    async with TestClient(TestServer(receiver.app())) as http:
+        answers = [(await post_signed(http, body))[1] for body in bodies]
+    await receiver.close()
+    await receiver.store.close()
+    return [(a["suppressed"], a["lifted"]) for a in answers]
+
+
+async def test_a_restarted_receiver_ignores_a_start_texted_before_the_stop(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """STOP texted at 10:05 taken in; after a restart its redeliveries write nothing, a
+    START texted at 10:00 and delivered late lifts nothing (the STOP's time is on the list),
+    and one texted at 10:10 lifts it."""
+    path = tmp_path / "suppressed.txt"
+    stop = inbound("STOP", at="2026-11-23T10:05:00.123456+00:00")
+    assert await keywords_through(jobs, path, stop) == [(True, False)]
+    written = path.read_text(encoding="utf-8")
+    assert await keywords_through(jobs, path, stop, stop) == [(False, False)] * 2
+    assert path.read_text(encoding="utf-8") == written  # a redelivery writes nothing
+    early = inbound("START", at="2026-11-23T10:00:00Z")
+    assert await keywords_through(jobs, path, early) == [(False, False)]
+    assert Suppressed(path).numbers() == ["+12125550002"]
+    later = inbound("START", at="2026-11-23T10:10:00Z")
+    assert await keywords_through(jobs, path, later) == [(False, True)]
+    assert Suppressed(path).numbers() == []
+
+
+@pytest.mark.parametrize("stopped_first", [True, False])
+async def test_a_restarted_receiver_ignores_a_stop_texted_before_the_start(
+    jobs: JobFactory, tmp_path: Path, stopped_first: bool
+) -> None:
+    """STOP at 10:00 then START at 10:05 (or the START alone, the STOP's event not delivered
+    yet); after a restart, the STOP's late delivery suppresses nobody, and after another a
+    STOP texted at 10:09 suppresses again."""
+    path = tmp_path / "suppressed.txt"
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z")
+    start = inbound("START", at="2026-11-23T10:05:00Z")
+    first = await keywords_through(jobs, path, *([stop, start] if stopped_first else [start]))
+    assert first[-1] == (False, stopped_first)
+    assert await keywords_through(jobs, path, stop) == [(False, False)]
+    assert Suppressed(path).numbers() == []
+    later = inbound("stop", at="2026-11-23T10:09:00Z")
+    assert await keywords_through(jobs, path, later) == [(True, False)]
+    assert Suppressed(path).numbers() == ["+12125550002"]
+
+
+async def test_a_restarted_receiver_on_the_table_ignores_a_start_texted_before_the_stop(
+    jobs: JobFactory, database: str
+) -> None:
+    """With the database's suppression table, a STOP's time is in its row's reason: after a
+    restart a START texted before it lifts nothing, and one texted after it lifts it."""
+    where = f"{database}?ledger=keywords"
+    stop = inbound("STOP", at="2026-11-23T10:05:00Z")
+    assert await keywords_through(jobs, where, stop) == [(True, False)]
+    early, later = (inbound("START", at=f"2026-11-23T10:{m}:00Z") for m in ("00", "10"))
+    assert await keywords_through(jobs, where, early, later) == [(False, False), (False, True)]
+    assert suppression_for(None, where).numbers() == []
+
+
+async def test_two_receivers_on_one_list_keep_the_order_the_recipient_texted(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """Two receivers started on one list file (behind a load balancer): a STOP taken by one
+    is lifted by a later START the other takes; the STOP redelivered to the first (which
+    took it) then changes nothing; a STOP redelivered after a START taken by the other is
+    stale there too."""
+    path = tmp_path / "suppressed.txt"
+    one, _, _ = await receiver_for(jobs, suppressed=Suppressed(path))
+    second = JobFactory(tmp_path / "second")
+    second.root.mkdir()
+    two, _, _ = await receiver_for(second, suppressed=Suppressed(path))
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z")
+    start = inbound("START", at="2026-11-23T10:05:00Z")
+    other_start = inbound("START", "+12125550003", at="2026-11-23T10:05:00Z")
+    other_stop = inbound("STOP", "+12125550003", at="2026-11-23T10:00:00Z")
+    async with (
+        TestClient(TestServer(one.app())) as a,
+        TestClient(TestServer(two.app())) as b,
+    ):
+
+        async def post(http: TestClient[Any, Any], body: dict[str, Any]) -> tuple[bool, bool]:
+            answer = (await post_signed(http, body))[1]
+            return answer["suppressed"], answer["lifted"]
+
+        assert await post(a, stop) == (True, False)
+        assert await post(b, start) == (False, True)
+        assert await post(a, stop) == (False, False)
+        assert await post(b, other_start) == (False, False)
+        assert await post(a, other_stop) == (False, False)
+    for receiver in (one, two):
+        await receiver.close()
+        await receiver.store.close()
+    assert Suppressed(path).numbers() == []
+
+
+async def test_an_old_list_without_times_still_works(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list written before keyword times were kept: a START lifts its STOP's line (the
+    order is unknown, as before) but not a line added by hand; from then on its time counts,
+    so the STOP's late delivery is stale; the START's record is no number to `suppress list`
+    or to validation."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text(
+        "# kept by hand\n"
+        "+12125550002  # texted STOP (webhook) 2026-11-20\n"
+        "+12125550009  # added by hand 2026-11-20\n",
+        encoding="utf-8",
+    )
+    start = inbound("START", at="2026-11-23T10:05:00Z")
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z")
+    kept = inbound("START", "+12125550009", at="2026-11-23T10:05:00Z")
+    answers = await keywords_through(jobs, path, start, kept)
+    assert answers == [(False, True), (False, False)]
+    assert await keywords_through(jobs, path, stop) == [(False, False)]
+    listed = Suppressed(path)
+    assert listed.numbers() == ["+12125550009"]
+    assert "+12125550002" not in listed
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    capsys.readouterr()
+    assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.split() == ["+12125550009"]
+    assert path.read_text(encoding="utf-8").count("# +12125550002  texted START (webhook) at") == 1

@@ -66,7 +66,7 @@ from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.ledger.store import database_url, display
 from bulk_mms.policy import MAX_RESENDS
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import Suppressed, texted_in
 
 log = structlog.get_logger(__name__)
 
@@ -906,6 +906,11 @@ class PostgresSuppressed(Suppressed):
             return None
         rows = self._run("SELECT reason FROM bulk_mms_suppressions WHERE number = %s", (phone,))
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def keyword_at(self, phone: str) -> float | None:
+        """When ``phone`` texted the STOP its row's reason records; a START leaves no row, so
+        its time is not kept here (the receiver's memory holds it while it runs)."""
+        return texted_in(self.reason(phone))
 
     def remove(self, phones: Iterable[str]) -> list[str]:
         gone = [p for p in dict.fromkeys(phones) if p in self]

@@ -1,0 +1,54 @@
+"""The suppression list's file shared by several writers: nothing one writes is lost."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from bulk_mms.suppression import Suppressed, texted_at
+from tests.conftest import numbers
+
+
+def test_two_writers_on_one_file_lose_no_line(tmp_path: Path) -> None:
+    """One list object appends numbers while another (its own lock descriptor, as a second
+    process has) removes and adds others, rewriting the file each time: every appended
+    number, and every keyword record, is on the list at the end."""
+    path = tmp_path / "suppressed.txt"
+    mine, churn = numbers(150), numbers(5, start=500)
+    first, second = Suppressed(path), Suppressed(path)
+
+    def append() -> None:
+        for i, phone in enumerate(mine):
+            first.add([phone], "added by hand")
+            if i % 10 == 0:
+                first.record_keyword(phone, "texted START (webhook)", 1_000.0 + i)
+
+    def rewrite() -> None:
+        for _ in range(60):
+            second.add(churn, "added by hand")
+            second.remove(churn)
+
+    threads = [threading.Thread(target=append), threading.Thread(target=rewrite)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Suppressed(path).numbers() == mine
+    assert [first.keyword_at(p) for p in mine[::10]] == [1_000.0 + i for i in range(0, 150, 10)]
+
+
+def test_a_keyword_time_is_read_from_its_line_and_its_records(tmp_path: Path) -> None:
+    """The latest time a number's STOP line or its comment records carry is its keyword
+    time; another number's, a hand-written comment or a line without a time say nothing."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text(
+        f"+12125550001  # {texted_at('texted STOP (webhook)', 100.0)} 2026-11-23\n"
+        f"# +12125550001  {texted_at('texted START (webhook)', 200.0)}\n"
+        f"# +12125550002  {texted_at('texted START (webhook)', 300.0)}\n"
+        "# +12125550001 was texted at 2030-01-01T00:00:00Z by hand\n"
+        "+12125550003  # texted STOP (webhook) 2026-11-20\n",
+        encoding="utf-8",
+    )
+    listed = Suppressed(path)
+    assert listed.numbers() == ["+12125550001", "+12125550003"]
+    assert [listed.keyword_at(p) for p in numbers(4, start=1)] == [200.0, 300.0, None, None]
