@@ -323,7 +323,12 @@ def _number(line: str) -> str | None:
 
 def _texted(line: str, phone: str) -> float | None:
     """When ``line`` says ``phone`` texted a keyword: its number line's reason, or a comment
-    line naming it (:data:`_RECORD`); None when the line says no such thing."""
+    line naming it (:data:`_RECORD`); None when the line says no such thing. Only lines this
+    module wrote carry a time, each with the number in E.164 as given: a line that does not
+    hold it is passed over unparsed (the whole list is read for each keyword, under its
+    lock)."""
+    if phone not in line:
+        return None
     if (record := _RECORD.match(line)) is not None:
         number, note = record[1], record[2]
     else:
