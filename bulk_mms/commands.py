@@ -606,7 +606,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
     path = find_config(args.config)
-    listed = load_settings(path).suppression_file if path else None
+    settings = load_settings(path) if path else Settings()
 
     async def serve() -> None:
         stop = Stop()
@@ -617,7 +617,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 int(port_text),
                 key,
                 stop,
-                suppressed=suppression_for(listed, ledger),
+                suppressed=suppression_for(settings.suppression_file, ledger),
+                policy=settings.error_policy,
             )
 
     asyncio.run(serve())

@@ -89,6 +89,12 @@ def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[s
         except ValueError:
             choices = ", ".join(a.value for a in Action)
             raise ConfigError(f"{source}.{code}", f"must be one of {choices}") from None
+        if DEFAULT_POLICY.get(code) == Action.SUPPRESS and policy[code] != Action.SUPPRESS:
+            raise ConfigError(
+                f"{source}.{code}",
+                "is an opt-out (the recipient texted STOP): its action stays suppress, so "
+                "nobody who opted out is texted again, whatever the table says",
+            )
     return policy
 
 

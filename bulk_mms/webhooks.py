@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
-from bulk_mms.codes import DEFAULT_POLICY
+from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
 from bulk_mms.ledger.events import status_event
@@ -187,9 +187,13 @@ class WebhookReceiver:
         clock: Clock | None = None,
         suppressed: Suppressed | None = None,
         reopen: Callable[[], LedgerStore] | None = None,
+        policy: Mapping[str, Action] = DEFAULT_POLICY,
     ) -> None:
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
+        #: The settings' error table (``[errors]``), as runs and ``track`` read delivery
+        #: reports by it: which codes say a member opted out.
+        self.policy = policy
         #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
         #: request that writes works on a fresh one (None: it stays failed, every write a 503).
         self.reopen = reopen
@@ -460,7 +464,7 @@ class WebhookReceiver:
         if self.suppressed is None:
             return
         for _, st in matched:
-            if (code := opted_out_in(st, DEFAULT_POLICY)) is not None:
+            if (code := opted_out_in(st, self.policy)) is not None:
                 await suppress_opted_out(self.suppressed, (st.phone,), code, source="webhook")
 
     def ready(self) -> None:
@@ -658,8 +662,10 @@ async def serve_webhooks(
     *,
     started: Callable[[str], None] | None = None,
     suppressed: Suppressed | None = None,
+    policy: Mapping[str, Action] = DEFAULT_POLICY,
 ) -> WebhookReceiver:
     """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
+    ``policy``: the settings' error table (:attr:`WebhookReceiver.policy`).
 
     Raises:
         LedgerError: the ledger is missing, empty or cannot be written.
@@ -672,6 +678,7 @@ async def serve_webhooks(
         key,
         suppressed=suppressed,
         reopen=lambda: open_store(location, "append"),
+        policy=policy,
     )
     runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
     await runner.setup()

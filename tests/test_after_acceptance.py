@@ -18,6 +18,7 @@ from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.fold import Miss
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.policy import load_policy
 from bulk_mms.report import format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed, default_list
@@ -96,11 +97,13 @@ async def test_an_opt_out_in_a_delivery_report_during_the_run_is_suppressed(
     assert len(client.calls) == before
 
 
+@pytest.mark.parametrize("code", ["40300", "40008"])
 async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
-    jobs: JobFactory, tmp_path: Path
+    jobs: JobFactory, tmp_path: Path, code: str
 ) -> None:
-    """A message.finalized whose errors carry 40300 puts its recipient on the receiver's
-    suppression list (as an inbound STOP does)."""
+    """A message.finalized whose errors carry a code the settings' [errors] table says to
+    suppress (40300, or one a user added) puts its recipient on the receiver's suppression
+    list (as an inbound STOP does, and as a run reading the same report would)."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
     client = FakeClient()
@@ -108,19 +111,23 @@ async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
     (g,) = client.calls
     listed = Suppressed(default_list())
     store = open_store(job.ledger, "append")
+    policy = load_policy({"40008": "suppress"})
+    key = load_public_key(PUBLIC_B64)
     receiver = WebhookReceiver(
-        LedgerView(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), suppressed=listed
+        LedgerView(), store, key, clock=FakeClock(), suppressed=listed, policy=policy
     )
     receiver.refresh()
     sender = {"phone_number": g.message.from_}
     body = own_event("message.finalized", g.to[2], "own-2", "delivery_failed", sender, later=1)
-    body["data"]["payload"]["errors"] = [{"code": "40300", "title": STOP.title}]
+    body["data"]["payload"]["errors"] = [{"code": code, "title": STOP.title}]
     async with TestClient(TestServer(receiver.app())) as http:
         assert (await post_signed(http, body))[1]["recorded"] == 1
         await receiver.settle()
     await receiver.close()
     await store.close()
-    assert_opted_out(job.ledger, g.to[2], tmp_path)
+    if code == "40300":
+        assert_opted_out(job.ledger, g.to[2], tmp_path)
+    assert g.to[2] in Suppressed(default_list())
 
 
 async def test_a_synchronous_opt_out_is_said_so_and_left_out_of_the_failed_file(

@@ -113,17 +113,22 @@ async def test_spam_codes_slow_the_sender_and_retry(jobs: JobFactory) -> None:
 
 
 def test_the_table_is_overridable_and_checked(tmp_path: Path) -> None:
-    """[errors] code = "action" overrides the built-in table; a bad action names the code."""
+    """[errors] code = "action" overrides the built-in table; a bad action names the code,
+    and an opt-out's code (40300) keeps suppress: a table cannot have STOP-sayers texted."""
     config = tmp_path / "config.toml"
-    config.write_text('[errors]\n40300 = "retry"\n12345 = "halt"\n')
+    config.write_text('[errors]\n40014 = "retry"\n12345 = "halt"\n40300 = "suppress"\n')
     policy = load_settings(config).error_policy
-    assert (policy["40300"], policy["12345"], policy["20100"]) == (
+    assert (policy["40014"], policy["12345"], policy["20100"], policy["40300"]) == (
         Action.RETRY,
         Action.HALT,
         Action.HALT,
+        Action.SUPPRESS,
     )
-    config.write_text('[errors]\n40300 = "ignore"\n')
-    with pytest.raises(ConfigError, match="40300"):
+    config.write_text('[errors]\n40014 = "ignore"\n')
+    with pytest.raises(ConfigError, match="40014"):
+        load_settings(config)
+    config.write_text('[errors]\n40300 = "retry"\n')
+    with pytest.raises(ConfigError, match=r"errors\.40300.*opt-out"):
         load_settings(config)
 
 

@@ -258,19 +258,22 @@ def test_cli_takes_the_settings_suppression_list(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`bulk-mms webhooks --config FILE` records inbound STOPs into that file's [suppression]
-    list, the one `run --config FILE` honours, not the default list."""
+    list, the one `run --config FILE` honours, not the default list, and reads delivery
+    reports by its [errors] table."""
     settings = tmp_path / "settings.toml"
-    settings.write_text('[suppression]\nfile = "stops.txt"\n')
+    settings.write_text('[suppression]\nfile = "stops.txt"\n[errors]\n40008 = "suppress"\n')
     given: dict[str, Any] = {}
 
     async def serve(*args: Any, suppressed: Suppressed, **kwargs: Any) -> None:
         given["list"] = suppressed.path
+        given["policy"] = kwargs["policy"]
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
     monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
     ledger = str(tmp_path / "l.jsonl")
     assert main(["webhooks", ledger, "--listen", "127.0.0.1:0", "--config", str(settings)]) == 0
     assert given["list"] == tmp_path / "stops.txt"
+    assert given["policy"]["40008"] == "suppress"
 
 
 async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
