@@ -56,7 +56,7 @@ from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import DEFAULT_POLICY, Action
 from bulk_mms.errors import ConfigError, LedgerError
-from bulk_mms.ledger import LedgerStore, LedgerView, Location, open_store
+from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_time, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
@@ -672,10 +672,18 @@ async def serve_webhooks(
         ConfigError: the address cannot be listened on.
     """
     store = open_store(location, "append")
+    clock = SystemClock(stop)
+    if store.shared:  # a database's: its time, as the job's runs and track keep it
+        try:
+            await keep_database_time(clock, str(location))
+        except LedgerError:
+            await store.close()
+            raise
     receiver = WebhookReceiver(
         store.fold(),
         store,
         key,
+        clock=clock,
         suppressed=suppressed,
         reopen=lambda: open_store(location, "append"),
         policy=policy,

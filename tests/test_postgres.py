@@ -46,6 +46,7 @@ from tests.conftest import (
     numbers,
     ok_receipt,
 )
+from tests.test_webhooks import SIGNER
 from tests.threaded import fake_api_thread
 
 KEY = "pg-test-key"
@@ -585,6 +586,28 @@ async def test_a_host_whose_clock_is_slow_keeps_the_databases_deadline(
     skewed = [e for e in logs if e["event"] == "clock.skewed"]
     assert len(skewed) == 1
     assert 119 < skewed[0]["seconds"] < 121
+
+
+async def test_the_webhook_receiver_on_a_host_whose_clock_is_slow_keeps_the_databases_time(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bulk-mms webhooks on a database ledger, from a host whose clock is two minutes slow,
+    keeps the database's time (its stamps are the runs'), and logs the skew once."""
+    import bulk_mms.clock  # noqa: PLC0415 - the module whose time this test slows
+    from bulk_mms.webhooks import serve_webhooks  # noqa: PLC0415 - cryptography
+
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    await run_job(job, FAST, FakeClient(), clock=FakeClock())
+    monkeypatch.setattr(bulk_mms.clock, "time", _Behind)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        receiver = await serve_webhooks(
+            job.where, "127.0.0.1", 0, SIGNER.public_key(), stop, started=lambda _: stop.set()
+        )
+    assert abs(receiver.clock.wall() - time.time()) < 30
+    assert [round(e["seconds"]) for e in logs if e["event"] == "clock.skewed"] == [120]
 
 
 async def test_track_on_a_host_whose_clock_is_slow_keeps_the_databases_time(
