@@ -502,20 +502,22 @@ def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]
 
 def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bool:
     """Whether a run of a ``{date}`` job at ``now`` belongs in ``earlier`` (the previous
-    date's ledger) rather than its own: ``earlier`` is this job's, for this very input, the
-    job's own ledger is not begun, and: with a ``send_window`` across midnight, ``now`` is
-    before the window's end (its night began on the earlier date, whatever is left of it);
-    else, ``earlier`` is unfinished (input not all read; recipients not attempted, pending a
-    rerun or in doubt)."""
+    date's ledger) rather than its own: ``earlier`` is this job's, the job's own ledger is
+    not begun, and: with a ``send_window`` across midnight, ``now`` is before the window's
+    end (its night began on the earlier date, whatever is left of it, and its ledger's
+    resume refuses an input changed since); else, ``earlier`` is for this very input and
+    unfinished (input not all read; recipients not attempted, pending a rerun or in doubt)."""
     if earlier == job.where or exists(job.where) or not exists(earlier):
         return False
     view = load(earlier, statuses=False)
     header = view.header
-    if header is None or header.job != job.name or header.fingerprint != fingerprint(job.input):
+    if header is None or header.job != job.name:
         return False
     window = job.send_window
     if window is not None and window.end < window.start:  # across midnight
         return now.astimezone(job.zone).time() < window.end  # before it ends: its night
+    if header.fingerprint != fingerprint(job.input):
+        return False
     r = view.recipients()
     return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
 

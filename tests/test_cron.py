@@ -160,3 +160,36 @@ async def test_a_night_window_belongs_to_the_date_it_opened(
     await run_job(earlier, FAST, FakeClient(), clock=FakeClock(wall=night.timestamp()))
     today = load_job(job.path, now=now)
     assert continues_earlier(today, earlier.ledger, now) is continues
+
+
+def _zone_at_one_am() -> str:
+    """A fixed-offset zone (Etc/GMT...) where the local time now is between 01:00 and 02:00."""
+    offset = (1 - dt.datetime.now(UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return f"Etc/GMT{-offset:+d}" if offset else "Etc/UTC"
+
+
+def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A night window's run after midnight whose export was written again meanwhile (the
+    night's ledger holds the old one) exits 2 naming the changed input, and texts nobody:
+    not a fresh campaign under the new date that texts the night's recipients twice."""
+    jobs.people(8)
+    extra = (
+        'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
+        f'send_window = "22:00-06:00"\ntimezone = "{_zone_at_one_am()}"'
+    )
+    job = jobs.job(extra=extra)
+    night = dt.datetime.now(job.zone).replace(hour=23) - dt.timedelta(days=1)
+    earlier = load_job(job.path, now=night)
+    asyncio.run(run_job(earlier, FAST, FakeClient(), clock=FakeClock(wall=night.timestamp())))
+    jobs.people(8, start=4)  # the export written again at midnight: 4 of its 8 sent already
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-cron")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        code = main(["-q", "run", str(job.path), "--base-url", url])
+    assert fake.recipient_counts() == {}
+    assert code == 2
+    assert "input file contents" in capsys.readouterr().err
+    assert not load_job(job.path).ledger.exists()
