@@ -522,17 +522,28 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
     return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
 
 
-def sent_numbers(ledgers: Sequence[Location]) -> frozenset[int]:
+def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``).
 
     Raises:
-        LedgerError: a ledger is not there or cannot be read.
+        LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
+            (a request whose answer was lost may have been taken: neither sent nor not),
+            unless ``in_doubt_ok`` (``--resend-in-doubt``: a duplicate is acceptable).
     """
     numbers: set[int] = set()
     for where in ledgers:
         if not exists(where):
             raise LedgerError(display(where), "no such ledger (--exclude-sent)")
-        for rec in load(where, statuses=False).sent_groups():
+        view = load(where, statuses=False)
+        if (doubts := view.recipients().in_doubt) and not in_doubt_ok:
+            raise LedgerError(
+                display(where),
+                f"{doubts} recipients in doubt (--exclude-sent): the API may have taken their "
+                f"messages, so they may have been sent; settle them by the API's records "
+                f"first (bulk-mms track {display(where)}), or give --resend-in-doubt to "
+                "send them in this campaign anyway",
+            )
+        for rec in view.sent_groups():
             numbers.update(int(phone[1:]) for phone in rec.to)
     return frozenset(numbers)
 

@@ -15,7 +15,7 @@ import pytest
 from bulk_mms import commands
 from bulk_mms.cli import main
 from bulk_mms.config.folders import sandbox_ledger, sandbox_list
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import Planned, read_events
 from bulk_mms.testing import ledger_events
 from tests.conftest import JobFactory, numbers
@@ -350,6 +350,35 @@ def test_exclude_sent_skips_whoever_another_ledger_reached(
     assert code == 0
     assert fake.recipient_counts() == dict.fromkeys(numbers(25), 1)
     assert "10 already sent (--exclude-sent)" in capsys.readouterr().out
+
+
+def test_exclude_sent_refuses_a_ledger_with_recipients_in_doubt(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ledger a crash or a lost answer left with a group in doubt (the API may have taken
+    it) is refused by --exclude-sent (exit 2, nothing sent, saying how to settle it), not read
+    as "not sent", which texted that group's people a second time; once track has settled
+    it by the API's records, the fixed file's campaign texts everyone else once."""
+    jobs.people(8)
+    first = jobs.job(extra="group_size = 4")
+    fake = FakeTelnyx(records_lag_s=3600.0)  # the records cannot settle it yet
+    fake.faults.append(Fault("drop_after"))  # taken, and the answer lost
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(first.path), "--base-url", url]) == 1
+        jobs.people(12)
+        fixed = jobs.job(extra="group_size = 4", name="test-job-fixed")
+        again = ["-q", "run", str(fixed.path), "--base-url", url]
+        capsys.readouterr()
+        refused = main([*again, "--exclude-sent", str(first.ledger)])
+        err = capsys.readouterr().err
+        assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)
+        fake.records_lag_s = 0.0
+        assert main(["-q", "track", str(first.ledger), "--base-url", url]) == 0
+        assert main([*again, "--exclude-sent", str(first.ledger)]) == 0
+    assert refused == 2
+    assert "4 recipients in doubt" in err
+    assert "bulk-mms track" in err
+    assert fake.recipient_counts() == dict.fromkeys(numbers(12), 1)
 
 
 def test_a_daily_cap_with_a_dated_ledger_is_refused(
