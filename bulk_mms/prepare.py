@@ -141,7 +141,7 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
     header = view.header
     if header is None:
         return
-    if (why := header.mismatch(expected)) is not None:
+    if (why := header.mismatch(expected, where)) is not None:
         raise LedgerMismatch(where, why)
     if not header.recipient_window or header.zones is not None:
         return

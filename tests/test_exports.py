@@ -352,6 +352,29 @@ def test_exclude_sent_skips_whoever_another_ledger_reached(
     assert "10 already sent (--exclude-sent)" in capsys.readouterr().out
 
 
+def test_a_changed_input_is_refused_with_advice_that_texts_nobody_twice(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A campaign cut short (a crash, --limit) whose export is then written again: the rerun
+    exits 2 naming --exclude-sent with this ledger, and following that advice sends the new
+    file to everyone but those the ledger reached, once (a bare new --ledger, as it used to
+    say, texts them all again)."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main([*run, "--limit", "1"]) == 0
+        jobs.people(10)  # the export, written again
+        capsys.readouterr()
+        assert main(run) == 2
+        err = capsys.readouterr().err
+        assert main([*run, "--name", "test-job-2", "--exclude-sent", str(job.ledger)]) == 0
+    assert f"--exclude-sent {job.ledger}" in err
+    assert "new --ledger" not in err
+    assert fake.recipient_counts() == dict.fromkeys(numbers(10), 1)
+
+
 def test_exclude_sent_refuses_a_ledger_with_recipients_in_doubt(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -69,18 +69,20 @@ class Header(msgspec.Struct, frozen=True):
     time: str = ""
     kind: ClassVar[str] = "job"
 
-    def mismatch(self, expected: Header) -> str | None:
-        """Why a run for ``expected`` must not resume this ledger, or None when it may."""
+    def mismatch(self, expected: Header, ledger: str = "LEDGER") -> str | None:
+        """Why a run for ``expected`` must not resume this ledger (found at ``ledger``, which
+        the advice names), or None when it may."""
         if self.format > FORMAT:
             return f"written by a newer bulk-mms (format {self.format})"
         for name, label, hint in _MATCHED:
             was, now = getattr(self, name), getattr(expected, name)
             if was != now:
-                return f"belongs to a different run: {label} was {was!r}, now {now!r}{hint}"
+                why = f"belongs to a different run: {label} was {was!r}, now {now!r}"
+                return why + hint.format(go_on=_GO_ON.format(ledger=ledger))
         if self.zones is not None and self.zones != expected.zones:
             return (
                 f"belongs to a different run: recipients' zones came from {self.zones}, now "
-                f"from {expected.zones}{_REGROUP}"
+                f"from {expected.zones}" + _REGROUP.format(go_on=_GO_ON.format(ledger=ledger))
             )
         return None
 
@@ -93,14 +95,17 @@ def zones_source(recipient_window: object, timezone_column: str | None) -> str |
     return "the number" if timezone_column is None else f"column {timezone_column!r}"
 
 
-_REGROUP = " (regrouping would resend people already sent; use a new --ledger)"
+#: How to go on after a change a ledger refuses, texting nobody it sent a second time (a
+#: new ledger alone would text them all again).
+_GO_ON = "run under a new --name with --exclude-sent {ledger}"
+_REGROUP = " (regrouping would resend people already sent; {go_on})"
 #: What a resume must find unchanged: (field, label, hint).
 _MATCHED: Final = (
     ("job", "job name", ""),
     (
         "fingerprint",
         "input file contents",
-        " (the input file changed since this ledger was started; use a new --ledger)",
+        " (the input file changed since this ledger was started; to send the new one, {go_on})",
     ),
     ("group_size", "group_size", _REGROUP),
     ("group_by", "group_by", _REGROUP),
