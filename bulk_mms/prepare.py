@@ -523,7 +523,9 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
 
 
 def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> frozenset[int]:
-    """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``).
+    """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
+    their counts have them, so not a member a delivery report moved out of a sent group to go
+    again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted.
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -543,8 +545,8 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
                 f"first (bulk-mms track {display(where)}), or give --resend-in-doubt to "
                 "send them in this campaign anyway",
             )
-        for rec in view.sent_groups():
-            numbers.update(int(phone[1:]) for phone in rec.to)
+        for rec in view.sent_groups():  # its members a delivery report moved out wait there
+            numbers.update(int(phone[1:]) for phone in rec.counted)
     return frozenset(numbers)
 
 

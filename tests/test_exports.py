@@ -404,6 +404,29 @@ def test_exclude_sent_refuses_a_ledger_with_recipients_in_doubt(
     assert fake.recipient_counts() == dict.fromkeys(numbers(12), 1)
 
 
+def test_exclude_sent_leaves_in_a_member_whose_delivery_the_carrier_put_off(
+    jobs: JobFactory,
+) -> None:
+    """A member a delivery report moved out of their sent group (T-Mobile's daily cap, 40016:
+    the old ledger counts them not attempted, waiting for a rerun that its changed input now
+    refuses) is sent by the fixed file's campaign, not skipped as "already sent"; the
+    others the old ledger reached are skipped."""
+    jobs.people(4)
+    first = jobs.job(extra="group_size = 2")
+    capped = numbers(4)[1]
+    fake = FakeTelnyx(report={capped: "40016"})
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(first.path), "--base-url", url]) == 0
+        assert main(["-q", "track", str(first.ledger), "--base-url", url]) == 0
+        jobs.people(6)
+        fixed = jobs.job(extra="group_size = 2", name="test-job-fixed")
+        run = ["-q", "run", str(fixed.path), "--base-url", url]
+        fake.report.clear()  # the cap has reset
+        assert main([*run, "--exclude-sent", str(first.ledger)]) == 0
+    counts = fake.recipient_counts()
+    assert counts == {**dict.fromkeys(numbers(6), 1), capped: 2}
+
+
 def test_a_daily_cap_with_a_dated_ledger_is_refused(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
