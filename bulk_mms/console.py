@@ -28,7 +28,7 @@ from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import BulkMmsError, Exit, LimitReached
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
-from bulk_mms.summary import Estimate, JobSummary, minute_utc
+from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
 
 #: The code a stop by a signal exits with.
 SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
@@ -158,6 +158,11 @@ def exit_for(exc: BaseException) -> int:
 #: exit code. ``limit`` and ``deadline`` are told after the run's counts.
 _STOPS: dict[str, tuple[str, str]] = {
     "window": ("send window closed", "the next run inside the window resumes"),
+    AFTER_DEADLINE: (
+        "outside the window, which opens again only after the job's deadline",
+        "nobody left can be sent in time: widen the window or move the deadline and rerun; "
+        "else the first run past the deadline records them expired",
+    ),
     "SIGINT": ("stopped by SIGINT", "run the same command again to resume"),
     "SIGTERM": ("stopped by SIGTERM", "run the same command again to resume"),
     "limit": ("--limit reached", "a run without --limit sends the rest"),
@@ -203,13 +208,14 @@ def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
-    if s.stopped in SIGNAL_EXIT or (s.stopped == "window" and s.recipients is None):
+    windowed = {"window": Exit.WINDOW, AFTER_DEADLINE: Exit.INCOMPLETE}
+    if s.stopped in SIGNAL_EXIT or (s.stopped in windowed and s.recipients is None):
         _tell_stop(s)  # stopped by a signal, or outside the send window before it began
-        return SIGNAL_EXIT.get(s.stopped or "", Exit.WINDOW)
+        return SIGNAL_EXIT.get(s.stopped or "") or windowed[s.stopped or ""]
     _tell_summary(s)
-    if s.stopped == "window":  # it closed mid-run
+    if s.stopped in windowed:  # it closed mid-run, or held everyone left for quiet hours
         _tell_stop(s)
-        return Exit.WINDOW
+        return windowed[s.stopped or ""]
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
     if s.stopped in ("limit", "deadline"):

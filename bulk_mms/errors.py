@@ -45,9 +45,9 @@
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
 1 finished with groups failed, pending a rerun or in doubt (or the prompt answered no), 4
-outside the send window or the recipients' (resumable; past the job's deadline a run records
-what is left expired instead: 1), 130/143 stopped by SIGINT/SIGTERM
-(resumable). The README's table says the same for users.
+outside the send window or the recipients' (resumable; a window that opens again only after
+the job's deadline: 1, and past the deadline a run records what is left expired: 1),
+130/143 stopped by SIGINT/SIGTERM (resumable). The README's table says the same for users.
 
 Every message is one line and names the file and line, or the setting, that is wrong. No
 message ever contains the API key: the client never puts headers into an error.

@@ -149,6 +149,19 @@ def _open_for_s(window: SendWindow, zone: zoneinfo.ZoneInfo, now: dt.datetime) -
     return max((end - now).total_seconds(), 0.0)
 
 
+def opens_before(
+    window: SendWindow, zones: Iterable[str], now: dt.datetime, deadline: dt.datetime | None
+) -> bool:
+    """Whether the window opens again in all ``zones`` after ``now`` and before ``deadline``
+    (aware): always without a deadline, and when it cannot tell (no opening within two days).
+    :func:`next_opening` finds an opening up to five minutes late, so an opening that late
+    counts as before: only a window that surely opens too late is told so."""
+    if deadline is None:
+        return True
+    at = next_opening(window, zones, now)
+    return at is None or at - _STEP < deadline
+
+
 def next_opening(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> dt.datetime | None:
     """The first moment after ``now`` when the window is open in all ``zones`` (to 5 minutes),
     or None when the zones' windows never overlap within two days."""

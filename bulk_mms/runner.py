@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import itertools
 import os
@@ -58,7 +59,7 @@ from bulk_mms.prepare import (
     remade_from,
 )
 from bulk_mms.progress import Progress, Snapshot
-from bulk_mms.quiet import closes_in, next_opening
+from bulk_mms.quiet import closes_in, next_opening, opens_before
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
 from bulk_mms.report import waiting
@@ -73,7 +74,7 @@ from bulk_mms.sending import GroupSender
 from bulk_mms.settle import SETTLED_SLACK_S, Verdict
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
-from bulk_mms.summary import JobSummary, percentile
+from bulk_mms.summary import AFTER_DEADLINE, JobSummary, percentile
 from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.track import Tracker
 
@@ -643,6 +644,26 @@ class Runner:
             elapsed_s=stats.elapsed_s,
         )
 
+    def _held_for_windows(self, s: JobSummary) -> None:
+        """Say in ``s`` what the windows left for later: recipients held for their quiet hours
+        (``quiet_hours``: where, and when the first of their windows opens), and whether the
+        window that stopped the run opens again before the job's deadline: when neither the
+        ``send_window`` that closed mid-run nor any held recipient's window does,
+        :data:`AFTER_DEADLINE` (nobody left can be sent in time)."""
+        now, expires, job = utc(self.clock), self.sender.expires_at, self.job
+        window, quiet = job.send_window, job.recipient_window
+        if s.stopped == "window" and window is not None:  # it closed mid-run
+            s.stopped = (
+                "window" if opens_before(window, (job.timezone,), now, expires) else AFTER_DEADLINE
+            )
+        if s.stopped is None and self.quiet and quiet is not None:
+            s.stopped = "quiet_hours"
+            openings = [next_opening(quiet, z, now) for z in self.quiet]
+            s.next_opening = min((o for o in openings if o is not None), default=None)
+            s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
+            if not any(opens_before(quiet, z, now, expires) for z in self.quiet):
+                s.stopped = AFTER_DEADLINE
+
     async def report_progress(self, progress: Progress, total: int | None) -> None:
         """Hand a snapshot to ``progress`` twice a second (real time: it is for display)."""
         while True:
@@ -654,12 +675,7 @@ class Runner:
         s, view, stats = self.summary, self.view, self.sender.stats()
         limited = self.limit is not None and self.queued >= self.limit
         s.stopped = self.stop.reason or ("limit" if limited else None)
-        if s.stopped is None and self.quiet and self.job.recipient_window is not None:
-            s.stopped = "quiet_hours"
-            now = utc(self.clock)
-            openings = [next_opening(self.job.recipient_window, z, now) for z in self.quiet]
-            s.next_opening = min((o for o in openings if o is not None), default=None)
-            s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
+        self._held_for_windows(s)
         s.duration_s = stats.elapsed_s
         waits = sorted(self.recorder.waits)
         s.wait_seconds_p50 = percentile(waits, 0.50)
@@ -730,14 +746,8 @@ async def run_job(
     clock = clock or SystemClock(stop)
     if is_database(job.where) and isinstance(clock, SystemClock):
         await keep_database_time(clock, str(job.where))  # before the window's check
-    if not in_window(job, utc(clock)) and not _expired_before(job, clock):
-        log.warning(
-            "job.outside_window",
-            send_window=str(job.send_window),
-            timezone=job.timezone,
-            local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
-        )
-        return JobSummary(job.name, stopped="window")
+    if (outside := _outside_window(job, clock)) is not None:
+        return outside
     suppressed = suppression_for(settings.suppression_file, job.where)
     log.info("input.scan_started", input=str(job.input))
     try:  # in a worker thread: a signal during a long scan is heard at once
@@ -797,18 +807,39 @@ async def run_job(
     return runner.finish()
 
 
-def _expired_before(job: JobConfig, clock: Clock) -> bool:
-    """Whether the job's deadline (``deadline``, or ``max_age_s`` after its ledger began:
-    :func:`~bulk_mms.gates.job_deadline`) has passed: outside its ``send_window`` such a run
-    goes on, sends nothing (past the deadline nothing leaves) and records what is left
-    ``expired_unsent``, in this run, rather than exit 4 for a later run that cannot send it
-    either. Reads no more of the ledger than its header, and only for ``max_age_s``; a
-    ledger that cannot be read then is left to the next run inside the window, which says
-    why."""
-    if past(job.deadline, clock):
-        return True
+def _outside_window(job: JobConfig, clock: Clock) -> JobSummary | None:
+    """The summary of a run started outside its ``send_window`` before the job's deadline:
+    nothing is sent, and it says whether the window opens again before the deadline
+    (``window``, exit 4) or only after it (:data:`AFTER_DEADLINE`, exit 1). None inside the
+    window, or past the deadline (the run records what is left expired)."""
+    window = job.send_window
+    if window is None or in_window(job, now := utc(clock)):
+        return None
+    deadline = _deadline_before_start(job)
+    if past(deadline, clock):
+        return None
+    late = not opens_before(window, (job.timezone,), now, deadline)
+    log.warning(
+        "job.outside_window",
+        send_window=str(window),
+        timezone=job.timezone,
+        local_time=now.astimezone(job.zone).strftime("%H:%M"),
+        opens_after_deadline=late,
+    )
+    return JobSummary(job.name, stopped=AFTER_DEADLINE if late else "window")
+
+
+def _deadline_before_start(job: JobConfig) -> dt.datetime | None:
+    """The job's deadline (``deadline``, or ``max_age_s`` after its ledger began:
+    :func:`~bulk_mms.gates.job_deadline`), for a run outside its ``send_window``: past it,
+    such a run goes on, sends nothing (past the deadline nothing leaves) and records what is
+    left ``expired_unsent``, rather than exit 4 for a later run that cannot send it either;
+    before it, a window that opens again only after it stops the run with exit 1
+    (:data:`AFTER_DEADLINE`). Reads no more of the ledger than its header, and only for
+    ``max_age_s``; a ledger that cannot be read then is left to the next run inside the
+    window, which says why."""
     if job.max_age_s is None:
-        return False
+        return job.deadline
     try:
         header = None
         if exists(job.where):
@@ -819,11 +850,11 @@ def _expired_before(job: JobConfig, clock: Clock) -> bool:
                 store.close_sync()
     except LedgerError as exc:
         log.warning("job.deadline_unknown", ledger=display(job.where), error=str(exc))
-        return False
+        return job.deadline
     view = LedgerView()
     if isinstance(header, Header):
         view.apply(header)
-    return past(job_deadline(job, view), clock)
+    return job_deadline(job, view)
 
 
 #: The longest the events of a run that ends are waited for: the database's own bound on a

@@ -16,6 +16,7 @@ from bulk_mms.errors import RateLimited
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -212,13 +213,19 @@ async def test_a_wall_clock_stepped_back_does_not_expire_a_group_before_the_dead
     assert sent_at[0] < NOON.timestamp() + 60
 
 
+@pytest.mark.parametrize(
+    ("deadline", "stopped", "code"),
+    [("", "window", 4), ('\ndeadline = "2026-11-24T18:00+00:00"', AFTER_DEADLINE, 1)],
+    ids=["resumable", "too-late"],
+)
 async def test_a_run_stops_as_its_send_window_closes_not_after_its_waits(
-    jobs: JobFactory,
+    jobs: JobFactory, deadline: str, stopped: str, code: int
 ) -> None:
     """A run whose only worker waits out a 300 s Retry-After stops as the send_window closes
-    30 s later (exit 4's window stop), not 270 s after it."""
+    30 s later, not 270 s after it: exit 4's window stop, or exit 1 when the job's deadline
+    comes before the window opens again (no later run can send the rest)."""
     jobs.people(8)
-    job = jobs.job(extra='group_size = 4\nsend_window = "09:00-12:01"')
+    job = jobs.job(extra='group_size = 4\nsend_window = "09:00-12:01"' + deadline)
     stop = Stop()
     clock = FakeClock(wall=(NOON + dt.timedelta(seconds=30)).timestamp(), stopping=stop)
 
@@ -228,7 +235,7 @@ async def test_a_run_stops_as_its_send_window_closes_not_after_its_waits(
     settings = replace(FAST, concurrency=1, retry=replace(FAST.retry, max_retry_after=900))
     client = FakeClient(answer)
     s = await run_job(job, settings, client, clock=clock, stop=stop)
-    assert s.stopped == "window"
+    assert (s.stopped, run_outcome(s)) == (stopped, code)
     assert len(client.calls) == 1
     assert clock.wall() - (NOON + ONE_MINUTE).timestamp() < 5
 

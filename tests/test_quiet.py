@@ -16,6 +16,7 @@ from bulk_mms.errors import LedgerMismatch
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, hours_problem, never_open, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
+from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
@@ -90,6 +91,25 @@ def test_a_window_closes_at_midnight_when_it_ends_at_24_and_as_the_clocks_go_bac
     the time a request is given to leave in never outlasts the window."""
     now = local.replace(tzinfo=ZoneInfo(NY[0])).astimezone(dt.UTC)
     assert closes_in(window, NY, now) == seconds
+
+
+async def test_recipients_whose_window_opens_after_the_deadline_make_the_run_exit_1(
+    jobs: JobFactory,
+) -> None:
+    """At 14:00 UTC New York is open and Los Angeles is not, and the job's deadline (15:30)
+    comes before Los Angeles opens (16:00): New York is sent, and the run exits 1, not 4,
+    since no later run can send Los Angeles in time."""
+    pairs = zip(NEW_YORK, LOS_ANGELES, strict=True)
+    jobs.csv([{"phone": p, "first": "x"} for pair in pairs for p in pair])
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\n'
+        'deadline = "2026-11-25T15:30+00:00"'
+    )
+    morning = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK
+    assert (s.stopped, run_outcome(s)) == (AFTER_DEADLINE, 1)
 
 
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:

@@ -33,6 +33,7 @@ from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
+from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
@@ -148,6 +149,27 @@ async def test_outside_the_window_before_the_deadline_a_run_still_waits_for_it(
     s = await run_job(job, FAST, client, clock=clock_at(EVENING))
     assert (client.calls, s.stopped, s.expired_groups) == ([], "window", 0)
     assert run_outcome(s) == 4
+    assert ledger_events(job.ledger) == before
+
+
+@pytest.mark.parametrize(
+    "deadline", ['deadline = "2026-11-25T08:00+00:00"', "max_age_s = 43200"], ids=["at", "age"]
+)
+async def test_outside_a_window_that_opens_only_after_the_deadline_a_run_exits_1(
+    jobs: JobFactory, deadline: str
+) -> None:
+    """Outside its send_window with the deadline still ahead but before the window opens again
+    (a set time, or max_age_s after the campaign began), a run sends nothing and records
+    nothing (a wider window or a later deadline can still send them), and exits 1, not 4: no
+    run inside the window can send them in time."""
+    jobs.people(8)
+    job = jobs.job(extra=WINDOW + deadline)
+    await run_job(job, FAST, FakeClient(), clock=clock_at(MORNING), limit=1)
+    before = ledger_events(job.ledger)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(EVENING))
+    assert (client.calls, s.stopped, s.expired_groups) == ([], AFTER_DEADLINE, 0)
+    assert run_outcome(s) == 1
     assert ledger_events(job.ledger) == before
 
 
