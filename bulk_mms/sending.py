@@ -587,11 +587,16 @@ class GroupSender:
         if past(self.expires_at, self.clock):
             self._expire(tries)  # first: past it, a closed window promises a later run nothing
             raise StopRetrying(None if tries.expired else _unsent(tries, on_record))
-        if not stop.is_set() and not in_window(self.job, utc(self.clock)):
+        job = self.job  # the clock read as a datetime only for a window that is set
+        if (
+            job.send_window is not None
+            and not stop.is_set()
+            and not in_window(job, utc(self.clock))
+        ):
             self.window_closed()
         if stop.is_set():
             raise StopRetrying(_unsent(tries, on_record))
-        window = self.job.recipient_window
+        window = job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
             raise StopRetrying(_unsent(tries, on_record))
