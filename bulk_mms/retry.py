@@ -156,6 +156,12 @@ class RetryDigest:
             self._say(cause, t)
 
 
+async def _before_try(retry_state: tenacity.RetryCallState) -> None:
+    """Nothing, before each try. Tenacity calls a ``before`` on every try, and a plain
+    function (its default) it inspects and wraps in a coroutine each time; a coroutine
+    function it takes as it is."""
+
+
 class Retrier:
     """The tries of one group at a time, group after group: tenacity's machinery (its
     ``AsyncRetrying``, the stop, the wait, the retry predicate) is built once and reused.
@@ -198,6 +204,7 @@ class Retrier:
             stop=self._stop,
             wait=_Wait(policy),
             sleep=self.clock.sleep,
+            before=_before_try,
             before_sleep=self._before_sleep,
             reraise=True,
         )
