@@ -317,25 +317,32 @@ def parse_statuses(
         # a group's own message with members in cc costs the group, not its one `to`
         alone = len(items) == 1 and not copies
         cost = parse_money(msg.get("cost")) if alone and costs else None
+        # every member takes the message's errors as they are, unless the message names several
+        # and has some: then only those that point at the member
+        shared = not errors or alone
         # a member under cc names no message of its own, and takes no cost
-        for field, entries, into in (("to", items, out), ("cc", copies[:_MAX_CC], copied)):
+        for field, entries, into, own_id, own_cost in (
+            ("to", items, out, mid, cost),
+            ("cc", copies[:_MAX_CC], copied, None, None),
+        ):
             for i, item in enumerate(entries):
-                if isinstance(item, dict) and isinstance(item.get("phone_number"), str):
+                phone = item.get("phone_number") if isinstance(item, dict) else None
+                if isinstance(phone, str):
                     status = _text(item.get("status"), _STATUS_CHARS)
                     into.append(
                         RecipientStatus(
-                            item["phone_number"][:32],
+                            phone[:32],
                             status,
-                            message_id=mid if field == "to" else None,
+                            message_id=own_id,
                             errors=(
-                                _errors_of(errors, f"/{field}/{i}", status)
-                                if errors and not alone
-                                else errors
+                                errors if shared else _errors_of(errors, f"/{field}/{i}", status)
                             ),
                             at=at,
-                            cost=cost if field == "to" else None,
+                            cost=own_cost,
                         )
                     )
+    if not copied:
+        return tuple(out)
     in_to = {st.phone for st in out}
     return (*out, *(st for st in copied if st.phone not in in_to))
 
