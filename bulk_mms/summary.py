@@ -200,8 +200,10 @@ class JobSummary(msgspec.Struct):
 
     def note_template(self, group: Group) -> None:
         """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""
-        self.template_differs.update(group.differs)
-        self.template_empty.update(group.empty)
+        if group.differs:  # most groups have none of either: no count to update
+            self.template_differs.update(group.differs)
+        if group.empty:
+            self.template_empty.update(group.empty)
 
 
 def _rows(n: int) -> str:
