@@ -17,8 +17,9 @@ Where a group ends after an error (:meth:`Recorder.outcome`)::
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +66,17 @@ CRASHED = "attempted before a crash; the outcome is unknown"
 STOPPED_IN_FLIGHT = "cut off in flight by a forced stop; the outcome is unknown"
 
 
+def _values_in(columns: Sequence[str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
+    """A function from a row holding every one of ``columns`` to its values in their order
+    (:class:`KeyError` for a row that lacks one)."""
+    if len(columns) == 1:
+        (only,) = columns
+        return lambda row: (row[only],)
+    if not columns:
+        return lambda row: ()
+    return operator.itemgetter(*columns)
+
+
 class Recorder:
     """Writes a run's events; keeps its view and summary in step with them."""
 
@@ -85,6 +97,7 @@ class Recorder:
         self.clock = clock
         #: The input columns outcome events record each member's row in (the header's).
         self.columns: Sequence[str] = view.header.columns if view.header else ()
+        self._values_of = _values_in(self.columns)
         self.errors: Counter[str] = Counter()
         self.waits: list[float] = []
         #: The module's logger bound once for the run: the lazy proxy would build a logger
@@ -116,7 +129,10 @@ class Recorder:
         """The members' input rows, values in the header's ``columns`` order (none without)."""
         if not (columns := self.columns) or not group.rows:
             return ()
-        return tuple([tuple([row.get(c, "") for c in columns]) for row in group.rows])
+        try:  # the usual rows: every column there
+            return tuple(map(self._values_of, group.rows))
+        except KeyError:  # a row without some (a JSONL object may leave keys out): "" there
+            return tuple([tuple([row.get(c, "") for c in columns]) for row in group.rows])
 
     # -- before sending ---------------------------------------------------------------------
 

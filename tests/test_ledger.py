@@ -23,8 +23,10 @@ from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
-from bulk_mms.models import Money
-from bulk_mms.testing import ledger_events
+from bulk_mms.models import Group, MessageBody, Money, SendReceipt
+from bulk_mms.recorder import Recorder
+from bulk_mms.summary import JobSummary
+from bulk_mms.testing import FakeClock, ledger_events
 
 HEADER: dict[str, Any] = {
     "event": "job",
@@ -423,3 +425,32 @@ def test_a_line_recorded_suppressed_by_every_run_is_counted_once() -> None:
     saved = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
     saved.apply(ev.Rejected(7, "+12125550103", reason, "t"))
     assert saved.rejected == view.rejected
+
+
+@pytest.mark.parametrize(
+    ("columns", "recorded"),
+    [
+        (("last", "first"), [[["Lee", "Ann"]], [["Lee", "Ann"], ["", "Bo"]]]),
+        (("last",), [[["Lee"]], [["Lee"], [""]]]),
+    ],
+)
+async def test_a_sent_group_records_its_members_rows_in_the_headers_columns(
+    tmp_path: Path, columns: tuple[str, ...], recorded: list[Any]
+) -> None:
+    """A sent group's rows hold each member's values in the header's columns' order, and an
+    empty value for a column a member's row does not have (a JSONL object may leave it out)."""
+    header = ev.Header("j", None, columns=columns)
+    store = open_store(tmp_path / "l.jsonl", "run")
+    await store.append(header)
+    recorder = Recorder(store, LedgerView(header=header), JobSummary("j"), FakeClock())
+    to = ("+12125550100", "+12125550101")
+    group = Group(
+        "g", 0, to, (2, 3), MessageBody("+13125550100", "Hi"),
+        rows=({"first": "Ann", "last": "Lee"}, {"first": "Bo"}),
+    )  # fmt: skip
+    for rows in (group.rows[:1], group.rows):
+        recorder.sent(replace(group, to=to[: len(rows)], rows=rows), SendReceipt("m", ()), 1, 0)
+    await store.drain()
+    sent = [e["rows"] for e in ledger_events(tmp_path / "l.jsonl") if e["event"] == "sent"]
+    assert sent == recorded
+    store.close_sync()
