@@ -24,7 +24,7 @@ import re
 import resource
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
@@ -488,21 +488,39 @@ def _where(location: str | None) -> str:
     return f" (to {url.scheme}://{url.host[:100]})"
 
 
-@contextlib.contextmanager
-def map_client_errors() -> Iterator[None]:
-    """Translate aiohttp and socket failures into the :class:`SendError` tree.
+class _ClientErrors:
+    """:func:`map_client_errors`' context manager; it keeps no state, so one serves every
+    block."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, aiohttp.ClientError | OSError | ValueError) and not isinstance(
+            exc, SendError
+        ):
+            raise _translate(exc) from None
+
+
+_CLIENT_ERRORS: Final = _ClientErrors()
+
+
+def map_client_errors() -> _ClientErrors:
+    """Translate aiohttp and socket failures in its block into the :class:`SendError` tree.
 
     Raises:
         DescriptorsExhausted: no socket could be opened for want of file descriptors (a local
             fault, checked first: aiohttp reports it as a failure to connect).
         SendError: the subclass that says whether the request left (see the module docstring).
     """
-    try:
-        yield
-    except SendError:
-        raise
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise _translate(exc) from None
+    return _CLIENT_ERRORS
 
 
 def _translate(exc: BaseException) -> SendError:  # noqa: PLR0911 - one return per lower-layer error it maps (httpx's map_exceptions)
