@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,9 +26,9 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import LedgerView, copy_ledger, events, load, open_store, read_events
+from bulk_mms.ledger import LedgerView, copy_ledger, events, load, open_store, postgres, read_events
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
-from bulk_mms.ledger.postgres import PostgresStore, migrate_url
+from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore, migrate_url
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
@@ -72,6 +73,62 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
             await c.close()
         await first.close()
         await second.close()
+
+
+async def test_a_holder_stalled_inside_its_commit_keeps_no_other_process_waiting(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process paused (or cut off) between its fenced attempt and its COMMIT holds the
+    claim row locked: the server ends that transaction (idle_in_transaction_session_timeout),
+    so another process takes the group over once the lease is out instead of waiting on the
+    lock until its own call fails (LedgerUnavailable, exit 7: every other host stopped); the
+    holder, woken, writes its attempt again on a new connection, and the fence refuses it."""
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_S", 0.5)
+    where = f"{database}?ledger=stalled"
+    first = open_store(where, "run")
+    one = coordinator_for(first, 1.0)
+    assert isinstance(first, PostgresStore)
+    first._writer.timeout_s = 3600.0  # a paused process's own timeout never comes
+    locked, paused = asyncio.Event(), asyncio.Event()
+    fetchall = psycopg.AsyncCursor.fetchall
+
+    async def stalled(cur: psycopg.AsyncCursor[Any]) -> list[Any]:
+        rows = await fetchall(cur)  # the fenced attempt's: its claim row locked, not committed
+        if not locked.is_set():
+            locked.set()
+            await paused.wait()
+        return rows
+
+    def take_over() -> bool:  # another process, on the real clock
+        async def claim() -> bool:
+            store = open_store(where, "run")
+            other = coordinator_for(store, 1.0)
+            assert isinstance(other, PostgresCoordinator)
+            other._link.timeout_s = 10.0
+            try:
+                return await other.claim("g1")
+            finally:
+                await other.close()
+                await store.close()
+
+        return asyncio.run(claim())
+
+    try:
+        assert await one.claim("g1")
+        age_claims(database, 2)  # the holder's lease is out
+        monkeypatch.setattr(psycopg.AsyncCursor, "fetchall", stalled)
+        holder = asyncio.create_task(first.append(_attempt("g1"), fence=one.fence("g1")))
+        await locked.wait()
+        assert await asyncio.to_thread(take_over)
+        assert _max_token(database) == 2
+        paused.set()  # woken: its transaction is gone, and its fence no longer holds
+        with pytest.raises(ClaimLost):
+            await holder
+        assert await first.group_events("g1") == []
+        assert first.failed is None
+    finally:
+        await one.close()
+        await first.close()
 
 
 async def test_a_claim_holds_for_its_holders_lease_whatever_the_takers(database: str) -> None:

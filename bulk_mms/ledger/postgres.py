@@ -36,7 +36,9 @@ Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this modul
 named by the URL without its password. During a run, every database call is asynchronous and
 bounded (:data:`DB_TIMEOUT_S`); a connection found lost is made again once (a statement that
 never reached its commit is safe to repeat), else the run stops with
-:class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable).
+:class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable). The server ends a run's
+transaction left idle past :data:`IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
+the locks it holds keep no other process waiting.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import psycopg
 import psycopg.conninfo
+import psycopg.errors
 import structlog
 import yarl
 
@@ -81,6 +84,13 @@ DB_TIMEOUT_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5
 #: The longest a synchronous statement (the fold at a run's start, a report) waits for a lock.
 LOCK_TIMEOUT_MS: Final = 10_000
+#: Seconds the server keeps a run's transaction open while its client sends nothing (the
+#: server's ``idle_in_transaction_session_timeout``, then it ends the session): a process
+#: paused (SIGSTOP, a suspended VM) or cut off between a statement and its ``COMMIT`` holds
+#: row locks (its claim's, the limits' count, the moves' lock) that every other process's
+#: claim or count waits on; ended well within :data:`DB_TIMEOUT_S`, those go on, and the
+#: holder, woken, finds its transaction gone (its commit refused or repeated under its fence).
+IDLE_IN_TRANSACTION_S: float = 10.0
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -390,8 +400,12 @@ class _Link:
     async def _connected(self) -> psycopg.AsyncConnection[Any]:
         if _lost(self._conn):
             await self._drop()
+            idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
             self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, **_connect_args()
+                self._conninfo,
+                autocommit=True,
+                options=f"-c idle_in_transaction_session_timeout={idle}",
+                **_connect_args(),
             )
         assert self._conn is not None
         return self._conn
@@ -421,15 +435,20 @@ class _Link:
                 raise LedgerUnavailable(
                     self._name, f"{what}: no answer within {self.timeout_s:g} s"
                 ) from None
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                # a session the server ended (its FATAL may carry any SQLSTATE: an
+                # idle-in-transaction timeout's is 25P03) leaves the connection broken: lost
                 lost = _lost(self._conn)
+                if not lost and not isinstance(exc, psycopg.OperationalError):
+                    raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
                 await self._drop()
-                if lost and not last and repeatable():
+                # ended for idling in its transaction, the server rolled that back: even a
+                # COMMIT sent meanwhile committed nothing, so the work may be done again
+                undone = isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout)
+                if lost and not last and (undone or repeatable()):
                     log.warning("ledger.reconnecting", ledger=self._name, error=self._text(exc))
                     continue
                 raise LedgerUnavailable(self._name, f"{what}: {self._text(exc)}") from None
-            except psycopg.Error as exc:
-                raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _text(self, exc: Exception) -> str:
