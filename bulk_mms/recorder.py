@@ -28,6 +28,7 @@ import structlog
 from bulk_mms.clock import Clock, iso
 from bulk_mms.codes import EXPIRED_UNSENT
 from bulk_mms.coordination import Coordinator, LocalCoordinator
+from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     AmbiguousSendError,
     EndpointError,
@@ -54,8 +55,9 @@ from bulk_mms.ledger import (
     Remade,
     Sent,
 )
+from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import IN_DOUBT
-from bulk_mms.models import Group, RejectedRow, Rejection, SendReceipt
+from bulk_mms.models import Group, RecipientStatus, RejectedRow, Rejection, SendReceipt
 from bulk_mms.settle import Finding, never_accepted, own_ids
 from bulk_mms.summary import JobSummary
 
@@ -242,12 +244,15 @@ class Recorder:
 
     # -- after ------------------------------------------------------------------------------
 
-    def sent(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> None:
+    def sent(
+        self, group: Group, r: SendReceipt, attempts: int, throttled: int
+    ) -> list[RecipientStatus]:
         """The API accepted ``group``. Queued for the next group commit, not waited for: the
         attempt before it is durable, so a crash before this is too leaves the group in doubt
         under a key that replays the answer, as a crash during the request does. The worker
         goes on meanwhile; a commit that fails stops the run at once (the store's
-        ``on_failure``)."""
+        ``on_failure``). Returns the final statuses the answer gives (a member it did not
+        reach), each recorded as a ``status`` event, for the error policy."""
         s = self.summary
         s.sent_groups += 1
         s.sent_recipients += len(group.to)
@@ -257,6 +262,13 @@ class Recorder:
             self.waits.append(r.wait_seconds)
         self._queue(self._sent_event(group, r, attempts, throttled))
         self.log.debug("group.sent", group=group.id, message_id=r.message_id, to=len(group.to))
+        # the answer is a message object, whose errors may point at members it did not reach:
+        # a final status there is a delivery report like any other (no GET or webhook brings
+        # it again), recorded with its errors so its code is kept
+        final = [st for st in r.statuses if st.status in FINAL]
+        for st in final:
+            self._queue(status_event(group.id, st, source="send", time=self._now()))
+        return final
 
     def _sent_event(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> Sent:
         return Sent(  # its members named here, not splatted from _members: once a group
@@ -266,7 +278,7 @@ class Recorder:
             rows=self._rows(group),
             message_id=r.message_id,
             from_=group.message.from_,
-            statuses={st.phone: st.status for st in r.statuses},
+            statuses={st.phone: st.status for st in r.statuses if st.status not in FINAL},
             wait_seconds=r.wait_seconds,
             cost=r.cost,
             valid_until=r.valid_until,

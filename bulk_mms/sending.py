@@ -657,8 +657,11 @@ class GroupSender:
         if result.receipt is not None:
             self.transient_streak = 0
             self.refusal_streak = ("", 0)
-            self.recorder.sent(group, result.receipt, result.attempts, throttled)
+            final = self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._watch_spam(None)
+            if (rec := self.view.groups.get(group.id)) is not None:
+                for st in final:  # the answer's own delivery reports
+                    await self.on_delivery(rec, st)
             return None
         err = result.error
         assert err is not None

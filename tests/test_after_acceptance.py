@@ -97,6 +97,34 @@ async def test_an_opt_out_in_a_delivery_report_during_the_run_is_suppressed(
     assert len(client.calls) == before
 
 
+async def test_an_opt_out_in_the_sends_own_answer_is_suppressed(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """The send's 200 (an OutboundMessagePayload, whose errors may point at members) lists a
+    member sending_failed with 40300: the member goes on the suppression list, the report
+    says it opted out and --failed-csv leaves it out, as for the same report read later (the
+    status is final, so no GET or webhook would bring it again)."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    stopped = numbers(4)[2]
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        pointed = ApiError(STOP.code, STOP.title, "", pointer=f"/to/{g.to.index(stopped)}")
+        statuses = tuple(
+            RecipientStatus(p, "sending_failed", errors=(pointed,))
+            if p == stopped
+            else RecipientStatus(p, "queued")
+            for p in g.to
+        )
+        return msgspec.structs.replace(receipt, statuses=statuses)
+
+    client.handler = answer
+    await run_job(job, FAST, client, clock=FakeClock())
+    assert_opted_out(job.ledger, stopped, tmp_path)
+
+
 @pytest.mark.parametrize("code", ["40300", "40008"])
 async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
     jobs: JobFactory, tmp_path: Path, code: str
