@@ -899,11 +899,14 @@ class FakeTelnyx:
 
     def mdrs(self) -> list[dict[str, Any]]:
         """Every detail record listed now: one per recipient of each accepted message older
-        than :attr:`records_lag_s`, oldest first."""
+        than :attr:`records_lag_s`, oldest first, each stamped with its message's sent time
+        (the spec's ``created_at``, "Message sent time": when the queue let it go, its
+        ``wait_seconds`` after the API took it)."""
         cutoff = self.wall() - self.records_lag_s
         out = []
         for msg in sorted(self.by_id.values(), key=lambda m: m.received_wall):
-            if msg.received_wall > cutoff:
+            sent_on = msg.received_wall + msg.wait_seconds
+            if sent_on > cutoff:
                 continue
             for i, phone in enumerate(msg.to):
                 status = self._observe(msg, i)
@@ -915,7 +918,7 @@ class FakeTelnyx:
                         "id": msg.recipient_ids[i],
                         "cli": msg.from_,
                         "cld": phone,
-                        "created_at": msg.received_at,
+                        "created_at": _iso(sent_on),
                         "direction": "outbound",
                         "message_type": "MMS",
                         # an MDR's status is the final one; until then, no receipt yet

@@ -4,11 +4,13 @@ Telnyx declares no ``Idempotency-Key`` for group MMS, so a request whose answer 
 reset after the server took it, a read timeout) may or may not have been accepted, and a
 repeat could text everyone twice. Such a group is *in doubt* until evidence settles it: the
 message detail records (``GET /reports/mdrs``) of MMS from its sender to its members, created
-between its first try and its last try's answer (with :data:`~bulk_mms.clock.CLOCK_SKEW_S`
-either side). Telnyx cuts one record per recipient of a group message (support article
-8255134, "Group Messaging - Bulk Sending MMS"), so an accepted group has a record for every
-member: each member is looked up, and one member's record alone is not the group's (it may
-be another message to that number from the same sender: another job's, a resend's).
+between its first try and the moment its last try's records are complete (a record is stamped
+when its message leaves the queue, which may be hours after the request), with
+:data:`~bulk_mms.clock.CLOCK_SKEW_S` either side. Telnyx cuts one record per recipient of a
+group message (support article 8255134, "Group Messaging - Bulk Sending MMS"), so an
+accepted group has a record for every member: each member is looked up, and one member's
+record alone is not the group's (it may be another message to that number from the same
+sender: another job's, a resend's).
 
 * Found for every member (all of one group message, when the records name it by
   ``group_message_id``): the group was accepted; it is recorded ``sent`` under that group
@@ -104,14 +106,22 @@ class Settler:
         self.clock = clock
 
     def window(self, rec: GroupRecord) -> tuple[float, float] | None:
-        """When a record of the group's acceptance would be stamped: from its first try to
-        its last try's answer, with clock slack; None when the ledger does not say."""
+        """When a record of the group's acceptance would be stamped: from its first try, with
+        clock slack, until the records of its last try are taken to be complete (its answer,
+        ``records_lag_s`` and :data:`SETTLED_SLACK_S` after it, with clock slack). A record is
+        stamped with its message's sent time (the spec's ``created_at``: "Message sent time"),
+        after the queue's wait (``wait_seconds``, up to hours), not when the API took the
+        request; None when the ledger does not say."""
         first = rec.t0 if rec.t0 is not None else rec.last_try
         if not first or not rec.last_try:
             return None
         return (
             first - CLOCK_SKEW_S,
-            rec.last_try + self.request_timeout + CLOCK_SKEW_S,
+            rec.last_try
+            + self.request_timeout
+            + SETTLED_SLACK_S
+            + self.records_lag_s
+            + CLOCK_SKEW_S,
         )
 
     def complete_in(self, rec: GroupRecord) -> float:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import msgspec.structs
 import pytest
 
 from bulk_mms import runner
@@ -226,6 +227,26 @@ async def test_the_records_settle_a_group_only_by_every_members_record() -> None
 
     client.fetch_records = unreadable  # type: ignore[method-assign]
     assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+
+
+async def test_records_stamped_when_the_queue_let_the_message_go_still_settle_accepted() -> None:
+    """A detail record is stamped with its message's sent time (the spec's MDR created_at,
+    "Message sent time"), which comes after the queue's wait: records stamped 20 minutes
+    after the group's last try, found once the records are complete, prove it accepted; it
+    is never taken for absent and texted twice. One stamped after the records' lag is not
+    its record."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    queued = [
+        MessageRecord(f"r{i}", "+18445550001", p, 1_000_000.0 + 1200, "DELIVERED")
+        for i, p in enumerate(DOUBT.to)
+    ]
+    client.records += queued
+    found = await settler.settle(DOUBT)
+    assert (found.verdict, found.record and found.record.id) == (Verdict.ACCEPTED, "r0")
+    client.records[:] = [msgspec.structs.replace(r, created_at=1_000_000.0 + 7200) for r in queued]
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
 
 
 @pytest.mark.parametrize("strip", ["+", "+1"])
