@@ -57,9 +57,9 @@ UTF8_LINES = 3
 #: open, which then runs into it (the record's last line is past the file's).
 _END = ("\n",)
 _CsvReader = type(csv.reader([]))
-#: What a cell may hold and still be empty: blanks, and the DOS end-of-file mark (Ctrl-Z) that
-#: old Windows tools leave after the last line.
-_NOTHING = " \t\r\n\x1a"
+#: What a cell may hold and still be empty: blanks (a spreadsheet's no-break space among them),
+#: and the DOS end-of-file mark (Ctrl-Z) that old Windows tools leave after the last line.
+_NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: The fewest digits of a value that makes a line inside a quoted field look like a row whose
 #: number it is (a local number has seven).

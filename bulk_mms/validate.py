@@ -342,7 +342,8 @@ def normalized_rows(
             try:
                 phone = _after_canonical_us(raw, region)
             except PhoneError as exc:
-                if raw.strip() == phone_column:  # the header, repeated: files joined into one
+                # the header, repeated: files joined into one (each began with a BOM)
+                if raw.strip().lstrip("\ufeff") == phone_column:
                     yield RejectedRow(row.line, raw, _HEADER_AGAIN, Rejection.ROW)
                 else:
                     yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)

@@ -491,9 +491,10 @@ def test_file_with_no_data_rows_is_an_error(tmp_path: Path, name: str, content: 
 
 
 def test_blank_lines_between_rows_are_skipped(tmp_path: Path) -> None:
-    """Blank lines after the header and between rows are not rows."""
+    """Blank lines after the header and between rows are not rows, nor is a spreadsheet's
+    row of no-break spaces (a cell that looks empty), at the end or anywhere else."""
     p = tmp_path / "a.csv"
-    p.write_text("phone\n\n+12125550100\n\n+12125550101\n")
+    p.write_text("phone,name\n\n+12125550100,A\n\xa0,\xa0\n+12125550101,B\n\xa0,\n")
     assert read(p) == [Row(3, {"phone": "+12125550100"}), Row(5, {"phone": "+12125550101"})]
 
 

@@ -455,11 +455,14 @@ def test_checked_rows_leave_a_rejected_rows_number_to_a_later_valid_row(jobs: Jo
 
 def test_a_header_repeated_mid_file_is_rejected_as_such() -> None:
     """A row whose number is the phone column's name (files joined into one) is rejected as
-    the header again, a row not a number; any other word is letters."""
-    out = list(normalized_rows([Row(5, {"phone": " phone"}), Row(6, {"phone": "tel"})], "phone"))
+    the header again, a row not a number, also with the byte order mark each joined Excel
+    export began with; any other word is letters."""
+    rows = [Row(5, {"phone": " phone"}), Row(6, {"phone": "tel"}), Row(7, {"phone": "\ufeffphone"})]
+    out = list(normalized_rows(rows, "phone"))
     assert [
         (r.line, r.reason.split(" (")[0], r.kind) for r in out if isinstance(r, RejectedRow)
     ] == [
         (5, "the header row again", Rejection.ROW),
         (6, "phone number contains letters", Rejection.INVALID),
+        (7, "the header row again", Rejection.ROW),
     ]
