@@ -816,6 +816,38 @@ async def test_two_receivers_on_one_list_keep_the_order_the_recipient_texted(
     assert Suppressed(path).numbers() == []
 
 
+async def test_two_receivers_on_the_table_judge_by_the_table_not_their_start(
+    jobs: JobFactory, database: str, tmp_path: Path
+) -> None:
+    """Two receivers on one database's suppression table, both started before any keyword: a
+    START taken by the second lifts the STOP the first took, and the STOP the recipient
+    texts after it, taken by the first again, puts the number back on the table (neither
+    judges by the numbers it read as it started)."""
+    where = f"{database}?ledger=shared-list"
+    one, _, _ = await receiver_for(jobs, suppressed=suppression_for(None, where))
+    second = JobFactory(tmp_path / "second")
+    second.root.mkdir()
+    two, _, _ = await receiver_for(second, suppressed=suppression_for(None, where))
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z")
+    start = inbound("START", at="2026-11-23T10:05:00Z")
+    again = inbound("STOP", at="2026-11-23T10:09:00Z")
+    async with (
+        TestClient(TestServer(one.app())) as a,
+        TestClient(TestServer(two.app())) as b,
+    ):
+
+        async def post(http: TestClient[Any, Any], body: dict[str, Any]) -> tuple[bool, bool]:
+            answer = (await post_signed(http, body))[1]
+            return answer["suppressed"], answer["lifted"]
+
+        taken = [await post(a, stop), await post(b, start), await post(a, again)]
+    for receiver in (one, two):
+        await receiver.close()
+        await receiver.store.close()
+    assert taken == [(True, False), (False, True), (True, False)]
+    assert suppression_for(None, where).numbers() == ["+12125550002"]
+
+
 async def test_an_old_list_without_times_still_works(
     jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
