@@ -894,15 +894,36 @@ def sent_since(location: str, since: float) -> int:
 
 class PostgresSuppressed(Suppressed):
     """The account's suppression list as a table of the ledger's database: every host and job
-    on it shares one list. Read whole at the start (membership tests must be fast); additions
-    and removals go straight to the table."""
+    on it shares one list. Read whole at the start (membership tests must be fast), and anew
+    for each keyword a receiver judges (:meth:`held`); additions and removals go straight to
+    the table and say what the table did."""
 
     def __init__(self, location: str) -> None:
         super().__init__(None)
         self._conninfo, _, shown = split(location)
         self.path = shown
+        self._numbers = self._listed()
+        self._fresh = False  # while :meth:`held`: the numbers were read from the table in it
+
+    def _listed(self) -> set[int]:
         rows = self._run("SELECT number FROM bulk_mms_suppressions", ())
-        self._numbers = {int(str(r[0])[1:]) for r in rows if str(r[0])[1:].isdigit()}
+        return {int(str(r[0])[1:]) for r in rows if str(r[0])[1:].isdigit()}
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The table's numbers read anew, as every process on it left them (a receiver, a
+        run, ``suppress``), for the block (re-entrant): what a keyword is judged by. The
+        database orders the changes themselves; no other lock is taken."""
+        with self._changing:
+            if self._fresh:
+                yield
+                return
+            self._numbers = self._listed()
+            self._fresh = True
+            try:
+                yield
+            finally:
+                self._fresh = False
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:
@@ -914,11 +935,14 @@ class PostgresSuppressed(Suppressed):
             raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
-        new = [p for p in dict.fromkeys(phones) if p not in self]
-        for phone in new:
-            self._run(_SUPPRESS, (phone, reason))
-        self._numbers.update(int(p[1:]) for p in new)
-        return new
+        """Insert the numbers the table does not hold (as it stands, not as this process read
+        it: another may have lifted one since); the ones added."""
+        given = list(dict.fromkeys(phones))
+        if not given:
+            return []
+        added = {str(r[0]) for r in self._run(_SUPPRESS, (reason, given))}
+        self._numbers.update(int(p[1:]) for p in given)
+        return [p for p in given if p in added]
 
     def reason(self, phone: str) -> str | None:
         if phone not in self:
@@ -932,13 +956,19 @@ class PostgresSuppressed(Suppressed):
         return texted_in(self.reason(phone))
 
     def remove(self, phones: Iterable[str]) -> list[str]:
-        gone = [p for p in dict.fromkeys(phones) if p in self]
-        for phone in gone:
-            self._run("DELETE FROM bulk_mms_suppressions WHERE number = %s", (phone,))
-        self._numbers -= {int(p[1:]) for p in gone}
-        return sorted(gone)
+        """Delete the numbers the table holds (as it stands); the ones removed."""
+        given = list(dict.fromkeys(phones))
+        if not given:
+            return []
+        rows = self._run(
+            "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) RETURNING number", (given,)
+        )
+        self._numbers -= {int(p[1:]) for p in given}
+        return sorted(str(r[0]) for r in rows)
 
 
+#: The numbers (an array) put on the list with one reason; those it did not hold come back.
 _SUPPRESS: Final = (
-    "INSERT INTO bulk_mms_suppressions (number, reason) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    "INSERT INTO bulk_mms_suppressions (number, reason) SELECT n, %s FROM unnest(%s::text[]) n "
+    "ON CONFLICT DO NOTHING RETURNING number"
 )
