@@ -16,6 +16,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from bulk_mms.cli import main
 from bulk_mms.config import SendWindow
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import (
@@ -171,6 +172,32 @@ async def test_outside_a_window_that_opens_only_after_the_deadline_a_run_exits_1
     assert (client.calls, s.stopped, s.expired_groups) == ([], AFTER_DEADLINE, 0)
     assert run_outcome(s) == 1
     assert ledger_events(job.ledger) == before
+
+
+@pytest.mark.parametrize("deadline_in_min", [None, 30, -60], ids=["none", "ahead", "past"])
+def test_the_dry_run_says_the_exit_a_run_outside_its_window_gives(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    deadline_in_min: int | None,
+) -> None:
+    """Outside its send_window (it opens in an hour or more), --dry-run's window line names
+    the exit code a run then gives: 4 without a deadline; 1 with the deadline before the
+    window opens, or past (it records what is left expired), as a run at the same moment."""
+    monkeypatch.delenv("TELNYX_API_KEY", raising=False)
+    now = dt.datetime.now(UTC)
+    opens = (now.hour + 2) % 24
+    extra = f'timezone = "UTC"\nsend_window = "{opens:02d}:00-{opens:02d}:30"\ngroup_size = 4'
+    if deadline_in_min is not None:
+        deadline = now + dt.timedelta(minutes=deadline_in_min)
+        extra += f'\ndeadline = "{deadline:%Y-%m-%dT%H:%M}+00:00"'
+    jobs.people(8)
+    job = jobs.job(extra=extra)
+    assert main(["run", str(job.path), "--dry-run"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  window ")]
+    s = asyncio.run(run_job(job, FAST, FakeClient(), clock=clock_at(now)))
+    assert line.endswith(f"exits {run_outcome(s)}")
+    assert run_outcome(s) == (4 if deadline_in_min is None else 1)
 
 
 async def test_outside_the_window_past_the_deadline_a_group_in_doubt_is_never_resent(
