@@ -28,6 +28,7 @@ from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import BulkMmsError, Exit, LimitReached
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
+from bulk_mms.runner import window_stop
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
 
 #: The code a stop by a signal exits with.
@@ -318,6 +319,20 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         return _print_dry_run(s, job, settings)
 
 
+def _window_now(job: JobConfig) -> str:
+    """The job's ``send_window`` now, and the exit a run started now outside it gives (as
+    the run decides it: :func:`~bulk_mms.runner.window_stop`)."""
+    clock = SystemClock()
+    if in_window(job, utc(clock)):
+        return "open"
+    stopped = window_stop(job, clock)
+    if stopped == AFTER_DEADLINE:
+        return "closed, and it opens again only after the job's deadline: a run now exits 1"
+    if stopped is None:
+        return "closed, past the job's deadline: a run now records what is left expired, exits 1"
+    return "closed: a run now exits 4"
+
+
 def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
@@ -335,8 +350,7 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     if job.max_cost is not None:
         print(f"  max_cost     {_fits(job.max_cost, e)}")
     if job.send_window is not None:
-        now = "open" if in_window(job, utc(SystemClock())) else "closed: a run now exits 4"
-        print(f"  window       {job.send_window} {job.timezone}, {now}")
+        print(f"  window       {job.send_window} {job.timezone}, {_window_now(job)}")
     if s.locked_by is not None:
         print(f"  ledger       held by a run now (PID {s.locked_by}): a run now exits 75")
     if s.retired:

@@ -746,8 +746,15 @@ async def run_job(
     clock = clock or SystemClock(stop)
     if is_database(job.where) and isinstance(clock, SystemClock):
         await keep_database_time(clock, str(job.where))  # before the window's check
-    if (outside := _outside_window(job, clock)) is not None:
-        return outside
+    if (stopped := window_stop(job, clock)) is not None:
+        log.warning(
+            "job.outside_window",
+            send_window=str(job.send_window),
+            timezone=job.timezone,
+            local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
+            opens_after_deadline=stopped == AFTER_DEADLINE,
+        )
+        return JobSummary(job.name, stopped=stopped)
     suppressed = suppression_for(settings.suppression_file, job.where)
     log.info("input.scan_started", input=str(job.input))
     try:  # in a worker thread: a signal during a long scan is heard at once
@@ -807,26 +814,19 @@ async def run_job(
     return runner.finish()
 
 
-def _outside_window(job: JobConfig, clock: Clock) -> JobSummary | None:
-    """The summary of a run started outside its ``send_window`` before the job's deadline:
-    nothing is sent, and it says whether the window opens again before the deadline
-    (``window``, exit 4) or only after it (:data:`AFTER_DEADLINE`, exit 1). None inside the
-    window, or past the deadline (the run records what is left expired)."""
+def window_stop(job: JobConfig, clock: Clock) -> str | None:
+    """Why a run started now, outside its ``send_window`` and before the job's deadline,
+    stops with nothing sent: the window opens again before the deadline (``window``, exit 4)
+    or only after it (:data:`AFTER_DEADLINE`, exit 1). None inside the window, or past the
+    deadline (the run goes on and records what is left expired, exit 1). What a run does,
+    and what ``--dry-run`` says it would."""
     window = job.send_window
     if window is None or in_window(job, now := utc(clock)):
         return None
     deadline = _deadline_before_start(job)
     if past(deadline, clock):
         return None
-    late = not opens_before(window, (job.timezone,), now, deadline)
-    log.warning(
-        "job.outside_window",
-        send_window=str(window),
-        timezone=job.timezone,
-        local_time=now.astimezone(job.zone).strftime("%H:%M"),
-        opens_after_deadline=late,
-    )
-    return JobSummary(job.name, stopped=AFTER_DEADLINE if late else "window")
+    return "window" if opens_before(window, (job.timezone,), now, deadline) else AFTER_DEADLINE
 
 
 def _deadline_before_start(job: JobConfig) -> dt.datetime | None:
