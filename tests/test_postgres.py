@@ -82,6 +82,30 @@ async def test_a_run_resume_and_report_agree_on_postgres(jobs: JobFactory, datab
     assert not job.ledger.exists()  # nothing went to the file
 
 
+async def test_a_ledger_urls_own_options_are_kept(jobs: JobFactory, database: str) -> None:
+    """A URL whose options put the ledger's tables in a schema of their own (search_path)
+    keeps them: a run, its resume and the report all use that schema, and nothing goes to
+    public."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA campaigns")
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    where = f"{database}?options=-c%20search_path%3Dcampaigns&ledger={job.name}"
+    job = replace(job, database=where)
+    s = await run_job(job, FAST, FakeClient(), clock=FakeClock())
+    assert s.sent_groups == 2
+    again = FakeClient()
+    await run_job(job, FAST, again, clock=FakeClock())
+    assert again.calls == []
+    assert summarize(job.where).recipient_states.sent == 8
+    with psycopg.connect(database) as conn:
+        schemas = {r[0] for r in conn.execute(
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            "WHERE table_name LIKE 'bulk_mms%%'"
+        )}  # fmt: skip
+    assert schemas == {"campaigns"}
+
+
 async def test_each_group_is_claimed_by_one_process_until_its_lease_runs_out(
     database: str,
 ) -> None:

@@ -270,7 +270,10 @@ def split(location: str) -> tuple[str, str, str]:
     name = url.query.get("ledger") or "default"
     conninfo = url.without_query_params("ledger")
     shown = str(conninfo.with_password(None).with_query(ledger=name))
-    return str(conninfo), name, shown
+    # yarl writes a space in the query as "+" (and a "+" as %2B); libpq reads "+" as itself,
+    # so a space goes to it as %20 (options=-c search_path=...)
+    base, _, query = str(conninfo).partition("?")
+    return f"{base}?{query.replace('+', '%20')}" if query else base, name, shown
 
 
 def _scrub(exc: Exception, conninfo: str) -> str:
@@ -330,6 +333,14 @@ def _connect_args() -> dict[str, Any]:
     }
 
 
+def _options(conninfo: str, setting: str) -> str:
+    """libpq's ``options`` for a connection to ``conninfo``: the URL's own (a ``search_path``
+    that puts the ledger's tables in a schema, say), then ``setting`` of ours (``-c
+    name=value``), which would otherwise replace them."""
+    own = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
+    return f"{own} {setting}" if own else setting
+
+
 def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A synchronous connection (a run's start, reports) whose lock waits are bounded.
 
@@ -344,7 +355,7 @@ def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connecti
         return psycopg.connect(
             conninfo,
             autocommit=autocommit,
-            options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            options=_options(conninfo, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
             **_connect_args(),
         )
     except psycopg.Error as exc:
@@ -404,7 +415,7 @@ class _Link:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._conninfo,
                 autocommit=True,
-                options=f"-c idle_in_transaction_session_timeout={idle}",
+                options=_options(self._conninfo, f"-c idle_in_transaction_session_timeout={idle}"),
                 **_connect_args(),
             )
         assert self._conn is not None
