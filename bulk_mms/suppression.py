@@ -190,7 +190,7 @@ class Suppressed:
         """
         with self.held():
             if not isinstance(self.path, Path):
-                return False  # the table records no keywords of its own
+                return False  # no file to record it in
             latest = self.keyword_at(phone)
             if latest is not None and latest >= texted:
                 return False

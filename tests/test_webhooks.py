@@ -749,22 +749,31 @@ async def test_a_restarted_receiver_ignores_a_start_texted_before_the_stop(
 
 
 @pytest.mark.parametrize("stopped_first", [True, False])
+@pytest.mark.parametrize("kind", ["file", "table"])
 async def test_a_restarted_receiver_ignores_a_stop_texted_before_the_start(
-    jobs: JobFactory, tmp_path: Path, stopped_first: bool
+    jobs: JobFactory, tmp_path: Path, stopped_first: bool, kind: str, request: pytest.FixtureRequest
 ) -> None:
     """STOP at 10:00 then START at 10:05 (or the START alone, the STOP's event not delivered
     yet); after a restart, the STOP's late delivery suppresses nobody, and after another a
-    STOP texted at 10:09 suppresses again."""
-    path = tmp_path / "suppressed.txt"
+    STOP texted at 10:09 suppresses again: with a list file, and with a database's table."""
+    path: Path | str = tmp_path / "suppressed.txt"
+    if kind == "table":
+        path = f"{request.getfixturevalue('database')}?ledger=keywords"
+
+    def numbers() -> list[str]:
+        return (
+            suppression_for(None, path) if isinstance(path, str) else Suppressed(path)
+        ).numbers()
+
     stop = inbound("STOP", at="2026-11-23T10:00:00Z")
     start = inbound("START", at="2026-11-23T10:05:00Z")
     first = await keywords_through(jobs, path, *([stop, start] if stopped_first else [start]))
     assert first[-1] == (False, stopped_first)
     assert await keywords_through(jobs, path, stop) == [(False, False)]
-    assert Suppressed(path).numbers() == []
+    assert numbers() == []
     later = inbound("stop", at="2026-11-23T10:09:00Z")
     assert await keywords_through(jobs, path, later) == [(True, False)]
-    assert Suppressed(path).numbers() == ["+12125550002"]
+    assert numbers() == ["+12125550002"]
 
 
 async def test_a_restarted_receiver_on_the_table_ignores_a_start_texted_before_the_stop(

@@ -76,7 +76,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 #: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
 #: one group): past it the run stops with LedgerUnavailable, resumable.
 DB_TIMEOUT_S: Final = 30.0
@@ -176,6 +176,14 @@ _MIGRATIONS: Final = {
         CREATE INDEX IF NOT EXISTS bulk_mms_events_moved
             ON bulk_mms_events (ledger) WHERE kind = 'moved';
     """,
+    # When each number last texted STOP or START (epoch seconds, the event's occurred_at), as
+    # the webhook receivers took it in: a START leaves no suppression row to say it.
+    9: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_keywords (
+            number text PRIMARY KEY,
+            texted_at double precision NOT NULL
+        );
+    """,
 }
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose lease ran
 #: out (it died, or is paused): a takeover, which grows the fence token. No row back: a live
@@ -243,6 +251,9 @@ _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
 #: The advisory-lock namespace in which one ledger's moves are written one transaction at a
 #: time (with the ledger's id as the second key).
 _MOVES_LOCK: Final = 0x6D6F7665
+#: The advisory lock a webhook receiver holds while it judges and applies a keyword
+#: (:meth:`PostgresSuppressed.held`): receivers on one database take keywords one at a time.
+_KEYWORDS_LOCK: Final = 0x6B657977
 _LOCK_MOVES: Final = "SELECT pg_advisory_xact_lock(%s, (%s %% 2147483647)::int)"
 #: The groups each of some numbers was moved out of in a ledger (partial index: schema 8).
 _MOVED_OUT_OF: Final = """
@@ -907,14 +918,16 @@ class PostgresSuppressed(Suppressed):
     """The account's suppression list as a table of the ledger's database: every host and job
     on it shares one list. Read whole at the start (membership tests must be fast), and anew
     for each keyword a receiver judges (:meth:`held`); additions and removals go straight to
-    the table and say what the table did."""
+    the table and say what the table did. When each number last texted STOP or START is kept
+    in ``bulk_mms_keywords`` (:meth:`keyword_at`, :meth:`record_keyword`)."""
 
     def __init__(self, location: str) -> None:
         super().__init__(None)
         self._conninfo, _, shown = split(location)
         self.path = shown
+        #: The connection :meth:`held` holds its lock on; every statement of the block uses it.
+        self._held: psycopg.Connection[Any] | None = None
         self._numbers = self._listed()
-        self._fresh = False  # while :meth:`held`: the numbers were read from the table in it
 
     def _listed(self) -> set[int]:
         rows = self._run("SELECT number FROM bulk_mms_suppressions", ())
@@ -922,22 +935,38 @@ class PostgresSuppressed(Suppressed):
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """The table's numbers read anew, as every process on it left them (a receiver, a
-        run, ``suppress``), for the block (re-entrant): what a keyword is judged by. The
-        database orders the changes themselves; no other lock is taken."""
+        """The table to this block (re-entrant): the database's advisory lock
+        :data:`_KEYWORDS_LOCK`, held on one connection that every statement of the block uses
+        (the lock ends with it, whatever becomes of this process), and the numbers read anew,
+        as every process on the table left them: what a keyword is judged by, one receiver at
+        a time.
+
+        Raises:
+            LedgerError: the database cannot be reached or used.
+        """
         with self._changing:
-            if self._fresh:
+            if self._held is not None:
                 yield
                 return
-            self._numbers = self._listed()
-            self._fresh = True
             try:
-                yield
-            finally:
-                self._fresh = False
+                conn = _sync_connect(self._conninfo)
+                migrate(conn)
+                conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
+            except psycopg.Error as exc:
+                raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+            with conn:
+                self._held = conn
+                try:
+                    self._numbers = self._listed()
+                    yield
+                finally:
+                    self._held = None
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:
+            if self._held is not None:
+                cur = self._held.execute(sql, params)
+                return cur.fetchall() if cur.description else []
             with _sync_connect(self._conninfo) as conn:
                 migrate(conn)
                 cur = conn.execute(sql, params)
@@ -962,9 +991,20 @@ class PostgresSuppressed(Suppressed):
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def keyword_at(self, phone: str) -> float | None:
-        """When ``phone`` texted the STOP its row's reason records; a START leaves no row, so
-        its time is not kept here (the receiver's memory holds it while it runs)."""
-        return texted_in(self.reason(phone))
+        """When ``phone`` last texted STOP or START, as the table records it: its keyword
+        record, or the time its suppression row's reason gives (a STOP taken before the
+        records were kept); None when neither says."""
+        rows = self._run("SELECT texted_at FROM bulk_mms_keywords WHERE number = %s", (phone,))
+        times = [float(rows[0][0])] if rows else []
+        if (stop := texted_in(self.reason(phone))) is not None:
+            times.append(stop)
+        return max(times, default=None)
+
+    def record_keyword(self, phone: str, reason: str, texted: float) -> bool:
+        """Record that ``phone`` texted a keyword at ``texted`` (``reason`` says which; the
+        table keeps the time alone), unless a time that late or later is recorded. True when
+        written."""
+        return bool(self._run(_KEYWORD, (phone, texted)))
 
     def remove(self, phones: Iterable[str]) -> list[str]:
         """Delete the numbers the table holds (as it stands); the ones removed."""
@@ -978,6 +1018,14 @@ class PostgresSuppressed(Suppressed):
         return sorted(str(r[0]) for r in rows)
 
 
+#: A number's keyword time, kept only when later than the one recorded; the number comes back
+#: when it was written.
+_KEYWORD: Final = """
+    INSERT INTO bulk_mms_keywords AS k (number, texted_at) VALUES (%s, %s)
+    ON CONFLICT (number) DO UPDATE SET texted_at = EXCLUDED.texted_at
+    WHERE k.texted_at < EXCLUDED.texted_at
+    RETURNING number
+"""
 #: The numbers (an array) put on the list with one reason; those it did not hold come back.
 _SUPPRESS: Final = (
     "INSERT INTO bulk_mms_suppressions (number, reason) SELECT n, %s FROM unnest(%s::text[]) n "
