@@ -296,7 +296,8 @@ class Recorder:
         refused: tuple[str, ...] = (),
     ) -> Event:
         """Record where ``group`` stands after the error that ended its tries (``refused``:
-        the members the API refused by name, when only they failed); the event recorded."""
+        the members the API refused by name, who failed; any others go on without them); the
+        event recorded."""
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):

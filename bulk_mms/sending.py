@@ -679,7 +679,8 @@ class GroupSender:
             self.client, err, group, self.settings.error_policy
         )
         partial = refused if 0 < len(refused) < len(group.to) else ()
-        recorded = await self.recorder.outcome(group, err, result.attempts, throttled, partial)
+        # every member refused by name (a group of one, say) is recorded so too: opted out
+        recorded = await self.recorder.outcome(group, err, result.attempts, throttled, refused)
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
         await self._suppress(group, err, refused)

@@ -17,6 +17,8 @@ from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import load_settings
 from bulk_mms.errors import ApiError, Rejected, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import Miss
+from bulk_mms.ledger.store import load
 from bulk_mms.models import Group, MessageBody, OptOut, SendReceipt
 from bulk_mms.policy import refused_by_optouts
 from bulk_mms.runner import run_job
@@ -211,3 +213,23 @@ def test_optouts_sync_with_the_api_unreachable_exits_1_and_changes_nothing(
     assert "cannot be reached" in err
     assert "Traceback" not in err
     assert not (tmp_path / "suppressed.txt").exists()
+
+
+async def test_a_group_of_one_refused_for_an_opt_out_is_an_opt_out_not_a_resend(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A group of one refused with a 40300 naming nobody: its only member opted out, so the
+    ledger counts it opted out and ``--failed-csv`` leaves it out, as for a larger group."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    stop_sayer = numbers(2)[0]
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return nobody_named() if stop_sayer in g.to else ok_receipt(g, n)
+
+    await run_job(job, FAST, FakeClient(handler), clock=FakeClock())
+    missed = load(job.ledger).not_received()
+    assert {p: m.kind for p, m in missed.items()} == {stop_sayer: Miss.OPTED_OUT}
+    failed = tmp_path / "failed.csv"
+    assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+    assert failed.read_text(encoding="utf-8-sig").splitlines()[1:] == []
