@@ -376,6 +376,7 @@ async def dry_run(
             dry.take(plan(job, reader, suppressed, view, scan=scan, excluded=excluded), view)
     else:
         view = dry.one_pass(job, excluded, rejected_csv)
+    s.read_whole_input = True
     s.duration_s = clock.monotonic() - started
     s.stopped = "dry-run"
     estimated = estimate(

@@ -237,6 +237,7 @@ class Runner:
             if not await self._dispatch(item):
                 return
         self.recorder.planned(recipients, groups, rejected, self.summary.duplicate_rows)
+        self.summary.read_whole_input = True
         await self.sharing.settle_others(self._dispatch, self.stop.is_set)
 
     async def _dispatch(self, group: Group) -> bool:

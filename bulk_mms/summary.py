@@ -81,6 +81,9 @@ class JobSummary(msgspec.Struct):
     excluded_rows: int = 0
     #: What the scan before sending found in the whole input.
     input: InputScan | None = None
+    #: Whether this run (or dry run) planned its whole input: its counts of rows are the
+    #: input's, else only those of the rows it read.
+    read_whole_input: bool = False
     #: Groups skipped because an earlier run finished them.
     skipped_groups: int = 0
     #: Groups held back because an earlier run left them in doubt.
@@ -181,21 +184,27 @@ class JobSummary(msgspec.Struct):
         """The input rows not sent, in words, the losses apart from the rows left out on
         purpose: ``"3 of 400 rows rejected (0.8%: not a valid number: 2 rows, ...); 1
         duplicate number; 2 suppressed (on the suppression list); 5 already sent
-        (--exclude-sent)"``. Without the scan of the whole input (a run stopped before it
-        ended), only this run's counts."""
+        (--exclude-sent)"``: the whole input's. A run stopped before its input's end read only
+        part of it: its rows left out are the scan's, as the ledger's count of valid
+        recipients takes them; without that scan, only this run's counts."""
         scan = self.input
+        duplicates, suppressed, excluded = (
+            (scan.duplicates, scan.suppressed, scan.excluded)
+            if scan is not None and not self.read_whole_input
+            else (self.duplicate_rows, self.suppressed_rows, self.excluded_rows)
+        )
         if scan is None:
             text = f"{_rows(self.rejected_rows)} rejected"
         else:
             text = f"{scan.lost_rows} of {_rows(scan.rows)} rejected"
             if scan.lost_rows:
                 text += f" ({scan.lost_share:.1%}: {scan.reasons()})"
-        if self.duplicate_rows:
-            text += f"; {self.duplicate_rows} duplicate number{'s' * (self.duplicate_rows != 1)}"
-        if self.suppressed_rows:
-            text += f"; {self.suppressed_rows} suppressed (on the suppression list)"
-        if self.excluded_rows:
-            text += f"; {self.excluded_rows} already sent (--exclude-sent)"
+        if duplicates:
+            text += f"; {duplicates} duplicate number{'s' * (duplicates != 1)}"
+        if suppressed:
+            text += f"; {suppressed} suppressed (on the suppression list)"
+        if excluded:
+            text += f"; {excluded} already sent (--exclude-sent)"
         return text
 
     def note_template(self, group: Group) -> None:

@@ -154,7 +154,9 @@ def test_a_suppressed_row_is_not_called_rejected(capsys: pytest.CaptureFixture[s
     """A run whose one row not sent was on the suppression list says none of its 12 rows was
     rejected, and names the suppressed one as such."""
     scan = InputScan("sha256:x", rows=12, recipients=12, lost=Counter(), duplicates=0, excluded=0)
-    s = JobSummary("j", sent_groups=4, sent_recipients=11, suppressed_rows=1, input=scan)
+    s = JobSummary(
+        "j", sent_groups=4, sent_recipients=11, suppressed_rows=1, input=scan, read_whole_input=True
+    )
     assert run_outcome(s) == Exit.OK
     out = capsys.readouterr().out
     assert "; 0 of 12 rows rejected; 1 suppressed (on the suppression list)\n" in out

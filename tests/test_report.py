@@ -517,6 +517,23 @@ async def test_the_run_summary_tells_losses_from_rows_left_out(
     )
 
 
+async def test_a_run_stopped_early_tells_the_whole_inputs_rows_left_out(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A run stopped by ``--limit`` before the repeat, the suppressed and the excluded row
+    still tells all 12 rows as the input's check found them, as it tells the rejected row:
+    its counts add up to the input, not to the part this run read."""
+    _, settings, excluded = left_out_job(jobs, 10)
+    job = jobs.job(extra="max_rejected_share = 0.5\ngroup_size = 1")
+    s = await run_job(job, settings, FakeClient(), clock=FakeClock(), excluded=excluded, limit=1)
+    assert s.sent_groups == 1
+    assert s.rows_text() == (
+        "1 of 12 rows rejected (8.3%: phone number contains letters: 1 row); "
+        "1 duplicate number; 1 suppressed (on the suppression list); "
+        "1 already sent (--exclude-sent)"
+    )
+
+
 async def test_the_report_counts_each_kind_of_row_not_sent_apart(
     jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
