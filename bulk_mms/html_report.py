@@ -27,7 +27,7 @@ from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
 from bulk_mms.csvfile import write_whole
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
-from bulk_mms.report import LedgerSummary, cost_words, summarize
+from bulk_mms.report import LedgerSummary, cost_words, not_attempted_reasons, summarize
 from bulk_mms.words import count, error_words
 
 if TYPE_CHECKING:
@@ -141,8 +141,11 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         _table(
             ("state", "groups", "recipients", "why"),
             [
-                (state.replace("_", " "), f"{g:,}", f"{n:,}", why)
-                for (state, why), (g, n) in s.unsent.items()
+                *(
+                    (state.replace("_", " "), f"{g:,}", f"{n:,}", why)
+                    for (state, why), (g, n) in s.unsent.items()
+                ),
+                *(("not attempted", "", f"{n:,}", why) for n, why in not_attempted_reasons(s)),
             ],
         ),
         "<h2>Errors</h2>",

@@ -22,7 +22,7 @@ from collections.abc import Container, Iterator
 from decimal import Decimal
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -325,27 +325,40 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
 def _waiting_note(s: LedgerSummary) -> str:
     """The not-attempted row's note when some of them wait to go again (:func:`waiting`)."""
     now = s.recipient_states.not_attempted - len(s.waiting)
-    rest = f"; {now} not sent yet: a plain rerun sends them" if now else ""
+    rest = f"; {now} {NOT_SENT_YET}" if now else ""
     return f"  ({len(s.waiting)} wait to go again: see below{rest})"
 
 
-def _waiting_lines(s: LedgerSummary) -> list[str]:
-    """The table's lines for the members waiting to go again, by the code that moved them."""
+#: Why the recipients not attempted that wait for no reset are not sent.
+NOT_SENT_YET: Final = "not sent yet: a plain rerun sends them"
+
+
+def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
+    """Why the recipients not attempted are not sent, in words, with how many each: those
+    waiting to go again by the code that moved them (and from when), then the rest."""
     by_code: dict[str, list[Waiting]] = {}
     for w in s.waiting.values():
         by_code.setdefault(w.code, []).append(w)
-    lines = []
+    out = []
     for code, ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
         after = max(w.after for w in ws)
         when = (
             f"a rerun from {minute_utc(after)} sends them" if after else "a plain rerun sends them"
         )
         what = error_words(code) if code else "moved out of a sent group"
-        lines.append(
-            f"  {_LABELS[NOT_ATTEMPTED]:14}{count(len(ws), 'recipient')}: {what}: moved out of "
-            f"their sent group; {when}"
-        )
-    return lines
+        out.append((len(ws), f"{what}: moved out of their sent group; {when}"))
+    if (rest := s.recipient_states.not_attempted - len(s.waiting)) > 0:
+        out.append((rest, NOT_SENT_YET))
+    return out
+
+
+def _waiting_lines(s: LedgerSummary) -> list[str]:
+    """The table's lines for the members waiting to go again, by the code that moved them."""
+    return [
+        f"  {_LABELS[NOT_ATTEMPTED]:14}{count(n, 'recipient')}: {why}"
+        for n, why in not_attempted_reasons(s)
+        if why != NOT_SENT_YET
+    ]
 
 
 def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
@@ -371,7 +384,7 @@ _STATE_ROWS = (
     (FAILED, "failed", "  (final: in --failed-csv)"),
     (RETRY_PENDING, "retry pending", "  (a plain rerun sends them)"),
     (IN_DOUBT, "in doubt", "  (may have been sent: held)"),
-    (NOT_ATTEMPTED, "not attempted", "  (not sent yet: a plain rerun sends them)"),
+    (NOT_ATTEMPTED, "not attempted", f"  ({NOT_SENT_YET})"),
 )
 _LABELS = {state: label for state, label, _ in _STATE_ROWS}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ from bulk_mms.cli import main
 from bulk_mms.config import folders
 from bulk_mms.html_report import PACE_COLOUR, SENT_COLOUR, Timeline, render
 from bulk_mms.ledger import read_events
-from bulk_mms.report import LedgerSummary
+from bulk_mms.ledger.fold import RecipientCounts
+from bulk_mms.report import LedgerSummary, Waiting
+from bulk_mms.words import error_words
 from tests.conftest import JobFactory, missing, numbers
 
 CHROMIUM_FLAGS = (
@@ -102,3 +105,22 @@ def test_the_charts_render_in_headless_chromium(sandbox_ledger: Path, tmp_path: 
     assert int(close.sum()) > 20_000
     rows = np.flatnonzero(np.any(close, axis=1))
     assert int(rows.max() - rows.min()) > 800  # the charts run down the page, not one blob
+
+
+def test_the_page_says_why_each_recipient_not_attempted_is_not_sent() -> None:
+    """Recipients not attempted are in the page's "not sent, and why" with the table's words:
+    those a carrier's daily cap moved out of their group with the code and when a rerun
+    sends them, the rest as a plain rerun's; every valid recipient is accounted for."""
+    waiting = {p: Waiting("g4", "40016", 1_796_544_000.0) for p in numbers(2)}
+    states = RecipientCounts(10, 5, 0, 0, 0, 5, input_read=True)
+    page = render(LedgerSummary(recipient_states=states, waiting=waiting), Timeline(), "ledger")
+    capped = (
+        f"{error_words('40016')}: moved out of their sent group; a rerun from "
+        "2026-12-06T08:00Z sends them"
+    )
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert f"<td>not attempted</td><td></td><td>2</td><td>{html.escape(capped)}</td>" in rows
+    plain = (
+        "<td>not attempted</td><td></td><td>3</td><td>not sent yet: a plain rerun sends them</td>"
+    )
+    assert plain in rows
