@@ -59,13 +59,17 @@ def check_output(
     *,
     source: str | Path | None = None,
 ) -> None:
-    """Refuse ``path`` as the file ``option`` writes when it is one of the files to ``keep``
-    (``(what it is, path)``; the same file by any name, a symlink included) or an existing
-    bulk-mms ledger.
+    """Refuse ``path`` as the file ``option`` writes when it names a folder (``""``, ``.``,
+    ``/``), is one of the files to ``keep`` (``(what it is, path)``; the same file by any
+    name, a symlink included) or is an existing bulk-mms ledger.
 
     Raises:
         ConfigError: naming ``option``, ``path`` and what it is (exit 2); nothing is written.
     """
+    if path.name in ("", ".."):  # "" (an unset variable), ".", "/": no file's name to write
+        raise ConfigError(
+            option, f"{path} names a folder, not a file: give a file's path", source=source
+        )
     for what, kept in keep:
         if _same_file(path, kept):
             raise ConfigError(

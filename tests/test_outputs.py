@@ -198,3 +198,29 @@ def test_the_suppression_file_is_never_the_jobs_input(
     config.write_text('[suppression]\nfile = "people.csv"\n', encoding="utf-8")
     argv = ["run", str(job.path), "--dry-run", "--config", str(config)]
     assert "is the job's input" in refused(capsys, argv, "suppression.file", people)
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("report", "--failed-csv"),
+        ("report", "--rejected-csv"),
+        ("report", "--recipients-csv"),
+        ("report", "--html"),
+        ("run", "--rejected-csv"),
+        ("run", "--metrics-file"),
+    ],
+)
+def test_an_output_option_given_an_empty_path_is_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], command: str, option: str
+) -> None:
+    """An output option given "" (an unset shell variable: the current folder) exits 2 in
+    one line naming it, with no traceback, and the ledger keeps every byte."""
+    job, _, ledger = sent(jobs, capsys)
+    before = ledger.read_bytes()
+    if command == "run":
+        argv = ["run", str(job), "--sandbox", "--dry-run", option, ""]
+    else:
+        argv = ["report", str(ledger), "--format", "json", option, ""]
+    assert "names a folder, not a file" in refused(capsys, argv, option, Path())
+    assert ledger.read_bytes() == before
