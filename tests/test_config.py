@@ -403,3 +403,35 @@ def test_a_deadline_with_an_offset_or_outside_a_change_is_taken_as_written(
     job = load_job(_deadline_job(tmp_path, text))
     assert job.deadline is not None
     assert job.deadline.astimezone(dt.UTC).isoformat() == utc
+
+
+@pytest.mark.parametrize(
+    ("where", "setting"),
+    [
+        ("job", "input"),
+        ("job", "ledger"),
+        ("job", "encoding"),
+        ("job", "message.text"),
+        ("settings", "suppression.file"),
+    ],
+)
+def test_a_nul_character_in_a_setting_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, setting: str
+) -> None:
+    """A string setting holding "\\u0000" (no path, encoding or text can) exits 2 in one line
+    naming its file and setting, with no traceback."""
+    write(tmp_path, "phone,first\n+12125550100,Ann\n", "a.csv")
+    section, _, key = setting.rpartition(".")
+    line = f'{key} = "x\\u0000y"\n'
+    top = 'name = "n"\ngroup_size = 1\n' + (line if key == "input" else 'input = "a.csv"\n')
+    if where == "job" and key in ("ledger", "encoding"):
+        top += line
+    message = GOOD_MESSAGE.replace('text = "Hi {name}"\n', "" if key == "text" else "text = 'x'\n")
+    if key == "text":
+        message += line
+    job = write(tmp_path, top + message)
+    config = write(tmp_path, f"[{section}]\n{line}" if where == "settings" else "", "config.toml")
+    assert main(["run", str(job), "--dry-run", "--config", str(config)]) == 2
+    source = job if where == "job" else config
+    expected = f"bulk-mms: error: {source}: {setting}: contains a NUL character (\\u0000)\n"
+    assert capsys.readouterr().err == expected

@@ -96,6 +96,8 @@ class Table:
             return default
         if not isinstance(value, str):
             raise self.error(key, f"must be a string, not {type(value).__name__}")
+        if "\0" in value:  # no path, encoding, name or text holds one (the OS refuses it)
+            raise self.error(key, "contains a NUL character (\\u0000)")
         return value
 
     def column(self, key: str, default: str | None = None) -> str | None:
