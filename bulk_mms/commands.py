@@ -792,6 +792,11 @@ def _api_key(args: argparse.Namespace) -> str:
         raise ConfigError(API_KEY_ENV, "is not set: export your Telnyx API key (or use --sandbox)")
     if key != key.strip() or any(ch in key for ch in "\r\n\t "):
         raise ConfigError(API_KEY_ENV, "contains whitespace; check how it was exported")
+    if not (key.isascii() and key.isprintable()):  # no header could carry it
+        raise ConfigError(
+            API_KEY_ENV,
+            "holds a character that is not printable ASCII; check how it was exported",
+        )
     return key
 
 

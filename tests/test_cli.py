@@ -200,6 +200,31 @@ def test_missing_key_is_exit_2_naming_the_variable(
     assert not job.ledger.exists()
 
 
+@pytest.mark.parametrize("key", ["KEY\x01abc", "KEY\x7fabc", "KEY\u20acabc"])
+@pytest.mark.parametrize("command", ["run", "optouts"])
+def test_a_key_with_a_character_no_header_carries_is_named(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    command: str,
+) -> None:
+    """A TELNYX_API_KEY holding a control or non-ASCII character exits 2 before any request,
+    in one line naming the variable (not the base URL), and never shows the key."""
+    monkeypatch.setenv("TELNYX_API_KEY", key)
+    jobs.people(3)
+    job = jobs.job()
+    argv = ["run", str(job.path)] if command == "run" else ["optouts", "sync"]
+    assert main([*argv, "--base-url", "http://127.0.0.1:9/v2"]) == 2  # never the live API
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "bulk-mms: error: TELNYX_API_KEY: holds a character that is not printable ASCII; "
+        "check how it was exported\n"
+    )
+    assert "abc" not in captured.out
+    assert not job.ledger.exists()
+
+
 def test_locked_ledger_exits_75(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
     """A second run on a ledger in use exits 75 naming the holder's PID."""
     jobs.people(3)
