@@ -345,6 +345,8 @@ def _check_ledger_file(setting: str, where: Location) -> None:
         return
     try:
         holds = where.is_file() and where.stat().st_size > 0
+        if holds:
+            where.open("rb").close()  # one it may not read is not another file
     except OSError:
         return  # opening it says why
     if holds and not is_ledger(where):

@@ -4,6 +4,10 @@ named on the command line or any bulk-mms ledger: refused in one line, exit 2, n
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,4 +227,31 @@ def test_an_output_option_given_an_empty_path_is_one_line(
     else:
         argv = ["report", str(ledger), "--format", "json", option, ""]
     assert "names a folder, not a file" in refused(capsys, argv, option, Path())
+    assert ledger.read_bytes() == before
+
+
+def _as_owner_only() -> list[str]:
+    """How to run a command that file modes bind: as is, or for root without the
+    capabilities that read any file (setpriv); skips the test where neither works."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv ignores file modes")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def test_an_unreadable_ledger_is_said_unreadable_not_another_file(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose ledger it may not read exits 2 in one line saying so, never that the file
+    is not a ledger to be replaced by a new one (which would text everyone again)."""
+    job, _, ledger = sent(jobs, capsys)
+    before = ledger.read_bytes()
+    ledger.chmod(0)
+    argv = [*_as_owner_only(), sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--sandbox"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=os.environ)
+    ledger.chmod(0o644)
+    assert done.returncode == 2
+    assert done.stderr == f"bulk-mms: error: {ledger}: cannot open for writing: Permission denied\n"
     assert ledger.read_bytes() == before
