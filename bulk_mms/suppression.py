@@ -131,7 +131,7 @@ class Suppressed:
         #: one change at a time in this process (:meth:`off_loop`, :meth:`held`)
         self._changing = threading.RLock()
         self._lock_fd: int | None = None  # the side file's lock, while :meth:`held`
-        if path is not None and path.exists():
+        if path is not None and _begun(path):
             self._numbers = {int(p[1:]) for p in _read(path)}
 
     @contextlib.contextmanager
@@ -159,7 +159,7 @@ class Suppressed:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
                 self._lock_fd = fd
                 self._numbers = (
-                    {int(p[1:]) for p in _read(self.path)} if self.path.exists() else set()
+                    {int(p[1:]) for p in _read(self.path)} if _begun(self.path) else set()
                 )
                 yield
             finally:
@@ -171,7 +171,7 @@ class Suppressed:
         seconds): the latest time of its STOP line's reason and of its comment lines
         (``# +NUMBER texted START (webhook) at ...``). None when the list records none (an
         older file, a line added otherwise). Read under :meth:`held` to judge a keyword."""
-        if not isinstance(self.path, Path) or not self.path.exists():
+        if not isinstance(self.path, Path) or not _begun(self.path):
             return None
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -341,6 +341,24 @@ def _texted(line: str, phone: str) -> float | None:
     except PhoneError:
         return None
     return at if same else None
+
+
+def _begun(path: Path) -> bool:
+    """Whether the list file is there to read: False only when nothing is at its path (a list
+    not begun yet, read as empty).
+
+    Raises:
+        ConfigError: the path is a symlink to no file (its volume not mounted) or a loop: a
+            list that cannot be read, never taken for an empty one.
+    """
+    if path.exists():
+        return True
+    if path.is_symlink():
+        raise ConfigError(
+            "suppression.file",
+            f"cannot read {path}: a symlink to no file (a volume not mounted, or a loop)",
+        )
+    return False
 
 
 def _read(path: Path) -> list[str]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
+from bulk_mms.errors import ConfigError
 from bulk_mms.suppression import Suppressed, texted_at
 from tests.conftest import numbers
 
@@ -52,3 +55,19 @@ def test_a_keyword_time_is_read_from_its_line_and_its_records(tmp_path: Path) ->
     listed = Suppressed(path)
     assert listed.numbers() == ["+12125550001", "+12125550003"]
     assert [listed.keyword_at(p) for p in numbers(4, start=1)] == [200.0, 300.0, None, None]
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_a_list_behind_a_broken_symlink_is_refused_not_read_as_empty(
+    tmp_path: Path, link: str
+) -> None:
+    """A list file that is a symlink to nothing (its volume not mounted) or to itself is a
+    ConfigError naming the setting, never an empty list that would text every number on it."""
+    path = tmp_path / "suppressed.txt"
+    path.symlink_to(tmp_path / "unmounted" / "suppressed.txt" if link == "dangling" else path)
+    with pytest.raises(ConfigError) as info:
+        Suppressed(path)
+    assert info.value.setting == "suppression.file"
+    assert str(info.value).startswith(f"suppression.file: cannot read {path}: ")
+    with pytest.raises(ConfigError):
+        Suppressed(path).add(["+12125550100"], "test")
