@@ -139,10 +139,11 @@ def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
 
 
 def fail(exc: BaseException, code: int) -> int:
-    """Say what stopped the command, in one line, and give its code."""
+    """Say what stopped the command, in one line, and give its code: a control character in
+    it (a newline or an escape sequence in a file's name) is written escaped, as ``\\n``."""
     say(
         "command.failed",
-        f"bulk-mms: error: {exc}",
+        "bulk-mms: error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc)),
         level="error",
         error=type(exc).__name__,
         exit_code=int(code),

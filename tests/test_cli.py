@@ -225,6 +225,18 @@ def test_a_key_with_a_character_no_header_carries_is_named(
     assert not job.ledger.exists()
 
 
+def test_an_error_naming_a_file_with_a_line_break_stays_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file's name holding a newline or an escape sequence is said escaped: the error is one
+    line on stderr, and no control character reaches the terminal."""
+    jobs.people(3)
+    job = jobs.job(input_name="new\\nline\\u001b[2J.csv")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bulk-mms: error: {jobs.root}/new\\nline\\x1b[2J.csv: no such file\n"
+
+
 def test_locked_ledger_exits_75(jobs: JobFactory, capsys: pytest.CaptureFixture[str]) -> None:
     """A second run on a ledger in use exits 75 naming the holder's PID."""
     jobs.people(3)
