@@ -749,6 +749,36 @@ def test_a_ledger_url_that_cannot_be_used_is_one_line_exit_2(
     assert all(why in line and "PW" not in line for line in err)
 
 
+@pytest.mark.parametrize("url", ["postgresql://", "postgresql:///", "postgres:///bulk"])
+def test_a_ledger_url_without_a_host_is_one_line_exit_2_never_a_file(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+) -> None:
+    """A database URL naming no host is refused by run, status, db migrate and suppress in
+    one line, exit 2: never a traceback, and never a JSONL file made of the URL in its place
+    (each host would keep a ledger of its own and text the job's people again)."""
+    monkeypatch.chdir(jobs.root)
+    jobs.people(1)
+    job = jobs.job()
+    assert (
+        main(
+            ["run", str(job.path), "--ledger", url, "--yes", "--base-url", "http://127.0.0.1:9/v2"]
+        )
+        == 2
+    )
+    assert main(["status", url]) == 2
+    assert main(["db", "migrate", url]) == 2
+    assert main(["suppress", "list", "--ledger", url]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err
+        == ["bulk-mms: error: ledger URL: is not a usable postgresql:// URL: it names no host"] * 4
+    )
+    assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv"]
+
+
 def test_a_disk_that_fills_mid_run_stops_it_resumably(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

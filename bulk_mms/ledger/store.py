@@ -162,6 +162,8 @@ def database_url(where: str) -> yarl.URL:
         ) from None
     if port == 0:
         raise LedgerError("ledger URL", "is not a usable postgresql:// URL: its port is 0")
+    if not url.host:  # postgresql:///db: no URL with its ?ledger= could be written back
+        raise LedgerError("ledger URL", "is not a usable postgresql:// URL: it names no host")
     return url
 
 
