@@ -22,7 +22,7 @@ from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.console import fail, say
 from bulk_mms.errors import BulkMmsError, Exit, MissingExtra
 from bulk_mms.extras import needs
-from bulk_mms.ledger import location
+from bulk_mms.ledger import Location, location
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
 
@@ -112,7 +112,7 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     run.add_argument("--config", type=Path, help=CONFIG_HELP)
     run.add_argument(
         "--ledger",
-        type=location,
+        type=_ledger,
         help="ledger: a JSONL path, or postgresql://USER@HOST/DB[?ledger=NAME] (default: "
         f"${LEDGER_URL_ENV}, else the job's)",
     )
@@ -175,7 +175,7 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--exclude-sent",
-        type=location,
+        type=_ledger,
         action="append",
         default=[],
         metavar="LEDGER",
@@ -206,7 +206,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     track = sub.add_parser(
         "track", help="poll delivery statuses of a ledger's sent groups", parents=[common]
     )
-    track.add_argument("ledger", type=location, help=LEDGER_HELP)
+    track.add_argument("ledger", type=_ledger, help=LEDGER_HELP)
     track.add_argument("--follow", action="store_true", help="keep polling until all are final")
     track.add_argument("--config", type=Path, help=CONFIG_HELP)
     track.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
@@ -222,8 +222,8 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     hooks = sub.add_parser(
         "webhooks", help="receive delivery webhooks into a ledger", parents=[common]
     )
-    hooks.add_argument("ledger", type=location, nargs="?", help=LEDGER_HELP)
-    hooks.add_argument("--ledger", type=location, dest="ledger_option", help=argparse.SUPPRESS)
+    hooks.add_argument("ledger", type=_ledger, nargs="?", help=LEDGER_HELP)
+    hooks.add_argument("--ledger", type=_ledger, dest="ledger_option", help=argparse.SUPPRESS)
     hooks.add_argument(
         "--listen",
         required=True,
@@ -235,7 +235,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     report = sub.add_parser(
         "report", help="outcomes, delivery, cost and errors of a ledger", parents=[common]
     )
-    report.add_argument("ledger", type=location, help=LEDGER_HELP)
+    report.add_argument("ledger", type=_ledger, help=LEDGER_HELP)
     _format_flag(report, ("table", "json", "csv"))
     report.add_argument(
         "--failed-csv",
@@ -268,7 +268,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     status = sub.add_parser(
         "status", help="the same as report (kept for scripts)", parents=[common]
     )
-    status.add_argument("ledger", type=location, help=LEDGER_HELP)
+    status.add_argument("ledger", type=_ledger, help=LEDGER_HELP)
     _format_flag(status, ("table", "json", "csv"), default="table, even piped (default)")
 
 
@@ -285,8 +285,8 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     copy = ledger_sub.add_parser(
         "copy", help="copy a ledger: JSONL to PostgreSQL or back", parents=[common]
     )
-    copy.add_argument("source", type=location, help=LEDGER_HELP)
-    copy.add_argument("target", type=location, help="a new ledger: " + LEDGER_HELP)
+    copy.add_argument("source", type=_ledger, help=LEDGER_HELP)
+    copy.add_argument("target", type=_ledger, help="a new ledger: " + LEDGER_HELP)
     suppress = sub.add_parser(
         "suppress", help="the account's suppression list ([suppression] file)", parents=[common]
     )
@@ -295,7 +295,7 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     suppress.add_argument("--config", type=Path, help=CONFIG_HELP)
     suppress.add_argument("--reason", default="added by hand", help="a note kept beside each")
     suppress.add_argument(
-        "--ledger", type=location, help="a postgresql:// ledger: the database's own list"
+        "--ledger", type=_ledger, help="a postgresql:// ledger: the database's own list"
     )
     optouts = sub.add_parser(
         "optouts", help="the messaging profile's opt-outs (STOP)", parents=[common]
@@ -303,7 +303,7 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     optouts.add_argument("action", choices=("sync",), help="add them to the suppression list")
     optouts.add_argument("--config", type=Path, help=CONFIG_HELP)
     optouts.add_argument(
-        "--ledger", type=location, help="a postgresql:// ledger: the database's own list"
+        "--ledger", type=_ledger, help="a postgresql:// ledger: the database's own list"
     )
     optouts.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
     optouts.add_argument(
@@ -379,6 +379,14 @@ COMMANDS = {
     "suppress": commands.cmd_suppress,
     "optouts": commands.cmd_optouts,
 }
+
+
+def _ledger(text: str) -> Location:
+    """A ledger argument (:func:`~bulk_mms.ledger.location`), refused as a usage error."""
+    try:
+        return location(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -239,10 +239,14 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     if args.to and args.ledger is not None:
         raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
     if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+        flag = "--ledger" if args.ledger else LEDGER_URL_ENV
+        try:
+            given = location(where)
+        except ValueError as exc:
+            raise ConfigError(flag, str(exc)) from None
         if not args.sandbox:  # a sandbox run's ledger is never a database
-            flag = "--ledger" if args.ledger else LEDGER_URL_ENV
-            _refuse_undated_database(job, location(where), flag)
-        job = _with_ledger(job, location(where))
+            _refuse_undated_database(job, given, flag)
+        job = _with_ledger(job, given)
     settings = settings_for(args)
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
         job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)

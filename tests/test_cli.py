@@ -779,6 +779,43 @@ def test_a_ledger_url_without_a_host_is_one_line_exit_2_never_a_file(
     assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv"]
 
 
+@pytest.mark.parametrize("url", ["postgresq://db.example/bulk", "mysql://127.0.0.1/x"])
+def test_a_ledger_url_of_another_scheme_is_refused_never_a_file(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+) -> None:
+    """A ledger given as a URL that is not postgresql:// (a typo in the scheme) is refused in
+    one line, exit 2, from --ledger, BULK_MMS_LEDGER_URL, a command's LEDGER and the job's
+    ledger setting: never a JSONL file at a path made of the URL, a ledger of this host's own
+    beside the shared one."""
+    monkeypatch.chdir(jobs.root)
+    jobs.people(1)
+    plain = jobs.job().path.rename(jobs.root / "plain.toml")
+    job = jobs.root / "job.toml"
+    job.write_text(f'ledger = "{url}"\n' + plain.read_text(encoding="utf-8"), encoding="utf-8")
+    no_api = ["--yes", "--base-url", "http://127.0.0.1:9/v2"]
+    for usage in (["run", str(plain), "--ledger", url, *no_api], ["ledger", "copy", url, "c"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(usage)
+        assert stopped.value.code == 2
+    assert main(["run", str(job), *no_api]) == 2
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", url)
+    assert main(["run", str(plain), *no_api]) == 2
+    err = capsys.readouterr().err.splitlines()
+    why = f"{url!r} is not a postgresql:// URL, nor a file's path"
+    assert err[:2] == [
+        f"bulk-mms run: error: argument --ledger: {why} (see bulk-mms run --help)",
+        f"bulk-mms ledger copy: error: argument source: {why} (see bulk-mms ledger copy --help)",
+    ]
+    assert err[2:] == [
+        f"bulk-mms: error: {job}: ledger: {why}",
+        f"bulk-mms: error: BULK_MMS_LEDGER_URL: {why}",
+    ]
+    assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv", "plain.toml"]
+
+
 def test_a_disk_that_fills_mid_run_stops_it_resumably(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ import msgspec.structs
 
 from bulk_mms.config._toml import URL, Table, read_toml
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger.store import Location, is_database, named
+from bulk_mms.ledger.store import Location, is_database, location, named
 
 MAX_GROUP_SIZE = 8  # the API's limit on `to`
 
@@ -356,7 +356,12 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
         raise top.error(
             "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
         )
-    return template.format(name=name, date=today.isoformat())
+    ledger = template.format(name=name, date=today.isoformat())
+    try:
+        location(ledger)
+    except ValueError as exc:
+        raise top.error("ledger", str(exc)) from None
+    return ledger
 
 
 def _encoding(name: str, top: Table) -> str:

@@ -11,6 +11,7 @@ A backend is one module implementing this protocol and one branch in :func:`open
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Literal, Protocol
@@ -133,11 +134,25 @@ class LedgerStore(Protocol):
         ...
 
 
+#: How a URL begins (its scheme): a ledger location that begins so is a database or refused.
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def location(text: str | Path) -> Location:
     """A ledger location as given (a flag, a job setting, ``BULK_MMS_LEDGER_URL``): a
-    ``postgresql://`` URL stays a URL, anything else is a file path."""
+    ``postgresql://`` URL stays a URL, anything else is a file path.
+
+    Raises:
+        ValueError: ``text`` is a URL of another scheme (``postgresq://``, ``mysql://``): never
+            taken for a file's path, a ledger of this host's own beside the shared one. Its
+            message names the text; the caller names the setting.
+    """
     text = str(text)
-    return text if is_database(text) else Path(text)
+    if is_database(text):
+        return text
+    if _SCHEME.match(text):
+        raise ValueError(f"{text!r} is not a postgresql:// URL, nor a file's path")
+    return Path(text)
 
 
 def is_database(where: Location) -> bool:
