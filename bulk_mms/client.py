@@ -730,7 +730,14 @@ class AiohttpMmsClient:
         url = f"{self.base_url}{OPTOUTS_PATH}?" + urllib.parse.urlencode(
             query, quote_via=urllib.parse.quote
         )
-        _, body = await self._request("GET", url)
+        try:
+            _, body = await self._request("GET", url)
+        except NotFound as exc:  # the list is no message: the endpoint is not here
+            raise EndpointError(
+                f"GET {OPTOUTS_PATH} is not found here: " + check_base_url_hint(self.base_url),
+                status=exc.status,
+                errors=exc.errors,
+            ) from None
         return parse_optouts(body, size)
 
     async def fetch_records(

@@ -233,3 +233,21 @@ async def test_a_group_of_one_refused_for_an_opt_out_is_an_opt_out_not_a_resend(
     failed = tmp_path / "failed.csv"
     assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
     assert failed.read_text(encoding="utf-8-sig").splitlines()[1:] == []
+
+
+def test_optouts_sync_at_a_base_url_without_v2_names_the_base_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base URL that answers 404 to GET /messaging_optouts (no /v2) exits 2 in one line
+    saying to check the base URL, not that a message id is unknown; the list is untouched."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(FakeTelnyx(api_key="test-key-123")) as url:
+        bare = url.removesuffix("/v2")
+        assert main(["optouts", "sync", "--config", str(config), "--base-url", bare]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("bulk-mms: error: HTTP 404: GET /messaging_optouts is not found here: ")
+    assert "check the base URL" in line
+    assert "message id" not in line
+    assert not (tmp_path / "suppressed.txt").exists()
