@@ -21,6 +21,7 @@ import csv
 import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, TextIO, TypeVar
@@ -103,13 +104,26 @@ def write_whole(path: Path, write: Callable[[TextIO], T], *, newline: str | None
 
     The text goes to a new file beside ``path``, flushed to disk, then renamed over it: ``path``
     is the whole new file or, on any failure, as it was, with no temporary file left. A
-    bulk-mms ledger is never written over (:func:`is_ledger`).
+    symlink is followed (its target is written, the link stays), and a device or a pipe
+    (``/dev/null``, ``/dev/stdout``) is written through, never replaced by a file. A bulk-mms
+    ledger is never written over (:func:`is_ledger`).
 
     Raises:
-        OSError: ``path`` is a ledger (``EEXIST``) or cannot be written; it is then as it was.
+        OSError: ``path`` is a ledger (``EEXIST``) or a folder, or cannot be written; it is then
+            as it was.
     """
     if is_ledger(path):
         raise FileExistsError(errno.EEXIST, "is a bulk-mms ledger: not written over", str(path))
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG  # a new file
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not stat.S_ISREG(mode):
+        with path.open("w", encoding="utf-8", newline=newline) as f:
+            return write(f)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bulk_mms.clock import Clock, SystemClock
+from bulk_mms.csvfile import write_whole
 from bulk_mms.errors import ConfigError
 from bulk_mms.summary import JobSummary
 from bulk_mms.track import TrackResult
@@ -64,9 +65,9 @@ class CommandMetrics(msgspec.Struct):
             for status, n in sorted(t.statuses.items()):
                 out.set("delivery_recipients", "Recipients by delivery status.", n, status=status)
             out.set("delivery_pending", "Recipients not in a final status yet.", t.pending)
+        page = generate_latest(out.registry).decode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_to_textfile(str(self.path), out.registry)
+            write_whole(self.path, lambda f: f.write(page))  # whole, or as it was
         except OSError as exc:
             raise ConfigError(
                 "--metrics-file", f"cannot write {self.path}: {exc.strerror or exc}"

@@ -4,6 +4,9 @@ over a file to keep or a bulk-mms ledger."""
 from __future__ import annotations
 
 import csv
+import os
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +117,39 @@ def test_read_cell_gives_back_every_value_safe_cell_wrote(value: str) -> None:
     cell = safe_cell(value)
     assert cell in (value, "'" + value)
     assert read_cell(cell) == value
+
+
+def test_write_whole_writes_through_a_pipe_and_never_replaces_it(tmp_path: Path) -> None:
+    """A pipe (or a device: /dev/null, /dev/stdout) given as the file to write is written
+    through and stays a pipe: renaming a file over it would replace /dev/null for every
+    program on a machine whose cron runs as root."""
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_csv(fifo, ["phone"], [["+12125550100"]])
+    reader.join(timeout=10)
+    assert got == [b"phone\r\n+12125550100\r\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_whole_writes_a_symlinks_target_and_keeps_the_link(tmp_path: Path) -> None:
+    """A symlink given as the file to write keeps being the link; its target is the new file,
+    written whole."""
+    target = tmp_path / "real" / "failed.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "failed.csv"
+    link.symlink_to(target)
+    write_csv(link, ["phone"], [["+12125550100"]])
+    assert link.is_symlink()
+    assert target.read_bytes() == b"phone\r\n+12125550100\r\n"
+
+
+def test_write_whole_refuses_a_folder(tmp_path: Path) -> None:
+    """A folder given as the file to write is refused, and stays as it was."""
+    with pytest.raises(IsADirectoryError):
+        write_csv(tmp_path, ["phone"], [])
+    assert tmp_path.is_dir()
