@@ -454,3 +454,15 @@ async def test_a_sent_group_records_its_members_rows_in_the_headers_columns(
     sent = [e["rows"] for e in ledger_events(tmp_path / "l.jsonl") if e["event"] == "sent"]
     assert sent == recorded
     store.close_sync()
+
+
+@pytest.mark.parametrize("mode", ["run", "append", "read"])
+def test_a_ledger_that_is_a_pipe_or_a_folder_is_refused_unread(tmp_path: Path, mode: str) -> None:
+    """A ledger path naming a pipe (reading it would wait forever) or a folder is refused in
+    every mode, naming it, and nothing is written beside it."""
+    fifo = tmp_path / "ledger.jsonl"
+    os.mkfifo(fifo)
+    for where in (fifo, tmp_path):
+        with pytest.raises(LedgerError, match="is not a file"):
+            open_store(where, mode)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.jsonl"]

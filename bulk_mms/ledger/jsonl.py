@@ -35,6 +35,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,9 +123,13 @@ class JsonlStore(GroupCommitted[bytes]):
 
         Raises:
             LedgerLocked: ``run``, and another run holds it.
-            LedgerError: it cannot be created, locked or written; or (``append``, ``read``)
-                it does not exist or (``append``) is empty.
+            LedgerError: it is not a file (a folder, a device, a pipe: never read, which
+                could wait forever, nor written); it cannot be created, locked or written; or
+                (``append``, ``read``) it does not exist or (``append``) is empty.
         """
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise LedgerError(path, "is not a file (a folder, a device or a pipe): name a file")
         if mode == "read":
             if not path.exists():
                 raise LedgerError(path, "no such ledger")
