@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -789,6 +790,36 @@ async def test_a_restarted_receiver_on_the_table_ignores_a_start_texted_before_t
     assert suppression_for(None, where).numbers() == []
 
 
+#: Posts a body to one of two receivers (0 or 1): its answer's (suppressed, lifted).
+Poster = Callable[[int, dict[str, Any]], Awaitable[tuple[bool, bool]]]
+
+
+@contextlib.asynccontextmanager
+async def two_receivers(
+    jobs: JobFactory, tmp_path: Path, listed: Callable[[], Suppressed]
+) -> AsyncIterator[Poster]:
+    """Two receivers on one suppression list (behind a load balancer), each on a list of its
+    own opening (``listed``), both started before any keyword: a poster to either; both
+    closed after."""
+    one, _, _ = await receiver_for(jobs, suppressed=listed())
+    second = JobFactory(tmp_path / "second")
+    second.root.mkdir()
+    two, _, _ = await receiver_for(second, suppressed=listed())
+    async with (
+        TestClient(TestServer(one.app())) as a,
+        TestClient(TestServer(two.app())) as b,
+    ):
+
+        async def post(which: int, body: dict[str, Any]) -> tuple[bool, bool]:
+            answer = (await post_signed((a, b)[which], body))[1]
+            return answer["suppressed"], answer["lifted"]
+
+        yield post
+    for receiver in (one, two):
+        await receiver.close()
+        await receiver.store.close()
+
+
 async def test_two_receivers_on_one_list_keep_the_order_the_recipient_texted(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
@@ -797,31 +828,16 @@ async def test_two_receivers_on_one_list_keep_the_order_the_recipient_texted(
     took it) then changes nothing; a STOP redelivered after a START taken by the other is
     stale there too."""
     path = tmp_path / "suppressed.txt"
-    one, _, _ = await receiver_for(jobs, suppressed=Suppressed(path))
-    second = JobFactory(tmp_path / "second")
-    second.root.mkdir()
-    two, _, _ = await receiver_for(second, suppressed=Suppressed(path))
     stop = inbound("STOP", at="2026-11-23T10:00:00Z")
     start = inbound("START", at="2026-11-23T10:05:00Z")
     other_start = inbound("START", "+12125550003", at="2026-11-23T10:05:00Z")
     other_stop = inbound("STOP", "+12125550003", at="2026-11-23T10:00:00Z")
-    async with (
-        TestClient(TestServer(one.app())) as a,
-        TestClient(TestServer(two.app())) as b,
-    ):
-
-        async def post(http: TestClient[Any, Any], body: dict[str, Any]) -> tuple[bool, bool]:
-            answer = (await post_signed(http, body))[1]
-            return answer["suppressed"], answer["lifted"]
-
-        assert await post(a, stop) == (True, False)
-        assert await post(b, start) == (False, True)
-        assert await post(a, stop) == (False, False)
-        assert await post(b, other_start) == (False, False)
-        assert await post(a, other_stop) == (False, False)
-    for receiver in (one, two):
-        await receiver.close()
-        await receiver.store.close()
+    async with two_receivers(jobs, tmp_path, lambda: Suppressed(path)) as post:
+        assert await post(0, stop) == (True, False)
+        assert await post(1, start) == (False, True)
+        assert await post(0, stop) == (False, False)
+        assert await post(1, other_start) == (False, False)
+        assert await post(0, other_stop) == (False, False)
     assert Suppressed(path).numbers() == []
 
 
@@ -833,26 +849,11 @@ async def test_two_receivers_on_the_table_judge_by_the_table_not_their_start(
     texts after it, taken by the first again, puts the number back on the table (neither
     judges by the numbers it read as it started)."""
     where = f"{database}?ledger=shared-list"
-    one, _, _ = await receiver_for(jobs, suppressed=suppression_for(None, where))
-    second = JobFactory(tmp_path / "second")
-    second.root.mkdir()
-    two, _, _ = await receiver_for(second, suppressed=suppression_for(None, where))
     stop = inbound("STOP", at="2026-11-23T10:00:00Z")
     start = inbound("START", at="2026-11-23T10:05:00Z")
     again = inbound("STOP", at="2026-11-23T10:09:00Z")
-    async with (
-        TestClient(TestServer(one.app())) as a,
-        TestClient(TestServer(two.app())) as b,
-    ):
-
-        async def post(http: TestClient[Any, Any], body: dict[str, Any]) -> tuple[bool, bool]:
-            answer = (await post_signed(http, body))[1]
-            return answer["suppressed"], answer["lifted"]
-
-        taken = [await post(a, stop), await post(b, start), await post(a, again)]
-    for receiver in (one, two):
-        await receiver.close()
-        await receiver.store.close()
+    async with two_receivers(jobs, tmp_path, lambda: suppression_for(None, where)) as post:
+        taken = [await post(0, stop), await post(1, start), await post(0, again)]
     assert taken == [(True, False), (False, True), (True, False)]
     assert suppression_for(None, where).numbers() == ["+12125550002"]
 
