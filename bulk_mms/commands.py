@@ -771,7 +771,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if path is not None and args.config is None:
         structlog.get_logger(__name__).info("config.found", path=str(path))
     settings = load_settings(path)
-    if args.base_url:
+    if args.base_url is not None:  # "" too: a variable left unset must not mean the live API
         settings = replace(settings, base_url=args.base_url)
     if getattr(args, "rate", None) is not None:
         if args.command == "track":

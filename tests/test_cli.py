@@ -115,6 +115,7 @@ def test_failed_groups_exit_1(jobs: JobFactory, capsys: pytest.CaptureFixture[st
         ("ok", ["--rate", "-1"], "error: --rate: must be from 0.001 to 10000, not -1"),
         ("ok", ["--concurrency", "0"], "error: --concurrency: must be from 1 to 1000, not 0"),
         ("ok", ["--base-url", "ftp://x.test"], "error: --base-url: 'ftp://x.test' is not"),
+        ("ok", ["--base-url", ""], "error: --base-url: '' is not an http(s) URL"),
         ("ok", ["--config", "missing.toml"], "missing.toml: file: not found"),
         ("missing_column", [], "'nickname' is not a column"),
         ("no_input", [], "no such file"),

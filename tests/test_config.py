@@ -70,12 +70,16 @@ def test_full_job_loads_with_paths_relative_to_the_job(tmp_path: Path) -> None:
         ),
         ('name = "n"\ninput = "a.csv"\n[message\n', "syntax", "line 3"),
         ('name = "bad name!"\ninput = "a.csv"\n' + GOOD_MESSAGE, "name", "letters"),
+        ('name = "n"\ninput = "a.csv"\ntimezone = ""\n' + GOOD_MESSAGE, "timezone", "is empty"),
+        ('name = "n"\ninput = "a.csv"\ntimezone = " "\n' + GOOD_MESSAGE, "timezone", "is empty"),
+        ('name = "n"\ninput = "a.csv"\nencoding = ""\n' + GOOD_MESSAGE, "encoding", "known"),
     ],
 )
 def test_bad_job_files_name_the_setting(
     tmp_path: Path, text: str, setting: str, message: str
 ) -> None:
-    """Out-of-range, unknown, missing and malformed settings each give a one-line error."""
+    """Out-of-range, unknown, missing, empty (a template left blank: an empty timezone is
+    not UTC) and malformed settings each give a one-line error."""
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_job(p)
@@ -145,11 +149,13 @@ def test_settings_load_with_env_override(tmp_path: Path) -> None:
         ("[api]\nkey = 'secret'\n", "api.key"),
         ("[retry]\nattempts = 0\n", "retry.attempts"),
         ("[track]\nmax_age = 2592000\n", "track.max_age"),  # the API keeps 10 days
+        ("[api]\nbase_url = ''\n", "api.base_url"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
-    """Negative rates, zero concurrency, wrong types, a key in the file and tracking past the
-    10 days the API serves a message are refused."""
+    """Negative rates, zero concurrency, wrong types, a key in the file, tracking past the
+    10 days the API serves a message, and an empty base_url (never the live API in its place)
+    are refused."""
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text, "config.toml"), env={})
     assert setting in str(info.value)

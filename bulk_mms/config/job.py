@@ -236,7 +236,13 @@ def load_job(
         raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the ledger)")
     input_ = top.str_("input", required=input_file is None)
     input_path = Path(input_file) if input_file is not None else path.parent / str(input_)
-    timezone = top.str_("timezone", "UTC") or "UTC"
+    timezone = top.str_("timezone", "UTC") or ""
+    if not timezone.strip():  # a template left blank: UTC would move every window by hours
+        raise top.error(
+            "timezone",
+            "is empty: name an IANA time zone (e.g. 'America/Chicago'), or leave "
+            "the setting out for UTC",
+        )
     try:
         zone = zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -260,7 +266,7 @@ def load_job(
     group_by = top.column("group_by")
     mix_unrelated = top.bool_("mix_unrelated") or False
     region = (top.str_("default_region", "US") or "US").upper()
-    encoding = _encoding(top.str_("encoding", "utf-8") or "utf-8", top)
+    encoding = _encoding(top.str_("encoding", "utf-8") or "", top)
     max_rejected_share = top.float_("max_rejected_share", 0.05, 0.0, 1.0)
     if region not in ("US", "CA"):
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")

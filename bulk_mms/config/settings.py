@@ -163,7 +163,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         if listed_path is not None:  # appended to, rewritten: never a ledger
             check_output("suppression.file", listed_path, source=path)
         tdflt = TrackConfig()
-        base_url = api.str_("base_url", DEFAULT_BASE_URL) or DEFAULT_BASE_URL
+        base_url = api.str_("base_url", DEFAULT_BASE_URL) or ""  # "": refused, not the live API
         try:  # said with the file and the section, as every other setting's error is
             check_base_url(base_url)
         except ConfigError as exc:
