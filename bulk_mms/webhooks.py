@@ -209,10 +209,6 @@ class WebhookReceiver:
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
         self._later: set[asyncio.Task[None]] = set()
-        #: When each sender's latest STOP or START that this receiver took in was texted
-        #: (epoch seconds); the list's own record (:meth:`Suppressed.keyword_at`) is the
-        #: one shared by every receiver, and kept across restarts.
-        self._keyword_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -322,24 +318,20 @@ class WebhookReceiver:
         """An inbound message's STOP or START applied, in the order its sender texted them
         (``texted``: the event's ``occurred_at``): one older than the latest the suppression
         list records for that sender (:meth:`Suppressed.keyword_at`, read under the list's
-        lock, as every receiver on it left it, whenever it started) or this receiver took in
-        changes nothing (Telnyx redelivers an event up to three times; a STOP redelivered
-        after a START must not undo it). One that fails to be taken in (the list cannot be
-        written) is not recorded, so its redelivery is taken. (suppressed, lifted)."""
+        lock, as every receiver on it left it, whenever it started) changes nothing (Telnyx
+        redelivers an event up to three times; a STOP redelivered after a START must not undo
+        it). One that fails to be taken in (the list cannot be written) is not recorded, so
+        its redelivery is taken. (suppressed, lifted)."""
         phone = self._keyword_from(payload, OPT_OUT_WORDS | OPT_IN_WORDS)
         if phone is None or self.suppressed is None:
             return False, False
         with self.suppressed.held():
-            known = (self._keyword_at.get(phone), self.suppressed.keyword_at(phone))
-            latest = max((t for t in known if t is not None), default=None)
+            latest = self.suppressed.keyword_at(phone)
             if texted is not None and latest is not None and texted < latest:
                 log.info("webhook.keyword_stale", recipient=phone)
                 return False, False
             # may raise: no 2xx, so Telnyx redelivers and it is taken again
-            taken = self.opt_out(payload, texted), self.opt_in(payload, texted)
-        if texted is not None:
-            self._keyword_at[phone] = texted
-        return taken
+            return self.opt_out(payload, texted), self.opt_in(payload, texted)
 
     def opt_out(self, payload: object, texted: float | None = None) -> bool:
         """An inbound message that opts out (STOP and its synonyms): its sender goes on the
