@@ -131,8 +131,15 @@ class Suppressed:
         #: one change at a time in this process (:meth:`off_loop`, :meth:`held`)
         self._changing = threading.RLock()
         self._lock_fd: int | None = None  # the side file's lock, while :meth:`held`
-        if path is not None and _begun(path):
-            self._numbers = {int(p[1:]) for p in _read(path)}
+        if path is not None:
+            self._numbers = self._listed()
+
+    def _listed(self) -> set[int]:
+        """The numbers on the list as its file holds them now (none before it is begun)."""
+        path = self.path
+        if not isinstance(path, Path) or not _begun(path):
+            return set()
+        return {int(p[1:]) for p in _read(path)}
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -145,7 +152,7 @@ class Suppressed:
         """
         with self._changing:
             if not isinstance(self.path, Path) or self._lock_fd is not None:
-                yield  # the table (the database orders its changes), or held already
+                yield  # no file to lock, or held already
                 return
             lock = self.path.with_name(f".{self.path.name}.lock")
             try:
@@ -158,9 +165,7 @@ class Suppressed:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
                 self._lock_fd = fd
-                self._numbers = (
-                    {int(p[1:]) for p in _read(self.path)} if _begun(self.path) else set()
-                )
+                self._numbers = self._listed()
                 yield
             finally:
                 self._lock_fd = None
