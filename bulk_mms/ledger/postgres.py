@@ -948,13 +948,12 @@ class PostgresSuppressed(Suppressed):
             if self._held is not None:
                 yield
                 return
-            try:
-                conn = _sync_connect(self._conninfo)
-                migrate(conn)
-                conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
-            except psycopg.Error as exc:
-                raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
-            with conn:
+            with _sync_connect(self._conninfo) as conn:  # closed on any failure too
+                try:
+                    migrate(conn)
+                    conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
+                except psycopg.Error as exc:
+                    raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
                 self._held = conn
                 try:
                     self._numbers = self._listed()
