@@ -654,9 +654,7 @@ class Runner:
         now, expires, job = utc(self.clock), self.sender.expires_at, self.job
         window, quiet = job.send_window, job.recipient_window
         if s.stopped == "window" and window is not None:  # it closed mid-run
-            s.stopped = (
-                "window" if opens_before(window, (job.timezone,), now, expires) else AFTER_DEADLINE
-            )
+            s.stopped = _closed(job, now, expires)
         if s.stopped is None and self.quiet and quiet is not None:
             s.stopped = "quiet_hours"
             openings = [next_opening(quiet, z, now) for z in self.quiet]
@@ -825,9 +823,18 @@ def window_stop(job: JobConfig, clock: Clock) -> str | None:
     if window is None or in_window(job, now := utc(clock)):
         return None
     deadline = _deadline_before_start(job)
-    if past(deadline, clock):
-        return None
-    return "window" if opens_before(window, (job.timezone,), now, deadline) else AFTER_DEADLINE
+    return None if past(deadline, clock) else _closed(job, now, deadline)
+
+
+def _closed(job: JobConfig, now: dt.datetime, deadline: dt.datetime | None) -> str:
+    """Why a run outside its (set) ``send_window`` at ``now`` stops: ``window`` (exit 4)
+    when it opens again before ``deadline``, else :data:`AFTER_DEADLINE` (exit 1)."""
+    assert job.send_window is not None
+    return (
+        "window"
+        if opens_before(job.send_window, (job.timezone,), now, deadline)
+        else AFTER_DEADLINE
+    )
 
 
 def _deadline_before_start(job: JobConfig) -> dt.datetime | None:
