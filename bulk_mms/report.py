@@ -143,6 +143,11 @@ class LedgerSummary(msgspec.Struct):
     opted_out_left_out: int = 0
 
     @property
+    def misses(self) -> Counter[Miss]:
+        """How many of :attr:`undelivered` are of each kind of miss."""
+        return Counter(m.kind for _, m in self.undelivered)
+
+    @property
     def rejected_rows(self) -> int:
         """Rows rejected: losses (a bad number, a broken row)."""
         return self.rows.lost
@@ -336,6 +341,15 @@ NOT_SENT_YET: Final = "not sent yet: a plain rerun sends them"
 def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
     """Why the recipients not attempted are not sent, in words, with how many each: those
     waiting to go again by the code that moved them (and from when), then the rest."""
+    out = _waiting_reasons(s)
+    if (rest := s.recipient_states.not_attempted - len(s.waiting)) > 0:
+        out.append((rest, NOT_SENT_YET))
+    return out
+
+
+def _waiting_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
+    """The members waiting to go again (:func:`waiting`), by the code that moved them, most
+    first: how many, and why in words (from when a rerun sends them)."""
     by_code: dict[str, list[Waiting]] = {}
     for w in s.waiting.values():
         by_code.setdefault(w.code, []).append(w)
@@ -347,8 +361,6 @@ def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
         )
         what = error_words(code) if code else "moved out of a sent group"
         out.append((len(ws), f"{what}: moved out of their sent group; {when}"))
-    if (rest := s.recipient_states.not_attempted - len(s.waiting)) > 0:
-        out.append((rest, NOT_SENT_YET))
     return out
 
 
@@ -356,8 +368,7 @@ def _waiting_lines(s: LedgerSummary) -> list[str]:
     """The table's lines for the members waiting to go again, by the code that moved them."""
     return [
         f"  {_LABELS[NOT_ATTEMPTED]:14}{count(n, 'recipient')}: {why}"
-        for n, why in not_attempted_reasons(s)
-        if why != NOT_SENT_YET
+        for n, why in _waiting_reasons(s)
     ]
 
 
@@ -432,7 +443,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
                 f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
             )
         lines.append("")
-    kinds = Counter(m.kind for _, m in s.undelivered)
+    kinds = s.misses
     resendable, late, stopped = kinds[Miss.RESENDABLE], kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
     left_out = [
         *([f"the {late} past the job's deadline: a late message is worse than none"] * bool(late)),
@@ -550,7 +561,7 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     Returns:
         (rows written, whether they are the original rows).
     """
-    kinds = Counter(m.kind for _, m in s.undelivered)
+    kinds = s.misses
     s.expired_left_out, s.opted_out_left_out = kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
     wanted = {p: m.why for p, m in s.undelivered if m.kind not in NOT_RESENT}
     s.resent = resent(s, wanted) if wanted else {}
