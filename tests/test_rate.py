@@ -395,3 +395,36 @@ def test_shared_admissions_never_put_more_than_rate_into_a_second(rate: float) -
     most = math.ceil((1.0 + late) / gap - 1e-9)
     assert most <= max(1, math.floor(rate))
     assert rate < 1 or 1.0 / gap >= 0.85 * math.floor(rate)  # and not needlessly slow
+
+
+def most_units_in_a_second(costs: list[int], rate: float, max_cost: float) -> int:
+    """The most cost units the API can see in one second from admissions spaced as the
+    PostgreSQL budget spaces them, each arriving anywhere from at once to the stale bound
+    plus the jitter after its admission: the window opening as one arrives as late as it
+    may, every later admission within ``1 + late`` seconds of it arriving in it."""
+    span = 1.0 + permit_max_age(rate) + JITTER_S - 1e-9  # a window is half-open
+    times = list(itertools.accumulate((spacing(c, rate, max_cost) for c in costs), initial=0.0))
+    return max(
+        sum(c for t, c in zip(times[i:], costs[i:], strict=False) if t - times[i] < span)
+        for i in range(len(costs))
+    )
+
+
+@pytest.mark.parametrize("rate", [0.5, 3.0, 8.0, 10.0, 15.0, 40.0, 100.0])
+@pytest.mark.parametrize(
+    "costs", [[8] * 40, [1, 8] * 20, [1] * 30 + [8] * 10, [3, 5, 8, 2, 7, 1, 8, 8] * 5]
+)
+def test_shared_admissions_by_recipient_never_put_more_than_rate_into_a_second(
+    rate: float, costs: list[int]
+) -> None:
+    """Under cost = "recipient" (a group costs its size, up to 8) the shared spacing puts no
+    more recipients into a second than the rate (or one group of 8, as a process's own window
+    guard allows); spaced as requests of cost 1 are, a second held two groups of 8 at 15/s."""
+    assert most_units_in_a_second(costs, rate, 8.0) <= max(math.floor(rate), 8)
+    assert most_units_in_a_second([8] * 40, 15.0, 1.0) == 16
+
+
+def test_shared_admissions_by_recipient_keep_the_rate_over_time() -> None:
+    """The recipient spacing slows a run only as far as the one-second bound needs: groups
+    of 8 at 100 recipients a second still come more than 10 a second."""
+    assert 1.0 / spacing(8.0, 100.0, 8.0) > 10.0

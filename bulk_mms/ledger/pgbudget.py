@@ -51,18 +51,24 @@ _T = TypeVar("_T")
 JITTER_S: Final = 0.025
 
 
-def spacing(cost: float, rate: float) -> float:
-    """How far apart, in seconds, the shared budget admits requests of ``cost`` at ``rate``.
+def spacing(cost: float, rate: float, max_cost: float = 1.0) -> float:
+    """How far apart, in seconds, the shared budget admits a request of ``cost`` at ``rate``,
+    when no request costs more than ``max_cost``.
 
     Each request leaves within :func:`~bulk_mms.rate.permit_max_age` (``B``) of its
     admission (an older one is admitted again first) and reaches the API within
     :data:`JITTER_S` (``J``) more, so the requests the API sees in any one second were
-    admitted within ``1 + B + J`` seconds. Spaced that span over the whole number of
-    requests a second may hold (``rate`` rounded down; a rate below 1 spaces wider still),
-    no second holds more than ``rate``: at 12/s, 12 in a second, never 13.
+    admitted within ``W = 1 + B + J`` seconds. Each admission waits for the one before it to
+    have its spacing, so all but the last of them cost less than ``W`` over the spacing of
+    one unit (``room``), and the last costs at most ``max_cost``. A second may hold ``rate``
+    units, rounded down, and at least one request of the largest cost (as each process's own
+    window guard allows): ``room`` is that less ``max_cost - 1``, and no more than the rate
+    itself (a rate below 1 spaces wider still). At 12/s, 12 requests in a second, never 13;
+    at 15 recipients a second, groups of 8 come one a second, never 16 recipients.
     """
     whole = math.floor(rate) if rate >= 1 else rate
-    return cost * (1.0 + permit_max_age(rate) + JITTER_S) / whole
+    room = min(whole, max(math.floor(rate), math.floor(max_cost)) - math.floor(max_cost) + 1)
+    return cost * (1.0 + permit_max_age(rate) + JITTER_S) / room
 
 
 _ADMIT: Final = """
@@ -130,6 +136,7 @@ class PostgresBudget(Pauses):
         self._offset: float | None = None
         super().__init__()
         self._writes: set[asyncio.Task[None]] = set()
+        self._max_cost = max_cost
         self._guard = WindowGuard(max(rate, max_cost))
 
     def __repr__(self) -> str:
@@ -184,7 +191,7 @@ class PostgresBudget(Pauses):
         return None  # admission is the database's: always a round trip
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
-        gap = spacing(cost, self.rate)
+        gap = spacing(cost, self.rate, self._max_cost)
         async with self._lock:
             while True:
                 if self._stopped():
