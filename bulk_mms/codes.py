@@ -1,8 +1,9 @@
 """Telnyx error codes and what they call for: the one table (:data:`DEFAULT_POLICY`).
 
-A plain table, with no client behind it, so that the ledger's fold can read it too (a delivery
-report's code says whether a recipient may be sent again); :mod:`bulk_mms.policy` applies it to
-sends, with the settings' ``[errors]`` over it.
+A plain table, with no client behind it: :mod:`bulk_mms.policy` applies it to sends and
+delivery reports, with the settings' ``[errors]`` over it, and the ledger's events record the
+action it took; the fold reads this table only for an event written before they did
+(:func:`bulk_mms.ledger.fold.action_of`).
 """
 
 from __future__ import annotations

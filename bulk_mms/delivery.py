@@ -70,6 +70,9 @@ class Known(NamedTuple):
     message_id: str | None = None
     #: The Telnyx error code the report carried, if any (why it failed).
     code: str | None = None
+    #: What the error policy that recorded the report did about its code (``retry``,
+    #: ``suppress``, ...; the ``status`` event's ``action``), if it had an action for it.
+    action: str | None = None
 
 
 def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from bulk_mms.clock import instant
-from bulk_mms.codes import DEFAULT_POLICY, MEANINGS
+from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import write_whole
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
@@ -152,7 +152,12 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         _table(
             ("what happened", "groups whose tries ended on it", "code", "bulk-mms does"),
             [
-                (error_words(code), f"{n:,}", _code(code), str(DEFAULT_POLICY.get(code, "")))
+                (
+                    error_words(code),
+                    f"{n:,}",
+                    _code(code),
+                    ", ".join(sorted(s.error_actions.get(code, ()))),
+                )
                 for code, n in s.error_codes.most_common()
             ],
         ),

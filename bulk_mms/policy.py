@@ -104,11 +104,18 @@ def next_midnight(now: dt.datetime, zone: dt.tzinfo = CAP_ZONE) -> dt.datetime:
     return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(0), zone)
 
 
+def error_action(err: SendError, policy: Mapping[str, Action]) -> Action | None:
+    """The action ``policy`` has for the code of an answer's ``errors`` (its first), if any:
+    the one reading of a send's error by the table, for :func:`apply_policy` and for the
+    ``failed`` event that records it (:class:`~bulk_mms.ledger.Failed`'s ``action``)."""
+    return policy.get(err.code) if err.errors else None
+
+
 def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
     err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime
 ) -> SendError:
     """The error the runner should see for ``err`` under ``policy``."""
-    action = policy.get(err.code) if err.errors else None
+    action = error_action(err, policy)
     if isinstance(err, AuthError) and action is not None:
         pass  # a carrier's code in a 403 (a server that says "forbidden" for an opt-out)
     elif isinstance(err, AmbiguousSendError | FatalSendError) or not err.errors:
@@ -300,13 +307,20 @@ def report_code(st: RecipientStatus) -> str | None:
     return next((e.code for e in st.errors if e.code), None)
 
 
+def report_action(st: RecipientStatus, policy: Mapping[str, Action]) -> Action | None:
+    """The action ``policy`` has for the code a delivery report carries (:func:`report_code`),
+    if any: the one reading of a report's code by the table, for :func:`delivery_action` and
+    for the ``status`` event that records it (:class:`~bulk_mms.ledger.Status`'s ``action``)."""
+    code = report_code(st)
+    return policy.get(code) if code is not None else None
+
+
 def opted_out_in(st: RecipientStatus, policy: Mapping[str, Action]) -> str | None:
     """The code of a delivery report that says its member opted out (a ``suppress`` code,
     40300, for a member the message did not reach); None for any other report."""
-    code = report_code(st)
-    if code is None or st.status not in NOT_RECEIVED or policy.get(code) != Action.SUPPRESS:
+    if st.status not in NOT_RECEIVED or report_action(st, policy) != Action.SUPPRESS:
         return None
-    return code
+    return report_code(st)
 
 
 #: How many times a delivery report may send one recipient again (:func:`delivery_action`):
@@ -332,7 +346,7 @@ def delivery_action(
     policy knows, or a group with no sender on record. ``suppress`` (an opt-out, 40300) only
     for a member it failed: the caller puts that member on the suppression list."""
     code = report_code(st)
-    action = settings.error_policy.get(code) if code is not None else None
+    action = report_action(st, settings.error_policy)
     if action is None or rec.sender is None or code is None:
         return None, None
     if action == Action.SUPPRESS:

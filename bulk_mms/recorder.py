@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from bulk_mms.clock import Clock, iso
-from bulk_mms.codes import EXPIRED_UNSENT
+from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, Action
 from bulk_mms.coordination import Coordinator, LocalCoordinator
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
@@ -58,6 +58,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import Group, RecipientStatus, RejectedRow, Rejection, SendReceipt
+from bulk_mms.policy import error_action, report_action
 from bulk_mms.settle import Finding, never_accepted, own_ids
 from bulk_mms.summary import JobSummary
 
@@ -90,8 +91,12 @@ class Recorder:
         clock: Clock,
         *,
         coordinator: Coordinator | None = None,
+        policy: Mapping[str, Action] = DEFAULT_POLICY,
     ) -> None:
         self.store = store
+        #: The run's error policy (the settings' ``error_policy``): the outcome and status
+        #: events record what it did about their codes, which is what the report counts.
+        self.policy = policy
         #: Whose fences the write-ahead attempts are written under (a shared ledger).
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.view = view
@@ -267,7 +272,8 @@ class Recorder:
         # it again), recorded with its errors so its code is kept
         final = [st for st in r.statuses if st.status in FINAL]
         for st in final:
-            self._queue(status_event(group.id, st, source="send", time=self._now()))
+            action = report_action(st, self.policy)
+            self._queue(status_event(group.id, st, source="send", time=self._now(), action=action))
         return final
 
     def _sent_event(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> Sent:
@@ -324,7 +330,9 @@ class Recorder:
     def _failed(
         self, group: Group, err: SendError, tries: tuple[int, int], refused: tuple[str, ...] = ()
     ) -> Failed:
-        """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited)."""
+        """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited),
+        with what the error policy did about it: ``suppress`` for the ``refused`` members (the
+        callers name only members refused as opted out), else its action for the code."""
         attempts, throttled = tries
         retired = err.sender if isinstance(err, SenderRefused) else None
         retryable = retired is not None or isinstance(err, RetryableSendError)
@@ -355,6 +363,7 @@ class Recorder:
             refused=refused,
             retired=retired,
             time=self._now(),
+            action=Action.SUPPRESS if refused else error_action(err, self.policy),
         )
 
     def cut_off(self, group: Group, last: SendError | None) -> None:

@@ -101,6 +101,10 @@ class LedgerSummary(msgspec.Struct):
     wait_seconds: list[float] = msgspec.field(default_factory=list)
     #: Failed events by their code (each time a group's tries ended on an error, every run).
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    #: What the error policy did about each code of :attr:`error_codes` (the actions its
+    #: ``failed`` events recorded: :attr:`LedgerView.error_actions
+    #: <bulk_mms.ledger.LedgerView.error_actions>`), for the codes it had an action for.
+    error_actions: dict[str, set[str]] = msgspec.field(default_factory=dict)
     #: The groups not sent (failed, retry pending, in doubt), by state and why in words
     #: (:func:`~bulk_mms.words.why_words`): (groups, recipients).
     unsent: dict[tuple[str, str], tuple[int, int]] = msgspec.field(default_factory=dict)
@@ -275,7 +279,7 @@ def summarize(location: Location) -> LedgerSummary:
     s.first_time, s.last_time = view.first_time, view.last_time
     s.sending_seconds, s.sent_events = view.sending_seconds, view.sent_events
     s.wait_seconds = view.waits
-    s.error_codes = view.error_codes
+    s.error_codes, s.error_actions = view.error_codes, view.error_actions
     s.cost_parts = view.cost_parts()
     s.cost = {cur: final + est for cur, (final, est) in s.cost_parts.items()}
     s.recipient_states = view.recipients()

@@ -782,7 +782,14 @@ async def run_job(
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             await asyncio.to_thread(store.append_now, started)
             view.apply(started)
-            recorder = Recorder(store, view, JobSummary(job.name), clock, coordinator=coordinator)
+            recorder = Recorder(
+                store,
+                view,
+                JobSummary(job.name),
+                clock,
+                coordinator=coordinator,
+                policy=settings.error_policy,
+            )
             recorder.summary.input = scan
             # how many are valid, known before the first send: a report after a crash adds up
             # rejected: every row not sent that is not a duplicate, as the plan's own count

@@ -54,7 +54,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.events import Event, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import delivery_action, report_code
+from bulk_mms.policy import delivery_action, report_action, report_code
 from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict, never_accepted, own_ids
@@ -303,9 +303,11 @@ class Tracker:
                     self.result.unlisted.append((g.id, phone))
                     log.warning("track.recipient_unlisted", group=g.id, recipient=phone)
                 continue
-            if self.view.apply_status(st, g.id):
+            action = report_action(st, self.settings.error_policy)
+            if self.view.apply_status(st, g.id, action=action):
                 now = iso(self.clock.wall())
-                await self.store.append(status_event(g.id, st, source="track", time=now))
+                ev = status_event(g.id, st, source="track", time=now, action=action)
+                await self.store.append(ev)
                 self.result.changes += 1
                 changed = True
                 if self.on_status is not None and (told := self.on_status(g, st)) is not None:

@@ -60,7 +60,7 @@ from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_tim
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import opted_out_in
+from bulk_mms.policy import opted_out_in, report_action
 from bulk_mms.suppression import (
     Suppressed,
     added_by_stop,
@@ -504,7 +504,9 @@ class WebhookReceiver:
                 at=occurred_at or st.at,
                 cost=st.cost,
             )
-            if view.apply_status(report, gid, finalized=True):  # a cost only finalized's
+            action = report_action(report, self.policy)
+            # a cost only finalized's
+            if view.apply_status(report, gid, finalized=True, action=action):
                 await store.append(
                     status_event(
                         gid,
@@ -512,6 +514,7 @@ class WebhookReceiver:
                         source="webhook",
                         webhook_id=event_id,
                         time=iso(self.clock.wall()),
+                        action=action,
                     )
                 )
                 n += 1

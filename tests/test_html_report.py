@@ -9,15 +9,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.config import folders
+from bulk_mms.errors import ApiError, Rejected
 from bulk_mms.html_report import PACE_COLOUR, SENT_COLOUR, Timeline, render
-from bulk_mms.ledger import read_events
+from bulk_mms.ledger import Failed, open_store, read_events
 from bulk_mms.ledger.fold import RecipientCounts
-from bulk_mms.report import LedgerSummary, Waiting
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.policy import load_policy
+from bulk_mms.report import LedgerSummary, Waiting, summarize
+from bulk_mms.runner import run_job
 from bulk_mms.words import error_words
-from tests.conftest import JobFactory, missing, numbers
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, missing, numbers, ok_receipt
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -124,3 +129,33 @@ def test_the_page_says_why_each_recipient_not_attempted_is_not_sent() -> None:
         "<td>not attempted</td><td></td><td>3</td><td>not sent yet: a plain rerun sends them</td>"
     )
     assert plain in rows
+
+
+async def test_the_errors_table_says_what_the_runs_policy_did(jobs: JobFactory) -> None:
+    """The errors table's "bulk-mms does" is what the run's error policy did about each code:
+    40002 refused under an [errors] that says ``fail`` is ``fail`` (not the built-in
+    ``slow``); a failed line written before actions were kept (40011) reads the built-in
+    table's."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    settings = replace(FAST, error_policy=load_policy({"40002": "fail"}))
+    spam = ApiError("40002", "Blocked as spam - temporary", "")
+    refused = numbers(2)[0]
+
+    def answer(g: Group, n: int) -> SendReceipt | Rejected:
+        if g.to == (refused,):
+            return Rejected("the API refused the request", status=400, errors=(spam,))
+        return ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(answer), clock=FakeClock())
+    store = open_store(job.ledger, "append")
+    store.append_now(Failed("older", to=("+12125559999",), status=400, code="40011"))
+    store.close_sync()
+    page = render(summarize(job.ledger), Timeline(), "ledger")
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert (
+        f"<td>{html.escape(error_words('40002'))}</td><td>1</td><td>40002</td><td>fail</td>" in rows
+    )
+    assert (
+        f"<td>{html.escape(error_words('40011'))}</td><td>1</td><td>40011</td><td>slow</td>" in rows
+    )

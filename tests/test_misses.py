@@ -9,9 +9,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.cli import main
-from bulk_mms.errors import ApiError
+from bulk_mms.codes import Action
+from bulk_mms.errors import ApiError, Rejected
 from bulk_mms.ledger import (
     Failed,
     Header,
@@ -24,9 +26,14 @@ from bulk_mms.ledger import (
     open_store,
 )
 from bulk_mms.ledger import fold as fold_module
-from bulk_mms.ledger.events import Event
+from bulk_mms.ledger.events import Event, decode, encode
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.policy import load_policy
 from bulk_mms.report import REASON_COLUMN, format_text, summarize, write_failed_csv
-from tests.conftest import numbers
+from bulk_mms.runner import run_job
+from bulk_mms.suppression import Suppressed, default_list
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 # who is who: each kind of miss, and who is not a miss at all
 E1, E2, S1, F1, F2, D1, D2, D3, D4, C1, OK, R1 = numbers(12, start=300)
@@ -201,3 +208,103 @@ def test_the_failed_file_message_counts_who_opted_out(
     assert "(nobody left to resend)" in said.err
     assert "1 opted out (STOP: never to be texted again)" in said.err
     assert failed_file(out) == []
+
+
+def recorded_actions() -> list[Event]:
+    """A ledger whose events record what the error policy did (``[errors]`` over the built-in
+    table): a cap set to fail, an undeliverable number set to retry, a code set to
+    suppress at the send, and a line written before actions were kept."""
+    return [
+        Header("j", None),
+        Failed("g1", to=(S1,), status=400, code="40004", refused=(S1,), action=Action.SUPPRESS),
+        Failed("g2", to=(F1,), status=400, code="40002", action=Action.FAIL),
+        Failed("g3", to=(F2,), status=400, code="40011"),  # older: the table says slow
+        G4,
+        Status("g4", D1, "delivery_failed", errors=(CAP,), action=Action.FAIL),
+        Status("g4", D2, "delivery_failed", errors=(UNDELIVERABLE,), action=Action.RETRY),
+        report("g4", D3, CAP, at="2026-01-01T00:00:01Z"),  # older: the table says defer
+    ]
+
+
+def test_the_fold_reads_each_miss_by_the_action_its_event_recorded() -> None:
+    """A miss is of the kind the recorded action makes it (a cap that [errors] set to fail
+    is failed, an undeliverable number set to retry is resendable, members refused under a
+    code set to suppress opted out); without one (an older ledger) the built-in table
+    decides. The same after a checkpoint, and through a ledger line and back."""
+    evs = recorded_actions()
+    view = LedgerView.fold(evs)
+    kinds = {p: m.kind for p, m in view.not_received().items()}
+    assert kinds == {
+        S1: Miss.OPTED_OUT,
+        F1: Miss.FAILED,
+        F2: Miss.FAILED,
+        D1: Miss.FAILED,
+        D2: Miss.RESENDABLE,
+        D3: Miss.RESENDABLE,
+    }
+    assert view.error_actions == {"40004": {"suppress"}, "40002": {"fail"}, "40011": {"slow"}}
+    again = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
+    assert again.not_received() == view.not_received()
+    assert again.error_actions == view.error_actions
+    assert [decode(orjson.loads(encode(ev))) for ev in evs] == evs
+
+
+def test_a_line_without_an_action_has_no_action_key() -> None:
+    """An event with no action recorded writes no ``action`` key (the common line stays as
+    short as it was); one with an action the reader does not know reads as none."""
+    assert b'"action"' not in encode(Status("g", D1, "delivered"))
+    line = orjson.loads(encode(Status("g", D1, "delivery_failed", action=Action.RETRY)))
+    assert line["action"] == "retry"
+    line["action"] = "teleport"
+    ev = decode(line)
+    assert isinstance(ev, Status)
+    assert ev.action is None
+
+
+async def test_a_cap_the_errors_table_fails_is_counted_failed_not_resendable(
+    jobs: JobFactory,
+) -> None:
+    """A run whose [errors] says ``fail`` for T-Mobile's cap (40016) did not send again the
+    member its delivery report failed with it: the report counts that member failed, not
+    resendable (the built-in table's ``defer``), and says nobody met a cap."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    settings = replace(FAST, error_policy=load_policy({"40016": "fail"}))
+    client = FakeClient()
+    await run_job(job, settings, client, clock=FakeClock())
+    (g,) = client.calls
+    capped, other = g.to
+    client.delivery[f"msg-{g.id}-0"] = (
+        RecipientStatus(capped, "delivery_failed", errors=(CAP,)),
+        RecipientStatus(other, "delivered"),
+    )
+    await track_ledger(job.ledger, settings, client, clock=FakeClock())
+    s = summarize(job.ledger)
+    assert s.waiting == {}  # fail: nobody goes again
+    assert dict(s.undelivered) == {capped: Missed("delivery_failed 40016", Miss.FAILED)}
+    assert "(0 of them met a carrier's cap or filter" in format_text(s, job.ledger)
+
+
+async def test_a_refusal_under_a_code_the_errors_table_suppresses_is_an_opt_out(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A run whose [errors] says ``suppress`` for a code (40004) puts the member a refusal
+    under it names on the suppression list; the report says that member opted out and
+    --failed-csv leaves it out, as the run did, not failed to be texted again."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    settings = replace(FAST, error_policy=load_policy({"40004": "suppress"}))
+    refused = ApiError("40004", "Rejected by destination", "")
+    stopped = numbers(2)[0]
+
+    def answer(g: Group, n: int) -> SendReceipt | Rejected:
+        if g.to == (stopped,):
+            return Rejected("the API refused the request", status=400, errors=(refused,))
+        return ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(answer), clock=FakeClock())
+    assert stopped in Suppressed(default_list())
+    s = summarize(job.ledger)
+    assert dict(s.undelivered)[stopped].kind == Miss.OPTED_OUT
+    n, _ = write_failed_csv(s, tmp_path / "failed.csv")
+    assert (n, s.opted_out_left_out) == (0, 1)

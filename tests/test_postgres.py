@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.clock import parse_time
+from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import LedgerError, Rejected
@@ -364,6 +365,22 @@ def test_a_redelivered_webhook_event_is_recorded_once(database: str) -> None:
     store.append_now(rejected)
     store.close_sync()
     assert [to_json(e) for e in read_events(where)] == [to_json(status), to_json(rejected)]
+
+
+def test_the_table_keeps_what_the_error_policy_did(database: str) -> None:
+    """A ``failed`` and a ``status`` row read back with the action the error policy recorded
+    (what the report's kinds of miss are read by)."""
+    where = f"{database}?ledger=actions"
+    store = open_store(where, "run")
+    failed = events.Failed("g1", to=("+12125550100",), status=400, code="40002", action=Action.FAIL)
+    status = events.status_event(
+        "g2", RecipientStatus("+12125550101", "delivery_failed"), source="track", time="",
+        action=Action.RETRY,
+    )  # fmt: skip
+    store.append_now(failed)
+    store.append_now(status)
+    store.close_sync()
+    assert list(read_events(where)) == [failed, status]
 
 
 def test_ledger_copy_both_ways_keeps_every_event(

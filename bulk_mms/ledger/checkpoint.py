@@ -34,7 +34,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 11
+VERSION: Final = 12
 _CHUNK: Final = 1 << 20
 
 

@@ -32,6 +32,7 @@ import msgspec
 import msgspec.structs
 import orjson
 
+from bulk_mms.codes import Action
 from bulk_mms.errors import ApiError
 from bulk_mms.models import Money, RecipientStatus, parse_money
 
@@ -194,6 +195,11 @@ class Failed(_Outcome, frozen=True):
     #: The sender the API refused (40003, 40315): it leaves the pool for the rest of the job,
     #: and the group (retryable) goes out from another sender under a new key.
     retired: str | None = None
+    #: What the run's error policy (``[errors]`` over the built-in table) did about it:
+    #: ``suppress`` for members refused as opted out (``refused``), else its action for the
+    #: answer's code (:func:`~bulk_mms.policy.error_action`); None when it has none (and in
+    #: a ledger written before it was kept: the fold reads the built-in table then).
+    action: Action | None = None
     kind: ClassVar[str] = "failed"
 
 
@@ -268,6 +274,11 @@ class Status(msgspec.Struct, frozen=True):
     #: The recipient's final cost, when the report carried one with a final status (written
     #: only then: a status line without it has no ``cost`` key).
     cost: Money | None = None
+    #: The action the error policy of whoever recorded it (a run, ``track``, the webhook
+    #: receiver) has for its code (:func:`~bulk_mms.policy.report_action`): what was done
+    #: about it, and so what kind of miss the fold makes of it. None when it has none (and in
+    #: a ledger written before it was kept: the fold reads the built-in table then).
+    action: Action | None = None
     kind: ClassVar[str] = "status"
 
     @property
@@ -289,8 +300,10 @@ def status_event(
     source: str,
     time: str,
     webhook_id: str | None = None,
+    action: Action | None = None,
 ) -> Status:
-    """The event for one recipient's new status, as ``track`` or a webhook reported it."""
+    """The event for one recipient's new status, as ``track`` or a webhook reported it
+    (``action``: the error policy's for its code, :func:`~bulk_mms.policy.report_action`)."""
     return Status(
         group,
         st.phone,
@@ -302,6 +315,7 @@ def status_event(
         webhook_id=webhook_id,
         time=time,
         cost=st.cost,
+        action=action,
     )
 
 
@@ -332,7 +346,13 @@ def _money(cost: Money | None) -> dict[str, str] | None:
 
 #: How :func:`to_json` writes a field other than as it is (by the field's name).
 _COST, _ERRORS, _UNLESS_EMPTY, _COST_IF_ANY = 1, 2, 3, 4
-_HOW = {"cost": _COST, "errors": _ERRORS, "refused": _UNLESS_EMPTY, "retired": _UNLESS_EMPTY}
+_HOW = {
+    "cost": _COST,
+    "errors": _ERRORS,
+    "refused": _UNLESS_EMPTY,
+    "retired": _UNLESS_EMPTY,
+    "action": _UNLESS_EMPTY,
+}
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
 #: Each event class's JSON keys in field order, and its fields written otherwise, as
@@ -371,7 +391,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
-            del out[key]  # refused, retired: the common case, left out
+            del out[key]  # refused, retired, action: the common case, left out
     return out
 
 
@@ -426,6 +446,16 @@ def _rows(d: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
     if not isinstance(value, list):
         return ()
     return tuple(tuple(map(str, r)) for r in value if isinstance(r, list))
+
+
+#: Every action by its name: an action a newer bulk-mms wrote that this one does not know
+#: reads as none.
+_ACTIONS: Final = {a.value: a for a in Action}
+
+
+def _action(d: Mapping[str, Any]) -> Action | None:
+    value = d.get("action")
+    return _ACTIONS.get(value) if isinstance(value, str) else None
 
 
 def _errors(value: object) -> tuple[ApiError, ...]:
@@ -510,6 +540,7 @@ def _failed(d: Mapping[str, Any]) -> Failed:
         retryable=bool(d.get("retryable")),
         refused=_numbers(d, "refused"),
         retired=_opt_str(d, "retired"),
+        action=_action(d),
     )
 
 
@@ -525,6 +556,7 @@ def _status(d: Mapping[str, Any]) -> Status:
         webhook_id=_opt_str(d, "webhook_id"),
         time=_time(d),
         cost=parse_money(d.get("cost")),
+        action=_action(d),
     )
 
 

@@ -81,8 +81,9 @@ class Miss(enum.StrEnum):
     #: It opted out (40300: refused by name at the send, or in its latest delivery report):
     #: nobody is to text it again, and no resend takes it.
     OPTED_OUT = "opted_out"
-    #: Its delivery met a carrier's cap or filter (a code the error policy resends): nothing
-    #: was wrong with the number, and a later send may reach it.
+    #: Its delivery met a carrier's cap or filter (a code the error policy resends: its
+    #: action was one of :data:`~bulk_mms.codes.RESENDABLE`): nothing was wrong with the
+    #: number, and a later send may reach it.
     RESENDABLE = "resendable"
     #: Failed for any other reason (a group the API refused for good, an undeliverable number).
     FAILED = "failed"
@@ -258,6 +259,9 @@ class LedgerView(msgspec.Struct, eq=False):
     sent_events: int = 0
     waits: list[float] = msgspec.field(default_factory=list)
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    #: Each code of :attr:`error_codes` → what the error policy did about it (the actions the
+    #: ``failed`` events recorded, :func:`action_of`), for a code it had an action for.
+    error_actions: dict[str, set[str]] = msgspec.field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
     #: Seconds spent sending: first attempt to last outcome, run by run.
@@ -317,7 +321,9 @@ class LedgerView(msgspec.Struct, eq=False):
                 if not self.statuses:
                     return
                 # a webhook's report carries a cost only from message.finalized: the final one
-                self.apply_status(ev.report, ev.group, finalized=bool(ev.webhook_id))
+                self.apply_status(
+                    ev.report, ev.group, finalized=bool(ev.webhook_id), action=ev.action
+                )
                 if ev.webhook_id:
                     self.webhook_ids.add(ev.webhook_id)
             case events.Attempt():
@@ -411,7 +417,10 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
             rec.why, rec.miss = f"failed: {ev.code} {ev.title}".strip(), None
         else:
-            self.error_codes[str(ev.code)] += 1
+            code = str(ev.code)
+            self.error_codes[code] += 1
+            if (action := action_of(ev.action, code)) is not None:
+                self.error_actions.setdefault(code, set()).add(action)
             if ev.retired:
                 self.retired.add(ev.retired)
             if rec.outcome == IN_DOUBT:
@@ -461,8 +470,17 @@ class LedgerView(msgspec.Struct, eq=False):
                 again.add(phone)
         return again
 
-    def apply_status(self, st: RecipientStatus, group: str, *, finalized: bool = False) -> bool:
+    def apply_status(
+        self,
+        st: RecipientStatus,
+        group: str,
+        *,
+        finalized: bool = False,
+        action: str | None = None,
+    ) -> bool:
         """Take a delivery report in; True when it is news (and so worth recording).
+        ``action``: what the error policy of whoever recorded it did about its code (the
+        ``status`` event's), kept with the status for the kind of miss it makes.
 
         News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
         or a final cost: a report's cost is taken as the recipient's final cost only when its
@@ -486,11 +504,11 @@ class LedgerView(msgspec.Struct, eq=False):
                 priced = True
         if not moved:
             if old is not None and st.message_id and not old.message_id:
-                self.known[st.phone] = Known(old.status, old.at, st.message_id, old.code)
+                self.known[st.phone] = old._replace(message_id=st.message_id)
             return priced
         mid = st.message_id or (old.message_id if old else None)
         code = next((e.code for e in st.errors if e.code), None)
-        self.known[st.phone] = Known(st.status, st.at, mid, code)
+        self.known[st.phone] = Known(st.status, st.at, mid, code, action)
         if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
             self._delivery[old.status] -= 1  # a recipient of a sent group moves on
             self._delivery[st.status] += 1
@@ -562,6 +580,7 @@ class LedgerView(msgspec.Struct, eq=False):
             "delivery": dict(self._delivery),
             "waits": self.waits,
             "error_codes": dict(self.error_codes),
+            "error_actions": {code: sorted(a) for code, a in self.error_actions.items()},
             "retired": sorted(self.retired),
         }
 
@@ -613,6 +632,7 @@ class LedgerView(msgspec.Struct, eq=False):
         view._delivery = Counter(d["delivery"])
         view.waits = [float(w) for w in d["waits"]]
         view.error_codes = Counter(d["error_codes"])
+        view.error_actions = {str(code): set(a) for code, a in d["error_actions"].items()}
         view.retired = set(d["retired"])
         view._any_moved = any(rec.moved for rec in groups.values())
         return view
@@ -795,8 +815,8 @@ class LedgerView(msgspec.Struct, eq=False):
 
 
 #: A :class:`Known`'s fields after the phone, as a checkpoint keeps them in columns.
-_KNOWN_FIELDS: Final = ("status", "at", "message_id", "code")
-#: A :class:`Known` from its four values, at C speed (a million of them in a report).
+_KNOWN_FIELDS: Final = ("status", "at", "message_id", "code", "action")
+#: A :class:`Known` from its five values, at C speed (a million of them in a report).
 _known: Final[Callable[[tuple[Any, ...]], Known]] = functools.partial(tuple.__new__, Known)
 
 #: A group's fields, in the order a checkpoint's columns keep them.
@@ -838,13 +858,25 @@ def _cell(value: object) -> object:
     return value
 
 
+def action_of(recorded: str | None, code: str | None) -> str | None:
+    """What the error policy did about ``code``: the action its event ``recorded`` (the
+    policy of the run, ``track`` or receiver that wrote it, ``[errors]`` over the built-in
+    table), else the built-in table's (:data:`~bulk_mms.codes.DEFAULT_POLICY`: a ledger
+    written before events kept it; every policy holds the table's codes, so an event that
+    records none for its code means the same)."""
+    if recorded is not None:
+        return recorded
+    return DEFAULT_POLICY.get(code) if code is not None else None
+
+
 def _failure(ev: events.Failed) -> tuple[str, Miss | None]:
     """Why a group failed, and what kind of miss its recipients are (None: a plain rerun sends
     it). Expired only by the event bulk-mms writes as the deadline passes (no HTTP answer:
-    a server's code never says it); opted out only for the members a 40300 names."""
+    a server's code never says it); opted out only for the members refused by name under a
+    ``suppress`` action (:func:`action_of`)."""
     why = f"failed: {ev.code or ev.status or ''} {ev.title}".strip()
     miss = Miss.FAILED
-    if ev.refused and DEFAULT_POLICY.get(str(ev.code)) == Action.SUPPRESS:
+    if ev.refused and action_of(ev.action, ev.code) == Action.SUPPRESS:
         why, miss = f"{why}: {OPTED_OUT_NOTE}", Miss.OPTED_OUT  # the members it names opted out
     elif ev.code == EXPIRED_UNSENT and ev.status is None:
         miss = Miss.EXPIRED
@@ -853,10 +885,11 @@ def _failure(ev: events.Failed) -> tuple[str, Miss | None]:
 
 def _delivery_miss(k: Known) -> Missed:
     """Why a delivery failed, and whether a later send may reach the recipient (a carrier's
-    daily cap, a spam filter: the error policy's table says), or nobody is to (it opted out)."""
+    daily cap, a spam filter), or nobody is to (it opted out): as the error policy that acted
+    on its report says (:func:`action_of`)."""
     if k.code is None:
         return Missed(k.status, Miss.FAILED)
-    action = DEFAULT_POLICY.get(k.code)
+    action = action_of(k.action, k.code)
     if action == Action.SUPPRESS:
         return Missed(f"{k.status} {k.code}: {OPTED_OUT_NOTE}", Miss.OPTED_OUT)
     if action in RESENDABLE:
