@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from bulk_mms import commands, console, log
 from bulk_mms._version import __version__
 from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
+from bulk_mms.config import Settings
 from bulk_mms.console import fail, say
 from bulk_mms.errors import BulkMmsError, Exit, MissingExtra
 from bulk_mms.extras import needs
@@ -31,6 +32,11 @@ if TYPE_CHECKING:  # generic only to the type checker
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 LEDGER_HELP = "a JSONL ledger file, or postgresql://USER@HOST/DB?ledger=NAME"
+#: The defaults a flag's help names: the settings' own.
+_DEFAULTS = Settings()
+BASE_URL_HELP = (
+    "API base URL (default: $TELNYX_BASE_URL, else the settings' [api] base_url, else the live API)"
+)
 
 #: For scripts and tests that name it (the table is :class:`bulk_mms.errors.Exit`).
 EXIT_WINDOW = Exit.WINDOW
@@ -126,13 +132,19 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="job name (default: the job's; with --input, the job's plus the file's stem and "
         "a short hash of it, so the resend has a ledger and a campaign of its own)",
     )
-    run.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or the live API)")
+    run.add_argument("--base-url", help=BASE_URL_HELP)
     run.add_argument(
         "--rate",
         type=float,
-        help='groups per second, account-wide (recipients with [limits] cost = "recipient")',
+        help='groups per second, account-wide (recipients with [limits] cost = "recipient"); '
+        f"default: the settings' [limits] rate, else {_DEFAULTS.rate:g}",
     )
-    run.add_argument("--concurrency", type=int, help="requests in flight at once")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        help="requests in flight at once; default: the settings' [limits] concurrency, else "
+        f"{_DEFAULTS.concurrency}",
+    )
     run.add_argument(
         "--sandbox", action="store_true", help="send to the built-in fake API (no key needed)"
     )
@@ -209,13 +221,18 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     track.add_argument("ledger", type=_ledger, help=LEDGER_HELP)
     track.add_argument("--follow", action="store_true", help="keep polling until all are final")
     track.add_argument("--config", type=Path, help=CONFIG_HELP)
-    track.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
+    track.add_argument("--base-url", help=BASE_URL_HELP)
     track.add_argument(
         "--sandbox",
         action="store_true",
         help="ask the built-in fake API, which knows a sandbox run's messages (its ledger only)",
     )
-    track.add_argument("--rate", type=float, help="GET requests per second")
+    track.add_argument(
+        "--rate",
+        type=float,
+        help="GET requests per second; default: the settings' [track] rate, else "
+        f"{_DEFAULTS.track.rate:g}",
+    )
     _format_flag(track, ("table", "json"))
     _metrics_flag(track)
 
@@ -305,7 +322,7 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     optouts.add_argument(
         "--ledger", type=_ledger, help="a postgresql:// ledger: the database's own list"
     )
-    optouts.add_argument("--base-url", help="API base URL (default: $TELNYX_BASE_URL or live)")
+    optouts.add_argument("--base-url", help=BASE_URL_HELP)
     optouts.add_argument(
         "--sandbox", action="store_true", help="ask the built-in fake API (no key needed)"
     )
