@@ -5,8 +5,8 @@ row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 :class:`InputError` naming the line: missing, unreadable, binary or UTF-16 (named as such, with
 how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
 are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
-they look like), a quoted field that swallows the rows after it (an unclosed quote: lines
-inside it shaped like rows, a number where the phone column is), a file cut
+they look like), a quoted field over lines that may be a quote left open, which would swallow
+the rows after it (:meth:`RowReader._unclosed`), a file cut
 short (a compressed file that ends early, a quote still open at the end, a last line with no
 line end that has the wrong number of fields, is not JSON or ends inside a character; a whole
 last line needs no line end). A run reads the whole file once before it sends
@@ -64,6 +64,10 @@ _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: The fewest digits of a value that makes a line inside a quoted field look like a row whose
 #: number it is (a local number has seven).
 _ROW_DIGITS = 7
+#: Why a quoted field over lines may be a quote left open (:meth:`RowReader._unclosed`):
+#: lines in it look like rows; it closes on the quote that opens a row's field.
+_ROWS = "over what look like rows"
+_OPENS = "and closes on the quote that opens a field of a row"
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
 
@@ -165,7 +169,6 @@ class RowReader:
 
     __slots__ = (
         "_bad",
-        "_batch",
         "_bom",
         "_csv",
         "_expect",
@@ -175,6 +178,7 @@ class RowReader:
         "_lineno",
         "_ours",
         "_raw",
+        "_recent",
         "_sniff",
         "_streaming",
         "_unended",
@@ -247,9 +251,11 @@ class RowReader:
         self._first: deque[tuple[int, bytes]] = deque()
         # lines read so far: a read that fails, fails on the next one
         self._lineno = 0
-        # the batch of decoded lines the csv module reads from, and how many lines came
-        # before it: the text of a line it refuses (_said)
-        self._batch: tuple[int, Sequence[str]] = (0, ())
+        # the batches of decoded lines the csv module reads from, each with how many lines
+        # came before it: the one it reads and those before it that hold the last
+        # MAX_RECORD_LINES lines, the text of a line it refuses (_said) or of a record over
+        # several lines (_record_lines)
+        self._recent: deque[tuple[int, Sequence[str]]] = deque()
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
         # the number of the file's last line when it has no line end (0 until one is read)
@@ -666,50 +672,107 @@ class RowReader:
                 return
 
     def _kept(self, batches: Iterator[Sequence[str]]) -> Iterator[Sequence[str]]:
-        """``batches`` as they are, each kept while the csv module reads it (:meth:`_said`)."""
-        before = 0
+        """``batches`` as they are, each kept while the csv module reads it, and after that
+        while it holds one of the last :data:`MAX_RECORD_LINES` lines (:meth:`_line`)."""
+        before, recent = 0, self._recent
         for batch in batches:
-            self._batch = (before, batch)
+            recent.append((before, batch))
+            while len(recent) > 1 and recent[1][0] + MAX_RECORD_LINES <= before:
+                recent.popleft()
             yield batch
             before += len(batch)
+
+    def _line(self, line: int) -> str:
+        """The text of the csv module's ``line`` (its count) as decoded, with its line end;
+        ``""`` for one no longer kept (:meth:`_kept`)."""
+        for before, batch in reversed(self._recent):
+            if line > before:
+                at = line - before - 1
+                return batch[at] if at < len(batch) else ""
+        return ""
 
     def _said(self, line: int) -> str:
         """The text of the csv module's ``line`` (its count), as a rejected row's value: a
         carriage return in it written ``\\r``, shown, never sent to a terminal."""
-        before, batch = self._batch
-        at = line - before - 1
-        text = batch[at].rstrip("\r\n") if 0 <= at < len(batch) else ""
-        return text.replace("\r", "\\r")[:200]
+        return self._line(line).rstrip("\r\n").replace("\r", "\\r")[:200]
 
     def _check_span(self, rec: list[str], start: int, last: int) -> None:
-        """Refuse a record whose quoted field runs over lines that look like rows of their own
-        (:meth:`_row_like`), or over more than :data:`MAX_RECORD_LINES`: the mark of an
-        unclosed quote, which would swallow the people on those lines. Refuse one whose
-        quote is still open at the end of the file (it runs into :data:`_END`): the file was
-        cut off in the middle of it."""
+        """Refuse a record over lines ``start`` to ``last`` (a quoted field with line breaks)
+        that may be a quote left open, which would swallow the people on the lines after it
+        and stop on a quote of a later row (:meth:`_unclosed`). Refuse one whose quote is
+        still open at the end of the file (it runs into :data:`_END`), over no line that
+        looks like a row: the file was cut off in the middle of it."""
         end = self._lineno  # the file's last line, once the record runs past it
-        swallowed = last - start >= MAX_RECORD_LINES or any(
-            self._row_like(part)
-            for cell in rec
-            if "\n" in cell or "\r" in cell
-            for part in cell.splitlines()[1:]
+        spans = [cell for cell in rec if "\n" in cell or "\r" in cell]
+        rows = last - start >= MAX_RECORD_LINES or any(
+            self._row_like(part) for cell in spans for part in cell.splitlines()[1:]
         )
-        if swallowed:
-            raise InputError(
-                self.path,
-                f"a quoted field opened here runs to line {min(last, end)} over what look like "
-                "rows: an unclosed quote? Fix the file and run again",
-                line=start,
-            )
-        if last > end:
+        if last > end and not rows:
             raise _cut_off(self.path, start)
+        lines = [self._line(n) for n in range(start, last + 1)] if last <= end else []
+        why = self._unclosed(rec, lines, len(spans), rows=rows) if lines else _ROWS
+        if why is None:
+            return
+        fix = (
+            "; if the field is meant to hold those lines, take them out of it"
+            if why == _ROWS
+            else " (a quote inside a field is written twice, in a quoted field)"
+        )
+        raise InputError(
+            self.path,
+            f"a quoted field opened here runs to line {min(last, end)} {why}: an unclosed "
+            f"quote? Remove or close the stray quote{fix}, and run again",
+            line=start,
+        )
 
-    def _row_like(self, line: str) -> bool:
+    def _unclosed(self, rec: list[str], lines: list[str], spans: int, *, rows: bool) -> str | None:
+        """Why the record ``rec``, read from ``lines`` (fewer than :data:`MAX_RECORD_LINES`)
+        with ``spans`` quoted fields over them, may be a quote left open that stopped on a
+        later row's quote, in words; None when it is a field as a spreadsheet writes it.
+
+        ``rows``: a field holds lines that look like rows (:meth:`_row_like`).
+
+        A spreadsheet quotes every field that holds a comma, a quote or a line break, each
+        quote in it doubled, so a field closes on a quote followed by a comma or the line
+        end; a quote left open stops on the next quote not doubled, mostly the one that
+        opens a later row's quoted field. So a record is one: whose quote closes with text
+        after it; whose quote closes where a field opens (after a comma, or first on its
+        line) in a line that starts as a row, or reads on its own as one; and, when its field
+        holds lines that look like rows, one that does not close as only a field of its own
+        does: one field over lines, the header's number of fields, its quote closing after
+        text of its own, in a line that reads on its own as no row (the header's number of
+        fields, or a number where the phone column is). A field that ends otherwise (a note
+        whose last line is a pasted row, or that ends with a comma or a line break) cannot be
+        told from a quote left open."""
+        if not _closes_cleanly(lines):
+            return "and closes with text after its closing quote"
+        closing = lines[-1]  # starts inside the field: its first quote not doubled closes it
+        at = 0
+        while (at := closing.find('"', at)) >= 0 and closing.startswith('"', at + 1):
+            at += 2
+        inside = closing[:at].rstrip('" \t')
+        opens = not inside or inside.endswith(",")
+        if not rows:
+            starts_row = self._row_like(inside, whole=False) or self._row_like(closing)
+            return _OPENS if opens and starts_row else None
+        width = len(self.columns)
+        if (
+            opens
+            or spans > 1
+            or len(_unpadded(rec, width)) != width
+            or len(_unpadded(next(csv.reader([closing]), []), width)) == width
+            or self._row_like(closing)
+        ):
+            return _ROWS
+        return None
+
+    def _row_like(self, line: str, *, whole: bool = True) -> bool:
         """Whether a line inside a quoted field looks like a row of its own: as many commas
         as a row has, and a phone number (digits and a number's punctuation, at least
         :data:`_ROW_DIGITS` digits) where the phone column is. A multi-line address or note
-        (``"12 Main St, Apt 4\nSpringfield, IL, 62701"``) has commas but no number there."""
-        if line.count(",") < len(self.columns) - 1:
+        (``"12 Main St, Apt 4\nSpringfield, IL, 62701"``) has commas but no number there.
+        ``whole=False``: whether it looks like the start of a row (the number alone)."""
+        if whole and line.count(",") < len(self.columns) - 1:
             return False
         cells = next(csv.reader([line]), [])
         at = self.columns.index(self.phone)
@@ -736,9 +799,9 @@ class RowReader:
         :class:`InputError`."""
         if not any(cell.strip(_NOTHING) for cell in rec):
             return None  # a blank line, a spreadsheet's row of empty cells, a DOS EOF mark
-        size, width = len(rec), len(self.columns)
-        if size > width and not any(cell.strip() for cell in rec[width:]):
-            rec, size = rec[:width], width
+        width = len(self.columns)
+        rec = _unpadded(rec, width)
+        size = len(rec)
         start, last = lines
         if size != width and last == self._unended:
             raise InputError(
@@ -942,6 +1005,26 @@ def _malformed(exc: csv.Error) -> str:
     if _LONE_CR in why:
         why = "a carriage return alone inside the row (two rows on one line? an old Mac line end)"
     return f"malformed CSV: {why}"
+
+
+def _unpadded(rec: list[str], width: int) -> list[str]:
+    """A CSV record without the empty fields past the header's ``width`` (a spreadsheet pads
+    rows with them); one with a value past it, as it is."""
+    if len(rec) > width and not any(cell.strip() for cell in rec[width:]):
+        return rec[:width]
+    return rec
+
+
+def _closes_cleanly(lines: list[str]) -> bool:
+    """Whether ``lines`` read as one CSV record to their end in which every quoted field's
+    closing quote is followed by a comma or the line end, as a spreadsheet writes it (a
+    quote inside a field doubled): what the csv module's ``strict`` mode reads."""
+    reader = csv.reader(lines, strict=True)
+    try:
+        next(reader, None)
+    except csv.Error:
+        return False
+    return reader.line_num == len(lines)
 
 
 def _cut_off(path: Path, start: int) -> InputError:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -309,6 +311,147 @@ def test_a_quoted_address_over_lines_with_commas_reads_as_one_row(
         Row(2, {"phone": "+12125550100", "name": "Ann", "address": address}),
         Row(5, {"phone": "+12125550101", "name": "Bo", "address": "1 Elm"}),
     ]
+
+
+@pytest.mark.parametrize(
+    ("header", "record", "value"),
+    [
+        (
+            "phone,name,note",
+            '+12125550100,Ann,"Called from\n+12125550199,Bob,wants a call\nsee ticket 42"\n',
+            "Called from\n+12125550199,Bob,wants a call\nsee ticket 42",
+        ),
+        (
+            "phone,note,name",
+            '+12125550100,"Called from\r\n+12125550199,Bob,x\r\nok",Ann\r\n',
+            "Called from\r\n+12125550199,Bob,x\r\nok",
+        ),
+        (
+            "phone,name,note",
+            '+12125550100,Ann,"see\n+12125550199,Bob,""x""\nhe said ""call"""\n',
+            'see\n+12125550199,Bob,"x"\nhe said "call"',
+        ),
+    ],
+    ids=["last column", "middle column, CRLF", "doubled quotes"],
+)
+def test_a_closed_note_holding_a_row_like_line_reads_as_one_row(
+    tmp_path: Path, header: str, record: str, value: str
+) -> None:
+    """A quoted note as a spreadsheet writes it (closing on its own text, then a comma or the
+    line end) that holds a pasted line shaped like a row is one row, not an unclosed quote."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(f"{header}\n{record}+12125550101,Cy,y\n".encode())
+    rows = read(p, keep=("name", "note"))
+    note_at = header.split(",").index("note")
+    assert [r.line for r in rows] == [2, 2 + record.count("\n")]
+    assert isinstance(rows[0], Row)
+    assert (rows[0].fields["phone"], rows[0].fields["note"]) == ("+12125550100", value)
+    assert rows[1] == Row(rows[1].line, {"phone": "+12125550101", "name": "Cy", "note": "y"}) or (
+        note_at == 1
+        and rows[1] == Row(rows[1].line, {"phone": "+12125550101", "note": "Cy", "name": "y"})
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "lines"),
+    [
+        (
+            "phone,name,note",
+            ['+12125550100,"Ann,hi', "+12125550101,Bo,yo", '+12125550102,"Smith, Cy",x'],
+        ),
+        (
+            "phone,name,note",
+            ['+12125550100,Ann,"hi', "+12125550101,Bo,yo", '+12125550102,Cy,"', 'more"'],
+        ),
+        (
+            "phone,name,note",
+            ['+12125550100,Ann,"hi', "+12125550101,Bo,yo", '+12125550102,Cy,TV 55"'],
+        ),
+        ("phone,name,note", ['+12125550100,Ann,"hi', "+12125550101,Bo,yo", 'n/a,Cy,TV 55"']),
+        ("phone,name,note", ['+12125550100,Ann,"hi', '+12125550101,Bo,yo"']),
+        ("name,note,phone", ['Ann,"hi,+12125550100', 'Bo,"yo",+12125550101']),
+        ("phone,name,note,x", ['+12125550100,"Ann,hi,x', '+12125550101,Bo,", yo",y']),
+    ],
+    ids=[
+        "lands on a later quoted field",
+        "lands on a note that opens with a line break",
+        "lands on a quote that ends a field (a writer that leaves it unquoted)",
+        "the same in a row without a number",
+        "a note whose last line is a row: the same bytes as a quote left open",
+        "swallows no row, lands on the next row's quoted field",
+        "swallows no row, lands on a quoted field that opens with a comma",
+    ],
+)
+def test_a_quote_left_open_that_closes_on_a_later_rows_quote_stops_the_file(
+    tmp_path: Path, header: str, lines: list[str]
+) -> None:
+    """A quote left open that runs into later rows and closes on one of their quotes stops
+    the file, naming the line where it opened, instead of reading those rows as one; so does
+    a closed note that cannot be told from one."""
+    p = tmp_path / "a.csv"
+    p.write_text("\n".join([header, *lines, "+12125550109,Di,z"]) + "\n")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 2
+    assert "an unclosed quote? Remove or close the stray quote" in err.value.message
+
+
+def test_a_note_over_many_small_blocks_is_read_from_every_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note over the most lines a record may span, read a few bytes at a time (a batch of
+    lines each), is checked on the text of all its lines: it reads as one row."""
+    monkeypatch.setattr(reader_module, "BLOCK_BYTES", 8)
+    inner = [f"line {i}" for i in range(reader_module.MAX_RECORD_LINES - 3)]
+    note = "\n".join(["Called from", "+12125550199,Bob,x", *inner])
+    p = tmp_path / "a.csv"
+    p.write_text(f'phone,name,note\n+12125550100,Ann,x\n+12125550101,Bo,"{note}"\n')
+    rows = read(p, keep=("note",))
+    assert rows[1] == Row(3, {"phone": "+12125550101", "note": note})
+
+
+@pytest.mark.parametrize(("phone_at", "end"), [(0, "\n"), (1, "\r\n"), (3, "\n")])
+def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
+    tmp_path: Path, phone_at: int, end: str
+) -> None:
+    """In a file as a spreadsheet writes it (notes over lines, with commas, quotes and pasted
+    rows), a quote put at the start of any field either stops the file or leaves every row
+    read or rejected, at its line or with its number: none is swallowed silently."""
+    notes = [
+        "plain",
+        "12 Main St, Apt 4\nSpringfield, IL, 62701",
+        "Called from\n+12125550199,Bob,x\nsee ticket",
+        ", starts with a comma",
+        "\nstarts with a line break",
+        'he said "hi"',
+        "+12125550198,Al,y",
+        "ends with a line break\n",
+    ]
+    phones = [f"+1212555{i:04d}" for i in range(100, 100 + 2 * len(notes))]
+    rows = [
+        ["name", "note", "city"],
+        *([f"N{i}", notes[i % len(notes)], "Town"] for i in range(len(phones))),
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=end)
+    for row, phone in zip(rows, ["phone", *phones], strict=True):
+        writer.writerow([*row[:phone_at], phone, *row[phone_at:]])
+    text = out.getvalue()
+    starts = [i + 1 for i, c in enumerate(text) if c in ",\n" and i + 1 < len(text)]
+    p = tmp_path / "a.csv"
+    p.write_bytes(text.encode())
+    lines = [r.line for r in read(p, keep=("name", "note", "city"))]
+    assert len(lines) == len(phones)
+    for at in starts[3:]:  # past the header
+        p.write_bytes((text[:at] + '"' + text[at:]).encode())
+        try:
+            read_rows = read(p, keep=("name", "note", "city"))
+        except InputError:
+            continue
+        seen = {r.line for r in read_rows}
+        said = " ".join(r.fields["phone"] if isinstance(r, Row) else r.value for r in read_rows)
+        lost = [ph for n, ph in zip(lines, phones, strict=True) if n not in seen and ph not in said]
+        assert not lost, text[:at] + "|" + text[at:]
 
 
 @pytest.mark.parametrize("name", ["a.csv.gz", "a.jsonl.gz"])
