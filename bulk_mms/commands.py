@@ -768,9 +768,9 @@ def find_config(given: Path | None, env: Mapping[str, str] | None = None) -> Pat
 
 def settings_for(args: argparse.Namespace) -> Settings:
     path = find_config(args.config)
-    if path is not None and args.config is None:
-        structlog.get_logger(__name__).info("config.found", path=str(path))
     settings = load_settings(path)
+    if path is not None and args.config is None:  # found, and read
+        structlog.get_logger(__name__).info("config.found", path=str(path))
     if args.base_url is not None:  # "" too: a variable left unset must not mean the live API
         settings = replace(settings, base_url=args.base_url)
     if getattr(args, "rate", None) is not None:

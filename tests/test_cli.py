@@ -636,6 +636,25 @@ def test_config_is_found_on_the_search_path(
     assert "did you mean 'limits.concurrency'?" in capsys.readouterr().err
 
 
+def test_a_missing_config_on_the_search_path_is_not_said_found(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """$BULK_MMS_CONFIG naming no file stops the command in one line (exit 2) and logs no
+    "config.found" for it first; one that is read is logged as found."""
+    monkeypatch.setenv("BULK_MMS_CONFIG", str(tmp_path / "gone.toml"))
+    jobs.people(3)
+    assert main(["run", str(jobs.job().path), "--sandbox", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "gone.toml" in err
+    assert "config.found" not in err
+    (tmp_path / "gone.toml").write_text("[limits]\nrate = 4\n")
+    assert main(["run", str(jobs.job().path), "--sandbox", "--dry-run"]) == 0
+    assert "config.found" in capsys.readouterr().err
+
+
 def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     """NO_COLOR or --no-color turn colors off even on a terminal."""
 
