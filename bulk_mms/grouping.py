@@ -268,7 +268,8 @@ class Households:
     open for every member) share none in winter or in summer (:func:`never_open`): one
     member in Guam, one in New York. Every run would hold such a group (exit 4) forever, so
     the scan finds them, and every pass rejects their rows (:data:`APART`, a loss) as it reads
-    them, in input order (:func:`apart_rows`).
+    them, in input order, before it looks for duplicates (:func:`apart_rows`): a member's
+    later row, in another group, is theirs (:func:`~bulk_mms.scan.scan_input`).
 
     Fed each recipient the checked rows keep (:func:`~bulk_mms.scan.checked_rows`), in input
     order, it forms the groups as :func:`make_groups` does (a key's rows in chunks of
@@ -280,6 +281,7 @@ class Households:
     def __init__(self, job: JobConfig, window: SendWindow, column: str) -> None:
         self.window = window
         self.column = column
+        self.job_name = job.name
         self.size = job.group_size
         self.timezone_column = job.timezone_column
         self._open: dict[str, _Chunk] = {}
@@ -287,6 +289,8 @@ class Households:
         self.apart: dict[int, int] = {}
         #: Each rejected group's first line → the reason its rows are rejected for.
         self.reasons: dict[int, str] = {}
+        #: Each rejected group's first line → its id (:func:`group_id`: a ledger knows it by it).
+        self.ids: dict[int, str] = {}
         #: Each rejected row's line → its number.
         self.phones: dict[int, str] = {}
         #: Rejected rows on the suppression list (counted there by a scan, until now).
@@ -328,6 +332,7 @@ class Households:
             self.apart[line] = first
             self.phones[line] = phone
         self.reasons[first] = self._reason(chunk, zones)
+        self.ids[first] = group_id(self.job_name, chunk.phones)
         self.listed += chunk.listed
 
     def _reason(self, chunk: _Chunk, zones: tuple[str, ...]) -> str:
@@ -345,17 +350,18 @@ def apart_rows(
     items: Iterable[Recipient | RejectedRow],
     apart: Mapping[int, int],
     reasons: Mapping[int, str],
+    ids: Mapping[int, str],
     known: Container[str] = (),
 ) -> Iterator[Recipient | RejectedRow]:
     """``items`` with the rows of the groups :class:`Households` found apart (``apart``: each
-    line → its group's first line; ``reasons``: by first line) rejected, as losses, in input
-    order. A group whose first member is in ``known`` (numbers a ledger has in a group: an
-    earlier bulk-mms tried it, in a season when it was open) is passed through whole: the
-    ledger decides it, as it decides every group it knows."""
+    line → its group's first line; ``reasons`` and ``ids``: by first line) rejected, as
+    losses, in input order. A group whose id is in ``known`` (a ledger's groups: an earlier
+    bulk-mms tried it, in a season when it was open) is passed through whole: the ledger
+    decides it, as it decides every group it knows."""
     kept: set[int] = set()
     for item in items:
         if isinstance(item, Recipient) and (first := apart.get(item.line)) is not None:
-            if item.line == first and item.phone in known:
+            if item.line == first and ids[first] in known:
                 kept.add(first)
             if first not in kept:
                 yield RejectedRow(item.line, item.phone, reasons[first], Rejection.ROW)

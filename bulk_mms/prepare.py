@@ -123,6 +123,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         from_=job.message.from_,
         recipient_window=str(job.recipient_window) if job.recipient_window else None,
         zones=zones_source(job.recipient_window, job.timezone_column),
+        rejoins=job.group_by is not None and job.recipient_window is not None,
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),
@@ -131,9 +132,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
 
 def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputScan) -> None:
     """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
-    input's, for a ledger begun before its header kept where zones come from, when rows that
-    bulk-mms grouped then are rejected now: a timezone_column value naming no zone; with
-    ``group_by``, zones that share no time of the window).
+    input's, for a ledger begun by a bulk-mms that grouped it otherwise: :func:`_regrouped`).
 
     Raises:
         LedgerMismatch: it belongs to a different run.
@@ -143,10 +142,34 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
         return
     if (why := header.mismatch(expected, where)) is not None:
         raise LedgerMismatch(where, why)
-    if not header.recipient_window or header.zones is not None:
+    if (why := _regrouped(header, scan)) is None:
         return
-    # begun by a bulk-mms that grouped rows this one rejects: the groups after them would not
-    # be the ones it sent
+    raise LedgerMismatch(
+        where,
+        f"was begun by bulk-mms {header.version or '(an older one)'}, which {why}, and "
+        "regrouping would resend people already sent: finish this ledger with the bulk-mms "
+        "that began it, or go on in a new ledger with --exclude-sent naming this one",
+    )
+
+
+def _regrouped(header: Header, scan: InputScan) -> str | None:
+    """How the bulk-mms that began a ledger of ``header`` grouped ``scan``'s input otherwise
+    than this one (the groups after the rows it grouped otherwise would not be the ones it
+    sent), or None. Begun before its header kept where zones come from, it grouped rows this
+    one rejects: a timezone_column value naming no zone; with ``group_by``, zones that share
+    no time of the window. Begun before it kept :attr:`Header.rejoins`, it took a person's
+    rows after one in a ``group_by`` group that shares no hour of the window for duplicates."""
+    if not header.recipient_window:
+        return None
+    apart = scan.apart
+    if header.group_by and not header.rejoins and apart is not None and apart.released:
+        return (
+            f"took the later rows of the {len(apart.released)} people in "
+            f"{header.group_by!r} groups that share no hour of the window for duplicates; "
+            "this one sends them with their next group"
+        )
+    if header.zones is not None:
+        return None
     if unknown := scan.lost.get(UNKNOWN_ZONE):
         why = f"the {unknown} rows whose timezone_column names no zone by their number"
     elif header.group_by and (never := scan.lost.get(NO_COMMON_HOURS)):
@@ -156,14 +179,8 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
             f"{header.group_by!r} groups"
         )
     else:
-        return
-    raise LedgerMismatch(
-        where,
-        f"was begun by bulk-mms {header.version or '(an older one)'}, which grouped {why}; "
-        "this one rejects them, and regrouping would resend people already sent: finish this "
-        "ledger with the bulk-mms that began it, or go on in a new ledger with --exclude-sent "
-        "naming this one",
-    )
+        return None
+    return f"grouped {why}; this one rejects them"
 
 
 def key_valid_until(
@@ -227,7 +244,7 @@ def plan(
         reader,
         excluded,
         apart=scan.apart if scan is not None else None,
-        known=lambda: {p for rec in view.groups.values() for p in rec.to},
+        known=lambda: view.groups,
     )
     if tally is not None:
         rows = tally.count(rows)

@@ -11,7 +11,8 @@ so groups form whole wherever their rows stand in the file
 Memory: a set of the numbers seen (about 70 bytes a recipient, for duplicates), and with
 ``group_by`` one entry per distinct key (about 120 bytes each); with ``group_by`` and a
 ``recipient_window``, the lines and numbers of each key's group still open (about 100 bytes a
-row: :class:`~bulk_mms.grouping.Households`).
+row: :class:`~bulk_mms.grouping.Households`) and the numbers of the duplicate rows (about 70
+bytes each).
 """
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ REJECTED_COLUMNS = ("line", "value", "reason")
 
 class Apart(msgspec.Struct, frozen=True):
     """The ``group_by`` groups whose members share no hour of the ``recipient_window``
-    (:class:`~bulk_mms.grouping.Households`): every pass rejects their rows."""
+    (:class:`~bulk_mms.grouping.Households`): every pass rejects their rows, before it looks
+    for duplicates, so a person in one of them goes out with their next household."""
 
     #: Each rejected row's line → the first line of its group.
     lines: dict[int, int]
     #: Each rejected group's first line → why.
     reasons: dict[int, str]
+    #: Each rejected group's first line → its id (a ledger that tried it knows it by it).
+    ids: dict[int, str]
+    #: The numbers (E.164 digits) of the rows of these groups that have a later row, which
+    #: is therefore not a duplicate (it goes out with its own household, if that can be sent).
+    released: frozenset[int] = frozenset()
 
 
 class InputScan(msgspec.Struct, frozen=True):
@@ -179,6 +186,8 @@ def checked_rows(
     excluded: Container[int] = (),
     apart: Apart | None = None,
     known: Callable[[], Container[str]] = frozenset,
+    *,
+    repeated: set[int] | None = None,
 ) -> Iterator[Recipient | RejectedRow]:
     """The input's rows as the job's recipients, in input order: the one sequence of checks
     every pass over the input makes (the scan, the send, the dry run, a seed send).
@@ -186,22 +195,23 @@ def checked_rows(
     A row is rejected for its number (:func:`~bulk_mms.validate.normalized_rows`), for values
     that would leave the message's text blank (:func:`~bulk_mms.grouping.with_text`), for
     quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zoned`), for an empty
-    ``group_by`` value (:func:`~bulk_mms.grouping.keyed`); only then is a number seen
-    before a duplicate (:func:`~bulk_mms.validate.first_of_each`), so a row rejected for its
-    other values never takes a later, valid row's number from it; last, the numbers an
-    ``--exclude-sent`` ledger sent are left out (:func:`excluding`). After a scan, the rows
-    of the ``group_by`` groups whose members share no hour of the ``recipient_window`` are
-    rejected too (``apart``, :attr:`InputScan.apart`): whole groups, so the rest keep theirs;
-    but not a group whose first number is ``known()`` (a ledger's, in a group it tried)."""
+    ``group_by`` value (:func:`~bulk_mms.grouping.keyed`), for being in a ``group_by``
+    group whose members share no hour of the ``recipient_window`` (``apart``, as a scan
+    found them: :attr:`InputScan.apart`; whole groups, so the rest keep theirs; but not a
+    group whose id is in ``known()``, a ledger's groups: one it tried); only then is
+    a number seen before a duplicate (:func:`~bulk_mms.validate.first_of_each`, which adds
+    each duplicate's number to ``repeated`` if given), so a row rejected for its other
+    values never takes a later, valid row's number from it; last, the numbers an
+    ``--exclude-sent`` ledger sent are left out (:func:`excluding`)."""
     items = with_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
     items = zoned(items, job)
     if job.group_by is not None:
         items = keyed(items, job.group_by)
-    items = first_of_each(items, job.phone_column)
+    if apart is not None:
+        items = apart_rows(items, apart.lines, apart.reasons, apart.ids, known())
+    items = first_of_each(items, job.phone_column, repeated)
     if excluded:
         items = excluding(items, excluded)
-    if apart is not None:
-        items = apart_rows(items, apart.lines, apart.reasons, known())
     return items
 
 
@@ -221,7 +231,13 @@ def scan_input(
     rejected_csv: Path | None = None,
     stopped: Callable[[], bool] = lambda: False,
 ) -> InputScan:
-    """Read the whole input once; write every rejected row to ``rejected_csv`` if given.
+    """Read the whole input; write every rejected row to ``rejected_csv`` if given.
+
+    Once, unless a ``group_by`` group whose members share no hour of the ``recipient_window``
+    holds a number that a later row repeats: that row is no duplicate (the group is rejected
+    whole, before duplicates are looked for), so its own group gains a member and may share
+    no hour in turn. The input is then read again, those groups' rows rejected from the
+    start, until no new one frees a number (each pass rejects more rows, so this ends).
 
     ``suppressed`` numbers are counted, not rejected here: the list applies to groups
     (:func:`bulk_mms.prepare.members_left`). ``stopped`` is asked every
@@ -234,21 +250,35 @@ def scan_input(
         ConfigError: ``rejected_csv`` cannot be written, or a setting names a column the
             input does not have (:func:`check_columns`).
     """
-    tally = Tally(job, suppressed)
-    with open_reader(job) as reader:
-        items = checked_rows(job, reader, excluded)
+    apart: Apart | None = None
+    while True:
+        tally = Tally(job, suppressed, apart)
+        with open_reader(job) as reader:
+            items = checked_rows(job, reader, excluded, apart, repeated=tally.repeated)
+            write_rejected(rejected_csv, _rejected(job, reader, tally, items, stopped))
+        scan = tally.scan(job, reader)
+        if not tally.released:
+            return scan
+        log.info("input.rescan", numbers=len(tally.released))
+        apart = scan.apart
 
-        def rejected() -> Iterator[tuple[int, str, str]]:
-            for n, item in enumerate(tally.count(items)):
-                if n % STOP_CHECK_ROWS == 0 and stopped():
-                    raise ScanStopped
-                if isinstance(item, RejectedRow):
-                    yield item.line, item.value, item.reason
-            check_columns(job, reader)  # a JSONL file's are known now: before it is written
-            yield from tally.finish()  # known once the input has ended: listed after the rest
 
-        write_rejected(rejected_csv, rejected())
-    return tally.scan(job, reader)
+def _rejected(
+    job: JobConfig,
+    reader: RowReader,
+    tally: Tally,
+    items: Iterable[Recipient | RejectedRow],
+    stopped: Callable[[], bool],
+) -> Iterator[tuple[int, str, str]]:
+    """:func:`scan_input`'s pass: ``items`` counted by ``tally``, the rejected rows
+    yielded (line, value, reason)."""
+    for n, item in enumerate(tally.count(items)):
+        if n % STOP_CHECK_ROWS == 0 and stopped():
+            raise ScanStopped
+        if isinstance(item, RejectedRow):
+            yield item.line, item.value, item.reason
+    check_columns(job, reader)  # a JSONL file's are known now: before it is written
+    yield from tally.finish()  # known once the input has ended: listed after the rest
 
 
 def write_rejected(path: Path | None, rows: Iterator[tuple[int, str, str]]) -> None:
@@ -273,7 +303,11 @@ class Tally:
     """What a pass over an input's checked rows finds, counted as they stream by
     (:meth:`count`), then as an :class:`InputScan` (:meth:`scan`). Private."""
 
-    def __init__(self, job: JobConfig, suppressed: Container[str] = ()) -> None:
+    def __init__(
+        self, job: JobConfig, suppressed: Container[str] = (), apart: Apart | None = None
+    ) -> None:
+        """``apart``: the groups an earlier pass found sharing no hour, whose rows the
+        counted items reject (:func:`checked_rows`)."""
         self._counts: Counter[Rejection] = Counter()
         self._lost: Counter[str] = Counter()
         self._key = job.group_by
@@ -288,7 +322,13 @@ class Tally:
             if job.group_by is not None and job.recipient_window is not None
             else None
         )
-        self._apart: Apart | None = None
+        self._apart = apart
+        #: with ``households``: the numbers of the rows rejected as duplicates (give it to
+        #: :func:`checked_rows`)
+        self.repeated: set[int] | None = set() if self._households is not None else None
+        #: Once finished: the numbers of the rows of the groups found sharing no hour that a
+        #: later row repeats (that row is no duplicate: the input must be read again).
+        self.released: set[int] = set()
 
     def count(self, items: Iterable[Recipient | RejectedRow]) -> Iterator[Recipient | RejectedRow]:
         """``items``, unchanged and in order, each counted."""
@@ -319,7 +359,14 @@ class Tally:
         households.finish()
         if not households.apart:
             return []
-        self._apart = Apart(households.apart, households.reasons)
+        self.released = {int(p[1:]) for p in households.phones.values()} & (self.repeated or set())
+        earlier = self._apart or Apart({}, {}, {})
+        self._apart = Apart(
+            {**earlier.lines, **households.apart},
+            {**earlier.reasons, **households.reasons},
+            {**earlier.ids, **households.ids},
+            earlier.released | self.released,
+        )
         n = len(households.apart)
         self._recipients -= n
         self._on_list -= households.listed

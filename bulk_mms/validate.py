@@ -358,7 +358,9 @@ _HEADER_AGAIN: Final = (
 
 
 def first_of_each(
-    items: Iterable[Recipient | RejectedRow], phone_column: str
+    items: Iterable[Recipient | RejectedRow],
+    phone_column: str,
+    repeated: set[int] | None = None,
 ) -> Iterator[Recipient | RejectedRow]:
     """``items`` with each recipient whose number an earlier recipient has rejected as a
     duplicate (its value as the row wrote it), in input order.
@@ -367,7 +369,7 @@ def first_of_each(
     needs) leaves its number free for a later, valid row of the same person, who is sent
     to, never called a duplicate of a row that was not sent. Seen numbers are kept as ints
     (E.164 digits), about 70 bytes each, so a million-row file stays well inside the memory
-    budget.
+    budget. ``repeated``, if given, gets the number (as an int) of each duplicate.
     """
     seen: set[int] = set()
     remember = seen.add
@@ -378,6 +380,8 @@ def first_of_each(
         phone = item.phone
         key = int(phone[1:])
         if key in seen:
+            if repeated is not None:
+                repeated.add(key)
             reason = f"duplicate: {phone} appears earlier in the input"
             raw = item.fields.get(phone_column, phone)
             yield RejectedRow(item.line, raw, reason, Rejection.DUPLICATE)

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from bulk_mms.console import run_outcome
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
+    LedgerMismatch,
     NetworkError,
     RateLimited,
     SendError,
@@ -353,6 +355,119 @@ async def test_a_household_a_ledger_already_sent_is_left_to_the_ledger_not_rejec
     assert (s.rejected_rows, s.skipped_groups, len(client.calls)) == (0, 2, 2)
     assert not [e for e in ledger_events(job.ledger) if e["event"] == "rejected"]
     assert run_outcome(s) == 0
+
+
+# -- a person in two households: sent once, with the first that can be sent -----------------
+
+P, G1, G2, Y, M = "+12125550100", "+12125550101", "+12125550102", "+12125550103", "+12125550104"
+
+
+def rows_of(*members: tuple[str, str, str]) -> list[dict[str, str]]:
+    """One row per (number, household, zone)."""
+    return [{"phone": p, "first": "x", "fam": fam, "tz": tz} for p, fam, tz in members]
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [(P, "a", NY), (G1, "a", GUAM), (Y, "b", NY), (P, "b", NY)],
+        # household a is still open when P's row in b is read
+        [(P, "a", NY), (Y, "b", NY), (P, "b", NY), (G1, "a", GUAM)],
+    ],
+    ids=["a-closed-first", "a-open"],
+)
+async def test_a_person_whose_first_household_shares_no_hour_is_sent_with_the_next(
+    jobs: JobFactory, tmp_path: Path, members: list[tuple[str, str, str]]
+) -> None:
+    """A person in two households, the first rejected for sharing no hour, is sent with the
+    second (not called a duplicate of a row never sent), and every pass counts alike: the
+    scan, its --rejected-csv, the dry run, the run, the report, a resume."""
+    jobs.csv(rows_of(*members))
+    job = jobs.job(extra=HOUSEHOLDS + "max_rejected_share = 0.5")
+    apart = [i + 2 for i, (_, fam, _) in enumerate(members) if fam == "a"]
+    scan = scan_input(job, rejected_csv=tmp_path / "rejected.csv")
+    assert (scan.recipients, scan.duplicates, dict(scan.lost)) == (2, 0, {APART: 2})
+    listed = (tmp_path / "rejected.csv").read_text().splitlines()[1:]
+    assert sorted(int(row.split(",")[0]) for row in listed) == apart
+    clock = clock_at(NOON_NY)
+    dry = await dry_run(job, FAST, clock=clock)
+    counts = (dry.sent_groups, dry.sent_recipients, dry.rejected_rows, dry.duplicate_rows)
+    assert counts == (1, 2, 2, 0)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock)
+    assert [set(g.to) for g in client.calls] == [{Y, P}]
+    counts = (s.sent_recipients, s.rejected_rows, s.duplicate_rows, s.held_groups)
+    assert counts == (2, 2, 0, 0)
+    assert run_outcome(s) == 0
+    rejected = [e["line"] for e in ledger_events(job.ledger) if e["event"] == "rejected"]
+    assert sorted(rejected) == apart
+    report = summarize(job.ledger)
+    assert report.rows.rejected == {APART: 2}
+    assert report.recipient_states.valid == 2
+    again = await run_job(job, FAST, client, clock=clock)
+    assert (again.sent_groups, again.skipped_groups, len(client.calls)) == (0, 1, 1)
+    assert (again.rejected_rows, again.duplicate_rows) == (2, 0)
+
+
+async def test_a_person_is_sent_with_the_first_household_of_several_that_can_be_sent(
+    jobs: JobFactory,
+) -> None:
+    """A person in three households, the first two sharing no hour (the second only once
+    they join it), is sent once, with the third; the rows of the two are lost, none is a
+    duplicate, and the scan and the run agree."""
+    a, b, c = [(P, "a", NY), (G1, "a", GUAM)], [(P, "b", NY), (G2, "b", GUAM)], [(M, "c", NY)]
+    jobs.csv(rows_of(*a, *b, *c, (P, "c", NY)))
+    job = jobs.job(extra=HOUSEHOLDS + "max_rejected_share = 0.7")
+    scan = scan_input(job)
+    assert (scan.recipients, scan.duplicates, dict(scan.lost)) == (2, 0, {APART: 4})
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(NOON_NY))
+    assert [set(g.to) for g in client.calls] == [{M, P}]
+    assert (s.sent_recipients, s.rejected_rows, s.duplicate_rows) == (2, 4, 0)
+    dry = await dry_run(job, FAST, clock=clock_at(NOON_NY))
+    assert (dry.skipped_groups, dry.rejected_rows, dry.duplicate_rows) == (1, 4, 0)
+
+
+async def test_a_person_whose_first_household_is_sent_is_a_duplicate_in_the_next(
+    jobs: JobFactory,
+) -> None:
+    """A person in two households, the first of which can be sent, goes out with the first;
+    their row in the second is counted a duplicate, by the scan, the dry run and the run."""
+    jobs.csv(rows_of((P, "a", NY), (G1, "a", NY), (Y, "b", NY), (P, "b", NY)))
+    job = jobs.job(extra=HOUSEHOLDS)
+    scan = scan_input(job)
+    assert (scan.recipients, scan.duplicates, scan.lost_rows) == (3, 1, 0)
+    dry = await dry_run(job, FAST, clock=clock_at(NOON_NY))
+    assert (dry.sent_groups, dry.sent_recipients, dry.duplicate_rows) == (2, 3, 1)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(NOON_NY))
+    assert [set(g.to) for g in client.calls] == [{P, G1}, {Y}]
+    assert (s.rejected_rows, s.duplicate_rows) == (0, 1)
+
+
+async def test_a_ledger_that_took_a_persons_next_row_for_a_duplicate_is_not_resumed(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger begun by a bulk-mms that held a household sharing no hour, and sent its
+    member's next household without them (their row there a duplicate), is not resumed: this
+    one would send that household again with them, texting the others twice."""
+    jobs.csv(rows_of((P, "a", NY), (G1, "a", GUAM), (Y, "b", NY), (P, "b", NY)))
+    job = jobs.job(extra=HOUSEHOLDS + "max_rejected_share = 0.5")
+    client = FakeClient()
+    clock = clock_at(NOON_NY)
+    with monkeypatch.context() as old:  # the bulk-mms that held it
+        old.setattr("bulk_mms.grouping.never_open", lambda *a: False)
+        held = await run_job(job, FAST, client, clock=clock)
+    assert ([g.to for g in client.calls], held.stopped) == ([(Y,)], "quiet_hours")
+    first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = orjson.loads(first)
+    assert header.pop("rejoins") is True
+    job.ledger.write_text(orjson.dumps(header).decode() + "\n" + "".join(rest), encoding="utf-8")
+    with pytest.raises(LedgerMismatch, match="sends them with their next group"):
+        await dry_run(job, FAST, clock=clock)
+    with pytest.raises(LedgerMismatch, match="finish this ledger with the bulk-mms that began"):
+        await run_job(job, FAST, client, clock=clock)
+    assert [g.to for g in client.calls] == [(Y,)]
 
 
 # -- the time a request has to leave in never outlasts a window, DST days included ----------

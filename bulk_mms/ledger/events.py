@@ -65,6 +65,10 @@ class Header(msgspec.Struct, frozen=True):
     #: With quiet hours, where each recipient's zone comes from (:func:`zones_source`): the
     #: grouping depends on it too. None: no quiet hours, or a ledger begun before it was kept.
     zones: str | None = None
+    #: With ``group_by`` and quiet hours: begun by a bulk-mms that sends a person whose group
+    #: shares no hour of the window with their next group (:attr:`bulk_mms.scan.Apart.released`).
+    #: False: without them, or a ledger begun before, which took their later rows for duplicates.
+    rejoins: bool = False
     format: int = FORMAT
     version: str = ""
     time: str = ""
@@ -352,6 +356,7 @@ _HOW = {
     "refused": _UNLESS_EMPTY,
     "retired": _UNLESS_EMPTY,
     "action": _UNLESS_EMPTY,
+    "rejoins": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -391,7 +396,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
-            del out[key]  # refused, retired, action: the common case, left out
+            del out[key]  # refused, retired, action, rejoins: the common case, left out
     return out
 
 
@@ -482,6 +487,7 @@ def _header(d: Mapping[str, Any]) -> Header:
         columns=tuple(map(str, columns)) if isinstance(columns, list) else (),
         recipient_window=_opt_str(d, "recipient_window"),
         zones=_opt_str(d, "zones"),
+        rejoins=d.get("rejoins") is True,
         format=_int(d, "format", 1),
         version=_opt_str(d, "version") or "",
         time=_time(d),
