@@ -301,6 +301,34 @@ async def test_a_lost_connection_is_made_again_once(database: str) -> None:
         await store.close()
 
 
+async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database: str) -> None:
+    """A connection given up (closed) while another task's statement runs on it, its socket's
+    number then taken by the next connection: that statement fails at once and is made again
+    on a new connection, never left waiting on the new one's socket until its timeout (nor
+    reading the freed connection's memory); every closed connection is closed once."""
+    link = postgres._Link(database, "db", timeout_s=600.0)  # virtual seconds: psycopg polls
+
+    async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
+        await conn.execute("SELECT pg_sleep(0.3)")
+        return "slow"
+
+    async def quick(conn: psycopg.AsyncConnection[Any]) -> str:
+        for _ in range(20):
+            await conn.execute("SELECT 1")
+        return "quick"
+
+    try:
+        for _ in range(5):
+            first = asyncio.create_task(link.run(slow, "slow"))
+            await asyncio.sleep(0.1)
+            await link.close()  # as a stop does, or a statement of another task that timed out
+            second = asyncio.create_task(link.run(quick, "quick"))
+            assert list(await asyncio.gather(first, second)) == ["slow", "quick"]
+        assert link._users == {}
+    finally:
+        await link.close()
+
+
 async def test_a_locked_table_ends_a_write_in_ledger_unavailable(database: str) -> None:
     """A commit that waits on a lock past the store's timeout fails as LedgerUnavailable
     (exit 7), naming the ledger without a password, and closes the store to writes."""

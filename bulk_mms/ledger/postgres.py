@@ -407,6 +407,14 @@ class _Link:
     """One asynchronous connection of a run, bounded and made again once when found lost.
     Private: the store's and the coordinator's way to the database.
 
+    Tasks share the connection (psycopg runs their statements one at a time). One is never
+    closed while a task is in a statement on it: psycopg's statement keeps using the
+    connection's libpq handle as it waits, and a handle freed under it (its socket number
+    then taken by the next connection) leaves that task waiting until its timeout, or
+    reading freed memory. A connection given up while others use it (a statement that found
+    it lost, or ran out of time; :meth:`close`) is made unusable at once, its socket shut
+    down, so their statements fail now, and is closed by the last of them to leave it.
+
     Args:
         conninfo: for libpq (may hold a password: never shown).
         name: the URL to show.
@@ -418,19 +426,44 @@ class _Link:
         self._name = name
         self.timeout_s = timeout_s
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        #: one connection made at a time (tasks that find none wait for it, not make more)
+        self._connecting = asyncio.Lock()
+        #: how many tasks are in a statement on each connection (by its id)
+        self._users: dict[int, int] = {}
 
     async def _connected(self) -> psycopg.AsyncConnection[Any]:
-        if _lost(self._conn):
-            await self._drop()
-            idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
-            self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo,
-                autocommit=True,
-                options=_options(self._conninfo, f"-c idle_in_transaction_session_timeout={idle}"),
-                **_connect_args(),
-            )
-        assert self._conn is not None
-        return self._conn
+        async with self._connecting:
+            if _lost(self._conn):
+                await self._drop(self._conn)
+                idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    options=_options(
+                        self._conninfo, f"-c idle_in_transaction_session_timeout={idle}"
+                    ),
+                    **_connect_args(),
+                )
+            assert self._conn is not None
+            return self._conn
+
+    async def _on(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], box: list[Any]
+    ) -> T:
+        """``work`` on the connection, counted as a user of it while it runs (``box``
+        receives the connection, for the caller to judge or give up)."""
+        conn = await self._connected()
+        box.append(conn)
+        key = id(conn)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            return await work(conn)
+        finally:
+            left = self._users.pop(key) - 1
+            if left:
+                self._users[key] = left
+            elif conn is not self._conn:  # given up while this task used it
+                await self._close_now(conn)
 
     async def run(
         self,
@@ -449,21 +482,23 @@ class _Link:
             LedgerError: any other driver error.
         """
         for last in (False, True):
+            used: list[psycopg.AsyncConnection[Any]] = []
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    return await work(await self._connected())
+                    return await self._on(work, used)
             except TimeoutError:
-                await self._drop()
+                await self._drop(used[0] if used else None)
                 raise LedgerUnavailable(
                     self._name, f"{what}: no answer within {self.timeout_s:g} s"
                 ) from None
             except psycopg.Error as exc:
                 # a session the server ended (its FATAL may carry any SQLSTATE: an
                 # idle-in-transaction timeout's is 25P03) leaves the connection broken: lost
-                lost = _lost(self._conn)
+                conn = used[0] if used else None
+                lost = _lost(conn)
                 if not lost and not isinstance(exc, psycopg.OperationalError):
                     raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
-                await self._drop()
+                await self._drop(conn)
                 # ended for idling in its transaction, the server rolled that back: even a
                 # COMMIT sent meanwhile committed nothing, so the work may be done again
                 undone = isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout)
@@ -476,16 +511,32 @@ class _Link:
     def _text(self, exc: Exception) -> str:
         return _scrub(exc, self._conninfo)
 
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
-                async with asyncio.timeout(1.0):
-                    await conn.close()
+    async def _drop(self, conn: psycopg.AsyncConnection[Any] | None) -> None:
+        """Give ``conn`` up: the next statement makes a new connection. Closed now when no
+        task is in a statement on it, else its socket is shut down (their statements fail
+        at once) and the last to leave closes it."""
+        if conn is None:
+            return
+        if conn is self._conn:
+            self._conn = None
+        if not self._users.get(id(conn)):
+            await self._close_now(conn)
+            return
+        with contextlib.suppress(OSError, psycopg.Error):
+            fd = conn.fileno()
+            with socket.socket(fileno=os.dup(fd)) as shut:  # a copy: the handle keeps its own
+                shut.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    async def _close_now(conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
+            async with asyncio.timeout(1.0):
+                await conn.close()
 
     async def close(self) -> None:
-        """Close the connection (never raises)."""
-        await self._drop()
+        """Close the connection (never raises); one a task is still in a statement on is
+        closed as that statement fails."""
+        await self._drop(self._conn)
 
 
 class _Fenced:
