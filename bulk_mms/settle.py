@@ -107,31 +107,31 @@ class Settler:
 
     def window(self, rec: GroupRecord) -> tuple[float, float] | None:
         """When a record of the group's acceptance would be stamped: from its first try, with
-        clock slack, until the records of its last try are taken to be complete (its answer,
-        ``records_lag_s`` and :data:`SETTLED_SLACK_S` after it, with clock slack). A record is
-        stamped with its message's sent time (the spec's ``created_at``: "Message sent time"),
-        after the queue's wait (``wait_seconds``, up to hours), not when the API took the
-        request; None when the ledger does not say."""
+        clock slack, until the records of its last try are complete (:meth:`complete_at`),
+        with clock slack. A record is stamped with its message's sent time (the spec's
+        ``created_at``: "Message sent time"), after the queue's wait (``wait_seconds``, up to
+        hours), not when the API took the request; None when the ledger does not say."""
         first = rec.t0 if rec.t0 is not None else rec.last_try
         if not first or not rec.last_try:
             return None
-        return (
-            first - CLOCK_SKEW_S,
-            rec.last_try
-            + self.request_timeout
-            + SETTLED_SLACK_S
-            + self.records_lag_s
-            + CLOCK_SKEW_S,
-        )
+        return first - CLOCK_SKEW_S, self.complete_at(rec) + CLOCK_SKEW_S
+
+    def complete_at(self, rec: GroupRecord) -> float:
+        """Wall-clock seconds when the records of the group's tries are complete (0: the
+        ledger does not say): ``records_lag_s`` and :data:`SETTLED_SLACK_S` after its last try
+        ended. That try ended by the later of its start plus the request timeout and when it
+        was recorded in doubt (a doubt recorded before that try began is an earlier try's:
+        the try after it ended in a crash)."""
+        timed_out = rec.last_try + self.request_timeout if rec.last_try else 0.0
+        recorded = rec.doubt_at if rec.doubt_at >= rec.last_try else 0.0
+        ended = max(timed_out, recorded)
+        return ended + SETTLED_SLACK_S + self.records_lag_s if ended else 0.0
 
     def complete_in(self, rec: GroupRecord) -> float:
-        """Seconds until the records of the group's tries are complete (0: they are):
-        ``records_lag_s`` after its last try ended (when it was recorded in doubt, or, after a
-        crash, its last try's start plus the request timeout), plus :data:`SETTLED_SLACK_S`."""
-        ended = rec.doubt_at or (rec.last_try + self.request_timeout if rec.last_try else 0.0)
-        if not ended:
-            return 0.0
-        return max(0.0, ended + SETTLED_SLACK_S + self.records_lag_s - self.clock.wall())
+        """Seconds until the records of the group's tries are complete (0: they are), as
+        :meth:`complete_at` says."""
+        at = self.complete_at(rec)
+        return max(0.0, at - self.clock.wall()) if at else 0.0
 
     async def settle(self, rec: GroupRecord) -> Finding:
         """What the records say of ``rec`` (a group in doubt) now."""

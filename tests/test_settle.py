@@ -16,14 +16,15 @@ import pytest
 from bulk_mms import runner
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient, parse_records
+from bulk_mms.clock import CLOCK_SKEW_S, iso
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import AmbiguousSendError, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import load
+from bulk_mms.ledger import Attempt, InDoubt, LedgerView, RunStarted, load
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
 from bulk_mms.report import summarize
-from bulk_mms.settle import Settler, Verdict
+from bulk_mms.settle import Settler, Verdict, never_accepted
 from bulk_mms.testing import FakeClient, FakeClock
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, JobFactory, crash_mid_send, numbers, ok_receipt
@@ -302,3 +303,32 @@ def test_a_record_s_group_message_id_and_type_are_read_bounded() -> None:
     )
     assert (good.message_type, good.group_message_id) == ("MMS", "g-1")
     assert bad.group_message_id == ""
+
+
+async def test_a_crash_after_a_resend_waits_for_the_new_tries_records() -> None:
+    """A group in doubt, settled as never accepted and sent again, then left in doubt by a
+    crash during that new try: its records are complete only ``records_lag_s`` after the new
+    try, not after the first doubt; until then it stays in doubt (never taken for absent and
+    texted twice), and its records are looked up over the same span that completion counts."""
+    first, lag = 1_000_000.0, 3600.0
+    resent = first + 2 * lag  # the first doubt settled absent, then the group went again
+    gid, to, sender = DOUBT.id, DOUBT.to, DOUBT.sender
+    view = LedgerView.fold([
+        RunStarted(time=iso(first)),
+        Attempt(gid, to, 1, sender, 1, "k1", first, iso(first)),
+        InDoubt(gid, to, time=iso(first + 1)),
+        RunStarted(time=iso(first + lag + 10)),
+        never_accepted(lag, iso(first + lag + 10), group=gid, to=to),
+        Attempt(gid, to, 1, sender, 1, "k2", resent, iso(resent)),
+        RunStarted(time=iso(resent + 60)),  # the crash: the new try's outcome was never written
+    ])  # fmt: skip
+    rec = view.groups[gid]
+    assert rec.state == "in_doubt"
+    clock = FakeClock(wall=resent + 60)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=lag, request_timeout=30, clock=clock)
+    assert settler.complete_in(rec) > lag - 60
+    assert (await settler.settle(rec)).verdict == Verdict.UNKNOWN
+    window = settler.window(rec)
+    assert window is not None
+    assert window[1] == pytest.approx(clock.wall() + settler.complete_in(rec) + CLOCK_SKEW_S)
