@@ -26,7 +26,7 @@ class Action(enum.StrEnum):
 #: The built-in table (Telnyx docs and support articles, read 2026-11-23).
 DEFAULT_POLICY: Final[Mapping[str, Action]] = {
     "40300": Action.SUPPRESS,  # the recipient texted STOP: blocked for the messaging profile
-    "40016": Action.DEFER,  # T-Mobile's daily 10DLC brand cap: until midnight US/Pacific
+    "40016": Action.DEFER,  # T-Mobile's daily 10DLC brand cap: until [limits] daily_reset
     "40018": Action.DEFER,  # AT&T's per-minute campaign limit: until the next minute
     "40002": Action.SLOW,  # blocked as spam (temporary)
     "40011": Action.SLOW,  # too many messages: spam filtering (temporary)

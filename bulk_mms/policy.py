@@ -13,7 +13,7 @@ action          meaning                                      becomes
                                                              pending a rerun
 ``slow``        spam filtering (40002, 40011)                a 429: that sender's rate halves
 ``defer``       a carrier's limit until its reset: 40016     40016: LimitReached, the job stops
-                (T-Mobile daily cap, midnight US/Pacific),   (exit 5, resumable tomorrow);
+                (T-Mobile daily cap, until daily_reset),     (exit 5, resumable tomorrow);
                 40018 (AT&T per-minute)                      40018: a 429 until the next minute
 ``halt``        the account cannot send: 20100 (funds),      AccountRefused: the job stops at once
                 40333 (spend limit)                          (exit 6, resumable)
@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import zoneinfo
 from collections.abc import Callable, Container, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
 
@@ -70,10 +69,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bulk_mms.policy")
 
 
-#: T-Mobile resets its daily caps at midnight in this zone.
-CAP_ZONE: Final = zoneinfo.ZoneInfo("America/Los_Angeles")
-
-
 def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[str, Action]:
     """The built-in table with ``[errors]`` (code = "action") over it.
 
@@ -98,12 +93,6 @@ def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[s
     return policy
 
 
-def next_midnight(now: dt.datetime, zone: dt.tzinfo = CAP_ZONE) -> dt.datetime:
-    """The next midnight in ``zone`` after ``now`` (aware)."""
-    local = now.astimezone(zone)
-    return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(0), zone)
-
-
 def error_action(err: SendError, policy: Mapping[str, Action]) -> Action | None:
     """The action ``policy`` has for the code of an answer's ``errors`` (its first), if any:
     the one reading of a send's error by the table, for :func:`apply_policy` and for the
@@ -112,9 +101,10 @@ def error_action(err: SendError, policy: Mapping[str, Action]) -> Action | None:
 
 
 def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
-    err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime
+    err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime, daily_reset: str
 ) -> SendError:
-    """The error the runner should see for ``err`` under ``policy``."""
+    """The error the runner should see for ``err`` under ``policy``; ``daily_reset``
+    (``[limits] daily_reset``) is when a carrier's daily cap lifts (:func:`carrier_reset`)."""
     action = error_action(err, policy)
     if isinstance(err, AuthError) and action is not None:
         pass  # a carrier's code in a 403 (a server that says "forbidden" for an opt-out)
@@ -134,7 +124,7 @@ def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
             # its status and errors are told once, by the new error's own str()
             return AccountRefused("the account cannot send", status=st, errors=errors)
         case Action.DEFER:
-            return _deferred(err, now)
+            return _deferred(err, now, daily_reset)
         case Action.RETIRE_SENDER:
             log.warning("sender.refused", sender=sender, code=err.code)
             message = f"{err.message}; the sender {sender} is refused"
@@ -238,13 +228,13 @@ async def refused_by_optouts(
     return refused
 
 
-def _deferred(err: SendError, now: dt.datetime) -> SendError:
+def _deferred(err: SendError, now: dt.datetime, daily_reset: str) -> SendError:
     if err.code == "40018":  # a per-minute limit: wait for the next minute
         wait = 60.0 - now.second - now.microsecond / 1e6
         return RateLimited(err.message, retry_after=wait, status=err.status, errors=err.errors)
-    until = next_midnight(now)
+    until = dt.datetime.fromtimestamp(carrier_reset("40016", daily_reset, now.timestamp()), dt.UTC)
     return LimitReached(
-        f"a carrier's daily cap was reached ({err}); resumable after {until:%Y-%m-%d %H:%M %Z}",
+        f"a carrier's daily cap was reached ({err}); resumable after {until:%Y-%m-%d %H:%M} UTC",
         status=err.status,
         errors=err.errors,
     )
@@ -253,10 +243,14 @@ def _deferred(err: SendError, now: dt.datetime) -> SendError:
 class PolicyClient:
     """An :class:`~bulk_mms.client.MmsClient` that applies the error policy to every send."""
 
-    def __init__(self, client: MmsClient, policy: Mapping[str, Action], clock: Clock) -> None:
+    def __init__(
+        self, client: MmsClient, policy: Mapping[str, Action], clock: Clock, daily_reset: str
+    ) -> None:
         self.client = client
         self.policy = policy
         self.clock = clock
+        #: ``[limits] daily_reset``: when a carrier's daily cap lifts.
+        self.daily_reset = daily_reset
 
     async def send(
         self, group: Group, key: str, *, leave_within: float | None = None
@@ -264,7 +258,9 @@ class PolicyClient:
         try:
             return await self.client.send(group, key, leave_within=leave_within)
         except SendError as exc:
-            raise apply_policy(exc, self.policy, group.message.from_, utc(self.clock)) from exc
+            raise apply_policy(
+                exc, self.policy, group.message.from_, utc(self.clock), self.daily_reset
+            ) from exc
 
     async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
         return await self.client.fetch_group(message_id)

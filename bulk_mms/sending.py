@@ -221,7 +221,9 @@ class GroupSender:
         self.settings = settings
         #: Every send goes through the error policy (``[errors]``): a carrier's code becomes
         #: the error the runner acts on (:mod:`bulk_mms.policy`).
-        self.client: MmsClient = PolicyClient(client, settings.error_policy, clock)
+        self.client: MmsClient = PolicyClient(
+            client, settings.error_policy, clock, settings.daily_reset
+        )
         self.recorder = recorder
         self.view = recorder.view
         self.summary = recorder.summary

@@ -32,7 +32,7 @@ from bulk_mms.ledger import load
 from bulk_mms.ledger.fold import Miss, Missed
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
-from bulk_mms.policy import next_midnight, refused_members
+from bulk_mms.policy import carrier_reset, refused_members
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
@@ -93,6 +93,22 @@ async def test_a_daily_cap_stops_with_exit_5_until_midnight_pacific(jobs: JobFac
     assert rerun.sent_groups == 2
 
 
+async def test_a_daily_cap_at_the_send_names_the_configured_reset(jobs: JobFactory) -> None:
+    """40016 in the answer to a send names the day's reset as [limits] daily_reset sets it,
+    the same moment a 40016 in a delivery report holds its member until
+    (:func:`~bulk_mms.policy.carrier_reset`), not midnight US/Pacific whatever the setting."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    now = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)  # 05:00 in New York
+    settings = replace(FAST, concurrency=1, daily_reset="06:00 America/New_York")
+    clock = FakeClock(wall=now.timestamp())
+    s = await run_job(job, settings, first_group_gets("40016"), clock=clock)
+    assert isinstance(s.error, LimitReached)
+    reset = carrier_reset("40016", settings.daily_reset, now.timestamp())
+    assert reset == dt.datetime(2026, 11, 25, 11, 0, tzinfo=dt.UTC).timestamp()
+    assert "resumable after 2026-11-25 11:00 UTC" in str(s.error)
+
+
 async def test_a_per_minute_limit_waits_for_the_next_minute(jobs: JobFactory) -> None:
     """40018 (AT&T per minute) waits until the next minute, then sends."""
     jobs.people(4)
@@ -133,9 +149,10 @@ def test_the_table_is_overridable_and_checked(tmp_path: Path) -> None:
 
 
 def test_midnight_is_pacific_midnight() -> None:
-    """The daily cap resets at midnight US/Pacific, whatever the machine's zone."""
+    """By default the daily cap resets at midnight US/Pacific, whatever the machine's zone."""
     now = dt.datetime(2026, 11, 25, 7, 30, tzinfo=dt.UTC)  # 23:30 the day before in LA
-    assert next_midnight(now).astimezone(dt.UTC) == dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
+    reset = carrier_reset("40016", Settings().daily_reset, now.timestamp())
+    assert reset == dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC).timestamp()
 
 
 async def test_suppressed_numbers_are_rejected_before_any_request(
