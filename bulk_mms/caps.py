@@ -55,7 +55,7 @@ from bulk_mms.errors import ConfigError, LedgerError, LimitReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
 from bulk_mms.models import Group, Money, SendReceipt
-from bulk_mms.prepare import paid_per_recipient, settings_price
+from bulk_mms.prepare import max_cost_counts
 
 __all__ = [
     "DailyCap",
@@ -409,11 +409,7 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
         return limits
     daily, spend, key = _tallies(job)
     if job.max_cost is not None:
-        price = settings_price(settings) or paid_per_recipient(view)
-        paid = sum(view.cost().values(), Decimal(0))
-        if price is not None:  # what the ledger sent at an unknown cost counts at the price
-            unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)
-            paid += price.amount * unknown
+        price, paid = max_cost_counts(settings, view)
         limits.append(SpendCeiling(job.max_cost, paid, price, spend, key))
     if settings.daily_recipients is not None:
         start = day_start(settings.daily_reset, utc(clock))

@@ -435,11 +435,11 @@ def _print_zones(s: JobSummary, window: SendWindow) -> None:
 
 def _fits(ceiling: Decimal, e: Estimate | None) -> str:
     """Whether the rest of the job fits under ``max_cost``, as a dry run can tell."""
-    if e is None or e.cost is None:
+    if e is None or e.counted is None:
         return f"{ceiling}: no price to judge by (set [pricing] per_recipient); a run needs one"
-    total = e.paid + e.cost.amount
-    verdict = "fits" if total <= ceiling else "does NOT fit: a run stops at it (exit 5)"
-    return f"{ceiling} {e.cost.currency}: {e.paid} paid + about {e.cost.amount:.4f} more {verdict}"
+    more = e.counted.amount
+    verdict = "fits" if e.paid + more <= ceiling else "does NOT fit: a run stops at it (exit 5)"
+    return f"{ceiling} {e.counted.currency}: {e.paid} paid + about {more:.4f} more {verdict}"
 
 
 def confirm(plan: JobSummary, job: JobConfig) -> bool:

@@ -399,7 +399,9 @@ async def dry_run(
     estimated = estimate(
         job, settings, s.sent_groups, s.sent_recipients, paid_per_recipient(view), clock=clock
     )
-    s.estimate = replace(estimated, paid=sum(view.cost().values(), Decimal(0)))
+    price, paid = max_cost_counts(settings, view)
+    counted = Money(price.amount * s.sent_recipients, price.currency) if price else None
+    s.estimate = replace(estimated, paid=paid, counted=counted)
     return s
 
 
@@ -573,6 +575,20 @@ def settings_price(settings: Settings) -> Money | None:
     if settings.price_per_recipient is None:
         return None
     return Money(settings.price_per_recipient, settings.currency)
+
+
+def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
+    """What a job's ``max_cost`` is counted in, by a run (:func:`~bulk_mms.caps.run_limits`)
+    and by the dry run's verdict alike: the price of a recipient (``[pricing]
+    per_recipient``, else the average this ledger has paid; None: neither), and what the
+    ledger has paid (its sends' costs, and every recipient of a send the API gave no cost
+    for at that price)."""
+    price = settings_price(settings) or paid_per_recipient(view)
+    paid = sum(view.cost().values(), Decimal(0))
+    if price is not None:
+        unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)
+        paid += price.amount * unknown
+    return price, paid
 
 
 def paid_per_recipient(view: LedgerView) -> Money | None:

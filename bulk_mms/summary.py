@@ -42,8 +42,10 @@ class Estimate(msgspec.Struct, frozen=True):
     cost: Money | None
     #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
     price_basis: str
-    #: What the ledger has paid already (one currency; 0 for a new ledger).
+    #: What ``max_cost`` counts the ledger has paid already, and the rest of the job at the
+    #: price a run counts it at (None: no price): :func:`~bulk_mms.prepare.max_cost_counts`.
     paid: Decimal = Decimal(0)
+    counted: Money | None = None
 
     def cost_text(self) -> str:
         """``about 1.2138 USD (basis)``, or why there is no price."""

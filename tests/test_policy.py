@@ -258,6 +258,32 @@ async def test_the_spend_ceiling_stops_before_a_send_that_could_pass_it(
     assert summarize(job.ledger).total_cost == Decimal("0.0408")
 
 
+async def test_the_dry_run_judges_max_cost_by_the_run_s_own_count(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a send whose cost the API left null, at [pricing] 0.0100 a recipient: the run
+    counts that send at the price (0.04) and the 12 recipients left at it (0.12), so under
+    max_cost 0.15 it sends two more groups and stops, exit 5; the dry run says the rest does
+    not fit, counting as the run does (not the paid costs alone, nor the ledger's average
+    price)."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "0.15"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0100"))
+
+    def unpriced(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=None) if g.seq == 0 else ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(unpriced), clock=FakeClock(), limit=1)
+    plan = await dry_run(job, settings, clock=FakeClock())
+    print_dry_run(plan, job, settings)
+    said = next(line for line in capsys.readouterr().out.splitlines() if "max_cost" in line)
+    assert said.endswith("0.0400 paid + about 0.1200 more does NOT fit: a run stops at it (exit 5)")
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    assert len(client.calls) == 2
+
+
 async def test_the_daily_cap_counts_every_job_and_stops_at_exactly_the_cap(
     jobs: JobFactory,
 ) -> None:
