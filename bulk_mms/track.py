@@ -32,7 +32,6 @@ from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.codes import Action
 from bulk_mms.config import Settings
-from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     ApiUnavailable,
     ConfigError,
@@ -428,17 +427,16 @@ class Tracker:
         return self.result
 
     def _tally(self) -> None:
+        """The result's counts, as the fold keeps them (the report's): each recipient once,
+        by its latest send (a member moved out of a group and sent again is its new group's)."""
         r = self.result
         wall = self.clock.wall()
-        r.statuses.clear()
+        r.statuses = self.view.delivery()
         r.pending = r.too_old = 0
         for g in self.view.sent_groups():
-            for phone in g.to:
-                status = self.view.status_of(phone) or "queued"
-                r.statuses[status] += 1
-                if status not in FINAL:
-                    r.pending += 1
-                    r.too_old += self._too_old(g, wall)
+            left = len(self.view.pending(g))
+            r.pending += left
+            r.too_old += left if left and self._too_old(g, wall) else 0
 
 
 async def track_ledger(

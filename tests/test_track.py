@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import time
 from pathlib import Path
@@ -16,10 +17,18 @@ from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import TrackConfig
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.delivery import Known, supersedes
-from bulk_mms.errors import ApiUnavailable, AuthError, EndpointError, NetworkError, ServerError
+from bulk_mms.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    EndpointError,
+    NetworkError,
+    ServerError,
+)
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
 from bulk_mms.ledger import load
 from bulk_mms.models import Group, RecipientStatus
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import STOP_AFTER_UNREACHABLE, track_ledger
@@ -355,3 +364,32 @@ async def test_members_the_api_reports_under_cc_are_tracked(
     assert {p: k.status for p, k in load(job.ledger).known.items()} == dict.fromkeys(
         numbers(16), "delivered"
     )
+
+
+async def test_track_counts_a_member_sent_again_once_as_the_report_does(
+    jobs: JobFactory,
+) -> None:
+    """A member a carrier's per-minute cap (40018) moved out of its sent group, then sent
+    again in a group of its own: track counts each recipient once, by its latest send, as
+    the report does (its statuses and what is not final yet are the fold's), not once for
+    each group it was in."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    start = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock(wall=start.timestamp()))
+    (g,) = client.calls
+    cap = ApiError("40018", "AT&T per-minute cap", "")
+    client.delivery[f"msg-{g.id}-0"] = (
+        RecipientStatus(g.to[0], "delivery_failed", errors=(cap,)),
+        RecipientStatus(g.to[1], "delivered"),
+    )
+    later = start + dt.timedelta(minutes=5)
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock(wall=later.timestamp()))
+    again = start + dt.timedelta(minutes=10)
+    await run_job(job, FAST, client, clock=FakeClock(wall=again.timestamp()))
+    assert [c.to for c in client.calls[1:]] == [(g.to[0],)]
+    result = await track_ledger(job.ledger, FAST, client, clock=FakeClock(wall=again.timestamp()))
+    report = summarize(job.ledger)
+    assert result.statuses == report.delivery == {"delivered": 1, "queued": 1}
+    assert result.pending == report.as_dict()["delivery_pending"] == 1
