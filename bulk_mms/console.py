@@ -311,7 +311,7 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         job=job.name,
         groups=s.sent_groups,
         recipients=s.sent_recipients,
-        rejected_rows=s.rejected_rows,
+        rejected_rows=s.lost_rows,
         skipped_groups=s.skipped_groups,
         held_groups=s.held_groups,
         seconds=round(s.estimate.seconds, 1) if s.estimate else None,

@@ -100,9 +100,7 @@ class _Gauges:
         self.set("groups_sent", "Groups the last run sent.", s.sent_groups)
         self.set("recipients_sent", "Recipients the last run sent.", s.sent_recipients)
         self.set("groups_failed", "Groups the last run recorded failed.", s.failed_groups)
-        self.set(
-            "rows_rejected", "Input rows rejected: a bad number, a broken row.", s.rejected_rows
-        )
+        self.set("rows_rejected", "Input rows rejected: a bad number, a broken row.", s.lost_rows)
         self.set(
             "send_rate_groups_per_second",
             "Requests per second while sending.",

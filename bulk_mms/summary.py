@@ -72,8 +72,9 @@ class JobSummary(msgspec.Struct):
     #: sends them again.
     retry_later_groups: int = 0
     in_doubt_groups: int = 0
-    #: Rows rejected: losses (:attr:`~bulk_mms.models.Rejection.loss`), a bad number or a
-    #: broken row. The rows left out on purpose are counted apart, by kind:
+    #: Rows this run read and rejected: losses (:attr:`~bulk_mms.models.Rejection.loss`), a
+    #: bad number or a broken row (the whole input's: :attr:`lost_rows`). The rows left out
+    #: on purpose are counted apart, by kind:
     rejected_rows: int = 0
     #: Rows whose number appears earlier in the input.
     duplicate_rows: int = 0
@@ -138,6 +139,13 @@ class JobSummary(msgspec.Struct):
     waiting_until: float = 0.0
     error: BaseException | None = None
 
+    @property
+    def lost_rows(self) -> int:
+        """Rows rejected (losses) in the whole input, as the scan before sending found them
+        (a run stopped before its input's end has read only part of it); without a scan,
+        this run's count (:attr:`rejected_rows`). What every output of the run says."""
+        return self.input.lost_rows if self.input is not None else self.rejected_rows
+
     def as_log(self) -> dict[str, Any]:
         return {
             "job": self.job,
@@ -146,7 +154,7 @@ class JobSummary(msgspec.Struct):
             "failed_groups": self.failed_groups,
             "retry_later_groups": self.retry_later_groups,
             "in_doubt_groups": self.in_doubt_groups,
-            "rejected_rows": self.rejected_rows,
+            "rejected_rows": self.lost_rows,
             "duplicate_rows": self.duplicate_rows,
             "suppressed_rows": self.suppressed_rows,
             "excluded_rows": self.excluded_rows,
@@ -196,9 +204,9 @@ class JobSummary(msgspec.Struct):
             else (self.duplicate_rows, self.suppressed_rows, self.excluded_rows)
         )
         if scan is None:
-            text = f"{_rows(self.rejected_rows)} rejected"
+            text = f"{_rows(self.lost_rows)} rejected"
         else:
-            text = f"{scan.lost_rows} of {_rows(scan.rows)} rejected"
+            text = f"{self.lost_rows} of {_rows(scan.rows)} rejected"
             if scan.lost_rows:
                 text += f" ({scan.lost_share:.1%}: {scan.reasons()})"
         if duplicates:

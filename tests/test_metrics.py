@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -105,3 +106,25 @@ def test_an_unwritable_metrics_file_is_one_line_naming_the_flag(
     assert code == 2
     assert len(err) == 1
     assert "--metrics-file" in err[0]
+
+
+def test_a_run_stopped_early_counts_the_whole_input_s_rejected_rows(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that stops before the end of its input (--limit 1) has checked every row: its
+    metrics file and its job.summary log line count the rejected rows its summary line
+    says (2 of 6), not only those it read before it stopped."""
+    jobs.csv(
+        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
+        "+12125550704,E\nbad2,F\n"
+    )
+    jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    prom = tmp_path / "bulk_mms.prom"
+    code = main(["--log-json", "run", str(jobs.root / "job.toml"), "--sandbox", "--limit", "1",
+                 "--metrics-file", str(prom)])  # fmt: skip
+    assert code == 0
+    said = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (summary,) = [note for note in said if note.get("event") == "job.summary"]
+    assert "2 of 6 rows rejected" in summary["message"]
+    assert summary["rejected_rows"] == 2
+    assert samples(prom)[("bulk_mms_rows_rejected", ())] == 2
