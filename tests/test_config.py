@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.config import check_base_url, load_job, load_settings, sends_key_in_clear
+from bulk_mms.config import (
+    Settings,
+    check_base_url,
+    load_job,
+    load_settings,
+    sends_key_in_clear,
+)
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 
@@ -181,9 +187,11 @@ def test_a_bad_value_is_said_as_written_with_its_file_and_section(tmp_path: Path
 
 
 def test_example_config_loads() -> None:
-    """config.example.toml is a valid settings file with the documented defaults."""
+    """config.example.toml is a valid settings file whose values are the code's defaults
+    (it says so): no default is written differently there."""
     s = load_settings(Path(__file__).parent.parent / "config.example.toml", env={})
     assert s.base_url == "https://api.telnyx.com/v2"
+    assert s == Settings()
 
 
 def test_limits_table_with_sender_limits(tmp_path: Path) -> None:

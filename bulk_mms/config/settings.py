@@ -178,7 +178,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             max_queue_wait_s=limits.float_(
                 "max_queue_wait_s", settings.max_queue_wait_s, 1, 14_400
             ),
-            max_job_duration_s=limits.float_("max_job_duration_s", 0.0, 0, 30 * 86_400),
+            max_job_duration_s=limits.float_(
+                "max_job_duration_s", settings.max_job_duration_s, 0, 30 * 86_400
+            ),
             max_group_age_s=limits.float_(
                 "max_group_age_s", settings.max_group_age_s, 0, 30 * 86_400
             ),
@@ -186,8 +188,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             account=limits.str_("account", settings.account) or settings.account,
             daily_recipients=limits.int_("daily_recipients", 0, 0, 10_000_000) or None,
             daily_reset=_daily_reset(limits),
-            spam_share=limits.float_("spam_share", 0.5, 0.01, 1.0),
-            spam_window=limits.int_("spam_window", 20, 2, 10_000),
+            spam_share=limits.float_("spam_share", settings.spam_share, 0.01, 1.0),
+            spam_window=limits.int_("spam_window", settings.spam_window, 2, 10_000),
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
             suppression_file=listed_path,
             sender_limits=limits.rate_table("senders"),
@@ -215,7 +217,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             settings,
             price_per_recipient=pricing.decimal("per_recipient"),
             records_lag_s=api.float_("records_lag_s", settings.records_lag_s, 0, 7 * 86_400),
-            currency=(pricing.str_("currency", "USD") or "USD").upper(),
+            currency=(pricing.str_("currency", settings.currency) or settings.currency).upper(),
             messaging_profile_id=api.str_("messaging_profile_id") or None,
         )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
