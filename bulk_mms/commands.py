@@ -721,7 +721,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         say(
             "report.recipients_csv_written",
             f"bulk-mms: wrote {count(n, 'recipient')} to {everyone}; not in it: "
-            f"{count(summary.recipient_states.not_attempted - len(summary.waiting), 'recipient')}"
+            f"{count(summary.not_sent_yet, 'recipient')}"
             " not attempted "
             "(the ledger counts them, it does not name them)",
             path=str(everyone),

@@ -53,6 +53,7 @@ from bulk_mms.ledger.fold import (
     NOT_RESENT,
     RETRY_PENDING,
     SENT,
+    SHARE_PLACES,
     Miss,
     Missed,
 )
@@ -195,6 +196,12 @@ class LedgerSummary(msgspec.Struct):
         return self.groups[RETRY_PENDING]
 
     @property
+    def not_sent_yet(self) -> int:
+        """Recipients not attempted that wait for nothing (:attr:`waiting` apart): a plain
+        rerun sends them; the ledger counts them, it does not name them."""
+        return self.recipient_states.not_attempted - len(self.waiting)
+
+    @property
     def achieved_rate(self) -> float | None:
         """Groups sent per second of sending."""
         if self.sending_seconds <= 0:
@@ -333,7 +340,7 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
 
 def _waiting_note(s: LedgerSummary) -> str:
     """The not-attempted row's note when some of them wait to go again (:func:`waiting`)."""
-    now = s.recipient_states.not_attempted - len(s.waiting)
+    now = s.not_sent_yet
     rest = f"; {now} {NOT_SENT_YET}" if now else ""
     return f"  ({len(s.waiting)} wait to go again: see below{rest})"
 
@@ -346,7 +353,7 @@ def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
     """Why the recipients not attempted are not sent, in words, with how many each: those
     waiting to go again by the code that moved them (and from when), then the rest."""
     out = _waiting_reasons(s)
-    if (rest := s.recipient_states.not_attempted - len(s.waiting)) > 0:
+    if (rest := s.not_sent_yet) > 0:
         out.append((rest, NOT_SENT_YET))
     return out
 
@@ -723,8 +730,6 @@ RECIPIENTS_HEADER = (
     "cost",
     "currency",
 )
-#: The places a recipient's share of its group's cost is given to.
-_SHARE_PLACES = Decimal("1e-8")
 
 
 def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
@@ -773,7 +778,7 @@ def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
             continue  # made anew without some members, never attempted: another group's now
         cost = currency = ""
         if state == SENT and rec.cost is not None and rec.to:
-            share = (rec.cost.amount / len(rec.to)).quantize(_SHARE_PLACES).normalize()
+            share = (rec.cost.amount / len(rec.to)).quantize(SHARE_PLACES).normalize()
             cost, currency = f"{share:f}", rec.cost.currency
         code, title = ("", "") if state == SENT else _error_of(rec)
         for phone in rec.counted:
