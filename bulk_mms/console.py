@@ -25,7 +25,7 @@ import orjson
 from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
-from bulk_mms.errors import BulkMmsError, Exit, LimitReached
+from bulk_mms.errors import AccountRefused, BulkMmsError, Exit, LedgerLocked, LimitReached
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
 from bulk_mms.runner import window_stop
@@ -328,10 +328,16 @@ def _window_now(job: JobConfig) -> str:
         return "open"
     stopped = window_stop(job, clock)
     if stopped == AFTER_DEADLINE:
-        return "closed, and it opens again only after the job's deadline: a run now exits 1"
+        return (
+            "closed, and it opens again only after the job's deadline: a run now exits "
+            f"{Exit.INCOMPLETE:d}"
+        )
     if stopped is None:
-        return "closed, past the job's deadline: a run now records what is left expired, exits 1"
-    return "closed: a run now exits 4"
+        return (
+            "closed, past the job's deadline: a run now records what is left expired, exits "
+            f"{Exit.INCOMPLETE:d}"
+        )
+    return f"closed: a run now exits {Exit.WINDOW:d}"
 
 
 def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
@@ -353,11 +359,14 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     if job.send_window is not None:
         print(f"  window       {job.send_window} {job.timezone}, {_window_now(job)}")
     if s.locked_by is not None:
-        print(f"  ledger       held by a run now (PID {s.locked_by}): a run now exits 75")
+        print(
+            f"  ledger       held by a run now (PID {s.locked_by}): a run now exits "
+            f"{LedgerLocked.exit_code}"
+        )
     if s.retired:
         gone = ", ".join(s.retired)
         left = len(job.message.senders) - len(s.retired)
-        tail = f"{left} left" if left else "none left: a run now exits 6"
+        tail = f"{left} left" if left else f"none left: a run now exits {AccountRefused.exit_code}"
         print(f"  senders      refused by the API earlier in this ledger: {gone} ({tail})")
     media = ", media URLs" if job.message.media_urls else ""
     print(f"  checked      job, settings, input{media}, ledger (its job, input, grouping, lock)")
@@ -438,7 +447,8 @@ def _fits(ceiling: Decimal, e: Estimate | None) -> str:
     if e is None or e.counted is None:
         return f"{ceiling}: no price to judge by (set [pricing] per_recipient); a run needs one"
     more = e.counted.amount
-    verdict = "fits" if e.paid + more <= ceiling else "does NOT fit: a run stops at it (exit 5)"
+    stops = f"does NOT fit: a run stops at it (exit {LimitReached.exit_code})"
+    verdict = "fits" if e.paid + more <= ceiling else stops
     return f"{ceiling} {e.counted.currency}: {e.paid} paid + about {more:.4f} more {verdict}"
 
 

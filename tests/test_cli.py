@@ -20,6 +20,7 @@ import bulk_mms.cli as cli
 from bulk_mms import commands, log
 from bulk_mms.cli import main
 from bulk_mms.config.folders import sandbox_ledger
+from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import jsonl, open_store
 from tests.conftest import JobFactory, numbers
@@ -728,6 +729,20 @@ def test_the_readme_command_reference_lists_every_option() -> None:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in reference, f"{name} {option}"
+
+
+def test_the_readme_s_exit_codes_are_the_table_s() -> None:
+    """The README's exit codes are the ones the code can give (Exit and every error class's
+    own exit_code), no more and no fewer: neither can gain or lose a code alone."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    listed = {int(code) for row in table.splitlines()[2:] for code in row.split("|")[1].split("/")}
+
+    def classes(cls: type[BulkMmsError]) -> list[type[BulkMmsError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in classes(sub))]
+
+    given = {int(code) for code in Exit} | {c.exit_code for c in classes(BulkMmsError)}
+    assert listed == given
 
 
 def test_the_program_tunes_the_collector_and_main_leaves_it_alone(tmp_path: Path) -> None:
