@@ -242,14 +242,15 @@ class Suppressed:
         return found
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
-        """Append the numbers not on the list yet (durably); the ones added.
+        """Append the numbers not on the list yet (durably); the ones added. Only numbers
+        the list can hold are taken (:func:`listable`: as the list is read back).
 
         Raises:
             ConfigError: the list has no file, or it cannot be written.
         """
         self._writable()
         with self.held():
-            new = [p for p in dict.fromkeys(phones) if p not in self]
+            new = [p for p in listable(phones) if p not in self]
             if not new:
                 return []
             stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
@@ -385,6 +386,17 @@ def _read(path: Path) -> list[str]:
         except PhoneError as exc:
             raise ConfigError("suppression.file", f"{path}:{i}: {exc}") from None
     return out
+
+
+def listable(phones: Iterable[str]) -> list[str]:
+    """The numbers of ``phones`` a suppression list can hold, in E.164, each once, in order:
+    those :func:`~bulk_mms.validate.normalize_phone` takes, the one check a list's numbers
+    are read back with (and every recipient's). The others (a number from abroad in an
+    opt-out or a webhook: no job can text it) are logged and left out."""
+    good, bad = parse_numbers(phones)
+    for given, why in bad:
+        log.warning("suppression.not_a_number", number=given[:32], reason=why)
+    return list(dict.fromkeys(good))
 
 
 def parse_numbers(

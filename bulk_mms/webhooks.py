@@ -65,6 +65,7 @@ from bulk_mms.suppression import (
     Suppressed,
     added_by_stop,
     keyword,
+    listable,
     suppress_opted_out,
     texted_at,
 )
@@ -97,7 +98,6 @@ OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
 STOP_REASON = "texted STOP (webhook)"
 #: What an inbound START's record on the suppression list says (a comment line, no number).
 START_REASON = "texted START (webhook)"
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _FIELD_MAX = 128
 #: A webhook can arrive before the run has written its group's `sent` line: its recipients are
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
@@ -302,7 +302,8 @@ class WebhookReceiver:
 
     def _keyword_from(self, payload: object, words: Container[str]) -> str | None:
         """The sender of an inbound message that is one of ``words`` (case and spaces
-        aside), when there is a suppression list to act on; else None."""
+        aside), in E.164, when there is a suppression list to act on and the sender is a
+        number it can hold (:func:`~bulk_mms.suppression.listable`); else None."""
         if self.suppressed is None or self.suppressed.path is None:
             return None
         if not isinstance(payload, dict):
@@ -310,9 +311,9 @@ class WebhookReceiver:
         text, phone = payload.get("text"), address(payload.get("from"))
         if not isinstance(text, str) or keyword(text) not in words:
             return None
-        if not isinstance(phone, str) or not _E164.match(phone):
+        if not isinstance(phone, str) or len(phone) > _FIELD_MAX:
             return None
-        return phone
+        return next(iter(listable([phone])), None)
 
     def _keywords(self, payload: object, texted: float | None) -> tuple[bool, bool]:
         """An inbound message's STOP or START applied, in the order its sender texted them

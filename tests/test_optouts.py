@@ -251,3 +251,24 @@ def test_optouts_sync_at_a_base_url_without_v2_names_the_base_url(
     assert "check the base URL" in line
     assert "message id" not in line
     assert not (tmp_path / "suppressed.txt").exists()
+
+
+def test_optouts_sync_lists_only_numbers_the_list_can_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An opt-out from a number no job can text (a UK number: group MMS reaches the US and
+    Canada only) is not written to the list: the list is read back with the same check
+    (validate.normalize_phone) as every number it holds, and one such line would stop every
+    later run and suppress command on it."""
+    fake = OptOutFake(api_key="test-key-123")
+    mine = numbers(1)
+    fake.pairs = [("prof-1", SENDER, mine[0]), ("prof-1", SENDER, "+442079460958")]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == mine
+    capsys.readouterr()
+    assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.split() == mine

@@ -314,6 +314,25 @@ async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550002"]
 
 
+async def test_a_stop_from_a_number_no_job_can_text_leaves_the_list_readable(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A STOP from abroad (a UK number: group MMS reaches the US and Canada only) is not
+    written to the list, which is read back with the one check of a number (normalize_phone):
+    the list stays readable, for the receiver and for every run after it."""
+    ledger_path, _ = await sent_ledger(jobs, 4)
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    store = open_store(ledger_path, "append")
+    receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64), suppressed=listed)
+    async with TestClient(TestServer(receiver.app())) as http:
+        abroad = await post_signed(http, inbound("STOP", phone="+442079460958"))
+        assert abroad[1]["suppressed"] is False
+        assert (await post_signed(http, inbound("STOP")))[1]["suppressed"] is True
+    await receiver.close()
+    await store.close()
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == ["+12125550002"]
+
+
 @pytest.mark.parametrize("failures", [1, 3])
 async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_frees(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, failures: int

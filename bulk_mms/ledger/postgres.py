@@ -69,7 +69,7 @@ from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.ledger.store import database_url, display
 from bulk_mms.policy import MAX_RESENDS
-from bulk_mms.suppression import Suppressed, texted_in
+from bulk_mms.suppression import Suppressed, listable, texted_in
 
 log = structlog.get_logger(__name__)
 
@@ -1026,8 +1026,9 @@ class PostgresSuppressed(Suppressed):
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
         """Insert the numbers the table does not hold (as it stands, not as this process read
-        it: another may have lifted one since); the ones added."""
-        given = list(dict.fromkeys(phones))
+        it: another may have lifted one since); the ones added. Only numbers a list can hold
+        are taken (:func:`~bulk_mms.suppression.listable`), as the file's list takes them."""
+        given = listable(phones)
         if not given:
             return []
         added = {str(r[0]) for r in self._run(_SUPPRESS, (reason, given))}
