@@ -592,9 +592,11 @@ def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None,
 
 
 def paid_per_recipient(view: LedgerView) -> Money | None:
-    """The mean price per recipient of a ledger's sent groups, if it has any in one currency."""
+    """The mean price per recipient of a ledger's sent groups the API gave a cost for, if it
+    has any, in one currency (a send it gave none for is counted at this price: its
+    recipients are not in the mean, or they would lower it)."""
     paid = view.cost()
-    sent = sum(len(rec.to) for rec in view.sent_groups())
+    sent = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is not None)
     if len(paid) != 1 or not sent:
         return None
     ((currency, total),) = paid.items()

@@ -30,10 +30,10 @@ from bulk_mms.errors import (
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import load
 from bulk_mms.ledger.fold import Miss, Missed
-from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.policy import carrier_reset, refused_members
-from bulk_mms.prepare import dry_run
+from bulk_mms.prepare import dry_run, paid_per_recipient
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
@@ -282,6 +282,30 @@ async def test_the_dry_run_judges_max_cost_by_the_run_s_own_count(
     s = await run_job(job, settings, client, clock=FakeClock())
     assert isinstance(s.error, LimitReached)
     assert len(client.calls) == 2
+
+
+async def test_a_send_the_api_left_unpriced_is_counted_at_what_the_priced_ones_cost(
+    jobs: JobFactory,
+) -> None:
+    """With no [pricing] (after a first run with one), a send the API gave no cost for is
+    counted at the mean price of the
+    sends it did price (0.0051 a recipient), not diluted by the unpriced send's own
+    recipients (0.00255): under max_cost 0.08 the run sends one more group of 4 and stops
+    (0.0204 paid, 0.0204 counted, 0.0204 more), where a diluted price let it pass the cap."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "0.08"')
+    settings = replace(FAST, concurrency=1)
+
+    def unpriced(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=None) if g.seq == 0 else ok_receipt(g, n)
+
+    first = replace(settings, price_per_recipient=Decimal("0.0051"))  # a price to begin at
+    await run_job(job, first, FakeClient(unpriced), clock=FakeClock(), limit=2)
+    assert paid_per_recipient(load(job.ledger)) == Money(Decimal("0.0051"), "USD")
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    assert len(client.calls) == 1
 
 
 async def test_the_daily_cap_counts_every_job_and_stops_at_exactly_the_cap(
