@@ -102,7 +102,7 @@ class MmsClient(Protocol):
         ...
 
 
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # whole (fullmatch), ASCII digits only
 
 
 def idempotency_key(campaign: str | None, group_id: str) -> str:
@@ -366,7 +366,7 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
     blocks = [
         OptOut(from_[:32] if isinstance(from_ := item.get("from"), str) else "", to)
         for item in (data if isinstance(data, list) else [])[:size]
-        if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.match(to)
+        if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.fullmatch(to)
     ]
     pages = meta.get("total_pages") if isinstance(meta, dict) else None
     return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1

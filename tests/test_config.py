@@ -68,6 +68,22 @@ def test_full_job_loads_with_paths_relative_to_the_job(tmp_path: Path) -> None:
             "plain column name",
         ),
         ('name = "n"\ninput = "a.csv"\n[message]\nfrom = "12"\ntext = "x"\n', "from", "E.164"),
+        (  # digits of another script, which the API would refuse at every send
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+\u0661\u0662\u0661\u0662\u0665'
+            '\u0665\u0665\u0660\u0661\u0660\u0660"\ntext = "x"\n',
+            "from",
+            "E.164",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "\u0661\u0662\u0663"\ntext = "x"\n',
+            "from",
+            "E.164",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001\\n"\ntext = "x"\n',
+            "from",
+            "E.164",
+        ),
         (
             'name = "n"\ninput = "a.csv"\n[message]\nfrom = "+18445550001"\ntext = "x"\n'
             'media_urls = ["ftp://x"]\n',

@@ -28,9 +28,11 @@ GROUPING_CHOICE = (
     f"{MIXING_CONSEQUENCE}); or group_size = 1 for a message each"
 )
 
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-_SHORT_CODE = re.compile(r"^\d{3,8}$")
-_ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+#: What a sender may be, each matched whole and in ASCII digits (``\d`` takes any script's,
+#: ``$`` a trailing line end): an E.164 number, a short code, an alphanumeric sender id.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
 
 class Template(msgspec.Struct, frozen=True):
@@ -192,7 +194,7 @@ def parse_template(value: str, setting: str, source: Path) -> Template:
 
 
 def _check_sender(value: str, source: Path) -> str:
-    if _E164.match(value) or _SHORT_CODE.match(value) or _ALPHANUMERIC.match(value):
+    if _E164.fullmatch(value) or _SHORT_CODE.fullmatch(value) or _ALPHANUMERIC.fullmatch(value):
         return value
     raise ConfigError(
         "message.from",
