@@ -507,3 +507,26 @@ def test_a_sandbox_run_can_report_by_signed_webhooks(
     ]
     assert {e["recipient"] for e in hooks} == set(numbers(8))
     assert {e["status"] for e in hooks} <= {"delivered", "delivery_failed", "sent", "queued"}
+
+
+def test_the_sandbox_s_webhooks_are_read_by_the_settings_error_table(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox run's webhook receiver reads carriers' codes by the settings' [errors], as
+    the run does: the 40016 reported for a number ending 0016 is recorded as the ``fail``
+    the settings give it, not the built-in ``defer``."""
+    monkeypatch.setenv(commands.SANDBOX_WEBHOOKS_ENV, "1")
+    jobs.people(8, start=10)  # +12125550016 among them
+    job = jobs.job(extra="group_size = 4")
+    config = jobs.root / "config.toml"
+    config.write_text('[errors]\n40016 = "fail"\n', encoding="utf-8")
+    assert main(["-q", "run", str(job.path), "--sandbox", "--config", str(config)]) == 0
+    capped = [
+        e
+        for e in ledger_events(sandbox_ledger(job.ledger))
+        if e["event"] == "status"
+        and e["source"] == "webhook"
+        and any(err["code"] == "40016" for err in e["errors"])
+    ]
+    assert capped
+    assert {e.get("action") for e in capped} == {"fail"}
