@@ -357,6 +357,12 @@ class Tracker:
         if isinstance(self.result.error, FatalSendError):
             raise self.result.error
 
+    def refresh(self) -> None:
+        """Take in what has been written to the ledger since it was read (a run may still be
+        sending, on this host or another)."""
+        for ev in self.store.new_events():
+            self.view.apply(ev)
+
     def remaining(self) -> int:
         """Recipients not final in groups still inside ``max_age`` and known to the API."""
         wall = self.clock.wall()
@@ -403,10 +409,13 @@ class Tracker:
 
     async def run(self, *, follow: bool = False) -> TrackResult:
         """Settle what the API's records can settle, then one pass, or with ``follow``
-        passes until nothing is left to ask."""
+        passes until nothing is left to ask of the ledger as it stands after the pass (the
+        groups runs still sending wrote meanwhile taken in, so they are asked about too)."""
         await self.settle_doubts()
         while True:
             await self.one_pass()
+            if follow:
+                self.refresh()
             left = self.remaining()
             log.info(
                 "track.pass",

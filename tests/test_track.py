@@ -191,6 +191,32 @@ async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
     assert r.statuses["delivered"] == 4
 
 
+async def test_follow_tracks_the_groups_other_runs_send_meanwhile(jobs: JobFactory) -> None:
+    """--follow beside a run still sending takes in the groups the run sends after tracking
+    began, and stops only once those are final too."""
+    ledger, client = await sent_ledger(jobs, 8)
+    first, second = client.calls
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    later = [line for line in lines if second.id.encode() in line]  # its attempt and sent
+    ledger.write_bytes(b"".join(line for line in lines if line not in later))
+    answers = iter(["sent", "delivered"])
+
+    async def fetch(message_id: str) -> tuple[RecipientStatus, ...]:
+        client.fetches.append(message_id)
+        if message_id == f"msg-{first.id}-0":
+            status = next(answers)
+            if status == "sent":  # the run sends the second group meanwhile
+                with ledger.open("ab") as f:
+                    f.write(b"".join(later))
+            return tuple(RecipientStatus(p, status) for p in first.to)
+        return tuple(RecipientStatus(p, "delivered") for p in second.to)
+
+    client.fetch_group = fetch  # type: ignore[method-assign]
+    r = await track_ledger(ledger, FAST, client, follow=True, clock=FakeClock())
+    assert f"msg-{second.id}-1" in client.fetches
+    assert (r.statuses, r.pending) == ({"delivered": 8}, 0)
+
+
 async def test_follow_gives_up_past_max_age(jobs: JobFactory) -> None:
     """Groups older than max_age are no longer asked about and count as too old."""
     ledger, client = await sent_ledger(jobs, 4)
