@@ -6,6 +6,7 @@ and the waits a stop must be able to cut short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -327,6 +328,55 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
         assert link._users == {}
     finally:
         await link.close()
+
+
+def _commit_answer_lost(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> None:
+    """The next transaction's COMMIT is sent (landing or not, as ``landed`` says) and its
+    connection lost before the answer comes back, as when the session is terminated then."""
+    real = psycopg.AsyncConnection.transaction
+    armed = [True]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self: psycopg.AsyncConnection[Any]) -> Any:
+        if not armed:
+            async with real(self) as tx:
+                yield tx
+            return
+        armed.clear()
+        async with real(self, force_rollback=not landed) as tx:
+            yield tx
+        await self.close()
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "transaction", transaction)
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_a_commit_whose_answer_was_lost_is_written_once(
+    database: str, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """A connection lost after a commit's COMMIT was sent: the store asks the server on a
+    new connection what became of it, so the events and a fenced attempt end in the ledger
+    once each, whether that commit landed or was rolled back, and the store goes on."""
+    where = f"{database}?ledger=unanswered"
+    store = open_store(where, "run")
+    assert isinstance(store, PostgresStore)
+    coordinator = coordinator_for(store, 30.0)
+    try:
+        store.append_now(HEADER)
+        assert await coordinator.claim("g")
+        _commit_answer_lost(monkeypatch, landed=landed)
+        await asyncio.gather(
+            store.append(events.RunStarted(1, "t")),
+            store.append(_attempt("g"), fence=coordinator.fence("g")),
+        )
+        await store.append(events.RunStarted(2, "t"))
+        kinds = [type(e).__name__ for e in read_events(where)]
+        assert kinds.count("RunStarted") == 2
+        assert kinds.count("Attempt") == 1
+    finally:
+        await coordinator.close()
+        await store.close()
 
 
 async def test_a_locked_table_ends_a_write_in_ledger_unavailable(database: str) -> None:

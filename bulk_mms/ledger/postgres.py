@@ -35,7 +35,9 @@ once on a new ledger end with the same header and campaign.
 Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this module's boundary,
 named by the URL without its password. During a run, every database call is asynchronous and
 bounded (:data:`DB_TIMEOUT_S`); a connection found lost is made again once (a statement that
-never reached its commit is safe to repeat), else the run stops with
+never reached its commit is safe to repeat; a commit whose answer the lost connection took is
+looked up by its transaction id, and written again only if it was rolled back), else the run
+stops with
 :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable). The server ends a run's
 transaction left idle past :data:`IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
 the locks it holds keep no other process waiting.
@@ -267,6 +269,13 @@ _SENT_SINCE: Final = """
       AND extract(epoch FROM (body->>'time')::timestamptz) >= %s
 """
 _DATABASE_TIME: Final = "SELECT extract(epoch FROM clock_timestamp())::float8"
+#: The id of the transaction a commit is about to end (txid_current: PostgreSQL 10 and
+#: later alike), and what became of one: 'committed', 'aborted', 'in progress' (its
+#: session not ended yet), or NULL (too old to say).
+_XACT_ID: Final = "SELECT txid_current()"
+_XACT_STATUS: Final = "SELECT txid_status(%s)"
+#: Seconds between two looks at a lost commit's transaction still in progress.
+_XACT_POLL_S: Final = 0.05
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
 
@@ -767,31 +776,37 @@ class PostgresStore(GroupCommitted[_Item]):
     async def _commit(self, items: list[_Item]) -> None:
         rows = [i for i in items if isinstance(i, tuple)]
         fenced = [i for i in items if isinstance(i, _Fenced)]
-        committing = False  # past this, a lost connection leaves the commit unknown
-
         kept = len(rows)
         held: list[tuple[str, tuple[str, ...]]] = []  # (group, members) left out of moves
+        xact: int | None = None  # the transaction whose COMMIT was sent
+        written: set[str] = set()
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> set[str]:
-            nonlocal committing, kept
-            written: set[str] = set()
+            nonlocal kept, xact, written
+            if xact is not None:  # the connection was lost with the COMMIT sent
+                if await self._landed(conn, xact):
+                    return written  # as that transaction wrote it
+                xact = None  # rolled back: nothing of it was written
+            written = set()
             held.clear()  # a repeated transaction decides anew
-            async with conn.transaction():
-                async with conn.cursor() as cur:
-                    todo = await self._within_resends(cur, rows, held)
-                    kept = len(todo)
-                    if any(row[1] in _UNIQUE_KINDS for row in todo):
-                        await cur.executemany(_INSERT, todo)  # may repeat: ON CONFLICT DO NOTHING
-                    elif todo:
-                        async with cur.copy(_COPY) as copy:  # the fast path: one stream
-                            await copy.write(b"".join(map(_copy_line, todo)))
-                    if fenced:
-                        await cur.execute(_FENCED_INSERT, self._fenced_params(fenced))
-                        written = {str(r[0]) for r in await cur.fetchall()}
-                committing = True
+            async with conn.transaction(), conn.cursor() as cur:
+                todo = await self._within_resends(cur, rows, held)
+                kept = len(todo)
+                if any(row[1] in _UNIQUE_KINDS for row in todo):
+                    await cur.executemany(_INSERT, todo)  # may repeat: ON CONFLICT DO NOTHING
+                elif todo:
+                    async with cur.copy(_COPY) as copy:  # the fast path: one stream
+                        await copy.write(b"".join(map(_copy_line, todo)))
+                if fenced:
+                    await cur.execute(_FENCED_INSERT, self._fenced_params(fenced))
+                    written = {str(r[0]) for r in await cur.fetchall()}
+                await cur.execute(_XACT_ID)
+                xact = int((await cur.fetchone() or (0,))[0])
             return written
 
-        written = await self._writer.run(write, "cannot write", repeatable=lambda: not committing)
+        # safe to repeat on a new connection: a COMMIT whose answer the lost one took is
+        # looked up there first (_landed), and written again only if it was rolled back
+        written = await self._writer.run(write, "cannot write")
         for item in fenced:
             item.written = item.group in written
         self.events_written += kept + len(written)
@@ -799,6 +814,26 @@ class PostgresStore(GroupCommitted[_Item]):
         if self._kept_back is not None:
             for group, members in held:
                 self._kept_back(group, members)
+
+    async def _landed(self, conn: psycopg.AsyncConnection[Any], xact: int) -> bool:
+        """Whether transaction ``xact``, whose COMMIT was sent on a connection lost before
+        its answer came, committed (False: it was rolled back), as the server tells on
+        ``conn``; a transaction still in progress (its session not ended yet) is asked about
+        again until it ends, within the link's bound.
+
+        Raises:
+            LedgerUnavailable: the server no longer knows what became of it.
+        """
+        while True:
+            cur = await conn.execute(_XACT_STATUS, (xact,))
+            row = await cur.fetchone()
+            status = str(row[0]) if row and row[0] is not None else None
+            if status in ("committed", "aborted"):
+                log.warning("ledger.commit_answer_lost", ledger=self.name, committed=status)
+                return status == "committed"
+            if status is None:
+                raise LedgerUnavailable(self.name, "cannot write: the commit's outcome is unknown")
+            await asyncio.sleep(_XACT_POLL_S)
 
     async def _within_resends(
         self,
