@@ -30,6 +30,7 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import LedgerView, copy_ledger, events, load, open_store, postgres, read_events
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore, migrate_url
+from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
@@ -376,6 +377,36 @@ async def test_a_commit_whose_answer_was_lost_is_written_once(
         assert kinds.count("Attempt") == 1
     finally:
         await coordinator.close()
+        await store.close()
+
+
+async def test_a_connection_an_operational_error_left_open_is_made_again(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OperationalError on a connection psycopg has not yet seen break (a session ended
+    in the middle of a pipelined statement: "cannot exit pipeline mode while busy") is a lost
+    connection: the write is made again on a new one, once."""
+    where = f"{database}?ledger=pipeline"
+    store = open_store(where, "run")
+    real = psycopg.AsyncCursor.executemany
+    armed = [True]
+
+    async def executemany(self: psycopg.AsyncCursor[Any], *args: Any, **kwargs: Any) -> None:
+        if armed:
+            armed.clear()
+            raise psycopg.OperationalError("cannot exit pipeline mode while busy")
+        await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "executemany", executemany)
+    status = events.status_event(
+        "g1", RecipientStatus("+12125550100", "delivered"), source="track", time="t"
+    )
+    try:
+        store.append_now(HEADER)
+        await store.append(status)
+        assert not armed
+        assert sum(isinstance(e, events.Status) for e in read_events(where)) == 1
+    finally:
         await store.close()
 
 

@@ -502,10 +502,13 @@ class _Link:
                 ) from None
             except psycopg.Error as exc:
                 # a session the server ended (its FATAL may carry any SQLSTATE: an
-                # idle-in-transaction timeout's is 25P03) leaves the connection broken: lost
+                # idle-in-transaction timeout's is 25P03) leaves the connection broken: lost;
+                # so does any OperationalError, which psycopg may raise before it has seen
+                # the connection break (ended in the middle of a pipelined executemany: "cannot
+                # exit pipeline mode while busy"), and after which the connection is dropped
                 conn = used[0] if used else None
-                lost = _lost(conn)
-                if not lost and not isinstance(exc, psycopg.OperationalError):
+                lost = _lost(conn) or isinstance(exc, psycopg.OperationalError)
+                if not lost:
                     raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
                 await self._drop(conn)
                 # ended for idling in its transaction, the server rolled that back: even a
