@@ -68,6 +68,8 @@ _ROW_DIGITS = 7
 #: lines in it look like rows; it closes on the quote that opens a row's field.
 _ROWS = "over what look like rows"
 _OPENS = "and closes on the quote that opens a field of a row"
+#: Why a quoted field over :data:`MAX_RECORD_LINES` lines or more is refused, whatever it holds.
+_LONG = f"over {MAX_RECORD_LINES} lines or more"
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
 
@@ -699,23 +701,26 @@ class RowReader:
     def _check_span(self, rec: list[str], start: int, last: int) -> None:
         """Refuse a record over lines ``start`` to ``last`` (a quoted field with line breaks)
         that may be a quote left open, which would swallow the people on the lines after it
-        and stop on a quote of a later row (:meth:`_unclosed`). Refuse one whose quote is
+        and stop on a quote of a later row (:meth:`_unclosed`), and one over
+        :data:`MAX_RECORD_LINES` lines or more, whatever it holds. Refuse one whose quote is
         still open at the end of the file (it runs into :data:`_END`), over no line that
         looks like a row: the file was cut off in the middle of it."""
         end = self._lineno  # the file's last line, once the record runs past it
         spans = [cell for cell in rec if "\n" in cell or "\r" in cell]
-        rows = last - start >= MAX_RECORD_LINES or any(
-            self._row_like(part) for cell in spans for part in cell.splitlines()[1:]
-        )
-        if last > end and not rows:
+        rows = any(self._row_like(part) for cell in spans for part in cell.splitlines()[1:])
+        long = last - start >= MAX_RECORD_LINES
+        if last > end and not (rows or long):
             raise _cut_off(self.path, start)
-        lines = [self._line(n) for n in range(start, last + 1)] if last <= end else []
-        why = self._unclosed(rec, lines, len(spans), rows=rows) if lines else _ROWS
+        if long or last > end:  # never a field as a spreadsheet writes it: no more to tell
+            why: str | None = _ROWS if rows else _LONG
+        else:
+            lines = [self._line(n) for n in range(start, last + 1)]
+            why = self._unclosed(rec, lines, len(spans), rows=rows)
         if why is None:
             return
         fix = (
             "; if the field is meant to hold those lines, take them out of it"
-            if why == _ROWS
+            if why in (_ROWS, _LONG)
             else " (a quote inside a field is written twice, in a quoted field)"
         )
         raise InputError(

@@ -410,6 +410,30 @@ def test_a_note_over_many_small_blocks_is_read_from_every_line(
     assert rows[1] == Row(3, {"phone": "+12125550101", "note": note})
 
 
+@pytest.mark.parametrize(
+    ("inner", "last", "why"),
+    [
+        ([f"+1212555{i:04d},P{i},x" for i in range(200, 225)], "then he left", "look like rows"),
+        ([f"line {i}" for i in range(25)], "the end", "20 lines or more"),
+    ],
+    ids=["a quote left open over rows, closing on its own text", "a long note"],
+)
+def test_a_quoted_field_over_max_record_lines_stops_the_file(
+    tmp_path: Path, inner: list[str], last: str, why: str
+) -> None:
+    """A quoted field over MAX_RECORD_LINES lines or more stops the file at the line it
+    opened, however it closes: a quote left open that swallowed that many rows is not read
+    as one row's note."""
+    p = tmp_path / "a.csv"
+    lines = ["phone,name,note", '+12125550100,Ann,"hi', *inner, f'{last}"', "+12125550102,Di,z"]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name", "note"))
+    assert err.value.line == 2
+    assert why in err.value.message
+    assert "an unclosed quote? Remove or close the stray quote" in err.value.message
+
+
 @pytest.mark.parametrize(("phone_at", "end"), [(0, "\n"), (1, "\r\n"), (3, "\n")])
 def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
     tmp_path: Path, phone_at: int, end: str
