@@ -316,7 +316,7 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
         from bulk_mms.extras import needs  # noqa: PLC0415 - no cycle at import
 
         with needs("postgres", "a PostgreSQL ledger"):
-            from bulk_mms.ledger.postgres import PostgresSuppressed  # noqa: PLC0415 - psycopg
+            from bulk_mms.ledger.pgsuppression import PostgresSuppressed  # noqa: PLC0415 - psycopg
 
         return PostgresSuppressed(where)
     return Suppressed(file if file is not None else default_list())

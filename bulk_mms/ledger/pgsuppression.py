@@ -1,0 +1,141 @@
+"""The account's suppression list as a table of a PostgreSQL ledger's database
+(``bulk_mms_suppressions``), with when each number last texted STOP or START
+(``bulk_mms_keywords``): every host and job on the database shares one list.
+:func:`~bulk_mms.suppression.suppression_for` picks it for a database ledger; the file's list
+(:class:`~bulk_mms.suppression.Suppressed`) is its base, and what it means is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import psycopg
+
+from bulk_mms.errors import LedgerError
+from bulk_mms.ledger.postgres import _scrub, _sync_connect, migrate, split
+from bulk_mms.suppression import Suppressed, listable, texted_in
+
+#: The advisory lock a webhook receiver holds while it judges and applies a keyword
+#: (:meth:`PostgresSuppressed.held`): receivers on one database take keywords one at a time.
+_KEYWORDS_LOCK: Final = 0x6B657977
+
+
+class PostgresSuppressed(Suppressed):
+    """The account's suppression list as a table of the ledger's database: every host and job
+    on it shares one list. Read whole at the start (membership tests must be fast), and anew
+    for each keyword a receiver judges (:meth:`held`); additions and removals go straight to
+    the table and say what the table did. When each number last texted STOP or START is kept
+    in ``bulk_mms_keywords`` (:meth:`keyword_at`, :meth:`record_keyword`)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(None)
+        self._conninfo, _, shown = split(location)
+        self.path = shown
+        #: The connection :meth:`held` holds its lock on; every statement of the block uses it.
+        self._held: psycopg.Connection[Any] | None = None
+        self._numbers = self._listed()
+
+    def _listed(self) -> set[int]:
+        rows = self._run("SELECT number FROM bulk_mms_suppressions", ())
+        return {int(str(r[0])[1:]) for r in rows if str(r[0])[1:].isdigit()}
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The table to this block (re-entrant): the database's advisory lock
+        :data:`_KEYWORDS_LOCK`, held on one connection that every statement of the block uses
+        (the lock ends with it, whatever becomes of this process), and the numbers read anew,
+        as every process on the table left them: what a keyword is judged by, one receiver at
+        a time.
+
+        Raises:
+            LedgerError: the database cannot be reached or used.
+        """
+        with self._changing:
+            if self._held is not None:
+                yield
+                return
+            with _sync_connect(self._conninfo) as conn:  # closed on any failure too
+                try:
+                    migrate(conn)
+                    conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
+                except psycopg.Error as exc:
+                    raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+                self._held = conn
+                try:
+                    self._numbers = self._listed()
+                    yield
+                finally:
+                    self._held = None
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            if self._held is not None:
+                cur = self._held.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+            with _sync_connect(self._conninfo) as conn:
+                migrate(conn)
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+
+    def add(self, phones: Iterable[str], reason: str) -> list[str]:
+        """Insert the numbers the table does not hold (as it stands, not as this process read
+        it: another may have lifted one since); the ones added. Only numbers a list can hold
+        are taken (:func:`~bulk_mms.suppression.listable`), as the file's list takes them."""
+        given = listable(phones)
+        if not given:
+            return []
+        added = {str(r[0]) for r in self._run(_SUPPRESS, (reason, given))}
+        self._numbers.update(int(p[1:]) for p in given)
+        return [p for p in given if p in added]
+
+    def reason(self, phone: str) -> str | None:
+        if phone not in self:
+            return None
+        rows = self._run("SELECT reason FROM bulk_mms_suppressions WHERE number = %s", (phone,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def keyword_at(self, phone: str) -> float | None:
+        """When ``phone`` last texted STOP or START, as the table records it: its keyword
+        record, or the time its suppression row's reason gives (a STOP taken before the
+        records were kept); None when neither says."""
+        rows = self._run("SELECT texted_at FROM bulk_mms_keywords WHERE number = %s", (phone,))
+        times = [float(rows[0][0])] if rows else []
+        if (stop := texted_in(self.reason(phone))) is not None:
+            times.append(stop)
+        return max(times, default=None)
+
+    def record_keyword(self, phone: str, reason: str, texted: float) -> bool:
+        """Record that ``phone`` texted a keyword at ``texted`` (``reason`` says which; the
+        table keeps the time alone), unless a time that late or later is recorded. True when
+        written."""
+        return bool(self._run(_KEYWORD, (phone, texted)))
+
+    def remove(self, phones: Iterable[str]) -> list[str]:
+        """Delete the numbers the table holds (as it stands); the ones removed."""
+        given = list(dict.fromkeys(phones))
+        if not given:
+            return []
+        rows = self._run(
+            "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) RETURNING number", (given,)
+        )
+        self._numbers -= {int(p[1:]) for p in given}
+        return sorted(str(r[0]) for r in rows)
+
+
+#: A number's keyword time, kept only when later than the one recorded; the number comes back
+#: when it was written.
+_KEYWORD: Final = """
+    INSERT INTO bulk_mms_keywords AS k (number, texted_at) VALUES (%s, %s)
+    ON CONFLICT (number) DO UPDATE SET texted_at = EXCLUDED.texted_at
+    WHERE k.texted_at < EXCLUDED.texted_at
+    RETURNING number
+"""
+#: The numbers (an array) put on the list with one reason; those it did not hold come back.
+_SUPPRESS: Final = (
+    "INSERT INTO bulk_mms_suppressions (number, reason) SELECT n, %s FROM unnest(%s::text[]) n "
+    "ON CONFLICT DO NOTHING RETURNING number"
+)
