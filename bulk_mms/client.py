@@ -148,7 +148,7 @@ def request_body(group: Group) -> dict[str, Any]:
 #: Largest response body read; past it the answer is unusable (a 2xx is then in doubt).
 MAX_ANSWER_BODY = 1 << 20
 #: Message ids are UUIDs; anything longer or stranger is not one.
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmatch)
 #: Bounds on the text we keep from an answer: statuses, error entries and their fields.
 _STATUS_CHARS = 40
 _MAX_ERRORS = 10
@@ -227,7 +227,7 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
     message_id = data.get("id")
     if not isinstance(message_id, str) or not message_id:
         raise AmbiguousSendError("accepted, but the response has no message id")
-    if not _MESSAGE_ID.match(message_id):
+    if not _MESSAGE_ID.fullmatch(message_id):
         raise AmbiguousSendError("accepted, but the response's message id is not an id")
     if to is not None:
         wanted = set(to)
@@ -301,7 +301,7 @@ def parse_statuses(
     copied: list[RecipientStatus] = []
     for msg in messages:
         mid = msg.get("id")
-        mid = mid if isinstance(mid, str) and _MESSAGE_ID.match(mid) else None
+        mid = mid if isinstance(mid, str) and _MESSAGE_ID.fullmatch(mid) else None
         errors = parse_errors(msg)
         at = (
             next(
@@ -400,7 +400,8 @@ def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
                 cost,
                 _text(item.get("message_type"), 8),
                 gmid
-                if isinstance(gmid := item.get("group_message_id"), str) and _MESSAGE_ID.match(gmid)
+                if isinstance(gmid := item.get("group_message_id"), str)
+                and _MESSAGE_ID.fullmatch(gmid)
                 else "",
             )
         )

@@ -139,9 +139,9 @@ class Unverified(Exception):
 
 #: A timestamp is Unix seconds: digits only, and no more than 12 of them (the year 33658). A
 #: longer one would only be a way to make the arithmetic below overflow.
-_STAMP = re.compile(r"^[0-9]{1,12}$")
+_STAMP = re.compile(r"[0-9]{1,12}")  # whole (fullmatch), as _SIGNATURE
 #: An Ed25519 signature is 64 bytes: 88 characters of base64.
-_SIGNATURE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
+_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
 
 
 def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: float) -> None:
@@ -153,9 +153,9 @@ def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: f
     signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
     if not signature or not stamp:
         raise Unverified("missing signature headers", 401)
-    if not _STAMP.match(stamp):
+    if not _STAMP.fullmatch(stamp):
         raise Unverified("malformed timestamp", 400)
-    if not _SIGNATURE.match(signature):
+    if not _SIGNATURE.fullmatch(signature):
         raise Unverified("malformed signature", 400)
     age = abs(now - int(stamp))
     if age > TOLERANCE_S:

@@ -266,6 +266,14 @@ def test_receipts_keep_only_bounded_fields() -> None:
         parse_receipt(body, ["+12125550001"])
 
 
+def test_a_message_id_with_a_line_end_is_no_id() -> None:
+    """A message id is taken only whole: one with a line end after it (or any character
+    outside an id's) makes the answer ambiguous, never an id written to the ledger."""
+    for bad in ("40385f64-5717-4562-b3fc-2c963f66afa6\n", "abc def", "-abc"):
+        with pytest.raises(AmbiguousSendError, match="not an id"):
+            parse_receipt({"data": {"id": bad}}, ["+12125550000"])
+
+
 async def test_an_unknown_status_or_a_5xx_to_a_send_is_ambiguous(fake_api: API) -> None:
     """A status HTTP does not define, or a 5xx answering a send, may follow a request the
     server acted on: ambiguous, never retried blindly."""
