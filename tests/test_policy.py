@@ -14,7 +14,7 @@ from msgspec.structs import replace
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
-from bulk_mms.config import Settings, load_settings
+from bulk_mms.config import JobConfig, Settings, load_settings
 from bulk_mms.console import exit_for, print_dry_run, run_outcome
 from bulk_mms.errors import (
     AccountRefused,
@@ -258,6 +258,19 @@ async def test_the_spend_ceiling_stops_before_a_send_that_could_pass_it(
     assert summarize(job.ledger).total_cost == Decimal("0.0408")
 
 
+async def sends_until_a_limit(job: JobConfig, settings: Settings) -> int:
+    """How many groups a run of ``job`` sends before a limit stops it (it must)."""
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    return len(client.calls)
+
+
+def first_unpriced(g: Group, n: int) -> SendReceipt:
+    """The fake API's answer, with no cost for the first group (the API may leave it null)."""
+    return replace(ok_receipt(g, n), cost=None) if g.seq == 0 else ok_receipt(g, n)
+
+
 async def test_the_dry_run_judges_max_cost_by_the_run_s_own_count(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -270,42 +283,28 @@ async def test_the_dry_run_judges_max_cost_by_the_run_s_own_count(
     job = jobs.job(extra='group_size = 4\nmax_cost = "0.15"')
     settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0100"))
 
-    def unpriced(g: Group, n: int) -> SendReceipt:
-        return replace(ok_receipt(g, n), cost=None) if g.seq == 0 else ok_receipt(g, n)
-
-    await run_job(job, settings, FakeClient(unpriced), clock=FakeClock(), limit=1)
+    await run_job(job, settings, FakeClient(first_unpriced), clock=FakeClock(), limit=1)
     plan = await dry_run(job, settings, clock=FakeClock())
     print_dry_run(plan, job, settings)
     said = next(line for line in capsys.readouterr().out.splitlines() if "max_cost" in line)
     assert said.endswith("0.0400 paid + about 0.1200 more does NOT fit: a run stops at it (exit 5)")
-    client = FakeClient()
-    s = await run_job(job, settings, client, clock=FakeClock())
-    assert isinstance(s.error, LimitReached)
-    assert len(client.calls) == 2
+    assert await sends_until_a_limit(job, settings) == 2
 
 
 async def test_a_send_the_api_left_unpriced_is_counted_at_what_the_priced_ones_cost(
     jobs: JobFactory,
 ) -> None:
     """With no [pricing] (after a first run with one), a send the API gave no cost for is
-    counted at the mean price of the
-    sends it did price (0.0051 a recipient), not diluted by the unpriced send's own
-    recipients (0.00255): under max_cost 0.08 the run sends one more group of 4 and stops
-    (0.0204 paid, 0.0204 counted, 0.0204 more), where a diluted price let it pass the cap."""
+    counted at the mean price of the sends it did price (0.0051 a recipient), not diluted by
+    the unpriced send's own recipients (0.00255): under max_cost 0.08 the run sends one more
+    group of 4 and stops (0.0204 paid, 0.0204 counted, 0.0204 more)."""
     jobs.people(16)
     job = jobs.job(extra='group_size = 4\nmax_cost = "0.08"')
     settings = replace(FAST, concurrency=1)
-
-    def unpriced(g: Group, n: int) -> SendReceipt:
-        return replace(ok_receipt(g, n), cost=None) if g.seq == 0 else ok_receipt(g, n)
-
     first = replace(settings, price_per_recipient=Decimal("0.0051"))  # a price to begin at
-    await run_job(job, first, FakeClient(unpriced), clock=FakeClock(), limit=2)
+    await run_job(job, first, FakeClient(first_unpriced), clock=FakeClock(), limit=2)
     assert paid_per_recipient(load(job.ledger)) == Money(Decimal("0.0051"), "USD")
-    client = FakeClient()
-    s = await run_job(job, settings, client, clock=FakeClock())
-    assert isinstance(s.error, LimitReached)
-    assert len(client.calls) == 1
+    assert await sends_until_a_limit(job, settings) == 1
 
 
 async def test_the_daily_cap_counts_every_job_and_stops_at_exactly_the_cap(

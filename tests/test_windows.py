@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
-from bulk_mms.config import SendWindow
+from bulk_mms.config import JobConfig, SendWindow
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -36,7 +36,7 @@ from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
-from bulk_mms.summary import AFTER_DEADLINE
+from bulk_mms.summary import AFTER_DEADLINE, JobSummary
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
@@ -316,6 +316,16 @@ async def test_a_household_whose_far_member_opted_out_is_sent_to_the_rest(
     assert run_outcome(s) == 0
 
 
+async def run_as_before(
+    job: JobConfig, client: FakeClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> JobSummary:
+    """A run of ``job`` by the bulk-mms that held a household sharing no hour (it never
+    rejected one, waiting for an hour that never came)."""
+    with monkeypatch.context() as old:
+        old.setattr("bulk_mms.grouping.never_open", lambda *a: False)
+        return await run_job(job, FAST, client, clock=clock)
+
+
 async def test_a_ledger_that_held_a_household_sharing_no_hour_resumes_and_rejects_it(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,9 +335,7 @@ async def test_a_ledger_that_held_a_household_sharing_no_hour_resumes_and_reject
     job = jobs.job(extra=HOUSEHOLDS + "max_rejected_share = 0.5")
     client = FakeClient()
     clock = clock_at(NOON_NY)
-    with monkeypatch.context() as old:  # the bulk-mms that held it
-        old.setattr("bulk_mms.grouping.never_open", lambda *a: False)
-        held = await run_job(job, FAST, client, clock=clock)
+    held = await run_as_before(job, client, clock, monkeypatch)
     assert (held.stopped, run_outcome(held)) == ("quiet_hours", 4)
     s = await run_job(job, FAST, client, clock=clock)
     assert (s.rejected_rows, s.skipped_groups, s.stopped, len(client.calls)) == (2, 1, None, 1)
@@ -455,9 +463,7 @@ async def test_a_ledger_that_took_a_persons_next_row_for_a_duplicate_is_not_resu
     job = jobs.job(extra=HOUSEHOLDS + "max_rejected_share = 0.5")
     client = FakeClient()
     clock = clock_at(NOON_NY)
-    with monkeypatch.context() as old:  # the bulk-mms that held it
-        old.setattr("bulk_mms.grouping.never_open", lambda *a: False)
-        held = await run_job(job, FAST, client, clock=clock)
+    held = await run_as_before(job, client, clock, monkeypatch)
     assert ([g.to for g in client.calls], held.stopped) == ([(Y,)], "quiet_hours")
     first, *rest = job.ledger.read_text(encoding="utf-8").splitlines(keepends=True)
     header = orjson.loads(first)
