@@ -419,6 +419,14 @@ class Tally:
         )
 
 
+def _enough(lost: int, rows: int) -> str:
+    """The least ``max_rejected_share`` of three decimals that lets ``lost`` of ``rows`` rows
+    go (a share is refused only when it is more): rounded up, in whole numbers, so that
+    ``0.334`` lets a third go where the ``33.3%`` shown would not."""
+    thousandths = -(-lost * 1000 // rows)
+    return f"{thousandths / 1000:g}"
+
+
 def check_rejected_share(scan: InputScan, job: JobConfig) -> None:
     """Refuse an input that loses more than ``max_rejected_share`` of its rows; warn of any
     loss at or under it.
@@ -434,8 +442,8 @@ def check_rejected_share(scan: InputScan, job: JobConfig) -> None:
             job.input,
             f"{scan.lost_rows} of its {scan.rows} rows ({share:.1%}) cannot be sent, more than "
             f"max_rejected_share ({allowed:.1%}); nothing was sent. {scan.reasons()}. "
-            "Every such row: --rejected-csv PATH; to send the rest anyway, raise "
-            "max_rejected_share in the job",
+            "Every such row: --rejected-csv PATH; to send the rest anyway, set "
+            f"max_rejected_share = {_enough(scan.lost_rows, scan.rows)} in the job",
         )
     log.warning(
         "input.rows_rejected",

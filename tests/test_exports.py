@@ -241,6 +241,24 @@ def test_a_third_invalid_sends_the_rest_when_the_job_allows_it(
     assert "input.rows_rejected" in out.out + out.err
 
 
+def test_a_refused_share_names_the_setting_that_sends_the_rest(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal of a third invalid names the max_rejected_share that lets the rest go
+    (0.334, not the 33.3% shown, which is less than a third), and that value sends them."""
+    valid = third_invalid(jobs)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["run", str(jobs.job().path), "--base-url", url, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "set max_rejected_share = 0.334 in the job" in err
+        job = jobs.job(extra="max_rejected_share = 0.333")
+        assert main(["run", str(job.path), "--base-url", url, "--dry-run"]) == 2
+        job = jobs.job(extra="max_rejected_share = 0.334")
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(valid, 1)
+
+
 def test_a_truncated_gzip_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
