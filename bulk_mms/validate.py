@@ -40,7 +40,8 @@ def normalize_phone(value: str, region: str = "US") -> str:
     Anything else is parsed. Every path gives the same verdict for
     every number (property tests hold them to it). The dashes, spaces and invisible
     characters that word processors put between digits (``415\u2013847\u20135640``) count as the
-    ASCII separators they stand for (:data:`_SEPARATORS`).
+    ASCII separators they stand for (:data:`_SEPARATORS`). One apostrophe in front
+    (``'+12065713909``) is a spreadsheet's mark that the cell is text, not part of the number.
 
     Args:
         value: what the input file holds, in any common national or international format.
@@ -71,6 +72,8 @@ def _after_canonical_us(value: str, region: str) -> str:
         if _canonical_in("CA")(value) is not None:
             return value
         return _nanp(value)
+    if "'" in value and (marked := value.lstrip()).startswith("'"):
+        value = marked[1:]  # the text mark of a spreadsheet, or of an export made CSV-safe
     if not value.isascii():
         value = value.translate(_SEPARATORS)
     if "." in value and (whole := _FLOAT.fullmatch(value)) is not None:

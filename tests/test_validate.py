@@ -368,6 +368,23 @@ def test_the_en_dash_of_a_cp1252_file_reads_as_a_hyphen() -> None:
     assert out == [Recipient("+14158475640", 2, {})]
 
 
+@pytest.mark.parametrize(
+    "value", ["'+12065713909", "'(206) 571-3909", " '206.571.3909", "'12065713909"]
+)
+def test_a_spreadsheets_leading_apostrophe_is_no_part_of_the_number(value: str) -> None:
+    """The apostrophe a spreadsheet or a CSV-safe export (Shopify's, a Text cell's) puts in
+    front of a number to keep it text is not read as a stray character: the row is a
+    recipient."""
+    assert normalize_phone(value) == "+12065713909"
+
+
+@pytest.mark.parametrize("value", ["''+12065713909", "+12065713909'", "206'571'3909"])
+def test_an_apostrophe_anywhere_else_is_still_refused(value: str) -> None:
+    """Only one apostrophe, first, is the text mark: any other is refused by name."""
+    with pytest.raises(PhoneError, match='character "\'"'):
+        normalize_phone(value)
+
+
 def test_other_stray_characters_are_still_refused_by_name() -> None:
     """A bullet or a letter between digits is no separator: refused, the character named."""
     with pytest.raises(PhoneError, match="character '•'"):
