@@ -27,6 +27,7 @@ import io
 import json
 import os
 import stat
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
@@ -68,6 +69,8 @@ _ROW_DIGITS = 7
 #: lines in it look like rows; it closes on the quote that opens a row's field.
 _ROWS = "over what look like rows"
 _OPENS = "and closes on the quote that opens a field of a row"
+#: The ASCII punctuation a phone number may be written with (:func:`_in_number`).
+_NUMBER_MARKS = frozenset(" \t+-().'/")
 #: Why a quoted field over :data:`MAX_RECORD_LINES` lines or more is refused, whatever it holds.
 _LONG = f"over {MAX_RECORD_LINES} lines or more"
 #: What the csv module says of a carriage return alone in a field not quoted.
@@ -785,7 +788,7 @@ class RowReader:
             return False
         value = cells[at].strip()
         digits = sum(c.isdigit() for c in value)
-        return digits >= _ROW_DIGITS and not any(c.isalpha() for c in value)
+        return digits >= _ROW_DIGITS and all(_in_number(c) for c in value)
 
     def _unusual(
         self,
@@ -1002,6 +1005,18 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
         return lambda rec: {k0: rec[i0], k1: rec[i1], k2: rec[i2], k3: rec[i3]}
     names, cells = [k for k, _ in columns], itemgetter(*(i for _, i in columns))
     return lambda rec: dict(zip(names, cells(rec), strict=True))
+
+
+def _in_number(char: str) -> bool:
+    """Whether ``char`` may be in a phone number as written: a digit, the ASCII punctuation
+    people write in one (``+1 (206) 571-3909``, ``415.847.5622``, a spreadsheet's leading
+    ``'``), or a dash, a space or an invisible character a word processor puts between
+    digits. Not a time's colon (``10:15``), a price's ``$``, a letter."""
+    return (
+        char.isdigit()
+        or char in _NUMBER_MARKS
+        or (not char.isascii() and unicodedata.category(char) in ("Pd", "Zs", "Cf"))
+    )
 
 
 def _malformed(exc: csv.Error) -> str:

@@ -434,6 +434,27 @@ def test_a_quoted_field_over_max_record_lines_stops_the_file(
     assert "an unclosed quote? Remove or close the stray quote" in err.value.message
 
 
+@pytest.mark.parametrize(
+    "log",
+    [
+        ["2024-03-04 10:15, called, no answer", "2024-03-09 14:00, emailed, no reply"],
+    ],
+    ids=["rows' width"],
+)
+def test_a_call_log_note_ending_on_an_entry_reads_as_one_row(
+    tmp_path: Path, log: list[str]
+) -> None:
+    """A CRM note that is a call log, each entry a time then commas, and that ends on an
+    entry is one row: a time (10:15) is no phone number, so no entry looks like a row."""
+    note = "\n".join(["Call log:", *log])
+    p = tmp_path / "a.csv"
+    p.write_text(f'phone,name,note\n+12125550100,Ann,"{note}"\n+12125550101,Bo,ok\n')
+    assert read(p, keep=("name", "note")) == [
+        Row(2, {"phone": "+12125550100", "name": "Ann", "note": note}),
+        Row(5, {"phone": "+12125550101", "name": "Bo", "note": "ok"}),
+    ]
+
+
 @pytest.mark.parametrize(("phone_at", "end"), [(0, "\n"), (1, "\r\n"), (3, "\n")])
 def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
     tmp_path: Path, phone_at: int, end: str
