@@ -69,6 +69,9 @@ _ROW_DIGITS = 7
 #: lines in it look like rows; it closes on the quote that opens a row's field.
 _ROWS = "over what look like rows"
 _OPENS = "and closes on the quote that opens a field of a row"
+#: Lines inside a quoted field shaped like rows written short (:meth:`RowReader._row_like`)
+#: that make it look like a quote left open over rows: fewer are a note's own.
+_SHORT_ROWS = 2
 #: The ASCII punctuation a phone number may be written with (:func:`_in_number`).
 _NUMBER_MARKS = frozenset(" \t+-().'/")
 #: Why a quoted field over :data:`MAX_RECORD_LINES` lines or more is refused, whatever it holds.
@@ -710,7 +713,11 @@ class RowReader:
         looks like a row: the file was cut off in the middle of it."""
         end = self._lineno  # the file's last line, once the record runs past it
         spans = [cell for cell in rec if "\n" in cell or "\r" in cell]
-        rows = any(self._row_like(part) for cell in spans for part in cell.splitlines()[1:])
+        parts = [part for cell in spans for part in cell.splitlines()[1:]]
+        # rows written short of the header's last fields are read as rows too (_short_row):
+        # one line shaped so is a signature's or a log's, two or more are taken for rows
+        short = sum(self._row_like(part, short=True) for part in parts) >= _SHORT_ROWS
+        rows = short or any(self._row_like(part) for part in parts)
         long = last - start >= MAX_RECORD_LINES
         if last > end and not (rows or long):
             raise _cut_off(self.path, start)
@@ -718,7 +725,7 @@ class RowReader:
             why: str | None = _ROWS if rows else _LONG
         else:
             lines = [self._line(n) for n in range(start, last + 1)]
-            why = self._unclosed(rec, lines, len(spans), rows=rows)
+            why = self._unclosed(rec, lines, len(spans), rows=rows, short=short)
         if why is None:
             return
         fix = (
@@ -733,12 +740,16 @@ class RowReader:
             line=start,
         )
 
-    def _unclosed(self, rec: list[str], lines: list[str], spans: int, *, rows: bool) -> str | None:
+    def _unclosed(
+        self, rec: list[str], lines: list[str], spans: int, *, rows: bool, short: bool = False
+    ) -> str | None:
         """Why the record ``rec``, read from ``lines`` (fewer than :data:`MAX_RECORD_LINES`)
         with ``spans`` quoted fields over them, may be a quote left open that stopped on a
         later row's quote, in words; None when it is a field as a spreadsheet writes it.
 
-        ``rows``: a field holds lines that look like rows (:meth:`_row_like`).
+        ``rows``: a field holds lines that look like rows (:meth:`_row_like`); ``short``:
+        that is so because :data:`_SHORT_ROWS` of them or more look like rows written short,
+        and its closing line is then judged as one may be.
 
         A spreadsheet quotes every field that holds a comma, a quote or a line break, each
         quote in it doubled, so a field closes on a quote followed by a comma or the line
@@ -769,21 +780,24 @@ class RowReader:
             or spans > 1
             or len(_unpadded(rec, width)) != width
             or len(_unpadded(next(csv.reader([closing]), []), width)) == width
-            or self._row_like(closing)
+            or self._row_like(closing, short=short)
         ):
             return _ROWS
         return None
 
-    def _row_like(self, line: str, *, whole: bool = True) -> bool:
+    def _row_like(self, line: str, *, whole: bool = True, short: bool = False) -> bool:
         """Whether a line inside a quoted field looks like a row of its own: as many commas
         as a row has, and a phone number (digits and a number's punctuation, at least
         :data:`_ROW_DIGITS` digits) where the phone column is. A multi-line address or note
         (``"12 Main St, Apt 4\nSpringfield, IL, 62701"``) has commas but no number there.
-        ``whole=False``: whether it looks like the start of a row (the number alone)."""
-        if whole and line.count(",") < len(self.columns) - 1:
+        ``whole=False``: whether it looks like the start of a row (the number alone).
+        ``short``: whether it looks like a row written short of the header's last fields (a
+        row :meth:`_short_row` reads): the number, and a field besides it."""
+        at = self.columns.index(self.phone)
+        commas = min(max(at, 1), len(self.columns) - 1) if short else len(self.columns) - 1
+        if whole and line.count(",") < commas:
             return False
         cells = next(csv.reader([line]), [])
-        at = self.columns.index(self.phone)
         if at >= len(cells):
             return False
         value = cells[at].strip()

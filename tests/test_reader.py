@@ -434,12 +434,38 @@ def test_a_quoted_field_over_max_record_lines_stops_the_file(
     assert "an unclosed quote? Remove or close the stray quote" in err.value.message
 
 
+@pytest.mark.parametrize("phone_at", [0, 1])
+def test_a_quote_left_open_over_short_rows_stops_the_file(tmp_path: Path, phone_at: int) -> None:
+    """A quote left open over rows written without their empty last field (a hand-made or
+    scripted file), closing on an inch mark at a field's end, stops the file: those rows
+    have a number where the phone column is, and would be read as one row's note."""
+
+    def row(phone: str, *rest: str) -> str:
+        return ",".join([*rest[:phone_at], phone, *rest[phone_at:]])
+
+    lines = [
+        row("phone", "name", "note"),
+        row("+12125550100", "Ann", '"Big Al'),
+        row("+12125550101", "Bob"),
+        row("+12125550102", "Cy"),
+        row("+12125550103", "Di 5'2\""),
+        row("+12125550104", "Ed", "ok"),
+    ]
+    p = tmp_path / "a.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 2
+    assert "an unclosed quote? Remove or close the stray quote" in err.value.message
+
+
 @pytest.mark.parametrize(
     "log",
     [
         ["2024-03-04 10:15, called, no answer", "2024-03-09 14:00, emailed, no reply"],
+        ["2024-03-04 10:15, called", "2024-03-05 11:00, emailed"],
     ],
-    ids=["rows' width"],
+    ids=["rows' width", "short"],
 )
 def test_a_call_log_note_ending_on_an_entry_reads_as_one_row(
     tmp_path: Path, log: list[str]
