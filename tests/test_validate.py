@@ -77,7 +77,10 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
     [
         ("", "empty"),
         ("+1212555010a", "letters"),
-        ("212-555-0100 x12", "letters"),
+        ("212-555-0100 x12", "has an extension"),
+        ("(212) 555-0100 ext. 12", "has an extension"),
+        ("+1 212 555 0100 Extension 4", "has an extension"),
+        ("212-555-0100 cell", "letters"),
         ("+44 20 7946 0958", "+44 is not a US or Canadian number"),
         ("+1 876 555 0101", "outside the US and Canada"),  # Jamaica shares +1
         ("555-12", "not a valid"),
@@ -90,7 +93,8 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
     ],
 )
 def test_unreachable_or_malformed_numbers_are_refused(raw: str, reason: str) -> None:
-    """Letters, other countries, +1 outside US/Canada and invalid numbers raise with a reason."""
+    """Letters, extensions, other countries, +1 outside US/Canada and invalid numbers raise
+    with a reason."""
     with pytest.raises(PhoneError, match=None) as info:
         normalize_phone(raw)
     assert reason in str(info.value)
