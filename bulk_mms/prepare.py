@@ -385,7 +385,7 @@ async def dry_run(
     dry = _DryRun(s, settings, clock, resend_in_doubt=resend_in_doubt, preview=preview, limit=limit)
     if job.group_by is not None:
         scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
-        check_rejected_share(scan, job)
+        check_rejected_share(scan, job, rejected_csv)
         view = load(job.where, statuses=False) if exists(job.where) else LedgerView()
         dry.check_ledger(job, view, scan)
         suppressed = suppression_for(settings.suppression_file, job.where)
@@ -456,7 +456,7 @@ class _DryRun:
             items = plan(job, reader, suppressed, view, excluded=excluded, tally=tally)
             write_rejected(rejected_csv, self._rejected(items, view))
         scan = tally.scan(job, reader)
-        check_rejected_share(scan, job)
+        check_rejected_share(scan, job, rejected_csv)
         if unreadable is not None:
             raise unreadable
         self.check_ledger(job, view, scan)

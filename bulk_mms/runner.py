@@ -768,7 +768,7 @@ async def run_job(
     except ScanStopped:
         log.warning("job.stopped_while_scanning", reason=stop.reason)
         return JobSummary(job.name, stopped=stop.reason)
-    check_rejected_share(scan, job)
+    check_rejected_share(scan, job, rejected_csv)
     with open_reader(job, keep_all=True, expect=scan.stamp, columns=scan.columns) as reader:
         store = open_store(job.where, "run")
         coordinator = coordinator_for(store, settings.lease_s)

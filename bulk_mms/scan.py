@@ -427,9 +427,10 @@ def _enough(lost: int, rows: int) -> str:
     return f"{thousandths / 1000:g}"
 
 
-def check_rejected_share(scan: InputScan, job: JobConfig) -> None:
+def check_rejected_share(scan: InputScan, job: JobConfig, written: Path | None = None) -> None:
     """Refuse an input that loses more than ``max_rejected_share`` of its rows; warn of any
-    loss at or under it.
+    loss at or under it. ``written``: the ``--rejected-csv`` file the rows were written to,
+    named in the refusal (else the refusal says how to have them).
 
     Raises:
         InputError: too many rows are lost; nothing may be sent.
@@ -442,7 +443,8 @@ def check_rejected_share(scan: InputScan, job: JobConfig) -> None:
             job.input,
             f"{scan.lost_rows} of its {scan.rows} rows ({share:.1%}) cannot be sent, more than "
             f"max_rejected_share ({allowed:.1%}); nothing was sent. {scan.reasons()}. "
-            "Every such row: --rejected-csv PATH; to send the rest anyway, set "
+            f"Every such row: {'in ' + str(written) if written else '--rejected-csv PATH'}; "
+            "to send the rest anyway, set "
             f"max_rejected_share = {_enough(scan.lost_rows, scan.rows)} in the job",
         )
     log.warning(

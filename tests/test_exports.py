@@ -245,13 +245,21 @@ def test_a_refused_share_names_the_setting_that_sends_the_rest(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The refusal of a third invalid names the max_rejected_share that lets the rest go
-    (0.334, not the 33.3% shown, which is less than a third), and that value sends them."""
+    (0.334, not the 33.3% shown, which is less than a third), and that value sends them; it
+    names the --rejected-csv file the rows went to, or says how to have them."""
     valid = third_invalid(jobs)
     fake = FakeTelnyx()
     with fake_api_thread(fake) as url:
         assert main(["run", str(jobs.job().path), "--base-url", url, "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert "set max_rejected_share = 0.334 in the job" in err
+        assert "Every such row: --rejected-csv PATH" in err
+        out = jobs.root / "rejected.csv"
+        assert (
+            main(["run", str(jobs.job().path), "--base-url", url, "--rejected-csv", str(out)]) == 2
+        )
+        assert f"Every such row: in {out};" in capsys.readouterr().err
+        assert out.read_text(encoding="utf-8").count("\n") > 1
         job = jobs.job(extra="max_rejected_share = 0.333")
         assert main(["run", str(job.path), "--base-url", url, "--dry-run"]) == 2
         job = jobs.job(extra="max_rejected_share = 0.334")
