@@ -716,8 +716,8 @@ class RowReader:
         parts = [part for cell in spans for part in cell.splitlines()[1:]]
         # rows written short of the header's last fields are read as rows too (_short_row):
         # one line shaped so is a signature's or a log's, two or more are taken for rows
-        short = sum(self._row_like(part, short=True) for part in parts) >= _SHORT_ROWS
-        rows = short or any(self._row_like(part) for part in parts)
+        short = sum(self._holds_row(part, short=True) for part in parts) >= _SHORT_ROWS
+        rows = short or any(self._holds_row(part) for part in parts)
         long = last - start >= MAX_RECORD_LINES
         if last > end and not (rows or long):
             raise _cut_off(self.path, start)
@@ -747,7 +747,7 @@ class RowReader:
         with ``spans`` quoted fields over them, may be a quote left open that stopped on a
         later row's quote, in words; None when it is a field as a spreadsheet writes it.
 
-        ``rows``: a field holds lines that look like rows (:meth:`_row_like`); ``short``:
+        ``rows``: a field holds lines that look like rows (:meth:`_holds_row`); ``short``:
         that is so because :data:`_SHORT_ROWS` of them or more look like rows written short,
         and its closing line is then judged as one may be.
 
@@ -784,6 +784,16 @@ class RowReader:
         ):
             return _ROWS
         return None
+
+    def _holds_row(self, part: str, *, short: bool = False) -> bool:
+        """Whether a line of a quoted field's value (past its first) looks like a row
+        (:meth:`_row_like`, ``short`` as there): as it reads, or as it stands in the file,
+        each quote in it doubled. A row a quote left open swallowed is read with its quotes
+        halved: one whose field before the number holds quotes (two, written as six) then
+        hides the number."""
+        return self._row_like(part, short=short) or (
+            '"' in part and self._row_like(part.replace('"', '""'), short=short)
+        )
 
     def _row_like(self, line: str, *, whole: bool = True, short: bool = False) -> bool:
         """Whether a line inside a quoted field looks like a row of its own: as many commas

@@ -371,6 +371,10 @@ def test_a_closed_note_holding_a_row_like_line_reads_as_one_row(
         ("phone,name,note", ['+12125550100,Ann,"hi', '+12125550101,Bo,yo"']),
         ("name,note,phone", ['Ann,"hi,+12125550100', 'Bo,"yo",+12125550101']),
         ("phone,name,note,x", ['+12125550100,"Ann,hi,x', '+12125550101,Bo,", yo",y']),
+        (
+            "name,alias,phone,note",
+            ['Ann,,+12125550100,"hi', 'Bo,"""""",+12125550101,yo', 'Cy,"', 'x",+12125550102,z'],
+        ),
     ],
     ids=[
         "lands on a later quoted field",
@@ -380,6 +384,7 @@ def test_a_closed_note_holding_a_row_like_line_reads_as_one_row(
         "a note whose last line is a row: the same bytes as a quote left open",
         "swallows no row, lands on the next row's quoted field",
         "swallows no row, lands on a quoted field that opens with a comma",
+        "swallows a row whose field before the number holds quotes (each written twice)",
     ],
 )
 def test_a_quote_left_open_that_closes_on_a_later_rows_quote_stops_the_file(
