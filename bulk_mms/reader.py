@@ -74,8 +74,9 @@ _OPENS = "and closes on the quote that opens a field of a row"
 _SHORT_ROWS = 2
 #: The ASCII punctuation a phone number may be written with (:func:`_in_number`).
 _NUMBER_MARKS = frozenset(" \t+-().'/")
-#: Why a quoted field over :data:`MAX_RECORD_LINES` lines or more is refused, whatever it holds.
-_LONG = f"over {MAX_RECORD_LINES} lines or more"
+#: Why a quoted field over more than :data:`MAX_RECORD_LINES` lines is refused, whatever it
+#: holds.
+_LONG = f"over more than {MAX_RECORD_LINES} lines"
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
 
@@ -708,7 +709,7 @@ class RowReader:
         """Refuse a record over lines ``start`` to ``last`` (a quoted field with line breaks)
         that may be a quote left open, which would swallow the people on the lines after it
         and stop on a quote of a later row (:meth:`_unclosed`), and one over
-        :data:`MAX_RECORD_LINES` lines or more, whatever it holds. Refuse one whose quote is
+        more than :data:`MAX_RECORD_LINES` lines, whatever it holds. Refuse one whose quote is
         still open at the end of the file (it runs into :data:`_END`), over no line that
         looks like a row: the file was cut off in the middle of it."""
         end = self._lineno  # the file's last line, once the record runs past it
@@ -733,6 +734,8 @@ class RowReader:
             if why in (_ROWS, _LONG)
             else " (a quote inside a field is written twice, in a quoted field)"
         )
+        if why == _OPENS:
+            fix += "; if the field is meant to end with a line break or a comma, take it off"
         raise InputError(
             self.path,
             f"a quoted field opened here runs to line {min(last, end)} {why}: an unclosed "
@@ -743,7 +746,7 @@ class RowReader:
     def _unclosed(
         self, rec: list[str], lines: list[str], spans: int, *, rows: bool, short: bool = False
     ) -> str | None:
-        """Why the record ``rec``, read from ``lines`` (fewer than :data:`MAX_RECORD_LINES`)
+        """Why the record ``rec``, read from ``lines`` (at most :data:`MAX_RECORD_LINES`)
         with ``spans`` quoted fields over them, may be a quote left open that stopped on a
         later row's quote, in words; None when it is a field as a spreadsheet writes it.
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bulk_mms import reader as reader_module
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
-from bulk_mms.reader import MAX_LINE_BYTES, Row, RowReader
+from bulk_mms.reader import MAX_LINE_BYTES, MAX_RECORD_LINES, Row, RowReader
 
 
 def read(
@@ -407,7 +407,7 @@ def test_a_note_over_many_small_blocks_is_read_from_every_line(
     """A note over the most lines a record may span, read a few bytes at a time (a batch of
     lines each), is checked on the text of all its lines: it reads as one row."""
     monkeypatch.setattr(reader_module, "BLOCK_BYTES", 8)
-    inner = [f"line {i}" for i in range(reader_module.MAX_RECORD_LINES - 3)]
+    inner = [f"line {i}" for i in range(reader_module.MAX_RECORD_LINES - 2)]
     note = "\n".join(["Called from", "+12125550199,Bob,x", *inner])
     p = tmp_path / "a.csv"
     p.write_text(f'phone,name,note\n+12125550100,Ann,x\n+12125550101,Bo,"{note}"\n')
@@ -415,18 +415,44 @@ def test_a_note_over_many_small_blocks_is_read_from_every_line(
     assert rows[1] == Row(3, {"phone": "+12125550101", "note": note})
 
 
+def test_a_note_ending_where_a_row_would_open_says_how_to_fix_either_way(tmp_path: Path) -> None:
+    """A note whose last line is blank, closing in a line that reads as a row, cannot be told
+    from a quote left open: the file stops, saying to take the stray quote out or the line
+    break or comma off the note's end. One ending in a comma, closing in a line whose phone
+    cell holds that comma (no number), reads as the one row it is."""
+    p = tmp_path / "a.csv"
+    p.write_text('note,phone\n"Call back,\nask for Bo,",+12125550100\n')
+    note = "Call back,\nask for Bo,"
+    assert read(p, keep=("note",)) == [Row(2, {"phone": "+12125550100", "note": note})]
+    p.write_text('note,phone\n"hello\n ",+12125550100\n')
+    with pytest.raises(InputError) as err:
+        read(p, keep=("note",))
+    assert err.value.line == 2
+    assert err.value.message == (
+        "a quoted field opened here runs to line 3 and closes on the quote that opens a field "
+        "of a row: an unclosed quote? Remove or close the stray quote (a quote inside a field "
+        "is written twice, in a quoted field); if the field is meant to end with a line break "
+        "or a comma, take it off, and run again"
+    )
+
+
 @pytest.mark.parametrize(
     ("inner", "last", "why"),
     [
         ([f"+1212555{i:04d},P{i},x" for i in range(200, 225)], "then he left", "look like rows"),
-        ([f"line {i}" for i in range(25)], "the end", "20 lines or more"),
+        ([f"line {i}" for i in range(25)], "the end", "over more than 20 lines"),
+        ([f"line {i}" for i in range(MAX_RECORD_LINES - 1)], "the end", "over more than 20 lines"),
     ],
-    ids=["a quote left open over rows, closing on its own text", "a long note"],
+    ids=[
+        "a quote left open over rows, closing on its own text",
+        "a long note",
+        "a note one line over the bound",
+    ],
 )
 def test_a_quoted_field_over_max_record_lines_stops_the_file(
     tmp_path: Path, inner: list[str], last: str, why: str
 ) -> None:
-    """A quoted field over MAX_RECORD_LINES lines or more stops the file at the line it
+    """A quoted field over more than MAX_RECORD_LINES lines stops the file at the line it
     opened, however it closes: a quote left open that swallowed that many rows is not read
     as one row's note."""
     p = tmp_path / "a.csv"
