@@ -726,6 +726,9 @@ class RowReader:
             why: str | None = _ROWS if rows else _LONG
         else:
             lines = [self._line(n) for n in range(start, last + 1)]
+            # two fields over lines: a line between them holds one's close and the next's
+            # open, and the fields between, which no field's own lines show: read it whole
+            rows = rows or (len(spans) > 1 and any(map(self._row_like, lines[1:-1])))
             why = self._unclosed(rec, lines, len(spans), rows=rows, short=short)
         if why is None:
             return

@@ -375,6 +375,7 @@ def test_a_closed_note_holding_a_row_like_line_reads_as_one_row(
             "name,alias,phone,note",
             ['Ann,,+12125550100,"hi', 'Bo,"""""",+12125550101,yo', 'Cy,"', 'x",+12125550102,z'],
         ),
+        ("c0,phone,c1,c2", ['",+12125550100,,', '",a",+12125550101,,"', '"']),
     ],
     ids=[
         "lands on a later quoted field",
@@ -385,6 +386,7 @@ def test_a_closed_note_holding_a_row_like_line_reads_as_one_row(
         "swallows no row, lands on the next row's quoted field",
         "swallows no row, lands on a quoted field that opens with a comma",
         "swallows a row whose field before the number holds quotes (each written twice)",
+        "lands on a row's first field and a quote at its end opens another over lines",
     ],
 )
 def test_a_quote_left_open_that_closes_on_a_later_rows_quote_stops_the_file(

@@ -160,7 +160,13 @@ def _documented_refusal(table: Table, err: InputError) -> bool:
     opens = any(
         not (last := _BREAK.split(cell)[-1].rstrip(' \t"')) or last.endswith(",") for cell in over
     )
-    rows = any(probe._row_like(part) for cell in over for part in _inner_lines(cell))
+    parts = [part for cell in over for part in _inner_lines(cell)]
+    # "lines shaped like rows ... two or more lines count with fewer (rows written short)"
+    short = sum(probe._holds_row(part, short=True) for part in parts) >= reader_module._SHORT_ROWS
+    rows = short or any(probe._holds_row(part) for part in parts)
+    # "a line between two fields over lines that reads as a row"
+    between = [_closing_line(table, n) for n in range(err.line + 1, last_line)]
+    rows = rows or (len(over) > 1 and any(map(probe._row_like, between)))
     closing = _closing_line(table, last_line)
     if not rows:
         # "closes on the quote that opens a field of a row"
@@ -169,7 +175,7 @@ def _documented_refusal(table: Table, err: InputError) -> bool:
     # of fields), or it ends with a comma or a line break, or another field runs over lines"
     width = len(table.header)
     fields = reader_module._unpadded(next(csv.reader([closing]), []), width)
-    reads_as_row = probe._row_like(closing) or len(fields) == width
+    reads_as_row = probe._row_like(closing, short=short) or len(fields) == width
     return reader_module._ROWS in err.message and (opens or reads_as_row or len(over) > 1)
 
 
