@@ -101,10 +101,11 @@ _FLOAT: Final = re.compile(r"\s*(\+?[0-9]+)\.0+\s*", re.ASCII)
 #: A number in scientific notation (``1.21255E+10``): a spreadsheet showed it so and exported
 #: what it showed, its last digits gone.
 _SCIENTIFIC: Final = re.compile(r"\s*\+?[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]+\s*", re.ASCII)
-#: A number followed by a desk phone's extension (``x123``, ``ext. 12``, ``extension 4``,
-#: ``#5``): what ``contains letters`` would otherwise say of it.
+#: A whole number (ten digits or more) followed by a desk phone's extension (``x123``,
+#: ``ext. 12``, ``extension 4``, ``#5``): what ``contains letters`` would otherwise say of it.
 _EXTENSION: Final = re.compile(
-    r"[0-9 \t+\-().]*[0-9][ \t)]*(?:x|ext\.?|extension|#)\s*[0-9]{1,6}", re.ASCII | re.IGNORECASE
+    r"(?P<number>[\d \t+\-().\u00a0/]*\d)[ \t)\u00a0]*(?:x|ext\.?|extension|#)[ \t\u00a0]*\d{1,6}",
+    re.IGNORECASE,
 )
 
 #: Regions in which phonenumbers reads ten digits, or eleven starting with 1, as a +1
@@ -160,7 +161,8 @@ def _parsed(value: str, region: str) -> str:
                     "its last digits maybe lost; format the phone column as Text and export "
                     "it again"
                 )
-            if _EXTENSION.fullmatch(text) is not None:
+            ext = _EXTENSION.fullmatch(text.translate(_SEPARATORS))  # as every path writes it
+            if ext is not None and sum(map(str.isdigit, ext["number"])) >= 10:
                 raise PhoneError("phone number has an extension: a text reaches no extension")
             kind = "letters" if ch.isalpha() else f"the character {ch!r}"
             raise PhoneError(f"phone number contains {kind}")

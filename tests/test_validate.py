@@ -81,6 +81,8 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
         ("(212) 555-0100 ext. 12", "has an extension"),
         ("+1 212 555 0100 Extension 4", "has an extension"),
         ("212-555-0100 cell", "letters"),
+        ("555-0100 x12", "letters"),  # an extension follows a whole number: ten digits
+        ("000\u00a0000x\u00a00000", "letters"),
         ("+44 20 7946 0958", "+44 is not a US or Canadian number"),
         ("+1 876 555 0101", "outside the US and Canada"),  # Jamaica shares +1
         ("555-12", "not a valid"),
