@@ -103,8 +103,10 @@ _FLOAT: Final = re.compile(r"\s*(\+?[0-9]+)\.0+\s*", re.ASCII)
 _SCIENTIFIC: Final = re.compile(r"\s*\+?[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]+\s*", re.ASCII)
 #: A whole number (ten digits or more) followed by a desk phone's extension (``x123``,
 #: ``ext. 12``, ``extension 4``, ``#5``): what ``contains letters`` would otherwise say of it.
+#: (Read with the separators made ASCII: :data:`_SEPARATORS`.)
 _EXTENSION: Final = re.compile(
-    r"(?P<number>[\d \t+\-().\u00a0/]*\d)[ \t)\u00a0]*(?:x|ext\.?|extension|#)[ \t\u00a0]*\d{1,6}",
+    rf"(?P<number>[\d{re.escape(''.join(sorted(_ALLOWED_PUNCTUATION)))}]*\d)[ \t)]*"
+    r"(?:x|ext\.?|extension|#)[ \t]*\d{1,6}",
     re.IGNORECASE,
 )
 
