@@ -453,12 +453,12 @@ class _Link:
             return self._conn
 
     async def _on(
-        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], box: list[Any]
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
     ) -> T:
-        """``work`` on the connection, counted as a user of it while it runs (``box``
-        receives the connection, for the caller to judge or give up)."""
-        conn = await self._connected()
-        box.append(conn)
+        """``work`` on ``conn``, counted as a user of it while it runs; closed after it when
+        it was given up meanwhile and this was its last user."""
         key = id(conn)
         self._users[key] = self._users.get(key, 0) + 1
         try:
@@ -487,12 +487,13 @@ class _Link:
             LedgerError: any other driver error.
         """
         for last in (False, True):
-            used: list[psycopg.AsyncConnection[Any]] = []
+            conn: psycopg.AsyncConnection[Any] | None = None  # this try's, once it has one
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    return await self._on(work, used)
+                    conn = await self._connected()
+                    return await self._on(conn, work)
             except TimeoutError:
-                await self._drop(used[0] if used else None)
+                await self._drop(conn)
                 raise LedgerUnavailable(
                     self._name, f"{what}: no answer within {self.timeout_s:g} s"
                 ) from None
@@ -502,7 +503,6 @@ class _Link:
                 # so does any OperationalError, which psycopg may raise before it has seen
                 # the connection break (ended in the middle of a pipelined executemany: "cannot
                 # exit pipeline mode while busy"), and after which the connection is dropped
-                conn = used[0] if used else None
                 lost = _lost(conn) or isinstance(exc, psycopg.OperationalError)
                 if not lost:
                     raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
