@@ -15,6 +15,7 @@ request left and is a :class:`NetworkError`; anything after the request may have
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import email.utils
 import errno
@@ -32,9 +33,12 @@ import aiohttp
 import orjson
 import structlog
 import yarl
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from bulk_mms._version import __version__
-from bulk_mms.clock import instant
+from bulk_mms.clock import instant, since_boot
 from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -579,6 +583,36 @@ def descriptors_message(code: int) -> str:
 # The real client
 
 
+#: When the request being sent must have left by, on :func:`~bulk_mms.clock.since_boot`
+#: (:meth:`AiohttpMmsClient.send` sets it for its own request; None: no bound).
+_LEAVE_BY: Final[contextvars.ContextVar[float | None]] = contextvars.ContextVar(
+    "bulk_mms_leave_by", default=None
+)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, with a send's last check before its request leaves: a connection
+    got (from the pool, or made) after the send's time to leave ran out (:data:`_LEAVE_BY`) is
+    put back, and the request never leaves. The connect timeout bounds that wait on the event
+    loop's clock, which stands still while the machine is suspended; this check reads a clock
+    that does not (:func:`~bulk_mms.clock.since_boot`)."""
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's own signature, which it calls by keyword
+    ) -> Connection:
+        conn = await super().connect(req, traces, timeout)
+        leave_by = _LEAVE_BY.get()
+        if leave_by is not None and since_boot() >= leave_by:
+            conn.release()
+            raise NetworkError(
+                "the time to leave in ran out while waiting for a connection; not sent"
+            )
+        return conn
+
+
 class AiohttpMmsClient:
     """:class:`MmsClient` over one :class:`aiohttp.ClientSession`.
 
@@ -629,7 +663,7 @@ class AiohttpMmsClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            connector = _Connector(limit=self._max_connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=self._headers,  # every request's; a send adds its Idempotency-Key
@@ -654,10 +688,13 @@ class AiohttpMmsClient:
             raise NetworkError("no time was left for the request to leave in; not sent")
         data = orjson.dumps(request_body(group))
         timeout = self._timeout
-        if leave_within is not None and leave_within < (timeout.connect or float("inf")):
-            timeout = aiohttp.ClientTimeout(
-                total=timeout.total, connect=leave_within, ceil_threshold=math.inf
-            )
+        leaving = None
+        if leave_within is not None:
+            leaving = _LEAVE_BY.set(since_boot() + leave_within)
+            if leave_within < (timeout.connect or float("inf")):
+                timeout = aiohttp.ClientTimeout(
+                    total=timeout.total, connect=leave_within, ceil_threshold=math.inf
+                )
         try:
             status, body = await self._request(
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
@@ -683,6 +720,9 @@ class AiohttpMmsClient:
                     errors=exc.errors,  # what the answer said, should it say more
                 ) from None
             raise
+        finally:
+            if leaving is not None:
+                _LEAVE_BY.reset(leaving)
         try:
             return parse_receipt(body, group.to)
         except AmbiguousSendError as exc:

@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 #: How far apart this machine's clock and Telnyx's may be, in seconds: a message detail
 #: record (:mod:`bulk_mms.settle`) or a webhook's event (:mod:`bulk_mms.webhooks`) stamped
@@ -79,21 +79,34 @@ class SystemClock:
         if (followed := self._followed) is None:
             return time.time()
         theirs, then = followed
-        return theirs + (time.monotonic() - then)
+        return theirs + (since_boot() - then)
 
     async def sleep(self, seconds: float) -> None:
         await sleep_unless(self._stopping, seconds)
 
     def follow(self, other: Callable[[], float]) -> float:
         """From now on tell ``other``'s wall time (seconds since the epoch, read once: the
-        midpoint of the read is taken as its instant), carried on by the system's monotonic
-        clock, so that the system's wall clock being set meanwhile (NTP, chrony) moves it
-        nothing. How far ``other`` was ahead of the system's wall clock, in seconds."""
-        before, start = time.time(), time.monotonic()
+        midpoint of the read is taken as its instant), carried on by :func:`since_boot`, so
+        that the system's wall clock being set meanwhile (NTP, chrony) moves it nothing, and
+        a machine suspended meanwhile finds it as late as ``other`` is. How far ``other`` was
+        ahead of the system's wall clock, in seconds."""
+        before, start = time.time(), since_boot()
         theirs = other()
-        after, end = time.time(), time.monotonic()
+        after, end = time.time(), since_boot()
         self._followed = (theirs, (start + end) / 2)
         return theirs - (before + after) / 2
+
+
+def since_boot() -> float:
+    """Seconds on a clock that goes on while the machine is suspended (Linux's
+    ``CLOCK_BOOTTIME``; macOS's ``CLOCK_MONOTONIC``; else Python's monotonic clock), and is
+    never set. For what runs on another machine's real time while this one may sleep: a
+    claim's lease, a followed database clock, the time a request has left to leave in.
+    Python's monotonic clock (and the event loop's) stands still in a suspend."""
+    return time.clock_gettime(_AWAKE_OR_NOT) if _AWAKE_OR_NOT is not None else time.monotonic()
+
+
+_AWAKE_OR_NOT: Final = getattr(time, "CLOCK_BOOTTIME", getattr(time, "CLOCK_MONOTONIC", None))
 
 
 async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import bulk_mms.client
+import bulk_mms.clock
 from bulk_mms.client import (
     AiohttpMmsClient,
     idempotency_key,
@@ -164,6 +166,34 @@ async def test_a_request_that_cannot_leave_in_time_never_leaves(fake_api: API) -
         await holding
         receipt = await c.send(group(2), idempotency_key("c0ffee", "late"), leave_within=2.0)
     assert [a.id for a in fake.accepted] == [(await holding).message_id, receipt.message_id]
+
+
+async def test_a_machine_asleep_while_a_send_waits_for_its_connection_never_sends_it(
+    fake_api: API, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine suspended while a send waits for its connection (a clock that sleeps with it,
+    the event loop's, sees no time pass) finds the send's time to leave in gone once it wakes:
+    the request never leaves, and the connection goes back to serve the next send."""
+    fake, url = fake_api
+    fake.faults.append(Fault("slow", delay=0.5))
+    asleep = [0.0]
+    awake_clock = bulk_mms.clock.since_boot
+    monkeypatch.setattr(bulk_mms.client, "since_boot", lambda: awake_clock() + asleep[0])
+    c = AiohttpMmsClient(url, KEY, connect_timeout=30.0, request_timeout=30.0, max_connections=1)
+    async with c:
+        holding = asyncio.ensure_future(c.send(group(), IDEM))
+        await asyncio.sleep(0.05)  # the first request holds the one connection
+        late = asyncio.ensure_future(
+            c.send(group(2), idempotency_key("c0ffee", "late"), leave_within=20.0)
+        )
+        await asyncio.sleep(0.05)
+        asleep[0] = 60.0  # the machine slept a minute; the loop's clock saw none of it
+        with pytest.raises(NetworkError, match="ran out while waiting for a connection"):
+            await late
+        first = await holding
+        again = await c.send(group(2), idempotency_key("c0ffee", "again"), leave_within=20.0)
+    assert [a.id for a in fake.accepted] == [first.message_id, again.message_id]
+    assert [r.method for r in fake.http_log] == ["POST", "POST"]
 
 
 async def test_a_long_time_to_leave_in_is_kept_to_the_millisecond(fake_api: API) -> None:

@@ -32,18 +32,23 @@ def test_system_clock_reads_its_loop_and_the_next_once_the_first_is_closed() -> 
 
 
 class _Host:
-    """The time module of a host whose wall clock is ``ahead`` seconds off, and whose
-    monotonic clock the test moves by hand."""
+    """The time module of a host whose wall clock is ``ahead`` seconds off, whose monotonic
+    clock the test moves by hand, and which has been suspended for ``asleep`` seconds (its
+    monotonic clock stood still meanwhile; its boot clock did not)."""
 
     def __init__(self, ahead: float) -> None:
         self.ahead = ahead
         self.mono = 1000.0
+        self.asleep = 0.0
 
     def time(self) -> float:
-        return 1_800_000_000.0 + (self.mono - 1000.0) + self.ahead
+        return 1_800_000_000.0 + (self.mono - 1000.0) + self.asleep + self.ahead
 
     def monotonic(self) -> float:
         return self.mono
+
+    def clock_gettime(self, which: int) -> float:
+        return self.mono + self.asleep
 
 
 def test_a_followed_clock_keeps_its_time_when_the_hosts_clock_is_set(
@@ -60,3 +65,18 @@ def test_a_followed_clock_keeps_its_time_when_the_hosts_clock_is_set(
     host.mono += 30.0
     host.ahead = 0.0  # set right
     assert clock.wall() == 1_800_000_030.0
+
+
+def test_a_followed_clock_goes_on_while_the_machine_is_suspended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clock that follows a shared ledger's database is as late as the database after this
+    machine was suspended (its monotonic clock stood still), so no deadline or send window is
+    judged by a time left behind by the suspend."""
+    host = _Host(ahead=0.0)
+    monkeypatch.setattr(bulk_mms.clock, "time", host)
+    clock = SystemClock()
+    clock.follow(lambda: 1_800_000_000.0)
+    host.mono += 5.0
+    host.asleep = 3600.0  # an hour suspended
+    assert clock.wall() == 1_800_003_605.0

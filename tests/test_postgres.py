@@ -601,6 +601,7 @@ class _Behind:
     """The time module as a host whose wall clock is two minutes slow sees it."""
 
     monotonic = staticmethod(time.monotonic)
+    clock_gettime = staticmethod(time.clock_gettime)
 
     @staticmethod
     def time() -> float:

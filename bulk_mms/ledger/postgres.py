@@ -51,7 +51,6 @@ import os
 import re
 import secrets
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -62,7 +61,7 @@ import psycopg.errors
 import structlog
 import yarl
 
-from bulk_mms.clock import Clock
+from bulk_mms.clock import Clock, since_boot
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import ClaimLost, LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.commit import GroupCommitted
@@ -895,17 +894,6 @@ class PostgresStore(GroupCommitted[_Item]):
             self._conn.close()  # ends the session: its advisory lock goes with it
 
 
-def _elapsed() -> float:
-    """Seconds on a clock that goes on while the machine sleeps (Linux's ``CLOCK_BOOTTIME``;
-    macOS's ``CLOCK_MONOTONIC``; else Python's monotonic clock): a lease runs on the server's
-    real time, and a machine suspended past it has lost its claims, though Python's monotonic
-    clock stood still."""
-    return time.clock_gettime(_AWAKE_OR_NOT) if _AWAKE_OR_NOT is not None else time.monotonic()
-
-
-_AWAKE_OR_NOT: Final = getattr(time, "CLOCK_BOOTTIME", getattr(time, "CLOCK_MONOTONIC", None))
-
-
 class PostgresCoordinator:
     """Claims, their fences and their heartbeat in the ledger's database: the
     :class:`~bulk_mms.coordination.Coordinator` of a run on a :class:`PostgresStore`.
@@ -926,7 +914,8 @@ class PostgresCoordinator:
         self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
-        #: Until when each claim surely holds (on :func:`_elapsed`; see :meth:`held_for`).
+        #: Until when each claim surely holds, on :func:`~bulk_mms.clock.since_boot` (a lease
+        #: runs on the server's real time, a suspend included; see :meth:`held_for`).
         self._until: dict[str, float] = {}
 
     async def claim(self, group: str) -> bool:
@@ -940,7 +929,7 @@ class PostgresCoordinator:
             cur = await conn.execute(_CLAIM, params)
             return await cur.fetchone()
 
-        asked = _elapsed()
+        asked = since_boot()
         row = await self._link.run(claim, "cannot claim")
         if row is None:
             self._tokens.pop(group, None)
@@ -956,15 +945,15 @@ class PostgresCoordinator:
         return Fence(self.owner, self._tokens.get(group, 0))
 
     def held_for(self, group: str) -> float | None:
-        return self._until.get(group, 0.0) - _elapsed()
+        return self._until.get(group, 0.0) - since_boot()
 
     async def heartbeat(self) -> None:
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(_HEARTBEAT, (self.lease_s, self._ledger, self.owner))
 
-        asked = _elapsed()
+        asked = since_boot()
         await self._link.run(renew, "cannot renew claims")
-        answered, until = _elapsed(), asked + self.lease_s
+        answered, until = since_boot(), asked + self.lease_s
         for group, held in self._until.items():
             if held > answered:  # it held until the renewal was done: renewed
                 self._until[group] = until
