@@ -1040,12 +1040,17 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
 def _in_number(char: str) -> bool:
     """Whether ``char`` may be in a phone number as written: a digit, the ASCII punctuation
     people write in one (``+1 (206) 571-3909``, ``415.847.5622``, a spreadsheet's leading
-    ``'``), or a dash, a space or an invisible character a word processor puts between
-    digits. Not a time's colon (``10:15``), a price's ``$``, a letter."""
+    ``'``), or a dash, the minus sign, a space or an invisible character a word processor
+    puts between digits. Not a time's colon (``10:15``), a price's ``$``, a letter. Every
+    character :func:`bulk_mms.validate.normalize_phone` reads in a number is one of these
+    (so a row the validator would send is never taken for a note's text)."""
     return (
         char.isdigit()
         or char in _NUMBER_MARKS
-        or (not char.isascii() and unicodedata.category(char) in ("Pd", "Zs", "Cf"))
+        or (
+            not char.isascii()
+            and (char == "\u2212" or unicodedata.category(char) in ("Pd", "Zs", "Cf"))
+        )
     )
 
 

@@ -14,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulk_mms import reader as reader_module
+from bulk_mms import validate
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_LINE_BYTES, MAX_RECORD_LINES, Row, RowReader
+from bulk_mms.validate import normalize_phone
 
 
 def read(
@@ -925,3 +927,17 @@ def test_a_jsonl_file_written_while_a_pass_that_expects_its_version_reads_it_sto
     assert len(rows) == 10  # nothing read after the write
     with RowReader(p, "phone") as anyone:
         assert len(list(anyone)) == 3001
+
+
+def test_every_character_the_validator_reads_in_a_number_is_one_the_reader_sees_in_one() -> None:
+    """The reader's test of a line inside a quoted field for a row's number accepts every
+    character the validator reads in a number (its punctuation, and the dashes, minus sign,
+    spaces and invisible characters it reads as ASCII): a row it would send is never taken
+    for a note's text."""
+    read_in_number = set(validate._ALLOWED_PUNCTUATION) | {
+        chr(code) for code in validate._SEPARATORS
+    }
+    assert read_in_number  # the validator's own sets, as it reads them
+    assert [c for c in sorted(read_in_number) if not reader_module._in_number(c)] == []
+    assert normalize_phone("+1 206\u2212571\u22123909") == "+12065713909"
+    assert reader_module._in_number("\u2212")
