@@ -4,6 +4,7 @@ the one fold and its states, header checks."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import threading
 from decimal import Decimal
@@ -18,7 +19,7 @@ from msgspec.structs import replace
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
 from bulk_mms.ledger import events as ev
-from bulk_mms.ledger import load, open_store, to_json
+from bulk_mms.ledger import jsonl, load, open_store, to_json
 from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.fold import LedgerView
@@ -325,13 +326,69 @@ def test_header_mismatch_is_refused() -> None:
 
 
 def test_second_open_is_locked_out_with_the_holder_pid(tmp_path: Path) -> None:
-    """While one run holds the ledger, a second open fails naming the holder's PID."""
+    """While one run holds the ledger, a second open fails naming the holder's PID, after
+    LOCK_TRIES tries a bounded pause apart."""
     first = open_store(tmp_path / "l.jsonl")
+    pauses: list[float] = []
     with pytest.raises(LedgerLocked) as info:
-        open_store(tmp_path / "l.jsonl")
+        JsonlStore.open(tmp_path / "l.jsonl", pause=pauses.append)
     assert str(os.getpid()) in str(info.value)
+    assert pauses == [jsonl.LOCK_RETRY_S] * (jsonl.LOCK_TRIES - 1)
+    assert sum(pauses) <= 0.1
     first.close_sync()
     open_store(tmp_path / "l.jsonl").close_sync()
+
+
+def test_a_run_waits_out_a_look_that_holds_its_lock_for_an_instant(tmp_path: Path) -> None:
+    """A run that finds its lock taken by a look at who holds it (``track --follow``, a dry
+    run) tries again once the look has given it back, and runs."""
+    path = tmp_path / "l.jsonl"
+    open_store(path).close_sync()
+    look = os.open(f"{path}.lock", os.O_RDWR)
+    fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the look, at the run's very instant
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        os.close(look)  # the look is over
+
+    store = JsonlStore.open(path, pause=pause)
+    assert JsonlStore.holder(path) == str(os.getpid())
+    store.close_sync()
+    assert pauses == [jsonl.LOCK_RETRY_S]
+    assert JsonlStore.holder(path) is None
+
+
+def test_runs_starting_while_another_process_keeps_looking_are_never_locked_out(
+    tmp_path: Path,
+) -> None:
+    """Runs opening the ledger over and over while a thread keeps asking who holds it (as
+    ``track --follow`` does between passes) never fail with LedgerLocked."""
+    path = tmp_path / "l.jsonl"
+    open_store(path).close_sync()
+    done = threading.Event()
+    looks = 0
+
+    def keep_looking() -> None:
+        nonlocal looks
+        while not done.is_set():
+            JsonlStore.holder(path)
+            looks += 1
+
+    looker = threading.Thread(target=keep_looking)
+    looker.start()
+    locked = 0
+    try:
+        for _ in range(300):
+            try:
+                open_store(path).close_sync()
+            except LedgerLocked:
+                locked += 1
+    finally:
+        done.set()
+        looker.join()
+    assert looks > 0
+    assert locked == 0
 
 
 EVENTS = st.lists(

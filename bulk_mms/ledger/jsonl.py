@@ -13,7 +13,10 @@ system, a busy disk) holds up only the writers waiting for that commit, while th
 pacing and requests go on and new events queue for the next commit.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
-second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. ``track`` and
+second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. Whether a run holds it
+is asked by taking it for an instant (:meth:`JsonlStore.holder`: a dry run); a run that finds
+it taken asks again for up to :data:`LOCK_TRIES` times :data:`LOCK_RETRY_S` before it counts
+as held, so such a look never locks a run out. ``track`` and
 ``webhooks`` append ``status`` events beside a run without that lock; every batch of lines takes
 the file's own append lock, so lines from different processes never mix.
 
@@ -36,8 +39,10 @@ import fcntl
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 import orjson
 
@@ -51,6 +56,12 @@ from bulk_mms.ledger.fold import LedgerView
 _STATUS_PREFIX = b'{"event":"status"'
 #: What a write the disk refused says of the run: it stopped, and nothing is lost.
 _RESUMES = "stopped; nothing is lost: rerun once the disk takes writes"
+#: Tries a run makes for ``LEDGER.lock``, :data:`LOCK_RETRY_S` apart, before another run holds
+#: it (:class:`~bulk_mms.errors.LedgerLocked`): a look at who holds it (:meth:`JsonlStore.holder`)
+#: takes it for an instant, and a run starting at that instant waits that instant out. At most
+#: a tenth of a second in all, and only when the lock is taken.
+LOCK_TRIES: Final = 20
+LOCK_RETRY_S: Final = 0.005
 
 
 class _Tail:
@@ -118,8 +129,11 @@ class JsonlStore(GroupCommitted[bytes]):
         self._tail = _Tail(path)
 
     @classmethod
-    def open(cls, path: Path, mode: str = "run") -> JsonlStore:
-        """Open ``path`` as ``mode`` says.
+    def open(
+        cls, path: Path, mode: str = "run", *, pause: Callable[[float], None] = time.sleep
+    ) -> JsonlStore:
+        """Open ``path`` as ``mode`` says; ``run`` waits between its tries for a lock taken
+        (:data:`LOCK_TRIES`) with ``pause``.
 
         Raises:
             LedgerLocked: ``run``, and another run holds it.
@@ -136,21 +150,19 @@ class JsonlStore(GroupCommitted[bytes]):
             return cls(path)
         if mode == "append":
             return cls._open_append(path)
-        return cls._open_run(path)
+        return cls._open_run(path, pause)
 
     @classmethod
-    def _open_run(cls, path: Path) -> JsonlStore:
+    def _open_run(cls, path: Path, pause: Callable[[float], None]) -> JsonlStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise LedgerError(path, f"cannot create: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(lock_fd, pause):
             holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
             os.close(lock_fd)
-            raise LedgerLocked(path, holder) from None
+            raise LedgerLocked(path, holder)
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -180,8 +192,9 @@ class JsonlStore(GroupCommitted[bytes]):
 
     @staticmethod
     def holder(path: Path) -> str | None:
-        """The PID of the run that holds ``path`` now, or None (a dry run's check: it takes
-        the lock for an instant and gives it back, as a run would take it)."""
+        """The PID of the run that holds ``path`` now, or None. It takes the lock for an
+        instant and gives it back, as a run would take it (a run starting meanwhile tries
+        again: :data:`LOCK_TRIES`)."""
         try:
             lock_fd = os.open(f"{path}.lock", os.O_RDWR)
         except OSError:
@@ -313,6 +326,20 @@ class JsonlStore(GroupCommitted[bytes]):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = self._lock_fd = -1
+
+
+def _lock(fd: int, pause: Callable[[float], None]) -> bool:
+    """Take a run's lock on ``fd``: whether it was taken within :data:`LOCK_TRIES` tries,
+    ``pause(LOCK_RETRY_S)`` between them (another process may hold it for an instant)."""
+    for n in range(LOCK_TRIES):
+        if n:
+            pause(LOCK_RETRY_S)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        return True
+    return False
 
 
 def _cut_torn_tail(fd: int) -> None:
