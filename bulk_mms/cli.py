@@ -219,7 +219,11 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "track", help="poll delivery statuses of a ledger's sent groups", parents=[common]
     )
     track.add_argument("ledger", type=_ledger, help=LEDGER_HELP)
-    track.add_argument("--follow", action="store_true", help="keep polling until all are final")
+    track.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep polling until all are final and no run of the ledger is live",
+    )
     track.add_argument("--config", type=Path, help=CONFIG_HELP)
     track.add_argument("--base-url", help=BASE_URL_HELP)
     track.add_argument(

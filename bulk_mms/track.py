@@ -8,8 +8,11 @@ its own token bucket (``[track] rate``) and with the send path's backoff. Each c
 ``status`` event, judged news by the ledger's own fold (:class:`~bulk_mms.ledger.LedgerView`).
 
 One pass by default; ``follow`` repeats passes until every recipient is final or its group is
-older than ``max_age``. A group whose statuses did not change is asked again after twice the
-interval each time (up to ``max_interval``), so a long tail of slow carriers costs few requests.
+older than ``max_age``, and no run of the ledger is live (:meth:`LedgerStore.live_run
+<bulk_mms.ledger.store.LedgerStore.live_run>`): a run between groups, pacing slowly, may
+send more after everything it sent so far is final. A group whose statuses did not change is
+asked again after twice the interval each time (up to ``max_interval``), so a long tail of slow
+carriers costs few requests.
 
 A 404 (the API does not know the id) and a recipient the API does not list are counted and
 named in the result, never fatal. A refused key or a redirect stops tracking
@@ -146,6 +149,9 @@ class Tracker:
         self._not_found: set[str] = set()
         #: Tries in a row that could not connect (:data:`STOP_AFTER_UNREACHABLE`).
         self.connect_failures = 0
+        #: The live run ``follow`` waits on with nothing left to ask (None: not waiting on
+        #: one): ``track.waiting`` is logged when it changes, not every pass.
+        self.waiting_on: str | None = None
 
     def __repr__(self) -> str:
         return f"<Tracker {self.store.name} groups={len(self.view.groups)}>"
@@ -409,12 +415,21 @@ class Tracker:
 
     async def run(self, *, follow: bool = False) -> TrackResult:
         """Settle what the API's records can settle, then one pass, or with ``follow``
-        passes until nothing is left to ask of the ledger as it stands after the pass (the
-        groups runs still sending wrote meanwhile taken in, so they are asked about too)."""
+        passes until nothing is left to ask of the ledger as it stands after the pass and no
+        run of it is live (the groups runs still sending wrote meanwhile taken in, so they
+        are asked about too). With nothing left but a live run, it looks again every
+        ``interval``.
+
+        Raises:
+            LedgerError: the store could not say whether a run is live.
+        """
         await self.settle_doubts()
         while True:
             await self.one_pass()
+            live = None
             if follow:
+                # asked before the ledger is read again: all a run wrote before it ended is read
+                live = await self.store.live_run(self.settings.lease_s)
                 self.refresh()
             left = self.remaining()
             log.info(
@@ -424,16 +439,28 @@ class Tracker:
                 pending=left,
                 requests=self.result.requests,
             )
-            if not follow or not left or self.stop.is_set():
+            if not follow or self.stop.is_set() or not (left or live):
                 break
-            waits = [at for _, at in self.backoff.values()]
-            next_at = min(waits, default=self.clock.monotonic() + self.cfg.interval)
-            await self.clock.sleep(max(1.0, next_at - self.clock.monotonic()))
+            self._waiting(None if left else live)
+            if left:
+                waits = [at for _, at in self.backoff.values()]
+                next_at = min(waits, default=self.clock.monotonic() + self.cfg.interval)
+                await self.clock.sleep(max(1.0, next_at - self.clock.monotonic()))
+            else:  # only a run to wait on: what it sends next is asked about an interval on
+                await self.clock.sleep(self.cfg.interval)
             if self.stop.is_set():
                 break
         self.result.stopped = self.stop.reason
         self._tally()
         return self.result
+
+    def _waiting(self, run: str | None) -> None:
+        """``follow`` waits on ``run`` (a live run of the ledger, which may send more) with
+        nothing left to ask, or on nothing but the API (None): ``track.waiting`` is logged
+        when it starts waiting on a run, or on another one."""
+        if run is not None and run != self.waiting_on:
+            log.info("track.waiting", reason="nothing is pending, but a run is live", run=run)
+        self.waiting_on = run
 
     def _tally(self) -> None:
         """The result's counts, as the fold keeps them (the report's): each recipient once,

@@ -551,6 +551,62 @@ async def test_track_dry_run_and_failed_csv_work_on_postgres(
     assert count == len(refused.to) + len(sent)
 
 
+async def test_a_live_run_of_a_database_ledger_is_one_holding_a_claim(database: str) -> None:
+    """A database ledger's live run is the owner of a claim whose lease has not run out:
+    none before any claim, the claimant while its lease holds, none once it ran out; a
+    claim that records no expiry (an older bulk-mms) runs out by the asker's lease."""
+    where = f"{database}?ledger=live"
+    run = open_store(where, "run")
+    looker = open_store(where, "append")
+    coord = coordinator_for(run, 30.0)
+    try:
+        assert await looker.live_run(30.0) is None
+        assert await coord.claim("g1")
+        fence = coord.fence("g1")
+        assert fence is not None
+        assert await looker.live_run(30.0) == fence.owner
+        age_claims(database, 31)
+        assert await looker.live_run(30.0) is None
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("UPDATE bulk_mms_claims SET heartbeat = now() - interval '10 s', "
+                         "expires = NULL, owner = 'old-host:1:aa'")  # fmt: skip
+        assert await looker.live_run(30.0) == "old-host:1:aa"
+        assert await looker.live_run(5.0) is None
+    finally:
+        await coord.close()
+        await looker.close()
+        await run.close()
+
+
+async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
+    jobs: JobFactory, database: str
+) -> None:
+    """track --follow on a database ledger whose every recipient is final goes on while a
+    run of it holds a live claim, and stops once that claim's lease has run out."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
+    run = open_store(job.where, "run")
+    coord = coordinator_for(run, FAST.lease_s)
+    try:
+        assert await coord.claim("next")  # a run of the job, about to send its next group
+        tracking = asyncio.create_task(
+            track_ledger(job.where, FAST, client, follow=True, clock=FakeClock())
+        )
+        await asyncio.sleep(FAST.track.interval * 3.5)
+        assert not tracking.done()
+        age_claims(database, FAST.lease_s + 1)  # its lease ran out: it ended
+        result = await asyncio.wait_for(tracking, FAST.track.interval * 2)
+    finally:
+        await coord.close()
+        await run.close()
+    assert (result.statuses, result.pending) == ({"delivered": 4}, 0)
+
+
 async def test_with_a_database_ledger_the_suppression_list_is_its_table(
     jobs: JobFactory, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import orjson
 import pytest
 from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
@@ -26,13 +31,15 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
-from bulk_mms.ledger import load
+from bulk_mms.ledger import load, open_store
 from bulk_mms.models import Group, RecipientStatus
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import STOP_AFTER_UNREACHABLE, track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger
+from tests.threaded import fake_api_thread
 
 API = tuple[FakeTelnyx, str]
 KEY = "test-key-123"
@@ -191,14 +198,21 @@ async def test_follow_backs_off_and_stops_when_final(jobs: JobFactory) -> None:
     assert r.statuses["delivered"] == 4
 
 
+def held_back(ledger: Path, group: Group) -> bytes:
+    """Take ``group``'s lines (its attempt and sent) out of ``ledger`` and return them: what
+    a run still sending writes later."""
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    later = [line for line in lines if group.id.encode() in line]
+    ledger.write_bytes(b"".join(line for line in lines if line not in later))
+    return b"".join(later)
+
+
 async def test_follow_tracks_the_groups_other_runs_send_meanwhile(jobs: JobFactory) -> None:
     """--follow beside a run still sending takes in the groups the run sends after tracking
     began, and stops only once those are final too."""
     ledger, client = await sent_ledger(jobs, 8)
     first, second = client.calls
-    lines = ledger.read_bytes().splitlines(keepends=True)
-    later = [line for line in lines if second.id.encode() in line]  # its attempt and sent
-    ledger.write_bytes(b"".join(line for line in lines if line not in later))
+    later = held_back(ledger, second)
     answers = iter(["sent", "delivered"])
 
     async def fetch(message_id: str) -> tuple[RecipientStatus, ...]:
@@ -207,7 +221,7 @@ async def test_follow_tracks_the_groups_other_runs_send_meanwhile(jobs: JobFacto
             status = next(answers)
             if status == "sent":  # the run sends the second group meanwhile
                 with ledger.open("ab") as f:
-                    f.write(b"".join(later))
+                    f.write(later)
             return tuple(RecipientStatus(p, status) for p in first.to)
         return tuple(RecipientStatus(p, "delivered") for p in second.to)
 
@@ -215,6 +229,100 @@ async def test_follow_tracks_the_groups_other_runs_send_meanwhile(jobs: JobFacto
     r = await track_ledger(ledger, FAST, client, follow=True, clock=FakeClock())
     assert f"msg-{second.id}-1" in client.fetches
     assert (r.statuses, r.pending) == ({"delivered": 8}, 0)
+
+
+def all_delivered(client: FakeClient) -> None:
+    """Have the API answer every group ``client`` sent: each member delivered."""
+    for n, g in enumerate(client.calls):
+        client.delivery[f"msg-{g.id}-{n}"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
+
+
+async def test_follow_waits_while_a_run_holds_the_ledger_and_stops_once_it_ends(
+    jobs: JobFactory,
+) -> None:
+    """--follow with every recipient sent so far final, beside a run that still holds the
+    ledger (between two groups): it goes on, looking every interval and logging
+    ``track.waiting`` once, takes in the group the run sends next, and stops once that is
+    final and the run has ended."""
+    ledger, client = await sent_ledger(jobs, 8)
+    _, second = client.calls
+    later = held_back(ledger, second)
+    all_delivered(client)
+    run = open_store(ledger, "run")  # the run, between its groups
+    clock = FakeClock()
+    interval = FAST.track.interval
+    with capture_logs() as logs:
+        tracking = asyncio.create_task(track_ledger(ledger, FAST, client, follow=True, clock=clock))
+        await asyncio.sleep(interval * 3.5)
+        assert not tracking.done()
+        assert [s for s in clock.calls if s >= 1] == [interval] * 4
+        with ledger.open("ab") as f:
+            f.write(later)  # the run sends its next group
+        run.close_sync()  # and ends
+        r = await asyncio.wait_for(tracking, interval * 3)
+    assert f"msg-{second.id}-1" in client.fetches
+    assert (r.statuses, r.pending, r.stopped) == ({"delivered": 8}, 0, None)
+    waiting = [e for e in logs if e["event"] == "track.waiting"]
+    assert [e["run"] for e in waiting] == [str(os.getpid())]
+
+
+async def test_follow_waiting_on_a_live_run_ends_at_a_stop(jobs: JobFactory) -> None:
+    """--follow waiting on a live run, with nothing pending, ends at once on a stop signal."""
+    ledger, client = await sent_ledger(jobs, 4)
+    all_delivered(client)
+    run = open_store(ledger, "run")
+    stop = Stop()
+    clock = FakeClock(stopping=stop)
+    try:
+        tracking = asyncio.create_task(
+            track_ledger(ledger, FAST, client, follow=True, clock=clock, stop=stop)
+        )
+        await asyncio.sleep(FAST.track.interval * 2.5)
+        assert not tracking.done()
+        stop.request("SIGTERM")
+        r = await asyncio.wait_for(tracking, 1)
+    finally:
+        run.close_sync()
+    assert (r.stopped, r.statuses) == ("SIGTERM", {"delivered": 4})
+
+
+def bulk_mms(*args: str) -> subprocess.Popen[bytes]:
+    """A real ``bulk-mms`` process with the test's key, its output piped."""
+    env = {**os.environ, "TELNYX_API_KEY": KEY}
+    env.pop("TELNYX_BASE_URL", None)
+    cmd = [sys.executable, "-m", "bulk_mms", "-q", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_track_follow_beside_a_slow_run_ends_after_the_run_with_every_group(
+    jobs: JobFactory,
+) -> None:
+    """Real ``bulk-mms run`` sending a group every two seconds, and ``bulk-mms track --follow``
+    started once its first group is sent (and at once delivered): track does not stop while
+    the run holds the ledger, though all it has seen is final, and exits 0 after the run
+    ends, with every group the run sent delivered."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 2")
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 0.5\n[track]\ninterval = 1\n")
+    with fake_api_thread(fake) as url:
+        run = bulk_mms("run", str(job.path), "--base-url", url, "--config", str(config))
+        deadline = time.monotonic() + 30
+        while not (job.ledger.exists() and b'"event":"sent"' in job.ledger.read_bytes()):
+            assert run.poll() is None, run.stderr
+            assert time.monotonic() < deadline, "the run sent nothing in 30 s"
+            time.sleep(0.05)
+        track = bulk_mms("track", str(job.ledger), "--follow", "--format", "json",
+                         "--config", str(config), "--base-url", url)  # fmt: skip
+        run_out, run_err = run.communicate(timeout=60)
+        out, err = track.communicate(timeout=60)
+    assert run.returncode == 0, (run_out + run_err).decode()[-1000:]
+    assert track.returncode == 0, (out + err).decode()[-1000:]
+    result = orjson.loads(out)
+    assert (result["statuses"], result["pending"]) == ({"delivered": 8}, 0)
+    assert len(fake.recipient_counts()) == 8
 
 
 async def test_follow_gives_up_past_max_age(jobs: JobFactory) -> None:

@@ -14,9 +14,9 @@ pacing and requests go on and new events queue for the next commit.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. Whether a run holds it
-is asked by taking it for an instant (:meth:`JsonlStore.holder`: a dry run); a run that finds
-it taken asks again for up to :data:`LOCK_TRIES` times :data:`LOCK_RETRY_S` before it counts
-as held, so such a look never locks a run out. ``track`` and
+is asked by taking it for an instant (:meth:`JsonlStore.holder`: a dry run, ``track --follow``
+between passes); a run that finds it taken asks again for up to :data:`LOCK_TRIES` times
+:data:`LOCK_RETRY_S` before it counts as held, so such a look never locks a run out. ``track`` and
 ``webhooks`` append ``status`` events beside a run without that lock; every batch of lines takes
 the file's own append lock, so lines from different processes never mix.
 
@@ -192,9 +192,9 @@ class JsonlStore(GroupCommitted[bytes]):
 
     @staticmethod
     def holder(path: Path) -> str | None:
-        """The PID of the run that holds ``path`` now, or None. It takes the lock for an
-        instant and gives it back, as a run would take it (a run starting meanwhile tries
-        again: :data:`LOCK_TRIES`)."""
+        """The PID of the run that holds ``path`` now, or None: what "a run is live" means
+        for a file. It takes the lock for an instant and gives it back, as a run would take
+        it (a run starting meanwhile tries again: :data:`LOCK_TRIES`)."""
         try:
             lock_fd = os.open(f"{path}.lock", os.O_RDWR)
         except OSError:
@@ -206,6 +206,10 @@ class JsonlStore(GroupCommitted[bytes]):
         finally:
             os.close(lock_fd)  # closing releases the lock if it was taken
         return None
+
+    async def live_run(self, lease_s: float) -> str | None:
+        """The PID of the run that holds this ledger now (:meth:`holder`), or None."""
+        return self.holder(self.path)
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
         """Every event from the first line on (an empty or missing file has none).

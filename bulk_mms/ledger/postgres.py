@@ -185,22 +185,32 @@ _MIGRATIONS: Final = {
         );
     """,
 }
+#: When a claim ``c`` runs out: at the ``expires`` its holder set (its own lease, on the
+#: database's clock); one whose ``expires`` is missing or older than its last heartbeat
+#: (written before schema 8, or renewed since by an older bulk-mms) by the asker's lease
+#: (``%(lease)s``) after that heartbeat. Until then its holder is live.
+_RUNS_OUT: Final = """
+    CASE WHEN c.expires >= c.heartbeat THEN c.expires
+         ELSE c.heartbeat + make_interval(secs => %(lease)s) END
+"""
 #: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose lease ran
-#: out (it died, or is paused): a takeover, which grows the fence token. No row back: a live
-#: process holds it. The claim's token comes back. A claim runs out at the ``expires`` its
-#: holder set (its own lease, on the database's clock); one whose ``expires`` is missing or
-#: older than its last heartbeat (written before schema 8, or renewed since by an older
-#: bulk-mms) runs out by the taker's lease after that heartbeat.
-_CLAIM: Final = """
+#: out (:data:`_RUNS_OUT`: it died, or is paused): a takeover, which grows the fence token. No
+#: row back: a live process holds it. The claim's token comes back.
+_CLAIM: Final = f"""
     INSERT INTO bulk_mms_claims AS c (ledger, grp, owner, heartbeat, token, expires)
     VALUES (%(ledger)s, %(grp)s, %(owner)s, now(), 1, now() + make_interval(secs => %(lease)s))
     ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now(),
         expires = EXCLUDED.expires, token = c.token + (c.owner <> EXCLUDED.owner)::int
-    WHERE c.owner = EXCLUDED.owner
-       OR CASE WHEN c.expires >= c.heartbeat THEN c.expires
-               ELSE c.heartbeat + make_interval(secs => %(lease)s) END < now()
+    WHERE c.owner = EXCLUDED.owner OR {_RUNS_OUT} < now()
     RETURNING token
-"""
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
+#: A process running the ledger now: the owner of a claim that has not run out
+#: (:data:`_RUNS_OUT`; a run's heartbeat renews every claim it holds until it ends).
+_LIVE_RUN: Final = f"""
+    SELECT c.owner FROM bulk_mms_claims c
+    WHERE c.ledger = %(ledger)s AND {_RUNS_OUT} >= now()
+    ORDER BY c.heartbeat DESC LIMIT 1
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
 #: Write-ahead attempts, each only while its writer holds the group's claim with its token. The
 #: claim row stays locked (FOR SHARE) until the attempt commits, so a takeover either comes
 #: first (the attempt is refused) or waits for it (and then sees it: the group is in doubt).
@@ -720,6 +730,21 @@ class PostgresStore(GroupCommitted[_Item]):
 
         rows = await self._reader.run(read, "cannot read")
         return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
+
+    async def live_run(self, lease_s: float) -> str | None:
+        """The process running this ledger now (its claims' owner: ``host:pid:tag``), or
+        None: a run is live from its first claim until its lease runs out after it ended.
+
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
+        """
+
+        async def live(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(_LIVE_RUN, {"ledger": self._id, "lease": lease_s})
+            return await cur.fetchone()
+
+        row = await self._reader.run(live, "cannot read claims")
+        return str(row[0]) if row is not None else None
 
     def put_header(self, header: Header) -> Header:
         """The ledger's header: ``header`` when it had none, else the one another process

@@ -121,6 +121,17 @@ class LedgerStore(Protocol):
         """
         ...
 
+    async def live_run(self, lease_s: float) -> str | None:
+        """Who runs this ledger now, or None when no run is live: a file's run holds its
+        lock (its PID); a database's holds a claim whose lease has not run out (its owner;
+        a claim that records no expiry runs out ``lease_s`` after its last renewal, as a
+        taker judges it). What ``track --follow`` waits on.
+
+        Raises:
+            LedgerError: the store failed (LedgerUnavailable: lost, or no answer in time).
+        """
+        ...
+
     async def drain(self) -> None:
         """Wait until every appended event is durable."""
         ...
