@@ -27,7 +27,15 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import LedgerView, copy_ledger, events, load, open_store, postgres, read_events
+from bulk_mms.ledger import (
+    LedgerView,
+    copy_ledger,
+    events,
+    load,
+    open_store,
+    pgconnect,
+    read_events,
+)
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore, migrate_url
 from bulk_mms.models import RecipientStatus
@@ -85,7 +93,7 @@ async def test_a_holder_stalled_inside_its_commit_keeps_no_other_process_waiting
     so another process takes the group over once the lease is out instead of waiting on the
     lock until its own call fails (LedgerUnavailable, exit 7: every other host stopped); the
     holder, woken, writes its attempt again on a new connection, and the fence refuses it."""
-    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_S", 0.5)
+    monkeypatch.setattr(pgconnect, "IDLE_IN_TRANSACTION_S", 0.5)
     where = f"{database}?ledger=stalled"
     first = open_store(where, "run")
     one = coordinator_for(first, 1.0)
@@ -308,7 +316,7 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
     number then taken by the next connection: that statement fails at once and is made again
     on a new connection, never left waiting on the new one's socket until its timeout (nor
     reading the freed connection's memory); every closed connection is closed once."""
-    link = postgres._Link(database, "db", timeout_s=600.0)  # virtual seconds: psycopg polls
+    link = pgconnect.Link(database, "db", timeout_s=600.0)  # virtual seconds: psycopg polls
 
     async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
         await conn.execute("SELECT pg_sleep(0.3)")

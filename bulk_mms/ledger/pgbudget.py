@@ -19,9 +19,9 @@ count in ``bulk_mms_limits`` (:class:`PostgresTally`): a row per count, reserved
 ``UPDATE ... SET used = used + n WHERE used + n <= cap``, so two processes can never
 both take the last room.
 
-Both talk to the database as the ledger does, through its
-:class:`~bulk_mms.ledger.postgres._Link`: a named connection, every round trip bounded by
-:data:`~bulk_mms.ledger.postgres.DB_TIMEOUT_S`, made again once when found lost, and a failure
+Both talk to the database as the ledger does, through a
+:class:`~bulk_mms.ledger.pgconnect.Link`: a named connection, every round trip bounded by
+:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, made again once when found lost, and a failure
 a :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable).
 """
 
@@ -32,16 +32,14 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import psycopg
 
 from bulk_mms.clock import Clock
 from bulk_mms.errors import LedgerError
+from bulk_mms.ledger.pgconnect import Link, split
 from bulk_mms.rate import PaceAborted, Pauses, WindowGuard, permit_max_age
-
-if TYPE_CHECKING:
-    from bulk_mms.ledger.postgres import _Link
 
 _T = TypeVar("_T")
 
@@ -99,13 +97,6 @@ _SEED_BUDGET: Final = "INSERT INTO bulk_mms_budgets (account) VALUES (%s) ON CON
 _CLOSE_WAIT_S: Final = 1.0
 
 
-def _link(conninfo: str, name: str) -> _Link:
-    """The ledger's own kind of connection (postgres.py imports this module: so, late)."""
-    from bulk_mms.ledger.postgres import _Link  # noqa: PLC0415 - postgres imports this
-
-    return _Link(conninfo, name)
-
-
 class PostgresBudget(Pauses):
     """An :class:`~bulk_mms.rate.AccountBudget` in the database. Build it with
     :meth:`PostgresStore.account_budget <bulk_mms.ledger.postgres.PostgresStore.account_budget>`.
@@ -126,7 +117,7 @@ class PostgresBudget(Pauses):
         self.rate = rate
         self.clock = clock
         self._stopped = stopped
-        self._link = _link(conninfo, name)
+        self._link = Link(conninfo, name)
         self._seeded = False
         #: one admission at a time (held across its waits)
         self._lock = asyncio.Lock()
@@ -278,7 +269,7 @@ class PostgresTally:
     that does nothing when another process made it first), then reserved by one ``UPDATE``
     that adds only while the sum stays within the cap. Its own connection (the ledger's kind:
     named, made at the first count, made again once when found lost); every round trip ends
-    within :data:`~bulk_mms.ledger.postgres.DB_TIMEOUT_S`, or in
+    within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or in
     :class:`~bulk_mms.errors.LedgerUnavailable` (the run stops, exit 7, resumable).
 
     A count's change is its own transaction, so a connection lost before its ``COMMIT`` was
@@ -291,10 +282,8 @@ class PostgresTally:
     """
 
     def __init__(self, location: str) -> None:
-        from bulk_mms.ledger.postgres import split  # noqa: PLC0415 - postgres imports this
-
         conninfo, self.ledger, self._shown = split(location)
-        self._link = _link(conninfo, self._shown)
+        self._link = Link(conninfo, self._shown)
         self._seeded: set[str] = set()
         # one connection: one count's statements at a time
         self._lock = asyncio.Lock()

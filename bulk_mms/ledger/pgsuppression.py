@@ -14,7 +14,8 @@ from typing import Any, Final
 import psycopg
 
 from bulk_mms.errors import LedgerError
-from bulk_mms.ledger.postgres import _scrub, _sync_connect, migrate, split
+from bulk_mms.ledger.pgconnect import scrub, split, sync_connect
+from bulk_mms.ledger.postgres import migrate
 from bulk_mms.suppression import Suppressed, listable, texted_in
 
 #: The advisory lock a webhook receiver holds while it judges and applies a keyword
@@ -56,12 +57,12 @@ class PostgresSuppressed(Suppressed):
             if self._held is not None:
                 yield
                 return
-            with _sync_connect(self._conninfo) as conn:  # closed on any failure too
+            with sync_connect(self._conninfo) as conn:  # closed on any failure too
                 try:
                     migrate(conn)
                     conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
                 except psycopg.Error as exc:
-                    raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+                    raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
                 self._held = conn
                 try:
                     self._numbers = self._listed()
@@ -74,12 +75,12 @@ class PostgresSuppressed(Suppressed):
             if self._held is not None:
                 cur = self._held.execute(sql, params)
                 return cur.fetchall() if cur.description else []
-            with _sync_connect(self._conninfo) as conn:
+            with sync_connect(self._conninfo) as conn:
                 migrate(conn)
                 cur = conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
-            raise LedgerError(str(self.path), _scrub(exc, self._conninfo)) from None
+            raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
         """Insert the numbers the table does not hold (as it stands, not as this process read

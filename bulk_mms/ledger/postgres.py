@@ -34,12 +34,12 @@ once on a new ledger end with the same header and campaign.
 
 Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this module's boundary,
 named by the URL without its password. During a run, every database call is asynchronous and
-bounded (:data:`DB_TIMEOUT_S`); a connection found lost is made again once (a statement that
-never reached its commit is safe to repeat; a commit whose answer the lost connection took is
-looked up by its transaction id, and written again only if it was rolled back), else the run
-stops with
-:class:`~bulk_mms.errors.LedgerUnavailable` (exit 7, resumable). The server ends a run's
-transaction left idle past :data:`IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
+bounded (:class:`~bulk_mms.ledger.pgconnect.Link`); a connection found lost is made again once
+(a statement that never reached its commit is safe to repeat; a commit whose answer the lost
+connection took is looked up by its transaction id, and written again only if it was rolled
+back), else the run stops with :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7,
+resumable). The server ends a run's transaction left idle past
+:data:`~bulk_mms.ledger.pgconnect.IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
 the locks it holds keep no other process waiting.
 """
 
@@ -48,10 +48,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -59,7 +58,6 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 import structlog
-import yarl
 
 from bulk_mms.clock import Clock, since_boot
 from bulk_mms.coordination import Fence
@@ -68,7 +66,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.store import database_url, display
+from bulk_mms.ledger.pgconnect import Link, scrub, split, sync_connect
 from bulk_mms.policy import MAX_RESENDS
 
 log = structlog.get_logger(__name__)
@@ -77,20 +75,6 @@ T = TypeVar("T")
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
 SCHEMA_VERSION: Final = 9
-#: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
-#: one group): past it the run stops with LedgerUnavailable, resumable.
-DB_TIMEOUT_S: Final = 30.0
-#: Seconds to connect before a connection attempt counts as failed.
-CONNECT_TIMEOUT_S: Final = 5
-#: The longest a synchronous statement (the fold at a run's start, a report) waits for a lock.
-LOCK_TIMEOUT_MS: Final = 10_000
-#: Seconds the server keeps a run's transaction open while its client sends nothing (the
-#: server's ``idle_in_transaction_session_timeout``, then it ends the session): a process
-#: paused (SIGSTOP, a suspended VM) or cut off between a statement and its ``COMMIT`` holds
-#: row locks (its claim's, the limits' count, the moves' lock) that every other process's
-#: claim or count waits on; ended well within :data:`DB_TIMEOUT_S`, those go on, and the
-#: holder, woken, finds its transaction gone (its commit refused or repeated under its fence).
-IDLE_IN_TRANSACTION_S: float = 10.0
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -285,108 +269,6 @@ _XACT_POLL_S: Final = 0.05
 _MIGRATE_LOCK: Final = 0x62756C6B
 
 
-def split(location: str) -> tuple[str, str, str]:
-    """``(conninfo for libpq, ledger name, the URL to show)`` of a location.
-
-    Raises:
-        LedgerError: not a usable URL.
-    """
-    url = database_url(location)
-    name = url.query.get("ledger") or "default"
-    conninfo = url.without_query_params("ledger")
-    shown = str(conninfo.with_password(None).with_query(ledger=name))
-    # yarl writes a space in the query as "+" (and a "+" as %2B); libpq reads "+" as itself,
-    # so a space goes to it as %20 (options=-c search_path=...)
-    base, _, query = str(conninfo).partition("?")
-    return f"{base}?{query.replace('+', '%20')}" if query else base, name, shown
-
-
-def _scrub(exc: Exception, conninfo: str) -> str:
-    """A driver error in one line, without the password whatever the driver put in it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    password = yarl.URL(conninfo).password
-    return text.replace(password, "***") if password else text
-
-
-def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError:
-    """The error for a connection that could not be made. A server not reached (refused, no
-    answer, no such host), or one that answered it is not taking connections now (starting
-    up, shutting down, in recovery, full), is :class:`LedgerUnavailable`, exit 7: a rerun
-    resumes once it answers. One that refused the login (no such database or role, a bad
-    password), or a URL whose connection parameter libpq cannot take (a value it does not
-    know, a word where a number goes, a parameter it has not: :data:`_BAD_PARAMETER`, named),
-    is the settings' to fix, exit 2. (libpq gives no SQLSTATE before a session: its message
-    says which: a server's refusal is a ``FATAL:`` line.)"""
-    text = f"cannot connect: {_scrub(exc, conninfo)}"
-    if (bad := _BAD_PARAMETER.search(text)) is not None:
-        name = next(g for g in bad.groups() if g)
-        return LedgerError(shown, f"{text}: fix the URL's parameter {name!r}")
-    if "FATAL:" not in text or any(why in text for why in _NOT_NOW):
-        return LedgerUnavailable(shown, f"{text} (a rerun resumes once it answers)")
-    return LedgerError(shown, text)
-
-
-#: What libpq (or psycopg) says, before it tries a server, of a connection parameter it
-#: cannot take; the first group that matched is the parameter's name.
-_BAD_PARAMETER: Final = re.compile(
-    r'invalid URI query parameter: "([^"]+)"'
-    r'|invalid connection option "([^"]+)"'
-    r'|invalid integer value "[^"]*" for connection option "([^"]+)"'
-    r"|invalid (port) number"
-    r"|invalid (\w+) value"
-    r"|bad value for (\w+)"
-)
-
-
-#: What a server says that takes no connections now, but will (PostgreSQL's own words).
-_NOT_NOW: Final = (
-    "starting up",
-    "shutting down",
-    "in recovery mode",
-    "not yet accepting connections",
-    "too many clients",
-    "remaining connection slots",
-)
-
-
-def _connect_args() -> dict[str, Any]:
-    """What every connection of this process gives libpq: a bounded connect and its name (so
-    an operator sees, and may end, bulk-mms's sessions)."""
-    return {
-        "connect_timeout": CONNECT_TIMEOUT_S,
-        "application_name": f"bulk-mms pid {os.getpid()}",
-    }
-
-
-def _options(conninfo: str, setting: str) -> str:
-    """libpq's ``options`` for a connection to ``conninfo``: the URL's own (a ``search_path``
-    that puts the ledger's tables in a schema, say), then ``setting`` of ours (``-c
-    name=value``), which would otherwise replace them."""
-    own = psycopg.conninfo.conninfo_to_dict(conninfo).get("options")
-    return f"{own} {setting}" if own else setting
-
-
-def _sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A synchronous connection (a run's start, reports) whose lock waits are bounded.
-
-    Raises:
-        LedgerError: it could not be made (:func:`_not_connected`: exit 7 when the server
-            did not answer).
-    """
-    try:
-        # the URL's own connect_timeout is overridden below (_connect_args): one it gives
-        # that is not a number is still its mistake, said as such (_not_connected)
-        psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(conninfo))
-        return psycopg.connect(
-            conninfo,
-            autocommit=autocommit,
-            options=_options(conninfo, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
-            **_connect_args(),
-        )
-    except psycopg.Error as exc:
-        raise _not_connected(display(conninfo), exc, conninfo) from None
-
-
 def follow_database_clock(location: str, follow: Callable[[Callable[[], float]], T]) -> T:
     """``follow`` (:meth:`SystemClock.follow <bulk_mms.clock.SystemClock.follow>`) handed a
     reading of the database's clock at ``location``, on a connection made before (its making
@@ -397,13 +279,13 @@ def follow_database_clock(location: str, follow: Callable[[Callable[[], float]],
         LedgerError: the database cannot be reached (exit 7 when it did not answer) or failed.
     """
     conninfo, _, shown = split(location)
-    conn = _sync_connect(conninfo)
+    conn = sync_connect(conninfo)
 
     def now() -> float:
         try:
             row = conn.execute(_DATABASE_TIME).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(shown, f"cannot read the time: {_scrub(exc, conninfo)}") from None
+            raise LedgerError(shown, f"cannot read the time: {scrub(exc, conninfo)}") from None
         assert row is not None
         return float(row[0])
 
@@ -411,149 +293,6 @@ def follow_database_clock(location: str, follow: Callable[[Callable[[], float]],
         return follow(now)
     finally:
         conn.close()
-
-
-def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
-    return conn is None or conn.closed or conn.broken
-
-
-class _Link:
-    """One asynchronous connection of a run, bounded and made again once when found lost.
-    Private: the store's and the coordinator's way to the database.
-
-    Tasks share the connection (psycopg runs their statements one at a time). One is never
-    closed while a task is in a statement on it: psycopg's statement keeps using the
-    connection's libpq handle as it waits, and a handle freed under it (its socket number
-    then taken by the next connection) leaves that task waiting until its timeout, or
-    reading freed memory. A connection given up while others use it (a statement that found
-    it lost, or ran out of time; :meth:`close`) is made unusable at once, its socket shut
-    down, so their statements fail now, and is closed by the last of them to leave it.
-
-    Args:
-        conninfo: for libpq (may hold a password: never shown).
-        name: the URL to show.
-        timeout_s: no call waits longer (LedgerUnavailable).
-    """
-
-    def __init__(self, conninfo: str, name: str, timeout_s: float = DB_TIMEOUT_S) -> None:
-        self._conninfo = conninfo
-        self._name = name
-        self.timeout_s = timeout_s
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        #: one connection made at a time (tasks that find none wait for it, not make more)
-        self._connecting = asyncio.Lock()
-        #: how many tasks are in a statement on each connection (by its id)
-        self._users: dict[int, int] = {}
-
-    async def _connected(self) -> psycopg.AsyncConnection[Any]:
-        async with self._connecting:
-            if _lost(self._conn):
-                await self._drop(self._conn)
-                idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    options=_options(
-                        self._conninfo, f"-c idle_in_transaction_session_timeout={idle}"
-                    ),
-                    **_connect_args(),
-                )
-            assert self._conn is not None
-            return self._conn
-
-    async def _on(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
-    ) -> T:
-        """``work`` on ``conn``, counted as a user of it while it runs; closed after it when
-        it was given up meanwhile and this was its last user."""
-        key = id(conn)
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            return await work(conn)
-        finally:
-            left = self._users.pop(key) - 1
-            if left:
-                self._users[key] = left
-            elif conn is not self._conn:  # given up while this task used it
-                await self._close_now(conn)
-
-    async def run(
-        self,
-        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
-        what: str,
-        *,
-        repeatable: Callable[[], bool] = lambda: True,
-    ) -> T:
-        """``work`` on the connection, within :attr:`timeout_s`; once more on a new
-        connection if this one was lost and ``repeatable()`` says nothing of the first try
-        can have been committed.
-
-        Raises:
-            LedgerUnavailable: the database was lost (twice, or past a commit), or did not
-                answer in time.
-            LedgerError: any other driver error.
-        """
-        for last in (False, True):
-            conn: psycopg.AsyncConnection[Any] | None = None  # this try's, once it has one
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    conn = await self._connected()
-                    return await self._on(conn, work)
-            except TimeoutError:
-                await self._drop(conn)
-                raise LedgerUnavailable(
-                    self._name, f"{what}: no answer within {self.timeout_s:g} s"
-                ) from None
-            except psycopg.Error as exc:
-                # a session the server ended (its FATAL may carry any SQLSTATE: an
-                # idle-in-transaction timeout's is 25P03) leaves the connection broken: lost;
-                # so does any OperationalError, which psycopg may raise before it has seen
-                # the connection break (ended in the middle of a pipelined executemany: "cannot
-                # exit pipeline mode while busy"), and after which the connection is dropped
-                lost = _lost(conn) or isinstance(exc, psycopg.OperationalError)
-                if not lost:
-                    raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
-                await self._drop(conn)
-                # ended for idling in its transaction, the server rolled that back: even a
-                # COMMIT sent meanwhile committed nothing, so the work may be done again
-                undone = isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout)
-                if lost and not last and (undone or repeatable()):
-                    log.warning("ledger.reconnecting", ledger=self._name, error=self._text(exc))
-                    continue
-                raise LedgerUnavailable(self._name, f"{what}: {self._text(exc)}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _text(self, exc: Exception) -> str:
-        return _scrub(exc, self._conninfo)
-
-    async def _drop(self, conn: psycopg.AsyncConnection[Any] | None) -> None:
-        """Give ``conn`` up: the next statement makes a new connection. Closed now when no
-        task is in a statement on it, else its socket is shut down (their statements fail
-        at once) and the last to leave closes it."""
-        if conn is None:
-            return
-        if conn is self._conn:
-            self._conn = None
-        if not self._users.get(id(conn)):
-            await self._close_now(conn)
-            return
-        with contextlib.suppress(OSError, psycopg.Error):
-            fd = conn.fileno()
-            with socket.socket(fileno=os.dup(fd)) as shut:  # a copy: the handle keeps its own
-                shut.shutdown(socket.SHUT_RDWR)
-
-    @staticmethod
-    async def _close_now(conn: psycopg.AsyncConnection[Any]) -> None:
-        with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
-            async with asyncio.timeout(1.0):
-                await conn.close()
-
-    async def close(self) -> None:
-        """Close the connection (never raises); one a task is still in a statement on is
-        closed as that statement fails."""
-        await self._drop(self._conn)
 
 
 class _Fenced:
@@ -593,10 +332,10 @@ def migrate_url(location: str) -> tuple[int, int]:
     """:func:`migrate` the database at ``location``: (version before, after)."""
     conninfo, _, shown = split(location)
     try:
-        with _sync_connect(conninfo) as conn:
+        with sync_connect(conninfo) as conn:
             return migrate(conn), SCHEMA_VERSION
     except psycopg.Error as exc:
-        raise LedgerError(shown, _scrub(exc, conninfo)) from None
+        raise LedgerError(shown, scrub(exc, conninfo)) from None
 
 
 def _row(ledger: int, ev: Event) -> tuple[Any, ...]:
@@ -630,8 +369,8 @@ class PostgresStore(GroupCommitted[_Item]):
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
         self._seen = 0  # the last seq new_events() gave
-        self._writer = _Link(conninfo, shown)
-        self._reader = _Link(conninfo, shown)
+        self._writer = Link(conninfo, shown)
+        self._reader = Link(conninfo, shown)
         #: Who this process is to the other processes sharing the ledger.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         #: Several processes may run this ledger at once: each group is claimed first.
@@ -649,12 +388,12 @@ class PostgresStore(GroupCommitted[_Item]):
                 ledger does not exist.
         """
         conninfo, name, shown = split(location)
-        conn = _sync_connect(conninfo)
+        conn = sync_connect(conninfo)
         try:
             return cls._prepared(cls(conninfo, name, shown, conn), mode)
         except psycopg.Error as exc:
             conn.close()
-            raise LedgerError(shown, _scrub(exc, conninfo)) from None
+            raise LedgerError(shown, scrub(exc, conninfo)) from None
         except LedgerError:
             conn.close()
             raise
@@ -699,7 +438,7 @@ class PostgresStore(GroupCommitted[_Item]):
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
             with (
-                _sync_connect(self._conninfo, autocommit=False) as conn,
+                sync_connect(self._conninfo, autocommit=False) as conn,
                 conn.cursor(name="bulk_mms_read") as cur,
             ):
                 cur.itersize = 5000
@@ -709,7 +448,7 @@ class PostgresStore(GroupCommitted[_Item]):
                     if (event := self._decode(seq, body)) is not None:
                         yield event
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot read: {_scrub(exc, self._conninfo)}") from None
+            raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
 
     def _decode(self, seq: int, body: str) -> Event | None:
         try:
@@ -760,7 +499,7 @@ class PostgresStore(GroupCommitted[_Item]):
                 return header
             row = self._conn.execute(_HEADER, (self._id,)).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+            raise LedgerError(self.name, f"cannot write: {scrub(exc, self._conninfo)}") from None
         there = self._decode(row[0], row[1]) if row is not None else None
         if not isinstance(there, Header):
             raise LedgerCorrupt(self.name, "its job header cannot be read")
@@ -772,7 +511,7 @@ class PostgresStore(GroupCommitted[_Item]):
         try:
             self._conn.execute(_INSERT, _row(self._id, event))
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {_scrub(exc, self._conninfo)}") from None
+            raise LedgerError(self.name, f"cannot write: {scrub(exc, self._conninfo)}") from None
         self.events_written += 1
         self.commits += 1
 
@@ -935,7 +674,7 @@ class PostgresCoordinator:
         self.name = store.name
         self.owner = store.owner
         self._ledger = store._id
-        self._link = _Link(store._conninfo, store.name)
+        self._link = Link(store._conninfo, store.name)
         self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
@@ -1005,9 +744,9 @@ def sent_since(location: str, since: float) -> int:
     """Recipients every ledger of the database records as sent since ``since`` (epoch)."""
     conninfo, _, shown = split(location)
     try:
-        with _sync_connect(conninfo) as conn:
+        with sync_connect(conninfo) as conn:
             migrate(conn)
             row = conn.execute(_SENT_SINCE, (since,)).fetchone()
     except psycopg.Error as exc:
-        raise LedgerError(shown, _scrub(exc, conninfo)) from None
+        raise LedgerError(shown, scrub(exc, conninfo)) from None
     return int(row[0]) if row and row[0] is not None else 0
