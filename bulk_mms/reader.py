@@ -6,7 +6,7 @@ row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
 are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
 they look like), a quoted field over lines that may be a quote left open, which would swallow
-the rows after it (:meth:`RowReader._unclosed`), a file cut
+the rows after it (each record over lines is judged by :mod:`bulk_mms.spans`), a file cut
 short (a compressed file that ends early, a quote still open at the end, a last line with no
 line end that has the wrong number of fields, is not JSON or ends inside a character; a whole
 last line needs no line end). A run reads the whole file once before it sends
@@ -27,7 +27,6 @@ import io
 import json
 import os
 import stat
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
@@ -42,11 +41,25 @@ import orjson
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
+from bulk_mms.spans import MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
+
+# MAX_RECORD_LINES is bulk_mms.spans' bound, re-exported: callers read it from here.
+__all__ = [
+    "BLOCK_BYTES",
+    "MAX_LINE_BYTES",
+    "MAX_RECORD_LINES",
+    "UTF8_LINES",
+    "FileStamp",
+    "Row",
+    "RowReader",
+    "detect_format",
+    "fingerprint",
+    "likely_encoding",
+    "open_input",
+]
 
 #: A physical line longer than this is rejected instead of being read into memory whole.
 MAX_LINE_BYTES = 1 << 20
-#: A CSV record may span at most this many lines (a quoted field with line breaks).
-MAX_RECORD_LINES = 20
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
@@ -62,21 +75,6 @@ _CsvReader = type(csv.reader([]))
 #: and the DOS end-of-file mark (Ctrl-Z) that old Windows tools leave after the last line.
 _NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-#: The fewest digits of a value that makes a line inside a quoted field look like a row whose
-#: number it is (a local number has seven).
-_ROW_DIGITS = 7
-#: Why a quoted field over lines may be a quote left open (:meth:`RowReader._unclosed`):
-#: lines in it look like rows; it closes on the quote that opens a row's field.
-_ROWS = "over what look like rows"
-_OPENS = "and closes on the quote that opens a field of a row"
-#: Lines inside a quoted field shaped like rows written short (:meth:`RowReader._row_like`)
-#: that make it look like a quote left open over rows: fewer are a note's own.
-_SHORT_ROWS = 2
-#: The ASCII punctuation a phone number may be written with (:func:`_in_number`).
-_NUMBER_MARKS = frozenset(" \t+-().'/")
-#: Why a quoted field over more than :data:`MAX_RECORD_LINES` lines is refused, whatever it
-#: holds.
-_LONG = f"over more than {MAX_RECORD_LINES} lines"
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
 
@@ -263,7 +261,7 @@ class RowReader:
         # the batches of decoded lines the csv module reads from, each with how many lines
         # came before it: the one it reads and those before it that hold the last
         # MAX_RECORD_LINES lines, the text of a line it refuses (_said) or of a record over
-        # several lines (_record_lines)
+        # several lines (SpanCheck.line)
         self._recent: deque[tuple[int, Sequence[str]]] = deque()
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
@@ -592,7 +590,7 @@ class RowReader:
         if bad:
             raise InputError(self.path, f"bad header: {bad}", line=1)
         if self._csv.line_num > self._lineno:  # a quote open to the end (it ran into _END)
-            raise _cut_off(self.path, 1)
+            raise cut_off(self.path, 1)
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
         self.columns = tuple(h.strip() for h in header)
@@ -649,6 +647,7 @@ class RowReader:
         whole = len(found) == len(wanted)
         pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
         last, bad, ours = reader.line_num, self._bad, self._ours
+        spans = SpanCheck(self.path, width, names.index(self.phone), self._line)
         while True:
             try:
                 for rec in reader:
@@ -656,7 +655,7 @@ class RowReader:
                         rec = [read_cell(cell) for cell in rec]  # noqa: PLW2901 - as written
                     start, last = last + 1, reader.line_num
                     if last != start:  # a quoted field with line breaks: a real one?
-                        self._check_span(rec, start, last)
+                        spans.check(rec, start, last, self._lineno)
                     if bad:
                         reason = next(
                             (bad.pop(n) for n in range(start, last + 1) if n in bad), None
@@ -705,121 +704,6 @@ class RowReader:
         carriage return in it written ``\\r``, shown, never sent to a terminal."""
         return self._line(line).rstrip("\r\n").replace("\r", "\\r")[:200]
 
-    def _check_span(self, rec: list[str], start: int, last: int) -> None:
-        """Refuse a record over lines ``start`` to ``last`` (a quoted field with line breaks)
-        that may be a quote left open, which would swallow the people on the lines after it
-        and stop on a quote of a later row (:meth:`_unclosed`), and one over
-        more than :data:`MAX_RECORD_LINES` lines, whatever it holds. Refuse one whose quote is
-        still open at the end of the file (it runs into :data:`_END`), over no line that
-        looks like a row: the file was cut off in the middle of it."""
-        end = self._lineno  # the file's last line, once the record runs past it
-        spans = [cell for cell in rec if "\n" in cell or "\r" in cell]
-        parts = [part for cell in spans for part in cell.splitlines()[1:]]
-        # rows written short of the header's last fields are read as rows too (_short_row):
-        # one line shaped so is a signature's or a log's, two or more are taken for rows
-        short = sum(self._holds_row(part, short=True) for part in parts) >= _SHORT_ROWS
-        rows = short or any(self._holds_row(part) for part in parts)
-        long = last - start >= MAX_RECORD_LINES
-        if last > end and not (rows or long):
-            raise _cut_off(self.path, start)
-        if long or last > end:  # never a field as a spreadsheet writes it: no more to tell
-            why: str | None = _ROWS if rows else _LONG
-        else:
-            lines = [self._line(n) for n in range(start, last + 1)]
-            # two fields over lines: a line between them holds one's close and the next's
-            # open, and the fields between, which no field's own lines show: read it whole
-            rows = rows or (len(spans) > 1 and any(map(self._row_like, lines[1:-1])))
-            why = self._unclosed(rec, lines, len(spans), rows=rows, short=short)
-        if why is None:
-            return
-        fix = (
-            "; if the field is meant to hold those lines, take them out of it"
-            if why in (_ROWS, _LONG)
-            else " (a quote inside a field is written twice, in a quoted field)"
-        )
-        if why == _OPENS:
-            fix += "; if the field is meant to end with a line break or a comma, take it off"
-        raise InputError(
-            self.path,
-            f"a quoted field opened here runs to line {min(last, end)} {why}: an unclosed "
-            f"quote? Remove or close the stray quote{fix}, and run again",
-            line=start,
-        )
-
-    def _unclosed(
-        self, rec: list[str], lines: list[str], spans: int, *, rows: bool, short: bool = False
-    ) -> str | None:
-        """Why the record ``rec``, read from ``lines`` (at most :data:`MAX_RECORD_LINES`)
-        with ``spans`` quoted fields over them, may be a quote left open that stopped on a
-        later row's quote, in words; None when it is a field as a spreadsheet writes it.
-
-        ``rows``: a field holds lines that look like rows (:meth:`_holds_row`); ``short``:
-        that is so because :data:`_SHORT_ROWS` of them or more look like rows written short,
-        and its closing line is then judged as one may be.
-
-        A spreadsheet quotes every field that holds a comma, a quote or a line break, each
-        quote in it doubled, so a field closes on a quote followed by a comma or the line
-        end; a quote left open stops on the next quote not doubled, mostly the one that
-        opens a later row's quoted field. So a record is one: whose quote closes with text
-        after it; whose quote closes where a field opens (after a comma, or first on its
-        line) in a line that starts as a row, or reads on its own as one; and, when its field
-        holds lines that look like rows, one that does not close as only a field of its own
-        does: one field over lines, the header's number of fields, its quote closing after
-        text of its own, in a line that reads on its own as no row (the header's number of
-        fields, or a number where the phone column is). A field that ends otherwise (a note
-        whose last line is a pasted row, or that ends with a comma or a line break) cannot be
-        told from a quote left open."""
-        if not _closes_cleanly(lines):
-            return "and closes with text after its closing quote"
-        closing = lines[-1]  # starts inside the field: its first quote not doubled closes it
-        at = 0
-        while (at := closing.find('"', at)) >= 0 and closing.startswith('"', at + 1):
-            at += 2
-        inside = closing[:at].rstrip('" \t')
-        opens = not inside or inside.endswith(",")
-        if not rows:
-            starts_row = self._row_like(inside, whole=False) or self._row_like(closing)
-            return _OPENS if opens and starts_row else None
-        width = len(self.columns)
-        if (
-            opens
-            or spans > 1
-            or len(_unpadded(rec, width)) != width
-            or len(_unpadded(next(csv.reader([closing]), []), width)) == width
-            or self._row_like(closing, short=short)
-        ):
-            return _ROWS
-        return None
-
-    def _holds_row(self, part: str, *, short: bool = False) -> bool:
-        """Whether a line of a quoted field's value (past its first) looks like a row
-        (:meth:`_row_like`, ``short`` as there): as it reads, or as it stands in the file,
-        each quote in it doubled. A row a quote left open swallowed is read with its quotes
-        halved: one whose field before the number holds quotes (two, written as six) then
-        hides the number."""
-        return self._row_like(part, short=short) or (
-            '"' in part and self._row_like(part.replace('"', '""'), short=short)
-        )
-
-    def _row_like(self, line: str, *, whole: bool = True, short: bool = False) -> bool:
-        """Whether a line inside a quoted field looks like a row of its own: as many commas
-        as a row has, and a phone number (digits and a number's punctuation, at least
-        :data:`_ROW_DIGITS` digits) where the phone column is. A multi-line address or note
-        (``"12 Main St, Apt 4\nSpringfield, IL, 62701"``) has commas but no number there.
-        ``whole=False``: whether it looks like the start of a row (the number alone).
-        ``short``: whether it looks like a row written short of the header's last fields (a
-        row :meth:`_short_row` reads): the number, and a field besides it."""
-        at = self.columns.index(self.phone)
-        commas = min(max(at, 1), len(self.columns) - 1) if short else len(self.columns) - 1
-        if whole and line.count(",") < commas:
-            return False
-        cells = next(csv.reader([line]), [])
-        if at >= len(cells):
-            return False
-        value = cells[at].strip()
-        digits = sum(c.isdigit() for c in value)
-        return digits >= _ROW_DIGITS and all(_in_number(c) for c in value)
-
     def _unusual(
         self,
         rec: list[str],
@@ -838,7 +722,7 @@ class RowReader:
         if not any(cell.strip(_NOTHING) for cell in rec):
             return None  # a blank line, a spreadsheet's row of empty cells, a DOS EOF mark
         width = len(self.columns)
-        rec = _unpadded(rec, width)
+        rec = unpadded(rec, width)
         size = len(rec)
         start, last = lines
         if size != width and last == self._unended:
@@ -1037,58 +921,12 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
     return lambda rec: dict(zip(names, cells(rec), strict=True))
 
 
-def _in_number(char: str) -> bool:
-    """Whether ``char`` may be in a phone number as written: a digit, the ASCII punctuation
-    people write in one (``+1 (206) 571-3909``, ``415.847.5622``, a spreadsheet's leading
-    ``'``), or a dash, the minus sign, a space or an invisible character a word processor
-    puts between digits. Not a time's colon (``10:15``), a price's ``$``, a letter. Every
-    character :func:`bulk_mms.validate.normalize_phone` reads in a number is one of these
-    (so a row the validator would send is never taken for a note's text)."""
-    return (
-        char.isdigit()
-        or char in _NUMBER_MARKS
-        or (
-            not char.isascii()
-            and (char == "\u2212" or unicodedata.category(char) in ("Pd", "Zs", "Cf"))
-        )
-    )
-
-
 def _malformed(exc: csv.Error) -> str:
     """Why the csv module refused a row, in words where its own are Python's."""
     why = str(exc)
     if _LONE_CR in why:
         why = "a carriage return alone inside the row (two rows on one line? an old Mac line end)"
     return f"malformed CSV: {why}"
-
-
-def _unpadded(rec: list[str], width: int) -> list[str]:
-    """A CSV record without the empty fields past the header's ``width`` (a spreadsheet pads
-    rows with them); one with a value past it, as it is."""
-    if len(rec) > width and not any(cell.strip() for cell in rec[width:]):
-        return rec[:width]
-    return rec
-
-
-def _closes_cleanly(lines: list[str]) -> bool:
-    """Whether ``lines`` read as one CSV record to their end in which every quoted field's
-    closing quote is followed by a comma or the line end, as a spreadsheet writes it (a
-    quote inside a field doubled): what the csv module's ``strict`` mode reads."""
-    reader = csv.reader(lines, strict=True)
-    try:
-        next(reader, None)
-    except csv.Error:
-        return False
-    return reader.line_num == len(lines)
-
-
-def _cut_off(path: Path, start: int) -> InputError:
-    """The error for a file that ends inside the quoted field of the record at ``start``."""
-    return InputError(
-        path,
-        f"ends inside a quoted field that starts at line {start}: the file looks cut off",
-        line=start,
-    )
 
 
 def _too_long(line: bytes) -> bool:

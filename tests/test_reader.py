@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulk_mms import reader as reader_module
-from bulk_mms import validate
+from bulk_mms import spans, validate
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_LINE_BYTES, MAX_RECORD_LINES, Row, RowReader
@@ -938,6 +938,6 @@ def test_every_character_the_validator_reads_in_a_number_is_one_the_reader_sees_
         chr(code) for code in validate._SEPARATORS
     }
     assert read_in_number  # the validator's own sets, as it reads them
-    assert [c for c in sorted(read_in_number) if not reader_module._in_number(c)] == []
+    assert [c for c in sorted(read_in_number) if not spans._in_number(c)] == []
     assert normalize_phone("+1 206\u2212571\u22123909") == "+12065713909"
-    assert reader_module._in_number("\u2212")
+    assert spans._in_number("\u2212")

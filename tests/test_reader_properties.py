@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bulk_mms import reader as reader_module
+from bulk_mms import spans
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_RECORD_LINES, Row, RowReader
@@ -67,12 +68,10 @@ def _records(text: str) -> list[tuple[int, int, list[str]]]:
     return out[1:]
 
 
-def _probe(header: list[str]) -> RowReader:
-    """A reader that is never opened, with ``header`` as its columns: its ``_row_like`` is the
-    one definition of a line inside a field that looks like a row."""
-    probe = RowReader(Path("probe.csv"), "phone")
-    probe.columns = tuple(header)
-    return probe
+def _probe(header: list[str]) -> spans.SpanCheck:
+    """The span check of a file with ``header``: its ``_row_like`` is the one definition of a
+    line inside a field that looks like a row."""
+    return spans.SpanCheck(Path("probe.csv"), len(header), header.index("phone"), lambda _: "")
 
 
 def _inner_lines(value: str) -> list[str]:
@@ -86,7 +85,7 @@ def tables(draw: st.DrawFn, *, pasted: bool = False, most: int = 4) -> Table:
     csv.writer (QUOTE_MINIMAL) with ``\\n`` or ``\\r\\n`` line ends, the last maybe left
     without one. Each record spans at most MAX_RECORD_LINES lines (the bound). ``pasted``: a
     value may hold a pasted line shaped like a row (another number where the phone column
-    is); else no line inside a value looks like a row (``RowReader._row_like``)."""
+    is); else no line inside a value looks like a row (``SpanCheck._row_like``)."""
     others = [f"c{i}" for i in range(draw(st.integers(1, 3)))]
     at = draw(st.integers(0, len(others)))
     header = [*others[:at], "phone", *others[at:]]
@@ -162,7 +161,7 @@ def _documented_refusal(table: Table, err: InputError) -> bool:
     )
     parts = [part for cell in over for part in _inner_lines(cell)]
     # "lines shaped like rows ... two or more lines count with fewer (rows written short)"
-    short = sum(probe._holds_row(part, short=True) for part in parts) >= reader_module._SHORT_ROWS
+    short = sum(probe._holds_row(part, short=True) for part in parts) >= spans._SHORT_ROWS
     rows = short or any(probe._holds_row(part) for part in parts)
     # "a line between two fields over lines that reads as a row"
     between = [_closing_line(table, n) for n in range(err.line + 1, last_line)]
@@ -170,21 +169,21 @@ def _documented_refusal(table: Table, err: InputError) -> bool:
     closing = _closing_line(table, last_line)
     if not rows:
         # "closes on the quote that opens a field of a row"
-        return reader_module._OPENS in err.message and opens
+        return spans._OPENS in err.message and opens
     # "its last line reads as a row (a number where the phone column is, or the header's number
     # of fields), or it ends with a comma or a line break, or another field runs over lines"
     width = len(table.header)
-    fields = reader_module._unpadded(next(csv.reader([closing]), []), width)
+    fields = spans.unpadded(next(csv.reader([closing]), []), width)
     reads_as_row = probe._row_like(closing, short=short) or len(fields) == width
-    return reader_module._ROWS in err.message and (opens or reads_as_row or len(over) > 1)
+    return spans._ROWS in err.message and (opens or reads_as_row or len(over) > 1)
 
 
 def _why(err: InputError) -> str:
     """The kind of refusal, for the statistics (``pytest --hypothesis-show-statistics``)."""
     kinds = (
-        reader_module._OPENS,
-        reader_module._ROWS,
-        reader_module._LONG,
+        spans._OPENS,
+        spans._ROWS,
+        spans._LONG,
         "with text after its closing quote",
         "cut off",
     )
