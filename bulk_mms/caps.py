@@ -55,7 +55,6 @@ from bulk_mms.errors import ConfigError, LedgerError, LimitReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
 from bulk_mms.models import Group, Money, SendReceipt
-from bulk_mms.prepare import max_cost_counts
 
 __all__ = [
     "DailyCap",
@@ -64,7 +63,10 @@ __all__ = [
     "MemoryTally",
     "SpendCeiling",
     "Tally",
+    "max_cost_counts",
+    "paid_per_recipient",
     "run_limits",
+    "settings_price",
 ]
 
 log = structlog.get_logger("bulk_mms.caps")
@@ -425,3 +427,36 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
             )
         )
     return limits
+
+
+def settings_price(settings: Settings) -> Money | None:
+    """``[pricing] per_recipient``, if set."""
+    if settings.price_per_recipient is None:
+        return None
+    return Money(settings.price_per_recipient, settings.currency)
+
+
+def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
+    """What a job's ``max_cost`` is counted in, by a run (:func:`~bulk_mms.caps.run_limits`)
+    and by the dry run's verdict alike: the price of a recipient (``[pricing]
+    per_recipient``, else the average this ledger has paid; None: neither), and what the
+    ledger has paid (its sends' costs, and every recipient of a send the API gave no cost
+    for at that price)."""
+    price = settings_price(settings) or paid_per_recipient(view)
+    paid = sum(view.cost().values(), Decimal(0))
+    if price is not None:
+        unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)
+        paid += price.amount * unknown
+    return price, paid
+
+
+def paid_per_recipient(view: LedgerView) -> Money | None:
+    """The mean price per recipient of a ledger's sent groups the API gave a cost for, if it
+    has any, in one currency (a send it gave none for is counted at this price: its
+    recipients are not in the mean, or they would lower it)."""
+    paid = view.cost()
+    sent = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is not None)
+    if len(paid) != 1 or not sent:
+        return None
+    ((currency, total),) = paid.items()
+    return Money((total / sent).quantize(Decimal("0.000001")), currency)

@@ -9,13 +9,13 @@ import csv
 import datetime as dt
 import itertools
 from collections.abc import Callable, Container, Iterator, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
 from msgspec.structs import replace
 
 from bulk_mms._version import __version__
+from bulk_mms.caps import max_cost_counts, paid_per_recipient, run_limits, settings_price
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
@@ -428,8 +428,6 @@ class _DryRun:
     def check_ledger(self, job: JobConfig, view: LedgerView, scan: InputScan) -> None:
         """The refusals after the input's, in a run's order (limits, then the ledger's job
         and input); then what the summary says of the ledger."""
-        from bulk_mms.caps import run_limits  # noqa: PLC0415 - limits builds on prepare
-
         self.s.input = scan
         run_limits(job, self.settings, view, self.clock)
         header = header_for(job, scan.fingerprint, self.clock)
@@ -568,36 +566,3 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
         for rec in view.sent_groups():  # its members a delivery report moved out wait there
             numbers.update(int(phone[1:]) for phone in rec.counted)
     return frozenset(numbers)
-
-
-def settings_price(settings: Settings) -> Money | None:
-    """``[pricing] per_recipient``, if set."""
-    if settings.price_per_recipient is None:
-        return None
-    return Money(settings.price_per_recipient, settings.currency)
-
-
-def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
-    """What a job's ``max_cost`` is counted in, by a run (:func:`~bulk_mms.caps.run_limits`)
-    and by the dry run's verdict alike: the price of a recipient (``[pricing]
-    per_recipient``, else the average this ledger has paid; None: neither), and what the
-    ledger has paid (its sends' costs, and every recipient of a send the API gave no cost
-    for at that price)."""
-    price = settings_price(settings) or paid_per_recipient(view)
-    paid = sum(view.cost().values(), Decimal(0))
-    if price is not None:
-        unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)
-        paid += price.amount * unknown
-    return price, paid
-
-
-def paid_per_recipient(view: LedgerView) -> Money | None:
-    """The mean price per recipient of a ledger's sent groups the API gave a cost for, if it
-    has any, in one currency (a send it gave none for is counted at this price: its
-    recipients are not in the mean, or they would lower it)."""
-    paid = view.cost()
-    sent = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is not None)
-    if len(paid) != 1 or not sent:
-        return None
-    ((currency, total),) = paid.items()
-    return Money((total / sent).quantize(Decimal("0.000001")), currency)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms.caps import paid_per_recipient
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
@@ -33,7 +34,7 @@ from bulk_mms.ledger.fold import Miss, Missed
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.policy import carrier_reset, refused_members
-from bulk_mms.prepare import dry_run, paid_per_recipient
+from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
