@@ -437,7 +437,7 @@ def settings_price(settings: Settings) -> Money | None:
 
 
 def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
-    """What a job's ``max_cost`` is counted in, by a run (:func:`~bulk_mms.caps.run_limits`)
+    """What a job's ``max_cost`` is counted in, by a run (:func:`run_limits`)
     and by the dry run's verdict alike: the price of a recipient (``[pricing]
     per_recipient``, else the average this ledger has paid; None: neither), and what the
     ledger has paid (its sends' costs, and every recipient of a send the API gave no cost

@@ -43,7 +43,7 @@ class Estimate(msgspec.Struct, frozen=True):
     #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
     price_basis: str
     #: What ``max_cost`` counts the ledger has paid already, and the rest of the job at the
-    #: price a run counts it at (None: no price): :func:`~bulk_mms.prepare.max_cost_counts`.
+    #: price a run counts it at (None: no price): :func:`~bulk_mms.caps.max_cost_counts`.
     paid: Decimal = Decimal(0)
     counted: Money | None = None
 
