@@ -16,7 +16,8 @@ whose report is news (:meth:`LedgerView.apply_status`: a status that supersedes,
 cost) gets a durable ``status`` event before the 200 goes back, which takes milliseconds (group
 commit). ``message.finalized`` carries the recipient's final cost, which is recorded with it;
 the other events' costs are estimates and are not. Repeats (the same event id) and stale
-reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded.
+reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded; a
+repeat that comes while the first delivery is still writing waits for its outcome.
 
 An event whose message id the ledger does not know is acknowledged, looked for again for 30 s
 (a webhook can beat the run's own ``sent`` line: it is then read again as the ledger stands, so
@@ -31,7 +32,10 @@ and surrounding spaces aside) adds the sender; START or UNSTOP lift a suppressio
 added (never one added by hand); HELP, or a keyword among other words, changes nothing.
 Keywords are taken in the order they were texted (``occurred_at``), as the suppression list
 records it (so across restarts, and between receivers sharing the list's file): a late one
-changes nothing.
+changes nothing. A keyword the list cannot take (or a report the ledger cannot) gets 503, so
+Telnyx delivers it again.
+
+Nothing of a request's headers is logged, not even by aiohttp's server (:func:`server_log`).
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ import base64
 import binascii
 import contextlib
 import functools
+import logging
 import re
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
+from typing import Any
 
 import msgspec.structs
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -166,8 +173,9 @@ def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: f
         raise Unverified("signature does not verify", 401) from None
 
 
-def _write_failed(event_id: str, exc: LedgerError) -> None:
-    """Log, in one line and without a traceback, that an event's reports could not be written."""
+def _write_failed(event_id: str, exc: ConfigError | LedgerError) -> None:
+    """Log, in one line and without a traceback, that what an event says could not be written
+    (its reports to the ledger, its keyword to the suppression list)."""
     log.error("webhook.write_failed", id=_short(event_id), error=str(exc))
 
 
@@ -209,6 +217,8 @@ class WebhookReceiver:
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
         self._later: set[asyncio.Task[None]] = set()
+        #: Events being handled now, each with what is set once it is done (:meth:`_alone`).
+        self._busy: dict[str, asyncio.Future[None]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -243,15 +253,46 @@ class WebhookReceiver:
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
             texted = instant(data.get("occurred_at"))
-            suppressed, lifted = (
-                await self.suppressed.off_loop(functools.partial(self._keywords, payload, texted))
-                if self.suppressed is not None
-                else (False, False)
-            )
+            try:
+                suppressed, lifted = (
+                    await self.suppressed.off_loop(
+                        functools.partial(self._keywords, payload, texted)
+                    )
+                    if self.suppressed is not None
+                    else (False, False)
+                )
+            except (ConfigError, LedgerError) as exc:
+                # no 2xx: Telnyx redelivers, and the keyword is taken once the list takes it
+                _write_failed(event_id, exc)
+                return web.json_response(
+                    {"error": "the suppression list cannot be written now"}, status=503
+                )
             return web.json_response({"ok": True, "suppressed": suppressed, "lifted": lifted})
         if event_type not in EVENTS:
             log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
             return web.json_response({"ok": True})
+        async with self._alone(event_id):
+            return await self._delivery(event_id, event_type, data, payload)
+
+    @contextlib.asynccontextmanager
+    async def _alone(self, event_id: str) -> AsyncIterator[None]:
+        """Handle one delivery of an event at a time. Telnyx delivers an event again when it
+        gets no 2xx within 2 s, so a redelivery may come while the first is still writing: it
+        waits for it, and is then a duplicate only if the first's reports were written (they
+        are durable before it is answered), or is taken anew if they could not be."""
+        while (busy := self._busy.get(event_id)) is not None:
+            await asyncio.wait([busy])  # a waiter cancelled leaves the first undisturbed
+        self._busy[event_id] = done = asyncio.get_running_loop().create_future()
+        try:
+            yield
+        finally:
+            del self._busy[event_id]
+            done.set_result(None)
+
+    async def _delivery(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> web.Response:
+        """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
         if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
@@ -649,6 +690,31 @@ class WebhookReceiver:
         )
 
 
+class _ServerLog(logging.Filter):
+    """aiohttp's server log, for the receiver: each line it would write becomes one of ours.
+    A request aiohttp could not parse (:class:`~aiohttp.http_exceptions.HttpProcessingError`)
+    is one ``webhook.bad_request`` line with its status and kind, never its text, which
+    quotes the offending header line (an ``Authorization`` a proxy added, say), nor a
+    traceback; a fault of this receiver keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            bad = log.warning if record.levelno >= logging.WARNING else log.debug
+            bad("webhook.bad_request", status=exc.code, error=type(exc).__name__)
+        elif record.levelno >= logging.WARNING:
+            log.error("webhook.failed", detail=record.getMessage(), exc_info=record.exc_info)
+        return False
+
+
+def server_log() -> logging.Logger:
+    """The logger the receiver's HTTP server writes to (:class:`_ServerLog`); it reaches no
+    handler of the logging module."""
+    logger = logging.Logger("bulk_mms.webhooks.http")
+    logger.addFilter(_ServerLog())
+    return logger
+
+
 async def serve_webhooks(
     location: Location,
     host: str,
@@ -684,7 +750,9 @@ async def serve_webhooks(
         reopen=lambda: open_store(location, "append"),
         policy=policy,
     )
-    runner = web.AppRunner(receiver.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        receiver.app(), access_log=None, handle_signals=False, logger=server_log()
+    )
     await runner.setup()
     try:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import logging
 import os
 import time
 import uuid
@@ -20,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.clock import iso
@@ -30,7 +32,12 @@ from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.testing import ledger_events
-from bulk_mms.webhooks import WebhookReceiver, load_public_key, serve_webhooks
+from bulk_mms.webhooks import (
+    MAX_EVENT_BODY,
+    WebhookReceiver,
+    load_public_key,
+    serve_webhooks,
+)
 from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()
@@ -123,17 +130,18 @@ async def test_signed_finalized_event_is_recorded(
     assert all(e["source"] == "webhook" and e["webhook_id"] == "e1" for e in lines)
 
 
-@pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale"])
+@pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale", "future"])
 async def test_bad_signatures_get_401_and_write_nothing(
     hooks: tuple[TestClient[Any, Any], Path, FakeClient], forgery: str
 ) -> None:
-    """Another key, an edited body, no headers or a 10-minute-old stamp: 401, no line."""
+    """Another key, an edited body, no headers, or a stamp 10 minutes old or ahead: 401, no
+    line."""
     http, path, client = hooks
     body = event("message.finalized", client.calls[0], "m", "delivered")
     raw, headers = signed(
         body,
         key=Ed25519PrivateKey.generate() if forgery == "other_key" else SIGNER,
-        age=600 if forgery == "stale" else 0,
+        age={"stale": 600, "future": -600}.get(forgery, 0),
     )
     if forgery == "tampered":
         raw = raw.replace(b"delivered", b"delivery_failed")
@@ -167,6 +175,19 @@ async def test_malformed_signature_headers_get_400_never_500(
     headers[header] = value
     resp = await http.post("/webhooks", data=raw, headers=headers)
     assert resp.status == 400
+    assert status_lines(path) == []
+
+
+async def test_a_body_past_the_bound_gets_413_and_writes_nothing(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient],
+) -> None:
+    """A signed body larger than MAX_EVENT_BODY is refused with 413 before it is parsed."""
+    http, path, client = hooks
+    body = event("message.finalized", client.calls[0], "m", "delivered")
+    body["data"]["payload"]["text"] = "x" * MAX_EVENT_BODY
+    raw, headers = signed(body)
+    resp = await http.post("/webhooks", data=raw, headers=headers)
+    assert resp.status == 413
     assert status_lines(path) == []
 
 
@@ -228,6 +249,44 @@ async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) ->
     receiver = await server
     assert receiver.recorded == 1
     assert [e["recipient"] for e in status_lines(path)] == ["+13125550111"]
+
+
+async def test_no_header_a_request_carries_reaches_the_log(
+    jobs: JobFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Authorization a proxy adds is never logged: not with a request refused for its
+    signature (401), nor in a header line aiohttp cannot parse (too long: 400), which is one
+    ``webhook.bad_request`` line with its status, without its text or a traceback."""
+    path, client = await sent_ledger(jobs, 4)
+    secret = "Bearer proxy-secret-0123456789"
+    stop = Stop()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    raw, headers = signed(event("message.finalized", client.calls[0], "m", "delivered"))
+    answers = []
+    with caplog.at_level(logging.DEBUG), capture_logs() as logs:
+        server = asyncio.create_task(
+            serve_webhooks(
+                path, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
+            )
+        )
+        url = f"http://{await ready}/hooks"
+        async with aiohttp.ClientSession() as session:
+            for auth, sig in (
+                (secret, "A" * 86 + "=="),
+                (secret + "x" * 9000, headers["telnyx-signature-ed25519"]),
+            ):
+                sent = {**headers, "telnyx-signature-ed25519": sig, "Authorization": auth}
+                async with session.post(url, data=raw, headers=sent) as resp:
+                    answers.append(resp.status)
+        stop.request("test")
+        await server
+    assert answers == [401, 400]
+    assert "proxy-secret" not in repr(logs) + caplog.text
+    assert [(e["event"], e.get("status")) for e in logs if e["log_level"] != "info"] == [
+        ("webhook.rejected", 401),
+        ("webhook.bad_request", 400),
+    ]
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def test_public_key_errors_name_the_variable() -> None:
@@ -384,6 +443,50 @@ async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_free
     )
 
 
+async def test_a_redelivery_while_the_first_is_writing_waits_for_its_outcome(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telnyx redelivers an event it got no answer for within 2 s while the first delivery is
+    still writing: the redelivery is not answered until the first is done, so when the first's
+    write fails (503) the redelivery records every member, none lost behind a 200."""
+    path, client = await sent_ledger(jobs, 8)
+    store = open_store(path, "append")
+    receiver = WebhookReceiver(
+        store.fold(), store, load_public_key(PUBLIC_B64), reopen=lambda: open_store(path, "append")
+    )
+    g = client.calls[0]
+    writing, gate = asyncio.Event(), asyncio.Event()
+    real_append, real_write = store.append, os.write
+    full = [1]
+
+    async def slow_append(ev: Any, **kw: Any) -> None:
+        if not writing.is_set():  # the first write is slow; the disk then refuses it
+            writing.set()
+            await gate.wait()
+        await real_append(ev, **kw)
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if full[0] and g.to[0].encode() in bytes(data):
+            full[0] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store, "append", slow_append)
+    monkeypatch.setattr(os, "write", write)
+    delivery = event("message.finalized", g, f"msg-{g.id}-0", "delivered", event_id="e1")
+    async with TestClient(TestServer(receiver.app())) as http:
+        first = asyncio.create_task(post_signed(http, delivery))
+        await writing.wait()
+        second = asyncio.create_task(post_signed(http, delivery))
+        await asyncio.wait([second], timeout=1)
+        gate.set()
+        answers = [(await first)[0], await second]
+    await receiver.close()
+    await receiver.store.close()
+    assert answers == [503, (200, {"ok": True, "recorded": 4, "pending": 0})]
+    assert sorted(e["recipient"] for e in status_lines(path)) == sorted(g.to)
+
+
 async def receiver_for(jobs: JobFactory, **kwargs: Any) -> tuple[WebhookReceiver, Path, FakeClient]:
     """A receiver on a ledger of 8 sent in groups of 4, with a fake clock: its late window
     passes without real waiting."""
@@ -487,10 +590,13 @@ def inbound(
 
 
 async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
-    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    jobs: JobFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A STOP whose suppression-list write fails gets no 2xx; Telnyx redelivers it, and the
-    redelivery is taken in (not dropped as already seen)."""
+    """A STOP whose suppression-list write fails gets 503 and one log line naming the setting,
+    no traceback; Telnyx redelivers it, and the redelivery is taken in (not dropped as seen)."""
     listed = Suppressed(tmp_path / "suppressed.txt")
     receiver, _, _ = await receiver_for(jobs, suppressed=listed)
     add = listed.add
@@ -503,12 +609,16 @@ async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
 
     monkeypatch.setattr(listed, "add", flaky)
     stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
-    async with TestClient(TestServer(receiver.app())) as http:
-        assert (await post_signed(http, stop))[0] >= 500
-        assert (await post_signed(http, stop))[0] == 200
+    with caplog.at_level(logging.DEBUG), capture_logs() as logs:
+        async with TestClient(TestServer(receiver.app())) as http:
+            assert (await post_signed(http, stop))[0] == 503
+            assert (await post_signed(http, stop))[0] == 200
     await receiver.close()
     await receiver.store.close()
     assert listed.numbers() == ["+12125550002"]
+    failed = [e for e in logs if e["event"] == "webhook.write_failed"]
+    assert [e["error"] for e in failed] == ["suppression.file: cannot write: disk full"]
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
 async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
