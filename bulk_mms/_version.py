@@ -3,4 +3,4 @@
 A constant rather than ``importlib.metadata``, whose import costs every command about 25 ms.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
