@@ -58,7 +58,7 @@ class SystemClock:
     def __init__(self, stopping: asyncio.Event | None = None) -> None:
         self._stopping = stopping
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: The clock followed (:meth:`follow`): its time, and the system's monotonic time then.
+        #: The clock followed (:meth:`follow`): its time, and :func:`since_boot` then.
         self._followed: tuple[float, float] | None = None
 
     def monotonic(self) -> float:
