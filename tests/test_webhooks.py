@@ -479,6 +479,7 @@ async def test_a_redelivery_while_the_first_is_writing_waits_for_its_outcome(
         await writing.wait()
         second = asyncio.create_task(post_signed(http, delivery))
         await asyncio.wait([second], timeout=1)
+        assert not second.done()  # held while the first writes
         gate.set()
         answers = [(await first)[0], await second]
     await receiver.close()
