@@ -556,9 +556,10 @@ async def test_a_live_run_of_a_database_ledger_is_one_holding_a_claim(database: 
     none before any claim, the claimant while its lease holds, none once it ran out; a
     claim that records no expiry (an older bulk-mms) runs out by the asker's lease."""
     where = f"{database}?ledger=live"
-    run = open_store(where, "run")
+    open_store(where, "run").close_sync()  # the ledger, and no run of it open
+    claimer = open_store(where, "append")
     looker = open_store(where, "append")
-    coord = coordinator_for(run, 30.0)
+    coord = coordinator_for(claimer, 30.0)
     try:
         assert await looker.live_run(30.0) is None
         assert await coord.claim("g1")
@@ -575,7 +576,33 @@ async def test_a_live_run_of_a_database_ledger_is_one_holding_a_claim(database: 
     finally:
         await coord.close()
         await looker.close()
-        await run.close()
+        await claimer.close()
+
+
+async def test_a_run_of_a_database_ledger_is_live_from_its_opening_to_its_closing(
+    database: str,
+) -> None:
+    """A run that has opened a database ledger is live before it claims anything (reading its
+    input, waiting for its window), named by its session; two at once share it; once both
+    closed, none is, and another ledger of the database never saw one."""
+    where = f"{database}?ledger=opened"
+    other = f"{database}?ledger=other"
+    open_store(other, "run").close_sync()
+    looker = open_store(other, "append")
+    first = open_store(where, "run")
+    watcher = open_store(where, "append")
+    try:
+        assert await watcher.live_run(30.0) == f"bulk-mms pid {os.getpid()}"
+        second = open_store(where, "run")  # a run on another host: never waits on the first
+        first.close_sync()
+        assert await watcher.live_run(30.0) == f"bulk-mms pid {os.getpid()}"
+        second.close_sync()
+        assert await watcher.live_run(30.0) is None
+        assert await looker.live_run(30.0) is None
+    finally:
+        first.close_sync()
+        await watcher.close()
+        await looker.close()
 
 
 async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
@@ -590,7 +617,7 @@ async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
     await run_job(job, FAST, client, clock=FakeClock())
     (g,) = client.calls
     client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
-    run = open_store(job.where, "run")
+    run = open_store(job.where, "append")  # as a run of an older bulk-mms: no run lock
     coord = coordinator_for(run, FAST.lease_s)
     try:
         assert await coord.claim("next")  # a run of the job, about to send its next group

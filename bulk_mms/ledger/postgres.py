@@ -188,12 +188,25 @@ _CLAIM: Final = f"""
     WHERE c.owner = EXCLUDED.owner OR {_RUNS_OUT} < now()
     RETURNING token
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
-#: A process running the ledger now: the owner of a claim that has not run out
-#: (:data:`_RUNS_OUT`; a run's heartbeat renews every claim it holds until it ends).
+#: The advisory-lock namespace in which each run holds its ledger (shared: runs never wait on
+#: one another) from its store's opening to its closing, with the ledger's id as the second key.
+_RUN_LOCK: Final = 0x72756E73
+_HOLD_RUN: Final = "SELECT pg_advisory_lock_shared(%s, (%s %% 2147483647)::int)"
+#: A process running the ledger now: a session holding the run lock (:data:`_RUN_LOCK`, named
+#: by its ``application_name``: ``bulk-mms pid N``), or the owner of a claim that has not run
+#: out (:data:`_RUNS_OUT`: a run's heartbeat renews its claims until it ends; a run of an
+#: older bulk-mms takes no run lock).
 _LIVE_RUN: Final = f"""
-    SELECT c.owner FROM bulk_mms_claims c
-    WHERE c.ledger = %(ledger)s AND {_RUNS_OUT} >= now()
-    ORDER BY c.heartbeat DESC LIMIT 1
+    (SELECT coalesce(nullif(a.application_name, ''), 'database session ' || l.pid)
+     FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+       AND l.classid::bigint = %(lock)s AND l.objid::bigint = %(ledger)s %% 2147483647
+     LIMIT 1)
+    UNION ALL
+    (SELECT c.owner FROM bulk_mms_claims c
+     WHERE c.ledger = %(ledger)s AND {_RUNS_OUT} >= now()
+     ORDER BY c.heartbeat DESC LIMIT 1)
+    LIMIT 1
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
 #: Write-ahead attempts, each only while its writer holds the group's claim with its token. The
 #: claim row stays locked (FOR SHARE) until the attempt commits, so a takeover either comes
@@ -405,6 +418,8 @@ class PostgresStore(GroupCommitted[_Item]):
                 raise LedgerError(store.name, "no such ledger")
             store._ledger = store._ledger_id(create=True)
         store.verbatim = mode == "copy"
+        if mode == "run":  # held by its session until close_sync (live_run)
+            store._conn.execute(_HOLD_RUN, (_RUN_LOCK, store._ledger))
         return store
 
     def _ledger_id(self, *, create: bool) -> int | None:
@@ -471,15 +486,17 @@ class PostgresStore(GroupCommitted[_Item]):
         return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
 
     async def live_run(self, lease_s: float) -> str | None:
-        """The process running this ledger now (its claims' owner: ``host:pid:tag``), or
-        None: a run is live from its first claim until its lease runs out after it ended.
+        """The process running this ledger now (``bulk-mms pid N``, or a claim's owner:
+        ``host:pid:tag``), or None: a run is live from the opening of its store (its run lock,
+        :data:`_RUN_LOCK`) to its closing, and until the lease of its last claim runs out.
 
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
         """
 
         async def live(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            cur = await conn.execute(_LIVE_RUN, {"ledger": self._id, "lease": lease_s})
+            params = {"ledger": self._id, "lease": lease_s, "lock": _RUN_LOCK}
+            cur = await conn.execute(_LIVE_RUN, params)
             return await cur.fetchone()
 
         row = await self._reader.run(live, "cannot read claims")
@@ -655,7 +672,7 @@ class PostgresStore(GroupCommitted[_Item]):
 
     def close_sync(self) -> None:
         with contextlib.suppress(psycopg.Error):
-            self._conn.close()  # ends the session: its advisory lock goes with it
+            self._conn.close()  # ends the session: its run lock goes with it
 
 
 class PostgresCoordinator:
