@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import secrets
@@ -251,6 +252,19 @@ def missing(reason: str) -> NoReturn:
 def database() -> Iterator[str]:
     """A database of its own on the project's PostgreSQL, dropped afterwards; the test is
     skipped, with the reason in one line, when there is no server."""
+    with _own_database() as url:
+        yield url
+
+
+@pytest.fixture
+def another_database(database: str) -> Iterator[str]:
+    """A second database of its own on the same server (:func:`database`), dropped afterwards."""
+    with _own_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _own_database() -> Iterator[str]:
     name = f"bulk_mms_test_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)

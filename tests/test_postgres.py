@@ -580,18 +580,21 @@ async def test_a_live_run_of_a_database_ledger_is_one_holding_a_claim(database: 
 
 
 async def test_a_run_of_a_database_ledger_is_live_from_its_opening_to_its_closing(
-    database: str,
+    database: str, another_database: str
 ) -> None:
     """A run that has opened a database ledger is live before it claims anything (reading its
     input, waiting for its window), named by its session; two at once share it; once both
-    closed, none is, and another ledger of the database never saw one."""
+    closed, none is; and another ledger, of this database or of another on the same server
+    (whose ledgers are numbered from 1 too), never saw one."""
     where = f"{database}?ledger=opened"
     other = f"{database}?ledger=other"
-    open_store(other, "run").close_sync()
+    open_store(other, "run").close_sync()  # the database's first ledger
     looker = open_store(other, "append")
+    elsewhere = open_store(f"{another_database}?ledger=first", "run")  # that one's first
     first = open_store(where, "run")
     watcher = open_store(where, "append")
     try:
+        assert await looker.live_run(30.0) is None
         assert await watcher.live_run(30.0) == f"bulk-mms pid {os.getpid()}"
         second = open_store(where, "run")  # a run on another host: never waits on the first
         first.close_sync()
@@ -601,6 +604,7 @@ async def test_a_run_of_a_database_ledger_is_live_from_its_opening_to_its_closin
         assert await looker.live_run(30.0) is None
     finally:
         first.close_sync()
+        elsewhere.close_sync()
         await watcher.close()
         await looker.close()
 

@@ -192,14 +192,18 @@ _CLAIM: Final = f"""
 #: one another) from its store's opening to its closing, with the ledger's id as the second key.
 _RUN_LOCK: Final = 0x72756E73
 _HOLD_RUN: Final = "SELECT pg_advisory_lock_shared(%s, (%s %% 2147483647)::int)"
+#: Given back as the store closes: a closed connection's session may end a moment later.
+_FREE_RUN: Final = "SELECT pg_advisory_unlock_shared(%s, (%s %% 2147483647)::int)"
 #: A process running the ledger now: a session holding the run lock (:data:`_RUN_LOCK`, named
-#: by its ``application_name``: ``bulk-mms pid N``), or the owner of a claim that has not run
-#: out (:data:`_RUNS_OUT`: a run's heartbeat renews its claims until it ends; a run of an
-#: older bulk-mms takes no run lock).
+#: by its ``application_name``: ``bulk-mms pid N``; in this database: the server lists every
+#: database's locks, and each numbers its ledgers from 1), or the owner of a claim that has
+#: not run out (:data:`_RUNS_OUT`: a run's heartbeat renews its claims until it ends; a run
+#: of an older bulk-mms takes no run lock).
 _LIVE_RUN: Final = f"""
     (SELECT coalesce(nullif(a.application_name, ''), 'database session ' || l.pid)
      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
        AND l.classid::bigint = %(lock)s AND l.objid::bigint = %(ledger)s %% 2147483647
      LIMIT 1)
     UNION ALL
@@ -390,6 +394,8 @@ class PostgresStore(GroupCommitted[_Item]):
         self.shared = True
         #: Events written as they are (``ledger copy``), no move held to the resends' limit.
         self.verbatim = False
+        #: Whether its session holds the run lock (:data:`_RUN_LOCK`): a run's store does.
+        self._holds_run = False
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
@@ -420,6 +426,7 @@ class PostgresStore(GroupCommitted[_Item]):
         store.verbatim = mode == "copy"
         if mode == "run":  # held by its session until close_sync (live_run)
             store._conn.execute(_HOLD_RUN, (_RUN_LOCK, store._ledger))
+            store._holds_run = True
         return store
 
     def _ledger_id(self, *, create: bool) -> int | None:
@@ -672,7 +679,10 @@ class PostgresStore(GroupCommitted[_Item]):
 
     def close_sync(self) -> None:
         with contextlib.suppress(psycopg.Error):
-            self._conn.close()  # ends the session: its run lock goes with it
+            if self._holds_run and not self._conn.closed:
+                self._holds_run = False
+                self._conn.execute(_FREE_RUN, (_RUN_LOCK, self._ledger))
+            self._conn.close()  # ends the session: its run lock would go with it
 
 
 class PostgresCoordinator:
