@@ -2,7 +2,7 @@
 and drop numbers already seen in this job.
 
 Group MMS reaches the US and Canada only, so a number is accepted only if phonenumbers says it is
-a valid number of one of those two regions.
+a valid number of one of those two regions, and has the ten digits of a phone there.
 """
 
 from __future__ import annotations
@@ -189,7 +189,15 @@ def _parsed(value: str, region: str) -> str:
             f"+1 number outside the US and Canada ({where}); group MMS reaches the US and "
             "Canada only"
         )
-    return f"+{number.country_code}{number.national_number}"
+    national = str(number.national_number)
+    if len(national) != _NSN_LENGTH:
+        # phonenumbers' valid seven-digit service numbers (Canada's 310-XXXX): no phone
+        # behind them takes a text, and the API refuses the whole group that holds one
+        raise PhoneError(
+            f"a {len(national)}-digit service number, not a phone ({text}): group MMS reaches "
+            "ten-digit US and Canadian numbers only"
+        )
+    return f"+{number.country_code}{national}"
 
 
 _INVALID: Final = "not a valid US or Canadian phone number"

@@ -86,6 +86,8 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
         ("+44 20 7946 0958", "+44 is not a US or Canadian number"),
         ("+1 876 555 0101", "outside the US and Canada"),  # Jamaica shares +1
         ("555-12", "not a valid"),
+        ("310-1521", "a 7-digit service number, not a phone (310-1521)"),  # Canada's 310-XXXX
+        ("+1 310 1521", "a 7-digit service number"),
         ("+1 555 555 0100", "not a valid"),  # 555 is not an area code
         ("212#5550100", "character '#'"),
         ("1.21255E+10", "scientific notation (1.21255E+10): a spreadsheet wrote it so"),
@@ -352,7 +354,7 @@ def phonenumbers_verdict(value: str) -> str:
         number = phonenumbers.parse(value, "US")
     except phonenumbers.NumberParseException:
         return "refused"
-    ok = phonenumbers.is_valid_number(number)
+    ok = phonenumbers.is_valid_number(number) and len(str(number.national_number)) == 10
     if not ok or phonenumbers.region_code_for_number(number) not in ("US", "CA"):
         return "refused"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
