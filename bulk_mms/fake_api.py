@@ -170,10 +170,32 @@ FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
     "redirect-307": lambda: Fault("redirect", 307),
     "drop-before": lambda: Fault("drop_before"),
     "drop-after": lambda: Fault("drop_after"),
+    "slow": lambda: Fault("slow", delay=5.0),
     "no-id": lambda: Fault("no_id"),
     "not-json": lambda: Fault("not_json"),
     "truncated": lambda: Fault("truncated"),
 }
+
+
+def accept_log_writer(path: str) -> Callable[[Accepted], None]:
+    """An :attr:`FakeTelnyx.on_accept` that appends each accepted message to ``path`` as one
+    JSON line (``id``, ``from``, ``to``, ``key``: its Idempotency-Key, ``received_at``),
+    flushed at once: what the API took, to check a run against while it goes on or after a
+    crash."""
+    log = open(path, "ab")  # noqa: SIM115 - open for the server's whole life
+
+    def write(msg: Accepted) -> None:
+        line = {
+            "id": msg.id,
+            "from": msg.from_,
+            "to": msg.to,
+            "key": msg.idempotency_key,
+            "received_at": msg.received_at,
+        }
+        log.write(orjson.dumps(line) + b"\n")
+        log.flush()
+
+    return write
 
 
 def parse_faults(spec: str) -> list[Fault]:
@@ -406,6 +428,8 @@ class FakeTelnyx:
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    #: Called with each message as it is accepted (``--log``: :func:`accept_log_writer`).
+    on_accept: Callable[[Accepted], None] | None = None
     queues: dict[str, SenderQueue] = field(default_factory=dict)
     #: (time, sender, recipients) of every accepted message, in order: the server's own log.
     accept_log: list[tuple[float, str, int]] = field(default_factory=list)
@@ -418,6 +442,9 @@ class FakeTelnyx:
     webhooks_sent: list[WebhookPost] = field(default_factory=list)
     by_id: dict[str, Accepted] = field(default_factory=dict)
     by_recipient_id: dict[str, tuple[Accepted, int]] = field(default_factory=dict)
+    #: The messages each number (without its ``+``) is in, oldest first: the records of one
+    #: recipient without a pass over every message.
+    by_member: dict[str, list[Accepted]] = field(default_factory=dict)
     _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     # wall time = this + clock(): timestamps move with an injected clock
     _epoch: float = 0.0
@@ -482,6 +509,8 @@ class FakeTelnyx:
         self.by_id[msg.id] = msg
         for i, rid in enumerate(msg.recipient_ids):
             self.by_recipient_id[rid] = (msg, i)
+        for phone in set(msg.to):
+            self.by_member.setdefault(phone.lstrip("+"), []).append(msg)
 
     def recipient_counts(self) -> dict[str, int]:
         """How many accepted messages each number is in."""
@@ -727,6 +756,8 @@ class FakeTelnyx:
         )
         self.accepted.append(msg)
         self._remember(msg)
+        if self.on_accept is not None:
+            self.on_accept(msg)
         return msg
 
     def _record(
@@ -897,18 +928,22 @@ class FakeTelnyx:
         ]
         return _json(200, {"data": data, "meta": _meta(page, size, len(chosen))})
 
-    def mdrs(self) -> list[dict[str, Any]]:
+    def mdrs(self, cld: str | None = None) -> list[dict[str, Any]]:
         """Every detail record listed now: one per recipient of each accepted message older
         than :attr:`records_lag_s`, oldest first, each stamped with its message's sent time
         (the spec's ``created_at``, "Message sent time": when the queue let it go, its
-        ``wait_seconds`` after the API took it)."""
+        ``wait_seconds`` after the API took it). With ``cld``, only that recipient's (with or
+        without its ``+``), read from :attr:`by_member`: a lookup, however many were sent."""
         cutoff = self.wall() - self.records_lag_s
         out = []
-        for msg in sorted(self.by_id.values(), key=lambda m: m.received_wall):
+        messages = self.by_id.values() if cld is None else self.by_member.get(cld.lstrip("+"), [])
+        for msg in sorted(messages, key=lambda m: m.received_wall):
             sent_on = msg.received_wall + msg.wait_seconds
             if sent_on > cutoff:
                 continue
             for i, phone in enumerate(msg.to):
+                if cld is not None and phone.lstrip("+") != cld.lstrip("+"):
+                    continue
                 status = self._observe(msg, i)
                 cost = _cost_of(status) or (ZERO, ZERO)
                 price = _cost_of("delivered") or (ZERO, ZERO)
@@ -954,7 +989,7 @@ class FakeTelnyx:
         exact = {k: q[k] for k in ("id", "cli", "cld") if k in q}
         upper = {k: q[k].upper() for k in ("direction", "status", "message_type") if k in q}
         chosen = []
-        for rec in self.mdrs():
+        for rec in self.mdrs(q.get("cld")):
             at = _when(rec["created_at"])
             assert at is not None
             if (start is not None and at < start) or (end is not None and at > end):
@@ -1347,12 +1382,21 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
             help=f"{what} NUMBER (or *LAST4) with Telnyx error CODE (repeatable)",
         )
     parser.add_argument(
+        "--log",
+        metavar="PATH",
+        help="append each accepted message to PATH, one JSON line (id, from, to, key)",
+    )
+    parser.add_argument(
         "--replay-keys",
         action="store_true",
         help="replay a repeated Idempotency-Key's first success (Telnyx does not, for group MMS)",
     )
     args = parser.parse_args(argv)
-    fake = FakeTelnyx(api_key=args.key, replay_keys=args.replay_keys)
+    fake = FakeTelnyx(
+        api_key=args.key,
+        replay_keys=args.replay_keys,
+        on_accept=accept_log_writer(args.log) if args.log else None,
+    )
     for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
         for item in items:
             number, sep, code = item.partition("=")

@@ -29,7 +29,14 @@ from openapi_schema_validator import OAS31Validator
 
 from bulk_mms.client import AiohttpMmsClient, parse_statuses
 from bulk_mms.errors import AuthError
-from bulk_mms.fake_api import STATUSES, FakeTelnyx, SeenRequest, carrier_timeline
+from bulk_mms.fake_api import (
+    STATUSES,
+    Accepted,
+    FakeTelnyx,
+    SeenRequest,
+    accept_log_writer,
+    carrier_timeline,
+)
 from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
@@ -698,3 +705,41 @@ async def test_statuses_in_cc_answers_are_the_spec_s(api: ApiClock) -> None:
     async with AiohttpMmsClient(a.url, "test-key-123") as client:
         assert sorted(st.phone for st in await client.fetch_group(mid)) == to
         assert sorted(st.phone for st in await client.fetch_message(mid)) == to
+
+
+async def test_the_accept_log_has_one_line_per_message_taken(api: ApiClock, tmp_path: Path) -> None:
+    """``--log``'s writer appends each accepted message (id, to, key), and nothing refused."""
+    a, _ = api
+    path = tmp_path / "accepted.jsonl"
+    a.fake.on_accept = accept_log_writer(str(path))
+    a.fake.refuse["+12125550199"] = "40300"
+    await a.send(["+12125550100", "+12125550101"], key="k-1")
+    await a.send(["+12125550199"], key="k-2")
+    await a.send(["+12125550102"], key="k-3")
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(x["to"], x["key"]) for x in lines] == [
+        (["+12125550100", "+12125550101"], "k-1"),
+        (["+12125550102"], "k-3"),
+    ]
+    assert [x["id"] for x in lines] == [m.id for m in a.fake.accepted]
+
+
+async def test_a_recipients_records_are_looked_up_not_read_off_every_message(
+    api: ApiClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``cld`` query reads that number's messages only (a resume settling a crash asks once
+    a member, however many were sent): no other recipient's status is looked at."""
+    a, _ = api
+    for i in range(50):
+        await a.send([f"+121255501{i:02d}", f"+121255502{i:02d}"])
+    looked_at: list[str] = []
+    status_of = a.fake.status_of
+
+    def watched(msg: Accepted, i: int) -> str:
+        looked_at.append(msg.to[i])
+        return status_of(msg, i)
+
+    monkeypatch.setattr(a.fake, "status_of", watched)
+    _, body, _ = await a.call("GET", f"/reports/mdrs?cld={urllib.parse.quote('+12125550207')}")
+    assert [r["cld"] for r in body["data"]] == ["+12125550207"]
+    assert set(looked_at) == {"+12125550207"}
