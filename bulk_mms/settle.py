@@ -134,11 +134,16 @@ class Settler:
         return max(0.0, at - self.clock.wall()) if at else 0.0
 
     async def settle(self, rec: GroupRecord) -> Finding:
-        """What the records say of ``rec`` (a group in doubt) now."""
+        """What the records say of ``rec`` (a group in doubt) now. While its records may still
+        be incomplete, the lookups stop at the first member without one (neither acceptance
+        nor absence can show yet): a resume after a crash asks once a group in doubt, not once
+        a member."""
         window = self.window(rec)
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
+        # complete before the first lookup: a record stamped later cannot have been missed
+        complete = self.complete_in(rec) <= 0
         each: list[list[MessageRecord]] = []
         for member in rec.to:  # one record per member: acceptance and absence take them all
             try:
@@ -147,7 +152,9 @@ class Settler:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
                 return UNKNOWN
             each.append([r for r in listed if _ours(r, rec.sender, member, start, end)])
-        found = _one_message(each)
+            if not each[-1] and not complete:
+                break  # a member without a record while more may come: nothing decides it yet
+        found = _one_message(each) if len(each) == len(rec.to) else None
         if found is not None:
             log.info("settle.accepted", group=rec.id, record=found[0].id)
             return Finding(Verdict.ACCEPTED, _whole(found), tuple(found))
@@ -155,7 +162,7 @@ class Settler:
             have = sum(map(bool, each))
             log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
             return UNKNOWN
-        if self.complete_in(rec) > 0:
+        if not complete:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)

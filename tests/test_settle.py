@@ -332,3 +332,18 @@ async def test_a_crash_after_a_resend_waits_for_the_new_tries_records() -> None:
     window = settler.window(rec)
     assert window is not None
     assert window[1] == pytest.approx(clock.wall() + settler.complete_in(rec) + CLOCK_SKEW_S)
+
+
+async def test_records_not_yet_complete_stop_at_the_first_member_without_one() -> None:
+    """Before the records are complete, a member with no record leaves the group in doubt
+    after one lookup (not one a member); once complete, every member is looked up before it
+    is called absent."""
+    clock = FakeClock(wall=1_000_000.0 + 60)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+    assert client.fetches == [f"records {DOUBT.sender} {DOUBT.to[0]}"]
+    client.fetches.clear()
+    clock.advance(86_400)
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
+    assert client.fetches == [f"records {DOUBT.sender} {p}" for p in DOUBT.to]
