@@ -223,9 +223,10 @@ def _timeline_chart(t: Timeline) -> Figure | None:
         if start <= run <= end:
             ax.axvline(run - start, color="#888888", linestyle=":", linewidth=1)
     if t.limited:
+        limited_at, _ = _most_per_bin(t.limited, start, width)
         ax.scatter(
-            [at - start for at, _ in t.limited],
-            [0] * len(t.limited),
+            limited_at,
+            [0] * len(limited_at),
             marker="v",
             color=LIMITED_COLOUR,
             label="429s",
@@ -235,8 +236,7 @@ def _timeline_chart(t: Timeline) -> Figure | None:
     if t.waits:
         ax2 = ax.twinx()
         ax2.plot(
-            [at - start for at, _ in t.waits],
-            [w for _, w in t.waits],
+            *_most_per_bin(t.waits, start, width),
             ".",
             color=WAIT_COLOUR,
             markersize=3,
@@ -248,6 +248,22 @@ def _timeline_chart(t: Timeline) -> Figure | None:
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="upper right")
     return fig
+
+
+def _most_per_bin(
+    points: Iterable[tuple[float, float]], start: float, width: float
+) -> tuple[list[float], list[float]]:
+    """The largest value of ``points`` (time, value) in each bar's span of the timeline
+    (``width`` seconds from ``start``) that has one, at the span's middle: a point a bar, at
+    most :data:`MAX_BINS` a series however many groups went (one marker a send made a
+    million-recipient page 9 MB of SVG), and a spike never averaged away."""
+    top: dict[int, float] = {}
+    for at, value in points:
+        i = int((at - start) / width)
+        if i not in top or value > top[i]:
+            top[i] = value
+    bins = sorted(top)
+    return [(i + 0.5) * width for i in bins], [top[i] for i in bins]
 
 
 def _outcomes_chart(s: LedgerSummary) -> Figure | None:

@@ -14,7 +14,14 @@ from msgspec.structs import replace
 from bulk_mms.cli import main
 from bulk_mms.config import folders
 from bulk_mms.errors import ApiError, Rejected
-from bulk_mms.html_report import PACE_COLOUR, SENT_COLOUR, Timeline, render
+from bulk_mms.html_report import (
+    MAX_BINS,
+    PACE_COLOUR,
+    SENT_COLOUR,
+    Timeline,
+    _most_per_bin,
+    render,
+)
 from bulk_mms.ledger import Failed, open_store, read_events
 from bulk_mms.ledger.fold import RecipientCounts
 from bulk_mms.models import Group, SendReceipt
@@ -159,3 +166,20 @@ async def test_the_errors_table_says_what_the_runs_policy_did(jobs: JobFactory) 
     assert (
         f"<td>{html.escape(error_words('40011'))}</td><td>1</td><td>40011</td><td>slow</td>" in rows
     )
+
+
+def test_a_long_campaigns_waits_and_429s_are_drawn_a_point_a_bar() -> None:
+    """20,000 sends, each with a wait_seconds and a 429: the timeline draws at most one
+    marker a bar (MAX_BINS), not one a send, and a bar's point is its largest wait."""
+    start = 1_796_544_000.0
+    sent = [start + i * 0.05 for i in range(20_000)]
+    waits = [(at, 900.0 if i == 7_777 else 0.5) for i, at in enumerate(sent)]
+    timeline = Timeline(sent=sent, waits=waits, limited=[(at, 1) for at in sent])
+    page = render(LedgerSummary(), timeline, "ledger")
+    # a marker a bar for each series, and the ticks' and the text's glyphs (not 40,000)
+    assert page.count("<use") < 2 * MAX_BINS + 500
+    width = (sent[-1] - start + 1) / MAX_BINS
+    xs, ys = _most_per_bin(waits, start, width)
+    assert len(xs) == MAX_BINS
+    assert max(ys) == 900.0
+    assert ys.count(900.0) == 1
