@@ -41,7 +41,7 @@ import orjson
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
-from bulk_mms.spans import MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
+from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
 
 # MAX_RECORD_LINES is bulk_mms.spans' bound, re-exported: callers read it from here.
 __all__ = [
@@ -460,8 +460,8 @@ class RowReader:
         if lineno == self._unended and _cut_short(line, self.encoding):
             return InputError(
                 self.path,
-                f"its last line ends inside a {self.encoding} character, with no line end: the "
-                "file looks cut off",
+                f"its last line ends inside a {self.encoding} character, with no line end: "
+                + CUT_OFF,
                 line=lineno,
             )
         looks = likely_encoding(line)
@@ -729,7 +729,7 @@ class RowReader:
             raise InputError(
                 self.path,
                 f"its last line has {size} field{'s' if size != 1 else ''} where the header "
-                f"has {width}, and no line end: the file looks cut off",
+                f"has {width}, and no line end: {CUT_OFF}",
                 line=start,
             )
         if size > width:
@@ -781,7 +781,7 @@ class RowReader:
             if not raw.endswith(b"\n"):  # only the file's last line can end without one
                 raise InputError(
                     self.path,
-                    "its last line is not valid JSON and has no line end: the file looks cut off",
+                    f"its last line is not valid JSON and has no line end: {CUT_OFF}",
                     line=lineno,
                 ) from None
             value = raw[:200].decode("utf-8", "replace").strip()
@@ -892,7 +892,7 @@ class RowReader:
                 raise utf8
         except EOFError as exc:
             raise InputError(
-                self.path, f"ends early: {exc}: the file looks cut off", line=self._lineno + 1
+                self.path, f"ends early: {exc}: {CUT_OFF}", line=self._lineno + 1
             ) from None
         except (OSError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"read failed: {exc}", line=self._lineno + 1) from None

@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from bulk_mms.errors import InputError
 
@@ -222,10 +223,14 @@ def _closes_cleanly(lines: list[str]) -> bool:
     return reader.line_num == len(lines)
 
 
+#: How every error for an input file that ends early ends: what it looks like, and the remedy.
+CUT_OFF: Final = "the file looks cut off: copy or export it again, whole"
+
+
 def cut_off(path: Path, start: int) -> InputError:
     """The error for a file that ends inside the quoted field of the record at ``start``."""
     return InputError(
         path,
-        f"ends inside a quoted field that starts at line {start}: the file looks cut off",
+        f"ends inside a quoted field that starts at line {start}: {CUT_OFF}",
         line=start,
     )

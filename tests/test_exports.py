@@ -330,7 +330,10 @@ def test_a_file_cut_off_in_its_last_row_sends_nothing(
     with fake_api_thread(fake) as url:
         assert main(["run", str(job.path), "--base-url", url]) == 2
     [line] = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
-    assert line == f"bulk-mms: error: {people}:102: {message}: the file looks cut off"
+    assert line == (
+        f"bulk-mms: error: {people}:102: {message}: the file looks cut off: copy or export it "
+        "again, whole"
+    )
     assert fake.requests == []
     assert not job.ledger.exists()
 

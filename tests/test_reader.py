@@ -600,7 +600,8 @@ def test_a_quote_still_open_at_the_end_refuses_the_file(
         read(p, keep=("name", "note"))
     assert err.value.line == 4
     assert err.value.message == (
-        "ends inside a quoted field that starts at line 4: the file looks cut off"
+        "ends inside a quoted field that starts at line 4: the file looks cut off: copy or "
+        "export it again, whole"
     )
 
 
@@ -626,7 +627,7 @@ def test_a_last_line_with_too_few_fields_and_no_line_end_refuses_the_file(
     assert err.value.line == 4
     assert err.value.message == (
         f"its last line has {fields} field{'s' if fields > 1 else ''} where the header has 3, "
-        "and no line end: the file looks cut off"
+        "and no line end: the file looks cut off: copy or export it again, whole"
     )
 
 
@@ -657,7 +658,8 @@ def test_a_jsonl_last_line_cut_off_refuses_the_file(tmp_path: Path) -> None:
         read(p)
     assert err.value.line == 4
     assert err.value.message == (
-        "its last line is not valid JSON and has no line end: the file looks cut off"
+        "its last line is not valid JSON and has no line end: the file looks cut off: copy or "
+        "export it again, whole"
     )
 
 
