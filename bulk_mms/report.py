@@ -518,14 +518,27 @@ def cost_words(s: LedgerSummary) -> str:
     ``message.finalized`` or a GET of a finalized message (``track``)."""
     out = []
     for cur, (final, est) in sorted(s.cost_parts.items()):
-        total = final + est
+        total = _amount(final + est)
         if not est:
             out.append(f"{total} {cur} (final)")
         elif not final:
             out.append(f"{total} {cur} (estimated: final costs come with track or webhooks)")
         else:
-            out.append(f"{total} {cur}: {final} final, {est} estimated")
+            out.append(f"{total} {cur}: {_amount(final)} final, {_amount(est)} estimated")
     return "; ".join(out) or "0"
+
+
+def _amount(value: Decimal) -> str:
+    """An amount as a person reads it: its digits without the trailing zeros that sums of
+    the API's amounts carry (``0.04420000``: 0.0442), at least to the cent, never in
+    exponent form."""
+    plain = value.normalize()
+    if plain.as_tuple().exponent > -2:  # type: ignore[operator]
+        plain = plain.quantize(_CENT)
+    return f"{plain:f}"
+
+
+_CENT = Decimal("0.01")
 
 
 def format_csv(s: LedgerSummary) -> str:

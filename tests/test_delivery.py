@@ -123,7 +123,7 @@ async def test_report_shows_final_costs_where_known_and_says_which(jobs: JobFact
     # final: 4 x 0.0060 + 2 x 0.0050; estimated: half of the second group's 0.0204
     assert s.cost_parts == {USD: (Decimal("0.0340"), Decimal("0.01020000"))}
     assert s.total_cost == Decimal("0.0442")
-    assert "cost         0.04420000 USD: 0.0340 final, 0.01020000 estimated" in format_text(s, path)
+    assert "cost         0.0442 USD: 0.034 final, 0.0102 estimated" in format_text(s, path)
     lines = [e for e in ledger_events(path) if e["event"] == "status" and "cost" in e]
     assert {e["cost"]["amount"] for e in lines} == {"0.0060", "0.0050"}  # strings, not floats
 

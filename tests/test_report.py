@@ -14,6 +14,7 @@ import orjson
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms import report as report_module
 from bulk_mms.cli import main
 from bulk_mms.config import folders, load_job
 from bulk_mms.csvfile import CAMPAIGN_COLUMN
@@ -596,3 +597,13 @@ def test_input_rows_tell_kinds_by_their_reasons() -> None:
         4, {"phone number contains letters": 1, "malformed CSV": 1}, 2, 1, 2, input_read=True
     )
     assert (rows.lost, rows.left_out, rows.rows) == (2, 5, 11)
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [("0.04420000", "0.0442"), ("3427.37695000", "3427.37695"), ("100", "100.00"), ("0", "0.00")],
+)
+def test_costs_are_shown_without_the_trailing_zeros_of_sums(amount: str, shown: str) -> None:
+    """An amount reads as its digits: no trailing zeros from adding the API's amounts, at least
+    to the cent, never in exponent form."""
+    assert report_module._amount(Decimal(amount)) == shown
