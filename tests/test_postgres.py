@@ -609,11 +609,9 @@ async def test_a_run_of_a_database_ledger_is_live_from_its_opening_to_its_closin
         await looker.close()
 
 
-async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
-    jobs: JobFactory, database: str
-) -> None:
-    """track --follow on a database ledger whose every recipient is final goes on while a
-    run of it holds a live claim, and stops once that claim's lease has run out."""
+async def _one_group_delivered(jobs: JobFactory, database: str) -> tuple[JobConfig, FakeClient]:
+    """A job of one group of 4 sent on a database ledger, and the client whose API now says
+    every member of it was delivered."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
     job = replace(job, database=str(named(database, job.name)))
@@ -621,6 +619,15 @@ async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
     await run_job(job, FAST, client, clock=FakeClock())
     (g,) = client.calls
     client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
+    return job, client
+
+
+async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
+    jobs: JobFactory, database: str
+) -> None:
+    """track --follow on a database ledger whose every recipient is final goes on while a
+    run of it holds a live claim, and stops once that claim's lease has run out."""
+    job, client = await _one_group_delivered(jobs, database)
     run = open_store(job.where, "append")  # as a run of an older bulk-mms: no run lock
     coord = coordinator_for(run, FAST.lease_s)
     try:
@@ -747,13 +754,7 @@ async def test_track_on_a_host_whose_clock_is_slow_keeps_the_databases_time(
     logs the skew once."""
     import bulk_mms.clock  # noqa: PLC0415 - the module whose time this test slows
 
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    job = replace(job, database=str(named(database, job.name)))
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
-    (g,) = client.calls
-    client.delivery[f"msg-{g.id}-0"] = tuple(RecipientStatus(p, "delivered") for p in g.to)
+    job, client = await _one_group_delivered(jobs, database)
     monkeypatch.setattr(bulk_mms.clock, "time", _Behind)
     with capture_logs() as logs:
         result = await track_ledger(job.where, FAST, client)
