@@ -65,6 +65,7 @@ __all__ = [
     "Tally",
     "max_cost_counts",
     "paid_per_recipient",
+    "recipient_price",
     "run_limits",
     "settings_price",
 ]
@@ -436,13 +437,24 @@ def settings_price(settings: Settings) -> Money | None:
     return Money(settings.price_per_recipient, settings.currency)
 
 
+def recipient_price(settings: Settings, view: LedgerView) -> tuple[Money | None, str]:
+    """The price of a recipient, and where it comes from in words: ``[pricing]
+    per_recipient``, else the average this ledger has paid (None: neither). The one rule for
+    what a recipient costs: a run's ``max_cost`` (:func:`max_cost_counts`) and the dry run's
+    estimate count by it."""
+    if (configured := settings_price(settings)) is not None:
+        return configured, "[pricing] per_recipient"
+    if (observed := paid_per_recipient(view)) is not None:
+        return observed, "the average per recipient this ledger has paid"
+    return None, "unknown: set [pricing] per_recipient"
+
+
 def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
-    """What a job's ``max_cost`` is counted in, by a run (:func:`run_limits`)
-    and by the dry run's verdict alike: the price of a recipient (``[pricing]
-    per_recipient``, else the average this ledger has paid; None: neither), and what the
+    """What a job's ``max_cost`` is counted in, by a run (:func:`run_limits`) and by the dry
+    run's verdict alike: the price of a recipient (:func:`recipient_price`), and what the
     ledger has paid (its sends' costs, and every recipient of a send the API gave no cost
     for at that price)."""
-    price = settings_price(settings) or paid_per_recipient(view)
+    price, _ = recipient_price(settings, view)
     paid = sum(view.cost().values(), Decimal(0))
     if price is not None:
         unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)

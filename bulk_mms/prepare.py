@@ -15,7 +15,7 @@ from typing import TypeVar
 from msgspec.structs import replace
 
 from bulk_mms._version import __version__
-from bulk_mms.caps import max_cost_counts, paid_per_recipient, run_limits, settings_price
+from bulk_mms.caps import max_cost_counts, recipient_price, run_limits
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
@@ -332,24 +332,21 @@ def estimate(
     settings: Settings,
     groups: int,
     recipients: int,
-    observed: Money | None,
+    view: LedgerView,
     *,
     clock: Clock,
 ) -> Estimate:
     """Time at the lowest of the account rate and the senders' summed ceilings; cost at the
-    price per recipient seen in this ledger so far, else ``[pricing] per_recipient``.
+    price a run counts a recipient at (:func:`~bulk_mms.caps.recipient_price`).
 
     The time is a floor: Telnyx's queue (``wait_seconds``) can only slow the adaptive pacing.
     """
     pacer = Pacer(pacing_config(settings), job.message.senders, clock=clock)
     rate = min(settings.rate, sum(p.ceiling for p in pacer.senders.values()))
     units = recipients if settings.cost == "recipient" else groups
-    if observed is not None:
-        price, basis = observed, "the average per recipient this ledger has paid"
-    elif (configured := settings_price(settings)) is not None:
-        price, basis = configured, "[pricing] per_recipient"
-    else:
-        return Estimate(units / rate, rate, None, "unknown: set [pricing] per_recipient")
+    price, basis = recipient_price(settings, view)
+    if price is None:
+        return Estimate(units / rate, rate, None, basis)
     return Estimate(units / rate, rate, Money(price.amount * recipients, price.currency), basis)
 
 
@@ -396,9 +393,7 @@ async def dry_run(
     s.read_whole_input = True
     s.duration_s = clock.monotonic() - started
     s.stopped = "dry-run"
-    estimated = estimate(
-        job, settings, s.sent_groups, s.sent_recipients, paid_per_recipient(view), clock=clock
-    )
+    estimated = estimate(job, settings, s.sent_groups, s.sent_recipients, view, clock=clock)
     price, paid = max_cost_counts(settings, view)
     counted = Money(price.amount * s.sent_recipients, price.currency) if price else None
     s.estimate = replace(estimated, paid=paid, counted=counted)

@@ -40,7 +40,7 @@ class Estimate(msgspec.Struct, frozen=True):
     #: Requests (or recipients, with ``cost = "recipient"``) per second it assumes.
     rate: float
     cost: Money | None
-    #: Where the price came from: the ledger's own sends, ``[pricing]``, or nowhere.
+    #: Where the price came from: ``[pricing]``, else the ledger's own sends, or nowhere.
     price_basis: str
     #: What ``max_cost`` counts the ledger has paid already, and the rest of the job at the
     #: price a run counts it at (None: no price): :func:`~bulk_mms.caps.max_cost_counts`.

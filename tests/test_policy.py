@@ -818,3 +818,25 @@ async def test_the_dry_run_says_when_every_sender_was_refused(
     assert planned.retired == ("+18445550001",)
     print_dry_run(planned, job, FAST)
     assert "none left: a run now exits 6" in capsys.readouterr().out
+
+
+async def test_the_dry_runs_estimate_prices_a_recipient_as_its_max_cost_line_does(
+    jobs: JobFactory,
+) -> None:
+    """With [pricing] per_recipient set and a ledger that paid another price, the dry run's
+    cost estimate counts at [pricing] (as a run's max_cost does, and the dry run's max_cost
+    line), not at the ledger's average; without [pricing], at the ledger's average."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    paid = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+    await run_job(job, paid, FakeClient(), clock=FakeClock(), limit=2)
+    observed = paid_per_recipient(load(job.ledger))
+    assert observed is not None
+    assert observed.amount != Decimal("0.0100")
+    priced = await dry_run(job, replace(paid, price_per_recipient=Decimal("0.0100")))
+    assert priced.estimate is not None
+    assert priced.estimate.cost == Money(Decimal("0.0800"), "USD")  # 8 left at 0.0100
+    assert priced.estimate.price_basis == "[pricing] per_recipient"
+    unpriced = await dry_run(job, replace(paid, price_per_recipient=None))
+    assert unpriced.estimate is not None
+    assert unpriced.estimate.cost == Money(observed.amount * 8, "USD")
