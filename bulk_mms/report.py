@@ -323,12 +323,13 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
     carrier's limit until its reset: :class:`~bulk_mms.ledger.events.Moved`) whose new group
     no run has tried yet: the fold counts them not attempted, and only the ledger's ``moved``
     lines name them. A member moved again out of its new group takes that group's."""
+    moved = [rec for rec in view.groups.values() if rec.moved and rec.state == SENT]
+    if not moved:
+        return {}  # the usual ledger: nobody waits, and no recipient's status is looked at
     tried = {p for rec in view.groups.values() if rec.state is not None for p in rec.counted}
     known = view.known
     out: dict[str, Waiting] = {}
-    for rec in view.groups.values():
-        if not rec.moved or rec.state != SENT:
-            continue
+    for rec in moved:
         for phone in rec.moved:
             if phone not in tried:
                 k = known.get(phone)

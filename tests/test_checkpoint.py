@@ -14,8 +14,9 @@ from msgspec.structs import replace
 from bulk_mms.errors import SendError, ServerError
 from bulk_mms.ledger import LedgerView, load, read_events
 from bulk_mms.ledger import checkpoint as ckpt
+from bulk_mms.ledger import events as ev
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.report import summarize
+from bulk_mms.report import summarize, waiting
 from bulk_mms.runner import run_job
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
@@ -206,3 +207,48 @@ async def test_a_damaged_checkpoint_is_ignored(
     assert ckpt.read(ledger, statuses=True) is None
     assert load(ledger) == replay(ledger, statuses=True)
     assert path.read_bytes() == sound
+
+
+async def test_a_checkpoint_keeps_each_number_once(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view read from a checkpoint holds each number once: the statuses' numbers are the
+    groups' own strings, and a report that moved nobody never builds the statuses."""
+    monkeypatch.setattr(ckpt, "EVERY", 10)
+    ledger = await tracked_ledger(jobs)
+    load(ledger)  # leaves the checkpoint
+    view = load(ledger)
+    assert waiting(view) == {}
+    assert view._known is None  # a report that moved nobody looks at no status
+    members = {id(p) for rec in view.groups.values() for p in rec.to}
+    assert view.known
+    assert all(id(p) in members for p in view.known)
+    assert view == replay(ledger, statuses=True)
+
+
+def test_a_checkpoint_keeps_statuses_of_numbers_in_two_groups_and_in_none() -> None:
+    """A number sent in two groups (moved out of the first), a status of a number in no
+    group, and a message id two groups were given: read back from a checkpoint, the view
+    is the one saved."""
+    view = LedgerView()
+    a, b, c, stray = "+12125550101", "+12125550102", "+12125550103", "+12125550199"
+    view.apply(ev.Sent("g1", (a, b), message_id="m1", statuses={a: "queued", b: "sent"}))
+    view.apply(ev.Status("g1", a, "delivery_failed", message_id="own-a", at="2026-01-01T00:00Z"))
+    view.apply(ev.Moved("g1", (a,), code="40002", after=5.0))
+    view.apply(ev.Sent("g2", (a, c), message_id="m1"))
+    view.apply(ev.Status("g2", c, "delivered", message_id="own-c"))
+    view.apply(ev.Status("g9", stray, "delivered", at="2026-01-02T00:00Z"))
+    view.apply(ev.Attempt("g3", ("+12125550104",)))
+    again = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
+    assert again.not_received() == view.not_received()
+    assert again.known == view.known
+    assert (
+        again.by_message_id
+        == view.by_message_id
+        == {
+            "m1": "g2",
+            "own-a": "g1",
+            "own-c": "g2",
+        }
+    )
+    assert again == view

@@ -34,7 +34,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 12
+VERSION: Final = 13
 _CHUNK: Final = 1 << 20
 
 
@@ -74,21 +74,33 @@ def _hash_prefix(ledger: Path, offset: int) -> hashlib._Hash | None:
     return digest
 
 
-def read(ledger: Path, *, statuses: bool) -> Saved | None:
-    """The checkpoint beside ``ledger``, if it is sound and its hash is the ledger prefix's."""
-    path = path_for(ledger, statuses)
+def _sealed(path: Path) -> memoryview | None:
+    """The checkpoint's body, if it has one and its first line is the body's SHA-256."""
     try:
         raw = path.read_bytes()
     except OSError:
         return None
     end = raw.find(b"\n")
-    body = memoryview(raw)[end + 1 :]  # not a copy: a million recipients' is some 135 MB
+    body = memoryview(raw)[end + 1 :]  # not a copy: a million recipients' is tens of MB
     if end < 0 or raw[:end] != hashlib.sha256(body).hexdigest().encode():
         if raw:
             log.info("checkpoint.damaged", checkpoint=str(path))
         return None
+    return body
+
+
+def read(ledger: Path, *, statuses: bool) -> Saved | None:
+    """The checkpoint beside ``ledger``, if it is sound and its hash is the ledger prefix's."""
+    path = path_for(ledger, statuses)
+    body = _sealed(path)
+    if body is None:
+        return None
     try:
-        data = orjson.loads(body)
+        try:
+            data = orjson.loads(body)
+        finally:
+            body.release()  # the file's bytes go before the view is made of what they say
+            del body
         if data["version"] != VERSION:
             return None
         offset, lineno, expected = int(data["offset"]), int(data["lineno"]), data["sha256"]
