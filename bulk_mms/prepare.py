@@ -239,6 +239,7 @@ def plan(
     input), then each group as the ledger and the suppression list leave it
     (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
+    sent_before = counted_sent(view)
     rows = checked_rows(
         job,
         reader,
@@ -251,8 +252,38 @@ def plan(
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):
         if isinstance(item, RejectedRow):
             yield item
-        else:
-            yield from members_left(item, view, suppressed, job)
+            continue
+        if sent_before and view.groups.get(item.id) is None:
+            _not_regrouped(item, sent_before, job)
+        yield from members_left(item, view, suppressed, job)
+
+
+def counted_sent(view: LedgerView) -> frozenset[str]:
+    """The numbers a ledger counts sent (as :func:`sent_numbers` reads them: not a member a
+    delivery report moved out of a sent group to go again)."""
+    return frozenset(p for rec in view.sent_groups() for p in rec.counted)
+
+
+def _not_regrouped(group: Group, sent_before: frozenset[str], job: JobConfig) -> None:
+    """Refuse ``group``, one the ledger has never seen, when it holds a number the ledger
+    counts sent in another group: this pass groups the input otherwise than the run that
+    began the ledger (a bulk-mms or phonenumbers that reads some rows otherwise, another
+    ``--exclude-sent``), and every group from here on could text people a second time.
+
+    Raises:
+        LedgerMismatch: naming the first such row's line.
+    """
+    for phone, line in zip(group.to, group.lines, strict=True):
+        if phone in sent_before:
+            where = display(job.where)
+            raise LedgerMismatch(
+                where,
+                f"line {line}'s number was sent in another group of this ledger, but this run "
+                "groups the input otherwise (its rows checked otherwise since the ledger "
+                "began: another bulk-mms or phonenumbers, or another --exclude-sent): "
+                "resuming would text people twice; finish this ledger with what began it, "
+                f"or run under a new --name with --exclude-sent {where}",
+            )
 
 
 def members_left(
@@ -558,6 +589,5 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
                 f"first (bulk-mms track {display(where)}), or give --resend-in-doubt to "
                 "send them in this campaign anyway",
             )
-        for rec in view.sent_groups():  # its members a delivery report moved out wait there
-            numbers.update(int(phone[1:]) for phone in rec.counted)
+        numbers.update(int(phone[1:]) for phone in counted_sent(view))
     return frozenset(numbers)

@@ -14,6 +14,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig
+from bulk_mms.console import exit_for
 from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
@@ -651,3 +652,31 @@ async def test_a_clock_step_mid_run_does_not_distort_the_time_spent_sending(
     await run_job(job, replace(FAST, concurrency=1), FakeClient(answer), clock=clock)
     view = load(job.ledger)
     assert 3.0 <= view.sending_seconds <= 5.0
+
+
+async def test_a_resume_that_groups_the_input_otherwise_texts_nobody_twice(
+    jobs: JobFactory,
+) -> None:
+    """A ledger resumed by a pass that groups its input otherwise (here another --exclude-sent
+    takes its first row out and every later group shifts; a bulk-mms or phonenumbers that
+    reads one row otherwise does the same) is refused, naming the first line sent before,
+    and its dry run says so: nobody is texted again. Resumed as it began, it sends the rest."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    first = FakeClient()
+    await run_job(job, FAST, first, clock=FakeClock(), limit=2)
+    assert len(first.sent_numbers()) == 8
+    excluded = {int(first.calls[0].to[0][1:])}  # line 2's number, sent in the first group
+    again = FakeClient()
+    refused = await run_job(job, FAST, again, clock=FakeClock(), excluded=excluded)
+    assert isinstance(refused.error, LedgerMismatch)
+    assert "line 3's number was sent in another group" in str(refused.error)
+    assert exit_for(refused.error) == 2
+    assert again.calls == []
+    with pytest.raises(LedgerMismatch, match="groups the input otherwise"):
+        await dry_run(job, FAST, excluded=excluded)
+    rest = FakeClient()
+    s = await run_job(job, FAST, rest, clock=FakeClock())
+    assert s.error is None
+    assert not set(rest.sent_numbers()) & set(first.sent_numbers())
+    assert len(rest.sent_numbers()) == 8
