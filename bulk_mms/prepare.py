@@ -239,7 +239,7 @@ def plan(
     input), then each group as the ledger and the suppression list leave it
     (:func:`members_left`)."""
     view = view if view is not None else LedgerView()
-    sent_before = counted_sent(view)
+    sent_before = frozenset(counted_sent(view))
     rows = checked_rows(
         job,
         reader,
@@ -258,10 +258,11 @@ def plan(
         yield from members_left(item, view, suppressed, job)
 
 
-def counted_sent(view: LedgerView) -> frozenset[str]:
-    """The numbers a ledger counts sent (as :func:`sent_numbers` reads them: not a member a
-    delivery report moved out of a sent group to go again)."""
-    return frozenset(p for rec in view.sent_groups() for p in rec.counted)
+def counted_sent(view: LedgerView) -> Iterator[str]:
+    """The numbers a ledger counts sent, one by one (not a member a delivery report moved out
+    of a sent group to go again): what a resume must not regroup (:func:`plan`) and what
+    ``--exclude-sent`` leaves out (:func:`sent_numbers`)."""
+    return (p for rec in view.sent_groups() for p in rec.counted)
 
 
 def _not_regrouped(group: Group, sent_before: frozenset[str], job: JobConfig) -> None:
