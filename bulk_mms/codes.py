@@ -1,4 +1,6 @@
-"""Telnyx error codes and what they call for: the one table (:data:`DEFAULT_POLICY`).
+"""Telnyx's codes: its error codes and what they call for, the one table
+(:data:`DEFAULT_POLICY`), and the inbound keywords on which it blocks a number
+(:data:`OPT_OUT_WORDS`, read as :func:`keyword` reads them).
 
 A plain table, with no client behind it: :mod:`bulk_mms.policy` applies it to sends and
 delivery reports, with the settings' ``[errors]`` over it, and the ledger's events record the
@@ -68,3 +70,21 @@ MEANINGS: Final[Mapping[str, str]] = {
     "40333": "Messaging profile spend limit reached",
     EXPIRED_UNSENT: "Not sent before the job's deadline (bulk-mms)",
 }
+
+
+#: Inbound texts that opt out: exactly the keywords on which Telnyx makes a block rule by
+#: default (developers.telnyx.com, "Advanced Opt-In/Out", default behaviour; support article
+#: 1270091), no more (a number Telnyx still texts is not left out) and no fewer.
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+#: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
+#: (Telnyx answers it with its help text) changes nothing.
+OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
+
+
+def keyword(text: str) -> str:
+    """An inbound text as Telnyx reads a keyword: the whole message, case aside, spaces
+    around it and repeated between words aside (``" stop  all "`` is ``STOP ALL``); a space
+    inside a word is kept (``"un stop"`` is not ``UNSTOP``), and any other word makes it no
+    keyword (Telnyx: keywords "are only recognized if they are the only words in the
+    message"). Bounded: a long text is no keyword."""
+    return " ".join(text.split()).upper() if len(text) <= 64 else ""

@@ -631,6 +631,8 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 stop,
                 suppressed=suppression_for(settings.suppression_file, ledger),
                 policy=settings.error_policy,
+                opt_out_words=settings.opt_out_words,
+                opt_in_words=settings.opt_in_words,
             )
 
     asyncio.run(serve())

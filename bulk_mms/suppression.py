@@ -109,15 +109,6 @@ async def suppress_opted_out(
     return added
 
 
-def keyword(text: str) -> str:
-    """An inbound text as Telnyx reads a keyword: the whole message, case aside, spaces
-    around it and repeated between words aside (``" stop  all "`` is ``STOP ALL``); a space
-    inside a word is kept (``"un stop"`` is not ``UNSTOP``), and any other word makes it no
-    keyword (Telnyx: keywords "are only recognized if they are the only words in the
-    message"). Bounded: a long text is no keyword."""
-    return " ".join(text.split()).upper() if len(text) <= 64 else ""
-
-
 class Suppressed:
     """The numbers of a suppression list, for membership tests (E.164 digits as ints).
 

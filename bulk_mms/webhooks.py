@@ -28,8 +28,10 @@ recipients of messages it sent.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
-and surrounding spaces aside) adds the sender; START or UNSTOP lift a suppression that a STOP
-added (never one added by hand); HELP, or a keyword among other words, changes nothing.
+and surrounding spaces aside), or a keyword the settings add (``[suppression]
+opt_out_words``: a messaging profile's own), adds the sender; START or UNSTOP (or
+``opt_in_words``) lift a suppression that a STOP added (never one added by hand); HELP, or a
+keyword among other words, changes nothing.
 Keywords are taken in the order they were texted (``occurred_at``), as the suppression list
 records it (so across restarts, and between receivers sharing the list's file): a late one
 changes nothing. A keyword the list cannot take (or a report the ledger cannot) gets 503, so
@@ -61,7 +63,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
-from bulk_mms.codes import DEFAULT_POLICY, Action
+from bulk_mms.codes import DEFAULT_POLICY, OPT_IN_WORDS, OPT_OUT_WORDS, Action, keyword
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_time, open_store
 from bulk_mms.ledger.events import status_event
@@ -71,7 +73,6 @@ from bulk_mms.policy import opted_out_in, report_action
 from bulk_mms.suppression import (
     Suppressed,
     added_by_stop,
-    keyword,
     listable,
     suppress_opted_out,
     texted_at,
@@ -93,13 +94,6 @@ MAX_EVENT_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
 #: The event whose payload carries a message's final cost.
 FINALIZED = "message.finalized"
-#: Inbound texts that opt out: exactly the keywords on which Telnyx makes a block rule by
-#: default (developers.telnyx.com, "Advanced Opt-In/Out", default behaviour; support article
-#: 1270091), no more (a number Telnyx still texts is not left out) and no fewer.
-OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-#: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
-#: (Telnyx answers it with its help text) changes nothing.
-OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
 #: The reason an inbound STOP is recorded under on the suppression list (with when it was
 #: texted: :func:`~bulk_mms.suppression.texted_at`).
 STOP_REASON = "texted STOP (webhook)"
@@ -196,9 +190,14 @@ class WebhookReceiver:
         suppressed: Suppressed | None = None,
         reopen: Callable[[], LedgerStore] | None = None,
         policy: Mapping[str, Action] = DEFAULT_POLICY,
+        opt_out_words: frozenset[str] = OPT_OUT_WORDS,
+        opt_in_words: frozenset[str] = OPT_IN_WORDS,
     ) -> None:
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
+        #: The keywords that opt out and opt back in (the settings', Telnyx's by default).
+        self.opt_out_words = opt_out_words
+        self.opt_in_words = opt_in_words
         #: The settings' error table (``[errors]``), as runs and ``track`` read delivery
         #: reports by it: which codes say a member opted out.
         self.policy = policy
@@ -364,7 +363,7 @@ class WebhookReceiver:
         redelivers an event up to three times; a STOP redelivered after a START must not undo
         it). One that fails to be taken in (the list cannot be written) is not recorded, so
         its redelivery is taken. (suppressed, lifted)."""
-        phone = self._keyword_from(payload, OPT_OUT_WORDS | OPT_IN_WORDS)
+        phone = self._keyword_from(payload, self.opt_out_words | self.opt_in_words)
         if phone is None or self.suppressed is None:
             return False, False
         with self.suppressed.held():
@@ -380,7 +379,7 @@ class WebhookReceiver:
         suppression list, so no later job texts them, with when it was texted (``texted``,
         if known) in its reason; a sender listed already gets that time recorded instead
         (:meth:`Suppressed.record_keyword`). True when it was added."""
-        phone = self._keyword_from(payload, OPT_OUT_WORDS)
+        phone = self._keyword_from(payload, self.opt_out_words)
         if phone is None or self.suppressed is None:
             return False
         reason = STOP_REASON if texted is None else texted_at(STOP_REASON, texted)
@@ -399,7 +398,7 @@ class WebhookReceiver:
         suppressed, and the redelivered START lifts it). The request is verified before this
         runs (signed by Telnyx), so nobody can lift a block by posting. True when it was
         lifted."""
-        phone = self._keyword_from(payload, OPT_IN_WORDS)
+        phone = self._keyword_from(payload, self.opt_in_words)
         if phone is None or self.suppressed is None:
             return False
         if texted is not None:
@@ -725,9 +724,12 @@ async def serve_webhooks(
     started: Callable[[str], None] | None = None,
     suppressed: Suppressed | None = None,
     policy: Mapping[str, Action] = DEFAULT_POLICY,
+    opt_out_words: frozenset[str] = OPT_OUT_WORDS,
+    opt_in_words: frozenset[str] = OPT_IN_WORDS,
 ) -> WebhookReceiver:
     """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
-    ``policy``: the settings' error table (:attr:`WebhookReceiver.policy`).
+    ``policy``, ``opt_out_words``, ``opt_in_words``: the settings' error table and keywords
+    (:attr:`WebhookReceiver.policy`, :attr:`WebhookReceiver.opt_out_words`).
 
     Raises:
         LedgerError: the ledger is missing, empty or cannot be written.
@@ -749,6 +751,8 @@ async def serve_webhooks(
         suppressed=suppressed,
         reopen=lambda: open_store(location, "append"),
         policy=policy,
+        opt_out_words=opt_out_words,
+        opt_in_words=opt_in_words,
     )
     runner = web.AppRunner(
         receiver.app(), access_log=None, handle_signals=False, logger=server_log()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bulk_mms.cli import main
+from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.config import (
     Settings,
     check_base_url,
@@ -172,12 +173,18 @@ def test_settings_load_with_env_override(tmp_path: Path) -> None:
         ("[retry]\nattempts = 0\n", "retry.attempts"),
         ("[track]\nmax_age = 2592000\n", "track.max_age"),  # the API keeps 10 days
         ("[api]\nbase_url = ''\n", "api.base_url"),
+        ("[suppression]\nopt_out_words = ['  ']\n", "suppression.opt_out_words"),
+        ("[suppression]\nopt_out_words = ['help']\n", "suppression.opt_out_words"),
+        ("[suppression]\nopt_out_words = [1]\n", "suppression.opt_out_words"),
+        ("[suppression]\nopt_in_words = ['stop']\n", "suppression.opt_in_words"),
+        ("[suppression]\nopt_out_words = ['Alta']\nopt_in_words = ['ALTA']\n", "opt_in_words"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
     """Negative rates, zero concurrency, wrong types, a key in the file, tracking past the
-    10 days the API serves a message, and an empty base_url (never the live API in its place)
-    are refused."""
+    10 days the API serves a message, an empty base_url (never the live API in its place),
+    and a keyword no text can match, HELP, or one that would both opt out and in are
+    refused."""
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text, "config.toml"), env={})
     assert setting in str(info.value)
@@ -465,3 +472,13 @@ def test_a_nul_character_in_a_setting_is_one_line_exit_2(
     source = job if where == "job" else config
     expected = f"bulk-mms: error: {source}: {setting}: contains a NUL character (\\u0000)\n"
     assert capsys.readouterr().err == expected
+
+
+def test_a_profiles_own_keywords_join_telnyxs(tmp_path: Path) -> None:
+    """`[suppression] opt_out_words` and `opt_in_words` add to Telnyx's keywords, each read
+    as an inbound text is (case and spaces aside); without them the keywords are Telnyx's."""
+    text = "[suppression]\nopt_out_words = [' arret ', 'Baja  Ya']\nopt_in_words = 'alta'\n"
+    s = load_settings(write(tmp_path, text, "config.toml"), env={})
+    assert s.opt_out_words == OPT_OUT_WORDS | {"ARRET", "BAJA YA"}
+    assert s.opt_in_words == OPT_IN_WORDS | {"ALTA"}
+    assert load_settings(None, env={}).opt_out_words == OPT_OUT_WORDS

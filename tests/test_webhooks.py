@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.clock import iso
+from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
@@ -318,15 +319,19 @@ def test_cli_takes_the_settings_suppression_list(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`bulk-mms webhooks --config FILE` records inbound STOPs into that file's [suppression]
-    list, the one `run --config FILE` honours, not the default list, and reads delivery
-    reports by its [errors] table."""
+    list, the one `run --config FILE` honours, not the default list, takes its keywords, and
+    reads delivery reports by its [errors] table."""
     settings = tmp_path / "settings.toml"
-    settings.write_text('[suppression]\nfile = "stops.txt"\n[errors]\n40008 = "suppress"\n')
+    settings.write_text(
+        '[suppression]\nfile = "stops.txt"\nopt_out_words = ["arret"]\n'
+        '[errors]\n40008 = "suppress"\n'
+    )
     given: dict[str, Any] = {}
 
     async def serve(*args: Any, suppressed: Suppressed, **kwargs: Any) -> None:
         given["list"] = suppressed.path
         given["policy"] = kwargs["policy"]
+        given["words"] = kwargs["opt_out_words"]
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
     monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
@@ -334,6 +339,8 @@ def test_cli_takes_the_settings_suppression_list(
     assert main(["webhooks", ledger, "--listen", "127.0.0.1:0", "--config", str(settings)]) == 0
     assert given["list"] == tmp_path / "stops.txt"
     assert given["policy"]["40008"] == "suppress"
+    assert "ARRET" in given["words"]
+    assert "STOP" in given["words"]
 
 
 async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
@@ -841,6 +848,42 @@ async def test_only_start_and_unstop_lift_a_stop(
     await receiver.store.close()
     assert answer["lifted"] is lifted
     assert listed.numbers() == ([] if lifted else ["+12125550002"])
+
+
+async def test_a_profiles_own_keywords_opt_out_and_back_in(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """Keywords the settings add (a messaging profile's own auto-responses) suppress and lift
+    as Telnyx's do, each read as a keyword is (case and spaces aside); among other words, or
+    on a receiver without them, they change nothing."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(
+        jobs,
+        suppressed=listed,
+        opt_out_words=OPT_OUT_WORDS | {"ARRET"},
+        opt_in_words=OPT_IN_WORDS | {"ALTA"},
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        texts = [
+            ("arret ya", "2026-11-23T10:00:00Z"),
+            (" Arret ", "2026-11-23T10:01:00Z"),
+            ("alta", "2026-11-23T10:02:00Z"),
+        ]
+        answers = [(await post_signed(http, inbound(t, at=at)))[1] for t, at in texts]
+    await receiver.close()
+    await receiver.store.close()
+    assert [(a["suppressed"], a["lifted"]) for a in answers] == [
+        (False, False),
+        (True, False),
+        (False, True),
+    ]
+    assert listed.numbers() == []
+    plain = Suppressed(tmp_path / "plain.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=plain)
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, inbound("ARRET")))[1]["suppressed"] is False
+    await receiver.close()
+    await receiver.store.close()
 
 
 async def keywords_through(

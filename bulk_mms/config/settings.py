@@ -17,7 +17,7 @@ import structlog
 import yarl
 from msgspec.structs import replace
 
-from bulk_mms.codes import DEFAULT_POLICY, Action
+from bulk_mms.codes import DEFAULT_POLICY, OPT_IN_WORDS, OPT_OUT_WORDS, Action, keyword
 from bulk_mms.config._toml import URL, Bounds, Table, read_choice, read_toml
 from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
@@ -107,6 +107,12 @@ class Settings(msgspec.Struct, frozen=True):
     account: str = "default"
     #: The account's suppression list (``[suppression] file``): numbers never texted.
     suppression_file: Path | None = None
+    #: Inbound keywords that opt out, and that opt back in: Telnyx's own
+    #: (:data:`~bulk_mms.codes.OPT_OUT_WORDS`), and ``[suppression] opt_out_words`` and
+    #: ``opt_in_words``, the keywords a messaging profile's own auto-responses add, each as
+    #: :func:`~bulk_mms.codes.keyword` reads a text.
+    opt_out_words: frozenset[str] = OPT_OUT_WORDS
+    opt_in_words: frozenset[str] = OPT_IN_WORDS
     #: Recipients every job on the account may send per day (a carrier's daily cap), and when
     #: the day starts (``"00:00 America/Los_Angeles"``: T-Mobile's reset); None: no cap.
     daily_recipients: int | None = None
@@ -219,7 +225,13 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             records_lag_s=api.float_("records_lag_s", settings.records_lag_s, 0, 7 * 86_400),
             currency=(pricing.str_("currency", settings.currency) or settings.currency).upper(),
             messaging_profile_id=api.str_("messaging_profile_id") or None,
+            opt_out_words=OPT_OUT_WORDS | _keywords(suppression, "opt_out_words"),
+            opt_in_words=OPT_IN_WORDS | _keywords(suppression, "opt_in_words"),
         )
+        if both := settings.opt_out_words & settings.opt_in_words:
+            raise suppression.error(
+                "opt_in_words", f"{min(both)!r} cannot both opt out and opt back in"
+            )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()
     if env.get(BASE_URL_ENV):
@@ -247,6 +259,22 @@ def _key_replayed(api: Table, retry: Table) -> bool:
             "retry_ambiguous", f'contradicts [api] idempotency = "{choice}": drop retry_ambiguous'
         )
     return choice == "replayed" if choice is not None else bool(older)
+
+
+def _keywords(suppression: Table, key: str) -> frozenset[str]:
+    """A list of inbound keywords, each as :func:`~bulk_mms.codes.keyword` reads a text
+    (``"arret"`` is ``ARRET``), checked: one that no text could match (empty, over 64
+    characters) is refused, and HELP, which Telnyx answers with its help text, is no opt-out or
+    opt-in."""
+    words = set()
+    for text in suppression.str_list(key):
+        word = keyword(text)
+        if not word:
+            raise suppression.error(key, f"{text[:70]!r} is no keyword: 1 to 64 characters")
+        if word == "HELP":
+            raise suppression.error(key, "HELP is Telnyx's help keyword: it opts nobody in or out")
+        words.add(word)
+    return frozenset(words)
 
 
 def _daily_reset(limits: Table) -> str:
