@@ -1,0 +1,129 @@
+"""A fake of the Telnyx messaging endpoints bulk_mms uses, as the spec says they behave.
+
+The reference is Telnyx's public OpenAPI spec (the excerpt in ``tests/data/``) and developer
+docs (``FACTS.md`` in the team's notes); where the two differ from what would be convenient,
+the fake follows them by default:
+
+* ``POST /v2/messages/group_mms`` validates the body as documented (``from``; ``to`` of 1 to 8
+  numbers in +E.164; ``text`` non-empty when given; text or media required), keeps the message
+  and answers an ``OutboundMessagePayload`` (every ``to[].status`` ``queued``, ``cost`` an
+  estimate with a string amount, ``wait_seconds``). ``Idempotency-Key`` is ignored (not
+  declared for this endpoint): a repeat is a new message. Its only refusals are the
+  synchronous codes of :data:`REFUSALS` (409 40300, 429 40318/40333/10011, 402 20100, 401
+  10009); carrier codes (40002, 40003, 40011, 40014, 40016, 40018...) come after acceptance.
+* ``GET /v2/messages/group/{message_id}`` lists one message per recipient and
+  ``GET /v2/messages/{id}`` returns one (a group's or a recipient's), statuses as they stand on
+  the delivery timeline (:attr:`FakeTelnyx.delivery_status`, :func:`carrier_timeline`): every
+  status of the spec, and ``unknown`` for group recipients off Telnyx's network; a recipient's
+  own message lists the group's other participants in ``cc``. A failed
+  recipient's ``errors[]`` carry the carrier's code; money is ``{"amount": "...",
+  "currency": "USD"}`` or null, the final cost once final; ``wait_seconds`` is there too.
+* ``GET /v2/reports/mdrs`` lists one detail record per recipient of each accepted message,
+  filtered and paged, and not before :attr:`FakeTelnyx.records_lag_s` has passed.
+* ``GET /v2/messaging_optouts`` lists opt-out blocks (from→to pairs), filtered, paged and
+  redacted as documented.
+* With a ``signing_key``, ``message.sent`` and ``message.finalized`` webhooks (one per
+  recipient) are posted, Ed25519-signed, as the timeline reaches them
+  (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
+  examples write it; with ``webhooks_before_answer``, before the send's answer goes back (they
+  race it at Telnyx).
+
+A variant the spec allows is a switch too: ``statuses_in_cc`` lists a group's members past
+the first under ``cc``, with their statuses, in the group's own message.
+
+The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
+(replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a
+400), ``name_refused_members`` (a 40300 names each opted-out member), ``redaction_default``.
+
+Faults are scripted per request with :class:`Fault` objects queued on :attr:`FakeTelnyx.faults`
+(a status with headers, 5xx, a dropped connection before or after the message was accepted, a
+slow answer, a 200 with no id or a body that is not JSON...), and ``wait_seconds`` comes from a
+callable or a queue model, so a test can make it grow. Time is :attr:`FakeTelnyx.clock`: a test
+injects a fake one, and every timestamp the fake writes moves with it.
+
+Run it alone with ``python -m bulk_mms.fake_api --port 8080``.
+
+The package's parts: :mod:`~bulk_mms.fake_api.faults` (the scripted faults),
+:mod:`~bulk_mms.fake_api.rules` (the account's codes, statuses, timeline and money),
+:mod:`~bulk_mms.fake_api.records` (what it keeps), :mod:`~bulk_mms.fake_api.wire` (answers,
+errors, times, paging), :mod:`~bulk_mms.fake_api.state` (its settings and memory),
+:mod:`~bulk_mms.fake_api.messages` (the message object and its lookups),
+:mod:`~bulk_mms.fake_api.webhooks` (the webhooks it posts), :mod:`~bulk_mms.fake_api.sending`
+(the send), :mod:`~bulk_mms.fake_api.lists` (opt-outs and detail records),
+:mod:`~bulk_mms.fake_api.app` (:class:`FakeTelnyx` and :func:`serve`) and ``__main__`` (the
+command line).
+"""
+
+from __future__ import annotations
+
+from bulk_mms.fake_api.app import FakeTelnyx, serve
+from bulk_mms.fake_api.faults import FAULT_PRESETS, Fault, FaultKind, parse_faults
+from bulk_mms.fake_api.records import (
+    Accepted,
+    OptOut,
+    SeenRequest,
+    SenderQueue,
+    WebhookPost,
+    accept_log_writer,
+)
+from bulk_mms.fake_api.rules import (
+    CARRIER_FEE_ESTIMATE,
+    CARRIER_FEE_FINAL,
+    CC_STATUSES,
+    COST_PER_RECIPIENT,
+    FINAL_STATUSES,
+    MDR_STATUS,
+    NEVER_SENT,
+    ORGANIZATION_ID,
+    PROFILE_ID,
+    PROFILE_NAME,
+    RATE,
+    REFUSALS,
+    REPORT_STATUS,
+    SANDBOX_FROM,
+    SANDBOX_REFUSE,
+    SANDBOX_REPORT,
+    STATUSES,
+    ZERO,
+    carrier_timeline,
+    rule,
+    will_fail,
+)
+from bulk_mms.fake_api.wire import MAX_PAGE_SIZE
+
+__all__ = [
+    "CARRIER_FEE_ESTIMATE",
+    "CARRIER_FEE_FINAL",
+    "CC_STATUSES",
+    "COST_PER_RECIPIENT",
+    "FAULT_PRESETS",
+    "FINAL_STATUSES",
+    "MAX_PAGE_SIZE",
+    "MDR_STATUS",
+    "NEVER_SENT",
+    "ORGANIZATION_ID",
+    "PROFILE_ID",
+    "PROFILE_NAME",
+    "RATE",
+    "REFUSALS",
+    "REPORT_STATUS",
+    "SANDBOX_FROM",
+    "SANDBOX_REFUSE",
+    "SANDBOX_REPORT",
+    "STATUSES",
+    "ZERO",
+    "Accepted",
+    "FakeTelnyx",
+    "Fault",
+    "FaultKind",
+    "OptOut",
+    "SeenRequest",
+    "SenderQueue",
+    "WebhookPost",
+    "accept_log_writer",
+    "carrier_timeline",
+    "parse_faults",
+    "rule",
+    "serve",
+    "will_fail",
+]

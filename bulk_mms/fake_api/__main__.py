@@ -1,0 +1,79 @@
+"""``python -m bulk_mms.fake_api``: run the fake alone, on a port, with its rules and faults."""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from bulk_mms.fake_api.app import FakeTelnyx
+from bulk_mms.fake_api.faults import FAULT_PRESETS, parse_faults
+from bulk_mms.fake_api.records import accept_log_writer
+from bulk_mms.fake_api.rules import carrier_timeline
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual use
+    parser = argparse.ArgumentParser(
+        prog="python -m bulk_mms.fake_api", description="Run the fake Telnyx messaging API."
+    )
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--key", help="require this API key (default: accept any)")
+    parser.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        help="end numbers whose last 4 digits are a multiple of N in delivery_failed",
+    )
+    parser.add_argument(
+        "--final-after", type=float, default=0.0, help="seconds until a recipient is final"
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[*N]",
+        help=f"misbehave on the next POSTs, in order (repeatable): {', '.join(FAULT_PRESETS)}",
+    )
+    for flag, what in (("--refuse", "refuse sends to"), ("--report", "report delivery_failed for")):
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="NUMBER=CODE",
+            help=f"{what} NUMBER (or *LAST4) with Telnyx error CODE (repeatable)",
+        )
+    parser.add_argument(
+        "--log",
+        metavar="PATH",
+        help="append each accepted message to PATH, one JSON line (id, from, to, key)",
+    )
+    parser.add_argument(
+        "--replay-keys",
+        action="store_true",
+        help="replay a repeated Idempotency-Key's first success (Telnyx does not, for group MMS)",
+    )
+    args = parser.parse_args(argv)
+    fake = FakeTelnyx(
+        api_key=args.key,
+        replay_keys=args.replay_keys,
+        on_accept=accept_log_writer(args.log) if args.log else None,
+    )
+    for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
+        for item in items:
+            number, sep, code = item.partition("=")
+            if not sep or not code.isdigit():
+                parser.error(f"{item!r} is not NUMBER=CODE")
+            table[number] = code
+    try:
+        fake.faults.extend(parse_faults(",".join(args.fault)))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.fail_every or args.final_after:
+        fake.delivery_status = carrier_timeline(
+            args.fail_every, args.final_after / 3, args.final_after
+        )
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,149 @@
+"""The documented message object (``OutboundMessagePayload``) as the fake renders it, and the
+two lookups that answer with it: ``GET /messages/group/{message_id}`` and ``GET /messages/{id}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bulk_mms.fake_api.records import Accepted
+from bulk_mms.fake_api.rules import (
+    CC_STATUSES,
+    FINAL_STATUSES,
+    ORGANIZATION_ID,
+    PROFILE_ID,
+    ZERO,
+    cost_of,
+    money,
+    report_error,
+)
+from bulk_mms.fake_api.state import FakeState
+from bulk_mms.fake_api.wire import auth_refusal, errors_answer, iso, json_answer
+
+
+class MessageViews(FakeState):
+    """Messages as the API shows them: the send's answer, the GETs' and the webhooks' payload."""
+
+    def _record(
+        self,
+        msg: Accepted,
+        *,
+        only: int | None = None,
+        live: bool = False,
+        status: str | None = None,
+    ) -> dict[str, Any]:
+        """The documented message object (OutboundMessagePayload), for the whole group or for
+        recipient ``only``.
+
+        ``live``: statuses as they stand now (the GETs), else ``queued`` (the send);
+        ``status`` overrides it (a webhook's). Money is a string amount: the estimate until a
+        recipient is final, then its final cost (null for one that never left Telnyx).
+        """
+        indexes = list(range(len(msg.to))) if only is None else [only]
+        if status is not None:
+            statuses = [status] * len(indexes)
+        else:
+            statuses = [self._observe(msg, i) if live else "queued" for i in indexes]
+        keys = [(msg.id, i) for i in indexes]
+        costs = [cost_of(s) for s in statuses]
+        rates = [c[0] for c in costs if c is not None]
+        fees = [c[1] for c in costs if c is not None]
+        sent = [self._sent_at[k] for k in keys if k in self._sent_at]
+        final = [self._final_at[k] for k in keys if k in self._final_at]
+        all_final = live and all(s in FINAL_STATUSES for s in statuses)
+        errors = [
+            report_error(self.report_code(msg.to[i]))
+            for i, s in zip(indexes, statuses, strict=True)
+            if s in ("delivery_failed", "sending_failed")
+        ]
+        body = msg.body
+        text = body.get("text")
+        listed = [
+            {
+                "phone_number": msg.to[i],
+                "status": s,
+                "carrier": "T-MOBILE USA, INC.",
+                "line_type": "Wireless",
+            }
+            for i, s in zip(indexes, statuses, strict=True)
+        ]
+        in_cc = self.statuses_in_cc and only is None
+        if in_cc:  # cc's status enum has neither expired nor unknown: no status, then
+            for entry in listed[1:]:
+                if entry["status"] not in CC_STATUSES:
+                    del entry["status"]
+        record: dict[str, Any] = {
+            "record_type": "message",
+            "direction": "outbound",
+            "id": msg.id if only is None else msg.recipient_ids[only],
+            "type": "MMS",
+            "messaging_profile_id": PROFILE_ID,
+            "organization_id": ORGANIZATION_ID,
+            "from": {"phone_number": msg.from_, "carrier": "TELNYX LLC", "line_type": "VoIP"},
+            "to": listed[:1] if in_cc else listed,
+            # a recipient's own message shows the group's other participants (Telnyx: group
+            # webhooks "will show all participants"), with no status of theirs; the group's
+            # own message, with statuses_in_cc, its members past the first, with theirs
+            "cc": listed[1:]
+            if in_cc
+            else [
+                {"phone_number": p, "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
+                for j, p in enumerate(msg.to)
+                if only is not None and j != only
+            ],
+            "text": text,
+            "subject": body.get("subject"),
+            "media": [
+                {"url": u, "content_type": None, "sha256": None, "size": None}
+                for u in body.get("media_urls") or []
+            ],
+            "webhook_url": body.get("webhook_url"),
+            "webhook_failover_url": body.get("webhook_failover_url"),
+            "encoding": "GSM-7",
+            "parts": 1,
+            "tags": [],
+            "cost": money(sum(rates, ZERO) + sum(fees, ZERO)) if rates else None,
+            "cost_breakdown": (
+                {"carrier_fee": money(sum(fees, ZERO)), "rate": money(sum(rates, ZERO))}
+                if rates
+                else None
+            ),
+            "received_at": msg.received_at,
+            "sent_at": iso(min(sent)) if sent else None,
+            "completed_at": iso(max(final)) if all_final and final else None,
+            "valid_until": None,
+            "errors": errors,
+            "wait_seconds": msg.wait_seconds,
+        }
+        if text is None:
+            del record["text"]  # the schema's text is a string, not nullable: absent, not null
+        else:
+            record["num_chars"] = len(text)
+        return record
+
+    async def get_group(self, request: web.Request) -> web.Response:
+        """``GET /messages/group/{message_id}``: one message per recipient, as they stand."""
+        if (denied := auth_refusal(request, self.api_key)) is not None:
+            return denied
+        msg = self.by_id.get(request.match_info["message_id"])
+        if msg is None:
+            return errors_answer(404, "10005", "Resource not found", "No such group message.")
+        if self.statuses_in_cc:
+            return json_answer(200, {"data": [self._record(msg, live=True)]})
+        data = [self._record(msg, only=i, live=True) for i in range(len(msg.to))]
+        return json_answer(200, {"data": data})
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        """``GET /messages/{id}``: a group message (every recipient) or one recipient's."""
+        if (denied := auth_refusal(request, self.api_key)) is not None:
+            return denied
+        mid = request.match_info["id"]
+        if mid in self.by_id:
+            data = self._record(self.by_id[mid], live=True)
+        elif mid in self.by_recipient_id:
+            msg, i = self.by_recipient_id[mid]
+            data = self._record(msg, only=i, live=True)
+        else:
+            return errors_answer(404, "10005", "Resource not found", "No such message.")
+        return json_answer(200, {"data": data})

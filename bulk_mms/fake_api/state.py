@@ -1,0 +1,273 @@
+"""The fake's in-memory state: its settings (the constructor's switches, rules and clock),
+what it accepted and saw, and where each recipient of each message stands."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bulk_mms.fake_api.faults import Fault
+from bulk_mms.fake_api.records import Accepted, OptOut, SeenRequest, SenderQueue, WebhookPost
+from bulk_mms.fake_api.rules import (
+    FINAL_STATUSES,
+    NEVER_SENT,
+    REFUSALS,
+    REPORT_STATUS,
+    SANDBOX_FROM,
+    rule,
+)
+from bulk_mms.fake_api.wire import iso
+
+if TYPE_CHECKING:  # cryptography is the webhooks extra's: the sandbox sends without it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+@dataclass
+class FakeState:
+    """The fake API's settings and memory; :class:`~bulk_mms.fake_api.FakeTelnyx` adds the
+    endpoints. Tests inspect :attr:`accepted` and :attr:`requests`."""
+
+    #: The key to require; None accepts any non-empty bearer token.
+    api_key: str | None = None
+    #: Replay a repeated ``Idempotency-Key``'s first success (and 422 on another body), as a
+    #: server that honours keys would. Off: the header is ignored, as Telnyx documents for
+    #: group MMS (FACTS 1): a repeat is a new message with a new id, charged again.
+    replay_keys: bool = False
+    #: Answer carrier codes in :attr:`refuse` (40016, 40003...) synchronously with a 400, as
+    #: the kind fake did. Off: they are accepted and reported in delivery statuses.
+    sync_carrier_codes: bool = False
+    #: Name each opted-out member of a refused group (one error each, ``source.pointer``
+    #: ``/to/i``). Off: one 40300 error naming nobody; the spec does not say it names any.
+    name_refused_members: bool = False
+    #: List a group's members past the first under ``cc``, each with its status, in the
+    #: group's own message (the send's answer, ``GET /messages/{id}`` of the group's id), and
+    #: answer ``GET /messages/group/{id}`` with that one message: the spec gives ``cc[]`` a
+    #: status, and does not say a group's members are all under ``to``. Off: every member
+    #: is under ``to``, and the group's GET lists one message per recipient.
+    statuses_in_cc: bool = False
+    #: What ``GET /messaging_optouts`` does when ``redaction_enabled`` is not given: True
+    #: redacts ``to`` (``+447766****``), False lists the numbers.
+    redaction_default: bool = True
+    #: Faults used one per POST, oldest first.
+    faults: deque[Fault] = field(default_factory=deque)
+    #: ``wait_seconds`` for the n-th accepted message (0-based).
+    wait_seconds: Callable[[int], float] = lambda _n: 0.0
+    #: Status the GET endpoints report for each recipient: a fixed one, or a function of the
+    #: number and the seconds since the message was accepted (see :func:`carrier_timeline`).
+    delivery_status: str | Callable[[str, float], str] = "delivered"
+    #: Queue model: drain rate (messages/s) for every sender, or per sender; None disables it
+    #: and ``wait_seconds`` comes from the callable above.
+    drain_rate: float | None = None
+    sender_drain: dict[str, float] = field(default_factory=dict)
+    #: Longest queue per sender, in messages.
+    queue_cap: float = 1000.0
+    #: ``"request"``: a group is one message in the queue; ``"recipient"``: one per recipient.
+    queue_unit: str = "request"
+    #: The account's API request limit, ``(requests, window seconds)``: a request past it in
+    #: its window is answered 429 / 10011 with ``x-ratelimit-*`` headers. None: no limit.
+    request_limit: tuple[int, float] | None = None
+    clock: Callable[[], float] = time.monotonic
+    #: Refusals by rule: number (or ``*`` and its last four digits) → Telnyx error code. A
+    #: send naming one with a code of :data:`REFUSALS` (40300, 20100, 40333...) is refused
+    #: with that code and status: nothing is accepted. Any other code (a carrier's: 40016,
+    #: 40003...) is a carrier's verdict after acceptance, reported like :attr:`report`
+    #: (unless ``sync_carrier_codes``).
+    refuse: dict[str, str] = field(default_factory=dict)
+    #: Delivery reports by rule, the same way: such a recipient is accepted and then ends
+    #: ``delivery_failed`` (or :data:`REPORT_STATUS`'s) with that code in ``errors``.
+    report: dict[str, str] = field(default_factory=dict)
+    #: Opt-out blocks, as ``GET /messaging_optouts`` lists them. An :class:`OptOut` blocks its
+    #: from→to pair; a bare number is blocked from every sender of the profile (listed from
+    #: :data:`SANDBOX_FROM`). A send to a blocked pair is refused: 409 / 40300.
+    optouts: list[str | OptOut] = field(default_factory=list)
+    #: Detail records younger than this many seconds are not listed yet (Telnyx: the last
+    #: hours' MDRs may be missing).
+    records_lag_s: float = 0.0
+    #: Where delivery webhooks go when a message names no ``webhook_url`` (the profile's URL).
+    webhook_url: str | None = None
+    #: The account's Ed25519 key: webhooks are posted, signed, only when it is set.
+    signing_key: Ed25519PrivateKey | None = None
+    #: Post the webhooks due (:meth:`pump_webhooks`) once a message is accepted and before
+    #: its answer goes back: Telnyx's webhooks and the send's answer race, and nothing says
+    #: the answer is read first (a sender's ``sent`` line may come after its webhooks).
+    webhooks_before_answer: bool = False
+    #: Post due webhooks every this many seconds while served (None: only on
+    #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
+    webhook_every_s: float | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    #: Called with each message as it is accepted (``--log``: :func:`accept_log_writer`).
+    on_accept: Callable[[Accepted], None] | None = None
+    queues: dict[str, SenderQueue] = field(default_factory=dict)
+    #: (time, sender, recipients) of every accepted message, in order: the server's own log.
+    accept_log: list[tuple[float, str, int]] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+    #: Every POST body that arrived, faulted or not.
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    #: Every HTTP request that arrived, any endpoint, before any check.
+    http_log: list[SeenRequest] = field(default_factory=list)
+    #: Every webhook posted, in order.
+    webhooks_sent: list[WebhookPost] = field(default_factory=list)
+    by_id: dict[str, Accepted] = field(default_factory=dict)
+    by_recipient_id: dict[str, tuple[Accepted, int]] = field(default_factory=dict)
+    #: The messages each number (without its ``+``) is in, oldest first: the records of one
+    #: recipient without a pass over every message.
+    by_member: dict[str, list[Accepted]] = field(default_factory=dict)
+    _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    # wall time = this + clock(): timestamps move with an injected clock
+    _epoch: float = 0.0
+    # (message id, recipient index) -> wall time first seen sent / final
+    _sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    _final_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    # (message id, recipient index) -> webhook events already posted
+    _posted: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    # the current request-limit window: its start (clock) and requests in it
+    _window: tuple[float, int] = (float("-inf"), 0)
+
+    def __post_init__(self) -> None:
+        self._epoch = time.time() - self.clock()
+
+    def wall(self) -> float:
+        """Unix time on the fake's clock: it moves with :attr:`clock` (so with a fake one)."""
+        return self._epoch + self.clock()
+
+    # -- views for tests -----------------------------------------------------------------
+
+    def queue_for(self, sender: str) -> SenderQueue | None:
+        drain = self.sender_drain.get(sender, self.drain_rate)
+        if drain is None:
+            return None
+        if sender not in self.queues:
+            self.queues[sender] = SenderQueue(drain, self.queue_cap, last=self.clock())
+        return self.queues[sender]
+
+    def set_drain(self, sender: str, drain: float) -> None:
+        """Change a sender's drain rate from now on (the queue so far drained at the old one)."""
+        self.sender_drain[sender] = drain
+        queue = self.queue_for(sender)
+        assert queue is not None
+        queue.set_drain(self.clock(), drain)
+
+    def adopt(self, message_id: str, sender: str, to: tuple[str, ...], age: float) -> None:
+        """Know a message accepted ``age`` seconds ago by another instance (``track --sandbox``:
+        the demo's run had a sandbox of its own), so the GETs can answer for it."""
+        wall = self.wall() - age
+        msg = Accepted(
+            id=message_id,
+            from_=sender,
+            to=to,
+            body={"from": sender, "to": list(to)},
+            idempotency_key=None,
+            received_at=iso(wall),
+            recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
+            wait_seconds=0.0,
+            accepted_at=self.clock() - age,
+            received_wall=wall,
+        )
+        self._remember(msg)
+
+    def opt_out(self, to: str, from_: str = SANDBOX_FROM, keyword: str = "STOP") -> OptOut:
+        """``to`` texts ``keyword`` to ``from_`` now: the pair is blocked and listed."""
+        entry = OptOut(to, from_, created_at=self.wall(), keyword=keyword)
+        self.optouts.append(entry)
+        return entry
+
+    def _remember(self, msg: Accepted) -> None:
+        """Make ``msg`` known to the GETs, by its id and by each recipient's own id."""
+        self.by_id[msg.id] = msg
+        for i, rid in enumerate(msg.recipient_ids):
+            self.by_recipient_id[rid] = (msg, i)
+        for phone in set(msg.to):
+            self.by_member.setdefault(phone.lstrip("+"), []).append(msg)
+
+    def recipient_counts(self) -> dict[str, int]:
+        """How many accepted messages each number is in."""
+        counts: dict[str, int] = {}
+        for msg in self.accepted:
+            for phone in msg.to:
+                counts[phone] = counts.get(phone, 0) + 1
+        return counts
+
+    # -- the rules, and where each recipient stands ----------------------------------------
+
+    def refusal_code(self, sender: str, phone: str) -> str | None:
+        """The code a send from ``sender`` to ``phone`` is refused with at once, if any."""
+        code = rule(self.refuse, phone)
+        if code == "40300" and not self._blocked(sender, phone):
+            self.opt_out(phone, sender)  # a STOP by rule is a block the opt-out list shows too
+        if code is not None and (code in REFUSALS or self.sync_carrier_codes):
+            return code
+        if self._blocked(sender, phone):
+            return "40300"
+        return None
+
+    def report_code(self, phone: str) -> str | None:
+        """The carrier's code for ``phone`` after acceptance, if it fails (its errors[])."""
+        code = rule(self.report, phone)
+        if code is None and not self.sync_carrier_codes:
+            refused = rule(self.refuse, phone)
+            code = refused if refused is not None and refused not in REFUSALS else None
+        return code
+
+    def _blocked(self, sender: str, phone: str) -> bool:
+        return any(
+            o == phone if isinstance(o, str) else (o.to == phone and o.from_ == sender)
+            for o in self.optouts
+        )
+
+    def status_of(self, msg: Accepted, i: int) -> str:
+        """Where recipient ``i`` of ``msg`` stands now.
+
+        :attr:`delivery_status` says how far along it is; a reported code (:meth:`report_code`)
+        decides its final status, reached when the timeline ends (a failure that never left
+        Telnyx, ``sending_failed``, ends it when it would have been ``sent``).
+        """
+        phone = msg.to[i]
+        if isinstance(self.delivery_status, str):
+            base = self.delivery_status
+        else:
+            base = self.delivery_status(phone, self.clock() - msg.accepted_at)
+        code = self.report_code(phone)
+        if code is None:
+            return base
+        final = REPORT_STATUS.get(code, "delivery_failed")
+        if base in FINAL_STATUSES or (final in NEVER_SENT and base == "sent"):
+            return final
+        return base
+
+    def _observe(self, msg: Accepted, i: int) -> str:
+        """:meth:`status_of`, noting when the recipient was first seen sent and final."""
+        status = self.status_of(msg, i)
+        key = (msg.id, i)
+        if status == "sent" or (status in FINAL_STATUSES and status not in NEVER_SENT):
+            self._sent_at.setdefault(key, self.wall())
+        if status in FINAL_STATUSES:
+            self._final_at.setdefault(key, self.wall())
+        return status
+
+    def _accept(self, body: dict[str, Any], key: str | None, wait: float | None) -> Accepted:
+        n = len(self.accepted)
+        self.accept_log.append((self.clock(), body["from"], len(body["to"])))
+        to = tuple(body["to"])
+        wall = self.wall()
+        msg = Accepted(
+            id=str(uuid.uuid4()),
+            from_=body["from"],
+            to=to,
+            body=body,
+            idempotency_key=key,
+            received_at=iso(wall),
+            recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
+            wait_seconds=round(wait if wait is not None else float(self.wait_seconds(n)), 3),
+            accepted_at=self.clock(),
+            received_wall=wall,
+        )
+        self.accepted.append(msg)
+        self._remember(msg)
+        if self.on_accept is not None:
+            self.on_accept(msg)
+        return msg

@@ -1,0 +1,113 @@
+"""The webhooks the fake emits: ``message.sent`` and ``message.finalized``, one per recipient,
+Ed25519-signed, posted as the delivery timeline reaches them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from bulk_mms.fake_api.messages import MessageViews
+from bulk_mms.fake_api.records import Accepted, WebhookPost
+from bulk_mms.fake_api.rules import FINAL_STATUSES, NEVER_SENT
+from bulk_mms.fake_api.wire import iso
+
+
+class WebhookPump(MessageViews):
+    """Posts the delivery webhooks that are due, as Telnyx does: signed, retried, failed over."""
+
+    def due_events(self) -> list[tuple[Accepted, int, str, str]]:
+        """The webhook events the timeline has reached and not yet posted: (message,
+        recipient index, event type, status), ``message.sent`` before ``message.finalized``."""
+        due = []
+        for msg in list(self.by_id.values()):
+            for i in range(len(msg.to)):
+                status = self._observe(msg, i)
+                posted = self._posted.setdefault((msg.id, i), set())
+                reached = status == "sent" or status in FINAL_STATUSES
+                if reached and status not in NEVER_SENT and "message.sent" not in posted:
+                    due.append((msg, i, "message.sent", "sent"))
+                if status in FINAL_STATUSES and "message.finalized" not in posted:
+                    due.append((msg, i, "message.finalized", status))
+        return due
+
+    async def pump_webhooks(self) -> int:
+        """Post, signed, every event that is due (:meth:`due_events`); how many were posted.
+
+        Each goes to its message's ``webhook_url``, else :attr:`webhook_url`: up to three
+        attempts, then once to ``webhook_failover_url`` (as Telnyx does). An event with no URL,
+        or with no :attr:`signing_key`, is not sent. Every attempt is in :attr:`webhooks_sent`.
+        """
+        if self.signing_key is None:
+            return 0
+        posted = 0
+        async with aiohttp.ClientSession() as session:
+            for msg, i, event_type, status in self.due_events():
+                self._posted[(msg.id, i)].add(event_type)
+                urls = [msg.body.get("webhook_url") or self.webhook_url] * 3
+                urls.append(msg.body.get("webhook_failover_url"))
+                event = {
+                    "event_type": event_type,
+                    "id": str(uuid.uuid4()),
+                    "occurred_at": iso(self.wall(), zulu=False),
+                    "payload": self._record(msg, only=i, live=True, status=status),
+                    "record_type": "event",
+                }
+                for attempt, url in enumerate(urls, 1):
+                    if url is None:
+                        continue
+                    if await self._post_event(session, url, attempt, event, (msg.to[i], status)):
+                        posted += 1
+                        break
+        return posted
+
+    async def _post_event(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        attempt: int,
+        event: dict[str, Any],
+        about: tuple[str, str],
+    ) -> bool:
+        """One signed POST of ``event`` (about recipient and status ``about``); whether the
+        receiver answered 2xx."""
+        assert self.signing_key is not None
+        raw = orjson.dumps({"data": event, "meta": {"attempt": attempt, "delivered_to": url}})
+        stamp = str(int(self.wall()))
+        signature = base64.b64encode(self.signing_key.sign(stamp.encode() + b"|" + raw))
+        headers = {
+            "Content-Type": "application/json",
+            "telnyx-timestamp": stamp,
+            "telnyx-signature-ed25519": signature.decode(),
+        }
+        answer: int | None = None
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with session.post(
+                url, data=raw, headers=headers, timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
+                answer = resp.status
+        post = WebhookPost(str(event["event_type"]), *about, url, attempt, answer, raw)
+        self.webhooks_sent.append(post)
+        return answer is not None and 200 <= answer < 300
+
+    async def _pumping(self, _app: web.Application) -> AsyncIterator[None]:
+        """While served: post due webhooks every :attr:`webhook_every_s` seconds."""
+
+        async def pump() -> None:
+            assert self.webhook_every_s is not None
+            while True:
+                await self.sleep(self.webhook_every_s)
+                await self.pump_webhooks()
+
+        task = asyncio.create_task(pump())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,112 @@
+"""The API's wire conventions: JSON answers and the ``errors[]`` envelope, the bearer check,
+times as ISO 8601, and the list endpoints' query parameters and paging."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+#: Largest ``page[size]`` of the list endpoints (the spec's maximum).
+MAX_PAGE_SIZE = 250
+
+
+def iso(wall: float, *, zulu: bool = True) -> str:
+    """Unix seconds as the API writes times: ISO 8601, milliseconds, ``Z`` (or ``+00:00``,
+    as Telnyx's webhook examples write ``occurred_at``)."""
+    stamp = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z") if zulu else stamp
+
+
+def parse_when(text: str | None) -> float | None:
+    """An ISO 8601 date or time (UTC when it names no zone) as Unix seconds; None for None.
+
+    Raises:
+        ValueError: it does not parse.
+    """
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace(" ", "+") if "T" in text else text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not an ISO 8601 date or time") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def parse_flag(text: str | None, default: bool) -> bool:
+    """A boolean query parameter (``true``/``false``).
+
+    Raises:
+        ValueError: it is neither.
+    """
+    if text is None:
+        return default
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"{text[:20]!r} is not true or false")
+    return text.lower() == "true"
+
+
+def paging(query: Mapping[str, str]) -> tuple[int, int]:
+    """``page[number]`` (from 1) and ``page[size]`` (1 to :data:`MAX_PAGE_SIZE`, default 20).
+
+    Raises:
+        ValueError: either is not a number in its range.
+    """
+    number, size = query.get("page[number]", "1"), query.get("page[size]", "20")
+    if not number.isdigit() or int(number) < 1:
+        raise ValueError("page[number] must be a whole number from 1")
+    if not size.isdigit() or not 1 <= int(size) <= MAX_PAGE_SIZE:
+        raise ValueError(f"page[size] must be from 1 to {MAX_PAGE_SIZE}")
+    return int(number), int(size)
+
+
+def page_meta(page: int, size: int, total: int) -> dict[str, int]:
+    return {
+        "page_number": page,
+        "page_size": size,
+        "total_pages": max(1, -(-total // size)),
+        "total_results": total,
+    }
+
+
+def redacted(phone: str) -> str:
+    """A number as a redacted list shows it: the first seven characters, then ``****``."""
+    return phone[:7] + "****"
+
+
+def json_answer(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def errors_answer(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    pointer: str | None = None,
+) -> web.Response:
+    return json_answer(status, {"errors": [error_object(code, title, detail, pointer)]}, headers)
+
+
+def error_object(code: str, title: str, detail: str, pointer: str | None = None) -> dict[str, Any]:
+    """One messaging_Error: ``code`` (a string), ``title``, ``detail``, ``source.pointer``."""
+    err: dict[str, Any] = {"code": code, "title": title, "detail": detail}
+    if pointer is not None:
+        err["source"] = {"pointer": pointer}
+    return err
+
+
+def auth_refusal(request: web.Request, api_key: str | None) -> web.Response | None:
+    """401 / 10009 unless the request carries a bearer token: ``api_key``, or any when None."""
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if not token or (api_key is not None and token != api_key):
+        return errors_answer(401, "10009", "Authentication failed", "The API key is not valid.")
+    return None
