@@ -37,7 +37,13 @@ from bulk_mms.ledger import (
     read_events,
 )
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
-from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore, migrate_url
+from bulk_mms.ledger.postgres import (
+    _RUN_LOCK,
+    PostgresCoordinator,
+    PostgresStore,
+    _ledger_key,
+    migrate_url,
+)
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.runner import _bounded
@@ -83,6 +89,41 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
             await c.close()
         await first.close()
         await second.close()
+
+
+async def test_a_ledgers_locks_are_the_ones_earlier_versions_take(database: str) -> None:
+    """A ledger whose id is past int4's range: a session holding its run lock as 0.3.0 took
+    it (the key computed in SQL) is a live run to this version, and this version's run lock
+    is under that same key."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        migrate_url(database)
+        ledger = 2**31 + 6
+        conn.execute("INSERT INTO bulk_mms_ledgers (id, name) VALUES (%s, 'big')", (ledger,))
+        old_key = conn.execute("SELECT (%s::bigint %% 2147483647)::int", (ledger,)).fetchone()
+        assert old_key is not None
+        assert _ledger_key(ledger) == old_key[0] == 7
+        where = f"{database}?ledger=big"
+        looker = open_store(where, "append")
+        try:
+            assert await looker.live_run(30.0) is None
+            conn.execute(
+                "SELECT pg_advisory_lock_shared(%s, (%s %% 2147483647)::int)", (_RUN_LOCK, ledger)
+            )  # a 0.3.0 run's
+            assert await looker.live_run(30.0) == f"database session {conn.info.backend_pid}"
+            conn.execute(
+                "SELECT pg_advisory_unlock_shared(%s, (%s %% 2147483647)::int)", (_RUN_LOCK, ledger)
+            )
+            assert await looker.live_run(30.0) is None
+            run = open_store(where, "run")
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
+                "AND objid = ((%s::bigint %% 2147483647)::int)::oid AND objsubid = 2",
+                (_RUN_LOCK, ledger),
+            ).fetchone()
+            run.close_sync()
+            assert held == (1,)
+        finally:
+            await looker.close()
 
 
 async def test_a_holder_stalled_inside_its_commit_keeps_no_other_process_waiting(

@@ -189,11 +189,12 @@ _CLAIM: Final = f"""
     RETURNING token
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
 #: The advisory-lock namespace in which each run holds its ledger (shared: runs never wait on
-#: one another) from its store's opening to its closing, with the ledger's id as the second key.
+#: one another) from its store's opening to its closing, with the ledger's key
+#: (:func:`_ledger_key`) as the second key.
 _RUN_LOCK: Final = 0x72756E73
-_HOLD_RUN: Final = "SELECT pg_advisory_lock_shared(%s, (%s %% 2147483647)::int)"
+_HOLD_RUN: Final = "SELECT pg_advisory_lock_shared(%s, %s::int)"
 #: Given back as the store closes: a closed connection's session may end a moment later.
-_FREE_RUN: Final = "SELECT pg_advisory_unlock_shared(%s, (%s %% 2147483647)::int)"
+_FREE_RUN: Final = "SELECT pg_advisory_unlock_shared(%s, %s::int)"
 #: A process running the ledger now: a session holding the run lock (:data:`_RUN_LOCK`, named
 #: by its ``application_name``: ``bulk-mms pid N``; in this database: the server lists every
 #: database's locks, and each numbers its ledgers from 1), or the owner of a claim that has
@@ -204,7 +205,7 @@ _LIVE_RUN: Final = f"""
      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND l.classid::bigint = %(lock)s AND l.objid::bigint = %(ledger)s %% 2147483647
+       AND l.classid::bigint = %(lock)s AND l.objid::bigint = %(key)s
      LIMIT 1)
     UNION ALL
     (SELECT c.owner FROM bulk_mms_claims c
@@ -260,9 +261,9 @@ _COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, 
 #: Events a unique index may refuse (recorded by another process already): never COPY'd.
 _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
 #: The advisory-lock namespace in which one ledger's moves are written one transaction at a
-#: time (with the ledger's id as the second key).
+#: time (with the ledger's key, :func:`_ledger_key`, as the second key).
 _MOVES_LOCK: Final = 0x6D6F7665
-_LOCK_MOVES: Final = "SELECT pg_advisory_xact_lock(%s, (%s %% 2147483647)::int)"
+_LOCK_MOVES: Final = "SELECT pg_advisory_xact_lock(%s, %s::int)"
 #: The groups each of some numbers was moved out of in a ledger (partial index: schema 8).
 _MOVED_OUT_OF: Final = """
     SELECT m.phone, e.grp FROM bulk_mms_events e
@@ -284,6 +285,14 @@ _XACT_STATUS: Final = "SELECT txid_status(%s)"
 _XACT_POLL_S: Final = 0.05
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
+
+
+def _ledger_key(ledger: int) -> int:
+    """The second key of a ledger's advisory locks (its run lock, :data:`_RUN_LOCK`, and its
+    moves', :data:`_MOVES_LOCK`; the first is their namespace): its id (a bigserial, from 1)
+    as an ``int4``, the key earlier versions computed in SQL (``(id % 2147483647)::int``), so
+    runs of either on one ledger take and see the same locks. Computed here alone."""
+    return ledger % 2147483647
 
 
 def follow_database_clock(location: str, follow: Callable[[Callable[[], float]], T]) -> T:
@@ -425,7 +434,7 @@ class PostgresStore(GroupCommitted[_Item]):
             store._ledger = store._ledger_id(create=True)
         store.verbatim = mode == "copy"
         if mode == "run":  # held by its session until close_sync (live_run)
-            store._conn.execute(_HOLD_RUN, (_RUN_LOCK, store._ledger))
+            store._conn.execute(_HOLD_RUN, (_RUN_LOCK, _ledger_key(store._id)))
             store._holds_run = True
         return store
 
@@ -502,7 +511,12 @@ class PostgresStore(GroupCommitted[_Item]):
         """
 
         async def live(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            params = {"ledger": self._id, "lease": lease_s, "lock": _RUN_LOCK}
+            params = {
+                "ledger": self._id,
+                "lease": lease_s,
+                "lock": _RUN_LOCK,
+                "key": _ledger_key(self._id),
+            }
             cur = await conn.execute(_LIVE_RUN, params)
             return await cur.fetchone()
 
@@ -639,7 +653,7 @@ class PostgresStore(GroupCommitted[_Item]):
             return rows
         bodies = {i: orjson.loads(rows[i][5]) for i in moved}
         phones = sorted({str(p) for body in bodies.values() for p in body.get("members", ())})
-        await cur.execute(_LOCK_MOVES, (_MOVES_LOCK, self._id))
+        await cur.execute(_LOCK_MOVES, (_MOVES_LOCK, _ledger_key(self._id)))
         await cur.execute(_MOVED_OUT_OF, (self._id, phones))
         out_of: dict[str, set[str]] = {}
         for phone, grp in await cur.fetchall():
@@ -681,7 +695,7 @@ class PostgresStore(GroupCommitted[_Item]):
         with contextlib.suppress(psycopg.Error):
             if self._holds_run and not self._conn.closed:
                 self._holds_run = False
-                self._conn.execute(_FREE_RUN, (_RUN_LOCK, self._ledger))
+                self._conn.execute(_FREE_RUN, (_RUN_LOCK, _ledger_key(self._id)))
             self._conn.close()  # ends the session: its run lock would go with it
 
 
