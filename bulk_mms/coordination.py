@@ -75,6 +75,18 @@ class Coordinator(Protocol):
         """
         ...
 
+    async def release(self) -> None:
+        """Give back every claim this process holds, once its run has ended (nothing of it is
+        sent any more, nothing renewed): the others take its groups at once, as they would
+        once its lease ran out, and decide each by the ledger as a takeover does (a group in
+        doubt is held and settled, never sent again blindly).
+
+        Raises:
+            LedgerError: the coordination store failed; the claims then run out by their
+                lease, as a killed process's do.
+        """
+        ...
+
     def account_budget(
         self,
         account: str,
@@ -109,6 +121,9 @@ class LocalCoordinator:
         return None
 
     async def heartbeat(self) -> None:
+        return None
+
+    async def release(self) -> None:
         return None
 
     def account_budget(

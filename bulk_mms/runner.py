@@ -30,7 +30,7 @@ from bulk_mms.caps import run_limits
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
-from bulk_mms.coordination import coordinator_for
+from bulk_mms.coordination import Coordinator, coordinator_for
 from bulk_mms.errors import (
     BulkMmsError,
     LedgerError,
@@ -540,8 +540,9 @@ class Runner:
         try:
             yield
         finally:
-            if claims is not None:
+            if claims is not None:  # ended before the claims are given back: none renewed after
                 claims.cancel()
+                await asyncio.gather(claims, return_exceptions=True)
 
     @functools.cached_property
     def delivery(self) -> Tracker:
@@ -815,6 +816,7 @@ async def run_job(
         finally:
             if runner is not None:
                 await runner.sender.close()
+            await _release(coordinator, stop)
             await coordinator.close()
             await _close(store, stop)
     return runner.finish()
@@ -969,6 +971,16 @@ async def _showing(
         shower.cancel()
         progress.update(runner.snapshot(total))
         progress.close()
+
+
+async def _release(coordinator: Coordinator, stop: Stop) -> None:
+    """Give back the claims of a run that has ended (:meth:`Coordinator.release
+    <bulk_mms.coordination.Coordinator.release>`), waiting no longer than :func:`_bounded`;
+    claims not given back run out by their lease (``claims.not_given_back``)."""
+    try:
+        await _bounded(coordinator.release(), stop)
+    except (LedgerError, TimeoutError) as exc:
+        log.warning("claims.not_given_back", error=str(exc) or "no answer in time")
 
 
 async def _close(store: LedgerStore, stop: Stop) -> None:

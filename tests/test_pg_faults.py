@@ -91,6 +91,41 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
         await second.close()
 
 
+async def test_claims_given_back_pass_on_under_the_next_token_and_refuse_the_old_fence(
+    database: str,
+) -> None:
+    """Claims a process gives back (its run ended) run out at once: no run is live, another
+    process takes one under the next token, the giver's old fence writes no attempt, a late
+    renewal by the giver takes nothing back, and a group it claims again is a takeover too."""
+    where = f"{database}?ledger=given"
+    open_store(where, "run").close_sync()  # the ledger, no run of it open (its run lock)
+    first, second = open_store(where, "append"), open_store(where, "append")
+    one, two = coordinator_for(first, 30.0), coordinator_for(second, 30.0)
+    try:
+        assert await one.claim("g1")
+        assert await one.claim("g2")
+        old = one.fence("g1")
+        assert old is not None
+        assert await first.live_run(30.0) == old.owner
+        await one.release()
+        assert await first.live_run(30.0) is None
+        await one.heartbeat()  # a renewal that comes late takes nothing back
+        assert await first.live_run(30.0) is None
+        assert await two.claim("g1")
+        assert two.fence("g1").token == old.token + 1  # type: ignore[union-attr]
+        with pytest.raises(ClaimLost):
+            await first.append(_attempt("g1"), fence=old)
+        assert not await one.claim("g1")
+        assert await one.claim("g2")
+        assert one.fence("g2").token == 2  # type: ignore[union-attr]
+        assert [e for e in await first.group_events("g1") if isinstance(e, events.Attempt)] == []
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()
+
+
 async def test_a_ledgers_locks_are_the_ones_earlier_versions_take(database: str) -> None:
     """A ledger whose id is past int4's range: a session holding its run lock as 0.3.0 took
     it (the key computed in SQL) is a live run to this version, and this version's run lock

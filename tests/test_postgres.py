@@ -27,7 +27,7 @@ from bulk_mms.clock import parse_time
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig
 from bulk_mms.coordination import coordinator_for
-from bulk_mms.errors import LedgerError, Rejected
+from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import events, open_store, read_events, to_json
 from bulk_mms.ledger.postgres import _MIGRATIONS, SCHEMA_VERSION, migrate_url
@@ -36,6 +36,7 @@ from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize, write_failed_csv
 from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import (
@@ -609,6 +610,79 @@ async def test_a_run_of_a_database_ledger_is_live_from_its_opening_to_its_closin
         await looker.close()
 
 
+def _claims(database: str) -> dict[str, tuple[str, int]]:
+    """Each claimed group's (owner, fence token), as the database has them."""
+    with psycopg.connect(database) as conn:
+        rows = conn.execute("SELECT grp, owner, token FROM bulk_mms_claims").fetchall()
+    return {str(grp): (str(owner), int(token)) for grp, owner, token in rows}
+
+
+@pytest.mark.parametrize("ends", ["done", "refused_key", "stopped"])
+async def test_a_run_that_ends_gives_its_claims_back_at_once(
+    jobs: JobFactory, database: str, ends: str
+) -> None:
+    """A run of a database ledger that ends (its input done, stopped by a refused key, or
+    by a signal) gives back every claim it took: no run of the ledger is live as soon as
+    it returns, not a lease later, and each claim keeps its fence token."""
+    jobs.people(12)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    stop = Stop()
+
+    def handler(g: Group, n: int) -> SendReceipt | SendError:
+        if g.seq == 1 and ends == "refused_key":
+            return AuthError("refused", status=401)
+        if g.seq == 1 and ends == "stopped":
+            stop.request("signal")
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=1)
+    s = await run_job(job, settings, FakeClient(handler), clock=FakeClock(), stop=stop)
+    assert (s.error is not None) == (ends == "refused_key")
+    assert (s.stopped is not None) == (ends != "done")
+    looker = open_store(job.where, "append")
+    try:
+        assert await looker.live_run(FAST.lease_s) is None
+    finally:
+        await looker.close()
+    claims = _claims(database)
+    assert len(claims) >= 2  # it did claim groups
+    assert {owner for owner, _ in claims.values()} == {""}  # none is anybody's now
+    assert {token for _, token in claims.values()} == {1}
+
+
+async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
+    jobs: JobFactory, database: str
+) -> None:
+    """A run whose group ends in doubt (its answer lost, the API's records not complete
+    yet) gives its claims back as it ends, so no run is live at once; another host's run
+    then takes the group over (under the next fence token) and, its attempt on record,
+    holds it in doubt instead of sending it: nobody is texted twice."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    no_retry = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
+
+    def lost(g: Group, n: int) -> SendReceipt | SendError:
+        return AmbiguousSendError("timeout", status=None) if g.seq == 0 else ok_receipt(g, n)
+
+    first = FakeClient(lost)
+    s = await run_job(job, no_retry, first, clock=FakeClock())
+    assert (s.sent_groups, s.in_doubt_groups) == (1, 1)
+    doubtful = next(g.id for g in first.calls if g.seq == 0)
+    looker = open_store(job.where, "append")
+    try:
+        assert await looker.live_run(FAST.lease_s) is None
+    finally:
+        await looker.close()
+    second = FakeClient()  # the default: no key the API replays, so in doubt is held
+    s2 = await run_job(job, no_retry, second, clock=FakeClock())
+    assert second.calls == []
+    assert (s2.held_groups, s2.skipped_groups) == (1, 1)
+    assert groups_in(job.where, "in_doubt") == {doubtful}
+    assert _claims(database)[doubtful] == ("", 2)  # taken over, held, and given back again
+
+
 async def _one_group_delivered(jobs: JobFactory, database: str) -> tuple[JobConfig, FakeClient]:
     """A job of one group of 4 sent on a database ledger, and the client whose API now says
     every member of it was delivered."""
@@ -643,6 +717,21 @@ async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
         await coord.close()
         await run.close()
     assert (result.statuses, result.pending) == ({"delivered": 4}, 0)
+
+
+async def test_track_follow_on_a_database_ends_as_soon_as_the_last_run_has_ended(
+    jobs: JobFactory, database: str
+) -> None:
+    """track --follow on a database ledger whose run has ended, every recipient final, ends
+    after one pass: the run gave its claims back, so nothing is waited on (no lease)."""
+    job, client = await _one_group_delivered(jobs, database)
+    with capture_logs() as logs:
+        result = await asyncio.wait_for(
+            track_ledger(job.where, FAST, client, follow=True, clock=FakeClock()),
+            FAST.track.interval * 2,
+        )
+    assert (result.statuses, result.pending, result.passes) == ({"delivered": 4}, 0, 1)
+    assert not [e for e in logs if e["event"] == "track.waiting"]
 
 
 async def test_with_a_database_ledger_the_suppression_list_is_its_table(

@@ -24,13 +24,14 @@ Several processes, on one host or many, may run the same ledger at once (:attr:`
 claims a group (:class:`PostgresCoordinator`, in ``bulk_mms_claims``) before it sends it, and
 keeps its claims alive with a heartbeat; a process whose heartbeat stops for its ``lease_s``
 loses its claims to the others, which finish its groups under the same in-doubt rules as a
-resume. Each claim records when it runs out (``expires``: its holder's lease, on the database's
-clock), so a host configured with a shorter lease never takes a live claim of one with a longer.
-Each claim carries a fence token that grows on every takeover, and a write-ahead ``attempt`` is
-inserted only while its writer still holds the claim with that token (one statement, which
-also locks the claim row until the attempt is committed): a process that lost a claim can
-never send the group. One job header per ledger, by a unique index: processes that start at
-once on a new ledger end with the same header and campaign.
+resume, and a process that ends gives its claims back at once
+(:meth:`PostgresCoordinator.release`). Each claim records when it runs out (``expires``: its
+holder's lease, on the database's clock), so a host configured with a shorter lease never takes
+a live claim of one with a longer. Each claim carries a fence token that grows on every
+takeover, and a write-ahead ``attempt`` is inserted only while its writer still holds the claim
+with that token (one statement, which also locks the claim row until the attempt is committed):
+a process that lost a claim can never send the group. One job header per ledger, by a unique
+index: processes that start at once on a new ledger end with the same header and campaign.
 
 Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this module's boundary,
 named by the URL without its password. During a run, every database call is asynchronous and
@@ -198,8 +199,9 @@ _FREE_RUN: Final = "SELECT pg_advisory_unlock_shared(%s, %s::int)"
 #: A process running the ledger now: a session holding the run lock (:data:`_RUN_LOCK`, named
 #: by its ``application_name``: ``bulk-mms pid N``; in this database: the server lists every
 #: database's locks, and each numbers its ledgers from 1), or the owner of a claim that has
-#: not run out (:data:`_RUNS_OUT`: a run's heartbeat renews its claims until it ends; a run
-#: of an older bulk-mms takes no run lock).
+#: not run out (:data:`_RUNS_OUT`: a run's heartbeat renews its claims until it ends, and it
+#: gives them back as it ends, :data:`_RELEASE`; a run of an older bulk-mms takes no run
+#: lock, and one killed gives nothing back: its claims run out by their lease).
 _LIVE_RUN: Final = f"""
     (SELECT coalesce(nullif(a.application_name, ''), 'database session ' || l.pid)
      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
@@ -240,6 +242,16 @@ _HEADER: Final = (
 )
 _HEARTBEAT: Final = """
     UPDATE bulk_mms_claims SET heartbeat = now(), expires = now() + make_interval(secs => %s)
+    WHERE ledger = %s AND owner = %s
+"""
+#: Give back an owner's claims (:meth:`PostgresCoordinator.release`): each runs out at once
+#: (``-infinity``, its expiry and its heartbeat alike, so a taker judging by either, an older
+#: bulk-mms's included, takes it now) and is no longer the owner's (a renewal of the owner's
+#: still under way when it ends takes nothing back). The row stays, with its fence token: the
+#: next claim of the group, whoever makes it, is a takeover under the next token (a row
+#: deleted would give it token 1 again, which an old fence could match).
+_RELEASE: Final = """
+    UPDATE bulk_mms_claims SET owner = '', heartbeat = '-infinity', expires = '-infinity'
     WHERE ledger = %s AND owner = %s
 """
 _GROUP_EVENTS: Final = (
@@ -504,7 +516,9 @@ class PostgresStore(GroupCommitted[_Item]):
     async def live_run(self, lease_s: float) -> str | None:
         """The process running this ledger now (``bulk-mms pid N``, or a claim's owner:
         ``host:pid:tag``), or None: a run is live from the opening of its store (its run lock,
-        :data:`_RUN_LOCK`) to its closing, and until the lease of its last claim runs out.
+        :data:`_RUN_LOCK`) to its closing, and while it holds a claim: a run that ends gives
+        its claims back (:meth:`PostgresCoordinator.release`); one killed holds them until
+        their lease runs out.
 
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
@@ -722,6 +736,8 @@ class PostgresCoordinator:
         #: Until when each claim surely holds, on :func:`~bulk_mms.clock.since_boot` (a lease
         #: runs on the server's real time, a suspend included; see :meth:`held_for`).
         self._until: dict[str, float] = {}
+        #: Whether it ever asked for a claim (one that failed may still have landed).
+        self._asked = False
 
     async def claim(self, group: str) -> bool:
         async def claim(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
@@ -735,6 +751,7 @@ class PostgresCoordinator:
             return await cur.fetchone()
 
         asked = since_boot()
+        self._asked = True
         row = await self._link.run(claim, "cannot claim")
         if row is None:
             self._tokens.pop(group, None)
@@ -762,6 +779,42 @@ class PostgresCoordinator:
         for group, held in self._until.items():
             if held > answered:  # it held until the renewal was done: renewed
                 self._until[group] = until
+
+    async def release(self) -> None:
+        """Give back every claim this process holds (:data:`_RELEASE`), each group's whatever
+        its state, so the others (and ``track --follow``, :meth:`PostgresStore.live_run`) need
+        not wait out its lease. Called once the run has ended: no request of this process is
+        in flight or leaves after it, no renewal follows, and its events were made durable
+        (or failed to be).
+
+        That gives back the groups this run left in doubt too, and that is safe: a claim
+        guards who *decides* about a group, not what is decided. Whoever takes a group, now
+        or once a lease ran out (a killed run's), decides by the group's events as the ledger
+        has them then (:meth:`Sharing.take <bulk_mms.sharing.Sharing.take>`), and a group
+        whose write-ahead ``attempt`` is on record with no outcome after it is in doubt
+        there: held and settled by the API's records, which say "never accepted" only once
+        they are complete (``records_lag_s`` after its last try could have ended, by the
+        attempt's own times, not by any claim's), so it is never sent again blindly. Every
+        request of this process was preceded by its attempt, made durable under the claim's
+        fence before the request left; an attempt still unwritten can no longer be
+        (:data:`_RELEASE` takes the owner off the claim, and a takeover grows its token), so
+        its request never leaves. A group given back is therefore in no other state than the
+        one a takeover after the lease would find it in, only sooner.
+
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time);
+                the claims then run out by their lease.
+        """
+        if not self._asked:
+            return  # nothing claimed: no round trip (the database may be why the run ended)
+
+        async def release(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(_RELEASE, (self._ledger, self.owner))
+
+        self._tokens.clear()
+        self._until.clear()
+        await self._link.run(release, "cannot give claims back")
+        self._asked = False
 
     def account_budget(
         self,

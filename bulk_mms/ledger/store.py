@@ -123,9 +123,10 @@ class LedgerStore(Protocol):
 
     async def live_run(self, lease_s: float) -> str | None:
         """Who runs this ledger now, or None when no run is live: a file's run holds its
-        lock (its PID); a database's holds a claim whose lease has not run out (its owner;
-        a claim that records no expiry runs out ``lease_s`` after its last renewal, as a
-        taker judges it). What ``track --follow`` waits on.
+        lock (its PID); a database's has the ledger open (its session's run lock), or holds
+        a claim whose lease has not run out (its owner; a run gives its claims back as it
+        ends, a killed one's run out; a claim that records no expiry runs out ``lease_s``
+        after its last renewal, as a taker judges it). What ``track --follow`` waits on.
 
         Raises:
             LedgerError: the store failed (LedgerUnavailable: lost, or no answer in time).
