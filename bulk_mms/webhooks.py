@@ -192,7 +192,10 @@ class WebhookReceiver:
         policy: Mapping[str, Action] = DEFAULT_POLICY,
         opt_out_words: frozenset[str] = OPT_OUT_WORDS,
         opt_in_words: frozenset[str] = OPT_IN_WORDS,
+        stop: asyncio.Event | None = None,
     ) -> None:
+        #: Set when the receiver is stopping: events still looked for again are given up.
+        self.stop = stop
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
         #: The keywords that opt out and opt back in (the settings', Telnyx's by default).
@@ -573,14 +576,15 @@ class WebhookReceiver:
         reread: Callable[[], Sequence[RecipientStatus]] | None = None,
         done: Iterable[str] = (),
     ) -> None:
-        """Look for reports' recipients again for a while as the ledger grows; then give up.
+        """Look for reports' recipients again for a while as the ledger grows; then give up
+        (at once when the receiver stops: its last look, then the rest are unmatched).
         ``reread``: the event's reports read again as the ledger stands (its group's own
         message, once the group's ``sent`` line lands, reports members under ``cc`` too,
         which were not read before); those matched already (``done``) are not again."""
         deadline = self.clock.monotonic() + self.late_window_s
         matched_before = set(done)
-        while unknown and self.clock.monotonic() < deadline:
-            await self.clock.sleep(LATE_POLL_S)
+        while unknown and self.clock.monotonic() < deadline and not self._stopping():
+            await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
             try:
                 self.ready()
                 if reread is not None:
@@ -608,6 +612,9 @@ class WebhookReceiver:
             recipients=len(unknown),
             unmatched=self.unmatched,
         )
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     async def settle(self) -> None:
         """Wait until every event still being looked for is matched or counted unmatched."""
@@ -753,6 +760,7 @@ async def serve_webhooks(
         policy=policy,
         opt_out_words=opt_out_words,
         opt_in_words=opt_in_words,
+        stop=stop,
     )
     runner = web.AppRunner(
         receiver.app(), access_log=None, handle_signals=False, logger=server_log()
