@@ -108,6 +108,7 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         ("recipients sent", f"{r.sent:,}"),
         ("recipients delivered", f"{delivered:,}"),
         ("recipients failed for good", f"{r.failed:,}"),
+        ("recipients who did not get it", f"{len(s.undelivered):,}"),
         ("recipients in doubt", f"{r.in_doubt:,}"),
         ("cost", ", ".join(f"{v:.4f} {k}" for k, v in sorted(s.cost.items())) or "none"),
     ]
@@ -159,6 +160,19 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
                     ", ".join(sorted(s.error_actions.get(code, ()))),
                 )
                 for code, n in s.error_codes.most_common()
+            ],
+        ),
+        "<p>Carriers' codes, in the delivery reports of those who did not get it:</p>",
+        _table(
+            ("what happened", "recipients", "code", "bulk-mms does"),
+            [
+                (
+                    error_words(code),
+                    f"{n:,}",
+                    _code(code),
+                    ", ".join(sorted(s.delivery_actions.get(code, ()))),
+                )
+                for code, n in s.delivery_codes.most_common()
             ],
         ),
         "<h2>Rejected rows</h2>",

@@ -28,7 +28,7 @@ import msgspec
 
 from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, is_ledger, safe_cell, write_csv
-from bulk_mms.delivery import FINAL, UNCONFIRMED
+from bulk_mms.delivery import FINAL, NOT_RECEIVED, UNCONFIRMED
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import (
     STATES,
@@ -56,6 +56,7 @@ from bulk_mms.ledger.fold import (
     SHARE_PLACES,
     Miss,
     Missed,
+    action_of,
 )
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, fingerprint
@@ -122,6 +123,12 @@ class LedgerSummary(msgspec.Struct):
     #: of miss (:class:`~bulk_mms.ledger.fold.Missed`): groups failed for good, and
     #: delivery_failed / sending_failed / expired. In ledger order.
     undelivered: list[tuple[str, Missed]] = msgspec.field(default_factory=list)
+    #: Of :attr:`undelivered`, those a delivery report failed, by the code it carried
+    #: (carriers' codes arrive there, never in the send's answer), and what the error policy
+    #: did about each code (:func:`~bulk_mms.ledger.fold.action_of`), for the codes it had an
+    #: action for.
+    delivery_codes: Counter[str] = msgspec.field(default_factory=Counter)
+    delivery_actions: dict[str, set[str]] = msgspec.field(default_factory=dict)
     #: The ledger header's phone column (the failed-recipients file uses the same name).
     phone_column: str = "phone"
     fingerprint: str | None = None
@@ -262,6 +269,7 @@ class LedgerSummary(msgspec.Struct):
             "wait_seconds_p95": percentile(waits, 0.95),
             "wait_seconds_max": waits[-1] if waits else None,
             "error_codes": dict(self.error_codes.most_common()),
+            "delivery_error_codes": dict(self.delivery_codes.most_common()),
             "rejected_rows_by_reason": dict(self.rejected_reasons.most_common()),
             "first_event": self.first_time,
             "last_event": self.last_time,
@@ -295,8 +303,27 @@ def summarize(location: Location) -> LedgerSummary:
     s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
+    s.delivery_codes, s.delivery_actions = _delivery_codes(view, s.undelivered)
     s.waiting = waiting(view)
     return s
+
+
+def _delivery_codes(
+    view: LedgerView, undelivered: list[tuple[str, Missed]]
+) -> tuple[Counter[str], dict[str, set[str]]]:
+    """The codes the latest delivery reports of the ``undelivered`` carried, each recipient
+    once, and what the error policy did about each (:attr:`LedgerSummary.delivery_codes`)."""
+    codes: Counter[str] = Counter()
+    actions: dict[str, set[str]] = {}
+    known = view.known
+    for phone, _ in undelivered:
+        k = known.get(phone)
+        if k is None or not k.code or k.status not in NOT_RECEIVED:
+            continue  # its group failed at the send, or its report named no code
+        codes[k.code] += 1
+        if (action := action_of(k.action, k.code)) is not None:
+            actions.setdefault(k.code, set()).add(str(action))
+    return codes, actions
 
 
 #: The reason the report gives rows rejected that no ``rejected`` line records yet.
@@ -482,6 +509,12 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         lines.extend(
             f"  {count(n, 'group'):>12}  {error_words(code)}"
             for code, n in s.error_codes.most_common()
+        )
+    if s.delivery_codes:
+        lines.append("carriers' codes in the delivery reports of those who did not get it")
+        lines.extend(
+            f"  {count(n, 'recipient'):>12}  {error_words(code)}"
+            for code, n in s.delivery_codes.most_common()
         )
     if s.rows.rejected:
         lines.append("rejected rows, by reason")

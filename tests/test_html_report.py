@@ -12,6 +12,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
+from bulk_mms.codes import MEANINGS
 from bulk_mms.config import folders
 from bulk_mms.errors import ApiError, Rejected
 from bulk_mms.html_report import (
@@ -23,8 +24,9 @@ from bulk_mms.html_report import (
     render,
 )
 from bulk_mms.ledger import Failed, open_store, read_events
+from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import RecipientCounts
-from bulk_mms.models import Group, SendReceipt
+from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
 from bulk_mms.report import LedgerSummary, Waiting, summarize
 from bulk_mms.runner import run_job
@@ -183,3 +185,42 @@ def test_a_long_campaigns_waits_and_429s_are_drawn_a_point_a_bar() -> None:
     assert len(xs) == MAX_BINS
     assert max(ys) == 900.0
     assert ys.count(900.0) == 1
+
+
+async def test_the_page_names_the_carriers_codes_of_those_who_did_not_get_it(
+    jobs: JobFactory,
+) -> None:
+    """Carrier codes arrive in delivery reports, not in answers to the send: the page counts
+    the recipients who did not get the message (as the text report's "did not get" does) and
+    lists each code their delivery reports carried, with its meaning and what bulk-mms does;
+    the JSON keeps them as ``delivery_error_codes``."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 2")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    store = open_store(job.ledger, "append")
+    reports = [
+        ("delivery_failed", "40001"),
+        ("delivery_failed", "40001"),
+        ("sending_failed", "40014"),
+    ]
+    members = [(g.id, p) for g in client.calls for p in g.to]
+    for (gid, phone), (status, code) in zip(members, reports, strict=False):
+        err = ApiError(code, MEANINGS[code], "")
+        report = RecipientStatus(phone, status, errors=(err,))
+        store.append_now(status_event(gid, report, source="track", time=""))
+    gid, phone = members[-1]
+    store.append_now(
+        status_event(gid, RecipientStatus(phone, "delivered"), source="track", time="")
+    )
+    store.close_sync()
+    s = summarize(job.ledger)
+    assert s.as_dict()["delivery_error_codes"] == {"40001": 2, "40014": 1}
+    page = render(s, Timeline(), "ledger")
+    assert "<div><b>3</b><span>recipients who did not get it</span></div>" in page
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert f"<td>{html.escape(error_words('40001'))}</td><td>2</td><td>40001</td><td></td>" in rows
+    assert (
+        f"<td>{html.escape(error_words('40014'))}</td><td>1</td><td>40014</td><td>retry</td>"
+        in rows
+    )
