@@ -16,7 +16,7 @@ import datetime as dt
 import html
 import io
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,31 +150,9 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
             ],
         ),
         "<h2>Errors</h2>",
-        _table(
-            ("what happened", "groups whose tries ended on it", "code", "bulk-mms does"),
-            [
-                (
-                    error_words(code),
-                    f"{n:,}",
-                    _code(code),
-                    ", ".join(sorted(s.error_actions.get(code, ()))),
-                )
-                for code, n in s.error_codes.most_common()
-            ],
-        ),
+        _codes_table("groups whose tries ended on it", s.error_codes, s.error_actions),
         "<p>Carriers' codes, in the delivery reports of those who did not get it:</p>",
-        _table(
-            ("what happened", "recipients", "code", "bulk-mms does"),
-            [
-                (
-                    error_words(code),
-                    f"{n:,}",
-                    _code(code),
-                    ", ".join(sorted(s.delivery_actions.get(code, ()))),
-                )
-                for code, n in s.delivery_codes.most_common()
-            ],
-        ),
+        _codes_table("recipients", s.delivery_codes, s.delivery_actions),
         "<h2>Rejected rows</h2>",
         _table(("reason", "rows"), [(k, f"{n:,}") for k, n in s.rejected_reasons.most_common()]),
         f"<p class=meta>Left out on purpose, not losses: "
@@ -321,6 +299,17 @@ def _figure(fig: Figure | None, name: str, caption: str) -> str:
     if fig is None:
         return f"<p class=empty>nothing to draw yet ({_e(caption)})</p>"
     return f"<figure id={name}>{_svg(fig)}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _codes_table(counted: str, codes: Counter[str], actions: Mapping[str, set[str]]) -> str:
+    """Error codes, most frequent first: each in words, how many it ``counted``, the code and
+    what the error policy did about it."""
+    head = ("what happened", counted, "code", "bulk-mms does")
+    rows: list[tuple[str, ...]] = [
+        (error_words(code), f"{n:,}", _code(code), ", ".join(sorted(actions.get(code, ()))))
+        for code, n in codes.most_common()
+    ]
+    return _table(head, rows)
 
 
 def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
