@@ -23,7 +23,6 @@ from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import SystemClock, utc
-from bulk_mms.codes import Action
 from bulk_mms.config import (
     API_KEY_ENV,
     JobConfig,
@@ -541,7 +540,7 @@ async def _endpoint(
         )
         yield url
         if webhooks_into is not None and fake.accepted:
-            await _sandbox_webhooks(fake, webhooks_into, settings.error_policy)
+            await _sandbox_webhooks(fake, webhooks_into, settings)
 
 
 #: ``run --sandbox`` with this set: the sandbox's carrier reports by signed webhook too.
@@ -550,14 +549,12 @@ SANDBOX_WEBHOOKS_ENV = "BULK_MMS_SANDBOX_WEBHOOKS"
 SANDBOX_WEBHOOKS_S = 6.0
 
 
-async def _sandbox_webhooks(
-    fake: FakeTelnyx, where: Location, policy: Mapping[str, Action]
-) -> None:
+async def _sandbox_webhooks(fake: FakeTelnyx, where: Location, settings: Settings) -> None:
     """The sandbox's carrier reports each recipient's fate (``message.sent``, then
     ``message.finalized``) by signed webhook to a receiver started on this machine for the
     run's ledger: the path a real campaign's webhooks take, end to end (``make demo``).
-    The receiver reads delivery reports by ``policy`` (the settings' ``[errors]``), as the
-    run did. Without the ``webhooks`` extra (cryptography), it is skipped."""
+    The receiver reads delivery reports by the run's ``settings``, as the run did. Without
+    the ``webhooks`` extra (cryptography), it is skipped."""
     logger = structlog.get_logger(__name__)
     try:
         with needs("webhooks", "the sandbox's webhooks"):
@@ -580,7 +577,7 @@ async def _sandbox_webhooks(
 
     serving = asyncio.create_task(
         serve_webhooks(
-            where, "127.0.0.1", 0, signer.public_key(), done, started=started, policy=policy
+            where, "127.0.0.1", 0, signer.public_key(), done, started=started, settings=settings
         )
     )
     try:
@@ -630,9 +627,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 key,
                 stop,
                 suppressed=suppression_for(settings.suppression_file, ledger),
-                policy=settings.error_policy,
-                opt_out_words=settings.opt_out_words,
-                opt_in_words=settings.opt_in_words,
+                settings=settings,
             )
 
     asyncio.run(serve())

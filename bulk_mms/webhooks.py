@@ -15,7 +15,10 @@ app from the same account. Each matched recipient
 whose report is news (:meth:`LedgerView.apply_status`: a status that supersedes, or a final
 cost) gets a durable ``status`` event before the 200 goes back, which takes milliseconds (group
 commit). ``message.finalized`` carries the recipient's final cost, which is recorded with it;
-the other events' costs are estimates and are not. Repeats (the same event id) and stale
+the other events' costs are estimates and are not. A report is read by the settings' error
+table as a run's and ``track``'s are (:func:`~bulk_mms.policy.delivery_action`): a member its
+blocked sender or a carrier's cap failed gets a ``moved`` event too, so a rerun sends it again.
+Repeats (the same event id) and stale
 reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded; a
 repeat that comes while the first delivery is still writing waits for its outcome.
 
@@ -63,13 +66,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.client import address, parse_statuses
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
-from bulk_mms.codes import DEFAULT_POLICY, OPT_IN_WORDS, OPT_OUT_WORDS, Action, keyword
+from bulk_mms.codes import keyword
+from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_time, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import opted_out_in, report_action
+from bulk_mms.policy import delivery_action, opted_out_in, report_action
 from bulk_mms.suppression import (
     Suppressed,
     added_by_stop,
@@ -189,21 +193,17 @@ class WebhookReceiver:
         clock: Clock | None = None,
         suppressed: Suppressed | None = None,
         reopen: Callable[[], LedgerStore] | None = None,
-        policy: Mapping[str, Action] = DEFAULT_POLICY,
-        opt_out_words: frozenset[str] = OPT_OUT_WORDS,
-        opt_in_words: frozenset[str] = OPT_IN_WORDS,
+        settings: Settings | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         #: Set when the receiver is stopping: events still looked for again are given up.
         self.stop = stop
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
-        #: The keywords that opt out and opt back in (the settings', Telnyx's by default).
-        self.opt_out_words = opt_out_words
-        self.opt_in_words = opt_in_words
-        #: The settings' error table (``[errors]``), as runs and ``track`` read delivery
-        #: reports by it: which codes say a member opted out.
-        self.policy = policy
+        #: The account's settings, as runs and ``track`` read delivery reports by them: the
+        #: error table (``[errors]``: which codes say a member opted out, which send a member
+        #: again), the carriers' reset, and the keywords that opt out and back in.
+        self.settings = settings or Settings()
         #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
         #: request that writes works on a fresh one (None: it stays failed, every write a 503).
         self.reopen = reopen
@@ -366,7 +366,8 @@ class WebhookReceiver:
         redelivers an event up to three times; a STOP redelivered after a START must not undo
         it). One that fails to be taken in (the list cannot be written) is not recorded, so
         its redelivery is taken. (suppressed, lifted)."""
-        phone = self._keyword_from(payload, self.opt_out_words | self.opt_in_words)
+        words = self.settings.opt_out_words | self.settings.opt_in_words
+        phone = self._keyword_from(payload, words)
         if phone is None or self.suppressed is None:
             return False, False
         with self.suppressed.held():
@@ -382,7 +383,7 @@ class WebhookReceiver:
         suppression list, so no later job texts them, with when it was texted (``texted``,
         if known) in its reason; a sender listed already gets that time recorded instead
         (:meth:`Suppressed.record_keyword`). True when it was added."""
-        phone = self._keyword_from(payload, self.opt_out_words)
+        phone = self._keyword_from(payload, self.settings.opt_out_words)
         if phone is None or self.suppressed is None:
             return False
         reason = STOP_REASON if texted is None else texted_at(STOP_REASON, texted)
@@ -401,7 +402,7 @@ class WebhookReceiver:
         suppressed, and the redelivered START lifts it). The request is verified before this
         runs (signed by Telnyx), so nobody can lift a block by posting. True when it was
         lifted."""
-        phone = self._keyword_from(payload, self.opt_in_words)
+        phone = self._keyword_from(payload, self.settings.opt_in_words)
         if phone is None or self.suppressed is None:
             return False
         if texted is not None:
@@ -500,7 +501,7 @@ class WebhookReceiver:
         if self.suppressed is None:
             return
         for _, st in matched:
-            if (code := opted_out_in(st, self.policy)) is not None:
+            if (code := opted_out_in(st, self.settings.error_policy)) is not None:
                 await suppress_opted_out(self.suppressed, (st.phone,), code, source="webhook")
 
     def ready(self) -> None:
@@ -548,20 +549,26 @@ class WebhookReceiver:
                 at=occurred_at or st.at,
                 cost=st.cost,
             )
-            action = report_action(report, self.policy)
+            action = report_action(report, self.settings.error_policy)
             # a cost only finalized's
             if view.apply_status(report, gid, finalized=True, action=action):
+                now = self.clock.wall()
                 await store.append(
                     status_event(
                         gid,
                         report,
                         source="webhook",
                         webhook_id=event_id,
-                        time=iso(self.clock.wall()),
+                        time=iso(now),
                         action=action,
                     )
                 )
                 n += 1
+                if rec is not None:  # a member its sender's block or a carrier's cap failed
+                    _, moved = delivery_action(rec, report, self.settings, now, view.moves)
+                    if moved is not None:  # goes again on a rerun, as track would send it
+                        await store.append(moved)
+                        view.apply(moved)
         self.recorded += n
         return n
 
@@ -730,13 +737,10 @@ async def serve_webhooks(
     *,
     started: Callable[[str], None] | None = None,
     suppressed: Suppressed | None = None,
-    policy: Mapping[str, Action] = DEFAULT_POLICY,
-    opt_out_words: frozenset[str] = OPT_OUT_WORDS,
-    opt_in_words: frozenset[str] = OPT_IN_WORDS,
+    settings: Settings | None = None,
 ) -> WebhookReceiver:
     """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
-    ``policy``, ``opt_out_words``, ``opt_in_words``: the settings' error table and keywords
-    (:attr:`WebhookReceiver.policy`, :attr:`WebhookReceiver.opt_out_words`).
+    ``settings``: the account's (:attr:`WebhookReceiver.settings`).
 
     Raises:
         LedgerError: the ledger is missing, empty or cannot be written.
@@ -757,9 +761,7 @@ async def serve_webhooks(
         clock=clock,
         suppressed=suppressed,
         reopen=lambda: open_store(location, "append"),
-        policy=policy,
-        opt_out_words=opt_out_words,
-        opt_in_words=opt_in_words,
+        settings=settings,
         stop=stop,
     )
     runner = web.AppRunner(

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bulk_mms import runner as runner_module
 from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.config import Settings
 from bulk_mms.errors import ApiError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
@@ -140,10 +141,10 @@ async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
     (g,) = client.calls
     listed = Suppressed(default_list())
     store = open_store(job.ledger, "append")
-    policy = load_policy({"40008": "suppress"})
+    settings = Settings(error_policy=load_policy({"40008": "suppress"}))
     key = load_public_key(PUBLIC_B64)
     receiver = WebhookReceiver(
-        LedgerView(), store, key, clock=FakeClock(), suppressed=listed, policy=policy
+        LedgerView(), store, key, clock=FakeClock(), suppressed=listed, settings=settings
     )
     receiver.refresh()
     sender = {"phone_number": g.message.from_}

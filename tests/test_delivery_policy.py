@@ -7,13 +7,14 @@ import time
 from decimal import Decimal
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from msgspec.structs import replace
 
 from bulk_mms import runner as runner_module
 from bulk_mms.codes import Action
 from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
-from bulk_mms.ledger import LedgerView, Moved, load
+from bulk_mms.ledger import LedgerView, Moved, load, open_store
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.policy import MAX_RESENDS, delivery_action
@@ -21,7 +22,9 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
+from bulk_mms.webhooks import WebhookReceiver, load_public_key
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+from tests.test_webhooks import PUBLIC_B64, own_event, post_signed
 
 BLOCKED, HEALTHY = "+18445550001", "+18445550002"
 
@@ -156,6 +159,34 @@ async def test_track_moves_what_a_blocked_sender_failed_for_the_next_run(
         for p in first.to
     )  # fmt: skip
     await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    await run_job(job, FAST, client, clock=FakeClock())
+    resent = client.calls[1:]
+    assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
+
+
+async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
+    jobs: JobFactory,
+) -> None:
+    """A 40003 that arrives by webhook (no track, no run polling) moves that member as
+    `track` would: the next run sends it from the other sender, and nobody else."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(
+        LedgerView(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
+    )
+    receiver.refresh()
+    failed = own_event(
+        "message.finalized", first.to[1], "own-1", "delivery_failed", BLOCKED, code="40003"
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, failed))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await store.close()
     await run_job(job, FAST, client, clock=FakeClock())
     resent = client.calls[1:]
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]

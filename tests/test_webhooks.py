@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 from bulk_mms.cli import main
 from bulk_mms.clock import iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
+from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
@@ -330,8 +331,8 @@ def test_cli_takes_the_settings_suppression_list(
 
     async def serve(*args: Any, suppressed: Suppressed, **kwargs: Any) -> None:
         given["list"] = suppressed.path
-        given["policy"] = kwargs["policy"]
-        given["words"] = kwargs["opt_out_words"]
+        given["policy"] = kwargs["settings"].error_policy
+        given["words"] = kwargs["settings"].opt_out_words
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
     monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
@@ -860,8 +861,9 @@ async def test_a_profiles_own_keywords_opt_out_and_back_in(
     receiver, _, _ = await receiver_for(
         jobs,
         suppressed=listed,
-        opt_out_words=OPT_OUT_WORDS | {"ARRET"},
-        opt_in_words=OPT_IN_WORDS | {"ALTA"},
+        settings=Settings(
+            opt_out_words=OPT_OUT_WORDS | {"ARRET"}, opt_in_words=OPT_IN_WORDS | {"ALTA"}
+        ),
     )
     async with TestClient(TestServer(receiver.app())) as http:
         texts = [
