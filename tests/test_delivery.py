@@ -10,7 +10,7 @@ import orjson
 
 from bulk_mms.client import parse_statuses
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, UNCONFIRMED, Known, supersedes
-from bulk_mms.ledger import LedgerView, load
+from bulk_mms.ledger import LedgerView, checkpoint, load
 from bulk_mms.models import Money, RecipientStatus
 from bulk_mms.report import format_text, summarize
 from bulk_mms.testing import ledger_events
@@ -144,8 +144,8 @@ async def test_final_costs_survive_replay_and_checkpoint(jobs: JobFactory) -> No
     view = load(path)
     assert len(view.final_cost) == 4
     assert set(view.final_cost.values()) == {Money(Decimal("0.0060"), USD)}
-    saved = orjson.loads(orjson.dumps(view.to_state()))  # as a checkpoint file holds it
-    assert LedgerView.from_state(saved) == view
+    saved = orjson.loads(orjson.dumps(checkpoint.to_state(view)))  # as a checkpoint file holds it
+    assert checkpoint.from_state(saved) == view
 
 
 def test_a_late_final_cost_is_news_once_and_a_stale_one_changes_nothing() -> None:

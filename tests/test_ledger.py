@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.ledger import checkpoint, jsonl, load, open_store, to_json
 from bulk_mms.ledger import events as ev
-from bulk_mms.ledger import jsonl, load, open_store, to_json
 from bulk_mms.ledger.commit import GroupCommit
 from bulk_mms.ledger.events import decode, encode
 from bulk_mms.ledger.fold import LedgerView
@@ -479,7 +479,7 @@ def test_a_line_recorded_suppressed_by_every_run_is_counted_once() -> None:
         view.apply(ev.Rejected(line, "+12125550103", reason, "t"))
     view.apply(ev.Rejected(9, "x", "phone number contains letters", "t"))
     assert view.rejected == {"suppressed": 2, "phone number contains letters": 1}
-    saved = LedgerView.from_state(orjson.loads(orjson.dumps(view.to_state())))
+    saved = checkpoint.from_state(orjson.loads(orjson.dumps(checkpoint.to_state(view))))
     saved.apply(ev.Rejected(7, "+12125550103", reason, "t"))
     assert saved.rejected == view.rejected
 

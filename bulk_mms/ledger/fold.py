@@ -24,8 +24,7 @@ import enum
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from itertools import chain, islice
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 import msgspec.structs
@@ -39,7 +38,6 @@ from bulk_mms.models import (
     Money,
     RecipientStatus,
     Rejection,
-    parse_money,
     reason_kind,
     row_kind,
 )
@@ -98,6 +96,27 @@ class Missed(NamedTuple):
 
     why: str
     kind: Miss
+
+
+class _Bare(dict[str, Known]):
+    """Status → the :class:`Known` that says only it."""
+
+    def __missing__(self, status: str) -> Known:
+        return Known(status)  # not kept: a server's statuses do not grow it
+
+
+#: The :class:`Known` of each status that says nothing more (a sent group's recipients before
+#: any report): one for every recipient in a status of the API's, not one each.
+BARE: Final = _Bare((status, Known(status)) for status in STATUSES)
+
+
+class KnownColumns(Protocol):
+    """Latest statuses kept out of :attr:`LedgerView.known` until asked for (a checkpoint's:
+    :mod:`~bulk_mms.ledger.checkpoint`)."""
+
+    def select(self, only: frozenset[str] | None = None) -> dict[str, Known]:
+        """The latest status of every number (``only``: of those in one of these statuses)."""
+        ...
 
 
 class GroupRecord(msgspec.Struct):
@@ -242,7 +261,7 @@ class LedgerView(msgspec.Struct, eq=False):
     suppressed_lines: set[int] = msgspec.field(default_factory=set)
     #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
     _known: dict[str, Known] | None = msgspec.field(default_factory=dict)
-    _known_columns: _SavedKnown | None = None
+    _known_columns: KnownColumns | None = None
     #: Recipients of sent groups by their latest status, kept as statuses change.
     _delivery: Counter[str] = msgspec.field(default_factory=Counter)
     #: Group message ids and recipients' own ids → group id.
@@ -408,10 +427,8 @@ class LedgerView(msgspec.Struct, eq=False):
         if isinstance(ev, events.Sent):
             self._sent(rec, ev, at)
         elif isinstance(ev, events.InDoubt):
-            rec.outcome, rec.doubt_recorded = IN_DOUBT, True
-            rec.doubt_at = at or rec.doubt_at
-            rec.why = RECORDED_DOUBT
-            rec.miss = None
+            rec.outcome, rec.why, rec.miss = IN_DOUBT, RECORDED_DOUBT, None
+            rec.doubt_recorded, rec.doubt_at = True, at or rec.doubt_at
         elif ev.code == NOT_ACCEPTED:  # the API's records show it never took the group
             rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
             rec.why, rec.miss = f"failed: {ev.code} {ev.title}".strip(), None
@@ -452,9 +469,9 @@ class LedgerView(msgspec.Struct, eq=False):
                 # said (counted with that group, its cost that send's) is not this one's
                 delivery[old.status] -= 1
                 self.final_cost.pop(phone, None)
-                known[phone] = _BARE.get(status) or Known(status)
-            elif supersedes(status, None, old):
-                known[phone] = _BARE.get(status) or Known(status)
+                old = None
+            if supersedes(status, None, old):
+                known[phone] = BARE[status]
             delivery[known[phone].status] += 1
 
     def _sent_again(self, rec: GroupRecord) -> set[str]:
@@ -545,105 +562,6 @@ class LedgerView(msgspec.Struct, eq=False):
         if self._run_first is not None and self._run_last is not None:
             self.sending_seconds += max(0.0, self._run_last - self._run_first)
         self._run_first = self._run_last = None
-
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything the fold holds, as plain JSON values, mid-stream (a run not yet closed):
-        :meth:`from_state` of it, then the events that follow, equals a full replay. Groups and
-        statuses are kept in columns: a million recipients load in one orjson pass, and the
-        statuses name no number (they go with the groups' members, in order)."""
-        recs = list(self.groups.values())
-        return {
-            "statuses": self.statuses,
-            "header": events.to_json(self.header) if self.header is not None else None,
-            "planned": events.to_json(self.planned) if self.planned is not None else None,
-            "counts": [self.runs, self.attempts, self.rate_limited, self.sent_events],
-            "times": [
-                self.first_time,
-                self.last_time,
-                self.sending_seconds,
-                self._run_first,
-                self._run_last,
-            ],
-            "groups": {name: [_cell(getattr(r, name)) for r in recs] for name in _GROUP_FIELDS},
-            "open": sorted(self._open),
-            "rejected": [dict(self.rejected), self.rejected_through, sorted(self.suppressed_lines)],
-            "known": _SavedKnown.state(self.known, recs),
-            "by_message_id": self._message_ids_state(recs),
-            "webhook_ids": sorted(self.webhook_ids),
-            "final_cost": {p: [str(c.amount), c.currency] for p, c in self.final_cost.items()},
-            "delivery": dict(self._delivery),
-            "waits": self.waits,
-            "error_codes": dict(self.error_codes),
-            "error_actions": {code: sorted(a) for code, a in self.error_actions.items()},
-            "retired": sorted(self.retired),
-        }
-
-    def _message_ids_state(self, recs: list[GroupRecord]) -> list[Any]:
-        """:attr:`by_message_id` as a checkpoint keeps it: what the groups' own message ids
-        do not say (:func:`_own_ids`), and the ids they name that it does not hold."""
-        own = _own_ids(recs)
-        by = self.by_message_id
-        return [
-            {mid: gid for mid, gid in by.items() if own.get(mid) != gid},
-            [mid for mid in own if mid not in by],
-        ]
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any]) -> LedgerView:
-        """The view :meth:`to_state` saved.
-
-        Raises:
-            ValueError, KeyError, TypeError: it is not one (the caller replays instead).
-        """
-        view = cls(statuses=bool(d["statuses"]))
-        if d["header"] is not None:
-            header = events.decode(d["header"])
-            if not isinstance(header, events.Header):
-                raise ValueError("not a header")
-            view.header = header
-        if d["planned"] is not None:
-            planned = events.decode(d["planned"])
-            if not isinstance(planned, events.Planned):
-                raise ValueError("not a planned event")
-            view.planned = planned
-        view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
-        (view.first_time, view.last_time, view.sending_seconds,
-         view._run_first, view._run_last) = d["times"]  # fmt: skip
-        columns = d["groups"]
-        groups = view.groups
-        # each price read as a replay reads a sent line's cost, once: a campaign pays a few;
-        # each state, sender and why kept once, as a replay's constants are
-        prices: dict[tuple[str, str], Money | None] = {}
-        words: dict[str, str] = {}
-        for values in zip(*(columns[name] for name in _GROUP_FIELDS), strict=True):
-            rec = _record(values, prices, words)
-            groups[rec.id] = rec
-        view._open = set(d["open"])
-        reasons, view.rejected_through, lines = d["rejected"]
-        view.rejected, view.suppressed_lines = (
-            Counter({str(k): int(n) for k, n in reasons.items()}),
-            {int(n) for n in lines},
-        )
-        view._known, view._known_columns = None, _SavedKnown.load(d["known"], groups)
-        view.by_message_id = _own_ids(groups.values())
-        named, unnamed = d["by_message_id"]
-        view.by_message_id.update((str(m), str(g)) for m, g in named.items())
-        for mid in unnamed:
-            del view.by_message_id[mid]
-        view.webhook_ids = set(d["webhook_ids"])
-        for phone, (amount, currency) in d["final_cost"].items():
-            if (money := parse_money({"amount": amount, "currency": currency})) is None:
-                raise ValueError(f"a final cost is not an amount: {amount!r:.60}")
-            view.final_cost[phone] = money
-        view._delivery = Counter(d["delivery"])
-        view.waits = [float(w) for w in d["waits"]]
-        view.error_codes = Counter(d["error_codes"])
-        view.error_actions = {str(code): set(a) for code, a in d["error_actions"].items()}
-        view.retired = set(d["retired"])
-        view._any_moved = any(rec.moved for rec in groups.values())
-        return view
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -815,154 +733,6 @@ class LedgerView(msgspec.Struct, eq=False):
                 share = (rec.cost.amount * left / len(rec.to)).quantize(SHARE_PLACES)
                 add(rec.cost, Decimal(0), share)
         return parts
-
-
-#: The :class:`Known` of each status of the API that says nothing more (a sent group's
-#: recipients before any report): one for every recipient in it, not one each.
-_BARE: Final = {status: Known(status) for status in STATUSES}
-#: A :class:`Known`'s fields after its status, as a checkpoint keeps them.
-_KNOWN_EXTRA: Final = ("at", "message_id", "code", "action")
-_NOTHING_MORE: Final = (None,) * len(_KNOWN_EXTRA)
-
-
-class _SavedKnown(NamedTuple):
-    """:attr:`LedgerView.known` as a checkpoint saves it, until it is asked for: the statuses
-    go with the groups' members in order (``phones``: the same strings as the groups', so a
-    number is kept once), then the numbers known that are no group's member.
-
-    ``codes`` holds, for each of ``phones``, 0 (no status known) or 1 + its status's index in
-    ``statuses``; it ends at the last number with a status, and ``phones`` with it. ``extra``
-    holds the rows (indices into ``phones``) whose status says more than its name, with
-    :data:`_KNOWN_EXTRA`'s values, a list each. A number in two groups has a row for each,
-    with the same values."""
-
-    phones: list[str]
-    codes: list[int]
-    statuses: list[str]
-    extra: tuple[list[Any], ...]
-
-    @staticmethod
-    def state(known: dict[str, Known], recs: list[GroupRecord]) -> dict[str, Any]:
-        """``known`` as plain JSON values, aligned with the members of ``recs`` in order."""
-        index: dict[str, int] = {}
-        codes: list[int] = []
-        extra: tuple[list[Any], ...] = tuple([] for _ in range(1 + len(_KNOWN_EXTRA)))
-        rows, *values = extra
-        rest = dict.fromkeys(known)  # the numbers that are no group's member: named
-        get, forget = known.get, rest.pop
-
-        def put(phone: str) -> None:
-            k = get(phone)
-            if k is None:
-                codes.append(0)
-                return
-            forget(phone, None)
-            code = index.get(k.status)
-            if code is None:
-                code = index[k.status] = len(index) + 1
-            codes.append(code)
-            if k[1:] != _NOTHING_MORE:
-                rows.append(len(codes) - 1)
-                for column, value in zip(values, k[1:], strict=True):
-                    column.append(value)
-
-        for p in chain.from_iterable(rec.to for rec in recs):
-            put(p)
-        others = list(rest)
-        for p in others:
-            put(p)
-        while codes and not codes[-1]:
-            codes.pop()  # the members after the last one with a status: none (a resume's: all)
-        return {
-            "statuses": list(index),
-            "codes": codes,
-            "others": others,
-            "extra": dict(zip(("row", *_KNOWN_EXTRA), extra, strict=True)),
-        }
-
-    @classmethod
-    def load(cls, d: dict[str, Any], groups: dict[str, GroupRecord]) -> _SavedKnown:
-        """What :meth:`state` saved, with the members of ``groups`` (the view's, as loaded).
-
-        Raises:
-            ValueError, KeyError, TypeError: it is not what :meth:`state` writes.
-        """
-        codes, statuses = d["codes"], [str(s) for s in d["statuses"]]
-        others = [str(p) for p in d["others"]]
-        members = chain.from_iterable(rec.to for rec in groups.values())
-        phones = list(islice(chain(members, others), len(codes)))
-        extra = tuple(d["extra"][name] for name in ("row", *_KNOWN_EXTRA))
-        if len(codes) != len(phones) or any(len(c) != len(extra[0]) for c in extra):
-            raise ValueError("the known columns differ in length")
-        if codes and not 0 <= min(codes) <= max(codes) <= len(statuses):
-            raise ValueError("a status code is not one of the statuses")
-        if any(not (0 <= r < len(codes) and codes[r]) for r in extra[0]):
-            raise ValueError("a status's values without its status")
-        return cls(phones, codes, statuses, extra)
-
-    def select(self, only: frozenset[str] | None = None) -> dict[str, Known]:
-        """The latest status of every number (``only``: of those in one of these statuses)."""
-        bare = [None] + [
-            _BARE.get(s) or Known(s) if only is None or s in only else None for s in self.statuses
-        ]
-        out = {p: k for p, c in zip(self.phones, self.codes, strict=True) if (k := bare[c])}
-        rows, *values = self.extra
-        for row, *more in zip(rows, *values, strict=True):
-            if (k := bare[self.codes[row]]) is not None:
-                out[self.phones[row]] = Known(k.status, *more)
-        return out
-
-
-#: A group's fields, in the order a checkpoint's columns keep them.
-_GROUP_FIELDS: Final = tuple(f.name for f in msgspec.structs.fields(GroupRecord))
-#: A group's text fields that few values fill, among many groups.
-_SHARED_CELLS: Final = ("outcome", "sender", "why", "refused_sender")
-
-
-def _record(
-    values: tuple[Any, ...], prices: dict[tuple[str, str], Money | None], words: dict[str, str]
-) -> GroupRecord:
-    """A group from its checkpoint cells (:func:`_cell`), each price read once (``prices``:
-    a campaign pays a few), and each state, sender and why kept once (``words``).
-
-    Raises:
-        ValueError: a cell is not what :func:`_cell` writes.
-    """
-    rec = GroupRecord(*values)
-    rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
-    rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
-    rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
-    rec.miss = Miss(rec.miss) if rec.miss is not None else None
-    for name in _SHARED_CELLS:
-        if isinstance(value := getattr(rec, name), str):
-            setattr(rec, name, words.setdefault(value, value))
-    if rec.cost is not None:
-        cell: list[str] = rec.cost  # type: ignore[assignment]
-        key = (cell[0], cell[1])
-        if key in prices:
-            price = prices[key]
-        else:
-            price = prices[key] = parse_money({"amount": key[0], "currency": key[1]})
-        if price is None:
-            raise ValueError(f"a group's cost is not an amount: {cell!r:.60}")
-        rec.cost = price
-    return rec
-
-
-def _own_ids(recs: Iterable[GroupRecord]) -> dict[str, str]:
-    """Each sent group's message id → its id (a later group's, for an id two have): most of
-    :attr:`LedgerView.by_message_id`, which a checkpoint keeps only where it says more."""
-    return {rec.message_id: rec.id for rec in recs if rec.message_id is not None}
-
-
-def _cell(value: object) -> object:
-    """A group field as JSON: numbers joined by commas (one string, not eight, to parse back),
-    money as its amount and currency, the rest as it is."""
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, Money):
-        return [str(value.amount), value.currency]
-    return value
 
 
 def action_of(recorded: str | None, code: str | None) -> str | None:
