@@ -78,6 +78,7 @@ from bulk_mms.reader import fingerprint
 from bulk_mms.report import (
     format_csv,
     format_text,
+    lists_nobody,
     summarize,
     write_failed_csv,
     write_recipients_csv,
@@ -103,6 +104,14 @@ DRAIN_GRACE_S = 5.0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.input is not None and lists_nobody(args.input):  # a resend after a good night
+        say(
+            "run.nobody_to_resend",
+            f"bulk-mms: {args.input} lists nobody (report --failed-csv found no one to resend): "
+            "nothing sent",
+            input=str(args.input),
+        )
+        return Exit.OK
     job, settings = _job_and_settings(args)
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)

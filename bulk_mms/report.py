@@ -595,6 +595,25 @@ def format_csv(s: LedgerSummary) -> str:
 REASON_COLUMN = "bulk_mms_reason"
 
 
+def lists_nobody(path: Path) -> bool:
+    """Whether ``path`` is a file :func:`write_failed_csv` wrote that lists nobody: its header
+    alone, naming :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN` (a resend of it has nothing to
+    send). Any other file, or one that cannot be read, is not (its run says what is wrong)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_HEADER_MAX + 1)
+    except OSError:
+        return False
+    if len(head) > _HEADER_MAX:
+        return False
+    lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
+    return len(lines) == 1 and CAMPAIGN_COLUMN in next(csv.reader(lines))
+
+
+#: The most a failed file that lists nobody can hold: its header row.
+_HEADER_MAX: Final = 64 * 1024
+
+
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     """Write the recipients who did not get the message as a CSV a new job can take.
 

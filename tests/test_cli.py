@@ -373,6 +373,31 @@ def test_campaign_end_to_end_through_the_cli(
     assert len(list((jobs.root / "ledgers").glob("test-job-failed*-*.jsonl"))) == 2
 
 
+def test_a_resend_of_a_failed_file_that_lists_nobody_is_exit_0_and_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a night where everyone got it, `report --failed-csv` writes its header alone, and
+    `run --input` of that file (a cron script's resend step) sends nothing, opens no ledger
+    and exits 0, saying so; an input of another kind with no rows is still refused (exit 2)."""
+    fake = FakeTelnyx()
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    failed = jobs.root / "failed.csv"
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+        assert main(["report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        capsys.readouterr()
+        before = len(fake.accepted)
+        assert main(["run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
+        assert "lists nobody" in capsys.readouterr().err
+        assert len(fake.accepted) == before
+        assert list((jobs.root / "ledgers").glob("test-job-failed-*")) == []
+        bare = jobs.root / "bare.csv"
+        bare.write_text("phone,first_name\n")
+        assert main(["run", str(job.path), "--base-url", url, "--input", str(bare)]) == 2
+    assert "no data rows" in capsys.readouterr().err
+
+
 def test_a_base_url_with_credentials_is_exit_2_before_anything(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
