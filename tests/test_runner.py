@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig
@@ -34,7 +36,7 @@ from bulk_mms.errors import (
 from bulk_mms.ledger import load
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.models import Group, MessageRecord, SendReceipt
-from bulk_mms.prepare import dry_run
+from bulk_mms.prepare import SortedNumbers, dry_run
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop
@@ -680,3 +682,18 @@ async def test_a_resume_that_groups_the_input_otherwise_texts_nobody_twice(
     assert s.error is None
     assert not set(rest.sent_numbers()) & set(first.sent_numbers())
     assert len(rest.sent_numbers()) == 8
+
+
+_POOL = st.sampled_from([f"+1212555{i:04d}" for i in range(12)] + ["+442079460000", ""])
+
+
+@given(st.lists(_POOL), st.lists(_POOL))
+def test_the_sent_numbers_a_resume_checks_answer_as_a_set_of_them_would(
+    held: list[str], asked: list[str]
+) -> None:
+    """SortedNumbers (a resume's numbers sent before) says of any number and any group
+    whether it holds it, as a set of the same numbers says."""
+    numbers, exact = SortedNumbers(held), set(held)
+    assert [p in numbers for p in asked + held] == [p in exact for p in asked + held]
+    assert numbers.isdisjoint(asked) == exact.isdisjoint(asked)
+    assert (bool(numbers), len(numbers)) == (bool(held), len(held))
