@@ -79,6 +79,25 @@ def start_fake(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the fake API did not start")
 
 
+def bulk_mms_argv(job: Path, base_url: str) -> list[str]:
+    """``bulk-mms run JOB`` as a user runs it, against the fake API at ``base_url``: this
+    interpreter's console script, ``IN_FLIGHT`` requests at once, the rate no limit."""
+    return [
+        str(Path(sys.executable).with_name("bulk-mms")),
+        "-q",
+        "run",
+        str(job),
+        "--base-url",
+        base_url,
+        "--yes",
+        "--rate",
+        "10000",
+        "--concurrency",
+        str(IN_FLIGHT),
+        "--skip-media-check",
+    ]
+
+
 def write_job(root: Path, groups: int) -> Path:
     rows = [f"+1212{i // 10000 % 800 + 200:03d}{i % 10000:04d},P{i}" for i in range(groups * 8)]
     (root / "in.csv").write_text("phone,first\n" + "\n".join(rows) + "\n")
@@ -175,20 +194,7 @@ def main() -> None:
             ledgers = Path(tmp) / "ledgers"
             clients = {
                 "floor": [sys.executable, __file__, "--floor", base, str(data)],
-                "bulk-mms run": [
-                    str(bulk_mms),
-                    "-q",
-                    "run",
-                    str(job),
-                    "--base-url",
-                    base,
-                    "--yes",
-                    "--rate",
-                    "10000",
-                    "--concurrency",
-                    str(IN_FLIGHT),
-                    "--skip-media-check",
-                ],
+                "bulk-mms run": bulk_mms_argv(job, base),
                 "sdk": [sys.executable, __file__, "--sdk", base, str(data)],
             }
             if os.environ.get("BENCH_NO_SDK"):
