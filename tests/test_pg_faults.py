@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms import runner
 from bulk_mms.clock import SystemClock
-from bulk_mms.coordination import LocalCoordinator, coordinator_for
+from bulk_mms.coordination import Coordinator, LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import (
@@ -44,6 +44,7 @@ from bulk_mms.ledger.postgres import (
     _ledger_key,
     migrate_url,
 )
+from bulk_mms.ledger.store import LedgerStore, Mode
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.runner import _bounded
@@ -60,14 +61,29 @@ def _attempt(group: str) -> events.Attempt:
     return events.Attempt(group, ("+12125550000",), 0, "+18445550001", 1, "k", 0.0, "t")
 
 
+@contextlib.asynccontextmanager
+async def two_hosts(
+    where: str, mode: Mode = "run", lease_s: tuple[float, float] = (30.0, 30.0)
+) -> AsyncIterator[tuple[LedgerStore, LedgerStore, Coordinator, Coordinator]]:
+    """Two processes' stores on the ledger ``where`` and their coordinators, with leases
+    ``lease_s``: (first, second, one, two), all closed afterwards."""
+    first, second = open_store(where, mode), open_store(where, mode)
+    one, two = coordinator_for(first, lease_s[0]), coordinator_for(second, lease_s[1])
+    try:
+        yield first, second, one, two
+    finally:
+        for c in (one, two):
+            await c.close()
+        await first.close()
+        await second.close()
+
+
 async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: str) -> None:
     """A takeover grows the fence token: the old holder's attempt is refused (ClaimLost) and
     not in the ledger; the new holder's is written; a renewal by the old one takes nothing
     back."""
     where = f"{database}?ledger=fenced"
-    first, second = open_store(where, "run"), open_store(where, "run")
-    one, two = coordinator_for(first, 30.0), coordinator_for(second, 30.0)
-    try:
+    async with two_hosts(where) as (first, second, one, two):
         assert await one.claim("g1")
         old = one.fence("g1")
         age_claims(database, 31)  # first's lease has run out (paused past it)
@@ -84,11 +100,6 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
         assert len(attempts) == 1
         assert first.failed is None  # a lost claim is not a broken store
         assert not await one.claim("g1")
-    finally:
-        for c in (one, two):
-            await c.close()
-        await first.close()
-        await second.close()
 
 
 async def test_claims_given_back_pass_on_under_the_next_token_and_refuse_the_old_fence(
@@ -99,9 +110,7 @@ async def test_claims_given_back_pass_on_under_the_next_token_and_refuse_the_old
     renewal by the giver takes nothing back, and a group it claims again is a takeover too."""
     where = f"{database}?ledger=given"
     open_store(where, "run").close_sync()  # the ledger, no run of it open (its run lock)
-    first, second = open_store(where, "append"), open_store(where, "append")
-    one, two = coordinator_for(first, 30.0), coordinator_for(second, 30.0)
-    try:
+    async with two_hosts(where, "append") as (first, _second, one, two):
         assert await one.claim("g1")
         assert await one.claim("g2")
         old = one.fence("g1")
@@ -119,11 +128,6 @@ async def test_claims_given_back_pass_on_under_the_next_token_and_refuse_the_old
         assert await one.claim("g2")
         assert one.fence("g2").token == 2  # type: ignore[union-attr]
         assert [e for e in await first.group_events("g1") if isinstance(e, events.Attempt)] == []
-    finally:
-        for c in (one, two):
-            await c.close()
-        await first.close()
-        await second.close()
 
 
 async def test_a_ledgers_locks_are_the_ones_earlier_versions_take(database: str) -> None:
@@ -222,39 +226,25 @@ async def test_a_claim_holds_for_its_holders_lease_whatever_the_takers(database:
     its heartbeat is 5 s old (the holder's lease decides, not the taker's); it passes once the
     holder's lease has run out, under a new fence token."""
     where = f"{database}?ledger=leases"
-    first, second = open_store(where, "run"), open_store(where, "run")
-    one, two = coordinator_for(first, 30.0), coordinator_for(second, 1.0)
-    try:
+    async with two_hosts(where, lease_s=(30.0, 1.0)) as (_first, _second, one, two):
         assert await one.claim("g1")
         age_claims(database, 5)
         assert not await two.claim("g1")
         age_claims(database, 30)
         assert await two.claim("g1")
         assert _max_token(database) == 2
-    finally:
-        for c in (one, two):
-            await c.close()
-        await first.close()
-        await second.close()
 
 
 async def test_a_heartbeat_renews_a_claim_for_its_holders_lease(database: str) -> None:
     """A renewal by a holder with a 30 s lease keeps its claims from a 1 s taker for 30 s
     more on the database's clock."""
     where = f"{database}?ledger=renewed"
-    first, second = open_store(where, "run"), open_store(where, "run")
-    one, two = coordinator_for(first, 30.0), coordinator_for(second, 1.0)
-    try:
+    async with two_hosts(where, lease_s=(30.0, 1.0)) as (_first, _second, one, two):
         assert await one.claim("g1")
         age_claims(database, 29)
         await one.heartbeat()
         age_claims(database, 5)
         assert not await two.claim("g1")
-    finally:
-        for c in (one, two):
-            await c.close()
-        await first.close()
-        await second.close()
 
 
 async def test_an_attempt_for_a_group_never_claimed_is_refused(database: str) -> None:
