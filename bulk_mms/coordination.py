@@ -66,8 +66,18 @@ class Coordinator(Protocol):
         renewals late): no request for the group may leave before it is claimed again."""
         ...
 
+    def let_go(self, decided: Callable[[str], bool]) -> None:
+        """Stop renewing the claims on groups ``decided`` says are decided (sent, or failed
+        for good, in this process's view), and forget their fences: each runs out by its
+        lease, and whoever claims one then finds it decided in the ledger. Safe because every
+        send is fenced by its own group's claim, and this process never sends a decided group
+        again; it keeps a run's renewals to the groups still open, not every group it ever
+        claimed."""
+        ...
+
     async def heartbeat(self) -> None:
-        """Renew every claim this process holds (call well within :attr:`lease_s`).
+        """Renew every claim this process holds and has not let go (call well within
+        :attr:`lease_s`).
 
         Raises:
             LedgerError: they could not be renewed; the caller stops and treats the groups
@@ -118,6 +128,9 @@ class LocalCoordinator:
         return None
 
     def held_for(self, group: str) -> float | None:
+        return None
+
+    def let_go(self, decided: Callable[[str], bool]) -> None:
         return None
 
     async def heartbeat(self) -> None:

@@ -217,6 +217,7 @@ class Sharing:
         while True:
             await asyncio.sleep(self.coordinator.lease_s / 3)  # real time: the server's lease
             try:
+                self.coordinator.let_go(self.view.is_done)  # renew only what is still open
                 await self.coordinator.heartbeat()
             except LedgerError as exc:
                 failed(exc)

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms import runner
 from bulk_mms.clock import SystemClock
-from bulk_mms.coordination import Coordinator, LocalCoordinator, coordinator_for
+from bulk_mms.coordination import Coordinator, Fence, LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import (
@@ -245,6 +245,24 @@ async def test_a_heartbeat_renews_a_claim_for_its_holders_lease(database: str) -
         await one.heartbeat()
         age_claims(database, 5)
         assert not await two.claim("g1")
+
+
+async def test_a_heartbeat_renews_only_the_claims_of_groups_still_open(database: str) -> None:
+    """Claims on groups this process's view has decided are let go: the heartbeat renews the
+    open group's claim and not the decided one's, which runs out by its lease (another
+    process may then claim it), and this process's fence on it is forgotten."""
+    where = f"{database}?ledger=open-only"
+    async with two_hosts(where, lease_s=(30.0, 30.0)) as (first, _second, one, two):
+        assert await one.claim("decided")
+        assert await one.claim("open")
+        age_claims(database, 29)
+        one.let_go(lambda group: group == "decided")
+        await one.heartbeat()
+        age_claims(database, 5)
+        assert await two.claim("decided")
+        assert not await two.claim("open")
+        assert one.fence("decided") == Fence(first.owner, 0)  # type: ignore[attr-defined]
+        assert (one.held_for("open") or 0.0) > 20
 
 
 async def test_an_attempt_for_a_group_never_claimed_is_refused(database: str) -> None:
@@ -625,7 +643,7 @@ async def test_a_heartbeat_that_crashes_stops_the_run() -> None:
             raise RuntimeError("boom")
 
     told: list[LedgerError] = []
-    sharing = Sharing(None, Broken(), None, SystemClock())  # type: ignore[arg-type]
+    sharing = Sharing(None, Broken(), LedgerView(), SystemClock())  # type: ignore[arg-type]
     async with asyncio.timeout(5):
         await sharing.keep_claims(told.append)
     assert [str(e) for e in told] == ["claims: the heartbeat failed: RuntimeError"]

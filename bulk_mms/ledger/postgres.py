@@ -242,7 +242,7 @@ _HEADER: Final = (
 )
 _HEARTBEAT: Final = """
     UPDATE bulk_mms_claims SET heartbeat = now(), expires = now() + make_interval(secs => %s)
-    WHERE ledger = %s AND owner = %s
+    WHERE ledger = %s AND owner = %s AND grp = ANY(%s)
 """
 #: Give back an owner's claims (:meth:`PostgresCoordinator.release`): each runs out at once
 #: (``-infinity``, its expiry and its heartbeat alike, so a taker judging by either, an older
@@ -769,16 +769,24 @@ class PostgresCoordinator:
     def held_for(self, group: str) -> float | None:
         return self._until.get(group, 0.0) - since_boot()
 
+    def let_go(self, decided: Callable[[str], bool]) -> None:
+        for group in [g for g in self._until if decided(g)]:
+            del self._until[group]
+            self._tokens.pop(group, None)
+
     async def heartbeat(self) -> None:
+        groups = list(self._until)  # not let go (:meth:`let_go`)
+
         async def renew(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(_HEARTBEAT, (self.lease_s, self._ledger, self.owner))
+            await conn.execute(_HEARTBEAT, (self.lease_s, self._ledger, self.owner, groups))
 
         asked = since_boot()
         await self._link.run(renew, "cannot renew claims")
         answered, until = since_boot(), asked + self.lease_s
-        for group, held in self._until.items():
-            if held > answered:  # it held until the renewal was done: renewed
-                self._until[group] = until
+        for group in groups:
+            held = self._until.get(group)
+            if held is not None and held > answered:  # it held until the renewal: renewed
+                self._until[group] = max(held, until)
 
     async def release(self) -> None:
         """Give back every claim this process holds (:data:`_RELEASE`), each group's whatever
