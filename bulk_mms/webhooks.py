@@ -553,22 +553,24 @@ class WebhookReceiver:
             # a cost only finalized's
             if view.apply_status(report, gid, finalized=True, action=action):
                 now = self.clock.wall()
-                await store.append(
-                    status_event(
-                        gid,
-                        report,
-                        source="webhook",
-                        webhook_id=event_id,
-                        time=iso(now),
-                        action=action,
-                    )
+                status = status_event(
+                    gid, report, source="webhook", webhook_id=event_id, time=iso(now), action=action
                 )
+                # a member its sender's block or a carrier's cap failed goes again on a rerun,
+                # as track would send it: its move in the report's commit, so a redelivery
+                # after a failed write finds neither on record (the event id not yet seen)
+                moved = (
+                    delivery_action(rec, report, self.settings, now, view.moves)[1]
+                    if rec is not None
+                    else None
+                )
+                if moved is not None:
+                    store.append_nowait(status)
+                    view.apply(moved)
+                    await store.append(moved)
+                else:
+                    await store.append(status)
                 n += 1
-                if rec is not None:  # a member its sender's block or a carrier's cap failed
-                    _, moved = delivery_action(rec, report, self.settings, now, view.moves)
-                    if moved is not None:  # goes again on a rerun, as track would send it
-                        await store.append(moved)
-                        view.apply(moved)
         self.recorded += n
         return n
 

@@ -3,6 +3,8 @@ own delivery polling brings them to the error policy while it sends."""
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from decimal import Decimal
 
@@ -187,6 +189,53 @@ async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
         await receiver.settle()
     await receiver.close()
     await store.close()
+    await run_job(job, FAST, client, clock=FakeClock())
+    resent = client.calls[1:]
+    assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
+
+
+async def test_a_webhooks_move_is_written_with_its_report_or_not_at_all(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that refuses the write of a webhook's 40003 gets 503 with neither the report nor
+    its move on record, so Telnyx's redelivery records both: the next run sends that member
+    from the other sender (a report recorded without its move would leave it out)."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(
+        LedgerView(),
+        store,
+        load_public_key(PUBLIC_B64),
+        clock=FakeClock(),
+        settings=FAST,
+        reopen=lambda: open_store(job.ledger, "append"),
+    )
+    receiver.refresh()
+    real_write, full = os.write, [1]
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if full[0] and b'"moved"' in bytes(data):
+            full[0] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    failed = own_event(
+        "message.finalized", first.to[1], "own-1", "delivery_failed", BLOCKED, code="40003"
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, failed))[0] == 503
+        assert await post_signed(http, failed) == (
+            200,
+            {"ok": True, "recorded": 1, "pending": 0},
+        )  # news, not a duplicate of a report half on record
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
     await run_job(job, FAST, client, clock=FakeClock())
     resent = client.calls[1:]
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
