@@ -209,6 +209,7 @@ class WebhookReceiver:
         self.reopen = reopen
         self.view = view
         self.store = store
+        store.on_kept_back(view.kept_back)  # a move the shared ledger did not write
         self.key = key
         self.clock: Clock = clock or SystemClock()
         self.recorded = 0
@@ -523,6 +524,7 @@ class WebhookReceiver:
             store.close_sync()
             raise
         self.store.close_sync()
+        store.on_kept_back(view.kept_back)
         self.store, self.view = store, view
         log.info("webhook.ledger_reopened", ledger=store.name, after=str(failure))
 

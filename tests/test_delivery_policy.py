@@ -18,6 +18,7 @@ from bulk_mms.console import exit_for
 from bulk_mms.errors import ApiError, LimitReached
 from bulk_mms.ledger import LedgerView, Moved, load, open_store
 from bulk_mms.ledger.fold import GroupRecord
+from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.policy import MAX_RESENDS, delivery_action
 from bulk_mms.report import summarize
@@ -239,6 +240,41 @@ async def test_a_webhooks_move_is_written_with_its_report_or_not_at_all(
     await run_job(job, FAST, client, clock=FakeClock())
     resent = client.calls[1:]
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
+
+
+async def test_a_webhooks_move_the_database_keeps_back_leaves_the_receivers_view(
+    jobs: JobFactory, database: str
+) -> None:
+    """On a database ledger, a member another process moved policy.MAX_RESENDS times since
+    the receiver last read the ledger: the receiver's 40003 move of it is kept back by the
+    ledger, and the receiver's view drops it as a fold of the ledger has it (as a run's and
+    track's do), so it does not count the member as going again."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
+    job = replace(job, database=str(named(database, job.name)))
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    spent = first.to[1]
+    store = open_store(job.where, "append")
+    receiver = WebhookReceiver(
+        store.fold(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
+    )
+    other = open_store(job.where, "append")
+    for i in range(MAX_RESENDS):  # another process's moves, which the receiver has not read
+        await other.append(Moved(f"elsewhere-{i}", (spent,), "", "40016", "t", 0.0))
+    await other.close()
+    failed = own_event(
+        "message.finalized", spent, f"msg-{first.id}-0", "delivery_failed", BLOCKED, code="40003"
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, failed))[1]["recorded"] == 1
+    await receiver.close()
+    await store.drain()
+    assert receiver.view.groups[first.id].moved == ()
+    assert receiver.view.moves(spent) == 0
+    assert store.fold().groups[first.id].moved == ()
+    await store.close()
 
 
 async def test_a_member_sent_again_after_a_move_is_tracked_as_its_new_send(
