@@ -87,6 +87,19 @@ async def post_signed(
     return resp.status, dict(await resp.json()) if resp.status == 200 else {}
 
 
+def disk_full_for(monkeypatch: pytest.MonkeyPatch, marker: bytes, times: int) -> None:
+    """The next ``times`` writes of data holding ``marker`` fail as on a full disk (ENOSPC)."""
+    real_write, left = os.write, [times]
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if left[0] and marker in bytes(data):
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
 def status_lines(path: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(path) if e["event"] == "status"]
 
@@ -415,16 +428,7 @@ async def test_a_full_disk_answers_503_and_a_redelivery_is_recorded_once_it_free
         load_public_key(PUBLIC_B64),
         reopen=lambda: open_store(path, "append"),
     )
-    real_write = os.write
-    full = [failures]
-
-    def write(fd: int, data: bytes | memoryview) -> int:
-        if full[0] and b'"webhook_id"' in bytes(data):
-            full[0] -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    disk_full_for(monkeypatch, b'"webhook_id"', failures)
     first, second = client.calls[0], client.calls[1]
     async with TestClient(TestServer(receiver.app())) as http:
         delivery = event(
@@ -464,8 +468,7 @@ async def test_a_redelivery_while_the_first_is_writing_waits_for_its_outcome(
     )
     g = client.calls[0]
     writing, gate = asyncio.Event(), asyncio.Event()
-    real_append, real_write = store.append, os.write
-    full = [1]
+    real_append = store.append
 
     async def slow_append(ev: Any, **kw: Any) -> None:
         if not writing.is_set():  # the first write is slow; the disk then refuses it
@@ -473,14 +476,8 @@ async def test_a_redelivery_while_the_first_is_writing_waits_for_its_outcome(
             await gate.wait()
         await real_append(ev, **kw)
 
-    def write(fd: int, data: bytes | memoryview) -> int:
-        if full[0] and g.to[0].encode() in bytes(data):
-            full[0] -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
-
     monkeypatch.setattr(store, "append", slow_append)
-    monkeypatch.setattr(os, "write", write)
+    disk_full_for(monkeypatch, g.to[0].encode(), 1)
     delivery = event("message.finalized", g, f"msg-{g.id}-0", "delivered", event_id="e1")
     async with TestClient(TestServer(receiver.app())) as http:
         first = asyncio.create_task(post_signed(http, delivery))
