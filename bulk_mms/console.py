@@ -30,6 +30,7 @@ from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
 from bulk_mms.runner import window_stop
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
+from bulk_mms.words import escaped
 
 #: The code a stop by a signal exits with.
 SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
@@ -143,7 +144,7 @@ def fail(exc: BaseException, code: int) -> int:
     it (a newline or an escape sequence in a file's name) is written escaped, as ``\\n``."""
     say(
         "command.failed",
-        "bulk-mms: error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc)),
+        "bulk-mms: error: " + escaped(str(exc)),
         level="error",
         error=type(exc).__name__,
         exit_code=int(code),

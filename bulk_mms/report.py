@@ -63,7 +63,7 @@ from bulk_mms.reader import Row, RowReader, fingerprint
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import minute_utc, percentile
 from bulk_mms.validate import PhoneError, normalize_phone
-from bulk_mms.words import BY_KIND, OPEN, count, error_words, why_words
+from bulk_mms.words import BY_KIND, OPEN, count, error_words, escaped, why_words
 
 #: Why a ledger without a job header cannot be summed up.
 NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
@@ -441,7 +441,9 @@ _LABELS = {state: label for state, label, _ in _STATE_ROWS}
 
 def format_text(s: LedgerSummary, path: Location) -> str:
     """The report as a table, for a person at a terminal: every count with its unit, every
-    error and reason in words (:mod:`bulk_mms.words`), every rejection reason."""
+    error and reason in words (:mod:`bulk_mms.words`), every rejection reason; what the
+    ledger took from a server (a code, a title) with its control characters escaped
+    (:func:`~bulk_mms.words.escaped`)."""
     d = s.as_dict()
     r = d["recipients"]
     cost = cost_words(s)
@@ -519,7 +521,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     if s.rows.rejected:
         lines.append("rejected rows, by reason")
         lines.extend(f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rows.rejected.items())
-    return "\n".join(lines)
+    return "\n".join(map(escaped, lines))
 
 
 def _rows_lines(rows: InputRows) -> list[str]:

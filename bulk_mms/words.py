@@ -57,6 +57,16 @@ BY_KIND: Final[Mapping[str, str]] = {
 }
 
 
+def escaped(text: str) -> str:
+    """``text`` for a terminal: each character that is not printable (a newline, an escape
+    sequence a server's answer may carry) written as Python writes it, ``\\n``, ``\\x1b``."""
+    return (
+        text
+        if text.isprintable()
+        else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    )
+
+
 def error_words(code: str) -> str:
     """What a ``failed`` event's ``code`` means, as a sentence for a person.
 

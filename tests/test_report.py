@@ -30,12 +30,14 @@ from bulk_mms.report import (
     REASON_COLUMN,
     LedgerSummary,
     format_csv,
+    format_text,
     summarize,
     write_failed_csv,
 )
 from bulk_mms.runner import run_job
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in
+from bulk_mms.words import error_words
 from tests.conftest import (
     FAST,
     FakeClient,
@@ -607,3 +609,33 @@ def test_costs_are_shown_without_the_trailing_zeros_of_sums(amount: str, shown: 
     """An amount reads as its digits: no trailing zeros from adding the API's amounts, at least
     to the cent, never in exponent form."""
     assert report_module._amount(Decimal(amount)) == shown
+
+
+async def test_the_text_report_names_carriers_codes_with_control_characters_escaped(
+    jobs: JobFactory,
+) -> None:
+    """The table lists the carriers' codes in the delivery reports of those who did not get
+    it, a recipient each; a code the server made of control characters (an escape sequence
+    that would rewrite the operator's terminal) is written escaped."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    hostile = "\x1b]0;owned\x07\x1b[2J"
+    store = open_store(job.ledger, "append")
+    for phone, code in zip(g.to, ("40001", hostile), strict=True):
+        report = RecipientStatus(phone, "delivery_failed", errors=(ApiError(code, "t", ""),))
+        store.append_now(status_event(g.id, report, source="track", time=""))
+    store.close_sync()
+    text = format_text(summarize(job.ledger), job.ledger)
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    lines = text.splitlines()
+    at = lines.index("carriers' codes in the delivery reports of those who did not get it")
+    assert sorted(lines[at + 1 : at + 3]) == sorted(
+        [
+            f"  {'1 recipient':>12}  {error_words('40001')}",
+            f"  {'1 recipient':>12}  \\x1b]0;owned\\x07\\x1b[2J",
+        ]
+    )
