@@ -816,9 +816,9 @@ async def run_job(
         finally:
             if runner is not None:
                 await runner.sender.close()
+            await _close(store, stop)  # its events durable (or given up) before its claims go
             await _release(coordinator, stop)
             await coordinator.close()
-            await _close(store, stop)
     return runner.finish()
 
 
