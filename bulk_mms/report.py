@@ -602,6 +602,8 @@ def lists_nobody(path: Path) -> bool:
     alone, naming :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN` (a resend of it has nothing to
     send). Any other file, or one that cannot be read, is not (its run says what is wrong)."""
     try:
+        if not path.is_file():  # a FIFO's open would wait for a writer: the run refuses it
+            return False
         with path.open("rb") as f:
             head = f.read(_HEADER_MAX + 1)
     except OSError:
