@@ -79,6 +79,8 @@ OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL
 #: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
 #: (Telnyx answers it with its help text) changes nothing.
 OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
+#: Inbound texts Telnyx answers with the profile's help text: no opt-out, no opt-in.
+HELP_WORDS = frozenset({"HELP", "INFO"})
 
 
 def keyword(text: str) -> str:

@@ -33,12 +33,10 @@ __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them fro
 
 pytest_plugins = ("pytest_aiohttp",)
 
-# CI (BULK_MMS_REQUIRE_SERVICES, set by .ci/run) draws the property tests' examples from a fixed
-# seed, so a landing never fails on an example nobody ran before; a developer's `make test`
-# draws new ones each time, and keeps any that failed in .hypothesis/ to run first.
+# CI (`--hypothesis-profile=ci`, which .ci/run passes) draws the property tests' examples from
+# a fixed seed, so a landing never fails on an example nobody ran before; a developer's
+# `make test` draws new ones each time, and keeps any that failed in .hypothesis/ to run first.
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("BULK_MMS_REQUIRE_SERVICES"):
-    hypothesis.settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -175,6 +175,7 @@ def test_settings_load_with_env_override(tmp_path: Path) -> None:
         ("[api]\nbase_url = ''\n", "api.base_url"),
         ("[suppression]\nopt_out_words = ['  ']\n", "suppression.opt_out_words"),
         ("[suppression]\nopt_out_words = ['help']\n", "suppression.opt_out_words"),
+        ("[suppression]\nopt_in_words = ['Info']\n", "suppression.opt_in_words"),
         ("[suppression]\nopt_out_words = [1]\n", "suppression.opt_out_words"),
         ("[suppression]\nopt_in_words = ['stop']\n", "suppression.opt_in_words"),
         ("[suppression]\nopt_out_words = ['Alta']\nopt_in_words = ['ALTA']\n", "opt_in_words"),

@@ -17,7 +17,14 @@ import structlog
 import yarl
 from msgspec.structs import replace
 
-from bulk_mms.codes import DEFAULT_POLICY, OPT_IN_WORDS, OPT_OUT_WORDS, Action, keyword
+from bulk_mms.codes import (
+    DEFAULT_POLICY,
+    HELP_WORDS,
+    OPT_IN_WORDS,
+    OPT_OUT_WORDS,
+    Action,
+    keyword,
+)
 from bulk_mms.config._toml import URL, Bounds, Table, read_choice, read_toml
 from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
@@ -264,15 +271,15 @@ def _key_replayed(api: Table, retry: Table) -> bool:
 def _keywords(suppression: Table, key: str) -> frozenset[str]:
     """A list of inbound keywords, each as :func:`~bulk_mms.codes.keyword` reads a text
     (``"arret"`` is ``ARRET``), checked: one that no text could match (empty, over 64
-    characters) is refused, and HELP, which Telnyx answers with its help text, is no opt-out or
-    opt-in."""
+    characters) is refused, and HELP or INFO, which Telnyx answers with its help text, is no
+    opt-out or opt-in."""
     words = set()
     for text in suppression.str_list(key):
         word = keyword(text)
         if not word:
             raise suppression.error(key, f"{text[:70]!r} is no keyword: 1 to 64 characters")
-        if word == "HELP":
-            raise suppression.error(key, "HELP is Telnyx's help keyword: it opts nobody in or out")
+        if word in HELP_WORDS:
+            raise suppression.error(key, f"{word} is a help keyword: it opts nobody in or out")
         words.add(word)
     return frozenset(words)
 
