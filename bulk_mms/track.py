@@ -62,6 +62,7 @@ from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict, never_accepted, own_ids
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
+from bulk_mms.words import escaped
 
 log = structlog.get_logger("bulk_mms.track")
 
@@ -543,7 +544,8 @@ async def track_ledger(
 
 
 def format_track(r: TrackResult, path: Location) -> str:
-    """What a pass found, for a person."""
+    """What a pass found, for a person: what the API said (statuses, codes, message ids)
+    with its control characters escaped (:func:`~bulk_mms.words.escaped`)."""
     total = sum(r.statuses.values())
     counts = ", ".join(f"{k} {v}" for k, v in r.statuses.most_common()) or "none"
     lines = [
@@ -563,4 +565,4 @@ def format_track(r: TrackResult, path: Location) -> str:
             "  could not ask (will retry next pass): "
             + ", ".join(f"{k or 'network'} x{v}" for k, v in r.errors.items())
         )
-    return "\n".join(lines)
+    return "\n".join(escaped(line) for line in lines)

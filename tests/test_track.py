@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -37,7 +38,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import STOP_AFTER_UNREACHABLE, track_ledger
+from bulk_mms.track import STOP_AFTER_UNREACHABLE, TrackResult, format_track, track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger
 from tests.threaded import fake_api_thread
 
@@ -527,3 +528,13 @@ async def test_track_counts_a_member_sent_again_once_as_the_report_does(
     report = summarize(job.ledger)
     assert result.statuses == report.delivery == {"delivered": 1, "queued": 1}
     assert result.pending == report.as_dict()["delivery_pending"] == 1
+
+
+def test_the_track_summary_escapes_what_the_api_said() -> None:
+    """A status or an error code from the API with control characters (an escape sequence)
+    reaches the terminal escaped, never as it came."""
+    result = TrackResult(statuses=Counter({"deliv\x1b[2Jered": 2}), errors=Counter({"4\n0": 1}))
+    text = format_track(result, Path("l.jsonl"))
+    assert "\x1b" not in text
+    assert "deliv\\x1b[2Jered 2" in text
+    assert "4\\n0 x1" in text
