@@ -38,7 +38,7 @@ from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
 from bulk_mms._version import __version__
-from bulk_mms.clock import instant, since_boot
+from bulk_mms.clock import instant, running_timeout, since_boot
 from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -642,10 +642,14 @@ class AiohttpMmsClient:
             "User-Agent": USER_AGENT,
         }
         # never rounded up to a whole second (aiohttp's ceil_threshold): a send's connect is
-        # bounded by the time it has to leave in, to the millisecond
+        # bounded by the time it has to leave in, to the millisecond. The whole request's
+        # bound is counted in time this process ran (running_timeout, in _request), not
+        # aiohttp's: a process stopped (SIGSTOP, a VM paused) while its answer came reads it
+        # when it runs again, instead of holding an accepted group in doubt
         self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout, connect=connect_timeout, ceil_threshold=math.inf
+            total=None, connect=connect_timeout, ceil_threshold=math.inf
         )
+        self._request_timeout = request_timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -814,18 +818,23 @@ class AiohttpMmsClient:
         """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
 
         Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are
-        read. ``timeouts``: this request's, instead of the client's.
+        read; the whole request, its body read included, is bounded by ``request_timeout`` of
+        running time (:func:`~bulk_mms.clock.running_timeout`). ``timeouts``: this request's
+        connect bound, instead of the client's.
         """
         session = self._open()
-        with map_client_errors():
-            async with session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                allow_redirects=False,
-                timeout=timeouts or self._timeout,
-            ) as resp:
+        with map_client_errors():  # inside it, a TimeoutError of the running bound is mapped
+            async with (
+                running_timeout(self._request_timeout),
+                session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=timeouts or self._timeout,
+                ) as resp,
+            ):
                 status = resp.status
                 ok = 200 <= status < 300
                 # an error's headers say when to try again; an answer's are not needed

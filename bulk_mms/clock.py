@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
 #: How far apart this machine's clock and Telnyx's may be, in seconds: a message detail
@@ -107,6 +107,54 @@ def since_boot() -> float:
 
 
 _AWAKE_OR_NOT: Final = getattr(time, "CLOCK_BOOTTIME", getattr(time, "CLOCK_MONOTONIC", None))
+
+
+#: How often a :func:`running_timeout` looks at the loop's time, and how late a look may come
+#: before the stretch since the last is taken for the process not running (stopped, paused).
+RUNNING_LOOK_S: Final = 0.5
+STOPPED_AFTER_S: Final = 1.0
+
+
+@contextlib.asynccontextmanager
+async def running_timeout(seconds: float) -> AsyncIterator[None]:
+    """:func:`asyncio.timeout` of ``seconds`` counted in time this process ran: a look at the
+    loop's time (every :data:`RUNNING_LOOK_S`) that comes :data:`STOPPED_AFTER_S` late or more
+    found the process not running (SIGSTOP, a VM paused, the loop held up), and that stretch
+    counts as one look's worth. So an answer that came while it did not run is read when it
+    runs again, not timed out on: the bound is for a peer that does not answer, and a peer
+    cannot answer a process that is not there to read it.
+
+    Raises:
+        TimeoutError: as :func:`asyncio.timeout`, once ``seconds`` of running time passed.
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as bound:
+        looks = _RunningTime(loop, bound, seconds)
+        try:
+            yield
+        finally:
+            looks.handle.cancel()
+
+
+class _RunningTime:
+    """The looks of one :func:`running_timeout`. Private."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bound: asyncio.Timeout, left: float):
+        self.loop, self.bound, self.left = loop, bound, left
+        self.last = loop.time()
+        self.step = min(RUNNING_LOOK_S, max(0.0, left))
+        self.handle = loop.call_at(self.last + self.step, self.look)
+
+    def look(self) -> None:
+        now = self.loop.time()
+        gap = now - self.last
+        self.left -= self.step if gap - self.step >= STOPPED_AFTER_S else gap
+        self.last = now
+        if self.left <= 0:
+            self.bound.reschedule(now)  # fires at once
+            return
+        self.step = min(RUNNING_LOOK_S, self.left)
+        self.handle = self.loop.call_at(now + self.step, self.look)
 
 
 async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import bulk_mms.clock
-from bulk_mms.clock import SystemClock
+from bulk_mms.clock import SystemClock, running_timeout
 
 
 async def _read(clock: SystemClock) -> float:
@@ -80,3 +80,32 @@ def test_a_followed_clock_goes_on_while_the_machine_is_suspended(
     host.mono += 5.0
     host.asleep = 3600.0  # an hour suspended
     assert clock.wall() == 1_800_003_605.0
+
+
+def stop_process(seconds: float) -> None:
+    """The process stops for ``seconds`` now (SIGSTOP, a VM paused): its loop's clock jumps on
+    while nothing of it runs. For tests: the running loop's time is shifted from here on."""
+    loop = asyncio.get_running_loop()
+    before = loop.time
+    loop.time = lambda: before() + seconds  # type: ignore[method-assign]
+
+
+async def test_a_running_timeout_reads_an_answer_that_came_while_the_process_was_stopped() -> None:
+    """A process stopped for 60 s under a 30 s running_timeout reads the answer waiting when
+    it runs again (asyncio.timeout would time out on it first); 2 s of running time with no
+    answer end in TimeoutError after those 2 s."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def stopped_then_answered() -> None:
+        stop_process(60)
+        loop.call_at(loop.time() + 0.01, answer.set_result, "answer")
+
+    loop.call_later(0.2, stopped_then_answered)
+    async with running_timeout(30):
+        assert await answer == "answer"
+    start = loop.time()
+    with pytest.raises(TimeoutError):
+        async with running_timeout(2):
+            await asyncio.sleep(10)
+    assert loop.time() - start == pytest.approx(2, abs=0.01)

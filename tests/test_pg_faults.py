@@ -27,6 +27,7 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import Coordinator, Fence, LocalCoordinator, coordinator_for
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api.faults import Fault
 from bulk_mms.ledger import (
     LedgerView,
     copy_ledger,
@@ -51,6 +52,7 @@ from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from tests.conftest import JobFactory, numbers
+from tests.test_clock import stop_process
 from tests.test_postgres import KEY, age_claims
 from tests.threaded import fake_api_thread
 
@@ -395,6 +397,34 @@ async def test_a_lost_connection_is_made_again_once(database: str) -> None:
         await store.close()
 
 
+async def test_a_call_answered_while_the_process_was_stopped_past_the_bound_succeeds(
+    database: str,
+) -> None:
+    """A process stopped (SIGSTOP, a VM paused) for twice the database's bound while a call
+    of its was under way: woken, it reads the answer that came meanwhile, no
+    LedgerUnavailable; a call that gets no answer in running time still ends in one."""
+    link = pgconnect.Link(database, "db", timeout_s=30)
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> str:
+        await conn.execute("SELECT 1")
+        loop.call_later(0.1, stopped_then_answered)
+        return await answer
+
+    def stopped_then_answered() -> None:
+        stop_process(60)
+        loop.call_at(loop.time() + 0.01, answer.set_result, "answered")
+
+    try:
+        assert await link.run(work, "read") == "answered"
+        never: asyncio.Future[str] = loop.create_future()
+        with pytest.raises(LedgerUnavailable, match="no answer within 30 s"):
+            await link.run(lambda conn: never, "read")
+    finally:
+        await link.close()
+
+
 async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database: str) -> None:
     """A connection given up (closed) while another task's statement runs on it, its socket's
     number then taken by the next connection: that statement fails at once and is made again
@@ -728,6 +758,34 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
         _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err[-400:]
     assert fake.recipient_counts() == dict.fromkeys(numbers(80), 1)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_past_its_request_timeout_reads_the_answers_that_came(
+    jobs: JobFactory, database: str
+) -> None:
+    """A run SIGSTOPped for twice its request_timeout while requests of its are in flight (the
+    fake answers each a second after accepting it) reads their answers once woken: no group
+    in doubt, exit 0, everyone accepted once."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.extend(Fault("slow", delay=1.0) for _ in range(40))
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 2")
+    config = _config(jobs.root, "rate = 10\nconcurrency = 4", api="request_timeout = 2")
+    where = f"{database}?ledger=stopped"
+    with fake_api_thread(fake) as url:
+        proc = _run(job.path, url, config, where)
+        _wait_for(lambda: _count(database, "attempt") >= 3, 30)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(4)  # the process stopped: its requests' answers come meanwhile
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-400:]
+    assert b"Traceback" not in err
+    assert _count(database, "in_doubt") == 0
+    assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import psycopg.errors
 import structlog
 import yarl
 
+from bulk_mms.clock import running_timeout
 from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger.store import database_url, display
 
@@ -41,7 +42,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: No database call of a run waits longer than this (a commit, a claim, a heartbeat, a read of
-#: one group): past it the run stops with LedgerUnavailable, resumable.
+#: one group), in time the process ran (:func:`~bulk_mms.clock.running_timeout`: an answer
+#: that came while it was stopped is read): past it the run stops with LedgerUnavailable,
+#: resumable.
 DB_TIMEOUT_S: Final = 30.0
 #: Seconds to connect before a connection attempt counts as failed.
 CONNECT_TIMEOUT_S: Final = 5
@@ -178,7 +181,7 @@ class Link:
     Args:
         conninfo: for libpq (may hold a password: never shown).
         name: the URL to show.
-        timeout_s: no call waits longer (LedgerUnavailable).
+        timeout_s: no call waits longer, in time this process ran (LedgerUnavailable).
     """
 
     def __init__(self, conninfo: str, name: str, timeout_s: float = DB_TIMEOUT_S) -> None:
@@ -244,7 +247,7 @@ class Link:
         for last in (False, True):
             conn: psycopg.AsyncConnection[Any] | None = None  # this try's, once it has one
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with running_timeout(self.timeout_s):
                     conn = await self._connected()
                     return await self._on(conn, work)
             except TimeoutError:
