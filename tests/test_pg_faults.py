@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -740,11 +740,8 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
         first = _run(job.path, url, config, where)
         _wait_for(lambda: _count(database, "attempt") >= 6, 30)
         second = _run(job.path, url, config, where)
-        first.send_signal(signal.SIGSTOP)
-        try:
+        with _stopped(first):
             _wait_for(lambda: _max_token(database) >= 2, 30)  # the second took a claim over
-        finally:
-            first.send_signal(signal.SIGCONT)
         outs = [p.communicate(timeout=120) for p in (first, second)]
     for _, err in outs:
         assert b"Traceback" not in err
@@ -776,11 +773,8 @@ def test_a_run_stopped_past_its_request_timeout_reads_the_answers_that_came(
     with fake_api_thread(fake) as url:
         proc = _run(job.path, url, config, where)
         _wait_for(lambda: _count(database, "attempt") >= 3, 30)
-        proc.send_signal(signal.SIGSTOP)
-        try:
-            time.sleep(4)  # the process stopped: its requests' answers come meanwhile
-        finally:
-            proc.send_signal(signal.SIGCONT)
+        with _stopped(proc):
+            time.sleep(4)  # its requests' answers come meanwhile
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-400:]
     assert b"Traceback" not in err
@@ -920,6 +914,16 @@ def _terminate(database: str, pid: int) -> None:
             "WHERE application_name = %s",
             (f"bulk-mms pid {pid}",),
         )
+
+
+@contextlib.contextmanager
+def _stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """``proc`` stopped (SIGSTOP) for the block, and woken (SIGCONT) as it ends, however."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 class _locked:
