@@ -620,7 +620,8 @@ class AiohttpMmsClient:
         base_url: e.g. ``https://api.telnyx.com/v2`` (no trailing slash needed).
         api_key: sent as ``Authorization: Bearer``; never logged, never in an error.
         connect_timeout: seconds to establish a connection.
-        request_timeout: seconds for the whole request, connection included.
+        request_timeout: seconds for the whole request, connection included, in time this
+            process ran (:func:`~bulk_mms.clock.running_timeout`).
         max_connections: connection pool size; match it to the concurrency.
     """
 
