@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from types import TracebackType
 from typing import Final, Protocol
 
 #: How far apart this machine's clock and Telnyx's may be, in seconds: a message detail
@@ -115,46 +116,57 @@ RUNNING_LOOK_S: Final = 0.5
 STOPPED_AFTER_S: Final = 1.0
 
 
-@contextlib.asynccontextmanager
-async def running_timeout(seconds: float) -> AsyncIterator[None]:
+def running_timeout(seconds: float) -> RunningTimeout:
     """:func:`asyncio.timeout` of ``seconds`` counted in time this process ran: a look at the
     loop's time (every :data:`RUNNING_LOOK_S`) that comes :data:`STOPPED_AFTER_S` late or more
     found the process not running (SIGSTOP, a VM paused, the loop held up), and that stretch
     counts as one look's worth. So an answer that came while it did not run is read when it
     runs again, not timed out on: the bound is for a peer that does not answer, and a peer
-    cannot answer a process that is not there to read it.
+    cannot answer a process that is not there to read it. Use as ``async with``.
 
     Raises:
         TimeoutError: as :func:`asyncio.timeout`, once ``seconds`` of running time passed.
     """
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(None) as bound:
-        looks = _RunningTime(loop, bound, seconds)
-        try:
-            yield
-        finally:
-            looks.handle.cancel()
+    return RunningTimeout(seconds)
 
 
-class _RunningTime:
-    """The looks of one :func:`running_timeout`. Private."""
+class RunningTimeout:
+    """One :func:`running_timeout`: an :class:`asyncio.Timeout` with no deadline, fired by its
+    own looks at the loop's time (one timer a look; a request answered within
+    :data:`RUNNING_LOOK_S` makes one)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, bound: asyncio.Timeout, left: float):
-        self.loop, self.bound, self.left = loop, bound, left
-        self.last = loop.time()
-        self.step = min(RUNNING_LOOK_S, max(0.0, left))
-        self.handle = loop.call_at(self.last + self.step, self.look)
+    __slots__ = ("_bound", "_handle", "_last", "_left", "_loop", "_step")
 
-    def look(self) -> None:
-        now = self.loop.time()
-        gap = now - self.last
-        self.left -= self.step if gap - self.step >= STOPPED_AFTER_S else gap
-        self.last = now
-        if self.left <= 0:
-            self.bound.reschedule(now)  # fires at once
+    def __init__(self, seconds: float) -> None:
+        self._left = seconds
+
+    async def __aenter__(self) -> None:
+        self._bound = bound = asyncio.timeout(None)
+        await bound.__aenter__()
+        self._loop = loop = asyncio.get_running_loop()
+        self._last = last = loop.time()
+        self._step = step = min(RUNNING_LOOK_S, max(0.0, self._left))
+        self._handle = loop.call_at(last + step, self._look)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._handle.cancel()
+        await self._bound.__aexit__(kind, exc, tb)  # raises TimeoutError once it fired
+
+    def _look(self) -> None:
+        now = self._loop.time()
+        gap = now - self._last
+        self._left -= self._step if gap - self._step >= STOPPED_AFTER_S else gap
+        self._last = now
+        if self._left <= 0:
+            self._bound.reschedule(now)  # fires at once
             return
-        self.step = min(RUNNING_LOOK_S, self.left)
-        self.handle = self.loop.call_at(now + self.step, self.look)
+        self._step = min(RUNNING_LOOK_S, self._left)
+        self._handle = self._loop.call_at(now + self._step, self._look)
 
 
 async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:
