@@ -588,14 +588,16 @@ class WebhookReceiver:
         done: Iterable[str] = (),
     ) -> None:
         """Look for reports' recipients again for a while as the ledger grows; then give up
-        (at once when the receiver stops: its last look, then the rest are unmatched).
+        (at once when the receiver stops: one last look, then the rest are unmatched).
         ``reread``: the event's reports read again as the ledger stands (its group's own
         message, once the group's ``sent`` line lands, reports members under ``cc`` too,
         which were not read before); those matched already (``done``) are not again."""
         deadline = self.clock.monotonic() + self.late_window_s
         matched_before = set(done)
-        while unknown and self.clock.monotonic() < deadline and not self._stopping():
+        last = False
+        while unknown and self.clock.monotonic() < deadline and not last:
             await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
+            last = self._stopping()  # this look is the last
             try:
                 self.ready()
                 if reread is not None:

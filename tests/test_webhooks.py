@@ -374,6 +374,23 @@ async def test_an_event_that_beats_its_sent_line_is_recorded_when_it_lands(
     assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
 
 
+async def test_a_receiver_stopped_already_takes_one_last_look_for_a_late_event(
+    jobs: JobFactory,
+) -> None:
+    """An event whose `sent` line lands just as the receiver stops (the stop set before its
+    late look begins) is matched by one last look, not dropped as unmatched."""
+    stop = asyncio.Event()
+    receiver, path, client = await receiver_for(jobs, stop=stop)
+    late = append_late_group(path, client.calls[0])
+    stop.set()
+    report = RecipientStatus(late.to[0], "delivered")
+    await receiver.match_later("evt-late", [report], "late-msg", "2026-11-23T10:00:01Z")
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 0
+    assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+
+
 async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
