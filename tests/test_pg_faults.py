@@ -737,8 +737,7 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
     config = _config(jobs.root, "rate = 10\nconcurrency = 2\nlease_s = 1", api="records_lag_s = 0")
     where = f"{database}?ledger=paused"
     with fake_api_thread(fake) as url:
-        first = _run(job.path, url, config, where)
-        _wait_for(lambda: _count(database, "attempt") >= 6, 30)
+        first = _run_until_attempts(database, 6, job.path, url, config, where)
         second = _run(job.path, url, config, where)
         with _stopped(first):
             _wait_for(lambda: _max_token(database) >= 2, 30)  # the second took a claim over
@@ -771,8 +770,7 @@ def test_a_run_stopped_past_its_request_timeout_reads_the_answers_that_came(
     config = _config(jobs.root, "rate = 10\nconcurrency = 4", api="request_timeout = 2")
     where = f"{database}?ledger=stopped"
     with fake_api_thread(fake) as url:
-        proc = _run(job.path, url, config, where)
-        _wait_for(lambda: _count(database, "attempt") >= 3, 30)
+        proc = _run_until_attempts(database, 3, job.path, url, config, where)
         with _stopped(proc):
             time.sleep(4)  # its requests' answers come meanwhile
         _, err = proc.communicate(timeout=120)
@@ -797,8 +795,7 @@ def test_hosts_with_different_leases_never_take_each_others_live_claims(
     quick.write_text(slow.read_text().replace("lease_s = 30", "lease_s = 1"))
     where = f"{database}?ledger=leases"
     with fake_api_thread(fake) as url:
-        first = _run(job.path, url, slow, where)
-        _wait_for(lambda: _count(database, "attempt") >= 2, 30)
+        first = _run_until_attempts(database, 2, job.path, url, slow, where)
         second = _run(job.path, url, quick, where)
         outs = [p.communicate(timeout=120) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], [o[1][-400:] for o in outs]
@@ -939,6 +936,15 @@ class _locked:
     def __exit__(self, *exc: object) -> None:
         self.conn.rollback()
         self.conn.close()
+
+
+def _run_until_attempts(
+    database: str, attempts: int, job: Path, url: str, config: Path, ledger: str
+) -> subprocess.Popen[bytes]:
+    """A run (:func:`_run`) once the database holds ``attempts`` of its attempts: sending."""
+    proc = _run(job, url, config, ledger)
+    _wait_for(lambda: _count(database, "attempt") >= attempts, 30)
+    return proc
 
 
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
