@@ -76,8 +76,7 @@ MEANINGS: Final[Mapping[str, str]] = {
 #: default (developers.telnyx.com, "Advanced Opt-In/Out", default behaviour; support article
 #: 1270091), no more (a number Telnyx still texts is not left out) and no fewer.
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-#: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule. HELP
-#: (Telnyx answers it with its help text) changes nothing.
+#: Inbound texts that opt back in: the keywords on which Telnyx removes its block rule.
 OPT_IN_WORDS = frozenset({"START", "UNSTOP"})
 #: Inbound texts Telnyx answers with the profile's help text: no opt-out, no opt-in.
 HELP_WORDS = frozenset({"HELP", "INFO"})
