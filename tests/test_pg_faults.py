@@ -978,3 +978,34 @@ async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+
+
+async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_heartbeat(
+    database: str,
+) -> None:
+    """A run whose database sessions were all ended (an operator's pg_terminate_backend, a
+    failover) holds its run lock again once its next heartbeat has reconnected: `track
+    --follow` sees it live while it holds no claim, and not once it has ended."""
+    where = f"{database}?ledger=ended"
+    run = open_store(where, "run")
+    looker = open_store(where, "append")
+    coordinator = coordinator_for(run, 30.0)
+    try:
+        await coordinator.heartbeat()  # its claims' connection, and the run lock with it
+        with psycopg.connect(database, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = %s::oid AND objid = %s::oid",
+                (_RUN_LOCK, _ledger_key(run._id)),  # type: ignore[attr-defined]
+            ).fetchall()
+        assert len(ended) == 2  # the store's session and the claims' connection
+        assert await looker.live_run(30.0) is None
+        await coordinator.heartbeat()
+        assert await looker.live_run(30.0) == f"bulk-mms pid {os.getpid()}"
+        await coordinator.close()
+        run.close_sync()
+        assert await looker.live_run(30.0) is None
+    finally:
+        await coordinator.close()
+        await looker.close()
+        run.close_sync()

@@ -182,12 +182,23 @@ class Link:
         conninfo: for libpq (may hold a password: never shown).
         name: the URL to show.
         timeout_s: no call waits longer, in time this process ran (LedgerUnavailable).
+        hold: run on each connection as it is made, before any other work: what the
+            process holds by its session while the link lives (a session's advisory lock),
+            taken again on the connection that replaces a lost one.
     """
 
-    def __init__(self, conninfo: str, name: str, timeout_s: float = DB_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        name: str,
+        timeout_s: float = DB_TIMEOUT_S,
+        *,
+        hold: Callable[[psycopg.AsyncConnection[Any]], Awaitable[object]] | None = None,
+    ) -> None:
         self._conninfo = conninfo
         self._name = name
         self.timeout_s = timeout_s
+        self._hold = hold
         self._conn: psycopg.AsyncConnection[Any] | None = None
         #: one connection made at a time (tasks that find none wait for it, not make more)
         self._connecting = asyncio.Lock()
@@ -207,6 +218,13 @@ class Link:
                     ),
                     **_connect_args(),
                 )
+                if self._hold is not None:
+                    try:
+                        await self._hold(self._conn)
+                    except BaseException:
+                        conn, self._conn = self._conn, None
+                        await self._close_now(conn)
+                        raise
             assert self._conn is not None
             return self._conn
 

@@ -190,8 +190,11 @@ _CLAIM: Final = f"""
     RETURNING token
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
 #: The advisory-lock namespace in which each run holds its ledger (shared: runs never wait on
-#: one another) from its store's opening to its closing, with the ledger's key
-#: (:func:`_ledger_key`) as the second key.
+#: one another) from its store's opening to its end, with the ledger's key
+#: (:func:`_ledger_key`) as the second key: by the store's own session, and by its claims'
+#: connection from the first claim or heartbeat on (taken again on a connection made after
+#: one was lost, so a run whose sessions the server ended is live again by its next
+#: heartbeat).
 _RUN_LOCK: Final = 0x72756E73
 _HOLD_RUN: Final = "SELECT pg_advisory_lock_shared(%s, %s::int)"
 #: Given back as the store closes: a closed connection's session may end a moment later.
@@ -515,8 +518,8 @@ class PostgresStore(GroupCommitted[_Item]):
 
     async def live_run(self, lease_s: float) -> str | None:
         """The process running this ledger now (``bulk-mms pid N``, or a claim's owner:
-        ``host:pid:tag``), or None: a run is live from the opening of its store (its run lock,
-        :data:`_RUN_LOCK`) to its closing, and while it holds a claim: a run that ends gives
+        ``host:pid:tag``), or None: a run is live from the opening of its store to its end
+        (its run lock, :data:`_RUN_LOCK`), and while it holds a claim: a run that ends gives
         its claims back (:meth:`PostgresCoordinator.release`); one killed holds them until
         their lease runs out.
 
@@ -729,7 +732,14 @@ class PostgresCoordinator:
         self.name = store.name
         self.owner = store.owner
         self._ledger = store._id
-        self._link = Link(store._conninfo, store.name)
+        key = _ledger_key(store._id)
+
+        async def hold_run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(_HOLD_RUN, (_RUN_LOCK, key))
+
+        # a run's claims' connection holds its run lock too: taken again on the connection
+        # that replaces a lost one (the store's own may be lost for good: live_run)
+        self._link = Link(store._conninfo, store.name, hold=hold_run if store._holds_run else None)
         self._conninfo = store._conninfo
         #: This process's claims: each group's fence token when it last claimed it.
         self._tokens: dict[str, int] = {}
