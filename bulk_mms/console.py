@@ -28,7 +28,7 @@ from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import AccountRefused, BulkMmsError, Exit, LedgerLocked, LimitReached
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for
-from bulk_mms.runner import window_stop
+from bulk_mms.runner import sending_window, window_stop
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
 from bulk_mms.words import escaped
 
@@ -347,7 +347,7 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  input        {s.rows_text()}")
     print(f"  grouping     {job.grouping}")
     if job.recipient_window is not None:
-        _print_zones(s, job.recipient_window)
+        _print_zones(s, job, job.recipient_window)
     print_template_notes(s, prefix="  templates    ")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     e = s.estimate
@@ -429,8 +429,9 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _print_zones(s: JobSummary, window: SendWindow) -> None:
-    """Recipients per time zone, and whether each zone's window is open now or when it opens."""
+def _print_zones(s: JobSummary, job: JobConfig, window: SendWindow) -> None:
+    """Recipients per time zone, and whether each zone's window is open now or when it opens
+    with the job's ``send_window`` open too (nothing is sent outside that)."""
     now = utc(SystemClock())
     print(f"  quiet hours  {window} in each recipient's zone")
     for key, n in sorted(s.zones.items(), key=lambda kv: -kv[1]):
@@ -438,7 +439,7 @@ def _print_zones(s: JobSummary, window: SendWindow) -> None:
         if open_for(window, zones, now):
             state = "open now"
         else:
-            at = next_opening(window, zones, now)
+            at = next_opening(window, zones, now, sending_window(job))
             state = f"opens {at:%Y-%m-%d %H:%M} UTC" if at else "no overlap within two days"
         print(f"    {n:>8} recipients in {key}: {state}")
 

@@ -31,6 +31,9 @@ _STEP = dt.timedelta(minutes=5)
 _DAY = dt.timedelta(days=1)
 _NEVER = float("inf")
 _HORIZON = dt.timedelta(days=2)
+#: Other windows that must be open at the same time, each with its zones (the job's
+#: ``send_window`` in its ``timezone``, for recipients held for their quiet hours).
+Also = Iterable[tuple[SendWindow, tuple[str, ...]]]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -150,25 +153,34 @@ def _open_for_s(window: SendWindow, zone: zoneinfo.ZoneInfo, now: dt.datetime) -
 
 
 def opens_before(
-    window: SendWindow, zones: Iterable[str], now: dt.datetime, deadline: dt.datetime | None
+    window: SendWindow,
+    zones: Iterable[str],
+    now: dt.datetime,
+    deadline: dt.datetime | None,
+    also: Also = (),
 ) -> bool:
-    """Whether the window opens again in all ``zones`` after ``now`` and before ``deadline``
-    (aware): always without a deadline, and when it cannot tell (no opening within two days).
-    :func:`next_opening` finds an opening up to five minutes late, so an opening that late
-    counts as before: only a window that surely opens too late is told so."""
+    """Whether the window opens again in all ``zones`` (and every window of ``also`` with
+    it) after ``now`` and before ``deadline`` (aware): always without a deadline, and when
+    it cannot tell (no opening within two days). :func:`next_opening` finds an opening up to
+    five minutes late, so an opening that late counts as before: only a window that surely
+    opens too late is told so."""
     if deadline is None:
         return True
-    at = next_opening(window, zones, now)
+    at = next_opening(window, zones, now, also)
     return at is None or at - _STEP < deadline
 
 
-def next_opening(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> dt.datetime | None:
-    """The first moment after ``now`` when the window is open in all ``zones`` (to 5 minutes),
-    or None when the zones' windows never overlap within two days."""
+def next_opening(
+    window: SendWindow, zones: Iterable[str], now: dt.datetime, also: Also = ()
+) -> dt.datetime | None:
+    """The first moment after ``now`` when the window is open in all ``zones`` and every
+    window of ``also`` is open in its zones (the job's ``send_window``, in its timezone: a
+    recipient is sent only when both are), to 5 minutes; or None when they never overlap
+    within two days."""
     zones = tuple(zones)
     t = now.replace(second=0, microsecond=0) + _STEP
     while t - now <= _HORIZON:
-        if open_for(window, zones, t):
+        if open_for(window, zones, t) and all(open_for(w, z, t) for w, z in also):
             return t
         t += _STEP
     return None

@@ -29,7 +29,7 @@ from msgspec.structs import replace
 from bulk_mms.caps import run_limits
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
-from bulk_mms.config import JobConfig, Settings
+from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.coordination import Coordinator, coordinator_for
 from bulk_mms.errors import (
     BulkMmsError,
@@ -658,10 +658,11 @@ class Runner:
             s.stopped = _closed(job, now, expires)
         if s.stopped is None and self.quiet and quiet is not None:
             s.stopped = "quiet_hours"
-            openings = [next_opening(quiet, z, now) for z in self.quiet]
+            also = sending_window(job)  # a held recipient is sent only when both are open
+            openings = [next_opening(quiet, z, now, also) for z in self.quiet]
             s.next_opening = min((o for o in openings if o is not None), default=None)
             s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
-            if not any(opens_before(quiet, z, now, expires) for z in self.quiet):
+            if not any(opens_before(quiet, z, now, expires, also) for z in self.quiet):
                 s.stopped = AFTER_DEADLINE
 
     async def report_progress(self, progress: Progress, total: int | None) -> None:
@@ -833,6 +834,13 @@ def window_stop(job: JobConfig, clock: Clock) -> str | None:
         return None
     deadline = _deadline_before_start(job)
     return None if past(deadline, clock) else _closed(job, now, deadline)
+
+
+def sending_window(job: JobConfig) -> tuple[tuple[SendWindow, tuple[str, ...]], ...]:
+    """The job's ``send_window`` with its zone, as :func:`~bulk_mms.quiet.next_opening`'s
+    ``also``: nothing is sent outside it, whatever a recipient's window says."""
+    window = job.send_window
+    return () if window is None else ((window, (job.timezone,)),)
 
 
 def _closed(job: JobConfig, now: dt.datetime, deadline: dt.datetime | None) -> str:

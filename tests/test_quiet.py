@@ -112,6 +112,30 @@ async def test_recipients_whose_window_opens_after_the_deadline_make_the_run_exi
     assert (s.stopped, run_outcome(s)) == (AFTER_DEADLINE, 1)
 
 
+@pytest.mark.parametrize(
+    ("deadline", "stopped", "code"),
+    [("", "quiet_hours", 4), ('\ndeadline = "2026-11-25T20:00+00:00"', AFTER_DEADLINE, 1)],
+)
+async def test_held_recipients_wait_for_the_send_window_to_be_open_too(
+    jobs: JobFactory, deadline: str, stopped: str, code: int
+) -> None:
+    """At 14:00 UTC Los Angeles is held for its quiet hours; its window opens at 16:00, when
+    the job's send_window (closed 15:30-22:00 UTC) is shut: the run names 22:00, when both
+    are open, and with a deadline before then it exits 1, not 4 (no later run sends them)."""
+    pairs = zip(NEW_YORK, LOS_ANGELES, strict=True)
+    jobs.csv([{"phone": p, "first": "x"} for pair in pairs for p in pair])
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\nsend_window = "22:00-15:30"'
+        + deadline
+    )
+    morning = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK
+    assert s.next_opening == dt.datetime(2026, 11, 25, 22, 0, tzinfo=dt.UTC)
+    assert (s.stopped, run_outcome(s)) == (stopped, code)
+
+
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
     """At 14:00 UTC New York (9:00) is open and Los Angeles (6:00) is not: only New York's
     recipients are sent, in groups of their own zone; the run exits 4 naming the next opening;
@@ -146,6 +170,23 @@ async def test_the_dry_run_shows_recipients_per_zone(
     out = capsys.readouterr().out
     assert "6 recipients in America/New_York" in out
     assert "6 recipients in America/Los_Angeles" in out
+
+
+async def test_the_dry_run_says_when_a_held_zone_can_be_sent_with_the_send_window_open(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 14:00 UTC the dry run gives Los Angeles's opening as 22:00 UTC, when the
+    send_window (closed 15:30-22:00 UTC) is open too, not 16:00, when only its own is."""
+    jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\nsend_window = "22:00-15:30"'
+    )
+    morning = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC).timestamp()
+    monkeypatch.setattr("bulk_mms.console.SystemClock", lambda: FakeClock(wall=morning))
+    plan = await dry_run(job, FAST, clock=FakeClock(wall=morning))
+    print_dry_run(plan, job, FAST)
+    out = capsys.readouterr().out
+    assert "6 recipients in America/Los_Angeles: opens 2026-11-25 22:00 UTC" in out
 
 
 async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_window(
