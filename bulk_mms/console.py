@@ -216,9 +216,10 @@ def run_outcome(s: JobSummary) -> int:
         _tell_stop(s)  # stopped by a signal, or outside the send window before it began
         return SIGNAL_EXIT.get(s.stopped or "") or windowed[s.stopped or ""]
     _tell_summary(s)
-    if s.stopped in windowed:  # it closed mid-run, or held everyone left for quiet hours
-        _tell_stop(s)
+    if s.stopped in windowed and (_incomplete(s) or s.quiet):
+        _tell_stop(s)  # it closed mid-run, or held everyone left for quiet hours
         return windowed[s.stopped or ""]
+    # (a window that closed once everyone was sent, its last answer on the way: done)
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
     if s.stopped in ("limit", "deadline"):

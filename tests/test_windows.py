@@ -615,3 +615,35 @@ async def test_a_member_a_delivery_report_sends_again_waits_for_the_send_window(
     morning = await run_job(job, FAST, client, clock=clock_at(MORNING + dt.timedelta(days=1)))
     assert [c.to for c in client.calls[1:]] == [(g.to[0],)]
     assert morning.sent_groups == 1
+
+
+@pytest.mark.parametrize(
+    ("people", "extra", "code"),
+    [
+        (8, "", 0),
+        (8, '\ndeadline = "2026-11-24T18:00+00:00"', 0),
+        (12, "", 4),
+        (12, '\ndeadline = "2026-11-24T18:00+00:00"', 1),
+    ],
+    ids=["all-sent", "all-sent-deadline", "one-left", "one-left-deadline"],
+)
+async def test_a_window_closing_after_everyone_was_sent_does_not_make_the_run_incomplete(
+    jobs: JobFactory, people: int, extra: str, code: int
+) -> None:
+    """The send_window closes while the last answer is on its way: when every recipient was
+    sent before it closed, the run exits 0, not 4 (a later run has nothing to send) nor 1
+    (the window opens again only after the deadline, and nobody needs it); a group left
+    for the window still makes it exit 4, or 1 when its window opens after the deadline."""
+    jobs.people(people)
+    job = jobs.job(extra=f'timezone = "UTC"\nsend_window = "09:00-12:00"\ngroup_size = 4{extra}')
+    start = dt.datetime(2026, 11, 24, 11, 59, 50, tzinfo=UTC)
+    clock = clock_at(start)
+
+    async def slow(g: Group, n: int) -> SendReceipt:
+        await asyncio.sleep(20)  # the answers come after 12:00
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=2)  # a third group waits for a worker till 12:00:10
+    s = await run_job(job, settings, FakeClient(lambda g, n: slow(g, n)), clock=clock)
+    assert s.recipients is not None and s.recipients.sent == 8
+    assert run_outcome(s) == code
