@@ -177,7 +177,7 @@ def next_opening(
     window of ``also`` is open in its zones (the job's ``send_window``, in its timezone: a
     recipient is sent only when both are), to 5 minutes; or None when they never overlap
     within two days."""
-    zones = tuple(zones)
+    zones, also = tuple(zones), tuple(also)
     t = now.replace(second=0, microsecond=0) + _STEP
     while t - now <= _HORIZON:
         if open_for(window, zones, t) and all(open_for(w, z, t) for w, z in also):
