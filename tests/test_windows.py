@@ -644,6 +644,7 @@ async def test_a_window_closing_after_everyone_was_sent_does_not_make_the_run_in
         return ok_receipt(g, n)
 
     settings = replace(FAST, concurrency=2)  # a third group waits for a worker till 12:00:10
-    s = await run_job(job, settings, FakeClient(lambda g, n: slow(g, n)), clock=clock)
-    assert s.recipients is not None and s.recipients.sent == 8
+    s = await run_job(job, settings, FakeClient(slow), clock=clock)
+    assert s.recipients is not None
+    assert s.recipients.sent == 8
     assert run_outcome(s) == code
