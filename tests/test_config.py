@@ -424,6 +424,35 @@ def test_a_deadline_in_the_repeated_hour_is_refused_with_both_offsets(tmp_path: 
 
 
 @pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("2026-11-24T12:00:00Z", None),
+        ("2026-11-24T06:00:00-06:00", None),
+        ("2026-11-24T06:00:00", None),  # a local date-time: the job's timezone
+        ("2026-11-24", "'2026-11-24' is a day, not a time"),
+        ("06:00:00", "'06:00:00' is not a date and time"),
+    ],
+)
+def test_a_deadline_written_as_tomls_own_date_time_reads_as_the_string_would(
+    tmp_path: Path, written: str, said: str | None
+) -> None:
+    """An unquoted TOML date-time (``deadline = 2026-11-24T12:00:00Z``) is the same deadline as
+    the quoted string; a TOML date or time of day alone is refused as the string is."""
+    p = write(
+        tmp_path,
+        f'name = "n"\ninput = "a.csv"\ngroup_size = 1\ntimezone = "America/Chicago"\n'
+        f"deadline = {written}\n" + GOOD_MESSAGE,
+    )
+    if said is not None:
+        with pytest.raises(ConfigError, match=said):
+            load_job(p)
+        return
+    deadline = load_job(p).deadline
+    assert deadline is not None
+    assert deadline.astimezone(dt.UTC).isoformat() == "2026-11-24T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
     ("text", "utc"),
     [
         ("2026-11-01T01:30-05:00", "2026-11-01T06:30:00+00:00"),

@@ -3,6 +3,7 @@ error naming the file and the setting (with a near-miss suggestion for an unknow
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import math
 import re
@@ -99,6 +100,14 @@ class Table:
         if "\0" in value:  # no path, encoding, name or text holds one (the OS refuses it)
             raise self.error(key, "contains a NUL character (\\u0000)")
         return value
+
+    def moment(self, key: str) -> str | None:
+        """A date and time, written as a string or as TOML's own (``2026-11-24T12:00:00Z``,
+        unquoted), as the string's text: one reading for both forms."""
+        value = self._get(key)
+        if isinstance(value, dt.date | dt.time):  # a datetime is a date
+            return value.isoformat()
+        return self.str_(key)
 
     def column(self, key: str, default: str | None = None) -> str | None:
         """A setting that names an input column: ``default`` when absent; refused when empty

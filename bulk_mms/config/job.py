@@ -252,7 +252,7 @@ def load_job(
             "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
         ) from None
     max_cost = top.decimal("max_cost")
-    deadline = _deadline(top.str_("deadline"), zone, top)
+    deadline = _deadline(top.moment("deadline"), zone, top)
     max_age_s = top.float_("max_age_s", 0.0, 0.0, 365 * 86_400) or None
     recipient_text = top.str_("recipient_window")
     recipient_window = (
@@ -389,7 +389,8 @@ def _encoding(name: str, top: Table) -> str:
 
 
 def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | None:
-    """``deadline = "2026-11-24T12:00"``, in the job's timezone unless it names an offset."""
+    """``deadline = "2026-11-24T12:00"`` (or unquoted, TOML's own), in the job's timezone
+    unless it names an offset."""
     if text is None:
         return None
     try:
