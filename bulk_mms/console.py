@@ -240,6 +240,12 @@ def _ended(s: JobSummary) -> int:
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
 
 
+def _again(s: JobSummary) -> str:
+    """Of the failed groups, those a rerun sends again (their retries ran out on a transient
+    error), said beside them, in the recipients' words: "failed" alone reads as for good."""
+    return f" ({s.retry_later_groups} pending a rerun)" if s.retry_later_groups else ""
+
+
 def _tell_summary(s: JobSummary) -> None:
     """The run's counts, the ledger's recipients, template notes and the rate, on stdout:
     what it sent, and what it did not (failed, expired, in doubt), however it ended."""
@@ -250,7 +256,8 @@ def _tell_summary(s: JobSummary) -> None:
     say(
         "job.summary",
         f"{s.job}: sent {_n(s.sent_groups, 'group')} ({_n(s.sent_recipients, 'recipient')}); "
-        f"{_n(s.failed_groups, 'group')} failed, {expired}{s.in_doubt_groups} in doubt; "
+        f"{_n(s.failed_groups, 'group')} failed{_again(s)}, {expired}"
+        f"{s.in_doubt_groups} in doubt; "
         f"{_n(s.skipped_groups, 'group')} already done, "
         f"{s.held_groups} held in doubt; {s.rows_text()}",
         stream=out,

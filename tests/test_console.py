@@ -103,6 +103,25 @@ def test_a_run_stopped_by_a_window_still_says_what_failed(
     assert "8 failed" in out
 
 
+@pytest.mark.parametrize(
+    ("failed", "again", "said"),
+    [
+        (2, 0, "2 groups failed, 0 in doubt"),
+        (1, 1, "1 group failed (1 pending a rerun), 0 in doubt"),
+        (3, 1, "3 groups failed (1 pending a rerun), 0 in doubt"),
+    ],
+)
+def test_the_summary_says_which_failed_groups_are_pending_a_rerun(
+    capsys: pytest.CaptureFixture[str], failed: int, again: int, said: str
+) -> None:
+    """Failed groups whose retries ran out on a transient error (a 5xx, the last 429 before
+    a window closed) are said to be pending a rerun, as their recipients are, not left
+    reading as failed for good."""
+    s = JobSummary("j", sent_groups=1, failed_groups=failed, retry_later_groups=again)
+    run_outcome(s)
+    assert said in capsys.readouterr().out
+
+
 def test_summary_lines_name_their_units(capsys: pytest.CaptureFixture[str]) -> None:
     """Each count in the summary says what it counts, and the rate says requests/s."""
     s = JobSummary(
