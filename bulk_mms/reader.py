@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -177,6 +178,7 @@ class RowReader:
     __slots__ = (
         "_bad",
         "_bom",
+        "_c1",
         "_csv",
         "_expect",
         "_file",
@@ -224,6 +226,9 @@ class RowReader:
         #: ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked.
         self.encoding = encoding
         self._bom = False  # the file starts with a UTF-8 byte order mark
+        # the encoding reads bytes as C1 control characters (latin-1's 0x80-0x9F, where
+        # cp1252 has its curly quotes and euro sign): a line holding one is not text
+        self._c1 = _decodes_c1(encoding)
         # under another encoding, until the first line that is not ASCII decides it: is the
         # file UTF-8 after all (which that encoding would garble)?
         self._sniff = not codecs.lookup(encoding).name.startswith("utf-8")
@@ -446,11 +451,14 @@ class RowReader:
             self._bad[lineno] = self._binary(lineno)
             return "\n"
         try:
-            return line.decode(self.encoding)
+            text = line.decode(self.encoding)
         except UnicodeDecodeError:
+            text = None
+        if text is None or (self._c1 and _C1.search(text)):
             # raised when the rows reach this line, so the rows before it come first
             self._bad[lineno] = self._not_text(lineno, line)
             return "\n"
+        return text
 
     def _not_text(self, lineno: int, line: bytes) -> InputError:
         """The error for a line that is not text in :attr:`encoding`: the whole file stops
@@ -465,7 +473,7 @@ class RowReader:
                 line=lineno,
             )
         looks = likely_encoding(line)
-        if looks == self.encoding:
+        if codecs.lookup(looks).name == codecs.lookup(self.encoding).name:
             hint = "the file is damaged"
         elif self._bom:  # the encoding setting does not apply: the mark makes it UTF-8
             hint = (
@@ -559,12 +567,14 @@ class RowReader:
             and b"\x00" not in data
         ):
             try:
-                lines = io.StringIO(data.decode(self.encoding), newline="\n").readlines()
+                text = data.decode(self.encoding)
             except UnicodeDecodeError:
                 pass
             else:
-                self._lineno += len(lines)
-                return lines
+                if not (self._c1 and _C1.search(text)):
+                    lines = io.StringIO(text, newline="\n").readlines()
+                    self._lineno += len(lines)
+                    return lines
         out = []
         for line in io.BytesIO(data).readlines():
             self._lineno += 1
@@ -772,7 +782,10 @@ class RowReader:
         if self._sniff and not raw.isascii() and (utf8 := self._utf8(lineno, raw)):
             raise utf8
         try:
-            obj = orjson.loads(raw if self.encoding == "utf-8" else raw.decode(self.encoding))
+            text = raw if self.encoding == "utf-8" else raw.decode(self.encoding)
+            if self._c1 and _C1.search(cast(str, text)):
+                raise self._not_text(lineno, raw)
+            obj = orjson.loads(text)
         except UnicodeDecodeError:
             raise self._not_text(lineno, raw) from None
         except orjson.JSONDecodeError as exc:
@@ -1020,6 +1033,20 @@ def _cut_short(line: bytes, encoding: str) -> bool:
     except UnicodeDecodeError:
         return False
     return bool(decoder.getstate()[0])
+
+
+#: The C1 control characters: never text. Latin-1 and the other ISO 8859 encodings read bytes
+#: 0x80-0x9F as them, where cp1252 (Excel's CSV on Windows) has its curly quotes, dashes and
+#: euro sign.
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _decodes_c1(encoding: str) -> bool:
+    """Whether ``encoding`` reads some byte as a C1 control character (latin-1 does; cp1252
+    and UTF-8 do not)."""
+    if codecs.lookup(encoding).name.startswith("utf-8"):
+        return False  # a C1 character is written in UTF-8 on purpose, never by chance
+    return _C1.search(bytes(range(0x80, 0xA0)).decode(encoding, "replace")) is not None
 
 
 def likely_encoding(data: bytes) -> str:

@@ -156,6 +156,32 @@ def test_a_cp1252_file_read_as_utf8_stops_naming_line_and_encoding(
     assert 'encoding = "cp1252"' in err.value.message
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
+@pytest.mark.parametrize("encoding", ["latin-1", "iso-8859-15"])
+def test_cp1252_smart_quotes_under_latin1_stop_the_file_naming_cp1252(
+    tmp_path: Path, name: str, encoding: str
+) -> None:
+    """Excel's Windows-1252 export read as latin-1 (or another ISO 8859 encoding) stops at the
+    first line with a curly quote or a euro sign, naming cp1252: those bytes are control
+    characters there, never sent in a message; the lines before it read."""
+    if name.endswith(".jsonl"):
+        data = (
+            '{"phone": "+12125550100", "name": "Zoë"}\n{"phone": "+12125550101", "name": "“Al”"}\n'
+        )
+    else:
+        data = "phone,name\r\n+12125550100,Zoë\r\n+12125550101,€uro\r\n"
+    p = tmp_path / name
+    p.write_bytes(data.encode("cp1252"))
+    with RowReader(p, "phone", ("name",), encoding=encoding) as reader:
+        rows = iter(reader)
+        assert next(rows).fields["name"] == "Zoë"
+        with pytest.raises(InputError) as err:
+            next(rows)
+    assert err.value.line == (2 if name.endswith(".jsonl") else 3)
+    assert f"is not valid {encoding} text" in err.value.message
+    assert 'set encoding = "cp1252"' in err.value.message
+
+
 def test_a_cp1252_file_with_its_encoding_keeps_every_name(tmp_path: Path) -> None:
     """With encoding = cp1252 every name reads as written."""
     p = tmp_path / "a.csv"
