@@ -65,6 +65,9 @@ MAX_LINE_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: The lines after a CSV header read ahead to learn how wide its writer pads rows
+#: (:meth:`RowReader._padding`).
+PAD_LINES = 50
 #: Lines that are not ASCII, every one valid UTF-8, that show a file read under another
 #: encoding is UTF-8 (:meth:`RowReader._utf8`).
 UTF8_LINES = 3
@@ -186,6 +189,7 @@ class RowReader:
         "_known",
         "_lineno",
         "_ours",
+        "_pad",
         "_raw",
         "_recent",
         "_sniff",
@@ -273,6 +277,9 @@ class RowReader:
         # the number of the file's last line when it has no line end (0 until one is read)
         self._unended = 0
         self._csv: Iterator[list[str]] | None = None
+        # the fields a CSV row may have, empty ones padding it past the header (set once the
+        # header is read: :meth:`_padding`)
+        self._pad = 0
         # a file of failed recipients bulk-mms wrote (report --failed-csv): its cells are
         # read as the values they were written from (csvfile.read_cell)
         self._ours = False
@@ -613,7 +620,34 @@ class RowReader:
             raise InputError(self.path, self._no_phone_column(), line=1)
         if not self._peek_content():
             raise InputError(self.path, "has a header but no data rows")
+        self._pad = self._padding()
         self._streaming = True
+
+    def _padding(self) -> int:
+        """How many fields a row may have, the empty ones past the header padding: the fewest
+        that a row of the first :data:`PAD_LINES` lines (read ahead, kept) has, at least the
+        header's. A writer pads every row alike (a spreadsheet its range, another tool a comma
+        at the end of each line); a comma not quoted in a field makes one row wider than the
+        others, whose empty last cell is no padding."""
+        while len(self._first) < PAD_LINES and (item := self._readline()) is not None:
+            self._first.append(item)
+        whole = len(self._first) < PAD_LINES  # read to the file's end: no record cut short
+        lines = [raw.decode(self.encoding, "replace") for _, raw in self._first]
+        reader = csv.reader(lines, strict=False)
+        widths: list[int] = []
+        while True:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:
+                continue  # a lone carriage return: the row is judged when it is read
+            if any(cell.strip(_NOTHING) for cell in rec):
+                widths.append(len(rec))
+        if not whole:
+            widths = widths[:-1]  # the last may be a record over lines cut by the sample
+        width = len(self.columns)
+        return min((n for n in widths if n >= width), default=width)
 
     def _no_phone_column(self) -> str:
         """Why a CSV header without the phone column is refused: a header of one column that
@@ -732,9 +766,19 @@ class RowReader:
         if not any(cell.strip(_NOTHING) for cell in rec):
             return None  # a blank line, a spreadsheet's row of empty cells, a DOS EOF mark
         width = len(self.columns)
+        start, last = lines
+        if len(rec) > self._pad and len(unpadded(rec, width)) == width:
+            # padded wider than the rows near the top: not padding but a comma not quoted in a
+            # field, every cell after it shifted one column on, the empty last one past the
+            # header (``Smith, Bo,+1 home,+1 mobile,``: the home number under the mobile's)
+            return RejectedRow(
+                start,
+                ",".join(rec)[:200],
+                f"row has {len(rec)} fields, header has {width} (rows near the top have "
+                f"{self._pad}, its extra ones are empty): a comma in a field not in quotes?",
+            )
         rec = unpadded(rec, width)
         size = len(rec)
-        start, last = lines
         if size != width and last == self._unended:
             raise InputError(
                 self.path,

@@ -778,11 +778,11 @@ def test_blank_lines_between_rows_are_skipped(tmp_path: Path) -> None:
 @pytest.mark.parametrize("header", ["phone,name", "phone,name,,"])
 def test_a_spreadsheets_padding_is_not_a_row_or_a_field(tmp_path: Path, header: str) -> None:
     """Rows of empty cells are skipped as blank lines and empty cells past the header's last
-    column are dropped, with or without empty names padding the header; a value past the
-    header's last column still rejects its row."""
+    column are dropped (as many as the first row has), with or without empty names padding
+    the header; a value past the header's last column still rejects its row."""
     p = tmp_path / "a.csv"
     p.write_text(
-        f"{header}\r\n+12125550100,A,,\r\n,,,\r\n , ,\r\n+12125550101,B,, ,,\r\n"
+        f"{header}\r\n+12125550100,A,,\r\n,,,\r\n , ,\r\n+12125550101,B, ,\r\n"
         "+12125550102,C,,,x\r\n,,\r\n"
     )
     rows = read(p, keep=("name",))
@@ -796,6 +796,46 @@ def test_a_spreadsheets_padding_is_not_a_row_or_a_field(tmp_path: Path, header: 
         6,
         f"row has 5 fields, header has {len(header.split(','))}",
     )
+
+
+@pytest.mark.parametrize("header", ["name,home,mobile,note", "name,home,mobile,note,"])
+@pytest.mark.parametrize("at", [0, 1])
+def test_a_comma_not_quoted_before_an_empty_last_cell_rejects_its_row(
+    tmp_path: Path, header: str, at: int
+) -> None:
+    """A row one field wider than the rows near the top, its last cell empty (a name with a
+    comma written without quotes, the note empty: ``Smith, Bo,+1...,+1...,``), is rejected,
+    first row or not, never read with its cells shifted (the home number sent as the
+    mobile); padding as wide as the other rows' still reads."""
+    p = tmp_path / "a.csv"
+    pad = "," * (header.count(",") - 2)
+    rows = [
+        f"Ann,+12125550100,+12125550101{pad}\n",
+        f"Cy,+12125550104,+12125550105{pad}\n",
+    ]
+    shifted = f"Smith, Bo,+12125550102,+12125550103{pad}"
+    rows.insert(at, shifted + "\n")
+    p.write_text(header + "\n" + "".join(rows))
+    read_rows = read(p, phone="mobile", keep=("name",))
+    assert [r.fields for r in read_rows if isinstance(r, Row)] == [
+        {"mobile": "+12125550101", "name": "Ann"},
+        {"mobile": "+12125550105", "name": "Cy"},
+    ]
+    rejected = [r for r in read_rows if isinstance(r, RejectedRow)]
+    assert [(r.line, r.value) for r in rejected] == [(at + 2, shifted)]
+    assert rejected[0].reason.startswith(f"row has {shifted.count(',') + 1} fields, header has")
+    assert rejected[0].reason.endswith("a comma in a field not in quotes?")
+
+
+@pytest.mark.parametrize("tail", [",", ",,,"])
+def test_rows_a_writer_pads_alike_past_the_header_all_read(tmp_path: Path, tail: str) -> None:
+    """A writer that ends every row with the same empty cells past a header without them (a
+    comma at the end of each line) has every row read, past the lines read ahead too."""
+    p = tmp_path / "a.csv"
+    p.write_text("phone,name\n" + "".join(f"+1212555{i:04d},N{i}{tail}\n" for i in range(120)))
+    read_rows = read(p, keep=("name",))
+    assert all(isinstance(r, Row) for r in read_rows)
+    assert len(read_rows) == 120
 
 
 def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
