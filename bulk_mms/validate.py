@@ -87,11 +87,13 @@ def _after_canonical_us(value: str, region: str) -> str:
 #: and Word's autocorrect puts an en dash, U+2013, byte 0x96 in cp1252, for the hyphen of
 #: ``415-847-5640``), as the ASCII the rest of the path reads: every dash and the minus sign
 #: as ``-``, the no-break and narrow spaces as a space, and the invisible ones (zero-width
-#: space and joiners, word joiner, byte-order mark, soft hyphen) deleted.
+#: space and joiners, word joiner, byte-order mark, soft hyphen, the direction marks) deleted.
 _SEPARATORS: Final = str.maketrans(
     dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-")
     | dict.fromkeys("\u00a0\u2007\u2009\u202f", " ")
     | dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", None)
+    # the direction marks, embeddings and isolates Windows wraps a copied number in
+    | dict.fromkeys("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069", None)
 )
 
 

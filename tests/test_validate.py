@@ -339,6 +339,8 @@ TYPOGRAPHIC = {
     **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
     **dict.fromkeys("\u00a0\u2007\u2009\u202f", " "),
     **dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", ""),
+    # the direction marks and embeddings Windows wraps a copied number in
+    **dict.fromkeys("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069", ""),
 }
 #: Those of them phonenumbers itself reads as punctuation.
 PHONENUMBERS_READS = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u00a0\u00ad\u200b\u2060"
@@ -369,6 +371,16 @@ def test_a_typographic_separator_reads_as_the_ascii_one(separator: str) -> None:
     for layout in ("{a}{s}{e}{s}{l}", "({a}){s}{e}{s}{l}", "+1{s}{a}{s}{e}{s}{l}", "{s}{a}{e}{l}"):
         value = layout.format(a="415", e="847", l="5640", s=separator)
         assert normalize_phone(value) == "+14158475640", repr(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["\u202a+1 (212) 555-0100\u202c", "\u200e+12125550100", "\u2066212-555-0100\u2069"]
+)
+def test_a_number_copied_with_direction_marks_is_the_number(value: str) -> None:
+    """A number copied from Windows' contacts or an email (wrapped in the invisible
+    left-to-right embedding and its end, or a left-to-right mark) is the number, not a row
+    rejected for a stray character."""
+    assert normalize_phone(value) == "+12125550100"
 
 
 def test_the_en_dash_of_a_cp1252_file_reads_as_a_hyphen() -> None:
