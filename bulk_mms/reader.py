@@ -653,6 +653,12 @@ class RowReader:
         """Why a CSV header without the phone column is refused: a header of one column that
         holds it between semicolons or tabs is a file not separated by commas (Excel's CSV
         where the decimal mark is a comma, or its tab-separated "Text"), and is named so."""
+        hint = ",".join(self.columns)
+        if hint[:4].lower() == "sep=" and len(hint) <= 6:
+            return (
+                f"its first line is {hint!r}, a hint for Excel of the separator, not "
+                "the header: delete that line (the header must be the first) and run again"
+            )
         if len(self.columns) == 1:
             for sep, name in ((";", "semicolons"), ("\t", "tabs")):
                 if self.phone in (c.strip() for c in self.columns[0].split(sep)):

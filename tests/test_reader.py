@@ -838,6 +838,22 @@ def test_rows_a_writer_pads_alike_past_the_header_all_read(tmp_path: Path, tail:
     assert len(read_rows) == 120
 
 
+@pytest.mark.parametrize(("line", "sep"), [("sep=,", ","), ("sep=;", ";"), ("SEP=,", ",")])
+def test_excels_separator_line_above_the_header_is_named_not_taken_for_it(
+    tmp_path: Path, line: str, sep: str
+) -> None:
+    """A first line ``sep=,`` (the hint some exports write for Excel) is refused naming it and
+    saying to delete it, not "no 'phone' column (columns: sep=, )" with "set phone_column"."""
+    p = tmp_path / "a.csv"
+    p.write_text(f"{line}\r\nphone{sep}name\r\n+12125550100{sep}Ann\r\n")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 1
+    assert f"{line!r}" in err.value.message
+    assert "delete that line" in err.value.message
+    assert "phone_column" not in err.value.message
+
+
 def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:
     """Columns the job does not use are not kept in memory."""
     p = tmp_path / "a.jsonl"
