@@ -306,6 +306,10 @@ class RowReader:
             self.stamp = FileStamp.of(os.fstat(raw.fileno()))
             self._check_unchanged()
             self._check_and_read_header()
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            # past the first line: the lines the checks read ahead (_peek_content, _padding)
+            self.close()
+            raise self._read_failed(exc) from None
         except BaseException:
             self.close()
             raise
@@ -953,12 +957,15 @@ class RowReader:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
             if (utf8 := self._still_utf8()) is not None:
                 raise utf8
-        except EOFError as exc:
-            raise InputError(
-                self.path, f"ends early: {exc}: {CUT_OFF}", line=self._lineno + 1
-            ) from None
-        except (OSError, gzip.BadGzipFile) as exc:
-            raise InputError(self.path, f"read failed: {exc}", line=self._lineno + 1) from None
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise self._read_failed(exc) from None
+
+    def _read_failed(self, exc: EOFError | OSError) -> InputError:
+        """The error for a read that failed after line :attr:`_lineno`: a compressed file that
+        ends early (``EOFError``) is cut off there; anything else, a read failure."""
+        if isinstance(exc, EOFError):
+            return InputError(self.path, f"ends early: {exc}: {CUT_OFF}", line=self._lineno + 1)
+        return InputError(self.path, f"read failed: {exc}", line=self._lineno + 1)
 
 
 def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[str, str]]:

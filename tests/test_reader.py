@@ -586,6 +586,41 @@ def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
         assert not lost, text[:at] + "|" + text[at:]
 
 
+def test_a_gzip_cut_in_its_first_lines_stops_naming_the_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A .csv.gz cut a few lines in (the lines read ahead as the file opens) stops the file at
+    the line its data stops in, saying it looks cut off, as a cut further on does."""
+    text = "phone,name\n" + "".join(f"+1212555{i:04d},N{i}\n" for i in range(2000))
+    whole = gzip.compress(text.encode())
+    cut = next(
+        whole[:n]
+        for n in range(20, len(whole))
+        if zlib.decompressobj(wbits=31).decompress(whole[:n]).count(b"\n") >= 5
+    )
+    readable = zlib.decompressobj(wbits=31).decompress(cut)
+    p = tmp_path / "a.csv.gz"
+    p.write_bytes(cut)
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == readable.count(b"\n") + 1
+    assert "looks cut off" in err.value.message
+
+
+@pytest.mark.parametrize("body", ["", "+12125550100,Ann\n"])
+def test_junk_after_a_gzip_stream_in_its_first_lines_is_a_read_failure_named(
+    tmp_path: Path, body: str
+) -> None:
+    """Bytes that are no gzip after a .csv.gz's stream (a download with junk on its end), met
+    while the file opens, stop it with one line naming the line, not a traceback."""
+    p = tmp_path / "a.csv.gz"
+    p.write_bytes(gzip.compress(f"phone,name\n{body}".encode()) + b"garbage!")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 2 + body.count("\n")
+    assert "read failed: Not a gzipped file" in err.value.message
+
+
 @pytest.mark.parametrize("name", ["a.csv.gz", "a.jsonl.gz"])
 def test_a_truncated_gzip_names_the_line_its_data_stops_in(tmp_path: Path, name: str) -> None:
     """A .gz cut short stops the file at the line its data stops in (one past the lines that
