@@ -444,8 +444,12 @@ def check_rejected_share(scan: InputScan, job: JobConfig, written: Path | None =
             f"{scan.lost_rows} of its {scan.rows} rows ({share:.1%}) cannot be sent, more than "
             f"max_rejected_share ({allowed:.1%}); nothing was sent. {scan.reasons()}. "
             f"Every such row: {'in ' + str(written) if written else '--rejected-csv PATH'}; "
-            "to send the rest anyway, set "
-            f"max_rejected_share = {_enough(scan.lost_rows, scan.rows)} in the job",
+            + (
+                "no row can be sent: fix the file (or the job's columns) and run again"
+                if scan.lost_rows >= scan.rows
+                else "to send the rest anyway, set "
+                f"max_rejected_share = {_enough(scan.lost_rows, scan.rows)} in the job"
+            ),
         )
     log.warning(
         "input.rows_rejected",

@@ -267,6 +267,22 @@ def test_a_refused_share_names_the_setting_that_sends_the_rest(
     assert fake.recipient_counts() == dict.fromkeys(valid, 1)
 
 
+def test_a_file_none_of_whose_rows_can_be_sent_is_not_told_to_raise_the_share(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When every row is rejected (a JSON document pretty-printed into a .jsonl, a wrong
+    column), the refusal says no row can be sent, not "to send the rest anyway, set
+    max_rejected_share = 1": there is no rest, and that setting would send nobody with
+    exit 0."""
+    (jobs.root / "people.jsonl").write_text('{\n  "phone": "+12125550100"\n}\n')
+    job = jobs.job("people.jsonl", message='text = "Hi"')
+    assert main(["run", str(job.path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "3 of its 3 rows (100.0%) cannot be sent" in err
+    assert "max_rejected_share = 1" not in err
+    assert "no row can be sent" in err
+
+
 def test_a_truncated_gzip_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
