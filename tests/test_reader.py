@@ -174,7 +174,9 @@ def test_cp1252_smart_quotes_under_latin1_stop_the_file_naming_cp1252(
     p.write_bytes(data.encode("cp1252"))
     with RowReader(p, "phone", ("name",), encoding=encoding) as reader:
         rows = iter(reader)
-        assert next(rows).fields["name"] == "Zoë"
+        first = next(rows)
+        assert isinstance(first, Row)
+        assert first.fields["name"] == "Zoë"
         with pytest.raises(InputError) as err:
             next(rows)
     assert err.value.line == (2 if name.endswith(".jsonl") else 3)
