@@ -45,9 +45,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     off the loop) the virtual clock moves in 1 ms steps of real time, so it never runs ahead of
     the thread by more than that. Its resolution is asyncio's own (1 ns): with a coarser one,
     a timer due in less than half a tick never comes and the loop spins. ``pytest
-    --no-looptime`` runs them on the real clock."""
+    --no-looptime`` runs them on the real clock, and so does a test marked
+    ``looptime(False)`` (one whose bounds must not run ahead of a database's answers)."""
     for item in items:
-        item.add_marker(pytest.mark.looptime(idle_step=0.001, resolution=1e-9), append=False)
+        if item.get_closest_marker("looptime") is None:
+            item.add_marker(pytest.mark.looptime(idle_step=0.001, resolution=1e-9))
 
 
 @pytest.fixture(autouse=True)

@@ -617,6 +617,7 @@ def _claims(database: str) -> dict[str, tuple[str, int]]:
     return {str(grp): (str(owner), int(token)) for grp, owner, token in rows}
 
 
+@pytest.mark.looptime(False)  # a stopped run's 2 s drain bound, real against real commits
 @pytest.mark.parametrize("ends", ["done", "refused_key", "stopped"])
 async def test_a_run_that_ends_gives_its_claims_back_at_once(
     jobs: JobFactory, database: str, ends: str
