@@ -439,6 +439,31 @@ _STATE_ROWS = (
 _LABELS = {state: label for state, label, _ in _STATE_ROWS}
 
 
+def _delivery_lines(s: LedgerSummary, d: dict[str, Any], path: Location) -> list[str]:
+    """The table's delivery section: the sent groups' recipients by their latest status."""
+    if not s.delivery:
+        return []
+    lines = ["delivery     (recipients of sent groups, latest status)"]
+    lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
+    if s.waiting:
+        lines.append(
+            f"  of these, {count(len(s.waiting), 'recipient')} moved out of their group to "
+            'go again (under "not sent, and why"), by the status that moved them'
+        )
+    if d["delivery_unconfirmed"]:
+        lines.append(
+            f"  delivered? unconfirmed: {count(d['delivery_unconfirmed'], 'recipient')} "
+            "(final: no handset report will come; not failed, not pending)"
+        )
+    if d["delivery_pending"]:
+        lines.append(
+            f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
+            f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
+        )
+    lines.append("")
+    return lines
+
+
 def format_text(s: LedgerSummary, path: Location) -> str:
     """The report as a table, for a person at a terminal: every count with its unit, every
     error and reason in words (:mod:`bulk_mms.words`), every rejection reason; what the
@@ -470,20 +495,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
             )
         lines.extend(_waiting_lines(s))
         lines.append("")
-    if s.delivery:
-        lines.append("delivery     (recipients of sent groups, latest status)")
-        lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
-        if d["delivery_unconfirmed"]:
-            lines.append(
-                f"  delivered? unconfirmed: {count(d['delivery_unconfirmed'], 'recipient')} "
-                "(final: no handset report will come; not failed, not pending)"
-            )
-        if d["delivery_pending"]:
-            lines.append(
-                f"  not final yet: {count(d['delivery_pending'], 'recipient')} (run "
-                f"`bulk-mms track {path}`; add --sandbox for a sandbox run)"
-            )
-        lines.append("")
+    lines += _delivery_lines(s, d, path)
     kinds = s.misses
     resendable, late, stopped = kinds[Miss.RESENDABLE], kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
     left_out = [

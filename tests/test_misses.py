@@ -147,6 +147,22 @@ def test_a_recipient_moved_after_a_cap_that_then_opts_out_is_opted_out() -> None
     assert LedgerView.fold([G4, *events]).not_received()[C1].kind == Miss.OPTED_OUT
 
 
+def test_the_delivery_counts_say_which_failed_members_wait_to_go_again(tmp_path: Path) -> None:
+    """A member a carrier's cap moved out of its sent group still counts under its group's
+    latest status (delivery_failed), and the table says so beside the counts, so they add up
+    against "did not get" (which leaves it out while it waits)."""
+    capped, moved, *_ = cap_then_stop()
+    path = ledger(tmp_path / "l.jsonl", [Header("j", None), G4, capped, moved])
+    s = summarize(path)
+    text = format_text(s, path)
+    assert s.delivery["delivery_failed"] == 1
+    assert C1 not in dict(s.undelivered)
+    assert (
+        '  of these, 1 recipient moved out of their group to go again (under "not sent, and '
+        'why"), by the status that moved them'
+    ) in text
+
+
 def test_the_kinds_survive_a_checkpoint() -> None:
     """A view saved and loaded again (a checkpoint) says the same kinds, as kinds."""
     view = LedgerView.fold(every_kind())
