@@ -75,6 +75,10 @@ STOP_AFTER_UNREACHABLE = 5
 #: end a hair early (asyncio runs a timer within its clock's resolution, and the sum of two
 #: floats rounds), and must not cost a second sleep of :meth:`Tracker.run`'s one-second floor.
 DUE_SLACK_S = 0.01
+#: A 404 for a group sent less than this long ago says "not yet", not "never": Telnyx's
+#: message records may lag the send's answer, so such a group is asked again (backed off like
+#: one whose statuses did not change) instead of being given up as not found.
+NOT_FOUND_GRACE_S = 600.0
 
 
 class TrackResult(msgspec.Struct):
@@ -260,7 +264,12 @@ class Tracker:
 
     def _gone(self, g: GroupRecord) -> tuple[RecipientStatus, ...] | None:
         """The API knows none of the group's messages (404): counted, never asked again; the
-        answer :meth:`ask` gives (None: it cannot say)."""
+        answer :meth:`ask` gives (None: it cannot say). A group sent within
+        :data:`NOT_FOUND_GRACE_S` is not given up: it is asked again after the backoff."""
+        if self.clock.wall() - g.sent_at < NOT_FOUND_GRACE_S:
+            log.info("track.not_found_yet", group=g.id, message_id=g.message_id)
+            self._back_off(g, changed=False)
+            return None
         self._not_found.add(g.id)
         self.result.not_found.append(g.id)
         log.warning("track.not_found", group=g.id, message_id=g.message_id)
@@ -319,6 +328,11 @@ class Tracker:
                 if self.on_status is not None and (told := self.on_status(g, st)) is not None:
                     await told
                 log.debug("track.status", group=g.id, recipient=phone, status=st.status)
+        self._back_off(g, changed=changed)
+
+    def _back_off(self, g: GroupRecord, *, changed: bool) -> None:
+        """When to ask about ``g`` next: after the interval, doubled for each pass in a row
+        that brought no change (up to ``max_interval``)."""
         unchanged = 0 if changed else self.backoff.get(g.id, (0, 0.0))[0] + 1
         delay = min(self.cfg.max_interval, self.cfg.interval * (2 ** max(0, unchanged - 1)))
         self.backoff[g.id] = (unchanged, self.clock.monotonic() + delay)

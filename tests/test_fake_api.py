@@ -468,6 +468,30 @@ async def test_records_younger_than_the_lag_are_not_listed_yet(api: ApiClock) ->
     assert len((await a.call("GET", "/reports/mdrs"))[1]["data"]) == 1
 
 
+async def test_messages_are_found_after_the_lookup_lag_and_for_ten_days(api: ApiClock) -> None:
+    """With lookup_lag_s, both GETs answer 404 / 10005 for a message until it is that old;
+    by default they serve it for ten days (the spec's limit) and 404 after."""
+    a, clock = api
+    a.fake.lookup_lag_s = 5
+    _, sent = await a.send(["+12125550100", "+12125550101"])
+    gid = sent["data"]["id"]
+    own = a.fake.accepted[0].recipient_ids[0]
+    paths = [f"/messages/group/{gid}", f"/messages/{gid}", f"/messages/{own}"]
+
+    async def statuses() -> list[int]:
+        answers = [await a.call("GET", path) for path in paths]
+        assert all(b["errors"][0]["code"] == "10005" for s, b, _ in answers if s == 404)
+        return [s for s, _, _ in answers]
+
+    assert await statuses() == [404] * 3
+    clock.advance(5)
+    assert await statuses() == [200] * 3
+    clock.advance(10 * 86_400 - 5)
+    assert await statuses() == [200] * 3
+    clock.advance(1)
+    assert await statuses() == [404] * 3
+
+
 async def test_optouts_are_pairs_filtered_paged_and_redacted(api: ApiClock) -> None:
     """Opt-outs list from→to pairs, redacted unless redaction_enabled=false, filtered by
     sender, profile and creation time, paged with meta.total_pages; page[size] ≤ 250."""

@@ -29,6 +29,7 @@ from bulk_mms.errors import (
     AuthError,
     EndpointError,
     NetworkError,
+    NotFound,
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
@@ -38,7 +39,13 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import STOP_AFTER_UNREACHABLE, TrackResult, format_track, track_ledger
+from bulk_mms.track import (
+    NOT_FOUND_GRACE_S,
+    STOP_AFTER_UNREACHABLE,
+    TrackResult,
+    format_track,
+    track_ledger,
+)
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger
 from tests.threaded import fake_api_thread
 
@@ -135,10 +142,51 @@ async def test_not_found_and_unlisted_are_reported(jobs: JobFactory) -> None:
     ledger, client = await sent_ledger(jobs, 8)
     g0, g1 = client.calls
     client.delivery[f"msg-{g1.id}-1"] = tuple(RecipientStatus(p, "sent") for p in g1.to[1:])
-    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    later = FakeClock(wall=time.time() + NOT_FOUND_GRACE_S + 1)  # past "not yet"
+    r = await track_ledger(ledger, FAST, client, clock=later)
     assert r.not_found == [g0.id]
     assert r.unlisted == [(g1.id, g1.to[0])]
     assert r.changes == 3
+
+
+async def test_a_404_just_after_the_send_is_asked_again(jobs: JobFactory) -> None:
+    """A group the API does not find yet (its records lag the send's answer: 404) within
+    NOT_FOUND_GRACE_S of the send is asked again after the interval, and its statuses are
+    recorded once the API finds it; it is never reported not found."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    mid = f"msg-{g.id}-0"
+
+    async def fetch(message_id: str) -> tuple[RecipientStatus, ...]:
+        client.fetches.append(message_id)
+        if len(client.fetches) <= 2:  # the first pass: by the group's id, both ways
+            raise NotFound("unknown", status=404)
+        return tuple(RecipientStatus(p, "delivered") for p in g.to)
+
+    client.fetch_group = client.fetch_message = fetch  # type: ignore[method-assign]
+    r = await track_ledger(ledger, FAST, client, follow=True, clock=FakeClock())
+    assert client.fetches == [mid] * 3
+    assert (r.statuses, r.not_found, r.pending) == ({"delivered": 4}, [], 0)
+
+
+async def test_messages_the_fake_api_has_not_yet_listed_are_tracked_once_it_does(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """Against the fake API whose lookups lag the send (404 for a young message), a follow
+    right after the run keeps asking and records every status once the records appear."""
+    fake, url = fake_api
+    server_clock = ServerClock()
+    fake.clock = server_clock
+    fake.lookup_lag_s = 30.0
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, KEY) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        early = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+        assert (early.not_found, early.pending) == ([], 8)
+        server_clock.t = 31
+        later = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert (later.statuses, later.not_found, later.pending) == ({"delivered": 8}, [], 0)
 
 
 async def one_left(jobs: JobFactory) -> tuple[Path, FakeClient, Group, str]:

@@ -127,7 +127,7 @@ class MessageViews(FakeState):
         if (denied := auth_refusal(request, self.api_key)) is not None:
             return denied
         msg = self.by_id.get(request.match_info["message_id"])
-        if msg is None:
+        if msg is None or not self.servable(msg):
             return errors_answer(404, "10005", "Resource not found", "No such group message.")
         if self.statuses_in_cc:
             return json_answer(200, {"data": [self._record(msg, live=True)]})
@@ -139,11 +139,10 @@ class MessageViews(FakeState):
         if (denied := auth_refusal(request, self.api_key)) is not None:
             return denied
         mid = request.match_info["id"]
-        if mid in self.by_id:
-            data = self._record(self.by_id[mid], live=True)
-        elif mid in self.by_recipient_id:
-            msg, i = self.by_recipient_id[mid]
-            data = self._record(msg, only=i, live=True)
-        else:
+        msg, only = self.by_id.get(mid), None
+        if msg is None and mid in self.by_recipient_id:
+            msg, only = self.by_recipient_id[mid]
+        if msg is None or not self.servable(msg):
             return errors_answer(404, "10005", "Resource not found", "No such message.")
+        data = self._record(msg, only=only, live=True)
         return json_answer(200, {"data": data})

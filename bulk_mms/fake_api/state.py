@@ -23,6 +23,9 @@ from bulk_mms.fake_api.rules import (
 )
 from bulk_mms.fake_api.wire import iso
 
+#: How long the API serves a message by id (the spec: "no older than 10 days").
+API_KEEPS_S = 10 * 86_400.0
+
 if TYPE_CHECKING:  # cryptography is the webhooks extra's: the sandbox sends without it
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -88,6 +91,12 @@ class FakeState:
     #: Detail records younger than this many seconds are not listed yet (Telnyx: the last
     #: hours' MDRs may be missing).
     records_lag_s: float = 0.0
+    #: A message younger than this many seconds is not found yet by ``GET /messages/{id}`` and
+    #: ``GET /messages/group/{id}`` (404 / 10005): Telnyx's records may lag the send's answer.
+    lookup_lag_s: float = 0.0
+    #: A message older than this many seconds is no longer served by those GETs (404 /
+    #: 10005): the spec's ``GET /messages/{id}`` serves messages "no older than 10 days".
+    keeps_s: float = API_KEEPS_S
     #: Where delivery webhooks go when a message names no ``webhook_url`` (the profile's URL).
     webhook_url: str | None = None
     #: The account's Ed25519 key: webhooks are posted, signed, only when it is set.
@@ -183,6 +192,11 @@ class FakeState:
             self.by_recipient_id[rid] = (msg, i)
         for phone in set(msg.to):
             self.by_member.setdefault(phone.lstrip("+"), []).append(msg)
+
+    def servable(self, msg: Accepted) -> bool:
+        """Whether the GETs find ``msg`` now: past :attr:`lookup_lag_s`, within :attr:`keeps_s`."""
+        age = self.clock() - msg.accepted_at
+        return self.lookup_lag_s <= age <= self.keeps_s
 
     def recipient_counts(self) -> dict[str, int]:
         """How many accepted messages each number is in."""
