@@ -28,6 +28,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS31Validator
 
 from bulk_mms.client import AiohttpMmsClient, parse_statuses
+from bulk_mms.clock import parse_time
 from bulk_mms.errors import AuthError
 from bulk_mms.fake_api import (
     STATUSES,
@@ -37,6 +38,7 @@ from bulk_mms.fake_api import (
     accept_log_writer,
     carrier_timeline,
 )
+from bulk_mms.fake_api.wire import STAMP_FORMS
 from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
@@ -767,3 +769,73 @@ async def test_a_recipients_records_are_looked_up_not_read_off_every_message(
     _, body, _ = await a.call("GET", f"/reports/mdrs?cld={urllib.parse.quote('+12125550207')}")
     assert [r["cld"] for r in body["data"]] == ["+12125550207"]
     assert set(looked_at) == {"+12125550207"}
+
+
+@pytest.mark.parametrize(
+    ("use_profile", "expected"), [(None, ["/main", "/profile"]), (False, ["/main"])]
+)
+async def test_profile_webhooks_come_after_the_message_s_unless_turned_off(
+    api: ApiClock, use_profile: bool | None, expected: list[str]
+) -> None:
+    """The message's webhook URL is tried first, then the profile's (use_profile_webhooks,
+    true by default); with use_profile_webhooks false, never the profile's."""
+    a, clock = api
+    a.fake.signing_key = Ed25519PrivateKey.generate()
+    got: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(request.path)
+        return web.Response(status=500 if request.path == "/main" else 200)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook)
+    async with TestServer(app, host="127.0.0.1", port=0) as hooks:
+        a.fake.webhook_url = str(hooks.make_url("/profile"))
+        body: dict[str, Any] = {"from": FROM, "to": ["+12125550100"], "text": "hi",
+                                "webhook_url": str(hooks.make_url("/main"))}  # fmt: skip
+        if use_profile is not None:
+            body["use_profile_webhooks"] = use_profile
+        assert (await a.call("POST", "/messages/group_mms", body))[0] == 200
+        a.fake.delivery_status = "sent"
+        clock.advance(1)
+        await a.fake.pump_webhooks()
+    assert sorted(set(got)) == expected
+
+
+async def test_a_sender_not_on_the_account_is_refused_400_40305(api: ApiClock) -> None:
+    """With the account's numbers given, a send from another is refused (nothing accepted)."""
+    a, _ = api
+    a.fake.numbers = frozenset({FROM})
+    status, body = await a.send(["+12125550100"], sender="+13125550199")
+    assert (status, body["errors"][0]["code"]) == (400, "40305")
+    assert body["errors"][0]["source"] == {"pointer": "/from"}
+    assert (await a.send(["+12125550100"]))[0] == 200
+    assert len(a.fake.accepted) == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/a.png", "example.com/a.png", "https://x/" + "a" * 2000]
+)
+async def test_a_media_url_that_is_no_url_is_refused_400_10003(api: ApiClock, url: str) -> None:
+    """A media URL that is not http(s), or is over 2000 characters, is refused: 10003."""
+    a, _ = api
+    a.check = False
+    body = {"from": FROM, "to": ["+12125550100"], "media_urls": [url]}
+    status, answer, _ = await a.call("POST", "/messages/group_mms", body)
+    assert (status, answer["errors"][0]["code"]) == (400, "10003")
+    assert a.fake.accepted == []
+
+
+async def test_varied_stamps_write_every_form_telnyx_uses_and_each_reads_back(
+    api: ApiClock,
+) -> None:
+    """With varied_stamps, times come with Z or an offset and 0 to 9 fraction digits, and
+    each is the same instant (to the microsecond) as the fake's clock says."""
+    a, _ = api
+    a.fake.varied_stamps = True
+    wall = a.fake.wall()
+    stamps = {a.fake.stamp(wall) for _ in STAMP_FORMS}
+    assert len(stamps) == len(STAMP_FORMS)
+    assert {s[-6:] for s in stamps} >= {"+00:00", "-06:00"}
+    assert any(s.endswith("Z") for s in stamps)
+    assert all(abs(parse_time(s) - wall) < 1 for s in stamps)

@@ -11,10 +11,11 @@ from bulk_mms.fake_api.records import OptOut
 from bulk_mms.fake_api.rules import MDR_STATUS, PROFILE_NAME, ZERO, amount, cost_of
 from bulk_mms.fake_api.state import FakeState
 from bulk_mms.fake_api.wire import (
+    MDR_STAMP,
+    OPTOUT_STAMP,
     auth_refusal,
     error_object,
     errors_answer,
-    iso,
     json_answer,
     page_meta,
     paging,
@@ -66,7 +67,7 @@ class ListEndpoints(FakeState):
                 "to": redacted(o.to) if redact else o.to,
                 "keyword": o.keyword,
                 "messaging_profile_id": o.messaging_profile_id,
-                "created_at": iso(o.created_at),
+                "created_at": self.stamp(o.created_at, OPTOUT_STAMP),
             }
             for o in chosen[(page - 1) * size : page * size]
         ]
@@ -97,7 +98,7 @@ class ListEndpoints(FakeState):
                         "id": msg.recipient_ids[i],
                         "cli": msg.from_,
                         "cld": phone,
-                        "created_at": iso(sent_on),
+                        "created_at": self.stamp(sent_on, MDR_STAMP),
                         "direction": "outbound",
                         "message_type": "MMS",
                         # an MDR's status is the final one; until then, no receipt yet

@@ -19,7 +19,7 @@ from bulk_mms.fake_api.rules import (
     report_error,
 )
 from bulk_mms.fake_api.state import FakeState
-from bulk_mms.fake_api.wire import auth_refusal, errors_answer, iso, json_answer
+from bulk_mms.fake_api.wire import auth_refusal, errors_answer, json_answer
 
 
 class MessageViews(FakeState):
@@ -110,8 +110,8 @@ class MessageViews(FakeState):
                 else None
             ),
             "received_at": msg.received_at,
-            "sent_at": iso(min(sent)) if sent else None,
-            "completed_at": iso(max(final)) if all_final and final else None,
+            "sent_at": self.stamp(min(sent)) if sent else None,
+            "completed_at": self.stamp(max(final)) if all_final and final else None,
             "valid_until": None,
             "errors": errors,
             "wait_seconds": msg.wait_seconds,

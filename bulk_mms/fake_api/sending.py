@@ -16,6 +16,9 @@ from bulk_mms.fake_api.rules import REFUSALS
 from bulk_mms.fake_api.webhooks import WebhookPump
 from bulk_mms.fake_api.wire import auth_refusal, errors_answer, json_answer
 
+#: Telnyx's 10003: "URLs can be a maximum of 2000 characters" (its API error codes).
+MAX_URL_CHARS: Final = 2000
+_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
 _E164_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 _SENDER = re.compile(r"^(\+[1-9]\d{6,14}|\d{3,8}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11})$")
 #: The kind fake's old answers for carrier codes, used only with ``sync_carrier_codes=True``.
@@ -46,6 +49,9 @@ class GroupMmsEndpoint(WebhookPump):
             return web.Response(status=fault.status, headers={"Location": fault.location})
         if (invalid := _validate(body)) is not None:
             return invalid
+        if self.numbers is not None and body["from"] not in self.numbers:
+            detail = f"{body['from']} is not a number of this account that can send messages."
+            return errors_answer(400, "40305", "Invalid 'from' address", detail, pointer="/from")
         key = request.headers.get("Idempotency-Key")
         if key is not None and self.replay_keys and key in self._keys:
             first_raw, first_response = self._keys[key]
@@ -161,6 +167,10 @@ def _validate(body: object) -> web.Response | None:  # noqa: C901, PLR0911, PLR0
         not isinstance(media, list) or not all(isinstance(u, str) and u for u in media)
     ):
         return bad("'media_urls' must be a list of URLs.", "/media_urls")
+    for i, url in enumerate(media or ()):
+        if not _URL.match(url) or len(url) > MAX_URL_CHARS:
+            detail = f"media_urls[{i}] is not an http(s) URL of at most {MAX_URL_CHARS} characters."
+            return errors_answer(400, "10003", "Invalid URL", detail, pointer=f"/media_urls/{i}")
     if not text and not media:
         return bad("A message needs text or media_urls.", "/text")
     for key in ("subject", "webhook_url", "webhook_failover_url"):

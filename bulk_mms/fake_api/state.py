@@ -21,7 +21,7 @@ from bulk_mms.fake_api.rules import (
     SANDBOX_FROM,
     rule,
 )
-from bulk_mms.fake_api.wire import iso
+from bulk_mms.fake_api.wire import MESSAGE_STAMP, STAMP_FORMS, iso
 
 #: How long the API serves a message by id (the spec: "no older than 10 days").
 API_KEEPS_S = 10 * 86_400.0
@@ -97,6 +97,14 @@ class FakeState:
     #: A message older than this many seconds is no longer served by those GETs (404 /
     #: 10005): the spec's ``GET /messages/{id}`` serves messages "no older than 10 days".
     keeps_s: float = API_KEEPS_S
+    #: The account's numbers: a send ``from`` any other is refused, 400 / 40305 ("Invalid
+    #: 'from' address"), nothing accepted, as Telnyx sends only from numbers on the account's
+    #: messaging profiles. None: any well-formed sender is the account's.
+    numbers: frozenset[str] | None = None
+    #: Write every time in turn in each form Telnyx may use (:data:`STAMP_FORMS`: ``Z`` or an
+    #: offset, a fraction of 0 to 9 digits, a space for the ``T``). Off: each field as the
+    #: spec's example for it writes it.
+    varied_stamps: bool = False
     #: Where delivery webhooks go when a message names no ``webhook_url`` (the profile's URL).
     webhook_url: str | None = None
     #: The account's Ed25519 key: webhooks are posted, signed, only when it is set.
@@ -136,9 +144,19 @@ class FakeState:
     _posted: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     # the current request-limit window: its start (clock) and requests in it
     _window: tuple[float, int] = (float("-inf"), 0)
+    # stamps written so far with varied_stamps: the next one's form
+    _stamps: int = 0
 
     def __post_init__(self) -> None:
         self._epoch = time.time() - self.clock()
+
+    def stamp(self, wall: float, form: tuple[str, int, str] = MESSAGE_STAMP) -> str:
+        """``wall`` as the API writes it: in ``form``, or with :attr:`varied_stamps` the next
+        of :data:`STAMP_FORMS`."""
+        if self.varied_stamps:
+            self._stamps += 1
+            form = STAMP_FORMS[self._stamps % len(STAMP_FORMS)]
+        return iso(wall, form=form)
 
     def wall(self) -> float:
         """Unix time on the fake's clock: it moves with :attr:`clock` (so with a fake one)."""
@@ -171,7 +189,7 @@ class FakeState:
             to=to,
             body={"from": sender, "to": list(to)},
             idempotency_key=None,
-            received_at=iso(wall),
+            received_at=self.stamp(wall),
             recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
             wait_seconds=0.0,
             accepted_at=self.clock() - age,
@@ -274,7 +292,7 @@ class FakeState:
             to=to,
             body=body,
             idempotency_key=key,
-            received_at=iso(wall),
+            received_at=self.stamp(wall),
             recipient_ids=tuple(str(uuid.uuid4()) for _ in to),
             wait_seconds=round(wait if wait is not None else float(self.wait_seconds(n)), 3),
             accepted_at=self.clock(),

@@ -17,7 +17,6 @@ from aiohttp import web
 from bulk_mms.fake_api.messages import MessageViews
 from bulk_mms.fake_api.records import Accepted, WebhookPost
 from bulk_mms.fake_api.rules import FINAL_STATUSES, NEVER_SENT
-from bulk_mms.fake_api.wire import iso
 
 
 class WebhookPump(MessageViews):
@@ -41,9 +40,9 @@ class WebhookPump(MessageViews):
     async def pump_webhooks(self) -> int:
         """Post, signed, every event that is due (:meth:`due_events`); how many were posted.
 
-        Each goes to its message's ``webhook_url``, else :attr:`webhook_url`: up to three
-        attempts, then once to ``webhook_failover_url`` (as Telnyx does). An event with no URL,
-        or with no :attr:`signing_key`, is not sent. Every attempt is in :attr:`webhooks_sent`.
+        Each goes where :meth:`_webhook_urls` says, until one answers 2xx. An event with no
+        URL, or with no :attr:`signing_key`, is not sent. Every attempt is in
+        :attr:`webhooks_sent`.
         """
         if self.signing_key is None:
             return 0
@@ -51,12 +50,11 @@ class WebhookPump(MessageViews):
         async with aiohttp.ClientSession() as session:
             for msg, i, event_type, status in self.due_events():
                 self._posted[(msg.id, i)].add(event_type)
-                urls = [msg.body.get("webhook_url") or self.webhook_url] * 3
-                urls.append(msg.body.get("webhook_failover_url"))
+                urls = self._webhook_urls(msg)
                 event = {
                     "event_type": event_type,
                     "id": str(uuid.uuid4()),
-                    "occurred_at": iso(self.wall(), zulu=False),
+                    "occurred_at": self.stamp(self.wall(), ("T", 3, "+00:00")),
                     "payload": self._record(msg, only=i, live=True, status=status),
                     "record_type": "event",
                 }
@@ -67,6 +65,19 @@ class WebhookPump(MessageViews):
                         posted += 1
                         break
         return posted
+
+    def _webhook_urls(self, msg: Accepted) -> list[str | None]:
+        """Where an event about ``msg`` is tried, in order: its ``webhook_url`` three times,
+        then once its ``webhook_failover_url``; then, unless it says
+        ``use_profile_webhooks: false`` (the spec's default is true), the profile's
+        :attr:`webhook_url` three times: "webhooks specified on the message itself ... will
+        be attempted first, then those on the profile"."""
+        own = msg.body.get("webhook_url")
+        urls: list[str | None] = [own] * 3 if own else []
+        urls.append(msg.body.get("webhook_failover_url"))
+        if msg.body.get("use_profile_webhooks") is not False and self.webhook_url:
+            urls += [self.webhook_url] * 3
+        return urls
 
     async def _post_event(
         self,

@@ -14,11 +14,38 @@ from aiohttp import web
 MAX_PAGE_SIZE = 250
 
 
-def iso(wall: float, *, zulu: bool = True) -> str:
+#: The ways Telnyx writes a time (ISO 8601 all): ``(separator, fraction digits, offset)``,
+#: offset ``Z``, ``+00:00`` or another zone's (``-06:00``, the MDR example's). The spec's
+#: examples: messages ``2019-01-23T18:10:02.574Z``, opt-outs ``2025-04-28 12:00:38.631252+00:00``
+#: (a space for the ``T``: not the RFC 3339 date-time its schema names, so only a varied
+#: stamp has it), MDRs ``2020-07-01T00:00:00-06:00``.
+STAMP_FORMS: tuple[tuple[str, int, str], ...] = (
+    ("T", 3, "Z"),
+    ("T", 6, "+00:00"),
+    (" ", 6, "+00:00"),
+    ("T", 0, "-06:00"),
+    ("T", 1, "Z"),
+    ("T", 9, "+00:00"),
+    ("T", 0, "Z"),
+    ("T", 7, "Z"),
+)
+MESSAGE_STAMP, OPTOUT_STAMP, MDR_STAMP = STAMP_FORMS[0], STAMP_FORMS[1], ("T", 0, "+00:00")
+
+
+def iso(wall: float, *, zulu: bool = True, form: tuple[str, int, str] | None = None) -> str:
     """Unix seconds as the API writes times: ISO 8601, milliseconds, ``Z`` (or ``+00:00``,
-    as Telnyx's webhook examples write ``occurred_at``)."""
-    stamp = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z") if zulu else stamp
+    as Telnyx's webhook examples write ``occurred_at``); or in ``form`` (:data:`STAMP_FORMS`:
+    separator, digits of the fraction, offset)."""
+    if form is None:
+        form = ("T", 3, "Z" if zulu else "+00:00")
+    sep, digits, offset = form
+    zone = dt.timezone(dt.timedelta(hours=-6)) if offset == "-06:00" else dt.UTC
+    when = dt.datetime.fromtimestamp(wall, zone)
+    stamp = when.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits:
+        nanos = f"{when.microsecond:06d}000"  # beyond microseconds: zeros, as a longer clock's
+        stamp += "." + nanos[:digits]
+    return stamp + offset
 
 
 def parse_when(text: str | None) -> float | None:
