@@ -18,6 +18,11 @@ the fake follows them by default:
   own message lists the group's other participants in ``cc``. A failed
   recipient's ``errors[]`` carry the carrier's code; money is ``{"amount": "...",
   "currency": "USD"}`` or null, the final cost once final; ``wait_seconds`` is there too.
+* Both GETs answer 404 / 10005 for a message older than :attr:`FakeTelnyx.keeps_s` (the
+  spec: "no older than 10 days") or, as Telnyx's records may lag the send, younger than
+  :attr:`FakeTelnyx.lookup_lag_s`. ``media_urls`` must be http(s) URLs of at most 2000
+  characters (400 / 10003); with :attr:`FakeTelnyx.numbers`, ``from`` must be one of them
+  (400 / 40305).
 * ``GET /v2/reports/mdrs`` lists one detail record per recipient of each accepted message,
   filtered and paged, and not before :attr:`FakeTelnyx.records_lag_s` has passed.
 * ``GET /v2/messaging_optouts`` lists opt-out blocks (from→to pairs), filtered, paged and
@@ -27,6 +32,9 @@ the fake follows them by default:
   (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
   examples write it; with ``webhooks_before_answer``, before the send's answer goes back (they
   race it at Telnyx).
+
+Times are written as the spec's example for each field does; ``varied_stamps`` writes them
+in turn in every form Telnyx may use (``Z`` or an offset, 0 to 9 fraction digits).
 
 A variant the spec allows is a switch too: ``statuses_in_cc`` lists a group's members past
 the first under ``cc``, with their statuses, in the group's own message.
