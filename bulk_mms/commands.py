@@ -532,6 +532,7 @@ async def _endpoint(
     fake = fake_api.FakeTelnyx(
         refuse=dict(fake_api.SANDBOX_REFUSE),
         report=dict(fake_api.SANDBOX_REPORT),
+        varied_stamps=True,  # times in every form Telnyx writes them, as a run must read them
     )
     if ledger is not None or webhooks_into is not None:
         fake.delivery_status = fake_api.carrier_timeline(fail_every=7, final_after=3.0)

@@ -19,10 +19,12 @@ import yarl
 import bulk_mms.cli as cli
 from bulk_mms import commands, log
 from bulk_mms.cli import main
+from bulk_mms.clock import instant
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.errors import BulkMmsError, Exit
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline, will_fail
 from bulk_mms.ledger import jsonl, open_store
+from bulk_mms.testing import ledger_events
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -611,7 +613,8 @@ def test_track_works_against_the_sandbox(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The demo's next step works: track --sandbox knows the sandbox run's messages and
-    follows them to final statuses, which the report then shows."""
+    follows them to final statuses, which the report then shows; the sandbox writes times
+    in the forms Telnyx does (not only with a Z), and each is recorded as it came."""
     jobs.people(16)
     job = jobs.job(extra="group_size = 4")
     assert main(["-q", "run", str(job.path), "--sandbox"]) == 0
@@ -635,6 +638,10 @@ def test_track_works_against_the_sandbox(
     report = orjson.loads(capsys.readouterr().out)
     assert sum(report["delivery"].values()) == 16
     assert set(report["delivery"]) <= {"delivered", "delivery_failed"}
+    stamps = [e["at"] for e in ledger_events(sandbox_ledger(job.ledger)) if e.get("at")]
+    assert len(stamps) >= 16
+    assert any(not s.endswith("Z") for s in stamps)
+    assert all(instant(s) is not None for s in stamps)
 
 
 def test_config_is_found_on_the_search_path(

@@ -52,11 +52,33 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         action="store_true",
         help="replay a repeated Idempotency-Key's first success (Telnyx does not, for group MMS)",
     )
+    parser.add_argument(
+        "--number",
+        action="append",
+        default=[],
+        metavar="NUMBER",
+        help="a number of the account (repeatable): a send from any other is 400 / 40305",
+    )
+    parser.add_argument(
+        "--lookup-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the GETs answer 404 for a message younger than this (Telnyx's records may lag)",
+    )
+    parser.add_argument(
+        "--varied-stamps",
+        action="store_true",
+        help="write times in every form Telnyx uses (Z or offsets, 0-9 fraction digits)",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(
         api_key=args.key,
         replay_keys=args.replay_keys,
         on_accept=accept_log_writer(args.log) if args.log else None,
+        numbers=frozenset(args.number) if args.number else None,
+        lookup_lag_s=args.lookup_lag,
+        varied_stamps=args.varied_stamps,
     )
     for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
         for item in items:
