@@ -32,7 +32,13 @@ from bulk_mms.errors import (
     NotFound,
     ServerError,
 )
-from bulk_mms.fake_api import FakeTelnyx, carrier_timeline, will_fail
+from bulk_mms.fake_api import (
+    CARRIER_FEE_FINAL,
+    RATE,
+    FakeTelnyx,
+    carrier_timeline,
+    will_fail,
+)
 from bulk_mms.ledger import load, open_store
 from bulk_mms.models import Group, RecipientStatus
 from bulk_mms.report import summarize
@@ -187,6 +193,23 @@ async def test_messages_the_fake_api_has_not_yet_listed_are_tracked_once_it_does
         server_clock.t = 31
         later = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
     assert (later.statuses, later.not_found, later.pending) == ({"delivered": 8}, [], 0)
+
+
+async def test_costs_the_api_writes_as_json_numbers_are_recorded_exactly(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """An API that writes money amounts as JSON numbers (the API reference's example for
+    GET /messages/{id}) has each recipient's final cost recorded as the exact decimal it
+    wrote, as for a string amount."""
+    fake, url = fake_api
+    fake.numeric_amounts = True
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, KEY) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    costs = [e["cost"] for e in status_lines(job.ledger)]
+    assert costs == [{"amount": str(RATE + CARRIER_FEE_FINAL), "currency": "USD"}] * 4
 
 
 async def one_left(jobs: JobFactory) -> tuple[Path, FakeClient, Group, str]:

@@ -116,6 +116,10 @@ class MessageViews(FakeState):
             "errors": errors,
             "wait_seconds": msg.wait_seconds,
         }
+        if self.numeric_amounts and live:  # the GET page's example: amounts as JSON numbers
+            _numeric(record.get("cost"))
+            for part in (record.get("cost_breakdown") or {}).values():
+                _numeric(part)
         if text is None:
             del record["text"]  # the schema's text is a string, not nullable: absent, not null
         else:
@@ -146,3 +150,9 @@ class MessageViews(FakeState):
             return errors_answer(404, "10005", "Resource not found", "No such message.")
         data = self._record(msg, only=only, live=True)
         return json_answer(200, {"data": data})
+
+
+def _numeric(money: dict[str, Any] | None) -> None:
+    """A money object's ``amount`` as a JSON number instead of a string (in place)."""
+    if money is not None:
+        money["amount"] = float(money["amount"])

@@ -101,6 +101,9 @@ class FakeState:
     #: 'from' address"), nothing accepted, as Telnyx sends only from numbers on the account's
     #: messaging profiles. None: any well-formed sender is the account's.
     numbers: frozenset[str] | None = None
+    #: Write the GETs' money amounts as JSON numbers (``"amount": 0.0051``), as the API
+    #: reference's example for ``GET /messages/{id}`` does; the spec's schema says a string.
+    numeric_amounts: bool = False
     #: Write every time in turn in each form Telnyx may use (:data:`STAMP_FORMS`: ``Z`` or an
     #: offset, a fraction of 0 to 9 digits, a space for the ``T``). Off: each field as the
     #: spec's example for it writes it.
