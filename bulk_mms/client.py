@@ -151,6 +151,8 @@ def request_body(group: Group) -> dict[str, Any]:
 
 #: Largest response body read; past it the answer is unusable (a 2xx is then in doubt).
 MAX_ANSWER_BODY = 1 << 20
+#: What an answer's copy of the API key is replaced with.
+REDACTED = b"[redacted]"
 #: Message ids are UUIDs; anything longer or stranger is not one.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmatch)
 #: Bounds on the text we keep from an answer: statuses, error entries and their fields.
@@ -636,6 +638,9 @@ class AiohttpMmsClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._send_url = self.base_url + SEND_PATH
+        # an answer that quotes the key (a proxy's error echoing the request's headers) has it
+        # blanked before it is read, so no ledger, log or error ever holds it
+        self._secret = api_key.encode() if api_key else b""
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -819,7 +824,7 @@ class AiohttpMmsClient:
         """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
 
         Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are
-        read; the whole request, its body read included, is bounded by ``request_timeout`` of
+        read, the API key blanked wherever the body quotes it (:data:`REDACTED`); the whole request, its body read included, is bounded by ``request_timeout`` of
         running time (:func:`~bulk_mms.clock.running_timeout`). ``timeouts``: this request's
         connect bound, instead of the client's.
         """
@@ -841,6 +846,8 @@ class AiohttpMmsClient:
                 # an error's headers say when to try again; an answer's are not needed
                 resp_headers = {} if ok else {k.lower(): v for k, v in resp.headers.items()}
                 raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
+        if raw and self._secret:
+            raw = raw.replace(self._secret, REDACTED)
         if raw is None:
             if ok:
                 raise AmbiguousSendError(

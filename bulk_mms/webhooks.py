@@ -246,12 +246,16 @@ class WebhookReceiver:
         try:
             body = orjson.loads(raw)
             data = body["data"]
-            event_id, event_type = data["id"], str(data["event_type"])
+            event_id, event_type = data["id"], data["event_type"]
             payload = data["payload"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            event_id = None
-        if not isinstance(event_id, str) or not 0 < len(event_id) <= _FIELD_MAX:
-            # not an event, or its id is not an id (ids are UUIDs)
+            event_id = event_type = None
+        if (
+            not isinstance(event_id, str)
+            or not 0 < len(event_id) <= _FIELD_MAX
+            or not isinstance(event_type, str)
+        ):
+            # not an event, its id is not an id (ids are UUIDs), or its type is not a word
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":

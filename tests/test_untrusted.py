@@ -9,6 +9,8 @@ import math
 from decimal import Decimal
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
@@ -340,3 +342,26 @@ async def test_a_cost_beyond_a_double_loses_only_the_cost(fake_api: API, jobs: J
     ]
     assert sent[0]["cost"] is None
     assert sent[0]["message_id"] == fake.accepted[0].id
+
+
+async def test_an_answer_that_echoes_the_key_never_writes_it(jobs: JobFactory) -> None:
+    """A server (or a proxy before it) whose error echoes the request's Authorization header
+    gets its words recorded with the key blanked: the key never reaches the ledger, the
+    job's error or a log line."""
+
+    async def echo(request: web.Request) -> web.Response:
+        told = f"header was {request.headers['Authorization']}"
+        error = {"code": "10015", "title": told, "detail": told, "source": {"pointer": told}}
+        return web.json_response({"errors": [error]}, status=422)
+
+    app = web.Application()
+    app.router.add_post("/v2/messages/group_mms", echo)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        with capture_logs() as logs:
+            s, _ = await run_against(str(server.make_url("/v2")), jobs, n=4)
+    assert s.failed_groups == 1
+    ledger = (jobs.root / "ledgers" / "test-job.jsonl").read_text(encoding="utf-8")
+    assert "header was Bearer [redacted]" in ledger
+    assert KEY not in ledger
+    assert KEY not in repr(logs)
+    assert KEY not in str(s.error)

@@ -786,6 +786,26 @@ async def test_an_event_whose_id_is_not_an_id_is_malformed(
     assert status_lines(path) == []
 
 
+@pytest.mark.parametrize("event_type", [b"[" * 1000 + b"]" * 1000, b"12345", b'{"a": 1}'])
+async def test_an_event_whose_type_is_not_a_word_is_malformed(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], event_type: bytes
+) -> None:
+    """A signed event whose ``event_type`` is not a string (a number, an object, lists nested
+    a thousand deep) is a bad request (400), never a 500 with a traceback; nothing of it
+    reaches the ledger."""
+    http, path, client = hooks
+    body = event("message.finalized", client.calls[0], f"msg-{client.calls[0].id}-0", "sent")
+    raw = orjson.dumps(body).replace(b'"message.finalized"', event_type)
+    stamp = str(int(time.time()))
+    sig = base64.b64encode(SIGNER.sign(stamp.encode() + b"|" + raw)).decode()
+    headers = {"telnyx-signature-ed25519": sig, "telnyx-timestamp": stamp}
+    with capture_logs() as logs:
+        resp = await http.post("/h", data=raw, headers=headers)
+    assert resp.status == 400
+    assert [e["event"] for e in logs] == ["webhook.malformed"]
+    assert status_lines(path) == []
+
+
 async def test_members_under_cc_are_read_from_the_groups_own_message_only(
     jobs: JobFactory,
 ) -> None:
