@@ -268,6 +268,23 @@ def _stamp(value: object) -> str | None:
     return value
 
 
+#: How far ahead of this machine's clock a status's stamp may be and still be a time.
+_STAMP_AHEAD_S = 86_400.0
+
+
+def _reached_at(msg: Mapping[str, object]) -> str | None:
+    """When a message's status was reached: its ``completed_at``, else its ``sent_at``, the
+    first that is an ISO time (:func:`_stamp`) no more than :data:`_STAMP_AHEAD_S` ahead of
+    now. A stamp in the year 9999 would outrank every later report of the recipient
+    (:func:`~bulk_mms.delivery.supersedes`); one that is no time is no stamp."""
+    for key in ("completed_at", "sent_at"):
+        stamp = _stamp(msg.get(key))
+        when = instant(stamp)
+        if stamp is not None and when is not None and when <= time.time() + _STAMP_AHEAD_S:
+            return stamp
+    return None
+
+
 def address(value: object, limit: int = 32) -> str | None:
     """The number of an address field (``from``): the object's ``phone_number`` (the spec's
     shape), or a bare string (the shape Telnyx's group messaging page shows), cut to
@@ -309,14 +326,7 @@ def parse_statuses(
         mid = msg.get("id")
         mid = mid if isinstance(mid, str) and _MESSAGE_ID.fullmatch(mid) else None
         errors = parse_errors(msg)
-        at = (
-            next(
-                (msg[k][:64] for k in ("completed_at", "sent_at") if isinstance(msg.get(k), str)),
-                None,
-            )
-            if stamps
-            else None
-        )
+        at = _reached_at(msg) if stamps else None
         listed, cc = msg.get("to"), msg.get("cc")
         items = listed if isinstance(listed, list) else []
         copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
@@ -824,9 +834,10 @@ class AiohttpMmsClient:
         """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
 
         Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are
-        read, the API key blanked wherever the body quotes it (:data:`REDACTED`); the whole request, its body read included, is bounded by ``request_timeout`` of
-        running time (:func:`~bulk_mms.clock.running_timeout`). ``timeouts``: this request's
-        connect bound, instead of the client's.
+        read, the API key blanked wherever the body quotes it (:data:`REDACTED`); the whole
+        request, its body read included, is bounded by ``request_timeout`` of running time
+        (:func:`~bulk_mms.clock.running_timeout`). ``timeouts``: this request's connect bound,
+        instead of the client's.
         """
         session = self._open()
         with map_client_errors():  # inside it, a TimeoutError of the running bound is mapped

@@ -14,7 +14,13 @@ from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
-from bulk_mms.client import AiohttpMmsClient, idempotency_key, parse_receipt, parse_retry_after
+from bulk_mms.client import (
+    AiohttpMmsClient,
+    idempotency_key,
+    parse_receipt,
+    parse_retry_after,
+    parse_statuses,
+)
 from bulk_mms.errors import AmbiguousSendError, EndpointError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
 from bulk_mms.models import Group, MessageBody, Money, parse_money
@@ -365,3 +371,19 @@ async def test_an_answer_that_echoes_the_key_never_writes_it(jobs: JobFactory) -
     assert KEY not in ledger
     assert KEY not in repr(logs)
     assert KEY not in str(s.error)
+
+
+def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
+    """A status's ``completed_at``/``sent_at`` is kept only when it is an ISO time no later
+    than a day from now: an unparseable one (an escape sequence, words) or one in the year
+    9999 is no stamp, and the next field that is one is taken instead."""
+
+    def at(**stamps: str) -> str | None:
+        msg = {"id": "m1", "to": [{"phone_number": "+12125550000", "status": "delivered"}]}
+        (st,) = parse_statuses({**msg, **stamps}, "m1")
+        return st.at
+
+    assert at(completed_at="\x1b[2Jnot a time") is None
+    assert at(completed_at="9999-12-31T23:59:59Z") is None
+    assert at(completed_at="yesterday", sent_at="2026-12-06T10:00:00Z") == "2026-12-06T10:00:00Z"
+    assert at(completed_at="2026-12-06T10:00:01Z") == "2026-12-06T10:00:01Z"
