@@ -390,7 +390,9 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
 
 def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
     """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
-    without an id, numbers or a readable ``created_at`` is left out. Its ``message_type``
+    without numbers or a readable ``created_at`` is left out. One whose ``id`` is not an id
+    (a line end, an escape sequence, too long) is kept with an empty id: it still shows its
+    message was accepted, though it names no message. Its ``message_type``
     (``SMS``/``MMS``) is kept: an SMS record is not a group MMS's; so is its
     ``group_message_id`` when it is an id (Telnyx names a group's records by it)."""
     data = body.get("data") if isinstance(body, dict) else None
@@ -408,7 +410,7 @@ def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
         cost = parse_money({"amount": amount, "currency": currency}) if amount else None
         out.append(
             MessageRecord(
-                _text(rid, 100),
+                rid if _MESSAGE_ID.fullmatch(rid) else "",
                 _text(cli, 32),
                 _text(cld, 32),
                 created,

@@ -19,6 +19,9 @@ sender: another job's, a resend's).
   first member's record's id, and each member's record id is recorded as that member's own
   message id (:func:`own_ids`: Telnyx fetches a message detail record by its message's UUID,
   ``GET /messages/{id}``), so ``track`` and ``webhooks`` follow every member by its own.
+* Found for every member, but under no usable id (a record whose ``id`` is not an id, and
+  no group message named): still in doubt (logged ``settle.record_unusable``): it was
+  accepted, so it is never sent again, but there is no message to record it sent under.
 * Found for some members only: still in doubt (logged ``settle.partial``): neither a send
   nor a resend can be told apart from another message to those numbers.
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
@@ -156,8 +159,7 @@ class Settler:
                 break  # a member without a record while more may come: nothing decides it yet
         found = _one_message(each) if len(each) == len(rec.to) else None
         if found is not None:
-            log.info("settle.accepted", group=rec.id, record=found[0].id)
-            return Finding(Verdict.ACCEPTED, _whole(found), tuple(found))
+            return _accepted(rec, found)
         if any(each):
             have = sum(map(bool, each))
             log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
@@ -166,6 +168,18 @@ class Settler:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+
+def _accepted(rec: GroupRecord, found: list[MessageRecord]) -> Finding:
+    """The finding of a group every member of which has a record of one message (``found``):
+    accepted, under the group message's id or each record's own; in doubt still when that id
+    is missing (a record whose ``id`` was not an id: never sent again, nor recorded sent)."""
+    whole = _whole(found)
+    if not whole.id or (not found[0].group_message_id and not all(r.id for r in found)):
+        log.warning("settle.record_unusable", group=rec.id, members=len(rec.to))
+        return UNKNOWN
+    log.info("settle.accepted", group=rec.id, record=whole.id)
+    return Finding(Verdict.ACCEPTED, whole, tuple(found))
 
 
 def _ours(r: MessageRecord, sender: str, member: str, start: float, end: float) -> bool:

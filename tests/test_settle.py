@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import msgspec.structs
 import pytest
+from structlog.testing import capture_logs
 
 from bulk_mms import runner
 from bulk_mms.cli import main
@@ -303,6 +304,24 @@ def test_a_record_s_group_message_id_and_type_are_read_bounded() -> None:
     )
     assert (good.message_type, good.group_message_id) == ("MMS", "g-1")
     assert bad.group_message_id == ""
+
+
+@pytest.mark.parametrize("rid", ["rec\x1b[2J\nzz", "r" * 5000, ""])
+async def test_records_whose_id_is_no_id_leave_the_group_in_doubt(rid: str) -> None:
+    """A detail record whose id is not an id (an escape sequence, a line end, 5,000
+    characters, nothing) still shows its member's message was accepted, so the group is never
+    taken for absent and sent again; but it names no message to record the group sent under:
+    the group stays in doubt, and no such id reaches the ledger."""
+    base = {"cli": "+18445550001", "created_at": "1970-01-12T13:46:40.5Z", "status": "x"}
+    (parsed,) = parse_records({"data": [{**base, "id": rid, "cld": DOUBT.to[0]}]})
+    assert parsed.id == ""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    client.records += [record("", p) for p in DOUBT.to]
+    with capture_logs() as logs:
+        assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+    assert "settle.record_unusable" in [e["event"] for e in logs]
 
 
 async def test_a_crash_after_a_resend_waits_for_the_new_tries_records() -> None:
