@@ -272,6 +272,9 @@ class GroupSender:
         self.open_attempts: dict[str, SendError | None] = {}
         #: When each request of this run left (the achieved rate).
         self.times = RequestTimes()
+        #: The message id each answer of this run named → the group it answered (answers in
+        #: flight together are not in the ledger's view yet): :meth:`_own_answer`.
+        self._answered: dict[str, str] = {}
         #: The account's suppression list (the settings' file, or the database's table).
         self.suppressed = (
             suppressed
@@ -436,10 +439,31 @@ class GroupSender:
         await self._write_attempt(tries, number)
         within = await self._take_slot(tries, ticket)
         try:
-            return await self.client.send(tries.group, tries.key, leave_within=within)
+            return self._own_answer(
+                tries.group, await self.client.send(tries.group, tries.key, leave_within=within)
+            )
         except SendError as exc:
             self._on_error(tries, exc)
             raise
+
+    def _own_answer(self, group: Group, receipt: SendReceipt) -> SendReceipt:
+        """``receipt``, when its message id is no other group's: an id that already answered
+        another group (in this run, or in the ledger) is not an answer to this request (a
+        caching proxy's copy, a server's confusion). Telnyx gives every message its own id.
+
+        Raises:
+            AmbiguousSendError: the id is another group's; the request may have been accepted.
+        """
+        mid = receipt.message_id
+        owner = self._answered.setdefault(mid, group.id)
+        if owner == group.id:
+            owner = self.view.by_message_id.get(mid, group.id)
+        if owner != group.id:
+            raise AmbiguousSendError(
+                "accepted, but the answer's message id is another group's: "
+                "not an answer to this request"
+            )
+        return receipt
 
     async def _pace(self, tries: _Tries) -> Ticket:
         """Wait for the pacer to admit the group's sender; its ticket (kept in ``tries``)."""

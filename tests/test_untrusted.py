@@ -387,3 +387,23 @@ def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
     assert at(completed_at="9999-12-31T23:59:59Z") is None
     assert at(completed_at="yesterday", sent_at="2026-12-06T10:00:00Z") == "2026-12-06T10:00:00Z"
     assert at(completed_at="2026-12-06T10:00:01Z") == "2026-12-06T10:00:01Z"
+
+
+async def test_an_answer_under_another_groups_message_id_is_in_doubt(jobs: JobFactory) -> None:
+    """A server (a caching proxy) that answers every send with one and the same message id
+    has accepted at most one of them under it: the first group is recorded sent, every
+    other is in doubt, never a second group recorded sent under a message that is not its."""
+
+    async def cached(request: web.Request) -> web.Response:
+        data = {"id": "40385f64-5717-4562-b3fc-2c963f66afa6", "to": [], "wait_seconds": 0}
+        return web.json_response({"data": data})
+
+    app = web.Application()
+    app.router.add_post("/v2/messages/group_mms", cached)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        s, _ = await run_against(str(server.make_url("/v2")), jobs, n=12, retry_ambiguous=False)
+    assert (s.sent_groups, s.in_doubt_groups) == (1, 2)
+    sent = [
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+    ]
+    assert len(sent) == 1
