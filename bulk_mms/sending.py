@@ -272,8 +272,9 @@ class GroupSender:
         self.open_attempts: dict[str, SendError | None] = {}
         #: When each request of this run left (the achieved rate).
         self.times = RequestTimes()
-        #: The message id each answer of this run named → the group it answered (answers in
-        #: flight together are not in the ledger's view yet): :meth:`_own_answer`.
+        #: The message id each answer named → the group it answered, from the answer until
+        #: its ``sent`` is in the ledger's view (answers in flight together are not there
+        #: yet): :meth:`_own_answer`.
         self._answered: dict[str, str] = {}
         #: The account's suppression list (the settings' file, or the database's table).
         self.suppressed = (
@@ -456,8 +457,8 @@ class GroupSender:
         """
         mid = receipt.message_id
         owner = self._answered.setdefault(mid, group.id)
-        if owner == group.id:
-            owner = self.view.by_message_id.get(mid, group.id)
+        if owner == group.id and (owner := self.view.by_message_id.get(mid, owner)) != group.id:
+            del self._answered[mid]  # the ledger's answer: this one holds nothing
         if owner != group.id:
             raise AmbiguousSendError(
                 "accepted, but the answer's message id is another group's: "
@@ -684,6 +685,7 @@ class GroupSender:
             self.transient_streak = 0
             self.refusal_streak = ("", 0)
             final = self.recorder.sent(group, result.receipt, result.attempts, throttled)
+            self._answered.pop(result.receipt.message_id, None)  # the view has it now
             self._watch_spam(None)
             if (rec := self.view.groups.get(group.id)) is not None:
                 for st in final:  # the answer's own delivery reports
