@@ -114,6 +114,10 @@ _AWAKE_OR_NOT: Final = getattr(time, "CLOCK_BOOTTIME", getattr(time, "CLOCK_MONO
 #: before the stretch since the last is taken for the process not running (stopped, paused).
 RUNNING_LOOK_S: Final = 0.5
 STOPPED_AFTER_S: Final = 1.0
+#: Running time a :func:`running_timeout` has left that is none: the float sums of the loop's
+#: times can leave a sliver (1e-14 s) that a timer at their magnitude cannot set apart from
+#: now, so the next look would come at once, and again, with no time passing in between.
+_NONE_LEFT_S: Final = 1e-6
 
 
 def running_timeout(seconds: float) -> RunningTimeout:
@@ -162,7 +166,7 @@ class RunningTimeout:
         gap = now - self._last
         self._left -= self._step if gap - self._step >= STOPPED_AFTER_S else gap
         self._last = now
-        if self._left <= 0:
+        if self._left <= _NONE_LEFT_S:
             self._bound.reschedule(now)  # fires at once
             return
         self._step = min(RUNNING_LOOK_S, self._left)

@@ -90,6 +90,20 @@ def stop_process(seconds: float) -> None:
     loop.time = lambda: before() + seconds  # type: ignore[method-assign]
 
 
+async def test_a_running_timeout_fires_on_the_sliver_of_time_floats_leave_it() -> None:
+    """The loop's times summed in floats can leave a running_timeout 1e-15 s to run, which a
+    timer at their magnitude cannot set apart from now: it fires then, never looking again at
+    once with no time passing (a spin that a virtual loop clock never got out of)."""
+    loop = asyncio.get_running_loop()
+    bound = running_timeout(1.0)
+    async with bound:
+        bound._handle.cancel()
+        bound._last, bound._step, bound._left = loop.time(), 1e-15, 1e-15
+        bound._look()  # no time passed since the last look
+        assert bound._bound.when() == loop.time()  # fires: no look after this one
+        bound._bound.reschedule(None)  # (for this test: not to time out now)
+
+
 async def test_a_running_timeout_reads_an_answer_that_came_while_the_process_was_stopped() -> None:
     """A process stopped for 60 s under a 30 s running_timeout reads the answer waiting when
     it runs again (asyncio.timeout would time out on it first); 2 s of running time with no
