@@ -907,11 +907,14 @@ def cmd_optouts(args: argparse.Namespace) -> int:
 
 
 async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[str]:
+    """Every opted-out number of the profile, each once, page by page to ``meta.total_pages``
+    or the first page that brings no new number (an empty page, or one that repeats: no
+    answer makes it read on to a count of pages it claims)."""
     async with (
         _endpoint(settings, sandbox) as base_url,
         _client(settings, base_url, key) as client,
     ):
-        numbers: list[str] = []
+        numbers: dict[str, None] = {}
         page, pages = 1, 1
         while page <= pages:
             try:
@@ -927,6 +930,9 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
                     f"the API cannot be reached ({exc}); nothing was changed: check base_url "
                     "and the network, then run optouts sync again"
                 ) from None
-            numbers += [block.to for block in found]
+            before = len(numbers)
+            numbers.update(dict.fromkeys(block.to for block in found))
+            if len(numbers) == before:
+                break
             page += 1
-        return numbers
+        return list(numbers)

@@ -199,6 +199,32 @@ def test_optouts_sync_asks_for_the_profile_and_full_numbers(
     assert "filter[from]" not in query
 
 
+class EndlessOptOuts(OptOutFake):
+    """An opt-out list that claims 100,000 pages and answers every page with the same two."""
+
+    async def get_optouts(self, request: web.Request) -> web.StreamResponse:
+        self.queries.append(dict(request.query))
+        data = [{"from": SENDER, "to": t, "keyword": "STOP"} for _, _, t in self.pairs]
+        return web.json_response({"data": data, "meta": {"total_pages": 100_000}})
+
+
+def test_optouts_sync_stops_at_a_page_that_brings_no_new_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An answer is untrusted: a list that claims 100,000 pages and repeats itself is read
+    to the first page that brings nobody new (two GETs, not 100,000), each number once."""
+    fake = EndlessOptOuts(api_key="test-key-123")
+    fake.pairs = [("p", SENDER, n) for n in numbers(2)]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert "2 opt-outs on the profile, 2 new" in capsys.readouterr().err
+    assert len(fake.queries) == 2
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(numbers(2))
+
+
 def test_optouts_sync_with_the_api_unreachable_exits_1_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
