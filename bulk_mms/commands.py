@@ -908,13 +908,15 @@ def cmd_optouts(args: argparse.Namespace) -> int:
 
 async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[str]:
     """Every opted-out number of the profile, each once, page by page to ``meta.total_pages``
-    or the first page that brings no new number (an empty page, or one that repeats: no
-    answer makes it read on to a count of pages it claims)."""
+    or the first page that brings no new block (an empty page, or one that repeats: no
+    answer makes it read on to a count of pages it claims). A block is a sender → number
+    pair: a page of other senders' blocks of numbers already read is news, not a repeat."""
     async with (
         _endpoint(settings, sandbox) as base_url,
         _client(settings, base_url, key) as client,
     ):
         numbers: dict[str, None] = {}
+        blocks: set[tuple[str, str]] = set()
         page, pages = 1, 1
         while page <= pages:
             try:
@@ -930,9 +932,10 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
                     f"the API cannot be reached ({exc}); nothing was changed: check base_url "
                     "and the network, then run optouts sync again"
                 ) from None
-            before = len(numbers)
-            numbers.update(dict.fromkeys(block.to for block in found))
-            if len(numbers) == before:
+            before = len(blocks)
+            blocks.update((block.from_, block.to) for block in found)
+            if len(blocks) == before:
                 break
+            numbers.update(dict.fromkeys(block.to for block in found))
             page += 1
         return list(numbers)

@@ -225,6 +225,25 @@ def test_optouts_sync_stops_at_a_page_that_brings_no_new_number(
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(numbers(2))
 
 
+def test_optouts_sync_reads_on_past_a_page_of_numbers_already_blocked_by_another_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The list holds a block per sender: a page of another sender's blocks of numbers
+    already read is news, not a repeat, and the pages after it are read too (the number only
+    that sender's block names is synced)."""
+    fake = OptOutFake(api_key="test-key-123")
+    people = numbers(251)
+    fake.pairs = [("p", SENDER, n) for n in people[:250]]
+    fake.pairs += [("p", OTHER_SENDER, n) for n in people]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert len(fake.queries) == 3
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(people)
+
+
 def test_optouts_sync_with_the_api_unreachable_exits_1_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
