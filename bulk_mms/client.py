@@ -151,8 +151,12 @@ def request_body(group: Group) -> dict[str, Any]:
 
 #: Largest response body read; past it the answer is unusable (a 2xx is then in doubt).
 MAX_ANSWER_BODY = 1 << 20
-#: What an answer's copy of the API key is replaced with.
-REDACTED = b"[redacted]"
+#: What a copy of the API key is replaced with, in an API's answer or a log line
+#: (:mod:`bulk_mms.log`).
+REDACTED: Final = "[redacted]"
+_REDACTED: Final = REDACTED.encode()
+#: Shorter "keys" are not real Telnyx keys; blanking them would mangle ordinary words.
+MIN_SECRET: Final = 8
 #: Message ids are UUIDs; anything longer or stranger is not one.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmatch)
 #: Bounds on the text we keep from an answer: statuses, error entries and their fields.
@@ -651,8 +655,9 @@ class AiohttpMmsClient:
         self.base_url = base_url.rstrip("/")
         self._send_url = self.base_url + SEND_PATH
         # an answer that quotes the key (a proxy's error echoing the request's headers) has it
-        # blanked before it is read, so no ledger, log or error ever holds it
-        self._secret = api_key.encode() if api_key else b""
+        # blanked before it is read, so no ledger, log or error ever holds it; a key too short
+        # to be a real one is not looked for (it would mangle the answer's own words)
+        self._secret = api_key.encode() if len(api_key) >= MIN_SECRET else b""
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -860,7 +865,7 @@ class AiohttpMmsClient:
                 resp_headers = {} if ok else {k.lower(): v for k, v in resp.headers.items()}
                 raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
         if raw and self._secret:
-            raw = raw.replace(self._secret, REDACTED)
+            raw = raw.replace(self._secret, _REDACTED)
         if raw is None:
             if ok:
                 raise AmbiguousSendError(

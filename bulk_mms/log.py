@@ -18,19 +18,16 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from bulk_mms.client import MIN_SECRET, REDACTED
 from bulk_mms.config import API_KEY_ENV
-
-_REDACTED = "[redacted]"
-#: Shorter "keys" are not real Telnyx keys; scrubbing them would mangle ordinary words.
-_MIN_SECRET = 8
 
 
 def _scrubber(secret: str | None) -> structlog.types.Processor:
     def scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if secret and len(secret) >= _MIN_SECRET:
+        if secret and len(secret) >= MIN_SECRET:
             for key, value in event.items():
                 if isinstance(value, str) and secret in value:
-                    event[key] = value.replace(secret, _REDACTED)
+                    event[key] = value.replace(secret, REDACTED)
         return event
 
     return scrub

@@ -407,3 +407,22 @@ async def test_an_answer_under_another_groups_message_id_is_in_doubt(jobs: JobFa
         e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
     ]
     assert len(sent) == 1
+
+
+async def test_a_key_shorter_than_a_real_one_leaves_the_answer_as_it_came() -> None:
+    """A key too short to be a Telnyx key (one a proxy or a test server takes) is not blanked
+    in answers, where it would mangle their own words (``data``, ``id``): the answer reads as
+    it came and the group is sent, not in doubt."""
+
+    async def accept(request: web.Request) -> web.Response:
+        data = {"id": "40385f64-5717-4562-b3fc-2c963f66afa6", "to": [], "wait_seconds": 0}
+        return web.json_response({"data": data})
+
+    app = web.Application()
+    app.router.add_post("/v2/messages/group_mms", accept)
+    async with (
+        TestServer(app, host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "data") as client,
+    ):
+        receipt = await client.send(parse_group(numbers(2)), "k1")
+    assert receipt.message_id == "40385f64-5717-4562-b3fc-2c963f66afa6"
