@@ -785,7 +785,9 @@ class RowReader:
                 start,
                 ",".join(rec)[:200],
                 f"row has {len(rec)} fields, header has {width} (rows near the top have "
-                f"{self._pad}, its extra ones are empty): a comma in a field not in quotes?",
+                f"{self._pad}, its extra ones are empty): a comma in a field not in quotes? "
+                "(or a cell typed to the right of the table, which some spreadsheets pad "
+                "the rows near it for: clear that column and save again)",
             )
         rec = unpadded(rec, width)
         size = len(rec)
