@@ -441,13 +441,14 @@ def _print_zones(s: JobSummary, job: JobConfig, window: SendWindow) -> None:
     """Recipients per time zone, and whether each zone's window is open now or when it opens
     with the job's ``send_window`` open too (nothing is sent outside that)."""
     now = utc(SystemClock())
+    also = sending_window(job)
     print(f"  quiet hours  {window} in each recipient's zone")
     for key, n in sorted(s.zones.items(), key=lambda kv: -kv[1]):
         zones = tuple(key.split(", "))
-        if open_for(window, zones, now):
+        if open_for(window, zones, now) and all(open_for(w, z, now) for w, z in also):
             state = "open now"
         else:
-            at = next_opening(window, zones, now, sending_window(job))
+            at = next_opening(window, zones, now, also)
             state = f"opens {at:%Y-%m-%d %H:%M} UTC" if at else "no overlap within two days"
         print(f"    {n:>8} recipients in {key}: {state}")
 
