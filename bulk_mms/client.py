@@ -276,15 +276,21 @@ def _stamp(value: object) -> str | None:
 _STAMP_AHEAD_S = 86_400.0
 
 
+def status_stamp(value: object) -> str | None:
+    """``value`` as the time a status was reached, when it is an ISO time (:func:`_stamp`) no
+    more than :data:`_STAMP_AHEAD_S` ahead of now, else None: a stamp in the year 9999 would
+    outrank every later report of the recipient (:func:`~bulk_mms.delivery.supersedes`), and
+    one that is no time is no stamp. Every status's stamp, from an answer or a webhook."""
+    stamp = _stamp(value)
+    when = instant(stamp)
+    return stamp if when is not None and when <= time.time() + _STAMP_AHEAD_S else None
+
+
 def _reached_at(msg: Mapping[str, object]) -> str | None:
     """When a message's status was reached: its ``completed_at``, else its ``sent_at``, the
-    first that is an ISO time (:func:`_stamp`) no more than :data:`_STAMP_AHEAD_S` ahead of
-    now. A stamp in the year 9999 would outrank every later report of the recipient
-    (:func:`~bulk_mms.delivery.supersedes`); one that is no time is no stamp."""
+    first that is a status's stamp (:func:`status_stamp`)."""
     for key in ("completed_at", "sent_at"):
-        stamp = _stamp(msg.get(key))
-        when = instant(stamp)
-        if stamp is not None and when is not None and when <= time.time() + _STAMP_AHEAD_S:
+        if (stamp := status_stamp(msg.get(key))) is not None:
             return stamp
     return None
 

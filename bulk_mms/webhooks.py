@@ -64,7 +64,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bulk_mms.client import address, parse_statuses
+from bulk_mms.client import address, parse_statuses, status_stamp
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
 from bulk_mms.config import Settings
@@ -303,7 +303,7 @@ class WebhookReceiver:
         if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
-        occurred_at = _short(data.get("occurred_at"))
+        occurred_at = status_stamp(data.get("occurred_at"))
         message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:

@@ -145,6 +145,30 @@ async def test_signed_finalized_event_is_recorded(
     assert all(e["source"] == "webhook" and e["webhook_id"] == "e1" for e in lines)
 
 
+@pytest.mark.parametrize(
+    ("occurred_at", "kept"),
+    [
+        ("2026-11-23T10:00:00.000+00:00", True),
+        ("9999-12-31T23:59:59Z", False),
+        ("\x1b[2Jnot a time", False),
+    ],
+)
+async def test_a_reports_time_is_kept_only_when_it_is_a_time_not_far_ahead(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], occurred_at: str, kept: bool
+) -> None:
+    """A webhook's ``occurred_at`` is a status's stamp by the rule the API's answers follow:
+    one in the year 9999 (it would outrank every later report) or one that is no time is
+    not recorded as the report's time."""
+    http, path, client = hooks
+    g = client.calls[0]
+    body = event("message.finalized", g, f"msg-{g.id}-0", "delivered", event_id="e1")
+    body["data"]["occurred_at"] = occurred_at
+    assert (await post_signed(http, body))[0] == 200
+    stamps = {e.get("at") for e in status_lines(path)}
+    assert (stamps == {occurred_at}) == kept
+    assert "9999-12-31T23:59:59Z" not in stamps
+
+
 @pytest.mark.parametrize("forgery", ["other_key", "tampered", "missing", "stale", "future"])
 async def test_bad_signatures_get_401_and_write_nothing(
     hooks: tuple[TestClient[Any, Any], Path, FakeClient], forgery: str
