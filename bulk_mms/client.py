@@ -280,7 +280,8 @@ def status_stamp(value: object) -> str | None:
     """``value`` as the time a status was reached, when it is an ISO time (:func:`_stamp`) no
     more than :data:`_STAMP_AHEAD_S` ahead of now, else None: a stamp in the year 9999 would
     outrank every later report of the recipient (:func:`~bulk_mms.delivery.supersedes`), and
-    one that is no time is no stamp. Every status's stamp, from an answer or a webhook."""
+    one that is no time is no stamp. Every status's stamp (an answer's, a webhook's), and a
+    texted keyword's."""
     stamp = _stamp(value)
     when = instant(stamp)
     return stamp if when is not None and when <= time.time() + _STAMP_AHEAD_S else None

@@ -259,7 +259,7 @@ class WebhookReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
-            texted = instant(data.get("occurred_at"))
+            texted = instant(status_stamp(data.get("occurred_at")))  # one far ahead: none
             try:
                 suppressed, lifted = (
                     await self.suppressed.off_loop(

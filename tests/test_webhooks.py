@@ -693,6 +693,24 @@ async def test_a_stop_redelivered_after_a_start_does_not_undo_it(
     assert listed.numbers() == ["+12125550002"]
 
 
+async def test_a_start_stamped_far_ahead_never_makes_a_later_stop_stale(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """STOP, then a START whose occurred_at is in the year 9999, then a STOP texted now: the
+    START's time is no time (the status stamps' rule), so it is not recorded as the latest
+    keyword, and the later STOP puts the number back on the list."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    async with TestClient(TestServer(receiver.app())) as http:
+        await post_signed(http, inbound("STOP", at="2026-11-23T10:00:00Z"))
+        await post_signed(http, inbound("START", at="9999-12-31T23:59:59Z"))
+        assert listed.numbers() == []
+        await post_signed(http, inbound("STOP", at="2026-11-23T10:09:00Z"))
+    await receiver.close()
+    await receiver.store.close()
+    assert listed.numbers() == ["+12125550002"]
+
+
 async def test_start_lifts_a_stop_suppression_but_never_one_added_by_hand(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
