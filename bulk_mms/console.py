@@ -445,7 +445,7 @@ def _print_zones(s: JobSummary, job: JobConfig, window: SendWindow) -> None:
     print(f"  quiet hours  {window} in each recipient's zone")
     for key, n in sorted(s.zones.items(), key=lambda kv: -kv[1]):
         zones = tuple(key.split(", "))
-        if open_for(window, zones, now) and all(open_for(w, z, now) for w, z in also):
+        if open_for(window, zones, now, also):
             state = "open now"
         else:
             at = next_opening(window, zones, now, also)

@@ -117,9 +117,11 @@ def zones_for(phone: str, fields: Mapping[str, str], column: str | None) -> tupl
     return _zones_of_prefix(phone[:8])  # +1 NPA NXX: the finest prefix the data uses
 
 
-def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> bool:
-    """Whether ``now`` (aware) is inside the window in every one of ``zones``."""
-    return all(window.contains(now.astimezone(zoneinfo.ZoneInfo(z)).time()) for z in zones)
+def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime, also: Also = ()) -> bool:
+    """Whether ``now`` (aware) is inside the window in every one of ``zones``, and inside
+    every window of ``also`` in its zones."""
+    inside = all(window.contains(now.astimezone(zoneinfo.ZoneInfo(z)).time()) for z in zones)
+    return inside and (not also or all(open_for(w, z, now) for w, z in also))
 
 
 def closes_in(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> float:
@@ -180,7 +182,7 @@ def next_opening(
     zones, also = tuple(zones), tuple(also)
     t = now.replace(second=0, microsecond=0) + _STEP
     while t - now <= _HORIZON:
-        if open_for(window, zones, t) and all(open_for(w, z, t) for w, z in also):
+        if open_for(window, zones, t, also):
             return t
         t += _STEP
     return None
