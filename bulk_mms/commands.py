@@ -915,8 +915,7 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
         _endpoint(settings, sandbox) as base_url,
         _client(settings, base_url, key) as client,
     ):
-        numbers: dict[str, None] = {}
-        blocks: set[tuple[str, str]] = set()
+        blocks: dict[tuple[str, str], None] = {}  # in the order read
         page, pages = 1, 1
         while page <= pages:
             try:
@@ -933,9 +932,8 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
                     "and the network, then run optouts sync again"
                 ) from None
             before = len(blocks)
-            blocks.update((block.from_, block.to) for block in found)
+            blocks.update(dict.fromkeys((block.from_, block.to) for block in found))
             if len(blocks) == before:
                 break
-            numbers.update(dict.fromkeys(block.to for block in found))
             page += 1
-        return list(numbers)
+        return list(dict.fromkeys(to for _, to in blocks))
