@@ -159,7 +159,7 @@ class FakeState:
         if self.varied_stamps:
             self._stamps += 1
             form = STAMP_FORMS[self._stamps % len(STAMP_FORMS)]
-        return iso(wall, form=form)
+        return iso(wall, form)
 
     def wall(self) -> float:
         """Unix time on the fake's clock: it moves with :attr:`clock` (so with a fake one)."""

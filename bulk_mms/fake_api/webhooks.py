@@ -17,6 +17,7 @@ from aiohttp import web
 from bulk_mms.fake_api.messages import MessageViews
 from bulk_mms.fake_api.records import Accepted, WebhookPost
 from bulk_mms.fake_api.rules import FINAL_STATUSES, NEVER_SENT
+from bulk_mms.fake_api.wire import WEBHOOK_STAMP
 
 
 class WebhookPump(MessageViews):
@@ -54,7 +55,7 @@ class WebhookPump(MessageViews):
                 event = {
                     "event_type": event_type,
                     "id": str(uuid.uuid4()),
-                    "occurred_at": self.stamp(self.wall(), ("T", 3, "+00:00")),
+                    "occurred_at": self.stamp(self.wall(), WEBHOOK_STAMP),
                     "payload": self._record(msg, only=i, live=True, status=status),
                     "record_type": "event",
                 }

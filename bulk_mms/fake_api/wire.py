@@ -30,14 +30,13 @@ STAMP_FORMS: tuple[tuple[str, int, str], ...] = (
     ("T", 7, "Z"),
 )
 MESSAGE_STAMP, OPTOUT_STAMP, MDR_STAMP = STAMP_FORMS[0], STAMP_FORMS[1], ("T", 0, "+00:00")
+#: As Telnyx's webhook examples write ``occurred_at``: milliseconds, ``+00:00``.
+WEBHOOK_STAMP = ("T", 3, "+00:00")
 
 
-def iso(wall: float, *, zulu: bool = True, form: tuple[str, int, str] | None = None) -> str:
-    """Unix seconds as the API writes times: ISO 8601, milliseconds, ``Z`` (or ``+00:00``,
-    as Telnyx's webhook examples write ``occurred_at``); or in ``form`` (:data:`STAMP_FORMS`:
+def iso(wall: float, form: tuple[str, int, str]) -> str:
+    """Unix seconds as the API writes times, ISO 8601 in ``form`` (:data:`STAMP_FORMS`:
     separator, digits of the fraction, offset)."""
-    if form is None:
-        form = ("T", 3, "Z" if zulu else "+00:00")
     sep, digits, offset = form
     zone = dt.timezone(dt.timedelta(hours=-6)) if offset == "-06:00" else dt.UTC
     when = dt.datetime.fromtimestamp(wall, zone)
