@@ -58,11 +58,6 @@ def use_json(on: bool) -> None:
         warnings.showwarning = _SHOW_WARNING
 
 
-def json_on() -> bool:
-    """Whether notes are JSON objects now (``--log-json``)."""
-    return _json
-
-
 def say(
     event: str,
     message: str,

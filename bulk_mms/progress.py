@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Never, Protocol, TextIO
 
 import msgspec
 import structlog
-
-from bulk_mms.errors import InputError
-from bulk_mms.reader import open_input
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -51,27 +47,6 @@ class Progress(Protocol):
     def update(self, snap: Snapshot) -> None: ...
 
     def close(self) -> None: ...
-
-
-def count_rows(path: Path, *, header: bool) -> int | None:
-    """Data lines in an uncompressed input (newlines, less a header), read in big blocks.
-
-    About a second per gigabyte. A CSV record with a quoted newline counts twice, so this is
-    an upper bound; gzip'd input gives None (counting would mean decompressing it twice).
-    """
-    if path.suffix.lower() == ".gz":
-        return None
-    lines = 0
-    last = b"\n"
-    try:
-        with open_input(path) as f:
-            while block := f.read(1 << 20):
-                lines += block.count(b"\n")
-                last = block[-1:]
-    except (OSError, InputError):
-        return None  # not a regular file, or unreadable: the scan stops on it, saying why
-    lines += last != b"\n"
-    return max(0, lines - header)
 
 
 def _eta(snap: Snapshot, rate: float) -> float | None:
@@ -166,9 +141,3 @@ class LogProgress:
 
     def close(self) -> None:
         return None
-
-
-def open_count(path: Path) -> int | None:
-    """The data rows of a job input, CSV (with a header) or JSONL."""
-    name = path.name.lower().removesuffix(".gz")
-    return count_rows(path, header=name.endswith(".csv"))

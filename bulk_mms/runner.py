@@ -184,7 +184,6 @@ class Runner:
         #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
         #: by the records as sent, they are not this run's sends.
         self._held: set[str] = set()
-        self.last_sent: float | None = None
 
     def log_start(self, ledger: str) -> None:
         job, settings = self.job, self.settings

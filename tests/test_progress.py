@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
 import io
-from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from bulk_mms.errors import NetworkError
 from bulk_mms.log import BarSafeStream
-from bulk_mms.progress import BarProgress, LogProgress, Snapshot, count_rows
+from bulk_mms.progress import BarProgress, LogProgress, Snapshot
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 
 
 def snap(done: int, total: int | None = 100, sent: int = 0, free: int = 0) -> Snapshot:
     return Snapshot(done, free, total, sent, 0, 0, 2, 1.5, 10.0)
-
-
-def test_count_rows(tmp_path: Path) -> None:
-    """Lines less the header, a last line without newline counted, gzip unknown."""
-    p = tmp_path / "a.csv"
-    p.write_bytes(b"phone\n1\n2\n3")
-    assert count_rows(p, header=True) == 3
-    q = tmp_path / "a.csv.gz"
-    q.write_bytes(gzip.compress(b"phone\n1\n"))
-    assert count_rows(q, header=True) is None
 
 
 def test_log_progress_is_a_heartbeat() -> None:

@@ -217,11 +217,6 @@ def _shown(number: float) -> str:
 # Jobs
 
 
-def read_bool(table: Table, key: str, default: bool) -> bool:
-    value = table.bool_(key)
-    return default if value is None else value
-
-
 def read_choice(table: Table, key: str, choices: tuple[str, ...]) -> str:
     value = table.str_(key, choices[0]) or choices[0]
     if value not in choices:

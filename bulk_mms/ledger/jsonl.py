@@ -266,10 +266,6 @@ class JsonlStore(GroupCommitted[bytes]):
         """The events written since the last call (by this process or another)."""
         return self._tail.read()
 
-    @property
-    def is_empty(self) -> bool:
-        return os.fstat(self._fd).st_size == 0
-
     def append_now(self, event: Event) -> None:
         """Write and fsync one event now, blocking. For the header and the run's start."""
         self._write_lines([encode(event)])
