@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 import aiohttp
+import msgspec
 import orjson
 import structlog
 import yarl
@@ -70,6 +71,12 @@ OPTOUTS_PATH = "/messaging_optouts"
 RECORDS_PATH = "/reports/mdrs"
 #: The largest ``page[size]`` the opt-out list serves.
 OPTOUT_PAGE_MAX = 250
+#: Bounds on reading ``GET /reports/mdrs`` whole (:meth:`AiohttpMmsClient.fetch_records`): the
+#: pages it asks for, the records one page may list, and the records in all. An answer that
+#: claims more is not read on: it is incomplete, and settles nothing.
+RECORDS_MAX_PAGES = 20
+RECORDS_PAGE_MAX = 1000
+RECORDS_MAX = 5000
 
 USER_AGENT = f"bulk-mms/{__version__}"
 log = structlog.get_logger("bulk_mms.client")
@@ -399,7 +406,7 @@ def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
     return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
 
 
-def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
+def parse_records(body: object, limit: int = RECORDS_PAGE_MAX) -> list[MessageRecord]:
     """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
     without numbers or a readable ``created_at`` is left out. One whose ``id`` is not an id
     (a line end, an escape sequence, too long) is kept with an empty id: it still shows its
@@ -435,6 +442,37 @@ def parse_records(body: object, limit: int = 1000) -> list[MessageRecord]:
             )
         )
     return out
+
+
+class PageMeta(msgspec.Struct, frozen=True):
+    """What a records page says of the whole answer (the spec's ``reporting_PaginationMeta``,
+    every field optional): each a whole number from 0, or None."""
+
+    page_number: int | None
+    total_pages: int | None
+    total_results: int | None
+    #: The entries its ``data`` lists (read or not: one that is no record still counts).
+    listed: int
+
+
+def page_meta(body: object) -> PageMeta:
+    """The paging a records answer states (:class:`PageMeta`), read bounded: a count that is
+    not a whole number (a bool, a string, a float), or is negative, is no count."""
+    meta = body.get("meta") if isinstance(body, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    data = body.get("data") if isinstance(body, dict) else None
+
+    def count(key: str) -> int | None:
+        value = meta.get(key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return value if ok else None
+
+    return PageMeta(
+        count("page_number"),
+        count("total_pages"),
+        count("total_results"),
+        len(data) if isinstance(data, list) else 0,
+    )
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -819,23 +857,76 @@ class AiohttpMmsClient:
         self, cli: str, cld: str, start: float, end: float
     ) -> list[MessageRecord]:
         """``GET /reports/mdrs``: the outbound message detail records from ``cli`` to ``cld``
-        created from ``start`` to ``end`` (seconds since the epoch).
+        created from ``start`` to ``end`` (seconds since the epoch), every page of them.
+
+        The spec answers with ``meta`` (``reporting_PaginationMeta``: ``page_number``,
+        ``total_pages``, ``total_results``) but declares no parameter to ask for a page. The
+        first page is asked for as the spec declares the query; the next ones with
+        ``page[number]``, as Telnyx's other lists take it, and each is read only when its
+        ``meta`` says it is that page of the same answer (a server that ignores the parameter
+        answers the first page again). The answer is whole when its first page lists nothing,
+        or every page it states was read and holds the records it counts.
 
         Raises:
+            AmbiguousSendError: the answer cannot be read whole: its ``meta`` states no page
+                count, claims more than :data:`RECORDS_MAX_PAGES` pages or
+                :data:`RECORDS_MAX` records, or a later page is not the page asked for. A
+                group is never settled on part of its records.
             SendError: as for any GET (a GET is always safe to retry).
         """
-        query = {
+        query: dict[str, str | int] = {
             "direction": "OUTBOUND",
             "cli": cli,
             "cld": cld,
             "start_date": _iso_z(start),
             "end_date": _iso_z(end),
         }
+        records, first = await self._records_page(query)
+        if first.listed == 0 and not first.total_results and (first.total_pages or 0) <= 1:
+            return records  # the first page lists none: there are none
+        pages, total = first.total_pages, first.total_results
+        if pages is None and total is not None and first.listed >= total:
+            pages = 1  # no page count, but the first page holds every record it counts
+        if pages is None or pages < 1:
+            raise _incomplete("states no page count")
+        if pages > RECORDS_MAX_PAGES:
+            raise _incomplete(f"claims more than {RECORDS_MAX_PAGES} pages")
+        if (total or 0) > RECORDS_MAX:
+            raise _incomplete(f"counts more than {RECORDS_MAX} records")
+        listed = first.listed
+        for number in range(2, pages + 1):
+            more, meta = await self._records_page({**query, "page[number]": number})
+            if meta.page_number != number or meta.listed == 0:
+                raise _incomplete(f"page {number} was asked for and not served")
+            if (meta.total_pages, meta.total_results) != (pages, total):
+                raise _incomplete("changed while it was read")
+            records += more
+            listed += meta.listed
+            if listed > RECORDS_MAX:
+                raise _incomplete(f"lists over {RECORDS_MAX} records")
+        if total is not None and listed < total:
+            raise _incomplete(f"counts {total} records but lists {listed}")
+        return records
+
+    async def _records_page(
+        self, query: Mapping[str, str | int]
+    ) -> tuple[list[MessageRecord], PageMeta]:
+        """One page of ``GET /reports/mdrs``: its records and its :class:`PageMeta`.
+
+        Raises:
+            AmbiguousSendError: it has no ``data`` list, or lists more than
+                :data:`RECORDS_PAGE_MAX` entries (not read whole).
+        """
         url = f"{self.base_url}{RECORDS_PATH}?" + urllib.parse.urlencode(
             query, quote_via=urllib.parse.quote
         )
         _, body = await self._request("GET", url)
-        return parse_records(body)
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise _incomplete("has no data list")
+        meta = page_meta(body)
+        if meta.listed > RECORDS_PAGE_MAX:
+            raise _incomplete(f"lists {meta.listed} records on one page")
+        return parse_records(body), meta
 
     async def _request(
         self,
@@ -938,6 +1029,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BO
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _incomplete(why: str) -> AmbiguousSendError:
+    """The error of a records answer that cannot be read whole (``why``, bounded numbers)."""
+    return AmbiguousSendError(f"GET {RECORDS_PATH}: the answer {why}; not read whole")
 
 
 def _iso_z(seconds: float) -> str:

@@ -6,12 +6,16 @@ once with nothing in doubt."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import msgspec.structs
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from bulk_mms import runner
@@ -366,3 +370,119 @@ async def test_records_not_yet_complete_stop_at_the_first_member_without_one() -
     clock.advance(86_400)
     assert (await settler.settle(DOUBT)).verdict == Verdict.ABSENT
     assert client.fetches == [f"records {DOUBT.sender} {p}" for p in DOUBT.to]
+
+
+SENDER = "+18445550001"
+
+
+async def test_every_page_of_the_records_is_read(fake_api: tuple[FakeTelnyx, str]) -> None:
+    """Records spread over three pages (45 at the default 20 a page) are all read: a group
+    whose record is on a later page is found, not taken for absent."""
+    fake, url = fake_api
+    member = DOUBT.to[0]
+    for i in range(45):
+        fake.adopt(f"m{i}", SENDER, (member, DOUBT.to[1]), age=60)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        found = await client.fetch_records(SENDER, member, fake.wall() - 3600, fake.wall())
+    assert sorted(r.id for r in found) == sorted(fake.by_id[f"m{i}"].recipient_ids[0]
+                                                 for i in range(45))  # fmt: skip
+    pages = [r.query for r in fake.http_log if r.path.endswith("/reports/mdrs")]
+    assert [("page[number]" in q) for q in pages] == [False, True, True]
+
+
+async def test_a_records_server_that_ignores_page_numbers_settles_nothing(
+    fake_api: tuple[FakeTelnyx, str],
+) -> None:
+    """A server that answers page[number] with the first page again (the spec declares no page
+    parameter for the records) gives no answer: the read is incomplete, never taken whole."""
+    fake, url = fake_api
+    fake.records_paging = False
+    for i in range(25):
+        fake.adopt(f"m{i}", SENDER, DOUBT.to[:2], age=60)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        with pytest.raises(AmbiguousSendError, match="page 2 was asked for and not served"):
+            await client.fetch_records(SENDER, DOUBT.to[0], fake.wall() - 3600, fake.wall())
+
+
+def mdr(rid: str, cld: str, message_type: str = "MMS") -> dict[str, Any]:
+    """One record of DOUBT's sender, as ``/reports/mdrs`` lists it."""
+    return {"id": rid, "cli": SENDER, "cld": cld, "created_at": "1970-01-12T13:46:40.5Z",
+            "status": "DELIVERED", "message_type": message_type}  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def records_server(
+    answer: Callable[[web.Request], object],
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """A server whose ``GET /v2/reports/mdrs`` answers ``answer(request)`` as JSON: its base
+    URL, and the query of every request it got."""
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.query_string)
+        return web.json_response(answer(request))
+
+    app = web.Application()
+    app.router.add_get("/v2/reports/mdrs", handler)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        yield str(server.make_url("/v2")), seen
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [mdr("r1", DOUBT.to[0])], "meta": {"total_pages": 1_000_000, "page_number": 1}},
+        {"data": [mdr("r1", DOUBT.to[0])], "meta": {"total_pages": 1, "total_results": 10**9}},
+        {"data": [mdr("r1", DOUBT.to[0])], "meta": {"total_pages": 1, "total_results": 2}},
+        {"data": [mdr("r1", DOUBT.to[0])]},
+        {"data": [mdr("r1", DOUBT.to[0])], "meta": {"total_pages": "1", "total_results": True}},
+        {"data": [mdr(f"r{i}", DOUBT.to[0]) for i in range(1001)], "meta": {"total_pages": 1}},
+        {"data": {"id": "r1"}, "meta": {"total_pages": 1}},
+        {"meta": {"total_pages": 0, "total_results": 0}},
+    ],
+    ids=[
+        "million-pages",
+        "billion-records",
+        "short",
+        "no-meta",
+        "counts-not-ints",
+        "page-too-long",
+        "data-not-a-list",
+        "no-data",
+    ],
+)
+async def test_a_records_answer_that_cannot_be_read_whole_is_no_answer(body: object) -> None:
+    """A records answer claiming a million pages or a billion records, counting more than it
+    lists, stating no page count, listing too many on a page, or no data list, is no answer
+    (never a partial one taken whole), after one request."""
+    async with (
+        records_server(lambda r: body) as (url, seen),
+        AiohttpMmsClient(url, "test-key-123") as client,
+    ):
+        with pytest.raises(AmbiguousSendError, match="not read whole"):
+            await client.fetch_records(SENDER, DOUBT.to[0], 1_000_000.0, 1_000_100.0)
+    assert len(seen) == 1
+
+
+async def test_a_group_whose_records_are_on_a_later_page_is_accepted_not_absent() -> None:
+    """Each member's first page lists only another message's records (SMS) and says there are
+    two pages: the group's own records, on page 2, settle it accepted; read alone, page 1
+    would have shown it absent, and it would have been texted twice."""
+
+    def answer(request: web.Request) -> object:
+        cld, page = request.query["cld"], request.query.get("page[number]", "1")
+        meta = {"page_number": int(page), "page_size": 20, "total_pages": 2, "total_results": 21}
+        if page == "1":
+            return {"data": [mdr(f"sms-{i}", cld, "SMS") for i in range(20)], "meta": meta}
+        return {"data": [mdr(f"mms-{cld[-4:]}", cld)], "meta": meta}
+
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    async with (
+        records_server(answer) as (url, seen),
+        AiohttpMmsClient(url, "test-key-123") as client,
+    ):
+        settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+        found = await settler.settle(DOUBT)
+    assert found.verdict == Verdict.ACCEPTED
+    assert [r.id for r in found.members] == [f"mms-{p[-4:]}" for p in DOUBT.to]
+    assert len(seen) == 6

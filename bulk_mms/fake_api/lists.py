@@ -118,13 +118,14 @@ class ListEndpoints(FakeState):
         Filters ``start_date`` and ``end_date`` (ISO 8601 date or time, both inclusive),
         ``id``, ``direction``, ``cli``, ``cld``, ``status``, ``message_type``. The spec names no
         page parameters for it but answers with ``meta``; the fake pages with ``page[number]``
-        and ``page[size]`` (default 20, at most 250) like Telnyx's other lists.
+        and ``page[size]`` (default 20, at most 250) like Telnyx's other lists, or, without
+        :attr:`records_paging`, ignores them and serves the first 20.
         """
         if (denied := auth_refusal(request, self.api_key)) is not None:
             return denied
         q = request.query
         try:
-            page, size = paging(q)
+            page, size = paging(q if self.records_paging else {})
             start, end = parse_when(q.get("start_date")), parse_when(q.get("end_date"))
         except ValueError as exc:
             return errors_answer(400, "10015", "Bad Request", str(exc))

@@ -91,6 +91,10 @@ class FakeState:
     #: Detail records younger than this many seconds are not listed yet (Telnyx: the last
     #: hours' MDRs may be missing).
     records_lag_s: float = 0.0
+    #: Serve the page ``page[number]`` asks for on ``GET /reports/mdrs`` (``page[size]``: 1 to
+    #: 250, default 20), as Telnyx's other lists do. The spec declares no page parameter for
+    #: it (only ``meta`` in the answer): off, they are ignored and the first page is served.
+    records_paging: bool = True
     #: A message younger than this many seconds is not found yet by ``GET /messages/{id}`` and
     #: ``GET /messages/group/{id}`` (404 / 10005): Telnyx's records may lag the send's answer.
     lookup_lag_s: float = 0.0
