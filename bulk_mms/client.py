@@ -174,6 +174,12 @@ _ERROR_CHARS = 500
 _MAX_CC = 8
 
 
+def as_message_id(value: object) -> str | None:
+    """``value`` when it is a message id (:data:`_MESSAGE_ID`: a UUID, or an id no stranger
+    and no longer), else None: the one check of an id the API or a webhook sends."""
+    return value if isinstance(value, str) and _MESSAGE_ID.fullmatch(value) else None
+
+
 def _text(value: object, limit: int) -> str:
     """A string field of an answer, cut to ``limit`` characters; anything else is empty."""
     return value[:limit] if isinstance(value, str) else ""
@@ -341,8 +347,7 @@ def parse_statuses(
     out: list[RecipientStatus] = []
     copied: list[RecipientStatus] = []
     for msg in messages:
-        mid = msg.get("id")
-        mid = mid if isinstance(mid, str) and _MESSAGE_ID.fullmatch(mid) else None
+        mid = as_message_id(msg.get("id"))
         errors = parse_errors(msg)
         at = _reached_at(msg) if stamps else None
         listed, cc = msg.get("to"), msg.get("cc")
@@ -428,17 +433,14 @@ def parse_records(body: object, limit: int = RECORDS_PAGE_MAX) -> list[MessageRe
         cost = parse_money({"amount": amount, "currency": currency}) if amount else None
         out.append(
             MessageRecord(
-                rid if _MESSAGE_ID.fullmatch(rid) else "",
+                as_message_id(rid) or "",
                 _text(cli, 32),
                 _text(cld, 32),
                 created,
                 _text(item.get("status"), 32),
                 cost,
                 _text(item.get("message_type"), 8),
-                gmid
-                if isinstance(gmid := item.get("group_message_id"), str)
-                and _MESSAGE_ID.fullmatch(gmid)
-                else "",
+                as_message_id(item.get("group_message_id")) or "",
             )
         )
     return out

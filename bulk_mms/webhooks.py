@@ -64,7 +64,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bulk_mms.client import address, parse_statuses, status_stamp
+from bulk_mms.client import address, as_message_id, parse_statuses, status_stamp
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
 from bulk_mms.config import Settings
@@ -250,11 +250,8 @@ class WebhookReceiver:
             payload = data["payload"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             event_id = event_type = None
-        if (
-            not isinstance(event_id, str)
-            or not 0 < len(event_id) <= _FIELD_MAX
-            or not isinstance(event_type, str)
-        ):
+        event_id = as_message_id(event_id)  # the spec's event id is a UUID
+        if event_id is None or not isinstance(event_type, str):
             # not an event, its id is not an id (ids are UUIDs), or its type is not a word
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
@@ -304,7 +301,9 @@ class WebhookReceiver:
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = status_stamp(data.get("occurred_at"))
-        message_id = _short(payload.get("id")) if isinstance(payload, dict) else None
+        # an id that is not one (too long, a line end, an escape) names no message: the event
+        # is never matched by it, nor learnt as a recipient's own id
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:
             self.ready()

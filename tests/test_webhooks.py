@@ -1138,3 +1138,24 @@ async def test_an_old_list_without_times_still_works(
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
     assert capsys.readouterr().out.split() == ["+12125550009"]
     assert path.read_text(encoding="utf-8").count("# +12125550002  texted START (webhook) at") == 1
+
+
+@pytest.mark.parametrize("message_id", ["own\x1b[2J\nid", "o" * 129, "own id", ""])
+async def test_an_event_whose_message_id_is_not_an_id_is_learnt_for_nobody(
+    jobs: JobFactory, message_id: str
+) -> None:
+    """An event about one recipient under a message id that is not an id (an escape sequence
+    and a line end, one character past an id's length, a space, nothing) is never learnt as
+    that recipient's own id: nothing reaches the ledger, and it is counted unmatched."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    sender = {"phone_number": g.message.from_}
+    async with TestClient(TestServer(receiver.app())) as http:
+        hook = own_event("message.sent", g.to[0], message_id, "sent", sender, later=5)
+        status, answer = await post_signed(http, hook)
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert (status, answer["recorded"]) == (200, 0)
+    assert status_lines(path) == []
+    assert receiver.unmatched == 1
