@@ -268,6 +268,16 @@ def _tell_summary(s: JobSummary) -> None:
             job=s.job,
             recipients=r.as_dict(),
         )
+    if s.retired:
+        say(
+            "job.senders_retired",
+            f"{s.job}: the API refused {_n(len(s.retired), 'sender')} ({', '.join(s.retired)}): "
+            "left out of the pool for the rest of the job, their groups sent from the others; "
+            "fix or remove them in the job",
+            stream=out,
+            job=s.job,
+            senders=list(s.retired),
+        )
     print_template_notes(s)
     if s.achieved_rate is not None:
         say(

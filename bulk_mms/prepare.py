@@ -259,6 +259,12 @@ def plan(
         yield from members_left(item, view, suppressed, job)
 
 
+def retired_senders(job: JobConfig, view: LedgerView) -> tuple[str, ...]:
+    """The job's senders the API refused in this ledger (out of the pool for the rest of the
+    job), in the job's order: what a dry run and a run's summary say of them."""
+    return tuple(x for x in job.message.senders if x in view.retired)
+
+
 def counted_sent(view: LedgerView) -> Iterator[str]:
     """The numbers a ledger counts sent, one by one (not a member a delivery report moved out
     of a sent group to go again): what a resume must not regroup (:func:`plan`) and what
@@ -494,7 +500,7 @@ class _DryRun:
         header = header_for(job, scan.fingerprint, self.clock)
         check_resumable(view, header, display(job.where), scan)
         self.s.locked_by = holder(job.where)
-        self.s.retired = tuple(x for x in job.message.senders if x in view.retired)
+        self.s.retired = retired_senders(job, view)
 
     def one_pass(
         self, job: JobConfig, excluded: Container[int], rejected_csv: Path | None

@@ -57,6 +57,7 @@ from bulk_mms.prepare import (
     in_window,
     plan,
     remade_from,
+    retired_senders,
 )
 from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in, next_opening, opens_before
@@ -689,6 +690,7 @@ class Runner:
         s.open_in_doubt = view.count(IN_DOUBT)
         s.open_retry_pending = view.count(RETRY_PENDING)
         s.recipients = view.recipients()
+        s.retired = retired_senders(self.job, view)
         if s.recipients.not_attempted:
             wall = self.clock.wall()
             later = [w.after for w in waiting(view).values() if w.after > wall]

@@ -121,8 +121,8 @@ class JobSummary(msgspec.Struct):
     template_empty: Counter[str] = msgspec.field(default_factory=Counter)
     #: Set by a dry run: the PID of a run that holds the ledger now (a run would exit 75).
     locked_by: str | None = None
-    #: Set by a dry run: the job's senders the API refused earlier in this ledger (out of the
-    #: pool for the rest of the job).
+    #: The job's senders the API refused in this ledger, in this run or an earlier one (out of
+    #: the pool for the rest of the job).
     retired: tuple[str, ...] = ()
     #: Set by a dry run: the first groups, for display, and what sending them would take.
     preview: list[Group] = msgspec.field(default_factory=list)

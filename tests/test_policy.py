@@ -840,3 +840,26 @@ async def test_the_dry_runs_estimate_prices_a_recipient_as_its_max_cost_line_doe
     unpriced = await dry_run(job, replace(paid, price_per_recipient=None))
     assert unpriced.estimate is not None
     assert unpriced.estimate.cost == Money(observed.amount * 8, "USD")
+
+
+async def test_a_sender_not_on_the_account_is_retired_when_the_settings_say_so(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither the spec nor FACTS names 40305, so by default it fails the group like any
+    refusal; with ``[errors] 40305 = "retire_sender"`` a sender the API refuses as not on the
+    account (the fake's 400 / 40305) leaves the pool, every group goes out from the other
+    sender, exit 0, and the run's summary names the sender refused."""
+    fake, url = fake_api
+    fake.numbers = frozenset({"+18445550002"})
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4", sender='["+18445550001", "+18445550002"]')
+    policy = {**FAST.error_policy, "40305": Action.RETIRE_SENDER}
+    settings = replace(FAST, concurrency=1, error_policy=policy)
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+    assert (s.error, run_outcome(s)) == (None, 0)
+    assert "refused 1 sender (+18445550001)" in capsys.readouterr().out
+    assert {m.from_ for m in fake.accepted} == {"+18445550002"}
+    assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)
+    assert s.retired == ("+18445550001",)
+    assert load(job.ledger).retired == {"+18445550001"}
