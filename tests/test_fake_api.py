@@ -530,7 +530,7 @@ async def test_optouts_are_pairs_filtered_paged_and_redacted(api: ApiClock) -> N
 
 
 async def test_our_client_s_requests_are_the_spec_s(api: ApiClock) -> None:
-    """Every request AiohttpMmsClient makes (send, both GETs, opt-outs) validates."""
+    """Every request AiohttpMmsClient makes (send, both GETs, opt-outs, records) validates."""
     a, _ = api
     a.fake.optouts.append("+12125550109")
     body = MessageBody(FROM, text="hi", media_urls=("https://example.com/a.png",))
@@ -541,6 +541,8 @@ async def test_our_client_s_requests_are_the_spec_s(api: ApiClock) -> None:
         await client.fetch_group(receipt.message_id)
         await client.fetch_message(receipt.message_id)
         await client.fetch_optouts(1)
+        now = a.fake.wall()
+        await client.fetch_records(FROM, "+12125550100", now - 3600, now + 60)
     paths = [s.path for s in a.fake.http_log]
     assert paths[0] == "/v2/messages/group_mms"
     assert "/v2/messaging_optouts" in paths
