@@ -37,7 +37,7 @@ STUBS = ("sent", "answer", "attempt", "pace")
 
 def stub(parts: set[str]) -> None:
     """Replace the named parts of a run with stand-ins that do (almost) nothing."""
-    from bulk_mms import client, pacing, recorder  # noqa: PLC0415 - charged to the child
+    from bulk_mms import answers, client, pacing, recorder  # noqa: PLC0415 - charged to the child
     from bulk_mms.models import Group, RecipientStatus, SendReceipt  # noqa: PLC0415
 
     if "sent" in parts:
@@ -50,7 +50,7 @@ def stub(parts: set[str]) -> None:
 
         recorder.Recorder.sent = sent  # type: ignore[method-assign]
     if "answer" in parts:
-        parse = client.parse_receipt
+        parse = answers.parse_receipt
 
         def bare(body: object, to: object = None) -> SendReceipt:
             data = body.get("data") if isinstance(body, dict) else None
@@ -58,7 +58,7 @@ def stub(parts: set[str]) -> None:
                 body = {"data": {**data, "to": []}}
             return parse(body)
 
-        client.parse_receipt = bare
+        client.parse_receipt = bare  # type: ignore[attr-defined] # the name the client calls
     if "attempt" in parts:
 
         async def attempt(

@@ -14,23 +14,19 @@ request left and is a :class:`NetworkError`; anything after the request may have
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import datetime as dt
-import email.utils
 import errno
 import json
 import math
 import re
 import resource
-import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 import aiohttp
-import msgspec
 import orjson
 import structlog
 import yarl
@@ -39,11 +35,22 @@ from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
 from bulk_mms._version import __version__
-from bulk_mms.clock import instant, running_timeout, since_boot
-from bulk_mms.delivery import NOT_RECEIVED
+from bulk_mms.answers import (
+    RECORDS_MAX,
+    RECORDS_MAX_PAGES,
+    RECORDS_PAGE_MAX,
+    PageMeta,
+    page_meta,
+    parse_errors,
+    parse_optouts,
+    parse_receipt,
+    parse_records,
+    parse_retry_after,
+    parse_statuses,
+)
+from bulk_mms.clock import running_timeout, since_boot
 from bulk_mms.errors import (
     AmbiguousSendError,
-    ApiError,
     AuthError,
     DescriptorsExhausted,
     EndpointError,
@@ -60,7 +67,6 @@ from bulk_mms.models import (
     OptOut,
     RecipientStatus,
     SendReceipt,
-    parse_money,
 )
 
 SEND_PATH = "/messages/group_mms"
@@ -71,12 +77,6 @@ OPTOUTS_PATH = "/messaging_optouts"
 RECORDS_PATH = "/reports/mdrs"
 #: The largest ``page[size]`` the opt-out list serves.
 OPTOUT_PAGE_MAX = 250
-#: Bounds on reading ``GET /reports/mdrs`` whole (:meth:`AiohttpMmsClient.fetch_records`): the
-#: pages it asks for, the records one page may list, and the records in all. An answer that
-#: claims more is not read on: it is incomplete, and settles nothing.
-RECORDS_MAX_PAGES = 20
-RECORDS_PAGE_MAX = 1000
-RECORDS_MAX = 5000
 
 USER_AGENT = f"bulk-mms/{__version__}"
 log = structlog.get_logger("bulk_mms.client")
@@ -111,9 +111,6 @@ class MmsClient(Protocol):
     async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
         """``GET /messages/{id}``: the recipients of one message (a recipient's own id)."""
         ...
-
-
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # whole (fullmatch), ASCII digits only
 
 
 def idempotency_key(campaign: str | None, group_id: str) -> str:
@@ -164,351 +161,6 @@ REDACTED: Final = "[redacted]"
 _REDACTED: Final = REDACTED.encode()
 #: Shorter "keys" are not real Telnyx keys; blanking them would mangle ordinary words.
 MIN_SECRET: Final = 8
-#: Message ids are UUIDs; anything longer or stranger is not one.
-_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmatch)
-#: Bounds on the text we keep from an answer: statuses, error entries and their fields.
-_STATUS_CHARS = 40
-_MAX_ERRORS = 10
-_ERROR_CHARS = 500
-#: A group has at most 8 members, so its ``cc`` at most 8 entries: more are not read.
-_MAX_CC = 8
-
-
-def as_message_id(value: object) -> str | None:
-    """``value`` when it is a message id (:data:`_MESSAGE_ID`: a UUID, or an id no stranger
-    and no longer), else None: the one check of an id the API or a webhook sends."""
-    return value if isinstance(value, str) and _MESSAGE_ID.fullmatch(value) else None
-
-
-def _text(value: object, limit: int) -> str:
-    """A string field of an answer, cut to ``limit`` characters; anything else is empty."""
-    return value[:limit] if isinstance(value, str) else ""
-
-
-def parse_errors(body: object) -> tuple[ApiError, ...]:
-    """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly; or
-    the body itself when it is one bare ``messaging_Error`` (``code`` and ``title``, as the
-    spec answers ``GET /messaging_optouts``' 400 and 401).
-
-    At most :data:`_MAX_ERRORS` entries, each field cut to :data:`_ERROR_CHARS` characters.
-    """
-    if not isinstance(body, dict):
-        return ()
-    items = body.get("errors")
-    if items is None and isinstance(body.get("data"), dict):
-        items = body["data"].get("errors")
-    if items is None and "code" in body and isinstance(body.get("title"), str):
-        items = [body]
-    if not isinstance(items, list):
-        return ()
-    out = []
-    for item in items[:_MAX_ERRORS]:
-        if isinstance(item, dict):
-            code, source = item.get("code"), item.get("source")
-            out.append(
-                ApiError(
-                    code=str(code)[:_ERROR_CHARS] if isinstance(code, str | int) else "",
-                    title=_text(item.get("title"), _ERROR_CHARS),
-                    detail=_text(item.get("detail"), _ERROR_CHARS),
-                    pointer=(
-                        _text(source.get("pointer"), _ERROR_CHARS)
-                        if isinstance(source, dict)
-                        else ""
-                    ),
-                )
-            )
-    return tuple(out)
-
-
-def parse_seconds(value: object) -> float | None:
-    """A non-negative number of seconds from an answer (``wait_seconds``), or None.
-
-    Huge values stay as they are (the pacer clamps them to its ceilings and says so); what is
-    not a number at all, or negative, is no value.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    seconds = float(value)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
-    """Turn a 2xx body into a :class:`SendReceipt`.
-
-    Args:
-        body: the parsed JSON.
-        to: the numbers the request was for; recipients the answer lists are checked against
-            them (an answer about other numbers is not an answer to this request).
-
-    Raises:
-        AmbiguousSendError: the body has no usable message id, or names numbers the request
-            did not: the API took the request but we cannot tell what became of it.
-    """
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise AmbiguousSendError("accepted, but the response has no 'data' object")
-    message_id = data.get("id")
-    if not isinstance(message_id, str) or not message_id:
-        raise AmbiguousSendError("accepted, but the response has no message id")
-    if not _MESSAGE_ID.fullmatch(message_id):
-        raise AmbiguousSendError("accepted, but the response's message id is not an id")
-    if to is not None:
-        wanted = set(to)
-        for key in ("to", "cc"):  # a member may be listed in either (the spec gives cc statuses)
-            listed = data.get(key)
-            for item in listed if isinstance(listed, list) else ():
-                phone = item.get("phone_number") if isinstance(item, dict) else None
-                if isinstance(phone, str) and phone not in wanted:
-                    raise AmbiguousSendError(
-                        "accepted, but the response lists a number this request did not send to"
-                    )
-    statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False)
-    raw_cost = data.get("cost")
-    cost = parse_money(raw_cost)
-    if cost is None and raw_cost is not None:
-        amount = raw_cost.get("amount") if isinstance(raw_cost, dict) else raw_cost
-        log.warning("response.cost_unusable", message_id=message_id, amount=repr(amount)[:60])
-    return SendReceipt(
-        message_id=message_id,
-        statuses=tuple(statuses),
-        wait_seconds=parse_seconds(data.get("wait_seconds")),
-        cost=cost,
-        errors=parse_errors(data),
-        valid_until=_stamp(data.get("valid_until")),
-    )
-
-
-def _stamp(value: object) -> str | None:
-    """An ISO 8601 time the API sent, if it is one (bounded, parsed): else None."""
-    if not isinstance(value, str) or len(value) > 40 or instant(value) is None:
-        return None
-    return value
-
-
-#: How far ahead of this machine's clock a status's stamp may be and still be a time.
-_STAMP_AHEAD_S = 86_400.0
-
-
-def status_stamp(value: object) -> str | None:
-    """``value`` as the time a status was reached, when it is an ISO time (:func:`_stamp`) no
-    more than :data:`_STAMP_AHEAD_S` ahead of now, else None: a stamp in the year 9999 would
-    outrank every later report of the recipient (:func:`~bulk_mms.delivery.supersedes`), and
-    one that is no time is no stamp. Every status's stamp (an answer's, a webhook's), and a
-    texted keyword's."""
-    stamp = _stamp(value)
-    when = instant(stamp)
-    return stamp if when is not None and when <= time.time() + _STAMP_AHEAD_S else None
-
-
-def _reached_at(msg: Mapping[str, object]) -> str | None:
-    """When a message's status was reached: its ``completed_at``, else its ``sent_at``, the
-    first that is a status's stamp (:func:`status_stamp`)."""
-    for key in ("completed_at", "sent_at"):
-        if (stamp := status_stamp(msg.get(key))) is not None:
-            return stamp
-    return None
-
-
-def address(value: object, limit: int = 32) -> str | None:
-    """The number of an address field (``from``): the object's ``phone_number`` (the spec's
-    shape), or a bare string (the shape Telnyx's group messaging page shows), cut to
-    ``limit`` characters; None when it is neither."""
-    if isinstance(value, dict):
-        value = value.get("phone_number")
-    return value[:limit] if isinstance(value, str) and value else None
-
-
-def parse_statuses(
-    data: object, asked: str | None = None, *, stamps: bool = True, costs: bool = True
-) -> tuple[RecipientStatus, ...]:
-    """Recipients and statuses from a message object or a list of them (the GET endpoints).
-
-    ``GET /messages/group/{id}`` lists one message per recipient, each with its own id, ``to``
-    and ``errors``; ``GET /messages/{id}`` returns one. Entries that are not objects, or have no
-    ``phone_number``, are skipped: a partial answer still yields what it does say. A message
-    that names one recipient gives them its ``cost`` (:func:`~bulk_mms.models.parse_money`,
-    exact: the spec sends the amount as a string); a message naming several gives none, as
-    its cost is not one recipient's. An inbound message (``direction`` ``inbound``: a reply,
-    which ``GET /messages/{id}`` may also serve) says nothing of a send, and is skipped.
-
-    The spec gives ``cc[]`` entries a status too: a member of the group may be reported there
-    rather than under ``to``. ``cc`` is read only from the message ``asked`` for (the group's
-    own message: the send's answer, or the id a GET asked for), and only for a number no
-    ``to`` of the answer lists: a recipient's own message lists the other participants in
-    ``cc``, and their status there is not what their own message says. A ``cc`` report names
-    no message of the recipient's own (``message_id`` None), and carries only the errors that
-    point at it (``/cc/{i}``).
-    """
-    messages = [
-        m
-        for m in (data if isinstance(data, list) else [data])
-        if isinstance(m, dict) and m.get("direction") != "inbound"
-    ]
-    out: list[RecipientStatus] = []
-    copied: list[RecipientStatus] = []
-    for msg in messages:
-        mid = as_message_id(msg.get("id"))
-        errors = parse_errors(msg)
-        at = _reached_at(msg) if stamps else None
-        listed, cc = msg.get("to"), msg.get("cc")
-        items = listed if isinstance(listed, list) else []
-        copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
-        # a group's own message with members in cc costs the group, not its one `to`
-        alone = len(items) == 1 and not copies
-        cost = parse_money(msg.get("cost")) if alone and costs else None
-        # every member takes the message's errors as they are, unless the message names several
-        # and has some: then only those that point at the member
-        shared = not errors or alone
-        # a member under cc names no message of its own, and takes no cost
-        for field, entries, into, own_id, own_cost in (
-            ("to", items, out, mid, cost),
-            ("cc", copies[:_MAX_CC], copied, None, None),
-        ):
-            for i, item in enumerate(entries):
-                phone = item.get("phone_number") if isinstance(item, dict) else None
-                if isinstance(phone, str):
-                    status = _text(item.get("status"), _STATUS_CHARS)
-                    into.append(
-                        RecipientStatus(
-                            phone[:32],
-                            status,
-                            message_id=own_id,
-                            errors=(
-                                errors if shared else _errors_of(errors, f"/{field}/{i}", status)
-                            ),
-                            at=at,
-                            cost=own_cost,
-                        )
-                    )
-    if not copied:
-        return tuple(out)
-    in_to = {st.phone for st in out}
-    return (*out, *(st for st in copied if st.phone not in in_to))
-
-
-def _errors_of(errors: tuple[ApiError, ...], pointer: str, status: str) -> tuple[ApiError, ...]:
-    """A member's errors in a message naming several: those that point at it (``pointer``:
-    ``/to/{i}``, ``/cc/{i}``), and those that point at nobody when its status says the message
-    did not reach it (:data:`~bulk_mms.delivery.NOT_RECEIVED`): a member it reached never
-    takes another's carrier code."""
-    return tuple(
-        e for e in errors if e.pointer == pointer or (not e.pointer and status in NOT_RECEIVED)
-    )
-
-
-def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
-    """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` (1 when it is
-    missing or absurd). A block whose ``to`` is not an E.164 number (redacted, missing) is
-    left out; its ``from`` is kept as given (bounded), empty when missing."""
-    data = body.get("data") if isinstance(body, dict) else None
-    meta = body.get("meta") if isinstance(body, dict) else None
-    blocks = [
-        OptOut(from_[:32] if isinstance(from_ := item.get("from"), str) else "", to)
-        for item in (data if isinstance(data, list) else [])[:size]
-        if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.fullmatch(to)
-    ]
-    pages = meta.get("total_pages") if isinstance(meta, dict) else None
-    return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
-
-
-def parse_records(body: object, limit: int = RECORDS_PAGE_MAX) -> list[MessageRecord]:
-    """The message detail records of an ``/reports/mdrs`` answer (at most ``limit``); one
-    without numbers or a readable ``created_at`` is left out. One whose ``id`` is not an id
-    (a line end, an escape sequence, too long) is kept with an empty id: it still shows its
-    message was accepted, though it names no message. Its ``message_type``
-    (``SMS``/``MMS``) is kept: an SMS record is not a group MMS's; so is its
-    ``group_message_id`` when it is an id (Telnyx names a group's records by it)."""
-    data = body.get("data") if isinstance(body, dict) else None
-    out: list[MessageRecord] = []
-    for item in (data if isinstance(data, list) else [])[:limit]:
-        if not isinstance(item, dict):
-            continue
-        rid, cli, cld = item.get("id"), item.get("cli"), item.get("cld")
-        created = instant(str(item.get("created_at") or ""))
-        if not (isinstance(rid, str) and isinstance(cli, str) and isinstance(cld, str)):
-            continue
-        if created is None:
-            continue
-        amount, currency = item.get("cost"), item.get("currency")
-        cost = parse_money({"amount": amount, "currency": currency}) if amount else None
-        out.append(
-            MessageRecord(
-                as_message_id(rid) or "",
-                _text(cli, 32),
-                _text(cld, 32),
-                created,
-                _text(item.get("status"), 32),
-                cost,
-                _text(item.get("message_type"), 8),
-                as_message_id(item.get("group_message_id")) or "",
-            )
-        )
-    return out
-
-
-class PageMeta(msgspec.Struct, frozen=True):
-    """What a records page says of the whole answer (the spec's ``reporting_PaginationMeta``,
-    every field optional): each a whole number from 0, or None."""
-
-    page_number: int | None
-    total_pages: int | None
-    total_results: int | None
-    #: The entries its ``data`` lists (read or not: one that is no record still counts).
-    listed: int
-
-
-def page_meta(body: object) -> PageMeta:
-    """The paging a records answer states (:class:`PageMeta`), read bounded: a count that is
-    not a whole number (a bool, a string, a float), or is negative, is no count."""
-    meta = body.get("meta") if isinstance(body, dict) else None
-    meta = meta if isinstance(meta, dict) else {}
-    data = body.get("data") if isinstance(body, dict) else None
-
-    def count(key: str) -> int | None:
-        value = meta.get(key)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        return value if ok else None
-
-    return PageMeta(
-        count("page_number"),
-        count("total_pages"),
-        count("total_results"),
-        len(data) if isinstance(data, list) else 0,
-    )
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, ``Retry-After`` or ``x-ratelimit-reset``.
-
-    ``Retry-After`` may be seconds or an HTTP date; ``x-ratelimit-reset`` may be seconds or a
-    Unix time (taken as a time when it is larger than a year in seconds). The result is a
-    non-negative number, possibly huge or infinite (``1e999``): the retry and the pacer clamp
-    it to ``max_retry_after``. What does not parse is no hint (None).
-    """
-    now = time.time() if now is None else now
-    value = headers.get("retry-after-ms")
-    if value is not None and (ms := _seconds(value)) is not None:
-        return ms / 1000
-    value = headers.get("retry-after")
-    if value is not None:
-        if (seconds := _seconds(value)) is not None:
-            return seconds
-        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - now)
-    value = headers.get("x-ratelimit-reset")
-    if value is not None and (seconds := _seconds(value)) is not None:
-        return max(0.0, seconds - now if seconds > 31_536_000 else seconds)
-    return None
-
-
-def _seconds(text: str) -> float | None:
-    """A header's number: non-negative (a negative one is 0), not NaN; None if not a number."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return None if math.isnan(value) else max(0.0, value)
 
 
 def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error it means, one return a row

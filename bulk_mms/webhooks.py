@@ -64,7 +64,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bulk_mms.client import address, as_message_id, parse_statuses, status_stamp
+from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
 from bulk_mms.config import Settings

@@ -13,14 +13,8 @@ import pytest
 
 import bulk_mms.client
 import bulk_mms.clock
-from bulk_mms.client import (
-    AiohttpMmsClient,
-    idempotency_key,
-    parse_receipt,
-    parse_retry_after,
-    parse_statuses,
-    request_body,
-)
+from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses
+from bulk_mms.client import AiohttpMmsClient, idempotency_key, request_body
 from bulk_mms.errors import (
     AmbiguousSendError,
     AuthError,

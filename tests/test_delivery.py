@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bulk_mms.client import parse_statuses
+from bulk_mms.answers import parse_statuses
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, UNCONFIRMED, Known, supersedes
 from bulk_mms.ledger import LedgerView, checkpoint, load
 from bulk_mms.models import Money, RecipientStatus

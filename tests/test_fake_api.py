@@ -27,7 +27,8 @@ from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS31Validator
 
-from bulk_mms.client import AiohttpMmsClient, parse_statuses
+from bulk_mms.answers import parse_statuses
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import parse_time
 from bulk_mms.errors import AuthError
 from bulk_mms.fake_api import (

@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from bulk_mms import runner
+from bulk_mms.answers import parse_records
 from bulk_mms.cli import main
-from bulk_mms.client import AiohttpMmsClient, parse_records
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import CLOCK_SKEW_S, iso
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import AmbiguousSendError, SendError, ServerError

@@ -14,13 +14,8 @@ from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
-from bulk_mms.client import (
-    AiohttpMmsClient,
-    idempotency_key,
-    parse_receipt,
-    parse_retry_after,
-    parse_statuses,
-)
+from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses
+from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError, EndpointError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
 from bulk_mms.models import Group, MessageBody, Money, parse_money
