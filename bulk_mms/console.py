@@ -170,25 +170,37 @@ _STOPS: dict[str, tuple[str, str]] = {
 
 def _tell_stop(s: JobSummary) -> None:
     what, then = _STOPS[s.stopped or ""]
+    held = f"; {_held(s)}" if s.quiet else ""
+    fields: dict[str, Any] = (
+        {"held_recipients": dict(sorted(s.quiet.items())), "next_opening": s.next_opening}
+        if s.quiet
+        else {}
+    )
     say(
         "job.stopped",
-        f"bulk-mms: {what}: {_n(s.sent_groups, 'group')} sent this run; {then}",
+        f"bulk-mms: {what}: {_n(s.sent_groups, 'group')} sent this run{held}; {then}",
         level="warning",
         reason=s.stopped,
         sent_groups=s.sent_groups,
+        **fields,
     )
+
+
+def _held(s: JobSummary) -> str:
+    """The recipients held for their quiet hours, by zone, and when the first of them can be
+    sent (their window and the send_window open together)."""
+    zones = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
+    when = f"{s.next_opening:%Y-%m-%d %H:%M} UTC" if s.next_opening else "not within two days"
+    held = _n(sum(s.quiet.values()), "recipient")
+    return f"{held} held for their quiet hours ({zones}); the next window opens {when}"
 
 
 def _tell_quiet(s: JobSummary) -> int:
     """Quiet hours left recipients for later: say how many in which zones, and when the next
     zone's window opens."""
-    held = sum(s.quiet.values())
-    zones = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
-    when = f"{s.next_opening:%Y-%m-%d %H:%M} UTC" if s.next_opening else "not within two days"
     say(
         "job.quiet_hours",
-        f"bulk-mms: {_n(s.sent_groups, 'group')} sent this run; {_n(held, 'recipient')} held "
-        f"for their quiet hours ({zones}); the next window opens {when}: a run then sends them",
+        f"bulk-mms: {_n(s.sent_groups, 'group')} sent this run; {_held(s)}: a run then sends them",
         level="warning",
         sent_groups=s.sent_groups,
         held_recipients=dict(sorted(s.quiet.items())),

@@ -648,22 +648,47 @@ class Runner:
 
     def _held_for_windows(self, s: JobSummary) -> None:
         """Say in ``s`` what the windows left for later: recipients held for their quiet hours
-        (``quiet_hours``: where, and when the first of their windows opens), and whether the
-        window that stopped the run opens again before the job's deadline: when neither the
-        ``send_window`` that closed mid-run nor any held recipient's window does,
-        :data:`AFTER_DEADLINE` (nobody left can be sent in time)."""
+        (``quiet_hours``: where, and when the first of them can be sent, with the
+        ``send_window`` open too), and whether anyone left can be sent before the job's
+        deadline (:meth:`_sendable_in_time`): when nobody can, :data:`AFTER_DEADLINE`, as
+        for the ``send_window`` that closed mid-run too (exit 1, not 4)."""
         now, expires, job = utc(self.clock), self.sender.expires_at, self.job
-        window, quiet = job.send_window, job.recipient_window
-        if s.stopped == "window" and window is not None:  # it closed mid-run
-            s.stopped = _closed(job, now, expires)
-        if s.stopped is None and self.quiet and quiet is not None:
-            s.stopped = "quiet_hours"
+        quiet = job.recipient_window
+        if self.quiet and quiet is not None:
             also = sending_window(job)  # a held recipient is sent only when both are open
             openings = [next_opening(quiet, z, now, also) for z in self.quiet]
             s.next_opening = min((o for o in openings if o is not None), default=None)
             s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
-            if not any(opens_before(quiet, z, now, expires, also) for z in self.quiet):
+        if s.stopped == "window" and job.send_window is not None:  # it closed mid-run
+            if not self._sendable_in_time(now, expires, others=self._others_left(s)):
                 s.stopped = AFTER_DEADLINE
+        elif s.stopped is None and s.quiet:
+            sendable = self._sendable_in_time(now, expires, others=False)
+            s.stopped = "quiet_hours" if sendable else AFTER_DEADLINE
+
+    def _sendable_in_time(
+        self, now: dt.datetime, expires: dt.datetime | None, *, others: bool
+    ) -> bool:
+        """Whether a later run can send someone left before ``expires``: a recipient held for
+        their quiet hours once their ``recipient_window`` and the ``send_window`` are open
+        together; ``others`` (left unsent by the stop, their zones unknown: input not read,
+        a group queued) once the ``send_window`` opens."""
+        job, quiet = self.job, self.job.recipient_window
+        window = job.send_window
+        if others and (window is None or opens_before(window, (job.timezone,), now, expires)):
+            return True
+        also = sending_window(job)
+        return quiet is not None and any(
+            opens_before(quiet, z, now, expires, also) for z in self.quiet
+        )
+
+    def _others_left(self, s: JobSummary) -> bool:
+        """Whether the stop left someone unsent besides those held for their quiet hours: input
+        not read to its end, or more recipients not attempted or pending a rerun than held."""
+        r = s.recipients
+        if not s.read_whole_input or r is None:
+            return True
+        return r.not_attempted + r.retry_pending > sum(self.quiet.values())
 
     async def report_progress(self, progress: Progress, total: int | None) -> None:
         """Hand a snapshot to ``progress`` twice a second (real time: it is for display)."""
@@ -676,7 +701,6 @@ class Runner:
         s, view, stats = self.summary, self.view, self.sender.stats()
         limited = self.limit is not None and self.queued >= self.limit
         s.stopped = self.stop.reason or ("limit" if limited else None)
-        self._held_for_windows(s)
         s.duration_s = stats.elapsed_s
         waits = sorted(self.recorder.waits)
         s.wait_seconds_p50 = percentile(waits, 0.50)
@@ -695,6 +719,7 @@ class Runner:
             wall = self.clock.wall()
             later = [w.after for w in waiting(view).values() if w.after > wall]
             s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
+        self._held_for_windows(s)  # after the recipients: who else the stop left counts
         log.info("job.finished", **s.as_log(), errors=dict(self.recorder.errors))
         return s
 

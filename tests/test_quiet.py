@@ -3,22 +3,25 @@ and a run with only closed zones left exits 4 saying when the next opens."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from bulk_mms.config import SendWindow
 from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.errors import LedgerMismatch
+from bulk_mms.models import Group, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, hours_problem, never_open, next_opening, open_for, zones_for
 from bulk_mms.runner import run_job
 from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.testing import ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
 NEW_YORK = [f"+1212555{i:04d}" for i in range(6)]
 LOS_ANGELES = [f"+1310555{i:04d}" for i in range(6)]
@@ -134,6 +137,53 @@ async def test_held_recipients_wait_for_the_send_window_to_be_open_too(
     assert sorted(client.sent_numbers()) == NEW_YORK
     assert s.next_opening == dt.datetime(2026, 11, 25, 22, 0, tzinfo=dt.UTC)
     assert (s.stopped, run_outcome(s)) == (stopped, code)
+
+
+@pytest.mark.parametrize(
+    ("new_york", "deadline", "stopped", "code"),
+    [
+        (4, "", "window", 4),
+        (4, '\ndeadline = "2026-11-25T16:30+00:00"', "window", 4),
+        (4, '\ndeadline = "2026-11-25T15:30+00:00"', AFTER_DEADLINE, 1),
+        (12, '\ndeadline = "2026-11-25T15:30+00:00"', "window", 4),
+    ],
+    ids=["no-deadline", "held-in-time", "held-too-late", "others-in-time"],
+)
+async def test_a_send_window_closing_mid_run_judges_held_recipients_by_both_windows(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    new_york: int,
+    deadline: str,
+    stopped: str,
+    code: int,
+) -> None:
+    """The send_window (shut 15:00-15:10 UTC) closes mid-run while Los Angeles is held for its
+    quiet hours (open from 16:00 UTC): with a deadline at 15:30 the send_window alone opens in
+    time, but Los Angeles cannot be sent before it, so the run exits 1, not 4; a New York group
+    the close left unsent (sendable at 15:10) keeps it 4; the summary names the held either way."""
+    rows = [{"phone": p, "first": "x"} for p in NEW_YORK[:4] + LOS_ANGELES[:4]]
+    rows += [{"phone": f"+1212556{i:04d}", "first": "x"} for i in range(new_york - 4)]
+    jobs.csv(rows)
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\nsend_window = "15:10-15:00"'
+        + deadline
+    )
+    start = dt.datetime(2026, 11, 25, 14, 59, 50, tzinfo=dt.UTC)
+
+    async def slow(g: Group, n: int) -> SendReceipt:
+        await asyncio.sleep(20)  # the answer comes after 15:00: the window closes meanwhile
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=2)
+    s = await run_job(job, settings, FakeClient(slow), clock=FakeClock(wall=start.timestamp()))
+    assert s.sent_recipients == min(new_york, 8)
+    assert s.quiet == {"America/Los_Angeles": 4}
+    assert s.next_opening == dt.datetime(2026, 11, 25, 16, 0, tzinfo=dt.UTC)
+    assert (s.stopped, run_outcome(s)) == (stopped, code)
+    assert (
+        "4 recipients held for their quiet hours (4 in America/Los_Angeles); the next "
+        "window opens 2026-11-25 16:00 UTC" in capsys.readouterr().err
+    )
 
 
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
