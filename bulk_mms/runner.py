@@ -19,6 +19,7 @@ import functools
 import itertools
 import os
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Container
 from pathlib import Path
 from typing import NamedTuple
@@ -177,6 +178,8 @@ class Runner:
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
         self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
         self.quiet = self.sender.quiet
+        #: Recipients of the groups a stop left unsent (queued, or between tries), by zones.
+        self.left: Counter[tuple[str, ...]] = Counter()
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
         self.rows_done = 0
         self.rows_free = 0
@@ -460,6 +463,8 @@ class Runner:
                     self.room.release()
                 if not self.stop.is_set():
                     await self._take(item.group, fed=item.rank == _FED)
+                else:
+                    self.left[item.group.zones] += len(item.group.to)
             finally:
                 self.queue.task_done()
         self.queue.task_done()
@@ -490,6 +495,8 @@ class Runner:
         except asyncio.CancelledError:
             self.sender.cut_off(group)
             raise
+        if self.stop.is_set() and self.view.state(group.id) in (None, RETRY_PENDING):
+            self.left[group.zones] += len(group.to)  # the stop came before it left
         if after is not None and after.id != group.id:
             after = await self._admit(after, rows=False)
         return after
@@ -670,25 +677,28 @@ class Runner:
         self, now: dt.datetime, expires: dt.datetime | None, *, others: bool
     ) -> bool:
         """Whether a later run can send someone left before ``expires``: a recipient held for
-        their quiet hours once their ``recipient_window`` and the ``send_window`` are open
-        together; ``others`` (left unsent by the stop, their zones unknown: input not read,
-        a group queued) once the ``send_window`` opens."""
-        job, quiet = self.job, self.job.recipient_window
-        window = job.send_window
+        their quiet hours, or left by a stop, once their ``recipient_window`` and the
+        ``send_window`` are open together; ``others`` (their zones unknown: input not read, a
+        group pending a rerun) once the ``send_window`` opens."""
+        job, quiet, window = self.job, self.job.recipient_window, self.job.send_window
+        if quiet is None:  # no zones to wait for: the send_window alone
+            others = others or bool(self.left) or bool(self.quiet)
         if others and (window is None or opens_before(window, (job.timezone,), now, expires)):
             return True
         also = sending_window(job)
         return quiet is not None and any(
-            opens_before(quiet, z, now, expires, also) for z in self.quiet
+            opens_before(quiet, z, now, expires, also) for z in (*self.quiet, *self.left)
         )
 
     def _others_left(self, s: JobSummary) -> bool:
-        """Whether the stop left someone unsent besides those held for their quiet hours: input
-        not read to its end, or more recipients not attempted or pending a rerun than held."""
+        """Whether someone is left unsent whose zones this run does not know: input not read
+        to its end, or more recipients not attempted or pending a rerun than those held for
+        their quiet hours or left by the stop (:attr:`left`)."""
         r = s.recipients
         if not s.read_whole_input or r is None:
             return True
-        return r.not_attempted + r.retry_pending > sum(self.quiet.values())
+        known = sum(self.quiet.values()) + sum(self.left.values())
+        return r.not_attempted + r.retry_pending > known
 
     async def report_progress(self, progress: Progress, total: int | None) -> None:
         """Hand a snapshot to ``progress`` twice a second (real time: it is for display)."""

@@ -186,6 +186,35 @@ async def test_a_send_window_closing_mid_run_judges_held_recipients_by_both_wind
     )
 
 
+@pytest.mark.parametrize(
+    ("zone", "code"), [("America/New_York", 4), ("Europe/London", 1)], ids=["ny", "london"]
+)
+async def test_a_group_the_send_window_left_queued_is_judged_by_its_own_window_too(
+    jobs: JobFactory, zone: str, code: int
+) -> None:
+    """The send_window (shut 15:00-15:10 UTC) closes while a second group waits for the one
+    worker: with a deadline at 15:30, a New York group (open till 20:05 UTC) can be sent at
+    15:10 (exit 4), a London one (closed from 15:05 till 08:00) by no run in time (exit 1)."""
+    first = [{"phone": p, "first": "x", "tz": ""} for p in NEW_YORK[:4]]
+    second = [{"phone": f"+1718555{i:04d}", "first": "x", "tz": zone} for i in range(4)]
+    jobs.csv(first + second)
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-15:05"\nsend_window = "15:10-15:00"\n'
+        'timezone_column = "tz"\ndeadline = "2026-11-25T15:30+00:00"'
+    )
+    start = dt.datetime(2026, 11, 25, 14, 59, 50, tzinfo=dt.UTC)
+
+    async def slow(g: Group, n: int) -> SendReceipt:
+        await asyncio.sleep(20)  # the answer comes after 15:00: the window closes meanwhile
+        return ok_receipt(g, n)
+
+    settings = replace(FAST, concurrency=1)
+    client = FakeClient(slow)
+    s = await run_job(job, settings, client, clock=FakeClock(wall=start.timestamp()))
+    assert sorted(client.sent_numbers()) == NEW_YORK[:4]
+    assert (s.quiet, run_outcome(s)) == ({}, code)
+
+
 async def test_only_the_open_zone_is_sent_and_the_run_exits_4(jobs: JobFactory) -> None:
     """At 14:00 UTC New York (9:00) is open and Los Angeles (6:00) is not: only New York's
     recipients are sent, in groups of their own zone; the run exits 4 naming the next opening;
