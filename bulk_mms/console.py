@@ -26,9 +26,10 @@ from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import AccountRefused, BulkMmsError, Exit, LedgerLocked, LimitReached
+from bulk_mms.gates import past
 from bulk_mms.prepare import in_window
-from bulk_mms.quiet import next_opening, open_for
-from bulk_mms.runner import sending_window, window_stop
+from bulk_mms.quiet import next_opening, open_for, opens_before
+from bulk_mms.runner import deadline_before_start, sending_window, window_stop
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
 from bulk_mms.words import escaped
 
@@ -371,8 +372,9 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
     print(f"  input        {s.rows_text()}")
     print(f"  grouping     {job.grouping}")
+    deadline = deadline_before_start(job)
     if job.recipient_window is not None:
-        _print_zones(s, job, job.recipient_window)
+        _print_zones(s, job, job.recipient_window, deadline)
     print_template_notes(s, prefix="  templates    ")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     e = s.estimate
@@ -384,6 +386,8 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         print(f"  max_cost     {_fits(job.max_cost, e)}")
     if job.send_window is not None:
         print(f"  window       {job.send_window} {job.timezone}, {_window_now(job)}")
+    if deadline is not None:
+        print(f"  deadline     {_deadline_now(deadline)}")
     if s.locked_by is not None:
         print(
             f"  ledger       held by a run now (PID {s.locked_by}): a run now exits "
@@ -454,9 +458,12 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _print_zones(s: JobSummary, job: JobConfig, window: SendWindow) -> None:
+def _print_zones(
+    s: JobSummary, job: JobConfig, window: SendWindow, deadline: dt.datetime | None
+) -> None:
     """Recipients per time zone, and whether each zone's window is open now or when it opens
-    with the job's ``send_window`` open too (nothing is sent outside that)."""
+    with the job's ``send_window`` open too (nothing is sent outside that), and whether that
+    is after the job's ``deadline`` (no run sends them: a run exits 1 for them)."""
     now = utc(SystemClock())
     also = sending_window(job)
     print(f"  quiet hours  {window} in each recipient's zone")
@@ -467,7 +474,20 @@ def _print_zones(s: JobSummary, job: JobConfig, window: SendWindow) -> None:
         else:
             at = next_opening(window, zones, now, also)
             state = f"opens {at:%Y-%m-%d %H:%M} UTC" if at else "no overlap within two days"
+            if not opens_before(window, zones, now, deadline, also):
+                state += ", after the job's deadline: no run sends them"
         print(f"    {n:>8} recipients in {key}: {state}")
+
+
+def _deadline_now(deadline: dt.datetime) -> str:
+    """The job's deadline, and what a run started now does past it."""
+    at = f"{deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    if past(deadline, SystemClock()):
+        return (
+            f"{at}, passed: a run now sends nothing, records what is left expired, exits "
+            f"{Exit.INCOMPLETE:d}"
+        )
+    return f"{at}: nothing is sent after it"
 
 
 def _fits(ceiling: Decimal, e: Estimate | None) -> str:

@@ -868,7 +868,7 @@ def window_stop(job: JobConfig, clock: Clock) -> str | None:
     window = job.send_window
     if window is None or in_window(job, now := utc(clock)):
         return None
-    deadline = _deadline_before_start(job)
+    deadline = deadline_before_start(job)
     return None if past(deadline, clock) else _closed(job, now, deadline)
 
 
@@ -890,7 +890,7 @@ def _closed(job: JobConfig, now: dt.datetime, deadline: dt.datetime | None) -> s
     )
 
 
-def _deadline_before_start(job: JobConfig) -> dt.datetime | None:
+def deadline_before_start(job: JobConfig) -> dt.datetime | None:
     """The job's deadline (``deadline``, or ``max_age_s`` after its ledger began:
     :func:`~bulk_mms.gates.job_deadline`), for a run outside its ``send_window``: past it,
     such a run goes on, sends nothing (past the deadline nothing leaves) and records what is

@@ -279,6 +279,36 @@ async def test_the_dry_run_says_when_a_zone_can_be_sent_with_the_send_window_ope
     assert said in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("hour", "said"),
+    [
+        (14, "6 recipients in America/Los_Angeles: opens 2026-11-25 16:00 UTC, after the job's"),
+        (14, "deadline     2026-11-25 15:30 UTC: nothing is sent after it"),
+        (16, "deadline     2026-11-25 15:30 UTC, passed: a run now sends nothing, records"),
+    ],
+)
+async def test_the_dry_run_says_which_zones_open_only_after_the_deadline(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    hour: int,
+    said: str,
+) -> None:
+    """With a deadline at 15:30 UTC, the dry run at 14:00 says Los Angeles opens (16:00) only
+    after it, where a run exits 1 for it, and names the deadline; at 16:00 it says the
+    deadline has passed (a run records the rest expired), not that a zone is open now."""
+    jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
+    job = jobs.job(
+        extra='group_size = 4\nrecipient_window = "08:00-21:00"\n'
+        'deadline = "2026-11-25T15:30+00:00"'
+    )
+    now = dt.datetime(2026, 11, 25, hour, 0, tzinfo=dt.UTC).timestamp()
+    monkeypatch.setattr("bulk_mms.console.SystemClock", lambda: FakeClock(wall=now))
+    plan = await dry_run(job, FAST, clock=FakeClock(wall=now))
+    print_dry_run(plan, job, FAST)
+    assert said in capsys.readouterr().out
+
+
 async def test_a_timezone_value_that_is_not_a_zone_rejects_the_row_not_the_window(
     jobs: JobFactory,
 ) -> None:
