@@ -26,8 +26,9 @@ from bulk_mms.config.job import transition
 
 #: phonenumbers' answer for a number it cannot place.
 _UNKNOWN = "Etc/Unknown"
-#: How finely :func:`next_opening` looks ahead, and how far.
+#: How finely :func:`next_opening` looks ahead (then back, to the minute), and how far.
 _STEP = dt.timedelta(minutes=5)
+_MINUTE = dt.timedelta(minutes=1)
 _DAY = dt.timedelta(days=1)
 _NEVER = float("inf")
 _HORIZON = dt.timedelta(days=2)
@@ -163,13 +164,12 @@ def opens_before(
 ) -> bool:
     """Whether the window opens again in all ``zones`` (and every window of ``also`` with
     it) after ``now`` and before ``deadline`` (aware): always without a deadline, and when
-    it cannot tell (no opening within two days). :func:`next_opening` finds an opening up to
-    five minutes late, so an opening that late counts as before: only a window that surely
-    opens too late is told so."""
+    it cannot tell (no opening within two days). An opening at the deadline is not before
+    it: nothing is sent from then."""
     if deadline is None:
         return True
     at = next_opening(window, zones, now, also)
-    return at is None or at - _STEP < deadline
+    return at is None or at < deadline
 
 
 def next_opening(
@@ -177,12 +177,14 @@ def next_opening(
 ) -> dt.datetime | None:
     """The first moment after ``now`` when the window is open in all ``zones`` and every
     window of ``also`` is open in its zones (the job's ``send_window``, in its timezone: a
-    recipient is sent only when both are), to 5 minutes; or None when they never overlap
-    within two days."""
+    recipient is sent only when both are), to the minute (a window's ends are minutes, and so
+    are the zones' offsets); or None when they never overlap within two days. Looks ahead in
+    five-minute steps, then back over the minutes the last step passed."""
     zones, also = tuple(zones), tuple(also)
     t = now.replace(second=0, microsecond=0) + _STEP
     while t - now <= _HORIZON:
         if open_for(window, zones, t, also):
-            return t
+            passed = (t - k * _MINUTE for k in range(4, 0, -1))
+            return next((m for m in passed if m > now and open_for(window, zones, m, also)), t)
         t += _STEP
     return None

@@ -17,7 +17,15 @@ from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.errors import LedgerMismatch
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.prepare import dry_run
-from bulk_mms.quiet import closes_in, hours_problem, never_open, next_opening, open_for, zones_for
+from bulk_mms.quiet import (
+    closes_in,
+    hours_problem,
+    never_open,
+    next_opening,
+    open_for,
+    opens_before,
+    zones_for,
+)
 from bulk_mms.runner import run_job
 from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.testing import ledger_events
@@ -46,6 +54,22 @@ def test_windows_open_per_zone_and_the_next_opening_is_found() -> None:
     assert next_opening(WINDOW, ("America/New_York",), now) == dt.datetime(
         2026, 11, 25, 13, 0, tzinfo=dt.UTC
     )
+
+
+@pytest.mark.parametrize(
+    ("deadline", "before"), [((15, 58), False), ((16, 0), False), ((16, 1), True)]
+)
+def test_the_next_opening_is_to_the_minute_and_the_deadline_is_judged_by_it(
+    deadline: tuple[int, int], before: bool
+) -> None:
+    """At 14:31:30 UTC Los Angeles (08:00-21:00) opens at 16:00 UTC, not 16:01 (five-minute
+    steps from now): the time a held recipient's run should be scheduled for. A deadline at
+    15:58 or 16:00 is not before that opening (no run sends them: exit 1), one at 16:01 is."""
+    now = dt.datetime(2026, 11, 3, 14, 31, 30, tzinfo=dt.UTC)
+    la = ("America/Los_Angeles",)
+    assert next_opening(WINDOW, la, now) == dt.datetime(2026, 11, 3, 16, 0, tzinfo=dt.UTC)
+    at = dt.datetime(2026, 11, 3, *deadline, tzinfo=dt.UTC)
+    assert opens_before(WINDOW, la, now, at) is before
 
 
 @pytest.mark.parametrize(
