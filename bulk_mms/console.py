@@ -191,9 +191,13 @@ def _held(s: JobSummary) -> str:
     """The recipients held for their quiet hours, by zone, and when the first of them can be
     sent (their window and the send_window open together)."""
     zones = ", ".join(f"{n} in {zone}" for zone, n in sorted(s.quiet.items()))
-    when = f"{s.next_opening:%Y-%m-%d %H:%M} UTC" if s.next_opening else "not within two days"
+    when = (
+        f"the first sendable at {s.next_opening:%Y-%m-%d %H:%M} UTC"
+        if s.next_opening
+        else "none sendable within two days"
+    )
     held = _n(sum(s.quiet.values()), "recipient")
-    return f"{held} held for their quiet hours ({zones}); the next window opens {when}"
+    return f"{held} held for their quiet hours ({zones}), {when}"
 
 
 def _tell_quiet(s: JobSummary) -> int:

@@ -205,8 +205,8 @@ async def test_a_send_window_closing_mid_run_judges_held_recipients_by_both_wind
     assert s.next_opening == dt.datetime(2026, 11, 25, 16, 0, tzinfo=dt.UTC)
     assert (s.stopped, run_outcome(s)) == (stopped, code)
     assert (
-        "4 recipients held for their quiet hours (4 in America/Los_Angeles); the next "
-        "window opens 2026-11-25 16:00 UTC" in capsys.readouterr().err
+        "4 recipients held for their quiet hours (4 in America/Los_Angeles), the first "
+        "sendable at 2026-11-25 16:00 UTC" in capsys.readouterr().err
     )
 
 
