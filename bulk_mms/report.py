@@ -481,6 +481,8 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     for state, label, note in _STATE_ROWS:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         said = _waiting_note(s) if state == NOT_ATTEMPTED and s.waiting else note
+        if state == FAILED and (late := s.misses[Miss.EXPIRED]):
+            said = _failed_note(r[FAILED], late)
         lines.append(f"{label:15}{groups:>8}{r[state]:>12}{said if r[state] else ''}")
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
@@ -534,6 +536,14 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         lines.append("rejected rows, by reason")
         lines.extend(f"  {count(n, 'row'):>12}  {reason}" for reason, n in s.rows.rejected.items())
     return "\n".join(map(escaped, lines))
+
+
+def _failed_note(failed: int, late: int) -> str:
+    """The failed row's note when the deadline left some of them unsent: --failed-csv leaves
+    those out (a late message is worse than none)."""
+    if late >= failed:
+        return "  (final: past the job's deadline, not in --failed-csv)"
+    return f"  (final: in --failed-csv, but not the {late} past the job's deadline)"
 
 
 def _rows_lines(rows: InputRows) -> list[str]:

@@ -33,7 +33,7 @@ from bulk_mms.ledger import Location, load, named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, open_for
-from bulk_mms.report import summarize
+from bulk_mms.report import format_text, summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.summary import AFTER_DEADLINE, JobSummary
@@ -88,6 +88,22 @@ async def test_outside_the_window_past_max_age_on_postgres_the_rest_is_expired(
     client = FakeClient()
     s = await run_job(job, FAST, client, clock=clock_at(EVENING))
     assert (client.calls, s.stopped, s.expired_groups, run_outcome(s)) == ([], None, 1, 1)
+
+
+async def test_the_reports_failed_row_does_not_promise_the_expired_to_failed_csv(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """The report's table says the recipients the deadline left unsent are not in
+    --failed-csv (which leaves them out), rather than "(final: in --failed-csv)"."""
+    jobs.people(8)
+    job = jobs.job(extra=WINDOW + 'deadline = "2026-11-24T12:00+00:00"')
+    await run_job(job, FAST, FakeClient(), clock=clock_at(MORNING), limit=1)
+    await run_job(job, FAST, FakeClient(), clock=clock_at(EVENING))
+    s = summarize(job.ledger)
+    (failed,) = [x for x in format_text(s, job.ledger).splitlines() if x.startswith("failed ")]
+    assert failed.endswith("4  (final: past the job's deadline, not in --failed-csv)")
+    assert write_failed_csv(s, tmp_path / "failed.csv")[0] == 0
+    assert s.expired_left_out == 4
 
 
 async def test_two_processes_on_postgres_send_nothing_past_the_deadline(
