@@ -158,7 +158,8 @@ async def test_a_ledgers_locks_are_the_ones_earlier_versions_take(database: str)
             run = open_store(where, "run")
             held = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
-                "AND objid = ((%s::bigint %% 2147483647)::int)::oid AND objsubid = 2",
+                "AND objid = ((%s::bigint %% 2147483647)::int)::oid AND objsubid = 2 AND database "
+                "= (SELECT oid FROM pg_database WHERE datname = current_database())",
                 (_RUN_LOCK, ledger),
             ).fetchone()
             run.close_sync()
@@ -995,7 +996,8 @@ async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_h
         with psycopg.connect(database, autocommit=True) as conn:
             ended = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid = %s::oid AND objid = %s::oid",
+                "AND classid = %s::oid AND objid = %s::oid AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
                 (_RUN_LOCK, _ledger_key(run._id)),  # type: ignore[attr-defined]
             ).fetchall()
         assert len(ended) == 2  # the store's session and the claims' connection
