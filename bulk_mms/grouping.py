@@ -12,6 +12,7 @@ end of the input.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
@@ -172,6 +173,64 @@ def with_text(
     if len(names) < len(text.fields):
         return items  # a placeholder with a default is never blank
     return _rows_with_text(items, names)
+
+
+def plain_text(
+    items: Iterator[Recipient | RejectedRow], message: MessageConfig
+) -> Iterator[Recipient | RejectedRow]:
+    """``items`` with the values the message's placeholders take made text a phone shows: the
+    line breaks of other systems in them made ``\\n`` (FileMaker writes one inside a field as
+    a vertical tab, ``\\v``; Windows as ``\\r\\n``, an old Mac as ``\\r``), and a recipient
+    whose value holds any other control character (a C0 one but the tab, DEL, a C1 one: a
+    JSONL ``"\\u0000"``, a byte of another encoding) rejected (a loss), naming the field and
+    the character: what it would do on a phone is anyone's guess.
+
+    ``items`` themselves when the message has no placeholders. A value that is all
+    printable (``str.isprintable``, in C) is not looked at further: the usual row costs one
+    call a placeholder."""
+    names = message.fields
+    if not names:
+        return items
+    return _rows_plain(items, names)
+
+
+#: The line breaks of other systems, as a message writes one (:func:`plain_text`).
+_BREAKS = re.compile("\r\n?|\v")
+#: The control characters a value sent must not hold, once its line breaks are ``\\n``: the
+#: C0 ones but the tab and the line feed, DEL and the C1 ones (:func:`plain_text`).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _rows_plain(
+    items: Iterable[Recipient | RejectedRow], names: Sequence[str]
+) -> Iterator[Recipient | RejectedRow]:
+    """:func:`plain_text`'s loop."""
+    for item in items:
+        if isinstance(item, Recipient):
+            fields = item.fields
+            for name in names:
+                if not fields.get(name, "").isprintable():
+                    item = _plain(item, names)  # noqa: PLW2901 - the row, made plain
+                    break
+        yield item
+
+
+def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
+    """:func:`plain_text` of one recipient, some of whose ``names`` are not all printable."""
+    fields = dict(r.fields)
+    for name in names:
+        value = fields.get(name, "")
+        if value.isprintable():
+            continue
+        value = _BREAKS.sub("\n", value)
+        if (bad := _CONTROL.search(value)) is not None:
+            reason = (
+                f"control character in field {name!r} (U+{ord(bad[0]):04X}): a phone shows "
+                "no such character; remove it from the row"
+            )
+            return RejectedRow(r.line, r.phone, reason, Rejection.ROW)
+        fields[name] = value
+    return Recipient(r.phone, r.line, fields)
 
 
 def _says_something(source: str) -> bool:

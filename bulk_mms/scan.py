@@ -27,7 +27,15 @@ import structlog
 from bulk_mms.config import JobConfig
 from bulk_mms.csvfile import write_csv
 from bulk_mms.errors import ConfigError, InputError
-from bulk_mms.grouping import APART, Households, apart_rows, keyed, with_text, zoned
+from bulk_mms.grouping import (
+    APART,
+    Households,
+    apart_rows,
+    keyed,
+    plain_text,
+    with_text,
+    zoned,
+)
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
 from bulk_mms.reader import FileStamp, Row, RowReader, fingerprint
 from bulk_mms.validate import first_of_each, normalized_rows
@@ -192,8 +200,10 @@ def checked_rows(
     """The input's rows as the job's recipients, in input order: the one sequence of checks
     every pass over the input makes (the scan, the send, the dry run, a seed send).
 
-    A row is rejected for its number (:func:`~bulk_mms.validate.normalized_rows`), for values
-    that would leave the message's text blank (:func:`~bulk_mms.grouping.with_text`), for
+    A row is rejected for its number (:func:`~bulk_mms.validate.normalized_rows`), for a
+    control character in a value the message takes (its line breaks made ``\\n`` first:
+    :func:`~bulk_mms.grouping.plain_text`), for values that would leave the message's
+    text blank (:func:`~bulk_mms.grouping.with_text`), for
     quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zoned`), for an empty
     ``group_by`` value (:func:`~bulk_mms.grouping.keyed`), for being in a ``group_by``
     group whose members share no hour of the ``recipient_window`` (``apart``, as a scan
@@ -203,7 +213,8 @@ def checked_rows(
     each duplicate's number to ``repeated`` if given), so a row rejected for its other
     values never takes a later, valid row's number from it; last, the numbers an
     ``--exclude-sent`` ledger sent are left out (:func:`excluding`)."""
-    items = with_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
+    items = plain_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
+    items = with_text(items, job.message)
     items = zoned(items, job)
     if job.group_by is not None:
         items = keyed(items, job.group_by)

@@ -575,3 +575,59 @@ def test_the_sandbox_s_webhooks_are_read_by_the_settings_error_table(
     ]
     assert capped
     assert {e.get("action") for e in capped} == {"fail"}
+
+
+def test_line_breaks_of_other_systems_go_out_as_line_breaks(jobs: JobFactory) -> None:
+    """A FileMaker export's line break inside a field (a vertical tab) and a spreadsheet's
+    (CR LF, or CR alone, in a quoted field) reach the API as a line feed, in the text and the
+    subject alike."""
+    people = numbers(3)
+    (jobs.root / "people.csv").write_bytes(
+        f'phone,first\r\n{people[0]},Ann\x0bLee\r\n{people[1]},"Bo\r\nKim"\r\n'
+        f'{people[2]},"Cy\rNg"\r\n'.encode()
+    )
+    job = jobs.job(
+        extra="group_size = 1", message='text = "Hello {first}"\nsubject = "For {first}"'
+    )
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    sent = sorted((m.body["text"], m.body["subject"]) for m in fake.accepted)
+    assert sent == [
+        ("Hello Ann\nLee", "For Ann\nLee"),
+        ("Hello Bo\nKim", "For Bo\nKim"),
+        ("Hello Cy\nNg", "For Cy\nNg"),
+    ]
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_control_character_in_a_value_the_message_takes_rejects_its_row_by_name(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path, dry: bool
+) -> None:
+    """A JSONL value holding NUL, ESC or a C1 control rejects its row (exit 2 by the share,
+    nothing sent), naming the field and the character in --rejected-csv; a control in a column
+    the message does not take is no matter."""
+    people = numbers(4)
+    records = [
+        {"phone": people[0], "first": "Ann\u0000", "note": "ok"},
+        {"phone": people[1], "first": "Bo", "note": "\u0007"},
+        {"phone": people[2], "first": "\u001b[31mCy"},
+        {"phone": people[3], "first": "Di\u0085"},
+    ]
+    (jobs.root / "people.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    job = jobs.job("people.jsonl")
+    rejected = tmp_path / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main([*args, *(["--dry-run"] if dry else [])]) == 2
+    assert fake.requests == []
+    assert "3 of its 4 rows (75.0%) cannot be sent" in capsys.readouterr().err
+    with rejected.open(encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f))
+    why = "a phone shows no such character; remove it from the row"
+    assert table[1:] == [
+        ["1", people[0], f"control character in field 'first' (U+0000): {why}"],
+        ["3", people[2], f"control character in field 'first' (U+001B): {why}"],
+        ["4", people[3], f"control character in field 'first' (U+0085): {why}"],
+    ]
