@@ -197,6 +197,7 @@ class RowReader:
         "_unended",
         "_utf8_first",
         "_utf8_lines",
+        "_watch",
         "columns",
         "complete",
         "encoding",
@@ -238,6 +239,9 @@ class RowReader:
         self._sniff = not codecs.lookup(encoding).name.startswith("utf-8")
         self._utf8_first: InputError | None = None  # the first line that is (see _utf8)
         self._utf8_lines = 0
+        # once a line has shown the encoding is right, whether a later line may still be
+        # UTF-8 (a file of that encoding and a UTF-8 one joined into one: _late_utf8)
+        self._watch = False
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -455,7 +459,7 @@ class RowReader:
         if not line:  # what _whole and _blocks make of an over-long line
             self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
             return "\n"
-        if self._sniff and not line.isascii() and (utf8 := self._utf8(lineno, line)):
+        if (self._sniff or self._watch) and (utf8 := self._utf8_in(lineno, line)):
             self._bad[lineno] = utf8  # raised when the rows reach it, as below
             return "\n"
         if b"\x00" in line:  # past the first KiB looked at on opening: a damaged file
@@ -468,6 +472,9 @@ class RowReader:
         if text is None or (self._c1 and _C1.search(text)):
             # raised when the rows reach this line, so the rows before it come first
             self._bad[lineno] = self._not_text(lineno, line)
+            return "\n"
+        if '\\"' in text and _escaped_quotes(text):
+            self._bad[lineno] = InputError(self.path, _ESCAPED_QUOTES, line=lineno)
             return "\n"
         return text
 
@@ -498,6 +505,14 @@ class RowReader:
             )
         return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
 
+    def _utf8_in(self, lineno: int, line: bytes) -> InputError | None:
+        """The error to stop a file read under another encoding at ``line`` for, when the line
+        shows the file, or its rest, to be UTF-8 (:meth:`_utf8` until a line that is not ASCII
+        decides the encoding, :meth:`_late_utf8` after); else None."""
+        if line.isascii():
+            return None
+        return self._utf8(lineno, line) if self._sniff else self._late_utf8(lineno, line)
+
     def _utf8(self, lineno: int, line: bytes) -> InputError | None:
         """Look at a line that is not ASCII in a file read under another encoding: is the file
         UTF-8 after all (a UTF-8 line read as cp1252 is valid, and garbled: "JosÃ©")? A line
@@ -510,16 +525,13 @@ class RowReader:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self._sniff, self._utf8_first = False, None
+            self._sniff, self._utf8_first, self._watch = False, None, True
             return None
         if self._utf8_first is None:
-            char = next(c for c in text if not c.isascii())
-            garbled = char.encode("utf-8").decode(self.encoding, "replace")
             self._utf8_first = InputError(
                 self.path,
-                f"looks like utf-8 text, not {self.encoding} ({char!r} would read as "
-                f'{garbled!r}): set encoding = "utf-8" in the job, or save the file as '
-                f"{self.encoding}",
+                f"looks like utf-8 text, not {self.encoding} ({self._garbled(text)}): "
+                f'set encoding = "utf-8" in the job, or save the file as {self.encoding}',
                 line=lineno,
             )
         self._utf8_lines += 1
@@ -527,6 +539,37 @@ class RowReader:
             return None
         self._sniff = False
         return self._utf8_first
+
+    def _garbled(self, text: str) -> str:
+        """How the first character of ``text`` (UTF-8) that is not ASCII reads in
+        :attr:`encoding`: ``'é' would read as 'Ã©'``."""
+        char = next(c for c in text if not c.isascii())
+        return f"{char!r} would read as {char.encode('utf-8').decode(self.encoding, 'replace')!r}"
+
+    def _late_utf8(self, lineno: int, line: bytes) -> InputError | None:
+        """Look at a line that is not ASCII in a file a line before showed to be in the job's
+        encoding (:meth:`_utf8`): the error to stop at it when it is UTF-8 (a file of that
+        encoding and a UTF-8 one joined into one, whose later names would go out garbled:
+        "JosÃ©"), else None. It is UTF-8 when its bytes are, and what they say in UTF-8 could
+        have been written in the job's encoding ("José", not "JOSɠ": cp1252's "JOSÉ" and a
+        no-break space): a line of the job's encoding that reads so would be garbled already.
+        A search of a block for UTF-8's bytes (:data:`_UTF8_CHAR`) comes first
+        (:meth:`_lines_of`): most blocks of such a file have none, and are not read a line
+        at a time for this."""
+        if _UTF8_CHAR.search(line) is None:
+            return None
+        try:
+            text = line.decode("utf-8")
+            text.encode(self.encoding)
+        except UnicodeError:
+            return None
+        return InputError(
+            self.path,
+            f"is {self.encoding} text up to here, then utf-8 ({self._garbled(text)}): were "
+            f"files saved in two encodings joined into one? Save the whole file as "
+            f'{self.encoding}, or as UTF-8 and set encoding = "utf-8" in the job',
+            line=lineno,
+        )
 
     def _still_utf8(self) -> InputError | None:
         """At the file's end: the error for a file read under another encoding whose every line
@@ -570,11 +613,16 @@ class RowReader:
     def _lines_of(self, data: bytes) -> list[str]:
         """``data``'s lines (whole lines, each with its newline but maybe the file's last),
         decoded and numbered on from ``_lineno``: in one call when the block decodes, can
-        hold no over-long line, needs no look for UTF-8 (:meth:`_utf8`) and holds no NUL byte,
-        else one line at a time (:meth:`_decoded`)."""
+        hold no over-long line, needs no look for UTF-8 (:meth:`_utf8`, :meth:`_late_utf8`),
+        holds no NUL byte and no quote after a backslash (:func:`_escaped_quotes`), else one
+        line at a time (:meth:`_decoded`)."""
         if (
             len(data) <= MAX_LINE_BYTES
-            and not (self._sniff and not data.isascii())
+            and not (
+                (self._sniff or self._watch)
+                and not data.isascii()
+                and (self._sniff or _UTF8_CHAR.search(data) is not None)
+            )
             and b"\x00" not in data
         ):
             try:
@@ -582,7 +630,7 @@ class RowReader:
             except UnicodeDecodeError:
                 pass
             else:
-                if not (self._c1 and _C1.search(text)):
+                if not (self._c1 and _C1.search(text)) and '\\"' not in text:
                     lines = io.StringIO(text, newline="\n").readlines()
                     self._lineno += len(lines)
                     return lines
@@ -835,7 +883,7 @@ class RowReader:
             return RejectedRow(lineno, "", f"line is longer than {MAX_LINE_BYTES} bytes")
         if not raw.strip():
             return None
-        if self._sniff and not raw.isascii() and (utf8 := self._utf8(lineno, raw)):
+        if (self._sniff or self._watch) and (utf8 := self._utf8_in(lineno, raw)):
             raise utf8
         try:
             text = raw if self.encoding == "utf-8" else raw.decode(self.encoding)
@@ -1092,6 +1140,46 @@ def _cut_short(line: bytes, encoding: str) -> bool:
     except UnicodeDecodeError:
         return False
     return bool(decoder.getstate()[0])
+
+
+#: A character of more than one byte in UTF-8: a block of a file in another encoding that
+#: holds none holds no UTF-8 line (:meth:`RowReader._late_utf8`).
+_UTF8_CHAR = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+
+#: Why a CSV file whose quotes are escaped with a backslash is refused (:func:`_escaped_quotes`).
+_ESCAPED_QUOTES = (
+    "writes a quote inside a quoted field as \\\" (escaped with a backslash, as PHP's fputcsv "
+    'and MySQL\'s SELECT ... INTO OUTFILE do), where CSV doubles it (""): read as CSV, its '
+    "fields would go out garbled. Export it with quotes doubled (MySQL: ESCAPED BY '\"'; "
+    "PHP: fputcsv with an empty escape), or save it from a spreadsheet, and run again"
+)
+
+
+def _escaped_quotes(line: str) -> bool:
+    """Whether a CSV line (one holding a backslash then a quote) writes its quotes escaped with
+    a backslash (``"A \\"x\\" y"``), not doubled (``"A ""x"" y"``): read as CSV, a quoted field
+    of it closes on a quote after a backslash with text after it (or a quote after a
+    backslash ends the value, ``"6'2\\""``, and the field runs on past the line), where read
+    with backslash escapes each one closes where it should (or runs on to the next line: a
+    field over lines). A line that reads as CSV (``"C:\\dir\\",x``: a field ending in a
+    backslash) is CSV."""
+
+    def error(escapechar: str | None) -> str | None:
+        try:
+            for _ in csv.reader((line,), strict=True, escapechar=escapechar):
+                pass
+        except csv.Error as exc:
+            return str(exc)
+        return None
+
+    if (rfc := error(None)) is None:
+        return False
+    escaped = error("\\")
+    if "expected after" in rfc:
+        return escaped is None or "unexpected end of data" in escaped
+    return escaped is None
 
 
 #: The C1 control characters: never text. Latin-1 and the other ISO 8859 encodings read bytes

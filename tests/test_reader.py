@@ -1063,3 +1063,101 @@ def test_every_character_the_validator_reads_in_a_number_is_one_the_reader_sees_
     assert [c for c in sorted(read_in_number) if not spans._in_number(c)] == []
     assert normalize_phone("+1 206\u2212571\u22123909") == "+12065713909"
     assert spans._in_number("\u2212")
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
+@pytest.mark.parametrize("cp1252_rows", [2, 20_000])
+def test_a_cp1252_file_joined_to_a_utf8_one_stops_at_the_first_utf8_name(
+    tmp_path: Path, name: str, cp1252_rows: int
+) -> None:
+    """A cp1252 export with a UTF-8 one appended, read as cp1252, stops at the first UTF-8
+    name (past the first block too), saying so, instead of sending "JosÃ©"; the rows
+    before it are read as they are."""
+    numbers = [f"+1212555{i % 10_000:04d}" for i in range(cp1252_rows)]
+    if ".jsonl" in name:
+        first = "".join(f'{{"phone": "{n}", "name": "Zoë"}}\n' for n in numbers)
+        then = (
+            '{"phone": "+12125550101", "name": "Al"}\n{"phone": "+12125550102", "name": "José"}\n'
+        )
+    else:
+        first = "phone,name\r\n" + "".join(f"{n},Zoë\r\n" for n in numbers)
+        then = "+12125550101,Al\r\n+12125550102,José\r\n"
+    data = first.encode("cp1252") + then.encode("utf-8")
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    rows: list[Row | RejectedRow] = []
+    with (
+        pytest.raises(InputError) as err,
+        RowReader(p, "phone", ("name",), encoding="cp1252") as reader,
+    ):
+        rows.extend(reader)
+    assert err.value.line == cp1252_rows + (2 if ".jsonl" in name else 3)
+    assert err.value.message == (
+        "is cp1252 text up to here, then utf-8 ('é' would read as 'Ã©'): were files saved in "
+        "two encodings joined into one? Save the whole file as cp1252, or as UTF-8 and set "
+        'encoding = "utf-8" in the job'
+    )
+    assert {r.fields["name"] for r in rows if isinstance(r, Row)} == {"Zoë", "Al"}
+
+
+@pytest.mark.parametrize("later", ["CAFÉ\u2019S", "JOSÉ\xa0", "Zoë\u201d"])
+def test_a_cp1252_line_whose_bytes_happen_to_be_utf8_after_the_first_is_read_as_cp1252(
+    tmp_path: Path, later: str
+) -> None:
+    """In a cp1252 file, a later line whose bytes are valid UTF-8 by chance ("É" then a curly
+    quote reads as "ɒ") is read as cp1252, not refused: the UTF-8 it would be is no cp1252
+    text."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(f"phone,name\n+12125550100,Zoë\n+12125550101,{later}\n".encode("cp1252"))
+    assert read(p, keep=("name",), encoding="cp1252") == [
+        Row(2, {"phone": "+12125550100", "name": "Zoë"}),
+        Row(3, {"phone": "+12125550101", "name": later}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        r'"Say \"hi\" to Al"',  # MySQL's INTO OUTFILE ... ESCAPED BY '\\'
+        r'"Al \"the pal\""',  # the escaped quote ends the value
+        r'"6\"2"',  # one quote only
+        r'"\"Al\", of course"',  # a comma after an escaped quote
+    ],
+)
+@pytest.mark.parametrize("before", [1, 20_000])
+def test_quotes_escaped_with_a_backslash_stop_the_file_naming_the_line(
+    tmp_path: Path, field: str, before: int
+) -> None:
+    """A CSV export that escapes a quote with a backslash (PHP, MySQL) instead of doubling it
+    stops at that line (past the first block too) with a one-line fix, instead of sending the
+    field garbled."""
+    p = tmp_path / "a.csv"
+    rows = "".join(f"+1212555{i % 10_000:04d},Al\n" for i in range(before))
+    p.write_text(f"phone,name\n{rows}+12125550100,{field}\n+12125550101,Bo\n")
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == before + 2
+    assert err.value.message.startswith(
+        'writes a quote inside a quoted field as \\" (escaped with a backslash'
+    )
+    assert "\n" not in err.value.message
+
+
+def test_backslashes_in_a_csv_file_that_doubles_its_quotes_are_read_as_written(
+    tmp_path: Path,
+) -> None:
+    """A backslash before a quote that CSV reads whole (a field that ends in a backslash, a
+    backslash then a doubled quote) is text, not an escape: the file is read."""
+    p = tmp_path / "a.csv"
+    p.write_text(
+        "phone,name\n"
+        '+12125550100,"C:\\dir\\"\n'
+        '+12125550101,"Al \\""the pal"""\n'
+        '+12125550102,"a note\n'
+        'ending \\"\n'
+    )
+    assert [r.fields for r in read(p, keep=("name",)) if isinstance(r, Row)] == [
+        {"phone": "+12125550100", "name": "C:\\dir\\"},
+        {"phone": "+12125550101", "name": 'Al \\"the pal"'},
+        {"phone": "+12125550102", "name": "a note\nending \\"},
+    ]
