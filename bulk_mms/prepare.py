@@ -125,6 +125,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         recipient_window=str(job.recipient_window) if job.recipient_window else None,
         zones=zones_source(job.recipient_window, job.timezone_column),
         rejoins=job.group_by is not None and job.recipient_window is not None,
+        encoding=job.encoding,
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),

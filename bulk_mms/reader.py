@@ -54,6 +54,7 @@ __all__ = [
     "Row",
     "RowReader",
     "detect_format",
+    "file_encoding",
     "fingerprint",
     "likely_encoding",
     "open_input",
@@ -1196,15 +1197,51 @@ def _decodes_c1(encoding: str) -> bool:
     return _C1.search(bytes(range(0x80, 0xA0)).decode(encoding, "replace")) is not None
 
 
+#: The encodings :func:`likely_encoding` and :func:`file_encoding` try, in order (Latin-1
+#: after them takes any bytes).
+_LIKELY = ("utf-8", "cp1252")
+
+
 def likely_encoding(data: bytes) -> str:
     """The first of UTF-8 and Windows-1252 that ``data`` is valid text in, else Latin-1."""
-    for encoding in ("utf-8", "cp1252"):
+    for encoding in _LIKELY:
         try:
             data.decode(encoding)
         except UnicodeDecodeError:
             continue
         return encoding
     return "latin-1"
+
+
+def file_encoding(path: Path, chunk: int = 1 << 20) -> str:
+    """The first of UTF-8 and Windows-1252 that the whole of a file (uncompressed, if its name
+    says gzip) is text in, else Latin-1 (:func:`likely_encoding`, a block at a time): the
+    encoding a job that ran on it read it in, when nothing recorded it (a ledger begun before
+    its header kept it). A run refuses a file that is not text in its encoding, and one that
+    is UTF-8 under another (:meth:`RowReader._utf8`); Latin-1 takes no byte cp1252 reads
+    otherwise (:func:`_decodes_c1`).
+
+    Raises:
+        InputError: the file cannot be opened, or is not a regular file (:func:`open_input`).
+    """
+    decoders = {e: codecs.getincrementaldecoder(e)() for e in _LIKELY}
+    with open_input(path) as raw:
+        f = cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if detect_format(path)[1] else raw
+        try:
+            while decoders and (block := f.read(chunk)):
+                decoders = {e: d for e, d in decoders.items() if _decodes(d, block)}
+        except (EOFError, OSError, gzip.BadGzipFile):
+            pass  # a run refused the file there: what was read decides
+    return next((e for e, d in decoders.items() if _decodes(d, b"", final=True)), "latin-1")
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, block: bytes, *, final: bool = False) -> bool:
+    """Whether ``decoder`` takes ``block`` (the next bytes of what it was given before)."""
+    try:
+        decoder.decode(block, final)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:

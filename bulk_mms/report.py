@@ -59,7 +59,7 @@ from bulk_mms.ledger.fold import (
     action_of,
 )
 from bulk_mms.models import LOST, row_kind
-from bulk_mms.reader import Row, RowReader, fingerprint
+from bulk_mms.reader import Row, RowReader, file_encoding, fingerprint
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.summary import minute_utc, percentile
 from bulk_mms.validate import PhoneError, normalize_phone
@@ -138,6 +138,8 @@ class LedgerSummary(msgspec.Struct):
     #: ledger written before rows were recorded).
     ledger: Location | None = None
     columns: tuple[str, ...] = ()
+    #: The input's encoding as the job read it (None: a ledger begun before it was kept).
+    encoding: str | None = None
     #: Members a delivery report moved out of a sent group (a carrier's limit, a sender
     #: blocked) whose new group no run has tried yet: counted ``not_attempted``, and named
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
@@ -290,6 +292,7 @@ def summarize(location: Location) -> LedgerSummary:
     if (h := view.header) is not None:
         s.job, s.input, s.phone_column = h.job, h.input, h.phone_column
         s.fingerprint, s.campaign, s.columns = h.fingerprint, h.campaign, h.columns
+        s.encoding = h.encoding
     s.runs, s.attempts, s.rate_limited = view.runs, view.attempts, view.rate_limited
     s.first_time, s.last_time = view.first_time, view.last_time
     s.sending_seconds, s.sent_events = view.sending_seconds, view.sent_events
@@ -680,7 +683,8 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     elif (
         wanted and source is not None and source.is_file() and fingerprint(source) == s.fingerprint
     ):
-        columns, rows = _original_rows(source, s.phone_column, wanted)
+        encoding = s.encoding or file_encoding(source)
+        columns, rows = _original_rows(source, s.phone_column, wanted, encoding)
         full = True
     else:
         rows = [{s.phone_column: phone} for phone in wanted]
@@ -766,13 +770,14 @@ def _phone_key(value: str) -> str:
 
 
 def _original_rows(
-    source: Path, phone_column: str, wanted: dict[str, str]
+    source: Path, phone_column: str, wanted: dict[str, str], encoding: str
 ) -> tuple[list[str], list[dict[str, str]]]:
     """The input rows of the wanted numbers, each once, with every column of the input (a
-    JSONL file's: every record's keys, known once it is read to its end)."""
+    JSONL file's: every record's keys, known once it is read to its end), read in the
+    ``encoding`` the job read it in."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    with RowReader(source, phone_column, keep_all=True) as reader:
+    with RowReader(source, phone_column, keep_all=True, encoding=encoding) as reader:
         for row in reader:
             if isinstance(row, Row):
                 key = _phone_key(row.fields.get(phone_column, ""))

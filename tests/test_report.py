@@ -154,6 +154,40 @@ async def test_failed_csv_of_a_ledger_without_rows_keeps_the_numbers(jobs: JobFa
     ]
 
 
+@pytest.mark.parametrize("kept", ["encoding", "none"])
+async def test_failed_csv_of_a_ledger_without_rows_reads_the_input_as_the_job_did(
+    jobs: JobFactory, kept: str
+) -> None:
+    """A ledger that records no rows, over a cp1252 input its job read as cp1252: the failed
+    file has each recipient's row with the names as written, read in the encoding the
+    ledger's header keeps (or, a ledger begun before it kept one, the one the file is text
+    in), never as UTF-8 (which refused the file) or garbled."""
+    people = numbers(8)
+    text = "phone,first\r\n" + "".join(f"{p},Zoë{i}\r\n" for i, p in enumerate(people))
+    (jobs.root / "people.csv").write_bytes(text.encode("cp1252"))
+    job = jobs.job(extra='group_size = 4\nencoding = "cp1252"')
+
+    def handler(group: Group, n: int) -> Rejected | SendReceipt:
+        return Rejected("bad", status=400) if group.seq == 1 else ok_receipt(group, n)
+
+    await run_job(job, FAST, FakeClient(handler), clock=FakeClock())
+    dropped = {"rows", "columns"} | ({"encoding"} if kept == "none" else set())
+    lines = job.ledger.read_bytes().splitlines()
+    assert orjson.loads(lines[0])["encoding"] == "cp1252"
+    job.ledger.write_bytes(
+        b"".join(
+            orjson.dumps({k: v for k, v in orjson.loads(x).items() if k not in dropped}) + b"\n"
+            for x in lines
+        )
+    )
+    out = jobs.root / "failed.csv"
+    assert write_failed_csv(summarize(job.ledger), out) == (4, True)
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
+    assert {r["phone"]: r["first"] for r in rows} == {
+        p: f"Zoë{i}" for i, p in enumerate(people) if i >= 4
+    }
+
+
 async def test_failed_csv_fed_back_sends_exactly_the_failures(jobs: JobFactory) -> None:
     """run --input on the failed file sends each failed recipient once, and nobody else."""
     path, calls = await mixed_ledger(jobs)

@@ -69,6 +69,10 @@ class Header(msgspec.Struct, frozen=True):
     #: shares no hour of the window with their next group (:attr:`bulk_mms.scan.Apart.released`).
     #: False: without them, or a ledger begun before, which took their later rows for duplicates.
     rejoins: bool = False
+    #: The input's text encoding, as the job read it (:attr:`~bulk_mms.config.JobConfig.
+    #: encoding`): ``report --failed-csv`` reads the input so. None: a ledger begun before
+    #: it was kept.
+    encoding: str | None = None
     format: int = FORMAT
     version: str = ""
     time: str = ""
@@ -488,6 +492,7 @@ def _header(d: Mapping[str, Any]) -> Header:
         recipient_window=_opt_str(d, "recipient_window"),
         zones=_opt_str(d, "zones"),
         rejoins=d.get("rejoins") is True,
+        encoding=_opt_str(d, "encoding"),
         format=_int(d, "format", 1),
         version=_opt_str(d, "version") or "",
         time=_time(d),
