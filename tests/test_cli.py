@@ -7,6 +7,7 @@ import errno
 import gc
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -747,10 +748,32 @@ def test_a_closed_pipe_ends_quietly(jobs: JobFactory) -> None:
     assert err == b""
 
 
-def test_the_readme_command_reference_lists_every_option() -> None:
-    """Every long option of every command's --help is in the README's command reference."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    reference = readme.split("### Commands", 1)[1].split("```", 2)[1]
+README = Path(__file__).parent.parent / "README.md"
+COMMANDS_PAGE = Path(__file__).parent.parent / "docs" / "commands.md"
+
+
+def _readme_section(name: str) -> str:
+    """The README's text between its ``--8<-- [start:NAME]`` and ``[end:NAME]`` markers, which
+    docs/commands.md includes (pymdownx.snippets): the site shows the README's own text."""
+    readme = README.read_text(encoding="utf-8")
+    assert f'--8<-- "README.md:{name}"' in COMMANDS_PAGE.read_text(encoding="utf-8")
+    return readme.split(f"--8<-- [start:{name}]", 1)[1].split(f"--8<-- [end:{name}]", 1)[0]
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string ``parser`` takes, its subcommands' included (``db migrate``)."""
+    found = {o for action in parser._actions for o in action.option_strings}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options(sub)
+    return found
+
+
+def test_the_command_reference_and_the_parser_name_the_same_options() -> None:
+    """Every long option of every command's --help is in the command reference (the README's,
+    shown in docs/commands.md), and every option the reference gives a command is one it takes."""
+    reference = _readme_section("commands").split("```", 2)[1]
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
@@ -761,14 +784,28 @@ def test_the_readme_command_reference_lists_every_option() -> None:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in reference, f"{name} {option}"
+    entries: dict[str, str] = {}
+    for line in reference.strip().splitlines():
+        if line.startswith("bulk-mms "):
+            key = line.split()[1]
+            entries[key] = entries.get(key, "") + line.split("  ")[0]
+        elif line.startswith("global"):
+            key = "global"
+            entries[key] = line
+        else:  # a continuation of the entry above
+            entries[key] += line
+    for key, text in entries.items():
+        takes = _options(parser if key in ("global", "--version") else sub.choices[key])
+        for option in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", text):
+            assert option in takes, f"{key}: {option}"
 
 
 def test_the_readme_s_exit_codes_are_the_table_s() -> None:
-    """The README's exit codes are the ones the code can give (Exit and every error class's
-    own exit_code), no more and no fewer: neither can gain or lose a code alone."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
-    listed = {int(code) for row in table.splitlines()[2:] for code in row.split("|")[1].split("/")}
+    """The README's exit codes (shown in docs/commands.md) are the ones the code can give (Exit
+    and every error class's own exit_code), no more and no fewer: neither can gain or lose a
+    code alone."""
+    table = [row for row in _readme_section("exit-codes").splitlines() if row.startswith("|")]
+    listed = {int(code) for row in table[2:] for code in row.split("|")[1].split("/")}
 
     def classes(cls: type[BulkMmsError]) -> list[type[BulkMmsError]]:
         return [cls, *(c for sub in cls.__subclasses__() for c in classes(sub))]
