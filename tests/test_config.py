@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from bulk_mms.config import (
     load_settings,
     sends_key_in_clear,
 )
+from bulk_mms.config._toml import Table
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
 
@@ -210,12 +213,97 @@ def test_a_bad_value_is_said_as_written_with_its_file_and_section(tmp_path: Path
     assert info.value.setting == "TELNYX_BASE_URL"
 
 
-def test_example_config_loads() -> None:
-    """config.example.toml is a valid settings file whose values are the code's defaults
-    (it says so): no default is written differently there."""
-    s = load_settings(Path(__file__).parent.parent / "config.example.toml", env={})
+REPO = Path(__file__).parent.parent
+#: The settings' tables whose own keys are free (a number, a type, an error code): each is one
+#: setting, documented and exemplified as a whole.
+FREE_TABLES = {"limits.senders", "limits.sender_types", "errors"}
+
+
+def _keys_read(monkeypatch: pytest.MonkeyPatch, load: Callable[[], object]) -> set[str]:
+    """Every key ``load`` asks a TOML table for (its dotted name: ``limits.rate``), whether the
+    file has it or not: what the loader accepts, since it refuses any other."""
+    asked: set[str] = set()
+    real = Table._get
+
+    def spy(self: Table, key: str) -> object:
+        asked.add(self._name(key))
+        return real(self, key)
+
+    monkeypatch.setattr(Table, "_get", spy)
+    load()
+    return asked
+
+
+def _settings_documented() -> set[str]:
+    """The keys docs/settings.md's table names, each under its section's heading row."""
+    page = (REPO / "docs" / "settings.md").read_text(encoding="utf-8")
+    documented: set[str] = set()
+    section = ""
+    for row in page.splitlines():
+        if not row.startswith("| "):
+            continue
+        cell = row.split("|")[1].strip()
+        if heading := re.fullmatch(r"\*\*`\[([a-z_.]+)\]`\*\*", cell):
+            section = heading[1]
+            if section in FREE_TABLES:  # a whole table, [errors]
+                documented.add(section)
+            continue
+        for name in re.findall(r"`([^`]+)`", cell):
+            table = re.fullmatch(r"\[([a-z_.]+)\]", name)
+            documented.add(table[1] if table else f"{section}.{name}")
+    return documented
+
+
+def _settings_exemplified() -> set[str]:
+    """The keys config.example.toml sets or shows commented out (``# per_recipient = ...``)."""
+    shown: set[str] = set()
+    section = ""
+    for line in (REPO / "config.example.toml").read_text(encoding="utf-8").splitlines():
+        if header := re.fullmatch(r"\[([a-z_.]+)\]", line):
+            section = header[1]
+            if section in FREE_TABLES:
+                shown.add(section)
+        elif (key := re.match(r"#? ?([a-z_]+) = ", line)) and section not in FREE_TABLES:
+            shown.add(f"{section}.{key[1]}")
+    return shown
+
+
+def test_example_config_loads_and_every_setting_is_documented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """config.example.toml is a valid settings file whose values are the code's defaults (it
+    says so); and the settings the loader accepts, those docs/settings.md documents and those
+    the example shows are the same, so none is missing from either, nor refused by the loader."""
+    example = REPO / "config.example.toml"
+    s = load_settings(example, env={})
     assert s.base_url == "https://api.telnyx.com/v2"
     assert s == Settings()
+    read = _keys_read(monkeypatch, lambda: load_settings(example, env={}))
+    sections = {name for name in read if "." not in name} - FREE_TABLES
+    accepted = read - sections
+    assert _settings_documented() == accepted
+    assert _settings_exemplified() == accepted
+
+
+def test_every_job_key_is_documented(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every key the job loader accepts is named in docs/jobs.md, every key of the page's
+    sample job is one it accepts, and jobs/*.toml load."""
+    job = write(tmp_path, 'name = "x"\ninput = "x.csv"\ngroup_size = 1\n' + GOOD_MESSAGE)
+    read = _keys_read(monkeypatch, lambda: load_job(job))
+    page = (REPO / "docs" / "jobs.md").read_text(encoding="utf-8")
+    sample: set[str] = set()
+    table = ""
+    for line in page.split("```toml", 1)[1].split("```", 1)[0].splitlines():
+        if header := re.fullmatch(r"\[([a-z_.]+)\]", line):
+            table = header[1]
+            sample.add(table)
+        elif (key := re.match(r"#? ?([a-z_]+) +=", line)) and table != "message.defaults":
+            sample.add(f"{table}.{key[1]}" if table else key[1])
+    assert sample <= read
+    named = set(re.findall(r"`\[?([a-z_.]+)", page)) | sample
+    assert {key for key in read if key not in named and key.split(".")[-1] not in named} == set()
+    for path in sorted((REPO / "jobs").glob("*.toml")):
+        assert load_job(path).message.senders
 
 
 def test_limits_table_with_sender_limits(tmp_path: Path) -> None:
