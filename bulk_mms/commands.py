@@ -104,6 +104,8 @@ DRAIN_GRACE_S = 5.0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.metrics is not None:  # the job's name once the job is read; its file until then
+        args.metrics.name = str(args.job)
     if args.input is not None and lists_nobody(args.input):  # a resend after a good night
         say(
             "run.nobody_to_resend",

@@ -91,6 +91,22 @@ def test_a_track_refused_before_it_reads_the_ledger_names_the_ledger(tmp_path: P
     assert samples(prom)[("bulk_mms_last_exit_code", ())] == 2
 
 
+def test_a_run_refused_before_it_reads_the_job_names_the_job_file(tmp_path: Path) -> None:
+    """A run whose job file cannot be read (exit 2) labels its samples with that file, not an
+    empty name that tells no job's failure from another's."""
+    prom = tmp_path / "run.prom"
+    job = tmp_path / "nightly.toml"
+    job.write_text('name = "nightly"\ninput = \n', encoding="utf-8")  # a TOML syntax error
+    assert main(["-q", "run", str(job), "--metrics-file", str(prom)]) == 2
+    names = {
+        s.labels["name"]
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+    assert names == {str(job)}
+    assert samples(prom)[("bulk_mms_last_exit_code", ())] == 2
+
+
 def test_an_unwritable_metrics_file_is_one_line_naming_the_flag(
     jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
