@@ -196,6 +196,19 @@ class SpamWatch:
         return len(self.recent) >= self.window and self.count >= self.share * self.window
 
 
+def _unanswered(err: SendError, *, tried: bool) -> str:
+    """Why the job stops after :data:`STOP_AFTER_UNANSWERED` groups in a row ended without an
+    answer, the last with ``err``: the API failing them (``tried``), or a last group that never
+    left (its sender paused past ``max_group_age_s``): no request failed, so none is blamed."""
+    n = STOP_AFTER_UNANSWERED
+    if not tried:
+        return f"stopped after {n} groups in a row could not leave: {err}"
+    return (
+        f"the API keeps failing ({err}); stopped after {n} groups in a row got no usable "
+        "answer. Nothing is lost: rerun to resume"
+    )
+
+
 class GroupSender:
     """Sends groups for one run. Private to the runner.
 
@@ -714,13 +727,7 @@ class GroupSender:
         await self._suppress(group, err, refused)
         self._count_refusal(err, refused or named_members(err, group.to))
         if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
-            self._fail(
-                ApiUnavailable(
-                    f"the API keeps failing ({err}); stopped after {STOP_AFTER_UNANSWERED} groups "
-                    "in a row got no usable answer. Nothing is lost: rerun to resume"
-                ),
-                "unavailable",
-            )
+            self._fail(ApiUnavailable(_unanswered(err, tried=result.attempts > 0)), "unavailable")
         if isinstance(err, SenderRefused) and self.pacer.retire(err.sender) == 0:
             self._no_senders()
             return None

@@ -194,13 +194,18 @@ async def test_a_huge_wait_seconds_is_clamped_and_ends_in_bounded_time(
 ) -> None:
     """wait_seconds 1e12 is taken as the 4 h ceiling; the pause it causes outlasts
     max_group_age_s, so the waiting groups give up at once (a rerun sends them) instead of
-    waiting for ever, and the ledger never records the absurd value."""
+    waiting for ever, the stop blames the pause, not the API (no request failed), and the
+    ledger never records the absurd value."""
     fake, url = fake_api
     fake.faults.extend(parse_faults("huge-wait"))
     with capture_logs() as logs:
         s, clock = await run_against(url, jobs)
     assert s.sent_groups == 1
     assert s.retry_later_groups == 3
+    assert str(s.error) == (
+        "stopped after 3 groups in a row could not leave: not sent within max_group_age_s "
+        "(3600 s): its sender is paused past it (429s or a long queue); a rerun sends it"
+    )
     assert clock.monotonic() - 1000.0 < 60
     assert [e["used"] for e in logs if e["event"] == "pace.absurd_hint"] == [WAIT_CEILING_S]
     waits = [
