@@ -34,6 +34,7 @@ from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.coordination import Coordinator, coordinator_for
 from bulk_mms.errors import (
     BulkMmsError,
+    ConfigError,
     LedgerError,
     LedgerUnavailable,
 )
@@ -93,6 +94,9 @@ DELIVERY_FIRST_S = 10.0
 #: the groups that sender sent, and how often it asks meanwhile (``watch_blocked``).
 BLOCKED_WAIT_S = 60.0
 BLOCKED_POLL_S = 2.0
+#: How often a run reads what was added to the suppression list since its last look (an
+#: inbound STOP mid-run): one read per period, between the groups it plans.
+SUPPRESSION_LOOK_S = 5.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
 #: How many of the reader's groups may wait in the queue per worker: enough to keep workers
@@ -188,6 +192,8 @@ class Runner:
         #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
         #: by the records as sent, they are not this run's sends.
         self._held: set[str] = set()
+        #: When the suppression list is next read for numbers added since (:meth:`look_again`).
+        self._look_at = clock.monotonic() + SUPPRESSION_LOOK_S
 
     def log_start(self, ledger: str) -> None:
         job, settings = self.job, self.settings
@@ -229,6 +235,8 @@ class Runner:
                 return
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
+            if self.clock.monotonic() >= self._look_at:
+                await self.look_again()  # the groups planned from here on see it
             if isinstance(item, RejectedRow):
                 rejected += item.kind is not Rejection.DUPLICATE
                 self.rows_done += 1
@@ -242,6 +250,22 @@ class Runner:
         self.recorder.planned(recipients, groups, rejected, self.summary.duplicate_rows)
         self.summary.read_whole_input = True
         await self.sharing.settle_others(self._dispatch, self.stop.is_set)
+
+    async def look_again(self) -> None:
+        """Take in the numbers put on the suppression list since the run last read it (an
+        inbound STOP mid-run), off the loop, at most every :data:`SUPPRESSION_LOOK_S`: every
+        group planned from then on goes without them (recorded ``suppressed``). A list that
+        cannot be read now is logged (``suppression.unread``) and read again at the next look:
+        the run goes on with what it read."""
+        self._look_at = self.clock.monotonic() + SUPPRESSION_LOOK_S
+        suppressed = self.sender.suppressed
+        try:
+            new = await suppressed.off_loop(suppressed.look_again)
+        except (ConfigError, LedgerError) as exc:
+            log.warning("suppression.unread", error=str(exc))
+            return
+        if new:
+            log.info("suppression.added", new=len(new))
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""

@@ -122,6 +122,9 @@ class Suppressed:
         #: one change at a time in this process (:meth:`off_loop`, :meth:`held`)
         self._changing = threading.RLock()
         self._lock_fd: int | None = None  # the side file's lock, while :meth:`held`
+        #: The file as it was last read (:func:`_stamp`): :meth:`look_again` reads it only
+        #: once it has changed.
+        self._read_as: tuple[int, ...] | None = None
         if path is not None:
             self._numbers = self._listed()
 
@@ -130,7 +133,25 @@ class Suppressed:
         path = self.path
         if not isinstance(path, Path) or not _begun(path):
             return set()
+        self._read_as = _stamp(path)
         return {int(p[1:]) for p in _read(path)}
+
+    def look_again(self) -> list[str]:
+        """Take in the numbers put on the list since this process last read it (an inbound
+        STOP a webhook receiver took, another run's 40300, ``suppress add``): the ones new
+        here. A number taken off meanwhile stays on for this process: a lift is seen by the
+        next run, an opt-out at once. The file is read (under its lock) only when it changed.
+
+        Raises:
+            ConfigError: the file cannot be read, or a line is not a number.
+        """
+        path = self.path
+        if not isinstance(path, Path) or _stamp(path) == self._read_as:
+            return []
+        before = self._numbers
+        with self.held():  # reads the file anew
+            self._numbers |= before
+        return [f"+{n}" for n in sorted(self._numbers - before)]
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -338,6 +359,16 @@ def _texted(line: str, phone: str) -> float | None:
     except PhoneError:
         return None
     return at if same else None
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What tells the list file changed (its inode, size and time of change); None when
+    nothing is at its path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _begun(path: Path) -> bool:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
@@ -25,8 +26,9 @@ _KEYWORDS_LOCK: Final = 0x6B657977
 
 class PostgresSuppressed(Suppressed):
     """The account's suppression list as a table of the ledger's database: every host and job
-    on it shares one list. Read whole at the start (membership tests must be fast), and anew
-    for each keyword a receiver judges (:meth:`held`); additions and removals go straight to
+    on it shares one list. Read whole at the start (membership tests must be fast), what was
+    added since at each :meth:`look_again` (a run's, every few seconds), and anew for each
+    keyword a receiver judges (:meth:`held`); additions and removals go straight to
     the table and say what the table did. When each number last texted STOP or START is kept
     in ``bulk_mms_keywords`` (:meth:`keyword_at`, :meth:`record_keyword`)."""
 
@@ -36,11 +38,32 @@ class PostgresSuppressed(Suppressed):
         self.path = shown
         #: The connection :meth:`held` holds its lock on; every statement of the block uses it.
         self._held: psycopg.Connection[Any] | None = None
+        #: The database's time at the last read (:meth:`look_again` reads what was added
+        #: since); None before the first.
+        self._read_at: dt.datetime | None = None
         self._numbers = self._listed()
 
     def _listed(self) -> set[int]:
-        rows = self._run("SELECT number FROM bulk_mms_suppressions", ())
-        return {int(str(r[0])[1:]) for r in rows if str(r[0])[1:].isdigit()}
+        return self._added_since(None)
+
+    def _added_since(self, since: dt.datetime | None) -> set[int]:
+        """The numbers the table holds that were added after ``since`` (the database's time,
+        less :data:`_COMMIT_SLACK_S`: a row is stamped as its statement began, a moment
+        before it is seen), every one when None; the read's time is kept for the next."""
+        rows = self._run(_ADDED_SINCE, (since, since, _COMMIT_SLACK_S))
+        read_at, numbers = rows[0]
+        self._read_at = read_at
+        return {int(str(n)[1:]) for n in numbers if str(n)[1:].isdigit()}
+
+    def look_again(self) -> list[str]:
+        """Take in the numbers added to the table since this process last read it: one
+        query, of those rows alone. A number taken off meanwhile stays on for this process,
+        as a file's list does (:meth:`Suppressed.look_again
+        <bulk_mms.suppression.Suppressed.look_again>`)."""
+        with self._changing:
+            new = self._added_since(self._read_at) - self._numbers
+            self._numbers |= new
+        return [f"+{n}" for n in sorted(new)]
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -127,6 +150,15 @@ class PostgresSuppressed(Suppressed):
         return sorted(str(r[0]) for r in rows)
 
 
+#: How long before a read a row it did not see may be stamped (``added``: as its
+#: statement began) and yet commit after it: the next read takes those in again.
+_COMMIT_SLACK_S: Final = 60.0
+#: The database's time now, and the numbers added after a time (every one for NULL).
+_ADDED_SINCE: Final = """
+    SELECT now(), array(
+        SELECT number FROM bulk_mms_suppressions
+        WHERE %s::timestamptz IS NULL OR added > %s::timestamptz - make_interval(secs => %s))
+"""
 #: A number's keyword time, kept only when later than the one recorded; the number comes back
 #: when it was written.
 _KEYWORD: Final = """

@@ -1,0 +1,70 @@
+"""A number put on the suppression list while a run goes on (an inbound STOP the webhook
+receiver took, ``suppress add``) is seen by that run before it reaches the number: its file,
+or the database's table, is read again for what was added, every few seconds of the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from msgspec.structs import replace
+
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.report import summarize
+from bulk_mms.runner import SUPPRESSION_LOOK_S, run_job
+from bulk_mms.suppression import suppression_for
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+
+#: The numbers of the job, one a group; the one that texts STOP once the run has begun.
+PEOPLE = 40
+LATE_STOP = numbers(PEOPLE)[30]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    # the database's shared pacing is real time: 2 s of sending
+    ["file", pytest.param("database", marks=pytest.mark.looptime(False))],
+)
+async def test_a_stop_texted_mid_run_is_seen_before_the_run_reaches_that_number(
+    jobs: JobFactory, kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP recorded on the list after the run began, before the run reached that number:
+    the number is not sent, and the run's summary and the report count it suppressed."""
+    monkeypatch.setattr("bulk_mms.runner.SUPPRESSION_LOOK_S", 0.2)  # a look between sends
+    jobs.people(PEOPLE)
+    job = jobs.job(extra="group_size = 1")
+    where: object = None
+    if kind == "database":
+        where = f"{request.getfixturevalue('database')}?ledger=midrun"
+        job = replace(job, database=where)
+    the_list = suppression_for(None, where)  # what `bulk-mms webhooks` writes a STOP to
+    settings = replace(FAST, rate=20.0, concurrency=1)  # 2 s of sending: several looks
+
+    def handler(group: Group, n: int) -> SendReceipt:
+        if n == 2:
+            the_list.add([LATE_STOP], "texted STOP (webhook)")
+        return ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert LATE_STOP not in client.sent_numbers()
+    assert len(client.calls) == PEOPLE - 1
+    assert (s.sent_groups, s.failed_groups, s.suppressed_rows) == (PEOPLE - 1, 0, 1)
+    report = summarize(job.where)
+    assert report.rows.suppressed == 1
+    assert report.recipient_states.sent == PEOPLE - 1
+    assert report.recipient_states.failed == 0
+
+
+async def test_a_file_list_is_read_again_only_once_it_changed(tmp_path: Path) -> None:
+    """`look_again` reads the file only when it changed, takes in what was added, and keeps a
+    number taken off meanwhile (a lift is the next run's)."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text("+12125550001\n+12125550002\n", encoding="utf-8")
+    listed = suppression_for(path)
+    assert listed.look_again() == []
+    path.write_text("+12125550001\n+12125550003  # texted STOP\n", encoding="utf-8")
+    assert listed.look_again() == ["+12125550003"]
+    assert listed.numbers() == ["+12125550001", "+12125550002", "+12125550003"]
+    assert listed.look_again() == []
+    assert SUPPRESSION_LOOK_S <= 10  # an opt-out is seen within seconds
