@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import SUPPRESSION_LOOK_S, run_job
-from bulk_mms.suppression import suppression_for
+from bulk_mms.suppression import default_list, suppression_for
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
 #: The numbers of the job, one a group; the one that texts STOP once the run has begun.
@@ -68,3 +69,29 @@ async def test_a_file_list_is_read_again_only_once_it_changed(tmp_path: Path) ->
     assert listed.numbers() == ["+12125550001", "+12125550002", "+12125550003"]
     assert listed.look_again() == []
     assert SUPPRESSION_LOOK_S <= 10  # an opt-out is seen within seconds
+
+
+async def test_a_list_that_cannot_be_read_mid_run_is_logged_and_the_run_goes_on(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list file broken mid-run (a line that is not a number) stops no run: each look logs
+    `suppression.unread`, naming the file and line, and the run sends by the list it read."""
+    monkeypatch.setattr("bulk_mms.runner.SUPPRESSION_LOOK_S", 0.2)
+    jobs.people(PEOPLE)
+    job = jobs.job(extra="group_size = 1")
+    the_list = default_list()
+    the_list.parent.mkdir(parents=True, exist_ok=True)
+    the_list.write_text("+19175550000\n", encoding="utf-8")
+
+    def handler(group: Group, n: int) -> SendReceipt:
+        if n == 2:
+            the_list.write_text(f"+19175550000\n{LATE_STOP} oops\n", encoding="utf-8")
+        return ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    with capture_logs() as logs:
+        s = await run_job(job, replace(FAST, rate=2.0, concurrency=1), client, clock=FakeClock())
+    assert (s.sent_groups, s.failed_groups, s.stopped) == (PEOPLE, 0, None)
+    unread = [e for e in logs if e["event"] == "suppression.unread"]
+    assert unread
+    assert f"{the_list}:2" in unread[0]["error"]
