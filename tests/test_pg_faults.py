@@ -57,6 +57,10 @@ from tests.test_postgres import KEY, age_claims
 from tests.threaded import fake_api_thread
 
 HEADER = events.Header("job", "f" * 8, campaign="c1")
+#: The server lists every database's locks, and each database numbers its ledgers from 1: a
+#: test's look at a ledger's run lock keeps to its own database, or it ends (or counts) the
+#: sessions of the other tests and runs on the server.
+_THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 
 
 def _attempt(group: str) -> events.Attempt:
@@ -158,8 +162,8 @@ async def test_a_ledgers_locks_are_the_ones_earlier_versions_take(database: str)
             run = open_store(where, "run")
             held = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
-                "AND objid = ((%s::bigint %% 2147483647)::int)::oid AND objsubid = 2 AND database "
-                "= (SELECT oid FROM pg_database WHERE datname = current_database())",
+                "AND objid = ((%s::bigint %% 2147483647)::int)::oid AND objsubid = 2 "
+                f"AND {_THIS_DATABASE}",
                 (_RUN_LOCK, ledger),
             ).fetchone()
             run.close_sync()
@@ -982,22 +986,23 @@ async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
 
 
 async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_heartbeat(
-    database: str,
+    database: str, another_database: str
 ) -> None:
     """A run whose database sessions were all ended (an operator's pg_terminate_backend, a
     failover) holds its run lock again once its next heartbeat has reconnected: `track
-    --follow` sees it live while it holds no claim, and not once it has ended."""
+    --follow` sees it live while it holds no claim, and not once it has ended. A run of the
+    same ledger number in another database keeps its sessions."""
     where = f"{database}?ledger=ended"
     run = open_store(where, "run")
     looker = open_store(where, "append")
     coordinator = coordinator_for(run, 30.0)
+    elsewhere = open_store(f"{another_database}?ledger=ended", "run")  # its ledger 1 too
     try:
         await coordinator.heartbeat()  # its claims' connection, and the run lock with it
         with psycopg.connect(database, autocommit=True) as conn:
             ended = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid = %s::oid AND objid = %s::oid AND database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                f"AND classid = %s::oid AND objid = %s::oid AND {_THIS_DATABASE}",
                 (_RUN_LOCK, _ledger_key(run._id)),  # type: ignore[attr-defined]
             ).fetchall()
         assert len(ended) == 2  # the store's session and the claims' connection
@@ -1007,7 +1012,9 @@ async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_h
         await coordinator.close()
         run.close_sync()
         assert await looker.live_run(30.0) is None
+        assert await elsewhere.live_run(30.0) == f"bulk-mms pid {os.getpid()}"  # untouched
     finally:
         await coordinator.close()
         await looker.close()
+        await elsewhere.close()
         run.close_sync()
