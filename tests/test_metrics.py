@@ -76,18 +76,22 @@ def test_a_failed_run_keeps_the_last_success_and_says_its_exit_code(
     assert m[("bulk_mms_last_end_timestamp_seconds", ())] >= success
 
 
+def names_of(prom: Path) -> set[str]:
+    """The ``name`` labels of every sample in a textfile."""
+    return {
+        s.labels["name"]
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+
+
 def test_a_track_refused_before_it_reads_the_ledger_names_the_ledger(tmp_path: Path) -> None:
     """A track that fails before it reads the ledger (no API key: exit 2) still labels its
     samples with the ledger, not an empty name no alert selects."""
     prom = tmp_path / "track.prom"
     ledger = tmp_path / "nightly.jsonl"
     assert main(["-q", "track", str(ledger), "--metrics-file", str(prom)]) == 2
-    names = {
-        s.labels["name"]
-        for family in text_string_to_metric_families(prom.read_text())
-        for s in family.samples
-    }
-    assert names == {str(ledger)}
+    assert names_of(prom) == {str(ledger)}
     assert samples(prom)[("bulk_mms_last_exit_code", ())] == 2
 
 
@@ -98,12 +102,7 @@ def test_a_run_refused_before_it_reads_the_job_names_the_job_file(tmp_path: Path
     job = tmp_path / "nightly.toml"
     job.write_text('name = "nightly"\ninput = \n', encoding="utf-8")  # a TOML syntax error
     assert main(["-q", "run", str(job), "--metrics-file", str(prom)]) == 2
-    names = {
-        s.labels["name"]
-        for family in text_string_to_metric_families(prom.read_text())
-        for s in family.samples
-    }
-    assert names == {str(job)}
+    assert names_of(prom) == {str(job)}
     assert samples(prom)[("bulk_mms_last_exit_code", ())] == 2
 
 

@@ -275,57 +275,46 @@ async def test_the_dry_run_shows_recipients_per_zone(
     assert "6 recipients in America/Los_Angeles" in out
 
 
-@pytest.mark.parametrize(
-    ("hour", "said"),
-    [
-        (14, "6 recipients in America/Los_Angeles: opens 2026-11-25 22:00 UTC"),
-        (16, "6 recipients in America/New_York: opens 2026-11-25 22:00 UTC"),
-    ],
-)
-async def test_the_dry_run_says_when_a_zone_can_be_sent_with_the_send_window_open(
-    jobs: JobFactory,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    hour: int,
-    said: str,
-) -> None:
-    """With the send_window closed 15:30-22:00 UTC, the dry run gives each zone's opening as
-    the first moment both windows are open: at 14:00 Los Angeles's at 22:00, not 16:00 when
-    only its own opens; at 16:00 New York's at 22:00, not "open now" on its own window."""
-    jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
-    job = jobs.job(
-        extra='group_size = 4\nrecipient_window = "08:00-21:00"\nsend_window = "22:00-15:30"'
-    )
-    now = dt.datetime(2026, 11, 25, hour, 0, tzinfo=dt.UTC).timestamp()
-    monkeypatch.setattr("bulk_mms.console.SystemClock", lambda: FakeClock(wall=now))
-    plan = await dry_run(job, FAST, clock=FakeClock(wall=now))
-    print_dry_run(plan, job, FAST)
-    assert said in capsys.readouterr().out
+#: The send_window closed 15:30-22:00 UTC, beside the recipients' own window.
+_SHUT = 'send_window = "22:00-15:30"'
+#: A deadline at 15:30 UTC.
+_DEADLINE = 'deadline = "2026-11-25T15:30+00:00"'
 
 
 @pytest.mark.parametrize(
-    ("hour", "said"),
+    ("extra", "hour", "said"),
     [
-        (14, "6 recipients in America/Los_Angeles: opens 2026-11-25 16:00 UTC, after the job's"),
-        (14, "deadline     2026-11-25 15:30 UTC: nothing is sent after it"),
-        (16, "deadline     2026-11-25 15:30 UTC, passed: a run now sends nothing, records"),
+        (_SHUT, 14, "6 recipients in America/Los_Angeles: opens 2026-11-25 22:00 UTC"),
+        (_SHUT, 16, "6 recipients in America/New_York: opens 2026-11-25 22:00 UTC"),
+        (
+            _DEADLINE,
+            14,
+            "6 recipients in America/Los_Angeles: opens 2026-11-25 16:00 UTC, after the job's",
+        ),
+        (_DEADLINE, 14, "deadline     2026-11-25 15:30 UTC: nothing is sent after it"),
+        (
+            _DEADLINE,
+            16,
+            "deadline     2026-11-25 15:30 UTC, passed: a run now sends nothing, records",
+        ),
     ],
 )
-async def test_the_dry_run_says_which_zones_open_only_after_the_deadline(
+async def test_the_dry_run_says_when_each_zone_can_be_sent_in_time(
     jobs: JobFactory,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    extra: str,
     hour: int,
     said: str,
 ) -> None:
-    """With a deadline at 15:30 UTC, the dry run at 14:00 says Los Angeles opens (16:00) only
-    after it, where a run exits 1 for it, and names the deadline; at 16:00 it says the
-    deadline has passed (a run records the rest expired), not that a zone is open now."""
+    """The dry run gives each zone's opening as the first moment both windows are open (with
+    the send_window shut 15:30-22:00 UTC: at 14:00 Los Angeles's at 22:00, not 16:00 when only
+    its own opens; at 16:00 New York's at 22:00, not "open now" on its own window); with a
+    deadline at 15:30 UTC, it says at 14:00 that Los Angeles opens (16:00) only after it, where
+    a run exits 1 for it, and names the deadline; at 16:00 that the deadline has passed (a run
+    records the rest expired), not that a zone is open now."""
     jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
-    job = jobs.job(
-        extra='group_size = 4\nrecipient_window = "08:00-21:00"\n'
-        'deadline = "2026-11-25T15:30+00:00"'
-    )
+    job = jobs.job(extra=f'group_size = 4\nrecipient_window = "08:00-21:00"\n{extra}')
     now = dt.datetime(2026, 11, 25, hour, 0, tzinfo=dt.UTC).timestamp()
     monkeypatch.setattr("bulk_mms.console.SystemClock", lambda: FakeClock(wall=now))
     plan = await dry_run(job, FAST, clock=FakeClock(wall=now))
