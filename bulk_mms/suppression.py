@@ -133,8 +133,10 @@ class Suppressed:
         path = self.path
         if not isinstance(path, Path) or not _begun(path):
             return set()
-        self._read_as = _stamp(path)
-        return {int(p[1:]) for p in _read(path)}
+        stamp = _stamp(path)  # taken before the read: a change during it is read again
+        numbers = {int(p[1:]) for p in _read(path)}
+        self._read_as = stamp  # only once read: a failed read is tried again at the next look
+        return numbers
 
     def look_again(self) -> list[str]:
         """Take in the numbers put on the list since this process last read it (an inbound

@@ -10,6 +10,8 @@ import pytest
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
+from bulk_mms import suppression as suppression_module
+from bulk_mms.errors import ConfigError
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import SUPPRESSION_LOOK_S, run_job
@@ -93,5 +95,27 @@ async def test_a_list_that_cannot_be_read_mid_run_is_logged_and_the_run_goes_on(
         s = await run_job(job, replace(FAST, rate=2.0, concurrency=1), client, clock=FakeClock())
     assert (s.sent_groups, s.failed_groups, s.stopped) == (PEOPLE, 0, None)
     unread = [e for e in logs if e["event"] == "suppression.unread"]
-    assert unread
+    assert len(unread) > 1  # each look, not only the first after the change
     assert f"{the_list}:2" in unread[0]["error"]
+
+
+async def test_a_look_that_could_not_read_the_file_reads_it_at_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look whose read of a changed file fails (an I/O error, the file not changed since)
+    takes the STOP in at the next look: the failed read does not pass for the file read."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text("+12125550001\n", encoding="utf-8")
+    listed = suppression_for(path)
+    path.write_text("+12125550001\n+12125550003  # texted STOP\n", encoding="utf-8")
+    real = suppression_module._read
+
+    def failing(p: Path) -> list[str]:
+        raise ConfigError("suppression.file", f"cannot read {p}: [Errno 5] Input/output error")
+
+    monkeypatch.setattr(suppression_module, "_read", failing)
+    with pytest.raises(ConfigError, match="Input/output error"):
+        listed.look_again()
+    monkeypatch.setattr(suppression_module, "_read", real)
+    assert listed.look_again() == ["+12125550003"]
+    assert "+12125550003" in listed
