@@ -194,6 +194,9 @@ class Runner:
         self._held: set[str] = set()
         #: When the suppression list is next read for numbers added since (:meth:`look_again`).
         self._look_at = clock.monotonic() + SUPPRESSION_LOOK_S
+        #: The numbers a look found added since the scan: a row of one left out is moved from
+        #: the scan's valid recipients to its suppressed ones (:meth:`_left_out_late`).
+        self._late: set[str] = set()
 
     def log_start(self, ledger: str) -> None:
         job, settings = self.job, self.settings
@@ -242,6 +245,8 @@ class Runner:
                 self.rows_done += 1
                 self.rows_free += 1
                 self.recorder.rejected(item)
+                if item.kind is Rejection.SUPPRESSED and item.value in self._late:
+                    self._left_out_late()
                 continue
             recipients += len(item.to) + len(item.refused) + len(item.stayed)
             groups += 1
@@ -265,7 +270,17 @@ class Runner:
             log.warning("suppression.unread", error=str(exc))
             return
         if new:
+            self._late.update(new)
             log.info("suppression.added", new=len(new))
+
+    def _left_out_late(self) -> None:
+        """A row the scan counted valid was left out as suppressed (its number put on the list
+        mid-run): the scan's counts, and the ledger's count of valid recipients taken from
+        them, say so at once, so that a run ending before its input's end (whose valid
+        recipients stay the scan's) counts it suppressed, not also not attempted."""
+        if (scan := self.summary.input) is not None:
+            self.summary.input = scan = replace(scan, suppressed=scan.suppressed + 1)
+            planned_by_scan(self.recorder, scan)
 
     async def _dispatch(self, group: Group) -> bool:
         """Skip, hold or queue one group; False once ``--limit`` groups are queued."""
@@ -853,10 +868,7 @@ async def run_job(
                 policy=settings.error_policy,
             )
             recorder.summary.input = scan
-            # how many are valid, known before the first send: a report after a crash adds up
-            # rejected: every row not sent that is not a duplicate, as the plan's own count
-            left_out = scan.lost_rows + scan.suppressed + scan.excluded
-            recorder.planned(scan.recipients - scan.suppressed, 0, left_out, scan.duplicates)
+            planned_by_scan(recorder, scan)
             runner = Runner(
                 job, settings, client, recorder, clock=clock, stop=stop, limit=limit,
                 resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
@@ -881,6 +893,14 @@ async def run_job(
             await _release(coordinator, stop)
             await coordinator.close()
     return runner.finish()
+
+
+def planned_by_scan(recorder: Recorder, scan: InputScan) -> None:
+    """Record how many of the input's recipients are valid as ``scan`` found them, before the
+    first send: a report of a run that ends before its input's end (a crash, a stop) adds up.
+    Rejected: every row not sent that is not a duplicate, as the plan's own count."""
+    left_out = scan.lost_rows + scan.suppressed + scan.excluded
+    recorder.planned(scan.recipients - scan.suppressed, 0, left_out, scan.duplicates)
 
 
 def window_stop(job: JobConfig, clock: Clock) -> str | None:

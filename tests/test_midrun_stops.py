@@ -119,3 +119,33 @@ async def test_a_look_that_could_not_read_the_file_reads_it_at_the_next_look(
     monkeypatch.setattr(suppression_module, "_read", real)
     assert listed.look_again() == ["+12125550003"]
     assert "+12125550003" in listed
+
+
+async def test_a_stop_texted_mid_run_counts_once_when_the_run_ends_before_its_input(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that stops before its input's end (here ``--limit``) after leaving out a number
+    put on the list mid-run counts it suppressed and not valid: in its summary's rows, its
+    recipients and the report alike, the input's rows add up once."""
+    monkeypatch.setattr("bulk_mms.runner.SUPPRESSION_LOOK_S", 0.2)
+    jobs.people(PEOPLE)
+    job = jobs.job(extra="group_size = 1")
+    the_list = default_list()
+    early_stop = numbers(PEOPLE)[10]
+
+    def handler(group: Group, n: int) -> SendReceipt:
+        if n == 2:
+            suppression_for(None).add([early_stop], "texted STOP (webhook)")
+        return ok_receipt(group, n)
+
+    client = FakeClient(handler)
+    settings = replace(FAST, rate=20.0, concurrency=1)
+    s = await run_job(job, settings, client, clock=FakeClock(), limit=20)
+    assert the_list.exists()
+    assert early_stop not in client.sent_numbers()
+    assert s.recipients is not None
+    assert (s.recipients.valid, s.recipients.sent, s.recipients.not_attempted) == (39, 20, 19)
+    assert "1 suppressed" in s.rows_text()
+    report = summarize(job.where)
+    assert (report.rows.valid, report.rows.suppressed) == (PEOPLE - 1, 1)
+    assert report.recipient_states.not_attempted == 19
