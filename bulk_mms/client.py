@@ -22,7 +22,7 @@ import math
 import re
 import resource
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
@@ -57,6 +57,7 @@ from bulk_mms.errors import (
     NetworkError,
     NotFound,
     RateLimited,
+    RecordsUnread,
     Rejected,
     SendError,
     ServerError,
@@ -522,10 +523,11 @@ class AiohttpMmsClient:
         or every page it states was read and holds the records it counts.
 
         Raises:
-            AmbiguousSendError: the answer cannot be read whole: its ``meta`` states no page
+            RecordsUnread: the answer cannot be read whole: its ``meta`` states no page
                 count, claims more than :data:`RECORDS_MAX_PAGES` pages or
-                :data:`RECORDS_MAX` records, or a later page is not the page asked for. A
-                group is never settled on part of its records.
+                :data:`RECORDS_MAX` records, or a later page is not the page asked for. It
+                carries the records read until then: they can show a group accepted, never
+                absent (a group is never taken for absent on part of its records).
             SendError: as for any GET (a GET is always safe to retry).
         """
         query: dict[str, str | int] = {
@@ -542,24 +544,24 @@ class AiohttpMmsClient:
         if pages is None and total is not None and first.listed >= total:
             pages = 1  # no page count, but the first page holds every record it counts
         if pages is None or pages < 1:
-            raise _incomplete("states no page count")
+            raise _incomplete("states no page count", records)
         if pages > RECORDS_MAX_PAGES:
-            raise _incomplete(f"claims more than {RECORDS_MAX_PAGES} pages")
+            raise _incomplete(f"claims more than {RECORDS_MAX_PAGES} pages", records)
         if (total or 0) > RECORDS_MAX:
-            raise _incomplete(f"counts more than {RECORDS_MAX} records")
+            raise _incomplete(f"counts more than {RECORDS_MAX} records", records)
         listed = first.listed
         for number in range(2, pages + 1):
             more, meta = await self._records_page({**query, "page[number]": number})
             if meta.page_number != number or meta.listed == 0:
-                raise _incomplete(f"page {number} was asked for and not served")
+                raise _incomplete(f"page {number} was asked for and not served", records)
             if (meta.total_pages, meta.total_results) != (pages, total):
-                raise _incomplete("changed while it was read")
+                raise _incomplete("changed while it was read", records)
             records += more
             listed += meta.listed
             if listed > RECORDS_MAX:
-                raise _incomplete(f"lists over {RECORDS_MAX} records")
+                raise _incomplete(f"lists over {RECORDS_MAX} records", records)
         if total is not None and listed < total:
-            raise _incomplete(f"counts {total} records but lists {listed}")
+            raise _incomplete(f"counts {total} records but lists {listed}", records)
         return records
 
     async def _records_page(
@@ -568,7 +570,7 @@ class AiohttpMmsClient:
         """One page of ``GET /reports/mdrs``: its records and its :class:`PageMeta`.
 
         Raises:
-            AmbiguousSendError: it has no ``data`` list, or lists more than
+            RecordsUnread: it has no ``data`` list, or lists more than
                 :data:`RECORDS_PAGE_MAX` entries (not read whole).
         """
         url = f"{self.base_url}{RECORDS_PATH}?" + urllib.parse.urlencode(
@@ -685,9 +687,10 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BO
     return b"".join(chunks)
 
 
-def _incomplete(why: str) -> AmbiguousSendError:
-    """The error of a records answer that cannot be read whole (``why``, bounded numbers)."""
-    return AmbiguousSendError(f"GET {RECORDS_PATH}: the answer {why}; not read whole")
+def _incomplete(why: str, records: Sequence[MessageRecord] = ()) -> RecordsUnread:
+    """The error of a records answer that cannot be read whole (``why``, bounded numbers),
+    with the ``records`` its pages listed before it proved so."""
+    return RecordsUnread(f"GET {RECORDS_PATH}: the answer {why}; not read whole", records)
 
 
 def _iso_z(seconds: float) -> str:

@@ -40,7 +40,9 @@
           │    ├── ServerError(status)      5xx on a GET; 408, 409, 501, 503, 505
           │    └── NetworkError             failed before the request left (DNS, refused, TLS)
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed
-                                          out, a 5xx but 501/503/505 answering the send)
+               │                          out, a 5xx but 501/503/505 answering the send)
+               └── RecordsUnread(records)   the API's records cannot be read whole: those
+                                            read can show a group accepted, never absent
 
 The exit codes are the classes' own ``exit_code`` (the column above): the CLI reads them, so
 this tree is the one table, with :class:`Exit` for the codes that are not an error's: 0 done,
@@ -58,8 +60,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from bulk_mms.models import MessageRecord
 
 
 class ApiError(msgspec.Struct, frozen=True):
@@ -342,3 +348,14 @@ class NetworkError(RetryableSendError):
 
 class AmbiguousSendError(SendError):
     """The request left but no usable answer came back: it may or may not have been accepted."""
+
+
+class RecordsUnread(AmbiguousSendError):
+    """The API's message detail records cannot be read whole (paging it does not state, a
+    page it does not serve): ``records`` are those it listed, which can show a group accepted
+    (a record is proof on any page) but never that it was not."""
+
+    def __init__(self, message: str, records: Sequence[MessageRecord] = ()) -> None:
+        super().__init__(message)
+        #: The records of the pages read before the answer proved incomplete.
+        self.records = tuple(records)

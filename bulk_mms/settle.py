@@ -45,7 +45,7 @@ import msgspec.structs
 import structlog
 
 from bulk_mms.clock import CLOCK_SKEW_S, Clock
-from bulk_mms.errors import SendError
+from bulk_mms.errors import RecordsUnread, SendError
 from bulk_mms.ledger.events import Failed, Status
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
 from bulk_mms.models import MessageRecord, Money
@@ -148,21 +148,27 @@ class Settler:
         # complete before the first lookup: a record stamped later cannot have been missed
         complete = self.complete_in(rec) <= 0
         each: list[list[MessageRecord]] = []
+        unread: RecordsUnread | None = None  # the first member whose records are not whole
         for member in rec.to:  # one record per member: acceptance and absence take them all
             try:
                 listed = await self.client.fetch_records(rec.sender, member, start, end)
+            except RecordsUnread as exc:  # those read can still show it accepted
+                unread, listed = unread or exc, list(exc.records)
             except SendError as exc:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
                 return UNKNOWN
             each.append([r for r in listed if _ours(r, rec.sender, member, start, end)])
-            if not each[-1] and not complete:
+            if not each[-1] and (not complete or unread is not None):
                 break  # a member without a record while more may come: nothing decides it yet
         found = _one_message(each) if len(each) == len(rec.to) else None
         if found is not None:
             return _accepted(rec, found)
-        if any(each):
-            have = sum(map(bool, each))
-            log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
+        if unread is not None or any(each):  # part of the records: never absence
+            if unread is not None:
+                log.warning("settle.records_unreadable", group=rec.id, error=str(unread))
+            else:
+                have = sum(map(bool, each))
+                log.warning("settle.partial", group=rec.id, members=len(rec.to), records=have)
             return UNKNOWN
         if not complete:
             return UNKNOWN

@@ -487,3 +487,33 @@ async def test_a_group_whose_records_are_on_a_later_page_is_accepted_not_absent(
     assert found.verdict == Verdict.ACCEPTED
     assert [r.id for r in found.members] == [f"mms-{p[-4:]}" for p in DOUBT.to]
     assert len(seen) == 6
+
+
+@pytest.mark.parametrize(
+    ("own", "verdict"), [(True, Verdict.ACCEPTED), (False, Verdict.UNKNOWN)], ids=["own", "other"]
+)
+async def test_records_without_paging_show_acceptance_never_absence(
+    own: bool, verdict: Verdict
+) -> None:
+    """An answer that states no paging (the spec's ``meta`` is optional) cannot be shown
+    whole: the group's own records on it settle it accepted, as a record on any page would;
+    without them it stays in doubt, never taken for absent and texted again."""
+
+    def answer(request: web.Request) -> object:
+        cld = request.query["cld"]
+        record = mdr(f"mms-{cld[-4:]}", cld) if own else mdr(f"sms-{cld[-4:]}", cld, "SMS")
+        return {"data": [record]}
+
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    async with (
+        records_server(answer) as (url, _),
+        AiohttpMmsClient(url, "test-key-123") as client,
+    ):
+        settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+        with capture_logs() as logs:
+            found = await settler.settle(DOUBT)
+    assert found.verdict == verdict
+    if own:
+        assert [r.id for r in found.members] == [f"mms-{p[-4:]}" for p in DOUBT.to]
+    else:
+        assert any(e["event"] == "settle.records_unreadable" for e in logs)
