@@ -164,12 +164,14 @@ def opens_before(
 ) -> bool:
     """Whether the window opens again in all ``zones`` (and every window of ``also`` with
     it) after ``now`` and before ``deadline`` (aware): always without a deadline, and when
-    it cannot tell (no opening within two days). An opening at the deadline is not before
-    it: nothing is sent from then."""
+    it cannot tell (no opening within two days, the deadline further off). An opening at the
+    deadline is not before it: nothing is sent from then."""
     if deadline is None:
         return True
     at = next_opening(window, zones, now, also)
-    return at is None or at < deadline
+    if at is None:  # none within two days: surely none before a deadline within them
+        return deadline - now > _HORIZON
+    return at < deadline
 
 
 def next_opening(

@@ -72,6 +72,23 @@ def test_the_next_opening_is_to_the_minute_and_the_deadline_is_judged_by_it(
     assert opens_before(WINDOW, la, now, at) is before
 
 
+@pytest.mark.parametrize(("days", "before"), [(1, False), (3, True)])
+def test_windows_that_never_meet_open_after_a_deadline_within_the_horizon(
+    days: int, before: bool
+) -> None:
+    """A recipient's window (09:00-12:00 in Honolulu) that never meets the job's send_window
+    (09:00-12:00 in New York) has no opening within two days: before a deadline a day away
+    it surely does not open (no run sends them: exit 1, not 4); three days away, it cannot
+    tell, and says it may."""
+    now = dt.datetime(2026, 11, 3, 14, 0, tzinfo=dt.UTC)
+    morning = SendWindow(dt.time(9), dt.time(12))
+    also = ((morning, NY),)
+    honolulu = ("Pacific/Honolulu",)
+    assert next_opening(morning, honolulu, now, also) is None
+    deadline = now + dt.timedelta(days=days)
+    assert opens_before(morning, honolulu, now, deadline, also) is before
+
+
 @pytest.mark.parametrize(
     ("window", "local", "zones", "minutes"),
     [
