@@ -18,6 +18,7 @@ from bulk_mms.grouping import (
     join_names,
     keyed,
     make_groups,
+    plain_text,
     render_message,
     with_text,
 )
@@ -335,3 +336,17 @@ async def test_a_run_refuses_an_input_with_too_many_rows_without_text(jobs: JobF
     with pytest.raises(InputError, match=r"2 of its 4 rows .*empty message: 2 rows"):
         await run_job(job, FAST, client, clock=FakeClock())
     assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["A\tB", "Ann \U0001f600", "\U0001f468\u200d\U0001f469\u200d\U0001f467", "Zo\u00eb\u00a0Li",
+     "x\u00ady", "a\u200bb"],
+    ids=["tab", "emoji", "zwj", "nbsp", "soft-hyphen", "zero-width-space"],
+)  # fmt: skip
+def test_a_name_with_a_tab_an_emoji_or_a_joiner_goes_out_as_it_is(value: str) -> None:
+    """plain_text rejects control characters only: a tab, an emoji, a zero-width joiner (a
+    family emoji), a no-break space or a soft hyphen, none printable to str.isprintable, pass
+    unchanged."""
+    out = list(plain_text(iter(rows_of(value)), message("Hi {n}")))
+    assert out == rows_of(value)
