@@ -41,10 +41,12 @@ log = structlog.get_logger("bulk_mms.answers")
 #: Bounds on reading ``GET /reports/mdrs`` whole
 #: (:meth:`~bulk_mms.client.AiohttpMmsClient.fetch_records`): the pages it asks for, the
 #: records one page may list, and the records in all. An answer that claims more is not read
-#: on: it is incomplete, and settles nothing.
+#: on: it is incomplete, and shows no group absent.
 RECORDS_MAX_PAGES = 20
 RECORDS_PAGE_MAX = 1000
 RECORDS_MAX = 5000
+#: The largest ``page[size]`` the opt-out list serves.
+OPTOUT_PAGE_MAX = 250
 #: A number as the opt-out list gives it.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # whole (fullmatch), ASCII digits only
 #: Message ids are UUIDs; anything longer or stranger is not one.
@@ -279,7 +281,7 @@ def _errors_of(errors: tuple[ApiError, ...], pointer: str, status: str) -> tuple
     )
 
 
-def parse_optouts(body: object, size: int = 250) -> tuple[list[OptOut], int]:
+def parse_optouts(body: object, size: int = OPTOUT_PAGE_MAX) -> tuple[list[OptOut], int]:
     """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` (1 when it is
     missing or absurd). A block whose ``to`` is not an E.164 number (redacted, missing) is
     left out; its ``from`` is kept as given (bounded), empty when missing."""

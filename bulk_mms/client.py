@@ -36,6 +36,7 @@ from aiohttp.tracing import Trace
 
 from bulk_mms._version import __version__
 from bulk_mms.answers import (
+    OPTOUT_PAGE_MAX,
     RECORDS_MAX,
     RECORDS_MAX_PAGES,
     RECORDS_PAGE_MAX,
@@ -76,8 +77,6 @@ MESSAGE_PATH = "/messages/"
 OPTOUTS_PATH = "/messaging_optouts"
 #: Message detail records: evidence of what the API accepted, whatever the answer said.
 RECORDS_PATH = "/reports/mdrs"
-#: The largest ``page[size]`` the opt-out list serves.
-OPTOUT_PAGE_MAX = 250
 
 USER_AGENT = f"bulk-mms/{__version__}"
 log = structlog.get_logger("bulk_mms.client")
