@@ -44,6 +44,9 @@ RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
 #: sends it). Its own, never a Telnyx code.
 EXPIRED_UNSENT: Final = "expired_unsent"
 
+#: Telnyx's code for a number that texted STOP (a send refused, or a delivery report).
+OPTED_OUT: Final = "40300"
+
 #: Each code's title, in Telnyx's words (its error-code pages): the report's legend, and the
 #: sandbox's answers.
 MEANINGS: Final[Mapping[str, str]] = {

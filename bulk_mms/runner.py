@@ -95,7 +95,7 @@ DELIVERY_FIRST_S = 10.0
 BLOCKED_WAIT_S = 60.0
 BLOCKED_POLL_S = 2.0
 #: How often a run reads what was added to the suppression list since its last look (an
-#: inbound STOP mid-run): one read per period, between the groups it plans.
+#: inbound STOP mid-run): one read per period (:meth:`Runner.watch_suppression`).
 SUPPRESSION_LOOK_S = 5.0
 #: Seconds between progress snapshots.
 PROGRESS_PERIOD_S = 0.5
@@ -192,8 +192,6 @@ class Runner:
         #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
         #: by the records as sent, they are not this run's sends.
         self._held: set[str] = set()
-        #: When the suppression list is next read for numbers added since (:meth:`look_again`).
-        self._look_at = clock.monotonic() + SUPPRESSION_LOOK_S
         #: The numbers a look found added since the scan: a row of one left out is moved from
         #: the scan's valid recipients to its suppressed ones (:meth:`_left_out_late`).
         self._late: set[str] = set()
@@ -238,8 +236,6 @@ class Runner:
                 return
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
-            if self.clock.monotonic() >= self._look_at:
-                await self.look_again()  # the groups planned from here on see it
             if isinstance(item, RejectedRow):
                 rejected += item.kind is not Rejection.DUPLICATE
                 self.rows_done += 1
@@ -258,11 +254,11 @@ class Runner:
 
     async def look_again(self) -> None:
         """Take in the numbers put on the suppression list since the run last read it (an
-        inbound STOP mid-run), off the loop, at most every :data:`SUPPRESSION_LOOK_S`: every
-        group planned from then on goes without them (recorded ``suppressed``). A list that
+        inbound STOP mid-run), off the loop: every group planned from then on goes without
+        them (recorded ``suppressed``), and every try refuses them in a group planned before
+        (recorded opted out). A list that
         cannot be read now is logged (``suppression.unread``) and read again at the next look:
         the run goes on with what it read."""
-        self._look_at = self.clock.monotonic() + SUPPRESSION_LOOK_S
         suppressed = self.sender.suppressed
         try:
             new = await suppressed.off_loop(suppressed.look_again)
@@ -555,6 +551,7 @@ class Runner:
         watchers = [
             asyncio.create_task(self.watch_delivery(), name="bulk-mms-delivery"),
             asyncio.create_task(self.watch_window(), name="bulk-mms-window"),
+            asyncio.create_task(self.watch_suppression(), name="bulk-mms-suppression"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -649,6 +646,15 @@ class Runner:
             except BulkMmsError as exc:  # the sending path will meet the same trouble
                 log.warning("delivery.watch_stopped", error=str(exc))
                 return
+
+    async def watch_suppression(self) -> None:
+        """While the run sends, take in what was put on the suppression list every
+        :data:`SUPPRESSION_LOOK_S` (:meth:`look_again`): the planner leaves those numbers out
+        of the groups it makes from then on, and every try refuses them in a group made
+        before (:meth:`~bulk_mms.sending.GroupSender._check_optouts`)."""
+        while not self.stop.is_set():
+            await self.clock.sleep(SUPPRESSION_LOOK_S)
+            await self.look_again()
 
     async def watch_window(self) -> None:
         """While the run sends, stop it as the job's ``send_window`` closes, so that every

@@ -21,13 +21,14 @@ from msgspec.structs import replace
 from bulk_mms.caps import Limit
 from bulk_mms.client import MmsClient, idempotency_key
 from bulk_mms.clock import Clock, utc
-from bulk_mms.codes import Action
+from bulk_mms.codes import MEANINGS, OPTED_OUT, Action
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import Fence
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
+    ApiError,
     ApiUnavailable,
     AuthError,
     ClaimLost,
@@ -493,8 +494,10 @@ class GroupSender:
         return ticket
 
     async def _reserve(self, tries: _Tries) -> None:
-        """Every gate is open now and every cap (money, count) has room for the group."""
+        """Every gate is open now, no member is on the suppression list as it now stands, and
+        every cap (money, count) has room for the group."""
         self._check_gates(tries)
+        self._check_optouts(tries)
         for limit in self.limits:
             if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
                 self._fail(over, "limit")
@@ -640,6 +643,32 @@ class GroupSender:
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
             raise StopRetrying(_unsent(tries, on_record))
+
+    def _check_optouts(self, tries: _Tries) -> None:
+        """Refuse the members now on the suppression list, as Telnyx's 40300 refuses a number
+        that texted STOP (:class:`Rejected`, naming each by its ``/to/{i}``): the rest of the
+        group goes out without them, and they are recorded opted out. The list is the run's
+        own, kept up to date by its looks (:meth:`~bulk_mms.runner.Runner.look_again`), so a
+        group planned before a STOP (queued, retried, or pending since an earlier run) never
+        texts that number. A group that may have been accepted already is left as it is.
+
+        Raises:
+            Rejected: members of the group are on the list.
+        """
+        if tries.ambiguous or not (listed := self.suppressed.among(to := tries.group.to)):
+            return
+        raise Rejected(
+            "on the suppression list; not sent",
+            errors=[
+                ApiError(
+                    OPTED_OUT,
+                    MEANINGS[OPTED_OUT],
+                    f"{to[i]} is on the suppression list",
+                    f"/to/{i}",
+                )
+                for i in listed
+            ],
+        )
 
     def _expire(self, tries: _Tries) -> None:
         """The job's deadline passed before ``tries.group`` could leave: record it

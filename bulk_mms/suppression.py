@@ -36,7 +36,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -231,6 +231,14 @@ class Suppressed:
         if not self._numbers:
             return False  # asked of every recipient: an empty list answers at once
         return isinstance(phone, str) and phone[1:].isdigit() and int(phone[1:]) in self._numbers
+
+    def among(self, phones: Sequence[str]) -> tuple[int, ...]:
+        """The positions in ``phones`` of the numbers on the list: one pass, nothing to do for
+        an empty list (asked of every group before it leaves)."""
+        listed = self._numbers
+        if not listed:
+            return ()
+        return tuple(i for i, p in enumerate(phones) if p[1:].isdigit() and int(p[1:]) in listed)
 
     def __len__(self) -> int:
         return len(self._numbers)

@@ -11,7 +11,9 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms import suppression as suppression_module
+from bulk_mms.console import run_outcome
 from bulk_mms.errors import ConfigError, ServerError
+from bulk_mms.ledger.fold import Miss
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import SUPPRESSION_LOOK_S, run_job
@@ -151,17 +153,13 @@ async def test_a_stop_texted_mid_run_counts_once_when_the_run_ends_before_its_in
     assert report.recipient_states.not_attempted == 19
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a group known to the ledger stands as it was planned (prepare.members_left): one "
-    "pending a rerun, never accepted, is not made anew without a member put on the list since",
-)
 async def test_a_number_put_on_the_list_after_its_group_failed_for_now_is_not_texted(
     jobs: JobFactory,
 ) -> None:
     """A group left pending a rerun (503) whose member is then put on the list (a complaint by
     email: Telnyx knows nothing of it) goes out without that member on the rerun, as the docs
-    promise of a group not yet sent."""
+    promise of a group not yet sent; the member is refused as Telnyx refuses a number that
+    texted STOP (40300), and the report names them opted out."""
     people = numbers(8)
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
@@ -175,5 +173,37 @@ async def test_a_number_put_on_the_list_after_its_group_failed_for_now_is_not_te
     assert first.retry_later_groups == 1
     suppression_for(None).add([people[5]], "complaint by email")
     client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
+    again = await run_job(job, FAST, client, clock=FakeClock())
     assert people[5] not in client.sent_numbers()
+    assert sorted(client.sent_numbers()) == sorted(set(people[4:]) - {people[5]})
+    assert run_outcome(again) == 1  # refused as Telnyx refuses a STOP (40300): named so
+    report = summarize(job.where)
+    assert (report.recipient_states.sent, report.misses[Miss.OPTED_OUT]) == (7, 1)
+
+
+async def test_a_stop_taken_after_a_group_was_planned_keeps_that_number_out_of_it(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP put on the list after its group was planned (every group is planned before
+    the first leaves) is honoured as the group leaves, once the run's look has taken it in:
+    the number is never texted, the rest of its group goes without it, and it is recorded
+    opted out, as Telnyx's own 40300 refusal is."""
+    monkeypatch.setattr("bulk_mms.runner.SUPPRESSION_LOOK_S", 0.2)  # a look between sends
+    people = numbers(6)
+    jobs.people(6)
+    job = jobs.job(extra="group_size = 2\nmix_unrelated = true")
+    late = people[3]
+
+    def stop_after_first(g: Group, n: int) -> SendReceipt:
+        if n == 0:  # the receiver, a process of its own, takes the STOP after the first send
+            suppression_for(None).add([late], "texted STOP (webhook)")
+        return ok_receipt(g, n)
+
+    client = FakeClient(stop_after_first)
+    one_a_second = replace(FAST, rate=1.0, concurrency=1)  # every group planned at once
+    summary = await run_job(job, one_a_second, client, clock=FakeClock())
+    texted = client.sent_numbers()
+    assert late not in texted
+    assert sorted(texted) == sorted(set(people) - {late})
+    assert run_outcome(summary) == 1  # refused as Telnyx refuses a STOP (40300): named so
+    assert summarize(job.where).misses[Miss.OPTED_OUT] == 1
