@@ -192,9 +192,6 @@ class Runner:
         #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
         #: by the records as sent, they are not this run's sends.
         self._held: set[str] = set()
-        #: The numbers a look found added since the scan: a row of one left out is moved from
-        #: the scan's valid recipients to its suppressed ones (:meth:`_left_out_late`).
-        self._late: set[str] = set()
 
     def log_start(self, ledger: str) -> None:
         job, settings = self.job, self.settings
@@ -241,7 +238,7 @@ class Runner:
                 self.rows_done += 1
                 self.rows_free += 1
                 self.recorder.rejected(item)
-                if item.kind is Rejection.SUPPRESSED and item.value in self._late:
+                if item.kind is Rejection.SUPPRESSED and suppressed.late(item.value):
                     self._left_out_late()
                 continue
             recipients += len(item.to) + len(item.refused) + len(item.stayed)
@@ -266,7 +263,6 @@ class Runner:
             log.warning("suppression.unread", error=str(exc))
             return
         if new:
-            self._late.update(new)
             log.info("suppression.added", new=len(new))
 
     def _left_out_late(self) -> None:

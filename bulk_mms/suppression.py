@@ -119,6 +119,9 @@ class Suppressed:
     def __init__(self, path: Path | None = None) -> None:
         self.path: object = path
         self._numbers: set[int] = set()
+        #: The numbers another process (or a look) put on the list after this one first read
+        #: it: noted before they show in :attr:`_numbers` (:meth:`_renew`, :meth:`late`).
+        self._late: set[int] = set()
         #: one change at a time in this process (:meth:`off_loop`, :meth:`held`)
         self._changing = threading.RLock()
         self._lock_fd: int | None = None  # the side file's lock, while :meth:`held`
@@ -155,6 +158,18 @@ class Suppressed:
             self._numbers |= before
         return [f"+{n}" for n in sorted(self._numbers - before)]
 
+    def _renew(self, numbers: set[int]) -> None:
+        """Take ``numbers`` (the list read anew) for the list: the ones new to this process
+        are noted :meth:`late` first, so whoever finds one on the list finds it noted so."""
+        self._late |= numbers - self._numbers
+        self._numbers = numbers
+
+    def late(self, phone: str) -> bool:
+        """Whether ``phone`` was put on the list after this process first read it, by another
+        process or a command (a STOP a webhook receiver took, ``suppress add``), however this
+        process came to see it (a run's look, a read for a change of its own)."""
+        return phone[1:].isdigit() and int(phone[1:]) in self._late
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """The list to this thread until the block ends: no other thread of this process, and
@@ -179,7 +194,7 @@ class Suppressed:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
                 self._lock_fd = fd
-                self._numbers = self._listed()
+                self._renew(self._listed())
                 yield
             finally:
                 self._lock_fd = None

@@ -62,6 +62,7 @@ class PostgresSuppressed(Suppressed):
         <bulk_mms.suppression.Suppressed.look_again>`)."""
         with self._changing:
             new = self._added_since(self._read_at) - self._numbers
+            self._late |= new  # first: a planner that finds one on the list finds it late
             self._numbers |= new
         return [f"+{n}" for n in sorted(new)]
 
@@ -88,7 +89,7 @@ class PostgresSuppressed(Suppressed):
                     raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
                 self._held = conn
                 try:
-                    self._numbers = self._listed()
+                    self._renew(self._listed())
                     yield
                 finally:
                     self._held = None
