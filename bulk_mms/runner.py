@@ -313,6 +313,8 @@ class Runner:
             self.clock.wall(),
             resend_in_doubt=self.resend_in_doubt,
         )
+        if action == "send" and self.view.in_doubt(group.id) and self._listed_in(group):
+            action = "hold"  # resent as it was (its key), it would text them: settled, or held
         if action == "hold":
             verdict = await self._settle(group, earlier=True)  # in doubt since an earlier run
             if verdict == Verdict.ABSENT:
@@ -329,6 +331,22 @@ class Runner:
             self.recorder.held(group)
             self._held.add(group.id)
         return None
+
+    def _listed_in(self, group: Group) -> bool:
+        """Whether members of ``group`` (in doubt since an earlier run) are on the suppression
+        list now: a resend repeats the request as it was, so ``--resend-in-doubt`` holds it
+        instead (the API's records may still settle it; one found never accepted goes out
+        anew, without them), and says so."""
+        if not (listed := self.sender.suppressed.among(group.to)):
+            return False
+        log.warning(
+            "group.held_for_opt_out",
+            group=group.id,
+            members=[group.to[i] for i in listed],
+            why="on the suppression list since the group went in doubt: "
+            "--resend-in-doubt does not resend it to them",
+        )
+        return True
 
     async def _held_back(self, group: Group, free: int) -> bool:
         """Whether ``group`` is held back now, before any claim: by the deadline (recorded

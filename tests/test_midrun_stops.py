@@ -210,18 +210,12 @@ async def test_a_stop_taken_after_a_group_was_planned_keeps_that_number_out_of_i
     assert summarize(job.where).misses[Miss.OPTED_OUT] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a group in doubt since an earlier run is resent as it was (tries.ambiguous skips "
-    "_check_optouts), and a refusal of its members would keep it in doubt (Recorder.outcome), "
-    "the rest unsent: --resend-in-doubt needs a way to send it without them",
-)
 async def test_a_number_put_on_the_list_after_its_group_went_in_doubt_is_not_resent_to(
     jobs: JobFactory,
 ) -> None:
-    """A group left in doubt (keys not trusted) whose member is then put on the list is resent
-    with --resend-in-doubt (a new request: the key is not trusted to dedupe it) without that
-    member: the operator's resend does not text someone who opted out since."""
+    """A group left in doubt (keys not trusted) whose member is then put on the list is not
+    resent with --resend-in-doubt (its request would go out as it was, to them too): it is
+    held in doubt, saying why, and nobody of it is texted."""
     people = numbers(4)
     jobs.people(4)
     job = jobs.job()
@@ -232,8 +226,12 @@ async def test_a_number_put_on_the_list_after_its_group_went_in_doubt_is_not_res
     assert first.in_doubt_groups == 1
     suppression_for(None).add([people[1]], "texted STOP (webhook)")
     resend = FakeClient()
-    await run_job(job, no_keys, resend, clock=FakeClock(), resend_in_doubt=True)
-    assert people[1] not in resend.sent_numbers()
+    with capture_logs() as logs:
+        again = await run_job(job, no_keys, resend, clock=FakeClock(), resend_in_doubt=True)
+    assert resend.sent_numbers() == []
+    assert again.held_groups == 1
+    [held] = [e for e in logs if e["event"] == "group.held_for_opt_out"]
+    assert held["members"] == [people[1]]
 
 
 async def test_a_stop_counts_once_when_the_planner_sees_it_before_the_look_returns(
