@@ -253,9 +253,8 @@ class Runner:
         """Take in the numbers put on the suppression list since the run last read it (an
         inbound STOP mid-run), off the loop: every group planned from then on goes without
         them (recorded ``suppressed``), and every try refuses them in a group planned before
-        (recorded opted out). A list that
-        cannot be read now is logged (``suppression.unread``) and read again at the next look:
-        the run goes on with what it read."""
+        (recorded opted out). A list that cannot be read now is logged (``suppression.unread``)
+        and read again at the next look: the run goes on with what it read."""
         suppressed = self.sender.suppressed
         try:
             new = await suppressed.off_loop(suppressed.look_again)

@@ -248,12 +248,11 @@ class Suppressed:
         return isinstance(phone, str) and phone[1:].isdigit() and int(phone[1:]) in self._numbers
 
     def among(self, phones: Sequence[str]) -> tuple[int, ...]:
-        """The positions in ``phones`` of the numbers on the list: one pass, nothing to do for
-        an empty list (asked of every group before it leaves)."""
-        listed = self._numbers
-        if not listed:
+        """The positions in ``phones`` of the numbers on the list (:meth:`__contains__`):
+        nothing to do for an empty list (asked of every group before it leaves)."""
+        if not self._numbers:
             return ()
-        return tuple(i for i, p in enumerate(phones) if p[1:].isdigit() and int(p[1:]) in listed)
+        return tuple(i for i, p in enumerate(phones) if p in self)
 
     def __len__(self) -> int:
         return len(self._numbers)
