@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -67,6 +69,20 @@ class ServerClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+@contextlib.asynccontextmanager
+async def sent_by_fake(
+    url: str, jobs: JobFactory, people: int, group_size: int
+) -> AsyncIterator[tuple[Path, Callable[[], Awaitable[TrackResult]]]]:
+    """A job of ``people`` in groups of ``group_size`` run against the fake API at ``url``:
+    its ledger, and one tracking pass of it through the same client (open until the block
+    ends), each asked as often as the test likes."""
+    jobs.people(people)
+    job = jobs.job(extra=f"group_size = {group_size}")
+    async with AiohttpMmsClient(url, KEY) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        yield job.ledger, lambda: track_ledger(job.ledger, FAST, client, clock=FakeClock())
 
 
 def status_lines(path: Path) -> list[dict[str, object]]:
@@ -184,14 +200,11 @@ async def test_messages_the_fake_api_has_not_yet_listed_are_tracked_once_it_does
     server_clock = ServerClock()
     fake.clock = server_clock
     fake.lookup_lag_s = 30.0
-    jobs.people(8)
-    job = jobs.job(extra="group_size = 4")
-    async with AiohttpMmsClient(url, KEY) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        early = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    async with sent_by_fake(url, jobs, 8, 4) as (_, track):
+        early = await track()
         assert (early.not_found, early.pending) == ([], 8)
         server_clock.t = 31
-        later = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+        later = await track()
     assert (later.statuses, later.not_found, later.pending) == ({"delivered": 8}, [], 0)
 
 
@@ -203,12 +216,9 @@ async def test_costs_the_api_writes_as_json_numbers_are_recorded_exactly(
     wrote, as for a string amount."""
     fake, url = fake_api
     fake.numeric_amounts = True
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    async with AiohttpMmsClient(url, KEY) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
-    costs = [e["cost"] for e in status_lines(job.ledger)]
+    async with sent_by_fake(url, jobs, 4, 4) as (ledger, track):
+        await track()
+    costs = [e["cost"] for e in status_lines(ledger)]
     assert costs == [{"amount": str(RATE + CARRIER_FEE_FINAL), "currency": "USD"}] * 4
 
 
@@ -453,19 +463,16 @@ async def test_track_agrees_with_the_server_recipient_by_recipient(
     server_clock = ServerClock()
     fake.clock = server_clock
     fake.delivery_status = carrier_timeline(fail_every=3, sent_after=1, final_after=5)
-    jobs.people(40)
-    job = jobs.job(extra="group_size = 8")
-    async with AiohttpMmsClient(url, KEY) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
+    async with sent_by_fake(url, jobs, 40, 8) as (ledger, track):
         server_clock.t = 2
-        first = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+        first = await track()
         assert first.statuses == {"sent": 40}
         server_clock.t = 10
-        second = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+        second = await track()
     expected = {p: "delivery_failed" if will_fail(p, 3) else "delivered" for p in numbers(40)}
-    assert {p: k.status for p, k in load(job.ledger).known.items()} == expected
+    assert {p: k.status for p, k in load(ledger).known.items()} == expected
     assert second.pending == 0
-    failed_lines = [e for e in status_lines(job.ledger) if e["status"] == "delivery_failed"]
+    failed_lines = [e for e in status_lines(ledger) if e["status"] == "delivery_failed"]
     assert failed_lines
     assert all(e["errors"] and e["source"] == "track" for e in failed_lines)
     assert all(orjson.dumps(e).startswith(b'{"event":"status"') for e in failed_lines)
@@ -561,13 +568,10 @@ async def test_members_the_api_reports_under_cc_are_tracked(
     to its final status, none left unlisted or pending."""
     fake, url = fake_api
     fake.statuses_in_cc = True
-    jobs.people(16)
-    job = jobs.job(extra="group_size = 8")
-    async with AiohttpMmsClient(url, KEY) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        result = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    async with sent_by_fake(url, jobs, 16, 8) as (ledger, track):
+        result = await track()
     assert (result.unlisted, result.pending) == ([], 0)
-    assert {p: k.status for p, k in load(job.ledger).known.items()} == dict.fromkeys(
+    assert {p: k.status for p, k in load(ledger).known.items()} == dict.fromkeys(
         numbers(16), "delivered"
     )
 
