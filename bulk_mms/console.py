@@ -172,19 +172,19 @@ _STOPS: dict[str, tuple[str, str]] = {
 def _tell_stop(s: JobSummary) -> None:
     what, then = _STOPS[s.stopped or ""]
     held = f"; {_held(s)}" if s.quiet else ""
-    fields: dict[str, Any] = (
-        {"held_recipients": dict(sorted(s.quiet.items())), "next_opening": s.next_opening}
-        if s.quiet
-        else {}
-    )
     say(
         "job.stopped",
         f"bulk-mms: {what}: {_n(s.sent_groups, 'group')} sent this run{held}; {then}",
         level="warning",
         reason=s.stopped,
         sent_groups=s.sent_groups,
-        **fields,
+        **(_held_fields(s) if s.quiet else {}),
     )
+
+
+def _held_fields(s: JobSummary) -> dict[str, Any]:
+    """The note's fields for the recipients held for their quiet hours (:func:`_held`)."""
+    return {"held_recipients": dict(sorted(s.quiet.items())), "next_opening": s.next_opening}
 
 
 def _held(s: JobSummary) -> str:
@@ -208,8 +208,7 @@ def _tell_quiet(s: JobSummary) -> int:
         f"bulk-mms: {_n(s.sent_groups, 'group')} sent this run; {_held(s)}: a run then sends them",
         level="warning",
         sent_groups=s.sent_groups,
-        held_recipients=dict(sorted(s.quiet.items())),
-        next_opening=s.next_opening,
+        **_held_fields(s),
     )
     return Exit.WINDOW
 
