@@ -572,6 +572,14 @@ class RowReader:
             line=lineno,
         )
 
+    def _may_be_utf8(self, data: bytes) -> bool:
+        """Whether a block may hold a line :meth:`_utf8_in` stops at, so it is read a line at a
+        time: one that is not ASCII while the encoding is undecided (:meth:`_utf8`), one with
+        UTF-8's bytes in it once decided (:meth:`_late_utf8`)."""
+        if not (self._sniff or self._watch) or data.isascii():
+            return False
+        return self._sniff or _UTF8_CHAR.search(data) is not None
+
     def _still_utf8(self) -> InputError | None:
         """At the file's end: the error for a file read under another encoding whose every line
         that is not ASCII (fewer than :data:`UTF8_LINES`, at least one) was valid UTF-8."""
@@ -617,15 +625,7 @@ class RowReader:
         hold no over-long line, needs no look for UTF-8 (:meth:`_utf8`, :meth:`_late_utf8`),
         holds no NUL byte and no quote after a backslash (:func:`_escaped_quotes`), else one
         line at a time (:meth:`_decoded`)."""
-        if (
-            len(data) <= MAX_LINE_BYTES
-            and not (
-                (self._sniff or self._watch)
-                and not data.isascii()
-                and (self._sniff or _UTF8_CHAR.search(data) is not None)
-            )
-            and b"\x00" not in data
-        ):
+        if len(data) <= MAX_LINE_BYTES and not self._may_be_utf8(data) and b"\x00" not in data:
             try:
                 text = data.decode(self.encoding)
             except UnicodeDecodeError:
