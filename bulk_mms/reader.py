@@ -5,19 +5,18 @@ row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
 :class:`InputError` naming the line: missing, unreadable, binary or UTF-16 (named as such, with
 how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
 are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
-they look like), a quoted field over lines that may be a quote left open, which would swallow
-the rows after it (each record over lines is judged by :mod:`bulk_mms.spans`), a file cut
-short (a compressed file that ends early, a quote still open at the end, a last line with no
-line end that has the wrong number of fields, is not JSON or ends inside a character; a whole
-last line needs no line end). A run reads the whole file once before it sends
-(:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+they look like: :mod:`bulk_mms.decoding`), a quoted field over lines that may be a quote left
+open, which would swallow the rows after it (each record over lines is judged by
+:mod:`bulk_mms.spans`), a file cut short (a compressed file that ends early, a quote still
+open at the end, a last line with no line end that has the wrong number of fields, is not
+JSON or ends inside a character; a whole last line needs no line end). A run reads the whole
+file once before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
 import errno
@@ -26,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +38,7 @@ import msgspec
 import orjson
 
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
+from bulk_mms.decoding import LineDecoder, likely_encoding, whole_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
@@ -49,14 +48,12 @@ __all__ = [
     "BLOCK_BYTES",
     "MAX_LINE_BYTES",
     "MAX_RECORD_LINES",
-    "UTF8_LINES",
     "FileStamp",
     "Row",
     "RowReader",
     "detect_format",
     "file_encoding",
     "fingerprint",
-    "likely_encoding",
     "open_input",
 ]
 
@@ -65,13 +62,9 @@ MAX_LINE_BYTES = 1 << 20
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 #: The lines after a CSV header read ahead to learn how wide its writer pads rows
 #: (:meth:`RowReader._padding`).
 PAD_LINES = 50
-#: Lines that are not ASCII, every one valid UTF-8, that show a file read under another
-#: encoding is UTF-8 (:meth:`RowReader._utf8`).
-UTF8_LINES = 3
 #: Fed to the csv module after the file's last line: a blank line, unless a quote is still
 #: open, which then runs into it (the record's last line is past the file's).
 _END = ("\n",)
@@ -181,8 +174,6 @@ class RowReader:
 
     __slots__ = (
         "_bad",
-        "_bom",
-        "_c1",
         "_csv",
         "_expect",
         "_file",
@@ -193,15 +184,10 @@ class RowReader:
         "_pad",
         "_raw",
         "_recent",
-        "_sniff",
         "_streaming",
         "_unended",
-        "_utf8_first",
-        "_utf8_lines",
-        "_watch",
         "columns",
         "complete",
-        "encoding",
         "format",
         "gzipped",
         "keep",
@@ -209,6 +195,7 @@ class RowReader:
         "path",
         "phone",
         "stamp",
+        "text",
     )
 
     def __init__(
@@ -228,21 +215,8 @@ class RowReader:
         self._expect = expect
         #: The file as it was opened (set by :meth:`open`).
         self.stamp: FileStamp | None = None
-        #: The file's text encoding (an ASCII-compatible codec's name): once the file is open,
-        #: ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked.
-        self.encoding = encoding
-        self._bom = False  # the file starts with a UTF-8 byte order mark
-        # the encoding reads bytes as C1 control characters (latin-1's 0x80-0x9F, where
-        # cp1252 has its curly quotes and euro sign): a line holding one is not text
-        self._c1 = _decodes_c1(encoding)
-        # under another encoding, until the first line that is not ASCII decides it: is the
-        # file UTF-8 after all (which that encoding would garble)?
-        self._sniff = not codecs.lookup(encoding).name.startswith("utf-8")
-        self._utf8_first: InputError | None = None  # the first line that is (see _utf8)
-        self._utf8_lines = 0
-        # once a line has shown the encoding is right, whether a later line may still be
-        # UTF-8 (a file of that encoding and a UTF-8 one joined into one: _late_utf8)
-        self._watch = False
+        #: The file's lines as text in the job's encoding (:attr:`encoding`).
+        self.text = LineDecoder(self.path, encoding)
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -289,6 +263,12 @@ class RowReader:
         # read as the values they were written from (csvfile.read_cell)
         self._ours = False
 
+    @property
+    def encoding(self) -> str:
+        """The file's text encoding (an ASCII-compatible codec's name): once the file is open,
+        ``utf-8`` for one that starts with a UTF-8 byte order mark, whatever was asked."""
+        return self.text.encoding
+
     # -- opening -------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
@@ -328,42 +308,15 @@ class RowReader:
             raise InputError(self.path, f"cannot be read: {exc}") from None
         if first is None:
             raise InputError(self.path, "is empty")
-        sample = head or first[1]
-        if b"\x00" in sample or sample.startswith(_UTF16_BOMS):
-            raise self._not_a_text_file(sample)
+        if (refused := self.text.not_a_text_file(head or first[1])) is not None:
+            raise refused
         if first[1].startswith(_BOM):
-            # The mark says UTF-8 (Excel's "CSV UTF-8" writes it): read as cp1252 it would
-            # garble every accent, and no cp1252 file starts with "ï»¿".
-            self._bom, self.encoding, self._sniff = True, "utf-8", False
+            self.text.marked_utf8()
         self._first.append(first)
         if self.format == "csv":
             self._open_csv()
         else:
             self._open_jsonl()
-
-    def _not_a_text_file(self, sample: bytes) -> InputError:
-        """The error for a file whose first bytes (``sample``) hold a NUL or a UTF-16 byte order
-        mark: UTF-16 (with its mark, or with a NUL every other byte) is named as such, since
-        Excel saves it as "Unicode Text"; anything else is binary, its first NUL's line named."""
-        odd, even = sample[1::2].count(0), sample[::2].count(0)
-        # ASCII in UTF-16: a NUL in (nearly) every byte of one parity, (nearly) none in the other
-        utf16 = max(odd, even) * 4 >= len(sample) > min(odd, even) * 16
-        if sample.startswith(_UTF16_BOMS) or utf16:
-            return InputError(
-                self.path,
-                f'is UTF-16 text (Excel\'s "Unicode Text"), not {self.encoding}: save it '
-                'from Excel as "CSV UTF-8 (Comma delimited)" and run again',
-            )
-        return self._binary(sample.count(b"\n", 0, sample.index(b"\x00")) + 1)
-
-    def _binary(self, lineno: int) -> InputError:
-        """The error for a file holding a NUL byte, first at ``lineno``."""
-        return InputError(
-            self.path,
-            f"is a binary file, not {self.encoding} text (it holds a NUL byte): if it is a "
-            'spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is damaged',
-            line=lineno,
-        )
 
     def _check_unchanged(self) -> None:
         """Only when this pass ``expect`` s a version of the file (the one a scan checked):
@@ -460,130 +413,15 @@ class RowReader:
         if not line:  # what _whole and _blocks make of an over-long line
             self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
             return "\n"
-        if (self._sniff or self._watch) and (utf8 := self._utf8_in(lineno, line)):
-            self._bad[lineno] = utf8  # raised when the rows reach it, as below
-            return "\n"
-        if b"\x00" in line:  # past the first KiB looked at on opening: a damaged file
-            self._bad[lineno] = self._binary(lineno)
-            return "\n"
-        try:
-            text = line.decode(self.encoding)
-        except UnicodeDecodeError:
-            text = None
-        if text is None or (self._c1 and _C1.search(text)):
+        text = self.text.line(lineno, line, last=lineno == self._unended)
+        if isinstance(text, InputError):
             # raised when the rows reach this line, so the rows before it come first
-            self._bad[lineno] = self._not_text(lineno, line)
+            self._bad[lineno] = text
             return "\n"
         if '\\"' in text and _escaped_quotes(text):
             self._bad[lineno] = InputError(self.path, _ESCAPED_QUOTES, line=lineno)
             return "\n"
         return text
-
-    def _not_text(self, lineno: int, line: bytes) -> InputError:
-        """The error for a line that is not text in :attr:`encoding`: the whole file stops
-        (one wrongly saved file must not become a row-by-row rejection of everyone). The
-        file's last line, with no line end, that is text but for a character cut short at its
-        end is a file cut off there (a copy that stopped), whatever it looks like."""
-        if lineno == self._unended and _cut_short(line, self.encoding):
-            return InputError(
-                self.path,
-                f"its last line ends inside a {self.encoding} character, with no line end: "
-                + CUT_OFF,
-                line=lineno,
-            )
-        looks = likely_encoding(line)
-        if codecs.lookup(looks).name == codecs.lookup(self.encoding).name:
-            hint = "the file is damaged"
-        elif self._bom:  # the encoding setting does not apply: the mark makes it UTF-8
-            hint = (
-                f"it looks like {looks}, but the file starts with a UTF-8 byte order mark, "
-                "which makes it utf-8 whatever the job says: save the whole file as UTF-8"
-            )
-        else:
-            hint = (
-                f'it looks like {looks}: set encoding = "{looks}" in the job, or save the file '
-                f"as {self.encoding}"
-            )
-        return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
-
-    def _utf8_in(self, lineno: int, line: bytes) -> InputError | None:
-        """The error to stop a file read under another encoding at ``line`` for, when the line
-        shows the file, or its rest, to be UTF-8 (:meth:`_utf8` until a line that is not ASCII
-        decides the encoding, :meth:`_late_utf8` after); else None."""
-        if line.isascii():
-            return None
-        return self._utf8(lineno, line) if self._sniff else self._late_utf8(lineno, line)
-
-    def _utf8(self, lineno: int, line: bytes) -> InputError | None:
-        """Look at a line that is not ASCII in a file read under another encoding: is the file
-        UTF-8 after all (a UTF-8 line read as cp1252 is valid, and garbled: "JosÃ©")? A line
-        that is not UTF-8 settles it: the job's encoding is right, and no line is looked at
-        again. :data:`UTF8_LINES` lines that are settle it the other way: the error to stop
-        the file with, at this line (naming the first of them). Until then None: the line is
-        read in the job's encoding, and a file that ends first is stopped at its end
-        (:meth:`_still_utf8`). One line may be the job's encoding's by chance (in cp1252, an
-        accented capital then a curly quote can be valid UTF-8); several in a row are not."""
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._sniff, self._utf8_first, self._watch = False, None, True
-            return None
-        if self._utf8_first is None:
-            self._utf8_first = InputError(
-                self.path,
-                f"looks like utf-8 text, not {self.encoding} ({self._garbled(text)}): "
-                f'set encoding = "utf-8" in the job, or save the file as {self.encoding}',
-                line=lineno,
-            )
-        self._utf8_lines += 1
-        if self._utf8_lines < UTF8_LINES:
-            return None
-        self._sniff = False
-        return self._utf8_first
-
-    def _garbled(self, text: str) -> str:
-        """How the first character of ``text`` (UTF-8) that is not ASCII reads in
-        :attr:`encoding`: ``'é' would read as 'Ã©'``."""
-        char = next(c for c in text if not c.isascii())
-        return f"{char!r} would read as {char.encode('utf-8').decode(self.encoding, 'replace')!r}"
-
-    def _late_utf8(self, lineno: int, line: bytes) -> InputError | None:
-        """Look at a line that is not ASCII in a file a line before showed to be in the job's
-        encoding (:meth:`_utf8`): the error to stop at it when it is UTF-8 (a file of that
-        encoding and a UTF-8 one joined into one, whose later names would go out garbled:
-        "JosÃ©"), else None. It is UTF-8 when its bytes are, and what they say in UTF-8 could
-        have been written in the job's encoding ("José", not "JOSɠ": cp1252's "JOSÉ" and a
-        no-break space): a line of the job's encoding that reads so would be garbled already.
-        A search of a block for UTF-8's bytes (:data:`_UTF8_CHAR`) comes first
-        (:meth:`_lines_of`): most blocks of such a file have none, and are not read a line
-        at a time for this."""
-        if _UTF8_CHAR.search(line) is None:
-            return None
-        try:
-            text = line.decode("utf-8")
-            text.encode(self.encoding)
-        except UnicodeError:
-            return None
-        return InputError(
-            self.path,
-            f"is {self.encoding} text up to here, then utf-8 ({self._garbled(text)}): were "
-            f"files saved in two encodings joined into one? Save the whole file as "
-            f'{self.encoding}, or as UTF-8 and set encoding = "utf-8" in the job',
-            line=lineno,
-        )
-
-    def _may_be_utf8(self, data: bytes) -> bool:
-        """Whether a block may hold a line :meth:`_utf8_in` stops at, so it is read a line at a
-        time: one that is not ASCII while the encoding is undecided (:meth:`_utf8`), one with
-        UTF-8's bytes in it once decided (:meth:`_late_utf8`)."""
-        if not (self._sniff or self._watch) or data.isascii():
-            return False
-        return self._sniff or _UTF8_CHAR.search(data) is not None
-
-    def _still_utf8(self) -> InputError | None:
-        """At the file's end: the error for a file read under another encoding whose every line
-        that is not ASCII (fewer than :data:`UTF8_LINES`, at least one) was valid UTF-8."""
-        return self._utf8_first if self._sniff else None
 
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
@@ -621,20 +459,18 @@ class RowReader:
 
     def _lines_of(self, data: bytes) -> list[str]:
         """``data``'s lines (whole lines, each with its newline but maybe the file's last),
-        decoded and numbered on from ``_lineno``: in one call when the block decodes, can
-        hold no over-long line, needs no look for UTF-8 (:meth:`_utf8`, :meth:`_late_utf8`),
-        holds no NUL byte and no quote after a backslash (:func:`_escaped_quotes`), else one
-        line at a time (:meth:`_decoded`)."""
-        if len(data) <= MAX_LINE_BYTES and not self._may_be_utf8(data) and b"\x00" not in data:
-            try:
-                text = data.decode(self.encoding)
-            except UnicodeDecodeError:
-                pass
-            else:
-                if not (self._c1 and _C1.search(text)) and '\\"' not in text:
-                    lines = io.StringIO(text, newline="\n").readlines()
-                    self._lineno += len(lines)
-                    return lines
+        decoded and numbered on from ``_lineno``: in one call when the block can hold no
+        over-long line, decodes as a whole (:meth:`LineDecoder.block
+        <bulk_mms.decoding.LineDecoder.block>`) and holds no quote after a backslash
+        (:func:`_escaped_quotes`), else one line at a time (:meth:`_decoded`)."""
+        if (
+            len(data) <= MAX_LINE_BYTES
+            and (text := self.text.block(data)) is not None
+            and '\\"' not in text
+        ):
+            lines = io.StringIO(text, newline="\n").readlines()
+            self._lineno += len(lines)
+            return lines
         out = []
         for line in io.BytesIO(data).readlines():
             self._lineno += 1
@@ -884,18 +720,12 @@ class RowReader:
             return RejectedRow(lineno, "", f"line is longer than {MAX_LINE_BYTES} bytes")
         if not raw.strip():
             return None
-        if (self._sniff or self._watch) and (utf8 := self._utf8_in(lineno, raw)):
-            raise utf8
+        last = lineno == self._unended
         try:
-            text = raw if self.encoding == "utf-8" else raw.decode(self.encoding)
-            if self._c1 and _C1.search(cast(str, text)):
-                raise self._not_text(lineno, raw)
-            obj = orjson.loads(text)
-        except UnicodeDecodeError:
-            raise self._not_text(lineno, raw) from None
+            obj = orjson.loads(self.text.json_text(lineno, raw, last=last))
         except orjson.JSONDecodeError as exc:
             if self.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
-                raise self._not_text(lineno, raw) from None
+                raise self.text.not_text(lineno, raw, last=last) from None
             if not raw.endswith(b"\n"):  # only the file's last line can end without one
                 raise InputError(
                     self.path,
@@ -1006,7 +836,7 @@ class RowReader:
             raise RuntimeError("RowReader used before open()")
         try:
             yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-            if (utf8 := self._still_utf8()) is not None:
+            if (utf8 := self.text.at_end()) is not None:
                 raise utf8
         except (EOFError, OSError, gzip.BadGzipFile) as exc:
             raise self._read_failed(exc) from None
@@ -1132,23 +962,6 @@ def _has_content(raw: bytes) -> bool:
     return not raw or bool(raw.strip(b" \t\r\n,\x1a"))
 
 
-def _cut_short(line: bytes, encoding: str) -> bool:
-    """Whether ``line`` is text in ``encoding`` up to a character whose first bytes end it (a
-    multi-byte character cut off)."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    try:
-        decoder.decode(line, final=False)
-    except UnicodeDecodeError:
-        return False
-    return bool(decoder.getstate()[0])
-
-
-#: A character of more than one byte in UTF-8: a block of a file in another encoding that
-#: holds none holds no UTF-8 line (:meth:`RowReader._late_utf8`).
-_UTF8_CHAR = re.compile(
-    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
-)
-
 #: Why a CSV file whose quotes are escaped with a backslash is refused (:func:`_escaped_quotes`).
 _ESCAPED_QUOTES = (
     "writes a quote inside a quoted field as \\\" (escaped with a backslash, as PHP's fputcsv "
@@ -1183,65 +996,28 @@ def _escaped_quotes(line: str) -> bool:
     return escaped is None
 
 
-#: The C1 control characters: never text. Latin-1 and the other ISO 8859 encodings read bytes
-#: 0x80-0x9F as them, where cp1252 (Excel's CSV on Windows) has its curly quotes, dashes and
-#: euro sign.
-_C1 = re.compile("[\x80-\x9f]")
-
-
-def _decodes_c1(encoding: str) -> bool:
-    """Whether ``encoding`` reads some byte as a C1 control character (latin-1 does; cp1252
-    and UTF-8 do not)."""
-    if codecs.lookup(encoding).name.startswith("utf-8"):
-        return False  # a C1 character is written in UTF-8 on purpose, never by chance
-    return _C1.search(bytes(range(0x80, 0xA0)).decode(encoding, "replace")) is not None
-
-
-#: The encodings :func:`likely_encoding` and :func:`file_encoding` try, in order (Latin-1
-#: after them takes any bytes).
-_LIKELY = ("utf-8", "cp1252")
-
-
-def likely_encoding(data: bytes) -> str:
-    """The first of UTF-8 and Windows-1252 that ``data`` is valid text in, else Latin-1."""
-    for encoding in _LIKELY:
-        try:
-            data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        return encoding
-    return "latin-1"
-
-
 def file_encoding(path: Path, chunk: int = 1 << 20) -> str:
     """The first of UTF-8 and Windows-1252 that the whole of a file (uncompressed, if its name
-    says gzip) is text in, else Latin-1 (:func:`likely_encoding`, a block at a time): the
+    says gzip) is text in, else Latin-1 (:func:`~bulk_mms.decoding.whole_encoding`): the
     encoding a job that ran on it read it in, when nothing recorded it (a ledger begun before
     its header kept it). A run refuses a file that is not text in its encoding, and one that
-    is UTF-8 under another (:meth:`RowReader._utf8`); Latin-1 takes no byte cp1252 reads
-    otherwise (:func:`_decodes_c1`).
+    is UTF-8 under another (:class:`~bulk_mms.decoding.LineDecoder`); Latin-1 takes no byte
+    cp1252 reads otherwise.
 
     Raises:
         InputError: the file cannot be opened, or is not a regular file (:func:`open_input`).
     """
-    decoders = {e: codecs.getincrementaldecoder(e)() for e in _LIKELY}
     with open_input(path) as raw:
         f = cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if detect_format(path)[1] else raw
-        try:
-            while decoders and (block := f.read(chunk)):
-                decoders = {e: d for e, d in decoders.items() if _decodes(d, block)}
-        except (EOFError, OSError, gzip.BadGzipFile):
-            pass  # a run refused the file there: what was read decides
-    return next((e for e, d in decoders.items() if _decodes(d, b"", final=True)), "latin-1")
 
+        def blocks() -> Iterator[bytes]:
+            try:
+                while block := f.read(chunk):
+                    yield block
+            except (EOFError, OSError, gzip.BadGzipFile):
+                return  # a run refused the file there: what was read decides
 
-def _decodes(decoder: codecs.IncrementalDecoder, block: bytes, *, final: bool = False) -> bool:
-    """Whether ``decoder`` takes ``block`` (the next bytes of what it was given before)."""
-    try:
-        decoder.decode(block, final)
-    except UnicodeDecodeError:
-        return False
-    return True
+        return whole_encoding(blocks())
 
 
 def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
