@@ -5,8 +5,11 @@ or the database's table, is read again for what was added, every few seconds of 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from msgspec.structs import replace
 from structlog.testing import capture_logs
@@ -15,6 +18,7 @@ from bulk_mms import suppression as suppression_module
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import AmbiguousSendError, ConfigError, ServerError
 from bulk_mms.ledger.fold import Miss
+from bulk_mms.ledger.pgsuppression import _ADDED_SINCE, _COMMIT_SLACK_S
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import SUPPRESSION_LOOK_S, run_job
@@ -263,3 +267,38 @@ async def test_a_number_another_process_added_is_late_however_this_one_read_it(
     listed.add(["+12125550004"], "opted out (40300)")
     assert listed.look_again() == []  # read in by the addition already
     assert (listed.late("+12125550003"), listed.late("+12125550001")) == (True, False)
+
+
+def _scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan, this one first."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _scans(child)
+
+
+def test_a_look_reads_the_rows_added_since_through_the_index(database: str) -> None:
+    """The look's query (what every run on every host asks every few seconds) reads a list of
+    thousands of numbers, none added lately, by the index on ``added``, not by a scan of the
+    table, as the planner chooses it from the table's statistics; and takes in a number
+    added since."""
+    listed = suppression_for(None, database)  # the schema made
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO bulk_mms_suppressions (number, reason, added) "
+            "SELECT '+1212' || (5000000 + i)::text, 'imported', now() - interval '30 days' "
+            "FROM generate_series(1, 10000) i"
+        )
+        conn.execute("ANALYZE bulk_mms_suppressions")
+        row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        plan = conn.execute(
+            f"EXPLAIN (FORMAT JSON) {_ADDED_SINCE}", (row[0], row[0], _COMMIT_SLACK_S)
+        ).fetchone()
+    assert plan is not None
+    nodes = list(_scans(plan[0][0]["Plan"]))
+    assert [n["Node Type"] for n in nodes if n["Node Type"] == "Seq Scan"] == []
+    assert "bulk_mms_suppressions_added" in {n.get("Index Name") for n in nodes}
+    listed.add(["+12125550100"], "texted STOP (webhook)")
+    other = suppression_for(None, database)
+    listed.add(["+12125550101"], "texted STOP (webhook)")
+    assert other.look_again() == ["+12125550101"]

@@ -37,6 +37,7 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize, write_failed_csv
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.suppression import suppression_for
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import (
@@ -494,6 +495,42 @@ async def test_claims_made_before_schema_8_upgrade_in_place_and_run_out_by_the_t
     finally:
         await coord.close()
         await store.close()
+
+
+def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema-9 database migrates to 10 while a look holds the list open: the index on
+    ``added`` is made valid, a current host's looks go on through it, and a host still at
+    schema 9 refuses the database from its next look on (one line, a newer bulk-mms)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bulk_mms_schema (version int NOT NULL)")
+        for version in range(1, 10):
+            conn.execute(_MIGRATIONS[version])
+            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+        conn.execute(
+            "INSERT INTO bulk_mms_suppressions (number, reason, added) "
+            "SELECT '+1212' || (5000000 + i)::text, 'imported', now() - interval '30 days' "
+            "FROM generate_series(1, 10000) i"
+        )
+    monkeypatch.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 9)
+    old = suppression_for(None, database)  # a host of a bulk-mms at schema 9, running
+    monkeypatch.undo()
+    with psycopg.connect(database) as looking, looking.transaction():
+        looking.execute("SELECT count(*) FROM bulk_mms_suppressions")  # a look in flight
+        assert migrate_url(database) == (9, SCHEMA_VERSION) == (9, 10)
+    with psycopg.connect(database) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index "
+            "WHERE indexrelid = 'bulk_mms_suppressions_added'::regclass"
+        ).fetchone()
+    assert valid == (True,)
+    current = suppression_for(None, database)
+    suppression_for(None, database).add(["+12125550100"], "texted STOP (webhook)")
+    assert current.look_again() == ["+12125550100"]
+    monkeypatch.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 9)
+    with pytest.raises(LedgerError, match="schema version 10 is from a newer bulk-mms"):
+        old.look_again()
 
 
 def test_a_password_never_shows(database: str) -> None:

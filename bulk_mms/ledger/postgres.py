@@ -75,7 +75,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -168,6 +168,18 @@ _MIGRATIONS: Final = {
             number text PRIMARY KEY,
             texted_at double precision NOT NULL
         );
+    """,
+    # Every run on every host reads the numbers added to the list since its last look, every
+    # few seconds (pgsuppression's _ADDED_SINCE): indexed, not a scan of the whole list each
+    # time. Built in this transaction, as schema 8's index is, not CONCURRENTLY (which no
+    # transaction may hold): the version is recorded with it or not at all, and a concurrent
+    # build that failed would leave an invalid index that IF NOT EXISTS takes as made. Writes
+    # to the list (a STOP taken, `suppress`), and every process's migrate (this lock), wait
+    # meanwhile: a btree on one timestamp builds about 2 million rows a second, so a list of
+    # millions is done within the lock timeout of each (pgconnect.LOCK_TIMEOUT_MS).
+    10: """
+        CREATE INDEX IF NOT EXISTS bulk_mms_suppressions_added
+            ON bulk_mms_suppressions (added);
     """,
 }
 #: When a claim ``c`` runs out: at the ``expires`` its holder set (its own lease, on the
