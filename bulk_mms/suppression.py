@@ -17,7 +17,8 @@ The list also keeps the order in which each number texted its keywords, so that 
 START delivered late (Telnyx redelivers) is judged against the latest one, by any receiver,
 after any restart: an inbound STOP's reason ends with ``at <when it was texted>``, and a START
 (or a STOP whose number is listed already) leaves a comment line ``# +NUMBER texted START
-(webhook) at <when>``, which no reader takes for a number (:meth:`Suppressed.keyword_at`). A
+(webhook) at <when>``, which no reader takes for a number (:meth:`Suppressed.keyword_at`), as
+does a STOP's line taken off the list (:meth:`Suppressed.remove`, ``texted STOP``). A
 line without a time (an older file) says nothing of the order.
 
 Every change, and every judgement that must see the file as it stands
@@ -308,17 +309,16 @@ class Suppressed:
 
     def remove(self, phones: Iterable[str]) -> list[str]:
         """Take numbers off the list (the file is rewritten in place, atomically; comment
-        lines, keyword records among them, stay)."""
+        lines, keyword records among them, stay, and a removed line whose reason says when
+        its number texted STOP leaves that as a record: :meth:`keyword_at` still orders a
+        keyword texted before it and delivered late)."""
         path = self._writable()
         with self.held():
             gone = {int(p[1:]) for p in phones if p in self}
             if not gone:
                 return []
-            keep = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if not (n := _number(line)) or int(n[1:]) not in gone
-            ]
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            keep = [_kept(line, gone) for line in lines]
             try:
                 write_whole(path, lambda f: f.write("".join(keep)), newline="")  # flushed
             except OSError as exc:
@@ -361,6 +361,17 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
 def _number(line: str) -> str | None:
     text = line.split("#", 1)[0].strip()
     return text or None
+
+
+def _kept(line: str, gone: set[int]) -> str:
+    """``line`` as :meth:`Suppressed.remove` leaves it with the numbers ``gone`` taken off:
+    a removed number's line becomes the record of its keyword time (:data:`_RECORD`) when its
+    reason carries one, else nothing; every other line as it is."""
+    number = _number(line)
+    if not number or int(number[1:]) not in gone:
+        return line
+    note = line.partition("#")[2].strip()
+    return f"# {number}  {note}\n" if texted_in(note) is not None else ""
 
 
 def _texted(line: str, phone: str) -> float | None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
-from bulk_mms.clock import iso
+from bulk_mms.clock import instant, iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError
@@ -32,7 +32,7 @@ from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import Suppressed, suppression_for
+from bulk_mms.suppression import Suppressed, opted_out, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
     MAX_EVENT_BODY,
@@ -1039,6 +1039,34 @@ async def test_a_restarted_receiver_on_the_table_ignores_a_start_texted_before_t
     early, later = (inbound("START", at=f"2026-11-23T10:{m}:00Z") for m in ("00", "10"))
     assert await keywords_through(jobs, where, early, later) == [(False, False), (False, True)]
     assert suppression_for(None, where).numbers() == []
+
+
+@pytest.mark.parametrize("kind", ["file", "table"])
+async def test_a_stop_taken_off_by_hand_still_orders_a_start_texted_before_it(
+    jobs: JobFactory, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A STOP texted at 10:05, taken off the list by hand (``suppress remove``), keeps its
+    time: the number put back by a 40300 (no time in that reason) is not lifted by a START
+    texted at 10:00 and delivered late, and is by one texted at 10:10."""
+    where: Path | str = tmp_path / "suppressed.txt"
+    if kind == "table":
+        where = f"{request.getfixturevalue('database')}?ledger=keywords"
+
+    def listed() -> Suppressed:
+        return suppression_for(None, where) if isinstance(where, str) else Suppressed(where)
+
+    phone = "+12125550002"
+    assert await keywords_through(jobs, where, inbound("STOP", at="2026-11-23T10:05:00Z")) == [
+        (True, False)
+    ]
+    assert listed().remove([phone]) == [phone]
+    assert listed().keyword_at(phone) == instant("2026-11-23T10:05:00Z")
+    assert listed().add([phone], opted_out("40300")) == [phone]
+    early, later = (inbound("START", at=f"2026-11-23T10:{m}:00Z") for m in ("00", "10"))
+    assert await keywords_through(jobs, where, early) == [(False, False)]
+    assert listed().numbers() == [phone]
+    assert await keywords_through(jobs, where, later) == [(False, True)]
+    assert listed().numbers() == []
 
 
 #: Posts a body to one of two receivers (0 or 1): its answer's (suppressed, lifted).

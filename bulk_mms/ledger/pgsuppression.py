@@ -140,13 +140,21 @@ class PostgresSuppressed(Suppressed):
         return bool(self._run(_KEYWORD, (phone, texted)))
 
     def remove(self, phones: Iterable[str]) -> list[str]:
-        """Delete the numbers the table holds (as it stands); the ones removed."""
+        """Delete the numbers the table holds (as it stands); the ones removed. A removed
+        row whose reason says when its number texted STOP leaves that time in
+        ``bulk_mms_keywords`` (:meth:`keyword_at` still orders a keyword texted before it and
+        delivered late), under :meth:`held`."""
         given = list(dict.fromkeys(phones))
         if not given:
             return []
-        rows = self._run(
-            "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) RETURNING number", (given,)
-        )
+        with self.held():  # no receiver judges a keyword between the two
+            rows = self._run(
+                "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) RETURNING number, reason",
+                (given,),
+            )
+            for number, reason in rows:
+                if (stop := texted_in(str(reason))) is not None:
+                    self.record_keyword(str(number), str(reason), stop)
         self._numbers -= {int(p[1:]) for p in given}
         return sorted(str(r[0]) for r in rows)
 
