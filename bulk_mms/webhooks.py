@@ -52,7 +52,16 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import msgspec.structs
@@ -181,18 +190,18 @@ def _short(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
 
 
-class WebhookReceiver:
-    """The aiohttp handler; keeps the ledger's view current as events come in."""
+class _Receiver:
+    """What every receiver does with a request before a ledger is involved: the aiohttp
+    handler (:meth:`handle`: verify, parse, take a keyword onto the suppression list, one
+    delivery of an event at a time), and the bounded look again (:meth:`_look_again`) for
+    what a ledger does not hold yet. A delivery report goes to :meth:`_delivery`."""
 
     def __init__(
         self,
-        view: LedgerView,
-        store: LedgerStore,
         key: Ed25519PublicKey,
         *,
         clock: Clock | None = None,
         suppressed: Suppressed | None = None,
-        reopen: Callable[[], LedgerStore] | None = None,
         settings: Settings | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -204,18 +213,11 @@ class WebhookReceiver:
         #: error table (``[errors]``: which codes say a member opted out, which send a member
         #: again), the carriers' reset, and the keywords that opt out and back in.
         self.settings = settings or Settings()
-        #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
-        #: request that writes works on a fresh one (None: it stays failed, every write a 503).
-        self.reopen = reopen
-        self.view = view
-        self.store = store
-        store.on_kept_back(view.kept_back)  # a move the shared ledger did not write
         self.key = key
         self.clock: Clock = clock or SystemClock()
-        self.recorded = 0
         self.rejected = 0
-        #: Events for messages this ledger did not send (or whose id it never learnt), after
-        #: the late window: acknowledged, counted, never recorded.
+        #: Events for messages no ledger here sent (or whose id none learnt), after the late
+        #: window: acknowledged, counted, never recorded.
         self.unmatched = 0
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
@@ -223,11 +225,11 @@ class WebhookReceiver:
         #: Events being handled now, each with what is set once it is done (:meth:`_alone`).
         self._busy: dict[str, asyncio.Future[None]] = {}
 
-    def __repr__(self) -> str:
-        return (
-            f"<WebhookReceiver {self.store.name} recorded={self.recorded} "
-            f"unmatched={self.unmatched}>"
-        )
+    async def _delivery(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> web.Response:
+        """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
+        raise NotImplementedError
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_EVENT_BODY)
@@ -292,60 +294,6 @@ class WebhookReceiver:
         finally:
             del self._busy[event_id]
             done.set_result(None)
-
-    async def _delivery(
-        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
-    ) -> web.Response:
-        """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
-        if event_id in self.view.webhook_ids:
-            log.debug("webhook.duplicate", id=_short(event_id))
-            return web.json_response({"ok": True, "duplicate": True})
-        occurred_at = status_stamp(data.get("occurred_at"))
-        # an id that is not one (too long, a line end, an escape) names no message: the event
-        # is never matched by it, nor learnt as a recipient's own id
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
-        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
-        try:
-            self.ready()
-            statuses = self._statuses(payload, message_id, event_type)
-            matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
-            recorded = await self.record(event_id, matched, message_id, occurred_at)
-        except LedgerError as exc:
-            # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
-            _write_failed(event_id, exc)
-            return web.json_response({"error": "the ledger cannot be written now"}, status=503)
-        self.view.webhook_ids.add(event_id)
-        if unknown and message_id is None:
-            self._unmatched(event_id, message_id, unknown)
-            unknown = []
-        elif unknown:
-            # the run may not have written this group's `sent` line yet (a webhook can beat it)
-            later = self.match_later(
-                event_id,
-                unknown,
-                message_id,
-                occurred_at,
-                sent_from,
-                reread=functools.partial(self._statuses, payload, message_id, event_type),
-                done={st.phone for _, st in matched},
-            )
-            task = asyncio.create_task(later)
-            self._later.add(task)
-            task.add_done_callback(self._later.discard)
-        log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
-        return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
-
-    def _statuses(
-        self, payload: object, message_id: str | None, event_type: str
-    ) -> tuple[RecipientStatus, ...]:
-        """The reports an event's payload carries, as the ledger stands now: ``cc`` is read
-        only from a group's own message (a recipient's lists the others), so an event that
-        beat its group's ``sent`` line is read again once the line lands; the cost only from
-        ``message.finalized`` (the others' is an estimate)."""
-        statuses = parse_statuses(payload, self._own_group_id(message_id))
-        if event_type != FINALIZED:
-            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
-        return statuses
 
     def _keyword_from(self, payload: object, words: Container[str]) -> str | None:
         """The sender of an inbound message that is one of ``words`` (case and spaces
@@ -420,6 +368,143 @@ class WebhookReceiver:
         lifted = bool(self.suppressed.remove([phone]))
         log.info("webhook.opt_in", recipient=phone, lifted=lifted)
         return lifted
+
+    def _unmatched(
+        self, event_id: str, message_id: str | None, unknown: Sequence[RecipientStatus]
+    ) -> None:
+        """An event for a message this ledger did not send: counted and dropped."""
+        self.unmatched += 1
+        log.warning(
+            "webhook.unmatched",
+            id=_short(event_id),
+            message_id=message_id,
+            recipients=len(unknown),
+            unmatched=self.unmatched,
+        )
+
+    async def _look_again(self, look: Callable[[], Awaitable[bool]]) -> bool:
+        """Call ``look`` every :data:`LATE_POLL_S` seconds until it says it found all it
+        looks for, for :attr:`late_window_s` at most (a webhook can beat the run's ``sent``
+        line); a receiver stopping takes one last look at once. Whether ``look`` found all."""
+        deadline = self.clock.monotonic() + self.late_window_s
+        last = False
+        while self.clock.monotonic() < deadline and not last:
+            await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
+            last = self._stopping()  # this look is the last
+            if await look():
+                return True
+        return False
+
+    def _in_background(self, later: Coroutine[Any, Any, None]) -> None:
+        """Run ``later`` (a look again, the request answered already) until it is done, or
+        the receiver closes (:meth:`settle`, :meth:`close`)."""
+        task = asyncio.create_task(later)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    async def settle(self) -> None:
+        """Wait until every event still being looked for is matched or counted unmatched."""
+        while self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop waiting for late matches."""
+        for task in list(self._later):
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
+
+    def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
+        self.rejected += 1
+        log.warning("webhook.rejected", reason=reason, remote=request.remote, status=status)
+        return web.json_response(
+            {"error": "unauthorized" if status == 401 else reason}, status=status
+        )
+
+
+class WebhookReceiver(_Receiver):
+    """The receiver of one ledger; keeps the ledger's view current as events come in."""
+
+    def __init__(
+        self,
+        view: LedgerView,
+        store: LedgerStore,
+        key: Ed25519PublicKey,
+        *,
+        clock: Clock | None = None,
+        suppressed: Suppressed | None = None,
+        reopen: Callable[[], LedgerStore] | None = None,
+        settings: Settings | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        super().__init__(key, clock=clock, suppressed=suppressed, settings=settings, stop=stop)
+        #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
+        #: request that writes works on a fresh one (None: it stays failed, every write a 503).
+        self.reopen = reopen
+        self.view = view
+        self.store = store
+        store.on_kept_back(view.kept_back)  # a move the shared ledger did not write
+        self.recorded = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<WebhookReceiver {self.store.name} recorded={self.recorded} "
+            f"unmatched={self.unmatched}>"
+        )
+
+    async def _delivery(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> web.Response:
+        """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
+        if event_id in self.view.webhook_ids:
+            log.debug("webhook.duplicate", id=_short(event_id))
+            return web.json_response({"ok": True, "duplicate": True})
+        occurred_at = status_stamp(data.get("occurred_at"))
+        # an id that is not one (too long, a line end, an escape) names no message: the event
+        # is never matched by it, nor learnt as a recipient's own id
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
+        try:
+            self.ready()
+            statuses = self._statuses(payload, message_id, event_type)
+            matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
+            recorded = await self.record(event_id, matched, message_id, occurred_at)
+        except LedgerError as exc:
+            # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
+            _write_failed(event_id, exc)
+            return web.json_response({"error": "the ledger cannot be written now"}, status=503)
+        self.view.webhook_ids.add(event_id)
+        if unknown and message_id is None:
+            self._unmatched(event_id, message_id, unknown)
+            unknown = []
+        elif unknown:
+            # the run may not have written this group's `sent` line yet (a webhook can beat it)
+            later = self.match_later(
+                event_id,
+                unknown,
+                message_id,
+                occurred_at,
+                sent_from,
+                reread=functools.partial(self._statuses, payload, message_id, event_type),
+                done={st.phone for _, st in matched},
+            )
+            self._in_background(later)
+        log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
+        return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
+
+    def _statuses(
+        self, payload: object, message_id: str | None, event_type: str
+    ) -> tuple[RecipientStatus, ...]:
+        """The reports an event's payload carries, as the ledger stands now: ``cc`` is read
+        only from a group's own message (a recipient's lists the others), so an event that
+        beat its group's ``sent`` line is read again once the line lands; the cost only from
+        ``message.finalized`` (the others' is an estimate)."""
+        statuses = parse_statuses(payload, self._own_group_id(message_id))
+        if event_type != FINALIZED:
+            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
+        return statuses
 
     def match(
         self,
@@ -590,58 +675,32 @@ class WebhookReceiver:
         reread: Callable[[], Sequence[RecipientStatus]] | None = None,
         done: Iterable[str] = (),
     ) -> None:
-        """Look for reports' recipients again for a while as the ledger grows; then give up
-        (at once when the receiver stops: one last look, then the rest are unmatched).
-        ``reread``: the event's reports read again as the ledger stands (its group's own
-        message, once the group's ``sent`` line lands, reports members under ``cc`` too,
-        which were not read before); those matched already (``done``) are not again."""
-        deadline = self.clock.monotonic() + self.late_window_s
+        """Look for reports' recipients again for a while as the ledger grows
+        (:meth:`_look_again`); then give up. ``reread``: the event's reports read again as
+        the ledger stands (its group's own message, once the group's ``sent`` line lands,
+        reports members under ``cc`` too, which were not read before); those matched already
+        (``done``) are not again."""
         matched_before = set(done)
-        last = False
-        while unknown and self.clock.monotonic() < deadline and not last:
-            await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
-            last = self._stopping()  # this look is the last
+        left = unknown
+
+        async def look() -> bool:
+            nonlocal left
             try:
                 self.ready()
                 if reread is not None:
-                    unknown = [st for st in reread() if st.phone not in matched_before]
-                matched, rest = self.match(unknown, message_id, sent_from, occurred_at)
+                    left = [st for st in reread() if st.phone not in matched_before]
+                matched, rest = self.match(left, message_id, sent_from, occurred_at)
                 await self.record(event_id, matched, message_id, occurred_at)
             except LedgerError as exc:
                 # answered already, so nobody redelivers: look for them again at the next poll
                 _write_failed(event_id, exc)
-                continue
+                return False
             matched_before.update(st.phone for _, st in matched)
-            unknown = rest
-        if unknown:
-            self._unmatched(event_id, message_id, unknown)
+            left = rest
+            return not left
 
-    def _unmatched(
-        self, event_id: str, message_id: str | None, unknown: Sequence[RecipientStatus]
-    ) -> None:
-        """An event for a message this ledger did not send: counted and dropped."""
-        self.unmatched += 1
-        log.warning(
-            "webhook.unmatched",
-            id=_short(event_id),
-            message_id=message_id,
-            recipients=len(unknown),
-            unmatched=self.unmatched,
-        )
-
-    def _stopping(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
-
-    async def settle(self) -> None:
-        """Wait until every event still being looked for is matched or counted unmatched."""
-        while self._later:
-            await asyncio.gather(*self._later, return_exceptions=True)
-
-    async def close(self) -> None:
-        """Stop waiting for late matches."""
-        for task in list(self._later):
-            task.cancel()
-        await asyncio.gather(*self._later, return_exceptions=True)
+        if unknown and not await self._look_again(look):
+            self._unmatched(event_id, message_id, left)
 
     def refresh(self) -> None:
         """Take in what has been written since (a run may still be sending)."""
@@ -703,13 +762,6 @@ class WebhookReceiver:
         gid = self.view.by_message_id.get(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         return gid if rec is not None and rec.outcome == SENT else None
-
-    def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
-        self.rejected += 1
-        log.warning("webhook.rejected", reason=reason, remote=request.remote, status=status)
-        return web.json_response(
-            {"error": "unauthorized" if status == 401 else reason}, status=status
-        )
 
 
 class _ServerLog(logging.Filter):

@@ -145,6 +145,9 @@ class JobConfig(msgspec.Struct, frozen=True):
     max_rejected_share: float = 0.05
     #: Whether the ledger's name holds ``{date}`` (a new ledger, so a new campaign, each day).
     dated_ledger: bool = False
+    #: The job file's ``ledger`` as written (``{name}`` and ``{date}`` unfilled), which
+    #: :meth:`ledger_on` fills for any day; None: the job's ledger is ``where`` every day.
+    ledger_template: str | None = None
 
     @property
     def where(self) -> Location:
@@ -154,6 +157,15 @@ class JobConfig(msgspec.Struct, frozen=True):
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    def ledger_on(self, day: dt.date) -> Location:
+        """The job's ledger for ``day`` (its ``{date}``, a date in the job's ``timezone``), as
+        ``where`` is today's; ``where`` itself for a job given another ledger than its
+        file's."""
+        if self.ledger_template is None:
+            return self.where
+        text = self.ledger_template.format(name=self.name, date=day.isoformat())
+        return _where(text, self.name, self.path.parent)
 
     @property
     def grouping(self) -> str:
@@ -281,13 +293,13 @@ def load_job(
         )
     if group_by is None and not mix_unrelated and group_size > 1:
         raise top.error("group_by", GROUPING_CHOICE)
-    base = path.parent
+    where = _where(ledger, name, path.parent)
     return JobConfig(
         name=name,
         path=path,
         input=input_path,
-        ledger=base / (f"ledgers/{name}.jsonl" if is_database(ledger) else ledger),
-        database=str(named(ledger, name)) if is_database(ledger) else None,
+        ledger=path.parent / (f"ledgers/{name}.jsonl" if is_database(ledger) else ledger),
+        database=where if isinstance(where, str) else None,
         timezone=timezone,
         send_window=window,
         max_cost=max_cost,
@@ -304,6 +316,7 @@ def load_job(
         encoding=encoding,
         max_rejected_share=max_rejected_share,
         dated_ledger="{date}" in (top.str_("ledger") or ""),
+        ledger_template=top.str_("ledger") or "ledgers/{name}.jsonl",
     )
 
 
@@ -370,6 +383,12 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
     except ValueError as exc:
         raise top.error("ledger", str(exc)) from None
     return ledger
+
+
+def _where(ledger: str, name: str, base: Path) -> Location:
+    """A filled-in ``ledger`` setting as a location: the database's ledger (named after the
+    job unless the URL names one), else the file, relative to the job's folder ``base``."""
+    return str(named(ledger, name)) if is_database(ledger) else base / ledger
 
 
 def _encoding(name: str, top: Table) -> str:
