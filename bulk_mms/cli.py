@@ -241,10 +241,21 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     _metrics_flag(track)
 
     hooks = sub.add_parser(
-        "webhooks", help="receive delivery webhooks into a ledger", parents=[common]
+        "webhooks",
+        help="receive delivery webhooks into a ledger, or into a job's ledgers of each day",
+        parents=[common],
     )
     hooks.add_argument("ledger", type=_ledger, nargs="?", help=LEDGER_HELP)
     hooks.add_argument("--ledger", type=_ledger, dest="ledger_option", help=argparse.SUPPRESS)
+    hooks.add_argument(
+        "--job",
+        type=Path,
+        metavar="JOB.toml",
+        help="instead of LEDGER: record into the job's ledgers; for a ledger named with "
+        "{date} (a new one each day), today's and those of the days before whose messages "
+        "may still be reported on (docs/tracking.md), each report into the one that sent "
+        "its message; a day's ledger is taken in once its first run has begun it",
+    )
     hooks.add_argument(
         "--listen",
         required=True,

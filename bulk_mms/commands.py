@@ -616,34 +616,62 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError("--listen", f"{args.listen!r} is not HOST:PORT (e.g. 0.0.0.0:8080)")
     ledger = args.ledger or args.ledger_option
-    if ledger is None:
-        raise ConfigError("LEDGER", "name the ledger to record into: bulk-mms webhooks LEDGER")
+    if ledger is not None and args.job is not None:
+        raise ConfigError("--job", "records into the job's ledgers: drop LEDGER, or drop --job")
+    if ledger is None and args.job is None:
+        raise ConfigError(
+            "LEDGER",
+            "name the ledger to record into: bulk-mms webhooks LEDGER, or the job whose "
+            "ledgers it is: bulk-mms webhooks --job JOB.toml",
+        )
     with needs("webhooks", "bulk-mms webhooks"):
         from bulk_mms.webhooks import (  # noqa: PLC0415 - aiohttp's server and cryptography
             PUBLIC_KEY_ENV,
             load_public_key,
+            serve_job_webhooks,
             serve_webhooks,
         )
 
+    job = _webhooks_job(args.job) if args.job is not None else None
     key = load_public_key(os.environ.get(PUBLIC_KEY_ENV))
     path = find_config(args.config)
     settings = load_settings(path) if path else Settings()
+    listen = (host.strip("[]") or "0.0.0.0", int(port_text))  # noqa: S104 - ":PORT": every interface
+    suppressed = suppression_for(settings.suppression_file, job.where if job else ledger)
 
     async def serve() -> None:
         stop = Stop()
         with stopping_on_signals(stop, DRAIN_GRACE_S, cancel_on_force=True):
-            await serve_webhooks(
-                ledger,
-                host.strip("[]") or "0.0.0.0",  # noqa: S104 - ":PORT" asks for every interface
-                int(port_text),
-                key,
-                stop,
-                suppressed=suppression_for(settings.suppression_file, ledger),
-                settings=settings,
-            )
+            if job is not None:
+                await serve_job_webhooks(
+                    job, *listen, key, stop, suppressed=suppressed, settings=settings
+                )
+            else:
+                await serve_webhooks(
+                    ledger, *listen, key, stop, suppressed=suppressed, settings=settings
+                )
 
     asyncio.run(serve())
     return Exit.OK
+
+
+def _webhooks_job(path: Path) -> JobConfig:
+    """The job ``webhooks --job`` serves: its file's ledgers, one a day when the ledger holds
+    ``{date}``, or the one ``$BULK_MMS_LEDGER_URL`` names, as a run takes it.
+
+    Raises:
+        ConfigError: the job file is wrong, or the variable names no dated ledger for a job
+            whose ledger holds ``{date}`` (:func:`_refuse_undated_database`).
+    """
+    job = load_job(path)
+    if where := os.environ.get(LEDGER_URL_ENV):
+        try:
+            given = location(where)
+        except ValueError as exc:
+            raise ConfigError(LEDGER_URL_ENV, str(exc)) from None
+        _refuse_undated_database(job, given, LEDGER_URL_ENV)
+        job = replace(_with_ledger(job, given), ledger_template=None)
+    return job
 
 
 def cmd_report(args: argparse.Namespace) -> int:

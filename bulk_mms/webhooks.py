@@ -40,6 +40,10 @@ records it (so across restarts, and between receivers sharing the list's file): 
 changes nothing. A keyword the list cannot take (or a report the ledger cannot) gets 503, so
 Telnyx delivers it again.
 
+A job whose ledger is a new one each day (``{date}``) has one receiver for all its days
+(:class:`JobReceiver`, ``webhooks --job``): each of its open ledgers matches and records as
+above, an event in the ledger that sent its message, and a keyword is taken once.
+
 Nothing of a request's headers is logged, not even by aiohttp's server (:func:`server_log`).
 """
 
@@ -49,8 +53,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import functools
 import logging
+import math
 import re
 from collections.abc import (
     AsyncIterator,
@@ -76,11 +82,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
-from bulk_mms.config import Settings
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_time, open_store
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
+from bulk_mms.ledger.store import display, exists, is_database
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, opted_out_in, report_action
 from bulk_mms.suppression import (
@@ -755,6 +762,13 @@ class WebhookReceiver(_Receiver):
             return None
         return message_id
 
+    def knows(self, message_id: str) -> bool:
+        """Whether ``message_id`` is of a group this ledger sent (the group's own, or a
+        recipient's learnt), reading what was written since if need be."""
+        if self._group_for(message_id) is None:
+            self.refresh()
+        return self._group_for(message_id) is not None
+
     def _group_for(self, message_id: str | None) -> str | None:
         """The sent group a message id is of (its own, or one of its recipients'), if any."""
         if message_id is None:
@@ -762,6 +776,220 @@ class WebhookReceiver(_Receiver):
         gid = self.view.by_message_id.get(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         return gid if rec is not None and rec.outcome == SENT else None
+
+
+#: How many dates before today a job's dated ledgers stay open (:class:`JobReceiver`): an
+#: event is taken for a send within :data:`LEARN_WINDOW_S` of it, so a message sent just
+#: before midnight is reported on until that many dates after its ledger's. Older messages'
+#: reports are ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
+DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400)
+
+
+class JobReceiver(_Receiver):
+    """The receiver of a job whose ledger is a new one each day (``{date}``): it serves the
+    job's ledgers of today and the :data:`DAYS_BACK` dates before (dates in the job's time
+    zone) that exist, each through a :class:`WebhookReceiver` of its own (:attr:`ledgers`),
+    which matches and records an event as it does alone. An event goes to the ledger that
+    sent its message (:meth:`_sender`). One that no open ledger knows makes it look for
+    ledgers begun since (today's, once the day's run has begun it; a new date's after
+    midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
+    counted unmatched. A keyword reaches the suppression list once, whatever the ledgers.
+    A ledger past :data:`DAYS_BACK` is closed."""
+
+    def __init__(
+        self,
+        ledger_on: Callable[[dt.date], Location],
+        zone: dt.tzinfo,
+        key: Ed25519PublicKey,
+        *,
+        clock: Clock | None = None,
+        suppressed: Suppressed | None = None,
+        settings: Settings | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        super().__init__(key, clock=clock, suppressed=suppressed, settings=settings, stop=stop)
+        #: The job's ledger for a date (:meth:`~bulk_mms.config.job.JobConfig.ledger_on`).
+        self.ledger_on = ledger_on
+        self.zone = zone
+        #: The open ledgers' receivers by location, each with the date it is the ledger of.
+        self.ledgers: dict[str, tuple[dt.date, WebhookReceiver]] = {}
+        self._today: dt.date | None = None
+        #: When :meth:`roll` last looked for ledgers begun since (monotonic).
+        self._looked = -math.inf
+        #: What the ledgers closed had recorded.
+        self._recorded_before = 0
+        #: Events answered that no open ledger knew (a redelivery is a duplicate).
+        self._answered: set[str] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<JobReceiver {len(self.ledgers)} ledgers recorded={self.recorded} "
+            f"unmatched={self.unmatched}>"
+        )
+
+    @property
+    def recorded(self) -> int:
+        """Reports recorded, into every ledger served."""
+        return self._recorded_before + sum(r.recorded for _, r in self.ledgers.values())
+
+    def today(self) -> dt.date:
+        """Today's date in the job's time zone, by the receiver's clock."""
+        return dt.datetime.fromtimestamp(self.clock.wall(), self.zone).date()
+
+    async def roll(self, *, look: bool = False) -> None:
+        """Have open the job's ledgers of today and the :data:`DAYS_BACK` dates before that
+        exist, and no others: done when the date has changed since, and with ``look`` to
+        find ledgers begun since (at most once every :data:`LATE_POLL_S`)."""
+        today, now = self.today(), self.clock.monotonic()
+        look = look and now - self._looked >= LATE_POLL_S
+        if today == self._today and not look:
+            return
+        self._today = today
+        if look:
+            self._looked = now
+        wanted: dict[str, tuple[dt.date, Location]] = {}
+        for back in range(DAYS_BACK + 1):
+            day = today - dt.timedelta(days=back)
+            where = self.ledger_on(day)
+            wanted.setdefault(str(where), (day, where))  # one ledger for every day: its newest
+        for name in [name for name in self.ledgers if name not in wanted]:
+            await self._close(name)
+        for name, (day, where) in wanted.items():
+            if name in self.ledgers:
+                self.ledgers[name] = (day, self.ledgers[name][1])
+            elif (receiver := self._open(where)) is not None:
+                self.ledgers[name] = (day, receiver)
+
+    def _open(self, where: Location) -> WebhookReceiver | None:
+        """A receiver of the ledger at ``where``; None while there is none (its day's run
+        has not begun it) or it cannot be opened now (logged; looked for again later)."""
+        try:
+            if not exists(where):
+                return None
+            store = open_store(where, "append")
+        except LedgerError as exc:
+            log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
+            return None
+        try:
+            view = store.fold()
+        except LedgerError as exc:
+            store.close_sync()
+            log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
+            return None
+        receiver = WebhookReceiver(
+            view,
+            store,
+            self.key,
+            clock=self.clock,
+            suppressed=self.suppressed,
+            reopen=functools.partial(open_store, where, "append"),
+            settings=self.settings,
+            stop=self.stop,
+        )
+        receiver.late_window_s = self.late_window_s
+        log.info("webhooks.ledger_opened", ledger=store.name, groups=len(view.groups))
+        return receiver
+
+    async def _close(self, name: str) -> None:
+        _, receiver = self.ledgers.pop(name)
+        await receiver.close()
+        await receiver.store.close()
+        self._recorded_before += receiver.recorded
+        log.info("webhooks.ledger_closed", ledger=receiver.store.name)
+
+    def _sender(
+        self, event_type: str, data: dict[str, Any], payload: object
+    ) -> WebhookReceiver | None:
+        """The open ledger that sent the message an event is about: the one that knows its
+        id (a group's own, or a recipient's learnt) if any; else the newest whose recipient
+        the event's id is learnt for (:meth:`WebhookReceiver.match`), as a recipient of an
+        older ledger has long learnt its id from the events that followed that send. None:
+        no open ledger sent it.
+
+        Raises:
+            LedgerError: a ledger cannot be read.
+        """
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        if message_id is None:
+            return None
+        newest = [r for _, r in sorted(self.ledgers.values(), key=lambda d: d[0], reverse=True)]
+        for receiver in newest:
+            receiver.ready()
+            if receiver.knows(message_id):
+                return receiver
+        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
+        occurred_at = status_stamp(data.get("occurred_at"))
+        for receiver in newest:
+            statuses = receiver._statuses(payload, message_id, event_type)
+            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
+                return receiver
+        return None
+
+    async def _delivery(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> web.Response:
+        """The answer to a ``message.sent`` or ``message.finalized``: the ledger that sent its
+        message records it (:meth:`WebhookReceiver._delivery`); none yet, it is looked for
+        again (:meth:`_find_later`)."""
+        if event_id in self._answered:
+            log.debug("webhook.duplicate", id=_short(event_id))
+            return web.json_response({"ok": True, "duplicate": True})
+        try:
+            await self.roll()
+            ledger = self._sender(event_type, data, payload)
+            if ledger is None:
+                await self.roll(look=True)  # begun since: today's, once its run began
+                ledger = self._sender(event_type, data, payload)
+        except LedgerError as exc:
+            _write_failed(event_id, exc)
+            return web.json_response({"error": "the ledger cannot be read now"}, status=503)
+        if ledger is not None:
+            return await ledger._delivery(event_id, event_type, data, payload)
+        self._answered.add(event_id)
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        reports = parse_statuses(payload)
+        if message_id is None:
+            self._unmatched(event_id, message_id, reports)
+        else:
+            self._in_background(self._find_later(event_id, event_type, data, payload))
+        log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
+        pending = len(reports) if message_id is not None else 0
+        return web.json_response({"ok": True, "recorded": 0, "pending": pending})
+
+    async def _find_later(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> None:
+        """Look again for the ledger that sent an event's message, among those begun since
+        too (:meth:`_look_again`), and have it record the event; else count it unmatched."""
+
+        async def look() -> bool:
+            try:
+                await self.roll(look=True)
+                ledger = self._sender(event_type, data, payload)
+            except LedgerError as exc:
+                _write_failed(event_id, exc)
+                return False
+            if ledger is None:
+                return False
+            answer = await ledger._delivery(event_id, event_type, data, payload)
+            return answer.status < 500  # a write that failed: the next look tries again
+
+        if not await self._look_again(look):
+            message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+            self._unmatched(event_id, message_id, parse_statuses(payload))
+
+    async def settle(self) -> None:
+        """Wait until every event still being looked for, here or by a ledger, is recorded
+        or counted unmatched."""
+        await super().settle()
+        for _, receiver in list(self.ledgers.values()):
+            await receiver.settle()
+
+    async def close(self) -> None:
+        """Stop waiting for late matches, and close every ledger."""
+        await super().close()
+        for name in list(self.ledgers):
+            await self._close(name)
 
 
 class _ServerLog(logging.Filter):
@@ -825,6 +1053,86 @@ async def serve_webhooks(
         settings=settings,
         stop=stop,
     )
+    try:
+        await _listen(
+            receiver,
+            host,
+            port,
+            stop,
+            started,
+            ledger=store.name,
+            groups=len(receiver.view.groups),
+        )
+    finally:
+        await receiver.close()
+        await receiver.store.close()
+    _stopped(receiver.recorded, receiver)
+    return receiver
+
+
+async def serve_job_webhooks(
+    job: JobConfig,
+    host: str,
+    port: int,
+    key: Ed25519PublicKey,
+    stop: asyncio.Event,
+    *,
+    started: Callable[[str], None] | None = None,
+    suppressed: Suppressed | None = None,
+    settings: Settings | None = None,
+) -> JobReceiver:
+    """Listen on ``host:port`` until ``stop`` is set for a job whose ledger is a new one each
+    day (:class:`JobReceiver`, on the job's :meth:`~bulk_mms.config.job.JobConfig.ledger_on`
+    in its time zone); return the receiver (for its counts). None of its ledgers need exist
+    yet.
+
+    Raises:
+        LedgerError: the job's ledgers are a database's that cannot be reached.
+        ConfigError: the address cannot be listened on.
+    """
+    clock = SystemClock(stop)
+    if is_database(where := job.where):  # its time, as the job's runs keep it
+        await keep_database_time(clock, str(where))
+    receiver = JobReceiver(
+        job.ledger_on,
+        job.zone,
+        key,
+        clock=clock,
+        suppressed=suppressed,
+        settings=settings,
+        stop=stop,
+    )
+    try:
+        await receiver.roll()
+        await _listen(
+            receiver,
+            host,
+            port,
+            stop,
+            started,
+            ledger=display(where),
+            ledgers=[r.store.name for _, r in receiver.ledgers.values()],
+        )
+    finally:
+        await receiver.close()
+    _stopped(receiver.recorded, receiver)
+    return receiver
+
+
+async def _listen(
+    receiver: _Receiver,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    started: Callable[[str], None] | None,
+    **fields: object,
+) -> None:
+    """Serve ``receiver`` on ``host:port`` until ``stop`` is set (``fields``: what the
+    ``webhooks.listening`` line says of its ledgers).
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
     runner = web.AppRunner(
         receiver.app(), access_log=None, handle_signals=False, logger=server_log()
     )
@@ -838,23 +1146,18 @@ async def serve_webhooks(
             ) from None
         bound = runner.addresses[0]
         address = f"{bound[0]}:{bound[1]}"
-        log.info(
-            "webhooks.listening",
-            address=address,
-            ledger=store.name,
-            groups=len(receiver.view.groups),
-        )
+        log.info("webhooks.listening", address=address, **fields)
         if started is not None:
             started(address)
         await stop.wait()
     finally:
         await runner.cleanup()
-        await receiver.close()
-        await receiver.store.close()
+
+
+def _stopped(recorded: int, receiver: _Receiver) -> None:
     log.info(
         "webhooks.stopped",
-        recorded=receiver.recorded,
+        recorded=recorded,
         rejected=receiver.rejected,
         unmatched=receiver.unmatched,
     )
-    return receiver

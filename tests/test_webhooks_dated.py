@@ -1,0 +1,238 @@
+"""`webhooks --job`: one receiver for a job whose ledger is a new one each day (``{date}``)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bulk_mms.cli import main
+from bulk_mms.config import JobConfig, load_job
+from bulk_mms.ledger import Sent, open_store
+from bulk_mms.models import Group
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop
+from bulk_mms.suppression import Suppressed
+from bulk_mms.webhooks import DAYS_BACK, JobReceiver, load_public_key, serve_job_webhooks
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+from tests.test_webhooks import PUBLIC_B64, event, inbound, signed, status_lines
+
+CHICAGO = dt.timezone(dt.timedelta(hours=-6))  # America/Chicago in November (CST)
+#: 23:59:00 on 24 November 2026 in Chicago: a minute before the date changes.
+LATE_ON_24TH = dt.datetime(2026, 11, 24, 23, 59, tzinfo=CHICAGO)
+
+
+def dated_job(jobs: JobFactory) -> JobConfig:
+    """A job of 8 people in groups of 4 whose ledger is a new one each day, in Chicago."""
+    jobs.people(8)
+    return jobs.job(
+        extra='group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\ntimezone = "America/Chicago"'
+    )
+
+
+class Sends:
+    """The job's runs, one a day, through one client (so each send's message id is its own,
+    the same people texted each day): what each day's run sent."""
+
+    def __init__(self, job: JobConfig) -> None:
+        self.job = job
+        self.client = FakeClient()
+
+    async def run_on(self, when: dt.datetime) -> tuple[Path, list[tuple[Group, str]]]:
+        """The job run as of ``when`` (its ``{date}`` ledger): the ledger, and each group
+        sent with the message id its send was answered with."""
+        day = load_job(self.job.path, now=when)
+        before = len(self.client.calls)
+        await run_job(day, FAST, self.client, clock=FakeClock())
+        sent = self.client.calls[before:]
+        return day.ledger, [(g, f"msg-{g.id}-{before + i}") for i, g in enumerate(sent)]
+
+
+def finalized(sent: tuple[Group, str], status: str) -> dict[str, Any]:
+    """A message.finalized for every member of a group sent."""
+    return event("message.finalized", sent[0], sent[1], status)
+
+
+async def post_at(
+    http: TestClient[Any, Any], clock: FakeClock, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """``body`` signed as Telnyx would at the receiver's time, and posted: status and answer."""
+    raw, headers = signed(body, age=time.time() - clock.wall())
+    resp = await http.post("/hooks", data=raw, headers=headers)
+    return resp.status, dict(await resp.json()) if resp.status == 200 else {}
+
+
+@pytest.fixture
+async def served(
+    jobs: JobFactory, tmp_path: Path
+) -> AsyncIterator[tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig]]:
+    """A receiver of a dated job, its clock at 23:59 on the 24th in Chicago, listening."""
+    job = dated_job(jobs)
+    clock = FakeClock(wall=LATE_ON_24TH.timestamp())
+    receiver = JobReceiver(
+        job.ledger_on,
+        job.zone,
+        load_public_key(PUBLIC_B64),
+        clock=clock,
+        suppressed=Suppressed(tmp_path / "stops.txt"),
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        yield receiver, http, clock, job
+    await receiver.close()
+
+
+def recipients(path: Path) -> list[str]:
+    return sorted(e["recipient"] for e in status_lines(path))
+
+
+async def test_reports_of_yesterdays_and_todays_messages_go_to_their_own_ledgers(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """One receiver records a report of the 23rd's message in the 23rd's ledger and one of the
+    24th's in the 24th's, the same people texted both days; a redelivery is recorded once."""
+    receiver, http, clock, job = served
+    sends = Sends(job)
+    older, sent_23 = await sends.run_on(LATE_ON_24TH - dt.timedelta(days=1))
+    newer, sent_24 = await sends.run_on(LATE_ON_24TH)
+    assert set(sent_23[0][0].to) == set(sent_24[0][0].to)  # only the message id differs
+    todays = finalized(sent_24[0], "delivery_failed")
+    assert (await post_at(http, clock, finalized(sent_23[0], "delivered")))[1]["recorded"] == 4
+    assert (await post_at(http, clock, todays))[1]["recorded"] == 4
+    assert (await post_at(http, clock, todays))[1] == {"ok": True, "duplicate": True}
+    assert [e["status"] for e in status_lines(older)] == ["delivered"] * 4
+    assert [e["status"] for e in status_lines(newer)] == ["delivery_failed"] * 4
+    assert receiver.recorded == 8
+    assert receiver.unmatched == 0
+
+
+async def test_a_receiver_started_before_the_days_ledger_records_it_once_the_run_begins_it(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """No ledger of the job exists when the receiver starts; the day's run then sends, and the
+    receiver records its reports: one that comes after the run's `sent` line at once, one
+    that beats it once the line lands."""
+    receiver, http, clock, job = served
+    await receiver.roll()
+    assert receiver.ledgers == {}
+    today, sent = await Sends(job).run_on(LATE_ON_24TH)
+    assert (await post_at(http, clock, finalized(sent[0], "delivered")))[1]["recorded"] == 4
+    late = Group("late-group", 9, ("+13125550111",), (9,), sent[0][0].message)
+    answer = await post_at(http, clock, event("message.sent", late, "late-msg", "sent"))
+    assert answer[1]["pending"] == 1
+    store = open_store(today, "append")
+    store.append_now(Sent(late.id, late.to, late.seq, message_id="late-msg", time="x"))
+    store.close_sync()
+    await receiver.settle()
+    assert recipients(today) == sorted([*sent[0][0].to, "+13125550111"])
+    assert receiver.unmatched == 0
+
+
+async def test_the_date_rolling_over_while_it_serves(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """Past midnight the new date's ledger is taken in once its run begins it, the day
+    before's stays open for its late reports, and a ledger past the horizon is closed: its
+    reports are then counted unmatched, never written elsewhere."""
+    receiver, http, clock, job = served
+    sends = Sends(job)
+    on_24th, sent_24 = await sends.run_on(LATE_ON_24TH)
+    await receiver.roll()
+    assert list(receiver.ledgers) == [str(on_24th)]
+    clock.step_wall(120)  # 00:01 on the 25th
+    on_25th, sent_25 = await sends.run_on(LATE_ON_24TH + dt.timedelta(minutes=2))
+    assert on_25th != on_24th
+    for body in (finalized(sent_25[1], "delivered"), finalized(sent_24[1], "delivery_failed")):
+        assert (await post_at(http, clock, body))[1]["recorded"] == 4
+    assert [e["status"] for e in status_lines(on_24th)] == ["delivery_failed"] * 4
+    assert [e["status"] for e in status_lines(on_25th)] == ["delivered"] * 4
+    clock.step_wall(DAYS_BACK * 86_400)  # the 24th is now past the horizon, the 25th is not
+    answer = await post_at(http, clock, finalized(sent_24[0], "delivered"))
+    assert answer[1] == {"ok": True, "recorded": 0, "pending": 4}
+    await receiver.settle()
+    assert list(receiver.ledgers) == [str(on_25th)]
+    assert receiver.unmatched == 1
+    assert len(status_lines(on_24th)) == 4
+    assert receiver.recorded == 8
+
+
+async def test_a_stop_goes_on_the_list_once_whatever_the_ledgers(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig], tmp_path: Path
+) -> None:
+    """With two days' ledgers open, an inbound STOP is one entry on the suppression list."""
+    receiver, http, clock, job = served
+    sends = Sends(job)
+    await sends.run_on(LATE_ON_24TH - dt.timedelta(days=1))
+    await sends.run_on(LATE_ON_24TH)
+    await receiver.roll()
+    assert len(receiver.ledgers) == 2
+    assert (await post_at(http, clock, inbound("STOP")))[1]["suppressed"] is True
+    assert (tmp_path / "stops.txt").read_text().count("+12125550002") == 1
+
+
+def test_ledger_on_fills_the_jobs_template_for_any_day(jobs: JobFactory) -> None:
+    """A job's ledger for a day is the one its run that day writes: a file, or a database's
+    named ledger; an undated ledger is the same every day."""
+    job = dated_job(jobs)
+    day = dt.date(2026, 11, 23)
+    assert job.ledger_on(day) == load_job(job.path, now=LATE_ON_24TH - dt.timedelta(days=1)).where
+    db = jobs.job(extra='ledger = "postgresql://u@h/db?ledger={name}-{date}"')
+    assert db.ledger_on(day) == "postgresql://u@h/db?ledger=test-job-2026-11-23"
+    assert jobs.job().ledger_on(day) == jobs.root / "ledgers" / "test-job.jsonl"
+
+
+def test_cli_takes_a_job_or_a_ledger_not_both(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`webhooks --job JOB.toml` serves the job's ledgers with the settings' list; with a
+    LEDGER too, or with neither, it is one line naming the choice (exit 2)."""
+    job = dated_job(jobs)
+    given: dict[str, Any] = {}
+
+    async def serve(served: JobConfig, *args: Any, suppressed: Suppressed, **kw: Any) -> None:
+        given["job"], given["list"] = served.path, suppressed.path
+
+    monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
+    monkeypatch.setattr("bulk_mms.webhooks.serve_job_webhooks", serve)
+    settings = jobs.root / "settings.toml"
+    settings.write_text('[suppression]\nfile = "stops.txt"\n')
+    argv = ["webhooks", "--job", str(job.path), "--listen", "127.0.0.1:0"]
+    assert main([*argv, "--config", str(settings)]) == 0
+    assert given == {"job": job.path, "list": jobs.root / "stops.txt"}
+    assert main([*argv, str(jobs.root / "l.jsonl")]) == 2
+    assert main(["webhooks", "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert "--job" in err[0]
+    assert "LEDGER" in err[1]
+
+
+async def test_serve_job_webhooks_listens_before_the_days_first_run(jobs: JobFactory) -> None:
+    """Listening on port 0 before the day's run has begun its ledger, the run's reports are
+    recorded in it; the receiver stops with its counts."""
+    job = dated_job(jobs)
+    stop = Stop()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve_job_webhooks(
+            job, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
+        )
+    )
+    address = await ready
+    today, sent = await Sends(job).run_on(dt.datetime.now(dt.UTC))
+    raw, headers = signed(finalized(sent[1], "delivered"))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://{address}/hooks", data=raw, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+    stop.request("test")
+    receiver = await server
+    assert receiver.recorded == 4
+    assert recipients(today) == sorted(sent[1][0].to)
