@@ -852,13 +852,16 @@ class JobReceiver(_Receiver):
             day = today - dt.timedelta(days=back)
             where = self.ledger_on(day)
             wanted.setdefault(str(where), (day, where))  # one ledger for every day: its newest
-        for name in [name for name in self.ledgers if name not in wanted]:
-            await self._close(name)
+        # what this roll closes leaves the ledgers before its first wait: another request's
+        # roll meanwhile neither closes it again nor hands it an event
+        past = [self.ledgers.pop(name)[1] for name in list(self.ledgers) if name not in wanted]
         for name, (day, where) in wanted.items():
             if name in self.ledgers:
                 self.ledgers[name] = (day, self.ledgers[name][1])
             elif (receiver := self._open(where)) is not None:
                 self.ledgers[name] = (day, receiver)
+        for receiver in past:
+            await self._close(receiver)
 
     def _open(self, where: Location) -> WebhookReceiver | None:
         """A receiver of the ledger at ``where``; None while there is none (its day's run
@@ -890,8 +893,8 @@ class JobReceiver(_Receiver):
         log.info("webhooks.ledger_opened", ledger=store.name, groups=len(view.groups))
         return receiver
 
-    async def _close(self, name: str) -> None:
-        _, receiver = self.ledgers.pop(name)
+    async def _close(self, receiver: WebhookReceiver) -> None:
+        """Close a ledger's receiver taken out of :attr:`ledgers`, keeping its count."""
         await receiver.close()
         await receiver.store.close()
         self._recorded_before += receiver.recorded
@@ -988,8 +991,8 @@ class JobReceiver(_Receiver):
     async def close(self) -> None:
         """Stop waiting for late matches, and close every ledger."""
         await super().close()
-        for name in list(self.ledgers):
-            await self._close(name)
+        while self.ledgers:
+            await self._close(self.ledgers.popitem()[1][1])
 
 
 class _ServerLog(logging.Filter):

@@ -20,6 +20,7 @@ from bulk_mms.models import Group
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
+from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import DAYS_BACK, JobReceiver, load_public_key, serve_job_webhooks
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_webhooks import PUBLIC_B64, event, inbound, signed, status_lines
@@ -236,3 +237,31 @@ async def test_serve_job_webhooks_listens_before_the_days_first_run(jobs: JobFac
     receiver = await server
     assert receiver.recorded == 4
     assert recipients(today) == sorted(sent[1][0].to)
+
+
+async def test_a_jobs_dated_database_ledgers_each_record_their_own_reports(
+    jobs: JobFactory, database: str
+) -> None:
+    """On a database whose ledger is named with the date (``?ledger={name}-{date}``), one
+    receiver records yesterday's and today's reports each in its own day's ledger."""
+    jobs.people(8)
+    job = jobs.job(
+        extra=f'group_size = 4\nledger = "{database}?ledger={{name}}-{{date}}"\n'
+        'timezone = "America/Chicago"'
+    )
+    now = dt.datetime.now(dt.UTC)
+    sends = Sends(job)
+    _, sent_before = await sends.run_on(now - dt.timedelta(days=1))
+    _, sent_today = await sends.run_on(now)
+    clock = FakeClock()
+    receiver = JobReceiver(job.ledger_on, job.zone, load_public_key(PUBLIC_B64), clock=clock)
+    async with TestClient(TestServer(receiver.app())) as http:
+        for sent, status in ((sent_before[0], "delivered"), (sent_today[0], "delivery_failed")):
+            assert (await post_at(http, clock, finalized(sent, status)))[1]["recorded"] == 4
+    await receiver.close()
+    for day, status in ((now - dt.timedelta(days=1), "delivered"), (now, "delivery_failed")):
+        where = load_job(job.path, now=day).where
+        assert isinstance(where, str)
+        assert where.endswith(f"-{day.astimezone(job.zone).date()}")
+        statuses = [e["status"] for e in ledger_events(where) if e["event"] == "status"]
+        assert statuses == [status] * 4
