@@ -158,10 +158,11 @@ def sealed(settings: Settings) -> Settings:
 
 
 def _with_ledger(job: JobConfig, where: Location) -> JobConfig:
-    """The job with its ledger somewhere else (``--ledger``, ``BULK_MMS_LEDGER_URL``)."""
+    """The job with its ledger somewhere else (``--ledger``, ``BULK_MMS_LEDGER_URL``): that
+    one every day (:meth:`~bulk_mms.config.job.JobConfig.ledger_on`)."""
     if isinstance(where, Path):
-        return replace(job, ledger=where, database=None)
-    return replace(job, database=str(named(where, job.name)))
+        return replace(job, ledger=where, database=None, ledger_template=None)
+    return replace(job, database=str(named(where, job.name)), ledger_template=None)
 
 
 def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
@@ -670,7 +671,7 @@ def _webhooks_job(path: Path) -> JobConfig:
         except ValueError as exc:
             raise ConfigError(LEDGER_URL_ENV, str(exc)) from None
         _refuse_undated_database(job, given, LEDGER_URL_ENV)
-        job = replace(_with_ledger(job, given), ledger_template=None)
+        job = _with_ledger(job, given)
     return job
 
 

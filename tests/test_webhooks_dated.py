@@ -265,3 +265,26 @@ async def test_a_jobs_dated_database_ledgers_each_record_their_own_reports(
         assert where.endswith(f"-{day.astimezone(job.zone).date()}")
         statuses = [e["status"] for e in ledger_events(where) if e["event"] == "status"]
         assert statuses == [status] * 4
+
+
+def test_cli_serves_the_ledger_the_runs_take_from_the_variable(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``$BULK_MMS_LEDGER_URL`` set, `webhooks --job` serves the ledger it names every
+    day, as the runs take it; one naming no ledger is refused for a ``{date}`` job (exit 2)."""
+    job = dated_job(jobs)
+    served: list[object] = []
+
+    async def serve(given: JobConfig, *args: Any, **kw: Any) -> None:
+        served.extend(given.ledger_on(dt.date(2026, 11, d)) for d in (23, 24))
+
+    monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
+    monkeypatch.setattr("bulk_mms.webhooks.serve_job_webhooks", serve)
+    monkeypatch.setattr("bulk_mms.commands.suppression_for", lambda *a: None)
+    argv = ["webhooks", "--job", str(job.path), "--listen", "127.0.0.1:0"]
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", "postgresql://u@h/db?ledger=all-days")
+    assert main(argv) == 0
+    assert served == ["postgresql://u@h/db?ledger=all-days"] * 2
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", "postgresql://u@h/db")
+    assert main(argv) == 2
+    assert "BULK_MMS_LEDGER_URL" in capsys.readouterr().err

@@ -159,9 +159,9 @@ class JobConfig(msgspec.Struct, frozen=True):
         return zoneinfo.ZoneInfo(self.timezone)
 
     def ledger_on(self, day: dt.date) -> Location:
-        """The job's ledger for ``day`` (its ``{date}``, a date in the job's ``timezone``), as
-        ``where`` is today's; ``where`` itself for a job given another ledger than its
-        file's."""
+        """The job file's ledger for ``day`` (its ``{date}``, a date in the job's
+        ``timezone``): the one that day's run begins; ``where`` itself when the job was given
+        one ledger for every day (no template)."""
         if self.ledger_template is None:
             return self.where
         text = self.ledger_template.format(name=self.name, date=day.isoformat())
