@@ -1001,7 +1001,9 @@ async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_h
         await coordinator.heartbeat()  # its claims' connection, and the run lock with it
         with psycopg.connect(database, autocommit=True) as conn:
             ended = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                # waits (up to 10 s) until each session has ended, its locks released with it
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks "
+                "WHERE locktype = 'advisory' "
                 f"AND classid = %s::oid AND objid = %s::oid AND {_THIS_DATABASE}",
                 (_RUN_LOCK, _ledger_key(run._id)),  # type: ignore[attr-defined]
             ).fetchall()
