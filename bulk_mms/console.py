@@ -27,6 +27,7 @@ from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
 from bulk_mms.errors import AccountRefused, BulkMmsError, Exit, LedgerLocked, LimitReached
 from bulk_mms.gates import past
+from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
 from bulk_mms.runner import deadline_before_start, sending_window, window_stop
@@ -251,6 +252,14 @@ def _ended(s: JobSummary) -> int:
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
 
 
+def _opted_out(r: RecipientCounts) -> str:
+    """The recipients who opted out (of the fold's failed: refused at the send as a STOP),
+    said apart from the failed: not texted, and not left unsent (:func:`_incomplete`)."""
+    if not r.opted_out:
+        return ""
+    return f"{r.opted_out} opted out (STOP: never to be texted again, not left unsent), "
+
+
 def _again(s: JobSummary) -> str:
     """Of the failed groups, those a rerun sends again (their retries ran out on a transient
     error), said beside them, in the recipients' words: "failed" alone reads as for good."""
@@ -278,11 +287,13 @@ def _tell_summary(s: JobSummary) -> None:
         say(
             "job.recipients",
             f"{s.job}: the ledger's {_n(r.valid, 'valid recipient')}: {r.sent} sent, "
-            f"{r.failed} failed, {r.retry_pending} pending a rerun, {r.in_doubt} in doubt, "
+            f"{r.failed - r.opted_out} failed, {_opted_out(r)}{r.retry_pending} pending a "
+            f"rerun, {r.in_doubt} in doubt, "
             f"{r.not_attempted} not attempted{_waiting(s)}",
             stream=out,
             job=s.job,
             recipients=r.as_dict(),
+            opted_out_recipients=r.opted_out,
         )
     if s.retired:
         say(
@@ -326,11 +337,17 @@ def _waiting(s: JobSummary) -> str:
 def _incomplete(s: JobSummary) -> bool:
     """Whether a run that ended by itself leaves a valid recipient unsent: failed, pending a
     rerun or in doubt, or never attempted (a group another process held and never settled, a
-    group remade without a suppressed member). ``--limit`` aside: it says how many remain."""
-    if s.open_failed or s.open_in_doubt or s.open_retry_pending or s.retry_later_groups:
+    group remade without a suppressed member). ``--limit`` aside: it says how many remain.
+    A recipient who opted out (:attr:`RecipientCounts.opted_out
+    <bulk_mms.ledger.RecipientCounts.opted_out>`: refused at the send as a STOP) is not left
+    unsent, wherever the STOP was found: nobody may text them, as a number suppressed at
+    planning."""
+    if s.open_in_doubt or s.open_retry_pending or s.retry_later_groups:
         return True
     r = s.recipients
-    return s.stopped != "limit" and r is not None and r.not_attempted > 0
+    if r is None:
+        return bool(s.open_failed)
+    return r.failed > r.opted_out or (s.stopped != "limit" and r.not_attempted > 0)
 
 
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:

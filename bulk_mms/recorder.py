@@ -340,8 +340,9 @@ class Recorder:
         if retired is not None:  # not the group's failure: it goes out from another sender
             log.warning("group.rerouted", group=group.id, code=err.code, sender=retired)
         else:
-            self.summary.failed_groups += 1
-            self.summary.failed_recipients += len(refused or group.to)
+            if not refused:  # the members refused by name opted out: not the run's failure
+                self.summary.failed_groups += 1
+                self.summary.failed_recipients += len(group.to)
             self.summary.retry_later_groups += retryable
             log.warning(
                 "group.failed",

@@ -244,6 +244,7 @@ class LedgerSummary(msgspec.Struct):
             "sent_recipients": r.sent,
             "failed_groups": self.failed_groups,
             "failed_recipients": r.failed,
+            "opted_out_recipients": r.opted_out,
             "retry_pending_groups": self.retry_pending_groups,
             "retry_pending_recipients": r.retry_pending,
             "in_doubt_groups": self.in_doubt_groups,
@@ -484,8 +485,8 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     for state, label, note in _STATE_ROWS:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         said = _waiting_note(s) if state == NOT_ATTEMPTED and s.waiting else note
-        if state == FAILED and (late := s.misses[Miss.EXPIRED]):
-            said = _failed_note(r[FAILED], late)
+        if state == FAILED and (s.misses[Miss.EXPIRED] or s.recipient_states.opted_out):
+            said = _failed_note(r[FAILED], s.misses[Miss.EXPIRED], s.recipient_states.opted_out)
         lines.append(f"{label:15}{groups:>8}{r[state]:>12}{said if r[state] else ''}")
     valid_note = (
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
@@ -541,12 +542,21 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     return "\n".join(map(escaped, lines))
 
 
-def _failed_note(failed: int, late: int) -> str:
-    """The failed row's note when the deadline left some of them unsent: --failed-csv leaves
-    those out (a late message is worse than none)."""
-    if late >= failed:
-        return "  (final: past the job's deadline, not in --failed-csv)"
-    return f"  (final: in --failed-csv, but not the {late} past the job's deadline)"
+def _failed_note(failed: int, late: int, stopped: int) -> str:
+    """The failed row's note when --failed-csv leaves some of them out: those the deadline
+    left unsent (a late message is worse than none), and those who opted out (``stopped``:
+    nobody may text them, so they are not left unsent and never a run's failure)."""
+    whys = [
+        (n, all_of, the_n)
+        for n, all_of, the_n in (
+            (late, "past the job's deadline", "past the job's deadline"),
+            (stopped, "opted out (STOP), never to be texted again", "who opted out (STOP)"),
+        )
+        if n
+    ]
+    if late + stopped >= failed:
+        return f"  (final: {' or '.join(w for _, w, _ in whys)}, not in --failed-csv)"
+    return f"  (final: in --failed-csv, but not {' nor '.join(f'the {n} {w}' for n, _, w in whys)})"
 
 
 def _rows_lines(rows: InputRows) -> list[str]:

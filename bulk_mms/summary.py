@@ -66,6 +66,9 @@ class JobSummary(msgspec.Struct):
     job: str
     sent_groups: int = 0
     sent_recipients: int = 0
+    #: Groups this run recorded failed, and their recipients; not a group refused because
+    #: members opted out (40300: nobody may text them): the ledger's
+    #: :attr:`~bulk_mms.ledger.RecipientCounts.opted_out` counts those.
     failed_groups: int = 0
     failed_recipients: int = 0
     #: Of the failed groups, those that ran out of retries on a transient error: the next run
@@ -109,8 +112,9 @@ class JobSummary(msgspec.Struct):
     #: name, ``window``, ``quiet_hours``, :data:`AFTER_DEADLINE`, ``limit``, ``deadline``
     #: (``max_job_duration_s``), or the kind of error that stopped it.
     stopped: str | None = None
-    #: Open problems over the whole ledger after the run: groups failed for good, in doubt,
-    #: and pending a rerun; and every valid recipient's state.
+    #: Open problems over the whole ledger after the run: groups failed for good (an opt-out
+    #: too: :attr:`recipients` tells those apart), in doubt, and pending a rerun; and every
+    #: valid recipient's state.
     open_failed: int = 0
     open_in_doubt: int = 0
     open_retry_pending: int = 0
@@ -175,6 +179,7 @@ class JobSummary(msgspec.Struct):
             "template_differs": dict(self.template_differs),
             "template_empty": dict(self.template_empty),
             "recipients": self.recipients.as_dict() if self.recipients else None,
+            "opted_out_recipients": self.recipients.opted_out if self.recipients else None,
             "waiting_recipients": self.waiting_recipients,
             "waiting_not_before": minute_utc(self.waiting_until),
         }

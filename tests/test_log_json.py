@@ -70,7 +70,8 @@ def test_sandbox_demo_run_is_all_json(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert done.returncode == 1, done.stderr  # the sandbox refuses one opted-out number
+    # the sandbox refuses one opted-out number: not a failure (nobody may text them)
+    assert done.returncode == 0, done.stderr
     out, err = notes(done.stdout), notes(done.stderr)
     summary = next(n for n in out if n["event"] == "job.summary")
     assert summary["sent_recipients"] == 238

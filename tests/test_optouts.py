@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -14,15 +15,17 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
-from bulk_mms.config import load_settings
+from bulk_mms.config import JobConfig, Settings, load_settings
+from bulk_mms.console import run_outcome
 from bulk_mms.errors import ApiError, Rejected, SendError, ServerError
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.fake_api import OptOut as Block
 from bulk_mms.ledger import Miss
 from bulk_mms.ledger.store import load
 from bulk_mms.models import Group, MessageBody, OptOut, SendReceipt
 from bulk_mms.policy import refused_by_optouts
 from bulk_mms.runner import run_job
-from bulk_mms.suppression import Suppressed
+from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 from tests.threaded import fake_api_thread
@@ -317,3 +320,103 @@ def test_optouts_sync_lists_only_numbers_the_list_can_hold(
     capsys.readouterr()
     assert main(["-q", "suppress", "list", "--config", str(config)]) == 0
     assert capsys.readouterr().out.split() == mine
+
+
+API = tuple[FakeTelnyx, str]
+
+
+async def _run_and_report(
+    job: JobConfig, settings: Settings, url: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, dict[str, Any], list[str]]:
+    """Run ``job`` against the fake API at ``url`` and say how it ended; then its ledger's
+    report: (exit code, the run's summary and the report's table, the report as JSON, the
+    rows ``--failed-csv`` wrote)."""
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+    capsys.readouterr()
+    code = run_outcome(s)
+    assert main(["-q", "report", str(job.ledger), "--format", "table"]) == 0
+    text = capsys.readouterr().out
+    failed = job.ledger.parent / "failed.csv"
+    assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    return code, text, report, failed.read_text(encoding="utf-8-sig").splitlines()[1:]
+
+
+async def test_a_40300_from_the_api_is_not_the_run_s_failure(
+    jobs: JobFactory, fake_api: API, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API refuses a group with 409 40300 for a member who opted out of the sender: the
+    rest go without them, and the run exits 0, its summary and the report naming them opted
+    out; --failed-csv leaves them out, and a rerun texts nobody."""
+    fake, url = fake_api
+    people = numbers(8)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    fake.optouts.append(Block(people[2], job.message.from_))
+    code, text, report, failed = await _run_and_report(job, FAST, url, capsys)
+    assert code == 0
+    assert "1 opted out (STOP" in text
+    assert "opted out (STOP), never to be texted again, not in --failed-csv" in text
+    assert (report["opted_out_recipients"], report["sent_recipients"]) == (1, 7)
+    assert failed == []
+    assert fake.recipient_counts() == dict.fromkeys(set(people) - {people[2]}, 1)
+    code, _, _, _ = await _run_and_report(job, FAST, url, capsys)
+    assert code == 0
+    assert fake.recipient_counts() == dict.fromkeys(set(people) - {people[2]}, 1)
+
+
+@dataclass
+class StopAfterFirst(FakeTelnyx):
+    """The fake API; as it accepts the first message, ``late`` texts STOP and the webhook
+    receiver (a process of its own) puts them on the default suppression list."""
+
+    late: str = ""
+
+    async def send_group_mms(self, request: web.Request) -> web.StreamResponse:
+        answer = await super().send_group_mms(request)
+        if len(self.accepted) == 1:
+            suppression_for(None).add([self.late], "texted STOP (webhook)")
+        return answer
+
+
+async def test_a_stop_taken_between_planning_and_the_try_is_not_the_run_s_failure(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A number put on the suppression list after its group was planned, before it left: the
+    try refuses it (recorded opted out, as a 40300 would be), the run exits 0 naming it opted
+    out in its summary and the report, --failed-csv leaves it out, and it is never texted."""
+    monkeypatch.setattr("bulk_mms.runner.SUPPRESSION_LOOK_S", 0.2)  # a look between sends
+    people = numbers(6)
+    jobs.people(6)
+    job = jobs.job(extra="group_size = 2")
+    fake = StopAfterFirst(api_key="test-key-123", late=people[3])
+    one_a_second = replace(FAST, rate=1.0, concurrency=1)  # every group planned at once
+    async with TestServer(fake.app(), host="127.0.0.1", port=0) as server:
+        url = str(server.make_url("/v2"))
+        code, text, report, failed = await _run_and_report(job, one_a_second, url, capsys)
+    assert code == 0
+    assert "1 opted out (STOP" in text
+    assert (report["opted_out_recipients"], report["sent_recipients"]) == (1, 5)
+    assert report["suppressed_rows"] == 0  # planned before the STOP: opted out, not suppressed
+    assert failed == []
+    assert fake.recipient_counts() == dict.fromkeys(set(people) - {people[3]}, 1)
+
+
+async def test_an_opt_out_beside_a_group_failed_for_good_still_exits_1(
+    jobs: JobFactory, fake_api: API, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One member opted out (40300) and another group refused for good (400): the opt-out is
+    not a failure, the other is, and the run exits 1, its summary telling them apart."""
+    fake, url = fake_api
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 1")
+    fake.optouts.append(Block(people[3], job.message.from_))
+    fake.faults.append(Fault("status", 400, code="40001"))  # the first request: people[0]'s
+    one_at_a_time = replace(FAST, concurrency=1)
+    code, text, report, failed = await _run_and_report(job, one_at_a_time, url, capsys)
+    assert code == 1
+    assert "1 failed, 1 opted out (STOP" in text
+    assert (report["opted_out_recipients"], report["failed_recipients"]) == (1, 2)
+    assert [row.split(",")[0] for row in failed] == [people[0]]

@@ -186,7 +186,8 @@ class GroupRecord(msgspec.Struct):
 
 
 class RecipientCounts(msgspec.Struct, frozen=True):
-    """Every valid recipient in exactly one state; the five add up to ``valid``."""
+    """Every valid recipient in exactly one state; the five add up to ``valid``. Of the
+    failed, :attr:`opted_out` are not left unsent: nobody may text them."""
 
     valid: int
     sent: int
@@ -197,6 +198,10 @@ class RecipientCounts(msgspec.Struct, frozen=True):
     #: Whether a run has read the whole input (else ``not_attempted`` counts only what the
     #: ledger knows of, and ``valid`` is a floor).
     input_read: bool
+    #: Of :attr:`failed`, those refused at the send as opted out (40300, or on the suppression
+    #: list by the time their group left: :attr:`Miss.OPTED_OUT`): not a recipient anybody may
+    #: text, so not one left unsent, as a number suppressed before planning is not.
+    opted_out: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
@@ -583,9 +588,12 @@ class LedgerView(msgspec.Struct, eq=False):
 
     def recipients(self) -> RecipientCounts:
         by_state: Counter[str] = Counter()
+        opted_out = 0
         for rec in self.groups.values():
             if (st := rec.state) is not None:
                 by_state[st] += len(rec.counted)
+                if st == FAILED and rec.miss is Miss.OPTED_OUT:
+                    opted_out += len(rec.counted)
         known = sum(by_state.values())
         valid = max(known, self.planned.recipients) if self.planned else known
         return RecipientCounts(
@@ -596,6 +604,7 @@ class LedgerView(msgspec.Struct, eq=False):
             in_doubt=by_state[IN_DOUBT],
             not_attempted=valid - known,
             input_read=self.planned is not None,
+            opted_out=opted_out,
         )
 
     def input_rows(self, recipients: RecipientCounts | None = None) -> InputRows:
