@@ -340,9 +340,12 @@ def members_left(
     otherwise stands as it is (sent, in doubt, pending: a resume acts on what was). Only a
     group the ledger has never seen meets today's list: its suppressed members are rejected
     ``suppressed`` and it is made anew without them, marked :attr:`Group.suppressed` for the
-    run to record (``remade``) before it sends it, so no later run regroups it.
+    run to record (``remade``) before it sends it, so no later run regroups it. The members
+    an earlier run left out so are rejected ``suppressed`` again as the chain is followed:
+    every pass counts every row it passes, and the ledger records each line once.
     """
     while (remade := remade_from(group, view, job)) is not None:
+        yield from _left_out_before(group, view)
         group = remade
     if suppressed and view.groups.get(group.id) is None:  # (an empty list drops no one)
         drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
@@ -362,6 +365,18 @@ def members_left(
                 stayed=group.stayed,
             )
     yield group
+
+
+def _left_out_before(group: Group, view: LedgerView) -> Iterator[RejectedRow]:
+    """The rows of ``group`` that an earlier run left out as suppressed when it made the group
+    anew (``remade``: never attempted itself); none for a group refused or moved."""
+    rec = view.groups.get(group.id)
+    if rec is None or rec.state is not None or not rec.refused:
+        return
+    for phone, line in zip(group.to, group.lines, strict=True):
+        if phone in rec.refused:
+            reason = f"suppressed: {phone} is on the suppression list"
+            yield RejectedRow(line, phone, reason, Rejection.SUPPRESSED)
 
 
 def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
