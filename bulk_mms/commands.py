@@ -629,7 +629,6 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         from bulk_mms.webhooks import (  # noqa: PLC0415 - aiohttp's server and cryptography
             PUBLIC_KEY_ENV,
             load_public_key,
-            serve_job_webhooks,
             serve_webhooks,
         )
 
@@ -643,14 +642,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = Stop()
         with stopping_on_signals(stop, DRAIN_GRACE_S, cancel_on_force=True):
-            if job is not None:
-                await serve_job_webhooks(
-                    job, *listen, key, stop, suppressed=suppressed, settings=settings
-                )
-            else:
-                await serve_webhooks(
-                    ledger, *listen, key, stop, suppressed=suppressed, settings=settings
-                )
+            await serve_webhooks(
+                job or ledger, *listen, key, stop, suppressed=suppressed, settings=settings
+            )
 
     asyncio.run(serve())
     return Exit.OK

@@ -68,7 +68,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import msgspec.structs
 import orjson
@@ -195,6 +195,15 @@ def _write_failed(event_id: str, exc: ConfigError | LedgerError) -> None:
 
 def _short(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
+
+
+class ReceiverOptions(TypedDict, total=False):
+    """What every receiver takes beside its key and its ledgers (see :class:`_Receiver`)."""
+
+    clock: Clock | None
+    suppressed: Suppressed | None
+    settings: Settings | None
+    stop: asyncio.Event | None
 
 
 class _Receiver:
@@ -440,13 +449,10 @@ class WebhookReceiver(_Receiver):
         store: LedgerStore,
         key: Ed25519PublicKey,
         *,
-        clock: Clock | None = None,
-        suppressed: Suppressed | None = None,
         reopen: Callable[[], LedgerStore] | None = None,
-        settings: Settings | None = None,
-        stop: asyncio.Event | None = None,
+        **options: Unpack[ReceiverOptions],
     ) -> None:
-        super().__init__(key, clock=clock, suppressed=suppressed, settings=settings, stop=stop)
+        super().__init__(key, **options)
         #: Opens the ledger anew: a store whose write failed takes nothing more, so the next
         #: request that writes works on a fresh one (None: it stays failed, every write a 503).
         self.reopen = reopen
@@ -801,13 +807,9 @@ class JobReceiver(_Receiver):
         ledger_on: Callable[[dt.date], Location],
         zone: dt.tzinfo,
         key: Ed25519PublicKey,
-        *,
-        clock: Clock | None = None,
-        suppressed: Suppressed | None = None,
-        settings: Settings | None = None,
-        stop: asyncio.Event | None = None,
+        **options: Unpack[ReceiverOptions],
     ) -> None:
-        super().__init__(key, clock=clock, suppressed=suppressed, settings=settings, stop=stop)
+        super().__init__(key, **options)
         #: The job's ledger for a date (:meth:`~bulk_mms.config.job.JobConfig.ledger_on`).
         self.ledger_on = ledger_on
         self.zone = zone
@@ -1021,7 +1023,7 @@ def server_log() -> logging.Logger:
 
 
 async def serve_webhooks(
-    location: Location,
+    target: Location | JobConfig,
     host: str,
     port: int,
     key: Ed25519PublicKey,
@@ -1030,95 +1032,65 @@ async def serve_webhooks(
     started: Callable[[str], None] | None = None,
     suppressed: Suppressed | None = None,
     settings: Settings | None = None,
-) -> WebhookReceiver:
+) -> WebhookReceiver | JobReceiver:
     """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
-    ``settings``: the account's (:attr:`WebhookReceiver.settings`).
-
-    Raises:
-        LedgerError: the ledger is missing, empty or cannot be written.
-        ConfigError: the address cannot be listened on.
-    """
-    store = open_store(location, "append")
-    clock = SystemClock(stop)
-    if store.shared:  # a database's: its time, as the job's runs and track keep it
-        try:
-            await keep_database_time(clock, str(location))
-        except LedgerError:
-            await store.close()
-            raise
-    receiver = WebhookReceiver(
-        store.fold(),
-        store,
-        key,
-        clock=clock,
-        suppressed=suppressed,
-        reopen=lambda: open_store(location, "append"),
-        settings=settings,
-        stop=stop,
-    )
-    try:
-        await _listen(
-            receiver,
-            host,
-            port,
-            stop,
-            started,
-            ledger=store.name,
-            groups=len(receiver.view.groups),
-        )
-    finally:
-        await receiver.close()
-        await receiver.store.close()
-    _stopped(receiver.recorded, receiver)
-    return receiver
-
-
-async def serve_job_webhooks(
-    job: JobConfig,
-    host: str,
-    port: int,
-    key: Ed25519PublicKey,
-    stop: asyncio.Event,
-    *,
-    started: Callable[[str], None] | None = None,
-    suppressed: Suppressed | None = None,
-    settings: Settings | None = None,
-) -> JobReceiver:
-    """Listen on ``host:port`` until ``stop`` is set for a job whose ledger is a new one each
+    ``target``: one ledger (:class:`WebhookReceiver`), or a job whose ledger is a new one each
     day (:class:`JobReceiver`, on the job's :meth:`~bulk_mms.config.job.JobConfig.ledger_on`
-    in its time zone); return the receiver (for its counts). None of its ledgers need exist
-    yet.
+    in its time zone: none of its ledgers need exist yet). ``settings``: the account's
+    (:attr:`WebhookReceiver.settings`).
 
     Raises:
-        LedgerError: the job's ledgers are a database's that cannot be reached.
+        LedgerError: the ledger is missing, empty or cannot be written; a job's ledgers are
+            a database's that cannot be reached.
         ConfigError: the address cannot be listened on.
     """
     clock = SystemClock(stop)
-    if is_database(where := job.where):  # its time, as the job's runs keep it
+    where = target.where if isinstance(target, JobConfig) else target
+    if is_database(where):  # a database's: its time, as the job's runs and track keep it
         await keep_database_time(clock, str(where))
-    receiver = JobReceiver(
-        job.ledger_on,
-        job.zone,
-        key,
-        clock=clock,
-        suppressed=suppressed,
-        settings=settings,
-        stop=stop,
-    )
-    try:
-        await receiver.roll()
-        await _listen(
-            receiver,
-            host,
-            port,
-            stop,
-            started,
-            ledger=display(where),
-            ledgers=[r.store.name for _, r in receiver.ledgers.values()],
+    receiver: WebhookReceiver | JobReceiver
+    if isinstance(target, JobConfig):
+        receiver = JobReceiver(
+            target.ledger_on,
+            target.zone,
+            key,
+            clock=clock,
+            suppressed=suppressed,
+            settings=settings,
+            stop=stop,
         )
+    else:
+        store = open_store(target, "append")
+        receiver = WebhookReceiver(
+            store.fold(),
+            store,
+            key,
+            clock=clock,
+            suppressed=suppressed,
+            reopen=lambda: open_store(target, "append"),
+            settings=settings,
+            stop=stop,
+        )
+    try:
+        if isinstance(receiver, JobReceiver):
+            await receiver.roll()
+            fields: dict[str, object] = {
+                "ledger": display(where),
+                "ledgers": [r.store.name for _, r in receiver.ledgers.values()],
+            }
+        else:
+            fields = {"ledger": receiver.store.name, "groups": len(receiver.view.groups)}
+        await _listen(receiver, host, port, stop, started, **fields)
     finally:
         await receiver.close()
-    _stopped(receiver.recorded, receiver)
+        if isinstance(receiver, WebhookReceiver):
+            await receiver.store.close()
+    log.info(
+        "webhooks.stopped",
+        recorded=receiver.recorded,
+        rejected=receiver.rejected,
+        unmatched=receiver.unmatched,
+    )
     return receiver
 
 
@@ -1155,12 +1127,3 @@ async def _listen(
         await stop.wait()
     finally:
         await runner.cleanup()
-
-
-def _stopped(recorded: int, receiver: _Receiver) -> None:
-    log.info(
-        "webhooks.stopped",
-        recorded=recorded,
-        rejected=receiver.rejected,
-        unmatched=receiver.unmatched,
-    )

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from bulk_mms.cli import main
 from bulk_mms.clock import instant, iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
-from bulk_mms.config import Settings
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
@@ -36,6 +36,7 @@ from bulk_mms.suppression import Suppressed, opted_out, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
     MAX_EVENT_BODY,
+    JobReceiver,
     WebhookReceiver,
     load_public_key,
     serve_webhooks,
@@ -266,24 +267,37 @@ async def test_unknown_recipients_and_other_events_write_nothing(
     ]
 
 
-async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) -> None:
-    """Listening on port 0 beside a run, events for groups sent later are still recorded."""
-    path, client = await sent_ledger(jobs, 4)
-    stop = Stop()
+def serving(
+    target: Path | JobConfig, stop: Stop
+) -> tuple[asyncio.Task[WebhookReceiver | JobReceiver], asyncio.Future[str]]:
+    """:func:`serve_webhooks` of ``target`` on port 0 as a task, until ``stop``; and the
+    address it listens on, once it does."""
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    key = load_public_key(PUBLIC_B64)
     server = asyncio.create_task(
-        serve_webhooks(
-            path, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
-        )
+        serve_webhooks(target, "127.0.0.1", 0, key, stop, started=ready.set_result)
     )
-    address = await ready
-    late = append_late_group(path, client.calls[0])  # sent after the server read the ledger
-    raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
+    return server, ready
+
+
+async def posted(address: str, raw: bytes, headers: dict[str, str]) -> int:
+    """POST one signed event to the receiver listening at ``address``; the status it answers."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"http://{address}/hooks", data=raw, headers=headers) as resp,
     ):
-        assert resp.status == 200
+        return resp.status
+
+
+async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) -> None:
+    """Listening on port 0 beside a run, events for groups sent later are still recorded."""
+    path, client = await sent_ledger(jobs, 4)
+    stop = Stop()
+    server, ready = serving(path, stop)
+    address = await ready
+    late = append_late_group(path, client.calls[0])  # sent after the server read the ledger
+    raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
+    assert await posted(address, raw, headers) == 200
     stop.request("test")
     receiver = await server
     assert receiver.recorded == 1
@@ -299,15 +313,10 @@ async def test_no_header_a_request_carries_reaches_the_log(
     path, client = await sent_ledger(jobs, 4)
     secret = "Bearer proxy-secret-0123456789"
     stop = Stop()
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     raw, headers = signed(event("message.finalized", client.calls[0], "m", "delivered"))
     answers = []
     with caplog.at_level(logging.DEBUG), capture_logs() as logs:
-        server = asyncio.create_task(
-            serve_webhooks(
-                path, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
-            )
-        )
+        server, ready = serving(path, stop)
         url = f"http://{await ready}/hooks"
         async with aiohttp.ClientSession() as session:
             for auth, sig in (

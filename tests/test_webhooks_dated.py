@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -21,9 +19,17 @@ from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
-from bulk_mms.webhooks import DAYS_BACK, JobReceiver, load_public_key, serve_job_webhooks
+from bulk_mms.webhooks import DAYS_BACK, JobReceiver, load_public_key
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
-from tests.test_webhooks import PUBLIC_B64, event, inbound, signed, status_lines
+from tests.test_webhooks import (
+    PUBLIC_B64,
+    event,
+    inbound,
+    posted,
+    serving,
+    signed,
+    status_lines,
+)
 
 CHICAGO = dt.timezone(dt.timedelta(hours=-6))  # America/Chicago in November (CST)
 #: 23:59:00 on 24 November 2026 in Chicago: a minute before the date changes.
@@ -200,7 +206,7 @@ def test_cli_takes_a_job_or_a_ledger_not_both(
         given["job"], given["list"] = served.path, suppressed.path
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
-    monkeypatch.setattr("bulk_mms.webhooks.serve_job_webhooks", serve)
+    monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
     settings = jobs.root / "settings.toml"
     settings.write_text('[suppression]\nfile = "stops.txt"\n')
     argv = ["webhooks", "--job", str(job.path), "--listen", "127.0.0.1:0"]
@@ -214,25 +220,16 @@ def test_cli_takes_a_job_or_a_ledger_not_both(
     assert "LEDGER" in err[1]
 
 
-async def test_serve_job_webhooks_listens_before_the_days_first_run(jobs: JobFactory) -> None:
+async def test_serve_webhooks_of_a_job_listens_before_the_days_first_run(jobs: JobFactory) -> None:
     """Listening on port 0 before the day's run has begun its ledger, the run's reports are
     recorded in it; the receiver stops with its counts."""
     job = dated_job(jobs)
     stop = Stop()
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(
-        serve_job_webhooks(
-            job, "127.0.0.1", 0, load_public_key(PUBLIC_B64), stop, started=ready.set_result
-        )
-    )
+    server, ready = serving(job, stop)
     address = await ready
     today, sent = await Sends(job).run_on(dt.datetime.now(dt.UTC))
     raw, headers = signed(finalized(sent[1], "delivered"))
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://{address}/hooks", data=raw, headers=headers) as resp,
-    ):
-        assert resp.status == 200
+    assert await posted(address, raw, headers) == 200
     stop.request("test")
     receiver = await server
     assert receiver.recorded == 4
@@ -279,7 +276,7 @@ def test_cli_serves_the_ledger_the_runs_take_from_the_variable(
         served.extend(given.ledger_on(dt.date(2026, 11, d)) for d in (23, 24))
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
-    monkeypatch.setattr("bulk_mms.webhooks.serve_job_webhooks", serve)
+    monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
     monkeypatch.setattr("bulk_mms.commands.suppression_for", lambda *a: None)
     argv = ["webhooks", "--job", str(job.path), "--listen", "127.0.0.1:0"]
     monkeypatch.setenv("BULK_MMS_LEDGER_URL", "postgresql://u@h/db?ledger=all-days")
