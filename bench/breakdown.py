@@ -14,8 +14,9 @@ a run saves when that part is stubbed out (``--stub``: this file's own stand-ins
 * ``pace``: every group admitted at once.
 
 The row pipeline (read, validate, de-duplicate, group) and the imports are measured apart:
-one pass of :func:`bulk_mms.prepare.plan` over the input, and the modules a run imports against
-the floor's (asyncio, csv, aiohttp, orjson).
+one pass of :func:`bulk_mms.prepare.plan` over the input after a first one (what the first
+pass loads on its way, phonenumbers' metadata among it, is start-up, not the rows'), and the
+modules a run imports against the floor's (asyncio, csv, aiohttp, orjson).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def child(mode: str, job: str, base: str) -> None:
         from bulk_mms.scan import open_reader  # noqa: PLC0415
 
         loaded = load_job(Path(job))
-        if mode == "plan":
+        for _ in range(2 if mode == "plan" else 1):
             with open_reader(loaded, keep_all=True) as reader:
                 for _ in plan(loaded, reader):
                     pass
@@ -142,7 +143,7 @@ def main() -> None:
     env = {**os.environ, "TELNYX_API_KEY": "bench-key"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode cached, as an installed program runs
     runs = ["run", *(f"run+{part}" for part in STUBS), "run+" + "+".join(STUBS)]
-    modes = ["imports-floor", "imports", "plan-none", "plan", *runs]
+    modes = ["imports-floor", "imports", "plan-once", "plan", *runs]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # two at a time (the machine's two cores), each run in a job directory of its own
@@ -166,7 +167,7 @@ def main() -> None:
     print("|---|---|---|")
     rows = [("a whole run (in one process, imports included)", c["run"])]
     rows.append(("imports beyond the floor's", c["imports"] - c["imports-floor"]))
-    rows.append(("read, validate, de-duplicate and group the rows", c["plan"] - c["plan-none"]))
+    rows.append(("read, validate, de-duplicate and group the rows", c["plan"] - c["plan-once"]))
     rows += [(f"stubbed out: {part}", c["run"] - c[f"run+{part}"]) for part in STUBS]
     all_four = "run+" + "+".join(STUBS)
     rows.append(("a run with all four stubbed out", c[all_four]))
