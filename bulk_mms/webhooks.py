@@ -799,8 +799,9 @@ class JobReceiver(_Receiver):
     sent its message (:meth:`_sender`). One that no open ledger knows makes it look for
     ledgers begun since (today's, once the day's run has begun it; a new date's after
     midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
-    counted unmatched. A keyword reaches the suppression list once, whatever the ledgers.
-    A ledger past :data:`DAYS_BACK` is closed."""
+    counted unmatched; while one of the job's ledgers exists but cannot be opened, it may be
+    the one that sent it, and gets 503 (Telnyx redelivers it). A keyword reaches the
+    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed."""
 
     def __init__(
         self,
@@ -820,8 +821,13 @@ class JobReceiver(_Receiver):
         self._looked = -math.inf
         #: What the ledgers closed had recorded.
         self._recorded_before = 0
-        #: Events answered that no open ledger knew (a redelivery is a duplicate).
-        self._answered: set[str] = set()
+        #: Events answered that no open ledger knew, with when (monotonic), oldest first: a
+        #: redelivery is a duplicate. Kept for :data:`LEARN_WINDOW_S` (Telnyx's retries are
+        #: over by then), not for the receiver's life: most may be other apps' messages.
+        self._answered: dict[str, float] = {}
+        #: The job's ledgers that exist but could not be opened at the last :meth:`roll`
+        #: (logged), each with why: any of them may have sent an event's message.
+        self._unavailable: dict[str, LedgerError] = {}
 
     def __repr__(self) -> str:
         return (
@@ -857,30 +863,37 @@ class JobReceiver(_Receiver):
         # what this roll closes leaves the ledgers before its first wait: another request's
         # roll meanwhile neither closes it again nor hands it an event
         past = [self.ledgers.pop(name)[1] for name in list(self.ledgers) if name not in wanted]
+        self._unavailable = {}
         for name, (day, where) in wanted.items():
             if name in self.ledgers:
                 self.ledgers[name] = (day, self.ledgers[name][1])
-            elif (receiver := self._open(where)) is not None:
+                continue
+            try:
+                receiver = self._open(where)
+            except LedgerError as exc:
+                log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
+                self._unavailable[name] = exc
+                continue
+            if receiver is not None:
                 self.ledgers[name] = (day, receiver)
         for receiver in past:
             await self._close(receiver)
 
     def _open(self, where: Location) -> WebhookReceiver | None:
         """A receiver of the ledger at ``where``; None while there is none (its day's run
-        has not begun it) or it cannot be opened now (logged; looked for again later)."""
-        try:
-            if not exists(where):
-                return None
-            store = open_store(where, "append")
-        except LedgerError as exc:
-            log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
+        has not begun it).
+
+        Raises:
+            LedgerError: it cannot be told whether it exists, or it cannot be opened now.
+        """
+        if not exists(where):
             return None
+        store = open_store(where, "append")
         try:
             view = store.fold()
-        except LedgerError as exc:
+        except BaseException:
             store.close_sync()
-            log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
-            return None
+            raise
         receiver = WebhookReceiver(
             view,
             store,
@@ -936,7 +949,7 @@ class JobReceiver(_Receiver):
         """The answer to a ``message.sent`` or ``message.finalized``: the ledger that sent its
         message records it (:meth:`WebhookReceiver._delivery`); none yet, it is looked for
         again (:meth:`_find_later`)."""
-        if event_id in self._answered:
+        if self._answered_before(event_id):
             log.debug("webhook.duplicate", id=_short(event_id))
             return web.json_response({"ok": True, "duplicate": True})
         try:
@@ -945,12 +958,15 @@ class JobReceiver(_Receiver):
             if ledger is None:
                 await self.roll(look=True)  # begun since: today's, once its run began
                 ledger = self._sender(event_type, data, payload)
+            if ledger is None and self._unavailable:
+                # a ledger not open may have sent it: no 2xx, so Telnyx redelivers it
+                raise next(iter(self._unavailable.values()))
         except LedgerError as exc:
             _write_failed(event_id, exc)
             return web.json_response({"error": "the ledger cannot be read now"}, status=503)
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
-        self._answered.add(event_id)
+        self._answered[event_id] = self.clock.monotonic()
         message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
         reports = parse_statuses(payload)
         if message_id is None:
@@ -960,6 +976,15 @@ class JobReceiver(_Receiver):
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
         pending = len(reports) if message_id is not None else 0
         return web.json_response({"ok": True, "recorded": 0, "pending": pending})
+
+    def _answered_before(self, event_id: str) -> bool:
+        """Whether ``event_id`` was answered though no open ledger knew it, within
+        :data:`LEARN_WINDOW_S`; those answered before that are forgotten."""
+        horizon = self.clock.monotonic() - LEARN_WINDOW_S
+        answered = self._answered
+        while answered and answered[oldest := next(iter(answered))] < horizon:
+            del answered[oldest]
+        return event_id in answered
 
     async def _find_later(
         self, event_id: str, event_type: str, data: dict[str, Any], payload: object

@@ -11,15 +11,23 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bulk_mms import webhooks
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig, load_job
-from bulk_mms.ledger import Sent, open_store
-from bulk_mms.models import Group
+from bulk_mms.errors import LedgerError
+from bulk_mms.ledger import LedgerStore, Sent, open_store
+from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
-from bulk_mms.webhooks import DAYS_BACK, JobReceiver, load_public_key
+from bulk_mms.webhooks import (
+    DAYS_BACK,
+    LATE_POLL_S,
+    LEARN_WINDOW_S,
+    JobReceiver,
+    load_public_key,
+)
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_webhooks import (
     PUBLIC_B64,
@@ -285,3 +293,44 @@ def test_cli_serves_the_ledger_the_runs_take_from_the_variable(
     monkeypatch.setenv("BULK_MMS_LEDGER_URL", "postgresql://u@h/db")
     assert main(argv) == 2
     assert "BULK_MMS_LEDGER_URL" in capsys.readouterr().err
+
+
+async def test_a_report_no_open_ledger_knows_gets_503_while_a_days_ledger_cannot_be_opened(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day's ledger that exists but cannot be opened now (its database down, say) may have
+    sent the message: its report gets 503, never a 2xx that drops it, and the redelivery once
+    the ledger opens is recorded there."""
+    receiver, http, clock, job = served
+    older, sent_23 = await Sends(job).run_on(LATE_ON_24TH - dt.timedelta(days=1))
+
+    def unavailable(where: object, mode: str) -> LedgerStore:
+        raise LedgerError(str(where), "cannot be reached now")
+
+    monkeypatch.setattr(webhooks, "open_store", unavailable)
+    body = finalized(sent_23[0], "delivered")
+    assert (await post_at(http, clock, body))[0] == 503
+    monkeypatch.setattr(webhooks, "open_store", open_store)
+    clock.advance(LATE_POLL_S)  # the next look for ledgers is due
+    assert (await post_at(http, clock, body))[1]["recorded"] == 4
+    await receiver.settle()
+    assert recipients(older) == sorted(sent_23[0][0].to)
+    assert receiver.unmatched == 0
+
+
+async def test_the_events_no_ledger_knew_are_remembered_for_the_horizon_only(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """Weeks of events for other apps' messages do not pile up: an event no ledger knew is a
+    duplicate when redelivered within the horizon, and forgotten past it."""
+    receiver, http, clock, _ = served
+    stranger = Group("other-app", 1, ("+13125550111",), (1,), MessageBody("+12125550100"))
+    first = event("message.finalized", stranger, "other-msg-1", "delivered")
+    assert (await post_at(http, clock, first))[1]["pending"] == 1
+    assert (await post_at(http, clock, first))[1] == {"ok": True, "duplicate": True}
+    await receiver.settle()
+    clock.advance(LEARN_WINDOW_S + 1)
+    assert (await post_at(http, clock, first))[1]["pending"] == 1  # forgotten: looked for anew
+    await receiver.settle()
+    assert receiver.unmatched == 2
