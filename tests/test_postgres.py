@@ -23,7 +23,7 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
-from bulk_mms.clock import parse_time
+from bulk_mms.clock import instant, parse_time
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig
 from bulk_mms.coordination import coordinator_for
@@ -890,3 +890,29 @@ async def test_track_on_a_host_whose_clock_is_slow_keeps_the_databases_time(
     stamps = [parse_time(e.time) for e in read_events(job.where) if isinstance(e, events.Status)]
     assert len(stamps) == 4
     assert all(abs(t - time.time()) < 30 for t in stamps)
+
+
+def test_a_remove_whose_stop_time_cannot_be_kept_takes_nobody_off(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``suppress remove`` on the table deletes a STOP's row and keeps its time as one change:
+    when the time cannot be written (the connection lost between the two), the number stays
+    listed with its STOP time, so the remove can be run again and keeps it."""
+    from bulk_mms.ledger.pgsuppression import PostgresSuppressed  # noqa: PLC0415 - psycopg
+
+    phone, stop = "+12125550002", "texted STOP (webhook) at 2026-11-23T10:05:00.000000Z"
+    where = f"{database}?ledger=keywords"
+    suppression_for(None, where).add([phone], stop)
+
+    def lost(self: PostgresSuppressed, phone: str, reason: str, texted: float) -> bool:
+        raise LedgerError(where, "server closed the connection unexpectedly")
+
+    monkeypatch.setattr(PostgresSuppressed, "record_keyword", lost)
+    with pytest.raises(LedgerError):
+        suppression_for(None, where).remove([phone])
+    monkeypatch.undo()
+    listed = suppression_for(None, where)
+    assert listed.numbers() == [phone]
+    assert listed.reason(phone) == stop
+    assert listed.remove([phone]) == [phone]
+    assert suppression_for(None, where).keyword_at(phone) == instant("2026-11-23T10:05:00Z")

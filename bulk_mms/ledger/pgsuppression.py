@@ -143,18 +143,25 @@ class PostgresSuppressed(Suppressed):
         """Delete the numbers the table holds (as it stands); the ones removed. A removed
         row whose reason says when its number texted STOP leaves that time in
         ``bulk_mms_keywords`` (:meth:`keyword_at` still orders a keyword texted before it and
-        delivered late), under :meth:`held`."""
+        delivered late), under :meth:`held`, in one transaction: a number is taken off with
+        its time kept, or not at all."""
         given = list(dict.fromkeys(phones))
         if not given:
             return []
         with self.held():  # no receiver judges a keyword between the two
-            rows = self._run(
-                "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) RETURNING number, reason",
-                (given,),
-            )
-            for number, reason in rows:
-                if (stop := texted_in(str(reason))) is not None:
-                    self.record_keyword(str(number), str(reason), stop)
+            assert self._held is not None
+            try:
+                with self._held.transaction():
+                    rows = self._run(
+                        "DELETE FROM bulk_mms_suppressions WHERE number = ANY(%s) "
+                        "RETURNING number, reason",
+                        (given,),
+                    )
+                    for number, reason in rows:
+                        if (stop := texted_in(str(reason))) is not None:
+                            self.record_keyword(str(number), str(reason), stop)
+            except psycopg.Error as exc:  # the commit's (each statement's is a LedgerError)
+                raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
         self._numbers -= {int(p[1:]) for p in given}
         return sorted(str(r[0]) for r in rows)
 
