@@ -786,9 +786,11 @@ class WebhookReceiver(_Receiver):
 
 #: How many dates before today a job's dated ledgers stay open (:class:`JobReceiver`): an
 #: event is taken for a send within :data:`LEARN_WINDOW_S` of it, so a message sent just
-#: before midnight is reported on until that many dates after its ledger's. Older messages'
-#: reports are ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
-DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400)
+#: before midnight is reported on until that many dates after its send's; and a run after
+#: midnight may send into the date before's ledger, to finish its campaign
+#: (:func:`~bulk_mms.prepare.continues_earlier`): one date more. Older messages' reports are
+#: ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
+DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400) + 1
 
 
 class JobReceiver(_Receiver):

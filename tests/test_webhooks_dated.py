@@ -334,3 +334,16 @@ async def test_the_events_no_ledger_knew_are_remembered_for_the_horizon_only(
     assert (await post_at(http, clock, first))[1]["pending"] == 1  # forgotten: looked for anew
     await receiver.settle()
     assert receiver.unmatched == 2
+
+
+async def test_a_message_sent_into_the_day_befores_ledger_is_reported_on_for_72_hours(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """A run on the 24th that finishes the 23rd's campaign (`run` after midnight) sends into the
+    23rd's ledger: a report 71 hours after that send, on the 27th, is recorded there."""
+    receiver, http, clock, job = served
+    on_23rd, sent = await Sends(job).run_on(LATE_ON_24TH - dt.timedelta(days=1))
+    clock.step_wall(71 * 3600)  # 22:59 on the 27th: 71 h after the 24th's 23:59
+    assert (await post_at(http, clock, finalized(sent[0], "delivered")))[1]["recorded"] == 4
+    assert recipients(on_23rd) == sorted(sent[0][0].to)
+    assert receiver.unmatched == 0
