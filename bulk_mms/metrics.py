@@ -2,9 +2,10 @@
 
 node_exporter's textfile collector reads every ``*.prom`` file of a directory; a run given
 ``--metrics-file /var/lib/node_exporter/textfile/bulk_mms.prom`` leaves there, once it ends
-(whatever its exit code), its exit code, start and end times, recipients by state, rate, the
-95th percentile of ``wait_seconds``, 429s and cost. prometheus_client writes it (a temporary
-file renamed over the old one: the collector never reads half a file).
+(whatever its exit code), its exit code, start and end times, recipients by state (and of the
+failed, those who opted out), rate, the 95th percentile of ``wait_seconds``, 429s and cost.
+prometheus_client writes it (a temporary file renamed over the old one: the collector never
+reads half a file).
 
 ``bulk_mms_last_success_timestamp_seconds`` is the one an alert needs ("the nightly job has not
 succeeded in 26 h"): a run that fails carries the last success over from the file it replaces.
@@ -97,6 +98,12 @@ class _Gauges:
                 self.set(
                     "recipients", "The ledger's recipients by state (valid: all).", n, state=state
                 )
+            self.set(
+                "recipients_opted_out",
+                "Of the ledger's failed recipients, those who opted out (STOP): not a failure "
+                "of the run.",
+                r.opted_out,
+            )
         self.set("groups_sent", "Groups the last run sent.", s.sent_groups)
         self.set("recipients_sent", "Recipients the last run sent.", s.sent_recipients)
         self.set("groups_failed", "Groups the last run recorded failed.", s.failed_groups)

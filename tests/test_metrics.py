@@ -143,3 +143,21 @@ def test_a_run_stopped_early_counts_the_whole_input_s_rejected_rows(
     assert "2 of 6 rows rejected" in summary["message"]
     assert summary["rejected_rows"] == 2
     assert samples(prom)[("bulk_mms_rows_rejected", ())] == 2
+
+
+def test_a_run_s_metrics_count_who_opted_out_apart(jobs: JobFactory, tmp_path: Path) -> None:
+    """A sandbox run whose only miss is a number that opted out (the sandbox's 40300) exits 0,
+    and its metrics say so: of the ledger's failed recipients, that one opted out, and no
+    group of the run failed."""
+    jobs.csv([{"phone": p, "first": "x"} for p in [*numbers(3), "+12125550300"]])
+    jobs.job(extra="group_size = 4")
+    prom = tmp_path / "bulk_mms.prom"
+    code = main(["-q", "run", str(jobs.root / "job.toml"), "--sandbox", "--rate", "1000",
+                 "--metrics-file", str(prom)])  # fmt: skip
+    assert code == 0
+    m = samples(prom)
+    assert m[("bulk_mms_last_exit_code", ())] == 0
+    assert m[("bulk_mms_recipients", (("state", "sent"),))] == 3
+    assert m[("bulk_mms_recipients", (("state", "failed"),))] == 1
+    assert m[("bulk_mms_recipients_opted_out", ())] == 1
+    assert m[("bulk_mms_groups_failed", ())] == 0
