@@ -68,6 +68,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import msgspec.structs
@@ -883,13 +884,17 @@ class JobReceiver(_Receiver):
 
     def _open(self, where: Location) -> WebhookReceiver | None:
         """A receiver of the ledger at ``where``; None while there is none (its day's run
-        has not begun it).
+        has not begun it), or its file is empty (a run created it and wrote nothing yet, or
+        stopped there: nothing was sent with it).
 
         Raises:
             LedgerError: it cannot be told whether it exists, or it cannot be opened now.
         """
         if not exists(where):
             return None
+        with contextlib.suppress(OSError):
+            if isinstance(where, Path) and where.stat().st_size == 0:
+                return None
         store = open_store(where, "append")
         try:
             view = store.fold()

@@ -347,3 +347,21 @@ async def test_a_message_sent_into_the_day_befores_ledger_is_reported_on_for_72_
     assert (await post_at(http, clock, finalized(sent[0], "delivered")))[1]["recorded"] == 4
     assert recipients(on_23rd) == sorted(sent[0][0].to)
     assert receiver.unmatched == 0
+
+
+async def test_an_empty_ledger_of_the_job_is_one_not_begun_yet(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """A day's ledger file a run has created and written nothing to yet (or never will: it
+    stopped there) sent nothing: an event no ledger knows is answered and looked for, not
+    refused with 503 as for a ledger that cannot be opened."""
+    receiver, http, clock, job = served
+    empty = job.ledger_on(LATE_ON_24TH.date())
+    assert isinstance(empty, Path)
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.touch()
+    stranger = Group("other-app", 1, ("+13125550111",), (1,), MessageBody("+12125550100"))
+    body = event("message.finalized", stranger, "other-msg-1", "delivered")
+    assert (await post_at(http, clock, body))[1]["pending"] == 1
+    await receiver.settle()
+    assert receiver.unmatched == 1
