@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bulk_mms import webhooks
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig, load_job
 from bulk_mms.errors import LedgerError
@@ -26,6 +25,7 @@ from bulk_mms.webhooks import (
     LATE_POLL_S,
     LEARN_WINDOW_S,
     JobReceiver,
+    days,
     load_public_key,
 )
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
@@ -308,10 +308,10 @@ async def test_a_report_no_open_ledger_knows_gets_503_while_a_days_ledger_cannot
     def unavailable(where: object, mode: str) -> LedgerStore:
         raise LedgerError(str(where), "cannot be reached now")
 
-    monkeypatch.setattr(webhooks, "open_store", unavailable)
+    monkeypatch.setattr(days, "open_store", unavailable)
     body = finalized(sent_23[0], "delivered")
     assert (await post_at(http, clock, body))[0] == 503
-    monkeypatch.setattr(webhooks, "open_store", open_store)
+    monkeypatch.setattr(days, "open_store", open_store)
     clock.advance(LATE_POLL_S)  # the next look for ledgers is due
     assert (await post_at(http, clock, body))[1]["recorded"] == 4
     await receiver.settle()

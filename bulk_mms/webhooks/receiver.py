@@ -1,63 +1,11 @@
-"""``bulk-mms webhooks``: receive Telnyx messaging webhooks into a ledger as ``status`` lines.
-
-Every request is checked before its body is even parsed: ``telnyx-signature-ed25519`` must be an
-Ed25519 signature, by the account's public key (``TELNYX_PUBLIC_KEY``, base64), over
-``"{telnyx-timestamp}|{raw body}"``, and the timestamp must be within :data:`TOLERANCE_S` of now
-(an old, replayed request fails). A request that fails gets 401 and a ``webhook.rejected`` log
-line; nothing of it is written.
-
-A verified ``message.sent`` or ``message.finalized`` event is matched to a sent group of the
-ledger by its message id alone (:attr:`LedgerView.by_message_id`): the group's own id (the
-send's answer) matches the group's members it lists; a recipient's own id (learnt from a GET
-by ``track``, or an earlier event) matches that recipient only, and is learnt only while the
-recipient has none. A number is never enough: the same number may be texted by another job or
-app from the same account. Each matched recipient
-whose report is news (:meth:`LedgerView.apply_status`: a status that supersedes, or a final
-cost) gets a durable ``status`` event before the 200 goes back, which takes milliseconds (group
-commit). ``message.finalized`` carries the recipient's final cost, which is recorded with it;
-the other events' costs are estimates and are not. A report is read by the settings' error
-table as a run's and ``track``'s are (:func:`~bulk_mms.policy.delivery_action`): a member its
-blocked sender or a carrier's cap failed gets a ``moved`` event too, so a rerun sends it again.
-Repeats (the same event id) and stale
-reports (a ``message.sent`` after ``message.finalized``) are acknowledged and not recorded; a
-repeat that comes while the first delivery is still writing waits for its outcome.
-
-An event whose message id the ledger does not know is acknowledged, looked for again for 30 s
-(a webhook can beat the run's own ``sent`` line: it is then read again as the ledger stands, so
-the members a group's own message lists under ``cc`` are recorded too), then counted
-(:attr:`WebhookReceiver.unmatched`, ``webhook.unmatched`` in the log) and dropped, never
-written against anyone: whatever arrives, the only file written is the ledger, and only with
-recipients of messages it sent.
-
-Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
-rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
-and surrounding spaces aside), or a keyword the settings add (``[suppression]
-opt_out_words``: a messaging profile's own), adds the sender; START or UNSTOP (or
-``opt_in_words``) lift a suppression that a STOP added (never one added by hand); HELP, or a
-keyword among other words, changes nothing.
-Keywords are taken in the order they were texted (``occurred_at``), as the suppression list
-records it (so across restarts, and between receivers sharing the list's file): a late one
-changes nothing. A keyword the list cannot take (or a report the ledger cannot) gets 503, so
-Telnyx delivers it again.
-
-A job whose ledger is a new one each day (``{date}``) has one receiver for all its days
-(:class:`JobReceiver`, ``webhooks --job``): each of its open ledgers matches and records as
-above, an event in the ledger that sent its message, and a keyword is taken once.
-
-Nothing of a request's headers is logged, not even by aiohttp's server (:func:`server_log`).
-"""
+"""The receiver of one ledger (:class:`WebhookReceiver`), on what every receiver does with a
+request before a ledger is involved (:class:`BaseReceiver`); see :mod:`bulk_mms.webhooks`."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import datetime as dt
 import functools
-import logging
-import math
-import re
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -65,30 +13,24 @@ from collections.abc import (
     Container,
     Coroutine,
     Iterable,
-    Mapping,
     Sequence,
 )
-from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import msgspec.structs
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
-from bulk_mms.config import JobConfig, Settings
+from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
-from bulk_mms.ledger import LedgerStore, LedgerView, Location, keep_database_time, open_store
+from bulk_mms.ledger import LedgerStore, LedgerView
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import SENT
-from bulk_mms.ledger.store import display, exists, is_database
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, opted_out_in, report_action
 from bulk_mms.suppression import (
@@ -98,18 +40,13 @@ from bulk_mms.suppression import (
     suppress_opted_out,
     texted_at,
 )
+from bulk_mms.webhooks.signature import Unverified, verify
 
-log = structlog.get_logger("bulk_mms.webhooks")
+log = structlog.get_logger("bulk_mms.webhooks.receiver")
 
 #: An event under a recipient's own id not yet learnt is taken for this ledger's only within
 #: this long after the group was sent (Telnyx keeps trying for up to 72 hours).
 LEARN_WINDOW_S = 72 * 3600.0
-
-PUBLIC_KEY_ENV = "TELNYX_PUBLIC_KEY"
-SIGNATURE_HEADER = "telnyx-signature-ed25519"
-TIMESTAMP_HEADER = "telnyx-timestamp"
-#: How far a request's timestamp may be from now, in seconds (Telnyx's documented tolerance).
-TOLERANCE_S = 300
 #: Largest body accepted; a messaging event is a few kilobytes.
 MAX_EVENT_BODY = 256 * 1024
 EVENTS = frozenset({"message.sent", "message.finalized"})
@@ -127,79 +64,18 @@ LATE_WINDOW_S = 30.0
 LATE_POLL_S = 0.5
 
 
-def load_public_key(value: str | None) -> Ed25519PublicKey:
-    """The account's Ed25519 public key from ``TELNYX_PUBLIC_KEY`` (base64, or PEM).
-
-    Raises:
-        ConfigError: missing, or not an Ed25519 public key.
-    """
-    if not value or not value.strip():
-        raise ConfigError(PUBLIC_KEY_ENV, "is not set: export the public key from the portal")
-    text = value.strip()
-    bad = ConfigError(PUBLIC_KEY_ENV, "is not an Ed25519 public key (base64 of 32 bytes, or PEM)")
-    try:
-        if text.startswith("-----BEGIN"):
-            key = load_pem_public_key(text.encode())
-        else:
-            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
-    except (ValueError, binascii.Error, TypeError):
-        raise bad from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise bad
-    return key
-
-
-class Unverified(Exception):
-    """Why a request fails :func:`verify`, and the status it gets: 400 for a header that is
-    malformed, 401 for one that is well formed but missing, stale or not by the key."""
-
-    def __init__(self, reason: str, status: int) -> None:
-        self.reason = reason
-        self.status = status
-        super().__init__(reason)
-
-
-#: A timestamp is Unix seconds: digits only, and no more than 12 of them (the year 33658). A
-#: longer one would only be a way to make the arithmetic below overflow.
-_STAMP = re.compile(r"[0-9]{1,12}")  # whole (fullmatch), as _SIGNATURE
-#: An Ed25519 signature is 64 bytes: 88 characters of base64.
-_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{86}==")
-
-
-def verify(key: Ed25519PublicKey, headers: Mapping[str, str], raw: bytes, now: float) -> None:
-    """Check a request's signature and age.
-
-    Raises:
-        Unverified: the reason it fails, with its status (400 or 401).
-    """
-    signature, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
-    if not signature or not stamp:
-        raise Unverified("missing signature headers", 401)
-    if not _STAMP.fullmatch(stamp):
-        raise Unverified("malformed timestamp", 400)
-    if not _SIGNATURE.fullmatch(signature):
-        raise Unverified("malformed signature", 400)
-    age = abs(now - int(stamp))
-    if age > TOLERANCE_S:
-        raise Unverified(f"timestamp {age:.0f} s away from now (tolerance {TOLERANCE_S} s)", 401)
-    try:
-        key.verify(base64.b64decode(signature, validate=True), stamp.encode() + b"|" + raw)
-    except (InvalidSignature, binascii.Error, ValueError):
-        raise Unverified("signature does not verify", 401) from None
-
-
-def _write_failed(event_id: str, exc: ConfigError | LedgerError) -> None:
+def write_failed(event_id: str, exc: ConfigError | LedgerError) -> None:
     """Log, in one line and without a traceback, that what an event says could not be written
     (its reports to the ledger, its keyword to the suppression list)."""
-    log.error("webhook.write_failed", id=_short(event_id), error=str(exc))
+    log.error("webhook.write_failed", id=short_field(event_id), error=str(exc))
 
 
-def _short(value: object) -> str | None:
+def short_field(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
 
 
 class ReceiverOptions(TypedDict, total=False):
-    """What every receiver takes beside its key and its ledgers (see :class:`_Receiver`)."""
+    """What every receiver takes beside its key and its ledgers (see :class:`BaseReceiver`)."""
 
     clock: Clock | None
     suppressed: Suppressed | None
@@ -207,7 +83,7 @@ class ReceiverOptions(TypedDict, total=False):
     stop: asyncio.Event | None
 
 
-class _Receiver:
+class BaseReceiver:
     """What every receiver does with a request before a ledger is involved: the aiohttp
     handler (:meth:`handle`: verify, parse, take a keyword onto the suppression list, one
     delivery of an event at a time), and the bounded look again (:meth:`_look_again`) for
@@ -286,13 +162,15 @@ class _Receiver:
                 )
             except (ConfigError, LedgerError) as exc:
                 # no 2xx: Telnyx redelivers, and the keyword is taken once the list takes it
-                _write_failed(event_id, exc)
+                write_failed(event_id, exc)
                 return web.json_response(
                     {"error": "the suppression list cannot be written now"}, status=503
                 )
             return web.json_response({"ok": True, "suppressed": suppressed, "lifted": lifted})
         if event_type not in EVENTS:
-            log.info("webhook.ignored", event_type=_short(event_type), id=_short(event_id))
+            log.info(
+                "webhook.ignored", event_type=short_field(event_type), id=short_field(event_id)
+            )
             return web.json_response({"ok": True})
         async with self._alone(event_id):
             return await self._delivery(event_id, event_type, data, payload)
@@ -393,7 +271,7 @@ class _Receiver:
         self.unmatched += 1
         log.warning(
             "webhook.unmatched",
-            id=_short(event_id),
+            id=short_field(event_id),
             message_id=message_id,
             recipients=len(unknown),
             unmatched=self.unmatched,
@@ -441,7 +319,7 @@ class _Receiver:
         )
 
 
-class WebhookReceiver(_Receiver):
+class WebhookReceiver(BaseReceiver):
     """The receiver of one ledger; keeps the ledger's view current as events come in."""
 
     def __init__(
@@ -473,7 +351,7 @@ class WebhookReceiver(_Receiver):
     ) -> web.Response:
         """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
         if event_id in self.view.webhook_ids:
-            log.debug("webhook.duplicate", id=_short(event_id))
+            log.debug("webhook.duplicate", id=short_field(event_id))
             return web.json_response({"ok": True, "duplicate": True})
         occurred_at = status_stamp(data.get("occurred_at"))
         # an id that is not one (too long, a line end, an escape) names no message: the event
@@ -487,7 +365,7 @@ class WebhookReceiver(_Receiver):
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
             # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
-            _write_failed(event_id, exc)
+            write_failed(event_id, exc)
             return web.json_response({"error": "the ledger cannot be written now"}, status=503)
         self.view.webhook_ids.add(event_id)
         if unknown and message_id is None:
@@ -707,7 +585,7 @@ class WebhookReceiver(_Receiver):
                 await self.record(event_id, matched, message_id, occurred_at)
             except LedgerError as exc:
                 # answered already, so nobody redelivers: look for them again at the next poll
-                _write_failed(event_id, exc)
+                write_failed(event_id, exc)
                 return False
             matched_before.update(st.phone for _, st in matched)
             left = rest
@@ -783,379 +661,3 @@ class WebhookReceiver(_Receiver):
         gid = self.view.by_message_id.get(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         return gid if rec is not None and rec.outcome == SENT else None
-
-
-#: How many dates before today a job's dated ledgers stay open (:class:`JobReceiver`): an
-#: event is taken for a send within :data:`LEARN_WINDOW_S` of it, so a message sent just
-#: before midnight is reported on until that many dates after its send's; and a run after
-#: midnight may send into the date before's ledger, to finish its campaign
-#: (:func:`~bulk_mms.prepare.continues_earlier`): one date more. Older messages' reports are
-#: ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
-DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400) + 1
-
-
-class JobReceiver(_Receiver):
-    """The receiver of a job whose ledger is a new one each day (``{date}``): it serves the
-    job's ledgers of today and the :data:`DAYS_BACK` dates before (dates in the job's time
-    zone) that exist, each through a :class:`WebhookReceiver` of its own (:attr:`ledgers`),
-    which matches and records an event as it does alone. An event goes to the ledger that
-    sent its message (:meth:`_sender`). One that no open ledger knows makes it look for
-    ledgers begun since (today's, once the day's run has begun it; a new date's after
-    midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
-    counted unmatched; while one of the job's ledgers exists but cannot be opened, it may be
-    the one that sent it, and gets 503 (Telnyx redelivers it). A keyword reaches the
-    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed."""
-
-    def __init__(
-        self,
-        ledger_on: Callable[[dt.date], Location],
-        zone: dt.tzinfo,
-        key: Ed25519PublicKey,
-        **options: Unpack[ReceiverOptions],
-    ) -> None:
-        super().__init__(key, **options)
-        #: The job's ledger for a date (:meth:`~bulk_mms.config.job.JobConfig.ledger_on`).
-        self.ledger_on = ledger_on
-        self.zone = zone
-        #: The open ledgers' receivers by location, each with the date it is the ledger of.
-        self.ledgers: dict[str, tuple[dt.date, WebhookReceiver]] = {}
-        self._today: dt.date | None = None
-        #: When :meth:`roll` last looked for ledgers begun since (monotonic).
-        self._looked = -math.inf
-        #: What the ledgers closed had recorded.
-        self._recorded_before = 0
-        #: Events answered that no open ledger knew, with when (monotonic), oldest first: a
-        #: redelivery is a duplicate. Kept for :data:`LEARN_WINDOW_S` (Telnyx's retries are
-        #: over by then), not for the receiver's life: most may be other apps' messages.
-        self._answered: dict[str, float] = {}
-        #: The job's ledgers that exist but could not be opened at the last :meth:`roll`
-        #: (logged), each with why: any of them may have sent an event's message.
-        self._unavailable: dict[str, LedgerError] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"<JobReceiver {len(self.ledgers)} ledgers recorded={self.recorded} "
-            f"unmatched={self.unmatched}>"
-        )
-
-    @property
-    def recorded(self) -> int:
-        """Reports recorded, into every ledger served."""
-        return self._recorded_before + sum(r.recorded for _, r in self.ledgers.values())
-
-    def today(self) -> dt.date:
-        """Today's date in the job's time zone, by the receiver's clock."""
-        return dt.datetime.fromtimestamp(self.clock.wall(), self.zone).date()
-
-    async def roll(self, *, look: bool = False) -> None:
-        """Have open the job's ledgers of today and the :data:`DAYS_BACK` dates before that
-        exist, and no others: done when the date has changed since, and with ``look`` to
-        find ledgers begun since (at most once every :data:`LATE_POLL_S`)."""
-        today, now = self.today(), self.clock.monotonic()
-        look = look and now - self._looked >= LATE_POLL_S
-        if today == self._today and not look:
-            return
-        self._today = today
-        if look:
-            self._looked = now
-        wanted: dict[str, tuple[dt.date, Location]] = {}
-        for back in range(DAYS_BACK + 1):
-            day = today - dt.timedelta(days=back)
-            where = self.ledger_on(day)
-            wanted.setdefault(str(where), (day, where))  # one ledger for every day: its newest
-        # what this roll closes leaves the ledgers before its first wait: another request's
-        # roll meanwhile neither closes it again nor hands it an event
-        past = [self.ledgers.pop(name)[1] for name in list(self.ledgers) if name not in wanted]
-        self._unavailable = {}
-        for name, (day, where) in wanted.items():
-            if name in self.ledgers:
-                self.ledgers[name] = (day, self.ledgers[name][1])
-                continue
-            try:
-                receiver = self._open(where)
-            except LedgerError as exc:
-                log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
-                self._unavailable[name] = exc
-                continue
-            if receiver is not None:
-                self.ledgers[name] = (day, receiver)
-        for receiver in past:
-            await self._close(receiver)
-
-    def _open(self, where: Location) -> WebhookReceiver | None:
-        """A receiver of the ledger at ``where``; None while there is none (its day's run
-        has not begun it), or its file is empty (a run created it and wrote nothing yet, or
-        stopped there: nothing was sent with it).
-
-        Raises:
-            LedgerError: it cannot be told whether it exists, or it cannot be opened now.
-        """
-        if not exists(where):
-            return None
-        with contextlib.suppress(OSError):
-            if isinstance(where, Path) and where.stat().st_size == 0:
-                return None
-        store = open_store(where, "append")
-        try:
-            view = store.fold()
-        except BaseException:
-            store.close_sync()
-            raise
-        receiver = WebhookReceiver(
-            view,
-            store,
-            self.key,
-            clock=self.clock,
-            suppressed=self.suppressed,
-            reopen=functools.partial(open_store, where, "append"),
-            settings=self.settings,
-            stop=self.stop,
-        )
-        receiver.late_window_s = self.late_window_s
-        log.info("webhooks.ledger_opened", ledger=store.name, groups=len(view.groups))
-        return receiver
-
-    async def _close(self, receiver: WebhookReceiver) -> None:
-        """Close a ledger's receiver taken out of :attr:`ledgers`, keeping its count."""
-        await receiver.close()
-        await receiver.store.close()
-        self._recorded_before += receiver.recorded
-        log.info("webhooks.ledger_closed", ledger=receiver.store.name)
-
-    def _sender(
-        self, event_type: str, data: dict[str, Any], payload: object
-    ) -> WebhookReceiver | None:
-        """The open ledger that sent the message an event is about: the one that knows its
-        id (a group's own, or a recipient's learnt) if any; else the newest whose recipient
-        the event's id is learnt for (:meth:`WebhookReceiver.match`), as a recipient of an
-        older ledger has long learnt its id from the events that followed that send. None:
-        no open ledger sent it.
-
-        Raises:
-            LedgerError: a ledger cannot be read.
-        """
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
-        if message_id is None:
-            return None
-        newest = [r for _, r in sorted(self.ledgers.values(), key=lambda d: d[0], reverse=True)]
-        for receiver in newest:
-            receiver.ready()
-            if receiver.knows(message_id):
-                return receiver
-        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
-        occurred_at = status_stamp(data.get("occurred_at"))
-        for receiver in newest:
-            statuses = receiver._statuses(payload, message_id, event_type)
-            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
-                return receiver
-        return None
-
-    async def _delivery(
-        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
-    ) -> web.Response:
-        """The answer to a ``message.sent`` or ``message.finalized``: the ledger that sent its
-        message records it (:meth:`WebhookReceiver._delivery`); none yet, it is looked for
-        again (:meth:`_find_later`)."""
-        if self._answered_before(event_id):
-            log.debug("webhook.duplicate", id=_short(event_id))
-            return web.json_response({"ok": True, "duplicate": True})
-        try:
-            await self.roll()
-            ledger = self._sender(event_type, data, payload)
-            if ledger is None:
-                await self.roll(look=True)  # begun since: today's, once its run began
-                ledger = self._sender(event_type, data, payload)
-            if ledger is None and self._unavailable:
-                # a ledger not open may have sent it: no 2xx, so Telnyx redelivers it
-                raise next(iter(self._unavailable.values()))
-        except LedgerError as exc:
-            _write_failed(event_id, exc)
-            return web.json_response({"error": "the ledger cannot be read now"}, status=503)
-        if ledger is not None:
-            return await ledger._delivery(event_id, event_type, data, payload)
-        self._answered[event_id] = self.clock.monotonic()
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
-        reports = parse_statuses(payload)
-        if message_id is None:
-            self._unmatched(event_id, message_id, reports)
-        else:
-            self._in_background(self._find_later(event_id, event_type, data, payload))
-        log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
-        pending = len(reports) if message_id is not None else 0
-        return web.json_response({"ok": True, "recorded": 0, "pending": pending})
-
-    def _answered_before(self, event_id: str) -> bool:
-        """Whether ``event_id`` was answered though no open ledger knew it, within
-        :data:`LEARN_WINDOW_S`; those answered before that are forgotten."""
-        horizon = self.clock.monotonic() - LEARN_WINDOW_S
-        answered = self._answered
-        while answered and answered[oldest := next(iter(answered))] < horizon:
-            del answered[oldest]
-        return event_id in answered
-
-    async def _find_later(
-        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
-    ) -> None:
-        """Look again for the ledger that sent an event's message, among those begun since
-        too (:meth:`_look_again`), and have it record the event; else count it unmatched."""
-
-        async def look() -> bool:
-            try:
-                await self.roll(look=True)
-                ledger = self._sender(event_type, data, payload)
-            except LedgerError as exc:
-                _write_failed(event_id, exc)
-                return False
-            if ledger is None:
-                return False
-            answer = await ledger._delivery(event_id, event_type, data, payload)
-            return answer.status < 500  # a write that failed: the next look tries again
-
-        if not await self._look_again(look):
-            message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
-            self._unmatched(event_id, message_id, parse_statuses(payload))
-
-    async def settle(self) -> None:
-        """Wait until every event still being looked for, here or by a ledger, is recorded
-        or counted unmatched."""
-        await super().settle()
-        for _, receiver in list(self.ledgers.values()):
-            await receiver.settle()
-
-    async def close(self) -> None:
-        """Stop waiting for late matches, and close every ledger."""
-        await super().close()
-        while self.ledgers:
-            await self._close(self.ledgers.popitem()[1][1])
-
-
-class _ServerLog(logging.Filter):
-    """aiohttp's server log, for the receiver: each line it would write becomes one of ours.
-    A request aiohttp could not parse (:class:`~aiohttp.http_exceptions.HttpProcessingError`)
-    is one ``webhook.bad_request`` line with its status and kind, never its text, which
-    quotes the offending header line (an ``Authorization`` a proxy added, say), nor a
-    traceback; a fault of this receiver keeps its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            bad = log.warning if record.levelno >= logging.WARNING else log.debug
-            bad("webhook.bad_request", status=exc.code, error=type(exc).__name__)
-        elif record.levelno >= logging.WARNING:
-            log.error("webhook.failed", detail=record.getMessage(), exc_info=record.exc_info)
-        return False
-
-
-def server_log() -> logging.Logger:
-    """The logger the receiver's HTTP server writes to (:class:`_ServerLog`); it reaches no
-    handler of the logging module."""
-    logger = logging.Logger("bulk_mms.webhooks.http")
-    logger.addFilter(_ServerLog())
-    return logger
-
-
-async def serve_webhooks(
-    target: Location | JobConfig,
-    host: str,
-    port: int,
-    key: Ed25519PublicKey,
-    stop: asyncio.Event,
-    *,
-    started: Callable[[str], None] | None = None,
-    suppressed: Suppressed | None = None,
-    settings: Settings | None = None,
-) -> WebhookReceiver | JobReceiver:
-    """Listen on ``host:port`` until ``stop`` is set; return the receiver (for its counts).
-    ``target``: one ledger (:class:`WebhookReceiver`), or a job whose ledger is a new one each
-    day (:class:`JobReceiver`, on the job's :meth:`~bulk_mms.config.job.JobConfig.ledger_on`
-    in its time zone: none of its ledgers need exist yet). ``settings``: the account's
-    (:attr:`WebhookReceiver.settings`).
-
-    Raises:
-        LedgerError: the ledger is missing, empty or cannot be written; a job's ledgers are
-            a database's that cannot be reached.
-        ConfigError: the address cannot be listened on.
-    """
-    clock = SystemClock(stop)
-    where = target.where if isinstance(target, JobConfig) else target
-    if is_database(where):  # a database's: its time, as the job's runs and track keep it
-        await keep_database_time(clock, str(where))
-    receiver: WebhookReceiver | JobReceiver
-    if isinstance(target, JobConfig):
-        receiver = JobReceiver(
-            target.ledger_on,
-            target.zone,
-            key,
-            clock=clock,
-            suppressed=suppressed,
-            settings=settings,
-            stop=stop,
-        )
-    else:
-        store = open_store(target, "append")
-        receiver = WebhookReceiver(
-            store.fold(),
-            store,
-            key,
-            clock=clock,
-            suppressed=suppressed,
-            reopen=lambda: open_store(target, "append"),
-            settings=settings,
-            stop=stop,
-        )
-    try:
-        if isinstance(receiver, JobReceiver):
-            await receiver.roll()
-            fields: dict[str, object] = {
-                "ledger": display(where),
-                "ledgers": [r.store.name for _, r in receiver.ledgers.values()],
-            }
-        else:
-            fields = {"ledger": receiver.store.name, "groups": len(receiver.view.groups)}
-        await _listen(receiver, host, port, stop, started, **fields)
-    finally:
-        await receiver.close()
-        if isinstance(receiver, WebhookReceiver):
-            await receiver.store.close()
-    log.info(
-        "webhooks.stopped",
-        recorded=receiver.recorded,
-        rejected=receiver.rejected,
-        unmatched=receiver.unmatched,
-    )
-    return receiver
-
-
-async def _listen(
-    receiver: _Receiver,
-    host: str,
-    port: int,
-    stop: asyncio.Event,
-    started: Callable[[str], None] | None,
-    **fields: object,
-) -> None:
-    """Serve ``receiver`` on ``host:port`` until ``stop`` is set (``fields``: what the
-    ``webhooks.listening`` line says of its ledgers).
-
-    Raises:
-        ConfigError: the address cannot be listened on.
-    """
-    runner = web.AppRunner(
-        receiver.app(), access_log=None, handle_signals=False, logger=server_log()
-    )
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise ConfigError(
-                "--listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-            ) from None
-        bound = runner.addresses[0]
-        address = f"{bound[0]}:{bound[1]}"
-        log.info("webhooks.listening", address=address, **fields)
-        if started is not None:
-            started(address)
-        await stop.wait()
-    finally:
-        await runner.cleanup()

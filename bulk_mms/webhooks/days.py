@@ -1,0 +1,274 @@
+"""The receiver of a job whose ledger is a new one each day (:class:`JobReceiver`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Unpack
+
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
+from bulk_mms.errors import LedgerError
+from bulk_mms.ledger import Location, open_store
+from bulk_mms.ledger.store import display, exists
+from bulk_mms.webhooks.receiver import (
+    LATE_POLL_S,
+    LEARN_WINDOW_S,
+    BaseReceiver,
+    ReceiverOptions,
+    WebhookReceiver,
+    short_field,
+    write_failed,
+)
+
+log = structlog.get_logger("bulk_mms.webhooks.days")
+
+#: How many dates before today a job's dated ledgers stay open (:class:`JobReceiver`): an
+#: event is taken for a send within :data:`LEARN_WINDOW_S` of it, so a message sent just
+#: before midnight is reported on until that many dates after its send's; and a run after
+#: midnight may send into the date before's ledger, to finish its campaign
+#: (:func:`~bulk_mms.prepare.continues_earlier`): one date more. Older messages' reports are
+#: ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
+DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400) + 1
+
+
+class JobReceiver(BaseReceiver):
+    """The receiver of a job whose ledger is a new one each day (``{date}``): it serves the
+    job's ledgers of today and the :data:`DAYS_BACK` dates before (dates in the job's time
+    zone) that exist, each through a :class:`WebhookReceiver` of its own (:attr:`ledgers`),
+    which matches and records an event as it does alone. An event goes to the ledger that
+    sent its message (:meth:`_sender`). One that no open ledger knows makes it look for
+    ledgers begun since (today's, once the day's run has begun it; a new date's after
+    midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
+    counted unmatched; while one of the job's ledgers exists but cannot be opened, it may be
+    the one that sent it, and gets 503 (Telnyx redelivers it). A keyword reaches the
+    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed."""
+
+    def __init__(
+        self,
+        ledger_on: Callable[[dt.date], Location],
+        zone: dt.tzinfo,
+        key: Ed25519PublicKey,
+        **options: Unpack[ReceiverOptions],
+    ) -> None:
+        super().__init__(key, **options)
+        #: The job's ledger for a date (:meth:`~bulk_mms.config.job.JobConfig.ledger_on`).
+        self.ledger_on = ledger_on
+        self.zone = zone
+        #: The open ledgers' receivers by location, each with the date it is the ledger of.
+        self.ledgers: dict[str, tuple[dt.date, WebhookReceiver]] = {}
+        self._today: dt.date | None = None
+        #: When :meth:`roll` last looked for ledgers begun since (monotonic).
+        self._looked = -math.inf
+        #: What the ledgers closed had recorded.
+        self._recorded_before = 0
+        #: Events answered that no open ledger knew, with when (monotonic), oldest first: a
+        #: redelivery is a duplicate. Kept for :data:`LEARN_WINDOW_S` (Telnyx's retries are
+        #: over by then), not for the receiver's life: most may be other apps' messages.
+        self._answered: dict[str, float] = {}
+        #: The job's ledgers that exist but could not be opened at the last :meth:`roll`
+        #: (logged), each with why: any of them may have sent an event's message.
+        self._unavailable: dict[str, LedgerError] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<JobReceiver {len(self.ledgers)} ledgers recorded={self.recorded} "
+            f"unmatched={self.unmatched}>"
+        )
+
+    @property
+    def recorded(self) -> int:
+        """Reports recorded, into every ledger served."""
+        return self._recorded_before + sum(r.recorded for _, r in self.ledgers.values())
+
+    def today(self) -> dt.date:
+        """Today's date in the job's time zone, by the receiver's clock."""
+        return dt.datetime.fromtimestamp(self.clock.wall(), self.zone).date()
+
+    async def roll(self, *, look: bool = False) -> None:
+        """Have open the job's ledgers of today and the :data:`DAYS_BACK` dates before that
+        exist, and no others: done when the date has changed since, and with ``look`` to
+        find ledgers begun since (at most once every :data:`LATE_POLL_S`)."""
+        today, now = self.today(), self.clock.monotonic()
+        look = look and now - self._looked >= LATE_POLL_S
+        if today == self._today and not look:
+            return
+        self._today = today
+        if look:
+            self._looked = now
+        wanted: dict[str, tuple[dt.date, Location]] = {}
+        for back in range(DAYS_BACK + 1):
+            day = today - dt.timedelta(days=back)
+            where = self.ledger_on(day)
+            wanted.setdefault(str(where), (day, where))  # one ledger for every day: its newest
+        # what this roll closes leaves the ledgers before its first wait: another request's
+        # roll meanwhile neither closes it again nor hands it an event
+        past = [self.ledgers.pop(name)[1] for name in list(self.ledgers) if name not in wanted]
+        self._unavailable = {}
+        for name, (day, where) in wanted.items():
+            if name in self.ledgers:
+                self.ledgers[name] = (day, self.ledgers[name][1])
+                continue
+            try:
+                receiver = self._open(where)
+            except LedgerError as exc:
+                log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
+                self._unavailable[name] = exc
+                continue
+            if receiver is not None:
+                self.ledgers[name] = (day, receiver)
+        for receiver in past:
+            await self._close(receiver)
+
+    def _open(self, where: Location) -> WebhookReceiver | None:
+        """A receiver of the ledger at ``where``; None while there is none (its day's run
+        has not begun it), or its file is empty (a run created it and wrote nothing yet, or
+        stopped there: nothing was sent with it).
+
+        Raises:
+            LedgerError: it cannot be told whether it exists, or it cannot be opened now.
+        """
+        if not exists(where):
+            return None
+        with contextlib.suppress(OSError):
+            if isinstance(where, Path) and where.stat().st_size == 0:
+                return None
+        store = open_store(where, "append")
+        try:
+            view = store.fold()
+        except BaseException:
+            store.close_sync()
+            raise
+        receiver = WebhookReceiver(
+            view,
+            store,
+            self.key,
+            clock=self.clock,
+            suppressed=self.suppressed,
+            reopen=functools.partial(open_store, where, "append"),
+            settings=self.settings,
+            stop=self.stop,
+        )
+        receiver.late_window_s = self.late_window_s
+        log.info("webhooks.ledger_opened", ledger=store.name, groups=len(view.groups))
+        return receiver
+
+    async def _close(self, receiver: WebhookReceiver) -> None:
+        """Close a ledger's receiver taken out of :attr:`ledgers`, keeping its count."""
+        await receiver.close()
+        await receiver.store.close()
+        self._recorded_before += receiver.recorded
+        log.info("webhooks.ledger_closed", ledger=receiver.store.name)
+
+    def _sender(
+        self, event_type: str, data: dict[str, Any], payload: object
+    ) -> WebhookReceiver | None:
+        """The open ledger that sent the message an event is about: the one that knows its
+        id (a group's own, or a recipient's learnt) if any; else the newest whose recipient
+        the event's id is learnt for (:meth:`WebhookReceiver.match`), as a recipient of an
+        older ledger has long learnt its id from the events that followed that send. None:
+        no open ledger sent it.
+
+        Raises:
+            LedgerError: a ledger cannot be read.
+        """
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        if message_id is None:
+            return None
+        newest = [r for _, r in sorted(self.ledgers.values(), key=lambda d: d[0], reverse=True)]
+        for receiver in newest:
+            receiver.ready()
+            if receiver.knows(message_id):
+                return receiver
+        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
+        occurred_at = status_stamp(data.get("occurred_at"))
+        for receiver in newest:
+            statuses = receiver._statuses(payload, message_id, event_type)
+            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
+                return receiver
+        return None
+
+    async def _delivery(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> web.Response:
+        """The answer to a ``message.sent`` or ``message.finalized``: the ledger that sent its
+        message records it (:meth:`WebhookReceiver._delivery`); none yet, it is looked for
+        again (:meth:`_find_later`)."""
+        if self._answered_before(event_id):
+            log.debug("webhook.duplicate", id=short_field(event_id))
+            return web.json_response({"ok": True, "duplicate": True})
+        try:
+            await self.roll()
+            ledger = self._sender(event_type, data, payload)
+            if ledger is None:
+                await self.roll(look=True)  # begun since: today's, once its run began
+                ledger = self._sender(event_type, data, payload)
+            if ledger is None and self._unavailable:
+                # a ledger not open may have sent it: no 2xx, so Telnyx redelivers it
+                raise next(iter(self._unavailable.values()))
+        except LedgerError as exc:
+            write_failed(event_id, exc)
+            return web.json_response({"error": "the ledger cannot be read now"}, status=503)
+        if ledger is not None:
+            return await ledger._delivery(event_id, event_type, data, payload)
+        self._answered[event_id] = self.clock.monotonic()
+        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        reports = parse_statuses(payload)
+        if message_id is None:
+            self._unmatched(event_id, message_id, reports)
+        else:
+            self._in_background(self._find_later(event_id, event_type, data, payload))
+        log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
+        pending = len(reports) if message_id is not None else 0
+        return web.json_response({"ok": True, "recorded": 0, "pending": pending})
+
+    def _answered_before(self, event_id: str) -> bool:
+        """Whether ``event_id`` was answered though no open ledger knew it, within
+        :data:`LEARN_WINDOW_S`; those answered before that are forgotten."""
+        horizon = self.clock.monotonic() - LEARN_WINDOW_S
+        answered = self._answered
+        while answered and answered[oldest := next(iter(answered))] < horizon:
+            del answered[oldest]
+        return event_id in answered
+
+    async def _find_later(
+        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
+    ) -> None:
+        """Look again for the ledger that sent an event's message, among those begun since
+        too (:meth:`_look_again`), and have it record the event; else count it unmatched."""
+
+        async def look() -> bool:
+            try:
+                await self.roll(look=True)
+                ledger = self._sender(event_type, data, payload)
+            except LedgerError as exc:
+                write_failed(event_id, exc)
+                return False
+            if ledger is None:
+                return False
+            answer = await ledger._delivery(event_id, event_type, data, payload)
+            return answer.status < 500  # a write that failed: the next look tries again
+
+        if not await self._look_again(look):
+            message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+            self._unmatched(event_id, message_id, parse_statuses(payload))
+
+    async def settle(self) -> None:
+        """Wait until every event still being looked for, here or by a ledger, is recorded
+        or counted unmatched."""
+        await super().settle()
+        for _, receiver in list(self.ledgers.values()):
+            await receiver.settle()
+
+    async def close(self) -> None:
+        """Stop waiting for late matches, and close every ledger."""
+        await super().close()
+        while self.ledgers:
+            await self._close(self.ledgers.popitem()[1][1])
