@@ -171,9 +171,22 @@ class Recorder:
         with contextlib.suppress(LedgerError):
             self._queue(Paced(sender, round(rate, 4), round(was, 4), per, reason, self._now()))
 
-    def planned(self, recipients: int, groups: int, rejected: int, duplicates: int) -> None:
-        """How much of the input is valid (:class:`~bulk_mms.ledger.Planned`)."""
-        self._queue(Planned(recipients, groups, rejected, self._now(), duplicates))
+    def planned(
+        self,
+        recipients: int,
+        groups: int,
+        rejected: int,
+        duplicates: int,
+        *,
+        suppressed: int,
+        excluded: int,
+    ) -> None:
+        """How much of the input is valid, and how many rows are not sent, by kind
+        (:class:`~bulk_mms.ledger.Planned`: ``suppressed`` and ``excluded`` are of
+        ``rejected``)."""
+        self._queue(
+            Planned(recipients, groups, rejected, self._now(), duplicates, suppressed, excluded)
+        )
 
     def held(self, group: Group) -> None:
         """A group held in doubt; an open attempt left by a crash is said so, once."""

@@ -302,7 +302,7 @@ def summarize(location: Location) -> LedgerSummary:
     s.cost_parts = view.cost_parts()
     s.cost = {cur: final + est for cur, (final, est) in s.cost_parts.items()}
     s.recipient_states = view.recipients()
-    s.rows = _with_unrecorded(view.input_rows(s.recipient_states), view)
+    s.rows = view.input_rows(s.recipient_states)
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
     s.unsent = _unsent(view)
     s.delivery = view.delivery()
@@ -328,25 +328,6 @@ def _delivery_codes(
         if (action := action_of(k.action, k.code)) is not None:
             actions.setdefault(k.code, set()).add(str(action))
     return codes, actions
-
-
-#: The reason the report gives rows rejected that no ``rejected`` line records yet.
-UNRECORDED = "not recorded yet: the run stopped before it reached them (a rerun records them)"
-
-
-def _with_unrecorded(rows: InputRows, view: LedgerView) -> InputRows:
-    """``rows`` with the rows the latest run's check rejected (its ``planned`` count) that no
-    ``rejected`` line records, when there are such: a run records a rejected row as it sends
-    past it, so one stopped early (``--limit``, a crash, Ctrl-C) has checked the whole input
-    but recorded only the rows before where it stopped. Counted as rejected under
-    :data:`UNRECORDED`, so the rows still add up to the input's; never fewer than recorded."""
-    planned = view.planned
-    if planned is None:
-        return rows
-    missing = planned.rejected - (rows.lost + rows.suppressed + rows.excluded)
-    if missing <= 0:
-        return rows
-    return msgspec.structs.replace(rows, rejected={**rows.rejected, UNRECORDED: missing})
 
 
 def waiting(view: LedgerView) -> dict[str, Waiting]:

@@ -218,7 +218,8 @@ class Runner:
     async def produce(self, reader: RowReader) -> None:
         """Feed groups to the workers; record rejected rows; skip what is done; say how much
         of the input is valid once it has all been read."""
-        recipients = groups = rejected = 0
+        recipients = groups = 0
+        left_out: Counter[Rejection] = Counter()  # every row not sent but the duplicates
         suppressed = self.sender.suppressed
         items = plan(
             self.job, reader, suppressed, self.view, scan=self.scan, excluded=self.excluded
@@ -234,7 +235,8 @@ class Runner:
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
             if isinstance(item, RejectedRow):
-                rejected += item.kind is not Rejection.DUPLICATE
+                if item.kind is not Rejection.DUPLICATE:
+                    left_out[item.kind] += 1
                 self.rows_done += 1
                 self.rows_free += 1
                 self.recorder.rejected(item)
@@ -245,7 +247,14 @@ class Runner:
             groups += 1
             if not await self._dispatch(item):
                 return
-        self.recorder.planned(recipients, groups, rejected, self.summary.duplicate_rows)
+        self.recorder.planned(
+            recipients,
+            groups,
+            left_out.total(),
+            self.summary.duplicate_rows,
+            suppressed=left_out[Rejection.SUPPRESSED],
+            excluded=left_out[Rejection.EXCLUDED],
+        )
         self.summary.read_whole_input = True
         await self.sharing.settle_others(self._dispatch, self.stop.is_set)
 
@@ -917,9 +926,17 @@ async def run_job(
 def planned_by_scan(recorder: Recorder, scan: InputScan) -> None:
     """Record how many of the input's recipients are valid as ``scan`` found them, before the
     first send: a report of a run that ends before its input's end (a crash, a stop) adds up.
-    Rejected: every row not sent that is not a duplicate, as the plan's own count."""
+    Rejected: every row not sent that is not a duplicate, as the plan's own count, with how
+    many of them are suppressed and excluded."""
     left_out = scan.lost_rows + scan.suppressed + scan.excluded
-    recorder.planned(scan.recipients - scan.suppressed, 0, left_out, scan.duplicates)
+    recorder.planned(
+        scan.recipients - scan.suppressed,
+        0,
+        left_out,
+        scan.duplicates,
+        suppressed=scan.suppressed,
+        excluded=scan.excluded,
+    )
 
 
 def window_stop(job: JobConfig, clock: Clock) -> str | None:

@@ -268,6 +268,7 @@ def test_every_event_survives_the_round_trip() -> None:
         ev.Header("j", "sha256:aa", campaign="c1", columns=("name",)),
         ev.RunStarted(12, "2026-11-25T00:00:00.000Z"),
         ev.Planned(10, 2, 1),
+        ev.Planned(10, 2, 5, "2026-11-25T00:00:00.000Z", 1, suppressed=2, excluded=1),
         ev.Attempt("g", ("+1", "+2"), 3, "+15550001", 2, "key", 1.5),
         ev.Sent(
             "g",
@@ -288,6 +289,18 @@ def test_every_event_survives_the_round_trip() -> None:
         assert line.startswith(b'{"event":"' + event.kind.encode() + b'"')
         assert decode(orjson.loads(line)) == event
         assert to_json(event)["event"] == event.kind
+
+
+def test_fields_a_newer_bulk_mms_wrote_are_passed_over() -> None:
+    """An event with a field this bulk-mms does not know (as a ledger a newer one wrote has)
+    reads as the fields it knows: so an older bulk-mms reads a ``planned`` line that counts
+    suppressed and excluded rows apart, and a line without them reads with them 0."""
+    planned = ev.Planned(10, 2, 5, "2026-11-25T00:00:00.000Z", 1, suppressed=2, excluded=1)
+    assert decode({**to_json(planned), "counted_later": {"x": 1}}) == planned
+    old = {k: v for k, v in to_json(planned).items() if k not in ("suppressed", "excluded")}
+    assert decode(old) == replace(planned, suppressed=0, excluded=0)
+    sent = ev.Sent("g", ("+1",), message_id="m")
+    assert decode({**to_json(sent), "counted_later": 1}) == sent
 
 
 def test_a_version_2_ledger_still_reads() -> None:

@@ -385,6 +385,26 @@ def test_the_table_keeps_what_the_error_policy_did(database: str) -> None:
     assert list(read_events(where)) == [failed, status]
 
 
+def test_the_table_keeps_the_kinds_of_row_a_run_planned_not_to_send(database: str) -> None:
+    """A ``planned`` row reads back with its suppressed and excluded counts, and a row
+    written without them (an older bulk-mms) with both 0, as a file's line does."""
+    where = f"{database}?ledger=planned"
+    store = open_store(where, "run")
+    planned = events.Planned(8, 0, 3, "", 1, suppressed=1, excluded=1)
+    store.append_now(planned)
+    store.close_sync()
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE bulk_mms_events SET body = body - 'suppressed' - 'excluded' "
+            "WHERE kind = 'planned'"
+        )
+        store = open_store(where, "run")
+        store.append_now(planned)
+        store.close_sync()
+    older = replace(planned, suppressed=0, excluded=0)
+    assert list(read_events(where)) == [older, planned]
+
+
 def test_ledger_copy_both_ways_keeps_every_event(
     jobs: JobFactory, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

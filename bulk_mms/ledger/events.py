@@ -5,7 +5,7 @@ row's document) an event is a JSON object whose first key is ``event``, its kind
 
     job       Header      the first event: the job, its input's fingerprint, grouping, campaign
     run       RunStarted  a run (or a process sharing the job) began
-    planned   Planned     a run read its whole input: how many recipients, groups and rejects
+    planned   Planned     a run read its whole input: how many recipients, groups and rows not sent
     attempt   Attempt     a request is about to leave (durable before it does)
     sent      Sent        the API accepted the group
     failed    Failed      the API refused it (``retryable``: a plain rerun sends it again)
@@ -134,8 +134,14 @@ class RunStarted(msgspec.Struct, frozen=True):
 
 class Planned(msgspec.Struct, frozen=True):
     """How much of the input is valid: so many recipients in so many groups, so many rows
-    rejected (each recorded by a ``rejected`` event) and so many duplicates (rows whose number
+    not sent (``rejected``: every such row but the duplicates, each recorded by a
+    ``rejected`` event as a run reads past it) and so many duplicates (rows whose number
     appears earlier in the input: counted here only, never a line each).
+
+    Of the ``rejected`` rows, ``suppressed`` are on the suppression list and ``excluded`` are
+    left out by ``--exclude-sent``: rows left out on purpose; the rest are losses (a bad
+    number, a broken row). Both 0 in a ledger written before they were kept: its rows not
+    recorded yet all read as losses (:meth:`~bulk_mms.ledger.LedgerView.input_rows`).
 
     A run writes one before its first send, from its scan of the whole input (``groups`` is 0
     there: groups are not counted until they are made), and one when it has grouped the whole
@@ -146,6 +152,8 @@ class Planned(msgspec.Struct, frozen=True):
     rejected: int
     time: str = ""
     duplicates: int = 0
+    suppressed: int = 0
+    excluded: int = 0
     kind: ClassVar[str] = "planned"
 
 
@@ -580,6 +588,8 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
         _int(d, "rejected"),
         _time(d),
         _int(d, "duplicates"),
+        _int(d, "suppressed"),
+        _int(d, "excluded"),
     ),
     "attempt": _attempt,
     "sent": _sent,

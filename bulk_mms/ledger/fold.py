@@ -63,6 +63,11 @@ RESENDABLE_NOTE: Final = "resendable"
 #: reported in its delivery report): nobody is to text it again, and ``--failed-csv`` leaves it
 #: out.
 OPTED_OUT_NOTE: Final = "opted out (STOP), not to be texted again"
+#: The reason :meth:`LedgerView.input_rows` gives rows a run's check rejected (a loss) that no
+#: ``rejected`` line records yet.
+UNRECORDED: Final = (
+    "not recorded yet: the run stopped before it reached them (a rerun records them)"
+)
 #: The places a recipient's share of its group's estimated cost is rounded to.
 SHARE_PLACES: Final = Decimal("0.00000001")
 
@@ -613,7 +618,16 @@ class LedgerView(msgspec.Struct, eq=False):
         ``recipients``: :meth:`recipients`, when the caller has it already.
 
         Duplicates are the latest run's count (``planned``: a run counts them, it records no
-        line for each), or the ledger's ``rejected`` lines for duplicates where they are more."""
+        line for each), or the ledger's ``rejected`` lines for duplicates where they are more.
+
+        A run records a row not sent as it reads past it, so one stopped early (``--limit``,
+        a crash, a signal) has checked the whole input (its ``planned`` counts) but recorded
+        only the rows before where it stopped. The rows its ``planned`` event counts that no
+        line records yet are counted too, each as its kind: suppressed and excluded as such
+        (up to the event's count of each), the rest rejected under :data:`UNRECORDED`. So the
+        rows add up to the input's, never fewer of any kind than recorded; a ledger whose
+        ``planned`` does not tell the kinds apart (written before it did) counts them all
+        rejected."""
         recipients = recipients if recipients is not None else self.recipients()
         lost: Counter[str] = Counter()
         kinds: Counter[str] = Counter()
@@ -623,13 +637,26 @@ class LedgerView(msgspec.Struct, eq=False):
                 lost[reason] += n
             else:
                 kinds[kind] += n
-        planned = self.planned.duplicates if self.planned is not None else 0
+        planned = self.planned
+        suppressed, excluded = kinds[Rejection.SUPPRESSED], kinds[Rejection.EXCLUDED]
+        missing = 0
+        if planned is not None:
+            # rows checked, not recorded: of them, the kinds left out on purpose first
+            missing = planned.rejected - (lost.total() + suppressed + excluded)
+            if missing > 0:
+                more = min(missing, max(0, planned.suppressed - suppressed))
+                suppressed, missing = suppressed + more, missing - more
+                more = min(missing, max(0, planned.excluded - excluded))
+                excluded, missing = excluded + more, missing - more
+        rejected = dict(lost.most_common())
+        if missing > 0:
+            rejected[UNRECORDED] = missing  # after the reasons recorded
         return InputRows(
             valid=recipients.valid,
-            rejected=dict(lost.most_common()),
-            duplicates=max(planned, kinds[Rejection.DUPLICATE]),
-            suppressed=kinds[Rejection.SUPPRESSED],
-            excluded=kinds[Rejection.EXCLUDED],
+            rejected=rejected,
+            duplicates=max(planned.duplicates if planned else 0, kinds[Rejection.DUPLICATE]),
+            suppressed=suppressed,
+            excluded=excluded,
             input_read=recipients.input_read,
         )
 
