@@ -49,7 +49,7 @@ from bulk_mms.scan import (
     write_rejected,
 )
 from bulk_mms.summary import Estimate, JobSummary
-from bulk_mms.suppression import suppression_for
+from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
@@ -377,6 +377,29 @@ def _left_out_before(group: Group, view: LedgerView) -> Iterator[RejectedRow]:
         if phone in rec.refused:
             reason = f"suppressed: {phone} is on the suppression list"
             yield RejectedRow(line, phone, reason, Rejection.SUPPRESSED)
+
+
+def suppressed_as_planned(
+    scan: InputScan, view: LedgerView, suppressed: Suppressed, excluded: Container[int] = ()
+) -> InputScan:
+    """``scan`` with its count of suppressed recipients as the plan leaves them out
+    (:func:`members_left`), not as today's list alone says. The scan counts every number on
+    the list; but a group the ledger has tried stands as it is (a member listed since is
+    counted in its group's state: sent, or refused at the try), and a member an earlier run
+    left out of a group it made anew (``remade``) stays left out, on the list now or not.
+    So a rerun that stops before its input's end counts its valid recipients, and the
+    ledger's ``planned`` event takes them, as its plan goes on to find them. ``excluded``:
+    the numbers the scan left out as excluded (not its recipients)."""
+    groups = view.groups.values()
+    listed = {p for rec in groups for p in rec.to if p in suppressed} if len(suppressed) else set()
+    unlisted = {
+        p for rec in groups if rec.state is None for p in rec.refused if p not in suppressed
+    }
+    if not listed and not unlisted:
+        return scan
+    tried = sum(1 for p in listed if int(p[1:]) not in excluded)
+    left_out = sum(1 for p in unlisted if int(p[1:]) not in excluded)
+    return replace(scan, suppressed=max(0, scan.suppressed - tried) + left_out)
 
 
 def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:

@@ -60,6 +60,7 @@ from bulk_mms.prepare import (
     plan,
     remade_from,
     retired_senders,
+    suppressed_as_planned,
 )
 from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in, next_opening, opens_before
@@ -887,6 +888,7 @@ async def run_job(
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             await asyncio.to_thread(store.append_now, started)
             view.apply(started)
+            scan = suppressed_as_planned(scan, view, suppressed, excluded)
             recorder = Recorder(
                 store,
                 view,

@@ -629,6 +629,42 @@ async def test_a_report_of_a_run_stopped_early_tells_the_rows_it_did_not_reach_a
     assert "  already sent        1 row   by a ledger given to --exclude-sent" in table
 
 
+@pytest.mark.parametrize(
+    "relisted", [[0, 2], []], ids=["a-sent-number-listed-since", "a-left-out-number-unlisted"]
+)
+async def test_a_rerun_stopped_early_counts_who_its_plan_leaves_out_not_todays_list(
+    jobs: JobFactory, tmp_path: Path, relisted: list[int]
+) -> None:
+    """Two runs stopped by ``--limit``, the first leaving the third person out (suppressed:
+    their group made anew without them); between them the list changes: the first person,
+    whom the first run sent, is put on it, or the third is taken off. The rerun's summary
+    and the report count whom its plan leaves out, not whom the list names: the first sent,
+    the third suppressed, and the two nobody has tried yet not attempted."""
+    people = numbers(8)
+    jobs.csv([{"phone": p, "first": "x"} for p in people])
+    job = jobs.job(extra="group_size = 2")
+    listed = tmp_path / "list.txt"
+    listed.write_text(people[2] + "\n")
+    settings = replace(FAST, suppression_file=listed)
+    clock = FakeClock()
+    await run_job(job, settings, FakeClient(), clock=clock, limit=2)  # people 0-1, 3
+    listed.write_text("".join(people[i] + "\n" for i in relisted))
+    s = await run_job(job, settings, FakeClient(), clock=clock, limit=1)  # people 4-5
+    assert s.input is not None
+    assert s.input.suppressed == 1
+    assert s.rows_text() == "0 of 8 rows rejected; 1 suppressed (on the suppression list)"
+    report = summarize(job.ledger)
+    assert report.recipient_states.as_dict() == {
+        "valid": 7,
+        "sent": 5,
+        "failed": 0,
+        "retry_pending": 0,
+        "in_doubt": 0,
+        "not_attempted": 2,
+    }
+    assert (report.rows.suppressed, report.rows.rows) == (1, 8)
+
+
 def _without_kinds(ledger: Path, out: Path) -> Path:
     """``ledger`` as a bulk-mms that did not tell the kinds of row apart wrote it: its
     ``planned`` lines without ``suppressed`` and ``excluded``."""
