@@ -888,7 +888,8 @@ async def run_job(
             started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
             await asyncio.to_thread(store.append_now, started)
             view.apply(started)
-            scan = suppressed_as_planned(scan, view, suppressed, excluded)
+            # off the loop too: a look at every member of a long ledger
+            scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
             recorder = Recorder(
                 store,
                 view,
