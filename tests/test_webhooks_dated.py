@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -365,3 +366,32 @@ async def test_an_empty_ledger_of_the_job_is_one_not_begun_yet(
     assert (await post_at(http, clock, body))[1]["pending"] == 1
     await receiver.settle()
     assert receiver.unmatched == 1
+
+
+async def test_a_ledger_begun_since_is_opened_and_read_off_the_event_loop(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day's ledger taken in while the receiver serves is opened and folded off the event
+    loop (a large one takes seconds; Telnyx wants a 2xx within 2 s), and opened once however
+    many requests look for it meanwhile."""
+    receiver, http, clock, job = served
+    _, sent = await Sends(job).run_on(LATE_ON_24TH)
+    folds: list[bool] = []
+
+    def opening(where: Any, mode: str) -> LedgerStore:
+        store = open_store(where, mode)
+        fold = store.fold
+
+        def folding() -> Any:
+            folds.append(asyncio._get_running_loop() is not None)  # on the loop's thread?
+            return fold()
+
+        monkeypatch.setattr(store, "fold", folding)
+        return store
+
+    monkeypatch.setattr(days, "open_store", opening)
+    answers = await asyncio.gather(*(post_at(http, clock, finalized(s, "delivered")) for s in sent))
+    assert [status for status, _ in answers] == [200, 200]
+    assert folds == [False]
+    assert receiver.recorded == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import functools
@@ -76,6 +77,8 @@ class JobReceiver(BaseReceiver):
         #: The job's ledgers that exist but could not be opened at the last :meth:`roll`
         #: (logged), each with why: any of them may have sent an event's message.
         self._unavailable: dict[str, LedgerError] = {}
+        #: Held by :meth:`roll` while it opens ledgers off the loop: one roll at a time.
+        self._rolling = asyncio.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -95,7 +98,13 @@ class JobReceiver(BaseReceiver):
     async def roll(self, *, look: bool = False) -> None:
         """Have open the job's ledgers of today and the :data:`DAYS_BACK` dates before that
         exist, and no others: done when the date has changed since, and with ``look`` to
-        find ledgers begun since (at most once every :data:`LATE_POLL_S`)."""
+        find ledgers begun since (at most once every :data:`LATE_POLL_S`). A ledger is
+        opened and read off the event loop (a large one takes seconds, and requests wait
+        meanwhile), by one roll at a time: one that comes meanwhile waits for it."""
+        async with self._rolling:
+            await self._roll(look=look)
+
+    async def _roll(self, *, look: bool) -> None:
         today, now = self.today(), self.clock.monotonic()
         look = look and now - self._looked >= LATE_POLL_S
         if today == self._today and not look:
@@ -117,7 +126,7 @@ class JobReceiver(BaseReceiver):
                 self.ledgers[name] = (day, self.ledgers[name][1])
                 continue
             try:
-                receiver = self._open(where)
+                receiver = await asyncio.to_thread(self._open, where)
             except LedgerError as exc:
                 log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
                 self._unavailable[name] = exc
