@@ -379,7 +379,7 @@ async def test_a_ledger_begun_since_is_opened_and_read_off_the_event_loop(
     _, sent = await Sends(job).run_on(LATE_ON_24TH)
     folds: list[bool] = []
 
-    def opening(where: Any, mode: str) -> LedgerStore:
+    def opening(where: Any, mode: Any) -> LedgerStore:
         store = open_store(where, mode)
         fold = store.fold
 
