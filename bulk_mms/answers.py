@@ -65,6 +65,13 @@ def as_message_id(value: object) -> str | None:
     return value if isinstance(value, str) and _MESSAGE_ID.fullmatch(value) else None
 
 
+def payload_message_id(payload: object) -> str | None:
+    """The message id a webhook event's ``payload`` names (its ``id``), when it is one
+    (:func:`as_message_id`); None for a payload that is not an object or names none: such
+    an event is never matched by its id, nor learnt as a recipient's own."""
+    return as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+
+
 def _text(value: object, limit: int) -> str:
     """A string field of an answer, cut to ``limit`` characters; anything else is empty."""
     return value[:limit] if isinstance(value, str) else ""

@@ -348,12 +348,10 @@ def members_left(
         yield from _left_out_before(group, view)
         group = remade
     if suppressed and view.groups.get(group.id) is None:  # (an empty list drops no one)
-        drop = [(p, line) for p, line in zip(group.to, group.lines, strict=True) if p in suppressed]
-        for phone, line in drop:
-            reason = f"suppressed: {phone} is on the suppression list"
-            yield RejectedRow(line, phone, reason, Rejection.SUPPRESSED)
+        drop = _suppressed_rows(group, suppressed)
+        yield from drop
         if drop:
-            gone = tuple(phone for phone, _ in drop)
+            gone = tuple(row.value for row in drop)
             remade = without(group, gone, job)
             if remade is None:
                 return  # nobody left: their rows are all rejected
@@ -367,16 +365,24 @@ def members_left(
     yield group
 
 
-def _left_out_before(group: Group, view: LedgerView) -> Iterator[RejectedRow]:
+def _left_out_before(group: Group, view: LedgerView) -> list[RejectedRow]:
     """The rows of ``group`` that an earlier run left out as suppressed when it made the group
     anew (``remade``: never attempted itself); none for a group refused or moved."""
     rec = view.groups.get(group.id)
     if rec is None or rec.state is not None or not rec.refused:
-        return
-    for phone, line in zip(group.to, group.lines, strict=True):
-        if phone in rec.refused:
-            reason = f"suppressed: {phone} is on the suppression list"
-            yield RejectedRow(line, phone, reason, Rejection.SUPPRESSED)
+        return []
+    return _suppressed_rows(group, rec.refused)
+
+
+def _suppressed_rows(group: Group, listed: Container[str]) -> list[RejectedRow]:
+    """The rows of ``group``'s members in ``listed``, rejected ``suppressed``."""
+    return [
+        RejectedRow(
+            line, phone, f"suppressed: {phone} is on the suppression list", Rejection.SUPPRESSED
+        )
+        for phone, line in zip(group.to, group.lines, strict=True)
+        if phone in listed
+    ]
 
 
 def suppressed_as_planned(

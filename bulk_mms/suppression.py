@@ -229,7 +229,7 @@ class Suppressed:
             latest = self.keyword_at(phone)
             if latest is not None and latest >= texted:
                 return False
-            self._append(f"# {phone}  {texted_at(reason, texted)}\n")
+            self._append(_record(phone, texted_at(reason, texted)))
         return True
 
     async def off_loop(self, change: Callable[[], T]) -> T:
@@ -371,7 +371,13 @@ def _kept(line: str, gone: set[int]) -> str:
     if not number or int(number[1:]) not in gone:
         return line
     note = line.partition("#")[2].strip()
-    return f"# {number}  {note}\n" if texted_in(note) is not None else ""
+    return _record(number, note) if texted_in(note) is not None else ""
+
+
+def _record(phone: str, said: str) -> str:
+    """The comment line that records when ``phone`` texted a keyword (``said``: ``texted ...
+    at <when>``), as :data:`_RECORD` reads it; no reader takes it for a number."""
+    return f"# {phone}  {said}\n"
 
 
 def _texted(line: str, phone: str) -> float | None:

@@ -15,7 +15,12 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
+from bulk_mms.answers import (
+    address,
+    parse_statuses,
+    payload_message_id,
+    status_stamp,
+)
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import Location, open_store
 from bulk_mms.ledger.store import display, exists
@@ -188,7 +193,7 @@ class JobReceiver(BaseReceiver):
         Raises:
             LedgerError: a ledger cannot be read.
         """
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        message_id = payload_message_id(payload)
         if message_id is None:
             return None
         newest = [r for _, r in sorted(self.ledgers.values(), key=lambda d: d[0], reverse=True)]
@@ -228,7 +233,7 @@ class JobReceiver(BaseReceiver):
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
         self._answered[event_id] = self.clock.monotonic()
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        message_id = payload_message_id(payload)
         reports = parse_statuses(payload)
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
@@ -266,7 +271,7 @@ class JobReceiver(BaseReceiver):
             return answer.status < 500  # a write that failed: the next look tries again
 
         if not await self._look_again(look):
-            message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+            message_id = payload_message_id(payload)
             self._unmatched(event_id, message_id, parse_statuses(payload))
 
     async def settle(self) -> None:

@@ -23,7 +23,13 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bulk_mms.answers import address, as_message_id, parse_statuses, status_stamp
+from bulk_mms.answers import (
+    address,
+    as_message_id,
+    parse_statuses,
+    payload_message_id,
+    status_stamp,
+)
 from bulk_mms.clock import CLOCK_SKEW_S, Clock, SystemClock, instant, iso
 from bulk_mms.codes import keyword
 from bulk_mms.config import Settings
@@ -356,7 +362,7 @@ class WebhookReceiver(BaseReceiver):
         occurred_at = status_stamp(data.get("occurred_at"))
         # an id that is not one (too long, a line end, an escape) names no message: the event
         # is never matched by it, nor learnt as a recipient's own id
-        message_id = as_message_id(payload.get("id")) if isinstance(payload, dict) else None
+        message_id = payload_message_id(payload)
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:
             self.ready()
