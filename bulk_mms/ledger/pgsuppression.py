@@ -50,7 +50,10 @@ class PostgresSuppressed(Suppressed):
         """The numbers the table holds that were added after ``since`` (the database's time,
         less :data:`_COMMIT_SLACK_S`: a row is stamped as its statement began, a moment
         before it is seen), every one when None; the read's time is kept for the next."""
-        rows = self._run(_ADDED_SINCE, (since, since, _COMMIT_SLACK_S))
+        if since is None:
+            rows = self._run(_EVERY, ())
+        else:
+            rows = self._run(_ADDED_SINCE, (since, _COMMIT_SLACK_S))
         read_at, numbers = rows[0]
         self._read_at = read_at
         return {int(str(n)[1:]) for n in numbers if str(n)[1:].isdigit()}
@@ -169,11 +172,15 @@ class PostgresSuppressed(Suppressed):
 #: How long before a read a row it did not see may be stamped (``added``: as its
 #: statement began) and yet commit after it: the next read takes those in again.
 _COMMIT_SLACK_S: Final = 60.0
-#: The database's time now, and the numbers added after a time (every one for NULL).
+#: The database's time now, and every number on the list.
+_EVERY: Final = "SELECT now(), array(SELECT number FROM bulk_mms_suppressions)"
+#: The database's time now, and the numbers added after a time less a slack: a range on the
+#: index of ``added`` in any plan, the generic one a reused connection may switch to (a
+#: ``%s IS NULL OR`` in it would read the whole table there).
 _ADDED_SINCE: Final = """
     SELECT now(), array(
         SELECT number FROM bulk_mms_suppressions
-        WHERE %s::timestamptz IS NULL OR added > %s::timestamptz - make_interval(secs => %s))
+        WHERE added > %s::timestamptz - make_interval(secs => %s))
 """
 #: A number's keyword time, kept only when later than the one recorded; the number comes back
 #: when it was written.
