@@ -30,7 +30,7 @@ from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import events, open_store, read_events, to_json
-from bulk_mms.ledger.postgres import _MIGRATIONS, SCHEMA_VERSION, migrate_url
+from bulk_mms.ledger.postgres import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
@@ -522,8 +522,8 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A schema-9 database migrates to 10 while a look holds the list open: the index on
-    ``added`` is made valid, a current host's looks go on through it, and a host still at
-    schema 9 refuses the database from its next look on (one line, a newer bulk-mms)."""
+    ``added`` is made valid, a current host's looks go on through it, and the database
+    records that schema 9 can use it."""
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("CREATE TABLE bulk_mms_schema (version int NOT NULL)")
         for version in range(1, 10):
@@ -550,8 +550,49 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
     suppression_for(None, database).add(["+12125550100"], "texted STOP (webhook)")
     assert current.look_again() == ["+12125550100"]
     monkeypatch.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 9)
-    with pytest.raises(LedgerError, match="schema version 10 is from a newer bulk-mms"):
-        old.look_again()
+    old.look_again()  # at 9, this code goes on (a release at 9 refuses: it predates the rule)
+    with psycopg.connect(database) as conn:
+        usable = conn.execute("SELECT usable_from FROM bulk_mms_schema WHERE version = 10")
+        assert usable.fetchone() == (9,)
+
+
+def _newer_migrates(database: str, monkeypatch: pytest.MonkeyPatch, usable_from: int) -> None:
+    """A bulk-mms that knows schema 11 (an index on the list's reasons, usable from
+    ``usable_from``) migrates ``database``, which this bulk-mms made."""
+    migrate_url(database)
+    with monkeypatch.context() as newer:
+        newer.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 11)
+        newer.setitem(_MIGRATIONS, 11, "CREATE INDEX reasons ON bulk_mms_suppressions (reason)")
+        newer.setitem(_USABLE_FROM, 11, usable_from)
+        assert migrate_url(database) == (10, 11)
+
+
+def test_a_database_a_newer_bulk_mms_only_indexed_is_used_as_it_is(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that a newer bulk-mms took to a version it recorded as usable from this
+    one's is used, not refused and not migrated back: a rolling upgrade of an index."""
+    assert SCHEMA_VERSION == 10
+    _newer_migrates(database, monkeypatch, usable_from=10)
+    assert migrate_url(database) == (11, 11)
+    listed = suppression_for(None, database)
+    suppression_for(None, database).add(["+12125550100"], "texted STOP (webhook)")
+    assert listed.look_again() == ["+12125550100"]
+
+
+def test_a_database_a_newer_bulk_mms_changed_is_refused_in_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at a version that needs a newer bulk-mms is refused, naming both
+    versions, and left as it is."""
+    _newer_migrates(database, monkeypatch, usable_from=11)
+    with pytest.raises(LedgerError) as info:
+        migrate_url(database)
+    assert str(info.value).endswith(
+        "schema version 11 is from a newer bulk-mms (it needs schema 11; this one knows 10)"
+    )
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT max(version) FROM bulk_mms_schema").fetchone() == (11,)
 
 
 def test_a_password_never_shows(database: str) -> None:

@@ -182,6 +182,11 @@ _MIGRATIONS: Final = {
             ON bulk_mms_suppressions (added);
     """,
 }
+#: For a schema version whose migration older code may ignore (an index: it reads and writes
+#: as before), the oldest version a bulk-mms may know and still use a database at it; a
+#: version not named needs a bulk-mms that knows it. Recorded beside each version as
+#: :func:`migrate` makes it, so that a bulk-mms released before a version can judge it.
+_USABLE_FROM: Final = {10: 9}
 #: When a claim ``c`` runs out: at the ``expires`` its holder set (its own lease, on the
 #: database's clock); one whose ``expires`` is missing or older than its last heartbeat
 #: (written before schema 8, or renewed since by an older bulk-mms) by the asker's lease
@@ -367,18 +372,47 @@ _Item = tuple[Any, ...] | _Fenced
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Bring the schema up to :data:`SCHEMA_VERSION` (idempotent, safe from many processes at
-    once); the version it was at before."""
+    once); the version it was at before. A database a newer bulk-mms migrated is left as it
+    is, and used, when every version past this one is usable from it (:data:`_USABLE_FROM`,
+    recorded beside each version as it is made).
+
+    Raises:
+        LedgerError: the database is at a version this bulk-mms cannot use.
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS bulk_mms_schema (version int NOT NULL)")
         row = conn.execute("SELECT max(version) FROM bulk_mms_schema").fetchone()
         before = int(row[0]) if row and row[0] is not None else 0
         if before > SCHEMA_VERSION:
-            raise LedgerError("database", f"schema version {before} is from a newer bulk-mms")
+            _check_usable(conn, before)
+            return before
+        if before < SCHEMA_VERSION:
+            conn.execute("ALTER TABLE bulk_mms_schema ADD COLUMN IF NOT EXISTS usable_from int")
         for version in range(before + 1, SCHEMA_VERSION + 1):
             conn.execute(_MIGRATIONS[version])
-            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+            conn.execute(
+                "INSERT INTO bulk_mms_schema (version, usable_from) VALUES (%s, %s)",
+                (version, _USABLE_FROM.get(version, version)),
+            )
     return before
+
+
+def _check_usable(conn: psycopg.Connection[Any], version: int) -> None:
+    """Raise unless every version the database has past :data:`SCHEMA_VERSION` is usable from
+    it (a version recorded without ``usable_from``, or before the column was, needs itself)."""
+    row = conn.execute(
+        "SELECT max(coalesce((to_jsonb(s) ->> 'usable_from')::int, s.version)) "
+        "FROM bulk_mms_schema s WHERE s.version > %s",
+        (SCHEMA_VERSION,),
+    ).fetchone()
+    needs = int(row[0]) if row and row[0] is not None else version
+    if needs > SCHEMA_VERSION:
+        raise LedgerError(
+            "database",
+            f"schema version {version} is from a newer bulk-mms (it needs schema {needs}; "
+            f"this one knows {SCHEMA_VERSION})",
+        )
 
 
 def migrate_url(location: str) -> tuple[int, int]:
@@ -386,7 +420,8 @@ def migrate_url(location: str) -> tuple[int, int]:
     conninfo, _, shown = split(location)
     try:
         with sync_connect(conninfo) as conn:
-            return migrate(conn), SCHEMA_VERSION
+            before = migrate(conn)
+            return before, max(before, SCHEMA_VERSION)
     except psycopg.Error as exc:
         raise LedgerError(shown, scrub(exc, conninfo)) from None
 
