@@ -450,12 +450,38 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
         for _ in range(5):
             first = asyncio.create_task(link.run(slow, "slow"))
             await asyncio.sleep(0.1)
-            await link.close()  # as a stop does, or a statement of another task that timed out
+            await link._drop(link._conn)  # as a statement of another task that timed out does
             second = asyncio.create_task(link.run(quick, "quick"))
             assert list(await asyncio.gather(first, second)) == ["slow", "quick"]
         assert link._users == {}
     finally:
         await link.close()
+
+
+async def test_a_closed_link_fails_its_statements_and_connects_no_more(database: str) -> None:
+    """A link closed while a task's statement runs on it fails that statement, and every
+    later call, as unavailable, without making a connection again (what its session held,
+    an advisory lock, is never taken again behind its owner's back)."""
+    held: list[int] = []
+
+    async def hold(conn: psycopg.AsyncConnection[Any]) -> None:
+        held.append(id(conn))
+
+    link = pgconnect.Link(database, "db", timeout_s=600.0, hold=hold)
+
+    async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
+        await conn.execute("SELECT pg_sleep(0.3)")
+        return "slow"
+
+    first = asyncio.create_task(link.run(slow, "slow"))
+    await asyncio.sleep(0.1)
+    await link.close()
+    with pytest.raises(LedgerUnavailable, match="slow: its connection was closed"):
+        await first
+    with pytest.raises(LedgerUnavailable, match="later: its connection was closed"):
+        await link.run(slow, "later")
+    assert len(held) == 1
+    assert link._conn is None
 
 
 def _commit_answer_lost(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> None:

@@ -161,6 +161,10 @@ def sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connectio
         raise _not_connected(display(conninfo), exc, conninfo) from None
 
 
+class _Closed(Exception):
+    """A :class:`Link` used after its :meth:`~Link.close`."""
+
+
 def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
@@ -204,9 +208,13 @@ class Link:
         self._connecting = asyncio.Lock()
         #: how many tasks are in a statement on each connection (by its id)
         self._users: dict[int, int] = {}
+        #: closed for good (:meth:`close`): no connection is made again
+        self._closed = False
 
     async def _connected(self) -> psycopg.AsyncConnection[Any]:
         async with self._connecting:
+            if self._closed:
+                raise _Closed
             if _lost(self._conn):
                 await self._drop(self._conn)
                 idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
@@ -225,7 +233,11 @@ class Link:
                         conn, self._conn = self._conn, None
                         await self._close_now(conn)
                         raise
-            assert self._conn is not None
+                if self._closed:  # closed while this connection was being made
+                    conn, self._conn = self._conn, None
+                    await self._close_now(conn)
+            if self._conn is None:
+                raise _Closed
             return self._conn
 
     async def _on(
@@ -268,6 +280,8 @@ class Link:
                 async with running_timeout(self.timeout_s):
                     conn = await self._connected()
                     return await self._on(conn, work)
+            except _Closed:
+                raise LedgerUnavailable(self._name, f"{what}: its connection was closed") from None
             except TimeoutError:
                 await self._drop(conn)
                 raise LedgerUnavailable(
@@ -318,6 +332,9 @@ class Link:
                 await conn.close()
 
     async def close(self) -> None:
-        """Close the connection (never raises); one a task is still in a statement on is
-        closed as that statement fails."""
+        """Close the connection for good (never raises); one a task is still in a statement
+        on is closed as that statement fails, and a call after this raises
+        :class:`LedgerUnavailable` rather than connecting again (what the link held by its
+        session, such as an advisory lock, is not taken again behind its owner's back)."""
+        self._closed = True
         await self._drop(self._conn)
