@@ -30,8 +30,8 @@ from bulk_mms.gates import past
 from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
-from bulk_mms.runner import deadline_before_start, sending_window, window_stop
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
+from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
 
 #: The code a stop by a signal exits with.
@@ -369,7 +369,7 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
 
 def _window_now(job: JobConfig) -> str:
     """The job's ``send_window`` now, and the exit a run started now outside it gives (as
-    the run decides it: :func:`~bulk_mms.runner.window_stop`)."""
+    the run decides it: :func:`~bulk_mms.windows.window_stop`)."""
     clock = SystemClock()
     if in_window(job, utc(clock)):
         return "open"

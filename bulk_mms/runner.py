@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import itertools
 import os
@@ -30,7 +29,7 @@ from msgspec.structs import replace
 from bulk_mms.caps import run_limits
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
-from bulk_mms.config import JobConfig, SendWindow, Settings
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import Coordinator, coordinator_for
 from bulk_mms.errors import (
     BulkMmsError,
@@ -38,14 +37,12 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.gates import Gates, job_deadline, past
+from bulk_mms.gates import Gates, past
 from bulk_mms.ledger import (
     Header,
     LedgerStore,
     LedgerView,
     RunStarted,
-    display,
-    exists,
     keep_database_time,
     open_store,
 )
@@ -56,14 +53,13 @@ from bulk_mms.prepare import (
     check_resumable,
     disposition,
     header_for,
-    in_window,
     plan,
     remade_from,
     retired_senders,
     suppressed_as_planned,
 )
 from bulk_mms.progress import Progress, Snapshot
-from bulk_mms.quiet import closes_in, next_opening, opens_before
+from bulk_mms.quiet import closes_in
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
 from bulk_mms.report import waiting
@@ -81,6 +77,7 @@ from bulk_mms.signals import Stop
 from bulk_mms.summary import AFTER_DEADLINE, JobSummary, percentile
 from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.track import Tracker
+from bulk_mms.windows import held_for_windows, window_stop
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -721,53 +718,6 @@ class Runner:
             elapsed_s=stats.elapsed_s,
         )
 
-    def _held_for_windows(self, s: JobSummary) -> None:
-        """Say in ``s`` what the windows left for later: recipients held for their quiet hours
-        (``quiet_hours``: where, and when the first of them can be sent, with the
-        ``send_window`` open too), and whether anyone left can be sent before the job's
-        deadline (:meth:`_sendable_in_time`): when nobody can, :data:`AFTER_DEADLINE`, as
-        for the ``send_window`` that closed mid-run too (exit 1, not 4)."""
-        now, expires, job = utc(self.clock), self.sender.expires_at, self.job
-        quiet = job.recipient_window
-        if self.quiet and quiet is not None:
-            also = sending_window(job)  # a held recipient is sent only when both are open
-            openings = [next_opening(quiet, z, now, also) for z in self.quiet]
-            s.next_opening = min((o for o in openings if o is not None), default=None)
-            s.quiet = {", ".join(z): n for z, n in self.quiet.items()}
-        if s.stopped == "window" and job.send_window is not None:  # it closed mid-run
-            if not self._sendable_in_time(now, expires, others=self._others_left(s)):
-                s.stopped = AFTER_DEADLINE
-        elif s.stopped is None and s.quiet:
-            sendable = self._sendable_in_time(now, expires, others=False)
-            s.stopped = "quiet_hours" if sendable else AFTER_DEADLINE
-
-    def _sendable_in_time(
-        self, now: dt.datetime, expires: dt.datetime | None, *, others: bool
-    ) -> bool:
-        """Whether a later run can send someone left before ``expires``: a recipient held for
-        their quiet hours, or left by a stop, once their ``recipient_window`` and the
-        ``send_window`` are open together; ``others`` (their zones unknown: input not read, a
-        group pending a rerun) once the ``send_window`` opens."""
-        job, quiet, window = self.job, self.job.recipient_window, self.job.send_window
-        if quiet is None:  # no zones to wait for: the send_window alone
-            others = others or bool(self.left) or bool(self.quiet)
-        if others and (window is None or opens_before(window, (job.timezone,), now, expires)):
-            return True
-        also = sending_window(job)
-        return quiet is not None and any(
-            opens_before(quiet, z, now, expires, also) for z in (*self.quiet, *self.left)
-        )
-
-    def _others_left(self, s: JobSummary) -> bool:
-        """Whether someone is left unsent whose zones this run does not know: input not read
-        to its end, or more recipients not attempted or pending a rerun than those held for
-        their quiet hours or left by the stop (:attr:`left`)."""
-        r = s.recipients
-        if not s.read_whole_input or r is None:
-            return True
-        known = sum(self.quiet.values()) + sum(self.left.values())
-        return r.not_attempted + r.retry_pending > known
-
     async def report_progress(self, progress: Progress, total: int | None) -> None:
         """Hand a snapshot to ``progress`` twice a second (real time: it is for display)."""
         while True:
@@ -797,7 +747,10 @@ class Runner:
             wall = self.clock.wall()
             later = [w.after for w in waiting(view).values() if w.after > wall]
             s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
-        self._held_for_windows(s)  # after the recipients: who else the stop left counts
+        # after the recipients: who else the stop left counts
+        held_for_windows(
+            s, self.job, self.clock, self.sender.expires_at, quiet=self.quiet, left=self.left
+        )
         log.info("job.finished", **s.as_log(), errors=dict(self.recorder.errors))
         return s
 
@@ -940,65 +893,6 @@ def planned_by_scan(recorder: Recorder, scan: InputScan) -> None:
         suppressed=scan.suppressed,
         excluded=scan.excluded,
     )
-
-
-def window_stop(job: JobConfig, clock: Clock) -> str | None:
-    """Why a run started now, outside its ``send_window`` and before the job's deadline,
-    stops with nothing sent: the window opens again before the deadline (``window``, exit 4)
-    or only after it (:data:`AFTER_DEADLINE`, exit 1). None inside the window, or past the
-    deadline (the run goes on and records what is left expired, exit 1). What a run does,
-    and what ``--dry-run`` says it would."""
-    window = job.send_window
-    if window is None or in_window(job, now := utc(clock)):
-        return None
-    deadline = deadline_before_start(job)
-    return None if past(deadline, clock) else _closed(job, now, deadline)
-
-
-def sending_window(job: JobConfig) -> tuple[tuple[SendWindow, tuple[str, ...]], ...]:
-    """The job's ``send_window`` with its zone, as :func:`~bulk_mms.quiet.next_opening`'s
-    ``also``: nothing is sent outside it, whatever a recipient's window says."""
-    window = job.send_window
-    return () if window is None else ((window, (job.timezone,)),)
-
-
-def _closed(job: JobConfig, now: dt.datetime, deadline: dt.datetime | None) -> str:
-    """Why a run outside its (set) ``send_window`` at ``now`` stops: ``window`` (exit 4)
-    when it opens again before ``deadline``, else :data:`AFTER_DEADLINE` (exit 1)."""
-    assert job.send_window is not None
-    return (
-        "window"
-        if opens_before(job.send_window, (job.timezone,), now, deadline)
-        else AFTER_DEADLINE
-    )
-
-
-def deadline_before_start(job: JobConfig) -> dt.datetime | None:
-    """The job's deadline (``deadline``, or ``max_age_s`` after its ledger began:
-    :func:`~bulk_mms.gates.job_deadline`), for a run outside its ``send_window``: past it,
-    such a run goes on, sends nothing (past the deadline nothing leaves) and records what is
-    left ``expired_unsent``, rather than exit 4 for a later run that cannot send it either;
-    before it, a window that opens again only after it stops the run with exit 1
-    (:data:`AFTER_DEADLINE`). Reads no more of the ledger than its header, and only for
-    ``max_age_s``; a ledger that cannot be read then is left to the next run inside the
-    window, which says why."""
-    if job.max_age_s is None:
-        return job.deadline
-    try:
-        header = None
-        if exists(job.where):
-            store = open_store(job.where, "read")
-            try:
-                header = next(iter(store.events(skip_status=True)), None)
-            finally:
-                store.close_sync()
-    except LedgerError as exc:
-        log.warning("job.deadline_unknown", ledger=display(job.where), error=str(exc))
-        return job.deadline
-    view = LedgerView()
-    if isinstance(header, Header):
-        view.apply(header)
-    return job_deadline(job, view)
 
 
 #: The longest the events of a run that ends are waited for: the database's own bound on a

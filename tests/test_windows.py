@@ -1,7 +1,8 @@
 """Never past the deadline nor outside a window, on any try, and never held for a window that
 cannot open: a run outside its send_window past the deadline settles what is left as expired
 (exit 1, not 4), and a group_by group whose members share no hour of the recipient_window is
-rejected as the input is scanned (injected clock)."""
+rejected as the input is scanned; what a run's end leaves for its windows, judged alone
+(injected clock)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.ledger import Location, load, named
+from bulk_mms.ledger import Location, RecipientCounts, load, named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, open_for
@@ -40,6 +41,7 @@ from bulk_mms.summary import AFTER_DEADLINE, JobSummary
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
+from bulk_mms.windows import held_for_windows
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
 UTC = dt.UTC
@@ -664,3 +666,101 @@ async def test_a_window_closing_after_everyone_was_sent_does_not_make_the_run_in
     assert s.recipients is not None
     assert s.recipients.sent == 8
     assert run_outcome(s) == code
+
+
+# -- held_for_windows, alone: the end of a run's judgement, on an injected clock ------------
+
+LA, LONDON = "America/Los_Angeles", "Europe/London"
+#: 14:00 UTC: 09:00 in New York, 06:00 in Los Angeles (its window opens at 16:00 UTC).
+AFTERNOON = dt.datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+#: Ten seconds after a send_window of "15:10-15:00" UTC closed (it opens again at 15:10).
+CLOSED = dt.datetime(2026, 11, 25, 15, 0, 10, tzinfo=UTC)
+
+
+def ended(stopped: str | None, *, not_attempted: int = 4, whole: bool = True) -> JobSummary:
+    """The summary of a run that sent 4 of 8 valid recipients and stopped ``stopped``."""
+    counts = RecipientCounts(8, 4, 0, 0, 0, not_attempted, input_read=whole)
+    return JobSummary("job", stopped=stopped, recipients=counts, read_whole_input=whole)
+
+
+def at(hh: int, mm: int) -> dt.datetime:
+    """``hh:mm`` UTC on the day of :data:`AFTERNOON`."""
+    return dt.datetime(2026, 11, 25, hh, mm, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "stopped"),
+    [(None, "quiet_hours"), (at(16, 30), "quiet_hours"), (at(15, 30), AFTER_DEADLINE)],
+    ids=["no-deadline", "opens-in-time", "opens-too-late"],
+)
+def test_held_recipients_stop_the_run_for_quiet_hours_only_if_sendable_in_time(
+    jobs: JobFactory, deadline: dt.datetime | None, stopped: str
+) -> None:
+    """A run that ended by itself holding Los Angeles for its quiet hours (open at 16:00 UTC)
+    stops quiet_hours (exit 4) when its window opens before the deadline, else after_deadline
+    (exit 1); either way the summary names the held by zone and when they can first be sent."""
+    job = replace(jobs.job(), recipient_window=SendWindow(dt.time(8), dt.time(21)))
+    s = ended(None)
+    held_for_windows(s, job, clock_at(AFTERNOON), deadline, quiet=Counter({(LA,): 4}), left={})
+    assert (s.stopped, s.quiet, s.next_opening) == (stopped, {"America/Los_Angeles": 4}, at(16, 0))
+
+
+@pytest.mark.parametrize(
+    ("deadline", "stopped"),
+    [(None, "window"), (at(15, 30), "window"), (at(15, 5), AFTER_DEADLINE)],
+    ids=["no-deadline", "opens-in-time", "opens-too-late"],
+)
+def test_a_send_window_closed_mid_run_is_after_deadline_when_it_opens_too_late(
+    jobs: JobFactory, deadline: dt.datetime | None, stopped: str
+) -> None:
+    """Without quiet hours, the recipients a closing send_window left are judged by that window
+    alone: it opens again at 15:10, so the run stops window (exit 4) when the deadline is later,
+    after_deadline (exit 1) when it is earlier; nobody held, the summary names no zone."""
+    job = replace(jobs.job(), send_window=SendWindow(dt.time(15, 10), dt.time(15)))
+    s = ended("window")
+    held_for_windows(s, job, clock_at(CLOSED), deadline, quiet={}, left=Counter({(NY,): 4}))
+    assert (s.stopped, s.quiet, s.next_opening) == (stopped, {}, None)
+
+
+@pytest.mark.parametrize(
+    ("left", "not_attempted", "whole", "stopped"),
+    [
+        ({(NY,): 4}, 4, True, "window"),
+        ({(LONDON,): 4}, 4, True, AFTER_DEADLINE),
+        ({(LONDON,): 4}, 5, True, "window"),
+        ({(LONDON,): 4}, 4, False, "window"),
+    ],
+    ids=["open-zone", "closed-zone", "one-more-unknown", "input-not-read"],
+)
+def test_a_send_window_closed_mid_run_judges_who_is_left_by_their_own_window_too(
+    jobs: JobFactory,
+    left: dict[tuple[str, ...], int],
+    not_attempted: int,
+    whole: bool,
+    stopped: str,
+) -> None:
+    """With quiet hours (08:00-15:05) and a deadline at 15:30, the recipients a closing
+    send_window left are sendable in time only where both windows are open before it (New
+    York at 15:10, not London, shut from 15:05): London alone makes it after_deadline, but
+    anyone whose zone the run does not know (more unsent than it counted, input not read to
+    its end) may be sent once the send_window opens, so the run stops window."""
+    job = replace(
+        jobs.job(),
+        send_window=SendWindow(dt.time(15, 10), dt.time(15)),
+        recipient_window=SendWindow(dt.time(8), dt.time(15, 5)),
+    )
+    s = ended("window", not_attempted=not_attempted, whole=whole)
+    held_for_windows(s, job, clock_at(CLOSED), at(15, 30), quiet={}, left=left)
+    assert s.stopped == stopped
+
+
+@pytest.mark.parametrize("stopped", ["SIGTERM", "limit", "deadline"])
+def test_a_stop_of_another_kind_stands_whatever_the_windows_left(
+    jobs: JobFactory, stopped: str
+) -> None:
+    """A stop that is not the send_window's (a signal, --limit, max_job_duration_s) stays as
+    it is even when nobody held can be sent before the deadline; the held are still named."""
+    job = replace(jobs.job(), recipient_window=SendWindow(dt.time(8), dt.time(21)))
+    s = ended(stopped)
+    held_for_windows(s, job, clock_at(AFTERNOON), at(15, 30), quiet=Counter({(LA,): 4}), left={})
+    assert (s.stopped, s.quiet) == (stopped, {"America/Los_Angeles": 4})
