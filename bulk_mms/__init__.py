@@ -34,7 +34,8 @@ from bulk_mms.errors import (
 )
 from bulk_mms.models import Group, MessageBody, Money, Outcome, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
-from bulk_mms.report import LedgerSummary, summarize, write_failed_csv
+from bulk_mms.recipient_lists import write_failed_csv
+from bulk_mms.report import LedgerSummary, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary

@@ -75,15 +75,13 @@ from bulk_mms.media import check_media
 from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
-from bulk_mms.report import (
-    format_csv,
-    format_text,
+from bulk_mms.recipient_lists import (
     lists_nobody,
-    summarize,
     write_failed_csv,
     write_recipients_csv,
     write_rejected_csv,
 )
+from bulk_mms.report import format_csv, format_text, summarize
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals

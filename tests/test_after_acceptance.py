@@ -20,7 +20,8 @@ from bulk_mms.ledger import LedgerView, Sent, load, open_store
 from bulk_mms.ledger.fold import Miss
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
-from bulk_mms.report import format_text, summarize, write_failed_csv
+from bulk_mms.recipient_lists import write_failed_csv
+from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.track import track_ledger

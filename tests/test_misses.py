@@ -30,7 +30,8 @@ from bulk_mms.ledger import fold as fold_module
 from bulk_mms.ledger.events import Event, decode, encode
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
-from bulk_mms.report import REASON_COLUMN, format_text, summarize, write_failed_csv
+from bulk_mms.recipient_lists import REASON_COLUMN, write_failed_csv
+from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.track import track_ledger

@@ -34,7 +34,8 @@ from bulk_mms.ledger.postgres import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, 
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
-from bulk_mms.report import summarize, write_failed_csv
+from bulk_mms.recipient_lists import write_failed_csv
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import suppression_for

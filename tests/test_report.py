@@ -25,16 +25,9 @@ from bulk_mms.ledger import Sent as SentEvent
 from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.recipient_lists import REASON_COLUMN, write_failed_csv
 from bulk_mms.recorder import never_left
-from bulk_mms.report import (
-    NO_HEADER,
-    REASON_COLUMN,
-    LedgerSummary,
-    format_csv,
-    format_text,
-    summarize,
-    write_failed_csv,
-)
+from bulk_mms.report import NO_HEADER, LedgerSummary, format_csv, format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in

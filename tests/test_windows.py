@@ -34,7 +34,8 @@ from bulk_mms.ledger import Location, RecipientCounts, load, named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
 from bulk_mms.quiet import closes_in, open_for
-from bulk_mms.report import format_text, summarize, write_failed_csv
+from bulk_mms.recipient_lists import write_failed_csv
+from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.summary import AFTER_DEADLINE, JobSummary

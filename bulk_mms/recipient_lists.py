@@ -1,0 +1,336 @@
+"""The people a ledger names, as CSV files: what ``bulk-mms report`` writes beside its summary.
+
+:func:`write_failed_csv` (``--failed-csv``) turns the recipients no rerun will send (failed for
+good, or not delivered) into an input file a new job can take as it is: never one that is in
+doubt or that a plain rerun sends, so nobody is texted twice; :func:`lists_nobody` tells such a
+file that lists nobody. :func:`write_rejected_csv` (``--rejected-csv``) lists the input rows
+rejected (the losses), :func:`write_recipients_csv` (``--recipients-csv``) every recipient the
+ledger names, with where each stands. Each reads a :class:`~bulk_mms.report.LedgerSummary`
+(:func:`~bulk_mms.report.summarize`) and the ledger it names; every file goes through
+:func:`~bulk_mms.csvfile.write_csv` (whole or not at all, no formulas), and every error or
+reason is said in words (:mod:`bulk_mms.words`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Container, Iterator
+from itertools import chain
+from pathlib import Path
+from typing import Final
+
+from bulk_mms.codes import MEANINGS
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, is_ledger, write_csv
+from bulk_mms.errors import LedgerError
+from bulk_mms.ledger import (
+    Attempt,
+    Failed,
+    GroupRecord,
+    InDoubt,
+    LedgerView,
+    Rejected,
+    Sent,
+    load,
+    read_events,
+)
+from bulk_mms.ledger.fold import NOT_ATTEMPTED, NOT_RESENT, SENT, SHARE_PLACES, Miss
+from bulk_mms.models import LOST, row_kind
+from bulk_mms.reader import Row, RowReader, file_encoding, fingerprint
+from bulk_mms.report import LedgerSummary, waiting
+from bulk_mms.scan import REJECTED_COLUMNS
+from bulk_mms.validate import PhoneError, normalize_phone
+from bulk_mms.words import BY_KIND, OPEN, error_words, why_words
+
+#: The column the failed-recipients file adds, saying why each row is in it.
+REASON_COLUMN = "bulk_mms_reason"
+
+
+def lists_nobody(path: Path) -> bool:
+    """Whether ``path`` is a file :func:`write_failed_csv` wrote that lists nobody: its header
+    alone, naming :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN` (a resend of it has nothing to
+    send). Any other file, or one that cannot be read, is not (its run says what is wrong)."""
+    try:
+        if not path.is_file():  # a FIFO's open would wait for a writer: the run refuses it
+            return False
+        with path.open("rb") as f:
+            head = f.read(_HEADER_MAX + 1)
+    except OSError:
+        return False
+    if len(head) > _HEADER_MAX:
+        return False
+    lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
+    return len(lines) == 1 and CAMPAIGN_COLUMN in next(csv.reader(lines))
+
+
+#: The most a failed file that lists nobody can hold: its header row.
+_HEADER_MAX: Final = 64 * 1024
+
+
+def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
+    """Write the recipients who did not get the message as a CSV a new job can take.
+
+    Each recipient's whole input row is written, as the ledger recorded it when the group was
+    sent, so the new job's templates find the same columns whatever became of the input; for
+    a ledger that records no rows, the row is re-read from the input when it is still there
+    and unchanged (its fingerprint matches the ledger's); otherwise only the phone column. A
+    ``bulk_mms_reason`` column says why, and ``bulk_mms_campaign`` which campaign missed them
+    (replacing those columns of an input that was itself such a file). Recipients the job's
+    deadline left unsent are not in it (:attr:`LedgerSummary.expired_left_out` counts them):
+    the deadline says a late message is worse than none, and a resend is a campaign of its
+    own, whose ``max_age_s`` would start anew. Nor are recipients who opted out (a 40300 at
+    the send or in their delivery report; :attr:`LedgerSummary.opted_out_left_out` counts
+    them): they are on the suppression list, and nobody is to text them again. Each is told
+    by the kind of miss the fold gave it (:class:`~bulk_mms.ledger.fold.Miss`), never by
+    its why's words.
+    Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
+    whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
+    spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
+    a job's input).
+
+    Returns:
+        (rows written, whether they are the original rows).
+    """
+    kinds = s.misses
+    s.expired_left_out, s.opted_out_left_out = kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
+    wanted = {p: m.why for p, m in s.undelivered if m.kind not in NOT_RESENT}
+    s.resent = resent(s, wanted) if wanted else {}
+    for phone in s.resent:
+        del wanted[phone]
+    source = Path(s.input) if s.input else None
+    rows: list[dict[str, str]] = []
+    columns = [s.phone_column]
+    full = False
+    recorded = _recorded_rows(s, wanted) if wanted and s.columns else None
+    if recorded is not None:
+        columns, rows, full = [s.phone_column, *s.columns], recorded, True
+    elif (
+        wanted and source is not None and source.is_file() and fingerprint(source) == s.fingerprint
+    ):
+        encoding = s.encoding or file_encoding(source)
+        columns, rows = _original_rows(source, s.phone_column, wanted, encoding)
+        full = True
+    else:
+        rows = [{s.phone_column: phone} for phone in wanted]
+    for row in rows:
+        row[REASON_COLUMN] = wanted[_phone_key(row[s.phone_column])]
+        row[CAMPAIGN_COLUMN] = s.campaign or ""
+    ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
+    columns = [c for c in columns if c not in ours]
+    header = [*columns, *ours]
+    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows), bom=True)
+    return n, full
+
+
+def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
+    """Of the ``wanted`` recipients, those an earlier resend of this campaign's failed file
+    took (tried to send, or sent): number -> that resend's ledger.
+
+    A failed file written again later (tracking found more failures since) holds the first
+    file's recipients too; ``run --input`` names each file's resend after its hash, so each
+    gets a ledger of its own, and without this the first file's recipients would be texted
+    by both. The resends are the JSONL ledgers beside this one (where ``run --input`` puts
+    them) whose recorded rows carry this ledger's campaign in :data:`CAMPAIGN_COLUMN`: every
+    number one of them tried is left out (a rerun of that resend settles its own)."""
+    if s.campaign is None or s.ledger is None or not isinstance(s.ledger, Path):
+        return {}
+    out: dict[str, str] = {}
+    for path in sorted(s.ledger.parent.glob("*.jsonl")):
+        if path == s.ledger or not is_ledger(path):
+            continue
+        try:
+            took = _took(path, s.campaign)
+        except LedgerError:
+            continue  # a ledger that cannot be read is not one of its resends
+        out.update((phone, str(path)) for phone in took if phone in wanted)
+    return out
+
+
+def _took(path: Path, campaign: str) -> set[str]:
+    """Every number ``path`` (a ledger) tried, when its rows carry ``campaign`` in
+    :data:`CAMPAIGN_COLUMN` (a resend of that campaign's failed file); else none (read no
+    further than its header when it has no such column)."""
+    events = read_events(path, skip_status=True)
+    try:
+        columns = getattr(next(events, None), "columns", ())
+        if CAMPAIGN_COLUMN not in columns:
+            return set()
+        at = columns.index(CAMPAIGN_COLUMN)
+        tried: set[str] = set()
+        ours = False
+        for ev in events:
+            if isinstance(ev, Attempt):
+                tried.update(ev.to)
+            elif isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
+                ours = ours or any(len(r) > at and r[at] == campaign for r in ev.rows)
+        return tried if ours else set()
+    finally:
+        if (close := getattr(events, "close", None)) is not None:
+            close()  # the ledger's file, closed now, not when the generator is collected
+
+
+def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:
+    """The wanted recipients' input rows as the ledger recorded them when it sent (or tried to
+    send) their groups: every column, whatever became of the input file since. None when some
+    recipient's row is not recorded (a group written by an older bulk-mms)."""
+    assert s.ledger is not None
+    found: dict[str, dict[str, str]] = {}
+    for ev in read_events(s.ledger, skip_status=True):
+        if not isinstance(ev, Sent | Failed | InDoubt) or not ev.rows:
+            continue
+        for phone, values in zip(ev.to, ev.rows, strict=False):
+            if phone in wanted:
+                found[phone] = {s.phone_column: phone, **dict(zip(s.columns, values, strict=False))}
+    if not all(phone in found for phone in wanted):
+        return None
+    return [found[phone] for phone in wanted]
+
+
+def _phone_key(value: str) -> str:
+    try:
+        return normalize_phone(value)
+    except PhoneError:
+        return value
+
+
+def _original_rows(
+    source: Path, phone_column: str, wanted: dict[str, str], encoding: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The input rows of the wanted numbers, each once, with every column of the input (a
+    JSONL file's: every record's keys, known once it is read to its end), read in the
+    ``encoding`` the job read it in."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    with RowReader(source, phone_column, keep_all=True, encoding=encoding) as reader:
+        for row in reader:
+            if isinstance(row, Row):
+                key = _phone_key(row.fields.get(phone_column, ""))
+                if key in wanted and key not in seen:
+                    seen.add(key)
+                    rows.append(dict(row.fields))
+        columns = list(reader.columns)
+    # numbers whose row is no longer readable still go in, with the phone column alone
+    rows.extend({phone_column: p} for p in wanted if p not in seen)
+    return columns, rows
+
+
+def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
+    """Write every input row the ledger records rejected, the losses (a bad number, a broken
+    row: :data:`~bulk_mms.models.LOST`), to ``out``, in the columns of ``run --rejected-csv``
+    (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``): the rows to fix.
+
+    The rows left out on purpose are not in it: suppressed and excluded numbers (a file
+    fixed and sent again would text them) and duplicates (a run counts them, it records no
+    row for each); the report counts each kind. The rows are streamed from the ledger's
+    events as they are read, never held (a ledger may record millions). Written by
+    :func:`~bulk_mms.csvfile.write_csv`.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    rows = (
+        (ev.line, ev.value, ev.reason)
+        for ev in read_events(s.ledger, skip_status=True)
+        if isinstance(ev, Rejected) and row_kind(ev.reason) == LOST
+    )
+    return _write(out, REJECTED_COLUMNS, rows)
+
+
+#: The columns of ``report --recipients-csv``.
+RECIPIENTS_HEADER = (
+    "phone",
+    "group",
+    "state",
+    "delivery_status",
+    "error_code",
+    "error_title",
+    "cost",
+    "currency",
+)
+
+
+def write_recipients_csv(s: LedgerSummary, out: Path) -> int:
+    """Write one row per recipient the ledger names, with where each stands, to ``out``.
+
+    Columns (:data:`RECIPIENTS_HEADER`):
+
+    * ``phone``, ``group``: the number (E.164) and its group's id;
+    * ``state``: ``sent``, ``failed``, ``retry_pending`` or ``in_doubt``, as the fold has it
+      (:class:`~bulk_mms.ledger.LedgerView`); ``not_attempted`` for a member a delivery report
+      moved out of its sent group (``group``) to go again, not sent again yet (:func:`waiting`:
+      ``error_code`` is the code that moved it). Other recipients not attempted are not named
+      by the ledger (only counted), so they are not in the file;
+    * ``delivery_status``: a sent recipient's latest status (``queued`` until one is reported),
+      empty for the others;
+    * ``error_code``, ``error_title``: the delivery report's code and Telnyx's title for it,
+      or the code that ended the group's tries and its title (in words where the recorded
+      title is only an error's kind); for a group in doubt, no code and why in words;
+    * ``cost``, ``currency``: the recipient's final cost when a status report carried it
+      (``message.finalized``, ``track``), else their share of the group's estimated cost (the
+      send's answer gives one per group message: divided evenly among the group's
+      recipients, to 8 decimal places); empty when the group was not sent or no cost was
+      reported.
+
+    Raises:
+        LedgerError: the ledger cannot be read, or ``out`` cannot be written (naming it).
+    """
+    assert s.ledger is not None
+    view = load(s.ledger)
+    return _write(out, RECIPIENTS_HEADER, chain(_recipient_rows(view), _waiting_rows(view)))
+
+
+def _waiting_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
+    """The members waiting to go again (:func:`waiting`), as ``not_attempted`` rows."""
+    for phone, w in waiting(view).items():
+        status = view.status_of(phone) or ""
+        title = (MEANINGS.get(w.code) or error_words(w.code)) if w.code else ""
+        yield (phone, w.group, NOT_ATTEMPTED, status, w.code, title, "", "")
+
+
+def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
+    known, final_cost = view.known, view.final_cost
+    for rec in view.groups.values():
+        state = rec.state
+        if state is None:
+            continue  # made anew without some members, never attempted: another group's now
+        cost = currency = ""
+        if state == SENT and rec.cost is not None and rec.to:
+            share = (rec.cost.amount / len(rec.to)).quantize(SHARE_PLACES).normalize()
+            cost, currency = f"{share:f}", rec.cost.currency
+        code, title = ("", "") if state == SENT else _error_of(rec)
+        for phone in rec.counted:
+            status = ""
+            if state == SENT:
+                k = known.get(phone)
+                status = k.status if k is not None else "queued"
+                if k is not None and k.code:
+                    code, title = k.code, MEANINGS.get(k.code) or error_words(k.code)
+                else:
+                    code, title = "", ""
+                if (final := final_cost.get(phone)) is not None:
+                    amount = f"{final.amount:f}"
+                    yield (phone, rec.id, state, status, code, title, amount, final.currency)
+                    continue
+            yield (phone, rec.id, state, status, code, title, cost, currency)
+
+
+def _error_of(rec: GroupRecord) -> tuple[str, str]:
+    """The code and title a group not sent ended on, from its why (``failed: CODE TITLE``),
+    the title in words where it is only an error's kind; for a group in doubt, no code and
+    why in words."""
+    if not rec.why.startswith("failed: "):
+        return "", why_words(rec.why or OPEN)
+    code, _, title = rec.why.removeprefix("failed: ").partition(" ")
+    if not title or title in BY_KIND or title == code:
+        title = error_words(code)
+    return code, title
+
+
+def _write(out: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> int:
+    try:
+        return write_csv(out, header, rows)
+    except OSError as exc:
+        raise LedgerError(out, f"cannot write: {exc.strerror or exc}") from None
