@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,7 @@ from bulk_mms.clock import instant, iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import LedgerView, Sent, load, open_store
+from bulk_mms.ledger import LedgerStore, LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
@@ -99,6 +100,26 @@ def disk_full_for(monkeypatch: pytest.MonkeyPatch, marker: bytes, times: int) ->
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
+
+
+class Gate:
+    """Holds a blocking call (a ledger's read, open or check) in its worker thread until the
+    test releases it: whether it began, and on which thread each call ran."""
+
+    def __init__(self) -> None:
+        self.began = threading.Event()
+        self.released = threading.Event()
+        #: For each call held: whether it ran on the event loop's thread.
+        self.on_loop: list[bool] = []
+
+    def hold(self) -> None:
+        self.on_loop.append(asyncio._get_running_loop() is not None)
+        self.began.set()
+        self.released.wait(timeout=60)  # a guard only: the test releases it
+
+    async def begun(self) -> None:
+        """Return once a call is held (waiting off the loop, which goes on meanwhile)."""
+        await asyncio.to_thread(self.began.wait, 60)
 
 
 def status_lines(path: Path) -> list[dict[str, Any]]:
@@ -541,6 +562,43 @@ async def test_a_redelivery_while_the_first_is_writing_waits_for_its_outcome(
     await receiver.store.close()
     assert answers == [503, (200, {"ok": True, "recorded": 4, "pending": 0})]
     assert sorted(e["recipient"] for e in status_lines(path)) == sorted(g.to)
+
+
+async def test_a_ledger_read_anew_after_a_failed_write_is_read_once_off_the_loop(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After a write fails, the ledger is opened and read anew in a worker thread, once for
+    every delivery that needs it: an inbound STOP is answered meanwhile; the failed delivery
+    gets 503, the one that waited is recorded, and the redelivery too."""
+    path, client = await sent_ledger(jobs, 8)
+    store, gate = open_store(path, "append"), Gate()
+
+    def reopening() -> LedgerStore:
+        gate.hold()
+        return open_store(path, "append")
+
+    listed = Suppressed(tmp_path / "stops.txt")
+    key = load_public_key(PUBLIC_B64)
+    receiver = WebhookReceiver(store.fold(), store, key, reopen=reopening, suppressed=listed)
+    disk_full_for(monkeypatch, b'"webhook_id"', 1)
+    first, second = client.calls[0], client.calls[1]
+    failing = event("message.finalized", first, f"msg-{first.id}-0", "delivered", event_id="e1")
+    waiting = event("message.finalized", second, f"msg-{second.id}-1", "delivered")
+    async with TestClient(TestServer(receiver.app())) as http:
+        failed = asyncio.create_task(post_signed(http, failing))
+        await gate.begun()  # its write failed: the ledger is being read anew
+        waited = asyncio.create_task(post_signed(http, waiting))
+        assert (await post_signed(http, inbound("STOP")))[1]["suppressed"] is True
+        assert not failed.done()
+        assert not waited.done()
+        gate.released.set()
+        assert (await failed)[0] == 503
+        assert (await waited)[1]["recorded"] == 4
+        assert (await post_signed(http, failing))[1]["recorded"] == 4
+    await receiver.close()
+    await receiver.store.close()
+    assert gate.on_loop == [False]
+    assert sorted(e["recipient"] for e in status_lines(path)) == sorted(first.to + second.to)
 
 
 async def receiver_for(jobs: JobFactory, **kwargs: Any) -> tuple[WebhookReceiver, Path, FakeClient]:

@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig, load_job
 from bulk_mms.errors import LedgerError
-from bulk_mms.ledger import LedgerStore, Sent, open_store
+from bulk_mms.ledger import LedgerStore, Location, Sent, open_store
+from bulk_mms.ledger.store import exists
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
@@ -32,6 +33,7 @@ from bulk_mms.webhooks import (
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_webhooks import (
     PUBLIC_B64,
+    Gate,
     event,
     inbound,
     posted,
@@ -395,3 +397,93 @@ async def test_a_ledger_begun_since_is_opened_and_read_off_the_event_loop(
     assert [status for status, _ in answers] == [200, 200]
     assert folds == [False]
     assert receiver.recorded == 8
+
+
+def stranger_event(n: int = 1) -> dict[str, Any]:
+    """A report of another app's message (``other-msg-{n}``) to a number none of the job's
+    ledgers texted."""
+    stranger = Group("other-app", 1, ("+13125550111",), (1,), MessageBody("+12125550100"))
+    return event("message.finalized", stranger, f"other-msg-{n}", "delivered")
+
+
+@pytest.mark.parametrize("slow", ["appended since", "a missing date's ledger"])
+async def test_a_known_report_is_answered_while_another_waits_on_a_slow_read(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    slow: str,
+) -> None:
+    """A report no open ledger knows makes the receiver read, in a worker thread, what was
+    appended to today's ledger since, then look whether the other dates' ledgers exist (a
+    database's: a connection each); while that read or check is slow, a report of a message
+    today's ledger knows is recorded and answered."""
+    receiver, http, clock, job = served
+    today, sent = await Sends(job).run_on(LATE_ON_24TH)
+    await receiver.roll()
+    gate = Gate()
+    if slow == "appended since":
+        ((_, ledger),) = receiver.ledgers.values()
+        new_events = ledger.store.new_events
+
+        def reading() -> Any:
+            gate.hold()
+            return new_events()
+
+        monkeypatch.setattr(ledger.store, "new_events", reading)
+    else:
+
+        def checking(where: Location) -> bool:
+            gate.hold()
+            return exists(where)
+
+        monkeypatch.setattr(days, "exists", checking)
+    unknown = asyncio.create_task(post_at(http, clock, stranger_event()))
+    await gate.begun()
+    assert (await post_at(http, clock, finalized(sent[0], "delivered")))[1]["recorded"] == 4
+    assert not unknown.done()
+    gate.released.set()
+    assert (await unknown)[1]["pending"] == 1
+    await receiver.settle()
+    assert not any(gate.on_loop)
+    assert recipients(today) == sorted(sent[0][0].to)
+    assert receiver.unmatched == 1
+
+
+async def test_a_ledger_being_opened_when_the_receiver_closes_is_closed(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day's ledger still being opened in its worker thread when the receiver shuts down
+    (the request that wanted it cancelled) is closed before ``close`` returns, not left open
+    until the process exits; no other date's is opened once closing began."""
+    receiver, _, _, job = served
+    sends = Sends(job)
+    await sends.run_on(LATE_ON_24TH - dt.timedelta(days=1))
+    newer, _ = await sends.run_on(LATE_ON_24TH)
+    gate, opened, closed = Gate(), list[Location](), list[Location]()
+
+    def opening(where: Location, mode: Any) -> LedgerStore:
+        opened.append(where)
+        gate.hold()
+        store = open_store(where, mode)
+        close_sync = store.close_sync
+
+        def closing() -> None:
+            closed.append(where)
+            close_sync()
+
+        monkeypatch.setattr(store, "close_sync", closing)
+        return store
+
+    monkeypatch.setattr(days, "open_store", opening)
+    roll = asyncio.create_task(receiver.roll())
+    await gate.begun()
+    roll.cancel()
+    shutdown = asyncio.create_task(receiver.close())
+    await asyncio.wait([shutdown], timeout=0.01)
+    assert not shutdown.done()  # it waits for the ledger being opened
+    gate.released.set()
+    await shutdown
+    assert roll.cancelled()
+    assert opened == [newer]
+    assert closed == [newer]
+    assert receiver.ledgers == {}

@@ -30,6 +30,7 @@ from bulk_mms.webhooks.receiver import (
     BaseReceiver,
     ReceiverOptions,
     WebhookReceiver,
+    opened,
     short_field,
     write_failed,
 )
@@ -55,7 +56,9 @@ class JobReceiver(BaseReceiver):
     midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
     counted unmatched; while one of the job's ledgers exists but cannot be opened, it may be
     the one that sent it, and gets 503 (Telnyx redelivers it). A keyword reaches the
-    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed."""
+    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed.
+    Ledgers are opened, and read, in a worker thread: a request waits only for a read it
+    needs (a ledger's being opened, when no open one knows its message)."""
 
     def __init__(
         self,
@@ -84,6 +87,8 @@ class JobReceiver(BaseReceiver):
         self._unavailable: dict[str, LedgerError] = {}
         #: Held by :meth:`roll` while it opens ledgers off the loop: one roll at a time.
         self._rolling = asyncio.Lock()
+        #: Set by :meth:`close`: a roll under way opens no more ledgers.
+        self._closing = False
 
     def __repr__(self) -> str:
         return (
@@ -104,8 +109,15 @@ class JobReceiver(BaseReceiver):
         """Have open the job's ledgers of today and the :data:`DAYS_BACK` dates before that
         exist, and no others: done when the date has changed since, and with ``look`` to
         find ledgers begun since (at most once every :data:`LATE_POLL_S`). A ledger is
-        opened and read off the event loop (a large one takes seconds, and requests wait
-        meanwhile), by one roll at a time: one that comes meanwhile waits for it."""
+        opened and read off the event loop (a large one takes seconds), by one roll at a
+        time: one that comes meanwhile waits for it, unless it has nothing to do (the same
+        date, no ``look``). A roll runs to its end, its request
+        cancelled or not (:meth:`_finished`), so what it opens is closed with the rest."""
+        if not look and self.today() == self._today:
+            return
+        await self._finished(self._rolled(look=look))
+
+    async def _rolled(self, *, look: bool) -> None:
         async with self._rolling:
             await self._roll(look=look)
 
@@ -125,19 +137,24 @@ class JobReceiver(BaseReceiver):
         # what this roll closes leaves the ledgers before its first wait: another request's
         # roll meanwhile neither closes it again nor hands it an event
         past = [self.ledgers.pop(name)[1] for name in list(self.ledgers) if name not in wanted]
-        self._unavailable = {}
+        # set whole once this roll is done: a request that reads it while a roll goes on (one
+        # begun while it read a ledger) finds the last roll's, never a half-done one's
+        unavailable: dict[str, LedgerError] = {}
         for name, (day, where) in wanted.items():
             if name in self.ledgers:
                 self.ledgers[name] = (day, self.ledgers[name][1])
                 continue
+            if self._closing:
+                break
             try:
                 receiver = await asyncio.to_thread(self._open, where)
             except LedgerError as exc:
                 log.warning("webhooks.ledger_unavailable", ledger=display(where), error=str(exc))
-                self._unavailable[name] = exc
+                unavailable[name] = exc
                 continue
             if receiver is not None:
                 self.ledgers[name] = (day, receiver)
+        self._unavailable = unavailable
         for receiver in past:
             await self._close(receiver)
 
@@ -154,12 +171,7 @@ class JobReceiver(BaseReceiver):
         with contextlib.suppress(OSError):
             if isinstance(where, Path) and where.stat().st_size == 0:
                 return None
-        store = open_store(where, "append")
-        try:
-            view = store.fold()
-        except BaseException:
-            store.close_sync()
-            raise
+        store, view = opened(functools.partial(open_store, where, "append"))
         receiver = WebhookReceiver(
             view,
             store,
@@ -181,11 +193,12 @@ class JobReceiver(BaseReceiver):
         self._recorded_before += receiver.recorded
         log.info("webhooks.ledger_closed", ledger=receiver.store.name)
 
-    def _sender(
+    async def _sender(
         self, event_type: str, data: dict[str, Any], payload: object
     ) -> WebhookReceiver | None:
         """The open ledger that sent the message an event is about: the one that knows its
-        id (a group's own, or a recipient's learnt) if any; else the newest whose recipient
+        id (a group's own, or a recipient's learnt), once it has read what was appended to
+        it since (:meth:`WebhookReceiver.catch_up`), if any; else the newest whose recipient
         the event's id is learnt for (:meth:`WebhookReceiver.match`), as a recipient of an
         older ledger has long learnt its id from the events that followed that send. None:
         no open ledger sent it.
@@ -196,18 +209,25 @@ class JobReceiver(BaseReceiver):
         message_id = payload_message_id(payload)
         if message_id is None:
             return None
-        newest = [r for _, r in sorted(self.ledgers.values(), key=lambda d: d[0], reverse=True)]
-        for receiver in newest:
-            receiver.ready()
-            if receiver.knows(message_id):
+        newest = sorted(self.ledgers.items(), key=lambda d: d[1][0], reverse=True)
+        for name, (_, receiver) in newest:
+            await receiver.ready()
+            await receiver.catch_up(message_id)
+            if receiver.knows(message_id) and self._serves(name, receiver):
                 return receiver
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         occurred_at = status_stamp(data.get("occurred_at"))
-        for receiver in newest:
+        for name, (_, receiver) in newest:
             statuses = receiver._statuses(payload, message_id, event_type)
-            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
+            matched = receiver.match(statuses, message_id, sent_from, occurred_at)[0]
+            if matched and self._serves(name, receiver):
                 return receiver
         return None
+
+    def _serves(self, name: str, receiver: WebhookReceiver) -> bool:
+        """Whether ``receiver`` is still open as the ledger ``name`` (a roll while a request
+        read may have closed it)."""
+        return name in self.ledgers and self.ledgers[name][1] is receiver
 
     async def _delivery(
         self, event_id: str, event_type: str, data: dict[str, Any], payload: object
@@ -220,10 +240,10 @@ class JobReceiver(BaseReceiver):
             return web.json_response({"ok": True, "duplicate": True})
         try:
             await self.roll()
-            ledger = self._sender(event_type, data, payload)
+            ledger = await self._sender(event_type, data, payload)
             if ledger is None:
                 await self.roll(look=True)  # begun since: today's, once its run began
-                ledger = self._sender(event_type, data, payload)
+                ledger = await self._sender(event_type, data, payload)
             if ledger is None and self._unavailable:
                 # a ledger not open may have sent it: no 2xx, so Telnyx redelivers it
                 raise next(iter(self._unavailable.values()))
@@ -261,7 +281,7 @@ class JobReceiver(BaseReceiver):
         async def look() -> bool:
             try:
                 await self.roll(look=True)
-                ledger = self._sender(event_type, data, payload)
+                ledger = await self._sender(event_type, data, payload)
             except LedgerError as exc:
                 write_failed(event_id, exc)
                 return False
@@ -282,7 +302,9 @@ class JobReceiver(BaseReceiver):
             await receiver.settle()
 
     async def close(self) -> None:
-        """Stop waiting for late matches, and close every ledger."""
-        await super().close()
+        """Stop waiting for late matches, and close every ledger: those a roll under way
+        opens too (it opens no more once this begins)."""
+        self._closing = True
+        await super().close()  # waits for a roll under way
         while self.ledgers:
             await self._close(self.ledgers.popitem()[1][1])

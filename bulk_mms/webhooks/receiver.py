@@ -15,7 +15,7 @@ from collections.abc import (
     Iterable,
     Sequence,
 )
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import msgspec.structs
 import orjson
@@ -35,7 +35,7 @@ from bulk_mms.codes import keyword
 from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
-from bulk_mms.ledger.events import status_event
+from bulk_mms.ledger.events import Event, status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, opted_out_in, report_action
@@ -68,6 +68,36 @@ _FIELD_MAX = 128
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
 LATE_WINDOW_S = 30.0
 LATE_POLL_S = 0.5
+
+_T = TypeVar("_T")
+
+
+def opened(open_: Callable[[], LedgerStore]) -> tuple[LedgerStore, LedgerView]:
+    """A ledger's store, opened by ``open_``, and its view, read from it (blocking: a large
+    ledger takes seconds, so a receiver calls it in a worker thread).
+
+    Raises:
+        LedgerError: it cannot be opened or read (a store opened is closed again).
+    """
+    store = open_()
+    try:
+        view = store.fold()
+    except BaseException:
+        store.close_sync()
+        raise
+    return store, view
+
+
+def read_new(store: LedgerStore) -> tuple[list[Event], LedgerError | None]:
+    """The events appended to ``store``'s ledger since its last read (blocking: called in a
+    worker thread), with the error that ended the read, if one did: the events read before
+    it are past the store's read position, so they must be taken in all the same."""
+    events: list[Event] = []
+    try:
+        events.extend(store.new_events())
+    except LedgerError as exc:
+        return events, exc
+    return events, None
 
 
 def write_failed(event_id: str, exc: ConfigError | LedgerError) -> None:
@@ -123,6 +153,8 @@ class BaseReceiver:
         self._later: set[asyncio.Task[None]] = set()
         #: Events being handled now, each with what is set once it is done (:meth:`_alone`).
         self._busy: dict[str, asyncio.Future[None]] = {}
+        #: Work on a ledger off the loop that runs to its end whoever waits (:meth:`_finished`).
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     async def _delivery(
         self, event_id: str, event_type: str, data: dict[str, Any], payload: object
@@ -303,6 +335,18 @@ class BaseReceiver:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
+    async def _finished(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """What ``work`` returns: a ledger opened or read in a worker thread, and what is done
+        with it on the loop. It runs to its end even when the request waiting for it is
+        cancelled (the receiver stopping, its client gone): a thread cannot be stopped, and
+        what it read must reach the view (the store's read position is past it), what it
+        opened be kept or closed. :meth:`close` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(_retrieved)
+        task.add_done_callback(self._finishing.discard)
+        return await asyncio.shield(task)
+
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
@@ -312,10 +356,12 @@ class BaseReceiver:
             await asyncio.gather(*self._later, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop waiting for late matches."""
+        """Stop waiting for late matches, and wait for the ledgers' reads under way
+        (:meth:`_finished`)."""
         for task in list(self._later):
             task.cancel()
         await asyncio.gather(*self._later, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
         self.rejected += 1
@@ -325,8 +371,18 @@ class BaseReceiver:
         )
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a finished task's exception, so one nobody awaited any more is not reported as
+    never retrieved (its request was answered, or cancelled, already)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class WebhookReceiver(BaseReceiver):
-    """The receiver of one ledger; keeps the ledger's view current as events come in."""
+    """The receiver of one ledger; keeps the ledger's view current as events come in. Every
+    read of the ledger while it serves (what was appended since: :meth:`catch_up`; the whole
+    ledger anew after a failed write: :meth:`ready`) runs in a worker thread, one at a time,
+    so the event loop answers other requests meanwhile."""
 
     def __init__(
         self,
@@ -345,6 +401,12 @@ class WebhookReceiver(BaseReceiver):
         self.store = store
         store.on_kept_back(view.kept_back)  # a move the shared ledger did not write
         self.recorded = 0
+        #: Held while the ledger is read off the loop: two reads of one store at once would
+        #: each take part of what was appended, from the same read position.
+        self._reading = asyncio.Lock()
+        #: Reads begun (:meth:`catch_up`): a request that waited for one begun after it asked
+        #: has what it asked for.
+        self._reads = 0
 
     def __repr__(self) -> str:
         return (
@@ -365,7 +427,8 @@ class WebhookReceiver(BaseReceiver):
         message_id = payload_message_id(payload)
         sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:
-            self.ready()
+            await self.ready()
+            await self.catch_up(message_id)
             statuses = self._statuses(payload, message_id, event_type)
             matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
@@ -395,10 +458,10 @@ class WebhookReceiver(BaseReceiver):
     def _statuses(
         self, payload: object, message_id: str | None, event_type: str
     ) -> tuple[RecipientStatus, ...]:
-        """The reports an event's payload carries, as the ledger stands now: ``cc`` is read
-        only from a group's own message (a recipient's lists the others), so an event that
-        beat its group's ``sent`` line is read again once the line lands; the cost only from
-        ``message.finalized`` (the others' is an estimate)."""
+        """The reports an event's payload carries, as the view stands (:meth:`catch_up`
+        first): ``cc`` is read only from a group's own message (a recipient's lists the
+        others), so an event that beat its group's ``sent`` line is read again once the line
+        lands; the cost only from ``message.finalized`` (the others' is an estimate)."""
         statuses = parse_statuses(payload, self._own_group_id(message_id))
         if event_type != FINALIZED:
             statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
@@ -412,7 +475,8 @@ class WebhookReceiver(BaseReceiver):
         occurred_at: str | None = None,
     ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
         """Split reports into those for recipients of the message ``message_id`` names (with
-        their group) and the rest: all of them when the id is not one this ledger knows.
+        their group) and the rest: all of them when the id is not one this ledger knows (as
+        the view stands: :meth:`catch_up` first).
 
         The group's own id matches every member it lists; a recipient's own id matches that
         recipient alone. A listed number that is not such a recipient is ignored (logged):
@@ -425,11 +489,8 @@ class WebhookReceiver(BaseReceiver):
             return [], []
         gid = self._group_for(message_id)
         if gid is None and message_id is not None:
-            self.refresh()  # sent since this server last read the ledger?
-            gid = self._group_for(message_id) or self._learn(
-                statuses, message_id, sent_from, occurred_at
-            )
-            if gid is not None and self._group_for(message_id) is None:
+            gid = self._learn(statuses, message_id, sent_from, occurred_at)
+            if gid is not None:
                 return [(gid, statuses[0])], []
         if gid is None:
             return [], list(statuses)
@@ -476,7 +537,7 @@ class WebhookReceiver(BaseReceiver):
         except LedgerError:
             if self.store is store:  # the first of the writers that saw it fail
                 with contextlib.suppress(LedgerError):
-                    self.ready()
+                    await self.ready()
             raise
         await self._opted_out(matched)
         return n
@@ -491,9 +552,11 @@ class WebhookReceiver(BaseReceiver):
             if (code := opted_out_in(st, self.settings.error_policy)) is not None:
                 await suppress_opted_out(self.suppressed, (st.phone,), code, source="webhook")
 
-    def ready(self) -> None:
-        """Have a store that takes writes: open the ledger anew, and read it into a fresh view,
-        if the current store's write failed (a full disk freed since, say).
+    async def ready(self) -> None:
+        """Have a store that takes writes: if the current store's write failed (a full disk
+        freed since, say), open the ledger anew and read it into a fresh view, in a worker
+        thread, one read of the ledger at a time (a request that comes meanwhile waits, and
+        finds it reopened).
 
         Raises:
             LedgerError: the store failed and the ledger cannot be opened again (yet).
@@ -503,15 +566,17 @@ class WebhookReceiver(BaseReceiver):
             return
         if self.reopen is None:
             raise failure
-        store = self.reopen()
-        try:
-            view = store.fold()
-        except BaseException:
-            store.close_sync()
-            raise
-        self.store.close_sync()
-        store.on_kept_back(view.kept_back)
-        self.store, self.view = store, view
+        await self._finished(self._reopen(self.reopen))
+
+    async def _reopen(self, reopen: Callable[[], LedgerStore]) -> None:
+        async with self._reading:
+            failure = self.store.failed
+            if failure is None:  # reopened while this waited
+                return
+            store, view = await asyncio.to_thread(opened, reopen)
+            self.store.close_sync()
+            store.on_kept_back(view.kept_back)
+            self.store, self.view = store, view
         log.info("webhook.ledger_reopened", ledger=store.name, after=str(failure))
 
     async def _record(
@@ -584,7 +649,8 @@ class WebhookReceiver(BaseReceiver):
         async def look() -> bool:
             nonlocal left
             try:
-                self.ready()
+                await self.ready()
+                await self.catch_up(message_id)
                 if reread is not None:
                     left = [st for st in reread() if st.phone not in matched_before]
                 matched, rest = self.match(left, message_id, sent_from, occurred_at)
@@ -601,9 +667,32 @@ class WebhookReceiver(BaseReceiver):
             self._unmatched(event_id, message_id, left)
 
     def refresh(self) -> None:
-        """Take in what has been written since (a run may still be sending)."""
-        for ev in self.store.new_events():
-            self.view.apply(ev)
+        """Take in what has been written since (a run may still be sending), blocking: for a
+        receiver not serving yet (:meth:`catch_up` reads off the loop).
+
+        Raises:
+            LedgerError: the ledger cannot be read (what was read before is taken in).
+        """
+        _take_in(self.view, *read_new(self.store))
+
+    async def catch_up(self, message_id: str | None) -> None:
+        """Take in what has been written since, when ``message_id`` is not of a group the view
+        knows (sent since this server last read the ledger?): read in a worker thread, one
+        read of the ledger at a time; a request that waited for a read begun after it asked
+        takes that one's.
+
+        Raises:
+            LedgerError: the ledger cannot be read (what was read before is taken in).
+        """
+        if message_id is not None and self._group_for(message_id) is None:
+            await self._finished(self._read_since(self._reads))
+
+    async def _read_since(self, asked: int) -> None:
+        async with self._reading:
+            if self._reads > asked:
+                return
+            self._reads += 1
+            _take_in(self.view, *await asyncio.to_thread(read_new, self.store))
 
     def _learn(
         self,
@@ -642,12 +731,8 @@ class WebhookReceiver(BaseReceiver):
 
     def _own_group_id(self, message_id: str | None) -> str | None:
         """``message_id`` when it is the own id of a group this ledger sent (the send's
-        answer's, not one recipient's), reading what was written since if need be; else
-        None."""
+        answer's, not one recipient's); else None."""
         gid = self._group_for(message_id)
-        if gid is None and message_id is not None:
-            self.refresh()
-            gid = self._group_for(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         if rec is None or self.view.group_message_id(rec) != message_id:
             return None
@@ -655,9 +740,7 @@ class WebhookReceiver(BaseReceiver):
 
     def knows(self, message_id: str) -> bool:
         """Whether ``message_id`` is of a group this ledger sent (the group's own, or a
-        recipient's learnt), reading what was written since if need be."""
-        if self._group_for(message_id) is None:
-            self.refresh()
+        recipient's learnt), as the view stands (:meth:`catch_up` first)."""
         return self._group_for(message_id) is not None
 
     def _group_for(self, message_id: str | None) -> str | None:
@@ -667,3 +750,12 @@ class WebhookReceiver(BaseReceiver):
         gid = self.view.by_message_id.get(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         return gid if rec is not None and rec.outcome == SENT else None
+
+
+def _take_in(view: LedgerView, events: Iterable[Event], error: LedgerError | None) -> None:
+    """Apply to ``view`` the events a read gave (:func:`read_new`); then raise the error
+    that ended the read, if one did."""
+    for ev in events:
+        view.apply(ev)
+    if error is not None:
+        raise error

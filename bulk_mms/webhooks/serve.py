@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from bulk_mms.ledger import Location, keep_database_time, open_store
 from bulk_mms.ledger.store import display, is_database
 from bulk_mms.suppression import Suppressed
 from bulk_mms.webhooks.days import JobReceiver
-from bulk_mms.webhooks.receiver import BaseReceiver, WebhookReceiver
+from bulk_mms.webhooks.receiver import BaseReceiver, WebhookReceiver, opened
 
 log = structlog.get_logger("bulk_mms.webhooks.serve")
 
@@ -86,14 +87,15 @@ async def serve_webhooks(
             stop=stop,
         )
     else:
-        store = open_store(target, "append")
+        reopen = functools.partial(open_store, target, "append")
+        store, view = await asyncio.to_thread(opened, reopen)  # a large one takes seconds
         receiver = WebhookReceiver(
-            store.fold(),
+            view,
             store,
             key,
             clock=clock,
             suppressed=suppressed,
-            reopen=lambda: open_store(target, "append"),
+            reopen=reopen,
             settings=settings,
             stop=stop,
         )
