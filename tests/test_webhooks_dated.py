@@ -448,6 +448,25 @@ async def test_a_known_report_is_answered_while_another_waits_on_a_slow_read(
     assert receiver.unmatched == 1
 
 
+async def test_the_events_no_ledger_knew_are_remembered_up_to_a_bound(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of other apps' events does not grow the receiver without limit: past
+    ``ANSWERED_MAX`` the oldest is forgotten first (its redelivery is looked for anew), and
+    the newest are still duplicates."""
+    receiver, http, clock, _ = served
+    monkeypatch.setattr(days, "ANSWERED_MAX", 2)
+    flood = [stranger_event(n) for n in range(3)]
+    for body in flood:
+        assert (await post_at(http, clock, body))[1]["pending"] == 1
+    for body in flood[:0:-1]:
+        assert (await post_at(http, clock, body))[1] == {"ok": True, "duplicate": True}
+    assert (await post_at(http, clock, flood[0]))[1]["pending"] == 1  # forgotten
+    await receiver.settle()
+    assert receiver.unmatched == 4
+
+
 async def test_a_ledger_being_opened_when_the_receiver_closes_is_closed(
     served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
     monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Unpack
@@ -44,6 +45,13 @@ log = structlog.get_logger("bulk_mms.webhooks.days")
 #: (:func:`~bulk_mms.prepare.continues_earlier`): one date more. Older messages' reports are
 #: ``track``'s to fetch (``GET /messages/{id}`` serves a message for 10 days).
 DAYS_BACK = math.ceil(LEARN_WINDOW_S / 86_400) + 1
+#: At most this many events that no open ledger knew are remembered (:class:`JobReceiver`),
+#: the oldest forgotten first: a flood of other apps' events within the 72 h must not grow
+#: the receiver without limit. Forgetting one costs little: its redelivery, if one comes, is
+#: looked for again and counted unmatched once more, never recorded. And one comes only when
+#: the 2xx did not reach Telnyx within 2 s, at its next attempts (three at most), long before
+#: this many other events.
+ANSWERED_MAX = 100_000
 
 
 class JobReceiver(BaseReceiver):
@@ -80,8 +88,9 @@ class JobReceiver(BaseReceiver):
         self._recorded_before = 0
         #: Events answered that no open ledger knew, with when (monotonic), oldest first: a
         #: redelivery is a duplicate. Kept for :data:`LEARN_WINDOW_S` (Telnyx's retries are
-        #: over by then), not for the receiver's life: most may be other apps' messages.
-        self._answered: dict[str, float] = {}
+        #: over by then), not for the receiver's life, and at most :data:`ANSWERED_MAX` of
+        #: them: most may be other apps' messages.
+        self._answered: OrderedDict[str, float] = OrderedDict()
         #: The job's ledgers that exist but could not be opened at the last :meth:`roll`
         #: (logged), each with why: any of them may have sent an event's message.
         self._unavailable: dict[str, LedgerError] = {}
@@ -253,6 +262,8 @@ class JobReceiver(BaseReceiver):
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
         self._answered[event_id] = self.clock.monotonic()
+        if len(self._answered) > ANSWERED_MAX:
+            self._answered.popitem(last=False)
         message_id = payload_message_id(payload)
         reports = parse_statuses(payload)
         if message_id is None:
@@ -265,11 +276,12 @@ class JobReceiver(BaseReceiver):
 
     def _answered_before(self, event_id: str) -> bool:
         """Whether ``event_id`` was answered though no open ledger knew it, within
-        :data:`LEARN_WINDOW_S`; those answered before that are forgotten."""
+        :data:`LEARN_WINDOW_S` and among the last :data:`ANSWERED_MAX` such; those answered
+        before that are forgotten."""
         horizon = self.clock.monotonic() - LEARN_WINDOW_S
         answered = self._answered
-        while answered and answered[oldest := next(iter(answered))] < horizon:
-            del answered[oldest]
+        while answered and answered[next(iter(answered))] < horizon:
+            answered.popitem(last=False)
         return event_id in answered
 
     async def _find_later(
