@@ -42,6 +42,7 @@ from bulk_mms.webhooks import (
     load_public_key,
     serve_webhooks,
 )
+from bulk_mms.webhooks import receiver as receiver_module
 from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()
@@ -611,6 +612,28 @@ async def receiver_for(jobs: JobFactory, **kwargs: Any) -> tuple[WebhookReceiver
     )
     receiver.refresh()
     return receiver, path, client
+
+
+async def test_what_was_appended_since_is_taken_in_slice_by_slice_to_the_last_line(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What runs appended since the receiver last read its ledger is taken into its view a
+    slice at a time (other requests are answered between slices), to the last line: a report
+    of the last of three groups appended meanwhile is recorded at once."""
+    receiver, path, client = await receiver_for(jobs)
+    monkeypatch.setattr(receiver_module, "APPLY_SLICE", 1)
+    run = open_store(path, "append")
+    like = client.calls[0]
+    for n in range(3):
+        late = Group(f"late-{n}", 9 + n, (f"+1312555011{n}",), (9 + n,), like.message)
+        run.append_now(Sent(late.id, late.to, late.seq, message_id=f"late-{n}", time="x"))
+    run.close_sync()
+    async with TestClient(TestServer(receiver.app())) as http:
+        answer = await post_signed(http, event("message.finalized", late, "late-2", "delivered"))
+    await receiver.close()
+    await receiver.store.close()
+    assert answer == (200, {"ok": True, "recorded": 1, "pending": 0})
+    assert [e["group"] for e in status_lines(path)] == ["late-2"]
 
 
 async def test_an_event_for_a_message_never_sent_is_counted_not_recorded(

@@ -69,6 +69,10 @@ _FIELD_MAX = 128
 LATE_WINDOW_S = 30.0
 LATE_POLL_S = 0.5
 
+#: Events a read gave taken into a view between two turns of the event loop: a run may have
+#: appended a million lines since, and requests are answered meanwhile.
+APPLY_SLICE = 1000
+
 _T = TypeVar("_T")
 
 
@@ -692,7 +696,12 @@ class WebhookReceiver(BaseReceiver):
             if self._reads > asked:
                 return
             self._reads += 1
-            _take_in(self.view, *await asyncio.to_thread(read_new, self.store))
+            events, error = await asyncio.to_thread(read_new, self.store)
+            for start in range(0, len(events), APPLY_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # requests between slices: the view is a prefix
+                _take_in(self.view, events[start : start + APPLY_SLICE], None)
+            _take_in(self.view, (), error)
 
     def _learn(
         self,
