@@ -206,7 +206,7 @@ def _rows_plain(
 ) -> Iterator[Recipient | RejectedRow]:
     """:func:`plain_text`'s loop."""
     for item in items:
-        if isinstance(item, Recipient):
+        if type(item) is Recipient:
             fields = item.fields
             for name in names:
                 if not fields.get(name, "").isprintable():
@@ -260,7 +260,7 @@ def _rejecting(
     """``items`` with each recipient that ``problem`` gives a reason for rejected with it (a
     loss: :attr:`~bulk_mms.models.Rejection.ROW`); the rest pass through, in order."""
     for item in items:
-        if isinstance(item, Recipient) and (reason := problem(item)) is not None:
+        if type(item) is Recipient and (reason := problem(item)) is not None:
             yield RejectedRow(item.line, item.phone, reason, Rejection.ROW)
         else:
             yield item
@@ -419,7 +419,7 @@ def apart_rows(
     decides it, as it decides every group it knows."""
     kept: set[int] = set()
     for item in items:
-        if isinstance(item, Recipient) and (first := apart.get(item.line)) is not None:
+        if type(item) is Recipient and (first := apart.get(item.line)) is not None:
             if item.line == first and ids[first] in known:
                 kept.add(first)
             if first not in kept:
@@ -459,7 +459,7 @@ def make_groups(
         return
     buffer: list[Recipient] = []
     for item in items:
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item
             continue
         buffer.append(item)
@@ -480,7 +480,7 @@ def _by_key(
     """Groups of the rows that share ``column``'s value, wherever they are in the input."""
     waiting: dict[str, list[Recipient]] = {}
     for item in items:
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item
             continue
         key = item.fields[column].strip()
@@ -501,7 +501,7 @@ def _by_zone(
     zone, so memory stays bounded by the number of zones."""
     open_groups: dict[tuple[str, ...], list[Recipient]] = {}
     for item in items:
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item
             continue
         buffer = open_groups.setdefault(grouper.zones_of(item), [])

@@ -252,7 +252,7 @@ def plan(
     if tally is not None:
         rows = tally.count(rows)
     for item in make_groups(rows, job, scan.last_lines if scan is not None else None):
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item
             continue
         if sent_before and view.groups.get(item.id) is None:
@@ -596,7 +596,7 @@ class _DryRun:
         s, retry, limit = self.s, self.settings.retry, self.limit
         now = self.clock.wall()
         for item in items:
-            if isinstance(item, RejectedRow):
+            if type(item) is RejectedRow:
                 s.note_rejected(item.kind)
                 yield item
                 continue

@@ -181,7 +181,7 @@ def excluding(
     """``items`` with each recipient whose number (E.164 digits as an int) is in ``excluded``
     turned into a rejected row of kind :attr:`Rejection.EXCLUDED`."""
     for item in items:
-        if isinstance(item, Recipient) and int(item.phone[1:]) in excluded:
+        if type(item) is Recipient and int(item.phone) in excluded:
             reason = "excluded: already sent by a ledger given to --exclude-sent"
             yield RejectedRow(item.line, item.phone, reason, Rejection.EXCLUDED)
         else:
@@ -286,7 +286,7 @@ def _rejected(
     for n, item in enumerate(tally.count(items)):
         if n % STOP_CHECK_ROWS == 0 and stopped():
             raise ScanStopped
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item.line, item.value, item.reason
     check_columns(job, reader)  # a JSONL file's are known now: before it is written
     yield from tally.finish()  # known once the input has ended: listed after the rest
@@ -346,7 +346,7 @@ class Tally:
         counts, lost, suppressed = self._counts, self._lost, self._suppressed
         last_lines, key, households = self._last_lines, self._key or "", self._households
         for item in items:
-            if isinstance(item, RejectedRow):
+            if type(item) is RejectedRow:
                 counts[item.kind] += 1
                 if item.kind.loss:
                     lost[reason_kind(item.reason)] += 1

@@ -355,7 +355,7 @@ def normalized_rows(
     # normalize_phone's first step, inline; what it does not take goes on to the rest
     canonical_us = _CANONICAL_US or _canonical_us()
     for row in rows:
-        if isinstance(row, RejectedRow):
+        if type(row) is RejectedRow:
             yield row
             continue
         fields = row.fields
@@ -398,11 +398,11 @@ def first_of_each(
     seen: set[int] = set()
     remember = seen.add
     for item in items:
-        if isinstance(item, RejectedRow):
+        if type(item) is RejectedRow:
             yield item
             continue
         phone = item.phone
-        key = int(phone[1:])
+        key = int(phone)  # the digits, read past the "+"
         if key in seen:
             if repeated is not None:
                 repeated.add(key)
