@@ -21,6 +21,7 @@ from msgspec.structs import replace
 from bulk_mms.config import JobConfig, MessageConfig, SendWindow
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
 from bulk_mms.quiet import hours_problem, never_open, zone_problem, zones_for
+from bulk_mms.validate import Check
 
 
 def group_id(job_name: str, to: Sequence[str]) -> str:
@@ -57,13 +58,14 @@ def template_values(
     differs: list[str] = []
     empty: list[str] = []
     for name in message.fields:
-        own = [m.fields.get(name, "").strip() for m in members]
         if name in message.join:
-            value = join_names(own)
+            value = join_names([m.fields.get(name, "").strip() for m in members])
         else:
-            value = own[0]
-            if len(set(own)) > 1:
-                differs.append(name)
+            value = members[0].fields.get(name, "").strip()
+            for m in members:  # a loop of its own frame's, left at the first other value
+                if m.fields.get(name, "").strip() != value:
+                    differs.append(name)
+                    break
         if not value:
             value = message.defaults.get(name, "")
             if not value:
@@ -165,14 +167,25 @@ def with_text(
     member's own values fill it, every group's text says something.
 
     ``items`` themselves when no row can leave it blank (text around the placeholders, a
-    default for one of them, media, or no text): nothing is added to the row loop."""
+    default for one of them, media, or no text: :func:`text_check` is None)."""
+    check = text_check(message)
+    return items if check is None else each_checked(items, check)
+
+
+def text_check(message: MessageConfig) -> Check | None:
+    """:func:`with_text`'s check of one recipient; None when no row can leave the text blank."""
     text = message.text
     if text is None or message.media_urls or _says_something(text.source):
-        return items
+        return None
     names = [n for n in text.fields if not message.defaults.get(n, "").strip()]
     if len(names) < len(text.fields):
-        return items  # a placeholder with a default is never blank
-    return _rows_with_text(items, names)
+        return None  # a placeholder with a default is never blank
+    placeholders = ", ".join(f"{{{n}}}" for n in names)
+    reason = (
+        f"empty message: the text is only {placeholders}, empty in this row; fill it, give it "
+        "a default in [message.defaults], or send media_urls"
+    )
+    return _rejecting(lambda r: None if any(r.fields.get(n, "").strip() for n in names) else reason)
 
 
 def plain_text(
@@ -185,13 +198,27 @@ def plain_text(
     JSONL ``"\\u0000"``, a byte of another encoding) rejected (a loss), naming the field and
     the character: what it would do on a phone is anyone's guess.
 
-    ``items`` themselves when the message has no placeholders. A value that is all
-    printable (``str.isprintable``, in C) is not looked at further: the usual row costs one
-    call a placeholder."""
+    ``items`` themselves when the message has no placeholders (:func:`plain_check` is None)."""
+    check = plain_check(message)
+    return items if check is None else each_checked(items, check)
+
+
+def plain_check(message: MessageConfig) -> Check | None:
+    """:func:`plain_text`'s check of one recipient; None when the message has no placeholders.
+    A value that is all printable (``str.isprintable``, in C) is not looked at further: the
+    usual row costs one call a placeholder."""
     names = message.fields
     if not names:
-        return items
-    return _rows_plain(items, names)
+        return None
+
+    def plain(r: Recipient) -> Recipient | RejectedRow:
+        fields = r.fields
+        for name in names:
+            if not fields.get(name, "").isprintable():
+                return _plain(r, names)
+        return r
+
+    return plain
 
 
 #: The line breaks of other systems, as a message writes one (:func:`plain_text`).
@@ -199,20 +226,6 @@ _BREAKS = re.compile("\r\n?|\v")
 #: The control characters a value sent must not hold, once its line breaks are ``\\n``: the
 #: C0 ones but the tab and the line feed, DEL and the C1 ones (:func:`plain_text`).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _rows_plain(
-    items: Iterable[Recipient | RejectedRow], names: Sequence[str]
-) -> Iterator[Recipient | RejectedRow]:
-    """:func:`plain_text`'s loop."""
-    for item in items:
-        if type(item) is Recipient:
-            fields = item.fields
-            for name in names:
-                if not fields.get(name, "").isprintable():
-                    item = _plain(item, names)  # noqa: PLW2901 - the row, made plain
-                    break
-        yield item
 
 
 def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
@@ -238,66 +251,54 @@ def _says_something(source: str) -> bool:
     return any(literal.strip() for literal, *_ in string.Formatter().parse(source))
 
 
-def _rows_with_text(
-    items: Iterable[Recipient | RejectedRow], names: Sequence[str]
+def each_checked(
+    items: Iterable[Recipient | RejectedRow], check: Check
 ) -> Iterator[Recipient | RejectedRow]:
-    """:func:`with_text`'s loop: a recipient whose ``names`` are all blank is rejected."""
-    placeholders = ", ".join(f"{{{n}}}" for n in names)
-    reason = (
-        f"empty message: the text is only {placeholders}, empty in this row; fill it, give it "
-        "a default in [message.defaults], or send media_urls"
-    )
-
-    def blank(r: Recipient) -> str | None:
-        return None if any(r.fields.get(n, "").strip() for n in names) else reason
-
-    return _rejecting(items, blank)
-
-
-def _rejecting(
-    items: Iterable[Recipient | RejectedRow], problem: Callable[[Recipient], str | None]
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient that ``problem`` gives a reason for rejected with it (a
-    loss: :attr:`~bulk_mms.models.Rejection.ROW`); the rest pass through, in order."""
+    """``items`` with ``check`` made of each recipient; rejected rows pass through, in order.
+    (A pass over the input makes every check in one loop: :func:`~bulk_mms.scan.checked_rows`.)"""
     for item in items:
-        if type(item) is Recipient and (reason := problem(item)) is not None:
-            yield RejectedRow(item.line, item.phone, reason, Rejection.ROW)
-        else:
-            yield item
+        yield check(item) if type(item) is Recipient else item
 
 
-def zoned(
-    items: Iterator[Recipient | RejectedRow], job: JobConfig
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose quiet hours cannot be kept rejected (a loss): its
+def _rejecting(problem: Callable[[Recipient], str | None]) -> Check:
+    """The check that rejects each recipient ``problem`` gives a reason for, with it (a loss:
+    :attr:`~bulk_mms.models.Rejection.ROW`)."""
+
+    def check(r: Recipient) -> Recipient | RejectedRow:
+        reason = problem(r)
+        return r if reason is None else RejectedRow(r.line, r.phone, reason, Rejection.ROW)
+
+    return check
+
+
+def zone_check(job: JobConfig) -> Check | None:
+    """The check that rejects a recipient (a loss) whose quiet hours cannot be kept: its
     ``timezone_column`` names no time zone (the number's zone may be the wrong one,
     :func:`~bulk_mms.quiet.zone_problem`), or its zones share no open time of the window
-    (:func:`~bulk_mms.quiet.hours_problem`). ``items`` themselves without quiet hours
-    (``recipient_window``)."""
-    if job.recipient_window is None:
-        return items
-    return _rows_zoned(items, job.recipient_window, job.timezone_column)
-
-
-def _rows_zoned(
-    items: Iterable[Recipient | RejectedRow], window: SendWindow, column: str | None
-) -> Iterator[Recipient | RejectedRow]:
-    """:func:`zoned`'s loop."""
+    (:func:`~bulk_mms.quiet.hours_problem`). None without quiet hours (``recipient_window``)."""
+    window, column = job.recipient_window, job.timezone_column
+    if window is None:
+        return None
 
     def unkept(r: Recipient) -> str | None:
         if column is not None and (problem := zone_problem(r.fields, column)) is not None:
             return problem
         return hours_problem(window, r.phone, r.fields, column)
 
-    return _rejecting(items, unkept)
+    return _rejecting(unkept)
 
 
 def keyed(
     items: Iterable[Recipient | RejectedRow], column: str
 ) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose ``column`` is blank rejected: it has no group."""
+    """``items`` with each recipient whose ``column`` is blank rejected (:func:`key_check`)."""
+    return each_checked(items, key_check(column))
+
+
+def key_check(column: str) -> Check:
+    """The check that rejects a recipient whose ``column`` is blank: it has no group."""
     reason = f"empty {column!r} value"
-    return _rejecting(items, lambda r: None if r.fields[column].strip() else reason)
+    return _rejecting(lambda r: None if r.fields[column].strip() else reason)
 
 
 #: The first words of the reason a ``group_by`` group's rows are rejected for when its
@@ -327,7 +328,7 @@ class Households:
     open for every member) share none in winter or in summer (:func:`never_open`): one
     member in Guam, one in New York. Every run would hold such a group (exit 4) forever, so
     the scan finds them, and every pass rejects their rows (:data:`APART`, a loss) as it reads
-    them, in input order, before it looks for duplicates (:func:`apart_rows`): a member's
+    them, in input order, before it looks for duplicates (:func:`apart_check`): a member's
     later row, in another group, is theirs (:func:`~bulk_mms.scan.scan_input`).
 
     Fed each recipient the checked rows keep (:func:`~bulk_mms.scan.checked_rows`), in input
@@ -405,27 +406,31 @@ class Households:
         )
 
 
-def apart_rows(
-    items: Iterable[Recipient | RejectedRow],
+def apart_check(
     apart: Mapping[int, int],
     reasons: Mapping[int, str],
     ids: Mapping[int, str],
     known: Container[str] = (),
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with the rows of the groups :class:`Households` found apart (``apart``: each
-    line → its group's first line; ``reasons`` and ``ids``: by first line) rejected, as
-    losses, in input order. A group whose id is in ``known`` (a ledger's groups: an earlier
-    bulk-mms tried it, in a season when it was open) is passed through whole: the ledger
-    decides it, as it decides every group it knows."""
+) -> Check:
+    """The check that rejects, as losses, the rows of the groups :class:`Households` found
+    apart (``apart``: each line → its group's first line; ``reasons`` and ``ids``: by first
+    line). A group whose id is in ``known`` (a ledger's groups: an earlier bulk-mms tried it,
+    in a season when it was open) is passed through whole: the ledger decides it, as it
+    decides every group it knows. Given a pass's recipients in input order (a group's first
+    line first)."""
     kept: set[int] = set()
-    for item in items:
-        if type(item) is Recipient and (first := apart.get(item.line)) is not None:
-            if item.line == first and ids[first] in known:
-                kept.add(first)
-            if first not in kept:
-                yield RejectedRow(item.line, item.phone, reasons[first], Rejection.ROW)
-                continue
-        yield item
+
+    def check(r: Recipient) -> Recipient | RejectedRow:
+        first = apart.get(r.line)
+        if first is None:
+            return r
+        if r.line == first and ids[first] in known:
+            kept.add(first)
+        if first in kept:
+            return r
+        return RejectedRow(r.line, r.phone, reasons[first], Rejection.ROW)
+
+    return check
 
 
 def moved(group: Group, members: Container[str], sender: str, job: JobConfig) -> Group | None:

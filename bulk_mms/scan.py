@@ -30,15 +30,15 @@ from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.grouping import (
     APART,
     Households,
-    apart_rows,
-    keyed,
-    plain_text,
-    with_text,
-    zoned,
+    apart_check,
+    key_check,
+    plain_check,
+    text_check,
+    zone_check,
 )
 from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
 from bulk_mms.reader import FileStamp, Row, RowReader, fingerprint
-from bulk_mms.validate import first_of_each, normalized_rows
+from bulk_mms.validate import recipient_rows
 
 log = structlog.get_logger("bulk_mms.scan")
 
@@ -175,19 +175,6 @@ def check_columns(job: JobConfig, reader: RowReader) -> None:
                 )
 
 
-def excluding(
-    items: Iterator[Recipient | RejectedRow], excluded: Container[int]
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose number (E.164 digits as an int) is in ``excluded``
-    turned into a rejected row of kind :attr:`Rejection.EXCLUDED`."""
-    for item in items:
-        if type(item) is Recipient and int(item.phone) in excluded:
-            reason = "excluded: already sent by a ledger given to --exclude-sent"
-            yield RejectedRow(item.line, item.phone, reason, Rejection.EXCLUDED)
-        else:
-            yield item
-
-
 def checked_rows(
     job: JobConfig,
     rows: Iterable[Row | RejectedRow],
@@ -200,30 +187,33 @@ def checked_rows(
     """The input's rows as the job's recipients, in input order: the one sequence of checks
     every pass over the input makes (the scan, the send, the dry run, a seed send).
 
-    A row is rejected for its number (:func:`~bulk_mms.validate.normalized_rows`), for a
-    control character in a value the message takes (its line breaks made ``\\n`` first:
-    :func:`~bulk_mms.grouping.plain_text`), for values that would leave the message's
-    text blank (:func:`~bulk_mms.grouping.with_text`), for
-    quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zoned`), for an empty
-    ``group_by`` value (:func:`~bulk_mms.grouping.keyed`), for being in a ``group_by``
+    A row is rejected for its number, for a control character in a value the message takes
+    (its line breaks made ``\\n`` first: :func:`~bulk_mms.grouping.plain_check`), for values
+    that would leave the message's text blank (:func:`~bulk_mms.grouping.text_check`), for
+    quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zone_check`), for an empty
+    ``group_by`` value (:func:`~bulk_mms.grouping.key_check`), for being in a ``group_by``
     group whose members share no hour of the ``recipient_window`` (``apart``, as a scan
     found them: :attr:`InputScan.apart`; whole groups, so the rest keep theirs; but not a
     group whose id is in ``known()``, a ledger's groups: one it tried); only then is
-    a number seen before a duplicate (:func:`~bulk_mms.validate.first_of_each`, which adds
-    each duplicate's number to ``repeated`` if given), so a row rejected for its other
-    values never takes a later, valid row's number from it; last, the numbers an
-    ``--exclude-sent`` ledger sent are left out (:func:`excluding`)."""
-    items = plain_text(normalized_rows(rows, job.phone_column, job.default_region), job.message)
-    items = with_text(items, job.message)
-    items = zoned(items, job)
-    if job.group_by is not None:
-        items = keyed(items, job.group_by)
-    if apart is not None:
-        items = apart_rows(items, apart.lines, apart.reasons, apart.ids, known())
-    items = first_of_each(items, job.phone_column, repeated)
-    if excluded:
-        items = excluding(items, excluded)
-    return items
+    a number seen before a duplicate (adding each duplicate's number to ``repeated`` if
+    given), so a row rejected for its other values never takes a later, valid row's number
+    from it; last, the numbers an ``--exclude-sent`` ledger sent (``excluded``) are left out.
+    All in one loop a row: :func:`~bulk_mms.validate.recipient_rows`."""
+    checks = (
+        plain_check(job.message),
+        text_check(job.message),
+        zone_check(job),
+        key_check(job.group_by) if job.group_by is not None else None,
+        apart_check(apart.lines, apart.reasons, apart.ids, known()) if apart is not None else None,
+    )
+    return recipient_rows(
+        rows,
+        job.phone_column,
+        job.default_region,
+        [check for check in checks if check is not None],
+        repeated=repeated,
+        excluded=excluded,
+    )
 
 
 class ScanStopped(Exception):

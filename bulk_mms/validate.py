@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from bulk_mms.models import Recipient, RejectedRow, Rejection
@@ -343,17 +343,42 @@ def _nanp(phone: str) -> str:
     raise PhoneError(_INVALID)
 
 
-def normalized_rows(
+#: A check of a recipient after its number and before duplicates (:func:`recipient_rows`): the
+#: recipient (its values perhaps made anew), or its row rejected.
+Check = Callable[[Recipient], Recipient | RejectedRow]
+
+
+def recipient_rows(
     rows: Iterable[Row | RejectedRow],
     phone_column: str,
     region: str = "US",
+    checks: Sequence[Check] = (),
+    *,
+    repeated: set[int] | None = None,
+    excluded: Container[int] = (),
 ) -> Iterator[Recipient | RejectedRow]:
-    """Each row as a :class:`Recipient` with its number in E.164, or rejected with the reason
-    its number is not one group MMS can reach (or, for a row whose number is the phone
-    column's name, that it is the header again); rejected rows pass through, in input order.
-    Numbers seen before are not looked at here (:func:`first_of_each`)."""
+    """Each row as a :class:`Recipient` with its number in E.164, or rejected, in input order;
+    rejected rows pass through. A row is rejected, in this order:
+
+    - for its number, with the reason it is not one group MMS can reach (or, for a number
+      that is the phone column's name, that the row is the header again);
+    - by the first of ``checks`` that rejects it (each is given the recipient the one before
+      it gave);
+    - as a duplicate, when an earlier recipient has its number (the reason's value is the row's
+      as written). Only recipients count: a row rejected before this leaves its number free
+      for a later, valid row of the same person, who is sent to, never called a duplicate of
+      a row that was not sent. ``repeated``, if given, gets the number (as an int) of each;
+    - as excluded, when its number (as an int) is in ``excluded`` (the numbers an
+      ``--exclude-sent`` ledger sent): it is still its number's first sighting.
+
+    One loop a row, the checks called in it: a pass over a million rows makes each step once.
+    Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a million-row file
+    stays well inside the memory budget.
+    """
     # normalize_phone's first step, inline; what it does not take goes on to the rest
     canonical_us = _CANONICAL_US or _canonical_us()
+    seen: set[int] = set()
+    remember = seen.add
     for row in rows:
         if type(row) is RejectedRow:
             yield row
@@ -366,13 +391,38 @@ def normalized_rows(
             try:
                 phone = _after_canonical_us(raw, region)
             except PhoneError as exc:
-                # the header, repeated: files joined into one (each began with a BOM)
-                if raw.strip().lstrip("\ufeff") == phone_column:
-                    yield RejectedRow(row.line, raw, _HEADER_AGAIN, Rejection.ROW)
-                else:
-                    yield RejectedRow(row.line, raw, str(exc), Rejection.INVALID)
+                yield _not_a_number(row.line, raw, phone_column, exc)
                 continue
-        yield Recipient(phone, row.line, fields)
+        recipient = Recipient(phone, row.line, fields)
+        for check in checks:
+            checked = check(recipient)
+            if type(checked) is RejectedRow:
+                yield checked
+                break
+            recipient = checked
+        else:
+            key = int(phone)  # the digits: int reads past the "+"
+            if key in seen:
+                if repeated is not None:
+                    repeated.add(key)
+                value = recipient.fields.get(phone_column, phone)
+                reason = f"duplicate: {phone} appears earlier in the input"
+                yield RejectedRow(row.line, value, reason, Rejection.DUPLICATE)
+                continue
+            remember(key)
+            if key in excluded:
+                yield RejectedRow(row.line, phone, _EXCLUDED, Rejection.EXCLUDED)
+                continue
+            yield recipient
+
+
+def _not_a_number(line: int, raw: str, phone_column: str, why: PhoneError) -> RejectedRow:
+    """The row whose number ``raw`` is not one group MMS can reach, rejected for ``why``; or,
+    when it is the phone column's name, as the header again (files joined into one, each
+    begun with a byte order mark)."""
+    if raw.strip().lstrip("\ufeff") == phone_column:
+        return RejectedRow(line, raw, _HEADER_AGAIN, Rejection.ROW)
+    return RejectedRow(line, raw, str(why), Rejection.INVALID)
 
 
 #: The reason a row whose number is the phone column's name is rejected.
@@ -380,35 +430,5 @@ _HEADER_AGAIN: Final = (
     "the header row again (were files joined into one?): a header, not a recipient"
 )
 
-
-def first_of_each(
-    items: Iterable[Recipient | RejectedRow],
-    phone_column: str,
-    repeated: set[int] | None = None,
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose number an earlier recipient has rejected as a
-    duplicate (its value as the row wrote it), in input order.
-
-    Only recipients count: a row rejected before this step (a bad value in a column the job
-    needs) leaves its number free for a later, valid row of the same person, who is sent
-    to, never called a duplicate of a row that was not sent. Seen numbers are kept as ints
-    (E.164 digits), about 70 bytes each, so a million-row file stays well inside the memory
-    budget. ``repeated``, if given, gets the number (as an int) of each duplicate.
-    """
-    seen: set[int] = set()
-    remember = seen.add
-    for item in items:
-        if type(item) is RejectedRow:
-            yield item
-            continue
-        phone = item.phone
-        key = int(phone)  # the digits, read past the "+"
-        if key in seen:
-            if repeated is not None:
-                repeated.add(key)
-            reason = f"duplicate: {phone} appears earlier in the input"
-            raw = item.fields.get(phone_column, phone)
-            yield RejectedRow(item.line, raw, reason, Rejection.DUPLICATE)
-            continue
-        remember(key)
-        yield item
+#: The reason a row whose number an ``--exclude-sent`` ledger sent is left out.
+_EXCLUDED: Final = "excluded: already sent by a ledger given to --exclude-sent"

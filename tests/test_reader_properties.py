@@ -22,7 +22,7 @@ from bulk_mms import spans
 from bulk_mms.errors import InputError
 from bulk_mms.models import RejectedRow
 from bulk_mms.reader import MAX_RECORD_LINES, Row, RowReader
-from bulk_mms.validate import normalized_rows
+from bulk_mms.validate import recipient_rows
 
 #: Every property runs the same examples on every machine (CI included), in a few seconds.
 FAST = settings(
@@ -230,10 +230,10 @@ def test_a_note_holding_pasted_rows_reads_back_or_is_refused_as_documented(
 
 def _lost(table: Table, got: list[Row | RejectedRow]) -> list[str]:
     """The table's numbers that nothing read says anything of, once validation has had the
-    rows (:func:`normalized_rows`, which rejects a row whose number is not one): sent to no
+    rows (:func:`recipient_rows`, which rejects a row whose number is not one): sent to no
     recipient, rejected at none of their record's lines, in no rejected value (a quote put in
     a number aside)."""
-    read = list(normalized_rows(got, "phone"))
+    read = list(recipient_rows(got, "phone"))
     sent = {r.phone for r in read if not isinstance(r, RejectedRow)}
     rejected = {r.line for r in read if isinstance(r, RejectedRow)}
     said = " ".join(r.value for r in read if isinstance(r, RejectedRow)).replace('"', "")

@@ -19,9 +19,8 @@ from bulk_mms.validate import (
     _canonical_us,
     _formatted,
     _parsed,
-    first_of_each,
     normalize_phone,
-    normalized_rows,
+    recipient_rows,
 )
 from tests.conftest import JobFactory
 
@@ -112,7 +111,7 @@ def test_duplicates_are_rejected_after_the_first() -> None:
         Row(4, {"phone": "(212) 555-0100"}),
         Row(5, {"phone": "+12125550101"}),
     ]
-    out = list(first_of_each(normalized_rows(rows, "phone"), "phone"))
+    out = list(recipient_rows(rows, "phone"))
     assert out[0] == Recipient("+12125550100", 2, {})
     assert isinstance(out[1], RejectedRow)
     assert out[1].line == 3
@@ -386,7 +385,7 @@ def test_a_number_copied_with_direction_marks_is_the_number(value: str) -> None:
 def test_the_en_dash_of_a_cp1252_file_reads_as_a_hyphen() -> None:
     """Byte 0x96 of a cp1252 export, decoded, is an en dash: the row is a recipient."""
     raw = b"415\x96847\x965640".decode("cp1252")
-    out = list(normalized_rows([Row(2, {"phone": raw})], "phone"))
+    out = list(recipient_rows([Row(2, {"phone": raw})], "phone"))
     assert out == [Recipient("+14158475640", 2, {})]
 
 
@@ -500,7 +499,7 @@ def test_a_header_repeated_mid_file_is_rejected_as_such() -> None:
     the header again, a row not a number, also with the byte order mark each joined Excel
     export began with; any other word is letters."""
     rows = [Row(5, {"phone": " phone"}), Row(6, {"phone": "tel"}), Row(7, {"phone": "\ufeffphone"})]
-    out = list(normalized_rows(rows, "phone"))
+    out = list(recipient_rows(rows, "phone"))
     assert [
         (r.line, r.reason.split(" (")[0], r.kind) for r in out if isinstance(r, RejectedRow)
     ] == [
