@@ -361,18 +361,6 @@ class RowReader:
             self._unended = self._lineno
         return self._lineno, line
 
-    def _lines(self) -> Iterator[tuple[int, bytes]]:
-        # Lines read ahead while opening come first; _first may grow after this generator has
-        # started (the CSV check peeks past the header), so it is looked at on every step.
-        while True:
-            if self._first:
-                yield self._first.popleft()
-                continue
-            item = self._readline()
-            if item is None:
-                return
-            yield item
-
     def _peek_content(self) -> bool:
         """Read ahead to the next line with content, keeping what was read; False at end of
         file. A line of blanks, commas (a spreadsheet's row of empty cells) or a DOS end-of-file
@@ -577,6 +565,7 @@ class RowReader:
             seen[name] = n
 
     def _csv_rows(self) -> Iterator[Row | RejectedRow]:
+        """:meth:`__iter__` of a CSV file."""
         reader = self._csv
         assert isinstance(reader, _CsvReader)
         index = {c: i for i, c in enumerate(self.columns)}
@@ -588,36 +577,38 @@ class RowReader:
         pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
         last, bad, ours = reader.line_num, self._bad, self._ours
         spans = SpanCheck(self.path, width, names.index(self.phone), self._line)
-        while True:
-            try:
-                for rec in reader:
-                    if ours:
-                        rec = [read_cell(cell) for cell in rec]  # noqa: PLW2901 - as written
-                    start, last = last + 1, reader.line_num
-                    if last != start:  # a quoted field with line breaks: a real one?
-                        spans.check(rec, start, last, self._lineno)
-                    if bad:
-                        reason = next(
-                            (bad.pop(n) for n in range(start, last + 1) if n in bad), None
-                        )
-                        if isinstance(reason, InputError):
-                            raise reason
-                        if reason is not None:
-                            yield RejectedRow(start, "", reason)
+        with self._reading():
+            while True:
+                try:
+                    for rec in reader:
+                        if ours:
+                            rec = [read_cell(cell) for cell in rec]  # noqa: PLW2901 - as written
+                        start, last = last + 1, reader.line_num
+                        if last != start:  # a quoted field with line breaks: a real one?
+                            spans.check(rec, start, last, self._lineno)
+                        if bad:
+                            reason = next(
+                                (bad.pop(n) for n in range(start, last + 1) if n in bad), None
+                            )
+                            if isinstance(reason, InputError):
+                                raise reason
+                            if reason is not None:
+                                yield RejectedRow(start, "", reason)
+                                continue
+                        size = len(rec)
+                        if size == width and whole and rec[0].strip():
+                            # the usual row: every column there, the first holding something (a
+                            # row of empty cells is a blank line)
+                            yield Row(start, pick(rec))
                             continue
-                    size = len(rec)
-                    if size == width and whole and rec[0].strip():
-                        # the usual row: every column there, the first holding something (a
-                        # row of empty cells is a blank line)
-                        yield Row(start, pick(rec))
-                        continue
-                    if (item := self._unusual(rec, (start, last), wanted, index)) is not None:
-                        yield item
-            except csv.Error as exc:
-                start, last = last + 1, reader.line_num
-                yield RejectedRow(start, self._said(last), _malformed(exc))
-            else:
-                return
+                        if (item := self._unusual(rec, (start, last), wanted, index)) is not None:
+                            yield item
+                except csv.Error as exc:
+                    start, last = last + 1, reader.line_num
+                    yield RejectedRow(start, self._said(last), _malformed(exc))
+                else:
+                    break
+        self._ended()
 
     def _kept(self, batches: Iterator[Sequence[str]]) -> Iterator[Sequence[str]]:
         """``batches`` as they are, each kept while the csv module reads it, and after that
@@ -785,22 +776,27 @@ class RowReader:
             self._known.update(rec)
 
     def _jsonl_rows(self) -> Iterator[Row | RejectedRow]:
-        wanted = (self.phone, *self.keep)
-        for lineno, raw in self._lines():
-            rec = self._parse_json(lineno, raw)
-            if rec is None:
-                continue
-            if type(rec) is RejectedRow:
-                yield rec
-                continue
-            if not self._known.issuperset(rec):
-                self._add_columns(rec)
-            row = self._json_row(lineno, rec, wanted)
-            if type(row) is Row and any(isinstance(rec.get(k), float) for k in row.fields):
-                written = _as_written(raw, self.encoding)
-                row = row if written is None else self._json_row(lineno, written, wanted)
-            yield row
+        """:meth:`__iter__` of a JSONL file: the lines read ahead while opening first."""
+        wanted, first = (self.phone, *self.keep), self._first
+        with self._reading():
+            while (item := first.popleft() if first else self._readline()) is not None:
+                lineno, raw = item
+                rec = self._parse_json(lineno, raw)
+                if rec is None:
+                    continue
+                if type(rec) is RejectedRow:
+                    yield rec
+                    continue
+                if not self._known.issuperset(rec):
+                    self._add_columns(rec)
+                row = self._json_row(lineno, rec, wanted)
+                # a number that is not an integer, read as Python's float: read it as written
+                if type(row) is Row and float in map(type, map(rec.get, row.fields)):
+                    written = _as_written(raw, self.encoding)
+                    row = row if written is None else self._json_row(lineno, written, wanted)
+                yield row
         self.complete = True
+        self._ended()
 
     def _json_row(
         self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
@@ -833,14 +829,25 @@ class RowReader:
     # -- iteration -----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Row | RejectedRow]:
+        """The file's rows, in input order: each a :class:`Row` or a :class:`RejectedRow`; an
+        :class:`InputError` where the file stops being read (the rows before it first)."""
         if self._file is None:
             raise RuntimeError("RowReader used before open()")
+        return self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read that fails inside, as :meth:`_read_failed`'s :class:`InputError`."""
         try:
-            yield from self._csv_rows() if self.format == "csv" else self._jsonl_rows()
-            if (utf8 := self.text.at_end()) is not None:
-                raise utf8
+            yield
         except (EOFError, OSError, gzip.BadGzipFile) as exc:
             raise self._read_failed(exc) from None
+
+    def _ended(self) -> None:
+        """At the file's end, once every row is given: raise what the decoder found of the
+        file as a whole (:meth:`~bulk_mms.decoding.LineDecoder.at_end`), if anything."""
+        if (utf8 := self.text.at_end()) is not None:
+            raise utf8
 
     def _read_failed(self, exc: EOFError | OSError) -> InputError:
         """The error for a read that failed after line :attr:`_lineno`: a compressed file that
