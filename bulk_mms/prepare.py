@@ -255,8 +255,12 @@ def plan(
         if type(item) is RejectedRow:
             yield item
             continue
-        if sent_before and view.groups.get(item.id) is None:
-            _not_regrouped(item, sent_before, job)
+        if view.groups.get(item.id) is None:
+            if sent_before:
+                _not_regrouped(item, sent_before, job)
+            if not suppressed:  # nothing for members_left to do: the group as it is
+                yield item
+                continue
         yield from members_left(item, view, suppressed, job)
 
 
