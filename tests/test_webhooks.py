@@ -36,6 +36,7 @@ from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, opted_out, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
+    LATE_POLL_S,
     MAX_EVENT_BODY,
     JobReceiver,
     WebhookReceiver,
@@ -127,15 +128,43 @@ def status_lines(path: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(path) if e["event"] == "status"]
 
 
-def append_late_group(path: Path, like: Group) -> Group:
-    """Append the `sent` line a run writes for one more group (message id "late-msg")."""
-    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+def append_late_group(path: Path, like: Group, name: str = "late", seq: int = 9) -> Group:
+    """Append the `sent` line a run writes for one more group (id "{name}-group", of one
+    recipient, message id "{name}-msg")."""
+    late = Group(f"{name}-group", seq, (f"+1312555{seq + 102:04d}",), (seq,), like.message)
     ledger = open_store(path, "append")
     ledger.append_now(
-        Sent(late.id, late.to, late.seq, message_id="late-msg", time="2026-11-23T10:00:00Z")
+        Sent(late.id, late.to, late.seq, message_id=f"{name}-msg", time="2026-11-23T10:00:00Z")
     )
     ledger.close_sync()
     return late
+
+
+def stranger(n: int, like: Group) -> dict[str, Any]:
+    """A report of another app's message ``other-{n}`` to a number the ledger never texted."""
+    other = Group("other", 0, ("+13125550199",), (1,), like.message)
+    return event("message.finalized", other, f"other-{n}", "delivered")
+
+
+def pollers() -> int:
+    """How many tasks look for events again (:meth:`BaseReceiver._poll`) in this loop."""
+    return sum(
+        getattr(t.get_coro(), "__qualname__", "") == "BaseReceiver._poll"
+        for t in asyncio.all_tasks()
+    )
+
+
+def counted_reads(monkeypatch: pytest.MonkeyPatch, store: LedgerStore) -> list[None]:
+    """A list that grows by one at every read of what was appended to ``store`` since."""
+    reads: list[None] = []
+    new_events = store.new_events
+
+    def reading() -> Any:
+        reads.append(None)
+        return new_events()
+
+    monkeypatch.setattr(store, "new_events", reading)
+    return reads
 
 
 @pytest.fixture
@@ -438,12 +467,99 @@ async def test_a_receiver_stopped_already_takes_one_last_look_for_a_late_event(
     receiver, path, client = await receiver_for(jobs, stop=stop)
     late = append_late_group(path, client.calls[0])
     stop.set()
+    body = event("message.finalized", late, "late-msg", "delivered", event_id="evt-late")
     report = RecipientStatus(late.to[0], "delivered")
-    await receiver.match_later("evt-late", [report], "late-msg", "2026-11-23T10:00:01Z")
+    assert receiver.look_later("evt-late", "message.finalized", body["data"], "late-msg", [report])
+    await receiver.settle()
     await receiver.close()
     await receiver.store.close()
     assert receiver.unmatched == 0
     assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+
+
+async def test_events_no_ledger_knows_are_looked_for_by_one_task_with_one_read_a_look(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty events of messages the ledger does not know make one task that looks for them
+    all, not a task each: each look reads the ledger once however many wait, and every one
+    is counted unmatched once its window ran out."""
+    receiver, path, client = await receiver_for(jobs)
+    reads = counted_reads(monkeypatch, receiver.store)
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, stranger(0, client.calls[0])))[1]["pending"] == 1
+        tasks = len(asyncio.all_tasks())
+        for n in range(1, 40):
+            assert (await post_signed(http, stranger(n, client.calls[0])))[1]["pending"] == 1
+        assert (len(asyncio.all_tasks()), pollers()) == (tasks, 1)
+        before = len(reads)
+        await asyncio.sleep(10 * LATE_POLL_S)  # ten looks, on the virtual loop clock
+        assert 9 <= len(reads) - before <= 11
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 40
+    assert status_lines(path) == []
+    assert pollers() == 0
+
+
+async def test_each_event_waiting_is_recorded_if_its_sent_line_lands_within_its_window(
+    jobs: JobFactory,
+) -> None:
+    """Three events that beat their groups' `sent` lines, looked for together: those whose
+    lines land 10 s and 29 s after them are recorded then, the one whose line lands after
+    its 30 s is counted unmatched and never recorded."""
+    receiver, path, client = await receiver_for(jobs)
+    like = client.calls[0]
+    names = ("ten", "twenty-nine", "thirty-one")
+    async with TestClient(TestServer(receiver.app())) as http:
+        for n, name in enumerate(names):
+            late = Group(f"{name}-group", 9 + n, (f"+1312555{n + 111:04d}",), (1,), like.message)
+            body = event("message.finalized", late, f"{name}-msg", "delivered")
+            assert (await post_signed(http, body))[1]["pending"] == 1
+        for n, (name, wait) in enumerate(zip(names, (10, 19, 2), strict=True)):
+            await asyncio.sleep(wait)  # on the virtual loop clock: 10 s, 29 s, 31 s
+            append_late_group(path, like, name, 9 + n)
+            recorded = [e["group"] for e in status_lines(path)]
+            await asyncio.sleep(LATE_POLL_S)
+            found = [e["group"] for e in status_lines(path)][len(recorded) :]
+            assert found == ([] if name == "thirty-one" else [f"{name}-group"])
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 1
+
+
+async def test_an_event_past_the_bound_gets_503_and_its_redelivery_is_recorded(
+    jobs: JobFactory,
+) -> None:
+    """With as many events looked for as the bound allows, one more that the ledger does
+    not know is not acknowledged (503, so Telnyx delivers it again) and not taken for seen:
+    redelivered once its group's `sent` line has landed, it is recorded. Those held are
+    counted unmatched after their window, and make room again."""
+    receiver, path, client = await receiver_for(jobs)
+    receiver.late_max = 2
+    like = client.calls[0]
+    beat = event(
+        "message.finalized",
+        Group("late-group", 9, ("+13125550111",), (9,), like.message),
+        "late-msg",
+        "delivered",
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        for n in range(2):
+            assert (await post_signed(http, stranger(n, like)))[1]["pending"] == 1
+        assert [(await post_signed(http, beat))[0] for _ in range(2)] == [503, 503]
+        assert status_lines(path) == []
+        append_late_group(path, like)
+        assert await post_signed(http, beat) == (200, {"ok": True, "recorded": 1, "pending": 0})
+        await receiver.settle()
+        assert receiver.unmatched == 2
+        assert (await post_signed(http, stranger(2, like)))[1]["pending"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+    assert receiver.unmatched == 3
 
 
 async def test_an_inbound_stop_puts_the_sender_on_the_suppression_list(

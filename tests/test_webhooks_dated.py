@@ -34,8 +34,10 @@ from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_webhooks import (
     PUBLIC_B64,
     Gate,
+    counted_reads,
     event,
     inbound,
+    pollers,
     posted,
     serving,
     signed,
@@ -506,3 +508,43 @@ async def test_a_ledger_being_opened_when_the_receiver_closes_is_closed(
     assert opened == [newer]
     assert closed == [newer]
     assert receiver.ledgers == {}
+
+
+async def test_a_jobs_events_no_ledger_knows_are_looked_for_with_one_read_of_each_a_look(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twenty events no open ledger knows make one task that looks for them all, not a task
+    each: each look reads each of the two days' ledgers once, however many wait."""
+    receiver, http, clock, job = served
+    sends = Sends(job)
+    await sends.run_on(LATE_ON_24TH - dt.timedelta(days=1))
+    await sends.run_on(LATE_ON_24TH)
+    await receiver.roll()
+    reads = {name: counted_reads(monkeypatch, r.store) for name, (_, r) in receiver.ledgers.items()}
+    assert len(reads) == 2
+    for n in range(20):
+        assert (await post_at(http, clock, stranger_event(n)))[1]["pending"] == 1
+    assert pollers() == 1
+    before = {name: len(read) for name, read in reads.items()}
+    await asyncio.sleep(10 * LATE_POLL_S)  # ten looks, on the virtual loop clock
+    assert all(9 <= len(reads[name]) - before[name] <= 11 for name in reads)
+    await receiver.settle()
+    assert receiver.unmatched == 20
+
+
+async def test_a_jobs_event_past_the_bound_gets_503_and_is_not_taken_for_answered(
+    served: tuple[JobReceiver, TestClient[Any, Any], FakeClock, JobConfig],
+) -> None:
+    """A job's receiver looking for as many events as its bound allows answers one more
+    that no open ledger knows 503 (Telnyx delivers it again), and does not remember it as
+    answered: its redelivery, once there is room, is looked for, not taken for a duplicate."""
+    receiver, http, clock, _ = served
+    receiver.late_max = 1
+    assert (await post_at(http, clock, stranger_event(1)))[1]["pending"] == 1
+    refused = stranger_event(2)
+    assert (await post_at(http, clock, refused))[0] == 503
+    await receiver.settle()
+    assert (await post_at(http, clock, refused))[1]["pending"] == 1
+    await receiver.settle()
+    assert receiver.unmatched == 2

@@ -27,7 +27,9 @@ An event whose message id the ledger does not know is acknowledged, looked for a
 the members a group's own message lists under ``cc`` are recorded too), then counted
 (:attr:`WebhookReceiver.unmatched`, ``webhook.unmatched`` in the log) and dropped, never
 written against anyone: whatever arrives, the only file written is the ledger, and only with
-recipients of messages it sent.
+recipients of messages it sent. One task looks for all such events, every half second, with
+one read of what was appended to the ledger since; it looks for :data:`LATE_MAX` at most, and
+one more gets 503 (Telnyx delivers it again), never a 2xx that drops it unlooked for.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
@@ -51,6 +53,7 @@ from bulk_mms.webhooks.days import DAYS_BACK, JobReceiver
 from bulk_mms.webhooks.receiver import (
     EVENTS,
     FINALIZED,
+    LATE_MAX,
     LATE_POLL_S,
     LATE_WINDOW_S,
     LEARN_WINDOW_S,
@@ -75,6 +78,7 @@ __all__ = [
     "DAYS_BACK",
     "EVENTS",
     "FINALIZED",
+    "LATE_MAX",
     "LATE_POLL_S",
     "LATE_WINDOW_S",
     "LEARN_WINDOW_S",

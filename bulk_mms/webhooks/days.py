@@ -8,7 +8,7 @@ import datetime as dt
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -16,23 +16,22 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bulk_mms.answers import (
-    address,
-    parse_statuses,
-    payload_message_id,
-    status_stamp,
-)
+from bulk_mms.answers import parse_statuses, payload_message_id
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import Location, open_store
 from bulk_mms.ledger.store import display, exists
+from bulk_mms.models import RecipientStatus
 from bulk_mms.webhooks.receiver import (
     LATE_POLL_S,
     LEARN_WINDOW_S,
     BaseReceiver,
+    Late,
     ReceiverOptions,
     WebhookReceiver,
     opened,
+    origin,
     short_field,
+    too_many_late,
     write_failed,
 )
 
@@ -61,10 +60,11 @@ class JobReceiver(BaseReceiver):
     which matches and records an event as it does alone. An event goes to the ledger that
     sent its message (:meth:`_sender`). One that no open ledger knows makes it look for
     ledgers begun since (today's, once the day's run has begun it; a new date's after
-    midnight), then look again as a single ledger does (:meth:`_look_again`) before it is
-    counted unmatched; while one of the job's ledgers exists but cannot be opened, it may be
-    the one that sent it, and gets 503 (Telnyx redelivers it). A keyword reaches the
-    suppression list once, whatever the ledgers. A ledger past :data:`DAYS_BACK` is closed.
+    midnight), then look again as a single ledger does (:meth:`look_later`: one read of every
+    ledger a look) before it is counted unmatched; while one of the job's ledgers exists but
+    cannot be opened, it may be the one that sent it, and gets 503 (Telnyx redelivers it). A
+    keyword reaches the suppression list once, whatever the ledgers. A ledger past
+    :data:`DAYS_BACK` is closed.
     Ledgers are opened, and read, in a worker thread: a request waits only for a read it
     needs (a ledger's being opened, when no open one knows its message)."""
 
@@ -191,7 +191,7 @@ class JobReceiver(BaseReceiver):
             settings=self.settings,
             stop=self.stop,
         )
-        receiver.late_window_s = self.late_window_s
+        receiver.late_window_s, receiver.late_max = self.late_window_s, self.late_max
         log.info("webhooks.ledger_opened", ledger=store.name, groups=len(view.groups))
         return receiver
 
@@ -207,10 +207,8 @@ class JobReceiver(BaseReceiver):
     ) -> WebhookReceiver | None:
         """The open ledger that sent the message an event is about: the one that knows its
         id (a group's own, or a recipient's learnt), once it has read what was appended to
-        it since (:meth:`WebhookReceiver.catch_up`), if any; else the newest whose recipient
-        the event's id is learnt for (:meth:`WebhookReceiver.match`), as a recipient of an
-        older ledger has long learnt its id from the events that followed that send. None:
-        no open ledger sent it.
+        it since (:meth:`WebhookReceiver.catch_up`), if any; else :meth:`_known_sender`'s.
+        None: no open ledger sent it.
 
         Raises:
             LedgerError: a ledger cannot be read.
@@ -218,20 +216,37 @@ class JobReceiver(BaseReceiver):
         message_id = payload_message_id(payload)
         if message_id is None:
             return None
-        newest = sorted(self.ledgers.items(), key=lambda d: d[1][0], reverse=True)
-        for name, (_, receiver) in newest:
+        for name, receiver in self._newest():
             await receiver.ready()
             await receiver.catch_up(message_id)
             if receiver.knows(message_id) and self._serves(name, receiver):
                 return receiver
-        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
-        occurred_at = status_stamp(data.get("occurred_at"))
-        for name, (_, receiver) in newest:
-            statuses = receiver._statuses(payload, message_id, event_type)
-            matched = receiver.match(statuses, message_id, sent_from, occurred_at)[0]
-            if matched and self._serves(name, receiver):
+        return self._known_sender(message_id, parse_statuses(payload), *origin(data, payload))
+
+    def _known_sender(
+        self,
+        message_id: str,
+        statuses: Sequence[RecipientStatus],
+        occurred_at: str | None,
+        sent_from: str | None,
+    ) -> WebhookReceiver | None:
+        """The open ledger that sent the message an event is about, as their views stand:
+        the one that knows its id, else the newest whose recipient the event's id is learnt
+        for (:meth:`WebhookReceiver.match`), as a recipient of an older ledger has long learnt
+        its id from the events that followed that send. None: none of them."""
+        newest = self._newest()
+        for _, receiver in newest:
+            if receiver.knows(message_id):
+                return receiver
+        for _, receiver in newest:
+            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
                 return receiver
         return None
+
+    def _newest(self) -> list[tuple[str, WebhookReceiver]]:
+        """The open ledgers' receivers by location, the newest date first."""
+        newest = sorted(self.ledgers.items(), key=lambda d: d[1][0], reverse=True)
+        return [(name, receiver) for name, (_, receiver) in newest]
 
     def _serves(self, name: str, receiver: WebhookReceiver) -> bool:
         """Whether ``receiver`` is still open as the ledger ``name`` (a roll while a request
@@ -243,7 +258,7 @@ class JobReceiver(BaseReceiver):
     ) -> web.Response:
         """The answer to a ``message.sent`` or ``message.finalized``: the ledger that sent its
         message records it (:meth:`WebhookReceiver._delivery`); none yet, it is looked for
-        again (:meth:`_find_later`)."""
+        again (:meth:`look_later`)."""
         if self._answered_before(event_id):
             log.debug("webhook.duplicate", id=short_field(event_id))
             return web.json_response({"ok": True, "duplicate": True})
@@ -261,15 +276,15 @@ class JobReceiver(BaseReceiver):
             return web.json_response({"error": "the ledger cannot be read now"}, status=503)
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
-        self._answered[event_id] = self.clock.monotonic()
-        if len(self._answered) > ANSWERED_MAX:
-            self._answered.popitem(last=False)
         message_id = payload_message_id(payload)
         reports = parse_statuses(payload)
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
-        else:
-            self._in_background(self._find_later(event_id, event_type, data, payload))
+        elif not self.look_later(event_id, event_type, data, message_id, reports):
+            return too_many_late()
+        self._answered[event_id] = self.clock.monotonic()
+        if len(self._answered) > ANSWERED_MAX:
+            self._answered.popitem(last=False)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
         pending = len(reports) if message_id is not None else 0
         return web.json_response({"ok": True, "recorded": 0, "pending": pending})
@@ -284,27 +299,35 @@ class JobReceiver(BaseReceiver):
             answered.popitem(last=False)
         return event_id in answered
 
-    async def _find_later(
-        self, event_id: str, event_type: str, data: dict[str, Any], payload: object
-    ) -> None:
-        """Look again for the ledger that sent an event's message, among those begun since
-        too (:meth:`_look_again`), and have it record the event; else count it unmatched."""
+    async def _read_late(self) -> None:
+        """Have open the ledgers begun since (:meth:`roll`), and take in what every open one
+        was appended since (:meth:`WebhookReceiver.take_in_new`).
 
-        async def look() -> bool:
+        Raises:
+            LedgerError: a ledger cannot be read (the others are read all the same).
+        """
+        await self.roll(look=True)
+        failed: LedgerError | None = None
+        for _, receiver in self._newest():
             try:
-                await self.roll(look=True)
-                ledger = await self._sender(event_type, data, payload)
+                await receiver.ready()
+                await receiver.take_in_new()
             except LedgerError as exc:
-                write_failed(event_id, exc)
-                return False
-            if ledger is None:
-                return False
-            answer = await ledger._delivery(event_id, event_type, data, payload)
-            return answer.status < 500  # a write that failed: the next look tries again
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
-        if not await self._look_again(look):
-            message_id = payload_message_id(payload)
-            self._unmatched(event_id, message_id, parse_statuses(payload))
+    async def _found(self, late: Late) -> bool:
+        """Have the open ledger that sent an event's message, as the views stand, record it
+        (:meth:`WebhookReceiver._delivery`); whether one did (a write that failed: the next
+        look tries again)."""
+        ledger = self._known_sender(
+            late.message_id, late.statuses, late.occurred_at, late.sent_from
+        )
+        if ledger is None:
+            return False
+        answer = await ledger._delivery(late.event_id, late.event_type, late.data, late.payload)
+        return answer.status < 500
 
     async def settle(self) -> None:
         """Wait until every event still being looked for, here or by a ledger, is recorded

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Container,
     Coroutine,
     Iterable,
     Sequence,
 )
+from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import msgspec.structs
@@ -68,6 +69,13 @@ _FIELD_MAX = 128
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
 LATE_WINDOW_S = 30.0
 LATE_POLL_S = 0.5
+#: At most this many events are looked for again at once by one receiver
+#: (:meth:`BaseReceiver.look_later`): a steady 333 events a second that no ledger knows (another
+#: app on the messaging profile sending 100 messages a second makes about 200) for their
+#: LATE_WINDOW_S each. One more is answered 503, not acknowledged: it may be a report of this
+#: ledger's that beat its `sent` line, so Telnyx must deliver it again (and ``track`` still
+#: reads a status Telnyx gave up on), never a 2xx that drops it unlooked for.
+LATE_MAX = 10_000
 
 #: Events a read gave taken into a view between two turns of the event loop: a run may have
 #: appended a million lines since, and requests are answered meanwhile.
@@ -114,6 +122,38 @@ def short_field(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
 
 
+def origin(data: dict[str, Any], payload: object) -> tuple[str | None, str | None]:
+    """When an event says its message reached its status (``occurred_at``, when it is a time:
+    :func:`~bulk_mms.answers.status_stamp`), and the number it was sent from."""
+    sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
+    return status_stamp(data.get("occurred_at")), sent_from
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    """An event answered that no ledger here knew, looked for again until ``deadline``
+    (:meth:`BaseReceiver.look_later`)."""
+
+    event_id: str
+    event_type: str
+    data: dict[str, Any]
+    payload: object
+    message_id: str
+    occurred_at: str | None
+    sent_from: str | None
+    #: Its reports as they were read when it came (a group's own message is read again once
+    #: its `sent` line lands, for the members it lists under ``cc``).
+    statuses: tuple[RecipientStatus, ...]
+    #: When it is given up (the receiver's monotonic time).
+    deadline: float
+    #: The recipients recorded already.
+    done: set[str] = field(default_factory=set)
+
+    def left(self) -> list[RecipientStatus]:
+        """Its reports not recorded yet, as they were read when it came."""
+        return [st for st in self.statuses if st.phone not in self.done]
+
+
 class ReceiverOptions(TypedDict, total=False):
     """What every receiver takes beside its key and its ledgers (see :class:`BaseReceiver`)."""
 
@@ -126,8 +166,9 @@ class ReceiverOptions(TypedDict, total=False):
 class BaseReceiver:
     """What every receiver does with a request before a ledger is involved: the aiohttp
     handler (:meth:`handle`: verify, parse, take a keyword onto the suppression list, one
-    delivery of an event at a time), and the bounded look again (:meth:`_look_again`) for
-    what a ledger does not hold yet. A delivery report goes to :meth:`_delivery`."""
+    delivery of an event at a time), and the bounded look again (:meth:`look_later`) for
+    what a ledger does not hold yet. A delivery report goes to :meth:`_delivery`; what the
+    look again reads is :meth:`_read_late`'s, and what it does with an event :meth:`_found`'s."""
 
     def __init__(
         self,
@@ -154,7 +195,14 @@ class BaseReceiver:
         self.unmatched = 0
         #: Seconds to keep looking for an event's recipients that the ledger does not hold yet.
         self.late_window_s = LATE_WINDOW_S
-        self._later: set[asyncio.Task[None]] = set()
+        #: At most this many events looked for again at once (:data:`LATE_MAX`).
+        self.late_max = LATE_MAX
+        #: The events looked for again, oldest first, each under a number of its own (a
+        #: redelivery may be looked for beside its first: :meth:`look_later`).
+        self._late: dict[int, Late] = {}
+        self._late_numbers = itertools.count()
+        #: Looks them over while there are any (:meth:`_poll`); one for the receiver.
+        self._poller: asyncio.Task[None] | None = None
         #: Events being handled now, each with what is set once it is done (:meth:`_alone`).
         self._busy: dict[str, asyncio.Future[None]] = {}
         #: Work on a ledger off the loop that runs to its end whoever waits (:meth:`_finished`).
@@ -164,6 +212,20 @@ class BaseReceiver:
         self, event_id: str, event_type: str, data: dict[str, Any], payload: object
     ) -> web.Response:
         """The answer to a ``message.sent`` or ``message.finalized`` (:meth:`handle`)."""
+        raise NotImplementedError
+
+    async def _read_late(self) -> None:
+        """Take in what the ledgers served were appended since, once for every look over the
+        events looked for again (:meth:`_poll`).
+
+        Raises:
+            LedgerError: a ledger cannot be read (what was read of the others is taken in).
+        """
+        raise NotImplementedError
+
+    async def _found(self, late: Late) -> bool:
+        """Record what a ledger, as its view stands (:meth:`_read_late`), now says is an
+        event's; whether it is recorded whole (a write that fails: not yet)."""
         raise NotImplementedError
 
     def app(self) -> web.Application:
@@ -319,25 +381,59 @@ class BaseReceiver:
             unmatched=self.unmatched,
         )
 
-    async def _look_again(self, look: Callable[[], Awaitable[bool]]) -> bool:
-        """Call ``look`` every :data:`LATE_POLL_S` seconds until it says it found all it
-        looks for, for :attr:`late_window_s` at most (a webhook can beat the run's ``sent``
-        line); a receiver stopping takes one last look at once. Whether ``look`` found all."""
-        deadline = self.clock.monotonic() + self.late_window_s
-        last = False
-        while self.clock.monotonic() < deadline and not last:
+    def look_later(
+        self,
+        event_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        message_id: str,
+        statuses: Sequence[RecipientStatus],
+    ) -> bool:
+        """Look for an event's reports again (``statuses``: as read now, none recorded), the
+        request answered: every :data:`LATE_POLL_S` for :attr:`late_window_s` (a webhook can
+        beat the run's ``sent`` line), with every other such event (:meth:`_poll`). False,
+        and not looked for, when :attr:`late_max` are already: the caller answers 503, so
+        Telnyx delivers it again (:data:`LATE_MAX`)."""
+        if len(self._late) >= self.late_max:
+            log.warning("webhook.late_full", id=short_field(event_id), pending=len(self._late))
+            return False
+        payload = data.get("payload")
+        self._late[next(self._late_numbers)] = Late(
+            event_id,
+            event_type,
+            data,
+            payload,
+            message_id,
+            *origin(data, payload),
+            statuses=tuple(statuses),
+            deadline=self.clock.monotonic() + self.late_window_s,
+        )
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+            self._poller.add_done_callback(_poll_ended)
+        return True
+
+    async def _poll(self) -> None:
+        """Every :data:`LATE_POLL_S` while events are looked for again (:meth:`look_later`):
+        one read of what the ledgers were appended since (:meth:`_read_late`), then each event
+        against the views in memory (:meth:`_found`), in the order they came; one not found by
+        its deadline is counted unmatched. A receiver stopping takes one last look at once,
+        then counts the rest."""
+        while self._late:
             await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
             last = self._stopping()  # this look is the last
-            if await look():
-                return True
-        return False
-
-    def _in_background(self, later: Coroutine[Any, Any, None]) -> None:
-        """Run ``later`` (a look again, the request answered already) until it is done, or
-        the receiver closes (:meth:`settle`, :meth:`close`)."""
-        task = asyncio.create_task(later)
-        self._later.add(task)
-        task.add_done_callback(self._later.discard)
+            now = self.clock.monotonic()
+            try:
+                await self._read_late()
+            except LedgerError as exc:
+                # the events are looked for in what was read; the next look reads again
+                log.warning("webhook.late_read_failed", error=str(exc), pending=len(self._late))
+            for number, late in list(self._late.items()):
+                if await self._found(late):
+                    del self._late[number]
+                elif last or now >= late.deadline:
+                    del self._late[number]
+                    self._unmatched(late.event_id, late.message_id, late.left())
 
     async def _finished(self, work: Coroutine[Any, Any, _T]) -> _T:
         """What ``work`` returns: a ledger opened or read in a worker thread, and what is done
@@ -356,15 +452,16 @@ class BaseReceiver:
 
     async def settle(self) -> None:
         """Wait until every event still being looked for is matched or counted unmatched."""
-        while self._later:
-            await asyncio.gather(*self._later, return_exceptions=True)
+        while (poller := self._poller) is not None and not poller.done():
+            await asyncio.wait([poller])
 
     async def close(self) -> None:
-        """Stop waiting for late matches, and wait for the ledgers' reads under way
-        (:meth:`_finished`)."""
-        for task in list(self._later):
-            task.cancel()
-        await asyncio.gather(*self._later, return_exceptions=True)
+        """Stop looking for events again (those left are neither recorded nor counted), and
+        wait for the ledgers' reads under way (:meth:`_finished`)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.wait([self._poller])
+        self._late.clear()
         await asyncio.gather(*self._finishing, return_exceptions=True)
 
     def _reject(self, request: web.Request, reason: str, status: int) -> web.Response:
@@ -380,6 +477,13 @@ def _retrieved(task: asyncio.Task[Any]) -> None:
     never retrieved (its request was answered, or cancelled, already)."""
     if not task.cancelled():
         task.exception()
+
+
+def _poll_ended(task: asyncio.Task[None]) -> None:
+    """Log a look again (:meth:`BaseReceiver._poll`) that failed: a fault of the receiver's;
+    the next event looked for again starts another."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("webhook.late_failed", exc_info=exc)
 
 
 class WebhookReceiver(BaseReceiver):
@@ -425,11 +529,10 @@ class WebhookReceiver(BaseReceiver):
         if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=short_field(event_id))
             return web.json_response({"ok": True, "duplicate": True})
-        occurred_at = status_stamp(data.get("occurred_at"))
+        occurred_at, sent_from = origin(data, payload)
         # an id that is not one (too long, a line end, an escape) names no message: the event
         # is never matched by it, nor learnt as a recipient's own id
         message_id = payload_message_id(payload)
-        sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
         try:
             await self.ready()
             await self.catch_up(message_id)
@@ -440,22 +543,18 @@ class WebhookReceiver(BaseReceiver):
             # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
             write_failed(event_id, exc)
             return web.json_response({"error": "the ledger cannot be written now"}, status=503)
+        # nothing was matched (so nothing written): the run may not have written this group's
+        # `sent` line yet (a webhook can beat it); looked for again, or refused for now
+        if (
+            unknown
+            and message_id is not None
+            and not self.look_later(event_id, event_type, data, message_id, unknown)
+        ):
+            return too_many_late()
         self.view.webhook_ids.add(event_id)
         if unknown and message_id is None:
             self._unmatched(event_id, message_id, unknown)
             unknown = []
-        elif unknown:
-            # the run may not have written this group's `sent` line yet (a webhook can beat it)
-            later = self.match_later(
-                event_id,
-                unknown,
-                message_id,
-                occurred_at,
-                sent_from,
-                reread=functools.partial(self._statuses, payload, message_id, event_type),
-                done={st.phone for _, st in matched},
-            )
-            self._in_background(later)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
         return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
 
@@ -631,44 +730,35 @@ class WebhookReceiver(BaseReceiver):
         self.recorded += n
         return n
 
-    async def match_later(
-        self,
-        event_id: str,
-        unknown: list[RecipientStatus],
-        message_id: str | None,
-        occurred_at: str | None,
-        sent_from: str | None = None,
-        *,
-        reread: Callable[[], Sequence[RecipientStatus]] | None = None,
-        done: Iterable[str] = (),
-    ) -> None:
-        """Look for reports' recipients again for a while as the ledger grows
-        (:meth:`_look_again`); then give up. ``reread``: the event's reports read again as
-        the ledger stands (its group's own message, once the group's ``sent`` line lands,
-        reports members under ``cc`` too, which were not read before); those matched already
-        (``done``) are not again."""
-        matched_before = set(done)
-        left = unknown
+    async def _read_late(self) -> None:
+        """The ledger opened anew if a write failed (:meth:`ready`), and what was appended
+        to it since taken in (:meth:`take_in_new`).
 
-        async def look() -> bool:
-            nonlocal left
+        Raises:
+            LedgerError: it cannot be opened again, or read.
+        """
+        await self.ready()
+        await self.take_in_new()
+
+    async def _found(self, late: Late) -> bool:
+        """Record an event's reports whose recipients the view now knows (its group's own
+        message read again once its `sent` line lands: the members it lists under ``cc`` too);
+        whether none is left. A write that fails is logged, and tried at the next look (the
+        event was answered already: nobody redelivers it)."""
+        message_id = late.message_id
+        statuses = late.statuses
+        if self._own_group_id(message_id) is not None:
+            statuses = self._statuses(late.payload, message_id, late.event_type)
+        left = [st for st in statuses if st.phone not in late.done]
+        matched, rest = self.match(left, message_id, late.sent_from, late.occurred_at)
+        if matched:
             try:
-                await self.ready()
-                await self.catch_up(message_id)
-                if reread is not None:
-                    left = [st for st in reread() if st.phone not in matched_before]
-                matched, rest = self.match(left, message_id, sent_from, occurred_at)
-                await self.record(event_id, matched, message_id, occurred_at)
+                await self.record(late.event_id, matched, message_id, late.occurred_at)
             except LedgerError as exc:
-                # answered already, so nobody redelivers: look for them again at the next poll
-                write_failed(event_id, exc)
+                write_failed(late.event_id, exc)
                 return False
-            matched_before.update(st.phone for _, st in matched)
-            left = rest
-            return not left
-
-        if unknown and not await self._look_again(look):
-            self._unmatched(event_id, message_id, left)
+            late.done.update(st.phone for _, st in matched)
+        return not rest
 
     def refresh(self) -> None:
         """Take in what has been written since (a run may still be sending), blocking: for a
@@ -689,7 +779,17 @@ class WebhookReceiver(BaseReceiver):
             LedgerError: the ledger cannot be read (what was read before is taken in).
         """
         if message_id is not None and self._group_for(message_id) is None:
-            await self._finished(self._read_since(self._reads))
+            await self.take_in_new()
+
+    async def take_in_new(self) -> None:
+        """Take in what has been written since: read in a worker thread, one read of the
+        ledger at a time; a caller that waited for a read begun after it asked takes that
+        one's.
+
+        Raises:
+            LedgerError: the ledger cannot be read (what was read before is taken in).
+        """
+        await self._finished(self._read_since(self._reads))
 
     async def _read_since(self, asked: int) -> None:
         async with self._reading:
@@ -759,6 +859,12 @@ class WebhookReceiver(BaseReceiver):
         gid = self.view.by_message_id.get(message_id)
         rec = self.view.groups.get(gid) if gid is not None else None
         return gid if rec is not None and rec.outcome == SENT else None
+
+
+def too_many_late() -> web.Response:
+    """The answer to an event that no ledger knows and cannot be looked for again now
+    (:data:`LATE_MAX`): 503, so Telnyx delivers it again."""
+    return web.json_response({"error": "too many events are being looked for now"}, status=503)
 
 
 def _take_in(view: LedgerView, events: Iterable[Event], error: LedgerError | None) -> None:

@@ -1,0 +1,97 @@
+"""Benchmark: a webhook receiver's CPU under a steady stream of events that are not its own
+(another app on the same messaging profile), each of which it looks for again for
+``LATE_WINDOW_S`` before counting it unmatched.
+
+Usage: python bench/late_webhooks.py [RATE] [WARM_S] [MEASURE_S]
+(default 200 events a second, 35 s to fill the late window, 10 s measured)
+
+Events go straight to the receiver's delivery (no HTTP, no signature: those cost the same
+whatever happens to an event after), on the real clock. It prints the process's CPU seconds
+per second over the measured stretch, the tasks alive, the events refused (503: more than
+``LATE_MAX`` looked for at once) and the process's peak memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bulk_mms.ledger import Header, Sent, open_store
+from bulk_mms.webhooks import WebhookReceiver
+
+
+def stranger(n: int) -> tuple[str, dict[str, Any]]:
+    """Another app's message.sent: an event id, and its data."""
+    data: dict[str, Any] = {
+        "event_type": "message.sent",
+        "id": str(uuid.uuid4()),
+        "occurred_at": "2026-11-23T10:00:00.000+00:00",
+        "record_type": "event",
+        "payload": {
+            "id": f"other-app-{n}",
+            "direction": "outbound",
+            "from": {"phone_number": "+12125550100"},
+            "to": [{"phone_number": "+13125550111", "status": "sent"}],
+            "errors": [],
+        },
+    }
+    return str(data["id"]), data
+
+
+async def stream(rate: float, warm_s: float, measure_s: float, path: Path) -> None:
+    store = open_store(path, "append")
+    key = Ed25519PrivateKey.generate().public_key()
+    receiver = WebhookReceiver(store.fold(), store, key)
+    loop = asyncio.get_running_loop()
+    start, n, refused = loop.time(), 0, 0
+    cpu0 = wall0 = None
+    while (now := loop.time()) < start + warm_s + measure_s:
+        if cpu0 is None and now >= start + warm_s:
+            cpu0, wall0 = time.process_time(), now
+        due = start + n / rate
+        if now < due:
+            await asyncio.sleep(due - now)
+            continue
+        event_id, data = stranger(n)
+        answer = await receiver._delivery(event_id, "message.sent", data, data["payload"])
+        refused += answer.status == 503
+        n += 1
+    assert cpu0 is not None
+    assert wall0 is not None
+    cpu, wall = time.process_time() - cpu0, loop.time() - wall0
+    tasks = len(asyncio.all_tasks())
+    print(
+        f"events {n} at {rate:g}/s ({refused} refused with 503); tasks alive {tasks}; "
+        f"unmatched {receiver.unmatched}"
+    )
+    print(f"CPU over the last {wall:.1f} s: {cpu:.2f} s, {cpu / wall:.3f} s a second")
+    print(f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    await receiver.close()
+    await store.close()
+
+
+def main() -> None:
+    given = [float(a) for a in sys.argv[1:]]
+    rate, warm_s, measure_s = given + [200.0, 35.0, 10.0][len(given) :]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.jsonl"
+        run = open_store(path)
+        run.append_now(Header(job="bench", fingerprint=None))
+        run.append_now(Sent("g1", ("+13125550100",), 1, message_id="ours", time="x"))
+        run.close_sync()
+        asyncio.run(stream(rate, warm_s, measure_s, path))
+
+
+if __name__ == "__main__":
+    main()
