@@ -1,21 +1,25 @@
-"""Shared fixtures: a fake client behind the MmsClient seam, job factories, the fake API server."""
+"""Shared fixtures: a fake client behind the MmsClient seam, job factories, the fake API
+server, a database of the test's own; and which clock each test runs on, virtual or real
+(:func:`pytest_collection_modifyitems`)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import os
 import secrets
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 import hypothesis
 import psycopg
+import psycopg.waiting
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
@@ -33,10 +37,17 @@ __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them fro
 
 pytest_plugins = ("pytest_aiohttp",)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 # CI (`--hypothesis-profile=ci`, which .ci/run passes) draws the property tests' examples from
 # a fixed seed, so a landing never fails on an example nobody ran before; a developer's
 # `make test` draws new ones each time, and keeps any that failed in .hypothesis/ to run first.
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+
+
+#: The virtual clock's options (looptime's mark; a mark of the test's own overrides them).
+VIRTUAL: Final = pytest.mark.looptime(idle_step=0.001, resolution=1e-9)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,11 +56,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     off the loop) the virtual clock moves in 1 ms steps of real time, so it never runs ahead of
     the thread by more than that. Its resolution is asyncio's own (1 ns): with a coarser one,
     a timer due in less than half a tick never comes and the loop spins. ``pytest
-    --no-looptime`` runs them on the real clock, and so does a test marked
-    ``looptime(False)`` (one whose bounds must not run ahead of a database's answers)."""
+    --no-looptime`` runs them on the real clock, and so does a test marked ``looptime(False)``.
+
+    A test that takes the :func:`database` fixture (as an argument, or through another
+    fixture) runs on the real clock: while the loop waits on a socket, the virtual clock jumps
+    from timer to timer, so a database call's 30 s bound would run out after about 50 ms of
+    real time, which a loaded server takes (and a claim's lease runs on the database's clock,
+    which a virtual one would outrun). One whose own timers need the virtual clock (a
+    deadline minutes away, a lease to outlast) is marked ``looptime(True)``: it keeps it, and
+    the fixture holds every wait on the server to real time (:func:`_on_real_time`), as it
+    does for a test that gets the fixture mid-test (``request.getfixturevalue``)."""
     for item in items:
-        if item.get_closest_marker("looptime") is None:
-            item.add_marker(pytest.mark.looptime(idle_step=0.001, resolution=1e-9))
+        takes_database = isinstance(item, pytest.Function) and "database" in item.fixturenames
+        if takes_database and item.get_closest_marker("looptime") is None:
+            item.add_marker(pytest.mark.looptime(False))
+        item.add_marker(VIRTUAL)  # under the test's own mark, which decides whether it is on
 
 
 @pytest.fixture(autouse=True)
@@ -257,9 +278,13 @@ def missing(reason: str) -> NoReturn:
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
+def database(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A database of its own on the project's PostgreSQL, dropped afterwards; the test is
-    skipped, with the reason in one line, when there is no server."""
+    skipped, with the reason in one line, when there is no server. While the test runs, every
+    wait of psycopg's on the server (connecting, each statement's answer) holds looptime's
+    clock to real time (:func:`_on_real_time`)."""
+    for name in ("wait_async", "wait_conn_async"):
+        monkeypatch.setattr(psycopg.waiting, name, _on_real_time(getattr(psycopg.waiting, name)))
     with _own_database() as url:
         yield url
 
@@ -284,3 +309,38 @@ def _own_database() -> Iterator[str]:
             yield f"{SERVER}/{name}"
         finally:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class _UnderWay(concurrent.futures.Executor):
+    """Work under way off the running loop until :meth:`end`, as the loop sees it: an
+    executor that runs nothing, handed its one job at once, whose future is done at
+    :meth:`end`."""
+
+    def __init__(self) -> None:
+        self._job: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # the loop's future for the job, held here: looptime keeps it in a weak set
+        self._seen = asyncio.get_running_loop().run_in_executor(self, int)
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        return self._job
+
+    def end(self) -> None:
+        self._job.set_result(None)
+
+
+def _on_real_time(wait: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """``wait`` (psycopg's on a server's answer), counted by the loop as work under way off
+    the loop until it ends: while such work is pending, looptime moves its virtual clock in
+    real-time steps (``idle_step``), never from timer to timer, so a 30 s bound around the
+    wait runs out after 30 s of real time. On the real clock it changes nothing."""
+
+    async def held(*args: P.args, **kwargs: P.kwargs) -> T:
+        under_way = _UnderWay()
+        try:
+            return await wait(*args, **kwargs)
+        finally:
+            under_way.end()
+
+    return held

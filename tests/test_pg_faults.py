@@ -402,6 +402,7 @@ async def test_a_lost_connection_is_made_again_once(database: str) -> None:
         await store.close()
 
 
+@pytest.mark.looptime(True)  # a call left unanswered for its whole 30 s bound
 async def test_a_call_answered_while_the_process_was_stopped_past_the_bound_succeeds(
     database: str,
 ) -> None:
@@ -1021,7 +1022,6 @@ async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
         await cancelled
 
 
-@pytest.mark.looptime(False)  # its 30 s bounds and 5 s wait, real against the server's
 async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_heartbeat(
     database: str, another_database: str
 ) -> None:

@@ -17,8 +17,6 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
-pytestmark = pytest.mark.looptime(False)  # the claims' leases run on the database's clock
-
 
 @pytest.mark.parametrize("records", [True, False], ids=["taker-settles", "taker-holds"])
 async def test_a_late_sent_after_a_takeover_texts_nobody_twice_and_folds_once(

@@ -476,7 +476,6 @@ def test_a_ledger_with_two_raced_headers_migrates_to_its_first(
     assert [to_json(e) for e in read_events(copied)] == [to_json(first)]
 
 
-@pytest.mark.looptime(False)  # its claims' 30 s bound, real against a loaded server's answers
 async def test_claims_made_before_schema_8_upgrade_in_place_and_run_out_by_the_takers_lease(
     database: str,
 ) -> None:
@@ -717,7 +716,6 @@ def _claims(database: str) -> dict[str, tuple[str, int]]:
     return {str(grp): (str(owner), int(token)) for grp, owner, token in rows}
 
 
-@pytest.mark.looptime(False)  # a stopped run's 2 s drain bound, real against real commits
 @pytest.mark.parametrize("ends", ["done", "refused_key", "stopped"])
 async def test_a_run_that_ends_gives_its_claims_back_at_once(
     jobs: JobFactory, database: str, ends: str
@@ -797,6 +795,7 @@ async def _one_group_delivered(jobs: JobFactory, database: str) -> tuple[JobConf
     return job, client
 
 
+@pytest.mark.looptime(True)  # track's passes, seconds apart, until a 30 s lease runs out
 async def test_track_follow_on_a_database_waits_while_a_run_holds_a_claim(
     jobs: JobFactory, database: str
 ) -> None:

@@ -109,6 +109,7 @@ async def test_the_reports_failed_row_does_not_promise_the_expired_to_failed_csv
     assert s.expired_left_out == 4
 
 
+@pytest.mark.looptime(True)  # a group every 50 s until a deadline ten minutes away
 async def test_two_processes_on_postgres_send_nothing_past_the_deadline(
     jobs: JobFactory, database: str
 ) -> None:
