@@ -325,8 +325,6 @@ class Runner:
             verdict = await self._settle(group, earlier=True)  # in doubt since an earlier run
             if verdict == Verdict.ABSENT:
                 action = "send"  # never accepted, by the API's records: sent again, a new key
-            elif verdict == Verdict.UNKNOWN:
-                self.sender.doubts[group.id] = group  # looked at again before the run ends
         if action == "send":
             return group
         self.rows_done += free
@@ -334,9 +332,18 @@ class Runner:
         if action == "skip" or self.view.state(group.id) == SENT:
             self.summary.skipped_groups += 1
         else:
-            self.recorder.held(group)
-            self._held.add(group.id)
+            self._hold(group)
         return None
+
+    def _hold(self, group: Group) -> None:
+        """Hold ``group``, in doubt since an earlier run, for the records to settle before the
+        run ends (:meth:`settle_doubts`), and count it held: once (one taken back from another
+        process that took it over is counted already, in :attr:`GroupSender.doubts`)."""
+        if group.id in self.sender.doubts:
+            return
+        self.sender.doubts[group.id] = group
+        self.recorder.held(group)
+        self._held.add(group.id)
 
     def _listed_in(self, group: Group) -> bool:
         """Whether members of ``group`` (in doubt since an earlier run) are on the suppression
@@ -412,17 +419,29 @@ class Runner:
             await self._settle_doubt(gid, group)
 
     async def _settle_doubt(self, gid: str, group: Group) -> None:
-        """:meth:`settle_doubts` for one group, while this process still holds it."""
+        """:meth:`settle_doubts` for one group, while this process still holds it. Another
+        process may have settled it meanwhile (this one paused past its lease): one it found
+        never accepted and gave back unsent (paused in turn) is sent here, as a rerun would;
+        one it holds is watched (:meth:`settle_later`)."""
         if self.stop.is_set() or not await self.sharing.take(group):
             return
         rec = self.view.groups.get(gid)
-        if rec is None or rec.state != IN_DOUBT:
+        if rec is None:
+            return
+        if rec.state != IN_DOUBT:
+            self._decided(gid, None)
+            if (
+                rec.state == RETRY_PENDING
+                and (admitted := await self._admit(group, rows=False)) is not None
+            ):
+                await self._send_here(admitted)
             return
         earlier = gid in self._held  # held since the start: no request of this run's
+        settler = self.sender.settler
+        wait = settler.complete_in(rec)  # before the look: one begun sooner cannot show absence
         verdict = await self._settle(group, earlier=earlier)
-        wait = self.sender.settler.complete_in(rec)
         if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
-            await self.clock.sleep(wait)
+            await self.clock.sleep(settler.complete_in(rec))  # none left: complete meanwhile
             if self.stop.is_set() or not await self.sharing.take(group):
                 return
             verdict = await self._settle(group, earlier=earlier)
@@ -431,10 +450,14 @@ class Runner:
         if verdict == Verdict.ABSENT and not self.stop.is_set():
             await self._send_here(group)
 
-    def _decided(self, gid: str, verdict: Verdict) -> None:
+    def _decided(self, gid: str, verdict: Verdict | None) -> None:
         """A group this run's summary counts in doubt (held from an earlier run, or left so
-        by this one) that the records decided: counted as what it is now instead (already
-        done, or sent by this run; one never accepted is counted as it goes out again)."""
+        by this one; :attr:`GroupSender.doubts`) that is decided now: counted as what it is
+        instead (already done, or sent by this run; one never accepted is counted as it goes
+        out again). ``verdict``: what the records showed here; None: another process
+        decided it (this run counts it no more than the groups others send)."""
+        if self.sender.doubts.pop(gid, None) is None:
+            return  # counted as decided already
         s = self.summary
         if gid in self._held:
             self._held.discard(gid)
@@ -457,6 +480,8 @@ class Runner:
         self._watch_lost()
         within = SETTLE_WAIT_S + SETTLED_SLACK_S + self.sharing.coordinator.lease_s
         await self.sharing.settle_later(self._take_over_late, self.stop.is_set, within)
+        for gid in [g for g in self.sender.doubts if self.view.is_done(g)]:
+            self._decided(gid, None)  # lost to another process, which decided it
 
     def _watch_lost(self) -> None:
         """Watch the groups another process took over from this one since the last look
@@ -469,7 +494,7 @@ class Runner:
     async def _take_over_late(self, group: Group) -> None:
         """A group whose holder died undecided: decided here as a rerun would (skipped, held
         and settled, or sent), in this task."""
-        fresh = group.id not in self._counted
+        fresh = group.id not in self._counted and group.id not in self.sender.doubts
         if (admitted := await self._admit(group, rows=fresh)) is not None:
             await self._send_here(admitted)
             if fresh:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -26,6 +27,7 @@ from bulk_mms.cli import main
 from bulk_mms.clock import instant, parse_time
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig
+from bulk_mms.console import run_outcome
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
@@ -37,6 +39,8 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.recipient_lists import write_failed_csv
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.settle import never_accepted
+from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.suppression import suppression_for
 from bulk_mms.testing import groups_in
@@ -780,6 +784,68 @@ async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
     assert (s2.held_groups, s2.skipped_groups) == (1, 1)
     assert groups_in(job.where, "in_doubt") == {doubtful}
     assert _claims(database)[doubtful] == ("", 2)  # taken over, held, and given back again
+
+
+@pytest.mark.parametrize("other", ["found_never_accepted", "sent", "still_holds"])
+async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_counted_once(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """A run holding a group in doubt (from a run before it) is paused past its lease while
+    the records may still lag, and another process takes the group over meanwhile. Found
+    never accepted there and given back before it went out (that process paused in turn),
+    the group is sent here, once; sent there, or still held there until it sends it, it is
+    watched, and this run counts it neither held nor sent: either way the run ends with
+    nobody left in doubt or pending (exit 0), not with a group "held in doubt"."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    no_retry = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
+
+    def lost(g: Group, n: int) -> SendReceipt | SendError:
+        return AmbiguousSendError("timeout", status=None) if g.seq == 0 else ok_receipt(g, n)
+
+    first = FakeClient(lost)
+    await run_job(job, no_retry, first, clock=FakeClock())
+    held = next(g for g in first.calls if g.seq == 0)
+    survivor = FakeClient()
+    looked = survivor.fetch_records
+
+    async def paused_meanwhile(cli: str, cld: str, start: float, end: float) -> list[Any]:
+        """The survivor's first look at the records (they are not complete yet): meanwhile
+        it is paused past its lease, and the other process takes the group over."""
+        if not survivor.fetches:
+            age_claims(database, 31)
+            store = open_store(job.where, "run")
+            taker = coordinator_for(store, FAST.lease_s)
+            assert await taker.claim(held.id)
+            if other == "found_never_accepted":
+                store.append_now(never_accepted(0.0, "", group=held.id, seq=held.seq, to=held.to))
+            elif other == "sent":
+                store.append_now(events.Sent(held.id, held.to, held.seq, message_id="msg-there"))
+            await taker.close()
+            await store.close()
+            if other != "still_holds":
+                age_claims(database, 31)  # the taker paused past its lease in turn
+        return await looked(cli, cld, start, end)
+
+    survivor.fetch_records = paused_meanwhile  # type: ignore[method-assign]
+    if other == "still_holds":  # it sends the group once the survivor watches it
+        watch = Sharing.settle_later
+
+        async def sent_there(sharing: Sharing, *args: Any, **kwargs: Any) -> None:
+            sent = events.Sent(held.id, held.to, held.seq, message_id="msg-there")
+            await asyncio.to_thread(sharing.store.append_now, sent)
+            await watch(sharing, *args, **kwargs)
+
+        monkeypatch.setattr(Sharing, "settle_later", sent_there)
+    s = await run_job(job, no_retry, survivor, clock=FakeClock())
+    resent = other == "found_never_accepted"
+    assert [g.id for g in survivor.calls] == ([held.id] if resent else [])
+    assert (s.held_groups, s.in_doubt_groups, s.sent_groups) == (0, 0, int(resent))
+    assert (s.open_in_doubt, s.open_retry_pending) == (0, 0)
+    assert s.recipients is not None
+    assert s.recipients.sent == 8
+    assert run_outcome(s) == 0
 
 
 async def _one_group_delivered(jobs: JobFactory, database: str) -> tuple[JobConfig, FakeClient]:

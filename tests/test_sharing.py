@@ -10,12 +10,12 @@ import pytest
 
 from bulk_mms import runner
 from bulk_mms.coordination import LocalCoordinator
-from bulk_mms.ledger import LedgerView, events
-from bulk_mms.models import Group, MessageBody
+from bulk_mms.ledger import LedgerView, events, load
+from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sending import HOLD_MARGIN_S
 from bulk_mms.sharing import Sharing
 from bulk_mms.testing import groups_in
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, crash_mid_send
 
 MEMBERS = ("+12025550101", "+12025550102")
 GROUP = Group("g1", 1, MEMBERS, (2, 3), MessageBody(from_="+15550001", text="hello"))
@@ -284,3 +284,32 @@ async def test_a_claim_taken_again_with_no_time_left_sends_nothing(
     s = await runner.run_job(job, FAST, client, clock=FakeClock())
     assert (client.calls, s.sent_groups) == ([], 0)
     assert len(groups_in(job.ledger, "retry_pending")) == 1
+
+
+async def test_a_group_whose_records_complete_during_a_look_is_looked_at_again(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look at the records of a group held in doubt that begins a moment before they are
+    complete cannot show it never accepted, even if it ends after (each lookup takes 3 s
+    here; in a shared job, the group before it was lost to another process at once, so its
+    look came at that moment): the group is looked at again once they are complete, found
+    never accepted and sent, not left in doubt (exit 1) by a look that could not decide it."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    (held,) = (await crash_mid_send(job, monkeypatch)).calls
+    untrusted = msgspec.structs.replace(FAST.retry, retry_ambiguous=False)  # no key replayed
+    settings = msgspec.structs.replace(FAST, records_lag_s=0.0, retry=untrusted)
+    tried = load(job.ledger).groups[held.id].last_try
+    # held 3 s in (after the first look), complete 2 s later: during the second look
+    clock = FakeClock(wall=tried + settings.request_timeout - 2)
+    client = FakeClient(wall=clock.wall)
+    served = client.fetch_records
+
+    async def slow(cli: str, cld: str, start: float, end: float) -> list[MessageRecord]:
+        await clock.sleep(3.0)
+        return await served(cli, cld, start, end)
+
+    client.fetch_records = slow  # type: ignore[method-assign]
+    s = await runner.run_job(job, settings, client, clock=clock)
+    assert [g.id for g in client.calls] == [held.id]
+    assert (s.sent_groups, s.held_groups, s.open_in_doubt) == (1, 0, 0)
