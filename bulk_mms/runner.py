@@ -46,7 +46,7 @@ from bulk_mms.ledger import (
     keep_database_time,
     open_store,
 )
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
 from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import (
@@ -419,36 +419,43 @@ class Runner:
             await self._settle_doubt(gid, group)
 
     async def _settle_doubt(self, gid: str, group: Group) -> None:
-        """:meth:`settle_doubts` for one group, while this process still holds it. Another
-        process may have settled it meanwhile (this one paused past its lease): one it found
-        never accepted and gave back unsent (paused in turn) is sent here, as a rerun would;
-        one it holds is watched (:meth:`settle_later`)."""
-        if self.stop.is_set() or not await self.sharing.take(group):
-            return
-        rec = self.view.groups.get(gid)
-        if rec is None:
-            return
-        if rec.state != IN_DOUBT:
-            self._decided(gid, None)
-            if (
-                rec.state == RETRY_PENDING
-                and (admitted := await self._admit(group, rows=False)) is not None
-            ):
-                await self._send_here(admitted)
+        """:meth:`settle_doubts` for one group, while this process still holds it in doubt
+        (:meth:`_still_in_doubt`). A look begun before its records are complete cannot show
+        it never accepted, even one that ends after: it is looked at again once they are."""
+        if (rec := await self._still_in_doubt(gid, group)) is None:
             return
         earlier = gid in self._held  # held since the start: no request of this run's
         settler = self.sender.settler
-        wait = settler.complete_in(rec)  # before the look: one begun sooner cannot show absence
+        wait = settler.complete_in(rec)  # before the look, which takes its time
         verdict = await self._settle(group, earlier=earlier)
         if verdict == Verdict.UNKNOWN and 0 < wait <= SETTLE_WAIT_S:
             await self.clock.sleep(settler.complete_in(rec))  # none left: complete meanwhile
-            if self.stop.is_set() or not await self.sharing.take(group):
+            if await self._still_in_doubt(gid, group) is None:
                 return
             verdict = await self._settle(group, earlier=earlier)
         if verdict != Verdict.UNKNOWN:
             self._decided(gid, verdict)
         if verdict == Verdict.ABSENT and not self.stop.is_set():
             await self._send_here(group)
+
+    async def _still_in_doubt(self, gid: str, group: Group) -> GroupRecord | None:
+        """The record of ``group`` if this process still holds it (claimed again, and read
+        as the ledger has it now) in doubt; else None. Another process may have taken it
+        over meanwhile (this one paused past its lease): one it holds is watched
+        (:meth:`settle_later`); one it decided is counted here no more; one it found never
+        accepted and lost back unsent (paused in turn) is sent here, as a rerun would."""
+        if self.stop.is_set() or not await self.sharing.take(group):
+            return None
+        rec = self.view.groups.get(gid)
+        if rec is None or rec.state == IN_DOUBT:
+            return rec
+        self._decided(gid, None)
+        if (
+            rec.state == RETRY_PENDING
+            and (admitted := await self._admit(group, rows=False)) is not None
+        ):
+            await self._send_here(admitted)
+        return None
 
     def _decided(self, gid: str, verdict: Verdict | None) -> None:
         """A group this run's summary counts in doubt (held from an earlier run, or left so
