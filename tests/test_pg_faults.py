@@ -1057,3 +1057,28 @@ async def test_a_run_whose_sessions_the_server_ended_is_live_again_by_its_next_h
         await looker.close()
         await elsewhere.close()
         run.close_sync()
+
+
+async def test_a_link_closed_while_its_connection_is_being_held_fails_as_unavailable(
+    database: str,
+) -> None:
+    """A link closed while a new connection's ``hold`` (its session's lock) runs fails the
+    call as unavailable, its connection closed, rather than with a traceback."""
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(conn: psycopg.AsyncConnection[Any]) -> None:
+        holding.set()
+        await release.wait()
+
+    link = pgconnect.Link(database, "db", timeout_s=600.0, hold=hold)
+
+    async def quick(conn: psycopg.AsyncConnection[Any]) -> str:
+        return "quick"
+
+    call = asyncio.create_task(link.run(quick, "quick"))
+    await holding.wait()
+    await link.close()
+    release.set()
+    with pytest.raises(LedgerUnavailable, match="quick: its connection was closed"):
+        await call
+    assert link._conn is None

@@ -218,7 +218,9 @@ class Link:
             if _lost(self._conn):
                 await self._drop(self._conn)
                 idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
-                self._conn = await psycopg.AsyncConnection.connect(
+                # the new connection is closed by its local name: a close() meanwhile (while
+                # it is held) has given up self._conn already
+                self._conn = conn = await psycopg.AsyncConnection.connect(
                     self._conninfo,
                     autocommit=True,
                     options=_options(
@@ -228,13 +230,13 @@ class Link:
                 )
                 if self._hold is not None:
                     try:
-                        await self._hold(self._conn)
+                        await self._hold(conn)
                     except BaseException:
-                        conn, self._conn = self._conn, None
+                        self._conn = None
                         await self._close_now(conn)
                         raise
-                if self._closed:  # closed while this connection was being made
-                    conn, self._conn = self._conn, None
+                if self._closed:  # closed while this connection was being made or held
+                    self._conn = None
                     await self._close_now(conn)
             if self._conn is None:
                 raise _Closed
