@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from bulk_mms.cli import main
 from bulk_mms.clock import instant, parse_time
 from bulk_mms.codes import Action
-from bulk_mms.config import JobConfig
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import run_outcome
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
@@ -42,6 +42,7 @@ from bulk_mms.runner import run_job
 from bulk_mms.settle import never_accepted
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import suppression_for
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
@@ -754,13 +755,12 @@ async def test_a_run_that_ends_gives_its_claims_back_at_once(
     assert {token for _, token in claims.values()} == {1}
 
 
-async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
+async def _first_group_left_in_doubt(
     jobs: JobFactory, database: str
-) -> None:
-    """A run whose group ends in doubt (its answer lost, the API's records not complete
-    yet) gives its claims back as it ends, so no run is live at once; another host's run
-    then takes the group over (under the next fence token) and, its attempt on record,
-    holds it in doubt instead of sending it: nobody is texted twice."""
+) -> tuple[JobConfig, Settings, FakeClient, JobSummary]:
+    """A job of 8 in groups of 4 on ``database``, without retries of an answer lost, and its
+    first run, whose first group's answer was lost (in doubt): the job, those settings, the
+    run's client and its summary."""
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
     job = replace(job, database=str(named(database, job.name)))
@@ -771,6 +771,17 @@ async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
 
     first = FakeClient(lost)
     s = await run_job(job, no_retry, first, clock=FakeClock())
+    return job, no_retry, first, s
+
+
+async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
+    jobs: JobFactory, database: str
+) -> None:
+    """A run whose group ends in doubt (its answer lost, the API's records not complete
+    yet) gives its claims back as it ends, so no run is live at once; another host's run
+    then takes the group over (under the next fence token) and, its attempt on record,
+    holds it in doubt instead of sending it: nobody is texted twice."""
+    job, no_retry, first, s = await _first_group_left_in_doubt(jobs, database)
     assert (s.sent_groups, s.in_doubt_groups) == (1, 1)
     doubtful = next(g.id for g in first.calls if g.seq == 0)
     looker = open_store(job.where, "append")
@@ -796,16 +807,7 @@ async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_c
     the group is sent here, once; sent there, or still held there until it sends it, it is
     watched, and this run counts it neither held nor sent: either way the run ends with
     nobody left in doubt or pending (exit 0), not with a group "held in doubt"."""
-    jobs.people(8)
-    job = jobs.job(extra="group_size = 4")
-    job = replace(job, database=str(named(database, job.name)))
-    no_retry = replace(FAST, retry=replace(FAST.retry, retry_ambiguous=False))
-
-    def lost(g: Group, n: int) -> SendReceipt | SendError:
-        return AmbiguousSendError("timeout", status=None) if g.seq == 0 else ok_receipt(g, n)
-
-    first = FakeClient(lost)
-    await run_job(job, no_retry, first, clock=FakeClock())
+    job, no_retry, first, _ = await _first_group_left_in_doubt(jobs, database)
     held = next(g for g in first.calls if g.seq == 0)
     survivor = FakeClient()
     looked = survivor.fetch_records
