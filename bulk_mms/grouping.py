@@ -82,7 +82,7 @@ def render_message(
 
     The API takes a text only as a non-empty string: a text that fills to blanks goes out as
     none when the job has ``media_urls`` (the media are the message). Without media, no
-    group's text is blank once its rows have passed :func:`with_text`."""
+    group's text is blank once its rows have passed :func:`text_check`."""
     values, differs, empty = template_values(message, members)
     text = message.text.render(values) if message.text else None
     if text is not None and message.media_urls and not text.strip():
@@ -157,23 +157,15 @@ def _regroup(group: Group, keeps: Callable[[str], bool], job: JobConfig) -> Grou
     return _Grouper(job).make(keep, group.seq) if keep else None
 
 
-def with_text(
-    items: Iterator[Recipient | RejectedRow], message: MessageConfig
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient rejected (a loss) whose own values leave the message's
-    text blank: a text of placeholders only, every one empty in the row and without a
-    default, and no ``media_urls`` to send instead. The API refuses an empty text, and a
-    group's text takes its first member's values (or every member's, joined): when every
-    member's own values fill it, every group's text says something.
-
-    ``items`` themselves when no row can leave it blank (text around the placeholders, a
-    default for one of them, media, or no text: :func:`text_check` is None)."""
-    check = text_check(message)
-    return items if check is None else each_checked(items, check)
-
-
 def text_check(message: MessageConfig) -> Check | None:
-    """:func:`with_text`'s check of one recipient; None when no row can leave the text blank."""
+    """The check that rejects a recipient (a loss) whose own values leave the message's text
+    blank: a text of placeholders only, every one empty in the row and without a default,
+    and no ``media_urls`` to send instead. The API refuses an empty text, and a group's text
+    takes its first member's values (or every member's, joined): when every member's own
+    values fill it, every group's text says something.
+
+    None when no row can leave it blank (text around the placeholders, a default for one of
+    them, media, or no text): nothing is added to the row loop."""
     text = message.text
     if text is None or message.media_urls or _says_something(text.source):
         return None
@@ -188,25 +180,17 @@ def text_check(message: MessageConfig) -> Check | None:
     return _rejecting(lambda r: None if any(r.fields.get(n, "").strip() for n in names) else reason)
 
 
-def plain_text(
-    items: Iterator[Recipient | RejectedRow], message: MessageConfig
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with the values the message's placeholders take made text a phone shows: the
-    line breaks of other systems in them made ``\\n`` (FileMaker writes one inside a field as
-    a vertical tab, ``\\v``; Windows as ``\\r\\n``, an old Mac as ``\\r``), and a recipient
-    whose value holds any other control character (a C0 one but the tab, DEL, a C1 one: a
-    JSONL ``"\\u0000"``, a byte of another encoding) rejected (a loss), naming the field and
-    the character: what it would do on a phone is anyone's guess.
-
-    ``items`` themselves when the message has no placeholders (:func:`plain_check` is None)."""
-    check = plain_check(message)
-    return items if check is None else each_checked(items, check)
-
-
 def plain_check(message: MessageConfig) -> Check | None:
-    """:func:`plain_text`'s check of one recipient; None when the message has no placeholders.
-    A value that is all printable (``str.isprintable``, in C) is not looked at further: the
-    usual row costs one call a placeholder."""
+    """The check that makes the values the message's placeholders take text a phone shows:
+    the line breaks of other systems in them made ``\\n`` (FileMaker writes one inside a
+    field as a vertical tab, ``\\v``; Windows as ``\\r\\n``, an old Mac as ``\\r``), and a
+    recipient whose value holds any other control character (a C0 one but the tab, DEL, a C1
+    one: a JSONL ``"\\u0000"``, a byte of another encoding) rejected (a loss), naming the
+    field and the character: what it would do on a phone is anyone's guess.
+
+    None when the message has no placeholders. A value that is all printable
+    (``str.isprintable``, in C) is not looked at further: the usual row costs one call a
+    placeholder."""
     names = message.fields
     if not names:
         return None
@@ -221,15 +205,15 @@ def plain_check(message: MessageConfig) -> Check | None:
     return plain
 
 
-#: The line breaks of other systems, as a message writes one (:func:`plain_text`).
+#: The line breaks of other systems, as a message writes one (:func:`plain_check`).
 _BREAKS = re.compile("\r\n?|\v")
 #: The control characters a value sent must not hold, once its line breaks are ``\\n``: the
-#: C0 ones but the tab and the line feed, DEL and the C1 ones (:func:`plain_text`).
+#: C0 ones but the tab and the line feed, DEL and the C1 ones (:func:`plain_check`).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
-    """:func:`plain_text` of one recipient, some of whose ``names`` are not all printable."""
+    """:func:`plain_check` of one recipient, some of whose ``names`` are not all printable."""
     fields = dict(r.fields)
     for name in names:
         value = fields.get(name, "")
@@ -249,15 +233,6 @@ def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
 def _says_something(source: str) -> bool:
     """Whether a template's text outside its placeholders is more than blanks."""
     return any(literal.strip() for literal, *_ in string.Formatter().parse(source))
-
-
-def each_checked(
-    items: Iterable[Recipient | RejectedRow], check: Check
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with ``check`` made of each recipient; rejected rows pass through, in order.
-    (A pass over the input makes every check in one loop: :func:`~bulk_mms.scan.checked_rows`.)"""
-    for item in items:
-        yield check(item) if type(item) is Recipient else item
 
 
 def _rejecting(problem: Callable[[Recipient], str | None]) -> Check:
@@ -286,13 +261,6 @@ def zone_check(job: JobConfig) -> Check | None:
         return hours_problem(window, r.phone, r.fields, column)
 
     return _rejecting(unkept)
-
-
-def keyed(
-    items: Iterable[Recipient | RejectedRow], column: str
-) -> Iterator[Recipient | RejectedRow]:
-    """``items`` with each recipient whose ``column`` is blank rejected (:func:`key_check`)."""
-    return each_checked(items, key_check(column))
 
 
 def key_check(column: str) -> Check:
@@ -449,7 +417,7 @@ def make_groups(
 ) -> Iterator[Group | RejectedRow]:
     """Group recipients as the job says, passing rejected rows through in order. ``items``
     are checked rows (:func:`~bulk_mms.scan.checked_rows`): with ``group_by``, none has a
-    blank value (:func:`keyed`).
+    blank value (:func:`key_check`).
 
     ``last_lines``: with ``group_by``, the line of each key's last row (the scan's): its last
     chunk goes out as that row is read, not at the end of the input.

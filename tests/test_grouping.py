@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,26 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.grouping import (
     group_id,
     join_names,
-    keyed,
+    key_check,
     make_groups,
-    plain_text,
+    plain_check,
     render_message,
-    with_text,
+    text_check,
 )
 from bulk_mms.models import Group, Recipient, RejectedRow, Rejection
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
+from bulk_mms.validate import Check
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
+
+
+def checked(
+    items: Iterable[Recipient | RejectedRow], check: Check | None
+) -> list[Recipient | RejectedRow]:
+    """``items`` with ``check`` made of each recipient, as a pass over the input makes it."""
+    assert check is not None
+    return [check(i) if isinstance(i, Recipient) else i for i in items]
 
 
 def job(group_size: int = 8, group_by: str | None = None) -> JobConfig:
@@ -96,7 +106,7 @@ def test_an_empty_key_is_rejected_naming_the_column() -> None:
     """A row with a blank group_by value has no group: it is rejected, naming the column, and
     the rest are grouped."""
     rows = people(["a", " ", "a"])
-    out = list(make_groups(keyed(rows, "hh"), job(group_by="hh"), last_lines(rows)))
+    out = list(make_groups(checked(rows, key_check("hh")), job(group_by="hh"), last_lines(rows)))
     rejected = [r for r in out if isinstance(r, RejectedRow)]
     assert [(r.line, r.reason) for r in rejected] == [(3, "empty 'hh' value")]
     assert [g.lines for g in groups(out)] == [(2, 4)]
@@ -216,7 +226,7 @@ def test_a_row_that_leaves_the_text_empty_is_rejected_as_a_loss() -> None:
     """With text = "{n}" and no media, a row whose {n} is empty or blanks is rejected, a loss,
     its reason naming the placeholder and the fixes; the rows with a value pass as they are."""
     people = rows_of("Ann", "", "  ", "Cy")
-    out = list(with_text(iter(people), message("{n}")))
+    out = checked(people, text_check(message("{n}")))
     assert out[0] is people[0]
     assert out[3] is people[3]
     for row, person in zip(out[1:3], people[1:3], strict=True):
@@ -238,9 +248,8 @@ def test_a_row_that_leaves_the_text_empty_is_rejected_as_a_loss() -> None:
     ],
 )
 def test_a_text_that_cannot_be_empty_adds_nothing_to_the_row_loop(config: MessageConfig) -> None:
-    """When no row can leave the text blank, the rows come back as the same iterator."""
-    items = iter(rows_of("", "Bo"))
-    assert with_text(items, config) is items
+    """When no row can leave the text blank, there is no check to make of a row."""
+    assert text_check(config) is None
 
 
 def test_an_empty_text_with_media_goes_out_as_none() -> None:
@@ -262,7 +271,7 @@ def test_an_empty_text_with_media_goes_out_as_none() -> None:
 def test_no_group_is_made_with_an_empty_text(
     names: list[str], others: list[str], size: int, joined: bool
 ) -> None:
-    """Any rows, any group size, joined or not: once rows pass with_text, every group's text
+    """Any rows, any group size, joined or not: once rows pass text_check, every group's text
     says something, and every row is in a group or rejected."""
     people = [
         Recipient(f"+1212555{i:04d}", i + 2, {"n": n, "m": m})
@@ -270,7 +279,7 @@ def test_no_group_is_made_with_an_empty_text(
     ]
     config = message("{n} {m}", join=("n",) if joined else ())
     the_job = replace(job(group_size=size), message=config)
-    out = list(make_groups(with_text(iter(people), config), the_job))
+    out = list(make_groups(checked(people, text_check(config)), the_job))
     assert all(g.message.text and g.message.text.strip() for g in groups(out))
     placed = [p for g in groups(out) for p in g.to]
     rejected = [r.value for r in out if isinstance(r, RejectedRow)]
@@ -345,8 +354,8 @@ async def test_a_run_refuses_an_input_with_too_many_rows_without_text(jobs: JobF
     ids=["tab", "emoji", "zwj", "nbsp", "soft-hyphen", "zero-width-space"],
 )  # fmt: skip
 def test_a_name_with_a_tab_an_emoji_or_a_joiner_goes_out_as_it_is(value: str) -> None:
-    """plain_text rejects control characters only: a tab, an emoji, a zero-width joiner (a
+    """plain_check rejects control characters only: a tab, an emoji, a zero-width joiner (a
     family emoji), a no-break space or a soft hyphen, none printable to str.isprintable, pass
     unchanged."""
-    out = list(plain_text(iter(rows_of(value)), message("Hi {n}")))
+    out = checked(rows_of(value), plain_check(message("Hi {n}")))
     assert out == rows_of(value)
