@@ -147,7 +147,7 @@ async def test_an_opt_out_in_a_finalized_webhook_is_suppressed(
     receiver = WebhookReceiver(
         LedgerView(), store, key, clock=FakeClock(), suppressed=listed, settings=settings
     )
-    receiver.refresh()
+    await receiver.take_in_new()
     sender = {"phone_number": g.message.from_}
     body = own_event("message.finalized", g.to[2], "own-2", "delivery_failed", sender, later=1)
     body["data"]["payload"]["errors"] = [{"code": code, "title": STOP.title}]
@@ -239,7 +239,7 @@ async def test_a_webhook_under_a_settled_members_own_id_is_that_members_only(
     (msg,) = fake.accepted
     store = open_store(job.ledger, "append")
     receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
-    receiver.refresh()
+    await receiver.take_in_new()
     assert receiver.view.groups[next(iter(receiver.view.groups))].message_id == msg.recipient_ids[0]
     sender = {"phone_number": msg.from_}
     body = own_event("message.finalized", msg.to[0], msg.recipient_ids[0], "delivered", sender)
@@ -263,7 +263,7 @@ async def test_members_under_cc_of_an_event_that_beats_its_sent_line_are_recorde
     path, client = await _sent(jobs)
     store = open_store(path, "append")
     receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
-    receiver.refresh()
+    await receiver.take_in_new()
     late = ("+13125550111", "+13125550112", "+13125550113")
     sender = {"phone_number": client.calls[0].message.from_}
     body = own_event("message.finalized", late[0], "late-msg", "delivered", sender)
@@ -310,7 +310,7 @@ async def test_webhooks_posted_before_the_sends_answer_are_all_recorded(
         await run_job(job, FAST, client, clock=FakeClock())
         store = open_store(job.ledger, "append")
         receiver = WebhookReceiver(LedgerView(), store, load_public_key(PUBLIC_B64))
-        receiver.refresh()
+        await receiver.take_in_new()
         async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
             fake.signing_key, fake.webhook_url = SIGNER, str(hooks.make_url("/hooks"))
             fake.webhooks_before_answer = True

@@ -188,7 +188,7 @@ async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
         settings=FAST,
         reopen=lambda: open_store(job.ledger, "append"),
     )
-    receiver.refresh()
+    await receiver.take_in_new()
     disk_full_for(monkeypatch, b'"moved"', int(disk_full))
     failed = own_event(
         "message.finalized", first.to[1], "own-1", "delivery_failed", BLOCKED, code="40003"

@@ -595,7 +595,7 @@ async def test_signed_webhooks_reach_the_real_receiver_and_its_ledger(
         await run_job(job, FAST, client, clock=FakeClock())
     store = open_store(job.ledger, "append")
     receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-    receiver.refresh()
+    await receiver.take_in_new()
     try:
         async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
             fake.webhook_url = str(hooks.make_url("/hooks"))

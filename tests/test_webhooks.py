@@ -172,7 +172,7 @@ async def hooks(jobs: JobFactory) -> AsyncIterator[tuple[TestClient[Any, Any], P
     ledger_path, client = await sent_ledger(jobs, 8)
     ledger = open_store(ledger_path, "append")
     receiver = WebhookReceiver(LedgerView(), ledger, load_public_key(PUBLIC_B64))
-    receiver.refresh()
+    await receiver.take_in_new()
     receiver.late_window_s = 0.3
     async with TestClient(TestServer(receiver.app())) as http:
         yield http, ledger_path, client
@@ -726,7 +726,7 @@ async def receiver_for(jobs: JobFactory, **kwargs: Any) -> tuple[WebhookReceiver
     receiver = WebhookReceiver(
         LedgerView(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), **kwargs
     )
-    receiver.refresh()
+    await receiver.take_in_new()
     return receiver, path, client
 
 

@@ -12,7 +12,6 @@ from collections.abc import (
     Callable,
     Container,
     Coroutine,
-    Iterable,
     Sequence,
 )
 from dataclasses import dataclass, field
@@ -760,15 +759,6 @@ class WebhookReceiver(BaseReceiver):
             late.done.update(st.phone for _, st in matched)
         return not rest
 
-    def refresh(self) -> None:
-        """Take in what has been written since (a run may still be sending), blocking: for a
-        receiver not serving yet (:meth:`catch_up` reads off the loop).
-
-        Raises:
-            LedgerError: the ledger cannot be read (what was read before is taken in).
-        """
-        _take_in(self.view, *read_new(self.store))
-
     async def catch_up(self, message_id: str | None) -> None:
         """Take in what has been written since, when ``message_id`` is not of a group the view
         knows (sent since this server last read the ledger?): read in a worker thread, one
@@ -800,8 +790,10 @@ class WebhookReceiver(BaseReceiver):
             for start in range(0, len(events), APPLY_SLICE):
                 if start:
                     await asyncio.sleep(0)  # requests between slices: the view is a prefix
-                _take_in(self.view, events[start : start + APPLY_SLICE], None)
-            _take_in(self.view, (), error)
+                for ev in events[start : start + APPLY_SLICE]:
+                    self.view.apply(ev)
+            if error is not None:
+                raise error  # after what was read before it: past the store's read position
 
     def _learn(
         self,
@@ -865,12 +857,3 @@ def too_many_late() -> web.Response:
     """The answer to an event that no ledger knows and cannot be looked for again now
     (:data:`LATE_MAX`): 503, so Telnyx delivers it again."""
     return web.json_response({"error": "too many events are being looked for now"}, status=503)
-
-
-def _take_in(view: LedgerView, events: Iterable[Event], error: LedgerError | None) -> None:
-    """Apply to ``view`` the events a read gave (:func:`read_new`); then raise the error
-    that ended the read, if one did."""
-    for ev in events:
-        view.apply(ev)
-    if error is not None:
-        raise error
