@@ -202,9 +202,7 @@ class JobReceiver(BaseReceiver):
         self._recorded_before += receiver.recorded
         log.info("webhooks.ledger_closed", ledger=receiver.store.name)
 
-    async def _sender(
-        self, event_type: str, data: dict[str, Any], payload: object
-    ) -> WebhookReceiver | None:
+    async def _sender(self, data: dict[str, Any], payload: object) -> WebhookReceiver | None:
         """The open ledger that sent the message an event is about: the one that knows its
         id (a group's own, or a recipient's learnt), once it has read what was appended to
         it since (:meth:`WebhookReceiver.catch_up`), if any; else :meth:`_known_sender`'s.
@@ -264,10 +262,10 @@ class JobReceiver(BaseReceiver):
             return web.json_response({"ok": True, "duplicate": True})
         try:
             await self.roll()
-            ledger = await self._sender(event_type, data, payload)
+            ledger = await self._sender(data, payload)
             if ledger is None:
                 await self.roll(look=True)  # begun since: today's, once its run began
-                ledger = await self._sender(event_type, data, payload)
+                ledger = await self._sender(data, payload)
             if ledger is None and self._unavailable:
                 # a ledger not open may have sent it: no 2xx, so Telnyx redelivers it
                 raise next(iter(self._unavailable.values()))
