@@ -568,7 +568,7 @@ def test_a_terminal_is_asked_before_spending(
     fake = FakeTelnyx()
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
-    monkeypatch.setattr(commands, "interactive", lambda: True)
+    monkeypatch.setattr(commands.run, "interactive", lambda: True)
     monkeypatch.setattr("sys.stdin", io.StringIO(answer))
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url]) == code

@@ -290,7 +290,7 @@ def test_cli_serves_the_ledger_the_runs_take_from_the_variable(
 
     monkeypatch.setenv("TELNYX_PUBLIC_KEY", PUBLIC_B64)
     monkeypatch.setattr("bulk_mms.webhooks.serve_webhooks", serve)
-    monkeypatch.setattr("bulk_mms.commands.suppression_for", lambda *a: None)
+    monkeypatch.setattr("bulk_mms.commands.delivery.suppression_for", lambda *a: None)
     argv = ["webhooks", "--job", str(job.path), "--listen", "127.0.0.1:0"]
     monkeypatch.setenv("BULK_MMS_LEDGER_URL", "postgresql://u@h/db?ledger=all-days")
     assert main(argv) == 0

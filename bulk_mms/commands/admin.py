@@ -1,0 +1,165 @@
+"""The account's housekeeping: ``db migrate``, ``ledger copy``, ``suppress`` and
+``optouts sync``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from bulk_mms.config import (
+    Settings,
+    load_settings,
+)
+from bulk_mms.console import (
+    say,
+)
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiUnavailable,
+    ConfigError,
+    Exit,
+    RetryableSendError,
+)
+from bulk_mms.ledger import (
+    copy_ledger,
+    display,
+    migrate_database,
+)
+from bulk_mms.retry import fetch_with_retry
+from bulk_mms.suppression import parse_numbers, suppression_for
+
+if TYPE_CHECKING:
+    pass
+from bulk_mms.commands.common import (
+    LEDGER_URL_ENV,
+    api_key,
+    check_ledger_file,
+    client_for,
+    find_config,
+    sealed,
+    settings_for,
+)
+from bulk_mms.commands.sandbox import endpoint
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``db migrate [URL]``: create or upgrade the ledger schema (a run does it on first use)."""
+    url = args.url or os.environ.get(LEDGER_URL_ENV)
+    if not url:
+        raise ConfigError(
+            "URL", f"name the database: bulk-mms db migrate URL (or ${LEDGER_URL_ENV})"
+        )
+    before, after = migrate_database(url)
+    say(
+        "db.migrated",
+        f"bulk-mms: {display(url)}: schema version {before} -> {after}",
+        database=display(url),
+        before=before,
+        after=after,
+    )
+    return Exit.OK
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """``ledger copy SOURCE TARGET``: every event, in order, into a new ledger."""
+    check_ledger_file("TARGET", args.target)
+    n = asyncio.run(copy_ledger(args.source, args.target))
+    say(
+        "ledger.copied",
+        f"bulk-mms: copied {n} events to {display(args.target)}",
+        events=n,
+        target=display(args.target),
+    )
+    return Exit.OK
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    """``suppress add|remove|list [NUMBER ...]``: the account's suppression list.
+
+    Each given value that is not a phone number is named on a line of its own, the valid ones
+    are still added (or removed), and the exit code is then 1.
+    """
+    path = find_config(args.config)
+    listed = suppression_for(load_settings(path).suppression_file if path else None, args.ledger)
+    if args.action == "list":
+        for number in listed.numbers():
+            print(number)
+        return Exit.OK
+    numbers, bad = parse_numbers(args.numbers)
+    if not numbers and not bad:
+        raise ConfigError("NUMBER", f"name the numbers to {args.action}")
+    done_word = "added" if args.action == "add" else "removed"
+    for given, why in bad:  # each named; the good ones are still done
+        say(
+            "suppress.not_a_number",
+            f"bulk-mms: {given!r} is not a phone number ({why}): not {done_word}",
+            level="error",
+            number=given,
+            reason=why,
+        )
+    if numbers:
+        done = listed.add(numbers, args.reason) if args.action == "add" else listed.remove(numbers)
+        where = "to" if args.action == "add" else "from"
+        unit = "number" if len(done) == 1 else "numbers"
+        say(
+            f"suppress.{done_word}",
+            f"bulk-mms: {len(done)} {unit} {done_word} {where} {listed.path}",
+            numbers=done,
+            list=str(listed.path),
+        )
+    return Exit.INCOMPLETE if bad else Exit.OK
+
+
+def cmd_optouts(args: argparse.Namespace) -> int:
+    """``optouts sync``: every number that opted out of the profile (``[api]
+    messaging_profile_id``; else of any profile of the account) goes on the list, read
+    unredacted (a redacted number names nobody)."""
+    settings = sealed(settings_for(args)) if args.sandbox else settings_for(args)
+    listed = suppression_for(settings.suppression_file, args.ledger)
+    key = api_key(args)
+    numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
+    added = listed.add(numbers, "opted out (messaging_optouts)")
+    say(
+        "optouts.synced",
+        f"bulk-mms: {len(numbers)} opt-outs on the profile, {len(added)} new on {listed.path}",
+        optouts=len(numbers),
+        added=len(added),
+        list=str(listed.path),
+    )
+    return Exit.OK
+
+
+async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[str]:
+    """Every opted-out number of the profile, each once, page by page to ``meta.total_pages``
+    or the first page that brings no new block (an empty page, or one that repeats: no
+    answer makes it read on to a count of pages it claims). A block is a sender → number
+    pair: a page of other senders' blocks of numbers already read is news, not a repeat."""
+    async with (
+        endpoint(settings, sandbox) as base_url,
+        client_for(settings, base_url, key) as client,
+    ):
+        blocks: dict[tuple[str, str], None] = {}  # in the order read
+        page, pages = 1, 1
+        while page <= pages:
+            try:
+                found, pages = await fetch_with_retry(
+                    functools.partial(
+                        client.fetch_optouts, page, profile=settings.messaging_profile_id
+                    ),
+                    settings.retry,
+                    what="optouts",
+                )
+            except (RetryableSendError, AmbiguousSendError) as exc:  # the network's, not ours
+                raise ApiUnavailable(
+                    f"the API cannot be reached ({exc}); nothing was changed: check base_url "
+                    "and the network, then run optouts sync again"
+                ) from None
+            before = len(blocks)
+            blocks.update(dict.fromkeys((block.from_, block.to) for block in found))
+            if len(blocks) == before:
+                break
+            page += 1
+        return list(dict.fromkeys(to for _, to in blocks))

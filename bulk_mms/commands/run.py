@@ -1,0 +1,283 @@
+"""``bulk-mms run``: the job as the flags leave it, its dry run or confirmation, and the run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+from msgspec.structs import replace
+
+from bulk_mms.clock import SystemClock, utc
+from bulk_mms.config import (
+    JobConfig,
+    Settings,
+    load_job,
+)
+from bulk_mms.config.folders import (
+    sandbox_ledger,
+)
+from bulk_mms.console import (
+    confirm,
+    interactive,
+    print_dry_run,
+    run_outcome,
+    say,
+)
+from bulk_mms.errors import (
+    ConfigError,
+    Exit,
+)
+from bulk_mms.ledger import (
+    display,
+    location,
+)
+from bulk_mms.media import check_media
+from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
+from bulk_mms.progress import BarProgress, LogProgress, Progress
+from bulk_mms.reader import fingerprint
+from bulk_mms.recipient_lists import (
+    lists_nobody,
+)
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.summary import JobSummary
+
+if TYPE_CHECKING:
+    pass
+from bulk_mms.commands.common import (
+    DRAIN_GRACE_S,
+    LEDGER_URL_ENV,
+    api_key,
+    check_ledger_file,
+    client_for,
+    refuse_overwrites,
+    refuse_undated_database,
+    sealed,
+    settings_for,
+    warn_cleartext,
+    with_ledger,
+)
+from bulk_mms.commands.sandbox import SANDBOX_WEBHOOKS_ENV, endpoint
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.metrics is not None:  # the job's name once the job is read; its file until then
+        args.metrics.name = str(args.job)
+    if args.input is not None and lists_nobody(args.input):  # a resend after a good night
+        say(
+            "run.nobody_to_resend",
+            f"bulk-mms: {args.input} lists nobody (report --failed-csv found no one to resend): "
+            "nothing sent",
+            input=str(args.input),
+        )
+        return Exit.OK
+    job, settings = _job_and_settings(args)
+    _refuse_daily_cap_with_dated_ledger(job, settings)
+    _preflight_media(job, args)
+    args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt)
+    if args.dry_run:
+        if not args.sandbox:
+            warn_cleartext(settings.base_url)
+        return print_dry_run(_plan(job, settings, args), job, settings)
+    key = api_key(args)
+    if not args.yes and not args.sandbox and interactive():
+        plan = _plan(job, settings, args)
+        if plan.sent_groups and not confirm(plan, job):
+            say("run.declined", "bulk-mms: nothing sent (answered no)", job=job.name)
+            return Exit.INCOMPLETE
+    progress: Progress
+    if sys.stderr.isatty() and not args.quiet and not args.log_json:
+        progress = BarProgress(sys.stderr)
+    else:
+        progress = LogProgress(max(1.0, args.progress_every))
+    summary = asyncio.run(
+        _run(
+            job,
+            settings,
+            key,
+            sandbox=args.sandbox,
+            resend=args.resend_in_doubt,
+            progress=progress,
+            limit=args.limit,
+            excluded=args.excluded,
+            rejected_csv=args.rejected_csv,
+        )
+    )
+    if args.metrics is not None:
+        args.metrics.summary = summary
+    return run_outcome(summary)
+
+
+def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
+    """What a run would do now (a dry run)."""
+    return asyncio.run(
+        dry_run(
+            job,
+            settings,
+            resend_in_doubt=args.resend_in_doubt,
+            limit=args.limit,
+            excluded=args.excluded,
+            rejected_csv=args.rejected_csv,
+        )
+    )
+
+
+def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
+    """The job with the previous day's ``{date}`` ledger (a file, or a database's named
+    ledger) when the run belongs there (:func:`~bulk_mms.prepare.continues_earlier`): a
+    campaign cut at midnight is finished, not sent again to everyone under a new date."""
+    now = utc(SystemClock())
+    earlier = load_job(
+        args.job, name=job.name, input_file=args.input, now=now - dt.timedelta(days=1)
+    )
+    yesterday = sandbox_ledger(earlier.ledger) if args.sandbox else earlier.where
+    if not continues_earlier(job, yesterday, now):
+        return job
+    structlog.get_logger(__name__).info(
+        "ledger.continued", ledger=display(yesterday), instead_of=display(job.where)
+    )
+    if isinstance(yesterday, Path):
+        return replace(job, ledger=yesterday)
+    return replace(job, database=yesterday)
+
+
+def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> None:
+    """A daily cap cuts a campaign short for the next day to finish; a ``{date}`` ledger
+    would start the list anew each day instead (the first people texted daily, the rest
+    never). The combination is refused, saying what to write instead."""
+    if settings.daily_recipients is not None and job.dated_ledger:
+        raise ConfigError(
+            "ledger",
+            "holds {date}, and [limits] daily_recipients is set: each day would start the list "
+            "again from the top; name the ledger without {date} (e.g. "
+            '"ledgers/{name}.jsonl") so the next day continues where the cap stopped, or '
+            "give each day's campaign a job name of its own",
+            source=job.path,
+        )
+
+
+def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
+    """The job as ``run``'s flags leave it (``--input``, ``--name``, ``--ledger``, the
+    sandbox's own folder and list, the previous date's unfinished ledger, ``--to``), and the
+    settings.
+
+    Raises:
+        ConfigError: a setting is wrong, the ledger file holds something else, or a file the
+            run would write is one it must keep (:func:`refuse_overwrites`); nothing written.
+    """
+    job = load_job(args.job, name=args.name, input_file=args.input)
+    if args.input is not None and args.name is None:
+        job = load_job(args.job, name=_rerun_name(job.name, args.input), input_file=args.input)
+    if args.metrics is not None:  # a sandbox run's series never pass for the real job's
+        args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
+    if args.to and args.ledger is not None:
+        raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
+    if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
+        flag = "--ledger" if args.ledger else LEDGER_URL_ENV
+        try:
+            given = location(where)
+        except ValueError as exc:
+            raise ConfigError(flag, str(exc)) from None
+        if not args.sandbox:  # a sandbox run's ledger is never a database
+            refuse_undated_database(job, given, flag)
+        job = with_ledger(job, given)
+    settings = settings_for(args)
+    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
+        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
+        settings = sealed(settings)
+    if where is None and job.dated_ledger:
+        job = _finish_yesterdays(job, args)
+    check_ledger_file(
+        "--ledger" if args.ledger else LEDGER_URL_ENV if where else "ledger", job.where
+    )
+    refuse_overwrites(
+        args,
+        [
+            ("the job's input", job.input),
+            ("the job's ledger", job.where),
+            ("the job file's input", _file_input(args)),
+        ],
+        writes=[("suppression.file", settings.suppression_file)],
+    )
+    if args.to:
+        job = seed_job(job, args.to, utc(SystemClock()))
+    return job, settings
+
+
+def _file_input(args: argparse.Namespace) -> Path | None:
+    """With ``--input``, the input the job file names (kept too); None when it names none."""
+    if args.input is None:
+        return None
+    try:  # any valid name: only the input is wanted, and the file need not name the job
+        return load_job(args.job, name="job").input
+    except ConfigError:
+        return None
+
+
+def _rerun_name(name: str, input_file: Path) -> str:
+    """The job name for ``run --input FILE``: ``<name>-<stem>-<first 8 hex of the file's hash>``.
+
+    The name picks the ledger, so a resend gets a ledger (and a campaign) of its own instead of
+    tripping over the first send's; the hash gives each round of ``--failed-csv`` reruns its own
+    (a second ``failed.csv`` differs from the first), while rerunning the same file resumes.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a regular file.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
+    digest = fingerprint(input_file).removeprefix("sha256:")[:8]
+    return f"{name}-{stem}"[:91] + f"-{digest}"
+
+
+async def _run(
+    job: JobConfig,
+    settings: Settings,
+    key: str,
+    *,
+    sandbox: bool,
+    resend: bool,
+    progress: Progress | None = None,
+    limit: int | None = None,
+    excluded: frozenset[int] = frozenset(),
+    rejected_csv: Path | None = None,
+) -> JobSummary:
+    stop = Stop()
+    try:
+        with stopping_on_signals(stop, settings.request_timeout + DRAIN_GRACE_S):
+            hooks = job.where if sandbox and os.environ.get(SANDBOX_WEBHOOKS_ENV) else None
+            async with (
+                endpoint(settings, sandbox, webhooks_into=hooks) as base_url,
+                client_for(settings, base_url, key) as client,
+            ):
+                return await run_job(
+                    job,
+                    settings,
+                    client,
+                    resend_in_doubt=resend,
+                    stop=stop,
+                    progress=progress,
+                    limit=limit,
+                    excluded=excluded,
+                    rejected_csv=rejected_csv,
+                )
+    except asyncio.CancelledError:
+        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+
+
+def _preflight_media(job: JobConfig, args: argparse.Namespace) -> None:
+    """Fetch each media URL once before anything is sent (MediaError: exit 2, nothing sent)."""
+    urls = job.message.media_urls
+    if not urls:
+        return
+    if args.skip_media_check or args.sandbox:
+        reason = "--skip-media-check" if args.skip_media_check else "sandbox (media is not sent)"
+        structlog.get_logger(__name__).info("media.check_skipped", reason=reason)
+        return
+    asyncio.run(check_media(urls, senders=job.message.senders))
