@@ -7,32 +7,7 @@ import argparse
 import asyncio
 import functools
 import os
-from typing import TYPE_CHECKING
 
-from bulk_mms.config import (
-    Settings,
-    load_settings,
-)
-from bulk_mms.console import (
-    say,
-)
-from bulk_mms.errors import (
-    AmbiguousSendError,
-    ApiUnavailable,
-    ConfigError,
-    Exit,
-    RetryableSendError,
-)
-from bulk_mms.ledger import (
-    copy_ledger,
-    display,
-    migrate_database,
-)
-from bulk_mms.retry import fetch_with_retry
-from bulk_mms.suppression import parse_numbers, suppression_for
-
-if TYPE_CHECKING:
-    pass
 from bulk_mms.commands.common import (
     LEDGER_URL_ENV,
     api_key,
@@ -43,6 +18,18 @@ from bulk_mms.commands.common import (
     settings_for,
 )
 from bulk_mms.commands.sandbox import endpoint
+from bulk_mms.config import Settings, load_settings
+from bulk_mms.console import say
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiUnavailable,
+    ConfigError,
+    Exit,
+    RetryableSendError,
+)
+from bulk_mms.ledger import copy_ledger, display, migrate_database
+from bulk_mms.retry import fetch_with_retry
+from bulk_mms.suppression import parse_numbers, suppression_for
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import orjson
 import structlog
@@ -23,22 +23,10 @@ from bulk_mms.config import (
     load_settings,
     sends_key_in_clear,
 )
-from bulk_mms.config.folders import (
-    sandbox_list,
-    user_folder,
-)
+from bulk_mms.config.folders import sandbox_list, user_folder
 from bulk_mms.csvfile import check_output, is_ledger
-from bulk_mms.errors import (
-    ConfigError,
-)
-from bulk_mms.ledger import (
-    Location,
-    named,
-)
-
-if TYPE_CHECKING:
-    pass
-
+from bulk_mms.errors import ConfigError
+from bulk_mms.ledger import Location, named
 
 #: A database for the ledger of every run that names none on the command line.
 LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"

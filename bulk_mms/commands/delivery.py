@@ -8,42 +8,9 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
-from bulk_mms.config import (
-    JobConfig,
-    Settings,
-    load_job,
-    load_settings,
-)
-from bulk_mms.config.folders import (
-    SANDBOX_FOLDER,
-    is_sandbox_ledger,
-)
-from bulk_mms.console import (
-    SIGNAL_EXIT,
-    exit_for,
-    fail,
-)
-from bulk_mms.errors import (
-    ConfigError,
-    Exit,
-    FatalSendError,
-)
-from bulk_mms.extras import needs
-from bulk_mms.ledger import (
-    Location,
-    display,
-    location,
-)
-from bulk_mms.signals import Stop, stopping_on_signals
-from bulk_mms.suppression import suppression_for
-from bulk_mms.track import TrackResult, format_track, track_ledger
-
-if TYPE_CHECKING:
-    pass
 from bulk_mms.commands.common import (
     DRAIN_GRACE_S,
     LEDGER_URL_ENV,
@@ -56,6 +23,15 @@ from bulk_mms.commands.common import (
     with_ledger,
 )
 from bulk_mms.commands.sandbox import endpoint
+from bulk_mms.config import JobConfig, Settings, load_job, load_settings
+from bulk_mms.config.folders import SANDBOX_FOLDER, is_sandbox_ledger
+from bulk_mms.console import SIGNAL_EXIT, exit_for, fail
+from bulk_mms.errors import ConfigError, Exit, FatalSendError
+from bulk_mms.extras import needs
+from bulk_mms.ledger import Location, display, location
+from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.suppression import suppression_for
+from bulk_mms.track import TrackResult, format_track, track_ledger
 
 
 def cmd_track(args: argparse.Namespace) -> int:

@@ -6,30 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bulk_mms.console import (
-    say,
-)
-from bulk_mms.errors import (
-    Exit,
-    LedgerError,
-)
-from bulk_mms.extras import needs
-from bulk_mms.ledger import (
-    display,
-)
-from bulk_mms.recipient_lists import (
-    write_failed_csv,
-    write_recipients_csv,
-    write_rejected_csv,
-)
-from bulk_mms.report import format_csv, format_text, summarize
-from bulk_mms.words import count
-
-if TYPE_CHECKING:
-    pass
 from bulk_mms.commands.common import json_text, refuse_overwrites
+from bulk_mms.console import say
+from bulk_mms.errors import Exit, LedgerError
+from bulk_mms.extras import needs
+from bulk_mms.ledger import Location, display
+from bulk_mms.recipient_lists import write_failed_csv, write_recipients_csv, write_rejected_csv
+from bulk_mms.report import LedgerSummary, format_csv, format_text, summarize
+from bulk_mms.words import count
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -51,81 +36,99 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(format_csv(summary))
     else:
         print(format_text(summary, display(args.ledger)))
-    page = getattr(args, "html", None)
-    if page is not None:
-        from bulk_mms.html_report import write_html  # noqa: PLC0415 - matplotlib: only here
-
-        try:
-            write_html(args.ledger, page, summary)
-        except OSError as exc:
-            raise LedgerError(page, f"cannot write: {exc.strerror or exc}") from None
-        say(
-            "report.html_written",
-            f"bulk-mms: wrote the report to {page.resolve().as_uri()}",
-            path=str(page),
-        )
-    failed_csv = getattr(args, "failed_csv", None)
-    if failed_csv is not None:
-        try:
-            n, full = write_failed_csv(summary, failed_csv)
-        except OSError as exc:
-            raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
-        how = (
-            (
-                "nobody left to resend"
-                if summary.resent or summary.expired_left_out or summary.opted_out_left_out
-                else "nobody failed for good"
-            )
-            if not n
-            else "with their input rows"
-            if full
-            else "phone numbers only: the input is gone or changed"
-        )
-        r = summary.recipient_states
-        say(
-            "report.failed_csv_written",
-            f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
-            f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt"
-            + (
-                f", {summary.expired_left_out} past the job's deadline (a late message is worse "
-                "than none)"
-                if summary.expired_left_out
-                else ""
-            )
-            + (
-                f", {summary.opted_out_left_out} opted out (STOP: never to be texted again)"
-                if summary.opted_out_left_out
-                else ""
-            )
-            + (
-                f", {len(summary.resent)} already sent again by an earlier resend "
-                f"({', '.join(sorted(set(summary.resent.values())))})"
-                if summary.resent
-                else ""
-            ),
-            path=str(failed_csv),
-            recipients=n,
-        )
+    if (page := getattr(args, "html", None)) is not None:
+        _write_html(args.ledger, page, summary)
+    if (failed := getattr(args, "failed_csv", None)) is not None:
+        _write_failed(summary, failed)
     if (rejected := getattr(args, "rejected_csv", None)) is not None:
-        n = write_rejected_csv(summary, rejected)
-        say(
-            "report.rejected_csv_written",
-            f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it, left out on "
-            f"purpose: {count(summary.duplicate_rows, 'duplicate row')} (their numbers are in "
-            f"the job already), {summary.rows.suppressed} suppressed, "
-            f"{summary.rows.excluded} already sent (--exclude-sent)",
-            path=str(rejected),
-            rows=n,
-        )
+        _write_rejected(summary, rejected)
     if (everyone := getattr(args, "recipients_csv", None)) is not None:
-        n = write_recipients_csv(summary, everyone)
-        say(
-            "report.recipients_csv_written",
-            f"bulk-mms: wrote {count(n, 'recipient')} to {everyone}; not in it: "
-            f"{count(summary.not_sent_yet, 'recipient')}"
-            " not attempted "
-            "(the ledger counts them, it does not name them)",
-            path=str(everyone),
-            recipients=n,
-        )
+        _write_everyone(summary, everyone)
     return Exit.OK
+
+
+def _write_html(ledger: Location, page: Path, summary: LedgerSummary) -> None:
+    """``--html``: the report as one page."""
+    from bulk_mms.html_report import write_html  # noqa: PLC0415 - matplotlib: only here
+
+    try:
+        write_html(ledger, page, summary)
+    except OSError as exc:
+        raise LedgerError(page, f"cannot write: {exc.strerror or exc}") from None
+    say(
+        "report.html_written",
+        f"bulk-mms: wrote the report to {page.resolve().as_uri()}",
+        path=str(page),
+    )
+
+
+def _write_failed(summary: LedgerSummary, failed_csv: Path) -> None:
+    """``--failed-csv``: who failed for good, as a new job's input, and who is not in it."""
+    try:
+        n, full = write_failed_csv(summary, failed_csv)
+    except OSError as exc:
+        raise LedgerError(failed_csv, f"cannot write: {exc.strerror or exc}") from None
+    how = (
+        (
+            "nobody left to resend"
+            if summary.resent or summary.expired_left_out or summary.opted_out_left_out
+            else "nobody failed for good"
+        )
+        if not n
+        else "with their input rows"
+        if full
+        else "phone numbers only: the input is gone or changed"
+    )
+    r = summary.recipient_states
+    say(
+        "report.failed_csv_written",
+        f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
+        f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt"
+        + (
+            f", {summary.expired_left_out} past the job's deadline (a late message is worse "
+            "than none)"
+            if summary.expired_left_out
+            else ""
+        )
+        + (
+            f", {summary.opted_out_left_out} opted out (STOP: never to be texted again)"
+            if summary.opted_out_left_out
+            else ""
+        )
+        + (
+            f", {len(summary.resent)} already sent again by an earlier resend "
+            f"({', '.join(sorted(set(summary.resent.values())))})"
+            if summary.resent
+            else ""
+        ),
+        path=str(failed_csv),
+        recipients=n,
+    )
+
+
+def _write_rejected(summary: LedgerSummary, rejected: Path) -> None:
+    """``--rejected-csv``: the input's rejected rows, and what was left out on purpose."""
+    n = write_rejected_csv(summary, rejected)
+    say(
+        "report.rejected_csv_written",
+        f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it, left out on "
+        f"purpose: {count(summary.duplicate_rows, 'duplicate row')} (their numbers are in "
+        f"the job already), {summary.rows.suppressed} suppressed, "
+        f"{summary.rows.excluded} already sent (--exclude-sent)",
+        path=str(rejected),
+        rows=n,
+    )
+
+
+def _write_everyone(summary: LedgerSummary, everyone: Path) -> None:
+    """``--recipients-csv``: everyone the ledger names, and how many it only counts."""
+    n = write_recipients_csv(summary, everyone)
+    say(
+        "report.recipients_csv_written",
+        f"bulk-mms: wrote {count(n, 'recipient')} to {everyone}; not in it: "
+        f"{count(summary.not_sent_yet, 'recipient')}"
+        " not attempted "
+        "(the ledger counts them, it does not name them)",
+        path=str(everyone),
+        recipients=n,
+    )

@@ -9,48 +9,11 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 from msgspec.structs import replace
 
 from bulk_mms.clock import SystemClock, utc
-from bulk_mms.config import (
-    JobConfig,
-    Settings,
-    load_job,
-)
-from bulk_mms.config.folders import (
-    sandbox_ledger,
-)
-from bulk_mms.console import (
-    confirm,
-    interactive,
-    print_dry_run,
-    run_outcome,
-    say,
-)
-from bulk_mms.errors import (
-    ConfigError,
-    Exit,
-)
-from bulk_mms.ledger import (
-    display,
-    location,
-)
-from bulk_mms.media import check_media
-from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
-from bulk_mms.progress import BarProgress, LogProgress, Progress
-from bulk_mms.reader import fingerprint
-from bulk_mms.recipient_lists import (
-    lists_nobody,
-)
-from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop, stopping_on_signals
-from bulk_mms.summary import JobSummary
-
-if TYPE_CHECKING:
-    pass
 from bulk_mms.commands.common import (
     DRAIN_GRACE_S,
     LEDGER_URL_ENV,
@@ -65,6 +28,19 @@ from bulk_mms.commands.common import (
     with_ledger,
 )
 from bulk_mms.commands.sandbox import SANDBOX_WEBHOOKS_ENV, endpoint
+from bulk_mms.config import JobConfig, Settings, load_job
+from bulk_mms.config.folders import sandbox_ledger
+from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
+from bulk_mms.errors import ConfigError, Exit
+from bulk_mms.ledger import display, location
+from bulk_mms.media import check_media
+from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
+from bulk_mms.progress import BarProgress, LogProgress, Progress
+from bulk_mms.reader import fingerprint
+from bulk_mms.recipient_lists import lists_nobody
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.summary import JobSummary
 
 
 def cmd_run(args: argparse.Namespace) -> int:

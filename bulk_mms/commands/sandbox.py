@@ -12,18 +12,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bulk_mms.clock import SystemClock
-from bulk_mms.config import (
-    Settings,
-)
-from bulk_mms.errors import (
-    ConfigError,
-    MissingExtra,
-)
+from bulk_mms.config import Settings
+from bulk_mms.errors import ConfigError, MissingExtra
 from bulk_mms.extras import needs
-from bulk_mms.ledger import (
-    Location,
-    load,
-)
+from bulk_mms.ledger import Location, load
 
 if TYPE_CHECKING:
     from bulk_mms.fake_api import FakeTelnyx
