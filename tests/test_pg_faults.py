@@ -38,12 +38,12 @@ from bulk_mms.ledger import (
     read_events,
 )
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
+from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.ledger.postgres import (
     _RUN_LOCK,
     PostgresCoordinator,
     PostgresStore,
     _ledger_key,
-    migrate_url,
 )
 from bulk_mms.ledger.store import LedgerStore, Mode
 from bulk_mms.models import RecipientStatus

@@ -32,7 +32,7 @@ from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import events, open_store, read_events, to_json
-from bulk_mms.ledger.postgres import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, migrate_url
+from bulk_mms.ledger.pgschema import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.prepare import dry_run
@@ -539,7 +539,7 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
             "SELECT '+1212' || (5000000 + i)::text, 'imported', now() - interval '30 days' "
             "FROM generate_series(1, 10000) i"
         )
-    monkeypatch.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 9)
+    monkeypatch.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 9)
     old = suppression_for(None, database)  # a host of a bulk-mms at schema 9, running
     monkeypatch.undo()
     with psycopg.connect(database) as looking, looking.transaction():
@@ -554,7 +554,7 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
     current = suppression_for(None, database)
     suppression_for(None, database).add(["+12125550100"], "texted STOP (webhook)")
     assert current.look_again() == ["+12125550100"]
-    monkeypatch.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 9)
+    monkeypatch.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 9)
     old.look_again()  # at 9, this code goes on (a release at 9 refuses: it predates the rule)
     with psycopg.connect(database) as conn:
         usable = conn.execute("SELECT usable_from FROM bulk_mms_schema WHERE version = 10")
@@ -566,7 +566,7 @@ def _newer_migrates(database: str, monkeypatch: pytest.MonkeyPatch, usable_from:
     ``usable_from``) migrates ``database``, which this bulk-mms made."""
     migrate_url(database)
     with monkeypatch.context() as newer:
-        newer.setattr("bulk_mms.ledger.postgres.SCHEMA_VERSION", 11)
+        newer.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 11)
         newer.setitem(_MIGRATIONS, 11, "CREATE INDEX reasons ON bulk_mms_suppressions (reason)")
         newer.setitem(_USABLE_FROM, 11, usable_from)
         assert migrate_url(database) == (10, 11)

@@ -176,7 +176,7 @@ async def test_tallies_in_one_database_never_pass_the_cap(database: str) -> None
     """Three processes' tallies (each its own connection) race sixty groups of 2 for a cap
     of 80 in one database: exactly 40 get room; releases give room back."""
     where = f"{database}?ledger=tally"
-    from bulk_mms.ledger.postgres import migrate_url  # noqa: PLC0415
+    from bulk_mms.ledger.pgschema import migrate_url  # noqa: PLC0415
 
     migrate_url(where)
     tallies: list[Tally] = [PostgresTally(where) for _ in range(3)]

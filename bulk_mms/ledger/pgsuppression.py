@@ -16,7 +16,7 @@ import psycopg
 
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.pgconnect import scrub, split, sync_connect
-from bulk_mms.ledger.postgres import migrate
+from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.suppression import Suppressed, listable, texted_in
 
 #: The advisory lock a webhook receiver holds while it judges and applies a keyword

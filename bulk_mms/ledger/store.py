@@ -317,9 +317,9 @@ def migrate_database(url: str) -> tuple[int, int]:
     if not is_database(url):
         raise LedgerError(display(url), "is not a postgresql:// URL")
     with needs("postgres", "a PostgreSQL ledger"):
-        from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+        from bulk_mms.ledger import pgschema  # noqa: PLC0415 - psycopg only when it is used
 
-    return postgres.migrate_url(url)
+    return pgschema.migrate_url(url)
 
 
 def sent_since(where: Location, since: float) -> int:
