@@ -1,6 +1,7 @@
-"""Exports as offices make them, a fourth audit: JSONL files whose records do not all have
-the same keys, records that give a key twice, a rerun waiting for a carrier's cap, the bounds
-of the rate flags, and a database URL with a bad parameter."""
+"""Exports as offices make them, record by record: JSONL files whose records do not all have
+the same keys, records that give a key twice; and what such a job meets next: a rerun
+waiting for a carrier's cap, the bounds of the rate flags, a database URL with a bad
+parameter."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.threaded import fake_api_thread
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
-    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit3")
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-records")
 
 
 def _jsonl(path: Path, records: list[dict[str, object]]) -> Path:

@@ -1,5 +1,5 @@
-"""Exports as offices make them, through the whole cycle a user runs (a third audit): run,
-track, report, resend the failed file, rerun; every row sent or named, nobody texted twice."""
+"""Exports as offices make them, through the whole cycle a user runs: run, track, report,
+resend the failed file, rerun; every row sent or named, nobody texted twice."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
-from tests.test_exports_audit import capped_then_rerun, refused_then_resent
+from tests.test_exports_people import capped_then_rerun, refused_then_resent
 from tests.threaded import fake_api_thread
 
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
-    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit2")
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-cycle")
 
 
 def test_the_failed_file_of_a_windows_1252_job_is_sent_again_with_its_accents(

@@ -1,5 +1,6 @@
-"""Exports as offices make them, through the CLI (a second audit): every valid row is sent or
-named, whatever an earlier row of the same person held."""
+"""Exports as offices make them, through the CLI: every valid row is sent or named, whatever
+an earlier row of the same person held, however a spreadsheet wrote the number, and whatever
+happens to the file while the run sends from it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.threaded import fake_api_thread
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
-    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-audit")
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-people")
 
 
 def read_csv(path: Path) -> list[list[str]]:
