@@ -20,7 +20,6 @@ import contextlib
 import operator
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -271,11 +270,7 @@ class Recorder:
         goes on meanwhile; a commit that fails stops the run at once (the store's
         ``on_failure``). Returns the final statuses the answer gives (a member it did not
         reach), each recorded as a ``status`` event, for the error policy."""
-        s = self.summary
-        s.sent_groups += 1
-        s.sent_recipients += len(group.to)
-        if r.cost is not None:
-            s.cost[r.cost.currency] = s.cost.get(r.cost.currency, Decimal(0)) + r.cost.amount
+        self.summary.note_sent(group, r.cost)
         if r.wait_seconds is not None:
             self.waits.append(r.wait_seconds)
         self._queue(self._sent_event(group, r, attempts, throttled))

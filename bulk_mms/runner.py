@@ -188,7 +188,7 @@ class Runner:
         #: Groups lost to another process's takeover: their rows are counted already.
         self._counted: set[str] = set()
         #: Groups held in doubt since an earlier run, counted so (``held_groups``): settled
-        #: by the records as sent, they are not this run's sends.
+        #: by the records as sent (here or by another process), they are not this run's sends.
         self._held: set[str] = set()
 
     def log_start(self, ledger: str) -> None:
@@ -460,11 +460,14 @@ class Runner:
     def _decided(self, gid: str, verdict: Verdict | None) -> None:
         """A group this run's summary counts in doubt (held from an earlier run, or left so
         by this one; :attr:`GroupSender.doubts`) that is decided now: counted as what it is
-        instead (already done, or sent by this run; one never accepted is counted as it goes
-        out again). ``verdict``: what the records showed here; None: another process
-        decided it (this run counts it no more than the groups others send)."""
-        if self.sender.doubts.pop(gid, None) is None:
+        instead, once. ``verdict``: what the records showed here: accepted, it is sent by
+        this run (:meth:`Recorder.accepted_by_records
+        <bulk_mms.recorder.Recorder.accepted_by_records>` counts it), or already done when
+        held; never accepted, it is counted as it goes out again. None: another process
+        decided it (:meth:`_decided_elsewhere`)."""
+        if (group := self.sender.doubts.pop(gid, None)) is None:
             return  # counted as decided already
+        tried = self.sender.tried.pop(gid, None)
         s = self.summary
         if gid in self._held:
             self._held.discard(gid)
@@ -472,6 +475,23 @@ class Runner:
             s.skipped_groups += verdict == Verdict.ACCEPTED
         else:
             s.in_doubt_groups -= 1
+        if verdict is None:
+            self._decided_elsewhere(group, tried)
+
+    def _decided_elsewhere(self, group: Group, tried: float | None) -> None:
+        """Count a group another process decided while this run had it in doubt, as the
+        ledger has it now: sent by this run when it is sent with no request since this
+        run's last (at ``tried``; None: held, no request of this run's), so the records
+        showed that one accepted; else done, or failed for good, there: already done, as a
+        group found so before it is sent. One pending a retry is counted as it goes out
+        again here."""
+        rec = self.view.groups.get(group.id)
+        if rec is None or not self.view.is_done(group.id):
+            return
+        if rec.state == SENT and rec.last_try == tried:
+            self.summary.note_sent(group, rec.cost)
+        else:
+            self.summary.skipped_groups += 1
 
     async def _send_here(self, group: Group) -> None:
         """Send ``group``, and what goes out in its place, in this task: the workers are gone."""

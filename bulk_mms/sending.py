@@ -305,6 +305,11 @@ class GroupSender:
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
         self.doubts: dict[str, Group] = {}
+        #: Of those, the ones its own requests left in doubt: when the last of them left (the
+        #: ledger's ``last_try`` then). A group another process finds sent with no request
+        #: since was accepted from here (:meth:`Runner._decided
+        #: <bulk_mms.runner.Runner._decided>`).
+        self.tried: dict[str, float] = {}
         #: Groups another process took over before their request left here: theirs to decide,
         #: watched before the run ends (a shared ledger).
         self.lost: dict[str, Group] = {}
@@ -753,6 +758,7 @@ class GroupSender:
         recorded = await self.recorder.outcome(group, err, result.attempts, throttled, refused)
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
+            self.tried[group.id] = self.view.groups[group.id].last_try
         await self._suppress(group, err, refused)
         self._count_refusal(err, refused or named_members(err, group.to))
         if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():

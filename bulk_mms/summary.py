@@ -90,7 +90,8 @@ class JobSummary(msgspec.Struct):
     #: Whether this run (or dry run) planned its whole input: its counts of rows are the
     #: input's, else only those of the rows it read.
     read_whole_input: bool = False
-    #: Groups skipped because an earlier run finished them.
+    #: Groups another run finished (sent, or failed for good): an earlier one, or another
+    #: process on a shared ledger, which may have decided one this run had in doubt.
     skipped_groups: int = 0
     #: Groups held back because an earlier run left them in doubt.
     held_groups: int = 0
@@ -221,6 +222,13 @@ class JobSummary(msgspec.Struct):
         if excluded:
             text += f"; {excluded} already sent (--exclude-sent)"
         return text
+
+    def note_sent(self, group: Group, cost: Money | None) -> None:
+        """Count ``group`` sent by this run, at ``cost``."""
+        self.sent_groups += 1
+        self.sent_recipients += len(group.to)
+        if cost is not None:
+            self.cost[cost.currency] = self.cost.get(cost.currency, Decimal(0)) + cost.amount
 
     def note_template(self, group: Group) -> None:
         """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""

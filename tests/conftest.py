@@ -31,6 +31,7 @@ from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
 
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
@@ -176,6 +177,20 @@ class JobFactory:
         for r in rows:
             r.update(cols)
         return self.csv(rows)
+
+
+def groups_counted(s: JobSummary) -> int:
+    """The groups a run's summary counts, each in one of its counts: sent, failed, expired
+    unsent, in doubt, already done or held in doubt. A run that took every group of a job
+    (none made anew without members) counts every one of them, once."""
+    return (
+        s.sent_groups
+        + s.failed_groups
+        + s.expired_groups
+        + s.in_doubt_groups
+        + s.skipped_groups
+        + s.held_groups
+    )
 
 
 async def sent_ledger(jobs: JobFactory, n: int) -> tuple[Path, FakeClient]:

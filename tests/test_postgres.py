@@ -24,7 +24,7 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
-from bulk_mms.clock import instant, parse_time
+from bulk_mms.clock import instant, iso, parse_time
 from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import run_outcome
@@ -52,6 +52,7 @@ from tests.conftest import (
     FakeClient,
     FakeClock,
     JobFactory,
+    groups_counted,
     numbers,
     ok_receipt,
 )
@@ -797,16 +798,17 @@ async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
     assert _claims(database)[doubtful] == ("", 2)  # taken over, held, and given back again
 
 
-@pytest.mark.parametrize("other", ["found_never_accepted", "sent", "still_holds"])
+@pytest.mark.parametrize("other", ["never_accepted", "accepted", "still_holds"])
 async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_counted_once(
     jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch, other: str
 ) -> None:
     """A run holding a group in doubt (from a run before it) is paused past its lease while
     the records may still lag, and another process takes the group over meanwhile. Found
     never accepted there and given back before it went out (that process paused in turn),
-    the group is sent here, once; sent there, or still held there until it sends it, it is
-    watched, and this run counts it neither held nor sent: either way the run ends with
-    nobody left in doubt or pending (exit 0), not with a group "held in doubt"."""
+    the group is sent here, once; found sent there, or still held there until it sends it,
+    it is watched, and this run counts it already done, neither held nor sent: either way
+    the run ends with nobody left in doubt or pending (exit 0), not with a group "held in
+    doubt", and its summary counts both groups."""
     job, no_retry, first, _ = await _first_group_left_in_doubt(jobs, database)
     held = next(g for g in first.calls if g.seq == 0)
     survivor = FakeClient()
@@ -816,18 +818,7 @@ async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_c
         """The survivor's first look at the records (they are not complete yet): meanwhile
         it is paused past its lease, and the other process takes the group over."""
         if not survivor.fetches:
-            age_claims(database, 31)
-            store = open_store(job.where, "run")
-            taker = coordinator_for(store, FAST.lease_s)
-            assert await taker.claim(held.id)
-            if other == "found_never_accepted":
-                store.append_now(never_accepted(0.0, "", group=held.id, seq=held.seq, to=held.to))
-            elif other == "sent":
-                store.append_now(events.Sent(held.id, held.to, held.seq, message_id="msg-there"))
-            await taker.close()
-            await store.close()
-            if other != "still_holds":
-                age_claims(database, 31)  # the taker paused past its lease in turn
+            await _settle_elsewhere(database, str(job.where), held, other)
         return await looked(cli, cld, start, end)
 
     survivor.fetch_records = paused_meanwhile  # type: ignore[method-assign]
@@ -841,13 +832,98 @@ async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_c
 
         monkeypatch.setattr(Sharing, "settle_later", sent_there)
     s = await run_job(job, no_retry, survivor, clock=FakeClock())
-    resent = other == "found_never_accepted"
+    resent = other == "never_accepted"
     assert [g.id for g in survivor.calls] == ([held.id] if resent else [])
     assert (s.held_groups, s.in_doubt_groups, s.sent_groups) == (0, 0, int(resent))
+    assert s.skipped_groups == 2 - resent
+    assert groups_counted(s) == 2
     assert (s.open_in_doubt, s.open_retry_pending) == (0, 0)
     assert s.recipients is not None
     assert s.recipients.sent == 8
     assert run_outcome(s) == 0
+
+
+#: What another process made of a group this run left in doubt, and how this run counts it:
+#: (sent, already done) of its two groups, and the group's requests from here.
+SETTLED_THERE = {
+    "accepted": (2, 0, 1),  # the records showed this run's request accepted
+    "resent_there": (1, 1, 1),  # never accepted: that process sent it
+    "never_accepted": (2, 0, 2),  # never accepted, given back unsent: sent here again
+}
+
+
+@pytest.mark.looptime(True)  # the API's records complete a request's timeout on: slept through
+@pytest.mark.parametrize("other", list(SETTLED_THERE))
+async def test_a_group_this_run_left_in_doubt_that_another_process_settled_is_counted(
+    jobs: JobFactory, database: str, other: str
+) -> None:
+    """A run's group ends in doubt (its answer lost); while the run waits for the API's
+    records, paused past its lease, another process takes the group over and settles it.
+    The run's summary counts it as the ledger has it: sent by this run when the records
+    showed this run's request accepted, already done when that process sent it, sent by this
+    run when it was found never accepted and left unsent; so its counts add up to both
+    groups, nobody is left in doubt, and it exits 0."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    untrusted = replace(FAST.retry, retry_ambiguous=False)
+    settings = replace(FAST, records_lag_s=0.0, retry=untrusted)
+
+    def lost(g: Group, n: int) -> SendReceipt | SendError:
+        if g.seq == 0 and n == 0:
+            return AmbiguousSendError("timeout", status=None)
+        return ok_receipt(g, n)
+
+    client = FakeClient(lost)
+    looked = client.fetch_records
+
+    async def taken_over_meanwhile(cli: str, cld: str, start: float, end: float) -> list[Any]:
+        """The run's first look at the records (not complete yet): meanwhile it is paused
+        past its lease, and another process takes its group in doubt over and settles it."""
+        if not client.fetches:
+            await _settle_elsewhere(database, str(job.where), client.calls[0], other)
+        return await looked(cli, cld, start, end)
+
+    client.fetch_records = taken_over_meanwhile  # type: ignore[method-assign]
+    s = await run_job(job, settings, client, clock=FakeClock())
+    sent, done, tries = SETTLED_THERE[other]
+    counts = (s.sent_groups, s.skipped_groups, s.in_doubt_groups, s.held_groups)
+    assert counts == (sent, done, 0, 0)
+    assert s.sent_recipients == 4 * sent
+    assert groups_counted(s) == 2
+    assert sum(g.seq == 0 for g in client.calls) == tries
+    assert (s.open_in_doubt, s.open_retry_pending) == (0, 0)
+    assert run_outcome(s) == 0
+
+
+async def _settle_elsewhere(database: str, where: str, group: Group, other: str) -> None:
+    """Another process takes ``group`` (in doubt) over from a run paused past its lease and
+    decides it as ``other`` says: ``accepted`` (by the API's records), ``never_accepted``
+    (and lost back unsent), or ``resent_there`` (never accepted, and sent there); then it is
+    paused past its own lease. ``still_holds``: it holds the group, undecided, for now."""
+    age_claims(database, 31)
+    store = open_store(where, "run")
+    taker = coordinator_for(store, FAST.lease_s)
+    try:
+        assert await taker.claim(group.id)
+        if other == "accepted":
+            store.append_now(events.Sent(group.id, group.to, group.seq, message_id="rec-1"))
+        elif other != "still_holds":
+            store.append_now(never_accepted(0.0, "", group=group.id, seq=group.seq, to=group.to))
+        if other == "resent_there":
+            later = iso(time.time() + 60)
+            again = events.Attempt(
+                group.id, group.to, group.seq, group.message.from_, key="k-there", time=later
+            )
+            await store.append(again, fence=taker.fence(group.id))
+            store.append_now(
+                events.Sent(group.id, group.to, group.seq, message_id="msg-there", time=later)
+            )
+    finally:
+        await taker.close()
+        await store.close()
+    if other != "still_holds":
+        age_claims(database, 31)
 
 
 async def _one_group_delivered(jobs: JobFactory, database: str) -> tuple[JobConfig, FakeClient]:

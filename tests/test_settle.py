@@ -31,9 +31,9 @@ from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.settle import Settler, Verdict, never_accepted
-from bulk_mms.testing import FakeClient, FakeClock
+from bulk_mms.testing import FakeClient, FakeClock, ledger_events
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, JobFactory, crash_mid_send, numbers, ok_receipt
+from tests.conftest import FAST, JobFactory, crash_mid_send, groups_counted, numbers, ok_receipt
 from tests.threaded import fake_api_thread
 
 KEY = "KEY-settle"
@@ -178,6 +178,53 @@ async def test_a_group_this_run_left_in_doubt_and_settled_is_counted_sent_once(
         s = await runner.run_job(job, settings, client, clock=FakeClock())
     assert (s.sent_groups, s.in_doubt_groups, s.held_groups) == (2, 0, 0)
     assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)
+
+
+@pytest.mark.parametrize("took", [True, False], ids=["accepted", "never-accepted"])
+async def test_a_group_track_settles_beside_the_run_that_left_it_in_doubt_is_counted(
+    jobs: JobFactory, took: bool
+) -> None:
+    """A JSONL ledger is the run's alone but for ``track``, which writes beside it: a group
+    whose answer was lost, which ``track`` settles by the API's records while the run waits
+    on them, is still settled and counted by the run itself: sent (the API took it), or sent
+    again once the records show it never accepted; every group counted, nobody left in
+    doubt, and the report agrees."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    clock = FakeClock()
+    client = FakeClient(wall=clock.wall)
+
+    def lost(g: Group, n: int) -> SendReceipt | SendError:
+        if g.seq != 0 or n != 0:
+            return ok_receipt(g, n)
+        if took:
+            client.took(g, ok_receipt(g, n))  # the API takes it; the answer never comes back
+        return AmbiguousSendError("the connection dropped after sending")
+
+    client.handler = lost
+    looked = client.fetch_records
+
+    async def tracked_meanwhile(cli: str, cld: str, start: float, end: float) -> Any:
+        """Each of the run's looks at the records: ``track`` looks first, on the same file."""
+        other = FakeClient(wall=clock.wall, records=client.records)
+        await track_ledger(job.ledger, SETTLED_BY_RECORDS, other, clock=clock)
+        return await looked(cli, cld, start, end)
+
+    client.fetch_records = tracked_meanwhile  # type: ignore[method-assign]
+    s = await runner.run_job(job, SETTLED_BY_RECORDS, client, clock=clock)
+    assert (s.sent_groups, s.in_doubt_groups, s.skipped_groups) == (2, 0, 0)
+    assert groups_counted(s) == 2
+    assert sum(g.seq == 0 for g in client.calls) == 2 - took
+    doubtful = client.calls[0].id
+    settled = [
+        e
+        for e in ledger_events(job.ledger)
+        if e.get("group") == doubtful
+        and (e.get("code") == "not_accepted" if not took else e["event"] == "sent")
+    ]
+    assert len(settled) == 2  # by track, then by the run, which did not see track's
+    report = summarize(job.ledger)
+    assert (report.recipient_states.sent, report.recipient_states.in_doubt) == (8, 0)
 
 
 async def test_track_settles_groups_in_doubt_by_the_records(
