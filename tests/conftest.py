@@ -12,6 +12,7 @@ import os
 import secrets
 import textwrap
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +65,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     from timer to timer, so a database call's 30 s bound would run out after about 50 ms of
     real time, which a loaded server takes (and a claim's lease runs on the database's clock,
     which a virtual one would outrun). One whose own timers need the virtual clock (a
-    deadline minutes away, a lease to outlast) is marked ``looptime(True)``: it keeps it, and
+    deadline to reach, a lease to outlast) is marked ``looptime(True)``: it keeps it, and
     the fixture holds every wait on the server to real time (:func:`_on_real_time`), as it
-    does for a test that gets the fixture mid-test (``request.getfixturevalue``)."""
+    does for a test that gets the fixture mid-test (``request.getfixturevalue``). While a
+    wait is pending its clock goes no faster than real time, and a run polls its ledger
+    every second or so: such a test spans seconds of its clock, not minutes, or a server
+    slow to answer makes it take as long in real time."""
     for item in items:
         takes_database = isinstance(item, pytest.Function) and "database" in item.fixturenames
         if takes_database and item.get_closest_marker("looptime") is None:
@@ -292,16 +296,32 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+#: psycopg's waits on the server that :func:`database` holds to real time. Not psycopg's
+#: documented API (its docs have no ``psycopg.waiting``, nor any hook around a connection's
+#: waits), so the fixture fails a test, saying why in one line, once they are gone or unused.
+PSYCOPG_WAITS: Final = ("wait_async", "wait_conn_async")
+_PSYCOPG: Final = f"psycopg {psycopg.__version__}"
+_UPDATE: Final = "the virtual clock is not held to real time (tests/conftest.py, _on_real_time)"
+
+
 @pytest.fixture
-def database(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A database of its own on the project's PostgreSQL, dropped afterwards; the test is
     skipped, with the reason in one line, when there is no server. While the test runs, every
     wait of psycopg's on the server (connecting, each statement's answer) holds looptime's
-    clock to real time (:func:`_on_real_time`)."""
-    for name in ("wait_async", "wait_conn_async"):
-        monkeypatch.setattr(psycopg.waiting, name, _on_real_time(getattr(psycopg.waiting, name)))
+    clock to real time (:func:`_on_real_time`); a test marked ``looptime(True)`` none of whose
+    waits came through there fails: psycopg waits some other way, and its clock ran free."""
+    held: Counter[str] = Counter()
+    for name in PSYCOPG_WAITS:
+        if (wait := getattr(psycopg.waiting, name, None)) is None:
+            pytest.fail(f"{_PSYCOPG} has no psycopg.waiting.{name}: {_UPDATE}", pytrace=False)
+        monkeypatch.setattr(psycopg.waiting, name, _on_real_time(wait, held, name))
     with _own_database() as url:
         yield url
+    marker = request.node.get_closest_marker("looptime")
+    if marker is not None and marker.args[:1] == (True,) and not held:
+        waits = "/".join(PSYCOPG_WAITS)
+        pytest.fail(f"{_PSYCOPG} never waited in psycopg.waiting.{waits}: {_UPDATE}", pytrace=False)
 
 
 @pytest.fixture
@@ -345,17 +365,21 @@ class _UnderWay(concurrent.futures.Executor):
         self._job.set_result(None)
 
 
-def _on_real_time(wait: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _on_real_time(
+    wait: Callable[P, Awaitable[T]], held: Counter[str], name: str
+) -> Callable[P, Awaitable[T]]:
     """``wait`` (psycopg's on a server's answer), counted by the loop as work under way off
     the loop until it ends: while such work is pending, looptime moves its virtual clock in
     real-time steps (``idle_step``), never from timer to timer, so a 30 s bound around the
-    wait runs out after 30 s of real time. On the real clock it changes nothing."""
+    wait runs out after 30 s of real time. On the real clock it changes nothing. Each wait is
+    counted in ``held`` under ``name``."""
 
-    async def held(*args: P.args, **kwargs: P.kwargs) -> T:
+    async def on_hold(*args: P.args, **kwargs: P.kwargs) -> T:
+        held[name] += 1
         under_way = _UnderWay()
         try:
             return await wait(*args, **kwargs)
         finally:
             under_way.end()
 
-    return held
+    return on_hold
