@@ -436,7 +436,7 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
     number then taken by the next connection: that statement fails at once and is made again
     on a new connection, never left waiting on the new one's socket until its timeout (nor
     reading the freed connection's memory); every closed connection is closed once."""
-    link = pgconnect.Link(database, "db", timeout_s=600.0)  # virtual seconds: psycopg polls
+    link = pgconnect.Link(database, "db", timeout_s=600.0)  # a hang fails, a slow server not
 
     async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
         await conn.execute("SELECT pg_sleep(0.3)")
