@@ -481,10 +481,12 @@ async def test_events_no_ledger_knows_are_looked_for_by_one_task_with_one_read_a
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Forty events of messages the ledger does not know make one task that looks for them
-    all, not a task each: each look reads the ledger once however many wait, and every one
-    is counted unmatched once its window ran out."""
+    all, not a task each: each look reads the ledger once however many wait (a store that
+    cannot tell whether it grew, as PostgreSQL's), and every one is counted unmatched once
+    its window ran out."""
     receiver, path, client = await receiver_for(jobs)
     reads = counted_reads(monkeypatch, receiver.store)
+    monkeypatch.setattr(receiver.store, "may_have_new", lambda: True)
     async with TestClient(TestServer(receiver.app())) as http:
         assert (await post_signed(http, stranger(0, client.calls[0])))[1]["pending"] == 1
         tasks = len(asyncio.all_tasks())
@@ -500,6 +502,76 @@ async def test_events_no_ledger_knows_are_looked_for_by_one_task_with_one_read_a
     assert receiver.unmatched == 40
     assert status_lines(path) == []
     assert pollers() == 0
+
+
+async def test_requests_for_ids_no_ledger_knows_share_a_read_and_see_what_came_before(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty requests for message ids the ledger does not know, come while its read of what
+    was appended since is under way, make one read more, not twenty, which they share: begun
+    after they came, it finds the `sent` line appended after the first read had read the
+    file and before they came, and that group's report is recorded at once."""
+    receiver, path, client = await receiver_for(jobs)
+    like, gate, reads = client.calls[0], Gate(), list[None]()
+    new_events, take_in_new = receiver.store.new_events, receiver.take_in_new
+    asked: list[None] = []
+    all_asked = asyncio.Event()  # the first request and the twenty came
+
+    def reading() -> Any:
+        events = list(new_events())
+        reads.append(None)
+        if len(reads) == 1:
+            gate.hold()  # the file read: what is appended now is the next read's
+        return iter(events)
+
+    async def asking() -> None:
+        asked.append(None)
+        if len(asked) == 21:
+            all_asked.set()
+        await take_in_new()
+
+    monkeypatch.setattr(receiver.store, "new_events", reading)
+    monkeypatch.setattr(receiver, "take_in_new", asking)
+    append_late_group(path, like, "first", 9)
+    async with TestClient(TestServer(receiver.app())) as http:
+        first = asyncio.create_task(post_signed(http, stranger(0, like)))
+        await gate.begun()
+        late = append_late_group(path, like, "late", 10)
+        bodies = [stranger(n, like) for n in range(1, 20)]
+        bodies.append(event("message.finalized", late, "late-msg", "delivered"))
+        answers = asyncio.gather(*(post_signed(http, body) for body in bodies))
+        await all_asked.wait()
+        gate.released.set()
+        answered = [a[1] for a in await answers]
+        assert len(reads) == 2
+        assert (await first)[1]["pending"] == 1
+    await receiver.close()
+    await receiver.store.close()
+    assert answered[-1] == {"ok": True, "recorded": 1, "pending": 0}
+    assert [a["pending"] for a in answered[:-1]] == [1] * 19
+    assert [e["group"] for e in status_lines(path)] == ["late-group"]
+
+
+async def test_a_request_reads_the_ledger_only_when_it_grew_and_sees_a_line_just_before_it(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests for ids the ledger does not know read nothing while the ledger has not grown
+    since its last read, and one that comes just after a `sent` line was appended reads it:
+    its report is recorded at once."""
+    receiver, path, client = await receiver_for(jobs)
+    reads = counted_reads(monkeypatch, receiver.store)
+    like = client.calls[0]
+    async with TestClient(TestServer(receiver.app())) as http:
+        for n in range(5):
+            assert (await post_signed(http, stranger(n, like)))[1]["pending"] == 1
+        assert reads == []
+        late = append_late_group(path, like)
+        body = event("message.finalized", late, "late-msg", "delivered")
+        assert await post_signed(http, body) == (200, {"ok": True, "recorded": 1, "pending": 0})
+        assert len(reads) == 1
+    await receiver.close()
+    await receiver.store.close()
+    assert [e["group"] for e in status_lines(path)] == ["late-group"]
 
 
 async def test_each_event_waiting_is_recorded_if_its_sent_line_lands_within_its_window(

@@ -266,6 +266,13 @@ class JsonlStore(GroupCommitted[bytes]):
         """The events written since the last call (by this process or another)."""
         return self._tail.read()
 
+    def may_have_new(self) -> bool:
+        """False when the file ends where the last read stopped (one stat)."""
+        try:
+            return self.path.stat().st_size != self._tail.offset
+        except OSError:
+            return True  # the read says why
+
     def append_now(self, event: Event) -> None:
         """Write and fsync one event now, blocking. For the header and the run's start."""
         self._write_lines([encode(event)])

@@ -357,6 +357,10 @@ class PostgresStore(GroupCommitted[_Item]):
     def new_events(self) -> Iterator[Event]:
         return self._read(self._seen)
 
+    def may_have_new(self) -> bool:
+        """Always True: only a query can tell, and :meth:`new_events` is that query."""
+        return True
+
     def _read(self, after: int, *, skip_status: bool = False) -> Iterator[Event]:
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:

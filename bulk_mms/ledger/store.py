@@ -64,6 +64,12 @@ class LedgerStore(Protocol):
         """The events appended since the last call, by anyone (``webhooks`` follows a run)."""
         ...
 
+    def may_have_new(self) -> bool:
+        """Whether :meth:`new_events` may find anything: False only when a look cheap enough
+        for the event loop shows that nothing was appended since the last read; True when
+        such a look cannot tell."""
+        ...
+
     def fold(self, *, skip_status: bool = False) -> LedgerView:
         """:class:`LedgerView` of every event (a store may start from a checkpoint of it);
         :meth:`new_events` then goes on from the last event it folded."""

@@ -773,13 +773,15 @@ class WebhookReceiver(BaseReceiver):
 
     async def take_in_new(self) -> None:
         """Take in what has been written since: read in a worker thread, one read of the
-        ledger at a time; a caller that waited for a read begun after it asked takes that
-        one's.
+        ledger at a time. A caller that comes while one runs waits for the next, which
+        every caller that came meanwhile shares; none is needed when no read is under way
+        and the store shows nothing appended since the last (:meth:`LedgerStore.may_have_new`).
 
         Raises:
             LedgerError: the ledger cannot be read (what was read before is taken in).
         """
-        await self._finished(self._read_since(self._reads))
+        if self._reading.locked() or self.store.may_have_new():
+            await self._finished(self._read_since(self._reads))
 
     async def _read_since(self, asked: int) -> None:
         async with self._reading:
