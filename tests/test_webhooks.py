@@ -574,6 +574,83 @@ async def test_a_request_reads_the_ledger_only_when_it_grew_and_sees_a_line_just
     assert [e["group"] for e in status_lines(path)] == ["late-group"]
 
 
+def faulty(monkeypatch: pytest.MonkeyPatch, receiver: WebhookReceiver, name: str) -> list[int]:
+    """Have ``receiver``'s method ``name`` raise a bug's RuntimeError (its message quoting
+    a secret) while the list returned holds a number above 0, taking one off it each time."""
+    real, left = getattr(receiver, name), [0]
+
+    async def failing(*args: Any) -> Any:
+        if left[0]:
+            left[0] -= 1
+            raise RuntimeError("sk-secret")
+        return await real(*args)
+
+    monkeypatch.setattr(receiver, name, failing)
+    return left
+
+
+async def test_a_look_again_that_fails_of_a_bug_is_retried_with_backoff_then_gives_up(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look again whose read fails of a bug is logged in one line, without its message,
+    and tried again after twice as long each time: a late event is recorded once the looks
+    work again. Five such failures in a row give the events held up (counted unmatched),
+    and a later event starts the looks anew."""
+    receiver, path, client = await receiver_for(jobs)
+    assert isinstance(receiver.clock, FakeClock)
+    like, fails = client.calls[0], faulty(monkeypatch, receiver, "_read_late")
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    fails[0] = 2
+    with capture_logs() as logs:
+        async with TestClient(TestServer(receiver.app())) as http:
+            body = event("message.finalized", late, "late-msg", "sent")
+            assert (await post_signed(http, body))[1]["pending"] == 1
+            append_late_group(path, like)
+            await receiver.settle()
+            assert [e["group"] for e in status_lines(path)] == ["late-group"]
+            assert receiver.clock.calls[:3] == [LATE_POLL_S, 2 * LATE_POLL_S, 4 * LATE_POLL_S]
+            fails[0], receiver.clock.calls[:] = 5, []
+            assert (await post_signed(http, stranger(0, like)))[1]["pending"] == 1
+            await receiver.settle()
+            assert receiver.clock.calls == [LATE_POLL_S * 2**n for n in range(5)]
+            assert receiver.unmatched == 1
+            assert (await post_signed(http, stranger(1, like)))[1]["pending"] == 1
+            await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 2
+    failed = [e for e in logs if e["event"] == "webhook.late_failed"]
+    assert [e["faults"] for e in failed] == [1, 2, 1, 2, 3, 4, 5]
+    assert all(e["error"] == "RuntimeError" and "test_webhooks.py:" in e["at"] for e in failed)
+    assert "sk-secret" not in repr(logs)
+    assert not any("exc_info" in e for e in failed)
+
+
+async def test_an_event_whose_look_again_fails_of_a_bug_is_dropped_alone(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event held whose matching fails of a bug is logged and counted unmatched; the other
+    events held are looked for all the same, and one is recorded once its `sent` line lands."""
+    receiver, path, client = await receiver_for(jobs)
+    like, fails = client.calls[0], faulty(monkeypatch, receiver, "_found")
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    with capture_logs() as logs:
+        async with TestClient(TestServer(receiver.app())) as http:
+            poison = stranger(0, like)
+            assert (await post_signed(http, poison))[1]["pending"] == 1
+            body = event("message.finalized", late, "late-msg", "delivered")
+            assert (await post_signed(http, body))[1]["pending"] == 1
+            fails[0] = 1  # the first event's matching, at the next look
+            append_late_group(path, like)
+            await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [e["group"] for e in status_lines(path)] == ["late-group"]
+    assert receiver.unmatched == 1
+    failed = [e for e in logs if e["event"] == "webhook.late_failed"]
+    assert [e["id"] for e in failed] == [poison["data"]["id"]]
+
+
 async def test_each_event_waiting_is_recorded_if_its_sent_line_lands_within_its_window(
     jobs: JobFactory,
 ) -> None:

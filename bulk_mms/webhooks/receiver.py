@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import traceback
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -15,6 +16,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import msgspec.structs
@@ -68,6 +70,9 @@ _FIELD_MAX = 128
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
 LATE_WINDOW_S = 30.0
 LATE_POLL_S = 0.5
+#: Looks again that fail in a row of a fault of the receiver's before the events held are
+#: given up (:meth:`BaseReceiver._poll`): each waits twice as long as the one before.
+LATE_FAULTS = 5
 #: At most this many events are looked for again at once by one receiver
 #: (:meth:`BaseReceiver.look_later`): a steady 333 events a second that no ledger knows (another
 #: app on the messaging profile sending 100 messages a second makes about 200) for their
@@ -409,30 +414,56 @@ class BaseReceiver:
         )
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
-            self._poller.add_done_callback(_poll_ended)
         return True
 
     async def _poll(self) -> None:
         """Every :data:`LATE_POLL_S` while events are looked for again (:meth:`look_later`):
-        one read of what the ledgers were appended since (:meth:`_read_late`), then each event
-        against the views in memory (:meth:`_found`), in the order they came; one not found by
-        its deadline is counted unmatched. A receiver stopping takes one last look at once,
-        then counts the rest."""
+        one look (:meth:`_look`). A look that fails of a fault of the receiver's (a bug: a
+        ledger that cannot be read is not one) is logged, and the next waits twice as long;
+        after :data:`LATE_FAULTS` in a row, or when stopping, the events held are counted
+        unmatched (a later one starts the looks anew). A receiver stopping takes one last look
+        at once, then counts the rest."""
+        faults = 0
         while self._late:
-            await self.clock.sleep(LATE_POLL_S)  # a stopping clock's returns at once
+            await self.clock.sleep(LATE_POLL_S * 2**faults)  # a stopping clock's returns at once
             last = self._stopping()  # this look is the last
-            now = self.clock.monotonic()
             try:
-                await self._read_late()
-            except LedgerError as exc:
-                # the events are looked for in what was read; the next look reads again
-                log.warning("webhook.late_read_failed", error=str(exc), pending=len(self._late))
-            for number, late in list(self._late.items()):
-                if await self._found(late):
-                    del self._late[number]
-                elif last or now >= late.deadline:
-                    del self._late[number]
-                    self._unmatched(late.event_id, late.message_id, late.left())
+                await self._look(last)
+            except Exception as exc:  # a bug must not leave the events unlooked for
+                faults += 1
+                log.error(  # noqa: TRY400 - one line: its message may quote an event
+                    "webhook.late_failed", **fault(exc), faults=faults, pending=len(self._late)
+                )
+                if last or faults >= LATE_FAULTS:
+                    for late in self._late.values():
+                        self._unmatched(late.event_id, late.message_id, late.left())
+                    self._late.clear()
+            else:
+                faults = 0
+
+    async def _look(self, last: bool) -> None:
+        """One read of what the ledgers were appended since (:meth:`_read_late`), then each
+        event against the views in memory (:meth:`_found`), in the order they came; one not
+        found by its deadline (or at the ``last`` look) is counted unmatched, and so is one
+        whose matching fails of a fault of the receiver's (logged), the others looked for
+        all the same."""
+        now = self.clock.monotonic()
+        try:
+            await self._read_late()
+        except LedgerError as exc:
+            # the events are looked for in what was read; the next look reads again
+            log.warning("webhook.late_read_failed", error=str(exc), pending=len(self._late))
+        for number, late in list(self._late.items()):
+            try:
+                found = await self._found(late)
+            except Exception as exc:  # one event's fault must not stop the others
+                log.error("webhook.late_failed", **fault(exc), id=late.event_id)  # noqa: TRY400
+                found = None
+            if found:
+                del self._late[number]
+            elif found is None or last or now >= late.deadline:
+                del self._late[number]
+                self._unmatched(late.event_id, late.message_id, late.left())
 
     async def _finished(self, work: Coroutine[Any, Any, _T]) -> _T:
         """What ``work`` returns: a ledger opened or read in a worker thread, and what is done
@@ -478,11 +509,12 @@ def _retrieved(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _poll_ended(task: asyncio.Task[None]) -> None:
-    """Log a look again (:meth:`BaseReceiver._poll`) that failed: a fault of the receiver's;
-    the next event looked for again starts another."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("webhook.late_failed", exc_info=exc)
+def fault(exc: BaseException) -> dict[str, str]:
+    """A fault of the receiver's, for a log line: its type and where it was raised, without
+    its message (which may quote an event, or a database's address)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    return {"error": type(exc).__name__, "at": where}
 
 
 class WebhookReceiver(BaseReceiver):
