@@ -1227,6 +1227,31 @@ async def test_members_under_cc_are_read_from_the_groups_own_message_only(
     )
 
 
+async def test_a_held_event_keeps_its_reports_not_its_body_and_its_cc_once_its_group_lands(
+    jobs: JobFactory,
+) -> None:
+    """An event of a group's own message that beats the group's `sent` line is held as its
+    reports alone, nothing of its body (its text), those it lists under cc read too: once
+    the line lands, every member it lists is recorded."""
+    receiver, path, client = await receiver_for(jobs)
+    to = ("+13125550111", "+13125550112", "+13125550113")
+    first = Group("late-group", 9, to[:1], (9,), client.calls[0].message)
+    body = event("message.finalized", first, "late-msg", "delivered")
+    body["data"]["payload"]["cc"] = [{"phone_number": p, "status": "delivered"} for p in to[1:]]
+    body["data"]["payload"]["text"] = text = "a long message " * 100
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, body))[1]["pending"] == 1
+        (held,) = receiver._late.values()
+        assert text not in repr(held)
+        run = open_store(path, "append")
+        run.append_now(Sent(first.id, to, first.seq, message_id="late-msg", time="x"))
+        run.close_sync()
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert sorted(e["recipient"] for e in status_lines(path)) == sorted(to)
+
+
 @pytest.mark.parametrize(
     ("text", "suppressed"),
     [

@@ -30,6 +30,7 @@ from bulk_mms.webhooks.receiver import (
     WebhookReceiver,
     opened,
     origin,
+    reports_in,
     short_field,
     too_many_late,
     write_failed,
@@ -275,7 +276,7 @@ class JobReceiver(BaseReceiver):
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
         message_id = payload_message_id(payload)
-        reports = parse_statuses(payload)
+        reports = reports_in(payload, event_type)
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
         elif not self.look_later(event_id, event_type, data, message_id, reports):
@@ -317,15 +318,12 @@ class JobReceiver(BaseReceiver):
 
     async def _found(self, late: Late) -> bool:
         """Have the open ledger that sent an event's message, as the views stand, record it
-        (:meth:`WebhookReceiver._delivery`); whether one did (a write that failed: the next
-        look tries again)."""
+        (:meth:`WebhookReceiver._found`); whether one did, whole (a write that failed: the
+        next look tries again)."""
         ledger = self._known_sender(
             late.message_id, late.statuses, late.occurred_at, late.sent_from
         )
-        if ledger is None:
-            return False
-        answer = await ledger._delivery(late.event_id, late.event_type, late.data, late.payload)
-        return answer.status < 500
+        return ledger is not None and await ledger._found(late)
 
     async def settle(self) -> None:
         """Wait until every event still being looked for, here or by a ledger, is recorded

@@ -133,25 +133,40 @@ def origin(data: dict[str, Any], payload: object) -> tuple[str | None, str | Non
     return status_stamp(data.get("occurred_at")), sent_from
 
 
+def reports_in(
+    payload: object, event_type: str, own_group: str | None = None
+) -> tuple[RecipientStatus, ...]:
+    """The reports an event's payload carries: ``cc`` read only when it is the message
+    ``own_group``, a group's own (a recipient's lists the others); the cost only from
+    ``message.finalized`` (the others' is an estimate)."""
+    statuses = parse_statuses(payload, own_group)
+    if event_type != FINALIZED:
+        statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
+    return statuses
+
+
 @dataclass(frozen=True, slots=True)
 class Late:
     """An event answered that no ledger here knew, looked for again until ``deadline``
-    (:meth:`BaseReceiver.look_later`)."""
+    (:meth:`BaseReceiver.look_later`): what matching it needs, not its body."""
 
     event_id: str
-    event_type: str
-    data: dict[str, Any]
-    payload: object
     message_id: str
     occurred_at: str | None
     sent_from: str | None
-    #: Its reports as they were read when it came (a group's own message is read again once
-    #: its `sent` line lands, for the members it lists under ``cc``).
+    #: Its reports as they were read when it came.
     statuses: tuple[RecipientStatus, ...]
+    #: Its reports read as a group's own message (:func:`reports_in`), when it lists members
+    #: under ``cc``: its id may turn out a group's own once the group's `sent` line lands.
+    as_group: tuple[RecipientStatus, ...] | None
     #: When it is given up (the receiver's monotonic time).
     deadline: float
     #: The recipients recorded already.
     done: set[str] = field(default_factory=set)
+
+    def reports(self, *, own_group: bool) -> tuple[RecipientStatus, ...]:
+        """Its reports, read as a group's own message when its id is one (``own_group``)."""
+        return self.as_group if own_group and self.as_group is not None else self.statuses
 
     def left(self) -> list[RecipientStatus]:
         """Its reports not recorded yet, as they were read when it came."""
@@ -393,23 +408,23 @@ class BaseReceiver:
         message_id: str,
         statuses: Sequence[RecipientStatus],
     ) -> bool:
-        """Look for an event's reports again (``statuses``: as read now, none recorded), the
-        request answered: every :data:`LATE_POLL_S` for :attr:`late_window_s` (a webhook can
-        beat the run's ``sent`` line), with every other such event (:meth:`_poll`). False,
-        and not looked for, when :attr:`late_max` are already: the caller answers 503, so
-        Telnyx delivers it again (:data:`LATE_MAX`)."""
+        """Look for an event's reports again (``statuses``: as read now, none recorded,
+        :func:`reports_in`), the request answered: every :data:`LATE_POLL_S` for
+        :attr:`late_window_s` (a webhook can beat the run's ``sent`` line), with every other
+        such event (:meth:`_poll`); what matching needs is kept of it, not its body (:class:`Late`).
+        False, and not looked for, when :attr:`late_max` are already: the caller answers 503,
+        so Telnyx delivers it again (:data:`LATE_MAX`)."""
         if len(self._late) >= self.late_max:
             log.warning("webhook.late_full", id=short_field(event_id), pending=len(self._late))
             return False
         payload = data.get("payload")
+        listed = isinstance(payload, dict) and payload.get("cc")
         self._late[next(self._late_numbers)] = Late(
             event_id,
-            event_type,
-            data,
-            payload,
             message_id,
             *origin(data, payload),
             statuses=tuple(statuses),
+            as_group=reports_in(payload, event_type, message_id) if listed else None,
             deadline=self.clock.monotonic() + self.late_window_s,
         )
         if self._poller is None or self._poller.done():
@@ -567,7 +582,7 @@ class WebhookReceiver(BaseReceiver):
         try:
             await self.ready()
             await self.catch_up(message_id)
-            statuses = self._statuses(payload, message_id, event_type)
+            statuses = reports_in(payload, event_type, self._own_group_id(message_id))
             matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
@@ -588,18 +603,6 @@ class WebhookReceiver(BaseReceiver):
             unknown = []
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=recorded)
         return web.json_response({"ok": True, "recorded": recorded, "pending": len(unknown)})
-
-    def _statuses(
-        self, payload: object, message_id: str | None, event_type: str
-    ) -> tuple[RecipientStatus, ...]:
-        """The reports an event's payload carries, as the view stands (:meth:`catch_up`
-        first): ``cc`` is read only from a group's own message (a recipient's lists the
-        others), so an event that beat its group's ``sent`` line is read again once the line
-        lands; the cost only from ``message.finalized`` (the others' is an estimate)."""
-        statuses = parse_statuses(payload, self._own_group_id(message_id))
-        if event_type != FINALIZED:
-            statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
-        return statuses
 
     def match(
         self,
@@ -777,9 +780,7 @@ class WebhookReceiver(BaseReceiver):
         whether none is left. A write that fails is logged, and tried at the next look (the
         event was answered already: nobody redelivers it)."""
         message_id = late.message_id
-        statuses = late.statuses
-        if self._own_group_id(message_id) is not None:
-            statuses = self._statuses(late.payload, message_id, late.event_type)
+        statuses = late.reports(own_group=self._own_group_id(message_id) is not None)
         left = [st for st in statuses if st.phone not in late.done]
         matched, rest = self.match(left, message_id, late.sent_from, late.occurred_at)
         if matched:
