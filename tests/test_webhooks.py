@@ -651,6 +651,40 @@ async def test_an_event_whose_look_again_fails_of_a_bug_is_dropped_alone(
     assert [e["id"] for e in failed] == [poison["data"]["id"]]
 
 
+async def test_the_events_held_are_matched_again_only_once_the_ledger_changed(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events held are not matched again at every look while the ledger stays as it was
+    (their requests matched them against it): ten looks match none, and the first look once
+    a `sent` line lands matches them again, and records the report whose group it is."""
+    receiver, path, client = await receiver_for(jobs)
+    like, found, real = client.calls[0], list[str](), receiver._found
+
+    async def counting(late: Any) -> bool:
+        found.append(late.event_id)
+        return await real(late)
+
+    monkeypatch.setattr(receiver, "_found", counting)
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    async with TestClient(TestServer(receiver.app())) as http:
+        for n in range(3):
+            assert (await post_signed(http, stranger(n, like)))[1]["pending"] == 1
+        body = event("message.finalized", late, "late-msg", "delivered")
+        assert (await post_signed(http, body))[1]["pending"] == 1
+        await asyncio.sleep(2 * LATE_POLL_S)
+        matched = len(found)
+        await asyncio.sleep(10 * LATE_POLL_S)  # ten looks, on the virtual loop clock
+        assert len(found) == matched <= 4
+        append_late_group(path, like)
+        await asyncio.sleep(2 * LATE_POLL_S)
+        assert len(found) > matched
+        assert [e["group"] for e in status_lines(path)] == ["late-group"]
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert receiver.unmatched == 3
+
+
 async def test_each_event_waiting_is_recorded_if_its_sent_line_lands_within_its_window(
     jobs: JobFactory,
 ) -> None:

@@ -316,6 +316,10 @@ class JobReceiver(BaseReceiver):
         if failed is not None:
             raise failed
 
+    def _views(self) -> object:
+        """The open ledgers' revisions (no two receivers' are ever the same)."""
+        return tuple(receiver.revision for _, receiver in self._newest())
+
     async def _found(self, late: Late) -> bool:
         """Have the open ledger that sent an event's message, as the views stand, record it
         (:meth:`WebhookReceiver._found`); whether one did, whole (a write that failed: the

@@ -87,6 +87,9 @@ APPLY_SLICE = 1000
 
 _T = TypeVar("_T")
 
+#: Every receiver's :attr:`~WebhookReceiver.revision` is one of these, never the same twice.
+_revisions = itertools.count()
+
 
 def opened(open_: Callable[[], LedgerStore]) -> tuple[LedgerStore, LedgerView]:
     """A ledger's store, opened by ``open_``, and its view, read from it (blocking: a large
@@ -222,6 +225,8 @@ class BaseReceiver:
         self._late_numbers = itertools.count()
         #: Looks them over while there are any (:meth:`_poll`); one for the receiver.
         self._poller: asyncio.Task[None] | None = None
+        #: The views as the last look matched the events held against them (:meth:`_views`).
+        self._matched_on: object = None
         #: Events being handled now, each with what is set once it is done (:meth:`_alone`).
         self._busy: dict[str, asyncio.Future[None]] = {}
         #: Work on a ledger off the loop that runs to its end whoever waits (:meth:`_finished`).
@@ -245,6 +250,11 @@ class BaseReceiver:
     async def _found(self, late: Late) -> bool:
         """Record what a ledger, as its view stands (:meth:`_read_late`), now says is an
         event's; whether it is recorded whole (a write that fails: not yet)."""
+        raise NotImplementedError
+
+    def _views(self) -> object:
+        """What changes whenever the ledgers' views may match an event otherwise than they
+        did: unchanged since a look, the events held are not matched again (:meth:`_look`)."""
         raise NotImplementedError
 
     def app(self) -> web.Application:
@@ -461,16 +471,19 @@ class BaseReceiver:
         event against the views in memory (:meth:`_found`), in the order they came; one not
         found by its deadline (or at the ``last`` look) is counted unmatched, and so is one
         whose matching fails of a fault of the receiver's (logged), the others looked for
-        all the same."""
+        all the same. Views unchanged since the last look match none of them (each came
+        after its request matched it against the views as they stood)."""
         now = self.clock.monotonic()
         try:
             await self._read_late()
         except LedgerError as exc:
             # the events are looked for in what was read; the next look reads again
             log.warning("webhook.late_read_failed", error=str(exc), pending=len(self._late))
+        views, before = self._views(), self._matched_on
+        self._matched_on = views
         for number, late in list(self._late.items()):
             try:
-                found = await self._found(late)
+                found = views != before and await self._found(late)
             except Exception as exc:  # one event's fault must not stop the others
                 log.error("webhook.late_failed", **fault(exc), id=late.event_id)  # noqa: TRY400
                 found = None
@@ -561,6 +574,9 @@ class WebhookReceiver(BaseReceiver):
         #: Reads begun (:meth:`catch_up`): a request that waited for one begun after it asked
         #: has what it asked for.
         self._reads = 0
+        #: Taken anew whenever the view may match an event otherwise: a read took events in,
+        #: the ledger was read anew, reports were recorded or failed to be (:meth:`_views`).
+        self.revision = next(_revisions)
 
     def __repr__(self) -> str:
         return (
@@ -662,6 +678,8 @@ class WebhookReceiver(BaseReceiver):
         # this store and the view that goes with it, even should another writer's failure
         # swap both meanwhile: a report goes into the view only of the store it is written to
         store, view = self.store, self.view
+        if matched:
+            self.revision = next(_revisions)
         try:
             n = await self._record(
                 store,
@@ -714,6 +732,7 @@ class WebhookReceiver(BaseReceiver):
             self.store.close_sync()
             store.on_kept_back(view.kept_back)
             self.store, self.view = store, view
+            self.revision = next(_revisions)
         log.info("webhook.ledger_reopened", ledger=store.name, after=str(failure))
 
     async def _record(
@@ -763,6 +782,9 @@ class WebhookReceiver(BaseReceiver):
                 n += 1
         self.recorded += n
         return n
+
+    def _views(self) -> object:
+        return self.revision
 
     async def _read_late(self) -> None:
         """The ledger opened anew if a write failed (:meth:`ready`), and what was appended
@@ -827,6 +849,8 @@ class WebhookReceiver(BaseReceiver):
                     await asyncio.sleep(0)  # requests between slices: the view is a prefix
                 for ev in events[start : start + APPLY_SLICE]:
                     self.view.apply(ev)
+            if events:
+                self.revision = next(_revisions)
             if error is not None:
                 raise error  # after what was read before it: past the store's read position
 
