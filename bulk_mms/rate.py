@@ -431,18 +431,24 @@ class LocalBudget(Pauses):
         return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"
 
     async def admit_now(self, cost: float) -> float | None:
-        # what acquire does when its wait would not sleep: nothing here suspends, so nothing
-        # else runs between the checks and the charge
         now = self.clock.monotonic()
-        if (
-            self._account_lock.locked()
-            or self.paused_until() - now > 1e-6
-            or not await self._bucket.take_if_room(cost)
-        ):
-            return None
-        return now
+        return now if await self._take_now(cost, now) else None
+
+    async def _take_now(self, cost: float, now: float) -> bool:
+        """Take ``cost`` at ``now`` if :meth:`acquire` would not wait for it (nobody waits
+        before it, no pause, room in the bucket); whether it did. Nothing here suspends, so
+        nothing else runs between the checks and the charge."""
+        return (
+            not self._account_lock.locked()
+            and self.paused_until() - now <= 1e-6
+            and await self._bucket.take_if_room(cost)
+        )
 
     async def acquire(self, cost: float, deadline: float | None = None) -> float:
+        now = self.clock.monotonic()
+        # nobody waits, and there is room before the deadline: no lock and no wait
+        if (deadline is None or now <= deadline) and await self._take_now(cost, now):
+            return now
         async with self._account_lock:
             # re-read on every wake-up: a 429 may have paused the account meanwhile
             now = await wait_until(

@@ -116,6 +116,21 @@ async def test_a_deadline_shorter_than_the_pause_aborts_at_once() -> None:
     assert budget.paused_until() == clock.monotonic() + 120.0
 
 
+async def test_acquire_with_room_admits_at_once_but_never_past_its_deadline() -> None:
+    """With room in the bucket, acquire admits at once, charged as any admission (the next
+    waits its interval); with its deadline already past, it refuses (PaceAborted
+    "deadline") and charges nothing, room or not."""
+    clock = FakeClock()
+    budget = LocalBudget(10.0, clock)
+    with pytest.raises(PaceAborted) as info:
+        await budget.acquire(1.0, deadline=clock.monotonic() - 1.0)
+    assert info.value.reason == "deadline"
+    start = clock.monotonic()
+    assert await budget.acquire(1.0, deadline=start) == start
+    assert await budget.acquire(1.0) == pytest.approx(start + 0.1)
+    assert clock.calls == [pytest.approx(0.1)]  # only the second one waited
+
+
 async def test_a_stop_ends_a_budget_wait() -> None:
     """A stopping job's acquire and send_slot give up with PaceAborted("stopping")."""
     clock = FakeClock()
