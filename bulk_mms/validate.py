@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final, final
 
 from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
@@ -348,6 +349,40 @@ def _nanp(phone: str) -> str:
 Check = Callable[[Recipient], Recipient | RejectedRow]
 
 
+@final
+class Printable:
+    """A :data:`Check` that passes unchanged every recipient whose values under ``names`` are
+    all printable (``str.isprintable``), and leaves the others to ``check``. As the first of
+    :func:`recipient_rows`' checks, it is asked in C (:attr:`printable` of :attr:`values`),
+    so the usual row makes no call of it."""
+
+    __slots__ = ("check", "names", "printable", "values")
+
+    def __init__(self, names: Sequence[str], check: Check) -> None:
+        self.names = tuple(names)
+        self.check = check
+        #: A row's values under ``names``: the one value, or a tuple of them.
+        self.values: Callable[[Mapping[str, str]], object] = itemgetter(*self.names)
+        #: Whether such values are all printable.
+        self.printable: Callable[[Any], bool] = (
+            str.isprintable if len(self.names) == 1 else _all_printable
+        )
+
+    def clears(self, fields: Mapping[str, str]) -> bool:
+        """Whether a row's ``fields`` pass unchanged (a value missing: ``check`` decides)."""
+        try:
+            return self.printable(self.values(fields))
+        except KeyError:
+            return False
+
+    def __call__(self, r: Recipient) -> Recipient | RejectedRow:
+        return r if self.clears(r.fields) else self.check(r)
+
+
+def _all_printable(values: tuple[str, ...]) -> bool:
+    return all(map(str.isprintable, values))
+
+
 def recipient_rows(
     rows: Iterable[Row | RejectedRow],
     phone_column: str,
@@ -379,6 +414,13 @@ def recipient_rows(
     canonical_us = _CANONICAL_US or _canonical_us()
     seen: set[int] = set()
     remember = seen.add
+    # a first check of Printable values, asked in C (a row's fields hold every value the job
+    # needs: RowReader's do): most rows go on to the rest without a call of it
+    first = checks[0] if checks and type(checks[0]) is Printable else None
+    rest = checks[1:] if first is not None else checks
+    # without one, never asked
+    printable: Callable[[Any], bool] = first.printable if first is not None else bool
+    values: Callable[[Mapping[str, str]], object] = first.values if first is not None else id
     for row in rows:
         if type(row) is RejectedRow:
             yield row
@@ -394,7 +436,7 @@ def recipient_rows(
                 yield _not_a_number(row.line, raw, phone_column, exc)
                 continue
         recipient = Recipient(phone, row.line, fields)
-        for check in checks:
+        for check in rest if first is None or printable(values(fields)) else checks:
             checked = check(recipient)
             if type(checked) is RejectedRow:
                 yield checked

@@ -15,6 +15,7 @@ from bulk_mms.scan import checked_rows
 from bulk_mms.validate import (
     _FLOAT,
     PhoneError,
+    Printable,
     _canonical_in,
     _canonical_us,
     _formatted,
@@ -119,6 +120,42 @@ def test_duplicates_are_rejected_after_the_first() -> None:
     assert (out[2].line, out[2].value) == (4, "(212) 555-0100")
     assert out[2].reason.startswith("duplicate")
     assert out[3] == Recipient("+12125550101", 5, {})
+
+
+@pytest.mark.parametrize("names", [("a",), ("a", "b")])
+def test_a_printable_first_check_is_called_for_the_rows_it_may_change_only(
+    names: tuple[str, ...],
+) -> None:
+    """As recipient_rows' first check, a Printable one is called only for the rows some of
+    whose values are not printable, and every row comes out as calling it on each would make
+    it (rejected by it, changed by it, or passed to the next check)."""
+    called: list[int] = []
+
+    def check(r: Recipient) -> Recipient | RejectedRow:
+        called.append(r.line)
+        if "\x01" in "".join(r.fields.values()):
+            return RejectedRow(r.line, r.phone, "control", Rejection.ROW)
+        return Recipient(r.phone, r.line, {k: v.replace("\r", "") for k, v in r.fields.items()})
+
+    def after(r: Recipient) -> Recipient | RejectedRow:
+        return RejectedRow(r.line, r.phone, "empty", Rejection.ROW) if not r.fields["a"] else r
+
+    values = ["Ann", "", "A\x01", "B\r\nC", "Zo\u00eb", "tab\t"]
+    rows = [Row(n, {"phone": f"+1212555010{n}", "a": v, "b": "x"}) for n, v in enumerate(values)]
+    printable = Printable(names, check)
+    out = list(recipient_rows(rows, "phone", checks=[printable, after]))
+    assert called == [2, 3, 5]
+    one_by_one = []
+    for row in rows:
+        r = printable(Recipient(row.fields["phone"], row.line, row.fields))
+        one_by_one.append(r if type(r) is RejectedRow else after(r))
+    assert [(type(o), o.line) for o in out] == [(type(o), o.line) for o in one_by_one]
+    assert [o.fields for o in out if type(o) is Recipient] == [
+        o.fields for o in one_by_one if type(o) is Recipient
+    ]
+    changed = out[3]
+    assert type(changed) is Recipient
+    assert changed.fields["a"] == "B\nC"
 
 
 def verdict(fn: Callable[[], str]) -> str:
