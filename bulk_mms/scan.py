@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import msgspec
@@ -273,11 +274,16 @@ def _rejected(
 ) -> Iterator[tuple[int, str, str]]:
     """:func:`scan_input`'s pass: ``items`` counted by ``tally``, the rejected rows
     yielded (line, value, reason)."""
-    for n, item in enumerate(tally.count(items)):
-        if n % STOP_CHECK_ROWS == 0 and stopped():
+    counted = tally.count(items)
+    while True:
+        before = tally.rows
+        for item in islice(counted, STOP_CHECK_ROWS):
+            if type(item) is RejectedRow:
+                yield item.line, item.value, item.reason
+        if tally.rows == before:  # the input has ended
+            break
+        if stopped():
             raise ScanStopped
-        if type(item) is RejectedRow:
-            yield item.line, item.value, item.reason
     check_columns(job, reader)  # a JSONL file's are known now: before it is written
     yield from tally.finish()  # known once the input has ended: listed after the rest
 
@@ -350,6 +356,11 @@ class Tally:
                     households.add(item, listed=listed)
             yield item
 
+    @property
+    def rows(self) -> int:
+        """The rows counted so far (blank lines are none)."""
+        return self._recipients + sum(self._counts.values())
+
     def finish(self) -> list[tuple[int, str, str]]:
         """Once the input has ended: the rows of the groups whose members share no hour of
         the window (line, number, reason), counted as rejected (a loss) and not as
@@ -407,7 +418,7 @@ class Tally:
         counts = self._counts
         return InputScan(
             fingerprint=input_fingerprint,
-            rows=self._recipients + sum(counts.values()),
+            rows=self.rows,
             recipients=self._recipients,
             lost=self._lost,
             duplicates=counts[Rejection.DUPLICATE],
