@@ -353,8 +353,8 @@ Check = Callable[[Recipient], Recipient | RejectedRow]
 class Printable:
     """A :data:`Check` that passes unchanged every recipient whose values under ``names`` are
     all printable (``str.isprintable``), and leaves the others to ``check``. As the first of
-    :func:`recipient_rows`' checks, it is asked in C (:attr:`printable` of :attr:`values`),
-    so the usual row makes no call of it."""
+    :func:`recipient_rows`' checks, it is asked without a call of it (:attr:`printable` of
+    :attr:`values`: in C for one name), so the usual row makes none."""
 
     __slots__ = ("check", "names", "printable", "values")
 
@@ -414,8 +414,8 @@ def recipient_rows(
     canonical_us = _CANONICAL_US or _canonical_us()
     seen: set[int] = set()
     remember = seen.add
-    # a first check of Printable values, asked in C (a row's fields hold every value the job
-    # needs: RowReader's do): most rows go on to the rest without a call of it
+    # a first check of Printable values, asked without a call of it (a row's fields hold
+    # every value the job needs: RowReader's do): most rows go on to the rest at once
     first = checks[0] if checks and type(checks[0]) is Printable else None
     rest = checks[1:] if first is not None else checks
     # without one, never asked
