@@ -15,7 +15,7 @@ A run on a ledger nobody else may run at once (the JSONL file, under its lock) u
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,6 +50,18 @@ class Coordinator(Protocol):
         Raises:
             LedgerError: the coordination store failed (LedgerUnavailable: lost, or no
                 answer in time).
+        """
+        ...
+
+    async def claim_many(self, groups: Collection[str]) -> set[str]:
+        """Claim each of ``groups`` as :meth:`claim` does, in as few round trips as the store
+        allows (what watching many groups others hold asks for, every poll): the ones won.
+        One not won may only be won later (its claim was busy in another transaction), never
+        one this process holds lost to that.
+
+        Raises:
+            LedgerError: the coordination store failed (LedgerUnavailable: lost, or no
+                answer in time); claims won before it are held.
         """
         ...
 
@@ -123,6 +135,9 @@ class LocalCoordinator:
 
     async def claim(self, group: str) -> bool:
         return True
+
+    async def claim_many(self, groups: Collection[str]) -> set[str]:
+        return {group for group in groups if await self.claim(group)}
 
     def fence(self, group: str) -> Fence | None:
         return None

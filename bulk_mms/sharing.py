@@ -39,10 +39,13 @@ DECIDED = frozenset((SENT, FAILED))
 UNDECIDED = frozenset((IN_DOUBT, RETRY_PENDING))
 
 
-def handed_on(rec: GroupRecord) -> bool:
+def handed_on(rec: GroupRecord | None) -> bool:
     """Whether a group's holder is done with it for this run: sent or failed for good, or
     made anew without members (refused by name, or suppressed) and closed, the new group
-    going out in its place (:attr:`Sharing.successor`)."""
+    going out in its place (:attr:`Sharing.successor`). None (the ledger has nothing of the
+    group yet): not."""
+    if rec is None:
+        return False
     if rec.state in DECIDED:
         return True
     return rec.outcome is None and not rec.open and bool(rec.refused)
@@ -122,12 +125,17 @@ class Sharing:
         :meth:`settle_later`: its holder decides it only once its own input is done, and it
         may be waiting here for a group of this process's in turn."""
         while self.others and not stopped():
-            for gid, group in list(self.others.items()):
-                rec = await self._refresh(gid)
-                if rec is not None and handed_on(rec):
+            watched = list(self.others.items())
+            looked = await self._look([gid for gid, _ in watched])
+            won = await self.coordinator.claim_many(
+                [gid for gid, _ in watched if not handed_on(looked[gid])]
+            )
+            for gid, group in watched:
+                rec = looked[gid]
+                if handed_on(rec):
                     del self.others[gid]  # settled by its owner
                     self._follow(group)
-                elif await self.coordinator.claim(gid):
+                elif gid in won:
                     del self.others[gid]
                     log.info("group.taken_over", group=gid)
                     if not await dispatch(group):
@@ -154,14 +162,24 @@ class Sharing:
         give_up = self.clock.monotonic() + within
         self._adopt_others()
         while self.later and not stopped():
-            for gid, group in list(self.later.items()):
-                rec = await self._refresh(gid)
-                if rec is not None and handed_on(rec):
+            watched = list(self.later.items())
+            looked = await self._look([gid for gid, _ in watched])
+            whole = await self._went_whole(
+                [g for gid, g in watched if g.suppressed and not handed_on(looked[gid])]
+            )
+            through = {
+                gid: self._through.get(gid, gid)
+                for gid, group in watched
+                if not handed_on(looked[gid]) and not (group.suppressed and group.origin in whole)
+            }
+            won = await self.coordinator.claim_many(list(dict.fromkeys(through.values())))
+            for gid, group in watched:
+                if handed_on(looked[gid]):
                     del self.later[gid]
                     self._follow(group)
-                elif group.suppressed and await self._went_whole(group):
+                elif gid not in through:
                     del self.later[gid]  # its origin went out as it was: nothing in its place
-                elif await self.coordinator.claim(self._through.get(gid, gid)):
+                elif through[gid] in won:
                     del self.later[gid]
                     log.info("group.taken_over", group=gid)
                     await take_over(group)
@@ -182,16 +200,28 @@ class Sharing:
         """Group ``gid`` in this process's view as the ledger has it now."""
         return self.view.refresh_group(gid, await self.store.group_events(gid))
 
+    async def _look(self, gids: list[str]) -> dict[str, GroupRecord | None]:
+        """Each of groups ``gids`` in this process's view as the ledger has it now, as
+        :meth:`_refresh` makes it, in order; read together (:meth:`LedgerStore.events_of
+        <bulk_mms.ledger.store.LedgerStore.events_of>`)."""
+        if not gids:
+            return {}
+        found = await self.store.events_of(gids)
+        return {gid: self.view.refresh_group(gid, found[gid]) for gid in gids}
+
     @property
     def _poll_s(self) -> float:
         """How often a watched group is read again: well within a lease."""
         return min(1.0, self.coordinator.lease_s / 4)
 
-    async def _went_whole(self, group: Group) -> bool:
-        """Whether the origin of remade ``group`` was sent, or failed, as it was (another
-        process, whose suppression list differed, decided it): then nobody sends ``group``."""
-        origin = await self._refresh(group.origin)
-        return origin is not None and origin.state in DECIDED
+    async def _went_whole(self, groups: list[Group]) -> set[str]:
+        """The origins of remade ``groups`` that were sent, or failed, as they were (another
+        process, whose suppression list differed, decided them): then nobody sends a group
+        made in their place."""
+        looked = await self._look(list(dict.fromkeys(g.origin for g in groups)))
+        return {
+            gid for gid, origin in looked.items() if origin is not None and origin.state in DECIDED
+        }
 
     def watch_later(self, group: Group, through: str | None = None) -> None:
         """Watch ``group`` once this process has settled its own (:meth:`settle_later`). It

@@ -3,7 +3,7 @@ groups another process holds are watched, until when, and which are taken over."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 import pytest
@@ -35,6 +35,9 @@ class Ledger:
     async def group_events(self, gid: str) -> list[events.Event]:
         self.reads += 1
         return list(self.history[min(self.reads, len(self.history)) - 1])
+
+    async def events_of(self, gids: Collection[str]) -> dict[str, list[events.Event]]:
+        return {gid: await self.group_events(gid) for gid in gids}  # a read per group
 
 
 class Holder(LocalCoordinator):
@@ -313,3 +316,94 @@ async def test_a_group_whose_records_complete_during_a_look_is_looked_at_again(
     s = await runner.run_job(job, settings, client, clock=clock)
     assert [g.id for g in client.calls] == [held.id]
     assert (s.sent_groups, s.held_groups, s.open_in_doubt) == (1, 0, 0)
+
+
+class Groups:
+    """A shared ledger's events by group, as they are now; every look it was asked for."""
+
+    def __init__(self, history: dict[str, list[events.Event]]) -> None:
+        self.history = history
+        #: The groups of each look, in order.
+        self.looks: list[list[str]] = []
+
+    async def events_of(self, gids: Collection[str]) -> dict[str, list[events.Event]]:
+        self.looks.append(list(gids))
+        return {gid: list(self.history.get(gid, ())) for gid in gids}
+
+
+class Died(LocalCoordinator):
+    """A shared coordinator whose ``free`` groups' holder died (claimed by whoever asks);
+    every ask it was made, in order."""
+
+    shared = True
+    lease_s = 2.0
+
+    def __init__(self, free: set[str]) -> None:
+        self.free = free
+        self.asks: list[list[str]] = []
+
+    async def claim_many(self, groups: Collection[str]) -> set[str]:
+        self.asks.append(list(groups))
+        return self.free & set(groups)
+
+
+def _of(gid: str, *, origin: str = "", suppressed: tuple[str, ...] = ()) -> Group:
+    return msgspec.structs.replace(GROUP, id=gid, origin=origin, suppressed=suppressed)
+
+
+def _tried(gid: str) -> events.Attempt:
+    return msgspec.structs.replace(ATTEMPT, group=gid)
+
+
+async def test_watched_groups_are_read_in_one_look_and_claimed_in_one_ask_per_poll() -> None:
+    """Five groups others hold cost one look and one ask a poll, and each is decided as if
+    watched alone: the one sent is done with, the undecided one set aside, the open one
+    watched on (one look more), and those whose holder died dispatched in the order watched,
+    their claims asked for but never a settled one's."""
+    ledger = Groups(
+        {
+            "g1": [_tried("g1"), msgspec.structs.replace(SENT, group="g1")],
+            "g2": [_tried("g2")],
+            "g3": [_tried("g3"), msgspec.structs.replace(DOUBT, group="g3")],
+            "g4": [_tried("g4")],
+        }
+    )
+    died = Died({"g5", "g2"})
+    sharing = Sharing(ledger, died, LedgerView(), FakeClock())  # type: ignore[arg-type]
+    for gid in ("g1", "g2", "g3", "g4", "g5"):
+        sharing.others[gid] = _of(gid)
+    dispatched: list[str] = []
+
+    async def dispatch(group: Group) -> bool:
+        dispatched.append(group.id)
+        ledger.history["g4"] = [_tried("g4"), msgspec.structs.replace(SENT, group="g4")]
+        return True
+
+    await sharing.settle_others(dispatch, lambda: False)
+    assert dispatched == ["g2", "g5"]
+    assert ledger.looks == [["g1", "g2", "g3", "g4", "g5"], ["g4"]]
+    assert died.asks == [["g2", "g3", "g4", "g5"], []]
+    assert (sharing.others, list(sharing.later)) == ({}, ["g3"])
+    assert (sharing.view.state("g1"), sharing.view.state("g4")) == ("sent", "sent")
+
+
+async def test_groups_watched_after_the_run_are_read_then_claimed_through_their_makers() -> None:
+    """After the run, the groups watched are read in one look, the origins of remade ones
+    not yet handed on in a second, and the claims they pass through asked for in one: a
+    remade group whose origin went out whole is dropped unclaimed, one whose origin's maker
+    died is taken over through the origin's claim, asked for once for two groups."""
+    ledger = Groups({"o1": [_tried("o1"), msgspec.structs.replace(SENT, group="o1")]})
+    died = Died({"o2"})
+    sharing = Sharing(ledger, died, LedgerView(), FakeClock())  # type: ignore[arg-type]
+    sharing.watch_later(_of("r1", origin="o1", suppressed=MEMBERS[1:]), "o1")
+    sharing.watch_later(_of("r2", origin="o2", suppressed=MEMBERS[1:]), "o2")
+    sharing.watch_later(_of("s2"), "o2")  # what goes out in place of o2 too
+    taken: list[str] = []
+
+    async def take_later(group: Group) -> None:
+        taken.append(group.id)
+
+    await sharing.settle_later(take_later, lambda: False, within=60.0)
+    assert ledger.looks == [["r1", "r2", "s2"], ["o1", "o2"]]
+    assert died.asks == [["o2"]]
+    assert (taken, sharing.later) == (["r2", "s2"], {})

@@ -40,7 +40,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -255,6 +255,9 @@ class JsonlStore(GroupCommitted[bytes]):
 
     async def group_events(self, group: str) -> list[Event]:
         return []  # exclusive: this run's own view already holds all of them
+
+    async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
+        return {group: [] for group in groups}  # as group_events
 
     def put_header(self, header: Header) -> Header:
         """Append ``header`` now: the file is exclusive to this run (its lock), so no other

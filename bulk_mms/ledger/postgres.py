@@ -51,7 +51,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -83,17 +83,56 @@ _RUNS_OUT: Final = """
     CASE WHEN c.expires >= c.heartbeat THEN c.expires
          ELSE c.heartbeat + make_interval(secs => %(lease)s) END
 """
-#: Claim a group: a new claim, a renewal of our own, or the claim of an owner whose lease ran
-#: out (:data:`_RUNS_OUT`: it died, or is paused): a takeover, which grows the fence token. No
-#: row back: a live process holds it. The claim's token comes back.
+#: Whether claim ``c`` may be taken by ``%(owner)s``: it is its own (a renewal), or its
+#: owner's lease ran out (:data:`_RUNS_OUT`: it died, or is paused; a takeover).
+_MAY_TAKE: Final = f"(c.owner = %(owner)s OR {_RUNS_OUT} < now())"
+#: What claim ``c`` becomes when taken: ``%(owner)s``'s, for its lease from now on the
+#: database's clock; a takeover grows its fence token.
+_TAKEN: Final = """owner = %(owner)s, heartbeat = now(),
+    expires = now() + make_interval(secs => %(lease)s),
+    token = c.token + (c.owner <> %(owner)s)::int"""
+#: Claim a group: a new claim, or one :data:`_MAY_TAKE` (waiting for a lock another
+#: transaction holds on it). No row back: a live process holds it. The claim's token comes
+#: back.
 _CLAIM: Final = f"""
     INSERT INTO bulk_mms_claims AS c (ledger, grp, owner, heartbeat, token, expires)
     VALUES (%(ledger)s, %(grp)s, %(owner)s, now(), 1, now() + make_interval(secs => %(lease)s))
-    ON CONFLICT (ledger, grp) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now(),
-        expires = EXCLUDED.expires, token = c.token + (c.owner <> EXCLUDED.owner)::int
-    WHERE c.owner = EXCLUDED.owner OR {_RUNS_OUT} < now()
+    ON CONFLICT (ledger, grp) DO UPDATE SET {_TAKEN}
+    WHERE {_MAY_TAKE}
     RETURNING token
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
+#: Claim many groups at once (:meth:`PostgresCoordinator.claim_many`), each as :data:`_CLAIM`
+#: does, the ones won coming back with their tokens. It never waits for a row lock, so it
+#: holds no lock while waiting for another (a heartbeat, or a commit's fenced attempts, locks
+#: several claims in no set order: waiting, the two could deadlock): a claim another
+#: transaction has locked is skipped, not won this time (its holder is at work on it, or
+#: another process is taking it). The only wait is for a new claim another transaction is
+#: inserting, in the groups' order, as every batch inserts them: no two wait on each other.
+_CLAIM_MANY: Final = f"""
+    WITH asked AS (SELECT DISTINCT a.grp FROM unnest(%(grps)s::text[]) AS a(grp)),
+    free AS (
+        SELECT c.grp FROM bulk_mms_claims c
+        WHERE c.ledger = %(ledger)s AND c.grp = ANY(%(grps)s::text[]) AND {_MAY_TAKE}
+        FOR UPDATE SKIP LOCKED),
+    taken AS (
+        UPDATE bulk_mms_claims AS c SET {_TAKEN}
+        FROM free f WHERE c.ledger = %(ledger)s AND c.grp = f.grp
+        RETURNING c.grp, c.token),
+    made AS (
+        INSERT INTO bulk_mms_claims (ledger, grp, owner, heartbeat, token, expires)
+        SELECT %(ledger)s, a.grp, %(owner)s, now(), 1, now() + make_interval(secs => %(lease)s)
+        FROM asked a
+        WHERE NOT EXISTS (
+            SELECT 1 FROM bulk_mms_claims c WHERE c.ledger = %(ledger)s AND c.grp = a.grp)
+        ORDER BY a.grp
+        ON CONFLICT DO NOTHING
+        RETURNING grp, token)
+    SELECT grp, token FROM taken UNION ALL SELECT grp, token FROM made
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
+#: The most groups one statement reads (:meth:`PostgresStore.events_of`) or claims
+#: (:meth:`PostgresCoordinator.claim_many`): each such statement stays well within the
+#: :class:`~bulk_mms.ledger.pgconnect.Link`'s bound, however many groups are watched.
+BATCH: int = 1000
 #: The advisory-lock namespace in which each run holds its ledger (shared: runs never wait on
 #: one another) from its store's opening to its end, with the ledger's key
 #: (:func:`_ledger_key`) as the second key: by the store's own session, and by its claims'
@@ -162,8 +201,8 @@ _RELEASE: Final = """
     UPDATE bulk_mms_claims SET owner = '', heartbeat = '-infinity', expires = '-infinity'
     WHERE ledger = %s AND owner = %s
 """
-_GROUP_EVENTS: Final = (
-    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND grp = %s "
+_GROUPS_EVENTS: Final = (
+    "SELECT grp, seq, body::text FROM bulk_mms_events WHERE ledger = %s AND grp = ANY(%s::text[]) "
     "AND kind <> 'status' ORDER BY seq"
 )
 _INSERT: Final = (
@@ -211,6 +250,12 @@ def _ledger_key(ledger: int) -> int:
     as an ``int4``, the key earlier versions computed in SQL (``(id % 2147483647)::int``), so
     runs of either on one ledger take and see the same locks. Computed here alone."""
     return ledger % 2147483647
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    """``items`` in order, ``size`` at a time."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def follow_database_clock(location: str, follow: Callable[[Callable[[], float]], T]) -> T:
@@ -389,13 +434,29 @@ class PostgresStore(GroupCommitted[_Item]):
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
         """
+        return (await self.events_of([group]))[group]
 
-        async def read(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(_GROUP_EVENTS, (self._id, group))
-            return await cur.fetchall()
+    async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
+        """Each group's events as the ledger has them now, in one statement for up to
+        :data:`BATCH` groups (each bounded, and made again on a lost connection, as one
+        group's read is).
 
-        rows = await self._reader.run(read, "cannot read")
-        return [ev for seq, body in rows if (ev := self._decode(seq, body)) is not None]
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
+        """
+        found: dict[str, list[Event]] = {group: [] for group in groups}
+        for chunk in _chunks(list(found), BATCH):
+
+            async def read(
+                conn: psycopg.AsyncConnection[Any], chunk: list[str] = chunk
+            ) -> list[tuple[Any, ...]]:
+                cur = await conn.execute(_GROUPS_EVENTS, (self._id, chunk))
+                return await cur.fetchall()
+
+            for grp, seq, body in await self._reader.run(read, "cannot read"):
+                if (ev := self._decode(seq, body)) is not None and grp in found:
+                    found[grp].append(ev)
+        return found
 
     async def live_run(self, lease_s: float) -> str | None:
         """The process running this ledger now (``bulk-mms pid N``, or a claim's owner:
@@ -632,25 +693,61 @@ class PostgresCoordinator:
 
     async def claim(self, group: str) -> bool:
         async def claim(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            params = {
-                "ledger": self._ledger,
-                "grp": group,
-                "owner": self.owner,
-                "lease": self.lease_s,
-            }
-            cur = await conn.execute(_CLAIM, params)
+            cur = await conn.execute(_CLAIM, {**self._params(), "grp": group})
             return await cur.fetchone()
 
         asked = since_boot()
         self._asked = True
         row = await self._link.run(claim, "cannot claim")
-        if row is None:
-            self._tokens.pop(group, None)
-            self._until.pop(group, None)
-            return False
-        self._tokens[group] = int(row[0])
-        self._until[group] = asked + self.lease_s  # the server stamped it after we asked
-        return True
+        self._answered(asked, [group], {group: int(row[0])} if row is not None else {})
+        return row is not None
+
+    async def claim_many(self, groups: Collection[str]) -> set[str]:
+        """Claim each of ``groups`` as :meth:`claim` does, in one statement for up to
+        :data:`BATCH` of them (:data:`_CLAIM_MANY`); the ones won. A group another
+        transaction has locked at that moment is not won this time, so a claim this process
+        holds is renewed by :meth:`claim` (waiting for the lock), never lost to a lock.
+
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time);
+                the chunks claimed before it are held.
+        """
+        asked_for = list(dict.fromkeys(groups))
+        held = [group for group in asked_for if group in self._tokens]
+        rest = [group for group in asked_for if group not in self._tokens]
+        won = {group for group in held if await self.claim(group)}
+        for chunk in _chunks(rest, BATCH):
+
+            async def claim(
+                conn: psycopg.AsyncConnection[Any], chunk: list[str] = chunk
+            ) -> list[tuple[Any, ...]]:
+                cur = await conn.execute(_CLAIM_MANY, {**self._params(), "grps": chunk})
+                return await cur.fetchall()
+
+            asked = since_boot()
+            self._asked = True
+            rows = await self._link.run(claim, "cannot claim")
+            tokens = {str(grp): int(token) for grp, token in rows}
+            self._answered(asked, chunk, tokens)
+            won.update(tokens)
+        return won
+
+    def _params(self) -> dict[str, Any]:
+        """A claim's parameters but its groups'."""
+        return {"ledger": self._ledger, "owner": self.owner, "lease": self.lease_s}
+
+    def _answered(self, asked: float, groups: list[str], tokens: dict[str, int]) -> None:
+        """Note the claims on ``groups`` asked for at ``asked`` (on
+        :func:`~bulk_mms.clock.since_boot`): those in ``tokens`` won with their fence tokens,
+        held for the lease from when they were asked for (the server stamped them after);
+        the others held by another process, none of this one's."""
+        for group in groups:
+            if (token := tokens.get(group)) is None:
+                self._tokens.pop(group, None)
+                self._until.pop(group, None)
+            else:
+                self._tokens[group] = token
+                self._until[group] = asked + self.lease_s
 
     def fence(self, group: str) -> Fence | None:
         """This process's fence on ``group``; a group it never claimed gets a token no claim
