@@ -19,7 +19,7 @@ from bulk_mms.errors import ClaimLost, LedgerUnavailable
 from bulk_mms.ledger import LedgerView, events, open_store, postgres
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
 from bulk_mms.sharing import Sharing
-from tests.test_pg_faults import HEADER, _attempt, _terminate, two_hosts
+from tests.test_pg_faults import HEADER, _attempt, _query, _terminate, two_hosts
 from tests.test_postgres import age_claims
 
 MEMBERS = ("+12125550000",)
@@ -51,13 +51,12 @@ def _counted(
 
 def _waits_on_a_lock(database: str) -> bool:
     """Whether a session of this process waits for a lock now."""
-    with psycopg.connect(database, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE NOT l.granted AND a.application_name = %s",
-            (f"bulk-mms pid {os.getpid()}",),
-        ).fetchone()
-    return bool(row and row[0])
+    waiting = _query(
+        database,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        f"WHERE NOT l.granted AND a.application_name = 'bulk-mms pid {os.getpid()}'",
+    )
+    return int(str(waiting)) > 0
 
 
 async def _write_history(store: PostgresStore, coordinator: PostgresCoordinator) -> None:
