@@ -35,6 +35,7 @@ from bulk_mms.ledger import (
     load,
     open_store,
     pgconnect,
+    postgres,
     read_events,
 )
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
@@ -400,6 +401,106 @@ async def test_a_lost_connection_is_made_again_once(database: str) -> None:
         assert sum(isinstance(e, events.RunStarted) for e in read_events(where)) == 2
     finally:
         await store.close()
+
+
+def _counted_connects(monkeypatch: pytest.MonkeyPatch) -> list[psycopg.Connection[Any]]:
+    """Every synchronous connection the PostgreSQL store makes from now on, as it is made."""
+    made: list[psycopg.Connection[Any]] = []
+
+    def counted(conninfo: str, **options: Any) -> psycopg.Connection[Any]:
+        made.append(conn := pgconnect.sync_connect(conninfo, **options))
+        return conn
+
+    monkeypatch.setattr(postgres, "sync_connect", counted)
+    return made
+
+
+def _ran(n: int) -> list[events.Event]:
+    return [events.RunStarted(i, "t") for i in range(n)]
+
+
+def test_new_events_read_on_one_connection_closed_with_the_store(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Successive reads of what was appended since (a webhook receiver's, one per id it does
+    not know) share one connection, one server session, which the store's closing closes."""
+    where = f"{database}?ledger=follow"
+    writer, reader = open_store(where, "run"), open_store(where, "append")
+    made = _counted_connects(monkeypatch)
+    before = _sessions(database)
+    try:
+        for ev in _ran(20):
+            writer.append_now(ev)
+            assert list(reader.new_events()) == [ev]
+            assert list(reader.new_events()) == []
+        assert len(made) == 1
+        assert len(_sessions(database) - before) == 1  # the same backend for all 40 reads
+    finally:
+        reader.close_sync()
+        writer.close_sync()
+    assert made[0].closed
+    with pytest.raises(LedgerUnavailable, match="cannot read: the store is closed"):
+        list(reader.new_events())
+    assert len(made) == 1  # none made after the close
+
+
+def test_new_events_after_their_session_was_ended_read_on_a_new_connection(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_terminate_backend of the reading session between two reads: the next read makes
+    its connection again, once, and gives what was appended meanwhile, nothing twice; lost
+    again at once, the read fails in one line (LedgerUnavailable)."""
+    where = f"{database}?ledger=follow"
+    first, *later = _ran(3)
+    writer, reader = open_store(where, "run"), open_store(where, "append")
+    made = _counted_connects(monkeypatch)
+    try:
+        writer.append_now(first)
+        assert list(reader.new_events())[-1] == first  # after the header
+        _terminate(database, os.getpid())  # every session of this process: the writer's too
+        writer.close_sync()
+        writer = open_store(where, "run")
+        for ev in later:
+            writer.append_now(ev)
+        made.clear()  # the writer's
+        with capture_logs() as logs:
+            assert list(reader.new_events()) == later
+        assert len(made) == 1
+        assert [e["event"] for e in logs] == ["ledger.reconnecting"]
+        monkeypatch.setattr(postgres, "sync_connect", _closed_at_once)
+        _terminate(database, os.getpid())
+        with pytest.raises(LedgerUnavailable, match=r"^\S+ cannot read: [^\n]*$"):
+            list(reader.new_events())
+    finally:
+        reader.close_sync()
+        writer.close_sync()
+
+
+def _closed_at_once(conninfo: str, **options: Any) -> psycopg.Connection[Any]:
+    """A connection lost as soon as it is made."""
+    conn = pgconnect.sync_connect(conninfo, **options)
+    conn.close()
+    return conn
+
+
+@pytest.mark.parametrize("appended", [8, 9])  # with the header: pages of 3, the last short or full
+def test_new_events_read_a_backlog_larger_than_a_page_whole_and_in_order(
+    database: str, monkeypatch: pytest.MonkeyPatch, appended: int
+) -> None:
+    """A backlog of several pages (:data:`~bulk_mms.ledger.postgres.READ_PAGE`) comes back
+    whole and in order, in one read, and the next read finds nothing."""
+    monkeypatch.setattr(postgres, "READ_PAGE", 3)
+    where = f"{database}?ledger=follow"
+    writer, reader = open_store(where, "run"), open_store(where, "append")
+    try:
+        writer.append_now(HEADER)
+        for ev in (ran := _ran(appended)):
+            writer.append_now(ev)
+        assert list(reader.new_events()) == [HEADER, *ran]
+        assert list(reader.new_events()) == []
+    finally:
+        reader.close_sync()
+        writer.close_sync()
 
 
 @pytest.mark.looptime(True)  # a call left unanswered for its whole 30 s bound

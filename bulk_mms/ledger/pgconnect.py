@@ -165,7 +165,8 @@ class _Closed(Exception):
     """A :class:`Link` used after its :meth:`~Link.close`."""
 
 
-def _lost(conn: psycopg.AsyncConnection[Any] | None) -> bool:
+def is_lost(conn: psycopg.BaseConnection[Any] | None) -> bool:
+    """Whether ``conn`` is none, closed, or found broken: a new one must be made."""
     return conn is None or conn.closed or conn.broken
 
 
@@ -215,7 +216,7 @@ class Link:
         async with self._connecting:
             if self._closed:
                 raise _Closed
-            if _lost(self._conn):
+            if is_lost(self._conn):
                 await self._drop(self._conn)
                 idle = max(1, round(IDLE_IN_TRANSACTION_S * 1000))
                 # the new connection is closed by its local name: a close() meanwhile (while
@@ -295,7 +296,7 @@ class Link:
                 # so does any OperationalError, which psycopg may raise before it has seen
                 # the connection break (ended in the middle of a pipelined executemany: "cannot
                 # exit pipeline mode while busy"), and after which the connection is dropped
-                lost = _lost(conn) or isinstance(exc, psycopg.OperationalError)
+                lost = is_lost(conn) or isinstance(exc, psycopg.OperationalError)
                 if not lost:
                     raise LedgerError(self._name, f"{what}: {self._text(exc)}") from None
                 await self._drop(conn)

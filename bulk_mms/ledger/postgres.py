@@ -10,9 +10,12 @@ store's :attr:`name` is the URL without one, and connection errors are scrubbed 
 
 Driver: psycopg 3. Its async connection carries the send path (the write-ahead ``attempt`` and
 every outcome, group-committed: one transaction per batch of events queued while the last
-commit ran, as the JSONL store shares one fsync), and its sync connection streams reads through
-a server-side cursor, so a fold stays a plain iterator; both are the same libpq, with its own
-``~/.pgpass``, ``PG*`` variables and TLS handling, and the binary build needs no compiler.
+commit ran, as the JSONL store shares one fsync), and its sync connections carry the reads: a
+whole ledger (a fold) streams through a server-side cursor on a connection of its own, so a fold
+stays a plain iterator, and what was appended since (:meth:`PostgresStore.new_events`, a
+webhook receiver's read for each id it does not know) comes in pages on one connection the
+store keeps; both are the same libpq, with its own ``~/.pgpass``, ``PG*`` variables and TLS
+handling, and the binary build needs no compiler.
 
 Schema (:mod:`~bulk_mms.ledger.pgschema`, run by ``bulk-mms db migrate`` and on first use):
 ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (one row per event, its JSON
@@ -51,7 +54,8 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -67,7 +71,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.pgconnect import Link, scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import Link, is_lost, scrub, split, sync_connect
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.policy import MAX_RESENDS
 
@@ -212,6 +216,15 @@ _INSERT: Final = (
 _READ: Final = (
     "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND seq > %s ORDER BY seq"
 )
+#: One page of what was appended after a seq (:meth:`PostgresStore.new_events`): the primary
+#: key's range, at most :data:`READ_PAGE` rows.
+_READ_PAGE: Final = (
+    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND seq > %s "
+    "ORDER BY seq LIMIT %s"
+)
+#: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
+#: a large backlog at once.
+READ_PAGE = 5000
 _READ_SKIPPING_STATUS: Final = (
     "SELECT seq, body::text FROM bulk_mms_events "
     "WHERE ledger = %s AND seq > %s AND kind <> 'status' ORDER BY seq"
@@ -332,6 +345,12 @@ class PostgresStore(GroupCommitted[_Item]):
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
         self._seen = 0  # the last seq new_events() gave
+        #: What :meth:`new_events` reads on: made by its first read, kept until the store
+        #: closes (made again once when found lost: :meth:`_page`).
+        self._follow: psycopg.Connection[Any] | None = None
+        #: Held while that connection is used, made or closed: reads run in worker threads.
+        self._following = threading.Lock()
+        self._closed = False
         self._writer = Link(conninfo, shown)
         self._reader = Link(conninfo, shown)
         #: Who this process is to the other processes sharing the ledger.
@@ -400,27 +419,78 @@ class PostgresStore(GroupCommitted[_Item]):
         return LedgerView.fold(self.events(skip_status=skip_status), statuses=not skip_status)
 
     def new_events(self) -> Iterator[Event]:
-        return self._read(self._seen)
+        """The events appended since the last read, in pages of :data:`READ_PAGE` (one
+        statement each, on the connection the store keeps: :meth:`_page`). One read of a
+        store at a time (the caller's to see to): the read position is the store's.
+
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: lost twice, or not reached);
+                the events given before it are past the read position.
+        """
+        while True:
+            rows = self._page(self._seen)
+            yield from self._events_of(rows)
+            if len(rows) < READ_PAGE:
+                return
 
     def may_have_new(self) -> bool:
-        """Always True: only a query can tell, and :meth:`new_events` is that query."""
+        """Always True: only a query can tell, and no query is cheaper than the read itself
+        (one probe of the primary key, on the connection the store keeps), which the event
+        loop cannot wait for."""
         return True
 
+    def _page(self, after: int) -> list[tuple[Any, ...]]:
+        """Up to :data:`READ_PAGE` rows (seq, body) after seq ``after``, on the connection
+        the store keeps (made now if it has none); once more on a new one if it was found
+        lost (a read is safe to repeat).
+
+        Raises:
+            LedgerError: the database failed, or the store is closed (LedgerUnavailable: the
+                connection was lost twice, or could not be made: :func:`sync_connect`).
+        """
+        with self._following:
+            for last in (False, True):
+                if self._closed:
+                    raise LedgerUnavailable(self.name, "cannot read: the store is closed")
+                if self._follow is None:
+                    self._follow = sync_connect(self._conninfo)
+                conn = self._follow
+                try:
+                    return conn.execute(_READ_PAGE, (self._id, after, READ_PAGE)).fetchall()
+                except psycopg.Error as exc:
+                    text = f"cannot read: {scrub(exc, self._conninfo)}"
+                    if not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
+                        raise LedgerError(self.name, text) from None
+                    self._follow = None
+                    conn.close()
+                    if last:
+                        raise LedgerUnavailable(self.name, text) from None
+                    log.warning("ledger.reconnecting", ledger=self.name, error=text)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _read(self, after: int, *, skip_status: bool = False) -> Iterator[Event]:
+        """Every event after seq ``after``, streamed through a server-side cursor in one
+        transaction (one snapshot of the ledger) on a connection of its own, closed as the
+        read ends or is given up (a fold's: rare, and long)."""
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
             with (
                 sync_connect(self._conninfo, autocommit=False) as conn,
                 conn.cursor(name="bulk_mms_read") as cur,
             ):
-                cur.itersize = 5000
+                cur.itersize = READ_PAGE
                 cur.execute(sql, (self._id, after))
-                for seq, body in cur:
-                    self._seen = max(self._seen, seq)
-                    if (event := self._decode(seq, body)) is not None:
-                        yield event
+                yield from self._events_of(cur)
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
+
+    def _events_of(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[Event]:
+        """The events of rows (seq, body) read in seq order, the read position moved past
+        each as it is given."""
+        for seq, body in rows:
+            self._seen = max(self._seen, seq)
+            if (event := self._decode(seq, body)) is not None:
+                yield event
 
     def _decode(self, seq: int, body: str) -> Event | None:
         try:
@@ -651,7 +721,12 @@ class PostgresStore(GroupCommitted[_Item]):
             self.close_sync()
 
     def close_sync(self) -> None:
+        with self._following:  # after a read under way: its handle is not freed under it
+            self._closed = True
+            follow, self._follow = self._follow, None
         with contextlib.suppress(psycopg.Error):
+            if follow is not None:
+                follow.close()
             if self._holds_run and not self._conn.closed:
                 self._holds_run = False
                 self._conn.execute(_FREE_RUN, (_RUN_LOCK, _ledger_key(self._id)))
