@@ -7,8 +7,9 @@ Usage: python bench/late_webhooks.py [RATE] [WARM_S] [MEASURE_S]
 
 The ledger is a JSONL file, or, when ``BULK_MMS_BENCH_POSTGRES`` names a server (e.g.
 ``postgresql://postgres@127.0.0.1:5432``), a PostgreSQL ledger in a throwaway database
-(dropped after); then it also prints the connections made to that database over the measured
-stretch (the server's ``pg_stat_database.sessions``).
+(dropped after); then it also prints the connections made to that database, and the
+statements run there (each read one: the server's transactions), over the measured stretch
+(``pg_stat_database``).
 
 Events go straight to the receiver's delivery (no HTTP, no signature: those cost the same
 whatever happens to an event after), each in a task of its own as aiohttp runs requests, on
@@ -60,7 +61,11 @@ def stranger(n: int) -> tuple[str, dict[str, Any]]:
 
 
 async def stream(
-    rate: float, warm_s: float, measure_s: float, path: Location, sessions: Callable[[], int]
+    rate: float,
+    warm_s: float,
+    measure_s: float,
+    path: Location,
+    sessions: Callable[[], tuple[int, int]],
 ) -> None:
     store = open_store(path, "append")
     key = Ed25519PrivateKey.generate().public_key()
@@ -68,7 +73,7 @@ async def stream(
     loop = asyncio.get_running_loop()
     start, n, refused = loop.time(), 0, 0
     cpu0 = wall0 = None
-    made0 = -1
+    made0 = ran0 = -1
     answered: list[float] = []  # seconds each delivery of the measured stretch took
     delivering: set[asyncio.Task[None]] = set()
 
@@ -83,7 +88,7 @@ async def stream(
 
     while (now := loop.time()) < start + warm_s + measure_s:
         if cpu0 is None and now >= start + warm_s:
-            cpu0, wall0, made0 = time.process_time(), now, sessions()
+            cpu0, wall0, (made0, ran0) = time.process_time(), now, sessions()
         due = start + n / rate
         if now < due:
             await asyncio.sleep(due - now)
@@ -96,7 +101,7 @@ async def stream(
     assert cpu0 is not None
     assert wall0 is not None
     cpu, wall = time.process_time() - cpu0, loop.time() - wall0
-    made = sessions() - made0 if made0 >= 0 else -1
+    made, ran = sessions()
     tasks = len(asyncio.all_tasks())
     await asyncio.gather(*delivering)
     answered.sort()
@@ -109,8 +114,12 @@ async def stream(
         f"answered in {1000 * answered[len(answered) // 2]:.1f} ms (median), "
         f"{1000 * answered[-1]:.1f} ms (slowest)"
     )
-    if made >= 0:
-        print(f"connections made to the database: {made} ({made / wall:.1f} a second)")
+    if made0 >= 0:
+        made, ran = made - made0, ran - ran0
+        print(
+            f"connections made to the database: {made} ({made / wall:.1f} a second); "
+            f"statements there: {ran} ({ran / wall:.0f} a second)"
+        )
     print(f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     await receiver.close()
     await store.close()
@@ -129,21 +138,24 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def ledger() -> Iterator[tuple[Location, Callable[[], int]]]:
-    """The bench's ledger (see the module doc), and a count of the connections made to its
-    database so far (-1: a file)."""
+def ledger() -> Iterator[tuple[Location, Callable[[], tuple[int, int]]]]:
+    """The bench's ledger (see the module doc), and the connections made to its database and
+    the transactions run there so far (-1, -1: a file)."""
     server = os.environ.get("BULK_MMS_BENCH_POSTGRES")
     if not server:
         with tempfile.TemporaryDirectory() as tmp:
-            yield Path(tmp) / "ledger.jsonl", lambda: -1
+            yield Path(tmp) / "ledger.jsonl", lambda: (-1, -1)
         return
     with database(server) as url, psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         name = url.rsplit("/", 1)[1]
 
-        def sessions() -> int:
-            sql = "SELECT sessions FROM pg_stat_database WHERE datname = %s"
+        def sessions() -> tuple[int, int]:
+            sql = (
+                "SELECT sessions, xact_commit + xact_rollback FROM pg_stat_database "
+                "WHERE datname = %s"
+            )
             row = admin.execute(sql, (name,)).fetchone()
-            return int(row[0]) if row else 0
+            return (int(row[0]), int(row[1])) if row else (0, 0)
 
         yield f"{url}?ledger=bench", sessions
 

@@ -724,9 +724,10 @@ class PostgresStore(GroupCommitted[_Item]):
         with self._following:  # after a read under way: its handle is not freed under it
             self._closed = True
             follow, self._follow = self._follow, None
-        with contextlib.suppress(psycopg.Error):
-            if follow is not None:
+        if follow is not None:
+            with contextlib.suppress(psycopg.Error):
                 follow.close()
+        with contextlib.suppress(psycopg.Error):
             if self._holds_run and not self._conn.closed:
                 self._holds_run = False
                 self._conn.execute(_FREE_RUN, (_RUN_LOCK, _ledger_key(self._id)))
