@@ -414,8 +414,8 @@ def recipient_rows(
     canonical_us = _CANONICAL_US or _canonical_us()
     seen: set[int] = set()
     remember = seen.add
-    # a first check of Printable values, asked without a call of it (a row's fields hold
-    # every value the job needs: RowReader's do): most rows go on to the rest at once
+    # a first check of Printable values, asked without a call of it (as Printable.clears
+    # asks, a value missing left to the check): most rows go on to the rest at once
     first = checks[0] if checks and type(checks[0]) is Printable else None
     rest = checks[1:] if first is not None else checks
     # without one, never asked
@@ -436,7 +436,11 @@ def recipient_rows(
                 yield _not_a_number(row.line, raw, phone_column, exc)
                 continue
         recipient = Recipient(phone, row.line, fields)
-        for check in rest if first is None or printable(values(fields)) else checks:
+        try:
+            todo = rest if first is None or printable(values(fields)) else checks
+        except KeyError:  # a value it names is missing (a row not RowReader's): it decides
+            todo = checks
+        for check in todo:
             checked = check(recipient)
             if type(checked) is RejectedRow:
                 yield checked

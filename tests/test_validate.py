@@ -158,6 +158,27 @@ def test_a_printable_first_check_is_called_for_the_rows_it_may_change_only(
     assert changed.fields["a"] == "B\nC"
 
 
+@pytest.mark.parametrize("names", [("a",), ("a", "b")])
+def test_a_row_without_a_printable_checks_value_is_left_to_its_check(
+    names: tuple[str, ...],
+) -> None:
+    """A row whose fields lack a value a first Printable check names (a row not from
+    RowReader) is handed to that check, as calling it would: no KeyError."""
+    seen: list[int] = []
+
+    def check(r: Recipient) -> Recipient | RejectedRow:
+        seen.append(r.line)
+        return RejectedRow(r.line, r.phone, "missing", Rejection.ROW) if "a" not in r.fields else r
+
+    rows = [
+        Row(2, {"phone": "+12125550102"}),
+        Row(3, {"phone": "+12125550103", "a": "x", "b": "y"}),
+    ]
+    out = list(recipient_rows(rows, "phone", checks=[Printable(names, check)]))
+    assert seen == [2]
+    assert [(type(o), o.line) for o in out] == [(RejectedRow, 2), (Recipient, 3)]
+
+
 def verdict(fn: Callable[[], str]) -> str:
     """The number a path returns, or its refusal's reason."""
     try:
