@@ -685,6 +685,32 @@ async def test_the_events_held_are_matched_again_only_once_the_ledger_changed(
     assert receiver.unmatched == 3
 
 
+async def test_a_look_during_a_records_writes_leaves_the_view_to_be_matched_again(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look that comes while a report's writes are under way (a member's report in the
+    view, the next not yet) sees a revision the record then leaves behind: the events held
+    are matched again against the view the whole record made, not taken as matched."""
+    receiver, _, _ = await receiver_for(jobs)
+    view = receiver.view
+    rec = next(r for r in view.groups.values() if len(r.to) >= 2)
+    message_id = view.group_message_id(rec)
+    matched = [(rec.id, RecipientStatus(phone, "delivered")) for phone in rec.to]
+    during: list[object] = []
+    append = receiver.store.append
+
+    async def looked_at(ev: Any) -> None:
+        during.append(receiver._views())  # what a look now would take as matched
+        await append(ev)
+
+    monkeypatch.setattr(receiver.store, "append", looked_at)
+    assert await receiver.record("ev-during", matched, message_id, None) == len(rec.to)
+    assert len(during) == len(rec.to)
+    assert receiver._views() not in during
+    await receiver.close()
+    await receiver.store.close()
+
+
 async def test_each_event_waiting_is_recorded_if_its_sent_line_lands_within_its_window(
     jobs: JobFactory,
 ) -> None:

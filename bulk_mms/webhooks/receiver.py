@@ -678,8 +678,6 @@ class WebhookReceiver(BaseReceiver):
         # this store and the view that goes with it, even should another writer's failure
         # swap both meanwhile: a report goes into the view only of the store it is written to
         store, view = self.store, self.view
-        if matched:
-            self.revision = next(_revisions)
         try:
             n = await self._record(
                 store,
@@ -694,6 +692,11 @@ class WebhookReceiver(BaseReceiver):
                 with contextlib.suppress(LedgerError):
                     await self.ready()
             raise
+        finally:
+            # once the view has taken them all in: a look during the writes (which yield
+            # between members) matched against part of them
+            if matched:
+                self.revision = next(_revisions)
         await self._opted_out(matched)
         return n
 
