@@ -626,6 +626,40 @@ async def test_a_look_again_that_fails_of_a_bug_is_retried_with_backoff_then_giv
     assert not any("exc_info" in e for e in failed)
 
 
+async def test_looks_again_that_end_on_a_bug_outside_a_look_give_their_events_up(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The looks again failing of a bug between two looks is logged in one line, without its
+    message, and the events they held are counted unmatched (nothing waits on looks that
+    ended); a later event starts the looks anew."""
+    receiver, path, client = await receiver_for(jobs)
+    like, real, left = client.calls[0], receiver._stopping, [1]
+
+    def stopping() -> bool:
+        if left[0]:
+            left[0] -= 1
+            raise RuntimeError("sk-secret")
+        return real()
+
+    monkeypatch.setattr(receiver, "_stopping", stopping)
+    with capture_logs() as logs:
+        async with TestClient(TestServer(receiver.app())) as http:
+            assert (await post_signed(http, stranger(0, like)))[1]["pending"] == 1
+            await asyncio.sleep(2 * LATE_POLL_S)
+            assert receiver.unmatched == 1
+            late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+            body = event("message.finalized", late, "late-msg", "delivered")
+            assert (await post_signed(http, body))[1]["pending"] == 1
+            append_late_group(path, like)
+            await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [e["group"] for e in status_lines(path)] == ["late-group"]
+    failed = [e for e in logs if e["event"] == "webhook.late_failed"]
+    assert [(e["error"], e["pending"]) for e in failed] == [("RuntimeError", 1)]
+    assert "sk-secret" not in repr(logs)
+
+
 async def test_an_event_whose_look_again_fails_of_a_bug_is_dropped_alone(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

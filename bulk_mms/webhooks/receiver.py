@@ -439,7 +439,19 @@ class BaseReceiver:
         )
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
+            self._poller.add_done_callback(self._poll_ended)
         return True
+
+    def _poll_ended(self, task: asyncio.Task[None]) -> None:
+        """The looks again (:meth:`_poll`) ended: one that failed outside a look (a fault of
+        the receiver's, logged in one line) counts the events it held unmatched, as a look
+        that failed :data:`LATE_FAULTS` times does; a later event starts the looks anew."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("webhook.late_failed", **fault(exc), pending=len(self._late))
+        for late in self._late.values():
+            self._unmatched(late.event_id, late.message_id, late.left())
+        self._late.clear()
 
     async def _poll(self) -> None:
         """Every :data:`LATE_POLL_S` while events are looked for again (:meth:`look_later`):
