@@ -111,7 +111,11 @@ _CLAIM: Final = f"""
 #: several claims in no set order: waiting, the two could deadlock): a claim another
 #: transaction has locked is skipped, not won this time (its holder is at work on it, or
 #: another process is taking it). The only wait is for a new claim another transaction is
-#: inserting, in the groups' order, as every batch inserts them: no two wait on each other.
+#: inserting, in the groups' order, as every batch inserts them, while holding the locks of
+#: the claims it took: a heartbeat renewing one of those (its owner's, run out) as it updates
+#: the row waited on could deadlock with it, and PostgreSQL would end one of the two. Its
+#: callers ask only for groups that have a claim row (watched because a claim was refused, or
+#: taken over), so it inserts none in practice.
 _CLAIM_MANY: Final = f"""
     WITH asked AS (SELECT DISTINCT a.grp FROM unnest(%(grps)s::text[]) AS a(grp)),
     free AS (
