@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
+import orjson
 import psycopg
 import pytest
 
@@ -32,17 +34,56 @@ def _faketime() -> None:
         missing("no libfaketime (Debian's faketime package) to set a host's clock off")
 
 
-def run(
-    job: Path, url: str, config: Path, ledger: str, offset: str | None
-) -> subprocess.Popen[bytes]:
-    """``bulk-mms run`` on a host whose wall clock is ``offset`` off (``"+120s"``), if any."""
+#: ``python -m bulk_mms`` once its imports are done: it says so in a line on stdout, then
+#: takes its arguments from a line of JSON on stdin (:func:`loaded`, :func:`go`).
+LOADED: Final = (
+    "import json, sys; from bulk_mms.cli import entry; print('loaded', flush=True); "
+    "sys.argv[1:] = json.loads(sys.stdin.readline()); sys.exit(entry())"
+)
+
+
+def environment(offset: str | None) -> dict[str, str]:
+    """The environment of a host whose wall clock is ``offset`` off (``"+120s"``), if any."""
     env = {**os.environ, "TELNYX_API_KEY": KEY}
     env.pop("TELNYX_BASE_URL", None)
     if offset is not None:
         env |= {"LD_PRELOAD": str(FAKETIME), "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
-    cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job), "--base-url", url]
-    cmd += ["--config", str(config), "--ledger", ledger, "--yes"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return env
+
+
+def arguments(job: Path, url: str, config: Path, ledger: str) -> list[str]:
+    """The arguments of ``bulk-mms run`` of ``job`` on the fake API at ``url``."""
+    where = ["--config", str(config), "--ledger", ledger]
+    return ["-q", "run", str(job), "--base-url", url, *where, "--yes"]
+
+
+def run(
+    job: Path, url: str, config: Path, ledger: str, offset: str | None
+) -> subprocess.Popen[bytes]:
+    """``bulk-mms run`` on a host whose wall clock is ``offset`` off (``"+120s"``), if any."""
+    cmd = [sys.executable, "-m", "bulk_mms", *arguments(job, url, config, ledger)]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(cmd, env=environment(offset), stdout=pipe, stderr=pipe)
+
+
+def loaded(offset: str | None) -> subprocess.Popen[bytes]:
+    """``bulk-mms`` on a host whose wall clock is ``offset`` off, once its imports are done (on
+    a busy machine most of a start's time), waiting for its arguments (:func:`go`)."""
+    pipe = subprocess.PIPE
+    cmd = [sys.executable, "-c", LOADED]
+    proc = subprocess.Popen(cmd, env=environment(offset), stdin=pipe, stdout=pipe, stderr=pipe)
+    assert proc.stdout is not None
+    if proc.stdout.readline() != b"loaded\n":
+        proc.kill()
+        raise AssertionError(proc.communicate()[1].decode()[-1000:])
+    return proc
+
+
+def go(proc: subprocess.Popen[bytes], argv: list[str]) -> None:
+    """Hand a :func:`loaded` program its arguments: it runs."""
+    assert proc.stdin is not None
+    proc.stdin.write(orjson.dumps(argv) + b"\n")
+    proc.stdin.flush()
 
 
 def finish(procs: list[subprocess.Popen[bytes]]) -> list[int]:
@@ -94,11 +135,9 @@ def test_a_host_two_minutes_behind_sends_nothing_past_the_deadline(
 ) -> None:
     """A deadline 5 s away by the true clock, two hosts sending, one of them two minutes
     behind: no request reaches the API after the deadline (the late host keeps the
-    database's time, not its own, 120 s earlier)."""
-    deadline = time.time() + 5
-    stamp = dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="seconds")
+    database's time, not its own, 120 s earlier). The deadline is set once both hosts have
+    loaded the program, so a slow start on a busy machine does not use it up unsent."""
     jobs.people(200)
-    job = jobs.job(extra=f'group_size = 2\ndeadline = "{stamp}"')
     config = jobs.root / "config.toml"
     config.write_text(
         "[limits]\nrate = 6\nconcurrency = 2\nlease_s = 2\n[api]\nrecords_lag_s = 0\n"
@@ -106,9 +145,13 @@ def test_a_host_two_minutes_behind_sends_nothing_past_the_deadline(
     where = f"{database}?ledger=deadline"
     fake = FakeTelnyx(api_key=KEY)
     with fake_api_thread(fake) as url:
-        codes = finish(
-            [run(job.path, url, config, where, None), run(job.path, url, config, where, "-120s")]
-        )
+        hosts = [loaded(None), loaded("-120s")]
+        deadline = time.time() + 5
+        stamp = dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="seconds")
+        job = jobs.job(extra=f'group_size = 2\ndeadline = "{stamp}"')
+        for host in hosts:
+            go(host, arguments(job.path, url, config, where))
+        codes = finish(hosts)
     accepted = [fake.wall() - fake.clock() + t for t, _, _ in fake.accept_log]
     assert accepted, codes  # both sent until the deadline
     assert max(accepted) <= int(deadline) + 0.05  # the stamp's whole second, and the trip back
