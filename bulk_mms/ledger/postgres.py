@@ -14,8 +14,9 @@ commit ran, as the JSONL store shares one fsync), and its sync connections carry
 whole ledger (a fold) streams through a server-side cursor on a connection of its own, so a fold
 stays a plain iterator, and what was appended since (:meth:`PostgresStore.new_events`, a
 webhook receiver's read for each id it does not know) comes in pages on one connection the
-store keeps; both are the same libpq, with its own ``~/.pgpass``, ``PG*`` variables and TLS
-handling, and the binary build needs no compiler.
+store keeps, each row once, whatever order the writers commit in (:class:`_Position`); both
+are the same libpq, with its own ``~/.pgpass``, ``PG*`` variables and TLS handling, and the
+binary build needs no compiler.
 
 Schema (:mod:`~bulk_mms.ledger.pgschema`, run by ``bulk-mms db migrate`` and on first use):
 ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (one row per event, its JSON
@@ -55,6 +56,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -71,7 +73,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.pgconnect import Link, is_lost, scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import DB_TIMEOUT_S, Link, is_lost, scrub, split, sync_connect
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.policy import MAX_RESENDS
 
@@ -217,21 +219,47 @@ _INSERT: Final = (
     "INSERT INTO bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) "
     "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
 )
-_READ: Final = (
-    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND seq > %s ORDER BY seq"
-)
-#: One page of what was appended after a seq (:meth:`PostgresStore.new_events`): the primary
-#: key's range, at most :data:`READ_PAGE` rows.
+_READ: Final = "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s ORDER BY seq"
+#: One page of what was appended after a seq but the seqs given already
+#: (:meth:`PostgresStore.new_events`): the primary key's range, at most :data:`READ_PAGE`
+#: rows.
 _READ_PAGE: Final = (
-    "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s AND seq > %s "
-    "ORDER BY seq LIMIT %s"
+    "SELECT seq, body::text FROM bulk_mms_events "
+    "WHERE ledger = %s AND seq > %s AND seq <> ALL(%s::bigint[]) ORDER BY seq LIMIT %s"
 )
+#: The ledger's highest committed seq, and the transactions that may still commit a row of
+#: the events table: those holding the lock every insert and COPY takes on it
+#: (``RowExclusiveLock``) from before it draws a seq until it ends (its rows are visible
+#: before the lock goes), each named by its virtual transaction id (which it has from its
+#: start; an xid only from its first row on). The seq is read in the statement's snapshot,
+#: taken before the locks are: every seq up to it was drawn by a transaction that had ended
+#: by then or is named (the sequence hands its values out in order, one at a time: its
+#: ``CACHE`` is 1, a ``bigserial``'s). A :class:`_Position`'s marks are made of these.
+_WRITERS: Final = """
+    SELECT (SELECT max(seq) FROM bulk_mms_events WHERE ledger = %(ledger)s) AS last,
+        ARRAY(SELECT l.virtualtransaction FROM pg_locks l
+              WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
+                AND l.relation = 'bulk_mms_events'::regclass
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        ) AS writers
+"""
+#: :data:`_WRITERS` and the first page of :data:`_READ_PAGE`, in one statement (one round
+#: trip a read): a row (last, writers, seq, body) each, or one with no seq when nothing is new.
+_READ_NEW: Final = f"""
+    SELECT w.last, w.writers, r.seq, r.body FROM ({_WRITERS}) AS w
+    LEFT JOIN LATERAL (
+        SELECT seq, body::text AS body FROM bulk_mms_events
+        WHERE ledger = %(ledger)s AND seq > %(after)s AND seq <> ALL(%(given)s::bigint[])
+        ORDER BY seq LIMIT %(page)s) AS r ON true
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
+#: Seconds between two looks at the transactions a full read waits for (:data:`_WRITERS`).
+_WRITERS_POLL_S: Final = 0.01
 #: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
 #: a large backlog at once.
 READ_PAGE = 5000
 _READ_SKIPPING_STATUS: Final = (
     "SELECT seq, body::text FROM bulk_mms_events "
-    "WHERE ledger = %s AND seq > %s AND kind <> 'status' ORDER BY seq"
+    "WHERE ledger = %s AND kind <> 'status' ORDER BY seq"
 )
 _COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) FROM STDIN"
 #: Events a unique index may refuse (recorded by another process already): never COPY'd.
@@ -337,6 +365,53 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
     return b"\t".join(map(_copy_field, row)) + b"\n"
 
 
+#: The most marks a :class:`_Position` keeps pending: past it, its two oldest become one.
+_MARKS: Final = 32
+
+
+class _Position:
+    """Where the reads of a ledger since its last full read are (rows are numbered by a
+    sequence drawn as each is inserted, but transactions commit in any order: a seq below one
+    given may still come). Every row up to :attr:`settled` that will ever be committed has
+    been given; above it, :attr:`given` holds the seqs given.
+
+    Each read begins with a look (:data:`_WRITERS`, in its first statement), noted as a mark:
+    every row up to its seq is committed, or written by one of its transactions. A later look
+    that finds none of them is after they all ended, so every such row is visible to each
+    statement made after it: the mark is settled once the next read is done (not the read of
+    that look: its snapshot was taken before the look). Private."""
+
+    __slots__ = ("given", "marks", "ready", "settled")
+
+    def __init__(self, settled: int = 0) -> None:
+        self.settled = settled
+        self.given: set[int] = set()
+        #: Marks not settled yet: (seq, the transactions that may still commit below it).
+        self.marks: list[tuple[int, frozenset[str]]] = []
+        #: What the next read done settles: the seq of the marks the last look found ended.
+        self.ready = 0
+
+    def give(self, seq: int) -> None:
+        if seq > self.settled:
+            self.given.add(seq)
+
+    def mark(self, last: int, writers: frozenset[str]) -> None:
+        """Note a look (:data:`_WRITERS`) made at the start of a read."""
+        self.marks.append((last, writers))
+        if len(self.marks) > _MARKS:  # ready no sooner than both would have been
+            (a, wa), (b, wb) = self.marks[:2]
+            self.marks[:2] = [(max(a, b), wa | wb)]
+
+    def settle(self, writers: frozenset[str]) -> None:
+        """Once a read is done whose look found ``writers``: settle what the look before it
+        made ready, and make ready every mark none of whose transactions is among them."""
+        self.settled = max(self.settled, self.ready)
+        ended = [last for last, marked in self.marks if not marked & writers]
+        self.ready = max([self.settled, *ended])
+        self.marks = [(last, marked) for last, marked in self.marks if last > self.ready]
+        self.given = {seq for seq in self.given if seq > self.settled}
+
+
 class PostgresStore(GroupCommitted[_Item]):
     """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
 
@@ -348,9 +423,10 @@ class PostgresStore(GroupCommitted[_Item]):
         self._conn = conn
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
-        self._seen = 0  # the last seq new_events() gave
+        #: What :meth:`new_events` has given since the last full read (:meth:`events`).
+        self._position = _Position()
         #: What :meth:`new_events` reads on: made by its first read, kept until the store
-        #: closes (made again once when found lost: :meth:`_page`).
+        #: closes (made again once when found lost: :meth:`_fetch`).
         self._follow: psycopg.Connection[Any] | None = None
         #: Held while that connection is used, made or closed: reads run in worker threads.
         self._following = threading.Lock()
@@ -417,25 +493,36 @@ class PostgresStore(GroupCommitted[_Item]):
     # -- reading ----------------------------------------------------------------------------
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
-        return self._read(0, skip_status=skip_status)
+        return self._read(skip_status=skip_status)
 
     def fold(self, *, skip_status: bool = False) -> LedgerView:
         return LedgerView.fold(self.events(skip_status=skip_status), statuses=not skip_status)
 
     def new_events(self) -> Iterator[Event]:
-        """The events appended since the last read, in pages of :data:`READ_PAGE` (one
-        statement each, on the connection the store keeps: :meth:`_page`). One read of a
-        store at a time (the caller's to see to): the read position is the store's.
+        """The events committed since the last read, in seq order: each row once, a row
+        whose seq is below one given already (drawn before it, committed after) included,
+        whatever order the writers commit in (:class:`_Position`). In pages of
+        :data:`READ_PAGE`, one statement each, the first with the look at who is writing
+        (:data:`_READ_NEW`), on the connection the store keeps (:meth:`_fetch`). One read of
+        a store at a time (the caller's to see to): the read position is the store's.
 
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost twice, or not reached);
                 the events given before it are past the read position.
         """
+        position = self._position
+        given = sorted(position.given)
+        params = {"ledger": self._id, "after": position.settled, "given": given}
+        first = self._fetch(_READ_NEW, {**params, "page": READ_PAGE})
+        last, writers = int(first[0][0] or 0), frozenset(map(str, first[0][1]))
+        position.mark(last, writers)
+        rows = [row[2:] for row in first if row[2] is not None]
         while True:
-            rows = self._page(self._seen)
-            yield from self._events_of(rows)
+            yield from self._events_of(rows, position)
             if len(rows) < READ_PAGE:
-                return
+                break
+            rows = self._fetch(_READ_PAGE, (self._id, rows[-1][0], given, READ_PAGE))
+        position.settle(writers)
 
     def may_have_new(self) -> bool:
         """Always True: only a query can tell, and no query is cheaper than the read itself
@@ -443,10 +530,9 @@ class PostgresStore(GroupCommitted[_Item]):
         loop cannot wait for."""
         return True
 
-    def _page(self, after: int) -> list[tuple[Any, ...]]:
-        """Up to :data:`READ_PAGE` rows (seq, body) after seq ``after``, on the connection
-        the store keeps (made now if it has none); once more on a new one if it was found
-        lost (a read is safe to repeat).
+    def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """The rows of one statement on the connection the store keeps (made now if it has
+        none); once more on a new one if it was found lost (a read is safe to repeat).
 
         Raises:
             LedgerError: the database failed, or the store is closed (LedgerUnavailable: the
@@ -460,7 +546,7 @@ class PostgresStore(GroupCommitted[_Item]):
                     self._follow = sync_connect(self._conninfo)
                 conn = self._follow
                 try:
-                    return conn.execute(_READ_PAGE, (self._id, after, READ_PAGE)).fetchall()
+                    return conn.execute(sql, params).fetchall()
                 except psycopg.Error as exc:
                     text = f"cannot read: {scrub(exc, self._conninfo)}"
                     if not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
@@ -472,29 +558,67 @@ class PostgresStore(GroupCommitted[_Item]):
                     log.warning("ledger.reconnecting", ledger=self.name, error=text)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read(self, after: int, *, skip_status: bool = False) -> Iterator[Event]:
-        """Every event after seq ``after``, streamed through a server-side cursor in one
-        transaction (one snapshot of the ledger) on a connection of its own, closed as the
-        read ends or is given up (a fold's: rare, and long)."""
+    def _read(self, *, skip_status: bool = False) -> Iterator[Event]:
+        """Every event, streamed through a server-side cursor in one transaction (one
+        snapshot of the ledger) on a connection of its own, closed as the read ends or is
+        given up (a fold's: rare, and long); :meth:`new_events` goes on after it. The
+        snapshot is taken once every transaction that may still commit a row below the
+        ledger's highest seq has ended (:meth:`_quiet`), so every row up to that seq is in
+        it."""
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
-            with (
-                sync_connect(self._conninfo, autocommit=False) as conn,
-                conn.cursor(name="bulk_mms_read") as cur,
-            ):
-                cur.itersize = READ_PAGE
-                cur.execute(sql, (self._id, after))
-                yield from self._events_of(cur)
+            with sync_connect(self._conninfo) as conn:
+                last = self._quiet(conn)
+                self._position = position = _Position()
+                with conn.transaction(), conn.cursor(name="bulk_mms_read") as cur:
+                    cur.itersize = READ_PAGE
+                    cur.execute(sql, (self._id,))
+                    yield from self._events_of(cur, position, final=last)
+                position.settle(frozenset())
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
 
-    def _events_of(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[Event]:
-        """The events of rows (seq, body) read in seq order, the read position moved past
-        each as it is given."""
+    def _quiet(self, conn: psycopg.Connection[Any]) -> int:
+        """The ledger's highest committed seq, once every transaction that may still commit
+        a row below it (:data:`_WRITERS`) has ended: a run's commit takes milliseconds (and
+        the server ends one left idle), so the wait is as short, bounded by
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`.
+
+        Raises:
+            LedgerUnavailable: one of them is still open after that bound.
+        """
+
+        def look() -> tuple[int, frozenset[str]]:
+            row = conn.execute(_WRITERS, {"ledger": self._id}).fetchone()
+            assert row is not None
+            return int(row[0] or 0), frozenset(map(str, row[1]))
+
+        last, writers = look()
+        until = since_boot() + DB_TIMEOUT_S
+        while writers:
+            if since_boot() > until:
+                raise LedgerUnavailable(
+                    self.name,
+                    f"cannot read: a transaction writing to the ledger's table has been open "
+                    f"for {DB_TIMEOUT_S:g} s (pg_locks: {sorted(writers)[0]})",
+                )
+            time.sleep(_WRITERS_POLL_S)
+            writers &= look()[1]
+        return last
+
+    def _events_of(
+        self, rows: Iterable[tuple[Any, ...]], position: _Position, *, final: int = 0
+    ) -> Iterator[Event]:
+        """The events of rows (seq, body) read in seq order, each noted as given in
+        ``position`` as it is given; those up to ``final`` are settled with it (the read's
+        snapshot has every row up to ``final`` that will ever be committed)."""
         for seq, body in rows:
-            self._seen = max(self._seen, seq)
+            if seq <= final:
+                position.settled = seq
+            position.give(seq)
             if (event := self._decode(seq, body)) is not None:
                 yield event
+        position.settled = max(position.settled, final)
 
     def _decode(self, seq: int, body: str) -> Event | None:
         try:
