@@ -56,7 +56,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -252,8 +251,11 @@ _READ_NEW: Final = f"""
         WHERE ledger = %(ledger)s AND seq > %(after)s AND seq <> ALL(%(given)s::bigint[])
         ORDER BY seq LIMIT %(page)s) AS r ON true
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
-#: Seconds between two looks at the transactions a full read waits for (:data:`_WRITERS`).
+#: Seconds between two looks at the transactions a full read waits for (:data:`_WRITERS`),
+#: waited on the server (:data:`_PAUSE`): under libfaketime (a host's clock set off, as the
+#: clock tests run one) Python's own sleep fails.
 _WRITERS_POLL_S: Final = 0.01
+_PAUSE: Final = "SELECT pg_sleep(%s)"
 #: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
 #: a large backlog at once.
 READ_PAGE = 5000
@@ -599,10 +601,10 @@ class PostgresStore(GroupCommitted[_Item]):
             if since_boot() > until:
                 raise LedgerUnavailable(
                     self.name,
-                    f"cannot read: a transaction writing to the ledger's table has been open "
-                    f"for {DB_TIMEOUT_S:g} s (pg_locks: {sorted(writers)[0]})",
+                    f"cannot read: a transaction writing to bulk_mms_events is still open "
+                    f"after {DB_TIMEOUT_S:g} s (virtualtransaction {min(writers)} in pg_locks)",
                 )
-            time.sleep(_WRITERS_POLL_S)
+            conn.execute(_PAUSE, (_WRITERS_POLL_S,))
             writers &= look()[1]
         return last
 
