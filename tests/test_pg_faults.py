@@ -672,6 +672,26 @@ def test_a_fold_waiting_on_a_transaction_left_open_fails_in_one_line(
         writer.close_sync()
 
 
+def test_a_fold_that_is_not_followed_waits_for_no_writer(database: str) -> None:
+    """A full read of a store that does not follow (a run's resume, a report) reads at once
+    while a transaction writing the events table is open: only webhooks and track wait."""
+    where = f"{database}?ledger=follow"
+    writer = open_store(where, "run")
+    try:
+        writer.append_now(HEADER)
+        writer.append_now(events.RunStarted(2, "t"))
+        reader = open_store(where, "read")
+        try:
+            with psycopg.connect(database) as open_:
+                _insert_run(open_, 1)
+                # a wait would last its whole bound, then fail: this read does neither
+                assert list(reader.events()) == [HEADER, events.RunStarted(2, "t")]
+        finally:
+            reader.close_sync()
+    finally:
+        writer.close_sync()
+
+
 @pytest.mark.looptime(True)  # a call left unanswered for its whole 30 s bound
 async def test_a_call_answered_while_the_process_was_stopped_past_the_bound_succeeds(
     database: str,

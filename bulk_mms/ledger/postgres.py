@@ -443,6 +443,9 @@ class PostgresStore(GroupCommitted[_Item]):
         self.verbatim = False
         #: Whether its session holds the run lock (:data:`_RUN_LOCK`): a run's store does.
         self._holds_run = False
+        #: Whether :meth:`new_events` follows its full reads (``append``: ``webhooks``,
+        #: ``track``): only then does a full read wait for the writers (:meth:`_quiet`).
+        self.follows = False
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
@@ -471,6 +474,7 @@ class PostgresStore(GroupCommitted[_Item]):
                 raise LedgerError(store.name, "no such ledger")
             store._ledger = store._ledger_id(create=True)
         store.verbatim = mode == "copy"
+        store.follows = mode == "append"
         if mode == "run":  # held by its session until close_sync (live_run)
             store._conn.execute(_HOLD_RUN, (_RUN_LOCK, _ledger_key(store._id)))
             store._holds_run = True
@@ -566,11 +570,12 @@ class PostgresStore(GroupCommitted[_Item]):
         given up (a fold's: rare, and long); :meth:`new_events` goes on after it. The
         snapshot is taken once every transaction that may still commit a row below the
         ledger's highest seq has ended (:meth:`_quiet`), so every row up to that seq is in
-        it."""
+        it; a store that does not follow (:attr:`follows`: a run's, a report's) waits for
+        none (a transaction left open elsewhere holds up no run or report)."""
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
             with sync_connect(self._conninfo) as conn:
-                last = self._quiet(conn)
+                last = self._quiet(conn) if self.follows else 0
                 self._position = position = _Position()
                 with conn.transaction(), conn.cursor(name="bulk_mms_read") as cur:
                     cur.itersize = READ_PAGE
