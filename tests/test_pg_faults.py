@@ -674,7 +674,8 @@ def test_a_fold_waiting_on_a_transaction_left_open_fails_in_one_line(
 
 def test_a_fold_that_is_not_followed_waits_for_no_writer(database: str) -> None:
     """A full read of a store that does not follow (a run's resume, a report) reads at once
-    while a transaction writing the events table is open: only webhooks and track wait."""
+    while a transaction writing the events table is open (only webhooks and track wait), and
+    remembers none of the rows it read."""
     where = f"{database}?ledger=follow"
     writer = open_store(where, "run")
     try:
@@ -686,6 +687,8 @@ def test_a_fold_that_is_not_followed_waits_for_no_writer(database: str) -> None:
                 _insert_run(open_, 1)
                 # a wait would last its whole bound, then fail: this read does neither
                 assert list(reader.events()) == [HEADER, events.RunStarted(2, "t")]
+            assert isinstance(reader, postgres.PostgresStore)
+            assert reader._position.given == set()
         finally:
             reader.close_sync()
     finally:

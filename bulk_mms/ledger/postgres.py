@@ -255,6 +255,8 @@ _READ_NEW: Final = f"""
 #: waited on the server (:data:`_PAUSE`): under libfaketime (a host's clock set off, as the
 #: clock tests run one) Python's own sleep fails.
 _WRITERS_POLL_S: Final = 0.01
+#: A full read's ``final`` (:meth:`PostgresStore._events_of`) when no read follows it.
+_EVERY: Final = 2**63 - 1
 _PAUSE: Final = "SELECT pg_sleep(%s)"
 #: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
 #: a large backlog at once.
@@ -575,7 +577,8 @@ class PostgresStore(GroupCommitted[_Item]):
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
             with sync_connect(self._conninfo) as conn:
-                last = self._quiet(conn) if self.follows else 0
+                # not followed: every row read counts as settled, none is remembered
+                last = self._quiet(conn) if self.follows else _EVERY
                 self._position = position = _Position()
                 with conn.transaction(), conn.cursor(name="bulk_mms_read") as cur:
                     cur.itersize = READ_PAGE
@@ -618,14 +621,15 @@ class PostgresStore(GroupCommitted[_Item]):
     ) -> Iterator[Event]:
         """The events of rows (seq, body) read in seq order, each noted as given in
         ``position`` as it is given; those up to ``final`` are settled with it (the read's
-        snapshot has every row up to ``final`` that will ever be committed)."""
+        snapshot has every row up to ``final`` that will ever be committed; :data:`_EVERY`:
+        a read nothing follows, every row settled as it is read, none remembered)."""
         for seq, body in rows:
             if seq <= final:
                 position.settled = seq
             position.give(seq)
             if (event := self._decode(seq, body)) is not None:
                 yield event
-        position.settled = max(position.settled, final)
+        position.settled = max(position.settled, final if final != _EVERY else 0)
 
     def _decode(self, seq: int, body: str) -> Event | None:
         try:
