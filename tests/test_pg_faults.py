@@ -651,6 +651,28 @@ def test_a_fold_then_new_events_miss_no_row_committed_late(database: str) -> Non
         writer.close_sync()
 
 
+def test_a_prepared_writer_keeps_every_mark_unsettled_until_it_ends() -> None:
+    """A look finding a prepared transaction writing (one recovered as the server restarted
+    is named anew, so it may be any writer an earlier look named) settles no mark; the read
+    after the first look finding it gone settles them all."""
+    position = postgres._Position()
+    looks = [
+        postgres._Look(5, frozenset({"6/14"}), prepared=False),  # 6/14 drew a seq below 5
+        postgres._Look(7, frozenset({"-1/744"}), prepared=True),  # 6/14, recovered prepared
+        postgres._Look(7, frozenset({"-1/744"}), prepared=True),
+        postgres._Look(9, frozenset(), prepared=False),  # committed: every mark ends
+    ]
+    settled = []
+    for look in looks:
+        position.mark(look)
+        position.settle(look)
+        settled.append(position.settled)
+    assert settled == [0, 0, 0, 0]
+    position.mark(looks[-1])
+    position.settle(looks[-1])
+    assert (position.settled, position.marks) == (9, [])
+
+
 def test_a_fold_waiting_on_a_transaction_left_open_fails_in_one_line(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

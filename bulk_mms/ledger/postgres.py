@@ -57,6 +57,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -233,19 +234,23 @@ _READ_PAGE: Final = (
 #: start; an xid only from its first row on). The seq is read in the statement's snapshot,
 #: taken before the locks are: every seq up to it was drawn by a transaction that had ended
 #: by then or is named (the sequence hands its values out in order, one at a time: its
-#: ``CACHE`` is 1, a ``bigserial``'s). A :class:`_Position`'s marks are made of these.
+#: ``CACHE`` is 1, a ``bigserial``'s). And whether one is a prepared transaction (two-phase
+#: commit: no backend holds its locks, ``pid`` null): one recovered as the server restarted
+#: is named anew, so no name an earlier look found can be told from it. A :class:`_Look`.
 _WRITERS: Final = """
     SELECT (SELECT max(seq) FROM bulk_mms_events WHERE ledger = %(ledger)s) AS last,
-        ARRAY(SELECT l.virtualtransaction FROM pg_locks l
-              WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
-                AND l.relation = 'bulk_mms_events'::regclass
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        ) AS writers
+        coalesce(array_agg(l.virtualtransaction), '{}') AS writers,
+        coalesce(bool_or(l.pid IS NULL), false) AS prepared
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
+        AND l.relation = 'bulk_mms_events'::regclass
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 #: :data:`_WRITERS` and the first page of :data:`_READ_PAGE`, in one statement (one round
-#: trip a read): a row (last, writers, seq, body) each, or one with no seq when nothing is new.
+#: trip a read): a row (last, writers, prepared, seq, body) each, or one with no seq when
+#: nothing is new.
 _READ_NEW: Final = f"""
-    SELECT w.last, w.writers, r.seq, r.body FROM ({_WRITERS}) AS w
+    SELECT w.last, w.writers, w.prepared, r.seq, r.body FROM ({_WRITERS}) AS w
     LEFT JOIN LATERAL (
         SELECT seq, body::text AS body FROM bulk_mms_events
         WHERE ledger = %(ledger)s AND seq > %(after)s AND seq <> ALL(%(given)s::bigint[])
@@ -373,6 +378,32 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
 _MARKS: Final = 32
 
 
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """What one look at who is writing (:data:`_WRITERS`) found: the ledger's highest
+    committed seq, the transactions that may still commit a row of the events table, and
+    whether one of them is prepared. Private."""
+
+    last: int
+    writers: frozenset[str]
+    prepared: bool
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> _Look:
+        """The look of a row (last, writers, prepared, ...) of :data:`_WRITERS`."""
+        return cls(int(row[0] or 0), frozenset(map(str, row[1])), bool(row[2]))
+
+    def ended(self, marked: frozenset[str]) -> bool:
+        """Whether the transactions ``marked`` (an earlier look's writers) had all ended by
+        this look: none is among its writers, and no prepared one is (which may be any of
+        them, named anew since: :data:`_WRITERS`)."""
+        return not (self.prepared or marked & self.writers)
+
+
+#: A look that found nobody writing.
+_NOBODY: Final = _Look(0, frozenset(), prepared=False)
+
+
 class _Position:
     """Where the reads of a ledger since its last full read are (rows are numbered by a
     sequence drawn as each is inserted, but transactions commit in any order: a seq below one
@@ -399,18 +430,18 @@ class _Position:
         if seq > self.settled:
             self.given.add(seq)
 
-    def mark(self, last: int, writers: frozenset[str]) -> None:
-        """Note a look (:data:`_WRITERS`) made at the start of a read."""
-        self.marks.append((last, writers))
+    def mark(self, look: _Look) -> None:
+        """Note a look made at the start of a read."""
+        self.marks.append((look.last, look.writers))
         if len(self.marks) > _MARKS:  # ready no sooner than both would have been
             (a, wa), (b, wb) = self.marks[:2]
             self.marks[:2] = [(max(a, b), wa | wb)]
 
-    def settle(self, writers: frozenset[str]) -> None:
-        """Once a read is done whose look found ``writers``: settle what the look before it
-        made ready, and make ready every mark none of whose transactions is among them."""
+    def settle(self, look: _Look) -> None:
+        """Once a read is done that began with ``look``: settle what the look before it made
+        ready, and make ready every mark all of whose transactions it found ended."""
         self.settled = max(self.settled, self.ready)
-        ended = [last for last, marked in self.marks if not marked & writers]
+        ended = [last for last, marked in self.marks if look.ended(marked)]
         self.ready = max([self.settled, *ended])
         self.marks = [(last, marked) for last, marked in self.marks if last > self.ready]
         self.given = {seq for seq in self.given if seq > self.settled}
@@ -522,15 +553,14 @@ class PostgresStore(GroupCommitted[_Item]):
         given = sorted(position.given)
         params = {"ledger": self._id, "after": position.settled, "given": given}
         first = self._fetch(_READ_NEW, {**params, "page": READ_PAGE})
-        last, writers = int(first[0][0] or 0), frozenset(map(str, first[0][1]))
-        position.mark(last, writers)
-        rows = [row[2:] for row in first if row[2] is not None]
+        position.mark(look := _Look.of(first[0]))
+        rows = [row[3:] for row in first if row[3] is not None]
         while True:
             yield from self._events_of(rows, position)
             if len(rows) < READ_PAGE:
                 break
             rows = self._fetch(_READ_PAGE, (self._id, rows[-1][0], given, READ_PAGE))
-        position.settle(writers)
+        position.settle(look)
 
     def may_have_new(self) -> bool:
         """Always True: only a query can tell, and no query is cheaper than the read itself
@@ -584,7 +614,7 @@ class PostgresStore(GroupCommitted[_Item]):
                     cur.itersize = READ_PAGE
                     cur.execute(sql, (self._id,))
                     yield from self._events_of(cur, position, final=last)
-                position.settle(frozenset())
+                position.settle(_NOBODY)
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
 
@@ -598,12 +628,13 @@ class PostgresStore(GroupCommitted[_Item]):
             LedgerUnavailable: one of them is still open after that bound.
         """
 
-        def look() -> tuple[int, frozenset[str]]:
+        def look() -> _Look:
             row = conn.execute(_WRITERS, {"ledger": self._id}).fetchone()
             assert row is not None
-            return int(row[0] or 0), frozenset(map(str, row[1]))
+            return _Look.of(row)
 
-        last, writers = look()
+        first = look()
+        writers = first.writers
         until = since_boot() + DB_TIMEOUT_S
         while writers:
             if since_boot() > until:
@@ -613,8 +644,9 @@ class PostgresStore(GroupCommitted[_Item]):
                     f"after {DB_TIMEOUT_S:g} s (virtualtransaction {min(writers)} in pg_locks)",
                 )
             conn.execute(_PAUSE, (_WRITERS_POLL_S,))
-            writers &= look()[1]
-        return last
+            now = look()
+            writers = frozenset(w for w in writers if not now.ended(frozenset({w})))
+        return first.last
 
     def _events_of(
         self, rows: Iterable[tuple[Any, ...]], position: _Position, *, final: int = 0
