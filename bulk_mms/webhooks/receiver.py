@@ -449,9 +449,7 @@ class BaseReceiver:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         log.error("webhook.late_failed", **fault(exc), pending=len(self._late))
-        for late in self._late.values():
-            self._unmatched(late.event_id, late.message_id, late.left())
-        self._late.clear()
+        self._give_up()
 
     async def _poll(self) -> None:
         """Every :data:`LATE_POLL_S` while events are looked for again (:meth:`look_later`):
@@ -472,11 +470,15 @@ class BaseReceiver:
                     "webhook.late_failed", **fault(exc), faults=faults, pending=len(self._late)
                 )
                 if last or faults >= LATE_FAULTS:
-                    for late in self._late.values():
-                        self._unmatched(late.event_id, late.message_id, late.left())
-                    self._late.clear()
+                    self._give_up()
             else:
                 faults = 0
+
+    def _give_up(self) -> None:
+        """Count every event held unmatched, and hold none (the looks again cannot go on)."""
+        for late in self._late.values():
+            self._unmatched(late.event_id, late.message_id, late.left())
+        self._late.clear()
 
     async def _look(self, last: bool) -> None:
         """One read of what the ledgers were appended since (:meth:`_read_late`), then each
