@@ -198,7 +198,7 @@ class Sharing:
 
     async def _refresh(self, gid: str) -> GroupRecord | None:
         """Group ``gid`` in this process's view as the ledger has it now."""
-        return self.view.refresh_group(gid, await self.store.group_events(gid))
+        return (await self._look([gid]))[gid]
 
     async def _look(self, gids: list[str]) -> dict[str, GroupRecord | None]:
         """Each of groups ``gids`` in this process's view as the ledger has it now, as
