@@ -260,8 +260,6 @@ _READ_NEW: Final = f"""
 #: waited on the server (:data:`_PAUSE`): under libfaketime (a host's clock set off, as the
 #: clock tests run one) Python's own sleep fails.
 _WRITERS_POLL_S: Final = 0.01
-#: A full read's ``final`` (:meth:`PostgresStore._events_of`) when no read follows it.
-_EVERY: Final = 2**63 - 1
 _PAUSE: Final = "SELECT pg_sleep(%s)"
 #: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
 #: a large backlog at once.
@@ -607,8 +605,7 @@ class PostgresStore(GroupCommitted[_Item]):
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
             with sync_connect(self._conninfo) as conn:
-                # not followed: every row read counts as settled, none is remembered
-                last = self._quiet(conn) if self.follows else _EVERY
+                last = self._quiet(conn, wait=self.follows)
                 self._position = position = _Position()
                 with conn.transaction(), conn.cursor(name="bulk_mms_read") as cur:
                     cur.itersize = READ_PAGE
@@ -618,11 +615,12 @@ class PostgresStore(GroupCommitted[_Item]):
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
 
-    def _quiet(self, conn: psycopg.Connection[Any]) -> int:
-        """The ledger's highest committed seq, once every transaction that may still commit
-        a row below it (:data:`_WRITERS`) has ended: a run's commit takes milliseconds (and
-        the server ends one left idle), so the wait is as short, bounded by
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`.
+    def _quiet(self, conn: psycopg.Connection[Any], *, wait: bool) -> int:
+        """The ledger's highest committed seq, with ``wait`` once every transaction that may
+        still commit a row below it (:data:`_WRITERS`) has ended: a run's commit takes
+        milliseconds (and the server ends one left idle), so the wait is as short, bounded by
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`. Without, a read after it may lack
+        such a row: only the rows above the seq (committed since) are remembered as given.
 
         Raises:
             LedgerUnavailable: one of them is still open after that bound.
@@ -634,7 +632,7 @@ class PostgresStore(GroupCommitted[_Item]):
             return _Look.of(row)
 
         first = look()
-        writers = first.writers
+        writers = first.writers if wait else frozenset()
         until = since_boot() + DB_TIMEOUT_S
         while writers:
             if since_boot() > until:
@@ -653,15 +651,14 @@ class PostgresStore(GroupCommitted[_Item]):
     ) -> Iterator[Event]:
         """The events of rows (seq, body) read in seq order, each noted as given in
         ``position`` as it is given; those up to ``final`` are settled with it (the read's
-        snapshot has every row up to ``final`` that will ever be committed; :data:`_EVERY`:
-        a read nothing follows, every row settled as it is read, none remembered)."""
+        snapshot has every row up to ``final`` that will ever be committed)."""
         for seq, body in rows:
             if seq <= final:
                 position.settled = seq
             position.give(seq)
             if (event := self._decode(seq, body)) is not None:
                 yield event
-        position.settled = max(position.settled, final if final != _EVERY else 0)
+        position.settled = max(position.settled, final)
 
     def _decode(self, seq: int, body: str) -> Event | None:
         try:
