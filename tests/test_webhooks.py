@@ -1661,3 +1661,17 @@ async def test_an_event_whose_message_id_is_not_an_id_is_learnt_for_nobody(
     assert (status, answer["recorded"]) == (200, 0)
     assert status_lines(path) == []
     assert receiver.unmatched == 1
+
+
+@pytest.mark.parametrize("event_type", ["message.finalized", "message.sent", "other.event"])
+async def test_an_event_without_a_payload_is_acknowledged_and_writes_nothing(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient], event_type: str
+) -> None:
+    """The spec requires no field of an event (``payload`` included): a signed event without
+    one is acknowledged (200, so Telnyx does not redeliver it) and writes nothing."""
+    http, path, client = hooks
+    body = event(event_type, client.calls[0], f"msg-{client.calls[0].id}-0", "sent")
+    del body["data"]["payload"]
+    status, answer = await post_signed(http, body)
+    assert (status, answer.get("ok"), answer.get("recorded", 0)) == (200, True, 0)
+    assert status_lines(path) == []

@@ -275,7 +275,8 @@ class BaseReceiver:
             body = orjson.loads(raw)
             data = body["data"]
             event_id, event_type = data["id"], data["event_type"]
-            payload = data["payload"]
+            # the spec requires no field of an event: one without a payload reports nothing
+            payload = data.get("payload")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             event_id = event_type = None
         event_id = as_message_id(event_id)  # the spec's event id is a UUID
