@@ -44,6 +44,7 @@ from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
+from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import WebhookReceiver, verify
 from tests.conftest import FAST, FakeClock, JobFactory
 
@@ -842,3 +843,94 @@ async def test_varied_stamps_write_every_form_telnyx_uses_and_each_reads_back(
     assert {s[-6:] for s in stamps} >= {"+00:00", "-06:00"}
     assert any(s.endswith("Z") for s in stamps)
     assert all(abs(parse_time(s) - wall) < 1 for s in stamps)
+
+
+async def test_sparse_answers_are_the_spec_s_least_and_the_real_client_reads_them(
+    api: ApiClock,
+) -> None:
+    """With sparse_answers every answer holds the least the spec allows (nullable fields
+    null, the others absent) and fields it does not declare, each valid by the spec; the
+    real client still reads the send's id and each recipient's status and carrier code."""
+    a, clock = api
+    a.fake.sparse_answers = True
+    a.fake.delivery_status = carrier_timeline(0, 1, 3, outcomes={"*0101": "delivery_failed"})
+    a.fake.report["*0101"] = "40002"
+    to = ["+12125550100", "+12125550101"]
+    status, sent = await a.send(to)  # every answer checked against the spec by a.call
+    assert status == 200
+    assert sent["data"]["wait_seconds"] is None
+    assert sent["data"]["cost"] is None
+    assert "carrier" not in sent["data"]["to"][0]
+    assert "record_type" not in sent["data"]
+    assert "errors" not in sent["data"]
+    assert sent["data"]["delivery_channel"] == "mms"
+    clock.advance(5)
+    gid = sent["data"]["id"]
+    _, group, _ = await a.call("GET", f"/messages/group/{gid}")
+    assert [m["to"][0]["status"] for m in group["data"]] == ["delivered", "delivery_failed"]
+    body = MessageBody(FROM, text="hi")
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        receipt = await client.send(Group("g1", 0, tuple(to), (0, 1), body), "key-1")
+        assert (receipt.wait_seconds, receipt.cost) == (None, None)
+        assert [(st.phone, st.status) for st in receipt.statuses] == [
+            (to[0], "queued"), (to[1], "queued")
+        ]  # fmt: skip
+        listed = await client.fetch_group(gid)
+        whole = await client.fetch_message(gid)
+    for answer in (listed, whole):
+        got = {st.phone: (st.status, [e.code for e in st.errors]) for st in answer}
+        assert got == {to[0]: ("delivered", []), to[1]: ("delivery_failed", ["40002"])}
+
+
+async def test_a_run_tracked_and_reported_by_webhooks_on_sparse_answers_settles_everyone(
+    jobs: JobFactory,
+) -> None:
+    """A run, track and the receiver on sparse answers and bare webhook events (no meta, no
+    occurred_at): each recipient's final status and carrier code reach the ledger."""
+    clock = FakeClock()
+    signer = Ed25519PrivateKey.generate()
+    fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic, signing_key=signer)
+    fake.sparse_answers = True
+    fake.delivery_status = carrier_timeline(0, 1, 3, outcomes={"*0002": "delivery_failed"})
+    fake.report["*0002"] = "40011"
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
+        AiohttpMmsClient(str(api_server.make_url("/v2")), "test-key-123") as client,
+    ):
+        await run_job(job, FAST, client, clock=FakeClock())
+        clock.advance(2)
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    tracked = {
+        e["recipient"]: e["status"]
+        for e in ledger_events(job.ledger)
+        if e["event"] == "status" and e["source"] == "track"
+    }
+    assert tracked == dict.fromkeys([f"+1212555000{i}" for i in range(4)], "sent")
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
+    await receiver.take_in_new()
+    try:
+        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
+            fake.webhook_url = str(hooks.make_url("/hooks"))
+            clock.advance(2)
+            assert await fake.pump_webhooks() == 8
+    finally:
+        await receiver.close()
+        await store.close()
+    assert {p.answer for p in fake.webhooks_sent} == {200}
+    for post in fake.webhooks_sent:
+        assert list(_EVENT.iter_errors(orjson.loads(post.body))) == []
+        assert set(orjson.loads(post.body)) == {"data"}
+    finals = {
+        e["recipient"]: (e["status"], [x["code"] for x in e.get("errors", [])])
+        for e in ledger_events(job.ledger)
+        if e["event"] == "status" and e["source"] == "webhook"
+    }
+    assert finals == {
+        "+12125550000": ("delivered", []),
+        "+12125550001": ("delivered", []),
+        "+12125550002": ("delivery_failed", ["40011"]),
+        "+12125550003": ("delivered", []),
+    }

@@ -3,7 +3,7 @@ two lookups that answer with it: ``GET /messages/group/{message_id}`` and ``GET 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -124,7 +124,7 @@ class MessageViews(FakeState):
             del record["text"]  # the schema's text is a string, not nullable: absent, not null
         else:
             record["num_chars"] = len(text)
-        return record
+        return sparse(record) if self.sparse_answers else record
 
     async def get_group(self, request: web.Request) -> web.Response:
         """``GET /messages/group/{message_id}``: one message per recipient, as they stand."""
@@ -156,3 +156,33 @@ def _numeric(money: dict[str, Any] | None) -> None:
     """A money object's ``amount`` as a JSON number instead of a string (in place)."""
     if money is not None:
         money["amount"] = float(money["amount"])
+
+
+#: The fields of a message object the spec gives ``null`` as a value.
+NULLABLE: Final = frozenset(
+    {"completed_at", "cost", "cost_breakdown", "sent_at", "subject", "valid_until",
+     "wait_seconds", "webhook_failover_url", "webhook_url"}
+)  # fmt: skip
+#: Fields the spec does not declare, as a newer API may add them beside its own.
+UNDECLARED: Final[dict[str, Any]] = {
+    "delivery_channel": "mms",
+    "routing": {"hops": [1, "two", None], "region": None},
+}
+
+
+def sparse(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as little as the spec allows (:attr:`FakeState.sparse_answers`): its
+    :data:`NULLABLE` fields null; of the others only ``id``, ``to``, a ``cc`` that lists
+    anyone (each entry its number and status alone) and the ``errors`` of a failed delivery
+    (each its ``code`` and ``title``, the two the spec requires); and :data:`UNDECLARED`."""
+    out: dict[str, Any] = dict.fromkeys(NULLABLE & record.keys())
+    out["id"] = record["id"]
+    for key in ("to", "cc"):  # an empty cc is left out
+        if key == "to" or record[key]:
+            out[key] = [
+                {k: v for k, v in entry.items() if k in ("phone_number", "status")}
+                for entry in record[key]
+            ]
+    if record["errors"]:
+        out["errors"] = [{"code": e["code"], "title": e["title"]} for e in record["errors"]]
+    return {**out, **UNDECLARED}

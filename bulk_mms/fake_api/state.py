@@ -108,6 +108,13 @@ class FakeState:
     #: Write the GETs' money amounts as JSON numbers (``"amount": 0.0051``), as the API
     #: reference's example for ``GET /messages/{id}`` does; the spec's schema says a string.
     numeric_amounts: bool = False
+    #: Answer with no more than the spec promises: in every message object (the send's
+    #: answer, both GETs, the webhooks' payload) each nullable field null, each other one
+    #: absent (the spec requires none) but ``id``, ``to``'s numbers and statuses and the
+    #: errors of a failed delivery; and fields the spec does not declare beside them, as a
+    #: newer API may add. A webhook is then its event alone: no ``meta``, ``occurred_at`` or
+    #: ``record_type``. Off: every field as the spec's examples give it.
+    sparse_answers: bool = False
     #: Write every time in turn in each form Telnyx may use (:data:`STAMP_FORMS`: ``Z`` or an
     #: offset, a fraction of 0 to 9 digits, a space for the ``T``). Off: each field as the
     #: spec's example for it writes it.
