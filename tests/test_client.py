@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
+import secrets
 import socket
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +28,7 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.grouping import group_id
 from bulk_mms.models import Group, MessageBody, parse_money
 
 KEY = "test-key-123"
@@ -110,6 +113,14 @@ def test_retry_after_variants() -> None:
             {"retry_after": 3.0, "code": "40318"},
         ),
         (Fault("status", 503), ServerError, {"status": 503}),
+        (Fault("status", 503, raw=b"<html>busy</html>"), ServerError, {"status": 503}),
+        (Fault("status", 500, raw=b"<html>oops</html>"), AmbiguousSendError, {"status": 500}),
+        (
+            Fault("status", 429, headers={"x-ratelimit-reset": "2"}, raw=b"<html>slow</html>"),
+            RateLimited,
+            {"retry_after": 2.0, "code": "429"},
+        ),
+        (Fault("status", 409, raw=b"<html>conflict</html>"), ServerError, {"status": 409}),
         (Fault("status", 500), AmbiguousSendError, {"status": 500}),
         (Fault("status_after", 502), AmbiguousSendError, {"status": 502}),
         (Fault("status", 400, code="40001"), Rejected, {"code": "40001"}),
@@ -386,3 +397,18 @@ def test_a_message_of_several_members_gives_each_only_the_errors_that_are_its_ow
     assert got == {MEMBERS[0]: ["40016"], MEMBERS[1]: [], MEMBERS[2]: []}
     alone = {"id": "own-1", "to": [{"phone_number": MEMBERS[0], "status": "sent"}], "errors": [cap]}
     assert [e.code for e in parse_statuses(alone)[0].errors] == ["40016"]
+
+
+def test_every_idempotency_key_is_one_a_server_honouring_keys_takes() -> None:
+    """Each form of key a group is sent under (a campaign's, an old ledger's, a resend's, a
+    new sender's) matches the pattern Telnyx documents where it honours keys."""
+    documented = re.compile(r"[A-Za-z0-9_:-]{1,255}")
+    gid = group_id("a job name with spaces/and+signs", [f"+1212555{i:04d}" for i in range(8)])
+    campaign = secrets.token_hex(8)
+    keys = [
+        idempotency_key(campaign, gid),
+        idempotency_key(None, gid),
+        idempotency_key(campaign, f"{gid}-r12"),
+        idempotency_key(campaign, f"{gid}-18445550001"),
+    ]
+    assert [k for k in keys if not documented.fullmatch(k)] == []

@@ -8,7 +8,7 @@ import functools
 import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from aiohttp import web
 
@@ -34,7 +34,8 @@ class Fault:
     """One scripted misbehaviour, used by the next POST that reaches the server.
 
     Args:
-        kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body),
+        kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body, or,
+            when ``raw`` is given, that body as HTML: a gateway's page, no JSON at all),
             ``status_after`` (accept, then answer ``status`` as ``status`` does: a gateway's
             5xx after the server acted),
             ``drop_before`` (close the connection without accepting, after ``delay``
@@ -62,11 +63,16 @@ class Fault:
     raw: bytes = b""
 
 
+#: A gateway's error page, as a proxy in front of an API answers in its place.
+GATEWAY_PAGE: Final = b"<html><body><h1>503 Service Unavailable</h1></body></html>"
+
 #: Named misbehaviours, for the sandbox (``BULK_MMS_SANDBOX_FAULTS``) and ``--fault``.
 FAULT_PRESETS: dict[str, Callable[[], Fault]] = {
     "status-500": lambda: Fault("status", 500),
     "status-503": lambda: Fault("status", 503),
     "status-502-after": lambda: Fault("status_after", 502),
+    # a gateway's own error page in front of the API: HTML, no errors[] to read
+    "status-503-html": lambda: Fault("status", 503, raw=GATEWAY_PAGE),
     # Telnyx's documented rate limit: code 10011 and x-ratelimit-* (reset in seconds)
     "status-429": lambda: Fault(
         "status",

@@ -38,6 +38,10 @@ class GroupMmsEndpoint(WebhookPump):
             return errors_answer(400, "10015", "Bad Request", "The request body is not valid JSON.")
         self.requests.append(body if isinstance(body, dict) else {"_": body})
         fault = self.faults.popleft() if self.faults else None
+        if fault is not None and fault.kind == "status" and fault.raw:
+            return web.Response(
+                status=fault.status, body=fault.raw, content_type="text/html", headers=fault.headers
+            )
         if fault is not None and fault.kind == "status":
             return errors_answer(
                 fault.status, fault.code or str(fault.status), "Scripted fault", "", fault.headers
