@@ -265,8 +265,9 @@ class Recorder:
         self, group: Group, r: SendReceipt, attempts: int, throttled: int
     ) -> list[RecipientStatus]:
         """The API accepted ``group``. Queued for the next group commit, not waited for: the
-        attempt before it is durable, so a crash before this is too leaves the group in doubt
-        under a key that replays the answer, as a crash during the request does. The worker
+        attempt before it is durable, so a crash before this is too leaves the group in doubt,
+        as a crash during the request does: settled by the API's records, never resent blindly
+        (a key that replays the answer only where the job says the API replays keys). The worker
         goes on meanwhile; a commit that fails stops the run at once (the store's
         ``on_failure``). Returns the final statuses the answer gives (a member it did not
         reach), each recorded as a ``status`` event, for the error policy."""
