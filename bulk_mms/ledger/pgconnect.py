@@ -170,6 +170,16 @@ def is_lost(conn: psycopg.BaseConnection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
 
+def shut_down(conn: psycopg.BaseConnection[Any]) -> None:
+    """Shut ``conn``'s socket down (never raises): a statement waiting on it, in any task or
+    thread, fails at once and finds the connection lost. Its handle stays its owner's to
+    close, after the statement has left it."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        fd = conn.fileno()
+        with socket.socket(fileno=os.dup(fd)) as shut:  # a copy: the handle keeps its own
+            shut.shutdown(socket.SHUT_RDWR)
+
+
 class Link:
     """One asynchronous connection of a run, bounded and made again once when found lost:
     how the store, the coordinator, the shared budget and the shared limits reach the
@@ -323,10 +333,7 @@ class Link:
         if not self._users.get(id(conn)):
             await self._close_now(conn)
             return
-        with contextlib.suppress(OSError, psycopg.Error):
-            fd = conn.fileno()
-            with socket.socket(fileno=os.dup(fd)) as shut:  # a copy: the handle keeps its own
-                shut.shutdown(socket.SHUT_RDWR)
+        shut_down(conn)
 
     @staticmethod
     async def _close_now(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -45,7 +45,9 @@ connection took is looked up by its transaction id, and written again only if it
 back), else the run stops with :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7,
 resumable). The server ends a run's transaction left idle past
 :data:`~bulk_mms.ledger.pgconnect.IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
-the locks it holds keep no other process waiting.
+the locks it holds keep no other process waiting. Each read of
+:meth:`PostgresStore.new_events` (on its own connection, in a worker thread) is bounded by
+the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, and made again once the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -73,7 +76,15 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.pgconnect import DB_TIMEOUT_S, Link, is_lost, scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import (
+    DB_TIMEOUT_S,
+    Link,
+    is_lost,
+    scrub,
+    shut_down,
+    split,
+    sync_connect,
+)
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.policy import MAX_RESENDS
 
@@ -445,6 +456,61 @@ class _Position:
         self.given = {seq for seq in self.given if seq > self.settled}
 
 
+class _Watchdog:
+    """Shuts a connection down (:func:`~bulk_mms.ledger.pgconnect.shut_down`: a statement
+    waiting on it fails at once, the connection lost) once a statement on it has run past its
+    bound: one thread, made on first use and kept until :meth:`close`, waiting for the
+    deadline of the statement under way (a thread made for each statement would cost more
+    than the statement). Private."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        #: The connection a statement is under way on, and its deadline (time.monotonic).
+        self._on: tuple[psycopg.Connection[Any], float] | None = None
+        #: Whether the thread waits for a statement (none under way).
+        self._idle = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        #: Whether the last statement bounded ran past its bound (its connection shut down).
+        self.cut = False
+
+    @contextlib.contextmanager
+    def bounding(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+        """Within the block, ``conn`` is shut down once ``seconds`` have passed (:attr:`cut`
+        says whether it was). Left only once such a shutdown is done: ``conn`` may be closed
+        after."""
+        with self._cond:
+            self._on, self.cut = (conn, time.monotonic() + seconds), False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True)
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._on = None
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._on is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                elif (left := self._on[1] - time.monotonic()) > 0:
+                    self._cond.wait(left)  # the statement's deadline, or a later one's
+                else:
+                    shut_down(self._on[0])
+                    self._on, self.cut = None, True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
 class PostgresStore(GroupCommitted[_Item]):
     """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
 
@@ -463,6 +529,8 @@ class PostgresStore(GroupCommitted[_Item]):
         self._follow: psycopg.Connection[Any] | None = None
         #: Held while that connection is used, made or closed: reads run in worker threads.
         self._following = threading.Lock()
+        #: Bounds each statement on it (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`).
+        self._watchdog = _Watchdog()
         self._closed = False
         self._writer = Link(conninfo, shown)
         self._reader = Link(conninfo, shown)
@@ -568,7 +636,10 @@ class PostgresStore(GroupCommitted[_Item]):
 
     def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """The rows of one statement on the connection the store keeps (made now if it has
-        none); once more on a new one if it was found lost (a read is safe to repeat).
+        none, within :data:`~bulk_mms.ledger.pgconnect.CONNECT_TIMEOUT_S`); once more on a
+        new one if it was found lost (a read is safe to repeat), or gave no answer within
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (a server stalled, a network gone
+        silent: the connection is then given up as lost).
 
         Raises:
             LedgerError: the database failed, or the store is closed (LedgerUnavailable: the
@@ -582,10 +653,13 @@ class PostgresStore(GroupCommitted[_Item]):
                     self._follow = sync_connect(self._conninfo)
                 conn = self._follow
                 try:
-                    return conn.execute(sql, params).fetchall()
+                    with self._watchdog.bounding(conn, DB_TIMEOUT_S):
+                        return conn.execute(sql, params).fetchall()
                 except psycopg.Error as exc:
                     text = f"cannot read: {scrub(exc, self._conninfo)}"
-                    if not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
+                    if self._watchdog.cut:
+                        text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
+                    elif not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
                         raise LedgerError(self.name, text) from None
                     self._follow = None
                     conn.close()
@@ -892,6 +966,7 @@ class PostgresStore(GroupCommitted[_Item]):
         with self._following:  # after a read under way: its handle is not freed under it
             self._closed = True
             follow, self._follow = self._follow, None
+            self._watchdog.close()
         if follow is not None:
             with contextlib.suppress(psycopg.Error):
                 follow.close()

@@ -1,0 +1,159 @@
+"""What ``webhooks`` and ``track --follow`` read a PostgreSQL ledger through
+(:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`) when the database misbehaves: a
+network gone silent, a server that stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import yarl
+from structlog.testing import capture_logs
+
+from bulk_mms.errors import LedgerUnavailable
+from bulk_mms.ledger import events, open_store, pgconnect, postgres
+from tests.conftest import SERVER
+from tests.test_pg_faults import HEADER, _counted_connects
+
+#: A read's bound in these tests, and libpq's least connect timeout (seconds).
+_READ_S = 0.5
+_CONNECT_S = 2
+
+
+class _Proxy:
+    """A TCP proxy to the test server, in a thread and loop of its own, that stops forwarding
+    when told (:attr:`forwarding`): both ways, on every connection, those made meanwhile too,
+    with no socket closed: a network gone silent. What comes meanwhile is dropped."""
+
+    def __init__(self) -> None:
+        self.forwarding = True
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if self.forwarding:
+                    writer.write(data)
+                    await writer.drain()
+        writer.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server = yarl.URL(SERVER)
+        self._writers.add(client_w)
+        try:
+            up_r, up_w = await asyncio.open_connection(server.host, server.port)
+        except OSError:
+            client_w.close()
+            return
+        self._writers.add(up_w)
+        await asyncio.gather(self._pump(client_r, up_w), self._pump(up_r, client_w))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Serve on 127.0.0.1 (:attr:`port`) until the block ends; then close every socket."""
+        started, done = threading.Event(), asyncio.Event()
+
+        async def main() -> None:
+            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            started.set()
+            await done.wait()
+            server.close()
+            for writer in self._writers:
+                writer.close()
+            pumping = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in pumping:
+                task.cancel()
+            await asyncio.gather(*pumping, return_exceptions=True)
+
+        thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),))
+        thread.start()
+        assert started.wait(10)
+        try:
+            yield
+        finally:
+            self._loop.call_soon_threadsafe(done.set)
+            thread.join(10)
+            self._loop.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[_Proxy]:
+    proxy = _Proxy()
+    with proxy.running():
+        yield proxy
+
+
+def _through(database: str, proxy: _Proxy) -> str:
+    """``database``'s URL by way of ``proxy``."""
+    return str(yarl.URL(database).with_host("127.0.0.1").with_port(proxy.port))
+
+
+def test_a_read_on_a_network_gone_silent_fails_in_one_line_within_its_bounds(
+    database: str, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network that stops answering, no socket closed: the read gives its connection up
+    after its bound, the one made again gets no answer within the connect timeout either,
+    and the read fails in one line (LedgerUnavailable, exit 7) within both bounds; once the
+    network answers again, the next read connects and gives what was appended meanwhile."""
+    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "CONNECT_TIMEOUT_S", _CONNECT_S)
+    writer = open_store(f"{database}?ledger=follow", "run")
+    reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
+    try:
+        writer.append_now(HEADER)
+        assert list(reader.new_events()) == [HEADER]
+        proxy.forwarding = False
+        writer.append_now(later := events.RunStarted(1, "t"))
+        started = time.monotonic()
+        with (
+            capture_logs() as logs,
+            pytest.raises(LedgerUnavailable, match=r"^\S+: cannot connect: [^\n]*$") as failed,
+        ):
+            list(reader.new_events())
+        took = time.monotonic() - started
+        assert _READ_S + _CONNECT_S - 0.1 < took < _READ_S + _CONNECT_S + 2
+        assert failed.value.exit_code == 7
+        assert [(e["event"], e["error"]) for e in logs] == [
+            ("ledger.reconnecting", f"cannot read: no answer within {_READ_S:g} s")
+        ]
+        proxy.forwarding = True
+        assert list(reader.new_events()) == [later]
+    finally:
+        reader.close_sync()
+        writer.close_sync()
+
+
+def test_a_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that takes connections but answers no read (the events table locked): each
+    of the read's two tries gives up after its bound, and it fails in one line
+    (LedgerUnavailable); once the server answers, the next read gives what is new."""
+    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    where = f"{database}?ledger=follow"
+    writer, reader = open_store(where, "run"), open_store(where, "append")
+    made = _counted_connects(monkeypatch)
+    try:
+        writer.append_now(HEADER)
+        with psycopg.connect(database) as locker:
+            locker.execute("LOCK TABLE bulk_mms_events IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(
+                LedgerUnavailable, match=rf"^\S+: cannot read: no answer within {_READ_S:g} s$"
+            ):
+                list(reader.new_events())
+            took = time.monotonic() - started
+        assert 2 * _READ_S - 0.1 < took < 2 * _READ_S + 2
+        assert len(made) == 2  # the first, and the one made again once
+        assert list(reader.new_events()) == [HEADER]
+    finally:
+        reader.close_sync()
+        writer.close_sync()
