@@ -1,6 +1,6 @@
 """What ``webhooks`` and ``track --follow`` read a PostgreSQL ledger through
 (:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`) when the database misbehaves: a
-network gone silent, a server that stalls."""
+network gone silent, a server that stalls, a hot standby."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yarl
 from structlog.testing import capture_logs
 
-from bulk_mms.errors import LedgerUnavailable
+from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger import events, open_store, pgconnect, postgres
 from tests.conftest import SERVER
 from tests.test_pg_faults import HEADER, _counted_connects
@@ -157,3 +157,23 @@ def test_a_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
     finally:
         reader.close_sync()
         writer.close_sync()
+
+
+def test_a_store_refuses_a_standby_in_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server in recovery (a hot standby: read-only, its pg_locks without the primary's
+    writers) is refused as a store opens, in one line naming the setting to point at the
+    primary (exit 2), its connection closed and nothing created; the server here, a primary,
+    says it is not one."""
+    with psycopg.connect(database) as conn:
+        assert conn.execute(postgres._IN_RECOVERY).fetchone() == (False,)
+    monkeypatch.setattr(postgres, "_IN_RECOVERY", "SELECT true")  # what a standby answers
+    made = _counted_connects(monkeypatch)
+    standby = r"a read-only standby \(pg_is_in_recovery\): point BULK_MMS_LEDGER_URL"
+    with pytest.raises(LedgerError, match=rf"^\S+: {standby} [^\n]* at the primary$") as refused:
+        open_store(f"{database}?ledger=follow", "append")
+    assert refused.value.exit_code == 2
+    assert [conn.closed for conn in made] == [True]
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT to_regclass('bulk_mms_events')").fetchone() == (None,)

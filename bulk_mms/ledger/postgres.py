@@ -48,6 +48,8 @@ resumable). The server ends a run's transaction left idle past
 the locks it holds keep no other process waiting. Each read of
 :meth:`PostgresStore.new_events` (on its own connection, in a worker thread) is bounded by
 the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, and made again once the same way.
+A hot standby is refused as a store opens: it takes no writes, and its ``pg_locks`` shows
+none of the primary's writers, which a read of what is new waits for.
 """
 
 from __future__ import annotations
@@ -272,6 +274,9 @@ _READ_NEW: Final = f"""
 #: clock tests run one) Python's own sleep fails.
 _WRITERS_POLL_S: Final = 0.01
 _PAUSE: Final = "SELECT pg_sleep(%s)"
+#: Whether the server is a hot standby: read-only, and its ``pg_locks`` shows none of the
+#: primary's writers.
+_IN_RECOVERY: Final = "SELECT pg_is_in_recovery()"
 #: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
 #: a large backlog at once.
 READ_PAGE = 5000
@@ -520,6 +525,12 @@ class PostgresStore(GroupCommitted[_Item]):
         self.ledger_name = name
         self.name = shown
         self._conn = conn
+        if (row := conn.execute(_IN_RECOVERY).fetchone()) is not None and row[0]:
+            raise LedgerError(
+                shown,
+                "a read-only standby (pg_is_in_recovery): point BULK_MMS_LEDGER_URL (or "
+                "--ledger, or the job's ledger) at the primary",
+            )
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
         #: What :meth:`new_events` has given since the last full read (:meth:`events`).
@@ -552,7 +563,8 @@ class PostgresStore(GroupCommitted[_Item]):
         runs of it may be going on: they share it).
 
         Raises:
-            LedgerError: the database cannot be reached or used; (``append``, ``read``) the
+            LedgerError: the database cannot be reached or used, or is a standby (its
+                ``pg_locks`` shows none of the primary's writers); (``append``, ``read``) the
                 ledger does not exist.
         """
         conninfo, name, shown = split(location)
