@@ -1,6 +1,7 @@
 """What ``webhooks`` and ``track --follow`` read a PostgreSQL ledger through
 (:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`) when the database misbehaves: a
-network gone silent, a server that stalls, a hot standby."""
+network gone silent, a server that stalls, a hot standby, a transaction left open on the
+events table."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from structlog.testing import capture_logs
 from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger import events, open_store, pgconnect, postgres
 from tests.conftest import SERVER
-from tests.test_pg_faults import HEADER, _counted_connects
+from tests.test_pg_faults import HEADER, _counted_connects, _insert_run
 
 #: A read's bound in these tests, and libpq's least connect timeout (seconds).
 _READ_S = 0.5
@@ -177,3 +178,33 @@ def test_a_store_refuses_a_standby_in_one_line(
     assert [conn.closed for conn in made] == [True]
     with psycopg.connect(database) as conn:
         assert conn.execute("SELECT to_regclass('bulk_mms_events')").fetchone() == (None,)
+
+
+def test_a_transaction_left_open_on_the_events_table_is_logged_once_past_a_minute(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction left open after writing to bulk_mms_events (an operator's psql) holds
+    up what the reads settle: once the looks have named it for over HELD_UP_S, one warning
+    names its pid and how long, not one each read after; one that ended sooner is never
+    named."""
+    now = [1000.0]
+    monkeypatch.setattr(postgres, "since_boot", lambda: now[0])
+    where = f"{database}?ledger=follow"
+    writer, reader = open_store(where, "run"), open_store(where, "append")
+    try:
+        writer.append_now(HEADER)
+        with capture_logs() as logs:
+            with psycopg.connect(database) as quick:  # committed as it closes
+                _insert_run(quick, 1)
+                assert list(reader.new_events()) == [HEADER]
+            with psycopg.connect(database) as psql:
+                _insert_run(psql, 2)
+                for at in (1010.0, 1040.0, 1070.0, 1071.0, 1100.0, 1200.0):
+                    now[0] = at
+                    list(reader.new_events())
+                pid = psql.info.backend_pid
+        held = [e for e in logs if e["event"] == "ledger.follow_held_up"]
+        assert [(e["pid"], e["held_s"], e["log_level"]) for e in held] == [(pid, 61, "warning")]
+    finally:
+        reader.close_sync()
+        writer.close_sync()

@@ -61,8 +61,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -249,21 +249,23 @@ _READ_PAGE: Final = (
 #: by then or is named (the sequence hands its values out in order, one at a time: its
 #: ``CACHE`` is 1, a ``bigserial``'s). And whether one is a prepared transaction (two-phase
 #: commit: no backend holds its locks, ``pid`` null): one recovered as the server restarted
-#: is named anew, so no name an earlier look found can be told from it. A :class:`_Look`.
+#: is named anew, so no name an earlier look found can be told from it. Last, the writers'
+#: backends' pids, in the writers' order. A :class:`_Look`.
 _WRITERS: Final = """
     SELECT (SELECT max(seq) FROM bulk_mms_events WHERE ledger = %(ledger)s) AS last,
-        coalesce(array_agg(l.virtualtransaction), '{}') AS writers,
-        coalesce(bool_or(l.pid IS NULL), false) AS prepared
+        coalesce(array_agg(l.virtualtransaction ORDER BY l.virtualtransaction), '{}') AS writers,
+        coalesce(bool_or(l.pid IS NULL), false) AS prepared,
+        coalesce(array_agg(l.pid ORDER BY l.virtualtransaction), '{}') AS pids
     FROM pg_locks l
     WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
         AND l.relation = 'bulk_mms_events'::regclass
         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 #: :data:`_WRITERS` and the first page of :data:`_READ_PAGE`, in one statement (one round
-#: trip a read): a row (last, writers, prepared, seq, body) each, or one with no seq when
-#: nothing is new.
+#: trip a read): a row (last, writers, prepared, pids, seq, body) each, or one with no seq
+#: when nothing is new.
 _READ_NEW: Final = f"""
-    SELECT w.last, w.writers, w.prepared, r.seq, r.body FROM ({_WRITERS}) AS w
+    SELECT w.last, w.writers, w.prepared, w.pids, r.seq, r.body FROM ({_WRITERS}) AS w
     LEFT JOIN LATERAL (
         SELECT seq, body::text AS body FROM bulk_mms_events
         WHERE ledger = %(ledger)s AND seq > %(after)s AND seq <> ALL(%(given)s::bigint[])
@@ -274,6 +276,9 @@ _READ_NEW: Final = f"""
 #: clock tests run one) Python's own sleep fails.
 _WRITERS_POLL_S: Final = 0.01
 _PAUSE: Final = "SELECT pg_sleep(%s)"
+#: Seconds one transaction may hold up what :meth:`PostgresStore.new_events` settles (named
+#: by every look since) before it is logged (``ledger.follow_held_up``, once).
+HELD_UP_S: Final = 60.0
 #: Whether the server is a hot standby: read-only, and its ``pg_locks`` shows none of the
 #: primary's writers.
 _IN_RECOVERY: Final = "SELECT pg_is_in_recovery()"
@@ -401,11 +406,14 @@ class _Look:
     last: int
     writers: frozenset[str]
     prepared: bool
+    #: Each writer's backend's pid (none for a prepared one).
+    pids: Mapping[str, int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, row: tuple[Any, ...]) -> _Look:
-        """The look of a row (last, writers, prepared, ...) of :data:`_WRITERS`."""
-        return cls(int(row[0] or 0), frozenset(map(str, row[1])), bool(row[2]))
+        """The look of a row (last, writers, prepared, pids, ...) of :data:`_WRITERS`."""
+        pids = dict(zip(map(str, row[1]), row[3], strict=True))
+        return cls(int(row[0] or 0), frozenset(pids), bool(row[2]), pids)
 
     def ended(self, marked: frozenset[str]) -> bool:
         """Whether the transactions ``marked`` (an earlier look's writers) had all ended by
@@ -542,6 +550,10 @@ class PostgresStore(GroupCommitted[_Item]):
         self._following = threading.Lock()
         #: Bounds each statement on it (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`).
         self._watchdog = _Watchdog()
+        #: Each transaction the looks of :meth:`new_events` found writing, and since when
+        #: (:func:`~bulk_mms.clock.since_boot`); those logged as holding them up.
+        self._writing: dict[str, float] = {}
+        self._held_up: set[str] = set()
         self._closed = False
         self._writer = Link(conninfo, shown)
         self._reader = Link(conninfo, shown)
@@ -632,13 +644,33 @@ class PostgresStore(GroupCommitted[_Item]):
         params = {"ledger": self._id, "after": position.settled, "given": given}
         first = self._fetch(_READ_NEW, {**params, "page": READ_PAGE})
         position.mark(look := _Look.of(first[0]))
-        rows = [row[3:] for row in first if row[3] is not None]
+        self._note_writers(look)
+        rows = [row[4:] for row in first if row[4] is not None]
         while True:
             yield from self._events_of(rows, position)
             if len(rows) < READ_PAGE:
                 break
             rows = self._fetch(_READ_PAGE, (self._id, rows[-1][0], given, READ_PAGE))
         position.settle(look)
+
+    def _note_writers(self, look: _Look) -> None:
+        """Log, once, each transaction that every look for over :data:`HELD_UP_S` found
+        writing (``look`` the latest): it holds up what the reads settle (one left open by an
+        operator's ``psql``, say), and the seqs given above that are remembered until it
+        ends."""
+        now = since_boot()
+        self._writing = {w: self._writing.get(w, now) for w in look.writers}
+        self._held_up &= self._writing.keys()
+        for writer, since in self._writing.items():
+            if now - since > HELD_UP_S and writer not in self._held_up:
+                self._held_up.add(writer)
+                log.warning(
+                    "ledger.follow_held_up",
+                    ledger=self.name,
+                    pid=look.pids.get(writer),
+                    virtualtransaction=writer,
+                    held_s=round(now - since),
+                )
 
     def may_have_new(self) -> bool:
         """Always True: only a query can tell, and no query is cheaper than the read itself
