@@ -9,10 +9,13 @@ runs on a :class:`FakeClock` that the test moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openapi_core import OpenAPI
+from openapi_core.datatypes import RequestParameters
 from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
-from openapi_schema_validator import OAS31Validator
 
 from bulk_mms.answers import parse_statuses
 from bulk_mms.client import AiohttpMmsClient
@@ -36,6 +39,7 @@ from bulk_mms.fake_api import (
     Accepted,
     FakeTelnyx,
     SeenRequest,
+    WebhookPost,
     accept_log_writer,
     carrier_timeline,
 )
@@ -169,12 +173,32 @@ def assert_valid(seen: SeenRequest, status: int, raw: bytes, *, unknown_ok: bool
     assert found == [], found
 
 
-_EVENT = OAS31Validator(
-    {
-        "$ref": "#/components/schemas/OutboundMessageEvent",
-        "components": SPEC.spec.read_value()["components"],
-    }
-)
+@dataclass
+class WebhookMock:
+    """A webhook the fake posted, as openapi-core reads a request to one of the spec's
+    ``webhooks`` (its ``WebhookRequest``): its headers and its body."""
+
+    name: str
+    body: bytes
+    headers: dict[str, str]
+    method: str = "post"
+    content_type: str = "application/json"
+    parameters: RequestParameters = field(init=False)
+
+    def __post_init__(self) -> None:
+        # names in lower case, as the spec writes them: HTTP's are case-insensitive
+        self.parameters = RequestParameters(header={k.lower(): v for k, v in self.headers.items()})
+
+
+def webhook_problems(post: WebhookPost) -> list[str]:
+    """What the spec's ``deliveryUpdate`` webhook finds wrong with a webhook the fake posted:
+    its body (an ``OutboundMessageEvent``) and the header parameters the spec declares
+    (``telnyx-timestamp``, an integer, and ``telnyx-signature-ed25519``, both required)."""
+    try:
+        SPEC.validate_request(WebhookMock("deliveryUpdate", post.body, post.headers))
+    except OpenAPIError as exc:
+        return problems(exc)
+    return []
 
 
 class Api:
@@ -611,7 +635,7 @@ async def test_signed_webhooks_reach_the_real_receiver_and_its_ledger(
         await store.close()
     assert {p.answer for p in fake.webhooks_sent} == {200}
     for post in fake.webhooks_sent:
-        assert list(_EVENT.iter_errors(orjson.loads(post.body))) == []
+        assert webhook_problems(post) == []
     finals = {
         e["recipient"]: e["status"]
         for e in ledger_events(job.ledger)
@@ -659,6 +683,111 @@ async def test_a_webhook_the_receiver_refuses_is_tried_three_times_then_the_fail
         clock.advance(1)
         assert await a.fake.pump_webhooks() == 1
     assert got == [("/main", 1), ("/main", 2), ("/main", 3), ("/failover", 4)]
+
+
+async def test_the_spec_s_webhook_check_reads_the_headers_it_declares(api: ApiClock) -> None:
+    """The deliveryUpdate check sees the headers the spec declares: the fake's webhooks pass
+    it, and one without telnyx-timestamp, with one that is not an integer, or without
+    telnyx-signature-ed25519, does not."""
+    a, clock = api
+    a.fake.signing_key = Ed25519PrivateKey.generate()
+    async with hook_server() as url:
+        a.fake.webhook_url = url
+        assert (await a.send(["+12125550100"]))[0] == 200
+        clock.advance(1)
+        assert await a.fake.pump_webhooks() == 2
+    for post in a.fake.webhooks_sent:
+        assert webhook_problems(post) == []
+    post = a.fake.webhooks_sent[0]
+    broken = {
+        "no stamp": {k: v for k, v in post.headers.items() if k != "telnyx-timestamp"},
+        "a word": {**post.headers, "telnyx-timestamp": "yesterday"},
+        "unsigned": {k: v for k, v in post.headers.items() if k != "telnyx-signature-ed25519"},
+    }
+    found = {
+        why: webhook_problems(dataclasses.replace(post, headers=headers))
+        for why, headers in broken.items()
+    }
+    assert all("telnyx-" in " ".join(p) for p in found.values()), found
+
+
+@contextlib.asynccontextmanager
+async def hook_server(answers: list[str] | None = None) -> AsyncIterator[str]:
+    """A receiver that answers 200 to every webhook (noting each event's id and type in
+    ``answers``, if given); yields its URL."""
+
+    async def hook(request: web.Request) -> web.Response:
+        data = orjson.loads(await request.read())["data"]
+        if answers is not None:
+            answers.append(f"{data['event_type']} {data['id']}")
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        yield str(server.make_url("/hooks"))
+
+
+async def test_repeated_webhooks_are_later_attempts_of_the_same_event(api: ApiClock) -> None:
+    """webhook_repeats: an event answered 200 comes again, the same id, occurred_at and
+    payload, as its next attempts at the same URL (no more than Telnyx's three), after the
+    other events' first deliveries; out of order, a recipient's message.finalized comes
+    before its message.sent, which says when it happened."""
+    a, clock = api
+    a.fake.signing_key = Ed25519PrivateKey.generate()
+    a.fake.webhook_repeats, a.fake.webhooks_out_of_order = 2, True
+    a.fake.delivery_status = carrier_timeline(0, 1, 3)
+    got: list[str] = []
+    async with hook_server(got) as url:
+        a.fake.webhook_url = url
+        assert (await a.send(["+12125550100", "+12125550101"]))[0] == 200
+        clock.advance(1.5)
+        assert await a.fake.pump_webhooks() == 0  # sent, but held back for its finalized
+        clock.advance(2)
+        assert await a.fake.pump_webhooks() == 4
+    posts = a.fake.webhooks_sent
+    kinds = [p.event_type for p in posts]
+    assert kinds == ["message.finalized", "message.sent"] * 6
+    assert got[:4] == list(dict.fromkeys(got))  # four events first, then their repeats
+    assert {got.count(event) for event in got} == {3}
+    assert {p.url for p in posts} == {url}
+    assert sorted(p.attempt for p in posts) == [2] * 4 + [3] * 4 + [4] * 4  # 1: no failover
+    bodies: dict[str, set[bytes]] = {}
+    for post, event in zip(posts, got, strict=True):
+        bodies.setdefault(event, set()).add(orjson.dumps(orjson.loads(post.body)["data"]))
+    assert {len(b) for b in bodies.values()} == {1}  # the same event each time
+    for post in posts:
+        assert webhook_problems(post) == []
+    stamps = {
+        p.event_type: parse_time(orjson.loads(p.body)["data"]["occurred_at"])
+        for p in posts
+        if p.phone == "+12125550100"
+    }
+    assert stamps["message.finalized"] - stamps["message.sent"] == pytest.approx(2)
+
+
+def test_a_webhook_is_repeated_no_more_than_telnyx_tries_a_url() -> None:
+    """webhook_repeats past 2 is refused: Telnyx tries a URL three times (FACTS 7)."""
+    with pytest.raises(ValueError, match="0 to 2"):
+        FakeTelnyx(webhook_repeats=3)
+
+
+async def test_live_answers_give_each_recipient_its_status_as_the_spec_allows(
+    api: ApiClock,
+) -> None:
+    """live_answers: the send's answer gives each recipient its status on the timeline (any
+    of the spec's enum for the answer, a failure with its code), and it is what the spec
+    describes."""
+    a, _ = api
+    a.fake.live_answers = True
+    firsts = ["queued", "sending", "sent", "delivered", "delivery_failed", "delivery_unconfirmed"]
+    to = [f"+1212555010{i}" for i in range(len(firsts))]
+    a.fake.delivery_status = lambda phone, _age: firsts[int(phone[-1])]
+    a.fake.report["+12125550104"] = "40008"
+    status, body = await a.send(to)  # checked against the spec by the call
+    assert status == 200
+    assert [r["status"] for r in body["data"]["to"]] == firsts
+    assert [e["code"] for e in body["data"]["errors"]] == ["40008"]
 
 
 async def test_a_served_fake_posts_due_webhooks_each_time_its_sleep_ends() -> None:
@@ -921,7 +1050,7 @@ async def test_a_run_tracked_and_reported_by_webhooks_on_sparse_answers_settles_
         await store.close()
     assert {p.answer for p in fake.webhooks_sent} == {200}
     for post in fake.webhooks_sent:
-        assert list(_EVENT.iter_errors(orjson.loads(post.body))) == []
+        assert webhook_problems(post) == []
         assert set(orjson.loads(post.body)) == {"data"}
     finals = {
         e["recipient"]: (e["status"], [x["code"] for x in e.get("errors", [])])

@@ -6,7 +6,8 @@ the fake follows them by default:
 
 * ``POST /v2/messages/group_mms`` validates the body as documented (``from``; ``to`` of 1 to 8
   numbers in +E.164; ``text`` non-empty when given; text or media required), keeps the message
-  and answers an ``OutboundMessagePayload`` (every ``to[].status`` ``queued``, ``cost`` an
+  and answers an ``OutboundMessagePayload`` (every ``to[].status`` ``queued``, or with
+  ``live_answers`` each as the timeline has it, as the spec's enum allows; ``cost`` an
   estimate with a string amount, ``wait_seconds``). ``Idempotency-Key`` is ignored (not
   declared for this endpoint): a repeat is a new message. Its only refusals are the
   synchronous codes of :data:`REFUSALS` (409 40300, 429 40318/40333/10011, 402 20100, 401
@@ -31,7 +32,9 @@ the fake follows them by default:
   recipient) are posted, Ed25519-signed, as the timeline reaches them
   (:meth:`FakeTelnyx.pump_webhooks`), ``occurred_at`` with a ``+00:00`` offset as Telnyx's
   examples write it; with ``webhooks_before_answer``, before the send's answer goes back (they
-  race it at Telnyx).
+  race it at Telnyx). With ``webhook_repeats``, an event answered 2xx comes again (the same
+  id, at its next attempts: an answer lost or slow); with ``webhooks_out_of_order``, latest
+  first (a ``message.finalized`` before its ``message.sent``).
 
 Times are written as the spec's example for each field does; ``varied_stamps`` writes them
 in turn in every form Telnyx may use (``Z`` or an offset, 0 to 9 fraction digits).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 
 from aiohttp import web
 
@@ -71,6 +72,36 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         action="store_true",
         help="write times in every form Telnyx uses (Z or offsets, 0-9 fraction digits)",
     )
+    parser.add_argument(
+        "--live-answers",
+        action="store_true",
+        help="the send's answer gives each recipient its status on the timeline, not queued",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="post signed delivery webhooks here (the key's public half is printed first)",
+    )
+    parser.add_argument(
+        "--webhook-every",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="post the webhooks due this often (with --webhook-url)",
+    )
+    parser.add_argument(
+        "--webhook-repeats",
+        type=int,
+        default=0,
+        choices=range(3),
+        metavar="N",
+        help="take N 2xx answers to each webhook as lost: it comes again (0 to 2)",
+    )
+    parser.add_argument(
+        "--webhooks-out-of-order",
+        action="store_true",
+        help="post webhooks latest first: a message.finalized before its message.sent",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(
         api_key=args.key,
@@ -79,7 +110,12 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         numbers=frozenset(args.number) if args.number else None,
         lookup_lag_s=args.lookup_lag,
         varied_stamps=args.varied_stamps,
+        live_answers=args.live_answers,
+        webhook_repeats=args.webhook_repeats,
+        webhooks_out_of_order=args.webhooks_out_of_order,
     )
+    if args.webhook_url:
+        _sign_webhooks(fake, args.webhook_url, args.webhook_every)
     for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
         for item in items:
             number, sep, code = item.partition("=")
@@ -95,6 +131,24 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
             args.fail_every, args.final_after / 3, args.final_after
         )
     web.run_app(fake.app(), host="127.0.0.1", port=args.port)
+
+
+def _sign_webhooks(fake: FakeTelnyx, url: str, every: float) -> None:  # pragma: no cover
+    """Post ``fake``'s webhooks to ``url`` every ``every`` seconds, signed by a key made now,
+    whose public half is printed for the receiver (``TELNYX_PUBLIC_KEY``)."""
+    # cryptography is the webhooks extra's: the fake runs without it unless it signs
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        PublicFormat,
+    )
+
+    fake.signing_key = Ed25519PrivateKey.generate()
+    public = fake.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    print(f"TELNYX_PUBLIC_KEY={base64.b64encode(public).decode()}", flush=True)
+    fake.webhook_url, fake.webhook_every_s = url, every
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,13 +32,16 @@ class MessageViews(FakeState):
         only: int | None = None,
         live: bool = False,
         status: str | None = None,
+        send: bool = False,
     ) -> dict[str, Any]:
         """The documented message object (OutboundMessagePayload), for the whole group or for
         recipient ``only``.
 
         ``live``: statuses as they stand now (the GETs), else ``queued`` (the send);
-        ``status`` overrides it (a webhook's). Money is a string amount: the estimate until a
-        recipient is final, then its final cost (null for one that never left Telnyx).
+        ``status`` overrides it (a webhook's); ``send``: the send's answer (its amounts
+        strings whatever :attr:`numeric_amounts` says). Money is a string amount: the
+        estimate until a recipient is final, then its final cost (null for one that never
+        left Telnyx).
         """
         indexes = list(range(len(msg.to))) if only is None else [only]
         if status is not None:
@@ -116,7 +119,9 @@ class MessageViews(FakeState):
             "errors": errors,
             "wait_seconds": msg.wait_seconds,
         }
-        if self.numeric_amounts and live:  # the GET page's example: amounts as JSON numbers
+        if (
+            self.numeric_amounts and live and not send
+        ):  # the GET page's example: amounts as JSON numbers
             _numeric(record.get("cost"))
             for part in (record.get("cost_breakdown") or {}).values():
                 _numeric(part)

@@ -4,7 +4,7 @@ webhooks it posted, and each sender's queue."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -69,6 +69,8 @@ class WebhookPost:
     #: The receiver's HTTP status; None when the connection failed.
     answer: int | None
     body: bytes
+    #: The request's headers as posted (``telnyx-timestamp``, ``telnyx-signature-ed25519``).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -79,7 +79,7 @@ class GroupMmsEndpoint(WebhookPump):
             if wait is None:
                 return errors_answer(429, "40318", "Message queue full", "Try again later.")
         msg = self._accept(body, key, wait)
-        response = {"data": self._record(msg, live=False)}
+        response = {"data": self._record(msg, live=self.live_answers, send=True)}
         if self.webhooks_before_answer:
             await self.pump_webhooks()
         if key is not None and self.replay_keys:

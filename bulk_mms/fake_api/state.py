@@ -44,6 +44,11 @@ class FakeState:
     #: Answer carrier codes in :attr:`refuse` (40016, 40003...) synchronously with a 400, as
     #: the kind fake did. Off: they are accepted and reported in delivery statuses.
     sync_carrier_codes: bool = False
+    #: Give each recipient of the send's answer its status as the delivery timeline has it
+    #: when the answer goes back (:attr:`delivery_status`: ``sending``, ``sent``, even a
+    #: final one with its errors), as the GETs would: the spec's enum for the answer's
+    #: ``to[].status`` allows every status. Off: every one ``queued``, as the spec's example.
+    live_answers: bool = False
     #: Name each opted-out member of a refused group (one error each, ``source.pointer``
     #: ``/to/i``). Off: one 40300 error naming nobody; the spec does not say it names any.
     name_refused_members: bool = False
@@ -127,6 +132,17 @@ class FakeState:
     #: its answer goes back: Telnyx's webhooks and the send's answer race, and nothing says
     #: the answer is read first (a sender's ``sent`` line may come after its webhooks).
     webhooks_before_answer: bool = False
+    #: Take this many 2xx answers to each webhook as lost (0 to 2), as Telnyx takes an answer
+    #: that is lost or later than 2 s: the event, the same id, ``occurred_at`` and payload,
+    #: is delivered again at its next attempt (the same URL while it has attempts left, of
+    #: the three Telnyx makes, then the failover URL), after the other events' first
+    #: deliveries. Off: an event answered 2xx is not delivered again.
+    webhook_repeats: int = 0
+    #: Post the due webhooks latest first, and hold a recipient's ``message.sent`` back until
+    #: its ``message.finalized`` is due: it comes after it, stamped when it happened. Nothing
+    #: in the docs orders Telnyx's deliveries, and a retried ``message.sent`` comes after a
+    #: ``message.finalized`` that got through. Off: in the order the timeline reached them.
+    webhooks_out_of_order: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
@@ -162,6 +178,9 @@ class FakeState:
     _stamps: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.webhook_repeats <= 2:
+            # Telnyx tries a URL three times (FACTS 7): a 2xx lost at the third is not retried
+            raise ValueError(f"webhook_repeats must be 0 to 2, not {self.webhook_repeats}")
         self._epoch = time.time() - self.clock()
 
     def stamp(self, wall: float, form: tuple[str, int, str] = MESSAGE_STAMP) -> str:
