@@ -59,6 +59,12 @@ __all__ = [
 
 #: A physical line longer than this is rejected instead of being read into memory whole.
 MAX_LINE_BYTES = 1 << 20
+#: The csv module's field limit (characters), raised past any line the reader hands it whole:
+#: at its default (131072) a long note on one line stops the csv module mid-field, and it reads
+#: on from the next line as if the field had closed. Only a field over several lines can still
+#: reach it, and that stops the file (:meth:`RowReader._malformed`).
+FIELD_LIMIT = MAX_LINE_BYTES + 1
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
@@ -75,6 +81,8 @@ _NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
+#: What the csv module says of a field larger than its limit (:data:`FIELD_LIMIT`).
+_FIELD_LIMIT_SAID = "field larger than field limit"
 
 
 _KINDS = (
@@ -605,10 +613,27 @@ class RowReader:
                             yield item
                 except csv.Error as exc:
                     start, last = last + 1, reader.line_num
-                    yield RejectedRow(start, self._said(last), _malformed(exc))
+                    yield self._malformed(exc, start, last)
                 else:
                     break
         self._ended()
+
+    def _malformed(self, exc: csv.Error, start: int, last: int) -> RejectedRow:
+        """The row of lines ``start`` to ``last`` the csv module refused, rejected.
+
+        Raises:
+            InputError: the record runs over lines (a field that grew past
+                :data:`FIELD_LIMIT`: a quote left open over thousands of rows): the csv
+                module would read on from the next line as if the field had closed.
+        """
+        if last > start and _FIELD_LIMIT_SAID in str(exc):
+            raise InputError(
+                self.path,
+                f"a quoted field opened here runs to line {last} and past {FIELD_LIMIT} "
+                "characters: an unclosed quote? Remove or close the stray quote, and run again",
+                line=start,
+            )
+        return RejectedRow(start, self._said(last), _malformed(exc))
 
     def _kept(self, batches: Iterator[Sequence[str]]) -> Iterator[Sequence[str]]:
         """``batches`` as they are, each kept while the csv module reads it, and after that

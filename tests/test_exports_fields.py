@@ -1,0 +1,62 @@
+"""Exports as offices make them, with fields larger than the csv module's own limit: a note
+pasted whole into a cell, a quote left open over thousands of rows. Every row is sent or
+named; none is read from the middle of a field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bulk_mms.cli import main
+from bulk_mms.fake_api import FakeTelnyx
+from tests.conftest import JobFactory, numbers
+from tests.threaded import fake_api_thread
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
+    monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-fields")
+
+
+def _people(jobs: JobFactory, rows: list[str]) -> Path:
+    return jobs.csv("phone,first,note\r\n" + "".join(f"{r}\r\n" for r in rows))
+
+
+def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stray quote whose field would grow past the csv module's field limit (131072
+    characters) before any quote closes it stops the file at the line it opened (exit 2),
+    instead of rejecting one row and reading on from the middle of the field, the thousands
+    of rows it swallowed gone without a word."""
+    note = "x" * 150  # 9,000 rows of these: more than a line may hold, MAX_LINE_BYTES
+    rows = [f"{p},P{i},{note}" for i, p in enumerate(numbers(9000))]
+    rows[100] = rows[100].replace(",x", ',"x', 1)
+    _people(jobs, rows)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "people.csv:102: " in err
+    assert "unclosed quote" in err
+    assert fake.requests == []
+
+
+def test_a_long_note_on_one_line_is_one_row_and_a_row_pasted_after_it_is_not_texted(
+    jobs: JobFactory,
+) -> None:
+    """A quoted note whose first line is longer than the csv module's default field limit
+    (131072 characters; under a line's) is read as the field it is: the row holding it is
+    sent, and a row pasted into the note's next line stays in the note, never texted."""
+    people = numbers(30)
+    rows = [f"{p},P{i},x" for i, p in enumerate(people)]
+    rows[10] = f'{people[10]},P10,"{"z" * 140_000}\r\n+13125559001,Pasted,x\r\nend of note"'
+    _people(jobs, rows)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
