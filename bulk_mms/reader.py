@@ -81,6 +81,8 @@ _NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
+#: Why an over-long line's row is rejected.
+_LONG = f"line is longer than {MAX_LINE_BYTES} bytes"
 #: What the csv module says of a field larger than its limit (:data:`FIELD_LIMIT`).
 _FIELD_LIMIT_SAID = "field larger than field limit"
 
@@ -189,6 +191,7 @@ class RowReader:
         "_first",
         "_known",
         "_lineno",
+        "_odd_quotes",
         "_ours",
         "_pad",
         "_raw",
@@ -251,6 +254,8 @@ class RowReader:
         # line number -> why the decoder refused it (CSV only): a reason its row is rejected
         # for, or the error that stops the file
         self._bad: dict[int, str | InputError] = {}
+        # over-long lines read a line at a time (_whole) that held an odd number of quotes
+        self._odd_quotes: set[int] = set()
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes]] = deque()
         # lines read so far: a read that fails, fails on the next one
@@ -361,10 +366,12 @@ class RowReader:
         line = f.readline(MAX_LINE_BYTES + 1)
         if not line:
             return None
-        line = _whole(line, f.readline)
+        line, quotes = _whole(line, f.readline)
         if self._expect is not None:
             self._check_unchanged()  # a line at a time (JSONL): each line, before it counts
         self._lineno += 1
+        if quotes % 2:
+            self._odd_quotes.add(self._lineno)
         if line and not line.endswith(b"\n"):
             self._unended = self._lineno
         return self._lineno, line
@@ -407,9 +414,8 @@ class RowReader:
         """One line as text, or a blank line with its reason in ``_bad``."""
         if lineno == 1 and line.startswith(_BOM):
             line = line[len(_BOM) :]
-        if not line:  # what _whole and _blocks make of an over-long line
-            self._bad[lineno] = f"line is longer than {MAX_LINE_BYTES} bytes"
-            return "\n"
+        if not line:  # what _whole makes of an over-long line
+            return self._over_long(lineno, odd=lineno in self._odd_quotes)
         text = self.text.line(lineno, line, last=lineno == self._unended)
         if isinstance(text, InputError):
             # raised when the rows reach this line, so the rows before it come first
@@ -420,10 +426,21 @@ class RowReader:
             return "\n"
         return text
 
+    def _over_long(self, lineno: int, *, odd: bool) -> str:
+        """What the csv module reads for an over-long line, its reason kept in ``_bad``: a
+        blank line, or a quote alone (``odd``: the line held an odd number of quotes) that
+        opens or closes a field as the line did. A quote the line opened is never lost with
+        its text: the lines after it are read as the field's (a row pasted into a note is
+        never texted), and the record is judged as any over lines is (:mod:`bulk_mms.spans`),
+        then rejected for the over-long line."""
+        self._bad[lineno] = _LONG
+        return '"\n' if odd else "\n"
+
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
         carried over whole). A line longer than :data:`MAX_LINE_BYTES` is never held: once it
-        is known to be too long, it is counted as one and its rest is read and dropped.
+        is known to be too long, its rest is read and dropped, its quotes counted
+        (:meth:`_over_long`).
 
         A block is at most :data:`BLOCK_BYTES`, as one read gives it (``read1``): a compressed
         file that ends early gives every line before the cut, then the error, so the error
@@ -431,25 +448,29 @@ class RowReader:
         assert self._file is not None
         # a buffered file (open_input) or a GzipFile: both have read1
         read, size = cast(io.BufferedIOBase, self._file).read1, BLOCK_BYTES
-        carry, dropping = b"", False
+        carry, dropping, quotes = b"", False, 0
         while block := read(size):
             self._check_unchanged()
             end = block.rfind(b"\n") + 1
-            if dropping:  # the rest of an over-long line, already counted
-                if not end:
-                    continue
+            if dropping:  # the rest of an over-long line
                 head = block.find(b"\n") + 1
+                quotes += block.count(b'"', 0, head or len(block))
+                if not head:
+                    continue
+                self._lineno += 1
+                yield [self._over_long(self._lineno, odd=quotes % 2 == 1)]
                 block, end, dropping = block[head:], end - head, False
             if not end:
                 carry += block
                 if _too_long(carry):
-                    carry, dropping = b"", True
-                    self._lineno += 1
-                    yield [self._decoded(self._lineno, b"")]
+                    carry, dropping, quotes = b"", True, carry.count(b'"')
                 continue
             data, carry = carry + block[:end], block[end:]
             if data:
                 yield self._lines_of(data)
+        if dropping:  # an over-long last line, with no newline
+            self._lineno += 1
+            yield [self._over_long(self._lineno, odd=quotes % 2 == 1)]
         if carry:  # the last line, with no newline
             self._unended = self._lineno + 1
             yield self._lines_of(carry)
@@ -471,7 +492,10 @@ class RowReader:
         out = []
         for line in io.BytesIO(data).readlines():
             self._lineno += 1
-            out.append(self._decoded(self._lineno, b"" if _too_long(line) else line))
+            if _too_long(line):
+                out.append(self._over_long(self._lineno, odd=line.count(b'"') % 2 == 1))
+            else:
+                out.append(self._decoded(self._lineno, line))
         return out
 
     def _open_csv(self) -> None:
@@ -593,7 +617,7 @@ class RowReader:
                             rec = [read_cell(cell) for cell in rec]  # noqa: PLW2901 - as written
                         start, last = last + 1, reader.line_num
                         if last != start:  # a quoted field with line breaks: a real one?
-                            spans.check(rec, start, last, self._lineno)
+                            self._check_span(spans, rec, start, last)
                         if bad:
                             reason = next(
                                 (bad.pop(n) for n in range(start, last + 1) if n in bad), None
@@ -617,6 +641,28 @@ class RowReader:
                 else:
                     break
         self._ended()
+
+    def _check_span(self, spans: SpanCheck, rec: list[str], start: int, last: int) -> None:
+        """Judge a record over lines ``start`` to ``last`` (:meth:`SpanCheck.check
+        <bulk_mms.spans.SpanCheck.check>`); one it refuses that holds an over-long line is
+        refused for that line, whose text is not there to tell its field's lines from rows.
+
+        Raises:
+            InputError: at line ``start``.
+        """
+        try:
+            spans.check(rec, start, last, self._lineno)
+        except InputError:
+            long = next((n for n in range(start, last + 1) if self._bad.get(n) == _LONG), None)
+            if long is None:
+                raise
+            raise InputError(
+                self.path,
+                f"line {long} is longer than {MAX_LINE_BYTES} bytes, in a quoted field that runs "
+                f"to line {min(last, self._lineno)}: which of its lines are the field's and which "
+                "are rows cannot be told; shorten that line, and run again",
+                line=start,
+            ) from None
 
     def _malformed(self, exc: csv.Error, start: int, last: int) -> RejectedRow:
         """The row of lines ``start`` to ``last`` the csv module refused, rejected.
@@ -734,7 +780,7 @@ class RowReader:
         if lineno == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         if not raw:
-            return RejectedRow(lineno, "", f"line is longer than {MAX_LINE_BYTES} bytes")
+            return RejectedRow(lineno, "", _LONG)
         if not raw.strip():
             return None
         last = lineno == self._unended
@@ -918,14 +964,16 @@ def _too_long(line: bytes) -> bool:
     return len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
 
 
-def _whole(line: bytes, readline: Callable[[int], bytes]) -> bytes:
+def _whole(line: bytes, readline: Callable[[int], bytes]) -> tuple[bytes, int]:
     """A line as read (``MAX_LINE_BYTES + 1`` at most), or ``b""`` for one longer than that,
-    whose rest is then read and dropped, never kept."""
+    whose rest is then read and dropped, never kept; with the number of quotes dropped."""
+    quotes = 0
     if _too_long(line):
         while line and not line.endswith(b"\n"):
+            quotes += line.count(b'"')
             line = readline(MAX_LINE_BYTES)
-        return b""
-    return line
+        return b"", quotes + line.count(b'"')
+    return line, 0
 
 
 def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.reader import MAX_LINE_BYTES
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
 
@@ -60,3 +61,43 @@ def test_a_long_note_on_one_line_is_one_row_and_a_row_pasted_after_it_is_not_tex
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+@pytest.mark.parametrize("at", [3, 500], ids=["read-ahead", "streamed"])
+def test_a_note_opened_on_a_line_too_long_stops_the_file_not_texting_a_row_in_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], at: int
+) -> None:
+    """A line over MAX_LINE_BYTES that opens a quoted note does not lose the note's quote with
+    its text: the row pasted into the note's next line is never read as a recipient; as
+    which of the lines after it are the note's cannot be told, the file stops (exit 2),
+    naming the over-long line, near the top or deep in the file."""
+    people = numbers(600)
+    rows = [f"{p},P{i},x" for i, p in enumerate(people)]
+    rows[at] = f'{people[at]},P,"{"z" * (MAX_LINE_BYTES + 10)}\r\n+13125559001,P,x\r\nend of note"'
+    _people(jobs, rows)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert f"people.csv:{at + 2}: line {at + 2} is longer than {MAX_LINE_BYTES} bytes" in err
+    assert fake.requests == []
+
+
+def test_a_line_too_long_inside_a_note_rejects_its_row_and_sends_the_rest(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line over MAX_LINE_BYTES in the middle of a quoted note, no quote in it, rejects the
+    note's row alone: the rows after the note are read from where the note closes."""
+    people = numbers(600)
+    rows = [f"{p},P{i},x" for i, p in enumerate(people)]
+    rows[500] = f'{people[500]},P,"a note\r\n{"z" * (MAX_LINE_BYTES + 10)}\r\nend of note"'
+    _people(jobs, rows)
+    job = jobs.job()
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    assert fake.recipient_counts() == {p: 1 for p in people if p != people[500]}
+    assert f"1 of 600 rows rejected (0.2%: line is longer than {MAX_LINE_BYTES} bytes" in (
+        capsys.readouterr().out
+    )
