@@ -776,11 +776,13 @@ class RowReader:
     # -- JSONL ---------------------------------------------------------------------------
 
     def _parse_json(self, lineno: int, raw: bytes) -> dict[str, object] | RejectedRow | None:
-        """One JSONL line's object (None for a blank line), or the reason it is rejected."""
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
+        """One JSONL line's object (None for a blank line), or the reason it is rejected. A
+        UTF-8 byte order mark in front of any line is no part of it: exports joined into one
+        file (``cat a.jsonl b.jsonl``) keep each one's."""
         if not raw:
             return RejectedRow(lineno, "", _LONG)
+        if raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
         if not raw.strip():
             return None
         last = lineno == self._unended

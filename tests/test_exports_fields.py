@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bulk_mms.cli import main
@@ -13,6 +14,8 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.reader import MAX_LINE_BYTES
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
+
+_BOM = b"\xef\xbb\xbf"
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +104,22 @@ def test_a_line_too_long_inside_a_note_rejects_its_row_and_sends_the_rest(
     assert f"1 of 600 rows rejected (0.2%: line is longer than {MAX_LINE_BYTES} bytes" in (
         capsys.readouterr().out
     )
+
+
+def test_jsonl_exports_joined_with_their_marks_send_every_record(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two JSONL exports, each starting with a UTF-8 byte order mark, joined into one file
+    (``cat a.jsonl b.jsonl``): the second's first record is read as the record it is, not
+    rejected as malformed JSON."""
+    people = numbers(40)
+    lines = [orjson.dumps({"phone": p, "first": f"P{i}"}) + b"\n" for i, p in enumerate(people)]
+    (jobs.root / "people.jsonl").write_bytes(
+        _BOM + b"".join(lines[:20]) + _BOM + b"".join(lines[20:])
+    )
+    job = jobs.job("people.jsonl")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+    assert "0 of 40 rows rejected" in capsys.readouterr().out
