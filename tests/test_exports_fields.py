@@ -123,3 +123,26 @@ def test_jsonl_exports_joined_with_their_marks_send_every_record(
         assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
     assert "0 of 40 rows rejected" in capsys.readouterr().out
+
+
+def test_the_report_s_rejected_file_says_which_rows_a_stopped_run_did_not_record(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run that stopped before the end of its input (here --limit 1), the report's
+    rejected file holds the rows recorded so far, and its line says how many more the report
+    counts rejected and how to list them, never "wrote 0 rejected rows" and nothing else."""
+    jobs.csv(
+        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
+        "+12125550704,E\nbad2,F\n"
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    with fake_api_thread(FakeTelnyx()) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "1"]) == 0
+    capsys.readouterr()
+    out = jobs.root / "rejected.csv"
+    assert main(["report", str(job.ledger), "--json", "--rejected-csv", str(out)]) == 0
+    assert out.read_text(encoding="utf-8-sig").splitlines() == ["line,value,reason"]
+    err = capsys.readouterr().err
+    assert "wrote 0 rejected rows" in err
+    assert "2 more rejected rows not recorded yet" in err
+    assert "run --rejected-csv" in err

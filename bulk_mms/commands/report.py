@@ -12,6 +12,7 @@ from bulk_mms.console import say
 from bulk_mms.errors import Exit, LedgerError
 from bulk_mms.extras import needs
 from bulk_mms.ledger import Location, display
+from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.recipient_lists import write_failed_csv, write_recipients_csv, write_rejected_csv
 from bulk_mms.report import LedgerSummary, format_csv, format_text, summarize
 from bulk_mms.words import count
@@ -107,16 +108,26 @@ def _write_failed(summary: LedgerSummary, failed_csv: Path) -> None:
 
 
 def _write_rejected(summary: LedgerSummary, rejected: Path) -> None:
-    """``--rejected-csv``: the input's rejected rows, and what was left out on purpose."""
+    """``--rejected-csv``: the input's rejected rows, and what was left out on purpose; and
+    how many rows a run that stopped early checked rejected but did not record (the report
+    counts them, the file cannot name them)."""
     n = write_rejected_csv(summary, rejected)
+    unrecorded = summary.rows.rejected.get(UNRECORDED, 0)
     say(
         "report.rejected_csv_written",
         f"bulk-mms: wrote {count(n, 'rejected row')} to {rejected}; not in it, left out on "
         f"purpose: {count(summary.duplicate_rows, 'duplicate row')} (their numbers are in "
         f"the job already), {summary.rows.suppressed} suppressed, "
-        f"{summary.rows.excluded} already sent (--exclude-sent)",
+        f"{summary.rows.excluded} already sent (--exclude-sent)"
+        + (
+            f"; {count(unrecorded, 'more rejected row')} not recorded yet: the run stopped "
+            "before it reached them (a rerun records them; run --rejected-csv lists them)"
+            if unrecorded
+            else ""
+        ),
         path=str(rejected),
         rows=n,
+        unrecorded=unrecorded,
     )
 
 
