@@ -81,6 +81,13 @@ _NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: What the csv module says of a carriage return alone in a field not quoted.
 _LONE_CR = "new-line character seen in unquoted field"
+#: Why a JSONL line that is no JSON and holds a carriage return not at its end is rejected.
+_JSONL_CR = "a carriage return alone inside the line (two records on one line? an old Mac line end)"
+#: Why a JSONL file whose one line holds carriage returns alone is refused.
+_JSONL_CR_ENDS = (
+    "its lines end in a carriage return alone (an old Mac line end), not a line feed: save it "
+    "with line feeds (LF or CR LF) and run again"
+)
 #: Why an over-long line's row is rejected.
 _LONG = f"line is longer than {MAX_LINE_BYTES} bytes"
 #: What the csv module says of a field larger than its limit (:data:`FIELD_LIMIT`).
@@ -791,14 +798,19 @@ class RowReader:
         except orjson.JSONDecodeError as exc:
             if self.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
                 raise self.text.not_text(lineno, raw, last=last) from None
+            lone_cr = b"\r" in raw.rstrip(b"\r\n")  # JSON's own whitespace: no error alone
+            if lone_cr and lineno == 1 and not raw.endswith(b"\n"):
+                raise InputError(self.path, _JSONL_CR_ENDS, line=lineno) from None
             if not raw.endswith(b"\n"):  # only the file's last line can end without one
                 raise InputError(
                     self.path,
                     f"its last line is not valid JSON and has no line end: {CUT_OFF}",
                     line=lineno,
                 ) from None
-            value = raw[:200].decode("utf-8", "replace").strip()
-            return RejectedRow(lineno, value, f"malformed JSON: {exc}")
+            # a carriage return shown as \r, never sent to a terminal (as a CSV row's, _said)
+            value = raw[:200].decode("utf-8", "replace").strip().replace("\r", "\\r")
+            why = _JSONL_CR if lone_cr else str(exc)
+            return RejectedRow(lineno, value, f"malformed JSON: {why}")
         if not isinstance(obj, dict):
             return RejectedRow(
                 lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"

@@ -4,6 +4,7 @@ named; none is read from the middle of a field."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import orjson
@@ -146,3 +147,40 @@ def test_the_report_s_rejected_file_says_which_rows_a_stopped_run_did_not_record
     assert "wrote 0 rejected rows" in err
     assert "2 more rejected rows not recorded yet" in err
     assert "run --rejected-csv" in err
+
+
+def test_jsonl_records_parted_by_a_carriage_return_alone_are_named_so(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two JSONL records on one line, parted by a carriage return alone (an old Mac line
+    end), reject that line saying so, its text the value; a file whose every line ends so
+    stops saying so, not that it looks cut off."""
+    people = numbers(40)
+    lines = [orjson.dumps({"phone": p, "first": f"P{i}"}) for i, p in enumerate(people)]
+    path = jobs.root / "people.jsonl"
+    path.write_bytes(
+        b"\n".join(lines[:20])
+        + b"\n"
+        + b"\r".join(lines[20:22])
+        + b"\n"
+        + b"\n".join(lines[22:])
+        + b"\n"
+    )
+    job = jobs.job("people.jsonl")
+    rejected = jobs.root / "rejected.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        args = ["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]
+        assert main([*args, "--rejected-csv", str(rejected)]) == 0
+        [row] = list(csv.DictReader(rejected.read_text(encoding="utf-8-sig").splitlines()))
+        assert row["line"] == "21"
+        assert "carriage return alone" in row["reason"]
+        assert row["value"].count("\\r") == 1
+        assert row["value"].split("\\r") == [lines[20].decode(), lines[21].decode()]
+        path.write_bytes(b"\r".join(lines) + b"\r")
+        capsys.readouterr()
+        assert main([*args, "--name", "mac"]) == 2
+    err = capsys.readouterr().err
+    assert "people.jsonl:1: " in err
+    assert "carriage return alone" in err
+    assert "cut off" not in err
