@@ -1,6 +1,8 @@
-"""Exports as offices make them, with fields larger than the csv module's own limit: a note
-pasted whole into a cell, a quote left open over thousands of rows. Every row is sent or
-named; none is read from the middle of a field."""
+"""Exports as offices make them, at the edges of what a reader holds: a note pasted whole into
+a cell, a quote left open over thousands of rows, a line over MAX_LINE_BYTES in a quoted
+field, JSONL exports joined with their byte order marks or parted by a carriage return alone,
+and the report of a run that stopped before the end. Every row is sent or named; none is read
+from the middle of a field."""
 
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ def _people(jobs: JobFactory, rows: list[str]) -> Path:
 def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A stray quote whose field would grow past the csv module's field limit (131072
-    characters) before any quote closes it stops the file at the line it opened (exit 2),
-    instead of rejecting one row and reading on from the middle of the field, the thousands
-    of rows it swallowed gone without a word."""
+    """A stray quote whose field grows past the csv module's field limit (FIELD_LIMIT, more
+    than a line may hold) before any quote closes it stops the file at the line it opened
+    (exit 2), instead of rejecting one row and reading on from the middle of the field, the
+    thousands of rows it swallowed gone without a word."""
     note = "x" * 150  # 9,000 rows of these: more than a line may hold, MAX_LINE_BYTES
     rows = [f"{p},P{i},{note}" for i, p in enumerate(numbers(9000))]
     rows[100] = rows[100].replace(",x", ',"x', 1)
