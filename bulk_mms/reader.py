@@ -57,14 +57,11 @@ __all__ = [
     "open_input",
 ]
 
-#: A physical line longer than this is rejected instead of being read into memory whole.
-MAX_LINE_BYTES = 1 << 20
-#: The csv module's field limit (characters), raised past any line the reader hands it whole:
-#: at its default (131072) a long note on one line stops the csv module mid-field, and it reads
-#: on from the next line as if the field had closed. Only a field over several lines can still
-#: reach it, and that stops the file (:meth:`RowReader._malformed`).
-FIELD_LIMIT = MAX_LINE_BYTES + 1
-csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+#: A physical line longer than this is rejected instead of being read into memory whole. It
+#: is the csv module's default field limit (characters), left as it is (an interpreter-wide
+#: setting): a field on one line never reaches it, so a field that does runs over lines, and
+#: that stops the file (:meth:`RowReader._malformed`).
+MAX_LINE_BYTES = 1 << 17
 #: Once a CSV file is open, it is read and decoded this much at a time.
 BLOCK_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"
@@ -90,7 +87,7 @@ _JSONL_CR_ENDS = (
 )
 #: Why an over-long line's row is rejected.
 _LONG = f"line is longer than {MAX_LINE_BYTES} bytes"
-#: What the csv module says of a field larger than its limit (:data:`FIELD_LIMIT`).
+#: What the csv module says of a field larger than its limit (``csv.field_size_limit``).
 _FIELD_LIMIT_SAID = "field larger than field limit"
 
 
@@ -675,15 +672,16 @@ class RowReader:
         """The row of lines ``start`` to ``last`` the csv module refused, rejected.
 
         Raises:
-            InputError: the record runs over lines (a field that grew past
-                :data:`FIELD_LIMIT`: a quote left open over thousands of rows): the csv
-                module would read on from the next line as if the field had closed.
+            InputError: a field grew past the csv module's field limit (only one over lines
+                can, :data:`MAX_LINE_BYTES`: a quote left open over thousands of rows): the
+                csv module would read on from the next line as if the field had closed.
         """
-        if last > start and _FIELD_LIMIT_SAID in str(exc):
+        if _FIELD_LIMIT_SAID in str(exc):
             raise InputError(
                 self.path,
-                f"a quoted field opened here runs to line {last} and past {FIELD_LIMIT} "
-                "characters: an unclosed quote? Remove or close the stray quote, and run again",
+                f"a quoted field opened here runs to line {last} and past "
+                f"{csv.field_size_limit()} characters: an unclosed quote? Remove or close the "
+                "stray quote, and run again",
                 line=start,
             )
         return RejectedRow(start, self._said(last), _malformed(exc))

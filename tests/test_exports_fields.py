@@ -34,8 +34,8 @@ def _people(jobs: JobFactory, rows: list[str]) -> Path:
 def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A stray quote whose field grows past the csv module's field limit (FIELD_LIMIT, more
-    than a line may hold) before any quote closes it stops the file at the line it opened
+    """A stray quote whose field grows past the csv module's field limit (more than a line
+    may hold, MAX_LINE_BYTES) before any quote closes it stops the file at the line it opened
     (exit 2), instead of rejecting one row and reading on from the middle of the field, the
     thousands of rows it swallowed gone without a word."""
     note = "x" * 150  # 9,000 rows of these: more than a line may hold, MAX_LINE_BYTES
@@ -55,12 +55,14 @@ def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
 def test_a_long_note_on_one_line_is_one_row_and_a_row_pasted_after_it_is_not_texted(
     jobs: JobFactory,
 ) -> None:
-    """A quoted note whose first line is longer than the csv module's default field limit
-    (131072 characters; under a line's) is read as the field it is: the row holding it is
-    sent, and a row pasted into the note's next line stays in the note, never texted."""
+    """A quoted note whose first line is nearly as long as a line may be (MAX_LINE_BYTES, the
+    csv module's field limit) is read as the field it is: the row holding it is sent, and a
+    row pasted into the note's next line stays in the note, never texted."""
     people = numbers(30)
     rows = [f"{p},P{i},x" for i, p in enumerate(people)]
-    rows[10] = f'{people[10]},P10,"{"z" * 140_000}\r\n+13125559001,Pasted,x\r\nend of note"'
+    rows[10] = (
+        f'{people[10]},P10,"{"z" * (MAX_LINE_BYTES - 100)}\r\n+13125559001,Pasted,x\r\nend of note"'
+    )
     _people(jobs, rows)
     job = jobs.job()
     fake = FakeTelnyx()
