@@ -1,7 +1,8 @@
 """What ``webhooks`` and ``track --follow`` read a PostgreSQL ledger through
-(:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`) when the database misbehaves: a
-network gone silent, a server that stalls, a hot standby, a transaction left open on the
-events table."""
+(:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`), and the full read they, a run's
+resume and ``report`` start with (:meth:`~bulk_mms.ledger.postgres.PostgresStore.events`), when
+the database misbehaves: a network gone silent, a server that stalls, a hot standby, a
+transaction left open on the events table."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import pytest
 import yarl
 from structlog.testing import capture_logs
 
+from bulk_mms.cli import main
 from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger import events, open_store, pgconnect, postgres
+from bulk_mms.ledger.store import Mode
 from tests.conftest import SERVER
-from tests.test_pg_faults import HEADER, _counted_connects, _insert_run
+from tests.test_pg_faults import HEADER, _counted_connects, _insert_run, _ran
 
 #: A read's bound in these tests, and libpq's least connect timeout (seconds).
 _READ_S = 0.5
@@ -208,3 +211,106 @@ def test_a_transaction_left_open_on_the_events_table_is_logged_once_past_a_minut
     finally:
         reader.close_sync()
         writer.close_sync()
+
+
+def test_a_full_read_on_a_network_gone_silent_fails_in_one_line_within_its_bound(
+    database: str, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network that stops answering between two pages of a full read (track's, webhooks',
+    a resume's, a report's), no socket closed: the next page gets no answer within its bound
+    and the read fails in one line (LedgerUnavailable, exit 7), its connection closed and
+    none made again (a full read is not resumed); once the network answers, a new read gives
+    the whole ledger."""
+    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(postgres, "READ_PAGE", 2)
+    writer = open_store(f"{database}?ledger=follow", "run")
+    reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
+    made = _counted_connects(monkeypatch)
+    try:
+        writer.append_now(HEADER)
+        for ev in (ran := _ran(4)):
+            writer.append_now(ev)
+        read = reader.events()
+        assert [next(read), next(read)] == [HEADER, ran[0]]  # the first page
+        proxy.forwarding = False
+        started = time.monotonic()
+        with pytest.raises(
+            LedgerUnavailable, match=rf"^\S+: cannot read: no answer within {_READ_S:g} s$"
+        ) as failed:
+            next(read)
+        took = time.monotonic() - started
+        assert _READ_S - 0.1 < took < _READ_S + 2
+        assert failed.value.exit_code == 7
+        assert [conn.closed for conn in made] == [True]
+        proxy.forwarding = True
+        assert list(reader.events()) == [HEADER, *ran]
+    finally:
+        reader.close_sync()
+        writer.close_sync()
+
+
+#: A full read's query that reads the ledgers' table too, so that a lock on it stalls the
+#: cursor's opening, not the look at the writers before it.
+_READ_JOINED = (
+    "SELECT e.seq, e.body::text FROM bulk_mms_events e JOIN bulk_mms_ledgers l "
+    "ON l.id = e.ledger WHERE e.ledger = %s ORDER BY e.seq"
+)
+
+
+@pytest.mark.parametrize(
+    ("locked", "mode"),
+    [
+        ("bulk_mms_events", "append"),  # track's, webhooks': the look at the writers stalls
+        ("bulk_mms_events", "read"),  # a report's, a resume's: their one look stalls
+        ("bulk_mms_ledgers", "read"),  # the cursor's opening stalls
+    ],
+)
+def test_a_full_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
+    database: str, monkeypatch: pytest.MonkeyPatch, locked: str, mode: Mode
+) -> None:
+    """A server that answers no statement of a full read (a table it reads locked), whether
+    at its look at the writers or at its cursor's opening: the read fails in one line
+    (LedgerUnavailable, exit 7) after its bound, not the lock timeout's 10 s; once the
+    server answers, it reads the ledger."""
+    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(postgres, "_READ", _READ_JOINED)
+    where = f"{database}?ledger=follow"
+    writer = open_store(where, "run")
+    writer.append_now(HEADER)
+    reader = open_store(where, mode)
+    try:
+        with psycopg.connect(database) as locker:
+            locker.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(
+                LedgerUnavailable, match=rf"^\S+: cannot read: no answer within {_READ_S:g} s$"
+            ) as failed:
+                list(reader.events())
+            took = time.monotonic() - started
+        assert _READ_S - 0.1 < took < _READ_S + 2
+        assert failed.value.exit_code == 7
+        assert list(reader.events()) == [HEADER]
+    finally:
+        reader.close_sync()
+        writer.close_sync()
+
+
+def test_a_report_whose_read_stalls_ends_with_exit_7_in_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report`` on a ledger whose events table stays locked ends after the read's bound
+    with exit 7 and one line saying so, no traceback."""
+    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    where = f"{database}?ledger=follow"
+    writer = open_store(where, "run")
+    try:
+        writer.append_now(HEADER)
+        with psycopg.connect(database) as locker:
+            locker.execute("LOCK TABLE bulk_mms_events IN ACCESS EXCLUSIVE MODE")
+            assert main(["report", where]) == 7
+    finally:
+        writer.close_sync()
+    err = capsys.readouterr().err
+    assert f"cannot read: no answer within {_READ_S:g} s" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -47,7 +47,10 @@ resumable). The server ends a run's transaction left idle past
 :data:`~bulk_mms.ledger.pgconnect.IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
 the locks it holds keep no other process waiting. Each read of
 :meth:`PostgresStore.new_events` (on its own connection, in a worker thread) is bounded by
-the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, and made again once the same way.
+the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, and made again once the same way;
+so is each round trip of a full read (:meth:`PostgresStore.events`: ``track``'s,
+``webhooks``', a run's resume, a report's), which is not made again: past the bound it fails
+with :class:`~bulk_mms.errors.LedgerUnavailable`.
 A hot standby is refused as a store opens: it takes no writes, and its ``pg_locks`` shows
 none of the primary's writers, which a read of what is new waits for.
 """
@@ -546,9 +549,11 @@ class PostgresStore(GroupCommitted[_Item]):
         #: What :meth:`new_events` reads on: made by its first read, kept until the store
         #: closes (made again once when found lost: :meth:`_fetch`).
         self._follow: psycopg.Connection[Any] | None = None
-        #: Held while that connection is used, made or closed: reads run in worker threads.
+        #: Held while that connection is used, made or closed (reads run in worker threads),
+        #: and while the watchdog bounds a statement of a full read (:meth:`_bounded`).
         self._following = threading.Lock()
-        #: Bounds each statement on it (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`).
+        #: Bounds each statement on it, and each of a full read's
+        #: (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`), one at a time.
         self._watchdog = _Watchdog()
         #: Each transaction the looks of :meth:`new_events` found writing, and since when
         #: (:func:`~bulk_mms.clock.since_boot`); those logged as holding them up.
@@ -719,33 +724,80 @@ class PostgresStore(GroupCommitted[_Item]):
         snapshot is taken once every transaction that may still commit a row below the
         ledger's highest seq has ended (:meth:`_quiet`), so every row up to that seq is in
         it; a store that does not follow (:attr:`follows`: a run's, a report's) waits for
-        none (a transaction left open elsewhere holds up no run or report)."""
+        none (a transaction left open elsewhere holds up no run or report). Each round trip
+        (a look, the cursor's opening, each page of :data:`READ_PAGE` rows) is bounded as
+        the kept connection's are (:meth:`_bounded`); a read left without an answer so long
+        is not resumed: it fails.
+
+        Raises:
+            LedgerError: the database failed (LedgerUnavailable: not reached, no answer
+                within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or the store closed).
+        """
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
         try:
-            with sync_connect(self._conninfo) as conn:
+            conn = sync_connect(self._conninfo)
+            cur = conn.cursor(name="bulk_mms_read")
+            try:
                 last = self._quiet(conn, wait=self.follows)
                 self._position = position = _Position()
-                with conn.transaction(), conn.cursor(name="bulk_mms_read") as cur:
-                    cur.itersize = READ_PAGE
-                    cur.execute(sql, (self._id,))
-                    yield from self._events_of(cur, position, final=last)
+                conn.autocommit = False  # the cursor's transaction: begun by its opening
+                self._bounded(conn, lambda: cur.execute(sql, (self._id,)))
+                yield from self._events_of(self._pages(conn, cur), position, final=last)
                 position.settle(_NOBODY)
+            finally:
+                conn.close()  # its transaction with it (nothing to commit): no answer awaited
+                cur.close()  # with its connection: nothing sent
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
+
+    def _pages(
+        self, conn: psycopg.Connection[Any], cur: psycopg.ServerCursor[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``cur``, a server-side cursor open on ``conn``, fetched
+        :data:`READ_PAGE` at a time, each fetch bounded (:meth:`_bounded`)."""
+        while rows := self._bounded(conn, lambda: cur.fetchmany(READ_PAGE)):
+            yield from rows
+
+    def _bounded(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
+        """``step()``, one round trip of a full read on ``conn`` (its own connection),
+        bounded by :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` by the store's watchdog,
+        as each statement on the kept connection is (:meth:`_fetch`): past it ``conn`` is
+        shut down. The watchdog bounds one statement at a time: the lock the kept
+        connection is used under is held meanwhile.
+
+        Raises:
+            LedgerUnavailable: no answer within the bound, or the store is closed.
+            psycopg.Error: what ``step`` raised otherwise.
+        """
+        with self._following:
+            if self._closed:
+                raise LedgerUnavailable(self.name, "cannot read: the store is closed")
+            try:
+                with self._watchdog.bounding(conn, DB_TIMEOUT_S):
+                    return step()
+            except psycopg.Error:
+                if self._watchdog.cut:
+                    text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
+                    raise LedgerUnavailable(self.name, text) from None
+                raise
 
     def _quiet(self, conn: psycopg.Connection[Any], *, wait: bool) -> int:
         """The ledger's highest committed seq, with ``wait`` once every transaction that may
         still commit a row below it (:data:`_WRITERS`) has ended: a run's commit takes
         milliseconds (and the server ends one left idle), so the wait is as short, bounded by
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`. Without, a read after it may lack
-        such a row: only the rows above the seq (committed since) are remembered as given.
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, as is each of its statements
+        (:meth:`_bounded`). Without, a read after it may lack such a row: only the rows
+        above the seq (committed since) are remembered as given.
 
         Raises:
-            LedgerUnavailable: one of them is still open after that bound.
+            LedgerUnavailable: one of them is still open after that bound, or a statement
+                had no answer within it.
         """
 
         def look() -> _Look:
-            row = conn.execute(_WRITERS, {"ledger": self._id}).fetchone()
+            row = self._bounded(
+                conn, lambda: conn.execute(_WRITERS, {"ledger": self._id}).fetchone()
+            )
             assert row is not None
             return _Look.of(row)
 
@@ -759,7 +811,7 @@ class PostgresStore(GroupCommitted[_Item]):
                     f"cannot read: a transaction writing to bulk_mms_events is still open "
                     f"after {DB_TIMEOUT_S:g} s (virtualtransaction {min(writers)} in pg_locks)",
                 )
-            conn.execute(_PAUSE, (_WRITERS_POLL_S,))
+            self._bounded(conn, lambda: conn.execute(_PAUSE, (_WRITERS_POLL_S,)))
             now = look()
             writers = frozenset(w for w in writers if not now.ended(frozenset({w})))
         return first.last
