@@ -19,7 +19,14 @@ from bulk_mms.errors import ClaimLost, LedgerUnavailable
 from bulk_mms.ledger import LedgerView, events, open_store, postgres
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
 from bulk_mms.sharing import Sharing
-from tests.test_pg_faults import HEADER, _attempt, _query, _terminate, two_hosts
+from tests.test_pg_faults import (
+    HEADER,
+    _attempt,
+    _group_events,
+    _query,
+    _terminate,
+    two_hosts,
+)
 from tests.test_postgres import age_claims
 
 MEMBERS = ("+12125550000",)
@@ -83,7 +90,7 @@ async def test_a_batch_look_reads_what_one_groups_look_reads(
         assert isinstance(one, PostgresCoordinator)
         await _write_history(first, one)
         gids = [f"g{i}" for i in range(6)]
-        single = {gid: await second.group_events(gid) for gid in gids}
+        single = {gid: await _group_events(second, gid) for gid in gids}
         monkeypatch.setattr(postgres, "BATCH", 2)
         sent = _counted(monkeypatch, postgres._GROUPS_EVENTS)
         assert await second.events_of(gids) == single
@@ -140,7 +147,7 @@ async def test_a_batch_claim_wins_what_one_claims_win_under_the_same_fences(
         assert one.fence("dead1") == Fence(one.owner, 0)  # type: ignore[attr-defined]
         with pytest.raises(ClaimLost):
             await first.append(_attempt("dead1"), fence=old)
-        assert await first.group_events("dead1") == []
+        assert await _group_events(first, "dead1") == []
 
 
 async def test_a_batch_claim_skips_a_claim_another_transaction_has_locked(database: str) -> None:

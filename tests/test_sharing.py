@@ -32,12 +32,12 @@ class Ledger:
         self.history = list(history)
         self.reads = 0
 
-    async def group_events(self, gid: str) -> list[events.Event]:
+    async def events_of(self, gids: Collection[str]) -> dict[str, list[events.Event]]:
+        return {gid: self._read() for gid in gids}  # a read per group
+
+    def _read(self) -> list[events.Event]:
         self.reads += 1
         return list(self.history[min(self.reads, len(self.history)) - 1])
-
-    async def events_of(self, gids: Collection[str]) -> dict[str, list[events.Event]]:
-        return {gid: await self.group_events(gid) for gid in gids}  # a read per group
 
 
 class Holder(LocalCoordinator):

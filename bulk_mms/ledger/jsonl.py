@@ -253,11 +253,8 @@ class JsonlStore(GroupCommitted[bytes]):
     #: A file is exclusive to one run (its lock): there is nothing to claim.
     shared = False
 
-    async def group_events(self, group: str) -> list[Event]:
-        return []  # exclusive: this run's own view already holds all of them
-
     async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
-        return {group: [] for group in groups}  # as group_events
+        return {group: [] for group in groups}  # exclusive: this run's own view holds them all
 
     def put_header(self, header: Header) -> Header:
         """Append ``header`` now: the file is exclusive to this run (its lock), so no other

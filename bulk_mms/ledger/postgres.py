@@ -836,18 +836,10 @@ class PostgresStore(GroupCommitted[_Item]):
         except (orjson.JSONDecodeError, Malformed) as exc:
             raise LedgerCorrupt(self.name, str(exc), line=seq) from None
 
-    async def group_events(self, group: str) -> list[Event]:
-        """A group's events as the ledger has them now (written by any process).
-
-        Raises:
-            LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).
-        """
-        return (await self.events_of([group]))[group]
-
     async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
-        """Each group's events as the ledger has them now, in one statement for up to
-        :data:`BATCH` groups (each bounded, and made again on a lost connection, as one
-        group's read is).
+        """Each group's events as the ledger has them now (written by any process), without
+        delivery statuses, in one statement for up to :data:`BATCH` groups, each bounded and
+        made again on a lost connection (:class:`~bulk_mms.ledger.pgconnect.Link`).
 
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost, or no answer in time).

@@ -75,19 +75,11 @@ class LedgerStore(Protocol):
         :meth:`new_events` then goes on from the last event it folded."""
         ...
 
-    async def group_events(self, group: str) -> list[Event]:
-        """One group's events as the ledger has them now, by whichever process wrote them
-        (none from a store that is not shared: the run's own view holds them all).
-
-        Raises:
-            LedgerError: the store failed (LedgerUnavailable: lost, or no answer in time).
-        """
-        ...
-
     async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
-        """Each of ``groups``' events as :meth:`group_events` gives them, in as few round
-        trips as the store allows (what watching many groups others hold asks for, every
-        poll).
+        """Each of ``groups``' events as the ledger has them now, by whichever process wrote
+        them (none from a store that is not shared: the run's own view holds them all), in as
+        few round trips as the store allows (what watching many groups others hold asks for,
+        every poll).
 
         Raises:
             LedgerError: the store failed (LedgerUnavailable: lost, or no answer in time).
