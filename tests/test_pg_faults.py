@@ -38,6 +38,7 @@ from bulk_mms.ledger import (
     load,
     open_store,
     pgconnect,
+    pgread,
     postgres,
     read_events,
 )
@@ -419,7 +420,8 @@ def _counted_connects(monkeypatch: pytest.MonkeyPatch) -> list[psycopg.Connectio
         made.append(conn := pgconnect.sync_connect(conninfo, **options))
         return conn
 
-    monkeypatch.setattr(postgres, "sync_connect", counted)
+    monkeypatch.setattr(postgres, "sync_connect", counted)  # its opening's
+    monkeypatch.setattr(pgread, "sync_connect", counted)  # its reads'
     return made
 
 
@@ -475,7 +477,7 @@ def test_new_events_after_their_session_was_ended_read_on_a_new_connection(
             assert list(reader.new_events()) == later
         assert len(made) == 1
         assert [e["event"] for e in logs] == ["ledger.reconnecting"]
-        monkeypatch.setattr(postgres, "sync_connect", _closed_at_once)
+        monkeypatch.setattr(pgread, "sync_connect", _closed_at_once)
         _terminate(database, os.getpid())
         with pytest.raises(LedgerUnavailable, match=r"^\S+ cannot read: [^\n]*$"):
             list(reader.new_events())
@@ -495,9 +497,9 @@ def _closed_at_once(conninfo: str, **options: Any) -> psycopg.Connection[Any]:
 def test_new_events_read_a_backlog_larger_than_a_page_whole_and_in_order(
     database: str, monkeypatch: pytest.MonkeyPatch, appended: int
 ) -> None:
-    """A backlog of several pages (:data:`~bulk_mms.ledger.postgres.READ_PAGE`) comes back
+    """A backlog of several pages (:data:`~bulk_mms.ledger.pgread.READ_PAGE`) comes back
     whole and in order, in one read, and the next read finds nothing."""
-    monkeypatch.setattr(postgres, "READ_PAGE", 3)
+    monkeypatch.setattr(pgread, "READ_PAGE", 3)
     where = f"{database}?ledger=follow"
     writer, reader = open_store(where, "run"), open_store(where, "append")
     try:
@@ -549,9 +551,9 @@ def _insert_run(conn: psycopg.Connection[Any], pid: int) -> int:
     return int(row[0])
 
 
-def _position(store: LedgerStore) -> postgres._Position:
+def _position(store: LedgerStore) -> pgread._Position:
     assert isinstance(store, postgres.PostgresStore)
-    return store._position
+    return store._reads._position
 
 
 def test_a_rolled_back_insert_leaves_no_hole_in_the_read_position(database: str) -> None:
@@ -660,12 +662,12 @@ def test_a_prepared_writer_keeps_every_mark_unsettled_until_it_ends() -> None:
     """A look finding a prepared transaction writing (one recovered as the server restarted
     is named anew, so it may be any writer an earlier look named) settles no mark; the read
     after the first look finding it gone settles them all."""
-    position = postgres._Position()
+    position = pgread._Position()
     looks = [
-        postgres._Look(5, frozenset({"6/14"}), prepared=False),  # 6/14 drew a seq below 5
-        postgres._Look(7, frozenset({"-1/744"}), prepared=True),  # 6/14, recovered prepared
-        postgres._Look(7, frozenset({"-1/744"}), prepared=True),
-        postgres._Look(9, frozenset(), prepared=False),  # committed: every mark ends
+        pgread._Look(5, frozenset({"6/14"}), prepared=False),  # 6/14 drew a seq below 5
+        pgread._Look(7, frozenset({"-1/744"}), prepared=True),  # 6/14, recovered prepared
+        pgread._Look(7, frozenset({"-1/744"}), prepared=True),
+        pgread._Look(9, frozenset(), prepared=False),  # committed: every mark ends
     ]
     settled = []
     for look in looks:
@@ -683,7 +685,7 @@ def test_a_fold_waiting_on_a_transaction_left_open_fails_in_one_line(
 ) -> None:
     """A full read that a transaction writing the events table keeps waiting past the bound
     fails with LedgerUnavailable, one line naming the lock to look for."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", 0.3)
     where = f"{database}?ledger=follow"
     writer, reader = open_store(where, "run"), open_store(where, "append")
     try:
@@ -715,7 +717,7 @@ def test_a_fold_that_is_not_followed_waits_for_no_writer(database: str) -> None:
                 # a wait would last its whole bound, then fail: this read does neither
                 assert list(reader.events()) == [HEADER, events.RunStarted(2, "t")]
             assert isinstance(reader, postgres.PostgresStore)
-            assert reader._position.given == set()
+            assert reader._reads._position.given == set()
         finally:
             reader.close_sync()
     finally:

@@ -1,6 +1,6 @@
 """What ``webhooks`` and ``track --follow`` read a PostgreSQL ledger through
-(:meth:`~bulk_mms.ledger.postgres.PostgresStore.new_events`), and the full read they, a run's
-resume and ``report`` start with (:meth:`~bulk_mms.ledger.postgres.PostgresStore.events`), when
+(:meth:`~bulk_mms.ledger.pgread.PostgresReads.new_events`), and the full read they, a run's
+resume and ``report`` start with (:meth:`~bulk_mms.ledger.pgread.PostgresReads.events`), when
 the database misbehaves: a network gone silent, a server that stalls, a hot standby, a
 transaction left open on the events table."""
 
@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.errors import LedgerError, LedgerUnavailable
-from bulk_mms.ledger import events, open_store, pgconnect, postgres
+from bulk_mms.ledger import events, open_store, pgconnect, pgread, postgres
 from bulk_mms.ledger.store import Mode
 from tests.conftest import SERVER
 from tests.test_pg_faults import HEADER, _counted_connects, _insert_run, _ran
@@ -107,7 +107,7 @@ def test_a_read_on_a_network_gone_silent_fails_in_one_line_within_its_bounds(
     after its bound, the one made again gets no answer within the connect timeout either,
     and the read fails in one line (LedgerUnavailable, exit 7) within both bounds; once the
     network answers again, the next read connects and gives what was appended meanwhile."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
     monkeypatch.setattr(pgconnect, "CONNECT_TIMEOUT_S", _CONNECT_S)
     writer = open_store(f"{database}?ledger=follow", "run")
     reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
@@ -141,7 +141,7 @@ def test_a_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
     """A server that takes connections but answers no read (the events table locked): each
     of the read's two tries gives up after its bound, and it fails in one line
     (LedgerUnavailable); once the server answers, the next read gives what is new."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
     where = f"{database}?ledger=follow"
     writer, reader = open_store(where, "run"), open_store(where, "append")
     made = _counted_connects(monkeypatch)
@@ -191,7 +191,7 @@ def test_a_transaction_left_open_on_the_events_table_is_logged_once_past_a_minut
     names its pid and how long, not one each read after; one that ended sooner is never
     named."""
     now = [1000.0]
-    monkeypatch.setattr(postgres, "since_boot", lambda: now[0])
+    monkeypatch.setattr(pgread, "since_boot", lambda: now[0])
     where = f"{database}?ledger=follow"
     writer, reader = open_store(where, "run"), open_store(where, "append")
     try:
@@ -221,8 +221,8 @@ def test_a_full_read_on_a_network_gone_silent_fails_in_one_line_within_its_bound
     and the read fails in one line (LedgerUnavailable, exit 7), its connection closed and
     none made again (a full read is not resumed); once the network answers, a new read gives
     the whole ledger."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
-    monkeypatch.setattr(postgres, "READ_PAGE", 2)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgread, "READ_PAGE", 2)
     writer = open_store(f"{database}?ledger=follow", "run")
     reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
     made = _counted_connects(monkeypatch)
@@ -272,8 +272,8 @@ def test_a_full_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
     at its look at the writers or at its cursor's opening: the read fails in one line
     (LedgerUnavailable, exit 7) after its bound, not the lock timeout's 10 s; once the
     server answers, it reads the ledger."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
-    monkeypatch.setattr(postgres, "_READ", _READ_JOINED)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgread, "_READ", _READ_JOINED)
     where = f"{database}?ledger=follow"
     writer = open_store(where, "run")
     writer.append_now(HEADER)
@@ -300,7 +300,7 @@ def test_a_report_whose_read_stalls_ends_with_exit_7_in_one_line(
 ) -> None:
     """``report`` on a ledger whose events table stays locked ends after the read's bound
     with exit 7 and one line saying so, no traceback."""
-    monkeypatch.setattr(postgres, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
     where = f"{database}?ledger=follow"
     writer = open_store(where, "run")
     try:

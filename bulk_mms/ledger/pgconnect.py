@@ -1,8 +1,9 @@
 """Connections to a PostgreSQL ledger's database: made, bounded, named, and their errors said.
 
 Every module that reaches the database (the store and its coordinator in
-:mod:`~bulk_mms.ledger.postgres`, the shared budget and limits in :mod:`~bulk_mms.ledger.pgbudget`,
-the suppression list in :mod:`~bulk_mms.ledger.pgsuppression`) connects through here:
+:mod:`~bulk_mms.ledger.postgres`, the store's reads in :mod:`~bulk_mms.ledger.pgread`, the
+shared budget and limits in :mod:`~bulk_mms.ledger.pgbudget`, the suppression list in
+:mod:`~bulk_mms.ledger.pgsuppression`) connects through here:
 
 * :func:`split` reads a ledger location (a libpq URL with ``?ledger=NAME``);
 * :func:`sync_connect` makes a synchronous connection (a run's start, reports, migrations),

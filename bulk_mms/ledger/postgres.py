@@ -10,13 +10,10 @@ store's :attr:`name` is the URL without one, and connection errors are scrubbed 
 
 Driver: psycopg 3. Its async connection carries the send path (the write-ahead ``attempt`` and
 every outcome, group-committed: one transaction per batch of events queued while the last
-commit ran, as the JSONL store shares one fsync), and its sync connections carry the reads: a
-whole ledger (a fold) streams through a server-side cursor on a connection of its own, so a fold
-stays a plain iterator, and what was appended since (:meth:`PostgresStore.new_events`, a
-webhook receiver's read for each id it does not know) comes in pages on one connection the
-store keeps, each row once, whatever order the writers commit in (:class:`_Position`); both
-are the same libpq, with its own ``~/.pgpass``, ``PG*`` variables and TLS handling, and the
-binary build needs no compiler.
+commit ran, as the JSONL store shares one fsync), and its sync connections carry the reads of
+a whole ledger and of what was appended since (:class:`~bulk_mms.ledger.pgread.PostgresReads`,
+in a module of their own, :mod:`~bulk_mms.ledger.pgread`); both are the same libpq, with its
+own ``~/.pgpass``, ``PG*`` variables and TLS handling, and the binary build needs no compiler.
 
 Schema (:mod:`~bulk_mms.ledger.pgschema`, run by ``bulk-mms db migrate`` and on first use):
 ``bulk_mms_ledgers`` (one row per ledger) and ``bulk_mms_events`` (one row per event, its JSON
@@ -45,12 +42,8 @@ connection took is looked up by its transaction id, and written again only if it
 back), else the run stops with :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7,
 resumable). The server ends a run's transaction left idle past
 :data:`~bulk_mms.ledger.pgconnect.IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
-the locks it holds keep no other process waiting. Each read of
-:meth:`PostgresStore.new_events` (on its own connection, in a worker thread) is bounded by
-the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, and made again once the same way;
-so is each round trip of a full read (:meth:`PostgresStore.events`: ``track``'s,
-``webhooks``', a run's resume, a report's), which is not made again: past the bound it fails
-with :class:`~bulk_mms.errors.LedgerUnavailable`.
+the locks it holds keep no other process waiting. The reads on sync connections are bounded
+by the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (:mod:`~bulk_mms.ledger.pgread`).
 A hot standby is refused as a store opens: it takes no writes, and its ``pg_locks`` shows
 none of the primary's writers, which a read of what is new waits for.
 """
@@ -62,10 +55,7 @@ import contextlib
 import os
 import secrets
 import socket
-import threading
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -78,18 +68,11 @@ from bulk_mms.clock import Clock, since_boot
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import ClaimLost, LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.commit import GroupCommitted
-from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
+from bulk_mms.ledger.events import Event, Header, Status, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.pgconnect import (
-    DB_TIMEOUT_S,
-    Link,
-    is_lost,
-    scrub,
-    shut_down,
-    split,
-    sync_connect,
-)
+from bulk_mms.ledger.pgconnect import Link, scrub, split, sync_connect
+from bulk_mms.ledger.pgread import PostgresReads
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.policy import MAX_RESENDS
 
@@ -235,63 +218,9 @@ _INSERT: Final = (
     "INSERT INTO bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) "
     "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
 )
-_READ: Final = "SELECT seq, body::text FROM bulk_mms_events WHERE ledger = %s ORDER BY seq"
-#: One page of what was appended after a seq but the seqs given already
-#: (:meth:`PostgresStore.new_events`): the primary key's range, at most :data:`READ_PAGE`
-#: rows.
-_READ_PAGE: Final = (
-    "SELECT seq, body::text FROM bulk_mms_events "
-    "WHERE ledger = %s AND seq > %s AND seq <> ALL(%s::bigint[]) ORDER BY seq LIMIT %s"
-)
-#: The ledger's highest committed seq, and the transactions that may still commit a row of
-#: the events table: those holding the lock every insert and COPY takes on it
-#: (``RowExclusiveLock``) from before it draws a seq until it ends (its rows are visible
-#: before the lock goes), each named by its virtual transaction id (which it has from its
-#: start; an xid only from its first row on). The seq is read in the statement's snapshot,
-#: taken before the locks are: every seq up to it was drawn by a transaction that had ended
-#: by then or is named (the sequence hands its values out in order, one at a time: its
-#: ``CACHE`` is 1, a ``bigserial``'s). And whether one is a prepared transaction (two-phase
-#: commit: no backend holds its locks, ``pid`` null): one recovered as the server restarted
-#: is named anew, so no name an earlier look found can be told from it. Last, the writers'
-#: backends' pids, in the writers' order. A :class:`_Look`.
-_WRITERS: Final = """
-    SELECT (SELECT max(seq) FROM bulk_mms_events WHERE ledger = %(ledger)s) AS last,
-        coalesce(array_agg(l.virtualtransaction ORDER BY l.virtualtransaction), '{}') AS writers,
-        coalesce(bool_or(l.pid IS NULL), false) AS prepared,
-        coalesce(array_agg(l.pid ORDER BY l.virtualtransaction), '{}') AS pids
-    FROM pg_locks l
-    WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
-        AND l.relation = 'bulk_mms_events'::regclass
-        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-#: :data:`_WRITERS` and the first page of :data:`_READ_PAGE`, in one statement (one round
-#: trip a read): a row (last, writers, prepared, pids, seq, body) each, or one with no seq
-#: when nothing is new.
-_READ_NEW: Final = f"""
-    SELECT w.last, w.writers, w.prepared, w.pids, r.seq, r.body FROM ({_WRITERS}) AS w
-    LEFT JOIN LATERAL (
-        SELECT seq, body::text AS body FROM bulk_mms_events
-        WHERE ledger = %(ledger)s AND seq > %(after)s AND seq <> ALL(%(given)s::bigint[])
-        ORDER BY seq LIMIT %(page)s) AS r ON true
-"""  # noqa: S608 - built of this module's constants only: every value is a parameter
-#: Seconds between two looks at the transactions a full read waits for (:data:`_WRITERS`),
-#: waited on the server (:data:`_PAUSE`): under libfaketime (a host's clock set off, as the
-#: clock tests run one) Python's own sleep fails.
-_WRITERS_POLL_S: Final = 0.01
-_PAUSE: Final = "SELECT pg_sleep(%s)"
-#: Seconds one transaction may hold up what :meth:`PostgresStore.new_events` settles (named
-#: by every look since) before it is logged (``ledger.follow_held_up``, once).
-HELD_UP_S: Final = 60.0
 #: Whether the server is a hot standby: read-only, and its ``pg_locks`` shows none of the
 #: primary's writers.
 _IN_RECOVERY: Final = "SELECT pg_is_in_recovery()"
-#: Events one page of :meth:`PostgresStore.new_events` fetches at most: what a read holds of
-#: a large backlog at once.
-READ_PAGE = 5000
-_READ_SKIPPING_STATUS: Final = (
-    "SELECT seq, body::text FROM bulk_mms_events "
-    "WHERE ledger = %s AND kind <> 'status' ORDER BY seq"
-)
 _COPY: Final = "COPY bulk_mms_events (ledger, kind, grp, webhook_id, recipient, body) FROM STDIN"
 #: Events a unique index may refuse (recorded by another process already): never COPY'd.
 _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
@@ -396,137 +325,6 @@ def _copy_line(row: tuple[Any, ...]) -> bytes:
     return b"\t".join(map(_copy_field, row)) + b"\n"
 
 
-#: The most marks a :class:`_Position` keeps pending: past it, its two oldest become one.
-_MARKS: Final = 32
-
-
-@dataclass(frozen=True, slots=True)
-class _Look:
-    """What one look at who is writing (:data:`_WRITERS`) found: the ledger's highest
-    committed seq, the transactions that may still commit a row of the events table, and
-    whether one of them is prepared. Private."""
-
-    last: int
-    writers: frozenset[str]
-    prepared: bool
-    #: Each writer's backend's pid (none for a prepared one).
-    pids: Mapping[str, int | None] = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def of(cls, row: tuple[Any, ...]) -> _Look:
-        """The look of a row (last, writers, prepared, pids, ...) of :data:`_WRITERS`."""
-        pids = dict(zip(map(str, row[1]), row[3], strict=True))
-        return cls(int(row[0] or 0), frozenset(pids), bool(row[2]), pids)
-
-    def ended(self, marked: frozenset[str]) -> bool:
-        """Whether the transactions ``marked`` (an earlier look's writers) had all ended by
-        this look: none is among its writers, and no prepared one is (which may be any of
-        them, named anew since: :data:`_WRITERS`)."""
-        return not (self.prepared or marked & self.writers)
-
-
-#: A look that found nobody writing.
-_NOBODY: Final = _Look(0, frozenset(), prepared=False)
-
-
-class _Position:
-    """Where the reads of a ledger since its last full read are (rows are numbered by a
-    sequence drawn as each is inserted, but transactions commit in any order: a seq below one
-    given may still come). Every row up to :attr:`settled` that will ever be committed has
-    been given; above it, :attr:`given` holds the seqs given.
-
-    Each read begins with a look (:data:`_WRITERS`, in its first statement), noted as a mark:
-    every row up to its seq is committed, or written by one of its transactions. A later look
-    that finds none of them is after they all ended, so every such row is visible to each
-    statement made after it: the mark is settled once the next read is done (not the read of
-    that look: its snapshot was taken before the look). Private."""
-
-    __slots__ = ("given", "marks", "ready", "settled")
-
-    def __init__(self, settled: int = 0) -> None:
-        self.settled = settled
-        self.given: set[int] = set()
-        #: Marks not settled yet: (seq, the transactions that may still commit below it).
-        self.marks: list[tuple[int, frozenset[str]]] = []
-        #: What the next read done settles: the seq of the marks the last look found ended.
-        self.ready = 0
-
-    def give(self, seq: int) -> None:
-        if seq > self.settled:
-            self.given.add(seq)
-
-    def mark(self, look: _Look) -> None:
-        """Note a look made at the start of a read."""
-        self.marks.append((look.last, look.writers))
-        if len(self.marks) > _MARKS:  # ready no sooner than both would have been
-            (a, wa), (b, wb) = self.marks[:2]
-            self.marks[:2] = [(max(a, b), wa | wb)]
-
-    def settle(self, look: _Look) -> None:
-        """Once a read is done that began with ``look``: settle what the look before it made
-        ready, and make ready every mark all of whose transactions it found ended."""
-        self.settled = max(self.settled, self.ready)
-        ended = [last for last, marked in self.marks if look.ended(marked)]
-        self.ready = max([self.settled, *ended])
-        self.marks = [(last, marked) for last, marked in self.marks if last > self.ready]
-        self.given = {seq for seq in self.given if seq > self.settled}
-
-
-class _Watchdog:
-    """Shuts a connection down (:func:`~bulk_mms.ledger.pgconnect.shut_down`: a statement
-    waiting on it fails at once, the connection lost) once a statement on it has run past its
-    bound: one thread, made on first use and kept until :meth:`close`, waiting for the
-    deadline of the statement under way (a thread made for each statement would cost more
-    than the statement). Private."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        #: The connection a statement is under way on, and its deadline (time.monotonic).
-        self._on: tuple[psycopg.Connection[Any], float] | None = None
-        #: Whether the thread waits for a statement (none under way).
-        self._idle = False
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        #: Whether the last statement bounded ran past its bound (its connection shut down).
-        self.cut = False
-
-    @contextlib.contextmanager
-    def bounding(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-        """Within the block, ``conn`` is shut down once ``seconds`` have passed (:attr:`cut`
-        says whether it was). Left only once such a shutdown is done: ``conn`` may be closed
-        after."""
-        with self._cond:
-            self._on, self.cut = (conn, time.monotonic() + seconds), False
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True)
-                self._thread.start()
-            elif self._idle:
-                self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._on = None
-
-    def _watch(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._on is None:
-                    self._idle = True
-                    self._cond.wait()
-                    self._idle = False
-                elif (left := self._on[1] - time.monotonic()) > 0:
-                    self._cond.wait(left)  # the statement's deadline, or a later one's
-                else:
-                    shut_down(self._on[0])
-                    self._on, self.cut = None, True
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-
 class PostgresStore(GroupCommitted[_Item]):
     """A ledger in PostgreSQL; open it with :meth:`open` (see the module doc)."""
 
@@ -544,23 +342,10 @@ class PostgresStore(GroupCommitted[_Item]):
             )
         migrate(conn)
         self._ledger = self._ledger_id(create=False)
-        #: What :meth:`new_events` has given since the last full read (:meth:`events`).
-        self._position = _Position()
-        #: What :meth:`new_events` reads on: made by its first read, kept until the store
-        #: closes (made again once when found lost: :meth:`_fetch`).
-        self._follow: psycopg.Connection[Any] | None = None
-        #: Held while that connection is used, made or closed (reads run in worker threads),
-        #: and while the watchdog bounds a statement of a full read (:meth:`_bounded`).
-        self._following = threading.Lock()
-        #: Bounds each statement on it, and each of a full read's
-        #: (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`), one at a time.
-        self._watchdog = _Watchdog()
-        #: Each transaction the looks of :meth:`new_events` found writing, and since when
-        #: (:func:`~bulk_mms.clock.since_boot`); those logged as holding them up.
-        self._writing: dict[str, float] = {}
-        self._held_up: set[str] = set()
-        self._closed = False
+        #: Its full reads and what was appended since, on synchronous connections.
+        self._reads = PostgresReads(conninfo, shown)
         self._writer = Link(conninfo, shown)
+        #: A run's reads: groups' events (:meth:`events_of`) and a live run (:meth:`live_run`).
         self._reader = Link(conninfo, shown)
         #: Who this process is to the other processes sharing the ledger.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -570,9 +355,6 @@ class PostgresStore(GroupCommitted[_Item]):
         self.verbatim = False
         #: Whether its session holds the run lock (:data:`_RUN_LOCK`): a run's store does.
         self._holds_run = False
-        #: Whether :meth:`new_events` follows its full reads (``append``: ``webhooks``,
-        #: ``track``): only then does a full read wait for the writers (:meth:`_quiet`).
-        self.follows = False
 
     @classmethod
     def open(cls, location: str, mode: str = "run") -> PostgresStore:
@@ -602,7 +384,8 @@ class PostgresStore(GroupCommitted[_Item]):
                 raise LedgerError(store.name, "no such ledger")
             store._ledger = store._ledger_id(create=True)
         store.verbatim = mode == "copy"
-        store.follows = mode == "append"
+        store._reads.ledger = store._id
+        store._reads.follows = mode == "append"
         if mode == "run":  # held by its session until close_sync (live_run)
             store._conn.execute(_HOLD_RUN, (_RUN_LOCK, _ledger_key(store._id)))
             store._holds_run = True
@@ -627,214 +410,26 @@ class PostgresStore(GroupCommitted[_Item]):
     # -- reading ----------------------------------------------------------------------------
 
     def events(self, *, skip_status: bool = False) -> Iterator[Event]:
-        return self._read(skip_status=skip_status)
+        return self._reads.events(skip_status=skip_status)
 
     def fold(self, *, skip_status: bool = False) -> LedgerView:
         return LedgerView.fold(self.events(skip_status=skip_status), statuses=not skip_status)
 
     def new_events(self) -> Iterator[Event]:
-        """The events committed since the last read, in seq order: each row once, a row
-        whose seq is below one given already (drawn before it, committed after) included,
-        whatever order the writers commit in (:class:`_Position`). In pages of
-        :data:`READ_PAGE`, one statement each, the first with the look at who is writing
-        (:data:`_READ_NEW`), on the connection the store keeps (:meth:`_fetch`). One read of
-        a store at a time (the caller's to see to): the read position is the store's.
+        """The events committed since the last read (:meth:`PostgresReads.new_events
+        <bulk_mms.ledger.pgread.PostgresReads.new_events>`).
 
         Raises:
             LedgerError: the database failed (LedgerUnavailable: lost twice, or not reached);
                 the events given before it are past the read position.
         """
-        position = self._position
-        given = sorted(position.given)
-        params = {"ledger": self._id, "after": position.settled, "given": given}
-        first = self._fetch(_READ_NEW, {**params, "page": READ_PAGE})
-        position.mark(look := _Look.of(first[0]))
-        self._note_writers(look)
-        rows = [row[4:] for row in first if row[4] is not None]
-        while True:
-            yield from self._events_of(rows, position)
-            if len(rows) < READ_PAGE:
-                break
-            rows = self._fetch(_READ_PAGE, (self._id, rows[-1][0], given, READ_PAGE))
-        position.settle(look)
-
-    def _note_writers(self, look: _Look) -> None:
-        """Log, once, each transaction that every look for over :data:`HELD_UP_S` found
-        writing (``look`` the latest): it holds up what the reads settle (one left open by an
-        operator's ``psql``, say), and the seqs given above that are remembered until it
-        ends."""
-        now = since_boot()
-        self._writing = {w: self._writing.get(w, now) for w in look.writers}
-        self._held_up &= self._writing.keys()
-        for writer, since in self._writing.items():
-            if now - since > HELD_UP_S and writer not in self._held_up:
-                self._held_up.add(writer)
-                log.warning(
-                    "ledger.follow_held_up",
-                    ledger=self.name,
-                    pid=look.pids.get(writer),
-                    virtualtransaction=writer,
-                    held_s=round(now - since),
-                )
+        return self._reads.new_events()
 
     def may_have_new(self) -> bool:
         """Always True: only a query can tell, and no query is cheaper than the read itself
         (one probe of the primary key, on the connection the store keeps), which the event
         loop cannot wait for."""
         return True
-
-    def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
-        """The rows of one statement on the connection the store keeps (made now if it has
-        none, within :data:`~bulk_mms.ledger.pgconnect.CONNECT_TIMEOUT_S`); once more on a
-        new one if it was found lost (a read is safe to repeat), or gave no answer within
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (a server stalled, a network gone
-        silent: the connection is then given up as lost).
-
-        Raises:
-            LedgerError: the database failed, or the store is closed (LedgerUnavailable: the
-                connection was lost twice, or could not be made: :func:`sync_connect`).
-        """
-        with self._following:
-            for last in (False, True):
-                if self._closed:
-                    raise LedgerUnavailable(self.name, "cannot read: the store is closed")
-                if self._follow is None:
-                    self._follow = sync_connect(self._conninfo)
-                conn = self._follow
-                try:
-                    with self._watchdog.bounding(conn, DB_TIMEOUT_S):
-                        return conn.execute(sql, params).fetchall()
-                except psycopg.Error as exc:
-                    text = f"cannot read: {scrub(exc, self._conninfo)}"
-                    if self._watchdog.cut:
-                        text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
-                    elif not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
-                        raise LedgerError(self.name, text) from None
-                    self._follow = None
-                    conn.close()
-                    if last:
-                        raise LedgerUnavailable(self.name, text) from None
-                    log.warning("ledger.reconnecting", ledger=self.name, error=text)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _read(self, *, skip_status: bool = False) -> Iterator[Event]:
-        """Every event, streamed through a server-side cursor in one transaction (one
-        snapshot of the ledger) on a connection of its own, closed as the read ends or is
-        given up (a fold's: rare, and long); :meth:`new_events` goes on after it. The
-        snapshot is taken once every transaction that may still commit a row below the
-        ledger's highest seq has ended (:meth:`_quiet`), so every row up to that seq is in
-        it; a store that does not follow (:attr:`follows`: a run's, a report's) waits for
-        none (a transaction left open elsewhere holds up no run or report). Each round trip
-        (a look, the cursor's opening, each page of :data:`READ_PAGE` rows) is bounded as
-        the kept connection's are (:meth:`_bounded`); a read left without an answer so long
-        is not resumed: it fails.
-
-        Raises:
-            LedgerError: the database failed (LedgerUnavailable: not reached, no answer
-                within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or the store closed).
-        """
-        sql = _READ_SKIPPING_STATUS if skip_status else _READ
-        try:
-            conn = sync_connect(self._conninfo)
-            cur = conn.cursor(name="bulk_mms_read")
-            try:
-                last = self._quiet(conn, wait=self.follows)
-                self._position = position = _Position()
-                conn.autocommit = False  # the cursor's transaction: begun by its opening
-                self._bounded(conn, lambda: cur.execute(sql, (self._id,)))
-                yield from self._events_of(self._pages(conn, cur), position, final=last)
-                position.settle(_NOBODY)
-            finally:
-                conn.close()  # its transaction with it (nothing to commit): no answer awaited
-                cur.close()  # with its connection: nothing sent
-        except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
-
-    def _pages(
-        self, conn: psycopg.Connection[Any], cur: psycopg.ServerCursor[Any]
-    ) -> Iterator[tuple[Any, ...]]:
-        """The rows of ``cur``, a server-side cursor open on ``conn``, fetched
-        :data:`READ_PAGE` at a time, each fetch bounded (:meth:`_bounded`)."""
-        while rows := self._bounded(conn, lambda: cur.fetchmany(READ_PAGE)):
-            yield from rows
-
-    def _bounded(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
-        """``step()``, one round trip of a full read on ``conn`` (its own connection),
-        bounded by :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` by the store's watchdog,
-        as each statement on the kept connection is (:meth:`_fetch`): past it ``conn`` is
-        shut down. The watchdog bounds one statement at a time: the lock the kept
-        connection is used under is held meanwhile.
-
-        Raises:
-            LedgerUnavailable: no answer within the bound, or the store is closed.
-            psycopg.Error: what ``step`` raised otherwise.
-        """
-        with self._following:
-            if self._closed:
-                raise LedgerUnavailable(self.name, "cannot read: the store is closed")
-            try:
-                with self._watchdog.bounding(conn, DB_TIMEOUT_S):
-                    return step()
-            except psycopg.Error:
-                if self._watchdog.cut:
-                    text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
-                    raise LedgerUnavailable(self.name, text) from None
-                raise
-
-    def _quiet(self, conn: psycopg.Connection[Any], *, wait: bool) -> int:
-        """The ledger's highest committed seq, with ``wait`` once every transaction that may
-        still commit a row below it (:data:`_WRITERS`) has ended: a run's commit takes
-        milliseconds (and the server ends one left idle), so the wait is as short, bounded by
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, as is each of its statements
-        (:meth:`_bounded`). Without, a read after it may lack such a row: only the rows
-        above the seq (committed since) are remembered as given.
-
-        Raises:
-            LedgerUnavailable: one of them is still open after that bound, or a statement
-                had no answer within it.
-        """
-
-        def look() -> _Look:
-            row = self._bounded(
-                conn, lambda: conn.execute(_WRITERS, {"ledger": self._id}).fetchone()
-            )
-            assert row is not None
-            return _Look.of(row)
-
-        first = look()
-        writers = first.writers if wait else frozenset()
-        until = since_boot() + DB_TIMEOUT_S
-        while writers:
-            if since_boot() > until:
-                raise LedgerUnavailable(
-                    self.name,
-                    f"cannot read: a transaction writing to bulk_mms_events is still open "
-                    f"after {DB_TIMEOUT_S:g} s (virtualtransaction {min(writers)} in pg_locks)",
-                )
-            self._bounded(conn, lambda: conn.execute(_PAUSE, (_WRITERS_POLL_S,)))
-            now = look()
-            writers = frozenset(w for w in writers if not now.ended(frozenset({w})))
-        return first.last
-
-    def _events_of(
-        self, rows: Iterable[tuple[Any, ...]], position: _Position, *, final: int = 0
-    ) -> Iterator[Event]:
-        """The events of rows (seq, body) read in seq order, each noted as given in
-        ``position`` as it is given; those up to ``final`` are settled with it (the read's
-        snapshot has every row up to ``final`` that will ever be committed)."""
-        for seq, body in rows:
-            if seq <= final:
-                position.settled = seq
-            position.give(seq)
-            if (event := self._decode(seq, body)) is not None:
-                yield event
-        position.settled = max(position.settled, final)
-
-    def _decode(self, seq: int, body: str) -> Event | None:
-        try:
-            return decode(orjson.loads(body))
-        except (orjson.JSONDecodeError, Malformed) as exc:
-            raise LedgerCorrupt(self.name, str(exc), line=seq) from None
 
     async def events_of(self, groups: Collection[str]) -> dict[str, list[Event]]:
         """Each group's events as the ledger has them now (written by any process), without
@@ -854,7 +449,7 @@ class PostgresStore(GroupCommitted[_Item]):
                 return await cur.fetchall()
 
             for grp, seq, body in await self._reader.run(read, "cannot read"):
-                if (ev := self._decode(seq, body)) is not None and grp in found:
+                if (ev := self._reads.decode(seq, body)) is not None and grp in found:
                     found[grp].append(ev)
         return found
 
@@ -897,7 +492,7 @@ class PostgresStore(GroupCommitted[_Item]):
             row = self._conn.execute(_HEADER, (self._id,)).fetchone()
         except psycopg.Error as exc:
             raise LedgerError(self.name, f"cannot write: {scrub(exc, self._conninfo)}") from None
-        there = self._decode(row[0], row[1]) if row is not None else None
+        there = self._reads.decode(row[0], row[1]) if row is not None else None
         if not isinstance(there, Header):
             raise LedgerCorrupt(self.name, "its job header cannot be read")
         return there
@@ -1051,13 +646,7 @@ class PostgresStore(GroupCommitted[_Item]):
             self.close_sync()
 
     def close_sync(self) -> None:
-        with self._following:  # after a read under way: its handle is not freed under it
-            self._closed = True
-            follow, self._follow = self._follow, None
-            self._watchdog.close()
-        if follow is not None:
-            with contextlib.suppress(psycopg.Error):
-                follow.close()
+        self._reads.close()
         with contextlib.suppress(psycopg.Error):
             if self._holds_run and not self._conn.closed:
                 self._holds_run = False
