@@ -314,3 +314,34 @@ def test_a_report_whose_read_stalls_ends_with_exit_7_in_one_line(
     assert f"cannot read: no answer within {_READ_S:g} s" in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_full_read_whose_connection_the_server_ends_fails_as_unavailable(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full read whose connection the server ends between two pages (a restart, an
+    operator's ``pg_terminate_backend``) fails in one line as the database's fault
+    (LedgerUnavailable, exit 7: run it again), not as a fault of the ledger (exit 2)."""
+    monkeypatch.setattr(pgread, "READ_PAGE", 2)
+    where = f"{database}?ledger=follow"
+    writer = open_store(where, "run")
+    writer.append_now(HEADER)
+    for ev in (ran := _ran(4)):
+        writer.append_now(ev)
+    writer.close_sync()
+    reader = open_store(where, "read")
+    try:
+        read = reader.events()
+        assert [next(read), next(read)] == [HEADER, ran[0]]  # the first page
+        with psycopg.connect(database, autocommit=True) as killer:
+            killer.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(LedgerUnavailable, match=r"^\S+: cannot read: ") as failed:
+            list(read)
+        assert failed.value.exit_code == 7
+        assert "\n" not in str(failed.value)
+    finally:
+        with contextlib.suppress(LedgerError):
+            reader.close_sync()

@@ -277,7 +277,7 @@ class PostgresReads:
         is not resumed: it fails.
 
         Raises:
-            LedgerError: the database failed (LedgerUnavailable: not reached, no answer
+            LedgerError: the database failed (LedgerUnavailable: not reached, lost, no answer
                 within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or the store closed).
         """
         sql = _READ_SKIPPING_STATUS if skip_status else _READ
@@ -295,7 +295,10 @@ class PostgresReads:
                 conn.close()  # its transaction with it (nothing to commit): no answer awaited
                 cur.close()  # with its connection: nothing sent
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
+            # a connection lost, a statement cancelled or timed out: the database, not the
+            # ledger (as new_events judges it); a rerun reads again
+            failed = LedgerUnavailable if isinstance(exc, psycopg.OperationalError) else LedgerError
+            raise failed(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
 
     def new_events(self) -> Iterator[Event]:
         """The events committed since the last read, in seq order: each row once, a row
