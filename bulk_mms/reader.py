@@ -195,9 +195,9 @@ class RowReader:
         "_first",
         "_known",
         "_lineno",
-        "_odd_quotes",
         "_ours",
         "_pad",
+        "_quoted_long",
         "_raw",
         "_recent",
         "_streaming",
@@ -258,8 +258,8 @@ class RowReader:
         # line number -> why the decoder refused it (CSV only): a reason its row is rejected
         # for, or the error that stops the file
         self._bad: dict[int, str | InputError] = {}
-        # over-long lines read a line at a time (_whole) that held an odd number of quotes
-        self._odd_quotes: set[int] = set()
+        # over-long lines read a line at a time (_whole) that held a quote
+        self._quoted_long: set[int] = set()
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes]] = deque()
         # lines read so far: a read that fails, fails on the next one
@@ -370,12 +370,12 @@ class RowReader:
         line = f.readline(MAX_LINE_BYTES + 1)
         if not line:
             return None
-        line, quotes = _whole(line, f.readline)
+        line, quoted = _whole(line, f.readline)
         if self._expect is not None:
             self._check_unchanged()  # a line at a time (JSONL): each line, before it counts
         self._lineno += 1
-        if quotes % 2:
-            self._odd_quotes.add(self._lineno)
+        if quoted:
+            self._quoted_long.add(self._lineno)
         if line and not line.endswith(b"\n"):
             self._unended = self._lineno
         return self._lineno, line
@@ -419,7 +419,7 @@ class RowReader:
         if lineno == 1 and line.startswith(_BOM):
             line = line[len(_BOM) :]
         if not line:  # what _whole makes of an over-long line
-            return self._over_long(lineno, odd=lineno in self._odd_quotes)
+            return self._over_long(lineno, quoted=lineno in self._quoted_long)
         text = self.text.line(lineno, line, last=lineno == self._unended)
         if isinstance(text, InputError):
             # raised when the rows reach this line, so the rows before it come first
@@ -430,20 +430,30 @@ class RowReader:
             return "\n"
         return text
 
-    def _over_long(self, lineno: int, *, odd: bool) -> str:
-        """What the csv module reads for an over-long line, its reason kept in ``_bad``: a
-        blank line, or a quote alone (``odd``: the line held an odd number of quotes) that
-        opens or closes a field as the line did. A quote the line opened is never lost with
-        its text: the lines after it are read as the field's (a row pasted into a note is
-        never texted), and the record is judged as any over lines is (:mod:`bulk_mms.spans`),
-        then rejected for the over-long line."""
-        self._bad[lineno] = _LONG
-        return '"\n' if odd else "\n"
+    def _over_long(self, lineno: int, *, quoted: bool) -> str:
+        """What the csv module reads for an over-long line: a blank line, its reason kept in
+        ``_bad``. A line without a quote opens or closes no quoted field, so its row alone is
+        rejected (inside a quoted note, the blank keeps the note open, as the line did). One
+        holding a quote (``quoted``) stops the file when the rows reach it: whether that quote
+        opens a field, closes one or is text cannot be told without the line's text, which
+        is not kept, and a wrong guess reads a note's lines as rows (a row pasted into it,
+        texted) or swallows the rows after it."""
+        self._bad[lineno] = (
+            InputError(
+                self.path,
+                f"line {lineno} is longer than {MAX_LINE_BYTES} bytes and holds a quote: which "
+                "of the lines after it are rows cannot be told; shorten that line, and run again",
+                line=lineno,
+            )
+            if quoted
+            else _LONG
+        )
+        return "\n"
 
     def _blocks(self) -> Iterator[list[str]]:
         """The rest of the file's lines, read a block at a time (a line that spans blocks is
         carried over whole). A line longer than :data:`MAX_LINE_BYTES` is never held: once it
-        is known to be too long, its rest is read and dropped, its quotes counted
+        is known to be too long, its rest is read and dropped, whether it holds a quote noted
         (:meth:`_over_long`).
 
         A block is at most :data:`BLOCK_BYTES`, as one read gives it (``read1``): a compressed
@@ -452,29 +462,29 @@ class RowReader:
         assert self._file is not None
         # a buffered file (open_input) or a GzipFile: both have read1
         read, size = cast(io.BufferedIOBase, self._file).read1, BLOCK_BYTES
-        carry, dropping, quotes = b"", False, 0
+        carry, dropping, quoted = b"", False, False
         while block := read(size):
             self._check_unchanged()
             end = block.rfind(b"\n") + 1
             if dropping:  # the rest of an over-long line
                 head = block.find(b"\n") + 1
-                quotes += block.count(b'"', 0, head or len(block))
+                quoted = quoted or b'"' in block[: head or len(block)]
                 if not head:
                     continue
                 self._lineno += 1
-                yield [self._over_long(self._lineno, odd=quotes % 2 == 1)]
+                yield [self._over_long(self._lineno, quoted=quoted)]
                 block, end, dropping = block[head:], end - head, False
             if not end:
                 carry += block
                 if _too_long(carry):
-                    carry, dropping, quotes = b"", True, carry.count(b'"')
+                    carry, dropping, quoted = b"", True, b'"' in carry
                 continue
             data, carry = carry + block[:end], block[end:]
             if data:
                 yield self._lines_of(data)
         if dropping:  # an over-long last line, with no newline
             self._lineno += 1
-            yield [self._over_long(self._lineno, odd=quotes % 2 == 1)]
+            yield [self._over_long(self._lineno, quoted=quoted)]
         if carry:  # the last line, with no newline
             self._unended = self._lineno + 1
             yield self._lines_of(carry)
@@ -497,7 +507,7 @@ class RowReader:
         for line in io.BytesIO(data).readlines():
             self._lineno += 1
             if _too_long(line):
-                out.append(self._over_long(self._lineno, odd=line.count(b'"') % 2 == 1))
+                out.append(self._over_long(self._lineno, quoted=b'"' in line))
             else:
                 out.append(self._decoded(self._lineno, line))
         return out
@@ -657,6 +667,7 @@ class RowReader:
         try:
             spans.check(rec, start, last, self._lineno)
         except InputError:
+            self._stop_at_a_quoted_long_line(start, last)
             long = next((n for n in range(start, last + 1) if self._bad.get(n) == _LONG), None)
             if long is None:
                 raise
@@ -668,6 +679,14 @@ class RowReader:
                 line=start,
             ) from None
 
+    def _stop_at_a_quoted_long_line(self, start: int, last: int) -> None:
+        """Raise the error of the first over-long line holding a quote among lines ``start``
+        to ``last`` (:meth:`_over_long`), if any: the likely cause of a record refused for
+        running over lines, and the line to name."""
+        for n in range(start, last + 1):
+            if isinstance(stop := self._bad.get(n), InputError):
+                raise stop
+
     def _malformed(self, exc: csv.Error, start: int, last: int) -> RejectedRow:
         """The row of lines ``start`` to ``last`` the csv module refused, rejected.
 
@@ -677,6 +696,7 @@ class RowReader:
                 csv module would read on from the next line as if the field had closed.
         """
         if _FIELD_LIMIT_SAID in str(exc):
+            self._stop_at_a_quoted_long_line(start, last)
             raise InputError(
                 self.path,
                 f"a quoted field opened here runs to line {last} and past "
@@ -976,16 +996,17 @@ def _too_long(line: bytes) -> bool:
     return len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
 
 
-def _whole(line: bytes, readline: Callable[[int], bytes]) -> tuple[bytes, int]:
+def _whole(line: bytes, readline: Callable[[int], bytes]) -> tuple[bytes, bool]:
     """A line as read (``MAX_LINE_BYTES + 1`` at most), or ``b""`` for one longer than that,
-    whose rest is then read and dropped, never kept; with the number of quotes dropped."""
-    quotes = 0
+    whose rest is then read and dropped, never kept; with whether what was dropped held a
+    quote."""
+    quoted = False
     if _too_long(line):
         while line and not line.endswith(b"\n"):
-            quotes += line.count(b'"')
+            quoted = quoted or b'"' in line
             line = readline(MAX_LINE_BYTES)
-        return b"", quotes + line.count(b'"')
-    return line, 0
+        return b"", quoted or b'"' in line
+    return line, False
 
 
 def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:

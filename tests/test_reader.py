@@ -1161,3 +1161,47 @@ def test_backslashes_in_a_csv_file_that_doubles_its_quotes_are_read_as_written(
         {"phone": "+12125550101", "name": 'Al \\"the pal"'},
         {"phone": "+12125550102", "name": "a note\nending \\"},
     ]
+
+
+def _with_long_line(tmp_path: Path, at: int, long: str) -> Path:
+    """A CSV of 600 rows whose row ``at`` is ``long`` (over MAX_LINE_BYTES, and lines after)."""
+    rows = [f"+1212555{i:04d},P{i},x" for i in range(600)]
+    rows[at] = long
+    p = tmp_path / "people.csv"
+    p.write_text("phone,first,note\r\n" + "".join(f"{r}\r\n" for r in rows), encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    "long",
+    [
+        f'+12125550000,P 6" tall,{"z" * (MAX_LINE_BYTES + 10)}',  # a quote as text: even
+        f'+12125550000,P 6" tall,"{"z" * (MAX_LINE_BYTES + 10)}\r\n+13125559001,P,x\r\nend"',
+        f'+12125550000,P,"a note\r\n{"z" * (MAX_LINE_BYTES + 10)} end", 6" tall',
+        f'+12125550000,P,"{"z" * (MAX_LINE_BYTES + 10)}"',  # a whole quoted field
+    ],
+    ids=["quote-as-text", "text-then-note", "closes-a-note", "quoted-field"],
+)
+@pytest.mark.parametrize("at", [3, 500], ids=["read-ahead", "streamed"])
+def test_an_over_long_line_holding_a_quote_stops_the_file_naming_it(
+    tmp_path: Path, at: int, long: str
+) -> None:
+    """An over-long line that holds a quote, whatever the quote does (text in a field not
+    quoted, 6" tall; a note's opening or closing; a field quoted whole), stops the file
+    naming that line, every row before it read: its text is not kept, so whether the lines
+    after it are rows or a note's cannot be told, and no guess may text a row pasted into
+    a note or swallow the rows after it."""
+    path = _with_long_line(tmp_path, at, long)
+    where = at + 2 + long[: long.index("zzz")].count("\n")  # the over-long line's number
+    seen: list[Row | RejectedRow] = []
+    with (
+        pytest.raises(
+            InputError,
+            match=f"line {where} is longer than {MAX_LINE_BYTES} bytes and holds a quote",
+        ) as stopped,
+        RowReader(path, "phone") as reader,
+    ):
+        seen.extend(reader)
+    assert stopped.value.line == where
+    assert [r.line for r in seen if isinstance(r, Row)] == list(range(2, at + 2))
+    assert not [r for r in seen if isinstance(r, RejectedRow)]
