@@ -345,3 +345,29 @@ def test_a_full_read_whose_connection_the_server_ends_fails_as_unavailable(
     finally:
         with contextlib.suppress(LedgerError):
             reader.close_sync()
+
+
+def test_a_statement_under_way_while_the_process_was_stopped_is_not_cut_off(
+    database: str,
+) -> None:
+    """A statement under way while the process did not run (SIGSTOP, a paused VM) for far
+    longer than its bound is not cut off when the process runs again: the bound counts time
+    the process ran, as every other database bound does, so the answer that came meanwhile
+    is read; a statement that outruns its bound while the process runs still is cut off."""
+    leaps = [0.0]
+
+    def clock() -> float:  # the watchdog's clock, which leaps while the process is stopped
+        return time.monotonic() + leaps[0]
+
+    watchdog = pgread._Watchdog(clock)
+    try:
+        with psycopg.connect(database, autocommit=True) as conn:
+            with watchdog.bounding(conn, 1.5):
+                leaps[0] = 100.0  # stopped for 100 s just as the statement began
+                assert conn.execute("SELECT pg_sleep(1), 7").fetchone() == ("", 7)
+            assert not watchdog.cut
+            with pytest.raises(psycopg.OperationalError), watchdog.bounding(conn, 0.5):
+                conn.execute("SELECT pg_sleep(5)")
+            assert watchdog.cut
+    finally:
+        watchdog.close()

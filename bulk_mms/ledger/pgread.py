@@ -32,7 +32,7 @@ import orjson
 import psycopg
 import structlog
 
-from bulk_mms.clock import since_boot
+from bulk_mms.clock import RUNNING_LOOK_S, STOPPED_AFTER_S, since_boot
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.events import Event, Malformed, decode
 from bulk_mms.ledger.pgconnect import DB_TIMEOUT_S, is_lost, scrub, shut_down, sync_connect
@@ -178,13 +178,17 @@ class _Position:
 class _Watchdog:
     """Shuts a connection down (:func:`~bulk_mms.ledger.pgconnect.shut_down`: a statement
     waiting on it fails at once, the connection lost) once a statement on it has run past its
-    bound: one thread, made on first use and kept until :meth:`close`, waiting for the
-    deadline of the statement under way (a thread made for each statement would cost more
-    than the statement). Private."""
+    bound, counted in time the process ran as :func:`~bulk_mms.clock.running_timeout` counts
+    it (a look every :data:`~bulk_mms.clock.RUNNING_LOOK_S`; a look that comes
+    :data:`~bulk_mms.clock.STOPPED_AFTER_S` late found the process stopped, and counts as one
+    look's worth: an answer that came meanwhile is read, not cut off): one thread, made on
+    first use and kept until :meth:`close` (a thread made for each statement would cost more
+    than the statement). ``clock``: the thread's monotonic clock. Private."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._cond = threading.Condition()
-        #: The connection a statement is under way on, and its deadline (time.monotonic).
+        #: The connection a statement is under way on, and the running time it has left.
         self._on: tuple[psycopg.Connection[Any], float] | None = None
         #: Whether the thread waits for a statement (none under way).
         self._idle = False
@@ -199,7 +203,7 @@ class _Watchdog:
         says whether it was). Left only once such a shutdown is done: ``conn`` may be closed
         after."""
         with self._cond:
-            self._on, self.cut = (conn, time.monotonic() + seconds), False
+            self._on, self.cut = (conn, seconds), False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, daemon=True)
                 self._thread.start()
@@ -214,14 +218,22 @@ class _Watchdog:
     def _watch(self) -> None:
         with self._cond:
             while not self._closed:
-                if self._on is None:
+                if (on := self._on) is None:
                     self._idle = True
                     self._cond.wait()
                     self._idle = False
-                elif (left := self._on[1] - time.monotonic()) > 0:
-                    self._cond.wait(left)  # the statement's deadline, or a later one's
+                    continue
+                conn, left = on
+                step, last = min(RUNNING_LOOK_S, left), self._clock()
+                self._cond.wait(step)
+                if self._on is not on:  # the statement ended (a new one counts anew)
+                    continue
+                gap = self._clock() - last
+                left -= step if gap - step >= STOPPED_AFTER_S else gap
+                if left > 0:
+                    self._on = (conn, left)
                 else:
-                    shut_down(self._on[0])
+                    shut_down(conn)
                     self._on, self.cut = None, True
 
     def close(self) -> None:
