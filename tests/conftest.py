@@ -1,6 +1,6 @@
 """Shared fixtures: a fake client behind the MmsClient seam, job factories, the fake API
-server, a database of the test's own; and which clock each test runs on, virtual or real
-(:func:`pytest_collection_modifyitems`)."""
+server, the real client and webhook receiver served against it, a database of the test's
+own; and which clock each test runs on, virtual or real (:func:`pytest_collection_modifyitems`)."""
 
 from __future__ import annotations
 
@@ -24,16 +24,20 @@ import psycopg.waiting
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
 
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
+from bulk_mms.webhooks import JobReceiver, WebhookReceiver
 
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
 
@@ -231,6 +235,47 @@ async def fake_api() -> AsyncIterator[tuple[FakeTelnyx, str]]:
     fake = FakeTelnyx(api_key="test-key-123")
     async with TestServer(fake.app(), host="127.0.0.1", port=0) as server:
         yield fake, str(server.make_url("/v2"))
+
+
+@contextlib.asynccontextmanager
+async def real_client(fake: FakeTelnyx) -> AsyncIterator[AiohttpMmsClient]:
+    """The real client, with ``fake``'s API key, on ``fake`` served on 127.0.0.1, port 0."""
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), fake.api_key or "any-key") as client,
+    ):
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def posting_to(
+    fake: FakeTelnyx, receiver: WebhookReceiver | JobReceiver
+) -> AsyncIterator[None]:
+    """``receiver`` served on 127.0.0.1, port 0, as ``fake``'s webhook URL, so that the
+    webhooks ``fake`` posts reach it; the receiver is closed after."""
+    try:
+        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
+            fake.webhook_url = str(hooks.make_url("/hooks"))
+            yield
+    finally:
+        await receiver.close()
+
+
+@contextlib.asynccontextmanager
+async def receiving(
+    fake: FakeTelnyx, ledger: Path, signer: Ed25519PrivateKey
+) -> AsyncIterator[WebhookReceiver]:
+    """The real receiver on ``ledger`` (opened to append, what it holds taken in), checking
+    ``signer``'s signatures, posted ``fake``'s webhooks (:func:`posting_to`); the ledger is
+    closed after."""
+    store = open_store(ledger, "append")
+    try:
+        receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
+        async with posting_to(fake, receiver):
+            await receiver.take_in_new()
+            yield receiver
+    finally:
+        await store.close()
 
 
 def _all_recorded(job: JobConfig, client: FakeClient, hang: Callable[[Group], bool]) -> bool:

@@ -44,13 +44,12 @@ from bulk_mms.fake_api import (
     carrier_timeline,
 )
 from bulk_mms.fake_api.wire import STAMP_FORMS
-from bulk_mms.ledger import LedgerView, open_store
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
-from bulk_mms.webhooks import WebhookReceiver, verify
-from tests.conftest import FAST, FakeClock, JobFactory
+from bulk_mms.webhooks import verify
+from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving
 
 API = tuple[FakeTelnyx, str]
 AUTH = {"Authorization": "Bearer test-key-123"}
@@ -613,26 +612,15 @@ async def test_signed_webhooks_reach_the_real_receiver_and_its_ledger(
     fake.report["*0003"] = "40016"
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-    await receiver.take_in_new()
-    try:
-        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-            fake.webhook_url = str(hooks.make_url("/hooks"))
-            assert await fake.pump_webhooks() == 0  # all still queued
-            clock.advance(1.5)
-            assert await fake.pump_webhooks() == 4  # message.sent, one per recipient
-            clock.advance(2)
-            assert await fake.pump_webhooks() == 4  # message.finalized
-            assert await fake.pump_webhooks() == 0  # nothing twice
-    finally:
-        await receiver.close()
-        await store.close()
+    async with receiving(fake, job.ledger, signer):
+        assert await fake.pump_webhooks() == 0  # all still queued
+        clock.advance(1.5)
+        assert await fake.pump_webhooks() == 4  # message.sent, one per recipient
+        clock.advance(2)
+        assert await fake.pump_webhooks() == 4  # message.finalized
+        assert await fake.pump_webhooks() == 0  # nothing twice
     assert {p.answer for p in fake.webhooks_sent} == {200}
     for post in fake.webhooks_sent:
         assert webhook_problems(post) == []
@@ -1024,10 +1012,7 @@ async def test_a_run_tracked_and_reported_by_webhooks_on_sparse_answers_settles_
     fake.report["*0002"] = "40011"
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
         clock.advance(2)
         await track_ledger(job.ledger, FAST, client, clock=FakeClock())
@@ -1037,17 +1022,9 @@ async def test_a_run_tracked_and_reported_by_webhooks_on_sparse_answers_settles_
         if e["event"] == "status" and e["source"] == "track"
     }
     assert tracked == dict.fromkeys([f"+1212555000{i}" for i in range(4)], "sent")
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-    await receiver.take_in_new()
-    try:
-        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-            fake.webhook_url = str(hooks.make_url("/hooks"))
-            clock.advance(2)
-            assert await fake.pump_webhooks() == 8
-    finally:
-        await receiver.close()
-        await store.close()
+    async with receiving(fake, job.ledger, signer):
+        clock.advance(2)
+        assert await fake.pump_webhooks() == 8
     assert {p.answer for p in fake.webhooks_sent} == {200}
     for post in fake.webhooks_sent:
         assert webhook_problems(post) == []

@@ -11,20 +11,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import load_job
 from bulk_mms.delivery import FINAL
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
-from bulk_mms.ledger import LedgerView, load, open_store
+from bulk_mms.ledger import load
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
-from bulk_mms.webhooks import JobReceiver, WebhookReceiver
-from tests.conftest import FAST, FakeClock, JobFactory
+from bulk_mms.webhooks import JobReceiver
+from tests.conftest import FAST, FakeClock, JobFactory, posting_to, real_client, receiving
 
 KEY = "test-key-123"
 PEOPLE = [f"+1212555000{i}" for i in range(4)]
@@ -66,24 +64,13 @@ async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
     fake = mean_fake(clock, signer)
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), KEY) as client,
-    ):
+    async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-    await receiver.take_in_new()
-    try:
-        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-            fake.webhook_url = str(hooks.make_url("/hooks"))
-            clock.advance(1.5)
-            assert await fake.pump_webhooks() == 0  # every message.sent held back
-            clock.advance(2)
-            assert await fake.pump_webhooks() == 8
-    finally:
-        await receiver.close()
-        await store.close()
+    async with receiving(fake, job.ledger, signer) as receiver:
+        clock.advance(1.5)
+        assert await fake.pump_webhooks() == 0  # every message.sent held back
+        clock.advance(2)
+        assert await fake.pump_webhooks() == 8
     posts = [(p.phone, p.event_type) for p in fake.webhooks_sent]
     assert len(posts) == 24
     assert {p.answer for p in fake.webhooks_sent} == {200}
@@ -114,22 +101,11 @@ async def test_webhooks_repeated_reordered_and_before_the_answer_are_recorded_on
     fake.faults.extend([Fault("status", 503)] * 3)  # a first run leaves the ledger, unsent
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), KEY) as client,
-    ):
+    async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
-        store = open_store(job.ledger, "append")
-        receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-        try:
-            await receiver.take_in_new()
-            async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-                fake.webhook_url = str(hooks.make_url("/hooks"))
-                await run_job(job, FAST, client, clock=FakeClock())
-                await receiver.settle()
-        finally:
-            await receiver.close()
-            await store.close()
+        async with receiving(fake, job.ledger, signer) as receiver:
+            await run_job(job, FAST, client, clock=FakeClock())
+            await receiver.settle()
     assert fake.http_log[-1].path.endswith("/group_mms")  # the webhooks beat its answer
     assert len(fake.webhooks_sent) == 24
     assert receiver.unmatched == 0
@@ -150,24 +126,13 @@ async def test_a_late_message_sent_never_undoes_a_final_status_tracked_before_it
     fake = mean_fake(clock, signer)
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), KEY) as client,
-    ):
+    async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
         clock.advance(1.5)
         await track_ledger(job.ledger, FAST, client, clock=FakeClock())
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(LedgerView(), store, signer.public_key())
-    try:
-        await receiver.take_in_new()
-        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-            fake.webhook_url = str(hooks.make_url("/hooks"))
-            clock.advance(2)
-            assert await fake.pump_webhooks() == 8
-    finally:
-        await receiver.close()
-        await store.close()
+    async with receiving(fake, job.ledger, signer):
+        clock.advance(2)
+        assert await fake.pump_webhooks() == 8
     last_post = {p.phone: p.event_type for p in fake.webhooks_sent}
     assert last_post == dict.fromkeys(PEOPLE, "message.sent")
     history: dict[str, list[tuple[str, str]]] = {}
@@ -203,10 +168,7 @@ async def test_a_send_answered_with_statuses_past_queued_is_sent_and_the_rest_tr
     people = [f"+1212555000{i}" for i in range(5)]
     jobs.people(5)
     job = jobs.job(extra="group_size = 5")
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), KEY) as client,
-    ):
+    async with real_client(fake) as client:
         result = await run_job(job, FAST, client, clock=FakeClock())
         (msg,) = fake.accepted
         answered = summarize(job.ledger)
@@ -246,20 +208,13 @@ async def test_a_dated_jobs_receiver_records_repeated_reordered_webhooks_once_pe
     job = jobs.job(extra='group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"')
     now = dt.datetime.now(job.zone)
     days = [load_job(job.path, now=now - dt.timedelta(days=1)), load_job(job.path, now=now)]
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as api_server,
-        AiohttpMmsClient(str(api_server.make_url("/v2")), KEY) as client,
-    ):
+    async with real_client(fake) as client:
         for day in days:
             await run_job(day, FAST, client, clock=FakeClock())
     receiver = JobReceiver(job.ledger_on, job.zone, signer.public_key(), clock=FakeClock())
-    try:
-        async with TestServer(receiver.app(), host="127.0.0.1", port=0) as hooks:
-            fake.webhook_url = str(hooks.make_url("/hooks"))
-            clock.advance(3.5)
-            assert await fake.pump_webhooks() == 16
-    finally:
-        await receiver.close()
+    async with posting_to(fake, receiver):
+        clock.advance(3.5)
+        assert await fake.pump_webhooks() == 16
     assert len(fake.webhooks_sent) == 48
     assert receiver.recorded == 8
     for day in days:
