@@ -17,7 +17,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
-from tests.test_exports_people import capped_then_rerun, refused_then_resent
+from tests.test_exports_people import capped_then_rerun, refused_then_resent, stopped_after_one
 from tests.threaded import fake_api_thread
 
 
@@ -178,13 +178,7 @@ def test_rows_rejected_past_where_a_run_stopped_are_counted_by_the_report(
     checked every row but recorded the rejected ones only as far as it read: the report
     still counts the file's six rows and its two rejected, saying a rerun lists the ones
     not recorded yet, instead of "4 rows: 4 valid, 0 rejected"."""
-    jobs.csv(
-        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
-        "+12125550704,E\nbad2,F\n"
-    )
-    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
-    with fake_api_thread(FakeTelnyx()) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "1"]) == 0
+    job = stopped_after_one(jobs)
     capsys.readouterr()
     assert main(["report", str(job.ledger), "--json"]) == 0
     summary = orjson.loads(capsys.readouterr().out)

@@ -16,6 +16,7 @@ from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.reader import MAX_LINE_BYTES
 from tests.conftest import JobFactory, numbers
+from tests.test_exports_people import stopped_after_one
 from tests.threaded import fake_api_thread
 
 _BOM = b"\xef\xbb\xbf"
@@ -136,13 +137,7 @@ def test_the_report_s_rejected_file_says_which_rows_a_stopped_run_did_not_record
     """After a run that stopped before the end of its input (here --limit 1), the report's
     rejected file holds the rows recorded so far, and its line says how many more the report
     counts rejected and how to list them, never "wrote 0 rejected rows" and nothing else."""
-    jobs.csv(
-        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
-        "+12125550704,E\nbad2,F\n"
-    )
-    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
-    with fake_api_thread(FakeTelnyx()) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "1"]) == 0
+    job = stopped_after_one(jobs)
     capsys.readouterr()
     out = jobs.root / "rejected.csv"
     assert main(["report", str(job.ledger), "--json", "--rejected-csv", str(out)]) == 0

@@ -113,6 +113,19 @@ def capped_then_rerun(job: JobConfig, capped: str) -> FakeTelnyx:
     return fake
 
 
+def stopped_after_one(jobs: JobFactory) -> JobConfig:
+    """A job of six rows, the fourth and sixth not numbers, run through the CLI with
+    ``--limit 1``: it stops, exit 0, after sending its first group of one."""
+    jobs.csv(
+        "phone,first\n+12125550701,A\n+12125550702,B\n+12125550703,C\nbad1,D\n"
+        "+12125550704,E\nbad2,F\n"
+    )
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    with fake_api_thread(FakeTelnyx()) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--limit", "1"]) == 0
+    return job
+
+
 def test_a_failed_file_sent_again_texts_every_value_as_the_first_send_did(
     jobs: JobFactory, tmp_path: Path
 ) -> None:
