@@ -32,6 +32,16 @@ def _people(jobs: JobFactory, rows: list[str]) -> Path:
     return jobs.csv("phone,first,note\r\n" + "".join(f"{r}\r\n" for r in rows))
 
 
+def _run(jobs: JobFactory, input_name: str = "people.csv", *, exits: int) -> FakeTelnyx:
+    """``bulk-mms run`` of a job on ``input_name`` against a fake API, which it returns,
+    asserting the run's exit code."""
+    job = jobs.job(input_name)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == exits
+    return fake
+
+
 def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -43,10 +53,7 @@ def test_a_quote_left_open_over_thousands_of_rows_sends_nothing(
     rows = [f"{p},P{i},{note}" for i, p in enumerate(numbers(9000))]
     rows[100] = rows[100].replace(",x", ',"x', 1)
     _people(jobs, rows)
-    job = jobs.job()
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 2
+    fake = _run(jobs, exits=2)
     err = capsys.readouterr().err
     assert "people.csv:102: " in err
     assert "unclosed quote" in err
@@ -65,10 +72,7 @@ def test_a_long_note_on_one_line_is_one_row_and_a_row_pasted_after_it_is_not_tex
         f'{people[10]},P10,"{"z" * (MAX_LINE_BYTES - 100)}\r\n+13125559001,Pasted,x\r\nend of note"'
     )
     _people(jobs, rows)
-    job = jobs.job()
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    fake = _run(jobs, exits=0)
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
 
 
@@ -84,10 +88,7 @@ def test_a_note_opened_on_a_line_too_long_stops_the_file_not_texting_a_row_in_it
     rows = [f"{p},P{i},x" for i, p in enumerate(people)]
     rows[at] = f'{people[at]},P,"{"z" * (MAX_LINE_BYTES + 10)}\r\n+13125559001,P,x\r\nend of note"'
     _people(jobs, rows)
-    job = jobs.job()
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 2
+    fake = _run(jobs, exits=2)
     err = capsys.readouterr().err
     assert f"people.csv:{at + 2}: line {at + 2} is longer than {MAX_LINE_BYTES} bytes" in err
     assert fake.requests == []
@@ -102,10 +103,7 @@ def test_a_line_too_long_inside_a_note_rejects_its_row_and_sends_the_rest(
     rows = [f"{p},P{i},x" for i, p in enumerate(people)]
     rows[500] = f'{people[500]},P,"a note\r\n{"z" * (MAX_LINE_BYTES + 10)}\r\nend of note"'
     _people(jobs, rows)
-    job = jobs.job()
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    fake = _run(jobs, exits=0)
     assert fake.recipient_counts() == {p: 1 for p in people if p != people[500]}
     assert f"1 of 600 rows rejected (0.2%: line is longer than {MAX_LINE_BYTES} bytes" in (
         capsys.readouterr().out
@@ -123,10 +121,7 @@ def test_jsonl_exports_joined_with_their_marks_send_every_record(
     (jobs.root / "people.jsonl").write_bytes(
         _BOM + b"".join(lines[:20]) + _BOM + b"".join(lines[20:])
     )
-    job = jobs.job("people.jsonl")
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url, "--rate", "1000"]) == 0
+    fake = _run(jobs, "people.jsonl", exits=0)
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
     assert "0 of 40 rows rejected" in capsys.readouterr().out
 
