@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bulk_mms.config import load_job
+from bulk_mms.config import JobConfig, load_job
 from bulk_mms.delivery import FINAL
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
 from bulk_mms.ledger import load
@@ -51,6 +51,12 @@ def mean_fake(clock: FakeClock, signer: Ed25519PrivateKey) -> FakeTelnyx:
     return fake
 
 
+def four_people(jobs: JobFactory) -> JobConfig:
+    """A job that texts four people in one group."""
+    jobs.people(4)
+    return jobs.job(extra="group_size = 4")
+
+
 def webhook_statuses(ledger: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(ledger) if e["event"] == "status" and e["source"] == "webhook"]
 
@@ -62,8 +68,7 @@ async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
     one status line per recipient, its final status, and report counts each once."""
     clock, signer = FakeClock(), Ed25519PrivateKey.generate()
     fake = mean_fake(clock, signer)
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
+    job = four_people(jobs)
     async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
     async with receiving(fake, job.ledger, signer) as receiver:
@@ -99,8 +104,7 @@ async def test_webhooks_repeated_reordered_and_before_the_answer_are_recorded_on
     fake.delivery_status = lambda phone, _age: FINALS[phone]  # final at once: all due at once
     fake.webhooks_before_answer = True
     fake.faults.extend([Fault("status", 503)] * 3)  # a first run leaves the ledger, unsent
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
+    job = four_people(jobs)
     async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
         async with receiving(fake, job.ledger, signer) as receiver:
@@ -124,8 +128,7 @@ async def test_a_late_message_sent_never_undoes_a_final_status_tracked_before_it
     nothing after it."""
     clock, signer = FakeClock(), Ed25519PrivateKey.generate()
     fake = mean_fake(clock, signer)
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
+    job = four_people(jobs)
     async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
         clock.advance(1.5)
