@@ -85,6 +85,11 @@ _JSONL_CR_ENDS = (
     "its lines end in a carriage return alone (an old Mac line end), not a line feed: save it "
     "with line feeds (LF or CR LF) and run again"
 )
+#: Why a CSV file whose header ends in a carriage return alone is refused.
+_MAC_CSV = (
+    "the header ends in a carriage return alone (the line end of Excel for Mac's \"CSV "
+    '(Macintosh)"): save the file as "CSV UTF-8 (Comma delimited)" and run again'
+)
 #: Why an over-long line's row is rejected.
 _LONG = f"line is longer than {MAX_LINE_BYTES} bytes"
 #: What the csv module says of a field larger than its limit (``csv.field_size_limit``).
@@ -328,6 +333,11 @@ class RowReader:
             raise InputError(self.path, "is empty")
         if (refused := self.text.not_a_text_file(head or first[1])) is not None:
             raise refused
+        if not first[1] and b"\r" in head and b"\n" not in head:
+            # one over-long line whose start holds carriage returns alone: a file of many
+            # lines, each ended the old Mac way, not one line too long
+            why = _MAC_CSV if self.format == "csv" else _JSONL_CR_ENDS
+            raise InputError(self.path, why, line=1)
         if first[1].startswith(_BOM):
             self.text.marked_utf8()
         self._first.append(first)
@@ -518,13 +528,7 @@ class RowReader:
             header = next(self._csv, None)
         except csv.Error as exc:
             if _LONE_CR in str(exc):
-                raise InputError(
-                    self.path,
-                    "the header ends in a carriage return alone (the line end of Excel for "
-                    'Mac\'s "CSV (Macintosh)"): save the file as "CSV UTF-8 (Comma delimited)" '
-                    "and run again",
-                    line=1,
-                ) from None
+                raise InputError(self.path, _MAC_CSV, line=1) from None
             raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
         if isinstance(bad := self._bad.get(1), InputError):
             raise bad

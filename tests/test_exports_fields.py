@@ -178,3 +178,30 @@ def test_jsonl_records_parted_by_a_carriage_return_alone_are_named_so(
     assert "people.jsonl:1: " in err
     assert "carriage return alone" in err
     assert "cut off" not in err
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_large_export_whose_lines_end_the_old_mac_way_is_named_so(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """An export longer than a line may be (MAX_LINE_BYTES) whose lines end in a carriage
+    return alone (Excel for Mac's "CSV (Macintosh)") reads as one over-long line; it stops
+    saying how its lines end and how to save it, sending nothing, not that its header or
+    every row is too long."""
+    people = numbers(MAX_LINE_BYTES // 20 + 1000)
+    if kind == "csv":
+        _people(jobs, [])
+        body = "phone,first,note\r" + "".join(f"{p},P{i},x\r" for i, p in enumerate(people))
+        (jobs.root / "people.csv").write_text(body, encoding="utf-8")
+        said = 'save the file as "CSV UTF-8 (Comma delimited)"'
+    else:
+        records = [orjson.dumps({"phone": p, "first": f"P{i}"}) for i, p in enumerate(people)]
+        (jobs.root / "people.jsonl").write_bytes(b"\r".join(records) + b"\r")
+        said = "save it with line feeds"
+    assert (jobs.root / f"people.{kind}").stat().st_size > MAX_LINE_BYTES
+    fake = _run(jobs, f"people.{kind}", exits=2)
+    err = capsys.readouterr().err
+    assert f"people.{kind}:1: " in err
+    assert "carriage return alone" in err
+    assert said in err
+    assert fake.requests == []
