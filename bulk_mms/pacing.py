@@ -48,7 +48,6 @@ goal drops to half the wait last seen before it.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -63,6 +62,7 @@ from bulk_mms.rate import (
     FixedRate,
     LocalBudget,
     PaceAborted,
+    Queue,
     WindowGuard,
     permit_max_age,
     wait_until,
@@ -364,7 +364,7 @@ class Pacer:
                     credit=self.max_cost,
                     stopped=stopped,
                 )
-        self._sender_locks = {s: asyncio.Lock() for s in self.senders}
+        self._sender_locks = {s: Queue() for s in self.senders}
         #: Told ``(sender, was, rate, reason)`` when a sender's pace is set: at its first
         #: admission (``was`` 0, ``"start"``) and at each change that is logged.
         self.on_change: Callable[[str, float, float, str], None] | None = None
@@ -438,7 +438,7 @@ class Pacer:
         lock = self._sender_locks[sender]
         now = self.clock.monotonic()
         if (
-            not lock.locked()
+            not lock.busy
             and (deadline is None or now <= deadline)
             and self._sender_earliest(pace, cost) - now <= 1e-6
         ):

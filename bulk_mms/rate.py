@@ -79,6 +79,7 @@ __all__ = [
     "FixedRate",
     "LocalBudget",
     "PaceAborted",
+    "Queue",
     "WindowGuard",
     "permit_max_age",
     "wait_until",
@@ -161,6 +162,37 @@ async def wait_until(
     return clock.monotonic()
 
 
+class Queue:
+    """A first-come-first-served asyncio lock that says whether anyone holds it or waits for
+    it (:attr:`busy`), for a no-wait path beside it: taken only when the queue is not busy, it
+    never goes ahead of a waiter. An :class:`asyncio.Lock` no longer reads ``locked()`` once
+    its holder lets go, while the waiter it woke has yet to run: a newcomer's no-wait path
+    would go ahead of that waiter. Use as ``async with``."""
+
+    __slots__ = ("_in", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._in = 0  # holding or waiting
+
+    @property
+    def busy(self) -> bool:
+        """Whether anyone holds the lock or waits for it."""
+        return self._in > 0
+
+    async def __aenter__(self) -> None:
+        self._in += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._in -= 1
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._in -= 1
+
+
 class FixedRate:
     """A fixed rate limit: an :class:`aiolimiter.AsyncLimiter`, waited for on the job's clock.
 
@@ -213,7 +245,7 @@ class FixedRate:
         #: (a new AsyncLimiter has all of its ``depth``).
         self._owed = depth - min(depth, depth if credit is None else credit)
         # FIFO among waiters; one sleeper at a time, so a clock moves once per admission
-        self._lock = asyncio.Lock()
+        self._lock = Queue()
 
     def __repr__(self) -> str:
         return f"<FixedRate {self.rate:g}/s depth={self.depth:g}>"
@@ -257,7 +289,7 @@ class FixedRate:
             ValueError: ``amount`` exceeds ``depth`` (it could never fit).
         """
         self._check(amount)
-        if self._lock.locked() or (charge := self._fitting(amount)) is None:
+        if self._lock.busy or (charge := self._fitting(amount)) is None:
             return False
         await self._charge(charge)
         return True
@@ -424,8 +456,8 @@ class LocalBudget(Pauses):
         )
         self._guard = WindowGuard(max(rate, max_cost))
         super().__init__()
-        self._account_lock = asyncio.Lock()
-        self._slot_lock = asyncio.Lock()
+        self._account_lock = Queue()
+        self._slot_lock = Queue()
 
     def __repr__(self) -> str:
         return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"
@@ -439,7 +471,7 @@ class LocalBudget(Pauses):
         before it, no pause, room in the bucket); whether it did. Nothing here suspends, so
         nothing else runs between the checks and the charge."""
         return (
-            not self._account_lock.locked()
+            not self._account_lock.busy
             and self.paused_until() - now <= 1e-6
             and await self._bucket.take_if_room(cost)
         )
@@ -463,7 +495,7 @@ class LocalBudget(Pauses):
             return now
 
     async def send_slot(self, cost: float) -> float:
-        if not self._slot_lock.locked():  # nobody waits: room now needs no lock and no wait
+        if not self._slot_lock.busy:  # nobody waits: room now needs no lock and no wait
             now = self.clock.monotonic()
             if self._guard.earliest(now, cost) - now <= 1e-6:
                 self._guard.record(now, cost)

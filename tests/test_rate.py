@@ -16,7 +16,14 @@ import pytest
 
 from bulk_mms.ledger.pgbudget import JITTER_S, spacing
 from bulk_mms.pacing import Pacer, PacingConfig
-from bulk_mms.rate import AccountBudget, FixedRate, LocalBudget, PaceAborted, permit_max_age
+from bulk_mms.rate import (
+    AccountBudget,
+    FixedRate,
+    LocalBudget,
+    PaceAborted,
+    Queue,
+    permit_max_age,
+)
 from bulk_mms.testing import FakeClock
 
 
@@ -443,3 +450,30 @@ def test_shared_admissions_by_recipient_keep_the_rate_over_time() -> None:
     """The recipient spacing slows a run only as far as the one-second bound needs: groups
     of 8 at 100 recipients a second still come more than 10 a second."""
     assert 1.0 / spacing(8.0, 100.0, 8.0) > 10.0
+
+
+async def test_a_queue_stays_busy_until_the_waiter_its_holder_woke_has_run() -> None:
+    """A Queue is busy while anyone holds or waits for it, and stays busy after its holder
+    lets go until the waiter that release woke has run and let go too (an asyncio.Lock
+    reads unlocked in between, where a newcomer's no-wait path would go ahead of it); a
+    waiter cancelled while it waits leaves it as it found it."""
+    queue, order = Queue(), []
+    assert not queue.busy
+
+    async def waiter(name: str) -> None:
+        async with queue:
+            order.append(name)
+
+    async with queue:
+        first = asyncio.create_task(waiter("first"))
+        gone = asyncio.create_task(waiter("cancelled"))
+        await asyncio.sleep(0)  # both queued behind the holder
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert queue.busy
+    assert queue.busy  # let go; the woken waiter has not run yet
+    assert not queue._lock.locked()  # where an asyncio.Lock alone would say nobody waits
+    await first
+    assert order == ["first"]
+    assert gone.cancelled()
+    assert not queue.busy
