@@ -530,9 +530,7 @@ class RowReader:
             if _LONE_CR in str(exc):
                 raise InputError(self.path, _MAC_CSV, line=1) from None
             raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
-        if isinstance(bad := self._bad.get(1), InputError):
-            raise bad
-        if bad:
+        if self._bad and (bad := self._refused(1, self._csv.line_num)) is not None:
             raise InputError(self.path, f"bad header: {bad}", line=1)
         if self._csv.line_num > self._lineno:  # a quote open to the end (it ran into _END)
             raise cut_off(self.path, 1)
@@ -636,15 +634,9 @@ class RowReader:
                         start, last = last + 1, reader.line_num
                         if last != start:  # a quoted field with line breaks: a real one?
                             self._check_span(spans, rec, start, last)
-                        if bad:
-                            reason = next(
-                                (bad.pop(n) for n in range(start, last + 1) if n in bad), None
-                            )
-                            if isinstance(reason, InputError):
-                                raise reason
-                            if reason is not None:
-                                yield RejectedRow(start, "", reason)
-                                continue
+                        if bad and (reason := self._refused(start, last)) is not None:
+                            yield RejectedRow(start, "", reason)
+                            continue
                         size = len(rec)
                         if size == width and whole and rec[0].strip():
                             # the usual row: every column there, the first holding something (a
@@ -683,6 +675,22 @@ class RowReader:
                 line=start,
             ) from None
 
+    def _refused(self, start: int, last: int) -> str | None:
+        """Why the record of lines ``start`` to ``last`` is rejected: the reason of the first
+        of its lines the decoder refused (``_bad``), None when it refused none; each of its
+        lines' reasons is dropped, read. A line among them whose reason stops the file stops
+        it, wherever it is among them (an over-long line holding a quote after one without:
+        :meth:`_over_long`).
+
+        Raises:
+            InputError: that line's.
+        """
+        reasons = [self._bad.pop(n) for n in range(start, last + 1) if n in self._bad]
+        for reason in reasons:
+            if isinstance(reason, InputError):
+                raise reason
+        return cast(str, reasons[0]) if reasons else None
+
     def _stop_at_a_quoted_long_line(self, start: int, last: int) -> None:
         """Raise the error of the first over-long line holding a quote among lines ``start``
         to ``last`` (:meth:`_over_long`), if any: the likely cause of a record refused for
@@ -699,8 +707,8 @@ class RowReader:
                 can, :data:`MAX_LINE_BYTES`: a quote left open over thousands of rows): the
                 csv module would read on from the next line as if the field had closed.
         """
+        self._refused(start, last)  # a line in it that stops the file does; the rest go
         if _FIELD_LIMIT_SAID in str(exc):
-            self._stop_at_a_quoted_long_line(start, last)
             raise InputError(
                 self.path,
                 f"a quoted field opened here runs to line {last} and past "

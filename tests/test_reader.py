@@ -1205,3 +1205,54 @@ def test_an_over_long_line_holding_a_quote_stops_the_file_naming_it(
     assert stopped.value.line == where
     assert [r.line for r in seen if isinstance(r, Row)] == list(range(2, at + 2))
     assert not [r for r in seen if isinstance(r, RejectedRow)]
+
+
+def _note_over_two_long_lines(tmp_path: Path, before: int, then: str) -> tuple[Path, int]:
+    """A CSV (``note,phone``) of ``before`` rows, then a note over two over-long lines, the
+    first holding no quote, the second one (``...",+1...``: the note closes there), then
+    ``then``: a row whose note opens, holding a row pasted into it. With the over-long
+    line's number."""
+    z = "z" * (MAX_LINE_BYTES + 10)
+    rows = "".join(f"N{i},+1212555{i:04d}\n" for i in range(before))
+    p = tmp_path / "people.csv"
+    p.write_text(
+        f'note,phone\n{rows}"a note\n{z}\n{z}",+13125550001\n{then}'
+        '+13125559009,pasted\nend",+13125550002\n',
+        encoding="utf-8",
+    )
+    return p, before + 4
+
+
+@pytest.mark.parametrize("then", ['"\n', '"x\ry\n'], ids=["note-opens", "csv-error"])
+@pytest.mark.parametrize("before", [2, 70], ids=["read-ahead", "streamed"])
+def test_an_over_long_line_holding_a_quote_stops_the_file_after_one_without(
+    tmp_path: Path, before: int, then: str
+) -> None:
+    """An over-long line holding a quote stops the file also in a record that an over-long
+    line without one, before it, rejects, or the csv module refuses (a carriage return
+    alone): no row pasted into the note it may open is read."""
+    path, where = _note_over_two_long_lines(tmp_path, before, then)
+    seen: list[Row | RejectedRow] = []
+    with (
+        pytest.raises(InputError, match=f"line {where} is longer than .* holds a quote") as stop,
+        RowReader(path, "phone") as reader,
+    ):
+        seen.extend(reader)
+    assert stop.value.line == where
+    assert [r.line for r in seen] == list(range(2, before + 2))
+
+
+def test_an_over_long_line_holding_a_quote_in_a_header_over_lines_stops_the_file(
+    tmp_path: Path,
+) -> None:
+    """An over-long line holding a quote in a header whose quoted name runs over lines stops
+    the file: where the header ends, and which lines after it are rows, cannot be told."""
+    p = tmp_path / "people.csv"
+    z = "z" * (MAX_LINE_BYTES + 10)
+    p.write_text(
+        f'phone,"note\n{z}",tag\n+13125550001,"a note\n+13125559009,pasted\nend",t\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"line 2 is longer than .* holds a quote") as stop:
+        RowReader(p, "phone").open()
+    assert stop.value.line == 2
