@@ -333,9 +333,15 @@ class RowReader:
             raise InputError(self.path, "is empty")
         if (refused := self.text.not_a_text_file(head or first[1])) is not None:
             raise refused
-        if not first[1] and b"\r" in head and b"\n" not in head:
+        if (
+            not first[1]
+            and b"\r" in head
+            and b"\n" not in head
+            and (self.format == "csv" or _json_object(head.split(b"\r")))
+        ):
             # one over-long line whose start holds carriage returns alone: a file of many
-            # lines, each ended the old Mac way, not one line too long
+            # lines, each ended the old Mac way, not one line too long (JSONL: one whose first
+            # record ends at a carriage return; JSON may hold one between its values)
             why = _MAC_CSV if self.format == "csv" else _JSONL_CR_ENDS
             raise InputError(self.path, why, line=1)
         if first[1].startswith(_BOM):
@@ -1019,6 +1025,17 @@ def _whole(line: bytes, readline: Callable[[int], bytes]) -> tuple[bytes, bool]:
             line = readline(MAX_LINE_BYTES)
         return b"", quoted or b'"' in line
     return line, False
+
+
+def _json_object(parts: list[bytes]) -> bool:
+    """Whether the first of ``parts`` (a JSONL file's start, split at its carriage returns)
+    that holds more than blanks is a JSON object: a record ended there. Bytes that are not
+    UTF-8 (text in strings, in another encoding) are read as any character."""
+    first = next((part for part in parts if part.strip()), b"")
+    try:
+        return isinstance(orjson.loads(first.removeprefix(_BOM).decode("utf-8", "replace")), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:

@@ -1256,3 +1256,23 @@ def test_an_over_long_line_holding_a_quote_in_a_header_over_lines_stops_the_file
     with pytest.raises(InputError, match=r"line 2 is longer than .* holds a quote") as stop:
         RowReader(p, "phone").open()
     assert stop.value.line == 2
+
+
+def test_an_over_long_first_jsonl_record_holding_a_carriage_return_is_rejected_alone(
+    tmp_path: Path,
+) -> None:
+    """A JSONL file whose first record is over-long and holds a carriage return between its
+    values (JSON's own whitespace) is no file of old Mac line ends: that record alone is
+    rejected as too long, the records after it read."""
+    p = tmp_path / "people.jsonl"
+    z = "z" * (MAX_LINE_BYTES + 10)
+    p.write_text(
+        f'{{"phone": "+13125550001",\r"note": "{z}"}}\n{{"phone": "+13125550002"}}\n',
+        encoding="utf-8",
+        newline="",
+    )
+    with RowReader(p, "phone") as reader:
+        seen = list(reader)
+    assert [(type(r), r.line) for r in seen] == [(RejectedRow, 1), (Row, 2)]
+    assert isinstance(seen[0], RejectedRow)
+    assert "longer than" in seen[0].reason
