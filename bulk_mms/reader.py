@@ -669,8 +669,8 @@ class RowReader:
         try:
             spans.check(rec, start, last, self._lineno)
         except InputError:
-            self._stop_at_a_quoted_long_line(start, last)
             long = next((n for n in range(start, last + 1) if self._bad.get(n) == _LONG), None)
+            self._refused(start, last)  # a line in it that stops the file does
             if long is None:
                 raise
             raise InputError(
@@ -696,14 +696,6 @@ class RowReader:
             if isinstance(reason, InputError):
                 raise reason
         return cast(str, reasons[0]) if reasons else None
-
-    def _stop_at_a_quoted_long_line(self, start: int, last: int) -> None:
-        """Raise the error of the first over-long line holding a quote among lines ``start``
-        to ``last`` (:meth:`_over_long`), if any: the likely cause of a record refused for
-        running over lines, and the line to name."""
-        for n in range(start, last + 1):
-            if isinstance(stop := self._bad.get(n), InputError):
-                raise stop
 
     def _malformed(self, exc: csv.Error, start: int, last: int) -> RejectedRow:
         """The row of lines ``start`` to ``last`` the csv module refused, rejected.
