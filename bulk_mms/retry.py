@@ -302,10 +302,12 @@ async def fetch_with_retry(
     what: str,
     clock: Clock | None = None,
     on_error: Callable[[SendError], None] | None = None,
+    retry_on: tuple[type[SendError], ...] = (RetryableSendError, AmbiguousSendError),
 ) -> T:
-    """Run a read (a GET) with the same backoff as sends.
+    """Run a read (a GET) with the same backoff as sends, a 429's wait first.
 
-    A read changes nothing, so an ambiguous failure is retried as freely as a transient one.
+    A read changes nothing, so an ambiguous failure is retried as freely as a transient one
+    (``retry_on``: the errors asked again).
 
     Raises:
         SendError: the last error, once the tries are used up or the error is permanent.
@@ -319,7 +321,7 @@ async def fetch_with_retry(
 
     clock = clock or SystemClock()
     retrying = tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type((RetryableSendError, AmbiguousSendError)),
+        retry=tenacity.retry_if_exception_type(retry_on),
         stop=_Stop(policy.attempts, None, clock.monotonic),
         wait=_Wait(policy),
         sleep=clock.sleep,

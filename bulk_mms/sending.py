@@ -316,7 +316,9 @@ class GroupSender:
         #: Senders a delivery report showed blocked during this run.
         self.retired_by_delivery: set[str] = set()
         #: Looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
-        self.settler = Settler(client, settings.records_lag_s, settings.request_timeout, clock)
+        self.settler = Settler(
+            client, settings.records_lag_s, settings.request_timeout, clock, retry=settings.retry
+        )
         #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
         self.limits: list[Limit] = limits or []
         for sender in sorted(self.view.retired):  # refused in an earlier run of this job

@@ -45,10 +45,12 @@ import msgspec.structs
 import structlog
 
 from bulk_mms.clock import CLOCK_SKEW_S, Clock
-from bulk_mms.errors import RecordsUnread, SendError
+from bulk_mms.config import RetryConfig
+from bulk_mms.errors import RecordsUnread, RetryableSendError, SendError
 from bulk_mms.ledger.events import Failed, Status
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
 from bulk_mms.models import MessageRecord, Money
+from bulk_mms.retry import fetch_with_retry
 
 log = structlog.get_logger("bulk_mms.settle")
 
@@ -98,15 +100,24 @@ class Settler:
         records_lag_s: how long after a try its record may still be missing.
         request_timeout: how long after a try's start its answer could come.
         clock: the wall clock (the records' times are the API's wall clock).
+        retry: the run's retry policy, for a lookup the API refused for now (a 429, whose
+            wait comes first; a 5xx): asked again as a send would be. None: asked once.
     """
 
     def __init__(
-        self, client: object, records_lag_s: float, request_timeout: float, clock: Clock
+        self,
+        client: object,
+        records_lag_s: float,
+        request_timeout: float,
+        clock: Clock,
+        *,
+        retry: RetryConfig | None = None,
     ) -> None:
         self.client = client if isinstance(client, RecordsReader) else None
         self.records_lag_s = records_lag_s
         self.request_timeout = request_timeout
         self.clock = clock
+        self.retry = retry
 
     def window(self, rec: GroupRecord) -> tuple[float, float] | None:
         """When a record of the group's acceptance would be stamped: from its first try, with
@@ -151,7 +162,7 @@ class Settler:
         unread: RecordsUnread | None = None  # the first member whose records are not whole
         for member in rec.to:  # one record per member: acceptance and absence take them all
             try:
-                listed = await self.client.fetch_records(rec.sender, member, start, end)
+                listed = await self._records(self.client, rec.sender, member, window)
             except RecordsUnread as exc:  # those read can still show it accepted
                 unread, listed = unread or exc, list(exc.records)
             except SendError as exc:
@@ -174,6 +185,29 @@ class Settler:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+    async def _records(
+        self, client: RecordsReader, sender: str, member: str, window: tuple[float, float]
+    ) -> list[MessageRecord]:
+        """The records from ``sender`` to ``member`` in ``window``; a lookup refused for now (a
+        429 after its wait, a 5xx) is asked again under :attr:`retry`, so a burst of lookups
+        after a bad night keeps to the account's request limit instead of leaving groups in
+        doubt. An answer that cannot be read whole (:class:`RecordsUnread`) is not asked
+        again: asking does not make it whole.
+
+        Raises:
+            SendError: the lookup failed (RecordsUnread: read in part).
+        """
+        start, end = window
+        if self.retry is None:
+            return await client.fetch_records(sender, member, start, end)
+        return await fetch_with_retry(
+            lambda: client.fetch_records(sender, member, start, end),
+            self.retry,
+            what=f"records {member}",
+            clock=self.clock,
+            retry_on=(RetryableSendError,),
+        )
 
 
 def _accepted(rec: GroupRecord, found: list[MessageRecord]) -> Finding:

@@ -397,7 +397,11 @@ class Tracker:
         the records complete, never accepted (retryable: the next run sends them, under a new
         key). How many were settled."""
         settler = Settler(
-            self.client, self.settings.records_lag_s, self.settings.request_timeout, self.clock
+            self.client,
+            self.settings.records_lag_s,
+            self.settings.request_timeout,
+            self.clock,
+            retry=self.settings.retry,
         )
         settled = 0
         for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:

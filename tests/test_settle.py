@@ -24,7 +24,7 @@ from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import CLOCK_SKEW_S, iso
 from bulk_mms.config import JobConfig
-from bulk_mms.errors import AmbiguousSendError, SendError, ServerError
+from bulk_mms.errors import AmbiguousSendError, RateLimited, RecordsUnread, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import Attempt, InDoubt, LedgerView, RunStarted, load
 from bulk_mms.ledger.fold import GroupRecord
@@ -564,3 +564,53 @@ async def test_records_without_paging_show_acceptance_never_absence(
         assert [r.id for r in found.members] == [f"mms-{p[-4:]}" for p in DOUBT.to]
     else:
         assert any(e["event"] == "settle.records_unreadable" for e in logs)
+
+
+class _Limited(FakeClient):
+    """A client whose record lookups answer 429 (``wait`` s) until ``refusals`` are spent, or
+    raise ``fault`` every time."""
+
+    def __init__(self, refusals: int = 0, fault: SendError | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.refusals, self.fault = refusals, fault
+
+    async def fetch_records(
+        self, cli: str, cld: str, start: float, end: float
+    ) -> list[MessageRecord]:
+        if self.fault is not None:
+            self.fetches.append(f"records {cli} {cld}")
+            raise self.fault
+        if self.refusals:
+            self.refusals -= 1
+            self.fetches.append(f"records {cli} {cld}")
+            raise RateLimited("429 Too Many Requests", retry_after=2.0)
+        return await super().fetch_records(cli, cld, start, end)
+
+
+async def test_a_lookup_the_api_refuses_for_now_is_asked_again_after_its_wait() -> None:
+    """A record lookup answered 429 (the account's request limit, a burst of lookups after a
+    bad night) is asked again after the answer's wait, under the run's retry policy, and
+    the group is settled in that look, not left in doubt for another rerun; without a
+    policy it is asked once, as before."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = _Limited(refusals=2, wall=clock.wall)
+    client.records += [record(f"r{i}", p, group_message_id="g") for i, p in enumerate(DOUBT.to)]
+    settler = Settler(client, 3600, 30, clock, retry=FAST.retry)
+    started = clock.monotonic()
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ACCEPTED
+    assert clock.monotonic() - started >= 4.0  # both waits the answers asked for
+    assert len(client.fetches) == len(DOUBT.to) + 2
+    once = _Limited(refusals=1, wall=clock.wall)
+    once.records += client.records
+    assert (await Settler(once, 3600, 30, clock).settle(DOUBT)).verdict == Verdict.UNKNOWN
+
+
+async def test_a_records_answer_that_cannot_be_read_whole_is_not_asked_again() -> None:
+    """An answer that cannot be read whole (RecordsUnread: paging the API does not state) is
+    not asked again under the retry policy (asking does not make it whole): one lookup,
+    and the group stays in doubt."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = _Limited(fault=RecordsUnread("states no page count"), wall=clock.wall)
+    settler = Settler(client, 3600, 30, clock, retry=FAST.retry)
+    assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+    assert client.fetches == [f"records {DOUBT.sender} {DOUBT.to[0]}"]
