@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -359,10 +360,10 @@ class PostgresReads:
 
     def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """The rows of one statement on the connection kept (made now if there is
-        none, within :data:`~bulk_mms.ledger.pgconnect.CONNECT_TIMEOUT_S`); once more on a
-        new one if it was found lost (a read is safe to repeat), or gave no answer within
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (a server stalled, a network gone
-        silent: the connection is then given up as lost).
+        none, within :data:`~bulk_mms.ledger.pgconnect.CONNECT_TIMEOUT_S`), bounded as a
+        full read's round trips are (:meth:`_step`); once more on a new connection if it
+        was found lost (a read is safe to repeat), or gave no answer within the bound (a
+        server stalled, a network gone silent: the connection is then given up as lost).
 
         Raises:
             LedgerError: the database failed, or the store is closed (LedgerUnavailable: the
@@ -375,20 +376,19 @@ class PostgresReads:
                 if self._follow is None:
                     self._follow = sync_connect(self._conninfo)
                 conn = self._follow
-                try:
-                    with self._watchdog.bounding(conn, DB_TIMEOUT_S):
-                        return conn.execute(sql, params).fetchall()
+                try:  # the whole answer comes with the statement: fetchall makes no trip
+                    return self._step(conn, partial(conn.execute, sql, params)).fetchall()
+                except LedgerUnavailable as exc:  # no answer within the bound
+                    text = exc.message
                 except psycopg.Error as exc:
                     text = f"cannot read: {scrub(exc, self._conninfo)}"
-                    if self._watchdog.cut:
-                        text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
-                    elif not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
+                    if not (is_lost(conn) or isinstance(exc, psycopg.OperationalError)):
                         raise LedgerError(self.name, text) from None
-                    self._follow = None
-                    conn.close()
-                    if last:
-                        raise LedgerUnavailable(self.name, text) from None
-                    log.warning("ledger.reconnecting", ledger=self.name, error=text)
+                self._follow = None
+                conn.close()
+                if last:
+                    raise LedgerUnavailable(self.name, text) from None
+                log.warning("ledger.reconnecting", ledger=self.name, error=text)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _pages(
@@ -401,26 +401,30 @@ class PostgresReads:
 
     def _bounded(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
         """``step()``, one round trip of a full read on ``conn`` (its own connection),
-        bounded by :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` by the watchdog,
-        as each statement on the kept connection is (:meth:`_fetch`): past it ``conn`` is
-        shut down. The watchdog bounds one statement at a time: the lock the kept
-        connection is used under is held meanwhile.
+        bounded (:meth:`_step`) under the lock the kept connection is used under: the
+        watchdog bounds one statement at a time."""
+        with self._following:
+            return self._step(conn, step)
+
+    def _step(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
+        """``step()``, one round trip on ``conn``, bounded by
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` by the watchdog: past it ``conn``
+        is shut down. The caller holds ``_following``.
 
         Raises:
             LedgerUnavailable: no answer within the bound, or the store is closed.
             psycopg.Error: what ``step`` raised otherwise.
         """
-        with self._following:
-            if self._closed:
-                raise LedgerUnavailable(self.name, "cannot read: the store is closed")
-            try:
-                with self._watchdog.bounding(conn, DB_TIMEOUT_S):
-                    return step()
-            except psycopg.Error:
-                if self._watchdog.cut:
-                    text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
-                    raise LedgerUnavailable(self.name, text) from None
-                raise
+        if self._closed:
+            raise LedgerUnavailable(self.name, "cannot read: the store is closed")
+        try:
+            with self._watchdog.bounding(conn, DB_TIMEOUT_S):
+                return step()
+        except psycopg.Error:
+            if self._watchdog.cut:
+                text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
+                raise LedgerUnavailable(self.name, text) from None
+            raise
 
     def _quiet(self, conn: psycopg.Connection[Any], *, wait: bool) -> int:
         """The ledger's highest committed seq, with ``wait`` once every transaction that may
