@@ -55,15 +55,24 @@ class StopRetrying(Exception):
 
 
 class _Stop(tenacity.stop.stop_base):
-    """Stop after ``attempts`` failures that are not 429s, or once past the deadline. Private.
+    """Stop after ``attempts`` failures (429s not counted unless ``count_limited``: a send
+    waits them out to its deadline), or once past the deadline. Private.
 
     :meth:`begin` starts it anew for another call (a :class:`Retrier`'s next group).
     """
 
-    def __init__(self, attempts: int, deadline: float | None, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        attempts: int,
+        deadline: float | None,
+        now: Callable[[], float],
+        *,
+        count_limited: bool = False,
+    ) -> None:
         self.attempts = attempts
         self.deadline = deadline
         self.now = now
+        self.count_limited = count_limited
         self.failures = 0
 
     def begin(self, deadline: float | None) -> None:
@@ -74,7 +83,7 @@ class _Stop(tenacity.stop.stop_base):
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
-        if not isinstance(exc, RateLimited):
+        if self.count_limited or not isinstance(exc, RateLimited):
             self.failures += 1
         if self.failures >= self.attempts:
             return True
@@ -307,7 +316,9 @@ async def fetch_with_retry(
     """Run a read (a GET) with the same backoff as sends, a 429's wait first.
 
     A read changes nothing, so an ambiguous failure is retried as freely as a transient one
-    (``retry_on``: the errors asked again).
+    (``retry_on``: the errors asked again). A read has no deadline, so every failure, a 429
+    too, counts against ``policy.attempts``: an API that answers 429 for ever (or a stopping
+    job's clock, whose sleeps end at once) ends the tries there.
 
     Raises:
         SendError: the last error, once the tries are used up or the error is permanent.
@@ -322,7 +333,7 @@ async def fetch_with_retry(
     clock = clock or SystemClock()
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception_type(retry_on),
-        stop=_Stop(policy.attempts, None, clock.monotonic),
+        stop=_Stop(policy.attempts, None, clock.monotonic, count_limited=True),
         wait=_Wait(policy),
         sleep=clock.sleep,
         before_sleep=before_sleep,

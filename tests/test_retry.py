@@ -18,7 +18,7 @@ from bulk_mms.errors import (
     ServerError,
 )
 from bulk_mms.models import Group, MessageBody, SendReceipt
-from bulk_mms.retry import Attempted, Retrier, StopRetrying
+from bulk_mms.retry import Attempted, Retrier, StopRetrying, fetch_with_retry
 from tests.conftest import FakeClient, FakeClock, ok_receipt
 
 POLICY = RetryConfig(attempts=4, backoff_initial=1.0, backoff_max=8.0, max_retry_after=60.0)
@@ -265,3 +265,17 @@ async def test_a_retrier_is_free_after_a_try_is_cancelled(fake_sleep: FakeClock)
     with pytest.raises(asyncio.CancelledError):
         await out
     assert (await send(FakeClient(), fake_sleep, retrier=retrier)).receipt is not None
+
+
+async def test_a_read_answered_429_for_ever_ends_after_its_attempts(fake_sleep: FakeClock) -> None:
+    """A read has no deadline: its 429s count against the attempts, so it ends with the 429."""
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise RateLimited("x", retry_after=0.0)
+
+    with pytest.raises(RateLimited):
+        await fetch_with_retry(refused, POLICY, what="records", clock=fake_sleep)
+    assert calls == POLICY.attempts
