@@ -345,11 +345,10 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 def entry() -> int:
     """The ``bulk-mms`` program: :func:`main` in a process of its own, with the cycle
-    collector tuned for it. What the imports made lives as long as the process, so it is
-    frozen out of the collector's sight; and a run makes many short-lived objects a group and
-    almost no cycles, so the youngest generation is collected every 10,000 allocations
-    rather than 700 (a 2,000-group run spent about 0.1 s in collections that freed nothing).
-    Not done in :func:`main`, which tests and embedders call in their own processes."""
+    collector tuned for a run's many short-lived objects and few cycles: what the imports
+    made is frozen out of its sight, and the youngest generation is collected every 10,000
+    allocations rather than 700 (docs/performance.md). Not done in :func:`main`, which tests
+    and embedders call in their own processes."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
     return main()
@@ -387,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     try:
         commands.refuse_overwrites(args)  # the files it names; the job's, once it is loaded
-        return COMMANDS[args.command](args)
+        with console.reader_may_leave():
+            return COMMANDS[args.command](args)
     except BulkMmsError as exc:
         return fail(exc, exc.exit_code)
     except KeyboardInterrupt:

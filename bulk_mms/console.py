@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import io
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -87,6 +88,48 @@ def say(
     }
     out.write(orjson.dumps(log.scrub(note), default=str).decode() + "\n")
     out.flush()
+
+
+class _Unheard:
+    """A command's stdout once nobody may be reading it: when its reader goes (``| head``
+    closed the pipe), the stream is pointed at the null device and what follows is dropped,
+    so that the command carries on to the exit code it would have given (a run that failed
+    groups must not exit 0 because its summary could not be printed)."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # no descriptor: nothing to point
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._inner.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Run a command whose stdout's reader may go away (:class:`_Unheard`); what it printed
+    is flushed before the block ends, so no broken pipe is left for the interpreter's exit."""
+    unheard = _Unheard(sys.stdout)
+    with contextlib.redirect_stdout(unheard):
+        try:
+            yield
+        finally:
+            unheard.flush()
 
 
 @contextlib.contextmanager

@@ -991,3 +991,22 @@ def test_a_database_that_refuses_the_login_is_exit_2(
     assert len(err) == 1
     assert "does not exist" in err[0]
     assert fake.requests == []
+
+
+def test_a_run_whose_output_nobody_reads_still_exits_with_its_code(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stdout a pipe whose reader has gone, a run with failed groups still exits 1."""
+    jobs.people(10)
+    job = jobs.job()
+    read, write = os.pipe()
+    os.close(read)
+    gone = open(write, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", gone)
+    monkeypatch.setenv("BULK_MMS_SANDBOX_FAULTS", "refused-422*3")
+    try:
+        code = main(["run", str(job.path), "--sandbox", "--rate", "1000", "--yes"])
+    finally:
+        monkeypatch.undo()
+        gone.close()
+    assert code == Exit.INCOMPLETE
