@@ -164,10 +164,22 @@ MIN_SECRET: Final = 8
 
 
 def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error it means, one return a row
-    status: int, body: object, headers: Mapping[str, str], *, base_url: str = "the base URL"
+    status: int,
+    body: object,
+    headers: Mapping[str, str],
+    *,
+    base_url: str = "the base URL",
+    method: str = "GET",
 ) -> SendError:
-    """The typed error for a response that is not a 2xx."""
+    """The typed error for a response that is not a 2xx to a ``method`` request.
+
+    A POST (a send) can change something: a 5xx that may follow the server's acting on it
+    (:data:`_MAY_HAVE_ACTED`) is ambiguous, since no Idempotency-Key is declared for group
+    MMS to make a repeat safe; and a 404 or 405 means the send endpoint is not at the base
+    URL, not a verdict on the group.
+    """
     errors = parse_errors(body)
+    send = method == "POST"
     if 300 <= status < 400:
         target = _where(headers.get("location"))
         return EndpointError(
@@ -177,14 +189,28 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
         )
     if status in (401, 403):
         return AuthError("the API key was refused", status=status, errors=errors)
+    if send and status in (404, 405):
+        return EndpointError(
+            f"POST {SEND_PATH} is not found here: " + check_base_url_hint(base_url),
+            status=status,
+            errors=errors,  # what the answer said, should it say more
+        )
     if status == 404:
         return NotFound("the API does not know this message id", status=status, errors=errors)
     if status == 429:
         return RateLimited(
             "rate limited", retry_after=parse_retry_after(headers), status=status, errors=errors
         )
+    if send and status in _MAY_HAVE_ACTED:
+        # a 500, 502 or 504 may come after the server acted (a gateway's, behind which the
+        # API took it)
+        return AmbiguousSendError(
+            f"the server failed ({status}) after the request reached it; it may have been accepted",
+            status=status,
+            errors=errors,
+        )
     if 500 <= status < 600 or status in (408, 409):
-        # 408/409: the server did not (yet) act on the request; safe to try again
+        # 408/409, 501/503/505: the server did not (yet) act on the request; safe to retry
         return ServerError("the server failed", status=status, errors=errors)
     if 400 <= status < 500:
         return Rejected("the API refused the request", status=status, errors=errors)
@@ -425,27 +451,6 @@ class AiohttpMmsClient:
             status, body = await self._request(
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
             )
-        except ServerError as exc:
-            if exc.status is None or exc.status not in _MAY_HAVE_ACTED:
-                raise  # 408, 409, 503 ("unable to handle the request"): not acted on
-            # the request reached the server: a 500, 502 or 504 may come after it acted (a
-            # gateway's, behind which the API took it), and no Idempotency-Key is declared for
-            # group MMS to make a repeat safe
-            raise AmbiguousSendError(
-                f"the server failed ({exc.status}) after the request reached it; "
-                "it may have been accepted",
-                status=exc.status,
-                errors=exc.errors,
-            ) from None
-        except Rejected as exc:
-            if exc.status in (404, 405):
-                # the send endpoint is not here: a wrong base URL, not a verdict on this group
-                raise EndpointError(
-                    f"POST {SEND_PATH} is not found here: " + check_base_url_hint(self.base_url),
-                    status=exc.status,
-                    errors=exc.errors,  # what the answer said, should it say more
-                ) from None
-            raise
         finally:
             if leaving is not None:
                 _LEAVE_BY.reset(leaving)
@@ -634,7 +639,7 @@ class AiohttpMmsClient:
                     raise AmbiguousSendError("the answer's body is not JSON", status=status)
         if ok:
             return status, body
-        raise error_for_status(status, body, resp_headers, base_url=self.base_url)
+        raise error_for_status(status, body, resp_headers, base_url=self.base_url, method=method)
 
 
 _NOT_JSON = object()
