@@ -96,10 +96,12 @@ class Settler:
     """Looks a group in doubt up in the API's records.
 
     Args:
-        client: the API seam; one that cannot read records settles nothing.
+        client: the API seam; one that cannot read records (not a :class:`RecordsReader`)
+            settles nothing, and says so once, as it is first asked.
         records_lag_s: how long after a try its record may still be missing.
         request_timeout: how long after a try's start its answer could come.
-        clock: the wall clock (the records' times are the API's wall clock).
+        clock: the job's clock: its wall time is compared with the records' (the API's wall
+            clock), and a lookup's retries sleep on it.
         retry: the run's retry policy, for a lookup the API refused for now (a 429, whose
             wait comes first; a 5xx): asked again as a send would be. None: asked once.
     """
@@ -118,6 +120,7 @@ class Settler:
         self.request_timeout = request_timeout
         self.clock = clock
         self.retry = retry
+        self._said_unable = False
 
     def window(self, rec: GroupRecord) -> tuple[float, float] | None:
         """When a record of the group's acceptance would be stamped: from its first try, with
@@ -153,6 +156,9 @@ class Settler:
         nor absence can show yet): a resume after a crash asks once a group in doubt, not once
         a member."""
         window = self.window(rec)
+        if self.client is None and not self._said_unable:
+            self._said_unable = True
+            log.warning("settle.records_unavailable", group=rec.id, reason="no fetch_records")
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window

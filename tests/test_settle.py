@@ -614,3 +614,14 @@ async def test_a_records_answer_that_cannot_be_read_whole_is_not_asked_again() -
     settler = Settler(client, 3600, 30, clock, retry=FAST.retry)
     assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
     assert client.fetches == [f"records {DOUBT.sender} {DOUBT.to[0]}"]
+
+
+async def test_a_client_that_cannot_read_records_says_so_once() -> None:
+    """A client without fetch_records leaves groups in doubt, and the settler warns once."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    settler = Settler(object(), records_lag_s=3600, request_timeout=30, clock=clock)
+    with capture_logs() as logs:
+        assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+        assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
+    said = [e for e in logs if e["event"] == "settle.records_unavailable"]
+    assert len(said) == 1
