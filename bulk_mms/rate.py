@@ -1,8 +1,8 @@
 """The account budget: what every sender of one account shares, behind one seam.
 
-Telnyx counts its limits per account: whatever sends for the account (one process today,
-several later) must together stay under the account ``rate``. The :class:`AccountBudget`
-protocol is the part of the pacer that is shared that way:
+Telnyx counts its limits per account: whatever sends for the account (one process, or
+several hosts on one shared ledger) must together stay under the account ``rate``. The
+:class:`AccountBudget` protocol is the part of the pacer that is shared that way:
 
 * :meth:`~AccountBudget.acquire`: admission at account level, spaced at ``rate``, and
   :meth:`~AccountBudget.admit_now`, the same admission when it needs no wait (None: wait);
@@ -18,17 +18,18 @@ is older than :func:`permit_max_age` as its request is about to leave
 go out spaced at ``rate`` instead of together. That is what keeps the windows of several
 processes sharing one budget (each one's window guard sees only its own sends).
 
-:class:`LocalBudget` is the in-process implementation. The per-sender adaptive controller
-(:class:`bulk_mms.pacing.SenderPace`) stays in the pacer, on top of the budget. A shared
-implementation (one budget row per account in PostgreSQL, updated atomically) is one more
-class with these five methods; the pacer does not change.
+:class:`LocalBudget` is the in-process implementation;
+:class:`bulk_mms.ledger.pgbudget.PostgresBudget` the shared one (one budget row per account
+in PostgreSQL, updated atomically), which a shared ledger's coordinator hands the pacer. The
+per-sender adaptive controller (:class:`bulk_mms.pacing.SenderPace`) stays in the pacer, on
+top of the budget.
 
-All times crossing the seam are on the injected clock's ``monotonic()`` scale. A shared
+All times crossing the seam are on the injected clock's ``monotonic()`` scale. The shared
 implementation converts them at its own boundary (for instance to the database's clock, by
 the offset between the two read at each round trip), since each process's monotonic clock
 has its own origin. ``pause`` and ``paused_until`` are synchronous (the pacer's 429 path is):
-a shared implementation serves ``paused_until`` from what it read on its last round trip, and
-writes a ``pause`` through on its next one (or from a task of its own).
+the shared implementation serves ``paused_until`` from what it read on its last round trip,
+and writes a ``pause`` through on its next one (or from a task of its own).
 
 Where aiolimiter is used, and where not
 ---------------------------------------
