@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bulk_mms.config import JobConfig, load_job
@@ -61,13 +63,16 @@ def webhook_statuses(ledger: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(ledger) if e["event"] == "status" and e["source"] == "webhook"]
 
 
+@pytest.mark.parametrize("without_from", [False, True])
 async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
-    jobs: JobFactory,
+    jobs: JobFactory, without_from: bool
 ) -> None:
-    """Every event three times, each recipient's finalized before its sent: the ledger has
-    one status line per recipient, its final status, and report counts each once."""
+    """Every event three times, each recipient's finalized before its sent, naming the
+    sender or not: the ledger has one status line per recipient, its final status, and
+    report counts each once; nobody asked the API for a status."""
     clock, signer = FakeClock(), Ed25519PrivateKey.generate()
     fake = mean_fake(clock, signer)
+    fake.webhooks_without_from = without_from
     job = four_people(jobs)
     async with real_client(fake) as client:
         await run_job(job, FAST, client, clock=FakeClock())
@@ -91,6 +96,34 @@ async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
     assert report.groups == {"sent": 1}
     assert report.delivery == Counter(FINALS.values())
     assert report.delivery_codes == {"40008": 1}
+    assert [r.method for r in fake.http_log] == ["POST"]
+    assert (
+        all("from" not in orjson.loads(p.body)["data"]["payload"] for p in fake.webhooks_sent)
+        is without_from
+    )
+
+
+async def test_webhooks_on_sparse_answers_settle_everyone_without_track(
+    jobs: JobFactory,
+) -> None:
+    """On the least answers the spec allows (webhooks with no sender, no occurred_at, no
+    meta), every event three times and out of order: each recipient's final status is
+    recorded once from the webhooks alone, and nobody asked the API for one."""
+    clock, signer = FakeClock(), Ed25519PrivateKey.generate()
+    fake = mean_fake(clock, signer)
+    fake.sparse_answers = True
+    job = four_people(jobs)
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+    async with receiving(fake, job.ledger, signer) as receiver:
+        clock.advance(3.5)
+        assert await fake.pump_webhooks() == 8
+    assert {p.answer for p in fake.webhooks_sent} == {200}
+    assert receiver.unmatched == 0
+    lines = webhook_statuses(job.ledger)
+    assert Counter(e["recipient"] for e in lines) == dict.fromkeys(PEOPLE, 1)
+    assert {e["recipient"]: e["status"] for e in lines} == FINALS
+    assert [r.method for r in fake.http_log] == ["POST"]
 
 
 async def test_webhooks_repeated_reordered_and_before_the_answer_are_recorded_once(
@@ -200,13 +233,16 @@ async def test_a_send_answered_with_statuses_past_queued_is_sent_and_the_rest_tr
     assert tracked.delivery_codes == {"40008": 1}
 
 
+@pytest.mark.parametrize("without_from", [False, True])
 async def test_a_dated_jobs_receiver_records_repeated_reordered_webhooks_once_per_day(
-    jobs: JobFactory,
+    jobs: JobFactory, without_from: bool
 ) -> None:
     """webhooks --job, yesterday's and today's runs texting the same people: each event three
-    times, finalized before sent; each day's ledger has each recipient's final status once."""
+    times, finalized before sent, naming the sender or not; each day's ledger has each
+    recipient's final status once."""
     clock, signer = FakeClock(), Ed25519PrivateKey.generate()
     fake = mean_fake(clock, signer)
+    fake.webhooks_without_from = without_from
     jobs.people(4)
     job = jobs.job(extra='group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"')
     now = dt.datetime.now(job.zone)

@@ -29,7 +29,7 @@ from bulk_mms.clock import instant, iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import LedgerStore, LedgerView, Sent, load, open_store
+from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop
@@ -44,6 +44,7 @@ from bulk_mms.webhooks import (
     serve_webhooks,
 )
 from bulk_mms.webhooks import receiver as receiver_module
+from bulk_mms.webhooks.receiver import Origin
 from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()
@@ -1675,3 +1676,93 @@ async def test_an_event_without_a_payload_is_acknowledged_and_writes_nothing(
     status, answer = await post_signed(http, body)
     assert (status, answer.get("ok"), answer.get("recorded", 0)) == (200, True, 0)
     assert status_lines(path) == []
+
+
+def unsigned_event(
+    phone: str, message_id: str, status: str = "delivered", **said: Any
+) -> dict[str, Any]:
+    """A webhook about one recipient of a group MMS under its own id, naming no sender (the
+    spec requires no field), with ``said`` in its payload (``cc``, ``group_message_id``)."""
+    hook = own_event("message.finalized", phone, message_id, status, None, later=5)
+    del hook["data"]["payload"]["from"]
+    hook["data"]["payload"].update(said)
+    return hook
+
+
+def others(group: Group, phone: str) -> list[dict[str, str]]:
+    """``group``'s members but ``phone``, as a recipient's own message lists them in ``cc``."""
+    return [{"phone_number": p} for p in group.to if p != phone]
+
+
+async def test_an_event_naming_no_sender_is_learnt_by_its_group_or_its_participants(
+    jobs: JobFactory,
+) -> None:
+    """An event under a recipient's own id not learnt yet that names no sender is recorded,
+    and its id learnt, when it names the group's message (group_message_id) or lists the
+    group's members exactly (to and cc); a later event under that id needs neither."""
+    receiver, path, client = await receiver_for(jobs)
+    g, h = client.calls[0], client.calls[1]
+    group_id = receiver.view.group_message_id(receiver.view.groups[g.id])
+    async with TestClient(TestServer(receiver.app())) as http:
+        by_group = unsigned_event(g.to[0], "own-a", group_message_id=group_id)
+        assert (await post_signed(http, by_group))[1]["recorded"] == 1
+        by_cc = unsigned_event(h.to[1], "own-b", cc=others(h, h.to[1]))
+        assert (await post_signed(http, by_cc))[1]["recorded"] == 1
+        again = unsigned_event(h.to[1], "own-b", "delivery_failed")
+        assert (await post_signed(http, again))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["recipient"], e["status"], e["message_id"]) for e in status_lines(path)] == [
+        (g.to[0], "delivered", "own-a"),
+        (h.to[1], "delivered", "own-b"),
+        (h.to[1], "delivery_failed", "own-b"),
+    ]
+    assert receiver.unmatched == 0
+
+
+async def test_another_apps_message_naming_no_sender_to_a_recipient_is_not_learnt(
+    jobs: JobFactory,
+) -> None:
+    """Events naming no sender for another app's messages to a recipient of the ledger are
+    acknowledged and counted unmatched, nothing recorded: one that lists no cc, one to that
+    number alone, one to other participants, one naming another group message (though its
+    participants are the group's), one from another sender (though they are too)."""
+    receiver, path, client = await receiver_for(jobs)
+    g = client.calls[0]
+    phone = g.to[0]
+    theirs = [
+        unsigned_event(phone, "other-1"),
+        unsigned_event(phone, "other-2", cc=[]),
+        unsigned_event(phone, "other-3", cc=[{"phone_number": "+13125550199"}]),
+        unsigned_event(phone, "other-4", cc=others(g, phone), group_message_id=str(uuid.uuid4())),
+        own_event("message.finalized", phone, "other-5", "delivered", "+13125550100", later=5),
+    ]
+    theirs[-1]["data"]["payload"]["cc"] = others(g, phone)
+    async with TestClient(TestServer(receiver.app())) as http:
+        for hook in theirs:
+            status, answer = await post_signed(http, hook)
+            assert (status, answer["recorded"]) == (200, 0)
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert status_lines(path) == []
+    assert receiver.unmatched == len(theirs)
+
+
+def test_what_ties_an_event_naming_no_sender_to_a_group() -> None:
+    """An event naming no sender is tied to a group by the group message it names, else by
+    its participants being the group's members exactly (the sender, if listed, aside), never
+    for a group of one (its participants are any message's to that number); a group message
+    or a sender it names that is not the group's unties it whatever its participants."""
+    pair = GroupRecord("g", ("+13125550101", "+13125550102"), sender="+13125550100")
+    alone = GroupRecord("h", ("+13125550103",), sender="+13125550100")
+    everyone = frozenset(pair.to)
+    assert Origin(group_id="gid").ties(alone, "gid")
+    assert Origin(participants=everyone).ties(pair, "gid")
+    assert Origin(participants=everyone | {"+13125550100"}).ties(pair, "gid")
+    assert not Origin(participants=frozenset(alone.to)).ties(alone, "hid")
+    assert not Origin(participants=frozenset(pair.to[:1])).ties(pair, "gid")
+    assert not Origin(group_id="other", participants=everyone).ties(pair, "gid")
+    assert not Origin(sent_from="+13125550199", participants=everyone).ties(pair, "gid")
+    assert Origin(group_id="gid", sent_from=pair.sender).ties(pair, "gid")

@@ -34,7 +34,8 @@ the fake follows them by default:
   examples write it; with ``webhooks_before_answer``, before the send's answer goes back (they
   race it at Telnyx). With ``webhook_repeats``, an event answered 2xx comes again (the same
   id, at its next attempts: an answer lost or slow); with ``webhooks_out_of_order``, latest
-  first (a ``message.finalized`` before its ``message.sent``).
+  first (a ``message.finalized`` before its ``message.sent``); with ``webhooks_without_from``,
+  their payload has no ``from``.
 
 Times are written as the spec's example for each field does; ``varied_stamps`` writes them
 in turn in every form Telnyx may use (``Z`` or an offset, 0 to 9 fraction digits).

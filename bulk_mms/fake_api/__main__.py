@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         action="store_true",
         help="post webhooks latest first: a message.finalized before its message.sent",
     )
+    parser.add_argument(
+        "--webhooks-without-from",
+        action="store_true",
+        help="post webhooks whose payload names no sender (the spec requires no field)",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(
         api_key=args.key,
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         live_answers=args.live_answers,
         webhook_repeats=args.webhook_repeats,
         webhooks_out_of_order=args.webhooks_out_of_order,
+        webhooks_without_from=args.webhooks_without_from,
     )
     if args.webhook_url:
         _sign_webhooks(fake, args.webhook_url, args.webhook_every)

@@ -143,6 +143,9 @@ class FakeState:
     #: in the docs orders Telnyx's deliveries, and a retried ``message.sent`` comes after a
     #: ``message.finalized`` that got through. Off: in the order the timeline reached them.
     webhooks_out_of_order: bool = False
+    #: Post webhooks whose payload names no sender (no ``from``): the spec requires none of
+    #: its fields. Off: ``from`` as the spec's example gives it.
+    webhooks_without_from: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None

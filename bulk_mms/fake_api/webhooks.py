@@ -68,7 +68,8 @@ class WebhookPump(MessageViews):
         id, ``occurred_at`` and payload) goes on to its next attempt, after every other
         event's first delivery of this pump. With :attr:`webhooks_out_of_order`, the events
         are posted latest first (a recipient's ``message.finalized`` before its
-        ``message.sent``). An event with no URL, or with no :attr:`signing_key`, is not sent.
+        ``message.sent``). With :attr:`webhooks_without_from`, its payload names no sender.
+        An event with no URL, or with no :attr:`signing_key`, is not sent.
         Every attempt is in :attr:`webhooks_sent`.
         """
         if self.signing_key is None:
@@ -79,11 +80,14 @@ class WebhookPump(MessageViews):
             # when the status was reached, not when the event goes out: a held-back or
             # repeated event says when it happened
             reached = self._sent_at if event_type == "message.sent" else self._final_at
+            payload = self._record(msg, only=i, live=True, status=status)
+            if self.webhooks_without_from:
+                payload.pop("from", None)
             event = {
                 "event_type": event_type,
                 "id": str(uuid.uuid4()),
                 "occurred_at": self.stamp(reached.get((msg.id, i), self.wall()), WEBHOOK_STAMP),
-                "payload": self._record(msg, only=i, live=True, status=status),
+                "payload": payload,
                 "record_type": "event",
             }
             urls = self._webhook_urls(msg)

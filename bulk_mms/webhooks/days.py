@@ -26,6 +26,7 @@ from bulk_mms.webhooks.receiver import (
     LEARN_WINDOW_S,
     BaseReceiver,
     Late,
+    Origin,
     ReceiverOptions,
     WebhookReceiver,
     opened,
@@ -227,7 +228,7 @@ class JobReceiver(BaseReceiver):
         message_id: str,
         statuses: Sequence[RecipientStatus],
         occurred_at: str | None,
-        sent_from: str | None,
+        said: Origin,
     ) -> WebhookReceiver | None:
         """The open ledger that sent the message an event is about, as their views stand:
         the one that knows its id, else the newest whose recipient the event's id is learnt
@@ -238,7 +239,7 @@ class JobReceiver(BaseReceiver):
             if receiver.knows(message_id):
                 return receiver
         for _, receiver in newest:
-            if receiver.match(statuses, message_id, sent_from, occurred_at)[0]:
+            if receiver.match(statuses, message_id, said, occurred_at)[0]:
                 return receiver
         return None
 
@@ -324,9 +325,7 @@ class JobReceiver(BaseReceiver):
         """Have the open ledger that sent an event's message, as the views stand, record it
         (:meth:`WebhookReceiver._found`); whether one did, whole (a write that failed: the
         next look tries again)."""
-        ledger = self._known_sender(
-            late.message_id, late.statuses, late.occurred_at, late.sent_from
-        )
+        ledger = self._known_sender(late.message_id, late.statuses, late.occurred_at, late.origin)
         return ledger is not None and await ledger._found(late)
 
     async def settle(self) -> None:

@@ -38,7 +38,7 @@ from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
 from bulk_mms.ledger.events import Event, status_event
-from bulk_mms.ledger.fold import SENT
+from bulk_mms.ledger.fold import SENT, GroupRecord
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, opted_out_in, report_action
 from bulk_mms.suppression import (
@@ -66,6 +66,9 @@ STOP_REASON = "texted STOP (webhook)"
 #: What an inbound START's record on the suppression list says (a comment line, no number).
 START_REASON = "texted START (webhook)"
 _FIELD_MAX = 128
+#: Most numbers an event's ``to`` or ``cc`` lists that are read as its participants: a group
+#: MMS has at most 8 recipients and its sender.
+_MAX_PARTICIPANTS = 9
 #: A webhook can arrive before the run has written its group's `sent` line: its recipients are
 #: looked for again every LATE_POLL_S seconds for LATE_WINDOW_S seconds.
 LATE_WINDOW_S = 30.0
@@ -129,11 +132,57 @@ def short_field(value: object) -> str | None:
     return value[:_FIELD_MAX] if isinstance(value, str) else None
 
 
-def origin(data: dict[str, Any], payload: object) -> tuple[str | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What an event says, beside its id, of the message it reports on: what ties an id not
+    learnt yet to a group this ledger sent (:meth:`ties`). The spec requires none of it."""
+
+    #: The number it was sent from (``from``).
+    sent_from: str | None = None
+    #: The group message it is one recipient's of (``group_message_id``, which Telnyx adds to
+    #: a group's webhooks and records: support article 8255134; the spec does not declare it).
+    group_id: str | None = None
+    #: Every number it lists, ``to`` and ``cc`` (a group's delivery webhooks "show all
+    #: participants", the same article), when it has a ``cc`` list; else None.
+    participants: frozenset[str] | None = None
+
+    def ties(self, rec: GroupRecord, group_id: str | None) -> bool:
+        """Whether the event shows it is about a message of the group ``rec``, known to the
+        API as ``group_id``: by the group message it names, when both it and the ledger have
+        one; else by its sender, when it names one; else by its participants, exactly the
+        group's members (its sender aside), for a group of two or more (a group of one's
+        participants are those of any message to that number)."""
+        if self.group_id is not None and group_id is not None:
+            return self.group_id == group_id
+        if self.sent_from is not None:
+            return self.sent_from == rec.sender
+        if self.participants is None or len(rec.to) < 2:
+            return False
+        return self.participants - {rec.sender} == set(rec.to)
+
+
+def origin(data: dict[str, Any], payload: object) -> tuple[str | None, Origin]:
     """When an event says its message reached its status (``occurred_at``, when it is a time:
-    :func:`~bulk_mms.answers.status_stamp`), and the number it was sent from."""
-    sent_from = address(payload.get("from")) if isinstance(payload, dict) else None
-    return status_stamp(data.get("occurred_at")), sent_from
+    :func:`~bulk_mms.answers.status_stamp`), and where it says its message came from."""
+    stamp = status_stamp(data.get("occurred_at"))
+    if not isinstance(payload, dict):
+        return stamp, Origin()
+    group_id = as_message_id(payload.get("group_message_id"))
+    return stamp, Origin(address(payload.get("from")), group_id, participants(payload))
+
+
+def participants(payload: dict[str, Any]) -> frozenset[str] | None:
+    """Every number a message object's ``to`` and ``cc`` list, when both are lists of at most
+    :data:`_MAX_PARTICIPANTS` addresses; else None (it does not say who they all are)."""
+    numbers: set[str] = set()
+    for entries in (payload.get("to"), payload.get("cc")):
+        if not isinstance(entries, list) or len(entries) > _MAX_PARTICIPANTS:
+            return None
+        for entry in entries:
+            if (number := address(entry)) is None:
+                return None
+            numbers.add(number)
+    return frozenset(numbers)
 
 
 def reports_in(
@@ -156,7 +205,8 @@ class Late:
     event_id: str
     message_id: str
     occurred_at: str | None
-    sent_from: str | None
+    #: Where it says its message came from.
+    origin: Origin
     #: Its reports as they were read when it came.
     statuses: tuple[RecipientStatus, ...]
     #: Its reports read as a group's own message (:func:`reports_in`), when it lists members
@@ -606,7 +656,7 @@ class WebhookReceiver(BaseReceiver):
         if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=short_field(event_id))
             return web.json_response({"ok": True, "duplicate": True})
-        occurred_at, sent_from = origin(data, payload)
+        occurred_at, said = origin(data, payload)
         # an id that is not one (too long, a line end, an escape) names no message: the event
         # is never matched by it, nor learnt as a recipient's own id
         message_id = payload_message_id(payload)
@@ -614,7 +664,7 @@ class WebhookReceiver(BaseReceiver):
             await self.ready()
             await self.catch_up(message_id)
             statuses = reports_in(payload, event_type, self._own_group_id(message_id))
-            matched, unknown = self.match(statuses, message_id, sent_from, occurred_at)
+            matched, unknown = self.match(statuses, message_id, said, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
             # Telnyx redelivers on a 5xx: the event is recorded once the ledger takes writes
@@ -639,7 +689,7 @@ class WebhookReceiver(BaseReceiver):
         self,
         statuses: Sequence[RecipientStatus],
         message_id: str | None,
-        sent_from: str | None = None,
+        said: Origin | None = None,
         occurred_at: str | None = None,
     ) -> tuple[list[tuple[str, RecipientStatus]], list[RecipientStatus]]:
         """Split reports into those for recipients of the message ``message_id`` names (with
@@ -650,14 +700,14 @@ class WebhookReceiver(BaseReceiver):
         recipient alone. A listed number that is not such a recipient is ignored (logged):
         it is never matched by number to some other group. A recipient's own id the ledger
         has not learnt yet (group MMS sends one event per recipient, under an id the send's
-        answer does not give) is learnt from an event about that one recipient
-        (:meth:`_learn`).
+        answer does not give) is learnt from an event about that one recipient that ``said``
+        (its :func:`origin`) ties to the recipient's group (:meth:`_learn`).
         """
         if not statuses:
             return [], []
         gid = self._group_for(message_id)
         if gid is None and message_id is not None:
-            gid = self._learn(statuses, message_id, sent_from, occurred_at)
+            gid = self._learn(statuses, message_id, said or Origin(), occurred_at)
             if gid is not None:
                 return [(gid, statuses[0])], []
         if gid is None:
@@ -822,7 +872,7 @@ class WebhookReceiver(BaseReceiver):
         message_id = late.message_id
         statuses = late.reports(own_group=self._own_group_id(message_id) is not None)
         left = [st for st in statuses if st.phone not in late.done]
-        matched, rest = self.match(left, message_id, late.sent_from, late.occurred_at)
+        matched, rest = self.match(left, message_id, late.origin, late.occurred_at)
         if matched:
             try:
                 await self.record(late.event_id, matched, message_id, late.occurred_at)
@@ -876,22 +926,28 @@ class WebhookReceiver(BaseReceiver):
         self,
         statuses: Sequence[RecipientStatus],
         message_id: str,
-        sent_from: str | None,
+        said: Origin,
         occurred_at: str | None,
     ) -> str | None:
         """The sent group an event under an unknown id is about, when the event is about one
-        recipient, that recipient is a member of a group this ledger sent from the event's
-        sender, and the event comes after that send and within ``LEARN_WINDOW_S`` of it, and
-        the recipient has no own id yet: the event's id is then that recipient's own
-        (recorded with its status, so later events match by it). None otherwise: the event is
-        not this ledger's (one under another id for a recipient whose own id is known is
-        another message to the same number, another job's from the same sender)."""
-        if len(statuses) != 1 or sent_from is None:
+        recipient, that recipient is a member of a group this ledger sent that what the event
+        ``said`` ties it to (:meth:`Origin.ties`: the group message it names, else its sender,
+        else its participants), the event comes after that send and within
+        ``LEARN_WINDOW_S`` of it, and the recipient has no own id yet: the event's id is then
+        that recipient's own (recorded with its status, so later events match by it). None
+        otherwise: the event is not this ledger's, or nothing it says shows it is (one under
+        another id for a recipient whose own id is known is another message to the same
+        number, another job's from the same sender)."""
+        if len(statuses) != 1:
             return None
         phone = statuses[0].phone
         gid = self.view.group_of(phone)
         rec = self.view.groups.get(gid) if gid is not None else None
-        if rec is None or rec.sender != sent_from or rec.outcome != SENT:
+        if (
+            rec is None
+            or rec.outcome != SENT
+            or not said.ties(rec, self.view.group_message_id(rec))
+        ):
             return None
         if (known := self.view.known.get(phone)) is not None and known.message_id:
             # the recipient's own id is known and it is not this one: the event is about
