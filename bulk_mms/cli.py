@@ -275,7 +275,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the recipients no rerun will send (refused for good, or whose delivery "
         "failed for good) as a job input file; not those who opted out, those the deadline "
-        "left unsent, nor those an earlier resend of this campaign tried",
+        "left unsent, nor those an earlier resend of this campaign tried or holds",
     )
     report.add_argument(
         "--rejected-csv",

@@ -21,11 +21,12 @@ from typing import Final
 
 from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, is_ledger, write_csv
-from bulk_mms.errors import LedgerError
+from bulk_mms.errors import InputError, LedgerError
 from bulk_mms.ledger import (
     Attempt,
     Failed,
     GroupRecord,
+    Header,
     InDoubt,
     LedgerView,
     Rejected,
@@ -123,14 +124,16 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
 
 def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
     """Of the ``wanted`` recipients, those an earlier resend of this campaign's failed file
-    took (tried to send, or sent): number -> that resend's ledger.
+    took (tried to send, sent, or holds for its rerun): number -> that resend's ledger.
 
     A failed file written again later (tracking found more failures since) holds the first
     file's recipients too; ``run --input`` names each file's resend after its hash, so each
     gets a ledger of its own, and without this the first file's recipients would be texted
     by both. The resends are the JSONL ledgers beside this one (where ``run --input`` puts
-    them) whose recorded rows carry this ledger's campaign in :data:`CAMPAIGN_COLUMN`: every
-    number one of them tried is left out (a rerun of that resend settles its own)."""
+    them) whose rows carry this ledger's campaign in :data:`CAMPAIGN_COLUMN`: every number
+    one of them tried is left out, and so is every number of its input while that file is
+    unchanged (a rerun of that resend settles its own, and sends those it has not tried yet:
+    it stopped early, at a cap, a signal or a crash)."""
     if s.campaign is None or s.ledger is None or not isinstance(s.ledger, Path):
         return {}
     out: dict[str, str] = {}
@@ -146,14 +149,16 @@ def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
 
 
 def _took(path: Path, campaign: str) -> set[str]:
-    """Every number ``path`` (a ledger) tried, when its rows carry ``campaign`` in
-    :data:`CAMPAIGN_COLUMN` (a resend of that campaign's failed file); else none (read no
+    """Every number ``path`` (a ledger) tried or holds, when its rows carry ``campaign`` in
+    :data:`CAMPAIGN_COLUMN` (a resend of that campaign's failed file): those its events
+    name, and those of its input while that is unchanged (:func:`_held`); else none (read no
     further than its header when it has no such column)."""
     events = read_events(path, skip_status=True)
     try:
-        columns = getattr(next(events, None), "columns", ())
-        if CAMPAIGN_COLUMN not in columns:
+        header = next(events, None)
+        if not isinstance(header, Header) or CAMPAIGN_COLUMN not in header.columns:
             return set()
+        columns = header.columns
         at = columns.index(CAMPAIGN_COLUMN)
         tried: set[str] = set()
         ours = False
@@ -162,10 +167,31 @@ def _took(path: Path, campaign: str) -> set[str]:
                 tried.update(ev.to)
             elif isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
                 ours = ours or any(len(r) > at and r[at] == campaign for r in ev.rows)
-        return tried if ours else set()
     finally:
         if (close := getattr(events, "close", None)) is not None:
             close()  # the ledger's file, closed now, not when the generator is collected
+    held = _held(header, campaign)
+    return tried | held if ours or held else set()
+
+
+def _held(header: Header, campaign: str) -> set[str]:
+    """The numbers of a resend ledger's input whose rows carry ``campaign``, while that input
+    is the file the ledger was begun on (its fingerprint): a rerun resumes it and sends
+    every one it has not tried yet. None once the file is gone or changed (no rerun of that
+    ledger sends anything more) or cannot be read."""
+    source = Path(header.input) if header.input else None
+    try:
+        if source is None or not source.is_file() or fingerprint(source) != header.fingerprint:
+            return set()
+        encoding = header.encoding or file_encoding(source)
+        with RowReader(source, header.phone_column, keep_all=True, encoding=encoding) as reader:
+            return {
+                _phone_key(row.fields.get(header.phone_column, ""))
+                for row in reader
+                if isinstance(row, Row) and row.fields.get(CAMPAIGN_COLUMN) == campaign
+            }
+    except (InputError, OSError):
+        return set()
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:

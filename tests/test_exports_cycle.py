@@ -251,11 +251,39 @@ def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texte
         assert main(["-q", "track", str(job.ledger), *args]) == 0
         capsys.readouterr()
         assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(second)]) == 0
-        assert "1 already sent again" in capsys.readouterr().err
+        assert "1 taken by an earlier resend" in capsys.readouterr().err
         with second.open(encoding="utf-8-sig") as f:
             assert [r["phone"] for r in csv.DictReader(f)] == [people[1]]
         assert main([*run, "--input", str(second)]) == 0
     assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 1, people[3]: 1}
+
+
+def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_holds(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A resend of the failed file stopped before it tried everyone (here --limit 1; a daily
+    cap, SIGTERM, a crash) still holds the rest: its rerun sends them. The failed file written
+    again meanwhile leaves them out too, so finishing that resend and sending the second file
+    texts each of them once more, never twice."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx(report=dict.fromkeys(people[:3], "40008"))
+    first, second = tmp_path / "failed1.csv", tmp_path / "failed2.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 0
+        assert main(["-q", "track", str(job.ledger), "--base-url", url]) == 0
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(first)]) == 0
+        assert main([*run, "--input", str(first), "--limit", "1"]) == 0
+        capsys.readouterr()
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(second)]) == 0
+        assert "3 taken by an earlier resend" in capsys.readouterr().err
+        with second.open(encoding="utf-8-sig") as f:
+            assert list(csv.DictReader(f)) == []
+        assert main([*run, "--input", str(first)]) == 0
+        assert main([*run, "--input", str(second)]) == 0
+    assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 2, people[3]: 1}
 
 
 async def test_a_failed_file_leaves_out_who_the_deadline_left_unsent(

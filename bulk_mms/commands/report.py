@@ -97,7 +97,7 @@ def _write_failed(summary: LedgerSummary, failed_csv: Path) -> None:
             else ""
         )
         + (
-            f", {len(summary.resent)} already sent again by an earlier resend "
+            f", {len(summary.resent)} taken by an earlier resend, which settles them "
             f"({', '.join(sorted(set(summary.resent.values())))})"
             if summary.resent
             else ""
