@@ -191,8 +191,9 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="LEDGER",
-        help="skip every number this ledger records sent (repeatable): after fixing an "
-        "input, or moving a campaign to a new ledger, nobody is texted twice",
+        help="skip every number this ledger records sent, or a resend of its failed file "
+        "took (repeatable): after fixing an input, or moving a campaign to a new ledger, "
+        "nobody is texted twice",
     )
     run.add_argument(
         "--rejected-csv",

@@ -38,6 +38,7 @@ from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
 from bulk_mms.reader import RowReader, fingerprint
+from bulk_mms.recipient_lists import taken_by_resends
 from bulk_mms.scan import (
     InputScan,
     Tally,
@@ -659,7 +660,9 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
 def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
-    again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted.
+    again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and,
+    for a JSONL ledger, every number a resend of its failed file took
+    (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that resend texts them, or has.
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -680,4 +683,6 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
                 "send them in this campaign anyway",
             )
         numbers.update(int(phone[1:]) for phone in counted_sent(view))
+        if isinstance(where, Path) and view.campaign is not None:
+            numbers.update(int(phone[1:]) for phone in taken_by_resends(where, view.campaign))
     return frozenset(numbers)

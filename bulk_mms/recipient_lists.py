@@ -13,6 +13,7 @@ reason is said in words (:mod:`bulk_mms.words`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Container, Iterator
 from itertools import chain
@@ -124,27 +125,35 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
 
 def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
     """Of the ``wanted`` recipients, those an earlier resend of this campaign's failed file
-    took (tried to send, sent, or holds for its rerun): number -> that resend's ledger.
+    took (:func:`taken_by_resends`): number -> that resend's ledger.
 
     A failed file written again later (tracking found more failures since) holds the first
     file's recipients too; ``run --input`` names each file's resend after its hash, so each
     gets a ledger of its own, and without this the first file's recipients would be texted
-    by both. The resends are the JSONL ledgers beside this one (where ``run --input`` puts
-    them) whose rows carry this ledger's campaign in :data:`CAMPAIGN_COLUMN`: every number
-    one of them tried is left out, and so is every number of its input while that file is
-    unchanged (a rerun of that resend settles its own, and sends those it has not tried yet:
-    it stopped early, at a cap, a signal or a crash)."""
+    by both."""
     if s.campaign is None or s.ledger is None or not isinstance(s.ledger, Path):
         return {}
+    return {p: r for p, r in taken_by_resends(s.ledger, s.campaign).items() if p in wanted}
+
+
+def taken_by_resends(ledger: Path, campaign: str) -> dict[str, str]:
+    """Every number a resend of ``campaign``'s failed file took (tried to send, sent, or
+    holds for its rerun): number (E.164) -> that resend's ledger.
+
+    The resends are the JSONL ledgers beside ``ledger`` (where ``run --input`` puts them)
+    whose rows carry ``campaign`` in :data:`CAMPAIGN_COLUMN`: every number one of them tried
+    counts, and so does every number of its input while that file is unchanged (a rerun of
+    that resend settles its own, and sends those it has not tried yet: it stopped early, at
+    a cap, a signal or a crash)."""
     out: dict[str, str] = {}
-    for path in sorted(s.ledger.parent.glob("*.jsonl")):
-        if path == s.ledger or not is_ledger(path):
+    for path in sorted(ledger.parent.glob("*.jsonl")):
+        if path == ledger or not is_ledger(path):
             continue
         try:
-            took = _took(path, s.campaign)
+            took = _took(path, campaign)
         except LedgerError:
             continue  # a ledger that cannot be read is not one of its resends
-        out.update((phone, str(path)) for phone in took if phone in wanted)
+        out.update((phone, str(path)) for phone in took)
     return out
 
 
@@ -185,13 +194,18 @@ def _held(header: Header, campaign: str) -> set[str]:
             return set()
         encoding = header.encoding or file_encoding(source)
         with RowReader(source, header.phone_column, keep_all=True, encoding=encoding) as reader:
-            return {
-                _phone_key(row.fields.get(header.phone_column, ""))
+            rows = [
+                row.fields.get(header.phone_column, "")
                 for row in reader
                 if isinstance(row, Row) and row.fields.get(CAMPAIGN_COLUMN) == campaign
-            }
+            ]
     except (InputError, OSError):
         return set()
+    held: set[str] = set()
+    for value in rows:
+        with contextlib.suppress(PhoneError):
+            held.add(normalize_phone(value))
+    return held
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:

@@ -13,6 +13,7 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api.faults import Fault
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
@@ -284,6 +285,31 @@ def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_
         assert main([*run, "--input", str(first)]) == 0
         assert main([*run, "--input", str(second)]) == 0
     assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 2, people[3]: 1}
+
+
+def test_a_fixed_input_sent_with_exclude_sent_leaves_out_who_a_resend_texted(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """The API refuses one group for good; its failed file is resent; then the input is fixed
+    and sent as the ledger's refusal says (a new --name, --exclude-sent OLD-LEDGER): the new
+    campaign leaves out whom the old one's resend texted as well as whom the old one did,
+    and sends only the rows fixed."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)] + [{"phone": "x"}])
+    job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 422, code="10015"))
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+        assert main([*run, "--input", str(failed)]) == 0
+        fixed = "+12125550199"
+        jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate([*people, fixed])])
+        assert main(run) == 2  # the ledger refuses the changed input
+        assert main([*run, "--name", "fixed", "--exclude-sent", str(job.ledger)]) == 0
+    assert fake.recipient_counts() == {**dict.fromkeys(people, 1), fixed: 1}
 
 
 async def test_a_failed_file_leaves_out_who_the_deadline_left_unsent(
