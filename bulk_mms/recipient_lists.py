@@ -30,6 +30,7 @@ from bulk_mms.ledger import (
     Header,
     InDoubt,
     LedgerView,
+    Location,
     Rejected,
     Sent,
     load,
@@ -154,6 +155,30 @@ def taken_by_resends(ledger: Path, campaign: str) -> dict[str, str]:
         except LedgerError:
             continue  # a ledger that cannot be read is not one of its resends
         out.update((phone, str(path)) for phone in took)
+    return out
+
+
+def inputs_beside(ledger: Location | None) -> list[tuple[str, Path]]:
+    """(what it is, path) of the input each JSONL ledger beside ``ledger`` (a JSONL ledger; a
+    PostgreSQL one has none) was sent from: a resend's failed file, another day's export. A command
+    writing over one would leave that ledger unable to resume (its input changed), and
+    whoever it has not sent yet unsent."""
+    if not isinstance(ledger, Path):
+        return []
+    out: list[tuple[str, Path]] = []
+    for path in sorted(ledger.parent.glob("*.jsonl")):
+        if path == ledger or not is_ledger(path):
+            continue
+        events = read_events(path, skip_status=True)
+        try:
+            header = next(events, None)
+        except LedgerError:
+            continue
+        finally:
+            if (close := getattr(events, "close", None)) is not None:
+                close()
+        if isinstance(header, Header) and header.input:
+            out.append((f"the input ledger {path} was sent from", Path(header.input)))
     return out
 
 

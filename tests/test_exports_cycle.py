@@ -287,6 +287,35 @@ def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_
     assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 2, people[3]: 1}
 
 
+def test_the_failed_file_a_resend_was_sent_from_is_never_written_over(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """report --failed-csv naming the file an unfinished resend was sent from is refused (exit
+    2, one line naming the option, the file and the resend's ledger; the file unchanged): that
+    resend's rerun then sends the rest of it, as it would not if the file had changed."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx(report=dict.fromkeys(people, "40008"))
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 0
+        assert main(["-q", "track", str(job.ledger), "--base-url", url]) == 0
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+        before = failed.read_bytes()
+        assert main([*run, "--input", str(failed), "--limit", "1"]) == 0
+        capsys.readouterr()
+        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bulk-mms: error: --failed-csv: ")
+        assert "test-job-failed-" in err
+        assert err.count("\n") == 1
+        assert failed.read_bytes() == before
+        assert main([*run, "--input", str(failed)]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 2)
+
+
 def test_a_fixed_input_sent_with_exclude_sent_leaves_out_who_a_resend_texted(
     jobs: JobFactory, tmp_path: Path
 ) -> None:

@@ -13,7 +13,12 @@ from bulk_mms.errors import Exit, LedgerError
 from bulk_mms.extras import needs
 from bulk_mms.ledger import Location, display
 from bulk_mms.ledger.fold import UNRECORDED
-from bulk_mms.recipient_lists import write_failed_csv, write_recipients_csv, write_rejected_csv
+from bulk_mms.recipient_lists import (
+    inputs_beside,
+    write_failed_csv,
+    write_recipients_csv,
+    write_rejected_csv,
+)
 from bulk_mms.report import LedgerSummary, format_csv, format_text, summarize
 from bulk_mms.words import count
 
@@ -23,7 +28,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         with needs("html", "report --html"):  # refused before the table, not after it
             import matplotlib  # noqa: F401, PLC0415
     summary = summarize(args.ledger)
-    refuse_overwrites(args, [("the job's input", Path(summary.input) if summary.input else None)])
+    beside = inputs_beside(summary.ledger)
+    refuse_overwrites(
+        args, [("the job's input", Path(summary.input) if summary.input else None), *beside]
+    )
     fmt = args.format
     if fmt is None:
         # status keeps its documented table default for scripts that parse it
