@@ -93,12 +93,7 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     Returns:
         (rows written, whether they are the original rows).
     """
-    kinds = s.misses
-    s.expired_left_out, s.opted_out_left_out = kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
-    wanted = {p: m.why for p, m in s.undelivered if m.kind not in NOT_RESENT}
-    s.resent = resent(s, wanted) if wanted else {}
-    for phone in s.resent:
-        del wanted[phone]
+    wanted = left_to_resend(s)
     source = Path(s.input) if s.input else None
     rows: list[dict[str, str]] = []
     columns = [s.phone_column]
@@ -122,6 +117,20 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     header = [*columns, *ours]
     n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows), bom=True)
     return n, full
+
+
+def left_to_resend(s: LedgerSummary) -> dict[str, str]:
+    """The recipients :func:`write_failed_csv` writes, number -> why: those who did not get
+    the message, but for the kinds it leaves out, each counted on ``s``
+    (:attr:`~LedgerSummary.expired_left_out`, :attr:`~LedgerSummary.opted_out_left_out`,
+    and :attr:`~LedgerSummary.resent`: taken by an earlier resend, :func:`resent`)."""
+    kinds = s.misses
+    s.expired_left_out, s.opted_out_left_out = kinds[Miss.EXPIRED], kinds[Miss.OPTED_OUT]
+    wanted = {p: m.why for p, m in s.undelivered if m.kind not in NOT_RESENT}
+    s.resent = resent(s, wanted) if wanted else {}
+    for phone in s.resent:
+        del wanted[phone]
+    return wanted
 
 
 def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:

@@ -124,15 +124,15 @@ class LedgerSummary(msgspec.Struct):
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
     #: seconds; 0: at once) (:func:`waiting`).
     waiting: dict[str, Waiting] = msgspec.field(default_factory=dict)
-    #: Set by :func:`~bulk_mms.recipient_lists.write_failed_csv`: the recipients it left out
-    #: because an earlier resend of this campaign's failed file took them
+    #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
+    #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
     resent: dict[str, str] = msgspec.field(default_factory=dict)
-    #: Set by :func:`~bulk_mms.recipient_lists.write_failed_csv`: how many recipients it left
+    #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: how many recipients it leaves
     #: out because the job's deadline left their groups unsent
     #: (:attr:`~bulk_mms.ledger.fold.Miss.EXPIRED`).
     expired_left_out: int = 0
-    #: Set by :func:`~bulk_mms.recipient_lists.write_failed_csv`: how many recipients it left
+    #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: how many recipients it leaves
     #: out because they opted out (40300, at the send or in a delivery report): nobody is to
     #: text them again.
     opted_out_left_out: int = 0
@@ -469,6 +469,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     left_out = [
         *([f"the {late} past the job's deadline: a late message is worse than none"] * bool(late)),
         *([f"the {stopped} who opted out (STOP): never to be texted again"] * bool(stopped)),
+        *([f"the {len(s.resent)} an earlier resend took, which settles them"] * bool(s.resent)),
     ]
     lines.append(
         f"did not get  {count(len(s.undelivered), 'recipient')} ({resendable} of them met a "

@@ -264,8 +264,8 @@ def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_
 ) -> None:
     """A resend of the failed file stopped before it tried everyone (here --limit 1; a daily
     cap, SIGTERM, a crash) still holds the rest: its rerun sends them. The failed file written
-    again meanwhile leaves them out too, so finishing that resend and sending the second file
-    texts each of them once more, never twice."""
+    again meanwhile leaves them out too (and the report's table says so), so finishing that
+    resend and sending the second file texts each of them once more, never twice."""
     people = [f"+1212555{i:04d}" for i in range(101, 105)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 1")
@@ -282,6 +282,8 @@ def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_
         assert "3 taken by an earlier resend" in capsys.readouterr().err
         with second.open(encoding="utf-8-sig") as f:
             assert list(csv.DictReader(f)) == []
+        assert main(["report", str(job.ledger), "--format", "table"]) == 0
+        assert "not the 3 an earlier resend took" in capsys.readouterr().out
         assert main([*run, "--input", str(first)]) == 0
         assert main([*run, "--input", str(second)]) == 0
     assert fake.recipient_counts() == {people[0]: 2, people[1]: 2, people[2]: 2, people[3]: 1}

@@ -15,6 +15,7 @@ from bulk_mms.ledger import Location, display
 from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.recipient_lists import (
     inputs_beside,
+    left_to_resend,
     write_failed_csv,
     write_recipients_csv,
     write_rejected_csv,
@@ -44,6 +45,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif fmt == "csv":
         sys.stdout.write(format_csv(summary))
     else:
+        left_to_resend(summary)  # who an earlier resend took: the table leaves them out too
         print(format_text(summary, display(args.ledger)))
     if (page := getattr(args, "html", None)) is not None:
         _write_html(args.ledger, page, summary)
