@@ -50,7 +50,7 @@ import structlog
 
 from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, Settings
-from bulk_mms.config.settings import day_start
+from bulk_mms.config.settings import day_start, next_day_start
 from bulk_mms.errors import ConfigError, LedgerError, LimitReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
@@ -373,6 +373,9 @@ class DailyCap:
                 f"{used} sent or in flight today; the next day's run (after {self.resets}) "
                 "resumes",
                 status=None,
+                resumes_at=next_day_start(self.resets, utc(self.clock)).timestamp()
+                if self.clock is not None
+                else None,
             )
         self._reserved[group.id] = (key, n)
         return None

@@ -368,13 +368,20 @@ def _tell_summary(s: JobSummary) -> None:
 
 
 def _waiting(s: JobSummary) -> str:
-    """What the recipients line adds of the members waiting for a carrier's reset."""
-    if not s.waiting_recipients:
-        return ""
-    return (
-        f" ({_n(s.waiting_recipients, 'recipient')} held by a carrier's daily limit: a rerun "
-        f"from {minute_utc(s.waiting_until)} sends them)"
-    )
+    """What the recipients line adds of the members waiting for a carrier's reset: before the
+    job's deadline, and after it (no run sends those)."""
+    notes = []
+    if s.waiting_recipients:
+        notes.append(
+            f"{_n(s.waiting_recipients, 'recipient')} held by a carrier's daily limit: a rerun "
+            f"from {minute_utc(s.waiting_until)} sends them"
+        )
+    if s.waiting_past_deadline:
+        notes.append(
+            f"{_n(s.waiting_past_deadline, 'recipient')} held by a carrier's daily limit until "
+            "after the job's deadline: no run sends them"
+        )
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _incomplete(s: JobSummary) -> bool:

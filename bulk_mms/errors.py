@@ -11,6 +11,7 @@
      │    └── MissingExtra(extra)         a feature's optional package is not installed
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── RefusedRepeatedly            1  group after group refused with one error: the job stops
+ ├── ResetAfterDeadline           1  a cap stopped the job that lifts only after its deadline
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job
@@ -38,7 +39,8 @@
           ├── RetryableSendError          nothing was delivered; retry is safe
           │    ├── RateLimited(retry_after) 429
           │    ├── ServerError(status)      5xx on a GET; 408, 409, 501, 503, 505
-          │    └── NetworkError             failed before the request left (DNS, refused, TLS)
+          │    ├── NetworkError             failed before the request left (DNS, refused, TLS)
+          │    └── WindowClosed             its window closed before the request left
           └── AmbiguousSendError          sent, but the outcome is unknown (dropped, timed
                │                          out, a 5xx but 501/503/505 answering the send)
                └── RecordsUnread(records)   the API's records cannot be read whole: those
@@ -171,6 +173,14 @@ class ApiUnavailable(BulkMmsError):
     exit_code = 1
 
 
+class ResetAfterDeadline(BulkMmsError):
+    """A cap stopped the job (:class:`LimitReached`) that lifts only at or after the job's
+    deadline: no later run can send what is left (the first run past the deadline records it
+    expired), rather than 5's resumable stop."""
+
+    exit_code = 1
+
+
 class RefusedRepeatedly(BulkMmsError):
     """Group after group was refused (400/422) with one and the same error naming no member:
     the job's message, sender or profile is what the API refuses, not its recipients.
@@ -266,9 +276,21 @@ class AuthError(FatalSendError):
 
 class LimitReached(FatalSendError):
     """A limit the account or the job is under was reached (a carrier's daily cap): stop,
-    resumable once it resets or is raised."""
+    resumable once it resets or is raised. ``resumes_at``: when it resets (seconds since the
+    epoch: a daily cap's next day), if it does by itself."""
 
     exit_code = 5
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        errors: Sequence[ApiError] = (),
+        resumes_at: float | None = None,
+    ) -> None:
+        self.resumes_at = resumes_at
+        super().__init__(message, status=status, errors=errors)
 
 
 class AccountRefused(FatalSendError):
@@ -344,6 +366,12 @@ class ServerError(RetryableSendError):
 
 class NetworkError(RetryableSendError):
     """The request never left: DNS failure, connection refused, TLS failure, connect timeout."""
+
+
+class WindowClosed(RetryableSendError):
+    """The request never left: a window the group is sent in (the job's ``send_window``, its
+    recipients' ``recipient_window``) closed after its attempt was on record, before it left.
+    A run inside the window sends it."""
 
 
 class AmbiguousSendError(SendError):

@@ -28,7 +28,14 @@ def job_deadline(job: JobConfig, view: LedgerView) -> dt.datetime | None:
 def past(deadline: dt.datetime | None, clock: Clock) -> bool:
     """Whether ``deadline`` (:func:`job_deadline`) has passed by ``clock``: from then on no
     request leaves. The one test of it, for the runner, the gates and the sender."""
-    return deadline is not None and clock.wall() >= deadline.timestamp()
+    return not before(deadline, clock.wall())
+
+
+def before(deadline: dt.datetime | None, when: float) -> bool:
+    """Whether ``when`` (seconds since the epoch: a cap's reset, a carrier's) comes before
+    ``deadline`` (:func:`job_deadline`; None: there is none), so that a run then can still
+    send. A moment at the deadline is not before it: from then on no request leaves."""
+    return deadline is None or when < deadline.timestamp()
 
 
 class Gates:

@@ -232,11 +232,13 @@ def _deferred(err: SendError, now: dt.datetime, daily_reset: str) -> SendError:
     if err.code == "40018":  # a per-minute limit: wait for the next minute
         wait = 60.0 - now.second - now.microsecond / 1e6
         return RateLimited(err.message, retry_after=wait, status=err.status, errors=err.errors)
-    until = dt.datetime.fromtimestamp(carrier_reset("40016", daily_reset, now.timestamp()), dt.UTC)
+    resets = carrier_reset("40016", daily_reset, now.timestamp())
+    until = dt.datetime.fromtimestamp(resets, dt.UTC)
     return LimitReached(
         f"a carrier's daily cap was reached ({err}); resumable after {until:%Y-%m-%d %H:%M} UTC",
         status=err.status,
         errors=err.errors,
+        resumes_at=resets,
     )
 
 
@@ -289,10 +291,9 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
     per-minute limit (40018) a minute on, the others (spam filtering, an expiry in the queue)
     at once."""
     if code == "40016":
-        from bulk_mms.config.settings import day_start  # noqa: PLC0415 - settings import this
+        from bulk_mms.config.settings import next_day_start  # noqa: PLC0415 - settings import this
 
-        start = day_start(daily_reset, dt.datetime.fromtimestamp(now, dt.UTC))
-        return (start + dt.timedelta(days=1)).timestamp()
+        return next_day_start(daily_reset, dt.datetime.fromtimestamp(now, dt.UTC)).timestamp()
     if code == "40018":
         return now + 60.0
     return 0.0

@@ -36,6 +36,7 @@ from bulk_mms.errors import (
     RetryableSendError,
     SenderRefused,
     SendError,
+    WindowClosed,
 )
 from bulk_mms.errors import (
     Rejected as Refused,
@@ -404,6 +405,13 @@ def never_left() -> RetryableSendError:
     """The outcome of a try whose ``attempt`` is on record but whose request never left (the job
     was stopped in the last moment before it): nothing was sent, so a rerun sends it."""
     return RetryableSendError("stopped before the request left; nothing was sent")
+
+
+def closed_before_leaving() -> WindowClosed:
+    """The outcome of a try whose ``attempt`` is on record but whose request never left because
+    its window (the ``send_window``, its recipients' ``recipient_window``) closed first:
+    nothing was sent, so a run inside the window sends it."""
+    return WindowClosed("its window closed before the request left; nothing was sent")
 
 
 def key_conflict(err: Refused) -> AmbiguousSendError:

@@ -37,7 +37,7 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.gates import Gates, past
+from bulk_mms.gates import Gates, before, past
 from bulk_mms.ledger import (
     Header,
     LedgerStore,
@@ -77,7 +77,7 @@ from bulk_mms.signals import Stop
 from bulk_mms.summary import AFTER_DEADLINE, JobSummary, percentile
 from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.track import Tracker
-from bulk_mms.windows import held_for_windows, window_stop
+from bulk_mms.windows import held_for_windows, reset_in_time, window_stop
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -796,13 +796,16 @@ class Runner:
         s.recipients = view.recipients()
         s.retired = retired_senders(self.job, view)
         if s.recipients.not_attempted:
-            wall = self.clock.wall()
+            wall, expires = self.clock.wall(), self.sender.expires_at
             later = [w.after for w in waiting(view).values() if w.after > wall]
-            s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
+            in_time = [t for t in later if before(expires, t)]  # a rerun can send them
+            s.waiting_recipients, s.waiting_until = len(in_time), max(in_time, default=0.0)
+            s.waiting_past_deadline = len(later) - len(in_time)
         # after the recipients: who else the stop left counts
         held_for_windows(
             s, self.job, self.clock, self.sender.expires_at, quiet=self.quiet, left=self.left
         )
+        reset_in_time(s, self.sender.expires_at)
         log.info("job.finished", **s.as_log(), errors=dict(self.recorder.errors))
         return s
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter, deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,6 +43,7 @@ from bulk_mms.errors import (
     RetryableSendError,
     SenderRefused,
     SendError,
+    WindowClosed,
 )
 from bulk_mms.gates import job_deadline, past
 from bulk_mms.grouping import without
@@ -64,7 +65,13 @@ from bulk_mms.prepare import (
     pacing_config,
 )
 from bulk_mms.quiet import closes_in, open_for
-from bulk_mms.recorder import Recorder, key_conflict, never_left, settled
+from bulk_mms.recorder import (
+    Recorder,
+    closed_before_leaving,
+    key_conflict,
+    never_left,
+    settled,
+)
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
@@ -121,17 +128,19 @@ class _Tries(msgspec.Struct):
     fence: Fence | None = None
 
 
-def _unsent(tries: _Tries, on_record: bool) -> SendError | None:
+def _unsent(
+    tries: _Tries, on_record: bool, why: Callable[[], SendError] = never_left
+) -> SendError | None:
     """What a try that a gate stopped ends with: nothing before its attempt is on record;
-    after, that its request never left (or, when an earlier try may have been accepted, that
-    the group is still in doubt)."""
+    after, ``why`` its request never left (a stop, by default; its window closing), or, when
+    an earlier try may have been accepted, that the group is still in doubt."""
     if not on_record:
         return None
     if tries.ambiguous:
         return AmbiguousSendError(
             "stopped before a repeat left; an earlier try may have been accepted"
         )
-    return never_left()
+    return why()
 
 
 class RequestTimes:
@@ -426,6 +435,10 @@ class GroupSender:
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
+        if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
+            # its last try certainly never got through, and the deadline has passed since
+            # (a connection waited for until it did, a backoff that would end after it)
+            self._expire(tries)
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None
@@ -645,11 +658,12 @@ class GroupSender:
         ):
             self.window_closed()
         if stop.is_set():
-            raise StopRetrying(_unsent(tries, on_record))
+            why = closed_before_leaving if stop.reason == "window" else never_left
+            raise StopRetrying(_unsent(tries, on_record, why))
         window = job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
-            raise StopRetrying(_unsent(tries, on_record))
+            raise StopRetrying(_unsent(tries, on_record, closed_before_leaving))
 
     def _check_optouts(self, tries: _Tries) -> None:
         """Refuse the members now on the suppression list, as Telnyx's 40300 refuses a number
@@ -748,9 +762,11 @@ class GroupSender:
             self._stop_for(err)
             err = settled(err)
         # no usable answer (retries used up, or in doubt): group after group means the API is
-        # down or broken, and the job stops instead of burning through the list
-        unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
-        self.transient_streak = self.transient_streak + 1 if unanswered else 0
+        # down or broken, and the job stops instead of burning through the list. A group its
+        # window held back never asked the API: it says nothing of it
+        if not isinstance(err, WindowClosed):
+            unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
+            self.transient_streak = self.transient_streak + 1 if unanswered else 0
         refused = refused_members(err, group.to, self.settings.error_policy)
         refused = refused or await refused_by_optouts(
             self.client, err, group, self.settings.error_policy

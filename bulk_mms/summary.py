@@ -142,6 +142,9 @@ class JobSummary(msgspec.Struct):
     #: (wall-clock seconds, the latest of their resets) sends them; the run exits 5.
     waiting_recipients: int = 0
     waiting_until: float = 0.0
+    #: Members moved so whose carrier's reset comes only at or after the job's deadline: no
+    #: run sends them (the first run past the deadline records them expired); exit 1.
+    waiting_past_deadline: int = 0
     error: BaseException | None = None
 
     @property
@@ -183,6 +186,7 @@ class JobSummary(msgspec.Struct):
             "opted_out_recipients": self.recipients.opted_out if self.recipients else None,
             "waiting_recipients": self.waiting_recipients,
             "waiting_not_before": minute_utc(self.waiting_until),
+            "waiting_past_deadline": self.waiting_past_deadline,
         }
 
     def note_rejected(self, kind: Rejection) -> None:

@@ -8,8 +8,11 @@ left unsent as the ``send_window`` closed, make it stop ``quiet_hours`` or ``win
 only when a later run can send one of them before the deadline; when nobody can,
 :data:`~bulk_mms.summary.AFTER_DEADLINE` (exit 1).
 
-Both read the job, the clock and the deadline, and nothing of the run but its summary and two
-counts by time zones; they decide ``JobSummary.stopped``, which
+At the end too, :func:`reset_in_time`: a run a cap stopped (exit 5: a run after its reset
+resumes) whose reset comes only after the deadline ends with exit 1 instead: no run can.
+
+They read the job, the clock and the deadline, and nothing of the run but its summary and two
+counts by time zones; they decide ``JobSummary.stopped`` (and a cap's error), which
 :func:`~bulk_mms.console.run_outcome` turns into the exit code (with
 :func:`~bulk_mms.console._incomplete`, the rule for a run that ended by itself).
 """
@@ -23,12 +26,12 @@ import structlog
 
 from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, SendWindow
-from bulk_mms.errors import LedgerError
-from bulk_mms.gates import job_deadline, past
+from bulk_mms.errors import LedgerError, LimitReached, ResetAfterDeadline
+from bulk_mms.gates import before, job_deadline, past
 from bulk_mms.ledger import Header, LedgerView, display, exists, open_store
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, opens_before
-from bulk_mms.summary import AFTER_DEADLINE, JobSummary
+from bulk_mms.summary import AFTER_DEADLINE, JobSummary, minute_utc
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +143,23 @@ def held_for_windows(
     elif s.stopped is None and s.quiet:
         sendable = _sendable_in_time(job, now, expires, quiet, left, others=False)
         s.stopped = "quiet_hours" if sendable else AFTER_DEADLINE
+
+
+def reset_in_time(s: JobSummary, expires: dt.datetime | None) -> None:
+    """Say in ``s``, the summary of a run a cap stopped (:class:`~bulk_mms.errors.LimitReached`)
+    that lifts by itself only at or after ``expires`` (the job's deadline: the daily cap's
+    next day, a carrier's), that no later run can send what is left: its error becomes
+    :class:`~bulk_mms.errors.ResetAfterDeadline` (exit 1), not 5's resumable stop."""
+    err = s.error
+    if not isinstance(err, LimitReached) or err.resumes_at is None or expires is None:
+        return
+    if before(expires, err.resumes_at):
+        return
+    s.error = ResetAfterDeadline(
+        f"{err}; but it lifts only after the job's deadline ({minute_utc(expires.timestamp())}): "
+        "no run can send the rest in time (the first run past the deadline records it "
+        "expired). Raise the cap or move the deadline, and rerun"
+    )
 
 
 def _sendable_in_time(

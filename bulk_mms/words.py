@@ -34,6 +34,8 @@ BY_KIND: Final[Mapping[str, str]] = {
     "RetryableSendError": "not sent yet: the run was stopped (Ctrl-C, a signal, or a stop for "
     "another error) before its request left",
     "NetworkError": "API unreachable: no connection could be made, retries used up",
+    "WindowClosed": "not sent yet: its window (the send_window, or its recipients' quiet "
+    "hours) closed before its request left; a run inside the window sends it",
     "ServerError": "the API's server failed, retries used up",
     "RateLimited": "rate limited: its sender was held back by 429 answers past max_group_age_s",
     "AmbiguousSendError": "may have been sent: no usable answer came back",

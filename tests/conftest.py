@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
@@ -23,6 +23,7 @@ import psycopg
 import psycopg.waiting
 import pytest
 import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
@@ -227,6 +228,19 @@ def left_out_job(jobs: JobFactory, n: int) -> tuple[JobConfig, Settings, frozens
 @pytest.fixture
 def jobs(tmp_path: Path) -> JobFactory:
     return JobFactory(tmp_path)
+
+
+@dataclass
+class ArrivalsFake(FakeTelnyx):
+    """The fake API, keeping the time by ``arrival_clock`` (the test's wall clock) at which
+    each ``POST /messages/group_mms`` reached it: what no request may reach it after."""
+
+    arrival_clock: Callable[[], float] = time.time
+    arrivals: list[float] = field(default_factory=list)
+
+    async def send_group_mms(self, request: web.Request) -> web.StreamResponse:
+        self.arrivals.append(self.arrival_clock())
+        return await super().send_group_mms(request)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx, parse_faults
 from bulk_mms.report import summarize
 from bulk_mms.testing import ledger_events
-from tests.conftest import JobFactory, numbers
+from tests.conftest import ArrivalsFake, JobFactory, numbers
 from tests.threaded import fake_api_thread
 
 pytestmark = pytest.mark.slow
@@ -218,3 +219,31 @@ def _wait_for_line(path: Path, needle: bytes, timeout: float = 20) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} never appeared in {path}")
+
+
+def test_a_process_stopped_past_the_deadline_sends_nothing_once_continued(
+    jobs: JobFactory,
+) -> None:
+    """A run paced at two groups a second, SIGSTOPped after its first send and continued two
+    seconds past its job's deadline: no request reaches the API after the deadline (those
+    queued, paced or between connection and send when it stopped are not sent), the rest is
+    recorded expired_unsent, and the run exits 1 with nobody in doubt or left out."""
+    fake = ArrivalsFake(api_key=KEY)
+    jobs.people(40)
+    deadline = datetime.now(UTC) + timedelta(seconds=4)
+    job = jobs.job(extra=f'group_size = 2\ndeadline = "{deadline.isoformat()}"')
+    config = jobs.root / "config.toml"
+    config.write_text("[limits]\nrate = 2\nconcurrency = 4\n")
+    with fake_api_thread(fake) as url:
+        proc = start(job.path, url, config)
+        _wait_for_line(job.ledger, b'"event":"sent"')
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(max(0.0, deadline.timestamp() - time.time()) + 2.0)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err.decode()[-2000:]
+    assert fake.arrivals
+    assert max(fake.arrivals) <= deadline.timestamp()
+    s = summarize(job.ledger)
+    assert (s.recipient_states.sent, s.recipient_states.in_doubt) == (2 * len(fake.arrivals), 0)
+    assert s.recipient_states.failed == 40 - 2 * len(fake.arrivals)

@@ -4,16 +4,22 @@ wait in the queue, the pacer or a backoff, and none of them goes out (injected c
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms.caps import DailyCap
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import RateLimited
 from bulk_mms.models import Group, SendReceipt
+from bulk_mms.pacing import Pacer
+from bulk_mms.recorder import Recorder
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.summary import AFTER_DEADLINE
@@ -262,3 +268,79 @@ async def test_a_try_past_both_the_deadline_and_the_send_window_expires_the_grou
     assert run_outcome(s) == 1
     codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert codes[-1] == "expired_unsent"
+
+
+#: The waits between a group's gate checks and its request leaving, by name: the pacer's
+#: admission, a daily cap's reservation, the attempt's write ahead, the send slot.
+WAITS: dict[str, tuple[type[Any], str]] = {
+    "pacer": (Pacer, "acquire"),
+    "daily cap": (DailyCap, "reserve"),
+    "ledger commit": (Recorder, "attempt"),
+    "send slot": (Pacer, "send_slot"),
+}
+
+
+def stall(monkeypatch: pytest.MonkeyPatch, wait: str, seconds: float, *, every: bool) -> None:
+    """Make ``wait`` (:data:`WAITS`) take ``seconds`` more: its first call, or ``every`` one
+    (a stalled disk or database, a process paused there)."""
+    owner, name = WAITS[wait]
+    original = getattr(owner, name)
+    calls: list[object] = []
+
+    async def stalled(self: object, *args: Any, **kwargs: Any) -> Any:
+        if every or not calls:
+            calls.append(self)
+            await asyncio.sleep(seconds)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, stalled)
+
+
+@pytest.mark.parametrize("wait", list(WAITS))
+@pytest.mark.parametrize(
+    ("gate", "code", "why"),
+    [
+        ('deadline = "2026-11-24T12:00:30+00:00"', 1, "not sent before the job's deadline"),
+        (
+            'recipient_window = "06:00-07:01"\ntimezone_column = "tz"',
+            4,
+            "its window (the send_window, or its recipients' quiet hours) closed",
+        ),
+    ],
+    ids=["deadline", "recipient_window"],
+)
+async def test_a_wait_that_stalls_past_a_gate_sends_nothing_and_says_why(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, wait: str, gate: str, code: int, why: str
+) -> None:
+    """Each wait before a request leaves (the pacer, a daily cap, the ledger's commit of the
+    attempt, the send slot) stalled two minutes, past the deadline or the recipients' window
+    30 s away: nothing is sent, and the group is recorded as the gate says (expired, exit 1;
+    held for its window, exit 4, not attempted when held before its attempt was written),
+    the report naming that gate, not a stop or the API."""
+    jobs.people(4, tz="America/New_York")  # 07:00 there at noon UTC
+    job = jobs.job(extra=f"group_size = 4\n{gate}")
+    stall(monkeypatch, wait, 120.0, every=False)
+    settings = replace(FAST, daily_recipients=1000)
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=clock_at(NOON))
+    assert (client.calls, run_outcome(s)) == ([], code)
+    ledger = summarize(job.ledger)
+    if wait == "pacer" and code == 4:  # held before its attempt: nothing on record
+        assert (ledger.unsent, ledger.recipient_states.not_attempted) == ({}, 4)
+    else:
+        assert [n for (_, said), n in ledger.unsent.items() if why in said] == [(1, 4)]
+
+
+async def test_groups_their_window_holds_after_their_attempt_do_not_stop_the_run_as_api_down(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every attempt's commit stalls past the recipients' window: the four groups it holds
+    (their attempts on record) asked the API nothing, so they do not count as groups the API
+    left unanswered: the run ends for quiet hours (exit 4), not as the API down (exit 1)."""
+    jobs.people(16, tz="America/New_York")
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "06:00-07:01"\ntimezone_column = "tz"')
+    stall(monkeypatch, "ledger commit", 120.0, every=True)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=clock_at(NOON))
+    assert (client.calls, s.error, s.stopped, run_outcome(s)) == ([], None, "quiet_hours", 4)
+    assert summarize(job.ledger).recipient_states.retry_pending == 16

@@ -27,6 +27,7 @@ from bulk_mms.errors import (
     LedgerMismatch,
     NetworkError,
     RateLimited,
+    Rejected,
     SendError,
     ServerError,
 )
@@ -768,3 +769,65 @@ def test_a_stop_of_another_kind_stands_whatever_the_windows_left(
     s = ended(stopped)
     held_for_windows(s, job, clock_at(AFTERNOON), at(15, 30), quiet=Counter({(LA,): 4}), left={})
     assert (s.stopped, s.quiet) == (stopped, {"America/Los_Angeles": 4})
+
+
+#: 10:00 in Los Angeles: the daily caps reset (00:00 there) 14 hours on.
+LA_MORNING = dt.datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "code"), [("2026-11-25T20:00+00:00", 1), ("2026-11-26T12:00+00:00", 5)]
+)
+async def test_a_daily_cap_that_resets_after_the_deadline_exits_1_not_5(
+    jobs: JobFactory, deadline: str, code: int
+) -> None:
+    """[limits] daily_recipients reached at 10:00 in Los Angeles, its reset at midnight there:
+    with the job's deadline before that reset no run can send the rest, and the run exits 1
+    saying so; with it after, 5 (the next day's run resumes), as before."""
+    jobs.people(8)
+    job = jobs.job(extra=f'group_size = 4\ndeadline = "{deadline}"')
+    settings = replace(FAST, concurrency=1, daily_recipients=4)
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=clock_at(LA_MORNING))
+    assert (len(client.calls), run_outcome(s)) == (1, code)
+    assert ("after the job's deadline" in str(s.error)) == (code == 1)
+
+
+async def test_a_carriers_cap_answered_to_a_send_resetting_after_the_deadline_exits_1(
+    jobs: JobFactory,
+) -> None:
+    """A 40016 (T-Mobile's daily cap) answering a send stops the job until the carrier's
+    reset; with the deadline before it, exit 1 (no run can send the rest), not 5."""
+    jobs.people(8)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-25T20:00+00:00"')
+    cap = Rejected("cap", status=400, errors=[ApiError("40016", "T-Mobile daily cap", "")])
+    client = FakeClient(lambda g, n: cap)
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=clock_at(LA_MORNING))
+    assert run_outcome(s) == 1
+    assert "lifts only after the job's deadline (2026-11-25T20:00Z)" in str(s.error)
+
+
+async def test_members_a_carrier_holds_until_after_the_deadline_are_not_promised_a_rerun(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A delivery report in the send's answer fails a member with 40016: it waits for the
+    carrier's reset, which comes after the job's deadline, so the run exits 1 saying no run
+    sends them, not 5 with "a rerun from 08:00 sends them"; the first run past the
+    deadline records them expired and sends nothing."""
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-25T20:00+00:00"')
+    cap = ApiError("40016", "T-Mobile daily cap", "")
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        first = RecipientStatus(g.to[0], "delivery_failed", errors=(cap,))
+        receipt = ok_receipt(g, n)
+        return replace(receipt, statuses=(first, *receipt.statuses[1:]))
+
+    s = await run_job(job, FAST, FakeClient(answer), clock=clock_at(LA_MORNING))
+    assert (s.waiting_recipients, s.waiting_past_deadline, run_outcome(s)) == (0, 1, 1)
+    assert "1 recipient held by a carrier's daily limit until after the job's deadline" in (
+        capsys.readouterr().out
+    )
+    client = FakeClient()
+    after = await run_job(job, FAST, client, clock=clock_at(LA_MORNING + dt.timedelta(days=1)))
+    assert (client.calls, after.expired_groups, run_outcome(after)) == ([], 1, 1)

@@ -310,6 +310,16 @@ def day_start(reset: str, now: dt.datetime) -> dt.datetime:
     return start if start <= local else start - dt.timedelta(days=1)
 
 
+def next_day_start(reset: str, now: dt.datetime) -> dt.datetime:
+    """The start of the next day under ``reset`` (``"HH:MM Zone"``), as of ``now``: when a
+    daily cap lifts (:func:`day_start`'s day, one day on).
+
+    Raises:
+        ValueError, ZoneInfoNotFoundError: ``reset`` is not ``"HH:MM Zone"``.
+    """
+    return day_start(reset, now) + dt.timedelta(days=1)
+
+
 def check_base_url(url: str) -> str:
     """The API base URL, checked before any request: http(s), a host, no credentials.
 
