@@ -211,7 +211,15 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
         )
     if 500 <= status < 600 or status in (408, 409):
         # 408/409, 501/503/505: the server did not (yet) act on the request; safe to retry
-        return ServerError("the server failed", status=status, errors=errors)
+        # a Retry-After says when to come back (RFC 9110 15.6.4); a rate window's reset
+        # (x-ratelimit-reset, on any answer) says nothing of a failure
+        hint = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}
+        return ServerError(
+            "the server failed",
+            retry_after=parse_retry_after(hint),
+            status=status,
+            errors=errors,
+        )
     if 400 <= status < 500:
         return Rejected("the API refused the request", status=status, errors=errors)
     # 1xx or a status HTTP does not define: no telling what the server did with the request

@@ -361,7 +361,19 @@ class RateLimited(RetryableSendError):
 class ServerError(RetryableSendError):
     """The server failed without acting: a 5xx answering a read (a GET); a 408, 409, 501, 503
     or 505. Any other 5xx answering a send may follow a request the server acted on: that is
-    an :class:`AmbiguousSendError`."""
+    an :class:`AmbiguousSendError`. ``retry_after``: when to try again, in seconds, if the
+    answer said (a 503's ``Retry-After``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        errors: Sequence[ApiError] = (),
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, errors=errors)
 
 
 class NetworkError(RetryableSendError):

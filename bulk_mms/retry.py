@@ -26,7 +26,13 @@ import tenacity
 
 from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.config import RetryConfig
-from bulk_mms.errors import AmbiguousSendError, RateLimited, RetryableSendError, SendError
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    RateLimited,
+    RetryableSendError,
+    SendError,
+    ServerError,
+)
 from bulk_mms.models import Group, SendReceipt
 
 T = TypeVar("T")
@@ -94,7 +100,8 @@ class _Stop(tenacity.stop.stop_base):
 
 
 class _Wait(tenacity.wait.wait_base):
-    """Server hint first, else exponential backoff with full jitter. Private."""
+    """Server hint first (a 429's, a 503's ``Retry-After``), bounded by
+    ``max_retry_after``; else exponential backoff with full jitter. Private."""
 
     def __init__(self, policy: RetryConfig) -> None:
         self.policy = policy
@@ -105,7 +112,7 @@ class _Wait(tenacity.wait.wait_base):
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        if isinstance(exc, RateLimited | ServerError) and exc.retry_after is not None:
             return min(exc.retry_after, self.policy.max_retry_after)
         return float(self.backoff(retry_state))
 

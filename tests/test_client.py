@@ -112,7 +112,17 @@ def test_retry_after_variants() -> None:
             RateLimited,
             {"retry_after": 3.0, "code": "40318"},
         ),
-        (Fault("status", 503), ServerError, {"status": 503}),
+        (Fault("status", 503), ServerError, {"status": 503, "retry_after": None}),
+        (
+            Fault("status", 503, headers={"Retry-After": "40", "x-ratelimit-reset": "9"}),
+            ServerError,
+            {"retry_after": 40.0},
+        ),
+        (
+            Fault("status", 503, headers={"x-ratelimit-reset": "9"}),
+            ServerError,
+            {"retry_after": None},
+        ),
         (Fault("status", 503, raw=b"<html>busy</html>"), ServerError, {"status": 503}),
         (Fault("status", 500, raw=b"<html>oops</html>"), AmbiguousSendError, {"status": 500}),
         (

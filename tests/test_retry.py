@@ -279,3 +279,11 @@ async def test_a_read_answered_429_for_ever_ends_after_its_attempts(fake_sleep: 
     with pytest.raises(RateLimited):
         await fetch_with_retry(refused, POLICY, what="records", clock=fake_sleep)
     assert calls == POLICY.attempts
+
+
+async def test_a_503_s_retry_after_is_waited_out(fake_sleep: FakeClock) -> None:
+    """A 503 saying when to come back is tried again then, not after the backoff's jitter."""
+    c = script(ServerError("down", status=503, retry_after=40.0), None)
+    result = await send(c, fake_sleep)
+    assert result.receipt is not None
+    assert fake_sleep.calls == [40.0]
