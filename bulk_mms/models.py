@@ -87,9 +87,14 @@ class Rejection(enum.StrEnum):
         return self in (Rejection.INVALID, Rejection.ROW)
 
 
+#: The most characters of a rejected input row's text its value keeps (:class:`RejectedRow`).
+SHOWN_CHARS = 200
+
+
 @final  # see Recipient
 class RejectedRow(msgspec.Struct, frozen=True):
-    """An input row that will not be sent, and why."""
+    """An input row that will not be sent, and why: its value is the row's text, or its phone,
+    at most :data:`SHOWN_CHARS` characters of it."""
 
     line: int
     value: str

@@ -1,16 +1,18 @@
 """Stream recipient rows from CSV or JSONL (optionally gzip'd) without loading the file.
 
-The file is read as bytes, a block or a line at a time. An enormous line spoils only its own
-row: it becomes a :class:`RejectedRow`. Problems with the file as a whole raise
-:class:`InputError` naming the line: missing, unreadable, binary or UTF-16 (named as such, with
-how to save it as UTF-8), empty, no phone column, a column the header names twice, bytes that
-are not text in the job's encoding or that are UTF-8 under another encoding (with the encoding
-they look like: :mod:`bulk_mms.decoding`), a quoted field over lines that may be a quote left
-open, which would swallow the rows after it (each record over lines is judged by
-:mod:`bulk_mms.spans`), a file cut short (a compressed file that ends early, a quote still
-open at the end, a last line with no line end that has the wrong number of fields, is not
-JSON or ends inside a character; a whole last line needs no line end). A run reads the whole
-file once before it sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
+The file is read as bytes, a block or a line at a time (:mod:`bulk_mms.lines`), decoded
+(:mod:`bulk_mms.decoding`), then read as rows here. An enormous line spoils only its own row:
+it becomes a :class:`RejectedRow`, its value the line's first characters. Problems with the
+file as a whole raise :class:`InputError` naming the line: missing, unreadable, binary or
+UTF-16 (named as such, with how to save it as UTF-8), empty, no phone column, a column the
+header names twice, bytes that are not text in the job's encoding or that are UTF-8 under
+another encoding (with the encoding they look like: :mod:`bulk_mms.decoding`), lines that end
+in a carriage return alone, a quoted field over lines that may be a quote left open, which
+would swallow the rows after it (each record over lines is judged by :mod:`bulk_mms.spans`),
+a file cut short (a compressed file that ends early, a quote still open at the end, a last
+line with no line end that has the wrong number of fields, is not JSON or ends inside a
+character; a whole last line needs no line end). A run reads the whole file once before it
+sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
 """
@@ -40,10 +42,26 @@ import orjson
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
 from bulk_mms.decoding import LineDecoder, likely_encoding, whole_encoding
 from bulk_mms.errors import InputError
-from bulk_mms.models import RejectedRow
+from bulk_mms.lines import (
+    BLOCK_BYTES,
+    BOM,
+    CSV_LONE_CR,
+    CSV_LONE_CR_WHY,
+    JSONL_LONE_CR_WHY,
+    MAC_CSV,
+    MAC_JSONL,
+    MAX_LINE_BYTES,
+    TOO_LONG,
+    Lines,
+    LongLine,
+    old_mac_ends,
+)
+from bulk_mms.models import SHOWN_CHARS, RejectedRow
 from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
 
-# MAX_RECORD_LINES is bulk_mms.spans' bound, re-exported: callers read it from here.
+# BLOCK_BYTES and MAX_LINE_BYTES are bulk_mms.lines' sizes, MAX_RECORD_LINES bulk_mms.spans'
+# bound, re-exported: callers read them from here, and a reader reads its file with the sizes
+# found here when it opens it.
 __all__ = [
     "BLOCK_BYTES",
     "MAX_LINE_BYTES",
@@ -57,14 +75,6 @@ __all__ = [
     "open_input",
 ]
 
-#: A physical line longer than this is rejected instead of being read into memory whole. It
-#: is the csv module's default field limit (characters), left as it is (an interpreter-wide
-#: setting): a field on one line never reaches it, so a field that does runs over lines, and
-#: that stops the file (:meth:`RowReader._malformed`).
-MAX_LINE_BYTES = 1 << 17
-#: Once a CSV file is open, it is read and decoded this much at a time.
-BLOCK_BYTES = 1 << 18
-_BOM = b"\xef\xbb\xbf"
 #: The lines after a CSV header read ahead to learn how wide its writer pads rows
 #: (:meth:`RowReader._padding`).
 PAD_LINES = 50
@@ -76,22 +86,6 @@ _CsvReader = type(csv.reader([]))
 #: and the DOS end-of-file mark (Ctrl-Z) that old Windows tools leave after the last line.
 _NOTHING = " \t\r\n\x1a\xa0"
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-#: What the csv module says of a carriage return alone in a field not quoted.
-_LONE_CR = "new-line character seen in unquoted field"
-#: Why a JSONL line that is no JSON and holds a carriage return not at its end is rejected.
-_JSONL_CR = "a carriage return alone inside the line (two records on one line? an old Mac line end)"
-#: Why a JSONL file whose one line holds carriage returns alone is refused.
-_JSONL_CR_ENDS = (
-    "its lines end in a carriage return alone (an old Mac line end), not a line feed: save it "
-    "with line feeds (LF or CR LF) and run again"
-)
-#: Why a CSV file whose header ends in a carriage return alone is refused.
-_MAC_CSV = (
-    "the header ends in a carriage return alone (the line end of Excel for Mac's \"CSV "
-    '(Macintosh)"): save the file as "CSV UTF-8 (Comma delimited)" and run again'
-)
-#: Why an over-long line's row is rejected.
-_LONG = f"line is longer than {MAX_LINE_BYTES} bytes"
 #: What the csv module says of a field larger than its limit (``csv.field_size_limit``).
 _FIELD_LIMIT_SAID = "field larger than field limit"
 
@@ -199,14 +193,12 @@ class RowReader:
         "_file",
         "_first",
         "_known",
-        "_lineno",
         "_ours",
         "_pad",
-        "_quoted_long",
         "_raw",
         "_recent",
+        "_src",
         "_streaming",
-        "_unended",
         "columns",
         "complete",
         "format",
@@ -260,15 +252,15 @@ class RowReader:
         self.complete = bool(columns)
         self._file: IO[bytes] | None = None
         self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
-        # line number -> why the decoder refused it (CSV only): a reason its row is rejected
-        # for, or the error that stops the file
-        self._bad: dict[int, str | InputError] = {}
-        # over-long lines read a line at a time (_whole) that held a quote
-        self._quoted_long: set[int] = set()
+        # line number -> why its row is rejected (CSV only): an over-long line (its record is
+        # rejected for it), or the error that stops the file (the decoder's, or an over-long
+        # line's that holds a quote: _over_long)
+        self._bad: dict[int, LongLine | InputError] = {}
+        # the file's lines (set by open): how many are read so far (a read that fails, fails
+        # on the next one), and which one ends the file with no line end
+        self._src: Lines | None = None
         # lines read ahead while checking the file, handed out again before any new line
-        self._first: deque[tuple[int, bytes]] = deque()
-        # lines read so far: a read that fails, fails on the next one
-        self._lineno = 0
+        self._first: deque[tuple[int, bytes | LongLine]] = deque()
         # the batches of decoded lines the csv module reads from, each with how many lines
         # came before it: the one it reads and those before it that hold the last
         # MAX_RECORD_LINES lines, the text of a line it refuses (_said) or of a record over
@@ -276,8 +268,6 @@ class RowReader:
         self._recent: deque[tuple[int, Sequence[str]]] = deque()
         # set once the file is open: from then on, CSV lines are read a block at a time
         self._streaming = False
-        # the number of the file's last line when it has no line end (0 until one is read)
-        self._unended = 0
         self._csv: Iterator[list[str]] | None = None
         # the fields a CSV row may have, empty ones padding it past the header (set once the
         # header is read: :meth:`_padding`)
@@ -285,6 +275,12 @@ class RowReader:
         # a file of failed recipients bulk-mms wrote (report --failed-csv): its cells are
         # read as the values they were written from (csvfile.read_cell)
         self._ours = False
+
+    @property
+    def _lines(self) -> Lines:
+        """The file's lines, once it is open."""
+        assert self._src is not None
+        return self._src
 
     @property
     def encoding(self) -> str:
@@ -310,6 +306,8 @@ class RowReader:
         raw = open_input(self.path)
         self._raw = raw
         self._file = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if self.gzipped else raw
+        check = self._check_unchanged if self._expect is not None else None
+        self._src = Lines(self._file, check, limit=MAX_LINE_BYTES, block=BLOCK_BYTES)
         try:
             self.stamp = FileStamp.of(os.fstat(raw.fileno()))
             self._check_unchanged()
@@ -326,25 +324,17 @@ class RowReader:
         assert self._file is not None
         try:
             head = self._file.peek(4096) if hasattr(self._file, "peek") else b""
-            first = self._readline()
+            first = self._lines.readline()
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(self.path, f"cannot be read: {exc}") from None
         if first is None:
             raise InputError(self.path, "is empty")
-        if (refused := self.text.not_a_text_file(head or first[1])) is not None:
+        if (refused := self.text.not_a_text_file(head or _start(first[1]))) is not None:
             raise refused
-        if (
-            not first[1]
-            and b"\r" in head
-            and b"\n" not in head
-            and (self.format == "csv" or _json_object(head.split(b"\r")))
-        ):
-            # one over-long line whose start holds carriage returns alone: a file of many
-            # lines, each ended the old Mac way, not one line too long (JSONL: one whose first
-            # record ends at a carriage return; JSON may hold one between its values)
-            why = _MAC_CSV if self.format == "csv" else _JSONL_CR_ENDS
-            raise InputError(self.path, why, line=1)
-        if first[1].startswith(_BOM):
+        line = first[1]
+        if type(line) is LongLine and (mac := old_mac_ends(self.path, head, self.format)):
+            raise mac
+        if _start(line).startswith(BOM):
             self.text.marked_utf8()
         self._first.append(first)
         if self.format == "csv":
@@ -360,10 +350,11 @@ class RowReader:
         if self._expect is None or self._raw is None:
             return
         now = FileStamp.of(os.fstat(self._raw.fileno()))
-        if not self._lineno and now != self._expect:
+        lineno = self._lines.lineno
+        if not lineno and now != self._expect:
             what = "since it was checked before the run: nothing was sent"
         elif now != self.stamp:
-            what = f"while it was sent from, after line {self._lineno}: nothing more is sent"
+            what = f"while it was sent from, after line {lineno}: nothing more is sent"
         else:
             return
         raise InputError(
@@ -379,30 +370,13 @@ class RowReader:
                 f.close()
         self._file = self._raw = None
 
-    def _readline(self) -> tuple[int, bytes] | None:
-        """Next physical line as bytes with its number; an over-long line comes back empty."""
-        assert self._file is not None
-        f = self._file
-        line = f.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return None
-        line, quoted = _whole(line, f.readline)
-        if self._expect is not None:
-            self._check_unchanged()  # a line at a time (JSONL): each line, before it counts
-        self._lineno += 1
-        if quoted:
-            self._quoted_long.add(self._lineno)
-        if line and not line.endswith(b"\n"):
-            self._unended = self._lineno
-        return self._lineno, line
-
     def _peek_content(self) -> bool:
         """Read ahead to the next line with content, keeping what was read; False at end of
         file. A line of blanks, commas (a spreadsheet's row of empty cells) or a DOS end-of-file
-        mark has none; an over-long line (read back empty) has."""
+        mark has none; an over-long line has."""
         if any(_has_content(raw) for _, raw in self._first):
             return True
-        while (item := self._readline()) is not None:
+        while (item := self._lines.readline()) is not None:
             self._first.append(item)
             if _has_content(item[1]):
                 return True
@@ -415,14 +389,13 @@ class RowReader:
         becomes a blank one, its reason kept in ``_bad`` under its number. :data:`_END` follows
         the last line.
 
-        While the file is being opened, lines come one at a time through :meth:`_readline`
-        (the header checks read ahead with it, so the file must be where they left it), the
-        lines read ahead first. Once it is open, a block of :data:`BLOCK_BYTES` at a time
-        (:meth:`_blocks`): the hot path of a large file.
+        While the file is being opened, lines come one at a time (the header checks read
+        ahead, so the file must be where they left it), the lines read ahead first. Once it is
+        open, a block at a time (:meth:`_blocks`): the hot path of a large file.
         """
         first = self._first
         while first or not self._streaming:  # ``first`` can grow while this waits
-            item = first.popleft() if first else self._readline()
+            item = first.popleft() if first else self._lines.readline()
             if item is None:
                 break
             yield [self._decoded(*item)]
@@ -430,13 +403,13 @@ class RowReader:
             yield from self._blocks()
         yield _END
 
-    def _decoded(self, lineno: int, line: bytes) -> str:
+    def _decoded(self, lineno: int, line: bytes | LongLine) -> str:
         """One line as text, or a blank line with its reason in ``_bad``."""
-        if lineno == 1 and line.startswith(_BOM):
-            line = line[len(_BOM) :]
-        if not line:  # what _whole makes of an over-long line
-            return self._over_long(lineno, quoted=lineno in self._quoted_long)
-        text = self.text.line(lineno, line, last=lineno == self._unended)
+        if type(line) is LongLine:
+            return self._over_long(line)
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM) :]
+        text = self.text.line(lineno, line, last=lineno == self._lines.unended)
         if isinstance(text, InputError):
             # raised when the rows reach this line, so the rows before it come first
             self._bad[lineno] = text
@@ -446,99 +419,58 @@ class RowReader:
             return "\n"
         return text
 
-    def _over_long(self, lineno: int, *, quoted: bool) -> str:
+    def _over_long(self, line: LongLine) -> str:
         """What the csv module reads for an over-long line: a blank line, its reason kept in
         ``_bad``. A line without a quote opens or closes no quoted field, so its row alone is
         rejected (inside a quoted note, the blank keeps the note open, as the line did). One
-        holding a quote (``quoted``) stops the file when the rows reach it: whether that quote
-        opens a field, closes one or is text cannot be told without the line's text, which
-        is not kept, and a wrong guess reads a note's lines as rows (a row pasted into it,
-        texted) or swallows the rows after it."""
+        holding a quote stops the file when the rows reach it: whether that quote opens a
+        field, closes one or is text cannot be told without the line's text, which is not
+        kept, and a wrong guess reads a note's lines as rows (a row pasted into it, texted) or
+        swallows the rows after it."""
+        lineno = line.lineno
         self._bad[lineno] = (
             InputError(
                 self.path,
-                f"line {lineno} is longer than {MAX_LINE_BYTES} bytes and holds a quote: which "
-                "of the lines after it are rows cannot be told; shorten that line, and run again",
+                f"line {lineno} is longer than {self._lines.limit} bytes and holds a quote: "
+                "which of the lines after it are rows cannot be told; shorten that line, and run "
+                "again",
                 line=lineno,
             )
-            if quoted
-            else _LONG
+            if line.quoted
+            else line
         )
         return "\n"
 
     def _blocks(self) -> Iterator[list[str]]:
-        """The rest of the file's lines, read a block at a time (a line that spans blocks is
-        carried over whole). A line longer than :data:`MAX_LINE_BYTES` is never held: once it
-        is known to be too long, its rest is read and dropped, whether it holds a quote noted
-        (:meth:`_over_long`).
-
-        A block is at most :data:`BLOCK_BYTES`, as one read gives it (``read1``): a compressed
-        file that ends early gives every line before the cut, then the error, so the error
-        names the line the data stops in."""
-        assert self._file is not None
-        # a buffered file (open_input) or a GzipFile: both have read1
-        read, size = cast(io.BufferedIOBase, self._file).read1, BLOCK_BYTES
-        carry, dropping, quoted = b"", False, False
-        while block := read(size):
-            self._check_unchanged()
-            end = block.rfind(b"\n") + 1
-            if dropping:  # the rest of an over-long line
-                head = block.find(b"\n") + 1
-                quoted = quoted or b'"' in block[: head or len(block)]
-                if not head:
-                    continue
-                self._lineno += 1
-                yield [self._over_long(self._lineno, quoted=quoted)]
-                block, end, dropping = block[head:], end - head, False
-            if not end:
-                carry += block
-                if _too_long(carry):
-                    carry, dropping, quoted = b"", True, b'"' in carry
-                continue
-            data, carry = carry + block[:end], block[end:]
-            if data:
-                yield self._lines_of(data)
-        if dropping:  # an over-long last line, with no newline
-            self._lineno += 1
-            yield [self._over_long(self._lineno, quoted=quoted)]
-        if carry:  # the last line, with no newline
-            self._unended = self._lineno + 1
-            yield self._lines_of(carry)
-
-    def _lines_of(self, data: bytes) -> list[str]:
-        """``data``'s lines (whole lines, each with its newline but maybe the file's last),
-        decoded and numbered on from ``_lineno``: in one call when the block can hold no
-        over-long line, decodes as a whole (:meth:`LineDecoder.block
-        <bulk_mms.decoding.LineDecoder.block>`) and holds no quote after a backslash
-        (:func:`_escaped_quotes`), else one line at a time (:meth:`_decoded`)."""
-        if (
-            len(data) <= MAX_LINE_BYTES
-            and (text := self.text.block(data)) is not None
-            and '\\"' not in text
-        ):
-            lines = io.StringIO(text, newline="\n").readlines()
-            self._lineno += len(lines)
-            return lines
-        out = []
-        for line in io.BytesIO(data).readlines():
-            self._lineno += 1
-            if _too_long(line):
-                out.append(self._over_long(self._lineno, quoted=b'"' in line))
+        """The rest of the file's lines as text, a block of them at a time (:meth:`Lines.blocks
+        <bulk_mms.lines.Lines.blocks>`): an over-long line as :meth:`_over_long`'s blank."""
+        for lineno, lines in self._lines.blocks():
+            if type(lines) is LongLine:
+                yield [self._over_long(lines)]
             else:
-                out.append(self._decoded(self._lineno, line))
-        return out
+                yield self._lines_of(lineno, lines)
+
+    def _lines_of(self, lineno: int, data: bytes) -> list[str]:
+        """``data``'s lines (whole lines, each with its line feed but maybe the file's last,
+        the first numbered ``lineno``), decoded: in one call when the block decodes as a whole
+        (:meth:`LineDecoder.block <bulk_mms.decoding.LineDecoder.block>`) and holds no quote
+        after a backslash (:func:`_escaped_quotes`), else one line at a time
+        (:meth:`_decoded`)."""
+        if (text := self.text.block(data)) is not None and '\\"' not in text:
+            return io.StringIO(text, newline="\n").readlines()
+        return [self._decoded(n, line) for n, line in enumerate(io.BytesIO(data), lineno)]
 
     def _open_csv(self) -> None:
         self._csv = csv.reader(chain.from_iterable(self._kept(self._text_lines())), strict=False)
         try:
             header = next(self._csv, None)
         except csv.Error as exc:
-            if _LONE_CR in str(exc):
-                raise InputError(self.path, _MAC_CSV, line=1) from None
+            if CSV_LONE_CR in str(exc):
+                raise InputError(self.path, MAC_CSV, line=1) from None
             raise InputError(self.path, f"bad CSV header: {exc}", line=1) from None
-        if self._bad and (bad := self._refused(1, self._csv.line_num)) is not None:
-            raise InputError(self.path, f"bad header: {bad}", line=1)
-        if self._csv.line_num > self._lineno:  # a quote open to the end (it ran into _END)
+        if self._bad and self._refused(1, self._csv.line_num) is not None:
+            raise InputError(self.path, f"bad header: {TOO_LONG}", line=1)
+        if self._csv.line_num > self._lines.lineno:  # a quote open to the end (ran into _END)
             raise cut_off(self.path, 1)
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
@@ -561,10 +493,14 @@ class RowReader:
         header's. A writer pads every row alike (a spreadsheet its range, another tool a comma
         at the end of each line); a comma not quoted in a field makes one row wider than the
         others, whose empty last cell is no padding."""
-        while len(self._first) < PAD_LINES and (item := self._readline()) is not None:
+        while len(self._first) < PAD_LINES and (item := self._lines.readline()) is not None:
             self._first.append(item)
         whole = len(self._first) < PAD_LINES  # read to the file's end: no record cut short
-        lines = [raw.decode(self.encoding, "replace") for _, raw in self._first]
+        # an over-long line is read as the csv module reads it in the rows: a blank one
+        lines = [
+            raw.decode(self.encoding, "replace") if type(raw) is bytes else ""
+            for _, raw in self._first
+        ]
         reader = csv.reader(lines, strict=False)
         widths: list[int] = []
         while True:
@@ -640,8 +576,8 @@ class RowReader:
                         start, last = last + 1, reader.line_num
                         if last != start:  # a quoted field with line breaks: a real one?
                             self._check_span(spans, rec, start, last)
-                        if bad and (reason := self._refused(start, last)) is not None:
-                            yield RejectedRow(start, "", reason)
+                        if bad and (long := self._refused(start, last)) is not None:
+                            yield RejectedRow(start, long.shown(self.encoding), TOO_LONG)
                             continue
                         size = len(rec)
                         if size == width and whole and rec[0].strip():
@@ -666,26 +602,26 @@ class RowReader:
         Raises:
             InputError: at line ``start``.
         """
+        read = self._lines
         try:
-            spans.check(rec, start, last, self._lineno)
+            spans.check(rec, start, last, read.lineno)
         except InputError:
-            long = next((n for n in range(start, last + 1) if self._bad.get(n) == _LONG), None)
-            self._refused(start, last)  # a line in it that stops the file does
+            long = self._refused(start, last)  # a line in it that stops the file does
             if long is None:
                 raise
             raise InputError(
                 self.path,
-                f"line {long} is longer than {MAX_LINE_BYTES} bytes, in a quoted field that runs "
-                f"to line {min(last, self._lineno)}: which of its lines are the field's and which "
-                "are rows cannot be told; shorten that line, and run again",
+                f"line {long.lineno} is longer than {read.limit} bytes, in a quoted field that "
+                f"runs to line {min(last, read.lineno)}: which of its lines are the field's and "
+                "which are rows cannot be told; shorten that line, and run again",
                 line=start,
             ) from None
 
-    def _refused(self, start: int, last: int) -> str | None:
-        """Why the record of lines ``start`` to ``last`` is rejected: the reason of the first
-        of its lines the decoder refused (``_bad``), None when it refused none; each of its
-        lines' reasons is dropped, read. A line among them whose reason stops the file stops
-        it, wherever it is among them (an over-long line holding a quote after one without:
+    def _refused(self, start: int, last: int) -> LongLine | None:
+        """The first over-long line of the record of lines ``start`` to ``last``, which it is
+        rejected for (``_bad``), None when it holds none; each of its lines' reasons is
+        dropped, read. A line among them whose reason stops the file stops it, wherever it is
+        among them (an over-long line holding a quote after one without:
         :meth:`_over_long`).
 
         Raises:
@@ -695,15 +631,16 @@ class RowReader:
         for reason in reasons:
             if isinstance(reason, InputError):
                 raise reason
-        return cast(str, reasons[0]) if reasons else None
+        return cast(LongLine, reasons[0]) if reasons else None
 
     def _malformed(self, exc: csv.Error, start: int, last: int) -> RejectedRow:
         """The row of lines ``start`` to ``last`` the csv module refused, rejected.
 
         Raises:
             InputError: a field grew past the csv module's field limit (only one over lines
-                can, :data:`MAX_LINE_BYTES`: a quote left open over thousands of rows): the
-                csv module would read on from the next line as if the field had closed.
+                can, :data:`~bulk_mms.lines.MAX_LINE_BYTES`: a quote left open over thousands
+                of rows): the csv module would read on from the next line as if the field had
+                closed.
         """
         self._refused(start, last)  # a line in it that stops the file does; the rest go
         if _FIELD_LIMIT_SAID in str(exc):
@@ -739,7 +676,7 @@ class RowReader:
     def _said(self, line: int) -> str:
         """The text of the csv module's ``line`` (its count), as a rejected row's value: a
         carriage return in it written ``\\r``, shown, never sent to a terminal."""
-        return self._line(line).rstrip("\r\n").replace("\r", "\\r")[:200]
+        return self._line(line).rstrip("\r\n").replace("\r", "\\r")[:SHOWN_CHARS]
 
     def _unusual(
         self,
@@ -766,7 +703,7 @@ class RowReader:
             # header (``Smith, Bo,+1 home,+1 mobile,``: the home number under the mobile's)
             return RejectedRow(
                 start,
-                ",".join(rec)[:200],
+                ",".join(rec)[:SHOWN_CHARS],
                 f"row has {len(rec)} fields, header has {width} (rows near the top have "
                 f"{self._pad}, its extra ones are empty): a comma in a field not in quotes? "
                 "(or a cell typed to the right of the table, which some spreadsheets pad "
@@ -774,7 +711,7 @@ class RowReader:
             )
         rec = unpadded(rec, width)
         size = len(rec)
-        if size != width and last == self._unended:
+        if size != width and last == self._lines.unended:
             raise InputError(
                 self.path,
                 f"its last line has {size} field{'s' if size != 1 else ''} where the header "
@@ -783,7 +720,7 @@ class RowReader:
             )
         if size > width:
             return RejectedRow(
-                start, ",".join(rec)[:200], f"row has {size} fields, header has {width}"
+                start, ",".join(rec)[:SHOWN_CHARS], f"row has {size} fields, header has {width}"
             )
         return self._short_row(rec, start, wanted, index)
 
@@ -800,7 +737,7 @@ class RowReader:
         fields: dict[str, str] = {}
         for name, i in wanted:
             if i is None or i >= size:
-                return RejectedRow(start, ",".join(rec)[:200], f"missing column {name!r}")
+                return RejectedRow(start, ",".join(rec)[:SHOWN_CHARS], f"missing column {name!r}")
             fields[name] = rec[i]
         if self.keep_all:
             for name, i in index.items():
@@ -810,17 +747,19 @@ class RowReader:
 
     # -- JSONL ---------------------------------------------------------------------------
 
-    def _parse_json(self, lineno: int, raw: bytes) -> dict[str, object] | RejectedRow | None:
+    def _parse_json(
+        self, lineno: int, raw: bytes | LongLine
+    ) -> dict[str, object] | RejectedRow | None:
         """One JSONL line's object (None for a blank line), or the reason it is rejected. A
         UTF-8 byte order mark in front of any line is no part of it: exports joined into one
         file (``cat a.jsonl b.jsonl``) keep each one's."""
-        if not raw:
-            return RejectedRow(lineno, "", _LONG)
-        if raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
+        if type(raw) is LongLine:
+            return RejectedRow(lineno, raw.shown(self.encoding), TOO_LONG)
+        if raw.startswith(BOM):
+            raw = raw[len(BOM) :]
         if not raw.strip():
             return None
-        last = lineno == self._unended
+        last = lineno == self._lines.unended
         try:
             obj = orjson.loads(self.text.json_text(lineno, raw, last=last))
         except orjson.JSONDecodeError as exc:
@@ -828,7 +767,7 @@ class RowReader:
                 raise self.text.not_text(lineno, raw, last=last) from None
             lone_cr = b"\r" in raw.rstrip(b"\r\n")  # JSON's own whitespace: no error alone
             if lone_cr and lineno == 1 and not raw.endswith(b"\n"):
-                raise InputError(self.path, _JSONL_CR_ENDS, line=lineno) from None
+                raise InputError(self.path, MAC_JSONL, line=lineno) from None
             if not raw.endswith(b"\n"):  # only the file's last line can end without one
                 raise InputError(
                     self.path,
@@ -836,18 +775,18 @@ class RowReader:
                     line=lineno,
                 ) from None
             # a carriage return shown as \r, never sent to a terminal (as a CSV row's, _said)
-            value = raw[:200].decode("utf-8", "replace").strip().replace("\r", "\\r")
-            why = _JSONL_CR if lone_cr else str(exc)
+            value = raw[:SHOWN_CHARS].decode("utf-8", "replace").strip().replace("\r", "\\r")
+            why = JSONL_LONE_CR_WHY if lone_cr else str(exc)
             return RejectedRow(lineno, value, f"malformed JSON: {why}")
         if not isinstance(obj, dict):
             return RejectedRow(
-                lineno, raw[:200].decode("utf-8", "replace").strip(), "not an object"
+                lineno, raw[:SHOWN_CHARS].decode("utf-8", "replace").strip(), "not an object"
             )
         # orjson keeps the last of two values of a key: which one to send would be a guess
         if (twice := _repeated_key(raw, obj, self.encoding)) is not None:
             return RejectedRow(
                 lineno,
-                _cell(obj.get(self.phone))[:200],
+                _cell(obj.get(self.phone))[:SHOWN_CHARS],
                 f"the record gives the field {twice!r} twice: remove one",
             )
         return obj
@@ -867,7 +806,7 @@ class RowReader:
                     if self.phone in rec:
                         return
             checked = len(self._first)
-            item = self._readline() if checked < 1000 else None
+            item = self._lines.readline() if checked < 1000 else None
             if item is None:
                 if first:
                     which = "no record" if checked < 1000 else f"none of its first {checked} lines"
@@ -877,7 +816,7 @@ class RowReader:
                         f"{', '.join(self.columns)}); set phone_column in the job",
                         line=first,
                     )
-                if not any(raw.strip() or not raw for _, raw in self._first):
+                if not any(type(raw) is LongLine or raw.strip() for _, raw in self._first):
                     raise InputError(self.path, "has no records (only blank lines)")
                 return  # nothing parses near the top: the rows are rejected one by one
             self._first.append(item)
@@ -892,7 +831,7 @@ class RowReader:
         """:meth:`__iter__` of a JSONL file: the lines read ahead while opening first."""
         wanted, first = (self.phone, *self.keep), self._first
         with self._reading():
-            while (item := first.popleft() if first else self._readline()) is not None:
+            while (item := first.popleft() if first else self._lines.readline()) is not None:
                 lineno, raw = item
                 rec = self._parse_json(lineno, raw)
                 if rec is None:
@@ -905,7 +844,7 @@ class RowReader:
                 row = self._json_row(lineno, rec, wanted)
                 # a number that is not an integer, read as Python's float: read it as written
                 if type(row) is Row and float in map(type, map(rec.get, row.fields)):
-                    written = _as_written(raw, self.encoding)
+                    written = _as_written(cast(bytes, raw), self.encoding)  # parsed: bytes
                     row = row if written is None else self._json_row(lineno, written, wanted)
                 yield row
         self.complete = True
@@ -932,7 +871,7 @@ class RowReader:
             else:
                 fields[name] = _cell(value)
                 continue
-            return RejectedRow(lineno, _cell(rec.get(self.phone))[:200], why)
+            return RejectedRow(lineno, _cell(rec.get(self.phone))[:SHOWN_CHARS], why)
         if self.keep_all:
             for name in self.columns:
                 if name not in fields:
@@ -963,11 +902,12 @@ class RowReader:
             raise utf8
 
     def _read_failed(self, exc: EOFError | OSError) -> InputError:
-        """The error for a read that failed after line :attr:`_lineno`: a compressed file that
-        ends early (``EOFError``) is cut off there; anything else, a read failure."""
+        """The error for a read that failed after the lines read: a compressed file that ends
+        early (``EOFError``) is cut off there; anything else, a read failure."""
+        at = self._lines.lineno + 1
         if isinstance(exc, EOFError):
-            return InputError(self.path, f"ends early: {exc}: {CUT_OFF}", line=self._lineno + 1)
-        return InputError(self.path, f"read failed: {exc}", line=self._lineno + 1)
+            return InputError(self.path, f"ends early: {exc}: {CUT_OFF}", line=at)
+        return InputError(self.path, f"read failed: {exc}", line=at)
 
 
 def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[str, str]]:
@@ -996,38 +936,7 @@ def _picker(columns: Sequence[tuple[str, int]]) -> Callable[[list[str]], dict[st
 def _malformed(exc: csv.Error) -> str:
     """Why the csv module refused a row, in words where its own are Python's."""
     why = str(exc)
-    if _LONE_CR in why:
-        why = "a carriage return alone inside the row (two rows on one line? an old Mac line end)"
-    return f"malformed CSV: {why}"
-
-
-def _too_long(line: bytes) -> bool:
-    """Whether a line (with its newline, if it has one) holds more than MAX_LINE_BYTES."""
-    return len(line) - line.endswith(b"\n") > MAX_LINE_BYTES
-
-
-def _whole(line: bytes, readline: Callable[[int], bytes]) -> tuple[bytes, bool]:
-    """A line as read (``MAX_LINE_BYTES + 1`` at most), or ``b""`` for one longer than that,
-    whose rest is then read and dropped, never kept; with whether what was dropped held a
-    quote."""
-    quoted = False
-    if _too_long(line):
-        while line and not line.endswith(b"\n"):
-            quoted = quoted or b'"' in line
-            line = readline(MAX_LINE_BYTES)
-        return b"", quoted or b'"' in line
-    return line, False
-
-
-def _json_object(parts: list[bytes]) -> bool:
-    """Whether the first of ``parts`` (a JSONL file's start, split at its carriage returns)
-    that holds more than blanks is a JSON object: a record ended there. Bytes that are not
-    UTF-8 (text in strings, in another encoding) are read as any character."""
-    first = next((part for part in parts if part.strip()), b"")
-    try:
-        return isinstance(orjson.loads(first.removeprefix(_BOM).decode("utf-8", "replace")), dict)
-    except orjson.JSONDecodeError:
-        return False
+    return f"malformed CSV: {CSV_LONE_CR_WHY if CSV_LONE_CR in why else why}"
 
 
 def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:
@@ -1091,10 +1000,15 @@ def _cell(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _has_content(raw: bytes) -> bool:
+def _has_content(raw: bytes | LongLine) -> bool:
     """Whether a raw line holds a value: more than blanks, commas and a DOS end-of-file mark,
-    or an over-long line (read back empty)."""
-    return not raw or bool(raw.strip(b" \t\r\n,\x1a"))
+    or an over-long line."""
+    return type(raw) is LongLine or bool(raw.strip(b" \t\r\n,\x1a"))
+
+
+def _start(raw: bytes | LongLine) -> bytes:
+    """A raw line's bytes, or an over-long one's first bytes."""
+    return raw.head if type(raw) is LongLine else raw
 
 
 #: Why a CSV file whose quotes are escaped with a backslash is refused (:func:`_escaped_quotes`).

@@ -135,6 +135,44 @@ def test_overlong_lines_spoil_only_their_row(tmp_path: Path) -> None:
     assert rows[2] == Row(4, {"phone": "+12125550101"})
 
 
+@pytest.mark.parametrize("before", [1, 80], ids=["read-ahead", "streamed"])
+@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz", "a.jsonl"])
+def test_an_overlong_line_s_rejected_row_shows_its_first_characters_marked_cut(
+    tmp_path: Path, name: str, before: int
+) -> None:
+    """An over-long line's rejected row keeps its first 200 characters (a carriage return
+    written \\r) and ``…``, the same read ahead or streamed, gzip'd or not, in CSV and
+    JSONL: enough to find the row by, never the whole line."""
+    if name.endswith(".jsonl"):
+        good = [b'{"phone": "+1212555%04d"}' % i for i in range(before)]
+        long = '{"phone": "+13125550100", "note": "Jos\u00e9\r ' + "é" * MAX_LINE_BYTES + '"}'
+        data = b"\n".join([*good, long.encode(), b'{"phone": "+13125550101"}', b""])
+        wanted = long[:200].replace("\r", "\\r") + "…"
+    else:
+        good = [b"+1212555%04d,x" % i for i in range(before)]
+        long = "+13125550100,José\r" + "é" * MAX_LINE_BYTES
+        data = b"\n".join([b"phone,note", *good, long.encode(), b"+13125550101,y", b""])
+        wanted = long[:200].replace("\r", "\\r") + "…"
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    rows = read(p)
+    rejected = [r for r in rows if isinstance(r, RejectedRow)]
+    assert rejected == [
+        RejectedRow(before + 1 + (not name.endswith(".jsonl")), wanted, rejected[0].reason)
+    ]
+    assert "longer than" in rejected[0].reason
+    assert len([r for r in rows if isinstance(r, Row)]) == before + 1
+
+
+def test_an_overlong_csv_header_is_a_bad_header_naming_line_1(tmp_path: Path) -> None:
+    """A CSV header over the longest line held stops the file: a bad header, too long."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"phone," + b"n" * MAX_LINE_BYTES + b"\n+12125550100,x\n")
+    with pytest.raises(InputError, match="bad header: line is longer than") as err:
+        read(p)
+    assert err.value.line == 1
+
+
 @pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
 def test_a_cp1252_file_read_as_utf8_stops_naming_line_and_encoding(
     tmp_path: Path, name: str
