@@ -31,8 +31,11 @@ from bulk_mms.models import SHOWN_CHARS
 #: field on one line never reaches it, so a field that does runs over lines, and that stops
 #: the file (the reader's ``_malformed``).
 MAX_LINE_BYTES: Final = 1 << 17
-#: Once a file is open, it is read this much at a time (:meth:`Lines.blocks`).
-BLOCK_BYTES: Final = 1 << 18
+#: Once a file is open, it is read this much at a time (:meth:`Lines.blocks`): half
+#: :data:`MAX_LINE_BYTES`, so that a block with the start of a line carried over from the one
+#: before is at most that, mostly, and is given whole, without a look at each of its lines'
+#: lengths.
+BLOCK_BYTES: Final = MAX_LINE_BYTES // 2
 #: The UTF-8 byte order mark.
 BOM: Final = b"\xef\xbb\xbf"
 #: The first bytes of an over-long line kept (:attr:`LongLine.head`): :data:`SHOWN_CHARS`
