@@ -49,10 +49,13 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
 from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
+from bulk_mms.pacing import Pacer, max_cost
+from bulk_mms.policy import PolicyClient
 from bulk_mms.prepare import (
     check_resumable,
     disposition,
     header_for,
+    pacing_config,
     plan,
     remade_from,
     retired_senders,
@@ -71,7 +74,7 @@ from bulk_mms.scan import (
     scan_input,
 )
 from bulk_mms.sending import GroupSender
-from bulk_mms.settle import SETTLED_SLACK_S, Verdict
+from bulk_mms.settle import SETTLED_SLACK_S, Settler, Verdict
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import AFTER_DEADLINE, JobSummary, percentile
@@ -124,7 +127,7 @@ class Runner:
         job: JobConfig,
         settings: Settings,
         client: MmsClient,
-        recorder: Recorder,
+        sender: GroupSender,
         *,
         clock: Clock,
         stop: Stop,
@@ -132,7 +135,6 @@ class Runner:
         limit: int | None = None,
         scan: InputScan | None = None,
         excluded: Container[int] = (),
-        suppressed: Suppressed | None = None,
     ) -> None:
         self.job = job
         #: The scan of the whole input before this run (where each group_by key ends).
@@ -141,7 +143,8 @@ class Runner:
         self.excluded = excluded
         self.settings = settings
         self.client = client
-        self.recorder = recorder
+        self.sender = sender
+        self.recorder = recorder = sender.recorder
         self.view = recorder.view
         self.summary = recorder.summary
         self.clock = clock
@@ -157,16 +160,6 @@ class Runner:
         self.room = asyncio.Semaphore(settings.concurrency * QUEUE_DEPTH_PER_WORKER)
         self._seq = itertools.count()
         self.in_flight = 0
-        self.sender = GroupSender(
-            job,
-            settings,
-            client,
-            recorder,
-            clock=clock,
-            stop=stop,
-            limits=run_limits(job, settings, recorder.view, clock),
-            suppressed=suppressed,
-        )
         self.store = recorder.store
         #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`), through the
         #: recorder's coordinator (the one its attempts are fenced by).
@@ -859,18 +852,68 @@ async def run_job(
     clock = clock or SystemClock(stop)
     if is_database(job.where) and isinstance(clock, SystemClock):
         await keep_database_time(clock, str(job.where))  # before the window's check
-    if (stopped := window_stop(job, clock)) is not None:
-        log.warning(
-            "job.outside_window",
-            send_window=str(job.send_window),
-            timezone=job.timezone,
-            local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
-            opens_after_deadline=stopped == AFTER_DEADLINE,
-        )
-        return JobSummary(job.name, stopped=stopped)
+    if (closed := _outside_window(job, clock)) is not None:
+        return closed
     suppressed = suppression_for(settings.suppression_file, job.where)
+    if (scan := await _scan(job, suppressed, excluded, rejected_csv, stop)) is None:
+        return JobSummary(job.name, stopped=stop.reason)
+    with open_reader(job, keep_all=True, expect=scan.stamp, columns=scan.columns) as reader:
+        store = open_store(job.where, "run")
+        coordinator = coordinator_for(store, settings.lease_s)
+        sender: GroupSender | None = None
+        try:
+            view = await _begin(store, job, scan, reader.columns, clock)
+            # off the loop too: a look at every member of a long ledger
+            scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
+            recorder = _recorder(
+                job, settings, store, view, coordinator=coordinator, scan=scan, clock=clock
+            )
+            sender = build_sender(
+                job, settings, client, recorder, clock=clock, stop=stop, suppressed=suppressed
+            )
+            runner = Runner(
+                job, settings, client, sender, clock=clock, stop=stop, limit=limit,
+                resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
+            )  # fmt: skip
+            runner.log_start(store.name)
+            await _run_to_end(runner, reader, progress)
+            await _drain(store, sender, stop)
+        finally:
+            await _let_go(sender, store, coordinator, stop)
+    return runner.finish()
+
+
+def _outside_window(job: JobConfig, clock: Clock) -> JobSummary | None:
+    """The summary of a run that sends nothing because the job's ``send_window`` is closed
+    now (or opens only after its deadline), said once; None when it is open."""
+    if (stopped := window_stop(job, clock)) is None:
+        return None
+    log.warning(
+        "job.outside_window",
+        send_window=str(job.send_window),
+        timezone=job.timezone,
+        local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
+        opens_after_deadline=stopped == AFTER_DEADLINE,
+    )
+    return JobSummary(job.name, stopped=stopped)
+
+
+async def _scan(
+    job: JobConfig,
+    suppressed: Suppressed,
+    excluded: Container[int],
+    rejected_csv: Path | None,
+    stop: Stop,
+) -> InputScan | None:
+    """Scan the whole input (:func:`~bulk_mms.scan.scan_input`) in a worker thread, so a signal
+    during a long scan is heard at once; None when a stop came meanwhile.
+
+    Raises:
+        InputError, ConfigError: the input cannot be used, or loses more than
+            ``max_rejected_share`` of its rows.
+    """
     log.info("input.scan_started", input=str(job.input))
-    try:  # in a worker thread: a signal during a long scan is heard at once
+    try:
         scan = await asyncio.to_thread(
             scan_input,
             job,
@@ -881,57 +924,153 @@ async def run_job(
         )
     except ScanStopped:
         log.warning("job.stopped_while_scanning", reason=stop.reason)
-        return JobSummary(job.name, stopped=stop.reason)
+        return None
     check_rejected_share(scan, job, rejected_csv)
-    with open_reader(job, keep_all=True, expect=scan.stamp, columns=scan.columns) as reader:
-        store = open_store(job.where, "run")
-        coordinator = coordinator_for(store, settings.lease_s)
-        runner: Runner | None = None
-        try:
-            header = header_for(job, scan.fingerprint, clock)
-            # off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is heard
-            view = await asyncio.to_thread(
-                _resume, store, header, reader.columns, job.phone_column, scan
-            )
-            started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
-            await asyncio.to_thread(store.append_now, started)
-            view.apply(started)
-            # off the loop too: a look at every member of a long ledger
-            scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
-            recorder = Recorder(
-                store,
-                view,
-                JobSummary(job.name),
-                clock,
-                coordinator=coordinator,
-                policy=settings.error_policy,
-            )
-            recorder.summary.input = scan
-            planned_by_scan(recorder, scan)
-            runner = Runner(
-                job, settings, client, recorder, clock=clock, stop=stop, limit=limit,
-                resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
-                suppressed=suppressed,
-            )  # fmt: skip
-            runner.log_start(store.name)
-            async with _showing(runner, progress, job):
-                async with runner.keeping_claims():
-                    await runner.run(reader)
-                    await runner.settle()
-                await runner.watch_blocked()
-            try:
-                await _bounded(store.drain(), stop)
-            except TimeoutError:
-                runner.sender.fail_ledger(_undrained(store, stop))
-            except LedgerError as exc:
-                runner.sender.fail_ledger(exc)
-        finally:
-            if runner is not None:
-                await runner.sender.close()
-            await _close(store, stop)  # its events durable (or given up) before its claims go
-            await _release(coordinator, stop)
-            await coordinator.close()
-    return runner.finish()
+    return scan
+
+
+async def _begin(
+    store: LedgerStore,
+    job: JobConfig,
+    scan: InputScan,
+    columns: tuple[str, ...] | list[str],
+    clock: Clock,
+) -> LedgerView:
+    """The ledger's view as this run begins: folded (:func:`_resume`), and this run's start
+    written to it. Off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is
+    heard."""
+    header = header_for(job, scan.fingerprint, clock)
+    view = await asyncio.to_thread(_resume, store, header, columns, job.phone_column, scan)
+    started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
+    await asyncio.to_thread(store.append_now, started)
+    view.apply(started)
+    return view
+
+
+def _recorder(
+    job: JobConfig,
+    settings: Settings,
+    store: LedgerStore,
+    view: LedgerView,
+    *,
+    coordinator: Coordinator,
+    scan: InputScan,
+    clock: Clock,
+) -> Recorder:
+    """The run's recorder, its summary starting from the input as ``scan`` found it
+    (:func:`planned_by_scan`)."""
+    recorder = Recorder(
+        store,
+        view,
+        JobSummary(job.name),
+        clock,
+        coordinator=coordinator,
+        policy=settings.error_policy,
+    )
+    recorder.summary.input = scan
+    planned_by_scan(recorder, scan)
+    # a move the shared ledger did not write (MAX_RESENDS, by any process) leaves the view
+    store.on_kept_back(view.kept_back)
+    return recorder
+
+
+def build_sender(
+    job: JobConfig,
+    settings: Settings,
+    client: MmsClient,
+    recorder: Recorder,
+    *,
+    clock: Clock,
+    stop: Stop,
+    suppressed: Suppressed,
+) -> GroupSender:
+    """The run's :class:`~bulk_mms.sending.GroupSender`: every send through the error policy
+    (:class:`~bulk_mms.policy.PolicyClient`), paced by :func:`_pacer`, its doubts looked up by
+    a :class:`~bulk_mms.settle.Settler` on ``client``, under the run's caps
+    (:func:`~bulk_mms.caps.run_limits`). A commit that fails, even of an event nobody waits
+    for (a send's outcome), stops the job at once: every wait (a 429's, a pause) ends instead
+    of running its course.
+
+    Raises:
+        ConfigError, LedgerError: as :func:`~bulk_mms.caps.run_limits` does (before the
+            account budget is taken).
+    """
+    limits = run_limits(job, settings, recorder.view, clock)
+    sender = GroupSender(
+        job,
+        settings,
+        PolicyClient(client, settings.error_policy, clock, settings.daily_reset),
+        recorder,
+        clock=clock,
+        stop=stop,
+        pacer=_pacer(job, settings, recorder, clock, stop),
+        settler=Settler(
+            client, settings.records_lag_s, settings.request_timeout, clock, retry=settings.retry
+        ),
+        suppressed=suppressed,
+        limits=limits,
+    )
+    recorder.store.on_failure(sender.fail_ledger)
+    return sender
+
+
+def _pacer(
+    job: JobConfig, settings: Settings, recorder: Recorder, clock: Clock, stop: Stop
+) -> Pacer:
+    """The run's pacer over the job's senders, behind the account budget the processes
+    sharing the job share (the coordinator's; else its own), telling the recorder as its pace
+    changes; the senders refused in an earlier run of the job are out of its pool."""
+    pacing = pacing_config(settings)
+    pacer = Pacer(
+        pacing,
+        job.message.senders,
+        clock=clock,
+        stopped=stop.is_set,
+        budget=recorder.coordinator.account_budget(
+            settings.account,
+            settings.rate,
+            clock,
+            max_cost=max_cost(pacing),
+            stopped=stop.is_set,
+        ),
+    )
+    pacer.on_change = functools.partial(recorder.paced, pacing.cost)
+    for sender in sorted(recorder.view.retired):
+        pacer.retire(sender)
+    return pacer
+
+
+async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | None) -> None:
+    """Send, settle what is in doubt and watch a blocked sender's groups, keeping this
+    process's claims meanwhile and showing progress throughout."""
+    async with _showing(runner, progress):
+        async with runner.keeping_claims():
+            await runner.run(reader)
+            await runner.settle()
+        await runner.watch_blocked()
+
+
+async def _drain(store: LedgerStore, sender: GroupSender, stop: Stop) -> None:
+    """Wait (:func:`_bounded`) for the run's last events to be durable; a ledger that fails
+    or takes too long stops the job as a failure during the run would."""
+    try:
+        await _bounded(store.drain(), stop)
+    except TimeoutError:
+        sender.fail_ledger(_undrained(store, stop))
+    except LedgerError as exc:
+        sender.fail_ledger(exc)
+
+
+async def _let_go(
+    sender: GroupSender | None, store: LedgerStore, coordinator: Coordinator, stop: Stop
+) -> None:
+    """Let go of what the run held: the sender's budget and caps, then the store (its events
+    durable, or given up, before its claims go), then the claims."""
+    if sender is not None:
+        await sender.close()
+    await _close(store, stop)
+    await _release(coordinator, stop)
+    await coordinator.close()
 
 
 def planned_by_scan(recorder: Recorder, scan: InputScan) -> None:
@@ -1032,9 +1171,7 @@ def _resume(
 
 
 @contextlib.asynccontextmanager
-async def _showing(
-    runner: Runner, progress: Progress | None, job: JobConfig
-) -> AsyncIterator[None]:
+async def _showing(runner: Runner, progress: Progress | None) -> AsyncIterator[None]:
     """Show the runner's progress while the block runs, and a last snapshot after it."""
     if progress is None:
         yield

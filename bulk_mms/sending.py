@@ -50,9 +50,8 @@ from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.pacing import PaceAborted, Pacer, Ticket, max_cost
+from bulk_mms.pacing import PaceAborted, Pacer, Ticket
 from bulk_mms.policy import (
-    PolicyClient,
     delivery_action,
     named_members,
     refused_by_optouts,
@@ -62,7 +61,6 @@ from bulk_mms.policy import (
 from bulk_mms.prepare import (
     in_window,
     key_valid_until,
-    pacing_config,
 )
 from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.recorder import (
@@ -75,7 +73,7 @@ from bulk_mms.recorder import (
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
+from bulk_mms.suppression import Suppressed, suppress_opted_out
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -225,7 +223,24 @@ class GroupSender:
     It owns what a send must pass and what spans groups: the pacer (and the account budget
     behind it), the money and count caps, the deadlines (``run_deadline``, ``expires_at``,
     each group's ``group_deadline``) and the retry digest. The runner reads what it counted
-    through :meth:`stats` and lets go of it all with :meth:`close`.
+    through :meth:`stats` and lets go of it all with :meth:`close`. What it is built from is
+    built where the run is assembled (:func:`bulk_mms.runner.build_sender`), so a test can
+    pass its own.
+
+    Args:
+        job: what to send to whom.
+        settings: rate, retries, deadlines, the error policy.
+        client: what every send goes through: the API seam with the error policy
+            (``[errors]``) applied (:class:`~bulk_mms.policy.PolicyClient`).
+        recorder: where each attempt and outcome is written.
+        clock: the run's one clock.
+        stop: the job's stop; the sender sets it too (a fatal error, a streak, a cap).
+        pacer: admits each try, the account budget behind it (closed by :meth:`close`),
+            without the senders the ledger had retired already.
+        settler: looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
+        suppressed: the account's suppression list (the settings' file, or the table).
+        limits: the caps a send must fit under (``max_cost``, the daily cap; closed by
+            :meth:`close`).
     """
 
     def __init__(
@@ -237,41 +252,24 @@ class GroupSender:
         *,
         clock: Clock,
         stop: Stop,
+        pacer: Pacer,
+        settler: Settler,
+        suppressed: Suppressed,
         limits: list[Limit] | None = None,
-        suppressed: Suppressed | None = None,
     ) -> None:
         self.job = job
         self.settings = settings
-        #: Every send goes through the error policy (``[errors]``): a carrier's code becomes
-        #: the error the runner acts on (:mod:`bulk_mms.policy`).
-        self.client: MmsClient = PolicyClient(
-            client, settings.error_policy, clock, settings.daily_reset
-        )
+        self.client = client
         self.recorder = recorder
         self.view = recorder.view
         self.summary = recorder.summary
         self.clock = clock
         self.stop = stop
-        pacing = pacing_config(settings)
-        self.pacer = Pacer(
-            pacing,
-            job.message.senders,
-            clock=clock,
-            stopped=stop.is_set,
-            budget=recorder.coordinator.account_budget(
-                settings.account,
-                settings.rate,
-                clock,
-                max_cost=max_cost(pacing),
-                stopped=stop.is_set,
-            ),
-        )
-        self.pacer.on_change = functools.partial(recorder.paced, pacing.cost)
-        # a commit that fails, even of an event nobody waits for (a send's outcome), stops the
-        # job at once: every wait (a 429's, a pause) ends instead of running its course
-        recorder.store.on_failure(self.fail_ledger)
-        # a move the shared ledger did not write (MAX_RESENDS, by any process) leaves the view
-        recorder.store.on_kept_back(recorder.view.kept_back)
+        self.pacer = pacer
+        self.settler = settler
+        self.suppressed = suppressed
+        #: The limits a send must fit under, kept as groups go.
+        self.limits: list[Limit] = limits or []
         self.started = clock.monotonic()
         #: ``max_job_duration_s`` from now, on the monotonic clock: the run stops there.
         self.run_deadline = (
@@ -299,12 +297,6 @@ class GroupSender:
         #: its ``sent`` is in the ledger's view (answers in flight together are not there
         #: yet): :meth:`_own_answer`.
         self._answered: dict[str, str] = {}
-        #: The account's suppression list (the settings' file, or the database's table).
-        self.suppressed = (
-            suppressed
-            if suppressed is not None
-            else suppression_for(settings.suppression_file, job.where)
-        )
         #: Spam filtering in the answers to this run's tries (a server that says so at once).
         self.spam_tries = SpamWatch(settings.spam_window, settings.spam_share)
         #: Spam filtering in the final delivery reports of this run's recipients (Telnyx:
@@ -324,14 +316,6 @@ class GroupSender:
         self.lost: dict[str, Group] = {}
         #: Senders a delivery report showed blocked during this run.
         self.retired_by_delivery: set[str] = set()
-        #: Looks groups in doubt up in the API's records (:mod:`bulk_mms.settle`).
-        self.settler = Settler(
-            client, settings.records_lag_s, settings.request_timeout, clock, retry=settings.retry
-        )
-        #: The limits a send must fit under (``max_cost``, the daily cap), kept as groups go.
-        self.limits: list[Limit] = limits or []
-        for sender in sorted(self.view.retired):  # refused in an earlier run of this job
-            self.pacer.retire(sender)
 
     def cut_off(self, group: Group) -> None:
         """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""

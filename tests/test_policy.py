@@ -685,6 +685,25 @@ async def test_an_opt_out_answer_to_a_group_in_doubt_sends_nothing_in_its_place(
     assert (states.valid, states.in_doubt) == (4, 4)
 
 
+async def test_a_rerun_never_sends_from_a_sender_an_earlier_run_retired(
+    jobs: JobFactory,
+) -> None:
+    """A sender the API refused (40003) in one run stays out of the next run's pool from its
+    start: every group the rerun sends goes out from the other sender."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4", sender='["+18445550001", "+18445550002"]')
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return refused("40003") if g.message.from_ == "+18445550001" else ok_receipt(g, n)
+
+    await run_job(job, FAST, FakeClient(handler), clock=FakeClock(), limit=1)
+    assert load(job.ledger).retired == {"+18445550001"}
+    again = FakeClient()
+    s = await run_job(job, FAST, again, clock=FakeClock())
+    assert s.sent_groups == 3
+    assert {g.message.from_ for g in again.calls} == {"+18445550002"}
+
+
 async def test_a_group_moved_off_a_retired_sender_after_a_5xx_keeps_its_key(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
