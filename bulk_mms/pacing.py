@@ -59,10 +59,10 @@ from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.rate import (
     CATCH_UP_S,
     AccountBudget,
+    FairLock,
     FixedRate,
     LocalBudget,
     PaceAborted,
-    Queue,
     WindowGuard,
     permit_max_age,
     wait_until,
@@ -364,7 +364,7 @@ class Pacer:
                     credit=self.max_cost,
                     stopped=stopped,
                 )
-        self._sender_locks = {s: Queue() for s in self.senders}
+        self._sender_locks = {s: FairLock() for s in self.senders}
         #: Told ``(sender, was, rate, reason)`` when a sender's pace is set: at its first
         #: admission (``was`` 0, ``"start"``) and at each change that is logged.
         self.on_change: Callable[[str, float, float, str], None] | None = None

@@ -77,10 +77,10 @@ __all__ = [
     "PERMIT_MAX_AGE_S",
     "PERMIT_MIN_AGE_S",
     "AccountBudget",
+    "FairLock",
     "FixedRate",
     "LocalBudget",
     "PaceAborted",
-    "Queue",
     "WindowGuard",
     "permit_max_age",
     "wait_until",
@@ -163,7 +163,7 @@ async def wait_until(
     return clock.monotonic()
 
 
-class Queue:
+class FairLock:
     """A first-come-first-served asyncio lock that says whether anyone holds it or waits for
     it (:attr:`busy`), for a no-wait path beside it: taken only when the queue is not busy, it
     never goes ahead of a waiter. An :class:`asyncio.Lock` no longer reads ``locked()`` once
@@ -246,7 +246,7 @@ class FixedRate:
         #: (a new AsyncLimiter has all of its ``depth``).
         self._owed = depth - min(depth, depth if credit is None else credit)
         # FIFO among waiters; one sleeper at a time, so a clock moves once per admission
-        self._lock = Queue()
+        self._lock = FairLock()
 
     def __repr__(self) -> str:
         return f"<FixedRate {self.rate:g}/s depth={self.depth:g}>"
@@ -457,8 +457,8 @@ class LocalBudget(Pauses):
         )
         self._guard = WindowGuard(max(rate, max_cost))
         super().__init__()
-        self._account_lock = Queue()
-        self._slot_lock = Queue()
+        self._account_lock = FairLock()
+        self._slot_lock = FairLock()
 
     def __repr__(self) -> str:
         return f"<LocalBudget {self.rate:g}/s paused_until={self.paused_until():.3f}>"

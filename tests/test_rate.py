@@ -18,10 +18,10 @@ from bulk_mms.ledger.pgbudget import JITTER_S, spacing
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.rate import (
     AccountBudget,
+    FairLock,
     FixedRate,
     LocalBudget,
     PaceAborted,
-    Queue,
     permit_max_age,
 )
 from bulk_mms.testing import FakeClock
@@ -453,11 +453,11 @@ def test_shared_admissions_by_recipient_keep_the_rate_over_time() -> None:
 
 
 async def test_a_queue_stays_busy_until_the_waiter_its_holder_woke_has_run() -> None:
-    """A Queue is busy while anyone holds or waits for it, and stays busy after its holder
+    """A FairLock is busy while anyone holds or waits for it, and stays busy after its holder
     lets go until the waiter that release woke has run and let go too (an asyncio.Lock
     reads unlocked in between, where a newcomer's no-wait path would go ahead of it); a
     waiter cancelled while it waits leaves it as it found it."""
-    queue, order = Queue(), []
+    queue, order = FairLock(), []
     assert not queue.busy
 
     async def waiter(name: str) -> None:
