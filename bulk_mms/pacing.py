@@ -449,25 +449,42 @@ class Pacer:
             if admitted is not None:
                 return await self._admitted(sender, pace, cost, admitted)
         async with lock:
-            # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
-            try:
-                await wait_until(
-                    self.clock,
-                    lambda: self._sender_earliest(pace, cost),
-                    stopped=lambda: self._stopped() or sender in self.retired,
-                    deadline=deadline,
-                )
-            except PaceAborted:
-                if sender in self.retired:
-                    raise PaceAborted("retired", math.inf) from None
-                raise
-            if sender in self.retired:  # retired while this one held the lock
-                raise PaceAborted("retired", math.inf)
-            now = await self.budget.acquire(cost, deadline)
+            while True:
+                now = await self._account_admits(sender, pace, cost, deadline)
+                # A shared budget learns on each admission of the pauses the account's other
+                # processes wrote: one of this sender that began meanwhile is waited out
+                # (that admission unused), so no request leaves from a sender paused anywhere.
+                if self.budget.paused_until(sender) - now <= 1e-6:
+                    break
             # Charged only once the account admitted it: an abort above costs the sender
             # nothing. Its lock is held, so the room seen before the account's wait is still
             # there (a bucket's room only grows with time).
             return await self._admitted(sender, pace, cost, now)
+
+    async def _account_admits(
+        self, sender: str, pace: SenderPace, cost: float, deadline: float | None
+    ) -> float:
+        """Wait until ``sender`` may send ``cost``, then for the account's admission (its
+        time); the sender's lock is held.
+
+        Raises:
+            PaceAborted: as :meth:`acquire`.
+        """
+        # re-read on every wake-up: a 429 or a report may have moved the pause or the rate
+        try:
+            await wait_until(
+                self.clock,
+                lambda: self._sender_earliest(pace, cost),
+                stopped=lambda: self._stopped() or sender in self.retired,
+                deadline=deadline,
+            )
+        except PaceAborted:
+            if sender in self.retired:
+                raise PaceAborted("retired", math.inf) from None
+            raise
+        if sender in self.retired:  # retired while this one held the lock
+            raise PaceAborted("retired", math.inf)
+        return await self.budget.acquire(cost, deadline)
 
     async def _admitted(self, sender: str, pace: SenderPace, cost: float, now: float) -> Ticket:
         """Charge an admission of ``cost`` at ``now`` to the sender; its ticket."""

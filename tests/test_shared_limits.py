@@ -1,30 +1,39 @@
 """Limits shared by every process that sends for one account, checked at the fake server:
-the account rate through a commit stall, the daily cap and the spend ceiling across processes
-and jobs, and a send of unknown cost counted at the configured price."""
+the account rate through a commit stall and through hosts paused, killed and cut off, the
+daily cap and the spend ceiling across processes and jobs (and through the same chaos), a
+sender's pause one host meets kept by every host, and a send of unknown cost counted at the
+configured price."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import signal
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from msgspec.structs import replace
 
 from bulk_mms.caps import DailyCap, FileTally, SpendCeiling, Tally
+from bulk_mms.clock import SystemClock
 from bulk_mms.console import exit_for
 from bulk_mms.errors import LimitReached
-from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger.pgbudget import PostgresTally
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
+from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
+from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ok_receipt
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
+from tests.test_pg_faults import _config, _count, _locked, _stopped, _terminate
 from tests.test_postgres import KEY, run_cli
 from tests.threaded import fake_api_thread
 
@@ -216,3 +225,177 @@ def test_three_processes_on_one_database_keep_one_daily_cap(
     assert sum(counts.values()) <= 80
     assert max(counts.values()) == 1
     assert summarize(where).sent_recipients == sum(counts.values())
+
+
+class _Arrivals(list[Any]):
+    """The fake's log of POST bodies (:attr:`FakeTelnyx.requests`), each arrival stamped on
+    its clock (:attr:`times`), and which arrivals took a scripted fault (:attr:`faulted`: the
+    POST that arrives while one is queued takes it)."""
+
+    def __init__(self, fake: FakeTelnyx) -> None:
+        super().__init__()
+        self.fake = fake
+        self.times: list[float] = []
+        self.faulted: list[int] = []
+
+    def append(self, item: Any) -> None:
+        if self.fake.faults:
+            self.faulted.append(len(self))
+        self.times.append(self.fake.clock())
+        super().append(item)
+
+
+def _hosts(job: Path, url: str, config: Path, where: str) -> list[subprocess.Popen[bytes]]:
+    """Three hosts (real `bulk-mms run` processes) on one ledger."""
+    return [run_cli(job, url, config, where) for _ in range(3)]
+
+
+def _chaos(database: str, hosts: list[subprocess.Popen[bytes]], lease_s: float) -> None:
+    """The ledger's table locked (every host's attempts wait, their room reserved and their
+    admissions growing stale), meanwhile the second host killed (-9) and the first paused
+    (SIGSTOP); the lock gone, the first woken three leases later and the third's sessions
+    ended from the server."""
+    with _locked(database, "bulk_mms_events"):
+        time.sleep(1.0)
+        hosts[1].kill()
+        hosts[0].send_signal(signal.SIGSTOP)
+    with _stopped(hosts[0]):  # already stopped: woken as this ends
+        time.sleep(3 * lease_s)
+    if hosts[2].poll() is None:
+        _terminate(database, hosts[2].pid)
+
+
+def _ended(hosts: list[subprocess.Popen[bytes]], codes: set[int]) -> None:
+    """Every host but the killed one ended with one of ``codes``, without a traceback."""
+    outs = [h.communicate(timeout=240) for h in hosts]
+    assert hosts[1].returncode == -signal.SIGKILL
+    for host, (_, err) in zip(hosts, outs, strict=True):
+        assert b"Traceback" not in err
+        if host is not hosts[1]:
+            assert host.returncode in codes, err.decode()[-400:]
+
+
+def _counted(database: str) -> Decimal:
+    """The one count of the database's shared limits."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        ((used,),) = conn.execute("SELECT used FROM bulk_mms_limits").fetchall()
+    return Decimal(used)
+
+
+@pytest.mark.slow
+def test_hosts_paused_killed_and_cut_off_never_put_more_than_the_rate_into_a_second(
+    jobs: JobFactory, database: str
+) -> None:
+    """Three hosts at rate 10 through a locked ledger table, a host killed (-9), one paused
+    past three leases and sessions ended from the server, then a rerun: no one-second window
+    of the requests' arrivals at the server holds more than 10, and everyone is sent once."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.requests = arrivals = _Arrivals(fake)
+    jobs.people(240)
+    job = jobs.job(extra="group_size = 1")
+    config = _config(jobs.root, "rate = 10\nconcurrency = 4\nlease_s = 2", api="records_lag_s = 0")
+    where = f"{database}?ledger=chaosrate"
+    with fake_api_thread(fake) as url:
+        hosts = _hosts(job.path, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= 30)
+        _chaos(database, hosts, 2)
+        _ended(hosts, {0, 1, 7})
+        rerun = run_cli(job.path, url, config, where)
+        _, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, err.decode()[-400:]
+    assert fake.recipient_counts() == dict.fromkeys(numbers(240), 1)
+    assert busiest_second(arrivals.times) <= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("limit", "unit"),
+    [("daily_recipients = 200", Decimal(1)), ('max_cost = "2.00"', Decimal("0.01"))],
+)
+def test_hosts_paused_killed_and_cut_off_keep_one_cap(
+    jobs: JobFactory, database: str, limit: str, unit: Decimal
+) -> None:
+    """Three hosts under a cap of 200 recipients (the daily cap; max_cost at 0.01 each),
+    every answer 0.4 s late, through a locked ledger table, a host killed (-9) holding
+    reservations, one paused past three leases and sessions ended from the server, then a
+    rerun: the server accepts at most 200, each once; the database's count is never below
+    what was accepted, and above it by at most the killed host's groups (3 of 2)."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.extend(Fault("slow", delay=0.4) for _ in range(1000))  # requests in flight
+    jobs.people(400)
+    job = jobs.job(extra=f"group_size = 2\n{limit}" if "max_cost" in limit else "group_size = 2")
+    limits = "" if "max_cost" in limit else f"{limit}\n"
+    config = _config(
+        jobs.root,
+        f"{limits}rate = 5\nconcurrency = 3\nlease_s = 2",
+        api="records_lag_s = 0",
+        pricing='per_recipient = "0.01"',
+    )
+    where = f"{database}?ledger=chaoscap"
+    with fake_api_thread(fake) as url:
+        hosts = _hosts(job.path, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= 10)
+        _chaos(database, hosts, 2)
+        _ended(hosts, {1, 5, 7})
+        rerun = run_cli(job.path, url, config, where)
+        _, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 5, err.decode()[-400:]
+    counts = fake.recipient_counts()
+    accepted = sum(counts.values())
+    assert max(counts.values()) == 1
+    assert 200 - 3 * 2 <= accepted <= 200
+    assert accepted * unit <= _counted(database) <= 200 * unit
+
+
+@pytest.mark.slow
+def test_a_429_one_host_meets_pauses_that_sender_on_every_host(
+    jobs: JobFactory, database: str
+) -> None:
+    """Three hosts sending from two numbers at rate 15; one meets a 429 with Retry-After 3:
+    no host's request from that number reaches the server for the next 3 s but those
+    already on their way (within 0.3 s); it used to pause on the one host alone."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.requests = arrivals = _Arrivals(fake)
+    jobs.people(300)
+    job = jobs.job(extra="group_size = 1", sender='["+18445550001", "+18445550002"]')
+    config = _config(jobs.root, "rate = 15\nconcurrency = 4", api="records_lag_s = 0")
+    where = f"{database}?ledger=paused"
+    with fake_api_thread(fake) as url:
+        hosts = _hosts(job.path, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= 40)
+        fake.faults.append(Fault("status", 429, headers={"Retry-After": "3"}, code="10011"))
+        outs = [h.communicate(timeout=240) for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0, 0], [o[1].decode()[-400:] for o in outs]
+    (i,) = arrivals.faulted
+    at, sender = arrivals.times[i], arrivals[i]["from"]
+    during = [
+        t - at
+        for t, body in zip(arrivals.times, arrivals, strict=True)
+        if body["from"] == sender and at + 0.3 < t < at + 3.0
+    ]
+    assert during == []
+    assert fake.recipient_counts() == dict.fromkeys(numbers(300), 1)
+
+
+async def test_a_sender_another_process_paused_is_waited_out_from_the_next_admission(
+    database: str,
+) -> None:
+    """Two processes' budgets on one account, at a rate that never waits: one pauses a sender
+    for a minute (a 429); a pacer on the other, which knew of no pause, is admitted by the
+    account, learns the pause on that admission, and admits nothing from that sender before
+    the pause ends (a deadline 5 s away gives up)."""
+    where = f"{database}?ledger=pauses"
+    migrate_url(where)
+    clock = SystemClock()
+    sender = "+18445550001"
+    pausing, other = (PostgresBudget(database, where, "acme", 1e6, clock) for _ in range(2))
+    pacer = Pacer(PacingConfig(rate=1e6), [sender], clock=clock, budget=other)
+    try:
+        await pausing.acquire(1.0)  # learns the database's clock: its pauses are written
+        pausing.pause(clock.monotonic() + 60.0, sender)
+        await pausing.close()  # the pause is written through
+        with pytest.raises(PaceAborted, match="deadline"):
+            await pacer.acquire(sender, 1, deadline=clock.monotonic() + 5.0)
+        assert other.paused_until(sender) > clock.monotonic() + 50.0
+    finally:
+        await other.close()

@@ -5,7 +5,9 @@ One row per account in ``bulk_mms_budgets`` holds a GCRA's theoretical arrival t
 on the database's clock) and the account's pause; ``bulk_mms_sender_pauses`` holds each
 sender's pause (a 429, a queue to let drain), so hosts do not fight over one sender's queue.
 Admission is one atomic ``UPDATE``: it succeeds only when the row's ``tat`` has come, and moves
-it on by the cost's spacing, so N processes together are spaced as one. The spacing has no burst
+it on by the cost's spacing, so N processes together are spaced as one. Its round trip also
+reads the senders paused, so a pause one process wrote holds every other from its next
+admission (the pacer waits it out before its request). The spacing has no burst
 allowance and room for the time a request may take from its admission to the API
 (:func:`spacing`), so no one-second window at the API holds more than ``rate``.
 
@@ -69,18 +71,22 @@ def spacing(cost: float, rate: float, max_cost: float = 1.0) -> float:
     return cost * (1.0 + permit_max_age(rate) + JITTER_S) / room
 
 
+#: One round trip: the admission (``admitted``: when the row's ``tat`` has come and the account
+#: is not paused), and what the row held before it, with the senders paused at the database's
+#: time ``now.t`` (``{sender: until}``, or null).
 _ADMIT: Final = """
-    WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t)
-    UPDATE bulk_mms_budgets b SET tat = greatest(b.tat, now.t) + %(spacing)s
-    FROM now
-    WHERE b.account = %(account)s AND b.tat <= now.t AND b.paused_until <= now.t
-    RETURNING now.t, b.tat, b.paused_until
-"""
-_PEEK: Final = """
-    SELECT extract(epoch FROM clock_timestamp())::float8, tat, paused_until,
-           coalesce((SELECT max(until) FROM bulk_mms_sender_pauses
-                     WHERE account = %(account)s), 0)
-    FROM bulk_mms_budgets WHERE account = %(account)s
+    WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t),
+    admitted AS (
+        UPDATE bulk_mms_budgets b SET tat = greatest(b.tat, now.t) + %(spacing)s
+        FROM now
+        WHERE b.account = %(account)s AND b.tat <= now.t AND b.paused_until <= now.t
+        RETURNING b.account
+    )
+    SELECT now.t, b.tat, b.paused_until,
+           (SELECT json_object_agg(p.sender, p.until) FROM bulk_mms_sender_pauses p
+            WHERE p.account = %(account)s AND p.until > now.t),
+           EXISTS (SELECT FROM admitted)
+    FROM bulk_mms_budgets b, now WHERE b.account = %(account)s
 """
 _PAUSE_ACCOUNT: Final = (
     "UPDATE bulk_mms_budgets SET paused_until = greatest(paused_until, %s) WHERE account = %s"
@@ -90,7 +96,6 @@ _PAUSE_SENDER: Final = """
     ON CONFLICT (account, sender) DO UPDATE
     SET until = greatest(bulk_mms_sender_pauses.until, EXCLUDED.until)
 """
-_SENDER_PAUSES: Final = "SELECT sender, until FROM bulk_mms_sender_pauses WHERE account = %s"
 _SEED_BUDGET: Final = "INSERT INTO bulk_mms_budgets (account) VALUES (%s) ON CONFLICT DO NOTHING"
 #: Seconds :meth:`PostgresBudget.close` gives the pauses still being written before it drops
 #: them (they are advice to the other processes: a stop must not wait on them).
@@ -208,24 +213,26 @@ class PostgresBudget(Pauses):
             before = self.clock.monotonic()
             cur = await conn.execute(_ADMIT, {"spacing": spacing, "account": self.account})
             row = await cur.fetchone()
-            if row is None:
-                cur = await conn.execute(_PEEK, {"account": self.account})
-                row = await cur.fetchone()
-            assert row is not None
+            assert row is not None  # the account's row is seeded first
             self._offset = float(row[0]) - (before + self.clock.monotonic()) / 2
-            if len(row) == 3:
+            self._learn_pauses(float(row[2]), row[3])
+            if row[4]:
                 return True, self._local(float(row[0]))
-            await self._learn_pauses(conn, float(row[2]))
             return False, self._local(max(float(row[1]), float(row[2])))
 
         return await self._run(admit)
 
-    async def _learn_pauses(self, conn: psycopg.AsyncConnection[Any], account_until: float) -> None:
-        """Take in the pauses other processes wrote (the account's and each sender's)."""
+    def _learn_pauses(self, account_until: float, senders: object) -> None:
+        """Take in the pauses the account's processes wrote, as one round trip read them:
+        the account's, and ``senders`` (``{sender: until}``, or None: none paused). Every
+        admission reads them, so a sender another process paused is paused here from this
+        process's next admission on (the pacer then waits it out before its request)."""
         super().pause(self._local(account_until))
-        cur = await conn.execute(_SENDER_PAUSES, (self.account,))
-        for sender, until in await cur.fetchall():
-            super().pause(self._local(float(until)), sender)
+        if not isinstance(senders, dict):
+            return
+        for sender, until in senders.items():
+            if isinstance(sender, str) and isinstance(until, int | float):
+                super().pause(self._local(float(until)), sender)
 
     async def send_slot(self, cost: float) -> float:
         # the shared spacing already keeps the account's windows; this keeps this process's
