@@ -275,6 +275,23 @@ def _ended(hosts: list[subprocess.Popen[bytes]], codes: set[int]) -> None:
             assert host.returncode in codes, err.decode()[-400:]
 
 
+def _through_chaos(
+    fake: FakeTelnyx, job: Path, config: Path, database: str, *, sent: int, codes: set[int]
+) -> tuple[int, str]:
+    """Three hosts on the job (lease 2 s in ``config``) and ``fake``, through :func:`_chaos`
+    once ``sent`` groups are sent; each host left ends with one of ``codes``
+    (:func:`_ended`), and then a rerun: its exit code and the end of what it wrote."""
+    where = f"{database}?ledger=chaos"
+    with fake_api_thread(fake) as url:
+        hosts = _hosts(job, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= sent)
+        _chaos(database, hosts, 2)
+        _ended(hosts, codes)
+        rerun = run_cli(job, url, config, where)
+        _, err = rerun.communicate(timeout=240)
+    return rerun.returncode, err.decode()[-400:]
+
+
 def _counted(database: str) -> Decimal:
     """The one count of the database's shared limits."""
     with psycopg.connect(database, autocommit=True) as conn:
@@ -294,15 +311,8 @@ def test_hosts_paused_killed_and_cut_off_never_put_more_than_the_rate_into_a_sec
     jobs.people(240)
     job = jobs.job(extra="group_size = 1")
     config = _config(jobs.root, "rate = 10\nconcurrency = 4\nlease_s = 2", api="records_lag_s = 0")
-    where = f"{database}?ledger=chaosrate"
-    with fake_api_thread(fake) as url:
-        hosts = _hosts(job.path, url, config, where)
-        wait_for("sending to start", lambda: _count(database, "sent") >= 30)
-        _chaos(database, hosts, 2)
-        _ended(hosts, {0, 1, 7})
-        rerun = run_cli(job.path, url, config, where)
-        _, err = rerun.communicate(timeout=240)
-    assert rerun.returncode == 0, err.decode()[-400:]
+    code, err = _through_chaos(fake, job.path, config, database, sent=30, codes={0, 1, 7})
+    assert code == 0, err
     assert fake.recipient_counts() == dict.fromkeys(numbers(240), 1)
     assert busiest_second(arrivals.times) <= 10
 
@@ -331,15 +341,8 @@ def test_hosts_paused_killed_and_cut_off_keep_one_cap(
         api="records_lag_s = 0",
         pricing='per_recipient = "0.01"',
     )
-    where = f"{database}?ledger=chaoscap"
-    with fake_api_thread(fake) as url:
-        hosts = _hosts(job.path, url, config, where)
-        wait_for("sending to start", lambda: _count(database, "sent") >= 10)
-        _chaos(database, hosts, 2)
-        _ended(hosts, {1, 5, 7})
-        rerun = run_cli(job.path, url, config, where)
-        _, err = rerun.communicate(timeout=240)
-    assert rerun.returncode == 5, err.decode()[-400:]
+    code, err = _through_chaos(fake, job.path, config, database, sent=10, codes={1, 5, 7})
+    assert code == 5, err
     counts = fake.recipient_counts()
     accepted = sum(counts.values())
     assert max(counts.values()) == 1
