@@ -660,9 +660,10 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
 def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
-    again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and,
-    for a JSONL ledger, every number a resend of its failed file took
-    (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that resend texts them, or has.
+    again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and
+    every number a resend of its failed file took, a ledger beside it in the same folder or
+    database (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that resend texts them,
+    or has.
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -683,6 +684,6 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
                 "send them in this campaign anyway",
             )
         numbers.update(int(phone[1:]) for phone in counted_sent(view))
-        if isinstance(where, Path) and view.campaign is not None:
+        if view.campaign is not None:
             numbers.update(int(phone[1:]) for phone in taken_by_resends(where, view.campaign))
     return frozenset(numbers)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Final
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, is_ledger, write_csv
-from bulk_mms.errors import InputError, LedgerError
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, write_csv
+from bulk_mms.errors import InputError, LedgerError, LedgerUnavailable
 from bulk_mms.ledger import (
     Attempt,
     Failed,
@@ -33,6 +33,8 @@ from bulk_mms.ledger import (
     Location,
     Rejected,
     Sent,
+    display,
+    headers_beside,
     load,
     read_events,
 )
@@ -141,78 +143,77 @@ def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
     file's recipients too; ``run --input`` names each file's resend after its hash, so each
     gets a ledger of its own, and without this the first file's recipients would be texted
     by both."""
-    if s.campaign is None or s.ledger is None or not isinstance(s.ledger, Path):
+    if s.campaign is None or s.ledger is None:
         return {}
     return {p: r for p, r in taken_by_resends(s.ledger, s.campaign).items() if p in wanted}
 
 
-def taken_by_resends(ledger: Path, campaign: str) -> dict[str, str]:
+def taken_by_resends(ledger: Location, campaign: str) -> dict[str, str]:
     """Every number a resend of ``campaign``'s failed file took (tried to send, sent, or
-    holds for its rerun): number (E.164) -> that resend's ledger.
+    holds for its rerun): number (E.164) -> that resend's ledger, as named to a person.
 
-    The resends are the JSONL ledgers beside ``ledger`` (where ``run --input`` puts them)
-    whose rows carry ``campaign`` in :data:`CAMPAIGN_COLUMN`: every number one of them tried
-    counts, and so does every number of its input while that file is unchanged (a rerun of
-    that resend settles its own, and sends those it has not tried yet: it stopped early, at
-    a cap, a signal or a crash)."""
+    The resends are the other ledgers of ``ledger``'s store (where ``run --input`` puts them:
+    the JSONL ledgers beside the file, or the database's other ledgers;
+    :func:`~bulk_mms.ledger.store.headers_beside`) whose rows carry ``campaign`` in
+    :data:`CAMPAIGN_COLUMN`: every number one of them tried counts, and so does every number
+    of its input while that file is here and unchanged (a rerun of that resend settles its
+    own, and sends those it has not tried yet: it stopped early, at a cap, a signal or a
+    crash). A ledger that cannot be read past its header is none of them; a database that
+    does not answer stops the count (LedgerUnavailable), never leaves its resends out.
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
     out: dict[str, str] = {}
-    for path in sorted(ledger.parent.glob("*.jsonl")):
-        if path == ledger or not is_ledger(path):
+    for where, header in headers_beside(ledger):
+        if CAMPAIGN_COLUMN not in header.columns:
             continue
         try:
-            took = _took(path, campaign)
+            took = _took(where, header, campaign)
+        except LedgerUnavailable:
+            raise
         except LedgerError:
             continue  # a ledger that cannot be read is not one of its resends
-        out.update((phone, str(path)) for phone in took)
+        out.update((phone, display(where)) for phone in took)
     return out
 
 
 def inputs_beside(ledger: Location | None) -> list[tuple[str, Path]]:
-    """(what it is, path) of the input each JSONL ledger beside ``ledger`` (a JSONL ledger; a
-    PostgreSQL one has none) was sent from: a resend's failed file, another day's export. A command
-    writing over one would leave that ledger unable to resume (its input changed), and
-    whoever it has not sent yet unsent."""
-    if not isinstance(ledger, Path):
+    """(what it is, path) of the input each other ledger of ``ledger``'s store (the JSONL
+    ledgers beside the file, or the database's other ledgers:
+    :func:`~bulk_mms.ledger.store.headers_beside`) was sent from: a resend's failed file,
+    another day's export. A command writing over one would leave that ledger unable to
+    resume (its input changed), and whoever it has not sent yet unsent.
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
+    if ledger is None:
         return []
-    out: list[tuple[str, Path]] = []
-    for path in sorted(ledger.parent.glob("*.jsonl")):
-        if path == ledger or not is_ledger(path):
-            continue
-        events = read_events(path, skip_status=True)
-        try:
-            header = next(events, None)
-        except LedgerError:
-            continue
-        finally:
-            if (close := getattr(events, "close", None)) is not None:
-                close()
-        if isinstance(header, Header) and header.input:
-            out.append((f"the input ledger {path} was sent from", Path(header.input)))
-    return out
+    return [
+        (f"the input ledger {display(where)} was sent from", Path(header.input))
+        for where, header in headers_beside(ledger)
+        if header.input
+    ]
 
 
-def _took(path: Path, campaign: str) -> set[str]:
-    """Every number ``path`` (a ledger) tried or holds, when its rows carry ``campaign`` in
-    :data:`CAMPAIGN_COLUMN` (a resend of that campaign's failed file): those its events
-    name, and those of its input while that is unchanged (:func:`_held`); else none (read no
-    further than its header when it has no such column)."""
-    events = read_events(path, skip_status=True)
+def _took(where: Location, header: Header, campaign: str) -> set[str]:
+    """Every number the ledger at ``where``, whose job header is ``header`` (its rows carry
+    :data:`CAMPAIGN_COLUMN`), tried or holds, when those rows carry ``campaign`` (a resend of
+    that campaign's failed file): those its events name, and those of its input while that
+    is unchanged (:func:`_held`); else none."""
+    at = header.columns.index(CAMPAIGN_COLUMN)
+    tried: set[str] = set()
+    ours = False
+    events = read_events(where, skip_status=True)
     try:
-        header = next(events, None)
-        if not isinstance(header, Header) or CAMPAIGN_COLUMN not in header.columns:
-            return set()
-        columns = header.columns
-        at = columns.index(CAMPAIGN_COLUMN)
-        tried: set[str] = set()
-        ours = False
         for ev in events:
             if isinstance(ev, Attempt):
                 tried.update(ev.to)
             elif isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
                 ours = ours or any(len(r) > at and r[at] == campaign for r in ev.rows)
     finally:
-        if (close := getattr(events, "close", None)) is not None:
-            close()  # the ledger's file, closed now, not when the generator is collected
+        events.close()  # the ledger's file or connection, closed now, not when collected
     held = _held(header, campaign)
     return tried | held if ours or held else set()
 

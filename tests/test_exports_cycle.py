@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.cli import main
+from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
 from bulk_mms.report import summarize
@@ -26,6 +28,23 @@ from tests.threaded import fake_api_thread
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TELNYX_BASE_URL", raising=False)
     monkeypatch.setenv("TELNYX_API_KEY", "KEY-exports-cycle")
+    monkeypatch.delenv("BULK_MMS_LEDGER_URL", raising=False)
+
+
+#: A job's ledger, as the commands of a cycle name it.
+LedgerOf = Callable[[JobConfig], str]
+
+
+@pytest.fixture(params=["jsonl", "postgresql"])
+def ledger_of(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LedgerOf:
+    """Where every ledger of the cycle is: JSONL files beside the job's, or (skipped when
+    there is no PostgreSQL) one database of the test's own that ``BULK_MMS_LEDGER_URL``
+    names, each run's ledger named after its job, a resend's after its input."""
+    if request.param == "jsonl":
+        return lambda job: str(job.ledger)
+    database: str = request.getfixturevalue("database")
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", database)
+    return lambda job: f"{database}?ledger={job.name}"
 
 
 def test_the_failed_file_of_a_windows_1252_job_is_sent_again_with_its_accents(
@@ -228,15 +247,17 @@ def test_an_export_separated_by_semicolons_or_tabs_is_refused_saying_so(
 
 
 def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texted(
-    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """The morning's --failed-csv is resent; later, tracking finds one more delivery failed and
     the report writes the file again: the second file holds only the new failure (the first
     was texted again already, by the first resend), so each is texted twice in all, never
-    three times; the report says who it left out and why."""
+    three times; the report says who it left out and why. Alike for JSONL ledgers and for
+    ledgers in one PostgreSQL database."""
     people = [f"+1212555{i:04d}" for i in range(101, 105)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
     late = {people[1]: "sent"}  # not final at the first track
     fake = FakeTelnyx(report={people[0]: "40008", people[1]: "40008"})
     fake.delivery_status = lambda phone, age: late.get(phone, "delivered")
@@ -245,13 +266,13 @@ def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texte
         args = ["--base-url", url]
         run = ["-q", "run", str(job.path), *args]
         assert main(run) == 0
-        assert main(["-q", "track", str(job.ledger), *args]) == 0
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(first)]) == 0
+        assert main(["-q", "track", ledger, *args]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(first)]) == 0
         assert main([*run, "--input", str(first)]) == 0
         late.clear()  # its delivery fails now
-        assert main(["-q", "track", str(job.ledger), *args]) == 0
+        assert main(["-q", "track", ledger, *args]) == 0
         capsys.readouterr()
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(second)]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(second)]) == 0
         assert "1 taken by an earlier resend" in capsys.readouterr().err
         with second.open(encoding="utf-8-sig") as f:
             assert [r["phone"] for r in csv.DictReader(f)] == [people[1]]
@@ -260,29 +281,31 @@ def test_a_failed_file_written_again_later_leaves_out_who_a_resend_already_texte
 
 
 def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_holds(
-    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """A resend of the failed file stopped before it tried everyone (here --limit 1; a daily
     cap, SIGTERM, a crash) still holds the rest: its rerun sends them. The failed file written
     again meanwhile leaves them out too (and the report's table says so), so finishing that
-    resend and sending the second file texts each of them once more, never twice."""
+    resend and sending the second file texts each of them once more, never twice. Alike for
+    JSONL ledgers and for ledgers in one PostgreSQL database."""
     people = [f"+1212555{i:04d}" for i in range(101, 105)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
     fake = FakeTelnyx(report=dict.fromkeys(people[:3], "40008"))
     first, second = tmp_path / "failed1.csv", tmp_path / "failed2.csv"
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url]
         assert main(run) == 0
-        assert main(["-q", "track", str(job.ledger), "--base-url", url]) == 0
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(first)]) == 0
+        assert main(["-q", "track", ledger, "--base-url", url]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(first)]) == 0
         assert main([*run, "--input", str(first), "--limit", "1"]) == 0
         capsys.readouterr()
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(second)]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(second)]) == 0
         assert "3 taken by an earlier resend" in capsys.readouterr().err
         with second.open(encoding="utf-8-sig") as f:
             assert list(csv.DictReader(f)) == []
-        assert main(["report", str(job.ledger), "--format", "table"]) == 0
+        assert main(["report", ledger, "--format", "table"]) == 0
         assert "not the 3 an earlier resend took" in capsys.readouterr().out
         assert main([*run, "--input", str(first)]) == 0
         assert main([*run, "--input", str(second)]) == 0
@@ -290,25 +313,27 @@ def test_a_failed_file_written_while_its_resend_is_unfinished_leaves_out_who_it_
 
 
 def test_the_failed_file_a_resend_was_sent_from_is_never_written_over(
-    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """report --failed-csv naming the file an unfinished resend was sent from is refused (exit
     2, one line naming the option, the file and the resend's ledger; the file unchanged): that
-    resend's rerun then sends the rest of it, as it would not if the file had changed."""
+    resend's rerun then sends the rest of it, as it would not if the file had changed. Alike
+    for JSONL ledgers and for ledgers in one PostgreSQL database."""
     people = [f"+1212555{i:04d}" for i in range(101, 104)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
     fake = FakeTelnyx(report=dict.fromkeys(people, "40008"))
     failed = tmp_path / "failed.csv"
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url]
         assert main(run) == 0
-        assert main(["-q", "track", str(job.ledger), "--base-url", url]) == 0
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+        assert main(["-q", "track", ledger, "--base-url", url]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(failed)]) == 0
         before = failed.read_bytes()
         assert main([*run, "--input", str(failed), "--limit", "1"]) == 0
         capsys.readouterr()
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 2
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(failed)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bulk-mms: error: --failed-csv: ")
         assert "test-job-failed-" in err
@@ -319,27 +344,29 @@ def test_the_failed_file_a_resend_was_sent_from_is_never_written_over(
 
 
 def test_a_fixed_input_sent_with_exclude_sent_leaves_out_who_a_resend_texted(
-    jobs: JobFactory, tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, tmp_path: Path
 ) -> None:
     """The API refuses one group for good; its failed file is resent; then the input is fixed
     and sent as the ledger's refusal says (a new --name, --exclude-sent OLD-LEDGER): the new
     campaign leaves out whom the old one's resend texted as well as whom the old one did,
-    and sends only the rows fixed."""
+    and sends only the rows fixed. Alike for JSONL ledgers and for ledgers in one PostgreSQL
+    database."""
     people = [f"+1212555{i:04d}" for i in range(101, 104)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)] + [{"phone": "x"}])
     job = jobs.job(extra="group_size = 1\nmax_rejected_share = 0.5")
+    ledger = ledger_of(job)
     fake = FakeTelnyx()
     fake.faults.append(Fault("status", 422, code="10015"))
     failed = tmp_path / "failed.csv"
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url]
         assert main(run) == 1
-        assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
+        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(failed)]) == 0
         assert main([*run, "--input", str(failed)]) == 0
         fixed = "+12125550199"
         jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate([*people, fixed])])
         assert main(run) == 2  # the ledger refuses the changed input
-        assert main([*run, "--name", "fixed", "--exclude-sent", str(job.ledger)]) == 0
+        assert main([*run, "--name", "fixed", "--exclude-sent", ledger]) == 0
     assert fake.recipient_counts() == {**dict.fromkeys(people, 1), fixed: 1}
 
 

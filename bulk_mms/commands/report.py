@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bulk_mms.commands.common import json_text, refuse_overwrites
+from bulk_mms.commands.common import OUTPUT_OPTIONS, json_text, refuse_overwrites
 from bulk_mms.console import say
 from bulk_mms.errors import Exit, LedgerError
 from bulk_mms.extras import needs
@@ -29,7 +29,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         with needs("html", "report --html"):  # refused before the table, not after it
             import matplotlib  # noqa: F401, PLC0415
     summary = summarize(args.ledger)
-    beside = inputs_beside(summary.ledger)
+    writes = any(getattr(args, attr, None) is not None for _, attr in OUTPUT_OPTIONS)
+    beside = inputs_beside(summary.ledger) if writes else []  # every other ledger: only then
     refuse_overwrites(
         args, [("the job's input", Path(summary.input) if summary.input else None), *beside]
     )

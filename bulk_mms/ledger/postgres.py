@@ -68,7 +68,7 @@ from bulk_mms.clock import Clock, since_boot
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import ClaimLost, LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.commit import GroupCommitted
-from bulk_mms.ledger.events import Event, Header, Status, to_json
+from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
 from bulk_mms.ledger.pgconnect import Link, scrub, split, sync_connect
@@ -238,6 +238,12 @@ _SENT_SINCE: Final = """
     SELECT sum(jsonb_array_length(body->'to')) FROM bulk_mms_events
     WHERE kind = 'sent'
       AND extract(epoch FROM (body->>'time')::timestamptz) >= %s
+"""
+#: The job header of every ledger but one (``%s``: its name), by the header's unique index.
+_HEADERS_BESIDE: Final = """
+    SELECT l.name, e.body::text FROM bulk_mms_ledgers l
+    JOIN bulk_mms_events e ON e.ledger = l.id AND e.kind = 'job'
+    WHERE l.name <> %s ORDER BY l.name
 """
 _DATABASE_TIME: Final = "SELECT extract(epoch FROM clock_timestamp())::float8"
 #: The id of the transaction a commit is about to end (txid_current: PostgreSQL 10 and
@@ -828,11 +834,40 @@ class PostgresCoordinator:
 
 def sent_since(location: str, since: float) -> int:
     """Recipients every ledger of the database records as sent since ``since`` (epoch)."""
+    rows = _asked_once(location, _SENT_SINCE, (since,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def headers_beside(location: str) -> list[tuple[str, Header]]:
+    """(name, job header) of every other ledger of the database that has a header; one whose
+    header is not one this bulk-mms reads is passed over (as a file beside a JSONL ledger
+    that is not one is).
+
+    Raises:
+        LedgerError: the database cannot be reached or read.
+    """
+    out: list[tuple[str, Header]] = []
+    for other, body in _asked_once(location, _HEADERS_BESIDE, (split(location)[1],)):
+        try:
+            header = decode(orjson.loads(body))
+        except (orjson.JSONDecodeError, Malformed):
+            continue
+        if isinstance(header, Header):
+            out.append((str(other), header))
+    return out
+
+
+def _asked_once(location: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows ``sql`` answers, on a connection of its own to the database at ``location``
+    (its schema brought up to date first): a command's one question to it.
+
+    Raises:
+        LedgerError: the database cannot be reached or read (named without a password).
+    """
     conninfo, _, shown = split(location)
     try:
         with sync_connect(conninfo) as conn:
             migrate(conn)
-            row = conn.execute(_SENT_SINCE, (since,)).fetchone()
+            return conn.execute(sql, params).fetchall()
     except psycopg.Error as exc:
         raise LedgerError(shown, scrub(exc, conninfo)) from None
-    return int(row[0]) if row and row[0] is not None else 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
@@ -266,7 +266,7 @@ def exists(where: Location) -> bool:
     return Path(where).exists()
 
 
-def read_events(where: Location, *, skip_status: bool = False) -> Iterator[Event]:
+def read_events(where: Location, *, skip_status: bool = False) -> Generator[Event, None, None]:
     """Every event of the ledger at ``where``, in order (read only).
 
     Raises:
@@ -350,6 +350,40 @@ def sent_since(where: Location, since: float) -> int:
         except LedgerError:
             continue  # not a ledger (or damaged): nothing it says can be counted
     return total
+
+
+def headers_beside(where: Location) -> Iterator[tuple[Location, Header]]:
+    """Every other ledger of ``where``'s store, with its job header: each ledger of the
+    database but ``where`` (by one query; one with no header yet is passed over), or each
+    JSONL ledger beside the file (``*.jsonl``; a file that is not a ledger, or whose header
+    cannot be read, is passed over). Where ``run --input`` puts a resend's ledger, and where
+    a report looks for the resends of its campaign and the inputs it must not write over.
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
+    if is_database(where):
+        with needs("postgres", "a PostgreSQL ledger"):
+            from bulk_mms.ledger import postgres  # noqa: PLC0415 - psycopg only when it is used
+
+        for name, found in postgres.headers_beside(str(where)):
+            yield named(where, name, rename=True), found
+        return
+    from bulk_mms.csvfile import is_ledger  # noqa: PLC0415 - csvfile imports the ledger's events
+
+    path = Path(where)
+    for other in sorted(path.parent.glob("*.jsonl")):
+        if other == path or not is_ledger(other):
+            continue
+        events = read_events(other, skip_status=True)
+        try:
+            header = next(events, None)
+        except LedgerError:
+            continue
+        finally:
+            events.close()  # the ledger's file, closed now, not when the generator is collected
+        if isinstance(header, Header):
+            yield other, header
 
 
 #: A clock further than this from a shared ledger's database's, in seconds, is logged.
