@@ -137,7 +137,7 @@ async def run_past_deadline(
     [
         [Fault("status", 429, headers={"Retry-After": "600"})],
         [Fault("status", 503, headers={"Retry-After": "20"})] * 3,
-        [Fault("status", 429, code="40318")] * 3,
+        [Fault("status", 429, code="40318", headers={"Retry-After": "12"})] * 3,
         [Fault("slow", delay=40.0)],
         [Fault("drop_before", delay=40.0)],
         [Fault("patch", patch={"wait_seconds": 1e12})],
@@ -147,7 +147,7 @@ async def run_past_deadline(
 async def test_no_request_reaches_the_api_after_the_deadline(
     jobs: JobFactory, faults: list[Fault]
 ) -> None:
-    """A 429 whose Retry-After, a queue full whose pause, a wait_seconds whose slowing, 503s
+    """A 429 whose Retry-After, queues full whose pauses, a wait_seconds whose slowing, 503s
     whose Retry-After, or a slow or held first request would carry the tries past the deadline:
     the real client sends no request that reaches the API after it, and every group is
     counted once (sent, expired, pending or in doubt), the run exiting 1."""
