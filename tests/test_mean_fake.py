@@ -23,7 +23,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
-from bulk_mms.webhooks import JobReceiver
+from bulk_mms.webhooks import JobReceiver, WebhookReceiver
 from tests.conftest import FAST, FakeClock, JobFactory, posting_to, real_client, receiving
 
 KEY = "test-key-123"
@@ -59,6 +59,24 @@ def four_people(jobs: JobFactory) -> JobConfig:
     return jobs.job(extra="group_size = 4")
 
 
+async def run_then_hooks(
+    job: JobConfig, fake: FakeTelnyx, clock: FakeClock, signer: Ed25519PrivateKey
+) -> WebhookReceiver:
+    """``job`` run through the real client against ``fake`` (:func:`mean_fake`), then its
+    webhooks posted to the real receiver on its ledger as the timeline reaches them: none
+    at 1.5 s (every message.sent held back), the eight due at 3.5 s. The receiver, once it
+    has looked for every event it held."""
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+    async with receiving(fake, job.ledger, signer) as receiver:
+        clock.advance(1.5)
+        assert await fake.pump_webhooks() == 0  # every message.sent held back
+        clock.advance(2)
+        assert await fake.pump_webhooks() == 8
+        await receiver.settle()
+    return receiver
+
+
 def webhook_statuses(ledger: Path) -> list[dict[str, Any]]:
     return [e for e in ledger_events(ledger) if e["event"] == "status" and e["source"] == "webhook"]
 
@@ -76,13 +94,7 @@ async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
     if switch is not None:
         setattr(fake, switch, True)
     job = four_people(jobs)
-    async with real_client(fake) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-    async with receiving(fake, job.ledger, signer) as receiver:
-        clock.advance(1.5)
-        assert await fake.pump_webhooks() == 0  # every message.sent held back
-        clock.advance(2)
-        assert await fake.pump_webhooks() == 8
+    receiver = await run_then_hooks(job, fake, clock, signer)
     posts = [(p.phone, p.event_type) for p in fake.webhooks_sent]
     assert len(posts) == 24
     assert {p.answer for p in fake.webhooks_sent} == {200}
@@ -101,6 +113,36 @@ async def test_repeated_and_reordered_webhooks_record_each_final_status_once(
     assert [r.method for r in fake.http_log] == ["POST"]
     named = {"from" in orjson.loads(p.body)["data"]["payload"] for p in fake.webhooks_sent}
     assert named == {switch is None}
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+async def test_webhooks_naming_only_their_group_message_record_each_final_status_once(
+    jobs: JobFactory, sparse: bool
+) -> None:
+    """The mean webhooks, for four groups of one, naming neither sender nor participants
+    (no from; cc empty, or absent with the least the spec allows) but their group message
+    (group_message_id), the one thing left to tie them to their groups: each recipient's
+    final status is recorded once, and nobody asked the API for a status."""
+    clock, signer = FakeClock(), Ed25519PrivateKey.generate()
+    fake = mean_fake(clock, signer)
+    fake.webhooks_without_from = fake.group_message_ids = True
+    fake.sparse_answers = sparse
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 1")
+    receiver = await run_then_hooks(job, fake, clock, signer)
+    assert len(fake.webhooks_sent) == 24
+    payloads = [orjson.loads(p.body)["data"]["payload"] for p in fake.webhooks_sent]
+    assert not any("from" in p or p.get("cc") for p in payloads)
+    sent_as = {m.to[0]: m.id for m in fake.accepted}
+    assert {(p["to"][0]["phone_number"], p["group_message_id"]) for p in payloads} == set(
+        sent_as.items()
+    )
+    lines = webhook_statuses(job.ledger)
+    assert Counter(e["recipient"] for e in lines) == dict.fromkeys(PEOPLE, 1)
+    assert {e["recipient"]: e["status"] for e in lines} == FINALS
+    assert (receiver.recorded, receiver.unmatched) == (4, 0)
+    assert summarize(job.ledger).delivery == Counter(FINALS.values())
+    assert [r.method for r in fake.http_log] == ["POST"] * 4
 
 
 async def test_webhooks_repeated_reordered_and_before_the_answer_are_recorded_once(

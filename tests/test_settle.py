@@ -180,6 +180,34 @@ async def test_a_group_this_run_left_in_doubt_and_settled_is_counted_sent_once(
     assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["group-message-ids", "records-only"])
+async def test_a_group_settled_by_the_fake_s_records_is_tracked_under_what_they_name(
+    jobs: JobFactory, fake_api: tuple[FakeTelnyx, str], named: bool
+) -> None:
+    """A group whose answer was lost after the API took it is settled by the detail records:
+    when they name their group message (group_message_id, as Telnyx's do) it is recorded sent
+    under the id the API took it under, and track follows it through the group's GET; when
+    they do not, under the first member's record, and track asks each member by its own.
+    Either way every member ends delivered, accepted once."""
+    fake, url = fake_api
+    fake.group_message_ids = named
+    fake.faults.append(Fault("drop_after"))
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with AiohttpMmsClient(url, "test-key-123") as client:
+        s = await runner.run_job(job, SETTLED_BY_RECORDS, client, clock=FakeClock())
+        tracked = await track_ledger(job.ledger, SETTLED_BY_RECORDS, client, clock=FakeClock())
+    (msg,) = fake.accepted
+    assert (s.sent_groups, s.in_doubt_groups) == (1, 0)
+    (sent,) = [e for e in ledger_events(job.ledger) if e["event"] == "sent"]
+    assert sent["message_id"] == (msg.id if named else msg.recipient_ids[0])
+    asked = [r.path for r in fake.http_log if r.method == "GET"]
+    gets = [p.removeprefix("/v2/messages/") for p in asked if p.startswith("/v2/messages/")]
+    assert gets == ([f"group/{msg.id}"] if named else list(msg.recipient_ids))
+    assert (tracked.statuses, tracked.pending, tracked.unlisted) == ({"delivered": 4}, 0, [])
+    assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
+
+
 @pytest.mark.parametrize("took", [True, False], ids=["accepted", "never-accepted"])
 async def test_a_group_track_settles_beside_the_run_that_left_it_in_doubt_is_counted(
     jobs: JobFactory, took: bool

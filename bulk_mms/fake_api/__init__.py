@@ -40,8 +40,11 @@ the fake follows them by default:
 Times are written as the spec's example for each field does; ``varied_stamps`` writes them
 in turn in every form Telnyx may use (``Z`` or an offset, 0 to 9 fraction digits).
 
-A variant the spec allows is a switch too: ``statuses_in_cc`` lists a group's members past
-the first under ``cc``, with their statuses, in the group's own message.
+Variants the spec allows are switches too: ``statuses_in_cc`` lists a group's members past
+the first under ``cc``, with their statuses, in the group's own message; ``group_message_ids``
+names the group message (``group_message_id``, the send's id, which the spec does not declare)
+in every message object, webhook payload and detail record, as Telnyx's support article
+8255134 says its group messages do.
 
 The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
 (replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a

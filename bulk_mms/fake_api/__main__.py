@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         action="store_true",
         help="post webhooks whose payload names no sender (the spec requires no field)",
     )
+    parser.add_argument(
+        "--group-message-ids",
+        action="store_true",
+        help="name the group message (group_message_id) in every answer, webhook and record",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(
         api_key=args.key,
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         webhook_repeats=args.webhook_repeats,
         webhooks_out_of_order=args.webhooks_out_of_order,
         webhooks_without_from=args.webhooks_without_from,
+        group_message_ids=args.group_message_ids,
     )
     if args.webhook_url:
         _sign_webhooks(fake, args.webhook_url, args.webhook_every)

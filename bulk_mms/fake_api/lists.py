@@ -92,24 +92,25 @@ class ListEndpoints(FakeState):
                 status = self._observe(msg, i)
                 cost = cost_of(status) or (ZERO, ZERO)
                 price = cost_of("delivered") or (ZERO, ZERO)
-                out.append(
-                    {
-                        "record_type": "mdr_report",
-                        "id": msg.recipient_ids[i],
-                        "cli": msg.from_,
-                        "cld": phone,
-                        "created_at": self.stamp(sent_on, MDR_STAMP),
-                        "direction": "outbound",
-                        "message_type": "MMS",
-                        # an MDR's status is the final one; until then, no receipt yet
-                        "status": MDR_STATUS.get(status, "DLR_UNCONFIRMED"),
-                        "rate": amount(sum(price, ZERO)),
-                        "parts": 1,
-                        "cost": amount(sum(cost, ZERO)),
-                        "currency": "USD",
-                        "profile_name": PROFILE_NAME,
-                    }
-                )
+                record: dict[str, Any] = {
+                    "record_type": "mdr_report",
+                    "id": msg.recipient_ids[i],
+                    "cli": msg.from_,
+                    "cld": phone,
+                    "created_at": self.stamp(sent_on, MDR_STAMP),
+                    "direction": "outbound",
+                    "message_type": "MMS",
+                    # an MDR's status is the final one; until then, no receipt yet
+                    "status": MDR_STATUS.get(status, "DLR_UNCONFIRMED"),
+                    "rate": amount(sum(price, ZERO)),
+                    "parts": 1,
+                    "cost": amount(sum(cost, ZERO)),
+                    "currency": "USD",
+                    "profile_name": PROFILE_NAME,
+                }
+                if self.group_message_ids:
+                    record["group_message_id"] = msg.id
+                out.append(record)
         return out
 
     async def get_mdrs(self, request: web.Request) -> web.StreamResponse:

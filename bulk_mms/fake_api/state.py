@@ -146,6 +146,12 @@ class FakeState:
     #: Post webhooks whose payload names no sender (no ``from``): the spec requires none of
     #: its fields. Off: ``from`` as the spec's example gives it.
     webhooks_without_from: bool = False
+    #: Name the group message in every message object and detail record
+    #: (``group_message_id``: the send's id): in the send's answer, the GETs' messages, each
+    #: recipient's webhook payload and each detail record, as Telnyx's support article 8255134
+    #: says ("returned via API response, webhooks and ... detailed records"); the spec
+    #: declares no such field. Off: none names it.
+    group_message_ids: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
