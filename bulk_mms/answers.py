@@ -230,6 +230,10 @@ def parse_statuses(
     ``cc``, and their status there is not what their own message says. A ``cc`` report names
     no message of the recipient's own (``message_id`` None), and carries only the errors that
     point at it (``/cc/{i}``).
+
+    Each report keeps the group message its message names (``group_message_id``, when it is
+    an id: :func:`as_message_id`), for the caller to tell another group's message from its
+    own (:meth:`~bulk_mms.ledger.LedgerView.names_another`).
     """
     messages = [
         m
@@ -240,6 +244,7 @@ def parse_statuses(
     copied: list[RecipientStatus] = []
     for msg in messages:
         mid = as_message_id(msg.get("id"))
+        group = as_message_id(msg.get("group_message_id"))
         errors = parse_errors(msg)
         at = _reached_at(msg) if stamps else None
         listed, cc = msg.get("to"), msg.get("cc")
@@ -270,6 +275,7 @@ def parse_statuses(
                             ),
                             at=at,
                             cost=own_cost,
+                            group_message_id=group,
                         )
                     )
     if not copied:

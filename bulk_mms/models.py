@@ -268,6 +268,11 @@ class RecipientStatus(msgspec.Struct, frozen=True):
     #: recipient: a group's GET lists one per recipient, a webhook is about one). Final only
     #: when the status is (see :meth:`~bulk_mms.ledger.LedgerView.apply_status`).
     cost: Money | None = None
+    #: The group message the report says its message is one recipient's of (Telnyx's
+    #: ``group_message_id``: support article 8255134; the spec does not declare it), when
+    #: it names one: a report naming another group's is not about this group
+    #: (:meth:`~bulk_mms.ledger.LedgerView.names_another`).
+    group_message_id: str | None = None
 
 
 class MessageRecord(msgspec.Struct, frozen=True):

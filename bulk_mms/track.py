@@ -343,7 +343,20 @@ class Tracker:
         """Each recipient's report in an answer. A recipient listed under more than one
         message id (the group endpoint returns "all messages in a group MMS conversation",
         and the same people may be texted again) takes the report under its own id, once
-        known; until then, None: another message's status is never recorded as this one's."""
+        known; until then, None: another message's status is never recorded as this one's.
+        A report whose message names another group message than this group's
+        (:meth:`~bulk_mms.ledger.LedgerView.names_another`: another send in the same
+        conversation, or an own id that is not this group's after all) is left out, logged:
+        its recipient is listed by its own report, or not at all."""
+        theirs = [st for st in statuses if self.view.names_another(g, st.group_message_id)]
+        if theirs:
+            log.warning(
+                "track.other_group_message",
+                group=g.id,
+                reports=len(theirs),
+                named=theirs[0].group_message_id,
+            )
+            statuses = tuple(st for st in statuses if st not in theirs)
         listed: dict[str, RecipientStatus | None] = {}
         doubled: set[str] = set()
         for st in statuses:

@@ -962,6 +962,54 @@ async def test_varied_stamps_write_every_form_telnyx_uses_and_each_reads_back(
     assert all(abs(parse_time(s) - wall) < 1 for s in stamps)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+async def test_group_message_ids_name_the_send_everywhere_and_the_real_client_reads_them(
+    api: ApiClock, sparse: bool
+) -> None:
+    """With group_message_ids the send's answer, both GETs (of the group and of each
+    message), each recipient's webhooks and each detail record name the send's id as
+    their group_message_id (beside even the least the spec allows), every answer and
+    webhook valid by the spec (a sparse GET of one message aside: see below); the real
+    client keeps it in each report and record."""
+    a, clock = api
+    a.fake.group_message_ids = True
+    a.fake.sparse_answers = sparse
+    a.fake.signing_key = Ed25519PrivateKey.generate()
+    to = ["+12125550100", "+12125550101"]
+    status, sent = await a.send(to)  # every answer checked against the spec by a.call
+    assert status == 200
+    gid = sent["data"]["id"]
+    clock.advance(5)
+    _, group, _ = await a.call("GET", f"/messages/group/{gid}")
+    ids = [m["id"] for m in group["data"]]
+    # the least the spec allows is valid under both branches of this answer's oneOf (inbound
+    # or outbound message), so the spec cannot pass it, group_message_id or not
+    a.check = not sparse
+    messages = [(await a.call("GET", f"/messages/{mid}"))[1]["data"] for mid in [gid, *ids]]
+    a.check = True
+    _, records, _ = await a.call("GET", "/reports/mdrs")
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _ok)
+    async with TestServer(app, host="127.0.0.1", port=0) as hooks:
+        a.fake.webhook_url = str(hooks.make_url("/hooks"))
+        assert await a.fake.pump_webhooks() == 4
+    payloads = [orjson.loads(p.body)["data"]["payload"] for p in a.fake.webhooks_sent]
+    named = [sent["data"], *group["data"], *messages, *records["data"], *payloads]
+    assert {m["group_message_id"] for m in named} == {gid}
+    assert len(named) == 1 + 2 + 3 + 2 + 4
+    assert [webhook_problems(p) for p in a.fake.webhooks_sent] == [[]] * 4
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        listed = await client.fetch_group(gid)
+        one = await client.fetch_message(ids[1])
+        kept = await client.fetch_records(FROM, to[0], 0, a.fake.wall() + 60)
+    assert {st.group_message_id for st in (*listed, *one)} == {gid}
+    assert [r.group_message_id for r in kept] == [gid]
+
+
+async def _ok(_request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
 async def test_sparse_answers_are_the_spec_s_least_and_the_real_client_reads_them(
     api: ApiClock,
 ) -> None:

@@ -560,6 +560,82 @@ async def test_a_member_listed_under_two_messages_takes_only_its_own(jobs: JobFa
     assert mine == [("sent", "r0"), ("delivered", "r0")]
 
 
+async def test_a_lone_recipient_s_answer_naming_another_group_message_is_not_taken(
+    jobs: JobFactory,
+) -> None:
+    """One recipient left, asked by its own id: an answer whose message names another group
+    message than the group's is not recorded (the recipient counted unlisted, and the answer
+    logged); once its message names the group's, its status is."""
+    ledger, client, g, gid = await one_left(jobs)
+    other = RecipientStatus(g.to[0], "delivery_failed", message_id="r0", group_message_id="x")
+    client.delivery["r0"] = (other,)
+    with capture_logs() as logs:
+        first = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert (first.unlisted, first.changes) == ([(g.id, g.to[0])], 0)
+    assert [e["named"] for e in logs if e["event"] == "track.other_group_message"] == ["x"]
+    client.delivery["r0"] = (replace(other, status="delivered", group_message_id=gid),)
+    again = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert client.fetches == [gid, "r0", "r0"]
+    assert again.statuses == {"delivered": 4}
+
+
+async def test_a_member_listed_under_two_group_messages_takes_its_group_s(
+    jobs: JobFactory,
+) -> None:
+    """A group's answer that lists a member under two messages, each naming its group message
+    (the other another send's in the same conversation): the member's report under its own
+    group's is recorded at once, before its own id is known; the other never is."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    gid, p = f"msg-{g.id}-0", g.to[0]
+    rest = tuple(
+        RecipientStatus(q, "sent", message_id=f"r{i}", group_message_id=gid)
+        for i, q in enumerate(g.to)
+        if i
+    )
+    other = RecipientStatus(p, "delivery_failed", message_id="r-x", group_message_id="other-send")
+    mine = RecipientStatus(p, "sent", message_id="r0", group_message_id=gid)
+    client.delivery[gid] = (other, mine, *rest)
+    r = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert r.unlisted == []
+    lines = {e["recipient"]: (e["status"], e["message_id"]) for e in status_lines(ledger)}
+    assert lines == {p: ("sent", "r0"), **{st.phone: ("sent", st.message_id) for st in rest}}
+
+
+@pytest.mark.parametrize("variant", [None, "statuses_in_cc", "sparse_answers"])
+async def test_track_reads_answers_naming_their_group_message_as_before(
+    fake_api: API, jobs: JobFactory, variant: str | None
+) -> None:
+    """Against GET answers whose every message names its group message (group_message_id,
+    as Telnyx's support article says; with members under cc, or the least the spec allows
+    beside it): track records every member's status through the group's GET, and the last
+    one left through its own id's, each to its final status, none left unlisted."""
+    fake, url = fake_api
+    fake.group_message_ids = True
+    if variant is not None:
+        setattr(fake, variant, True)
+    server_clock = ServerClock()
+    fake.clock = server_clock
+    slow = numbers(1)[0]
+    fake.delivery_status = lambda phone, age: "sent" if phone == slow and age < 10 else "delivered"
+    async with sent_by_fake(url, jobs, 4, 4) as (ledger, track):
+        server_clock.t = 2
+        first = await track()
+        server_clock.t = 11
+        last = await track()
+    (msg,) = fake.accepted
+    gets = [r.path.removeprefix("/v2/messages/") for r in fake.http_log if r.method == "GET"]
+    assert (first.statuses, first.unlisted) == ({"sent": 1, "delivered": 3}, [])
+    assert (last.statuses, last.unlisted, last.pending) == ({"delivered": 4}, [], 0)
+    # with members under cc, the first's own message is the group's (the one under its to)
+    own = msg.id if variant == "statuses_in_cc" else msg.recipient_ids[0]
+    assert gets == [f"group/{msg.id}", own]
+    assert [e["status"] for e in status_lines(ledger) if e["recipient"] == slow] == [
+        "sent",
+        "delivered",
+    ]
+
+
 async def test_members_the_api_reports_under_cc_are_tracked(
     fake_api: API, jobs: JobFactory
 ) -> None:

@@ -1750,6 +1750,62 @@ async def test_another_apps_message_naming_no_sender_to_a_recipient_is_not_learn
     assert receiver.unmatched == len(theirs)
 
 
+async def test_an_event_under_a_known_id_naming_another_group_message_is_not_recorded(
+    jobs: JobFactory,
+) -> None:
+    """Events under a recipient's own id the ledger learnt, or under its group's own id,
+    that name another group message (another group's of the ledger, or one it never sent)
+    are acknowledged and counted unmatched, nothing recorded; one naming its own group
+    message is recorded."""
+    receiver, path, client = await receiver_for(jobs)
+    g, h = client.calls[0], client.calls[1]
+    view = receiver.view
+    gid, hid = (view.group_message_id(view.groups[x.id]) for x in (g, h))
+    phone = g.to[0]
+    theirs = [
+        unsigned_event(phone, "own-a", "delivery_failed", group_message_id=hid),
+        unsigned_event(phone, "own-a", "delivery_failed", group_message_id=str(uuid.uuid4())),
+        unsigned_event(g.to[1], str(gid), "delivery_failed", group_message_id=hid),
+    ]
+    async with TestClient(TestServer(receiver.app())) as http:
+        learnt = unsigned_event(phone, "own-a", "sent", group_message_id=gid)
+        assert (await post_signed(http, learnt))[1]["recorded"] == 1
+        for hook in theirs:
+            status, answer = await post_signed(http, hook)
+            assert (status, answer["recorded"]) == (200, 0)
+        ours = unsigned_event(phone, "own-a", "delivered", group_message_id=gid)
+        assert (await post_signed(http, ours))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["recipient"], e["status"]) for e in status_lines(path)] == [
+        (phone, "sent"),
+        (phone, "delivered"),
+    ]
+    assert receiver.unmatched == len(theirs)
+
+
+def test_which_group_message_is_another_than_a_group_s() -> None:
+    """A report naming no group message, or its group's id, may be the group's; one naming
+    any other is not. A group with no group id on record (settled by records that name
+    none) knows no id to compare: only the id of another group of the ledger is another's."""
+    view = LedgerView()
+    view.apply(Sent("a", ("+13125550101", "+13125550102"), 0, message_id="ra1", time="x"))
+    for phone, rid in (("+13125550101", "ra1"), ("+13125550102", "ra2")):
+        view.apply(Status("a", phone, "queued", message_id=rid, source="records", time="x"))
+    view.apply(Sent("b", ("+13125550103",), 1, message_id="gb", time="x"))
+    a, b = view.groups["a"], view.groups["b"]
+    assert (view.group_message_id(a), view.group_message_id(b)) == (None, "gb")
+    assert not view.names_another(b, None)
+    assert not view.names_another(b, "gb")
+    assert view.names_another(b, "ra1")
+    assert view.names_another(b, "never-sent")
+    assert not view.names_another(a, None)
+    assert not view.names_another(a, "ra2")
+    assert not view.names_another(a, "the-api-s-own-name")
+    assert view.names_another(a, "gb")
+
+
 def test_what_ties_an_event_naming_no_sender_to_a_group() -> None:
     """An event naming no sender is tied to a group by the group message it names, else by
     its participants being the group's members exactly (the sender, if listed, aside), never

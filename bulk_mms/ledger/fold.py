@@ -695,6 +695,20 @@ class LedgerView(msgspec.Struct, eq=False):
         own = [k.message_id if (k := known.get(p)) is not None else None for p in rec.to]
         return None if mid in own and all(own) else mid
 
+    def names_another(self, rec: GroupRecord, group_message_id: str | None) -> bool:
+        """Whether a report or an event that names the group message ``group_message_id``
+        (Telnyx's ``group_message_id``) shows it is about another message than the group
+        ``rec``'s: it names one, and that is not the group's id on record
+        (:meth:`group_message_id`), or, the group having none on record, it is the id of
+        another group of this ledger (a message of this ledger's is its group's alone)."""
+        if group_message_id is None:
+            return False
+        own = self.group_message_id(rec)
+        if own is not None:
+            return group_message_id != own
+        other = self.by_message_id.get(group_message_id)
+        return other is not None and other != rec.id
+
     def status_of(self, phone: str) -> str | None:
         k = self.known.get(phone)
         return k.status if k else None

@@ -701,7 +701,10 @@ class WebhookReceiver(BaseReceiver):
         it is never matched by number to some other group. A recipient's own id the ledger
         has not learnt yet (group MMS sends one event per recipient, under an id the send's
         answer does not give) is learnt from an event about that one recipient that ``said``
-        (its :func:`origin`) ties to the recipient's group (:meth:`_learn`).
+        (its :func:`origin`) ties to the recipient's group (:meth:`_learn`). An event that
+        names another group message than its id's group
+        (:meth:`~bulk_mms.ledger.LedgerView.names_another`) is matched by neither: its
+        reports are all left over, as an event this ledger did not send.
         """
         if not statuses:
             return [], []
@@ -713,6 +716,10 @@ class WebhookReceiver(BaseReceiver):
         if gid is None:
             return [], list(statuses)
         rec = self.view.groups[gid]
+        if said is not None and self.view.names_another(rec, said.group_id):
+            # its id is this ledger's, the group message it names is not: not this group's
+            log.warning("webhook.other_group_message", message_id=message_id, group=gid)
+            return [], list(statuses)
         if self.view.group_message_id(rec) == message_id:
             mine = set(rec.to)
         else:  # a recipient's own id: only that recipient
@@ -946,6 +953,7 @@ class WebhookReceiver(BaseReceiver):
         if (
             rec is None
             or rec.outcome != SENT
+            or self.view.names_another(rec, said.group_id)
             or not said.ties(rec, self.view.group_message_id(rec))
         ):
             return None
