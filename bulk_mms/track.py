@@ -344,11 +344,19 @@ class Tracker:
         message id (the group endpoint returns "all messages in a group MMS conversation",
         and the same people may be texted again) takes the report under its own id, once
         known; until then, None: another message's status is never recorded as this one's.
-        A report whose message names another group message than this group's
-        (:meth:`~bulk_mms.ledger.LedgerView.names_another`: another send in the same
-        conversation, or an own id that is not this group's after all) is left out, logged:
-        its recipient is listed by its own report, or not at all."""
-        theirs = [st for st in statuses if self.view.names_another(g, st.group_message_id)]
+        A report whose message names another group of this ledger
+        (:meth:`~bulk_mms.ledger.LedgerView.names_another`), or, when another report of the
+        answer names this group's own id (so the field is seen to hold it), names any other
+        group message (another send in the same conversation), is left out, logged: its
+        recipient is listed by its own report, or not at all."""
+        own_id = self.view.group_message_id(g)
+        vouched = own_id is not None and any(st.group_message_id == own_id for st in statuses)
+        theirs = [
+            st
+            for st in statuses
+            if self.view.names_another(g, st.group_message_id)
+            or (vouched and st.group_message_id not in (None, own_id))
+        ]
         if theirs:
             log.warning(
                 "track.other_group_message",

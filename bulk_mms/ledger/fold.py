@@ -697,15 +697,12 @@ class LedgerView(msgspec.Struct, eq=False):
 
     def names_another(self, rec: GroupRecord, group_message_id: str | None) -> bool:
         """Whether a report or an event that names the group message ``group_message_id``
-        (Telnyx's ``group_message_id``) shows it is about another message than the group
-        ``rec``'s: it names one, and that is not the group's id on record
-        (:meth:`group_message_id`), or, the group having none on record, it is the id of
-        another group of this ledger (a message of this ledger's is its group's alone)."""
-        if group_message_id is None:
+        (Telnyx's ``group_message_id``) shows it is about another group of this ledger than
+        ``rec``: it names the id of another of its groups (a message of this ledger's is its
+        group's alone). An id this ledger does not know proves nothing: the spec does not
+        declare the field, so what it holds is not ours to judge beyond our own ids."""
+        if group_message_id is None or group_message_id == self.group_message_id(rec):
             return False
-        own = self.group_message_id(rec)
-        if own is not None:
-            return group_message_id != own
         other = self.by_message_id.get(group_message_id)
         return other is not None and other != rec.id
 
