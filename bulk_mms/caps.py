@@ -17,10 +17,15 @@ A group reserves its room before its first try leaves; room that could not be ha
 job before the request. The reservation is released when the group's tries end with nothing
 sent and no try that may have been accepted; a send that was (or may have been) accepted stays
 counted. So a cap is never passed by more than the groups in flight when it was reached (and
-by none at one process): their reservations were all made before it was reached. A process
-that dies between reserving and settling leaves its reservations counted (never a send too
-many; at worst the groups it had in flight, for the rest of the day or until the job's count
-row is reset).
+by none at one process): their reservations were all made before it was reached.
+
+The room is held by the group (its ledger and id: :data:`Holder`) in the shared store, not by
+the process: a reservation repeated for a group that holds room adds nothing, and a release
+gives back what the group holds, once. A process that dies between reserving and settling
+leaves its groups' room counted (never a send too many); whoever takes one of those groups
+over reserves it in the room it holds, and a run, as it begins, settles the room its ledger's
+groups still hold (:meth:`Limit.reconcile`): kept for a group sent or in doubt, given back
+for one that ended unsent or never left, each decided under the run's own claim on it.
 
 The spend ceiling counts each send at the larger of its price and what the API's answer said
 it cost: that cost is an estimate (the final one, in ``message.finalized``, adds the carriers'
@@ -40,10 +45,10 @@ import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -72,25 +77,55 @@ __all__ = [
 
 log = structlog.get_logger("bulk_mms.caps")
 
+_T = TypeVar("_T")
+
+
+#: A reservation's holder: a group (its id) of a ledger (its name). Each holder holds room in
+#: a count once, so a repeat of its reservation (a retry, a lost commit's, a takeover's) adds
+#: nothing, and its release gives back what it holds, once.
+Holder = tuple[str, str]
+
 
 class Tally(Protocol):
-    """Counts shared by everyone who keeps a limit, by name: reserve under a cap, atomically."""
+    """Counts shared by everyone who keeps a limit, by name: reserve under a cap, atomically,
+    each reservation held by its :data:`Holder` in the shared store (not in a process's
+    memory), so whoever decides about the group later can release it or keep it."""
 
-    async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
-        """Add ``amount`` to the count ``key`` if it stays within ``cap``: None. Else the count
-        as it stands (nothing added). A count that does not exist yet starts at ``seed`` (what
-        the ledgers say was used before any process counted).
+    async def take(
+        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+    ) -> Decimal | None:
+        """Add ``amount`` to the count ``key`` for ``holder`` if it stays within ``cap``: None.
+        Else the count as it stands (nothing added). A holder that holds room in ``key``
+        already keeps it and adds nothing: None. A count that does not exist yet starts at
+        ``seed`` (what the ledgers say was used before any process counted).
 
         Raises:
             LedgerError: the count cannot be read or written.
         """
         ...
 
-    async def add(self, key: str, amount: Decimal) -> None:
-        """Add ``amount`` (negative: release a reservation; never below 0) to the count ``key``.
+    async def release(self, key: str, holder: Holder) -> None:
+        """Give back the room ``holder`` holds in ``key`` (nothing, if it holds none).
 
         Raises:
             LedgerError: the count cannot be written.
+        """
+        ...
+
+    async def spend(self, key: str, holder: Holder, extra: Decimal) -> None:
+        """``holder``'s room in ``key`` was spent: it stays counted, ``extra`` more with it,
+        and is held no more (nothing, if it holds none).
+
+        Raises:
+            LedgerError: the count cannot be written.
+        """
+        ...
+
+    async def held(self, ledger: str) -> list[tuple[str, str]]:
+        """Every (count, group) in which a group of ``ledger`` holds room.
+
+        Raises:
+            LedgerError: the counts cannot be read.
         """
         ...
 
@@ -99,21 +134,67 @@ class Tally(Protocol):
         ...
 
 
+class _Count:
+    """A count as :class:`MemoryTally` and :class:`FileTally` keep it: what is used, and
+    what each holder holds of it."""
+
+    __slots__ = ("held", "used")
+
+    def __init__(self, used: Decimal, held: dict[Holder, Decimal] | None = None) -> None:
+        self.used = used
+        self.held = held or {}
+
+    def take(self, amount: Decimal, cap: Decimal, holder: Holder) -> Decimal | None:
+        """:meth:`Tally.take` on this count."""
+        if holder in self.held:
+            return None
+        if self.used + amount > cap:
+            return self.used
+        self.used += amount
+        self.held[holder] = amount
+        return None
+
+    def release(self, holder: Holder) -> bool:
+        """:meth:`Tally.release` on this count: whether it changed."""
+        if (amount := self.held.pop(holder, None)) is None:
+            return False
+        self.used = max(Decimal(0), self.used - amount)
+        return True
+
+    def spend(self, holder: Holder, extra: Decimal) -> bool:
+        """:meth:`Tally.spend` on this count: whether it changed."""
+        if self.held.pop(holder, None) is None:
+            return False
+        self.used += max(Decimal(0), extra)
+        return True
+
+
 class MemoryTally:
     """A :class:`Tally` in this process alone: for a limit nobody else shares."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, Decimal] = {}
+        self._counts: dict[str, _Count] = {}
 
-    async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
-        used = self._counts.setdefault(key, seed)
-        if used + amount > cap:
-            return used
-        self._counts[key] = used + amount
-        return None
+    async def take(
+        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+    ) -> Decimal | None:
+        return self._counts.setdefault(key, _Count(seed)).take(amount, cap, holder)
 
-    async def add(self, key: str, amount: Decimal) -> None:
-        self._counts[key] = max(Decimal(0), self._counts.get(key, Decimal(0)) + amount)
+    async def release(self, key: str, holder: Holder) -> None:
+        if (count := self._counts.get(key)) is not None:
+            count.release(holder)
+
+    async def spend(self, key: str, holder: Holder, extra: Decimal) -> None:
+        if (count := self._counts.get(key)) is not None:
+            count.spend(holder, extra)
+
+    async def held(self, ledger: str) -> list[tuple[str, str]]:
+        return [
+            (key, grp)
+            for key, count in self._counts.items()
+            for owner, grp in count.held
+            if owner == ledger
+        ]
 
     async def close(self) -> None:
         return None
@@ -121,10 +202,14 @@ class MemoryTally:
 
 #: The lock file beside the ledgers that every count file of the folder is changed under.
 LOCK_NAME = ".bulk-mms-limits.lock"
+#: How a count file is named: ``.bulk-mms-<key>.json``.
+_COUNT_FILE = re.compile(r"\.bulk-mms-(?P<key>.+)\.json")
 
 
 class FileTally:
-    """A :class:`Tally` in files beside the JSONL ledgers: ``.bulk-mms-<key>.json`` each.
+    """A :class:`Tally` in files beside the JSONL ledgers: ``.bulk-mms-<key>.json`` each, the
+    count and what each holder holds of it (``{"used": "12", "held": [[ledger, group,
+    "2"], ...]}``; a file without ``held``, written before, holds nothing).
 
     Every change reads the count, changes it and replaces the file (a temporary file renamed
     over it, so a crash leaves the old count or the new, never half of one) while holding an
@@ -139,43 +224,60 @@ class FileTally:
         """The file that holds the count ``key``."""
         return self.folder / f".bulk-mms-{key}.json"
 
-    def _change(
-        self, key: str, change: Callable[[Decimal], Decimal | None], seed: Decimal
-    ) -> Decimal:
-        """Under the folder's lock: read ``key`` (``seed`` if it has no file), write back what
-        ``change`` makes of it (None: leave it); the count as read."""
-        path = self.path(key)
+    def _locked(self, work: Callable[[], _T], shown: Path) -> _T:
+        """``work`` under the folder's lock.
+
+        Raises:
+            LedgerError: the lock cannot be had, or ``work`` met an OS error.
+        """
         try:
             lock = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise LedgerError(str(path), f"cannot lock the counts: {exc.strerror}") from None
+            raise LedgerError(str(shown), f"cannot lock the counts: {exc.strerror}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released with the descriptor
-            used = self._read(path, seed)
-            new = change(used)
-            if new is not None:
-                self._write(path, new)
+            return work()
         except OSError as exc:
-            raise LedgerError(str(path), f"cannot keep the count: {exc.strerror}") from None
+            raise LedgerError(str(shown), f"cannot keep the count: {exc.strerror}") from None
         finally:
             os.close(lock)
-        return used
+
+    def _change(self, key: str, change: Callable[[_Count], bool], seed: Decimal) -> None:
+        """Under the folder's lock: read ``key`` (``seed`` if it has no file), and write it
+        back if ``change`` changed it."""
+        path = self.path(key)
+
+        def work() -> None:
+            count = self._read(path, seed)
+            if change(count):
+                self._write(path, count)
+
+        self._locked(work, path)
 
     @staticmethod
-    def _read(path: Path, seed: Decimal) -> Decimal:
+    def _read(path: Path, seed: Decimal) -> _Count:
         try:
             data = orjson.loads(path.read_bytes())
-            return Decimal(str(data["used"]))
+            held = {(str(o), str(g)): Decimal(str(a)) for o, g, a in data.get("held", [])}
+            return _Count(Decimal(str(data["used"])), held)
         except FileNotFoundError:
-            return seed
-        except (orjson.JSONDecodeError, KeyError, TypeError, InvalidOperation):
+            return _Count(seed)
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            InvalidOperation,
+        ):
             raise LedgerError(str(path), "is not a count: remove it to count afresh") from None
 
-    def _write(self, path: Path, used: Decimal) -> None:
+    def _write(self, path: Path, count: _Count) -> None:
+        held = [[owner, grp, str(amount)] for (owner, grp), amount in count.held.items()]
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps({"used": str(used)}))
+                f.write(orjson.dumps({"used": str(count.used), "held": held}))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -184,22 +286,43 @@ class FileTally:
                 os.unlink(tmp)
             raise
 
-    async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
+    async def take(
+        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+    ) -> Decimal | None:
         refused: list[Decimal] = []
 
-        def change(used: Decimal) -> Decimal | None:
-            if used + amount > cap:
+        def change(count: _Count) -> bool:
+            if (used := count.take(amount, cap, holder)) is not None:
                 refused.append(used)
-                return None
-            return used + amount
+                return False
+            return True
 
         await asyncio.to_thread(self._change, key, change, seed)
         return refused[0] if refused else None
 
-    async def add(self, key: str, amount: Decimal) -> None:
+    async def release(self, key: str, holder: Holder) -> None:
+        await asyncio.to_thread(self._change, key, lambda count: count.release(holder), Decimal(0))
+
+    async def spend(self, key: str, holder: Holder, extra: Decimal) -> None:
         await asyncio.to_thread(
-            self._change, key, lambda used: max(Decimal(0), used + amount), Decimal(0)
+            self._change, key, lambda count: count.spend(holder, extra), Decimal(0)
         )
+
+    async def held(self, ledger: str) -> list[tuple[str, str]]:
+        def work() -> list[tuple[str, str]]:
+            found = []
+            for path in sorted(self.folder.glob(".bulk-mms-*.json")):
+                if (match := _COUNT_FILE.fullmatch(path.name)) is None:
+                    continue
+                key = match["key"]
+                found += [
+                    (key, grp)
+                    for owner, grp in self._read(path, Decimal(0)).held
+                    if owner == ledger
+                ]
+            return found
+
+        return await asyncio.to_thread(self._locked, work, self.folder / LOCK_NAME)
 
     async def close(self) -> None:
         return None
@@ -228,20 +351,71 @@ class Limit(Protocol):
         """
         ...
 
+    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
+        """As a run begins: settle the room the ledger's groups hold in the shared count from
+        runs that ended without settling it (killed, their claims run out). ``decide`` says
+        what became of each group, by the ledger: :data:`SPENT` (it stays counted),
+        :data:`UNSENT` (it is given back) or :data:`UNDECIDED` (in doubt, or another live
+        process holds it: it stays held, the safe side).
+
+        Never raises: a count that cannot be read or changed is logged
+        (``limits.unreconciled``) and left as it is.
+        """
+        ...
+
     async def close(self) -> None:
         """The run is over: let go of the shared count."""
         ...
 
 
-async def _adjust(tally: Tally, key: str, amount: Decimal, group: Group) -> None:
-    """Add ``amount`` to the count ``key`` for ``group``'s settling; a count that cannot be
-    changed is logged and left (a release not made keeps the room taken, the safe side)."""
+#: What :meth:`Limit.reconcile` makes of a group's room: it was sent (counted for good), it
+#: was not and will not be without a new reservation (given back), or neither is known.
+SPENT: Final = "spent"
+UNSENT: Final = "unsent"
+UNDECIDED: Final = "undecided"
+
+
+async def _settle(
+    tally: Tally, key: str, holder: Holder, extra: Decimal | None, group: Group
+) -> None:
+    """Settle ``holder``'s room in ``key``: spent (``extra`` more with it), or given back
+    (None); a count that cannot be changed is logged and left (a release not made keeps the
+    room taken, the safe side)."""
     try:
-        await tally.add(key, amount)
+        if extra is None:
+            await tally.release(key, holder)
+        else:
+            await tally.spend(key, holder, extra)
     except LedgerError as exc:
         log.warning(
-            "limits.unsettled", count=key, group=group.id, change=str(amount), error=str(exc)
+            "limits.unsettled",
+            count=key,
+            group=group.id,
+            released=extra is None,
+            error=str(exc),
         )
+
+
+async def _reconcile(
+    tally: Tally,
+    ledger: str,
+    counts: Callable[[str], bool],
+    decide: Callable[[str], Awaitable[str]],
+) -> None:
+    """:meth:`Limit.reconcile` of the room ``ledger``'s groups hold in the counts of
+    ``tally`` that ``counts`` names."""
+    try:
+        for key, gid in await tally.held(ledger):
+            if not counts(key):
+                continue
+            verdict = await decide(gid)
+            if verdict == SPENT:
+                await tally.spend(key, (ledger, gid), Decimal(0))
+            elif verdict == UNSENT:
+                await tally.release(key, (ledger, gid))
+            log.info("limits.reconciled", count=key, group=gid, verdict=verdict)
+    except LedgerError as exc:
+        log.warning("limits.unreconciled", ledger=ledger, error=str(exc))
 
 
 def _key_part(text: str) -> str:
@@ -263,6 +437,7 @@ class SpendCeiling:
         price: per recipient: ``[pricing] per_recipient``, else the ledger's average.
         tally: where the count is kept.
         key: the count's name.
+        ledger: the job's ledger, whose groups hold the reservations (:data:`Holder`).
     """
 
     def __init__(
@@ -272,6 +447,8 @@ class SpendCeiling:
         price: Money | None,
         tally: Tally | None = None,
         key: str = "spend",
+        *,
+        ledger: str = "",
     ) -> None:
         if price is None:
             raise ConfigError(
@@ -284,13 +461,15 @@ class SpendCeiling:
         self.price = price
         self.tally: Tally = tally or MemoryTally()
         self.key = key
+        self.ledger = ledger
         self._reserved: dict[str, Decimal] = {}
 
     async def reserve(self, group: Group) -> LimitReached | None:
         if group.id in self._reserved:
             return None  # a retry: already held
         need = self.price.amount * len(group.to)
-        used = await self.tally.take(self.key, need, self.ceiling, self.paid)
+        holder = (self.ledger, group.id)  # a takeover's holds what the group held already
+        used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder)
         if used is not None:
             return LimitReached(
                 f"the job's spend ceiling (max_cost {self.ceiling} {self.price.currency}) "
@@ -307,13 +486,18 @@ class SpendCeiling:
         need = self._reserved.pop(group.id, None)
         if need is None:
             return
+        holder = (self.ledger, group.id)
         if receipt is None:
             if not maybe_sent:  # nothing was sent: the room goes back
-                await _adjust(self.tally, self.key, -need, group)
-        elif receipt.cost is not None and receipt.cost.amount > need:
-            await _adjust(self.tally, self.key, receipt.cost.amount - need, group)
+                await _settle(self.tally, self.key, holder, None, group)
+            return
         # a null cost, or one under the price: it stays counted at the price (the answer's
         # cost is an estimate; the final one adds the carriers' fees)
+        more = receipt.cost.amount - need if receipt.cost is not None else Decimal(0)
+        await _settle(self.tally, self.key, holder, max(Decimal(0), more), group)
+
+    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
+        await _reconcile(self.tally, self.ledger, lambda key: key == self.key, decide)
 
     async def close(self) -> None:
         await self.tally.close()
@@ -332,6 +516,7 @@ class DailyCap:
         account: the account's name (``[limits] account``).
         clock: the job's clock: which day it is, at each reservation.
         tally: where the count is kept.
+        ledger: the job's ledger, whose groups hold the reservations (:data:`Holder`).
     """
 
     def __init__(
@@ -343,6 +528,7 @@ class DailyCap:
         account: str = "default",
         clock: Clock | None = None,
         tally: Tally | None = None,
+        ledger: str = "",
     ) -> None:
         self.cap = cap
         self.sent = sent_today
@@ -350,6 +536,7 @@ class DailyCap:
         self.account = account
         self.clock = clock
         self.tally: Tally = tally or MemoryTally()
+        self.ledger = ledger
         self._started = self._day()
         self._reserved: dict[str, tuple[str, int]] = {}
 
@@ -366,7 +553,9 @@ class DailyCap:
         key, n = self._day(), len(group.to)
         # a day that began during this run started with nothing sent but what others counted
         seed = Decimal(self.sent if key == self._started else 0)
-        used = await self.tally.take(key, Decimal(n), Decimal(self.cap), seed)
+        used = await self.tally.take(
+            key, Decimal(n), Decimal(self.cap), seed, (self.ledger, group.id)
+        )
         if used is not None:
             return LimitReached(
                 f"the daily cap ([limits] daily_recipients = {self.cap}) is reached: "
@@ -384,22 +573,33 @@ class DailyCap:
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False
     ) -> None:
         held = self._reserved.pop(group.id, None)
-        if held is not None and receipt is None and not maybe_sent:
-            await _adjust(self.tally, held[0], -Decimal(held[1]), group)
+        if held is not None and not (receipt is None and maybe_sent):
+            spent = None if receipt is None else Decimal(0)  # None: given back
+            await _settle(self.tally, held[0], (self.ledger, group.id), spent, group)
+
+    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
+        prefix = f"daily-{_key_part(self.account)}"
+        await _reconcile(
+            self.tally,
+            self.ledger,
+            lambda key: key == prefix or key.startswith(f"{prefix}-"),
+            decide,
+        )
 
     async def close(self) -> None:
         await self.tally.close()
 
 
-def _tallies(job: JobConfig) -> tuple[Tally, Tally, str]:
-    """Where the job's counts are kept: the account's daily count, the job's spend, and the
-    spend count's name (the ledger's)."""
+def _tallies(job: JobConfig) -> tuple[Tally, Tally, str, str]:
+    """Where the job's counts are kept: the account's daily count, the job's spend, the
+    spend count's name (the ledger's), and the ledger's name, whose groups hold the room."""
     if is_database(job.where):
         from bulk_mms.ledger.pgbudget import PostgresTally  # noqa: PLC0415 - psycopg if used
 
         tally = PostgresTally(str(job.where))
-        return tally, tally, f"spend-{tally.ledger}"
-    return FileTally(Path(job.where).parent), MemoryTally(), "spend"
+        return tally, tally, f"spend-{tally.ledger}", tally.ledger
+    ledger = Path(job.where)
+    return FileTally(ledger.parent), MemoryTally(), "spend", ledger.name
 
 
 def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Clock) -> list[Limit]:
@@ -413,10 +613,10 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
     limits: list[Limit] = []
     if job.max_cost is None and settings.daily_recipients is None:
         return limits
-    daily, spend, key = _tallies(job)
+    daily, spend, key, ledger = _tallies(job)
     if job.max_cost is not None:
         price, paid = max_cost_counts(settings, view)
-        limits.append(SpendCeiling(job.max_cost, paid, price, spend, key))
+        limits.append(SpendCeiling(job.max_cost, paid, price, spend, key, ledger=ledger))
     if settings.daily_recipients is not None:
         start = day_start(settings.daily_reset, utc(clock))
         sent = sent_since(job.where, start.timestamp())
@@ -428,6 +628,7 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
                 account=settings.account,
                 clock=clock,
                 tally=daily,
+                ledger=ledger,
             )
         )
     return limits

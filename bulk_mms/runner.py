@@ -26,7 +26,7 @@ from typing import NamedTuple
 import structlog
 from msgspec.structs import replace
 
-from bulk_mms.caps import run_limits
+from bulk_mms.caps import SPENT, UNDECIDED, UNSENT, run_limits
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso, utc
 from bulk_mms.config import JobConfig, Settings
@@ -635,6 +635,29 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
 
+    async def reconcile_limits(self) -> None:
+        """Settle the room groups of this ledger hold in the shared counts from runs that
+        ended without settling it (killed, or cut off: :meth:`~bulk_mms.caps.Limit.reconcile`),
+        each decided by the ledger as it is once this process holds the group's claim."""
+        for limit in self.sender.limits:
+            await limit.reconcile(self._reservation_of)
+
+    async def _reservation_of(self, gid: str) -> str:
+        """What becomes of the room group ``gid`` holds: spent (sent), given back (ended
+        unsent, or never attempted, under this process's claim now: a request of the
+        process that held it can no longer leave), or kept (in doubt, or a live process
+        holds its claim and may send it under that room)."""
+        held, rec = await self.sharing.claimed(gid)
+        if not held:
+            return UNDECIDED
+        if rec is None:
+            return UNSENT
+        if rec.state == SENT:
+            return SPENT
+        if rec.state == IN_DOUBT:  # an attempt still open is too
+            return UNDECIDED
+        return UNSENT
+
     @contextlib.asynccontextmanager
     async def keeping_claims(self) -> AsyncIterator[None]:
         """Renew this process's claims (a shared ledger) until the block ends: the run, the
@@ -1045,6 +1068,7 @@ async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | No
     process's claims meanwhile and showing progress throughout."""
     async with _showing(runner, progress):
         async with runner.keeping_claims():
+            await runner.reconcile_limits()
             await runner.run(reader)
             await runner.settle()
         await runner.watch_blocked()

@@ -414,8 +414,9 @@ class GroupSender:
             self.lost[group.id] = group
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return None
-        except LedgerError as exc:
+        except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
             self.fail_ledger(exc)
+            await self._settle_limits(group, None, maybe_sent=tries.ambiguous)
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
@@ -833,6 +834,12 @@ class GroupSender:
         """The group's tries are over: nothing of it is out any more, and the limits learn
         what it took (nothing, without a receipt, unless ``maybe_sent``: in doubt)."""
         self.open_attempts.pop(group.id, None)
+        await self._settle_limits(group, receipt, maybe_sent=maybe_sent)
+
+    async def _settle_limits(
+        self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool
+    ) -> None:
+        """The limits learn what the group's tries took (:meth:`~bulk_mms.caps.Limit.settle`)."""
         for limit in self.limits:
             await limit.settle(group, receipt, maybe_sent=maybe_sent)
 

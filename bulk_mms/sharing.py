@@ -96,6 +96,19 @@ class Sharing:
         await self._refresh(group.id)  # another process may have sent it since this run started
         return True
 
+    async def claimed(self, gid: str) -> tuple[bool, GroupRecord | None]:
+        """Whether this process holds group ``gid``'s claim now (on a store not shared,
+        always), and the group's record as the ledger has it then (None: nothing of it).
+
+        Raises:
+            LedgerError: the claim or the ledger's read failed.
+        """
+        if not self.shared:
+            return True, self.view.groups.get(gid)
+        if not await self.coordinator.claim(gid):
+            return False, None
+        return True, await self._refresh(gid)
+
     async def remakes(self, group: Group) -> bool:
         """Whether this process makes ``group`` in place of ``group.origin`` (without its
         suppressed members): always on a store that is not shared; else once it holds the

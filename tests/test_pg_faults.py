@@ -987,14 +987,16 @@ async def test_a_tally_whose_connection_is_terminated_reconnects_and_counts_once
     migrate_url(where)
     tally = PostgresTally(where)
     try:
-        assert await tally.take("daily", Decimal(2), Decimal(10), Decimal(0)) is None
+        assert await tally.take("daily", Decimal(2), Decimal(10), Decimal(0), ("j", "g1")) is None
         with capture_logs() as logs:
             _terminate(database, os.getpid())
-            assert await tally.take("daily", Decimal(3), Decimal(10), Decimal(0)) is None
+            three = ("j", "g2")
+            assert await tally.take("daily", Decimal(3), Decimal(10), Decimal(0), three) is None
             _terminate(database, os.getpid())
-            await tally.add("daily", Decimal(-2))
+            await tally.release("daily", ("j", "g1"))
         assert [e["event"] for e in logs] == ["ledger.reconnecting"] * 2
-        assert await tally.take("daily", Decimal(8), Decimal(10), Decimal(0)) == 3
+        eight = ("j", "g3")
+        assert await tally.take("daily", Decimal(8), Decimal(10), Decimal(0), eight) == 3
     finally:
         await tally.close()
 
@@ -1010,7 +1012,7 @@ async def test_a_locked_limits_table_ends_a_count_in_ledger_unavailable(database
             _locked(database, "bulk_mms_limits"),
             pytest.raises(LedgerUnavailable, match=r"no answer within 0\.5 s") as caught,
         ):
-            await tally.take("daily", Decimal(1), Decimal(10), Decimal(0))
+            await tally.take("daily", Decimal(1), Decimal(10), Decimal(0), ("j", "g1"))
         assert caught.value.exit_code == 7
     finally:
         await tally.close()

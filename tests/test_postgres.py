@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import events, open_store, read_events, to_json
+from bulk_mms.ledger.pgbudget import PostgresTally
 from bulk_mms.ledger.pgschema import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
@@ -542,10 +544,10 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
         )
     monkeypatch.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 9)
     old = suppression_for(None, database)  # a host of a bulk-mms at schema 9, running
-    monkeypatch.undo()
+    monkeypatch.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 10)  # a bulk-mms at 10
     with psycopg.connect(database) as looking, looking.transaction():
         looking.execute("SELECT count(*) FROM bulk_mms_suppressions")  # a look in flight
-        assert migrate_url(database) == (9, SCHEMA_VERSION) == (9, 10)
+        assert migrate_url(database) == (9, 10)
     with psycopg.connect(database) as conn:
         valid = conn.execute(
             "SELECT indisvalid FROM pg_index "
@@ -562,15 +564,41 @@ def test_a_list_at_schema_9_is_indexed_by_10_while_hosts_look(
         assert usable.fetchone() == (9,)
 
 
+async def test_counts_made_before_schema_11_carry_over_and_hold_by_group(database: str) -> None:
+    """A schema-10 database whose job's spend count stands at 1.50 of 2.00 migrates in place:
+    the count stays 1.50, and a group's reservation repeated (a takeover's) counts once."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bulk_mms_schema (version int NOT NULL)")
+        for version in range(1, 11):
+            conn.execute(_MIGRATIONS[version])
+            conn.execute("INSERT INTO bulk_mms_schema (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO bulk_mms_limits (name, used) VALUES ('spend-old', 1.50)")
+    assert migrate_url(database) == (10, SCHEMA_VERSION)
+    tally = PostgresTally(f"{database}?ledger=old")
+    cap, seed = Decimal("2.00"), Decimal(0)
+    try:
+        for _ in range(2):
+            assert await tally.take("spend-old", Decimal("0.30"), cap, seed, ("old", "g1")) is None
+        assert await tally.take("spend-old", Decimal("0.30"), cap, seed, ("old", "g2")) == Decimal(
+            "1.80"
+        )
+    finally:
+        await tally.close()
+
+
+#: The schema of a bulk-mms newer than this one.
+NEWER = SCHEMA_VERSION + 1
+
+
 def _newer_migrates(database: str, monkeypatch: pytest.MonkeyPatch, usable_from: int) -> None:
-    """A bulk-mms that knows schema 11 (an index on the list's reasons, usable from
-    ``usable_from``) migrates ``database``, which this bulk-mms made."""
+    """A bulk-mms that knows schema :data:`NEWER` (an index on the list's reasons, usable
+    from ``usable_from``) migrates ``database``, which this bulk-mms made."""
     migrate_url(database)
     with monkeypatch.context() as newer:
-        newer.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", 11)
-        newer.setitem(_MIGRATIONS, 11, "CREATE INDEX reasons ON bulk_mms_suppressions (reason)")
-        newer.setitem(_USABLE_FROM, 11, usable_from)
-        assert migrate_url(database) == (10, 11)
+        newer.setattr("bulk_mms.ledger.pgschema.SCHEMA_VERSION", NEWER)
+        newer.setitem(_MIGRATIONS, NEWER, "CREATE INDEX reasons ON bulk_mms_suppressions (reason)")
+        newer.setitem(_USABLE_FROM, NEWER, usable_from)
+        assert migrate_url(database) == (SCHEMA_VERSION, NEWER)
 
 
 def test_a_database_a_newer_bulk_mms_only_indexed_is_used_as_it_is(
@@ -578,9 +606,8 @@ def test_a_database_a_newer_bulk_mms_only_indexed_is_used_as_it_is(
 ) -> None:
     """A database that a newer bulk-mms took to a version it recorded as usable from this
     one's is used, not refused and not migrated back: a rolling upgrade of an index."""
-    assert SCHEMA_VERSION == 10
-    _newer_migrates(database, monkeypatch, usable_from=10)
-    assert migrate_url(database) == (11, 11)
+    _newer_migrates(database, monkeypatch, usable_from=SCHEMA_VERSION)
+    assert migrate_url(database) == (NEWER, NEWER)
     listed = suppression_for(None, database)
     suppression_for(None, database).add(["+12125550100"], "texted STOP (webhook)")
     assert listed.look_again() == ["+12125550100"]
@@ -591,14 +618,15 @@ def test_a_database_a_newer_bulk_mms_changed_is_refused_in_one_line(
 ) -> None:
     """A database at a version that needs a newer bulk-mms is refused, naming both
     versions, and left as it is."""
-    _newer_migrates(database, monkeypatch, usable_from=11)
+    _newer_migrates(database, monkeypatch, usable_from=NEWER)
     with pytest.raises(LedgerError) as info:
         migrate_url(database)
     assert str(info.value).endswith(
-        "schema version 11 is from a newer bulk-mms (it needs schema 11; this one knows 10)"
+        f"schema version {NEWER} is from a newer bulk-mms (it needs schema {NEWER}; "
+        f"this one knows {SCHEMA_VERSION})"
     )
     with psycopg.connect(database) as conn:
-        assert conn.execute("SELECT max(version) FROM bulk_mms_schema").fetchone() == (11,)
+        assert conn.execute("SELECT max(version) FROM bulk_mms_schema").fetchone() == (NEWER,)
 
 
 def test_a_password_never_shows(database: str) -> None:

@@ -11,19 +11,32 @@ import datetime as dt
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from msgspec.structs import replace
 
-from bulk_mms.caps import DailyCap, FileTally, SpendCeiling, Tally
+from bulk_mms.caps import (
+    SPENT,
+    UNDECIDED,
+    UNSENT,
+    DailyCap,
+    FileTally,
+    MemoryTally,
+    SpendCeiling,
+    Tally,
+)
 from bulk_mms.clock import SystemClock
 from bulk_mms.console import exit_for
-from bulk_mms.errors import LimitReached
+from bulk_mms.errors import LedgerError, LimitReached
 from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.ledger import load
+from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
@@ -97,7 +110,8 @@ async def test_concurrent_reservations_in_a_ledger_folder_never_pass_the_cap(
     assert sum(r is None for r in results) == 25
     assert all(isinstance(r, LimitReached) for r in results if r is not None)
     # one more recipient is refused, and says the count stands at 50
-    assert await tallies[0].take("daily-acme", Decimal(1), Decimal(50), Decimal(0)) == 50
+    one = ("other", "g1")
+    assert await tallies[0].take("daily-acme", Decimal(1), Decimal(50), Decimal(0), one) == 50
 
 
 async def test_a_send_that_never_happened_gives_its_room_back_and_one_in_doubt_keeps_it(
@@ -153,6 +167,55 @@ async def test_a_run_counts_null_cost_sends_at_the_configured_price_against_max_
     assert len(client.sent_numbers()) == 8
 
 
+async def test_a_run_stopped_by_a_failed_attempt_write_gives_its_room_back(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger refuses the third group's write-ahead attempt (disk full): the run stops
+    for the ledger, and the day's count holds exactly the recipients sent, nothing held (the
+    refused group's room, whose request never left, used to stay counted)."""
+    jobs.people(10)
+    job = jobs.job(extra="group_size = 2")
+    settings = replace(FAST, concurrency=1, daily_recipients=100)
+    write = JsonlStore._write_lines
+    attempts = iter(range(1000))
+
+    def full(self: JsonlStore, lines: list[bytes]) -> None:
+        if any(b'"attempt"' in line for line in lines) and next(attempts) == 2:
+            raise LedgerError(self.name, "cannot write: disk full")
+        write(self, lines)
+
+    monkeypatch.setattr(JsonlStore, "_write_lines", full)
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, LedgerError)
+    assert s.stopped == "ledger"
+    (count,) = job.ledger.parent.glob(".bulk-mms-daily-*.json")
+    assert orjson.loads(count.read_bytes()) == {"used": "4", "held": []}
+    assert len(client.sent_numbers()) == 4
+
+
+async def test_a_jsonl_run_gives_back_the_room_a_killed_run_held_for_groups_never_sent(
+    jobs: JobFactory,
+) -> None:
+    """A run killed after sending 6 of 10 recipients under a daily cap of 10 left held in the
+    day's count a sent group (counted) and a group it never sent (2 more): the next run keeps
+    the first counted, gives the second back, and sends the last 4, reaching the cap."""
+    jobs.people(10)
+    job = jobs.job(extra="group_size = 2")
+    one = replace(FAST, concurrency=1)
+    first = await run_job(job, replace(one, daily_recipients=6), FakeClient(), clock=FakeClock())
+    assert isinstance(first.error, LimitReached)
+    (count,) = job.ledger.parent.glob(".bulk-mms-daily-*.json")
+    sent = next(rec.id for rec in load(job.ledger).sent_groups())
+    held = [[job.ledger.name, sent, "2"], [job.ledger.name, "never-sent", "2"]]
+    count.write_bytes(orjson.dumps({"used": "8", "held": held}))  # as the kill left it
+    client = FakeClient()
+    rerun = await run_job(job, replace(one, daily_recipients=10), client, clock=FakeClock())
+    assert rerun.error is None
+    assert len(client.sent_numbers()) == 4
+    assert orjson.loads(count.read_bytes()) == {"used": "10", "held": []}
+
+
 async def test_two_jobs_in_one_ledger_folder_share_the_daily_cap_as_they_run(
     jobs: JobFactory,
 ) -> None:
@@ -200,6 +263,86 @@ async def test_tallies_in_one_database_never_pass_the_cap(database: str) -> None
     finally:
         for t in tallies:
             await t.close()
+
+
+@pytest.fixture(params=["memory", "file", "database"])
+async def tally(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Tally]:
+    """Each kind of tally: in memory, in a ledger folder's files, in a database."""
+    made: Tally
+    if request.param == "memory":
+        made = MemoryTally()
+    elif request.param == "file":
+        made = FileTally(tmp_path)
+    else:
+        where = f"{request.getfixturevalue('database')}?ledger=held"
+        migrate_url(where)
+        made = PostgresTally(where)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_a_groups_reservation_repeated_or_released_again_counts_once(tally: Tally) -> None:
+    """A cap of 5: g1 takes 2, and taking it again (a lost commit's repeat, a takeover) adds
+    nothing; released twice, its 2 come back once (g2's 3 stay), so 2 fit and 3 do not."""
+    key, cap, zero = "daily-acme", Decimal(5), Decimal(0)
+    assert await tally.take(key, Decimal(2), cap, zero, ("job", "g1")) is None
+    assert await tally.take(key, Decimal(2), cap, zero, ("job", "g1")) is None
+    assert await tally.take(key, Decimal(3), cap, zero, ("job", "g2")) is None
+    assert await tally.held("job") == [(key, "g1"), (key, "g2")]
+    await tally.release(key, ("job", "g1"))
+    await tally.release(key, ("job", "g1"))
+    assert await tally.held("job") == [(key, "g2")]
+    assert await tally.take(key, Decimal(3), cap, zero, ("job", "g3")) == 3
+    assert await tally.take(key, Decimal(2), cap, zero, ("job", "g3")) is None
+
+
+async def test_a_host_taking_a_group_over_reuses_the_room_it_holds(tally: Tally) -> None:
+    """Room for two groups of 2: a host reserves g1 and dies; another that takes g1 over
+    reserves it within that same room, so g2 still fits and g3 does not; g1 sent at 0.03
+    stays counted at 0.03 and is held no more."""
+    price = Money(Decimal("0.01"), "USD")
+    dead, alive = (
+        SpendCeiling(Decimal("0.05"), Decimal(0), price, tally, "spend-j", ledger="j")
+        for _ in range(2)
+    )
+    assert await dead.reserve(group(1)) is None  # then killed: never settled
+    assert await alive.reserve(group(1)) is None
+    assert await alive.reserve(group(2)) is None
+    assert isinstance(await alive.reserve(group(3)), LimitReached)
+    g1 = group(1)
+    await alive.settle(g1, replace(ok_receipt(g1), cost=Money(Decimal("0.03"), "USD")))
+    assert await tally.held("j") == [("spend-j", "g2")]
+    assert await tally.take(
+        "spend-j", Decimal("0.01"), Decimal("0.05"), Decimal(0), ("j", "x")
+    ) == Decimal("0.05")
+
+
+async def test_a_run_reconciles_the_room_a_killed_run_held_by_what_its_groups_became(
+    tally: Tally,
+) -> None:
+    """A killed run held room for four groups of 2 of a cap of 10: one the ledger shows
+    sent stays counted, one ended unsent and one never attempted are given back, one in
+    doubt stays held; another job's group is not looked at. So 4 more fit, not 5."""
+    killed = DailyCap(10, 0, "00:00 UTC", account="acme", tally=tally, ledger="j")
+    for i in range(4):
+        assert await killed.reserve(group(i)) is None
+    other = DailyCap(10, 0, "00:00 UTC", account="acme", tally=tally, ledger="k")
+    assert await other.reserve(group(9)) is None
+    became = {"g0": SPENT, "g1": UNSENT, "g2": UNSENT, "g3": UNDECIDED}
+    asked: list[str] = []
+
+    async def decide(gid: str) -> str:
+        asked.append(gid)
+        return became[gid]
+
+    rerun = DailyCap(10, 0, "00:00 UTC", account="acme", tally=tally, ledger="j")
+    await rerun.reconcile(decide)
+    assert sorted(asked) == ["g0", "g1", "g2", "g3"]
+    assert await tally.held("j") == [("daily-acme", "g3")]
+    assert await rerun.reserve(group(5, size=4)) is None
+    assert isinstance(await rerun.reserve(group(6, size=1)), LimitReached)
 
 
 @pytest.mark.slow
@@ -348,6 +491,43 @@ def test_hosts_paused_killed_and_cut_off_keep_one_cap(
     assert max(counts.values()) == 1
     assert 200 - 3 * 2 <= accepted <= 200
     assert accepted * unit <= _counted(database) <= 200 * unit
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_host_killed_holding_reservations_reaches_max_cost_exactly(
+    jobs: JobFactory, database: str
+) -> None:
+    """Three hosts under max_cost 2.00 (0.01 a recipient, groups of 2); one killed (-9)
+    while the ledger's table is locked, its groups' room reserved and their attempts not yet
+    written. Its groups are taken over in the room they hold, or their room given back, so
+    after a rerun the server has accepted exactly 200 recipients, each once, and the
+    database counts exactly 2.00 (the killed host's room used to stay counted for good: the
+    job ended short by its groups)."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.extend(Fault("slow", delay=0.4) for _ in range(1000))
+    jobs.people(400)
+    job = jobs.job(extra='group_size = 2\nmax_cost = "2.00"')
+    config = _config(
+        jobs.root,
+        "rate = 5\nconcurrency = 3\nlease_s = 2",
+        api="records_lag_s = 0",
+        pricing='per_recipient = "0.01"',
+    )
+    where = f"{database}?ledger=killed"
+    with fake_api_thread(fake) as url:
+        hosts = _hosts(job.path, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= 10)
+        with _locked(database, "bulk_mms_events"):  # every host's next attempts wait,
+            time.sleep(1.0)  # their room reserved
+            hosts[1].kill()
+        _ended(hosts, {5})
+        rerun = run_cli(job.path, url, config, where)
+        _, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 5, err.decode()[-400:]
+    counts = fake.recipient_counts()
+    assert max(counts.values()) == 1
+    assert sum(counts.values()) == 200
+    assert _counted(database) == Decimal("2.00")
 
 
 @pytest.mark.slow

@@ -260,29 +260,56 @@ class PostgresBudget(Pauses):
 _TALLY_SEED: Final = (
     "INSERT INTO bulk_mms_limits (name, used) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
 )
+#: A holder's reservation: its row in ``bulk_mms_reservations`` (none made when it has one:
+#: it holds the room already), and the count raised by it while within the cap. Whether the
+#: row was made, and whether the count took it: a row made that the count did not take is
+#: rolled back.
 _TALLY_TAKE: Final = """
-    UPDATE bulk_mms_limits SET used = used + %(amount)s
-    WHERE name = %(name)s AND used + %(amount)s <= %(cap)s
+    WITH held AS (
+        INSERT INTO bulk_mms_reservations (name, ledger, grp, amount)
+        VALUES (%(name)s, %(ledger)s, %(grp)s, %(amount)s)
+        ON CONFLICT (name, ledger, grp) DO NOTHING
+        RETURNING amount),
+    taken AS (
+        UPDATE bulk_mms_limits l SET used = l.used + h.amount FROM held h
+        WHERE l.name = %(name)s AND l.used + h.amount <= %(cap)s
+        RETURNING l.name)
+    SELECT EXISTS (SELECT FROM held), EXISTS (SELECT FROM taken)
 """
 _TALLY_USED: Final = "SELECT used FROM bulk_mms_limits WHERE name = %s"
-_TALLY_ADD: Final = "UPDATE bulk_mms_limits SET used = greatest(0, used + %s) WHERE name = %s"
+#: A holder's reservation settled, its row gone: the room given back (``%(back)s`` 1) or
+#: spent, ``%(extra)s`` more with it (``%(back)s`` 0). Nothing, for a holder without one.
+_TALLY_SETTLE: Final = """
+    WITH gone AS (
+        DELETE FROM bulk_mms_reservations
+        WHERE name = %(name)s AND ledger = %(ledger)s AND grp = %(grp)s
+        RETURNING amount)
+    UPDATE bulk_mms_limits l
+    SET used = greatest(0, l.used - %(back)s * g.amount + %(extra)s) FROM gone g
+    WHERE l.name = %(name)s
+"""
+_TALLY_HELD: Final = (
+    "SELECT name, grp FROM bulk_mms_reservations WHERE ledger = %s ORDER BY name, grp"
+)
 
 
 class PostgresTally:
     """A :class:`~bulk_mms.caps.Tally` in the ledger's database, shared by every process
-    and job that uses it: a row of ``bulk_mms_limits`` per count, changed atomically.
+    and job that uses it: a row of ``bulk_mms_limits`` per count, changed atomically, and a
+    row of ``bulk_mms_reservations`` per holder's room in it.
 
     A count that has no row yet is made with the ``seed`` its first taker passes (an insert
-    that does nothing when another process made it first), then reserved by one ``UPDATE``
-    that adds only while the sum stays within the cap. Its own connection (the ledger's kind:
-    named, made at the first count, made again once when found lost); every round trip ends
-    within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or in
+    that does nothing when another process made it first), then reserved by one statement
+    that makes the holder's row (unless it has one: it holds the room already) and adds to
+    the count only while the sum stays within the cap. Settling deletes the holder's row and
+    changes the count by what that row held, in one statement. Its own connection (the
+    ledger's kind: named, made at the first count, made again once when found lost); every
+    round trip ends within :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, or in
     :class:`~bulk_mms.errors.LedgerUnavailable` (the run stops, exit 7, resumable).
 
-    A count's change is its own transaction, so a connection lost before its ``COMMIT`` was
-    sent has changed nothing and is repeated on a new one; lost during the ``COMMIT``, the
-    change may have counted, and a repeat could count it twice (a release twice gives room
-    that was never freed): that one stops the run instead.
+    Each change is its own transaction, and repeating it changes nothing more (a holder
+    holds once; a settled one holds nothing), so a connection lost even during the
+    ``COMMIT`` is repeated on a new one: a count is never changed twice by one change.
 
     Args:
         location: the ledger's ``postgresql://`` URL.
@@ -298,47 +325,68 @@ class PostgresTally:
     def __repr__(self) -> str:
         return f"<PostgresTally {self._shown}>"
 
-    async def _change(self, key: str, seed: Decimal | None, sql: str, params: Any) -> bool:
-        """``sql`` (one ``UPDATE`` of ``key``'s row, made from ``seed`` first if it has none)
-        in a transaction of its own: whether it changed the row.
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``work`` on the tally's connection, one at a time; repeated on a new one when the
+        connection is lost (every change here may be).
 
         Raises:
-            LedgerUnavailable: the database was lost (twice, or during the ``COMMIT``), or
-                did not answer in time.
+            LedgerUnavailable: the database was lost (twice), or did not answer in time.
             LedgerError: any other database error.
         """
-        committing = False  # past this, a lost connection leaves the change unknown
+        async with self._lock:
+            return await self._link.run(work, "cannot keep the limits' count")
 
-        async def change(conn: psycopg.AsyncConnection[Any]) -> bool:
-            nonlocal committing
-            if seed is not None and key not in self._seeded:
+    async def take(
+        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: tuple[str, str]
+    ) -> Decimal | None:
+        params = {"amount": amount, "name": key, "cap": cap, "ledger": holder[0], "grp": holder[1]}
+
+        async def take(conn: psycopg.AsyncConnection[Any]) -> Decimal | None:
+            if key not in self._seeded:
                 await conn.execute(_TALLY_SEED, (key, seed))  # may repeat: DO NOTHING
                 self._seeded.add(key)
             async with conn.transaction():
-                cur = await conn.execute(sql, params)
-                committing = cur.rowcount > 0  # a change of nothing is safe to repeat
-            return cur.rowcount > 0
-
-        async with self._lock:
-            return await self._link.run(
-                change, "cannot keep the limits' count", repeatable=lambda: not committing
-            )
-
-    async def take(self, key: str, amount: Decimal, cap: Decimal, seed: Decimal) -> Decimal | None:
-        params = {"amount": amount, "name": key, "cap": cap}
-        if await self._change(key, seed, _TALLY_TAKE, params):
-            return None
-
-        async def used(conn: psycopg.AsyncConnection[Any]) -> Decimal:
+                cur = await conn.execute(_TALLY_TAKE, params)
+                row = await cur.fetchone()
+                assert row is not None
+                made, taken = bool(row[0]), bool(row[1])
+                if not made or taken:
+                    return None  # held already, or now
+                raise psycopg.Rollback  # no room: the holder's row goes too
             cur = await conn.execute(_TALLY_USED, (key,))
-            row = await cur.fetchone()
-            return Decimal(row[0]) if row is not None else seed
+            used = await cur.fetchone()
+            return Decimal(used[0]) if used is not None else seed
 
-        async with self._lock:
-            return await self._link.run(used, "cannot keep the limits' count")
+        return await self._run(take)
 
-    async def add(self, key: str, amount: Decimal) -> None:
-        await self._change(key, None, _TALLY_ADD, (amount, key))
+    async def _settle(self, key: str, holder: tuple[str, str], extra: Decimal | None) -> None:
+        """Settle ``holder``'s room in ``key``: given back (``extra`` None), or spent."""
+        params = {
+            "name": key,
+            "ledger": holder[0],
+            "grp": holder[1],
+            "back": 1 if extra is None else 0,
+            "extra": extra or Decimal(0),
+        }
+
+        async def settle(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                await conn.execute(_TALLY_SETTLE, params)
+
+        await self._run(settle)
+
+    async def release(self, key: str, holder: tuple[str, str]) -> None:
+        await self._settle(key, holder, None)
+
+    async def spend(self, key: str, holder: tuple[str, str], extra: Decimal) -> None:
+        await self._settle(key, holder, extra)
+
+    async def held(self, ledger: str) -> list[tuple[str, str]]:
+        async def held(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
+            cur = await conn.execute(_TALLY_HELD, (ledger,))
+            return [(str(name), str(grp)) for name, grp in await cur.fetchall()]
+
+        return await self._run(held)
 
     async def close(self) -> None:
         await self._link.close()

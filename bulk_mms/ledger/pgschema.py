@@ -17,7 +17,7 @@ from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.pgconnect import scrub, split, sync_connect
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -122,6 +122,22 @@ _MIGRATIONS: Final = {
     10: """
         CREATE INDEX IF NOT EXISTS bulk_mms_suppressions_added
             ON bulk_mms_suppressions (added);
+    """,
+    # What each group holds of each shared count (bulk_mms_limits), so a reservation is the
+    # group's, not its process's: a repeat or a takeover adds nothing, a release gives back
+    # what the group holds, once, and a run settles the room of groups a killed process held
+    # (pgbudget.PostgresTally). A count's room held before this (by a process of an older
+    # bulk-mms) has no row here: it stays counted, as it did.
+    11: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_reservations (
+            name text NOT NULL,
+            ledger text NOT NULL,
+            grp text NOT NULL,
+            amount numeric NOT NULL,
+            PRIMARY KEY (name, ledger, grp)
+        );
+        CREATE INDEX IF NOT EXISTS bulk_mms_reservations_ledger
+            ON bulk_mms_reservations (ledger);
     """,
 }
 #: For a schema version whose migration older code may ignore (an index: it reads and writes
