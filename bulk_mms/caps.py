@@ -203,7 +203,7 @@ class MemoryTally:
 #: The lock file beside the ledgers that every count file of the folder is changed under.
 LOCK_NAME = ".bulk-mms-limits.lock"
 #: How a count file is named: ``.bulk-mms-<key>.json``.
-_COUNT_FILE = re.compile(r"\.bulk-mms-(?P<key>.+)\.json")
+_COUNT_PREFIX, _COUNT_SUFFIX = ".bulk-mms-", ".json"
 
 
 class FileTally:
@@ -222,7 +222,7 @@ class FileTally:
 
     def path(self, key: str) -> Path:
         """The file that holds the count ``key``."""
-        return self.folder / f".bulk-mms-{key}.json"
+        return self.folder / f"{_COUNT_PREFIX}{key}{_COUNT_SUFFIX}"
 
     def _locked(self, work: Callable[[], _T], shown: Path) -> _T:
         """``work`` under the folder's lock.
@@ -311,10 +311,8 @@ class FileTally:
     async def held(self, ledger: str) -> list[tuple[str, str]]:
         def work() -> list[tuple[str, str]]:
             found = []
-            for path in sorted(self.folder.glob(".bulk-mms-*.json")):
-                if (match := _COUNT_FILE.fullmatch(path.name)) is None:
-                    continue
-                key = match["key"]
+            for path in sorted(self.folder.glob(f"{_COUNT_PREFIX}?*{_COUNT_SUFFIX}")):
+                key = path.name.removeprefix(_COUNT_PREFIX).removesuffix(_COUNT_SUFFIX)
                 found += [
                     (key, grp)
                     for owner, grp in self._read(path, Decimal(0)).held
