@@ -31,6 +31,7 @@ from bulk_mms.gates import past
 from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
+from bulk_mms.report import past_deadline_words
 from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
 from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
@@ -369,7 +370,8 @@ def _tell_summary(s: JobSummary) -> None:
 
 def _waiting(s: JobSummary) -> str:
     """What the recipients line adds of the members waiting for a carrier's reset: before the
-    job's deadline, and after it (no run sends those)."""
+    job's deadline, and after it (no rerun sends those before it), as the report says them
+    (:func:`~bulk_mms.report.held_for_reset`)."""
     notes = []
     if s.waiting_recipients:
         notes.append(
@@ -379,7 +381,7 @@ def _waiting(s: JobSummary) -> str:
     if s.waiting_past_deadline:
         notes.append(
             f"{_n(s.waiting_past_deadline, 'recipient')} held by a carrier's daily limit until "
-            "after the job's deadline: no run sends them"
+            f"after the job's deadline; {past_deadline_words(s.deadline)}"
         )
     return f" ({'; '.join(notes)})" if notes else ""
 

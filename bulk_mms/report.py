@@ -12,16 +12,20 @@ them, costs per currency, waits and error codes. Every error or reason is said i
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from collections import Counter
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 
+from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.csvfile import safe_cell
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, UNCONFIRMED
 from bulk_mms.errors import LedgerError
+from bulk_mms.gates import before
 from bulk_mms.ledger import (
     STATES,
     InputRows,
@@ -55,6 +59,48 @@ class Waiting(msgspec.Struct, frozen=True):
     group: str
     code: str
     after: float
+
+
+class ResetHolds(msgspec.Struct, frozen=True):
+    """The members waiting to go again (:func:`waiting`), split by the job's deadline
+    (:func:`held_for_reset`)."""
+
+    #: A rerun sends them before the deadline: from their reset (``after``), or at once.
+    in_time: dict[str, Waiting]
+    #: No rerun of the job before its deadline sends them: their reset comes at or after it
+    #: (or the deadline has passed).
+    past_deadline: dict[str, Waiting]
+
+
+def held_for_reset(
+    waits: Mapping[str, Waiting], now: float, deadline: dt.datetime | None
+) -> ResetHolds:
+    """Split the members waiting to go again by whether a rerun can still send them before
+    the job's ``deadline`` (None: there is none, or none is known): the earliest a rerun sends
+    one is its reset or ``now``, whichever is later (:func:`~bulk_mms.gates.before`). The
+    one reckoning of it, for the run's summary and for the report, so they say the same.
+
+    Args:
+        waits: the members waiting (:func:`waiting`), by number.
+        now: the wall clock, seconds since the epoch.
+        deadline: the job's (:func:`~bulk_mms.gates.job_deadline`; in a report, the latest
+            run's, :attr:`~bulk_mms.ledger.LedgerView.deadline_at`).
+    """
+    in_time: dict[str, Waiting] = {}
+    past_deadline: dict[str, Waiting] = {}
+    for phone, w in waits.items():
+        (in_time if before(deadline, max(w.after, now)) else past_deadline)[phone] = w
+    return ResetHolds(in_time, past_deadline)
+
+
+def past_deadline_words(deadline: dt.datetime | None) -> str:
+    """What the run and the report say of members no rerun sends before the job's
+    ``deadline`` (:attr:`ResetHolds.past_deadline`), and what to do."""
+    named = f" ({minute_utc(deadline.timestamp())})" if deadline is not None else ""
+    return (
+        f"no rerun of this job before its deadline{named} sends them: move the deadline "
+        "later, or send them in a new job"
+    )
 
 
 class LedgerSummary(msgspec.Struct):
@@ -124,6 +170,11 @@ class LedgerSummary(msgspec.Struct):
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
     #: seconds; 0: at once) (:func:`waiting`).
     waiting: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    #: The job's deadline as the ledger's latest run had it (None: it had none, or the
+    #: ledger was written before runs recorded it), and of :attr:`waiting` those no rerun of
+    #: the job sends before it (:func:`held_for_reset`), as that run's summary counted them.
+    deadline: dt.datetime | None = None
+    past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
@@ -199,9 +250,16 @@ class LedgerSummary(msgspec.Struct):
         return self.sent_events / self.sending_seconds
 
     @property
+    def waiting_in_time(self) -> int:
+        """Of :attr:`waiting`, those a rerun sends before the job's deadline."""
+        return len(self.waiting) - len(self.past_deadline)
+
+    @property
     def waiting_until(self) -> float:
-        """When the last member waiting for a carrier's reset may be sent (0: none waits)."""
-        return max((w.after for w in self.waiting.values()), default=0.0)
+        """When the last member waiting for a carrier's reset that a rerun sends before the
+        job's deadline may be sent (0: none waits so)."""
+        past = self.past_deadline
+        return max((w.after for p, w in self.waiting.items() if p not in past), default=0.0)
 
     @property
     def total_cost(self) -> Decimal | None:
@@ -239,8 +297,10 @@ class LedgerSummary(msgspec.Struct):
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
-            "waiting_recipients": len(self.waiting),
+            "waiting_recipients": self.waiting_in_time,
             "waiting_not_before": minute_utc(self.waiting_until),
+            "waiting_past_deadline": len(self.past_deadline),
+            "deadline": minute_utc(self.deadline.timestamp()) if self.deadline else None,
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
@@ -260,8 +320,13 @@ class LedgerSummary(msgspec.Struct):
         }
 
 
-def summarize(location: Location) -> LedgerSummary:
+def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummary:
     """Read a whole ledger once (one fold, :class:`~bulk_mms.ledger.LedgerView`) and sum it up.
+
+    Args:
+        location: the ledger.
+        clock: now, by its wall time (whether a rerun can still send a member waiting for a
+            reset before the deadline); the system's by default.
 
     Raises:
         LedgerError: it is missing, unreadable or corrupt, or has no job header (an empty
@@ -290,6 +355,9 @@ def summarize(location: Location) -> LedgerSummary:
     s.undelivered = list(view.not_received().items())
     s.delivery_codes, s.delivery_actions = _delivery_codes(view, s.undelivered)
     s.waiting = waiting(view)
+    s.deadline = view.deadline_at
+    now = (clock or SystemClock()).wall()
+    s.past_deadline = held_for_reset(s.waiting, now, s.deadline).past_deadline
     return s
 
 
@@ -333,10 +401,15 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
 
 
 def _waiting_note(s: LedgerSummary) -> str:
-    """The not-attempted row's note when some of them wait to go again (:func:`waiting`)."""
-    now = s.not_sent_yet
+    """The not-attempted row's note when some of them wait to go again (:func:`waiting`):
+    those a rerun sends before the job's deadline apart from those it does not."""
+    now, late = s.not_sent_yet, len(s.past_deadline)
+    waits = [
+        *([f"{s.waiting_in_time} wait to go again"] * bool(s.waiting_in_time)),
+        *([f"{late} wait past the job's deadline"] * bool(late)),
+    ]
     rest = f"; {now} {NOT_SENT_YET}" if now else ""
-    return f"  ({len(s.waiting)} wait to go again: see below{rest})"
+    return f"  ({', '.join(waits)}: see below{rest})"
 
 
 #: Why the recipients not attempted that wait for no reset are not sent.
@@ -353,19 +426,24 @@ def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
 
 
 def _waiting_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
-    """The members waiting to go again (:func:`waiting`), by the code that moved them, most
-    first: how many, and why in words (from when a rerun sends them)."""
-    by_code: dict[str, list[Waiting]] = {}
-    for w in s.waiting.values():
-        by_code.setdefault(w.code, []).append(w)
+    """The members waiting to go again (:func:`waiting`), by the code that moved them and
+    whether a rerun sends them before the job's deadline (:attr:`LedgerSummary.past_deadline`),
+    most first: how many, and why in words (from when a rerun sends them, or that none
+    before the deadline does)."""
+    by_code: dict[tuple[str, bool], list[Waiting]] = {}
+    for phone, w in s.waiting.items():
+        by_code.setdefault((w.code, phone in s.past_deadline), []).append(w)
     out = []
-    for code, ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
+    for (code, late), ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
         after = max(w.after for w in ws)
-        when = (
-            f"a rerun from {minute_utc(after)} sends them" if after else "a plain rerun sends them"
-        )
+        if late:
+            when = f"; {past_deadline_words(s.deadline)}"
+        elif after:
+            when = f"; a rerun from {minute_utc(after)} sends them"
+        else:
+            when = "; a plain rerun sends them"
         what = error_words(code) if code else "moved out of a sent group"
-        out.append((len(ws), f"{what}: moved out of their sent group; {when}"))
+        out.append((len(ws), f"{what}: moved out of their sent group{when}"))
     return out
 
 

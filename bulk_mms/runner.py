@@ -37,7 +37,7 @@ from bulk_mms.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from bulk_mms.gates import Gates, before, past
+from bulk_mms.gates import Gates, job_deadline, past
 from bulk_mms.ledger import (
     Header,
     LedgerStore,
@@ -65,7 +65,7 @@ from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
-from bulk_mms.report import waiting
+from bulk_mms.report import held_for_reset, waiting
 from bulk_mms.scan import (
     InputScan,
     ScanStopped,
@@ -811,12 +811,13 @@ class Runner:
         s.open_retry_pending = view.count(RETRY_PENDING)
         s.recipients = view.recipients()
         s.retired = retired_senders(self.job, view)
+        s.deadline = self.sender.expires_at
         if s.recipients.not_attempted:
-            wall, expires = self.clock.wall(), self.sender.expires_at
-            later = [w.after for w in waiting(view).values() if w.after > wall]
-            in_time = [t for t in later if before(expires, t)]  # a rerun can send them
-            s.waiting_recipients, s.waiting_until = len(in_time), max(in_time, default=0.0)
-            s.waiting_past_deadline = len(later) - len(in_time)
+            wall = self.clock.wall()
+            held = held_for_reset(waiting(view), wall, s.deadline)  # as the report has them
+            later = [w.after for w in held.in_time.values() if w.after > wall]
+            s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
+            s.waiting_past_deadline = len(held.past_deadline)
         # after the recipients: who else the stop left counts
         held_for_windows(
             s, self.job, self.clock, self.sender.expires_at, quiet=self.quiet, left=self.left
@@ -964,7 +965,13 @@ async def _begin(
     heard."""
     header = header_for(job, scan.fingerprint, clock)
     view = await asyncio.to_thread(_resume, store, header, columns, job.phone_column, scan)
-    started = RunStarted(os.getpid(), iso(clock.wall()), shared=store.shared)
+    expires = job_deadline(job, view)  # the sender's own, from the same view: the report's
+    started = RunStarted(
+        os.getpid(),
+        iso(clock.wall()),
+        shared=store.shared,
+        deadline=iso(expires.timestamp()) if expires is not None else None,
+    )
     await asyncio.to_thread(store.append_now, started)
     view.apply(started)
     return view

@@ -143,8 +143,12 @@ class JobSummary(msgspec.Struct):
     waiting_recipients: int = 0
     waiting_until: float = 0.0
     #: Members moved so whose carrier's reset comes only at or after the job's deadline: no
-    #: run sends them (the first run past the deadline records them expired); exit 1.
+    #: run sends them (the first run past the deadline records them expired); exit 1. Both
+    #: counts as :func:`~bulk_mms.report.held_for_reset` splits them, as the report does.
     waiting_past_deadline: int = 0
+    #: The job's deadline the run sent under (:func:`~bulk_mms.gates.job_deadline`), as its
+    #: ``run`` event records it; None: it has none.
+    deadline: dt.datetime | None = None
     error: BaseException | None = None
 
     @property
@@ -187,6 +191,7 @@ class JobSummary(msgspec.Struct):
             "waiting_recipients": self.waiting_recipients,
             "waiting_not_before": minute_utc(self.waiting_until),
             "waiting_past_deadline": self.waiting_past_deadline,
+            "deadline": minute_utc(self.deadline.timestamp()) if self.deadline else None,
         }
 
     def note_rejected(self, kind: Rejection) -> None:

@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 14
+VERSION: Final = 15
 _CHUNK: Final = 1 << 20
 
 
@@ -168,6 +168,7 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         "header": events.to_json(view.header) if view.header is not None else None,
         "planned": events.to_json(view.planned) if view.planned is not None else None,
         "counts": [view.runs, view.attempts, view.rate_limited, view.sent_events],
+        "deadline": view.deadline,
         "times": [
             view.first_time,
             view.last_time,
@@ -200,6 +201,10 @@ def from_state(d: dict[str, Any]) -> LedgerView:
     view.header = _event(d["header"], events.Header, "a header")
     view.planned = _event(d["planned"], events.Planned, "a planned event")
     view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
+    deadline = d["deadline"]
+    if deadline is not None and not isinstance(deadline, str):
+        raise TypeError("a deadline that is not a stamp")
+    view.deadline = deadline
     (view.first_time, view.last_time, view.sending_seconds,
      view._run_first, view._run_last) = d["times"]  # fmt: skip
     columns = d["groups"]

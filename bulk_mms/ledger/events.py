@@ -4,7 +4,7 @@ Every store writes and reads these and nothing else. On the wire (a JSONL line, 
 row's document) an event is a JSON object whose first key is ``event``, its kind::
 
     job       Header      the first event: the job, its input's fingerprint, grouping, campaign
-    run       RunStarted  a run (or a process sharing the job) began
+    run       RunStarted  a run (or a process sharing the job) began, under the job's deadline
     planned   Planned     a run read its whole input: how many recipients, groups and rows not sent
     attempt   Attempt     a request is about to leave (durable before it does)
     sent      Sent        the API accepted the group
@@ -129,6 +129,12 @@ class RunStarted(msgspec.Struct, frozen=True):
     #: Another process may be running the ledger too (a database): an attempt left open is
     #: then not taken for a crash's (its owner's claim says whether it is alive).
     shared: bool = False
+    #: The job's deadline this run sent under (:func:`~bulk_mms.gates.job_deadline`), as an
+    #: event's ``time`` is written; None when the job has none, and in a ledger written
+    #: before it was kept. Not in the :class:`Header`: a user may move it between runs, and
+    #: the latest run's is the one that counts (:attr:`LedgerView.deadline
+    #: <bulk_mms.ledger.LedgerView.deadline>`).
+    deadline: str | None = None
     kind: ClassVar[str] = "run"
 
 
@@ -369,6 +375,7 @@ _HOW = {
     "retired": _UNLESS_EMPTY,
     "action": _UNLESS_EMPTY,
     "rejoins": _UNLESS_EMPTY,
+    "deadline": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -408,7 +415,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
-            del out[key]  # refused, retired, action, rejoins: the common case, left out
+            del out[key]  # refused, retired, action, rejoins, deadline: the common case, left out
     return out
 
 
@@ -581,7 +588,9 @@ def _status(d: Mapping[str, Any]) -> Status:
 
 _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "job": _header,
-    "run": lambda d: RunStarted(_int(d, "pid"), _time(d), bool(d.get("shared"))),
+    "run": lambda d: RunStarted(
+        _int(d, "pid"), _time(d), bool(d.get("shared")), _opt_str(d, "deadline")
+    ),
     "planned": lambda d: Planned(
         _int(d, "recipients"),
         _int(d, "groups"),

@@ -20,6 +20,7 @@ A valid recipient the ledger has no group for is ``not_attempted`` (counted agai
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -255,6 +256,10 @@ class LedgerView(msgspec.Struct, eq=False):
     #: recipients' worth of objects it would build for nothing).
     statuses: bool = True
     runs: int = 0
+    #: The job's deadline as the latest run had it (its ``run`` event's
+    #: :attr:`~bulk_mms.ledger.events.RunStarted.deadline`, an event's stamp): None when it
+    #: had none, or its ledger was written before runs recorded it (:attr:`deadline_at`).
+    deadline: str | None = None
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
     groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
@@ -333,6 +338,12 @@ class LedgerView(msgspec.Struct, eq=False):
     __hash__ = None  # type: ignore[assignment]  # mutable: never a key
 
     @property
+    def deadline_at(self) -> dt.datetime | None:
+        """:attr:`deadline` as a time (None: none known, or a stamp that does not parse)."""
+        when = instant(self.deadline)
+        return None if when is None else dt.datetime.fromtimestamp(when, dt.UTC)
+
+    @property
     def campaign(self) -> str | None:
         """The ledger's identity, part of every Idempotency-Key; None for a format-1 ledger."""
         return self.header.campaign if self.header is not None else None
@@ -382,6 +393,7 @@ class LedgerView(msgspec.Struct, eq=False):
             case events.Planned():
                 self.planned = ev
             case events.RunStarted():
+                self.deadline = ev.deadline
                 self._run_started(ev.shared)
             case events.Header():
                 self.header = ev

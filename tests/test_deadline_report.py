@@ -1,0 +1,252 @@
+"""The job's deadline in the ledger: each run records the one it sent under, and the report
+says of the members a carrier holds until after it what the run says (no rerun of the job
+before its deadline sends them), counted apart, by the one reckoning both share."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.clock import iso
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import ApiError, Exit
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.ledger import (
+    Header,
+    LedgerView,
+    Location,
+    Moved,
+    Planned,
+    RunStarted,
+    Sent,
+    Status,
+    open_store,
+)
+from bulk_mms.ledger import checkpoint as ckpt
+from bulk_mms.ledger.events import Event, decode, encode
+from bulk_mms.report import (
+    Waiting,
+    format_text,
+    held_for_reset,
+    not_attempted_reasons,
+    past_deadline_words,
+    summarize,
+)
+from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClock, JobFactory, numbers
+
+UTC = dt.UTC
+#: 10:00 in Los Angeles: T-Mobile's daily cap (40016) resets at midnight there, RESET.
+MORNING = dt.datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
+RESET = dt.datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+#: The job's deadline: before the reset.
+DEADLINE = dt.datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
+LATER = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+A, B, C, D = numbers(4, start=400)
+CAP = ApiError("40016", "T-Mobile daily cap", "")
+
+
+class Clock:
+    """A wall clock standing at one time (all a report asks of its clock)."""
+
+    def __init__(self, when: dt.datetime) -> None:
+        self.when = when.timestamp()
+
+    def monotonic(self) -> float:
+        return self.when
+
+    def wall(self) -> float:
+        return self.when
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("a report never sleeps")
+
+
+def run(deadline: dt.datetime | None) -> RunStarted:
+    """A run's start, under ``deadline``."""
+    stamp = iso(deadline.timestamp()) if deadline is not None else None
+    return RunStarted(1, iso(MORNING.timestamp()), deadline=stamp)
+
+
+def capped(*runs: RunStarted) -> list[Event]:
+    """A ledger whose group of four was sent and whose member C met T-Mobile's daily cap,
+    moved out to go again from RESET; ``runs`` started before the send."""
+    return [
+        Header("j", None),
+        *runs,
+        Planned(4, 1, 0),
+        Sent("g1", to=(A, B, C, D), message_id="m1"),
+        Status("g1", C, "delivery_failed", errors=(CAP,), at="2026-11-25T18:00:01Z"),
+        Moved("g1", (C,), "", "40016", "2026-11-25T18:00:02Z", RESET.timestamp()),
+    ]
+
+
+@pytest.fixture(params=["jsonl", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new ledger: a JSONL file, or one of a database of the test's own (skipped when
+    there is no PostgreSQL)."""
+    if request.param == "jsonl":
+        yield str(tmp_path / "l.jsonl")
+    else:
+        database: str = request.getfixturevalue("database")
+        yield f"{database}?ledger=deadline"
+
+
+def written(where: Location, evs: list[Event]) -> Location:
+    """``where``, holding ``evs``."""
+    store = open_store(where)
+    for ev in evs:
+        store.append_now(ev)
+    store.close_sync()
+    return where
+
+
+def test_a_run_line_keeps_its_deadline_and_an_old_one_reads_without() -> None:
+    """A run line carries the deadline it was written with and reads it back; one without
+    a deadline leaves the key out, and a line written before it was kept reads as None."""
+    started = run(DEADLINE)
+    line = orjson.loads(encode(started))
+    assert line["deadline"] == "2026-11-25T20:00:00.000Z"
+    assert decode(line) == started
+    assert "deadline" not in orjson.loads(encode(run(None)))
+    assert decode({"event": "run", "pid": 7, "time": "2026-11-25T18:00:00Z"}) == RunStarted(
+        7, "2026-11-25T18:00:00Z"
+    )
+
+
+def test_the_latest_runs_deadline_is_the_one_the_fold_keeps() -> None:
+    """Each run's start replaces the deadline the fold holds, a run without one too; a
+    checkpoint of the view keeps it."""
+    view = LedgerView.fold(capped(run(DEADLINE), run(LATER)))
+    assert view.deadline_at == LATER
+    assert LedgerView.fold(capped(run(LATER), run(DEADLINE))).deadline_at == DEADLINE
+    assert LedgerView.fold(capped(run(DEADLINE), run(None))).deadline_at is None
+    again = ckpt.from_state(orjson.loads(orjson.dumps(ckpt.to_state(view))))
+    assert again == view
+    assert again.deadline_at == LATER
+
+
+def test_a_reset_is_in_time_only_before_the_deadline_and_while_it_has_not_passed() -> None:
+    """The one reckoning: a reset before the deadline is in time, one at or after it is not,
+    none is late without a deadline, and once the deadline has passed no reset is in time."""
+    waits = {
+        "before": Waiting("g", "40016", DEADLINE.timestamp() - 1),
+        "at": Waiting("g", "40016", DEADLINE.timestamp()),
+        "after": Waiting("g", "40016", RESET.timestamp()),
+        "now": Waiting("g", "40002", 0.0),
+    }
+    held = held_for_reset(waits, MORNING.timestamp(), DEADLINE)
+    assert (sorted(held.in_time), sorted(held.past_deadline)) == (
+        ["before", "now"],
+        ["after", "at"],
+    )
+    assert not held_for_reset(waits, MORNING.timestamp(), None).past_deadline
+    passed = held_for_reset(waits, DEADLINE.timestamp(), DEADLINE)
+    assert (passed.in_time, len(passed.past_deadline)) == ({}, 4)
+
+
+def test_the_report_counts_members_held_past_the_deadline_apart_and_names_it(
+    where: str,
+) -> None:
+    """On either store, a member a carrier holds until after the latest run's deadline is
+    counted apart from those a rerun sends; the table and the HTML page's reasons name the
+    deadline and what to do, and promise no rerun from the reset."""
+    path = written(where, capped(run(DEADLINE)))
+    s = summarize(path, clock=Clock(MORNING))
+    d = s.as_dict()
+    assert (d["recipients"]["not_attempted"], d["waiting_recipients"]) == (1, 0)
+    assert (d["waiting_past_deadline"], d["deadline"], d["waiting_not_before"]) == (
+        1,
+        "2026-11-25T20:00Z",
+        None,
+    )
+    text = format_text(s, path)
+    line = next(x for x in text.splitlines() if "T-Mobile" in x and "recipient" in x)
+    assert line.endswith(
+        "moved out of their sent group; no rerun of this job before its deadline "
+        "(2026-11-25T20:00Z) sends them: move the deadline later, or send them in a new job"
+    )
+    assert "(1 wait past the job's deadline: see below)" in text
+    assert "a rerun from" not in text
+    assert [n for n, _ in not_attempted_reasons(s)] == [1]
+    assert past_deadline_words(DEADLINE) in not_attempted_reasons(s)[0][1]
+
+
+def test_a_deadline_moved_past_the_reset_makes_the_rerun_promise_again(tmp_path: Path) -> None:
+    """A later run under a deadline after the reset is the one that counts: the report says
+    again that a rerun from the reset sends the member, as the run would (exit 5)."""
+    path = written(tmp_path / "l.jsonl", capped(run(DEADLINE), run(LATER)))
+    s = summarize(path, clock=Clock(MORNING))
+    assert (s.as_dict()["waiting_recipients"], len(s.past_deadline)) == (1, 0)
+    assert "a rerun from 2026-11-26T08:00Z sends them" in format_text(s, path)
+
+
+def test_a_ledger_written_before_runs_kept_their_deadline_reads_as_before(
+    tmp_path: Path,
+) -> None:
+    """A ledger whose run lines carry no deadline (an older bulk-mms): none is known, the
+    member is promised a rerun from the reset, as before."""
+    old = RunStarted(1, iso(MORNING.timestamp()))
+    path = written(tmp_path / "l.jsonl", capped(old))
+    s = summarize(path, clock=Clock(MORNING))
+    d = s.as_dict()
+    assert (d["waiting_recipients"], d["waiting_past_deadline"], d["deadline"]) == (1, 0, None)
+    assert "a rerun from 2026-11-26T08:00Z sends them" in format_text(s, path)
+    assert "deadline" not in format_text(s, path)
+
+
+def test_once_the_deadline_has_passed_no_member_waiting_is_promised_a_rerun(
+    tmp_path: Path,
+) -> None:
+    """Read after the deadline, even a member whose reset came before it is said to be
+    sent by no rerun before the deadline: the clock the report is given decides."""
+    early = [*capped(run(DEADLINE))[:-1], Moved("g1", (C,), "", "40016", "t", 1.0)]
+    path = written(tmp_path / "l.jsonl", early)
+    assert summarize(path, clock=Clock(MORNING)).past_deadline == {}
+    late = summarize(path, clock=Clock(LATER))
+    assert list(late.past_deadline) == [C]
+    assert past_deadline_words(DEADLINE) in format_text(late, path)
+
+
+async def test_the_run_and_the_report_agree_on_a_carriers_cap_past_the_deadline(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real client against the fake API, whose delivery report gives one member
+    T-Mobile's daily cap (reset at midnight in Los Angeles, after the job's deadline): the
+    run records its deadline, the rerun after tracking exits 1 saying no rerun before the
+    deadline sends them, and the report of the ledger counts and says the same."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra=f'group_size = 4\ndeadline = "{DEADLINE.isoformat()}"')
+    clock = FakeClock(wall=MORNING.timestamp())
+    fake = FakeTelnyx(report={people[2]: "40016"})
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
+    ):
+        first = await run_job(job, FAST, client, clock=clock)
+        await track_ledger(job.ledger, FAST, client, clock=clock)
+        rerun = await run_job(job, FAST, client, clock=clock)
+    assert run_outcome(first) == Exit.OK
+    capsys.readouterr()
+    assert run_outcome(rerun) == Exit.INCOMPLETE
+    said = capsys.readouterr().out
+    runs = [e for e in ledger_events(job.ledger) if e["event"] == "run"]
+    assert [e["deadline"] for e in runs] == ["2026-11-25T20:00:00.000Z"] * 2
+    s = summarize(job.ledger, clock=clock)
+    d = s.as_dict()
+    assert (rerun.waiting_recipients, rerun.waiting_past_deadline) == (0, 1)
+    assert (d["waiting_recipients"], d["waiting_past_deadline"]) == (0, 1)
+    assert rerun.as_log()["deadline"] == d["deadline"] == "2026-11-25T20:00Z"
+    words = past_deadline_words(DEADLINE)
+    assert words in said
+    assert words in format_text(s, job.ledger)
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
