@@ -23,6 +23,7 @@ that the reader keeps (the last :data:`MAX_RECORD_LINES` lines).
 from __future__ import annotations
 
 import csv
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ _OPENS = "and closes on the quote that opens a field of a row"
 #: that make it look like a quote left open over rows: fewer are a note's own.
 _SHORT_ROWS = 2
 #: The ASCII punctuation a phone number may be written with (:func:`_in_number`).
-_NUMBER_MARKS = frozenset(" \t+-().'/")
+_NUMBER_MARKS = frozenset(" \t+-().'/\uff0b\uff08\uff09")  # and full-width + ( )
 #: Why a quoted field over more than :data:`MAX_RECORD_LINES` lines is refused, whatever it
 #: holds.
 _LONG = f"over more than {MAX_RECORD_LINES} lines"
@@ -181,9 +182,26 @@ class SpanCheck:
         cells = next(csv.reader([line]), [])
         if at >= len(cells):
             return False
-        value = cells[at].strip()
+        value = number_text(cells[at].strip())
         digits = sum(c.isdigit() for c in value)
         return digits >= _ROW_DIGITS and all(_in_number(c) for c in value)
+
+
+#: Excel's text formula around a value (``="+12065713909"``), which programs write for Excel to
+#: show a number as text: the value in the group.
+_TEXT_FORMULA: Final = re.compile(r'\s*=\s*"([^"]*)"\s*')
+
+
+def number_text(value: str) -> str:
+    """A phone cell's ``value`` without the marks around a number that are no part of it:
+    Excel's text formula (``="+12065713909"``, the text it shows) or a ``tel:`` URI's scheme
+    (``tel:+12065713909``). What :func:`bulk_mms.validate.normalize_phone` reads, and the
+    reader's test of a line for a row's number."""
+    if "=" in value and (formula := _TEXT_FORMULA.fullmatch(value)) is not None:
+        return formula[1]
+    if ":" in value and value.lstrip()[:4].lower() == "tel:":
+        return value.lstrip()[4:]
+    return value
 
 
 def _in_number(char: str) -> bool:

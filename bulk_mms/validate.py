@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
+from bulk_mms.spans import number_text
 
 if TYPE_CHECKING:
     from phonenumbers import PhoneNumberDesc
@@ -42,7 +43,11 @@ def normalize_phone(value: str, region: str = "US") -> str:
     every number (property tests hold them to it). The dashes, spaces and invisible
     characters that word processors put between digits (``415\u2013847\u20135640``) count as the
     ASCII separators they stand for (:data:`_SEPARATORS`). One apostrophe in front
-    (``'+12065713909``) is a spreadsheet's mark that the cell is text, not part of the number.
+    (``'+12065713909``) is a spreadsheet's mark that the cell is text, not part of the number,
+    and so are Excel's text formula around it (``="+12065713909"``) and a ``tel:`` in front.
+    Separators between digits must part them as a +1 number's parts are parted (1, area code,
+    exchange, line: :func:`_grouped`): ``867-5309/212`` is a number and something else, never
+    texted as 867-530-9212.
 
     Args:
         value: what the input file holds, in any common national or international format.
@@ -60,9 +65,10 @@ def normalize_phone(value: str, region: str = "US") -> str:
 def _after_canonical_us(value: str, region: str) -> str:
     """:func:`normalize_phone` for a value its one-regex step did not take: a valid Canadian
     number as written in one regex call too (:func:`_canonical_in`), other canonical numbers
-    by :func:`_nanp` (which says why not); then, the typographic separators in a value that is
-    not ASCII read as the ASCII ones (:data:`_SEPARATORS`), a +1 number written with the usual
-    punctuation (:func:`_formatted`) as its canonical form, the rest parsed."""
+    by :func:`_nanp` (which says why not); then, past a spreadsheet's text mark, text formula
+    or a ``tel:`` (:func:`~bulk_mms.spans.number_text`), the typographic separators in a value
+    that is not ASCII read as the ASCII ones (:data:`_SEPARATORS`), a +1 number written with
+    the usual punctuation (:func:`_formatted`) as its canonical form, the rest parsed."""
     if (
         len(value) == 12
         and value[:2] == "+1"
@@ -75,6 +81,8 @@ def _after_canonical_us(value: str, region: str) -> str:
         return _nanp(value)
     if "'" in value and (marked := value.lstrip()).startswith("'"):
         value = marked[1:]  # the text mark of a spreadsheet, or of an export made CSV-safe
+    elif "=" in value or ":" in value:
+        value = number_text(value)  # ="+12065713909", tel:+12065713909: the number in it
     if not value.isascii():
         value = value.translate(_SEPARATORS)
     if "." in value and (whole := _FLOAT.fullmatch(value)) is not None:
@@ -93,6 +101,8 @@ _SEPARATORS: Final = str.maketrans(
     dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-")
     | dict.fromkeys("\u00a0\u2007\u2009\u202f", " ")
     | dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", None)
+    # the full-width forms an East Asian input method types (its digits phonenumbers reads)
+    | {"\uff0b": "+", "\uff0d": "-", "\uff08": "(", "\uff09": ")", "\u3000": " "}
     # the direction marks, embeddings and isolates Windows wraps a copied number in
     | dict.fromkeys("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069", None)
 )
@@ -101,9 +111,24 @@ _SEPARATORS: Final = str.maketrans(
 #: A number written as a float (``12125550100.0``: a spreadsheet's number column, pandas'
 #: export of a column with gaps), its digits in the group: they are all there.
 _FLOAT: Final = re.compile(r"\s*(\+?[0-9]+)\.0+\s*", re.ASCII)
-#: A number in scientific notation (``1.21255E+10``): a spreadsheet showed it so and exported
-#: what it showed, its last digits gone.
-_SCIENTIFIC: Final = re.compile(r"\s*\+?[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]+\s*", re.ASCII)
+#: A number in scientific notation (``1.21255E+10``, ``1,21255E+10`` where the decimal mark is
+#: a comma): a spreadsheet showed it so and exported what it showed, its last digits gone.
+_SCIENTIFIC: Final = re.compile(r"\s*\+?[0-9]+(?:[.,][0-9]*)?[eE]\+?[0-9]+\s*", re.ASCII)
+#: An error value a spreadsheet's formula gives (``#N/A``, ``#VALUE!``), exported as the cell.
+_SPREADSHEET_ERROR: Final = re.compile(
+    r"\s*#(?:N/A|VALUE!|REF!|DIV/0!|NAME\?|NUM!|NULL!|SPILL!|CALC!|FIELD!|BLOCKED!|"
+    r"CONNECT!|BUSY!|UNKNOWN!|GETTING_DATA)\s*",
+    re.IGNORECASE,
+)
+#: What parts two numbers written in one cell (``415-555-0100 / 212-555-0199``); a part of a
+#: number has fewer than seven digits (``+1 415 555 0100``).
+_BETWEEN_NUMBERS: Final = re.compile(r"[,;/&|\s]|\b(?:or|and)\b", re.IGNORECASE)
+#: A number's parts as a +1 number is written, separators (anything but a digit) only between
+#: them: ``1``, the area code, the exchange, the line (:func:`_grouped`).
+_GROUPING: Final = r"\D*(?:1\D*)?\d{3}\D*\d{3}\D*\d{4}\D*"
+_NANP_GROUPING: Final = re.compile(_GROUPING)
+#: :data:`_NANP_GROUPING` for an ASCII value (:func:`_formatted`'s), in a third less time.
+_ASCII_GROUPING: Final = re.compile(_GROUPING, re.ASCII).fullmatch
 #: A whole number (ten digits or more) followed by a desk phone's extension (``x123``,
 #: ``ext. 12``, ``extension 4``, ``#5``): what ``contains letters`` would otherwise say of it.
 #: (Read with the separators made ASCII: :data:`_SEPARATORS`.)
@@ -124,7 +149,8 @@ def _formatted(value: str, region: str) -> str | None:
     """``value`` as canonical ``+1NXXNXXXXXX`` when it is written as people write a +1
     number: ASCII digits, spaces, ``-``, ``.``, ``(`` and ``)`` only, and either ``+1`` then
     ten digits, or (for a ``region`` in :data:`_PLAIN_NANP`) ten digits or ``1`` and ten;
-    the area code not starting with 0 or 1. None for anything else: the parser decides it.
+    the area code not starting with 0 or 1; the punctuation only between the number's parts
+    (:func:`_grouped`). None for anything else: the parser's path decides it.
 
     The parser reads every value this returns a number for as that number (property tests
     and a sweep of every area code hold the two to the same verdicts)."""
@@ -147,8 +173,75 @@ def _formatted(value: str, region: str) -> str | None:
     else:
         return None
     if "2" <= national[0] <= "9" and national.isascii() and national.isdigit():
+        if n != len(value) and _ASCII_GROUPING(value) is None:
+            return None  # parted as no +1 number is: the parser's path says why (_grouped)
         return "+1" + national
     return None
+
+
+def _grouped(text: str) -> bool:
+    """Whether the separators between ``text``'s digits part them where a +1 number's parts
+    part: after the ``1``, the area code and the exchange (``1 (415) 555-0100``,
+    ``415/555-0100``), or not at all. A value of ten digits, or of eleven starting with 1,
+    parted anywhere else is a number and something else (``867-5309/212``: a seven-digit
+    number and an extension or another number's area code), or two numbers' pieces: joined,
+    its digits would be a number nobody wrote. Any other count of digits: True (the parser
+    decides it)."""
+    digits = [ch for ch in text if ch.isdecimal()]  # what the pattern's \\d reads
+    n = len(digits)
+    if n != _NSN_LENGTH and not (n == _NSN_LENGTH + 1 and digits[0] == "1"):
+        return True
+    return _NANP_GROUPING.fullmatch(text) is not None
+
+
+def _misgrouped(text: str) -> str:
+    """Why a value whose digits are parted as no +1 number is (:func:`_grouped`) is refused."""
+    return (
+        f"phone number's digits are parted as no US or Canadian number is written ({text}): "
+        "a number and an extension, or two numbers, in one cell? Keep one number, written "
+        "area code first (415-555-0100)"
+    )
+
+
+def _refused_value(text: str) -> str | None:
+    """Why ``text`` is refused when it is a known thing that is no number: two numbers in
+    one cell, a spreadsheet's error value or formula; None otherwise (its own reason stands).
+    Asked only of values already refused."""
+    if sum(sum(map(str.isdigit, part)) >= 7 for part in _BETWEEN_NUMBERS.split(text)) >= 2:
+        return (
+            f"two phone numbers in one cell ({text}): keep one in the cell (the other in a "
+            "row of its own)"
+        )
+    if text.startswith("#") and _SPREADSHEET_ERROR.fullmatch(text) is not None:
+        return (
+            f"a spreadsheet's error value ({text.strip()}), not a phone number: fix the "
+            "formula that gave it, or export the number itself"
+        )
+    if text.startswith("="):
+        return (
+            f"a spreadsheet formula ({text}), not a phone number: export the values, with the "
+            "phone column formatted as Text"
+        )
+    return None
+
+
+def _stray(text: str, ch: str) -> str:
+    """Why ``text`` is refused for holding ``ch``, a character no number is written with:
+    what it is when that is known (:func:`_refused_value`, scientific notation, an
+    extension), else the character."""
+    if (known := _refused_value(text)) is not None:
+        return known
+    if _SCIENTIFIC.fullmatch(text) is not None:
+        return (
+            f"phone number in scientific notation ({text}): a spreadsheet wrote it so, "
+            "its last digits maybe lost; format the phone column as Text and export "
+            "it again"
+        )
+    ext = _EXTENSION.fullmatch(text.translate(_SEPARATORS))  # as every path writes it
+    if ext is not None and sum(map(str.isdigit, ext["number"])) >= 10:
+        return "phone number has an extension: a text reaches no extension"
+    kind = "letters" if ch.isalpha() else f"the character {ch!r}"
+    return f"phone number contains {kind}"
 
 
 def _parsed(value: str, region: str) -> str:
@@ -160,23 +253,15 @@ def _parsed(value: str, region: str) -> str:
         if not ch.isdigit() and ch not in _ALLOWED_PUNCTUATION:
             # phonenumbers would read letters as a vanity number (1-800-FLOWERS); in a
             # recipient list they are far more likely a typo or an extension
-            if _SCIENTIFIC.fullmatch(text) is not None:
-                raise PhoneError(
-                    f"phone number in scientific notation ({text}): a spreadsheet wrote it so, "
-                    "its last digits maybe lost; format the phone column as Text and export "
-                    "it again"
-                )
-            ext = _EXTENSION.fullmatch(text.translate(_SEPARATORS))  # as every path writes it
-            if ext is not None and sum(map(str.isdigit, ext["number"])) >= 10:
-                raise PhoneError("phone number has an extension: a text reaches no extension")
-            kind = "letters" if ch.isalpha() else f"the character {ch!r}"
-            raise PhoneError(f"phone number contains {kind}")
+            raise PhoneError(_stray(text, ch))
+    if not _grouped(text):
+        raise PhoneError(_refused_value(text) or _misgrouped(text))
     import phonenumbers  # noqa: PLC0415 - a run of canonical numbers never loads it
 
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
-        raise PhoneError(f"not a phone number ({exc._msg})") from None
+        raise PhoneError(_refused_value(text) or f"not a phone number ({exc._msg})") from None
     if number.country_code != 1:
         raise PhoneError(
             f"+{number.country_code} is not a US or Canadian number "
@@ -186,7 +271,7 @@ def _parsed(value: str, region: str) -> str:
     # the region once and checking validity there does that search only once.
     where = phonenumbers.region_code_for_number(number)
     if where is None or not phonenumbers.is_valid_number_for_region(number, where):
-        raise PhoneError(_INVALID)
+        raise PhoneError(_refused_value(text) or _INVALID)
     if where not in _REACHABLE_REGIONS:
         raise PhoneError(
             f"+1 number outside the US and Canada ({where}); group MMS reaches the US and "

@@ -1103,6 +1103,19 @@ def test_every_character_the_validator_reads_in_a_number_is_one_the_reader_sees_
     assert spans._in_number("\u2212")
 
 
+@pytest.mark.parametrize(
+    "cell", ['"=""+12125550101"""', "tel:+12125550101", "\uff0b1 212 555 0101"]
+)
+def test_a_number_the_validator_reads_past_its_marks_is_a_number_to_the_reader(cell: str) -> None:
+    """A line inside a quoted field whose phone cell is a number the validator sends (in
+    Excel's text formula, a tel: URI, full-width) looks like a row to the reader, as the
+    plain number does."""
+    probe = spans.SpanCheck(Path("probe.csv"), 3, 0, lambda _: "")
+    assert normalize_phone(next(csv.reader([cell]))[0]) == "+12125550101"
+    assert probe._row_like(f"{cell},Bob,x\n")
+    assert not probe._row_like("tel:,Bob,x\n")
+
+
 @pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
 @pytest.mark.parametrize("cp1252_rows", [2, 20_000])
 def test_a_cp1252_file_joined_to_a_utf8_one_stops_at_the_first_utf8_name(
