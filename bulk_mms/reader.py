@@ -5,8 +5,9 @@ The file is read as bytes, a block or a line at a time (:mod:`bulk_mms.lines`), 
 it becomes a :class:`RejectedRow`, its value the line's first characters. Problems with the
 file as a whole raise :class:`InputError` naming the line: missing, unreadable, binary or
 UTF-16 (named as such, with how to save it as UTF-8), empty, no phone column, a column the
-header names twice, bytes that are not text in the job's encoding or that are UTF-8 under
-another encoding (with the encoding they look like: :mod:`bulk_mms.decoding`), lines that end
+header names twice, a JSONL file that is one JSON document (an array, objects pretty-printed),
+bytes that are not text in the job's encoding or that are UTF-8 under another encoding (with
+the encoding they look like: :mod:`bulk_mms.decoding`), lines that end
 in a carriage return alone, a quoted field over lines that may be a quote left open, which
 would swallow the rows after it (each record over lines is judged by :mod:`bulk_mms.spans`),
 a file cut short (a compressed file that ends early, a quote still open at the end, a last
@@ -527,16 +528,18 @@ class RowReader:
                 f"its first line is {hint!r}, a hint for Excel of the separator, not "
                 "the header: delete that line (the header must be the first) and run again"
             )
-        if len(self.columns) == 1:
-            for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-                if self.phone in (c.strip() for c in self.columns[0].split(sep)):
-                    return (
-                        f"its columns are separated by {name}, not commas: bulk-mms reads "
-                        "comma-separated CSV; save the file with commas (in Excel, set the list "
-                        "separator to a comma, or export it from another program) and run again"
-                    )
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+            # a header name may hold a comma, which then parts it in two columns
+            if any(self.phone in (c.strip() for c in col.split(sep)) for col in self.columns):
+                return (
+                    f"its columns are separated by {name}, not commas: bulk-mms reads "
+                    "comma-separated CSV; save the file with commas (in Excel, set the list "
+                    "separator to a comma, or export it from another program) and run again"
+                )
+        named = [c for c in self.columns if c.casefold() == self.phone.casefold()]
+        case = f" (column names are matched exactly: {named[0]!r}?)" if named else ""
         return (
-            f"no {self.phone!r} column (columns: {', '.join(self.columns)}); "
+            f"no {self.phone!r} column{case} (columns: {', '.join(self.columns)}); "
             "set phone_column in the job"
         )
 
@@ -796,9 +799,10 @@ class RowReader:
         # consumed) to the first that has the phone field: an export that leaves out null
         # keys may leave it out of a record or two, but a file none of whose first records
         # has it names its phone another way. Their keys are the first columns.
-        checked, first = 0, 0
+        checked, first, begun = 0, 0, False
         while True:
             for lineno, raw in list(self._first)[checked:]:
+                begun = begun or self._begins_records(lineno, raw)
                 rec = self._parse_json(lineno, raw)
                 if isinstance(rec, dict):
                     first = first or lineno
@@ -820,6 +824,28 @@ class RowReader:
                     raise InputError(self.path, "has no records (only blank lines)")
                 return  # nothing parses near the top: the rows are rejected one by one
             self._first.append(item)
+
+    def _begins_records(self, lineno: int, raw: bytes | LongLine) -> bool:
+        """Whether ``raw`` has content (more than blanks and a byte order mark); for the
+        file's first such line, that it does not begin one JSON document instead of JSON
+        Lines: open an array (``[``, ``[{"phone": ...}, ...]``) or an object alone on its line
+        (pretty-printed), as no line of records does.
+
+        Raises:
+            InputError: naming that line.
+        """
+        head = _start(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if not head:
+            return False
+        if head.startswith(b"[") or head.rstrip() == b"{":
+            raise InputError(
+                self.path,
+                "is one JSON document (an array, or objects over several lines), not JSON "
+                'Lines: write one object a line ({"phone": "+1...", ...}), nothing '
+                "around them (jq -c '.[]' does it for an array), and run again",
+                line=lineno,
+            )
+        return True
 
     def _add_columns(self, rec: dict[str, object]) -> None:
         """Add the keys of ``rec`` that are not columns yet to :attr:`columns`."""

@@ -1327,3 +1327,49 @@ def test_an_over_long_first_jsonl_record_holding_a_carriage_return_is_rejected_a
     assert [(type(r), r.line) for r in seen] == [(RejectedRow, 1), (Row, 2)]
     assert isinstance(seen[0], RejectedRow)
     assert "longer than" in seen[0].reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[\n{"phone": "+12125550100"},\n{"phone": "+12125550101"}\n]\n',
+        '[{"phone": "+12125550100"}, {"phone": "+12125550101"}]\n',
+        '\ufeff\n{\n  "phone": "+12125550100"\n}\n{\n  "phone": "+12125550101"\n}\n',
+    ],
+)
+def test_a_json_document_named_jsonl_is_refused_as_one(tmp_path: Path, text: str) -> None:
+    """A JSON array, or objects pretty-printed over lines, given as JSONL is refused at its
+    first line saying it is one JSON document, not rejected line by line as malformed JSON
+    (an array's last record, whole on its line, read and sent alone)."""
+    p = tmp_path / "a.jsonl"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert err.value.line == (2 if text.startswith("\ufeff") else 1)
+    assert "is one JSON document" in err.value.message
+    assert "not JSON Lines" in err.value.message
+
+
+@pytest.mark.parametrize("header", ["name;phone;note, misc", "name\tphone\tnote, misc"])
+def test_a_header_not_parted_by_commas_is_named_though_a_name_holds_a_comma(
+    tmp_path: Path, header: str
+) -> None:
+    """A semicolon- or tab-separated header one of whose names holds a comma (so it reads as
+    two columns) is still refused as separated by semicolons or tabs, not as lacking the phone
+    column."""
+    p = tmp_path / "a.csv"
+    p.write_text(header + "\nAnn;+12125550100;x\n")
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert "its columns are separated by" in err.value.message
+    assert "phone_column" not in err.value.message
+
+
+def test_a_phone_column_named_in_another_case_is_pointed_to(tmp_path: Path) -> None:
+    """A header whose phone column differs from the job's only in case (``Phone``) is refused
+    naming the column it has."""
+    p = tmp_path / "a.csv"
+    p.write_text("Phone,name\n+12125550100,Ann\n")
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert "(column names are matched exactly: 'Phone'?)" in err.value.message
