@@ -270,11 +270,13 @@ def test_a_refused_share_names_the_setting_that_sends_the_rest(
 def test_a_file_none_of_whose_rows_can_be_sent_is_not_told_to_raise_the_share(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """When every row is rejected (a JSON document pretty-printed into a .jsonl, a wrong
-    column), the refusal says no row can be sent, not "to send the rest anyway, set
+    """When every row is rejected (a column of names where the numbers should be), the
+    refusal says no row can be sent, not "to send the rest anyway, set
     max_rejected_share = 1": there is no rest, and that setting would send nobody with
     exit 0."""
-    (jobs.root / "people.jsonl").write_text('{\n  "phone": "+12125550100"\n}\n')
+    (jobs.root / "people.jsonl").write_text(
+        "".join(f'{{"phone": "{name}"}}\n' for name in ("Ann", "Bo", "Cy"))
+    )
     job = jobs.job("people.jsonl", message='text = "Hi"')
     assert main(["run", str(job.path), "--dry-run"]) == 2
     err = capsys.readouterr().err
