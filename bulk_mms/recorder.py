@@ -33,6 +33,7 @@ from bulk_mms.errors import (
     EndpointError,
     FatalSendError,
     LedgerError,
+    LimitReached,
     RetryableSendError,
     SenderRefused,
     SendError,
@@ -310,10 +311,13 @@ class Recorder:
         attempts: int,
         throttled: int,
         refused: tuple[str, ...] = (),
+        *,
+        resets: float = 0.0,
     ) -> Event:
         """Record where ``group`` stands after the error that ended its tries (``refused``:
-        the members the API refused by name, who failed; any others go on without them); the
-        event recorded."""
+        the members the API refused by name, who failed; any others go on without them;
+        ``resets``: when the carrier's cap that refused it lifts, 0 for none); the event
+        recorded."""
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -333,16 +337,23 @@ class Recorder:
             )
             log.warning("group.in_doubt", group=group.id, reason=str(err))
         else:
-            ev = self._failed(group, err, (attempts, throttled), refused)
+            ev = self._failed(group, err, (attempts, throttled), refused, resets=resets)
         await self._write(ev)
         return ev
 
     def _failed(
-        self, group: Group, err: SendError, tries: tuple[int, int], refused: tuple[str, ...] = ()
+        self,
+        group: Group,
+        err: SendError,
+        tries: tuple[int, int],
+        refused: tuple[str, ...] = (),
+        *,
+        resets: float = 0.0,
     ) -> Failed:
         """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited),
         with what the error policy did about it: ``suppress`` for the ``refused`` members (the
-        callers name only members refused as opted out), else its action for the code."""
+        callers name only members refused as opted out), else its action for the code; and
+        ``resets``, when the carrier's cap that refused it lifts (0: none did)."""
         attempts, throttled = tries
         retired = err.sender if isinstance(err, SenderRefused) else None
         retryable = retired is not None or isinstance(err, RetryableSendError)
@@ -375,6 +386,7 @@ class Recorder:
             retired=retired,
             time=self._now(),
             action=Action.SUPPRESS if refused else error_action(err, self.policy),
+            resets=resets,
         )
 
     def cut_off(self, group: Group, last: SendError | None) -> None:
@@ -399,6 +411,14 @@ def settled(err: FatalSendError) -> SendError:
             f"{err.message}; the server may have acted on it first", status=err.status
         )
     return RetryableSendError(err.message, status=err.status, errors=err.errors)
+
+
+def reset_of(err: SendError) -> float:
+    """When the cap that refused a group lifts by itself, as the error that says so has it
+    (:class:`~bulk_mms.errors.LimitReached`'s ``resumes_at``: a carrier's daily cap, its
+    reset from :func:`~bulk_mms.policy.carrier_reset`), for its ``failed`` event; 0 for any
+    other error."""
+    return (err.resumes_at or 0.0) if isinstance(err, LimitReached) else 0.0
 
 
 def never_left() -> RetryableSendError:

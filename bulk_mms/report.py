@@ -46,15 +46,16 @@ from bulk_mms.ledger.fold import (
     action_of,
 )
 from bulk_mms.summary import minute_utc, percentile
-from bulk_mms.words import OPEN, count, error_words, escaped, why_words
+from bulk_mms.words import OPEN, count, error_words, escaped, why_code, why_words
 
 #: Why a ledger without a job header cannot be summed up.
 NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
 
 
 class Waiting(msgspec.Struct, frozen=True):
-    """A member moved out of a sent group, not sent again yet: the group it was moved out of,
-    the code that moved it, and not before when a rerun sends it (0: at once)."""
+    """A member waiting to go again: moved out of a sent group (:func:`waiting`), or in a
+    group a carrier's cap refused at the send (:func:`capped`); the group, the code that
+    held it, and not before when a rerun sends it (0: at once)."""
 
     group: str
     code: str
@@ -62,8 +63,8 @@ class Waiting(msgspec.Struct, frozen=True):
 
 
 class ResetHolds(msgspec.Struct, frozen=True):
-    """The members waiting to go again (:func:`waiting`), split by the job's deadline
-    (:func:`held_for_reset`)."""
+    """The members waiting to go again (:func:`waiting`, :func:`capped`), split by the job's
+    deadline (:func:`held_for_reset`)."""
 
     #: A rerun sends them before the deadline: from their reset (``after``), or at once.
     in_time: dict[str, Waiting]
@@ -81,7 +82,7 @@ def held_for_reset(
     one reckoning of it, for the run's summary and for the report, so they say the same.
 
     Args:
-        waits: the members waiting (:func:`waiting`), by number.
+        waits: the members waiting (:func:`waiting`, or :func:`capped`), by number.
         now: the wall clock, seconds since the epoch.
         deadline: the job's (:func:`~bulk_mms.gates.job_deadline`; in a report, the latest
             run's, :attr:`~bulk_mms.ledger.LedgerView.deadline_at`).
@@ -175,6 +176,12 @@ class LedgerSummary(msgspec.Struct):
     #: the job sends before it (:func:`held_for_reset`), as that run's summary counted them.
     deadline: dt.datetime | None = None
     past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    #: Members of groups pending a rerun whose carrier's cap (40016, refused at the send)
+    #: has not lifted yet, each with when it does (:func:`capped`), and of those the ones no
+    #: rerun of the job sends before its deadline (:func:`held_for_reset`), as the run that
+    #: met the cap said (:class:`~bulk_mms.errors.ResetAfterDeadline`).
+    capped: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    capped_past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
@@ -262,6 +269,13 @@ class LedgerSummary(msgspec.Struct):
         return max((w.after for p, w in self.waiting.items() if p not in past), default=0.0)
 
     @property
+    def capped_until(self) -> float:
+        """When the carrier's cap lifts for the last of the groups pending a rerun that it
+        holds and a rerun sends before the job's deadline (0: none is held so)."""
+        past = self.capped_past_deadline
+        return max((w.after for p, w in self.capped.items() if p not in past), default=0.0)
+
+    @property
     def total_cost(self) -> Decimal | None:
         """The cost when it is all in one currency (the usual case), else None."""
         if not self.cost:
@@ -286,6 +300,8 @@ class LedgerSummary(msgspec.Struct):
             "opted_out_recipients": r.opted_out,
             "retry_pending_groups": self.retry_pending_groups,
             "retry_pending_recipients": r.retry_pending,
+            "retry_pending_not_before": minute_utc(self.capped_until),
+            "retry_pending_past_deadline": len(self.capped_past_deadline),
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
             "input_rows": self.rows.rows,
@@ -350,7 +366,6 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.recipient_states = view.recipients()
     s.rows = view.input_rows(s.recipient_states)
     s.groups = Counter(st for rec in view.groups.values() if (st := rec.state) is not None)
-    s.unsent = _unsent(view)
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
     s.delivery_codes, s.delivery_actions = _delivery_codes(view, s.undelivered)
@@ -358,6 +373,9 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.deadline = view.deadline_at
     now = (clock or SystemClock()).wall()
     s.past_deadline = held_for_reset(s.waiting, now, s.deadline).past_deadline
+    s.capped = capped(view, now)
+    s.capped_past_deadline = held_for_reset(s.capped, now, s.deadline).past_deadline
+    s.unsent = _unsent(view, _reset_words(s))
     return s
 
 
@@ -398,6 +416,46 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
                     rec.id, (k.code or "") if k is not None else "", rec.moved_after
                 )
     return out
+
+
+def capped(view: LedgerView, now: float) -> dict[str, Waiting]:
+    """The members of groups pending a rerun that a carrier's cap refused at the send and
+    that it still holds at ``now`` (:attr:`~bulk_mms.ledger.GroupRecord.resets`, the reset
+    the run that met it worked out), each with the code and when a run may send them."""
+    return {
+        phone: Waiting(rec.id, why_code(rec.why), rec.resets)
+        for rec in view.groups.values()
+        if rec.resets > now and rec.state == RETRY_PENDING
+        for phone in rec.counted
+    }
+
+
+def _reset_words(s: LedgerSummary) -> dict[str, str]:
+    """What the table adds to the why of each group pending a rerun that a carrier's cap
+    holds (:attr:`LedgerSummary.capped`), by its id: from when a rerun sends it, or that no
+    rerun before the job's deadline does."""
+    late = {w.group for w in s.capped_past_deadline.values()}
+    return {
+        w.group: f"; {past_deadline_words(s.deadline)}"
+        if w.group in late
+        else f"; a rerun from {minute_utc(w.after)} sends them"
+        for w in s.capped.values()
+    }
+
+
+def _retry_note(s: LedgerSummary) -> str:
+    """The retry-pending row's note: a plain rerun sends them, but those a carrier's cap
+    holds (:attr:`LedgerSummary.capped`) only from its reset, or, past the job's deadline,
+    none."""
+    late = len(s.capped_past_deadline)
+    waits = [
+        *([f"{len(s.capped) - late} wait for a carrier's reset"] * (len(s.capped) > late)),
+        *([f"{late} wait past the job's deadline"] * bool(late)),
+    ]
+    if not waits:
+        return "  (a plain rerun sends them)"
+    rest = s.recipient_states.retry_pending - len(s.capped)
+    return f"  ({', '.join(waits)}: see below{'; a plain rerun sends the rest' * bool(rest)})"
 
 
 def _waiting_note(s: LedgerSummary) -> str:
@@ -455,8 +513,9 @@ def _waiting_lines(s: LedgerSummary) -> list[str]:
     ]
 
 
-def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
-    """The groups not sent, by (state, why in words): how many groups, how many recipients."""
+def _unsent(view: LedgerView, resets: Mapping[str, str]) -> dict[tuple[str, str], tuple[int, int]]:
+    """The groups not sent, by (state, why in words, with what ``resets`` adds to a group's:
+    :func:`_reset_words`): how many groups, how many recipients."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
     words: dict[str, str] = {}  # a few whys among many groups: each said once
     for rec in view.groups.values():
@@ -467,6 +526,7 @@ def _unsent(view: LedgerView) -> dict[tuple[str, str], tuple[int, int]]:
         said = words.get(why)
         if said is None:
             said = words[why] = why_words(why)
+        said += resets.get(rec.id, "")
         groups, recipients = out.get((state, said), (0, 0))
         out[state, said] = (groups + 1, recipients + len(rec.counted))
     return dict(sorted(out.items(), key=lambda kv: (STATES.index(kv[0][0]), -kv[1][1])))
@@ -525,6 +585,8 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     for state, label, note in _STATE_ROWS:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         said = _waiting_note(s) if state == NOT_ATTEMPTED and s.waiting else note
+        if state == RETRY_PENDING:
+            said = _retry_note(s)
         if state == FAILED and (s.misses[Miss.EXPIRED] or s.recipient_states.opted_out):
             said = _failed_note(r[FAILED], s.misses[Miss.EXPIRED], s.recipient_states.opted_out)
         lines.append(f"{label:15}{groups:>8}{r[state]:>12}{said if r[state] else ''}")

@@ -68,6 +68,7 @@ from bulk_mms.recorder import (
     closed_before_leaving,
     key_conflict,
     never_left,
+    reset_of,
     settled,
 )
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
@@ -741,6 +742,7 @@ class GroupSender:
             return None
         err = result.error
         assert err is not None
+        resets = reset_of(err)  # before settled() says it as a plain retryable error
         if isinstance(err, FatalSendError):
             # Not a verdict on this group: stop the job (a rerun with the key or the base URL
             # fixed sends it), and record where the group stands so a resume knows.
@@ -758,7 +760,9 @@ class GroupSender:
         )
         partial = refused if 0 < len(refused) < len(group.to) else ()
         # every member refused by name (a group of one, say) is recorded so too: opted out
-        recorded = await self.recorder.outcome(group, err, result.attempts, throttled, refused)
+        recorded = await self.recorder.outcome(
+            group, err, result.attempts, throttled, refused, resets=resets
+        )
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
             self.tried[group.id] = self.view.groups[group.id].last_try

@@ -107,9 +107,13 @@ def why_words(why: str) -> str:
     code. Any other why is looked up in :data:`BY_KIND`, and said as it is when not there.
     """
     if why.startswith("failed: "):
-        code = why.removeprefix("failed: ").split(" ", 1)[0]
-        return error_words(code)
+        return error_words(why_code(why))
     return BY_KIND.get(why, why)
+
+
+def why_code(why: str) -> str:
+    """The code of a failed group's why (``failed: CODE TITLE``); "" for any other why."""
+    return why.removeprefix("failed: ").split(" ", 1)[0] if why.startswith("failed: ") else ""
 
 
 def count(n: int, unit: str) -> str:

@@ -1,23 +1,30 @@
 """The job's deadline in the ledger: each run records the one it sent under, and the report
-says of the members a carrier holds until after it what the run says (no rerun of the job
-before its deadline sends them), counted apart, by the one reckoning both share."""
+says of the members a carrier holds until after it (moved out by a delivery report, or in a
+group its cap refused at the send, whose failed line keeps the reset) what the run says (no
+rerun of the job before its deadline sends them), counted apart, by the one reckoning both
+share."""
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
 
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import iso
+from bulk_mms.codes import Action
 from bulk_mms.console import run_outcome
-from bulk_mms.errors import ApiError, Exit
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.errors import ApiError, Exit, ResetAfterDeadline
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.html_report import Timeline, render
 from bulk_mms.ledger import (
+    Failed,
     Header,
     LedgerView,
     Location,
@@ -250,3 +257,123 @@ async def test_the_run_and_the_report_agree_on_a_carriers_cap_past_the_deadline(
     assert words in said
     assert words in format_text(s, job.ledger)
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+# -- a carrier's cap answered to the send (40016 at the send, not in a delivery report) ------
+
+
+def refused(resets: float) -> Failed:
+    """The group of four, refused at the send with T-Mobile's daily cap, lifting at
+    ``resets`` (0: a line written before the reset was kept)."""
+    return Failed(
+        "g1",
+        to=(A, B, C, D),
+        attempts=1,
+        time="2026-11-25T18:00:01Z",
+        status=400,
+        code="40016",
+        title="T-Mobile daily cap",
+        retryable=True,
+        action=Action.DEFER,
+        resets=resets,
+    )
+
+
+def refused_at_send(*runs: RunStarted, resets: float = RESET.timestamp()) -> list[Event]:
+    """A ledger whose one group a 40016 refused at the send, the cap lifting at ``resets``."""
+    return [Header("j", None), *runs, Planned(4, 1, 0), refused(resets)]
+
+
+def test_a_failed_line_keeps_its_reset_and_an_old_one_reads_without() -> None:
+    """A failed line carries the reset of the cap that refused its group and reads it back;
+    one no cap refused leaves the key out, and a line written before it was kept reads 0."""
+    line = orjson.loads(encode(refused(RESET.timestamp())))
+    assert line["resets"] == RESET.timestamp()
+    assert decode(line) == refused(RESET.timestamp())
+    assert "resets" not in orjson.loads(encode(refused(0.0)))
+    del line["resets"]
+    assert decode(line).resets == 0.0  # type: ignore[union-attr]
+
+
+def test_the_fold_and_its_checkpoint_keep_a_refused_groups_reset() -> None:
+    """The fold keeps the reset of the group a cap refused at the send while it is pending a
+    rerun, a checkpoint of the view too; a later failure of another kind clears it."""
+    view = LedgerView.fold(refused_at_send(run(DEADLINE)))
+    assert view.groups["g1"].resets == RESET.timestamp()
+    again = ckpt.from_state(orjson.loads(orjson.dumps(ckpt.to_state(view))))
+    assert again == view
+    assert again.groups["g1"].resets == RESET.timestamp()
+    later = Failed("g1", to=(A, B, C, D), status=503, retryable=True)
+    assert LedgerView.fold([*refused_at_send(run(DEADLINE)), later]).groups["g1"].resets == 0.0
+
+
+def test_the_report_says_no_rerun_sends_a_group_capped_past_the_deadline(where: str) -> None:
+    """On either store, a group a 40016 refused at the send whose reset comes after the
+    latest run's deadline: the table, the JSON and the HTML page say no rerun of the job
+    before its deadline sends it, and promise no plain rerun."""
+    path = written(where, refused_at_send(run(DEADLINE)))
+    s = summarize(path, clock=Clock(MORNING))
+    d = s.as_dict()
+    assert (d["retry_pending_recipients"], d["retry_pending_past_deadline"]) == (4, 4)
+    assert (d["retry_pending_not_before"], d["deadline"]) == (None, "2026-11-25T20:00Z")
+    text = format_text(s, path)
+    words = past_deadline_words(DEADLINE)
+    line = next(x for x in text.splitlines() if x.startswith("  retry pending"))
+    assert line.endswith(f"(Telnyx error 40016); {words}")
+    row = next(x for x in text.splitlines() if x.startswith("retry pending"))
+    assert row.endswith("(4 wait past the job's deadline: see below)")
+    assert "a plain rerun" not in row
+    assert html.escape(words) in render(s, Timeline(), "ledger")
+
+
+def test_the_report_says_from_when_a_rerun_sends_a_group_capped_before_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """With the reset before the latest run's deadline, the report says a rerun from the
+    reset sends the group; read after the reset, a plain rerun does, as for any group
+    pending a rerun; a line written before resets were kept reads as before."""
+    path = written(tmp_path / "l.jsonl", refused_at_send(run(LATER + dt.timedelta(days=1))))
+    s = summarize(path, clock=Clock(MORNING))
+    d = s.as_dict()
+    assert (d["retry_pending_not_before"], d["retry_pending_past_deadline"]) == (
+        "2026-11-26T08:00Z",
+        0,
+    )
+    text = format_text(s, path)
+    assert "(Telnyx error 40016); a rerun from 2026-11-26T08:00Z sends them" in text
+    assert "(4 wait for a carrier's reset: see below)" in text
+    after = format_text(summarize(path, clock=Clock(LATER)), path)
+    assert "(a plain rerun sends them)" in after
+    assert "a rerun from" not in after
+    old = tmp_path / "old.jsonl"
+    written(old, refused_at_send(run(DEADLINE), resets=0.0))
+    assert "(a plain rerun sends them)" in format_text(summarize(old, clock=Clock(MORNING)), old)
+
+
+async def test_the_run_and_the_report_agree_on_a_cap_answered_to_the_send_past_the_deadline(
+    jobs: JobFactory,
+) -> None:
+    """The real client against the fake API, whose answer to the first send is a 40016 (the
+    carrier's daily cap, lifting at midnight in Los Angeles, after the job's deadline): the
+    run exits 1 saying it lifts only after the deadline, its failed line keeps the reset the
+    run worked out, and the report of the ledger says no rerun before the deadline sends the
+    group, naming the same deadline."""
+    jobs.people(8)
+    job = jobs.job(extra=f'group_size = 4\ndeadline = "{DEADLINE.isoformat()}"')
+    clock = FakeClock(wall=MORNING.timestamp())
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40016"))
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
+    ):
+        s = await run_job(job, replace(FAST, concurrency=1), client, clock=clock)
+    assert (run_outcome(s), type(s.error)) == (Exit.INCOMPLETE, ResetAfterDeadline)
+    assert "lifts only after the job's deadline (2026-11-25T20:00Z)" in str(s.error)
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert [(e["code"], e["resets"]) for e in failed] == [("40016", RESET.timestamp())]
+    report = summarize(job.ledger, clock=clock)
+    d = report.as_dict()
+    assert (d["retry_pending_past_deadline"], d["retry_pending_not_before"]) == (4, None)
+    assert d["deadline"] == s.as_log()["deadline"] == "2026-11-25T20:00Z"
+    assert past_deadline_words(DEADLINE) in format_text(report, job.ledger)

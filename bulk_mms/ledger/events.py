@@ -222,6 +222,11 @@ class Failed(_Outcome, frozen=True):
     #: answer's code (:func:`~bulk_mms.policy.error_action`); None when it has none (and in
     #: a ledger written before it was kept: the fold reads the built-in table then).
     action: Action | None = None
+    #: When the carrier's cap that refused it at the send lifts (40016's next daily reset:
+    #: ``resumes_at`` of the :class:`~bulk_mms.errors.LimitReached` the error policy made of
+    #: the refusal), wall-clock seconds: the earliest a run may send it again. 0: no cap
+    #: held it (and in a ledger written before it was kept).
+    resets: float = 0.0
     kind: ClassVar[str] = "failed"
 
 
@@ -376,6 +381,7 @@ _HOW = {
     "action": _UNLESS_EMPTY,
     "rejoins": _UNLESS_EMPTY,
     "deadline": _UNLESS_EMPTY,
+    "resets": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -415,7 +421,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
-            del out[key]  # refused, retired, action, rejoins, deadline: the common case, left out
+            del out[key]  # refused, retired, action, rejoins, deadline, resets: the common case
     return out
 
 
@@ -567,6 +573,7 @@ def _failed(d: Mapping[str, Any]) -> Failed:
         refused=_numbers(d, "refused"),
         retired=_opt_str(d, "retired"),
         action=_action(d),
+        resets=_num(d, "resets") or 0.0,
     )
 
 

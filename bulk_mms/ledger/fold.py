@@ -170,6 +170,10 @@ class GroupRecord(msgspec.Struct):
     #: is their new group's.
     moved: tuple[str, ...] = ()
     moved_after: float = 0.0
+    #: Pending a rerun because a carrier's cap refused it at the send: when the cap lifts
+    #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock),
+    #: the earliest a run may send it again. 0: no cap holds it.
+    resets: float = 0.0
 
     @property
     def state(self) -> str | None:
@@ -453,7 +457,7 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.doubt_recorded, rec.doubt_at = True, at or rec.doubt_at
         elif ev.code == NOT_ACCEPTED:  # the API's records show it never took the group
             rec.outcome, rec.key, rec.resends = RETRY_PENDING, None, rec.resends + 1
-            rec.why, rec.miss = f"failed: {ev.code} {ev.title}".strip(), None
+            rec.why, rec.miss, rec.resets = f"failed: {ev.code} {ev.title}".strip(), None, 0.0
         else:
             code = str(ev.code)
             self.error_codes[code] += 1
@@ -464,7 +468,7 @@ class LedgerView(msgspec.Struct, eq=False):
             if rec.outcome == IN_DOUBT:
                 return  # a later failure does not undo what an earlier try may have done
             rec.outcome = RETRY_PENDING if ev.retryable else FAILED
-            rec.refused, rec.refused_sender = ev.refused, ev.retired
+            rec.refused, rec.refused_sender, rec.resets = ev.refused, ev.retired, ev.resets
             rec.why, rec.miss = _failure(ev)
 
     def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
