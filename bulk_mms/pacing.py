@@ -397,6 +397,18 @@ class Pacer:
         earliest = pace.earliest()
         return earliest if ceiling is None else max(earliest, ceiling.ready_at(cost))
 
+    def resumes(self) -> float:
+        """When the first sender not retired may send a group again (monotonic): the end of
+        the pauses (429s, a queue to drain, the account's) that hold every one of them."""
+        return min(
+            (
+                self._sender_earliest(pace, self.max_cost)
+                for pace in self.senders.values()
+                if pace.sender not in self.retired
+            ),
+            default=math.inf,
+        )
+
     def usable(self, sender: str | None) -> bool:
         """Whether ``sender`` is in the pool and not retired."""
         return sender in self.senders and sender not in self.retired

@@ -45,6 +45,9 @@ class Attempted(msgspec.Struct, frozen=True):
     receipt: SendReceipt | None
     error: SendError | None
     attempts: int
+    #: When the next try would have begun (monotonic) had the deadline not ended the tries
+    #: first (a 429's wait, a backoff, that ends past it); None when they ended otherwise.
+    next_try: float | None = None
 
 
 class StopRetrying(Exception):
@@ -80,11 +83,14 @@ class _Stop(tenacity.stop.stop_base):
         self.now = now
         self.count_limited = count_limited
         self.failures = 0
+        #: When the wait the deadline stopped would have ended (None: it stopped none).
+        self.cut_at: float | None = None
 
     def begin(self, deadline: float | None) -> None:
         """No failures yet, and ``deadline`` (monotonic) for the tries to come."""
         self.deadline = deadline
         self.failures = 0
+        self.cut_at = None
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         outcome = retry_state.outcome
@@ -96,7 +102,10 @@ class _Stop(tenacity.stop.stop_base):
         # tenacity computes the wait before asking this: no wait that ends past the deadline
         # is begun (a 429's hint of an hour must not hold a group whose deadline is in a minute)
         ends = self.now() + retry_state.upcoming_sleep
-        return self.deadline is not None and ends > self.deadline
+        if self.deadline is not None and ends > self.deadline:
+            self.cut_at = ends
+            return True
+        return False
 
 
 class _Wait(tenacity.wait.wait_base):
@@ -290,7 +299,7 @@ class Retrier:
                         raise
                     return Attempted(receipt, None, number)  # an answer: tenacity is done
         except SendError as exc:
-            return Attempted(None, _still_in_doubt(doubt, exc), number)
+            return Attempted(None, _still_in_doubt(doubt, exc), number, self._stop.cut_at)
         except StopRetrying as stop:
             if last is not None:  # the tries made so far end it: the last one's error stands
                 return Attempted(None, _still_in_doubt(doubt, last), number - 1)

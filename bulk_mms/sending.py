@@ -125,6 +125,17 @@ class _Tries(msgspec.Struct):
     expired: bool = False
     #: The claim's fence the latest attempt was written under (a shared ledger).
     fence: Fence | None = None
+    #: When the first of its windows (the job's ``send_window``, its recipients'
+    #: ``recipient_window``) closes (monotonic), as its tries began; None: neither is set.
+    windows: float | None = None
+
+    @property
+    def waits_end(self) -> float | None:
+        """No wait for its next try (the pacer's, a backoff) that ends after this is begun:
+        its ``group_deadline`` or its first window's close, whichever comes first
+        (:meth:`GroupSender._held_for_window` says what then)."""
+        ends = [t for t in (self.group_deadline, self.windows) if t is not None]
+        return min(ends, default=None)
 
 
 def _unsent(
@@ -392,6 +403,7 @@ class GroupSender:
             self._group_deadline(),
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
+            windows=self._windows_close(group),
         )
         retriers = self._retriers
         retrier = (
@@ -403,7 +415,7 @@ class GroupSender:
             result = await retrier.run(
                 group,
                 functools.partial(self._try, tries),
-                deadline=tries.group_deadline,
+                deadline=tries.waits_end,
                 ambiguous_until=key_valid_until(
                     self.view, self.settings.retry, group.id, fresh=self.clock.wall()
                 ),
@@ -421,10 +433,7 @@ class GroupSender:
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
-        if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
-            # its last try certainly never got through, and the deadline has passed since
-            # (a connection waited for until it did, a backoff that would end after it)
-            self._expire(tries)
+        self._gates_after(tries, result)
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None
@@ -491,7 +500,7 @@ class GroupSender:
         group = tries.group
         try:
             ticket = await self._unless_stopped(
-                self.pacer.acquire(group.message.from_, len(group.to), tries.group_deadline)
+                self.pacer.acquire(group.message.from_, len(group.to), tries.waits_end)
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"
@@ -707,22 +716,87 @@ class GroupSender:
         ):
             self.run_deadline_reached()
             return StopRetrying()
-        if (
-            exc.reason == "deadline"
-            and (expires := self.expires_mono()) is not None
-            and exc.earliest >= expires
-        ):
-            self._expire(tries)
+        if exc.reason == "deadline" and self._outlasted(tries, exc.earliest):
             return StopRetrying()
         if exc.reason == "deadline":
+            windowed = tries.windows is not None and exc.earliest >= tries.windows
+            within = (
+                "before its send_window closes"
+                if windowed
+                else f"within max_group_age_s ({self.settings.max_group_age_s:g} s)"
+            )
             return StopRetrying(
                 RateLimited(
-                    f"not sent within max_group_age_s ({self.settings.max_group_age_s:g} s): "
-                    "its sender is paused past it (429s or a long queue); a rerun sends it",
+                    f"not sent {within}: its sender is paused past it (429s or a long "
+                    "queue); a rerun sends it",
                     status=None,
                 )
             )
         return StopRetrying()
+
+    def _gates_after(self, tries: _Tries, result: Attempted) -> None:
+        """The gates as the group's tries ended without an answer: past the job's deadline
+        its last try certainly never got through (a connection waited for until it passed,
+        a backoff that would end after it), and it expires; a wait for its next try that
+        would outlast one of its windows holds it as the window does
+        (:meth:`_held_for_window`). (One that would outlast the deadline leaves it with its
+        last error: the first run past the deadline records it expired.)"""
+        if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
+            self._expire(tries)
+        elif result.next_try is not None:
+            self._held_for_window(tries, result.next_try)
+
+    def _windows_close(self, group: Group) -> float | None:
+        """When the first of ``group``'s windows closes, on the monotonic clock: the job's
+        ``send_window`` and its recipients' ``recipient_window`` (None: neither is set)."""
+        job = self.job
+        if job.send_window is None and job.recipient_window is None:
+            return None
+        at, ends = utc(self.clock), []
+        if job.send_window is not None:
+            ends.append(closes_in(job.send_window, (job.timezone,), at))
+        if job.recipient_window is not None:
+            ends.append(closes_in(job.recipient_window, group.zones, at))
+        return self.clock.monotonic() + min(ends)
+
+    def _outlasted(self, tries: _Tries, until: float) -> bool:
+        """Whether the pacer's wait for the group's sender that would end at ``until``
+        (monotonic: its pause after a 429 or a long queue) outlasts a gate, so that no
+        request of it could leave: then it is held at once, as the gate's closing holds it
+        (:meth:`_check_gates`), not once the wait is over. Past the job's deadline, it is
+        recorded ``expired_unsent`` (first: past it, a window promises nothing); past one of
+        its windows' close, see :meth:`_held_for_window`."""
+        if (expires := self.expires_mono()) is not None and until >= expires:
+            self._expire(tries)
+            return True
+        return self._held_for_window(tries, until)
+
+    def _held_for_window(self, tries: _Tries, until: float) -> bool:
+        """Whether the group is held because a wait for its next try that would end at
+        ``until`` (monotonic: the pacer's, :meth:`_outlasted`; the retrier's after a 429,
+        :meth:`_gates_after`) outlasts one of its windows, as the window's closing holds it
+        (:meth:`_check_gates`): for its recipients' ``recipient_window``, it waits for their
+        window to open again (a later run sends it); for the job's ``send_window``, when no
+        sender of the pool may send before it closes, the job stops (exit 4). The one test
+        of it, for both waits."""
+        if tries.windows is None or until < tries.windows:
+            return False
+        job, group, now = self.job, tries.group, self.clock.monotonic()
+        at = utc(self.clock)
+        theirs = job.recipient_window
+        if theirs is not None and closes_in(theirs, group.zones, at) <= until - now:
+            self.quiet[group.zones] += len(group.to)
+            log.info("group.paused_past_window", group=group.id, window="recipient_window")
+            return True
+        window = job.send_window
+        if (
+            window is not None
+            and closes_in(window, (job.timezone,), at) <= self.pacer.resumes() - now
+        ):
+            log.info("group.paused_past_window", group=group.id, window="send_window")
+            self.window_closed()
+            return True
+        return False
 
     async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> Group | None:
         """Record how the group's tries ended; stop the job when that is what it says. Returns

@@ -1,0 +1,150 @@
+"""A sender's pause (a 429's Retry-After, capped by max_retry_after) that ends only after a
+group's window closes, or after the job's deadline, holds the group at once, as the window's
+closing or the deadline would, instead of idling until the pause ends: nothing leaves late,
+and the run does not wait for nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import Exit, RateLimited
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.models import Group, SendReceipt
+from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+
+#: Two minutes before the windows below close (10:30 UTC) and the deadline.
+NOW = dt.datetime(2026, 11, 24, 10, 28, tzinfo=dt.UTC)
+ONE = replace(FAST, concurrency=1)
+GATES = {
+    "send_window": 'send_window = "09:00-10:30"',
+    "recipient_window": 'recipient_window = "09:00-10:30"\ntimezone_column = "tz"',
+    "deadline": 'deadline = "2026-11-24T10:30+00:00"',
+}
+
+
+def throttled_once(retry_after: float) -> FakeClient:
+    """A client whose first answer is a 429 asking for ``retry_after`` seconds, then sends."""
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if not answered:
+            answered.append(g.id)
+            raise RateLimited("slow down", retry_after=retry_after, status=429)
+        return ok_receipt(g, n)
+
+    answered: list[str] = []
+    return FakeClient(answer)
+
+
+async def test_a_pause_past_the_recipients_window_holds_them_at_once(jobs: JobFactory) -> None:
+    """A 429 asking for ten minutes (five, capped) two minutes before the recipients'
+    window closes: the throttled group and the next one are held for their quiet hours at
+    once, nothing is sent again, and the run ends without waiting the pause out."""
+    jobs.people(8, tz="UTC")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["recipient_window"]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(600.0)
+    start = clock.monotonic()
+    s = await run_job(job, ONE, client, clock=clock)
+    assert clock.monotonic() - start < 60
+    assert (len(client.calls), s.sent_groups, s.stopped, s.quiet) == (
+        1,
+        0,
+        "quiet_hours",
+        {"UTC": 8},
+    )
+
+
+async def test_a_pause_past_the_send_window_stops_the_job_at_once(jobs: JobFactory) -> None:
+    """The same 429 two minutes before the job's send_window closes, its one sender paused
+    past it: the job stops as the window's closing stops it (exit 4), at once."""
+    jobs.people(8)
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(600.0)
+    start = clock.monotonic()
+    s = await run_job(job, ONE, client, clock=clock)
+    assert clock.monotonic() - start < 60
+    assert (len(client.calls), s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
+
+
+async def test_a_pause_past_the_deadline_ends_the_groups_tries_at_once(jobs: JobFactory) -> None:
+    """The same 429 two minutes before the job's deadline: the throttled group keeps its 429
+    (the first run past the deadline records it expired) and the next one, its sender paused
+    past the deadline, is recorded expired unsent, both at once."""
+    jobs.people(8)
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["deadline"]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(600.0)
+    start = clock.monotonic()
+    s = await run_job(job, ONE, client, clock=clock)
+    assert clock.monotonic() - start < 60
+    assert (len(client.calls), s.expired_groups) == (1, 1)
+    codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes == ["429", "expired_unsent"]
+
+
+@pytest.mark.parametrize("gate", list(GATES))
+async def test_a_pause_that_ends_before_the_gate_closes_is_waited_out(
+    jobs: JobFactory, gate: str
+) -> None:
+    """A 429 asking for thirty seconds, two minutes before the gate closes: the pause is
+    waited out and both groups go, as before."""
+    jobs.people(8, tz="UTC")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES[gate]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(30.0)
+    s = await run_job(job, ONE, client, clock=clock)
+    assert (len(client.calls), s.sent_groups, s.stopped) == (3, 2, None)
+
+
+async def test_a_long_retry_after_from_the_api_stops_a_job_at_its_send_window_at_once(
+    jobs: JobFactory,
+) -> None:
+    """The real client against the fake API, whose first answer is a 429 with Retry-After:
+    3600, two minutes before the send_window closes: the run stops (exit 4) without waiting
+    the pause out, having sent nothing, and the ledger records the throttled group pending a
+    rerun (rate limited)."""
+    jobs.people(8)
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 429, headers={"Retry-After": "3600"}))
+    start = clock.monotonic()
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
+    ):
+        s = await run_job(job, ONE, client, clock=clock)
+    assert clock.monotonic() - start < 60
+    assert (run_outcome(s), s.stopped, s.sent_groups) == (Exit.WINDOW, "window", 0)
+    assert fake.recipient_counts() == {}
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert [(e["code"], e["retryable"]) for e in failed] == [("429", True)]
+
+
+async def test_a_pause_of_one_sender_of_the_pool_does_not_stop_the_others(
+    jobs: JobFactory,
+) -> None:
+    """Of two senders, the one a 429 pauses past the send_window's close ends its group's
+    tries at once (pending a rerun), but the job goes on: the other sender sends the next
+    group before the window closes."""
+    jobs.people(8)
+    job = jobs.job(
+        extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}',
+        sender='["+18445550001", "+18445550002"]',
+    )
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(600.0)
+    start = clock.monotonic()
+    s = await run_job(job, ONE, client, clock=clock)
+    assert clock.monotonic() - start < 60
+    assert (len(client.calls), s.sent_groups, s.retry_later_groups, s.stopped) == (2, 1, 1, None)
+    assert len({g.message.from_ for g in client.calls}) == 2
