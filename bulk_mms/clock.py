@@ -135,19 +135,23 @@ def running_timeout(seconds: float) -> RunningTimeout:
 
 
 class RunningTimeout:
-    """One :func:`running_timeout`: an :class:`asyncio.Timeout` with no deadline, fired by its
-    own looks at the loop's time (one timer a look; a request answered within
-    :data:`RUNNING_LOOK_S` makes one)."""
+    """One :func:`running_timeout`: its own looks at the loop's time (one timer a look; a
+    request answered within :data:`RUNNING_LOOK_S` makes one), and, once its running time is
+    up, the task that entered it cancelled and that cancel raised as :class:`TimeoutError`,
+    as :class:`asyncio.Timeout` does: told from any other cancel by the task's count of cancel
+    requests, so a cancel from outside (a stopping job) is raised as the cancel it is."""
 
-    __slots__ = ("_bound", "_handle", "_last", "_left", "_loop", "_step")
+    __slots__ = ("_cancelling", "_fired", "_handle", "_last", "_left", "_loop", "_step", "_task")
 
     def __init__(self, seconds: float) -> None:
         self._left = seconds
 
     async def __aenter__(self) -> None:
-        self._bound = bound = asyncio.timeout(None)
-        await bound.__aenter__()
         self._loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("running_timeout must be used inside a task")
+        self._task, self._cancelling, self._fired = task, task.cancelling(), False
         self._last = last = loop.time()
         self._step = step = min(RUNNING_LOOK_S, max(0.0, self._left))
         self._handle = loop.call_at(last + step, self._look)
@@ -159,7 +163,14 @@ class RunningTimeout:
         tb: TracebackType | None,
     ) -> None:
         self._handle.cancel()
-        await self._bound.__aexit__(kind, exc, tb)  # raises TimeoutError once it fired
+        # its own cancel taken back; TimeoutError when no other came since (asyncio.Timeout's
+        # test, in its order: the cancel is taken back however the block ended)
+        if (
+            self._fired
+            and self._task.uncancel() <= self._cancelling
+            and kind is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
 
     def _look(self) -> None:
         now = self._loop.time()
@@ -167,7 +178,8 @@ class RunningTimeout:
         self._left -= self._step if gap - self._step >= STOPPED_AFTER_S else gap
         self._last = now
         if self._left <= _NONE_LEFT_S:
-            self._bound.reschedule(now)  # fires at once
+            self._fired = True
+            self._task.cancel()  # raised in the task as TimeoutError, by __aexit__
             return
         self._step = min(RUNNING_LOOK_S, self._left)
         self._handle = self._loop.call_at(now + self._step, self._look)

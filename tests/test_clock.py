@@ -96,12 +96,18 @@ async def test_a_running_timeout_fires_on_the_sliver_of_time_floats_leave_it() -
     once with no time passing (a spin that a virtual loop clock never got out of)."""
     loop = asyncio.get_running_loop()
     bound = running_timeout(1.0)
-    async with bound:
-        bound._handle.cancel()
-        bound._last, bound._step, bound._left = loop.time(), 1e-15, 1e-15
-        bound._look()  # no time passed since the last look
-        assert bound._bound.when() == loop.time()  # fires: no look after this one
-        bound._bound.reschedule(None)  # (for this test: not to time out now)
+
+    async def a_sliver_left() -> None:
+        async with bound:
+            bound._handle.cancel()
+            bound._last, bound._step, bound._left = loop.time(), 1e-15, 1e-15
+            bound._look()  # no time passed since the last look
+            assert bound._handle.cancelled()  # fires: no look after this one
+            await asyncio.sleep(0)
+
+    with pytest.raises(TimeoutError):
+        await a_sliver_left()
+    assert loop.time() == pytest.approx(bound._last)  # at once, not a look later
 
 
 async def test_a_running_timeout_reads_an_answer_that_came_while_the_process_was_stopped() -> None:
@@ -123,3 +129,28 @@ async def test_a_running_timeout_reads_an_answer_that_came_while_the_process_was
         async with running_timeout(2):
             await asyncio.sleep(10)
     assert loop.time() - start == pytest.approx(2, abs=0.01)
+
+
+@pytest.mark.parametrize("fired", [False, True])
+async def test_a_running_timeout_passes_a_cancel_from_outside_on(fired: bool) -> None:
+    """A task cancelled from outside under a running_timeout ends cancelled, not timed out,
+    also when its bound fired in the same moment: only the bound's own cancel is a
+    TimeoutError, and the task's count of cancel requests keeps the outside one."""
+    entered = asyncio.Event()
+
+    async def under_bound() -> None:
+        bound = running_timeout(30)
+        async with bound:
+            if fired:  # its running time is up now: the bound cancels the task
+                bound._handle.cancel()
+                bound._left = 0.0
+                bound._look()
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(under_bound())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelling() == 1  # the outside cancel, still counted
