@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -203,9 +204,19 @@ def utc(clock: Clock) -> dt.datetime:
 
 
 def iso(seconds: float) -> str:
-    """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event."""
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds: the ``time`` of an event
+    (``2026-12-07T04:01:02.345Z``). The text of ``datetime.fromtimestamp(seconds, UTC)``'s
+    ``isoformat(timespec="milliseconds")``, ``Z`` for ``+00:00``, for the years 1970 to 9999:
+    the fraction rounded to the microsecond as datetime rounds it (half to even), then cut to
+    the millisecond; the rest written by ``time.strftime`` (a quarter fewer instructions, two
+    stamps a group)."""
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1.0, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1.0, micro + 1_000_000
+    return time.strftime(f"%Y-%m-%dT%H:%M:%S.{micro // 1000:03d}Z", time.gmtime(whole))
 
 
 def parse_time(stamp: str) -> float:

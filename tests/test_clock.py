@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bulk_mms.clock
-from bulk_mms.clock import SystemClock, running_timeout
+from bulk_mms.clock import SystemClock, iso, running_timeout
 
 
 async def _read(clock: SystemClock) -> float:
@@ -154,3 +157,35 @@ async def test_a_running_timeout_passes_a_cancel_from_outside_on(fired: bool) ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelling() == 1  # the outside cancel, still counted
+
+
+def _datetime_iso(seconds: float) -> str:
+    """An event's stamp as datetime writes it: what :func:`bulk_mms.clock.iso` is held to."""
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@given(st.floats(min_value=0, max_value=253_402_300_799.999))
+def test_iso_writes_a_stamp_as_datetime_writes_it(seconds: float) -> None:
+    """Any instant from 1970 to 9999 is stamped as datetime stamps it, to the character."""
+    assert iso(seconds) == _datetime_iso(seconds)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        0.0,
+        1_765_000_000.0,
+        1_765_000_000.0005,  # half a millisecond: cut, not rounded
+        1_765_000_000.9995,
+        1_765_000_000.9999995,  # rounds up to the next second
+        1_765_000_000.0000005,  # a tie at the microsecond, half to even
+        1_765_000_000.0000015,
+        1_767_225_599.9999996,  # the last instant of 2025 rounds into 2026
+        253_402_300_799.999,
+    ],
+)
+def test_iso_rounds_at_the_edges_as_datetime_does(seconds: float) -> None:
+    """At the microsecond's ties and a second's, a day's and a year's last instants, the
+    stamp is datetime's."""
+    assert iso(seconds) == _datetime_iso(seconds)
