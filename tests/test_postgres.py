@@ -1057,6 +1057,8 @@ class _Behind:
 
     monotonic = staticmethod(time.monotonic)
     clock_gettime = staticmethod(time.clock_gettime)
+    gmtime = staticmethod(time.gmtime)  # an event's stamp is written with these
+    strftime = staticmethod(time.strftime)
 
     @staticmethod
     def time() -> float:
