@@ -35,6 +35,10 @@ T = TypeVar("T")
 
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+#: The column separators a CSV input may use (a job's ``delimiter``), each with its name: the
+#: comma; the semicolon, Excel's "CSV" where the decimal mark is a comma; the tab, Excel's
+#: "Text"; the bar.
+DELIMITERS: Final = {",": "comma", ";": "semicolon", "\t": "tab", "|": "bar"}
 #: How every JSONL ledger begins: its first line is the ``job`` header, ``event`` its first key.
 LEDGER_START: Final = orjson.dumps({"event": Header.kind})[:-1]
 
@@ -147,6 +151,29 @@ def write_whole(path: Path, write: Callable[[TextIO], T], *, newline: str | None
 CAMPAIGN_COLUMN: Final = "bulk_mms_campaign"
 
 
+def toml_string(delimiter: str) -> str:
+    """``delimiter`` as a job file writes it, quoted (the tab as ``"\\t"``)."""
+    escaped = delimiter.replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def own_delimiter(line: bytes | str) -> str | None:
+    """The separator of a file of failed recipients (:func:`~bulk_mms.recipient_lists.
+    write_failed_csv`), told by its header, ``line`` (its line end and a byte order mark
+    no matter): that file ends its header with :data:`CAMPAIGN_COLUMN` after the
+    separator it was written with. None for any other file.
+
+    Such a file is read with its own separator whatever the job's ``delimiter`` says, as one
+    that starts with a UTF-8 byte order mark is read as UTF-8 whatever ``encoding`` says: it
+    says what it is, and a resend reads it as it was written."""
+    text = line if isinstance(line, str) else line.decode("latin-1")
+    text = text.rstrip("\r\n")
+    if not text.endswith(CAMPAIGN_COLUMN):
+        return None
+    sep = text[-len(CAMPAIGN_COLUMN) - 1 : -len(CAMPAIGN_COLUMN)]
+    return sep if sep in DELIMITERS else None
+
+
 def safe_cell(value: object) -> str:
     """``value`` as a cell a spreadsheet shows as text, never runs as a formula: one that
     starts with a formula's first character, after any quotes, gets a quote in front (the
@@ -166,10 +193,16 @@ def read_cell(cell: str) -> str:
 
 
 def write_csv(
-    path: Path, header: Sequence[str], rows: Iterable[Sequence[object]], *, bom: bool = False
+    path: Path,
+    header: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    bom: bool = False,
+    delimiter: str = ",",
 ) -> int:
     """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`,
-    whole or not at all (:func:`write_whole`).
+    whole or not at all (:func:`write_whole`), the columns separated by ``delimiter`` (one of
+    :data:`DELIMITERS`).
 
     ``bom``: begin with a UTF-8 byte order mark, as Excel's "CSV UTF-8" does, for a file that
     is sent again as a job's input: the reader then takes it as UTF-8 whatever ``encoding``
@@ -186,7 +219,7 @@ def write_csv(
     def write(f: TextIO) -> int:
         if bom:
             f.write("\ufeff")
-        w = csv.writer(f)
+        w = csv.writer(f, delimiter=delimiter)
         w.writerow([safe_cell(h) for h in header])
         n = 0
         for row in rows:

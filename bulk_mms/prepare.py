@@ -37,7 +37,7 @@ from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
-from bulk_mms.reader import RowReader, fingerprint
+from bulk_mms.reader import RowReader, detect_format, fingerprint
 from bulk_mms.recipient_lists import taken_by_resends
 from bulk_mms.scan import (
     InputScan,
@@ -93,7 +93,7 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, delimiter=job.delimiter)  # the job, kept, reads it so
             writer.writerow(columns)
             for i, phone in enumerate(seeds):
                 fields = firsts[i % len(firsts)].fields
@@ -127,6 +127,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         zones=zones_source(job.recipient_window, job.timezone_column),
         rejoins=job.group_by is not None and job.recipient_window is not None,
         encoding=job.encoding,
+        delimiter=job.delimiter if detect_format(job.input)[0] == "csv" else ",",
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),

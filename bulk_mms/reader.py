@@ -16,6 +16,10 @@ character; a whole last line needs no line end). A run reads the whole file once
 sends (:mod:`bulk_mms.scan`), so these stop it with nothing sent.
 
 A file that starts with a UTF-8 byte order mark is read as UTF-8, whatever encoding was asked.
+A CSV file's columns are separated by the job's ``delimiter`` (a comma unless it says another):
+its quoting, its rows' widths and the checks of its quoted fields all go by it; a file of failed
+recipients bulk-mms wrote is read with the separator its header shows, whatever was asked
+(:func:`~bulk_mms.csvfile.own_delimiter`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import IO, Self, cast, final
 import msgspec
 import orjson
 
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, read_cell
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, DELIMITERS, own_delimiter, read_cell, toml_string
 from bulk_mms.decoding import LineDecoder, likely_encoding, whole_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.lines import (
@@ -202,6 +206,7 @@ class RowReader:
         "_streaming",
         "columns",
         "complete",
+        "delimiter",
         "format",
         "gzipped",
         "keep",
@@ -220,6 +225,7 @@ class RowReader:
         *,
         keep_all: bool = False,
         encoding: str = "utf-8",
+        delimiter: str = ",",
         expect: FileStamp | None = None,
         columns: Sequence[str] = (),
     ) -> None:
@@ -231,6 +237,9 @@ class RowReader:
         self.stamp: FileStamp | None = None
         #: The file's lines as text in the job's encoding (:attr:`encoding`).
         self.text = LineDecoder(self.path, encoding)
+        #: What separates a CSV file's columns (:data:`~bulk_mms.csvfile.DELIMITERS`): the
+        #: one asked for; once the file is open, a file of failed recipients' own.
+        self.delimiter = delimiter
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -337,6 +346,8 @@ class RowReader:
             raise mac
         if _start(line).startswith(BOM):
             self.text.marked_utf8()
+        if self.format == "csv" and type(line) is bytes:
+            self.delimiter = own_delimiter(line) or self.delimiter
         self._first.append(first)
         if self.format == "csv":
             self._open_csv()
@@ -373,13 +384,14 @@ class RowReader:
 
     def _peek_content(self) -> bool:
         """Read ahead to the next line with content, keeping what was read; False at end of
-        file. A line of blanks, commas (a spreadsheet's row of empty cells) or a DOS end-of-file
-        mark has none; an over-long line has."""
-        if any(_has_content(raw) for _, raw in self._first):
+        file. A line of blanks, separators (a spreadsheet's row of empty cells) or a DOS
+        end-of-file mark has none; an over-long line has."""
+        blank = _BLANK + self.delimiter.encode()
+        if any(_has_content(raw, blank) for _, raw in self._first):
             return True
         while (item := self._lines.readline()) is not None:
             self._first.append(item)
-            if _has_content(item[1]):
+            if _has_content(item[1], blank):
                 return True
         return False
 
@@ -415,7 +427,7 @@ class RowReader:
             # raised when the rows reach this line, so the rows before it come first
             self._bad[lineno] = text
             return "\n"
-        if '\\"' in text and _escaped_quotes(text):
+        if '\\"' in text and _escaped_quotes(text, self.delimiter):
             self._bad[lineno] = InputError(self.path, _ESCAPED_QUOTES, line=lineno)
             return "\n"
         return text
@@ -462,7 +474,8 @@ class RowReader:
         return [self._decoded(n, line) for n, line in enumerate(io.BytesIO(data), lineno)]
 
     def _open_csv(self) -> None:
-        self._csv = csv.reader(chain.from_iterable(self._kept(self._text_lines())), strict=False)
+        lines = chain.from_iterable(self._kept(self._text_lines()))
+        self._csv = csv.reader(lines, strict=False, delimiter=self.delimiter)
         try:
             header = next(self._csv, None)
         except csv.Error as exc:
@@ -493,7 +506,8 @@ class RowReader:
         that a row of the first :data:`PAD_LINES` lines (read ahead, kept) has, at least the
         header's. A writer pads every row alike (a spreadsheet its range, another tool a comma
         at the end of each line); a comma not quoted in a field makes one row wider than the
-        others, whose empty last cell is no padding."""
+        others, whose empty last cell is no padding. (A comma here: the file's separator,
+        :attr:`delimiter`.)"""
         while len(self._first) < PAD_LINES and (item := self._lines.readline()) is not None:
             self._first.append(item)
         whole = len(self._first) < PAD_LINES  # read to the file's end: no record cut short
@@ -502,7 +516,7 @@ class RowReader:
             raw.decode(self.encoding, "replace") if type(raw) is bytes else ""
             for _, raw in self._first
         ]
-        reader = csv.reader(lines, strict=False)
+        reader = csv.reader(lines, strict=False, delimiter=self.delimiter)
         widths: list[int] = []
         while True:
             try:
@@ -519,22 +533,29 @@ class RowReader:
         return min((n for n in widths if n >= width), default=width)
 
     def _no_phone_column(self) -> str:
-        """Why a CSV header without the phone column is refused: a header of one column that
-        holds it between semicolons or tabs is a file not separated by commas (Excel's CSV
-        where the decimal mark is a comma, or its tab-separated "Text"), and is named so."""
-        hint = ",".join(self.columns)
+        """Why a CSV header without the phone column is refused: a header that holds it
+        between other separators than the job's (:data:`~bulk_mms.csvfile.DELIMITERS`) is a
+        file separated by those (Excel's CSV where the decimal mark is a comma, its
+        tab-separated "Text"), and is named so, with the setting that reads it."""
+        ours = self.delimiter
+        hint = ours.join(self.columns)
         if hint[:4].lower() == "sep=" and len(hint) <= 6:
+            sep = hint[4:5]
+            also = (
+                f", and set {_setting(sep)} in the job" if sep in DELIMITERS and sep != ours else ""
+            )
             return (
                 f"its first line is {hint!r}, a hint for Excel of the separator, not "
-                "the header: delete that line (the header must be the first) and run again"
+                f"the header: delete that line (the header must be the first){also} and run again"
             )
-        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-            # a header name may hold a comma, which then parts it in two columns
-            if any(self.phone in (c.strip() for c in col.split(sep)) for col in self.columns):
+        for sep, name in DELIMITERS.items():
+            # a header name may hold the job's separator, which then parts it in two columns
+            if sep != ours and any(
+                self.phone in (c.strip() for c in col.split(sep)) for col in self.columns
+            ):
                 return (
-                    f"its columns are separated by {name}, not commas: bulk-mms reads "
-                    "comma-separated CSV; save the file with commas (in Excel, set the list "
-                    "separator to a comma, or export it from another program) and run again"
+                    f"its columns are separated by {name}s, not {DELIMITERS[ours]}s: set "
+                    f"{_setting(sep)} in the job and run again"
                 )
         named = [c for c in self.columns if c.casefold() == self.phone.casefold()]
         case = f" (column names are matched exactly: {named[0]!r}?)" if named else ""
@@ -569,7 +590,7 @@ class RowReader:
         whole = len(found) == len(wanted)
         pick = _picker([(c, i) for i, c in enumerate(names)] if keep_all else found)
         last, bad, ours = reader.line_num, self._bad, self._ours
-        spans = SpanCheck(self.path, width, names.index(self.phone), self._line)
+        spans = SpanCheck(self.path, width, names.index(self.phone), self._line, self.delimiter)
         with self._reading():
             while True:
                 try:
@@ -701,14 +722,15 @@ class RowReader:
         width = len(self.columns)
         start, last = lines
         if len(rec) > self._pad and len(unpadded(rec, width)) == width:
-            # padded wider than the rows near the top: not padding but a comma not quoted in a
-            # field, every cell after it shifted one column on, the empty last one past the
-            # header (``Smith, Bo,+1 home,+1 mobile,``: the home number under the mobile's)
+            # padded wider than the rows near the top: not padding but a separator not quoted
+            # in a field, every cell after it shifted one column on, the empty last one past
+            # the header (``Smith, Bo,+1 home,+1 mobile,``: the home number under the mobile's)
             return RejectedRow(
                 start,
-                ",".join(rec)[:SHOWN_CHARS],
+                self.delimiter.join(rec)[:SHOWN_CHARS],
                 f"row has {len(rec)} fields, header has {width} (rows near the top have "
-                f"{self._pad}, its extra ones are empty): a comma in a field not in quotes? "
+                f"{self._pad}, its extra ones are empty): a {DELIMITERS[self.delimiter]} in a "
+                "field not in quotes? "
                 "(or a cell typed to the right of the table, which some spreadsheets pad "
                 "the rows near it for: clear that column and save again)",
             )
@@ -723,7 +745,9 @@ class RowReader:
             )
         if size > width:
             return RejectedRow(
-                start, ",".join(rec)[:SHOWN_CHARS], f"row has {size} fields, header has {width}"
+                start,
+                self.delimiter.join(rec)[:SHOWN_CHARS],
+                f"row has {size} fields, header has {width}",
             )
         return self._short_row(rec, start, wanted, index)
 
@@ -740,7 +764,8 @@ class RowReader:
         fields: dict[str, str] = {}
         for name, i in wanted:
             if i is None or i >= size:
-                return RejectedRow(start, ",".join(rec)[:SHOWN_CHARS], f"missing column {name!r}")
+                shown = self.delimiter.join(rec)[:SHOWN_CHARS]
+                return RejectedRow(start, shown, f"missing column {name!r}")
             fields[name] = rec[i]
         if self.keep_all:
             for name, i in index.items():
@@ -1026,10 +1051,15 @@ def _cell(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _has_content(raw: bytes | LongLine) -> bool:
-    """Whether a raw line holds a value: more than blanks, commas and a DOS end-of-file mark,
-    or an over-long line."""
-    return type(raw) is LongLine or bool(raw.strip(b" \t\r\n,\x1a"))
+#: What a raw CSV line may hold and still have no value (:func:`_has_content`), besides the
+#: file's separator: blanks, line ends and a DOS end-of-file mark.
+_BLANK = b" \t\r\n\x1a"
+
+
+def _has_content(raw: bytes | LongLine, blank: bytes) -> bool:
+    """Whether a raw line holds a value: more than the bytes of ``blank`` (:data:`_BLANK` and
+    the file's separator), or an over-long line."""
+    return type(raw) is LongLine or bool(raw.strip(blank))
 
 
 def _start(raw: bytes | LongLine) -> bytes:
@@ -1046,18 +1076,18 @@ _ESCAPED_QUOTES = (
 )
 
 
-def _escaped_quotes(line: str) -> bool:
+def _escaped_quotes(line: str, delimiter: str) -> bool:
     """Whether a CSV line (one holding a backslash then a quote) writes its quotes escaped with
     a backslash (``"A \\"x\\" y"``), not doubled (``"A ""x"" y"``): read as CSV, a quoted field
     of it closes on a quote after a backslash with text after it (or a quote after a
     backslash ends the value, ``"6'2\\""``, and the field runs on past the line), where read
     with backslash escapes each one closes where it should (or runs on to the next line: a
     field over lines). A line that reads as CSV (``"C:\\dir\\",x``: a field ending in a
-    backslash) is CSV."""
+    backslash) is CSV. ``delimiter``: the file's separator."""
 
     def error(escapechar: str | None) -> str | None:
         try:
-            for _ in csv.reader((line,), strict=True, escapechar=escapechar):
+            for _ in csv.reader((line,), strict=True, escapechar=escapechar, delimiter=delimiter):
                 pass
         except csv.Error as exc:
             return str(exc)
@@ -1069,6 +1099,11 @@ def _escaped_quotes(line: str) -> bool:
     if "expected after" in rfc:
         return escaped is None or "unexpected end of data" in escaped
     return escaped is None
+
+
+def _setting(delimiter: str) -> str:
+    """The job setting that reads a file separated by ``delimiter``: ``delimiter = ";"``."""
+    return f"delimiter = {toml_string(delimiter)}"
 
 
 def file_encoding(path: Path, chunk: int = 1 << 20) -> str:

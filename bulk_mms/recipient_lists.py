@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, write_csv
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, own_delimiter, write_csv
 from bulk_mms.errors import InputError, LedgerError, LedgerUnavailable
 from bulk_mms.ledger import (
     Attempt,
@@ -64,7 +64,9 @@ def lists_nobody(path: Path) -> bool:
     if len(head) > _HEADER_MAX:
         return False
     lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
-    return len(lines) == 1 and CAMPAIGN_COLUMN in next(csv.reader(lines))
+    if len(lines) != 1:
+        return False
+    return CAMPAIGN_COLUMN in next(csv.reader(lines, delimiter=own_delimiter(lines[0]) or ","))
 
 
 #: The most a failed file that lists nobody can hold: its header row.
@@ -88,7 +90,10 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     by the kind of miss the fold gave it (:class:`~bulk_mms.ledger.fold.Miss`), never by
     its why's words.
     Written by :func:`~bulk_mms.csvfile.write_csv` in UTF-8 with a byte order mark (so a job
-    whose own input is Windows-1252 reads it as UTF-8): whole or not at all, and no cell a
+    whose own input is Windows-1252 reads it as UTF-8), its columns separated as the job's
+    input was (the ledger header's ``delimiter``: a spreadsheet that wrote the input opens
+    it, and the reader takes a file of failed recipients by its own separator:
+    :func:`~bulk_mms.csvfile.own_delimiter`): whole or not at all, and no cell a
     spreadsheet runs as a formula (E.164 numbers stay as they are, so the file reads back as
     a job's input).
 
@@ -107,7 +112,7 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
         wanted and source is not None and source.is_file() and fingerprint(source) == s.fingerprint
     ):
         encoding = s.encoding or file_encoding(source)
-        columns, rows = _original_rows(source, s.phone_column, wanted, encoding)
+        columns, rows = _original_rows(source, s.phone_column, wanted, encoding, s.delimiter)
         full = True
     else:
         rows = [{s.phone_column: phone} for phone in wanted]
@@ -117,7 +122,8 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     ours = (REASON_COLUMN, CAMPAIGN_COLUMN)
     columns = [c for c in columns if c not in ours]
     header = [*columns, *ours]
-    n = write_csv(out, header, ([row.get(c, "") for c in header] for row in rows), bom=True)
+    cells = ([row.get(c, "") for c in header] for row in rows)
+    n = write_csv(out, header, cells, bom=True, delimiter=s.delimiter)
     return n, full
 
 
@@ -228,7 +234,13 @@ def _held(header: Header, campaign: str) -> set[str]:
         if source is None or not source.is_file() or fingerprint(source) != header.fingerprint:
             return set()
         encoding = header.encoding or file_encoding(source)
-        with RowReader(source, header.phone_column, keep_all=True, encoding=encoding) as reader:
+        with RowReader(
+            source,
+            header.phone_column,
+            keep_all=True,
+            encoding=encoding,
+            delimiter=header.delimiter,
+        ) as reader:
             rows = [
                 row.fields.get(header.phone_column, "")
                 for row in reader
@@ -268,14 +280,16 @@ def _phone_key(value: str) -> str:
 
 
 def _original_rows(
-    source: Path, phone_column: str, wanted: dict[str, str], encoding: str
+    source: Path, phone_column: str, wanted: dict[str, str], encoding: str, delimiter: str
 ) -> tuple[list[str], list[dict[str, str]]]:
     """The input rows of the wanted numbers, each once, with every column of the input (a
     JSONL file's: every record's keys, known once it is read to its end), read in the
-    ``encoding`` the job read it in."""
+    ``encoding`` and with the ``delimiter`` the job read it with."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    with RowReader(source, phone_column, keep_all=True, encoding=encoding) as reader:
+    with RowReader(
+        source, phone_column, keep_all=True, encoding=encoding, delimiter=delimiter
+    ) as reader:
         for row in reader:
             if isinstance(row, Row):
                 key = _phone_key(row.fields.get(phone_column, ""))

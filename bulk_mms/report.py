@@ -166,6 +166,9 @@ class LedgerSummary(msgspec.Struct):
     columns: tuple[str, ...] = ()
     #: The input's encoding as the job read it (None: a ledger begun before it was kept).
     encoding: str | None = None
+    #: What separated the input's columns as the job read it (``","`` for a ledger begun
+    #: before it was kept): the failed-recipients file is written with it.
+    delimiter: str = ","
     #: Members a delivery report moved out of a sent group (a carrier's limit, a sender
     #: blocked) whose new group no run has tried yet: counted ``not_attempted``, and named
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
@@ -355,7 +358,7 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     if (h := view.header) is not None:
         s.job, s.input, s.phone_column = h.job, h.input, h.phone_column
         s.fingerprint, s.campaign, s.columns = h.fingerprint, h.campaign, h.columns
-        s.encoding = h.encoding
+        s.encoding, s.delimiter = h.encoding, h.delimiter
     s.runs, s.attempts, s.rate_limited = view.runs, view.attempts, view.rate_limited
     s.first_time, s.last_time = view.first_time, view.last_time
     s.sending_seconds, s.sent_events = view.sending_seconds, view.sent_events

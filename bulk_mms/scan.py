@@ -137,6 +137,7 @@ def open_reader(
         keep,
         keep_all=keep_all,
         encoding=job.encoding,
+        delimiter=job.delimiter,
         expect=expect,
         columns=columns,
     )

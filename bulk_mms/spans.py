@@ -5,8 +5,9 @@ The reader (:mod:`bulk_mms.reader`) splits the file into records with the csv mo
 reads a quote left open as a field that runs on to the next quote not doubled, the people on
 the lines between inside it. It hands each record read over more than one line (never one on
 a single line) to :meth:`SpanCheck.check`, built once per file from the header's width, the
-phone column's index, the file's path (for the error) and a way to get the text of a line
-that the reader keeps (the last :data:`MAX_RECORD_LINES` lines).
+phone column's index, the file's path (for the error), a way to get the text of a line
+that the reader keeps (the last :data:`MAX_RECORD_LINES` lines) and the file's separator (a
+comma, the job's ``delimiter``: every comma below stands for it).
 
 :meth:`SpanCheck.check` returns nothing for a field as a spreadsheet writes it, and raises
 :class:`~bulk_mms.errors.InputError`, naming the record's first line, for a record:
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bulk_mms.csvfile import DELIMITERS
 from bulk_mms.errors import InputError
 
 #: A CSV record may span at most this many lines (a quoted field with line breaks).
@@ -64,6 +66,8 @@ class SpanCheck:
     #: The text of a line (the csv module's count) as decoded, with its line end; ``""`` for
     #: one no longer kept. Each of the last :data:`MAX_RECORD_LINES` lines read is kept.
     line: Callable[[int], str]
+    #: What separates the file's columns (the job's ``delimiter``).
+    delimiter: str = ","
 
     def check(self, rec: list[str], start: int, last: int, end: int) -> None:
         """Refuse a record over lines ``start`` to ``last`` (a quoted field with line breaks)
@@ -103,7 +107,8 @@ class SpanCheck:
             else " (a quote inside a field is written twice, in a quoted field)"
         )
         if why == _OPENS:
-            fix += "; if the field is meant to end with a line break or a comma, take it off"
+            sep = DELIMITERS[self.delimiter]
+            fix += f"; if the field is meant to end with a line break or a {sep}, take it off"
         raise InputError(
             self.path,
             f"a quoted field opened here runs to line {min(last, end)} {why}: an unclosed "
@@ -134,14 +139,15 @@ class SpanCheck:
         fields, or a number where the phone column is). A field that ends otherwise (a note
         whose last line is a pasted row, or that ends with a comma or a line break) cannot be
         told from a quote left open."""
-        if not _closes_cleanly(lines):
+        sep = self.delimiter
+        if not _closes_cleanly(lines, sep):
             return "and closes with text after its closing quote"
         closing = lines[-1]  # starts inside the field: its first quote not doubled closes it
         at = 0
         while (at := closing.find('"', at)) >= 0 and closing.startswith('"', at + 1):
             at += 2
-        inside = closing[:at].rstrip('" \t')
-        opens = not inside or inside.endswith(",")
+        inside = closing[:at].rstrip('" \t'.replace(sep, ""))  # never the separator: a tab
+        opens = not inside or inside.endswith(sep)
         if not rows:
             starts_row = self._row_like(inside, whole=False) or self._row_like(closing)
             return _OPENS if opens and starts_row else None
@@ -150,7 +156,7 @@ class SpanCheck:
             opens
             or spans > 1
             or len(unpadded(rec, width)) != width
-            or len(unpadded(next(csv.reader([closing]), []), width)) == width
+            or len(unpadded(next(csv.reader([closing], delimiter=sep), []), width)) == width
             or self._row_like(closing, short=short)
         ):
             return _ROWS
@@ -177,10 +183,12 @@ class SpanCheck:
         besides it."""
         at = self.phone_at
         commas = min(max(at, 1), self.width - 1) if short else self.width - 1
-        if whole and line.count(",") < commas:
+        if whole and line.count(self.delimiter) < commas:
             return False
-        cells = next(csv.reader([line]), [])
-        if at >= len(cells):
+        cells = next(csv.reader([line], delimiter=self.delimiter), [])
+        # a cell holding the separator (inside quotes) is no number's, a tab's either: not
+        # stripped off as a blank
+        if at >= len(cells) or self.delimiter in cells[at]:
             return False
         value = number_text(cells[at].strip())
         digits = sum(c.isdigit() for c in value)
@@ -229,11 +237,11 @@ def unpadded(rec: list[str], width: int) -> list[str]:
     return rec
 
 
-def _closes_cleanly(lines: list[str]) -> bool:
+def _closes_cleanly(lines: list[str], delimiter: str) -> bool:
     """Whether ``lines`` read as one CSV record to their end in which every quoted field's
-    closing quote is followed by a comma or the line end, as a spreadsheet writes it (a
-    quote inside a field doubled): what the csv module's ``strict`` mode reads."""
-    reader = csv.reader(lines, strict=True)
+    closing quote is followed by the ``delimiter`` or the line end, as a spreadsheet writes it
+    (a quote inside a field doubled): what the csv module's ``strict`` mode reads."""
+    reader = csv.reader(lines, strict=True, delimiter=delimiter)
     try:
         next(reader, None)
     except csv.Error:

@@ -228,13 +228,16 @@ async def test_rows_past_where_a_run_stopped_add_up_with_a_suppressed_row_before
     assert (rows.rows, rows.lost, rows.suppressed, rows.valid) == (6, 2, 1, 3)
 
 
-@pytest.mark.parametrize("sep", [";", "\t"])
+@pytest.mark.parametrize(
+    ("sep", "setting"), [(";", 'set delimiter = ";" in the job'), ("\t", 'delimiter = "\\t"')]
+)
 def test_an_export_separated_by_semicolons_or_tabs_is_refused_saying_so(
-    jobs: JobFactory, capsys: pytest.CaptureFixture[str], sep: str
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], sep: str, setting: str
 ) -> None:
     """Excel in a locale with decimal commas writes its CSV with semicolons (and "Text" with
-    tabs): nothing is sent, exit 2, and the line names the separator and what to do, not
-    only "no 'phone' column (columns: phone;first)"."""
+    tabs): under a job that does not set ``delimiter``, nothing is sent, exit 2, and the line
+    names the separator and the job setting that reads it, not only "no 'phone' column
+    (columns: phone;first)"."""
     jobs.csv(f"phone{sep}first\r\n+12125550101{sep}Ann\r\n")
     job = jobs.job(extra="group_size = 1")
     fake = FakeTelnyx()
@@ -242,7 +245,8 @@ def test_an_export_separated_by_semicolons_or_tabs_is_refused_saying_so(
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 2
     err = capsys.readouterr().err
     assert "separated by" in err
-    assert "comma" in err
+    assert "not commas" in err
+    assert setting in err
     assert fake.requests == []
 
 

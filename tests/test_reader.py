@@ -22,9 +22,13 @@ from bulk_mms.validate import normalize_phone
 
 
 def read(
-    path: Path, phone: str = "phone", keep: tuple[str, ...] = (), encoding: str = "utf-8"
+    path: Path,
+    phone: str = "phone",
+    keep: tuple[str, ...] = (),
+    encoding: str = "utf-8",
+    delimiter: str = ",",
 ) -> list[Row | RejectedRow]:
-    with RowReader(path, phone, keep, encoding=encoding) as reader:
+    with RowReader(path, phone, keep, encoding=encoding, delimiter=delimiter) as reader:
         return list(reader)
 
 
@@ -582,13 +586,15 @@ def test_a_call_log_note_ending_on_an_entry_reads_as_one_row(
     ]
 
 
+@pytest.mark.parametrize("sep", [",", ";", "\t"])
 @pytest.mark.parametrize(("phone_at", "end"), [(0, "\n"), (1, "\r\n"), (3, "\n")])
 def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
-    tmp_path: Path, phone_at: int, end: str
+    tmp_path: Path, phone_at: int, end: str, sep: str
 ) -> None:
     """In a file as a spreadsheet writes it (notes over lines, with commas, quotes and pasted
     rows), a quote put at the start of any field either stops the file or leaves every row
-    read or rejected, at its line or with its number: none is swallowed silently."""
+    read or rejected, at its line or with its number: none is swallowed silently; whatever
+    the file's separator (the job's ``delimiter``: every comma of the notes made it)."""
     notes = [
         "plain",
         "12 Main St, Apt 4\nSpringfield, IL, 62701",
@@ -599,25 +605,26 @@ def test_a_stray_quote_anywhere_in_a_spreadsheets_file_never_loses_a_row(
         "+12125550198,Al,y",
         "ends with a line break\n",
     ]
+    notes = [note.replace(",", sep) for note in notes]
     phones = [f"+1212555{i:04d}" for i in range(100, 100 + 2 * len(notes))]
     rows = [
         ["name", "note", "city"],
         *([f"N{i}", notes[i % len(notes)], "Town"] for i in range(len(phones))),
     ]
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator=end)
+    writer = csv.writer(out, lineterminator=end, delimiter=sep)
     for row, phone in zip(rows, ["phone", *phones], strict=True):
         writer.writerow([*row[:phone_at], phone, *row[phone_at:]])
     text = out.getvalue()
-    starts = [i + 1 for i, c in enumerate(text) if c in ",\n" and i + 1 < len(text)]
+    starts = [i + 1 for i, c in enumerate(text) if c in sep + "\n" and i + 1 < len(text)]
     p = tmp_path / "a.csv"
     p.write_bytes(text.encode())
-    lines = [r.line for r in read(p, keep=("name", "note", "city"))]
+    lines = [r.line for r in read(p, keep=("name", "note", "city"), delimiter=sep)]
     assert len(lines) == len(phones)
     for at in starts[3:]:  # past the header
         p.write_bytes((text[:at] + '"' + text[at:]).encode())
         try:
-            read_rows = read(p, keep=("name", "note", "city"))
+            read_rows = read(p, keep=("name", "note", "city"), delimiter=sep)
         except InputError:
             continue
         seen = {r.line for r in read_rows}
@@ -928,6 +935,7 @@ def test_excels_separator_line_above_the_header_is_named_not_taken_for_it(
     assert f"{line!r}" in err.value.message
     assert "delete that line" in err.value.message
     assert "phone_column" not in err.value.message
+    assert ('set delimiter = ";"' in err.value.message) == (sep == ";")
 
 
 def test_reader_keeps_only_needed_columns(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import msgspec
 import msgspec.structs
 
 from bulk_mms.config._toml import URL, Table, read_toml
+from bulk_mms.csvfile import DELIMITERS, toml_string
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger.store import Location, is_database, location, named
 
@@ -140,6 +141,10 @@ class JobConfig(msgspec.Struct, frozen=True):
     #: The input's text encoding (``encoding = "cp1252"`` for Excel's CSV on Windows); a UTF-8
     #: byte-order mark makes the file UTF-8, whatever this says.
     encoding: str = "utf-8"
+    #: What separates a CSV input's columns (:data:`~bulk_mms.csvfile.DELIMITERS`): ``";"``
+    #: for Excel's CSV where the decimal mark is a comma, ``"\t"`` for its "Text". A JSONL
+    #: input has no columns to separate: it takes no notice of this.
+    delimiter: str = ","
     #: The largest share of the input's rows that may be rejected (bad numbers, broken rows;
     #: not duplicates, suppressed or excluded numbers) before the run refuses to send anything.
     max_rejected_share: float = 0.05
@@ -281,6 +286,7 @@ def load_job(
     mix_unrelated = top.bool_("mix_unrelated") or False
     region = (top.str_("default_region", "US") or "US").upper()
     encoding = _encoding(top.str_("encoding", "utf-8") or "", top)
+    delimiter = _delimiter(top.str_("delimiter", ",") or "", top)
     max_rejected_share = top.float_("max_rejected_share", 0.05, 0.0, 1.0)
     if region not in ("US", "CA"):
         raise top.error("default_region", "group MMS reaches the US and Canada only: US or CA")
@@ -314,6 +320,7 @@ def load_job(
         mix_unrelated=mix_unrelated,
         default_region=region,
         encoding=encoding,
+        delimiter=delimiter,
         max_rejected_share=max_rejected_share,
         dated_ledger="{date}" in (top.str_("ledger") or ""),
         ledger_template=top.str_("ledger") or "ledgers/{name}.jsonl",
@@ -405,6 +412,17 @@ def _encoding(name: str, top: Table) -> str:
             "encoding", f"{name!r} is not ASCII-compatible: save the file as UTF-8 or cp1252"
         )
     return "utf-8" if codec == "utf-8" else codec
+
+
+def _delimiter(value: str, top: Table) -> str:
+    """``delimiter``: one of :data:`~bulk_mms.csvfile.DELIMITERS`; ``"tab"`` is the tab."""
+    value = "\t" if value.lower() == "tab" else value
+    if value not in DELIMITERS:
+        choices = ", ".join(toml_string(d) for d in DELIMITERS)
+        raise top.error(
+            "delimiter", f'{value!r} is not a column separator: use one of {choices} (or "tab")'
+        )
+    return value
 
 
 def _deadline(text: str | None, zone: dt.tzinfo, top: Table) -> dt.datetime | None:

@@ -73,6 +73,11 @@ class Header(msgspec.Struct, frozen=True):
     #: encoding`): ``report --failed-csv`` reads the input so. None: a ledger begun before
     #: it was kept.
     encoding: str | None = None
+    #: What separated the input's columns, as the job read it (:attr:`~bulk_mms.config.
+    #: JobConfig.delimiter`): whatever reads the input again reads it so, ``report
+    #: --failed-csv`` writes with it, and a resume must have the same. ``","`` for a JSONL
+    #: input (it has none) and for a ledger begun before it was kept.
+    delimiter: str = ","
     format: int = FORMAT
     version: str = ""
     time: str = ""
@@ -119,6 +124,12 @@ _MATCHED: Final = (
     ("group_size", "group_size", _REGROUP),
     ("group_by", "group_by", _REGROUP),
     ("phone_column", "phone_column", ""),
+    (
+        "delimiter",
+        "delimiter",
+        " (the same file split at another separator is other rows: set it back to resume, or "
+        "{go_on})",
+    ),
     ("recipient_window", "recipient_window", _REGROUP),
 )
 
@@ -514,6 +525,7 @@ def _header(d: Mapping[str, Any]) -> Header:
         zones=_opt_str(d, "zones"),
         rejoins=d.get("rejoins") is True,
         encoding=_opt_str(d, "encoding"),
+        delimiter=_opt_str(d, "delimiter") or ",",
         format=_int(d, "format", 1),
         version=_opt_str(d, "version") or "",
         time=_time(d),
