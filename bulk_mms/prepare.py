@@ -61,7 +61,8 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
 
     Each seed number takes the template values of one of the input's first valid rows, so
     the seeds see the message as the first recipients will. The seed rows are written to a
-    CSV beside the ledger (a record of what was sent to whom), and the job is renamed
+    CSV beside the ledger (a record of what was sent to whom; UTF-8 with a byte order mark,
+    read so under any ``encoding``), and the job is renamed
     ``<name>-seed-<UTC time>``: its own ledger and campaign, the real campaign untouched.
 
     Raises:
@@ -92,8 +93,11 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     columns = [job.phone_column, *(c for c in job.message.fields if c != job.phone_column)]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter=job.delimiter)  # the job, kept, reads it so
+        # UTF-8 with a byte order mark, which the reader takes whatever the job's encoding
+        # says (the seeds' values may hold what that encoding cannot write); the job's own
+        # separator, which the job, kept, reads it by
+        with path.open("w", encoding="utf-8-sig", newline="") as f:
+            writer = csv.writer(f, delimiter=job.delimiter)
             writer.writerow(columns)
             for i, phone in enumerate(seeds):
                 fields = firsts[i % len(firsts)].fields

@@ -540,6 +540,19 @@ def test_a_seed_send_reaches_only_the_seeds_in_a_ledger_of_its_own(
     assert "--to" in capsys.readouterr().err
 
 
+def test_a_seed_send_of_a_cp1252_job_texts_its_accented_names_as_written(jobs: JobFactory) -> None:
+    """run --to on a cp1252 job whose first rows have accented names writes its seed file so
+    that the job, read under its encoding, takes it: the seeds get the name as written."""
+    fake = FakeTelnyx()
+    (jobs.root / "people.csv").write_bytes("phone,first\r\n+12125550100,Zoë\r\n".encode("cp1252"))
+    job = jobs.job(extra='encoding = "cp1252"')
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--to", "+13125550100"]) == 0
+    (seed,) = fake.accepted
+    assert seed.to == ("+13125550100",)
+    assert seed.body["text"] == "Hello Zoë"
+
+
 def test_a_seed_send_refuses_a_template_field_no_record_of_a_jsonl_file_has(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
