@@ -37,7 +37,7 @@ from bulk_mms.ledger.fold import FAILED, SENT
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
-from bulk_mms.reader import RowReader, detect_format, fingerprint
+from bulk_mms.reader import RowReader, fingerprint, separator
 from bulk_mms.recipient_lists import taken_by_resends
 from bulk_mms.scan import (
     InputScan,
@@ -131,7 +131,7 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
         zones=zones_source(job.recipient_window, job.timezone_column),
         rejoins=job.group_by is not None and job.recipient_window is not None,
         encoding=job.encoding,
-        delimiter=job.delimiter if detect_format(job.input)[0] == "csv" else ",",
+        delimiter=separator(job.input, job.delimiter),
         format=FORMAT,
         version=__version__,
         time=iso(clock.wall()),
@@ -574,7 +574,7 @@ class _DryRun:
         tally = Tally(job)
         with open_reader(job) as reader:
             items = plan(job, reader, suppressed, view, excluded=excluded, tally=tally)
-            write_rejected(rejected_csv, self._rejected(items, view))
+            write_rejected(rejected_csv, self._rejected(items, view), reader.delimiter)
         scan = tally.scan(job, reader)
         check_rejected_share(scan, job, rejected_csv)
         if unreadable is not None:

@@ -184,6 +184,12 @@ def detect_format(path: Path) -> tuple[str, bool]:
     return fmt, gz
 
 
+def separator(path: Path, delimiter: str) -> str:
+    """What separates the columns of the input at ``path`` under a job's ``delimiter``: it,
+    for a CSV file; a comma for JSONL, which has none (the ledger's header records it so)."""
+    return delimiter if detect_format(path)[0] == "csv" else ","
+
+
 class RowReader:
     """Iterate the rows of one recipient file, keeping only the columns the job needs.
 
@@ -237,9 +243,6 @@ class RowReader:
         self.stamp: FileStamp | None = None
         #: The file's lines as text in the job's encoding (:attr:`encoding`).
         self.text = LineDecoder(self.path, encoding)
-        #: What separates a CSV file's columns (:data:`~bulk_mms.csvfile.DELIMITERS`): the
-        #: one asked for; once the file is open, a file of failed recipients' own.
-        self.delimiter = delimiter
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -252,6 +255,11 @@ class RowReader:
         with contextlib.suppress(OSError):
             _check_regular(self.path, os.stat(self.path).st_mode)
         self.format, self.gzipped = detect_format(self.path)
+        #: What separates a CSV file's columns (:data:`~bulk_mms.csvfile.DELIMITERS`): the
+        #: one asked for (a comma for JSONL); once the file is open, a file of failed
+        #: recipients' own. The files written of its rows (``--rejected-csv``, the failed
+        #: file) take it too.
+        self.delimiter = separator(self.path, delimiter)
         #: Column names: the CSV header; for JSONL, the keys of the records read so far in
         #: the order first met (after ``columns``, those a scan found), every record's once
         #: a pass has read the file to its end (:attr:`complete`).

@@ -305,7 +305,8 @@ def _original_rows(
 def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
     """Write every input row the ledger records rejected, the losses (a bad number, a broken
     row: :data:`~bulk_mms.models.LOST`), to ``out``, in the columns of ``run --rejected-csv``
-    (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``): the rows to fix.
+    (:data:`~bulk_mms.scan.REJECTED_COLUMNS`: ``line,value,reason``), separated as the input
+    was (the header's ``delimiter``, as ``run --rejected-csv`` writes it): the rows to fix.
 
     The rows left out on purpose are not in it: suppressed and excluded numbers (a file
     fixed and sent again would text them) and duplicates (a run counts them, it records no
@@ -325,7 +326,7 @@ def write_rejected_csv(s: LedgerSummary, out: Path) -> int:
         for ev in read_events(s.ledger, skip_status=True)
         if isinstance(ev, Rejected) and row_kind(ev.reason) == LOST
     )
-    return _write(out, REJECTED_COLUMNS, rows)
+    return _write(out, REJECTED_COLUMNS, rows, s.delimiter)
 
 
 #: The columns of ``report --recipients-csv``.
@@ -418,8 +419,10 @@ def _error_of(rec: GroupRecord) -> tuple[str, str]:
     return code, title
 
 
-def _write(out: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> int:
+def _write(
+    out: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]], delimiter: str = ","
+) -> int:
     try:
-        return write_csv(out, header, rows)
+        return write_csv(out, header, rows, delimiter=delimiter)
     except OSError as exc:
         raise LedgerError(out, f"cannot write: {exc.strerror or exc}") from None

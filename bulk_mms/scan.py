@@ -258,7 +258,9 @@ def scan_input(
         tally = Tally(job, suppressed, apart)
         with open_reader(job) as reader:
             items = checked_rows(job, reader, excluded, apart, repeated=tally.repeated)
-            write_rejected(rejected_csv, _rejected(job, reader, tally, items, stopped))
+            write_rejected(
+                rejected_csv, _rejected(job, reader, tally, items, stopped), reader.delimiter
+            )
         scan = tally.scan(job, reader)
         if not tally.released:
             return scan
@@ -289,9 +291,12 @@ def _rejected(
     yield from tally.finish()  # known once the input has ended: listed after the rest
 
 
-def write_rejected(path: Path | None, rows: Iterator[tuple[int, str, str]]) -> None:
+def write_rejected(
+    path: Path | None, rows: Iterator[tuple[int, str, str]], delimiter: str = ","
+) -> None:
     """Drain ``rows`` (line, value, reason), writing them to ``path`` as a ``--rejected-csv``
-    file if given (whole or not at all).
+    file if given (whole or not at all), its columns separated by the input's ``delimiter``
+    (:attr:`~bulk_mms.reader.RowReader.delimiter`).
 
     Raises:
         ConfigError: ``path`` cannot be written.
@@ -301,7 +306,7 @@ def write_rejected(path: Path | None, rows: Iterator[tuple[int, str, str]]) -> N
             pass
         return
     try:
-        n = write_csv(path, REJECTED_COLUMNS, rows)
+        n = write_csv(path, REJECTED_COLUMNS, rows, delimiter=delimiter)
     except OSError as exc:
         raise ConfigError("--rejected-csv", f"cannot write {path}: {exc.strerror or exc}") from None
     log.info("input.rejected_csv", path=str(path), rows=n)

@@ -296,3 +296,27 @@ def test_every_check_of_a_comma_file_goes_by_the_jobs_separator(
     header = text.partition("\n")[0].split(",")
     phone = next(name for name in ("phone", "mobile") if name in header)
     assert _outcome(other, phone, sep) == _outcome(comma, phone, ",")
+
+
+def test_the_rejected_rows_of_a_semicolon_job_are_written_with_semicolons(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """``run --rejected-csv`` and ``report --rejected-csv`` of a ``delimiter = ";"`` job write
+    the rows to fix separated by semicolons, as the input is; a JSONL input's by commas."""
+    jobs.csv("phone;first\r\n+12125550101;Ann\r\n555;Bo\r\n+12125550103;Cy\r\n")
+    job = jobs.job(extra='group_size = 1\ndelimiter = ";"\nmax_rejected_share = 0.5')
+    ran, reported = tmp_path / "ran.csv", tmp_path / "reported.csv"
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        code = main(["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(ran)])
+    assert code == 0
+    assert main(["-q", "report", str(job.ledger), "--rejected-csv", str(reported)]) == 0
+    for path in (ran, reported):
+        head, row = path.read_text().splitlines()[:2]
+        assert head == "line;value;reason"
+        assert row.startswith("3;555;")
+    (jobs.root / "people.jsonl").write_text('{"phone": "555", "first": "Al"}\n')
+    listed = tmp_path / "listed.csv"
+    job = jobs.job("people.jsonl", extra='delimiter = ";"\nmax_rejected_share = 1', name="j")
+    assert main(["-q", "run", str(job.path), "--dry-run", "--rejected-csv", str(listed)]) == 0
+    assert listed.read_text().splitlines()[0] == "line,value,reason"
