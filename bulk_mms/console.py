@@ -369,7 +369,8 @@ def _tell_summary(s: JobSummary) -> None:
 
 
 def _waiting(s: JobSummary) -> str:
-    """What the recipients line adds of the members waiting for a carrier's reset: before the
+    """What the recipients line adds of the members waiting for a carrier's reset (moved out
+    of a sent group, or pending a rerun in a group its cap refused at the send): before the
     job's deadline, and after it (no rerun sends those before it), as the report says them
     (:func:`~bulk_mms.report.held_for_reset`)."""
     notes = []
@@ -383,7 +384,7 @@ def _waiting(s: JobSummary) -> str:
             f"{_n(s.waiting_past_deadline, 'recipient')} held by a carrier's daily limit until "
             f"after the job's deadline; {past_deadline_words(s.deadline)}"
         )
-    return f" ({'; '.join(notes)})" if notes else ""
+    return f"; of those not sent, {'; '.join(notes)}" if notes else ""
 
 
 def _incomplete(s: JobSummary) -> bool:

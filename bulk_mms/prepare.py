@@ -442,6 +442,18 @@ def remade_from(group: Group, view: LedgerView, job: JobConfig) -> Group | None:
     return replace(remade, refused=refused, stayed=group.stayed)
 
 
+def not_before(group: Group, view: LedgerView) -> float:
+    """When a run may send ``group`` at the earliest (wall clock; 0: at once), as the ledger
+    has it now: the reset of the carrier's cap that holds it. Members a delivery report moved
+    out of a sent group wait for theirs (:attr:`Group.not_before`, from :func:`remade_from`);
+    a group the cap refused at the send waits, while it is pending a rerun, for the reset
+    its ``failed`` event keeps (:attr:`GroupRecord.capped_until
+    <bulk_mms.ledger.GroupRecord.capped_until>`). Read from the fold, so every process on a
+    shared ledger holds the same groups until the same time."""
+    rec = view.groups.get(group.id)
+    return max(group.not_before, rec.capped_until if rec is not None else 0.0)
+
+
 def pacing_config(settings: Settings) -> PacingConfig:
     """The pacer's part of the settings."""
     return PacingConfig(

@@ -17,7 +17,7 @@ import io
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -428,7 +428,7 @@ def capped(view: LedgerView, now: float) -> dict[str, Waiting]:
     return {
         phone: Waiting(rec.id, why_code(rec.why), rec.resets)
         for rec in view.groups.values()
-        if rec.resets > now and rec.state == RETRY_PENDING
+        if rec.capped_until > now
         for phone in rec.counted
     }
 
@@ -446,19 +446,32 @@ def _reset_words(s: LedgerSummary) -> dict[str, str]:
     }
 
 
+def rerun_words(s: LedgerSummary) -> str:
+    """When a rerun sends the recipients pending a rerun or not attempted that wait for no
+    reset of their own: at once; but while a carrier's cap that refused a group at the send
+    holds (:attr:`LedgerSummary.capped`: the run that met it stopped there, exit 5, and
+    left them), from its reset, or, when that comes at or after the job's deadline, no
+    rerun of the job before it (:func:`past_deadline_words`, as that run said)."""
+    if s.capped_past_deadline:
+        return past_deadline_words(s.deadline)
+    if s.capped:
+        return f"a rerun from {minute_utc(s.capped_until)} sends them"
+    return "a plain rerun sends them"
+
+
 def _retry_note(s: LedgerSummary) -> str:
-    """The retry-pending row's note: a plain rerun sends them, but those a carrier's cap
-    holds (:attr:`LedgerSummary.capped`) only from its reset, or, past the job's deadline,
-    none."""
+    """The retry-pending row's note: a rerun sends them (:func:`rerun_words`), but those a
+    carrier's cap holds (:attr:`LedgerSummary.capped`) only from its reset, or, past the
+    job's deadline, none."""
     late = len(s.capped_past_deadline)
     waits = [
         *([f"{len(s.capped) - late} wait for a carrier's reset"] * (len(s.capped) > late)),
         *([f"{late} wait past the job's deadline"] * bool(late)),
     ]
     if not waits:
-        return "  (a plain rerun sends them)"
+        return f"  ({rerun_words(s)})"
     rest = s.recipient_states.retry_pending - len(s.capped)
-    return f"  ({', '.join(waits)}: see below{'; a plain rerun sends the rest' * bool(rest)})"
+    return f"  ({', '.join(waits)}: see below{f'; the rest: {rerun_words(s)}' * bool(rest)})"
 
 
 def _waiting_note(s: LedgerSummary) -> str:
@@ -469,12 +482,14 @@ def _waiting_note(s: LedgerSummary) -> str:
         *([f"{s.waiting_in_time} wait to go again"] * bool(s.waiting_in_time)),
         *([f"{late} wait past the job's deadline"] * bool(late)),
     ]
-    rest = f"; {now} {NOT_SENT_YET}" if now else ""
+    rest = f"; {now} {not_sent_yet_words(s)}" if now else ""
     return f"  ({', '.join(waits)}: see below{rest})"
 
 
-#: Why the recipients not attempted that wait for no reset are not sent.
-NOT_SENT_YET: Final = "not sent yet: a plain rerun sends them"
+def not_sent_yet_words(s: LedgerSummary) -> str:
+    """Why the recipients not attempted that wait for no reset of their own are not sent, and
+    when a rerun sends them (:func:`rerun_words`)."""
+    return f"not sent yet: {rerun_words(s)}"
 
 
 def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
@@ -482,7 +497,7 @@ def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
     waiting to go again by the code that moved them (and from when), then the rest."""
     out = _waiting_reasons(s)
     if (rest := s.not_sent_yet) > 0:
-        out.append((rest, NOT_SENT_YET))
+        out.append((rest, not_sent_yet_words(s)))
     return out
 
 
@@ -535,13 +550,14 @@ def _unsent(view: LedgerView, resets: Mapping[str, str]) -> dict[tuple[str, str]
     return dict(sorted(out.items(), key=lambda kv: (STATES.index(kv[0][0]), -kv[1][1])))
 
 
-#: How the table names each state, and what it means for the next step.
+#: How the table names each state, and what it means for the next step (pending a rerun and
+#: not attempted: :func:`_retry_note`, :func:`not_sent_yet_words`).
 _STATE_ROWS = (
     (SENT, "sent", ""),
     (FAILED, "failed", "  (final: in --failed-csv)"),
-    (RETRY_PENDING, "retry pending", "  (a plain rerun sends them)"),
+    (RETRY_PENDING, "retry pending", ""),
     (IN_DOUBT, "in doubt", "  (may have been sent: held)"),
-    (NOT_ATTEMPTED, "not attempted", f"  ({NOT_SENT_YET})"),
+    (NOT_ATTEMPTED, "not attempted", ""),
 )
 _LABELS = {state: label for state, label, _ in _STATE_ROWS}
 
@@ -587,7 +603,9 @@ def format_text(s: LedgerSummary, path: Location) -> str:
     ]
     for state, label, note in _STATE_ROWS:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
-        said = _waiting_note(s) if state == NOT_ATTEMPTED and s.waiting else note
+        said = note
+        if state == NOT_ATTEMPTED:
+            said = _waiting_note(s) if s.waiting else f"  ({not_sent_yet_words(s)})"
         if state == RETRY_PENDING:
             said = _retry_note(s)
         if state == FAILED and (s.misses[Miss.EXPIRED] or s.recipient_states.opted_out):

@@ -55,6 +55,7 @@ from bulk_mms.prepare import (
     check_resumable,
     disposition,
     header_for,
+    not_before,
     pacing_config,
     plan,
     remade_from,
@@ -65,7 +66,7 @@ from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in
 from bulk_mms.reader import RowReader
 from bulk_mms.recorder import Recorder
-from bulk_mms.report import held_for_reset, waiting
+from bulk_mms.report import capped, held_for_reset, waiting
 from bulk_mms.scan import (
     InputScan,
     ScanStopped,
@@ -288,11 +289,12 @@ class Runner:
         return True
 
     async def _admit(self, group: Group, *, rows: bool = True) -> Group | None:
-        """The group this process sends now for ``group``, if any: not held for quiet hours,
-        claimed (a shared ledger), and neither done nor in doubt (else it is skipped or held
-        here); made without the members another process had refused since this one planned
-        it. ``rows``: count its rows as dealt with when it is not sent (not for a group made in
-        place of one already counted)."""
+        """The group this process sends now for ``group``, if any: not held for quiet hours
+        or a carrier's reset, claimed (a shared ledger), and neither done nor in doubt (else
+        it is skipped or held here); made without the members another process had refused
+        since this one planned it, and held if another process met a carrier's cap with it
+        since. ``rows``: count its rows as dealt with when it is not sent (not for a group
+        made in place of one already counted)."""
         free = len(group.to) if rows else 0
         if await self._held_back(group, free):
             return None
@@ -305,15 +307,7 @@ class Runner:
         if (remade := remade_from(group, self.view, self.job)) is not None:
             # another process had members refused (or suppressed) since this one planned it
             return await self._admit(remade, rows=rows)
-        action = disposition(
-            self.view,
-            self.settings.retry,
-            group.id,
-            self.clock.wall(),
-            resend_in_doubt=self.resend_in_doubt,
-        )
-        if action == "send" and self.view.in_doubt(group.id) and self._listed_in(group):
-            action = "hold"  # resent as it was (its key), it would text them: settled, or held
+        action = self._decision(group)
         if action == "hold":
             verdict = await self._settle(group, earlier=True)  # in doubt since an earlier run
             if verdict == Verdict.ABSENT:
@@ -324,9 +318,27 @@ class Runner:
         self.rows_free += free
         if action == "skip" or self.view.state(group.id) == SENT:
             self.summary.skipped_groups += 1
-        else:
+        elif action == "hold":
             self._hold(group)
         return None
+
+    def _decision(self, group: Group) -> str:
+        """:func:`~bulk_mms.prepare.disposition` of ``group``, which this process holds now;
+        but ``"hold"`` for one in doubt whose resend would text members on the suppression
+        list (:meth:`_listed_in`), and ``"wait"`` for one a carrier's cap holds until its
+        reset (:meth:`_waits_for_reset`: another process met it since this one planned it)."""
+        action = disposition(
+            self.view,
+            self.settings.retry,
+            group.id,
+            self.clock.wall(),
+            resend_in_doubt=self.resend_in_doubt,
+        )
+        if action != "send":
+            return action
+        if self.view.in_doubt(group.id) and self._listed_in(group):
+            return "hold"  # resent as it was (its key), it would text them: settled, or held
+        return "wait" if self._waits_for_reset(group) else action
 
     def _hold(self, group: Group) -> None:
         """Hold ``group``, in doubt since an earlier run, for the records to settle before the
@@ -357,22 +369,28 @@ class Runner:
     async def _held_back(self, group: Group, free: int) -> bool:
         """Whether ``group`` is held back now, before any claim: by the deadline (recorded
         expired) or its recipients' quiet hours (:class:`~bulk_mms.gates.Gates`), or until a
-        carrier's reset (``not_before``); its ``free`` rows are then dealt with. Past the
-        deadline on a shared ledger, only the process that holds the group's claim records it
-        expired (with the ledger as it is now): once, not once a process; another's is held
-        here and counted there."""
+        carrier's reset (:meth:`_waits_for_reset`); its ``free`` rows are then dealt with.
+        Past the deadline on a shared ledger, only the process that holds the group's claim
+        records it expired (with the ledger as it is now): once, not once a process; another's
+        is held here and counted there."""
         shared = self.sharing.shared
         if shared and self.gates.past_deadline() and not await self.sharing.take(group):
             return True  # another live process has it
-        if not (self.gates.hold(group) or group.not_before > self.clock.wall()):
+        if not (self.gates.hold(group) or self._waits_for_reset(group)):
             return False
-        # (members a carrier refused for now wait for its reset: a later run sends them;
-        # a group held here is neither claimed nor watched, nor its origin's claim taken)
+        # (members a carrier refused for now, or a group its cap refused at the send, wait for
+        # its reset: a later run sends them; a group held here is neither claimed nor
+        # watched, nor its origin's claim taken)
         if group.suppressed and not self.sharing.shared:
             self._remade(group)  # alone on the ledger: later runs follow it
         self.rows_done += free
         self.rows_free += free
         return True
+
+    def _waits_for_reset(self, group: Group) -> bool:
+        """Whether ``group`` waits for a carrier's reset still to come, as this process's view
+        of the ledger has it (:func:`~bulk_mms.prepare.not_before`): not sent before it."""
+        return not_before(group, self.view) > self.clock.wall()
 
     def _remade(self, group: Group) -> None:
         """Record that ``group`` goes out in place of its origin, once (its maker may have
@@ -812,9 +830,11 @@ class Runner:
         s.recipients = view.recipients()
         s.retired = retired_senders(self.job, view)
         s.deadline = self.sender.expires_at
-        if s.recipients.not_attempted:
+        if s.recipients.not_attempted or s.recipients.retry_pending:
             wall = self.clock.wall()
-            held = held_for_reset(waiting(view), wall, s.deadline)  # as the report has them
+            held = held_for_reset(  # as the report has them: moved, or refused at the send
+                {**waiting(view), **capped(view, wall)}, wall, s.deadline
+            )
             later = [w.after for w in held.in_time.values() if w.after > wall]
             s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
             s.waiting_past_deadline = len(held.past_deadline)

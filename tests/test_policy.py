@@ -81,17 +81,24 @@ async def test_insufficient_funds_halts_the_job_with_exit_6_and_loses_nothing(
 
 
 async def test_a_daily_cap_stops_with_exit_5_until_midnight_pacific(jobs: JobFactory) -> None:
-    """40016 (T-Mobile's daily cap) stops the job, exit 5, naming the reset; resumable."""
+    """40016 (T-Mobile's daily cap) stops the job, exit 5, naming the reset; a rerun before
+    it sends the other group and holds the refused one (exit 5), a rerun after it sends it."""
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
+    morning = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.UTC).timestamp()  # 10:00 in LA
     s = await run_job(
-        job, replace(FAST, concurrency=1), first_group_gets("40016"), clock=FakeClock()
+        job,
+        replace(FAST, concurrency=1),
+        first_group_gets("40016"),
+        clock=FakeClock(wall=morning),
     )
     assert isinstance(s.error, LimitReached)
     assert exit_for(s.error) == 5
-    assert "resumable after" in str(s.error)
-    rerun = await run_job(job, FAST, FakeClient(), clock=FakeClock())
-    assert rerun.sent_groups == 2
+    assert "resumable after 2026-11-26 08:00 UTC" in str(s.error)
+    before = await run_job(job, FAST, FakeClient(), clock=FakeClock(wall=morning + 3600))
+    assert (before.sent_groups, before.waiting_recipients, run_outcome(before)) == (1, 4, 5)
+    after = await run_job(job, FAST, FakeClient(), clock=FakeClock(wall=morning + 15 * 3600))
+    assert (after.sent_groups, run_outcome(after)) == (1, 0)
 
 
 async def test_a_daily_cap_at_the_send_names_the_configured_reset(jobs: JobFactory) -> None:

@@ -185,6 +185,13 @@ class GroupRecord(msgspec.Struct):
         return self.outcome
 
     @property
+    def capped_until(self) -> float:
+        """While it is pending a rerun, the reset of the carrier's cap that refused it at the
+        send (:attr:`resets`): no run sends it before then (wall clock). 0 otherwise: no cap
+        refused it, or it has gone on since (sent, in doubt, failed for good)."""
+        return self.resets if self.state == RETRY_PENDING else 0.0
+
+    @property
     def counted(self) -> tuple[str, ...]:
         """The recipients whose state is this group's: all its members, except when the API
         refused some by name (those failed; the others are another group's now)."""

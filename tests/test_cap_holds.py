@@ -1,0 +1,224 @@
+"""A group a carrier's daily cap (40016) refused at the send waits for the cap's reset, as
+the members a delivery report moved out of a sent group do: a rerun before the reset holds
+it (never sent, counted waiting, exit 5 naming the reset, or 1 when the reset comes after
+the job's deadline), a rerun after it sends it; the decision is the ledger's fold, so every
+host on a shared ledger holds it alike. What the stop left unattempted is reported as a
+rerun from the reset sends it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
+
+from bulk_mms.client import AiohttpMmsClient
+from bulk_mms.codes import Action
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import ApiError, Exit, LimitReached, Rejected
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.html_report import Timeline, render
+from bulk_mms.ledger import Failed, Header, LedgerView, Planned, Sent, open_store
+from bulk_mms.ledger.events import Event
+from bulk_mms.ledger.store import named
+from bulk_mms.models import Group, MessageBody, SendReceipt
+from bulk_mms.prepare import not_before
+from bulk_mms.report import format_text, not_attempted_reasons, past_deadline_words, summarize
+from bulk_mms.runner import run_job
+from bulk_mms.sharing import Sharing
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.test_deadline_report import DEADLINE, LATER, MORNING, RESET, Clock, refused, run
+
+A, B, C, D = numbers(4, start=400)
+GROUP = Group("g1", 0, (A, B, C, D), (2, 3, 4, 5), MessageBody(from_="+15550001", text="hi"))
+#: An hour after the cap refused the group, before its reset (RESET, 08:00 UTC next day).
+SOON = MORNING + dt.timedelta(hours=1)
+ONE = replace(FAST, concurrency=1)
+
+
+def cap() -> Rejected:
+    """T-Mobile's daily cap, as the API answers a send with it."""
+    return Rejected("cap", status=400, errors=[ApiError("40016", "T-Mobile daily cap", "")])
+
+
+def first_capped(g: Group, n: int) -> SendReceipt | Rejected:
+    """The API's answers: group 0 refused with the daily cap, any other accepted."""
+    return cap() if g.seq == 0 else ok_receipt(g, n)
+
+
+# -- the fold and the plan ------------------------------------------------------------------
+
+
+def test_a_group_refused_by_the_cap_is_not_sent_before_its_reset_while_pending() -> None:
+    """The earliest a run sends a group a 40016 refused at the send is the reset its failed
+    line keeps, while it is pending a rerun; sent since, in doubt since, or refused in a
+    ledger written before resets were kept, nothing holds it."""
+    base: list[Event] = [Header("j", None), run(DEADLINE), Planned(4, 1, 0)]
+    view = LedgerView.fold([*base, refused(RESET.timestamp())])
+    assert view.groups["g1"].capped_until == RESET.timestamp()
+    assert not_before(GROUP, view) == RESET.timestamp()
+    sent = Sent("g1", to=(A, B, C, D), message_id="m1")
+    assert not_before(GROUP, LedgerView.fold([*base, refused(RESET.timestamp()), sent])) == 0.0
+    assert not_before(GROUP, LedgerView.fold([*base, refused(0.0)])) == 0.0
+    assert not_before(replace(GROUP, not_before=5.0), LedgerView.fold(base)) == 5.0
+
+
+# -- a rerun before the reset -----------------------------------------------------------------
+
+
+async def test_a_rerun_before_the_reset_sends_the_others_and_holds_the_refused_group(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a 40016 stopped the job, a rerun before the reset sends the group the stop left
+    and not the refused one: exit 5, the recipients line naming the reset."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    first = await run_job(
+        job, ONE, FakeClient(first_capped), clock=FakeClock(wall=MORNING.timestamp())
+    )
+    assert isinstance(first.error, LimitReached)
+    client = FakeClient()
+    s = await run_job(job, ONE, client, clock=FakeClock(wall=SOON.timestamp()))
+    assert [g.seq for g in client.calls] == [1]
+    assert (s.waiting_recipients, s.waiting_until, s.held_groups) == (4, RESET.timestamp(), 0)
+    capsys.readouterr()
+    assert run_outcome(s) == LimitReached.exit_code
+    line = next(x for x in capsys.readouterr().out.splitlines() if "carrier" in x)
+    assert "4 pending a rerun" in line
+    assert "4 recipients held by a carrier's daily limit: a rerun from 2026-11-26T08:00Z" in line
+
+
+async def test_a_rerun_holding_a_group_capped_past_the_deadline_exits_1_saying_so(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A group whose cap lifts only after the job's deadline: a rerun before the deadline
+    does not send it either, and exits 1 saying no rerun before the deadline sends it."""
+    jobs.people(4)
+    job = jobs.job(extra=f'group_size = 4\ndeadline = "{DEADLINE.isoformat()}"')
+    await run_job(job, ONE, FakeClient(first_capped), clock=FakeClock(wall=MORNING.timestamp()))
+    client = FakeClient()
+    s = await run_job(job, ONE, client, clock=FakeClock(wall=SOON.timestamp()))
+    assert (client.calls, s.waiting_recipients, s.waiting_past_deadline) == ([], 0, 4)
+    capsys.readouterr()
+    assert run_outcome(s) == Exit.INCOMPLETE
+    assert past_deadline_words(DEADLINE) in capsys.readouterr().out
+
+
+# -- several hosts ----------------------------------------------------------------------------
+
+
+async def test_a_host_holds_a_group_another_host_met_the_cap_with_since_it_planned_it(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared ledger, another host's 40016 for a group lands after this host planned
+    it and before it claims it: the claim reads the ledger as it is then, and this host holds
+    the group until the reset as that host would (exit 5); a host after the reset sends it."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    take = Sharing.take
+    other: list[str] = []
+
+    async def taken_after_the_others_cap(self: Sharing, group: Group) -> bool:
+        if group.seq == 0 and not other:  # the other host's refusal, written just now
+            other.append(group.id)
+            store = open_store(job.where, "append")
+            try:
+                await store.append(
+                    Failed(
+                        group.id,
+                        to=group.to,
+                        seq=group.seq,
+                        status=400,
+                        code="40016",
+                        title="T-Mobile daily cap",
+                        retryable=True,
+                        action=Action.DEFER,
+                        resets=RESET.timestamp(),
+                    )
+                )
+            finally:
+                await store.close()
+        return await take(self, group)
+
+    monkeypatch.setattr(Sharing, "take", taken_after_the_others_cap)
+    client = FakeClient()
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=SOON.timestamp()))
+    assert other
+    assert [g.seq for g in client.calls] == [1]
+    assert (s.waiting_recipients, run_outcome(s)) == (4, LimitReached.exit_code)
+    monkeypatch.setattr(Sharing, "take", take)
+    after = FakeClient()
+    s = await run_job(job, FAST, after, clock=FakeClock(wall=LATER.timestamp()))
+    assert ([g.id for g in after.calls], run_outcome(s)) == (other, Exit.OK)
+
+
+# -- what the stop left ---------------------------------------------------------------------
+
+
+def test_what_a_cap_stop_left_is_sent_by_a_rerun_from_its_reset(tmp_path: Path) -> None:
+    """A ledger whose run a 40016 at the send stopped with eight recipients left: the report
+    (table and HTML page) says a rerun from the reset sends them, not a plain rerun; with
+    the reset after the deadline, that no rerun before the deadline does; after the reset,
+    a plain rerun does."""
+    evs: list[Event] = [Header("j", None), Planned(12, 3, 0), refused(RESET.timestamp())]
+    path = tmp_path / "l.jsonl"
+    store = open_store(path)
+    for ev in [evs[0], run(LATER), *evs[1:]]:
+        store.append_now(ev)
+    store.close_sync()
+    s = summarize(path, clock=Clock(MORNING))
+    text = format_text(s, path)
+    assert "(not sent yet: a rerun from 2026-11-26T08:00Z sends them)" in text
+    assert "a plain rerun" not in text
+    assert not_attempted_reasons(s) == [
+        (8, "not sent yet: a rerun from 2026-11-26T08:00Z sends them")
+    ]
+    assert "not sent yet: a rerun from 2026-11-26T08:00Z sends them" in render(s, Timeline(), "l")
+    late = tmp_path / "late.jsonl"
+    store = open_store(late)
+    for ev in [evs[0], run(DEADLINE), *evs[1:]]:
+        store.append_now(ev)
+    store.close_sync()
+    words = past_deadline_words(DEADLINE)
+    assert f"(not sent yet: {words})" in format_text(summarize(late, clock=Clock(MORNING)), late)
+    after = format_text(summarize(path, clock=Clock(LATER)), path)
+    assert "(not sent yet: a plain rerun sends them)" in after
+
+
+# -- the whole path, through the real client --------------------------------------------------
+
+
+async def test_a_group_refused_by_the_cap_waits_for_its_reset_then_goes(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real client against the fake API, whose answer to the send is a 40016: the run
+    exits 5; a rerun before the reset asks the API nothing and exits 5 naming the reset; a
+    rerun after it (the wall clock moved on) sends the group, and exits 0."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    clock = FakeClock(wall=MORNING.timestamp())
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40016"))
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
+    ):
+        first = await run_job(job, ONE, client, clock=clock)
+        assert run_outcome(first) == LimitReached.exit_code
+        asked = len(fake.requests)
+        clock.step_wall(3600)
+        capsys.readouterr()
+        before = await run_job(job, ONE, client, clock=clock)
+        assert run_outcome(before) == LimitReached.exit_code
+        assert len(fake.requests) == asked
+        assert "a rerun from 2026-11-26T08:00Z sends them" in capsys.readouterr().out
+        clock.step_wall((LATER - SOON).total_seconds())
+        after = await run_job(job, ONE, client, clock=clock)
+        assert run_outcome(after) == Exit.OK
+    assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert [(e["code"], e["resets"]) for e in failed] == [("40016", RESET.timestamp())]
