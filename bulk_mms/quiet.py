@@ -127,14 +127,17 @@ def open_for(window: SendWindow, zones: Iterable[str], now: dt.datetime, also: A
 
 def closes_in(window: SendWindow, zones: Iterable[str], now: dt.datetime) -> float:
     """Seconds from ``now`` (aware) until the window is closed in the first of ``zones``: 0
-    when it is closed in one now. Else when the local time next reaches its ``end`` (``24:00``:
-    midnight), or sooner, when the clocks change on the way to a time outside the window (a
-    jump past ``end`` in spring, back to before ``start`` in the fall)."""
+    when it is closed in one now; infinite for a window open all day (``00:00-24:00``), which
+    never closes. Else when the local time next reaches its ``end`` (``24:00``: midnight), or
+    sooner, when the clocks change on the way to a time outside the window (a jump past
+    ``end`` in spring, back to before ``start`` in the fall)."""
     return min((_open_for_s(window, zoneinfo.ZoneInfo(z), now) for z in zones), default=_NEVER)
 
 
 def _open_for_s(window: SendWindow, zone: zoneinfo.ZoneInfo, now: dt.datetime) -> float:
     """:func:`closes_in` for one zone."""
+    if window.start == dt.time() and window.end == dt.time.max:
+        return _NEVER  # 00:00-24:00: midnight ends one day's window as it opens the next's
     local = now.astimezone(zone)
     if not window.contains(local.time()):
         return 0.0

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 import os
 import secrets
 from collections import Counter
@@ -779,6 +780,8 @@ class Runner:
                 return
             now = utc(self.clock)
             left = closes_in(window, (self.job.timezone,), now)
+            if math.isinf(left):
+                return  # open all day (00:00-24:00): it never closes
             if left <= 0:
                 self.sender.window_closed()
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -606,13 +607,8 @@ class GroupSender:
         client refuses to send once they are up (a connection still being made or waited
         for), so no request leaves late."""
         ends = [t - now for t in (tries.group_deadline, self.expires_mono()) if t is not None]
-        job = self.job
-        if job.send_window is not None or job.recipient_window is not None:
-            at = utc(self.clock)
-            if job.send_window is not None:
-                ends.append(closes_in(job.send_window, (job.timezone,), at))
-            if job.recipient_window is not None:
-                ends.append(closes_in(job.recipient_window, tries.group.zones, at))
+        if (windows := self._windows_left(tries.group)) is not None:
+            ends.append(windows)
         return max(min(ends), 0.0) if ends else None
 
     async def _write_attempt(self, tries: _Tries, number: int) -> None:
@@ -747,8 +743,16 @@ class GroupSender:
             self._held_for_window(tries, result.next_try)
 
     def _windows_close(self, group: Group) -> float | None:
-        """When the first of ``group``'s windows closes, on the monotonic clock: the job's
-        ``send_window`` and its recipients' ``recipient_window`` (None: neither is set)."""
+        """When the first of ``group``'s windows closes, on the monotonic clock
+        (:meth:`_windows_left`; None: none will)."""
+        left = self._windows_left(group)
+        return None if left is None else self.clock.monotonic() + left
+
+    def _windows_left(self, group: Group) -> float | None:
+        """Seconds until the first of ``group``'s windows closes (0: one is closed now): the
+        job's ``send_window`` and its recipients' ``recipient_window``, as
+        :func:`~bulk_mms.quiet.closes_in` has them; None when neither is set, or neither
+        ever closes (``00:00-24:00``)."""
         job = self.job
         if job.send_window is None and job.recipient_window is None:
             return None
@@ -757,7 +761,8 @@ class GroupSender:
             ends.append(closes_in(job.send_window, (job.timezone,), at))
         if job.recipient_window is not None:
             ends.append(closes_in(job.recipient_window, group.zones, at))
-        return self.clock.monotonic() + min(ends)
+        left = min(ends)
+        return None if math.isinf(left) else left
 
     def _outlasted(self, tries: _Tries, until: float) -> bool:
         """Whether the pacer's wait for the group's sender that would end at ``until``

@@ -148,3 +148,18 @@ async def test_a_pause_of_one_sender_of_the_pool_does_not_stop_the_others(
     assert clock.monotonic() - start < 60
     assert (len(client.calls), s.sent_groups, s.retry_later_groups, s.stopped) == (2, 1, 1, None)
     assert len({g.message.from_ for g in client.calls}) == 2
+
+
+@pytest.mark.parametrize("gate", ["send_window", "recipient_window"])
+async def test_a_pause_past_midnight_in_a_window_open_all_day_is_waited_out(
+    jobs: JobFactory, gate: str
+) -> None:
+    """A window open all day (00:00-24:00) never closes: a 429 two minutes before midnight
+    is waited out and both groups go, neither held for quiet hours nor the job stopped."""
+    jobs.people(8, tz="UTC")
+    window = f'{gate} = "00:00-24:00"' + ('\ntimezone_column = "tz"' if gate[0] == "r" else "")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{window}')
+    clock = FakeClock(wall=dt.datetime(2026, 11, 24, 23, 58, tzinfo=dt.UTC).timestamp())
+    client = throttled_once(600.0)
+    s = await run_job(job, ONE, client, clock=clock)
+    assert (len(client.calls), s.sent_groups, s.stopped, s.quiet) == (3, 2, None, {})

@@ -137,6 +137,21 @@ def test_a_window_closes_at_midnight_when_it_ends_at_24_and_as_the_clocks_go_bac
     assert closes_in(window, NY, now) == seconds
 
 
+@pytest.mark.parametrize(
+    "local",
+    [
+        dt.datetime(2026, 12, 5, 23, 59, 30),  # a day's last minute
+        dt.datetime(2026, 3, 8, 1, 30),  # before the clocks skip an hour
+        dt.datetime(2026, 11, 1, 1, 10),  # in the hour the clocks repeat
+    ],
+)
+def test_a_window_open_all_day_never_closes(local: dt.datetime) -> None:
+    """A window from 00:00 to 24:00 opens the next day as it ends this one: it never closes,
+    at midnight or as the clocks change (no wait is ever held for it)."""
+    now = local.replace(tzinfo=ZoneInfo(NY[0])).astimezone(dt.UTC)
+    assert closes_in(SendWindow(dt.time(0), dt.time.max), NY, now) == float("inf")
+
+
 async def test_recipients_whose_window_opens_after_the_deadline_make_the_run_exit_1(
     jobs: JobFactory,
 ) -> None:
