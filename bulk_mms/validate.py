@@ -120,9 +120,12 @@ _SPREADSHEET_ERROR: Final = re.compile(
     r"CONNECT!|BUSY!|UNKNOWN!|GETTING_DATA)\s*",
     re.IGNORECASE,
 )
-#: What parts two numbers written in one cell (``415-555-0100 / 212-555-0199``); a part of a
-#: number has fewer than seven digits (``+1 415 555 0100``).
-_BETWEEN_NUMBERS: Final = re.compile(r"[,;/&|\s]|\b(?:or|and)\b", re.IGNORECASE)
+#: What parts two numbers written in one cell (``415-555-0100 / 212-555-0199``,
+#: ``+1 415 555 0100 or +1 212 555 0199``); then, for numbers parted by spaces alone
+#: (``4155550100 2125550199``), a space too, as no part of a number written with them has seven
+#: digits (``+1 415 555 0100``).
+_BETWEEN_NUMBERS: Final = re.compile(r"[,;/&|]|\b(?:or|and)\b", re.IGNORECASE)
+_BETWEEN_NUMBERS_OR_SPACE: Final = re.compile(r"[,;/&|\s]|\b(?:or|and)\b", re.IGNORECASE)
 #: A number's parts as a +1 number is written, separators (anything but a digit) only between
 #: them: ``1``, the area code, the exchange, the line (:func:`_grouped`).
 _GROUPING: Final = r"\D*(?:1\D*)?\d{3}\D*\d{3}\D*\d{4}\D*"
@@ -207,7 +210,7 @@ def _refused_value(text: str) -> str | None:
     """Why ``text`` is refused when it is a known thing that is no number: two numbers in
     one cell, a spreadsheet's error value or formula; None otherwise (its own reason stands).
     Asked only of values already refused."""
-    if sum(sum(map(str.isdigit, part)) >= 7 for part in _BETWEEN_NUMBERS.split(text)) >= 2:
+    if _two_numbers(text):
         return (
             f"two phone numbers in one cell ({text}): keep one in the cell (the other in a "
             "row of its own)"
@@ -223,6 +226,15 @@ def _refused_value(text: str) -> str | None:
             "phone column formatted as Text"
         )
     return None
+
+
+def _two_numbers(text: str) -> bool:
+    """Whether ``text`` holds two numbers or more: parts of seven digits or more, between
+    the marks that part numbers (:data:`_BETWEEN_NUMBERS`), or else between spaces too."""
+    return any(
+        sum(sum(map(str.isdigit, part)) >= 7 for part in between.split(text)) >= 2
+        for between in (_BETWEEN_NUMBERS, _BETWEEN_NUMBERS_OR_SPACE)
+    )
 
 
 def _stray(text: str, ch: str) -> str:

@@ -155,6 +155,11 @@ def test_digits_parted_as_no_nanp_number_is_are_refused_never_joined(value: str)
         "212-555-0100 & 415-555-0199",
         "212-555-0100\n415-555-0199",
         "2125550100 4155550199",
+        # each number written with spaces between its parts
+        "+1 212 555 0100 / +1 415 555 0199",
+        "+1 212 555 0100, +1 415 555 0199",
+        "212 555 0100 or 415 555 0199",
+        "(212) 555 0100; (415) 555 0199",
     ],
 )
 def test_two_numbers_in_one_cell_are_refused_saying_so(value: str) -> None:
