@@ -179,6 +179,9 @@ class LedgerSummary(msgspec.Struct):
     #: the job sends before it (:func:`held_for_reset`), as that run's summary counted them.
     deadline: dt.datetime | None = None
     past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    #: Whether that deadline had passed as the ledger was summed up: then no rerun of the job
+    #: sends anyone left (the first run past it records them ``expired_unsent``).
+    deadline_passed: bool = False
     #: Members of groups pending a rerun whose carrier's cap (40016, refused at the send)
     #: has not lifted yet, each with when it does (:func:`capped`), and of those the ones no
     #: rerun of the job sends before its deadline (:func:`held_for_reset`), as the run that
@@ -320,6 +323,7 @@ class LedgerSummary(msgspec.Struct):
             "waiting_not_before": minute_utc(self.waiting_until),
             "waiting_past_deadline": len(self.past_deadline),
             "deadline": minute_utc(self.deadline.timestamp()) if self.deadline else None,
+            "deadline_passed": self.deadline_passed,
             "cost": str(total) if total is not None else None,
             "currency": next(iter(self.cost), "USD") if len(self.cost) <= 1 else None,
             "cost_by_currency": {k: str(v) for k, v in sorted(self.cost.items())},
@@ -375,6 +379,7 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.waiting = waiting(view)
     s.deadline = view.deadline_at
     now = (clock or SystemClock()).wall()
+    s.deadline_passed = not before(s.deadline, now)
     s.past_deadline = held_for_reset(s.waiting, now, s.deadline).past_deadline
     s.capped = capped(view, now)
     s.capped_past_deadline = held_for_reset(s.capped, now, s.deadline).past_deadline
@@ -451,8 +456,10 @@ def rerun_words(s: LedgerSummary) -> str:
     reset of their own: at once; but while a carrier's cap that refused a group at the send
     holds (:attr:`LedgerSummary.capped`: the run that met it stopped there, exit 5, and
     left them), from its reset, or, when that comes at or after the job's deadline, no
-    rerun of the job before it (:func:`past_deadline_words`, as that run said)."""
-    if s.capped_past_deadline:
+    rerun of the job before it (:func:`past_deadline_words`, as that run said); once the
+    latest run's deadline has passed (:attr:`LedgerSummary.deadline_passed`), none: a run
+    then records them expired."""
+    if s.deadline_passed or s.capped_past_deadline:
         return past_deadline_words(s.deadline)
     if s.capped:
         return f"a rerun from {minute_utc(s.capped_until)} sends them"

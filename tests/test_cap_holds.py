@@ -185,7 +185,8 @@ def test_what_a_cap_stop_left_is_sent_by_a_rerun_from_its_reset(tmp_path: Path) 
     store.close_sync()
     words = past_deadline_words(DEADLINE)
     assert f"(not sent yet: {words})" in format_text(summarize(late, clock=Clock(MORNING)), late)
-    after = format_text(summarize(path, clock=Clock(LATER)), path)
+    after_reset = RESET + dt.timedelta(hours=1)  # and before the deadline, LATER
+    after = format_text(summarize(path, clock=Clock(after_reset)), path)
     assert "(not sent yet: a plain rerun sends them)" in after
 
 

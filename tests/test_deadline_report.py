@@ -377,3 +377,32 @@ async def test_the_run_and_the_report_agree_on_a_cap_answered_to_the_send_past_t
     assert (d["retry_pending_past_deadline"], d["retry_pending_not_before"]) == (4, None)
     assert d["deadline"] == s.as_log()["deadline"] == "2026-11-25T20:00Z"
     assert past_deadline_words(DEADLINE) in format_text(report, job.ledger)
+
+
+def test_once_the_deadline_has_passed_nobody_left_is_promised_a_plain_rerun(
+    tmp_path: Path,
+) -> None:
+    """Read after the latest run's deadline, a group pending a rerun (a 429) and the
+    recipients never attempted are said to be sent by no rerun before the deadline, as the
+    members waiting for a reset are (a run then records them expired and exits 1), in the
+    table, the JSON and the HTML page's reasons; read before it, a plain rerun sends them."""
+    evs: list[Event] = [
+        Header("j", None),
+        run(DEADLINE),
+        Planned(12, 3, 0),
+        Sent("g1", to=(A, B, C, D), message_id="m1"),
+        Failed("g2", to=tuple(numbers(4, 100)), status=429, code="429", retryable=True),
+    ]
+    path = written(tmp_path / "l.jsonl", evs)
+    before = summarize(path, clock=Clock(MORNING))
+    assert before.as_dict()["deadline_passed"] is False
+    assert "(a plain rerun sends them)" in format_text(before, path)
+    s = summarize(path, clock=Clock(LATER))
+    assert s.as_dict()["deadline_passed"] is True
+    text = format_text(s, path)
+    words = past_deadline_words(DEADLINE)
+    assert "a plain rerun" not in text
+    for label in ("retry pending", "not attempted"):
+        row = next(x for x in text.splitlines() if x.startswith(label))
+        assert row.endswith(f"{words})")
+    assert [why for _, why in not_attempted_reasons(s)] == [f"not sent yet: {words}"]
