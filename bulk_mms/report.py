@@ -484,12 +484,12 @@ def _retry_note(s: LedgerSummary) -> str:
 def _waiting_note(s: LedgerSummary) -> str:
     """The not-attempted row's note when some of them wait to go again (:func:`waiting`):
     those a rerun sends before the job's deadline apart from those it does not."""
-    now, late = s.not_sent_yet, len(s.past_deadline)
+    others, late = s.not_sent_yet, len(s.past_deadline)
     waits = [
         *([f"{s.waiting_in_time} wait to go again"] * bool(s.waiting_in_time)),
         *([f"{late} wait past the job's deadline"] * bool(late)),
     ]
-    rest = f"; {now} {not_sent_yet_words(s)}" if now else ""
+    rest = f"; {others} {not_sent_yet_words(s)}" if others else ""
     return f"  ({', '.join(waits)}: see below{rest})"
 
 

@@ -128,14 +128,14 @@ class _Tries(msgspec.Struct):
     fence: Fence | None = None
     #: When the first of its windows (the job's ``send_window``, its recipients'
     #: ``recipient_window``) closes (monotonic), as its tries began; None: neither is set.
-    windows: float | None = None
+    window_closes: float | None = None
 
     @property
     def waits_end(self) -> float | None:
         """No wait for its next try (the pacer's, a backoff) that ends after this is begun:
         its ``group_deadline`` or its first window's close, whichever comes first
         (:meth:`GroupSender._held_for_window` says what then)."""
-        ends = [t for t in (self.group_deadline, self.windows) if t is not None]
+        ends = [t for t in (self.group_deadline, self.window_closes) if t is not None]
         return min(ends, default=None)
 
 
@@ -404,7 +404,7 @@ class GroupSender:
             self._group_deadline(),
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
-            windows=self._windows_close(group),
+            window_closes=self._windows_close(group),
         )
         retriers = self._retriers
         retrier = (
@@ -715,7 +715,7 @@ class GroupSender:
         if exc.reason == "deadline" and self._outlasted(tries, exc.earliest):
             return StopRetrying()
         if exc.reason == "deadline":
-            windowed = tries.windows is not None and exc.earliest >= tries.windows
+            windowed = tries.window_closes is not None and exc.earliest >= tries.window_closes
             within = (
                 "before its send_window closes"
                 if windowed
@@ -784,7 +784,7 @@ class GroupSender:
         window to open again (a later run sends it); for the job's ``send_window``, when no
         sender of the pool may send before it closes, the job stops (exit 4). The one test
         of it, for both waits."""
-        if tries.windows is None or until < tries.windows:
+        if tries.window_closes is None or until < tries.window_closes:
             return False
         job, group, now = self.job, tries.group, self.clock.monotonic()
         at = utc(self.clock)
