@@ -11,10 +11,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 
-from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import ApiError, Exit, LimitReached, Rejected
@@ -29,7 +27,7 @@ from bulk_mms.report import format_text, not_attempted_reasons, past_deadline_wo
 from bulk_mms.runner import run_job
 from bulk_mms.sharing import Sharing
 from bulk_mms.testing import ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt, real_client
 from tests.test_deadline_report import DEADLINE, LATER, MORNING, RESET, Clock, refused, run
 
 A, B, C, D = numbers(4, start=400)
@@ -204,10 +202,7 @@ async def test_a_group_refused_by_the_cap_waits_for_its_reset_then_goes(
     clock = FakeClock(wall=MORNING.timestamp())
     fake = FakeTelnyx()
     fake.faults.append(Fault("status", 400, code="40016"))
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
-        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         first = await run_job(job, ONE, client, clock=clock)
         assert run_outcome(first) == LimitReached.exit_code
         asked = len(fake.requests)

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 
-from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import iso
 from bulk_mms.codes import Action
 from bulk_mms.console import run_outcome
@@ -48,7 +46,7 @@ from bulk_mms.report import (
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
-from tests.conftest import FAST, FakeClock, JobFactory, numbers
+from tests.conftest import FAST, FakeClock, JobFactory, numbers, real_client
 
 UTC = dt.UTC
 #: 10:00 in Los Angeles: T-Mobile's daily cap (40016) resets at midnight there, RESET.
@@ -235,10 +233,7 @@ async def test_the_run_and_the_report_agree_on_a_carriers_cap_past_the_deadline(
     job = jobs.job(extra=f'group_size = 4\ndeadline = "{DEADLINE.isoformat()}"')
     clock = FakeClock(wall=MORNING.timestamp())
     fake = FakeTelnyx(report={people[2]: "40016"})
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
-        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         first = await run_job(job, FAST, client, clock=clock)
         await track_ledger(job.ledger, FAST, client, clock=clock)
         rerun = await run_job(job, FAST, client, clock=clock)
@@ -363,10 +358,7 @@ async def test_the_run_and_the_report_agree_on_a_cap_answered_to_the_send_past_t
     clock = FakeClock(wall=MORNING.timestamp())
     fake = FakeTelnyx()
     fake.faults.append(Fault("status", 400, code="40016"))
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
-        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         s = await run_job(job, replace(FAST, concurrency=1), client, clock=clock)
     assert (run_outcome(s), type(s.error)) == (Exit.INCOMPLETE, ResetAfterDeadline)
     assert "lifts only after the job's deadline (2026-11-25T20:00Z)" in str(s.error)

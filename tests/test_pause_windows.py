@@ -8,17 +8,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 
-from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit, RateLimited
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
 
 #: Two minutes before the windows below close (10:30 UTC) and the deadline.
 NOW = dt.datetime(2026, 11, 24, 10, 28, tzinfo=dt.UTC)
@@ -118,10 +116,7 @@ async def test_a_long_retry_after_from_the_api_stops_a_job_at_its_send_window_at
     fake = FakeTelnyx()
     fake.faults.append(Fault("status", 429, headers={"Retry-After": "3600"}))
     start = clock.monotonic()
-    async with (
-        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
-        AiohttpMmsClient(str(server.make_url("/v2")), "test-key-123") as client,
-    ):
+    async with real_client(fake) as client:
         s = await run_job(job, ONE, client, clock=clock)
     assert clock.monotonic() - start < 60
     assert (run_outcome(s), s.stopped, s.sent_groups) == (Exit.WINDOW, "window", 0)
