@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -29,11 +29,19 @@ import orjson
 
 from bulk_mms.clock import sleep_unless
 from bulk_mms.errors import NotFound, SendError
-from bulk_mms.ledger import Location, load, read_events
-from bulk_mms.ledger.events import encode
+from bulk_mms.ledger import Location, load, open_store, read_events
+from bulk_mms.ledger.events import Event, encode
 from bulk_mms.models import Group, MessageRecord, Money, RecipientStatus, SendReceipt
 
-__all__ = ["FakeClient", "FakeClock", "Handler", "groups_in", "ledger_events", "ok_receipt"]
+__all__ = [
+    "FakeClient",
+    "FakeClock",
+    "Handler",
+    "groups_in",
+    "ledger_events",
+    "ok_receipt",
+    "write_ledger",
+]
 
 #: What a :class:`FakeClient` handler returns for ``(group, call number)``: a receipt, an
 #: error to raise, or an awaitable of either.
@@ -198,6 +206,19 @@ class FakeClock:
 
     async def __call__(self, seconds: float) -> None:
         await self.sleep(seconds)
+
+
+def write_ledger(location: Location, events: Iterable[Event]) -> Location:
+    """Write ``events`` (a :class:`~bulk_mms.ledger.events.Header` first), each durable in
+    turn, to the ledger at ``location`` (a JSONL path or a PostgreSQL URL); returns
+    ``location``: a ledger in a given state, for a report or a rerun to read."""
+    store = open_store(location)
+    try:
+        for ev in events:
+            store.append_now(ev)
+    finally:
+        store.close_sync()
+    return location
 
 
 def ledger_events(location: Location) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from bulk_mms.prepare import not_before
 from bulk_mms.report import format_text, not_attempted_reasons, past_deadline_words, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.sharing import Sharing
-from bulk_mms.testing import ledger_events
+from bulk_mms.testing import ledger_events, write_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt, real_client
 from tests.test_deadline_report import DEADLINE, LATER, MORNING, RESET, Clock, refused, run
 
@@ -164,10 +164,7 @@ def test_what_a_cap_stop_left_is_sent_by_a_rerun_from_its_reset(tmp_path: Path) 
     a plain rerun does."""
     evs: list[Event] = [Header("j", None), Planned(12, 3, 0), refused(RESET.timestamp())]
     path = tmp_path / "l.jsonl"
-    store = open_store(path)
-    for ev in [evs[0], run(LATER), *evs[1:]]:
-        store.append_now(ev)
-    store.close_sync()
+    write_ledger(path, [evs[0], run(LATER), *evs[1:]])
     s = summarize(path, clock=Clock(MORNING))
     text = format_text(s, path)
     assert "(not sent yet: a rerun from 2026-11-26T08:00Z sends them)" in text
@@ -177,10 +174,7 @@ def test_what_a_cap_stop_left_is_sent_by_a_rerun_from_its_reset(tmp_path: Path) 
     ]
     assert "not sent yet: a rerun from 2026-11-26T08:00Z sends them" in render(s, Timeline(), "l")
     late = tmp_path / "late.jsonl"
-    store = open_store(late)
-    for ev in [evs[0], run(DEADLINE), *evs[1:]]:
-        store.append_now(ev)
-    store.close_sync()
+    write_ledger(late, [evs[0], run(DEADLINE), *evs[1:]])
     words = past_deadline_words(DEADLINE)
     assert f"(not sent yet: {words})" in format_text(summarize(late, clock=Clock(MORNING)), late)
     after_reset = RESET + dt.timedelta(hours=1)  # and before the deadline, LATER

@@ -25,13 +25,11 @@ from bulk_mms.ledger import (
     Failed,
     Header,
     LedgerView,
-    Location,
     Moved,
     Planned,
     RunStarted,
     Sent,
     Status,
-    open_store,
 )
 from bulk_mms.ledger import checkpoint as ckpt
 from bulk_mms.ledger.events import Event, decode, encode
@@ -44,7 +42,7 @@ from bulk_mms.report import (
     summarize,
 )
 from bulk_mms.runner import run_job
-from bulk_mms.testing import ledger_events
+from bulk_mms.testing import ledger_events, write_ledger
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClock, JobFactory, numbers, real_client
 
@@ -105,15 +103,6 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"{database}?ledger=deadline"
 
 
-def written(where: Location, evs: list[Event]) -> Location:
-    """``where``, holding ``evs``."""
-    store = open_store(where)
-    for ev in evs:
-        store.append_now(ev)
-    store.close_sync()
-    return where
-
-
 def test_a_run_line_keeps_its_deadline_and_an_old_one_reads_without() -> None:
     """A run line carries the deadline it was written with and reads it back; one without
     a deadline leaves the key out, and a line written before it was kept reads as None."""
@@ -164,7 +153,7 @@ def test_the_report_counts_members_held_past_the_deadline_apart_and_names_it(
     """On either store, a member a carrier holds until after the latest run's deadline is
     counted apart from those a rerun sends; the table and the HTML page's reasons name the
     deadline and what to do, and promise no rerun from the reset."""
-    path = written(where, capped(run(DEADLINE)))
+    path = write_ledger(where, capped(run(DEADLINE)))
     s = summarize(path, clock=Clock(MORNING))
     d = s.as_dict()
     assert (d["recipients"]["not_attempted"], d["waiting_recipients"]) == (1, 0)
@@ -188,7 +177,7 @@ def test_the_report_counts_members_held_past_the_deadline_apart_and_names_it(
 def test_a_deadline_moved_past_the_reset_makes_the_rerun_promise_again(tmp_path: Path) -> None:
     """A later run under a deadline after the reset is the one that counts: the report says
     again that a rerun from the reset sends the member, as the run would (exit 5)."""
-    path = written(tmp_path / "l.jsonl", capped(run(DEADLINE), run(LATER)))
+    path = write_ledger(tmp_path / "l.jsonl", capped(run(DEADLINE), run(LATER)))
     s = summarize(path, clock=Clock(MORNING))
     assert (s.as_dict()["waiting_recipients"], len(s.past_deadline)) == (1, 0)
     assert "a rerun from 2026-11-26T08:00Z sends them" in format_text(s, path)
@@ -200,7 +189,7 @@ def test_a_ledger_written_before_runs_kept_their_deadline_reads_as_before(
     """A ledger whose run lines carry no deadline (an older bulk-mms): none is known, the
     member is promised a rerun from the reset, as before."""
     old = RunStarted(1, iso(MORNING.timestamp()))
-    path = written(tmp_path / "l.jsonl", capped(old))
+    path = write_ledger(tmp_path / "l.jsonl", capped(old))
     s = summarize(path, clock=Clock(MORNING))
     d = s.as_dict()
     assert (d["waiting_recipients"], d["waiting_past_deadline"], d["deadline"]) == (1, 0, None)
@@ -214,7 +203,7 @@ def test_once_the_deadline_has_passed_no_member_waiting_is_promised_a_rerun(
     """Read after the deadline, even a member whose reset came before it is said to be
     sent by no rerun before the deadline: the clock the report is given decides."""
     early = [*capped(run(DEADLINE))[:-1], Moved("g1", (C,), "", "40016", "t", 1.0)]
-    path = written(tmp_path / "l.jsonl", early)
+    path = write_ledger(tmp_path / "l.jsonl", early)
     assert summarize(path, clock=Clock(MORNING)).past_deadline == {}
     late = summarize(path, clock=Clock(LATER))
     assert list(late.past_deadline) == [C]
@@ -306,7 +295,7 @@ def test_the_report_says_no_rerun_sends_a_group_capped_past_the_deadline(where: 
     """On either store, a group a 40016 refused at the send whose reset comes after the
     latest run's deadline: the table, the JSON and the HTML page say no rerun of the job
     before its deadline sends it, and promise no plain rerun."""
-    path = written(where, refused_at_send(run(DEADLINE)))
+    path = write_ledger(where, refused_at_send(run(DEADLINE)))
     s = summarize(path, clock=Clock(MORNING))
     d = s.as_dict()
     assert (d["retry_pending_recipients"], d["retry_pending_past_deadline"]) == (4, 4)
@@ -327,7 +316,7 @@ def test_the_report_says_from_when_a_rerun_sends_a_group_capped_before_the_deadl
     """With the reset before the latest run's deadline, the report says a rerun from the
     reset sends the group; read after the reset, a plain rerun does, as for any group
     pending a rerun; a line written before resets were kept reads as before."""
-    path = written(tmp_path / "l.jsonl", refused_at_send(run(LATER + dt.timedelta(days=1))))
+    path = write_ledger(tmp_path / "l.jsonl", refused_at_send(run(LATER + dt.timedelta(days=1))))
     s = summarize(path, clock=Clock(MORNING))
     d = s.as_dict()
     assert (d["retry_pending_not_before"], d["retry_pending_past_deadline"]) == (
@@ -341,7 +330,7 @@ def test_the_report_says_from_when_a_rerun_sends_a_group_capped_before_the_deadl
     assert "(a plain rerun sends them)" in after
     assert "a rerun from" not in after
     old = tmp_path / "old.jsonl"
-    written(old, refused_at_send(run(DEADLINE), resets=0.0))
+    write_ledger(old, refused_at_send(run(DEADLINE), resets=0.0))
     assert "(a plain rerun sends them)" in format_text(summarize(old, clock=Clock(MORNING)), old)
 
 
@@ -385,7 +374,7 @@ def test_once_the_deadline_has_passed_nobody_left_is_promised_a_plain_rerun(
         Sent("g1", to=(A, B, C, D), message_id="m1"),
         Failed("g2", to=tuple(numbers(4, 100)), status=429, code="429", retryable=True),
     ]
-    path = written(tmp_path / "l.jsonl", evs)
+    path = write_ledger(tmp_path / "l.jsonl", evs)
     before = summarize(path, clock=Clock(MORNING))
     assert before.as_dict()["deadline_passed"] is False
     assert "(a plain rerun sends them)" in format_text(before, path)

@@ -24,7 +24,6 @@ from bulk_mms.ledger import (
     Sent,
     Status,
     checkpoint,
-    open_store,
 )
 from bulk_mms.ledger import fold as fold_module
 from bulk_mms.ledger.events import Event, decode, encode
@@ -34,6 +33,7 @@ from bulk_mms.recipient_lists import REASON_COLUMN, write_failed_csv
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed, default_list
+from bulk_mms.testing import write_ledger
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
@@ -109,10 +109,8 @@ RESENT = [F1, F2, D1, D2, D3]
 
 
 def ledger(path: Path, evs: list[Event]) -> Path:
-    store = open_store(path)
-    for ev in evs:
-        store.append_now(ev)
-    store.close_sync()
+    """``path``, holding ``evs``."""
+    write_ledger(path, evs)
     return path
 
 
