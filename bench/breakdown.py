@@ -51,15 +51,15 @@ def stub(parts: set[str]) -> None:
 
         recorder.Recorder.sent = sent  # type: ignore[method-assign]
     if "answer" in parts:
-        parse = answers.parse_receipt
 
-        def bare(body: object, to: object = None) -> SendReceipt:
+        def bare(raw: bytes, to: object = None) -> SendReceipt:
+            body = answers.parse_json(raw)
             data = body.get("data") if isinstance(body, dict) else None
             if isinstance(data, dict):
                 body = {"data": {**data, "to": []}}
-            return parse(body)
+            return answers.parse_receipt(body)
 
-        client.parse_receipt = bare  # type: ignore[attr-defined] # the name the client calls
+        client.read_receipt = bare  # type: ignore[attr-defined] # the name the client calls
     if "attempt" in parts:
 
         async def attempt(

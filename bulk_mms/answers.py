@@ -3,10 +3,11 @@
 Every answer is bounded field by field: a field that fails its bound is dropped (and, where it
 matters, logged), never allowed to crash the run or turn into a send that did not happen. The
 only error these functions raise is :class:`~bulk_mms.errors.AmbiguousSendError`, for a 2xx
-to a send whose body cannot be the answer to it (:func:`parse_receipt`).
+to a send whose body cannot be the answer to it (:func:`read_receipt`, :func:`parse_receipt`).
 
-* a send's answer: :func:`parse_receipt` (its message id, recipients' statuses, ``cost``,
-  ``wait_seconds``, ``errors``);
+* a send's answer: :func:`read_receipt` of its body's bytes, :func:`parse_receipt` of its
+  JSON (its message id, recipients' statuses, ``cost``, ``wait_seconds``, ``errors``);
+* any body's JSON: :func:`parse_json`;
 * a message's records, from a GET or a webhook: :func:`parse_statuses`, :func:`status_stamp`,
   :func:`address`, :func:`as_message_id`;
 * the lists: :func:`parse_optouts`, :func:`parse_records` and :func:`page_meta`;
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
+from typing import Annotated, Final
 
 import msgspec
+import orjson
 import structlog
 
 from bulk_mms.clock import instant
@@ -33,6 +37,7 @@ from bulk_mms.models import (
     OptOut,
     RecipientStatus,
     SendReceipt,
+    money,
     parse_money,
 )
 
@@ -120,8 +125,136 @@ def parse_seconds(value: object) -> float | None:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # a whole number beyond a double's range, as infinity is: no value
+        return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+#: What :func:`parse_json` gives for a body that is not JSON.
+NOT_JSON: Final = object()
+
+
+def parse_json(raw: bytes) -> object:
+    """A body's JSON (None for an empty body), or :data:`NOT_JSON`. orjson refuses a whole
+    document for one number beyond a double (``"amount": 1e999``); the standard parser reads
+    it as infinity, which the field's own bound then refuses, so the rest of an accepted
+    answer is not lost."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return NOT_JSON
+
+
+class _Member(msgspec.Struct):
+    """A ``to[]`` or ``cc[]`` entry of a plain answer (:func:`_plain_receipt`)."""
+
+    phone_number: Annotated[str, msgspec.Meta(max_length=32)]
+    status: Annotated[str, msgspec.Meta(max_length=_STATUS_CHARS)] | None = None
+
+
+class _Cost(msgspec.Struct):
+    """A plain answer's ``cost``: the spec's, its amount a string."""
+
+    amount: str
+    currency: str | None = None
+
+
+#: A group's members: no plain answer lists more under ``to`` or under ``cc``.
+_Members = Annotated[list[_Member], msgspec.Meta(max_length=_MAX_CC)]
+
+
+class _Message(msgspec.Struct):
+    """The ``data`` of a plain answer: the fields a receipt reads, each of the type the spec
+    gives it, and ``errors`` present and empty (where it is absent, :func:`parse_errors`
+    looks further). Other fields are skipped unread."""
+
+    id: str
+    errors: tuple[()]
+    to: _Members = []
+    cc: _Members = []
+    direction: str | None = None
+    group_message_id: str | None = None
+    cost: _Cost | None = None
+    wait_seconds: float | None = None
+    valid_until: str | None = None
+
+
+class _Answer(msgspec.Struct):
+    data: _Message
+
+
+_PLAIN: Final = msgspec.json.Decoder(_Answer)
+
+
+def read_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt:
+    """The receipt of a 2xx answer's body to a send for the numbers ``to``: what
+    :func:`parse_receipt` reads of the body's JSON, for every body.
+
+    A plain answer (:func:`_plain_receipt`), as the API gives one, is read in one typed pass;
+    any other is parsed (:func:`parse_json`) and read field by field.
+
+    Raises:
+        AmbiguousSendError: the body is not JSON, or :func:`parse_receipt` raises.
+    """
+    receipt = _plain_receipt(raw, to)
+    if receipt is not None:
+        return receipt
+    body = parse_json(raw)
+    if body is NOT_JSON:
+        raise AmbiguousSendError("the answer's body is not JSON")
+    return parse_receipt(body, to)
+
+
+def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
+    """The receipt :func:`parse_receipt` reads of ``raw``, when ``raw`` is a plain answer:
+    UTF-8 JSON whose ``data`` decodes as a :class:`_Message` (its bounds included), with a
+    message id that is one, not inbound, naming only numbers in ``to`` and a cost that is
+    one (or none). None for any other body: :func:`parse_receipt` gives its verdict, its
+    errors and its warnings."""
+    try:
+        msg = _PLAIN.decode(raw.decode()).data  # str: a byte that is not UTF-8 is not plain
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        return None
+    mid = msg.id
+    wanted = set(to)
+    if (
+        not _MESSAGE_ID.fullmatch(mid)
+        or msg.direction == "inbound"
+        or any(m.phone_number not in wanted for m in msg.to)
+        or any(m.phone_number not in wanted for m in msg.cc)
+    ):
+        return None
+    cost = None if msg.cost is None else money(msg.cost.amount, msg.cost.currency)
+    if cost is None and msg.cost is not None:
+        return None  # parse_receipt says it cannot use it
+    # as parse_statuses reads the message asked for, with no errors, stamps or costs
+    group = as_message_id(msg.group_message_id)
+    statuses = [
+        RecipientStatus(m.phone_number, m.status or "", message_id=mid, group_message_id=group)
+        for m in msg.to
+    ]
+    if msg.cc:
+        in_to = {m.phone_number for m in msg.to}
+        statuses += [
+            RecipientStatus(m.phone_number, m.status or "", group_message_id=group)
+            for m in msg.cc
+            if m.phone_number not in in_to
+        ]
+    return SendReceipt(
+        message_id=mid,
+        statuses=tuple(statuses),
+        wait_seconds=parse_seconds(msg.wait_seconds),
+        cost=cost,
+        valid_until=_stamp(msg.valid_until),
+    )
 
 
 def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:

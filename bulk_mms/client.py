@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import errno
-import json
 import math
 import re
 import resource
@@ -36,6 +35,7 @@ from aiohttp.tracing import Trace
 
 from bulk_mms._version import __version__
 from bulk_mms.answers import (
+    NOT_JSON,
     OPTOUT_PAGE_MAX,
     RECORDS_MAX,
     RECORDS_MAX_PAGES,
@@ -43,11 +43,12 @@ from bulk_mms.answers import (
     PageMeta,
     page_meta,
     parse_errors,
+    parse_json,
     parse_optouts,
-    parse_receipt,
     parse_records,
     parse_retry_after,
     parse_statuses,
+    read_receipt,
 )
 from bulk_mms.clock import running_timeout, since_boot
 from bulk_mms.errors import (
@@ -456,14 +457,14 @@ class AiohttpMmsClient:
                     total=timeout.total, connect=leave_within, ceil_threshold=math.inf
                 )
         try:
-            status, body = await self._request(
+            status, raw = await self._exchange(
                 "POST", self._send_url, data, {"Idempotency-Key": key}, timeout
             )
         finally:
             if leaving is not None:
                 _LEAVE_BY.reset(leaving)
         try:
-            return parse_receipt(body, group.to)
+            return read_receipt(raw, group.to)
         except AmbiguousSendError as exc:
             exc.status = status
             raise
@@ -596,15 +597,27 @@ class AiohttpMmsClient:
             raise _incomplete(f"lists {meta.listed} records on one page")
         return parse_records(body), meta
 
-    async def _request(
+    async def _request(self, method: str, url: str) -> tuple[int, object]:
+        """One request (:meth:`_exchange`); the status and parsed body of a 2xx.
+
+        Raises:
+            AmbiguousSendError: a 2xx whose body is not JSON.
+        """
+        status, raw = await self._exchange(method, url)
+        body = parse_json(raw)
+        if body is NOT_JSON:
+            raise AmbiguousSendError("the answer's body is not JSON", status=status)
+        return status, body
+
+    async def _exchange(
         self,
         method: str,
         url: str,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeouts: aiohttp.ClientTimeout | None = None,
-    ) -> tuple[int, object]:
-        """One request; the status and parsed body of a 2xx, or a typed :class:`SendError`.
+    ) -> tuple[int, bytes]:
+        """One request; the status and body of a 2xx, or a typed :class:`SendError`.
 
         Redirects are never followed, and at most :data:`MAX_ANSWER_BODY` bytes of a body are
         read, the API key blanked wherever the body quotes it (:data:`REDACTED`); the whole
@@ -639,38 +652,18 @@ class AiohttpMmsClient:
                     status=status,
                 )
             body: object = None
+        elif ok:
+            return status, raw
         else:
-            body = _json(raw)
-            if body is _NOT_JSON:
-                body = None
-                if ok:
-                    raise AmbiguousSendError("the answer's body is not JSON", status=status)
-        if ok:
-            return status, body
+            body = parse_json(raw)
+            body = None if body is NOT_JSON else body
         raise error_for_status(status, body, resp_headers, base_url=self.base_url, method=method)
 
 
-_NOT_JSON = object()
 #: The statuses answering a send that may follow a request the server acted on: any 5xx but
 #: those that say it was not handled (501 not implemented, 503 unable to handle it now, 505
 #: version not supported), which stay retryable.
 _MAY_HAVE_ACTED: Final = frozenset(range(500, 600)) - {501, 503, 505}
-
-
-def _json(raw: bytes) -> object:
-    """A body's JSON, or :data:`_NOT_JSON`. orjson refuses a whole document for one number
-    beyond a double (``"amount": 1e999``); the standard parser reads it as infinity, which the
-    field's own bound then refuses, so the rest of an accepted answer is not lost."""
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
 
 
 #: A Content-Encoding that leaves the body as it is.

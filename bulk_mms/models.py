@@ -222,10 +222,16 @@ def parse_money(value: object) -> Money | None:
     amount, currency = value.get("amount"), value.get("currency")
     if amount is None or isinstance(amount, bool) or not isinstance(amount, str | int | float):
         return None
-    text = str(amount).strip()
-    if len(text) > _AMOUNT_CHARS:
-        return None
     if currency is not None and not isinstance(currency, str):
+        return None
+    return money(str(amount), currency)
+
+
+def money(amount: str, currency: str | None) -> Money | None:
+    """:func:`parse_money` of an amount's text and a currency already known to be strings
+    (or no currency): the same bounds, the same :class:`Money` or None."""
+    text = amount.strip()
+    if len(text) > _AMOUNT_CHARS:
         return None
     return _money(text, currency[:_AMOUNT_CHARS] if currency else "")
 
