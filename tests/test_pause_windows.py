@@ -10,11 +10,13 @@ import datetime as dt
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms.config import JobConfig
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit, RateLimited
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
 
@@ -41,17 +43,27 @@ def throttled_once(retry_after: float) -> FakeClient:
     return FakeClient(answer)
 
 
+async def paused_run(
+    jobs: JobFactory, gate: str, retry_after: float
+) -> tuple[JobConfig, JobSummary, FakeClient, float]:
+    """A job of two groups of four under ``gate`` (:data:`GATES`), run at :data:`NOW` on
+    one worker whose first answer is a 429 asking for ``retry_after`` seconds: the job, its
+    summary, its client and how long it took on the run's clock."""
+    jobs.people(8, tz="UTC")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES[gate]}')
+    clock = FakeClock(wall=NOW.timestamp())
+    client = throttled_once(retry_after)
+    start = clock.monotonic()
+    s = await run_job(job, ONE, client, clock=clock)
+    return job, s, client, clock.monotonic() - start
+
+
 async def test_a_pause_past_the_recipients_window_holds_them_at_once(jobs: JobFactory) -> None:
     """A 429 asking for ten minutes (five, capped) two minutes before the recipients'
     window closes: the throttled group and the next one are held for their quiet hours at
     once, nothing is sent again, and the run ends without waiting the pause out."""
-    jobs.people(8, tz="UTC")
-    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["recipient_window"]}')
-    clock = FakeClock(wall=NOW.timestamp())
-    client = throttled_once(600.0)
-    start = clock.monotonic()
-    s = await run_job(job, ONE, client, clock=clock)
-    assert clock.monotonic() - start < 60
+    _, s, client, took = await paused_run(jobs, "recipient_window", 600.0)
+    assert took < 60
     assert (len(client.calls), s.sent_groups, s.stopped, s.quiet) == (
         1,
         0,
@@ -63,13 +75,8 @@ async def test_a_pause_past_the_recipients_window_holds_them_at_once(jobs: JobFa
 async def test_a_pause_past_the_send_window_stops_the_job_at_once(jobs: JobFactory) -> None:
     """The same 429 two minutes before the job's send_window closes, its one sender paused
     past it: the job stops as the window's closing stops it (exit 4), at once."""
-    jobs.people(8)
-    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}')
-    clock = FakeClock(wall=NOW.timestamp())
-    client = throttled_once(600.0)
-    start = clock.monotonic()
-    s = await run_job(job, ONE, client, clock=clock)
-    assert clock.monotonic() - start < 60
+    _, s, client, took = await paused_run(jobs, "send_window", 600.0)
+    assert took < 60
     assert (len(client.calls), s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
 
 
@@ -77,13 +84,8 @@ async def test_a_pause_past_the_deadline_ends_the_groups_tries_at_once(jobs: Job
     """The same 429 two minutes before the job's deadline: the throttled group keeps its 429
     (the first run past the deadline records it expired) and the next one, its sender paused
     past the deadline, is recorded expired unsent, both at once."""
-    jobs.people(8)
-    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["deadline"]}')
-    clock = FakeClock(wall=NOW.timestamp())
-    client = throttled_once(600.0)
-    start = clock.monotonic()
-    s = await run_job(job, ONE, client, clock=clock)
-    assert clock.monotonic() - start < 60
+    job, s, client, took = await paused_run(jobs, "deadline", 600.0)
+    assert took < 60
     assert (len(client.calls), s.expired_groups) == (1, 1)
     codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert codes == ["429", "expired_unsent"]
@@ -95,11 +97,7 @@ async def test_a_pause_that_ends_before_the_gate_closes_is_waited_out(
 ) -> None:
     """A 429 asking for thirty seconds, two minutes before the gate closes: the pause is
     waited out and both groups go, as before."""
-    jobs.people(8, tz="UTC")
-    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES[gate]}')
-    clock = FakeClock(wall=NOW.timestamp())
-    client = throttled_once(30.0)
-    s = await run_job(job, ONE, client, clock=clock)
+    _, s, client, _ = await paused_run(jobs, gate, 30.0)
     assert (len(client.calls), s.sent_groups, s.stopped) == (3, 2, None)
 
 
