@@ -414,6 +414,7 @@ def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         rejected_rows=s.lost_rows,
         skipped_groups=s.skipped_groups,
         held_groups=s.held_groups,
+        waiting_recipients=s.waiting_recipients,
         seconds=round(s.estimate.seconds, 1) if s.estimate else None,
         cost=s.estimate.cost if s.estimate else None,
     ):
@@ -450,6 +451,11 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
         _print_zones(s, job, job.recipient_window, deadline)
     print_template_notes(s, prefix="  templates    ")
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
+    if s.waiting_recipients:
+        print(
+            f"  held         {_n(s.waiting_recipients, 'recipient')} until a carrier's reset: "
+            f"a run from {minute_utc(s.waiting_until)} sends them"
+        )
     e = s.estimate
     if e is not None:
         unit = "recipients" if settings.cost == "recipient" else "groups"

@@ -627,6 +627,9 @@ class _DryRun:
                 s.skipped_groups += 1
             elif action == "hold":
                 s.held_groups += 1
+            elif (until := not_before(item, view)) > now:  # a carrier's reset, as a run holds it
+                s.waiting_recipients += len(item.to)
+                s.waiting_until = max(s.waiting_until, until)
             elif limit is None or s.sent_groups < limit:  # else for the next run, as a run does
                 self._send(item)
 

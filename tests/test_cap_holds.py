@@ -14,7 +14,7 @@ import pytest
 from msgspec.structs import replace
 
 from bulk_mms.codes import Action
-from bulk_mms.console import run_outcome
+from bulk_mms.console import print_dry_run, run_outcome
 from bulk_mms.errors import ApiError, Exit, LimitReached, Rejected
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.html_report import Timeline, render
@@ -22,7 +22,7 @@ from bulk_mms.ledger import Failed, Header, LedgerView, Planned, Sent, open_stor
 from bulk_mms.ledger.events import Event
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, MessageBody, SendReceipt
-from bulk_mms.prepare import not_before
+from bulk_mms.prepare import dry_run, not_before
 from bulk_mms.report import format_text, not_attempted_reasons, past_deadline_words, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.sharing import Sharing
@@ -87,6 +87,28 @@ async def test_a_rerun_before_the_reset_sends_the_others_and_holds_the_refused_g
     line = next(x for x in capsys.readouterr().out.splitlines() if "carrier" in x)
     assert "4 pending a rerun" in line
     assert "4 recipients held by a carrier's daily limit: a rerun from 2026-11-26T08:00Z" in line
+
+
+async def test_a_dry_run_before_the_reset_counts_the_refused_group_held_not_sent(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a 40016 stopped the job, a dry run before the reset says it would send the
+    group the stop left and holds the refused one until the reset, as a run then does; a dry
+    run after the reset would send both."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    await run_job(job, ONE, FakeClient(first_capped), clock=FakeClock(wall=MORNING.timestamp()))
+    s = await dry_run(job, ONE, clock=FakeClock(wall=SOON.timestamp()))
+    assert (s.sent_groups, s.waiting_recipients, s.waiting_until) == (1, 4, RESET.timestamp())
+    capsys.readouterr()
+    print_dry_run(s, job, ONE)
+    out = capsys.readouterr().out
+    assert "would send   1 groups, 4 recipients" in out
+    assert "held         4 recipients until a carrier's reset: a run from 2026-11-26T08:00Z" in out
+    after = await dry_run(
+        job, ONE, clock=FakeClock(wall=(RESET + dt.timedelta(hours=1)).timestamp())
+    )
+    assert (after.sent_groups, after.waiting_recipients) == (2, 0)
 
 
 async def test_a_rerun_holding_a_group_capped_past_the_deadline_exits_1_saying_so(
