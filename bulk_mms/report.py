@@ -104,6 +104,12 @@ def past_deadline_words(deadline: dt.datetime | None) -> str:
     )
 
 
+def _last_reset(waits: Mapping[str, Waiting], past: Mapping[str, Waiting]) -> float:
+    """When the last of ``waits`` that a rerun sends before the deadline (not in ``past``,
+    :attr:`ResetHolds.past_deadline`) may be sent (0: none)."""
+    return max((w.after for p, w in waits.items() if p not in past), default=0.0)
+
+
 class LedgerSummary(msgspec.Struct):
     """The state of a job as its ledger records it, each group and recipient counted once."""
 
@@ -271,15 +277,13 @@ class LedgerSummary(msgspec.Struct):
     def waiting_until(self) -> float:
         """When the last member waiting for a carrier's reset that a rerun sends before the
         job's deadline may be sent (0: none waits so)."""
-        past = self.past_deadline
-        return max((w.after for p, w in self.waiting.items() if p not in past), default=0.0)
+        return _last_reset(self.waiting, self.past_deadline)
 
     @property
     def capped_until(self) -> float:
         """When the carrier's cap lifts for the last of the groups pending a rerun that it
         holds and a rerun sends before the job's deadline (0: none is held so)."""
-        past = self.capped_past_deadline
-        return max((w.after for p, w in self.capped.items() if p not in past), default=0.0)
+        return _last_reset(self.capped, self.capped_past_deadline)
 
     @property
     def total_cost(self) -> Decimal | None:
