@@ -338,6 +338,19 @@ def test_header_mismatch_is_refused() -> None:
     assert header.mismatch(header) is None
 
 
+def test_a_window_to_midnight_written_2359_resumes_under_2400() -> None:
+    """A ledger whose header has a recipient_window ending 23:59 (as 0.3 wrote 24:00) resumes
+    under the same window written 24:00, and either way round; another window is refused."""
+    header = decode(HEADER)
+    assert isinstance(header, ev.Header)
+    old = replace(header, recipient_window="08:00-23:59")
+    assert old.mismatch(replace(header, recipient_window="08:00-24:00")) is None
+    assert replace(header, recipient_window="08:00-24:00").mismatch(old) is None
+    assert "recipient_window" in (
+        old.mismatch(replace(header, recipient_window="09:00-24:00")) or ""
+    )
+
+
 def test_second_open_is_locked_out_with_the_holder_pid(tmp_path: Path) -> None:
     """While one run holds the ledger, a second open fails naming the holder's PID, after
     LOCK_TRIES tries a bounded pause apart."""

@@ -831,3 +831,12 @@ async def test_members_a_carrier_holds_until_after_the_deadline_are_not_promised
     client = FakeClient()
     after = await run_job(job, FAST, client, clock=clock_at(LA_MORNING + dt.timedelta(days=1)))
     assert (client.calls, after.expired_groups, run_outcome(after)) == ([], 1, 1)
+
+
+@pytest.mark.parametrize("text", ["00:00-24:00", "08:00-24:00", "22:00-06:00", "09:30-20:00"])
+def test_a_window_prints_as_it_was_written(text: str) -> None:
+    """A window reads back as written, one to midnight ending 24:00 (not 23:59)."""
+    start, end = text.split("-")
+    h, m = (int(x) for x in end.split(":"))
+    window = SendWindow(dt.time.fromisoformat(start), dt.time.max if h == 24 else dt.time(h, m))
+    assert str(window) == text

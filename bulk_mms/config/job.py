@@ -94,7 +94,9 @@ class SendWindow(msgspec.Struct, frozen=True):
     end: dt.time
 
     def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+        """As written: ``"09:00-20:00"``; an end at midnight (:attr:`dt.time.max`) as ``24:00``."""
+        end = "24:00" if self.end == dt.time.max else f"{self.end:%H:%M}"
+        return f"{self.start:%H:%M}-{end}"
 
     def contains(self, t: dt.time) -> bool:
         t = t.replace(tzinfo=None)

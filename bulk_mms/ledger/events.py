@@ -90,7 +90,7 @@ class Header(msgspec.Struct, frozen=True):
             return f"written by a newer bulk-mms (format {self.format})"
         for name, label, hint in _MATCHED:
             was, now = getattr(self, name), getattr(expected, name)
-            if was != now:
+            if was != now and not (name == "recipient_window" and _same_window(was, now)):
                 why = f"belongs to a different run: {label} was {was!r}, now {now!r}"
                 return why + hint.format(go_on=_GO_ON.format(ledger=ledger))
         if self.zones is not None and self.zones != expected.zones:
@@ -99,6 +99,18 @@ class Header(msgspec.Struct, frozen=True):
                 f"from {expected.zones}" + _REGROUP.format(go_on=_GO_ON.format(ledger=ledger))
             )
         return None
+
+
+def _same_window(was: str | None, now: str | None) -> bool:
+    """Whether a header's ``recipient_window`` and a job's are one window as headers write it:
+    bulk-mms 0.3 and earlier wrote a window to midnight (``24:00``) as ending ``23:59``, so
+    those two ends are taken for the same one (a minute's change regroups nobody)."""
+    return was is not None and now is not None and _to_midnight(was) == _to_midnight(now)
+
+
+def _to_midnight(window: str) -> str:
+    """``window`` with an end at ``23:59`` written ``24:00``."""
+    return window.removesuffix("23:59") + "24:00" if window.endswith("-23:59") else window
 
 
 def zones_source(recipient_window: object, timezone_column: str | None) -> str | None:
