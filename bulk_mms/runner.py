@@ -122,7 +122,7 @@ class _Item(NamedTuple):
 
 
 class Runner:
-    """One run of one job. Private: use :func:`run_job`."""
+    """One run of one job. Private: use :func:`run_job` (:func:`build_runner` makes one)."""
 
     def __init__(
         self,
@@ -131,6 +131,8 @@ class Runner:
         client: MmsClient,
         sender: GroupSender,
         *,
+        sharing: Sharing,
+        gates: Gates,
         clock: Clock,
         stop: Stop,
         resend_in_doubt: bool = False,
@@ -163,17 +165,10 @@ class Runner:
         self._seq = itertools.count()
         self.in_flight = 0
         self.store = recorder.store
-        #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`), through the
-        #: recorder's coordinator (the one its attempts are fenced by).
-        self.sharing = Sharing(
-            self.store,
-            recorder.coordinator,
-            self.view,
-            clock,
-            successor=lambda group: remade_from(group, self.view, self.job),
-        )
+        #: Several processes on a shared ledger (:mod:`bulk_mms.sharing`).
+        self.sharing = sharing
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
-        self.gates = Gates(job, recorder, clock, self.sender.quiet, self.sender.expires_at)
+        self.gates = gates
         self.quiet = self.sender.quiet
         #: Recipients of the groups a stop left unsent (queued, or between tries), by zones.
         self.left: Counter[tuple[str, ...]] = Counter()
@@ -850,6 +845,41 @@ class Runner:
         return s
 
 
+def build_runner(
+    job: JobConfig,
+    settings: Settings,
+    client: MmsClient,
+    sender: GroupSender,
+    *,
+    clock: Clock,
+    stop: Stop,
+    resend_in_doubt: bool = False,
+    limit: int | None = None,
+    scan: InputScan | None = None,
+    excluded: Container[int] = (),
+) -> Runner:
+    """The run's :class:`Runner`, handed its collaborators made from ``sender``'s recorder:
+    the :class:`~bulk_mms.sharing.Sharing` of a shared ledger, through the recorder's
+    coordinator (the one its attempts are fenced by), and the :class:`~bulk_mms.gates.Gates`
+    of quiet hours and the deadline (the sender's count of recipients left for their window,
+    and its deadline). :func:`run_job` makes its runner here, and so does a test that makes
+    one."""
+    recorder = sender.recorder
+    view = recorder.view
+    sharing = Sharing(
+        recorder.store,
+        recorder.coordinator,
+        view,
+        clock,
+        successor=lambda group: remade_from(group, view, job),
+    )
+    gates = Gates(job, recorder, clock, sender.quiet, sender.expires_at)
+    return Runner(
+        job, settings, client, sender, sharing=sharing, gates=gates, clock=clock, stop=stop,
+        resend_in_doubt=resend_in_doubt, limit=limit, scan=scan, excluded=excluded,
+    )  # fmt: skip
+
+
 async def run_job(
     job: JobConfig,
     settings: Settings,
@@ -918,7 +948,7 @@ async def run_job(
             sender = build_sender(
                 job, settings, client, recorder, clock=clock, stop=stop, suppressed=suppressed
             )
-            runner = Runner(
+            runner = build_runner(
                 job, settings, client, sender, clock=clock, stop=stop, limit=limit,
                 resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
             )  # fmt: skip
