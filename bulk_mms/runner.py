@@ -17,72 +17,46 @@ import contextlib
 import functools
 import itertools
 import math
-import os
-import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Container
+from collections.abc import AsyncIterator, Container
 from pathlib import Path
 from typing import NamedTuple
 
 import structlog
 from msgspec.structs import replace
 
-from bulk_mms.caps import SPENT, UNDECIDED, UNSENT, run_limits
+from bulk_mms.caps import SPENT, UNDECIDED, UNSENT
 from bulk_mms.client import MmsClient
-from bulk_mms.clock import Clock, SystemClock, iso, utc
+from bulk_mms.clock import Clock, SystemClock, utc
 from bulk_mms.config import JobConfig, Settings
-from bulk_mms.coordination import Coordinator, coordinator_for
-from bulk_mms.errors import (
-    BulkMmsError,
-    ConfigError,
-    LedgerError,
-    LedgerUnavailable,
-)
-from bulk_mms.gates import Gates, job_deadline, past
-from bulk_mms.ledger import (
-    Header,
-    LedgerStore,
-    LedgerView,
-    RunStarted,
-    keep_database_time,
-    open_store,
-)
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
+from bulk_mms.coordination import coordinator_for
+from bulk_mms.ending import drain, final_summary, let_go
+from bulk_mms.errors import BulkMmsError, ConfigError, LedgerError
+from bulk_mms.gates import Gates, past
+from bulk_mms.ledger import keep_database_time, open_store
+from bulk_mms.ledger.fold import IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
 from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
-from bulk_mms.pacing import Pacer, max_cost
-from bulk_mms.policy import PolicyClient
-from bulk_mms.prepare import (
-    check_resumable,
-    disposition,
-    header_for,
-    not_before,
-    pacing_config,
-    plan,
-    remade_from,
-    retired_senders,
-    suppressed_as_planned,
-)
+from bulk_mms.prepare import disposition, not_before, plan, remade_from, suppressed_as_planned
 from bulk_mms.progress import Progress, Snapshot
 from bulk_mms.quiet import closes_in
 from bulk_mms.reader import RowReader
-from bulk_mms.recorder import Recorder
-from bulk_mms.report import capped, held_for_reset, waiting
-from bulk_mms.scan import (
-    InputScan,
-    ScanStopped,
-    check_rejected_share,
-    open_reader,
-    scan_input,
-)
+from bulk_mms.scan import InputScan, open_reader
 from bulk_mms.sending import GroupSender
-from bulk_mms.settle import SETTLED_SLACK_S, Settler, Verdict
+from bulk_mms.settle import SETTLED_SLACK_S, Verdict
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
-from bulk_mms.summary import AFTER_DEADLINE, JobSummary, percentile
-from bulk_mms.suppression import Suppressed, suppression_for
+from bulk_mms.startup import (
+    begin,
+    build_recorder,
+    build_sender,
+    outside_window,
+    planned_by_scan,
+    scan_whole_input,
+)
+from bulk_mms.summary import JobSummary
+from bulk_mms.suppression import suppression_for
 from bulk_mms.track import Tracker
-from bulk_mms.windows import held_for_windows, reset_in_time, window_stop
 
 log = structlog.get_logger("bulk_mms.runner")
 
@@ -169,7 +143,6 @@ class Runner:
         self.sharing = sharing
         #: Quiet hours and the deadline (:mod:`bulk_mms.gates`).
         self.gates = gates
-        self.quiet = self.sender.quiet
         #: Recipients of the groups a stop left unsent (queued, or between tries), by zones.
         self.left: Counter[tuple[str, ...]] = Counter()
         #: Input rows dealt with, for progress; of those, the rows that needed no request.
@@ -809,40 +782,11 @@ class Runner:
             await asyncio.sleep(PROGRESS_PERIOD_S)
 
     def finish(self) -> JobSummary:
-        """The run's summary, with where the whole ledger stands now."""
-        s, view, stats = self.summary, self.view, self.sender.stats()
+        """The run's summary, with where the whole ledger stands now
+        (:func:`~bulk_mms.ending.final_summary`)."""
         limited = self.limit is not None and self.queued >= self.limit
-        s.stopped = self.stop.reason or ("limit" if limited else None)
-        s.duration_s = stats.elapsed_s
-        waits = sorted(self.recorder.waits)
-        s.wait_seconds_p50 = percentile(waits, 0.50)
-        s.wait_seconds_p95 = percentile(waits, 0.95)
-        s.wait_seconds_max = waits[-1] if waits else None
-        s.achieved_rate = stats.achieved_rate
-        s.rate_limited = stats.rate_limited
-        s.queue_full = stats.queue_full
-        # the view took in every event as it was written: no second read of the ledger
-        s.open_failed = view.count(FAILED)
-        s.open_in_doubt = view.count(IN_DOUBT)
-        s.open_retry_pending = view.count(RETRY_PENDING)
-        s.recipients = view.recipients()
-        s.retired = retired_senders(self.job, view)
-        s.deadline = self.sender.expires_at
-        if s.recipients.not_attempted or s.recipients.retry_pending:
-            wall = self.clock.wall()
-            held = held_for_reset(  # as the report has them: moved, or refused at the send
-                {**waiting(view), **capped(view, wall)}, wall, s.deadline
-            )
-            later = [w.after for w in held.in_time.values() if w.after > wall]
-            s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
-            s.waiting_past_deadline = len(held.past_deadline)
-        # after the recipients: who else the stop left counts
-        held_for_windows(
-            s, self.job, self.clock, self.sender.expires_at, quiet=self.quiet, left=self.left
-        )
-        reset_in_time(s, self.sender.expires_at)
-        log.info("job.finished", **s.as_log(), errors=dict(self.recorder.errors))
-        return s
+        stopped = self.stop.reason or ("limit" if limited else None)
+        return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
 
 
 def build_runner(
@@ -929,20 +873,20 @@ async def run_job(
     clock = clock or SystemClock(stop)
     if is_database(job.where) and isinstance(clock, SystemClock):
         await keep_database_time(clock, str(job.where))  # before the window's check
-    if (closed := _outside_window(job, clock)) is not None:
+    if (closed := outside_window(job, clock)) is not None:
         return closed
     suppressed = suppression_for(settings.suppression_file, job.where)
-    if (scan := await _scan(job, suppressed, excluded, rejected_csv, stop)) is None:
+    if (scan := await scan_whole_input(job, suppressed, excluded, rejected_csv, stop)) is None:
         return JobSummary(job.name, stopped=stop.reason)
     with open_reader(job, keep_all=True, expect=scan.stamp, columns=scan.columns) as reader:
         store = open_store(job.where, "run")
         coordinator = coordinator_for(store, settings.lease_s)
         sender: GroupSender | None = None
         try:
-            view = await _begin(store, job, scan, reader.columns, clock)
+            view = await begin(store, job, scan, reader.columns, clock)
             # off the loop too: a look at every member of a long ledger
             scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
-            recorder = _recorder(
+            recorder = build_recorder(
                 job, settings, store, view, coordinator=coordinator, scan=scan, clock=clock
             )
             sender = build_sender(
@@ -954,173 +898,10 @@ async def run_job(
             )  # fmt: skip
             runner.log_start(store.name)
             await _run_to_end(runner, reader, progress)
-            await _drain(store, sender, stop)
+            await drain(store, sender, stop)
         finally:
-            await _let_go(sender, store, coordinator, stop)
+            await let_go(sender, store, coordinator, stop)
     return runner.finish()
-
-
-def _outside_window(job: JobConfig, clock: Clock) -> JobSummary | None:
-    """The summary of a run that sends nothing because the job's ``send_window`` is closed
-    now (or opens only after its deadline), said once; None when it is open."""
-    if (stopped := window_stop(job, clock)) is None:
-        return None
-    log.warning(
-        "job.outside_window",
-        send_window=str(job.send_window),
-        timezone=job.timezone,
-        local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
-        opens_after_deadline=stopped == AFTER_DEADLINE,
-    )
-    return JobSummary(job.name, stopped=stopped)
-
-
-async def _scan(
-    job: JobConfig,
-    suppressed: Suppressed,
-    excluded: Container[int],
-    rejected_csv: Path | None,
-    stop: Stop,
-) -> InputScan | None:
-    """Scan the whole input (:func:`~bulk_mms.scan.scan_input`) in a worker thread, so a signal
-    during a long scan is heard at once; None when a stop came meanwhile.
-
-    Raises:
-        InputError, ConfigError: the input cannot be used, or loses more than
-            ``max_rejected_share`` of its rows.
-    """
-    log.info("input.scan_started", input=str(job.input))
-    try:
-        scan = await asyncio.to_thread(
-            scan_input,
-            job,
-            suppressed=suppressed,
-            excluded=excluded,
-            rejected_csv=rejected_csv,
-            stopped=stop.is_set,
-        )
-    except ScanStopped:
-        log.warning("job.stopped_while_scanning", reason=stop.reason)
-        return None
-    check_rejected_share(scan, job, rejected_csv)
-    return scan
-
-
-async def _begin(
-    store: LedgerStore,
-    job: JobConfig,
-    scan: InputScan,
-    columns: tuple[str, ...] | list[str],
-    clock: Clock,
-) -> LedgerView:
-    """The ledger's view as this run begins: folded (:func:`_resume`), and this run's start
-    written to it. Off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is
-    heard."""
-    header = header_for(job, scan.fingerprint, clock)
-    view = await asyncio.to_thread(_resume, store, header, columns, job.phone_column, scan)
-    expires = job_deadline(job, view)  # the sender's own, from the same view: the report's
-    started = RunStarted(
-        os.getpid(),
-        iso(clock.wall()),
-        shared=store.shared,
-        deadline=iso(expires.timestamp()) if expires is not None else None,
-    )
-    await asyncio.to_thread(store.append_now, started)
-    view.apply(started)
-    return view
-
-
-def _recorder(
-    job: JobConfig,
-    settings: Settings,
-    store: LedgerStore,
-    view: LedgerView,
-    *,
-    coordinator: Coordinator,
-    scan: InputScan,
-    clock: Clock,
-) -> Recorder:
-    """The run's recorder, its summary starting from the input as ``scan`` found it
-    (:func:`planned_by_scan`)."""
-    recorder = Recorder(
-        store,
-        view,
-        JobSummary(job.name),
-        clock,
-        coordinator=coordinator,
-        policy=settings.error_policy,
-    )
-    recorder.summary.input = scan
-    planned_by_scan(recorder, scan)
-    # a move the shared ledger did not write (MAX_RESENDS, by any process) leaves the view
-    store.on_kept_back(view.kept_back)
-    return recorder
-
-
-def build_sender(
-    job: JobConfig,
-    settings: Settings,
-    client: MmsClient,
-    recorder: Recorder,
-    *,
-    clock: Clock,
-    stop: Stop,
-    suppressed: Suppressed,
-) -> GroupSender:
-    """The run's :class:`~bulk_mms.sending.GroupSender`: every send through the error policy
-    (:class:`~bulk_mms.policy.PolicyClient`), paced by :func:`_pacer`, its doubts looked up by
-    a :class:`~bulk_mms.settle.Settler` on ``client``, under the run's caps
-    (:func:`~bulk_mms.caps.run_limits`). A commit that fails, even of an event nobody waits
-    for (a send's outcome), stops the job at once: every wait (a 429's, a pause) ends instead
-    of running its course.
-
-    Raises:
-        ConfigError, LedgerError: as :func:`~bulk_mms.caps.run_limits` does (before the
-            account budget is taken).
-    """
-    limits = run_limits(job, settings, recorder.view, clock)
-    sender = GroupSender(
-        job,
-        settings,
-        PolicyClient(client, settings.error_policy, clock, settings.daily_reset),
-        recorder,
-        clock=clock,
-        stop=stop,
-        pacer=_pacer(job, settings, recorder, clock, stop),
-        settler=Settler(
-            client, settings.records_lag_s, settings.request_timeout, clock, retry=settings.retry
-        ),
-        suppressed=suppressed,
-        limits=limits,
-    )
-    recorder.store.on_failure(sender.fail_ledger)
-    return sender
-
-
-def _pacer(
-    job: JobConfig, settings: Settings, recorder: Recorder, clock: Clock, stop: Stop
-) -> Pacer:
-    """The run's pacer over the job's senders, behind the account budget the processes
-    sharing the job share (the coordinator's; else its own), telling the recorder as its pace
-    changes; the senders refused in an earlier run of the job are out of its pool."""
-    pacing = pacing_config(settings)
-    pacer = Pacer(
-        pacing,
-        job.message.senders,
-        clock=clock,
-        stopped=stop.is_set,
-        budget=recorder.coordinator.account_budget(
-            settings.account,
-            settings.rate,
-            clock,
-            max_cost=max_cost(pacing),
-            stopped=stop.is_set,
-        ),
-    )
-    pacer.on_change = functools.partial(recorder.paced, pacing.cost)
-    for sender in sorted(recorder.view.retired):
-        pacer.retire(sender)
-    return pacer
 
 
 async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | None) -> None:
@@ -1132,126 +913,6 @@ async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | No
             await runner.run(reader)
             await runner.settle()
         await runner.watch_blocked()
-
-
-async def _drain(store: LedgerStore, sender: GroupSender, stop: Stop) -> None:
-    """Wait (:func:`_bounded`) for the run's last events to be durable; a ledger that fails
-    or takes too long stops the job as a failure during the run would."""
-    try:
-        await _bounded(store.drain(), stop)
-    except TimeoutError:
-        sender.fail_ledger(_undrained(store, stop))
-    except LedgerError as exc:
-        sender.fail_ledger(exc)
-
-
-async def _let_go(
-    sender: GroupSender | None, store: LedgerStore, coordinator: Coordinator, stop: Stop
-) -> None:
-    """Let go of what the run held: the sender's budget and caps, then the store (its events
-    durable, or given up, before its claims go), then the claims."""
-    if sender is not None:
-        await sender.close()
-    await _close(store, stop)
-    await _release(coordinator, stop)
-    await coordinator.close()
-
-
-def planned_by_scan(recorder: Recorder, scan: InputScan) -> None:
-    """Record how many of the input's recipients are valid as ``scan`` found them, before the
-    first send: a report of a run that ends before its input's end (a crash, a stop) adds up.
-    Rejected: every row not sent that is not a duplicate, as the plan's own count, with how
-    many of them are suppressed and excluded."""
-    left_out = scan.lost_rows + scan.suppressed + scan.excluded
-    recorder.planned(
-        scan.recipients - scan.suppressed,
-        0,
-        left_out,
-        scan.duplicates,
-        suppressed=scan.suppressed,
-        excluded=scan.excluded,
-    )
-
-
-#: The longest the events of a run that ends are waited for: the database's own bound on a
-#: commit, and much less once a stop was asked for (a signal ends a run within
-#: ``request_timeout`` + 5 s whatever the database does) or forced.
-DRAIN_LIMIT_S = 30.0
-DRAIN_LIMIT_STOPPING_S = 2.0
-DRAIN_LIMIT_FORCED_S = 0.25
-
-
-def _drain_limit(stop: Stop) -> float:
-    """How long a run that ends waits for its last events to be durable."""
-    if stop.forced:
-        return DRAIN_LIMIT_FORCED_S
-    return DRAIN_LIMIT_STOPPING_S if stop.is_set() else DRAIN_LIMIT_S
-
-
-async def _bounded(work: Awaitable[None], stop: Stop) -> None:
-    """Await ``work`` for at most :func:`_drain_limit` s, and at most
-    :data:`DRAIN_LIMIT_STOPPING_S` s once a stop comes meanwhile.
-
-    Raises:
-        TimeoutError: it took longer (``work`` is cancelled).
-    """
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(_drain_limit(stop)) as bound:
-
-        def shorten(_: object) -> None:
-            soon = loop.time() + DRAIN_LIMIT_STOPPING_S
-            if (when := bound.when()) is None or soon < when:
-                bound.reschedule(soon)
-
-        stopping = asyncio.ensure_future(stop.wait())
-        stopping.add_done_callback(shorten)
-        try:
-            await work
-        finally:
-            stopping.remove_done_callback(shorten)
-            stopping.cancel()
-
-
-def _undrained(store: LedgerStore, stop: Stop) -> LedgerUnavailable:
-    return LedgerUnavailable(
-        store.name,
-        f"its last events were not durable within {_drain_limit(stop):g} s (the database is "
-        "locked or gone): what they record is in doubt; rerun to resume",
-    )
-
-
-def _resume(
-    store: LedgerStore,
-    header: Header,
-    columns: tuple[str, ...] | list[str],
-    phone_column: str,
-    scan: InputScan,
-) -> LedgerView:
-    """Fold what the ledger holds (not the delivery statuses: a run needs none); a new ledger
-    gets its header: a new campaign, with its own Idempotency-Keys."""
-    view = store.fold(skip_status=True)
-    if view.header is None:
-        header = replace(
-            header,
-            campaign=secrets.token_hex(8),
-            columns=tuple(c for c in columns if c != phone_column),
-        )
-        # insert-or-read: another process that started at the same moment may have won
-        view.apply(there := store.put_header(header))
-        if there is header:
-            return view
-    check_resumable(view, header, store.name, scan)
-    log.info(
-        "ledger.resumed",
-        ledger=store.name,
-        campaign=view.campaign,
-        sent=view.count("sent"),
-        failed=view.count(FAILED),
-        retry_pending=view.count(RETRY_PENDING),
-        in_doubt=view.count(IN_DOUBT),
-        runs=view.runs,
-    )
-    return view
 
 
 @contextlib.asynccontextmanager
@@ -1268,22 +929,3 @@ async def _showing(runner: Runner, progress: Progress | None) -> AsyncIterator[N
         shower.cancel()
         progress.update(runner.snapshot(total))
         progress.close()
-
-
-async def _release(coordinator: Coordinator, stop: Stop) -> None:
-    """Give back the claims of a run that has ended (:meth:`Coordinator.release
-    <bulk_mms.coordination.Coordinator.release>`), waiting no longer than :func:`_bounded`;
-    claims not given back run out by their lease (``claims.not_given_back``)."""
-    try:
-        await _bounded(coordinator.release(), stop)
-    except (LedgerError, TimeoutError) as exc:
-        log.warning("claims.not_given_back", error=str(exc) or "no answer in time")
-
-
-async def _close(store: LedgerStore, stop: Stop) -> None:
-    """Close the store, waiting for it no longer than :func:`_bounded` (then let go of it
-    with what is not yet durable)."""
-    try:
-        await _bounded(store.close(), stop)
-    except (LedgerError, TimeoutError):
-        store.close_sync()

@@ -237,7 +237,7 @@ class GroupSender:
     behind it), the money and count caps, the deadlines (``run_deadline``, ``expires_at``,
     each group's ``group_deadline``) and the retry digest. The runner reads what it counted
     through :meth:`stats` and lets go of it all with :meth:`close`. What it is built from is
-    built where the run is assembled (:func:`bulk_mms.runner.build_sender`), so a test can
+    built where the run is assembled (:func:`bulk_mms.startup.build_sender`), so a test can
     pass its own.
 
     Args:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bulk_mms import reader, runner, scan
+from bulk_mms import reader, scan, startup
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import Accepted, FakeTelnyx, Fault
@@ -226,7 +226,7 @@ def test_an_export_replaced_between_the_check_and_the_send_sends_nothing(
         path.write_text("phone,first\n" + "".join(f"bad{i},New\n" for i in range(10)))
         return checked
 
-    monkeypatch.setattr(runner, "scan_input", scan_then_replace)
+    monkeypatch.setattr(startup, "scan_input", scan_then_replace)
     fake = FakeTelnyx()
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 2

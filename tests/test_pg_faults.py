@@ -25,9 +25,10 @@ import pytest
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
-from bulk_mms import runner
+from bulk_mms import ending
 from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import Coordinator, Fence, LocalCoordinator, coordinator_for
+from bulk_mms.ending import _bounded
 from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
@@ -53,7 +54,6 @@ from bulk_mms.ledger.postgres import (
 from bulk_mms.ledger.store import LedgerStore, Mode
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
-from bulk_mms.runner import _bounded
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from tests.conftest import JobFactory, numbers
@@ -1327,7 +1327,7 @@ async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
 ) -> None:
     """A drain that never ends is given up (TimeoutError) soon after a stop comes, not after
     the full bound; cancelling the wait raises CancelledError, never swallowed."""
-    monkeypatch.setattr(runner, "DRAIN_LIMIT_STOPPING_S", 0.01)
+    monkeypatch.setattr(ending, "DRAIN_LIMIT_STOPPING_S", 0.01)
     stop = Stop()
     never = asyncio.get_running_loop().create_future()
     waiting = asyncio.create_task(_bounded(never, stop))
