@@ -63,14 +63,27 @@ class Waiting(msgspec.Struct, frozen=True):
 
 
 class ResetHolds(msgspec.Struct, frozen=True):
-    """The members waiting to go again (:func:`waiting`, :func:`capped`), split by the job's
-    deadline (:func:`held_for_reset`)."""
+    """Members held until a reset (:func:`waiting`, :func:`capped`), and which of them no
+    rerun of the job sends before its deadline: made by :func:`held_for_reset`, the one
+    reckoning of it, and read as it is by the run's summary and the report (text, JSON,
+    HTML), so they say the same."""
 
-    #: A rerun sends them before the deadline: from their reset (``after``), or at once.
-    in_time: dict[str, Waiting]
-    #: No rerun of the job before its deadline sends them: their reset comes at or after it
-    #: (or the deadline has passed).
-    past_deadline: dict[str, Waiting]
+    #: Every member held, by number, in ledger order.
+    held: dict[str, Waiting] = {}
+    #: Of :attr:`held`, those no rerun of the job sends before its deadline: their reset
+    #: comes at or after it (or the deadline has passed).
+    past_deadline: dict[str, Waiting] = {}
+
+    @property
+    def in_time(self) -> dict[str, Waiting]:
+        """Of :attr:`held`, those a rerun sends before the deadline: from their reset
+        (``after``), or at once."""
+        return {p: w for p, w in self.held.items() if p not in self.past_deadline}
+
+    @property
+    def until(self) -> float:
+        """When the last of :attr:`in_time` may be sent (0: none waits for a reset)."""
+        return max((w.after for w in self.in_time.values()), default=0.0)
 
 
 def held_for_reset(
@@ -87,11 +100,8 @@ def held_for_reset(
         deadline: the job's (:func:`~bulk_mms.gates.job_deadline`; in a report, the latest
             run's, :attr:`~bulk_mms.ledger.LedgerView.deadline_at`).
     """
-    in_time: dict[str, Waiting] = {}
-    past_deadline: dict[str, Waiting] = {}
-    for phone, w in waits.items():
-        (in_time if before(deadline, max(w.after, now)) else past_deadline)[phone] = w
-    return ResetHolds(in_time, past_deadline)
+    late = {p: w for p, w in waits.items() if not before(deadline, max(w.after, now))}
+    return ResetHolds(dict(waits), late)
 
 
 def past_deadline_words(deadline: dt.datetime | None) -> str:
@@ -102,12 +112,6 @@ def past_deadline_words(deadline: dt.datetime | None) -> str:
         f"no rerun of this job before its deadline{named} sends them: move the deadline "
         "later, or send them in a new job"
     )
-
-
-def _last_reset(waits: Mapping[str, Waiting], past: Mapping[str, Waiting]) -> float:
-    """When the last of ``waits`` that a rerun sends before the deadline (not in ``past``,
-    :attr:`ResetHolds.past_deadline`) may be sent (0: none)."""
-    return max((w.after for p, w in waits.items() if p not in past), default=0.0)
 
 
 class LedgerSummary(msgspec.Struct):
@@ -178,22 +182,21 @@ class LedgerSummary(msgspec.Struct):
     #: Members a delivery report moved out of a sent group (a carrier's limit, a sender
     #: blocked) whose new group no run has tried yet: counted ``not_attempted``, and named
     #: here, each with the code that moved them and when a rerun may send them (wall-clock
-    #: seconds; 0: at once) (:func:`waiting`).
-    waiting: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    #: seconds; 0: at once) (:func:`waiting`), and which of them no rerun of the job sends
+    #: before its :attr:`deadline` (:func:`held_for_reset`), as that run's summary counted
+    #: them.
+    waiting: ResetHolds = msgspec.field(default_factory=ResetHolds)
     #: The job's deadline as the ledger's latest run had it (None: it had none, or the
-    #: ledger was written before runs recorded it), and of :attr:`waiting` those no rerun of
-    #: the job sends before it (:func:`held_for_reset`), as that run's summary counted them.
+    #: ledger was written before runs recorded it).
     deadline: dt.datetime | None = None
-    past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
     #: Whether that deadline had passed as the ledger was summed up: then no rerun of the job
     #: sends anyone left (the first run past it records them ``expired_unsent``).
     deadline_passed: bool = False
     #: Members of groups pending a rerun whose carrier's cap (40016, refused at the send)
-    #: has not lifted yet, each with when it does (:func:`capped`), and of those the ones no
+    #: has not lifted yet, each with when it does (:func:`capped`), and which of them no
     #: rerun of the job sends before its deadline (:func:`held_for_reset`), as the run that
     #: met the cap said (:class:`~bulk_mms.errors.ResetAfterDeadline`).
-    capped: dict[str, Waiting] = msgspec.field(default_factory=dict)
-    capped_past_deadline: dict[str, Waiting] = msgspec.field(default_factory=dict)
+    capped: ResetHolds = msgspec.field(default_factory=ResetHolds)
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
@@ -259,7 +262,7 @@ class LedgerSummary(msgspec.Struct):
     def not_sent_yet(self) -> int:
         """Recipients not attempted that wait for nothing (:attr:`waiting` apart): a plain
         rerun sends them; the ledger counts them, it does not name them."""
-        return self.recipient_states.not_attempted - len(self.waiting)
+        return self.recipient_states.not_attempted - len(self.waiting.held)
 
     @property
     def achieved_rate(self) -> float | None:
@@ -267,23 +270,6 @@ class LedgerSummary(msgspec.Struct):
         if self.sending_seconds <= 0:
             return None
         return self.sent_events / self.sending_seconds
-
-    @property
-    def waiting_in_time(self) -> int:
-        """Of :attr:`waiting`, those a rerun sends before the job's deadline."""
-        return len(self.waiting) - len(self.past_deadline)
-
-    @property
-    def waiting_until(self) -> float:
-        """When the last member waiting for a carrier's reset that a rerun sends before the
-        job's deadline may be sent (0: none waits so)."""
-        return _last_reset(self.waiting, self.past_deadline)
-
-    @property
-    def capped_until(self) -> float:
-        """When the carrier's cap lifts for the last of the groups pending a rerun that it
-        holds and a rerun sends before the job's deadline (0: none is held so)."""
-        return _last_reset(self.capped, self.capped_past_deadline)
 
     @property
     def total_cost(self) -> Decimal | None:
@@ -310,8 +296,8 @@ class LedgerSummary(msgspec.Struct):
             "opted_out_recipients": r.opted_out,
             "retry_pending_groups": self.retry_pending_groups,
             "retry_pending_recipients": r.retry_pending,
-            "retry_pending_not_before": minute_utc(self.capped_until),
-            "retry_pending_past_deadline": len(self.capped_past_deadline),
+            "retry_pending_not_before": minute_utc(self.capped.until),
+            "retry_pending_past_deadline": len(self.capped.past_deadline),
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
             "input_rows": self.rows.rows,
@@ -323,9 +309,9 @@ class LedgerSummary(msgspec.Struct):
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
-            "waiting_recipients": self.waiting_in_time,
-            "waiting_not_before": minute_utc(self.waiting_until),
-            "waiting_past_deadline": len(self.past_deadline),
+            "waiting_recipients": len(self.waiting.in_time),
+            "waiting_not_before": minute_utc(self.waiting.until),
+            "waiting_past_deadline": len(self.waiting.past_deadline),
             "deadline": minute_utc(self.deadline.timestamp()) if self.deadline else None,
             "deadline_passed": self.deadline_passed,
             "cost": str(total) if total is not None else None,
@@ -380,13 +366,11 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.delivery = view.delivery()
     s.undelivered = list(view.not_received().items())
     s.delivery_codes, s.delivery_actions = _delivery_codes(view, s.undelivered)
-    s.waiting = waiting(view)
     s.deadline = view.deadline_at
     now = (clock or SystemClock()).wall()
     s.deadline_passed = not before(s.deadline, now)
-    s.past_deadline = held_for_reset(s.waiting, now, s.deadline).past_deadline
-    s.capped = capped(view, now)
-    s.capped_past_deadline = held_for_reset(s.capped, now, s.deadline).past_deadline
+    s.waiting = held_for_reset(waiting(view), now, s.deadline)
+    s.capped = held_for_reset(capped(view, now), now, s.deadline)
     s.unsent = _unsent(view, _reset_words(s))
     return s
 
@@ -446,12 +430,12 @@ def _reset_words(s: LedgerSummary) -> dict[str, str]:
     """What the table adds to the why of each group pending a rerun that a carrier's cap
     holds (:attr:`LedgerSummary.capped`), by its id: from when a rerun sends it, or that no
     rerun before the job's deadline does."""
-    late = {w.group for w in s.capped_past_deadline.values()}
+    late = {w.group for w in s.capped.past_deadline.values()}
     return {
         w.group: f"; {past_deadline_words(s.deadline)}"
         if w.group in late
         else f"; a rerun from {minute_utc(w.after)} sends them"
-        for w in s.capped.values()
+        for w in s.capped.held.values()
     }
 
 
@@ -463,10 +447,10 @@ def rerun_words(s: LedgerSummary) -> str:
     rerun of the job before it (:func:`past_deadline_words`, as that run said); once the
     latest run's deadline has passed (:attr:`LedgerSummary.deadline_passed`), none: a run
     then records them expired."""
-    if s.deadline_passed or s.capped_past_deadline:
+    if s.deadline_passed or s.capped.past_deadline:
         return past_deadline_words(s.deadline)
-    if s.capped:
-        return f"a rerun from {minute_utc(s.capped_until)} sends them"
+    if s.capped.held:
+        return f"a rerun from {minute_utc(s.capped.until)} sends them"
     return "a plain rerun sends them"
 
 
@@ -474,27 +458,29 @@ def _retry_note(s: LedgerSummary) -> str:
     """The retry-pending row's note: a rerun sends them (:func:`rerun_words`), but those a
     carrier's cap holds (:attr:`LedgerSummary.capped`) only from its reset, or, past the
     job's deadline, none."""
-    late = len(s.capped_past_deadline)
-    waits = [
-        *([f"{len(s.capped) - late} wait for a carrier's reset"] * (len(s.capped) > late)),
-        *([f"{late} wait past the job's deadline"] * bool(late)),
-    ]
+    waits = _waits(s.capped, "wait for a carrier's reset")
     if not waits:
         return f"  ({rerun_words(s)})"
-    rest = s.recipient_states.retry_pending - len(s.capped)
+    rest = s.recipient_states.retry_pending - len(s.capped.held)
     return f"  ({', '.join(waits)}: see below{f'; the rest: {rerun_words(s)}' * bool(rest)})"
 
 
 def _waiting_note(s: LedgerSummary) -> str:
     """The not-attempted row's note when some of them wait to go again (:func:`waiting`):
     those a rerun sends before the job's deadline apart from those it does not."""
-    others, late = s.not_sent_yet, len(s.past_deadline)
-    waits = [
-        *([f"{s.waiting_in_time} wait to go again"] * bool(s.waiting_in_time)),
+    others = s.not_sent_yet
+    rest = f"; {others} {not_sent_yet_words(s)}" if others else ""
+    return f"  ({', '.join(_waits(s.waiting, 'wait to go again'))}: see below{rest})"
+
+
+def _waits(holds: ResetHolds, what: str) -> list[str]:
+    """How many of ``holds`` ``what`` (a rerun sends them before the job's deadline), and
+    how many wait past the deadline: each when there are any."""
+    in_time, late = len(holds.in_time), len(holds.past_deadline)
+    return [
+        *([f"{in_time} {what}"] * bool(in_time)),
         *([f"{late} wait past the job's deadline"] * bool(late)),
     ]
-    rest = f"; {others} {not_sent_yet_words(s)}" if others else ""
-    return f"  ({', '.join(waits)}: see below{rest})"
 
 
 def not_sent_yet_words(s: LedgerSummary) -> str:
@@ -514,12 +500,12 @@ def not_attempted_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
 
 def _waiting_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
     """The members waiting to go again (:func:`waiting`), by the code that moved them and
-    whether a rerun sends them before the job's deadline (:attr:`LedgerSummary.past_deadline`),
+    whether a rerun sends them before the job's deadline (:attr:`ResetHolds.past_deadline`),
     most first: how many, and why in words (from when a rerun sends them, or that none
     before the deadline does)."""
     by_code: dict[tuple[str, bool], list[Waiting]] = {}
-    for phone, w in s.waiting.items():
-        by_code.setdefault((w.code, phone in s.past_deadline), []).append(w)
+    for phone, w in s.waiting.held.items():
+        by_code.setdefault((w.code, phone in s.waiting.past_deadline), []).append(w)
     out = []
     for (code, late), ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
         after = max(w.after for w in ws)
@@ -579,9 +565,9 @@ def _delivery_lines(s: LedgerSummary, d: dict[str, Any], path: Location) -> list
         return []
     lines = ["delivery     (recipients of sent groups, latest status)"]
     lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
-    if s.waiting:
+    if s.waiting.held:
         lines.append(
-            f"  of these, {count(len(s.waiting), 'recipient')} moved out of their group to "
+            f"  of these, {count(len(s.waiting.held), 'recipient')} moved out of their group to "
             'go again (under "not sent, and why"), by the status that moved them'
         )
     if d["delivery_unconfirmed"]:
@@ -616,7 +602,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         groups = s.groups[state] if state in s.groups or state != NOT_ATTEMPTED else ""
         said = note
         if state == NOT_ATTEMPTED:
-            said = _waiting_note(s) if s.waiting else f"  ({not_sent_yet_words(s)})"
+            said = _waiting_note(s) if s.waiting.held else f"  ({not_sent_yet_words(s)})"
         if state == RETRY_PENDING:
             said = _retry_note(s)
         if state == FAILED and (s.misses[Miss.EXPIRED] or s.recipient_states.opted_out):
@@ -626,7 +612,7 @@ def format_text(s: LedgerSummary, path: Location) -> str:
         "" if s.recipient_states.input_read else "  (so far: no run has read the whole input)"
     )
     lines += [f"{'valid':15}{'':>8}{r['valid']:>12}{valid_note}", "", *_rows_lines(s.rows), ""]
-    if s.unsent or s.waiting:
+    if s.unsent or s.waiting.held:
         lines.append("not sent, and why")
         for (state, why), (groups, recipients) in s.unsent.items():
             lines.append(

@@ -179,7 +179,7 @@ def test_a_deadline_moved_past_the_reset_makes_the_rerun_promise_again(tmp_path:
     again that a rerun from the reset sends the member, as the run would (exit 5)."""
     path = write_ledger(tmp_path / "l.jsonl", capped(run(DEADLINE), run(LATER)))
     s = summarize(path, clock=Clock(MORNING))
-    assert (s.as_dict()["waiting_recipients"], len(s.past_deadline)) == (1, 0)
+    assert (s.as_dict()["waiting_recipients"], len(s.waiting.past_deadline)) == (1, 0)
     assert "a rerun from 2026-11-26T08:00Z sends them" in format_text(s, path)
 
 
@@ -204,9 +204,9 @@ def test_once_the_deadline_has_passed_no_member_waiting_is_promised_a_rerun(
     sent by no rerun before the deadline: the clock the report is given decides."""
     early = [*capped(run(DEADLINE))[:-1], Moved("g1", (C,), "", "40016", "t", 1.0)]
     path = write_ledger(tmp_path / "l.jsonl", early)
-    assert summarize(path, clock=Clock(MORNING)).past_deadline == {}
+    assert summarize(path, clock=Clock(MORNING)).waiting.past_deadline == {}
     late = summarize(path, clock=Clock(LATER))
-    assert list(late.past_deadline) == [C]
+    assert list(late.waiting.past_deadline) == [C]
     assert past_deadline_words(DEADLINE) in format_text(late, path)
 
 

@@ -28,7 +28,7 @@ from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import RecipientCounts
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
-from bulk_mms.report import LedgerSummary, Waiting, summarize
+from bulk_mms.report import LedgerSummary, ResetHolds, Waiting, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.words import error_words
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, missing, numbers, ok_receipt
@@ -130,7 +130,9 @@ def test_the_page_says_why_each_recipient_not_attempted_is_not_sent() -> None:
     sends them, the rest as a plain rerun's; every valid recipient is accounted for."""
     waiting = {p: Waiting("g4", "40016", 1_796_544_000.0) for p in numbers(2)}
     states = RecipientCounts(10, 5, 0, 0, 0, 5, input_read=True)
-    page = render(LedgerSummary(recipient_states=states, waiting=waiting), Timeline(), "ledger")
+    page = render(
+        LedgerSummary(recipient_states=states, waiting=ResetHolds(waiting)), Timeline(), "ledger"
+    )
     capped = (
         f"{error_words('40016')}: moved out of their sent group; a rerun from "
         "2026-12-06T08:00Z sends them"
