@@ -356,7 +356,7 @@ class Recorder:
         ``resets``, when the carrier's cap that refused it lifts (0: none did)."""
         attempts, throttled = tries
         retired = err.sender if isinstance(err, SenderRefused) else None
-        retryable = retired is not None or isinstance(err, RetryableSendError)
+        retryable = retired is not None or isinstance(err, RetryableSendError | LimitReached)
         first = err.errors[0] if err.errors else None
         if retired is not None:  # not the group's failure: it goes out from another sender
             log.warning("group.rerouted", group=group.id, code=err.code, sender=retired)
@@ -405,7 +405,12 @@ class Recorder:
 def settled(err: FatalSendError) -> SendError:
     """Where a group stands after the error that stopped the job: a redirect that may follow a
     processed POST (301/302/303, "see the result there") leaves it in doubt; a refused key or
-    a 307/308 ("send it there instead") left it unsent, for a rerun to send."""
+    a 307/308 ("send it there instead") left it unsent, for a rerun to send; a cap
+    (:class:`~bulk_mms.errors.LimitReached`: a carrier's, the account's daily_recipients, the
+    job's max_cost) stands as it is, unsent and pending a rerun once it lifts (its ``failed``
+    event keeps the reset, :func:`reset_of`) or is raised."""
+    if isinstance(err, LimitReached):
+        return err
     if isinstance(err, EndpointError) and err.status in (301, 302, 303):
         return AmbiguousSendError(
             f"{err.message}; the server may have acted on it first", status=err.status
@@ -416,8 +421,8 @@ def settled(err: FatalSendError) -> SendError:
 def reset_of(err: SendError) -> float:
     """When the cap that refused a group lifts by itself, as the error that says so has it
     (:class:`~bulk_mms.errors.LimitReached`'s ``resumes_at``: a carrier's daily cap, its
-    reset from :func:`~bulk_mms.policy.carrier_reset`), for its ``failed`` event; 0 for any
-    other error."""
+    reset from :func:`~bulk_mms.policy.carrier_reset`; the account's ``daily_recipients``,
+    the next day's start), for its ``failed`` event; 0 for any other error."""
     return (err.resumes_at or 0.0) if isinstance(err, LimitReached) else 0.0
 
 

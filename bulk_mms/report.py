@@ -46,7 +46,7 @@ from bulk_mms.ledger.fold import (
     action_of,
 )
 from bulk_mms.summary import minute_utc, percentile
-from bulk_mms.words import OPEN, count, error_words, escaped, why_code, why_words
+from bulk_mms.words import OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
 
 #: Why a ledger without a job header cannot be summed up.
 NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
@@ -192,10 +192,11 @@ class LedgerSummary(msgspec.Struct):
     #: Whether that deadline had passed as the ledger was summed up: then no rerun of the job
     #: sends anyone left (the first run past it records them ``expired_unsent``).
     deadline_passed: bool = False
-    #: Members of groups pending a rerun whose carrier's cap (40016, refused at the send)
-    #: has not lifted yet, each with when it does (:func:`capped`), and which of them no
-    #: rerun of the job sends before its deadline (:func:`held_for_reset`), as the run that
-    #: met the cap said (:class:`~bulk_mms.errors.ResetAfterDeadline`).
+    #: Members of groups pending a rerun whose cap (a carrier's 40016 refused at the send, or
+    #: the account's ``daily_recipients`` before it left) has not lifted yet, each with when
+    #: it does (:func:`capped`), and which of them no rerun of the job sends before its
+    #: deadline (:func:`held_for_reset`), as the run that met the cap said
+    #: (:class:`~bulk_mms.errors.ResetAfterDeadline`).
     capped: ResetHolds = msgspec.field(default_factory=ResetHolds)
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
@@ -415,9 +416,10 @@ def waiting(view: LedgerView) -> dict[str, Waiting]:
 
 
 def capped(view: LedgerView, now: float) -> dict[str, Waiting]:
-    """The members of groups pending a rerun that a carrier's cap refused at the send and
-    that it still holds at ``now`` (:attr:`~bulk_mms.ledger.GroupRecord.resets`, the reset
-    the run that met it worked out), each with the code and when a run may send them."""
+    """The members of groups pending a rerun that a cap refused at the send (a carrier's, or
+    the account's daily one) and that it still holds at ``now``
+    (:attr:`~bulk_mms.ledger.GroupRecord.resets`, the reset the run that met it worked out),
+    each with the code and when a run may send them."""
     return {
         phone: Waiting(rec.id, why_code(rec.why), rec.resets)
         for rec in view.groups.values()
@@ -456,9 +458,10 @@ def rerun_words(s: LedgerSummary) -> str:
 
 def _retry_note(s: LedgerSummary) -> str:
     """The retry-pending row's note: a rerun sends them (:func:`rerun_words`), but those a
-    carrier's cap holds (:attr:`LedgerSummary.capped`) only from its reset, or, past the
-    job's deadline, none."""
-    waits = _waits(s.capped, "wait for a carrier's reset")
+    cap holds (:attr:`LedgerSummary.capped`: "a carrier's", or "a cap's" when the account's
+    own is among them) only from its reset, or, past the job's deadline, none."""
+    own = any(w.code == OWN_CAP for w in s.capped.held.values())
+    waits = _waits(s.capped, f"wait for {'a cap' if own else 'a carrier'}'s reset")
     if not waits:
         return f"  ({rerun_words(s)})"
     rest = s.recipient_states.retry_pending - len(s.capped.held)

@@ -511,13 +511,14 @@ class GroupSender:
 
     async def _reserve(self, tries: _Tries) -> None:
         """Every gate is open now, no member is on the suppression list as it now stands, and
-        every cap (money, count) has room for the group."""
+        every cap (money, count) has room for the group: else the group's tries end on the
+        cap's :class:`LimitReached` (recorded pending a rerun, with the reset of a daily cap,
+        as a carrier's is: :meth:`conclude`), and the job stops."""
         self._check_gates(tries)
         self._check_optouts(tries)
         for limit in self.limits:
             if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
-                self._fail(over, "limit")
-                raise StopRetrying
+                raise StopRetrying(over)  # the group's tries end on it, as on a carrier's cap
 
     async def _take_slot(self, tries: _Tries, ticket: Ticket) -> float | None:
         """The attempt is on record: wait for the moment the request may leave (the pacer's

@@ -27,6 +27,11 @@ from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME, RECORDED_DOUBT
 #: The why of a group with an attempt and no outcome after it, in a ledger no later run read.
 OPEN: Final = "attempted; no outcome recorded"
 _HELD: Final = "held: a plain rerun does not resend it (--resend-in-doubt does)"
+#: The code of a ``failed`` event for a cap of the account's or the job's own
+#: (``daily_recipients``, ``max_cost``) met before the request left
+#: (:class:`~bulk_mms.errors.LimitReached` without a Telnyx code); a carrier's cap records
+#: its Telnyx code (40016).
+OWN_CAP: Final = "LimitReached"
 
 #: Each recorded kind of error or reason that is not a Telnyx code or an HTTP status, in words.
 BY_KIND: Final[Mapping[str, str]] = {
@@ -45,7 +50,8 @@ BY_KIND: Final[Mapping[str, str]] = {
     "AuthError": "the API key was refused",
     "NotFound": "the API answered 404: not found",
     "FatalSendError": "the job stopped: no request could succeed as configured",
-    "LimitReached": "a carrier's cap was reached; a run after it resets sends it",
+    OWN_CAP: "not sent yet: the account's daily cap ([limits] daily_recipients) or the "
+    "job's max_cost was reached before its request left",
     "AccountRefused": "the account refused to send (funds or the profile's spend limit)",
     "SendError": "sending failed",
     EXPIRED_UNSENT: "not sent before the job's deadline: a late message is worse than none",

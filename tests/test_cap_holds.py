@@ -8,6 +8,7 @@ rerun from the reset sends it."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from bulk_mms.report import format_text, not_attempted_reasons, past_deadline_wo
 from bulk_mms.runner import run_job
 from bulk_mms.sharing import Sharing
 from bulk_mms.testing import ledger_events, write_ledger
+from bulk_mms.words import BY_KIND, OWN_CAP
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt, real_client
 from tests.test_deadline_report import DEADLINE, LATER, MORNING, RESET, Clock, refused, run
 
@@ -234,3 +236,46 @@ async def test_a_group_refused_by_the_cap_waits_for_its_reset_then_goes(
     assert fake.recipient_counts() == dict.fromkeys(numbers(4), 1)
     failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert [(e["code"], e["resets"]) for e in failed] == [("40016", RESET.timestamp())]
+
+
+async def test_the_accounts_daily_cap_is_reported_with_its_reset_and_held_until_it(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[limits] daily_recipients met mid-run, the real client against the fake API: the run
+    exits 5 naming the next day; its group the cap refused is recorded with the cap's reset,
+    so the report (table, JSON, page) counts who was not sent and says a rerun from the reset
+    sends them; a rerun before the reset asks the API nothing (exit 5), one after it sends
+    the rest (exit 0)."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 2")
+    settings = replace(ONE, daily_recipients=4)
+    clock = FakeClock(wall=MORNING.timestamp())
+    fake = FakeTelnyx()
+    async with real_client(fake) as client:
+        first = await run_job(job, settings, client, clock=clock)
+        capsys.readouterr()
+        assert run_outcome(first) == LimitReached.exit_code
+        assert "the next day's run (after 00:00 America/Los_Angeles)" in capsys.readouterr().err
+        failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+        assert [(e["code"], e["resets"]) for e in failed] == [(OWN_CAP, RESET.timestamp())]
+        s = summarize(job.ledger, clock=Clock(SOON))
+        text = format_text(s, job.ledger)
+        assert "retry pending         1           2  (2 wait for a cap's reset: see below)" in text
+        said = f"{BY_KIND[OWN_CAP]}; a rerun from 2026-11-26T08:00Z sends them"
+        assert f"retry pending 1 group, 2 recipients: {said}" in text
+        assert "(not sent yet: a rerun from 2026-11-26T08:00Z sends them)" in text
+        d = s.as_dict()
+        assert (d["sent_recipients"], d["retry_pending_recipients"]) == (4, 2)
+        assert (d["recipients"]["not_attempted"], d["retry_pending_not_before"]) == (
+            2,
+            "2026-11-26T08:00Z",
+        )
+        assert html.escape(said) in render(s, Timeline(), "l")
+        asked = len(fake.requests)
+        clock.step_wall(3600)
+        before = await run_job(job, settings, client, clock=clock)
+        assert (run_outcome(before), len(fake.requests)) == (LimitReached.exit_code, asked)
+        clock.step_wall((LATER - SOON).total_seconds())
+        after = await run_job(job, settings, client, clock=clock)
+        assert run_outcome(after) == Exit.OK
+    assert fake.recipient_counts() == dict.fromkeys(numbers(8), 1)

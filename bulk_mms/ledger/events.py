@@ -245,10 +245,10 @@ class Failed(_Outcome, frozen=True):
     #: answer's code (:func:`~bulk_mms.policy.error_action`); None when it has none (and in
     #: a ledger written before it was kept: the fold reads the built-in table then).
     action: Action | None = None
-    #: When the carrier's cap that refused it at the send lifts (40016's next daily reset:
-    #: ``resumes_at`` of the :class:`~bulk_mms.errors.LimitReached` the error policy made of
-    #: the refusal), wall-clock seconds: the earliest a run may send it again. 0: no cap
-    #: held it (and in a ledger written before it was kept).
+    #: When the cap that refused it at the send lifts (40016's next daily reset: ``resumes_at``
+    #: of the :class:`~bulk_mms.errors.LimitReached` the error policy made of the refusal; or
+    #: the account's ``daily_recipients``' next day), wall-clock seconds: the earliest a run
+    #: may send it again. 0: no cap held it (and in a ledger written before it was kept).
     resets: float = 0.0
     kind: ClassVar[str] = "failed"
 

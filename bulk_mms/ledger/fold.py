@@ -170,7 +170,8 @@ class GroupRecord(msgspec.Struct):
     #: is their new group's.
     moved: tuple[str, ...] = ()
     moved_after: float = 0.0
-    #: Pending a rerun because a carrier's cap refused it at the send: when the cap lifts
+    #: Pending a rerun because a cap refused it at the send (a carrier's, or the account's
+    #: ``daily_recipients``; a run holds it for a carrier's only): when the cap lifts
     #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock),
     #: the earliest a run may send it again. 0: no cap holds it.
     resets: float = 0.0
