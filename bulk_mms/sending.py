@@ -518,7 +518,10 @@ class GroupSender:
         self._check_optouts(tries)
         for limit in self.limits:
             if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
-                raise StopRetrying(over)  # the group's tries end on it, as on a carrier's cap
+                self._fail(over, "limit")  # at once: no other group takes room meanwhile
+                # its tries end on the cap, as on a carrier's; one in doubt since an earlier
+                # run stays so, unrecorded (the cap says nothing of whether it was sent)
+                raise StopRetrying(None if tries.ambiguous else over)
 
     async def _take_slot(self, tries: _Tries, ticket: Ticket) -> float | None:
         """The attempt is on record: wait for the moment the request may leave (the pacer's
