@@ -56,7 +56,7 @@ import structlog
 from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.config.settings import day_start, next_day_start
-from bulk_mms.errors import ConfigError, LedgerError, LimitReached
+from bulk_mms.errors import ConfigError, LedgerError, LimitReached, MaxCostReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
 from bulk_mms.models import Group, Money, SendReceipt
@@ -469,7 +469,7 @@ class SpendCeiling:
         holder = (self.ledger, group.id)  # a takeover's holds what the group held already
         used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder)
         if used is not None:
-            return LimitReached(
+            return MaxCostReached(
                 f"the job's spend ceiling (max_cost {self.ceiling} {self.price.currency}) "
                 f"would be passed: {used} spent or in flight, {need} more next; "
                 "resumable once max_cost is raised",

@@ -24,8 +24,9 @@
      └── SendError                        one request failed; the runner decides
           ├── FatalSendError              no group can succeed as configured; the job stops
           │    ├── AuthError(status)   3    401/403: the key is refused
-          │    ├── LimitReached        5    a carrier's cap (40016), daily_recipients, max_cost,
-          │    │                            a burst of spam filtering: resumable
+          │    ├── LimitReached        5    a carrier's cap (40016), daily_recipients, a burst
+          │    │    │                       of spam filtering: resumable
+          │    │    └── MaxCostReached        the job's max_cost: resumable once it is raised
           │    ├── AccountRefused      6    no funds (20100), spend limit (40333), every
           │    │                            sender of the job refused (40003/40315)
           │    ├── EndpointError       2    a 3xx (never followed), a 404/405 to the send, or a
@@ -291,6 +292,11 @@ class LimitReached(FatalSendError):
     ) -> None:
         self.resumes_at = resumes_at
         super().__init__(message, status=status, errors=errors)
+
+
+class MaxCostReached(LimitReached):
+    """The job's ``max_cost`` would be passed by the next group: stop, resumable once it is
+    raised (it never lifts by itself)."""
 
 
 class AccountRefused(FatalSendError):

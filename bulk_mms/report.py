@@ -46,7 +46,7 @@ from bulk_mms.ledger.fold import (
     action_of,
 )
 from bulk_mms.summary import minute_utc, percentile
-from bulk_mms.words import OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
+from bulk_mms.words import MAX_COST, OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
 
 #: Why a ledger without a job header cannot be summed up.
 NO_HEADER = "is empty: no job header, so not a bulk-mms ledger (or nothing was ever written to it)"
@@ -198,6 +198,10 @@ class LedgerSummary(msgspec.Struct):
     #: deadline (:func:`held_for_reset`), as the run that met the cap said
     #: (:class:`~bulk_mms.errors.ResetAfterDeadline`).
     capped: ResetHolds = msgspec.field(default_factory=ResetHolds)
+    #: Whether a group pending a rerun was refused by the job's ``max_cost``
+    #: (:class:`~bulk_mms.errors.MaxCostReached`): no rerun sends it, nor those not
+    #: attempted, until ``max_cost`` is raised.
+    max_cost_reached: bool = False
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
@@ -372,6 +376,9 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.deadline_passed = not before(s.deadline, now)
     s.waiting = held_for_reset(waiting(view), now, s.deadline)
     s.capped = held_for_reset(capped(view, now), now, s.deadline)
+    s.max_cost_reached = any(
+        rec.state == RETRY_PENDING and why_code(rec.why) == MAX_COST for rec in view.groups.values()
+    )
     s.unsent = _unsent(view, _reset_words(s))
     return s
 
@@ -448,12 +455,14 @@ def rerun_words(s: LedgerSummary) -> str:
     left them), from its reset, or, when that comes at or after the job's deadline, no
     rerun of the job before it (:func:`past_deadline_words`, as that run said); once the
     latest run's deadline has passed (:attr:`LedgerSummary.deadline_passed`), none: a run
-    then records them expired."""
+    then records them expired. Once the job's ``max_cost`` refused a group
+    (:attr:`LedgerSummary.max_cost_reached`), only a rerun with it raised."""
     if s.deadline_passed or s.capped.past_deadline:
         return past_deadline_words(s.deadline)
+    raised = " with max_cost raised" if s.max_cost_reached else ""
     if s.capped.held:
-        return f"a rerun from {minute_utc(s.capped.until)} sends them"
-    return "a plain rerun sends them"
+        return f"a rerun from {minute_utc(s.capped.until)}{raised} sends them"
+    return f"a rerun{raised} sends them" if raised else "a plain rerun sends them"
 
 
 def _retry_note(s: LedgerSummary) -> str:

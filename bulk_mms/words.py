@@ -27,11 +27,12 @@ from bulk_mms.ledger.fold import ENDED_WITHOUT_OUTCOME, RECORDED_DOUBT
 #: The why of a group with an attempt and no outcome after it, in a ledger no later run read.
 OPEN: Final = "attempted; no outcome recorded"
 _HELD: Final = "held: a plain rerun does not resend it (--resend-in-doubt does)"
-#: The code of a ``failed`` event for a cap of the account's or the job's own
-#: (``daily_recipients``, ``max_cost``) met before the request left
-#: (:class:`~bulk_mms.errors.LimitReached` without a Telnyx code); a carrier's cap records
-#: its Telnyx code (40016).
+#: The code of a ``failed`` event for the account's own cap (``daily_recipients``) met before
+#: the request left (:class:`~bulk_mms.errors.LimitReached` without a Telnyx code); a
+#: carrier's cap records its Telnyx code (40016).
 OWN_CAP: Final = "LimitReached"
+#: ... and of one the job's ``max_cost`` refused (:class:`~bulk_mms.errors.MaxCostReached`).
+MAX_COST: Final = "MaxCostReached"
 
 #: Each recorded kind of error or reason that is not a Telnyx code or an HTTP status, in words.
 BY_KIND: Final[Mapping[str, str]] = {
@@ -50,8 +51,9 @@ BY_KIND: Final[Mapping[str, str]] = {
     "AuthError": "the API key was refused",
     "NotFound": "the API answered 404: not found",
     "FatalSendError": "the job stopped: no request could succeed as configured",
-    OWN_CAP: "not sent yet: the account's daily cap ([limits] daily_recipients) or the "
-    "job's max_cost was reached before its request left",
+    OWN_CAP: "not sent yet: the account's daily cap ([limits] daily_recipients) was reached "
+    "before its request left",
+    MAX_COST: "not sent yet: the job's max_cost was reached before its request left",
     "AccountRefused": "the account refused to send (funds or the profile's spend limit)",
     "SendError": "sending failed",
     EXPIRED_UNSENT: "not sent before the job's deadline: a late message is worse than none",

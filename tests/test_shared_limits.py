@@ -33,7 +33,7 @@ from bulk_mms.caps import (
 )
 from bulk_mms.clock import SystemClock
 from bulk_mms.console import exit_for
-from bulk_mms.errors import LedgerError, LimitReached
+from bulk_mms.errors import LedgerError, LimitReached, MaxCostReached
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.jsonl import JsonlStore
@@ -42,9 +42,10 @@ from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
-from bulk_mms.report import summarize
+from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ok_receipt
+from bulk_mms.words import BY_KIND, MAX_COST
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
 from tests.test_pg_faults import _config, _count, _locked, _stopped, _terminate
 from tests.test_postgres import KEY, run_cli
@@ -165,6 +166,29 @@ async def test_a_run_counts_null_cost_sends_at_the_configured_price_against_max_
     assert isinstance(s.error, LimitReached)
     assert exit_for(s.error) == 5
     assert len(client.sent_numbers()) == 8
+
+
+async def test_a_max_cost_stop_is_reported_as_needing_max_cost_raised(jobs: JobFactory) -> None:
+    """max_cost met after two groups of four: the refused group is recorded MaxCostReached, and
+    the report says a rerun with max_cost raised sends the rest (not "a plain rerun", which
+    would stop there again); the rerun with it raised sends the eight left, each number once."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "0.05"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+    client = FakeClient()
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, MaxCostReached)
+    assert exit_for(s.error) == 5
+    text = format_text(summarize(job.ledger), job.ledger)
+    assert "retry pending         1           4  (a rerun with max_cost raised sends them)" in text
+    assert "(not sent yet: a rerun with max_cost raised sends them)" in text
+    assert f"retry pending 1 group, 4 recipients: {BY_KIND[MAX_COST]}" in text
+    assert "plain rerun" not in text
+    raised = jobs.job(extra='group_size = 4\nmax_cost = "1.00"')
+    again = await run_job(raised, settings, client, clock=FakeClock())
+    assert again.error is None
+    assert sorted(client.sent_numbers()) == sorted(numbers(16))
+    assert "plain rerun" not in format_text(summarize(job.ledger), job.ledger)
 
 
 async def test_a_run_stopped_by_a_failed_attempt_write_gives_its_room_back(
