@@ -86,6 +86,11 @@ class LongLine:
         return text[:SHOWN_CHARS].replace("\r", "\\r") + "…"
 
 
+def line_start(raw: bytes | LongLine) -> bytes:
+    """A line's bytes, or an over-long one's first bytes."""
+    return raw.head if type(raw) is LongLine else raw
+
+
 class Lines:
     """A file's lines (bytes), in order and numbered from 1.
 

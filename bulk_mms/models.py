@@ -92,6 +92,15 @@ SHOWN_CHARS = 200
 
 
 @final  # see Recipient
+class Row(msgspec.Struct, frozen=True):
+    """One input record as read (:class:`~bulk_mms.reader.RowReader`): its first line and the
+    fields the job needs."""
+
+    line: int
+    fields: dict[str, str]
+
+
+@final  # see Recipient
 class RejectedRow(msgspec.Struct, frozen=True):
     """An input row that will not be sent, and why: its value is the row's text, or its phone,
     at most :data:`SHOWN_CHARS` characters of it."""

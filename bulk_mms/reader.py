@@ -20,6 +20,8 @@ A CSV file's columns are separated by the job's ``delimiter`` (a comma unless it
 its quoting, its rows' widths and the checks of its quoted fields all go by it; a file of failed
 recipients bulk-mms wrote is read with the separator its header shows, whatever was asked
 (:func:`~bulk_mms.csvfile.own_delimiter`).
+
+The CSV rows are read here; a JSONL file, once open, is handed to :mod:`bulk_mms.jsonl_rows`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import errno
 import gzip
 import hashlib
 import io
-import json
 import os
 import stat
 from collections import deque
@@ -39,29 +40,28 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self, cast, final
+from typing import IO, Self, cast
 
 import msgspec
-import orjson
 
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, DELIMITERS, own_delimiter, read_cell, toml_string
-from bulk_mms.decoding import LineDecoder, likely_encoding, whole_encoding
+from bulk_mms.decoding import LineDecoder, whole_encoding
 from bulk_mms.errors import InputError
+from bulk_mms.jsonl_rows import JsonlRows
 from bulk_mms.lines import (
     BLOCK_BYTES,
     BOM,
     CSV_LONE_CR,
     CSV_LONE_CR_WHY,
-    JSONL_LONE_CR_WHY,
     MAC_CSV,
-    MAC_JSONL,
     MAX_LINE_BYTES,
     TOO_LONG,
     Lines,
     LongLine,
+    line_start,
     old_mac_ends,
 )
-from bulk_mms.models import SHOWN_CHARS, RejectedRow
+from bulk_mms.models import SHOWN_CHARS, RejectedRow, Row
 from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
 
 # BLOCK_BYTES and MAX_LINE_BYTES are bulk_mms.lines' sizes, MAX_RECORD_LINES bulk_mms.spans'
@@ -164,14 +164,6 @@ class FileStamp(msgspec.Struct, frozen=True):
         return cls(st.st_size, st.st_mtime_ns)
 
 
-@final  # told apart by ``type(row) is``, as models.Recipient is
-class Row(msgspec.Struct, frozen=True):
-    """One input record: its first line and the fields the job needs."""
-
-    line: int
-    fields: dict[str, str]
-
-
 def detect_format(path: Path) -> tuple[str, bool]:
     """Return ``(format, gzipped)`` from the file name: ``.csv``, ``.jsonl``, each maybe ``.gz``."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -199,19 +191,19 @@ class RowReader:
 
     __slots__ = (
         "_bad",
+        "_columns",
+        "_complete",
         "_csv",
         "_expect",
         "_file",
         "_first",
-        "_known",
+        "_jsonl",
         "_ours",
         "_pad",
         "_raw",
         "_recent",
         "_src",
         "_streaming",
-        "columns",
-        "complete",
         "delimiter",
         "format",
         "gzipped",
@@ -260,14 +252,9 @@ class RowReader:
         #: recipients' own. The files written of its rows (``--rejected-csv``, the failed
         #: file) take it too.
         self.delimiter = separator(self.path, delimiter)
-        #: Column names: the CSV header; for JSONL, the keys of the records read so far in
-        #: the order first met (after ``columns``, those a scan found), every record's once
-        #: a pass has read the file to its end (:attr:`complete`).
-        self.columns: tuple[str, ...] = tuple(columns) if self.format == "jsonl" else ()
-        self._known = set(self.columns)
-        #: Whether :attr:`columns` are all the file's: a CSV file's once it is open; a JSONL
-        #: file's once a pass has read it to its end, or at once when given ``columns``.
-        self.complete = bool(columns)
+        # a CSV file's header (set by open), and whether it is read or ``columns`` given
+        self._columns: tuple[str, ...] = ()
+        self._complete = bool(columns)
         self._file: IO[bytes] | None = None
         self._raw: IO[bytes] | None = None  # the file under a GzipFile, closed with it
         # line number -> why its row is rejected (CSV only): an over-long line (its record is
@@ -279,6 +266,18 @@ class RowReader:
         self._src: Lines | None = None
         # lines read ahead while checking the file, handed out again before any new line
         self._first: deque[tuple[int, bytes | LongLine]] = deque()
+        # a JSONL file's records, and its columns (None for CSV)
+        self._jsonl: JsonlRows | None = None
+        if self.format == "jsonl":
+            self._jsonl = JsonlRows(
+                self.path,
+                self.text,
+                self._first,
+                phone_column,
+                self.keep,
+                keep_all=keep_all,
+                columns=columns,
+            )
         # the batches of decoded lines the csv module reads from, each with how many lines
         # came before it: the one it reads and those before it that hold the last
         # MAX_RECORD_LINES lines, the text of a line it refuses (_said) or of a record over
@@ -299,6 +298,19 @@ class RowReader:
         """The file's lines, once it is open."""
         assert self._src is not None
         return self._src
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Column names: the CSV header; for JSONL, the keys of the records read so far in the
+        order first met (after ``columns``, those a scan found), every record's once a pass has
+        read the file to its end (:attr:`complete`)."""
+        return self._columns if self._jsonl is None else self._jsonl.columns
+
+    @property
+    def complete(self) -> bool:
+        """Whether :attr:`columns` are all the file's: a CSV file's once it is open; a JSONL
+        file's once a pass has read it to its end, or at once when given ``columns``."""
+        return self._complete if self._jsonl is None else self._jsonl.complete
 
     @property
     def encoding(self) -> str:
@@ -347,20 +359,20 @@ class RowReader:
             raise InputError(self.path, f"cannot be read: {exc}") from None
         if first is None:
             raise InputError(self.path, "is empty")
-        if (refused := self.text.not_a_text_file(head or _start(first[1]))) is not None:
+        if (refused := self.text.not_a_text_file(head or line_start(first[1]))) is not None:
             raise refused
         line = first[1]
         if type(line) is LongLine and (mac := old_mac_ends(self.path, head, self.format)):
             raise mac
-        if _start(line).startswith(BOM):
+        if line_start(line).startswith(BOM):
             self.text.marked_utf8()
         if self.format == "csv" and type(line) is bytes:
             self.delimiter = own_delimiter(line) or self.delimiter
         self._first.append(first)
-        if self.format == "csv":
+        if self._jsonl is None:
             self._open_csv()
         else:
-            self._open_jsonl()
+            self._jsonl.open(self._lines)
 
     def _check_unchanged(self) -> None:
         """Only when this pass ``expect`` s a version of the file (the one a scan checked):
@@ -496,12 +508,12 @@ class RowReader:
             raise cut_off(self.path, 1)
         if not header or not any(h.strip() for h in header):
             raise InputError(self.path, "has no header row", line=1)
-        self.columns = tuple(h.strip() for h in header)
-        if CAMPAIGN_COLUMN in self.columns:
+        self._columns = tuple(h.strip() for h in header)
+        if CAMPAIGN_COLUMN in self._columns:
             self._ours = True
-            self.columns = tuple(read_cell(h) for h in self.columns)
+            self._columns = tuple(read_cell(h) for h in self._columns)
         self._refuse_repeats()
-        self.complete = True
+        self._complete = True
         if self.phone not in self.columns:
             raise InputError(self.path, self._no_phone_column(), line=1)
         if not self._peek_content():
@@ -727,7 +739,7 @@ class RowReader:
         :class:`InputError`."""
         if not any(cell.strip(_NOTHING) for cell in rec):
             return None  # a blank line, a spreadsheet's row of empty cells, a DOS EOF mark
-        width = len(self.columns)
+        width = len(self._columns)
         start, last = lines
         if len(rec) > self._pad and len(unpadded(rec, width)) == width:
             # padded wider than the rows near the top: not padding but a separator not quoted
@@ -781,162 +793,6 @@ class RowReader:
                     fields[name] = rec[i] if i < size else ""
         return Row(start, fields)
 
-    # -- JSONL ---------------------------------------------------------------------------
-
-    def _parse_json(
-        self, lineno: int, raw: bytes | LongLine
-    ) -> dict[str, object] | RejectedRow | None:
-        """One JSONL line's object (None for a blank line), or the reason it is rejected. A
-        UTF-8 byte order mark in front of any line is no part of it: exports joined into one
-        file (``cat a.jsonl b.jsonl``) keep each one's."""
-        if type(raw) is LongLine:
-            return RejectedRow(lineno, raw.shown(self.encoding), TOO_LONG)
-        if raw.startswith(BOM):
-            raw = raw[len(BOM) :]
-        if not raw.strip():
-            return None
-        last = lineno == self._lines.unended
-        try:
-            obj = orjson.loads(self.text.json_text(lineno, raw, last=last))
-        except orjson.JSONDecodeError as exc:
-            if self.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
-                raise self.text.not_text(lineno, raw, last=last) from None
-            lone_cr = b"\r" in raw.rstrip(b"\r\n")  # JSON's own whitespace: no error alone
-            if lone_cr and lineno == 1 and not raw.endswith(b"\n"):
-                raise InputError(self.path, MAC_JSONL, line=lineno) from None
-            if not raw.endswith(b"\n"):  # only the file's last line can end without one
-                raise InputError(
-                    self.path,
-                    f"its last line is not valid JSON and has no line end: {CUT_OFF}",
-                    line=lineno,
-                ) from None
-            # a carriage return shown as \r, never sent to a terminal (as a CSV row's, _said)
-            value = raw[:SHOWN_CHARS].decode("utf-8", "replace").strip().replace("\r", "\\r")
-            why = JSONL_LONE_CR_WHY if lone_cr else str(exc)
-            return RejectedRow(lineno, value, f"malformed JSON: {why}")
-        if not isinstance(obj, dict):
-            return RejectedRow(
-                lineno, raw[:SHOWN_CHARS].decode("utf-8", "replace").strip(), "not an object"
-            )
-        # orjson keeps the last of two values of a key: which one to send would be a guess
-        if (twice := _repeated_key(raw, obj, self.encoding)) is not None:
-            return RejectedRow(
-                lineno,
-                _cell(obj.get(self.phone))[:SHOWN_CHARS],
-                f"the record gives the field {twice!r} twice: remove one",
-            )
-        return obj
-
-    def _open_jsonl(self) -> None:
-        # Records are read ahead (at most 1,000 lines, kept in self._first so that no line is
-        # consumed) to the first that has the phone field: an export that leaves out null
-        # keys may leave it out of a record or two, but a file none of whose first records
-        # has it names its phone another way. Their keys are the first columns.
-        checked, first, begun = 0, 0, False
-        while True:
-            for lineno, raw in list(self._first)[checked:]:
-                begun = begun or self._begins_records(lineno, raw)
-                rec = self._parse_json(lineno, raw)
-                if isinstance(rec, dict):
-                    first = first or lineno
-                    self._add_columns(rec)
-                    if self.phone in rec:
-                        return
-            checked = len(self._first)
-            item = self._lines.readline() if checked < 1000 else None
-            if item is None:
-                if first:
-                    which = "no record" if checked < 1000 else f"none of its first {checked} lines"
-                    raise InputError(
-                        self.path,
-                        f"{which} has a {self.phone!r} field (fields: "
-                        f"{', '.join(self.columns)}); set phone_column in the job",
-                        line=first,
-                    )
-                if not any(type(raw) is LongLine or raw.strip() for _, raw in self._first):
-                    raise InputError(self.path, "has no records (only blank lines)")
-                return  # nothing parses near the top: the rows are rejected one by one
-            self._first.append(item)
-
-    def _begins_records(self, lineno: int, raw: bytes | LongLine) -> bool:
-        """Whether ``raw`` has content (more than blanks and a byte order mark); for the
-        file's first such line, that it does not begin one JSON document instead of JSON
-        Lines: open an array (``[``, ``[{"phone": ...}, ...]``) or an object alone on its line
-        (pretty-printed), as no line of records does.
-
-        Raises:
-            InputError: naming that line.
-        """
-        head = _start(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
-        if not head:
-            return False
-        if head.startswith(b"[") or head.rstrip() == b"{":
-            raise InputError(
-                self.path,
-                "is one JSON document (an array, or objects over several lines), not JSON "
-                'Lines: write one object a line ({"phone": "+1...", ...}), nothing '
-                "around them (jq -c '.[]' does it for an array), and run again",
-                line=lineno,
-            )
-        return True
-
-    def _add_columns(self, rec: dict[str, object]) -> None:
-        """Add the keys of ``rec`` that are not columns yet to :attr:`columns`."""
-        if not self._known.issuperset(rec):
-            self.columns += tuple(k for k in rec if k not in self._known)
-            self._known.update(rec)
-
-    def _jsonl_rows(self) -> Iterator[Row | RejectedRow]:
-        """:meth:`__iter__` of a JSONL file: the lines read ahead while opening first."""
-        wanted, first = (self.phone, *self.keep), self._first
-        with self._reading():
-            while (item := first.popleft() if first else self._lines.readline()) is not None:
-                lineno, raw = item
-                rec = self._parse_json(lineno, raw)
-                if rec is None:
-                    continue
-                if type(rec) is RejectedRow:
-                    yield rec
-                    continue
-                if not self._known.issuperset(rec):
-                    self._add_columns(rec)
-                row = self._json_row(lineno, rec, wanted)
-                # a number that is not an integer, read as Python's float: read it as written
-                if type(row) is Row and float in map(type, map(rec.get, row.fields)):
-                    written = _as_written(cast(bytes, raw), self.encoding)  # parsed: bytes
-                    row = row if written is None else self._json_row(lineno, written, wanted)
-                yield row
-        self.complete = True
-        self._ended()
-
-    def _json_row(
-        self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
-    ) -> Row | RejectedRow:
-        """A JSONL object as a row, its values as CSV cells would hold them (:func:`_cell`):
-        null, or a key the record leaves out, is an empty value, as an empty cell is (a
-        column some other record has: the columns are every record's keys). Rejected when
-        the phone field is absent, or a field the job needs is an object or a list (it would
-        go into a message as JSON)."""
-        fields: dict[str, str] = {}
-        for name in wanted:
-            value = rec.get(name)
-            if isinstance(value, str):
-                fields[name] = value
-                continue
-            if value is None and name not in rec and name == self.phone:
-                why = f"missing field {name!r}"
-            elif isinstance(value, dict | list):
-                why = f"field {name!r} is not a text value (an object or a list)"
-            else:
-                fields[name] = _cell(value)
-                continue
-            return RejectedRow(lineno, _cell(rec.get(self.phone))[:SHOWN_CHARS], why)
-        if self.keep_all:
-            for name in self.columns:
-                if name not in fields:
-                    fields[name] = _cell(rec.get(name))
-        return Row(lineno, fields)
-
     # -- iteration -----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Row | RejectedRow]:
@@ -944,7 +800,15 @@ class RowReader:
         :class:`InputError` where the file stops being read (the rows before it first)."""
         if self._file is None:
             raise RuntimeError("RowReader used before open()")
-        return self._csv_rows() if self.format == "csv" else self._jsonl_rows()
+        return self._csv_rows() if self._jsonl is None else self._jsonl_rows()
+
+    def _jsonl_rows(self) -> Iterator[Row | RejectedRow]:
+        """:meth:`__iter__` of a JSONL file (:meth:`JsonlRows.rows
+        <bulk_mms.jsonl_rows.JsonlRows.rows>`)."""
+        assert self._jsonl is not None
+        with self._reading():
+            yield from self._jsonl.rows()
+        self._ended()
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -998,67 +862,6 @@ def _malformed(exc: csv.Error) -> str:
     return f"malformed CSV: {CSV_LONE_CR_WHY if CSV_LONE_CR in why else why}"
 
 
-def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | None:
-    """The first key a JSONL line (``obj``, as orjson parsed it) gives twice at its top
-    level, however it is written (``"a"``, ``"\\u0061"``); None when it gives each once. A
-    repeat inside a nested value is no column's, and no matter.
-
-    Parsed again only when two cheap looks cannot tell: a line with no more colons than
-    ``obj`` has keys gives none twice (each key has its colon), nor one without a backslash
-    (every key written as it is) in which each key, quoted, is found once."""
-    if raw.count(b":") <= len(obj):
-        return None
-    if b"\\" not in raw:
-        with contextlib.suppress(UnicodeEncodeError):
-            if all(raw.count(b'"%s"' % key.encode(encoding)) == 1 for key in obj):
-                return None
-    repeats: list[str | None] = []
-
-    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        seen: set[str] = set()
-        twice = None
-        for key, _ in items:
-            if key in seen:
-                twice = twice or key
-            seen.add(key)
-        repeats.append(twice)
-        return dict(items)
-
-    try:
-        json.loads(raw.decode(encoding).lstrip("\ufeff"), object_pairs_hook=pairs)
-    except RecursionError:  # nested deeper than Python's parser goes: no key is looked at
-        return None
-    return repeats[-1] if repeats else None  # the outer object's hook runs last
-
-
-def _as_written(raw: bytes, encoding: str) -> dict[str, object] | None:
-    """A JSONL line (one orjson parsed to an object) parsed again with each number that is not
-    an integer kept as written (``25.50``, ``1e3``): what a CSV cell would hold, where orjson
-    gives Python's float (``25.5``, ``1000.0``). Only for the rare line that has one. None for
-    a line nested deeper than Python's parser goes (orjson's goes further): orjson's reading
-    stands."""
-    text = raw.decode(encoding).lstrip("\ufeff")
-    try:
-        return cast(dict[str, object], json.loads(text, parse_float=str))
-    except RecursionError:
-        return None
-
-
-def _cell(value: object) -> str:
-    """A JSON value as the string a CSV cell would hold: null empty, true and false as
-    written, a number as Python writes it (one that is not an integer was read as written:
-    :func:`_as_written`), an object or a list as JSON."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return orjson.dumps(value).decode()
-
-
 #: What a raw CSV line may hold and still have no value (:func:`_has_content`), besides the
 #: file's separator: blanks, line ends and a DOS end-of-file mark.
 _BLANK = b" \t\r\n\x1a"
@@ -1068,11 +871,6 @@ def _has_content(raw: bytes | LongLine, blank: bytes) -> bool:
     """Whether a raw line holds a value: more than the bytes of ``blank`` (:data:`_BLANK` and
     the file's separator), or an over-long line."""
     return type(raw) is LongLine or bool(raw.strip(blank))
-
-
-def _start(raw: bytes | LongLine) -> bytes:
-    """A raw line's bytes, or an over-long one's first bytes."""
-    return raw.head if type(raw) is LongLine else raw
 
 
 #: Why a CSV file whose quotes are escaped with a backslash is refused (:func:`_escaped_quotes`).
