@@ -10,7 +10,8 @@ covers its line. Many groups in flight therefore share one fsync.
 
 The fsync runs on a worker thread, never on the event loop's: a slow disk (a network file
 system, a busy disk) holds up only the writers waiting for that commit, while the loop's timers,
-pacing and requests go on and new events queue for the next commit.
+pacing and requests go on and new events queue for the next commit. The thread is the store's
+own (:class:`_Syncer`): it starts with the first group commit and ends when the store closes.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. Whether a run holds it
@@ -38,8 +39,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import queue
 import stat
+import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Final
@@ -114,6 +118,81 @@ class _Tail:
                 self.offset, self.lineno = offset, lineno
 
 
+#: One fsync a :class:`_Syncer`'s thread is asked for: the store's fsync, and the future it
+#: settles on the asker's loop.
+_Job = tuple[Callable[[], None], asyncio.Future[None]]
+
+
+class _Syncer:
+    """A store's fsync thread: runs each fsync asked by :meth:`sync`, one at a time in the
+    order asked, never on the event loop's thread.
+
+    The thread starts with the first :meth:`sync` and ends once :meth:`stop` is asked, after
+    the fsyncs asked before it (one running is never interrupted). It holds no reference to
+    its store between fsyncs, and a store dropped unclosed stops it too. It is not a daemon:
+    a process waits at exit for the fsync it is running.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stop: weakref.finalize[..., object] | None = None
+
+    def sync(self, owner: object, fsync: Callable[[], None]) -> asyncio.Future[None]:
+        """A future of the running loop that ``fsync()``, run on the thread, settles: done
+        when it returns, or with what it raised. ``owner`` is the store: the thread stops when
+        it is dropped unclosed."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            thread = threading.Thread(target=_serve, args=(self._jobs,), name=self._name)
+            thread.start()
+            self._thread = thread
+            self._stop = weakref.finalize(owner, self._jobs.put, None)
+        self._jobs.put((fsync, fut))
+        return fut
+
+    def stop(self) -> None:
+        """Have the thread end once the fsyncs asked so far are done; without waiting."""
+        if self._stop is not None:
+            self._stop()  # once: a finalizer called is dead
+        self._thread = self._stop = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread, while one is started and not asked to stop."""
+        return self._thread
+
+
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """A :class:`_Syncer`'s thread: runs each job until it is told to stop (None)."""
+    while (job := jobs.get()) is not None:
+        fsync, fut = job
+        del job  # nothing of a store is held while the thread waits
+        try:
+            fsync()
+        except BaseException as exc:  # a LedgerError, as the store raises it; else a bug
+            outcome: BaseException | None = exc
+        else:
+            outcome = None
+        del fsync
+        try:  # noqa: SIM105 - a try costs nothing per fsync; suppress() is two calls
+            fut.get_loop().call_soon_threadsafe(_settle, fut, outcome)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits this fsync any more
+        del fut, outcome
+
+
+def _settle(fut: asyncio.Future[None], outcome: BaseException | None) -> None:
+    """On the asker's loop: settle ``fut`` as its fsync ended, unless it was cancelled."""
+    if fut.done():
+        return
+    if outcome is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(outcome)
+
+
 class JsonlStore(GroupCommitted[bytes]):
     """A ledger file, opened by :meth:`open` in one of three modes (see
     :class:`~bulk_mms.ledger.store.LedgerStore`): ``run`` (exclusive, created if missing),
@@ -127,6 +206,7 @@ class JsonlStore(GroupCommitted[bytes]):
         self._fd = fd
         self._lock_fd = lock_fd
         self._tail = _Tail(path)
+        self._syncer = _Syncer(f"bulk_mms fsync {path.name}")
 
     @classmethod
     def open(
@@ -283,7 +363,7 @@ class JsonlStore(GroupCommitted[bytes]):
 
     async def _commit(self, lines: list[bytes]) -> None:
         self._write_lines(lines)
-        await asyncio.to_thread(self._fsync)  # meanwhile the loop goes on; new events queue up
+        await self._syncer.sync(self, self._fsync)  # meanwhile the loop goes on; events queue
 
     def _write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -327,7 +407,9 @@ class JsonlStore(GroupCommitted[bytes]):
             self.close_sync()
 
     def close_sync(self) -> None:
-        """Release the lock and close without waiting (queued events may be lost)."""
+        """Release the lock and close without waiting (queued events may be lost); the fsync
+        thread ends once the fsync it may be running returns."""
+        self._syncer.stop()
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
