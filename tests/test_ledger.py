@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import os
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from bulk_mms.errors import ApiError, LedgerCorrupt, LedgerError, LedgerLocked
+from bulk_mms.errors import (
+    ApiError,
+    LedgerCorrupt,
+    LedgerError,
+    LedgerLocked,
+    LedgerUnavailable,
+)
 from bulk_mms.ledger import checkpoint, jsonl, load, open_store, to_json
 from bulk_mms.ledger import events as ev
 from bulk_mms.ledger.commit import GroupCommit
@@ -172,6 +181,176 @@ async def test_the_fsync_runs_off_the_event_loop(tmp_path: Path) -> None:
     assert len(synced_on) == 3
     assert loop_thread not in synced_on
     assert [e.get("group") for e in ledger_events(tmp_path / "l.jsonl")[1:]] == ["g0", "g1", "g2"]
+
+
+def _run_store(path: Path) -> JsonlStore:
+    store = open_store(path)
+    assert isinstance(store, JsonlStore)
+    store.append_now(decode(HEADER))  # type: ignore[arg-type]
+    return store
+
+
+def _ended(thread: threading.Thread | None) -> bool:
+    """Whether ``thread`` ended (it was asked to: the join returns as it does)."""
+    assert thread is not None
+    thread.join(timeout=30)
+    return not thread.is_alive()
+
+
+async def test_each_store_s_fsync_thread_ends_when_it_closes(tmp_path: Path) -> None:
+    """A store's fsync thread starts with its first group commit (not with a header written
+    at once, nor for a store only read), is its own (two stores, two threads), is no daemon,
+    and ends when the store closes: by close, by close_sync, or dropped unclosed and collected."""
+    one, two = _run_store(tmp_path / "1.jsonl"), _run_store(tmp_path / "2.jsonl")
+    read = open_store(tmp_path / "1.jsonl", "read")
+    assert isinstance(read, JsonlStore)
+    assert one._syncer.thread is None
+    await asyncio.gather(one.append(ev.Sent("g1", message_id="m1")), two.append(ev.Sent("g2")))
+    first, second = one._syncer.thread, two._syncer.thread
+    assert first is not None
+    assert second not in (None, first)
+    assert first.is_alive()
+    assert not first.daemon
+    await one.close()
+    assert _ended(first)
+    assert one._syncer.thread is None
+    two.close_sync()
+    assert _ended(second)
+    read.close_sync()
+    assert read._syncer.thread is None
+
+    dropped = _run_store(tmp_path / "3.jsonl")
+    await dropped.append(ev.Sent("g3", message_id="m3"))
+    thread = dropped._syncer.thread
+    del dropped  # the thread holds nothing of it between fsyncs
+    gc.collect()  # a store is in cycles of its own (its group commit calls it back)
+    assert _ended(thread)
+    assert [e["group"] for e in ledger_events(tmp_path / "3.jsonl")[1:]] == ["g3"]
+
+
+async def test_a_failed_fsync_on_the_thread_fails_every_waiter_and_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync the disk refuses, on the store's thread, fails every writer its commit
+    covered with the store's LedgerUnavailable, and drain and every later append with it;
+    the thread then ends with the store."""
+    store = _run_store(tmp_path / "l.jsonl")
+
+    def refused(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", refused)
+    results = await asyncio.gather(
+        *(store.append(ev.Sent(f"g{i}", message_id=f"m{i}")) for i in range(3)),
+        return_exceptions=True,
+    )
+    said = f"{store.name}: cannot sync to disk: Input/output error; {jsonl._RESUMES}"
+    assert [type(r) for r in results] == [LedgerUnavailable] * 3
+    assert {str(r) for r in results} == {said}
+    with pytest.raises(LedgerUnavailable, match="cannot sync to disk"):
+        await store.drain()
+    with pytest.raises(LedgerUnavailable, match="cannot sync to disk"):
+        await store.append(ev.Sent("g9", message_id="m9"))
+    thread = store._syncer.thread
+    with pytest.raises(LedgerUnavailable, match="cannot sync to disk"):
+        await store.close()
+    assert _ended(thread)
+
+
+def _gated(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """os.fsync made to say when it starts, then wait for the gate before it syncs."""
+    started, gate = threading.Event(), threading.Event()
+    fsync = os.fsync
+
+    def held(fd: int) -> None:
+        started.set()
+        assert gate.wait(timeout=30)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held)
+    return started, gate
+
+
+async def test_a_commit_cancelled_while_its_fsync_runs_is_never_taken_for_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher cancelled while the thread runs its fsync (as a loop's shutdown would)
+    fails its writer at once, without waiting for the fsync; the fsync's end, come later, is
+    dropped without an error on the loop, and the thread still ends with the store."""
+    store = _run_store(tmp_path / "l.jsonl")
+    started, gate = _gated(monkeypatch)
+    told: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: told.append(context))
+    writer = asyncio.ensure_future(store.append(ev.Sent("g0", message_id="m0")))
+    await asyncio.to_thread(started.wait, 30)
+    assert store._commits._flusher is not None
+    store._commits._flusher.cancel()
+    with pytest.raises(LedgerError, match="a commit was cancelled"):
+        await writer
+    thread = store._syncer.thread
+    store.close_sync()
+    assert thread is not None
+    assert thread.is_alive()  # its fsync is still running
+    gate.set()
+    assert _ended(thread)
+    await _settle()
+    assert told == []
+
+
+def test_an_fsync_that_ends_after_its_loop_closed_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose loop ends while its fsync still runs (the writer's task cancelled, the
+    loop closed) leaves the thread nothing to report to: it drops the fsync's end and ends
+    with the store, with no error of its own."""
+    store = _run_store(tmp_path / "l.jsonl")
+    started, gate = _gated(monkeypatch)
+    died: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+
+    writers: list[asyncio.Future[None]] = []
+
+    async def run() -> None:
+        writers.append(asyncio.ensure_future(store.append(ev.Sent("g0", message_id="m0"))))
+        await asyncio.to_thread(started.wait, 30)  # the loop's end cancels the append
+
+    asyncio.run(run())
+    assert writers[0].cancelled()
+    thread = store._syncer.thread
+    store.close_sync()
+    gate.set()
+    assert _ended(thread)
+    assert died == []
+
+
+_LEFT_OPEN = """\
+import asyncio, sys
+from pathlib import Path
+from bulk_mms.ledger import open_store
+from bulk_mms.ledger import events as ev
+kept = []
+
+async def main() -> None:
+    store = open_store(Path(sys.argv[1]))
+    await store.append(ev.Sent("g0", message_id="m0"))
+    kept.append(store)
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_leaves_a_store_open_still_exits(tmp_path: Path) -> None:
+    """A store left open, its fsync thread started, does not keep its process from exiting:
+    the thread is stopped as the interpreter exits."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LEFT_OPEN, str(tmp_path / "l.jsonl")],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    written = (tmp_path / "l.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["group"] for line in written] == ["g0"]
 
 
 def test_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:

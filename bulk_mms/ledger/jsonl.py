@@ -129,8 +129,9 @@ class _Syncer:
 
     The thread starts with the first :meth:`sync` and ends once :meth:`stop` is asked, after
     the fsyncs asked before it (one running is never interrupted). It holds no reference to
-    its store between fsyncs, and a store dropped unclosed stops it too. It is not a daemon:
-    a process waits at exit for the fsync it is running.
+    its store between fsyncs: a store dropped unclosed stops it when collected, and one left
+    open at the interpreter's exit is stopped then, as the standard thread pools are. It is
+    not a daemon: a process waits at exit for the fsync it is running.
     """
 
     def __init__(self, name: str) -> None:
@@ -149,6 +150,7 @@ class _Syncer:
             thread.start()
             self._thread = thread
             self._stop = weakref.finalize(owner, self._jobs.put, None)
+            _STARTED.add(self)
         self._jobs.put((fsync, fut))
         return fut
 
@@ -156,12 +158,26 @@ class _Syncer:
         """Have the thread end once the fsyncs asked so far are done; without waiting."""
         if self._stop is not None:
             self._stop()  # once: a finalizer called is dead
+            _STARTED.discard(self)
         self._thread = self._stop = None
 
     @property
     def thread(self) -> threading.Thread | None:
         """The thread, while one is started and not asked to stop."""
         return self._thread
+
+
+#: The syncers whose thread runs, while they live: stopped at the interpreter's exit.
+_STARTED: weakref.WeakSet[_Syncer] = weakref.WeakSet()
+
+
+def _stop_started() -> None:
+    for syncer in list(_STARTED):
+        syncer.stop()
+
+
+# Before the interpreter waits for its threads to end (concurrent.futures' own hook).
+threading._register_atexit(_stop_started)  # type: ignore[attr-defined]
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
