@@ -31,7 +31,7 @@ from msgspec.structs import replace
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig, RetryConfig, Settings, load_job
 from bulk_mms.fake_api import FakeTelnyx
-from bulk_mms.ledger import LedgerView, open_store
+from bulk_mms.ledger import LedgerView, jsonl, open_store
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
@@ -107,6 +107,23 @@ def _own_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     test's own."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _fsyncs_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSONL store's fsync, on the store's own thread, is work under way off the loop as
+    the loop sees it (:class:`_UnderWay`, until its future is done), as a thread pool's job
+    is: while it runs, looptime moves its virtual clock in real-time steps, not from timer to
+    timer, so a bound around a commit does not run out while the disk works."""
+    sync = jsonl._Syncer.sync
+
+    def seen(self: jsonl._Syncer, owner: object, fsync: Callable[[], None]) -> asyncio.Future[None]:
+        fut = sync(self, owner, fsync)
+        under_way = _UnderWay()
+        fut.add_done_callback(lambda _: under_way.end())
+        return fut
+
+    monkeypatch.setattr(jsonl._Syncer, "sync", seen)
 
 
 @pytest.fixture(autouse=True)
