@@ -199,7 +199,7 @@ def _ended(thread: threading.Thread | None) -> bool:
 
 async def test_each_store_s_fsync_thread_ends_when_it_closes(tmp_path: Path) -> None:
     """A store's fsync thread starts with its first group commit (not with a header written
-    at once, nor for a store only read), is its own (two stores, two threads), is no daemon,
+    at once, nor for a store only read), is its own (two stores, two threads), is a daemon,
     and ends when the store closes: by close, by close_sync, or dropped unclosed and collected."""
     one, two = _run_store(tmp_path / "1.jsonl"), _run_store(tmp_path / "2.jsonl")
     read = open_store(tmp_path / "1.jsonl", "read")
@@ -210,7 +210,7 @@ async def test_each_store_s_fsync_thread_ends_when_it_closes(tmp_path: Path) -> 
     assert first is not None
     assert second not in (None, first)
     assert first.is_alive()
-    assert not first.daemon
+    assert first.daemon
     await one.close()
     assert _ended(first)
     assert one._syncer.thread is None
@@ -341,7 +341,7 @@ asyncio.run(main())
 
 def test_a_process_that_leaves_a_store_open_still_exits(tmp_path: Path) -> None:
     """A store left open, its fsync thread started, does not keep its process from exiting:
-    the thread is stopped as the interpreter exits."""
+    the thread is a daemon."""
     done = subprocess.run(
         [sys.executable, "-c", _LEFT_OPEN, str(tmp_path / "l.jsonl")],
         capture_output=True,

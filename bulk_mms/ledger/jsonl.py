@@ -129,9 +129,10 @@ class _Syncer:
 
     The thread starts with the first :meth:`sync` and ends once :meth:`stop` is asked, after
     the fsyncs asked before it (one running is never interrupted). It holds no reference to
-    its store between fsyncs: a store dropped unclosed stops it when collected, and one left
-    open at the interpreter's exit is stopped then, as the standard thread pools are. It is
-    not a daemon: a process waits at exit for the fsync it is running.
+    its store between fsyncs: a store dropped unclosed stops it when collected. It is a
+    daemon, so a store left open never holds the process at its exit: an fsync cut short
+    there was awaited by nobody (a writer is released only by the fsync that covers its line,
+    and a closed store has drained every one).
     """
 
     def __init__(self, name: str) -> None:
@@ -146,11 +147,12 @@ class _Syncer:
         it is dropped unclosed."""
         fut = asyncio.get_running_loop().create_future()
         if self._thread is None:
-            thread = threading.Thread(target=_serve, args=(self._jobs,), name=self._name)
+            thread = threading.Thread(
+                target=_serve, args=(self._jobs,), name=self._name, daemon=True
+            )
             thread.start()
             self._thread = thread
             self._stop = weakref.finalize(owner, self._jobs.put, None)
-            _STARTED.add(self)
         self._jobs.put((fsync, fut))
         return fut
 
@@ -158,26 +160,12 @@ class _Syncer:
         """Have the thread end once the fsyncs asked so far are done; without waiting."""
         if self._stop is not None:
             self._stop()  # once: a finalizer called is dead
-            _STARTED.discard(self)
         self._thread = self._stop = None
 
     @property
     def thread(self) -> threading.Thread | None:
         """The thread, while one is started and not asked to stop."""
         return self._thread
-
-
-#: The syncers whose thread runs, while they live: stopped at the interpreter's exit.
-_STARTED: weakref.WeakSet[_Syncer] = weakref.WeakSet()
-
-
-def _stop_started() -> None:
-    for syncer in list(_STARTED):
-        syncer.stop()
-
-
-# Before the interpreter waits for its threads to end (concurrent.futures' own hook).
-threading._register_atexit(_stop_started)  # type: ignore[attr-defined]
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
