@@ -303,6 +303,7 @@ class LedgerSummary(msgspec.Struct):
             "retry_pending_recipients": r.retry_pending,
             "retry_pending_not_before": minute_utc(self.capped.until),
             "retry_pending_past_deadline": len(self.capped.past_deadline),
+            "max_cost_reached": self.max_cost_reached,
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
             "input_rows": self.rows.rows,

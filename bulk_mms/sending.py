@@ -100,6 +100,13 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
 }
 
 
+def stop_reason(err: FatalSendError) -> str:
+    """Why ``err`` stops the job (:data:`_STOP_REASONS`), by its class or the nearest it
+    derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a limit);
+    ``"endpoint"`` for any other."""
+    return next((r for cls, r in _STOP_REASONS.items() if isinstance(err, cls)), "endpoint")
+
+
 def _quiet(task: asyncio.Future[Any]) -> None:
     """Take an abandoned write's outcome, so that its failure is not reported unhandled."""
     if not task.cancelled():
@@ -984,7 +991,7 @@ class GroupSender:
         self.stop.request(reason)
 
     def _stop_for(self, err: FatalSendError) -> None:
-        reason = _STOP_REASONS.get(type(err), "endpoint")
+        reason = stop_reason(err)
         log.error(f"job.{reason}_refused", status=err.status, code=err.code, error=str(err))
         self._fail(err, reason)
 

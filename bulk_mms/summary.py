@@ -137,14 +137,15 @@ class JobSummary(msgspec.Struct):
     #: Quiet hours: recipients left for their window, by zone, and when the first opens.
     quiet: dict[str, int] = msgspec.field(default_factory=dict)
     next_opening: dt.datetime | None = None
-    #: Members held for a carrier's reset (its daily cap: 40016) that is still to come:
-    #: moved out of a sent group by a delivery report, or in a group pending a rerun that the
-    #: cap refused at the send (:func:`~bulk_mms.report.waiting`,
-    #: :func:`~bulk_mms.report.capped`). A rerun from ``waiting_until`` (wall-clock
-    #: seconds, the latest of their resets) sends them; the run exits 5.
+    #: Members held for a daily cap's reset that is still to come: moved out of a sent group
+    #: by a delivery report (a carrier's, 40016), or in a group pending a rerun that a cap
+    #: (a carrier's, or the account's ``daily_recipients``) refused at the send
+    #: (:func:`~bulk_mms.report.waiting`, :func:`~bulk_mms.report.capped`). A rerun from
+    #: ``waiting_until`` (wall-clock seconds, the latest of their resets) sends them; the
+    #: run exits 5.
     waiting_recipients: int = 0
     waiting_until: float = 0.0
-    #: Members held so whose carrier's reset comes only at or after the job's deadline: no
+    #: Members held so whose cap's reset comes only at or after the job's deadline: no
     #: run sends them (the first run past the deadline records them expired); exit 1. Both
     #: counts as :func:`~bulk_mms.report.held_for_reset` splits them, as the report does.
     waiting_past_deadline: int = 0

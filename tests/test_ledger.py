@@ -530,6 +530,25 @@ def test_a_window_to_midnight_written_2359_resumes_under_2400() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("was", "now", "same"),
+    [
+        ("23:59-23:59", "23:59-24:00", True),  # 0.3's header of a last-minute window
+        ("23:59-06:00", "23:59-06:00", True),
+        ("23:59-06:00", "24:00-06:00", False),
+        ("23:59-06:00", "23:59-24:00", False),
+        ("22:00-23:59", "23:59-24:00", False),
+    ],
+)
+def test_only_a_window_s_end_at_2359_is_read_as_midnight(was: str, now: str, same: bool) -> None:
+    """A header's window starting 23:59 is taken as written: only its end at 23:59 reads as
+    24:00, so no other start or end matches a job's window by it."""
+    header = decode(HEADER)
+    assert isinstance(header, ev.Header)
+    found = replace(header, recipient_window=was).mismatch(replace(header, recipient_window=now))
+    assert (found is None) is same
+
+
 def test_second_open_is_locked_out_with_the_holder_pid(tmp_path: Path) -> None:
     """While one run holds the ledger, a second open fails naming the holder's PID, after
     LOCK_TRIES tries a bounded pause apart."""

@@ -20,6 +20,7 @@ import orjson
 import psycopg
 import pytest
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms.caps import (
     SPENT,
@@ -44,6 +45,7 @@ from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
+from bulk_mms.sending import stop_reason
 from bulk_mms.testing import ok_receipt
 from bulk_mms.words import BY_KIND, MAX_COST
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
@@ -189,6 +191,25 @@ async def test_a_max_cost_stop_is_reported_as_needing_max_cost_raised(jobs: JobF
     assert again.error is None
     assert sorted(client.sent_numbers()) == sorted(numbers(16))
     assert "plain rerun" not in format_text(summarize(job.ledger), job.ledger)
+
+
+async def test_a_max_cost_stop_is_a_limit_s_in_the_log_and_the_json_report(
+    jobs: JobFactory,
+) -> None:
+    """max_cost met: the run logs its stop as a limit's (job.limit_refused, never the
+    endpoint's), and the JSON report says max_cost_reached, which a plain rerun would meet."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "0.05"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+    with capture_logs() as logs:
+        s = await run_job(job, settings, FakeClient(), clock=FakeClock())
+    refused = [e["event"] for e in logs if str(e["event"]).endswith("_refused")]
+    assert (s.stopped, stop_reason(MaxCostReached("m", status=None)), refused) == (
+        "limit",
+        "limit",
+        ["job.limit_refused"],
+    )
+    assert summarize(job.ledger).as_dict()["max_cost_reached"] is True
 
 
 async def test_a_run_stopped_by_a_failed_attempt_write_gives_its_room_back(

@@ -247,8 +247,9 @@ class Failed(_Outcome, frozen=True):
     action: Action | None = None
     #: When the cap that refused it at the send lifts (40016's next daily reset: ``resumes_at``
     #: of the :class:`~bulk_mms.errors.LimitReached` the error policy made of the refusal; or
-    #: the account's ``daily_recipients``' next day), wall-clock seconds: the earliest a run
-    #: may send it again. 0: no cap held it (and in a ledger written before it was kept).
+    #: the account's ``daily_recipients``' next day), wall-clock seconds: when a rerun sends
+    #: it (a carrier's: not before; the account's own is asked again by each run, and sends
+    #: it sooner once raised). 0: no cap held it (and in a ledger written before it was kept).
     resets: float = 0.0
     kind: ClassVar[str] = "failed"
 

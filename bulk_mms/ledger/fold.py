@@ -172,8 +172,8 @@ class GroupRecord(msgspec.Struct):
     moved_after: float = 0.0
     #: Pending a rerun because a cap refused it at the send (a carrier's, or the account's
     #: ``daily_recipients``; a run holds it for a carrier's only): when the cap lifts
-    #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock),
-    #: the earliest a run may send it again. 0: no cap holds it.
+    #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock):
+    #: for a carrier's, the earliest a run may send it again. 0: no cap holds it.
     resets: float = 0.0
 
     @property
@@ -187,9 +187,11 @@ class GroupRecord(msgspec.Struct):
 
     @property
     def capped_until(self) -> float:
-        """While it is pending a rerun, the reset of the carrier's cap that refused it at the
-        send (:attr:`resets`): no run sends it before then (wall clock). 0 otherwise: no cap
-        refused it, or it has gone on since (sent, in doubt, failed for good)."""
+        """While it is pending a rerun, the reset of the cap that refused it at the send
+        (:attr:`resets`, wall clock): no run sends it before then if a carrier's cap refused
+        it (:func:`~bulk_mms.prepare.not_before`); the account's ``daily_recipients`` is asked
+        again by each run. 0 otherwise: no cap refused it, or it has gone on since (sent, in
+        doubt, failed for good)."""
         return self.resets if self.state == RETRY_PENDING else 0.0
 
     @property
