@@ -11,7 +11,7 @@
      │    └── MissingExtra(extra)         a feature's optional package is not installed
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── RefusedRepeatedly            1  group after group refused with one error: the job stops
- ├── ResetAfterDeadline           1  a cap stopped the job that lifts only after its deadline
+     ├── ResetAfterDeadline           1  a cap stopped the job that lifts only after its deadline
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job

@@ -437,9 +437,9 @@ def capped(view: LedgerView, now: float) -> dict[str, Waiting]:
 
 
 def _reset_words(s: LedgerSummary) -> dict[str, str]:
-    """What the table adds to the why of each group pending a rerun that a carrier's cap
-    holds (:attr:`LedgerSummary.capped`), by its id: from when a rerun sends it, or that no
-    rerun before the job's deadline does."""
+    """What the table adds to the why of each group pending a rerun that a cap holds (a
+    carrier's, or the account's daily one: :attr:`LedgerSummary.capped`), by its id: from
+    when a rerun sends it, or that no rerun before the job's deadline does."""
     late = {w.group for w in s.capped.past_deadline.values()}
     return {
         w.group: f"; {past_deadline_words(s.deadline)}"
@@ -451,13 +451,14 @@ def _reset_words(s: LedgerSummary) -> dict[str, str]:
 
 def rerun_words(s: LedgerSummary) -> str:
     """When a rerun sends the recipients pending a rerun or not attempted that wait for no
-    reset of their own: at once; but while a carrier's cap that refused a group at the send
-    holds (:attr:`LedgerSummary.capped`: the run that met it stopped there, exit 5, and
-    left them), from its reset, or, when that comes at or after the job's deadline, no
-    rerun of the job before it (:func:`past_deadline_words`, as that run said); once the
-    latest run's deadline has passed (:attr:`LedgerSummary.deadline_passed`), none: a run
-    then records them expired. Once the job's ``max_cost`` refused a group
-    (:attr:`LedgerSummary.max_cost_reached`), only a rerun with it raised."""
+    reset of their own: at once; but while a cap that refused a group at the send holds (a
+    carrier's, or the account's daily one: :attr:`LedgerSummary.capped`; the run that met
+    it stopped there, exit 5, and left them), from its reset, or, when that comes at or
+    after the job's deadline, no rerun of the job before it (:func:`past_deadline_words`,
+    as that run said); once the latest run's deadline has passed
+    (:attr:`LedgerSummary.deadline_passed`), none: a run then records them expired. Once
+    the job's ``max_cost`` refused a group (:attr:`LedgerSummary.max_cost_reached`), only a
+    rerun with it raised."""
     if s.deadline_passed or s.capped.past_deadline:
         return past_deadline_words(s.deadline)
     raised = " with max_cost raised" if s.max_cost_reached else ""
