@@ -286,9 +286,9 @@ def run_outcome(s: JobSummary) -> int:
 def _ended(s: JobSummary) -> int:
     """The code of a run that went to the end of its input, or to its ``--limit`` or
     ``max_job_duration_s``: 1 past the deadline, or when it leaves a valid recipient unsent
-    (:func:`_incomplete`); 5 (a carrier's cap, :class:`~bulk_mms.errors.LimitReached`) when
-    members wait for a carrier's reset still to come, whatever else is left: a rerun from
-    it sends them; else 0."""
+    (:func:`_incomplete`); 5 (a cap, :class:`~bulk_mms.errors.LimitReached`) when members
+    wait for a daily cap's reset still to come (a carrier's, or the account's
+    ``daily_recipients``), whatever else is left: a rerun from it sends them; else 0."""
     if s.stopped == "deadline":
         return Exit.INCOMPLETE
     if s.waiting_recipients and s.stopped != "limit":
@@ -369,19 +369,21 @@ def _tell_summary(s: JobSummary) -> None:
 
 
 def _waiting(s: JobSummary) -> str:
-    """What the recipients line adds of the members waiting for a carrier's reset (moved out
-    of a sent group, or pending a rerun in a group its cap refused at the send): before the
-    job's deadline, and after it (no rerun sends those before it), as the report says them
-    (:func:`~bulk_mms.report.held_for_reset`)."""
+    """What the recipients line adds of the members waiting for a daily cap's reset (moved
+    out of a sent group by a carrier's, or pending a rerun in a group a cap refused at the
+    send: a carrier's, or the account's ``daily_recipients``, named so when it is among
+    them): before the job's deadline, and after it (no rerun sends those before it), as the
+    report says them (:func:`~bulk_mms.report.held_for_reset`)."""
     notes = []
+    cap = "the account's or a carrier's" if s.waiting_own_cap else "a carrier's"
     if s.waiting_recipients:
         notes.append(
-            f"{_n(s.waiting_recipients, 'recipient')} held by a carrier's daily limit: a rerun "
+            f"{_n(s.waiting_recipients, 'recipient')} held by {cap} daily limit: a rerun "
             f"from {minute_utc(s.waiting_until)} sends them"
         )
     if s.waiting_past_deadline:
         notes.append(
-            f"{_n(s.waiting_past_deadline, 'recipient')} held by a carrier's daily limit until "
+            f"{_n(s.waiting_past_deadline, 'recipient')} held by {cap} daily limit until "
             f"after the job's deadline; {past_deadline_words(s.deadline)}"
         )
     return f"; of those not sent, {'; '.join(notes)}" if notes else ""

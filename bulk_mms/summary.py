@@ -149,6 +149,9 @@ class JobSummary(msgspec.Struct):
     #: run sends them (the first run past the deadline records them expired); exit 1. Both
     #: counts as :func:`~bulk_mms.report.held_for_reset` splits them, as the report does.
     waiting_past_deadline: int = 0
+    #: Whether the account's own cap (``daily_recipients``) holds some of those members:
+    #: the recipients line names the cap so, not as a carrier's alone.
+    waiting_own_cap: bool = False
     #: The job's deadline the run sent under (:func:`~bulk_mms.gates.job_deadline`), as its
     #: ``run`` event records it; None: it has none.
     deadline: dt.datetime | None = None

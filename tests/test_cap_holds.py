@@ -91,6 +91,28 @@ async def test_a_rerun_before_the_reset_sends_the_others_and_holds_the_refused_g
     assert "4 recipients held by a carrier's daily limit: a rerun from 2026-11-26T08:00Z" in line
 
 
+async def test_members_the_accounts_daily_cap_holds_are_not_said_held_by_a_carrier(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's recipients line names the account's daily cap among what holds the group it
+    refused (not "a carrier's" alone), with the reset a rerun waits for."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 2")
+    settings = replace(ONE, daily_recipients=4)
+    s = await run_job(job, settings, FakeClient(), clock=FakeClock(wall=MORNING.timestamp()))
+    assert (s.waiting_recipients, s.waiting_until, s.waiting_own_cap) == (
+        2,
+        RESET.timestamp(),
+        True,
+    )
+    s.error = None  # the line as a run that ended by itself says it
+    capsys.readouterr()
+    run_outcome(s)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "daily limit" in x)
+    said = "2 recipients held by the account's or a carrier's daily limit: a rerun from "
+    assert said + "2026-11-26T08:00Z" in line
+
+
 async def test_a_dry_run_before_the_reset_counts_the_refused_group_held_not_sent(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
