@@ -96,7 +96,8 @@ class _Item(NamedTuple):
 
 
 class Runner:
-    """One run of one job. Private: use :func:`run_job` (:func:`build_runner` makes one)."""
+    """One run of one job. Private: use :func:`run_job` (:func:`runner_parts` makes what it is
+    handed beside the sender)."""
 
     def __init__(
         self,
@@ -789,25 +790,12 @@ class Runner:
         return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
 
 
-def build_runner(
-    job: JobConfig,
-    settings: Settings,
-    client: MmsClient,
-    sender: GroupSender,
-    *,
-    clock: Clock,
-    stop: Stop,
-    resend_in_doubt: bool = False,
-    limit: int | None = None,
-    scan: InputScan | None = None,
-    excluded: Container[int] = (),
-) -> Runner:
-    """The run's :class:`Runner`, handed its collaborators made from ``sender``'s recorder:
-    the :class:`~bulk_mms.sharing.Sharing` of a shared ledger, through the recorder's
-    coordinator (the one its attempts are fenced by), and the :class:`~bulk_mms.gates.Gates`
-    of quiet hours and the deadline (the sender's count of recipients left for their window,
-    and its deadline). :func:`run_job` makes its runner here, and so does a test that makes
-    one."""
+def runner_parts(job: JobConfig, sender: GroupSender, clock: Clock) -> tuple[Sharing, Gates]:
+    """What a :class:`Runner` is handed beside ``sender``, made from its recorder: the
+    :class:`~bulk_mms.sharing.Sharing` of a shared ledger, through the recorder's coordinator
+    (the one its attempts are fenced by), and the :class:`~bulk_mms.gates.Gates` of quiet
+    hours and the deadline (the sender's count of recipients left for their window, and its
+    deadline)."""
     recorder = sender.recorder
     view = recorder.view
     sharing = Sharing(
@@ -817,11 +805,7 @@ def build_runner(
         clock,
         successor=lambda group: remade_from(group, view, job),
     )
-    gates = Gates(job, recorder, clock, sender.quiet, sender.expires_at)
-    return Runner(
-        job, settings, client, sender, sharing=sharing, gates=gates, clock=clock, stop=stop,
-        resend_in_doubt=resend_in_doubt, limit=limit, scan=scan, excluded=excluded,
-    )  # fmt: skip
+    return sharing, Gates(job, recorder, clock, sender.quiet, sender.expires_at)
 
 
 async def run_job(
@@ -892,9 +876,11 @@ async def run_job(
             sender = build_sender(
                 job, settings, client, recorder, clock=clock, stop=stop, suppressed=suppressed
             )
-            runner = build_runner(
-                job, settings, client, sender, clock=clock, stop=stop, limit=limit,
-                resend_in_doubt=resend_in_doubt, scan=scan, excluded=excluded,
+            sharing, gates = runner_parts(job, sender, clock)
+            runner = Runner(
+                job, settings, client, sender, sharing=sharing, gates=gates, clock=clock,
+                stop=stop, limit=limit, resend_in_doubt=resend_in_doubt, scan=scan,
+                excluded=excluded,
             )  # fmt: skip
             runner.log_start(store.name)
             await _run_to_end(runner, reader, progress)
