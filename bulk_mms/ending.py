@@ -25,7 +25,6 @@ from bulk_mms.sending import GroupSender
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary, percentile
 from bulk_mms.windows import held_for_windows, reset_in_time
-from bulk_mms.words import OWN_CAP
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +73,7 @@ def final_summary(
         later = [w.after for w in held.in_time.values() if w.after > wall]
         s.waiting_recipients, s.waiting_until = len(later), max(later, default=0.0)
         s.waiting_past_deadline = len(held.past_deadline)
-        s.waiting_own_cap = any(w.code == OWN_CAP for w in held.held.values())
+        s.waiting_own_cap = held.own_cap
     # after the recipients: who else the stop left counts
     held_for_windows(s, job, clock, sender.expires_at, quiet=sender.quiet, left=left)
     reset_in_time(s, sender.expires_at)

@@ -19,13 +19,7 @@ from bulk_mms._version import __version__
 from bulk_mms.caps import max_cost_counts, recipient_price, run_limits
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
-from bulk_mms.errors import (
-    BulkMmsError,
-    ConfigError,
-    InputError,
-    LedgerError,
-    LedgerMismatch,
-)
+from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
 from bulk_mms.grouping import make_groups, moved, without
 from bulk_mms.ledger import (
     FORMAT,
@@ -456,9 +450,9 @@ def not_before(group: Group, view: LedgerView) -> float:
     a group the cap refused at the send waits, while it is pending a rerun, for the reset
     its ``failed`` event keeps (:attr:`GroupRecord.capped_until
     <bulk_mms.ledger.GroupRecord.capped_until>`). Read from the fold, so every process on a
-    shared ledger holds the same groups until the same time. A cap of the account's or the
-    job's own (``daily_recipients``: recorded ``LimitReached``, its reset kept for the report)
-    holds nothing here: the run asks it again before the group leaves
+    shared ledger holds the same groups until the same time. The account's own cap
+    (``daily_recipients``: recorded ``LimitReached``, its reset kept for the report) holds
+    nothing here: the run asks it again before the group leaves
     (:meth:`~bulk_mms.caps.DailyCap.reserve`), raised since or not."""
     rec = view.groups.get(group.id)
     if rec is None or why_code(rec.why) == OWN_CAP:

@@ -85,6 +85,12 @@ class ResetHolds(msgspec.Struct, frozen=True):
         """When the last of :attr:`in_time` may be sent (0: none waits for a reset)."""
         return max((w.after for w in self.in_time.values()), default=0.0)
 
+    @property
+    def own_cap(self) -> bool:
+        """Whether the account's own cap (``daily_recipients``, :data:`~bulk_mms.words.
+        OWN_CAP`) holds some of :attr:`held`, not only a carrier's."""
+        return any(w.code == OWN_CAP for w in self.held.values())
+
 
 def held_for_reset(
     waits: Mapping[str, Waiting], now: float, deadline: dt.datetime | None
@@ -471,8 +477,7 @@ def _retry_note(s: LedgerSummary) -> str:
     """The retry-pending row's note: a rerun sends them (:func:`rerun_words`), but those a
     cap holds (:attr:`LedgerSummary.capped`: "a carrier's", or "a cap's" when the account's
     own is among them) only from its reset, or, past the job's deadline, none."""
-    own = any(w.code == OWN_CAP for w in s.capped.held.values())
-    waits = _waits(s.capped, f"wait for {'a cap' if own else 'a carrier'}'s reset")
+    waits = _waits(s.capped, f"wait for {'a cap' if s.capped.own_cap else 'a carrier'}'s reset")
     if not waits:
         return f"  ({rerun_words(s)})"
     rest = s.recipient_states.retry_pending - len(s.capped.held)
