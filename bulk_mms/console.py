@@ -32,7 +32,7 @@ from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
 from bulk_mms.report import past_deadline_words
-from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc
+from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, rerun_from
 from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
 
@@ -375,11 +375,11 @@ def _waiting(s: JobSummary) -> str:
     them): before the job's deadline, and after it (no rerun sends those before it), as the
     report says them (:func:`~bulk_mms.report.held_for_reset`)."""
     notes = []
-    cap = "the account's or a carrier's" if s.waiting_own_cap else "a carrier's"
+    cap = _cap_of(s)
     if s.waiting_recipients:
         notes.append(
-            f"{_n(s.waiting_recipients, 'recipient')} held by {cap} daily limit: a rerun "
-            f"from {minute_utc(s.waiting_until)} sends them"
+            f"{_n(s.waiting_recipients, 'recipient')} held by {cap} daily limit: "
+            f"{rerun_from(s.waiting_until, own_cap=s.waiting_own_cap)}"
         )
     if s.waiting_past_deadline:
         notes.append(
@@ -387,6 +387,12 @@ def _waiting(s: JobSummary) -> str:
             f"after the job's deadline; {past_deadline_words(s.deadline)}"
         )
     return f"; of those not sent, {'; '.join(notes)}" if notes else ""
+
+
+def _cap_of(s: JobSummary) -> str:
+    """Whose daily cap holds the members waiting for a reset: a carrier's, or the account's
+    (``daily_recipients``) when it is among them."""
+    return "the account's or a carrier's" if s.waiting_own_cap else "a carrier's"
 
 
 def _incomplete(s: JobSummary) -> bool:
@@ -455,8 +461,8 @@ def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"  already done {s.skipped_groups} groups, held in doubt {s.held_groups}")
     if s.waiting_recipients:
         print(
-            f"  held         {_n(s.waiting_recipients, 'recipient')} until a carrier's reset: "
-            f"a run from {minute_utc(s.waiting_until)} sends them"
+            f"  held         {_n(s.waiting_recipients, 'recipient')} until {_cap_of(s)} reset: "
+            f"{rerun_from(s.waiting_until, own_cap=s.waiting_own_cap, run='a run')}"
         )
     e = s.estimate
     if e is not None:

@@ -45,7 +45,7 @@ from bulk_mms.ledger.fold import (
     Missed,
     action_of,
 )
-from bulk_mms.summary import minute_utc, percentile
+from bulk_mms.summary import minute_utc, percentile, rerun_from
 from bulk_mms.words import MAX_COST, OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
 
 #: Why a ledger without a job header cannot be summed up.
@@ -450,7 +450,7 @@ def _reset_words(s: LedgerSummary) -> dict[str, str]:
     return {
         w.group: f"; {past_deadline_words(s.deadline)}"
         if w.group in late
-        else f"; a rerun from {minute_utc(w.after)} sends them"
+        else f"; {rerun_from(w.after, own_cap=w.code == OWN_CAP)}"
         for w in s.capped.held.values()
     }
 
@@ -469,7 +469,7 @@ def rerun_words(s: LedgerSummary) -> str:
         return past_deadline_words(s.deadline)
     raised = " with max_cost raised" if s.max_cost_reached else ""
     if s.capped.held:
-        return f"a rerun from {minute_utc(s.capped.until)}{raised} sends them"
+        return rerun_from(s.capped.until, own_cap=s.capped.own_cap, provided=raised)
     return f"a rerun{raised} sends them" if raised else "a plain rerun sends them"
 
 
@@ -531,7 +531,7 @@ def _waiting_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
         if late:
             when = f"; {past_deadline_words(s.deadline)}"
         elif after:
-            when = f"; a rerun from {minute_utc(after)} sends them"
+            when = f"; {rerun_from(after)}"
         else:
             when = "; a plain rerun sends them"
         what = error_words(code) if code else "moved out of a sent group"

@@ -26,6 +26,17 @@ def minute_utc(seconds: float) -> str | None:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
+def rerun_from(
+    seconds: float, *, own_cap: bool = False, run: str = "a rerun", provided: str = ""
+) -> str:
+    """From when a rerun sends members a daily cap holds (wall-clock seconds: its reset), and
+    on what else (``provided``: " with max_cost raised"), as the run and the report say it.
+    When the account's own cap (``daily_recipients``) holds some of them, that rerun sends no
+    more of them than the cap allows that day."""
+    limit = " (up to [limits] daily_recipients a day)" if own_cap else ""
+    return f"{run} from {minute_utc(seconds)}{provided} sends them{limit}"
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) of sorted ``values``, nearest rank; None when empty."""
     if not values:

@@ -95,7 +95,8 @@ async def test_members_the_accounts_daily_cap_holds_are_not_said_held_by_a_carri
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The run's recipients line names the account's daily cap among what holds the group it
-    refused (not "a carrier's" alone), with the reset a rerun waits for."""
+    refused (not "a carrier's" alone), with the reset a rerun waits for and the cap's bound
+    on what that rerun sends."""
     jobs.people(8)
     job = jobs.job(extra="group_size = 2")
     settings = replace(ONE, daily_recipients=4)
@@ -110,7 +111,7 @@ async def test_members_the_accounts_daily_cap_holds_are_not_said_held_by_a_carri
     run_outcome(s)
     line = next(x for x in capsys.readouterr().out.splitlines() if "daily limit" in x)
     said = "2 recipients held by the account's or a carrier's daily limit: a rerun from "
-    assert said + "2026-11-26T08:00Z" in line
+    assert said + "2026-11-26T08:00Z sends them (up to [limits] daily_recipients a day)" in line
 
 
 async def test_a_dry_run_before_the_reset_counts_the_refused_group_held_not_sent(
@@ -266,8 +267,8 @@ async def test_the_accounts_daily_cap_is_reported_with_its_reset_and_held_until_
     """[limits] daily_recipients met mid-run, the real client against the fake API: the run
     exits 5 naming the next day; its group the cap refused is recorded with the cap's reset,
     so the report (table, JSON, page) counts who was not sent and says a rerun from the reset
-    sends them; a rerun before the reset asks the API nothing (exit 5), one after it sends
-    the rest (exit 0)."""
+    sends them, up to the cap a day; a rerun before the reset asks the API nothing (exit 5),
+    one after it sends the rest (exit 0)."""
     jobs.people(8)
     job = jobs.job(extra="group_size = 2")
     settings = replace(ONE, daily_recipients=4)
@@ -283,9 +284,10 @@ async def test_the_accounts_daily_cap_is_reported_with_its_reset_and_held_until_
         s = summarize(job.ledger, clock=Clock(SOON))
         text = format_text(s, job.ledger)
         assert "retry pending         1           2  (2 wait for a cap's reset: see below)" in text
-        said = f"{BY_KIND[OWN_CAP]}; a rerun from 2026-11-26T08:00Z sends them"
+        capped = "sends them (up to [limits] daily_recipients a day)"
+        said = f"{BY_KIND[OWN_CAP]}; a rerun from 2026-11-26T08:00Z {capped}"
         assert f"retry pending 1 group, 2 recipients: {said}" in text
-        assert "(not sent yet: a rerun from 2026-11-26T08:00Z sends them)" in text
+        assert f"(not sent yet: a rerun from 2026-11-26T08:00Z {capped})" in text
         d = s.as_dict()
         assert (d["sent_recipients"], d["retry_pending_recipients"]) == (4, 2)
         assert (d["recipients"]["not_attempted"], d["retry_pending_not_before"]) == (
