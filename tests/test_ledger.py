@@ -228,6 +228,39 @@ async def test_each_store_s_fsync_thread_ends_when_it_closes(tmp_path: Path) -> 
     assert [e["group"] for e in ledger_events(tmp_path / "3.jsonl")[1:]] == ["g3"]
 
 
+def test_a_child_forked_after_the_fsync_thread_started_syncs_on_a_thread_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A process forked while a store's fsync thread runs (the thread is not in the child)
+    appends durably there on a new thread of the child's own, and closes; the parent's
+    thread and store go on as they were."""
+    store = _run_store(tmp_path / "l.jsonl")
+    asyncio.run(store.append(ev.Sent("g1", message_id="m1")))
+    parent_thread = store._syncer.thread
+    pid = os.fork()
+    if pid == 0:  # the child: its exit code says how it went (an alarm ends a hang)
+        code = 1
+        try:
+            import signal  # noqa: PLC0415 - the child's alone
+
+            signal.alarm(20)
+            asyncio.run(store.append(ev.Sent("g2", message_id="m2")))
+            thread = store._syncer.thread
+            fresh = thread is not None and thread is not parent_thread and thread.is_alive()
+            store.close_sync()
+            code = 0 if fresh and _ended(thread) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._syncer.thread is parent_thread
+    assert parent_thread is not None
+    assert parent_thread.is_alive()
+    store.close_sync()
+    assert _ended(parent_thread)
+    assert [e["group"] for e in ledger_events(tmp_path / "l.jsonl")[1:]] == ["g1", "g2"]
+
+
 async def test_a_failed_fsync_on_the_thread_fails_every_waiter_and_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

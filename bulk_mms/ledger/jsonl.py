@@ -11,7 +11,8 @@ covers its line. Many groups in flight therefore share one fsync.
 The fsync runs on a worker thread, never on the event loop's: a slow disk (a network file
 system, a busy disk) holds up only the writers waiting for that commit, while the loop's timers,
 pacing and requests go on and new events queue for the next commit. The thread is the store's
-own (:class:`_Syncer`): it starts with the first group commit and ends when the store closes.
+own (:class:`_Syncer`): it starts with the first group commit and ends when the store closes;
+a process forked meanwhile starts one of its own for its next commit.
 
 Locks. A run holds ``LEDGER.lock`` (``flock``, with its PID in it) for as long as it runs: a
 second run of the same ledger is :class:`~bulk_mms.errors.LedgerLocked`. Whether a run holds it
@@ -140,6 +141,16 @@ class _Syncer:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stop: weakref.finalize[..., object] | None = None
+        _SYNCERS.add(self)
+
+    def _forked(self) -> None:
+        """In a child just forked: the parent's thread is not there, so the next :meth:`sync`
+        starts one of the child's own, on a queue of its own (the parent's fsyncs asked
+        before the fork are the parent's to run)."""
+        if self._stop is not None:
+            self._stop.detach()
+        self._jobs = queue.SimpleQueue()
+        self._thread = self._stop = None
 
     def sync(self, owner: object, fsync: Callable[[], None]) -> asyncio.Future[None]:
         """A future of the running loop that ``fsync()``, run on the thread, settles: done
@@ -166,6 +177,20 @@ class _Syncer:
     def thread(self) -> threading.Thread | None:
         """The thread, while one is started and not asked to stop."""
         return self._thread
+
+
+#: Every :class:`_Syncer` alive, for a fork's child to forget their threads
+#: (:meth:`_Syncer._forked`).
+_SYNCERS: weakref.WeakSet[_Syncer] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a child just forked: every syncer forgets its parent's thread."""
+    for syncer in list(_SYNCERS):
+        syncer._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
