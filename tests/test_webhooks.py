@@ -36,15 +36,14 @@ from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, opted_out, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
-    LATE_POLL_S,
-    MAX_EVENT_BODY,
     JobReceiver,
     WebhookReceiver,
     load_public_key,
     serve_webhooks,
 )
 from bulk_mms.webhooks import receiver as receiver_module
-from bulk_mms.webhooks.receiver import Origin
+from bulk_mms.webhooks.base import LATE_POLL_S, MAX_EVENT_BODY
+from bulk_mms.webhooks.events import Origin
 from tests.conftest import FakeClient, FakeClock, JobFactory, sent_ledger
 
 SIGNER = Ed25519PrivateKey.generate()

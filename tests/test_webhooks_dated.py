@@ -24,12 +24,12 @@ from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
     DAYS_BACK,
-    LATE_POLL_S,
-    LEARN_WINDOW_S,
     JobReceiver,
     days,
     load_public_key,
 )
+from bulk_mms.webhooks.base import LATE_POLL_S
+from bulk_mms.webhooks.receiver import LEARN_WINDOW_S
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_webhooks import (
     PUBLIC_B64,

@@ -28,8 +28,9 @@ the members a group's own message lists under ``cc`` are recorded too), then cou
 (:attr:`WebhookReceiver.unmatched`, ``webhook.unmatched`` in the log) and dropped, never
 written against anyone: whatever arrives, the only file written is the ledger, and only with
 recipients of messages it sent. One task looks for all such events, every half second, with
-one read of what was appended to the ledger since; it looks for :data:`LATE_MAX` at most, and
-one more gets 503 (Telnyx delivers it again), never a 2xx that drops it unlooked for.
+one read of what was appended to the ledger since; it looks for
+:data:`~bulk_mms.webhooks.base.LATE_MAX` at most, and one more gets 503 (Telnyx delivers it
+again), never a 2xx that drops it unlooked for.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case
@@ -50,19 +51,7 @@ Nothing of a request's headers is logged, not even by aiohttp's server (:func:`s
 """
 
 from bulk_mms.webhooks.days import DAYS_BACK, JobReceiver
-from bulk_mms.webhooks.receiver import (
-    EVENTS,
-    FINALIZED,
-    LATE_MAX,
-    LATE_POLL_S,
-    LATE_WINDOW_S,
-    LEARN_WINDOW_S,
-    MAX_EVENT_BODY,
-    START_REASON,
-    STOP_REASON,
-    ReceiverOptions,
-    WebhookReceiver,
-)
+from bulk_mms.webhooks.receiver import WebhookReceiver
 from bulk_mms.webhooks.serve import serve_webhooks, server_log
 from bulk_mms.webhooks.signature import (
     PUBLIC_KEY_ENV,
@@ -76,21 +65,11 @@ from bulk_mms.webhooks.signature import (
 
 __all__ = [
     "DAYS_BACK",
-    "EVENTS",
-    "FINALIZED",
-    "LATE_MAX",
-    "LATE_POLL_S",
-    "LATE_WINDOW_S",
-    "LEARN_WINDOW_S",
-    "MAX_EVENT_BODY",
     "PUBLIC_KEY_ENV",
     "SIGNATURE_HEADER",
-    "START_REASON",
-    "STOP_REASON",
     "TIMESTAMP_HEADER",
     "TOLERANCE_S",
     "JobReceiver",
-    "ReceiverOptions",
     "Unverified",
     "WebhookReceiver",
     "load_public_key",

@@ -21,23 +21,18 @@ from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import Location, open_store
 from bulk_mms.ledger.store import display, exists
 from bulk_mms.models import RecipientStatus
-from bulk_mms.webhooks.receiver import (
+from bulk_mms.webhooks.base import (
     LATE_POLL_S,
-    LEARN_WINDOW_S,
     BaseReceiver,
     Late,
-    Origin,
     ReceiverOptions,
-    WebhookReceiver,
-    opened,
-    origin,
-    reports_in,
-    short_field,
     too_many_late,
     write_failed,
 )
+from bulk_mms.webhooks.events import Origin, origin, reports_in, short_field
+from bulk_mms.webhooks.receiver import LEARN_WINDOW_S, WebhookReceiver, opened
 
-log = structlog.get_logger("bulk_mms.webhooks.days")
+log = structlog.get_logger(__name__)
 
 #: How many dates before today a job's dated ledgers stay open (:class:`JobReceiver`): an
 #: event is taken for a send within :data:`LEARN_WINDOW_S` of it, so a message sent just

@@ -18,10 +18,11 @@ from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import Location, keep_database_time, open_store
 from bulk_mms.ledger.store import display, is_database
 from bulk_mms.suppression import Suppressed
+from bulk_mms.webhooks.base import BaseReceiver
 from bulk_mms.webhooks.days import JobReceiver
-from bulk_mms.webhooks.receiver import BaseReceiver, WebhookReceiver, opened
+from bulk_mms.webhooks.receiver import WebhookReceiver, opened
 
-log = structlog.get_logger("bulk_mms.webhooks.serve")
+log = structlog.get_logger(__name__)
 
 
 class _ServerLog(logging.Filter):
