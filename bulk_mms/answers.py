@@ -41,7 +41,7 @@ from bulk_mms.models import (
     parse_money,
 )
 
-log = structlog.get_logger("bulk_mms.answers")
+log = structlog.get_logger(__name__)
 
 #: Bounds on reading ``GET /reports/mdrs`` whole
 #: (:meth:`~bulk_mms.client.AiohttpMmsClient.fetch_records`): the pages it asks for, the

@@ -75,7 +75,7 @@ __all__ = [
     "settings_price",
 ]
 
-log = structlog.get_logger("bulk_mms.caps")
+log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 

@@ -80,7 +80,7 @@ OPTOUTS_PATH = "/messaging_optouts"
 RECORDS_PATH = "/reports/mdrs"
 
 USER_AGENT = f"bulk-mms/{__version__}"
-log = structlog.get_logger("bulk_mms.client")
+log = structlog.get_logger(__name__)
 
 
 class MmsClient(Protocol):

@@ -22,7 +22,7 @@ import structlog
 from bulk_mms._version import __version__
 from bulk_mms.errors import MediaError
 
-log = structlog.get_logger("bulk_mms.media")
+log = structlog.get_logger(__name__)
 
 #: The API's limit: "The total media size must be less than 1 MB."
 MAX_MEDIA_BYTES = 1_000_000

@@ -82,7 +82,7 @@ __all__ = [
     "sender_type",
 ]
 
-log = structlog.get_logger("bulk_mms.pacing")
+log = structlog.get_logger(__name__)
 
 #: Rate never drops below this fraction of the ceiling (and never below 0.01/s), so a sender
 #: keeps probing even after a burst of bad news.

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from bulk_mms.config import Settings
     from bulk_mms.ledger.fold import GroupRecord
 
-log = structlog.get_logger("bulk_mms.policy")
+log = structlog.get_logger(__name__)
 
 
 def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[str, Action]:

@@ -20,7 +20,7 @@ import structlog
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-log = structlog.get_logger("bulk_mms.progress")
+log = structlog.get_logger(__name__)
 _BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} rows [{elapsed}<{remaining}]{postfix}"
 
 

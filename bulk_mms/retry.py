@@ -36,7 +36,7 @@ from bulk_mms.errors import (
 from bulk_mms.models import Group, SendReceipt
 
 T = TypeVar("T")
-log = structlog.get_logger("bulk_mms.retry")
+log = structlog.get_logger(__name__)
 
 
 class Attempted(msgspec.Struct, frozen=True):

@@ -58,7 +58,7 @@ from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import suppression_for
 from bulk_mms.track import Tracker
 
-log = structlog.get_logger("bulk_mms.runner")
+log = structlog.get_logger(__name__)
 
 #: The longest a run waits, before it ends, for the API's records of its groups in doubt to
 #: be complete (``[api] records_lag_s`` set low); past it, a later run looks.

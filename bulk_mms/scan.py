@@ -41,7 +41,7 @@ from bulk_mms.models import Recipient, RejectedRow, Rejection, reason_kind
 from bulk_mms.reader import FileStamp, Row, RowReader, fingerprint
 from bulk_mms.validate import recipient_rows
 
-log = structlog.get_logger("bulk_mms.scan")
+log = structlog.get_logger(__name__)
 
 #: The columns of a ``--rejected-csv`` file.
 REJECTED_COLUMNS = ("line", "value", "reason")

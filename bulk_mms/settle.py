@@ -52,7 +52,7 @@ from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
 from bulk_mms.models import MessageRecord, Money
 from bulk_mms.retry import fetch_with_retry
 
-log = structlog.get_logger("bulk_mms.settle")
+log = structlog.get_logger(__name__)
 
 #: How long after a try ended (its connection reset, its answer given up on) the server may
 #: still be taking it in, in seconds.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import structlog
 
-log = structlog.get_logger("bulk_mms.signals")
+log = structlog.get_logger(__name__)
 
 
 class Stop(asyncio.Event):

@@ -50,7 +50,7 @@ from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
-log = structlog.get_logger("bulk_mms.suppression")
+log = structlog.get_logger(__name__)
 
 #: How the reason of a suppression that the number's own STOP caused starts: an inbound STOP
 #: (webhooks), the profile's opt-out list (``optouts sync``), a 40300 refusal (a run).

@@ -64,7 +64,7 @@ from bulk_mms.signals import Stop
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 from bulk_mms.words import escaped
 
-log = structlog.get_logger("bulk_mms.track")
+log = structlog.get_logger(__name__)
 
 #: Tries in a row that could not connect to the API (refused, DNS, TLS, connect timeout:
 #: :class:`NetworkError`) after which tracking stops with :class:`ApiUnavailable` (exit 1):

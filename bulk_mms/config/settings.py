@@ -402,7 +402,7 @@ def cap_concurrency(settings: Settings, nofile: int | None = None) -> Settings:
     if settings.concurrency <= fits:
         return settings
     needed = settings.concurrency + RESERVED_DESCRIPTORS
-    structlog.get_logger("bulk_mms.config").warning(
+    structlog.get_logger(__name__).warning(
         "config.concurrency_capped",
         concurrency=settings.concurrency,
         capped_to=fits,

@@ -405,7 +405,7 @@ async def keep_database_time(clock: SystemClock, where: str) -> None:
 
     skew = await asyncio.to_thread(follow_database_clock, where, clock.follow)
     if abs(skew) > SKEWED_S:
-        structlog.get_logger("bulk_mms.ledger").warning(
+        structlog.get_logger(__name__).warning(
             "clock.skewed",
             ledger=display(where),
             seconds=round(skew, 1),
