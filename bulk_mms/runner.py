@@ -830,7 +830,9 @@ async def run_job(
     Args:
         job: what to send to whom.
         settings: rate, concurrency, retries.
-        client: the API seam.
+        client: the API seam; an :class:`~bulk_mms.client.AiohttpMmsClient` with a pool of
+            ``settings.concurrency`` connections (``max_connections``), as the CLI makes it: a
+            request that waits for a connection past its time to leave in is not sent.
         resend_in_doubt: also send groups an earlier run left in doubt.
         clock: the one clock (pacing, backoff, deadlines, the ``send_window``, event stamps);
             by default the system's, with sleeps that a stop ends. Tests pass a fake.
