@@ -87,9 +87,9 @@ async def drain(store: LedgerStore, sender: GroupSender, stop: Stop) -> None:
     try:
         await _bounded(store.drain(), stop)
     except TimeoutError:
-        sender.fail_ledger(_undrained(store, stop))
+        sender.stops.ledger_failed(_undrained(store, stop))
     except LedgerError as exc:
-        sender.fail_ledger(exc)
+        sender.stops.ledger_failed(exc)
 
 
 async def let_go(

@@ -192,7 +192,7 @@ class Runner:
             if (
                 deadline := self.sender.run_deadline
             ) is not None and self.clock.monotonic() >= deadline:
-                self.sender.run_deadline_reached()
+                self.sender.stops.run_deadline_reached()
                 return
             if n % 512 == 511:
                 await asyncio.sleep(0)  # let workers and the flusher run on long skip streaks
@@ -389,7 +389,7 @@ class Runner:
             await self.settle_doubts()
             await self.settle_later()
         except LedgerError as exc:
-            self.sender.fail_ledger(exc)
+            self.sender.stops.ledger_failed(exc)
 
     async def settle_doubts(self) -> None:
         """Before the run ends, the groups it left in doubt are looked up in the API's records:
@@ -523,7 +523,7 @@ class Runner:
         try:
             await self.produce(reader)
         except LedgerError as exc:
-            self.sender.fail_ledger(exc)
+            self.sender.stops.ledger_failed(exc)
         # not in a finally: a cancelled feeder must not wait on a queue nobody drains
         await self.queue.join()
         self._put(_END, None)
@@ -652,7 +652,7 @@ class Runner:
         settling of its doubts and the wait for what others left undecided. A live process's
         groups never pass to another while it may still decide them."""
         claims = (
-            asyncio.create_task(self.sharing.keep_claims(self.sender.fail_ledger))
+            asyncio.create_task(self.sharing.keep_claims(self.sender.stops.ledger_failed))
             if self.sharing.shared
             else None
         )
@@ -752,7 +752,7 @@ class Runner:
             if math.isinf(left):
                 return  # open all day (00:00-24:00): it never closes
             if left <= 0:
-                self.sender.window_closed()
+                self.sender.stops.window_closed()
                 return
             if expires is not None:  # woken at the deadline too: from then, no stop
                 left = min(left, (expires - now).total_seconds())

@@ -1,9 +1,9 @@
 """Sending one group: pace, write the attempt ahead, send with retries, record the outcome.
 
 :class:`GroupSender` is the runner's per-group path, shared by its workers. It keeps what spans
-groups: the pacer, the retry digest, the streak of groups without a usable answer (the API is
-down: stop), the attempts on record whose outcome is not yet (for a forced stop), and why the
-job stopped, if it did.
+groups: the pacer, the caps, the retry digest, the attempts on record whose outcome is not yet
+(for a forced stop), and when what the groups meet stops the job (:class:`~bulk_mms.stopping.
+JobStops`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,24 +27,17 @@ from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import Fence
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
-    AccountRefused,
     AmbiguousSendError,
     ApiError,
-    ApiUnavailable,
-    AuthError,
     ClaimLost,
     ConfigError,
-    DescriptorsExhausted,
     FatalSendError,
     LedgerError,
-    LimitReached,
     RateLimited,
-    RefusedRepeatedly,
     Rejected,
     RetryableSendError,
     SenderRefused,
     SendError,
-    WindowClosed,
 )
 from bulk_mms.gates import job_deadline, past
 from bulk_mms.grouping import without
@@ -75,36 +68,15 @@ from bulk_mms.recorder import (
 from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
+from bulk_mms.stopping import JobStops
 from bulk_mms.suppression import Suppressed, suppress_opted_out
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-#: After this many groups in a row end without a usable answer (a transient error with their
-#: retries used up, or in doubt), the API is taken to be down and the job stops (a rerun
-#: resumes) instead of going through every group.
-STOP_AFTER_UNANSWERED = 3
-#: After this many groups in a row are refused (400/422) with one and the same error that
-#: names no member, the job's message or sender is what the API refuses, and the job stops
-#: instead of failing every group (:class:`~bulk_mms.errors.RefusedRepeatedly`).
-STOP_AFTER_REFUSED = 5
 #: The least time a request keeps, before the claim on its group may pass to another process,
 #: to leave in after its connection is ready (a quarter of the lease, when that is less).
 HOLD_MARGIN_S = 1.0
-#: Why a fatal error stopped the job, by its class (the stop's reason, and its log event).
-_STOP_REASONS: dict[type[FatalSendError], str] = {
-    AuthError: "auth",
-    LimitReached: "limit",
-    AccountRefused: "account",
-    DescriptorsExhausted: "descriptors",
-}
-
-
-def stop_reason(err: FatalSendError) -> str:
-    """Why ``err`` stops the job (:data:`_STOP_REASONS`), by its class or the nearest it
-    derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a limit);
-    ``"endpoint"`` for any other."""
-    return next((r for cls, r in _STOP_REASONS.items() if isinstance(err, cls)), "endpoint")
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
@@ -203,40 +175,6 @@ class SenderStats(msgspec.Struct, frozen=True):
     queue_full: int
 
 
-class SpamWatch:
-    """Whether spam filtering met ``share`` of the last ``window`` verdicts. Private."""
-
-    __slots__ = ("count", "recent", "share", "window")
-
-    def __init__(self, window: int, share: float) -> None:
-        self.window = window
-        self.share = share
-        self.recent: deque[bool] = deque(maxlen=window)
-        #: How many of ``recent`` are spam, kept as it moves.
-        self.count = 0
-
-    def note(self, spam: bool) -> bool:
-        """One more verdict; whether the window is full and spam meets the share."""
-        if len(self.recent) == self.window:
-            self.count -= self.recent[0]  # leaving the window
-        self.recent.append(spam)
-        self.count += spam
-        return len(self.recent) >= self.window and self.count >= self.share * self.window
-
-
-def _unanswered(err: SendError, *, tried: bool) -> str:
-    """Why the job stops after :data:`STOP_AFTER_UNANSWERED` groups in a row ended without an
-    answer, the last with ``err``: the API failing them (``tried``), or a last group that never
-    left (its sender paused past ``max_group_age_s``): no request failed, so none is blamed."""
-    n = STOP_AFTER_UNANSWERED
-    if not tried:
-        return f"stopped after {n} groups in a row could not leave: {err}"
-    return (
-        f"the API keeps failing ({err}); stopped after {n} groups in a row got no usable "
-        "answer. Nothing is lost: rerun to resume"
-    )
-
-
 class GroupSender:
     """Sends groups for one run. Private to the runner.
 
@@ -303,10 +241,8 @@ class GroupSender:
         #: Retriers not sending a group now: each group in flight takes one (the workers'
         #: tenacity machinery, built once each and reused group after group).
         self._retriers: list[Retrier] = []
-        self.transient_streak = 0  # groups in a row that got no usable answer
-        #: The error of the last group refused naming no member, and how many groups in a
-        #: row met it (:data:`STOP_AFTER_REFUSED`).
-        self.refusal_streak: tuple[str, int] = ("", 0)
+        #: When what the groups meet stops the job.
+        self.stops = JobStops(job, settings, stop, recorder.summary)
         #: Groups whose attempt is on record and whose outcome is not yet, for a forced stop:
         #: None while a request is out (or a try may have been accepted); else the error of
         #: the last try, which certainly failed.
@@ -317,11 +253,6 @@ class GroupSender:
         #: its ``sent`` is in the ledger's view (answers in flight together are not there
         #: yet): :meth:`_own_answer`.
         self._answered: dict[str, str] = {}
-        #: Spam filtering in the answers to this run's tries (a server that says so at once).
-        self.spam_tries = SpamWatch(settings.spam_window, settings.spam_share)
-        #: Spam filtering in the final delivery reports of this run's recipients (Telnyx:
-        #: carrier codes arrive only there).
-        self.spam_reports = SpamWatch(settings.spam_window, settings.spam_share)
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
@@ -398,7 +329,7 @@ class GroupSender:
         try:
             group = self.sender_for(group)
         except PaceAborted:
-            self._no_senders()
+            self.stops.no_senders(self.pacer.retired)
             return None
         rec = self.view.groups.get(group.id)
         # An earlier run may have sent this group already (it was in doubt): any answer now
@@ -436,7 +367,7 @@ class GroupSender:
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return None
         except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
-            self.fail_ledger(exc)
+            self.stops.ledger_failed(exc)
             await self._settle_limits(group, None, maybe_sent=tries.ambiguous)
             return None
         finally:
@@ -464,7 +395,7 @@ class GroupSender:
         try:
             after = await self.conclude(group, result, tries.throttled)
         except LedgerError as exc:
-            self.fail_ledger(exc)
+            self.stops.ledger_failed(exc)
             return None
         return None if self.stop.is_set() else after
 
@@ -525,7 +456,7 @@ class GroupSender:
         self._check_optouts(tries)
         for limit in self.limits:
             if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
-                self._fail(over, "limit")  # at once: no other group takes room meanwhile
+                self.stops.fail(over, "limit")  # at once: no other group takes room meanwhile
                 # its tries end on the cap, as on a carrier's; one in doubt since an earlier
                 # run stays so, unrecorded (the cap says nothing of whether it was sent)
                 raise StopRetrying(None if tries.ambiguous else over)
@@ -658,7 +589,7 @@ class GroupSender:
             and not stop.is_set()
             and not in_window(job, utc(self.clock))
         ):
-            self.window_closed()
+            self.stops.window_closed()
         if stop.is_set():
             why = closed_before_leaving if stop.reason == "window" else never_left
             raise StopRetrying(_unsent(tries, on_record, why))
@@ -709,7 +640,7 @@ class GroupSender:
         if isinstance(exc, RateLimited):
             self.pacer.on_rate_limited(tries.group.message.from_, exc.retry_after, exc.code)
             tries.throttled += 1
-        self._watch_spam(exc)
+        self.stops.tried(exc)
 
     def _gave_up(self, exc: PaceAborted, tries: _Tries) -> StopRetrying:
         """Why a group stops waiting for the pacer: the job stops, ``max_job_duration_s``
@@ -721,7 +652,7 @@ class GroupSender:
             and self.run_deadline is not None
             and exc.earliest > self.run_deadline
         ):
-            self.run_deadline_reached()
+            self.stops.run_deadline_reached()
             return StopRetrying()
         if exc.reason == "deadline" and self._outlasted(tries, exc.earliest):
             return StopRetrying()
@@ -810,7 +741,7 @@ class GroupSender:
             and closes_in(window, (job.timezone,), at) <= self.pacer.resumes() - now
         ):
             log.info("group.paused_past_window", group=group.id, window="send_window")
-            self.window_closed()
+            self.stops.window_closed()
             return True
         return False
 
@@ -821,11 +752,9 @@ class GroupSender:
             group, result.receipt, maybe_sent=isinstance(result.error, AmbiguousSendError)
         )
         if result.receipt is not None:
-            self.transient_streak = 0
-            self.refusal_streak = ("", 0)
+            self.stops.sent()
             final = self.recorder.sent(group, result.receipt, result.attempts, throttled)
             self._answered.pop(result.receipt.message_id, None)  # the view has it now
-            self._watch_spam(None)
             if (rec := self.view.groups.get(group.id)) is not None:
                 for st in final:  # the answer's own delivery reports
                     await self.on_delivery(rec, st)
@@ -834,16 +763,11 @@ class GroupSender:
         assert err is not None
         resets = reset_of(err)  # before settled() says it as a plain retryable error
         if isinstance(err, FatalSendError):
-            # Not a verdict on this group: stop the job (a rerun with the key or the base URL
-            # fixed sends it), and record where the group stands so a resume knows.
-            self._stop_for(err)
+            # Not a verdict on this group: stop the job, and record where the group stands so
+            # a resume knows.
+            self.stops.fatal(err)
             err = settled(err)
-        # no usable answer (retries used up, or in doubt): group after group means the API is
-        # down or broken, and the job stops instead of burning through the list. A group its
-        # window held back never asked the API: it says nothing of it
-        if not isinstance(err, WindowClosed):
-            unanswered = isinstance(err, RetryableSendError | AmbiguousSendError)
-            self.transient_streak = self.transient_streak + 1 if unanswered else 0
+        self.stops.count(err)
         refused = refused_members(err, group.to, self.settings.error_policy)
         refused = refused or await refused_by_optouts(
             self.client, err, group, self.settings.error_policy
@@ -857,11 +781,9 @@ class GroupSender:
             self.doubts[group.id] = group  # for the records to settle before the run ends
             self.tried[group.id] = self.view.groups[group.id].last_try
         await self._suppress(group, err, refused)
-        self._count_refusal(err, refused or named_members(err, group.to))
-        if self.transient_streak >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
-            self._fail(ApiUnavailable(_unanswered(err, tried=result.attempts > 0)), "unavailable")
+        self.stops.judge(err, refused or named_members(err, group.to), tried=result.attempts > 0)
         if isinstance(err, SenderRefused) and self.pacer.retire(err.sender) == 0:
-            self._no_senders()
+            self.stops.no_senders(self.pacer.retired)
             return None
         if not isinstance(recorded, Failed):
             return None  # in doubt from an earlier try: nothing goes out in its place
@@ -870,28 +792,6 @@ class GroupSender:
         if partial:
             return without(group, partial, self.job)
         return None
-
-    def _count_refusal(self, err: SendError, refused: Sequence[str]) -> None:
-        """One more group ended with ``err``: at :data:`STOP_AFTER_REFUSED` groups in a row
-        refused with the same error, one the error policy has no action for (an opt-out, a
-        sender retired, a cap: each is handled on its own) and naming no member (``refused``:
-        those it names, by pointer or number), stop the job: it is the job the API refuses."""
-        if type(err) is not Rejected or refused or err.code in self.settings.error_policy:
-            self.refusal_streak = ("", 0)
-            return
-        said = f"{err.status}:{err.code}:{err.message}"
-        last, count = self.refusal_streak
-        count = count + 1 if said == last else 1
-        self.refusal_streak = (said, count)
-        if count >= STOP_AFTER_REFUSED and not self.stop.is_set():
-            self._fail(
-                RefusedRepeatedly(
-                    f"the API refused {count} groups in a row the same way ({err}): the job's "
-                    "message or sender is refused, not its recipients. Fix the job and rerun "
-                    "to send the rest; report --failed-csv lists the refused groups"
-                ),
-                "refused",
-            )
 
     async def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
         """The error policy applied to a delivery report that comes in while the run sends
@@ -905,7 +805,7 @@ class GroupSender:
         as one the send's 409 names does."""
         action, moved = delivery_action(rec, st, self.settings, self.clock.wall(), self.view.moves)
         if st.status in FINAL:
-            self._spam_stop(self.spam_reports, action == Action.SLOW, "delivery reports")
+            self.stops.reported(action == Action.SLOW)
         if action is None or rec.sender is None:
             return
         if action == Action.SUPPRESS:
@@ -918,7 +818,7 @@ class GroupSender:
         if action == Action.RETIRE_SENDER:
             self.retired_by_delivery.add(sender)
             if self.pacer.retire(sender) == 0 and not self.stop.is_set():
-                self._no_senders()
+                self.stops.no_senders(self.pacer.retired)
         elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
             self.pacer.on_rate_limited(sender, None, moved.code if moved else "")
 
@@ -937,37 +837,6 @@ class GroupSender:
         for limit in self.limits:
             await limit.settle(group, receipt, maybe_sent=maybe_sent)
 
-    def _no_senders(self) -> None:
-        """Every sender of the job was refused: stop (exit 6, resumable with a sender fixed)."""
-        retired = ", ".join(sorted(self.pacer.retired))
-        self._fail(
-            AccountRefused(
-                f"the API refused every sender of the job ({retired}: blocked or unhealthy, "
-                "40003/40315); add a healthy number to message.from, then rerun",
-                status=None,
-            ),
-            "account",
-        )
-
-    def _watch_spam(self, err: SendError | None) -> None:
-        """Note how a try ended (a failed try, or a send) in :attr:`spam_tries`."""
-        spam = err is not None and self.settings.error_policy.get(err.code) == Action.SLOW
-        self._spam_stop(self.spam_tries, spam, "tries")
-
-    def _spam_stop(self, watch: SpamWatch, spam: bool, what: str) -> None:
-        """Stop (resumably, exit 5) when spam filtering met a large share of the last tries or
-        delivery reports, instead of burning the list while carriers block it."""
-        if watch.note(spam) and not self.stop.is_set():
-            self._fail(
-                LimitReached(
-                    f"spam filtering met {watch.count} of the last {watch.window} {what} "
-                    f"(spam_share {watch.share:g}): paused before the list is burnt; check the "
-                    "content and the sender's reputation, then rerun",
-                    status=None,
-                ),
-                "limit",
-            )
-
     async def _suppress(self, group: Group, err: SendError, refused: tuple[str, ...]) -> None:
         """The members the API refused as opted out (40300) go on the suppression list, so no
         later job texts them, written off the loop (:meth:`Suppressed.off_loop`). A refusal
@@ -984,32 +853,6 @@ class GroupSender:
             log.warning("suppression.unwritable", error=str(exc), recipients=list(refused))
             return
         log.info("recipient.suppressed", recipients=list(refused), code=err.code, new=len(added))
-
-    def _fail(self, error: BaseException, reason: str) -> None:
-        if self.summary.error is None:
-            self.summary.error = error
-        self.stop.request(reason)
-
-    def _stop_for(self, err: FatalSendError) -> None:
-        reason = stop_reason(err)
-        log.error(f"job.{reason}_refused", status=err.status, code=err.code, error=str(err))
-        self._fail(err, reason)
-
-    def fail_ledger(self, exc: LedgerError) -> None:
-        self._fail(exc, "ledger")
-
-    def window_closed(self) -> None:
-        """The job's ``send_window`` has closed: stop the job (exit 4; the next run inside the
-        window resumes), once."""
-        if not self.stop.is_set():
-            log.warning("job.window_closed", send_window=str(self.job.send_window))
-            self.stop.request("window")
-
-    def run_deadline_reached(self) -> None:
-        """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""
-        if not self.stop.is_set():
-            log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
-            self.stop.request("deadline")
 
     def stats(self) -> SenderStats:
         """What it counted so far."""

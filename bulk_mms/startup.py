@@ -223,7 +223,7 @@ def build_sender(
         suppressed=suppressed,
         limits=limits,
     )
-    recorder.store.on_failure(sender.fail_ledger)
+    recorder.store.on_failure(sender.stops.ledger_failed)
     return sender
 
 

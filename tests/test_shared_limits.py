@@ -45,7 +45,7 @@ from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
-from bulk_mms.sending import stop_reason
+from bulk_mms.stopping import stop_reason
 from bulk_mms.testing import ok_receipt
 from bulk_mms.words import BY_KIND, MAX_COST
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
