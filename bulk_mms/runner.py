@@ -375,7 +375,7 @@ class Runner:
         rec = self.view.groups.get(group.id)
         if rec is None:
             return Verdict.UNKNOWN
-        finding = await self.sender.settler.settle(rec)
+        finding = await self.sender.settler.settle(rec, self.view)
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
             self.recorder.accepted_by_records(group, finding, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:

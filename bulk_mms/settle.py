@@ -24,6 +24,10 @@ sender: another job's, a resend's).
   accepted, so it is never sent again, but there is no message to record it sent under.
 * Found for some members only: still in doubt (logged ``settle.partial``): neither a send
   nor a resend can be told apart from another message to those numbers.
+* A record of a message the ledger knows as another of its groups' is not the group's; one
+  found for a member that another group sent from the same sender before a delivery report
+  moved them out of it leaves the group in doubt (logged ``settle.ambiguous``): that earlier
+  message's record cannot always be told apart (:class:`_Elsewhere`).
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
   was never accepted; it is recorded as such (``not_accepted``, retryable) and sent again,
   under a new Idempotency-Key.
@@ -36,9 +40,9 @@ while the key holds; settling is for the rest.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 import msgspec.structs
@@ -48,7 +52,7 @@ from bulk_mms.clock import CLOCK_SKEW_S, Clock
 from bulk_mms.config import RetryConfig
 from bulk_mms.errors import RecordsUnread, RetryableSendError, SendError
 from bulk_mms.ledger.events import Failed, Status
-from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord
+from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord, LedgerView
 from bulk_mms.models import MessageRecord, Money
 from bulk_mms.retry import fetch_with_retry
 
@@ -150,11 +154,12 @@ class Settler:
         at = self.complete_at(rec)
         return max(0.0, at - self.clock.wall()) if at else 0.0
 
-    async def settle(self, rec: GroupRecord) -> Finding:
+    async def settle(self, rec: GroupRecord, ledger: LedgerView | None = None) -> Finding:
         """What the records say of ``rec`` (a group in doubt) now. While its records may still
         be incomplete, the lookups stop at the first member without one (neither acceptance
         nor absence can show yet): a resume after a crash asks once a group in doubt, not once
-        a member."""
+        a member. ``ledger``: the view ``rec`` is of (:class:`_Elsewhere`: a record of another
+        of its groups' messages is not ``rec``'s); None: it knows no other message."""
         window = self.window(rec)
         if self.client is None and not self._said_unable:
             self._said_unable = True
@@ -162,6 +167,7 @@ class Settler:
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
+        elsewhere = _Elsewhere.of(ledger, rec)
         # complete before the first lookup: a record stamped later cannot have been missed
         complete = self.complete_in(rec) <= 0
         each: list[list[MessageRecord]] = []
@@ -174,12 +180,18 @@ class Settler:
             except SendError as exc:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(exc))
                 return UNKNOWN
-            each.append([r for r in listed if _ours(r, rec.sender, member, start, end)])
+            each.append(
+                [
+                    r
+                    for r in listed
+                    if _ours(r, rec.sender, member, start, end) and not elsewhere.owns(r)
+                ]
+            )
             if not each[-1] and (not complete or unread is not None):
                 break  # a member without a record while more may come: nothing decides it yet
         found = _one_message(each) if len(each) == len(rec.to) else None
         if found is not None:
-            return _accepted(rec, found)
+            return UNKNOWN if elsewhere.blurs(rec) else _accepted(rec, found)
         if unread is not None or any(each):  # part of the records: never absence
             if unread is not None:
                 log.warning("settle.records_unreadable", group=rec.id, error=str(unread))
@@ -226,6 +238,43 @@ def _accepted(rec: GroupRecord, found: list[MessageRecord]) -> Finding:
         return UNKNOWN
     log.info("settle.accepted", group=rec.id, record=whole.id)
     return Finding(Verdict.ACCEPTED, whole, tuple(found))
+
+
+class _Elsewhere(NamedTuple):
+    """What a ledger knows of the messages that are not one group's (``group``): a record of
+    such a message proves nothing of the group.
+
+    ``ids`` (:attr:`LedgerView.by_message_id <bulk_mms.ledger.LedgerView.by_message_id>`)
+    names the messages of its other groups; ``resent`` are the group's members that another
+    of its groups sent from the same sender before a delivery report moved them out of it
+    (:meth:`LedgerView.resent_from <bulk_mms.ledger.LedgerView.resent_from>`). The ledger
+    cannot always name that earlier message's records (its members' own ids are learnt only by
+    tracking), and one cannot be told from this group's: records found for such a member show
+    neither acceptance nor absence, and the group stays in doubt."""
+
+    group: str
+    ids: Mapping[str, str]
+    resent: frozenset[str]
+
+    @classmethod
+    def of(cls, ledger: LedgerView | None, rec: GroupRecord) -> _Elsewhere:
+        if ledger is None:
+            return cls(rec.id, {}, frozenset())
+        return cls(rec.id, ledger.by_message_id, ledger.resent_from(rec))
+
+    def owns(self, r: MessageRecord) -> bool:
+        """Whether ``r``'s message (its id, or its group message's) is another group's."""
+        return any(
+            self.ids.get(m, self.group) != self.group for m in (r.id, r.group_message_id) if m
+        )
+
+    def blurs(self, rec: GroupRecord) -> bool:
+        """Whether the records found for ``rec`` may be an earlier send's (:attr:`resent`);
+        logged so."""
+        if not self.resent:
+            return False
+        log.warning("settle.ambiguous", group=rec.id, members=len(self.resent))
+        return True
 
 
 def _ours(r: MessageRecord, sender: str, member: str, start: float, end: float) -> bool:

@@ -428,7 +428,7 @@ class Tracker:
         for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
             if self.stop.is_set():
                 break
-            finding = await settler.settle(rec)
+            finding = await settler.settle(rec, self.view)
             now = iso(self.clock.wall())
             found: list[Event]
             if finding.verdict == Verdict.ACCEPTED and finding.record is not None:

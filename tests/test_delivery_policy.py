@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from msgspec.structs import replace
 
 from bulk_mms import runner as runner_module
 from bulk_mms.codes import Action
-from bulk_mms.console import exit_for
-from bulk_mms.errors import ApiError, LimitReached
+from bulk_mms.console import exit_for, run_outcome
+from bulk_mms.errors import AmbiguousSendError, ApiError, LimitReached
 from bulk_mms.ledger import LedgerView, Moved, load, open_store
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.ledger.store import named
@@ -348,3 +349,31 @@ def test_a_member_the_message_reached_is_never_sent_again_for_a_blocked_sender()
     action, moved = delivery_action(rec, missed, FAST, time.time(), lambda phone: 0)
     assert moved is not None
     assert moved.members == ("+12125550101",)
+
+
+async def test_a_moved_member_in_doubt_is_not_settled_by_the_send_it_was_moved_out_of(
+    jobs: JobFactory,
+) -> None:
+    """A member whose first send expired in the queue (40014) goes again from the same sender
+    a run later; that try's answer is lost and the API never took it: the record of the
+    first send is not its acceptance, so the run exits 1 with the member in doubt, not 0."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    expired = (ApiError("40014", "Message expired in queue", ""),)
+
+    def answer(group: Group, n: int) -> SendReceipt | AmbiguousSendError:
+        if n:
+            return AmbiguousSendError("read timeout")  # never reached the API: no record
+        first = ok_receipt(group, n)
+        stuck = RecipientStatus(group.to[0], "sending_failed", errors=expired)
+        return msgspec.structs.replace(first, statuses=(stuck, *first.statuses[1:]))
+
+    client = FakeClient(answer)
+    assert run_outcome(await run_job(job, FAST, client, clock=FakeClock())) == 1
+    s = await run_job(job, FAST, client, clock=FakeClock())
+    assert run_outcome(s) == 1
+    again = client.calls[-1]
+    assert again.to == client.calls[0].to[:1]
+    assert load(job.ledger).state(again.id) == "in_doubt"
+    assert s.recipients is not None
+    assert (s.recipients.sent, s.recipients.in_doubt) == (1, 1)

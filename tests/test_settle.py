@@ -653,3 +653,15 @@ async def test_a_client_that_cannot_read_records_says_so_once() -> None:
         assert (await settler.settle(DOUBT)).verdict == Verdict.UNKNOWN
     said = [e for e in logs if e["event"] == "settle.records_unavailable"]
     assert len(said) == 1
+
+
+async def test_a_record_of_another_groups_message_is_not_this_groups() -> None:
+    """A record that names a message the ledger knows as another group's (a member's earlier
+    send) is not this group's: with no other record, complete, the group was never accepted."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
+    client.records += [record(f"r{i}", p, group_message_id="m0") for i, p in enumerate(DOUBT.to)]
+    ledger = LedgerView(by_message_id={"m0": "g0"})
+    assert (await settler.settle(DOUBT)).verdict == Verdict.ACCEPTED
+    assert (await settler.settle(DOUBT, ledger)).verdict == Verdict.ABSENT

@@ -705,6 +705,21 @@ class LedgerView(msgspec.Struct, eq=False):
     def sent_groups(self) -> Iterator[GroupRecord]:
         return (rec for rec in self.groups.values() if rec.outcome == SENT)
 
+    def resent_from(self, rec: GroupRecord) -> frozenset[str]:
+        """The members of ``rec`` that another group of this ledger sent from ``rec``'s sender
+        before a delivery report moved them out of it: the API's records of that message to
+        them are records from the same sender to the same numbers as ``rec``'s."""
+        if not self._any_moved or rec.sender is None:
+            return frozenset()
+        members = set(rec.to)
+        return frozenset(
+            p
+            for other in self.sent_groups()
+            if other.id != rec.id and other.sender == rec.sender
+            for p in other.moved
+            if p in members
+        )
+
     def group_message_id(self, rec: GroupRecord) -> str | None:
         """The id the API knows a sent group by (``GET /messages/group/{id}``, the group's own
         webhooks): its ``sent`` line's, unless that is one member's own message id. A group in
