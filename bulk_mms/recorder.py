@@ -353,10 +353,17 @@ class Recorder:
         """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited),
         with what the error policy did about it: ``suppress`` for the ``refused`` members (the
         callers name only members refused as opted out), else its action for the code; and
-        ``resets``, when the carrier's cap that refused it lifts (0: none did)."""
+        ``resets``, when the carrier's cap that refused it lifts (0: none did). A group with
+        members refused is not pending a rerun after a transient error: they failed for good,
+        and the rest go on at once in a group made without them (a cap stops the job first: a
+        rerun sends the group after its reset, as the ledger has it)."""
         attempts, throttled = tries
         retired = err.sender if isinstance(err, SenderRefused) else None
-        retryable = retired is not None or isinstance(err, RetryableSendError | LimitReached)
+        retryable = (
+            retired is not None
+            or isinstance(err, LimitReached)
+            or (isinstance(err, RetryableSendError) and not refused)
+        )
         first = err.errors[0] if err.errors else None
         if retired is not None:  # not the group's failure: it goes out from another sender
             log.warning("group.rerouted", group=group.id, code=err.code, sender=retired)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,30 @@ async def test_an_opt_out_beside_a_group_failed_for_good_still_exits_1(
     assert "1 failed, 1 opted out (STOP" in text
     assert (report["opted_out_recipients"], report["failed_recipients"]) == (1, 2)
     assert [row.split(",")[0] for row in failed] == [people[0]]
+
+
+async def test_a_transient_refusal_naming_an_opt_out_is_not_left_to_a_rerun(
+    jobs: JobFactory,
+) -> None:
+    """A 503 whose errors name a member opted out (40300, /to/0), every try: the rest go at
+    once without them, and the refused group is not pending a rerun, so a later run (the
+    member opted in again meanwhile) texts nobody twice, and the counts add up to the input."""
+    people = numbers(4)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    blocked = ApiError("40300", "Blocked due to STOP message", "", pointer="/to/0")
+
+    def answer(group: Group, n: int) -> SendReceipt | ServerError:
+        if people[0] in group.to and n < 3:
+            unexpected = ApiError("10007", "Unexpected error", "")
+            return ServerError("down", status=503, errors=(unexpected, blocked))
+        return ok_receipt(group, n)
+
+    client = FakeClient(answer)
+    s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    assert run_outcome(s) == 0
+    assert s.recipients is not None
+    assert (s.recipients.valid, s.recipients.sent, s.recipients.opted_out) == (4, 3, 1)
+    suppression_for(None).remove([people[0]])  # texted START
+    await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    assert Counter(p for g in client.calls[3:] for p in g.to) == dict.fromkeys(people[1:], 1)
