@@ -24,10 +24,12 @@ sender: another job's, a resend's).
   accepted, so it is never sent again, but there is no message to record it sent under.
 * Found for some members only: still in doubt (logged ``settle.partial``): neither a send
   nor a resend can be told apart from another message to those numbers.
-* A record of a message the ledger knows as another of its groups' is not the group's; one
-  found for a member that another group sent from the same sender before a delivery report
-  moved them out of it leaves the group in doubt (logged ``settle.ambiguous``): that earlier
-  message's record cannot always be told apart (:class:`_Elsewhere`).
+* A record of a message the ledger knows as another of its groups' is not the group's, nor
+  is one of a member that another group sent from the same sender before a delivery report
+  moved them out of it, stamped no later than that report; when the ledger keeps no stamp of
+  the report, a record found for such a member leaves the group in doubt (logged
+  ``settle.ambiguous``): that earlier message's record cannot be told apart
+  (:class:`_Elsewhere`).
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
   was never accepted; it is recorded as such (``not_accepted``, retryable) and sent again,
   under a new Idempotency-Key.
@@ -184,7 +186,7 @@ class Settler:
                 [
                     r
                     for r in listed
-                    if _ours(r, rec.sender, member, start, end) and not elsewhere.owns(r)
+                    if _ours(r, rec.sender, member, start, end) and not elsewhere.owns(r, member)
                 ]
             )
             if not each[-1] and (not complete or unread is not None):
@@ -246,34 +248,39 @@ class _Elsewhere(NamedTuple):
 
     ``ids`` (:attr:`LedgerView.by_message_id <bulk_mms.ledger.LedgerView.by_message_id>`)
     names the messages of its other groups; ``resent`` are the group's members that another
-    of its groups sent from the same sender before a delivery report moved them out of it
-    (:meth:`LedgerView.resent_from <bulk_mms.ledger.LedgerView.resent_from>`). The ledger
-    cannot always name that earlier message's records (its members' own ids are learnt only by
-    tracking), and one cannot be told from this group's: records found for such a member show
-    neither acceptance nor absence, and the group stays in doubt."""
+    of its groups sent from the same sender before a delivery report moved them out of it,
+    each with when that report says it was reached (:meth:`LedgerView.resent_from
+    <bulk_mms.ledger.LedgerView.resent_from>`). A record of such a member stamped no later
+    than that is the earlier message's (this group's request left after the report came); when
+    the ledger has no stamp, a record of that earlier message cannot be told from one of this
+    group's: records found for such a member show neither acceptance nor absence, and the
+    group stays in doubt."""
 
     group: str
     ids: Mapping[str, str]
-    resent: frozenset[str]
+    resent: Mapping[str, float | None]
 
     @classmethod
     def of(cls, ledger: LedgerView | None, rec: GroupRecord) -> _Elsewhere:
         if ledger is None:
-            return cls(rec.id, {}, frozenset())
+            return cls(rec.id, {}, {})
         return cls(rec.id, ledger.by_message_id, ledger.resent_from(rec))
 
-    def owns(self, r: MessageRecord) -> bool:
-        """Whether ``r``'s message (its id, or its group message's) is another group's."""
-        return any(
-            self.ids.get(m, self.group) != self.group for m in (r.id, r.group_message_id) if m
-        )
+    def owns(self, r: MessageRecord, member: str) -> bool:
+        """Whether ``r`` (a record of ``member``) is another group's message: its id, or its
+        group message's, names one, or it is stamped before a report of an earlier send."""
+        if any(self.ids.get(m, self.group) != self.group for m in (r.id, r.group_message_id) if m):
+            return True
+        reported = self.resent.get(member)
+        return reported is not None and r.created_at <= reported
 
     def blurs(self, rec: GroupRecord) -> bool:
-        """Whether the records found for ``rec`` may be an earlier send's (:attr:`resent`);
-        logged so."""
-        if not self.resent:
+        """Whether the records found for ``rec`` may be an earlier send's (a member of
+        :attr:`resent` with no stamp); logged so."""
+        blurred = [p for p, at in self.resent.items() if at is None]
+        if not blurred:
             return False
-        log.warning("settle.ambiguous", group=rec.id, members=len(self.resent))
+        log.warning("settle.ambiguous", group=rec.id, members=len(blurred))
         return True
 
 

@@ -26,7 +26,7 @@ from bulk_mms.clock import CLOCK_SKEW_S, iso
 from bulk_mms.config import JobConfig
 from bulk_mms.errors import AmbiguousSendError, RateLimited, RecordsUnread, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import Attempt, InDoubt, LedgerView, RunStarted, load
+from bulk_mms.ledger import Attempt, InDoubt, LedgerView, Moved, RunStarted, Sent, Status, load
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
 from bulk_mms.report import summarize
@@ -656,12 +656,26 @@ async def test_a_client_that_cannot_read_records_says_so_once() -> None:
 
 
 async def test_a_record_of_another_groups_message_is_not_this_groups() -> None:
-    """A record that names a message the ledger knows as another group's (a member's earlier
-    send) is not this group's: with no other record, complete, the group was never accepted."""
+    """A record that names a message the ledger knows as another group's, or one of a member
+    moved out of another group sent from the same sender, stamped before the report that moved
+    it, is that earlier send's: with no other record, complete, the group was never accepted;
+    a record stamped after it is the group's own; without the report's stamp, it is in doubt."""
     clock = FakeClock(wall=1_000_000.0 + 86_400)
     client = FakeClient(wall=clock.wall)
     settler = Settler(client, records_lag_s=3600, request_timeout=30, clock=clock)
     client.records += [record(f"r{i}", p, group_message_id="m0") for i, p in enumerate(DOUBT.to)]
-    ledger = LedgerView(by_message_id={"m0": "g0"})
     assert (await settler.settle(DOUBT)).verdict == Verdict.ACCEPTED
-    assert (await settler.settle(DOUBT, ledger)).verdict == Verdict.ABSENT
+    assert (await settler.settle(DOUBT, LedgerView(by_message_id={"m0": "g0"}))).verdict == (
+        Verdict.ABSENT
+    )
+    client.records[:] = [record(f"r{i}", p) for i, p in enumerate(DOUBT.to)]  # at 1_000_000.5
+    earlier = Sent("g0", DOUBT.to, message_id="m1", from_=DOUBT.sender)
+    moved = Moved("g0", DOUBT.to)
+    for stamp, verdict in [
+        ("1970-01-12T13:46:41Z", Verdict.ABSENT),  # 1_000_001: reported after the record
+        ("1970-01-12T13:46:39Z", Verdict.ACCEPTED),  # 999_999: the record is after it
+        (None, Verdict.UNKNOWN),
+    ]:
+        reports = [Status("g0", p, "delivery_failed", at=stamp) for p in DOUBT.to]
+        ledger = LedgerView.fold([earlier, *reports, moved])
+        assert (await settler.settle(DOUBT, ledger)).verdict == verdict

@@ -705,20 +705,24 @@ class LedgerView(msgspec.Struct, eq=False):
     def sent_groups(self) -> Iterator[GroupRecord]:
         return (rec for rec in self.groups.values() if rec.outcome == SENT)
 
-    def resent_from(self, rec: GroupRecord) -> frozenset[str]:
+    def resent_from(self, rec: GroupRecord) -> dict[str, float | None]:
         """The members of ``rec`` that another group of this ledger sent from ``rec``'s sender
-        before a delivery report moved them out of it: the API's records of that message to
-        them are records from the same sender to the same numbers as ``rec``'s."""
+        before a delivery report moved them out of it (the API's records of that message to
+        them are records from the same sender to the same numbers as ``rec``'s), each with the
+        time its latest delivery report says it was reached (the API's clock, as the records'
+        stamps; None: this view keeps no stamp of it). That earlier message was sent before
+        its report, so its record is stamped no later."""
         if not self._any_moved or rec.sender is None:
-            return frozenset()
+            return {}
         members = set(rec.to)
-        return frozenset(
-            p
+        known = self.known
+        return {
+            p: instant(k.at) if (k := known.get(p)) is not None else None
             for other in self.sent_groups()
             if other.id != rec.id and other.sender == rec.sender
             for p in other.moved
             if p in members
-        )
+        }
 
     def group_message_id(self, rec: GroupRecord) -> str | None:
         """The id the API knows a sent group by (``GET /messages/group/{id}``, the group's own
