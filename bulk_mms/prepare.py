@@ -689,7 +689,7 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
     again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and
     every number a resend of its failed file took, a ledger beside it in the same folder or
     database (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that resend texts them,
-    or has.
+    or has; not one the API refused there for good (nobody sent it: this run does).
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -711,5 +711,6 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
             )
         numbers.update(int(phone[1:]) for phone in counted_sent(view))
         if view.campaign is not None:
-            numbers.update(int(phone[1:]) for phone in taken_by_resends(where, view.campaign))
+            resent = taken_by_resends(where, view.campaign, refused=False)
+            numbers.update(int(phone[1:]) for phone in resent)
     return frozenset(numbers)

@@ -38,7 +38,7 @@ from bulk_mms.ledger import (
     load,
     read_events,
 )
-from bulk_mms.ledger.fold import NOT_ATTEMPTED, NOT_RESENT, SENT, SHARE_PLACES, Miss
+from bulk_mms.ledger.fold import FAILED, NOT_ATTEMPTED, NOT_RESENT, SENT, SHARE_PLACES, Miss
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, file_encoding, fingerprint
 from bulk_mms.report import LedgerSummary, waiting
@@ -154,9 +154,11 @@ def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
     return {p: r for p, r in taken_by_resends(s.ledger, s.campaign).items() if p in wanted}
 
 
-def taken_by_resends(ledger: Location, campaign: str) -> dict[str, str]:
+def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -> dict[str, str]:
     """Every number a resend of ``campaign``'s failed file took (tried to send, sent, or
     holds for its rerun): number (E.164) -> that resend's ledger, as named to a person.
+    Without ``refused``, not a number the API refused there for good (its group failed at
+    the send): nobody sent it, and no rerun of that resend will.
 
     The resends are the other ledgers of ``ledger``'s store (where ``run --input`` puts them:
     the JSONL ledgers beside the file, or the database's other ledgers;
@@ -176,6 +178,8 @@ def taken_by_resends(ledger: Location, campaign: str) -> dict[str, str]:
             continue
         try:
             took = _took(where, header, campaign)
+            if took and not refused:
+                took -= _refused(where)
         except LedgerUnavailable:
             raise
         except LedgerError:
@@ -222,6 +226,13 @@ def _took(where: Location, header: Header, campaign: str) -> set[str]:
         events.close()  # the ledger's file or connection, closed now, not when collected
     held = _held(header, campaign)
     return tried | held if ours or held else set()
+
+
+def _refused(where: Location) -> set[str]:
+    """The numbers the ledger at ``where`` counts failed at the send (the API refused their
+    group for good, or them by name)."""
+    view = load(where, statuses=False)
+    return {p for rec in view.groups.values() if rec.state == FAILED for p in rec.counted}
 
 
 def _held(header: Header, campaign: str) -> set[str]:
