@@ -400,23 +400,17 @@ async def test_a_failed_file_leaves_out_who_the_deadline_left_unsent(
 
 
 def test_exclude_sent_leaves_in_whom_a_resend_was_refused_for_good(
-    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """A number the API refused at the send, and again in the resend of the failed file, was
     never sent: a new campaign with --exclude-sent naming the first ledger sends it, not
-    counts it already sent and exits 0 with nobody texted. Alike for JSONL and PostgreSQL."""
+    counts it already sent and exits 0 with nobody texted."""
     jobs.csv([{"phone": "+12125550101", "first": "Ann"}])
     job = jobs.job(extra="group_size = 1")
-    ledger = ledger_of(job)
-    fake = FakeTelnyx()
-    fake.faults.extend(Fault("status", 400, code="40012") for _ in range(2))
-    failed = tmp_path / "failed.csv"
+    fake = refused_then_resent(job, tmp_path / "failed.csv", refused=1, again=1)
+    capsys.readouterr()
     with fake_api_thread(fake) as url:
-        run = ["-q", "run", str(job.path), "--base-url", url]
-        assert main(run) == 1
-        assert main(["-q", "report", ledger, "--json", "--failed-csv", str(failed)]) == 0
-        assert main([*run, "--input", str(failed)]) == 1
-        capsys.readouterr()
-        assert main([*run, "--name", "fresh", "--exclude-sent", ledger]) == 0
+        fresh = ["run", str(job.path), "--base-url", url, "--name", "fresh"]
+        assert main([*fresh, "--exclude-sent", str(job.ledger)]) == 0
     assert "already sent" not in capsys.readouterr().out
     assert fake.recipient_counts() == {"+12125550101": 1}

@@ -86,17 +86,19 @@ def test_a_crm_export_with_quoted_addresses_over_lines_sends_everyone(jobs: JobF
     )
 
 
-def refused_then_resent(job: JobConfig, failed: Path, *, refused: int) -> FakeTelnyx:
+def refused_then_resent(
+    job: JobConfig, failed: Path, *, refused: int, again: int = 0
+) -> FakeTelnyx:
     """Run ``job`` with its first ``refused`` groups refused for good (40001), write its
-    ``--failed-csv`` to ``failed`` and send that file again with ``--input``: the fake API,
-    which saw it all."""
+    ``--failed-csv`` to ``failed`` and send that file again with ``--input`` (its first
+    ``again`` groups refused for good too): the fake API, which saw it all."""
     fake = FakeTelnyx()
-    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(refused))
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(refused + again))
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
         assert main(run) == 1
         assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
-        assert main([*run, "--input", str(failed)]) == 0
+        assert main([*run, "--input", str(failed)]) == (1 if again else 0)
     return fake
 
 
