@@ -715,14 +715,17 @@ class LedgerView(msgspec.Struct, eq=False):
         if not self._any_moved or rec.sender is None:
             return {}
         members = set(rec.to)
-        known = self.known
-        return {
-            p: instant(k.at) if (k := known.get(p)) is not None else None
+        resent = {
+            p
             for other in self.sent_groups()
             if other.id != rec.id and other.sender == rec.sender
             for p in other.moved
             if p in members
         }
+        if not resent:
+            return {}  # the usual group: the statuses (built when first asked) stay unbuilt
+        known = self.known
+        return {p: instant(k.at) if (k := known.get(p)) is not None else None for p in resent}
 
     def group_message_id(self, rec: GroupRecord) -> str | None:
         """The id the API knows a sent group by (``GET /messages/group/{id}``, the group's own
