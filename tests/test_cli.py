@@ -933,6 +933,19 @@ def test_a_ledger_url_of_another_scheme_is_refused_never_a_file(
     assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv", "plain.toml"]
 
 
+def test_a_ledger_urls_password_shows_in_no_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A ledger URL's password, as user:password@ or a ?password= or ?sslpassword= parameter,
+    is in no error: a scheme refused, a non-database URL to migrate, a database not reached."""
+    with pytest.raises(SystemExit):
+        main(["report", "postgresq://bob:s3cr3t-pw@127.0.0.1:1/db"])
+    assert main(["db", "migrate", "mysql://bob:s3cr3t-pw@127.0.0.1:1/db"]) == 2
+    assert main(["db", "migrate", "postgresql://bob@127.0.0.1:1/db?password=s3cr3t-pw"]) == 7
+    assert main(["report", "postgresql://bob@127.0.0.1:1/db?sslpassword=s3cr3t-pw"]) == 7
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert all("127.0.0.1:1/db" in line and "s3cr3t-pw" not in line for line in err)
+
+
 def test_a_disk_that_fills_mid_run_stops_it_resumably(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,7 +36,7 @@ import yarl
 
 from bulk_mms.clock import running_timeout
 from bulk_mms.errors import LedgerError, LedgerUnavailable
-from bulk_mms.ledger.store import database_url, display
+from bulk_mms.ledger.store import database_url, display, secrets
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +79,9 @@ def split(location: str) -> tuple[str, str, str]:
 def scrub(exc: Exception, conninfo: str) -> str:
     """A driver error in one line, without the password whatever the driver put in it."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    password = yarl.URL(conninfo).password
-    return text.replace(password, "***") if password else text
+    for secret in secrets(yarl.URL(conninfo)):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError:

@@ -171,7 +171,7 @@ def location(text: str | Path) -> Location:
     if is_database(text):
         return text
     if _SCHEME.match(text):
-        raise ValueError(f"{text!r} is not a postgresql:// URL, nor a file's path")
+        raise ValueError(f"{_shown(text)!r} is not a postgresql:// URL, nor a file's path")
     return Path(text)
 
 
@@ -202,13 +202,39 @@ def database_url(where: str) -> yarl.URL:
     return url
 
 
+#: The query parameters of a libpq URL that hold a secret (a password may be given either way).
+_SECRET_PARAMS: Final = frozenset({"password", "sslpassword"})
+
+
+def redacted(url: yarl.URL) -> yarl.URL:
+    """``url`` without its secrets: the password, and every query parameter that holds one."""
+    kept = [(k, v) for k, v in url.query.items() if k.lower() not in _SECRET_PARAMS]
+    return url.with_password(None).with_query(kept)
+
+
+def secrets(url: yarl.URL) -> tuple[str, ...]:
+    """The secrets ``url`` holds (what :func:`redacted` leaves out), each non-empty."""
+    found = [v for k, v in url.query.items() if k.lower() in _SECRET_PARAMS]
+    return tuple(s for s in (url.password, *found) if s)
+
+
+def _shown(text: str) -> str:
+    """A URL as a person may see it: :func:`redacted`, or none of it when it does not parse."""
+    try:
+        return str(redacted(yarl.URL(text)))
+    except (TypeError, ValueError):
+        return "the URL"
+
+
 def display(where: Location) -> str:
-    """How to name a ledger to a person: a database URL without its password."""
+    """How to name a ledger to a person: a URL without its secrets (:func:`redacted`)."""
     if is_database(where):
         try:
-            return str(database_url(str(where)).with_password(None))
+            return str(redacted(database_url(str(where))))
         except LedgerError:
             return "the ledger URL"  # never shown as given: it may hold a password
+    if isinstance(where, str) and _SCHEME.match(where):
+        return _shown(where)
     return str(where)
 
 
