@@ -392,6 +392,10 @@ class AiohttpMmsClient:
         # blanked before it is read, so no ledger, log or error ever holds it; a key too short
         # to be a real one is not looked for (it would mangle the answer's own words)
         self._secret = api_key.encode() if len(api_key) >= MIN_SECRET else b""
+        #: the base URL as messages name it: a key put in it by mistake blanked, likewise
+        self._shown_url = (
+            self.base_url.replace(api_key, REDACTED) if self._secret else self.base_url
+        )
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -411,7 +415,7 @@ class AiohttpMmsClient:
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # the key stays out of every repr
-        return f"<AiohttpMmsClient {self.base_url}>"
+        return f"<AiohttpMmsClient {self._shown_url}>"
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -515,7 +519,7 @@ class AiohttpMmsClient:
             _, body = await self._request("GET", url)
         except NotFound as exc:  # the list is no message: the endpoint is not here
             raise EndpointError(
-                f"GET {OPTOUTS_PATH} is not found here: " + check_base_url_hint(self.base_url),
+                f"GET {OPTOUTS_PATH} is not found here: " + check_base_url_hint(self._shown_url),
                 status=exc.status,
                 errors=exc.errors,
             ) from None
@@ -657,7 +661,7 @@ class AiohttpMmsClient:
         else:
             body = parse_json(raw)
             body = None if body is NOT_JSON else body
-        raise error_for_status(status, body, resp_headers, base_url=self.base_url, method=method)
+        raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
 
 
 #: The statuses answering a send that may follow a request the server acted on: any 5xx but

@@ -21,6 +21,7 @@ from bulk_mms.errors import (
     AmbiguousSendError,
     AuthError,
     DescriptorsExhausted,
+    EndpointError,
     FatalSendError,
     NetworkError,
     RateLimited,
@@ -235,6 +236,18 @@ async def test_wrong_key_is_auth_error_without_the_key(fake_api: API) -> None:
     assert info.value.status == 401
     assert "wrong-secret-key" not in str(info.value)
     assert "wrong-secret-key" not in repr(c)
+
+
+async def test_a_key_put_in_the_base_url_is_in_no_error(fake_api: API) -> None:
+    """A base URL holding the key by mistake (its path) is named, in the error its 404 makes
+    and in the client's repr, with the key blanked."""
+    _, url = fake_api
+    async with client(f"{url}/{KEY}") as c:
+        with pytest.raises(EndpointError) as info:
+            await c.send(group(), IDEM)
+    assert f"{url}/[redacted]" in str(info.value)
+    assert KEY not in str(info.value)
+    assert KEY not in repr(c)
 
 
 async def test_invalid_body_is_rejected_by_the_fake(fake_api: API) -> None:
