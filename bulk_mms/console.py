@@ -73,12 +73,12 @@ def say(
     """Tell a person ``message``, on stderr unless ``stream`` says otherwise.
 
     A plain line normally; under ``--log-json`` one JSON object on one line: ``event`` (a
-    dotted name), ``level``, ``message``, ``timestamp`` and ``fields``, with the API key
-    scrubbed as in the log.
+    dotted name), ``level``, ``message``, ``timestamp`` and ``fields``. Either way with the
+    API key scrubbed as in the log.
     """
     out = stream or sys.stderr
     if not _json:
-        print(message, file=out, flush=True)
+        print(log.scrub_text(message), file=out, flush=True)
         return
     note = {
         **fields,

@@ -40,6 +40,11 @@ def scrub(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def scrub_text(text: str) -> str:
+    """``text`` with the API key (``TELNYX_API_KEY``) replaced, as :func:`scrub` does."""
+    return str(scrub({"text": text})["text"])
+
+
 def _with_message(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Give a JSON line its ``message``: the event's name and its fields, as a person reads
     them (``job.progress: rows_done=120 rows_total=400``)."""

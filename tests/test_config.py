@@ -356,13 +356,15 @@ def test_from_may_be_a_pool(tmp_path: Path) -> None:
         ("https:///v2", "not an http(s) URL"),
         ("https://api.example.com:99999/v2", "not a valid URL"),
         ("https://api.example.com/v2?x=1", "query"),
+        ("https://api.example.com/v2?key=hunter2", "query"),
+        ("https://api.example.com/v2#hunter2", "fragment"),
         ("http://[::1/v2", "not a valid URL"),
     ],
 )
 def test_a_base_url_that_cannot_be_used_is_refused_up_front(url: str, expected: str) -> None:
     """Credentials, other schemes, no host, a bad port or a query: a ConfigError naming
     where the URL came from (here TELNYX_BASE_URL), before any request, and the message never
-    repeats a password."""
+    repeats a password or a query (a key put there)."""
     with pytest.raises(ConfigError) as info:
         load_settings(None, env={"TELNYX_BASE_URL": url})
     assert info.value.setting == "TELNYX_BASE_URL"

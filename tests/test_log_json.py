@@ -145,3 +145,14 @@ def test_warnings_and_notes_scrub_the_key(
     assert warning["category"] == "DeprecationWarning"
     assert secret not in orjson.dumps(note).decode()
     assert note["message"] == "the key [redacted] leaked"
+
+
+def test_plain_lines_scrub_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --log-json a line said to a person is scrubbed of the API key too."""
+    secret = "KEYsecret-0123456789abcdef"
+    monkeypatch.setenv("TELNYX_API_KEY", secret)
+    console.use_json(False)
+    console.say("test.note", f"bulk-mms: error: https://h/v2/{secret} is wrong", level="error")
+    assert capsys.readouterr().err == "bulk-mms: error: https://h/v2/[redacted] is wrong\n"

@@ -323,13 +323,14 @@ def next_day_start(reset: str, now: dt.datetime) -> dt.datetime:
 def check_base_url(url: str) -> str:
     """The API base URL, checked before any request: http(s), a host, no credentials.
 
-    The message never repeats a URL that carries credentials. The API key comes from
-    ``TELNYX_API_KEY`` only, so ``user:password@`` in the URL is a mistake either way.
+    The message never repeats a URL that may carry a secret: credentials, a query or a
+    fragment (a key put there by mistake). The API key comes from ``TELNYX_API_KEY`` only,
+    so ``user:password@`` in the URL is a mistake either way.
 
     Raises:
         ConfigError: the URL cannot be used.
     """
-    shown = repr(url) if "@" not in url and len(url) <= 200 else "the URL"
+    shown = repr(url) if not set("@?#") & set(url) and len(url) <= 200 else "the URL"
     try:
         parsed = yarl.URL(url)
         port = parsed.port
