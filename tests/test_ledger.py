@@ -4,6 +4,7 @@ the one fold and its states, header checks."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import gc
 import os
@@ -384,6 +385,33 @@ def test_a_process_that_leaves_a_store_open_still_exits(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     written = (tmp_path / "l.jsonl").read_bytes().splitlines()
     assert [orjson.loads(line)["group"] for line in written] == ["g0"]
+
+
+@pytest.mark.parametrize("call", ["ftruncate", "pwrite"])
+def test_a_full_disk_as_a_run_opens_its_ledger_is_exit_7(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A disk that refuses the lock file's PID (ENOSPC) as a run opens its ledger stops it
+    with LedgerUnavailable (exit 7, resumable) naming the ledger, not a traceback."""
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, call, full)
+    with pytest.raises(LedgerUnavailable) as info:
+        open_store(tmp_path / "l.jsonl", "run")
+    assert str(info.value).startswith(f"{tmp_path / 'l.jsonl'}: cannot write: disk full;")
+
+
+def test_a_ledger_whose_folder_is_a_file_is_said_so(tmp_path: Path) -> None:
+    """A ledger path whose folder is a file is refused naming that file as no folder."""
+    (tmp_path / "f").write_text("x", encoding="utf-8")
+    with pytest.raises(LedgerError) as info:
+        open_store(tmp_path / "f" / "l.jsonl", "run")
+    assert (
+        str(info.value)
+        == f"{tmp_path}/f/l.jsonl: cannot create: {tmp_path}/f is a file, not a folder"
+    )
 
 
 def test_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:

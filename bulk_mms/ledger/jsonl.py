@@ -266,15 +266,19 @@ class JsonlStore(GroupCommitted[bytes]):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileExistsError:  # mkdir: the folder's name is a file's
+            raise LedgerError(
+                path, f"cannot create: {path.parent} is a file, not a folder"
+            ) from None
         except OSError as exc:
             raise LedgerError(path, f"cannot create: {exc.strerror or exc}") from None
         if not _lock(lock_fd, pause):
             holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
             os.close(lock_fd)
             raise LedgerLocked(path, holder)
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         try:
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -283,6 +287,8 @@ class JsonlStore(GroupCommitted[bytes]):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
             os.close(lock_fd)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise LedgerUnavailable(path, f"cannot write: disk full; {_RESUMES}") from None
             raise LedgerError(path, f"cannot open for writing: {exc.strerror or exc}") from None
         return cls(path, fd, lock_fd)
 
