@@ -131,12 +131,16 @@ def test_dry_run_plan_is_one_note(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "dry run of demo: nothing was sent" in str(plan["message"])
 
 
-def test_warnings_and_notes_scrub_the_key(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    """An API key, exported as TELNYX_API_KEY."""
+    key = "KEYsecret-0123456789abcdef"
+    monkeypatch.setenv("TELNYX_API_KEY", key)
+    return key
+
+
+def test_warnings_and_notes_scrub_the_key(secret: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Under --log-json a Python warning is a note, and no note carries the API key."""
-    secret = "KEYsecret-0123456789abcdef"
-    monkeypatch.setenv("TELNYX_API_KEY", secret)
     console.use_json(True)
     warnings.showwarning("old thing", DeprecationWarning, "x.py", 3)
     console.say("test.note", f"the key {secret} leaked", level="warning", key=secret)
@@ -147,12 +151,8 @@ def test_warnings_and_notes_scrub_the_key(
     assert note["message"] == "the key [redacted] leaked"
 
 
-def test_plain_lines_scrub_the_key(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_plain_lines_scrub_the_key(secret: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Without --log-json a line said to a person is scrubbed of the API key too."""
-    secret = "KEYsecret-0123456789abcdef"
-    monkeypatch.setenv("TELNYX_API_KEY", secret)
     console.use_json(False)
     console.say("test.note", f"bulk-mms: error: https://h/v2/{secret} is wrong", level="error")
     assert capsys.readouterr().err == "bulk-mms: error: https://h/v2/[redacted] is wrong\n"
