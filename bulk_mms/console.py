@@ -451,10 +451,14 @@ def _window_now(job: JobConfig) -> str:
 
 def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
-    print(f"  would send   {s.sent_groups} groups, {s.sent_recipients} recipients")
+    deadline = deadline_before_start(job)
+    left = f"{s.sent_groups} groups, {s.sent_recipients} recipients"
+    if deadline is not None and past(deadline, SystemClock()):
+        print(f"  would send   nothing: the deadline has passed ({left} left; see deadline)")
+    else:
+        print(f"  would send   {left}")
     print(f"  input        {s.rows_text()}")
     print(f"  grouping     {job.grouping}")
-    deadline = deadline_before_start(job)
     if job.recipient_window is not None:
         _print_zones(s, job, job.recipient_window, deadline)
     print_template_notes(s, prefix="  templates    ")

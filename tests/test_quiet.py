@@ -329,6 +329,8 @@ _DEADLINE = 'deadline = "2026-11-25T15:30+00:00"'
             16,
             "deadline     2026-11-25 15:30 UTC, passed: a run now sends nothing, records",
         ),
+        (_DEADLINE, 14, "would send   4 groups, 12 recipients\n"),
+        (_DEADLINE, 16, "would send   nothing: the deadline has passed (4 groups, 12 recipients"),
     ],
 )
 async def test_the_dry_run_says_when_each_zone_can_be_sent_in_time(
@@ -344,7 +346,7 @@ async def test_the_dry_run_says_when_each_zone_can_be_sent_in_time(
     its own opens; at 16:00 New York's at 22:00, not "open now" on its own window); with a
     deadline at 15:30 UTC, it says at 14:00 that Los Angeles opens (16:00) only after it, where
     a run exits 1 for it, and names the deadline; at 16:00 that the deadline has passed (a run
-    records the rest expired), not that a zone is open now."""
+    records the rest expired, and it would send nothing), not that a zone is open now."""
     jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK + LOS_ANGELES])
     job = jobs.job(extra=f'group_size = 4\nrecipient_window = "08:00-21:00"\n{extra}')
     now = dt.datetime(2026, 11, 25, hour, 0, tzinfo=dt.UTC).timestamp()
