@@ -388,8 +388,9 @@ class NetworkError(RetryableSendError):
 
 class WindowClosed(RetryableSendError):
     """The request never left: a window the group is sent in (the job's ``send_window``, its
-    recipients' ``recipient_window``) closed after its attempt was on record, before it left.
-    A run inside the window sends it."""
+    recipients' ``recipient_window``) closed after its attempt was on record, before it left;
+    or its sender is paused past the ``send_window``'s close while another may send. A run
+    inside the window sends it."""
 
 
 class AmbiguousSendError(SendError):

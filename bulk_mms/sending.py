@@ -38,6 +38,7 @@ from bulk_mms.errors import (
     RetryableSendError,
     SenderRefused,
     SendError,
+    WindowClosed,
 )
 from bulk_mms.gates import job_deadline, past
 from bulk_mms.grouping import without
@@ -645,8 +646,10 @@ class GroupSender:
     def _gave_up(self, exc: PaceAborted, tries: _Tries) -> StopRetrying:
         """Why a group stops waiting for the pacer: the job stops, ``max_job_duration_s``
         passes (the job stops too), the job's deadline passes (the group expires), or its own
-        ``max_group_age_s`` would pass first (the group alone gives up, recorded with its last
-        error, or as rate limited when it never got a try)."""
+        ``max_group_age_s`` or its ``send_window``'s close would pass first (the group alone
+        gives up, recorded with its last error; when it never got a try, as rate limited, or
+        as :class:`WindowClosed`, which asks the API nothing: no streak of unanswered groups
+        stops the job while another sender may send)."""
         if (
             exc.reason == "deadline"
             and self.run_deadline is not None
@@ -657,16 +660,18 @@ class GroupSender:
         if exc.reason == "deadline" and self._outlasted(tries, exc.earliest):
             return StopRetrying()
         if exc.reason == "deadline":
-            windowed = tries.window_closes is not None and exc.earliest >= tries.window_closes
-            within = (
-                "before its send_window closes"
-                if windowed
-                else f"within max_group_age_s ({self.settings.max_group_age_s:g} s)"
-            )
+            paused = "its sender is paused past it (429s or a long queue)"
+            if tries.window_closes is not None and exc.earliest >= tries.window_closes:
+                return StopRetrying(
+                    WindowClosed(
+                        f"not sent before its send_window closes: {paused}; a run inside "
+                        "the window sends it"
+                    )
+                )
             return StopRetrying(
                 RateLimited(
-                    f"not sent {within}: its sender is paused past it (429s or a long "
-                    "queue); a rerun sends it",
+                    f"not sent within max_group_age_s ({self.settings.max_group_age_s:g} s): "
+                    f"{paused}; a rerun sends it",
                     status=None,
                 )
             )

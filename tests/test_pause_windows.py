@@ -156,3 +156,38 @@ async def test_a_pause_past_midnight_in_a_window_open_all_day_is_waited_out(
     client = throttled_once(600.0)
     s = await run_job(job, ONE, client, clock=clock)
     assert (len(client.calls), s.sent_groups, s.stopped, s.quiet) == (3, 2, None, {})
+
+
+async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the_job(
+    jobs: JobFactory,
+) -> None:
+    """Groups waiting on the one sender of two that a 429 pauses past the send_window's close
+    are held for a run inside the window (asking the API nothing, they are no streak of
+    unanswered groups), and the other sender sends on: the job is not stopped as the API down."""
+    jobs.people(60)
+    job = jobs.job(
+        extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}',
+        sender='["+18445550001", "+18445550002"]',
+    )
+    clock = FakeClock(wall=NOW.timestamp())
+    sent: list[tuple[str, float]] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if [s for s, _ in sent] == ["+18445550001", "+18445550002", "+18445550001"]:
+            sent.append(("429", clock.wall()))  # the pile of groups behind it waits for it
+            raise RateLimited("slow", retry_after=600.0, status=429)
+        sent.append((g.message.from_, clock.wall()))
+        return ok_receipt(g, n)
+
+    settings = replace(
+        FAST,
+        concurrency=8,
+        type_limits={"toll_free": 0.1},
+        retry=replace(FAST.retry, max_retry_after=900),
+    )
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert (s.error, s.stopped, s.sent_groups) == (None, None, 8)
+    free = [w - NOW.timestamp() for f, w in sent if f == "+18445550001"]
+    assert free == pytest.approx([0, 10, 20, 30, 40, 50, 60], abs=0.1)  # on, to the end
+    codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes == ["429"] + ["WindowClosed"] * 6
