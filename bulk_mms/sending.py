@@ -33,6 +33,7 @@ from bulk_mms.errors import (
     ConfigError,
     FatalSendError,
     LedgerError,
+    NetworkError,
     RateLimited,
     Rejected,
     RetryableSendError,
@@ -373,7 +374,7 @@ class GroupSender:
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
-        self._gates_after(tries, result)
+        result = self._gates_after(tries, result)
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
             return None
@@ -677,17 +678,24 @@ class GroupSender:
             )
         return StopRetrying()
 
-    def _gates_after(self, tries: _Tries, result: Attempted) -> None:
-        """The gates as the group's tries ended without an answer: past the job's deadline
-        its last try certainly never got through (a connection waited for until it passed,
-        a backoff that would end after it), and it expires; a wait for its next try that
-        would outlast one of its windows holds it as the window does
+    def _gates_after(self, tries: _Tries, result: Attempted) -> Attempted:
+        """The gates as the group's tries ended without an answer, and the tries' end as they
+        have it: past the job's deadline its last try certainly never got through (a
+        connection waited for until it passed, a backoff that would end after it), and it
+        expires; a last try whose connection was not ready before one of its windows closed
+        (closed now) is held as the window holds it, its request never having left
+        (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API unreachable); a wait
+        for its next try that would outlast one of its windows holds it as the window does
         (:meth:`_held_for_window`). (One that would outlast the deadline leaves it with its
         last error: the first run past the deadline records it expired.)"""
         if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
             self._expire(tries)
+        elif isinstance(result.error, NetworkError) and self._windows_left(tries.group) == 0:
+            self._held_for_window(tries, self.clock.monotonic())
+            return replace(result, error=closed_before_leaving())
         elif result.next_try is not None:
             self._held_for_window(tries, result.next_try)
+        return result
 
     def _windows_close(self, group: Group) -> float | None:
         """When the first of ``group``'s windows closes, on the monotonic clock

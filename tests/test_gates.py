@@ -11,11 +11,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 
 from bulk_mms.caps import DailyCap
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import RateLimited
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.recorder import Recorder
@@ -29,6 +32,7 @@ from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_
 
 NOON = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 ONE_MINUTE = dt.timedelta(minutes=1)
+SECOND = dt.timedelta(seconds=1)
 
 
 def clock_at(when: dt.datetime) -> FakeClock:
@@ -344,3 +348,36 @@ async def test_groups_their_window_holds_after_their_attempt_do_not_stop_the_run
     s = await run_job(job, FAST, client, clock=clock_at(NOON))
     assert (client.calls, s.error, s.stopped, run_outcome(s)) == ([], None, "quiet_hours", 4)
     assert summarize(job.ledger).recipient_states.retry_pending == 16
+
+
+@pytest.mark.parametrize(
+    ("gate", "stopped"),
+    [
+        ('send_window = "09:00-12:01"', "window"),
+        ('recipient_window = "06:00-07:01"\ntimezone_column = "tz"', "quiet_hours"),
+    ],
+    ids=["send_window", "recipient_window"],
+)
+async def test_a_group_whose_connection_is_ready_only_after_its_window_closed_is_held_for_it(
+    jobs: JobFactory, gate: str, stopped: str
+) -> None:
+    """The real client's one connection is held by a slow answer past the window's close: the
+    group waiting for it never reaches the API and is recorded as its window having closed
+    before its request left (exit 4), not as the API unreachable."""
+    jobs.people(8, tz="America/New_York")  # 07:00 there at noon UTC
+    job = jobs.job(extra=f"group_size = 4\n{gate}")
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("slow", delay=45.0))
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(
+            str(server.make_url("/v2")), "any-key", max_connections=1, request_timeout=60
+        ) as client,
+    ):
+        s = await run_job(
+            job, replace(FAST, concurrency=2), client, clock=clock_at(NOON + 30 * SECOND)
+        )
+    assert (s.stopped, run_outcome(s), s.sent_groups) == (stopped, 4, 1)
+    assert [r.method for r in fake.http_log] == ["POST"]
+    codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert codes == ["WindowClosed"]
