@@ -105,6 +105,9 @@ class _Tries(msgspec.Struct):
     rerouted: bool = False
     #: The job's deadline passed before it could leave: recorded ``expired_unsent``.
     expired: bool = False
+    #: Held for its recipients' window (quiet hours) before its next try: how its tries ended
+    #: says nothing of the API (no streak of unanswered groups counts it).
+    held: bool = False
     #: The claim's fence the latest attempt was written under (a shared ledger).
     fence: Fence | None = None
     #: When the first of its windows (the job's ``send_window``, its recipients'
@@ -395,7 +398,7 @@ class GroupSender:
         ):
             result = replace(result, error=key_conflict(result.error))
         try:
-            after = await self.conclude(group, result, tries.throttled)
+            after = await self.conclude(group, result, tries.throttled, held=tries.held)
         except LedgerError as exc:
             self.stops.ledger_failed(exc)
             return None
@@ -598,6 +601,7 @@ class GroupSender:
         window = job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
+            tries.held = True
             raise StopRetrying(_unsent(tries, on_record, closed_before_leaving))
 
     def _check_optouts(self, tries: _Tries) -> None:
@@ -746,6 +750,7 @@ class GroupSender:
         theirs = job.recipient_window
         if theirs is not None and closes_in(theirs, group.zones, at) <= until - now:
             self.quiet[group.zones] += len(group.to)
+            tries.held = True
             log.info("group.paused_past_window", group=group.id, window="recipient_window")
             return True
         window = job.send_window
@@ -758,9 +763,13 @@ class GroupSender:
             return True
         return False
 
-    async def conclude(self, group: Group, result: Attempted, throttled: int = 0) -> Group | None:
-        """Record how the group's tries ended; stop the job when that is what it says. Returns
-        the group that goes out in its place, if any (see :meth:`send`)."""
+    async def conclude(
+        self, group: Group, result: Attempted, throttled: int = 0, *, held: bool = False
+    ) -> Group | None:
+        """Record how the group's tries ended; stop the job when that is what it says (a
+        group ``held`` for its recipients' window says nothing of the API: it is no group
+        the API left unanswered). Returns the group that goes out in its place, if any (see
+        :meth:`send`)."""
         await self._release(
             group, result.receipt, maybe_sent=isinstance(result.error, AmbiguousSendError)
         )
@@ -780,7 +789,8 @@ class GroupSender:
             # a resume knows.
             self.stops.fatal(err)
             err = settled(err)
-        self.stops.count(err)
+        if not held:
+            self.stops.count(err)
         refused = refused_members(err, group.to, self.settings.error_policy)
         refused = refused or await refused_by_optouts(
             self.client, err, group, self.settings.error_policy

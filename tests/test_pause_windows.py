@@ -72,6 +72,30 @@ async def test_a_pause_past_the_recipients_window_holds_them_at_once(jobs: JobFa
     )
 
 
+async def test_groups_held_for_quiet_hours_after_429s_do_not_stop_the_job_as_the_api_failing(
+    jobs: JobFactory,
+) -> None:
+    """Each of three senders answers a 429 asking for ten minutes two minutes before the
+    recipients' window closes: the three groups are held for their quiet hours (exit 4), not
+    counted as groups in a row the API left unanswered (exit 1, the API failing)."""
+    jobs.people(32, tz="UTC")
+    job = jobs.job(
+        extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["recipient_window"]}',
+        sender='["+18445550001", "+18445550002", "+18445550003"]',
+    )
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        raise RateLimited("slow down", retry_after=600.0, status=429)
+
+    client = FakeClient(answer)
+    s = await run_job(
+        job, replace(FAST, concurrency=4), client, clock=FakeClock(wall=NOW.timestamp())
+    )
+    assert (s.error, s.stopped, run_outcome(s), s.quiet) == (None, "quiet_hours", 4, {"UTC": 32})
+    codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert (codes[0], len(set(codes)), len(codes) >= 3) == ("429", 1, True)
+
+
 async def test_a_pause_past_the_send_window_stops_the_job_at_once(jobs: JobFactory) -> None:
     """The same 429 two minutes before the job's send_window closes, its one sender paused
     past it: the job stops as the window's closing stops it (exit 4), at once."""
