@@ -452,11 +452,11 @@ def _window_now(job: JobConfig) -> str:
 def _print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
     print(f"dry run of {job.name}: nothing was sent")
     deadline = deadline_before_start(job)
-    left = f"{s.sent_groups} groups, {s.sent_recipients} recipients"
+    planned = f"{s.sent_groups} groups, {s.sent_recipients} recipients"
     if deadline is not None and past(deadline, SystemClock()):
-        print(f"  would send   nothing: the deadline has passed ({left} left; see deadline)")
+        print(f"  would send   nothing: the deadline has passed ({planned} left; see deadline)")
     else:
-        print(f"  would send   {left}")
+        print(f"  would send   {planned}")
     print(f"  input        {s.rows_text()}")
     print(f"  grouping     {job.grouping}")
     if job.recipient_window is not None:
