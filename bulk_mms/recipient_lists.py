@@ -188,6 +188,66 @@ def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -
     return out
 
 
+class Originals:
+    """The ledgers whose failed files the ledger at ``ledger`` sends (a
+    :class:`~bulk_mms.settle.Settler`'s ``originals``): the campaign each member's row names
+    in :data:`CAMPAIGN_COLUMN`, as the ledger's outcome events recorded it (a member whose
+    row it has not recorded yet, a crash before its group's outcome: the one campaign the
+    ledger's rows name, when they name one), found beside it (the JSONL ledgers beside the
+    file, or the database's other ledgers: :func:`~bulk_mms.ledger.store.headers_beside`) by
+    its header's campaign, and folded, once."""
+
+    def __init__(self, ledger: Location) -> None:
+        self.ledger = ledger
+        self._named: dict[str, str] = {}
+        self._views: dict[str, LedgerView] = {}
+
+    def __call__(self, rec: GroupRecord, header: Header) -> dict[str, LedgerView | None]:
+        """Each member of ``rec`` (a group of this ledger, whose job header is ``header``) →
+        the ledger of the campaign its row names, folded; None when there is none (its row
+        names no campaign, or none is found) or it cannot be read."""
+        if not self._named.keys() >= set(rec.to):
+            self._named = _campaigns(self.ledger, header)
+        named = set(self._named.values())
+        only = named.pop() if len(named) == 1 else ""
+        return {p: self._view(self._named.get(p, only)) for p in rec.to}
+
+    def _view(self, campaign: str) -> LedgerView | None:
+        if not campaign or campaign in self._views:
+            return self._views.get(campaign)
+        try:
+            where = next(
+                (w for w, h in headers_beside(self.ledger) if h.campaign == campaign), None
+            )
+            if where is None:
+                return None
+            self._views[campaign] = load(where)
+        except LedgerError:
+            return None  # not read: said as not found, never taken for one with no such send
+        return self._views[campaign]
+
+
+def _campaigns(ledger: Location, header: Header) -> dict[str, str]:
+    """Each number the ledger at ``ledger`` (whose job header, ``header``, has
+    :data:`CAMPAIGN_COLUMN`) records a row of → the campaign that row names; none when the
+    ledger cannot be read."""
+    at = header.columns.index(CAMPAIGN_COLUMN)
+    named: dict[str, str] = {}
+    try:
+        events = read_events(ledger, skip_status=True)
+        try:
+            for ev in events:
+                if isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
+                    named.update(
+                        (p, r[at]) for p, r in zip(ev.to, ev.rows, strict=False) if len(r) > at
+                    )
+        finally:
+            events.close()
+    except LedgerError:
+        return {}
+    return named
+
+
 def inputs_beside(ledger: Location | None) -> list[tuple[str, Path]]:
     """(what it is, path) of the input each other ledger of ``ledger``'s store (the JSONL
     ledgers beside the file, or the database's other ledgers:

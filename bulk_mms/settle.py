@@ -29,7 +29,12 @@ sender: another job's, a resend's).
   moved them out of it, stamped no later than that report; when the ledger keeps no stamp of
   the report, a record found for such a member leaves the group in doubt (logged
   ``settle.ambiguous``): that earlier message's record cannot be told apart
-  (:class:`_Elsewhere`).
+  (:class:`_Elsewhere`). Alike for a ledger sent from a failed file (``report
+  --failed-csv``): a record of a message the ledger of the campaign its row names
+  (``bulk_mms_campaign``) knows is not the group's, nor is one of a member that ledger sent
+  from the same sender, stamped no later than its latest delivery report; when that ledger
+  cannot be found beside it or read, a record found for such a member leaves the group in
+  doubt (``settle.ambiguous``).
 * Found for none, and the records are complete (``[api] records_lag_s`` after its last try): it
   was never accepted; it is recorded as such (``not_accepted``, retryable) and sent again,
   under a new Idempotency-Key.
@@ -41,6 +46,7 @@ while the key holds; settling is for the rest.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -52,8 +58,9 @@ import structlog
 
 from bulk_mms.clock import CLOCK_SKEW_S, Clock
 from bulk_mms.config import RetryConfig
+from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import RecordsUnread, RetryableSendError, SendError
-from bulk_mms.ledger.events import Failed, Status
+from bulk_mms.ledger.events import Failed, Header, Status
 from bulk_mms.ledger.fold import NOT_ACCEPTED, GroupRecord, LedgerView
 from bulk_mms.models import MessageRecord, Money
 from bulk_mms.retry import fetch_with_retry
@@ -73,6 +80,17 @@ class RecordsReader(Protocol):
     async def fetch_records(
         self, cli: str, cld: str, start: float, end: float
     ) -> list[MessageRecord]: ...
+
+
+class Originals(Protocol):
+    """Where a resend's members were missed (:class:`~bulk_mms.recipient_lists.Originals`)."""
+
+    def __call__(self, rec: GroupRecord, header: Header) -> Mapping[str, LedgerView | None]:
+        """Each member of ``rec``, a group of the ledger whose job header is ``header`` (its
+        rows carry :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN`), whose row names the campaign
+        whose failed file it is: that campaign's ledger, folded (None: it cannot be found
+        or read)."""
+        ...
 
 
 class Verdict(enum.StrEnum):
@@ -110,6 +128,8 @@ class Settler:
             clock), and a lookup's retries sleep on it.
         retry: the run's retry policy, for a lookup the API refused for now (a 429, whose
             wait comes first; a 5xx): asked again as a send would be. None: asked once.
+        originals: the ledgers a resend's members were missed by, for a ledger sent from a
+            failed file (:class:`_Elsewhere`); None: no other ledger is looked at.
     """
 
     def __init__(
@@ -120,8 +140,10 @@ class Settler:
         clock: Clock,
         *,
         retry: RetryConfig | None = None,
+        originals: Originals | None = None,
     ) -> None:
         self.client = client if isinstance(client, RecordsReader) else None
+        self.originals = originals
         self.records_lag_s = records_lag_s
         self.request_timeout = request_timeout
         self.clock = clock
@@ -161,7 +183,8 @@ class Settler:
         be incomplete, the lookups stop at the first member without one (neither acceptance
         nor absence can show yet): a resume after a crash asks once a group in doubt, not once
         a member. ``ledger``: the view ``rec`` is of (:class:`_Elsewhere`: a record of another
-        of its groups' messages is not ``rec``'s); None: it knows no other message."""
+        of its groups' messages, or of the ledgers whose failed file it sends, is not
+        ``rec``'s); None: it knows no other message."""
         window = self.window(rec)
         if self.client is None and not self._said_unable:
             self._said_unable = True
@@ -169,7 +192,7 @@ class Settler:
         if self.client is None or window is None or not rec.to or rec.sender is None:
             return UNKNOWN
         start, end = window
-        elsewhere = _Elsewhere.of(ledger, rec)
+        elsewhere = _Elsewhere.of(ledger, rec, await self._originals(rec, ledger))
         # complete before the first lookup: a record stamped later cannot have been missed
         complete = self.complete_in(rec) <= 0
         each: list[list[MessageRecord]] = []
@@ -205,6 +228,16 @@ class Settler:
             return UNKNOWN
         log.info("settle.absent", group=rec.id)
         return Finding(Verdict.ABSENT)
+
+    async def _originals(
+        self, rec: GroupRecord, ledger: LedgerView | None
+    ) -> Mapping[str, LedgerView | None]:
+        """:attr:`originals` of ``rec``, read off the event loop, when ``ledger`` was sent
+        from a failed file; else none."""
+        header = ledger.header if ledger is not None else None
+        if self.originals is None or header is None or CAMPAIGN_COLUMN not in header.columns:
+            return {}
+        return await asyncio.to_thread(self.originals, rec, header)
 
     async def _records(
         self, client: RecordsReader, sender: str, member: str, window: tuple[float, float]
@@ -243,34 +276,53 @@ def _accepted(rec: GroupRecord, found: list[MessageRecord]) -> Finding:
 
 
 class _Elsewhere(NamedTuple):
-    """What a ledger knows of the messages that are not one group's (``group``): a record of
+    """What the ledgers know of the messages that are not one group's (``group``): a record of
     such a message proves nothing of the group.
 
     ``ids`` (:attr:`LedgerView.by_message_id <bulk_mms.ledger.LedgerView.by_message_id>`)
-    names the messages of its other groups; ``resent`` are the group's members that another
-    of its groups sent from the same sender before a delivery report moved them out of it,
+    names the messages of its ledger's other groups, ``beside`` those of the ledgers whose
+    failed file its ledger sends (each member's :class:`Originals`); ``resent`` are the
+    group's members that another group sent from the same sender before a delivery report,
     each with when that report says it was reached (:meth:`LedgerView.resent_from
-    <bulk_mms.ledger.LedgerView.resent_from>`). A record of such a member stamped no later
-    than that is the earlier message's (this group's request left after the report came); when
-    the ledger has no stamp, a record of that earlier message cannot be told from one of this
+    <bulk_mms.ledger.LedgerView.resent_from>`): one of its ledger's that the report moved
+    them out of, or any of the ledger whose failed file lists them. A record of such a member
+    stamped no later than that is the earlier message's (this group's request left after the
+    report came); when there is no stamp, or the ledger whose failed file lists the member
+    cannot be found or read, a record of that earlier message cannot be told from one of this
     group's: records found for such a member show neither acceptance nor absence, and the
     group stays in doubt."""
 
     group: str
     ids: Mapping[str, str]
     resent: Mapping[str, float | None]
+    beside: tuple[Mapping[str, str], ...] = ()
 
     @classmethod
-    def of(cls, ledger: LedgerView | None, rec: GroupRecord) -> _Elsewhere:
+    def of(
+        cls,
+        ledger: LedgerView | None,
+        rec: GroupRecord,
+        originals: Mapping[str, LedgerView | None],
+    ) -> _Elsewhere:
         if ledger is None:
             return cls(rec.id, {}, {})
-        return cls(rec.id, ledger.by_message_id, ledger.resent_from(rec))
+        resent = ledger.resent_from(rec)
+        views = {id(v): v for v in originals.values() if v is not None}.values()
+        for view in views:
+            for p, at in view.resent_from(rec, beside=True).items():
+                if originals.get(p) is view:
+                    resent[p] = _later(resent[p], at) if p in resent else at
+        resent.update((p, None) for p, view in originals.items() if view is None)
+        return cls(rec.id, ledger.by_message_id, resent, tuple(v.by_message_id for v in views))
 
     def owns(self, r: MessageRecord, member: str) -> bool:
         """Whether ``r`` (a record of ``member``) is another group's message: its id, or its
         group message's, names one, or it is stamped before a report of an earlier send."""
-        if any(self.ids.get(m, self.group) != self.group for m in (r.id, r.group_message_id) if m):
-            return True
+        for m in (r.id, r.group_message_id):
+            if m and (
+                self.ids.get(m, self.group) != self.group or any(m in b for b in self.beside)
+            ):
+                return True
         reported = self.resent.get(member)
         return reported is not None and r.created_at <= reported
 
@@ -282,6 +334,11 @@ class _Elsewhere(NamedTuple):
             return False
         log.warning("settle.ambiguous", group=rec.id, members=len(blurred))
         return True
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    """The later of two reports' stamps; None when either has none."""
+    return None if a is None or b is None else max(a, b)
 
 
 def _ours(r: MessageRecord, sender: str, member: str, start: float, end: float) -> bool:

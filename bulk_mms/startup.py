@@ -28,6 +28,7 @@ from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.pacing import Pacer, max_cost
 from bulk_mms.policy import PolicyClient
 from bulk_mms.prepare import check_resumable, header_for, pacing_config
+from bulk_mms.recipient_lists import Originals
 from bulk_mms.recorder import Recorder
 from bulk_mms.scan import InputScan, ScanStopped, check_rejected_share, scan_input
 from bulk_mms.sending import GroupSender
@@ -218,7 +219,12 @@ def build_sender(
         stop=stop,
         pacer=_pacer(job, settings, recorder, clock, stop),
         settler=Settler(
-            client, settings.records_lag_s, settings.request_timeout, clock, retry=settings.retry
+            client,
+            settings.records_lag_s,
+            settings.request_timeout,
+            clock,
+            retry=settings.retry,
+            originals=Originals(job.where),
         ),
         suppressed=suppressed,
         limits=limits,

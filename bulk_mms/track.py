@@ -58,6 +58,7 @@ from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, report_action, report_code
 from bulk_mms.rate import FixedRate, PaceAborted
+from bulk_mms.recipient_lists import Originals
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict, never_accepted, own_ids
 from bulk_mms.signals import Stop
@@ -134,7 +135,11 @@ class Tracker:
         stop: Stop | None = None,
         result: TrackResult | None = None,
         on_status: Callable[[GroupRecord, RecipientStatus], Awaitable[None] | None] | None = None,
+        originals: Originals | None = None,
     ) -> None:
+        #: The ledgers whose failed file this one sends, for :meth:`settle_doubts`
+        #: (:class:`~bulk_mms.settle.Settler`'s ``originals``).
+        self.originals = originals
         #: Told of every status that is news, after it is recorded (a run's error policy),
         #: and awaited when it returns an awaitable (an opt-out written to the list).
         self.on_status = on_status
@@ -423,6 +428,7 @@ class Tracker:
             self.settings.request_timeout,
             self.clock,
             retry=self.settings.retry,
+            originals=self.originals,
         )
         settled = 0
         for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
@@ -572,7 +578,7 @@ async def track_ledger(
 
         tracker = Tracker(
             view, store, client, settings, clock=clock, stop=stop, result=result,
-            on_status=on_status,
+            on_status=on_status, originals=Originals(location),
         )  # fmt: skip
         tracker.result.job = view.header.job if view.header is not None else None
         groups = sum(1 for _ in view.sent_groups())

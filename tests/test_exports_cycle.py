@@ -12,10 +12,12 @@ import orjson
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms import settle
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
+from bulk_mms.ledger import load
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
@@ -414,3 +416,72 @@ def test_exclude_sent_leaves_in_whom_a_resend_was_refused_for_good(
         assert main([*fresh, "--exclude-sent", str(job.ledger)]) == 0
     assert "already sent" not in capsys.readouterr().out
     assert fake.recipient_counts() == {"+12125550101": 1}
+
+
+def resent_with_its_answer_lost(
+    jobs: JobFactory,
+    ledger: LedgerOf,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    lost: Callable[[JobConfig], object] = lambda job: None,
+) -> tuple[FakeTelnyx, int, JobConfig]:
+    """Send a job of two, track it (the first's delivery fails for good), write its failed
+    file (``failed.csv`` in ``tmp_path``) and send that again at once, from the same sender,
+    its answer lost before the API took it (the records complete as the run ends; ``lost``
+    runs before the resend): the fake API, the resend's exit code, and the job."""
+    monkeypatch.setattr(settle, "SETTLED_SLACK_S", 0.0)  # no real wait for the records
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(PAIR)])
+    job = jobs.job(extra="group_size = 1")
+    settings = jobs.root / "config.toml"
+    settings.write_text("[api]\nrecords_lag_s = 0\nrequest_timeout = 0.1\n")
+    fake = FakeTelnyx(report={PAIR[0]: "40008"})
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url, "--config", str(settings)]
+        run = ["-q", "run", str(job.path), *args]
+        assert main(run) == 0
+        assert main(["-q", "track", ledger(job), *args]) == 0
+        assert main(["-q", "report", ledger(job), "--failed-csv", str(failed)]) == 0
+        fake.faults.append(Fault("drop_before"))
+        lost(job)
+        return fake, main([*run, "--input", str(failed)]), job
+
+
+#: The two people of :func:`resent_with_its_answer_lost`.
+PAIR = ("+12125550101", "+12125550102")
+
+
+def test_a_resend_whose_answer_was_lost_is_not_settled_by_the_first_sends_record(
+    jobs: JobFactory, ledger_of: LedgerOf, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A failed file is resent minutes after the first send, from the same sender, and the
+    resend's answer is lost before the API took it: the first send's record is not the
+    resend's, so the resend is sent again (exit 0, texted twice in all), not recorded sent
+    with nobody texted. Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
+    fake, code, _ = resent_with_its_answer_lost(jobs, ledger_of, monkeypatch, tmp_path)
+    assert code == 0
+    assert fake.recipient_counts() == {PAIR[0]: 2, PAIR[1]: 1}
+
+
+def test_a_resend_whose_original_ledger_is_gone_is_left_in_doubt(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same lost answer with the original campaign's ledger gone from beside the resend's:
+    the record found cannot be told from the first send's, so the resend stays in doubt
+    (exit 1, nobody texted again), never recorded sent; with that ledger back, `track` on the
+    resend's settles it never accepted, and a rerun of the resend sends it."""
+    away = tmp_path / "away.jsonl"
+    fake, code, job = resent_with_its_answer_lost(
+        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lambda j: j.ledger.rename(away)
+    )
+    assert code == 1
+    assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
+    away.rename(job.ledger)
+    (resend,) = set(job.ledger.parent.glob("*.jsonl")) - {job.ledger}
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url, "--config", str(jobs.root / "config.toml")]
+        assert main(["-q", "track", str(resend), *args]) == 0
+        assert load(resend).recipients().retry_pending == 1
+        failed = str(tmp_path / "failed.csv")
+        assert main(["-q", "run", str(job.path), *args, "--input", failed]) == 0
+    assert fake.recipient_counts() == {PAIR[0]: 2, PAIR[1]: 1}

@@ -24,9 +24,20 @@ from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import CLOCK_SKEW_S, iso
 from bulk_mms.config import JobConfig
+from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import AmbiguousSendError, RateLimited, RecordsUnread, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import Attempt, InDoubt, LedgerView, Moved, RunStarted, Sent, Status, load
+from bulk_mms.ledger import (
+    Attempt,
+    Header,
+    InDoubt,
+    LedgerView,
+    Moved,
+    RunStarted,
+    Sent,
+    Status,
+    load,
+)
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
 from bulk_mms.report import summarize
@@ -679,3 +690,31 @@ async def test_a_record_of_another_groups_message_is_not_this_groups() -> None:
         reports = [Status("g0", p, "delivery_failed", at=stamp) for p in DOUBT.to]
         ledger = LedgerView.fold([earlier, *reports, moved])
         assert (await settler.settle(DOUBT, ledger)).verdict == verdict
+
+
+async def test_a_record_of_the_original_campaigns_send_is_not_its_resends() -> None:
+    """A group of a failed file's resend: a record of a member the original campaign's ledger
+    sent from the same sender, stamped no later than its delivery report, is that send's
+    (complete, the resend was never accepted); stamped after it, the resend's own; with the
+    original ledger not found or unreadable, in doubt."""
+    clock = FakeClock(wall=1_000_000.0 + 86_400)
+    client = FakeClient(wall=clock.wall)
+    client.records += [record(f"r{i}", p) for i, p in enumerate(DOUBT.to)]  # at 1_000_000.5
+    origins: dict[str, LedgerView | None] = {}
+    settler = Settler(
+        client, records_lag_s=3600, request_timeout=30, clock=clock,
+        originals=lambda rec, header: origins,
+    )  # fmt: skip
+    resend = LedgerView(header=Header("j", None, columns=("first", CAMPAIGN_COLUMN)))
+    sent = Sent(DOUBT.id, DOUBT.to, message_id="m1", from_=DOUBT.sender)  # its own group ids
+    for stamp, verdict in [
+        ("1970-01-12T13:46:41Z", Verdict.ABSENT),  # 1_000_001: reported after the record
+        ("1970-01-12T13:46:39Z", Verdict.ACCEPTED),  # 999_999: the record is after it
+        (None, Verdict.UNKNOWN),
+    ]:
+        reports = [Status(DOUBT.id, p, "delivery_failed", at=stamp) for p in DOUBT.to]
+        origins.update(dict.fromkeys(DOUBT.to, LedgerView.fold([sent, *reports])))
+        assert (await settler.settle(DOUBT, resend)).verdict == verdict
+    origins.update(dict.fromkeys(DOUBT.to, None))
+    assert (await settler.settle(DOUBT, resend)).verdict == Verdict.UNKNOWN
+    assert (await settler.settle(DOUBT, LedgerView())).verdict == Verdict.ACCEPTED  # no resend

@@ -705,21 +705,24 @@ class LedgerView(msgspec.Struct, eq=False):
     def sent_groups(self) -> Iterator[GroupRecord]:
         return (rec for rec in self.groups.values() if rec.outcome == SENT)
 
-    def resent_from(self, rec: GroupRecord) -> dict[str, float | None]:
-        """The members of ``rec`` that another group of this ledger sent from ``rec``'s sender
-        before a delivery report moved them out of it (the API's records of that message to
-        them are records from the same sender to the same numbers as ``rec``'s), each with the
-        time its latest delivery report says it was reached (the API's clock, as the records'
-        stamps; None: this view keeps no stamp of it). That earlier message was sent before
-        its report, so its record is stamped no later."""
-        if not self._any_moved or rec.sender is None:
+    def resent_from(self, rec: GroupRecord, *, beside: bool = False) -> dict[str, float | None]:
+        """The members of ``rec`` that another group sent from ``rec``'s sender before a
+        delivery report (the API's records of that message to them are records from the same
+        sender to the same numbers as ``rec``'s), each with the time its latest delivery report
+        says it was reached (the API's clock, as the records' stamps; None: this view keeps no
+        stamp of it). That earlier message was sent before its report, so its record is
+        stamped no later. Of this ledger's groups, one a report moved them out of; with
+        ``beside`` (``rec`` is a group of another ledger, the resend of this one's failed file:
+        :func:`~bulk_mms.recipient_lists.write_failed_csv`, written after those reports), any
+        sent group."""
+        if rec.sender is None or not (beside or self._any_moved):
             return {}
         members = set(rec.to)
         resent = {
             p
             for other in self.sent_groups()
-            if other.id != rec.id and other.sender == rec.sender
-            for p in other.moved
+            if other.sender == rec.sender and (beside or other.id != rec.id)
+            for p in (other.to if beside else other.moved)
             if p in members
         }
         if not resent:
