@@ -9,6 +9,7 @@ JobStops`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 from collections import Counter
@@ -687,15 +688,17 @@ class GroupSender:
         have it: past the job's deadline its last try certainly never got through (a
         connection waited for until it passed, a backoff that would end after it), and it
         expires; a last try whose connection was not ready before one of its windows closed
-        (closed now) is held as the window holds it, its request never having left
-        (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API unreachable); a wait
+        (closed now) is held as the closed gate holds it (:meth:`_check_gates`), its request
+        never having left (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API
+        unreachable); a wait
         for its next try that would outlast one of its windows holds it as the window does
         (:meth:`_held_for_window`). (One that would outlast the deadline leaves it with its
         last error: the first run past the deadline records it expired.)"""
         if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
             self._expire(tries)
         elif isinstance(result.error, NetworkError) and self._windows_left(tries.group) == 0:
-            self._held_for_window(tries, self.clock.monotonic())
+            with contextlib.suppress(StopRetrying):  # held as the closed gate holds it
+                self._check_gates(tries, on_record=True)
             return replace(result, error=closed_before_leaving())
         elif result.next_try is not None:
             self._held_for_window(tries, result.next_try)
