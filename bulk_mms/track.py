@@ -353,15 +353,20 @@ class Tracker:
         (:meth:`~bulk_mms.ledger.LedgerView.names_another`), or, when another report of the
         answer names this group's own id (so the field is seen to hold it), names any other
         group message (another send in the same conversation), is left out, logged: its
-        recipient is listed by its own report, or not at all."""
+        recipient is listed by its own report, or not at all. A report of a number that is
+        not a member of the group is not read at all: an answer may list any number of them
+        (bounded only by its size), and none is logged or looked at twice."""
+        members = set(g.to)
+        statuses = tuple(st for st in statuses if st.phone in members)
         own_id = self.view.group_message_id(g)
         vouched = own_id is not None and any(st.group_message_id == own_id for st in statuses)
-        theirs = [
-            st
-            for st in statuses
-            if self.view.names_another(g, st.group_message_id)
-            or (vouched and st.group_message_id not in (None, own_id))
-        ]
+        ours: list[RecipientStatus] = []
+        theirs: list[RecipientStatus] = []
+        for st in statuses:
+            other = self.view.names_another(g, st.group_message_id) or (
+                vouched and st.group_message_id not in (None, own_id)
+            )
+            (theirs if other else ours).append(st)
         if theirs:
             log.warning(
                 "track.other_group_message",
@@ -369,7 +374,7 @@ class Tracker:
                 reports=len(theirs),
                 named=theirs[0].group_message_id,
             )
-            statuses = tuple(st for st in statuses if st not in theirs)
+            statuses = tuple(ours)
         listed: dict[str, RecipientStatus | None] = {}
         doubled: set[str] = set()
         for st in statuses:

@@ -600,6 +600,32 @@ async def test_a_member_listed_under_two_group_messages_takes_its_group_s(
     assert lines == {p: ("sent", "r0"), **{st.phone: ("sent", st.message_id) for st in rest}}
 
 
+async def test_an_answer_flooded_with_other_numbers_reads_only_the_members(
+    jobs: JobFactory,
+) -> None:
+    """A group's answer that also lists thousands of other numbers, each under two messages
+    and another group message, records the members' reports and logs none of the others."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    gid = f"msg-{g.id}-0"
+    mine = tuple(
+        RecipientStatus(q, "delivered", message_id=f"r{i}", group_message_id=gid)
+        for i, q in enumerate(g.to)
+    )
+    flood = tuple(
+        RecipientStatus(f"+1202555{i // 2:04d}", "sent", message_id=f"x{i}", group_message_id="o")
+        for i in range(4000)
+    )
+    client.delivery[gid] = (*flood, *mine)
+    with capture_logs() as logs:
+        r = await track_ledger(ledger, FAST, client, clock=FakeClock())
+    assert r.statuses == {"delivered": 4}
+    flooded = [
+        e for e in logs if e["event"] in ("track.recipient_ambiguous", "track.other_group_message")
+    ]
+    assert flooded == []
+
+
 @pytest.mark.parametrize("variant", [None, "statuses_in_cc", "sparse_answers"])
 async def test_track_reads_answers_naming_their_group_message_as_before(
     fake_api: API, jobs: JobFactory, variant: str | None
