@@ -197,6 +197,23 @@ async def test_signed_finalized_event_is_recorded(
     assert all(e["source"] == "webhook" and e["webhook_id"] == "e1" for e in lines)
 
 
+async def test_an_event_with_a_number_beyond_a_double_is_still_recorded(
+    hooks: tuple[TestClient[Any, Any], Path, FakeClient],
+) -> None:
+    """A signed event whose payload holds a number beyond a double (``1e999``) is read as an
+    answer's body is: the reports it carries are recorded, not refused with a 400."""
+    http, path, client = hooks
+    g = client.calls[0]
+    body = orjson.dumps(event("message.finalized", g, f"msg-{g.id}-0", "delivered"))
+    raw = body.replace(b'"errors":[]', b'"errors":[],"wait_seconds":1e999')
+    stamp = str(int(time.time()))
+    sig = base64.b64encode(SIGNER.sign(stamp.encode() + b"|" + raw)).decode()
+    headers = {"telnyx-signature-ed25519": sig, "telnyx-timestamp": stamp}
+    resp = await http.post("/h", data=raw, headers=headers)
+    assert (resp.status, (await resp.json())["recorded"]) == (200, 4)
+    assert {e["recipient"] for e in status_lines(path)} == set(g.to)
+
+
 @pytest.mark.parametrize(
     ("occurred_at", "kept"),
     [

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
-import orjson
 import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bulk_mms.answers import as_message_id, status_stamp
+from bulk_mms.answers import as_message_id, parse_json, status_stamp
 from bulk_mms.clock import Clock, SystemClock, instant
 from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
@@ -191,14 +190,13 @@ class BaseReceiver:
             verify(self.key, request.headers, raw, self.clock.wall())
         except Unverified as exc:
             return self._reject(request, exc.reason, exc.status)
-        try:
-            body = orjson.loads(raw)
-            data = body["data"]
-            event_id, event_type = data["id"], data["event_type"]
-            # the spec requires no field of an event: one without a payload reports nothing
-            payload = data.get("payload")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            event_id = event_type = None
+        # read as an answer's body is: a number beyond a double (1e999) loses only itself
+        body = parse_json(raw)
+        data = body.get("data") if isinstance(body, dict) else None
+        data = data if isinstance(data, dict) else {}
+        event_id, event_type = data.get("id"), data.get("event_type")
+        # the spec requires no field of an event: one without a payload reports nothing
+        payload = data.get("payload")
         event_id = as_message_id(event_id)  # the spec's event id is a UUID
         if event_id is None or not isinstance(event_type, str):
             # not an event, its id is not an id (ids are UUIDs), or its type is not a word
