@@ -250,7 +250,7 @@ def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
         ]
     return SendReceipt(
         message_id=mid,
-        statuses=tuple(statuses),
+        statuses=_one_each(statuses),
         wait_seconds=parse_seconds(msg.wait_seconds),
         cost=cost,
         valid_until=_stamp(msg.valid_until),
@@ -295,12 +295,22 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
         log.warning("response.cost_unusable", message_id=message_id, amount=repr(amount)[:60])
     return SendReceipt(
         message_id=message_id,
-        statuses=tuple(statuses),
+        statuses=_one_each(statuses),
         wait_seconds=parse_seconds(data.get("wait_seconds")),
         cost=cost,
         errors=parse_errors(data),
         valid_until=_stamp(data.get("valid_until")),
     )
+
+
+def _one_each(statuses: Sequence[RecipientStatus]) -> tuple[RecipientStatus, ...]:
+    """The first report of each number in a send's answer, in order: the answer names each
+    member once, and one that lists a member again (any number of times) says no more of
+    them; each report becomes a ledger line."""
+    first: dict[str, RecipientStatus] = {}
+    for st in statuses:
+        first.setdefault(st.phone, st)
+    return tuple(first.values())
 
 
 def _stamp(value: object) -> str | None:

@@ -440,3 +440,18 @@ async def test_a_wait_beyond_a_double_loses_only_the_wait(fake_api: API, jobs: J
         e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
     ]
     assert sent[0]["message_id"] == fake.accepted[0].id
+
+
+async def test_an_answer_listing_its_members_over_and_over_records_each_once(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A send's answer that lists each member 2,000 times, failed, records one status line
+    per member, not one per listing."""
+    fake, url = fake_api
+    failed = [{"phone_number": p, "status": "delivery_failed"} for p in numbers(4)]
+    fake.faults.append(Fault("patch", patch={"to": failed * 2000}))
+    s, _ = await run_against(url, jobs)
+    assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
+    events = ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
+    status = sorted(str(e["recipient"]) for e in events if e["event"] == "status")
+    assert status == sorted(numbers(4))
