@@ -220,12 +220,14 @@ def iso(seconds: float) -> str:
 
 
 def parse_time(stamp: str) -> float:
-    """Seconds since the epoch of an ISO 8601 stamp; a stamp without an offset is UTC.
+    """Seconds since the epoch of an ISO 8601 stamp; a stamp without an offset is UTC. Its
+    ``T`` and ``Z`` may be lower case, as RFC 3339's date-time (the API's) allows.
 
     Raises:
         ValueError: not an ISO 8601 time.
     """
-    when = dt.datetime.fromisoformat(stamp)  # a trailing Z is UTC (Python 3.11 reads it)
+    # a trailing Z is UTC (Python 3.11 reads it), but not a "z", nor a "t" for the T
+    when = dt.datetime.fromisoformat(stamp.upper())
     if when.tzinfo is None:  # never this machine's zone
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()

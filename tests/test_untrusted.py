@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
-from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses
+from bulk_mms.answers import parse_receipt, parse_records, parse_retry_after, parse_statuses
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError, EndpointError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
@@ -387,6 +387,18 @@ def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
     assert at(completed_at="9999-12-31T23:59:59Z") is None
     assert at(completed_at="yesterday", sent_at="2026-12-06T10:00:00Z") == "2026-12-06T10:00:00Z"
     assert at(completed_at="2026-12-06T10:00:01Z") == "2026-12-06T10:00:01Z"
+
+
+def test_times_written_with_a_lower_case_t_and_z_are_times() -> None:
+    """RFC 3339 lets a date-time write its T and Z in lower case: such a detail record is
+    kept, at the same instant, and such a status stamp is one."""
+    record = {"id": "r1", "cli": "+12125550000", "cld": "+12125550001", "status": "delivered"}
+    (low,) = parse_records({"data": [{**record, "created_at": "2026-12-06t10:00:00.5z"}]})
+    (up,) = parse_records({"data": [{**record, "created_at": "2026-12-06T10:00:00.5Z"}]})
+    assert low.created_at == up.created_at
+    msg = {"id": "m1", "to": [{"phone_number": "+12125550000", "status": "delivered"}]}
+    (st,) = parse_statuses({**msg, "completed_at": "2026-12-06t10:00:01z"}, "m1")
+    assert st.at == "2026-12-06t10:00:01z"
 
 
 async def test_an_answer_under_another_groups_message_id_is_in_doubt(jobs: JobFactory) -> None:
