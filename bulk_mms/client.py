@@ -630,23 +630,27 @@ class AiohttpMmsClient:
         instead of the client's.
         """
         session = self._open()
-        with map_client_errors():  # inside it, a TimeoutError of the running bound is mapped
-            async with (
-                running_timeout(self._request_timeout),
-                session.request(
-                    method,
-                    url,
-                    data=data,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=timeouts or self._timeout,
-                ) as resp,
-            ):
-                status = resp.status
-                ok = 200 <= status < 300
-                # an error's headers say when to try again; an answer's are not needed
-                resp_headers = {} if ok else {k.lower(): v for k, v in resp.headers.items()}
-                raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
+        try:
+            with map_client_errors():  # inside it, a TimeoutError of the running bound is mapped
+                async with (
+                    running_timeout(self._request_timeout),
+                    session.request(
+                        method,
+                        url,
+                        data=data,
+                        headers=headers,
+                        allow_redirects=False,
+                        timeout=timeouts or self._timeout,
+                    ) as resp,
+                ):
+                    status = resp.status
+                    ok = 200 <= status < 300
+                    # an error's headers say when to try again; an answer's are not needed
+                    resp_headers = {} if ok else {k.lower(): v for k, v in resp.headers.items()}
+                    raw = await _read_bounded(resp) if not 300 <= status < 400 else b""
+        except SendError as exc:
+            self._blank(exc)
+            raise
         if raw and self._secret:
             raw = raw.replace(self._secret, _REDACTED)
         if raw is None:
@@ -662,6 +666,15 @@ class AiohttpMmsClient:
             body = parse_json(raw)
             body = None if body is NOT_JSON else body
         raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
+
+    def _blank(self, exc: SendError) -> None:
+        """Blank the API key (:data:`REDACTED`) wherever ``exc``'s message quotes it:
+        a failure to read an answer quotes the server's bytes (a status line, a header, a
+        chunk's size) and the URL, either of which may hold it."""
+        key = self._secret.decode()
+        if key and key in exc.message:
+            exc.message = exc.message.replace(key, REDACTED)
+            exc.args = (str(exc),)
 
 
 #: The statuses answering a send that may follow a request the server acted on: any 5xx but

@@ -5,6 +5,7 @@ more than the in-doubt count."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from decimal import Decimal
 
@@ -371,6 +372,39 @@ async def test_an_answer_that_echoes_the_key_never_writes_it(jobs: JobFactory) -
     assert KEY not in ledger
     assert KEY not in repr(logs)
     assert KEY not in str(s.error)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2x0 {auth}\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Echo: {auth}" + b"." * 9000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{auth}\r\n",
+    ],
+    ids=["status-line", "header", "chunk-size"],
+)
+async def test_an_unreadable_answer_that_echoes_the_key_never_writes_it(
+    jobs: JobFactory, answer: bytes
+) -> None:
+    """An answer that cannot be read (a bad status line, a header too long, a chunk size that
+    is no number) and quotes the Authorization header leaves the group in doubt with the
+    key blanked from the reason the ledger records."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        auth = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"authorization"))
+        writer.write(answer.replace(b"{auth}", auth))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        s, _ = await run_against(f"http://127.0.0.1:{port}/v2", jobs, n=4)
+    assert s.in_doubt_groups == 1
+    ledger = (jobs.root / "ledgers" / "test-job.jsonl").read_text(encoding="utf-8")
+    assert "Bearer [redacted]" in ledger
+    assert KEY not in ledger
 
 
 def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
