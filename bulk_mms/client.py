@@ -52,6 +52,7 @@ from bulk_mms.answers import (
 )
 from bulk_mms.clock import running_timeout, since_boot
 from bulk_mms.errors import (
+    AccountRefused,
     AmbiguousSendError,
     AuthError,
     DescriptorsExhausted,
@@ -198,6 +199,10 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
         )
     if status == 404:
         return NotFound("the API does not know this message id", status=status, errors=errors)
+    if status == 402 and not errors:
+        # Payment Required with no code to go by (a gateway's page): the account cannot send,
+        # whichever group asks; one with its code (20100) is the error policy's to judge
+        return AccountRefused("the account cannot send (402 Payment Required)", status=status)
     if status == 429:
         return RateLimited(
             "rate limited", retry_after=parse_retry_after(headers), status=status, errors=errors

@@ -27,8 +27,8 @@
           │    ├── LimitReached        5    a carrier's cap (40016), daily_recipients, a burst
           │    │    │                       of spam filtering: resumable
           │    │    └── MaxCostReached        the job's max_cost: resumable once it is raised
-          │    ├── AccountRefused      6    no funds (20100), spend limit (40333), every
-          │    │                            sender of the job refused (40003/40315)
+          │    ├── AccountRefused      6    no funds (20100, or a 402 with no code), spend
+          │    │                            limit (40333), every sender refused (40003/40315)
           │    ├── EndpointError       2    a 3xx (never followed), a 404/405 to the send, or a
           │    │                            URL the client cannot use
           │    └── DescriptorsExhausted 2   EMFILE/ENFILE: this machine ran out of file

@@ -18,6 +18,7 @@ import bulk_mms.clock
 from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses
 from bulk_mms.client import AiohttpMmsClient, idempotency_key, request_body
 from bulk_mms.errors import (
+    AccountRefused,
     AmbiguousSendError,
     AuthError,
     DescriptorsExhausted,
@@ -136,6 +137,8 @@ def test_retry_after_variants() -> None:
         (Fault("status_after", 502), AmbiguousSendError, {"status": 502}),
         (Fault("status", 400, code="40001"), Rejected, {"code": "40001"}),
         (Fault("status", 403), AuthError, {"status": 403}),
+        (Fault("status", 402, raw=b"<html>pay</html>"), AccountRefused, {"status": 402}),
+        (Fault("status", 402, code="20100"), Rejected, {"code": "20100"}),
         (Fault("drop_before"), AmbiguousSendError, {}),
         (Fault("drop_after"), AmbiguousSendError, {}),
         (Fault("no_id"), AmbiguousSendError, {"status": 200}),
