@@ -370,7 +370,8 @@ class GroupSender:
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
             self.lost[group.id] = group
-            await self._release(group, None, maybe_sent=tries.ambiguous)
+            # its room in the shared limits is the group's, which the taker sends it in: kept
+            await self._release(group, None, maybe_sent=True)
             return None
         except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
             self.stops.ledger_failed(exc)

@@ -576,6 +576,49 @@ def test_a_rerun_after_a_host_killed_holding_reservations_reaches_max_cost_exact
 
 
 @pytest.mark.slow
+def test_a_host_that_lost_a_claim_leaves_the_groups_room_to_its_taker(
+    jobs: JobFactory, database: str
+) -> None:
+    """A host held after writing attempts (its account's budget row locked), paused past its
+    lease while another host (another account) takes those groups over and sends them
+    slowly, then woken to find its claims lost: max_cost (38 recipients of 40) is never
+    passed, and the count never falls below what was accepted."""
+    fake = FakeTelnyx(api_key=KEY)
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 2\nmax_cost = "0.38"')
+    config = _config(
+        jobs.root,
+        'rate = 5\nconcurrency = 2\nlease_s = 2\naccount = "a"',
+        api="records_lag_s = 0",
+        pricing='per_recipient = "0.01"',
+    )
+    other = jobs.root / "other.toml"
+    other.write_text(config.read_text().replace('account = "a"', 'account = "b"'))
+    where = f"{database}?ledger=taken"
+    with fake_api_thread(fake) as url, psycopg.connect(database) as budget:
+        first = run_cli(job.path, url, config, where)
+        wait_for("sending to start", lambda: _count(database, "sent") >= 2)
+        with _locked(database, "bulk_mms_events"):  # its admissions grow stale meanwhile
+            time.sleep(0.8)
+            budget.execute("SELECT FROM bulk_mms_budgets WHERE account = 'a' FOR UPDATE")
+        time.sleep(0.8)  # its attempts written, it waits to be admitted again
+        with _stopped(first):
+            fake.faults.extend(Fault("slow", delay=3.0) for _ in range(100))
+            time.sleep(3.0)  # its lease runs out
+            attempts = _count(database, "attempt")
+            second = run_cli(job.path, url, other, where)
+            wait_for("the takeover", lambda: _count(database, "attempt") > attempts)
+            time.sleep(0.5)  # its requests in flight
+            budget.rollback()
+        outs = [p.communicate(timeout=180) for p in (first, second)]
+    assert b"group.claim_lost" in outs[0][1]
+    counts = fake.recipient_counts()
+    assert max(counts.values()) == 1
+    assert sum(counts.values()) <= 38
+    assert _counted(database) >= sum(counts.values()) * Decimal("0.01")
+
+
+@pytest.mark.slow
 def test_a_429_one_host_meets_pauses_that_sender_on_every_host(
     jobs: JobFactory, database: str
 ) -> None:
