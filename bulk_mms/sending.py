@@ -504,14 +504,22 @@ class GroupSender:
         run out (this process was paused, its renewals late) is claimed again first. A claim
         no longer under the fence the attempt was written with (another process took it
         meanwhile) raises :class:`ClaimLost`, and the request never leaves here (the other
-        settles the attempt on record by the API's records)."""
+        settles the attempt on record by the API's records). So does a stop that comes
+        before a claim already run out is taken again: the group may be another's, with an
+        attempt of its own open that an outcome written here would close."""
         coordinator, gid = self.recorder.coordinator, tries.group.id
         held = coordinator.held_for(gid)
         if held is None:
             return None
         margin = min(HOLD_MARGIN_S, coordinator.lease_s / 4)
         if held <= margin:
-            if not await self._before_stop(coordinator.claim(gid)):
+            try:
+                still = await self._before_stop(coordinator.claim(gid))
+            except StopRetrying:
+                if held > 0:
+                    raise  # still its own: recorded as never having left
+                raise ClaimLost(self.recorder.store.name, gid) from None
+            if not still:
                 raise ClaimLost(self.recorder.store.name, gid)
             held = coordinator.held_for(gid) or 0.0
         if coordinator.fence(gid) != tries.fence:

@@ -14,6 +14,7 @@ from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sending import HOLD_MARGIN_S
 from bulk_mms.sharing import Sharing
+from bulk_mms.signals import Stop
 from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, crash_mid_send
 
@@ -287,6 +288,38 @@ async def test_a_claim_taken_again_with_no_time_left_sends_nothing(
     s = await runner.run_job(job, FAST, client, clock=FakeClock())
     assert (client.calls, s.sent_groups) == ([], 0)
     assert len(groups_in(job.ledger, "retry_pending")) == 1
+
+
+class StoppedOnWaking(Lapsing):
+    """:class:`Lapsing`, and the job is stopped (a SIGTERM) as the process wakes, before it
+    claims the groups again."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(taken=False)
+        self.stop = stop
+
+    def held_for(self, group: str) -> float | None:
+        if group not in self.claimed:
+            self.stop.request("SIGTERM")
+        return super().held_for(group)
+
+
+async def test_a_stop_before_a_claim_that_may_have_run_out_is_taken_again_records_no_outcome(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process woken past its lease and stopped before it could claim the group again
+    writes no outcome for the attempt it has on record (the group may be another's, its own
+    attempt open): the group reads in doubt, never pending a rerun, and nothing is sent."""
+    stop = Stop()
+    coordinator = StoppedOnWaking(stop)
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    await runner.run_job(job, FAST, client, clock=FakeClock(), stop=stop)
+    assert client.calls == []
+    assert groups_in(job.ledger, "retry_pending") == set()
+    assert len(groups_in(job.ledger, "in_doubt")) == 1
 
 
 async def test_a_group_whose_records_complete_during_a_look_is_looked_at_again(
