@@ -33,6 +33,7 @@ from bulk_mms.caps import (
     Tally,
 )
 from bulk_mms.clock import SystemClock
+from bulk_mms.config import JobConfig
 from bulk_mms.console import exit_for
 from bulk_mms.errors import LedgerError, LimitReached, MaxCostReached
 from bulk_mms.fake_api import FakeTelnyx, Fault
@@ -480,6 +481,14 @@ def _through_chaos(
     return rerun.returncode, err.decode()[-400:]
 
 
+def _spending(jobs: JobFactory, max_cost: str, limits: str) -> tuple[JobConfig, Path]:
+    """A job in groups of 2 under ``max_cost`` at 0.01 a recipient, and its settings:
+    ``limits``, the records complete at once."""
+    job = jobs.job(extra=f'group_size = 2\nmax_cost = "{max_cost}"')
+    pricing = 'per_recipient = "0.01"'
+    return job, _config(jobs.root, limits, api="records_lag_s = 0", pricing=pricing)
+
+
 def _counted(database: str) -> Decimal:
     """The one count of the database's shared limits."""
     with psycopg.connect(database, autocommit=True) as conn:
@@ -551,13 +560,7 @@ def test_a_rerun_after_a_host_killed_holding_reservations_reaches_max_cost_exact
     fake = FakeTelnyx(api_key=KEY)
     fake.faults.extend(Fault("slow", delay=0.4) for _ in range(1000))
     jobs.people(400)
-    job = jobs.job(extra='group_size = 2\nmax_cost = "2.00"')
-    config = _config(
-        jobs.root,
-        "rate = 5\nconcurrency = 3\nlease_s = 2",
-        api="records_lag_s = 0",
-        pricing='per_recipient = "0.01"',
-    )
+    job, config = _spending(jobs, "2.00", "rate = 5\nconcurrency = 3\nlease_s = 2")
     where = f"{database}?ledger=killed"
     with fake_api_thread(fake) as url:
         hosts = _hosts(job.path, url, config, where)
@@ -585,13 +588,7 @@ def test_a_host_that_lost_a_claim_leaves_the_groups_room_to_its_taker(
     passed, and the count never falls below what was accepted."""
     fake = FakeTelnyx(api_key=KEY)
     jobs.people(40)
-    job = jobs.job(extra='group_size = 2\nmax_cost = "0.38"')
-    config = _config(
-        jobs.root,
-        'rate = 5\nconcurrency = 2\nlease_s = 2\naccount = "a"',
-        api="records_lag_s = 0",
-        pricing='per_recipient = "0.01"',
-    )
+    job, config = _spending(jobs, "0.38", 'rate = 5\nconcurrency = 2\nlease_s = 2\naccount = "a"')
     other = jobs.root / "other.toml"
     other.write_text(config.read_text().replace('account = "a"', 'account = "b"'))
     where = f"{database}?ledger=taken"
