@@ -369,9 +369,7 @@ class GroupSender:
             await self._release(group, None, maybe_sent=tries.ambiguous)
             return group if tries.rerouted and not self.stop.is_set() else None
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
-            self.lost[group.id] = group
-            # its room in the shared limits is the group's, which the taker sends it in: kept
-            await self._release(group, None, maybe_sent=True)
+            await self._lose(group)
             return None
         except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
             self.stops.ledger_failed(exc)
@@ -382,6 +380,9 @@ class GroupSender:
         result = self._gates_after(tries, result)
         if tries.expired:  # recorded expired_unsent as its deadline passed between tries
             await self._release(group, None)
+            return None
+        if result.receipt is None and not await self._still_held(tries, result.error):
+            await self._lose(group)
             return None
         if tries.rerouted and result.receipt is None and not tries.ambiguous:
             # its sender was retired while it waited to retry: nothing was accepted, and it
@@ -405,6 +406,34 @@ class GroupSender:
             self.stops.ledger_failed(exc)
             return None
         return None if self.stop.is_set() else after
+
+    async def _lose(self, group: Group) -> None:
+        """``group`` is another process's now (it took the claim over): watched, not decided
+        here. Its room in the shared limits is the group's, which the taker sends it in:
+        kept."""
+        self.lost[group.id] = group
+        await self._release(group, None, maybe_sent=True)
+
+    async def _still_held(self, tries: _Tries, error: SendError | None) -> bool:
+        """Whether the group's failure (``error``; None: a gate stopped it) may be recorded
+        here: this process still holds its claim under the fence of its attempt on record
+        (:meth:`_hold`, which claims it again if it may have run out), or no attempt of its
+        is open, or the failure leaves the group in doubt. An outcome is written unfenced
+        and closes whatever attempt is open on the group: a failure written once another
+        process took the group over, and sent it again, would make its open attempt read
+        pending a rerun. A ledger that fails here stops the run (False)."""
+        if tries.group.id not in self.open_attempts or isinstance(error, AmbiguousSendError):
+            return True
+        try:
+            await self._hold(tries)
+        except ClaimLost:
+            return False
+        except StopRetrying:
+            return True  # stopped while its claim surely holds
+        except LedgerError as exc:
+            self.stops.ledger_failed(exc)
+            return False
+        return True
 
     async def _try(self, tries: _Tries, number: int) -> SendReceipt:
         """Try ``number`` of the group, top to bottom: the pacer admits it, the gates and the

@@ -10,6 +10,7 @@ import pytest
 
 from bulk_mms import runner
 from bulk_mms.coordination import LocalCoordinator
+from bulk_mms.errors import ServerError
 from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sending import HOLD_MARGIN_S
@@ -318,6 +319,45 @@ async def test_a_stop_before_a_claim_that_may_have_run_out_is_taken_again_record
     client = FakeClient()
     await runner.run_job(job, FAST, client, clock=FakeClock(), stop=stop)
     assert client.calls == []
+    assert groups_in(job.ledger, "retry_pending") == set()
+    assert len(groups_in(job.ledger, "in_doubt")) == 1
+
+
+class TakenInFlight(LocalCoordinator):
+    """A coordinator whose claims pass to another process while the request is out (this
+    process paused past its lease with it in flight): its own until then, never again."""
+
+    lease_s = 30.0
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def held_for(self, group: str) -> float | None:
+        return 0.0 if self.taken else 30.0
+
+    async def claim(self, group: str) -> bool:
+        return not self.taken
+
+
+async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A try that fails for good (a 503, its retries spent) once another process has taken
+    the group over writes no failure: that would close the taker's own attempt, open while
+    its request is out, and leave the group pending a rerun; it reads in doubt instead."""
+    coordinator = TakenInFlight()
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+
+    def busy(group: Group, n: int) -> ServerError:
+        coordinator.taken = True
+        return ServerError("busy", status=503)
+
+    client = FakeClient(handler=busy)
+    once = msgspec.structs.replace(FAST, retry=msgspec.structs.replace(FAST.retry, attempts=1))
+    await runner.run_job(job, once, client, clock=FakeClock())
+    assert len(client.calls) == 1
     assert groups_in(job.ledger, "retry_pending") == set()
     assert len(groups_in(job.ledger, "in_doubt")) == 1
 
