@@ -275,9 +275,16 @@ class GroupSender:
         self.retired_by_delivery: set[str] = set()
 
     def cut_off(self, group: Group) -> None:
-        """A forced stop cancelled ``group``: record where it stands if its attempt is on record."""
-        if group.id in self.open_attempts:
-            self.recorder.cut_off(group, self.open_attempts.pop(group.id))
+        """A forced stop cancelled ``group``: record where it stands if its attempt is on
+        record, unless its claim may have run out (this process paused past its lease): the
+        group may be another's then, with an attempt of its own open that an outcome written
+        here would close; its attempt on record reads in doubt, for the API's records."""
+        if group.id not in self.open_attempts:
+            return
+        last = self.open_attempts.pop(group.id)
+        held = self.recorder.coordinator.held_for(group.id)
+        if held is None or held > 0:
+            self.recorder.cut_off(group, last)
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool.

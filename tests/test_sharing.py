@@ -3,6 +3,7 @@ groups another process holds are watched, until when, and which are taken over."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 
 import msgspec
@@ -357,6 +358,30 @@ async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
     client = FakeClient(handler=busy)
     once = msgspec.structs.replace(FAST, retry=msgspec.structs.replace(FAST.retry, attempts=1))
     await runner.run_job(job, once, client, clock=FakeClock())
+    assert len(client.calls) == 1
+    assert groups_in(job.ledger, "retry_pending") == set()
+    assert len(groups_in(job.ledger, "in_doubt")) == 1
+
+
+async def test_a_forced_stop_after_the_claim_passed_on_writes_no_outcome(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forced stop (a second signal) that cancels a group whose try failed once another
+    process took it over writes no failure for it: that would close the taker's own attempt
+    and leave the group pending a rerun; it reads in doubt instead."""
+    coordinator = TakenInFlight()
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    stop = Stop()
+
+    def busy(group: Group, n: int) -> ServerError:
+        coordinator.taken = True
+        asyncio.get_running_loop().call_soon(stop.force, "SIGINT")  # during its backoff
+        return ServerError("busy", status=503)
+
+    client = FakeClient(handler=busy)
+    await runner.run_job(job, FAST, client, clock=FakeClock(), stop=stop)
     assert len(client.calls) == 1
     assert groups_in(job.ledger, "retry_pending") == set()
     assert len(groups_in(job.ledger, "in_doubt")) == 1
