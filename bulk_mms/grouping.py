@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from msgspec.structs import replace
@@ -256,9 +257,20 @@ def zone_check(job: JobConfig) -> Check | None:
 
 
 def key_check(column: str) -> Check:
-    """The check that rejects a recipient whose ``column`` is blank: it has no group."""
+    """The check that rejects a recipient whose ``column`` is blank (:func:`_blank`): it has
+    no group."""
     reason = f"empty {column!r} value"
-    return _rejecting(lambda r: None if r.fields[column].strip() else reason)
+    return _rejecting(lambda r: reason if _blank(r.fields[column]) else None)
+
+
+def _blank(value: str) -> bool:
+    """Whether ``value`` shows nothing: whitespace and invisible format characters only (a
+    zero-width space, a byte order mark, a direction mark: Unicode's category Cf), as a cell
+    pasted from a web page can hold. Such cells are empty ones to whoever reads the file, so
+    rows holding them are no household, however many there are."""
+    if value.isascii():
+        return not value.strip()
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
 
 
 #: The first words of the reason a ``group_by`` group's rows are rejected for when its

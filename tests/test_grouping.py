@@ -112,6 +112,17 @@ def test_an_empty_key_is_rejected_naming_the_column() -> None:
     assert [g.lines for g in groups(out)] == [(2, 4)]
 
 
+def test_an_invisible_key_is_empty_not_a_household() -> None:
+    """Keys of zero-width spaces, byte order marks or direction marks (cells that look empty)
+    are rejected as empty, never put unrelated people in one message."""
+    rows = people(["\u200b", "a", "\u200b", "\ufeff \u200e", "\u00a0\u2060", "a\u200b"])
+    out = list(make_groups(checked(rows, key_check("hh")), job(group_by="hh"), last_lines(rows)))
+    rejected = [r for r in out if isinstance(r, RejectedRow)]
+    assert [r.line for r in rejected] == [2, 4, 5, 6]
+    assert {r.reason for r in rejected} == {"empty 'hh' value"}
+    assert sorted(g.lines for g in groups(out)) == [(3,), (7,)]
+
+
 def test_group_ids_never_change_between_versions() -> None:
     """Ids are pinned: a ledger written by an earlier version resumes onto the same groups."""
     assert group_id("job", ["+12125550100", "+12125550101"]) == "e67abf04488bc4c295e34cac"
