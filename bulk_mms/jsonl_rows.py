@@ -28,6 +28,7 @@ import orjson
 from bulk_mms.decoding import LineDecoder, likely_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.lines import (
+    BLANK,
     BOM,
     JSONL_LONE_CR_WHY,
     MAC_JSONL,
@@ -133,7 +134,7 @@ class JsonlRows:
                         f"{', '.join(self.columns)}); set phone_column in the job",
                         line=first,
                     )
-                if not any(type(raw) is LongLine or raw.strip() for _, raw in self._first):
+                if not any(type(raw) is LongLine or raw.strip(BLANK) for _, raw in self._first):
                     raise InputError(self.path, "has no records (only blank lines)")
                 return  # nothing parses near the top: the rows are rejected one by one
             self._first.append(item)
@@ -200,7 +201,7 @@ class JsonlRows:
             return RejectedRow(lineno, raw.shown(encoding), TOO_LONG)
         if raw.startswith(BOM):
             raw = raw[len(BOM) :]
-        if not raw.strip():
+        if not raw.strip(BLANK):
             return None
         last = lineno == self._lines.unended
         try:
@@ -322,7 +323,3 @@ def _cell(value: object) -> str:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
-
-
-#: What a raw CSV line may hold and still have no value (:func:`_has_content`), besides the
-#: file's separator: blanks, line ends and a DOS end-of-file mark.

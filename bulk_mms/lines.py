@@ -38,6 +38,9 @@ MAX_LINE_BYTES: Final = 1 << 17
 BLOCK_BYTES: Final = MAX_LINE_BYTES // 2
 #: The UTF-8 byte order mark.
 BOM: Final = b"\xef\xbb\xbf"
+#: What a raw line may hold and still have no value (besides a CSV file's separator): blanks,
+#: line ends and the DOS end-of-file mark (Ctrl-Z) old Windows tools leave after the last line.
+BLANK: Final = b" \t\r\n\x1a"
 #: The first bytes of an over-long line kept (:attr:`LongLine.head`): :data:`SHOWN_CHARS`
 #: characters of any encoding a job may name (UTF-8 writes one in up to four).
 HEAD_BYTES: Final = 4 * SHOWN_CHARS

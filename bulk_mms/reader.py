@@ -49,6 +49,7 @@ from bulk_mms.decoding import LineDecoder, whole_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.jsonl_rows import JsonlRows
 from bulk_mms.lines import (
+    BLANK,
     BLOCK_BYTES,
     BOM,
     CSV_LONE_CR,
@@ -406,7 +407,7 @@ class RowReader:
         """Read ahead to the next line with content, keeping what was read; False at end of
         file. A line of blanks, separators (a spreadsheet's row of empty cells) or a DOS
         end-of-file mark has none; an over-long line has."""
-        blank = _BLANK + self.delimiter.encode()
+        blank = BLANK + self.delimiter.encode()
         if any(_has_content(raw, blank) for _, raw in self._first):
             return True
         while (item := self._lines.readline()) is not None:
@@ -862,14 +863,9 @@ def _malformed(exc: csv.Error) -> str:
     return f"malformed CSV: {CSV_LONE_CR_WHY if CSV_LONE_CR in why else why}"
 
 
-#: What a raw CSV line may hold and still have no value (:func:`_has_content`), besides the
-#: file's separator: blanks, line ends and a DOS end-of-file mark.
-_BLANK = b" \t\r\n\x1a"
-
-
 def _has_content(raw: bytes | LongLine, blank: bytes) -> bool:
-    """Whether a raw line holds a value: more than the bytes of ``blank`` (:data:`_BLANK` and
-    the file's separator), or an over-long line."""
+    """Whether a raw line holds a value: more than the bytes of ``blank``
+    (:data:`~bulk_mms.lines.BLANK` and the file's separator), or an over-long line."""
     return type(raw) is LongLine or bool(raw.strip(blank))
 
 

@@ -1043,11 +1043,24 @@ def test_rows_of_one_to_seven_columns_keep_every_cell(tmp_path: Path) -> None:
             assert list(reader) == [Row(2, dict(zip(names, cells, strict=True)))]
 
 
-def test_a_dos_end_of_file_mark_after_the_last_line_is_nothing(tmp_path: Path) -> None:
-    """Ctrl-Z after the last line (old Windows tools write it) is neither a row nor a sign the
-    file was cut off: every row is read."""
-    p = tmp_path / "dos.csv"
-    p.write_bytes(b"phone,name\r\n+12125550100,Ann\r\n+12125550101,Bo\r\n\x1a")
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("dos.csv", b"phone,name\r\n+12125550100,Ann\r\n+12125550101,Bo\r\n\x1a"),
+        (
+            "dos.jsonl",
+            b'{"phone":"+12125550100","name":"Ann"}\r\n'
+            b'{"phone":"+12125550101","name":"Bo"}\r\n\x1a',
+        ),
+    ],
+)
+def test_a_dos_end_of_file_mark_after_the_last_line_is_nothing(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    """Ctrl-Z after the last line (old Windows tools write it; DOS ``copy a+b`` does) is
+    neither a row nor a sign the file was cut off, in CSV or JSONL: every row is read."""
+    p = tmp_path / name
+    p.write_bytes(data)
     rows = read(p, keep=("name",))
     assert [r.fields["name"] for r in rows if isinstance(r, Row)] == ["Ann", "Bo"]
     assert not [r for r in rows if isinstance(r, RejectedRow)]
