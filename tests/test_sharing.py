@@ -340,34 +340,13 @@ class TakenInFlight(LocalCoordinator):
         return not self.taken
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["retries_spent", "forced_stop"])
 async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
-    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, forced: bool
 ) -> None:
-    """A try that fails for good (a 503, its retries spent) once another process has taken
-    the group over writes no failure: that would close the taker's own attempt, open while
-    its request is out, and leave the group pending a rerun; it reads in doubt instead."""
-    coordinator = TakenInFlight()
-    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-
-    def busy(group: Group, n: int) -> ServerError:
-        coordinator.taken = True
-        return ServerError("busy", status=503)
-
-    client = FakeClient(handler=busy)
-    once = msgspec.structs.replace(FAST, retry=msgspec.structs.replace(FAST.retry, attempts=1))
-    await runner.run_job(job, once, client, clock=FakeClock())
-    assert len(client.calls) == 1
-    assert groups_in(job.ledger, "retry_pending") == set()
-    assert len(groups_in(job.ledger, "in_doubt")) == 1
-
-
-async def test_a_forced_stop_after_the_claim_passed_on_writes_no_outcome(
-    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A forced stop (a second signal) that cancels a group whose try failed once another
-    process took it over writes no failure for it: that would close the taker's own attempt
+    """A try that fails once another process has taken the group over writes no failure,
+    whether its retries are spent (a 503) or a forced stop (a second signal) cancels it in
+    its backoff: that would close the taker's own attempt, open while its request is out,
     and leave the group pending a rerun; it reads in doubt instead."""
     coordinator = TakenInFlight()
     monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
@@ -377,11 +356,16 @@ async def test_a_forced_stop_after_the_claim_passed_on_writes_no_outcome(
 
     def busy(group: Group, n: int) -> ServerError:
         coordinator.taken = True
-        asyncio.get_running_loop().call_soon(stop.force, "SIGINT")  # during its backoff
+        if forced:
+            asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
         return ServerError("busy", status=503)
 
     client = FakeClient(handler=busy)
-    await runner.run_job(job, FAST, client, clock=FakeClock(), stop=stop)
+    tries = FAST.retry.attempts if forced else 1
+    settings = msgspec.structs.replace(
+        FAST, retry=msgspec.structs.replace(FAST.retry, attempts=tries)
+    )
+    await runner.run_job(job, settings, client, clock=FakeClock(), stop=stop)
     assert len(client.calls) == 1
     assert groups_in(job.ledger, "retry_pending") == set()
     assert len(groups_in(job.ledger, "in_doubt")) == 1
