@@ -646,8 +646,7 @@ class GroupSender:
             raise StopRetrying(_unsent(tries, on_record, why))
         window = job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
-            self.quiet[tries.group.zones] += len(tries.group.to)  # closed while it waited
-            tries.held = True
+            self._hold_for_quiet_hours(tries)  # closed while it waited
             raise StopRetrying(_unsent(tries, on_record, closed_before_leaving))
 
     def _check_optouts(self, tries: _Tries) -> None:
@@ -735,10 +734,9 @@ class GroupSender:
         expires; a last try whose connection was not ready before one of its windows closed
         (closed now) is held as the closed gate holds it (:meth:`_check_gates`), its request
         never having left (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API
-        unreachable); a wait
-        for its next try that would outlast one of its windows holds it as the window does
-        (:meth:`_held_for_window`). (One that would outlast the deadline leaves it with its
-        last error: the first run past the deadline records it expired.)"""
+        unreachable); a wait for its next try that would outlast one of its windows holds it
+        as the window does (:meth:`_held_for_window`). (One that would outlast the deadline
+        leaves it with its last error: the first run past the deadline records it expired.)"""
         if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
             self._expire(tries)
         elif isinstance(result.error, NetworkError) and self._windows_left(tries.group) == 0:
@@ -783,6 +781,14 @@ class GroupSender:
             return True
         return self._held_for_window(tries, until)
 
+    def _hold_for_quiet_hours(self, tries: _Tries) -> None:
+        """The group waits for its recipients' window to open again (a later run sends it):
+        its members counted among those left for their quiet hours, and its tries' end no
+        word on the API (:attr:`_Tries.held`)."""
+        group = tries.group
+        self.quiet[group.zones] += len(group.to)
+        tries.held = True
+
     def _held_for_window(self, tries: _Tries, until: float) -> bool:
         """Whether the group is held because a wait for its next try that would end at
         ``until`` (monotonic: the pacer's, :meth:`_outlasted`; the retrier's after a 429,
@@ -797,8 +803,7 @@ class GroupSender:
         at = utc(self.clock)
         theirs = job.recipient_window
         if theirs is not None and closes_in(theirs, group.zones, at) <= until - now:
-            self.quiet[group.zones] += len(group.to)
-            tries.held = True
+            self._hold_for_quiet_hours(tries)
             log.info("group.paused_past_window", group=group.id, window="recipient_window")
             return True
         window = job.send_window
