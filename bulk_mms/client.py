@@ -398,9 +398,7 @@ class AiohttpMmsClient:
         # to be a real one is not looked for (it would mangle the answer's own words)
         self._secret = api_key.encode() if len(api_key) >= MIN_SECRET else b""
         #: the base URL as messages name it: a key put in it by mistake blanked, likewise
-        self._shown_url = (
-            self.base_url.replace(api_key, REDACTED) if self._secret else self.base_url
-        )
+        self._shown_url = self._hidden(self.base_url)
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -672,13 +670,17 @@ class AiohttpMmsClient:
             body = None if body is NOT_JSON else body
         raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
 
+    def _hidden(self, text: str) -> str:
+        """``text`` with the API key blanked (:data:`REDACTED`) wherever it quotes it (a key
+        too short to be a real one is not looked for: it would mangle ordinary words)."""
+        return text.replace(self._secret.decode(), REDACTED) if self._secret else text
+
     def _blank(self, exc: SendError) -> None:
-        """Blank the API key (:data:`REDACTED`) wherever ``exc``'s message quotes it:
-        a failure to read an answer quotes the server's bytes (a status line, a header, a
-        chunk's size) and the URL, either of which may hold it."""
-        key = self._secret.decode()
-        if key and key in exc.message:
-            exc.message = exc.message.replace(key, REDACTED)
+        """Blank the API key wherever ``exc``'s message quotes it (:meth:`_hidden`): a failure
+        to read an answer quotes the server's bytes (a status line, a header, a chunk's size)
+        and the URL, either of which may hold it."""
+        if (hidden := self._hidden(exc.message)) != exc.message:
+            exc.message = hidden
             exc.args = (str(exc),)
 
 
