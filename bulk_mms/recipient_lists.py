@@ -25,6 +25,7 @@ from bulk_mms.csvfile import CAMPAIGN_COLUMN, own_delimiter, write_csv
 from bulk_mms.errors import InputError, LedgerError, LedgerUnavailable
 from bulk_mms.ledger import (
     Attempt,
+    Event,
     Failed,
     GroupRecord,
     Header,
@@ -237,10 +238,7 @@ def _campaigns(ledger: Location, header: Header) -> dict[str, str]:
         events = read_events(ledger, skip_status=True)
         try:
             for ev in events:
-                if isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
-                    named.update(
-                        (p, r[at]) for p, r in zip(ev.to, ev.rows, strict=False) if len(r) > at
-                    )
+                named.update(_row_campaigns(ev, at))
         finally:
             events.close()
     except LedgerError:
@@ -280,12 +278,19 @@ def _took(where: Location, header: Header, campaign: str) -> set[str]:
         for ev in events:
             if isinstance(ev, Attempt):
                 tried.update(ev.to)
-            elif isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
-                ours = ours or any(len(r) > at and r[at] == campaign for r in ev.rows)
+            else:
+                ours = ours or any(named == campaign for _, named in _row_campaigns(ev, at))
     finally:
         events.close()  # the ledger's file or connection, closed now, not when collected
     held = _held(header, campaign)
     return tried | held if ours or held else set()
+
+
+def _row_campaigns(ev: Event, at: int) -> Iterator[tuple[str, str]]:
+    """(number, the campaign its row names in column ``at``) of each row ``ev`` records: an
+    outcome's (sent, failed, in doubt) rows, its members' input rows; none of another event."""
+    if isinstance(ev, Sent | Failed | InDoubt) and ev.rows:
+        yield from ((p, r[at]) for p, r in zip(ev.to, ev.rows, strict=False) if len(r) > at)
 
 
 def _refused(where: Location) -> set[str]:
