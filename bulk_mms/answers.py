@@ -17,6 +17,7 @@ to a send whose body cannot be the answer to it (:func:`read_receipt`, :func:`pa
 from __future__ import annotations
 
 import contextlib
+import datetime
 import email.utils
 import json
 import math
@@ -536,6 +537,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             return seconds
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             when = email.utils.parsedate_to_datetime(value)
+            # an HTTP date is GMT (RFC 9110 5.6.7); one in "-0000" parses with no zone
+            when = when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
             return max(0.0, when.timestamp() - now)
     value = headers.get("x-ratelimit-reset")
     if value is not None and (seconds := _seconds(value)) is not None:

@@ -197,17 +197,16 @@ def write_csv(
     header: Sequence[str],
     rows: Iterable[Sequence[object]],
     *,
-    bom: bool = False,
     delimiter: str = ",",
 ) -> int:
     """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`,
     whole or not at all (:func:`write_whole`), the columns separated by ``delimiter`` (one of
     :data:`DELIMITERS`).
 
-    ``bom``: begin with a UTF-8 byte order mark, as Excel's "CSV UTF-8" does, for a file that
-    is sent again as a job's input: the reader then takes it as UTF-8 whatever ``encoding``
-    the job gives its own input (a Windows-1252 export's accents come back in UTF-8), and
-    Excel opens it as UTF-8 instead of garbling them.
+    The file begins with a UTF-8 byte order mark, as Excel's "CSV UTF-8" does: Excel opens it
+    as UTF-8 instead of garbling accents, and a file sent again as a job's input is taken as
+    UTF-8 whatever ``encoding`` the job gives its own (a Windows-1252 export's accents come
+    back in UTF-8).
 
     Returns:
         The number of rows written (the header not counted).
@@ -217,8 +216,7 @@ def write_csv(
     """
 
     def write(f: TextIO) -> int:
-        if bom:
-            f.write("\ufeff")
+        f.write("\ufeff")
         w = csv.writer(f, delimiter=delimiter)
         w.writerow([safe_cell(h) for h in header])
         n = 0

@@ -160,17 +160,18 @@ def _regroup(group: Group, keeps: Callable[[str], bool], job: JobConfig) -> Grou
 
 def text_check(message: MessageConfig) -> Check | None:
     """The check that rejects a recipient (a loss) whose own values leave the message's text
-    blank: a text of placeholders only, every one empty in the row and without a default,
-    and no ``media_urls`` to send instead. The API refuses an empty text, and a group's text
-    takes its first member's values (or every member's, joined): when every member's own
-    values fill it, every group's text says something.
+    blank: a text of placeholders only, every one empty in the row (:func:`_blank`: blanks and
+    invisible characters only) and without a default, and no ``media_urls`` to send
+    instead. The API refuses an empty text, and a group's text takes its first member's
+    values (or every member's, joined): when every member's own values fill it, every
+    group's text says something.
 
     None when no row can leave it blank (text around the placeholders, a default for one of
     them, media, or no text): nothing is added to the row loop."""
     text = message.text
     if text is None or message.media_urls or _says_something(text.source):
         return None
-    names = [n for n in text.fields if not message.defaults.get(n, "").strip()]
+    names = [n for n in text.fields if _blank(message.defaults.get(n, ""))]
     if len(names) < len(text.fields):
         return None  # a placeholder with a default is never blank
     placeholders = ", ".join(f"{{{n}}}" for n in names)
@@ -178,7 +179,9 @@ def text_check(message: MessageConfig) -> Check | None:
         f"empty message: the text is only {placeholders}, empty in this row; fill it, give it "
         "a default in [message.defaults], or send media_urls"
     )
-    return _rejecting(lambda r: None if any(r.fields.get(n, "").strip() for n in names) else reason)
+    return _rejecting(
+        lambda r: None if any(not _blank(r.fields.get(n, "")) for n in names) else reason
+    )
 
 
 def plain_check(message: MessageConfig) -> Check | None:
@@ -224,8 +227,8 @@ def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
 
 
 def _says_something(source: str) -> bool:
-    """Whether a template's text outside its placeholders is more than blanks."""
-    return any(literal.strip() for literal, *_ in string.Formatter().parse(source))
+    """Whether a template's text outside its placeholders shows something (:func:`_blank`)."""
+    return any(not _blank(literal) for literal, *_ in string.Formatter().parse(source))
 
 
 def _rejecting(problem: Callable[[Recipient], str | None]) -> Check:

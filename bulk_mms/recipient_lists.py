@@ -124,7 +124,7 @@ def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:
     columns = [c for c in columns if c not in ours]
     header = [*columns, *ours]
     cells = ([row.get(c, "") for c in header] for row in rows)
-    n = write_csv(out, header, cells, bom=True, delimiter=s.delimiter)
+    n = write_csv(out, header, cells, delimiter=s.delimiter)
     return n, full
 
 

@@ -3,6 +3,7 @@ over a file to keep or a bulk-mms ledger."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import stat
@@ -42,7 +43,7 @@ def test_write_csv_whole_file(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "out.csv"
     n = write_csv(out, ["phone", "note"], [["+14155550100", "=1+1"], ["+14155550101", "ok"]])
     assert n == 2
-    with out.open(encoding="utf-8", newline="") as f:
+    with out.open(encoding="utf-8-sig", newline="") as f:
         assert list(csv.reader(f)) == [
             ["phone", "note"],
             ["+14155550100", "'=1+1"],
@@ -106,7 +107,7 @@ def test_write_csv_never_writes_through_a_file_left_at_its_temporary_name(tmp_pa
     (tmp_path / ".out.csv.tmp").symlink_to(precious)
     assert write_csv(tmp_path / "out.csv", ["a"], [["1"]]) == 1
     assert precious.read_bytes() == b"keep\n"
-    assert (tmp_path / "out.csv").read_bytes() == b"a\r\n1\r\n"
+    assert (tmp_path / "out.csv").read_bytes() == codecs.BOM_UTF8 + b"a\r\n1\r\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "precious.csv"]
 
 
@@ -130,7 +131,7 @@ def test_write_whole_writes_through_a_pipe_and_never_replaces_it(tmp_path: Path)
     reader.start()
     write_csv(fifo, ["phone"], [["+12125550100"]])
     reader.join(timeout=10)
-    assert got == [b"phone\r\n+12125550100\r\n"]
+    assert got == [codecs.BOM_UTF8 + b"phone\r\n+12125550100\r\n"]
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -145,7 +146,7 @@ def test_write_whole_writes_a_symlinks_target_and_keeps_the_link(tmp_path: Path)
     link.symlink_to(target)
     write_csv(link, ["phone"], [["+12125550100"]])
     assert link.is_symlink()
-    assert target.read_bytes() == b"phone\r\n+12125550100\r\n"
+    assert target.read_bytes() == codecs.BOM_UTF8 + b"phone\r\n+12125550100\r\n"
 
 
 def test_write_whole_refuses_a_folder(tmp_path: Path) -> None:

@@ -312,11 +312,11 @@ def test_the_rejected_rows_of_a_semicolon_job_are_written_with_semicolons(
     assert code == 0
     assert main(["-q", "report", str(job.ledger), "--rejected-csv", str(reported)]) == 0
     for path in (ran, reported):
-        head, row = path.read_text().splitlines()[:2]
+        head, row = path.read_text(encoding="utf-8-sig").splitlines()[:2]
         assert head == "line;value;reason"
         assert row.startswith("3;555;")
     (jobs.root / "people.jsonl").write_text('{"phone": "555", "first": "Al"}\n')
     listed = tmp_path / "listed.csv"
     job = jobs.job("people.jsonl", extra='delimiter = ";"\nmax_rejected_share = 1', name="j")
     assert main(["-q", "run", str(job.path), "--dry-run", "--rejected-csv", str(listed)]) == 0
-    assert listed.read_text().splitlines()[0] == "line,value,reason"
+    assert listed.read_text(encoding="utf-8-sig").splitlines()[0] == "line,value,reason"

@@ -160,7 +160,7 @@ def test_jsonl_nulls_take_the_defaults_and_objects_are_rejected_by_name(
     assert sorted((m.to[0], m.body["text"]) for m in fake.accepted) == sorted(
         [(one, "Hello there"), (three, "Hello Ann")]
     )
-    with rejected.open(encoding="utf-8", newline="") as f:
+    with rejected.open(encoding="utf-8-sig", newline="") as f:
         table = list(csv.reader(f))
     assert table[1:] == [
         ["2", "", "empty phone number"],
@@ -218,7 +218,7 @@ def test_a_third_invalid_exits_2_before_any_request(
     assert "max_rejected_share (5.0%)" in err[0]
     assert fake.requests == []
     assert not job.ledger.exists()
-    with rejected.open(encoding="utf-8", newline="") as f:
+    with rejected.open(encoding="utf-8-sig", newline="") as f:
         table = list(csv.reader(f))
     assert table[0] == ["line", "value", "reason"]
     assert [int(r[0]) for r in table[1:]] == list(range(4, 32, 3))
@@ -626,7 +626,7 @@ def test_a_control_character_in_a_value_the_message_takes_rejects_its_row_by_nam
         assert main([*args, *(["--dry-run"] if dry else [])]) == 2
     assert fake.requests == []
     assert "3 of its 4 rows (75.0%) cannot be sent" in capsys.readouterr().err
-    with rejected.open(encoding="utf-8", newline="") as f:
+    with rejected.open(encoding="utf-8-sig", newline="") as f:
         table = list(csv.reader(f))
     why = "a phone shows no such character; remove it from the row"
     assert table[1:] == [

@@ -109,7 +109,7 @@ def test_a_member_waiting_for_a_carriers_reset_is_named_and_so_is_when(
     assert summary["recipients"]["not_attempted"] == summary["waiting_recipients"] == 1
     assert summary["waiting_not_before"] > summary["last_event"]
     assert main(["-q", "report", str(job.ledger), "--recipients-csv", str(recipients)]) == 0
-    with recipients.open(encoding="utf-8") as f:
+    with recipients.open(encoding="utf-8-sig") as f:
         rows = {r["phone"]: r for r in csv.DictReader(f)}
     assert set(rows) == set(people)
     assert (rows[people[2]]["state"], rows[people[2]]["error_code"]) == ("not_attempted", "40016")
@@ -152,7 +152,7 @@ def test_a_row_holding_a_carriage_return_alone_is_rejected_in_words(
         argv = ["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
         assert main(argv) == 0
     assert len(fake.recipient_counts()) == 20
-    with rejected.open(encoding="utf-8") as f:
+    with rejected.open(encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert [r["line"] for r in rows] == ["22"]
     assert "carriage return" in rows[0]["reason"]

@@ -249,6 +249,25 @@ def test_a_row_that_leaves_the_text_empty_is_rejected_as_a_loss() -> None:
         assert "media_urls" in row.reason
 
 
+def test_a_row_whose_text_would_be_invisible_characters_only_is_rejected() -> None:
+    """With text = "{n}", a row whose {n} holds only a zero-width space and a direction mark
+    (as a cell pasted from a web page can) is rejected like an empty one: a phone shows nothing."""
+    people = rows_of("\u200b\u200e ", "Ann")
+    out = checked(people, text_check(message("{n}")))
+    assert isinstance(out[0], RejectedRow)
+    assert out[0].reason.startswith("empty message: the text is only {n}, empty in this row")
+    assert out[1] is people[1]
+
+
+def test_a_template_whose_words_are_invisible_characters_is_checked_row_by_row() -> None:
+    """A text whose only words outside its placeholder are a zero-width space says nothing,
+    so a row that leaves the placeholder empty is rejected."""
+    people = rows_of("", "Ann")
+    out = checked(people, text_check(message("\u200b{n}")))
+    assert isinstance(out[0], RejectedRow)
+    assert out[1] is people[1]
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -382,7 +382,7 @@ def test_rejected_csv_lists_every_rejected_row(
         "duplicate row (their numbers are in the job already), 0 suppressed, 0 already sent "
         "(--exclude-sent)\n"
     )
-    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     assert rows[0] == ["line", "value", "reason"]
     assert [int(line) for line, _, _ in rows[1:]] == list(range(203, 210))  # header is line 1
     values = [value for _, value, _ in rows[1:]]
@@ -456,7 +456,7 @@ async def test_recipients_csv_has_a_row_per_recipient(
         f"bulk-mms: wrote 40 recipients to {out}; not in it: 0 recipients not attempted "
         "(the ledger counts them, it does not name them)\n"
     )
-    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     assert list(rows[0]) == [
         "phone", "group", "state", "delivery_status", "error_code", "error_title", "cost",
         "currency",
@@ -754,7 +754,7 @@ async def test_rejected_csv_lists_only_the_losses(
     ledger, _ = await left_out_ledger(jobs)
     out = tmp_path / "rejected.csv"
     assert main(["-q", "report", str(ledger), "--format", "json", "--rejected-csv", str(out)]) == 0
-    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
     assert rows == [
         ["line", "value", "reason"],
         ["5", "bad", "phone number contains letters"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from decimal import Decimal
 
 import pytest
@@ -254,6 +255,19 @@ def test_retry_after_that_is_not_a_finite_number_is_bounded() -> None:
     assert parse_retry_after({"retry-after": "nan"}, 0.0) is None
     assert parse_retry_after({"retry-after-ms": "-5"}, 0.0) == 0.0
     assert parse_retry_after({"retry-after": "Fri, 31 Dec 99999 23:59:59 GMT"}, 0.0) is None
+
+
+def test_retry_after_date_without_a_zone_is_read_as_gmt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP date written with "-0000" is GMT, not the host's local time."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        hint = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 -0000"}, 0.0)
+        dated = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 0.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert hint == dated == 100.0
 
 
 def test_receipts_keep_only_bounded_fields() -> None:
