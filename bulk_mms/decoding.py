@@ -58,10 +58,14 @@ class LineDecoder:
         "_watch",
         "encoding",
         "path",
+        "table",
     )
 
-    def __init__(self, path: Path, encoding: str) -> None:
+    def __init__(self, path: Path, encoding: str, *, table: bool = True) -> None:
+        """``table``: the file is a CSV file, which a spreadsheet may have saved (the errors'
+        advice names the spreadsheet's choices); else a JSONL file, which a program wrote."""
         self.path = path
+        self.table = table
         #: The file's text encoding (an ASCII-compatible codec's name): ``utf-8`` once
         #: :meth:`marked_utf8`, whatever was asked.
         self.encoding = encoding
@@ -175,19 +179,27 @@ class LineDecoder:
         # ASCII in UTF-16: a NUL in (nearly) every byte of one parity, (nearly) none in the other
         utf16 = max(odd, even) * 4 >= len(sample) > min(odd, even) * 16
         if sample.startswith(_UTF16_BOMS) or utf16:
-            return InputError(
-                self.path,
-                f'is UTF-16 text (Excel\'s "Unicode Text"), not {self.encoding}: save it '
-                'from Excel as "CSV UTF-8 (Comma delimited)" and run again',
+            how = (
+                ' (Excel\'s "Unicode Text"), not {}: save it from Excel as "CSV UTF-8 (Comma '
+                'delimited)"'
+                if self.table
+                else ", not {}: write it as UTF-8 (Windows PowerShell's > writes UTF-16; "
+                "Out-File -Encoding utf8 does not)"
             )
+            return InputError(self.path, f"is UTF-16 text{how.format(self.encoding)} and run again")
         return self.binary(sample.count(b"\n", 0, sample.index(b"\x00")) + 1)
 
     def binary(self, lineno: int) -> InputError:
         """The error for a file holding a NUL byte, first at ``lineno``."""
+        advice = (
+            'if it is a spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is '
+            "damaged"
+            if self.table
+            else "the program that wrote it wrote something other than text, or it is damaged"
+        )
         return InputError(
             self.path,
-            f"is a binary file, not {self.encoding} text (it holds a NUL byte): if it is a "
-            'spreadsheet, save it as "CSV UTF-8 (Comma delimited)"; if not, it is damaged',
+            f"is a binary file, not {self.encoding} text (it holds a NUL byte): {advice}",
             line=lineno,
         )
 

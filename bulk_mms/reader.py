@@ -234,8 +234,6 @@ class RowReader:
         self._expect = expect
         #: The file as it was opened (set by :meth:`open`).
         self.stamp: FileStamp | None = None
-        #: The file's lines as text in the job's encoding (:attr:`encoding`).
-        self.text = LineDecoder(self.path, encoding)
         #: The phone column's name.
         self.phone = phone_column
         #: Other columns to keep on each row (templates, group_by): a row without one is
@@ -248,6 +246,8 @@ class RowReader:
         with contextlib.suppress(OSError):
             _check_regular(self.path, os.stat(self.path).st_mode)
         self.format, self.gzipped = detect_format(self.path)
+        #: The file's lines as text in the job's encoding (:attr:`encoding`).
+        self.text = LineDecoder(self.path, encoding, table=self.format == "csv")
         #: What separates a CSV file's columns (:data:`~bulk_mms.csvfile.DELIMITERS`): the
         #: one asked for (a comma for JSONL); once the file is open, a file of failed
         #: recipients' own. The files written of its rows (``--rejected-csv``, the failed

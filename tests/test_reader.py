@@ -798,7 +798,7 @@ def test_whole_file_problems_are_one_line_input_errors(
 
 
 @pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-16-le"])
-@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz", "a.jsonl"])
+@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz"])
 def test_a_utf16_file_is_named_as_such_with_how_to_save_it(
     tmp_path: Path, codec: str, name: str
 ) -> None:
@@ -815,6 +815,29 @@ def test_a_utf16_file_is_named_as_such_with_how_to_save_it(
     assert str(err.value) == (
         f'{p}: is UTF-16 text (Excel\'s "Unicode Text"), not utf-8: save it from Excel as '
         '"CSV UTF-8 (Comma delimited)" and run again'
+    )
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.ndjson.gz"])
+def test_a_utf16_or_binary_jsonl_file_gets_a_programs_advice(tmp_path: Path, name: str) -> None:
+    """A JSONL file in UTF-16 (Windows PowerShell's ``>``) or holding a NUL byte is refused in
+    one line with advice for the program that wrote it, not for a spreadsheet."""
+    p = tmp_path / name
+    wrap = gzip.compress if name.endswith(".gz") else bytes
+    p.write_bytes(wrap(b"\xff\xfe" + '{"phone": "+12125550100"}\r\n'.encode("utf-16-le")))
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert str(err.value) == (
+        f"{p}: is UTF-16 text, not utf-8: write it as UTF-8 (Windows PowerShell's > writes "
+        "UTF-16; Out-File -Encoding utf8 does not) and run again"
+    )
+    p.write_bytes(wrap(b'{"phone": "+12125550100"}\n{"phone": "+1212\x00"}\n'))
+    with pytest.raises(InputError) as err:
+        read(p)
+    assert "spreadsheet" not in str(err.value)
+    assert str(err.value).endswith(
+        "(it holds a NUL byte): the program that wrote it wrote something other than text, "
+        "or it is damaged"
     )
 
 
