@@ -67,6 +67,22 @@ def test_sandbox_run_then_status_and_rerun(
     assert status_json(sandbox_ledger(job.ledger), capsys)["sent_recipients"] == 19
 
 
+def test_a_sandbox_run_given_a_database_ledger_is_refused_in_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--sandbox with --ledger postgresql://... is refused (exit 2, the password unshown),
+    not run into the job's sandbox file with the flag silently dropped."""
+    jobs.people(3)
+    job = jobs.job()
+    url = "postgresql://u:s3cr3t@127.0.0.1:1/db"
+    assert main(["run", str(jobs.root / "job.toml"), "--sandbox", "--ledger", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--ledger: a --sandbox run's ledger is never a database" in err
+    assert "s3cr3t" not in err
+    assert not sandbox_ledger(job.ledger).exists()
+
+
 def test_run_against_api_with_key_never_leaks_it(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,7 @@ from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
 from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.ledger import display, location
+from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
 from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
@@ -161,6 +162,10 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
             given = location(where)
         except ValueError as exc:
             raise ConfigError(flag, str(exc)) from None
+        if args.sandbox and args.ledger and is_database(given):
+            raise ConfigError(
+                flag, "a --sandbox run's ledger is never a database; drop --ledger or --sandbox"
+            )
         if not args.sandbox:  # a sandbox run's ledger is never a database
             refuse_undated_database(job, given, flag)
         job = with_ledger(job, given)
