@@ -678,7 +678,8 @@ class Runner:
             self.store,
             self.client,
             replace(self.settings, track=track),
-            stop=self.stop,
+            # its own stop: an answer that ends tracking ends the watch, not the run
+            stop=self.stop.child(),
             on_status=self.sender.on_delivery,
         )
 
@@ -689,7 +690,7 @@ class Runner:
         from another sender."""
         blocked = self.sender.retired_by_delivery
         deadline = asyncio.get_running_loop().time() + BLOCKED_WAIT_S
-        while blocked and not self.stop.is_set():
+        while blocked and not self.delivery.stop.is_set():
             pending = [
                 g for g in self.view.sent_groups() if g.sender in blocked and self.view.pending(g)
             ]
@@ -711,9 +712,11 @@ class Runner:
         :data:`DELIVERY_FIRST_S` after it was sent), so carrier codes, which arrive only in
         delivery reports, reach the error policy within seconds
         (:meth:`GroupSender.on_delivery`). Works from cron with no public URL. Real time: the
-        API's carriers keep it, not the run's clock."""
+        API's carriers keep it, not the run's clock. An answer that ends tracking (a refused
+        key, a redirect, an API that cannot be reached) ends this watch alone, logged
+        (``delivery.watch_stopped``): the run's sends judge the API by their own answers."""
         tracker = self.delivery
-        while not self.stop.is_set():
+        while not tracker.stop.is_set():  # the run's stop, or an answer that ended the watch
             await asyncio.sleep(DELIVERY_FIRST_S)
             for g in self.view.sent_groups():
                 tracker.backoff.setdefault(g.id, (0, tracker.clock.monotonic() + DELIVERY_FIRST_S))
@@ -721,6 +724,9 @@ class Runner:
                 await tracker.one_pass()
             except BulkMmsError as exc:  # the sending path will meet the same trouble
                 log.warning("delivery.watch_stopped", error=str(exc))
+                return
+            if tracker.result.error is not None:  # the API cannot be reached: the sends judge it
+                log.warning("delivery.watch_stopped", error=str(tracker.result.error))
                 return
 
     async def watch_suppression(self) -> None:

@@ -31,11 +31,14 @@ class Stop(asyncio.Event):
         self.reason: str | None = None
         self.forced = False
         self._on_force: list[Callable[[], None]] = []
+        self._children: list[Stop] = []
 
     def request(self, reason: str) -> None:
         if not self.is_set():
             self.reason = reason
             self.set()
+            for child in self._children:
+                child.request(reason)
 
     def force(self, reason: str | None = None) -> None:
         """Stop now: a stop (if none was asked yet), and cancel the work in flight."""
@@ -44,6 +47,20 @@ class Stop(asyncio.Event):
             self.forced = True
             for callback in self._on_force:
                 callback()
+            for child in self._children:
+                child.force(reason)
+
+    def child(self) -> Stop:
+        """A stop of part of the work: this one's request and force are the child's too (at
+        once if made already), but the child's own request stops that part alone (a run's
+        delivery watch, which a fatal answer to its GETs ends, while the sends go on)."""
+        child = Stop()
+        self._children.append(child)
+        if self.reason is not None:
+            child.request(self.reason)
+        if self.forced:
+            child.force(self.reason)
+        return child
 
     def on_force(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the stop is forced (at once if it already is)."""

@@ -148,6 +148,9 @@ class Tracker:
         self.client = client
         self.settings = settings
         self.cfg = settings.track
+        #: Ends tracking, and is requested by an answer after which no GET can succeed (a
+        #: refused key, a redirect, an unreachable API: :meth:`poll`). A run's delivery
+        #: watch is given a stop of its own (:meth:`Stop.child <bulk_mms.signals.Stop.child>`).
         self.stop = stop or Stop()
         self.clock: Clock = clock or SystemClock(self.stop)
         self.gets = FixedRate(self.cfg.rate, self.clock, stopped=self.stop.is_set)

@@ -10,11 +10,19 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms import runner as runner_module
 from bulk_mms.codes import Action
 from bulk_mms.console import exit_for, run_outcome
-from bulk_mms.errors import AmbiguousSendError, ApiError, LimitReached
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiError,
+    EndpointError,
+    LimitReached,
+    NetworkError,
+    SendError,
+)
 from bulk_mms.ledger import LedgerView, Moved, load, open_store
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.ledger.store import named
@@ -377,3 +385,35 @@ async def test_a_moved_member_in_doubt_is_not_settled_by_the_send_it_was_moved_o
     assert load(job.ledger).state(again.id) == "in_doubt"
     assert s.recipients is not None
     assert (s.recipients.sent, s.recipients.in_doubt) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [EndpointError("a redirect", status=302), NetworkError("cannot connect: refused")],
+    ids=["redirect", "unreachable"],
+)
+async def test_delivery_gets_that_end_tracking_leave_the_run_sending(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, answer: SendError
+) -> None:
+    """The API takes every send, but its delivery GETs answer with a redirect, or cannot be
+    reached time after time: the run's delivery watch ends, logged, and the run still sends
+    everyone and exits 0 (it is not stopped part way with no error said)."""
+    monkeypatch.setattr(runner_module, "DELIVERY_FIRST_S", 0.02)
+    monkeypatch.setattr(runner_module, "DELIVERY_SHARE", 1.0)  # a GET a group, here
+    jobs.people(30)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient()
+
+    def took(g: Group, n: int) -> SendReceipt:
+        receipt = ok_receipt(g, n)
+        client.delivery[receipt.message_id] = answer
+        return receipt
+
+    client.handler = took
+    settings = replace(FAST, rate=30.0, concurrency=1)  # about a second of sending, real time
+    with capture_logs() as logs:
+        s = await run_job(job, settings, client)
+    assert client.fetches  # the watch asked, and met the answer
+    assert [e["event"] for e in logs].count("delivery.watch_stopped") == 1
+    assert (s.sent_groups, s.stopped, s.error) == (30, None, None)
+    assert run_outcome(s) == 0

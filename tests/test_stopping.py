@@ -84,3 +84,18 @@ def test_a_closed_window_and_the_run_deadline_stop_the_job_once(jobs: JobFactory
     stops.window_closed()
     stops.run_deadline_reached()
     assert (stop.reason, summary.error) == ("window", None)
+
+
+def test_a_child_stop_ends_with_its_parent_but_never_ends_it() -> None:
+    """A child's own request stops it alone; the parent's request and force reach every
+    child, one made before or after them."""
+    parent = Stop()
+    early = parent.child()
+    early.request("endpoint")
+    assert (parent.is_set(), early.reason) == (False, "endpoint")
+    other = parent.child()
+    parent.request("SIGINT")
+    assert (other.reason, early.reason) == ("SIGINT", "endpoint")
+    parent.force()
+    late = parent.child()
+    assert (other.forced, early.forced, late.forced, late.reason) == (True, True, True, "SIGINT")
