@@ -96,7 +96,7 @@ class TrackResult(msgspec.Struct):
     too_old: int = 0
     #: Groups whose message id the API does not know (404).
     not_found: list[str] = msgspec.field(default_factory=list)
-    #: (group, phone) the API's answer did not list.
+    #: (group, phone) the API's answer did not list, of those still not final.
     unlisted: list[tuple[str, str]] = msgspec.field(default_factory=list)
     #: Groups whose GET failed after retries, by error code, in the last pass.
     errors: Counter[str] = msgspec.field(default_factory=Counter)
@@ -160,6 +160,9 @@ class Tracker:
         #: Group id → (passes without change, monotonic time of the next ask).
         self.backoff: dict[str, tuple[int, float]] = {}
         self._not_found: set[str] = set()
+        #: (group, phone) the last answer about its group did not list (in the order first
+        #: seen): a member listed since, or final, is taken out (:meth:`_sync_unlisted`).
+        self._unlisted: dict[tuple[str, str], None] = {}
         #: Tries in a row that could not connect (:data:`STOP_AFTER_UNREACHABLE`).
         self.connect_failures = 0
         #: The live run ``follow`` waits on with nothing left to ask (None: not waiting on
@@ -322,10 +325,11 @@ class Tracker:
                 continue  # listed, but under other messages' ids too (logged)
             st = listed.get(phone)
             if st is None:
-                if (g.id, phone) not in self.result.unlisted:
-                    self.result.unlisted.append((g.id, phone))
+                if (g.id, phone) not in self._unlisted:
+                    self._unlisted[g.id, phone] = None
                     log.warning("track.recipient_unlisted", group=g.id, recipient=phone)
                 continue
+            self._unlisted.pop((g.id, phone), None)  # listed now
             action = report_action(st, self.settings.error_policy)
             if self.view.apply_status(st, g.id, action=action):
                 now = iso(self.clock.wall())
@@ -409,8 +413,19 @@ class Tracker:
         workers = min(self.settings.concurrency, queue.qsize())
         await asyncio.gather(*(worker() for _ in range(workers)))
         self.result.passes += 1
+        self._sync_unlisted()
         if isinstance(self.result.error, FatalSendError):
             raise self.result.error
+
+    def _sync_unlisted(self) -> None:
+        """The result's :attr:`~TrackResult.unlisted`: the members no answer listed since,
+        and not final (a webhook, or a run, may have recorded them since)."""
+        groups = self.view.groups
+        for key in list(self._unlisted):
+            gid, phone = key
+            if (g := groups.get(gid)) is None or phone not in self.view.pending(g):
+                del self._unlisted[key]
+        self.result.unlisted = list(self._unlisted)
 
     def refresh(self) -> None:
         """Take in what has been written to the ledger since it was read (a run may still be
@@ -521,6 +536,7 @@ class Tracker:
         by its latest send (a member moved out of a group and sent again is its new group's)."""
         r = self.result
         wall = self.clock.wall()
+        self._sync_unlisted()
         r.statuses = self.view.delivery()
         r.pending = r.too_old = 0
         for g in self.view.sent_groups():

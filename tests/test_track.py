@@ -713,3 +713,24 @@ def test_the_track_summary_escapes_what_the_api_said() -> None:
     assert "\x1b" not in text
     assert "deliv\\x1b[2Jered 2" in text
     assert "4\\n0 x1" in text
+
+
+async def test_a_member_listed_only_on_a_later_pass_is_not_left_unlisted(
+    jobs: JobFactory,
+) -> None:
+    """--follow: a member the first answer leaves out (its message not served yet) and a
+    later one lists as delivered is no longer named unlisted (which makes track exit 1):
+    every recipient is final, and the result says so."""
+    ledger, client = await sent_ledger(jobs, 4)
+    (g,) = client.calls
+    answers = iter([g.to[1:], g.to])
+
+    async def fetch(message_id: str) -> tuple[RecipientStatus, ...]:
+        client.fetches.append(message_id)
+        return tuple(RecipientStatus(p, "delivered") for p in next(answers))
+
+    client.fetch_group = fetch  # type: ignore[method-assign]
+    r = await track_ledger(ledger, FAST, client, follow=True, clock=FakeClock())
+    assert (r.statuses, r.pending) == ({"delivered": 4}, 0)
+    assert (r.unlisted, r.as_dict()["unlisted"]) == ([], [])
+    assert "not listed" not in format_track(r, ledger)
