@@ -14,7 +14,9 @@ Reports arrive twice over (polling and webhooks), late, repeated and out of orde
 * a final status is never replaced by a non-final one (a late ``message.sent`` after
   ``message.finalized`` is ignored);
 * a final status is replaced by another final one only when the report is stamped later
-  (a carrier correcting ``delivery_unconfirmed`` to ``delivered``);
+  (a carrier correcting ``delivery_unconfirmed`` to ``delivered``), and ``delivered`` never
+  is: the handset had the message, and a later failure report taken for news would send it
+  again (a second text) where it can at most be a carrier's mistake;
 * a non-final status only moves forward.
 
 Stamps are compared as instants (``10:00:00.500+00:00`` is after ``10:00:00Z``; ``-05:00`` is
@@ -82,7 +84,7 @@ def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:
     if old is None:
         return True
     if old.status in FINAL:
-        if new not in FINAL or new == old.status:
+        if new not in FINAL or old.status in (new, "delivered"):
             return False
         new_t, old_t = instant(new_at), instant(old.at)
         return new_t is not None and old_t is not None and new_t > old_t

@@ -214,6 +214,42 @@ async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
 
 
+async def test_a_failure_reported_after_delivered_sends_nobody_again(jobs: JobFactory) -> None:
+    """A member reported delivered and then, stamped later, failed with a code that moves
+    members (40014) is neither moved nor sent again: it stays delivered."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    store = open_store(job.ledger, "append")
+    receiver = WebhookReceiver(
+        LedgerView(),
+        store,
+        load_public_key(PUBLIC_B64),
+        clock=FakeClock(),
+        settings=FAST,
+        reopen=lambda: open_store(job.ledger, "append"),
+    )
+    await receiver.take_in_new()
+    phone = first.to[1]
+    delivered = own_event("message.finalized", phone, "own-1", "delivered", HEALTHY)
+    failed = own_event(
+        "message.finalized", phone, "own-1", "delivery_failed", HEALTHY, later=60, code="40014"
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, delivered))[1]["recorded"] == 1
+        assert (await post_signed(http, failed))[1]["recorded"] == 0
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    view = load(job.ledger)
+    assert view.status_of(phone) == "delivered"
+    assert not any(rec.moved for rec in view.groups.values())
+    again = await run_job(job, FAST, client, clock=FakeClock())
+    assert (len(client.calls), again.sent_groups) == (1, 0)
+
+
 async def test_a_webhooks_move_the_database_keeps_back_leaves_the_receivers_view(
     jobs: JobFactory, database: str
 ) -> None:

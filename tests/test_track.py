@@ -133,13 +133,33 @@ def status_lines(path: Path) -> list[dict[str, object]]:
             False,
         ),
         ("delivered", "not a time", Known("delivery_failed", "2026-01-01T12:00:00Z"), False),
+        # delivered is never taken back: a later failure would text the recipient again
+        (
+            "delivery_failed",
+            "2026-01-02T00:00:00Z",
+            Known("delivered", "2026-01-01T00:00:00Z"),
+            False,
+        ),
+        (
+            "delivery_unconfirmed",
+            "2026-01-02T00:00:00Z",
+            Known("delivered", "2026-01-01T00:00:00Z"),
+            False,
+        ),
+        (
+            "delivery_failed",
+            "2026-01-02T00:00:00Z",
+            Known("delivery_unconfirmed", "2026-01-01T00:00:00Z"),
+            True,
+        ),
         ("", None, None, False),
     ],
 )
 def test_supersedes_orders_reports(
     new: str, new_at: str | None, old: Known | None, news: bool
 ) -> None:
-    """Non-final statuses only move forward; a final one yields only to a later final one."""
+    """Non-final statuses only move forward; a final one yields only to a later final one,
+    and delivered to none."""
     assert supersedes(new, new_at, old) is news
 
 

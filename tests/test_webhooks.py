@@ -1722,17 +1722,18 @@ async def test_an_event_naming_no_sender_is_learnt_by_its_group_or_its_participa
     async with TestClient(TestServer(receiver.app())) as http:
         by_group = unsigned_event(g.to[0], "own-a", group_message_id=group_id)
         assert (await post_signed(http, by_group))[1]["recorded"] == 1
-        by_cc = unsigned_event(h.to[1], "own-b", cc=others(h, h.to[1]))
+        by_cc = unsigned_event(h.to[1], "own-b", "delivery_unconfirmed", cc=others(h, h.to[1]))
         assert (await post_signed(http, by_cc))[1]["recorded"] == 1
-        again = unsigned_event(h.to[1], "own-b", "delivery_failed")
+        again = unsigned_event(h.to[1], "own-b")
+        again["data"]["occurred_at"] = iso(time.time() + 60)
         assert (await post_signed(http, again))[1]["recorded"] == 1
         await receiver.settle()
     await receiver.close()
     await receiver.store.close()
     assert [(e["recipient"], e["status"], e["message_id"]) for e in status_lines(path)] == [
         (g.to[0], "delivered", "own-a"),
+        (h.to[1], "delivery_unconfirmed", "own-b"),
         (h.to[1], "delivered", "own-b"),
-        (h.to[1], "delivery_failed", "own-b"),
     ]
     assert receiver.unmatched == 0
 
