@@ -49,6 +49,8 @@ def final_summary(
     stop left unsent, by zones."""
     recorder = sender.recorder
     s, view, stats = recorder.summary, recorder.view, sender.stats()
+    if stopped is None and sender.window_left:  # groups left for a run inside the window
+        stopped = "window"
     s.stopped = stopped
     s.duration_s = stats.elapsed_s
     waits = sorted(recorder.waits)
@@ -75,6 +77,7 @@ def final_summary(
         s.waiting_past_deadline = len(held.past_deadline)
         s.waiting_own_cap = held.own_cap
     # after the recipients: who else the stop left counts
+    left = left + sender.window_left
     held_for_windows(s, job, clock, sender.expires_at, quiet=sender.quiet, left=left)
     reset_in_time(s, sender.expires_at)
     log.info("job.finished", **s.as_log(), errors=dict(recorder.errors))

@@ -106,8 +106,9 @@ class _Tries(msgspec.Struct):
     rerouted: bool = False
     #: The job's deadline passed before it could leave: recorded ``expired_unsent``.
     expired: bool = False
-    #: Held for its recipients' window (quiet hours) before its next try: how its tries ended
-    #: says nothing of the API (no streak of unanswered groups counts it).
+    #: Held before its next try, by a window (its recipients' quiet hours, the job's
+    #: ``send_window``) or its sender's pause while another sender may send: how its tries
+    #: ended says nothing of the API (no streak of unanswered groups counts it).
     held: bool = False
     #: The claim's fence the latest attempt was written under (a shared ledger).
     fence: Fence | None = None
@@ -261,6 +262,10 @@ class GroupSender:
         self._answered: dict[str, str] = {}
         #: Recipients left for their window to open (quiet hours), by their zones.
         self.quiet: Counter[tuple[str, ...]] = Counter()
+        #: Recipients of the groups whose next try would come only after the job's
+        #: ``send_window`` closes (a backoff, their sender's pause), by their zones: left for
+        #: a run inside the window (the run stops ``window``, exit 4).
+        self.window_left: Counter[tuple[str, ...]] = Counter()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
         self.doubts: dict[str, Group] = {}
         #: Of those, the ones its own requests left in doubt: when the last of them left (the
@@ -791,12 +796,14 @@ class GroupSender:
 
     def _held_for_window(self, tries: _Tries, until: float) -> bool:
         """Whether the group is held because a wait for its next try that would end at
-        ``until`` (monotonic: the pacer's, :meth:`_outlasted`; the retrier's after a 429,
-        :meth:`_gates_after`) outlasts one of its windows, as the window's closing holds it
-        (:meth:`_check_gates`): for its recipients' ``recipient_window``, it waits for their
-        window to open again (a later run sends it); for the job's ``send_window``, when no
-        sender of the pool may send before it closes, the job stops (exit 4). The one test
-        of it, for both waits."""
+        ``until`` (monotonic: the pacer's, :meth:`_outlasted`; the retrier's after a 429 or
+        a backoff, :meth:`_gates_after`) outlasts one of its windows, as the window's closing
+        holds it (:meth:`_check_gates`): for its recipients' ``recipient_window``, it waits
+        for their window to open again (a later run sends it); for the job's
+        ``send_window``, when no sender of the pool may send before it closes, the job stops
+        (exit 4); else the group alone is left for a run inside the window
+        (:attr:`window_left`: the run then stops ``window``, exit 4), its tries ending with
+        their last error, and the job goes on (False). The one test of it, for both waits."""
         if tries.window_closes is None or until < tries.window_closes:
             return False
         job, group, now = self.job, tries.group, self.clock.monotonic()
@@ -807,13 +814,14 @@ class GroupSender:
             log.info("group.paused_past_window", group=group.id, window="recipient_window")
             return True
         window = job.send_window
-        if (
-            window is not None
-            and closes_in(window, (job.timezone,), at) <= self.pacer.resumes() - now
-        ):
-            log.info("group.paused_past_window", group=group.id, window="send_window")
+        if window is None or (closes := closes_in(window, (job.timezone,), at)) > until - now:
+            return False
+        log.info("group.paused_past_window", group=group.id, window="send_window")
+        if closes <= self.pacer.resumes() - now:
             self.stops.window_closed()
             return True
+        self.window_left[group.zones] += len(group.to)  # a run inside the window sends it
+        tries.held = True
         return False
 
     async def conclude(

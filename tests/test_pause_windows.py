@@ -152,7 +152,8 @@ async def test_a_pause_of_one_sender_of_the_pool_does_not_stop_the_others(
 ) -> None:
     """Of two senders, the one a 429 pauses past the send_window's close ends its group's
     tries at once (pending a rerun), but the job goes on: the other sender sends the next
-    group before the window closes."""
+    group before the window closes, and the run ends saying the window closed (exit 4): a
+    run inside it sends the throttled group."""
     jobs.people(8)
     job = jobs.job(
         extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}',
@@ -163,7 +164,13 @@ async def test_a_pause_of_one_sender_of_the_pool_does_not_stop_the_others(
     start = clock.monotonic()
     s = await run_job(job, ONE, client, clock=clock)
     assert clock.monotonic() - start < 60
-    assert (len(client.calls), s.sent_groups, s.retry_later_groups, s.stopped) == (2, 1, 1, None)
+    assert (len(client.calls), s.sent_groups, s.retry_later_groups, s.stopped) == (
+        2,
+        1,
+        1,
+        "window",
+    )
+    assert run_outcome(s) == Exit.WINDOW
     assert len({g.message.from_ for g in client.calls}) == 2
 
 
@@ -187,7 +194,8 @@ async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the
 ) -> None:
     """Groups waiting on the one sender of two that a 429 pauses past the send_window's close
     are held for a run inside the window (asking the API nothing, they are no streak of
-    unanswered groups), and the other sender sends on: the job is not stopped as the API down."""
+    unanswered groups), and the other sender sends on: the job is not stopped as the API down,
+    and ends saying the window closed (exit 4)."""
     jobs.people(60)
     job = jobs.job(
         extra=f'timezone = "UTC"\ngroup_size = 4\n{GATES["send_window"]}',
@@ -210,7 +218,7 @@ async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the
         retry=replace(FAST.retry, max_retry_after=900),
     )
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
-    assert (s.error, s.stopped) == (None, None)
+    assert (s.error, s.stopped, run_outcome(s)) == (None, "window", Exit.WINDOW)
     codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
     held = len(codes) - 1  # behind the 429: three in a row stopped the job as the API down
     assert (codes, held >= 3) == (["429"] + ["WindowClosed"] * held, True)
