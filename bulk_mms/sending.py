@@ -716,6 +716,9 @@ class GroupSender:
             return StopRetrying()
         if exc.reason == "deadline":
             paused = "its sender is paused past it (429s or a long queue)"
+            ends = tries.waits_end
+            if ends is not None and self.pacer.resumes() < ends:
+                tries.held = True  # another sender sends on: the job goes on with it
             if tries.window_closes is not None and exc.earliest >= tries.window_closes:
                 return StopRetrying(
                     WindowClosed(
