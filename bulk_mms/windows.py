@@ -188,10 +188,11 @@ def _sendable_in_time(
 
 def _others_left(s: JobSummary, quiet: ByZones, left: ByZones) -> bool:
     """Whether someone is left unsent whose zones the run does not know: input not read to
-    its end, or more recipients not attempted or pending a rerun than those held for their
-    quiet hours (``quiet``) or left by the stop (``left``)."""
+    its end, or more recipients not attempted, pending a rerun or in doubt (a later run
+    settles or resends them) than those held for their quiet hours (``quiet``) or left by
+    the stop (``left``)."""
     r = s.recipients
     if not s.read_whole_input or r is None:
         return True
     known = sum(quiet.values()) + sum(left.values())
-    return r.not_attempted + r.retry_pending > known
+    return r.not_attempted + r.retry_pending + r.in_doubt > known

@@ -759,6 +759,25 @@ def test_a_send_window_closed_mid_run_judges_who_is_left_by_their_own_window_too
     assert s.stopped == stopped
 
 
+@pytest.mark.parametrize(
+    ("deadline", "stopped"),
+    [(None, "window"), (at(15, 30), "window"), (at(15, 5), AFTER_DEADLINE)],
+    ids=["no-deadline", "opens-in-time", "opens-too-late"],
+)
+def test_a_send_window_closed_mid_run_on_a_group_in_doubt_is_after_deadline_only_if_one_is_passed(
+    jobs: JobFactory, deadline: dt.datetime | None, stopped: str
+) -> None:
+    """A send_window that closed mid-run leaving only a group in doubt (the stop left nobody
+    unsent it counted): a later run inside the window settles or resends it, so the run stops
+    window (exit 4) unless the window opens again only after the deadline, never
+    after_deadline without one."""
+    job = replace(jobs.job(), send_window=SendWindow(dt.time(15, 10), dt.time(15)))
+    counts = RecipientCounts(8, 4, 0, 0, 4, 0, input_read=True)
+    s = JobSummary("job", stopped="window", recipients=counts, read_whole_input=True)
+    held_for_windows(s, job, clock_at(CLOSED), deadline, quiet={}, left={})
+    assert s.stopped == stopped
+
+
 @pytest.mark.parametrize("stopped", ["SIGTERM", "limit", "deadline"])
 def test_a_stop_of_another_kind_stands_whatever_the_windows_left(
     jobs: JobFactory, stopped: str
