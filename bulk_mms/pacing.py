@@ -409,6 +409,20 @@ class Pacer:
             default=math.inf,
         )
 
+    def others_first(self, sender: str, until: float) -> bool:
+        """Whether a group waiting on ``sender`` waits for that sender alone: ``sender`` may
+        not send before ``until`` (monotonic: its pause after a 429 or a long queue, its
+        ceiling), and another sender of the pool, not retired, may. (The account's rate holds
+        every sender alike: a wait for it is no sender's own.)"""
+        pace = self.senders.get(sender)
+        if pace is None or self._sender_earliest(pace, self.max_cost) < until:
+            return False
+        return any(
+            self._sender_earliest(other, self.max_cost) < until
+            for other in self.senders.values()
+            if other.sender not in self.retired and other.sender != sender
+        )
+
     def usable(self, sender: str | None) -> bool:
         """Whether ``sender`` is in the pool and not retired."""
         return sender in self.senders and sender not in self.retired

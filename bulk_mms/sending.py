@@ -703,37 +703,40 @@ class GroupSender:
         passes (the job stops too), the job's deadline passes (the group expires), or its own
         ``max_group_age_s`` or its ``send_window``'s close would pass first (the group alone
         gives up, recorded with its last error; when it never got a try, as rate limited, or
-        as :class:`WindowClosed`, which asks the API nothing: no streak of unanswered groups
-        stops the job while another sender may send)."""
-        if (
-            exc.reason == "deadline"
-            and self.run_deadline is not None
-            and exc.earliest > self.run_deadline
-        ):
+        as :class:`WindowClosed`, which asks the API nothing). While another sender of the
+        pool may send before the limit its own sender's pause outlasts, the job goes on with
+        it: the job does not stop, the group does not expire (it gives up pending a rerun),
+        and no streak of unanswered groups counts it."""
+        if exc.reason != "deadline":
+            return StopRetrying()
+        alone = functools.partial(self.pacer.others_first, tries.group.message.from_)
+        run_ends = self.run_deadline
+        if run_ends is not None and exc.earliest > run_ends and not alone(run_ends):
             self.stops.run_deadline_reached()
             return StopRetrying()
-        if exc.reason == "deadline" and self._outlasted(tries, exc.earliest):
+        if self._outlasted(tries, exc.earliest):
             return StopRetrying()
-        if exc.reason == "deadline":
-            paused = "its sender is paused past it (429s or a long queue)"
-            ends = tries.waits_end
-            if ends is not None and self.pacer.resumes() < ends:
-                tries.held = True  # another sender sends on: the job goes on with it
-            if tries.window_closes is not None and exc.earliest >= tries.window_closes:
-                return StopRetrying(
-                    WindowClosed(
-                        f"not sent before its send_window closes: {paused}; a run inside "
-                        "the window sends it"
-                    )
-                )
+        if run_ends is not None and exc.earliest > run_ends:
+            limit = f"within max_job_duration_s ({self.settings.max_job_duration_s:g} s)"
+        elif (expires := self.expires_mono()) is not None and exc.earliest >= expires:
+            assert self.expires_at is not None
+            limit = f"before the job's deadline ({self.expires_at.isoformat(timespec='minutes')})"
+        else:
+            limit = f"within max_group_age_s ({self.settings.max_group_age_s:g} s)"
+        paused = "its sender is paused past it (429s or a long queue)"
+        ends = tries.waits_end
+        if ends is not None and alone(ends):
+            tries.held = True  # another sender sends on: the job goes on with it
+        if tries.window_closes is not None and exc.earliest >= tries.window_closes:
             return StopRetrying(
-                RateLimited(
-                    f"not sent within max_group_age_s ({self.settings.max_group_age_s:g} s): "
-                    f"{paused}; a rerun sends it",
-                    status=None,
+                WindowClosed(
+                    f"not sent before its send_window closes: {paused}; a run inside "
+                    "the window sends it"
                 )
             )
-        return StopRetrying()
+        return StopRetrying(
+            RateLimited(f"not sent {limit}: {paused}; a rerun sends it", status=None)
+        )
 
     def _gates_after(self, tries: _Tries, result: Attempted) -> Attempted:
         """The gates as the group's tries ended without an answer, and the tries' end as they
@@ -782,10 +785,17 @@ class GroupSender:
         (monotonic: its pause after a 429 or a long queue) outlasts a gate, so that no
         request of it could leave: then it is held at once, as the gate's closing holds it
         (:meth:`_check_gates`), not once the wait is over. Past the job's deadline, it is
-        recorded ``expired_unsent`` (first: past it, a window promises nothing); past one of
-        its windows' close, see :meth:`_held_for_window`."""
-        if (expires := self.expires_mono()) is not None and until >= expires:
-            self._expire(tries)
+        recorded ``expired_unsent`` (first: past it, a window promises nothing), unless
+        another sender of the pool may send before it (the group then gives up pending a
+        rerun: :meth:`_gave_up`); past one of its windows' close, see
+        :meth:`_held_for_window`."""
+        expires, sender = self.expires_mono(), tries.group.message.from_
+        if (
+            expires is not None
+            and until >= expires
+            and not self.pacer.others_first(sender, expires)
+        ):
+            self._expire(tries)  # no other sender of the pool may send before the deadline
             return True
         return self._held_for_window(tries, until)
 

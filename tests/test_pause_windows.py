@@ -225,3 +225,43 @@ async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the
     free = [w - NOW.timestamp() for f, w in sent if f == "+18445550001"]  # on to the end
     assert free == pytest.approx([10.0 * i for i in range(s.sent_groups - 1)], abs=0.1)
     assert s.sent_groups + len(codes) == 15
+
+
+@pytest.mark.parametrize("limit", ["deadline", "max_job_duration_s"])
+async def test_groups_a_paused_sender_holds_past_a_deadline_another_can_meet_stay_sendable(
+    jobs: JobFactory, limit: str
+) -> None:
+    """Groups waiting on the one sender of two that a 429 pauses past the job's deadline (or
+    max_job_duration_s), two minutes on, while the other sender may still send: none is
+    recorded expired (for good) nor is the job stopped; they give up pending a rerun, are no
+    streak of unanswered groups, and the other sender sends on."""
+    jobs.people(60)
+    gate = GATES["deadline"] if limit == "deadline" else ""
+    job = jobs.job(
+        extra=f'timezone = "UTC"\ngroup_size = 4\n{gate}',
+        sender='["+18445550001", "+18445550002"]',
+    )
+    clock = FakeClock(wall=NOW.timestamp())
+    sent: list[str] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if sent == ["+18445550001", "+18445550002", "+18445550001"]:
+            sent.append("429")  # the pile of groups behind it waits for it
+            raise RateLimited("slow", retry_after=600.0, status=429)
+        sent.append(g.message.from_)
+        return ok_receipt(g, n)
+
+    settings = replace(
+        FAST,
+        concurrency=8,
+        type_limits={"toll_free": 0.1},
+        max_job_duration_s=120.0 if limit == "max_job_duration_s" else None,
+        retry=replace(FAST.retry, max_retry_after=900),
+    )
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert (s.error, s.stopped, s.expired_groups) == (None, None, 0)
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert [e["code"] for e in failed] == ["429"] + ["RateLimited"] * (len(failed) - 1)
+    assert all(e["retryable"] for e in failed)
+    assert len(failed) >= 4
+    assert s.sent_groups + len(failed) == 15
