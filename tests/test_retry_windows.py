@@ -14,6 +14,7 @@ from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.runner import run_job
+from bulk_mms.summary import AFTER_DEADLINE
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClock, JobFactory, real_client
 
@@ -43,3 +44,19 @@ async def test_a_503_whose_backoff_outlasts_the_send_window_exits_4(
     assert (s.sent_groups, s.retry_later_groups) == (people // 4 - busy, busy)
     failed = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert failed == ["503"] * busy
+
+
+async def test_a_503_past_a_send_window_that_reopens_only_after_the_deadline_exits_1(
+    jobs: JobFactory,
+) -> None:
+    """The same 503 on the one group of a job whose deadline (noon) comes before the window
+    opens again (09:00 next day): no later run can send it, so the run says so (exit 1),
+    not a promise of the next window (exit 4)."""
+    jobs.people(4)
+    job = jobs.job(extra=f'{WINDOW}\ndeadline = "2026-11-24T12:00+00:00"')
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 503, headers={"Retry-After": "600"}))
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    assert (s.error, s.stopped, run_outcome(s)) == (None, AFTER_DEADLINE, Exit.INCOMPLETE)
+    assert s.retry_later_groups == 1
