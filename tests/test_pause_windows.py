@@ -227,14 +227,15 @@ async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the
     assert s.sent_groups + len(codes) == 15
 
 
-@pytest.mark.parametrize("limit", ["deadline", "max_job_duration_s"])
+@pytest.mark.parametrize("limit", ["deadline", "max_job_duration_s", "max_group_age_s"])
 async def test_groups_a_paused_sender_holds_past_a_deadline_another_can_meet_stay_sendable(
     jobs: JobFactory, limit: str
 ) -> None:
     """Groups waiting on the one sender of two that a 429 pauses past the job's deadline (or
-    max_job_duration_s), two minutes on, while the other sender may still send: none is
-    recorded expired (for good) nor is the job stopped; they give up pending a rerun, are no
-    streak of unanswered groups, and the other sender sends on."""
+    max_job_duration_s, or their max_group_age_s), two minutes on, while the other sender may
+    still send: none is recorded expired (for good) nor is the job stopped (as the API down,
+    or out of time); they give up pending a rerun, are no streak of unanswered groups, and
+    the other sender sends on."""
     jobs.people(60)
     gate = GATES["deadline"] if limit == "deadline" else ""
     job = jobs.job(
@@ -256,6 +257,7 @@ async def test_groups_a_paused_sender_holds_past_a_deadline_another_can_meet_sta
         concurrency=8,
         type_limits={"toll_free": 0.1},
         max_job_duration_s=120.0 if limit == "max_job_duration_s" else None,
+        max_group_age_s=120.0 if limit == "max_group_age_s" else FAST.max_group_age_s,
         retry=replace(FAST.retry, max_retry_after=900),
     )
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
@@ -264,4 +266,4 @@ async def test_groups_a_paused_sender_holds_past_a_deadline_another_can_meet_sta
     assert [e["code"] for e in failed] == ["429"] + ["RateLimited"] * (len(failed) - 1)
     assert all(e["retryable"] for e in failed)
     assert len(failed) >= 4
-    assert s.sent_groups + len(failed) == 15
+    assert (s.sent_groups + len(failed), s.retry_later_groups) == (15, len(failed))

@@ -111,42 +111,6 @@ async def test_group_age_ends_a_pause_and_the_group_is_resendable(jobs: JobFacto
     assert again.sent_groups == 2
 
 
-async def test_groups_a_paused_sender_of_several_holds_past_their_age_do_not_stop_the_job(
-    jobs: JobFactory,
-) -> None:
-    """Groups waiting on the one sender of two that a 429 pauses past max_group_age_s give
-    up pending a rerun (a rerun sends them), but, asking the API nothing while the other
-    sender sends on, they are no streak of unanswered groups: the job goes on to its end."""
-    jobs.people(60)
-    job = jobs.job(
-        extra="group_size = 4",
-        sender='["+18445550001", "+18445550002"]',
-    )
-    clock = FakeClock()
-    sent: list[str] = []
-
-    def answer(g: Group, n: int) -> SendReceipt:
-        if sent == ["+18445550001", "+18445550002", "+18445550001"]:
-            sent.append("429")  # the pile of groups behind it waits for it
-            raise RateLimited("slow", retry_after=600.0, status=429)
-        sent.append(g.message.from_)
-        return ok_receipt(g, n)
-
-    settings = replace(
-        FAST,
-        concurrency=8,
-        max_group_age_s=120.0,
-        type_limits={"toll_free": 0.1},
-        retry=replace(FAST.retry, max_retry_after=900),
-    )
-    s = await run_job(job, settings, FakeClient(answer), clock=clock)
-    assert (s.error, s.stopped) == (None, None)
-    codes = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
-    assert (set(codes), len(codes) >= 4) == ({"429", "RateLimited"}, True)
-    assert s.sent_groups + len(codes) == 15
-    assert s.retry_later_groups == len(codes)
-
-
 async def test_the_job_deadline_is_honoured_while_waiting(jobs: JobFactory) -> None:
     """max_job_duration_s: a pause past it stops the job at once (resumable), not after it."""
     jobs.people(16)
