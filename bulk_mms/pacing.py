@@ -194,6 +194,10 @@ class SenderPace(msgspec.Struct):
     drain: float | None = None
     #: The latest wait reported: where the queue stood when it last answered.
     last_wait: float = 0.0
+    #: When its latest message answered leaves Telnyx's queue for the carrier, at the latest
+    #: (monotonic: the answer's time plus the wait it reported): a message sent now leaves
+    #: no earlier (:meth:`Pacer.queue_ahead`).
+    departs: float = -math.inf
     last_increase: float = -math.inf
     #: When a report last showed a queue; "empty" means none for a whole second.
     last_queued: float = -math.inf
@@ -237,6 +241,7 @@ class SenderPace(msgspec.Struct):
     def observe(self, now: float, ticket: Ticket, wait: float) -> tuple[float, float, str] | None:
         """Take in the ``wait_seconds`` reported for ``ticket``; return a rate change, if any."""
         self.last_wait = wait
+        self.departs = max(self.departs, now + wait)
         if wait <= NO_QUEUE_S:
             # One short wait may be a rounded-down small one; a second of them is no queue.
             if now - self.last_queued < 1.0:
@@ -422,6 +427,13 @@ class Pacer:
             for other in self.senders.values()
             if other.sender not in self.retired and other.sender != sender
         )
+
+    def queue_ahead(self, sender: str) -> float:
+        """Seconds a message of ``sender`` accepted now waits in Telnyx's queue before it
+        leaves for the carrier, at least: until the latest message it has answered for
+        leaves (the wait its answer reported, counted from the answer); 0 with no queue."""
+        pace = self.senders.get(sender)
+        return 0.0 if pace is None else max(0.0, pace.departs - self.clock.monotonic())
 
     def usable(self, sender: str | None) -> bool:
         """Whether ``sender`` is in the pool and not retired."""

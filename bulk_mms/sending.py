@@ -653,6 +653,38 @@ class GroupSender:
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):
             self._hold_for_quiet_hours(tries)  # closed while it waited
             raise StopRetrying(_unsent(tries, on_record, closed_before_leaving))
+        if (ahead := self.pacer.queue_ahead(tries.group.message.from_)) > 0:
+            self._check_queue(tries, self.clock.monotonic() + ahead, on_record)
+
+    def _check_queue(self, tries: _Tries, leaves: float, on_record: bool) -> None:
+        """Raise :class:`StopRetrying` when the group's message, accepted now, would leave
+        Telnyx's queue for its recipients only at ``leaves`` (monotonic: its sender's queue,
+        :meth:`~bulk_mms.pacing.Pacer.queue_ahead`), at or past the job's deadline or one of
+        its windows' close: it would reach them outside it. The group is then held as a
+        pacer's wait past that moment holds it (:meth:`_outlasted`: expired; waiting for its
+        recipients' window; the job stopped, or the group alone left, for the
+        ``send_window``); past the deadline with another sender of the pool free in time,
+        it alone gives up pending a rerun."""
+        expires, closes = self.expires_mono(), tries.window_closes
+        if (expires is None or leaves < expires) and (closes is None or leaves < closes):
+            return
+        if self._outlasted(tries, leaves) or on_record:
+            why = None if tries.expired else _unsent(tries, on_record, closed_before_leaving)
+            raise StopRetrying(why)
+        queued = "its sender's queue at Telnyx would hold it past it (wait_seconds)"
+        if closes is not None and leaves >= closes:  # left for a run inside the window
+            raise StopRetrying(
+                WindowClosed(
+                    f"not sent before its send_window closes: {queued}; a run "
+                    "inside the window sends it"
+                )
+            )
+        tries.held = True  # another sender sends on: the job goes on with it
+        raise StopRetrying(
+            RateLimited(
+                f"not sent before the job's deadline: {queued}; a rerun sends it", status=None
+            )
+        )
 
     def _check_optouts(self, tries: _Tries) -> None:
         """Refuse the members now on the suppression list, as Telnyx's 40300 refuses a number

@@ -1,0 +1,65 @@
+"""A message accepted by the API waits in its sender's queue at Telnyx (``wait_seconds``)
+before it leaves for the carrier: a group is not sent when that queue would carry its
+message past the job's deadline or its send_window's close, so no text reaches a phone
+outside them once the run has seen the queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from msgspec.structs import replace
+
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import Exit
+from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClock, JobFactory, real_client
+
+#: Ten seconds before 10:30 UTC, where the windows and deadlines below end.
+NOW = dt.datetime(2026, 11, 24, 10, 29, 50, tzinfo=dt.UTC)
+ONE = replace(FAST, concurrency=1)
+
+
+def queued_20s() -> FakeTelnyx:
+    """A fake API whose every accepted message waits 20 s in its sender's queue."""
+    return FakeTelnyx(wait_seconds=lambda _n: 20.0)
+
+
+async def test_a_queue_that_outlasts_the_send_window_holds_the_rest_for_the_next_window(
+    jobs: JobFactory,
+) -> None:
+    """Ten seconds before the send_window closes, the first group's answer says its message
+    waits 20 s at Telnyx: no other group is sent (each would reach its recipients after the
+    close), and the run says the window closed (exit 4)."""
+    jobs.people(16)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"')
+    fake = queued_20s()
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
+
+
+async def test_a_queue_that_outlasts_the_deadline_expires_the_rest(jobs: JobFactory) -> None:
+    """The same queue ten seconds before the job's deadline: the groups after the first
+    are recorded expired, never sent, and the run exits 1."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T10:30+00:00"')
+    fake = queued_20s()
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.expired_groups, run_outcome(s)) == (1, 3, Exit.INCOMPLETE)
+
+
+async def test_a_queue_that_ends_before_the_window_closes_holds_nothing(
+    jobs: JobFactory,
+) -> None:
+    """A queue of 20 s a minute before the close keeps nothing back: every group is sent."""
+    jobs.people(16)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"')
+    fake = queued_20s()
+    early = FakeClock(wall=NOW.timestamp() - 50)
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=early)
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (4, None, Exit.OK)
