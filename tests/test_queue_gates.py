@@ -14,6 +14,7 @@ from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.runner import run_job
 from tests.conftest import FAST, FakeClock, JobFactory, real_client
+from tests.test_quiet import NEW_YORK
 
 #: Ten seconds before 10:30 UTC, where the windows and deadlines below end.
 NOW = dt.datetime(2026, 11, 24, 10, 29, 50, tzinfo=dt.UTC)
@@ -63,3 +64,19 @@ async def test_a_queue_that_ends_before_the_window_closes_holds_nothing(
     async with real_client(fake) as client:
         s = await run_job(job, ONE, client, clock=early)
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (4, None, Exit.OK)
+
+
+async def test_a_queue_that_outlasts_the_recipients_quiet_hours_holds_them(
+    jobs: JobFactory,
+) -> None:
+    """Ten seconds before New York's recipient_window closes (21:00 there), a queue of 20 s
+    holds every group after the first for its recipients' window: none is sent, the run
+    exits 4 (a run in their window sends them)."""
+    jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK])
+    job = jobs.job(extra='group_size = 1\nrecipient_window = "08:00-21:00"')
+    closing = dt.datetime(2026, 11, 25, 1, 59, 50, tzinfo=dt.UTC)  # 20:59:50 in New York
+    fake = queued_20s()
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=FakeClock(wall=closing.timestamp()))
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "quiet_hours", Exit.WINDOW)
