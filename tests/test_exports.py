@@ -499,7 +499,7 @@ def test_a_dated_job_refuses_a_database_ledger_without_a_name(
     """A {date} job given a database URL with no ?ledger= (which would name one ledger for
     every day) is refused with exit 2 before the database is asked, saying what to write;
     with ?ledger=NAME the choice is the user's, and the run goes on to the database; a
-    --sandbox run, whose ledger is never a database, is not refused."""
+    --sandbox run, whose ledger is never a database, refuses only a --ledger flag."""
     jobs.people(5)
     job = jobs.job(extra='ledger = "ledgers/{name}-{date}.jsonl"')
     closed = "postgresql://bulk@127.0.0.1:1/bulk"  # nothing listens: asking it would be exit 7
@@ -514,7 +514,8 @@ def test_a_dated_job_refuses_a_database_ledger_without_a_name(
     assert "?ledger={name}-{date}" in line
     if given == "flag":
         assert main([*args[:-1], closed + "?ledger=every-day"]) == 7
-    assert main([*args, "--sandbox"]) == 0  # sealed: its ledger is a file, whatever is named
+    # sealed: its ledger is a file; a database named by the flag is refused, not dropped
+    assert main([*args, "--sandbox"]) == (2 if given == "flag" else 0)
 
 
 def test_a_sandbox_run_leaves_the_configured_suppression_list_alone(

@@ -162,13 +162,13 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
             given = location(where)
         except ValueError as exc:
             raise ConfigError(flag, str(exc)) from None
-        if args.sandbox and args.ledger and is_database(given):
-            raise ConfigError(
-                flag, "a --sandbox run's ledger is never a database; drop --ledger or --sandbox"
-            )
         if not args.sandbox:  # a sandbox run's ledger is never a database
             refuse_undated_database(job, given, flag)
         job = with_ledger(job, given)
+        if args.sandbox and args.ledger and is_database(given):  # named, not dropped unsaid
+            raise ConfigError(
+                flag, "a --sandbox run's ledger is never a database; drop --ledger or --sandbox"
+            )
     settings = settings_for(args)
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
         job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
