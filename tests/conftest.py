@@ -364,6 +364,11 @@ async def crash_mid_send(
 SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
+#: Debian's libfaketime (the faketime package), for this machine's architecture: a
+#: ``bulk-mms`` subprocess whose wall clock is set (``LD_PRELOAD``, ``FAKETIME``).
+FAKETIME: Final = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
 def missing(reason: str) -> NoReturn:
     """Skip the test for want of a service or a tool, saying which in one line; where CI
     requires every one (``BULK_MMS_REQUIRE_SERVICES``, set by ``.ci/run``), fail it."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.prepare import continues_earlier
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
+from tests.conftest import FAKETIME, FAST, FakeClient, FakeClock, JobFactory, missing, numbers
 from tests.threaded import fake_api_thread
 
 UTC = dt.UTC
@@ -193,3 +196,35 @@ def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
     assert code == 2
     assert "input file contents" in capsys.readouterr().err
     assert not load_job(job.path).ledger.exists()
+
+
+@pytest.mark.slow
+def test_a_night_after_spring_forward_goes_on_in_its_own_ledger(jobs: JobFactory) -> None:
+    """A cron run at 00:30 after a 23-hour day (Chicago's spring forward) goes on in that
+    night's ledger, cut short at 23:00, and sends its rest; not in the night before's, which
+    is finished and would leave the rest unsent."""
+    if FAKETIME is None:
+        missing("no libfaketime (Debian's faketime package) to set the run's clock")
+    jobs.people(8)
+    extra = (
+        'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
+        'send_window = "22:00-06:00"\ntimezone = "America/Chicago"'
+    )
+    job = jobs.job(extra=extra, name="nightly")
+    zone = job.zone
+    for day, limit in ((7, None), (8, 1)):  # Saturday's night done; Sunday's cut short
+        night = dt.datetime(2026, 3, day, 23, tzinfo=zone)
+        earlier = load_job(job.path, now=night)
+        clock = FakeClock(wall=night.timestamp())
+        asyncio.run(run_job(earlier, FAST, FakeClient(), limit=limit, clock=clock))
+    sunday = load_job(job.path, now=dt.datetime(2026, 3, 8, 23, tzinfo=zone)).ledger
+    at = dt.datetime(2026, 3, 9, 0, 30, tzinfo=zone).astimezone(UTC)  # Monday, 05:30 UTC
+    env = {**os.environ, "TELNYX_API_KEY": "KEY-cron", "TZ": "UTC", "DONT_FAKE_MONOTONIC": "1"}
+    env |= {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"@{at:%Y-%m-%d %H:%M:%S}"}
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job.path), "--base-url", url]
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-1000:]
+    assert sorted(fake.recipient_counts()) == numbers(8)[4:]
+    assert summarize(sunday).recipient_states.sent == 8

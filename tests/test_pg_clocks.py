@@ -17,12 +17,10 @@ import psycopg
 import pytest
 
 from bulk_mms.fake_api import FakeTelnyx
-from tests.conftest import JobFactory, missing
+from tests.conftest import FAKETIME, JobFactory, missing
 from tests.threaded import fake_api_thread
 
 KEY = "pg-clock-key"
-#: Debian's libfaketime (the faketime package), for this machine's architecture.
-FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
 
 pytestmark = pytest.mark.slow
 

@@ -111,8 +111,14 @@ def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
     ledger) when the run belongs there (:func:`~bulk_mms.prepare.continues_earlier`): a
     campaign cut at midnight is finished, not sent again to everyone under a new date."""
     now = utc(SystemClock())
+    # the previous local date, by the calendar: 24 hours back is two dates back in the hour
+    # after a 23-hour day (spring forward), and today in the last hour of a 25-hour one
+    day_before = now.astimezone(job.zone).date() - dt.timedelta(days=1)
     earlier = load_job(
-        args.job, name=job.name, input_file=args.input, now=now - dt.timedelta(days=1)
+        args.job,
+        name=job.name,
+        input_file=args.input,
+        now=dt.datetime.combine(day_before, dt.time(12), job.zone),
     )
     yesterday = sandbox_ledger(earlier.ledger) if args.sandbox else earlier.where
     if not continues_earlier(job, yesterday, now):
