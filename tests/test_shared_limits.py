@@ -667,3 +667,20 @@ async def test_a_sender_another_process_paused_is_waited_out_from_the_next_admis
         assert other.paused_until(sender) > clock.monotonic() + 50.0
     finally:
         await other.close()
+
+
+async def test_a_reset_in_the_hour_the_clocks_repeat_starts_the_day_once(
+    tmp_path: Path,
+) -> None:
+    """daily_reset "01:30 America/Chicago" on the day the clocks go back: the day begins at
+    the first 01:30, and the hour that follows, 01:00 to 01:30 again, is still that day's, so
+    a cap of 4 reached after the reset refuses a group then, with its lift still ahead."""
+    first = dt.datetime(2026, 11, 1, 6, 40, tzinfo=dt.UTC)  # 01:40 CDT, after the reset
+    clock = FakeClock(wall=first.timestamp())
+    cap = DailyCap(4, 0, "01:30 America/Chicago", tally=FileTally(tmp_path), clock=clock)
+    assert await cap.reserve(group(1)) is None
+    assert await cap.reserve(group(2)) is None
+    clock.step_wall(30 * 60)  # 07:10 UTC: 01:10 CST, the second time round
+    refused = await cap.reserve(group(3))
+    assert isinstance(refused, LimitReached)
+    assert refused.resumes_at == dt.datetime(2026, 11, 2, 7, 30, tzinfo=dt.UTC).timestamp()

@@ -297,7 +297,9 @@ def _daily_reset(limits: Table) -> str:
 
 
 def day_start(reset: str, now: dt.datetime) -> dt.datetime:
-    """The start of the current day under ``reset`` (``"HH:MM Zone"``), as of ``now``.
+    """The start of the current day under ``reset`` (``"HH:MM Zone"``), as of ``now``: the
+    latest instant at or before ``now`` that the reset's wall time first reads on its date (a
+    wall time the clocks skip: as far past the jump as it falls in the skipped hour).
 
     Raises:
         ValueError, ZoneInfoNotFoundError: ``reset`` is not ``"HH:MM Zone"``.
@@ -305,9 +307,13 @@ def day_start(reset: str, now: dt.datetime) -> dt.datetime:
     clock, _, zone_name = reset.strip().partition(" ")
     hour, minute = (int(x) for x in clock.split(":"))
     zone = zoneinfo.ZoneInfo(zone_name.strip())
-    local = now.astimezone(zone)
-    start = dt.datetime.combine(local.date(), dt.time(hour, minute), zone)
-    return start if start <= local else start - dt.timedelta(days=1)
+    day = now.astimezone(zone).date()
+    start = dt.datetime.combine(day, dt.time(hour, minute), zone)
+    # by the instant, not the wall time (one zone's datetimes compare by wall time): in the
+    # hour the clocks repeat, the reset's wall time comes round again after the day began
+    if start.astimezone(dt.UTC) > now.astimezone(dt.UTC):
+        start = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(hour, minute), zone)
+    return start
 
 
 def next_day_start(reset: str, now: dt.datetime) -> dt.datetime:
