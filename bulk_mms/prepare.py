@@ -17,7 +17,7 @@ from msgspec.structs import replace
 
 from bulk_mms._version import __version__
 from bulk_mms.caps import max_cost_counts, recipient_price, run_limits
-from bulk_mms.clock import Clock, SystemClock, iso
+from bulk_mms.clock import Clock, SystemClock, instant, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
 from bulk_mms.grouping import make_groups, moved, without
@@ -665,8 +665,10 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
     """Whether a run of a ``{date}`` job at ``now`` belongs in ``earlier`` (the previous
     date's ledger) rather than its own: ``earlier`` is this job's, the job's own ledger is
     not begun, and: with a ``send_window`` across midnight, ``now`` is before the window's
-    end (its night began on the earlier date, whatever is left of it, and its ledger's
-    resume refuses an input changed since); else, ``earlier`` is for this very input and
+    end and ``earlier`` was begun after the window closed on its date (its night began on
+    the earlier date, whatever is left of it, and its ledger's resume refuses an input
+    changed since; one begun before, after that date's midnight, holds the night before's);
+    else, ``earlier`` is for this very input and
     unfinished (input not all read; recipients not attempted, pending a rerun or in doubt)."""
     if earlier == job.where or exists(job.where) or not exists(earlier):
         return False
@@ -676,7 +678,13 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
         return False
     window = job.send_window
     if window is not None and window.end < window.start:  # across midnight
-        return now.astimezone(job.zone).time() < window.end  # before it ends: its night
+        local = now.astimezone(job.zone)
+        # begun before the window closed that morning (a run after its midnight): the night
+        # before's, not this one's
+        closed = dt.datetime.combine(local.date() - dt.timedelta(days=1), window.end, job.zone)
+        began = instant(header.time)
+        tonights = began is None or began >= closed.timestamp()
+        return local.time() < window.end and tonights  # before it ends: its night
     if header.fingerprint != fingerprint(job.input):
         return False
     r = view.recipients()

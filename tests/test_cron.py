@@ -198,33 +198,61 @@ def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
     assert not load_job(job.path).ledger.exists()
 
 
+NIGHTLY = (
+    'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
+    'send_window = "22:00-06:00"\ntimezone = "America/Chicago"'
+)
+
+
+def _ran(job_path: Path, when: dt.datetime, limit: int | None = None) -> Path:
+    """Run the job as cron would at ``when`` (its {date} ledger, its clock): its ledger."""
+    job = load_job(job_path, now=when)
+    clock = FakeClock(wall=when.timestamp())
+    asyncio.run(run_job(job, FAST, FakeClient(), limit=limit, clock=clock))
+    return job.ledger
+
+
+def _cron_run(job_path: Path, when: dt.datetime) -> tuple[int, FakeTelnyx]:
+    """``bulk-mms run`` of the job in a process whose wall clock reads ``when`` (libfaketime)
+    on a fake API: its exit code, and the API with what it was sent. No traceback."""
+    if FAKETIME is None:
+        missing("no libfaketime (Debian's faketime package) to set the run's clock")
+    at = when.astimezone(UTC)
+    env = {**os.environ, "TELNYX_API_KEY": "KEY-cron", "TZ": "UTC", "DONT_FAKE_MONOTONIC": "1"}
+    env |= {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"@{at:%Y-%m-%d %H:%M:%S}"}
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job_path), "--base-url", url]
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=False)
+    assert b"Traceback" not in done.stderr, done.stderr.decode()[-1000:]
+    return done.returncode, fake
+
+
 @pytest.mark.slow
 def test_a_night_after_spring_forward_goes_on_in_its_own_ledger(jobs: JobFactory) -> None:
     """A cron run at 00:30 after a 23-hour day (Chicago's spring forward) goes on in that
     night's ledger, cut short at 23:00, and sends its rest; not in the night before's, which
     is finished and would leave the rest unsent."""
-    if FAKETIME is None:
-        missing("no libfaketime (Debian's faketime package) to set the run's clock")
     jobs.people(8)
-    extra = (
-        'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
-        'send_window = "22:00-06:00"\ntimezone = "America/Chicago"'
-    )
-    job = jobs.job(extra=extra, name="nightly")
-    zone = job.zone
-    for day, limit in ((7, None), (8, 1)):  # Saturday's night done; Sunday's cut short
-        night = dt.datetime(2026, 3, day, 23, tzinfo=zone)
-        earlier = load_job(job.path, now=night)
-        clock = FakeClock(wall=night.timestamp())
-        asyncio.run(run_job(earlier, FAST, FakeClient(), limit=limit, clock=clock))
-    sunday = load_job(job.path, now=dt.datetime(2026, 3, 8, 23, tzinfo=zone)).ledger
-    at = dt.datetime(2026, 3, 9, 0, 30, tzinfo=zone).astimezone(UTC)  # Monday, 05:30 UTC
-    env = {**os.environ, "TELNYX_API_KEY": "KEY-cron", "TZ": "UTC", "DONT_FAKE_MONOTONIC": "1"}
-    env |= {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"@{at:%Y-%m-%d %H:%M:%S}"}
-    fake = FakeTelnyx()
-    with fake_api_thread(fake) as url:
-        cmd = [sys.executable, "-m", "bulk_mms", "-q", "run", str(job.path), "--base-url", url]
-        done = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-1000:]
+    job = jobs.job(extra=NIGHTLY, name="nightly")
+    _ran(job.path, dt.datetime(2026, 3, 7, 23, tzinfo=job.zone))  # Saturday's night: done
+    sunday = _ran(job.path, dt.datetime(2026, 3, 8, 23, tzinfo=job.zone), limit=1)
+    code, fake = _cron_run(job.path, dt.datetime(2026, 3, 9, 0, 30, tzinfo=job.zone))
+    assert code == 0
     assert sorted(fake.recipient_counts()) == numbers(8)[4:]
     assert summarize(sunday).recipient_states.sent == 8
+
+
+@pytest.mark.slow
+def test_a_night_whose_runs_start_after_midnight_is_sent_every_night(jobs: JobFactory) -> None:
+    """With send_window 22:00-06:00 and cron at 00:30, each night's run sends everyone in a
+    ledger of its own: the ledger of the date before holds last night's, begun after its
+    midnight, which this night does not go on in (it would send nobody, and exit 0)."""
+    jobs.people(8)
+    job = jobs.job(extra=NIGHTLY, name="nightly")
+    _ran(job.path, dt.datetime(2026, 11, 24, 0, 30, tzinfo=job.zone))  # last night's
+    tonight = dt.datetime(2026, 11, 25, 0, 30, tzinfo=job.zone)
+    code, fake = _cron_run(job.path, tonight)
+    assert code == 0
+    assert sorted(fake.recipient_counts()) == numbers(8)
+    assert summarize(load_job(job.path, now=tonight).ledger).recipient_states.sent == 8
