@@ -287,9 +287,16 @@ class GroupSender:
         if group.id not in self.open_attempts:
             return
         last = self.open_attempts.pop(group.id)
-        held = self.recorder.coordinator.held_for(group.id)
-        if held is None or held > 0:
+        if self._surely_held(group):
             self.recorder.cut_off(group, last)
+
+    def _surely_held(self, group: Group) -> bool:
+        """Whether no other process can have taken ``group`` over: nothing is shared, or this
+        process's claim on it surely still holds (:meth:`~bulk_mms.coordination.Coordinator.
+        held_for`). Else the group may be another's, its request in flight: nothing of it is
+        decided here (no outcome written, no room given back)."""
+        held = self.recorder.coordinator.held_for(group.id)
+        return held is None or held > 0
 
     def sender_for(self, group: Group) -> Group:
         """Give the group its sender: the one it had before (sticky), or the freest in the pool.
@@ -385,7 +392,8 @@ class GroupSender:
             return None
         except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
             self.stops.ledger_failed(exc)
-            await self._settle_limits(group, None, maybe_sent=tries.ambiguous)
+            kept = tries.ambiguous or not self._surely_held(group)  # else the taker's room
+            await self._settle_limits(group, None, maybe_sent=kept)
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended

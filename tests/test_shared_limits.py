@@ -22,6 +22,7 @@ import pytest
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
+from bulk_mms import runner
 from bulk_mms.caps import (
     SPENT,
     UNDECIDED,
@@ -35,12 +36,15 @@ from bulk_mms.caps import (
 from bulk_mms.clock import SystemClock
 from bulk_mms.config import JobConfig
 from bulk_mms.console import exit_for
-from bulk_mms.errors import LedgerError, LimitReached, MaxCostReached
+from bulk_mms.coordination import Fence
+from bulk_mms.errors import LedgerError, LedgerUnavailable, LimitReached, MaxCostReached
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
+from bulk_mms.ledger.events import Event
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.pgschema import migrate_url
+from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
@@ -684,3 +688,68 @@ async def test_a_reset_in_the_hour_the_clocks_repeat_starts_the_day_once(
     refused = await cap.reserve(group(3))
     assert isinstance(refused, LimitReached)
     assert refused.resumes_at == dt.datetime(2026, 11, 2, 7, 30, tzinfo=dt.UTC).timestamp()
+
+
+#: Every claim run out, as a host's paused past its lease find them on the database's clock.
+_RUN_OUT = "UPDATE bulk_mms_claims SET owner = '', heartbeat = '-infinity', expires = '-infinity'"
+
+
+class _Lapsing(PostgresCoordinator):
+    """A host's claims that it may have let go (paused past its lease) once ``lapsed``."""
+
+    lapsed = False
+
+    def held_for(self, group: str) -> float | None:
+        return 0.0 if self.lapsed else super().held_for(group)
+
+
+async def test_a_ledger_fault_after_a_claim_ran_out_leaves_the_groups_room_to_its_taker(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose attempt write fails after its claim ran out leaves the room to the taker
+    sending the group: max_cost (one group's room) lets nothing more out."""
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 2\nmax_cost = "0.02"')
+    job = replace(job, database=f"{database}?ledger=stalled")
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
+    made: list[PostgresCoordinator] = []
+
+    def coordinator(store: PostgresStore, lease_s: float) -> PostgresCoordinator:
+        made.append((_Lapsing if not made else PostgresCoordinator)(store, lease_s))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "coordinator_for", coordinator)
+    in_flight, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow(group: Group, n: int) -> SendReceipt:
+        in_flight.set()
+        await answer.wait()
+        return ok_receipt(group, n)
+
+    taker = FakeClient(handler=slow)
+    append = PostgresStore.append
+    takeover: list[asyncio.Task[Any]] = []
+
+    async def stalled(self: PostgresStore, event: Event, *, fence: Fence | None = None) -> None:
+        first = made[0]
+        if fence is None or self.owner != first.owner or takeover:
+            await append(self, event, fence=fence)
+            return
+        assert isinstance(first, _Lapsing)
+        first.lapsed = True  # its lease ran out on the database's clock meanwhile
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(_RUN_OUT)
+        takeover.append(asyncio.create_task(run_job(job, settings, taker)))
+        await in_flight.wait()
+        raise LedgerUnavailable(self.name, "no answer in time")
+
+    monkeypatch.setattr(PostgresStore, "append", stalled)
+    stalled_host = FakeClient()
+    first = await run_job(job, settings, stalled_host)
+    answer.set()
+    second = await takeover[0]
+    assert isinstance(first.error, LedgerError)
+    assert stalled_host.calls == []
+    assert isinstance(second.error, MaxCostReached)
+    assert len(taker.sent_numbers()) == 2
+    assert _counted(database) == Decimal("0.02")
