@@ -110,7 +110,8 @@ class _Tries(msgspec.Struct):
     #: ``send_window``) or its sender's pause while another sender may send: how its tries
     #: ended says nothing of the API (no streak of unanswered groups counts it).
     held: bool = False
-    #: The claim's fence the latest attempt was written under (a shared ledger).
+    #: The claim's fence its tries began under, then the one its latest attempt was written
+    #: under (a shared ledger): a claim under another was taken over meanwhile.
     fence: Fence | None = None
     #: When the first of its windows (the job's ``send_window``, its recipients'
     #: ``recipient_window``) closes (monotonic), as its tries began; None: neither is set.
@@ -367,6 +368,7 @@ class GroupSender:
             self._group_deadline(),
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
+            fence=self.recorder.coordinator.fence(group.id),
             window_closes=self._windows_close(group),
         )
         retriers = self._retriers
@@ -385,8 +387,7 @@ class GroupSender:
                 ),
             )
         except StopRetrying:  # it gave up before its first try
-            await self._release(group, None, maybe_sent=tries.ambiguous)
-            return group if tries.rerouted and not self.stop.is_set() else None
+            return await self._gave_up_first(tries)
         except ClaimLost:  # another process took the group over: it is theirs, never sent here
             await self._lose(group)
             return None
@@ -398,8 +399,8 @@ class GroupSender:
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
         result = self._gates_after(tries, result)
-        if tries.expired:  # recorded expired_unsent as its deadline passed between tries
-            await self._release(group, None)
+        if tries.expired:  # its deadline passed between tries
+            await self._end_expired(tries)
             return None
         if result.receipt is None and not await self._still_held(tries, result.error):
             await self._lose(group)
@@ -427,6 +428,16 @@ class GroupSender:
             return None
         return None if self.stop.is_set() else after
 
+    async def _gave_up_first(self, tries: _Tries) -> Group | None:
+        """The group's tries ended before the first: expired (:meth:`_end_expired`), or
+        nothing of it left; the same group goes on from another sender if its own was
+        retired while it waited (:meth:`send`)."""
+        if tries.expired:
+            await self._end_expired(tries)
+            return None
+        await self._release(tries.group, None, maybe_sent=tries.ambiguous)
+        return tries.group if tries.rerouted and not self.stop.is_set() else None
+
     async def _lose(self, group: Group) -> None:
         """``group`` is another process's now (it took the claim over): watched, not decided
         here. Its room in the shared limits is the group's, which the taker sends it in:
@@ -444,6 +455,12 @@ class GroupSender:
         pending a rerun. A ledger that fails here stops the run (False)."""
         if tries.group.id not in self.open_attempts or isinstance(error, AmbiguousSendError):
             return True
+        return await self._holds(tries)
+
+    async def _holds(self, tries: _Tries) -> bool:
+        """Whether this process still holds the group's claim under the fence of ``tries``
+        (:meth:`_hold`, which claims it again if it may have run out), so that an outcome of
+        the group may be written here. A ledger that fails here stops the run (False)."""
         try:
             await self._hold(tries)
         except ClaimLost:
@@ -721,12 +738,24 @@ class GroupSender:
         )
 
     def _expire(self, tries: _Tries) -> None:
-        """The job's deadline passed before ``tries.group`` could leave: record it
-        ``expired_unsent`` (never sent later), unless a try may have been accepted."""
+        """The job's deadline passed before ``tries.group`` could leave: its tries end
+        expired (:meth:`_end_expired`), unless a try may have been accepted."""
         if tries.ambiguous or tries.expired or self.expires_at is None:
             return
         tries.expired = True
-        self.recorder.expired(tries.group, self.expires_at.isoformat(timespec="minutes"))
+
+    async def _end_expired(self, tries: _Tries) -> None:
+        """Record ``tries.group`` ``expired_unsent`` (final: never sent later) while this
+        process holds its claim (:meth:`_holds`). Else it is another's (:meth:`_lose`), whose
+        attempt may be open, its request out before the deadline: an outcome written here
+        would close that attempt as never sent."""
+        group = tries.group
+        if not await self._holds(tries):
+            await self._lose(group)
+            return
+        assert self.expires_at is not None  # tries expire only against a deadline
+        self.recorder.expired(group, self.expires_at.isoformat(timespec="minutes"))
+        await self._release(group, None)
 
     def _on_error(self, tries: _Tries, exc: SendError) -> None:
         """Learn from a failed try (the pacer from a 429); keep what a forced stop records."""

@@ -4,6 +4,7 @@ groups another process holds are watched, until when, and which are taken over."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Collection, Sequence
 
 import msgspec
@@ -368,6 +369,31 @@ async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
     await runner.run_job(job, settings, client, clock=FakeClock(), stop=stop)
     assert len(client.calls) == 1
     assert groups_in(job.ledger, "retry_pending") == set()
+    assert len(groups_in(job.ledger, "in_doubt")) == 1
+
+
+async def test_a_deadline_passed_after_the_claim_passed_on_records_no_expiry(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed try read past the job's deadline once another process has taken the group over
+    writes no expired_unsent (final: it would close the taker's attempt as never sent): the
+    group reads in doubt."""
+    coordinator = TakenInFlight()
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:05+00:00"')
+    clock = FakeClock(wall=dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC).timestamp())
+
+    def busy(group: Group, n: int) -> ServerError:
+        coordinator.taken = True
+        clock.advance(10.0)  # paused past its lease and the deadline, the request out
+        return ServerError("busy", status=503)
+
+    client = FakeClient(handler=busy)
+    once = msgspec.structs.replace(FAST, retry=msgspec.structs.replace(FAST.retry, attempts=1))
+    await runner.run_job(job, once, client, clock=clock)
+    assert len(client.calls) == 1
+    assert groups_in(job.ledger, "failed") == set()
     assert len(groups_in(job.ledger, "in_doubt")) == 1
 
 
