@@ -371,14 +371,23 @@ class Runner:
     async def _settle(self, group: Group, *, earlier: bool) -> Verdict:
         """Look a group in doubt up in the API's records (:mod:`bulk_mms.settle`) and record
         what they show: accepted (``sent``), or never accepted (sent again); else nothing.
-        ``earlier``: its request left before this run (accepted, it is not this run's send)."""
+        ``earlier``: its request left before this run (accepted, it is not this run's send).
+        Never accepted is recorded only while this process holds the group's claim under
+        the fence it looked under (:meth:`GroupSender.holds`): once another process took it
+        over meanwhile (this one paused past its lease in the look), that one's attempt may
+        be open, its request out, and the failure would close it pending a rerun; the group
+        is then the taker's (watched, :attr:`GroupSender.lost`), unknown here."""
         rec = self.view.groups.get(group.id)
         if rec is None:
             return Verdict.UNKNOWN
+        fence = self.recorder.coordinator.fence(group.id)
         finding = await self.sender.settler.settle(rec, self.view)
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
             self.recorder.accepted_by_records(group, finding, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:
+            if not await self.sender.holds(group.id, fence):
+                self.sender.lost[group.id] = group
+                return Verdict.UNKNOWN
             self.recorder.not_accepted(group, self.settings.records_lag_s)
         return finding.verdict
 

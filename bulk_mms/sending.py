@@ -455,14 +455,15 @@ class GroupSender:
         pending a rerun. A ledger that fails here stops the run (False)."""
         if tries.group.id not in self.open_attempts or isinstance(error, AmbiguousSendError):
             return True
-        return await self._holds(tries)
+        return await self.holds(tries.group.id, tries.fence)
 
-    async def _holds(self, tries: _Tries) -> bool:
-        """Whether this process still holds the group's claim under the fence of ``tries``
-        (:meth:`_hold`, which claims it again if it may have run out), so that an outcome of
-        the group may be written here. A ledger that fails here stops the run (False)."""
+    async def holds(self, gid: str, fence: Fence | None) -> bool:
+        """Whether this process still holds group ``gid``'s claim under ``fence`` (the one
+        it decided under: :meth:`_hold`, which claims it again if it may have run out), so
+        that an outcome of the group may be written here. A ledger that fails here stops
+        the run (False)."""
         try:
-            await self._hold(tries)
+            await self._hold(gid, fence)
         except ClaimLost:
             return False
         except StopRetrying:
@@ -552,7 +553,7 @@ class GroupSender:
             self._gave_up(exc, tries)
             raise StopRetrying(None if tries.expired else never_left()) from None
         try:
-            held = await self._hold(tries)
+            held = await self._hold(tries.group.id, tries.fence)
         except StopRetrying:  # stopped while claiming again
             raise StopRetrying(_unsent(tries, on_record=True)) from None
         self._check_gates(tries, on_record=True)
@@ -564,16 +565,16 @@ class GroupSender:
         self.times.left(now)  # the request leaves now
         return within
 
-    async def _hold(self, tries: _Tries) -> float | None:
-        """Seconds the request has to leave in before this process's claim on the group may
-        pass to another (a shared ledger; None: nothing is shared). A claim that may have
+    async def _hold(self, gid: str, fence: Fence | None) -> float | None:
+        """Seconds the request has to leave in before this process's claim on group ``gid``
+        may pass to another (a shared ledger; None: nothing is shared). A claim that may have
         run out (this process was paused, its renewals late) is claimed again first. A claim
-        no longer under the fence the attempt was written with (another process took it
+        no longer under ``fence``, the one the attempt was written with (another process took it
         meanwhile) raises :class:`ClaimLost`, and the request never leaves here (the other
         settles the attempt on record by the API's records). So does a stop that comes
         before a claim already run out is taken again: the group may be another's, with an
         attempt of its own open that an outcome written here would close."""
-        coordinator, gid = self.recorder.coordinator, tries.group.id
+        coordinator = self.recorder.coordinator
         held = coordinator.held_for(gid)
         if held is None:
             return None
@@ -588,7 +589,7 @@ class GroupSender:
             if not still:
                 raise ClaimLost(self.recorder.store.name, gid)
             held = coordinator.held_for(gid) or 0.0
-        if coordinator.fence(gid) != tries.fence:
+        if coordinator.fence(gid) != fence:
             raise ClaimLost(self.recorder.store.name, gid)
         return held - margin
 
@@ -746,11 +747,11 @@ class GroupSender:
 
     async def _end_expired(self, tries: _Tries) -> None:
         """Record ``tries.group`` ``expired_unsent`` (final: never sent later) while this
-        process holds its claim (:meth:`_holds`). Else it is another's (:meth:`_lose`), whose
+        process holds its claim (:meth:`holds`). Else it is another's (:meth:`_lose`), whose
         attempt may be open, its request out before the deadline: an outcome written here
         would close that attempt as never sent."""
         group = tries.group
-        if not await self._holds(tries):
+        if not await self.holds(group.id, tries.fence):
             await self._lose(group)
             return
         assert self.expires_at is not None  # tries expire only against a deadline

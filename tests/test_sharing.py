@@ -12,13 +12,13 @@ import pytest
 
 from bulk_mms import runner
 from bulk_mms.coordination import LocalCoordinator
-from bulk_mms.errors import ServerError
+from bulk_mms.errors import AmbiguousSendError, ServerError
 from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sending import HOLD_MARGIN_S
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
-from bulk_mms.testing import groups_in
+from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, crash_mid_send
 
 MEMBERS = ("+12025550101", "+12025550102")
@@ -394,6 +394,38 @@ async def test_a_deadline_passed_after_the_claim_passed_on_records_no_expiry(
     await runner.run_job(job, once, client, clock=clock)
     assert len(client.calls) == 1
     assert groups_in(job.ledger, "failed") == set()
+    assert len(groups_in(job.ledger, "in_doubt")) == 1
+
+
+async def test_a_look_during_which_the_claim_passed_on_records_no_never_accepted(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group in doubt whose records, looked up as the run ends, show it never accepted once
+    another process has taken it over meanwhile writes no failure (it would close the
+    taker's attempt pending a rerun) and is not sent again here: it reads in doubt."""
+    coordinator = TakenInFlight()
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+
+    def reset(group: Group, n: int) -> AmbiguousSendError:
+        return AmbiguousSendError("reset before the server took it", status=None)
+
+    class Paused(FakeClient):
+        async def fetch_records(
+            self, cli: str, cld: str, start: float, end: float
+        ) -> list[MessageRecord]:
+            coordinator.taken = True  # paused past its lease in the look
+            return await super().fetch_records(cli, cld, start, end)
+
+    clock = FakeClock()
+    client = Paused(reset, wall=clock.wall)
+    no_retry = msgspec.structs.replace(
+        FAST, retry=msgspec.structs.replace(FAST.retry, retry_ambiguous=False), records_lag_s=0
+    )
+    await runner.run_job(job, no_retry, client, clock=clock)
+    assert len(client.calls) == 1
+    assert [e for e in ledger_events(job.ledger) if e["event"] == "failed"] == []
     assert len(groups_in(job.ledger, "in_doubt")) == 1
 
 
