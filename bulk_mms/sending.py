@@ -447,13 +447,14 @@ class GroupSender:
 
     async def _still_held(self, tries: _Tries, error: SendError | None) -> bool:
         """Whether the group's failure (``error``; None: a gate stopped it) may be recorded
-        here: this process still holds its claim under the fence of its attempt on record
-        (:meth:`_hold`, which claims it again if it may have run out), or no attempt of its
-        is open, or the failure leaves the group in doubt. An outcome is written unfenced
-        and closes whatever attempt is open on the group: a failure written once another
-        process took the group over, and sent it again, would make its open attempt read
-        pending a rerun. A ledger that fails here stops the run (False)."""
-        if tries.group.id not in self.open_attempts or isinstance(error, AmbiguousSendError):
+        here: this process still holds its claim under the fence its tries began with, or
+        its latest attempt was written under (:meth:`holds`, which claims it again if it may
+        have run out), or the failure leaves the group in doubt. An outcome is written
+        unfenced and closes whatever attempt is open on the group: a failure written once
+        another process took the group over, and sent it again, would make its open attempt
+        read pending a rerun (so too for a group with no attempt of its own here, given up
+        before its first try). A ledger that fails here stops the run (False)."""
+        if isinstance(error, AmbiguousSendError):
             return True
         return await self.holds(tries.group.id, tries.fence)
 

@@ -12,7 +12,7 @@ import pytest
 
 from bulk_mms import runner
 from bulk_mms.coordination import LocalCoordinator
-from bulk_mms.errors import AmbiguousSendError, ServerError
+from bulk_mms.errors import AmbiguousSendError, RateLimited, ServerError
 from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sending import HOLD_MARGIN_S
@@ -427,6 +427,34 @@ async def test_a_look_during_which_the_claim_passed_on_records_no_never_accepted
     assert len(client.calls) == 1
     assert [e for e in ledger_events(job.ledger) if e["event"] == "failed"] == []
     assert len(groups_in(job.ledger, "in_doubt")) == 1
+
+
+async def test_a_group_that_gives_up_before_its_first_try_once_taken_over_records_nothing(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group that gives up waiting out its sender's pause (max_group_age_s) before any
+    attempt of its own, once another process has taken it over meanwhile, writes no failure
+    (it would close the taker's attempt pending a rerun), nor does the group whose 429 began
+    the pause."""
+    coordinator = TakenInFlight()
+    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+
+    def slow_down(group: Group, n: int) -> RateLimited:
+        coordinator.taken = True  # paused past its lease while the next group waits
+        return RateLimited("slow down", retry_after=600.0)
+
+    settings = msgspec.structs.replace(
+        FAST,
+        concurrency=1,
+        max_group_age_s=60.0,
+        retry=msgspec.structs.replace(FAST.retry, max_retry_after=900),
+    )
+    client = FakeClient(slow_down)
+    await runner.run_job(job, settings, client, clock=FakeClock())
+    assert len(client.calls) == 1
+    assert [e for e in ledger_events(job.ledger) if e["event"] == "failed"] == []
 
 
 async def test_a_group_whose_records_complete_during_a_look_is_looked_at_again(
