@@ -341,59 +341,38 @@ class TakenInFlight(LocalCoordinator):
         return not self.taken
 
 
-@pytest.mark.parametrize("forced", [False, True], ids=["retries_spent", "forced_stop"])
+@pytest.mark.parametrize("ending", ["retries_spent", "forced_stop", "past_deadline"])
 async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
-    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, forced: bool
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
     """A try that fails once another process has taken the group over writes no failure,
-    whether its retries are spent (a 503) or a forced stop (a second signal) cancels it in
-    its backoff: that would close the taker's own attempt, open while its request is out,
-    and leave the group pending a rerun; it reads in doubt instead."""
-    coordinator = TakenInFlight()
-    monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    stop = Stop()
-
-    def busy(group: Group, n: int) -> ServerError:
-        coordinator.taken = True
-        if forced:
-            asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
-        return ServerError("busy", status=503)
-
-    client = FakeClient(handler=busy)
-    tries = FAST.retry.attempts if forced else 1
-    settings = msgspec.structs.replace(
-        FAST, retry=msgspec.structs.replace(FAST.retry, attempts=tries)
-    )
-    await runner.run_job(job, settings, client, clock=FakeClock(), stop=stop)
-    assert len(client.calls) == 1
-    assert groups_in(job.ledger, "retry_pending") == set()
-    assert len(groups_in(job.ledger, "in_doubt")) == 1
-
-
-async def test_a_deadline_passed_after_the_claim_passed_on_records_no_expiry(
-    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A failed try read past the job's deadline once another process has taken the group over
-    writes no expired_unsent (final: it would close the taker's attempt as never sent): the
-    group reads in doubt."""
+    whether its retries are spent (a 503), a forced stop (a second signal) cancels it in
+    its backoff, or it is read past the job's deadline (no expired_unsent, which is final):
+    that would close the taker's own attempt, open while its request is out, and leave the
+    group pending a rerun or failed; it reads in doubt instead."""
     coordinator = TakenInFlight()
     monkeypatch.setattr(runner, "coordinator_for", lambda store, lease_s: coordinator)
     jobs.people(4)
     job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:05+00:00"')
     clock = FakeClock(wall=dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC).timestamp())
+    stop = Stop()
 
     def busy(group: Group, n: int) -> ServerError:
         coordinator.taken = True
-        clock.advance(10.0)  # paused past its lease and the deadline, the request out
+        if ending == "forced_stop":
+            asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
+        if ending == "past_deadline":
+            clock.advance(10.0)  # paused past its lease and the deadline, the request out
         return ServerError("busy", status=503)
 
     client = FakeClient(handler=busy)
-    once = msgspec.structs.replace(FAST, retry=msgspec.structs.replace(FAST.retry, attempts=1))
-    await runner.run_job(job, once, client, clock=clock)
+    tries = FAST.retry.attempts if ending == "forced_stop" else 1
+    settings = msgspec.structs.replace(
+        FAST, retry=msgspec.structs.replace(FAST.retry, attempts=tries)
+    )
+    await runner.run_job(job, settings, client, clock=clock, stop=stop)
     assert len(client.calls) == 1
-    assert groups_in(job.ledger, "failed") == set()
+    assert groups_in(job.ledger, "retry_pending") == groups_in(job.ledger, "failed") == set()
     assert len(groups_in(job.ledger, "in_doubt")) == 1
 
 
