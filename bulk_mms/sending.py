@@ -570,8 +570,9 @@ class GroupSender:
         """Seconds the request has to leave in before this process's claim on group ``gid``
         may pass to another (a shared ledger; None: nothing is shared). A claim that may have
         run out (this process was paused, its renewals late) is claimed again first. A claim
-        no longer under ``fence``, the one the attempt was written with (another process took it
-        meanwhile) raises :class:`ClaimLost`, and the request never leaves here (the other
+        no longer under ``fence`` (the one the group's tries began under, or its attempt was
+        written with: another process took it meanwhile) raises :class:`ClaimLost`, and the
+        request never leaves here (the other
         settles the attempt on record by the API's records). So does a stop that comes
         before a claim already run out is taken again: the group may be another's, with an
         attempt of its own open that an outcome written here would close."""
