@@ -695,9 +695,10 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
     again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and
-    every number a resend of its failed file took, a ledger beside it in the same folder or
-    database (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that resend texts them,
-    or has; not one the API refused there for good (nobody sent it: this run does).
+    every number a resend of its failed file (or a later round's) took, a ledger beside it in
+    the same folder or database (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that
+    resend texts them, or has; not one the API refused there for good and no later round
+    took (nobody sent it: this run does).
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt

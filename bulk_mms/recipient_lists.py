@@ -157,9 +157,11 @@ def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
 
 def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -> dict[str, str]:
     """Every number a resend of ``campaign``'s failed file took (tried to send, sent, or
-    holds for its rerun): number (E.164) -> that resend's ledger, as named to a person.
+    holds for its rerun), or a resend of such a resend's failed file (the next round), and so
+    on: number (E.164) -> the resend's ledger that took it first, as named to a person.
     Without ``refused``, not a number the API refused there for good (its group failed at
-    the send): nobody sent it, and no rerun of that resend will.
+    the send) unless a later round took it: nobody sent it there, and no rerun of that
+    resend will.
 
     The resends are the other ledgers of ``ledger``'s store (where ``run --input`` puts them:
     the JSONL ledgers beside the file, or the database's other ledgers;
@@ -173,19 +175,23 @@ def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -
     Raises:
         LedgerError: the database cannot be read.
     """
+    beside = [(w, h) for w, h in headers_beside(ledger) if CAMPAIGN_COLUMN in h.columns]
     out: dict[str, str] = {}
-    for where, header in headers_beside(ledger):
-        if CAMPAIGN_COLUMN not in header.columns:
-            continue
-        try:
-            took = _took(where, header, campaign)
-            if took and not refused:
-                took -= _refused(where)
-        except LedgerUnavailable:
-            raise
-        except LedgerError:
-            continue  # a ledger that cannot be read is not one of its resends
-        out.update((phone, display(where)) for phone in took)
+    rounds, seen = [campaign], {campaign}
+    for of in rounds:  # grows by each resend's campaign: the rounds after it
+        for where, header in beside:
+            try:
+                took = _took(where, header, of)
+                kept = took - _refused(where) if took and not refused else took
+            except LedgerUnavailable:
+                raise
+            except LedgerError:
+                continue  # a ledger that cannot be read is not one of its resends
+            if took and header.campaign and header.campaign not in seen:
+                seen.add(header.campaign)
+                rounds.append(header.campaign)
+            for phone in kept:
+                out.setdefault(phone, display(where))
     return out
 
 

@@ -418,6 +418,26 @@ def test_exclude_sent_leaves_in_whom_a_resend_was_refused_for_good(
     assert fake.recipient_counts() == {"+12125550101": 1}
 
 
+def test_exclude_sent_leaves_out_whom_a_resend_of_a_resend_texted(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A number refused for good at the send and again in the resend of the failed file, then
+    texted by the resend of that resend's failed file (a second round): a new campaign with
+    --exclude-sent naming the first ledger leaves it out, not texts it a second time."""
+    jobs.csv([{"phone": "+12125550101", "first": "Ann"}])
+    job = jobs.job(extra="group_size = 1")
+    first, second = tmp_path / "failed.csv", tmp_path / "failed2.csv"
+    fake = refused_then_resent(job, first, refused=1, again=1)
+    (resend,) = (p for p in job.ledger.parent.glob("*.jsonl") if p != job.ledger)
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(["-q", "report", str(resend), "--failed-csv", str(second)]) == 0
+        assert main([*run, "--input", str(second)]) == 0
+        assert fake.recipient_counts() == {"+12125550101": 1}
+        assert main([*run, "--name", "fresh", "--exclude-sent", str(job.ledger)]) == 0
+    assert fake.recipient_counts() == {"+12125550101": 1}
+
+
 def resent_with_its_answer_lost(
     jobs: JobFactory,
     ledger: LedgerOf,
