@@ -28,6 +28,7 @@ from bulk_mms.ledger import (
     Location,
     display,
     exists,
+    header_at,
     holder,
     load,
     named,
@@ -691,21 +692,28 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
     return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
 
 
-def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> frozenset[int]:
+def sent_numbers(
+    ledgers: Sequence[Location], *, in_doubt_ok: bool = False, own: Location | None = None
+) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
     again (a carrier's cap, a blocked sender), whom the old ledger counts not attempted; and
     every number a resend of its failed file (or a later round's) took, a ledger beside it in
     the same folder or database (:func:`~bulk_mms.recipient_lists.taken_by_resends`): that
     resend texts them, or has; not one the API refused there for good and no later round
-    took (nobody sent it: this run does).
+    took (nobody sent it: this run does). Never the run's own ledger, ``own`` (resuming a
+    resend of such a failed file: the numbers it holds are the ones it is to send).
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
             (a request whose answer was lost may have been taken: neither sent nor not),
             unless ``in_doubt_ok`` (``--resend-in-doubt``: a duplicate is acceptable).
     """
+    if not ledgers:
+        return frozenset()
     numbers: set[int] = set()
+    header = header_at(own) if own is not None else None
+    besides = header.campaign if header is not None else None
     for where in ledgers:
         if not exists(where):
             raise LedgerError(display(where), "no such ledger (--exclude-sent)")
@@ -720,6 +728,6 @@ def sent_numbers(ledgers: Sequence[Location], *, in_doubt_ok: bool = False) -> f
             )
         numbers.update(int(phone[1:]) for phone in counted_sent(view))
         if view.campaign is not None:
-            resent = taken_by_resends(where, view.campaign, refused=False)
+            resent = taken_by_resends(where, view.campaign, refused=False, besides=besides)
             numbers.update(int(phone[1:]) for phone in resent)
     return frozenset(numbers)

@@ -155,13 +155,16 @@ def resent(s: LedgerSummary, wanted: Container[str]) -> dict[str, str]:
     return {p: r for p, r in taken_by_resends(s.ledger, s.campaign).items() if p in wanted}
 
 
-def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -> dict[str, str]:
+def taken_by_resends(
+    ledger: Location, campaign: str, *, refused: bool = True, besides: str | None = None
+) -> dict[str, str]:
     """Every number a resend of ``campaign``'s failed file took (tried to send, sent, or
     holds for its rerun), or a resend of such a resend's failed file (the next round), and so
     on: number (E.164) -> the resend's ledger that took it first, as named to a person.
     Without ``refused``, not a number the API refused there for good (its group failed at
     the send) unless a later round took it: nobody sent it there, and no rerun of that
-    resend will.
+    resend will. ``besides``: the campaign of a ledger that is none of them (a run's own,
+    resuming a resend: what it holds is what it is to send).
 
     The resends are the other ledgers of ``ledger``'s store (where ``run --input`` puts them:
     the JSONL ledgers beside the file, or the database's other ledgers;
@@ -175,7 +178,11 @@ def taken_by_resends(ledger: Location, campaign: str, *, refused: bool = True) -
     Raises:
         LedgerError: the database cannot be read.
     """
-    beside = [(w, h) for w, h in headers_beside(ledger) if CAMPAIGN_COLUMN in h.columns]
+    beside = [
+        (w, h)
+        for w, h in headers_beside(ledger)
+        if CAMPAIGN_COLUMN in h.columns and (besides is None or h.campaign != besides)
+    ]
     out: dict[str, str] = {}
     rounds, seen = [campaign], {campaign}
     for of in rounds:  # grows by each resend's campaign: the rounds after it

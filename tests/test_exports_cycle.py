@@ -438,6 +438,28 @@ def test_exclude_sent_leaves_out_whom_a_resend_of_a_resend_texted(
     assert fake.recipient_counts() == {"+12125550101": 1}
 
 
+def test_a_resend_run_again_with_exclude_sent_naming_its_campaign_sends_the_rest(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A failed file sent with --exclude-sent naming the campaign it came from, stopped by
+    --limit, then run again with the same command: the rerun sends the rest of the file, not
+    takes the resend's own rows for a resend's that texted them (nobody sent, exit 0)."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in people)
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        resend = [*run, "--input", str(failed), "--exclude-sent", str(job.ledger)]
+        assert main([*resend, "--limit", "1"]) == 0
+        assert main(resend) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
 def resent_with_its_answer_lost(
     jobs: JobFactory,
     ledger: LedgerOf,

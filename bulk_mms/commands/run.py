@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job, settings = _job_and_settings(args)
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
-    args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt)
+    args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt, own=job.where)
     if args.dry_run:
         if not args.sandbox:
             warn_cleartext(settings.base_url)

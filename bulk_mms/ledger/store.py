@@ -401,15 +401,29 @@ def headers_beside(where: Location) -> Iterator[tuple[Location, Header]]:
     for other in sorted(path.parent.glob("*.jsonl")):
         if other == path or not is_ledger(other):
             continue
-        events = read_events(other, skip_status=True)
         try:
-            header = next(events, None)
+            header = header_at(other)
         except LedgerError:
             continue
-        finally:
-            events.close()  # the ledger's file, closed now, not when the generator is collected
-        if isinstance(header, Header):
+        if header is not None:
             yield other, header
+
+
+def header_at(where: Location) -> Header | None:
+    """The job header of the ledger at ``where``; None when there is no ledger there (yet),
+    or it has no header.
+
+    Raises:
+        LedgerError: it cannot be read.
+    """
+    if not exists(where):
+        return None
+    events = read_events(where, skip_status=True)
+    try:
+        first = next(events, None)
+    finally:
+        events.close()  # the ledger's file or connection, closed now, not when collected
+    return first if isinstance(first, Header) else None
 
 
 #: A clock further than this from a shared ledger's database's, in seconds, is logged.
