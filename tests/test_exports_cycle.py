@@ -439,11 +439,12 @@ def test_exclude_sent_leaves_out_whom_a_resend_of_a_resend_texted(
 
 
 def test_a_resend_run_again_with_exclude_sent_naming_its_campaign_sends_the_rest(
-    jobs: JobFactory, tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, tmp_path: Path
 ) -> None:
     """A failed file sent with --exclude-sent naming the campaign it came from, stopped by
     --limit, then run again with the same command: the rerun sends the rest of the file, not
-    takes the resend's own rows for a resend's that texted them (nobody sent, exit 0)."""
+    takes the resend's own rows for a resend's that texted them (nobody sent, exit 0).
+    Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
     people = [f"+1212555{i:04d}" for i in range(101, 104)]
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
     job = jobs.job(extra="group_size = 1")
@@ -453,8 +454,8 @@ def test_a_resend_run_again_with_exclude_sent_naming_its_campaign_sends_the_rest
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
         assert main(run) == 1
-        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
-        resend = [*run, "--input", str(failed), "--exclude-sent", str(job.ledger)]
+        assert main(["-q", "report", ledger_of(job), "--failed-csv", str(failed)]) == 0
+        resend = [*run, "--input", str(failed), "--exclude-sent", ledger_of(job)]
         assert main([*resend, "--limit", "1"]) == 0
         assert main(resend) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
