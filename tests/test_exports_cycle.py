@@ -17,7 +17,7 @@ from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
-from bulk_mms.ledger import load
+from bulk_mms.ledger import headers_beside, load
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
@@ -419,22 +419,28 @@ def test_exclude_sent_leaves_in_whom_a_resend_was_refused_for_good(
 
 
 def test_exclude_sent_leaves_out_whom_a_resend_of_a_resend_texted(
-    jobs: JobFactory, tmp_path: Path
+    jobs: JobFactory, ledger_of: LedgerOf, tmp_path: Path
 ) -> None:
     """A number refused for good at the send and again in the resend of the failed file, then
     texted by the resend of that resend's failed file (a second round): a new campaign with
-    --exclude-sent naming the first ledger leaves it out, not texts it a second time."""
+    --exclude-sent naming the first ledger leaves it out, not texts it a second time. Alike
+    for JSONL ledgers and for ledgers in one PostgreSQL database."""
     jobs.csv([{"phone": "+12125550101", "first": "Ann"}])
     job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
     first, second = tmp_path / "failed.csv", tmp_path / "failed2.csv"
-    fake = refused_then_resent(job, first, refused=1, again=1)
-    (resend,) = (p for p in job.ledger.parent.glob("*.jsonl") if p != job.ledger)
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url]
-        assert main(["-q", "report", str(resend), "--failed-csv", str(second)]) == 0
+        assert main(run) == 1
+        assert main(["-q", "report", ledger, "--failed-csv", str(first)]) == 0
+        assert main([*run, "--input", str(first)]) == 1
+        (resend,) = (str(w) for w, h in headers_beside(ledger) if h.input == str(first))
+        assert main(["-q", "report", resend, "--failed-csv", str(second)]) == 0
         assert main([*run, "--input", str(second)]) == 0
         assert fake.recipient_counts() == {"+12125550101": 1}
-        assert main([*run, "--name", "fresh", "--exclude-sent", str(job.ledger)]) == 0
+        assert main([*run, "--name", "fresh", "--exclude-sent", ledger]) == 0
     assert fake.recipient_counts() == {"+12125550101": 1}
 
 
