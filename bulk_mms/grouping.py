@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 import string
-import unicodedata
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, MessageConfig, SendWindow
+from bulk_mms.config.job import blank
 from bulk_mms.models import Group, MessageBody, Recipient, RejectedRow, Rejection
 from bulk_mms.quiet import hours_problem, never_open, zone_problem, zones_for
 from bulk_mms.validate import Check, Printable
@@ -86,7 +86,7 @@ def render_message(
     group's text is blank once its rows have passed :func:`text_check`."""
     values, differs, empty = template_values(message, members)
     text = message.text.render(values) if message.text else None
-    if text is not None and message.media_urls and not text.strip():
+    if text is not None and message.media_urls and blank(text):
         text = None
     body = MessageBody(
         from_=message.from_,
@@ -160,18 +160,18 @@ def _regroup(group: Group, keeps: Callable[[str], bool], job: JobConfig) -> Grou
 
 def text_check(message: MessageConfig) -> Check | None:
     """The check that rejects a recipient (a loss) whose own values leave the message's text
-    blank: a text of placeholders only, every one empty in the row (:func:`_blank`: blanks and
-    invisible characters only) and without a default, and no ``media_urls`` to send
-    instead. The API refuses an empty text, and a group's text takes its first member's
-    values (or every member's, joined): when every member's own values fill it, every
-    group's text says something.
+    blank: a text of placeholders only, every one empty in the row
+    (:func:`~bulk_mms.config.job.blank`: blanks and invisible characters only) and without
+    a default, and no ``media_urls`` to send instead. The API refuses an empty text, and a
+    group's text takes its first member's values (or every member's, joined): when every
+    member's own values fill it, every group's text says something.
 
     None when no row can leave it blank (text around the placeholders, a default for one of
     them, media, or no text): nothing is added to the row loop."""
     text = message.text
     if text is None or message.media_urls or _says_something(text.source):
         return None
-    names = [n for n in text.fields if _blank(message.defaults.get(n, ""))]
+    names = [n for n in text.fields if blank(message.defaults.get(n, ""))]
     if len(names) < len(text.fields):
         return None  # a placeholder with a default is never blank
     placeholders = ", ".join(f"{{{n}}}" for n in names)
@@ -180,7 +180,7 @@ def text_check(message: MessageConfig) -> Check | None:
         "a default in [message.defaults], or send media_urls"
     )
     return _rejecting(
-        lambda r: None if any(not _blank(r.fields.get(n, "")) for n in names) else reason
+        lambda r: None if any(not blank(r.fields.get(n, "")) for n in names) else reason
     )
 
 
@@ -227,8 +227,9 @@ def _plain(r: Recipient, names: Sequence[str]) -> Recipient | RejectedRow:
 
 
 def _says_something(source: str) -> bool:
-    """Whether a template's text outside its placeholders shows something (:func:`_blank`)."""
-    return any(not _blank(literal) for literal, *_ in string.Formatter().parse(source))
+    """Whether a template's text outside its placeholders shows something
+    (:func:`~bulk_mms.config.job.blank`)."""
+    return any(not blank(literal) for literal, *_ in string.Formatter().parse(source))
 
 
 def _rejecting(problem: Callable[[Recipient], str | None]) -> Check:
@@ -260,20 +261,11 @@ def zone_check(job: JobConfig) -> Check | None:
 
 
 def key_check(column: str) -> Check:
-    """The check that rejects a recipient whose ``column`` is blank (:func:`_blank`): it has
-    no group."""
+    """The check that rejects a recipient whose ``column`` is blank
+    (:func:`~bulk_mms.config.job.blank`): it has no group; such cells are empty ones to
+    whoever reads the file, so rows holding them are no household, however many there are."""
     reason = f"empty {column!r} value"
-    return _rejecting(lambda r: reason if _blank(r.fields[column]) else None)
-
-
-def _blank(value: str) -> bool:
-    """Whether ``value`` shows nothing: whitespace and invisible format characters only (a
-    zero-width space, a byte order mark, a direction mark: Unicode's category Cf), as a cell
-    pasted from a web page can hold. Such cells are empty ones to whoever reads the file, so
-    rows holding them are no household, however many there are."""
-    if value.isascii():
-        return not value.strip()
-    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+    return _rejecting(lambda r: reason if blank(r.fields[column]) else None)
 
 
 #: The first words of the reason a ``group_by`` group's rows are rejected for when its

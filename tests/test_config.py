@@ -94,6 +94,12 @@ def test_full_job_loads_with_paths_relative_to_the_job(tmp_path: Path) -> None:
             "media_urls[0]",
             "http(s) URL",
         ),
+        (  # a zero-width space and a direction mark show nothing on a phone
+            'name = "n"\ninput = "a.csv"\ngroup_size = 1\n[message]\nfrom = "+18445550001"\n'
+            'text = "\\u200b\\u200e "\n',
+            "text",
+            "must not be empty",
+        ),
         ('name = "n"\ninput = "a.csv"\n[message\n', "syntax", "line 3"),
         ('name = "bad name!"\ninput = "a.csv"\n' + GOOD_MESSAGE, "name", "letters"),
         ('name = "n"\ninput = "a.csv"\ntimezone = ""\n' + GOOD_MESSAGE, "timezone", "is empty"),

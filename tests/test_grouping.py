@@ -292,6 +292,13 @@ def test_an_empty_text_with_media_goes_out_as_none() -> None:
     assert said.text == "Ann"
 
 
+def test_a_text_of_invisible_characters_with_media_goes_out_as_none() -> None:
+    """A group whose text fills to a zero-width space, in a job with media_urls, has no
+    text, as one that fills to blanks: the phone would show an empty text part."""
+    invisible, _, _ = render_message(message("{n}", media=True), rows_of("\u200b"))
+    assert invisible.text is None
+
+
 @given(
     names=st.lists(st.sampled_from(["", " ", "Ann", "Bo"]), max_size=40),
     others=st.lists(st.sampled_from(["", "x"]), min_size=40, max_size=40),

@@ -6,6 +6,7 @@ import codecs
 import datetime as dt
 import re
 import string
+import unicodedata
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal
@@ -184,6 +185,15 @@ class JobConfig(msgspec.Struct, frozen=True):
         return f"unrelated recipients, up to {self.group_size} a message: {MIXING_CONSEQUENCE}"
 
 
+def blank(value: str) -> bool:
+    """Whether ``value`` shows nothing: whitespace and invisible format characters only (a
+    zero-width space, a byte order mark, a direction mark: Unicode's category Cf), as a cell
+    or a text pasted from a web page can hold. A phone shows such a text as an empty one."""
+    if value.isascii():
+        return not value.strip()
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+
+
 def parse_template(value: str, setting: str, source: Path) -> Template:
     """Check a ``{column}`` template: plain names only, no attribute or index access."""
     names: list[str] = []
@@ -338,7 +348,7 @@ def _load_message(msg: Table, path: Path) -> MessageConfig:
         raise msg.error("from", "lists a sender twice")
     text = msg.str_("text")
     subject = msg.str_("subject")
-    if text is not None and not text.strip():
+    if text is not None and blank(text):
         raise msg.error("text", "must not be empty (leave it out to send media only)")
     media = msg.str_list("media_urls")
     for i, url in enumerate(media):
