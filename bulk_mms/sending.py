@@ -699,20 +699,10 @@ class GroupSender:
         if self._outlasted(tries, leaves) or on_record:
             why = None if tries.expired else _unsent(tries, on_record, closed_before_leaving)
             raise StopRetrying(why)
+        if closes is None or leaves < closes:  # past the deadline alone
+            tries.held = True  # another sender sends on: the job goes on with it
         queued = "its sender's queue at Telnyx would hold it past it (wait_seconds)"
-        if closes is not None and leaves >= closes:  # left for a run inside the window
-            raise StopRetrying(
-                WindowClosed(
-                    f"not sent before its send_window closes: {queued}; a run "
-                    "inside the window sends it"
-                )
-            )
-        tries.held = True  # another sender sends on: the job goes on with it
-        raise StopRetrying(
-            RateLimited(
-                f"not sent before the job's deadline: {queued}; a rerun sends it", status=None
-            )
-        )
+        raise self._alone_gives_up(tries, leaves, queued, self._before_deadline())
 
     def _check_optouts(self, tries: _Tries) -> None:
         """Refuse the members now on the suppression list, as Telnyx's 40300 refuses a number
@@ -791,24 +781,37 @@ class GroupSender:
         if run_ends is not None and exc.earliest > run_ends:
             limit = f"within max_job_duration_s ({self.settings.max_job_duration_s:g} s)"
         elif (expires := self.expires_mono()) is not None and exc.earliest >= expires:
-            assert self.expires_at is not None
-            limit = f"before the job's deadline ({self.expires_at.isoformat(timespec='minutes')})"
+            limit = self._before_deadline()
         else:
             limit = f"within max_group_age_s ({self.settings.max_group_age_s:g} s)"
-        paused = "its sender is paused past it (429s or a long queue)"
         ends = tries.waits_end
         if ends is not None and alone(ends):
             tries.held = True  # another sender sends on: the job goes on with it
-        if tries.window_closes is not None and exc.earliest >= tries.window_closes:
+        paused = "its sender is paused past it (429s or a long queue)"
+        return self._alone_gives_up(tries, exc.earliest, paused, limit)
+
+    def _before_deadline(self) -> str:
+        """The job's deadline, as a group that misses it says it."""
+        at = (
+            "" if self.expires_at is None else f" ({self.expires_at.isoformat(timespec='minutes')})"
+        )
+        return f"before the job's deadline{at}"
+
+    @staticmethod
+    def _alone_gives_up(tries: _Tries, until: float, why: str, limit: str) -> StopRetrying:
+        """How the group alone gives up when it could leave only at ``until`` (monotonic),
+        past a limit, for ``why``: left for a run inside the job's ``send_window`` when that
+        is past its close (:class:`WindowClosed`), else past ``limit`` (the limit it misses,
+        as said), pending a rerun (:class:`RateLimited`, with no status). Neither asks the
+        API anything."""
+        if tries.window_closes is not None and until >= tries.window_closes:
             return StopRetrying(
                 WindowClosed(
-                    f"not sent before its send_window closes: {paused}; a run inside "
-                    "the window sends it"
+                    f"not sent before its send_window closes: {why}; a run inside the "
+                    "window sends it"
                 )
             )
-        return StopRetrying(
-            RateLimited(f"not sent {limit}: {paused}; a rerun sends it", status=None)
-        )
+        return StopRetrying(RateLimited(f"not sent {limit}: {why}; a rerun sends it", status=None))
 
     def _gates_after(self, tries: _Tries, result: Attempted) -> Attempted:
         """The gates as the group's tries ended without an answer, and the tries' end as they
