@@ -214,9 +214,13 @@ async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
     assert [(g.to, g.message.from_) for g in resent] == [((first.to[1],), HEALTHY)]
 
 
-async def test_a_failure_reported_after_delivered_sends_nobody_again(jobs: JobFactory) -> None:
+@pytest.mark.parametrize("cost", [None, "0.0100"], ids=["no-cost", "with-cost"])
+async def test_a_failure_reported_after_delivered_sends_nobody_again(
+    jobs: JobFactory, cost: str | None
+) -> None:
     """A member reported delivered and then, stamped later, failed with a code that moves
-    members (40014) is neither moved nor sent again: it stays delivered."""
+    members (40014) is neither moved nor sent again: it stays delivered, even when the
+    failure's report brings the message's first final cost (a cost is no news of delivery)."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4", sender=f'["{HEALTHY}"]')
     client = FakeClient()
@@ -237,9 +241,11 @@ async def test_a_failure_reported_after_delivered_sends_nobody_again(jobs: JobFa
     failed = own_event(
         "message.finalized", phone, "own-1", "delivery_failed", HEALTHY, later=60, code="40014"
     )
+    if cost is not None:
+        failed["data"]["payload"]["cost"] = {"amount": cost, "currency": "USD"}
     async with TestClient(TestServer(receiver.app())) as http:
         assert (await post_signed(http, delivered))[1]["recorded"] == 1
-        assert (await post_signed(http, failed))[1]["recorded"] == 0
+        assert (await post_signed(http, failed))[1]["recorded"] == (cost is not None)
         await receiver.settle()
     await receiver.close()
     await receiver.store.close()

@@ -104,6 +104,18 @@ class Missed(NamedTuple):
     kind: Miss
 
 
+class News(enum.Flag):
+    """What a delivery report told that was not known (:meth:`LedgerView.apply_status`);
+    falsy when nothing (the report is not worth recording)."""
+
+    NONE = 0
+    #: Its status supersedes the one known (:func:`~bulk_mms.delivery.supersedes`): the one
+    #: kind of news the error policy acts on (a member moved, a sender retired or slowed).
+    STATUS = enum.auto()
+    #: A final cost: recorded, but no word on whether the message reached anyone.
+    COST = enum.auto()
+
+
 class _Bare(dict[str, Known]):
     """Status → the :class:`Known` that says only it."""
 
@@ -529,24 +541,25 @@ class LedgerView(msgspec.Struct, eq=False):
         *,
         finalized: bool = False,
         action: str | None = None,
-    ) -> bool:
-        """Take a delivery report in; True when it is news (and so worth recording).
-        ``action``: what the error policy of whoever recorded it did about its code (the
-        ``status`` event's), kept with the status for the kind of miss it makes.
+    ) -> News:
+        """Take a delivery report in; what of it is news (:class:`News`; falsy: none, not
+        worth recording). ``action``: what the error policy of whoever recorded it did about
+        its code (the ``status`` event's), kept with the status for the kind of miss it makes.
 
         News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
-        or a final cost: a report's cost is taken as the recipient's final cost only when its
-        status is final, and replaces one known only when the status is news too (a late,
-        stale report does not overwrite the cost of the newer one), or when the report is
-        ``finalized`` (``message.finalized``'s, which carries the final cost: it replaces what
-        a GET said).
+        or a final cost, alone (a stale report's, one after ``delivered``'s: no status news,
+        so none the error policy acts on): a report's cost is taken as the recipient's final
+        cost only when its status is final, and replaces one known only when the status is
+        news too (a late, stale report does not overwrite the cost of the newer one), or when
+        the report is ``finalized`` (``message.finalized``'s, which carries the final cost: it
+        replaces what a GET said).
         """
         old = self.known.get(st.phone)
         if st.message_id:
             self.by_message_id.setdefault(st.message_id, group)
         rec = self.groups.get(group)
         if rec is not None and st.phone in rec.moved and self.group_of(st.phone) != group:
-            return False  # a report of a send it was moved out of: its state is its new send's
+            return News.NONE  # a report of a send it was moved out of: its new send's state
         moved = supersedes(st.status, st.at, old)
         priced = False
         if st.cost is not None and st.status in FINAL:
@@ -554,17 +567,18 @@ class LedgerView(msgspec.Struct, eq=False):
             if had is None or ((moved or finalized) and had != st.cost):
                 self.final_cost[st.phone] = st.cost
                 priced = True
+        news = News.COST if priced else News.NONE
         if not moved:
             if old is not None and st.message_id and not old.message_id:
                 self.known[st.phone] = old._replace(message_id=st.message_id)
-            return priced
+            return news
         mid = st.message_id or (old.message_id if old else None)
         code = next((e.code for e in st.errors if e.code), None)
         self.known[st.phone] = Known(st.status, st.at, mid, code, action)
         if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
             self._delivery[old.status] -= 1  # a recipient of a sent group moves on
             self._delivery[st.status] += 1
-        return True
+        return news | News.STATUS
 
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
         """Rebuild one group from its events as the ledger has them now (another process

@@ -26,7 +26,7 @@ from bulk_mms.clock import CLOCK_SKEW_S, instant, iso
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
 from bulk_mms.ledger.events import Event, status_event
-from bulk_mms.ledger.fold import SENT
+from bulk_mms.ledger.fold import SENT, News
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, opted_out_in, report_action
 from bulk_mms.suppression import suppress_opted_out
@@ -306,7 +306,7 @@ class WebhookReceiver(BaseReceiver):
             )
             action = report_action(report, self.settings.error_policy)
             # a cost only finalized's
-            if view.apply_status(report, gid, finalized=True, action=action):
+            if news := view.apply_status(report, gid, finalized=True, action=action):
                 now = self.clock.wall()
                 status = status_event(
                     gid, report, source="webhook", webhook_id=event_id, time=iso(now), action=action
@@ -316,7 +316,7 @@ class WebhookReceiver(BaseReceiver):
                 # after a failed write finds neither on record (the event id not yet seen)
                 moved = (
                     delivery_action(rec, report, self.settings, now, view.moves)[1]
-                    if rec is not None
+                    if rec is not None and News.STATUS in news
                     else None
                 )
                 if moved is not None:
