@@ -572,10 +572,10 @@ class GroupSender:
         run out (this process was paused, its renewals late) is claimed again first. A claim
         no longer under ``fence`` (the one the group's tries began under, or its attempt was
         written with: another process took it meanwhile) raises :class:`ClaimLost`, and the
-        request never leaves here (the other
-        settles the attempt on record by the API's records). So does a stop that comes
-        before a claim already run out is taken again: the group may be another's, with an
-        attempt of its own open that an outcome written here would close."""
+        request never leaves here (the other settles the attempt on record by the API's
+        records). So does a stop that comes before a claim already run out is taken again:
+        the group may be another's, with an attempt of its own open that an outcome written
+        here would close."""
         coordinator = self.recorder.coordinator
         held = coordinator.held_for(gid)
         if held is None:
