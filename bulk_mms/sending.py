@@ -691,8 +691,10 @@ class GroupSender:
         its windows' close: it would reach them outside it. The group is then held as a
         pacer's wait past that moment holds it (:meth:`_outlasted`: expired; waiting for its
         recipients' window; the job stopped, or the group alone left, for the
-        ``send_window``); past the deadline with another sender of the pool free in time,
-        it alone gives up pending a rerun."""
+        ``send_window``). Past the deadline it expires, unless its sender is paused too and
+        another sender of the pool may send in time (:meth:`~bulk_mms.pacing.Pacer.others_first`):
+        it alone then gives up pending a rerun. The queue is the one this process's answers
+        reported (another host's messages from the same sender are not in it)."""
         expires, closes = self.expires_mono(), tries.window_closes
         if (expires is None or leaves < expires) and (closes is None or leaves < closes):
             return
