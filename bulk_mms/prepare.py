@@ -17,7 +17,7 @@ from msgspec.structs import replace
 
 from bulk_mms._version import __version__
 from bulk_mms.caps import max_cost_counts, recipient_price, run_limits
-from bulk_mms.clock import Clock, SystemClock, instant, iso
+from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.config import MAX_GROUP_SIZE, JobConfig, RetryConfig, Settings
 from bulk_mms.errors import BulkMmsError, ConfigError, InputError, LedgerError, LedgerMismatch
 from bulk_mms.grouping import make_groups, moved, without
@@ -662,15 +662,13 @@ def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]
         return instead, exc
 
 
-def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bool:
-    """Whether a run of a ``{date}`` job at ``now`` belongs in ``earlier`` (the previous
+def continues_earlier(job: JobConfig, earlier: Location) -> bool:
+    """Whether a run of a ``{date}`` job belongs in ``earlier`` (the previous
     date's ledger) rather than its own: ``earlier`` is this job's, the job's own ledger is
-    not begun, and: with a ``send_window`` across midnight, ``now`` is before the window's
-    end and ``earlier`` was begun after the window closed on its date (its night began on
-    the earlier date, whatever is left of it, and its ledger's resume refuses an input
-    changed since; one begun before, after that date's midnight, holds the night before's);
-    else, ``earlier`` is for this very input and
-    unfinished (input not all read; recipients not attempted, pending a rerun or in doubt)."""
+    not begun, ``earlier`` is for this very input and unfinished (input not all read;
+    recipients not attempted, pending a rerun or in doubt), and the job's ``send_window``
+    does not cross midnight (its ``{date}`` is already the date its night began on,
+    :func:`~bulk_mms.config.job.load_job`: the previous date's ledger is the night before's)."""
     if earlier == job.where or exists(job.where) or not exists(earlier):
         return False
     view = load(earlier, statuses=False)
@@ -678,14 +676,8 @@ def continues_earlier(job: JobConfig, earlier: Location, now: dt.datetime) -> bo
     if header is None or header.job != job.name:
         return False
     window = job.send_window
-    if window is not None and window.end < window.start:  # across midnight
-        local = now.astimezone(job.zone)
-        # begun before the window closed that morning (a run after its midnight): the night
-        # before's, not this one's
-        closed = dt.datetime.combine(local.date() - dt.timedelta(days=1), window.end, job.zone)
-        began = instant(header.time)
-        tonights = began is None or began >= closed.timestamp()
-        return local.time() < window.end and tonights  # before it ends: its night
+    if window is not None and window.end < window.start:  # across midnight: its date says
+        return False
     if header.fingerprint != fingerprint(job.input):
         return False
     r = view.recipients()

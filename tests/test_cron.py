@@ -148,8 +148,9 @@ def test_a_campaign_cut_at_midnight_is_finished_not_sent_again(
 async def test_a_night_window_belongs_to_the_date_it_opened(
     jobs: JobFactory, local: dt.time, continues: bool
 ) -> None:
-    """With send_window 22:00-06:00, a run after midnight belongs to the ledger of the night's
-    first date, finished or not; one after 22:00 opens its own."""
+    """With send_window 22:00-06:00, a run after midnight has the ledger of the night's
+    first date ({date} is the date the night began), finished or not; one after 22:00 the
+    ledger of its own date."""
     jobs.people(8)
     extra = (
         'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
@@ -162,7 +163,8 @@ async def test_a_night_window_belongs_to_the_date_it_opened(
     earlier = load_job(job.path, now=night)
     await run_job(earlier, FAST, FakeClient(), clock=FakeClock(wall=night.timestamp()))
     today = load_job(job.path, now=now)
-    assert continues_earlier(today, earlier.ledger, now) is continues
+    assert (today.ledger == earlier.ledger) is continues
+    assert not continues_earlier(today, earlier.ledger)
 
 
 def _zone_at_one_am() -> str:
@@ -195,7 +197,8 @@ def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
     assert fake.recipient_counts() == {}
     assert code == 2
     assert "input file contents" in capsys.readouterr().err
-    assert not load_job(job.path).ledger.exists()
+    noon = dt.datetime.now(job.zone).replace(hour=12)  # the calendar's date: no ledger
+    assert not load_job(job.path, now=noon).ledger.exists()
 
 
 NIGHTLY = (
@@ -256,3 +259,18 @@ def test_a_night_whose_runs_start_after_midnight_is_sent_every_night(jobs: JobFa
     assert code == 0
     assert sorted(fake.recipient_counts()) == numbers(8)
     assert summarize(load_job(job.path, now=tonight).ledger).recipient_states.sent == 8
+
+
+@pytest.mark.slow
+def test_a_night_begun_after_midnight_leaves_the_next_night_its_own_ledger(
+    jobs: JobFactory,
+) -> None:
+    """A night whose first run came only after midnight (cron's 22:30 missed) is filed under
+    the date it began: the next night's run at 22:30 sends everyone, not nobody with exit 0."""
+    jobs.people(8)
+    job = jobs.job(extra=NIGHTLY, name="nightly")
+    late = _ran(job.path, dt.datetime(2026, 11, 24, 0, 30, tzinfo=job.zone))
+    assert late.name == "nightly-2026-11-23.jsonl"
+    code, fake = _cron_run(job.path, dt.datetime(2026, 11, 24, 22, 30, tzinfo=job.zone))
+    assert code == 0
+    assert sorted(fake.recipient_counts()) == numbers(8)

@@ -121,7 +121,7 @@ def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
         now=dt.datetime.combine(day_before, dt.time(12), job.zone),
     )
     yesterday = sandbox_ledger(earlier.ledger) if args.sandbox else earlier.where
-    if not continues_earlier(job, yesterday, now):
+    if not continues_earlier(job, yesterday):
         return job
     structlog.get_logger(__name__).info(
         "ledger.continued", ledger=display(yesterday), instead_of=display(job.where)

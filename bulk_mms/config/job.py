@@ -253,7 +253,9 @@ def load_job(
         name: use this job name instead of the file's (``run --name``).
         input_file: use this input file instead of the file's (``run --input``), relative to the
             current directory.
-        now: the moment ``{date}`` in the ledger path stands for (default: now).
+        now: the moment ``{date}`` in the ledger path stands for (default: now): its date in
+            the job's ``timezone``; with a ``send_window`` across midnight, the date its night
+            began on (a moment after midnight and before the window's end is the date before).
 
     Raises:
         ConfigError: the file is missing, not TOML, or any setting is wrong.
@@ -290,7 +292,10 @@ def load_job(
     timezone_column = top.column("timezone_column")
     window_text = top.str_("send_window")
     window = _parse_window(window_text, top) if window_text is not None else None
-    today = (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
+    moment = (now or dt.datetime.now(dt.UTC)).astimezone(zone)
+    today = moment.date()
+    if window is not None and window.end < window.start and moment.time() < window.end:
+        today -= dt.timedelta(days=1)  # a night across midnight is the date it began on
     ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
     phone_column = top.column("phone_column", "phone") or "phone"
     group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
