@@ -4,9 +4,11 @@ A run asks its :class:`Coordinator` before it decides about a group (:meth:`~Coo
 keeps its claims alive while it works (:meth:`~Coordinator.heartbeat`), and writes each
 write-ahead ``attempt`` under the claim's :class:`Fence` (:meth:`~Coordinator.fence`): a store
 that is shared writes the attempt only while the claim is still held with that fence, so a
-process that lost a claim (paused past the lease, cut off) can never send the group. The
-account budget the processes share comes from it too (:meth:`~Coordinator.account_budget`).
-The ledger store keeps to appending, reading and folding events.
+process that lost a claim (paused past the lease, cut off) can never send the group. A failure
+that does not leave its group in doubt is written under the fence too: it would close whatever
+attempt is open on the group, another process's as well. The account budget the processes
+share comes from it too (:meth:`~Coordinator.account_budget`). The ledger store keeps to
+appending, reading and folding events.
 
 A run on a ledger nobody else may run at once (the JSONL file, under its lock) uses
 :class:`LocalCoordinator`: everything is its own, nothing is fenced. A PostgreSQL ledger uses

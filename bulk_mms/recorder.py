@@ -26,7 +26,7 @@ import structlog
 
 from bulk_mms.clock import Clock, iso
 from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, Action
-from bulk_mms.coordination import Coordinator, LocalCoordinator
+from bulk_mms.coordination import Coordinator, Fence, LocalCoordinator
 from bulk_mms.delivery import FINAL
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -120,8 +120,8 @@ class Recorder:
         """The stamp of an event written now (see ``__init__``)."""
         return iso(self._wall0 + (self.clock.monotonic() - self._mono0))
 
-    async def _write(self, ev: Event) -> None:
-        await self.store.append(ev)
+    async def _write(self, ev: Event, fence: Fence | None = None) -> None:
+        await self.store.append(ev, fence=fence)
         self.view.apply(ev)
 
     def _queue(self, ev: Event) -> None:
@@ -197,16 +197,32 @@ class Recorder:
             self._queue(InDoubt(**self._members(group), reason=CRASHED, time=self._now()))
 
     def expired(self, group: Group, deadline: str) -> None:
-        """A group never sent because the job's deadline passed: final, never sent later."""
+        """A group never sent because the job's deadline passed: final, never sent later.
+        Queued, unfenced: for a group found unsent past the deadline, before any try of this
+        run, as the ledger has it once this process holds its claim (no process writes an
+        attempt past the deadline, so none that it would close can come after that look)."""
         self.summary.expired_groups += 1
-        self._queue(
-            Failed(
-                **self._members(group),
-                code=EXPIRED_UNSENT,
-                title="not sent before the job's deadline",
-                detail=f"the deadline was {deadline}; a late message is worse than none",
-                time=self._now(),
-            )
+        self._queue(self._expiry(group, deadline))
+
+    async def expire(self, group: Group, deadline: str, fence: Fence | None) -> None:
+        """As :meth:`expired`, for a group whose tries the deadline ended, written only while
+        this process still holds the group's claim under ``fence`` (a shared ledger).
+
+        Raises:
+            ClaimLost: another process took the group over: nothing was written.
+            LedgerError: it could not be made durable.
+        """
+        await self._write(self._expiry(group, deadline), fence)
+        self.summary.expired_groups += 1
+
+    def _expiry(self, group: Group, deadline: str) -> Failed:
+        """The ``expired_unsent`` event of ``group``, the job's ``deadline`` passed."""
+        return Failed(
+            **self._members(group),
+            code=EXPIRED_UNSENT,
+            title="not sent before the job's deadline",
+            detail=f"the deadline was {deadline}; a late message is worse than none",
+            time=self._now(),
         )
 
     def moved(
@@ -234,11 +250,17 @@ class Recorder:
         for ev in own_ids(group.id, group.to, finding, self._now()):
             self._queue(ev)
 
-    def not_accepted(self, group: Group, lag: float) -> None:
+    async def not_accepted(self, group: Group, lag: float, fence: Fence | None) -> None:
         """A group in doubt that the API's records, complete, show never accepted: retryable,
-        and sent again under a new key."""
+        and sent again under a new key; written only while this process still holds the
+        group's claim under ``fence`` (a shared ledger).
+
+        Raises:
+            ClaimLost: another process took the group over: nothing was written.
+            LedgerError: it could not be made durable.
+        """
+        await self._write(never_accepted(lag, self._now(), **self._members(group)), fence)
         self.log.info("group.settled", group=group.id, as_="not_accepted")
-        self._queue(never_accepted(lag, self._now(), **self._members(group)))
 
     async def attempt(self, group: Group, number: int, key: str, t0: float) -> None:
         """Write-ahead: durable before the request can leave, and (a shared ledger) only
@@ -313,11 +335,19 @@ class Recorder:
         refused: tuple[str, ...] = (),
         *,
         resets: float = 0.0,
+        fence: Fence | None = None,
     ) -> Event:
         """Record where ``group`` stands after the error that ended its tries (``refused``:
         the members the API refused by name, who failed; any others go on without them;
         ``resets``: when the carrier's cap that refused it lifts, 0 for none); the event
-        recorded."""
+        recorded. A failure that does not leave the group in doubt is written only while
+        this process still holds the group's claim under ``fence`` (a shared ledger): it
+        would close whatever attempt is open on the group, another process's too.
+
+        Raises:
+            ClaimLost: another process took the group over: no failure was written.
+            LedgerError: it could not be made durable.
+        """
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -336,10 +366,12 @@ class Recorder:
                 time=self._now(),
             )
             log.warning("group.in_doubt", group=group.id, reason=str(err))
-        else:
-            ev = self._failed(group, err, (attempts, throttled), refused, resets=resets)
-        await self._write(ev)
-        return ev
+            await self._write(ev)
+            return ev
+        failed = self._failed(group, err, (attempts, throttled), refused, resets=resets)
+        await self._write(failed, fence)
+        self._count_failed(group, err, failed)
+        return failed
 
     def _failed(
         self,
@@ -365,21 +397,6 @@ class Recorder:
             or (isinstance(err, RetryableSendError) and not refused)
         )
         first = err.errors[0] if err.errors else None
-        if retired is not None:  # not the group's failure: it goes out from another sender
-            log.warning("group.rerouted", group=group.id, code=err.code, sender=retired)
-        else:
-            if not refused:  # the members refused by name opted out: not the run's failure
-                self.summary.failed_groups += 1
-                self.summary.failed_recipients += len(group.to)
-            self.summary.retry_later_groups += retryable
-            log.warning(
-                "group.failed",
-                group=group.id,
-                code=err.code,
-                error=str(err),
-                retryable=retryable,
-                refused=len(refused) or None,
-            )
         return Failed(
             **self._members(group),
             status=err.status,
@@ -396,6 +413,25 @@ class Recorder:
             resets=resets,
         )
 
+    def _count_failed(self, group: Group, err: SendError, ev: Failed) -> None:
+        """Count and say ``ev``, the ``failed`` event :meth:`_failed` made of ``err``, once
+        it is recorded."""
+        if ev.retired is not None:  # not the group's failure: it goes out from another sender
+            log.warning("group.rerouted", group=group.id, code=err.code, sender=ev.retired)
+            return
+        if not ev.refused:  # the members refused by name opted out: not the run's failure
+            self.summary.failed_groups += 1
+            self.summary.failed_recipients += len(group.to)
+        self.summary.retry_later_groups += ev.retryable
+        log.warning(
+            "group.failed",
+            group=group.id,
+            code=err.code,
+            error=str(err),
+            retryable=ev.retryable,
+            refused=len(ev.refused) or None,
+        )
+
     def cut_off(self, group: Group, last: SendError | None) -> None:
         """A forced stop cancelled ``group`` after its attempt: in doubt when a request was
         out (``last`` is None), else failed with its last try's error (retryable)."""
@@ -404,6 +440,7 @@ class Recorder:
             ev: Event = InDoubt(**self._members(group), reason=STOPPED_IN_FLIGHT, time=self._now())
         else:
             ev = self._failed(group, last, (0, 0))
+            self._count_failed(group, last, ev)
         # if the store already failed, the attempt on record leaves the group in doubt
         with contextlib.suppress(LedgerError):
             self._queue(ev)

@@ -373,10 +373,11 @@ class Runner:
         what they show: accepted (``sent``), or never accepted (sent again); else nothing.
         ``earlier``: its request left before this run (accepted, it is not this run's send).
         Never accepted is recorded only while this process holds the group's claim under
-        the fence it looked under (:meth:`GroupSender.holds`): once another process took it
-        over meanwhile (this one paused past its lease in the look), that one's attempt may
-        be open, its request out, and the failure would close it pending a rerun; the group
-        is then the taker's (watched, :attr:`GroupSender.lost`), unknown here."""
+        the fence it looked under (:meth:`GroupSender.record_held`): once another process
+        took it over meanwhile (this one paused past its lease in the look, or its commit
+        stalled past it), that one's attempt may be open, its request out, and the failure
+        would close it pending a rerun; the group is then the taker's (watched,
+        :attr:`GroupSender.lost`), unknown here."""
         rec = self.view.groups.get(group.id)
         if rec is None:
             return Verdict.UNKNOWN
@@ -385,10 +386,12 @@ class Runner:
         if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
             self.recorder.accepted_by_records(group, finding, earlier=earlier)
         elif finding.verdict == Verdict.ABSENT:
-            if not await self.sender.holds(group.id, fence):
+            write = functools.partial(
+                self.recorder.not_accepted, group, self.settings.records_lag_s
+            )
+            if not await self.sender.record_held(group.id, fence, write):
                 self.sender.lost[group.id] = group
                 return Verdict.UNKNOWN
-            self.recorder.not_accepted(group, self.settings.records_lag_s)
         return finding.verdict
 
     async def settle(self) -> None:

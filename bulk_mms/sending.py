@@ -393,8 +393,7 @@ class GroupSender:
             return None
         except LedgerError as exc:  # before its request left (a write ahead, a claim, a count)
             self.stops.ledger_failed(exc)
-            kept = tries.ambiguous or not self._surely_held(group)  # else the taker's room
-            await self._settle_limits(group, None, maybe_sent=kept)
+            await self._give_back_if_held(group, maybe_sent=tries.ambiguous)
             return None
         finally:
             retriers.append(retrier)  # free again: its tries are over, however they ended
@@ -422,7 +421,9 @@ class GroupSender:
         ):
             result = replace(result, error=key_conflict(result.error))
         try:
-            after = await self.conclude(group, result, tries.throttled, held=tries.held)
+            after = await self.conclude(
+                group, result, tries.throttled, held=tries.held, fence=tries.fence
+            )
         except LedgerError as exc:
             self.stops.ledger_failed(exc)
             return None
@@ -438,6 +439,14 @@ class GroupSender:
         await self._release(tries.group, None, maybe_sent=tries.ambiguous)
         return tries.group if tries.rerouted and not self.stop.is_set() else None
 
+    async def _give_back_if_held(self, group: Group, *, maybe_sent: bool) -> None:
+        """The ledger failed before ``group``'s outcome was on record: its room in the shared
+        limits is given back only when nothing of it may have been sent (not ``maybe_sent``)
+        and this process surely still holds its claim (:meth:`_surely_held`); else it stays
+        held, for a taker that may send the group in it, or the next run's reconcile."""
+        kept = maybe_sent or not self._surely_held(group)
+        await self._settle_limits(group, None, maybe_sent=kept)
+
     async def _lose(self, group: Group) -> None:
         """``group`` is another process's now (it took the claim over): watched, not decided
         here. Its room in the shared limits is the group's, which the taker sends it in:
@@ -449,11 +458,13 @@ class GroupSender:
         """Whether the group's failure (``error``; None: a gate stopped it) may be recorded
         here: this process still holds its claim under the fence its tries began with, or
         its latest attempt was written under (:meth:`holds`, which claims it again if it may
-        have run out), or the failure leaves the group in doubt. An outcome is written
-        unfenced and closes whatever attempt is open on the group: a failure written once
-        another process took the group over, and sent it again, would make its open attempt
-        read pending a rerun (so too for a group with no attempt of its own here, given up
-        before its first try). A ledger that fails here stops the run (False)."""
+        have run out), or the failure leaves the group in doubt. A failure closes whatever
+        attempt is open on the group: one written once another process took the group over,
+        and sent it again, would make its open attempt read pending a rerun (so too for a
+        group with no attempt of its own here, given up before its first try). A ledger that
+        fails here stops the run (False). Asked before the failure is made (its opt-outs
+        looked up, its room settled); its write is fenced too (:meth:`conclude`), for a claim
+        that passes on meanwhile."""
         if isinstance(error, AmbiguousSendError):
             return True
         return await self.holds(tries.group.id, tries.fence)
@@ -471,6 +482,28 @@ class GroupSender:
             return True  # stopped while its claim surely holds
         except LedgerError as exc:
             self.stops.ledger_failed(exc)
+            return False
+        return True
+
+    async def record_held(
+        self, gid: str, fence: Fence | None, write: Callable[[Fence | None], Awaitable[None]]
+    ) -> bool:
+        """Whether ``write`` recorded an outcome of group ``gid`` that does not leave it in
+        doubt (a failure: it closes whatever attempt is open on the group) while this process
+        holds its claim under ``fence``: checked first (:meth:`holds`, which claims it again
+        if it may have run out), then written under that fence, which a shared store keeps
+        to (another process that took the group over meanwhile, this one's commit stalled
+        past its lease, has it refused). False: nothing was written; the group is another's,
+        or the ledger failed in the check (the run stops).
+
+        Raises:
+            LedgerError: the write could not be made durable.
+        """
+        if not await self.holds(gid, fence):
+            return False
+        try:
+            await write(fence)
+        except ClaimLost:
             return False
         return True
 
@@ -741,15 +774,23 @@ class GroupSender:
 
     async def _end_expired(self, tries: _Tries) -> None:
         """Record ``tries.group`` ``expired_unsent`` (final: never sent later) while this
-        process holds its claim (:meth:`holds`). Else it is another's (:meth:`_lose`), whose
-        attempt may be open, its request out before the deadline: an outcome written here
-        would close that attempt as never sent."""
+        process holds its claim under the fence its tries began with (:meth:`holds`, and the
+        write fenced by it: :meth:`~bulk_mms.recorder.Recorder.expire`), then give its room
+        back. Else it is another's (:meth:`_lose`), whose attempt may be open, its request
+        out before the deadline: an outcome written here would close that attempt as never
+        sent. A ledger that fails here stops the run."""
         group = tries.group
-        if not await self.holds(group.id, tries.fence):
-            await self._lose(group)
-            return
         assert self.expires_at is not None  # tries expire only against a deadline
-        self.recorder.expired(group, self.expires_at.isoformat(timespec="minutes"))
+        deadline = self.expires_at.isoformat(timespec="minutes")
+        write = functools.partial(self.recorder.expire, group, deadline)
+        try:
+            if not await self.record_held(group.id, tries.fence, write):
+                await self._lose(group)
+                return
+        except LedgerError as exc:
+            self.stops.ledger_failed(exc)
+            await self._give_back_if_held(group, maybe_sent=False)
+            return
         await self._release(group, None)
 
     def _on_error(self, tries: _Tries, exc: SendError) -> None:
@@ -915,22 +956,31 @@ class GroupSender:
         return False
 
     async def conclude(
-        self, group: Group, result: Attempted, throttled: int = 0, *, held: bool = False
+        self,
+        group: Group,
+        result: Attempted,
+        throttled: int = 0,
+        *,
+        held: bool = False,
+        fence: Fence | None = None,
     ) -> Group | None:
         """Record how the group's tries ended; stop the job when that is what it says (a
         group ``held`` for its recipients' window says nothing of the API: it is no group
         the API left unanswered). Returns the group that goes out in its place, if any (see
-        :meth:`send`)."""
-        await self._release(
-            group, result.receipt, maybe_sent=isinstance(result.error, AmbiguousSendError)
-        )
+        :meth:`send`).
+
+        An answer is recorded whatever the claim says (it is what the API did). A failure
+        that does not leave the group in doubt is written only while this process still
+        holds the claim under ``fence`` (the one its tries began under, or its latest
+        attempt was written under): once another process took the group over (this one's
+        commit stalled past its lease), the group is that one's (:meth:`_lose`). The group's
+        room in the limits is given back only once its failure is on record.
+
+        Raises:
+            LedgerError: the outcome could not be made durable.
+        """
         if result.receipt is not None:
-            self.stops.sent()
-            final = self.recorder.sent(group, result.receipt, result.attempts, throttled)
-            self._answered.pop(result.receipt.message_id, None)  # the view has it now
-            if (rec := self.view.groups.get(group.id)) is not None:
-                for st in final:  # the answer's own delivery reports
-                    await self.on_delivery(rec, st)
+            await self._conclude_sent(group, result.receipt, result.attempts, throttled)
             return None
         err = result.error
         assert err is not None
@@ -947,10 +997,19 @@ class GroupSender:
             self.client, err, group, self.settings.error_policy
         )
         partial = refused if 0 < len(refused) < len(group.to) else ()
-        # every member refused by name (a group of one, say) is recorded so too: opted out
-        recorded = await self.recorder.outcome(
-            group, err, result.attempts, throttled, refused, resets=resets
-        )
+        maybe_sent = isinstance(result.error, AmbiguousSendError)
+        self.open_attempts.pop(group.id, None)  # nothing of it is out any more
+        try:  # every member refused by name (a group of one, say) is recorded so: opted out
+            recorded = await self.recorder.outcome(
+                group, err, result.attempts, throttled, refused, resets=resets, fence=fence
+            )
+        except ClaimLost:  # taken over while its failure was written: the taker's now
+            await self._lose(group)
+            return None
+        except LedgerError:
+            await self._give_back_if_held(group, maybe_sent=maybe_sent)
+            raise
+        await self._settle_limits(group, None, maybe_sent=maybe_sent)
         if isinstance(recorded, InDoubt):
             self.doubts[group.id] = group  # for the records to settle before the run ends
             self.tried[group.id] = self.view.groups[group.id].last_try
@@ -963,9 +1022,20 @@ class GroupSender:
             return None  # in doubt from an earlier try: nothing goes out in its place
         if isinstance(err, SenderRefused):
             return group  # the same members, from another sender
-        if partial:
-            return without(group, partial, self.job)
-        return None
+        return without(group, partial, self.job) if partial else None
+
+    async def _conclude_sent(
+        self, group: Group, receipt: SendReceipt, attempts: int, throttled: int
+    ) -> None:
+        """The API accepted ``group`` (``receipt``): the limits learn what it took, and it is
+        recorded sent, with the answer's own delivery reports (:meth:`conclude`)."""
+        await self._release(group, receipt)
+        self.stops.sent()
+        final = self.recorder.sent(group, receipt, attempts, throttled)
+        self._answered.pop(receipt.message_id, None)  # the view has it now
+        if (rec := self.view.groups.get(group.id)) is not None:
+            for st in final:  # the answer's own delivery reports
+                await self.on_delivery(rec, st)
 
     async def on_delivery(self, rec: GroupRecord, st: RecipientStatus) -> None:
         """The error policy applied to a delivery report that comes in while the run sends

@@ -11,7 +11,7 @@ import datetime as dt
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,14 @@ from bulk_mms.clock import SystemClock
 from bulk_mms.config import JobConfig
 from bulk_mms.console import exit_for
 from bulk_mms.coordination import Fence
-from bulk_mms.errors import LedgerError, LedgerUnavailable, LimitReached, MaxCostReached
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    LedgerError,
+    LedgerUnavailable,
+    LimitReached,
+    MaxCostReached,
+    ServerError,
+)
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.events import Event
@@ -51,6 +58,7 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.stopping import stop_reason
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ok_receipt
 from bulk_mms.words import BY_KIND, MAX_COST
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
@@ -703,6 +711,44 @@ class _Lapsing(PostgresCoordinator):
         return 0.0 if self.lapsed else super().held_for(group)
 
 
+class _Takeover:
+    """Two hosts of one job in one process on one database: the first (its coordinator
+    :class:`_Lapsing`) stalls in a write of the test's choosing, while its claims run out and
+    the second, the taker, takes its groups over; the taker's request waits for ``answer``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, database: str) -> None:
+        self.database = database
+        self.made: list[PostgresCoordinator] = []
+        self.in_flight, self.answer = asyncio.Event(), asyncio.Event()
+        self.taker = FakeClient(handler=self._slow)  # its records: no try of the first host's
+        self.taking: list[asyncio.Task[Any]] = []
+        monkeypatch.setattr(runner, "coordinator_for", self._coordinator)
+
+    def _coordinator(self, store: PostgresStore, lease_s: float) -> PostgresCoordinator:
+        self.made.append((_Lapsing if not self.made else PostgresCoordinator)(store, lease_s))
+        return self.made[-1]
+
+    async def _slow(self, group: Group, n: int) -> SendReceipt:
+        self.in_flight.set()
+        await self.answer.wait()
+        return ok_receipt(group, n)
+
+    def stalls(self, store: PostgresStore) -> bool:
+        """Whether a write of ``store``'s is the first host's, before the takeover."""
+        return store.owner == self.made[0].owner and not self.taking
+
+    async def take_over(self, run: Coroutine[Any, Any, JobSummary]) -> None:
+        """The first host's claims run out (on the database's clock, and by its own), the
+        taker's ``run`` starts, and its request is out once this returns."""
+        first = self.made[0]
+        assert isinstance(first, _Lapsing)
+        first.lapsed = True
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            conn.execute(_RUN_OUT)
+        self.taking.append(asyncio.create_task(run))
+        await self.in_flight.wait()
+
+
 async def test_a_ledger_fault_after_a_claim_ran_out_leaves_the_groups_room_to_its_taker(
     jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -712,44 +758,87 @@ async def test_a_ledger_fault_after_a_claim_ran_out_leaves_the_groups_room_to_it
     job = jobs.job(extra='group_size = 2\nmax_cost = "0.02"')
     job = replace(job, database=f"{database}?ledger=stalled")
     settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
-    made: list[PostgresCoordinator] = []
-
-    def coordinator(store: PostgresStore, lease_s: float) -> PostgresCoordinator:
-        made.append((_Lapsing if not made else PostgresCoordinator)(store, lease_s))
-        return made[-1]
-
-    monkeypatch.setattr(runner, "coordinator_for", coordinator)
-    in_flight, answer = asyncio.Event(), asyncio.Event()
-
-    async def slow(group: Group, n: int) -> SendReceipt:
-        in_flight.set()
-        await answer.wait()
-        return ok_receipt(group, n)
-
-    taker = FakeClient(handler=slow)
+    hosts = _Takeover(monkeypatch, database)
     append = PostgresStore.append
-    takeover: list[asyncio.Task[Any]] = []
 
     async def stalled(self: PostgresStore, event: Event, *, fence: Fence | None = None) -> None:
-        first = made[0]
-        if fence is None or self.owner != first.owner or takeover:
+        if fence is None or not hosts.stalls(self):
             await append(self, event, fence=fence)
             return
-        assert isinstance(first, _Lapsing)
-        first.lapsed = True  # its lease ran out on the database's clock meanwhile
-        with psycopg.connect(database, autocommit=True) as conn:
-            conn.execute(_RUN_OUT)
-        takeover.append(asyncio.create_task(run_job(job, settings, taker)))
-        await in_flight.wait()
+        await hosts.take_over(run_job(job, settings, hosts.taker))
         raise LedgerUnavailable(self.name, "no answer in time")
 
     monkeypatch.setattr(PostgresStore, "append", stalled)
     stalled_host = FakeClient()
     first = await run_job(job, settings, stalled_host)
-    answer.set()
-    second = await takeover[0]
+    hosts.answer.set()
+    second = await hosts.taking[0]
     assert isinstance(first.error, LedgerError)
     assert stalled_host.calls == []
     assert isinstance(second.error, MaxCostReached)
-    assert len(taker.sent_numbers()) == 2
+    assert len(hosts.taker.sent_numbers()) == 2
+    assert _counted(database) == Decimal("0.02")
+
+
+@pytest.mark.parametrize("ending", ["retries_spent", "past_deadline", "never_accepted"])
+async def test_a_failure_whose_write_stalls_past_a_takeover_leaves_the_takers_attempt_open(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A host whose failure write (its retries spent on a 503, read past the job's deadline
+    or not; a group in doubt the API's records show never accepted) stalls until its claim
+    ran out and another host took the group over and sent it writes no failure: the group
+    reads in doubt while the taker's request is out (not pending a rerun, nor expired), and
+    its room stays held for the taker."""
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)
+    jobs.people(2)
+    job = jobs.job(extra=f'group_size = 2\nmax_cost = "0.04"\ndeadline = "{deadline:%FT%T%z}"')
+    job = replace(job, database=f"{database}?ledger=late_failure")
+    once = replace(  # a key the API is not trusted to replay: a group in doubt is settled
+        FAST,
+        concurrency=1,
+        price_per_recipient=Decimal("0.01"),
+        retry=replace(FAST.retry, attempts=1, retry_ambiguous=False),
+    )
+    later = FakeClock(wall=time.time() + 5 * 3600.0)  # the earlier tries' records complete
+    clock = FakeClock()
+    if ending == "never_accepted":  # an earlier run left the group in doubt
+        lost = FakeClient(handler=lambda group, n: AmbiguousSendError("no answer", status=None))
+        await run_job(job, once, lost, clock=FakeClock())
+        stalled_host, clock = FakeClient(), later
+    else:
+
+        def busy(group: Group, n: int) -> ServerError:
+            if ending == "past_deadline":
+                clock.advance(7 * 3600.0)  # paused past the deadline, the request out
+            return ServerError("busy", status=503)
+
+        stalled_host = FakeClient(handler=busy)
+    hosts = _Takeover(monkeypatch, database)
+    append = PostgresStore.append
+    written = asyncio.Event()
+
+    async def stalled(self: PostgresStore, event: Event, *, fence: Fence | None = None) -> None:
+        if event.kind != "failed" or not hosts.stalls(self):
+            await append(self, event, fence=fence)
+            return
+        await hosts.take_over(run_job(job, once, hosts.taker, clock=later))
+        try:
+            await append(self, event, fence=fence)
+        finally:
+            written.set()
+
+    monkeypatch.setattr(PostgresStore, "append", stalled)
+    first = asyncio.create_task(run_job(job, once, stalled_host, clock=clock))
+    stall = asyncio.create_task(written.wait())
+    await asyncio.wait({first, stall}, return_when=asyncio.FIRST_COMPLETED)
+    (gid,) = load(job.where, statuses=False).groups
+    during = load(job.where, statuses=False).groups[gid].state
+    room = _counted(database)
+    hosts.answer.set()
+    stall.cancel()
+    await asyncio.gather(first, *hosts.taking)
+    assert (during, room) == ("in_doubt", Decimal("0.02"))
+    assert len(stalled_host.calls) == (ending != "never_accepted")
+    assert len(hosts.taker.calls) == 1
+    assert load(job.where, statuses=False).groups[gid].state == "sent"
     assert _counted(database) == Decimal("0.02")

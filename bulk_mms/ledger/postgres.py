@@ -31,8 +31,11 @@ holder's lease, on the database's clock), so a host configured with a shorter le
 a live claim of one with a longer. Each claim carries a fence token that grows on every
 takeover, and a write-ahead ``attempt`` is inserted only while its writer still holds the claim
 with that token (one statement, which also locks the claim row until the attempt is committed):
-a process that lost a claim can never send the group. One job header per ledger, by a unique
-index: processes that start at once on a new ledger end with the same header and campaign.
+a process that lost a claim can never send the group. A failure that does not leave its group
+in doubt is inserted so too: it would close whatever attempt is open on the group, the taker's
+as well, so one whose commit stalled past its writer's lease is refused. One job header per
+ledger, by a unique index: processes that start at once on a new ledger end with the same
+header and campaign.
 
 Every driver error becomes a :class:`~bulk_mms.errors.LedgerError` at this module's boundary,
 named by the URL without its password. During a run, every database call is asynchronous and
@@ -171,9 +174,10 @@ _LIVE_RUN: Final = f"""
      ORDER BY c.heartbeat DESC LIMIT 1)
     LIMIT 1
 """  # noqa: S608 - built of this module's constants only: every value is a parameter
-#: Write-ahead attempts, each only while its writer holds the group's claim with its token. The
-#: claim row stays locked (FOR SHARE) until the attempt commits, so a takeover either comes
-#: first (the attempt is refused) or waits for it (and then sees it: the group is in doubt).
+#: Fenced events (write-ahead attempts, failures that close them), each only while its writer
+#: holds the group's claim with its token. The claim row stays locked (FOR SHARE) until the
+#: event commits, so a takeover either comes first (the event is refused) or waits for it (and
+#: then sees it: an attempt leaves the group in doubt, a failure leaves it unsent).
 _FENCED_INSERT: Final = """
     INSERT INTO bulk_mms_events (ledger, kind, grp, body)
     SELECT %(ledger)s, a.kind, a.grp, a.body::jsonb
@@ -296,7 +300,7 @@ def follow_database_clock(location: str, follow: Callable[[Callable[[], float]],
 
 
 class _Fenced:
-    """A write-ahead attempt waiting for its commit under a fence. Private."""
+    """An event waiting for its commit under a fence (:data:`_FENCED_INSERT`). Private."""
 
     __slots__ = ("body", "fence", "group", "kind", "written")
 
@@ -305,7 +309,7 @@ class _Fenced:
         self.group: str = getattr(event, "group", "")
         self.body = orjson.dumps(to_json(event)).decode()
         self.fence = fence
-        #: Set by the commit: whether the claim still held (the attempt is in the ledger).
+        #: Set by the commit: whether the claim still held (the event is in the ledger).
         self.written = False
 
 
@@ -517,11 +521,13 @@ class PostgresStore(GroupCommitted[_Item]):
         return _row(self._id, event)
 
     async def append(self, event: Event, *, fence: Fence | None = None) -> None:
-        """Append and return once it is durable; under a ``fence`` (a write-ahead attempt on
-        a shared ledger), only while this process still holds the group's claim with it.
+        """Append and return once it is durable; under a ``fence`` (a write-ahead attempt, or
+        a failure that closes one), only while this process still holds the group's claim
+        with it.
 
         Raises:
-            ClaimLost: another process took the group over: it must not be sent here.
+            ClaimLost: another process took the group over: nothing was written; the group
+                must not be sent, nor decided, here.
             LedgerError: it could not be made durable; the store takes no more events.
         """
         if fence is None:

@@ -120,11 +120,13 @@ class LedgerStore(Protocol):
 
     async def append(self, event: Event, *, fence: Fence | None = None) -> None:
         """Append and return once it is durable. With a ``fence`` (a write-ahead attempt
-        under a claim, :meth:`Coordinator.fence <bulk_mms.coordination.Coordinator.fence>`),
-        a shared store appends it only while the claim is still held with that fence.
+        under a claim, :meth:`Coordinator.fence <bulk_mms.coordination.Coordinator.fence>`,
+        or a failure that would close one), a shared store appends it only while the claim
+        is still held with that fence.
 
         Raises:
-            ClaimLost: the fence no longer holds: the group must not be sent by this process.
+            ClaimLost: the fence no longer holds: nothing was written; the group must not be
+                sent, nor decided, by this process.
             LedgerError: it could not be made durable; the store takes no more events.
         """
         ...
