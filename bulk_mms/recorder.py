@@ -124,8 +124,8 @@ class Recorder:
         await self.store.append(ev, fence=fence)
         self.view.apply(ev)
 
-    def _queue(self, ev: Event) -> None:
-        self.store.append_nowait(ev)
+    def _queue(self, ev: Event, fence: Fence | None = None) -> None:
+        self.store.append_nowait(ev, fence=fence)
         self.view.apply(ev)
 
     def _members(self, group: Group) -> dict[str, Any]:
@@ -434,16 +434,20 @@ class Recorder:
 
     def cut_off(self, group: Group, last: SendError | None) -> None:
         """A forced stop cancelled ``group`` after its attempt: in doubt when a request was
-        out (``last`` is None), else failed with its last try's error (retryable)."""
+        out (``last`` is None), else failed with its last try's error (retryable), written
+        only while this process still holds the group's claim (a shared ledger: under its
+        fence, :meth:`~bulk_mms.coordination.Coordinator.fence`); left out otherwise, the
+        group then another's."""
+        fence = None
         if last is None:
             self.summary.in_doubt_groups += 1
             ev: Event = InDoubt(**self._members(group), reason=STOPPED_IN_FLIGHT, time=self._now())
         else:
-            ev = self._failed(group, last, (0, 0))
+            ev, fence = self._failed(group, last, (0, 0)), self.coordinator.fence(group.id)
             self._count_failed(group, last, ev)
         # if the store already failed, the attempt on record leaves the group in doubt
         with contextlib.suppress(LedgerError):
-            self._queue(ev)
+            self._queue(ev, fence)
 
 
 def settled(err: FatalSendError) -> SendError:

@@ -29,7 +29,7 @@ from bulk_mms import ending
 from bulk_mms.clock import SystemClock
 from bulk_mms.coordination import Coordinator, Fence, LocalCoordinator, coordinator_for
 from bulk_mms.ending import _bounded
-from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable
+from bulk_mms.errors import ClaimLost, LedgerError, LedgerUnavailable, ServerError
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
 from bulk_mms.ledger import (
@@ -52,11 +52,13 @@ from bulk_mms.ledger.postgres import (
     _ledger_key,
 )
 from bulk_mms.ledger.store import LedgerStore, Mode
-from bulk_mms.models import RecipientStatus
+from bulk_mms.models import Group, MessageBody, RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
+from bulk_mms.recorder import Recorder
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
-from tests.conftest import JobFactory, numbers
+from bulk_mms.summary import JobSummary
+from tests.conftest import FakeClock, JobFactory, numbers
 from tests.test_clock import stop_process
 from tests.test_postgres import KEY, age_claims
 from tests.threaded import fake_api_thread
@@ -116,6 +118,29 @@ async def test_a_process_that_lost_its_claim_cannot_write_the_attempt(database: 
         assert len(attempts) == 1
         assert first.failed is None  # a lost claim is not a broken store
         assert not await one.claim("g1")
+
+
+async def test_a_forced_stops_failure_queued_after_a_takeover_is_left_out(database: str) -> None:
+    """A forced stop's failure of a group (queued, nobody waiting for its commit) whose claim
+    passed to another process, whose attempt is open, is left out of the ledger: the group
+    reads in doubt while the taker's request is out, not pending a rerun."""
+    where = f"{database}?ledger=cut_off"
+    async with two_hosts(where) as (first, second, one, two):
+        recorder = Recorder(
+            first, LedgerView(header=HEADER), JobSummary("j"), FakeClock(), coordinator=one
+        )
+        group = Group("g1", 0, tuple(numbers(2)), (0, 1), MessageBody("+18445550001", "hi"))
+        assert await one.claim(group.id)
+        await recorder.attempt(group, 1, "k", 0.0)
+        age_claims(database, 31)  # first's lease has run out (paused past it)
+        assert await two.claim(group.id)
+        await second.append(_attempt(group.id), fence=two.fence(group.id))
+        recorder.cut_off(group, ServerError("busy", status=503))
+        await first.drain()
+        kinds = [e.kind for e in await _group_events(first, group.id)]
+        assert kinds == ["attempt", "attempt"]
+        assert load(where, statuses=False).groups[group.id].state == "in_doubt"
+        assert first.failed is None
 
 
 async def test_claims_given_back_pass_on_under_the_next_token_and_refuse_the_old_fence(

@@ -161,8 +161,9 @@ class GroupCommitted(Generic[T]):
         """Set once a commit failed: nothing more may be sent."""
         return self._commits.failed
 
-    def append_nowait(self, event: Event) -> None:
-        """Queue an event; it becomes durable with the next group commit."""
+    def append_nowait(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Queue an event; it becomes durable with the next group commit. A store that is not
+        shared has nothing to fence: ``fence`` is for a shared store (which overrides this)."""
         self._commits.add(self._encode(event))
 
     def on_failure(self, callback: Callable[[LedgerError], None]) -> None:

@@ -520,6 +520,12 @@ class PostgresStore(GroupCommitted[_Item]):
     def _encode(self, event: Event) -> _Item:
         return _row(self._id, event)
 
+    def append_nowait(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Queue an event, durable with the next commit; under a ``fence``, written only
+        while this process still holds the group's claim with it (else left out, and said:
+        ``group.claim_lost``)."""
+        self._commits.add(self._encode(event) if fence is None else _Fenced(event, fence))
+
     async def append(self, event: Event, *, fence: Fence | None = None) -> None:
         """Append and return once it is durable; under a ``fence`` (a write-ahead attempt, or
         a failure that closes one), only while this process still holds the group's claim
@@ -536,7 +542,6 @@ class PostgresStore(GroupCommitted[_Item]):
         item = _Fenced(event, fence)
         await self._commits.add_and_wait(item)
         if not item.written:
-            log.warning("group.claim_lost", group=item.group, token=fence.token)
             raise ClaimLost(self.name, item.group)
 
     async def _commit(self, items: list[_Item]) -> None:
@@ -575,6 +580,8 @@ class PostgresStore(GroupCommitted[_Item]):
         written = await self._writer.run(write, "cannot write")
         for item in fenced:
             item.written = item.group in written
+            if not item.written:
+                log.warning("group.claim_lost", group=item.group, token=item.fence.token)
         self.events_written += kept + len(written)
         self.commits += 1
         if self._kept_back is not None:

@@ -100,8 +100,10 @@ class LedgerStore(Protocol):
         """Append and make durable now, blocking (the header, a run's start)."""
         ...
 
-    def append_nowait(self, event: Event) -> None:
-        """Append; durable with the next commit."""
+    def append_nowait(self, event: Event, *, fence: Fence | None = None) -> None:
+        """Append; durable with the next commit. With a ``fence`` (as :meth:`append`'s), a
+        shared store writes it only while the claim is still held with that fence, and
+        leaves it out otherwise: nobody waits to be told."""
         ...
 
     def on_failure(self, callback: Callable[[LedgerError], None]) -> None:
