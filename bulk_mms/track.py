@@ -442,7 +442,8 @@ class Tracker:
 
     async def settle_doubts(self) -> int:
         """Look the ledger's groups in doubt up in the API's records (:mod:`bulk_mms.settle`)
-        and record what they show: accepted (``sent``, then tracked like any other), or,
+        and record what they show, for each still in doubt as it was once the look is over
+        (:meth:`_still_in_doubt`): accepted (``sent``, then tracked like any other), or,
         the records complete, never accepted (retryable: the next run sends them, under a new
         key). How many were settled."""
         settler = Settler(
@@ -457,7 +458,10 @@ class Tracker:
         for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
             if self.stop.is_set():
                 break
+            tried = (rec.last_try, rec.resends)
             finding = await settler.settle(rec, self.view)
+            if not self._still_in_doubt(rec.id, tried):
+                continue  # a run beside it settled it, or sent it again, while it looked
             now = iso(self.clock.wall())
             found: list[Event]
             if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
@@ -481,6 +485,16 @@ class Tracker:
         if settled:
             log.info("track.settled", groups=settled)
         return settled
+
+    def _still_in_doubt(self, gid: str, tried: tuple[float, int]) -> bool:
+        """Whether group ``gid``, in doubt after its latest try and settled sends ``tried``
+        (its ``last_try`` and ``resends``) when its records were looked up, still is so as
+        the ledger now stands (read again: a run beside ``track`` settles its own, and may
+        have sent it again meanwhile, its attempt open, which an outcome written on the old
+        look would close)."""
+        self.refresh()
+        rec = self.view.groups.get(gid)
+        return rec is not None and rec.state == IN_DOUBT and (rec.last_try, rec.resends) == tried
 
     async def run(self, *, follow: bool = False) -> TrackResult:
         """Settle what the API's records can settle, then one pass, or with ``follow``

@@ -37,6 +37,7 @@ from bulk_mms.ledger import (
     Sent,
     Status,
     load,
+    open_store,
 )
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.models import Group, MessageRecord, Money, SendReceipt
@@ -277,6 +278,35 @@ async def test_track_settles_groups_in_doubt_by_the_records(
     view = load(job.ledger)
     assert (view.groups[took.id].state, view.groups[took.id].message_id) == ("sent", "rec-1")
     assert view.groups[gone.id].state == "retry_pending"
+
+
+async def test_track_leaves_a_group_a_run_sent_again_while_it_looked_to_that_run(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While track looks a group in doubt up in the records, a run beside it settles it and
+    sends it again (its attempt open): track writes nothing of its older look, so the
+    group reads in doubt (the run's request is out), not pending a rerun that would text
+    its members again."""
+    job, _, gone, client, later = await crashed_with_records(jobs, monkeypatch)
+    looked = client.fetch_records
+
+    async def resent_meanwhile(cli: str, cld: str, start: float, end: float) -> Any:
+        found = await looked(cli, cld, start, end)
+        if cld == gone.to[-1]:  # the run's look and resend, while track still looks
+            store = open_store(job.ledger, "append")
+            store.append_now(never_accepted(3600, "", group=gone.id, to=gone.to))
+            store.append_now(Attempt(gone.id, gone.to, attempt=2, t0=later.wall()))
+            store.close_sync()
+        return found
+
+    client.fetch_records = resent_meanwhile  # type: ignore[method-assign]
+    await track_ledger(job.ledger, FAST, client, clock=later)
+    view = load(job.ledger)
+    assert view.groups[gone.id].state == "in_doubt"
+    not_accepted = [
+        e for e in ledger_events(job.ledger) if e.get("group") == gone.id and e.get("code")
+    ]
+    assert len(not_accepted) == 1  # the run's alone
 
 
 DOUBT = GroupRecord(
