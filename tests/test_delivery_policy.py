@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,6 +15,7 @@ from structlog.testing import capture_logs
 
 from bulk_mms import runner as runner_module
 from bulk_mms.codes import Action
+from bulk_mms.config import JobConfig
 from bulk_mms.console import exit_for, run_outcome
 from bulk_mms.errors import (
     AmbiguousSendError,
@@ -37,6 +39,33 @@ from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 from tests.test_webhooks import PUBLIC_B64, disk_full_for, own_event, post_signed
 
 BLOCKED, HEALTHY = "+18445550001", "+18445550002"
+
+
+async def one_group_sent(
+    jobs: JobFactory, senders: str
+) -> tuple[JobConfig, FakeClient, Group, WebhookReceiver]:
+    """A job of four people in one group from ``senders`` (a TOML list), sent: the job, its
+    client, the group, and a webhook receiver on its ledger."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=senders)
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    return job, client, first, await receiver_of(job.ledger)
+
+
+async def receiver_of(ledger: Path) -> WebhookReceiver:
+    """A webhook receiver recording into the JSONL ledger at ``ledger``, its view taken in."""
+    receiver = WebhookReceiver(
+        LedgerView(),
+        open_store(ledger, "append"),
+        load_public_key(PUBLIC_B64),
+        clock=FakeClock(),
+        settings=FAST,
+        reopen=lambda: open_store(ledger, "append"),
+    )
+    await receiver.take_in_new()
+    return receiver
 
 
 async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
@@ -183,21 +212,7 @@ async def test_a_webhook_moves_what_a_blocked_sender_failed_as_track_does(
     refuses the write gets 503 with neither the report nor its move on record, so Telnyx's
     redelivery is news and records both (a report on record without its move, its event id
     seen, would leave the member out)."""
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4", sender=f'["{BLOCKED}", "{HEALTHY}"]')
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
-    (first,) = client.calls
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(
-        LedgerView(),
-        store,
-        load_public_key(PUBLIC_B64),
-        clock=FakeClock(),
-        settings=FAST,
-        reopen=lambda: open_store(job.ledger, "append"),
-    )
-    await receiver.take_in_new()
+    job, client, first, receiver = await one_group_sent(jobs, f'["{BLOCKED}", "{HEALTHY}"]')
     disk_full_for(monkeypatch, b'"moved"', int(disk_full))
     failed = own_event(
         "message.finalized", first.to[1], "own-1", "delivery_failed", BLOCKED, code="40003"
@@ -221,21 +236,7 @@ async def test_a_failure_reported_after_delivered_sends_nobody_again(
     """A member reported delivered and then, stamped later, failed with a code that moves
     members (40014) is neither moved nor sent again: it stays delivered, even when the
     failure's report brings the message's first final cost (a cost is no news of delivery)."""
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4", sender=f'["{HEALTHY}"]')
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
-    (first,) = client.calls
-    store = open_store(job.ledger, "append")
-    receiver = WebhookReceiver(
-        LedgerView(),
-        store,
-        load_public_key(PUBLIC_B64),
-        clock=FakeClock(),
-        settings=FAST,
-        reopen=lambda: open_store(job.ledger, "append"),
-    )
-    await receiver.take_in_new()
+    job, client, first, receiver = await one_group_sent(jobs, f'["{HEALTHY}"]')
     phone = first.to[1]
     delivered = own_event("message.finalized", phone, "own-1", "delivered", HEALTHY)
     failed = own_event(

@@ -9,10 +9,12 @@ import datetime as dt
 
 from msgspec.structs import replace
 
+from bulk_mms.config import JobConfig
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.runner import run_job
+from bulk_mms.summary import JobSummary
 from tests.conftest import FAST, FakeClock, JobFactory, real_client
 from tests.test_quiet import NEW_YORK
 
@@ -21,9 +23,12 @@ NOW = dt.datetime(2026, 11, 24, 10, 29, 50, tzinfo=dt.UTC)
 ONE = replace(FAST, concurrency=1)
 
 
-def queued_20s() -> FakeTelnyx:
-    """A fake API whose every accepted message waits 20 s in its sender's queue."""
-    return FakeTelnyx(wait_seconds=lambda _n: 20.0)
+async def run_queued(job: JobConfig, at: float) -> tuple[JobSummary, FakeTelnyx]:
+    """The job run at ``at`` (wall clock) against a fake API whose every accepted message
+    waits 20 s in its sender's queue: its summary, and the API."""
+    fake = FakeTelnyx(wait_seconds=lambda _n: 20.0)
+    async with real_client(fake) as client:
+        return await run_job(job, ONE, client, clock=FakeClock(wall=at)), fake
 
 
 async def test_a_queue_that_outlasts_the_send_window_holds_the_rest_for_the_next_window(
@@ -34,9 +39,7 @@ async def test_a_queue_that_outlasts_the_send_window_holds_the_rest_for_the_next
     close), and the run says the window closed (exit 4)."""
     jobs.people(16)
     job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"')
-    fake = queued_20s()
-    async with real_client(fake) as client:
-        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    s, fake = await run_queued(job, NOW.timestamp())
     assert len(fake.requests) == 1
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
 
@@ -46,9 +49,7 @@ async def test_a_queue_that_outlasts_the_deadline_expires_the_rest(jobs: JobFact
     are recorded expired, never sent, and the run exits 1."""
     jobs.people(16)
     job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T10:30+00:00"')
-    fake = queued_20s()
-    async with real_client(fake) as client:
-        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    s, fake = await run_queued(job, NOW.timestamp())
     assert len(fake.requests) == 1
     assert (s.sent_groups, s.expired_groups, run_outcome(s)) == (1, 3, Exit.INCOMPLETE)
 
@@ -59,10 +60,7 @@ async def test_a_queue_that_ends_before_the_window_closes_holds_nothing(
     """A queue of 20 s a minute before the close keeps nothing back: every group is sent."""
     jobs.people(16)
     job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"')
-    fake = queued_20s()
-    early = FakeClock(wall=NOW.timestamp() - 50)
-    async with real_client(fake) as client:
-        s = await run_job(job, ONE, client, clock=early)
+    s, _ = await run_queued(job, NOW.timestamp() - 50)
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (4, None, Exit.OK)
 
 
@@ -75,8 +73,6 @@ async def test_a_queue_that_outlasts_the_recipients_quiet_hours_holds_them(
     jobs.csv([{"phone": p, "first": "x"} for p in NEW_YORK])
     job = jobs.job(extra='group_size = 1\nrecipient_window = "08:00-21:00"')
     closing = dt.datetime(2026, 11, 25, 1, 59, 50, tzinfo=dt.UTC)  # 20:59:50 in New York
-    fake = queued_20s()
-    async with real_client(fake) as client:
-        s = await run_job(job, ONE, client, clock=FakeClock(wall=closing.timestamp()))
+    s, fake = await run_queued(job, closing.timestamp())
     assert len(fake.requests) == 1
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "quiet_hours", Exit.WINDOW)
