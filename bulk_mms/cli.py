@@ -352,7 +352,22 @@ def entry() -> int:
     and embedders call in their own processes."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    _null_for_closed_streams()
     return main()
+
+
+def _null_for_closed_streams() -> None:
+    """Give a standard stream the process was started without (``>&-``, ``<&-``: Python
+    makes it None) the null device: what the command says there is dropped, the question it
+    asks reads no answer, and no file it opens takes the stream's descriptor."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,8 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     try:
         commands.refuse_overwrites(args)  # the files it names; the job's, once it is loaded
-        with console.reader_may_leave():
-            return COMMANDS[args.command](args)
+        with console.reader_may_leave() as stdout:
+            code = COMMANDS[args.command](args)
     except BulkMmsError as exc:
         return fail(exc, exc.exit_code)
     except KeyboardInterrupt:
@@ -399,6 +414,9 @@ def _command(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Exit.OK
+    if stdout.lost is not None:  # the command's work stands; what it printed did not
+        return fail(stdout.lost, code or stdout.lost.exit_code)
+    return code
 
 
 COMMANDS = {

@@ -26,7 +26,14 @@ import orjson
 from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
-from bulk_mms.errors import AccountRefused, BulkMmsError, Exit, LedgerLocked, LimitReached
+from bulk_mms.errors import (
+    AccountRefused,
+    BulkMmsError,
+    Exit,
+    LedgerLocked,
+    LimitReached,
+    OutputLost,
+)
 from bulk_mms.gates import past
 from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
@@ -91,29 +98,37 @@ def say(
     out.flush()
 
 
-class _Unheard:
+class Unheard:
     """A command's stdout once nobody may be reading it: when its reader goes (``| head``
-    closed the pipe), the stream is pointed at the null device and what follows is dropped,
-    so that the command carries on to the exit code it would have given (a run that failed
-    groups must not exit 0 because its summary could not be printed)."""
+    closed the pipe), or it refuses a write (a full disk: then :attr:`lost` says why), the
+    stream is pointed at the null device and what follows is dropped, so that the command
+    carries on to the exit code it would have given (a run that failed groups must not exit 0
+    because its summary could not be printed)."""
 
     def __init__(self, inner: TextIO) -> None:
         self._inner = inner
+        #: Why what was printed did not reach the file stdout is (never a reader gone).
+        self.lost: OutputLost | None = None
 
     def write(self, text: str) -> int:
         try:
             return self._inner.write(text)
-        except BrokenPipeError:
-            self._gone()
+        except OSError as exc:
+            self._gone(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._inner.flush()
-        except BrokenPipeError:
-            self._gone()
+        except OSError as exc:
+            self._gone(exc)
 
-    def _gone(self) -> None:
+    def _gone(self, exc: OSError) -> None:
+        if not isinstance(exc, BrokenPipeError) and self.lost is None:
+            self.lost = OutputLost(exc)
+        self._silence()
+
+    def _silence(self) -> None:
         with contextlib.suppress(OSError, ValueError):  # no descriptor: nothing to point
             os.dup2(os.open(os.devnull, os.O_WRONLY), self._inner.fileno())
 
@@ -122,13 +137,14 @@ class _Unheard:
 
 
 @contextlib.contextmanager
-def reader_may_leave() -> Iterator[None]:
-    """Run a command whose stdout's reader may go away (:class:`_Unheard`); what it printed
-    is flushed before the block ends, so no broken pipe is left for the interpreter's exit."""
-    unheard = _Unheard(sys.stdout)
+def reader_may_leave() -> Iterator[Unheard]:
+    """Run a command whose stdout's reader may go away or whose file may refuse it
+    (:class:`Unheard`, given to the block); what it printed is flushed before the block
+    ends, so no broken pipe is left for the interpreter's exit."""
+    unheard = Unheard(sys.stdout)
     with contextlib.redirect_stdout(unheard):
         try:
-            yield
+            yield unheard
         finally:
             unheard.flush()
 

@@ -12,6 +12,8 @@
      ├── ApiUnavailable               1  transient failures on group after group: the job stops
      ├── RefusedRepeatedly            1  group after group refused with one error: the job stops
      ├── ResetAfterDeadline           1  a cap stopped the job that lifts only after its deadline
+     ├── OutputLost                   2  stdout refused what the command printed (a full disk,
+     │                                    an I/O error); a failing command keeps its own code
      ├── LedgerError(path, line)       2  the ledger cannot be used
      │    ├── LedgerCorrupt               a line in the middle is not a ledger event
      │    ├── LedgerMismatch              the ledger belongs to another input or job
@@ -191,6 +193,14 @@ class RefusedRepeatedly(BulkMmsError):
     """
 
     exit_code = 1
+
+
+class OutputLost(BulkMmsError):
+    """What the command printed on stdout could not be written (``> file`` on a full disk, an
+    I/O error): its report, table or summary is lost, whatever else it did stands."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(f"stdout: cannot write: {exc.strerror or exc}")
 
 
 class LedgerError(_Located, BulkMmsError):

@@ -247,14 +247,21 @@ class JsonlStore(GroupCommitted[bytes]):
         Raises:
             LedgerLocked: ``run``, and another run holds it.
             LedgerError: it is not a file (a folder, a device, a pipe: never read, which
-                could wait forever, nor written); it cannot be created, locked or written; or
+                could wait forever, nor written); its path cannot be looked up (a folder on
+                the way not searchable, a name too long); it cannot be created, locked or
+                written; or
                 (``append``, ``read``) it does not exist or (``append``) is empty.
         """
-        with contextlib.suppress(OSError):
-            if not stat.S_ISREG(path.stat().st_mode):
-                raise LedgerError(path, "is not a file (a folder, a device or a pipe): name a file")
+        try:
+            kind: int | None = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            kind = None  # not there (yet)
+        except OSError as exc:  # a folder on the way not searchable, a name too long, a loop
+            raise LedgerError(path, f"cannot open: {exc.strerror or exc}") from None
+        if kind is not None and not stat.S_ISREG(kind):
+            raise LedgerError(path, "is not a file (a folder, a device or a pipe): name a file")
         if mode == "read":
-            if not path.exists():
+            if kind is None:
                 raise LedgerError(path, "no such ledger")
             return cls(path)
         if mode == "append":
