@@ -418,9 +418,15 @@ def _begun(path: Path) -> bool:
 
     Raises:
         ConfigError: the path is a symlink to no file (its volume not mounted) or a loop: a
-            list that cannot be read, never taken for an empty one.
+            list that cannot be read, never taken for an empty one; or it is not a file (a
+            folder, or a device such as /dev/zero, whose reading never ends).
     """
     if path.exists():
+        if not path.is_file():
+            raise ConfigError(
+                "suppression.file",
+                f"cannot read {path}: not a file (a folder, a device or a pipe): name a file",
+            )
         return True
     if path.is_symlink():
         raise ConfigError(

@@ -71,3 +71,12 @@ def test_a_list_behind_a_broken_symlink_is_refused_not_read_as_empty(
     assert str(info.value).startswith(f"suppression.file: cannot read {path}: ")
     with pytest.raises(ConfigError):
         Suppressed(path).add(["+12125550100"], "test")
+
+
+def test_a_list_that_is_a_device_is_refused_not_read_or_written(tmp_path: Path) -> None:
+    """A suppression file that is a device (/dev/null: reads as empty, takes every write and
+    keeps none; /dev/zero: a read that never ends) is refused, so no number added is lost."""
+    with pytest.raises(ConfigError, match="not a file"):
+        Suppressed(Path("/dev/null")).add(numbers(1), "test")
+    with pytest.raises(ConfigError, match="not a file"):
+        Suppressed(tmp_path)
