@@ -7,10 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+from bulk_mms.cli import main
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.scan import write_rejected
 from tests.conftest import JobFactory
 from tests.threaded import fake_api_thread
 
@@ -44,3 +47,23 @@ def test_sigterm_during_the_scan_of_a_large_input_stops_at_once(jobs: JobFactory
     assert b"job.started" not in err
     assert fake.requests == []
     assert not job.ledger.exists()
+
+
+def test_ctrl_c_stops_a_dry_run_while_it_reads_the_input(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while a dry run reads its input ends it there (exit 130), not once the whole
+    input is read."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    read: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, as the scan begins
+        write_rejected(*args, **kwargs)
+        read.append(1)
+
+    monkeypatch.setattr("bulk_mms.prepare.write_rejected", interrupted)
+    assert main(["run", str(job.path), "--dry-run", "--sandbox"]) == 130
+    assert read == []
+    assert "interrupted" in capsys.readouterr().err

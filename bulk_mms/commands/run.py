@@ -93,17 +93,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSummary:
-    """What a run would do now (a dry run)."""
-    return asyncio.run(
-        dry_run(
-            job,
-            settings,
-            resend_in_doubt=args.resend_in_doubt,
-            limit=args.limit,
-            excluded=args.excluded,
-            rejected_csv=args.rejected_csv,
+    """What a run would do now (a dry run). Its reading of the input never awaits, and
+    asyncio.run's Ctrl-C only cancels a task at its next await (it would go unheard until
+    the whole input was read): on a loop of its own, Ctrl-C stops it at once
+    (KeyboardInterrupt: exit 130, nothing sent or written)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(
+            dry_run(
+                job,
+                settings,
+                resend_in_doubt=args.resend_in_doubt,
+                limit=args.limit,
+                excluded=args.excluded,
+                rejected_csv=args.rejected_csv,
+            )
         )
-    )
+    finally:
+        loop.close()
 
 
 def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
