@@ -669,14 +669,13 @@ def continues_earlier(job: JobConfig, earlier: Location) -> bool:
     recipients not attempted, pending a rerun or in doubt), and the job's ``send_window``
     does not cross midnight (its ``{date}`` is already the date its night began on,
     :func:`~bulk_mms.config.job.load_job`: the previous date's ledger is the night before's)."""
+    if job.send_window is not None and job.send_window.crosses_midnight:  # its date says
+        return False
     if earlier == job.where or exists(job.where) or not exists(earlier):
         return False
     view = load(earlier, statuses=False)
     header = view.header
     if header is None or header.job != job.name:
-        return False
-    window = job.send_window
-    if window is not None and window.end < window.start:  # across midnight: its date says
         return False
     if header.fingerprint != fingerprint(job.input):
         return False

@@ -184,16 +184,22 @@ def taken_by_resends(
         if CAMPAIGN_COLUMN in h.columns and (besides is None or h.campaign != besides)
     ]
     out: dict[str, str] = {}
+    read: dict[Location, _Resend | None] = {}  # each ledger read once, for every round
     rounds, seen = [campaign], {campaign}
     for of in rounds:  # grows by each resend's campaign: the rounds after it
         for where, header in beside:
             try:
-                took = _took(where, header, of)
-                kept = took - _refused(where) if took and not refused else took
+                if where not in read:
+                    read[where] = None  # a ledger that cannot be read is none of its resends
+                    read[where] = _Resend(where, header)
+                if (resend := read[where]) is None:
+                    continue
+                took = resend.took(of)
+                kept = took - resend.refused() if took and not refused else took
             except LedgerUnavailable:
                 raise
             except LedgerError:
-                continue  # a ledger that cannot be read is not one of its resends
+                continue
             if took and header.campaign and header.campaign not in seen:
                 seen.add(header.campaign)
                 rounds.append(header.campaign)
@@ -278,25 +284,49 @@ def inputs_beside(ledger: Location | None) -> list[tuple[str, Path]]:
     ]
 
 
-def _took(where: Location, header: Header, campaign: str) -> set[str]:
-    """Every number the ledger at ``where``, whose job header is ``header`` (its rows carry
-    :data:`CAMPAIGN_COLUMN`), tried or holds, when those rows carry ``campaign`` (a resend of
-    that campaign's failed file): those its events name, and those of its input while that
-    is unchanged (:func:`_held`); else none."""
-    at = header.columns.index(CAMPAIGN_COLUMN)
-    tried: set[str] = set()
-    ours = False
-    events = read_events(where, skip_status=True)
-    try:
-        for ev in events:
-            if isinstance(ev, Attempt):
-                tried.update(ev.to)
-            else:
-                ours = ours or any(named == campaign for _, named in _row_campaigns(ev, at))
-    finally:
-        events.close()  # the ledger's file or connection, closed now, not when collected
-    held = _held(header, campaign)
-    return tried | held if ours or held else set()
+class _Resend:
+    """A ledger beside a campaign's whose rows carry :data:`CAMPAIGN_COLUMN`, read once for
+    every round of :func:`taken_by_resends`: the numbers its attempts tried, the campaigns
+    its outcomes' rows name, its input's numbers by the campaign their rows name (while
+    that input is unchanged: :func:`_held`), and, once asked, those it counts refused.
+
+    Raises:
+        LedgerError: the ledger cannot be read.
+    """
+
+    def __init__(self, where: Location, header: Header) -> None:
+        self.where = where
+        at = header.columns.index(CAMPAIGN_COLUMN)
+        self.tried: set[str] = set()
+        self.named: set[str] = set()
+        events = read_events(where, skip_status=True)
+        try:
+            for ev in events:
+                if isinstance(ev, Attempt):
+                    self.tried.update(ev.to)
+                else:
+                    self.named.update(named for _, named in _row_campaigns(ev, at))
+        finally:
+            events.close()  # the ledger's file or connection, closed now, not when collected
+        self.held = _held(header)
+        self._refused: set[str] | None = None
+
+    def took(self, campaign: str) -> set[str]:
+        """Every number it tried or holds, when its rows carry ``campaign`` (a resend of that
+        campaign's failed file): those its events name, and those of its input while that
+        is unchanged; else none."""
+        held = self.held.get(campaign, set())
+        return self.tried | held if campaign in self.named or held else set()
+
+    def refused(self) -> set[str]:
+        """The numbers it counts failed at the send (the API refused their group for good,
+        or them by name)."""
+        if self._refused is None:
+            view = load(self.where, statuses=False)
+            self._refused = {
+                p for rec in view.groups.values() if rec.state == FAILED for p in rec.counted
+            }
+        return self._refused
 
 
 def _row_campaigns(ev: Event, at: int) -> Iterator[tuple[str, str]]:
@@ -306,22 +336,15 @@ def _row_campaigns(ev: Event, at: int) -> Iterator[tuple[str, str]]:
         yield from ((p, r[at]) for p, r in zip(ev.to, ev.rows, strict=False) if len(r) > at)
 
 
-def _refused(where: Location) -> set[str]:
-    """The numbers the ledger at ``where`` counts failed at the send (the API refused their
-    group for good, or them by name)."""
-    view = load(where, statuses=False)
-    return {p for rec in view.groups.values() if rec.state == FAILED for p in rec.counted}
-
-
-def _held(header: Header, campaign: str) -> set[str]:
-    """The numbers of a resend ledger's input whose rows carry ``campaign``, while that input
-    is the file the ledger was begun on (its fingerprint): a rerun resumes it and sends
-    every one it has not tried yet. None once the file is gone or changed (no rerun of that
-    ledger sends anything more) or cannot be read."""
+def _held(header: Header) -> dict[str, set[str]]:
+    """The numbers of a resend ledger's input by the campaign their rows carry, while that
+    input is the file the ledger was begun on (its fingerprint): a rerun resumes it and
+    sends every one it has not tried yet. None once the file is gone or changed (no rerun of
+    that ledger sends anything more) or cannot be read."""
     source = Path(header.input) if header.input else None
     try:
         if source is None or not source.is_file() or fingerprint(source) != header.fingerprint:
-            return set()
+            return {}
         encoding = header.encoding or file_encoding(source)
         with RowReader(
             source,
@@ -331,16 +354,17 @@ def _held(header: Header, campaign: str) -> set[str]:
             delimiter=header.delimiter,
         ) as reader:
             rows = [
-                row.fields.get(header.phone_column, "")
+                (row.fields.get(CAMPAIGN_COLUMN), row.fields.get(header.phone_column, ""))
                 for row in reader
-                if isinstance(row, Row) and row.fields.get(CAMPAIGN_COLUMN) == campaign
+                if isinstance(row, Row)
             ]
     except (InputError, OSError):
-        return set()
-    held: set[str] = set()
-    for value in rows:
-        with contextlib.suppress(PhoneError):
-            held.add(normalize_phone(value))
+        return {}
+    held: dict[str, set[str]] = {}
+    for campaign, value in rows:
+        if campaign is not None:
+            with contextlib.suppress(PhoneError):
+                held.setdefault(campaign, set()).add(normalize_phone(value))
     return held
 
 

@@ -99,6 +99,11 @@ class SendWindow(msgspec.Struct, frozen=True):
         end = "24:00" if self.end == dt.time.max else f"{self.end:%H:%M}"
         return f"{self.start:%H:%M}-{end}"
 
+    @property
+    def crosses_midnight(self) -> bool:
+        """Whether it is a night's window (``"22:00-06:00"``): its end before its start."""
+        return self.end < self.start
+
     def contains(self, t: dt.time) -> bool:
         t = t.replace(tzinfo=None)
         if self.start <= self.end:
@@ -294,7 +299,7 @@ def load_job(
     window = _parse_window(window_text, top) if window_text is not None else None
     moment = (now or dt.datetime.now(dt.UTC)).astimezone(zone)
     today = moment.date()
-    if window is not None and window.end < window.start and moment.time() < window.end:
+    if window is not None and window.crosses_midnight and moment.time() < window.end:
         today -= dt.timedelta(days=1)  # a night across midnight is the date it began on
     ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
     phone_column = top.column("phone_column", "phone") or "phone"
