@@ -14,8 +14,10 @@ Reports arrive twice over (polling and webhooks), late, repeated and out of orde
 * a final status is never replaced by a non-final one (a late ``message.sent`` after
   ``message.finalized`` is ignored);
 * a final status is replaced by another final one only when the report is stamped later
-  (a carrier correcting ``delivery_unconfirmed`` to ``delivered``), and ``delivered`` never
-  is: the handset had the message, and a later failure report taken for news would send it
+  (a carrier correcting ``delivery_unconfirmed`` to ``delivered``), or is stamped where the
+  one known was not (a ``delivery_failed`` without ``completed_at`` or ``sent_at`` cannot be
+  shown later than anything, so it does not hold off a stamped correction), and ``delivered``
+  never is: the handset had the message, and a later failure report taken for news would send it
   again (a second text) where it can at most be a carrier's mistake;
 * a non-final status only moves forward.
 
@@ -87,7 +89,8 @@ def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:
         if new not in FINAL or old.status in (new, "delivered"):
             return False
         new_t, old_t = instant(new_at), instant(old.at)
-        return new_t is not None and old_t is not None and new_t > old_t
+        # an unstamped final report is not known to be the later one: a stamped one wins
+        return new_t is not None and (old_t is None or new_t > old_t)
     if new in FINAL:
         return True
     return _RANK.get(new, 0) > _RANK.get(old.status, 0)

@@ -10,7 +10,7 @@ import orjson
 
 from bulk_mms.answers import parse_statuses
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, UNCONFIRMED, Known, supersedes
-from bulk_mms.ledger import LedgerView, checkpoint, load
+from bulk_mms.ledger import LedgerView, Sent, checkpoint, load
 from bulk_mms.models import Money, RecipientStatus
 from bulk_mms.report import format_text, summarize
 from bulk_mms.testing import ledger_events
@@ -164,3 +164,16 @@ def test_a_late_final_cost_is_news_once_and_a_stale_one_changes_nothing() -> Non
     )
     assert not view.apply_status(stale, "g")
     assert view.final_cost[phone] == Money(Decimal("0.004"), USD)
+
+
+def test_a_stamped_correction_replaces_a_failure_reported_without_a_time() -> None:
+    """A ``delivery_failed`` without ``completed_at``/``sent_at``, then a stamped ``delivered``
+    for the same member: the fold keeps ``delivered``, so neither the report nor a resend
+    counts the member among those who did not get the message."""
+    phone, other = "+13125550001", "+13125550002"
+    view = LedgerView.fold([Sent("g", (phone, other), 0, message_id="m")])
+    assert view.apply_status(RecipientStatus(phone, "delivery_failed"), "g")
+    assert set(view.not_received()) == {phone}
+    assert view.apply_status(RecipientStatus(phone, "delivered", at="2026-11-23T10:05:00Z"), "g")
+    assert view.not_received() == {}
+    assert view.delivery() == {"delivered": 1, "queued": 1}

@@ -111,6 +111,11 @@ def status_lines(path: Path) -> list[dict[str, object]]:
             False,
         ),
         ("delivered", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), False),
+        # an unstamped failure is not known to be the later report: a stamped one corrects it
+        ("delivered", "2026-01-02T00:00:00Z", Known("delivery_failed"), True),
+        ("delivery_unconfirmed", "2026-01-02T00:00:00Z", Known("expired"), True),
+        ("delivered", None, Known("delivery_failed"), False),
+        ("delivery_failed", "2026-01-02T00:00:00Z", Known("delivered"), False),
         # instants, not strings: half a second later wins though it sorts lower as text
         (
             "delivered",
