@@ -11,7 +11,7 @@ action it took; the fold reads this table only for an event written before they 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 
@@ -40,6 +40,39 @@ DEFAULT_POLICY: Final[Mapping[str, Action]] = {
 }
 #: Actions that say nothing was wrong with the recipient: a later send may reach them.
 RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
+#: How the codes of one delivery report are weighed when it carries several (Telnyx's
+#: ``errors`` is a list): by their actions in the table, the one listed first here decides
+#: (:func:`deciding`), whatever order the report gives them in. What says the number must not
+#: be texted again comes first (``suppress``: it opted out), then what says no send can reach
+#: it (``fail``, and a code the table has no action for: 40001 not routable, 40008
+#: undeliverable), then the account's (``halt``) and the sender's (``retire_sender``: another
+#: sender may reach it), then a carrier's refusal for now, the longest wait first (``defer``,
+#: ``slow``, ``retry``): so a report that says "blocked, STOP" beside "too many messages"
+#: never sends the number again, and one that says "undeliverable" beside a spam filter's
+#: code does not move it for a resend after the reset.
+PRECEDENCE: Final[tuple[Action | None, ...]] = (
+    Action.SUPPRESS,
+    Action.FAIL,
+    None,
+    Action.HALT,
+    Action.RETIRE_SENDER,
+    Action.DEFER,
+    Action.SLOW,
+    Action.RETRY,
+)
+
+
+def deciding(codes: Iterable[str], policy: Mapping[str, Action]) -> str | None:
+    """Of the codes one report carries, the one that decides what is done about it: the
+    first whose action under ``policy`` comes first in :data:`PRECEDENCE` (of those alike, the
+    first given); None when it carries none."""
+    best, rank = None, len(PRECEDENCE)
+    for code in codes:
+        if (r := PRECEDENCE.index(policy.get(code))) < rank:
+            best, rank = code, r
+    return best
+
+
 #: The code bulk-mms records for a group the job's deadline left unsent (failed: no rerun
 #: sends it). Its own, never a Telnyx code.
 EXPIRED_UNSENT: Final = "expired_unsent"

@@ -40,11 +40,12 @@ import re
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import msgspec.structs
 import structlog
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, iso, utc
-from bulk_mms.codes import DEFAULT_POLICY, Action
+from bulk_mms.codes import DEFAULT_POLICY, Action, deciding
 from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
@@ -299,17 +300,36 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
     return 0.0
 
 
-def report_code(st: RecipientStatus) -> str | None:
-    """The Telnyx error code a delivery report carries (its first), if any."""
-    return next((e.code for e in st.errors if e.code), None)
+def report_code(st: RecipientStatus, policy: Mapping[str, Action]) -> str | None:
+    """The Telnyx error code that decides what a delivery report calls for, if it carries
+    any: of several, the one :func:`~bulk_mms.codes.deciding` weighs first under ``policy``
+    (an opt-out over a carrier's refusal for now, whatever their order)."""
+    return deciding((e.code for e in st.errors if e.code), policy)
 
 
 def report_action(st: RecipientStatus, policy: Mapping[str, Action]) -> Action | None:
     """The action ``policy`` has for the code a delivery report carries (:func:`report_code`),
     if any: the one reading of a report's code by the table, for :func:`delivery_action` and
     for the ``status`` event that records it (:class:`~bulk_mms.ledger.Status`'s ``action``)."""
-    code = report_code(st)
+    code = report_code(st, policy)
     return policy.get(code) if code is not None else None
+
+
+def judged(
+    st: RecipientStatus, policy: Mapping[str, Action]
+) -> tuple[RecipientStatus, Action | None]:
+    """A delivery report as a run, ``track`` and the webhook receiver record it and take it
+    into their view: its errors with the one that decides (:func:`report_code`) first, and
+    the action for it (:func:`report_action`). The fold reads a recorded report's first
+    code as the one its ``action`` is for, so ``report`` and a resend judge it as whoever
+    recorded it did."""
+    code = report_code(st, policy)
+    if code is None:
+        return st, None
+    if st.errors[0].code != code:
+        i = next(i for i, e in enumerate(st.errors) if e.code == code)
+        st = msgspec.structs.replace(st, errors=(st.errors[i], *st.errors[:i], *st.errors[i + 1 :]))
+    return st, policy.get(code)
 
 
 def opted_out_in(st: RecipientStatus, policy: Mapping[str, Action]) -> str | None:
@@ -317,7 +337,7 @@ def opted_out_in(st: RecipientStatus, policy: Mapping[str, Action]) -> str | Non
     40300, for a member the message did not reach); None for any other report."""
     if st.status not in NOT_RECEIVED or report_action(st, policy) != Action.SUPPRESS:
         return None
-    return report_code(st)
+    return report_code(st, policy)
 
 
 #: How many times a delivery report may send one recipient again (:func:`delivery_action`):
@@ -342,8 +362,8 @@ def delivery_action(
     :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report with no code the
     policy knows, or a group with no sender on record. ``suppress`` (an opt-out, 40300) only
     for a member it failed: the caller puts that member on the suppression list."""
-    code = report_code(st)
-    action = report_action(st, settings.error_policy)
+    code = report_code(st, settings.error_policy)
+    action = settings.error_policy.get(code) if code is not None else None
     if action is None or rec.sender is None or code is None:
         return None, None
     if action == Action.SUPPRESS:

@@ -59,7 +59,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import Group, RecipientStatus, RejectedRow, Rejection, SendReceipt
-from bulk_mms.policy import error_action, report_action
+from bulk_mms.policy import error_action, judged
 from bulk_mms.settle import Finding, never_accepted, own_ids
 from bulk_mms.summary import JobSummary
 
@@ -305,8 +305,10 @@ class Recorder:
         # it again), recorded with its errors so its code is kept
         final = [st for st in r.statuses if st.status in FINAL]
         for st in final:
-            action = report_action(st, self.policy)
-            self._queue(status_event(group.id, st, source="send", time=self._now(), action=action))
+            report, action = judged(st, self.policy)
+            self._queue(
+                status_event(group.id, report, source="send", time=self._now(), action=action)
+            )
         return final
 
     def _sent_event(self, group: Group, r: SendReceipt, attempts: int, throttled: int) -> Sent:

@@ -1053,7 +1053,7 @@ class GroupSender:
         if action is None or rec.sender is None:
             return
         if action == Action.SUPPRESS:
-            code = report_code(st) or ""
+            code = report_code(st, self.settings.error_policy) or ""
             await suppress_opted_out(self.suppressed, (st.phone,), code, source="delivery")
             return
         sender = rec.sender

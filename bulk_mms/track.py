@@ -56,7 +56,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.events import Event, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import delivery_action, report_action, report_code
+from bulk_mms.policy import delivery_action, judged, report_code
 from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.recipient_lists import Originals
 from bulk_mms.retry import fetch_with_retry
@@ -330,7 +330,7 @@ class Tracker:
                     log.warning("track.recipient_unlisted", group=g.id, recipient=phone)
                 continue
             self._unlisted.pop((g.id, phone), None)  # listed now
-            action = report_action(st, self.settings.error_policy)
+            st, action = judged(st, self.settings.error_policy)
             if self.view.apply_status(st, g.id, action=action):
                 now = iso(self.clock.wall())
                 ev = status_event(g.id, st, source="track", time=now, action=action)
@@ -600,7 +600,9 @@ async def track_ledger(
                 view.apply(found)
             if action == Action.SUPPRESS and (got := await suppressions()) is not None:
                 # it opted out after the group was accepted: as the send's 409 would have
-                await suppress_opted_out(got, (st.phone,), report_code(st) or "", source="track")
+                await suppress_opted_out(
+                    got, (st.phone,), report_code(st, settings.error_policy) or "", source="track"
+                )
 
         async def suppressions() -> Suppressed | None:
             if not listed:

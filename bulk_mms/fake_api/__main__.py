@@ -35,13 +35,16 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         metavar="NAME[*N]",
         help=f"misbehave on the next POSTs, in order (repeatable): {', '.join(FAULT_PRESETS)}",
     )
-    for flag, what in (("--refuse", "refuse sends to"), ("--report", "report delivery_failed for")):
+    for flag, what, codes in (
+        ("--refuse", "refuse sends to", "CODE"),
+        ("--report", "report delivery_failed for", "CODE[,CODE...]"),
+    ):
         parser.add_argument(
             flag,
             action="append",
             default=[],
-            metavar="NUMBER=CODE",
-            help=f"{what} NUMBER (or *LAST4) with Telnyx error CODE (repeatable)",
+            metavar=f"NUMBER={codes}",
+            help=f"{what} NUMBER (or *LAST4) with Telnyx error {codes} (repeatable)",
         )
     parser.add_argument(
         "--log",
@@ -128,11 +131,15 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
     )
     if args.webhook_url:
         _sign_webhooks(fake, args.webhook_url, args.webhook_every)
-    for table, items in ((fake.refuse, args.refuse), (fake.report, args.report)):
+    for table, items, several in (
+        (fake.refuse, args.refuse, False),
+        (fake.report, args.report, True),
+    ):
         for item in items:
             number, sep, code = item.partition("=")
-            if not sep or not code.isdigit():
-                parser.error(f"{item!r} is not NUMBER=CODE")
+            given = code.split(",") if several else [code]
+            if not sep or not all(c.isdigit() for c in given):
+                parser.error(f"{item!r} is not NUMBER=CODE" + ("[,CODE...]" if several else ""))
             table[number] = code
     try:
         fake.faults.extend(parse_faults(",".join(args.fault)))

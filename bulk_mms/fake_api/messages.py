@@ -16,7 +16,7 @@ from bulk_mms.fake_api.rules import (
     ZERO,
     cost_of,
     money,
-    report_error,
+    report_errors,
 )
 from bulk_mms.fake_api.state import FakeState
 from bulk_mms.fake_api.wire import auth_refusal, errors_answer, json_answer
@@ -56,9 +56,10 @@ class MessageViews(FakeState):
         final = [self._final_at[k] for k in keys if k in self._final_at]
         all_final = live and all(s in FINAL_STATUSES for s in statuses)
         errors = [
-            report_error(self.report_code(msg.to[i]))
+            error
             for i, s in zip(indexes, statuses, strict=True)
             if s in ("delivery_failed", "sending_failed")
+            for error in report_errors(self.report_code(msg.to[i]))
         ]
         body = msg.body
         text = body.get("text")

@@ -136,9 +136,16 @@ def cost_of(status: str) -> tuple[Decimal, Decimal] | None:
     return RATE, CARRIER_FEE_ESTIMATE
 
 
-def report_error(code: str | None) -> dict[str, str]:
-    """The ``errors`` entry of a failed delivery: the rule's code, else a plain 40008."""
-    if code is None:
-        return {"code": "40008", "title": "Undeliverable", "detail": "The carrier refused it."}
-    title = MEANINGS.get(code, "Refused")
-    return {"code": code, "title": title, "detail": f"Reported by the carrier ({code})."}
+def report_errors(rule: str | None) -> list[dict[str, str]]:
+    """The ``errors`` entries of a failed delivery: one per code of the rule (several, comma
+    separated, in that order: Telnyx's ``errors`` is a list), else a plain 40008."""
+    if rule is None:
+        return [{"code": "40008", "title": "Undeliverable", "detail": "The carrier refused it."}]
+    return [
+        {
+            "code": code,
+            "title": MEANINGS.get(code, "Refused"),
+            "detail": f"Reported by the carrier ({code}).",
+        }
+        for code in rule.split(",")
+    ]

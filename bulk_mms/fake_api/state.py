@@ -87,7 +87,8 @@ class FakeState:
     #: (unless ``sync_carrier_codes``).
     refuse: dict[str, str] = field(default_factory=dict)
     #: Delivery reports by rule, the same way: such a recipient is accepted and then ends
-    #: ``delivery_failed`` (or :data:`REPORT_STATUS`'s) with that code in ``errors``.
+    #: ``delivery_failed`` (or :data:`REPORT_STATUS`'s) with that code in ``errors`` (several
+    #: codes, comma separated: one entry each, in that order).
     report: dict[str, str] = field(default_factory=dict)
     #: Opt-out blocks, as ``GET /messaging_optouts`` lists them. An :class:`OptOut` blocks its
     #: from→to pair; a bare number is blocked from every sender of the profile (listed from

@@ -31,7 +31,7 @@ import msgspec
 import msgspec.structs
 
 from bulk_mms.clock import instant
-from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action
+from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action, deciding
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, Known, supersedes
 from bulk_mms.ledger import events
 from bulk_mms.models import (
@@ -547,6 +547,7 @@ class LedgerView(msgspec.Struct, eq=False):
         its code (the ``status`` event's), kept with the status for the kind of miss it makes.
 
         News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
+        or the one known again with the error code it was known without (why it failed),
         or a final cost, alone (a stale report's, one after ``delivered``'s: no status news,
         so none the error policy acts on): a report's cost is taken as the recipient's final
         cost only when its status is final, and replaces one known only when the status is
@@ -560,7 +561,11 @@ class LedgerView(msgspec.Struct, eq=False):
         rec = self.groups.get(group)
         if rec is not None and st.phone in rec.moved and self.group_of(st.phone) != group:
             return News.NONE  # a report of a send it was moved out of: its new send's state
-        moved = supersedes(st.status, st.at, old)
+        # the same status again, now saying why (the send's answer's errors, written after the
+        # sent line that gave the bare status; a GET's bare failure, then message.finalized's
+        # code): news, or the code that makes an opt-out or a carrier's refusal is never kept
+        why = old is not None and old.status == st.status and old.code is None
+        moved = supersedes(st.status, st.at, old) or (why and any(e.code for e in st.errors))
         priced = False
         if st.cost is not None and st.status in FINAL:
             had = self.final_cost.get(st.phone)
@@ -573,8 +578,8 @@ class LedgerView(msgspec.Struct, eq=False):
                 self.known[st.phone] = old._replace(message_id=st.message_id)
             return news
         mid = st.message_id or (old.message_id if old else None)
-        code = next((e.code for e in st.errors if e.code), None)
-        self.known[st.phone] = Known(st.status, st.at, mid, code, action)
+        at = st.at or (old.at if why and old is not None else None)
+        self.known[st.phone] = Known(st.status, at, mid, _deciding_code(st, action), action)
         if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
             self._delivery[old.status] -= 1  # a recipient of a sent group moves on
             self._delivery[st.status] += 1
@@ -856,6 +861,16 @@ def action_of(recorded: str | None, code: str | None) -> str | None:
     if recorded is not None:
         return recorded
     return DEFAULT_POLICY.get(code) if code is not None else None
+
+
+def _deciding_code(st: RecipientStatus, action: str | None) -> str | None:
+    """The code that decided what was done about a recorded delivery report: its first, when
+    the report records the action for it (whoever recorded it put the code that decided
+    first: :func:`~bulk_mms.policy.judged`); else (no action: a code no table had one for, or
+    a ledger written before reports kept it) the one the built-in table weighs first
+    (:func:`~bulk_mms.codes.deciding`), as :func:`action_of` reads it."""
+    codes = (e.code for e in st.errors if e.code)
+    return next(codes, None) if action is not None else deciding(codes, DEFAULT_POLICY)
 
 
 def _failure(ev: events.Failed) -> tuple[str, Miss | None]:

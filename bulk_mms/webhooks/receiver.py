@@ -28,7 +28,7 @@ from bulk_mms.ledger import LedgerStore, LedgerView
 from bulk_mms.ledger.events import Event, status_event
 from bulk_mms.ledger.fold import SENT, News
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import delivery_action, opted_out_in, report_action
+from bulk_mms.policy import delivery_action, judged, opted_out_in
 from bulk_mms.suppression import suppress_opted_out
 from bulk_mms.webhooks.base import (
     BaseReceiver,
@@ -296,15 +296,17 @@ class WebhookReceiver(BaseReceiver):
             rec = view.groups.get(gid)
             # a recipient keeps its own id; the group's id is not one recipient's
             own = message_id if rec is None or view.group_message_id(rec) != message_id else None
-            report = RecipientStatus(
-                st.phone,
-                st.status[:FIELD_MAX],
-                message_id=own,
-                errors=st.errors[:5],
-                at=occurred_at or st.at,
-                cost=st.cost,
+            report, action = judged(
+                RecipientStatus(
+                    st.phone,
+                    st.status[:FIELD_MAX],
+                    message_id=own,
+                    errors=st.errors,
+                    at=occurred_at or st.at,
+                    cost=st.cost,
+                ),
+                self.settings.error_policy,
             )
-            action = report_action(report, self.settings.error_policy)
             # a cost only finalized's
             if news := view.apply_status(report, gid, finalized=True, action=action):
                 now = self.clock.wall()

@@ -1,0 +1,148 @@
+"""Who got the message, as ``report`` and a resend (``--failed-csv``) tell it, when delivery
+reports contradict one another: a correction, several error codes in one report."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bulk_mms.codes import DEFAULT_POLICY, deciding
+from bulk_mms.errors import ApiError
+from bulk_mms.fake_api import FakeTelnyx, carrier_timeline
+from bulk_mms.ledger import LedgerView, Sent
+from bulk_mms.ledger.events import decode, status_event, to_json
+from bulk_mms.ledger.fold import Miss
+from bulk_mms.models import RecipientStatus
+from bulk_mms.policy import judged, load_policy
+from bulk_mms.recipient_lists import left_to_resend
+from bulk_mms.report import summarize
+from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
+from bulk_mms.track import track_ledger
+from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving
+
+PEOPLE = [f"+1212555000{i}" for i in range(4)]
+
+
+async def test_a_webhooks_correction_replaces_a_failure_a_get_gave_without_a_time(
+    jobs: JobFactory,
+) -> None:
+    """``track`` reads a ``delivery_failed`` with neither ``completed_at`` nor ``sent_at``
+    (the least answer the spec allows); the carrier then corrects it, and ``message.finalized``
+    says ``delivered`` (stamped): the report counts everyone delivered and a resend takes
+    nobody."""
+    clock = FakeClock()
+    signer = Ed25519PrivateKey.generate()
+    fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic, signing_key=signer)
+    fake.sparse_answers = True
+    fake.delivery_status = carrier_timeline(0, 1, 3, outcomes={"*0002": "delivery_failed"})
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        clock.advance(4)
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    failed = [e for e in ledger_events(job.ledger) if e.get("status") == "delivery_failed"]
+    assert [(e["recipient"], e.get("at")) for e in failed] == [(PEOPLE[2], None)]
+    assert [p for p, _ in summarize(job.ledger).undelivered] == [PEOPLE[2]]
+    # the carrier's correction, posted as Telnyx does (stamped with occurred_at)
+    fake.sparse_answers = False
+    fake.delivery_status = carrier_timeline(0, 1, 3)
+    async with receiving(fake, job.ledger, signer):
+        assert await fake.pump_webhooks() == 8
+    s = summarize(job.ledger)
+    assert s.undelivered == []
+    assert left_to_resend(s) == {}
+    assert s.delivery == {"delivered": 4}
+
+
+async def test_a_report_that_says_opted_out_beside_a_spam_filter_is_judged_opted_out(
+    jobs: JobFactory,
+) -> None:
+    """A delivery report carrying 40011 (spam filter: resend after the reset) and then 40300
+    (the recipient opted out): ``track`` moves nobody for a resend, the report counts the
+    member opted out, and a resend (``--failed-csv``) leaves them out."""
+    clock = FakeClock()
+    fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic)
+    fake.delivery_status = carrier_timeline(0, 1, 3)
+    fake.report["*0002"] = "40011,40300"
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        clock.advance(4)
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    lines = ledger_events(job.ledger)
+    failed = [e for e in lines if e.get("status") == "delivery_failed"]
+    assert [(e["recipient"], e["action"]) for e in failed] == [(PEOPLE[2], "suppress")]
+    assert [e for e in lines if e["event"] == "moved"] == []
+    s = summarize(job.ledger)
+    assert [(p, m.kind) for p, m in s.undelivered] == [(PEOPLE[2], Miss.OPTED_OUT)]
+    assert s.delivery_codes == {"40300": 1}
+    assert left_to_resend(s) == {}
+    assert s.opted_out_left_out == 1
+
+
+@pytest.mark.parametrize(
+    ("codes", "decides"),
+    [
+        (["40011", "40300"], "40300"),  # an opt-out over a spam filter's "later"
+        (["40016", "40008"], "40008"),  # undeliverable (no action) over a carrier's cap
+        (["40014", "40003"], "40003"),  # the sender blocked over an expiry in the queue
+        (["40002", "40016"], "40016"),  # the longer wait: the cap's reset over a slow-down
+        ([], None),
+    ],
+)
+def test_a_reports_codes_are_weighed_by_their_actions_not_their_order(
+    codes: list[str], decides: str | None
+) -> None:
+    """Of several codes in one delivery report, the one whose action the table puts first
+    decides, whatever order the report lists them in."""
+    assert deciding(codes, DEFAULT_POLICY) == decides
+    assert deciding(reversed(codes), DEFAULT_POLICY) == decides
+    assert deciding(["40008", "40001"], DEFAULT_POLICY) == "40008"  # alike: the first given
+
+
+def test_report_and_resend_judge_a_several_code_report_as_its_recorder_did() -> None:
+    """A report of 40002 and 40300 recorded as a run records it (:func:`judged`) folds to the
+    same miss live and on replay (opted out, not resent); one written before reports kept an
+    action is judged by the built-in table the same way."""
+    phone = "+13125550001"
+    report = RecipientStatus(
+        phone,
+        "delivery_failed",
+        errors=(ApiError("40002", "spam", ""), ApiError("40300", "STOP", "")),
+        at="2026-11-23T10:00:00Z",
+    )
+    recorded, action = judged(report, load_policy({"40002": "retry"}))
+    assert (recorded.errors[0].code, action) == ("40300", "suppress")
+    sent = Sent("g", (phone,), 0, message_id="m")
+    live = LedgerView.fold([sent])
+    live.apply_status(recorded, "g", action=action)
+    line = status_event("g", recorded, source="track", time="t", action=action)
+    back = decode(to_json(line))
+    assert back is not None
+    replayed = LedgerView.fold([sent, back])
+    old = LedgerView.fold([sent, status_event("g", report, source="track", time="t")])
+    for view in (live, replayed, old):
+        assert view.known[phone].code == "40300"
+        assert [m.kind for m in view.not_received().values()] == [Miss.OPTED_OUT]
+
+
+@pytest.mark.parametrize(("code", "kind"), [("40300", Miss.OPTED_OUT), ("40016", Miss.RESENDABLE)])
+def test_a_final_status_the_send_answered_keeps_the_code_its_status_line_carries(
+    code: str, kind: Miss
+) -> None:
+    """The send's answer gives a member a final status (on the ``sent`` line) and its errors
+    (on the ``status`` line after it): the same status again, but the code is news, so the
+    report tells an opt-out or a carrier's cap, not a plain failure, and a resend agrees."""
+    phone = "+13125550001"
+    sent = Sent("g", (phone,), 0, message_id="m", statuses={phone: "delivery_failed"})
+    report = RecipientStatus(phone, "delivery_failed", errors=(ApiError(code, "", ""),))
+    recorded, action = judged(report, DEFAULT_POLICY)
+    line = status_event("g", recorded, source="send", time="t", action=action)
+    view = LedgerView.fold([sent, line])
+    assert view.known[phone].code == code
+    assert [m.kind for m in view.not_received().values()] == [kind]
+    assert view.delivery() == {"delivery_failed": 1}
+    assert not view.apply_status(recorded, "g", action=action)  # told once
