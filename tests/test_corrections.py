@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bulk_mms.codes import DEFAULT_POLICY, deciding
+from bulk_mms.config import JobConfig
 from bulk_mms.errors import ApiError
 from bulk_mms.fake_api import FakeTelnyx, carrier_timeline
 from bulk_mms.ledger import LedgerView, Sent
@@ -24,6 +25,18 @@ from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving
 PEOPLE = [f"+1212555000{i}" for i in range(4)]
 
 
+async def sent_and_tracked(jobs: JobFactory, fake: FakeTelnyx, clock: FakeClock) -> JobConfig:
+    """A job of :data:`PEOPLE` in one group, run on ``fake`` (port 0) and tracked one pass
+    once every delivery is final (``fake``'s timeline on ``clock``)."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        clock.advance(4)
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    return job
+
+
 async def test_a_webhooks_correction_replaces_a_failure_a_get_gave_without_a_time(
     jobs: JobFactory,
 ) -> None:
@@ -36,12 +49,7 @@ async def test_a_webhooks_correction_replaces_a_failure_a_get_gave_without_a_tim
     fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic, signing_key=signer)
     fake.sparse_answers = True
     fake.delivery_status = carrier_timeline(0, 1, 3, outcomes={"*0002": "delivery_failed"})
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    async with real_client(fake) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        clock.advance(4)
-        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    job = await sent_and_tracked(jobs, fake, clock)
     failed = [e for e in ledger_events(job.ledger) if e.get("status") == "delivery_failed"]
     assert [(e["recipient"], e.get("at")) for e in failed] == [(PEOPLE[2], None)]
     assert [p for p, _ in summarize(job.ledger).undelivered] == [PEOPLE[2]]
@@ -66,12 +74,7 @@ async def test_a_report_that_says_opted_out_beside_a_spam_filter_is_judged_opted
     fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic)
     fake.delivery_status = carrier_timeline(0, 1, 3)
     fake.report["*0002"] = "40011,40300"
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    async with real_client(fake) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        clock.advance(4)
-        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    job = await sent_and_tracked(jobs, fake, clock)
     lines = ledger_events(job.ledger)
     failed = [e for e in lines if e.get("status") == "delivery_failed"]
     assert [(e["recipient"], e["action"]) for e in failed] == [(PEOPLE[2], "suppress")]
