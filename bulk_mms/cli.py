@@ -20,9 +20,11 @@ from bulk_mms import commands, console, log
 from bulk_mms._version import __version__
 from bulk_mms.commands import CONFIG_HELP, LEDGER_URL_ENV, find_config
 from bulk_mms.config import Settings
+from bulk_mms.config._toml import Bounds
 from bulk_mms.console import fail, say
 from bulk_mms.errors import BulkMmsError, Exit, MissingExtra
 from bulk_mms.extras import needs
+from bulk_mms.filenames import file_name_problem
 from bulk_mms.ledger import Location, location
 
 __all__ = ["EXIT_WINDOW", "build_parser", "find_config", "main"]
@@ -37,6 +39,9 @@ _DEFAULTS = Settings()
 BASE_URL_HELP = (
     "API base URL (default: $TELNYX_BASE_URL, else the settings' [api] base_url, else the live API)"
 )
+
+#: ``run --progress-every``: seconds between two ``job.progress`` events.
+PROGRESS_EVERY = Bounds(1, 86_400)
 
 #: For scripts and tests that name it (the table is :class:`bulk_mms.errors.Exit`).
 EXIT_WINDOW = Exit.WINDOW
@@ -114,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="send a job (resumes from its ledger)", parents=[common])
-    run.add_argument("job", type=Path, help="the job file (TOML)")
-    run.add_argument("--config", type=Path, help=CONFIG_HELP)
+    run.add_argument("job", type=_path, help="the job file (TOML)")
+    run.add_argument("--config", type=_path, help=CONFIG_HELP)
     run.add_argument(
         "--ledger",
         type=_ledger,
@@ -124,7 +129,7 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--input",
-        type=Path,
+        type=_path,
         help="send to this file instead of the job's input (e.g. a report --failed-csv file)",
     )
     run.add_argument(
@@ -156,10 +161,10 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--progress-every",
-        type=float,
+        type=lambda text: _within(PROGRESS_EVERY, text),
         default=30.0,
         metavar="SECONDS",
-        help="off a terminal, log a job.progress event this often (default 30)",
+        help="off a terminal, log a job.progress event this often (default 30; 1 to 86400)",
     )
     run.add_argument(
         "--limit",
@@ -197,7 +202,7 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--rejected-csv",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="write every input row rejected, a duplicate or excluded (line, value, reason) "
         "to this CSV",
@@ -208,7 +213,7 @@ def _run_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 def _metrics_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-file",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="when done, write Prometheus metrics here (node_exporter's textfile collector)",
     )
@@ -225,7 +230,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep polling until all are final and no run of the ledger is live",
     )
-    track.add_argument("--config", type=Path, help=CONFIG_HELP)
+    track.add_argument("--config", type=_path, help=CONFIG_HELP)
     track.add_argument("--base-url", help=BASE_URL_HELP)
     track.add_argument(
         "--sandbox",
@@ -250,7 +255,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     hooks.add_argument("--ledger", type=_ledger, dest="ledger_option", help=argparse.SUPPRESS)
     hooks.add_argument(
         "--job",
-        type=Path,
+        type=_path,
         metavar="JOB.toml",
         help="instead of LEDGER: record into the job's ledgers; for a ledger named with "
         "{date} (a new one each day), today's and those of the days before whose messages "
@@ -263,7 +268,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="address to listen on, e.g. 0.0.0.0:8080",
     )
-    hooks.add_argument("--config", type=Path, help=CONFIG_HELP + " (its [suppression] file)")
+    hooks.add_argument("--config", type=_path, help=CONFIG_HELP + " (its [suppression] file)")
 
     report = sub.add_parser(
         "report", help="outcomes, delivery, cost and errors of a ledger", parents=[common]
@@ -272,7 +277,7 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     _format_flag(report, ("table", "json", "csv"))
     report.add_argument(
         "--failed-csv",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="write the recipients no rerun will send (refused for good, or whose delivery "
         "failed for good) as a job input file; not those who opted out, those the deadline "
@@ -280,20 +285,20 @@ def _ledger_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     report.add_argument(
         "--rejected-csv",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="write the input rows the ledger records rejected as losses (bad numbers, broken "
         "rows; not duplicates, suppressed or excluded numbers): line,value,reason",
     )
     report.add_argument(
         "--recipients-csv",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="write one row per recipient: phone, group, state, delivery status, error, cost",
     )
     report.add_argument(
         "--html",
-        type=Path,
+        type=_path,
         metavar="PATH",
         help="also write the report as one self-contained HTML page with charts",
     )
@@ -325,7 +330,7 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     suppress.add_argument("action", choices=("add", "remove", "list"))
     suppress.add_argument("numbers", nargs="*", metavar="NUMBER")
-    suppress.add_argument("--config", type=Path, help=CONFIG_HELP)
+    suppress.add_argument("--config", type=_path, help=CONFIG_HELP)
     suppress.add_argument("--reason", default="added by hand", help="a note kept beside each")
     suppress.add_argument(
         "--ledger", type=_ledger, help="a postgresql:// ledger: the database's own list"
@@ -334,7 +339,7 @@ def _admin_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "optouts", help="the messaging profile's opt-outs (STOP)", parents=[common]
     )
     optouts.add_argument("action", choices=("sync",), help="add them to the suppression list")
-    optouts.add_argument("--config", type=Path, help=CONFIG_HELP)
+    optouts.add_argument("--config", type=_path, help=CONFIG_HELP)
     optouts.add_argument(
         "--ledger", type=_ledger, help="a postgresql:// ledger: the database's own list"
     )
@@ -438,6 +443,26 @@ def _ledger(text: str) -> Location:
         return location(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _path(text: str) -> Path:
+    """A file's path, refused as a usage error when it cannot be a file name here
+    (:func:`~bulk_mms.filenames.file_name_problem`)."""
+    if (problem := file_name_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
+
+
+def _within(bounds: Bounds, text: str) -> float:
+    """A number flag in ``bounds`` (not nan, nor infinite), refused as a usage error naming
+    the bound, as the setting the flag stands for would be (:class:`Bounds`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not bounds.lo <= value <= bounds.hi:
+        raise argparse.ArgumentTypeError(bounds.refusal(value))
+    return value
 
 
 def _positive_int(text: str) -> int:

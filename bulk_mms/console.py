@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, TextIO
 
-import orjson
-
 from bulk_mms import log
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, SendWindow, Settings
@@ -94,7 +92,7 @@ def say(
         "message": message,
         "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
     }
-    out.write(orjson.dumps(log.scrub(note), default=str).decode() + "\n")
+    out.write(log.json_dumps(log.scrub(note)) + "\n")
     out.flush()
 
 

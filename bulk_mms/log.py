@@ -56,8 +56,28 @@ def _with_message(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-def _orjson_dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+def json_dumps(obj: Any, **_: Any) -> str:
+    """``obj`` as one JSON line. A string holding bytes the locale could not decode (a file
+    name from the command line under ``LANG=C``, or one not in UTF-8), which orjson refuses,
+    is written as the name those bytes spell in UTF-8, any byte that spells none escaped
+    (``\\xff``): a log line never stops the command."""
+    try:
+        return orjson.dumps(obj, default=str).decode()
+    except TypeError:  # orjson: "str is not valid UTF-8: surrogates not allowed"
+        return orjson.dumps(_decoded(obj), default=str).decode()
+
+
+def _decoded(obj: Any) -> Any:
+    """``obj`` with every string's undecoded bytes decoded as UTF-8 (:func:`json_dumps`)."""
+    if isinstance(obj, str):
+        return obj.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    if isinstance(obj, dict):
+        return {_decoded(k): _decoded(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_decoded(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return _decoded(os.fspath(obj))
+    return obj
 
 
 class BarSafeStream:
@@ -112,7 +132,7 @@ def configure(
         json = not stream.isatty()
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        structlog.processors.JSONRenderer(serializer=json_dumps)
         if json
         else structlog.dev.ConsoleRenderer(colors=use_color(stream, no_color=no_color))
     )

@@ -182,6 +182,16 @@ def test_bad_usage_is_one_line_exit_2(
     [
         (["run", "job.toml", "--limit", "0"], "argument --limit: must be 1 or more, not 0"),
         (["run", "job.toml", "--rate", "x"], "argument --rate: invalid float value: 'x'"),
+        *(
+            (["run", "job.toml", "--progress-every", v], f"argument --progress-every: {said}")
+            for v, said in [
+                ("-1", "must be from 1 to 86400, not -1"),
+                ("0", "must be from 1 to 86400, not 0"),
+                ("nan", "must be from 1 to 86400, not nan"),
+                ("1e309", "must be from 1 to 86400, not inf"),
+                ("soon", "'soon' is not a number"),
+            ]
+        ),
         (["report"], "the following arguments are required: ledger"),
         (["nosuch"], "argument COMMAND: invalid choice: 'nosuch'"),
     ],
@@ -1052,3 +1062,22 @@ def test_a_run_whose_output_nobody_reads_still_exits_with_its_code(
         monkeypatch.undo()
         gone.close()
     assert code == Exit.INCOMPLETE
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_a_sandbox_ledger_given_as_a_device_or_folder_is_refused_as_given(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], dry: bool
+) -> None:
+    """run --sandbox --ledger naming a device or a folder is exit 2 naming --ledger, before a
+    sandbox folder is made beside it (/dev/sandbox)."""
+    jobs.people(2)
+    job = jobs.job()
+    folder = jobs.root / "kept"
+    folder.mkdir()
+    # the device in a dry run only: a run of a bulk-mms without the check would make /dev/sandbox
+    for given in ["/dev/null", str(folder)] if dry else [str(folder)]:
+        args = ["run", str(job.path), "--sandbox", "--ledger", given, *(["--dry-run"] * dry)]
+        assert main(args) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == f"bulk-mms: error: --ledger: {given} {jsonl.NOT_A_FILE}"
+    assert not (jobs.root / "sandbox").exists()

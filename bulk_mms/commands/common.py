@@ -27,6 +27,7 @@ from bulk_mms.config.folders import sandbox_list, user_folder
 from bulk_mms.csvfile import check_output, is_ledger
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import Location, named
+from bulk_mms.ledger.jsonl import NOT_A_FILE
 
 #: A database for the ledger of every run that names none on the command line.
 LEDGER_URL_ENV = "BULK_MMS_LEDGER_URL"
@@ -133,7 +134,8 @@ def _named_files(args: argparse.Namespace) -> list[tuple[str, Location | None]]:
 
 def check_ledger_file(setting: str, where: Location) -> None:
     """Refuse a ledger file to write into that holds something else: it must be new, empty
-    or a bulk-mms ledger (opening one cuts an unfinished last line, the mark of a crash).
+    or a bulk-mms ledger (opening one cuts an unfinished last line, the mark of a crash), never
+    a folder, a device or a pipe (a dry run is refused as the run would be).
 
     Raises:
         ConfigError: naming ``setting`` and the file (exit 2); nothing is written.
@@ -141,6 +143,8 @@ def check_ledger_file(setting: str, where: Location) -> None:
     if not isinstance(where, Path):
         return
     try:
+        if where.exists() and not where.is_file():
+            raise ConfigError(setting, f"{where} {NOT_A_FILE}")
         holds = where.is_file() and where.stat().st_size > 0
         if holds:
             where.open("rb").close()  # one it may not read is not another file

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() and not args.quiet and not args.log_json:
         progress = BarProgress(sys.stderr)
     else:
-        progress = LogProgress(max(1.0, args.progress_every))
+        progress = LogProgress(args.progress_every)
     summary = asyncio.run(
         _run(
             job,
@@ -177,6 +177,8 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
             raise ConfigError(flag, str(exc)) from None
         if not args.sandbox:  # a sandbox run's ledger is never a database
             refuse_undated_database(job, given, flag)
+        else:  # refused as given, before the sandbox folder beside it is made (/dev/sandbox)
+            check_ledger_file(flag, given)
         job = with_ledger(job, given)
         if args.sandbox and args.ledger and is_database(given):  # named, not dropped unsaid
             raise ConfigError(

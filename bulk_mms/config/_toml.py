@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bulk_mms.errors import ConfigError
+from bulk_mms.filenames import file_name_problem
 
 #: What a URL setting must look like.
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
@@ -50,6 +51,8 @@ def read_toml(path: Path, kind: str = "TOML file") -> dict[str, Any]:
     (``jobs/x.csv is not a job file (TOML): ...``): most likely another file was given in
     its place. A ``.toml`` file that does not parse has a syntax error, said with its line.
     """
+    if (problem := file_name_problem(path)) is not None:
+        raise ConfigError("file", problem, source=path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -99,6 +102,14 @@ class Table:
             raise self.error(key, f"must be a string, not {type(value).__name__}")
         if "\0" in value:  # no path, encoding, name or text holds one (the OS refuses it)
             raise self.error(key, "contains a NUL character (\\u0000)")
+        return value
+
+    def file_name(self, key: str, *, required: bool = False) -> str | None:
+        """A file's path (relative to the file's folder, which the caller joins): refused
+        when it cannot be a file name here (:func:`~bulk_mms.filenames.file_name_problem`)."""
+        value = self.str_(key, required=required)
+        if value is not None and (problem := file_name_problem(value)) is not None:
+            raise self.error(key, problem)
         return value
 
     def moment(self, key: str) -> str | None:

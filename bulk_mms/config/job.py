@@ -272,7 +272,7 @@ def load_job(
     assert name is not None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
         raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the ledger)")
-    input_ = top.str_("input", required=input_file is None)
+    input_ = top.file_name("input", required=input_file is None)
     input_path = Path(input_file) if input_file is not None else path.parent / str(input_)
     timezone = top.str_("timezone", "UTC") or ""
     if not timezone.strip():  # a template left blank: UTC would move every window by hours

@@ -171,7 +171,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         pricing = top.table("pricing")
         errors = top.table("errors")
         suppression = top.table("suppression")
-        listed = suppression.str_("file")
+        listed = suppression.file_name("file")
         listed_path = path.parent / listed if listed else None
         if listed_path is not None:  # appended to, rewritten: never a ledger
             check_output("suppression.file", listed_path, source=path)

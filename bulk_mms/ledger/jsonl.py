@@ -68,6 +68,9 @@ _RESUMES = "stopped; nothing is lost: rerun once the disk takes writes"
 LOCK_TRIES: Final = 20
 LOCK_RETRY_S: Final = 0.005
 
+#: Why a ledger path that names a folder, a device or a pipe is refused.
+NOT_A_FILE: Final = "is not a file (a folder, a device or a pipe): name a file"
+
 
 class _Tail:
     """Reads a ledger's complete lines, each call from where the last one stopped."""
@@ -259,7 +262,7 @@ class JsonlStore(GroupCommitted[bytes]):
         except OSError as exc:  # a folder on the way not searchable, a name too long, a loop
             raise LedgerError(path, f"cannot open: {exc.strerror or exc}") from None
         if kind is not None and not stat.S_ISREG(kind):
-            raise LedgerError(path, "is not a file (a folder, a device or a pipe): name a file")
+            raise LedgerError(path, NOT_A_FILE)
         if mode == "read":
             if kind is None:
                 raise LedgerError(path, "no such ledger")

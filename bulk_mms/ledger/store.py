@@ -23,6 +23,7 @@ from bulk_mms.clock import SystemClock, instant
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import LedgerError
 from bulk_mms.extras import needs
+from bulk_mms.filenames import file_name_problem
 from bulk_mms.ledger.events import Event, Header, Sent
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.jsonl import JsonlStore
@@ -168,14 +169,17 @@ def location(text: str | Path) -> Location:
 
     Raises:
         ValueError: ``text`` is a URL of another scheme (``postgresq://``, ``mysql://``): never
-            taken for a file's path, a ledger of this host's own beside the shared one. Its
-            message names the text; the caller names the setting.
+            taken for a file's path, a ledger of this host's own beside the shared one; or
+            a path that cannot be a file's name here (:func:`~bulk_mms.filenames.
+            file_name_problem`). Its message names the text; the caller names the setting.
     """
     text = str(text)
     if is_database(text):
         return text
     if _SCHEME.match(text):
         raise ValueError(f"{_shown(text)!r} is not a postgresql:// URL, nor a file's path")
+    if (problem := file_name_problem(text)) is not None:
+        raise ValueError(problem)
     return Path(text)
 
 
