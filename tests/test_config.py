@@ -608,3 +608,24 @@ def test_a_profiles_own_keywords_join_telnyxs(tmp_path: Path) -> None:
     assert s.opt_out_words == OPT_OUT_WORDS | {"ARRET", "BAJA YA"}
     assert s.opt_in_words == OPT_IN_WORDS | {"ALTA"}
     assert load_settings(None, env={}).opt_out_words == OPT_OUT_WORDS
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[limits]\nrate = nan\n", "limits.rate: must be from 0.001 to 10000, not nan"),
+        ("[track]\nrate = -inf\n", "track.rate: must be from 0.01 to 1000, not -inf"),
+        (
+            "[pricing]\nper_recipient = '1e999999999'\n",
+            "pricing.per_recipient: must be a non-negative amount up to 1,000,000,000,000",
+        ),
+    ],
+)
+def test_a_number_out_of_any_range_is_said_with_the_settings_own(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """A rate of nan is said with the rate's own range (not "-inf to inf"), and a price too
+    large for a cost to be summed is refused, not an Overflow traceback in the dry run."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text, "config.toml"), env={})
+    assert said in str(info.value)

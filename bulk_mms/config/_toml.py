@@ -20,6 +20,11 @@ from bulk_mms.filenames import file_name_problem
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 
 
+#: The largest amount a setting may give (``max_cost``, ``[pricing] per_recipient``): far
+#: above any campaign's, far below where a cost times a count leaves Decimal's range.
+MAX_AMOUNT = 10**12
+
+
 class Bounds(NamedTuple):
     """The range a setting's number must be in, both ends included: for a setting a flag
     also gives, the one place its limit is kept (:func:`~bulk_mms.config.check_settings`)."""
@@ -131,7 +136,8 @@ class Table:
         return value
 
     def decimal(self, key: str) -> Decimal | None:
-        """A non-negative amount, written as a string (exact) or a number."""
+        """A non-negative amount up to :data:`MAX_AMOUNT`, written as a string (exact) or a
+        number: ``"1e999999999"`` is a Decimal, but the cost sums would overflow on it."""
         value = self._get(key)
         if value is None:
             return None
@@ -141,8 +147,10 @@ class Table:
             amount = Decimal(str(value).strip())
         except InvalidOperation:
             raise self.error(key, f"{value!r} is not a decimal amount") from None
-        if not amount.is_finite() or amount < 0:
-            raise self.error(key, f"must be a non-negative amount, not {value!r}")
+        if not amount.is_finite() or not 0 <= amount <= MAX_AMOUNT:
+            raise self.error(
+                key, f"must be a non-negative amount up to {MAX_AMOUNT:,}, not {value!r}"
+            )
         return amount
 
     def int_(self, key: str, default: int, lo: float = -math.inf, hi: float = math.inf) -> int:
@@ -167,7 +175,7 @@ class Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number, not {value!r}")
-        if not lo <= value <= hi:
+        if not lo <= value <= hi and (lo, hi) != (-math.inf, math.inf):  # nan: the later check's
             raise self.error(key, Bounds(lo, hi).refusal(value))
         return float(value)
 
