@@ -172,6 +172,15 @@ def test_settings_load_with_env_override(tmp_path: Path) -> None:
     )
 
 
+def test_an_empty_base_url_in_the_environment_is_refused(tmp_path: Path) -> None:
+    """TELNYX_BASE_URL set but empty or blank (a variable it was copied from unset) is
+    refused naming the variable, never read as unset and so as the live API."""
+    for value in ("", "  "):
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env={"TELNYX_BASE_URL": value})
+        assert str(info.value).startswith("TELNYX_BASE_URL: is set but empty")
+
+
 @pytest.mark.parametrize(
     ("text", "setting"),
     [

@@ -241,7 +241,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             )
         for table in (api, limits, retry, track, pricing, errors, suppression, top):
             table.finish()
-    if env.get(BASE_URL_ENV):
+    if BASE_URL_ENV in env:  # set but empty (``$STAGING`` unset) is never the live API
+        if not env[BASE_URL_ENV].strip():
+            raise ConfigError(BASE_URL_ENV, "is set but empty: unset it to use the live API")
         try:
             check_base_url(env[BASE_URL_ENV])
         except ConfigError as exc:
