@@ -534,3 +534,34 @@ def test_a_resend_whose_original_ledger_is_gone_is_left_in_doubt(
         failed = str(tmp_path / "failed.csv")
         assert main(["-q", "run", str(job.path), *args, "--input", failed]) == 0
     assert fake.recipient_counts() == {PAIR[0]: 2, PAIR[1]: 1}
+
+
+def test_another_input_sent_without_exclude_sent_is_refused_naming_who_was_sent(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run JOB --input OTHER` (not a failed file) whose rows the job already sent, as the
+    job's own input or another --input file, is refused (exit 2, one line naming how many,
+    the ledgers and --exclude-sent, nothing sent); with --exclude-sent each is texted once.
+    Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
+    other = jobs.csv([{"phone": p, "first": "B"} for p in [*people[2:], "+12125550199"]], "b.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 0
+        capsys.readouterr()
+        for again, n in ((other, 2), (job.input, 4)):
+            assert main([*run, "--input", str(again)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert f"{n} recipients of {again} already sent by this job ({ledger})" in err
+            assert f"--exclude-sent {ledger} to leave them out" in err
+        assert fake.recipient_counts() == dict.fromkeys(people, 1)
+        assert main([*run, "--input", str(other), "--exclude-sent", ledger]) == 0
+        third = jobs.csv([{"phone": "+12125550199", "first": "C"}], "c.csv")
+        assert main([*run, "--input", str(third)]) == 2
+        assert "b-" in capsys.readouterr().err  # the other --input run's ledger is named
+    assert fake.recipient_counts() == {**dict.fromkeys(people, 1), "+12125550199": 1}

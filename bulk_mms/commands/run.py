@@ -32,16 +32,19 @@ from bulk_mms.config import JobConfig, Settings, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
 from bulk_mms.errors import ConfigError, Exit
-from bulk_mms.ledger import display, location
+from bulk_mms.csvfile import CAMPAIGN_COLUMN
+from bulk_mms.ledger import Location, display, exists, headers_beside, location
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
 from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.recipient_lists import lists_nobody
+from bulk_mms.scan import scan_input
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
+from bulk_mms.words import count
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -59,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt, own=job.where)
+    _refuse_sending_again(job, args)
     if args.dry_run:
         if not args.sandbox:
             warn_cleartext(settings.base_url)
@@ -169,29 +173,13 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
         args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
     if args.to and args.ledger is not None:
         raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
-    if (where := args.ledger or os.environ.get(LEDGER_URL_ENV) or None) is not None:
-        flag = "--ledger" if args.ledger else LEDGER_URL_ENV
-        try:
-            given = location(where)
-        except ValueError as exc:
-            raise ConfigError(flag, str(exc)) from None
-        if not args.sandbox:  # a sandbox run's ledger is never a database
-            refuse_undated_database(job, given, flag)
-        else:  # refused as given, before the sandbox folder beside it is made (/dev/sandbox)
-            check_ledger_file(flag, given)
-        job = with_ledger(job, given)
-        if args.sandbox and args.ledger and is_database(given):  # named, not dropped unsaid
-            raise ConfigError(
-                flag, "a --sandbox run's ledger is never a database; drop --ledger or --sandbox"
-            )
+    job = _placed(job, args)
     settings = settings_for(args)
-    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
-        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
+    if args.sandbox:
         settings = sealed(settings)
-    if where is None and job.dated_ledger:
-        job = _finish_yesterdays(job, args)
     check_ledger_file(
-        "--ledger" if args.ledger else LEDGER_URL_ENV if where else "ledger", job.where
+        "--ledger" if args.ledger else LEDGER_URL_ENV if _ledger_given(args) else "ledger",
+        job.where,
     )
     refuse_overwrites(
         args,
@@ -207,6 +195,42 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     return job, settings
 
 
+def _ledger_given(args: argparse.Namespace) -> str | None:
+    """The ledger the command line or the environment gives (``--ledger``, else
+    ``BULK_MMS_LEDGER_URL``); None: the job's own."""
+    return args.ledger or os.environ.get(LEDGER_URL_ENV) or None
+
+
+def _placed(job: JobConfig, args: argparse.Namespace) -> JobConfig:
+    """The job with the ledger ``run``'s flags give it: ``--ledger`` or
+    ``BULK_MMS_LEDGER_URL``, the sandbox's own folder, the previous date's unfinished ledger.
+
+    Raises:
+        ConfigError: the ledger given cannot be one (a sandbox run's database, an undated
+            database for a dated job).
+    """
+    if (where := _ledger_given(args)) is not None:
+        flag = "--ledger" if args.ledger else LEDGER_URL_ENV
+        try:
+            given = location(where)
+        except ValueError as exc:
+            raise ConfigError(flag, str(exc)) from None
+        if not args.sandbox:  # a sandbox run's ledger is never a database
+            refuse_undated_database(job, given, flag)
+        else:  # refused as given, before the sandbox folder beside it is made (/dev/sandbox)
+            check_ledger_file(flag, given)
+        job = with_ledger(job, given)
+        if args.sandbox and args.ledger and is_database(given):  # named, not dropped unsaid
+            raise ConfigError(
+                flag, "a --sandbox run's ledger is never a database; drop --ledger or --sandbox"
+            )
+    if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
+        job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
+    if where is None and job.dated_ledger:
+        job = _finish_yesterdays(job, args)
+    return job
+
+
 def _file_input(args: argparse.Namespace) -> Path | None:
     """With ``--input``, the input the job file names (kept too); None when it names none."""
     if args.input is None:
@@ -215,6 +239,62 @@ def _file_input(args: argparse.Namespace) -> Path | None:
         return load_job(args.job, name="job").input
     except ConfigError:
         return None
+
+
+def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
+    """``run JOB --input FILE`` where FILE is not a failed file (``report --failed-csv``)
+    and nothing says whom to leave out: a campaign of its own (:func:`_rerun_name`), which
+    would text again whoever of FILE the job's earlier ledgers sent (:func:`_earlier_ledgers`,
+    counted as ``--exclude-sent`` counts them: :func:`~bulk_mms.prepare.sent_numbers`). Such a
+    run is refused, as a changed input under the job's own ledger is. ``--exclude-sent``
+    leaves them out; ``--name`` starts a campaign of its own on purpose.
+
+    Raises:
+        ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
+        LedgerError: an earlier ledger cannot be read.
+    """
+    if args.input is None or args.name is not None or args.exclude_sent or args.to:
+        return
+    earlier = _earlier_ledgers(_placed(load_job(args.job), args), job)
+    if not earlier or not (sent := sent_numbers(earlier, in_doubt_ok=True, own=job.where)):
+        return
+    scan = scan_input(job, excluded=sent)
+    if CAMPAIGN_COLUMN in scan.columns or not scan.excluded:
+        return  # a failed file lists whom its campaign did not send
+    named = ", ".join(display(w) for w in earlier)
+    leave_out = " ".join(f"--exclude-sent {display(w)}" for w in earlier)
+    raise ConfigError(
+        "--input",
+        f"{count(scan.excluded, 'recipient')} of {args.input} already sent by this job "
+        f"({named}) would be texted again: add {leave_out} to leave them out, or give "
+        "--name NAME to text them again in a campaign of its own; nothing sent",
+    )
+
+
+def _earlier_ledgers(plain: JobConfig, job: JobConfig) -> list[Location]:
+    """The ledgers of the job (``plain``: as run without ``--input``) that are not ``job``'s:
+    its own ledger, and those beside it of its other ``--input`` runs (:func:`_rerun_of`).
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
+    own = [plain.where] if plain.where != job.where and exists(plain.where) else []
+    return own + [
+        where
+        for where, header in headers_beside(plain.where)
+        if header.job != job.name and _rerun_of(header.job, plain.name)
+    ]
+
+
+def _rerun_of(name: str, job: str) -> bool:
+    """Whether ``name`` is one :func:`_rerun_name` gives a run of ``job`` with ``--input``."""
+    head, _, digest = name.rpartition("-")
+    return (
+        len(digest) == 8
+        and all(c in "0123456789abcdef" for c in digest)
+        and head.startswith(f"{job}-"[:91])
+        and head != job
+    )
 
 
 def _rerun_name(name: str, input_file: Path) -> str:
