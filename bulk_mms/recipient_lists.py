@@ -20,6 +20,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import CAMPAIGN_COLUMN, own_delimiter, write_csv
 from bulk_mms.errors import InputError, LedgerError, LedgerUnavailable
@@ -40,12 +42,15 @@ from bulk_mms.ledger import (
     read_events,
 )
 from bulk_mms.ledger.fold import FAILED, NOT_ATTEMPTED, NOT_RESENT, SENT, SHARE_PLACES, Miss
+from bulk_mms.ledger.store import is_database
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, file_encoding, fingerprint
 from bulk_mms.report import LedgerSummary, waiting
 from bulk_mms.scan import REJECTED_COLUMNS
 from bulk_mms.validate import PhoneError, normalize_phone
 from bulk_mms.words import BY_KIND, OPEN, error_words, why_words
+
+log = structlog.get_logger(__name__)
 
 #: The column the failed-recipients file adds, saying why each row is in it.
 REASON_COLUMN = "bulk_mms_reason"
@@ -220,7 +225,7 @@ class Originals:
     def __init__(self, ledger: Location) -> None:
         self.ledger = ledger
         self._named: dict[str, str] = {}
-        self._views: dict[str, LedgerView] = {}
+        self._views: dict[str, LedgerView | None] = {}
 
     def __call__(self, rec: GroupRecord, header: Header) -> dict[str, LedgerView | None]:
         """Each member of ``rec`` (a group of this ledger, whose job header is ``header``) →
@@ -233,6 +238,9 @@ class Originals:
         return {p: self._view(self._named.get(p, only)) for p in rec.to}
 
     def _view(self, campaign: str) -> LedgerView | None:
+        """The ledger of ``campaign``, folded; None when it is not found or cannot be read,
+        said once (``settle.original_missing``): a group of its members whose records are
+        found stays in doubt until it is back."""
         if not campaign or campaign in self._views:
             return self._views.get(campaign)
         try:
@@ -240,11 +248,29 @@ class Originals:
                 (w for w, h in headers_beside(self.ledger) if h.campaign == campaign), None
             )
             if where is None:
-                return None
+                return self._missing(campaign, "not found")
             self._views[campaign] = load(where)
-        except LedgerError:
-            return None  # not read: said as not found, never taken for one with no such send
+        except LedgerError as exc:  # not read: never taken for one with no such send
+            return self._missing(campaign, f"unreadable ({exc})")
         return self._views[campaign]
+
+    def _missing(self, campaign: str, why: str) -> None:
+        """Say once that the ledger of ``campaign`` is ``why``, what that holds in doubt and
+        what to do; it is looked for again on the next run or ``track``."""
+        self._views[campaign] = None
+        beside = display(self.ledger)
+        place = "database" if is_database(self.ledger) else f"folder ({Path(beside).parent})"
+        log.warning(
+            "settle.original_missing",
+            campaign=campaign,
+            ledger=beside,
+            message=(
+                f"the ledger of campaign {campaign}, whose failed file {beside} sends, is "
+                f"{why} in the same {place}: its groups in doubt stay in doubt (the API's "
+                "records cannot be told from that campaign's own); put that ledger back "
+                f"there, then run `bulk-mms track {beside}`"
+            ),
+        )
 
 
 def _campaigns(ledger: Location, header: Header) -> dict[str, str]:

@@ -565,3 +565,31 @@ def test_another_input_sent_without_exclude_sent_is_refused_naming_who_was_sent(
         assert main([*run, "--input", str(third)]) == 2
         assert "b-" in capsys.readouterr().err  # the other --input run's ledger is named
     assert fake.recipient_counts() == {**dict.fromkeys(people, 1), "+12125550199": 1}
+
+
+def test_a_resend_whose_original_ledger_is_gone_says_which_and_what_to_do(
+    jobs: JobFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The resend held in doubt because the first send's ledger is gone from beside it says
+    so once, in one line: the campaign whose ledger is missing, where it was looked for, and
+    to put it back and run `bulk-mms track` on the resend's ledger."""
+    away = tmp_path / "away.jsonl"
+    _, code, job = resent_with_its_answer_lost(
+        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lambda j: j.ledger.rename(away)
+    )
+    assert code == 1
+    lines = [
+        orjson.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if "settle.original_missing" in line
+    ]
+    (resend,) = set(job.ledger.parent.glob("*.jsonl")) - {job.ledger}
+    campaign = load(away).campaign
+    assert len(lines) == 1
+    said = lines[0]["message"]
+    assert f"the ledger of campaign {campaign}" in said
+    assert f"not found in the same folder ({job.ledger.parent})" in said
+    assert f"put that ledger back there, then run `bulk-mms track {resend}`" in said

@@ -31,8 +31,8 @@ from bulk_mms.commands.sandbox import SANDBOX_WEBHOOKS_ENV, endpoint
 from bulk_mms.config import JobConfig, Settings, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
-from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.csvfile import CAMPAIGN_COLUMN
+from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.ledger import Location, display, exists, headers_beside, location
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
@@ -40,8 +40,8 @@ from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.recipient_lists import lists_nobody
-from bulk_mms.scan import scan_input
 from bulk_mms.runner import run_job
+from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop, stopping_on_signals
 from bulk_mms.summary import JobSummary
 from bulk_mms.words import count
