@@ -192,6 +192,11 @@ class LedgerSummary(msgspec.Struct):
     #: before its :attr:`deadline` (:func:`held_for_reset`), as that run's summary counted
     #: them.
     waiting: ResetHolds = msgspec.field(default_factory=ResetHolds)
+    #: Members a delivery report moved out of a sent group that no group has sent since
+    #: (:func:`moved_unsent`): :attr:`waiting`'s, and those whose new group is in doubt,
+    #: pending a rerun or failed. :attr:`delivery` counts them under the status that moved
+    #: them.
+    moved_unsent: int = 0
     #: The job's deadline as the ledger's latest run had it (None: it had none, or the
     #: ledger was written before runs recorded it).
     deadline: dt.datetime | None = None
@@ -382,6 +387,7 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     now = (clock or SystemClock()).wall()
     s.deadline_passed = not before(s.deadline, now)
     s.waiting = held_for_reset(waiting(view), now, s.deadline)
+    s.moved_unsent = len(moved_unsent(view))
     s.capped = held_for_reset(capped(view, now), now, s.deadline)
     s.max_cost_reached = any(
         rec.state == RETRY_PENDING and why_code(rec.why) == MAX_COST for rec in view.groups.values()
@@ -406,6 +412,17 @@ def _delivery_codes(
         if (action := action_of(k.action, k.code)) is not None:
             actions.setdefault(k.code, set()).add(str(action))
     return codes, actions
+
+
+def moved_unsent(view: LedgerView) -> set[str]:
+    """The members a delivery report moved out of a sent group that no group has sent since:
+    not attempted yet (:func:`waiting`), or their new group in doubt, pending a rerun or
+    failed. The delivery counts still count each under the status that moved it."""
+    moved = [rec for rec in view.groups.values() if rec.moved and rec.state == SENT]
+    if not moved:
+        return set()
+    sent = {p for rec in view.sent_groups() for p in rec.counted}
+    return {p for rec in moved for p in rec.moved if p not in sent}
 
 
 def waiting(view: LedgerView) -> dict[str, Waiting]:
@@ -584,9 +601,9 @@ def _delivery_lines(s: LedgerSummary, d: dict[str, Any], path: Location) -> list
         return []
     lines = ["delivery     (recipients of sent groups, latest status)"]
     lines.extend(f"  {k:24}{v:>8}" for k, v in s.delivery.most_common())
-    if s.waiting.held:
+    if s.moved_unsent:
         lines.append(
-            f"  of these, {count(len(s.waiting.held), 'recipient')} moved out of their group to "
+            f"  of these, {count(s.moved_unsent, 'recipient')} moved out of their group to "
             'go again (under "not sent, and why"), by the status that moved them'
         )
     if d["delivery_unconfirmed"]:

@@ -15,8 +15,10 @@ from bulk_mms.cli import main
 from bulk_mms.codes import Action
 from bulk_mms.errors import ApiError, Rejected
 from bulk_mms.ledger import (
+    Attempt,
     Failed,
     Header,
+    InDoubt,
     LedgerView,
     Miss,
     Missed,
@@ -324,3 +326,27 @@ async def test_a_refusal_under_a_code_the_errors_table_suppresses_is_an_opt_out(
     assert dict(s.undelivered)[stopped].kind == Miss.OPTED_OUT
     n, _ = write_failed_csv(s, tmp_path / "failed.csv")
     assert (n, s.opted_out_left_out) == (0, 1)
+
+
+@pytest.mark.parametrize("state", ["in doubt", "retry pending"])
+def test_the_delivery_counts_say_a_moved_member_whose_new_group_is_unsent(
+    tmp_path: Path, state: str
+) -> None:
+    """A member a carrier's cap moved out of its sent group, whose new group is in doubt or
+    pending a rerun, still counts under the status that moved it: the table says so beside
+    the counts (the delivery's 5 against 4 sent), as it does while it waits; once its new
+    group is sent, it counts there, and the table says nothing of it."""
+    capped, moved, sent_again, _ = cap_then_stop()
+    tried = Attempt("g5", to=(C1,))
+    unsent = (
+        InDoubt("g5", to=(C1,))
+        if state == "in doubt"
+        else Failed("g5", to=(C1,), status=503, code="", title="x", retryable=True)
+    )
+    path = ledger(tmp_path / "l.jsonl", [Header("j", None), G4, capped, moved, tried, unsent])
+    s = summarize(path)
+    assert s.delivery["delivery_failed"] == 1
+    assert not s.waiting.held
+    assert "  of these, 1 recipient moved out of their group to go again" in format_text(s, path)
+    again = ledger(tmp_path / "m.jsonl", [Header("j", None), G4, capped, moved, sent_again])
+    assert "of these" not in format_text(summarize(again), again)
