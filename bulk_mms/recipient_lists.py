@@ -248,10 +248,11 @@ class Originals:
                 (w for w, h in headers_beside(self.ledger) if h.campaign == campaign), None
             )
             if where is None:
-                return self._missing(campaign, "not found")
-            self._views[campaign] = load(where)
+                self._missing(campaign, "not found")
+            else:
+                self._views[campaign] = load(where)
         except LedgerError as exc:  # not read: never taken for one with no such send
-            return self._missing(campaign, f"unreadable ({exc})")
+            self._missing(campaign, f"unreadable ({exc})")
         return self._views[campaign]
 
     def _missing(self, campaign: str, why: str) -> None:
