@@ -144,6 +144,11 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
     """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
     input's, for a ledger begun by a bulk-mms that grouped it otherwise: :func:`_regrouped`).
 
+    A ledger whose earlier run sent leaving out more rows as already sent (``--exclude-sent``:
+    :attr:`~bulk_mms.ledger.LedgerView.sent_excluded`) than ``scan`` does is refused too: a
+    rerun without the same ``--exclude-sent`` (cron's line, a run after ``--limit`` or a
+    crash) would text them.
+
     Raises:
         LedgerMismatch: it belongs to a different run.
     """
@@ -152,6 +157,13 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
         return
     if (why := header.mismatch(expected, where)) is not None:
         raise LedgerMismatch(where, why)
+    if view.sent_excluded > scan.excluded:
+        raise LedgerMismatch(
+            where,
+            f"was sent leaving out {view.sent_excluded} rows already sent (--exclude-sent), "
+            f"and this run leaves out {scan.excluded}: those it no longer does would be texted "
+            "again; give the same --exclude-sent as its first run to resume it",
+        )
     if (why := _regrouped(header, scan)) is None:
         return
     raise LedgerMismatch(

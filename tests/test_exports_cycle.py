@@ -593,3 +593,34 @@ def test_a_resend_whose_original_ledger_is_gone_says_which_and_what_to_do(
     assert f"the ledger of campaign {campaign}" in said
     assert f"not found in the same folder ({job.ledger.parent})" in said
     assert f"put that ledger back there, then run `bulk-mms track {resend}`" in said
+
+
+def test_a_campaign_begun_with_exclude_sent_is_not_resumed_without_it(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fixed input sent under a new --name with --exclude-sent, stopped by --limit, then
+    run again without --exclude-sent (as "a run without --limit sends the rest" reads): the
+    rerun is refused (exit 2, one line naming --exclude-sent, nothing sent), not texting the
+    old ledger's recipients again; with it, the rest go, each once. Alike for JSONL ledgers
+    and for ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
+    fixed = ["+12125550198", "+12125550199"]
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 0
+        jobs.csv([{"phone": p, "first": "A"} for p in [*people, *fixed]])
+        fresh = [*run, "--name", "fixed"]
+        assert main([*fresh, "--exclude-sent", ledger, "--limit", "1"]) == 0
+        capsys.readouterr()
+        assert main(fresh) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "sent leaving out 4 rows already sent (--exclude-sent)" in err
+        assert "give the same --exclude-sent" in err
+        assert sum(fake.recipient_counts().values()) == 5
+        assert main([*fresh, "--exclude-sent", ledger]) == 0
+    assert fake.recipient_counts() == dict.fromkeys([*people, *fixed], 1)

@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 16
+VERSION: Final = 17
 _CHUNK: Final = 1 << 20
 
 
@@ -167,6 +167,7 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         "statuses": view.statuses,
         "header": events.to_json(view.header) if view.header is not None else None,
         "planned": events.to_json(view.planned) if view.planned is not None else None,
+        "sent_excluded": view.sent_excluded,
         "counts": [view.runs, view.attempts, view.rate_limited, view.sent_events],
         "deadline": view.deadline,
         "times": [
@@ -200,6 +201,9 @@ def from_state(d: dict[str, Any]) -> LedgerView:
     view = LedgerView(statuses=bool(d["statuses"]))
     view.header = _event(d["header"], events.Header, "a header")
     view.planned = _event(d["planned"], events.Planned, "a planned event")
+    if not isinstance(sent_excluded := d["sent_excluded"], int):
+        raise TypeError("a count that is not one")
+    view.sent_excluded = sent_excluded
     view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
     deadline = d["deadline"]
     if deadline is not None and not isinstance(deadline, str):

@@ -288,6 +288,10 @@ class LedgerView(msgspec.Struct, eq=False):
     deadline: str | None = None
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
+    #: The most rows a run that sent (an attempt after its ``planned`` event) left out as
+    #: already sent (``--exclude-sent``): a resume leaving out fewer would text them
+    #: (:func:`~bulk_mms.prepare.check_resumable`).
+    sent_excluded: int = 0
     groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
     #: Rejected input rows by reason (:func:`~bulk_mms.models.reason_kind`): counts only, so
     #: a ledger of any number of rejected rows folds in bounded memory (the rows themselves
@@ -393,6 +397,8 @@ class LedgerView(msgspec.Struct, eq=False):
                     self.webhook_ids.add(ev.webhook_id)
             case events.Attempt():
                 self._attempt(ev)
+                if self.planned is not None and self.planned.excluded > self.sent_excluded:
+                    self.sent_excluded = self.planned.excluded
             case events.Sent() | events.Failed() | events.InDoubt():
                 self._outcome(ev)
             case events.Rejected():
