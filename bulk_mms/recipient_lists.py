@@ -244,10 +244,7 @@ class Originals:
         if not campaign or campaign in self._views:
             return self._views.get(campaign)
         try:
-            where = next(
-                (w for w, h in headers_beside(self.ledger) if h.campaign == campaign), None
-            )
-            if where is None:
+            if (where := ledger_of(campaign, self.ledger)) is None:
                 self._missing(campaign, "not found")
             else:
                 self._views[campaign] = load(where)
@@ -272,6 +269,42 @@ class Originals:
                 f"there, then run `bulk-mms track {beside}`"
             ),
         )
+
+
+def ledger_of(campaign: str, beside: Location) -> Location | None:
+    """The ledger of ``campaign`` beside ``beside`` (the JSONL ledgers beside the file, or the
+    database's other ledgers: :func:`~bulk_mms.ledger.store.headers_beside`), where ``run
+    --input`` puts a resend of its failed file; None when there is none.
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
+    return next((w for w, h in headers_beside(beside) if h.campaign == campaign), None)
+
+
+def missed_by(path: Path, header: Header) -> dict[str, set[str]]:
+    """The numbers of the input at ``path``, read as ``header`` (a job's, for that input)
+    says, by the campaign their rows name in :data:`CAMPAIGN_COLUMN` (a failed file's: the
+    campaign that missed them); none for a file without that column.
+
+    Raises:
+        InputError, OSError: the file cannot be read.
+    """
+    encoding = header.encoding or file_encoding(path)
+    with RowReader(
+        path, header.phone_column, keep_all=True, encoding=encoding, delimiter=header.delimiter
+    ) as reader:
+        rows = [
+            (row.fields.get(CAMPAIGN_COLUMN), row.fields.get(header.phone_column, ""))
+            for row in reader
+            if isinstance(row, Row)
+        ]
+    out: dict[str, set[str]] = {}
+    for campaign, value in rows:
+        if campaign is not None:
+            with contextlib.suppress(PhoneError):
+                out.setdefault(campaign, set()).add(normalize_phone(value))
+    return out
 
 
 def _campaigns(ledger: Location, header: Header) -> dict[str, str]:
@@ -372,27 +405,9 @@ def _held(header: Header) -> dict[str, set[str]]:
     try:
         if source is None or not source.is_file() or fingerprint(source) != header.fingerprint:
             return {}
-        encoding = header.encoding or file_encoding(source)
-        with RowReader(
-            source,
-            header.phone_column,
-            keep_all=True,
-            encoding=encoding,
-            delimiter=header.delimiter,
-        ) as reader:
-            rows = [
-                (row.fields.get(CAMPAIGN_COLUMN), row.fields.get(header.phone_column, ""))
-                for row in reader
-                if isinstance(row, Row)
-            ]
+        return missed_by(source, header)
     except (InputError, OSError):
         return {}
-    held: dict[str, set[str]] = {}
-    for campaign, value in rows:
-        if campaign is not None:
-            with contextlib.suppress(PhoneError):
-                held.setdefault(campaign, set()).add(normalize_phone(value))
-    return held
 
 
 def _recorded_rows(s: LedgerSummary, wanted: dict[str, str]) -> list[dict[str, str]] | None:

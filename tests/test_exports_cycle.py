@@ -473,16 +473,19 @@ def resent_with_its_answer_lost(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     lost: Callable[[JobConfig], object] = lambda job: None,
+    *,
+    lag: float = 0,
 ) -> tuple[FakeTelnyx, int, JobConfig]:
     """Send a job of two, track it (the first's delivery fails for good), write its failed
     file (``failed.csv`` in ``tmp_path``) and send that again at once, from the same sender,
-    its answer lost before the API took it (the records complete as the run ends; ``lost``
-    runs before the resend): the fake API, the resend's exit code, and the job."""
+    its answer lost before the API took it (the records complete as the run ends, or ``lag``
+    seconds after; ``lost`` runs before the resend): the fake API, the resend's exit code,
+    and the job."""
     monkeypatch.setattr(settle, "SETTLED_SLACK_S", 0.0)  # no real wait for the records
     jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(PAIR)])
     job = jobs.job(extra="group_size = 1")
     settings = jobs.root / "config.toml"
-    settings.write_text("[api]\nrecords_lag_s = 0\nrequest_timeout = 0.1\n")
+    settings.write_text(f"[api]\nrecords_lag_s = {lag:g}\nrequest_timeout = 0.1\n")
     fake = FakeTelnyx(report={PAIR[0]: "40008"})
     failed = tmp_path / "failed.csv"
     with fake_api_thread(fake) as url:
@@ -512,17 +515,37 @@ def test_a_resend_whose_answer_was_lost_is_not_settled_by_the_first_sends_record
     assert fake.recipient_counts() == {PAIR[0]: 2, PAIR[1]: 1}
 
 
+def gone_while_in_doubt(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> tuple[FakeTelnyx, int, JobConfig, Path]:
+    """The lost answer of :func:`resent_with_its_answer_lost` while the records may still
+    lag (the resend held in doubt), then the original campaign's ledger moved away from
+    beside the resend's and the resend run again once the records are complete: the fake
+    API, that rerun's exit code, the job, and where the ledger went."""
+    away = tmp_path / "away.jsonl"
+    settings = jobs.root / "config.toml"
+    fake, code, job = resent_with_its_answer_lost(
+        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lag=3600
+    )
+    assert code == 1
+    job.ledger.rename(away)
+    settings.write_text("[api]\nrecords_lag_s = 0\nrequest_timeout = 0.1\n")
+    with fake_api_thread(fake) as url:
+        args = ["--base-url", url, "--config", str(settings)]
+        failed = str(tmp_path / "failed.csv")
+        code = main(["-q", "run", str(job.path), *args, "--input", failed])
+    return fake, code, job, away
+
+
 def test_a_resend_whose_original_ledger_is_gone_is_left_in_doubt(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The same lost answer with the original campaign's ledger gone from beside the resend's:
-    the record found cannot be told from the first send's, so the resend stays in doubt
-    (exit 1, nobody texted again), never recorded sent; with that ledger back, `track` on the
-    resend's settles it never accepted, and a rerun of the resend sends it."""
-    away = tmp_path / "away.jsonl"
-    fake, code, job = resent_with_its_answer_lost(
-        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lambda j: j.ledger.rename(away)
-    )
+    """The same lost answer with the original campaign's ledger gone from beside the resend's
+    once the resend began: the record found cannot be told from the first send's, so the
+    resend stays in doubt (exit 1, nobody texted again), never recorded sent; with that
+    ledger back, `track` on the resend's settles it never accepted, and a rerun of the resend
+    sends it."""
+    fake, code, job, away = gone_while_in_doubt(jobs, monkeypatch, tmp_path)
     assert code == 1
     assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
     away.rename(job.ledger)
@@ -534,6 +557,29 @@ def test_a_resend_whose_original_ledger_is_gone_is_left_in_doubt(
         failed = str(tmp_path / "failed.csv")
         assert main(["-q", "run", str(job.path), *args, "--input", failed]) == 0
     assert fake.recipient_counts() == {PAIR[0]: 2, PAIR[1]: 1}
+
+
+def test_a_new_resend_whose_original_ledger_is_not_beside_is_refused(
+    jobs: JobFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A failed file resent where its campaign's ledger is not (moved away; alike another
+    job file, whose ledgers are elsewhere) is refused before anything is sent (exit 2, one
+    line naming the campaign and the folder), not sent where the next failed file of that
+    campaign would not see whom it texted."""
+    away = tmp_path / "away.jsonl"
+    fake, code, job = resent_with_its_answer_lost(
+        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lambda j: j.ledger.rename(away)
+    )
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("bulk-mms: error: --input: ")
+    assert f"lists recipients campaign {load(away).campaign} missed" in err
+    assert f"in the folder ({job.ledger.parent})" in err
+    assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
+    assert list(job.ledger.parent.glob("*.jsonl")) == []
 
 
 def test_another_input_sent_without_exclude_sent_is_refused_naming_who_was_sent(
@@ -576,10 +622,7 @@ def test_a_resend_whose_original_ledger_is_gone_says_which_and_what_to_do(
     """The resend held in doubt because the first send's ledger is gone from beside it says
     so once, in one line: the campaign whose ledger is missing, where it was looked for, and
     to put it back and run `bulk-mms track` on the resend's ledger."""
-    away = tmp_path / "away.jsonl"
-    _, code, job = resent_with_its_answer_lost(
-        jobs, lambda job: str(job.ledger), monkeypatch, tmp_path, lambda j: j.ledger.rename(away)
-    )
+    _, code, job, away = gone_while_in_doubt(jobs, monkeypatch, tmp_path)
     assert code == 1
     lines = [
         orjson.loads(line)
@@ -624,3 +667,30 @@ def test_a_campaign_begun_with_exclude_sent_is_not_resumed_without_it(
         assert sum(fake.recipient_counts().values()) == 5
         assert main([*fresh, "--exclude-sent", ledger]) == 0
     assert fake.recipient_counts() == dict.fromkeys([*people, *fixed], 1)
+
+
+def test_a_failed_file_resent_with_another_job_file_is_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A failed file sent with a copy of the job file in another folder (its ledgers there):
+    refused (exit 2, nothing sent), since the campaign's next failed file would list again
+    whom that resend texted; with the job that sent it, each is texted once more."""
+    jobs.csv([{"phone": p, "first": "A"} for p in PAIR])
+    job = jobs.job(extra="group_size = 1")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "job.toml").write_text(
+        job.path.read_text().replace('input = "people.csv"', 'input = "../people.csv"')
+    )
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40001"))
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        capsys.readouterr()
+        elsewhere = ["-q", "run", str(copy / "job.toml"), "--base-url", url]
+        assert main([*elsewhere, "--input", str(failed)]) == 2
+        assert f"in the folder ({copy / 'ledgers'})" in capsys.readouterr().err
+        assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)

@@ -31,15 +31,14 @@ from bulk_mms.commands.sandbox import SANDBOX_WEBHOOKS_ENV, endpoint
 from bulk_mms.config import JobConfig, Settings, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
-from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.ledger import Location, display, exists, headers_beside, location
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
-from bulk_mms.prepare import continues_earlier, dry_run, seed_job, sent_numbers
+from bulk_mms.prepare import continues_earlier, dry_run, header_for, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
-from bulk_mms.recipient_lists import lists_nobody
+from bulk_mms.recipient_lists import ledger_of, lists_nobody, missed_by
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop, stopping_on_signals
@@ -62,7 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt, own=job.where)
-    _refuse_sending_again(job, args)
+    if args.input is not None and not args.to:
+        if missed := _missed(job):
+            _refuse_resend_apart(job, missed)
+        else:
+            _refuse_sending_again(job, args)
     if args.dry_run:
         if not args.sandbox:
             warn_cleartext(settings.base_url)
@@ -253,14 +256,13 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
         LedgerError: an earlier ledger cannot be read.
     """
-    if args.input is None or args.name is not None or args.exclude_sent or args.to:
+    if args.name is not None or args.exclude_sent:
         return
     earlier = _earlier_ledgers(_placed(load_job(args.job), args), job)
     if not earlier or not (sent := sent_numbers(earlier, in_doubt_ok=True, own=job.where)):
         return
-    scan = scan_input(job, excluded=sent)
-    if CAMPAIGN_COLUMN in scan.columns or not scan.excluded:
-        return  # a failed file lists whom its campaign did not send
+    if not (scan := scan_input(job, excluded=sent)).excluded:
+        return
     named = ", ".join(display(w) for w in earlier)
     leave_out = " ".join(f"--exclude-sent {display(w)}" for w in earlier)
     raise ConfigError(
@@ -268,6 +270,41 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
         f"{count(scan.excluded, 'recipient')} of {args.input} already sent by this job "
         f"({named}) would be texted again: add {leave_out} to leave them out, or give "
         "--name NAME to text them again in a campaign of its own; nothing sent",
+    )
+
+
+def _missed(job: JobConfig) -> set[str]:
+    """The campaigns whose failed file (``report --failed-csv``) the job's input is: those
+    its rows name (:func:`~bulk_mms.recipient_lists.missed_by`); none for another file."""
+    header = header_for(job, "", SystemClock())
+    return {campaign for campaign in missed_by(job.input, header) if campaign}
+
+
+def _refuse_resend_apart(job: JobConfig, campaigns: set[str]) -> None:
+    """A new resend of a failed file goes beside the ledgers of the campaigns that missed its
+    recipients (:func:`~bulk_mms.recipient_lists.ledger_of`): only there do that campaign's
+    next failed file and ``--exclude-sent`` see whom it texted, and its settling tell that
+    campaign's messages from its own. One run elsewhere (another job file, ``--ledger``, a
+    database) is refused before it begins; a resend begun already is resumed wherever it is.
+
+    Raises:
+        ConfigError: naming the campaign and where its ledger was looked for (exit 2).
+        LedgerError: the database cannot be read.
+    """
+    if exists(job.where):
+        return
+    apart = sorted(c for c in campaigns if ledger_of(c, job.where) is None)
+    if not apart:
+        return
+    here = display(job.where)
+    place = "database" if is_database(job.where) else f"folder ({Path(here).parent})"
+    raise ConfigError(
+        "--input",
+        f"{job.input} lists recipients campaign {', '.join(apart)} missed, and no ledger of that "
+        f"campaign is in the {place} this resend's ledger ({here}) goes to: a later failed "
+        "file or --exclude-sent would not see whom it texts and text them again; resend it "
+        "with the job file (and --ledger) whose run sent that campaign, or put its ledger "
+        "back there; nothing sent",
     )
 
 
