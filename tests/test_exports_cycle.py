@@ -694,3 +694,23 @@ def test_a_failed_file_resent_with_another_job_file_is_refused(
         assert f"in the folder ({copy / 'ledgers'})" in capsys.readouterr().err
         assert main(["-q", "run", str(job.path), "--base-url", url, "--input", str(failed)]) == 0
     assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
+
+
+def test_a_daily_ledger_jobs_input_of_another_day_is_no_earlier_round(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A job with a ledger a day ({date}) run from cron with --input today's export: the
+    day before's --input run is another day's campaign (every day sends anew), so today's
+    export, the same people, is sent, not refused as texting them again."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people], "monday.csv")
+    jobs.csv([{"phone": p, "first": "B"} for p in people], "tuesday.csv")
+    job = jobs.job(extra='group_size = 1\nledger = "ledgers/{name}-{date}.jsonl"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--input"]
+        assert main([*run, str(jobs.root / "monday.csv")]) == 0
+        (monday,) = (jobs.root / "ledgers").glob("*.jsonl")
+        monday.rename(monday.with_name("test-job-monday-00000000-2026-11-30.jsonl"))
+        assert main([*run, str(jobs.root / "tuesday.csv")]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 2)

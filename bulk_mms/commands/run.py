@@ -310,12 +310,16 @@ def _refuse_resend_apart(job: JobConfig, campaigns: set[str]) -> None:
 
 def _earlier_ledgers(plain: JobConfig, job: JobConfig) -> list[Location]:
     """The ledgers of the job (``plain``: as run without ``--input``) that are not ``job``'s:
-    its own ledger, and those beside it of its other ``--input`` runs (:func:`_rerun_of`).
+    its own ledger, and those beside it of its other ``--input`` runs (:func:`_rerun_of`);
+    with a ledger a day (``{date}``), its own alone: every day's campaign sends anew, and
+    another day's ``--input`` run is no earlier round of this one.
 
     Raises:
         LedgerError: the database cannot be read.
     """
     own = [plain.where] if plain.where != job.where and exists(plain.where) else []
+    if plain.dated_ledger:
+        return own
     return own + [
         where
         for where, header in headers_beside(plain.where)
