@@ -161,8 +161,10 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
         raise LedgerMismatch(
             where,
             f"was sent leaving out {view.sent_excluded} rows already sent (--exclude-sent), "
-            f"and this run leaves out {scan.excluded}: those it no longer does would be texted "
-            "again; give the same --exclude-sent as its first run to resume it",
+            f"and this run leaves out {scan.excluded}: the rest would be texted again; give "
+            "the same --exclude-sent as the runs that sent (given already: those ledgers now "
+            "count fewer sent, a report moved some to go again or a resend's input is gone; "
+            "finish them first)",
         )
     if (why := _regrouped(header, scan)) is None:
         return
