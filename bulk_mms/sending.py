@@ -812,15 +812,10 @@ class GroupSender:
         pool may send before the limit its own sender's pause outlasts, the job goes on with
         it: the job does not stop, the group does not expire (it gives up pending a rerun),
         and no streak of unanswered groups counts it."""
-        if exc.reason != "deadline":
+        if exc.reason != "deadline" or self._outlasts_limits(tries, exc.earliest):
             return StopRetrying()
         alone = functools.partial(self.pacer.others_first, tries.group.message.from_)
         run_ends = self.run_deadline
-        if run_ends is not None and exc.earliest > run_ends and not alone(run_ends):
-            self.stops.run_deadline_reached()
-            return StopRetrying()
-        if self._outlasted(tries, exc.earliest):
-            return StopRetrying()
         if run_ends is not None and exc.earliest > run_ends:
             limit = f"within max_job_duration_s ({self.settings.max_job_duration_s:g} s)"
         elif (expires := self.expires_mono()) is not None and exc.earliest >= expires:
@@ -863,9 +858,9 @@ class GroupSender:
         expires; a last try whose connection was not ready before one of its windows closed
         (closed now) is held as the closed gate holds it (:meth:`_check_gates`), its request
         never having left (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API
-        unreachable); a wait for its next try that would outlast one of its windows holds it
-        as the window does (:meth:`_held_for_window`). (One that would outlast the deadline
-        leaves it with its last error: the first run past the deadline records it expired.)"""
+        unreachable); a wait for its next try that would outlast ``max_job_duration_s``, the
+        job's deadline or one of its windows stops the job, expires the group or holds it as
+        a pacer's wait past it does (:meth:`_outlasts_limits`)."""
         if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
             self._expire(tries)
         elif isinstance(result.error, NetworkError) and self._windows_left(tries.group) == 0:
@@ -873,7 +868,7 @@ class GroupSender:
                 self._check_gates(tries, on_record=True)
             return replace(result, error=closed_before_leaving())
         elif result.next_try is not None:
-            self._held_for_window(tries, result.next_try)
+            self._outlasts_limits(tries, result.next_try)
         return result
 
     def _windows_close(self, group: Group) -> float | None:
@@ -897,6 +892,25 @@ class GroupSender:
             ends.append(closes_in(job.recipient_window, group.zones, at))
         left = min(ends)
         return None if math.isinf(left) else left
+
+    def _outlasts_limits(self, tries: _Tries, until: float) -> bool:
+        """Whether a wait for the group's next try that would end at ``until`` (monotonic:
+        the pacer's, :meth:`_gave_up`; the retrier's after a 429, a 5xx or a connection
+        error, :meth:`_gates_after`) outlasts a limit that holds more than the group:
+        ``max_job_duration_s`` stops the job (resumable: the group is left pending a rerun),
+        unless another sender of the pool may send before it; past the job's deadline or
+        one of its windows, see :meth:`_outlasted`. False: the group alone gives up (its own
+        ``max_group_age_s``, or another sender sends on). The one test of it, for both
+        waits."""
+        run_ends, sender = self.run_deadline, tries.group.message.from_
+        if (
+            run_ends is not None
+            and until > run_ends
+            and not self.pacer.others_first(sender, run_ends)
+        ):
+            self.stops.run_deadline_reached()
+            return True
+        return self._outlasted(tries, until)
 
     def _outlasted(self, tries: _Tries, until: float) -> bool:
         """Whether the pacer's wait for the group's sender that would end at ``until``
@@ -927,8 +941,8 @@ class GroupSender:
 
     def _held_for_window(self, tries: _Tries, until: float) -> bool:
         """Whether the group is held because a wait for its next try that would end at
-        ``until`` (monotonic: the pacer's, :meth:`_outlasted`; the retrier's after a 429 or
-        a backoff, :meth:`_gates_after`) outlasts one of its windows, as the window's closing
+        ``until`` (monotonic: the pacer's, or the retrier's after a 429 or a backoff:
+        :meth:`_outlasted`) outlasts one of its windows, as the window's closing
         holds it (:meth:`_check_gates`): for its recipients' ``recipient_window``, it waits
         for their window to open again (a later run sends it); for the job's
         ``send_window``, when no sender of the pool may send before it closes, the job stops

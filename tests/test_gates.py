@@ -67,7 +67,7 @@ async def test_no_request_leaves_after_the_deadline_from_the_queue_or_the_pacer(
 
 async def test_a_retry_after_the_deadline_never_leaves(jobs: JobFactory) -> None:
     """A group whose first try gets a 503 and whose backoff would end past the deadline is not
-    tried again (it stays with its 503), and the next run records it expired_unsent."""
+    tried again: it is recorded expired_unsent at once, and the next run sends nothing."""
     jobs.people(4)
     job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:00:05+00:00"')
     clock = clock_at(NOON)
@@ -80,12 +80,12 @@ async def test_a_retry_after_the_deadline_never_leaves(jobs: JobFactory) -> None
     settings = replace(FAST, retry=replace(FAST.retry, max_retry_after=60))
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
     assert tries == pytest.approx([NOON.timestamp()], abs=0.1)  # one try, at noon
-    assert s.sent_groups == 0
+    assert (s.sent_groups, s.expired_groups) == (0, 1)
     again = await run_job(job, settings, FakeClient(answer), clock=clock_at(NOON + ONE_MINUTE))
     assert tries == pytest.approx([NOON.timestamp()], abs=0.1)
-    assert again.expired_groups == 1
+    assert (again.expired_groups, again.skipped_groups) == (0, 1)
     codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
-    assert codes == ["503", "expired_unsent"]
+    assert codes == ["expired_unsent"]
 
 
 async def test_a_429_pause_past_the_deadline_expires_the_group(jobs: JobFactory) -> None:

@@ -1,0 +1,99 @@
+"""A retry whose wait (a 503's or a 429's Retry-After) would end only after
+``max_job_duration_s`` or the job's deadline stops as that limit's own stop does: the run
+stops at max_job_duration_s (exit 1, naming it; the group left for a rerun), or the group is
+recorded expired (its deadline passed for it: no run can send it), never a plain pending
+group with no word on why. Integration tests: the real client against the fake API."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import tenacity
+from msgspec.structs import replace
+
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import Exit, NetworkError
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.runner import run_job
+from bulk_mms.testing import ledger_events
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
+
+NOW = dt.datetime(2026, 11, 24, 10, 28, tzinfo=dt.UTC)
+ONE = replace(FAST, concurrency=1)
+#: A busy answer asking for ten minutes (the wait: max_retry_after, five minutes).
+BUSY = {
+    "503": Fault("status", 503, headers={"Retry-After": "600"}),
+    "429": Fault("status", 429, headers={"Retry-After": "600"}),
+}
+
+
+@pytest.mark.parametrize("status", sorted(BUSY))
+async def test_a_retry_past_max_job_duration_stops_the_run_there(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], status: str
+) -> None:
+    """A retry that would come after max_job_duration_s stops the run as that limit does
+    (stopped "deadline", exit 1, the line naming max_job_duration_s), the group pending a
+    rerun, which sends everyone."""
+    jobs.people(8)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4')
+    settings = replace(ONE, max_job_duration_s=120.0)
+    fake = FakeTelnyx()
+    fake.faults.append(BUSY[status])
+    async with real_client(fake) as client:
+        s = await run_job(job, settings, client, clock=FakeClock(wall=NOW.timestamp()))
+    capsys.readouterr()
+    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
+    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert (s.sent_groups, s.retry_later_groups) == (0, 1)
+    async with real_client(FakeTelnyx()) as client:
+        again = await run_job(job, settings, client, clock=FakeClock(wall=NOW.timestamp()))
+    assert (again.sent_groups, run_outcome(again)) == (2, Exit.OK)
+
+
+@pytest.mark.parametrize(("status", "expired"), [("503", 1), ("429", 2)])
+async def test_a_retry_past_the_job_deadline_expires_the_group(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], status: str, expired: int
+) -> None:
+    """A retry that would come after the job's deadline (two minutes on) records the group
+    expired_unsent at once, as a pacer's wait past the deadline does (after a 429 the other
+    group too: the one sender is paused past it), the rest sent, the summary saying so,
+    exit 1."""
+    jobs.people(8)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\ndeadline = "2026-11-24T10:30+00:00"')
+    fake = FakeTelnyx()
+    fake.faults.append(BUSY[status])
+    async with real_client(fake) as client:
+        s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
+    capsys.readouterr()
+    assert (s.error, run_outcome(s)) == (None, Exit.INCOMPLETE)
+    assert f"{expired} expired unsent (past the job's deadline)" in capsys.readouterr().out
+    assert (s.sent_groups, s.expired_groups, s.retry_later_groups) == (2 - expired, expired, 0)
+    failed = [e["code"] for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert failed == ["expired_unsent"] * expired
+
+
+@pytest.mark.parametrize("limit", ["max_job_duration_s", "deadline"])
+async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit_does(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """A connection error whose backoff (jitter at its top: ten minutes) would end after
+    max_job_duration_s stops the run there; after the job's deadline, the group expires."""
+    monkeypatch.setattr(tenacity.wait.random, "uniform", lambda low, high: high)
+    jobs.people(4)
+    deadline = '\ndeadline = "2026-11-24T10:30+00:00"' if limit == "deadline" else ""
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4{deadline}')
+    retry = replace(FAST.retry, backoff_initial=600.0, backoff_max=600.0)
+    settings = replace(
+        ONE, retry=retry, max_job_duration_s=120.0 if limit == "max_job_duration_s" else None
+    )
+    client = FakeClient(
+        lambda g, n: NetworkError("connection refused") if n == 0 else ok_receipt(g, n)
+    )
+    s = await run_job(job, settings, client, clock=FakeClock(wall=NOW.timestamp()))
+    assert (s.error, run_outcome(s)) == (None, Exit.INCOMPLETE)
+    assert len(client.calls) == 1
+    if limit == "deadline":
+        assert (s.stopped, s.expired_groups, s.retry_later_groups) == (None, 1, 0)
+    else:
+        assert (s.stopped, s.expired_groups, s.retry_later_groups) == ("deadline", 0, 1)
