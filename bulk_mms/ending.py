@@ -49,7 +49,9 @@ def final_summary(
     stop left unsent, by zones."""
     recorder = sender.recorder
     s, view, stats = recorder.summary, recorder.view, sender.stats()
-    if stopped is None and sender.window_left:  # groups left for a run inside the window
+    # the groups the windows held that are still left now (not sent since, nor settled)
+    window_left, quiet = sender.window_left.left(view), sender.quiet.left(view)
+    if stopped is None and window_left:  # groups left for a run inside the window
         stopped = "window"
     s.stopped = stopped
     s.duration_s = stats.elapsed_s
@@ -77,8 +79,8 @@ def final_summary(
         s.waiting_past_deadline = len(held.past_deadline)
         s.waiting_own_cap = held.own_cap
     # after the recipients: who else the stop left counts
-    left = left + sender.window_left
-    held_for_windows(s, job, clock, sender.expires_at, quiet=sender.quiet, left=left)
+    left = left + window_left
+    held_for_windows(s, job, clock, sender.expires_at, quiet=quiet, left=left)
     reset_in_time(s, sender.expires_at)
     log.info("job.finished", **s.as_log(), errors=dict(recorder.errors))
     return s

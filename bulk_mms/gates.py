@@ -38,6 +38,32 @@ def before(deadline: dt.datetime | None, when: float) -> bool:
     return deadline is None or when < deadline.timestamp()
 
 
+class Held:
+    """Groups held back for a window (their recipients' quiet hours, the job's
+    ``send_window``) for a later run, by id: counted by their zones only as the run ends
+    (:meth:`left`), of those still not done then. A group held, then left in doubt and
+    settled, or sent again while its window was still open, is left for no run; one held
+    twice is counted once."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[str, Group] = {}
+
+    def add(self, group: Group) -> None:
+        """``group`` is held for a later run."""
+        self._groups[group.id] = group
+
+    def left(self, view: LedgerView) -> Counter[tuple[str, ...]]:
+        """The recipients of the groups held that ``view`` has not done (sent, or failed for
+        good), by their zones."""
+        left: Counter[tuple[str, ...]] = Counter()
+        for gid, group in self._groups.items():
+            if not view.is_done(gid):
+                left[group.zones] += len(group.to)
+        return left
+
+
 class Gates:
     """Quiet hours and the deadline, asked for each group the runner reads."""
 
@@ -46,15 +72,15 @@ class Gates:
         job: JobConfig,
         recorder: Recorder,
         clock: Clock,
-        quiet: Counter[tuple[str, ...]],
+        quiet: Held,
         expires_at: dt.datetime | None,
     ) -> None:
         self.job = job
         self.recorder = recorder
         self.view = recorder.view
         self.clock = clock
-        #: Recipients left for their window to open, by their zones (shared with the sender,
-        #: which finds some closed only when their turn comes).
+        #: Groups left for their window to open (shared with the sender, which finds some
+        #: closed only when their turn comes).
         self.quiet = quiet
         #: After this nothing is sent (``deadline``, or ``max_age_s`` after the campaign began:
         #: :func:`job_deadline`, as the sender keeps it).
@@ -86,5 +112,5 @@ class Gates:
             return False
         if open_for(window, group.zones, utc(self.clock)):
             return False
-        self.quiet[group.zones] += len(group.to)
+        self.quiet.add(group)
         return True

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -42,7 +41,7 @@ from bulk_mms.errors import (
     SendError,
     WindowClosed,
 )
-from bulk_mms.gates import job_deadline, past
+from bulk_mms.gates import Held, job_deadline, past
 from bulk_mms.grouping import without
 from bulk_mms.ledger import Failed, InDoubt
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
@@ -261,12 +260,12 @@ class GroupSender:
         #: its ``sent`` is in the ledger's view (answers in flight together are not there
         #: yet): :meth:`_own_answer`.
         self._answered: dict[str, str] = {}
-        #: Recipients left for their window to open (quiet hours), by their zones.
-        self.quiet: Counter[tuple[str, ...]] = Counter()
-        #: Recipients of the groups whose next try would come only after the job's
-        #: ``send_window`` closes (a backoff, their sender's pause), by their zones: left for
-        #: a run inside the window (the run stops ``window``, exit 4).
-        self.window_left: Counter[tuple[str, ...]] = Counter()
+        #: Groups left for their recipients' window to open (quiet hours).
+        self.quiet = Held()
+        #: Groups whose next try would come only after the job's ``send_window`` closes (a
+        #: backoff, their sender's pause): left for a run inside the window (the run stops
+        #: ``window``, exit 4, while one of them is still left as it ends).
+        self.window_left = Held()
         #: Groups this run left in doubt, for the API's records to settle before it ends.
         self.doubts: dict[str, Group] = {}
         #: Of those, the ones its own requests left in doubt: when the last of them left (the
@@ -935,8 +934,7 @@ class GroupSender:
         """The group waits for its recipients' window to open again (a later run sends it):
         its members counted among those left for their quiet hours, and its tries' end no
         word on the API (:attr:`_Tries.held`)."""
-        group = tries.group
-        self.quiet[group.zones] += len(group.to)
+        self.quiet.add(tries.group)
         tries.held = True
 
     def _held_for_window(self, tries: _Tries, until: float) -> bool:
@@ -965,7 +963,7 @@ class GroupSender:
         if closes <= self.pacer.resumes() - now:
             self.stops.window_closed()
             return True
-        self.window_left[group.zones] += len(group.to)  # a run inside the window sends it
+        self.window_left.add(group)  # a run inside the window sends it
         tries.held = True
         return False
 

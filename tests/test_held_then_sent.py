@@ -1,0 +1,52 @@
+"""A group a window held (its retry would come past the job's ``send_window`` or its
+recipients' ``recipient_window``) whose tries left it in doubt, then settled by the API's
+records and sent again while the window is still open, is left for no later run: the run's
+exit code says what is left at its end (0 when everyone is sent, 1 when what is left is a
+group failed for good), not 4 for a window nobody waits for. Integration tests: the real
+client against the fake API."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from msgspec.structs import replace
+
+from bulk_mms.console import run_outcome
+from bulk_mms.errors import Exit
+from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.runner import run_job
+from tests.conftest import FAST, FakeClock, JobFactory, real_client
+
+#: Two minutes before the windows below close (10:30 UTC).
+NOW = dt.datetime(2026, 11, 24, 10, 28, tzinfo=dt.UTC)
+WINDOWS = {
+    "send_window": 'send_window = "09:00-10:30"',
+    "recipient_window": 'recipient_window = "09:00-10:30"\ntimezone_column = "tz"',
+}
+#: One worker; the API's records complete at once, so the run settles its doubts itself.
+SETTLED = replace(FAST, concurrency=1, records_lag_s=0.0)
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+@pytest.mark.parametrize(("refused", "code"), [(False, Exit.OK), (True, Exit.INCOMPLETE)])
+async def test_a_held_group_settled_and_sent_in_the_window_is_not_left_for_it(
+    jobs: JobFactory, window: str, refused: bool, code: Exit
+) -> None:
+    """The first group's try drops after sending, its repeat gets a 503 asking for ten
+    minutes (past the window's close): held for the window, in doubt; the records show it
+    never accepted and it is sent again at once. The run then exits 0, or 1 when another
+    group was refused for good, never 4, and stops for no window."""
+    jobs.people(12 if refused else 8, tz="UTC")
+    job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{WINDOWS[window]}')
+    fake = FakeTelnyx(records_lag_s=0.0)
+    fake.faults.extend([Fault("drop_after"), Fault("status", 503, headers={"Retry-After": "600"})])
+    if refused:
+        fake.faults.append(Fault("status", 400))
+    clock = FakeClock(wall=NOW.timestamp())
+    async with real_client(fake) as client:
+        s = await run_job(job, SETTLED, client, clock=clock)
+    assert clock.wall() < NOW.timestamp() + 120  # the windows are still open
+    assert s.recipients is not None
+    assert (s.recipients.sent, s.recipients.failed) == (8, 4 if refused else 0)
+    assert (s.error, s.stopped, s.quiet, run_outcome(s)) == (None, None, {}, code)
