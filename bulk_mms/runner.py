@@ -189,9 +189,7 @@ class Runner:
         for n, item in enumerate(items):
             if self.stop.is_set():
                 return
-            if (
-                deadline := self.sender.run_deadline
-            ) is not None and self.clock.monotonic() >= deadline:
+            if self.sender.run_over():
                 self.sender.stops.run_deadline_reached()
                 return
             if n % 512 == 511:

@@ -339,6 +339,13 @@ class GroupSender:
             return None
         return self.clock.monotonic() + (self.expires_at.timestamp() - self.clock.wall())
 
+    def run_over(self) -> bool:
+        """Whether ``max_job_duration_s`` has come: from then on no request leaves, and the
+        run stops there (:meth:`~bulk_mms.stopping.JobStops.run_deadline_reached`). The one
+        test of it, for the reader and every try."""
+        ends = self.run_deadline
+        return ends is not None and self.clock.monotonic() >= ends
+
     def _group_deadline(self) -> float | None:
         """When this group's waits and tries end (monotonic): the earliest of
         ``max_job_duration_s``, the job's deadline and this group's ``max_group_age_s``."""
@@ -690,8 +697,9 @@ class GroupSender:
 
     def _check_gates(self, tries: _Tries, *, on_record: bool = False) -> None:
         """Raise :class:`StopRetrying` unless every gate is open now: the stop, the job's
-        ``send_window``, its deadline (``deadline``, ``max_age_s``) and the recipients'
-        ``recipient_window``, on every try. A group the deadline closes on is recorded
+        ``send_window``, its deadline (``deadline``, ``max_age_s``), ``max_job_duration_s``
+        (which stops the job) and the recipients' ``recipient_window``, on every try. A
+        group the deadline closes on is recorded
         ``expired_unsent`` (unless a try may have been accepted: it stays in doubt); one its
         recipients' window closes on waits for it (a later run). ``on_record``: its attempt
         is written, so a stop records that the request never left."""
@@ -706,6 +714,8 @@ class GroupSender:
             and not in_window(job, utc(self.clock))
         ):
             self.stops.window_closed()
+        if not stop.is_set() and self.run_over():
+            self.stops.run_deadline_reached()
         if stop.is_set():
             why = closed_before_leaving if stop.reason == "window" else never_left
             raise StopRetrying(_unsent(tries, on_record, why))

@@ -1,15 +1,16 @@
-"""A retry whose wait (a 503's or a 429's Retry-After) would end only after
-``max_job_duration_s`` or the job's deadline stops as that limit's own stop does: the run
-stops at max_job_duration_s (exit 1, naming it; the group left for a rerun), or the group is
-recorded expired (its deadline passed for it: no run can send it), never a plain pending
-group with no word on why. Integration tests: the real client against the fake API."""
+"""A try (a retry after a 503's or a 429's Retry-After or a failed connection, or a try
+whose turn comes late) that would leave only after ``max_job_duration_s`` or the job's
+deadline stops as that limit's own stop does: the run stops at max_job_duration_s (exit 1,
+naming it; the group left for a rerun), or the group is recorded expired (its deadline passed
+for it: no run can send it), never a plain pending group with no word on why. The real
+client against the fake API, or a fake client, on the fake clock."""
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import pytest
-import tenacity
 from msgspec.structs import replace
 
 from bulk_mms.console import run_outcome
@@ -79,7 +80,7 @@ async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit
 ) -> None:
     """A connection error whose backoff (jitter at its top: ten minutes) would end after
     max_job_duration_s stops the run there; after the job's deadline, the group expires."""
-    monkeypatch.setattr(tenacity.wait.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # tenacity's jitter
     jobs.people(4)
     deadline = '\ndeadline = "2026-11-24T10:30+00:00"' if limit == "deadline" else ""
     job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4{deadline}')
@@ -97,3 +98,20 @@ async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit
         assert (s.stopped, s.expired_groups, s.retry_later_groups) == (None, 1, 0)
     else:
         assert (s.stopped, s.expired_groups, s.retry_later_groups) == ("deadline", 0, 1)
+
+
+async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At one request a second and max_job_duration_s 1, the second group's turn comes as
+    the run's time is up: it never leaves, and the run stops as max_job_duration_s stops it
+    (exit 1, the line naming it), the group left for a rerun, not a plain pending group."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    client = FakeClient()
+    settings = replace(ONE, rate=1.0, max_job_duration_s=1.0)
+    s = await run_job(job, settings, client, clock=FakeClock())
+    capsys.readouterr()
+    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
+    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert (len(client.calls), s.sent_groups) == (1, 1)
