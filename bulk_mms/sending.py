@@ -867,15 +867,18 @@ class GroupSender:
         expires; a last try whose connection was not ready before one of its windows closed
         (closed now) is held as the closed gate holds it (:meth:`_check_gates`), its request
         never having left (:func:`~bulk_mms.recorder.closed_before_leaving`, not the API
-        unreachable); a wait for its next try that would outlast ``max_job_duration_s``, the
-        job's deadline or one of its windows stops the job, expires the group or holds it as
-        a pacer's wait past it does (:meth:`_outlasts_limits`)."""
+        unreachable); past ``max_job_duration_s`` the run stops there; a wait for its next
+        try that would outlast ``max_job_duration_s``, the job's deadline or one of its
+        windows stops the job, expires the group or holds it as a pacer's wait past it does
+        (:meth:`_outlasts_limits`)."""
         if isinstance(result.error, RetryableSendError) and past(self.expires_at, self.clock):
             self._expire(tries)
         elif isinstance(result.error, NetworkError) and self._windows_left(tries.group) == 0:
             with contextlib.suppress(StopRetrying):  # held as the closed gate holds it
                 self._check_gates(tries, on_record=True)
             return replace(result, error=closed_before_leaving())
+        elif isinstance(result.error, RetryableSendError) and self.run_over():
+            self.stops.run_deadline_reached()  # it ran out with the run's time: stopped there
         elif result.next_try is not None:
             self._outlasts_limits(tries, result.next_try)
         return result

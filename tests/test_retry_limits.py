@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit, NetworkError
 from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.models import Group
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
@@ -115,3 +116,25 @@ async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
     assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
     assert "stopped at max_job_duration_s" in capsys.readouterr().err
     assert (len(client.calls), s.sent_groups) == (1, 1)
+
+
+async def test_a_last_try_that_ran_out_of_time_at_max_job_duration_stops_the_run(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one group's last try fails as the run's time runs out (its connection not ready
+    before max_job_duration_s): the run stops as max_job_duration_s stops it (exit 1, the
+    line naming it), not as a run that ended by itself with a group pending."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    clock = FakeClock()
+
+    def late(g: Group, n: int) -> NetworkError:
+        clock.advance(30.0)  # the connection was waited for until the time was up
+        return NetworkError("no time was left for the request to leave in; not sent")
+
+    settings = replace(ONE, retry=replace(FAST.retry, attempts=1), max_job_duration_s=10.0)
+    s = await run_job(job, settings, FakeClient(late), clock=clock)
+    capsys.readouterr()
+    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
+    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert s.retry_later_groups == 1
