@@ -33,13 +33,12 @@ SETTLED = replace(FAST, concurrency=1, records_lag_s=0.0)
 async def test_a_held_group_settled_and_sent_in_the_window_is_not_left_for_it(
     jobs: JobFactory, window: str, refused: bool, code: Exit
 ) -> None:
-    """The first group's try drops after sending, its repeat gets a 503 asking for ten
-    minutes (past the window's close): held for the window, in doubt; the records show it
-    never accepted and it is sent again at once. The run then exits 0, or 1 when another
-    group was refused for good, never 4, and stops for no window."""
+    """A held group found unsent and sent in its window leaves exit 0 (or 1 for a refusal)."""
     jobs.people(12 if refused else 8, tz="UTC")
     job = jobs.job(extra=f'timezone = "UTC"\ngroup_size = 4\n{WINDOWS[window]}')
     fake = FakeTelnyx(records_lag_s=0.0)
+    # the first try drops after sending (in doubt), its repeat's 503 asks for ten minutes:
+    # past the window's close; the records then show it never accepted, and it goes again
     fake.faults.extend([Fault("drop_after"), Fault("status", 503, headers={"Retry-After": "600"})])
     if refused:
         fake.faults.append(Fault("status", 400))

@@ -34,9 +34,7 @@ BUSY = {
 async def test_a_retry_past_max_job_duration_stops_the_run_there(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], status: str
 ) -> None:
-    """A retry that would come after max_job_duration_s stops the run as that limit does
-    (stopped "deadline", exit 1, the line naming max_job_duration_s), the group pending a
-    rerun, which sends everyone."""
+    """A retry past max_job_duration_s stops the run there (exit 1, named); a rerun sends all."""
     jobs.people(8)
     job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4')
     settings = replace(ONE, max_job_duration_s=120.0)
@@ -57,10 +55,7 @@ async def test_a_retry_past_max_job_duration_stops_the_run_there(
 async def test_a_retry_past_the_job_deadline_expires_the_group(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], status: str, expired: int
 ) -> None:
-    """A retry that would come after the job's deadline (two minutes on) records the group
-    expired_unsent at once, as a pacer's wait past the deadline does (after a 429 the other
-    group too: the one sender is paused past it), the rest sent, the summary saying so,
-    exit 1."""
+    """A retry past the job's deadline records its group expired_unsent at once (exit 1)."""
     jobs.people(8)
     job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\ndeadline = "2026-11-24T10:30+00:00"')
     fake = FakeTelnyx()
@@ -79,8 +74,7 @@ async def test_a_retry_past_the_job_deadline_expires_the_group(
 async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit_does(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
-    """A connection error whose backoff (jitter at its top: ten minutes) would end after
-    max_job_duration_s stops the run there; after the job's deadline, the group expires."""
+    """A backoff past max_job_duration_s stops the run; past the deadline, the group expires."""
     monkeypatch.setattr(random, "uniform", lambda low, high: high)  # tenacity's jitter
     jobs.people(4)
     deadline = '\ndeadline = "2026-11-24T10:30+00:00"' if limit == "deadline" else ""
@@ -104,13 +98,11 @@ async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit
 async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """At one request a second and max_job_duration_s 1, the second group's turn comes as
-    the run's time is up: it never leaves, and the run stops as max_job_duration_s stops it
-    (exit 1, the line naming it), the group left for a rerun, not a plain pending group."""
+    """A try whose turn comes at max_job_duration_s never leaves and stops the run (named)."""
     jobs.people(8)
     job = jobs.job(extra="group_size = 4")
     client = FakeClient()
-    settings = replace(ONE, rate=1.0, max_job_duration_s=1.0)
+    settings = replace(ONE, rate=1.0, max_job_duration_s=1.0)  # the 2nd turn: at the limit
     s = await run_job(job, settings, client, clock=FakeClock())
     capsys.readouterr()
     assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
@@ -121,9 +113,7 @@ async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
 async def test_a_last_try_that_ran_out_of_time_at_max_job_duration_stops_the_run(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The one group's last try fails as the run's time runs out (its connection not ready
-    before max_job_duration_s): the run stops as max_job_duration_s stops it (exit 1, the
-    line naming it), not as a run that ended by itself with a group pending."""
+    """A last try failed as max_job_duration_s ran out stops the run there (exit 1, named)."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4")
     clock = FakeClock()
