@@ -18,6 +18,7 @@ from bulk_mms.errors import Exit, NetworkError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.models import Group
 from bulk_mms.runner import run_job
+from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
 
@@ -28,6 +29,13 @@ BUSY = {
     "503": Fault("status", 503, headers={"Retry-After": "600"}),
     "429": Fault("status", 429, headers={"Retry-After": "600"}),
 }
+
+
+def assert_stopped_at_max_job_duration(s: JobSummary, capsys: pytest.CaptureFixture[str]) -> None:
+    """The run stopped as max_job_duration_s stops it: exit 1, its one line naming it."""
+    capsys.readouterr()
+    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
+    assert "stopped at max_job_duration_s" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("status", sorted(BUSY))
@@ -42,9 +50,7 @@ async def test_a_retry_past_max_job_duration_stops_the_run_there(
     fake.faults.append(BUSY[status])
     async with real_client(fake) as client:
         s = await run_job(job, settings, client, clock=FakeClock(wall=NOW.timestamp()))
-    capsys.readouterr()
-    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
-    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert_stopped_at_max_job_duration(s, capsys)
     assert (s.sent_groups, s.retry_later_groups) == (0, 1)
     async with real_client(FakeTelnyx()) as client:
         again = await run_job(job, settings, client, clock=FakeClock(wall=NOW.timestamp()))
@@ -104,9 +110,7 @@ async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
     client = FakeClient()
     settings = replace(ONE, rate=1.0, max_job_duration_s=1.0)  # the 2nd turn: at the limit
     s = await run_job(job, settings, client, clock=FakeClock())
-    capsys.readouterr()
-    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
-    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert_stopped_at_max_job_duration(s, capsys)
     assert (len(client.calls), s.sent_groups) == (1, 1)
 
 
@@ -124,7 +128,5 @@ async def test_a_last_try_that_ran_out_of_time_at_max_job_duration_stops_the_run
 
     settings = replace(ONE, retry=replace(FAST.retry, attempts=1), max_job_duration_s=10.0)
     s = await run_job(job, settings, FakeClient(late), clock=clock)
-    capsys.readouterr()
-    assert (s.error, s.stopped, run_outcome(s)) == (None, "deadline", Exit.INCOMPLETE)
-    assert "stopped at max_job_duration_s" in capsys.readouterr().err
+    assert_stopped_at_max_job_duration(s, capsys)
     assert s.retry_later_groups == 1
