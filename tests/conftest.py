@@ -360,6 +360,23 @@ async def crash_mid_send(
     return client
 
 
+def wait_for(what: str, done: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll ``done()`` until it holds: a state of real processes or of a server, on real time,
+    waited on rather than guessed from a sleep; fail after ``timeout`` s saying ``what``
+    never came."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come within {timeout:g} s", pytrace=False)
+        time.sleep(0.05)
+
+
+def held_for(seconds: float, since: float) -> None:
+    """Sleep until ``seconds`` have passed ``since`` (a ``time.monotonic()``): a fault that
+    lasts that long by design, held on after the state it needs was waited on."""
+    time.sleep(max(0.0, since + seconds - time.monotonic()))
+
+
 #: The PostgreSQL server the database tests use (each makes its own database there).
 SERVER = os.environ.get("BULK_MMS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
@@ -403,6 +420,43 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     if marker is not None and marker.args[:1] == (True,) and not held:
         waits = "/".join(PSYCOPG_WAITS)
         pytest.fail(f"{_PSYCOPG} never waited in psycopg.waiting.{waits}: {_UPDATE}", pytrace=False)
+
+
+def query(database: str, sql: str, *params: object) -> Any:
+    """The first column of the first row ``sql`` (with ``params``, if any) answers on
+    ``database``, on a connection of its own; None when there is no row."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        row = conn.execute(sql, params or None).fetchone()
+    return row[0] if row else None
+
+
+def waits_on_a_lock(database: str, pid: int | None = None) -> bool:
+    """Whether a session of the process ``pid`` (this one by default; a process's sessions
+    are named ``bulk-mms pid N``) waits for a lock on ``database`` now."""
+    return bool(
+        query(
+            database,
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.application_name = %s",
+            f"bulk-mms pid {pid or os.getpid()}",
+        )
+    )
+
+
+def live_claims(database: str, pid: int) -> int:
+    """How many claims the process ``pid`` holds on ``database`` that have not run out by the
+    database's clock: none once its lease has ended (it died, or is paused)."""
+    try:
+        return int(
+            query(
+                database,
+                "SELECT count(*) FROM bulk_mms_claims WHERE split_part(owner, ':', 2) = %s "
+                "AND expires >= now()",
+                str(pid),
+            )
+        )
+    except psycopg.errors.UndefinedTable:
+        return 0
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import FakeTelnyx, parse_faults
 from bulk_mms.report import summarize
 from bulk_mms.testing import ledger_events
-from tests.conftest import ArrivalsFake, JobFactory, numbers
+from tests.conftest import ArrivalsFake, JobFactory, numbers, wait_for
 from tests.threaded import fake_api_thread
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,8 @@ def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bo
     kills = 0
     with fake_api_thread(fake) as url:
         for _ in range(4):
-            proc = start(job.path, url, config)
-            time.sleep(rng.uniform(0.6, 1.2))
+            proc = _started_sending(job, url, config)
+            time.sleep(rng.uniform(0.0, 0.6))  # a random moment of its sending
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -86,6 +86,20 @@ def test_sigkill_at_random_moments_then_resume(jobs: JobFactory, honour_keys: bo
         assert status.failed_groups == 0
     assert KEY.encode() not in job.ledger.read_bytes()
     assert KEY.encode() not in out + err
+
+
+def _started_sending(job: JobConfig, url: str, config: Path) -> subprocess.Popen[bytes]:
+    """A run of ``job`` (:func:`start`) once it has written an attempt of its own to the
+    ledger (or has ended)."""
+    before = _attempts(job.ledger)
+    proc = start(job.path, url, config)
+    wait_for("the run to send", lambda: _attempts(job.ledger) > before or proc.poll() is not None)
+    return proc
+
+
+def _attempts(ledger: Path) -> int:
+    """How many attempts the ledger at ``ledger`` holds."""
+    return ledger.read_bytes().count(b'"event":"attempt"') if ledger.exists() else 0
 
 
 def _in_doubt_numbers(ledger: Path) -> set[str]:
@@ -164,8 +178,7 @@ def test_a_signal_ends_a_day_long_pause_at_once(
     fake.faults.extend(parse_faults("huge-retry-after*4"))
     with fake_api_thread(fake) as url:
         proc = start(job.path, url, config, "--log-json")
-        _wait_for_line(job.ledger, b'"event":"attempt"')
-        time.sleep(0.5)
+        wait_for("a 429 answered", lambda: len(fake.faults) < 4)
         assert proc.poll() is None  # paused, not finished
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -227,13 +240,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _wait_for_line(path: Path, needle: bytes, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_bytes():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} never appeared in {path}")
+def _wait_for_line(path: Path, needle: bytes) -> None:
+    """Wait until ``needle`` is in the ledger at ``path``."""
+    wait_for(f"{needle!r} in {path}", lambda: path.exists() and needle in path.read_bytes())
 
 
 def test_a_process_stopped_past_the_deadline_sends_nothing_once_continued(

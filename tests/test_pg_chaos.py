@@ -17,7 +17,7 @@ import pytest
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import parse_faults
 from bulk_mms.report import summarize
-from tests.conftest import JobFactory, numbers
+from tests.conftest import JobFactory, held_for, live_claims, numbers, wait_for, waits_on_a_lock
 from tests.test_pg_faults import (
     _config,
     _count,
@@ -25,7 +25,6 @@ from tests.test_pg_faults import (
     _run,
     _stopped,
     _terminate,
-    _wait_for,
 )
 from tests.test_postgres import KEY
 from tests.threaded import fake_api_thread
@@ -51,7 +50,7 @@ def test_hosts_under_every_fault_accept_each_recipient_once(
     where = f"{database}?ledger=chaos"
     with fake_api_thread(fake) as url:
         hosts = [_run(job.path, url, config, where) for _ in range(3)]
-        _wait_for(lambda: _count(database, "sent") >= 20, 60)
+        wait_for("sending", lambda: _count(database, "sent") >= 20)
         with psycopg.connect(database, autocommit=True) as conn:  # what `webhooks` writes
             conn.execute(
                 "INSERT INTO bulk_mms_suppressions (number, reason) "
@@ -59,12 +58,17 @@ def test_hosts_under_every_fault_accept_each_recipient_once(
                 (STOPS,),
             )
         fake.faults.extend(parse_faults("status-429*8"))  # a storm of rate-limit answers
-        with _stopped(hosts[0]):
-            time.sleep(6)  # three leases: the others take its groups over
+        with _stopped(hosts[0]):  # past its lease: the others take its groups over
+            wait_for("its lease to run out", lambda: not live_claims(database, hosts[0].pid))
         hosts[1].kill()
         _terminate_all(database, hosts)
         with _locked(database, "bulk_mms_events"):
-            time.sleep(5)
+            locked = time.monotonic()
+            wait_for(
+                "a host's write waiting",
+                lambda: any(waits_on_a_lock(database, h.pid) for h in hosts),
+            )
+            held_for(5.0, locked)
         outs = [h.communicate(timeout=240) for h in hosts]
         rerun = _run(job.path, url, config, where)
         outs.append(rerun.communicate(timeout=240))

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from bulk_mms.recorder import Recorder
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary
-from tests.conftest import FakeClock, JobFactory, numbers
+from tests.conftest import FakeClock, JobFactory, numbers, query, wait_for, waits_on_a_lock
 from tests.test_clock import stop_process
 from tests.test_postgres import KEY, age_claims
 from tests.threaded import fake_api_thread
@@ -671,7 +671,7 @@ def test_a_fold_then_new_events_miss_no_row_committed_late(database: str) -> Non
             writer.append_now(events.RunStarted(2, "t"))
             folding = threading.Thread(target=lambda: folded.extend(reader.events()))
             folding.start()
-            time.sleep(0.2)  # the fold waits for this transaction
+            wait_for("the fold waiting for this transaction", lambda: _pausing(database))
             assert folding.is_alive()
         folding.join()
         assert folded == [HEADER, events.RunStarted(1, "t"), events.RunStarted(2, "t")]
@@ -786,6 +786,7 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
     link = pgconnect.Link(database, "db", timeout_s=600.0)  # a hang fails, a slow server not
 
     async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
+        running.set()  # on the connection: the statement is sent as this task next waits
         await conn.execute("SELECT pg_sleep(0.3)")
         return "slow"
 
@@ -796,8 +797,9 @@ async def test_a_connection_given_up_under_a_statement_fails_it_at_once(database
 
     try:
         for _ in range(5):
+            running = asyncio.Event()
             first = asyncio.create_task(link.run(slow, "slow"))
-            await asyncio.sleep(0.1)
+            await running.wait()
             await link._drop(link._conn)  # as a statement of another task that timed out does
             second = asyncio.create_task(link.run(quick, "quick"))
             assert list(await asyncio.gather(first, second)) == ["slow", "quick"]
@@ -816,13 +818,15 @@ async def test_a_closed_link_fails_its_statements_and_connects_no_more(database:
         held.append(id(conn))
 
     link = pgconnect.Link(database, "db", timeout_s=600.0, hold=hold)
+    running = asyncio.Event()
 
     async def slow(conn: psycopg.AsyncConnection[Any]) -> str:
+        running.set()  # on the connection: the statement is sent as this task next waits
         await conn.execute("SELECT pg_sleep(0.3)")
         return "slow"
 
     first = asyncio.create_task(link.run(slow, "slow"))
-    await asyncio.sleep(0.1)
+    await running.wait()
     await link.close()
     with pytest.raises(LedgerUnavailable, match="slow: its connection was closed"):
         await first
@@ -1121,7 +1125,9 @@ def test_a_process_paused_past_its_lease_texts_nobody_twice(
         first = _run_until_attempts(database, 6, job.path, url, config, where)
         second = _run(job.path, url, config, where)
         with _stopped(first):
-            _wait_for(lambda: _max_token(database) >= 2, 30)  # the second took a claim over
+            wait_for(
+                "a claim taken over", lambda: _max_token(database) >= 2
+            )  # the second took a claim over
         outs = [p.communicate(timeout=120) for p in (first, second)]
     for _, err in outs:
         assert b"Traceback" not in err
@@ -1198,7 +1204,7 @@ def test_a_terminated_connection_is_survived_or_stops_cleanly(
     where = f"{database}?ledger=terminated"
     with fake_api_thread(fake) as url:
         proc = _run(job.path, url, config, where)
-        _wait_for(lambda: _count(database, "sent") >= 4, 30)
+        wait_for("sending", lambda: _count(database, "sent") >= 4)
         _terminate(database, proc.pid)
         cut = time.monotonic()
         _, err = proc.communicate(timeout=60)
@@ -1230,9 +1236,9 @@ def test_sigterm_with_a_ledger_table_locked_ends_the_run_within_20_s(
     where = f"{database}?ledger=lockedrun"
     with fake_api_thread(fake) as url:
         proc = _run(job.path, url, config, where)
-        _wait_for(lambda: _count(database, "sent") >= 2, 30)
+        wait_for("sending", lambda: _count(database, "sent") >= 2)
         with _locked(database, table):
-            time.sleep(0.5)  # let the run block on the lock
+            wait_for("the run blocked on the lock", lambda: waits_on_a_lock(database, proc.pid))
             proc.send_signal(signal.SIGTERM)
             start = time.monotonic()
             _, err = proc.communicate(timeout=60)
@@ -1263,23 +1269,29 @@ def _run(job: Path, url: str, config: Path, ledger: str) -> subprocess.Popen[byt
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _query(database: str, sql: str) -> object:
-    with psycopg.connect(database, autocommit=True) as conn:
-        row = conn.execute(sql).fetchone()
-    return row[0] if row else None
-
-
 def _count(database: str, kind: str) -> int:
     try:
-        n = _query(database, f"SELECT count(*) FROM bulk_mms_events WHERE kind = '{kind}'")
+        n = query(database, f"SELECT count(*) FROM bulk_mms_events WHERE kind = '{kind}'")
     except psycopg.errors.UndefinedTable:
         return 0
     return int(str(n))
 
 
+def _pausing(database: str) -> bool:
+    """Whether a full read of this process waits for writers: its session's last statement
+    is the pause between two looks (pgread's ``_PAUSE``)."""
+    return bool(
+        query(
+            database,
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' "
+            f"AND application_name = 'bulk-mms pid {os.getpid()}'",
+        )
+    )
+
+
 def _max_token(database: str) -> int:
     try:
-        return int(str(_query(database, "SELECT coalesce(max(token), 0) FROM bulk_mms_claims")))
+        return int(str(query(database, "SELECT coalesce(max(token), 0) FROM bulk_mms_claims")))
     except psycopg.errors.UndefinedTable:
         return 0
 
@@ -1325,7 +1337,7 @@ def _run_until_attempts(
 ) -> subprocess.Popen[bytes]:
     """A run (:func:`_run`) once the database holds ``attempts`` of its attempts: sending."""
     proc = _run(job, url, config, ledger)
-    _wait_for(lambda: _count(database, "attempt") >= attempts, 30)
+    wait_for(f"{attempts} attempts", lambda: _count(database, "attempt") >= attempts)
     return proc
 
 
@@ -1337,15 +1349,6 @@ async def _no_live_run(looker: LedgerStore, seconds: float = 5.0) -> str | None:
             return None
         await asyncio.sleep(0.05)  # the server's state, not ours: nothing to wait on but time
     return await looker.live_run(30.0)
-
-
-def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
-    """Poll ``ready`` (rows in the database) until it holds; fail after ``seconds``."""
-    end = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > end:
-            pytest.fail(f"not ready within {seconds} s")
-        time.sleep(0.05)
 
 
 async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(

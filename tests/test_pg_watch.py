@@ -19,11 +19,11 @@ from bulk_mms.errors import ClaimLost, LedgerUnavailable
 from bulk_mms.ledger import LedgerView, events, open_store, postgres
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
 from bulk_mms.sharing import Sharing
+from tests.conftest import waits_on_a_lock
 from tests.test_pg_faults import (
     HEADER,
     _attempt,
     _group_events,
-    _query,
     _terminate,
     two_hosts,
 )
@@ -54,16 +54,6 @@ def _counted(
 
     monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting)
     return sent
-
-
-def _waits_on_a_lock(database: str) -> bool:
-    """Whether a session of this process waits for a lock now."""
-    waiting = _query(
-        database,
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        f"WHERE NOT l.granted AND a.application_name = 'bulk-mms pid {os.getpid()}'",
-    )
-    return int(str(waiting)) > 0
 
 
 async def _write_history(store: PostgresStore, coordinator: PostgresCoordinator) -> None:
@@ -176,7 +166,7 @@ async def test_a_batch_claim_renews_this_processs_own_claim_waiting_for_its_lock
         async with await psycopg.AsyncConnection.connect(database) as conn:
             await conn.execute("SELECT 1 FROM bulk_mms_claims WHERE grp = 'g1' FOR SHARE")
             renewing = asyncio.ensure_future(one.claim_many(["g1", "g2"]))
-            while not await asyncio.to_thread(_waits_on_a_lock, database):
+            while not await asyncio.to_thread(waits_on_a_lock, database):
                 assert not renewing.done()
             assert not renewing.done()  # waiting for the lock, as a claim does
         assert await renewing == {"g1", "g2"}

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,8 +54,10 @@ from tests.conftest import (
     FakeClock,
     JobFactory,
     groups_counted,
+    live_claims,
     numbers,
     ok_receipt,
+    wait_for,
 )
 from tests.test_webhooks import SIGNER
 from tests.threaded import fake_api_thread
@@ -150,7 +151,7 @@ def test_three_processes_share_a_job_and_finish_a_killed_ones_groups(
     where = f"{database}?ledger=three"
     with fake_api_thread(fake) as url:
         procs = [run_cli(job.path, url, config, where) for _ in range(3)]
-        time.sleep(1.5)
+        wait_for("its groups claimed", lambda: live_claims(database, procs[0].pid) > 0)
         procs[0].send_signal(signal.SIGKILL)
         outs = [p.communicate(timeout=90) for p in procs]
     assert procs[0].returncode == -signal.SIGKILL
@@ -178,10 +179,8 @@ def test_groups_killed_before_the_api_took_them_are_sent_once_by_the_survivors(
     where = f"{database}?ledger=held"
     with fake_api_thread(fake) as url:
         first = run_cli(job.path, url, config, where)
-        deadline = time.monotonic() + 60
-        while len(fake.requests) < held and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(fake.requests) == held, "the first process never sent"
+        wait_for("the first process's requests", lambda: len(fake.requests) >= held)
+        assert len(fake.requests) == held
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         procs = [run_cli(job.path, url, config, where) for _ in range(2)]
@@ -282,7 +281,7 @@ def test_processes_whose_suppression_lists_differ_never_wait_on_each_other(
     fake = FakeTelnyx(api_key=KEY)
     with fake_api_thread(fake) as url:
         a = run_cli(job.path, url, config, where)
-        _wait_until(lambda: len(fake.requests) >= 2)
+        wait_for("its requests", lambda: len(fake.requests) >= 2)
         assert main(["-q", "suppress", "remove", *second, "--ledger", where]) == 0
         assert main(["-q", "suppress", "add", *first, "--ledger", where]) == 0
         b = run_cli(job.path, url, config, where)
@@ -310,13 +309,6 @@ def age_claims(database: str, seconds: float) -> None:
                 "UPDATE bulk_mms_claims SET expires = expires - make_interval(secs => %s)",
                 (seconds,),
             )
-
-
-def _wait_until(done: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def shared_job(

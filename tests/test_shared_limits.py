@@ -61,7 +61,17 @@ from bulk_mms.stopping import stop_reason
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ok_receipt
 from bulk_mms.words import BY_KIND, MAX_COST
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers
+from tests.conftest import (
+    FAST,
+    FakeClient,
+    FakeClock,
+    JobFactory,
+    held_for,
+    live_claims,
+    numbers,
+    wait_for,
+    waits_on_a_lock,
+)
 from tests.test_pg_faults import _config, _count, _locked, _stopped, _terminate
 from tests.test_postgres import KEY, run_cli
 from tests.threaded import fake_api_thread
@@ -70,16 +80,6 @@ from tests.threaded import fake_api_thread
 def busiest_second(times: list[float]) -> int:
     """The most accepts in any one-second window [t, t + 1) of the server's log."""
     return max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
-
-
-def wait_for(what: str, done: object, timeout: float = 60.0) -> None:
-    """Poll ``done()`` until true (real time: real processes are running)."""
-    assert callable(done)
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -100,7 +100,11 @@ def test_a_commit_stall_never_puts_more_than_the_rate_into_a_second(
         wait_for("sending to start", lambda: len(fake.accept_log) >= 15)
         with psycopg.connect(database) as conn:  # the lock is held until this commits
             conn.execute("LOCK TABLE bulk_mms_events IN EXCLUSIVE MODE")
-            time.sleep(3.0)
+            locked = time.monotonic()
+            wait_for(
+                "a commit stalled", lambda: any(waits_on_a_lock(database, p.pid) for p in procs)
+            )
+            held_for(3.0, locked)
         outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1].decode()[-400:] for o in outs]
     counts = fake.recipient_counts()
@@ -457,11 +461,18 @@ def _chaos(database: str, hosts: list[subprocess.Popen[bytes]], lease_s: float) 
     (SIGSTOP); the lock gone, the first woken three leases later and the third's sessions
     ended from the server."""
     with _locked(database, "bulk_mms_events"):
-        time.sleep(1.0)
+        locked = time.monotonic()
+        wait_for(
+            "every host's attempts waiting",
+            lambda: all(waits_on_a_lock(database, h.pid) for h in hosts if h.poll() is None),
+        )
+        held_for(1.0, locked)  # their admissions growing stale
         hosts[1].kill()
         hosts[0].send_signal(signal.SIGSTOP)
     with _stopped(hosts[0]):  # already stopped: woken as this ends
-        time.sleep(3 * lease_s)
+        paused = time.monotonic()
+        wait_for("its lease to run out", lambda: not live_claims(database, hosts[0].pid))
+        held_for(3 * lease_s, paused)
     if hosts[2].poll() is None:
         _terminate(database, hosts[2].pid)
 
@@ -578,7 +589,10 @@ def test_a_rerun_after_a_host_killed_holding_reservations_reaches_max_cost_exact
         hosts = _hosts(job.path, url, config, where)
         wait_for("sending to start", lambda: _count(database, "sent") >= 10)
         with _locked(database, "bulk_mms_events"):  # every host's next attempts wait,
-            time.sleep(1.0)  # their room reserved
+            wait_for(
+                "their room reserved",
+                lambda: all(waits_on_a_lock(database, h.pid) for h in hosts if h.poll() is None),
+            )
             hosts[1].kill()
         _ended(hosts, {5})
         rerun = run_cli(job.path, url, config, where)
@@ -607,17 +621,22 @@ def test_a_host_that_lost_a_claim_leaves_the_groups_room_to_its_taker(
     with fake_api_thread(fake) as url, psycopg.connect(database) as budget:
         first = run_cli(job.path, url, config, where)
         wait_for("sending to start", lambda: _count(database, "sent") >= 2)
+        attempts = _count(database, "attempt")
         with _locked(database, "bulk_mms_events"):  # its admissions grow stale meanwhile
-            time.sleep(0.8)
+            locked = time.monotonic()
+            wait_for("its attempts waiting", lambda: waits_on_a_lock(database, first.pid))
+            held_for(0.8, locked)
             budget.execute("SELECT FROM bulk_mms_budgets WHERE account = 'a' FOR UPDATE")
-        time.sleep(0.8)  # its attempts written, it waits to be admitted again
+        # its attempts written, it waits to be admitted again (on the budget row)
+        wait_for("its attempts written", lambda: _count(database, "attempt") > attempts)
+        wait_for("it waiting to be admitted", lambda: waits_on_a_lock(database, first.pid))
         with _stopped(first):
             fake.faults.extend(Fault("slow", delay=3.0) for _ in range(100))
-            time.sleep(3.0)  # its lease runs out
-            attempts = _count(database, "attempt")
+            wait_for("its lease to run out", lambda: not live_claims(database, first.pid))
+            attempts, requests = _count(database, "attempt"), len(fake.requests)
             second = run_cli(job.path, url, other, where)
             wait_for("the takeover", lambda: _count(database, "attempt") > attempts)
-            time.sleep(0.5)  # its requests in flight
+            wait_for("its requests in flight", lambda: len(fake.requests) > requests)
             budget.rollback()
         outs = [p.communicate(timeout=180) for p in (first, second)]
     assert b"group.claim_lost" in outs[0][1]

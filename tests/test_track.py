@@ -54,7 +54,7 @@ from bulk_mms.track import (
     format_track,
     track_ledger,
 )
-from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, sent_ledger, wait_for
 from tests.threaded import fake_api_thread
 
 API = tuple[FakeTelnyx, str]
@@ -416,11 +416,13 @@ def test_track_follow_beside_a_slow_run_ends_after_the_run_with_every_group(
     config.write_text("[limits]\nrate = 0.5\n[track]\ninterval = 1\n")
     with fake_api_thread(fake) as url:
         run = bulk_mms("run", str(job.path), "--base-url", url, "--config", str(config))
-        deadline = time.monotonic() + 30
-        while not (job.ledger.exists() and b'"event":"sent"' in job.ledger.read_bytes()):
-            assert run.poll() is None, run.stderr
-            assert time.monotonic() < deadline, "the run sent nothing in 30 s"
-            time.sleep(0.05)
+
+        def sent_or_ended() -> bool:
+            ledger = job.ledger.read_bytes() if job.ledger.exists() else b""
+            return b'"event":"sent"' in ledger or run.poll() is not None
+
+        wait_for("the run's first group sent", sent_or_ended)
+        assert run.poll() is None, run.stderr
         track = bulk_mms("track", str(job.ledger), "--follow", "--format", "json",
                          "--config", str(config), "--base-url", url)  # fmt: skip
         run_out, run_err = run.communicate(timeout=60)
