@@ -262,7 +262,9 @@ class SendError(BulkMmsError):
 
     @property
     def code(self) -> str:
-        """The first Telnyx error code, or the HTTP status, or the error class name."""
+        """The first Telnyx error code, or the HTTP status, or the error class name. Of an
+        answer's several codes, the error policy puts the one that decides first
+        (:func:`~bulk_mms.policy.judged_error`)."""
         for err in self.errors:
             if err.code:
                 return err.code

@@ -50,6 +50,7 @@ from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
+    ApiError,
     AuthError,
     ConfigError,
     FatalSendError,
@@ -94,11 +95,18 @@ def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[s
     return policy
 
 
-def error_action(err: SendError, policy: Mapping[str, Action]) -> Action | None:
-    """The action ``policy`` has for the code of an answer's ``errors`` (its first), if any:
-    the one reading of a send's error by the table, for :func:`apply_policy` and for the
-    ``failed`` event that records it (:class:`~bulk_mms.ledger.Failed`'s ``action``)."""
-    return policy.get(err.code) if err.errors else None
+def judged_error(err: SendError, policy: Mapping[str, Action]) -> tuple[SendError, Action | None]:
+    """A send's error as the policy acts on it and the ``failed`` event records it: its
+    ``errors`` with the one that decides first (:func:`deciding_first`, as :func:`judged`
+    puts a delivery report's), so its ``code`` and what it says are that one's, and the
+    action for it (:class:`~bulk_mms.ledger.Failed`'s ``action``). The error is put in that
+    order where it is (an answer's errors are this send's own), and reordering it again
+    changes nothing."""
+    errors, code = deciding_first(err.errors, policy)
+    if errors != err.errors:
+        err.errors = errors
+        err.args = (str(err),)
+    return err, policy.get(code) if code is not None else None
 
 
 def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
@@ -106,9 +114,11 @@ def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
 ) -> SendError:
     """The error the runner should see for ``err`` under ``policy``; ``daily_reset``
     (``[limits] daily_reset``) is when a carrier's daily cap lifts (:func:`carrier_reset`)."""
-    action = error_action(err, policy)
-    if isinstance(err, AuthError) and action is not None:
-        pass  # a carrier's code in a 403 (a server that says "forbidden" for an opt-out)
+    err, action = judged_error(err, policy)
+    if isinstance(err, AuthError) and any(policy.get(e.code) for e in err.errors):
+        # a carrier's code in a 403 (a server that says "forbidden" for an opt-out): judged
+        # by the code that decides, which with none of its own fails the group (PRECEDENCE)
+        action = action or Action.FAIL
     elif isinstance(err, AmbiguousSendError | FatalSendError) or not err.errors:
         return err  # the answer did not say "not accepted" with a code: leave it as it is
     if action is None:
@@ -300,11 +310,24 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
     return 0.0
 
 
+def deciding_first(
+    errors: Sequence[ApiError], policy: Mapping[str, Action]
+) -> tuple[tuple[ApiError, ...], str | None]:
+    """An ``errors`` list (a delivery report's, a send's answer's) with the entry whose code
+    decides (:func:`~bulk_mms.codes.deciding` under ``policy``: an opt-out over a carrier's
+    refusal for now, whatever their order) moved first, the others in their order; and that
+    code (None when none carries a code)."""
+    code = deciding((e.code for e in errors if e.code), policy)
+    if code is None or errors[0].code == code:
+        return tuple(errors), code
+    i = next(i for i, e in enumerate(errors) if e.code == code)
+    return (errors[i], *errors[:i], *errors[i + 1 :]), code
+
+
 def report_code(st: RecipientStatus, policy: Mapping[str, Action]) -> str | None:
     """The Telnyx error code that decides what a delivery report calls for, if it carries
-    any: of several, the one :func:`~bulk_mms.codes.deciding` weighs first under ``policy``
-    (an opt-out over a carrier's refusal for now, whatever their order)."""
-    return deciding((e.code for e in st.errors if e.code), policy)
+    any: of several, the one :func:`deciding_first` finds."""
+    return deciding_first(st.errors, policy)[1]
 
 
 def report_action(st: RecipientStatus, policy: Mapping[str, Action]) -> Action | None:
@@ -319,16 +342,15 @@ def judged(
     st: RecipientStatus, policy: Mapping[str, Action]
 ) -> tuple[RecipientStatus, Action | None]:
     """A delivery report as a run, ``track`` and the webhook receiver record it and take it
-    into their view: its errors with the one that decides (:func:`report_code`) first, and
+    into their view: its errors with the one that decides first (:func:`deciding_first`), and
     the action for it (:func:`report_action`). The fold reads a recorded report's first
     code as the one its ``action`` is for, so ``report`` and a resend judge it as whoever
     recorded it did."""
-    code = report_code(st, policy)
+    errors, code = deciding_first(st.errors, policy)
     if code is None:
         return st, None
-    if st.errors[0].code != code:
-        i = next(i for i, e in enumerate(st.errors) if e.code == code)
-        st = msgspec.structs.replace(st, errors=(st.errors[i], *st.errors[:i], *st.errors[i + 1 :]))
+    if errors != st.errors:
+        st = msgspec.structs.replace(st, errors=errors)
     return st, policy.get(code)
 
 

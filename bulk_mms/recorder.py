@@ -59,7 +59,7 @@ from bulk_mms.ledger import (
 from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import Group, RecipientStatus, RejectedRow, Rejection, SendReceipt
-from bulk_mms.policy import error_action, judged
+from bulk_mms.policy import judged, judged_error
 from bulk_mms.settle import Finding, never_accepted, own_ids
 from bulk_mms.summary import JobSummary
 
@@ -350,6 +350,7 @@ class Recorder:
             ClaimLost: another process took the group over: no failure was written.
             LedgerError: it could not be made durable.
         """
+        err, _ = judged_error(err, self.policy)  # its code is the one that decides
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -392,6 +393,7 @@ class Recorder:
         and the rest go on at once in a group made without them (a cap stops the job first: a
         rerun sends the group after its reset, as the ledger has it)."""
         attempts, throttled = tries
+        err, action = judged_error(err, self.policy)
         retired = err.sender if isinstance(err, SenderRefused) else None
         retryable = (
             retired is not None
@@ -411,7 +413,7 @@ class Recorder:
             refused=refused,
             retired=retired,
             time=self._now(),
-            action=Action.SUPPRESS if refused else error_action(err, self.policy),
+            action=Action.SUPPRESS if refused else action,
             resets=resets,
         )
 

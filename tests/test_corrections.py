@@ -1,20 +1,25 @@
 """Who got the message, as ``report`` and a resend (``--failed-csv``) tell it, when delivery
-reports contradict one another: a correction, several error codes in one report."""
+reports contradict one another: a correction, several error codes in one report or in the
+answer refusing a send."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
+from bulk_mms.client import error_for_status
 from bulk_mms.codes import DEFAULT_POLICY, deciding
 from bulk_mms.config import JobConfig
-from bulk_mms.errors import ApiError
-from bulk_mms.fake_api import FakeTelnyx, carrier_timeline
+from bulk_mms.errors import ApiError, RateLimited, Rejected, SendError
+from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
 from bulk_mms.ledger import LedgerView, Sent
 from bulk_mms.ledger.events import decode, status_event, to_json
 from bulk_mms.ledger.fold import Miss
 from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import judged, load_policy
+from bulk_mms.policy import apply_policy, judged, judged_error, load_policy
 from bulk_mms.recipient_lists import left_to_resend
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
@@ -149,3 +154,63 @@ def test_a_final_status_the_send_answered_keeps_the_code_its_status_line_carries
     assert [m.kind for m in view.not_received().values()] == [kind]
     assert view.delivery() == {"delivery_failed": 1}
     assert not view.apply_status(recorded, "g", action=action)  # told once
+
+
+@pytest.mark.parametrize(
+    ("codes", "status", "kind", "decides", "action"),
+    [
+        (["40011", "40300"], 400, Rejected, "40300", "suppress"),  # opted out: never retried
+        (["40002", "40008"], 400, Rejected, "40008", None),  # undeliverable: not retried
+        (["40002", "40008"], 403, Rejected, "40008", None),  # a carrier's 403: no bad key
+        (["40008", "40011"], 429, RateLimited, "40008", None),  # a 429 is retried as one
+        (["", "40016", "40002"], 400, SendError, "40016", "defer"),  # the longer wait
+    ],
+)
+def test_a_sends_refusal_is_acted_on_and_recorded_by_the_code_that_decides(
+    codes: list[str], status: int, kind: type[SendError], decides: str, action: str | None
+) -> None:
+    """An answer refusing a send with several codes is acted on by the one the table weighs
+    first (:func:`~bulk_mms.codes.deciding`, as a delivery report's), whatever their order,
+    and the error the runner sees names it first, with the action a ``failed`` event records."""
+    body = {"errors": [{"code": code, "title": f"title {code}"} for code in codes]}
+    err = error_for_status(status, body, {}, method="POST")
+    now = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+    acted = apply_policy(err, DEFAULT_POLICY, "+13125550000", now, "00:00 America/Los_Angeles")
+    assert isinstance(acted, kind)
+    assert (acted.code, acted.errors[0].title) == (decides, f"title {decides}")
+    assert sorted(e.code for e in acted.errors) == sorted(codes)
+    assert judged_error(acted, DEFAULT_POLICY)[1] == action
+    told = str(acted)
+    assert all(told.index(decides) < told.index(c) for c in codes if c not in ("", decides))
+
+
+@pytest.mark.parametrize(
+    ("codes", "kind", "action", "left_out"),
+    [
+        ("40011,40300", Miss.OPTED_OUT, "suppress", True),
+        ("40002,40008", Miss.FAILED, None, False),
+    ],
+)
+async def test_a_send_refused_with_several_codes_is_judged_by_the_deciding_one_end_to_end(
+    jobs: JobFactory, codes: str, kind: Miss, action: str | None, left_out: bool
+) -> None:
+    """The fake API (port 0) refuses a group of one with a spam filter's code first and an
+    opt-out (or undeliverable) after it: the group is not retried nor sent, its ``failed``
+    line records the deciding code and its action, and the report and ``--failed-csv`` agree."""
+    fake = FakeTelnyx(api_key="test-key-123")
+    fake.faults.append(Fault("status", 400, code=codes))
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    async with real_client(fake) as client:
+        await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    refused = fake.requests[0]["to"][0]
+    assert [r["to"] for r in fake.requests].count([refused]) == 1  # never sent again
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    decides = codes.split(",")[1]
+    assert [(e["code"], e.get("action"), e["retryable"]) for e in failed] == [
+        (decides, action, False)
+    ]
+    report = summarize(job.ledger)
+    assert [(p, m.kind) for p, m in report.undelivered] == [(refused, kind)]
+    assert report.error_codes == {decides: 1}
+    assert (refused in left_to_resend(report)) is not left_out

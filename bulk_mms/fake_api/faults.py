@@ -12,6 +12,8 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from bulk_mms.fake_api.wire import error_object, json_answer
+
 FaultKind = Literal[
     "status",
     "status_after",
@@ -34,8 +36,10 @@ class Fault:
     """One scripted misbehaviour, used by the next POST that reaches the server.
 
     Args:
-        kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body, or,
-            when ``raw`` is given, that body as HTML: a gateway's page, no JSON at all),
+        kind: ``status`` (answer ``status`` with ``headers`` and a Telnyx error body: one
+            error of ``code``, the status when none; several codes, comma separated, one
+            error each in that order; or, when ``raw`` is given, that body as HTML: a
+            gateway's page, no JSON at all),
             ``status_after`` (accept, then answer ``status`` as ``status`` does: a gateway's
             5xx after the server acted),
             ``drop_before`` (close the connection without accepting, after ``delay``
@@ -61,6 +65,14 @@ class Fault:
     location: str = "/v2/elsewhere"
     patch: dict[str, Any] = field(default_factory=dict)
     raw: bytes = b""
+
+
+def fault_answer(fault: Fault) -> web.Response:
+    """A ``status`` fault's answer: its status and headers, and an ``errors`` list of one
+    error per code of ``code`` (comma separated, in order), or of the status when none."""
+    codes = (fault.code or str(fault.status)).split(",")
+    errors = [error_object(code, "Scripted fault", "") for code in codes]
+    return json_answer(fault.status, {"errors": errors}, fault.headers)
 
 
 #: A gateway's error page, as a proxy in front of an API answers in its place.

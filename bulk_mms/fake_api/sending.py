@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Final
 
 import orjson
 from aiohttp import web
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.fake_api.faults import bomb_body, drop_connection, endless_answer, truncated_answer
+from bulk_mms.fake_api.faults import (
+    bomb_body,
+    drop_connection,
+    endless_answer,
+    fault_answer,
+    truncated_answer,
+)
 from bulk_mms.fake_api.rules import REFUSALS
 from bulk_mms.fake_api.webhooks import WebhookPump
 from bulk_mms.fake_api.wire import auth_refusal, errors_answer, json_answer
@@ -43,9 +50,7 @@ class GroupMmsEndpoint(WebhookPump):
                 status=fault.status, body=fault.raw, content_type="text/html", headers=fault.headers
             )
         if fault is not None and fault.kind == "status":
-            return errors_answer(
-                fault.status, fault.code or str(fault.status), "Scripted fault", "", fault.headers
-            )
+            return fault_answer(fault)
         if fault is not None and fault.kind == "drop_before":
             await asyncio.sleep(fault.delay)  # a request held, never taken in
             return drop_connection(request)
@@ -88,9 +93,7 @@ class GroupMmsEndpoint(WebhookPump):
             if fault.kind == "drop_after":
                 return drop_connection(request)
             if fault.kind == "status_after":
-                return errors_answer(
-                    fault.status, fault.code or str(fault.status), "Scripted fault", ""
-                )
+                return fault_answer(replace(fault, headers={}))
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "no_id":

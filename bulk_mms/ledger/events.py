@@ -242,8 +242,9 @@ class Failed(_Outcome, frozen=True):
     retired: str | None = None
     #: What the run's error policy (``[errors]`` over the built-in table) did about it:
     #: ``suppress`` for members refused as opted out (``refused``), else its action for the
-    #: answer's code (:func:`~bulk_mms.policy.error_action`); None when it has none (and in
-    #: a ledger written before it was kept: the fold reads the built-in table then).
+    #: answer's code that decides, the one recorded as ``code``
+    #: (:func:`~bulk_mms.policy.judged_error`); None when it has none (and in a ledger
+    #: written before it was kept: the fold reads the built-in table then).
     action: Action | None = None
     #: When the cap that refused it at the send lifts (40016's next daily reset: ``resumes_at``
     #: of the :class:`~bulk_mms.errors.LimitReached` the error policy made of the refusal; or
