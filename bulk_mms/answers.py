@@ -41,6 +41,7 @@ from bulk_mms.models import (
     money,
     parse_money,
 )
+from bulk_mms.words import escaped
 
 log = structlog.get_logger(__name__)
 
@@ -83,12 +84,23 @@ def _text(value: object, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
+def _shown(value: object) -> str:
+    """A field of an error (:func:`parse_errors`), as :func:`_text` reads it, each character
+    that is not printable written escaped (:func:`~bulk_mms.words.escaped`): a line break or
+    an escape sequence in an error's title is one line in a log, a report and the terminal."""
+    return escaped(_text(value, _ERROR_CHARS))[:_ERROR_CHARS]
+
+
 def parse_errors(body: object) -> tuple[ApiError, ...]:
     """The ``errors`` array of a Telnyx body (top level or inside ``data``), tolerantly; or
     the body itself when it is one bare ``messaging_Error`` (``code`` and ``title``, as the
     spec answers ``GET /messaging_optouts``' 400 and 401).
 
-    At most :data:`_MAX_ERRORS` entries, each field cut to :data:`_ERROR_CHARS` characters.
+    Bounded: the first :data:`_MAX_ERRORS` entries, and past them the first entry of each
+    code not kept yet, up to :data:`_MAX_ERRORS` more, so a code that decides what is done
+    (an opt-out after a long list of another code: :func:`~bulk_mms.codes.deciding`) is not
+    lost to the bound; each field cut to :data:`_ERROR_CHARS` characters. A code is a string
+    or a whole number; anything else (null, an object, a boolean) is none.
     """
     if not isinstance(body, dict):
         return ()
@@ -99,23 +111,35 @@ def parse_errors(body: object) -> tuple[ApiError, ...]:
         items = [body]
     if not isinstance(items, list):
         return ()
-    out = []
-    for item in items[:_MAX_ERRORS]:
-        if isinstance(item, dict):
-            code, source = item.get("code"), item.get("source")
-            out.append(
-                ApiError(
-                    code=str(code)[:_ERROR_CHARS] if isinstance(code, str | int) else "",
-                    title=_text(item.get("title"), _ERROR_CHARS),
-                    detail=_text(item.get("detail"), _ERROR_CHARS),
-                    pointer=(
-                        _text(source.get("pointer"), _ERROR_CHARS)
-                        if isinstance(source, dict)
-                        else ""
-                    ),
-                )
+    out: list[ApiError] = []
+    codes: set[str] = set()
+    for item in items:
+        if len(out) >= 2 * _MAX_ERRORS:
+            break
+        if not isinstance(item, dict):
+            continue
+        code = _code(item.get("code"))
+        if len(out) >= _MAX_ERRORS and code in codes:
+            continue
+        source = item.get("source")
+        out.append(
+            ApiError(
+                code=code,
+                title=_shown(item.get("title")),
+                detail=_shown(item.get("detail")),
+                pointer=_shown(source.get("pointer")) if isinstance(source, dict) else "",
             )
+        )
+        codes.add(code)
     return tuple(out)
+
+
+def _code(value: object) -> str:
+    """An error's ``code`` (Telnyx's are strings of digits; a whole number is read as one),
+    cut to :data:`_ERROR_CHARS` characters; empty for anything else."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return _shown(str(value))
 
 
 def parse_seconds(value: object) -> float | None:
@@ -139,9 +163,11 @@ NOT_JSON: Final = object()
 
 def parse_json(raw: bytes) -> object:
     """A body's JSON (None for an empty body), or :data:`NOT_JSON`. orjson refuses a whole
-    document for one number beyond a double (``"amount": 1e999``); the standard parser reads
-    it as infinity, which the field's own bound then refuses, so the rest of an accepted
-    answer is not lost."""
+    document for one number beyond a double (``"amount": 1e999``), or for one string escaping
+    half a surrogate pair (``"\\ud800"``: no character); the standard parser reads the
+    number as infinity, which the field's own bound then refuses, and the half pair is made
+    U+FFFD (:func:`_whole_text`), so the rest of the answer is not lost, and no text that
+    cannot be written as UTF-8 reaches the ledger or a log."""
     if not raw:
         return None
     try:
@@ -149,9 +175,24 @@ def parse_json(raw: bytes) -> object:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(raw)
+        return _whole_text(json.loads(raw))
     except (ValueError, RecursionError):
         return NOT_JSON
+
+
+def _whole_text(value: object) -> object:
+    """``value`` (parsed JSON) with each string's half surrogate pairs made U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, list):
+        return [_whole_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_whole_text(k): _whole_text(v) for k, v in value.items()}
+    return value
 
 
 class _Member(msgspec.Struct):

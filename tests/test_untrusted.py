@@ -10,13 +10,20 @@ import math
 import time
 from decimal import Decimal
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
-from bulk_mms.answers import parse_receipt, parse_records, parse_retry_after, parse_statuses
+from bulk_mms.answers import (
+    parse_errors,
+    parse_receipt,
+    parse_records,
+    parse_retry_after,
+    parse_statuses,
+)
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
 from bulk_mms.errors import AmbiguousSendError, EndpointError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
@@ -515,3 +522,62 @@ async def test_an_answer_listing_its_members_over_and_over_records_each_once(
     events = ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
     status = sorted(str(e["recipient"]) for e in events if e["event"] == "status")
     assert status == sorted(numbers(4))
+
+
+def test_a_refusals_errors_are_bounded_yet_keep_every_code_that_may_decide() -> None:
+    """A refusal listing one code thousands of times, then an opt-out naming a member, keeps
+    the opt-out (past the first entries, the first of each new code), and stays bounded; a code
+    that is a number is read as one, null, an object or a boolean is no code, and a title
+    with a line break or an escape sequence is one printable line."""
+    spam = [{"code": "40011", "title": "Too many"}] * 10_000
+    opt_out = {"code": "40300", "title": "STOP", "source": {"pointer": "/to/3"}}
+    errors = parse_errors({"errors": [*spam, opt_out, *spam, {"code": "40008"}]})
+    assert len(errors) == 12
+    assert [(e.code, e.pointer) for e in errors[10:]] == [("40300", "/to/3"), ("40008", "")]
+    many = parse_errors({"errors": [{"code": str(c)} for c in range(50_000)]})
+    assert len(many) == 20
+    odd = [{"code": 40300}, {"code": None}, {"code": {"x": 1}}, {"code": True}, {"code": 4e4}]
+    assert [e.code for e in parse_errors({"errors": odd})] == ["40300", "", "", "", ""]
+    (shown,) = parse_errors({"errors": [{"code": "4\n0", "title": "a\r\nb\x1b[2J"}]})
+    assert (shown.code, shown.title) == ("4\\n0", "a\\r\\nb\\x1b[2J")
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "action"),
+    [
+        # an opt-out after fifty spam-filter codes: still an opt-out, never sent again
+        (
+            orjson.dumps({"errors": [{"code": "40011"}] * 50 + [{"code": "40300"}]}),
+            "40300",
+            "suppress",
+        ),
+        # half a surrogate pair (no character) and control characters in its title
+        (b'{"errors":[{"code":"40300","title":"\\ud800\\u001b[2J\\n"}]}', "40300", "suppress"),
+        (b'{"errors":[{"code":40300}]}', "40300", "suppress"),  # a number for a code
+        (b'{"errors":[{"code":null},{"code":{"a":1}},{"code":[40011]}]}', "400", None),
+        (b'{"errors":[]}', "400", None),  # a 4xx with an empty list
+        (b"<html>Bad Request</html>", "400", None),  # not JSON
+        (b'{"errors":[{"code":"40300","ti', "400", None),  # cut off
+    ],
+)
+async def test_a_refusal_whatever_its_body_fails_its_group_and_nothing_else(
+    jobs: JobFactory, body: bytes, code: str, action: str | None
+) -> None:
+    """The fake API (port 0) refuses one group of one with a 400 whose body is untrusted: the
+    run does not crash, the group is recorded failed (never sent, never retried into a send)
+    under the code that decides, and the other group is sent."""
+    fake = FakeTelnyx(api_key=KEY)
+    fake.faults.append(Fault("status", 400, raw=body))
+    async with TestServer(fake.app(), host="127.0.0.1", port=0) as server:
+        jobs.people(2)
+        job = jobs.job(extra="group_size = 1")
+        async with AiohttpMmsClient(str(server.make_url("/v2")), KEY) as client:
+            s = await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
+    refused = fake.requests[0]["to"][0]
+    assert s.error is None
+    assert refused not in fake.recipient_counts()
+    assert [r["to"] for r in fake.requests].count([refused]) == 1
+    failed = [e for e in ledger_events(job.ledger) if e["event"] == "failed"]
+    assert [(e["to"], e["code"], e.get("action")) for e in failed] == [([refused], code, action)]
+    assert all(c.isprintable() for c in failed[0]["title"] + failed[0]["detail"])
+    assert summarize(job.ledger).sent_recipients == 1
