@@ -1054,12 +1054,12 @@ def test_a_run_whose_output_nobody_reads_still_exits_with_its_code(
     read, write = os.pipe()
     os.close(read)
     gone = open(write, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    monkeypatch.setattr(sys, "stdout", gone)
-    monkeypatch.setenv("BULK_MMS_SANDBOX_FAULTS", "refused-422*3")
     try:
-        code = main(["run", str(job.path), "--sandbox", "--rate", "1000", "--yes"])
+        with monkeypatch.context() as piped:
+            piped.setattr(sys, "stdout", gone)
+            piped.setenv("BULK_MMS_SANDBOX_FAULTS", "refused-422*3")
+            code = main(["run", str(job.path), "--sandbox", "--rate", "1000", "--yes"])
     finally:
-        monkeypatch.undo()
         gone.close()
     assert code == Exit.INCOMPLETE
 

@@ -1135,10 +1135,10 @@ def test_a_remove_whose_stop_time_cannot_be_kept_takes_nobody_off(
     def lost(self: PostgresSuppressed, phone: str, reason: str, texted: float) -> bool:
         raise LedgerError(where, "server closed the connection unexpectedly")
 
-    monkeypatch.setattr(PostgresSuppressed, "record_keyword", lost)
-    with pytest.raises(LedgerError):
-        suppression_for(None, where).remove([phone])
-    monkeypatch.undo()
+    with monkeypatch.context() as cut:
+        cut.setattr(PostgresSuppressed, "record_keyword", lost)
+        with pytest.raises(LedgerError):
+            suppression_for(None, where).remove([phone])
     listed = suppression_for(None, where)
     assert listed.numbers() == [phone]
     assert listed.reason(phone) == stop

@@ -109,14 +109,16 @@ async def test_a_crash_between_attempt_and_outcome_is_counted_in_doubt(
         raise AssertionError
 
     # dying, the process records nothing more (a SIGKILL): no cut-off outcome is written
-    monkeypatch.setattr(Recorder, "cut_off", lambda self, group, last: None)
-    task = asyncio.create_task(
-        run_job(job, replace(FAST, concurrency=1), FakeClient(hang), clock=FakeClock(), stop=stop)
-    )
-    await out.wait()
-    stop.force("SIGKILL")
-    await task
-    monkeypatch.undo()
+    with monkeypatch.context() as dying:  # the autouse fixtures' patches stay
+        dying.setattr(Recorder, "cut_off", lambda self, group, last: None)
+        task = asyncio.create_task(
+            run_job(
+                job, replace(FAST, concurrency=1), FakeClient(hang), clock=FakeClock(), stop=stop
+            )
+        )
+        await out.wait()
+        stop.force("SIGKILL")
+        await task
     r = report_json(job.ledger, capsys)
     assert r["recipients"] == states(12, 4, 0, 0, 4, 4)
     rerun = FakeClient()

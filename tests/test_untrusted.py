@@ -266,14 +266,15 @@ def test_retry_after_that_is_not_a_finite_number_is_bounded() -> None:
 
 def test_retry_after_date_without_a_zone_is_read_as_gmt(monkeypatch: pytest.MonkeyPatch) -> None:
     """An HTTP date written with "-0000" is GMT, not the host's local time."""
-    monkeypatch.setenv("TZ", "America/New_York")
-    time.tzset()
-    try:
-        hint = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 -0000"}, 0.0)
-        dated = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 0.0)
-    finally:
-        monkeypatch.undo()
+    with monkeypatch.context() as zone:
+        zone.setenv("TZ", "America/New_York")
         time.tzset()
+        try:
+            hint = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 -0000"}, 0.0)
+            dated = parse_retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 0.0)
+        finally:
+            zone.undo()
+            time.tzset()
     assert hint == dated == 100.0
 
 
