@@ -714,3 +714,27 @@ def test_a_daily_ledger_jobs_input_of_another_day_is_no_earlier_round(
         monday.rename(monday.with_name("test-job-monday-00000000-2026-11-30.jsonl"))
         assert main([*run, str(jobs.root / "tuesday.csv")]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 2)
+
+
+def test_a_job_file_naming_no_input_runs_with_input_and_still_refuses_sending_again(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job file that names no input (always run with --input, as a nightly cron line does)
+    sends its first --input file, and a second file holding the same people is refused as
+    texting them again: the job's other --input ledgers are found without the file's input."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    first = jobs.csv([{"phone": p, "first": "A"} for p in people], "monday.csv")
+    second = jobs.csv([{"phone": p, "first": "B"} for p in people], "tuesday.csv")
+    job = jobs.job(extra="group_size = 1")
+    job.path.write_text(
+        job.path.read_text(encoding="utf-8").replace('input = "people.csv"\n', ""),
+        encoding="utf-8",
+    )
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--input"]
+        assert main([*run, str(first)]) == 0
+        capsys.readouterr()
+        assert main([*run, str(second)]) == 2
+        assert "3 recipients of" in capsys.readouterr().err
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)

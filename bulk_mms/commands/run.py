@@ -258,7 +258,9 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
     """
     if args.name is not None or args.exclude_sent:
         return
-    earlier = _earlier_ledgers(_placed(load_job(args.job), args), job)
+    # as run without --input; a job file that names no input (always run with one) takes it
+    plain = load_job(args.job, input_file=None if _file_input(args) else args.input)
+    earlier = _earlier_ledgers(_placed(plain, args), job)
     if not earlier or not (sent := sent_numbers(earlier, in_doubt_ok=True, own=job.where)):
         return
     if not (scan := scan_input(job, excluded=sent)).excluded:
