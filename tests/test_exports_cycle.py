@@ -738,3 +738,34 @@ def test_a_job_file_naming_no_input_runs_with_input_and_still_refuses_sending_ag
         assert main([*run, str(second)]) == 2
         assert "3 recipients of" in capsys.readouterr().err
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_another_jobs_input_run_whose_name_begins_with_this_jobs_is_not_this_jobs(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two job files in one folder, `test-job` and `test-job-weekly`: the --input runs of
+    `test-job-weekly` (their ledgers named `test-job-weekly-<stem>-<hash>`) are not earlier
+    rounds of `test-job`, so its --input of the same people is sent, not refused as texting
+    them again; its own --input run still is counted."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": "+12125550199", "first": "A"}])
+    first = jobs.csv([{"phone": p, "first": "B"} for p in people], "monday.csv")
+    second = jobs.csv([{"phone": p, "first": "C"} for p in people], "tuesday.csv")
+    job = jobs.job(extra="group_size = 1")
+    weekly = job.path.with_name("weekly.toml")
+    weekly.write_text(
+        job.path.read_text(encoding="utf-8").replace('"test-job"', '"test-job-weekly"'),
+        encoding="utf-8",
+    )
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", "--base-url", url, "--input"]
+        assert main([*run, str(first), str(weekly)]) == 0
+        assert main([*run, str(second), str(job.path)]) == 0
+        third = jobs.csv([{"phone": p, "first": "D"} for p in people], "wednesday.csv")
+        capsys.readouterr()
+        assert main([*run, str(third), str(job.path)]) == 2
+        err = capsys.readouterr().err
+        assert "test-job-tuesday-" in err
+        assert "weekly" not in err
+    assert fake.recipient_counts() == dict.fromkeys(people, 2)

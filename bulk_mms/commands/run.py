@@ -32,7 +32,7 @@ from bulk_mms.config import JobConfig, Settings, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
 from bulk_mms.errors import ConfigError, Exit
-from bulk_mms.ledger import Location, display, exists, headers_beside, location
+from bulk_mms.ledger import Header, Location, display, exists, headers_beside, location
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
 from bulk_mms.prepare import continues_earlier, dry_run, header_for, seed_job, sent_numbers
@@ -325,19 +325,33 @@ def _earlier_ledgers(plain: JobConfig, job: JobConfig) -> list[Location]:
     return own + [
         where
         for where, header in headers_beside(plain.where)
-        if header.job != job.name and _rerun_of(header.job, plain.name)
+        if header.job != job.name and _rerun_of(header, plain.name)
     ]
 
 
-def _rerun_of(name: str, job: str) -> bool:
-    """Whether ``name`` is one :func:`_rerun_name` gives a run of ``job`` with ``--input``."""
-    head, _, digest = name.rpartition("-")
-    return (
+def _rerun_of(header: Header, job: str) -> bool:
+    """Whether the ledger whose header is ``header`` is one of a run of ``job`` with
+    ``--input`` (named by :func:`_rerun_name`). Its name ends in the hash of its input; when
+    it ends in that input's stem too (not cut at the length, nor a link's), whatever is
+    before is the job's name: a job whose name begins with ``job``'s (``news-weekly`` beside
+    ``news``) is another job."""
+    head, _, digest = header.job.rpartition("-")
+    if not (
         len(digest) == 8
         and all(c in "0123456789abcdef" for c in digest)
         and head.startswith(f"{job}-"[:91])
         and head != job
-    )
+    ):
+        return False
+    if header.input is None:
+        return True
+    own, sep, tail = head.rpartition(f"-{_stem(Path(header.input))}")
+    return not sep or bool(tail) or own == job
+
+
+def _stem(input_file: Path) -> str:
+    """The part of :func:`_rerun_name` that ``input_file``'s name gives."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
 
 
 def _rerun_name(name: str, input_file: Path) -> str:
@@ -350,9 +364,8 @@ def _rerun_name(name: str, input_file: Path) -> str:
     Raises:
         InputError: the file is missing, unreadable or not a regular file.
     """
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", input_file.stem).strip("-.") or "input"
     digest = fingerprint(input_file).removeprefix("sha256:")[:8]
-    return f"{name}-{stem}"[:91] + f"-{digest}"
+    return f"{name}-{_stem(input_file)}"[:91] + f"-{digest}"
 
 
 async def _run(
