@@ -257,7 +257,7 @@ class Originals:
         what to do; it is looked for again on the next run or ``track``."""
         self._views[campaign] = None
         beside = display(self.ledger)
-        place = "database" if is_database(self.ledger) else f"folder ({Path(beside).parent})"
+        place = place_words(self.ledger)
         log.warning(
             "settle.original_missing",
             campaign=campaign,
@@ -280,6 +280,12 @@ def ledger_of(campaign: str, beside: Location) -> Location | None:
         LedgerError: the database cannot be read.
     """
     return next((w for w, h in headers_beside(beside) if h.campaign == campaign), None)
+
+
+def place_words(beside: Location) -> str:
+    """Where :func:`ledger_of` looks beside ``beside``, for a person: ``database``, or
+    ``folder (PATH)``."""
+    return "database" if is_database(beside) else f"folder ({Path(display(beside)).parent})"
 
 
 def missed_by(path: Path, header: Header) -> dict[str, set[str]]:

@@ -38,7 +38,7 @@ from bulk_mms.media import check_media
 from bulk_mms.prepare import continues_earlier, dry_run, header_for, seed_job, sent_numbers
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
-from bulk_mms.recipient_lists import ledger_of, lists_nobody, missed_by
+from bulk_mms.recipient_lists import ledger_of, lists_nobody, missed_by, place_words
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop, stopping_on_signals
@@ -299,7 +299,7 @@ def _refuse_resend_apart(job: JobConfig, campaigns: set[str]) -> None:
     if not apart:
         return
     here = display(job.where)
-    place = "database" if is_database(job.where) else f"folder ({Path(here).parent})"
+    place = place_words(job.where)
     raise ConfigError(
         "--input",
         f"{job.input} lists recipients campaign {', '.join(apart)} missed, and no ledger of that "
