@@ -300,16 +300,12 @@ def missed_by(path: Path, header: Header) -> dict[str, set[str]]:
     with RowReader(
         path, header.phone_column, keep_all=True, encoding=encoding, delimiter=header.delimiter
     ) as reader:
-        rows = [
-            (row.fields.get(CAMPAIGN_COLUMN), row.fields.get(header.phone_column, ""))
-            for row in reader
-            if isinstance(row, Row)
-        ]
-    out: dict[str, set[str]] = {}
-    for campaign, value in rows:
-        if campaign is not None:
-            with contextlib.suppress(PhoneError):
-                out.setdefault(campaign, set()).add(normalize_phone(value))
+        out: dict[str, set[str]] = {}
+        for row in reader:  # streamed: another file (any --input's) keeps nothing of its rows
+            if isinstance(row, Row) and (campaign := row.fields.get(CAMPAIGN_COLUMN)) is not None:
+                with contextlib.suppress(PhoneError):
+                    value = row.fields.get(header.phone_column, "")
+                    out.setdefault(campaign, set()).add(normalize_phone(value))
     return out
 
 

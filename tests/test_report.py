@@ -25,7 +25,7 @@ from bulk_mms.ledger import Sent as SentEvent
 from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.recipient_lists import REASON_COLUMN, write_failed_csv
+from bulk_mms.recipient_lists import REASON_COLUMN, missed_by, write_failed_csv
 from bulk_mms.recorder import never_left
 from bulk_mms.report import NO_HEADER, LedgerSummary, format_csv, format_text, summarize
 from bulk_mms.runner import run_job
@@ -408,6 +408,23 @@ def test_rejected_csv_streams_the_ledger(jobs: JobFactory) -> None:
         tracemalloc.stop()
     assert len(out.read_text(encoding="utf-8").splitlines()) == 1 + 7 + 60_000
     assert peak < 3_000_000  # the 60,000 rows held as tuples of str take about 10 MB
+
+
+def test_the_campaigns_of_an_input_are_read_without_holding_its_rows(jobs: JobFactory) -> None:
+    """Which campaigns a --input file's rows name (every `run --input` asks) is read streaming:
+    an export of 60,000 rows without the campaign column is read in memory far below what
+    its rows would need held at once, and a failed file's rows are found by campaign."""
+    path = jobs.csv("phone,first\n" + "".join(f"+1212{i:07d},A\n" for i in range(60_000)))
+    header = Header("test-job", "sha256:x", columns=("first",))
+    tracemalloc.start()
+    try:
+        assert missed_by(path, header) == {}
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000  # the 60,000 rows held as tuples of str take about 8 MB
+    failed = jobs.csv(f"phone,{CAMPAIGN_COLUMN}\n+12125550101,c1\n+12125550102,\n", "f.csv")
+    assert missed_by(failed, header) == {"c1": {"+12125550101"}, "": {"+12125550102"}}
 
 
 def test_a_file_that_cannot_be_written_is_one_line(
