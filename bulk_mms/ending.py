@@ -50,7 +50,8 @@ def final_summary(
     recorder = sender.recorder
     s, view, stats = recorder.summary, recorder.view, sender.stats()
     # the groups the windows held that are still left now (not sent since, nor settled)
-    window_left, quiet = sender.window_left.left(view), sender.quiet.left(view)
+    gates = sender.gates
+    window_left, quiet = gates.window_left.left(view), gates.quiet.left(view)
     if stopped is None and window_left:  # groups left for a run inside the window
         stopped = "window"
     s.stopped = stopped
@@ -68,7 +69,7 @@ def final_summary(
     s.open_retry_pending = view.count(RETRY_PENDING)
     s.recipients = view.recipients()
     s.retired = retired_senders(job, view)
-    s.deadline = sender.expires_at
+    s.deadline = gates.expires_at
     if s.recipients.not_attempted or s.recipients.retry_pending:
         wall = clock.wall()
         held = held_for_reset(  # as the report has them: moved, or refused at the send
@@ -80,8 +81,8 @@ def final_summary(
         s.waiting_own_cap = held.own_cap
     # after the recipients: who else the stop left counts
     left = left + window_left
-    held_for_windows(s, job, clock, sender.expires_at, quiet=quiet, left=left)
-    reset_in_time(s, sender.expires_at)
+    held_for_windows(s, job, clock, gates.expires_at, quiet=quiet, left=left)
+    reset_in_time(s, gates.expires_at)
     log.info("job.finished", **s.as_log(), errors=dict(recorder.errors))
     return s
 

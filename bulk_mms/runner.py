@@ -182,14 +182,14 @@ class Runner:
         of the input is valid once it has all been read."""
         recipients = groups = 0
         left_out: Counter[Rejection] = Counter()  # every row not sent but the duplicates
-        suppressed = self.sender.suppressed
+        suppressed, gates = self.sender.suppressed, self.sender.gates
         items = plan(
             self.job, reader, suppressed, self.view, scan=self.scan, excluded=self.excluded
         )
         for n, item in enumerate(items):
             if self.stop.is_set():
                 return
-            if self.sender.run_over():
+            if gates.run_over():
                 self.sender.stops.run_deadline_reached()
                 return
             if n % 512 == 511:
@@ -371,11 +371,12 @@ class Runner:
         what they show: accepted (``sent``), or never accepted (sent again); else nothing.
         ``earlier``: its request left before this run (accepted, it is not this run's send).
         Never accepted is recorded only while this process holds the group's claim under
-        the fence it looked under (:meth:`GroupSender.record_held`): once another process
+        the fence it looked under (:meth:`Claims.record_held
+        <bulk_mms.claims.Claims.record_held>`): once another process
         took it over meanwhile (this one paused past its lease in the look, or its commit
         stalled past it), that one's attempt may be open, its request out, and the failure
         would close it pending a rerun; the group is then the taker's (watched,
-        :attr:`GroupSender.lost`), unknown here."""
+        :attr:`Claims.lost <bulk_mms.claims.Claims.lost>`), unknown here."""
         rec = self.view.groups.get(group.id)
         if rec is None:
             return Verdict.UNKNOWN
@@ -387,8 +388,8 @@ class Runner:
             write = functools.partial(
                 self.recorder.not_accepted, group, self.settings.records_lag_s
             )
-            if not await self.sender.record_held(group.id, fence, write):
-                self.sender.lost[group.id] = group
+            if not await self.sender.claims.record_held(group.id, fence, write):
+                self.sender.claims.lose(group)
                 return Verdict.UNKNOWN
         return finding.verdict
 
@@ -503,9 +504,11 @@ class Runner:
 
     def _watch_lost(self) -> None:
         """Watch the groups another process took over from this one since the last look
-        (:attr:`GroupSender.lost`); their rows were counted as dealt with when they were."""
-        while self.sender.lost:
-            gid, group = self.sender.lost.popitem()
+        (:attr:`Claims.lost <bulk_mms.claims.Claims.lost>`); their rows were counted as dealt
+        with when they were."""
+        lost = self.sender.claims.lost
+        while lost:
+            gid, group = lost.popitem()
             self._counted.add(gid)
             self.sharing.watch_later(group)
 
@@ -759,7 +762,7 @@ class Runner:
         window = self.job.send_window
         if window is None:
             return
-        expires = self.sender.expires_at
+        expires = self.sender.gates.expires_at
         while not self.stop.is_set():
             if past(expires, self.clock):
                 return
@@ -821,7 +824,7 @@ def runner_parts(job: JobConfig, sender: GroupSender, clock: Clock) -> tuple[Sha
         clock,
         successor=lambda group: remade_from(group, view, job),
     )
-    return sharing, Gates(job, recorder, clock, sender.quiet, sender.expires_at)
+    return sharing, Gates(job, recorder, clock, sender.gates.quiet, sender.gates.expires_at)
 
 
 async def run_job(

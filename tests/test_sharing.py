@@ -11,11 +11,11 @@ import msgspec
 import pytest
 
 from bulk_mms import runner
+from bulk_mms.claims import HOLD_MARGIN_S
 from bulk_mms.coordination import LocalCoordinator
 from bulk_mms.errors import AmbiguousSendError, RateLimited, ServerError
 from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
-from bulk_mms.sending import HOLD_MARGIN_S
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.testing import groups_in, ledger_events

@@ -378,8 +378,8 @@ async def test_a_household_a_ledger_already_sent_is_left_to_the_ledger_not_rejec
     with monkeypatch.context() as old:  # the bulk-mms that sent it, while it was open
         old.setattr("bulk_mms.grouping.never_open", lambda *a: False)
         old.setattr("bulk_mms.gates.open_for", lambda *a: True)
-        old.setattr("bulk_mms.sending.open_for", lambda *a: True)
-        old.setattr("bulk_mms.sending.closes_in", lambda *a: 3600.0)
+        old.setattr("bulk_mms.send_gates.open_for", lambda *a: True)
+        old.setattr("bulk_mms.send_gates.closes_in", lambda *a: 3600.0)
         first = await run_job(job, FAST, client, clock=clock)
     assert first.sent_groups == 2
     s = await run_job(job, FAST, client, clock=clock)
