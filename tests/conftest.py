@@ -38,6 +38,7 @@ from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
+from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import JobReceiver, WebhookReceiver
 
 __all__ = ["FakeClient", "FakeClock", "ok_receipt"]  # the tests import them from here too
@@ -276,6 +277,20 @@ async def real_client(fake: FakeTelnyx) -> AsyncIterator[AiohttpMmsClient]:
         AiohttpMmsClient(str(server.make_url("/v2")), fake.api_key or "any-key") as client,
     ):
         yield client
+
+
+async def sent_and_tracked(
+    jobs: JobFactory, fake: FakeTelnyx, clock: FakeClock, after: float = 4
+) -> JobConfig:
+    """A job of four people (``+12125550000`` on) in one group, run on ``fake`` (port 0),
+    then tracked one pass ``after`` seconds on (``fake``'s timeline on ``clock``)."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    async with real_client(fake) as client:
+        await run_job(job, FAST, client, clock=FakeClock())
+        clock.advance(after)
+        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    return job
 
 
 @contextlib.asynccontextmanager

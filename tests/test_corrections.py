@@ -12,7 +12,6 @@ from msgspec.structs import replace
 
 from bulk_mms.client import error_for_status
 from bulk_mms.codes import DEFAULT_POLICY, deciding
-from bulk_mms.config import JobConfig
 from bulk_mms.errors import ApiError, RateLimited, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
 from bulk_mms.ledger import LedgerView, Sent
@@ -24,22 +23,16 @@ from bulk_mms.recipient_lists import left_to_resend
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import track_ledger
-from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving
+from tests.conftest import (
+    FAST,
+    FakeClock,
+    JobFactory,
+    real_client,
+    receiving,
+    sent_and_tracked,
+)
 
 PEOPLE = [f"+1212555000{i}" for i in range(4)]
-
-
-async def sent_and_tracked(jobs: JobFactory, fake: FakeTelnyx, clock: FakeClock) -> JobConfig:
-    """A job of :data:`PEOPLE` in one group, run on ``fake`` (port 0) and tracked one pass
-    once every delivery is final (``fake``'s timeline on ``clock``)."""
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    async with real_client(fake) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        clock.advance(4)
-        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
-    return job
 
 
 async def test_a_webhooks_correction_replaces_a_failure_a_get_gave_without_a_time(

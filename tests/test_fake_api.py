@@ -47,9 +47,15 @@ from bulk_mms.fake_api.wire import STAMP_FORMS
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from bulk_mms.track import track_ledger
 from bulk_mms.webhooks import verify
-from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving
+from tests.conftest import (
+    FAST,
+    FakeClock,
+    JobFactory,
+    real_client,
+    receiving,
+    sent_and_tracked,
+)
 
 API = tuple[FakeTelnyx, str]
 AUTH = {"Authorization": "Bearer test-key-123"}
@@ -1058,12 +1064,7 @@ async def test_a_run_tracked_and_reported_by_webhooks_on_sparse_answers_settles_
     fake.sparse_answers = True
     fake.delivery_status = carrier_timeline(0, 1, 3, outcomes={"*0002": "delivery_failed"})
     fake.report["*0002"] = "40011"
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4")
-    async with real_client(fake) as client:
-        await run_job(job, FAST, client, clock=FakeClock())
-        clock.advance(2)
-        await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    job = await sent_and_tracked(jobs, fake, clock, after=2)
     tracked = {
         e["recipient"]: e["status"]
         for e in ledger_events(job.ledger)
