@@ -277,34 +277,44 @@ def _n(count: int, unit: str) -> str:
     return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
+#: The code of a stop mid-run that leaves someone unsent (:func:`_incomplete`) or held for
+#: their quiet hours: the ``send_window`` closing (or, for a run outside it before it began,
+#: never open), and ``max_job_duration_s`` coming. Such a stop that leaves nobody ends as a
+#: run to the end of its input does (:func:`_ended`): its last rows were done already.
+_STOP_LEAVING = {
+    "window": Exit.WINDOW,
+    AFTER_DEADLINE: Exit.INCOMPLETE,
+    "deadline": Exit.INCOMPLETE,
+}
+
+
 def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
-    windowed = {"window": Exit.WINDOW, AFTER_DEADLINE: Exit.INCOMPLETE}
-    if s.stopped in SIGNAL_EXIT or (s.stopped in windowed and s.recipients is None):
+    windowed = s.stopped in ("window", AFTER_DEADLINE)
+    if s.stopped in SIGNAL_EXIT or (windowed and s.recipients is None):
         _tell_stop(s)  # stopped by a signal, or outside the send window before it began
-        return SIGNAL_EXIT.get(s.stopped or "") or windowed[s.stopped or ""]
+        return SIGNAL_EXIT.get(s.stopped or "") or _STOP_LEAVING[s.stopped or ""]
     _tell_summary(s)
-    if s.stopped in windowed and (_incomplete(s) or s.quiet):
-        _tell_stop(s)  # it closed mid-run, or held everyone left for quiet hours
-        return windowed[s.stopped or ""]
-    # (a window that closed once everyone was sent, its last answer on the way: done)
+    if s.stopped in _STOP_LEAVING and (_incomplete(s) or s.quiet):
+        _tell_stop(s)  # the window closed or the time ran out with someone left
+        return _STOP_LEAVING[s.stopped or ""]
+    # (a window that closed, or max_job_duration_s that came, once everyone was sent: done)
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
-    if s.stopped in ("limit", "deadline"):
+    if s.stopped == "limit":
         _tell_stop(s)
     return _ended(s)
 
 
 def _ended(s: JobSummary) -> int:
-    """The code of a run that went to the end of its input, or to its ``--limit`` or
-    ``max_job_duration_s``: 1 past the deadline, or when it leaves a valid recipient unsent
-    (:func:`_incomplete`); 5 (a cap, :class:`~bulk_mms.errors.LimitReached`) when members
-    wait for a daily cap's reset still to come (a carrier's, or the account's
-    ``daily_recipients``), whatever else is left: a rerun from it sends them; else 0."""
-    if s.stopped == "deadline":
-        return Exit.INCOMPLETE
+    """The code of a run that went to the end of its input or to its ``--limit``, or that
+    stopped leaving nobody unsent (:data:`_STOP_LEAVING`): 1 past the deadline, or when it
+    leaves a valid recipient unsent (:func:`_incomplete`); 5 (a cap,
+    :class:`~bulk_mms.errors.LimitReached`) when members wait for a daily cap's reset still
+    to come (a carrier's, or the account's ``daily_recipients``), whatever else is left: a
+    rerun from it sends them; else 0."""
     if s.waiting_recipients and s.stopped != "limit":
         return LimitReached.exit_code
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
@@ -410,9 +420,10 @@ def _cap_of(s: JobSummary) -> str:
 
 
 def _incomplete(s: JobSummary) -> bool:
-    """Whether a run that ended by itself leaves a valid recipient unsent: failed, pending a
-    rerun or in doubt, or never attempted (a group another process held and never settled, a
-    group remade without a suppressed member). ``--limit`` aside: it says how many remain.
+    """Whether a run leaves a valid recipient unsent: failed, pending a rerun or in doubt, or
+    never attempted (a group another process held and never settled, a group remade without
+    a suppressed member, rows a stop came before: the scan before the first request counted
+    every valid recipient). ``--limit`` aside: it says how many remain.
     A recipient who opted out (:attr:`RecipientCounts.opted_out
     <bulk_mms.ledger.RecipientCounts.opted_out>`: refused at the send as a STOP) is not left
     unsent, wherever the STOP was found: nobody may text them, as a number suppressed at

@@ -14,7 +14,7 @@ resumes) whose reset comes only after the deadline ends with exit 1 instead: no 
 They read the job, the clock and the deadline, and nothing of the run but its summary and two
 counts by time zones; they decide ``JobSummary.stopped`` (and a cap's error), which
 :func:`~bulk_mms.console.run_outcome` turns into the exit code (with
-:func:`~bulk_mms.console._incomplete`, the rule for a run that ended by itself).
+:func:`~bulk_mms.console._incomplete`, the rule for whether a run leaves someone unsent).
 """
 
 from __future__ import annotations

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms import runner
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit, NetworkError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.models import Group
+from bulk_mms.models import Group, RejectedRow
+from bulk_mms.prepare import plan
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ledger_events
@@ -130,3 +135,39 @@ async def test_a_last_try_that_ran_out_of_time_at_max_job_duration_stops_the_run
     s = await run_job(job, settings, FakeClient(late), clock=clock)
     assert_stopped_at_max_job_duration(s, capsys)
     assert s.retry_later_groups == 1
+
+
+@pytest.mark.parametrize(("sent_before", "code"), [(None, Exit.OK), (9, Exit.INCOMPLETE)])
+async def test_max_job_duration_while_reading_done_rows_exits_by_what_is_left(
+    jobs: JobFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sent_before: int | None,
+    code: Exit,
+) -> None:
+    """A rerun that max_job_duration_s stops while it reads rows an earlier run sent exits 0
+    when everyone is sent, and 1 (naming the limit) when a group is left; report agrees."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 4")
+    first = await run_job(job, ONE, FakeClient(), clock=FakeClock(), limit=sent_before)
+    assert first.sent_groups == (sent_before or 10)
+    clock = FakeClock()
+
+    def slow_plan(*args: Any, **kwargs: Any) -> Iterator[Group | RejectedRow]:
+        for n, item in enumerate(plan(*args, **kwargs)):
+            if n == 5:
+                clock.advance(600.0)  # the reader took all the run's time to get here
+            yield item
+
+    monkeypatch.setattr(runner, "plan", slow_plan)
+    client = FakeClient()
+    s = await run_job(job, replace(ONE, max_job_duration_s=60.0), client, clock=clock)
+    assert (client.calls, s.stopped, s.read_whole_input) == ([], "deadline", False)
+    capsys.readouterr()
+    assert run_outcome(s) == code
+    out, err = capsys.readouterr()
+    left = 0 if sent_before is None else 4
+    assert f"valid recipients: {40 - left} sent, " in out
+    assert f"{left} not attempted" in out
+    assert ("stopped at max_job_duration_s" in err) == bool(left)
+    assert s.recipients == summarize(job.ledger).recipient_states
