@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,9 +16,11 @@ from msgspec.structs import replace
 from bulk_mms import settle
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
+from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
-from bulk_mms.ledger import headers_beside, load
+from bulk_mms.ledger import Location, display, headers_beside, load
+from bulk_mms.prepare import sent_numbers
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
@@ -769,3 +772,136 @@ def test_another_jobs_input_run_whose_name_begins_with_this_jobs_is_not_this_job
         assert "test-job-tuesday-" in err
         assert "weekly" not in err
     assert fake.recipient_counts() == dict.fromkeys(people, 2)
+
+
+def pilot_beside(ledger: str) -> str:
+    """The ledger of the one ``--input`` run beside the job's ``ledger``, as named to a
+    person."""
+    (pilot,) = (display(w) for w, _ in headers_beside(ledger))
+    return pilot
+
+
+def test_the_whole_list_after_a_pilot_input_run_is_refused_naming_who_was_sent(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot (`run JOB --input pilot.csv`, two of the list) then the whole list (`run
+    JOB`, its ledger new): refused (exit 2, one line naming how many, the pilot's ledger and
+    --exclude-sent, nothing sent), not the pilot's people texted again; with --exclude-sent
+    only the rest are texted, each once. Alike for JSONL ledgers and for ledgers in one
+    PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    pilot = jobs.csv([{"phone": p, "first": "A"} for p in people[:2]], "pilot.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main([*run, "--input", str(pilot)]) == 0
+        capsys.readouterr()
+        assert main(run) == 2
+        err = capsys.readouterr().err
+        ledger = pilot_beside(ledger_of(job))
+        assert err.count("\n") == 1
+        assert f"input: 2 recipients of {job.input} already sent by this job ({ledger})" in err
+        assert f"--exclude-sent {ledger} to leave them out" in err
+        assert fake.recipient_counts() == dict.fromkeys(people[:2], 1)
+        assert main([*run, "--exclude-sent", ledger]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_the_whole_list_run_again_after_its_failed_file_was_resent_is_not_refused(
+    jobs: JobFactory, ledger_of: LedgerOf
+) -> None:
+    """The job's own ledger resumed (`run JOB` again) after its failed file was resent with
+    --input: the resend's ledger beside holds people of the list, but a resume is no new
+    campaign (its ledger says whom it sent), so it runs (exit 0), nobody texted twice.
+    Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
+    jobs.csv([{"phone": p, "first": "A"} for p in PAIR])
+    job = jobs.job(extra="group_size = 1")
+    failed = jobs.root / "failed.csv"
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40001"))
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", ledger_of(job), "--failed-csv", str(failed)]) == 0
+        assert main([*run, "--input", str(failed)]) == 0
+        assert main(run) == 1  # the first send's refused group stays failed: not resent
+    assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
+
+
+def test_the_whole_list_after_a_sandbox_pilot_is_refused_in_the_sandbox_alone(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot in the sandbox then the whole list in the sandbox: refused (exit 2, naming
+    the sandbox pilot's ledger); with --exclude-sent the sandbox texts the rest. The real
+    run of the whole list is sent to everyone (the sandbox texted nobody)."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    pilot = jobs.csv([{"phone": people[0], "first": "A"}], "pilot.csv")
+    sandbox = ["-q", "run", str(job.path), "--sandbox"]
+    assert main([*sandbox, "--input", str(pilot)]) == 0
+    capsys.readouterr()
+    assert main(sandbox) == 2
+    ledger = pilot_beside(str(sandbox_ledger(job.ledger)))
+    assert f"1 recipient of {job.input} already sent by this job ({ledger})" in (
+        capsys.readouterr().err
+    )
+    assert not sandbox_ledger(job.ledger).exists()
+    assert main([*sandbox, "--exclude-sent", ledger]) == 0
+    assert load(sandbox_ledger(job.ledger)).recipients().sent == 2
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_daily_ledger_jobs_whole_list_after_another_days_input_run_is_sent(
+    jobs: JobFactory,
+) -> None:
+    """A job with a ledger a day ({date}) run from cron, once with --input the day before:
+    that day's --input run is another day's campaign, so today's whole list is sent (exit
+    0), not refused every night as texting them again."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    monday = jobs.csv([{"phone": p, "first": "B"} for p in people], "monday.csv")
+    job = jobs.job(extra='group_size = 1\nledger = "ledgers/{name}-{date}.jsonl"')
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main([*run, "--input", str(monday)]) == 0
+        (ledger,) = (jobs.root / "ledgers").glob("*.jsonl")
+        ledger.rename(ledger.with_name("test-job-monday-00000000-2026-11-30.jsonl"))
+        assert main(run) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 2)
+
+
+def test_the_whole_list_beside_another_jobs_input_run_loads_no_ledger(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run JOB` beginning its ledger beside another job's --input run (`test-job-weekly`,
+    whose name begins with this job's) only: sent to everyone (exit 0), and no ledger is
+    loaded for whom it sent (the common case costs a look at the headers alone)."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    pilot = jobs.csv([{"phone": people[0], "first": "B"}], "pilot.csv")
+    job = jobs.job(extra="group_size = 1")
+    weekly = job.path.with_name("weekly.toml")
+    weekly.write_text(
+        job.path.read_text(encoding="utf-8").replace('"test-job"', '"test-job-weekly"'),
+        encoding="utf-8",
+    )
+    asked: list[Location] = []
+
+    def counted(ledgers: list[Location], **kw: Any) -> frozenset[int]:
+        asked.extend(ledgers)
+        return sent_numbers(ledgers, **kw)
+
+    monkeypatch.setattr("bulk_mms.commands.run.sent_numbers", counted)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(weekly), "--base-url", url, "--input", str(pilot)]) == 0
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
+    assert asked == []
+    assert fake.recipient_counts() == {people[0]: 2, **dict.fromkeys(people[1:], 1)}

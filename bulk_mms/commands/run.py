@@ -61,8 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt, own=job.where)
-    if args.input is not None and not args.to:
-        if missed := _missed(job):
+    if not args.to:
+        if args.input is not None and (missed := _missed(job)):
             _refuse_resend_apart(job, missed)
         else:
             _refuse_sending_again(job, args)
@@ -245,12 +245,17 @@ def _file_input(args: argparse.Namespace) -> Path | None:
 
 
 def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
-    """``run JOB --input FILE`` where FILE is not a failed file (``report --failed-csv``)
-    and nothing says whom to leave out: a campaign of its own (:func:`_rerun_name`), which
-    would text again whoever of FILE the job's earlier ledgers sent (:func:`_earlier_ledgers`,
-    counted as ``--exclude-sent`` counts them: :func:`~bulk_mms.prepare.sent_numbers`). Such a
-    run is refused, as a changed input under the job's own ledger is. ``--exclude-sent``
-    leaves them out; ``--name`` starts a campaign of its own on purpose.
+    """A run that would text again whoever of its input the job's earlier ledgers sent
+    (:func:`_earlier_ledgers`, counted as ``--exclude-sent`` counts them:
+    :func:`~bulk_mms.prepare.sent_numbers`), while nothing says whom to leave out: refused,
+    as a changed input under the job's own ledger is. Such a run is either ``run JOB --input
+    FILE`` where FILE is not a failed file (``report --failed-csv``), a campaign of its own
+    (:func:`_rerun_name`); or a plain run that begins the job's ledger after its ``--input``
+    runs (a pilot on a few of the list, then the whole list). A plain run resuming its own
+    ledger is not asked (that ledger's own checks hold it), nor one with a ledger a day
+    (``{date}``: another day's ``--input`` run is no earlier round), and the ledgers are
+    read only when such an ``--input`` run's is beside. ``--exclude-sent`` leaves them out;
+    ``--name`` starts a campaign of its own on purpose.
 
     Raises:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
@@ -258,9 +263,13 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
     """
     if args.name is not None or args.exclude_sent:
         return
-    # as run without --input; a job file that names no input (always run with one) takes it
-    plain = load_job(args.job, input_file=None if _file_input(args) else args.input)
-    earlier = _earlier_ledgers(_placed(plain, args), job)
+    if args.input is None:  # the job as it is: its --input runs beside a ledger it begins
+        if exists(job.where):
+            return
+        earlier = _earlier_ledgers(job, job)
+    else:  # as run without --input; a job file that names no input (always run with one) takes it
+        plain = load_job(args.job, input_file=None if _file_input(args) else args.input)
+        earlier = _earlier_ledgers(_placed(plain, args), job)
     if not earlier or not (sent := sent_numbers(earlier, in_doubt_ok=True, own=job.where)):
         return
     if not (scan := scan_input(job, excluded=sent)).excluded:
@@ -268,10 +277,11 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
     named = ", ".join(display(w) for w in earlier)
     leave_out = " ".join(f"--exclude-sent {display(w)}" for w in earlier)
     raise ConfigError(
-        "--input",
-        f"{count(scan.excluded, 'recipient')} of {args.input} already sent by this job "
+        "--input" if args.input is not None else "input",
+        f"{count(scan.excluded, 'recipient')} of {job.input} already sent by this job "
         f"({named}) would be texted again: add {leave_out} to leave them out, or give "
         "--name NAME to text them again in a campaign of its own; nothing sent",
+        source=None if args.input is not None else job.path,
     )
 
 
