@@ -23,14 +23,7 @@ from bulk_mms.recipient_lists import left_to_resend
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
-from tests.conftest import (
-    FAST,
-    FakeClock,
-    JobFactory,
-    real_client,
-    receiving,
-    sent_and_tracked,
-)
+from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving, sent_and_tracked
 
 PEOPLE = [f"+1212555000{i}" for i in range(4)]
 

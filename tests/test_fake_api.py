@@ -48,14 +48,7 @@ from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import verify
-from tests.conftest import (
-    FAST,
-    FakeClock,
-    JobFactory,
-    real_client,
-    receiving,
-    sent_and_tracked,
-)
+from tests.conftest import FAST, FakeClock, JobFactory, real_client, receiving, sent_and_tracked
 
 API = tuple[FakeTelnyx, str]
 AUTH = {"Authorization": "Bearer test-key-123"}
