@@ -679,22 +679,47 @@ def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]
 def continues_earlier(job: JobConfig, earlier: Location) -> bool:
     """Whether a run of a ``{date}`` job belongs in ``earlier`` (the previous
     date's ledger) rather than its own: ``earlier`` is this job's, the job's own ledger is
-    not begun, ``earlier`` is for this very input and unfinished (input not all read;
-    recipients not attempted, pending a rerun or in doubt), and the job's ``send_window``
-    does not cross midnight (its ``{date}`` is already the date its night began on,
-    :func:`~bulk_mms.config.job.load_job`: the previous date's ledger is the night before's)."""
+    not begun, ``earlier`` is for this very input and unfinished (:func:`unfinished`), and
+    the job's ``send_window`` does not cross midnight (its ``{date}`` is already the date
+    its night began on, :func:`~bulk_mms.config.job.load_job`: the previous date's ledger is
+    the night before's)."""
     if job.send_window is not None and job.send_window.crosses_midnight:  # its date says
         return False
-    if earlier == job.where or exists(job.where) or not exists(earlier):
+    if earlier == job.where or exists(job.where):
         return False
-    view = load(earlier, statuses=False)
+    return unfinished(job, earlier) is not None
+
+
+def unfinished(job: JobConfig, where: Location) -> LedgerView | None:
+    """The ledger at ``where`` when it is ``job``'s, for this very input, and unfinished
+    (input not all read; recipients not attempted, pending a rerun or in doubt): a run of
+    ``job`` there would send more. None otherwise, or when there is none."""
+    if not exists(where):
+        return None
+    view = load(where, statuses=False)
     header = view.header
     if header is None or header.job != job.name:
-        return False
+        return None
     if header.fingerprint != fingerprint(job.input):
-        return False
+        return None
     r = view.recipients()
-    return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
+    return view if not r.input_read or r.not_attempted or r.retry_pending or r.in_doubt else None
+
+
+def left_to_send(job: JobConfig) -> frozenset[int]:
+    """The numbers (E.164 digits) of ``job``'s input that its own ledger, begun and
+    unfinished (:func:`unfinished`), has neither sent nor failed for good: whom resuming it
+    would text. None when that ledger is not begun or is finished (nothing more is read)."""
+    view = unfinished(job, job.where)
+    if view is None:
+        return frozenset()
+    done = {p for rec in view.groups.values() if rec.state in (SENT, FAILED) for p in rec.counted}
+    with open_reader(job) as reader:
+        return frozenset(
+            int(item.phone[1:])
+            for item in checked_rows(job, reader)
+            if type(item) is Recipient and item.phone not in done
+        )
 
 
 def sent_numbers(

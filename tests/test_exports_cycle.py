@@ -905,3 +905,64 @@ def test_the_whole_list_beside_another_jobs_input_run_loads_no_ledger(
         assert main(["-q", "run", str(job.path), "--base-url", url]) == 0
     assert asked == []
     assert fake.recipient_counts() == {people[0]: 2, **dict.fromkeys(people[1:], 1)}
+
+
+def test_a_pilot_while_the_whole_list_is_unfinished_is_refused_not_texted_twice(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole list stopped partway (`run JOB --limit 1`), then a pilot of people it has
+    not sent yet (`run JOB --input pilot.csv`, with or without --exclude-sent): refused
+    (exit 2, one line naming the job's unfinished run and its ledger, nothing sent), as its
+    resume would text them again; once the job's run is finished the pilot is refused as
+    already sent, and with --exclude-sent sends nobody twice. Alike for JSONL ledgers and for
+    ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
+    pilot = jobs.csv([{"phone": p, "first": "B"} for p in people[2:]], "pilot.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--limit", "1"]) == 0
+        capsys.readouterr()
+        for extra in ([], ["--exclude-sent", ledger]):
+            assert main([*run, "--input", str(pilot), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert (
+                f"2 recipients of {pilot} already sent by this job or left to send by its " in err
+            )
+            assert f"unfinished run ({ledger}) would be texted again" in err
+            assert "finish that run first (run it without --input)" in err
+        assert fake.recipient_counts() == {people[0]: 1}
+        assert main(run) == 0
+        assert main([*run, "--input", str(pilot)]) == 2
+        assert f"2 recipients of {pilot} already sent by this job ({ledger})" in (
+            capsys.readouterr().err
+        )
+        assert main([*run, "--input", str(pilot), "--exclude-sent", ledger]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_pilot_while_the_whole_list_is_unfinished_counts_only_whom_it_would_text(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot of someone the stopped whole-list run already texted is refused as already
+    sent, as before; one of someone not in the job's input at all is sent (exit 0): only
+    whom the job's run would still text is counted."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--limit", "1"]) == 0
+        sent = jobs.csv([{"phone": people[0], "first": "B"}], "sent.csv")
+        capsys.readouterr()
+        assert main([*run, "--input", str(sent)]) == 2
+        assert "1 recipient of" in (err := capsys.readouterr().err)
+        assert "already sent by this job" in err
+        other = jobs.csv([{"phone": "+12125550199", "first": "B"}], "other.csv")
+        assert main([*run, "--input", str(other)]) == 0
+    assert fake.recipient_counts() == {people[0]: 1, "+12125550199": 1}

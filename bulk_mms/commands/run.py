@@ -35,7 +35,14 @@ from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.ledger import Header, Location, display, exists, headers_beside, location
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
-from bulk_mms.prepare import continues_earlier, dry_run, header_for, seed_job, sent_numbers
+from bulk_mms.prepare import (
+    continues_earlier,
+    dry_run,
+    header_for,
+    left_to_send,
+    seed_job,
+    sent_numbers,
+)
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
 from bulk_mms.recipient_lists import ledger_of, lists_nobody, missed_by, place_words
@@ -255,32 +262,48 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
     ledger is not asked (that ledger's own checks hold it), nor one with a ledger a day
     (``{date}``: another day's ``--input`` run is no earlier round), and the ledgers are
     read only when such an ``--input`` run's is beside. ``--exclude-sent`` leaves them out;
-    ``--name`` starts a campaign of its own on purpose.
+    ``--name`` starts a campaign of its own on purpose. An ``--input`` run also counts whom
+    of the job's own input its ledger, begun and unfinished, would still text when resumed
+    (:func:`~bulk_mms.prepare.left_to_send`; a pilot after the whole list stopped partway),
+    less whom this run's own ledger sent; ``--exclude-sent`` does not leave them out (they
+    are not sent yet): the job's run is to be finished first.
 
     Raises:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
         LedgerError: an earlier ledger cannot be read.
     """
-    if args.name is not None or args.exclude_sent:
+    if args.name is not None or (args.exclude_sent and args.input is None):
         return
+    pending: frozenset[int] = frozenset()
     if args.input is None:  # the job as it is: its --input runs beside a ledger it begins
         if exists(job.where):
             return
         earlier = _earlier_ledgers(job, job)
     else:  # as run without --input; a job file that names no input (always run with one) takes it
-        plain = load_job(args.job, input_file=None if _file_input(args) else args.input)
-        earlier = _earlier_ledgers(_placed(plain, args), job)
-    if not earlier or not (sent := sent_numbers(earlier, in_doubt_ok=True, own=job.where)):
+        plain = _placed(
+            load_job(args.job, input_file=None if _file_input(args) else args.input), args
+        )
+        earlier = [] if args.exclude_sent else _earlier_ledgers(plain, job)
+        if pending := left_to_send(plain):  # its resume would text them: less whom this holds
+            pending -= sent_numbers([job.where]) if exists(job.where) else frozenset()
+    sent = sent_numbers(earlier, in_doubt_ok=True, own=job.where) if earlier else frozenset()
+    if not (sent or pending):
         return
-    if not (scan := scan_input(job, excluded=sent)).excluded:
+    if not (scan := scan_input(job, excluded=(sent | pending) - args.excluded)).excluded:
         return
-    named = ", ".join(display(w) for w in earlier)
-    leave_out = " ".join(f"--exclude-sent {display(w)}" for w in earlier)
+    ledgers = [*earlier, *([plain.where] if pending and plain.where not in earlier else [])]
+    named = ", ".join(display(w) for w in ledgers)
+    leave_out = " ".join(f"--exclude-sent {display(w)}" for w in ledgers)
+    if pending:
+        whom = "already sent by this job or left to send by its unfinished run"
+        then = "finish that run first (run it without --input), then add "
+    else:
+        whom, then = "already sent by this job", "add "
     raise ConfigError(
         "--input" if args.input is not None else "input",
-        f"{count(scan.excluded, 'recipient')} of {job.input} already sent by this job "
-        f"({named}) would be texted again: add {leave_out} to leave them out, or give "
-        "--name NAME to text them again in a campaign of its own; nothing sent",
+        f"{count(scan.excluded, 'recipient')} of {job.input} {whom} ({named}) would be "
+        f"texted again: {then}{leave_out} to leave them out, or give --name NAME to text "
+        "them again in a campaign of its own; nothing sent",
         source=None if args.input is not None else job.path,
     )
 
