@@ -809,25 +809,30 @@ def test_the_whole_list_after_a_pilot_input_run_is_refused_naming_who_was_sent(
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
 
 
+@pytest.mark.parametrize("stopped", [False, True], ids=["finished", "stopped"])
 def test_the_whole_list_run_again_after_its_failed_file_was_resent_is_not_refused(
-    jobs: JobFactory, ledger_of: LedgerOf
+    jobs: JobFactory, ledger_of: LedgerOf, stopped: bool
 ) -> None:
     """The job's own ledger resumed (`run JOB` again) after its failed file was resent with
-    --input: the resend's ledger beside holds people of the list, but a resume is no new
-    campaign (its ledger says whom it sent), so it runs (exit 0), nobody texted twice.
-    Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
-    jobs.csv([{"phone": p, "first": "A"} for p in PAIR])
+    --input, the whole list finished or stopped partway (`--limit`: the resend goes before
+    the rest, which the job's resume will text, not whom it refused): the resend is sent,
+    and the resend's ledger beside holds people of the list, but a resume is no new campaign
+    (its ledger says whom it sent), so it runs, nobody texted twice. Alike for JSONL ledgers
+    and for ledgers in one PostgreSQL database."""
+    people = [*PAIR, *(["+12125550103"] if stopped else [])]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
     job = jobs.job(extra="group_size = 1")
     failed = jobs.root / "failed.csv"
     fake = FakeTelnyx()
     fake.faults.append(Fault("status", 400, code="40001"))
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
-        assert main(run) == 1
+        assert main([*run, *(["--limit", "2"] if stopped else [])]) == 1
         assert main(["-q", "report", ledger_of(job), "--failed-csv", str(failed)]) == 0
         assert main([*run, "--input", str(failed)]) == 0
+        assert len(fake.recipient_counts()) == 2  # a stopped list's last is not sent yet
         assert main(run) == 1  # the first send's refused group stays failed: not resent
-    assert fake.recipient_counts() == dict.fromkeys(PAIR, 1)
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
 
 
 def test_the_whole_list_after_a_sandbox_pilot_is_refused_in_the_sandbox_alone(
