@@ -285,7 +285,9 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
         )
         earlier = [] if args.exclude_sent else _earlier_ledgers(plain, job)
         if pending := left_to_send(plain):  # its resume would text them: less whom this holds
-            pending -= sent_numbers([job.where]) if exists(job.where) else frozenset()
+            pending -= (
+                sent_numbers([job.where], in_doubt_ok=True) if exists(job.where) else frozenset()
+            )
     sent = sent_numbers(earlier, in_doubt_ok=True, own=job.where) if earlier else frozenset()
     if not (sent or pending):
         return
