@@ -301,6 +301,8 @@ def missed_by(path: Path, header: Header) -> dict[str, set[str]]:
         path, header.phone_column, keep_all=True, encoding=encoding, delimiter=header.delimiter
     ) as reader:
         out: dict[str, set[str]] = {}
+        if reader.complete and CAMPAIGN_COLUMN not in reader.columns:
+            return out  # a CSV header without it (any export): no row is read
         for row in reader:  # streamed: another file (any --input's) keeps nothing of its rows
             if isinstance(row, Row) and (campaign := row.fields.get(CAMPAIGN_COLUMN)) is not None:
                 with contextlib.suppress(PhoneError):

@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import tracemalloc
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bulk_mms.ledger import Sent as SentEvent
 from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
+from bulk_mms.reader import RowReader
 from bulk_mms.recipient_lists import REASON_COLUMN, missed_by, write_failed_csv
 from bulk_mms.recorder import never_left
 from bulk_mms.report import NO_HEADER, LedgerSummary, format_csv, format_text, summarize
@@ -425,6 +427,29 @@ def test_the_campaigns_of_an_input_are_read_without_holding_its_rows(jobs: JobFa
     assert peak < 3_000_000  # the 60,000 rows held as tuples of str take about 8 MB
     failed = jobs.csv(f"phone,{CAMPAIGN_COLUMN}\n+12125550101,c1\n+12125550102,\n", "f.csv")
     assert missed_by(failed, header) == {"c1": {"+12125550101"}, "": {"+12125550102"}}
+
+
+def test_an_export_without_the_campaign_column_is_not_read_for_campaigns(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV whose header has no campaign column names no campaign: not one of its rows is
+    read to find that out (every `run --input` asks); a JSONL file's rows still are."""
+    path = jobs.csv("phone,first\n+12125550101,A\n")
+    header = Header("test-job", "sha256:x", columns=("first",))
+    failed = jobs.root / "failed.jsonl"
+    failed.write_text(f'{{"phone": "+12125550101", "{CAMPAIGN_COLUMN}": "c1"}}\n')
+    read: list[object] = []
+    rows = RowReader.__iter__
+
+    def counted(self: RowReader) -> Iterator[object]:
+        read.append(self)
+        return rows(self)
+
+    monkeypatch.setattr(RowReader, "__iter__", counted)
+    assert missed_by(path, header) == {}
+    assert read == []
+    assert missed_by(failed, header) == {"c1": {"+12125550101"}}
+    assert len(read) == 1
 
 
 def test_a_file_that_cannot_be_written_is_one_line(
