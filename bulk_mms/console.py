@@ -292,8 +292,7 @@ def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
-    windowed = s.stopped in ("window", AFTER_DEADLINE)
-    if s.stopped in SIGNAL_EXIT or (windowed and s.recipients is None):
+    if s.stopped in SIGNAL_EXIT or (s.stopped in _STOP_LEAVING and s.recipients is None):
         _tell_stop(s)  # stopped by a signal, or outside the send window before it began
         return SIGNAL_EXIT.get(s.stopped or "") or _STOP_LEAVING[s.stopped or ""]
     _tell_summary(s)

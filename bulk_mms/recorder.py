@@ -350,7 +350,7 @@ class Recorder:
             ClaimLost: another process took the group over: no failure was written.
             LedgerError: it could not be made durable.
         """
-        err, _ = judged_error(err, self.policy)  # its code is the one that decides
+        err, action = judged_error(err, self.policy)  # its code is the one that decides
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -371,7 +371,7 @@ class Recorder:
             log.warning("group.in_doubt", group=group.id, reason=str(err))
             await self._write(ev)
             return ev
-        failed = self._failed(group, err, (attempts, throttled), refused, resets=resets)
+        failed = self._failed(group, err, action, (attempts, throttled), refused, resets=resets)
         await self._write(failed, fence)
         self._count_failed(group, err, failed)
         return failed
@@ -380,20 +380,21 @@ class Recorder:
         self,
         group: Group,
         err: SendError,
+        action: Action | None,
         tries: tuple[int, int],
         refused: tuple[str, ...] = (),
         *,
         resets: float = 0.0,
     ) -> Failed:
         """The ``failed`` event for ``err`` after ``tries`` (tries made, of those rate limited),
-        with what the error policy did about it: ``suppress`` for the ``refused`` members (the
-        callers name only members refused as opted out), else its action for the code; and
+        ``err`` and ``action`` as :func:`~bulk_mms.policy.judged_error` gives them, with what
+        the error policy did about it: ``suppress`` for the ``refused`` members (the callers
+        name only members refused as opted out), else ``action``, the code's; and
         ``resets``, when the carrier's cap that refused it lifts (0: none did). A group with
         members refused is not pending a rerun after a transient error: they failed for good,
         and the rest go on at once in a group made without them (a cap stops the job first: a
         rerun sends the group after its reset, as the ledger has it)."""
         attempts, throttled = tries
-        err, action = judged_error(err, self.policy)
         retired = err.sender if isinstance(err, SenderRefused) else None
         retryable = (
             retired is not None
@@ -447,7 +448,8 @@ class Recorder:
             self.summary.in_doubt_groups += 1
             ev: Event = InDoubt(**self._members(group), reason=STOPPED_IN_FLIGHT, time=self._now())
         else:
-            ev, fence = self._failed(group, last, (0, 0)), self.coordinator.fence(group.id)
+            last, action = judged_error(last, self.policy)
+            ev, fence = self._failed(group, last, action, (0, 0)), self.coordinator.fence(group.id)
             self._count_failed(group, last, ev)
         # if the store already failed, the attempt on record leaves the group in doubt
         with contextlib.suppress(LedgerError):
