@@ -9,7 +9,7 @@ import csv
 import datetime as dt
 import itertools
 from bisect import bisect_left
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -676,43 +676,46 @@ def _attempt(make: Callable[[], T], instead: T) -> tuple[T, BulkMmsError | None]
         return instead, exc
 
 
-def continues_earlier(job: JobConfig, earlier: Location) -> bool:
-    """Whether a run of a ``{date}`` job belongs in ``earlier`` (the previous
-    date's ledger) rather than its own: ``earlier`` is this job's, the job's own ledger is
+def continues_earlier(job: JobConfig, earlier: Location) -> LedgerView | None:
+    """The fold of ``earlier`` (the previous date's ledger) when a run of a ``{date}`` job
+    belongs there rather than in its own: ``earlier`` is this job's, the job's own ledger is
     not begun, ``earlier`` is for this very input and unfinished (:func:`unfinished`), and
     the job's ``send_window`` does not cross midnight (its ``{date}`` is already the date
     its night began on, :func:`~bulk_mms.config.job.load_job`: the previous date's ledger is
-    the night before's)."""
+    the night before's). None when it does not."""
     if job.send_window is not None and job.send_window.crosses_midnight:  # its date says
-        return False
+        return None
     if earlier == job.where or exists(job.where):
-        return False
-    return unfinished(job, earlier) is not None
+        return None
+    return unfinished(job, earlier)
 
 
 def unfinished(job: JobConfig, where: Location) -> LedgerView | None:
-    """The ledger at ``where`` when it is ``job``'s, for this very input, and unfinished
-    (input not all read; recipients not attempted, pending a rerun or in doubt): a run of
-    ``job`` there would send more. None otherwise, or when there is none."""
+    """The ledger at ``where``'s fold when a run of ``job`` there would send more
+    (:func:`still_to_send`); None otherwise, or when there is none."""
     if not exists(where):
         return None
     view = load(where, statuses=False)
+    return view if still_to_send(job, view) else None
+
+
+def still_to_send(job: JobConfig, view: LedgerView) -> bool:
+    """Whether ``view`` (a ledger's fold) is ``job``'s, for this very input, and unfinished
+    (input not all read; recipients not attempted, pending a rerun or in doubt): a run of
+    ``job`` there would send more."""
     header = view.header
     if header is None or header.job != job.name:
-        return None
+        return False
     if header.fingerprint != fingerprint(job.input):
-        return None
+        return False
     r = view.recipients()
-    return view if not r.input_read or r.not_attempted or r.retry_pending or r.in_doubt else None
+    return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
 
 
-def left_to_send(job: JobConfig) -> frozenset[int]:
-    """The numbers (E.164 digits) of ``job``'s input that its own ledger, begun and
-    unfinished (:func:`unfinished`), has neither sent nor failed for good: whom resuming it
-    would text. None when that ledger is not begun or is finished (nothing more is read)."""
-    view = unfinished(job, job.where)
-    if view is None:
-        return frozenset()
+def left_to_send(job: JobConfig, view: LedgerView) -> frozenset[int]:
+    """The numbers (E.164 digits) of ``job``'s input that ``view``, the fold of its ledger,
+    begun and unfinished (:func:`still_to_send`), has neither sent nor failed for good: whom
+    resuming it would text."""
     done = {p for rec in view.groups.values() if rec.state in (SENT, FAILED) for p in rec.counted}
     with open_reader(job) as reader:
         return frozenset(
@@ -723,7 +726,11 @@ def left_to_send(job: JobConfig) -> frozenset[int]:
 
 
 def sent_numbers(
-    ledgers: Sequence[Location], *, in_doubt_ok: bool = False, own: Location | None = None
+    ledgers: Sequence[Location],
+    *,
+    in_doubt_ok: bool = False,
+    own: Location | None = None,
+    folded: Mapping[Location, LedgerView] | None = None,
 ) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
@@ -733,6 +740,7 @@ def sent_numbers(
     resend texts them, or has; not one the API refused there for good and no later round
     took (nobody sent it: this run does). Never the run's own ledger, ``own`` (resuming a
     resend of such a failed file: the numbers it holds are the ones it is to send).
+    ``folded``: the folds (without statuses) of those ledgers the caller has, not read again.
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -747,7 +755,7 @@ def sent_numbers(
     for where in ledgers:
         if not exists(where):
             raise LedgerError(display(where), "no such ledger (--exclude-sent)")
-        view = load(where, statuses=False)
+        view = folded[where] if folded and where in folded else load(where, statuses=False)
         if (doubts := view.recipients().in_doubt) and not in_doubt_ok:
             raise LedgerError(
                 display(where),

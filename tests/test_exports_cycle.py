@@ -3,6 +3,7 @@ resend the failed file, rerun; every row sent or named, nobody texted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 from collections.abc import Callable
@@ -15,15 +16,22 @@ from msgspec.structs import replace
 
 from bulk_mms import settle
 from bulk_mms.cli import main
-from bulk_mms.config import JobConfig
+from bulk_mms.clock import SystemClock
+from bulk_mms.commands.run import _rerun_name
+from bulk_mms.config import JobConfig, load_job
 from bulk_mms.config.folders import sandbox_ledger
+from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
-from bulk_mms.ledger import Location, display, headers_beside, load
-from bulk_mms.prepare import sent_numbers
+from bulk_mms.grouping import group_id
+from bulk_mms.ledger import LedgerView, Location, display, events, headers_beside, load
+from bulk_mms.ledger.jsonl import JsonlStore
+from bulk_mms.prepare import header_for, sent_numbers
+from bulk_mms.reader import fingerprint
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
+from bulk_mms.testing import write_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory
 from tests.test_exports_people import capped_then_rerun, refused_then_resent, stopped_after_one
 from tests.threaded import fake_api_thread
@@ -971,3 +979,140 @@ def test_a_pilot_while_the_whole_list_is_unfinished_counts_only_whom_it_would_te
         other = jobs.csv([{"phone": "+12125550199", "first": "B"}], "other.csv")
         assert main([*run, "--input", str(other)]) == 0
     assert fake.recipient_counts() == {people[0]: 1, "+12125550199": 1}
+
+
+def test_a_second_pilot_beside_a_first_one_stopped_partway_is_refused_not_texted_twice(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first pilot stopped partway (`run JOB --input a.csv --limit 1`), then a second pilot
+    (`run JOB --input b.csv`, with or without --exclude-sent) holding someone the first has
+    not sent yet: refused (exit 2, one line naming the first pilot's ledger and how to finish
+    it, nothing sent), as resuming the first would text them again; once the first is
+    finished the second is refused as already sent, and with --exclude-sent sends nobody
+    twice. Alike for JSONL ledgers and for ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 106)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    first = jobs.csv([{"phone": p, "first": "B"} for p in people[1:4]], "a.csv")
+    second = jobs.csv([{"phone": p, "first": "C"} for p in [people[2], "+12125550199"]], "b.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--input", str(first), "--limit", "1"]) == 0
+        (pilot,) = [display(w) for w, _ in headers_beside(ledger_of(job))]
+        capsys.readouterr()
+        for extra in ([], ["--exclude-sent", pilot]):
+            assert main([*run, "--input", str(second), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert f"1 recipient of {second} already sent by this job or left to send" in err
+            assert f"unfinished run ({pilot}) would be texted again" in err
+            assert f"finish that run first (run it with --input {first.resolve()})" in err
+        assert fake.recipient_counts() == {people[1]: 1}
+        assert main([*run, "--input", str(first)]) == 0
+        assert main([*run, "--input", str(second)]) == 2
+        assert f"1 recipient of {second} already sent by this job ({pilot})" in (
+            capsys.readouterr().err
+        )
+        assert main([*run, "--input", str(second), "--exclude-sent", pilot]) == 0
+    assert fake.recipient_counts() == {**dict.fromkeys(people[1:4], 1), "+12125550199": 1}
+
+
+def test_a_resumed_pilot_is_not_refused_for_its_own_group_in_doubt(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot that died mid-send (a group in doubt in its own ledger) beside the job's
+    whole-list run stopped by --limit: resuming the pilot is not refused (neither as texting
+    the whole list's people again nor for the doubt in its own ledger, which is its own to
+    settle); it sends the rest of its input and holds the group in doubt."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    doubt, rest = "+12125550198", "+12125550199"
+    pilot = jobs.csv([{"phone": p, "first": "B"} for p in (doubt, rest)], "pilot.csv")
+    crashed = load_job(job.path, name=_rerun_name(job.name, pilot), input_file=pilot)
+    gid = group_id(crashed.name, (doubt,))
+    write_ledger(
+        crashed.ledger,
+        [
+            header_for(crashed, fingerprint(pilot), SystemClock()),
+            events.RunStarted(pid=1),
+            events.Attempt(gid, (doubt,)),
+            events.InDoubt(gid, (doubt,), reason="the process died"),
+        ],
+    )
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--limit", "1"]) == 0
+        capsys.readouterr()
+        code = main([*run, "--input", str(pilot)])
+    err = capsys.readouterr().err
+    assert "would be texted again" not in err
+    assert "in doubt (--exclude-sent)" not in err
+    assert code == Exit.INCOMPLETE
+    assert fake.recipient_counts() == {people[0]: 1, rest: 1}
+    assert load(crashed.ledger, statuses=False).recipients().in_doubt == 1
+
+
+def test_a_pilot_beside_yesterdays_unfinished_whole_list_folds_it_once_and_continues_nothing(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job with a ledger a day whose whole list was cut short yesterday, and a pilot cut
+    short yesterday too: today's `run JOB --input pilot.csv` finishes the pilot's ledger of
+    yesterday (`ledger.continued` logged once, for it), reads the whole list's ledger of
+    yesterday once to count whom it would still text, and sends the pilot's rest."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra='group_size = 1\nledger = "ledgers/{name}-{date}.jsonl"')
+    others = ["+12125550198", "+12125550199"]
+    pilot = jobs.csv([{"phone": p, "first": "B"} for p in others], "pilot.csv")
+    yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    whole = load_job(job.path, now=yesterday)
+    cut = load_job(job.path, name=_rerun_name(job.name, pilot), input_file=pilot, now=yesterday)
+    for earlier in (whole, cut):
+        asyncio.run(run_job(earlier, FAST, FakeClient(), limit=1))
+    folded: list[Path] = []
+    fold = JsonlStore.fold
+
+    def counted(self: JsonlStore, **kw: bool) -> LedgerView:
+        folded.append(self.path)
+        return fold(self, **kw)
+
+    monkeypatch.setattr(JsonlStore, "fold", counted)
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        argv = ["--log-json", "run", str(job.path), "--base-url", url, "--input", str(pilot)]
+        assert main(argv) == 0
+    logged = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    continued = [e["ledger"] for e in logged if e["event"] == "ledger.continued"]
+    assert continued == [str(cut.ledger)]
+    assert folded.count(whole.ledger) == 1
+    assert fake.recipient_counts() == {others[1]: 1}
+
+
+def test_the_whole_list_beside_a_pilot_stopped_partway_is_refused_not_texted_twice(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot stopped partway (`run JOB --input pilot.csv --limit 1`), then the whole list
+    with --exclude-sent naming the pilot's ledger: refused (exit 2, naming the pilot's
+    unfinished run and how to finish it, nothing sent), as resuming the pilot would text its
+    rest again; once the pilot is finished the whole list sends everyone once."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    pilot = jobs.csv([{"phone": p, "first": "B"} for p in people[:2]], "pilot.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--input", str(pilot), "--limit", "1"]) == 0
+        (ledger,) = [display(w) for w, _ in headers_beside(job.ledger)]
+        capsys.readouterr()
+        assert main([*run, "--exclude-sent", ledger]) == 2
+        err = capsys.readouterr().err
+        assert f"1 recipient of {job.input} already sent by this job or left to send" in err
+        assert f"finish that run first (run it with --input {pilot.resolve()})" in err
+        assert fake.recipient_counts() == {people[0]: 1}
+        assert main([*run, "--input", str(pilot)]) == 0
+        assert main([*run, "--exclude-sent", ledger]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)

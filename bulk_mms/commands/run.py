@@ -32,7 +32,16 @@ from bulk_mms.config import JobConfig, Settings, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
 from bulk_mms.errors import ConfigError, Exit
-from bulk_mms.ledger import Header, Location, display, exists, headers_beside, location
+from bulk_mms.ledger import (
+    Header,
+    LedgerView,
+    Location,
+    display,
+    exists,
+    headers_beside,
+    load,
+    location,
+)
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
 from bulk_mms.prepare import (
@@ -42,6 +51,7 @@ from bulk_mms.prepare import (
     left_to_send,
     seed_job,
     sent_numbers,
+    still_to_send,
 )
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
@@ -127,10 +137,14 @@ def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSu
         loop.close()
 
 
-def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
+def _finish_yesterdays(
+    job: JobConfig, args: argparse.Namespace, *, say: bool = True
+) -> tuple[JobConfig, LedgerView | None]:
     """The job with the previous day's ``{date}`` ledger (a file, or a database's named
-    ledger) when the run belongs there (:func:`~bulk_mms.prepare.continues_earlier`): a
-    campaign cut at midnight is finished, not sent again to everyone under a new date."""
+    ledger) when the run belongs there (:func:`~bulk_mms.prepare.continues_earlier`), and
+    that ledger's fold: a campaign cut at midnight is finished, not sent again to everyone
+    under a new date. The job as it is and None otherwise. ``say``: log ``ledger.continued``
+    (the run goes there; a check that only looks at the job does not)."""
     now = utc(SystemClock())
     # the previous local date, by the calendar: 24 hours back is two dates back in the hour
     # after a 23-hour day (spring forward), and today in the last hour of a 25-hour one
@@ -142,14 +156,21 @@ def _finish_yesterdays(job: JobConfig, args: argparse.Namespace) -> JobConfig:
         now=dt.datetime.combine(day_before, dt.time(12), job.zone),
     )
     yesterday = sandbox_ledger(earlier.ledger) if args.sandbox else earlier.where
-    if not continues_earlier(job, yesterday):
-        return job
-    structlog.get_logger(__name__).info(
-        "ledger.continued", ledger=display(yesterday), instead_of=display(job.where)
-    )
-    if isinstance(yesterday, Path):
-        return replace(job, ledger=yesterday)
-    return replace(job, database=yesterday)
+    if (view := continues_earlier(job, yesterday)) is None:
+        return job, None
+    if say:
+        structlog.get_logger(__name__).info(
+            "ledger.continued", ledger=display(yesterday), instead_of=display(job.where)
+        )
+    return _at(job, yesterday), view
+
+
+def _at(job: JobConfig, where: Location) -> JobConfig:
+    """The job with its ledger at ``where``, a ledger found as it is (a file, or a database's
+    named ledger): not named after the job again (:func:`with_ledger` names it)."""
+    if isinstance(where, Path):
+        return replace(job, ledger=where, database=None)
+    return replace(job, database=where)
 
 
 def _refuse_daily_cap_with_dated_ledger(job: JobConfig, settings: Settings) -> None:
@@ -183,7 +204,7 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
         args.metrics.name = f"{job.name}-sandbox" if args.sandbox else job.name
     if args.to and args.ledger is not None:
         raise ConfigError("--to", "a seed send has a ledger of its own: drop --ledger")
-    job = _placed(job, args)
+    job, _ = _placed(job, args)
     settings = settings_for(args)
     if args.sandbox:
         settings = sealed(settings)
@@ -211,9 +232,12 @@ def _ledger_given(args: argparse.Namespace) -> str | None:
     return args.ledger or os.environ.get(LEDGER_URL_ENV) or None
 
 
-def _placed(job: JobConfig, args: argparse.Namespace) -> JobConfig:
+def _placed(
+    job: JobConfig, args: argparse.Namespace, *, say: bool = True
+) -> tuple[JobConfig, LedgerView | None]:
     """The job with the ledger ``run``'s flags give it: ``--ledger`` or
-    ``BULK_MMS_LEDGER_URL``, the sandbox's own folder, the previous date's unfinished ledger.
+    ``BULK_MMS_LEDGER_URL``, the sandbox's own folder, the previous date's unfinished ledger
+    (with its fold, else None: :func:`_finish_yesterdays`, which ``say`` is passed to).
 
     Raises:
         ConfigError: the ledger given cannot be one (a sandbox run's database, an undated
@@ -237,8 +261,8 @@ def _placed(job: JobConfig, args: argparse.Namespace) -> JobConfig:
     if args.sandbox:  # sealed: its own ledgers' folder (never a database) and list
         job = replace(job, ledger=sandbox_ledger(job.ledger), database=None)
     if where is None and job.dated_ledger:
-        job = _finish_yesterdays(job, args)
-    return job
+        return _finish_yesterdays(job, args, say=say)
+    return job, None
 
 
 def _file_input(args: argparse.Namespace) -> Path | None:
@@ -262,43 +286,62 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
     ledger is not asked (that ledger's own checks hold it), nor one with a ledger a day
     (``{date}``: another day's ``--input`` run is no earlier round), and the ledgers are
     read only when such an ``--input`` run's is beside. ``--exclude-sent`` leaves them out;
-    ``--name`` starts a campaign of its own on purpose. An ``--input`` run also counts whom
-    of the job's own input its ledger, begun and unfinished, would still text when resumed
-    (:func:`~bulk_mms.prepare.left_to_send`; a pilot after the whole list stopped partway),
-    less whom this run's own ledger sent; ``--exclude-sent`` does not leave them out (they
-    are not sent yet): the job's run is to be finished first.
+    ``--name`` starts a campaign of its own on purpose.
+
+    The run also counts whom the job's runs begun and unfinished would still text when
+    resumed (:func:`~bulk_mms.prepare.left_to_send`): the job's own ledger's (a pilot after
+    the whole list stopped partway) and its other ``--input`` runs' (a second pilot beside a
+    first one stopped partway), less whom this run's own ledger sent; ``--exclude-sent``
+    does not leave them out (they are not sent yet): those runs are to be finished first.
+    Each ledger is folded once.
 
     Raises:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
         LedgerError: an earlier ledger cannot be read.
     """
-    if args.name is not None or (args.exclude_sent and args.input is None):
+    if args.name is not None:
         return
-    pending: frozenset[int] = frozenset()
     if args.input is None:  # the job as it is: its --input runs beside a ledger it begins
         if exists(job.where):
             return
-        earlier = _earlier_ledgers(job, job)
+        plain, folded = job, None
     else:  # as run without --input; a job file that names no input (always run with one) takes it
-        plain = _placed(
-            load_job(args.job, input_file=None if _file_input(args) else args.input), args
+        plain, folded = _placed(
+            load_job(args.job, input_file=None if _file_input(args) else args.input),
+            args,
+            say=False,
         )
-        earlier = [] if args.exclude_sent else _earlier_ledgers(plain, job)
-        if pending := left_to_send(plain):  # its resume would text them: less whom this holds
-            pending -= (
-                sent_numbers([job.where], in_doubt_ok=True) if exists(job.where) else frozenset()
-            )
-    sent = sent_numbers(earlier, in_doubt_ok=True, own=job.where) if earlier else frozenset()
+        if folded is None and exists(plain.where):
+            folded = load(plain.where, statuses=False)
+    reruns = _reruns_beside(plain, job)
+    folds = {plain.where: folded} if folded is not None else {}
+    unsent = _unfinished_runs(args, plain, reruns, folds)
+    pending = frozenset().union(*(numbers for _, numbers in unsent))
+    if pending and exists(job.where):  # its resume would text them: less whom this run's holds
+        pending -= sent_numbers([job.where], in_doubt_ok=True)
+    earlier = [] if args.exclude_sent else _earlier_ledgers(plain, job, reruns)
+    sent = (
+        sent_numbers(earlier, in_doubt_ok=True, own=job.where, folded=folds)
+        if earlier
+        else frozenset()
+    )
     if not (sent or pending):
         return
     if not (scan := scan_input(job, excluded=(sent | pending) - args.excluded)).excluded:
         return
-    ledgers = [*earlier, *([plain.where] if pending and plain.where not in earlier else [])]
+    ledgers = [*earlier, *(run.where for run, _ in unsent if run.where not in earlier)]
     named = ", ".join(display(w) for w in ledgers)
     leave_out = " ".join(f"--exclude-sent {display(w)}" for w in ledgers)
     if pending:
-        whom = "already sent by this job or left to send by its unfinished run"
-        then = "finish that run first (run it without --input), then add "
+        ways = " and ".join(
+            "without --input" if run is plain else f"with --input {run.input}" for run, _ in unsent
+        )
+        runs_ = "run" if len(unsent) == 1 else "runs"
+        whom = f"already sent by this job or left to send by its unfinished {runs_}"
+        then = (
+            f"finish {'that run' if len(unsent) == 1 else 'those runs'} first "
+            f"(run {'it' if len(unsent) == 1 else 'them'} {ways}), then add "
+        )
     else:
         whom, then = "already sent by this job", "add "
     raise ConfigError(
@@ -308,6 +351,38 @@ def _refuse_sending_again(job: JobConfig, args: argparse.Namespace) -> None:
         "them again in a campaign of its own; nothing sent",
         source=None if args.input is not None else job.path,
     )
+
+
+def _unfinished_runs(
+    args: argparse.Namespace,
+    plain: JobConfig,
+    reruns: list[tuple[Location, Header]],
+    folds: dict[Location, LedgerView],
+) -> list[tuple[JobConfig, frozenset[int]]]:
+    """The job's runs begun and unfinished, each with whom its resume would text
+    (:func:`~bulk_mms.prepare.left_to_send`): the job's own (``plain``, whose ledger's fold
+    ``folds`` holds when it is begun) and its other ``--input`` runs' (``reruns``), each of
+    whose folds is added to ``folds`` for the caller to count whom it sent without reading it
+    again.
+
+    Raises:
+        LedgerError: a ledger cannot be read.
+    """
+    runs = [(plain, folds[plain.where])] if plain.where in folds else []
+    for where, header in reruns:
+        if (rerun := _rerun_job(args, header, where)) is not None:
+            folds[where] = view = load(where, statuses=False)
+            runs.append((rerun, view))
+    return [(run, left_to_send(run, view)) for run, view in runs if still_to_send(run, view)]
+
+
+def _rerun_job(args: argparse.Namespace, header: Header, where: Location) -> JobConfig | None:
+    """The job of the ``--input`` run whose ledger, at ``where``, begins with ``header``: as
+    ``run JOB --input FILE`` would resume it. None when its input is no longer there (no
+    run of it can be resumed)."""
+    if header.input is None or not Path(header.input).is_file():
+        return None
+    return _at(load_job(args.job, name=header.job, input_file=Path(header.input)), where)
 
 
 def _missed(job: JobConfig) -> set[str]:
@@ -345,20 +420,33 @@ def _refuse_resend_apart(job: JobConfig, campaigns: set[str]) -> None:
     )
 
 
-def _earlier_ledgers(plain: JobConfig, job: JobConfig) -> list[Location]:
+def _earlier_ledgers(
+    plain: JobConfig, job: JobConfig, reruns: list[tuple[Location, Header]]
+) -> list[Location]:
     """The ledgers of the job (``plain``: as run without ``--input``) that are not ``job``'s:
-    its own ledger, and those beside it of its other ``--input`` runs (:func:`_rerun_of`);
-    with a ledger a day (``{date}``), its own alone: every day's campaign sends anew, and
-    another day's ``--input`` run is no earlier round of this one.
+    its own ledger, and those of its other ``--input`` runs beside it (``reruns``:
+    :func:`_reruns_beside`).
 
     Raises:
         LedgerError: the database cannot be read.
     """
     own = [plain.where] if plain.where != job.where and exists(plain.where) else []
+    return own + [where for where, _ in reruns]
+
+
+def _reruns_beside(plain: JobConfig, job: JobConfig) -> list[tuple[Location, Header]]:
+    """The ledgers beside the job's (``plain``: as run without ``--input``) of its other
+    ``--input`` runs (:func:`_rerun_of`), not ``job``'s, with their headers; none with a
+    ledger a day (``{date}``): every day's campaign sends anew, and another day's ``--input``
+    run is no earlier round of this one.
+
+    Raises:
+        LedgerError: the database cannot be read.
+    """
     if plain.dated_ledger:
-        return own
-    return own + [
-        where
+        return []
+    return [
+        (where, header)
         for where, header in headers_beside(plain.where)
         if header.job != job.name and _rerun_of(header, plain.name)
     ]
