@@ -140,14 +140,24 @@ def header_for(job: JobConfig, input_fingerprint: str, clock: Clock) -> Header:
     )
 
 
-def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputScan) -> None:
+def check_resumable(
+    view: LedgerView,
+    expected: Header,
+    where: str,
+    scan: InputScan,
+    excluded_from: Sequence[str] = (),
+) -> None:
     """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
     input's, for a ledger begun by a bulk-mms that grouped it otherwise: :func:`_regrouped`).
 
     A ledger whose earlier run sent leaving out more rows as already sent (``--exclude-sent``:
     :attr:`~bulk_mms.ledger.LedgerView.sent_excluded`) than ``scan`` does is refused too: a
     rerun without the same ``--exclude-sent`` (cron's line, a run after ``--limit`` or a
-    crash) would text them.
+    crash) would text them. Not when this run's ``--exclude-sent`` (``excluded_from``:
+    :func:`ledger_names`) names every ledger those runs named
+    (:attr:`~bulk_mms.ledger.LedgerView.sent_excluded_from`): it leaves out whom they count
+    sent now, and one they count so no more (a delivery report moved them out of a sent
+    group, a resend's untried numbers whose input is gone) is texted by no run of theirs.
 
     Raises:
         LedgerMismatch: it belongs to a different run.
@@ -157,14 +167,19 @@ def check_resumable(view: LedgerView, expected: Header, where: str, scan: InputS
         return
     if (why := header.mismatch(expected, where)) is not None:
         raise LedgerMismatch(where, why)
-    if view.sent_excluded > scan.excluded:
+    named = view.sent_excluded_from
+    if view.sent_excluded > scan.excluded and not (named and set(named) <= set(excluded_from)):
+        same = (
+            f"({' '.join(f'--exclude-sent {w}' for w in named)})"
+            if named  # else begun by a bulk-mms that did not record them
+            else "(given already: those ledgers now count fewer sent, a report moved some to "
+            "go again or a resend's input is gone; finish them first)"
+        )
         raise LedgerMismatch(
             where,
             f"was sent leaving out {view.sent_excluded} rows already sent (--exclude-sent), "
             f"and this run leaves out {scan.excluded}: the rest would be texted again; give "
-            "the same --exclude-sent as the runs that sent (given already: those ledgers now "
-            "count fewer sent, a report moved some to go again or a resend's input is gone; "
-            "finish them first)",
+            f"the same --exclude-sent as the runs that sent {same}",
         )
     if (why := _regrouped(header, scan)) is None:
         return
@@ -519,6 +534,7 @@ async def dry_run(
     preview: int = 5,
     limit: int | None = None,
     excluded: Container[int] = (),
+    excluded_from: Sequence[str] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     """Read, validate and group the whole input as a run would, and refuse it as a run would
@@ -539,7 +555,15 @@ async def dry_run(
     clock = clock or SystemClock()
     started = clock.monotonic()
     s = JobSummary(job.name)
-    dry = _DryRun(s, settings, clock, resend_in_doubt=resend_in_doubt, preview=preview, limit=limit)
+    dry = _DryRun(
+        s,
+        settings,
+        clock,
+        resend_in_doubt=resend_in_doubt,
+        preview=preview,
+        limit=limit,
+        excluded_from=excluded_from,
+    )
     if job.group_by is not None:
         scan = scan_input(job, excluded=excluded, rejected_csv=rejected_csv)
         check_rejected_share(scan, job, rejected_csv)
@@ -572,6 +596,7 @@ class _DryRun:
         resend_in_doubt: bool,
         preview: int,
         limit: int | None,
+        excluded_from: Sequence[str],
     ) -> None:
         self.s = summary
         self.settings = settings
@@ -579,6 +604,7 @@ class _DryRun:
         self.resend_in_doubt = resend_in_doubt
         self.preview = preview
         self.limit = limit
+        self.excluded_from = excluded_from
 
     def check_ledger(self, job: JobConfig, view: LedgerView, scan: InputScan) -> None:
         """The refusals after the input's, in a run's order (limits, then the ledger's job
@@ -586,7 +612,7 @@ class _DryRun:
         self.s.input = scan
         run_limits(job, self.settings, view, self.clock)
         header = header_for(job, scan.fingerprint, self.clock)
-        check_resumable(view, header, display(job.where), scan)
+        check_resumable(view, header, display(job.where), scan, self.excluded_from)
         self.s.locked_by = holder(job.where)
         self.s.retired = retired_senders(job, view)
 
@@ -723,6 +749,14 @@ def left_to_send(job: JobConfig, view: LedgerView) -> frozenset[int]:
             for item in checked_rows(job, reader)
             if type(item) is Recipient and item.phone not in done
         )
+
+
+def ledger_names(ledgers: Sequence[Location]) -> tuple[str, ...]:
+    """How a run's ledger records the ledgers its ``--exclude-sent`` names
+    (:attr:`~bulk_mms.ledger.events.RunStarted.excluded_from`), each once: a file by its
+    absolute path, a database's ledger as named to a person (no password)."""
+    names = (display(w.resolve() if isinstance(w, Path) else w) for w in ledgers)
+    return tuple(dict.fromkeys(names))
 
 
 def sent_numbers(

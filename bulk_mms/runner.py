@@ -838,6 +838,7 @@ async def run_job(
     progress: Progress | None = None,
     limit: int | None = None,
     excluded: Container[int] = (),
+    excluded_from: tuple[str, ...] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.
@@ -862,6 +863,9 @@ async def run_job(
         limit: send at most this many groups (``run --limit``, a rehearsal); the rest stay
             for the next run (``summary.stopped == "limit"``).
         excluded: numbers (E.164 digits) not to send to (``run --exclude-sent``).
+        excluded_from: the ledgers ``excluded`` was counted from
+            (:func:`~bulk_mms.prepare.ledger_names`), recorded in the ledger: a resume
+            naming them all is not refused for leaving out fewer.
         rejected_csv: where to write every rejected row of the input, with its line and why.
 
     Returns:
@@ -888,7 +892,7 @@ async def run_job(
         coordinator = coordinator_for(store, settings.lease_s)
         sender: GroupSender | None = None
         try:
-            view = await begin(store, job, scan, reader.columns, clock)
+            view = await begin(store, job, scan, reader.columns, clock, excluded_from=excluded_from)
             # off the loop too: a look at every member of a long ledger
             scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
             recorder = build_recorder(

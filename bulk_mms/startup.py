@@ -93,18 +93,24 @@ async def begin(
     scan: InputScan,
     columns: tuple[str, ...] | list[str],
     clock: Clock,
+    *,
+    excluded_from: tuple[str, ...] = (),
 ) -> LedgerView:
     """The ledger's view as this run begins: folded (:func:`_resume`), and this run's start
-    written to it. Off the loop (a long fold, an fsync, a lock's wait): a signal meanwhile is
-    heard."""
+    written to it, with the ledgers its ``--exclude-sent`` named (``excluded_from``:
+    :func:`~bulk_mms.prepare.ledger_names`). Off the loop (a long fold, an fsync, a lock's
+    wait): a signal meanwhile is heard."""
     header = header_for(job, scan.fingerprint, clock)
-    view = await asyncio.to_thread(_resume, store, header, columns, job.phone_column, scan)
+    view = await asyncio.to_thread(
+        _resume, store, header, columns, job.phone_column, scan, excluded_from=excluded_from
+    )
     expires = job_deadline(job, view)  # the sender's own, from the same view: the report's
     started = RunStarted(
         os.getpid(),
         iso(clock.wall()),
         shared=store.shared,
         deadline=iso(expires.timestamp()) if expires is not None else None,
+        excluded_from=excluded_from,
     )
     await asyncio.to_thread(store.append_now, started)
     view.apply(started)
@@ -117,6 +123,8 @@ def _resume(
     columns: tuple[str, ...] | list[str],
     phone_column: str,
     scan: InputScan,
+    *,
+    excluded_from: tuple[str, ...],
 ) -> LedgerView:
     """Fold what the ledger holds (not the delivery statuses: a run needs none); a new ledger
     gets its header: a new campaign, with its own Idempotency-Keys."""
@@ -131,7 +139,7 @@ def _resume(
         view.apply(there := store.put_header(header))
         if there is header:
             return view
-    check_resumable(view, header, store.name, scan)
+    check_resumable(view, header, store.name, scan, excluded_from)
     log.info(
         "ledger.resumed",
         ledger=store.name,

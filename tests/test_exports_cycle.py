@@ -1116,3 +1116,47 @@ def test_the_whole_list_beside_a_pilot_stopped_partway_is_refused_not_texted_twi
         assert main([*run, "--input", str(pilot)]) == 0
         assert main([*run, "--exclude-sent", ledger]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_campaign_begun_with_exclude_sent_resumes_when_those_ledgers_count_fewer_sent(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A campaign begun with --exclude-sent OLD and stopped by --limit, after which OLD counts
+    one fewer sent (a delivery report moved them out of their sent group: the carrier's cap):
+    resumed with the same --exclude-sent it is not refused (exit 0), and texts that one, whom
+    OLD no longer counts sent, and the rest, each once more at most; resumed without it, or
+    with another ledger in its place, it is still refused (exit 2, nothing sent). Alike for
+    JSONL ledgers and for ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    ledger = ledger_of(job)
+    fixed = ["+12125550198", "+12125550199"]
+    fake = FakeTelnyx(report={people[1]: "40016"})
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 0
+        jobs.csv([{"phone": p, "first": "A"} for p in [*people, *fixed]])
+        fresh = [*run, "--name", "fixed"]
+        assert main([*fresh, "--exclude-sent", ledger, "--limit", "1"]) == 0
+        assert main(["-q", "track", ledger, "--base-url", url]) == 0
+        assert sent_numbers([ledger]) == {int(p[1:]) for p in people if p != people[1]}
+        other = job.path.with_name("other.toml")
+        other.write_text(
+            job.path.read_text(encoding="utf-8").replace('"test-job"', '"other-job"'),
+            encoding="utf-8",
+        )
+        assert main(["-q", "run", str(other), "--base-url", url, "--limit", "1"]) == 0
+        capsys.readouterr()
+        for wrong in ([], ["--exclude-sent", ledger_of(load_job(other))]):
+            assert main([*fresh, *wrong]) == 2
+            err = capsys.readouterr().err
+            assert "sent leaving out 4 rows already sent" in err
+            assert "give the same --exclude-sent as the runs that sent (--exclude-sent " in err
+        assert main([*fresh, "--exclude-sent", ledger]) == 0
+    assert fake.recipient_counts() == {
+        **dict.fromkeys(people, 1),
+        people[0]: 2,  # the other job's
+        people[1]: 2,  # the first send never reached them (the carrier's cap)
+        **dict.fromkeys(fixed, 1),
+    }

@@ -48,6 +48,7 @@ from bulk_mms.prepare import (
     continues_earlier,
     dry_run,
     header_for,
+    ledger_names,
     left_to_send,
     seed_job,
     sent_numbers,
@@ -78,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _refuse_daily_cap_with_dated_ledger(job, settings)
     _preflight_media(job, args)
     args.excluded = sent_numbers(args.exclude_sent, in_doubt_ok=args.resend_in_doubt, own=job.where)
+    args.excluded_from = ledger_names(args.exclude_sent)
     if not args.to:
         if args.input is not None and (missed := _missed(job)):
             _refuse_resend_apart(job, missed)
@@ -108,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
             limit=args.limit,
             excluded=args.excluded,
+            excluded_from=args.excluded_from,
             rejected_csv=args.rejected_csv,
         )
     )
@@ -130,6 +133,7 @@ def _plan(job: JobConfig, settings: Settings, args: argparse.Namespace) -> JobSu
                 resend_in_doubt=args.resend_in_doubt,
                 limit=args.limit,
                 excluded=args.excluded,
+                excluded_from=args.excluded_from,
                 rejected_csv=args.rejected_csv,
             )
         )
@@ -501,6 +505,7 @@ async def _run(
     progress: Progress | None = None,
     limit: int | None = None,
     excluded: frozenset[int] = frozenset(),
+    excluded_from: tuple[str, ...] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     stop = Stop()
@@ -520,6 +525,7 @@ async def _run(
                     progress=progress,
                     limit=limit,
                     excluded=excluded,
+                    excluded_from=excluded_from,
                     rejected_csv=rejected_csv,
                 )
     except asyncio.CancelledError:

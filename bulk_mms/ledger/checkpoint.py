@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 17
+VERSION: Final = 18
 _CHUNK: Final = 1 << 20
 
 
@@ -168,6 +168,7 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         "header": events.to_json(view.header) if view.header is not None else None,
         "planned": events.to_json(view.planned) if view.planned is not None else None,
         "sent_excluded": view.sent_excluded,
+        "excluded_from": [list(view.sent_excluded_from), list(view._excluding)],
         "counts": [view.runs, view.attempts, view.rate_limited, view.sent_events],
         "deadline": view.deadline,
         "times": [
@@ -204,6 +205,10 @@ def from_state(d: dict[str, Any]) -> LedgerView:
     if not isinstance(sent_excluded := d["sent_excluded"], int):
         raise TypeError("a count that is not one")
     view.sent_excluded = sent_excluded
+    left_out, excluding = d["excluded_from"]
+    if not all(isinstance(w, str) for w in (*left_out, *excluding)):
+        raise TypeError("a ledger's name that is not a string")
+    view.sent_excluded_from, view._excluding = tuple(left_out), tuple(excluding)
     view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
     deadline = d["deadline"]
     if deadline is not None and not isinstance(deadline, str):

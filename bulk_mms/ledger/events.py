@@ -158,6 +158,9 @@ class RunStarted(msgspec.Struct, frozen=True):
     #: the latest run's is the one that counts (:attr:`LedgerView.deadline
     #: <bulk_mms.ledger.LedgerView.deadline>`).
     deadline: str | None = None
+    #: The ledgers ``--exclude-sent`` named for this run (:func:`~bulk_mms.prepare.ledger_names`):
+    #: whom they count sent is left out. Not written when none.
+    excluded_from: tuple[str, ...] = ()
     kind: ClassVar[str] = "run"
 
 
@@ -407,6 +410,7 @@ _HOW = {
     "rejoins": _UNLESS_EMPTY,
     "deadline": _UNLESS_EMPTY,
     "resets": _UNLESS_EMPTY,
+    "excluded_from": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -446,7 +450,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         elif how == _ERRORS:
             out[key] = [{"code": e.code, "title": e.title, "detail": e.detail} for e in out[key]]
         elif not out[key]:
-            del out[key]  # refused, retired, action, rejoins, deadline, resets: the common case
+            del out[key]  # refused, retired, action, rejoins, deadline, ...: the common case
     return out
 
 
@@ -490,9 +494,13 @@ def _num(d: Mapping[str, Any], key: str) -> float | None:
 
 
 def _numbers(d: Mapping[str, Any], key: str = "to") -> tuple[str, ...]:
+    return _strings(d, key, "numbers")
+
+
+def _strings(d: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
     value = d.get(key, ())
     if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-        raise Malformed(f"{key!r} is not a list of numbers")
+        raise Malformed(f"{key!r} is not a list of {what}")
     return tuple(value)
 
 
@@ -622,7 +630,11 @@ def _status(d: Mapping[str, Any]) -> Status:
 _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
     "job": _header,
     "run": lambda d: RunStarted(
-        _int(d, "pid"), _time(d), bool(d.get("shared")), _opt_str(d, "deadline")
+        _int(d, "pid"),
+        _time(d),
+        bool(d.get("shared")),
+        _opt_str(d, "deadline"),
+        _strings(d, "excluded_from", "ledgers"),
     ),
     "planned": lambda d: Planned(
         _int(d, "recipients"),

@@ -292,6 +292,14 @@ class LedgerView(msgspec.Struct, eq=False):
     #: already sent (``--exclude-sent``): a resume leaving out fewer would text them
     #: (:func:`~bulk_mms.prepare.check_resumable`).
     sent_excluded: int = 0
+    #: The ledgers every run that sent (an attempt after its ``run`` event) left rows out by
+    #: (``--exclude-sent``: :attr:`~bulk_mms.ledger.events.RunStarted.excluded_from`), in
+    #: order; empty in a ledger written before runs recorded them. A resume naming them all
+    #: leaves out whom they count sent now, however many fewer
+    #: (:func:`~bulk_mms.prepare.check_resumable`).
+    sent_excluded_from: tuple[str, ...] = ()
+    #: The latest run's ``--exclude-sent`` ledgers, until it sends.
+    _excluding: tuple[str, ...] = ()
     groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
     #: Rejected input rows by reason (:func:`~bulk_mms.models.reason_kind`): counts only, so
     #: a ledger of any number of rejected rows folds in bounded memory (the rows themselves
@@ -399,6 +407,8 @@ class LedgerView(msgspec.Struct, eq=False):
                 self._attempt(ev)
                 if self.planned is not None and self.planned.excluded > self.sent_excluded:
                     self.sent_excluded = self.planned.excluded
+                if self._excluding:
+                    self._left_out_by(self._excluding)
             case events.Sent() | events.Failed() | events.InDoubt():
                 self._outcome(ev)
             case events.Rejected():
@@ -426,9 +436,16 @@ class LedgerView(msgspec.Struct, eq=False):
                 self.planned = ev
             case events.RunStarted():
                 self.deadline = ev.deadline
+                self._excluding = ev.excluded_from
                 self._run_started(ev.shared)
             case events.Header():
                 self.header = ev
+
+    def _left_out_by(self, ledgers: tuple[str, ...]) -> None:
+        """A run that left rows out by ``ledgers`` sent: they join
+        :attr:`sent_excluded_from`."""
+        self.sent_excluded_from += tuple(w for w in ledgers if w not in self.sent_excluded_from)
+        self._excluding = ()
 
     def _run_started(self, shared: bool) -> None:
         """A new run: an attempt still open belonged to a run that ended without recording
