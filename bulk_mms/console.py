@@ -37,7 +37,7 @@ from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
 from bulk_mms.report import past_deadline_words
-from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, rerun_from
+from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc, rerun_from
 from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
 
@@ -316,7 +316,24 @@ def _ended(s: JobSummary) -> int:
     rerun from it sends them; else 0."""
     if s.waiting_recipients and s.stopped != "limit":
         return LimitReached.exit_code
+    if s.expired_groups:
+        _tell_expired(s)
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
+
+
+def _tell_expired(s: JobSummary) -> None:
+    """The last line of a run that recorded groups ``expired_unsent``: the job's deadline
+    passed, and no run sends them (the cause of its exit 1, said last, as a stop's is)."""
+    named = f" ({minute_utc(s.deadline.timestamp())})" if s.deadline is not None else ""
+    say(
+        "job.expired",
+        f"bulk-mms: past the job's deadline{named}: {_n(s.sent_groups, 'group')} sent this "
+        f"run; {_n(s.expired_groups, 'group')} expired unsent, which no run sends",
+        level="warning",
+        sent_groups=s.sent_groups,
+        expired_groups=s.expired_groups,
+        deadline=minute_utc(s.deadline.timestamp()) if s.deadline is not None else None,
+    )
 
 
 def _opted_out(r: RecipientCounts) -> str:

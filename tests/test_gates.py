@@ -110,6 +110,24 @@ async def test_a_429_pause_past_the_deadline_expires_the_group(jobs: JobFactory)
     assert s.expired_groups >= 1
 
 
+async def test_a_run_the_deadline_cut_short_says_so_last(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose deadline passes mid-run ends (exit 1) on a line naming the deadline, what
+    it sent and the groups expired unsent, not on its throughput line."""
+    jobs.people(40)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T12:02:00+00:00"')
+    settings = replace(FAST, concurrency=1, rate=0.02)  # a group every 50 s: 3 before noon+2
+    s = await run_job(job, settings, FakeClient(), clock=clock_at(NOON))
+    capsys.readouterr()
+    assert run_outcome(s) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (
+        "bulk-mms: past the job's deadline (2026-11-24T12:02Z): 3 groups sent this run; "
+        "7 groups expired unsent, which no run sends"
+    )
+
+
 async def test_quiet_hours_are_checked_on_every_try(jobs: JobFactory) -> None:
     """A retry whose backoff ends after the recipients' window closed is not sent: the group
     waits for the window (exit 4's quiet hours), it is not texted at 21:00:19."""
