@@ -431,9 +431,20 @@ class Pacer:
     def queue_ahead(self, sender: str) -> float:
         """Seconds a message of ``sender`` accepted now waits in Telnyx's queue before it
         leaves for the carrier, at least: until the latest message it has answered for
-        leaves (the wait its answer reported, counted from the answer); 0 with no queue."""
+        leaves (the wait its answer reported, counted from the answer; an earlier run's, as
+        :meth:`queued_until` gave it); 0 with no queue."""
         pace = self.senders.get(sender)
         return 0.0 if pace is None else max(0.0, pace.departs - self.clock.monotonic())
+
+    def queued_until(self, sender: str, leaves: float) -> None:
+        """A message of ``sender`` accepted before this run (the ledger's latest answer for
+        it, :attr:`~bulk_mms.ledger.LedgerView.queued_until`) leaves Telnyx's queue at
+        ``leaves`` (seconds since the epoch): none sent now leaves before it
+        (:meth:`queue_ahead`)."""
+        pace = self.senders.get(sender)
+        if pace is not None:
+            ends = self.clock.monotonic() + (leaves - self.clock.wall())
+            pace.departs = max(pace.departs, ends)
 
     def usable(self, sender: str | None) -> bool:
         """Whether ``sender`` is in the pool and not retired."""

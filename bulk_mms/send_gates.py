@@ -227,7 +227,8 @@ class SendGates:
         ``send_window``). Past the deadline it expires, unless its sender is paused too and
         another sender of the pool may send in time (:meth:`~bulk_mms.pacing.Pacer.others_first`):
         it alone then gives up pending a rerun. The queue is the one this process's answers
-        reported (another host's messages from the same sender are not in it)."""
+        reported, and its ledger's earlier answers as it began (another host's messages from the
+        same sender since are not in it)."""
         expires, closes = self.expires_mono(), tries.window_closes
         if (expires is None or leaves < expires) and (closes is None or leaves < closes):
             return

@@ -264,4 +264,6 @@ def _pacer(
     pacer.on_change = functools.partial(recorder.paced, pacing.cost)
     for sender in sorted(recorder.view.retired):
         pacer.retire(sender)
+    for sender, leaves in recorder.view.queued_until.items():
+        pacer.queued_until(sender, leaves)  # an earlier run's messages still queued at Telnyx
     return pacer

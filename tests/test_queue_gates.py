@@ -76,3 +76,22 @@ async def test_a_queue_that_outlasts_the_recipients_quiet_hours_holds_them(
     s, fake = await run_queued(job, closing.timestamp())
     assert len(fake.requests) == 1
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "quiet_hours", Exit.WINDOW)
+
+
+async def test_a_resumed_run_starts_behind_the_queue_an_earlier_run_left(
+    jobs: JobFactory,
+) -> None:
+    """A run stopped ten minutes before the send_window closes, its one group answered as
+    waiting 20 minutes at Telnyx, then run again ten seconds later: the ledger's queue
+    holds every group back (each would reach its recipients after the close), none is sent,
+    and the run says the window closed (exit 4)."""
+    jobs.people(16)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"')
+    fake = FakeTelnyx(wait_seconds=lambda _n: 1200.0)
+    clock = FakeClock(wall=NOW.timestamp() - 590)
+    async with real_client(fake) as client:
+        await run_job(job, ONE, client, clock=clock, limit=1)
+        later = FakeClock(wall=clock.wall() + 10)
+        s = await run_job(job, replace(FAST, concurrency=4), client, clock=later)
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (0, "window", Exit.WINDOW)

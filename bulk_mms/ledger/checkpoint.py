@@ -187,6 +187,7 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         "final_cost": {p: _cell(c) for p, c in view.final_cost.items()},
         "delivery": dict(view._delivery),
         "waits": view.waits,
+        "queued_until": view.queued_until,
         "error_codes": dict(view.error_codes),
         "error_actions": {code: sorted(a) for code, a in view.error_actions.items()},
         "retired": sorted(view.retired),
@@ -242,6 +243,7 @@ def from_state(d: dict[str, Any]) -> LedgerView:
         view.final_cost[phone] = _money(amount, currency, "a final cost")
     view._delivery = Counter(d["delivery"])
     view.waits = [float(w) for w in d["waits"]]
+    view.queued_until = {str(s): float(t) for s, t in d["queued_until"].items()}
     view.error_codes = Counter(d["error_codes"])
     view.error_actions = {str(code): set(a) for code, a in d["error_actions"].items()}
     view.retired = set(d["retired"])

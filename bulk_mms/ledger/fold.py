@@ -330,6 +330,11 @@ class LedgerView(msgspec.Struct, eq=False):
     rate_limited: int = 0
     sent_events: int = 0
     waits: list[float] = msgspec.field(default_factory=list)
+    #: Sender → when the latest message its answers reported queued leaves Telnyx's queue
+    #: for the carrier (seconds since the epoch: its ``sent`` event's time plus its
+    #: ``wait_seconds``), at the latest: a run that begins sooner starts behind it
+    #: (:meth:`~bulk_mms.pacing.Pacer.queued_until`).
+    queued_until: dict[str, float] = msgspec.field(default_factory=dict)
     error_codes: Counter[str] = msgspec.field(default_factory=Counter)
     #: Each code of :attr:`error_codes` → what the error policy did about it (the actions the
     #: ``failed`` events recorded, :func:`action_of`), for a code it had an action for.
@@ -526,6 +531,10 @@ class LedgerView(msgspec.Struct, eq=False):
         self.sent_events += 1
         if ev.wait_seconds is not None:
             self.waits.append(ev.wait_seconds)
+            if at and rec.sender is not None:
+                leaves = at + ev.wait_seconds
+                if leaves > self.queued_until.get(rec.sender, 0.0):
+                    self.queued_until[rec.sender] = leaves
         self.by_message_id[ev.message_id] = rec.id
         if self._group_of is not None:
             self._group_of.update(dict.fromkeys(rec.to, rec.id))
