@@ -229,8 +229,9 @@ _STOPS: dict[str, tuple[str, str]] = {
 
 
 def _tell_stop(s: JobSummary) -> None:
+    """Why the run stopped, what it sent, who it left (:func:`_left`) and what comes next."""
     what, then = _STOPS[s.stopped or ""]
-    held = f"; {_held(s)}" if s.quiet else ""
+    held = f"; {_held(s)}" if s.quiet else _left(s)
     say(
         "job.stopped",
         f"bulk-mms: {what}: {_n(s.sent_groups, 'group')} sent this run{held}; {then}",
@@ -239,6 +240,17 @@ def _tell_stop(s: JobSummary) -> None:
         sent_groups=s.sent_groups,
         **(_held_fields(s) if s.quiet else {}),
     )
+
+
+def _left(s: JobSummary) -> str:
+    """Who a stop mid-run left for a later run (:attr:`RecipientCounts.later
+    <bulk_mms.ledger.RecipientCounts.later>`), as its line says them: nothing when the
+    ledger's counts are unknown (a stop before the run began) or nobody is left."""
+    r = s.recipients
+    if r is None or not r.later:
+        return ""
+    doubt = f" ({r.in_doubt} of them in doubt)" if r.in_doubt else ""
+    return f"; {_n(r.later, 'recipient')} not sent{doubt}"
 
 
 def _held_fields(s: JobSummary) -> dict[str, Any]:

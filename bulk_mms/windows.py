@@ -195,4 +195,4 @@ def _others_left(s: JobSummary, quiet: ByZones, left: ByZones) -> bool:
     if not s.read_whole_input or r is None:
         return True
     known = sum(quiet.values()) + sum(left.values())
-    return r.not_attempted + r.retry_pending + r.in_doubt > known
+    return r.later > known

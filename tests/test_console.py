@@ -87,6 +87,25 @@ def test_quiet_hours_line_names_its_unit(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
+    ("stopped", "code", "left"),
+    [
+        ("window", Exit.WINDOW, "12 recipients not sent (2 of them in doubt)"),
+        ("deadline", Exit.INCOMPLETE, "12 recipients not sent (2 of them in doubt)"),
+    ],
+)
+def test_a_stop_mid_run_says_last_who_it_left(
+    capsys: pytest.CaptureFixture[str], stopped: str, code: Exit, left: str
+) -> None:
+    """The last line of a run the send_window or max_job_duration_s stopped says why, and
+    how many recipients it left for a later run (never attempted, pending, in doubt)."""
+    s = JobSummary("j", sent_groups=4, stopped=stopped)
+    s.recipients = RecipientCounts(32, 16, 4, 2, 2, 8, input_read=True)
+    assert run_outcome(s) == code
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert f"4 groups sent this run; {left}; " in last
+
+
+@pytest.mark.parametrize(
     ("stopped", "quiet"), [("quiet_hours", {"America/Chicago": 8}), ("window", {})]
 )
 def test_a_run_stopped_by_a_window_still_says_what_failed(

@@ -235,6 +235,12 @@ class RecipientCounts(msgspec.Struct, frozen=True):
     #: text, so not one left unsent, as a number suppressed before planning is not.
     opted_out: int = 0
 
+    @property
+    def later(self) -> int:
+        """Those a later run may still send: never attempted, pending a rerun, or in doubt
+        (the API's records settle them: sent, or sent again)."""
+        return self.not_attempted + self.retry_pending + self.in_doubt
+
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
 
