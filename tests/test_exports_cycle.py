@@ -1160,3 +1160,76 @@ def test_a_campaign_begun_with_exclude_sent_resumes_when_those_ledgers_count_few
         people[1]: 2,  # the first send never reached them (the carrier's cap)
         **dict.fromkeys(fixed, 1),
     }
+
+
+def _saved_by_excel(failed: Path) -> None:
+    """Open the failed file in Excel where the decimal mark is a comma and save it: its cells
+    separated by semicolons, CRLF line ends, the numbers without their ``+``."""
+    with failed.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    rows[1:] = [[r[0].lstrip("+"), *r[1:]] for r in rows[1:]]
+    with failed.open("w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f, delimiter=";", lineterminator="\r\n").writerows(rows)
+
+
+def test_a_failed_file_saved_again_after_its_resend_does_not_text_them_twice(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A failed file resent, then opened and saved by a spreadsheet (another hash, so another
+    resend's ledger) and run again: refused (exit 2, naming the resend's ledger), nobody
+    texted twice; with --exclude-sent that ledger, nobody is sent (exit 0). Alike for JSONL
+    ledgers and for ledgers in one PostgreSQL database."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": f"P{i}"} for i, p in enumerate(people)])
+    job = jobs.job(extra="group_size = 1")
+    failed = tmp_path / "failed.csv"
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 1
+        assert main(["-q", "report", ledger_of(job), "--failed-csv", str(failed)]) == 0
+        run.extend(["--input", str(failed)])
+        assert main(run) == 0
+        assert fake.recipient_counts() == dict.fromkeys(people, 1)
+        (resend,) = (
+            display(w) for w, h in headers_beside(ledger_of(job)) if h.input == str(failed)
+        )
+        _saved_by_excel(failed)
+        capsys.readouterr()
+        assert main(run) == 2
+        err = capsys.readouterr().err
+        assert "2 recipients" in err
+        assert resend in err
+        assert f"--exclude-sent {resend}" in err
+        assert fake.recipient_counts() == dict.fromkeys(people, 1)
+        assert main([*run, "--exclude-sent", resend]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_failed_files_of_two_rounds_joined_resend_whom_the_later_round_missed(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A number whose delivery failed at the send and again in the resend of its failed file:
+    both rounds' failed files joined into one (the first's rows first) and sent is not refused
+    as texting it again (the second round lists it to resend), and it is texted once more."""
+    jobs.csv([{"phone": "+12125550101", "first": "Ann"}])
+    job = jobs.job(extra="group_size = 1")
+    first, second, both = (tmp_path / f"{n}.csv" for n in ("failed", "failed2", "both"))
+    fake = FakeTelnyx(report={"+12125550101": "30007"})
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 0
+        assert main(["-q", "track", str(job.ledger), "--base-url", url]) == 0
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(first)]) == 0
+        assert main([*run, "--input", str(first)]) == 0
+        (resend,) = (w for w, h in headers_beside(str(job.ledger)) if h.input == str(first))
+        assert main(["-q", "track", display(resend), "--base-url", url]) == 0
+        assert main(["-q", "report", display(resend), "--failed-csv", str(second)]) == 0
+        lines = first.read_text(encoding="utf-8-sig").splitlines()
+        later = second.read_text(encoding="utf-8-sig").splitlines()[1:]
+        both.write_text("\n".join([*lines, *later]) + "\n", encoding="utf-8-sig")
+        capsys.readouterr()
+        assert main([*run, "--input", str(both)]) == 0
+    assert "would be texted again" not in capsys.readouterr().err
+    assert fake.recipient_counts() == {"+12125550101": 3}

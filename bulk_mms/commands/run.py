@@ -38,6 +38,7 @@ from bulk_mms.ledger import (
     Location,
     display,
     exists,
+    header_at,
     headers_beside,
     load,
     location,
@@ -56,7 +57,13 @@ from bulk_mms.prepare import (
 )
 from bulk_mms.progress import BarProgress, LogProgress, Progress
 from bulk_mms.reader import fingerprint
-from bulk_mms.recipient_lists import ledger_of, lists_nobody, missed_by, place_words
+from bulk_mms.recipient_lists import (
+    ledger_of,
+    lists_nobody,
+    missed_by,
+    place_words,
+    taken_by_resends,
+)
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
 from bulk_mms.signals import Stop, stopping_on_signals
@@ -82,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.excluded_from = ledger_names(args.exclude_sent)
     if not args.to:
         if args.input is not None and (missed := _missed(job)):
-            _refuse_resend_apart(job, missed)
+            _refuse_resend_apart(job, set(missed))
+            _refuse_resending_again(job, args, missed)
         else:
             _refuse_sending_again(job, args)
     if args.dry_run:
@@ -389,11 +397,58 @@ def _rerun_job(args: argparse.Namespace, header: Header, where: Location) -> Job
     return _at(load_job(args.job, name=header.job, input_file=Path(header.input)), where)
 
 
-def _missed(job: JobConfig) -> set[str]:
-    """The campaigns whose failed file (``report --failed-csv``) the job's input is: those
-    its rows name (:func:`~bulk_mms.recipient_lists.missed_by`); none for another file."""
+def _missed(job: JobConfig) -> dict[str, set[str]]:
+    """The campaigns whose failed file (``report --failed-csv``) the job's input is, each
+    with the numbers its rows list as that campaign's (:func:`~bulk_mms.recipient_lists.
+    missed_by`); none for another file."""
     header = header_for(job, "", SystemClock())
-    return {campaign for campaign in missed_by(job.input, header) if campaign}
+    return {
+        campaign: phones for campaign, phones in missed_by(job.input, header).items() if campaign
+    }
+
+
+def _refuse_resending_again(
+    job: JobConfig, args: argparse.Namespace, missed: dict[str, set[str]]
+) -> None:
+    """A failed file whose recipients another resend of the campaign that missed them took
+    (:func:`~bulk_mms.recipient_lists.taken_by_resends`, as ``--exclude-sent`` counts it: not
+    one the API refused there for good) would text them again: the same file copied, edited
+    or saved again by a spreadsheet has another hash, so another resend's ledger. Refused
+    unless ``--exclude-sent`` leaves them out or ``--name`` texts them again on purpose. A
+    number another campaign's rows list too, whose resends did not take it (failed files
+    of two rounds joined into one), is the later round's to resend; the run's own ledger
+    (resuming this resend) is none of the others.
+
+    Raises:
+        ConfigError: naming how many, the resends' ledgers and both ways on (exit 2).
+        LedgerError: a ledger cannot be read.
+    """
+    if args.name is not None:
+        return
+    own = header_at(job.where)
+    texted: dict[str, str] = {}
+    owed: set[str] = set()  # listed by a campaign whose resends did not take them
+    for campaign, phones in missed.items():
+        where = ledger_of(campaign, job.where)
+        taken = (
+            taken_by_resends(where, campaign, refused=False, besides=own.campaign if own else None)
+            if where is not None
+            else {}
+        )
+        texted |= {p: by for p, by in taken.items() if p in phones}
+        owed |= phones - taken.keys()
+    whom = {p: by for p, by in texted.items() if p not in owed and int(p[1:]) not in args.excluded}
+    if not whom:
+        return
+    ledgers = sorted(set(whom.values()))
+    raise ConfigError(
+        "--input",
+        f"{count(len(whom), 'recipient')} of {job.input} texted, or held to send, by another "
+        f"resend of the campaign that missed them ({', '.join(ledgers)}) would be texted "
+        "again: finish that resend first if it stopped partway, then add "
+        f"{' '.join(f'--exclude-sent {w}' for w in ledgers)} to leave them out, or give "
+        "--name NAME to text them again in a campaign of its own; nothing sent",
+    )
 
 
 def _refuse_resend_apart(job: JobConfig, campaigns: set[str]) -> None:
