@@ -43,6 +43,7 @@ from bulk_mms.ledger import (
 )
 from bulk_mms.ledger.fold import FAILED, NOT_ATTEMPTED, NOT_RESENT, SENT, SHARE_PLACES, Miss
 from bulk_mms.ledger.store import is_database
+from bulk_mms.lines import BLANK
 from bulk_mms.models import LOST, row_kind
 from bulk_mms.reader import Row, RowReader, file_encoding, fingerprint
 from bulk_mms.report import LedgerSummary, waiting
@@ -59,7 +60,9 @@ REASON_COLUMN = "bulk_mms_reason"
 def lists_nobody(path: Path) -> bool:
     """Whether ``path`` is a file :func:`write_failed_csv` wrote that lists nobody: its header
     alone, naming :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN` (a resend of it has nothing to
-    send). Any other file, or one that cannot be read, is not (its run says what is wrong)."""
+    send), maybe followed by rows of empty cells (a spreadsheet's, once its rows were
+    cleared), which the reader skips as blank lines. Any other file, or one that cannot be
+    read, is not (its run says what is wrong)."""
     try:
         if not path.is_file():  # a FIFO's open would wait for a writer: the run refuses it
             return False
@@ -70,13 +73,19 @@ def lists_nobody(path: Path) -> bool:
     if len(head) > _HEADER_MAX:
         return False
     lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
-    if len(lines) != 1:
+    if not lines:
         return False
-    return CAMPAIGN_COLUMN in next(csv.reader(lines, delimiter=own_delimiter(lines[0]) or ","))
+    sep = own_delimiter(lines[0]) or ","
+    if any(line.strip(_BLANK + sep) for line in lines[1:]):  # a row of empty cells is none
+        return False
+    return CAMPAIGN_COLUMN in next(csv.reader(lines[:1], delimiter=sep))
 
 
-#: The most a failed file that lists nobody can hold: its header row.
+#: The most a failed file that lists nobody can hold: its header row (and rows of empty cells).
 _HEADER_MAX: Final = 64 * 1024
+#: What a line of a file that lists nobody may hold besides separators, as the reader skips
+#: such a line (:data:`~bulk_mms.lines.BLANK`).
+_BLANK: Final = BLANK.decode("ascii")
 
 
 def write_failed_csv(s: LedgerSummary, out: Path) -> tuple[int, bool]:

@@ -427,6 +427,32 @@ def test_a_resend_of_a_failed_file_that_lists_nobody_is_exit_0_and_sends_nothing
     assert "no data rows" in capsys.readouterr().err
 
 
+def test_a_failed_file_listing_nobody_whose_rows_a_spreadsheet_cleared_is_exit_0(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed file whose rows were cleared in a spreadsheet and saved (the header, then
+    rows of empty cells, CRLF) lists nobody: `run --input` sends nothing and exits 0, as for
+    the header alone, not refused as "a header but no data rows"."""
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40001"))
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    failed = jobs.root / "failed.csv"
+    with fake_api_thread(fake) as url:
+        run = ["run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(["-q", *run]) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        header, *rows = failed.read_text(encoding="utf-8-sig").splitlines()
+        assert len(rows) == 1
+        empty = "," * header.count(",")
+        failed.write_text(f"{header}\r\n{empty}\r\n{empty}\r\n", encoding="utf-8-sig")
+        capsys.readouterr()
+        before = len(fake.accepted)
+        assert main([*run, "--input", str(failed)]) == 0
+        assert len(fake.accepted) == before
+    assert "lists nobody" in capsys.readouterr().err
+
+
 def test_a_base_url_with_credentials_is_exit_2_before_anything(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
