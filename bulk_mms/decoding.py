@@ -3,7 +3,8 @@
 :class:`LineDecoder` is handed a file's lines (or whole blocks of them) in order by the reader
 (:mod:`bulk_mms.reader`), and gives each back as text, or the :class:`InputError` that stops
 the file at it: a NUL byte (a binary or damaged file), bytes that are not text in the job's
-encoding (with the encoding they look like), C1 control characters (latin-1's reading of
+encoding (with the encoding they look like, or, in a UTF-8 file, as a character cut
+short), C1 control characters (latin-1's reading of
 cp1252's curly quotes), and UTF-8 read under another encoding, which that encoding would
 garble ("JosÃ©"): a file that is UTF-8 from its first line that is not ASCII
 (:data:`UTF8_LINES` such lines decide it), or a file of the job's encoding with a UTF-8 one
@@ -52,6 +53,7 @@ class LineDecoder:
     __slots__ = (
         "_bom",
         "_c1",
+        "_multibyte",
         "_sniff",
         "_utf8_first",
         "_utf8_lines",
@@ -81,6 +83,9 @@ class LineDecoder:
         # once a line has shown the encoding is right, whether a later line may still be
         # UTF-8 (a file of that encoding and a UTF-8 one joined into one: _late_utf8)
         self._watch = False
+        # read as UTF-8, a line so far held a character of more than one byte: the file is
+        # UTF-8, and a line that is not is cut inside one (not_text)
+        self._multibyte = False
 
     def marked_utf8(self) -> None:
         """The file starts with a UTF-8 byte order mark (Excel's "CSV UTF-8" writes it): it is
@@ -104,6 +109,7 @@ class LineDecoder:
             return self.not_text(lineno, line, last=last)
         if self._c1 and _C1.search(text):
             return self.not_text(lineno, line, last=last)
+        self._multibyte = self._multibyte or not line.isascii()
         return text
 
     def block(self, data: bytes) -> str | None:
@@ -116,7 +122,10 @@ class LineDecoder:
             text = data.decode(self.encoding)
         except UnicodeDecodeError:
             return None
-        return None if self._c1 and _C1.search(text) else text
+        if self._c1 and _C1.search(text):
+            return None
+        self._multibyte = self._multibyte or not data.isascii()
+        return text
 
     def json_text(self, lineno: int, raw: bytes, *, last: bool = False) -> str | bytes:
         """A JSONL line as text for the JSON parser (UTF-8 as its bytes, which the parser
@@ -145,12 +154,27 @@ class LineDecoder:
         """The error for a line that is not text in :attr:`encoding`: the whole file stops
         (one wrongly saved file must not become a row-by-row rejection of everyone). The
         file's ``last`` line, with no line end, that is text but for a character cut short at
-        its end is a file cut off there (a copy that stopped), whatever it looks like."""
+        its end is a file cut off there (a copy that stopped), whatever it looks like. A line
+        of a UTF-8 file that is UTF-8 text but for a character cut short inside it (a field cut
+        to a number of bytes, a damaged copy) is named so, not as another encoding's, when the
+        file shows it is UTF-8 (that line, or one before it, holds a character of more than
+        one byte): read as that encoding, every accent of the file would go out garbled."""
         if last and _cut_short(line, self.encoding):
             return InputError(
                 self.path,
                 f"its last line ends inside a {self.encoding} character, with no line end: "
                 + CUT_OFF,
+                line=lineno,
+            )
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
+        shown = utf8 and (self._multibyte or _UTF8_CHAR.search(line) is not None)
+        if shown and (before := _cut_inside(line)) is not None:
+            return InputError(
+                self.path,
+                f"holds a utf-8 character cut short, after {before[-20:]!r}: the file is "
+                "utf-8 (its other accents are), and this line was cut inside a character "
+                "(an export that cuts fields to a number of bytes, or a damaged copy): "
+                "fix that line, and run again",
                 line=lineno,
             )
         looks = likely_encoding(line)
@@ -289,6 +313,28 @@ def _cut_short(line: bytes, encoding: str) -> bool:
     except UnicodeDecodeError:
         return False
     return bool(decoder.getstate()[0])
+
+
+def _cut_inside(line: bytes) -> str | None:
+    """The text of ``line`` up to its first character cut short, when ``line`` is UTF-8 text
+    but for characters cut short inside it (each the first bytes of one, then a byte that does
+    not go on with it); else None."""
+    first: str | None = None
+    rest = line
+    while True:
+        try:
+            rest.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            end = exc.start + 1
+            while end < len(rest) and 0x80 <= rest[end] <= 0xBF:
+                end += 1
+            if not _cut_short(rest[exc.start : end], "utf-8"):
+                return None
+            if first is None:
+                first = rest[: exc.start].decode("utf-8")
+            rest = rest[end:]
+        else:
+            return first
 
 
 def _decodes_c1(encoding: str) -> bool:

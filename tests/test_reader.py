@@ -254,6 +254,33 @@ def test_a_utf8_byte_order_mark_makes_the_file_utf8_whatever_the_job_says(
         assert r.encoding == "utf-8"
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
+def test_a_utf8_line_cut_inside_a_character_is_named_cut_not_cp1252(
+    tmp_path: Path, name: str
+) -> None:
+    """A UTF-8 file with one field cut inside its "é" mid-file (an export that cuts fields to
+    a number of bytes) stops at that line saying a character was cut short, never that the
+    file looks like cp1252 (under which every other accent would go out garbled)."""
+    cut = "Renée Jos".encode() + "é".encode()[:1]
+    if name.endswith(".csv"):
+        lines = [b"phone,name", "+12125550100,Zoë".encode(), b"+12125550101," + cut]
+        after = b"+12125550102,Al"
+    else:
+        lines = [
+            '{"phone": "+12125550100", "name": "Zoë"}'.encode(),
+            b'{"phone": "+12125550101", "name": "' + cut + b'"}',
+        ]
+        after = b'{"phone": "+12125550102", "name": "Al"}'
+    p = tmp_path / name
+    p.write_bytes(b"\n".join([*lines, after, b""]))
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == len(lines)
+    assert "character cut short, after" in err.value.message
+    assert "Renée Jos'" in err.value.message
+    assert "cp1252" not in err.value.message
+
+
 @pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
 @pytest.mark.parametrize("ascii_rows", [1, 20_000])
 def test_a_utf8_file_under_cp1252_stops_at_its_first_accent_naming_utf8(
