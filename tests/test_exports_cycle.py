@@ -17,7 +17,6 @@ from msgspec.structs import replace
 from bulk_mms import settle
 from bulk_mms.cli import main
 from bulk_mms.clock import SystemClock
-from bulk_mms.commands.run import _rerun_name
 from bulk_mms.config import JobConfig, load_job
 from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.errors import Exit
@@ -29,6 +28,7 @@ from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.prepare import header_for, sent_numbers
 from bulk_mms.reader import fingerprint
 from bulk_mms.report import summarize
+from bulk_mms.reruns import rerun_name
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import write_ledger
@@ -911,7 +911,7 @@ def test_the_whole_list_beside_another_jobs_input_run_loads_no_ledger(
         asked.extend(ledgers)
         return sent_numbers(ledgers, **kw)
 
-    monkeypatch.setattr("bulk_mms.commands.run.sent_numbers", counted)
+    monkeypatch.setattr("bulk_mms.reruns.sent_numbers", counted)
     fake = FakeTelnyx()
     with fake_api_thread(fake) as url:
         assert main(["-q", "run", str(weekly), "--base-url", url, "--input", str(pilot)]) == 0
@@ -1030,7 +1030,7 @@ def test_a_resumed_pilot_is_not_refused_for_its_own_group_in_doubt(
     job = jobs.job(extra="group_size = 1")
     doubt, rest = "+12125550198", "+12125550199"
     pilot = jobs.csv([{"phone": p, "first": "B"} for p in (doubt, rest)], "pilot.csv")
-    crashed = load_job(job.path, name=_rerun_name(job.name, pilot), input_file=pilot)
+    crashed = load_job(job.path, name=rerun_name(job.name, pilot), input_file=pilot)
     gid = group_id(crashed.name, (doubt,))
     write_ledger(
         crashed.ledger,
@@ -1069,7 +1069,7 @@ def test_a_pilot_beside_yesterdays_unfinished_whole_list_folds_it_once_and_conti
     pilot = jobs.csv([{"phone": p, "first": "B"} for p in others], "pilot.csv")
     yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     whole = load_job(job.path, now=yesterday)
-    cut = load_job(job.path, name=_rerun_name(job.name, pilot), input_file=pilot, now=yesterday)
+    cut = load_job(job.path, name=rerun_name(job.name, pilot), input_file=pilot, now=yesterday)
     for earlier in (whole, cut):
         asyncio.run(run_job(earlier, FAST, FakeClient(), limit=1))
     folded: list[Path] = []
