@@ -726,6 +726,46 @@ def test_a_fold_waiting_on_a_transaction_left_open_fails_in_one_line(
         writer.close_sync()
 
 
+@pytest.mark.parametrize(
+    ("table", "opening"),
+    [
+        ("bulk_mms_ledgers", lambda where: open_store(where, "run")),
+        ("bulk_mms_schema", lambda where: open_store(where, "read")),
+        ("bulk_mms_schema", migrate_url),
+    ],
+    ids=["run", "report", "migrate"],
+)
+def test_a_ledger_opened_while_another_session_locks_its_tables_is_unavailable(
+    database: str, monkeypatch: pytest.MonkeyPatch, table: str, opening: Any
+) -> None:
+    """A ledger opened (a run's, a report's, a migration's) while another session holds a
+    lock on its tables past the lock timeout fails as LedgerUnavailable (exit 7, resumable,
+    not a setting to fix), in one line naming the lock, without the statement's text."""
+    monkeypatch.setattr(pgconnect, "LOCK_TIMEOUT_MS", 200)
+    where = f"{database}?ledger=locked"
+    open_store(where, "run").close_sync()  # the tables, and the ledger, are made
+    with _locked(database, table), pytest.raises(LedgerUnavailable) as raised:
+        opening(where)
+    said = str(raised.value)
+    assert raised.value.exit_code == 7
+    assert "lock timeout (another session held a lock on its tables past 0.2 s" in said
+    assert ("\n" in said, "LINE" in said) == (False, False)
+
+
+def test_a_runs_start_written_after_its_session_was_ended_is_unavailable(database: str) -> None:
+    """A run's start written on its store's session after the server ended it (an operator's
+    pg_terminate_backend during a long fold) fails as LedgerUnavailable (exit 7, a rerun
+    resumes), not as a setting to fix."""
+    store = open_store(f"{database}?ledger=ended", "run")
+    try:
+        _terminate(database, os.getpid())
+        with pytest.raises(LedgerUnavailable, match="cannot write: ") as raised:
+            store.append_now(events.RunStarted(1, "t"))
+        assert raised.value.exit_code == 7
+    finally:
+        store.close_sync()
+
+
 def test_a_fold_that_is_not_followed_waits_for_no_writer(database: str) -> None:
     """A full read of a store that does not follow (a run's resume, a report) reads at once
     while a transaction writing the events table is open (only webhooks and track wait), and

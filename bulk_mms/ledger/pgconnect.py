@@ -77,11 +77,28 @@ def split(location: str) -> tuple[str, str, str]:
 
 
 def scrub(exc: Exception, conninfo: str) -> str:
-    """A driver error in one line, without the password whatever the driver put in it."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """A driver error in one line, without the password whatever the driver put in it, nor
+    the statement's text the server quotes after it (``LINE 1: SELECT ...``)."""
+    said, _, _ = str(exc).partition("\nLINE ")
+    text = " ".join(said.split()) or type(exc).__name__
     for secret in secrets(yarl.URL(conninfo)):
         text = text.replace(secret, "***")
     return text
+
+
+def failure(shown: str, exc: psycopg.Error, conninfo: str, what: str = "") -> LedgerError:
+    """The error for a statement on a synchronous connection (:func:`sync_connect`) that
+    failed, in one line (``what`` went wrong first, if given): :class:`LedgerUnavailable`
+    (exit 7, a rerun resumes) when the database, not the ledger or its settings, is why (an
+    ``OperationalError``: a connection lost or ended, a statement cancelled, a lock another
+    session held past :data:`LOCK_TIMEOUT_MS`, said as such); else :class:`LedgerError`."""
+    text = f"{what}: {scrub(exc, conninfo)}" if what else scrub(exc, conninfo)
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        held = f"{LOCK_TIMEOUT_MS / 1000:g} s"
+        text += f" (another session held a lock on its tables past {held}; a rerun resumes)"
+    if isinstance(exc, psycopg.OperationalError):
+        return LedgerUnavailable(shown, text)
+    return LedgerError(shown, text)
 
 
 def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError:

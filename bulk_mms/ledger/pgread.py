@@ -36,7 +36,14 @@ import structlog
 from bulk_mms.clock import RUNNING_LOOK_S, STOPPED_AFTER_S, since_boot
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.events import Event, Malformed, decode
-from bulk_mms.ledger.pgconnect import DB_TIMEOUT_S, is_lost, scrub, shut_down, sync_connect
+from bulk_mms.ledger.pgconnect import (
+    DB_TIMEOUT_S,
+    failure,
+    is_lost,
+    scrub,
+    shut_down,
+    sync_connect,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -310,8 +317,7 @@ class PostgresReads:
         except psycopg.Error as exc:
             # a connection lost, a statement cancelled or timed out: the database, not the
             # ledger (as new_events judges it); a rerun reads again
-            failed = LedgerUnavailable if isinstance(exc, psycopg.OperationalError) else LedgerError
-            raise failed(self.name, f"cannot read: {scrub(exc, self._conninfo)}") from None
+            raise failure(self.name, exc, self._conninfo, "cannot read") from None
 
     def new_events(self) -> Iterator[Event]:
         """The events committed since the last read, in seq order: each row once, a row

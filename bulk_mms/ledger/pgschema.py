@@ -14,7 +14,7 @@ from typing import Any, Final
 import psycopg
 
 from bulk_mms.errors import LedgerError
-from bulk_mms.ledger.pgconnect import scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import failure, split, sync_connect
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
 SCHEMA_VERSION: Final = 11
@@ -202,4 +202,4 @@ def migrate_url(location: str) -> tuple[int, int]:
             before = migrate(conn)
             return before, max(before, SCHEMA_VERSION)
     except psycopg.Error as exc:
-        raise LedgerError(shown, scrub(exc, conninfo)) from None
+        raise failure(shown, exc, conninfo) from None

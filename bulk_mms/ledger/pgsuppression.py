@@ -14,8 +14,7 @@ from typing import Any, Final
 
 import psycopg
 
-from bulk_mms.errors import LedgerError
-from bulk_mms.ledger.pgconnect import scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import failure, split, sync_connect
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.suppression import Suppressed, listable, texted_in
 
@@ -89,7 +88,7 @@ class PostgresSuppressed(Suppressed):
                     migrate(conn)
                     conn.execute("SELECT pg_advisory_lock(%s)", (_KEYWORDS_LOCK,))
                 except psycopg.Error as exc:
-                    raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
+                    raise failure(str(self.path), exc, self._conninfo) from None
                 self._held = conn
                 try:
                     self._renew(self._listed())
@@ -107,7 +106,7 @@ class PostgresSuppressed(Suppressed):
                 cur = conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
-            raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
+            raise failure(str(self.path), exc, self._conninfo) from None
 
     def add(self, phones: Iterable[str], reason: str) -> list[str]:
         """Insert the numbers the table does not hold (as it stands, not as this process read
@@ -164,7 +163,7 @@ class PostgresSuppressed(Suppressed):
                         if (stop := texted_in(str(reason))) is not None:
                             self.record_keyword(str(number), str(reason), stop)
             except psycopg.Error as exc:  # the commit's (each statement's is a LedgerError)
-                raise LedgerError(str(self.path), scrub(exc, self._conninfo)) from None
+                raise failure(str(self.path), exc, self._conninfo) from None
         self._numbers -= {int(p[1:]) for p in given}
         return sorted(str(r[0]) for r in rows)
 

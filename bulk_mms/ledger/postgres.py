@@ -74,7 +74,7 @@ from bulk_mms.ledger.commit import GroupCommitted
 from bulk_mms.ledger.events import Event, Header, Malformed, Status, decode, to_json
 from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.ledger.pgbudget import PostgresBudget
-from bulk_mms.ledger.pgconnect import Link, scrub, split, sync_connect
+from bulk_mms.ledger.pgconnect import Link, failure, split, sync_connect
 from bulk_mms.ledger.pgread import PostgresReads
 from bulk_mms.ledger.pgschema import migrate
 from bulk_mms.policy import MAX_RESENDS
@@ -289,7 +289,7 @@ def follow_database_clock(location: str, follow: Callable[[Callable[[], float]],
         try:
             row = conn.execute(_DATABASE_TIME).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(shown, f"cannot read the time: {scrub(exc, conninfo)}") from None
+            raise failure(shown, exc, conninfo, "cannot read the time") from None
         assert row is not None
         return float(row[0])
 
@@ -382,7 +382,7 @@ class PostgresStore(GroupCommitted[_Item]):
             return cls._prepared(cls(conninfo, name, shown, conn), mode)
         except psycopg.Error as exc:
             conn.close()
-            raise LedgerError(shown, scrub(exc, conninfo)) from None
+            raise failure(shown, exc, conninfo) from None
         except LedgerError:
             conn.close()
             raise
@@ -501,7 +501,7 @@ class PostgresStore(GroupCommitted[_Item]):
                 return header
             row = self._conn.execute(_HEADER, (self._id,)).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {scrub(exc, self._conninfo)}") from None
+            raise failure(self.name, exc, self._conninfo, "cannot write") from None
         there = self._reads.decode(row[0], row[1]) if row is not None else None
         if not isinstance(there, Header):
             raise LedgerCorrupt(self.name, "its job header cannot be read")
@@ -513,7 +513,7 @@ class PostgresStore(GroupCommitted[_Item]):
         try:
             self._conn.execute(_INSERT, _row(self._id, event))
         except psycopg.Error as exc:
-            raise LedgerError(self.name, f"cannot write: {scrub(exc, self._conninfo)}") from None
+            raise failure(self.name, exc, self._conninfo, "cannot write") from None
         self.events_written += 1
         self.commits += 1
 
@@ -883,4 +883,4 @@ def _asked_once(location: str, sql: str, params: tuple[Any, ...]) -> list[tuple[
             migrate(conn)
             return conn.execute(sql, params).fetchall()
     except psycopg.Error as exc:
-        raise LedgerError(shown, scrub(exc, conninfo)) from None
+        raise failure(shown, exc, conninfo) from None
