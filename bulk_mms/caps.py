@@ -23,7 +23,10 @@ The room is held by the group (its ledger and id: :data:`Holder`) in the shared 
 the process: a reservation repeated for a group that holds room adds nothing, and a release
 gives back what the group holds, once. A process that dies between reserving and settling
 leaves its groups' room counted (never a send too many); whoever takes one of those groups
-over reserves it in the room it holds, and a run, as it begins, settles the room its ledger's
+over reserves it in the room it holds. On a shared ledger a group's room is taken only under
+this process's claim on it (its :class:`~bulk_mms.coordination.Fence`): a process paused past
+its lease, woken after the taker sent the group and settled its room, takes none (the room it
+would make nobody would settle). A run, as it begins, settles the room its ledger's
 groups still hold (:meth:`Limit.reconcile`): kept for a group sent or in doubt, given back
 for one that ended unsent or never left, each decided under the run's own claim on it.
 
@@ -56,6 +59,7 @@ import structlog
 from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.config.settings import day_start, next_day_start
+from bulk_mms.coordination import Fence
 from bulk_mms.errors import ConfigError, LedgerError, LimitReached, MaxCostReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
@@ -92,14 +96,25 @@ class Tally(Protocol):
     memory), so whoever decides about the group later can release it or keep it."""
 
     async def take(
-        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+        self,
+        key: str,
+        amount: Decimal,
+        cap: Decimal,
+        seed: Decimal,
+        holder: Holder,
+        *,
+        fence: Fence | None = None,
     ) -> Decimal | None:
         """Add ``amount`` to the count ``key`` for ``holder`` if it stays within ``cap``: None.
         Else the count as it stands (nothing added). A holder that holds room in ``key``
         already keeps it and adds nothing: None. A count that does not exist yet starts at
-        ``seed`` (what the ledgers say was used before any process counted).
+        ``seed`` (what the ledgers say was used before any process counted). Under a
+        ``fence`` (a shared ledger's), only while this process holds the holder group's claim
+        with it, as its attempt is written (the claim locked until the room is taken).
 
         Raises:
+            ClaimLost: another process holds the group's claim under ``fence``'s: nothing
+                was taken.
             LedgerError: the count cannot be read or written.
         """
         ...
@@ -176,7 +191,14 @@ class MemoryTally:
         self._counts: dict[str, _Count] = {}
 
     async def take(
-        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+        self,
+        key: str,
+        amount: Decimal,
+        cap: Decimal,
+        seed: Decimal,
+        holder: Holder,
+        *,
+        fence: Fence | None = None,
     ) -> Decimal | None:
         return self._counts.setdefault(key, _Count(seed)).take(amount, cap, holder)
 
@@ -287,7 +309,14 @@ class FileTally:
             raise
 
     async def take(
-        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: Holder
+        self,
+        key: str,
+        amount: Decimal,
+        cap: Decimal,
+        seed: Decimal,
+        holder: Holder,
+        *,
+        fence: Fence | None = None,
     ) -> Decimal | None:
         refused: list[Decimal] = []
 
@@ -329,11 +358,13 @@ class FileTally:
 class Limit(Protocol):
     """A limit the sender keeps: room reserved before a group's first try, settled after."""
 
-    async def reserve(self, group: Group) -> LimitReached | None:
+    async def reserve(self, group: Group, fence: Fence | None = None) -> LimitReached | None:
         """Hold room for ``group`` (once: a retry holds it already); the error to stop with
-        when it would not fit.
+        when it would not fit. Under ``fence`` (a shared ledger's claim on the group), only
+        while this process holds the claim with it (:meth:`Tally.take`).
 
         Raises:
+            ClaimLost: another process took the group over: no room was taken.
             LedgerError: the shared count cannot be kept.
         """
         ...
@@ -462,12 +493,12 @@ class SpendCeiling:
         self.ledger = ledger
         self._reserved: dict[str, Decimal] = {}
 
-    async def reserve(self, group: Group) -> LimitReached | None:
+    async def reserve(self, group: Group, fence: Fence | None = None) -> LimitReached | None:
         if group.id in self._reserved:
             return None  # a retry: already held
         need = self.price.amount * len(group.to)
         holder = (self.ledger, group.id)  # a takeover's holds what the group held already
-        used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder)
+        used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder, fence=fence)
         if used is not None:
             return MaxCostReached(
                 f"the job's spend ceiling (max_cost {self.ceiling} {self.price.currency}) "
@@ -545,14 +576,14 @@ class DailyCap:
         start = day_start(self.resets, utc(self.clock))
         return f"daily-{_key_part(self.account)}-{start.date().isoformat()}"
 
-    async def reserve(self, group: Group) -> LimitReached | None:
+    async def reserve(self, group: Group, fence: Fence | None = None) -> LimitReached | None:
         if group.id in self._reserved:
             return None
         key, n = self._day(), len(group.to)
         # a day that began during this run started with nothing sent but what others counted
         seed = Decimal(self.sent if key == self._started else 0)
         used = await self.tally.take(
-            key, Decimal(n), Decimal(self.cap), seed, (self.ledger, group.id)
+            key, Decimal(n), Decimal(self.cap), seed, (self.ledger, group.id), fence=fence
         )
         if used is not None:
             return LimitReached(

@@ -414,11 +414,16 @@ class GroupSender:
         """Every gate is open now, no member is on the suppression list as it now stands, and
         every cap (money, count) has room for the group: else the group's tries end on the
         cap's :class:`LimitReached` (recorded pending a rerun, with the reset of a daily cap,
-        as a carrier's is: :meth:`conclude`), and the job stops."""
+        as a carrier's is: :meth:`conclude`), and the job stops. On a shared ledger the room
+        is taken under the group's claim, as its attempt is written next: a claim another
+        process took over meanwhile (this one paused past its lease) raises
+        :class:`~bulk_mms.errors.ClaimLost` and takes no room, which its taker, done with the
+        group already, would never settle."""
         self.gates.check(tries)
         self._check_optouts(tries)
         for limit in self.limits:
-            if (over := await self._unless_stopped(limit.reserve(tries.group))) is not None:
+            fence = self.recorder.coordinator.fence(tries.group.id)  # as the attempt's
+            if (over := await self._unless_stopped(limit.reserve(tries.group, fence))) is not None:
                 self.stops.fail(over, "limit")  # at once: no other group takes room meanwhile
                 # its tries end on the cap, as on a carrier's; one in doubt since an earlier
                 # run stays so, unrecorded (the cap says nothing of whether it was sent)

@@ -69,6 +69,7 @@ from tests.conftest import (
     held_for,
     live_claims,
     numbers,
+    query,
     wait_for,
     waits_on_a_lock,
 )
@@ -797,6 +798,36 @@ async def test_a_ledger_fault_after_a_claim_ran_out_leaves_the_groups_room_to_it
     assert isinstance(second.error, MaxCostReached)
     assert len(hosts.taker.sent_numbers()) == 2
     assert _counted(database) == Decimal("0.02")
+
+
+async def test_a_host_woken_after_its_group_was_taken_over_and_settled_takes_no_room(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host paused past its lease before it reserved a group's room wakes once another
+    took the job over, sent everyone and settled: it takes no room under its old claim
+    (none would ever be settled), sends nothing, and the count is the taker's sends alone."""
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 2\nmax_cost = "1"')
+    job = replace(job, database=f"{database}?ledger=woken")
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
+    hosts = _Takeover(monkeypatch, database)
+    take = PostgresTally.take
+
+    async def paused(self: PostgresTally, *args: Any, **kwargs: Any) -> Decimal | None:
+        if not hosts.taking:  # the first host's first reservation: it was paused before it
+            await hosts.take_over(run_job(job, settings, hosts.taker))
+            hosts.answer.set()
+            await hosts.taking[0]  # the taker sent the job and settled its room
+        return await take(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgresTally, "take", paused)
+    woken = FakeClient()
+    first = await run_job(job, settings, woken)
+    second = await hosts.taking[0]
+    assert (woken.calls, first.sent_recipients) == ([], 0)
+    assert (second.error, len(hosts.taker.sent_numbers())) == (None, 4)
+    assert _counted(database) == Decimal("0.04")
+    assert query(database, "SELECT count(*) FROM bulk_mms_reservations") == 0
 
 
 @pytest.mark.parametrize("ending", ["retries_spent", "past_deadline", "never_accepted"])

@@ -37,13 +37,17 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 import psycopg
+import structlog
 
 from bulk_mms.clock import Clock
-from bulk_mms.errors import LedgerError
+from bulk_mms.coordination import Fence
+from bulk_mms.errors import ClaimLost, LedgerError
 from bulk_mms.ledger.pgconnect import Link, split
 from bulk_mms.rate import PaceAborted, Pauses, WindowGuard, permit_max_age
 
 _T = TypeVar("_T")
+
+log = structlog.get_logger(__name__)
 
 #: How much later than the moment it left its request may reach the API, in seconds (the
 #: admission's round trip is read at its midpoint, the connection to the API): jitter the
@@ -262,19 +266,28 @@ _TALLY_SEED: Final = (
 )
 #: A holder's reservation: its row in ``bulk_mms_reservations`` (none made when it has one:
 #: it holds the room already), and the count raised by it while within the cap. Whether the
-#: row was made, and whether the count took it: a row made that the count did not take is
-#: rolled back.
+#: row was made, whether the count took it, and whether the fence held: under a fence
+#: (``%(owner)s``, none: not fenced), only while its owner holds the group's claim with
+#: ``%(token)s`` in the ledger, the claim locked until the room is taken (as a fenced attempt
+#: locks it), so a takeover either comes first (nothing is taken) or sees the room taken. A
+#: row made that the count did not take is rolled back.
 _TALLY_TAKE: Final = """
-    WITH held AS (
+    WITH fenced AS (
+        SELECT FROM bulk_mms_claims c JOIN bulk_mms_ledgers g ON g.id = c.ledger
+        WHERE g.name = %(ledger)s AND c.grp = %(grp)s AND c.owner = %(owner)s
+          AND c.token = %(token)s
+        FOR SHARE OF c),
+    may AS (SELECT %(owner)s::text IS NULL OR EXISTS (SELECT FROM fenced) AS ok),
+    held AS (
         INSERT INTO bulk_mms_reservations (name, ledger, grp, amount)
-        VALUES (%(name)s, %(ledger)s, %(grp)s, %(amount)s)
+        SELECT %(name)s, %(ledger)s, %(grp)s, %(amount)s FROM may WHERE may.ok
         ON CONFLICT (name, ledger, grp) DO NOTHING
         RETURNING amount),
     taken AS (
         UPDATE bulk_mms_limits l SET used = l.used + h.amount FROM held h
         WHERE l.name = %(name)s AND l.used + h.amount <= %(cap)s
         RETURNING l.name)
-    SELECT EXISTS (SELECT FROM held), EXISTS (SELECT FROM taken)
+    SELECT EXISTS (SELECT FROM held), EXISTS (SELECT FROM taken), (SELECT ok FROM may)
 """
 _TALLY_USED: Final = "SELECT used FROM bulk_mms_limits WHERE name = %s"
 #: A holder's reservation settled, its row gone: the room given back (``%(back)s`` 1) or
@@ -337,9 +350,24 @@ class PostgresTally:
             return await self._link.run(work, "cannot keep the limits' count")
 
     async def take(
-        self, key: str, amount: Decimal, cap: Decimal, seed: Decimal, holder: tuple[str, str]
+        self,
+        key: str,
+        amount: Decimal,
+        cap: Decimal,
+        seed: Decimal,
+        holder: tuple[str, str],
+        *,
+        fence: Fence | None = None,
     ) -> Decimal | None:
-        params = {"amount": amount, "name": key, "cap": cap, "ledger": holder[0], "grp": holder[1]}
+        params = {
+            "amount": amount,
+            "name": key,
+            "cap": cap,
+            "ledger": holder[0],
+            "grp": holder[1],
+            "owner": fence.owner if fence is not None else None,
+            "token": fence.token if fence is not None else 0,
+        }
 
         async def take(conn: psycopg.AsyncConnection[Any]) -> Decimal | None:
             if key not in self._seeded:
@@ -349,7 +377,10 @@ class PostgresTally:
                 cur = await conn.execute(_TALLY_TAKE, params)
                 row = await cur.fetchone()
                 assert row is not None
-                made, taken = bool(row[0]), bool(row[1])
+                made, taken, fenced = bool(row[0]), bool(row[1]), bool(row[2])
+                if not fenced and fence is not None:  # another process's group: nothing taken
+                    log.warning("group.claim_lost", group=holder[1], token=fence.token)
+                    raise ClaimLost(self._shown, holder[1])
                 if not made or taken:
                     return None  # held already, or now
                 raise psycopg.Rollback  # no room: the holder's row goes too
