@@ -34,7 +34,7 @@ from bulk_mms.caps import (
     Tally,
 )
 from bulk_mms.clock import SystemClock
-from bulk_mms.config import JobConfig
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import exit_for
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import (
@@ -769,15 +769,21 @@ class _Takeover:
         await self.in_flight.wait()
 
 
+def _two_groups_priced(jobs: JobFactory, where: str, max_cost: str) -> tuple[JobConfig, Settings]:
+    """A job of two groups of 2 on the ledger ``where`` under ``max_cost``, and settings
+    that send one group at a time at 0.01 a recipient."""
+    jobs.people(4)
+    job = jobs.job(extra=f'group_size = 2\nmax_cost = "{max_cost}"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
+    return replace(job, database=where), settings
+
+
 async def test_a_ledger_fault_after_a_claim_ran_out_leaves_the_groups_room_to_its_taker(
     jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host whose attempt write fails after its claim ran out leaves the room to the taker
     sending the group: max_cost (one group's room) lets nothing more out."""
-    jobs.people(4)
-    job = jobs.job(extra='group_size = 2\nmax_cost = "0.02"')
-    job = replace(job, database=f"{database}?ledger=stalled")
-    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
+    job, settings = _two_groups_priced(jobs, f"{database}?ledger=stalled", "0.02")
     hosts = _Takeover(monkeypatch, database)
     append = PostgresStore.append
 
@@ -806,10 +812,7 @@ async def test_a_host_woken_after_its_group_was_taken_over_and_settled_takes_no_
     """A host paused past its lease before it reserved a group's room wakes once another
     took the job over, sent everyone and settled: it takes no room under its old claim
     (none would ever be settled), sends nothing, and the count is the taker's sends alone."""
-    jobs.people(4)
-    job = jobs.job(extra='group_size = 2\nmax_cost = "1"')
-    job = replace(job, database=f"{database}?ledger=woken")
-    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.01"))
+    job, settings = _two_groups_priced(jobs, f"{database}?ledger=woken", "1")
     hosts = _Takeover(monkeypatch, database)
     take = PostgresTally.take
 
