@@ -28,7 +28,8 @@ this process's claim on it (its :class:`~bulk_mms.coordination.Fence`): a proces
 its lease, woken after the taker sent the group and settled its room, takes none (the room it
 would make nobody would settle). A run, as it begins, settles the room its ledger's
 groups still hold (:meth:`Limit.reconcile`): kept for a group sent or in doubt, given back
-for one that ended unsent or never left, each decided under the run's own claim on it.
+for one that ended unsent or never left, each decided under the run's own claim on it and
+given back only while that claim holds.
 
 The spend ceiling counts each send at the larger of its price and what the API's answer said
 it cost: that cost is an estimate (the final one, in ``message.finalized``, adds the carriers'
@@ -90,6 +91,17 @@ _T = TypeVar("_T")
 Holder = tuple[str, str]
 
 
+#: What :meth:`Limit.reconcile` asks of each group holding room: what became of it.
+Decide = Callable[[str], Awaitable[str]]
+#: The fence of this process's claim on a group (None: nothing is shared).
+FenceOf = Callable[[str], Fence | None]
+
+
+def unfenced(group: str) -> Fence | None:
+    """No fence: a ledger nobody shares."""
+    return None
+
+
 class Tally(Protocol):
     """Counts shared by everyone who keeps a limit, by name: reserve under a cap, atomically,
     each reservation held by its :data:`Holder` in the shared store (not in a process's
@@ -119,8 +131,10 @@ class Tally(Protocol):
         """
         ...
 
-    async def release(self, key: str, holder: Holder) -> None:
-        """Give back the room ``holder`` holds in ``key`` (nothing, if it holds none).
+    async def release(self, key: str, holder: Holder, *, fence: Fence | None = None) -> None:
+        """Give back the room ``holder`` holds in ``key`` (nothing, if it holds none); under
+        a ``fence`` (a shared ledger's), only while this process holds the holder group's
+        claim with it (else nothing: the room is the claim holder's, who may send in it).
 
         Raises:
             LedgerError: the count cannot be written.
@@ -202,7 +216,7 @@ class MemoryTally:
     ) -> Decimal | None:
         return self._counts.setdefault(key, _Count(seed)).take(amount, cap, holder)
 
-    async def release(self, key: str, holder: Holder) -> None:
+    async def release(self, key: str, holder: Holder, *, fence: Fence | None = None) -> None:
         if (count := self._counts.get(key)) is not None:
             count.release(holder)
 
@@ -329,7 +343,7 @@ class FileTally:
         await asyncio.to_thread(self._change, key, change, seed)
         return refused[0] if refused else None
 
-    async def release(self, key: str, holder: Holder) -> None:
+    async def release(self, key: str, holder: Holder, *, fence: Fence | None = None) -> None:
         await asyncio.to_thread(self._change, key, lambda count: count.release(holder), Decimal(0))
 
     async def spend(self, key: str, holder: Holder, extra: Decimal) -> None:
@@ -380,12 +394,14 @@ class Limit(Protocol):
         """
         ...
 
-    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
+    async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
         """As a run begins: settle the room the ledger's groups hold in the shared count from
         runs that ended without settling it (killed, their claims run out). ``decide`` says
         what became of each group, by the ledger: :data:`SPENT` (it stays counted),
-        :data:`UNSENT` (it is given back) or :data:`UNDECIDED` (in doubt, or another live
-        process holds it: it stays held, the safe side).
+        :data:`UNSENT` (it is given back, under ``fence_of(group)``: the claim ``decide``
+        took, so a room another process took the group over in meanwhile, this one paused,
+        is left to it) or :data:`UNDECIDED` (in doubt, or another live process holds it: it
+        stays held, the safe side).
 
         Never raises: a count that cannot be read or changed is logged
         (``limits.unreconciled``) and left as it is.
@@ -429,7 +445,8 @@ async def _reconcile(
     tally: Tally,
     ledger: str,
     counts: Callable[[str], bool],
-    decide: Callable[[str], Awaitable[str]],
+    decide: Decide,
+    fence_of: FenceOf,
 ) -> None:
     """:meth:`Limit.reconcile` of the room ``ledger``'s groups hold in the counts of
     ``tally`` that ``counts`` names."""
@@ -441,7 +458,7 @@ async def _reconcile(
             if verdict == SPENT:
                 await tally.spend(key, (ledger, gid), Decimal(0))
             elif verdict == UNSENT:
-                await tally.release(key, (ledger, gid))
+                await tally.release(key, (ledger, gid), fence=fence_of(gid))
             log.info("limits.reconciled", count=key, group=gid, verdict=verdict)
     except LedgerError as exc:
         log.warning("limits.unreconciled", ledger=ledger, error=str(exc))
@@ -525,8 +542,8 @@ class SpendCeiling:
         more = receipt.cost.amount - need if receipt.cost is not None else Decimal(0)
         await _settle(self.tally, self.key, holder, max(Decimal(0), more), group)
 
-    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
-        await _reconcile(self.tally, self.ledger, lambda key: key == self.key, decide)
+    async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
+        await _reconcile(self.tally, self.ledger, lambda key: key == self.key, decide, fence_of)
 
     async def close(self) -> None:
         await self.tally.close()
@@ -606,13 +623,14 @@ class DailyCap:
             spent = None if receipt is None else Decimal(0)  # None: given back
             await _settle(self.tally, held[0], (self.ledger, group.id), spent, group)
 
-    async def reconcile(self, decide: Callable[[str], Awaitable[str]]) -> None:
+    async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
         prefix = f"daily-{_key_part(self.account)}"
         await _reconcile(
             self.tally,
             self.ledger,
             lambda key: key == prefix or key.startswith(f"{prefix}-"),
             decide,
+            fence_of,
         )
 
     async def close(self) -> None:

@@ -639,9 +639,10 @@ class Runner:
     async def reconcile_limits(self) -> None:
         """Settle the room groups of this ledger hold in the shared counts from runs that
         ended without settling it (killed, or cut off: :meth:`~bulk_mms.caps.Limit.reconcile`),
-        each decided by the ledger as it is once this process holds the group's claim."""
+        each decided by the ledger as it is once this process holds the group's claim, and
+        given back only while it still does (its fence)."""
         for limit in self.sender.limits:
-            await limit.reconcile(self._reservation_of)
+            await limit.reconcile(self._reservation_of, self.recorder.coordinator.fence)
 
     async def _reservation_of(self, gid: str) -> str:
         """What becomes of the room group ``gid`` holds: spent (sent), given back (ended

@@ -73,8 +73,8 @@ from tests.conftest import (
     wait_for,
     waits_on_a_lock,
 )
-from tests.test_pg_faults import _config, _count, _locked, _stopped, _terminate
-from tests.test_postgres import KEY, run_cli
+from tests.test_pg_faults import _config, _count, _locked, _stopped, _terminate, two_hosts
+from tests.test_postgres import KEY, age_claims, run_cli
 from tests.threaded import fake_api_thread
 
 
@@ -406,6 +406,38 @@ async def test_a_run_reconciles_the_room_a_killed_run_held_by_what_its_groups_be
     assert await tally.held("j") == [("daily-acme", "g3")]
     assert await rerun.reserve(group(5, size=4)) is None
     assert isinstance(await rerun.reserve(group(6, size=1)), LimitReached)
+
+
+async def test_a_run_reconciling_past_its_lease_gives_back_none_of_a_takers_room(
+    database: str,
+) -> None:
+    """A run reconciling a killed run's room decides a group never attempted (unsent) under
+    its claim, then is paused past its lease while another process takes the group over and
+    reserves it in that room: woken, it gives nothing back, so the taker's send stays
+    counted."""
+    where = f"{database}?ledger=j"
+    async with two_hosts(where) as (_, _, rerunning, taking):
+        tallies = [PostgresTally(where) for _ in range(3)]
+        killed, rerun, taker = (
+            DailyCap(10, 0, "00:00 UTC", account="acme", tally=t, ledger="j") for t in tallies
+        )
+        assert await killed.reserve(group(1)) is None  # then killed: never settled
+
+        async def decide(gid: str) -> str:
+            assert await rerunning.claim(gid)
+            age_claims(database, 31)  # then paused past its lease
+            assert await taking.claim(gid)
+            assert await taker.reserve(group(1), taking.fence(gid)) is None  # in that room
+            return UNSENT
+
+        try:
+            await rerun.reconcile(decide, rerunning.fence)
+            assert await tallies[0].held("j") == [("daily-acme", "g1")]
+            await taker.settle(group(1), ok_receipt(group(1)))
+            assert _counted(database) == 2
+        finally:
+            for t in tallies:
+                await t.close()
 
 
 @pytest.mark.slow

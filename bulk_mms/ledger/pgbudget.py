@@ -264,20 +264,25 @@ class PostgresBudget(Pauses):
 _TALLY_SEED: Final = (
     "INSERT INTO bulk_mms_limits (name, used) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
 )
-#: A holder's reservation: its row in ``bulk_mms_reservations`` (none made when it has one:
-#: it holds the room already), and the count raised by it while within the cap. Whether the
-#: row was made, whether the count took it, and whether the fence held: under a fence
-#: (``%(owner)s``, none: not fenced), only while its owner holds the group's claim with
-#: ``%(token)s`` in the ledger, the claim locked until the room is taken (as a fenced attempt
-#: locks it), so a takeover either comes first (nothing is taken) or sees the room taken. A
-#: row made that the count did not take is rolled back.
-_TALLY_TAKE: Final = """
-    WITH fenced AS (
+#: The CTEs ``fenced`` and ``may`` of a change to a holder's room under a fence: ``may.ok``
+#: when no fence is given (``%(owner)s`` none), or while its owner holds the holder group's
+#: claim with ``%(token)s`` in the ledger, the claim locked until the change commits (as a
+#: fenced attempt locks it), so a takeover either comes first (the change is refused) or
+#: sees it made.
+_FENCED: Final = """
+    fenced AS (
         SELECT FROM bulk_mms_claims c JOIN bulk_mms_ledgers g ON g.id = c.ledger
         WHERE g.name = %(ledger)s AND c.grp = %(grp)s AND c.owner = %(owner)s
           AND c.token = %(token)s
         FOR SHARE OF c),
     may AS (SELECT %(owner)s::text IS NULL OR EXISTS (SELECT FROM fenced) AS ok),
+"""
+#: A holder's reservation: its row in ``bulk_mms_reservations`` (none made when it has one:
+#: it holds the room already), and the count raised by it while within the cap. Whether the
+#: row was made, whether the count took it, and whether the fence held (:data:`_FENCED`: else
+#: nothing is taken). A row made that the count did not take is rolled back.
+_TALLY_TAKE: Final = f"""
+    WITH {_FENCED}
     held AS (
         INSERT INTO bulk_mms_reservations (name, ledger, grp, amount)
         SELECT %(name)s, %(ledger)s, %(grp)s, %(amount)s FROM may WHERE may.ok
@@ -288,22 +293,36 @@ _TALLY_TAKE: Final = """
         WHERE l.name = %(name)s AND l.used + h.amount <= %(cap)s
         RETURNING l.name)
     SELECT EXISTS (SELECT FROM held), EXISTS (SELECT FROM taken), (SELECT ok FROM may)
-"""
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
 _TALLY_USED: Final = "SELECT used FROM bulk_mms_limits WHERE name = %s"
 #: A holder's reservation settled, its row gone: the room given back (``%(back)s`` 1) or
-#: spent, ``%(extra)s`` more with it (``%(back)s`` 0). Nothing, for a holder without one.
-_TALLY_SETTLE: Final = """
-    WITH gone AS (
+#: spent, ``%(extra)s`` more with it (``%(back)s`` 0). Nothing, for a holder without one, or
+#: under a fence that no longer holds (:data:`_FENCED`).
+_TALLY_SETTLE: Final = f"""
+    WITH {_FENCED}
+    gone AS (
         DELETE FROM bulk_mms_reservations
         WHERE name = %(name)s AND ledger = %(ledger)s AND grp = %(grp)s
+          AND (SELECT ok FROM may)
         RETURNING amount)
     UPDATE bulk_mms_limits l
     SET used = greatest(0, l.used - %(back)s * g.amount + %(extra)s) FROM gone g
     WHERE l.name = %(name)s
-"""
+"""  # noqa: S608 - built of this module's constants only: every value is a parameter
 _TALLY_HELD: Final = (
     "SELECT name, grp FROM bulk_mms_reservations WHERE ledger = %s ORDER BY name, grp"
 )
+
+
+def _holding(holder: tuple[str, str], fence: Fence | None) -> dict[str, Any]:
+    """The parameters naming ``holder`` and the fence its room is changed under
+    (:data:`_FENCED`)."""
+    return {
+        "ledger": holder[0],
+        "grp": holder[1],
+        "owner": fence.owner if fence is not None else None,
+        "token": fence.token if fence is not None else 0,
+    }
 
 
 class PostgresTally:
@@ -359,15 +378,7 @@ class PostgresTally:
         *,
         fence: Fence | None = None,
     ) -> Decimal | None:
-        params = {
-            "amount": amount,
-            "name": key,
-            "cap": cap,
-            "ledger": holder[0],
-            "grp": holder[1],
-            "owner": fence.owner if fence is not None else None,
-            "token": fence.token if fence is not None else 0,
-        }
+        params = {"amount": amount, "name": key, "cap": cap, **_holding(holder, fence)}
 
         async def take(conn: psycopg.AsyncConnection[Any]) -> Decimal | None:
             if key not in self._seeded:
@@ -390,14 +401,16 @@ class PostgresTally:
 
         return await self._run(take)
 
-    async def _settle(self, key: str, holder: tuple[str, str], extra: Decimal | None) -> None:
-        """Settle ``holder``'s room in ``key``: given back (``extra`` None), or spent."""
+    async def _settle(
+        self, key: str, holder: tuple[str, str], extra: Decimal | None, fence: Fence | None
+    ) -> None:
+        """Settle ``holder``'s room in ``key``: given back (``extra`` None), or spent; under
+        ``fence``, only while it holds."""
         params = {
             "name": key,
-            "ledger": holder[0],
-            "grp": holder[1],
             "back": 1 if extra is None else 0,
             "extra": extra or Decimal(0),
+            **_holding(holder, fence),
         }
 
         async def settle(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -406,11 +419,13 @@ class PostgresTally:
 
         await self._run(settle)
 
-    async def release(self, key: str, holder: tuple[str, str]) -> None:
-        await self._settle(key, holder, None)
+    async def release(
+        self, key: str, holder: tuple[str, str], *, fence: Fence | None = None
+    ) -> None:
+        await self._settle(key, holder, None, fence)
 
     async def spend(self, key: str, holder: tuple[str, str], extra: Decimal) -> None:
-        await self._settle(key, holder, extra)
+        await self._settle(key, holder, extra, None)
 
     async def held(self, ledger: str) -> list[tuple[str, str]]:
         async def held(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
