@@ -39,6 +39,8 @@ _C1: Final = re.compile("[\x80-\x9f]")
 _UTF8_CHAR: Final = re.compile(
     rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
 )
+#: What may follow a field cut to a number of bytes: a separator, a closing quote, a line end.
+_FIELD_ENDS: Final = frozenset(b',;\t|"\r\n')
 
 
 class LineDecoder:
@@ -158,7 +160,10 @@ class LineDecoder:
         of a UTF-8 file that is UTF-8 text but for a character cut short inside it (a field cut
         to a number of bytes, a damaged copy) is named so, not as another encoding's, when the
         file shows it is UTF-8 (that line, or one before it, holds a character of more than
-        one byte): read as that encoding, every accent of the file would go out garbled."""
+        one byte): read as that encoding, every accent of the file would go out garbled
+        (:func:`_cut_inside` tells such a line from one of another encoding). A line of
+        another encoding after UTF-8 ones that hold such characters is named as two files
+        joined: the job's encoding is right for the rest."""
         if last and _cut_short(line, self.encoding):
             return InputError(
                 self.path,
@@ -167,8 +172,8 @@ class LineDecoder:
                 line=lineno,
             )
         utf8 = codecs.lookup(self.encoding).name == "utf-8"
-        shown = utf8 and (self._multibyte or _UTF8_CHAR.search(line) is not None)
-        if shown and (before := _cut_inside(line)) is not None:
+        whole = _UTF8_CHAR.search(line) is not None
+        if utf8 and (self._multibyte or whole) and (before := _cut_inside(line, whole)) is not None:
             return InputError(
                 self.path,
                 f"holds a utf-8 character cut short, after {before[-20:]!r}: the file is "
@@ -184,6 +189,11 @@ class LineDecoder:
             hint = (
                 f"it looks like {looks}, but the file starts with a UTF-8 byte order mark, "
                 "which makes it utf-8 whatever the job says: save the whole file as UTF-8"
+            )
+        elif utf8 and self._multibyte:  # its accents before were UTF-8: it is a UTF-8 file
+            hint = (
+                f"the lines before are utf-8, and this one looks like {looks}: were files "
+                "saved in two encodings joined into one? Save the whole file as UTF-8"
             )
         else:
             hint = (
@@ -315,10 +325,13 @@ def _cut_short(line: bytes, encoding: str) -> bool:
     return bool(decoder.getstate()[0])
 
 
-def _cut_inside(line: bytes) -> str | None:
+def _cut_inside(line: bytes, whole: bool) -> str | None:
     """The text of ``line`` up to its first character cut short, when ``line`` is UTF-8 text
     but for characters cut short inside it (each the first bytes of one, then a byte that does
-    not go on with it); else None."""
+    not go on with it); else None. Unless the line holds a ``whole`` character of more than
+    one byte too, each cut ends a field (:data:`_FIELD_ENDS` or the line's end follows it):
+    the byte of a cp1252 accent inside a word ("José García" written in cp1252) is the first
+    byte of a UTF-8 character too, and such a line is another encoding's, not one cut short."""
     first: str | None = None
     rest = line
     while True:
@@ -329,6 +342,8 @@ def _cut_inside(line: bytes) -> str | None:
             while end < len(rest) and 0x80 <= rest[end] <= 0xBF:
                 end += 1
             if not _cut_short(rest[exc.start : end], "utf-8"):
+                return None
+            if not whole and end < len(rest) and rest[end] not in _FIELD_ENDS:
                 return None
             if first is None:
                 first = rest[: exc.start].decode("utf-8")

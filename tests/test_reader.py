@@ -281,6 +281,26 @@ def test_a_utf8_line_cut_inside_a_character_is_named_cut_not_cp1252(
     assert "cp1252" not in err.value.message
 
 
+def test_a_cp1252_line_in_a_utf8_file_is_named_so_not_a_character_cut_short(
+    tmp_path: Path,
+) -> None:
+    """A cp1252 line in a UTF-8 file (exports of two encodings joined into one: accents inside
+    words) stops at that line saying its file's lines before are UTF-8 and it looks like
+    cp1252, never that a character was cut short (no field was cut) nor to set cp1252."""
+    p = tmp_path / "a.csv"
+    p.write_bytes(
+        "phone,name\n+12125550100,Zoë\n".encode()
+        + "+12125550101,José García\n".encode("cp1252")
+        + b"+12125550102,Al\n"
+    )
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",))
+    assert err.value.line == 3
+    assert "cut short" not in err.value.message
+    assert "the lines before are utf-8, and this one looks like cp1252" in err.value.message
+    assert 'set encoding = "cp1252"' not in err.value.message
+
+
 @pytest.mark.parametrize("name", ["a.csv", "a.jsonl", "a.csv.gz"])
 @pytest.mark.parametrize("ascii_rows", [1, 20_000])
 def test_a_utf8_file_under_cp1252_stops_at_its_first_accent_naming_utf8(
