@@ -718,24 +718,38 @@ def continues_earlier(job: JobConfig, earlier: Location) -> LedgerView | None:
 
 def unfinished(job: JobConfig, where: Location) -> LedgerView | None:
     """The ledger at ``where``'s fold when a run of ``job`` there would send more
-    (:func:`still_to_send`); None otherwise, or when there is none."""
-    if not exists(where):
+    (:func:`still_to_send`); None otherwise, or when there is none. A ledger of another job or
+    input is told by its header, not folded.
+
+    Raises:
+        LedgerError: it cannot be read.
+    """
+    if not _runs_on(job, header_at(where)):
         return None
     view = load(where, statuses=False)
-    return view if still_to_send(job, view) else None
+    return view if _sends_more(view) else None
 
 
 def still_to_send(job: JobConfig, view: LedgerView) -> bool:
     """Whether ``view`` (a ledger's fold) is ``job``'s, for this very input, and unfinished
-    (input not all read; recipients not attempted, pending a rerun or in doubt): a run of
-    ``job`` there would send more."""
-    header = view.header
-    if header is None or header.job != job.name:
-        return False
-    if header.fingerprint != fingerprint(job.input):
-        return False
+    (:func:`_sends_more`): a run of ``job`` there would send more."""
+    return _runs_on(job, view.header) and _sends_more(view)
+
+
+def _runs_on(job: JobConfig, header: Header | None) -> bool:
+    """Whether ``header`` is a ledger's of ``job``, for this very input (its hash)."""
+    return (
+        header is not None
+        and header.job == job.name
+        and header.fingerprint == fingerprint(job.input)
+    )
+
+
+def _sends_more(view: LedgerView) -> bool:
+    """Whether a run on ``view`` (a ledger's fold) would send more: its input not all read,
+    or recipients a later run may send (:attr:`~bulk_mms.ledger.RecipientCounts.later`)."""
     r = view.recipients()
-    return not r.input_read or bool(r.not_attempted or r.retry_pending or r.in_doubt)
+    return not r.input_read or r.later > 0
 
 
 def left_to_send(job: JobConfig, view: LedgerView) -> frozenset[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
+from bulk_mms import prepare
 from bulk_mms.cli import EXIT_WINDOW, main
 from bulk_mms.config import JobConfig, SendWindow, load_job
 from bulk_mms.errors import ConfigError
@@ -139,6 +140,22 @@ def test_a_campaign_cut_at_midnight_is_finished_not_sent_again(
     assert sorted(fake.recipient_counts()) == numbers(24)[4:]  # the first group went yesterday
     assert not load_job(job.path).ledger.exists()
     assert summarize(earlier.ledger).recipient_states.sent == 24
+
+
+def test_yesterdays_ledger_of_another_export_is_judged_by_its_header_not_folded(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A {date} job whose export changed since yesterday's run was cut short: today's run
+    does not continue yesterday's ledger, and tells so from its header, never folding it
+    (a whole list's ledger, read every day for nothing)."""
+    jobs.people(24)
+    job = jobs.job(extra='group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"')
+    earlier = asyncio.run(_cut_short(job.path, dt.datetime.now(UTC) - dt.timedelta(days=1)))
+    jobs.people(20)  # today's export
+    folded: list[object] = []
+    monkeypatch.setattr(prepare, "load", lambda *a, **k: folded.append(a))
+    assert continues_earlier(load_job(job.path), earlier.ledger) is None
+    assert folded == []
 
 
 @pytest.mark.parametrize(
