@@ -34,7 +34,7 @@ from bulk_mms.ledger import (
     named,
     zones_source,
 )
-from bulk_mms.ledger.fold import FAILED, SENT
+from bulk_mms.ledger.fold import FAILED, SENT, ExcludedLedger
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
@@ -145,7 +145,7 @@ def check_resumable(
     expected: Header,
     where: str,
     scan: InputScan,
-    excluded_from: Sequence[str] = (),
+    excluded_from: Sequence[ExcludedLedger] = (),
 ) -> None:
     """Refuse to resume a ledger written for another job, input or grouping (``scan``: the
     input's, for a ledger begun by a bulk-mms that grouped it otherwise: :func:`_regrouped`).
@@ -155,9 +155,11 @@ def check_resumable(
     rerun without the same ``--exclude-sent`` (cron's line, a run after ``--limit`` or a
     crash) would text them. Not when this run's ``--exclude-sent`` (``excluded_from``:
     :func:`ledger_names`) names every ledger those runs named
-    (:attr:`~bulk_mms.ledger.LedgerView.sent_excluded_from`): it leaves out whom they count
-    sent now, and one they count so no more (a delivery report moved them out of a sent
-    group, a resend's untried numbers whose input is gone) is texted by no run of theirs.
+    (:attr:`~bulk_mms.ledger.LedgerView.sent_excluded_from`), each still of the campaign it
+    was (not another begun at its path since, which counts none of theirs): it leaves out
+    whom they count sent now, and one they count so no more (a delivery report moved them
+    out of a sent group, a resend's untried numbers whose input is gone) is texted by no run
+    of theirs.
 
     Raises:
         LedgerMismatch: it belongs to a different run.
@@ -168,9 +170,14 @@ def check_resumable(
     if (why := header.mismatch(expected, where)) is not None:
         raise LedgerMismatch(where, why)
     named = view.sent_excluded_from
-    if view.sent_excluded > scan.excluded and not (named and set(named) <= set(excluded_from)):
+    given = dict(excluded_from)
+    if view.sent_excluded > scan.excluded and not (named and _all_given(named, given)):
+        replaced = [n for n, campaign in named if campaign and given.get(n, campaign) != campaign]
         same = (
-            f"({' '.join(f'--exclude-sent {w}' for w in named)})"
+            f"(the ledger at {replaced[0]} is no longer the one they named: another campaign "
+            "was begun there since; name the ledger they named, wherever it was moved)"
+            if replaced
+            else f"({' '.join(f'--exclude-sent {n}' for n, _ in named)})"
             if named  # else begun by a bulk-mms that did not record them
             else "(given already: those ledgers now count fewer sent, a report moved some to "
             "go again or a resend's input is gone; finish them first)"
@@ -189,6 +196,12 @@ def check_resumable(
         "regrouping would resend people already sent: finish this ledger with the bulk-mms "
         "that began it, or go on in a new ledger with --exclude-sent naming this one",
     )
+
+
+def _all_given(named: Sequence[ExcludedLedger], given: Mapping[str, str]) -> bool:
+    """Whether ``given`` (a run's ``--exclude-sent`` ledgers: name → campaign) names every
+    ledger of ``named``, each still of its campaign (any, for one recorded without)."""
+    return all(n in given and campaign in ("", given[n]) for n, campaign in named)
 
 
 def _regrouped(header: Header, scan: InputScan) -> str | None:
@@ -534,7 +547,7 @@ async def dry_run(
     preview: int = 5,
     limit: int | None = None,
     excluded: Container[int] = (),
-    excluded_from: Sequence[str] = (),
+    excluded_from: Sequence[ExcludedLedger] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     """Read, validate and group the whole input as a run would, and refuse it as a run would
@@ -596,7 +609,7 @@ class _DryRun:
         resend_in_doubt: bool,
         preview: int,
         limit: int | None,
-        excluded_from: Sequence[str],
+        excluded_from: Sequence[ExcludedLedger],
     ) -> None:
         self.s = summary
         self.settings = settings
@@ -765,12 +778,21 @@ def left_to_send(job: JobConfig, view: LedgerView) -> frozenset[int]:
         )
 
 
-def ledger_names(ledgers: Sequence[Location]) -> tuple[str, ...]:
+def ledger_names(ledgers: Sequence[Location]) -> tuple[ExcludedLedger, ...]:
     """How a run's ledger records the ledgers its ``--exclude-sent`` names
     (:attr:`~bulk_mms.ledger.events.RunStarted.excluded_from`), each once: a file by its
-    absolute path, a database's ledger as named to a person (no password)."""
-    names = (display(w.resolve() if isinstance(w, Path) else w) for w in ledgers)
-    return tuple(dict.fromkeys(names))
+    absolute path, a database's ledger as named to a person (no password); each with its
+    campaign (its header's, "" for none), which another ledger begun at its path since has
+    not.
+
+    Raises:
+        LedgerError: a ledger cannot be read.
+    """
+    named = {display(w.resolve() if isinstance(w, Path) else w): w for w in ledgers}
+    return tuple(
+        (name, (header.campaign or "") if (header := header_at(w)) is not None else "")
+        for name, w in named.items()
+    )
 
 
 def sent_numbers(

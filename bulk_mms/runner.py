@@ -34,7 +34,7 @@ from bulk_mms.ending import drain, final_summary, let_go
 from bulk_mms.errors import BulkMmsError, ConfigError, LedgerError
 from bulk_mms.gates import Gates, past
 from bulk_mms.ledger import keep_database_time, open_store
-from bulk_mms.ledger.fold import IN_DOUBT, RETRY_PENDING, SENT, GroupRecord
+from bulk_mms.ledger.fold import IN_DOUBT, RETRY_PENDING, SENT, ExcludedLedger, GroupRecord
 from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import disposition, not_before, plan, remade_from, suppressed_as_planned
@@ -839,7 +839,7 @@ async def run_job(
     progress: Progress | None = None,
     limit: int | None = None,
     excluded: Container[int] = (),
-    excluded_from: tuple[str, ...] = (),
+    excluded_from: tuple[ExcludedLedger, ...] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     """Run a job to the end of its input, or until stopped.

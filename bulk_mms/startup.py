@@ -24,7 +24,7 @@ from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import Coordinator
 from bulk_mms.gates import job_deadline
 from bulk_mms.ledger import Header, LedgerStore, LedgerView, RunStarted
-from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
+from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING, ExcludedLedger
 from bulk_mms.pacing import Pacer, max_cost
 from bulk_mms.policy import PolicyClient
 from bulk_mms.prepare import check_resumable, header_for, pacing_config
@@ -94,7 +94,7 @@ async def begin(
     columns: tuple[str, ...] | list[str],
     clock: Clock,
     *,
-    excluded_from: tuple[str, ...] = (),
+    excluded_from: tuple[ExcludedLedger, ...] = (),
 ) -> LedgerView:
     """The ledger's view as this run begins: folded (:func:`_resume`), and this run's start
     written to it, with the ledgers its ``--exclude-sent`` named (``excluded_from``:
@@ -110,7 +110,8 @@ async def begin(
         iso(clock.wall()),
         shared=store.shared,
         deadline=iso(expires.timestamp()) if expires is not None else None,
-        excluded_from=excluded_from,
+        excluded_from=tuple(name for name, _ in excluded_from),
+        excluded_campaigns=tuple(campaign for _, campaign in excluded_from),
     )
     await asyncio.to_thread(store.append_now, started)
     view.apply(started)
@@ -124,7 +125,7 @@ def _resume(
     phone_column: str,
     scan: InputScan,
     *,
-    excluded_from: tuple[str, ...],
+    excluded_from: tuple[ExcludedLedger, ...],
 ) -> LedgerView:
     """Fold what the ledger holds (not the delivery statuses: a run needs none); a new ledger
     gets its header: a new campaign, with its own Idempotency-Keys."""

@@ -255,10 +255,15 @@ def test_a_checkpoint_keeps_statuses_of_numbers_in_two_groups_and_in_none() -> N
 
 
 def test_a_checkpoint_keeps_the_exclude_sent_ledgers_and_each_senders_queue() -> None:
-    """The ledgers a run that sent left rows out by, the latest run's not yet sent by, and
-    each sender's queue at Telnyx: read back from a checkpoint, the view is the one saved."""
+    """The ledgers a run that sent left rows out by (with their campaigns, or none recorded),
+    the latest run's not yet sent by, and each sender's queue at Telnyx: read back from a
+    checkpoint, the view is the one saved."""
     view = LedgerView()
-    view.apply(ev.RunStarted(1, "2026-01-01T00:00:00Z", excluded_from=("/l/a.jsonl",)))
+    view.apply(
+        ev.RunStarted(
+            1, "2026-01-01T00:00:00Z", excluded_from=("/l/a.jsonl",), excluded_campaigns=("c-a",)
+        )
+    )
     view.apply(ev.Attempt("g1", ("+12125550101",), from_="+12125550001"))
     view.apply(
         ev.Sent(
@@ -271,9 +276,9 @@ def test_a_checkpoint_keeps_the_exclude_sent_ledgers_and_each_senders_queue() ->
         )
     )
     view.apply(ev.RunStarted(2, "2026-01-01T01:00:00Z", excluded_from=("/l/b.jsonl",)))
-    assert view.sent_excluded_from == ("/l/a.jsonl",)
+    assert view.sent_excluded_from == (("/l/a.jsonl", "c-a"),)
     assert view.queued_until == {"+12125550001": pytest.approx(1767225631.0)}
     again = ckpt.from_state(orjson.loads(orjson.dumps(ckpt.to_state(view))))
     assert again == view
     again.apply(ev.Attempt("g2", ("+12125550102",)))
-    assert again.sent_excluded_from == ("/l/a.jsonl", "/l/b.jsonl")
+    assert again.sent_excluded_from == (("/l/a.jsonl", "c-a"), ("/l/b.jsonl", ""))

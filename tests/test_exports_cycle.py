@@ -1162,6 +1162,51 @@ def test_a_campaign_begun_with_exclude_sent_resumes_when_those_ledgers_count_few
     }
 
 
+def test_a_campaign_begun_with_exclude_sent_is_refused_when_that_ledger_was_replaced(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A campaign begun with --exclude-sent OLD and stopped by --limit, after which OLD was
+    moved away and a new ledger begun at its path (another campaign, counting none of them
+    sent): resumed with the same --exclude-sent it is refused (exit 2, naming that ledger),
+    not texting everyone OLD sent a second time."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people], name="old.csv")
+    jobs.csv([{"phone": p, "first": "A"} for p in [*people, "+12125550198", "+12125550199"]])
+    job = jobs.job(extra="group_size = 1")
+    old = job.path.with_name("old.toml")
+    old.write_text(
+        job.path.read_text(encoding="utf-8")
+        .replace('"test-job"', '"old-job"')
+        .replace('"people.csv"', '"old.csv"'),
+        encoding="utf-8",
+    )
+    ledger = load_job(old).ledger
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        flags = ["--base-url", url, "--concurrency", "1"]
+        assert main(["-q", "run", str(old), *flags]) == 0
+        fresh = [
+            "-q",
+            "run",
+            str(job.path),
+            *flags,
+            "--name",
+            "fixed",
+            "--exclude-sent",
+            str(ledger),
+        ]
+        assert main([*fresh, "--limit", "1"]) == 0
+        ledger.rename(ledger.with_name("old-archived.jsonl"))
+        jobs.csv([{"phone": "+12125550150", "first": "B"}], name="old.csv")
+        assert main(["-q", "run", str(old), *flags]) == 0
+        capsys.readouterr()
+        assert main(fresh) == 2
+    err = capsys.readouterr().err
+    assert "sent leaving out 4 rows already sent" in err
+    assert f"the ledger at {ledger} is no longer the one they named" in err
+    assert max(fake.recipient_counts().values()) == 1
+
+
 def _saved_by_excel(failed: Path) -> None:
     """Open the failed file in Excel where the decimal mark is a comma and save it: its cells
     separated by semicolons, CRLF line ends, the numbers without their ``+``."""

@@ -32,6 +32,7 @@ from bulk_mms.config.folders import sandbox_ledger
 from bulk_mms.console import confirm, interactive, print_dry_run, run_outcome, say
 from bulk_mms.errors import ConfigError, Exit
 from bulk_mms.ledger import LedgerView, location
+from bulk_mms.ledger.fold import ExcludedLedger
 from bulk_mms.ledger.store import is_database
 from bulk_mms.media import check_media
 from bulk_mms.prepare import dry_run, ledger_names, seed_job, sent_numbers
@@ -297,7 +298,7 @@ async def _run(
     progress: Progress | None = None,
     limit: int | None = None,
     excluded: frozenset[int] = frozenset(),
-    excluded_from: tuple[str, ...] = (),
+    excluded_from: tuple[ExcludedLedger, ...] = (),
     rejected_csv: Path | None = None,
 ) -> JobSummary:
     stop = Stop()

@@ -33,7 +33,7 @@ import structlog
 
 from bulk_mms.delivery import Known
 from bulk_mms.ledger import events
-from bulk_mms.ledger.fold import BARE, GroupRecord, LedgerView, Miss
+from bulk_mms.ledger.fold import BARE, ExcludedLedger, GroupRecord, LedgerView, Miss
 from bulk_mms.models import Money, parse_money
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 19
+VERSION: Final = 20
 _CHUNK: Final = 1 << 20
 
 
@@ -168,7 +168,10 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         "header": events.to_json(view.header) if view.header is not None else None,
         "planned": events.to_json(view.planned) if view.planned is not None else None,
         "sent_excluded": view.sent_excluded,
-        "excluded_from": [list(view.sent_excluded_from), list(view._excluding)],
+        "excluded_from": [
+            [list(w) for w in view.sent_excluded_from],
+            [list(w) for w in view._excluding],
+        ],
         "counts": [view.runs, view.attempts, view.rate_limited, view.sent_events],
         "deadline": view.deadline,
         "times": [
@@ -194,6 +197,14 @@ def to_state(view: LedgerView) -> dict[str, Any]:
     }
 
 
+def _ledgers(pairs: list[Any]) -> tuple[ExcludedLedger, ...]:
+    """``--exclude-sent`` ledgers as a checkpoint keeps them: (name, campaign) pairs."""
+    out = tuple((name, campaign) for name, campaign in pairs)
+    if not all(isinstance(w, str) for pair in out for w in pair):
+        raise TypeError("a ledger's name or campaign that is not a string")
+    return out
+
+
 def from_state(d: dict[str, Any]) -> LedgerView:
     """The view :func:`to_state` saved.
 
@@ -207,9 +218,7 @@ def from_state(d: dict[str, Any]) -> LedgerView:
         raise TypeError("a count that is not one")
     view.sent_excluded = sent_excluded
     left_out, excluding = d["excluded_from"]
-    if not all(isinstance(w, str) for w in (*left_out, *excluding)):
-        raise TypeError("a ledger's name that is not a string")
-    view.sent_excluded_from, view._excluding = tuple(left_out), tuple(excluding)
+    view.sent_excluded_from, view._excluding = _ledgers(left_out), _ledgers(excluding)
     view.runs, view.attempts, view.rate_limited, view.sent_events = d["counts"]
     deadline = d["deadline"]
     if deadline is not None and not isinstance(deadline, str):

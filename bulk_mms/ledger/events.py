@@ -161,6 +161,10 @@ class RunStarted(msgspec.Struct, frozen=True):
     #: The ledgers ``--exclude-sent`` named for this run (:func:`~bulk_mms.prepare.ledger_names`):
     #: whom they count sent is left out. Not written when none.
     excluded_from: tuple[str, ...] = ()
+    #: The campaign of each of :attr:`excluded_from`, in its order ("" for a ledger without
+    #: one): another ledger begun at one's path since is not the one named. Not written when
+    #: none (a ledger written before they were kept: its names alone).
+    excluded_campaigns: tuple[str, ...] = ()
     kind: ClassVar[str] = "run"
 
 
@@ -411,6 +415,7 @@ _HOW = {
     "deadline": _UNLESS_EMPTY,
     "resets": _UNLESS_EMPTY,
     "excluded_from": _UNLESS_EMPTY,
+    "excluded_campaigns": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -635,6 +640,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
         bool(d.get("shared")),
         _opt_str(d, "deadline"),
         _strings(d, "excluded_from", "ledgers"),
+        _strings(d, "excluded_campaigns", "campaigns"),
     ),
     "planned": lambda d: Planned(
         _int(d, "recipients"),

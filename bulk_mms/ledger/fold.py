@@ -217,6 +217,11 @@ class GroupRecord(msgspec.Struct):
         return self.to
 
 
+#: A ledger a run's ``--exclude-sent`` named: its name (:func:`~bulk_mms.prepare.ledger_names`)
+#: and its campaign ("" for none known).
+ExcludedLedger = tuple[str, str]
+
+
 class RecipientCounts(msgspec.Struct, frozen=True):
     """Every valid recipient in exactly one state; the five add up to ``valid``. Of the
     failed, :attr:`opted_out` are not left unsent: nobody may text them."""
@@ -299,13 +304,14 @@ class LedgerView(msgspec.Struct, eq=False):
     #: (:func:`~bulk_mms.prepare.check_resumable`).
     sent_excluded: int = 0
     #: The ledgers every run that sent (an attempt after its ``run`` event) left rows out by
-    #: (``--exclude-sent``: :attr:`~bulk_mms.ledger.events.RunStarted.excluded_from`), in
-    #: order; empty in a ledger written before runs recorded them. A resume naming them all
+    #: (``--exclude-sent``: :attr:`~bulk_mms.ledger.events.RunStarted.excluded_from`), each
+    #: with its campaign ("" where the run recorded none), in order; empty in a ledger written
+    #: before runs recorded them. A resume naming them all, each still that campaign's,
     #: leaves out whom they count sent now, however many fewer
     #: (:func:`~bulk_mms.prepare.check_resumable`).
-    sent_excluded_from: tuple[str, ...] = ()
+    sent_excluded_from: tuple[ExcludedLedger, ...] = ()
     #: The latest run's ``--exclude-sent`` ledgers, until it sends.
-    _excluding: tuple[str, ...] = ()
+    _excluding: tuple[ExcludedLedger, ...] = ()
     groups: dict[str, GroupRecord] = msgspec.field(default_factory=dict)
     #: Rejected input rows by reason (:func:`~bulk_mms.models.reason_kind`): counts only, so
     #: a ledger of any number of rejected rows folds in bounded memory (the rows themselves
@@ -447,12 +453,13 @@ class LedgerView(msgspec.Struct, eq=False):
                 self.planned = ev
             case events.RunStarted():
                 self.deadline = ev.deadline
-                self._excluding = ev.excluded_from
+                campaigns = ev.excluded_campaigns or ("",) * len(ev.excluded_from)
+                self._excluding = tuple(zip(ev.excluded_from, campaigns, strict=False))
                 self._run_started(ev.shared)
             case events.Header():
                 self.header = ev
 
-    def _left_out_by(self, ledgers: tuple[str, ...]) -> None:
+    def _left_out_by(self, ledgers: tuple[ExcludedLedger, ...]) -> None:
         """A run that left rows out by ``ledgers`` sent: they join
         :attr:`sent_excluded_from`."""
         self.sent_excluded_from += tuple(w for w in ledgers if w not in self.sent_excluded_from)
