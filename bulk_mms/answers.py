@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Final
 
 import msgspec
+import msgspec.structs
 import orjson
 import structlog
 
@@ -290,9 +291,10 @@ def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
             for m in msg.cc
             if m.phone_number not in in_to
         ]
+    sent_as, reports = _group_message(mid, group, statuses)
     return SendReceipt(
-        message_id=mid,
-        statuses=_one_each(statuses),
+        message_id=sent_as,
+        statuses=_one_each(reports),
         wait_seconds=parse_seconds(msg.wait_seconds),
         cost=cost,
         valid_until=_stamp(msg.valid_until),
@@ -330,19 +332,41 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
                         "accepted, but the response lists a number this request did not send to"
                     )
     statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False)
+    sent_as, reports = _group_message(
+        message_id, as_message_id(data.get("group_message_id")), statuses
+    )
     raw_cost = data.get("cost")
     cost = parse_money(raw_cost)
     if cost is None and raw_cost is not None:
         amount = raw_cost.get("amount") if isinstance(raw_cost, dict) else raw_cost
         log.warning("response.cost_unusable", message_id=message_id, amount=repr(amount)[:60])
     return SendReceipt(
-        message_id=message_id,
-        statuses=_one_each(statuses),
+        message_id=sent_as,
+        statuses=_one_each(reports),
         wait_seconds=parse_seconds(data.get("wait_seconds")),
         cost=cost,
         errors=parse_errors(data),
         valid_until=_stamp(data.get("valid_until")),
     )
+
+
+def _group_message(
+    mid: str, group: str | None, statuses: Sequence[RecipientStatus]
+) -> tuple[str, Sequence[RecipientStatus]]:
+    """The id a send's answer shows its group by, and its reports: the group message it
+    names (``group_message_id``, an id: :func:`as_message_id`), which ``GET
+    /messages/group/{message_id}`` takes and the group's webhooks and detail records name,
+    else its own ``id``. An answer naming a group message other than its ``id`` is one
+    recipient's own message: its ``id`` is the own id only of a lone member under ``to``,
+    and of nobody when ``to`` lists several (it is not each one's own)."""
+    if group is None or group == mid:
+        return mid, statuses
+    if sum(st.message_id == mid for st in statuses) == 1:
+        return group, statuses
+    return group, [
+        msgspec.structs.replace(st, message_id=None) if st.message_id == mid else st
+        for st in statuses
+    ]
 
 
 def _one_each(statuses: Sequence[RecipientStatus]) -> tuple[RecipientStatus, ...]:

@@ -11,11 +11,12 @@ import socket
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 import bulk_mms.client
 import bulk_mms.clock
-from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses
+from bulk_mms.answers import parse_receipt, parse_retry_after, parse_statuses, read_receipt
 from bulk_mms.client import AiohttpMmsClient, idempotency_key, request_body
 from bulk_mms.errors import (
     AccountRefused,
@@ -438,3 +439,30 @@ def test_every_idempotency_key_is_one_a_server_honouring_keys_takes() -> None:
         idempotency_key(campaign, f"{gid}-18445550001"),
     ]
     assert [k for k in keys if not documented.fullmatch(k)] == []
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_an_answer_naming_its_group_message_is_the_groups_and_its_id_no_members_but_a_lone_one(
+    plain: bool,
+) -> None:
+    """A send's answer whose group_message_id is not its id (one member's own message) is
+    the group message's, plain or read field by field; its id is the own id of the one
+    member under to, and of none when to lists several."""
+    gid, mid = "g-0000-1111", "m-2222-3333"
+    to = ["+12125550100", "+12125550101"]
+
+    def answer(listed: list[str]) -> dict[str, object]:
+        data: dict[str, object] = {
+            "id": mid,
+            "group_message_id": gid,
+            "to": [{"phone_number": p, "status": "sending_failed"} for p in listed],
+            "cc": [{"phone_number": p} for p in to if p not in listed],
+        }
+        if plain:
+            data["errors"] = []
+        return {"data": data}
+
+    several, lone = (read_receipt(orjson.dumps(answer(listed)), to) for listed in (to, to[:1]))
+    assert several.message_id == lone.message_id == gid
+    assert [(st.phone, st.message_id) for st in several.statuses] == [(p, None) for p in to]
+    assert [(st.phone, st.message_id) for st in lone.statuses] == [(to[0], mid), (to[1], None)]

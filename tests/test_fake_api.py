@@ -1005,6 +1005,28 @@ async def test_group_message_ids_name_the_send_everywhere_and_the_real_client_re
     assert [r.group_message_id for r in kept] == [gid]
 
 
+async def test_member_id_answers_give_a_members_id_and_the_group_only_by_its_name(
+    api: ApiClock,
+) -> None:
+    """With member_id_answers the send's answer, valid by the spec, has its first member's own
+    id and names the group message in group_message_id: the group's GET takes only the
+    group message (404 for the member's id), the member's id is that member's message."""
+    a, clock = api
+    a.fake.member_id_answers = True
+    to = ["+12125550100", "+12125550101"]
+    status, sent = await a.send(to)  # every answer checked against the spec by a.call
+    (msg,) = a.fake.accepted
+    assert status == 200
+    assert (sent["data"]["id"], sent["data"]["group_message_id"]) == (msg.recipient_ids[0], msg.id)
+    assert [m["phone_number"] for m in sent["data"]["to"]] == to
+    clock.advance(5)
+    assert (await a.call("GET", f"/messages/group/{msg.recipient_ids[0]}"))[0] == 404
+    _, group, _ = await a.call("GET", f"/messages/group/{msg.id}")
+    assert [m["id"] for m in group["data"]] == list(msg.recipient_ids)
+    _, own, _ = await a.call("GET", f"/messages/{msg.recipient_ids[0]}")
+    assert [m["phone_number"] for m in own["data"]["to"]] == to[:1]
+
+
 async def _ok(_request: web.Request) -> web.Response:
     return web.Response(status=200)
 

@@ -145,6 +145,24 @@ async def test_webhooks_naming_only_their_group_message_record_each_final_status
     assert [r.method for r in fake.http_log] == ["POST"] * 4
 
 
+async def test_webhooks_of_a_send_answered_with_a_members_own_message_are_all_recorded(
+    jobs: JobFactory,
+) -> None:
+    """A send answered with its first member's own message, naming the group only by
+    group_message_id (member_id_answers): the mean webhooks of every member, each under its
+    own id, are recorded once each at their final status, none unmatched."""
+    clock, signer = FakeClock(), Ed25519PrivateKey.generate()
+    fake = mean_fake(clock, signer)
+    fake.member_id_answers = True
+    job = four_people(jobs)
+    receiver = await run_then_hooks(job, fake, clock, signer)
+    lines = webhook_statuses(job.ledger)
+    assert Counter(e["recipient"] for e in lines) == dict.fromkeys(PEOPLE, 1)
+    assert {e["recipient"]: e["status"] for e in lines} == FINALS
+    assert (receiver.recorded, receiver.unmatched) == (4, 0)
+    assert summarize(job.ledger).delivery == Counter(FINALS.values())
+
+
 async def test_webhooks_repeated_reordered_and_before_the_answer_are_recorded_once(
     jobs: JobFactory,
 ) -> None:

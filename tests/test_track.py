@@ -761,3 +761,18 @@ async def test_a_member_listed_only_on_a_later_pass_is_not_left_unlisted(
     assert (r.statuses, r.pending) == ({"delivered": 4}, 0)
     assert (r.unlisted, r.as_dict()["unlisted"]) == ([], [])
     assert "not listed" not in format_track(r, ledger)
+
+
+async def test_a_send_answered_with_a_members_own_message_is_tracked_by_its_group_message(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A send answered with its first member's own message, the group's id only in
+    group_message_id (member_id_answers): the group is recorded under the group message, and
+    track follows every member through its GET to its final status, none left unlisted."""
+    fake, url = fake_api
+    fake.member_id_answers = True
+    async with sent_by_fake(url, jobs, 4, 4) as (ledger, track):
+        result = await track()
+    (msg,) = fake.accepted
+    assert [e["message_id"] for e in ledger_events(ledger) if e["event"] == "sent"] == [msg.id]
+    assert (result.statuses, result.unlisted, result.pending) == ({"delivered": 4}, [], 0)

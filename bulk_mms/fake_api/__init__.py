@@ -44,7 +44,8 @@ Variants the spec allows are switches too: ``statuses_in_cc`` lists a group's me
 the first under ``cc``, with their statuses, in the group's own message; ``group_message_ids``
 names the group message (``group_message_id``, the send's id, which the spec does not declare)
 in every message object, webhook payload and detail record, as Telnyx's support article
-8255134 says its group messages do.
+8255134 says its group messages do; ``member_id_answers`` answers a send with its first
+recipient's own message id, naming the group message only in ``group_message_id``.
 
 The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
 (replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a

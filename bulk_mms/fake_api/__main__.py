@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         action="store_true",
         help="name the group message (group_message_id) in every answer, webhook and record",
     )
+    parser.add_argument(
+        "--member-id-answers",
+        action="store_true",
+        help="answer a send with its first member's own id, the group's only in group_message_id",
+    )
     args = parser.parse_args(argv)
     fake = FakeTelnyx(
         api_key=args.key,
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
         webhooks_out_of_order=args.webhooks_out_of_order,
         webhooks_without_from=args.webhooks_without_from,
         group_message_ids=args.group_message_ids,
+        member_id_answers=args.member_id_answers,
     )
     if args.webhook_url:
         _sign_webhooks(fake, args.webhook_url, args.webhook_every)

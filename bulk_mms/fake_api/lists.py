@@ -108,7 +108,7 @@ class ListEndpoints(FakeState):
                     "currency": "USD",
                     "profile_name": PROFILE_NAME,
                 }
-                if self.group_message_ids:
+                if self.names_group_messages:
                     record["group_message_id"] = msg.id
                 out.append(record)
         return out

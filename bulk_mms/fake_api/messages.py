@@ -131,8 +131,10 @@ class MessageViews(FakeState):
         else:
             record["num_chars"] = len(text)
         out = sparse(record) if self.sparse_answers else record
-        if self.group_message_ids:  # undeclared, so beside even the least the spec promises
+        if self.names_group_messages:  # undeclared, so beside even the least the spec promises
             out["group_message_id"] = msg.id
+        if send and self.member_id_answers:
+            out["id"] = msg.recipient_ids[0]
         return out
 
     async def get_group(self, request: web.Request) -> web.Response:

@@ -153,6 +153,12 @@ class FakeState:
     #: says ("returned via API response, webhooks and ... detailed records"); the spec
     #: declares no such field. Off: none names it.
     group_message_ids: bool = False
+    #: Answer a send with its first recipient's own message (``id``: that recipient's, as
+    #: ``GET /messages/{id}`` serves it; ``to``: every member) naming the group message only
+    #: by ``group_message_id``, which ``GET /messages/group/{message_id}`` takes: the article
+    #: says the API response returns ``group_message_id``, so its ``id`` need not be the
+    #: group's. Implies :attr:`group_message_ids`. Off: the send's ``id`` is the group's.
+    member_id_answers: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
@@ -192,6 +198,12 @@ class FakeState:
             # Telnyx tries a URL three times (FACTS 7): a 2xx lost at the third is not retried
             raise ValueError(f"webhook_repeats must be 0 to 2, not {self.webhook_repeats}")
         self._epoch = time.time() - self.clock()
+
+    @property
+    def names_group_messages(self) -> bool:
+        """Whether message objects, webhook payloads and detail records name their group
+        message (:attr:`group_message_ids`, or :attr:`member_id_answers`, which needs it)."""
+        return self.group_message_ids or self.member_id_answers
 
     def stamp(self, wall: float, form: tuple[str, int, str] = MESSAGE_STAMP) -> str:
         """``wall`` as the API writes it: in ``form``, or with :attr:`varied_stamps` the next
