@@ -355,7 +355,9 @@ class Tracker:
         """Each recipient's report in an answer. A recipient listed under more than one
         message id (the group endpoint returns "all messages in a group MMS conversation",
         and the same people may be texted again) takes the report under its own id, once
-        known; until then, None: another message's status is never recorded as this one's.
+        known; until then, the report under the one message id listing it that is not the
+        group's own (whose message lists every member), when there is exactly one such id,
+        else None: another message's status is never recorded as this one's.
         A report whose message names another group of this ledger
         (:meth:`~bulk_mms.ledger.LedgerView.names_another`), or, when another report of the
         answer names this group's own id (so the field is seen to hold it), names any other
@@ -390,7 +392,12 @@ class Tracker:
                 doubled.add(st.phone)
         for phone in doubled:
             own = k.message_id if (k := self.view.known.get(phone)) else None
-            mine = [st for st in statuses if st.phone == phone and own and st.message_id == own]
+            reports = [st for st in statuses if st.phone == phone]
+            if own:
+                mine = [st for st in reports if st.message_id == own]
+            else:  # not learnt yet: the one id listing it beside the group's own message's
+                mine = [st for st in reports if st.message_id not in (None, own_id)]
+                mine = mine if len({st.message_id for st in mine}) == 1 else []
             listed[phone] = mine[-1] if mine else None
             if not mine:
                 log.warning("track.recipient_ambiguous", group=g.id, recipient=phone)

@@ -1027,6 +1027,20 @@ async def test_member_id_answers_give_a_members_id_and_the_group_only_by_its_nam
     assert [m["phone_number"] for m in own["data"]["to"]] == to[:1]
 
 
+async def test_group_message_listed_lists_the_groups_own_message_first(api: ApiClock) -> None:
+    """With group_message_listed the group's GET, valid by the spec, lists the group's own
+    message (every member under to) first, then each recipient's own."""
+    a, clock = api
+    a.fake.group_message_listed = True
+    to = ["+12125550100", "+12125550101"]
+    await a.send(to)
+    (msg,) = a.fake.accepted
+    clock.advance(5)
+    _, group, _ = await a.call("GET", f"/messages/group/{msg.id}")
+    assert [m["id"] for m in group["data"]] == [msg.id, *msg.recipient_ids]
+    assert [[t["phone_number"] for t in m["to"]] for m in group["data"]] == [to, to[:1], to[1:]]
+
+
 async def _ok(_request: web.Request) -> web.Response:
     return web.Response(status=200)
 

@@ -776,3 +776,22 @@ async def test_a_send_answered_with_a_members_own_message_is_tracked_by_its_grou
     (msg,) = fake.accepted
     assert [e["message_id"] for e in ledger_events(ledger) if e["event"] == "sent"] == [msg.id]
     assert (result.statuses, result.unlisted, result.pending) == ({"delivered": 4}, [], 0)
+
+
+@pytest.mark.parametrize("named", [False, True])
+async def test_a_group_get_listing_the_groups_own_message_beside_each_members_is_tracked(
+    fake_api: API, jobs: JobFactory, named: bool
+) -> None:
+    """A group's GET that lists the group's own message (every member under to) beside each
+    member's own (group_message_listed), naming its group message or not: each member is
+    tracked to its final status by its own message, none left unlisted or pending."""
+    fake, url = fake_api
+    fake.group_message_listed = True
+    fake.group_message_ids = named
+    async with sent_by_fake(url, jobs, 4, 4) as (ledger, track):
+        result = await track()
+    (msg,) = fake.accepted
+    assert (result.statuses, result.unlisted, result.pending) == ({"delivered": 4}, [], 0)
+    assert {p: k.message_id for p, k in load(ledger).known.items()} == dict(
+        zip(msg.to, msg.recipient_ids, strict=True)
+    )

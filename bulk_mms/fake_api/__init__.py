@@ -45,7 +45,8 @@ the first under ``cc``, with their statuses, in the group's own message; ``group
 names the group message (``group_message_id``, the send's id, which the spec does not declare)
 in every message object, webhook payload and detail record, as Telnyx's support article
 8255134 says its group messages do; ``member_id_answers`` answers a send with its first
-recipient's own message id, naming the group message only in ``group_message_id``.
+recipient's own message id, naming the group message only in ``group_message_id``;
+``group_message_listed`` lists the group's own message in its GET beside each recipient's.
 
 The kinder behaviours older tests rely on are switches, off by default: ``replay_keys``
 (replay a repeated key's first success), ``sync_carrier_codes`` (answer carrier codes with a

@@ -147,6 +147,8 @@ class MessageViews(FakeState):
         if self.statuses_in_cc:
             return json_answer(200, {"data": [self._record(msg, live=True)]})
         data = [self._record(msg, only=i, live=True) for i in range(len(msg.to))]
+        if self.group_message_listed:  # the conversation's messages: the group's own too
+            data.insert(0, self._record(msg, live=True))
         return json_answer(200, {"data": data})
 
     async def get_message(self, request: web.Request) -> web.Response:

@@ -159,6 +159,10 @@ class FakeState:
     #: says the API response returns ``group_message_id``, so its ``id`` need not be the
     #: group's. Implies :attr:`group_message_ids`. Off: the send's ``id`` is the group's.
     member_id_answers: bool = False
+    #: List the group's own message (its id, every member under ``to`` with its status)
+    #: first in ``GET /messages/group/{message_id}``, beside each recipient's own: the spec
+    #: says it retrieves "all messages in a group MMS conversation". Off: each recipient's.
+    group_message_listed: bool = False
     #: Post due webhooks every this many seconds while served (None: only on
     #: :meth:`pump_webhooks`), sleeping with :attr:`sleep`.
     webhook_every_s: float | None = None
