@@ -17,6 +17,7 @@ import io
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,10 +25,11 @@ import msgspec
 from bulk_mms.clock import Clock, SystemClock
 from bulk_mms.csvfile import safe_cell
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, UNCONFIRMED
-from bulk_mms.errors import LedgerError
+from bulk_mms.errors import InputError, LedgerError
 from bulk_mms.gates import before
 from bulk_mms.ledger import (
     STATES,
+    Header,
     InputRows,
     LedgerView,
     Location,
@@ -45,6 +47,7 @@ from bulk_mms.ledger.fold import (
     Missed,
     action_of,
 )
+from bulk_mms.reader import fingerprint
 from bulk_mms.summary import minute_utc, percentile, rerun_from
 from bulk_mms.words import MAX_COST, OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
 
@@ -213,6 +216,11 @@ class LedgerSummary(msgspec.Struct):
     #: (:class:`~bulk_mms.errors.MaxCostReached`): no rerun sends it, nor those not
     #: attempted, until ``max_cost`` is raised.
     max_cost_reached: bool = False
+    #: When a rerun has recipients left to send (not attempted, pending a rerun, or the
+    #: input not all read) but the job's input file is not the one the ledger was begun on:
+    #: what a run resuming it says, refused (:meth:`~bulk_mms.ledger.Header.input_changed`);
+    #: no rerun sends them. None otherwise, and when the file is not here to compare.
+    input_changed: str | None = None
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
     #: leaves out because an earlier resend of this campaign's failed file took them
     #: (:func:`~bulk_mms.recipient_lists.resent`), each with that resend's ledger.
@@ -315,6 +323,7 @@ class LedgerSummary(msgspec.Struct):
             "retry_pending_not_before": minute_utc(self.capped.until),
             "retry_pending_past_deadline": len(self.capped.past_deadline),
             "max_cost_reached": self.max_cost_reached,
+            "input_changed": self.input_changed is not None,
             "in_doubt_groups": self.in_doubt_groups,
             "in_doubt_recipients": r.in_doubt,
             "input_rows": self.rows.rows,
@@ -392,8 +401,25 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.max_cost_reached = any(
         rec.state == RETRY_PENDING and why_code(rec.why) == MAX_COST for rec in view.groups.values()
     )
+    r = s.recipient_states
+    if not r.input_read or r.not_attempted or r.retry_pending:  # else no rerun to refuse
+        s.input_changed = _input_changed(h, display(location))
     s.unsent = _unsent(view, _reset_words(s))
     return s
+
+
+def _input_changed(header: Header, ledger: str) -> str | None:
+    """What a run resuming the ledger (at ``ledger``) with its job's input as it is now says
+    (:meth:`~bulk_mms.ledger.Header.input_changed`), or None: the same file, or none at the
+    header's path (the report may run where the input is not; the run says what is wrong)."""
+    source = Path(header.input) if header.input else None
+    if source is None or not source.is_file():
+        return None
+    try:
+        now = fingerprint(source)  # the whole file: only when a rerun would be suggested
+    except (InputError, OSError):
+        return None
+    return header.input_changed(now, ledger)
 
 
 def _delivery_codes(
@@ -463,6 +489,8 @@ def _reset_words(s: LedgerSummary) -> dict[str, str]:
     """What the table adds to the why of each group pending a rerun that a cap holds (a
     carrier's, or the account's daily one: :attr:`LedgerSummary.capped`), by its id: from
     when a rerun sends it, or that no rerun before the job's deadline does."""
+    if s.input_changed is not None:
+        return {}  # no rerun sends them: the retry-pending row says why
     late = {w.group for w in s.capped.past_deadline.values()}
     return {
         w.group: f"; {past_deadline_words(s.deadline)}"
@@ -481,7 +509,10 @@ def rerun_words(s: LedgerSummary) -> str:
     as that run said); once the latest run's deadline has passed
     (:attr:`LedgerSummary.deadline_passed`), none: a run then records them expired. Once
     the job's ``max_cost`` refused a group (:attr:`LedgerSummary.max_cost_reached`), only a
-    rerun with it raised."""
+    rerun with it raised. None of it when the input file changed since the ledger was begun
+    (:attr:`LedgerSummary.input_changed`): a rerun is refused, and this says what to do."""
+    if s.input_changed is not None:
+        return f"a rerun is refused: {s.input_changed}"
     if s.deadline_passed or s.capped.past_deadline:
         return past_deadline_words(s.deadline)
     raised = " with max_cost raised" if s.max_cost_reached else ""
@@ -545,7 +576,9 @@ def _waiting_reasons(s: LedgerSummary) -> list[tuple[int, str]]:
     out = []
     for (code, late), ws in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
         after = max(w.after for w in ws)
-        if late:
+        if s.input_changed is not None:
+            when = f"; {rerun_words(s)}"
+        elif late:
             when = f"; {past_deadline_words(s.deadline)}"
         elif after:
             when = f"; {rerun_from(after)}"

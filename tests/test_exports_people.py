@@ -214,6 +214,34 @@ def test_an_export_written_again_while_the_run_sends_from_it_stops_the_run(
     assert recipients["sent"] + recipients["in_doubt"] == len(fake.accepted) < 200
 
 
+def test_the_report_after_an_export_written_again_mid_run_says_a_rerun_is_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a run the export's rewrite stopped, the report promises no plain rerun for
+    those not sent (one is refused as another input) but says the input changed and how to
+    go on, as the refused rerun does."""
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 256)
+    path = jobs.csv([{"phone": p, "first": "Old"} for p in numbers(200)])
+    job = jobs.job(extra="group_size = 1")
+    fake = _Reexport()
+    fake.path = path
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main(run) == 2
+        capsys.readouterr()
+        assert main(["report", str(job.ledger), "--format", "table"]) == 0
+        table = capsys.readouterr().out
+        assert main(["report", str(job.ledger), "--json"]) == 0
+        assert orjson.loads(capsys.readouterr().out)["input_changed"] is True
+        assert main(run) == 2
+    refused = capsys.readouterr().err
+    changed = "the input file changed since this ledger was started"
+    assert changed in refused
+    assert "plain rerun" not in table
+    assert f"not sent yet: a rerun is refused: {changed}; to send the new one, run under" in table
+    assert f"--exclude-sent {job.ledger}" in table
+
+
 def test_an_export_replaced_between_the_check_and_the_send_sends_nothing(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

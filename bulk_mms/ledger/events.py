@@ -100,6 +100,15 @@ class Header(msgspec.Struct, frozen=True):
             )
         return None
 
+    def input_changed(self, now: str, ledger: str = "LEDGER") -> str | None:
+        """What a run whose input's fingerprint is ``now`` says when that is not the file
+        this ledger was begun on (found at ``ledger``, which the advice names): the input
+        changed since, and how to go on (one of :meth:`mismatch`'s reasons, in its words);
+        None when it is that file."""
+        if self.fingerprint == now:
+            return None
+        return _INPUT_CHANGED.format(go_on=_GO_ON.format(ledger=ledger))
+
 
 def _same_window(was: str | None, now: str | None) -> bool:
     """Whether a header's ``recipient_window`` and a job's are one window as headers write it:
@@ -125,13 +134,16 @@ def zones_source(recipient_window: object, timezone_column: str | None) -> str |
 #: new ledger alone would text them all again).
 _GO_ON = "run under a new --name with --exclude-sent {ledger}"
 _REGROUP = " (regrouping would resend people already sent; {go_on})"
+_INPUT_CHANGED = (
+    "the input file changed since this ledger was started; to send the new one, {go_on}"
+)
 #: What a resume must find unchanged: (field, label, hint).
 _MATCHED: Final = (
     ("job", "job name", ""),
     (
         "fingerprint",
         "input file contents",
-        " (the input file changed since this ledger was started; to send the new one, {go_on})",
+        f" ({_INPUT_CHANGED})",
     ),
     ("group_size", "group_size", _REGROUP),
     ("group_by", "group_by", _REGROUP),
