@@ -174,6 +174,14 @@ def own_delimiter(line: bytes | str) -> str | None:
     return sep if sep in DELIMITERS else None
 
 
+def unnamed(n: int) -> str:
+    """The name a CSV input's ``n``-th column (from 0) without one goes by, so that each such
+    column keeps its own value in a row: whitespace (``""``, ``" "``, ...), which no other
+    header name read is (the reader strips them), and which :func:`write_csv` writes blank
+    again, as the input had it."""
+    return " " * n
+
+
 def safe_cell(value: object) -> str:
     """``value`` as a cell a spreadsheet shows as text, never runs as a formula: one that
     starts with a formula's first character, after any quotes, gets a quote in front (the
@@ -201,7 +209,8 @@ def write_csv(
 ) -> int:
     """Write ``header`` and ``rows`` to ``path`` (UTF-8), every cell through :func:`safe_cell`,
     whole or not at all (:func:`write_whole`), the columns separated by ``delimiter`` (one of
-    :data:`DELIMITERS`).
+    :data:`DELIMITERS`). A header name of whitespace alone (a column the input left unnamed:
+    :func:`unnamed`) is written blank.
 
     The file begins with a UTF-8 byte order mark, as Excel's "CSV UTF-8" does: Excel opens it
     as UTF-8 instead of garbling accents, and a file sent again as a job's input is taken as
@@ -218,7 +227,7 @@ def write_csv(
     def write(f: TextIO) -> int:
         f.write("\ufeff")
         w = csv.writer(f, delimiter=delimiter)
-        w.writerow([safe_cell(h) for h in header])
+        w.writerow([safe_cell(h) if h.strip() else "" for h in header])
         n = 0
         for row in rows:
             w.writerow([safe_cell(c) for c in row])

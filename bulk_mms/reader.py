@@ -36,7 +36,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain
+from itertools import chain, count
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +44,14 @@ from typing import IO, Self, cast
 
 import msgspec
 
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, DELIMITERS, own_delimiter, read_cell, toml_string
+from bulk_mms.csvfile import (
+    CAMPAIGN_COLUMN,
+    DELIMITERS,
+    own_delimiter,
+    read_cell,
+    toml_string,
+    unnamed,
+)
 from bulk_mms.decoding import LineDecoder, whole_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.jsonl_rows import JsonlRows
@@ -513,6 +520,8 @@ class RowReader:
         if CAMPAIGN_COLUMN in self._columns:
             self._ours = True
             self._columns = tuple(read_cell(h) for h in self._columns)
+        blank = count()  # each column without a name apart: one value in each
+        self._columns = tuple(h or unnamed(next(blank)) for h in self._columns)
         self._refuse_repeats()
         self._complete = True
         if self.phone not in self.columns:

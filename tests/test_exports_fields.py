@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.reader import MAX_LINE_BYTES
 from tests.conftest import JobFactory, numbers
 from tests.test_exports_people import stopped_after_one
@@ -236,3 +236,26 @@ def test_a_large_export_whose_lines_end_the_old_mac_way_is_named_so(
     assert "carriage return alone" in err
     assert said in err
     assert fake.requests == []
+
+
+def test_the_failed_file_keeps_each_unnamed_column_s_own_value(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """An export whose header leaves two columns unnamed: the failed file writes each of
+    them with its own value under a blank name, as the input had them, not one value in
+    both."""
+    jobs.csv("phone,,first,\r\n+12125550101,a,Ann,b\r\n+12125550102,c,Bo,d\r\n")
+    job = jobs.job(extra="group_size = 1", message='text = "Hi {first}"')
+    fake = FakeTelnyx()
+    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "run", str(job.path), "--base-url", url]) == 1
+    assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+    with failed.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:4] == ["phone", "", "first", ""]
+    assert sorted(r[:4] for r in rows[1:]) == [
+        ["+12125550101", "a", "Ann", "b"],
+        ["+12125550102", "c", "Bo", "d"],
+    ]
