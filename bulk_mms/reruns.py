@@ -35,6 +35,7 @@ from msgspec.structs import replace
 from bulk_mms.clock import SystemClock, utc
 from bulk_mms.config import JobConfig, load_job
 from bulk_mms.config.folders import sandbox_ledger
+from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import (
     Header,
@@ -110,14 +111,20 @@ def finish_yesterdays(
     return _at(job, yesterday), view
 
 
-def missed_campaigns(job: JobConfig) -> dict[str, set[str]]:
+def missed_campaigns(job: JobConfig) -> tuple[dict[str, set[str]], frozenset[int]]:
     """The campaigns whose failed file (``report --failed-csv``) the job's input is, each
     with the numbers its rows list as that campaign's (:func:`~bulk_mms.recipient_lists.
-    missed_by`); none for another file."""
+    missed_by`); none for another file. And the numbers (E.164 digits) of such a file's rows
+    that name no campaign (an empty :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN` cell: a row
+    added by hand) and that no campaign's rows list: no campaign missed them, so they are
+    asked about as any other input's rows are (:func:`refuse_sending_again`'s ``only``)."""
     header = header_for(job, "", SystemClock())
-    return {
-        campaign: phones for campaign, phones in missed_by(job.input, header).items() if campaign
-    }
+    missed = missed_by(job.input, header)
+    unnamed = missed.pop("", set())
+    if not missed:
+        return {}, frozenset()  # not a failed file's rows: the run asks of them all
+    listed = set().union(*missed.values())
+    return missed, frozenset(int(p[1:]) for p in unnamed - listed)
 
 
 def refuse_resending_again(
@@ -201,6 +208,7 @@ def refuse_sending_again(
     input_file: Path | None,
     exclude_sent: Sequence[Location],
     excluded: frozenset[int],
+    only: frozenset[int] | None = None,
 ) -> None:
     """A run of ``job`` that would text again whoever of its input the job's earlier ledgers
     sent (:func:`_earlier_ledgers`, counted as ``--exclude-sent`` counts them:
@@ -232,6 +240,11 @@ def refuse_sending_again(
         input_file: the run's ``--input``; None: the job's own input.
         exclude_sent: the ledgers ``--exclude-sent`` names.
         excluded: the numbers those ledgers record sent (not counted again).
+        only: the numbers (E.164 digits) of the input it asks about, None: every one. A
+            failed file's rows that name no campaign (:func:`missed_campaigns`): the rest
+            are its campaigns' to resend (:func:`refuse_resending_again`), and the way on
+            is to take those rows out, not ``--exclude-sent`` (that would leave out whom a
+            campaign's sent group did not reach too).
 
     Raises:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
@@ -254,6 +267,8 @@ def refuse_sending_again(
         if earlier
         else frozenset()
     )
+    if only is not None:
+        sent, pending = sent & only, pending & only
     if not (sent or pending):
         return
     if not (scan := scan_input(job, excluded=(sent | pending) - excluded)).excluded:
@@ -273,6 +288,14 @@ def refuse_sending_again(
         )
     else:
         whom, then = "already sent by this job", "add "
+    if only is not None:
+        raise ConfigError(
+            "--input",
+            f"{count(scan.excluded, 'recipient')} of {job.input} whose rows name no campaign "
+            f"(an empty {CAMPAIGN_COLUMN}: added by hand) {whom} ({named}) would be texted "
+            "again: take those rows out of the file, or give --name NAME to text them again "
+            "in a campaign of its own; nothing sent",
+        )
     raise ConfigError(
         "--input" if input_file is not None else "input",
         f"{count(scan.excluded, 'recipient')} of {job.input} {whom} ({named}) would be "

@@ -1278,3 +1278,39 @@ def test_failed_files_of_two_rounds_joined_resend_whom_the_later_round_missed(
         assert main([*run, "--input", str(both)]) == 0
     assert "would be texted again" not in capsys.readouterr().err
     assert fake.recipient_counts() == {"+12125550101": 3}
+
+
+def test_a_row_added_by_hand_to_a_failed_file_is_checked_against_whom_the_job_sent(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A row typed into a failed file with an empty bulk_mms_campaign cell, of someone the
+    job already sent, is refused as any other input's row is (exit 2, naming the ledger and
+    saying to take the row out, nothing sent); without it the failed one is resent, nobody
+    twice."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    fake = FakeTelnyx()
+    fake.faults.append(Fault("status", 400, code="40001"))  # one group refused for good
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        with failed.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["phone", "first", "bulk_mms_reason", "bulk_mms_campaign"]
+        sent = next(p for p in people if p != rows[1][0])
+        with failed.open("a", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerow([sent, "A", "", ""])  # added by hand: no campaign
+        capsys.readouterr()
+        assert main([*run, "--input", str(failed)]) == 2
+        err = capsys.readouterr().err
+        assert f"1 recipient of {failed} whose rows name no campaign" in err
+        assert f"already sent by this job ({job.ledger})" in err
+        assert "take those rows out of the file" in err
+        assert fake.recipient_counts() == dict.fromkeys(set(people) - {rows[1][0]}, 1)
+        with failed.open("w", encoding="utf-8-sig", newline="") as f:
+            csv.writer(f).writerows(rows)  # the row taken out again
+        assert main([*run, "--input", str(failed)]) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)

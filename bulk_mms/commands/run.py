@@ -225,7 +225,8 @@ def _refuse_texting_twice(job: JobConfig, args: argparse.Namespace) -> None:
     send: a resend of a failed file apart from its campaigns' ledgers
     (:func:`~bulk_mms.reruns.refuse_resend_apart`) or texting again whom another resend of
     theirs took (:func:`~bulk_mms.reruns.refuse_resending_again`), else any other run
-    (:func:`~bulk_mms.reruns.refuse_sending_again`); ``--name`` asks for a campaign of its
+    (:func:`~bulk_mms.reruns.refuse_sending_again`), and so the rows of a failed file that
+    name no campaign (added by hand); ``--name`` asks for a campaign of its
     own, on purpose, so only the first is asked then. Not asked of a seed send (``--to``):
     the caller leaves it out.
 
@@ -233,11 +234,14 @@ def _refuse_texting_twice(job: JobConfig, args: argparse.Namespace) -> None:
         ConfigError: the run is refused (exit 2, nothing sent).
         LedgerError: an earlier ledger cannot be read.
     """
-    if args.input is not None and (missed := missed_campaigns(job)):
+    missed, by_hand = missed_campaigns(job) if args.input is not None else ({}, frozenset())
+    if missed:
         refuse_resend_apart(job, set(missed))
-        if args.name is None:
-            refuse_resending_again(job, missed, excluded=args.excluded)
-    elif args.name is None:
+    if args.name is not None:
+        return
+    if missed:
+        refuse_resending_again(job, missed, excluded=args.excluded)
+    if not missed or by_hand:  # a failed file's rows added by hand: asked as any input's
         plain, folded = _as_run_plainly(job, args)
         refuse_sending_again(
             job,
@@ -247,6 +251,7 @@ def _refuse_texting_twice(job: JobConfig, args: argparse.Namespace) -> None:
             input_file=args.input,
             exclude_sent=args.exclude_sent,
             excluded=args.excluded,
+            only=by_hand if missed else None,
         )
 
 
