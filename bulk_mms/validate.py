@@ -266,7 +266,7 @@ def _parsed(value: str, region: str) -> str:
         raise PhoneError(_refused_value(text) or f"not a phone number ({exc._msg})") from None
     if number.country_code != 1:
         raise PhoneError(
-            f"+{number.country_code} is not a US or Canadian number "
+            f"a +{number.country_code} number, not a US or Canadian one "
             "(group MMS reaches the US and Canada only)"
         )
     # is_valid_number would search the +1 regions for this number's region itself; asking for
@@ -276,8 +276,8 @@ def _parsed(value: str, region: str) -> str:
         raise PhoneError(_refused_value(text) or _INVALID)
     if where not in _REACHABLE_REGIONS:
         raise PhoneError(
-            f"+1 number outside the US and Canada ({where}); group MMS reaches the US and "
-            "Canada only"
+            f"a +1 number outside the US and Canada ({where}); group MMS reaches the US "
+            "and Canada only"
         )
     national = str(number.national_number)
     if len(national) != _NSN_LENGTH:
@@ -424,8 +424,8 @@ def _nanp(phone: str) -> str:
             raise PhoneError(_INVALID)
         if code not in _REACHABLE_REGIONS:
             raise PhoneError(
-                f"+1 number outside the US and Canada ({code}); group MMS reaches the US "
-                "and Canada only"
+                f"a +1 number outside the US and Canada ({code}); group MMS reaches the "
+                "US and Canada only"
             )
         return phone
     raise PhoneError(_INVALID)

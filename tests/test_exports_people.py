@@ -69,6 +69,27 @@ def test_a_person_whose_first_row_is_rejected_is_sent_from_their_valid_row(
     assert "duplicate" not in out
 
 
+def test_rejected_files_write_a_foreign_number_s_reason_as_said(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A UK number and a Jamaican one (+1, outside the US and Canada): both rejected files
+    (run's and report's) give their reasons as the run says them, with no quote in front
+    of a reason taken for a formula."""
+    jobs.csv(
+        "phone,first\r\n+12125550101,Ann\r\n+44 20 7946 0958,Bo\r\n"
+        "+1 876 555 0101,Cy\r\n+12125550102,Di\r\n"
+    )
+    job = jobs.job(extra="max_rejected_share = 0.5")
+    _, rejected = _sent_with_rejected_csv(job, tmp_path)
+    again = tmp_path / "again.csv"
+    assert main(["-q", "report", str(job.ledger), "--rejected-csv", str(again)]) == 0
+    for path in (rejected, again):
+        reasons = [r[2] for r in read_csv(path)[1:]]
+        assert [r[:1] for r in reasons] == ["a", "a"]
+        assert reasons[0].startswith("a +44 number, not a US or Canadian one")
+        assert reasons[1].startswith("a +1 number outside the US and Canada (JM)")
+
+
 def test_a_crm_export_with_quoted_addresses_over_lines_sends_everyone(jobs: JobFactory) -> None:
     """Quoted addresses over several lines, commas in each (a CRM's export, CRLF), are one
     row each: everyone is sent, not the file refused as an unclosed quote."""

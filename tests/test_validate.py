@@ -83,7 +83,7 @@ def test_common_formats_normalise_to_e164(raw: str, e164: str) -> None:
         ("212-555-0100 cell", "letters"),
         ("555-0100 x12", "letters"),  # an extension follows a whole number: ten digits
         ("000\u00a0000x\u00a00000", "letters"),
-        ("+44 20 7946 0958", "+44 is not a US or Canadian number"),
+        ("+44 20 7946 0958", "a +44 number, not a US or Canadian one"),
         ("+1 876 555 0101", "outside the US and Canada"),  # Jamaica shares +1
         ("555-12", "not a valid"),
         ("310-1521", "a 7-digit service number, not a phone (310-1521)"),  # Canada's 310-XXXX
