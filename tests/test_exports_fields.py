@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from bulk_mms.cli import main
-from bulk_mms.fake_api import FakeTelnyx, Fault
+from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.reader import MAX_LINE_BYTES
 from tests.conftest import JobFactory, numbers
-from tests.test_exports_people import stopped_after_one
+from tests.test_exports_people import refused_then_resent, stopped_after_one
 from tests.threaded import fake_api_thread
 
 _BOM = b"\xef\xbb\xbf"
@@ -246,12 +246,9 @@ def test_the_failed_file_keeps_each_unnamed_column_s_own_value(
     both."""
     jobs.csv("phone,,first,\r\n+12125550101,a,Ann,b\r\n+12125550102,c,Bo,d\r\n")
     job = jobs.job(extra="group_size = 1", message='text = "Hi {first}"')
-    fake = FakeTelnyx()
-    fake.faults.extend(Fault("status", 400, code="40001") for _ in range(2))
     failed = tmp_path / "failed.csv"
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "run", str(job.path), "--base-url", url]) == 1
-    assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+    fake = refused_then_resent(job, failed, refused=2)
+    assert sorted(m.body["text"] for m in fake.accepted) == ["Hi Ann", "Hi Bo"]
     with failed.open(encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][:4] == ["phone", "", "first", ""]

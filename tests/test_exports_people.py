@@ -211,21 +211,31 @@ class _Reexport(FakeTelnyx):
         return super()._accept(body, key, wait)
 
 
-def test_an_export_written_again_while_the_run_sends_from_it_stops_the_run(
-    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The file the scan checked is written again in place while the run reads it: the run
-    stops saying so (exit 2) and sends nobody from the new contents; the report counts
-    everyone the first file held who was not sent."""
+def _stopped_by_a_reexport(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, people: list[str]
+) -> tuple[JobConfig, _Reexport, list[str]]:
+    """Send a job of ``people`` one a group while its export is written again in place
+    (:class:`_Reexport`), which stops the run (exit 2): the job, the fake API and the run's
+    command line."""
     monkeypatch.setattr(reader, "BLOCK_BYTES", 256)  # a few rows a block: many blocks
-    first = numbers(200)
-    path = jobs.csv([{"phone": p, "first": "Old"} for p in first])
+    path = jobs.csv([{"phone": p, "first": "Old"} for p in people])
     job = jobs.job(extra="group_size = 1")
     fake = _Reexport()
     fake.path = path
     with fake_api_thread(fake) as url:
         run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
         assert main(run) == 2
+    return job, fake, run
+
+
+def test_an_export_written_again_while_the_run_sends_from_it_stops_the_run(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file the scan checked is written again in place while the run reads it: the run
+    stops saying so (exit 2) and sends nobody from the new contents; the report counts
+    everyone the first file held who was not sent."""
+    first = numbers(200)
+    job, fake, _ = _stopped_by_a_reexport(jobs, monkeypatch, first)
     assert "people.csv: was written or replaced while it was sent from" in capsys.readouterr().err
     assert {m.body["text"] for m in fake.accepted} == {"Hello Old"}
     assert set(fake.recipient_counts()) <= set(first)
@@ -241,20 +251,13 @@ def test_the_report_after_an_export_written_again_mid_run_says_a_rerun_is_refuse
     """After a run the export's rewrite stopped, the report promises no plain rerun for
     those not sent (one is refused as another input) but says the input changed and how to
     go on, as the refused rerun does."""
-    monkeypatch.setattr(reader, "BLOCK_BYTES", 256)
-    path = jobs.csv([{"phone": p, "first": "Old"} for p in numbers(200)])
-    job = jobs.job(extra="group_size = 1")
-    fake = _Reexport()
-    fake.path = path
-    with fake_api_thread(fake) as url:
-        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
-        assert main(run) == 2
-        capsys.readouterr()
-        assert main(["report", str(job.ledger), "--format", "table"]) == 0
-        table = capsys.readouterr().out
-        assert main(["report", str(job.ledger), "--json"]) == 0
-        assert orjson.loads(capsys.readouterr().out)["input_changed"] is True
-        assert main(run) == 2
+    job, _, run = _stopped_by_a_reexport(jobs, monkeypatch, numbers(200))
+    capsys.readouterr()
+    assert main(["report", str(job.ledger), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert main(["report", str(job.ledger), "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["input_changed"] is True
+    assert main(run) == 2  # refused before anything is sent: no API needed
     refused = capsys.readouterr().err
     changed = "the input file changed since this ledger was started"
     assert changed in refused
