@@ -436,6 +436,15 @@ class Pacer:
         pace = self.senders.get(sender)
         return 0.0 if pace is None else max(0.0, pace.departs - self.clock.monotonic())
 
+    def queue_known(self, sender: str) -> bool:
+        """Whether :meth:`queue_ahead` knows ``sender``'s queue at Telnyx: an answer of this
+        run reported its wait (:meth:`observe`), or the ledger's latest answer for it did
+        (:meth:`queued_until`). Until then a message of it may wait up to
+        :data:`WAIT_CEILING_S` for all this process knows. A sender not in the pool has no
+        queue to learn."""
+        pace = self.senders.get(sender)
+        return pace is None or pace.departs > -math.inf
+
     def queued_until(self, sender: str, leaves: float) -> None:
         """A message of ``sender`` accepted before this run (the ledger's latest answer for
         it, :attr:`~bulk_mms.ledger.LedgerView.queued_until`) leaves Telnyx's queue at

@@ -15,10 +15,11 @@ rerun; ``max_job_duration_s`` and a closing ``send_window`` stop the job
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -38,7 +39,7 @@ from bulk_mms.errors import (
 from bulk_mms.gates import Held, job_deadline, past
 from bulk_mms.ledger import LedgerView
 from bulk_mms.models import Group
-from bulk_mms.pacing import PaceAborted, Pacer, Ticket
+from bulk_mms.pacing import WAIT_CEILING_S, PaceAborted, Pacer, Ticket
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.recorder import closed_before_leaving, never_left
@@ -151,6 +152,9 @@ class SendGates:
         #: backoff, their sender's pause): left for a run inside the window (the run stops
         #: ``window``, exit 4, while one of them is still left as it ends).
         self.window_left = Held()
+        #: Per sender whose queue at Telnyx is unknown near a close: held by its one request
+        #: out until an answer sets the queue (:meth:`first_answer`).
+        self._learning: dict[str, asyncio.Lock] = {}
 
     def expires_mono(self) -> float | None:
         """The job's deadline (``expires_at``) on the monotonic clock, where waits (the
@@ -217,6 +221,44 @@ class SendGates:
         if (ahead := self.pacer.queue_ahead(tries.group.message.from_)) > 0:
             self._check_queue(tries, self.clock.monotonic() + ahead, on_record)
 
+    def first_answer(self, tries: Tries) -> Awaitable[asyncio.Lock | None] | None:
+        """What a try of ``tries.group`` waits for before it begins: None (the common case,
+        nothing awaited) when its sender's queue at Telnyx is known
+        (:meth:`~bulk_mms.pacing.Pacer.queue_known`: an answer of this run, or its ledger's,
+        reported it) or neither the job's deadline nor the group's first window closes within
+        :data:`~bulk_mms.pacing.WAIT_CEILING_S` (the longest queue an answer may report);
+        else, as an unknown queue could outlast that close, the answer of the one try of that
+        sender out: one try of it is out at a time until an answer sets its queue, and the
+        others then pass :meth:`check` against it. Awaited, it gives the lock the caller then
+        holds for its try, to release once the try is over (answered, failed or held), or
+        None: the answer it waited for set the queue, and the try begins."""
+        sender = tries.group.message.from_
+        if self.pacer.queue_known(sender) or (ends := self._delivery_ends(tries)) is None:
+            return None
+        if (left := ends - self.clock.monotonic()) > WAIT_CEILING_S:
+            return None
+        lock = self._learning.get(sender)
+        if lock is None:
+            lock = self._learning[sender] = asyncio.Lock()
+            log.info("sender.learning_queue", sender=sender, closes_in=round(left, 1))
+        return self._learn(sender, lock)
+
+    async def _learn(self, sender: str, lock: asyncio.Lock) -> asyncio.Lock | None:
+        """Take ``lock`` (``sender``'s one try out): None, let go at once, when the answer it
+        waited for set the queue (:meth:`first_answer`)."""
+        await lock.acquire()
+        if self.pacer.queue_known(sender):
+            lock.release()
+            return None
+        return lock
+
+    def _delivery_ends(self, tries: Tries) -> float | None:
+        """By when (monotonic) the group's message must have left its sender's queue at Telnyx
+        to reach its recipients in time: the job's deadline or its first window's close,
+        whichever comes first; None when neither is set."""
+        ends = [t for t in (self.expires_mono(), tries.window_closes) if t is not None]
+        return min(ends, default=None)
+
     def _check_queue(self, tries: Tries, leaves: float, on_record: bool) -> None:
         """Raise :class:`StopRetrying` when the group's message, accepted now, would leave
         Telnyx's queue for its recipients only at ``leaves`` (monotonic: its sender's queue,
@@ -228,9 +270,10 @@ class SendGates:
         another sender of the pool may send in time (:meth:`~bulk_mms.pacing.Pacer.others_first`):
         it alone then gives up pending a rerun. The queue is the one this process's answers
         reported, and its ledger's earlier answers as it began (another host's messages from the
-        same sender since are not in it)."""
-        expires, closes = self.expires_mono(), tries.window_closes
-        if (expires is None or leaves < expires) and (closes is None or leaves < closes):
+        same sender since are not in it); near a close, no try of a sender goes before an
+        answer set its queue unless it is the one out (:meth:`first_answer`)."""
+        ends, closes = self._delivery_ends(tries), tries.window_closes
+        if ends is None or leaves < ends:
             return
         if self._outlasted(tries, leaves) or on_record:
             why = None if tries.expired else unsent(tries, on_record, closed_before_leaving)

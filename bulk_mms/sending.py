@@ -316,11 +316,6 @@ class GroupSender:
             # goes on from another sender (its open attempt is closed by what comes of that)
             await self._release(group, None)
             return None if self.stop.is_set() else group
-        if result.receipt is not None and tries.ticket is not None:
-            # the wait as the pacer took it (clamped), for the ledger and the percentiles too
-            wait = self.pacer.observe(tries.ticket, result.receipt.wait_seconds)
-            if wait != result.receipt.wait_seconds:
-                result = replace(result, receipt=replace(result.receipt, wait_seconds=wait))
         if (
             isinstance(result.error, Rejected)
             and result.error.status == 422
@@ -363,20 +358,33 @@ class GroupSender:
         await self._release(group, None, maybe_sent=True)
 
     async def _try(self, tries: Tries, number: int) -> SendReceipt:
-        """Try ``number`` of the group, top to bottom: the pacer admits it, the gates and the
-        caps let it through, its attempt is written ahead, it takes its send slot, and the
-        request leaves; its answer, or the error that ended it."""
-        ticket = await self._pace(tries)
-        await self._reserve(tries)
-        await self._write_attempt(tries, number)
-        within = await self._take_slot(tries, ticket)
+        """Try ``number`` of the group, top to bottom: near a close, while its sender's queue
+        at Telnyx is unknown, it waits for the answer of the one try of that sender out
+        (:meth:`SendGates.first_answer <bulk_mms.send_gates.SendGates.first_answer>`); the
+        pacer admits it, the gates and the caps let it through, its attempt is written ahead,
+        it takes its send slot, and the request leaves; its answer, the wait it reported
+        taken in by the pacer, or the error that ended it."""
+        waiting = self.gates.first_answer(tries)
+        learning = None if waiting is None else await waiting
         try:
-            return self._own_answer(
-                tries.group, await self.client.send(tries.group, tries.key, leave_within=within)
-            )
-        except SendError as exc:
-            self._on_error(tries, exc)
-            raise
+            ticket = await self._pace(tries)
+            await self._reserve(tries)
+            await self._write_attempt(tries, number)
+            within = await self._take_slot(tries, ticket)
+            try:
+                receipt = self._own_answer(
+                    tries.group,
+                    await self.client.send(tries.group, tries.key, leave_within=within),
+                )
+            except SendError as exc:
+                self._on_error(tries, exc)
+                raise
+            # the wait as the pacer took it (clamped), for the ledger and the percentiles too
+            wait = self.pacer.observe(ticket, receipt.wait_seconds)
+            return receipt if wait == receipt.wait_seconds else replace(receipt, wait_seconds=wait)
+        finally:
+            if learning is not None:  # its answer (if any) set the queue: the others go on
+                learning.release()
 
     def _own_answer(self, group: Group, receipt: SendReceipt) -> SendReceipt:
         """``receipt``, when its message id is no other group's: an id that already answered

@@ -359,12 +359,14 @@ async def test_groups_their_window_holds_after_their_attempt_do_not_stop_the_run
     """Every attempt's commit stalls past the recipients' window: the four groups it holds
     (their attempts on record) asked the API nothing, so they do not count as groups the API
     left unanswered: the run ends for quiet hours (exit 4), not as the API down (exit 1)."""
-    jobs.people(16, tz="America/New_York")
+    jobs.people(20, tz="America/New_York")
     job = jobs.job(extra='group_size = 4\nrecipient_window = "06:00-07:01"\ntimezone_column = "tz"')
-    stall(monkeypatch, "ledger commit", 120.0, every=True)
     client = FakeClient()
+    # a run before: its answer is the sender's queue, so the four go at once (none waits for it)
+    await run_job(job, FAST, client, clock=clock_at(NOON - 30 * SECOND), limit=1)
+    stall(monkeypatch, "ledger commit", 120.0, every=True)
     s = await run_job(job, FAST, client, clock=clock_at(NOON))
-    assert (client.calls, s.error, s.stopped, run_outcome(s)) == ([], None, "quiet_hours", 4)
+    assert (len(client.calls), s.error, s.stopped, run_outcome(s)) == (1, None, "quiet_hours", 4)
     assert summarize(job.ledger).recipient_states.retry_pending == 16
 
 
@@ -382,10 +384,11 @@ async def test_a_group_whose_connection_is_ready_only_after_its_window_closed_is
     """The real client's one connection is held by a slow answer past the window's close: the
     group waiting for it never reaches the API and is recorded as its window having closed
     before its request left (exit 4), not as the API unreachable."""
-    jobs.people(8, tz="America/New_York")  # 07:00 there at noon UTC
+    jobs.people(12, tz="America/New_York")  # 07:00 there at noon UTC
     job = jobs.job(extra=f"group_size = 4\n{gate}")
     fake = FakeTelnyx()
-    fake.faults.append(Fault("slow", delay=45.0))
+    # the first answer (at once) is the sender's queue; the two groups after it go together
+    fake.faults.extend([Fault("patch"), Fault("slow", delay=45.0)])
     async with (
         TestServer(fake.app(), host="127.0.0.1", port=0) as server,
         AiohttpMmsClient(
@@ -395,7 +398,7 @@ async def test_a_group_whose_connection_is_ready_only_after_its_window_closed_is
         s = await run_job(
             job, replace(FAST, concurrency=2), client, clock=clock_at(NOON + 30 * SECOND)
         )
-    assert (s.stopped, run_outcome(s), s.sent_groups) == (stopped, 4, 1)
-    assert [r.method for r in fake.http_log] == ["POST"]
+    assert (s.stopped, run_outcome(s), s.sent_groups) == (stopped, 4, 2)
+    assert [r.method for r in fake.http_log] == ["POST", "POST"]
     codes = [e.get("code") for e in ledger_events(job.ledger) if e["event"] == "failed"]
     assert codes == ["WindowClosed"]

@@ -5,14 +5,18 @@ outside them once the run has seen the queue."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from pathlib import Path
 
+import pytest
 from msgspec.structs import replace
 
-from bulk_mms.config import JobConfig
+from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx
+from bulk_mms.fake_api.faults import Fault
 from bulk_mms.runner import run_job
 from bulk_mms.summary import JobSummary
 from tests.conftest import FAST, FakeClock, JobFactory, real_client
@@ -95,3 +99,111 @@ async def test_a_resumed_run_starts_behind_the_queue_an_earlier_run_left(
         s = await run_job(job, replace(FAST, concurrency=4), client, clock=later)
     assert len(fake.requests) == 1
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (0, "window", Exit.WINDOW)
+
+
+#: A send_window ten seconds from closing at NOW.
+CLOSING = 'timezone = "UTC"\ngroup_size = 4\nsend_window = "09:00-10:30"'
+
+
+async def run_first_slow(
+    job: JobConfig,
+    at: float,
+    settings: Settings = FAST,
+    *,
+    limit: int | None = None,
+    wait: float = 1200.0,
+) -> tuple[JobSummary, FakeTelnyx]:
+    """The job run at ``at`` (wall clock) with ``settings`` (four groups at once) against a
+    fake API (port 0, on the loop's clock) whose first answer comes 5 s late and whose every
+    accepted message waits ``wait`` (20 minutes) in its sender's queue: its summary, and
+    the API."""
+    fake = FakeTelnyx(wait_seconds=lambda _n: wait, clock=asyncio.get_running_loop().time)
+    fake.faults.append(Fault("slow", delay=5.0))
+    async with real_client(fake) as client:
+        s = await run_job(job, settings, client, clock=FakeClock(wall=at), limit=limit)
+    return s, fake
+
+
+async def test_near_the_close_an_unknown_queue_lets_one_group_out_until_it_answers(
+    jobs: JobFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ten seconds before the send_window closes, four groups at once and no queue known
+    yet: only the first is sent; the others wait for its answer, whose 20-minute queue
+    holds them for the next window; the run ends as any window hold does (exit 4, the same
+    last line as a run sending one group at a time)."""
+    jobs.people(16)
+    s, fake = await run_first_slow(jobs.job(extra=CLOSING), NOW.timestamp())
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
+    last = capsys.readouterr().err.splitlines()[-1]
+    one = JobFactory(tmp_path / "one")
+    one.root.mkdir()
+    one.people(16)
+    s1, _ = await run_first_slow(one.job(extra=CLOSING), NOW.timestamp(), ONE)
+    assert run_outcome(s1) == Exit.WINDOW
+    assert capsys.readouterr().err.splitlines()[-1] == last
+
+
+async def test_near_the_deadline_an_unknown_queue_lets_one_group_out_the_rest_expire(
+    jobs: JobFactory,
+) -> None:
+    """The same ten seconds before the job's deadline: one group is sent, the three that
+    waited for its answer are recorded expired, never sent (exit 1)."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\ndeadline = "2026-11-24T10:30+00:00"')
+    s, fake = await run_first_slow(job, NOW.timestamp())
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.expired_groups, run_outcome(s)) == (1, 3, Exit.INCOMPLETE)
+
+
+async def test_far_from_any_close_an_unknown_queue_holds_nothing_back(jobs: JobFactory) -> None:
+    """Five hours before the send_window closes (longer than any queue Telnyx keeps), four
+    groups at once and no queue known: all four are accepted at once, none waiting for the
+    slow first answer."""
+    jobs.people(16)
+    job = jobs.job(extra='timezone = "UTC"\ngroup_size = 4\nsend_window = "05:00-15:30"')
+    s, fake = await run_first_slow(job, NOW.timestamp(), wait=20.0)
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (4, None, Exit.OK)
+    accepted = [at for at, _, _ in fake.accept_log]
+    assert max(accepted) - min(accepted) < 1  # none waited 5 s for the first answer
+
+
+async def test_near_the_close_each_sender_of_a_pool_learns_its_own_queue(
+    jobs: JobFactory,
+) -> None:
+    """Two senders, four groups at once, ten seconds before the close: each sender sends
+    one group, whose answer sets its own queue; the rest are held (exit 4)."""
+    jobs.people(32)
+    job = jobs.job(extra=CLOSING, sender='["+18445550001", "+18445550002"]')
+    s, fake = await run_first_slow(job, NOW.timestamp())
+    assert sorted(r["from"] for r in fake.requests) == ["+18445550001", "+18445550002"]
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (2, "window", Exit.WINDOW)
+
+
+async def test_near_the_close_a_limit_still_sends_one_group_of_an_unknown_queue(
+    jobs: JobFactory,
+) -> None:
+    """``--limit 3`` with four groups at once ten seconds before the close: the first is
+    sent, the two others the limit lets in wait for its answer and are held (exit 4)."""
+    jobs.people(16)
+    s, fake = await run_first_slow(jobs.job(extra=CLOSING), NOW.timestamp(), limit=3)
+    assert len(fake.requests) == 1
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
+
+
+async def test_near_the_close_a_queue_the_ledger_knows_holds_no_group_for_an_answer(
+    jobs: JobFactory,
+) -> None:
+    """A run resumed ten seconds before the close, its ledger's answer from a minute ago
+    saying the queue was empty: its queue is known, so the four groups at once are all
+    accepted together, none waiting for the slow first answer."""
+    jobs.people(20)
+    job = jobs.job(extra=CLOSING)
+    fake = FakeTelnyx(clock=asyncio.get_running_loop().time)
+    async with real_client(fake) as client:
+        await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp() - 60), limit=1)
+        fake.faults.append(Fault("slow", delay=5.0))
+        s = await run_job(job, FAST, client, clock=FakeClock(wall=NOW.timestamp()))
+    accepted = [at for at, _, _ in fake.accept_log[1:]]
+    assert (s.sent_groups, len(accepted)) == (4, 4)
+    assert max(accepted) - min(accepted) < 1  # none waited 5 s for the first answer
