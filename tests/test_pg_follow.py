@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -31,11 +33,13 @@ _CONNECT_S = 2
 
 class _Proxy:
     """A TCP proxy to the test server, in a thread and loop of its own, that stops forwarding
-    when told (:attr:`forwarding`): both ways, on every connection, those made meanwhile too,
-    with no socket closed: a network gone silent. What comes meanwhile is dropped."""
+    when told (:attr:`forwarding`), or once a client sends bytes holding :attr:`silent_on`
+    (a statement's text): both ways, on every connection, those made meanwhile too, with no
+    socket closed: a network gone silent. What comes meanwhile is dropped."""
 
     def __init__(self) -> None:
         self.forwarding = True
+        self.silent_on: bytes | None = None
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -43,6 +47,8 @@ class _Proxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if self.silent_on is not None and self.silent_on in data:
+                    self.forwarding = False
                 if self.forwarding:
                     writer.write(data)
                     await writer.drain()
@@ -107,7 +113,7 @@ def test_a_read_on_a_network_gone_silent_fails_in_one_line_within_its_bounds(
     after its bound, the one made again gets no answer within the connect timeout either,
     and the read fails in one line (LedgerUnavailable, exit 7) within both bounds; once the
     network answers again, the next read connects and gives what was appended meanwhile."""
-    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
     monkeypatch.setattr(pgconnect, "CONNECT_TIMEOUT_S", _CONNECT_S)
     writer = open_store(f"{database}?ledger=follow", "run")
     reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
@@ -141,7 +147,7 @@ def test_a_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
     """A server that takes connections but answers no read (the events table locked): each
     of the read's two tries gives up after its bound, and it fails in one line
     (LedgerUnavailable); once the server answers, the next read gives what is new."""
-    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
     where = f"{database}?ledger=follow"
     writer, reader = open_store(where, "run"), open_store(where, "append")
     made = _counted_connects(monkeypatch)
@@ -221,7 +227,7 @@ def test_a_full_read_on_a_network_gone_silent_fails_in_one_line_within_its_bound
     and the read fails in one line (LedgerUnavailable, exit 7), its connection closed and
     none made again (a full read is not resumed); once the network answers, a new read gives
     the whole ledger."""
-    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
     monkeypatch.setattr(pgread, "READ_PAGE", 2)
     writer = open_store(f"{database}?ledger=follow", "run")
     reader = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
@@ -272,7 +278,7 @@ def test_a_full_read_on_a_server_that_stalls_fails_in_one_line_within_its_bound(
     at its look at the writers or at its cursor's opening: the read fails in one line
     (LedgerUnavailable, exit 7) after its bound, not the lock timeout's 10 s; once the
     server answers, it reads the ledger."""
-    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
     monkeypatch.setattr(pgread, "_READ", _READ_JOINED)
     where = f"{database}?ledger=follow"
     writer = open_store(where, "run")
@@ -300,7 +306,7 @@ def test_a_report_whose_read_stalls_ends_with_exit_7_in_one_line(
 ) -> None:
     """``report`` on a ledger whose events table stays locked ends after the read's bound
     with exit 7 and one line saying so, no traceback."""
-    monkeypatch.setattr(pgread, "DB_TIMEOUT_S", _READ_S)
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
     where = f"{database}?ledger=follow"
     writer = open_store(where, "run")
     try:
@@ -348,26 +354,136 @@ def test_a_full_read_whose_connection_the_server_ends_fails_as_unavailable(
 
 
 def test_a_statement_under_way_while_the_process_was_stopped_is_not_cut_off(
-    database: str,
+    database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A statement under way while the process did not run (SIGSTOP, a paused VM) for far
     longer than its bound is not cut off when the process runs again: the bound counts time
     the process ran, as every other database bound does, so the answer that came meanwhile
-    is read; a statement that outruns its bound while the process runs still is cut off."""
-    leaps = [0.0]
+    is read; a statement that outruns its bound while the process runs still is cut off, its
+    connection closed."""
+    looks = itertools.count()
 
-    def clock() -> float:  # the watchdog's clock, which leaps while the process is stopped
-        return time.monotonic() + leaps[0]
+    def clock() -> float:  # leaps 100 s (stopped) just after each statement began
+        return time.monotonic() + (100.0 if next(looks) % 1000 else 0.0)
 
-    watchdog = pgread._Watchdog(clock)
+    monkeypatch.setattr(pgconnect._Bounded, "clock", staticmethod(clock))
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", 1.5)
+    with pgconnect.sync_connect(database) as conn:
+        assert conn.execute("SELECT pg_sleep(1), 7").fetchone() == ("", 7)
+        monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", 0.5)
+        started = time.monotonic()
+        with pytest.raises(pgconnect.NoAnswer, match=r"^no answer within 0\.5 s$"):
+            conn.execute("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 2
+        assert conn.closed
+
+
+def test_a_store_statement_on_a_network_gone_silent_fails_in_one_line_within_its_bound(
+    database: str, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement on a store's own synchronous connection (the header a run writes, a write
+    of ``ledger copy``) on a network that stops answering, no socket closed, fails in one line
+    naming the database (LedgerUnavailable, exit 7) within its bound, not never."""
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
+    open_store(f"{database}?ledger=follow", "run").close_sync()
+    store = open_store(f"{_through(database, proxy)}?ledger=follow", "append")
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.append_now(HEADER)
+        except BaseException as exc:  # handed to the test's thread
+            failed.append(exc)
+
     try:
-        with psycopg.connect(database, autocommit=True) as conn:
-            with watchdog.bounding(conn, 1.5):
-                leaps[0] = 100.0  # stopped for 100 s just as the statement began
-                assert conn.execute("SELECT pg_sleep(1), 7").fetchone() == ("", 7)
-            assert not watchdog.cut
-            with pytest.raises(psycopg.OperationalError), watchdog.bounding(conn, 0.5):
-                conn.execute("SELECT pg_sleep(5)")
-            assert watchdog.cut
+        proxy.forwarding = False
+        started = time.monotonic()
+        writing = threading.Thread(target=write, daemon=True)
+        writing.start()
+        writing.join(_READ_S + 10)  # a statement never bounded would hang here forever
+        took = time.monotonic() - started
+        assert not writing.is_alive()
+        assert _READ_S - 0.1 < took < _READ_S + 2
+        [exc] = failed
+        assert isinstance(exc, LedgerUnavailable)
+        assert exc.exit_code == 7
+        assert str(exc) == (
+            f"{_through(database, proxy)}?ledger=follow: cannot write: "
+            f"no answer within {_READ_S:g} s"
+        )
     finally:
-        watchdog.close()
+        store.close_sync()
+
+
+def test_every_connection_asks_for_keepalives_and_a_tcp_bound_keeping_the_urls_own(
+    database: str,
+) -> None:
+    """Every connection, synchronous or a run's, asks libpq for TCP keepalives, a bound on
+    data left unacknowledged and a connect timeout (a network gone silent is found on an idle
+    connection too), and one the URL sets itself is kept, not replaced."""
+
+    def given(conn: psycopg.BaseConnection[Any]) -> dict[str, str]:
+        return {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+
+    ours = {
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "30000",
+        "connect_timeout": "5",
+    }
+    with pgconnect.sync_connect(database) as conn:
+        assert given(conn).items() >= ours.items()
+    own = f"{database}?keepalives_idle=99&connect_timeout=7&tcp_user_timeout=45000"
+    kept = {**ours, "keepalives_idle": "99", "connect_timeout": "7", "tcp_user_timeout": "45000"}
+    with pgconnect.sync_connect(own) as conn:
+        assert given(conn).items() >= kept.items()
+
+    async def linked() -> dict[str, str]:
+        link = pgconnect.Link(own, "shown")
+        try:
+            return await link.run(lambda conn: asyncio.sleep(0, given(conn)), "look")
+        finally:
+            await link.close()
+
+    assert asyncio.run(linked()).items() >= kept.items()
+
+
+@pytest.mark.parametrize(
+    ("command", "statement"),
+    [
+        (["db", "migrate"], b"bulk_mms_schema"),
+        (["report"], b"pg_is_in_recovery"),
+        (["status"], b"bulk_mms_ledgers"),
+    ],
+)
+def test_a_command_on_a_network_gone_silent_mid_statement_exits_7_in_one_line(
+    database: str,
+    proxy: _Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    statement: bytes,
+) -> None:
+    """A command whose network goes silent (no socket closed) once its connection is made,
+    as it sends one of its first statements, exits 7 within its bound with one line naming
+    the database without its password, not never."""
+    monkeypatch.setattr(pgconnect, "DB_TIMEOUT_S", _READ_S)
+    open_store(f"{database}?ledger=follow", "run").close_sync()
+    secret = yarl.URL(_through(database, proxy)).with_password("s3cret")  # trust: not asked
+    where = f"{secret}?ledger=follow"
+    proxy.silent_on = statement
+    code: list[int | None] = []
+    started = time.monotonic()
+    running = threading.Thread(target=lambda: code.append(main([*command, where])), daemon=True)
+    running.start()
+    running.join(_READ_S + 10)  # a statement never bounded would hang here forever
+    took = time.monotonic() - started
+    assert not running.is_alive()
+    assert not proxy.forwarding  # it did go silent under the command
+    assert code == [7]
+    assert took < 2 * _READ_S + 3
+    err = capsys.readouterr().err
+    shown = f"{secret.with_password(None)}?ledger=follow"
+    assert err == f"bulk-mms: error: {shown}: no answer within {_READ_S:g} s\n"

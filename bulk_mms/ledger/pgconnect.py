@@ -7,7 +7,7 @@ shared budget and limits in :mod:`~bulk_mms.ledger.pgbudget`, the suppression li
 
 * :func:`split` reads a ledger location (a libpq URL with ``?ledger=NAME``);
 * :func:`sync_connect` makes a synchronous connection (a run's start, reports, migrations),
-  its connect and lock waits bounded;
+  its connect, its lock waits and each of its round trips bounded;
 * :class:`Link` is a run's asynchronous connection: every call bounded by
   :data:`DB_TIMEOUT_S`, made again once when found lost, never closed under another task's
   statement;
@@ -25,7 +25,8 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -34,7 +35,7 @@ import psycopg.errors
 import structlog
 import yarl
 
-from bulk_mms.clock import running_timeout
+from bulk_mms.clock import STOPPED_AFTER_S, running_timeout
 from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger.store import database_url, display, secrets
 
@@ -142,11 +143,32 @@ _NOT_NOW: Final = (
 )
 
 
-def _connect_args() -> dict[str, Any]:
-    """What every connection of this process gives libpq: a bounded connect and its name (so
-    an operator sees, and may end, bulk-mms's sessions)."""
+#: What every connection asks of its TCP socket unless its URL says otherwise, so a network
+#: gone silent (packets dropped, no reset) is found at the network level too, on a connection
+#: idle or waiting: keepalive probes after 10 s idle, every 5 s, 3 unanswered ending it (25 s),
+#: and data sent but unacknowledged for :data:`DB_TIMEOUT_S` ending it (``tcp_user_timeout``,
+#: ms; libpq 12 and later). A slow but live server's host acknowledges both at once, however
+#: long its statements take, so neither cuts a slow database short.
+KEEPALIVES: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+_TCP_USER_TIMEOUT_FROM: Final = 120000  # the first libpq that knows the parameter
+
+
+def _connect_args(conninfo: str) -> dict[str, Any]:
+    """What every connection of this process gives libpq: a bounded connect
+    (:data:`CONNECT_TIMEOUT_S`), TCP keepalives and a bound on data left unacknowledged
+    (:data:`KEEPALIVES`), each unless ``conninfo`` sets it itself (the user's choice is
+    kept), and its name (so an operator sees, and may end, bulk-mms's sessions)."""
+    ours: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES}
+    if psycopg.pq.version() >= _TCP_USER_TIMEOUT_FROM:
+        ours["tcp_user_timeout"] = round(DB_TIMEOUT_S * 1000)
+    own = psycopg.conninfo.conninfo_to_dict(conninfo)
     return {
-        "connect_timeout": CONNECT_TIMEOUT_S,
+        **{key: value for key, value in ours.items() if own.get(key) in (None, "")},
         "application_name": f"bulk-mms pid {os.getpid()}",
     }
 
@@ -160,24 +182,74 @@ def _options(conninfo: str, setting: str) -> str:
 
 
 def sync_connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A synchronous connection (a run's start, reports) whose lock waits are bounded.
+    """A synchronous connection (a run's start, reports) whose lock waits are bounded, and
+    each of its round trips (:class:`_Bounded`).
 
     Raises:
         LedgerError: it could not be made (:func:`_not_connected`: exit 7 when the server
             did not answer).
     """
     try:
-        # the URL's own connect_timeout is overridden below (_connect_args): one it gives
-        # that is not a number is still its mistake, said as such (_not_connected)
+        # a connect_timeout the URL gives that is not a number is its mistake, said as such
+        # (_not_connected)
         psycopg.conninfo.timeout_from_conninfo(psycopg.conninfo.conninfo_to_dict(conninfo))
-        return psycopg.connect(
+        return _Bounded.connect(
             conninfo,
             autocommit=autocommit,
             options=_options(conninfo, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
-            **_connect_args(),
+            **_connect_args(conninfo),
         )
     except psycopg.Error as exc:
         raise _not_connected(display(conninfo), exc, conninfo) from None
+
+
+class NoAnswer(psycopg.OperationalError):
+    """A round trip on a synchronous connection (:func:`sync_connect`) that got no answer
+    within :data:`DB_TIMEOUT_S`; its connection is closed."""
+
+
+class _Bounded(psycopg.Connection[Any]):
+    """A synchronous connection each of whose round trips (a statement, a page of a cursor, a
+    commit) ends within :data:`DB_TIMEOUT_S` of time the process ran (as
+    :func:`~bulk_mms.clock.running_timeout` counts it: a stretch in which it did not run counts
+    as one look's worth, so an answer that came meanwhile is read): past it, with nothing to
+    read, the connection is closed and the round trip raises :class:`NoAnswer` (an
+    ``OperationalError``, which :func:`failure` says as exit 7). The server may be slow (a
+    lock timeout bounds its waits); this bounds one that does not answer at all (a network
+    gone silent, a server stalled). Private: made by :func:`sync_connect`; one thread uses
+    it at a time (psycopg's lock), so the round trip that closes it is its only user."""
+
+    #: The clock its round trips are timed by (a test's may leap, as a stopped process's).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is not None:  # psycopg's own bounded waits (a cancel, notifies)
+            return super().wait(gen, interval, timeout)
+        return super().wait(self._within(gen, DB_TIMEOUT_S, interval), interval)
+
+    def _within(
+        self, gen: Generator[Any, Any, Any], seconds: float, interval: float
+    ) -> Generator[Any, Any, Any]:
+        """``gen`` (psycopg's: it yields what it waits for, is sent what is ready, and is sent
+        "nothing" every ``interval`` of a wait with nothing ready), given up once ``seconds``
+        of running time passed with nothing ready."""
+        left, last = seconds, self.clock()
+        try:
+            waiting = next(gen)
+        except StopIteration as done:
+            return done.value
+        while True:
+            ready = yield waiting
+            now = self.clock()
+            gap, last = now - last, now
+            left -= interval if gap - interval >= STOPPED_AFTER_S else gap
+            if left <= 0 and not ready:
+                self.close()  # its state mid-statement unknown: nothing more is sent on it
+                raise NoAnswer(f"no answer within {seconds:g} s")
+            try:
+                waiting = gen.send(ready)
+            except StopIteration as done:
+                return done.value
 
 
 class _Closed(Exception):
@@ -256,7 +328,7 @@ class Link:
                     options=_options(
                         self._conninfo, f"-c idle_in_transaction_session_timeout={idle}"
                     ),
-                    **_connect_args(),
+                    **_connect_args(self._conninfo),
                 )
                 if self._hold is not None:
                     try:

@@ -10,10 +10,10 @@ order the writers commit in: each read begins with a look at the transactions th
 commit a row (:data:`_WRITERS`, :class:`_Look`), and the read position (:class:`_Position`)
 settles only what every such transaction has ended below.
 
-Every statement is bounded by :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (one watchdog
-thread, :class:`_Watchdog`, shuts a connection down past it): a read of what is new is made
-again once on a new connection when its connection was lost or gave no answer, and a full
-read is not resumed: past the bound it fails with
+Every round trip is bounded by :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (as every
+synchronous connection's is: :func:`~bulk_mms.ledger.pgconnect.sync_connect`): a read of what
+is new is made again once on a new connection when its connection was lost or gave no answer,
+and a full read is not resumed: past the bound it fails with
 :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7), as does a connection not made. Every
 driver error becomes a :class:`~bulk_mms.errors.LedgerError`, named by the URL without its
 password.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,15 +32,15 @@ import orjson
 import psycopg
 import structlog
 
-from bulk_mms.clock import RUNNING_LOOK_S, STOPPED_AFTER_S, since_boot
+from bulk_mms.clock import since_boot
 from bulk_mms.errors import LedgerCorrupt, LedgerError, LedgerUnavailable
 from bulk_mms.ledger.events import Event, Malformed, decode
 from bulk_mms.ledger.pgconnect import (
     DB_TIMEOUT_S,
+    NoAnswer,
     failure,
     is_lost,
     scrub,
-    shut_down,
     sync_connect,
 )
 
@@ -183,73 +182,6 @@ class _Position:
         self.given = {seq for seq in self.given if seq > self.settled}
 
 
-class _Watchdog:
-    """Shuts a connection down (:func:`~bulk_mms.ledger.pgconnect.shut_down`: a statement
-    waiting on it fails at once, the connection lost) once a statement on it has run past its
-    bound, counted in time the process ran as :func:`~bulk_mms.clock.running_timeout` counts
-    it (a look every :data:`~bulk_mms.clock.RUNNING_LOOK_S`; a look that comes
-    :data:`~bulk_mms.clock.STOPPED_AFTER_S` late found the process stopped, and counts as one
-    look's worth: an answer that came meanwhile is read, not cut off): one thread, made on
-    first use and kept until :meth:`close` (a thread made for each statement would cost more
-    than the statement). ``clock``: the thread's monotonic clock. Private."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._cond = threading.Condition()
-        #: The connection a statement is under way on, and the running time it has left.
-        self._on: tuple[psycopg.Connection[Any], float] | None = None
-        #: Whether the thread waits for a statement (none under way).
-        self._idle = False
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        #: Whether the last statement bounded ran past its bound (its connection shut down).
-        self.cut = False
-
-    @contextlib.contextmanager
-    def bounding(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-        """Within the block, ``conn`` is shut down once ``seconds`` have passed (:attr:`cut`
-        says whether it was). Left only once such a shutdown is done: ``conn`` may be closed
-        after."""
-        with self._cond:
-            self._on, self.cut = (conn, seconds), False
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True)
-                self._thread.start()
-            elif self._idle:
-                self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._on = None
-
-    def _watch(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if (on := self._on) is None:
-                    self._idle = True
-                    self._cond.wait()
-                    self._idle = False
-                    continue
-                conn, left = on
-                step, last = min(RUNNING_LOOK_S, left), self._clock()
-                self._cond.wait(step)
-                if self._on is not on:  # the statement ended (a new one counts anew)
-                    continue
-                gap = self._clock() - last
-                left -= step if gap - step >= STOPPED_AFTER_S else gap
-                if left > 0:
-                    self._on = (conn, left)
-                else:
-                    shut_down(conn)
-                    self._on, self.cut = None, True
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-
 class PostgresReads:
     """The reads of one ledger on synchronous connections (see the module doc), made by its
     store, which sets :attr:`ledger` before the first read.
@@ -269,12 +201,8 @@ class PostgresReads:
         #: What :meth:`new_events` reads on: made by its first read, kept until the store
         #: closes (made again once when found lost: :meth:`_fetch`).
         self._follow: psycopg.Connection[Any] | None = None
-        #: Held while that connection is used, made or closed (reads run in worker threads),
-        #: and while the watchdog bounds a statement of a full read (:meth:`_bounded`).
+        #: Held while that connection is used, made or closed (reads run in worker threads).
         self._following = threading.Lock()
-        #: Bounds each statement on it, and each of a full read's
-        #: (:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`), one at a time.
-        self._watchdog = _Watchdog()
         #: Each transaction the looks of :meth:`new_events` found writing, and since when
         #: (:func:`~bulk_mms.clock.since_boot`); those logged as holding them up.
         self._writing: dict[str, float] = {}
@@ -293,7 +221,7 @@ class PostgresReads:
         it; a store that does not follow (:attr:`follows`: a run's, a report's) waits for
         none (a transaction left open elsewhere holds up no run or report). Each round trip
         (a look, the cursor's opening, each page of :data:`READ_PAGE` rows) is bounded as
-        the kept connection's are (:meth:`_bounded`); a read left without an answer so long
+        the kept connection's are (:meth:`_step`); a read left without an answer so long
         is not resumed: it fails.
 
         Raises:
@@ -308,7 +236,7 @@ class PostgresReads:
                 last = self._quiet(conn, wait=self.follows)
                 self._position = position = _Position()
                 conn.autocommit = False  # the cursor's transaction: begun by its opening
-                self._bounded(conn, lambda: cur.execute(sql, (self.ledger,)))
+                self._step(conn, lambda: cur.execute(sql, (self.ledger,)))
                 yield from self._events_of(self._pages(conn, cur), position, final=last)
                 position.settle(_NOBODY)
             finally:
@@ -401,21 +329,14 @@ class PostgresReads:
         self, conn: psycopg.Connection[Any], cur: psycopg.ServerCursor[Any]
     ) -> Iterator[tuple[Any, ...]]:
         """The rows of ``cur``, a server-side cursor open on ``conn``, fetched
-        :data:`READ_PAGE` at a time, each fetch bounded (:meth:`_bounded`)."""
-        while rows := self._bounded(conn, lambda: cur.fetchmany(READ_PAGE)):
+        :data:`READ_PAGE` at a time, each fetch bounded (:meth:`_step`)."""
+        while rows := self._step(conn, lambda: cur.fetchmany(READ_PAGE)):
             yield from rows
 
-    def _bounded(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
-        """``step()``, one round trip of a full read on ``conn`` (its own connection),
-        bounded (:meth:`_step`) under the lock the kept connection is used under: the
-        watchdog bounds one statement at a time."""
-        with self._following:
-            return self._step(conn, step)
-
     def _step(self, conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
-        """``step()``, one round trip on ``conn``, bounded by
-        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` by the watchdog: past it ``conn``
-        is shut down. The caller holds ``_following``.
+        """``step()``, one round trip on ``conn`` (bounded by
+        :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, as every synchronous connection's
+        round trips are: past it ``conn`` is closed).
 
         Raises:
             LedgerUnavailable: no answer within the bound, or the store is closed.
@@ -424,20 +345,16 @@ class PostgresReads:
         if self._closed:
             raise LedgerUnavailable(self.name, "cannot read: the store is closed")
         try:
-            with self._watchdog.bounding(conn, DB_TIMEOUT_S):
-                return step()
-        except psycopg.Error:
-            if self._watchdog.cut:
-                text = f"cannot read: no answer within {DB_TIMEOUT_S:g} s"
-                raise LedgerUnavailable(self.name, text) from None
-            raise
+            return step()
+        except NoAnswer as exc:
+            raise LedgerUnavailable(self.name, f"cannot read: {exc}") from None
 
     def _quiet(self, conn: psycopg.Connection[Any], *, wait: bool) -> int:
         """The ledger's highest committed seq, with ``wait`` once every transaction that may
         still commit a row below it (:data:`_WRITERS`) has ended: a run's commit takes
         milliseconds (and the server ends one left idle), so the wait is as short, bounded by
         :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`, as is each of its statements
-        (:meth:`_bounded`). Without, a read after it may lack such a row: only the rows
+        (:meth:`_step`). Without, a read after it may lack such a row: only the rows
         above the seq (committed since) are remembered as given.
 
         Raises:
@@ -446,7 +363,7 @@ class PostgresReads:
         """
 
         def look() -> _Look:
-            row = self._bounded(
+            row = self._step(
                 conn, lambda: conn.execute(_WRITERS, {"ledger": self.ledger}).fetchone()
             )
             assert row is not None
@@ -462,7 +379,7 @@ class PostgresReads:
                     f"cannot read: a transaction writing to bulk_mms_events is still open "
                     f"after {DB_TIMEOUT_S:g} s (virtualtransaction {min(writers)} in pg_locks)",
                 )
-            self._bounded(conn, lambda: conn.execute(_PAUSE, (_WRITERS_POLL_S,)))
+            self._step(conn, lambda: conn.execute(_PAUSE, (_WRITERS_POLL_S,)))
             now = look()
             writers = frozenset(w for w in writers if not now.ended(frozenset({w})))
         return first.last
@@ -498,7 +415,6 @@ class PostgresReads:
         with self._following:  # after a read under way: its handle is not freed under it
             self._closed = True
             follow, self._follow = self._follow, None
-            self._watchdog.close()
         if follow is not None:
             with contextlib.suppress(psycopg.Error):
                 follow.close()

@@ -45,8 +45,10 @@ connection took is looked up by its transaction id, and written again only if it
 back), else the run stops with :class:`~bulk_mms.errors.LedgerUnavailable` (exit 7,
 resumable). The server ends a run's transaction left idle past
 :data:`~bulk_mms.ledger.pgconnect.IDLE_IN_TRANSACTION_S` (its process paused or cut off), so
-the locks it holds keep no other process waiting. The reads on sync connections are bounded
-by the same :data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S` (:mod:`~bulk_mms.ledger.pgread`).
+the locks it holds keep no other process waiting. Every round trip on a sync connection (the
+store's own, and the reads', :mod:`~bulk_mms.ledger.pgread`) is bounded by the same
+:data:`~bulk_mms.ledger.pgconnect.DB_TIMEOUT_S`
+(:func:`~bulk_mms.ledger.pgconnect.sync_connect`).
 A hot standby is refused as a store opens: it takes no writes, and its ``pg_locks`` shows
 none of the primary's writers, which a read of what is new waits for.
 """
