@@ -35,8 +35,10 @@ from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, iso
 from bulk_mms.codes import Action
 from bulk_mms.config import Settings
+from bulk_mms.coordination import Coordinator, coordinator_for
 from bulk_mms.errors import (
     ApiUnavailable,
+    ClaimLost,
     ConfigError,
     FatalSendError,
     LedgerError,
@@ -53,7 +55,7 @@ from bulk_mms.ledger import (
     keep_database_time,
     open_store,
 )
-from bulk_mms.ledger.events import Event, Sent, status_event
+from bulk_mms.ledger.events import Event, Failed, Sent, status_event
 from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, judged, report_code
@@ -449,10 +451,10 @@ class Tracker:
 
     async def settle_doubts(self) -> int:
         """Look the ledger's groups in doubt up in the API's records (:mod:`bulk_mms.settle`)
-        and record what they show, for each still in doubt as it was once the look is over
-        (:meth:`_still_in_doubt`): accepted (``sent``, then tracked like any other), or,
-        the records complete, never accepted (retryable: the next run sends them, under a new
-        key). How many were settled."""
+        and record what they show (:meth:`_record`), for each still in doubt as it was once
+        the look is over: accepted (``sent``, then tracked like any other), or, the records
+        complete, never accepted (retryable: the next run sends them, under a new key). How
+        many were settled."""
         settler = Settler(
             self.client,
             self.settings.records_lag_s,
@@ -462,36 +464,62 @@ class Tracker:
             originals=self.originals,
         )
         settled = 0
-        for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
-            if self.stop.is_set():
-                break
-            tried = (rec.last_try, rec.resends)
-            finding = await settler.settle(rec, self.view)
-            if not self._still_in_doubt(rec.id, tried):
-                continue  # a run beside it settled it, or sent it again, while it looked
-            now = iso(self.clock.wall())
-            found: list[Event]
-            if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
-                record = finding.record
-                found = [
-                    Sent(
-                        rec.id, rec.to, message_id=record.id, from_=rec.sender,
-                        cost=record.cost, time=now,
-                    ),
-                    *own_ids(rec.id, rec.to, finding, now),  # no group id: each member's own
-                ]  # fmt: skip
-            elif finding.verdict == Verdict.ABSENT:
-                lag = self.settings.records_lag_s
-                found = [never_accepted(lag, now, group=rec.id, to=rec.to)]
-            else:
-                continue
-            for ev in found:
-                await self.store.append(ev)
-                self.view.apply(ev)
-            settled += 1
+        coordinator = coordinator_for(self.store, self.settings.lease_s)
+        try:
+            for rec in [g for g in self.view.groups.values() if g.state == IN_DOUBT]:
+                if self.stop.is_set():
+                    break
+                tried = (rec.last_try, rec.resends)
+                finding = await settler.settle(rec, self.view)
+                now = iso(self.clock.wall())
+                found: list[Event]
+                if finding.verdict == Verdict.ACCEPTED and finding.record is not None:
+                    record = finding.record
+                    found = [
+                        Sent(
+                            rec.id, rec.to, message_id=record.id, from_=rec.sender,
+                            cost=record.cost, time=now,
+                        ),
+                        *own_ids(rec.id, rec.to, finding, now),  # no group id: each member's own
+                    ]  # fmt: skip
+                elif finding.verdict == Verdict.ABSENT:
+                    lag = self.settings.records_lag_s
+                    found = [never_accepted(lag, now, group=rec.id, to=rec.to)]
+                else:
+                    continue
+                settled += await self._record(coordinator, rec.id, tried, found)
+        finally:
+            await coordinator.close()
         if settled:
             log.info("track.settled", groups=settled)
         return settled
+
+    async def _record(
+        self, coordinator: Coordinator, gid: str, tried: tuple[float, int], found: list[Event]
+    ) -> bool:
+        """Write ``found``, what the API's records show of group ``gid`` (in doubt after its
+        try ``tried`` when they were looked up), as a run would: under the group's claim,
+        taken first (a live run that holds it settles it itself: nothing is written), and
+        only if the group is still in doubt as the ledger then stands
+        (:meth:`_still_in_doubt`), so no run on another host can claim and send it between
+        that look and the write. A finding that closes the group's attempt (never accepted)
+        is written under the claim's fence, as a run's failure is (a ``track`` paused past
+        the lease meanwhile writes nothing); an acceptance is the truth, written as it is.
+        The claim is given back after. Whether ``found`` was written."""
+        if not await coordinator.claim(gid):
+            return False
+        try:
+            if not self._still_in_doubt(gid, tried):
+                return False  # a run beside it settled it, or sent it again, while it looked
+            fence = coordinator.fence(gid)
+            for ev in found:
+                await self.store.append(ev, fence=fence if isinstance(ev, Failed) else None)
+                self.view.apply(ev)
+        except ClaimLost:
+            return False
+        finally:
+            await coordinator.release()
+        return True
 
     def _still_in_doubt(self, gid: str, tried: tuple[float, int]) -> bool:
         """Whether group ``gid``, in doubt after its latest try and settled sends ``tried``

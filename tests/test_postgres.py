@@ -818,6 +818,46 @@ async def test_a_group_a_run_left_in_doubt_is_not_sent_again_by_the_next_host(
     assert _claims(database)[doubtful] == ("", 2)  # taken over, held, and given back again
 
 
+async def test_track_settles_a_group_in_doubt_only_under_its_claim(
+    jobs: JobFactory, database: str
+) -> None:
+    """``track`` settling a group in doubt on a shared ledger writes what the API's records
+    show only under the group's claim: a run on another host that claims the group while
+    track looks at the records keeps it (track writes nothing of it, and leaves the claim
+    alone); once nobody holds it, track writes the finding (never accepted: retryable) under
+    a claim of its own, and gives that back."""
+    job, no_retry, first, _ = await _first_group_left_in_doubt(jobs, database)
+    held = next(g for g in first.calls if g.seq == 0)
+    other = open_store(job.where, "append")
+    run_there = coordinator_for(other, no_retry.lease_s)
+    looker = FakeClient()
+    looked = looker.fetch_records
+
+    async def claimed_meanwhile(cli: str, cld: str, start: float, end: float) -> list[Any]:
+        """track's look at the records, during which a run on another host claims the group."""
+        if not looker.fetches:
+            assert await run_there.claim(held.id)
+        return await looked(cli, cld, start, end)
+
+    looker.fetch_records = claimed_meanwhile  # type: ignore[method-assign]
+    complete = time.time() + 86400  # the records of the lost request complete by then
+    try:
+        await track_ledger(job.where, no_retry, looker, clock=FakeClock(wall=complete))
+        assert looker.fetches  # it did look
+        assert groups_in(job.where, "in_doubt") == {held.id}  # left to the run holding it
+        fence = run_there.fence(held.id)
+        assert fence is not None
+        assert _claims(database)[held.id] == (fence.owner, fence.token)
+        await run_there.release()
+    finally:
+        await run_there.close()
+        await other.close()
+    await track_ledger(job.where, no_retry, FakeClient(), clock=FakeClock(wall=complete))
+    assert groups_in(job.where, "in_doubt") == set()
+    assert held.id in groups_in(job.where, "retry_pending")  # the next run sends it
+    assert _claims(database)[held.id] == ("", 3)  # taken by track, and given back
+
+
 @pytest.mark.parametrize("other", ["never_accepted", "accepted", "still_holds"])
 async def test_a_group_held_in_doubt_that_another_process_settled_meanwhile_is_counted_once(
     jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch, other: str
