@@ -5,9 +5,12 @@ named on the command line or any bulk-mms ledger: refused in one line, exit 2, n
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -255,3 +258,56 @@ def test_an_unreadable_ledger_is_said_unreadable_not_another_file(
     assert done.returncode == 2
     assert done.stderr == f"bulk-mms: error: {ledger}: cannot open for writing: Permission denied\n"
     assert ledger.read_bytes() == before
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A child's setup: writes past ``limit`` bytes fail with EFBIG (SIGXFSZ ignored)."""
+
+    def setup() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return setup
+
+
+def test_a_ledger_copy_the_disk_cut_short_is_finished_by_its_rerun(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ledger copy stopped by a full disk (EFBIG) exits 7 in one line naming the target, and
+    the rerun it asks for appends the rest: the target ends as the source, every event once."""
+    _, _, ledger = sent(jobs, capsys)
+    target = jobs.root / "copy.jsonl"
+    argv = [sys.executable, "-m", "bulk_mms", "-q", "ledger", "copy", str(ledger), str(target)]
+    cut = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ,
+        preexec_fn=_file_size_limit(ledger.stat().st_size // 2),
+    )
+    assert cut.returncode == 7
+    [line] = cut.stderr.splitlines()
+    assert line.startswith(f"bulk-mms: error: {target}: cannot write: File too large")
+    assert 0 < target.stat().st_size < ledger.stat().st_size
+    assert main(["-q", "ledger", "copy", str(ledger), str(target)]) == 0
+    assert target.read_bytes() == ledger.read_bytes()
+    assert main(["ledger", "copy", str(ledger), str(target)]) == 0
+    assert "copied 0 events" in capsys.readouterr().err
+
+
+def test_a_ledger_copy_into_another_ledgers_events_is_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy's target holding events that are not the source's first ones is refused (exit
+    2, one line) and keeps every byte: only a cut-short copy of the same source is resumed."""
+    _, _, ledger = sent(jobs, capsys)
+    target = jobs.root / "copy.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    target.write_bytes(b"".join([lines[0], *lines[2:4]]))  # the header, then not its next
+    before = target.read_bytes()
+    assert main(["-q", "ledger", "copy", str(ledger), str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"bulk-mms: error: {target}: already holds events: copy into a new ledger\n"
+    )
+    assert target.read_bytes() == before

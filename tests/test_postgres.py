@@ -409,17 +409,23 @@ def test_the_table_keeps_the_kinds_of_row_a_run_planned_not_to_send(database: st
 def test_ledger_copy_both_ways_keeps_every_event(
     jobs: JobFactory, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """JSONL → PostgreSQL → JSONL gives back the same events, in order, through the CLI."""
+    """JSONL → PostgreSQL → JSONL gives back the same events, in order, through the CLI; a
+    copy cut short is resumed by the same copy, and a target holding other events is refused."""
     jobs.people(12)
     job = jobs.job(extra="group_size = 4")
     asyncio.run(run_job(job, FAST, FakeClient(), clock=FakeClock()))
     where = f"{database}?ledger=copied"
     back = jobs.root / "back.jsonl"
-    assert main(["-q", "ledger", "copy", str(job.ledger), where]) == 0
+    lines = job.ledger.read_bytes().splitlines(keepends=True)
+    cut, other = jobs.root / "cut.jsonl", jobs.root / "other.jsonl"
+    cut.write_bytes(b"".join(lines[:3]))  # what a copy the database cut short leaves
+    other.write_bytes(b"".join([lines[0], *lines[2:]]))  # the header, then not its next event
+    assert main(["-q", "ledger", "copy", str(cut), where]) == 0
+    assert main(["-q", "ledger", "copy", str(job.ledger), where]) == 0  # resumed
     assert main(["-q", "ledger", "copy", where, str(back)]) == 0
     original = [to_json(e) for e in read_events(job.ledger)]
     assert [to_json(e) for e in read_events(back)] == original
-    assert main(["-q", "ledger", "copy", str(job.ledger), where]) == 2  # not into a used one
+    assert main(["-q", "ledger", "copy", str(other), where]) == 2  # not into another's
     assert "already holds events" in capsys.readouterr().err
     assert main(["-q", "report", where, "--json"]) == 0
     assert sorted(summarize(where).undelivered) == []

@@ -327,18 +327,21 @@ def load(where: Location, *, statuses: bool = True) -> LedgerView:
 
 
 async def copy_ledger(source: Location, target: Location) -> int:
-    """Copy every event of ``source`` into ``target``, which must be new or empty; how many.
+    """Copy every event of ``source`` into ``target``; how many it wrote. A target that holds
+    the first of ``source``'s events and nothing else (a copy the disk, a write limit or the
+    database cut short) is resumed: the rest are appended, so the rerun an interrupted copy
+    asks for finishes it.
 
     Raises:
-        LedgerError: the source cannot be read, or the target already holds events.
+        LedgerError: the source cannot be read, or the target holds events that are not the
+            source's first ones.
     """
     store = open_store(target, "copy")
-    if next(iter(store.events()), None) is not None:
-        store.close_sync()
-        raise LedgerError(display(target), "already holds events: copy into a new ledger")
+    events = read_events(source)
     try:
+        _pass_copied(store, events, target)
         n = 0
-        for ev in read_events(source):
+        for ev in events:
             store.append_nowait(ev)
             n += 1
             if n % 4096 == 0:
@@ -347,7 +350,19 @@ async def copy_ledger(source: Location, target: Location) -> int:
     except BaseException:
         store.close_sync()
         raise
+    finally:
+        events.close()
     return n
+
+
+def _pass_copied(store: LedgerStore, events: Iterator[Event], target: Location) -> None:
+    """Advance ``events`` past those ``store`` already holds.
+
+    Raises:
+        LedgerError: ``store`` holds an event that is not the next of ``events``.
+    """
+    if not all(next(events, None) == held for held in store.events()):
+        raise LedgerError(display(target), "already holds events: copy into a new ledger")
 
 
 def migrate_database(url: str) -> tuple[int, int]:
