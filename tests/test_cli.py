@@ -998,6 +998,39 @@ def test_a_ledger_urls_password_shows_in_no_error(capsys: pytest.CaptureFixture[
     assert all("127.0.0.1:1/db" in line and "s3cr3t-pw" not in line for line in err)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bob:s3cr3t-pw%00x@127.0.0.1:1/db",
+        "postgresql://bob@127.0.0.1:1/db?password=s3cr3t-pw%00x",
+        "postgresql://bob@127.0.0.1:1/db?sslpassword=s3cr3t-pw%00x&sslmode=require",
+    ],
+)
+def test_a_password_libpq_cannot_decode_is_named_as_the_urls_mistake_unquoted(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A password holding %00, which libpq refuses quoting the value as written, is shown
+    in no form: one line, exit 2 (the URL to fix; a rerun would fail the same way)."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    assert main(["db", "migrate", url]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("bulk-mms: error: postgresql://bob@127.0.0.1:1/db")
+    assert line.endswith('forbidden value %00 in percent-encoded value: "***": fix the URL')
+    assert "s3cr3t" not in line
+
+
+def test_a_ledger_url_query_libpq_cannot_parse_is_exit_2_naming_the_parameter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A query parameter without "=" (?sslmode) is the URL's mistake, exit 2, naming it:
+    not a database that did not answer (exit 7, "a rerun resumes")."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    assert main(["db", "migrate", "postgresql://bob@127.0.0.1:1/db?sslmode"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("fix the URL's parameter 'sslmode'")
+    assert "rerun" not in line
+
+
 def test_a_disk_that_fills_mid_run_stops_it_resumably(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

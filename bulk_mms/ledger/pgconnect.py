@@ -115,6 +115,8 @@ def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError
     if (bad := _BAD_PARAMETER.search(text)) is not None:
         name = next(g for g in bad.groups() if g)
         return LedgerError(shown, f"{text}: fix the URL's parameter {name!r}")
+    if any(why in text for why in _BAD_URL):
+        return LedgerError(shown, f"{text}: fix the URL")
     if "FATAL:" not in text or any(why in text for why in _NOT_NOW):
         return LedgerUnavailable(shown, f"{text} (a rerun resumes once it answers)")
     return LedgerError(shown, text)
@@ -124,12 +126,18 @@ def _not_connected(shown: str, exc: psycopg.Error, conninfo: str) -> LedgerError
 #: cannot take; the first group that matched is the parameter's name.
 _BAD_PARAMETER: Final = re.compile(
     r'invalid URI query parameter: "([^"]+)"'
+    r'|key/value separator "=" in URI query parameter: "([^"]+)"'
     r'|invalid connection option "([^"]+)"'
     r'|invalid integer value "[^"]*" for connection option "([^"]+)"'
     r"|invalid (port) number"
     r"|invalid (\w+) value"
     r"|bad value for (\w+)"
 )
+
+
+#: What libpq says, before it tries a server, of a URL it cannot read (a ``%00``, a ``%``
+#: not followed by two hex digits, a space, a character out of place).
+_BAD_URL: Final = ("percent-encoded", " in URI", "in URI:")
 
 
 #: What a server says that takes no connections now, but will (PostgreSQL's own words).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Generator, Iterator
 from pathlib import Path
 from typing import Final, Literal, Protocol
@@ -221,9 +222,14 @@ def redacted(url: yarl.URL) -> yarl.URL:
 
 
 def secrets(url: yarl.URL) -> tuple[str, ...]:
-    """The secrets ``url`` holds (what :func:`redacted` leaves out), each non-empty."""
+    """The secrets ``url`` holds (what :func:`redacted` leaves out), each non-empty, each
+    both decoded and as written in ``url`` (percent-encoded: what libpq quotes of a value it
+    cannot decode), longest first (so none is left in part where a shorter one is in it)."""
     found = [v for k, v in url.query.items() if k.lower() in _SECRET_PARAMS]
-    return tuple(s for s in (url.password, *found) if s)
+    pairs = (p.partition("=") for p in url.raw_query_string.split("&"))
+    written = [v for k, _, v in pairs if urllib.parse.unquote(k).lower() in _SECRET_PARAMS]
+    every = {s for s in (url.password, url.raw_password, *found, *written) if s}
+    return tuple(sorted(every, key=len, reverse=True))
 
 
 def _shown(text: str) -> str:
