@@ -985,6 +985,33 @@ def test_a_ledger_url_of_another_scheme_is_refused_never_a_file(
     assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv", "plain.toml"]
 
 
+def test_a_libpq_keyword_connection_string_is_refused_never_a_file(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger given in libpq's key=value form (host=... password=...) is refused in one
+    line, exit 2, from --ledger, BULK_MMS_LEDGER_URL, the job's ledger and a command's LEDGER,
+    without quoting it: never a JSONL file named after it, its password in every log line."""
+    monkeypatch.chdir(jobs.root)
+    jobs.people(1)
+    plain = jobs.job().path.rename(jobs.root / "plain.toml")
+    conninfo = "host=127.0.0.1 dbname=bulk password=s3cr3t-pw"
+    job = jobs.root / "job.toml"
+    job.write_text(f'ledger = "{conninfo}"\n' + plain.read_text(encoding="utf-8"), "utf-8")
+    no_api = ["--yes", "--base-url", "http://127.0.0.1:9/v2"]
+    for usage in (["run", str(plain), "--ledger", conninfo, *no_api], ["report", conninfo]):
+        with pytest.raises(SystemExit) as stopped:
+            main(usage)
+        assert stopped.value.code == 2
+    assert main(["run", str(job), *no_api]) == 2
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", conninfo)
+    assert main(["run", str(plain), *no_api]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert all("libpq key=value connection string" in line for line in err)
+    assert all("s3cr3t-pw" not in line for line in err)
+    assert sorted(p.name for p in jobs.root.iterdir()) == ["job.toml", "people.csv", "plain.toml"]
+
+
 def test_a_ledger_urls_password_shows_in_no_error(capsys: pytest.CaptureFixture[str]) -> None:
     """A ledger URL's password, as user:password@ or a ?password= or ?sslpassword= parameter,
     is in no error: a scheme refused, a non-database URL to migrate, a database not reached."""

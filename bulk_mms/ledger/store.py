@@ -164,6 +164,13 @@ class LedgerStore(Protocol):
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+#: A libpq ``key=value`` connection string (``host=db password=...``): one of the keywords
+#: that name a database or a login, as a word of its own followed by ``=``.
+_KEYWORDS: Final = re.compile(
+    r"(?:^|\s)(?:host|hostaddr|dbname|user|password|passfile|service|sslpassword)\s*=", re.I
+)
+
+
 def location(text: str | Path) -> Location:
     """A ledger location as given (a flag, a job setting, ``BULK_MMS_LEDGER_URL``): a
     ``postgresql://`` URL stays a URL, anything else is a file path.
@@ -172,13 +179,20 @@ def location(text: str | Path) -> Location:
         ValueError: ``text`` is a URL of another scheme (``postgresq://``, ``mysql://``): never
             taken for a file's path, a ledger of this host's own beside the shared one; or
             a path that cannot be a file's name here (:func:`~bulk_mms.filenames.
-            file_name_problem`). Its message names the text; the caller names the setting.
+            file_name_problem`); or a libpq ``key=value`` connection string, never taken
+            for a file's name (which would hold its password), and not quoted. Its message
+            names the text (but that last); the caller names the setting.
     """
     text = str(text)
     if is_database(text):
         return text
     if _SCHEME.match(text):
         raise ValueError(f"{_shown(text)!r} is not a postgresql:// URL, nor a file's path")
+    if _KEYWORDS.search(text):
+        raise ValueError(
+            "is a libpq key=value connection string, not a file's path: give the database as"
+            " a postgresql:// URL (its password in ~/.pgpass or PGPASSWORD)"
+        )
     if (problem := file_name_problem(text)) is not None:
         raise ValueError(problem)
     return Path(text)
