@@ -28,13 +28,22 @@ from msgspec.structs import replace
 from bulk_mms.caps import SPENT, UNDECIDED, UNSENT
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, utc
+from bulk_mms.codes import OPTED_OUT
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.ending import drain, final_summary, let_go
 from bulk_mms.errors import BulkMmsError, ConfigError, LedgerError
 from bulk_mms.gates import Gates, past
 from bulk_mms.ledger import keep_database_time, open_store
-from bulk_mms.ledger.fold import IN_DOUBT, RETRY_PENDING, SENT, ExcludedLedger, GroupRecord
+from bulk_mms.ledger.fold import (
+    IN_DOUBT,
+    RETRY_PENDING,
+    SENT,
+    ExcludedLedger,
+    GroupRecord,
+    LedgerView,
+    Miss,
+)
 from bulk_mms.ledger.store import is_database
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import disposition, not_before, plan, remade_from, suppressed_as_planned
@@ -55,7 +64,7 @@ from bulk_mms.startup import (
     scan_whole_input,
 )
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import suppression_for
+from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 from bulk_mms.track import Tracker
 
 log = structlog.get_logger(__name__)
@@ -894,6 +903,7 @@ async def run_job(
         sender: GroupSender | None = None
         try:
             view = await begin(store, job, scan, reader.columns, clock, excluded_from=excluded_from)
+            await _list_opted_out(view, suppressed)
             # off the loop too: a look at every member of a long ledger
             scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
             recorder = build_recorder(
@@ -914,6 +924,20 @@ async def run_job(
         finally:
             await let_go(sender, store, coordinator, stop)
     return runner.finish()
+
+
+async def _list_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
+    """Put on the suppression list the recipients the ledger records as opted out that it
+    does not hold: an earlier run that could not write the list as the API said so (a full
+    disk, its database lost) kept them in the ledger alone, where no other job looks."""
+
+    def missing() -> list[str]:
+        gone = view.not_received().items()
+        return [p for p, m in gone if m.kind is Miss.OPTED_OUT and p not in suppressed]
+
+    await suppress_opted_out(
+        suppressed, await asyncio.to_thread(missing), OPTED_OUT, source="ledger"
+    )
 
 
 async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | None) -> None:

@@ -18,7 +18,7 @@ from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.config import JobConfig, Settings, load_settings
 from bulk_mms.console import run_outcome
-from bulk_mms.errors import ApiError, Rejected, SendError, ServerError
+from bulk_mms.errors import ApiError, ConfigError, Rejected, SendError, ServerError
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.fake_api import OptOut as Block
 from bulk_mms.ledger import Miss
@@ -282,6 +282,34 @@ async def test_a_group_of_one_refused_for_an_opt_out_is_an_opt_out_not_a_resend(
     failed = tmp_path / "failed.csv"
     assert main(["-q", "report", str(job.ledger), "--json", "--failed-csv", str(failed)]) == 0
     assert failed.read_text(encoding="utf-8-sig").splitlines()[1:] == []
+
+
+async def test_an_opt_out_the_list_could_not_take_goes_on_it_at_the_rerun(
+    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose suppression list refused a write (a full disk) as the API said a member
+    opted out keeps the opt-out in the ledger alone: the next run of the job puts it on the
+    list, which every other job reads, and texts nobody."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    stop_sayer = numbers(2)[0]
+    listed = tmp_path / "suppressed.txt"
+    settings = replace(FAST, suppression_file=listed)
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return nobody_named() if stop_sayer in g.to else ok_receipt(g, n)
+
+    def full(self: Suppressed, phones: object, reason: str) -> list[str]:
+        raise ConfigError("suppression.file", f"cannot write {listed}: No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Suppressed, "add", full)
+        await run_job(job, settings, FakeClient(handler), clock=FakeClock())
+    assert suppression_for(listed).numbers() == []
+    rerun = FakeClient(handler)
+    await run_job(job, settings, rerun, clock=FakeClock())
+    assert rerun.calls == []
+    assert suppression_for(listed).numbers() == [stop_sayer]
 
 
 def test_optouts_sync_at_a_base_url_without_v2_names_the_base_url(
