@@ -928,12 +928,17 @@ async def run_job(
 
 async def _list_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
     """Put on the suppression list the recipients the ledger records as opted out that it
-    does not hold: an earlier run that could not write the list as the API said so (a full
-    disk, its database lost) kept them in the ledger alone, where no other job looks."""
+    does not hold, nor records a keyword of (a START that lifted the number, a STOP removed
+    by hand): an earlier run that could not write the list as the API said so (a full disk,
+    its database lost) kept them in the ledger alone, where no other job looks."""
 
     def missing() -> list[str]:
         gone = view.not_received().items()
-        return [p for p, m in gone if m.kind is Miss.OPTED_OUT and p not in suppressed]
+        return [
+            p
+            for p, m in gone
+            if m.kind is Miss.OPTED_OUT and p not in suppressed and suppressed.keyword_at(p) is None
+        ]
 
     await suppress_opted_out(
         suppressed, await asyncio.to_thread(missing), OPTED_OUT, source="ledger"

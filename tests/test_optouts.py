@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,12 +285,14 @@ async def test_a_group_of_one_refused_for_an_opt_out_is_an_opt_out_not_a_resend(
     assert failed.read_text(encoding="utf-8-sig").splitlines()[1:] == []
 
 
+@pytest.mark.parametrize("started", [False, True])
 async def test_an_opt_out_the_list_could_not_take_goes_on_it_at_the_rerun(
-    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: bool
 ) -> None:
     """A run whose suppression list refused a write (a full disk) as the API said a member
     opted out keeps the opt-out in the ledger alone: the next run of the job puts it on the
-    list, which every other job reads, and texts nobody."""
+    list, which every other job reads, and texts nobody; unless the list records a START
+    of the number since, which lifted it."""
     jobs.people(2)
     job = jobs.job(extra="group_size = 1")
     stop_sayer = numbers(2)[0]
@@ -306,10 +309,12 @@ async def test_an_opt_out_the_list_could_not_take_goes_on_it_at_the_rerun(
         patch.setattr(Suppressed, "add", full)
         await run_job(job, settings, FakeClient(handler), clock=FakeClock())
     assert suppression_for(listed).numbers() == []
+    if started:
+        assert suppression_for(listed).record_keyword(stop_sayer, "texted START", time.time())
     rerun = FakeClient(handler)
     await run_job(job, settings, rerun, clock=FakeClock())
     assert rerun.calls == []
-    assert suppression_for(listed).numbers() == [stop_sayer]
+    assert suppression_for(listed).numbers() == ([] if started else [stop_sayer])
 
 
 def test_optouts_sync_at_a_base_url_without_v2_names_the_base_url(
