@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,21 @@ def test_the_page_is_self_contained_and_escapes_the_ledger(
     assert "<b>39</b><span>recipients sent</span>" in text
     assert "<b>0</b><span>recipients failed for good</span>" in text
     assert "<b>1</b><span>recipients who opted out (STOP)</span>" in text
+
+
+def test_a_cache_matplotlib_cannot_write_adds_no_line(sandbox_ledger: Path, tmp_path: Path) -> None:
+    """report --html where matplotlib cannot keep its cache (a full disk, a HOME cron may not
+    write: here MPLCONFIGDIR under a file) says one line, the page's, and nothing of the
+    cache; the page is written."""
+    page = tmp_path / "report.html"
+    argv = [sys.executable, "-m", "bulk_mms", "report", str(sandbox_ledger), "--html", str(page)]
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    env = {**os.environ, "MPLCONFIGDIR": str(not_a_folder / "matplotlib")}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0
+    assert done.stderr == f"bulk-mms: wrote the report to {page.resolve().as_uri()}\n"
+    assert "<svg" in page.read_text()
 
 
 def test_the_timeline_draws_each_senders_pace_from_the_ledger(

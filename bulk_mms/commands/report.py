@@ -4,6 +4,7 @@ of recipients to resend or to read."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from bulk_mms.words import count
 
 def cmd_report(args: argparse.Namespace) -> int:
     if getattr(args, "html", None) is not None:
+        # its cache is its own affair: a folder it cannot write (a full disk, a HOME cron may
+        # not write) is no error of the report's, which says its own in one line
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
         with needs("html", "report --html"):  # refused before the table, not after it
             import matplotlib  # noqa: F401, PLC0415
     summary = summarize(args.ledger)
