@@ -927,10 +927,11 @@ async def run_job(
 
 
 async def _list_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
-    """Put on the suppression list the recipients the ledger records as opted out that it
-    does not hold, nor records a keyword of (a START that lifted the number, a STOP removed
-    by hand): an earlier run that could not write the list as the API said so (a full disk,
-    its database lost) kept them in the ledger alone, where no other job looks."""
+    """Put on the suppression list the recipients ``view`` (a run's: its sends, no delivery
+    statuses) records as opted out (refused at the send, 40300) that the list does not
+    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand):
+    an earlier run that could not write the list as the API said so (a full disk, its
+    database lost) kept them in the ledger alone, where no other job looks."""
 
     def missing() -> list[str]:
         gone = view.not_received().items()
