@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -357,9 +357,9 @@ class Tracker:
         """Each recipient's report in an answer. A recipient listed under more than one
         message id (the group endpoint returns "all messages in a group MMS conversation",
         and the same people may be texted again) takes the report under its own id, once
-        known; until then, the report under the one message id listing it that is not the
-        group's own (whose message lists every member), when there is exactly one such id,
-        else None: another message's status is never recorded as this one's.
+        known; until then, the report under the one message id that lists it alone of the
+        group's members (a member's own message: :func:`_alone`), when there is exactly one
+        such id, else None: another message's status is never recorded as this one's.
         A report whose message names another group of this ledger
         (:meth:`~bulk_mms.ledger.LedgerView.names_another`), or, when another report of the
         answer names this group's own id (so the field is seen to hold it), names any other
@@ -392,13 +392,14 @@ class Tracker:
             have = listed.setdefault(st.phone, st)
             if have is not None and have.message_id != st.message_id:
                 doubled.add(st.phone)
+        alone = _alone(statuses, own_id) if doubled else {}
         for phone in doubled:
             own = k.message_id if (k := self.view.known.get(phone)) else None
             reports = [st for st in statuses if st.phone == phone]
             if own:
                 mine = [st for st in reports if st.message_id == own]
-            else:  # not learnt yet: the one id listing it beside the group's own message's
-                mine = [st for st in reports if st.message_id not in (None, own_id)]
+            else:  # not learnt yet: the one member's own message listing it
+                mine = [st for st in reports if alone.get(st.message_id) == phone]
                 mine = mine if len({st.message_id for st in mine}) == 1 else []
             listed[phone] = mine[-1] if mine else None
             if not mine:
@@ -661,6 +662,18 @@ async def track_ledger(
         return await tracker.run(follow=follow)
     finally:
         await store.close()
+
+
+def _alone(statuses: Sequence[RecipientStatus], group_id: str | None) -> dict[str | None, str]:
+    """The message ids of ``statuses`` (a group's members' reports) that list one member
+    alone, each with that member: a member's own message. The group's own id (``group_id``)
+    and one listing several members (the group's own message, or another send's to the same
+    people in its conversation) are not; nor is a report without an id."""
+    listing: dict[str, set[str]] = {}
+    for st in statuses:
+        if st.message_id is not None and st.message_id != group_id:
+            listing.setdefault(st.message_id, set()).add(st.phone)
+    return {mid: next(iter(phones)) for mid, phones in listing.items() if len(phones) == 1}
 
 
 def format_track(r: TrackResult, path: Location) -> str:

@@ -795,3 +795,28 @@ async def test_a_group_get_listing_the_groups_own_message_beside_each_members_is
     assert {p: k.message_id for p, k in load(ledger).known.items()} == dict(
         zip(msg.to, msg.recipient_ids, strict=True)
     )
+
+
+async def test_a_member_listed_beside_its_group_message_only_by_another_send_is_not_its_own(
+    jobs: JobFactory,
+) -> None:
+    """A group's GET listing the group's own message and, for the same members, another
+    send's group message in the conversation (both listing every member), no member's own
+    id known: that other send's statuses are not recorded as the group's members'."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2")
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (g,) = client.calls
+    mid = f"msg-{g.id}-0"
+    client.delivery[mid] = (
+        RecipientStatus(g.to[0], "sent", message_id=mid),
+        RecipientStatus(g.to[1], "sent", message_id=mid),
+        RecipientStatus(g.to[0], "delivery_failed", message_id="msg-another-send"),
+        RecipientStatus(g.to[1], "delivery_failed", message_id="msg-another-send"),
+    )
+    with capture_logs() as logs:
+        result = await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert "delivery_failed" not in result.statuses
+    assert {k.status for k in load(job.ledger).known.values()} != {"delivery_failed"}
+    assert [e["recipient"] for e in logs if e["event"] == "track.recipient_ambiguous"] == list(g.to)
