@@ -244,7 +244,9 @@ def refuse_sending_again(
             failed file's rows that name no campaign (:func:`missed_campaigns`): the rest
             are its campaigns' to resend (:func:`refuse_resending_again`), and the way on
             is to take those rows out, not ``--exclude-sent`` (that would leave out whom a
-            campaign's sent group did not reach too).
+            campaign's sent group did not reach too); asked about whatever ledgers
+            ``exclude_sent`` names (another job's, another resend's), but for the numbers
+            those ledgers leave out.
 
     Raises:
         ConfigError: naming how many, the ledgers and both ways on (exit 2, nothing sent).
@@ -261,7 +263,9 @@ def refuse_sending_again(
     pending = frozenset().union(*(numbers for _, numbers in unsent))
     if pending and exists(job.where):  # its resume would text them: less whom this run's holds
         pending -= sent_numbers([job.where], in_doubt_ok=True)
-    earlier = [] if exclude_sent else _earlier_ledgers(plain, job, reruns)
+    # --exclude-sent leaves out whom its ledgers sent: the way on, but for rows it asks about
+    # ``only``, which leave out whom the job's ledgers sent only when it names them
+    earlier = [] if exclude_sent and only is None else _earlier_ledgers(plain, job, reruns)
     sent = (
         sent_numbers(earlier, in_doubt_ok=True, own=job.where, folded=folds)
         if earlier

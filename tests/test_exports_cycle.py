@@ -1314,3 +1314,34 @@ def test_a_row_added_by_hand_to_a_failed_file_is_checked_against_whom_the_job_se
             csv.writer(f).writerows(rows)  # the row taken out again
         assert main([*run, "--input", str(failed)]) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+def test_a_row_added_by_hand_to_a_failed_file_is_checked_though_exclude_sent_names_another(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A row typed into a failed file, of someone the job already sent, is refused though the
+    resend names another job's ledger with --exclude-sent (which leaves out whom that ledger
+    sent, not whom this job did): exit 2, nothing sent, nobody texted twice."""
+    people = [f"+1212555{i:04d}" for i in range(101, 104)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    jobs.csv([{"phone": "+12125550190", "first": "B"}], name="other.csv")
+    fake = FakeTelnyx()
+    failed = tmp_path / "failed.csv"
+    with fake_api_thread(fake) as url:
+        other = jobs.job("other.csv", name="other-job")  # its job file written over next
+        assert main(["-q", "run", str(other.path), "--base-url", url]) == 0
+        job = jobs.job(extra="group_size = 1")
+        fake.faults.append(Fault("status", 400, code="40001"))  # one group refused for good
+        run = ["-q", "run", str(job.path), "--base-url", url]
+        assert main(run) == 1
+        assert main(["-q", "report", str(job.ledger), "--failed-csv", str(failed)]) == 0
+        with failed.open(encoding="utf-8-sig", newline="") as f:
+            missed = next(iter(list(csv.reader(f))[1:]))[0]
+        sent = next(p for p in people if p != missed)
+        with failed.open("a", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerow([sent, "A", "", ""])  # added by hand: no campaign
+        capsys.readouterr()
+        exclude = ["--exclude-sent", str(other.ledger)]
+        assert main([*run, "--input", str(failed), *exclude]) == 2
+    assert f"already sent by this job ({job.ledger})" in capsys.readouterr().err
+    assert fake.recipient_counts()[sent] == 1
