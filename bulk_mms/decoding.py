@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from bulk_mms.csvfile import DELIMITERS
 from bulk_mms.errors import InputError
 from bulk_mms.spans import CUT_OFF
 
@@ -39,8 +40,9 @@ _C1: Final = re.compile("[\x80-\x9f]")
 _UTF8_CHAR: Final = re.compile(
     rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
 )
-#: What may follow a field cut to a number of bytes: a separator, a closing quote, a line end.
-_FIELD_ENDS: Final = frozenset(b',;\t|"\r\n')
+#: What may follow a field cut to a number of bytes: a separator (:data:`~bulk_mms.csvfile.
+#: DELIMITERS`), a closing quote, a line end.
+_FIELD_ENDS: Final = frozenset("".join(DELIMITERS).encode("ascii") + b'"\r\n')
 
 
 class LineDecoder:
