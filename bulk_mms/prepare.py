@@ -35,6 +35,7 @@ from bulk_mms.ledger import (
     zones_source,
 )
 from bulk_mms.ledger.fold import FAILED, SENT, ExcludedLedger
+from bulk_mms.ledger.store import database_url, is_database
 from bulk_mms.models import Group, Money, Recipient, RejectedRow, Rejection
 from bulk_mms.pacing import Pacer, PacingConfig
 from bulk_mms.quiet import NO_COMMON_HOURS, UNKNOWN_ZONE
@@ -765,17 +766,64 @@ def _sends_more(view: LedgerView) -> bool:
     return not r.input_read or r.later > 0
 
 
-def left_to_send(job: JobConfig, view: LedgerView) -> frozenset[int]:
+def left_to_send(
+    job: JobConfig, view: LedgerView, leaving_out: Container[int] = ()
+) -> frozenset[int]:
     """The numbers (E.164 digits) of ``job``'s input that ``view``, the fold of its ledger,
-    begun and unfinished (:func:`still_to_send`), has neither sent nor failed for good: whom
-    resuming it would text."""
+    begun and unfinished (:func:`still_to_send`), has neither sent nor failed for good, and
+    ``leaving_out`` (whom the ledgers its runs excluded count sent now:
+    :func:`resume_leaves_out`) does not hold: whom resuming it would text."""
     done = {p for rec in view.groups.values() if rec.state in (SENT, FAILED) for p in rec.counted}
     with open_reader(job) as reader:
         return frozenset(
-            int(item.phone[1:])
+            number
             for item in checked_rows(job, reader)
-            if type(item) is Recipient and item.phone not in done
+            if type(item) is Recipient
+            and item.phone not in done
+            and (number := int(item.phone[1:])) not in leaving_out
         )
+
+
+def resume_leaves_out(view: LedgerView, where: Location) -> tuple[list[Location], list[str]]:
+    """The ledgers a resume of the ledger at ``where`` (its fold: ``view``) must name to
+    ``--exclude-sent`` (:attr:`~bulk_mms.ledger.LedgerView.sent_excluded_from`, as
+    :func:`check_resumable` holds it to them), each as it can be opened here; and the names
+    of those that cannot be: not there, of another campaign now (another begun at its path
+    since), or a database's other than ``where``'s (its recorded name has no password; one
+    in ``where``'s database is opened through ``where``'s own). A caller counts the rows of
+    those it cannot open as the resume's to send.
+
+    Raises:
+        LedgerError: a ledger cannot be read.
+    """
+    found: list[Location] = []
+    lost: list[str] = []
+    for name, campaign in view.sent_excluded_from:
+        at = _opened_as(name, where)
+        header = header_at(at) if at is not None else None
+        if at is not None and header is not None and campaign in ("", header.campaign or ""):
+            found.append(at)
+        else:
+            lost.append(name)
+    return found, lost
+
+
+def _opened_as(name: str, beside: Location) -> Location | None:
+    """The location the ledger ``name`` (:func:`ledger_name`) is opened by from a run whose
+    ledger is ``beside``: a file's path as it is; a database's ledger through ``beside``'s
+    URL when that is its database (None otherwise, or when ``name`` names no ledger)."""
+    if not is_database(name):
+        return Path(name)
+    if not is_database(beside) or not (ledger := database_url(name).query.get("ledger")):
+        return None
+    at = named(beside, ledger, rename=True)
+    return at if ledger_name(at) == name else None
+
+
+def ledger_name(where: Location) -> str:
+    """How a run's ledger records a ledger its ``--exclude-sent`` names: a file by its
+    absolute path, a database's ledger as named to a person (no password)."""
+    return display(where.resolve() if isinstance(where, Path) else where)
 
 
 def ledger_names(ledgers: Sequence[Location]) -> tuple[ExcludedLedger, ...]:
@@ -788,10 +836,10 @@ def ledger_names(ledgers: Sequence[Location]) -> tuple[ExcludedLedger, ...]:
     Raises:
         LedgerError: a ledger cannot be read.
     """
-    named = {display(w.resolve() if isinstance(w, Path) else w): w for w in ledgers}
+    names = {ledger_name(w): w for w in ledgers}
     return tuple(
         (name, (header.campaign or "") if (header := header_at(w)) is not None else "")
-        for name, w in named.items()
+        for name, w in names.items()
     )
 
 

@@ -50,7 +50,9 @@ from bulk_mms.ledger import (
 from bulk_mms.prepare import (
     continues_earlier,
     header_for,
+    ledger_name,
     left_to_send,
+    resume_leaves_out,
     sent_numbers,
     still_to_send,
 )
@@ -226,9 +228,11 @@ def refuse_sending_again(
     The run also counts whom the job's runs begun and unfinished would still text when
     resumed (:func:`~bulk_mms.prepare.left_to_send`): the job's own ledger's (a pilot after
     the whole list stopped partway) and its other ``--input`` runs' (a second pilot beside a
-    first one stopped partway), less whom this run's own ledger sent; ``exclude_sent`` does
-    not leave them out (they are not sent yet): those runs are to be finished first. Each
-    ledger is folded once.
+    first one stopped partway), less whom this run's own ledger sent, and less whom the
+    ledgers that run's ``--exclude-sent`` named count sent (its resume leaves them out; a
+    run whose resume leaves out this run's ledger is not counted: whom this run texts, it
+    leaves out); ``exclude_sent`` does not leave them out (they are not sent yet): those
+    runs are to be finished first. Each of the job's ledgers is folded once.
 
     Args:
         job: the job as this run's flags leave it.
@@ -259,7 +263,7 @@ def refuse_sending_again(
         folded = load(plain.where, statuses=False)
     reruns = _reruns_beside(plain, job)
     folds = {plain.where: folded} if folded is not None else {}
-    unsent = _unfinished_runs(job_file, plain, reruns, folds)
+    unsent, unread = _unfinished_runs(job_file, plain, reruns, folds, job.where)
     pending = frozenset().union(*(numbers for _, numbers in unsent))
     if pending and exists(job.where):  # its resume would text them: less whom this run's holds
         pending -= sent_numbers([job.where], in_doubt_ok=True)
@@ -280,30 +284,36 @@ def refuse_sending_again(
     ledgers = [*earlier, *(run.where for run, _ in unsent if run.where not in earlier)]
     named = ", ".join(display(w) for w in ledgers)
     leave_out = " ".join(f"--exclude-sent {display(w)}" for w in ledgers)
+    again = "would be texted again"
     if pending:
         ways = " and ".join(
             "without --input" if run is plain else f"with --input {run.input}" for run, _ in unsent
         )
-        runs_ = "run" if len(unsent) == 1 else "runs"
-        whom = f"already sent by this job or left to send by its unfinished {runs_}"
-        then = (
-            f"finish {'that run' if len(unsent) == 1 else 'those runs'} first "
-            f"(run {'it' if len(unsent) == 1 else 'them'} {ways}), then add "
+        one = len(unsent) == 1
+        whom = (
+            f"already sent by this job or left to send by its unfinished {'run' if one else 'runs'}"
         )
+        those = "that run" if one else "those runs"
+        then = f"finish {those} first (run {'it' if one else 'them'} {ways}), then add "
+        if unread:  # their resume leaves out whom these count sent; unread, none are left out
+            again += (
+                f" (whom {', '.join(unread)} counted sent when {those} left them out is counted "
+                "in: it cannot be read here)"
+            )
     else:
         whom, then = "already sent by this job", "add "
     if only is not None:
         raise ConfigError(
             "--input",
             f"{count(scan.excluded, 'recipient')} of {job.input} whose rows name no campaign "
-            f"(an empty {CAMPAIGN_COLUMN}: added by hand) {whom} ({named}) would be texted "
-            "again: take those rows out of the file, or give --name NAME to text them again "
-            "in a campaign of its own; nothing sent",
+            f"(an empty {CAMPAIGN_COLUMN}: added by hand) {whom} ({named}) {again}: take those "
+            "rows out of the file, or give --name NAME to text them again in a campaign of its "
+            "own; nothing sent",
         )
     raise ConfigError(
         "--input" if input_file is not None else "input",
-        f"{count(scan.excluded, 'recipient')} of {job.input} {whom} ({named}) would be "
-        f"texted again: {then}{leave_out} to leave them out, or give --name NAME to text "
+        f"{count(scan.excluded, 'recipient')} of {job.input} {whom} ({named}) {again}: "
+        f"{then}{leave_out} to leave them out, or give --name NAME to text "
         "them again in a campaign of its own; nothing sent",
         source=None if input_file is not None else job.path,
     )
@@ -314,22 +324,38 @@ def _unfinished_runs(
     plain: JobConfig,
     reruns: list[tuple[Location, Header]],
     folds: dict[Location, LedgerView],
-) -> list[tuple[JobConfig, frozenset[int]]]:
+    texting: Location,
+) -> tuple[list[tuple[JobConfig, frozenset[int]]], list[str]]:
     """The job's runs begun and unfinished, each with whom its resume would text
     (:func:`~bulk_mms.prepare.left_to_send`): the job's own (``plain``, whose ledger's fold
     ``folds`` holds when it is begun) and its other ``--input`` runs' (``reruns``, loaded from
     ``job_file``), each of whose folds is added to ``folds`` for the caller to count whom it
-    sent without reading it again.
+    sent without reading it again. A resume names the ledgers its runs' ``--exclude-sent``
+    named (:func:`~bulk_mms.prepare.resume_leaves_out`) and leaves out whom they count sent:
+    not counted, nor is a run whose resume leaves out ``texting`` (the asking run's ledger),
+    which counts sent whom it texts. And the names of such ledgers that cannot be read here
+    (their rows are counted: a refusal, not a text twice).
 
     Raises:
         LedgerError: a ledger cannot be read.
     """
-    runs = [(plain, folds[plain.where])] if plain.where in folds else []
+    runs = [(plain, plain.where, folds[plain.where])] if plain.where in folds else []
     for where, header in reruns:
         if (rerun := _rerun_job(job_file, header, where)) is not None:
             folds[where] = view = load(where, statuses=False)
-            runs.append((rerun, view))
-    return [(run, left_to_send(run, view)) for run, view in runs if still_to_send(run, view)]
+            runs.append((rerun, where, view))
+    unsent: list[tuple[JobConfig, frozenset[int]]] = []
+    unread: list[str] = []
+    for run, where, view in runs:
+        if not still_to_send(run, view):
+            continue
+        found, lost = resume_leaves_out(view, where)
+        if ledger_name(texting) in {ledger_name(w) for w in found}:
+            continue  # whom the asking run texts, its ledger counts sent: this resume leaves out
+        gone = sent_numbers(found, in_doubt_ok=True, own=where)
+        unsent.append((run, left_to_send(run, view, gone)))
+        unread += lost
+    return unsent, unread
 
 
 def _rerun_job(job_file: Path, header: Header, where: Location) -> JobConfig | None:

@@ -19,7 +19,7 @@ from bulk_mms.cli import main
 from bulk_mms.clock import SystemClock
 from bulk_mms.config import JobConfig, load_job
 from bulk_mms.config.folders import sandbox_ledger
-from bulk_mms.errors import Exit
+from bulk_mms.errors import Exit, LimitReached
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
 from bulk_mms.grouping import group_id
@@ -1016,6 +1016,79 @@ def test_a_second_pilot_beside_a_first_one_stopped_partway_is_refused_not_texted
         )
         assert main([*run, "--input", str(second), "--exclude-sent", pilot]) == 0
     assert fake.recipient_counts() == {**dict.fromkeys(people[1:4], 1), "+12125550199": 1}
+
+
+def test_a_pilot_resumed_beside_a_second_one_that_excluded_it_is_not_refused(
+    jobs: JobFactory, ledger_of: LedgerOf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pilot A sent, pilot B of an overlapping list sent one with --exclude-sent A's ledger
+    and --limit 1, then a carrier's cap moved A's P (also in B) to go again: resuming A is
+    not refused (B's resume leaves out whom A's ledger counts sent), while resuming B first
+    stays refused (exit 2, finish A first); nobody is texted twice. JSONL and PostgreSQL."""
+    people = [f"+1212555{i:04d}" for i in range(101, 106)]
+    jobs.csv([{"phone": p, "first": "A"} for p in people])
+    job = jobs.job(extra="group_size = 1")
+    first = jobs.csv([{"phone": p, "first": "B"} for p in people[:3]], "a.csv")
+    overlap = [people[0], people[3], people[4], people[1]]
+    second = jobs.csv([{"phone": p, "first": "C"} for p in overlap], "b.csv")
+    fake = FakeTelnyx(report={people[1]: "40016"})
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--input", str(first)]) == 0
+        (pilot,) = [display(w) for w, _ in headers_beside(ledger_of(job))]
+        resume_b = [*run, "--input", str(second), "--exclude-sent", pilot]
+        assert main([*resume_b, "--limit", "1"]) == 0
+        assert main(["-q", "track", pilot, "--base-url", url]) == 0
+        capsys.readouterr()
+        assert main(resume_b) == 2
+        err = capsys.readouterr().err
+        assert f"1 recipient of {second} already sent by this job or left to send" in err
+        assert f"finish that run first (run it with --input {first.resolve()})" in err
+        assert (
+            main([*run, "--input", str(first)]) == LimitReached.exit_code
+        )  # P waits for the reset
+        assert "would be texted again" not in capsys.readouterr().err
+    assert fake.recipient_counts() == dict.fromkeys(people[:4], 1)
+
+
+def test_a_pilot_beside_one_stopped_partway_counts_not_whom_that_one_excluded(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another job sent X; pilot B (X, W and more) sent one with --exclude-sent that job's
+    ledger and --limit 1. A pilot of X is not refused as left to send by B (B's resume
+    leaves X out: exit 0, X texted by this job once), unless that ledger cannot be read (exit
+    2, saying so); a pilot of W, whom B's resume texts, stays refused (finish B first)."""
+    x, w = "+12125550198", "+12125550199"
+    jobs.csv([{"phone": x, "first": "A"}])
+    job = jobs.job(extra="group_size = 1")
+    other = job.path.with_name("other.toml")
+    other.write_text(
+        job.path.read_text(encoding="utf-8").replace('"test-job"', '"other-job"'),
+        encoding="utf-8",
+    )
+    second = jobs.csv([{"phone": p, "first": "C"} for p in ["+12125550101", x, w]], "b.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        flags = ["--base-url", url, "--concurrency", "1"]
+        assert main(["-q", "run", str(other), *flags]) == 0
+        old = str(load_job(other).ledger)
+        run = ["-q", "run", str(job.path), *flags]
+        assert main([*run, "--input", str(second), "--exclude-sent", old, "--limit", "1"]) == 0
+        capsys.readouterr()
+        left = jobs.csv([{"phone": w, "first": "D"}], "w.csv")
+        assert main([*run, "--input", str(left)]) == 2
+        err = capsys.readouterr().err
+        assert f"1 recipient of {left} already sent by this job or left to send" in err
+        assert f"finish that run first (run it with --input {second.resolve()})" in err
+        pilot = [*run, "--input", str(jobs.csv([{"phone": x, "first": "E"}], "x.csv"))]
+        moved = Path(old).rename(f"{old}.away")
+        assert main(pilot) == 2
+        assert f"(whom {old} counted sent when that run left them out is counted in: it " in (
+            capsys.readouterr().err
+        )
+        moved.rename(old)
+        assert main(pilot) == 0
+    assert fake.recipient_counts() == {x: 2, "+12125550101": 1}
 
 
 def test_a_resumed_pilot_is_not_refused_for_its_own_group_in_doubt(

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+import yarl
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
@@ -31,12 +32,12 @@ from bulk_mms.console import run_outcome
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault
-from bulk_mms.ledger import events, open_store, read_events, to_json
+from bulk_mms.ledger import LedgerView, display, events, open_store, read_events, to_json
 from bulk_mms.ledger.pgbudget import PostgresTally
 from bulk_mms.ledger.pgschema import _MIGRATIONS, _USABLE_FROM, SCHEMA_VERSION, migrate_url
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
-from bulk_mms.prepare import dry_run
+from bulk_mms.prepare import dry_run, resume_leaves_out
 from bulk_mms.recipient_lists import write_failed_csv
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
@@ -45,7 +46,7 @@ from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop
 from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import suppression_for
-from bulk_mms.testing import groups_in
+from bulk_mms.testing import groups_in, write_ledger
 from bulk_mms.track import track_ledger
 from tests.conftest import (
     FAST,
@@ -1190,3 +1191,25 @@ def test_a_remove_whose_stop_time_cannot_be_kept_takes_nobody_off(
     assert listed.reason(phone) == stop
     assert listed.remove([phone]) == [phone]
     assert suppression_for(None, where).keyword_at(phone) == instant("2026-11-23T10:05:00Z")
+
+
+def test_a_resumes_excluded_ledger_is_opened_through_its_own_database_alone(
+    database: str,
+) -> None:
+    """A database ledger a run's --exclude-sent named (recorded without its password) is
+    opened through the resumed ledger's own URL (its password kept) when in that database
+    and of the campaign recorded; from another database, a file, or after another campaign
+    was begun under its name, it is one that cannot be read there."""
+    old = write_ledger(named(database, "old"), [events.Header("old", "sha256:aa", campaign="c1")])
+    url = yarl.URL(database)
+    secret = str(url.with_user(url.user or "postgres").with_password("s3cret"))
+    view = LedgerView(sent_excluded_from=((display(old), "c1"),))
+    assert resume_leaves_out(view, named(secret, "b", rename=True)) == (
+        [named(secret, "old", rename=True)],
+        [],
+    )
+    elsewhere = str(url.with_path("/another_database").update_query(ledger="b"))
+    for where in (elsewhere, Path("b.jsonl")):
+        assert resume_leaves_out(view, where) == ([], [display(old)])
+    replaced = LedgerView(sent_excluded_from=((display(old), "c0"),))
+    assert resume_leaves_out(replaced, named(database, "b", rename=True)) == ([], [display(old)])
