@@ -43,18 +43,21 @@ RESENDABLE: Final = frozenset({Action.RETRY, Action.SLOW, Action.DEFER})
 #: How the codes of one delivery report are weighed when it carries several (Telnyx's
 #: ``errors`` is a list): by their actions in the table, the one listed first here decides
 #: (:func:`deciding`), whatever order the report gives them in. What says the number must not
-#: be texted again comes first (``suppress``: it opted out), then what says no send can reach
-#: it (``fail``, and a code the table has no action for: 40001 not routable, 40008
-#: undeliverable), then the account's (``halt``) and the sender's (``retire_sender``: another
-#: sender may reach it), then a carrier's refusal for now, the longest wait first (``defer``,
-#: ``slow``, ``retry``): so a report that says "blocked, STOP" beside "too many messages"
-#: never sends the number again, and one that says "undeliverable" beside a spam filter's
-#: code does not move it for a resend after the reset.
+#: be texted again comes first (``suppress``: it opted out), then what says the account can
+#: send nothing (``halt``: no funds, the spend limit; every further send is refused, so the
+#: job stops whatever else the answer lists), then what says no send can reach the number
+#: (``fail``, and a code the table has no action for: 40001 not routable, 40008
+#: undeliverable), then the sender's (``retire_sender``: another sender may reach it), then a
+#: carrier's refusal for now, the longest wait first (``defer``, ``slow``, ``retry``): so a
+#: report that says "blocked, STOP" beside "too many messages" never sends the number again,
+#: a send refused with "insufficient funds" beside an unknown code stops the job rather than
+#: failing group after group, and one that says "undeliverable" beside a spam filter's code
+#: does not move it for a resend after the reset.
 PRECEDENCE: Final[tuple[Action | None, ...]] = (
     Action.SUPPRESS,
+    Action.HALT,
     Action.FAIL,
     None,
-    Action.HALT,
     Action.RETIRE_SENDER,
     Action.DEFER,
     Action.SLOW,

@@ -12,7 +12,7 @@ from msgspec.structs import replace
 
 from bulk_mms.client import error_for_status
 from bulk_mms.codes import DEFAULT_POLICY, deciding
-from bulk_mms.errors import ApiError, RateLimited, Rejected, SendError
+from bulk_mms.errors import AccountRefused, ApiError, RateLimited, Rejected, SendError
 from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
 from bulk_mms.ledger import LedgerView, Sent
 from bulk_mms.ledger.events import decode, status_event, to_json
@@ -84,6 +84,8 @@ async def test_a_report_that_says_opted_out_beside_a_spam_filter_is_judged_opted
         (["40016", "40008"], "40008"),  # undeliverable (no action) over a carrier's cap
         (["40014", "40003"], "40003"),  # the sender blocked over an expiry in the queue
         (["40002", "40016"], "40016"),  # the longer wait: the cap's reset over a slow-down
+        (["40008", "20100"], "20100"),  # the account cannot pay over any one number's fault
+        (["20100", "40300"], "40300"),  # an opt-out over the account's stop
         ([], None),
     ],
 )
@@ -150,6 +152,9 @@ def test_a_final_status_the_send_answered_keeps_the_code_its_status_line_carries
         (["40002", "40008"], 403, Rejected, "40008", None),  # a carrier's 403: no bad key
         (["40008", "40011"], 429, RateLimited, "40008", None),  # a 429 is retried as one
         (["", "40016", "40002"], 400, SendError, "40016", "defer"),  # the longer wait
+        (["12345", "20100"], 402, AccountRefused, "20100", "halt"),  # no funds: stop the job
+        (["40008", "40333"], 400, AccountRefused, "40333", "halt"),  # the spend limit too
+        (["20100", "40300"], 409, Rejected, "40300", "suppress"),  # an opt-out still first
     ],
 )
 def test_a_sends_refusal_is_acted_on_and_recorded_by_the_code_that_decides(

@@ -80,6 +80,28 @@ async def test_insufficient_funds_halts_the_job_with_exit_6_and_loses_nothing(
     assert len(groups_in(job.ledger, "retry_pending")) == 1
 
 
+async def test_insufficient_funds_beside_an_unknown_code_still_halts_the_job(
+    jobs: JobFactory,
+) -> None:
+    """A send refused with 20100 and a code the table does not know stops the job at once
+    (exit 6) with nothing failed, instead of failing group after group."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    tries: list[str] = []
+
+    def handler(g: Group, n: int) -> Rejected:
+        tries.append(g.id)
+        errors = (ApiError("20100", "Insufficient funds", ""), ApiError("10999", "t", ""))
+        return Rejected("refused", status=402, errors=errors)
+
+    s = await run_job(job, replace(FAST, concurrency=1), FakeClient(handler), clock=FakeClock())
+    assert isinstance(s.error, AccountRefused)
+    assert exit_for(s.error) == 6
+    assert len(tries) == 1
+    assert groups_in(job.ledger, "failed") == set()
+    assert len(groups_in(job.ledger, "retry_pending")) == 1
+
+
 async def test_a_daily_cap_stops_with_exit_5_until_midnight_pacific(jobs: JobFactory) -> None:
     """40016 (T-Mobile's daily cap) stops the job, exit 5, naming the reset; a rerun before
     it sends the other group and holds the refused one (exit 5), a rerun after it sends it."""
