@@ -31,6 +31,7 @@ from bulk_mms.errors import (
     LedgerLocked,
     LimitReached,
     OutputLost,
+    SpamFiltered,
 )
 from bulk_mms.gates import past
 from bulk_mms.ledger import RecipientCounts
@@ -302,6 +303,8 @@ _STOP_LEAVING = {
 
 def run_outcome(s: JobSummary) -> int:
     """Say how the run ended, and where the ledger stands; the exit code that says it."""
+    if isinstance(s.error, SpamFiltered) and not _leaves_anyone(s):
+        return _spam_at_the_end(s, s.error)
     if s.error is not None:
         return fail(s.error, exit_for(s.error))
     if s.stopped in SIGNAL_EXIT or (s.stopped in _STOP_LEAVING and s.recipients is None):
@@ -316,6 +319,31 @@ def run_outcome(s: JobSummary) -> int:
         return _tell_quiet(s)
     if s.stopped == "limit":
         _tell_stop(s)
+    return _ended(s)
+
+
+def _leaves_anyone(s: JobSummary) -> bool:
+    """Whether a later run would send anyone of the run's ledger
+    (:attr:`RecipientCounts.sends_more <bulk_mms.ledger.RecipientCounts.sends_more>`, or
+    members waiting for a cap's reset); True when its counts are unknown."""
+    r = s.recipients
+    return r is None or r.sends_more or bool(s.waiting_recipients)
+
+
+def _spam_at_the_end(s: JobSummary, err: SpamFiltered) -> int:
+    """A burst of spam filtering met with nobody left to send (the last group's try, or the
+    delivery reports after it): no rerun has anything to resume, so the code is the one of a
+    run that ended (:func:`_ended`: 0 when everyone was sent), and the warning is said after
+    the run's counts, before what decides a 1."""
+    _tell_summary(s)
+    say(
+        "job.spam_filtered",
+        f"bulk-mms: {err.finding} as the run ended, with nobody left to send: check the "
+        "content and the sender's reputation before the next job",
+        level="warning",
+        job=s.job,
+        sent_groups=s.sent_groups,
+    )
     return _ended(s)
 
 

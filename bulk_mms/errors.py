@@ -28,6 +28,8 @@
           │    ├── AuthError(status)   3    401/403: the key is refused
           │    ├── LimitReached        5    a carrier's cap (40016), daily_recipients, a burst
           │    │    │                       of spam filtering: resumable
+          │    │    ├── SpamFiltered          a burst of spam filtering: resumable once the
+          │    │    │                         content or sender is fixed (nobody left: 0/1)
           │    │    └── MaxCostReached        the job's max_cost: resumable once it is raised
           │    ├── AccountRefused      6    no funds (20100, or a 402 with no code), spend
           │    │                            limit (40333), every sender refused (40003/40315)
@@ -304,6 +306,21 @@ class LimitReached(FatalSendError):
     ) -> None:
         self.resumes_at = resumes_at
         super().__init__(message, status=status, errors=errors)
+
+
+class SpamFiltered(LimitReached):
+    """Spam filtering met ``[limits] spam_share`` of the run's latest tries or final delivery
+    reports: the job stops before the rest of the list is burnt, resumable once the content or
+    the sender is fixed. ``finding``: what was met, without what to do about it (the words of
+    a run that met it with nobody left to send, where a rerun has nothing to do)."""
+
+    def __init__(self, finding: str) -> None:
+        self.finding = finding
+        super().__init__(
+            f"{finding}: paused before the list is burnt; check the content and the sender's "
+            "reputation, then rerun",
+            status=None,
+        )
 
 
 class MaxCostReached(LimitReached):

@@ -762,8 +762,7 @@ def _runs_on(job: JobConfig, header: Header | None) -> bool:
 def _sends_more(view: LedgerView) -> bool:
     """Whether a run on ``view`` (a ledger's fold) would send more: its input not all read,
     or recipients a later run may send (:attr:`~bulk_mms.ledger.RecipientCounts.later`)."""
-    r = view.recipients()
-    return not r.input_read or r.later > 0
+    return view.recipients().sends_more
 
 
 def left_to_send(

@@ -31,6 +31,7 @@ from bulk_mms.errors import (
     Rejected,
     RetryableSendError,
     SendError,
+    SpamFiltered,
     WindowClosed,
 )
 from bulk_mms.signals import Stop
@@ -188,11 +189,9 @@ class JobStops:
         delivery reports, instead of burning the list while carriers block it."""
         if watch.note(spam) and not self.stop.is_set():
             self.fail(
-                LimitReached(
+                SpamFiltered(
                     f"spam filtering met {watch.count} of the last {watch.window} {what} "
-                    f"(spam_share {watch.share:g}): paused before the list is burnt; check the "
-                    "content and the sender's reputation, then rerun",
-                    status=None,
+                    f"(spam_share {watch.share:g})"
                 ),
                 "limit",
             )

@@ -420,6 +420,35 @@ async def test_a_burst_of_spam_codes_stops_the_job_instead_of_burning_the_list(
     assert exit_for(s.error) == 5
     assert s.sent_groups == 10
     assert groups_in(job.ledger, "failed") == set()
+    assert run_outcome(s) == 5  # others are left: a rerun resumes once it is fixed
+
+
+async def test_a_burst_of_spam_met_with_nobody_left_exits_as_the_run_ended(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spam filtering that meets half of the last 20 tries only as the last group is accepted
+    (every group refused once with 40002, then sent) leaves nobody for a rerun: exit 0, the
+    summary told, and the last line warns of the filtering without asking for a rerun."""
+    jobs.people(10)
+    job = jobs.job(extra="group_size = 1")
+    tries: dict[str, int] = {}
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        tries[g.id] = tries.get(g.id, 0) + 1
+        return refused("40002") if tries[g.id] == 1 else ok_receipt(g, n)
+
+    s = await run_job(job, replace(FAST, concurrency=1), FakeClient(handler), clock=FakeClock())
+    assert isinstance(s.error, LimitReached)
+    assert s.recipients is not None
+    assert s.recipients.sent == 10
+    capsys.readouterr()
+    assert run_outcome(s) == 0
+    out = capsys.readouterr()
+    assert "sent 10 groups" in out.out
+    last = out.err.strip().splitlines()[-1]
+    assert "spam filtering met 10 of the last 20 tries" in last
+    assert "nobody left to send" in last
+    assert "rerun" not in last
 
 
 def test_optouts_sync_pulls_every_page_into_the_list(

@@ -246,6 +246,12 @@ class RecipientCounts(msgspec.Struct, frozen=True):
         (the API's records settle them: sent, or sent again)."""
         return self.not_attempted + self.retry_pending + self.in_doubt
 
+    @property
+    def sends_more(self) -> bool:
+        """Whether a later run would send anyone: the input not all read (``not_attempted``
+        is then a floor), or someone it may still send (:attr:`later`)."""
+        return not self.input_read or self.later > 0
+
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
 
