@@ -10,7 +10,9 @@ import orjson
 
 from bulk_mms.answers import parse_statuses
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, UNCONFIRMED, Known, supersedes
+from bulk_mms.errors import ApiError
 from bulk_mms.ledger import LedgerView, Sent, checkpoint, load
+from bulk_mms.ledger.events import status_event
 from bulk_mms.models import Money, RecipientStatus
 from bulk_mms.report import format_text, summarize
 from bulk_mms.testing import ledger_events
@@ -164,6 +166,27 @@ def test_a_late_final_cost_is_news_once_and_a_stale_one_changes_nothing() -> Non
     )
     assert not view.apply_status(stale, "g")
     assert view.final_cost[phone] == Money(Decimal("0.004"), USD)
+
+
+def test_delivered_and_a_failure_without_times_fold_to_delivered_in_either_order() -> None:
+    """Two final reports of one member with no ``completed_at``/``sent_at``, ``delivered`` and
+    ``delivery_failed`` (a code that would resend it): whichever is recorded first, live and on
+    replay, the member is delivered, not among those who did not get the message."""
+    phone = "+13125550001"
+    sent = Sent("g", (phone,), 0, message_id="m")
+    spam = (ApiError("40002", "Blocked as spam - temporary", ""),)
+    failed = RecipientStatus(phone, "delivery_failed", errors=spam)
+    delivered = RecipientStatus(phone, "delivered")
+    for first, then in ((failed, delivered), (delivered, failed)):
+        live = LedgerView.fold([sent])
+        live.apply_status(first, "g")
+        live.apply_status(then, "g")
+        lines = [status_event("g", st, source="track", time="t") for st in (first, then)]
+        replayed = LedgerView.fold([sent, *lines])
+        for view in (live, replayed):
+            assert view.status_of(phone) == "delivered"
+            assert view.not_received() == {}
+            assert view.delivery() == {"delivered": 1}
 
 
 def test_a_stamped_correction_replaces_a_failure_reported_without_a_time() -> None:

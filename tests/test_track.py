@@ -114,7 +114,10 @@ def status_lines(path: Path) -> list[dict[str, object]]:
         # an unstamped failure is not known to be the later report: a stamped one corrects it
         ("delivered", "2026-01-02T00:00:00Z", Known("delivery_failed"), True),
         ("delivery_unconfirmed", "2026-01-02T00:00:00Z", Known("expired"), True),
-        ("delivered", None, Known("delivery_failed"), False),
+        # neither stamped: no order is known, and delivered wins (a failure never resends it)
+        ("delivered", None, Known("delivery_failed"), True),
+        ("delivery_failed", None, Known("delivered"), False),
+        ("delivery_failed", None, Known("expired"), False),
         ("delivery_failed", "2026-01-02T00:00:00Z", Known("delivered"), False),
         # instants, not strings: half a second later wins though it sorts lower as text
         (
@@ -163,8 +166,8 @@ def status_lines(path: Path) -> list[dict[str, object]]:
 def test_supersedes_orders_reports(
     new: str, new_at: str | None, old: Known | None, news: bool
 ) -> None:
-    """Non-final statuses only move forward; a final one yields only to a later final one,
-    and delivered to none."""
+    """Non-final statuses only move forward; a final one yields only to a later final one (of
+    two unstamped, to delivered alone), and delivered to none."""
     assert supersedes(new, new_at, old) is news
 
 
