@@ -353,17 +353,27 @@ def _ended(s: JobSummary) -> int:
     leaves a valid recipient unsent (:func:`_incomplete`); 5 (a cap,
     :class:`~bulk_mms.errors.LimitReached`) when members wait for a daily cap's reset still
     to come (a carrier's, or the account's ``daily_recipients``), whatever else is left: a
-    rerun from it sends them; else 0."""
-    if s.waiting_recipients and s.stopped != "limit":
-        return LimitReached.exit_code
+    rerun from it sends them; else 0. Groups it recorded expired are said (:func:`_tell_expired`)
+    whatever the code, and the code's cause last: the members waiting, for a 5."""
     if s.expired_groups:
         _tell_expired(s)
+    if s.waiting_recipients and s.stopped != "limit":
+        if s.expired_groups:  # said after it (else the summary's recipients line says them)
+            say(
+                "job.waiting",
+                f"bulk-mms: {_held_by_cap(s)}",
+                level="warning",
+                waiting_recipients=s.waiting_recipients,
+                not_before=minute_utc(s.waiting_until),
+            )
+        return LimitReached.exit_code
     return Exit.INCOMPLETE if _incomplete(s) else Exit.OK
 
 
 def _tell_expired(s: JobSummary) -> None:
-    """The last line of a run that recorded groups ``expired_unsent``: the job's deadline
-    passed, and no run sends them (the cause of its exit 1, said last, as a stop's is)."""
+    """The line of a run that recorded groups ``expired_unsent``: the job's deadline passed
+    (or comes before any retry of theirs could), and no run sends them (the cause of an exit
+    1, said last, as a stop's is)."""
     named = f" ({minute_utc(s.deadline.timestamp())})" if s.deadline is not None else ""
     say(
         "job.expired",
@@ -457,16 +467,22 @@ def _waiting(s: JobSummary) -> str:
     notes = []
     cap = _cap_of(s)
     if s.waiting_recipients:
-        notes.append(
-            f"{_n(s.waiting_recipients, 'recipient')} held by {cap} daily limit: "
-            f"{rerun_from(s.waiting_until, own_cap=s.waiting_own_cap)}"
-        )
+        notes.append(_held_by_cap(s))
     if s.waiting_past_deadline:
         notes.append(
             f"{_n(s.waiting_past_deadline, 'recipient')} held by {cap} daily limit until "
             f"after the job's deadline; {past_deadline_words(s.deadline)}"
         )
     return f"; of those not sent, {'; '.join(notes)}" if notes else ""
+
+
+def _held_by_cap(s: JobSummary) -> str:
+    """The members waiting for a daily cap's reset still to come, and from when a rerun sends
+    them: what a run that exits 5 for them says of them."""
+    return (
+        f"{_n(s.waiting_recipients, 'recipient')} held by {_cap_of(s)} daily limit: "
+        f"{rerun_from(s.waiting_until, own_cap=s.waiting_own_cap)}"
+    )
 
 
 def _cap_of(s: JobSummary) -> str:

@@ -122,6 +122,24 @@ def test_a_run_stopped_by_a_window_still_says_what_failed(
     assert "8 failed" in out
 
 
+def test_a_run_with_groups_expired_and_members_waiting_for_a_reset_says_both(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run that recorded groups expired unsent and leaves members waiting for a daily cap's
+    reset exits 5 and says both on its last lines, the expired groups, then the members
+    waiting (the cause of the 5) last."""
+    s = JobSummary("j", sent_groups=4, expired_groups=2, waiting_recipients=3)
+    s.waiting_until = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC).timestamp()
+    s.recipients = RecipientCounts(32, 16, 8, 3, 0, 5, input_read=True)
+    assert run_outcome(s) == 5
+    *_, expired, waiting = capsys.readouterr().err.splitlines()
+    assert "2 groups expired unsent, which no run sends" in expired
+    assert waiting == (
+        "bulk-mms: 3 recipients held by a carrier's daily limit: a rerun from "
+        "2026-11-26T08:00Z sends them"
+    )
+
+
 @pytest.mark.parametrize(
     ("failed", "again", "said"),
     [
