@@ -18,11 +18,10 @@ Reports arrive twice over (polling and webhooks), late, repeated and out of orde
   one known was not (a ``delivery_failed`` without ``completed_at`` or ``sent_at`` cannot be
   shown later than anything, so it does not hold off a stamped correction), and ``delivered``
   never is: the handset had the message, and a later failure report taken for news would send it
-  again (a second text) where it can at most be a carrier's mistake. Of two unstamped final
-  reports neither is known to be the later (polling and webhooks arrive in no order of the
-  carrier's), so by the same token ``delivered`` replaces an unstamped failure known before
-  it: the fold says delivered whichever was recorded first, and nobody who got it is sent it
-  again nor listed failed;
+  again (a second text) where it can at most be a carrier's mistake. Polling and webhooks
+  arrive in no order of the carrier's, so by the same token ``delivered`` replaces any other
+  final status known before it, stamped or not, later or not: the fold says delivered
+  whichever was recorded first, and nobody who got it is sent it again nor listed failed;
 * a non-final status only moves forward.
 
 Stamps are compared as instants (``10:00:00.500+00:00`` is after ``10:00:00Z``; ``-05:00`` is
@@ -92,10 +91,9 @@ def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:
     if old.status in FINAL:
         if new not in FINAL or old.status in (new, "delivered"):
             return False
+        if new == "delivered":  # never replaced, so it replaces any other: in either order
+            return True
         new_t, old_t = instant(new_at), instant(old.at)
-        # an unstamped final report is not known to be the later one: a stamped one wins; of
-        # two unstamped neither is, and delivered wins, whichever came first
-        if new_t is None:
-            return new == "delivered" and old_t is None
-        return old_t is None or new_t > old_t
+        # an unstamped final report is not known to be the later one: a stamped one wins
+        return new_t is not None and (old_t is None or new_t > old_t)
     return new in FINAL or _RANK.get(new, 0) > _RANK.get(old.status, 0)

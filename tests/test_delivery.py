@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bulk_mms.answers import parse_statuses
 from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, UNCONFIRMED, Known, supersedes
@@ -168,15 +169,25 @@ def test_a_late_final_cost_is_news_once_and_a_stale_one_changes_nothing() -> Non
     assert view.final_cost[phone] == Money(Decimal("0.004"), USD)
 
 
-def test_delivered_and_a_failure_without_times_fold_to_delivered_in_either_order() -> None:
-    """Two final reports of one member with no ``completed_at``/``sent_at``, ``delivered`` and
-    ``delivery_failed`` (a code that would resend it): whichever is recorded first, live and on
-    replay, the member is delivered, not among those who did not get the message."""
+@pytest.mark.parametrize(
+    ("delivered_at", "failed_at"),
+    [
+        (None, None),
+        (None, "2026-01-02T00:00:00Z"),
+        ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+    ],
+)
+def test_delivered_and_a_failure_fold_to_delivered_in_either_order(
+    delivered_at: str | None, failed_at: str | None
+) -> None:
+    """Two final reports of one member, ``delivered`` and ``delivery_failed`` (a code that
+    would resend it), neither stamped, or the failure stamped later: whichever is recorded
+    first, live and on replay, the member is delivered, not among those who did not get it."""
     phone = "+13125550001"
     sent = Sent("g", (phone,), 0, message_id="m")
     spam = (ApiError("40002", "Blocked as spam - temporary", ""),)
-    failed = RecipientStatus(phone, "delivery_failed", errors=spam)
-    delivered = RecipientStatus(phone, "delivered")
+    failed = RecipientStatus(phone, "delivery_failed", errors=spam, at=failed_at)
+    delivered = RecipientStatus(phone, "delivered", at=delivered_at)
     for first, then in ((failed, delivered), (delivered, failed)):
         live = LedgerView.fold([sent])
         live.apply_status(first, "g")

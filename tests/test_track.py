@@ -104,13 +104,15 @@ def status_lines(path: Path) -> list[dict[str, object]]:
             Known("delivery_unconfirmed", "2026-01-01T00:00:00Z"),
             True,
         ),
+        # delivered is never taken back, so it takes back any other: the same in either order
         (
             "delivered",
             "2026-01-01T00:00:00Z",
             Known("delivery_failed", "2026-01-02T00:00:00Z"),
-            False,
+            True,
         ),
-        ("delivered", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), False),
+        ("delivered", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), True),
+        ("delivery_unconfirmed", None, Known("delivery_failed", "2026-01-02T00:00:00Z"), False),
         # an unstamped failure is not known to be the later report: a stamped one corrects it
         ("delivered", "2026-01-02T00:00:00Z", Known("delivery_failed"), True),
         ("delivery_unconfirmed", "2026-01-02T00:00:00Z", Known("expired"), True),
@@ -121,26 +123,31 @@ def status_lines(path: Path) -> list[dict[str, object]]:
         ("delivery_failed", "2026-01-02T00:00:00Z", Known("delivered"), False),
         # instants, not strings: half a second later wins though it sorts lower as text
         (
-            "delivered",
+            "delivery_unconfirmed",
             "2026-01-01T10:00:00.500+00:00",
             Known("delivery_failed", "2026-01-01T10:00:00Z"),
             True,
         ),
         # 09:00-05:00 is 14:00 UTC: later than 12:00Z, though "09" sorts before "12"
         (
-            "delivered",
+            "delivery_unconfirmed",
             "2026-01-01T09:00:00-05:00",
             Known("delivery_failed", "2026-01-01T12:00:00Z"),
             True,
         ),
         # 13:00+05:00 is 08:00 UTC: earlier than 12:00Z, though "13" sorts after "12"
         (
-            "delivered",
+            "delivery_unconfirmed",
             "2026-01-01T13:00:00+05:00",
             Known("delivery_failed", "2026-01-01T12:00:00Z"),
             False,
         ),
-        ("delivered", "not a time", Known("delivery_failed", "2026-01-01T12:00:00Z"), False),
+        (
+            "delivery_unconfirmed",
+            "not a time",
+            Known("delivery_failed", "2026-01-01T12:00:00Z"),
+            False,
+        ),
         # delivered is never taken back: a later failure would text the recipient again
         (
             "delivery_failed",
@@ -166,8 +173,8 @@ def status_lines(path: Path) -> list[dict[str, object]]:
 def test_supersedes_orders_reports(
     new: str, new_at: str | None, old: Known | None, news: bool
 ) -> None:
-    """Non-final statuses only move forward; a final one yields only to a later final one (of
-    two unstamped, to delivered alone), and delivered to none."""
+    """Non-final statuses only move forward; a final one yields to delivered, else only to a
+    final one stamped later (or stamped where it was not), and delivered to none."""
     assert supersedes(new, new_at, old) is news
 
 
