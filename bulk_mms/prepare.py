@@ -741,13 +741,14 @@ def unfinished(job: JobConfig, where: Location) -> LedgerView | None:
     if not _runs_on(job, header_at(where)):
         return None
     view = load(where, statuses=False)
-    return view if _sends_more(view) else None
+    return view if view.recipients().sends_more else None
 
 
 def still_to_send(job: JobConfig, view: LedgerView) -> bool:
     """Whether ``view`` (a ledger's fold) is ``job``'s, for this very input, and unfinished
-    (:func:`_sends_more`): a run of ``job`` there would send more."""
-    return _runs_on(job, view.header) and _sends_more(view)
+    (:attr:`~bulk_mms.ledger.RecipientCounts.sends_more`): a run of ``job`` there would send
+    more."""
+    return _runs_on(job, view.header) and view.recipients().sends_more
 
 
 def _runs_on(job: JobConfig, header: Header | None) -> bool:
@@ -757,12 +758,6 @@ def _runs_on(job: JobConfig, header: Header | None) -> bool:
         and header.job == job.name
         and header.fingerprint == fingerprint(job.input)
     )
-
-
-def _sends_more(view: LedgerView) -> bool:
-    """Whether a run on ``view`` (a ledger's fold) would send more: its input not all read,
-    or recipients a later run may send (:attr:`~bulk_mms.ledger.RecipientCounts.later`)."""
-    return view.recipients().sends_more
 
 
 def left_to_send(

@@ -429,8 +429,8 @@ class GroupSender:
         group already, would never settle."""
         self.gates.check(tries)
         self._check_optouts(tries)
+        fence = self.recorder.coordinator.fence(tries.group.id)  # as the attempt's
         for limit in self.limits:
-            fence = self.recorder.coordinator.fence(tries.group.id)  # as the attempt's
             if (over := await self._unless_stopped(limit.reserve(tries.group, fence))) is not None:
                 self.stops.fail(over, "limit")  # at once: no other group takes room meanwhile
                 # its tries end on the cap, as on a carrier's; one in doubt since an earlier
