@@ -929,16 +929,32 @@ async def run_job(
 async def _list_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
     """Put on the suppression list the recipients ``view`` (a run's: its sends, no delivery
     statuses) records as opted out (refused at the send, 40300) that the list does not
-    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand):
-    an earlier run that could not write the list as the API said so (a full disk, its
-    database lost) kept them in the ledger alone, where no other job looks."""
+    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand),
+    nor records taken off after their group's latest try (``suppress remove``: the refusal
+    came after that try, so the removal came after the refusal, and is the user's word): an
+    earlier run that could not write the list as the API said so (a full disk, its database
+    lost) kept them in the ledger alone, where no other job looks."""
 
     def missing() -> list[str]:
+        tried = {
+            p: r.last_try
+            for r in view.groups.values()
+            if r.miss is Miss.OPTED_OUT
+            for p in r.counted
+        }
+
+        def lifted(phone: str) -> bool:
+            removed = suppressed.removed_at(phone)
+            return removed is not None and removed > tried.get(phone, 0.0)
+
         gone = view.not_received().items()
         return [
             p
             for p, m in gone
-            if m.kind is Miss.OPTED_OUT and p not in suppressed and suppressed.keyword_at(p) is None
+            if m.kind is Miss.OPTED_OUT
+            and p not in suppressed
+            and suppressed.keyword_at(p) is None
+            and not lifted(p)
         ]
 
     await suppress_opted_out(

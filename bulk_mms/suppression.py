@@ -21,6 +21,12 @@ after any restart: an inbound STOP's reason ends with ``at <when it was texted>`
 does a STOP's line taken off the list (:meth:`Suppressed.remove`, ``texted STOP``). A
 line without a time (an older file) says nothing of the order.
 
+A number taken off the list (:meth:`Suppressed.remove`: ``suppress remove``, a START) leaves
+a comment line ``# +NUMBER removed at <when>`` (:meth:`Suppressed.removed_at`): a run puts
+back a number its ledger records refused as opted out (a list write that failed then) only
+when it was refused after its latest removal, so a removal by hand is never undone. A file
+written before removals were recorded reads as one that records none.
+
 Every change, and every judgement that must see the file as it stands
 (:meth:`Suppressed.held`), holds an exclusive ``flock`` of the side file ``.NAME.lock`` beside
 the list, and reads the list anew under it: processes sharing the file (two receivers, a
@@ -37,6 +43,7 @@ import functools
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -61,14 +68,23 @@ STOP_REASONS = ("texted STOP", "opted out")
 #: in a comment line of its own that names the number first (``# +NUMBER texted START ...``).
 _TEXTED_AT = re.compile(r"^texted (?:STOP|START)\b.*? at (\S+)")
 _RECORD = re.compile(r"^\s*#\s*(\+[1-9]\d{6,14})\s+(texted .*)$")
+#: A number's removal as the list records it: a comment line of its own, ``# +NUMBER removed
+#: at <when>`` (:meth:`Suppressed.remove`, :meth:`Suppressed.removed_at`).
+_REMOVED = re.compile(r"^\s*#\s*(\+[1-9]\d{6,14})\s+removed at (\S+)")
+
+
+def _utc(at: float) -> str:
+    """``at`` (epoch seconds) as the list writes a time: UTC to the microsecond (as precise as
+    ``occurred_at``: a redelivery reads back as the same time), as
+    :func:`~bulk_mms.clock.instant` reads it back."""
+    when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="microseconds")
+    return when.replace("+00:00", "Z")
 
 
 def texted_at(reason: str, texted: float) -> str:
     """``reason`` (``texted STOP ...`` or ``texted START ...``) with when the keyword was
-    texted, to the microsecond (as precise as ``occurred_at``: a redelivery reads back as
-    the same time), as :meth:`Suppressed.keyword_at` reads it back."""
-    when = dt.datetime.fromtimestamp(texted, dt.UTC).isoformat(timespec="microseconds")
-    return f"{reason} at {when.replace('+00:00', 'Z')}"
+    texted (:func:`_utc`), as :meth:`Suppressed.keyword_at` reads it back."""
+    return f"{reason} at {_utc(texted)}"
 
 
 def texted_in(reason: str | None) -> float | None:
@@ -206,13 +222,32 @@ class Suppressed:
         seconds): the latest time of its STOP line's reason and of its comment lines
         (``# +NUMBER texted START (webhook) at ...``). None when the list records none (an
         older file, a line added otherwise). Read under :meth:`held` to judge a keyword."""
+        lines = self._lines()
+        return max((t for line in lines if (t := _texted(line, phone)) is not None), default=None)
+
+    def removed_at(self, phone: str) -> float | None:
+        """When ``phone`` was last taken off the list (:meth:`remove`: its comment line
+        ``# +NUMBER removed at <when>``), epoch seconds; None when the list records no removal
+        of it (none made, or made before removals were recorded)."""
+        times = (
+            instant(m[2])
+            for line in self._lines()
+            if phone in line and (m := _REMOVED.match(line)) is not None and m[1] == phone
+        )
+        return max((t for t in times if t is not None), default=None)
+
+    def _lines(self) -> list[str]:
+        """The list file's lines (none before it is begun, or without a file).
+
+        Raises:
+            ConfigError: the file cannot be read.
+        """
         if not isinstance(self.path, Path) or not _begun(self.path):
-            return None
+            return []
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            return self.path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("suppression.file", f"cannot read {self.path}: {exc}") from None
-        return max((t for line in lines if (t := _texted(line, phone)) is not None), default=None)
 
     def record_keyword(self, phone: str, reason: str, texted: float) -> bool:
         """Append (durably) that ``phone`` texted a keyword at ``texted`` (``reason``:
@@ -311,16 +346,23 @@ class Suppressed:
         """Take numbers off the list (the file is rewritten in place, atomically; comment
         lines, keyword records among them, stay, and a removed line whose reason says when
         its number texted STOP leaves that as a record: :meth:`keyword_at` still orders a
-        keyword texted before it and delivered late)."""
+        keyword texted before it and delivered late). Each number taken off leaves a comment
+        line saying when (``# +NUMBER removed at <when>``, :meth:`removed_at`): a run puts a
+        number its ledger records refused as opted out back on the list only when it was
+        refused after that."""
         path = self._writable()
         with self.held():
             gone = {int(p[1:]) for p in phones if p in self}
             if not gone:
                 return []
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            keep = [_kept(line, gone) for line in lines]
+            kept = "".join(_kept(line, gone) for line in lines)
+            if kept and not kept.endswith("\n"):
+                kept += "\n"  # a last line written by hand without one: the records go after it
+            when = _utc(time.time())
+            text = kept + "".join(_record(f"+{n}", f"removed at {when}") for n in sorted(gone))
             try:
-                write_whole(path, lambda f: f.write("".join(keep)), newline="")  # flushed
+                write_whole(path, lambda f: f.write(text), newline="")  # flushed
             except OSError as exc:
                 raise ConfigError(
                     "suppression.file", f"cannot write {path}: {exc.strerror}"
@@ -376,7 +418,8 @@ def _kept(line: str, gone: set[int]) -> str:
 
 def _record(phone: str, said: str) -> str:
     """The comment line that records when ``phone`` texted a keyword (``said``: ``texted ...
-    at <when>``), as :data:`_RECORD` reads it; no reader takes it for a number."""
+    at <when>``), as :data:`_RECORD` reads it, or was taken off the list (``removed at
+    <when>``, :data:`_REMOVED`); no reader takes it for a number."""
     return f"# {phone}  {said}\n"
 
 

@@ -317,6 +317,67 @@ async def test_an_opt_out_the_list_could_not_take_goes_on_it_at_the_rerun(
     assert suppression_for(listed).numbers() == ([] if started else [stop_sayer])
 
 
+async def test_a_40300_taken_off_the_list_by_hand_is_not_put_back_by_the_next_run(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A member the API refused as opted out (40300: on the list) that `suppress remove`
+    then took off, on purpose, stays off: the job's next run does not put it back."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    asked = numbers(2)[0]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry)
+    listed = settings.suppression_file
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return nobody_named() if asked in g.to else ok_receipt(g, n)
+
+    refused_then = FakeClock(wall=time.time() - 3600)  # the refusal an hour before the remove
+    await run_job(job, settings, FakeClient(handler), clock=refused_then)
+    assert suppression_for(listed).numbers() == [asked]
+    assert main(["-q", "suppress", "remove", asked, "--config", str(config)]) == 0
+    rerun = FakeClient(handler)
+    await run_job(job, settings, rerun, clock=FakeClock())
+    assert rerun.calls == []
+    assert suppression_for(listed).numbers() == []
+    assert load(job.ledger).not_received()[asked].kind is Miss.OPTED_OUT  # the ledger's word
+
+
+async def test_an_opt_out_the_list_could_not_take_goes_on_it_though_removed_before(
+    jobs: JobFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number taken off the list by hand before a run whose list write failed as the API
+    refused it (40300) is put back by the next run: only a removal after the refusal lifts
+    it."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    stop_sayer = numbers(2)[0]
+    listed = tmp_path / "suppressed.txt"
+    settings = replace(FAST, suppression_file=listed)
+    suppression_for(listed).add([stop_sayer], "added by hand")
+    assert suppression_for(listed).remove([stop_sayer]) == [stop_sayer]
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        return nobody_named() if stop_sayer in g.to else ok_receipt(g, n)
+
+    def full(self: Suppressed, phones: object, reason: str) -> list[str]:
+        raise ConfigError("suppression.file", f"cannot write {listed}: No space left on device")
+
+    refused_later = FakeClock(wall=time.time() + 3600)  # the refusal an hour after the remove
+    with monkeypatch.context() as patch:
+        patch.setattr(Suppressed, "add", full)
+        await run_job(job, settings, FakeClient(handler), clock=refused_later)
+    assert suppression_for(listed).numbers() == []
+    rerun = FakeClient(handler)
+    await run_job(job, settings, rerun, clock=FakeClock(wall=time.time() + 7200))
+    assert rerun.calls == []
+    assert suppression_for(listed).numbers() == [stop_sayer]
+    reason = suppression_for(listed).reason(stop_sayer)
+    assert reason is not None
+    assert reason.startswith("opted out (40300)")
+
+
 def test_optouts_sync_at_a_base_url_without_v2_names_the_base_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,7 +30,14 @@ from bulk_mms.codes import Action
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import run_outcome
 from bulk_mms.coordination import coordinator_for
-from bulk_mms.errors import AmbiguousSendError, AuthError, LedgerError, Rejected, SendError
+from bulk_mms.errors import (
+    AmbiguousSendError,
+    ApiError,
+    AuthError,
+    LedgerError,
+    Rejected,
+    SendError,
+)
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import LedgerView, display, events, open_store, read_events, to_json
 from bulk_mms.ledger.pgbudget import PostgresTally
@@ -1061,6 +1068,45 @@ async def test_with_a_database_ledger_the_suppression_list_is_its_table(
     capsys.readouterr()
     assert main(["-q", "suppress", "list", "--ledger", where]) == 0
     assert capsys.readouterr().out.split() == ["+12125550001"]
+
+
+@pytest.mark.parametrize("removed", ["after", "before"])
+async def test_a_removal_from_the_table_after_a_40300_wins_over_the_put_back(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch, removed: str
+) -> None:
+    """With a database ledger, a member the API refused as opted out (40300) and then taken
+    off the table by hand (`suppress remove --ledger`) is not put back by the job's next
+    run; one taken off before a refusal whose write to the table failed is put back."""
+    from bulk_mms.ledger.pgsuppression import PostgresSuppressed  # noqa: PLC0415 - psycopg
+
+    where = f"{database}?ledger=removals"
+    jobs.people(2)
+    job = replace(jobs.job(extra="group_size = 1"), database=where)
+    asked = numbers(2)[0]
+
+    def handler(g: Group, n: int) -> SendReceipt | Rejected:
+        if asked not in g.to:
+            return ok_receipt(g, n)
+        return Rejected("refused", status=409, errors=(ApiError("40300", "Blocked", ""),))
+
+    def lost(self: PostgresSuppressed, phones: object, reason: str) -> list[str]:
+        raise LedgerError(where, "server closed the connection unexpectedly")
+
+    if removed == "after":
+        await run_job(job, FAST, FakeClient(handler), clock=FakeClock(wall=time.time() - 3600))
+        assert suppression_for(None, where).numbers() == [asked]
+        assert main(["-q", "suppress", "remove", asked, "--ledger", where]) == 0
+    else:
+        assert main(["-q", "suppress", "add", asked, "--ledger", where]) == 0
+        assert main(["-q", "suppress", "remove", asked, "--ledger", where]) == 0
+        with monkeypatch.context() as cut:
+            cut.setattr(PostgresSuppressed, "add", lost)
+            await run_job(job, FAST, FakeClient(handler), clock=FakeClock(wall=time.time() + 3600))
+        assert suppression_for(None, where).numbers() == []
+    rerun = FakeClient(handler)
+    await run_job(job, FAST, rerun, clock=FakeClock(wall=time.time() + 7200))
+    assert rerun.calls == []
+    assert suppression_for(None, where).numbers() == ([] if removed == "after" else [asked])
 
 
 async def _cut_short(job_path: Path, when: dt.datetime) -> JobConfig:

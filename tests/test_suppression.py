@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,42 @@ def test_a_keyword_time_is_read_from_its_line_and_its_records(tmp_path: Path) ->
     listed = Suppressed(path)
     assert listed.numbers() == ["+12125550001", "+12125550003"]
     assert [listed.keyword_at(p) for p in numbers(4, start=1)] == [200.0, 300.0, None, None]
+
+
+def test_a_removal_is_recorded_with_its_time_in_a_comment_line(tmp_path: Path) -> None:
+    """Taking a number off a list written before removals were recorded (its last line
+    without a newline) leaves one comment line saying when: the list's numbers, reasons and
+    keyword times read as before, and a removal again records the later time."""
+    path = tmp_path / "suppressed.txt"
+    stop = texted_at("texted STOP (webhook)", 100.0)
+    path.write_text(
+        f"+12125550001  # {stop} 2026-11-23\n+12125550002  # opted out (40300) 2026-11-24",
+        encoding="utf-8",
+    )
+    listed = Suppressed(path)
+    assert [listed.removed_at(p) for p in numbers(2, start=1)] == [None, None]
+    before = time.time()
+    assert listed.remove(["+12125550002"]) == ["+12125550002"]
+    first, record = path.read_text(encoding="utf-8").splitlines()
+    assert (first, record[: record.index(" at ")]) == (
+        f"+12125550001  # {stop} 2026-11-23",
+        "# +12125550002  removed",
+    )
+    removed = Suppressed(path).removed_at("+12125550002")
+    assert removed is not None
+    assert before - 1e-6 <= removed <= time.time() + 1e-6
+    again = Suppressed(path)
+    assert again.numbers() == ["+12125550001"]
+    assert (again.reason("+12125550001"), again.keyword_at("+12125550001")) == (
+        f"{stop} 2026-11-23",
+        100.0,
+    )
+    assert again.removed_at("+12125550001") is None
+    again.add(["+12125550002"], "added by hand")
+    again.remove(["+12125550002"])
+    later = Suppressed(path).removed_at("+12125550002")
+    assert later is not None
+    assert later >= removed
 
 
 @pytest.mark.parametrize("link", ["dangling", "loop"])

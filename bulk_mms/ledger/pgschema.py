@@ -17,7 +17,7 @@ from bulk_mms.errors import LedgerError
 from bulk_mms.ledger.pgconnect import failure, split, sync_connect
 
 #: The schema version this bulk-mms writes; :func:`migrate` brings a database up to it.
-SCHEMA_VERSION: Final = 11
+SCHEMA_VERSION: Final = 12
 _MIGRATIONS: Final = {
     1: """
         CREATE TABLE IF NOT EXISTS bulk_mms_ledgers (
@@ -139,12 +139,24 @@ _MIGRATIONS: Final = {
         CREATE INDEX IF NOT EXISTS bulk_mms_reservations_ledger
             ON bulk_mms_reservations (ledger);
     """,
+    # When each number was last taken off the list (epoch seconds, the database's clock), so
+    # that a run puts back only an opt-out its ledger records refused after that (a list
+    # write that failed then), never one removed by hand since. An older bulk-mms ignores
+    # the table (usable from 11): its removals go unrecorded, and a run may put such a number
+    # back, as that bulk-mms's own runs would.
+    12: """
+        CREATE TABLE IF NOT EXISTS bulk_mms_removals (
+            number text PRIMARY KEY,
+            removed_at double precision NOT NULL
+        );
+    """,
 }
-#: For a schema version whose migration older code may ignore (an index: it reads and writes
-#: as before), the oldest version a bulk-mms may know and still use a database at it; a
-#: version not named needs a bulk-mms that knows it. Recorded beside each version as
-#: :func:`migrate` makes it, so that a bulk-mms released before a version can judge it.
-_USABLE_FROM: Final = {10: 9}
+#: For a schema version whose migration older code may ignore (an index, or a table it never
+#: needs: it reads and writes as before), the oldest version a bulk-mms may know and still
+#: use a database at it; a version not named needs a bulk-mms that knows it. Recorded beside
+#: each version as :func:`migrate` makes it, so that a bulk-mms released before a version can
+#: judge it.
+_USABLE_FROM: Final = {10: 9, 12: 11}
 #: The advisory-lock namespace of migrations (any constant: it only has to be the same).
 _MIGRATE_LOCK: Final = 0x62756C6B
 

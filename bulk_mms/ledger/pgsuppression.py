@@ -1,6 +1,7 @@
 """The account's suppression list as a table of a PostgreSQL ledger's database
 (``bulk_mms_suppressions``), with when each number last texted STOP or START
-(``bulk_mms_keywords``): every host and job on the database shares one list.
+(``bulk_mms_keywords``) and when it was last taken off (``bulk_mms_removals``): every host
+and job on the database shares one list.
 :func:`~bulk_mms.suppression.suppression_for` picks it for a database ledger; the file's list
 (:class:`~bulk_mms.suppression.Suppressed`) is its base, and what it means is the same.
 """
@@ -141,12 +142,19 @@ class PostgresSuppressed(Suppressed):
         written."""
         return bool(self._run(_KEYWORD, (phone, texted)))
 
+    def removed_at(self, phone: str) -> float | None:
+        """When ``phone`` was last taken off the table (the database's clock), as
+        ``bulk_mms_removals`` records it; None when it records none."""
+        rows = self._run("SELECT removed_at FROM bulk_mms_removals WHERE number = %s", (phone,))
+        return float(rows[0][0]) if rows else None
+
     def remove(self, phones: Iterable[str]) -> list[str]:
         """Delete the numbers the table holds (as it stands); the ones removed. A removed
         row whose reason says when its number texted STOP leaves that time in
         ``bulk_mms_keywords`` (:meth:`keyword_at` still orders a keyword texted before it and
-        delivered late), under :meth:`held`, in one transaction: a number is taken off with
-        its time kept, or not at all."""
+        delivered late), and every removed number when it was taken off in
+        ``bulk_mms_removals`` (:meth:`removed_at`), under :meth:`held`, in one transaction: a
+        number is taken off with its times kept, or not at all."""
         given = list(dict.fromkeys(phones))
         if not given:
             return []
@@ -162,6 +170,7 @@ class PostgresSuppressed(Suppressed):
                     for number, reason in rows:
                         if (stop := texted_in(str(reason))) is not None:
                             self.record_keyword(str(number), str(reason), stop)
+                    self._run(_REMOVED, ([str(r[0]) for r in rows],))
             except psycopg.Error as exc:  # the commit's (each statement's is a LedgerError)
                 raise failure(str(self.path), exc, self._conninfo) from None
         self._numbers -= {int(p[1:]) for p in given}
@@ -188,6 +197,12 @@ _KEYWORD: Final = """
     ON CONFLICT (number) DO UPDATE SET texted_at = EXCLUDED.texted_at
     WHERE k.texted_at < EXCLUDED.texted_at
     RETURNING number
+"""
+#: When the numbers (an array) were taken off the list: now, by the database's clock.
+_REMOVED: Final = """
+    INSERT INTO bulk_mms_removals AS r (number, removed_at)
+    SELECT n, extract(epoch FROM now()) FROM unnest(%s::text[]) n
+    ON CONFLICT (number) DO UPDATE SET removed_at = greatest(r.removed_at, EXCLUDED.removed_at)
 """
 #: The numbers (an array) put on the list with one reason; those it did not hold come back.
 _SUPPRESS: Final = (
