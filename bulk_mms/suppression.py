@@ -331,12 +331,17 @@ class Suppressed:
         return new
 
     def _append(self, text: str) -> None:
-        """Append ``text`` to the file, flushed to disk (under :meth:`held`)."""
+        """Append ``text`` to the file, flushed to disk (under :meth:`held`), on a line of its
+        own: after a newline when the last line (edited by hand) ends without one, which
+        would otherwise take ``text`` for the rest of its comment."""
         path = self._writable()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(text)
+            with path.open("a+b") as f:  # every write goes to the end
+                if (end := f.seek(0, os.SEEK_END)) > 0:
+                    f.seek(end - 1)
+                    text = text if f.read(1) == b"\n" else f"\n{text}"
+                f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

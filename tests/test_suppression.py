@@ -94,6 +94,19 @@ def test_a_removal_is_recorded_with_its_time_in_a_comment_line(tmp_path: Path) -
     assert later >= removed
 
 
+def test_an_addition_to_a_list_whose_last_line_has_no_newline_is_kept(tmp_path: Path) -> None:
+    """A number (and a keyword record) appended to a list edited by hand whose last line ends
+    without a newline goes on a line of its own: on the list as read back, not swallowed by
+    that line's comment."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text("+12125550001  # added by hand", encoding="utf-8")
+    assert Suppressed(path).add(["+12125550002"], "texted STOP (webhook)") == ["+12125550002"]
+    assert Suppressed(path).numbers() == ["+12125550001", "+12125550002"]
+    path.write_text("+12125550001  # added by hand", encoding="utf-8")
+    assert Suppressed(path).record_keyword("+12125550001", "texted START (webhook)", 200.0)
+    assert Suppressed(path).keyword_at("+12125550001") == 200.0
+
+
 @pytest.mark.parametrize("link", ["dangling", "loop"])
 def test_a_list_behind_a_broken_symlink_is_refused_not_read_as_empty(
     tmp_path: Path, link: str
