@@ -30,7 +30,6 @@ from bulk_mms.errors import (
     AmbiguousSendError,
     ApiError,
     ClaimLost,
-    ConfigError,
     FatalSendError,
     LedgerError,
     RateLimited,
@@ -692,14 +691,7 @@ class GroupSender:
             if self.settings.error_policy.get(err.code) == Action.SUPPRESS:
                 log.warning("group.opted_out", group=group.id, code=err.code, members=len(group.to))
             return
-        try:
-            added = await self.suppressed.off_loop(
-                functools.partial(self.suppressed.add, refused, f"opted out ({err.code})")
-            )
-        except ConfigError as exc:  # the list cannot be written: the ledger still has it
-            log.warning("suppression.unwritable", error=str(exc), recipients=list(refused))
-            return
-        log.info("recipient.suppressed", recipients=list(refused), code=err.code, new=len(added))
+        await suppress_opted_out(self.suppressed, refused, err.code, source="send")
 
     def stats(self) -> SenderStats:
         """What it counted so far."""
