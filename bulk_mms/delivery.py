@@ -57,6 +57,8 @@ STATUSES = (
 FINAL = frozenset(
     {"delivered", "delivery_failed", "sending_failed", "expired", "delivery_unconfirmed", "unknown"}
 )
+#: The final status that says the message reached the recipient.
+DELIVERED = "delivered"
 #: Final statuses that mean the recipient did not get the message.
 NOT_RECEIVED = frozenset({"delivery_failed", "sending_failed", "expired"})
 #: Final statuses that say neither way: the carrier did not confirm (``delivery_unconfirmed``),
@@ -89,9 +91,9 @@ def supersedes(new: str, new_at: str | None, old: Known | None) -> bool:
     if old is None:
         return True
     if old.status in FINAL:
-        if new not in FINAL or old.status in (new, "delivered"):
+        if new not in FINAL or old.status in (new, DELIVERED):
             return False
-        if new == "delivered":  # never replaced, so it replaces any other: in either order
+        if new == DELIVERED:  # never replaced, so it replaces any other: in either order
             return True
         new_t, old_t = instant(new_at), instant(old.at)
         # an unstamped final report is not known to be the later one: a stamped one wins

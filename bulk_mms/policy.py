@@ -38,14 +38,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import msgspec.structs
 import structlog
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, iso, utc
-from bulk_mms.codes import DEFAULT_POLICY, Action, deciding
+from bulk_mms.codes import DEFAULT_POLICY, RESENDABLE, Action, deciding
 from bulk_mms.delivery import NOT_RECEIVED
 from bulk_mms.errors import (
     AccountRefused,
@@ -61,7 +61,7 @@ from bulk_mms.errors import (
     SendError,
     ServerError,
 )
-from bulk_mms.ledger.events import Moved
+from bulk_mms.ledger.events import Moved, Reached
 from bulk_mms.models import Group, OptOut, RecipientStatus, SendReceipt
 
 if TYPE_CHECKING:
@@ -366,6 +366,9 @@ def opted_out_in(st: RecipientStatus, policy: Mapping[str, Action]) -> str | Non
 #: after that, its failure stands (``report --failed-csv`` lists it), so a number a carrier
 #: keeps refusing is not texted run after run, each time paid for.
 MAX_RESENDS = 3
+#: The actions whose delivery failure moves its member (:func:`delivery_action`): a blocked
+#: sender's (from another sender), and a carrier's refusal for now (after its reset).
+_MOVES: Final = frozenset({Action.RETIRE_SENDER, *RESENDABLE})
 
 
 def delivery_action(
@@ -374,7 +377,7 @@ def delivery_action(
     settings: Settings,
     now: float,
     moves: Callable[[str], int],
-) -> tuple[Action | None, Moved | None]:
+) -> tuple[Action | None, Moved | Reached | None]:
     """What a delivery report calls for (the one reading of a carrier code after acceptance,
     for a run and for ``track``): the policy's action for its code, and the ``moved`` event
     for its member when it goes again (its status says the message did not reach them,
@@ -383,22 +386,27 @@ def delivery_action(
     :data:`MAX_RESENDS` times (``moves``: how many times a number went again, asked only then:
     :meth:`~bulk_mms.ledger.LedgerView.moves`). ``(None, None)`` for a report with no code the
     policy knows, or a group with no sender on record. ``suppress`` (an opt-out, 40300) only
-    for a member it failed: the caller puts that member on the suppression list."""
+    for a member it failed: the caller puts that member on the suppression list.
+
+    A report that the message reached (``delivered``) a member moved out of ``rec`` calls for
+    the ``reached`` event that takes the move back (:class:`~bulk_mms.ledger.events.Reached`),
+    whatever its code."""
     code = report_code(st, settings.error_policy)
     action = settings.error_policy.get(code) if code is not None else None
+    if rec.reached_after_move(st.phone, st.status):
+        log.warning("delivery.reached_after_move", group=rec.id)
+        return action, Reached(rec.id, (st.phone,), iso(now))
     if action is None or rec.sender is None or code is None:
         return None, None
     if action == Action.SUPPRESS:
         return (action if opted_out_in(st, settings.error_policy) else None), None
     stamp = iso(now)
-    if st.status not in NOT_RECEIVED:
-        return action, None  # it reached them, or may yet: nobody goes again
+    if st.status not in NOT_RECEIVED or action not in _MOVES:
+        return action, None  # it reached them, or may yet, or it is theirs: nobody goes again
     if action == Action.RETIRE_SENDER:
         sender, after = rec.sender, 0.0  # from another sender
-    elif action in (Action.SLOW, Action.RETRY, Action.DEFER):
-        sender, after = "", carrier_reset(code, settings.daily_reset, now)
     else:
-        return action, None
+        sender, after = "", carrier_reset(code, settings.daily_reset, now)
     if (resends := moves(st.phone)) >= MAX_RESENDS:
         log.warning("delivery.resends_spent", group=rec.id, code=code, resends=resends)
         return action, None

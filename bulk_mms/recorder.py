@@ -52,6 +52,7 @@ from bulk_mms.ledger import (
     Moved,
     Paced,
     Planned,
+    Reached,
     Rejected,
     Remade,
     Sent,
@@ -232,6 +233,12 @@ class Recorder:
         (``sender`` blocked), or not before ``after`` (a carrier's temporary refusal)."""
         self._queue(Moved(group, members, sender, code, self._now(), after))
         self.log.info("group.moved", group=group, members=len(members), sender=sender, code=code)
+
+    def reached(self, group: str, members: tuple[str, ...]) -> None:
+        """Members moved out of a sent group whom a later report says its message reached
+        after all (:class:`~bulk_mms.ledger.events.Reached`): no rerun sends them again."""
+        self._queue(Reached(group, members, self._now()))
+        self.log.info("group.reached", group=group, members=len(members))
 
     def accepted_by_records(self, group: Group, finding: Finding, *, earlier: bool = False) -> None:
         """A group in doubt that the API's records show accepted (``finding``): ``sent``,

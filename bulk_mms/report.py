@@ -200,6 +200,11 @@ class LedgerSummary(msgspec.Struct):
     #: pending a rerun or failed. :attr:`delivery` counts them under the status that moved
     #: them.
     moved_unsent: int = 0
+    #: Members a delivery report said a group's message reached after they were moved out
+    #: of it, whom a later group was sent to as well: texted twice
+    #: (:meth:`~bulk_mms.ledger.LedgerView.texted_twice`). :attr:`delivery` counts each once,
+    #: by its later send.
+    texted_twice: int = 0
     #: The job's deadline as the ledger's latest run had it (None: it had none, or the
     #: ledger was written before runs recorded it).
     deadline: dt.datetime | None = None
@@ -335,6 +340,7 @@ class LedgerSummary(msgspec.Struct):
             "delivery_pending": sum(n for k, n in self.delivery.items() if k not in FINAL),
             "delivery_unconfirmed": sum(n for k, n in self.delivery.items() if k in UNCONFIRMED),
             "undelivered_recipients": len(self.undelivered),
+            "texted_twice_recipients": self.texted_twice,
             "waiting_recipients": len(self.waiting.in_time),
             "waiting_not_before": minute_utc(self.waiting.until),
             "waiting_past_deadline": len(self.waiting.past_deadline),
@@ -397,6 +403,7 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.deadline_passed = not before(s.deadline, now)
     s.waiting = held_for_reset(waiting(view), now, s.deadline)
     s.moved_unsent = len(moved_unsent(view))
+    s.texted_twice = len(view.texted_twice())
     s.capped = held_for_reset(capped(view, now), now, s.deadline)
     s.max_cost_reached = any(
         rec.state == RETRY_PENDING and why_code(rec.why) == MAX_COST for rec in view.groups.values()
@@ -638,6 +645,11 @@ def _delivery_lines(s: LedgerSummary, d: dict[str, Any], path: Location) -> list
         lines.append(
             f"  of these, {count(s.moved_unsent, 'recipient')} moved out of their group to "
             'go again (under "not sent, and why"), by the status that moved them'
+        )
+    if s.texted_twice:
+        lines.append(
+            f"  texted twice: {count(s.texted_twice, 'recipient')} (moved out of their group "
+            "and sent again, then reported delivered by the first message)"
         )
     if d["delivery_unconfirmed"]:
         lines.append(

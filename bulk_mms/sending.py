@@ -39,7 +39,7 @@ from bulk_mms.errors import (
     SendError,
 )
 from bulk_mms.grouping import without
-from bulk_mms.ledger import Failed, InDoubt
+from bulk_mms.ledger import Failed, InDoubt, Reached
 from bulk_mms.ledger.fold import RETRY_PENDING, GroupRecord
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, Ticket
@@ -652,6 +652,9 @@ class GroupSender:
         action, moved = delivery_action(rec, st, self.settings, self.clock.wall(), self.view.moves)
         if st.status in FINAL:
             self.stops.reported(action == Action.SLOW)
+        if isinstance(moved, Reached):  # moved earlier, reached after all: not sent again
+            self.recorder.reached(moved.group, moved.members)
+            return
         if action is None or rec.sender is None:
             return
         if action == Action.SUPPRESS:

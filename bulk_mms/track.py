@@ -322,7 +322,10 @@ class Tracker:
             return
         listed = self._listed(g, statuses)
         changed = False
-        for phone in self.view.pending(g):
+        # and the members moved out of it, when listed: a report that it reached them after
+        # all keeps them from being sent again (LedgerView.apply_status: News.REACHED)
+        moved = [p for p in g.moved if p in listed]
+        for phone in (*self.view.pending(g), *moved):
             if phone in listed and listed[phone] is None:
                 continue  # listed, but under other messages' ids too (logged)
             st = listed.get(phone)

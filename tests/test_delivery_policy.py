@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from msgspec.structs import replace
@@ -25,12 +26,13 @@ from bulk_mms.errors import (
     NetworkError,
     SendError,
 )
-from bulk_mms.ledger import LedgerView, Moved, load, open_store
+from bulk_mms.ledger import LedgerView, Moved, events, load, open_store
+from bulk_mms.ledger import checkpoint as ckpt
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.policy import MAX_RESENDS, delivery_action
-from bulk_mms.report import summarize
+from bulk_mms.report import summarize, waiting
 from bulk_mms.runner import run_job
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
@@ -387,6 +389,65 @@ def test_a_group_read_again_counts_its_moves_once() -> None:
     assert view.moves(phone) == 0
 
 
+A, B = "+12125550100", "+12125550101"
+
+
+def _moved_then(*later: events.Event, statuses: bool = True) -> LedgerView:
+    """A ledger of one group of two sent, ``A`` moved out of it (40016), then ``later``."""
+    return LedgerView.fold(
+        [
+            events.Attempt("g1", (A, B), from_=HEALTHY),
+            events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
+            Moved("g1", (A,), "", "40016", "t", 0.0),
+            *later,
+        ],
+        statuses=statuses,
+    )
+
+
+@pytest.mark.parametrize("statuses", [True, False], ids=["report", "resume"])
+def test_a_moved_member_the_message_reached_after_all_is_its_groups_again(
+    statuses: bool,
+) -> None:
+    """Moved, then reached (with or without statuses): the member leaves the group's moved
+    members and the move count, counts sent by that group, and nobody waits to go again."""
+    view = _moved_then(events.Reached("g1", (A,), "t"), statuses=statuses)
+    assert view.groups["g1"].moved == ()
+    assert view.moves(A) == 0
+    r = view.recipients()
+    assert (r.valid, r.sent, r.failed, r.later) == (2, 2, 0, 0)
+    assert waiting(view) == {}
+    assert view.texted_twice() == {}
+
+
+@pytest.mark.parametrize("reached_first", [False, True], ids=["report-last", "report-first"])
+def test_a_member_reached_after_it_was_sent_again_counts_once_and_was_texted_twice(
+    reached_first: bool,
+) -> None:
+    """Moved, sent again in a group of its own, and reached by the first send (its report
+    recorded after the new send, or before it by a process the new send did not hear of):
+    counted sent once, in its new group, and reported texted twice; a checkpoint in between
+    folds the same."""
+    again: list[events.Event] = [
+        events.Attempt("g2", (A,), from_=HEALTHY),
+        events.Sent("g2", (A,), message_id="m2"),
+    ]
+    reached = events.Reached("g1", (A,), "t")
+    later = [reached, *again] if reached_first else [*again, reached]
+    view = _moved_then(*later)
+    r = view.recipients()
+    assert (r.valid, r.sent, r.later) == (2, 2, 0)
+    assert view.groups["g1"].moved == (A,)
+    assert view.texted_twice() == {A: ("g1", "g2")}
+    assert view.moves(A) == 0  # the message reached it: no move MAX_RESENDS counts
+    saved = _moved_then(*later[:1])
+    loaded = ckpt.from_state(orjson.loads(orjson.dumps(ckpt.to_state(saved))))
+    for ev in later[1:]:
+        loaded.apply(ev)
+    assert loaded == view
+    assert loaded.texted_twice() == view.texted_twice()
+
+
 def test_a_member_the_message_reached_is_never_sent_again_for_a_blocked_sender() -> None:
     """A delivery report that carries a blocked sender's code (40003) for a member whose
     status says the message reached them retires the sender but moves nobody: only members
@@ -459,4 +520,107 @@ async def test_delivery_gets_that_end_tracking_leave_the_run_sending(
     assert client.fetches  # the watch asked, and met the answer
     assert [e["event"] for e in logs].count("delivery.watch_stopped") == 1
     assert (s.sent_groups, s.stopped, s.error) == (30, None, None)
+    assert run_outcome(s) == 0
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "database"])
+async def test_a_moved_member_reported_delivered_is_not_texted_again(
+    jobs: JobFactory, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A member a carrier's cap (40016, by webhook) moved out of its sent group, then reported
+    delivered by that same send, is not texted by the next run after the reset: it exits 0,
+    everyone counted sent once, nobody later."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4", sender=f'["{HEALTHY}"]')
+    if kind == "database":
+        job = replace(job, database=str(named(request.getfixturevalue("database"), job.name)))
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    phone = first.to[1]
+    store = open_store(job.where, "append")
+    receiver = WebhookReceiver(
+        store.fold(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
+    )
+    capped = own_event(
+        "message.finalized", phone, "own-1", "delivery_failed", HEALTHY, code="40016"
+    )
+    delivered = own_event("message.finalized", phone, "own-1", "delivered", HEALTHY, later=60)
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, capped))[1]["recorded"] == 1
+        assert receiver.view.groups[first.id].moved == (phone,)
+        assert (await post_signed(http, delivered))[1]["recorded"] == 1
+        await receiver.settle()
+    await receiver.close()
+    await store.close()
+    after_reset = FakeClock(wall=time.time() + 2 * 86_400)
+    s = await run_job(job, FAST, client, clock=after_reset)
+    assert (len(client.calls), s.sent_groups) == (1, 0)
+    assert run_outcome(s) == 0
+    assert s.recipients is not None
+    assert (s.recipients.sent, s.recipients.later) == (4, 0)
+    r = summarize(job.where).recipient_states
+    assert (r.valid, r.sent, r.failed, r.later) == (4, 4, 0, 0)
+
+
+async def test_a_moved_member_reported_delivered_after_its_resend_is_reported_texted_twice(
+    jobs: JobFactory,
+) -> None:
+    """A member a blocked sender's 40003 moved and a run sent again from the other sender,
+    then reported delivered by the first send: the report says it was texted twice, counts it
+    sent once, and the next run sends nobody."""
+    job, client, first, receiver = await one_group_sent(jobs, f'["{BLOCKED}", "{HEALTHY}"]')
+    phone = first.to[1]
+    failed = own_event(
+        "message.finalized", phone, "own-1", "delivery_failed", BLOCKED, code="40003"
+    )
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, failed))[1]["recorded"] == 1
+        await receiver.settle()
+    await run_job(job, FAST, client, clock=FakeClock())
+    assert [g.to for g in client.calls[1:]] == [(phone,)]
+    await receiver.take_in_new()
+    # under the group's id (its own id was the first send's, forgotten as it went again)
+    group_id = f"msg-{first.id}-0"
+    delivered = own_event("message.finalized", phone, group_id, "delivered", BLOCKED, later=60)
+    async with TestClient(TestServer(receiver.app())) as http:
+        assert (await post_signed(http, delivered))[1]["recorded"] == 1
+        assert (await post_signed(http, delivered))[0] == 200  # redelivered: once
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    s = summarize(job.ledger)
+    assert s.texted_twice == 1
+    assert (s.recipient_states.sent, s.recipient_states.later) == (4, 0)
+    again = await run_job(job, FAST, client, clock=FakeClock())
+    assert (len(client.calls), again.sent_groups) == (2, 0)
+
+
+async def test_track_takes_in_a_moved_member_reported_delivered_while_its_group_is_asked(
+    jobs: JobFactory,
+) -> None:
+    """A member a carrier's cap (40016) moved while the rest of its group was not final, then
+    listed delivered as track asks about the group again: the next run after the reset texts
+    nobody and exits 0."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2", sender=f'["{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    capped, other = first.to
+    cap = (ApiError("40016", "T-Mobile daily message limit reached", ""),)
+    message = f"msg-{first.id}-0"
+    client.delivery[message] = (
+        RecipientStatus(capped, "delivery_failed", errors=cap, at="2026-11-23T10:00:00Z"),
+        RecipientStatus(other, "sent"),
+    )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert load(job.ledger, statuses=False).groups[first.id].moved == (capped,)
+    client.delivery[message] = (
+        RecipientStatus(capped, "delivered", at="2026-11-23T10:05:00Z"),
+        RecipientStatus(other, "delivered"),
+    )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    s = await run_job(job, FAST, client, clock=FakeClock(wall=time.time() + 2 * 86_400))
+    assert (len(client.calls), s.sent_groups) == (1, 0)
     assert run_outcome(s) == 0

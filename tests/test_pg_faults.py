@@ -1475,3 +1475,25 @@ async def test_a_link_closed_while_its_connection_is_being_held_fails_as_unavail
     with pytest.raises(LedgerUnavailable, match="quick: its connection was closed"):
         await call
     assert link._conn is None
+
+
+async def test_a_move_a_reached_event_takes_back_leaves_the_number_a_resend(
+    database: str,
+) -> None:
+    """A number moved policy.MAX_RESENDS times, one of whose messages a report then said
+    reached it (a ``reached`` event): the ledger counts that move no more, as the fold does,
+    and writes the number's next move."""
+    where = f"{database}?ledger=reached"
+    store = open_store(where, "run")
+    spent = "+12125550100"
+    try:
+        store.append_now(HEADER)
+        for i in range(MAX_RESENDS):
+            await store.append(_moved(f"g{i}", spent))
+        await store.append(events.Reached("g0", (spent,), "t"))
+        assert store.fold().moves(spent) == MAX_RESENDS - 1
+        await store.append(_moved("g9", spent))
+        assert len(_moved_out_of(where)[spent]) == MAX_RESENDS + 1
+        assert store.fold().moves(spent) == MAX_RESENDS
+    finally:
+        await store.close()

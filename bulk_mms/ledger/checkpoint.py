@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 20
+VERSION: Final = 21
 _CHUNK: Final = 1 << 20
 
 
@@ -257,6 +257,7 @@ def from_state(d: dict[str, Any]) -> LedgerView:
     view.error_actions = {str(code): set(a) for code, a in d["error_actions"].items()}
     view.retired = set(d["retired"])
     view._any_moved = any(rec.moved for rec in groups.values())
+    view._any_reached = any(rec.reached for rec in groups.values())
     return view
 
 
@@ -408,6 +409,7 @@ def _record(
     rec.to = tuple(rec.to.split(",")) if rec.to else ()  # type: ignore[attr-defined]
     rec.refused = tuple(rec.refused.split(",")) if rec.refused else ()  # type: ignore[attr-defined]
     rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
+    rec.reached = tuple(rec.reached.split(",")) if rec.reached else ()  # type: ignore[attr-defined]
     rec.miss = Miss(rec.miss) if rec.miss is not None else None
     for name in _SHARED_CELLS:
         if isinstance(value := getattr(rec, name), str):

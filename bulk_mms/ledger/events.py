@@ -13,6 +13,7 @@ row's document) an event is a JSON object whose first key is ``event``, its kind
     rejected  Rejected    an input row that is never sent, and why
     remade    Remade      a group never sent is made anew without suppressed members
     moved     Moved       members of a sent group go again from another sender (theirs blocked)
+    reached   Reached     members moved out of a sent group that its message reached after all
     pace      Paced       a sender's pace changed (the pacer's answer to waits and 429s)
     status    Status      a recipient's delivery status, from ``track`` or ``webhooks``
 
@@ -306,6 +307,26 @@ class Moved(msgspec.Struct, frozen=True):
     kind: ClassVar[str] = "moved"
 
 
+class Reached(msgspec.Struct, frozen=True):
+    """Members moved out of a sent group (:class:`Moved`) whom a later delivery report of that
+    group's message says it reached (``delivered``): written by whoever records that report
+    (a run's delivery watch, ``track``, the webhook receiver; :func:`~bulk_mms.policy.
+    delivery_action`).
+
+    While no group has been tried with them since, their move is undone: they count sent by
+    this group, a rerun does not text them, and the move does not count against
+    :data:`~bulk_mms.policy.MAX_RESENDS`. Once a group was tried with them (a run sent it
+    before the report came, or sends it still unaware of this event: another process, a run
+    under way), the move stands, the one group that is tried is never changed: they count in
+    that group, once, and where it was sent they were texted twice, which the report says
+    (:meth:`~bulk_mms.ledger.LedgerView.texted_twice`) rather than hides."""
+
+    group: str
+    members: tuple[str, ...] = ()
+    time: str = ""
+    kind: ClassVar[str] = "reached"
+
+
 class Paced(msgspec.Struct, frozen=True):
     """The pacer set a sender's pace: at its first send of a run (``"start"``), and at each
     change it logs (``pace.changed``), for the report's timeline. Folds into nothing."""
@@ -400,6 +421,7 @@ Event = (
     | InDoubt
     | Remade
     | Moved
+    | Reached
     | Paced
     | Rejected
     | Status
@@ -676,6 +698,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
         _time(d),
         _num(d, "after") or 0.0,
     ),
+    "reached": lambda d: Reached(_str(d, "group"), _numbers(d, "members"), _time(d)),
     "pace": lambda d: Paced(
         _str(d, "sender"),
         _num(d, "rate") or 0.0,

@@ -32,7 +32,7 @@ import msgspec.structs
 
 from bulk_mms.clock import instant
 from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action, deciding
-from bulk_mms.delivery import FINAL, NOT_RECEIVED, STATUSES, Known, supersedes
+from bulk_mms.delivery import DELIVERED, FINAL, NOT_RECEIVED, STATUSES, Known, supersedes
 from bulk_mms.ledger import events
 from bulk_mms.models import (
     LOST,
@@ -114,6 +114,11 @@ class News(enum.Flag):
     STATUS = enum.auto()
     #: A final cost: recorded, but no word on whether the message reached anyone.
     COST = enum.auto()
+    #: ``delivered``, for a member moved out of the group it reports on, said for the first
+    #: time: the report is recorded, and so is a :class:`~bulk_mms.ledger.events.Reached` for
+    #: the member (:func:`~bulk_mms.policy.delivery_action`), even when it was sent again
+    #: since (the status is then its new send's: not this one's to replace).
+    REACHED = enum.auto()
 
 
 class _Bare(dict[str, Known]):
@@ -182,6 +187,11 @@ class GroupRecord(msgspec.Struct):
     #: is their new group's.
     moved: tuple[str, ...] = ()
     moved_after: float = 0.0
+    #: Members moved out of it whom a later report of its message said it reached
+    #: (:class:`~bulk_mms.ledger.events.Reached`). Those no longer in :attr:`moved` are its
+    #: own again (counted sent here, sent by no rerun); those still in it were tried in
+    #: another group first, which counts them (:meth:`LedgerView.texted_twice`).
+    reached: tuple[str, ...] = ()
     #: Pending a rerun because a cap refused it at the send (a carrier's, or the account's
     #: ``daily_recipients``; a run holds it for a carrier's only): when the cap lifts
     #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock):
@@ -205,6 +215,12 @@ class GroupRecord(msgspec.Struct):
         again by each run. 0 otherwise: no cap refused it, or it has gone on since (sent, in
         doubt, failed for good)."""
         return self.resets if self.state == RETRY_PENDING else 0.0
+
+    def reached_after_move(self, phone: str, status: str) -> bool:
+        """Whether a report of ``status`` for ``phone`` says, for the first time, that this
+        group's message reached a member moved out of it
+        (:class:`~bulk_mms.ledger.events.Reached`)."""
+        return status == DELIVERED and phone in self.moved and phone not in self.reached
 
     @property
     def counted(self) -> tuple[str, ...]:
@@ -370,6 +386,14 @@ class LedgerView(msgspec.Struct, eq=False):
     _any_moved: bool = False
     #: Phone number → how many groups it was moved out of: built when first asked (:meth:`moves`).
     _moves: Counter[str] | None = None
+    #: Whether any member was reached after a move (:meth:`_tried_again` looks only then).
+    _any_reached: bool = False
+    #: Phone number → the groups it was tried in (an attempt, or an outcome): built when first
+    #: asked once a member was reached after a move (:meth:`_tried`), kept from then on.
+    _tried_in: dict[str, tuple[str, ...]] | None = None
+    #: Phone number → the group a ``reached`` event took it back into (out of its ``moved``):
+    #: built when first asked (:meth:`_taken_back`).
+    _back: dict[str, str] | None = None
     _run_first: float | None = None
     _run_last: float | None = None
 
@@ -449,12 +473,16 @@ class LedgerView(msgspec.Struct, eq=False):
             case events.Moved():
                 rec = self._group(ev.group, ())
                 if self._moves is not None:
-                    self._moves.update(p for p in ev.members if p not in rec.moved)
+                    self._moves.update(
+                        p for p in ev.members if p not in rec.moved and p not in rec.reached
+                    )
                 rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
                 rec.moved_after = max(rec.moved_after, ev.after)
                 self._any_moved = True
                 if ev.sender:
                     self.retired.add(ev.sender)
+            case events.Reached():
+                self._reached(ev)
             case events.Planned():
                 self.planned = ev
             case events.RunStarted():
@@ -487,6 +515,61 @@ class LedgerView(msgspec.Struct, eq=False):
                 rec.outcome, rec.why, rec.miss = IN_DOUBT, ENDED_WITHOUT_OUTCOME, None
         self._open.clear()
 
+    def _reached(self, ev: events.Reached) -> None:
+        """Members moved out of ``ev.group`` that its message reached after all: back in it,
+        unless another group was tried with them since (:class:`~bulk_mms.ledger.events.
+        Reached` says why)."""
+        rec = self.groups.get(ev.group)
+        if rec is None:
+            return
+        new = [p for p in ev.members if p in rec.moved and p not in rec.reached]
+        if not new:
+            return  # a report recorded again: nothing more
+        rec.reached = (*rec.reached, *new)
+        self._any_reached = True
+        if self._moves is not None:
+            self._moves.subtract(new)
+        tried = self._tried()
+        back = [p for p in new if all(gid == rec.id for gid in tried.get(p, ()))]
+        if back:
+            rec.moved = tuple(p for p in rec.moved if p not in back)
+            self._taken_back().update(dict.fromkeys(back, rec.id))
+
+    def _tried(self) -> dict[str, tuple[str, ...]]:
+        """:attr:`_tried_in`, built when first asked."""
+        if self._tried_in is None:
+            tried: dict[str, tuple[str, ...]] = {}
+            for rec in self.groups.values():
+                if rec.state is not None:
+                    for p in rec.to:
+                        tried[p] = (*tried.get(p, ()), rec.id)
+            self._tried_in = tried
+        return self._tried_in
+
+    def _taken_back(self) -> dict[str, str]:
+        """:attr:`_back`, built when first asked."""
+        if self._back is None:
+            self._back = {
+                p: rec.id for rec in self.groups.values() for p in rec.reached if p not in rec.moved
+            }
+        return self._back
+
+    def _tried_again(self, rec: GroupRecord) -> None:
+        """``rec`` is tried with members a ``reached`` event took back into another group
+        (a process that had not read it): their move stands after all, and ``rec`` counts
+        them, as if the event had come after this attempt."""
+        tried, back = self._tried(), self._taken_back()
+        for phone in rec.to:
+            if rec.id not in (was_in := tried.get(phone, ())):
+                tried[phone] = (*was_in, rec.id)
+            gid = back.get(phone)
+            if gid is None or gid == rec.id:
+                continue
+            del back[phone]
+            was = self.groups[gid]
+            was.moved = (*was.moved, phone)  # still reached: not counted a move (moves())
+            self._any_moved = True
+
     def _group(self, gid: str, to: tuple[str, ...]) -> GroupRecord:
         rec = self.groups.get(gid)
         if rec is None:
@@ -507,6 +590,8 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.t0 = ev.t0
         at = instant(ev.time)
         rec.last_try = at or rec.last_try
+        if self._any_reached:  # some member was reached after a move
+            self._tried_again(rec)
         if self._run_first is None:
             self._run_first = at
 
@@ -610,8 +695,12 @@ class LedgerView(msgspec.Struct, eq=False):
         if st.message_id:
             self.by_message_id.setdefault(st.message_id, group)
         rec = self.groups.get(group)
-        if rec is not None and st.phone in rec.moved and self.group_of(st.phone) != group:
-            return News.NONE  # a report of a send it was moved out of: its new send's state
+        reached = News.NONE
+        if rec is not None and st.phone in rec.moved:
+            if rec.reached_after_move(st.phone, st.status):
+                reached = News.REACHED
+            if self.group_of(st.phone) != group:
+                return reached  # a report of a send it was moved out of: its new send's state
         # the same status again, now saying why (the send's answer's errors, written after the
         # sent line that gave the bare status; a GET's bare failure, then message.finalized's
         # code): news, or the code that makes an opt-out or a carrier's refusal is never kept
@@ -623,7 +712,7 @@ class LedgerView(msgspec.Struct, eq=False):
             if had is None or ((moved or finalized) and had != st.cost):
                 self.final_cost[st.phone] = st.cost
                 priced = True
-        news = News.COST if priced else News.NONE
+        news = (News.COST if priced else News.NONE) | reached
         if not moved:
             if old is not None and st.message_id and not old.message_id:
                 self.known[st.phone] = old._replace(message_id=st.message_id)
@@ -642,7 +731,9 @@ class LedgerView(msgspec.Struct, eq=False):
         moves count once, as the ledger has them now (:meth:`moves`)."""
         old = self.groups.pop(gid, None)
         if old is not None and self._moves is not None:
-            self._moves.subtract(old.moved)
+            self._moves.subtract(p for p in old.moved if p not in old.reached)
+        if old is not None and old.reached:
+            self._back = None  # built again as the ledger has the group now
         for ev in stream:
             self.apply(ev)
         return self.groups.get(gid)
@@ -661,7 +752,7 @@ class LedgerView(msgspec.Struct, eq=False):
             return
         rec.moved = tuple(p for p in rec.moved if p not in gone)
         if self._moves is not None:
-            self._moves.subtract(gone)
+            self._moves.subtract(p for p in gone if p not in rec.reached)
 
     def close_run(self) -> None:
         """End the current run's sending span (a new run starts, or the fold ends)."""
@@ -758,12 +849,30 @@ class LedgerView(msgspec.Struct, eq=False):
 
     def moves(self, phone: str) -> int:
         """How many sent groups ``phone`` was moved out of (:class:`~bulk_mms.ledger.Moved`: a
-        delivery report sent it again, from another sender or after a carrier's reset)."""
+        delivery report sent it again, from another sender or after a carrier's reset) whose
+        message a later report did not say reached it after all
+        (:class:`~bulk_mms.ledger.events.Reached`): what :data:`~bulk_mms.policy.MAX_RESENDS`
+        counts, in a database's ledger too."""
         if not self._any_moved:
             return 0
         if self._moves is None:
-            self._moves = Counter(p for rec in self.groups.values() for p in rec.moved)
+            self._moves = Counter(
+                p for rec in self.groups.values() for p in rec.moved if p not in rec.reached
+            )
         return self._moves[phone]
+
+    def texted_twice(self) -> dict[str, tuple[str, str]]:
+        """The members a report said a group's message reached after they were moved out of
+        it (:class:`~bulk_mms.ledger.events.Reached`), whom another group was sent to as
+        well, each with both groups (the first, then the later): texted twice."""
+        if not self._any_reached:
+            return {}
+        return {
+            p: (rec.id, later)
+            for rec in self.groups.values()
+            for p in rec.reached
+            if p in rec.moved and (later := self.group_of(p)) not in (None, rec.id)
+        }
 
     def group_of(self, phone: str) -> str | None:
         """The sent group ``phone`` is in: its latest (a number is in two only when a delivery
@@ -959,5 +1068,14 @@ def _delivery_miss(k: Known) -> Missed:
 _COMPARED: Final = tuple(
     "known" if f.name == "_known" else f.name
     for f in msgspec.structs.fields(LedgerView)
-    if f.name not in ("_known_columns", "_group_of", "_any_moved", "_moves")
+    if f.name
+    not in (
+        "_known_columns",
+        "_group_of",
+        "_any_moved",
+        "_moves",
+        "_any_reached",
+        "_tried_in",
+        "_back",
+    )
 )

@@ -141,14 +141,18 @@ _MIGRATIONS: Final = {
     """,
     # When each number was last taken off the list (epoch seconds, the database's clock), so
     # that a run puts back only an opt-out its ledger records refused after that (a list
-    # write that failed then), never one removed by hand since. An older bulk-mms ignores
-    # the table (usable from 11): its removals go unrecorded, and a run may put such a number
-    # back, as that bulk-mms's own runs would.
+    # write that failed then), never one removed by hand since. And a number's moves are
+    # counted (MAX_RESENDS) but for those a ``reached`` event takes back: those events are
+    # read then too, indexed as schema 8's moves are. An older bulk-mms ignores both (usable
+    # from 11): its removals go unrecorded, and a run may put such a number back, as that
+    # bulk-mms's own runs would.
     12: """
         CREATE TABLE IF NOT EXISTS bulk_mms_removals (
             number text PRIMARY KEY,
             removed_at double precision NOT NULL
         );
+        CREATE INDEX IF NOT EXISTS bulk_mms_events_reached
+            ON bulk_mms_events (ledger) WHERE kind = 'reached';
     """,
 }
 #: For a schema version whose migration older code may ignore (an index, or a table it never

@@ -234,11 +234,17 @@ _UNIQUE_KINDS: Final = frozenset({"status", "rejected"})
 #: time (with the ledger's key, :func:`_ledger_key`, as the second key).
 _MOVES_LOCK: Final = 0x6D6F7665
 _LOCK_MOVES: Final = "SELECT pg_advisory_xact_lock(%s, %s::int)"
-#: The groups each of some numbers was moved out of in a ledger (partial index: schema 8).
+#: The groups each of some numbers was moved out of in a ledger, but for those whose message
+#: a ``reached`` event says reached it after all, as the fold counts them (LedgerView.moves;
+#: partial indexes: schemas 8 and 12).
 _MOVED_OUT_OF: Final = """
     SELECT m.phone, e.grp FROM bulk_mms_events e
     CROSS JOIN LATERAL jsonb_array_elements_text(e.body->'members') AS m(phone)
-    WHERE e.ledger = %s AND e.kind = 'moved' AND m.phone = ANY(%s)
+    WHERE e.ledger = %(ledger)s AND e.kind = 'moved' AND m.phone = ANY(%(phones)s)
+    EXCEPT
+    SELECT m.phone, e.grp FROM bulk_mms_events e
+    CROSS JOIN LATERAL jsonb_array_elements_text(e.body->'members') AS m(phone)
+    WHERE e.ledger = %(ledger)s AND e.kind = 'reached' AND m.phone = ANY(%(phones)s)
 """
 _SENT_SINCE: Final = """
     SELECT sum(jsonb_array_length(body->'to')) FROM bulk_mms_events
@@ -629,7 +635,7 @@ class PostgresStore(GroupCommitted[_Item]):
         bodies = {i: orjson.loads(rows[i][5]) for i in moved}
         phones = sorted({str(p) for body in bodies.values() for p in body.get("members", ())})
         await cur.execute(_LOCK_MOVES, (_MOVES_LOCK, _ledger_key(self._id)))
-        await cur.execute(_MOVED_OUT_OF, (self._id, phones))
+        await cur.execute(_MOVED_OUT_OF, {"ledger": self._id, "phones": phones})
         out_of: dict[str, set[str]] = {}
         for phone, grp in await cur.fetchall():
             out_of.setdefault(str(phone), set()).add(str(grp))

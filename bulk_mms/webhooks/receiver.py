@@ -314,11 +314,12 @@ class WebhookReceiver(BaseReceiver):
                     gid, report, source="webhook", webhook_id=event_id, time=iso(now), action=action
                 )
                 # a member its sender's block or a carrier's cap failed goes again on a rerun,
-                # as track would send it: its move in the report's commit, so a redelivery
-                # after a failed write finds neither on record (the event id not yet seen)
+                # as track would send it (and one moved that the message reached after all
+                # does not): its move in the report's commit, so a redelivery after a failed
+                # write finds neither on record (the event id not yet seen)
                 moved = (
                     delivery_action(rec, report, self.settings, now, view.moves)[1]
-                    if rec is not None and News.STATUS in news
+                    if rec is not None and news & (News.STATUS | News.REACHED)
                     else None
                 )
                 if moved is not None:
