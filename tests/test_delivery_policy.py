@@ -26,7 +26,7 @@ from bulk_mms.errors import (
     NetworkError,
     SendError,
 )
-from bulk_mms.ledger import LedgerView, Moved, events, load, open_store
+from bulk_mms.ledger import LedgerView, Location, Moved, events, load, open_store
 from bulk_mms.ledger import checkpoint as ckpt
 from bulk_mms.ledger.fold import GroupRecord
 from bulk_mms.ledger.store import named
@@ -44,16 +44,19 @@ BLOCKED, HEALTHY = "+18445550001", "+18445550002"
 
 
 async def one_group_sent(
-    jobs: JobFactory, senders: str
+    jobs: JobFactory, senders: str, database: str | None = None
 ) -> tuple[JobConfig, FakeClient, Group, WebhookReceiver]:
     """A job of four people in one group from ``senders`` (a TOML list), sent: the job, its
-    client, the group, and a webhook receiver on its ledger."""
+    client, the group, and a webhook receiver on its ledger (in ``database``, if given)."""
     jobs.people(4)
     job = jobs.job(extra="group_size = 4", sender=senders)
+    if database is not None:
+        job = replace(job, database=str(named(database, job.name)))
     client = FakeClient()
     await run_job(job, FAST, client, clock=FakeClock())
     (first,) = client.calls
-    return job, client, first, await receiver_of(job.ledger)
+    receiver = receiver_on(job.where) if database else await receiver_of(job.ledger)
+    return job, client, first, receiver
 
 
 async def receiver_of(ledger: Path) -> WebhookReceiver:
@@ -68,6 +71,15 @@ async def receiver_of(ledger: Path) -> WebhookReceiver:
     )
     await receiver.take_in_new()
     return receiver
+
+
+def receiver_on(where: Location) -> WebhookReceiver:
+    """A webhook receiver recording into the ledger at ``where`` (a file or a database's),
+    with the view a fold of it gives."""
+    store = open_store(where, "append")
+    return WebhookReceiver(
+        store.fold(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
+    )
 
 
 async def test_a_sender_blocked_as_spam_in_delivery_reports_leaves_the_pool(
@@ -273,10 +285,8 @@ async def test_a_webhooks_move_the_database_keeps_back_leaves_the_receivers_view
     await run_job(job, FAST, client, clock=FakeClock())
     (first,) = client.calls
     spent = first.to[1]
-    store = open_store(job.where, "append")
-    receiver = WebhookReceiver(
-        store.fold(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
-    )
+    receiver = receiver_on(job.where)
+    store = receiver.store
     other = open_store(job.where, "append")
     for i in range(MAX_RESENDS):  # another process's moves, which the receiver has not read
         await other.append(Moved(f"elsewhere-{i}", (spent,), "", "40016", "t", 0.0))
@@ -530,18 +540,9 @@ async def test_a_moved_member_reported_delivered_is_not_texted_again(
     """A member a carrier's cap (40016, by webhook) moved out of its sent group, then reported
     delivered by that same send, is not texted by the next run after the reset: it exits 0,
     everyone counted sent once, nobody later."""
-    jobs.people(4)
-    job = jobs.job(extra="group_size = 4", sender=f'["{HEALTHY}"]')
-    if kind == "database":
-        job = replace(job, database=str(named(request.getfixturevalue("database"), job.name)))
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
-    (first,) = client.calls
+    database = request.getfixturevalue("database") if kind == "database" else None
+    job, client, first, receiver = await one_group_sent(jobs, f'["{HEALTHY}"]', database)
     phone = first.to[1]
-    store = open_store(job.where, "append")
-    receiver = WebhookReceiver(
-        store.fold(), store, load_public_key(PUBLIC_B64), clock=FakeClock(), settings=FAST
-    )
     capped = own_event(
         "message.finalized", phone, "own-1", "delivery_failed", HEALTHY, code="40016"
     )
@@ -552,7 +553,7 @@ async def test_a_moved_member_reported_delivered_is_not_texted_again(
         assert (await post_signed(http, delivered))[1]["recorded"] == 1
         await receiver.settle()
     await receiver.close()
-    await store.close()
+    await receiver.store.close()
     after_reset = FakeClock(wall=time.time() + 2 * 86_400)
     s = await run_job(job, FAST, client, clock=after_reset)
     assert (len(client.calls), s.sent_groups) == (1, 0)
