@@ -63,8 +63,9 @@ _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmat
 _STATUS_CHARS = 40
 _MAX_ERRORS = 10
 _ERROR_CHARS = 500
-#: A group has at most 8 members, so its ``cc`` at most 8 entries: more are not read.
-_MAX_CC = 8
+#: A group has at most 8 members and its sender, so its ``cc`` at most 9 entries (Telnyx
+#: lists every participant, the sender too): more are not read.
+_MAX_CC = 9
 
 
 def as_message_id(value: object) -> str | None:
@@ -210,7 +211,7 @@ class _Cost(msgspec.Struct):
     currency: str | None = None
 
 
-#: A group's members: no plain answer lists more under ``to`` or under ``cc``.
+#: A group's participants (:data:`_MAX_CC`): no plain answer lists more under ``to`` or ``cc``.
 _Members = Annotated[list[_Member], msgspec.Meta(max_length=_MAX_CC)]
 
 
@@ -237,9 +238,9 @@ class _Answer(msgspec.Struct):
 _PLAIN: Final = msgspec.json.Decoder(_Answer)
 
 
-def read_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt:
-    """The receipt of a 2xx answer's body to a send for the numbers ``to``: what
-    :func:`parse_receipt` reads of the body's JSON, for every body.
+def read_receipt(raw: bytes, to: Sequence[str], sender: str | None = None) -> SendReceipt:
+    """The receipt of a 2xx answer's body to a send from ``sender`` for the numbers ``to``:
+    what :func:`parse_receipt` reads of the body's JSON, for every body.
 
     A plain answer (:func:`_plain_receipt`), as the API gives one, is read in one typed pass;
     any other is parsed (:func:`parse_json`) and read field by field.
@@ -247,16 +248,16 @@ def read_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt:
     Raises:
         AmbiguousSendError: the body is not JSON, or :func:`parse_receipt` raises.
     """
-    receipt = _plain_receipt(raw, to)
+    receipt = _plain_receipt(raw, to, sender)
     if receipt is not None:
         return receipt
     body = parse_json(raw)
     if body is NOT_JSON:
         raise AmbiguousSendError("the answer's body is not JSON")
-    return parse_receipt(body, to)
+    return parse_receipt(body, to, sender)
 
 
-def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
+def _plain_receipt(raw: bytes, to: Sequence[str], sender: str | None = None) -> SendReceipt | None:
     """The receipt :func:`parse_receipt` reads of ``raw``, when ``raw`` is a plain answer:
     UTF-8 JSON whose ``data`` decodes as a :class:`_Message` (its bounds included), with a
     message id that is one, not inbound, naming only numbers in ``to`` and a cost that is
@@ -268,11 +269,12 @@ def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
         return None
     mid = msg.id
     wanted = set(to)
+    copies = [m for m in msg.cc if m.phone_number != sender]
     if (
         not _MESSAGE_ID.fullmatch(mid)
         or msg.direction == "inbound"
         or any(m.phone_number not in wanted for m in msg.to)
-        or any(m.phone_number not in wanted for m in msg.cc)
+        or any(m.phone_number not in wanted for m in copies)
     ):
         return None
     cost = None if msg.cost is None else money(msg.cost.amount, msg.cost.currency)
@@ -284,11 +286,11 @@ def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
         RecipientStatus(m.phone_number, m.status or "", message_id=mid, group_message_id=group)
         for m in msg.to
     ]
-    if msg.cc:
+    if copies:
         in_to = {m.phone_number for m in msg.to}
         statuses += [
             RecipientStatus(m.phone_number, m.status or "", group_message_id=group)
-            for m in msg.cc
+            for m in copies
             if m.phone_number not in in_to
         ]
     sent_as, reports = _group_message(mid, group, statuses)
@@ -301,13 +303,18 @@ def _plain_receipt(raw: bytes, to: Sequence[str]) -> SendReceipt | None:
     )
 
 
-def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
+def parse_receipt(
+    body: object, to: Sequence[str] | None = None, sender: str | None = None
+) -> SendReceipt:
     """Turn a 2xx body into a :class:`SendReceipt`.
 
     Args:
         body: the parsed JSON.
         to: the numbers the request was for; recipients the answer lists are checked against
             them (an answer about other numbers is not an answer to this request).
+        sender: the number the request was sent from: a ``cc`` entry naming it is the
+            sender, a participant of the group (Telnyx's group messaging guide), not a number
+            the request did not send to, nor a member (:func:`parse_statuses`).
 
     Raises:
         AmbiguousSendError: the body has no usable message id, or names numbers the request
@@ -327,11 +334,13 @@ def parse_receipt(body: object, to: Sequence[str] | None = None) -> SendReceipt:
             listed = data.get(key)
             for item in listed if isinstance(listed, list) else ():
                 phone = item.get("phone_number") if isinstance(item, dict) else None
+                if key == "cc" and phone == sender:
+                    continue
                 if isinstance(phone, str) and phone not in wanted:
                     raise AmbiguousSendError(
                         "accepted, but the response lists a number this request did not send to"
                     )
-    statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False)
+    statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False, sender=sender)
     sent_as, reports = _group_message(
         message_id, as_message_id(data.get("group_message_id")), statuses
     )
@@ -420,7 +429,12 @@ def address(value: object, limit: int = 32) -> str | None:
 
 
 def parse_statuses(
-    data: object, asked: str | None = None, *, stamps: bool = True, costs: bool = True
+    data: object,
+    asked: str | None = None,
+    *,
+    stamps: bool = True,
+    costs: bool = True,
+    sender: str | None = None,
 ) -> tuple[RecipientStatus, ...]:
     """Recipients and statuses from a message object or a list of them (the GET endpoints).
 
@@ -438,7 +452,9 @@ def parse_statuses(
     ``to`` of the answer lists: a recipient's own message lists the other participants in
     ``cc``, and their status there is not what their own message says. A ``cc`` report names
     no message of the recipient's own (``message_id`` None), and carries only the errors that
-    point at it (``/cc/{i}``).
+    point at it (``/cc/{i}``). A ``cc`` entry naming the message's sender (``sender``, else
+    its own ``from``: :func:`address`) is no member: Telnyx lists a group's every
+    participant, the sending number too.
 
     Each report keeps the group message its message names (``group_message_id``, when it is
     an id: :func:`as_message_id`), for the caller to tell another group's message from its
@@ -459,8 +475,9 @@ def parse_statuses(
         listed, cc = msg.get("to"), msg.get("cc")
         items = listed if isinstance(listed, list) else []
         copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
+        own = (sender or address(msg.get("from"))) if copies else None
         # a group's own message with members in cc costs the group, not its one `to`
-        alone = len(items) == 1 and not copies
+        alone = len(items) == 1 and all(address(c) == own for c in copies)
         cost = parse_money(msg.get("cost")) if alone and costs else None
         # every member takes the message's errors as they are, unless the message names several
         # and has some: then only those that point at the member
@@ -472,7 +489,7 @@ def parse_statuses(
         ):
             for i, item in enumerate(entries):
                 phone = item.get("phone_number") if isinstance(item, dict) else None
-                if isinstance(phone, str):
+                if isinstance(phone, str) and not (into is copied and phone == own):
                     status = _text(item.get("status"), _STATUS_CHARS)
                     into.append(
                         RecipientStatus(

@@ -471,7 +471,7 @@ class AiohttpMmsClient:
             if leaving is not None:
                 _LEAVE_BY.reset(leaving)
         try:
-            return read_receipt(raw, group.to)
+            return read_receipt(raw, group.to, group.message.from_)
         except AmbiguousSendError as exc:
             exc.status = status
             raise

@@ -236,3 +236,23 @@ def test_every_answer_reads_as_parse_receipt_reads_it(body: object, ascii_only: 
     the warnings that parse_receipt of the same JSON gives."""
     raw = json.dumps(body, ensure_ascii=ascii_only).encode()
     assert verdict(lambda: read_receipt(raw, TO[:3])) == verdict(lambda: general(raw, TO[:3]))
+
+
+SENDER = "+18445550001"
+
+
+@pytest.mark.parametrize("in_cc", [False, True])
+def test_an_answer_listing_its_own_sender_in_cc_is_read_not_in_doubt(in_cc: bool) -> None:
+    """An answer whose ``cc`` lists the sending number itself (a group's messages list every
+    participant, the sender included) is read by both passes to the members' statuses alone."""
+    body = spec_answer(in_cc)
+    body["data"]["cc"].append(
+        {"phone_number": SENDER, "carrier": "TELNYX LLC", "line_type": "VoIP"}
+    )
+    raw = json.dumps(body).encode()
+    plain = _plain_receipt(raw, TO, SENDER)
+    assert plain is not None
+    assert plain == read_receipt(raw, TO, SENDER) == parse_receipt(json.loads(raw), TO, SENDER)
+    assert sorted(st.phone for st in plain.statuses) == sorted(TO)
+    with pytest.raises(AmbiguousSendError):  # another number in cc is still not ours
+        read_receipt(raw.replace(SENDER.encode(), b"+18445550002"), TO, SENDER)

@@ -44,7 +44,7 @@ from bulk_mms.fake_api import (
     carrier_timeline,
 )
 from bulk_mms.fake_api.wire import STAMP_FORMS
-from bulk_mms.models import Group, MessageBody
+from bulk_mms.models import Group, MessageBody, money
 from bulk_mms.runner import run_job
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import verify
@@ -851,6 +851,45 @@ async def test_statuses_in_cc_answers_are_the_spec_s(api: ApiClock) -> None:
     async with AiohttpMmsClient(a.url, "test-key-123") as client:
         assert sorted(st.phone for st in await client.fetch_group(mid)) == to
         assert sorted(st.phone for st in await client.fetch_message(mid)) == to
+
+
+@pytest.mark.parametrize("statuses_in_cc", [False, True])
+async def test_a_sender_listed_in_cc_is_neither_a_stranger_nor_a_member(
+    api: ApiClock, statuses_in_cc: bool
+) -> None:
+    """With sender_in_cc (the guide: a group's messages list every participant, the sending
+    number too), every answer is valid by the spec, and the real client takes the send as
+    accepted, not in doubt, and reads the members' statuses alone from it and both GETs."""
+    a, _ = api
+    a.fake.sender_in_cc, a.fake.statuses_in_cc = True, statuses_in_cc
+    to = ("+12125550100", "+12125550101", "+12125550102")
+    _, body = await a.send(list(to))
+    assert FROM in [r["phone_number"] for r in body["data"]["cc"]]
+    group = Group("g", 0, to, (1, 2, 3), MessageBody(from_=FROM, text="hi"))
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        receipt = await client.send(group, "k")
+        assert sorted(st.phone for st in receipt.statuses) == list(to)
+        mid = receipt.message_id
+        assert sorted(st.phone for st in await client.fetch_group(mid)) == list(to)
+        assert sorted(st.phone for st in await client.fetch_message(mid)) == list(to)
+    for seen in a.fake.http_log[-3:]:
+        assert request_problems(seen) == []
+
+
+async def test_a_lone_member_keeps_its_cost_beside_a_sender_listed_in_cc(api: ApiClock) -> None:
+    """A group of one whose message lists its sender in cc (sender_in_cc): the member is the
+    message's one recipient, and its GET's final cost is the member's."""
+    a, _ = api
+    a.fake.sender_in_cc = True
+    group = Group("g", 0, ("+12125550100",), (1,), MessageBody(from_=FROM, text="hi"))
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        receipt = await client.send(group, "k")
+        (got,) = await client.fetch_message(receipt.message_id)
+    assert (got.phone, got.status, got.cost) == (
+        "+12125550100",
+        "delivered",
+        money("0.00605", "USD"),
+    )
 
 
 async def test_the_accept_log_has_one_line_per_message_taken(api: ApiClock, tmp_path: Path) -> None:

@@ -41,7 +41,9 @@ Times are written as the spec's example for each field does; ``varied_stamps`` w
 in turn in every form Telnyx may use (``Z`` or an offset, 0 to 9 fraction digits).
 
 Variants the spec allows are switches too: ``statuses_in_cc`` lists a group's members past
-the first under ``cc``, with their statuses, in the group's own message; ``group_message_ids``
+the first under ``cc``, with their statuses, in the group's own message; ``sender_in_cc``
+lists the sending number in every message's ``cc``, as Telnyx's group messaging guide says a
+group's messages list every participant; ``group_message_ids``
 names the group message (``group_message_id``, the send's id, which the spec does not declare)
 in every message object, webhook payload and detail record, as Telnyx's support article
 8255134 says its group messages do; ``member_id_answers`` answers a send with its first

@@ -77,6 +77,20 @@ class MessageViews(FakeState):
             for entry in listed[1:]:
                 if entry["status"] not in CC_STATUSES:
                     del entry["status"]
+        # a recipient's own message shows the group's other participants (Telnyx: group
+        # webhooks "will show all participants"), with no status of theirs; the group's own
+        # message, with statuses_in_cc, its members past the first, with theirs
+        cc = (
+            listed[1:]
+            if in_cc
+            else [
+                {"phone_number": p, "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
+                for j, p in enumerate(msg.to)
+                if only is not None and j != only
+            ]
+        )
+        if self.sender_in_cc:  # the sender too, a participant with no status of its own
+            cc.append({"phone_number": msg.from_, "carrier": "TELNYX LLC", "line_type": "VoIP"})
         record: dict[str, Any] = {
             "record_type": "message",
             "direction": "outbound",
@@ -86,16 +100,7 @@ class MessageViews(FakeState):
             "organization_id": ORGANIZATION_ID,
             "from": {"phone_number": msg.from_, "carrier": "TELNYX LLC", "line_type": "VoIP"},
             "to": listed[:1] if in_cc else listed,
-            # a recipient's own message shows the group's other participants (Telnyx: group
-            # webhooks "will show all participants"), with no status of theirs; the group's
-            # own message, with statuses_in_cc, its members past the first, with theirs
-            "cc": listed[1:]
-            if in_cc
-            else [
-                {"phone_number": p, "carrier": "T-MOBILE USA, INC.", "line_type": "Wireless"}
-                for j, p in enumerate(msg.to)
-                if only is not None and j != only
-            ],
+            "cc": cc,
             "text": text,
             "subject": body.get("subject"),
             "media": [

@@ -58,6 +58,10 @@ class FakeState:
     #: status, and does not say a group's members are all under ``to``. Off: every member
     #: is under ``to``, and the group's GET lists one message per recipient.
     statuses_in_cc: bool = False
+    #: List the sending number itself in every message object's ``cc`` (no status: it sent
+    #: the message), as Telnyx's group messaging guide says a group's messages list every
+    #: participant, "your Telnyx number" included. Off: ``cc`` names members only.
+    sender_in_cc: bool = False
     #: What ``GET /messaging_optouts`` does when ``redaction_enabled`` is not given: True
     #: redacts ``to`` (``+447766****``), False lists the numbers.
     redaction_default: bool = True
