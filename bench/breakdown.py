@@ -52,7 +52,7 @@ def stub(parts: set[str]) -> None:
         recorder.Recorder.sent = sent  # type: ignore[method-assign]
     if "answer" in parts:
 
-        def bare(raw: bytes, to: object = None) -> SendReceipt:
+        def bare(raw: bytes, to: object = None, sender: object = None) -> SendReceipt:
             body = answers.parse_json(raw)
             data = body.get("data") if isinstance(body, dict) else None
             if isinstance(data, dict):
