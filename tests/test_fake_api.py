@@ -483,6 +483,33 @@ async def test_mdrs_list_each_recipient_filtered_and_paged(api: ApiClock) -> Non
     assert two["data"]["id"] in a.fake.by_id
 
 
+async def test_a_records_query_matches_cli_and_cld_as_the_spec_writes_them(
+    api: ApiClock,
+) -> None:
+    """``cli`` and ``cld`` are +E.164 numbers (the spec's example ``+15551237654``): the fake
+    matches them as given, a number without its ``+`` (or a ``+`` sent unencoded, which a
+    query reads as a space) names nobody; the real client asks in the spec's form and finds
+    the member's record."""
+    a, _ = api
+    _, sent = await a.send(["+12125550100", "+12125550101"])
+    q = urllib.parse.quote
+
+    async def listed(query: str) -> list[str]:
+        _, body, _ = await a.call("GET", f"/reports/mdrs?{query}")
+        return [r["cld"] for r in body["data"]]
+
+    assert await listed(f"cld={q('+12125550101')}") == ["+12125550101"]
+    assert await listed("cld=12125550101") == []
+    assert await listed("cld=+12125550101") == []
+    assert await listed(f"cli={FROM.lstrip('+')}") == []
+    async with AiohttpMmsClient(a.url, "test-key-123") as client:
+        now = a.fake.wall()
+        (record,) = await client.fetch_records(FROM, "+12125550101", now - 60, now + 60)
+    assert (record.cli, record.cld) == (FROM, "+12125550101")
+    query = urllib.parse.parse_qs(a.fake.http_log[-1].query)
+    assert (query["cli"], query["cld"]) == ([FROM], ["+12125550101"])
+
+
 async def test_records_younger_than_the_lag_are_not_listed_yet(api: ApiClock) -> None:
     """With records_lag_s, a message's records appear only once they are that old."""
     a, clock = api

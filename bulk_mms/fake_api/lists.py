@@ -77,17 +77,18 @@ class ListEndpoints(FakeState):
         """Every detail record listed now: one per recipient of each accepted message older
         than :attr:`records_lag_s`, oldest first, each stamped with its message's sent time
         (the spec's ``created_at``, "Message sent time": when the queue let it go, its
-        ``wait_seconds`` after the API took it). With ``cld``, only that recipient's (with or
-        without its ``+``), read from :attr:`by_member`: a lookup, however many were sent."""
+        ``wait_seconds`` after the API took it). With ``cld``, only that recipient's, the number
+        as the spec writes it (+E.164: ``+15551237654``), read from :attr:`by_member`: a
+        lookup, however many were sent."""
         cutoff = self.wall() - self.records_lag_s
         out = []
-        messages = self.by_id.values() if cld is None else self.by_member.get(cld.lstrip("+"), [])
+        messages = self.by_id.values() if cld is None else self.by_member.get(cld, [])
         for msg in sorted(messages, key=lambda m: m.received_wall):
             sent_on = msg.received_wall + msg.wait_seconds
             if sent_on > cutoff:
                 continue
             for i, phone in enumerate(msg.to):
-                if cld is not None and phone.lstrip("+") != cld.lstrip("+"):
+                if cld is not None and phone != cld:
                     continue
                 status = self._observe(msg, i)
                 cost = cost_of(status) or (ZERO, ZERO)
@@ -117,7 +118,8 @@ class ListEndpoints(FakeState):
         """``GET /reports/mdrs``: the detail records (:meth:`mdrs`), filtered and paged.
 
         Filters ``start_date`` and ``end_date`` (ISO 8601 date or time, both inclusive),
-        ``id``, ``direction``, ``cli``, ``cld``, ``status``, ``message_type``. The spec names no
+        ``id``, ``direction``, ``cli``, ``cld`` (numbers matched as given: the spec writes them
+        +E.164), ``status``, ``message_type``. The spec names no
         page parameters for it but answers with ``meta``; the fake pages with ``page[number]``
         and ``page[size]`` (default 20, at most 250) like Telnyx's other lists, or, without
         :attr:`records_paging`, ignores them and serves the first 20.
@@ -141,7 +143,7 @@ class ListEndpoints(FakeState):
             assert at is not None
             if (start is not None and at < start) or (end is not None and at > end):
                 continue
-            if any(rec[k].lstrip("+") != v.lstrip("+") for k, v in exact.items()):
+            if any(rec[k] != v for k, v in exact.items()):
                 continue
             if any(rec[k].upper() != v for k, v in upper.items()):
                 continue

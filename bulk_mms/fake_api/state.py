@@ -185,7 +185,7 @@ class FakeState:
     webhooks_sent: list[WebhookPost] = field(default_factory=list)
     by_id: dict[str, Accepted] = field(default_factory=dict)
     by_recipient_id: dict[str, tuple[Accepted, int]] = field(default_factory=dict)
-    #: The messages each number (without its ``+``) is in, oldest first: the records of one
+    #: The messages each number (+E.164, as sent) is in, oldest first: the records of one
     #: recipient without a pass over every message.
     by_member: dict[str, list[Accepted]] = field(default_factory=dict)
     _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
@@ -272,7 +272,7 @@ class FakeState:
         for i, rid in enumerate(msg.recipient_ids):
             self.by_recipient_id[rid] = (msg, i)
         for phone in set(msg.to):
-            self.by_member.setdefault(phone.lstrip("+"), []).append(msg)
+            self.by_member.setdefault(phone, []).append(msg)
 
     def servable(self, msg: Accepted) -> bool:
         """Whether the GETs find ``msg`` now: past :attr:`lookup_lag_s`, within :attr:`keeps_s`."""
