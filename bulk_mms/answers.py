@@ -55,8 +55,10 @@ RECORDS_PAGE_MAX = 1000
 RECORDS_MAX = 5000
 #: The largest ``page[size]`` the opt-out list serves.
 OPTOUT_PAGE_MAX = 250
-#: A number as the opt-out list gives it.
+#: A number as the opt-out list gives it: whole, or redacted (``+447766****``, the spec's
+#: example of ``redaction_enabled``).
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # whole (fullmatch), ASCII digits only
+_REDACTED = re.compile(r"\+?[0-9]{0,15}\*{1,15}")  # whole (fullmatch)
 #: Message ids are UUIDs; anything longer or stranger is not one.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # whole (fullmatch)
 #: Bounds on the text we keep from an answer: statuses, error entries and their fields.
@@ -522,14 +524,18 @@ def _errors_of(errors: tuple[ApiError, ...], pointer: str, status: str) -> tuple
 
 def parse_optouts(body: object, size: int = OPTOUT_PAGE_MAX) -> tuple[list[OptOut], int]:
     """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` (1 when it is
-    missing or absurd). A block whose ``to`` is not an E.164 number (redacted, missing) is
-    left out; its ``from`` is kept as given (bounded), empty when missing."""
+    missing or absurd). A block whose ``to`` is an E.164 number, or one redacted
+    (``+447766****``: :attr:`~bulk_mms.models.OptOut.redacted`, a block that names nobody
+    but is counted), is kept; one whose ``to`` is anything else (missing, not a number) is
+    left out. Its ``from`` is kept as given (bounded), empty when missing."""
     data = body.get("data") if isinstance(body, dict) else None
     meta = body.get("meta") if isinstance(body, dict) else None
     blocks = [
         OptOut(from_[:32] if isinstance(from_ := item.get("from"), str) else "", to)
         for item in (data if isinstance(data, list) else [])[:size]
-        if isinstance(item, dict) and isinstance(to := item.get("to"), str) and _E164.fullmatch(to)
+        if isinstance(item, dict)
+        and isinstance(to := item.get("to"), str)
+        and (_E164.fullmatch(to) or _REDACTED.fullmatch(to))
     ]
     pages = meta.get("total_pages") if isinstance(meta, dict) else None
     return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1

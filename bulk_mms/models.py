@@ -314,8 +314,13 @@ class OptOut(msgspec.Struct, frozen=True):
 
     #: The sending address the block is for (a number, or a short code, or an alphanumeric id).
     from_: str
-    #: The number that opted out, E.164.
+    #: The number that opted out, E.164; or as the list showed it redacted (``+447766****``).
     to: str
+
+    @property
+    def redacted(self) -> bool:
+        """Whether the list showed the number redacted (``+447766****``): it names nobody."""
+        return "*" in self.to
 
 
 class SendReceipt(msgspec.Struct, frozen=True):

@@ -215,7 +215,7 @@ async def refused_by_optouts(
     a block from the sender names it. Nothing is guessed: a refusal of another kind, a group
     of one (its member is the one refused), a client that cannot list opt-outs, or a list
     that cannot be read (one try per page; logged) gives none, and the group fails whole as
-    before.
+    before. Blocks listed redacted all the same (``+447766****``) name nobody: logged, counted.
     """
     if isinstance(err, AmbiguousSendError) or not err.errors or len(group.to) < 2:
         return ()
@@ -225,16 +225,20 @@ async def refused_by_optouts(
         return ()
     sender, members = group.message.from_, set(group.to)
     found: set[str] = set()
+    hidden = 0  # blocks listed redacted: they name nobody
     page, pages = 1, 1
     try:
         while page <= min(pages, OPTOUT_PAGES_MAX):
             blocks, pages = await client.fetch_optouts(page, 250, from_=sender)
             found.update(b.to for b in blocks if b.from_ == sender and b.to in members)
+            hidden += sum(b.redacted for b in blocks)
             page += 1
     except SendError as exc:
         log.warning("optouts.lookup_failed", group=group.id, error=str(exc))
         return ()
     refused = tuple(p for p in group.to if p in found)
+    if hidden:
+        log.warning("optouts.redacted", group=group.id, sender=sender, redacted=hidden)
     log.info("optouts.lookup", group=group.id, sender=sender, refused=len(refused), pages=pages)
     return refused
 

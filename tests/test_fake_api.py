@@ -491,7 +491,7 @@ async def test_a_records_query_matches_cli_and_cld_as_the_spec_writes_them(
     query reads as a space) names nobody; the real client asks in the spec's form and finds
     the member's record."""
     a, _ = api
-    _, sent = await a.send(["+12125550100", "+12125550101"])
+    await a.send(["+12125550100", "+12125550101"])
     q = urllib.parse.quote
 
     async def listed(query: str) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
+from structlog.testing import capture_logs
 
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
@@ -544,3 +545,57 @@ async def test_a_transient_refusal_naming_an_opt_out_is_not_left_to_a_rerun(
     await run_job(job, replace(FAST, concurrency=1), client, clock=FakeClock())
     assert [people[0] in g.to for g in client.calls] == [True, False]
     assert Counter(p for g in client.calls[1:] for p in g.to) == dict.fromkeys(people[1:], 1)
+
+
+@pytest.mark.parametrize("people", [1, 3])
+def test_optouts_sync_of_a_list_the_api_redacts_says_so_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], people: int
+) -> None:
+    """A list the API shows redacted (``+1212555****``) though asked for full numbers is not
+    "0 opt-outs": sync says how many came redacted, that none of them was added, and exits 1;
+    the full numbers beside them are added."""
+    fake = FakeTelnyx(api_key="test-key-123", always_redacted=True)
+    fake.optouts = [Block(n, SENDER) for n in numbers(people)]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    redacted = "1 opt-out" if people == 1 else f"{people} opt-outs"
+    assert f"{redacted} listed with the number redacted" in line
+    assert "0 opt-outs on the profile" not in line
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == []
+
+
+def test_optouts_sync_of_one_opt_out_says_one_opt_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One opt-out on the profile is "1 opt-out", not "1 opt-outs"."""
+    fake = FakeTelnyx(api_key="test-key-123")
+    fake.optouts = [Block(numbers(1)[0], SENDER)]
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert "1 opt-out on the profile, 1 new" in capsys.readouterr().err
+
+
+async def test_a_lookup_in_a_list_the_api_redacts_names_nobody_and_says_why() -> None:
+    """A 40300 naming nobody, looked up in a list the API shows redacted: no member is named
+    (a redacted number is nobody), and the log says the list came redacted, not that nobody
+    opted out."""
+    to = numbers(3)
+    fake = FakeTelnyx(api_key="k", always_redacted=True)
+    fake.optouts = [Block(to[1], SENDER)]
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), "k") as client,
+    ):
+        with capture_logs() as logs:
+            refused = await refused_by_optouts(client, nobody_named(), group_of(to), POLICY)
+    assert refused == ()
+    assert [(e["event"], e.get("redacted")) for e in logs if e["log_level"] == "warning"] == [
+        ("optouts.redacted", 1)
+    ]

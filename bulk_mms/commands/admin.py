@@ -28,8 +28,10 @@ from bulk_mms.errors import (
     RetryableSendError,
 )
 from bulk_mms.ledger import copy_ledger, display, migrate_database
+from bulk_mms.models import OptOut
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.suppression import parse_numbers, suppression_for
+from bulk_mms.words import count
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -103,32 +105,46 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 def cmd_optouts(args: argparse.Namespace) -> int:
     """``optouts sync``: every number that opted out of the profile (``[api]
     messaging_profile_id``; else of any profile of the account) goes on the list, read
-    unredacted (a redacted number names nobody)."""
+    unredacted. A block the API lists redacted all the same (``+447766****``) names nobody:
+    it is counted, not added, and the sync exits 1 saying so."""
     settings = sealed(settings_for(args)) if args.sandbox else settings_for(args)
     listed = suppression_for(settings.suppression_file, args.ledger)
     key = api_key(args)
-    numbers = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
+    numbers, hidden = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
     added = listed.add(numbers, "opted out (messaging_optouts)")
+    where = "with full numbers" if hidden else "on the profile"
+    synced = f"{count(len(numbers), 'opt-out')} {where}, {len(added)} new on {listed.path}"
+    if hidden:
+        synced = (
+            f"{count(hidden, 'opt-out')} listed with the number redacted (+447766****) though "
+            "full numbers were asked for (redaction_enabled=false): not added, as they name "
+            f"nobody; {synced}"
+        )
     say(
-        "optouts.synced",
-        f"bulk-mms: {len(numbers)} opt-outs on the profile, {len(added)} new on {listed.path}",
+        "optouts.redacted" if hidden else "optouts.synced",
+        f"bulk-mms: {synced}",
+        level="warning" if hidden else "info",
         optouts=len(numbers),
+        redacted=hidden,
         added=len(added),
         list=str(listed.path),
     )
-    return Exit.OK
+    return Exit.INCOMPLETE if hidden else Exit.OK
 
 
-async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[str]:
+async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> tuple[list[str], int]:
     """Every opted-out number of the profile, each once, page by page to ``meta.total_pages``
     or the first page that brings no new block (an empty page, or one that repeats: no
     answer makes it read on to a count of pages it claims). A block is a sender → number
-    pair: a page of other senders' blocks of numbers already read is news, not a repeat."""
+    pair: a page of other senders' blocks of numbers already read is news, not a repeat.
+    With them, the blocks listed redacted (:attr:`~bulk_mms.models.OptOut.redacted`) on the
+    pages that brought news."""
     async with (
         endpoint(settings, sandbox) as base_url,
         client_for(settings, base_url, key) as client,
     ):
-        blocks: dict[tuple[str, str], None] = {}  # in the order read
+        blocks: dict[OptOut, None] = {}  # in the order read
+        hidden = 0
         page, pages = 1, 1
         while page <= pages:
             try:
@@ -145,8 +161,10 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> list[
                     "and the network, then run optouts sync again"
                 ) from None
             before = len(blocks)
-            blocks.update(dict.fromkeys((block.from_, block.to) for block in found))
+            blocks.update(dict.fromkeys(found))
             if len(blocks) == before:
                 break
+            hidden += sum(block.redacted for block in found)
             page += 1
-        return list(dict.fromkeys(to for _, to in blocks))
+        named = (block.to for block in blocks if not block.redacted)
+        return list(dict.fromkeys(named)), hidden

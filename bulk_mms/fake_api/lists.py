@@ -34,7 +34,8 @@ class ListEndpoints(FakeState):
         Filters ``filter[messaging_profile_id]``, ``filter[from]``, ``created_at[gte]`` and
         ``created_at[lte]``; ``to`` is redacted (``+447766****``) unless
         ``redaction_enabled=false`` (or :attr:`redaction_default` is False and it is not
-        given). ``page[size]`` above 250 is a 400, as the spec bounds it.
+        given), and always with :attr:`always_redacted`. ``page[size]`` above 250 is a 400,
+        as the spec bounds it.
         """
         # the spec answers this list's 400 and 401 with one bare messaging_Error, no errors[]
         if auth_refusal(request, self.api_key) is not None:
@@ -47,6 +48,7 @@ class ListEndpoints(FakeState):
             gte = parse_when(q.get("created_at[gte]"))
             lte = parse_when(q.get("created_at[lte]"))
             redact = parse_flag(q.get("redaction_enabled"), self.redaction_default)
+            redact = redact or self.always_redacted
         except ValueError as exc:
             return json_answer(400, error_object("10015", "Invalid parameter", str(exc)))
         items = [

@@ -65,6 +65,10 @@ class FakeState:
     #: What ``GET /messaging_optouts`` does when ``redaction_enabled`` is not given: True
     #: redacts ``to`` (``+447766****``), False lists the numbers.
     redaction_default: bool = True
+    #: Redact every listed number whatever ``redaction_enabled`` says, as an account or key
+    #: that may not see them would be answered: the spec says only that the parameter asks
+    #: for redaction, not that ``false`` is always honoured.
+    always_redacted: bool = False
     #: Faults used one per POST, oldest first.
     faults: deque[Fault] = field(default_factory=deque)
     #: ``wait_seconds`` for the n-th accepted message (0-based).
