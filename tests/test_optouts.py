@@ -547,6 +547,16 @@ async def test_a_transient_refusal_naming_an_opt_out_is_not_left_to_a_rerun(
     assert Counter(p for g in client.calls[1:] for p in g.to) == dict.fromkeys(people[1:], 1)
 
 
+def sync_against(fake: FakeTelnyx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``optouts sync`` against ``fake``, its list ``suppressed.txt`` in ``tmp_path``; its exit
+    code."""
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
+    with fake_api_thread(fake) as url:
+        return main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url])
+
+
 @pytest.mark.parametrize("people", [1, 3])
 def test_optouts_sync_of_a_list_the_api_redacts_says_so_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], people: int
@@ -556,11 +566,7 @@ def test_optouts_sync_of_a_list_the_api_redacts_says_so_and_exits_1(
     the full numbers beside them are added."""
     fake = FakeTelnyx(api_key="test-key-123", always_redacted=True)
     fake.optouts = [Block(n, SENDER) for n in numbers(people)]
-    config = tmp_path / "config.toml"
-    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
-    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 1
+    assert sync_against(fake, tmp_path, monkeypatch) == 1
     [line] = capsys.readouterr().err.splitlines()
     redacted = "1 opt-out" if people == 1 else f"{people} opt-outs"
     assert f"{redacted} listed with the number redacted" in line
@@ -574,11 +580,7 @@ def test_optouts_sync_of_one_opt_out_says_one_opt_out(
     """One opt-out on the profile is "1 opt-out", not "1 opt-outs"."""
     fake = FakeTelnyx(api_key="test-key-123")
     fake.optouts = [Block(numbers(1)[0], SENDER)]
-    config = tmp_path / "config.toml"
-    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
-    monkeypatch.setenv("TELNYX_API_KEY", "test-key-123")
-    with fake_api_thread(fake) as url:
-        assert main(["-q", "optouts", "sync", "--config", str(config), "--base-url", url]) == 0
+    assert sync_against(fake, tmp_path, monkeypatch) == 0
     assert "1 opt-out on the profile, 1 new" in capsys.readouterr().err
 
 
