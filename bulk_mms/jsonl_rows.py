@@ -204,24 +204,13 @@ class JsonlRows:
         if not raw.strip(BLANK):
             return None
         last = lineno == self._lines.unended
+        text = self._text.json_text(lineno, raw, last=last)
         try:
-            obj = orjson.loads(self._text.json_text(lineno, raw, last=last))
+            obj = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            if encoding == "utf-8" and likely_encoding(raw) != "utf-8":
-                raise self._text.not_text(lineno, raw, last=last) from None
-            lone_cr = b"\r" in raw.rstrip(b"\r\n")  # JSON's own whitespace: no error alone
-            if lone_cr and lineno == 1 and not raw.endswith(b"\n"):
-                raise InputError(self.path, MAC_JSONL, line=lineno) from None
-            if not raw.endswith(b"\n"):  # only the file's last line can end without one
-                raise InputError(
-                    self.path,
-                    f"its last line is not valid JSON and has no line end: {CUT_OFF}",
-                    line=lineno,
-                ) from None
-            # a carriage return shown as \r, never sent to a terminal (as a CSV row's)
-            value = raw[:SHOWN_CHARS].decode("utf-8", "replace").strip().replace("\r", "\\r")
-            why = JSONL_LONE_CR_WHY if lone_cr else str(exc)
-            return RejectedRow(lineno, value, f"malformed JSON: {why}")
+            obj = _python_written(text)
+            if obj is None:
+                return self._malformed(lineno, raw, exc, last=last)
         if not isinstance(obj, dict):
             return RejectedRow(
                 lineno, raw[:SHOWN_CHARS].decode("utf-8", "replace").strip(), "not an object"
@@ -234,6 +223,27 @@ class JsonlRows:
                 f"the record gives the field {twice!r} twice: remove one",
             )
         return obj
+
+    def _malformed(
+        self, lineno: int, raw: bytes, exc: orjson.JSONDecodeError, *, last: bool
+    ) -> RejectedRow:
+        """The rejection of a line that is no JSON, or the :class:`InputError` that stops the
+        file at it (not text in its encoding, an old Mac export, a last line cut off)."""
+        if self._text.encoding == "utf-8" and likely_encoding(raw) != "utf-8":
+            raise self._text.not_text(lineno, raw, last=last) from None
+        lone_cr = b"\r" in raw.rstrip(b"\r\n")  # JSON's own whitespace: no error alone
+        if lone_cr and lineno == 1 and not raw.endswith(b"\n"):
+            raise InputError(self.path, MAC_JSONL, line=lineno) from None
+        if not raw.endswith(b"\n"):  # only the file's last line can end without one
+            raise InputError(
+                self.path,
+                f"its last line is not valid JSON and has no line end: {CUT_OFF}",
+                line=lineno,
+            ) from None
+        # a carriage return shown as \r, never sent to a terminal (as a CSV row's)
+        value = raw[:SHOWN_CHARS].decode("utf-8", "replace").strip().replace("\r", "\\r")
+        why = JSONL_LONE_CR_WHY if lone_cr else _where(exc)
+        return RejectedRow(lineno, value, f"malformed JSON: {why}")
 
     def _json_row(
         self, lineno: int, rec: dict[str, object], wanted: tuple[str, ...]
@@ -295,6 +305,42 @@ def _repeated_key(raw: bytes, obj: dict[str, object], encoding: str) -> str | No
     except RecursionError:  # nested deeper than Python's parser goes: no key is looked at
         return None
     return repeats[-1] if repeats else None  # the outer object's hook runs last
+
+
+def _where(exc: orjson.JSONDecodeError) -> str:
+    """What the parser met in a JSONL line, and at which column of it: the parser's own
+    "line 2 column 1" counts the line's end as a line of its own, which the report, naming
+    the file's line, would contradict."""
+    end = len(exc.doc.rstrip("\r\n"))
+    return (
+        f"{exc.msg} at column {exc.pos + 1}" if exc.pos < end else f"{exc.msg} after column {end}"
+    )
+
+
+#: What Python's json module writes for a float that is not finite (``NaN``, ``Infinity``,
+#: ``-Infinity``; no JSON has them), as a CSV cell would hold it: a data frame's missing value
+#: is ``NaN`` there and an empty cell in its CSV.
+_NOT_FINITE: dict[str, str | None] = {"NaN": None, "Infinity": "Infinity", "-Infinity": "-Infinity"}
+
+
+def _python_written(text: str | bytes) -> dict[str, object] | None:
+    """A JSONL line orjson refused, read as Python's json module wrote it: an object holding
+    ``NaN`` or an ``(-)Infinity`` (:data:`_NOT_FINITE`), every other number as written (as
+    :func:`_as_written` reads one), when that is all that kept it from being JSON. None for
+    any other line (no such constant, not an object, a string orjson refuses, such as half a
+    surrogate pair): orjson's reason stands."""
+    met: list[str] = []
+
+    def constant(name: str) -> str | None:
+        met.append(name)
+        return _NOT_FINITE[name]
+
+    try:
+        obj = json.loads(text, parse_float=str, parse_constant=constant)
+        orjson.dumps(obj)  # every string one orjson takes (no lone surrogate)
+    except (ValueError, RecursionError, TypeError):
+        return None
+    return cast(dict[str, object], obj) if met and isinstance(obj, dict) else None
 
 
 def _as_written(raw: bytes, encoding: str) -> dict[str, object] | None:

@@ -6,6 +6,7 @@ parameter."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import orjson
@@ -216,6 +217,79 @@ def test_a_ledger_begun_with_the_first_records_keys_alone_resumes(jobs: JobFacto
         job.ledger.write_bytes(orjson.dumps(header) + b"\n" + b"".join(lines[1:]))
         assert main(run) == 0
     assert fake.recipient_counts() == dict.fromkeys(people, 1)
+
+
+# -- 2b. what Python's json module writes, and a malformed line's reason ------------------
+
+
+def test_a_jsonl_file_python_wrote_with_nan_for_missing_values_sends_everyone(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """Records Python's json.dumps wrote from a data frame (a missing value is ``NaN``, an
+    overflow ``Infinity``) are sent, not rejected as malformed JSON: ``NaN`` is empty, as
+    the frame's CSV cell would be (so [message.defaults] fills it), ``Infinity`` reads as
+    written; exit 0, everyone once."""
+    people = [f"+1212555{i:04d}" for i in range(101, 105)]
+    records = [
+        {"phone": people[0], "first": "Al", "age": float("nan")},
+        {"phone": people[1], "first": float("nan"), "age": 41.0},
+        {"phone": people[2], "first": "Cy", "score": float("inf")},
+        {"phone": people[3], "first": "Di", "score": float("-inf"), "age": 7},
+    ]
+    (jobs.root / "people.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    job = jobs.job(
+        "people.jsonl",
+        extra="group_size = 1",
+        message='text = "Hello {first}"\n[message.defaults]\nfirst = "friend"',
+    )
+    fake = FakeTelnyx()
+    rejected = tmp_path / "rejected.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(run) == 0
+    assert fake.recipient_counts() == dict.fromkeys(people, 1)
+    assert sorted(m.body["text"] for m in fake.accepted) == [
+        "Hello Al",
+        "Hello Cy",
+        "Hello Di",
+        "Hello friend",
+    ]
+    with RowReader(jobs.root / "people.jsonl", "phone") as reader:
+        assert all(isinstance(r, Row) for r in reader)
+        columns = reader.columns
+    with RowReader(jobs.root / "people.jsonl", "phone", keep_all=True, columns=columns) as reader:
+        rows = [r for r in reader if isinstance(r, Row)]
+    assert [(r.fields["age"], r.fields["score"]) for r in rows] == [
+        ("", ""),
+        ("41.0", ""),
+        ("", "Infinity"),
+        ("7", "-Infinity"),
+    ]
+
+
+def test_a_malformed_jsonl_lines_reason_points_into_that_line(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A line that is no JSON is rejected with its own line number and a reason that points
+    at the column in that line, never at "line 2" of a line the report calls line 3."""
+    (jobs.root / "people.jsonl").write_bytes(
+        b'{"phone": "+12125550101", "first": "Al"}\r\n'
+        b'{"phone": "+12125550102", "first": "Bo"}\r\n'
+        b'{"phone": "+12125550103", "first": "Cy"\r\n'
+        b'{"phone": "+12125550104", "first": "Di"} x\r\n'
+    )
+    job = jobs.job("people.jsonl", extra="group_size = 1\nmax_rejected_share = 0.5")
+    fake = FakeTelnyx()
+    rejected = tmp_path / "rejected.csv"
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--rejected-csv", str(rejected)]
+        assert main(run) == 0
+    with rejected.open(encoding="utf-8-sig", newline="") as f:
+        reasons = {int(r["line"]): r["reason"] for r in csv.DictReader(f)}
+    assert reasons == {
+        3: "malformed JSON: unexpected end of data after column 39",
+        4: "malformed JSON: unexpected content after document at column 42",
+    }
 
 
 # -- 3. a rerun while members wait for a carrier's daily cap --------------------------------
