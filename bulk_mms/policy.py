@@ -19,7 +19,9 @@ action          meaning                                      becomes
                 40333 (spend limit)                          (exit 6, resumable)
 ``suppress``    the number opted out (40300)                 Rejected; the refused members go on
                                                              the suppression list and the rest
-                                                             are sent without them
+                                                             are sent without them (one naming
+                                                             nobody of a larger group weighs as
+                                                             ``fail``: :func:`deciding_first`)
 ``retire_sender`` the sending number is blocked or           SenderRefused: the number leaves the
                 unhealthy (40003, 40315)                     pool, the group goes out from another
 ==============  ===========================================  ======================================
@@ -95,14 +97,16 @@ def load_policy(table: Mapping[str, object], source: str = "[errors]") -> dict[s
     return policy
 
 
-def judged_error(err: SendError, policy: Mapping[str, Action]) -> tuple[SendError, Action | None]:
-    """A send's error as the policy acts on it and the ``failed`` event records it: its
-    ``errors`` with the one that decides first (:func:`deciding_first`, as :func:`judged`
-    puts a delivery report's), so its ``code`` and what it says are that one's, and the
-    action for it (:class:`~bulk_mms.ledger.Failed`'s ``action``). The error is put in that
-    order where it is (an answer's errors are this send's own), and reordering it again
-    changes nothing."""
-    errors, code = deciding_first(err.errors, policy)
+def judged_error(
+    err: SendError, policy: Mapping[str, Action], to: Sequence[str]
+) -> tuple[SendError, Action | None]:
+    """A send's error (for the group of ``to``) as the policy acts on it and the ``failed``
+    event records it: its ``errors`` with the one that decides first (:func:`deciding_first`,
+    as :func:`judged` puts a delivery report's), so its ``code`` and what it says are that
+    one's, and the action for it (:class:`~bulk_mms.ledger.Failed`'s ``action``). The error
+    is put in that order where it is (an answer's errors are this send's own), and
+    reordering it again changes nothing."""
+    errors, code = deciding_first(err.errors, policy, to)
     if errors != err.errors:
         err.errors = errors
         err.args = (str(err),)
@@ -110,11 +114,17 @@ def judged_error(err: SendError, policy: Mapping[str, Action]) -> tuple[SendErro
 
 
 def apply_policy(  # noqa: PLR0911 - one return per action of the policy table
-    err: SendError, policy: Mapping[str, Action], sender: str, now: dt.datetime, daily_reset: str
+    err: SendError,
+    policy: Mapping[str, Action],
+    group: Group,
+    now: dt.datetime,
+    daily_reset: str,
 ) -> SendError:
-    """The error the runner should see for ``err`` under ``policy``; ``daily_reset``
-    (``[limits] daily_reset``) is when a carrier's daily cap lifts (:func:`carrier_reset`)."""
-    err, action = judged_error(err, policy)
+    """The error the runner should see for ``err``, the answer to a send of ``group``, under
+    ``policy``; ``daily_reset`` (``[limits] daily_reset``) is when a carrier's daily cap
+    lifts (:func:`carrier_reset`)."""
+    sender = group.message.from_
+    err, action = judged_error(err, policy, group.to)
     if isinstance(err, AuthError) and any(policy.get(e.code) for e in err.errors):
         # a carrier's code in a 403 (a server that says "forbidden" for an opt-out): judged
         # by the code that decides, which with none of its own fails the group (PRECEDENCE)
@@ -159,16 +169,22 @@ def named_members(
         return ()
     found: dict[str, None] = {}
     for e in err.errors:
-        if codes is not None and e.code not in codes:
-            continue
-        if (m := re.fullmatch(r"/to/(\d{1,2})", e.pointer)) and int(m[1]) < len(to):
-            found[to[int(m[1])]] = None
-            continue
-        for text in _NUMBER.findall(f"{e.detail} {e.title}"):
-            digits = re.sub(r"\D", "", text)
-            for phone in to:
-                if phone[1:] == digits or (len(digits) == 10 and phone == f"+1{digits}"):
-                    found[phone] = None
+        if codes is None or e.code in codes:
+            found.update(dict.fromkeys(_named_by(e, to)))
+    return tuple(found)
+
+
+def _named_by(e: ApiError, to: Sequence[str]) -> tuple[str, ...]:
+    """The members of ``to`` one error names: its ``source.pointer`` (``/to/2``), else the
+    members its detail or title names (:data:`_NUMBER`)."""
+    if (m := re.fullmatch(r"/to/(\d{1,2})", e.pointer)) and int(m[1]) < len(to):
+        return (to[int(m[1])],)
+    found: dict[str, None] = {}
+    for text in _NUMBER.findall(f"{e.detail} {e.title}"):
+        digits = re.sub(r"\D", "", text)
+        for phone in to:
+            if phone[1:] == digits or (len(digits) == 10 and phone == f"+1{digits}"):
+                found[phone] = None
     return tuple(found)
 
 
@@ -219,8 +235,8 @@ async def refused_by_optouts(
     """
     if isinstance(err, AmbiguousSendError) or not err.errors or len(group.to) < 2:
         return ()
-    if not any(policy.get(e.code) == Action.SUPPRESS for e in err.errors):
-        return ()
+    if policy.get(judged_error(err, policy, group.to)[0].code) != Action.SUPPRESS:
+        return ()  # an opt-out did not decide: another code (the account's stop) did
     if not isinstance(client, OptOutLister):
         return ()
     sender, members = group.message.from_, set(group.to)
@@ -275,9 +291,7 @@ class PolicyClient:
         try:
             return await self.client.send(group, key, leave_within=leave_within)
         except SendError as exc:
-            raise apply_policy(
-                exc, self.policy, group.message.from_, utc(self.clock), self.daily_reset
-            ) from exc
+            raise apply_policy(exc, self.policy, group, utc(self.clock), self.daily_reset) from exc
 
     async def fetch_group(self, message_id: str) -> tuple[RecipientStatus, ...]:
         return await self.client.fetch_group(message_id)
@@ -315,13 +329,23 @@ def carrier_reset(code: str, daily_reset: str, now: float) -> float:
 
 
 def deciding_first(
-    errors: Sequence[ApiError], policy: Mapping[str, Action]
+    errors: Sequence[ApiError], policy: Mapping[str, Action], to: Sequence[str] = ()
 ) -> tuple[tuple[ApiError, ...], str | None]:
     """An ``errors`` list (a delivery report's, a send's answer's) with the entry whose code
     decides (:func:`~bulk_mms.codes.deciding` under ``policy``: an opt-out over a carrier's
     refusal for now, whatever their order) moved first, the others in their order; and that
-    code (None when none carries a code)."""
-    code = deciding((e.code for e in errors if e.code), policy)
+    code (None when none carries a code).
+
+    ``to``: the members of the group a send's answer is for. An opt-out code (``suppress``)
+    that names none of several members (:func:`refused_members` finds nobody by it) weighs
+    as the group's failure (``fail``): it suppresses nobody, so the account's stop beside it
+    (``halt``: 20100, no funds) decides, and the group stays pending a rerun."""
+    weighed = policy
+    if len(to) > 1:
+        opt_outs = {e.code for e in errors if policy.get(e.code) == Action.SUPPRESS}
+        unnamed = opt_outs - {e.code for e in errors if _named_by(e, to)}
+        weighed = {**policy, **dict.fromkeys(unnamed, Action.FAIL)}
+    code = deciding((e.code for e in errors if e.code), weighed)
     if code is None or errors[0].code == code:
         return tuple(errors), code
     i = next(i for i, e in enumerate(errors) if e.code == code)

@@ -357,7 +357,7 @@ class Recorder:
             ClaimLost: another process took the group over: no failure was written.
             LedgerError: it could not be made durable.
         """
-        err, action = judged_error(err, self.policy)  # its code is the one that decides
+        err, action = judged_error(err, self.policy, group.to)  # its code is the one that decides
         self.errors[err.code] += 1
         rec = self.view.groups.get(group.id)
         if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
@@ -455,7 +455,7 @@ class Recorder:
             self.summary.in_doubt_groups += 1
             ev: Event = InDoubt(**self._members(group), reason=STOPPED_IN_FLIGHT, time=self._now())
         else:
-            last, action = judged_error(last, self.policy)
+            last, action = judged_error(last, self.policy, group.to)
             ev, fence = self._failed(group, last, action, (0, 0)), self.coordinator.fence(group.id)
             self._count_failed(group, last, ev)
         # if the store already failed, the attempt on record leaves the group in doubt

@@ -17,8 +17,8 @@ from bulk_mms.fake_api import FakeTelnyx, Fault, carrier_timeline
 from bulk_mms.ledger import LedgerView, Sent
 from bulk_mms.ledger.events import decode, status_event, to_json
 from bulk_mms.ledger.fold import Miss
-from bulk_mms.models import RecipientStatus
-from bulk_mms.policy import apply_policy, judged, judged_error, load_policy
+from bulk_mms.models import Group, MessageBody, RecipientStatus
+from bulk_mms.policy import apply_policy, deciding_first, judged, judged_error, load_policy
 from bulk_mms.recipient_lists import left_to_resend
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
@@ -166,13 +166,31 @@ def test_a_sends_refusal_is_acted_on_and_recorded_by_the_code_that_decides(
     body = {"errors": [{"code": code, "title": f"title {code}"} for code in codes]}
     err = error_for_status(status, body, {}, method="POST")
     now = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
-    acted = apply_policy(err, DEFAULT_POLICY, "+13125550000", now, "00:00 America/Los_Angeles")
+    alone = Group("g", 0, (PEOPLE[0],), (1,), MessageBody("+13125550000", "hi"))
+    acted = apply_policy(err, DEFAULT_POLICY, alone, now, "00:00 America/Los_Angeles")
     assert isinstance(acted, kind)
     assert (acted.code, acted.errors[0].title) == (decides, f"title {decides}")
     assert sorted(e.code for e in acted.errors) == sorted(codes)
-    assert judged_error(acted, DEFAULT_POLICY)[1] == action
+    assert judged_error(acted, DEFAULT_POLICY, alone.to)[1] == action
     told = str(acted)
     assert all(told.index(decides) < told.index(c) for c in codes if c not in ("", decides))
+
+
+@pytest.mark.parametrize(
+    ("pointer", "to", "decides"),
+    [
+        ("", PEOPLE[:2], "20100"),  # names nobody of two: the account's stop decides
+        ("/to/1", PEOPLE[:2], "40300"),  # names a member: the opt-out decides
+        ("", PEOPLE[:1], "40300"),  # a group of one: its member is the one refused
+    ],
+)
+def test_an_opt_out_naming_nobody_of_a_group_weighs_under_the_accounts_stop(
+    pointer: str, to: list[str], decides: str
+) -> None:
+    """A send's 40300 beside 20100 decides only when it names a member (a group of one names
+    its own): one naming nobody of several suppresses nobody, and the job's halt decides."""
+    errors = (ApiError("40300", "STOP", "", pointer), ApiError("20100", "funds", ""))
+    assert deciding_first(errors, DEFAULT_POLICY, to)[1] == decides
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
-from bulk_mms.suppression import default_list
+from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -100,6 +100,29 @@ async def test_insufficient_funds_beside_an_unknown_code_still_halts_the_job(
     assert len(tries) == 1
     assert groups_in(job.ledger, "failed") == set()
     assert len(groups_in(job.ledger, "retry_pending")) == 1
+
+
+async def test_insufficient_funds_beside_an_opt_out_naming_nobody_halts_and_suppresses_nobody(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A group's send refused with 40300 naming no member beside 20100 stops the job (exit 6)
+    with the group pending a rerun, and puts nobody on the suppression list."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    config = tmp_path / "config.toml"
+    config.write_text('[suppression]\nfile = "suppressed.txt"\n')
+    settings = replace(load_settings(config), rate=FAST.rate, retry=FAST.retry, concurrency=1)
+
+    def handler(g: Group, n: int) -> Rejected:
+        errors = (ApiError("40300", "Blocked due to STOP message", ""), ApiError("20100", "", ""))
+        return Rejected("refused", status=402, errors=errors)
+
+    s = await run_job(job, settings, FakeClient(handler), clock=FakeClock())
+    assert isinstance(s.error, AccountRefused)
+    assert exit_for(s.error) == 6
+    assert groups_in(job.ledger, "failed") == set()
+    assert len(groups_in(job.ledger, "retry_pending")) == 1
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == []
 
 
 async def test_a_daily_cap_stops_with_exit_5_until_midnight_pacific(jobs: JobFactory) -> None:
