@@ -27,10 +27,11 @@ from bulk_mms.errors import (
     Rejected,
     SendError,
     ServerError,
+    SpamFiltered,
 )
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.ledger import load
-from bulk_mms.ledger.fold import Miss, Missed
+from bulk_mms.ledger.fold import Miss, Missed, RecipientCounts
 from bulk_mms.models import Group, Money, RecipientStatus, SendReceipt
 from bulk_mms.pacing import Pacer
 from bulk_mms.policy import carrier_reset, refused_members
@@ -38,6 +39,7 @@ from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop
+from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.testing import groups_in
 from bulk_mms.track import track_ledger
@@ -472,6 +474,26 @@ async def test_a_burst_of_spam_met_with_nobody_left_exits_as_the_run_ended(
     assert "spam filtering met 10 of the last 20 tries" in last
     assert "nobody left to send" in last
     assert "rerun" not in last
+
+
+def test_spam_met_at_the_end_warns_before_the_expiry_that_decides_the_exit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Spam filtering met with nobody left, in a run that recorded a group expired: the spam
+    warning comes after the counts and the expiry line (the cause of exit 1) last, as the
+    exit codes' table and the carriers page say."""
+    counts = RecipientCounts(10, 9, 1, 0, 0, 0, input_read=True)
+    finding = "spam filtering met 10 of the last 20 tries"
+    s = JobSummary("j", sent_groups=9, expired_groups=1, open_failed=1, recipients=counts,
+                   error=SpamFiltered(finding))  # fmt: skip
+    assert run_outcome(s) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert finding in lines[-2]
+    assert "expired unsent" in lines[-1]
+    docs = Path(__file__).parent.parent / "docs" / "carriers.md"
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for text in (docs.read_text(encoding="utf-8"), readme):
+        assert "the expiry line comes after it" in " ".join(text.split())
 
 
 def test_optouts_sync_pulls_every_page_into_the_list(
