@@ -38,7 +38,7 @@ from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
 from bulk_mms.report import past_deadline_words
-from bulk_mms.summary import AFTER_DEADLINE, Estimate, JobSummary, minute_utc, rerun_from
+from bulk_mms.summary import AFTER_DEADLINE, LIMIT, Estimate, JobSummary, minute_utc, rerun_from
 from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
 
@@ -224,7 +224,7 @@ _STOPS: dict[str, tuple[str, str]] = {
     ),
     "SIGINT": ("stopped by SIGINT", "run the same command again to resume"),
     "SIGTERM": ("stopped by SIGTERM", "run the same command again to resume"),
-    "limit": ("--limit reached", "a run without --limit sends the rest"),
+    LIMIT: ("--limit reached", "a run without --limit sends the rest"),
     "deadline": ("stopped at max_job_duration_s", "run the same command again to resume"),
 }
 
@@ -317,7 +317,7 @@ def run_outcome(s: JobSummary) -> int:
     # (a window that closed, or max_job_duration_s that came, once everyone was sent: done)
     if s.stopped == "quiet_hours":
         return _tell_quiet(s)
-    if s.stopped == "limit":
+    if s.stopped == LIMIT:
         _tell_stop(s)
     return _ended(s)
 
@@ -357,7 +357,7 @@ def _ended(s: JobSummary) -> int:
     whatever the code, and the code's cause last: the members waiting, for a 5."""
     if s.expired_groups:
         _tell_expired(s)
-    if s.waiting_recipients and s.stopped != "limit":
+    if s.waiting_recipients and s.stopped != LIMIT:
         if s.expired_groups:  # said after it (else the summary's recipients line says them)
             say(
                 "job.waiting",
@@ -505,7 +505,7 @@ def _incomplete(s: JobSummary) -> bool:
     r = s.recipients
     if r is None:
         return bool(s.open_failed)
-    return r.failed > r.opted_out or (s.stopped != "limit" and r.not_attempted > 0)
+    return r.failed > r.opted_out or (s.stopped != LIMIT and r.not_attempted > 0)
 
 
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:

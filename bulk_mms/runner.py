@@ -63,7 +63,7 @@ from bulk_mms.startup import (
     planned_by_scan,
     scan_whole_input,
 )
-from bulk_mms.summary import JobSummary
+from bulk_mms.summary import LIMIT, JobSummary
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 from bulk_mms.track import Tracker
 
@@ -815,7 +815,7 @@ class Runner:
         """The run's summary, with where the whole ledger stands now
         (:func:`~bulk_mms.ending.final_summary`)."""
         limited = self.limit is not None and self.queued >= self.limit
-        stopped = self.stop.reason or ("limit" if limited else None)
+        stopped = self.stop.reason or (LIMIT if limited else None)
         return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
 
 

@@ -62,7 +62,7 @@ from bulk_mms.retry import Attempted, Retrier, RetryDigest, StopRetrying
 from bulk_mms.send_gates import SendGates, Tries, unsent
 from bulk_mms.settle import Settler
 from bulk_mms.signals import Stop
-from bulk_mms.stopping import JobStops
+from bulk_mms.stopping import JobStops, stop_reason
 from bulk_mms.suppression import Suppressed, suppress_opted_out
 
 log = structlog.get_logger(__name__)
@@ -431,7 +431,9 @@ class GroupSender:
         fence = self.recorder.coordinator.fence(tries.group.id)  # as the attempt's
         for limit in self.limits:
             if (over := await self._unless_stopped(limit.reserve(tries.group, fence))) is not None:
-                self.stops.fail(over, "limit")  # at once: no other group takes room meanwhile
+                self.stops.fail(
+                    over, stop_reason(over)
+                )  # at once: no other group takes room meanwhile
                 # its tries end on the cap, as on a carrier's; one in doubt since an earlier
                 # run stays so, unrecorded (the cap says nothing of whether it was sent)
                 raise StopRetrying(None if tries.ambiguous else over)

@@ -47,10 +47,14 @@ STOP_AFTER_UNANSWERED = 3
 #: names no member, the job's message or sender is what the API refuses, and the job stops
 #: instead of failing every group (:class:`~bulk_mms.errors.RefusedRepeatedly`).
 STOP_AFTER_REFUSED = 5
-#: Why a fatal error stopped the job, by its class (the stop's reason, and its log event).
+#: Why a fatal error stopped the job, by its class, the nearest first (the stop's reason,
+#: :attr:`~bulk_mms.summary.JobSummary.stopped`, and its log event): ``spam`` for a burst of
+#: spam filtering, ``cap`` for any other cap (a carrier's, ``daily_recipients``,
+#: ``max_cost``), never ``limit``, which is ``--limit``'s.
 _STOP_REASONS: dict[type[FatalSendError], str] = {
     AuthError: "auth",
-    LimitReached: "limit",
+    SpamFiltered: "spam",
+    LimitReached: "cap",
     AccountRefused: "account",
     DescriptorsExhausted: "descriptors",
 }
@@ -58,7 +62,7 @@ _STOP_REASONS: dict[type[FatalSendError], str] = {
 
 def stop_reason(err: FatalSendError) -> str:
     """Why ``err`` stops the job (:data:`_STOP_REASONS`), by its class or the nearest it
-    derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a limit);
+    derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a cap);
     ``"endpoint"`` for any other."""
     return next((r for cls, r in _STOP_REASONS.items() if isinstance(err, cls)), "endpoint")
 
@@ -188,13 +192,11 @@ class JobStops:
         """Stop (resumably, exit 5) when spam filtering met a large share of the last tries or
         delivery reports, instead of burning the list while carriers block it."""
         if watch.note(spam) and not self.stop.is_set():
-            self.fail(
-                SpamFiltered(
-                    f"spam filtering met {watch.count} of the last {watch.window} {what} "
-                    f"(spam_share {watch.share:g})"
-                ),
-                "limit",
+            err = SpamFiltered(
+                f"spam filtering met {watch.count} of the last {watch.window} {what} "
+                f"(spam_share {watch.share:g})"
             )
+            self.fail(err, stop_reason(err))
 
     def no_senders(self, retired: set[str]) -> None:
         """Every sender of the job (``retired``) was refused: stop (exit 6, resumable with a

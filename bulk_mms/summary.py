@@ -69,6 +69,9 @@ class Estimate(msgspec.Struct, frozen=True):
 #: ``send_window``, or every held recipient's quiet hours) opens again only after the job's
 #: deadline: nobody left can be sent in time (exit 1, not 4: no later run sends them).
 AFTER_DEADLINE: Final = "after_deadline"
+#: Why a run stopped (:attr:`JobSummary.stopped`) when it sent its ``--limit`` of groups: a
+#: cap's stop has its own words (:func:`~bulk_mms.stopping.stop_reason`).
+LIMIT: Final = "limit"
 
 
 class JobSummary(msgspec.Struct):
@@ -121,8 +124,9 @@ class JobSummary(msgspec.Struct):
     queue_full: int = 0
     duration_s: float = 0.0
     #: Why the run stopped early, or None if it reached the end of the input: a signal's
-    #: name, ``window``, ``quiet_hours``, :data:`AFTER_DEADLINE`, ``limit``, ``deadline``
-    #: (``max_job_duration_s``), or the kind of error that stopped it.
+    #: name, ``window``, ``quiet_hours``, :data:`AFTER_DEADLINE`, :data:`LIMIT` (``--limit``),
+    #: ``deadline`` (``max_job_duration_s``), or the kind of error that stopped it
+    #: (:func:`~bulk_mms.stopping.stop_reason`: ``cap``, ``spam``, ``auth``...).
     stopped: str | None = None
     #: Open problems over the whole ledger after the run: groups failed for good (an opt-out
     #: too: :attr:`recipients` tells those apart), in doubt, and pending a rerun; and every

@@ -448,6 +448,25 @@ async def test_a_burst_of_spam_codes_stops_the_job_instead_of_burning_the_list(
     assert run_outcome(s) == 5  # others are left: a rerun resumes once it is fixed
 
 
+async def test_a_cap_and_a_burst_of_spam_stop_with_their_own_reason_not_limit_s(
+    jobs: JobFactory,
+) -> None:
+    """A carrier's daily cap (40016) stops the run for ``cap`` and a burst of spam filtering
+    for ``spam``, as the summary and its log line say; ``limit`` is --limit's alone."""
+    jobs.people(40)
+    job = jobs.job(extra="group_size = 1")
+    one = replace(FAST, concurrency=1)
+    capped = await run_job(job, one, first_group_gets("40016"), clock=FakeClock())
+    assert (capped.stopped, capped.as_log()["stopped"]) == ("cap", "cap")
+    jobs.people(40)
+    spammed = jobs.job(extra="group_size = 1", name="spammed")
+    client = FakeClient(lambda g, n: refused("40002") if g.seq >= 10 else ok_receipt(g, n))
+    s = await run_job(spammed, one, client, clock=FakeClock())
+    assert (s.stopped, s.as_log()["stopped"]) == ("spam", "spam")
+    limited = await run_job(jobs.job(name="limited"), one, FakeClient(), clock=FakeClock(), limit=1)
+    assert limited.stopped == "limit"
+
+
 async def test_a_burst_of_spam_met_with_nobody_left_exits_as_the_run_ended(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -214,8 +214,8 @@ async def test_a_max_cost_stop_is_reported_as_needing_max_cost_raised(jobs: JobF
 async def test_a_max_cost_stop_is_a_limit_s_in_the_log_and_the_json_report(
     jobs: JobFactory,
 ) -> None:
-    """max_cost met: the run logs its stop as a limit's (job.limit_refused, never the
-    endpoint's), and the JSON report says max_cost_reached, which a plain rerun would meet."""
+    """max_cost met: the run logs its stop as a cap's (job.cap_refused, never the endpoint's
+    nor --limit's), and the JSON report says max_cost_reached, which a plain rerun would meet."""
     jobs.people(16)
     job = jobs.job(extra='group_size = 4\nmax_cost = "0.05"')
     settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
@@ -223,9 +223,9 @@ async def test_a_max_cost_stop_is_a_limit_s_in_the_log_and_the_json_report(
         s = await run_job(job, settings, FakeClient(), clock=FakeClock())
     refused = [e["event"] for e in logs if str(e["event"]).endswith("_refused")]
     assert (s.stopped, stop_reason(MaxCostReached("m", status=None)), refused) == (
-        "limit",
-        "limit",
-        ["job.limit_refused"],
+        "cap",
+        "cap",
+        ["job.cap_refused"],
     )
     assert summarize(job.ledger).as_dict()["max_cost_reached"] is True
 
