@@ -842,7 +842,7 @@ def sent_numbers(
     *,
     in_doubt_ok: bool = False,
     own: Location | None = None,
-    folded: Mapping[Location, LedgerView] | None = None,
+    folded: Mapping[str, LedgerView] | None = None,
 ) -> frozenset[int]:
     """The numbers (E.164 digits) these ledgers record sent (``run --exclude-sent``): as
     their counts have them, so not a member a delivery report moved out of a sent group to go
@@ -852,7 +852,9 @@ def sent_numbers(
     resend texts them, or has; not one the API refused there for good and no later round
     took (nobody sent it: this run does). Never the run's own ledger, ``own`` (resuming a
     resend of such a failed file: the numbers it holds are the ones it is to send).
-    ``folded``: the folds (without statuses) of those ledgers the caller has, not read again.
+    ``folded``: the folds (without statuses) of those ledgers the caller has, by their
+    :func:`ledger_name` (a path found beside a ledger and one a ledger recorded are one
+    ledger however each was written), not read again.
 
     Raises:
         LedgerError: a ledger is not there or cannot be read; or it has recipients in doubt
@@ -867,7 +869,9 @@ def sent_numbers(
     for where in ledgers:
         if not exists(where):
             raise LedgerError(display(where), "no such ledger (--exclude-sent)")
-        view = folded[where] if folded and where in folded else load(where, statuses=False)
+        view = (folded or {}).get(ledger_name(where))
+        if view is None:
+            view = load(where, statuses=False)
         if (doubts := view.recipients().in_doubt) and not in_doubt_ok:
             raise LedgerError(
                 display(where),

@@ -262,7 +262,7 @@ def refuse_sending_again(
     elif folded is None and exists(plain.where):
         folded = load(plain.where, statuses=False)
     reruns = _reruns_beside(plain, job)
-    folds = {plain.where: folded} if folded is not None else {}
+    folds = {ledger_name(plain.where): folded} if folded is not None else {}
     unsent, unread = _unfinished_runs(job_file, plain, reruns, folds, job.where)
     pending = frozenset().union(*(numbers for _, numbers in unsent))
     if pending and exists(job.where):  # its resume would text them: less whom this run's holds
@@ -323,14 +323,16 @@ def _unfinished_runs(
     job_file: Path,
     plain: JobConfig,
     reruns: list[tuple[Location, Header]],
-    folds: dict[Location, LedgerView],
+    folds: dict[str, LedgerView],
     texting: Location,
 ) -> tuple[list[tuple[JobConfig, frozenset[int]]], list[str]]:
     """The job's runs begun and unfinished, each with whom its resume would text
     (:func:`~bulk_mms.prepare.left_to_send`): the job's own (``plain``, whose ledger's fold
     ``folds`` holds when it is begun) and its other ``--input`` runs' (``reruns``, loaded from
-    ``job_file``), each of whose folds is added to ``folds`` for the caller to count whom it
-    sent without reading it again. A resume names the ledgers its runs' ``--exclude-sent``
+    ``job_file``), each of whose folds is added to ``folds`` (by its
+    :func:`~bulk_mms.prepare.ledger_name`, as :func:`~bulk_mms.prepare.sent_numbers` looks
+    them up) for the resumes here and the caller to count whom it sent without reading it
+    again. A resume names the ledgers its runs' ``--exclude-sent``
     named (:func:`~bulk_mms.prepare.resume_leaves_out`) and leaves out whom they count sent:
     not counted, nor is a run whose resume leaves out ``texting`` (the asking run's ledger),
     which counts sent whom it texts. And the names of such ledgers that cannot be read here
@@ -339,10 +341,11 @@ def _unfinished_runs(
     Raises:
         LedgerError: a ledger cannot be read.
     """
-    runs = [(plain, plain.where, folds[plain.where])] if plain.where in folds else []
+    own = folds.get(ledger_name(plain.where))
+    runs = [(plain, plain.where, own)] if own is not None else []
     for where, header in reruns:
         if (rerun := _rerun_job(job_file, header, where)) is not None:
-            folds[where] = view = load(where, statuses=False)
+            folds[ledger_name(where)] = view = load(where, statuses=False)
             runs.append((rerun, where, view))
     unsent: list[tuple[JobConfig, frozenset[int]]] = []
     unread: list[str] = []
@@ -352,7 +355,7 @@ def _unfinished_runs(
         found, lost = resume_leaves_out(view, where)
         if ledger_name(texting) in {ledger_name(w) for w in found}:
             continue  # whom the asking run texts, its ledger counts sent: this resume leaves out
-        gone = sent_numbers(found, in_doubt_ok=True, own=where)
+        gone = sent_numbers(found, in_doubt_ok=True, own=where, folded=folds)
         unsent.append((run, left_to_send(run, view, gone)))
         unread += lost
     return unsent, unread

@@ -1091,6 +1091,45 @@ def test_a_pilot_beside_one_stopped_partway_counts_not_whom_that_one_excluded(
     assert fake.recipient_counts() == {x: 2, "+12125550101": 1}
 
 
+def test_a_pilot_beside_two_others_folds_each_of_their_ledgers_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pilot A sent; pilot B stopped partway, run with --exclude-sent A's ledger (named by its
+    real path); a third pilot, its job reached through a link to the folder, asks whom they
+    would text again: A's and B's ledgers are each folded once, though B's resume names A
+    in another form than the folder's listing gives it."""
+    jobs = JobFactory(tmp_path / "real")
+    jobs.root.mkdir()
+    jobs.csv([{"phone": "+12125550101", "first": "A"}])
+    jobs.job(extra="group_size = 1")
+    link = tmp_path / "link"
+    link.symlink_to(jobs.root)
+    x, w = "+12125550198", "+12125550199"
+    first = jobs.csv([{"phone": x, "first": "B"}], "a.csv")
+    second = jobs.csv([{"phone": p, "first": "C"} for p in ["+12125550102", w]], "b.csv")
+    third = jobs.csv([{"phone": "+12125550103", "first": "D"}], "c.csv")
+    fake = FakeTelnyx()
+    with fake_api_thread(fake) as url:
+        run = ["-q", "run", str(link / "job.toml"), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--input", str(first)]) == 0
+        (a_ledger,) = [w for w, _ in headers_beside(load_job(link / "job.toml").where)]
+        excluded = ["--exclude-sent", str(Path(a_ledger).resolve())]
+        assert main([*run, "--input", str(second), *excluded, "--limit", "1"]) == 0
+        folded: list[Path] = []
+        fold = JsonlStore.fold
+
+        def counted(self: JsonlStore, **kw: bool) -> LedgerView:
+            folded.append(self.path.resolve())
+            return fold(self, **kw)
+
+        monkeypatch.setattr(JsonlStore, "fold", counted)
+        assert main([*run, "--input", str(third)]) == 0
+    siblings = {p for p in folded if p.name != Path(a_ledger).name} - {jobs.root / "job.jsonl"}
+    assert folded.count(Path(a_ledger).resolve()) == 1
+    assert all(folded.count(p) == 1 for p in siblings)
+    assert fake.recipient_counts() == dict.fromkeys([x, "+12125550102", "+12125550103"], 1)
+
+
 def test_a_resumed_pilot_is_not_refused_for_its_own_group_in_doubt(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
