@@ -952,3 +952,9 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return f"sha256:{h.hexdigest()}"
+
+
+def short_digest(fingerprint: str) -> str:
+    """The first 8 hex digits of a file's :func:`fingerprint`: what names the ledger of a
+    ``run --input`` of that file (:func:`~bulk_mms.reruns.rerun_name`)."""
+    return fingerprint.removeprefix("sha256:")[:8]

@@ -47,7 +47,7 @@ from bulk_mms.ledger.fold import (
     Missed,
     action_of,
 )
-from bulk_mms.reader import fingerprint
+from bulk_mms.reader import fingerprint, short_digest
 from bulk_mms.summary import minute_utc, percentile, rerun_from
 from bulk_mms.words import MAX_COST, OPEN, OWN_CAP, count, error_words, escaped, why_code, why_words
 
@@ -221,9 +221,9 @@ class LedgerSummary(msgspec.Struct):
     #: (:class:`~bulk_mms.errors.MaxCostReached`): no rerun sends it, nor those not
     #: attempted, until ``max_cost`` is raised.
     max_cost_reached: bool = False
-    #: When a rerun has recipients left to send (not attempted, pending a rerun, or the
-    #: input not all read) but the job's input file is not the one the ledger was begun on:
-    #: what a run resuming it says, refused (:meth:`~bulk_mms.ledger.Header.input_changed`);
+    #: When a rerun has recipients left to send (:attr:`~bulk_mms.ledger.RecipientCounts.
+    #: rerun_sends`) but the file at the ledger's input path is not the one it was begun on:
+    #: what becomes of a rerun, in words (:func:`_input_changed`: refused, or a new ledger);
     #: no rerun sends them. None otherwise, and when the file is not here to compare.
     input_changed: str | None = None
     #: Set by :func:`~bulk_mms.recipient_lists.left_to_resend`: the recipients --failed-csv
@@ -408,17 +408,21 @@ def summarize(location: Location, *, clock: Clock | None = None) -> LedgerSummar
     s.max_cost_reached = any(
         rec.state == RETRY_PENDING and why_code(rec.why) == MAX_COST for rec in view.groups.values()
     )
-    r = s.recipient_states
-    if not r.input_read or r.not_attempted or r.retry_pending:  # else no rerun to refuse
+    if s.recipient_states.rerun_sends:  # else no rerun to refuse
         s.input_changed = _input_changed(h, display(location))
     s.unsent = _unsent(view, _reset_words(s))
     return s
 
 
 def _input_changed(header: Header, ledger: str) -> str | None:
-    """What a run resuming the ledger (at ``ledger``) with its job's input as it is now says
-    (:meth:`~bulk_mms.ledger.Header.input_changed`), or None: the same file, or none at the
-    header's path (the report may run where the input is not; the run says what is wrong)."""
+    """What becomes of a rerun of the ledger (at ``ledger``) when the file it was begun on
+    (the header's ``input``: the report has the ledger, not the job file, and names the
+    file it compared) is no longer that file, or None: the same file, or none there (the
+    report may run where the input is not; the run says what is wrong). A plain run
+    resuming it is refused, in that run's words
+    (:meth:`~bulk_mms.ledger.Header.input_changed`); a ``run --input`` ledger (named after
+    its file's :func:`~bulk_mms.reader.short_digest`) is resumed by no run: the same
+    command with the file as it is now begins a ledger of its own."""
     source = Path(header.input) if header.input else None
     if source is None or not source.is_file():
         return None
@@ -426,7 +430,15 @@ def _input_changed(header: Header, ledger: str) -> str | None:
         now = fingerprint(source)  # the whole file: only when a rerun would be suggested
     except (InputError, OSError):
         return None
-    return header.input_changed(now, ledger)
+    if (changed := header.input_changed(now, ledger)) is None:
+        return None
+    if header.fingerprint and header.job.endswith(f"-{short_digest(header.fingerprint)}"):
+        return (
+            f"no rerun resumes this ledger: its input file ({source}) changed since it was "
+            "started, and a run with --input of it now begins a ledger of its own; to send "
+            f"the new one, add --exclude-sent {ledger} to that run"
+        )
+    return f"a rerun is refused: {changed}"
 
 
 def _delivery_codes(
@@ -519,7 +531,7 @@ def rerun_words(s: LedgerSummary) -> str:
     rerun with it raised. None of it when the input file changed since the ledger was begun
     (:attr:`LedgerSummary.input_changed`): a rerun is refused, and this says what to do."""
     if s.input_changed is not None:
-        return f"a rerun is refused: {s.input_changed}"
+        return s.input_changed
     if s.deadline_passed or s.capped.past_deadline:
         return past_deadline_words(s.deadline)
     raised = " with max_cost raised" if s.max_cost_reached else ""

@@ -56,7 +56,7 @@ from bulk_mms.prepare import (
     sent_numbers,
     still_to_send,
 )
-from bulk_mms.reader import fingerprint
+from bulk_mms.reader import fingerprint, short_digest
 from bulk_mms.recipient_lists import ledger_of, missed_by, place_words, taken_by_resends
 from bulk_mms.scan import scan_input
 from bulk_mms.words import count
@@ -72,7 +72,7 @@ def rerun_name(name: str, input_file: Path) -> str:
     Raises:
         InputError: the file is missing, unreadable or not a regular file.
     """
-    digest = fingerprint(input_file).removeprefix("sha256:")[:8]
+    digest = short_digest(fingerprint(input_file))
     return f"{name}-{_stem(input_file)}"[:91] + f"-{digest}"
 
 

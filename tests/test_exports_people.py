@@ -15,6 +15,7 @@ from bulk_mms import reader, scan, startup
 from bulk_mms.cli import main
 from bulk_mms.config import JobConfig
 from bulk_mms.fake_api import Accepted, FakeTelnyx, Fault
+from bulk_mms.ledger.fold import RecipientCounts
 from bulk_mms.scan import InputScan
 from tests.conftest import JobFactory, numbers
 from tests.threaded import fake_api_thread
@@ -264,6 +265,42 @@ def test_the_report_after_an_export_written_again_mid_run_says_a_rerun_is_refuse
     assert "plain rerun" not in table
     assert f"not sent yet: a rerun is refused: {changed}; to send the new one, run under" in table
     assert f"--exclude-sent {job.ledger}" in table
+
+
+def test_the_report_of_an_input_run_whose_file_changed_says_a_rerun_goes_to_a_new_ledger(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pilot (`run JOB --input a.csv --limit 1`) whose file changed since: the report does
+    not say a rerun is refused (`run JOB --input a.csv` now begins a ledger of its own, as
+    it does), but that no rerun resumes this ledger, naming the file it compared, and how
+    to send the new one leaving out whom this one sent."""
+    jobs.csv([{"phone": p, "first": "A"} for p in numbers(3)])
+    job = jobs.job(extra="group_size = 1")
+    pilot = jobs.csv([{"phone": p, "first": "B"} for p in numbers(3, start=10)], "a.csv")
+    with fake_api_thread(FakeTelnyx()) as url:
+        run = ["-q", "run", str(job.path), "--base-url", url, "--concurrency", "1"]
+        assert main([*run, "--input", str(pilot), "--limit", "1"]) == 0
+        (ledger,) = (job.ledger.parent).glob("test-job-a-*.jsonl")
+        pilot.write_text(pilot.read_text(encoding="utf-8") + "+12125550199,C\n", "utf-8")
+        capsys.readouterr()
+        assert main(["report", str(ledger), "--format", "table"]) == 0
+        table = " ".join(capsys.readouterr().out.split())
+        assert main([*run, "--input", str(pilot)]) == 2  # a new ledger, refused as a text twice
+    assert "a rerun is refused" not in table
+    assert f"no rerun resumes this ledger: its input file ({pilot.resolve()}) changed" in table
+    assert f"--exclude-sent {ledger}" in table
+    assert "already sent by this job" in capsys.readouterr().err
+
+
+def test_the_report_asks_about_the_input_only_when_the_one_rule_says_a_rerun_sends() -> None:
+    """Whom a rerun would send is one rule (:attr:`RecipientCounts.rerun_sends`): the input
+    not all read, someone not attempted or pending a rerun; a later run "sends more"
+    (:attr:`RecipientCounts.sends_more`) by that rule or by settling those in doubt."""
+    doubt = RecipientCounts(4, 3, 0, 0, 1, 0, input_read=True)
+    pending = RecipientCounts(4, 3, 0, 1, 0, 0, input_read=True)
+    unread = RecipientCounts(4, 4, 0, 0, 0, 0, input_read=False)
+    assert [c.rerun_sends for c in (doubt, pending, unread)] == [False, True, True]
+    assert [c.sends_more for c in (doubt, pending, unread)] == [True, True, True]
 
 
 def test_an_export_replaced_between_the_check_and_the_send_sends_nothing(

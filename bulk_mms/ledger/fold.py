@@ -263,10 +263,18 @@ class RecipientCounts(msgspec.Struct, frozen=True):
         return self.not_attempted + self.retry_pending + self.in_doubt
 
     @property
+    def rerun_sends(self) -> bool:
+        """Whether a rerun would send anyone as it goes: the input not all read
+        (``not_attempted`` is then a floor), or someone never attempted or pending a rerun.
+        Not those in doubt: a rerun holds them until the API's records settle them (sent,
+        or sent again), so ``report`` words them apart, never "a rerun sends them"."""
+        return not self.input_read or self.not_attempted + self.retry_pending > 0
+
+    @property
     def sends_more(self) -> bool:
-        """Whether a later run would send anyone: the input not all read (``not_attempted``
-        is then a floor), or someone it may still send (:attr:`later`)."""
-        return not self.input_read or self.later > 0
+        """Whether a later run would send anyone: one a rerun sends (:attr:`rerun_sends`),
+        or one in doubt, whom the API's records may leave to send again."""
+        return self.rerun_sends or self.in_doubt > 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("valid", *STATES)}
