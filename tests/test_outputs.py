@@ -296,6 +296,22 @@ def test_a_ledger_copy_the_disk_cut_short_is_finished_by_its_rerun(
     assert "copied 0 events" in capsys.readouterr().err
 
 
+def test_a_ledger_copied_onto_itself_is_refused_in_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ledger copy L L` (the same file, named alike or another way) is refused (exit 2, one
+    line saying so), not "copied 0 events", and keeps every byte."""
+    _, _, ledger = sent(jobs, capsys)
+    before = ledger.read_bytes()
+    monkeypatch.chdir(ledger.parent)
+    for target in (str(ledger), ledger.name):
+        assert main(["-q", "ledger", "copy", str(ledger), target]) == 2
+        assert capsys.readouterr().err == (
+            f"bulk-mms: error: {target}: is the source ledger: copy into a new ledger\n"
+        )
+    assert ledger.read_bytes() == before
+
+
 def test_a_ledger_copy_into_another_ledgers_events_is_refused(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -353,9 +353,11 @@ async def copy_ledger(source: Location, target: Location) -> int:
     asks for finishes it.
 
     Raises:
-        LedgerError: the source cannot be read, or the target holds events that are not the
-            source's first ones.
+        LedgerError: the target is the source (:func:`_same_ledger`), the source cannot be
+            read, or the target holds events that are not the source's first ones.
     """
+    if _same_ledger(source, target):
+        raise LedgerError(display(target), "is the source ledger: copy into a new ledger")
     store = open_store(target, "copy")
     events = read_events(source)
     try:
@@ -373,6 +375,15 @@ async def copy_ledger(source: Location, target: Location) -> int:
     finally:
         events.close()
     return n
+
+
+def _same_ledger(a: Location, b: Location) -> bool:
+    """Whether ``a`` and ``b`` name one ledger: one file however its path is written (a
+    link, a relative path), or one database ledger as named to a person (:func:`display`:
+    its URL without the password)."""
+    if is_database(a) or is_database(b):
+        return is_database(a) and is_database(b) and display(a) == display(b)
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _pass_copied(store: LedgerStore, events: Iterator[Event], target: Location) -> None:
