@@ -20,8 +20,9 @@ action          meaning                                      becomes
 ``suppress``    the number opted out (40300)                 Rejected; the refused members go on
                                                              the suppression list and the rest
                                                              are sent without them (one naming
-                                                             nobody of a larger group weighs as
-                                                             ``fail``: :func:`deciding_first`)
+                                                             nobody of a larger group weighs
+                                                             under ``halt``:
+                                                             :func:`deciding_first`)
 ``retire_sender`` the sending number is blocked or           SenderRefused: the number leaves the
                 unhealthy (40003, 40315)                     pool, the group goes out from another
 ==============  ===========================================  ======================================
@@ -235,8 +236,8 @@ async def refused_by_optouts(
     """
     if isinstance(err, AmbiguousSendError) or not err.errors or len(group.to) < 2:
         return ()
-    if policy.get(judged_error(err, policy, group.to)[0].code) != Action.SUPPRESS:
-        return ()  # an opt-out did not decide: another code (the account's stop) did
+    if policy.get(deciding_first(err.errors, policy, group.to)[1] or "") != Action.SUPPRESS:
+        return ()  # an opt-out did not decide: the account's stop did
     if not isinstance(client, OptOutLister):
         return ()
     sender, members = group.message.from_, set(group.to)
@@ -338,13 +339,15 @@ def deciding_first(
 
     ``to``: the members of the group a send's answer is for. An opt-out code (``suppress``)
     that names none of several members (:func:`refused_members` finds nobody by it) weighs
-    as the group's failure (``fail``): it suppresses nobody, so the account's stop beside it
-    (``halt``: 20100, no funds) decides, and the group stays pending a rerun."""
+    under the account's stop (``halt``: 20100, no funds): it suppresses nobody by itself, so
+    the halt beside it decides, and the group stays pending a rerun. Over every other code
+    it still decides (the opt-out list may name whom it refused:
+    :func:`refused_by_optouts`)."""
     weighed = policy
-    if len(to) > 1:
+    if len(to) > 1 and any(policy.get(e.code) == Action.HALT for e in errors):
         opt_outs = {e.code for e in errors if policy.get(e.code) == Action.SUPPRESS}
         unnamed = opt_outs - {e.code for e in errors if _named_by(e, to)}
-        weighed = {**policy, **dict.fromkeys(unnamed, Action.FAIL)}
+        weighed = {**policy, **dict.fromkeys(unnamed, Action.FAIL)}  # under halt, alone
     code = deciding((e.code for e in errors if e.code), weighed)
     if code is None or errors[0].code == code:
         return tuple(errors), code

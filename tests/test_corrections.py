@@ -177,19 +177,21 @@ def test_a_sends_refusal_is_acted_on_and_recorded_by_the_code_that_decides(
 
 
 @pytest.mark.parametrize(
-    ("pointer", "to", "decides"),
+    ("pointer", "to", "beside", "decides"),
     [
-        ("", PEOPLE[:2], "20100"),  # names nobody of two: the account's stop decides
-        ("/to/1", PEOPLE[:2], "40300"),  # names a member: the opt-out decides
-        ("", PEOPLE[:1], "40300"),  # a group of one: its member is the one refused
+        ("", PEOPLE[:2], "20100", "20100"),  # names nobody of two: the account's stop decides
+        ("/to/1", PEOPLE[:2], "20100", "40300"),  # names a member: the opt-out decides
+        ("", PEOPLE[:1], "20100", "40300"),  # a group of one: its member is the one refused
+        ("", PEOPLE[:2], "40008", "40300"),  # over a failure: the opt-out list may name them
     ],
 )
 def test_an_opt_out_naming_nobody_of_a_group_weighs_under_the_accounts_stop(
-    pointer: str, to: list[str], decides: str
+    pointer: str, to: list[str], beside: str, decides: str
 ) -> None:
     """A send's 40300 beside 20100 decides only when it names a member (a group of one names
-    its own): one naming nobody of several suppresses nobody, and the job's halt decides."""
-    errors = (ApiError("40300", "STOP", "", pointer), ApiError("20100", "funds", ""))
+    its own): one naming nobody of several suppresses nobody, and the job's halt decides;
+    beside any other code the opt-out still decides."""
+    errors = (ApiError(beside, "t", ""), ApiError("40300", "STOP", "", pointer))
     assert deciding_first(errors, DEFAULT_POLICY, to)[1] == decides
 
 
