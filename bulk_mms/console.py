@@ -38,12 +38,13 @@ from bulk_mms.ledger import RecipientCounts
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, open_for, opens_before
 from bulk_mms.report import past_deadline_words
-from bulk_mms.summary import AFTER_DEADLINE, LIMIT, Estimate, JobSummary, minute_utc, rerun_from
+from bulk_mms.signals import StopReason
+from bulk_mms.summary import Estimate, JobSummary, minute_utc, rerun_from
 from bulk_mms.windows import deadline_before_start, sending_window, window_stop
 from bulk_mms.words import escaped
 
 #: The code a stop by a signal exits with.
-SIGNAL_EXIT = {"SIGINT": Exit.SIGINT, "SIGTERM": Exit.SIGTERM}
+SIGNAL_EXIT: dict[str, Exit] = {StopReason.SIGINT: Exit.SIGINT, StopReason.SIGTERM: Exit.SIGTERM}
 
 
 #: Whether notes are JSON objects (``--log-json``); set by :func:`use_json`.
@@ -216,16 +217,16 @@ def exit_for(exc: BaseException) -> int:
 #: How a stop is told: what happened, what to do next, and (when it ends the run early) the
 #: exit code. ``limit`` and ``deadline`` are told after the run's counts.
 _STOPS: dict[str, tuple[str, str]] = {
-    "window": ("send window closed", "the next run inside the window resumes"),
-    AFTER_DEADLINE: (
+    StopReason.WINDOW: ("send window closed", "the next run inside the window resumes"),
+    StopReason.AFTER_DEADLINE: (
         "outside the window, which opens again only after the job's deadline",
         "nobody left can be sent in time: widen the window or move the deadline and rerun; "
         "else the first run past the deadline records them expired",
     ),
-    "SIGINT": ("stopped by SIGINT", "run the same command again to resume"),
-    "SIGTERM": ("stopped by SIGTERM", "run the same command again to resume"),
-    LIMIT: ("--limit reached", "a run without --limit sends the rest"),
-    "deadline": ("stopped at max_job_duration_s", "run the same command again to resume"),
+    StopReason.SIGINT: ("stopped by SIGINT", "run the same command again to resume"),
+    StopReason.SIGTERM: ("stopped by SIGTERM", "run the same command again to resume"),
+    StopReason.LIMIT: ("--limit reached", "a run without --limit sends the rest"),
+    StopReason.DEADLINE: ("stopped at max_job_duration_s", "run the same command again to resume"),
 }
 
 
@@ -294,10 +295,10 @@ def _n(count: int, unit: str) -> str:
 #: their quiet hours: the ``send_window`` closing (or, for a run outside it before it began,
 #: never open), and ``max_job_duration_s`` coming. Such a stop that leaves nobody ends as a
 #: run to the end of its input does (:func:`_ended`): its last rows were done already.
-_STOP_LEAVING = {
-    "window": Exit.WINDOW,
-    AFTER_DEADLINE: Exit.INCOMPLETE,
-    "deadline": Exit.INCOMPLETE,
+_STOP_LEAVING: dict[str, Exit] = {
+    StopReason.WINDOW: Exit.WINDOW,
+    StopReason.AFTER_DEADLINE: Exit.INCOMPLETE,
+    StopReason.DEADLINE: Exit.INCOMPLETE,
 }
 
 
@@ -315,9 +316,9 @@ def run_outcome(s: JobSummary) -> int:
         _tell_stop(s)  # the window closed or the time ran out with someone left
         return _STOP_LEAVING[s.stopped or ""]
     # (a window that closed, or max_job_duration_s that came, once everyone was sent: done)
-    if s.stopped == "quiet_hours":
+    if s.stopped == StopReason.QUIET_HOURS:
         return _tell_quiet(s)
-    if s.stopped == LIMIT:
+    if s.stopped == StopReason.LIMIT:
         _tell_stop(s)
     return _ended(s)
 
@@ -357,7 +358,7 @@ def _ended(s: JobSummary) -> int:
     whatever the code, and the code's cause last: the members waiting, for a 5."""
     if s.expired_groups:
         _tell_expired(s)
-    if s.waiting_recipients and s.stopped != LIMIT:
+    if s.waiting_recipients and s.stopped != StopReason.LIMIT:
         if s.expired_groups:  # said after it (else the summary's recipients line says them)
             say(
                 "job.waiting",
@@ -505,7 +506,7 @@ def _incomplete(s: JobSummary) -> bool:
     r = s.recipients
     if r is None:
         return bool(s.open_failed)
-    return r.failed > r.opted_out or (s.stopped != LIMIT and r.not_attempted > 0)
+    return r.failed > r.opted_out or (s.stopped != StopReason.LIMIT and r.not_attempted > 0)
 
 
 def print_dry_run(s: JobSummary, job: JobConfig, settings: Settings) -> int:
@@ -533,7 +534,7 @@ def _window_now(job: JobConfig) -> str:
     if in_window(job, utc(clock)):
         return "open"
     stopped = window_stop(job, clock)
-    if stopped == AFTER_DEADLINE:
+    if stopped == StopReason.AFTER_DEADLINE:
         return (
             "closed, and it opens again only after the job's deadline: a run now exits "
             f"{Exit.INCOMPLETE:d}"

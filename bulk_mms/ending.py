@@ -22,7 +22,7 @@ from bulk_mms.ledger.fold import FAILED, IN_DOUBT, RETRY_PENDING
 from bulk_mms.prepare import retired_senders
 from bulk_mms.report import capped, held_for_reset, waiting
 from bulk_mms.sending import GroupSender
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary, percentile
 from bulk_mms.windows import held_for_windows, reset_in_time
 
@@ -53,7 +53,7 @@ def final_summary(
     gates = sender.gates
     window_left, quiet = gates.window_left.left(view), gates.quiet.left(view)
     if stopped is None and window_left:  # groups left for a run inside the window
-        stopped = "window"
+        stopped = StopReason.WINDOW
     s.stopped = stopped
     s.duration_s = stats.elapsed_s
     waits = sorted(recorder.waits)

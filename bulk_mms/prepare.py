@@ -51,6 +51,7 @@ from bulk_mms.scan import (
     scan_input,
     write_rejected,
 )
+from bulk_mms.signals import StopReason
 from bulk_mms.summary import Estimate, JobSummary
 from bulk_mms.suppression import Suppressed, suppression_for
 from bulk_mms.validate import PhoneError, normalize_phone
@@ -590,7 +591,7 @@ async def dry_run(
         view = dry.one_pass(job, excluded, rejected_csv)
     s.read_whole_input = True
     s.duration_s = clock.monotonic() - started
-    s.stopped = "dry-run"
+    s.stopped = StopReason.DRY_RUN
     estimated = estimate(job, settings, s.sent_groups, s.sent_recipients, view, clock=clock)
     price, paid = max_cost_counts(settings, view)
     counted = Money(price.amount * s.sent_recipients, price.currency) if price else None

@@ -54,7 +54,7 @@ from bulk_mms.scan import InputScan, open_reader
 from bulk_mms.sending import GroupSender
 from bulk_mms.settle import SETTLED_SLACK_S, Verdict
 from bulk_mms.sharing import Sharing
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.startup import (
     begin,
     build_recorder,
@@ -63,7 +63,7 @@ from bulk_mms.startup import (
     planned_by_scan,
     scan_whole_input,
 )
-from bulk_mms.summary import LIMIT, JobSummary
+from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 from bulk_mms.track import Tracker
 
@@ -641,7 +641,7 @@ class Runner:
         if broken:
             # a bug, not a send error (those are all recorded): stop everything rather than
             # let the reader wait for workers that are gone, and let it be seen
-            self.stop.force("error")
+            self.stop.force(StopReason.ERROR)
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
 
@@ -815,7 +815,7 @@ class Runner:
         """The run's summary, with where the whole ledger stands now
         (:func:`~bulk_mms.ending.final_summary`)."""
         limited = self.limit is not None and self.queued >= self.limit
-        stopped = self.stop.reason or (LIMIT if limited else None)
+        stopped = self.stop.reason or (StopReason.LIMIT if limited else None)
         return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
 
 

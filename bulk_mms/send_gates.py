@@ -44,7 +44,7 @@ from bulk_mms.prepare import in_window
 from bulk_mms.quiet import closes_in, open_for
 from bulk_mms.recorder import closed_before_leaving, never_left
 from bulk_mms.retry import Attempted, StopRetrying
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.stopping import JobStops
 
 log = structlog.get_logger(__name__)
@@ -212,7 +212,7 @@ class SendGates:
         if not stop.is_set() and self.run_over():
             self.stops.run_deadline_reached()
         if stop.is_set():
-            why = closed_before_leaving if stop.reason == "window" else never_left
+            why = closed_before_leaving if stop.reason == StopReason.WINDOW else never_left
             raise StopRetrying(unsent(tries, on_record, why))
         window = job.recipient_window
         if window is not None and not open_for(window, tries.group.zones, utc(self.clock)):

@@ -12,14 +12,55 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 
+class StopReason(StrEnum):
+    """Why a run (or ``track``) stopped before the end of its work: the one table of the
+    words :attr:`~bulk_mms.summary.JobSummary.stopped` and the ``job.stopped`` line's
+    ``reason`` carry. How each is told, and its exit code, is the console's
+    (:func:`~bulk_mms.console.run_outcome`)."""
+
+    #: The ``send_window`` closed (or the run began outside it): the next run inside resumes.
+    WINDOW = "window"
+    #: Everyone left is held for their quiet hours.
+    QUIET_HOURS = "quiet_hours"
+    #: The window it is outside (its ``send_window``, or every held recipient's quiet hours)
+    #: opens again only after the job's deadline: nobody left can be sent in time (exit 1,
+    #: not 4: no later run sends them).
+    AFTER_DEADLINE = "after_deadline"
+    #: ``max_job_duration_s`` came (or a wait would pass it).
+    DEADLINE = "deadline"
+    #: The run sent its ``--limit`` of groups (a cap's stop is :attr:`CAP`).
+    LIMIT = "limit"
+    #: A signal (the stop's reason is the signal's name).
+    SIGINT = "SIGINT"
+    SIGTERM = "SIGTERM"
+    #: ``--dry-run``: nothing was to be sent.
+    DRY_RUN = "dry-run"
+    #: The errors that stop a job (:func:`~bulk_mms.stopping.stop_reason`): a refused key, a
+    #: burst of spam filtering, any other cap (a carrier's, ``daily_recipients``,
+    #: ``max_cost``), the account or every sender refused, no file descriptors left, an
+    #: endpoint that answers nothing usable, an API that stopped answering, the ledger.
+    AUTH = "auth"
+    SPAM = "spam"
+    CAP = "cap"
+    ACCOUNT = "account"
+    DESCRIPTORS = "descriptors"
+    ENDPOINT = "endpoint"
+    UNAVAILABLE = "unavailable"
+    LEDGER = "ledger"
+    #: An error no table names stopped the work; a second request to stop forced it.
+    ERROR = "error"
+    FORCED = "forced"
+
+
 class Stop(asyncio.Event):
-    """A stop request with its reason (``"SIGINT"``, ``"auth"``, ``"ledger"``...).
+    """A stop request with its reason (a :class:`StopReason`).
 
     A stop is graceful: no new request leaves, every wait ends at once, the requests in flight
     finish and are recorded. :meth:`force` (a second Ctrl-C) also cancels those in flight:
@@ -42,7 +83,7 @@ class Stop(asyncio.Event):
 
     def force(self, reason: str | None = None) -> None:
         """Stop now: a stop (if none was asked yet), and cancel the work in flight."""
-        self.request(reason or "forced")
+        self.request(reason or StopReason.FORCED)
         if not self.forced:
             self.forced = True
             for callback in self._on_force:

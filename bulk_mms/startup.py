@@ -33,8 +33,8 @@ from bulk_mms.recorder import Recorder
 from bulk_mms.scan import InputScan, ScanStopped, check_rejected_share, scan_input
 from bulk_mms.sending import GroupSender
 from bulk_mms.settle import Settler
-from bulk_mms.signals import Stop
-from bulk_mms.summary import AFTER_DEADLINE, JobSummary
+from bulk_mms.signals import Stop, StopReason
+from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import Suppressed
 from bulk_mms.windows import window_stop
 
@@ -51,7 +51,7 @@ def outside_window(job: JobConfig, clock: Clock) -> JobSummary | None:
         send_window=str(job.send_window),
         timezone=job.timezone,
         local_time=utc(clock).astimezone(job.zone).strftime("%H:%M"),
-        opens_after_deadline=stopped == AFTER_DEADLINE,
+        opens_after_deadline=stopped == StopReason.AFTER_DEADLINE,
     )
     return JobSummary(job.name, stopped=stopped)
 

@@ -34,7 +34,7 @@ from bulk_mms.errors import (
     SpamFiltered,
     WindowClosed,
 )
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 
 log = structlog.get_logger(__name__)
@@ -51,12 +51,12 @@ STOP_AFTER_REFUSED = 5
 #: :attr:`~bulk_mms.summary.JobSummary.stopped`, and its log event): ``spam`` for a burst of
 #: spam filtering, ``cap`` for any other cap (a carrier's, ``daily_recipients``,
 #: ``max_cost``), never ``limit``, which is ``--limit``'s.
-_STOP_REASONS: dict[type[FatalSendError], str] = {
-    AuthError: "auth",
-    SpamFiltered: "spam",
-    LimitReached: "cap",
-    AccountRefused: "account",
-    DescriptorsExhausted: "descriptors",
+_STOP_REASONS: dict[type[FatalSendError], StopReason] = {
+    AuthError: StopReason.AUTH,
+    SpamFiltered: StopReason.SPAM,
+    LimitReached: StopReason.CAP,
+    AccountRefused: StopReason.ACCOUNT,
+    DescriptorsExhausted: StopReason.DESCRIPTORS,
 }
 
 
@@ -64,7 +64,9 @@ def stop_reason(err: FatalSendError) -> str:
     """Why ``err`` stops the job (:data:`_STOP_REASONS`), by its class or the nearest it
     derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a cap);
     ``"endpoint"`` for any other."""
-    return next((r for cls, r in _STOP_REASONS.items() if isinstance(err, cls)), "endpoint")
+    return next(
+        (r for cls, r in _STOP_REASONS.items() if isinstance(err, cls)), StopReason.ENDPOINT
+    )
 
 
 class SpamWatch:
@@ -155,7 +157,7 @@ class JobStops:
         job's message."""
         self._count_refusal(err, refused)
         if self.unanswered >= STOP_AFTER_UNANSWERED and not self.stop.is_set():
-            self.fail(ApiUnavailable(_unanswered(err, tried=tried)), "unavailable")
+            self.fail(ApiUnavailable(_unanswered(err, tried=tried)), StopReason.UNAVAILABLE)
 
     def _count_refusal(self, err: SendError, refused: Sequence[str]) -> None:
         """One more group ended with ``err``: at :data:`STOP_AFTER_REFUSED` groups in a row
@@ -208,7 +210,7 @@ class JobStops:
                 "then rerun",
                 status=None,
             ),
-            "account",
+            StopReason.ACCOUNT,
         )
 
     def fail(self, error: BaseException, reason: str) -> None:
@@ -219,17 +221,17 @@ class JobStops:
 
     def ledger_failed(self, exc: LedgerError) -> None:
         """The ledger failed: stop (exit 7; nothing is lost, a rerun resumes)."""
-        self.fail(exc, "ledger")
+        self.fail(exc, StopReason.LEDGER)
 
     def window_closed(self) -> None:
         """The job's ``send_window`` has closed: stop the job (exit 4; the next run inside the
         window resumes), once."""
         if not self.stop.is_set():
             log.warning("job.window_closed", send_window=str(self.job.send_window))
-            self.stop.request("window")
+            self.stop.request(StopReason.WINDOW)
 
     def run_deadline_reached(self) -> None:
         """``max_job_duration_s`` has come (or a wait would pass it): stop the job, once."""
         if not self.stop.is_set():
             log.warning("job.deadline", max_job_duration_s=self.settings.max_job_duration_s)
-            self.stop.request("deadline")
+            self.stop.request(StopReason.DEADLINE)

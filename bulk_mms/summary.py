@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -65,15 +65,6 @@ class Estimate(msgspec.Struct, frozen=True):
         return f"about {self.cost.amount:.4f} {self.cost.currency} ({self.price_basis})"
 
 
-#: Why a run stopped (:attr:`JobSummary.stopped`) when the window it is outside (its
-#: ``send_window``, or every held recipient's quiet hours) opens again only after the job's
-#: deadline: nobody left can be sent in time (exit 1, not 4: no later run sends them).
-AFTER_DEADLINE: Final = "after_deadline"
-#: Why a run stopped (:attr:`JobSummary.stopped`) when it sent its ``--limit`` of groups: a
-#: cap's stop has its own words (:func:`~bulk_mms.stopping.stop_reason`).
-LIMIT: Final = "limit"
-
-
 class JobSummary(msgspec.Struct):
     """What one run did, and where the whole ledger stands afterwards."""
 
@@ -123,10 +114,8 @@ class JobSummary(msgspec.Struct):
     rate_limited: int = 0
     queue_full: int = 0
     duration_s: float = 0.0
-    #: Why the run stopped early, or None if it reached the end of the input: a signal's
-    #: name, ``window``, ``quiet_hours``, :data:`AFTER_DEADLINE`, :data:`LIMIT` (``--limit``),
-    #: ``deadline`` (``max_job_duration_s``), or the kind of error that stopped it
-    #: (:func:`~bulk_mms.stopping.stop_reason`: ``cap``, ``spam``, ``auth``...).
+    #: Why the run stopped early (a :class:`~bulk_mms.signals.StopReason`), or None if it
+    #: reached the end of its input.
     stopped: str | None = None
     #: Open problems over the whole ledger after the run: groups failed for good (an opt-out
     #: too: :attr:`recipients` tells those apart), in doubt, and pending a rerun; and every

@@ -63,7 +63,7 @@ from bulk_mms.rate import FixedRate, PaceAborted
 from bulk_mms.recipient_lists import Originals
 from bulk_mms.retry import fetch_with_retry
 from bulk_mms.settle import Settler, Verdict, never_accepted, own_ids
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
 from bulk_mms.words import escaped
 
@@ -306,11 +306,11 @@ class Tracker:
             statuses = await self.ask(g)
         except FatalSendError as exc:  # a refused key, or a redirect: no GET can succeed
             self.result.error = exc
-            self.stop.request("auth" if exc.status in (401, 403) else "endpoint")
+            self.stop.request(StopReason.AUTH if exc.status in (401, 403) else StopReason.ENDPOINT)
             return
         except ApiUnavailable as exc:  # nothing can be asked: stop every worker
             self.result.error = self.result.error or exc
-            self.stop.request("unavailable")
+            self.stop.request(StopReason.UNAVAILABLE)
             return
         except PaceAborted:  # stopping while this group waited for the rate: left as it is
             return

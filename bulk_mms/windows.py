@@ -2,11 +2,11 @@
 
 At the start, :func:`window_stop`: a run outside its ``send_window`` sends nothing and stops
 ``window`` (exit 4: a later run inside the window sends) when the window opens again before
-the job's deadline, else :data:`~bulk_mms.summary.AFTER_DEADLINE` (exit 1: no run can).
+the job's deadline, else :attr:`~bulk_mms.summary.StopReason.AFTER_DEADLINE` (exit 1: no run can).
 At the end, :func:`held_for_windows`: the recipients a run held for their quiet hours, or
 left unsent as the ``send_window`` closed, make it stop ``quiet_hours`` or ``window`` (exit 4)
 only when a later run can send one of them before the deadline; when nobody can,
-:data:`~bulk_mms.summary.AFTER_DEADLINE` (exit 1).
+:attr:`~bulk_mms.summary.StopReason.AFTER_DEADLINE` (exit 1).
 
 At the end too, :func:`reset_in_time`: a run a cap stopped (exit 5: a run after its reset
 resumes) whose reset comes only after the deadline ends with exit 1 instead: no run can.
@@ -31,7 +31,8 @@ from bulk_mms.gates import before, job_deadline, past
 from bulk_mms.ledger import Header, LedgerView, display, exists, open_store
 from bulk_mms.prepare import in_window
 from bulk_mms.quiet import next_opening, opens_before
-from bulk_mms.summary import AFTER_DEADLINE, JobSummary, minute_utc
+from bulk_mms.signals import StopReason
+from bulk_mms.summary import JobSummary, minute_utc
 
 log = structlog.get_logger(__name__)
 
@@ -42,9 +43,9 @@ ByZones = Mapping[tuple[str, ...], int]
 def window_stop(job: JobConfig, clock: Clock) -> str | None:
     """Why a run started now, outside its ``send_window`` and before the job's deadline,
     stops with nothing sent: the window opens again before the deadline (``window``, exit 4)
-    or only after it (:data:`AFTER_DEADLINE`, exit 1). None inside the window, or past the
-    deadline (the run goes on and records what is left expired, exit 1). What a run does,
-    and what ``--dry-run`` says it would."""
+    or only after it (:attr:`StopReason.AFTER_DEADLINE`, exit 1). None inside the window, or
+    past the deadline (the run goes on and records what is left expired, exit 1). What a run
+    does, and what ``--dry-run`` says it would."""
     window = job.send_window
     if window is None or in_window(job, now := utc(clock)):
         return None
@@ -61,12 +62,12 @@ def sending_window(job: JobConfig) -> tuple[tuple[SendWindow, tuple[str, ...]], 
 
 def _closed(job: JobConfig, now: dt.datetime, deadline: dt.datetime | None) -> str:
     """Why a run outside its (set) ``send_window`` at ``now`` stops: ``window`` (exit 4)
-    when it opens again before ``deadline``, else :data:`AFTER_DEADLINE` (exit 1)."""
+    when it opens again before ``deadline``, else :attr:`StopReason.AFTER_DEADLINE` (exit 1)."""
     assert job.send_window is not None
     return (
-        "window"
+        StopReason.WINDOW
         if opens_before(job.send_window, (job.timezone,), now, deadline)
-        else AFTER_DEADLINE
+        else StopReason.AFTER_DEADLINE
     )
 
 
@@ -76,7 +77,7 @@ def deadline_before_start(job: JobConfig) -> dt.datetime | None:
     such a run goes on, sends nothing (past the deadline nothing leaves) and records what is
     left ``expired_unsent``, rather than exit 4 for a later run that cannot send it either;
     before it, a window that opens again only after it stops the run with exit 1
-    (:data:`AFTER_DEADLINE`). Reads no more of the ledger than its header, and only for
+    (:attr:`StopReason.AFTER_DEADLINE`). Reads no more of the ledger than its header, and only for
     ``max_age_s``; a ledger that cannot be read then is left to the next run inside the
     window, which says why."""
     if job.max_age_s is None:
@@ -117,9 +118,9 @@ def held_for_windows(
       one of them can be sent (their window and the ``send_window`` open together; None:
       not within two days);
     * ``s.stopped``, only from ``window`` (the ``send_window`` closed mid-run) or None:
-      ``window`` becomes :data:`AFTER_DEADLINE` when nobody left can be sent before
+      ``window`` becomes :attr:`StopReason.AFTER_DEADLINE` when nobody left can be sent before
       ``expires``; None becomes ``quiet_hours`` when recipients are held and one of them can
-      be sent before ``expires``, else :data:`AFTER_DEADLINE`. Every other stop stands.
+      be sent before ``expires``, else :attr:`StopReason.AFTER_DEADLINE`. Every other stop stands.
 
     Args:
         s: the run's summary.
@@ -136,13 +137,13 @@ def held_for_windows(
         openings = [next_opening(window, z, now, also) for z in quiet]
         s.next_opening = min((o for o in openings if o is not None), default=None)
         s.quiet = {", ".join(z): n for z, n in quiet.items()}
-    if s.stopped == "window" and job.send_window is not None:  # it closed mid-run
+    if s.stopped == StopReason.WINDOW and job.send_window is not None:  # it closed mid-run
         others = _others_left(s, quiet, left)
         if not _sendable_in_time(job, now, expires, quiet, left, others=others):
-            s.stopped = AFTER_DEADLINE
+            s.stopped = StopReason.AFTER_DEADLINE
     elif s.stopped is None and s.quiet:
         sendable = _sendable_in_time(job, now, expires, quiet, left, others=False)
-        s.stopped = "quiet_hours" if sendable else AFTER_DEADLINE
+        s.stopped = StopReason.QUIET_HOURS if sendable else StopReason.AFTER_DEADLINE
 
 
 def reset_in_time(s: JobSummary, expires: dt.datetime | None) -> None:

@@ -24,8 +24,7 @@ from bulk_mms.pacing import Pacer
 from bulk_mms.recorder import Recorder
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
-from bulk_mms.summary import AFTER_DEADLINE
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
@@ -243,7 +242,7 @@ async def test_a_wall_clock_stepped_back_does_not_expire_a_group_before_the_dead
 
 @pytest.mark.parametrize(
     ("deadline", "stopped", "code"),
-    [("", "window", 4), ('\ndeadline = "2026-11-24T18:00+00:00"', AFTER_DEADLINE, 1)],
+    [("", "window", 4), ('\ndeadline = "2026-11-24T18:00+00:00"', StopReason.AFTER_DEADLINE, 1)],
     ids=["resumable", "too-late"],
 )
 async def test_a_run_stops_as_its_send_window_closes_not_after_its_waits(

@@ -27,7 +27,7 @@ from bulk_mms.quiet import (
     zones_for,
 )
 from bulk_mms.runner import run_job
-from bulk_mms.summary import AFTER_DEADLINE
+from bulk_mms.signals import StopReason
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt
 
@@ -168,12 +168,15 @@ async def test_recipients_whose_window_opens_after_the_deadline_make_the_run_exi
     client = FakeClient()
     s = await run_job(job, FAST, client, clock=FakeClock(wall=morning.timestamp()))
     assert sorted(client.sent_numbers()) == NEW_YORK
-    assert (s.stopped, run_outcome(s)) == (AFTER_DEADLINE, 1)
+    assert (s.stopped, run_outcome(s)) == (StopReason.AFTER_DEADLINE, 1)
 
 
 @pytest.mark.parametrize(
     ("deadline", "stopped", "code"),
-    [("", "quiet_hours", 4), ('\ndeadline = "2026-11-25T20:00+00:00"', AFTER_DEADLINE, 1)],
+    [
+        ("", "quiet_hours", 4),
+        ('\ndeadline = "2026-11-25T20:00+00:00"', StopReason.AFTER_DEADLINE, 1),
+    ],
 )
 async def test_held_recipients_wait_for_the_send_window_to_be_open_too(
     jobs: JobFactory, deadline: str, stopped: str, code: int
@@ -200,7 +203,7 @@ async def test_held_recipients_wait_for_the_send_window_to_be_open_too(
     [
         (4, "", "window", 4),
         (4, '\ndeadline = "2026-11-25T16:30+00:00"', "window", 4),
-        (4, '\ndeadline = "2026-11-25T15:30+00:00"', AFTER_DEADLINE, 1),
+        (4, '\ndeadline = "2026-11-25T15:30+00:00"', StopReason.AFTER_DEADLINE, 1),
         (12, '\ndeadline = "2026-11-25T15:30+00:00"', "window", 4),
     ],
     ids=["no-deadline", "held-in-time", "held-too-late", "others-in-time"],

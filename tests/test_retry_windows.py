@@ -14,7 +14,7 @@ from bulk_mms.console import run_outcome
 from bulk_mms.errors import Exit
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.runner import run_job
-from bulk_mms.summary import AFTER_DEADLINE
+from bulk_mms.signals import StopReason
 from bulk_mms.testing import ledger_events
 from tests.conftest import FAST, FakeClock, JobFactory, real_client
 
@@ -58,5 +58,9 @@ async def test_a_503_past_a_send_window_that_reopens_only_after_the_deadline_exi
     fake.faults.append(Fault("status", 503, headers={"Retry-After": "600"}))
     async with real_client(fake) as client:
         s = await run_job(job, ONE, client, clock=FakeClock(wall=NOW.timestamp()))
-    assert (s.error, s.stopped, run_outcome(s)) == (None, AFTER_DEADLINE, Exit.INCOMPLETE)
+    assert (s.error, s.stopped, run_outcome(s)) == (
+        None,
+        StopReason.AFTER_DEADLINE,
+        Exit.INCOMPLETE,
+    )
     assert s.retry_later_groups == 1

@@ -39,7 +39,8 @@ from bulk_mms.recipient_lists import write_failed_csv
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
-from bulk_mms.summary import AFTER_DEADLINE, JobSummary
+from bulk_mms.signals import StopReason
+from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import track_ledger
@@ -194,7 +195,7 @@ async def test_outside_a_window_that_opens_only_after_the_deadline_a_run_exits_1
     before = ledger_events(job.ledger)
     client = FakeClient()
     s = await run_job(job, FAST, client, clock=clock_at(EVENING))
-    assert (client.calls, s.stopped, s.expired_groups) == ([], AFTER_DEADLINE, 0)
+    assert (client.calls, s.stopped, s.expired_groups) == ([], StopReason.AFTER_DEADLINE, 0)
     assert run_outcome(s) == 1
     assert ledger_events(job.ledger) == before
 
@@ -696,7 +697,7 @@ def at(hh: int, mm: int) -> dt.datetime:
 
 @pytest.mark.parametrize(
     ("deadline", "stopped"),
-    [(None, "quiet_hours"), (at(16, 30), "quiet_hours"), (at(15, 30), AFTER_DEADLINE)],
+    [(None, "quiet_hours"), (at(16, 30), "quiet_hours"), (at(15, 30), StopReason.AFTER_DEADLINE)],
     ids=["no-deadline", "opens-in-time", "opens-too-late"],
 )
 def test_held_recipients_stop_the_run_for_quiet_hours_only_if_sendable_in_time(
@@ -714,7 +715,7 @@ def test_held_recipients_stop_the_run_for_quiet_hours_only_if_sendable_in_time(
 @pytest.mark.parametrize("in_doubt", [False, True], ids=["left-unsent", "left-in-doubt"])
 @pytest.mark.parametrize(
     ("deadline", "stopped"),
-    [(None, "window"), (at(15, 30), "window"), (at(15, 5), AFTER_DEADLINE)],
+    [(None, "window"), (at(15, 30), "window"), (at(15, 5), StopReason.AFTER_DEADLINE)],
     ids=["no-deadline", "opens-in-time", "opens-too-late"],
 )
 def test_a_send_window_closed_mid_run_is_after_deadline_when_it_opens_too_late(
@@ -738,7 +739,7 @@ def test_a_send_window_closed_mid_run_is_after_deadline_when_it_opens_too_late(
     ("left", "not_attempted", "whole", "stopped"),
     [
         ({(NY,): 4}, 4, True, "window"),
-        ({(LONDON,): 4}, 4, True, AFTER_DEADLINE),
+        ({(LONDON,): 4}, 4, True, StopReason.AFTER_DEADLINE),
         ({(LONDON,): 4}, 5, True, "window"),
         ({(LONDON,): 4}, 4, False, "window"),
     ],

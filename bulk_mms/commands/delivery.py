@@ -29,7 +29,7 @@ from bulk_mms.console import SIGNAL_EXIT, exit_for, fail
 from bulk_mms.errors import ConfigError, Exit, FatalSendError
 from bulk_mms.extras import needs
 from bulk_mms.ledger import Location, display, location
-from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.signals import Stop, StopReason, stopping_on_signals
 from bulk_mms.suppression import suppression_for
 from bulk_mms.track import TrackResult, format_track, track_ledger
 
@@ -85,7 +85,7 @@ async def _track(
                     path, settings, client, follow=follow, stop=stop, result=found
                 )
     except asyncio.CancelledError:
-        return TrackResult(stopped=stop.reason or "SIGINT", job=found.job)
+        return TrackResult(stopped=stop.reason or StopReason.SIGINT, job=found.job)
     except FatalSendError as exc:
         return TrackResult(error=exc, job=found.job)
 

@@ -47,7 +47,7 @@ from bulk_mms.reruns import (
     rerun_name,
 )
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop, stopping_on_signals
+from bulk_mms.signals import Stop, StopReason, stopping_on_signals
 from bulk_mms.summary import JobSummary
 
 
@@ -327,4 +327,4 @@ async def _run(
                     rejected_csv=rejected_csv,
                 )
     except asyncio.CancelledError:
-        return JobSummary(job.name, stopped=stop.reason or "SIGINT")
+        return JobSummary(job.name, stopped=stop.reason or StopReason.SIGINT)
