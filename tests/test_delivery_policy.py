@@ -625,3 +625,37 @@ async def test_track_takes_in_a_moved_member_reported_delivered_while_its_group_
     s = await run_job(job, FAST, client, clock=FakeClock(wall=time.time() + 2 * 86_400))
     assert (len(client.calls), s.sent_groups) == (1, 0)
     assert run_outcome(s) == 0
+
+
+@pytest.mark.parametrize("before", ["refused", "moved"])
+def test_a_member_tried_in_a_group_before_the_one_that_reached_it_is_taken_back(
+    before: str,
+) -> None:
+    """A member tried in an earlier group (refused there for another member's 40300, or
+    moved out of it once already), then moved out of the group that reached it after all,
+    is that group's again: only a group tried since makes the move stand."""
+    first: list[events.Event]
+    if before == "refused":
+        first = [
+            events.Attempt("g0", (A, B), from_=HEALTHY),
+            events.Failed("g0", (A, B), code="40300", refused=(B,), action=Action.SUPPRESS),
+        ]
+    else:
+        first = [
+            events.Attempt("g0", (A,), from_=HEALTHY),
+            events.Sent("g0", (A,), message_id="m0", from_=HEALTHY),
+            Moved("g0", (A,), "", "40016", "t", 0.0),
+        ]
+    view = LedgerView.fold(
+        [
+            *first,
+            events.Attempt("g1", (A,), from_=HEALTHY),
+            events.Sent("g1", (A,), message_id="m1", from_=HEALTHY),
+            Moved("g1", (A,), "", "40016", "t", 0.0),
+            events.Reached("g1", (A,), "t"),
+        ]
+    )
+    assert view.groups["g1"].moved == ()
+    assert waiting(view) == {}
+    assert view.texted_twice() == {}
+    assert view.recipients().later == 0

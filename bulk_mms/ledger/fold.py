@@ -396,8 +396,9 @@ class LedgerView(msgspec.Struct, eq=False):
     _moves: Counter[str] | None = None
     #: Whether any member was reached after a move (:meth:`_tried_again` looks only then).
     _any_reached: bool = False
-    #: Phone number → the groups it was tried in (an attempt, or an outcome): built when first
-    #: asked once a member was reached after a move (:meth:`_tried`), kept from then on.
+    #: Phone number → the groups it was tried in (an attempt, or an outcome), in the order
+    #: they were first tried: built when first asked once a member was reached after a move
+    #: (:meth:`_tried`), kept from then on.
     _tried_in: dict[str, tuple[str, ...]] | None = None
     #: Phone number → the group a ``reached`` event took it back into (out of its ``moved``):
     #: built when first asked (:meth:`_taken_back`).
@@ -537,8 +538,8 @@ class LedgerView(msgspec.Struct, eq=False):
         self._any_reached = True
         if self._moves is not None:
             self._moves.subtract(new)
-        tried = self._tried()
-        back = [p for p in new if all(gid == rec.id for gid in tried.get(p, ()))]
+        tried = self._tried()  # a group tried before this one (refused, moved) makes no odds
+        back = [p for p in new if tried.get(p, (rec.id,))[-1] == rec.id]
         if back:
             rec.moved = tuple(p for p in rec.moved if p not in back)
             self._taken_back().update(dict.fromkeys(back, rec.id))
