@@ -27,7 +27,13 @@ from bulk_mms.codes import MEANINGS
 from bulk_mms.csvfile import write_whole
 from bulk_mms.ledger import Event, Location, display, read_events
 from bulk_mms.ledger.events import Failed, InDoubt, Paced, RunStarted, Sent
-from bulk_mms.report import LedgerSummary, cost_words, not_attempted_reasons, summarize
+from bulk_mms.report import (
+    LedgerSummary,
+    cost_words,
+    not_attempted_reasons,
+    summarize,
+    texted_twice_words,
+)
 from bulk_mms.words import count, error_words
 
 if TYPE_CHECKING:
@@ -128,6 +134,7 @@ def render(s: LedgerSummary, t: Timeline, name: str) -> str:
         ),
         "<h2>Outcomes and delivery</h2>",
         _figure(_outcomes_chart(s), "outcomes", "recipients by state, and the delivery funnel"),
+        f"<p>{_e(texted_twice_words(s))}</p>" if s.texted_twice else "",
         "<h2>Senders</h2>",
         _figure(_senders_chart(t), "senders", "groups sent by each number"),
         "<h2>Cost</h2>",

@@ -659,10 +659,7 @@ def _delivery_lines(s: LedgerSummary, d: dict[str, Any], path: Location) -> list
             'go again (under "not sent, and why"), by the status that moved them'
         )
     if s.texted_twice:
-        lines.append(
-            f"  texted twice: {count(s.texted_twice, 'recipient')} (moved out of their group "
-            "and sent again, then reported delivered by the first message)"
-        )
+        lines.append(f"  {texted_twice_words(s)}")
     if d["delivery_unconfirmed"]:
         lines.append(
             f"  delivered? unconfirmed: {count(d['delivery_unconfirmed'], 'recipient')} "
@@ -795,6 +792,15 @@ def _rows_lines(rows: InputRows) -> list[str]:
         kind("suppressed", rows.suppressed, "whose number is on the suppression list"),
         kind("already sent", rows.excluded, "by a ledger given to --exclude-sent"),
     ]
+
+
+def texted_twice_words(s: LedgerSummary) -> str:
+    """Those texted twice (:attr:`LedgerSummary.texted_twice`), in words, for the table and
+    the HTML page."""
+    return (
+        f"texted twice: {count(s.texted_twice, 'recipient')} (moved out of their group and "
+        "sent again, yet reported delivered by the first message)"
+    )
 
 
 def cost_words(s: LedgerSummary) -> str:

@@ -30,7 +30,7 @@ from bulk_mms.ledger.events import status_event
 from bulk_mms.ledger.fold import RecipientCounts
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
-from bulk_mms.report import LedgerSummary, ResetHolds, Waiting, summarize
+from bulk_mms.report import LedgerSummary, ResetHolds, Waiting, format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.words import error_words
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, missing, numbers, ok_receipt
@@ -246,3 +246,14 @@ async def test_the_page_names_the_carriers_codes_of_those_who_did_not_get_it(
         f"<td>{html.escape(error_words('40014'))}</td><td>1</td><td>40014</td><td>retry</td>"
         in rows
     )
+
+
+def test_the_page_says_how_many_were_texted_twice_as_the_table_does() -> None:
+    """Recipients texted twice (moved, sent again, then reached by the first message) are
+    named on the page in the table's words; a page with none says nothing of it."""
+    s = LedgerSummary(recipient_states=RecipientCounts(4, 4, 0, 0, 0, 0, input_read=True))
+    s.delivery["delivered"] = 4
+    assert "texted twice" not in render(s, Timeline(), "ledger")
+    s.texted_twice = 2
+    (line,) = [ln.strip() for ln in format_text(s, "ledger").splitlines() if "texted twice" in ln]
+    assert html.escape(line) in render(s, Timeline(), "ledger")
