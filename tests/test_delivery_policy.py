@@ -659,3 +659,23 @@ def test_a_member_tried_in_a_group_before_the_one_that_reached_it_is_taken_back(
     assert waiting(view) == {}
     assert view.texted_twice() == {}
     assert view.recipients().later == 0
+
+
+def test_a_group_read_again_after_its_resend_still_makes_the_move_stand() -> None:
+    """A shared run reads a sent group again (refresh_group) after the resend of a member
+    moved out of it was sent; then a report says the first message reached that member:
+    the move stands (texted twice), as a fold of the same ledger has it."""
+    first: list[events.Event] = [
+        events.Attempt("g1", (A, B), from_=HEALTHY),
+        events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
+        Moved("g1", (A,), "", "40016", "t", 0.0),
+    ]
+    again = [events.Attempt("g2", (A,), from_=HEALTHY), events.Sent("g2", (A,), message_id="m2")]
+    reached = events.Reached("g1", (A,), "t")
+    view = LedgerView.fold([*first, *again])
+    view.refresh_group("g1", first)
+    view.apply(reached)
+    assert view.groups["g1"].moved == (A,)
+    assert view.texted_twice() == {A: ("g1", "g2")}
+    fold = LedgerView.fold([*first, *again, reached])
+    assert (view.recipients(), view.moves(A)) == (fold.recipients(), fold.moves(A))

@@ -545,7 +545,8 @@ class LedgerView(msgspec.Struct, eq=False):
             self._taken_back().update(dict.fromkeys(back, rec.id))
 
     def _tried(self) -> dict[str, tuple[str, ...]]:
-        """:attr:`_tried_in`, built when first asked."""
+        """:attr:`_tried_in`, built when first asked (the groups are in the order they were
+        first seen, which is the order they were first tried in)."""
         if self._tried_in is None:
             tried: dict[str, tuple[str, ...]] = {}
             for rec in self.groups.values():
@@ -737,15 +738,27 @@ class LedgerView(msgspec.Struct, eq=False):
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
         """Rebuild one group from its events as the ledger has them now (another process
         may have sent it): what a shared run does before it decides about the group. Its
-        moves count once, as the ledger has them now (:meth:`moves`)."""
-        old = self.groups.pop(gid, None)
-        if old is not None and self._moves is not None:
-            self._moves.subtract(p for p in old.moved if p not in old.reached)
-        if old is not None and old.reached:
-            self._back = None  # built again as the ledger has the group now
+        moves count once, as the ledger has them now (:meth:`moves`). It keeps its place among
+        the groups: their order is the order they were first tried in (:meth:`_tried`)."""
+        old = self.groups.get(gid)
+        later: dict[str, str] = {}  # its members a later send took (group_of): theirs still
+        if old is not None:
+            if self._group_of is not None and old.moved:
+                later = {p: g for p in old.moved if (g := self._group_of.get(p, gid)) != gid}
+            if self._moves is not None:
+                self._moves.subtract(p for p in old.moved if p not in old.reached)
+            if old.reached:
+                self._back = None  # built again as the ledger has the group now
+            self.groups[gid] = GroupRecord(gid, ())
         for ev in stream:
             self.apply(ev)
-        return self.groups.get(gid)
+        if later and self._group_of is not None:
+            self._group_of.update(later)
+        rec = self.groups.get(gid)
+        if rec is not None and rec == GroupRecord(gid, ()):
+            del self.groups[gid]  # no event of it left: unknown, as a fold has it
+            return None
+        return rec
 
     def kept_back(self, gid: str, members: tuple[str, ...]) -> None:
         """``members`` of ``gid`` stay where they were: a shared ledger did not write their
