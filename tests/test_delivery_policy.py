@@ -670,7 +670,10 @@ def test_a_group_read_again_after_its_resend_still_makes_the_move_stand() -> Non
         events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
         Moved("g1", (A,), "", "40016", "t", 0.0),
     ]
-    again = [events.Attempt("g2", (A,), from_=HEALTHY), events.Sent("g2", (A,), message_id="m2")]
+    again: list[events.Event] = [
+        events.Attempt("g2", (A,), from_=HEALTHY),
+        events.Sent("g2", (A,), message_id="m2"),
+    ]
     reached = events.Reached("g1", (A,), "t")
     view = LedgerView.fold([*first, *again])
     view.refresh_group("g1", first)
