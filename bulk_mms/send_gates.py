@@ -76,16 +76,10 @@ class Tries(msgspec.Struct):
     #: under (a shared ledger): a claim under another was taken over meanwhile.
     fence: Fence | None = None
     #: When the first of its windows (the job's ``send_window``, its recipients'
-    #: ``recipient_window``) closes (monotonic), as its tries began; None: neither is set.
-    window_closes: float | None = None
-
-    @property
-    def waits_end(self) -> float | None:
-        """No wait for its next try (the pacer's, a backoff) that ends after this is begun:
-        its ``group_deadline`` or its first window's close, whichever comes first
-        (:meth:`SendGates._held_for_window` says what then)."""
-        ends = [t for t in (self.group_deadline, self.window_closes) if t is not None]
-        return min(ends, default=None)
+    #: ``recipient_window``) closes, as its tries began: a moment of the wall clock, which
+    #: the windows are read by (:meth:`SendGates.window_closes` puts it on the monotonic
+    #: clock as the wall clock reads it then); None: neither is set.
+    window_closes_at: float | None = None
 
 
 def unsent(
@@ -160,9 +154,26 @@ class SendGates:
         """The job's deadline (``expires_at``) on the monotonic clock, where waits (the
         pacer's, a backoff's) end, as the wall clock reads it now: a wall clock stepped since
         the run began (NTP) moves it."""
-        if self.expires_at is None:
-            return None
-        return self.clock.monotonic() + (self.expires_at.timestamp() - self.clock.wall())
+        return None if self.expires_at is None else self._mono(self.expires_at.timestamp())
+
+    def window_closes(self, tries: Tries) -> float | None:
+        """When the first of the group's windows closes (:attr:`Tries.window_closes_at`) on
+        the monotonic clock, as the wall clock reads it now: a wall clock stepped while the
+        group waits moves it, as it moves the deadline (:meth:`expires_mono`)."""
+        at = tries.window_closes_at
+        return None if at is None else self._mono(at)
+
+    def waits_end(self, tries: Tries) -> float | None:
+        """No wait for the group's next try (the pacer's, a backoff) that ends after this
+        (monotonic) is begun: its ``group_deadline`` or its first window's close, whichever
+        comes first (:meth:`_held_for_window` says what then)."""
+        ends = [t for t in (tries.group_deadline, self.window_closes(tries)) if t is not None]
+        return min(ends, default=None)
+
+    def _mono(self, wall: float) -> float:
+        """The moment ``wall`` (seconds since the epoch) on the monotonic clock, as the wall
+        clock reads it now."""
+        return self.clock.monotonic() + (wall - self.clock.wall())
 
     def run_over(self) -> bool:
         """Whether ``max_job_duration_s`` has come: from then on no request leaves, and the
@@ -256,7 +267,7 @@ class SendGates:
         """By when (monotonic) the group's message must have left its sender's queue at Telnyx
         to reach its recipients in time: the job's deadline or its first window's close,
         whichever comes first; None when neither is set."""
-        ends = [t for t in (self.expires_mono(), tries.window_closes) if t is not None]
+        ends = [t for t in (self.expires_mono(), self.window_closes(tries)) if t is not None]
         return min(ends, default=None)
 
     def _check_queue(self, tries: Tries, leaves: float, on_record: bool) -> None:
@@ -272,7 +283,7 @@ class SendGates:
         reported, and its ledger's earlier answers as it began (another host's messages from the
         same sender since are not in it); near a close, no try of a sender goes before an
         answer set its queue unless it is the one out (:meth:`first_answer`)."""
-        ends, closes = self._delivery_ends(tries), tries.window_closes
+        ends, closes = self._delivery_ends(tries), self.window_closes(tries)
         if ends is None or leaves < ends:
             return
         if self._outlasted(tries, leaves) or on_record:
@@ -310,7 +321,7 @@ class SendGates:
             limit = self._before_deadline()
         else:
             limit = f"within max_group_age_s ({self.settings.max_group_age_s:g} s)"
-        ends = tries.waits_end
+        ends = self.waits_end(tries)
         if ends is not None and alone(ends):
             tries.held = True  # another sender sends on: the job goes on with it
         paused = "its sender is paused past it (429s or a long queue)"
@@ -323,14 +334,13 @@ class SendGates:
         )
         return f"before the job's deadline{at}"
 
-    @staticmethod
-    def _alone_gives_up(tries: Tries, until: float, why: str, limit: str) -> StopRetrying:
+    def _alone_gives_up(self, tries: Tries, until: float, why: str, limit: str) -> StopRetrying:
         """How the group alone gives up when it could leave only at ``until`` (monotonic),
         past a limit, for ``why``: left for a run inside the job's ``send_window`` when that
         is past its close (:class:`WindowClosed`), else past ``limit`` (the limit it misses,
         as said), pending a rerun (:class:`RateLimited`, with no status). Neither asks the
         API anything."""
-        if tries.window_closes is not None and until >= tries.window_closes:
+        if (closes := self.window_closes(tries)) is not None and until >= closes:
             return StopRetrying(
                 WindowClosed(
                     f"not sent before its send_window closes: {why}; a run inside the "
@@ -363,10 +373,10 @@ class SendGates:
         return result
 
     def windows_close(self, group: Group) -> float | None:
-        """When the first of ``group``'s windows closes, on the monotonic clock
+        """When the first of ``group``'s windows closes, on the wall clock
         (:meth:`_windows_left`; None: none will)."""
         left = self._windows_left(group)
-        return None if left is None else self.clock.monotonic() + left
+        return None if left is None else self.clock.wall() + left
 
     def _windows_left(self, group: Group) -> float | None:
         """Seconds until the first of ``group``'s windows closes (0: one is closed now): the
@@ -439,7 +449,7 @@ class SendGates:
         (exit 4); else the group alone is left for a run inside the window
         (:attr:`window_left`: the run then stops ``window``, exit 4), its tries ending with
         their last error, and the job goes on (False). The one test of it, for both waits."""
-        if tries.window_closes is None or until < tries.window_closes:
+        if (first := self.window_closes(tries)) is None or until < first:
             return False
         job, group, now = self.job, tries.group, self.clock.monotonic()
         at = utc(self.clock)

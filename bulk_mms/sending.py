@@ -273,7 +273,7 @@ class GroupSender:
             t0=rec.t0 if rec is not None and rec.key in (None, key) else None,
             ambiguous=was_in_doubt,
             fence=self.recorder.coordinator.fence(group.id),
-            window_closes=self.gates.windows_close(group),
+            window_closes_at=self.gates.windows_close(group),
         )
         retriers = self._retriers
         retrier = (
@@ -285,7 +285,7 @@ class GroupSender:
             result = await retrier.run(
                 group,
                 functools.partial(self._try, tries),
-                deadline=tries.waits_end,
+                deadline=self.gates.waits_end(tries),
                 ambiguous_until=key_valid_until(
                     self.view, self.settings.retry, group.id, fresh=self.clock.wall()
                 ),
@@ -409,7 +409,7 @@ class GroupSender:
         group = tries.group
         try:
             ticket = await self._unless_stopped(
-                self.pacer.acquire(group.message.from_, len(group.to), tries.waits_end)
+                self.pacer.acquire(group.message.from_, len(group.to), self.gates.waits_end(tries))
             )
         except PaceAborted as exc:
             tries.rerouted = exc.reason == "retired"

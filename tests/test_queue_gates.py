@@ -14,12 +14,13 @@ from msgspec.structs import replace
 
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import run_outcome
-from bulk_mms.errors import Exit
+from bulk_mms.errors import Exit, ServerError
 from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.fake_api.faults import Fault
+from bulk_mms.models import Group, SendReceipt
 from bulk_mms.runner import run_job
 from bulk_mms.summary import JobSummary
-from tests.conftest import FAST, FakeClock, JobFactory, real_client
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
 from tests.test_quiet import NEW_YORK
 
 #: Ten seconds before 10:30 UTC, where the windows and deadlines below end.
@@ -207,3 +208,28 @@ async def test_near_the_close_a_queue_the_ledger_knows_holds_no_group_for_an_ans
     accepted = [at for at, _, _ in fake.accept_log[1:]]
     assert (s.sent_groups, len(accepted)) == (4, 4)
     assert max(accepted) - min(accepted) < 1  # none waited 5 s for the first answer
+
+
+async def test_a_wall_clock_stepped_while_a_group_waits_moves_the_close_its_queue_is_judged_by(
+    jobs: JobFactory,
+) -> None:
+    """Ten minutes before the send_window closes, the first group's answer reports a 5-minute
+    queue; the second group's first try gets a 503, and the wall clock steps 400 s forward
+    (NTP, a VM resumed) before its retry: the queue would now carry it past the close, so
+    it is not sent (exit 4), not judged by where the close was before the step."""
+    jobs.people(8)
+    job = jobs.job(extra=CLOSING)
+    clock = FakeClock(wall=NOW.timestamp() - 590)
+    accepted: list[float] = []
+
+    def answer(g: Group, n: int) -> SendReceipt:
+        if n == 1:
+            clock.step_wall(400.0)
+            raise ServerError("busy", status=503, retry_after=1.0)
+        accepted.append(clock.wall())
+        return ok_receipt(g, n, wait=300.0)
+
+    settings = replace(ONE, max_queue_wait_s=600.0)  # a queue of 5 minutes pauses nothing
+    s = await run_job(job, settings, FakeClient(answer), clock=clock)
+    assert accepted == pytest.approx([NOW.timestamp() - 590], abs=0.1)
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
