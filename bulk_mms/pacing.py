@@ -198,6 +198,9 @@ class SenderPace(msgspec.Struct):
     #: (monotonic: the answer's time plus the wait it reported): a message sent now leaves
     #: no earlier (:meth:`Pacer.queue_ahead`).
     departs: float = -math.inf
+    #: A 429 said its queue is full (40318) since its latest wait was reported: the queue is
+    #: longer than :attr:`departs` says, by how much no answer has said yet.
+    full: bool = False
     last_increase: float = -math.inf
     #: When a report last showed a queue; "empty" means none for a whole second.
     last_queued: float = -math.inf
@@ -242,6 +245,7 @@ class SenderPace(msgspec.Struct):
         """Take in the ``wait_seconds`` reported for ``ticket``; return a rate change, if any."""
         self.last_wait = wait
         self.departs = max(self.departs, now + wait)
+        self.full = False
         if wait <= NO_QUEUE_S:
             # One short wait may be a rounded-down small one; a second of them is no queue.
             if now - self.last_queued < 1.0:
@@ -273,6 +277,7 @@ class SenderPace(msgspec.Struct):
         """A 429 for this sender: pause for the hint (or a backoff) and cut the rate."""
         pause = retry_after if retry_after is not None else DEFAULT_429_PAUSE_S
         self.paused_until = max(self.paused_until, now + pause)
+        self.full = self.full or queue_full
         if queue_full and self.last_wait > NO_QUEUE_S:
             # The queue's cap is shorter than our goal: aim well under the wait it filled at.
             self.goal_wait = max(0.5, min(self.goal_wait, self.last_wait / 2))
@@ -439,11 +444,12 @@ class Pacer:
     def queue_known(self, sender: str) -> bool:
         """Whether :meth:`queue_ahead` knows ``sender``'s queue at Telnyx: an answer of this
         run reported its wait (:meth:`observe`), or the ledger's latest answer for it did
-        (:meth:`queued_until`). Until then a message of it may wait up to
-        :data:`WAIT_CEILING_S` for all this process knows. A sender not in the pool has no
-        queue to learn."""
+        (:meth:`queued_until`), and no 429 since said the queue is full (40318: other
+        traffic of the number filled it, to hours of messages). Until then a message of it
+        may wait up to :data:`WAIT_CEILING_S` for all this process knows. A sender not in
+        the pool has no queue to learn."""
         pace = self.senders.get(sender)
-        return pace is None or pace.departs > -math.inf
+        return pace is None or (pace.departs > -math.inf and not pace.full)
 
     def queued_until(self, sender: str, leaves: float) -> None:
         """A message of ``sender`` accepted before this run (the ledger's latest answer for

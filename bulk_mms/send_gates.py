@@ -80,6 +80,9 @@ class Tries(msgspec.Struct):
     #: the windows are read by (:meth:`SendGates.window_closes` puts it on the monotonic
     #: clock as the wall clock reads it then); None: neither is set.
     window_closes_at: float | None = None
+    #: Its sender's one try out while its queue at Telnyx is unknown near a close
+    #: (:meth:`SendGates.first_answer`): held by this try, released as it ends.
+    learning: asyncio.Lock | None = None
 
 
 def unsent(

@@ -364,7 +364,7 @@ class GroupSender:
         it takes its send slot, and the request leaves; its answer, the wait it reported
         taken in by the pacer, or the error that ended it."""
         waiting = self.gates.first_answer(tries)
-        learning = None if waiting is None else await waiting
+        tries.learning = None if waiting is None else await waiting
         try:
             ticket = await self._pace(tries)
             await self._reserve(tries)
@@ -382,8 +382,9 @@ class GroupSender:
             wait = self.pacer.observe(ticket, receipt.wait_seconds)
             return receipt if wait == receipt.wait_seconds else replace(receipt, wait_seconds=wait)
         finally:
-            if learning is not None:  # its answer (if any) set the queue: the others go on
-                learning.release()
+            if tries.learning is not None:  # its answer (if any) set the queue: the others go on
+                tries.learning.release()
+                tries.learning = None
 
     def _own_answer(self, group: Group, receipt: SendReceipt) -> SendReceipt:
         """``receipt``, when its message id is no other group's: an id that already answered
@@ -460,6 +461,12 @@ class GroupSender:
             held = await self.claims.hold(tries.group.id, tries.fence)
         except StopRetrying:  # stopped while claiming again
             raise StopRetrying(unsent(tries, on_record=True)) from None
+        if tries.learning is None and (waiting := self.gates.first_answer(tries)) is not None:
+            # a 429 said its sender's queue is full since the try began (40318): near a close
+            # it goes only as the one try out, and the gates then judge the queue it learned
+            asked = self.clock.monotonic()
+            tries.learning = await waiting
+            held = None if held is None else held - (self.clock.monotonic() - asked)
         self.gates.check(tries, on_record=True)
         now = self.clock.monotonic()
         ends = [t for t in (self.gates.leave_within(tries, now), held) if t is not None]

@@ -233,3 +233,31 @@ async def test_a_wall_clock_stepped_while_a_group_waits_moves_the_close_its_queu
     s = await run_job(job, settings, FakeClient(answer), clock=clock)
     assert accepted == pytest.approx([NOW.timestamp() - 590], abs=0.1)
     assert (s.sent_groups, s.stopped, run_outcome(s)) == (1, "window", Exit.WINDOW)
+
+
+async def test_after_a_queue_full_429_near_the_close_one_group_goes_until_an_answer_sets_the_queue(
+    jobs: JobFactory,
+) -> None:
+    """A minute before the close the queue is known empty, then a 429 says it is full
+    (40318: hours of messages, other traffic of the number): as the pause ends, one group
+    goes, the others wait for its answer, whose hour-long queue holds them (exit 4); not
+    four at once, each reaching its recipients an hour after the close."""
+    jobs.people(20)
+    full = {"Retry-After": "2"}
+    fake = FakeTelnyx(
+        wait_seconds=lambda n: 0.0 if n == 0 else 3600.0, clock=asyncio.get_running_loop().time
+    )
+    fake.faults.extend(
+        [
+            Fault("slow", delay=0.0),
+            Fault("status", 429, headers=full, code="40318"),
+            *(Fault("slow", delay=5.0) for _ in range(4)),
+        ]
+    )
+    settings = replace(FAST, rate=2.0, concurrency=4)
+    async with real_client(fake) as client:
+        s = await run_job(
+            jobs.job(extra=CLOSING), settings, client, clock=FakeClock(wall=NOW.timestamp() - 50)
+        )
+    assert len(fake.accept_log) == 2
+    assert (s.sent_groups, s.stopped, run_outcome(s)) == (2, "window", Exit.WINDOW)
