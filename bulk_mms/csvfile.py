@@ -149,6 +149,10 @@ def write_whole(path: Path, write: Callable[[TextIO], T], *, newline: str | None
 #: gives every round a ledger and a campaign of its own; and its header marks the file as
 #: bulk-mms's own, whose cells the reader gives back as they were (:func:`read_cell`).
 CAMPAIGN_COLUMN: Final = "bulk_mms_campaign"
+#: The other column a file of failed recipients adds, saying why each row is in it: the one a
+#: file sent again replaces. An input that is no such file may not have it (its values would
+#: be lost in the failed file: :func:`~bulk_mms.scan.check_columns`).
+REASON_COLUMN: Final = "bulk_mms_reason"
 
 
 def toml_string(delimiter: str) -> str:

@@ -36,6 +36,7 @@ from bulk_mms.lines import (
     Lines,
     LongLine,
     line_start,
+    other_case,
 )
 from bulk_mms.models import SHOWN_CHARS, RejectedRow, Row
 from bulk_mms.spans import CUT_OFF
@@ -128,9 +129,10 @@ class JsonlRows:
                         if checked < _LOOK_AHEAD
                         else f"none of its first {checked} lines"
                     )
+                    case = other_case(self.phone, self.columns, "field")
                     raise InputError(
                         self.path,
-                        f"{which} has a {self.phone!r} field (fields: "
+                        f"{which} has a {self.phone!r} field{case} (fields: "
                         f"{', '.join(self.columns)}); set phone_column in the job",
                         line=first,
                     )
@@ -260,7 +262,7 @@ class JsonlRows:
                 fields[name] = value
                 continue
             if value is None and name not in rec and name == self.phone:
-                why = f"missing field {name!r}"
+                why = f"missing field {name!r}{other_case(name, rec, 'field')}"
             elif isinstance(value, dict | list):
                 why = f"field {name!r} is not a text value (an object or a list)"
             else:
@@ -324,23 +326,23 @@ _NOT_FINITE: dict[str, str | None] = {"NaN": None, "Infinity": "Infinity", "-Inf
 
 
 def _python_written(text: str | bytes) -> dict[str, object] | None:
-    """A JSONL line orjson refused, read as Python's json module wrote it: an object holding
-    ``NaN`` or an ``(-)Infinity`` (:data:`_NOT_FINITE`), every other number as written (as
-    :func:`_as_written` reads one), when that is all that kept it from being JSON. None for
-    any other line (no such constant, not an object, a string orjson refuses, such as half a
+    """A JSONL line orjson refused, read as Python's json module reads it, when that is all
+    that kept it from being read: an object holding ``NaN`` or an ``(-)Infinity``, which
+    Python's json writes for a float that is not finite (:data:`_NOT_FINITE`), or a number
+    past a float's range (``1e999``, which orjson calls infinity), every number that is not an
+    integer as written (as :func:`_as_written` reads one). None for any other line (not JSON
+    to Python either, not an object, not UTF-8, a string orjson refuses, such as half a
     surrogate pair): orjson's reason stands."""
-    met: list[str] = []
-
-    def constant(name: str) -> str | None:
-        met.append(name)
-        return _NOT_FINITE[name]
-
     try:
-        obj = json.loads(text, parse_float=str, parse_constant=constant)
+        obj = json.loads(
+            text if isinstance(text, str) else text.decode(),  # UTF-8 alone, as orjson reads
+            parse_float=str,
+            parse_constant=_NOT_FINITE.__getitem__,
+        )
         orjson.dumps(obj)  # every string one orjson takes (no lone surrogate)
     except (ValueError, RecursionError, TypeError):
         return None
-    return cast(dict[str, object], obj) if met and isinstance(obj, dict) else None
+    return cast(dict[str, object], obj) if isinstance(obj, dict) else None
 
 
 def _as_written(raw: bytes, encoding: str) -> dict[str, object] | None:

@@ -9,14 +9,15 @@ first bytes and whether it holds a quote, its rest read and dropped.
 
 It also says what the line ends of a file tell: a file whose lines end in a carriage return
 alone (an old Mac export) reads as one over-long line (:func:`old_mac_ends`), and a carriage
-return alone inside a line is named as such in a rejected row's reason.
+return alone inside a line is named as such in a rejected row's reason. The reasons both readers
+give alike are here too (:func:`other_case`).
 """
 
 from __future__ import annotations
 
 import codecs
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, cast, final
@@ -66,6 +67,16 @@ MAC_CSV: Final = (
     "the header ends in a carriage return alone (the line end of Excel for Mac's \"CSV "
     '(Macintosh)"): save the file as "CSV UTF-8 (Comma delimited)" and run again'
 )
+
+
+def other_case(name: str, names: Iterable[str], kind: str) -> str:
+    """What to add to the reason a column or field ``name`` (the phone's) is not found, when
+    ``names`` (a CSV header's columns, a JSONL record's or file's keys; ``kind``: "column" or
+    "field") has it in another case: `` (column names are matched exactly: 'Phone'?)``;
+    nothing when none has."""
+    folded = name.casefold()
+    named = next((n for n in names if n.casefold() == folded), None)
+    return f" ({kind} names are matched exactly: {named!r}?)" if named is not None else ""
 
 
 @final  # told apart from bytes by ``type(line) is``

@@ -68,6 +68,7 @@ from bulk_mms.lines import (
     LongLine,
     line_start,
     old_mac_ends,
+    other_case,
 )
 from bulk_mms.models import SHOWN_CHARS, RejectedRow, Row
 from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
@@ -587,8 +588,7 @@ class RowReader:
                     f"its columns are separated by {name}s, not {DELIMITERS[ours]}s: set "
                     f"{_setting(sep)} in the job and run again"
                 )
-        named = [c for c in self.columns if c.casefold() == self.phone.casefold()]
-        case = f" (column names are matched exactly: {named[0]!r}?)" if named else ""
+        case = other_case(self.phone, self.columns, "column")
         return (
             f"no {self.phone!r} column{case} (columns: {', '.join(self.columns)}); "
             "set phone_column in the job"

@@ -23,7 +23,7 @@ from typing import Final
 import structlog
 
 from bulk_mms.codes import MEANINGS
-from bulk_mms.csvfile import CAMPAIGN_COLUMN, own_delimiter, write_csv
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, REASON_COLUMN, own_delimiter, write_csv
 from bulk_mms.errors import InputError, LedgerError, LedgerUnavailable
 from bulk_mms.ledger import (
     Attempt,
@@ -52,9 +52,6 @@ from bulk_mms.validate import PhoneError, normalize_phone
 from bulk_mms.words import BY_KIND, OPEN, error_words, why_words
 
 log = structlog.get_logger(__name__)
-
-#: The column the failed-recipients file adds, saying why each row is in it.
-REASON_COLUMN = "bulk_mms_reason"
 
 
 def lists_nobody(path: Path) -> bool:

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from bulk_mms.config import JobConfig
-from bulk_mms.csvfile import write_csv
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, REASON_COLUMN, write_csv
 from bulk_mms.errors import ConfigError, InputError
 from bulk_mms.grouping import (
     APART,
@@ -144,23 +144,34 @@ def open_reader(
     reader.open()
     try:
         check_columns(job, reader)
-    except ConfigError:
+    except (ConfigError, InputError):
         reader.close()
         raise
     return reader
 
 
 def check_columns(job: JobConfig, reader: RowReader) -> None:
-    """Refuse a job whose settings name a column its input does not have, once the
-    reader's columns are all the file's (:attr:`~bulk_mms.reader.RowReader.complete`);
+    """Refuse a job whose settings name a column its input does not have, and an input
+    that has the column a file of failed recipients adds to say why each is in it
+    (:data:`~bulk_mms.csvfile.REASON_COLUMN`) but is no such file (it has no
+    :data:`~bulk_mms.csvfile.CAMPAIGN_COLUMN`): that file would write over its values. Once
+    the reader's columns are all the file's (:attr:`~bulk_mms.reader.RowReader.complete`);
     nothing before. A JSONL file none of whose records parses has none to check: each of
     its rows is rejected.
 
     Raises:
         ConfigError: naming the setting, the column and the input's columns.
+        InputError: naming the input and the failed file's column.
     """
     if not reader.complete or not reader.columns:
         return
+    if REASON_COLUMN in reader.columns and CAMPAIGN_COLUMN not in reader.columns:
+        raise InputError(
+            job.input,
+            f"has a column {REASON_COLUMN!r}, which a --failed-csv file adds to say why each "
+            "recipient is in it: that file would lose this one's values. Rename the column "
+            "(and any placeholder naming it), and run again",
+        )
     for setting, names in (
         ("message.text", job.message.text.fields if job.message.text else ()),
         ("message.subject", job.message.subject.fields if job.message.subject else ()),
@@ -196,10 +207,11 @@ def checked_rows(
     ``group_by`` value (:func:`~bulk_mms.grouping.key_check`), for being in a ``group_by``
     group whose members share no hour of the ``recipient_window`` (``apart``, as a scan
     found them: :attr:`InputScan.apart`; whole groups, so the rest keep theirs; but not a
-    group whose id is in ``known()``, a ledger's groups: one it tried); only then is
-    a number seen before a duplicate (adding each duplicate's number to ``repeated`` if
-    given), so a row rejected for its other values never takes a later, valid row's number
-    from it; last, the numbers an ``--exclude-sent`` ledger sent (``excluded``) are left out.
+    group whose id is in ``known()``, a ledger's groups: one it tried). Only a row that passes
+    them takes its number, so a row rejected for its other values never takes a later, valid
+    row's number from it. A row whose number a valid row before it has is a duplicate (its
+    number added to ``repeated`` if given), and one whose number an ``--exclude-sent`` ledger
+    sent (``excluded``) is left out, whatever else is wrong with it: that person is sent.
     All in one loop a row: :func:`~bulk_mms.validate.recipient_rows`."""
     checks = (
         plain_check(job.message),

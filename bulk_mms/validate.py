@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
 from bulk_mms.spans import number_text
+from bulk_mms.words import escaped
 
 if TYPE_CHECKING:
     from phonenumbers import PhoneNumberDesc
@@ -121,10 +122,10 @@ _SPREADSHEET_ERROR: Final = re.compile(
     re.IGNORECASE,
 )
 #: What parts two numbers written in one cell (``415-555-0100 / 212-555-0199``,
-#: ``+1 415 555 0100 or +1 212 555 0199``); then, for numbers parted by spaces alone
-#: (``4155550100 2125550199``), a space too, as no part of a number written with them has seven
-#: digits (``+1 415 555 0100``).
-_BETWEEN_NUMBERS: Final = re.compile(r"[,;/&|]|\b(?:or|and)\b", re.IGNORECASE)
+#: ``+1 415 555 0100 or +1 212 555 0199``, one on each line of the cell); then, for numbers
+#: parted by spaces alone (``4155550100 2125550199``), a space too, as no part of a number
+#: written with them has seven digits (``+1 415 555 0100``).
+_BETWEEN_NUMBERS: Final = re.compile(r"[,;/&|\r\n]|\b(?:or|and)\b", re.IGNORECASE)
 _BETWEEN_NUMBERS_OR_SPACE: Final = re.compile(r"[,;/&|\s]|\b(?:or|and)\b", re.IGNORECASE)
 #: A number's parts as a +1 number is written, separators (anything but a digit) only between
 #: them: ``1``, the area code, the exchange, the line (:func:`_grouped`).
@@ -480,18 +481,21 @@ def recipient_rows(
     excluded: Container[int] = (),
 ) -> Iterator[Recipient | RejectedRow]:
     """Each row as a :class:`Recipient` with its number in E.164, or rejected, in input order;
-    rejected rows pass through. A row is rejected, in this order:
+    rejected rows pass through. A row is rejected for the first of these that applies (the
+    checks are asked before the number's earlier rows are looked at):
 
     - for its number, with the reason it is not one group MMS can reach (or, for a number
       that is the phone column's name, that the row is the header again);
-    - by the first of ``checks`` that rejects it (each is given the recipient the one before
-      it gave);
     - as a duplicate, when an earlier recipient has its number (the reason's value is the row's
-      as written). Only recipients count: a row rejected before this leaves its number free
-      for a later, valid row of the same person, who is sent to, never called a duplicate of
-      a row that was not sent. ``repeated``, if given, gets the number (as an int) of each;
+      as written), whatever else is wrong with it: that person is in the job. Only recipients
+      count: a row rejected for its values leaves its number free for a later, valid row of
+      the same person, who is sent to, never called a duplicate of a row that was not sent.
+      ``repeated``, if given, gets the number (as an int) of each;
     - as excluded, when its number (as an int) is in ``excluded`` (the numbers an
-      ``--exclude-sent`` ledger sent): it is still its number's first sighting.
+      ``--exclude-sent`` ledger sent), whatever else is wrong with it: that person was sent
+      (a valid row's is still its number's first sighting);
+    - by the first of ``checks`` that rejects it (each is given the recipient the one before
+      it gave).
 
     One loop a row, the checks called in it: a pass over a million rows makes each step once.
     Seen numbers are kept as ints (E.164 digits), about 70 bytes each, so a million-row file
@@ -530,17 +534,17 @@ def recipient_rows(
         for check in todo:
             checked = check(recipient)
             if type(checked) is RejectedRow:
-                yield checked
+                value = recipient.fields.get(phone_column, phone)
+                yield _unless_sent(
+                    checked, phone, value, seen=seen, excluded=excluded, repeated=repeated
+                )
                 break
             recipient = checked
         else:
             key = int(phone)  # the digits: int reads past the "+"
             if key in seen:
-                if repeated is not None:
-                    repeated.add(key)
                 value = recipient.fields.get(phone_column, phone)
-                reason = f"duplicate: {phone} appears earlier in the input"
-                yield RejectedRow(row.line, value, reason, Rejection.DUPLICATE)
+                yield _duplicate(row.line, value, phone, repeated)
                 continue
             remember(key)
             if key in excluded:
@@ -549,13 +553,45 @@ def recipient_rows(
             yield recipient
 
 
+def _duplicate(line: int, value: str, phone: str, repeated: set[int] | None) -> RejectedRow:
+    """The row at ``line`` (its phone cell ``value``) rejected as a duplicate of an earlier
+    recipient's ``phone``, which is added to ``repeated`` (as an int) if given."""
+    if repeated is not None:
+        repeated.add(int(phone))
+    reason = f"duplicate: {phone} appears earlier in the input"
+    return RejectedRow(line, value, reason, Rejection.DUPLICATE)
+
+
+def _unless_sent(
+    rejected: RejectedRow,
+    phone: str,
+    value: str,
+    *,
+    seen: Container[int],
+    excluded: Container[int],
+    repeated: set[int] | None,
+) -> RejectedRow:
+    """A row a check rejected (its number ``phone``, its phone cell ``value``), as it is, but
+    when its person is sent all the same, which makes it no loss: a duplicate when a
+    recipient before it has the number (:func:`_duplicate`, in ``seen``), excluded when an
+    ``--exclude-sent`` ledger sent it (in ``excluded``). It takes no number: a later, valid
+    row of the same person is sent."""
+    key = int(phone)
+    if key in seen:
+        return _duplicate(rejected.line, value, phone, repeated)
+    if key in excluded:
+        return RejectedRow(rejected.line, phone, _EXCLUDED, Rejection.EXCLUDED)
+    return rejected
+
+
 def _not_a_number(line: int, raw: str, phone_column: str, why: PhoneError) -> RejectedRow:
-    """The row whose number ``raw`` is not one group MMS can reach, rejected for ``why``; or,
-    when it is the phone column's name, as the header again (files joined into one, each
-    begun with a byte order mark)."""
+    """The row whose number ``raw`` is not one group MMS can reach, rejected for ``why``, in
+    one line (a line break of the cell it quotes written ``\\n``: :func:`~bulk_mms.words.
+    escaped`); or, when it is the phone column's name, as the header again (files joined into
+    one, each begun with a byte order mark)."""
     if raw.strip().lstrip("\ufeff") == phone_column:
         return RejectedRow(line, raw, _HEADER_AGAIN, Rejection.ROW)
-    return RejectedRow(line, raw, str(why), Rejection.INVALID)
+    return RejectedRow(line, raw, escaped(str(why)), Rejection.INVALID)
 
 
 #: The reason a row whose number is the phone column's name is rejected.

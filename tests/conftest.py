@@ -13,12 +13,13 @@ import secrets
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 import hypothesis
+import orjson
 import psycopg
 import psycopg.waiting
 import pytest
@@ -168,6 +169,12 @@ class JobFactory:
         cols = list(rows[0]) if rows else ["phone"]
         lines = [",".join(cols)] + [",".join(r.get(c, "") for c in cols) for r in rows]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def jsonl(self, records: Sequence[Mapping[str, object]], name: str = "people.jsonl") -> Path:
+        """A JSONL input of ``records``, one a line."""
+        path = self.root / name
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
         return path
 
     def job(

@@ -13,6 +13,7 @@ from msgspec.structs import replace
 
 from bulk_mms.cli import main
 from bulk_mms.codes import Action
+from bulk_mms.csvfile import REASON_COLUMN
 from bulk_mms.errors import ApiError, Rejected
 from bulk_mms.ledger import (
     Attempt,
@@ -31,7 +32,7 @@ from bulk_mms.ledger import fold as fold_module
 from bulk_mms.ledger.events import Event, decode, encode
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.policy import load_policy
-from bulk_mms.recipient_lists import REASON_COLUMN, write_failed_csv
+from bulk_mms.recipient_lists import write_failed_csv
 from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.suppression import Suppressed, default_list

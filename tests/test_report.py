@@ -18,7 +18,7 @@ from msgspec.structs import replace
 from bulk_mms import report as report_module
 from bulk_mms.cli import main
 from bulk_mms.config import folders, load_job
-from bulk_mms.csvfile import CAMPAIGN_COLUMN
+from bulk_mms.csvfile import CAMPAIGN_COLUMN, REASON_COLUMN
 from bulk_mms.errors import ApiError, NetworkError, Rejected, SendError, ServerError
 from bulk_mms.ledger import Header, InputRows, LedgerView, Planned, open_store, read_events
 from bulk_mms.ledger import Rejected as RejectedEvent
@@ -27,7 +27,7 @@ from bulk_mms.ledger.events import encode, status_event
 from bulk_mms.ledger.fold import UNRECORDED
 from bulk_mms.models import Group, RecipientStatus, SendReceipt
 from bulk_mms.reader import RowReader
-from bulk_mms.recipient_lists import REASON_COLUMN, missed_by, write_failed_csv
+from bulk_mms.recipient_lists import missed_by, write_failed_csv
 from bulk_mms.recorder import never_left
 from bulk_mms.report import NO_HEADER, LedgerSummary, format_csv, format_text, summarize
 from bulk_mms.runner import run_job
