@@ -30,7 +30,8 @@ written against anyone: whatever arrives, the only file written is the ledger, a
 recipients of messages it sent. One task looks for all such events, every half second, with
 one read of what was appended to the ledger since; it looks for
 :data:`~bulk_mms.webhooks.base.LATE_MAX` at most, and one more gets 503 (Telnyx delivers it
-again), never a 2xx that drops it unlooked for.
+again), never a 2xx that drops it unlooked for; as does one that comes while the receiver
+stops, which no look would follow.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case

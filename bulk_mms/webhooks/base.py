@@ -269,8 +269,12 @@ class BaseReceiver:
         :func:`reports_in`), the request answered: every :data:`LATE_POLL_S` for
         :attr:`late_window_s` (a webhook can beat the run's ``sent`` line), with every other
         such event (:meth:`_poll`); what matching needs is kept of it, not its body (:class:`Late`).
-        False, and not looked for, when :attr:`late_max` are already: the caller answers 503,
-        so Telnyx delivers it again (:data:`LATE_MAX`)."""
+        False, and not looked for, when :attr:`late_max` are already (:data:`LATE_MAX`), or
+        the receiver is stopping (no look would follow but the last, a moment later): the
+        caller answers 503 (:meth:`not_held`), so Telnyx delivers it again."""
+        if self._stopping():
+            log.warning("webhook.late_refused", id=short_field(event_id), reason="stopping")
+            return False
         if len(self._late) >= self.late_max:
             log.warning("webhook.late_full", id=short_field(event_id), pending=len(self._late))
             return False
@@ -369,6 +373,12 @@ class BaseReceiver:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
+    def not_held(self) -> web.Response:
+        """The answer to an event that no ledger knows and that :meth:`look_later` refused
+        (the receiver stopping, or :data:`LATE_MAX` held): 503, so Telnyx delivers it again."""
+        why = "stopping" if self._stopping() else "too many events are being looked for now"
+        return web.json_response({"error": why}, status=503)
+
     async def settle(self) -> None:
         """Wait until every event still being looked for is matched or counted unmatched."""
         while (poller := self._poller) is not None and not poller.done():
@@ -404,9 +414,3 @@ def fault(exc: BaseException) -> dict[str, str]:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
     return {"error": type(exc).__name__, "at": where}
-
-
-def too_many_late() -> web.Response:
-    """The answer to an event that no ledger knows and cannot be looked for again now
-    (:data:`LATE_MAX`): 503, so Telnyx delivers it again."""
-    return web.json_response({"error": "too many events are being looked for now"}, status=503)

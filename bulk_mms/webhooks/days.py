@@ -26,7 +26,6 @@ from bulk_mms.webhooks.base import (
     BaseReceiver,
     Late,
     ReceiverOptions,
-    too_many_late,
     write_failed,
 )
 from bulk_mms.webhooks.events import Origin, origin, reports_in, short_field
@@ -276,7 +275,7 @@ class JobReceiver(BaseReceiver):
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
         elif not self.look_later(event_id, event_type, data, message_id, reports):
-            return too_many_late()
+            return self.not_held()
         self._answered[event_id] = self.clock.monotonic()
         if len(self._answered) > ANSWERED_MAX:
             self._answered.popitem(last=False)

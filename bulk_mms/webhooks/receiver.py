@@ -34,7 +34,6 @@ from bulk_mms.webhooks.base import (
     BaseReceiver,
     Late,
     ReceiverOptions,
-    too_many_late,
     write_failed,
 )
 from bulk_mms.webhooks.events import FIELD_MAX, Origin, origin, reports_in, short_field
@@ -148,7 +147,7 @@ class WebhookReceiver(BaseReceiver):
             and message_id is not None
             and not self.look_later(event_id, event_type, data, message_id, unknown)
         ):
-            return too_many_late()
+            return self.not_held()
         self.view.webhook_ids.add(event_id)
         if unknown and message_id is None:
             self._unmatched(event_id, message_id, unknown)
