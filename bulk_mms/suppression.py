@@ -205,11 +205,13 @@ class Suppressed:
                 lock.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise ConfigError(
-                    "suppression.file", f"cannot lock {lock}: {exc.strerror}"
-                ) from None
+                raise _unlockable(lock, exc) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
+                try:
+                    # released with the descriptor; a share without locks (ENOLCK) refuses it
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as exc:
+                    raise _unlockable(lock, exc) from None
                 self._lock_fd = fd
                 self._renew(self._listed())
                 yield
@@ -403,6 +405,11 @@ def suppression_for(file: Path | None, where: object = None) -> Suppressed:
 
         return PostgresSuppressed(where)
     return Suppressed(file if file is not None else default_list())
+
+
+def _unlockable(lock: Path, exc: OSError) -> ConfigError:
+    """The error for a list whose lock (the side file ``lock``) cannot be made or taken."""
+    return ConfigError("suppression.file", f"cannot lock {lock}: {exc.strerror}")
 
 
 def _number(line: str) -> str | None:

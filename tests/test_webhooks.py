@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -1171,6 +1172,42 @@ async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
     assert listed.numbers() == ["+12125550002"]
     failed = [e for e in logs if e["event"] == "webhook.write_failed"]
     assert [e["error"] for e in failed] == ["suppression.file: cannot write: disk full"]
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_a_stop_whose_list_cannot_be_locked_gets_503_and_is_taken_when_redelivered(
+    jobs: JobFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A STOP whose suppression list's lock cannot be taken (a share whose lock service is
+    down: ENOLCK) gets 503 and one line naming the setting, never a 500 with a traceback;
+    its redelivery once the lock can be taken puts the number on the list once."""
+    listed = Suppressed(tmp_path / "suppressed.txt")
+    receiver, _, _ = await receiver_for(jobs, suppressed=listed)
+    flock, left = fcntl.flock, [1]
+
+    def no_locks(fd: int, operation: int) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        flock(fd, operation)
+
+    monkeypatch.setattr("bulk_mms.suppression.fcntl.flock", no_locks)
+    stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")
+    with caplog.at_level(logging.DEBUG), capture_logs() as logs:
+        async with TestClient(TestServer(receiver.app())) as http:
+            assert (await post_signed(http, stop))[0] == 503
+            assert (await post_signed(http, stop))[1]["suppressed"] is True
+            assert (await post_signed(http, stop))[1]["suppressed"] is False
+    await receiver.close()
+    await receiver.store.close()
+    assert listed.numbers() == ["+12125550002"]
+    assert (tmp_path / "suppressed.txt").read_text().count("+12125550002") == 1
+    failed = [e["error"] for e in logs if e["event"] == "webhook.write_failed"]
+    assert len(failed) == 1
+    assert failed[0].startswith("suppression.file: cannot lock")
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
