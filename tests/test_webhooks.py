@@ -147,6 +147,12 @@ def stranger(n: int, like: Group) -> dict[str, Any]:
     return event("message.finalized", other, f"other-{n}", "delivered")
 
 
+def beating(like: Group) -> dict[str, Any]:
+    """A report of the group :func:`append_late_group` appends, before its `sent` line."""
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    return event("message.finalized", late, "late-msg", "delivered")
+
+
 def pollers() -> int:
     """How many tasks look for events again (:meth:`BaseReceiver._poll`) in this loop."""
     return sum(
@@ -505,12 +511,7 @@ async def test_an_event_no_ledger_knows_that_comes_while_stopping_gets_503_not_d
     stop = asyncio.Event()
     receiver, path, client = await receiver_for(jobs, stop=stop)
     like = client.calls[0]
-    beat = event(
-        "message.finalized",
-        Group("late-group", 9, ("+13125550111",), (9,), like.message),
-        "late-msg",
-        "delivered",
-    )
+    beat = beating(like)
     async with TestClient(TestServer(receiver.app())) as http:
         stop.set()
         assert (await post_signed(http, beat))[0] == 503
@@ -835,12 +836,7 @@ async def test_an_event_past_the_bound_gets_503_and_its_redelivery_is_recorded(
     receiver, path, client = await receiver_for(jobs)
     receiver.late_max = 2
     like = client.calls[0]
-    beat = event(
-        "message.finalized",
-        Group("late-group", 9, ("+13125550111",), (9,), like.message),
-        "late-msg",
-        "delivered",
-    )
+    beat = beating(like)
     async with TestClient(TestServer(receiver.app())) as http:
         for n in range(2):
             assert (await post_signed(http, stranger(n, like)))[1]["pending"] == 1
