@@ -304,7 +304,7 @@ class Suppressed:
         if phone not in self or not isinstance(self.path, Path):
             return None
         found = None
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self._lines():
             if (text := _number(line)) is None:
                 continue
             try:
