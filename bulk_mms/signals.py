@@ -45,7 +45,8 @@ class StopReason(StrEnum):
     #: The errors that stop a job (:func:`~bulk_mms.stopping.stop_reason`): a refused key, a
     #: burst of spam filtering, any other cap (a carrier's, ``daily_recipients``,
     #: ``max_cost``), the account or every sender refused, no file descriptors left, an
-    #: endpoint that answers nothing usable, an API that stopped answering, the ledger.
+    #: endpoint that answers nothing usable, an API that stopped answering, the ledger, groups
+    #: refused the same way in a row (:class:`~bulk_mms.errors.RefusedRepeatedly`).
     AUTH = "auth"
     SPAM = "spam"
     CAP = "cap"
@@ -54,6 +55,7 @@ class StopReason(StrEnum):
     ENDPOINT = "endpoint"
     UNAVAILABLE = "unavailable"
     LEDGER = "ledger"
+    REFUSED = "refused"
     #: An error no table names stopped the work; a second request to stop forced it.
     ERROR = "error"
     FORCED = "forced"
@@ -69,19 +71,19 @@ class Stop(asyncio.Event):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
         self.forced = False
         self._on_force: list[Callable[[], None]] = []
         self._children: list[Stop] = []
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: StopReason) -> None:
         if not self.is_set():
             self.reason = reason
             self.set()
             for child in self._children:
                 child.request(reason)
 
-    def force(self, reason: str | None = None) -> None:
+    def force(self, reason: StopReason | None = None) -> None:
         """Stop now: a stop (if none was asked yet), and cancel the work in flight."""
         self.request(reason or StopReason.FORCED)
         if not self.forced:
@@ -123,12 +125,12 @@ def stopping_on_signals(
     loop = asyncio.get_running_loop()
     signals: list[str] = []
 
-    def force(name: str) -> None:
+    def force(name: StopReason) -> None:
         stop.force(name)
         if cancel_on_force:
             task.cancel()
 
-    def on_signal(name: str) -> None:
+    def on_signal(name: StopReason) -> None:
         signals.append(name)
         if len(signals) == 1:
             log.warning("job.stopping", signal=name)
@@ -141,7 +143,7 @@ def stopping_on_signals(
             task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.add_signal_handler(sig, on_signal, StopReason(sig.name))
     try:
         yield
     finally:

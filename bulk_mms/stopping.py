@@ -60,7 +60,7 @@ _STOP_REASONS: dict[type[FatalSendError], StopReason] = {
 }
 
 
-def stop_reason(err: FatalSendError) -> str:
+def stop_reason(err: FatalSendError) -> StopReason:
     """Why ``err`` stops the job (:data:`_STOP_REASONS`), by its class or the nearest it
     derives from (a :class:`~bulk_mms.errors.MaxCostReached` stops as a cap);
     ``"endpoint"`` for any other."""
@@ -178,7 +178,7 @@ class JobStops:
                     "message or sender is refused, not its recipients. Fix the job and rerun "
                     "to send the rest; report --failed-csv lists the refused groups"
                 ),
-                "refused",
+                StopReason.REFUSED,
             )
 
     def tried(self, err: SendError | None) -> None:
@@ -213,7 +213,7 @@ class JobStops:
             StopReason.ACCOUNT,
         )
 
-    def fail(self, error: BaseException, reason: str) -> None:
+    def fail(self, error: BaseException, reason: StopReason) -> None:
         """Stop the job for ``reason``, keeping ``error`` unless an earlier one stopped it."""
         if self.summary.error is None:
             self.summary.error = error

@@ -36,7 +36,7 @@ from bulk_mms.ledger import LedgerView, jsonl, open_store
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import FakeClient, FakeClock, ledger_events, ok_receipt
 from bulk_mms.track import track_ledger
@@ -377,7 +377,7 @@ async def crash_mid_send(
             recorded = len(client.calls) == calls and _all_recorded(job, client, hang)
             still = still + 1 if recorded else 0
             calls = len(client.calls)
-        stop.force("SIGKILL")
+        stop.force(StopReason.FORCED)
         await task
     return client
 

@@ -16,7 +16,7 @@ from msgspec.structs import replace
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.testing import FakeClient, FakeClock, ok_receipt
 from tests.conftest import FAST, JobFactory, numbers
 
@@ -46,7 +46,7 @@ def test_a_run_that_dies_anywhere_resumes_to_everyone_once(
         receipt = ok_receipt(g, n)
         if n == dies_at:
             client.took(g, receipt)  # the server took it; the answer never comes back
-            stop.force("SIGKILL")
+            stop.force(StopReason.FORCED)
             await asyncio.Event().wait()
         return receipt
 

@@ -56,7 +56,7 @@ from bulk_mms.models import Group, MessageBody, RecipientStatus
 from bulk_mms.policy import MAX_RESENDS
 from bulk_mms.recorder import Recorder
 from bulk_mms.sharing import Sharing
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 from tests.conftest import FakeClock, JobFactory, numbers, query, wait_for, waits_on_a_lock
 from tests.test_clock import stop_process
@@ -1401,7 +1401,7 @@ async def test_the_last_drain_is_cut_short_by_a_stop_and_cancels_cleanly(
     never = asyncio.get_running_loop().create_future()
     waiting = asyncio.create_task(_bounded(never, stop))
     await asyncio.sleep(0)
-    stop.request("SIGTERM")
+    stop.request(StopReason.SIGTERM)
     start = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError):
         await waiting

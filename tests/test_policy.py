@@ -38,7 +38,7 @@ from bulk_mms.policy import carrier_reset, refused_members
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import Suppressed, default_list
 from bulk_mms.testing import groups_in
@@ -891,7 +891,7 @@ async def test_the_dry_run_follows_the_ledger_to_the_group_a_run_would_send(
 
     def handler(g: Group, n: int) -> SendReceipt | SendError:
         if people[1] in g.to:
-            stop.request("SIGTERM")
+            stop.request(StopReason.SIGTERM)
             return opted_out(g, people[1])
         return ok_receipt(g, n)
 

@@ -50,7 +50,7 @@ from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.settle import never_accepted
 from bulk_mms.sharing import Sharing
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 from bulk_mms.suppression import suppression_for
 from bulk_mms.testing import groups_in, write_ledger
@@ -772,7 +772,7 @@ async def test_a_run_that_ends_gives_its_claims_back_at_once(
         if g.seq == 1 and ends == "refused_key":
             return AuthError("refused", status=401)
         if g.seq == 1 and ends == "stopped":
-            stop.request("signal")
+            stop.request(StopReason.SIGTERM)
         return ok_receipt(g, n)
 
     settings = replace(FAST, concurrency=1)

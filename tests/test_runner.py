@@ -39,7 +39,7 @@ from bulk_mms.models import Group, MessageRecord, SendReceipt
 from bulk_mms.prepare import SortedNumbers, dry_run
 from bulk_mms.runner import run_job
 from bulk_mms.scan import scan_input
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import (
@@ -125,7 +125,7 @@ async def test_resume_after_interruption_sends_only_the_rest(jobs: JobFactory) -
 
     def handler(group: Group, n: int) -> SendReceipt:
         if n == 3:
-            stop.request("SIGINT")
+            stop.request(StopReason.SIGINT)
         return ok_receipt(group, n)
 
     first = FakeClient(handler)

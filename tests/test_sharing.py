@@ -17,7 +17,7 @@ from bulk_mms.errors import AmbiguousSendError, RateLimited, ServerError
 from bulk_mms.ledger import LedgerView, events, load
 from bulk_mms.models import Group, MessageBody, MessageRecord
 from bulk_mms.sharing import Sharing
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, crash_mid_send
 
@@ -303,7 +303,7 @@ class StoppedOnWaking(Lapsing):
 
     def held_for(self, group: str) -> float | None:
         if group not in self.claimed:
-            self.stop.request("SIGTERM")
+            self.stop.request(StopReason.SIGTERM)
         return super().held_for(group)
 
 
@@ -360,7 +360,7 @@ async def test_a_failure_that_comes_after_the_claim_passed_on_is_not_recorded(
     def busy(group: Group, n: int) -> ServerError:
         coordinator.taken = True
         if ending == "forced_stop":
-            asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
+            asyncio.get_running_loop().call_soon(stop.force, StopReason.SIGINT)
         if ending == "past_deadline":
             clock.advance(10.0)  # paused past its lease and the deadline, the request out
         return ServerError("busy", status=503)

@@ -11,7 +11,7 @@ from bulk_mms.errors import (
     Rejected,
     WindowClosed,
 )
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.stopping import STOP_AFTER_REFUSED, STOP_AFTER_UNANSWERED, JobStops
 from bulk_mms.summary import JobSummary
 from tests.conftest import FAST, JobFactory
@@ -67,13 +67,23 @@ def test_the_same_refusal_naming_no_member_group_after_group_stops_the_job(
     assert (stop.reason, type(summary.error)) == ("refused", RefusedRepeatedly)
 
 
+def test_the_refusal_stop_carries_a_word_of_the_stop_reason_table(jobs: JobFactory) -> None:
+    """The stop for groups refused the same way in a row carries a StopReason (the one table
+    of the words a stop says), not a word of its own."""
+    stops, stop, _ = _stops(jobs)
+    for _ in range(STOP_AFTER_REFUSED):
+        stops.judge(_refused(), (), tried=True)
+    assert isinstance(stop.reason, StopReason)
+    assert stop.reason == "refused"
+
+
 def test_the_first_error_that_stops_the_job_is_the_one_kept(jobs: JobFactory) -> None:
     """A fatal error stops the job with its reason; a later failure (the ledger's) neither
     replaces the error kept for the exit code nor the stop's reason."""
     stops, stop, summary = _stops(jobs)
     auth = AuthError("bad key", status=401)
     stops.fatal(auth)
-    stops.fail(ApiUnavailable("later"), "unavailable")
+    stops.fail(ApiUnavailable("later"), StopReason.UNAVAILABLE)
     assert (stop.reason, summary.error) == ("auth", auth)
 
 
@@ -91,10 +101,10 @@ def test_a_child_stop_ends_with_its_parent_but_never_ends_it() -> None:
     child, one made before or after them."""
     parent = Stop()
     early = parent.child()
-    early.request("endpoint")
+    early.request(StopReason.ENDPOINT)
     assert (parent.is_set(), early.reason) == (False, "endpoint")
     other = parent.child()
-    parent.request("SIGINT")
+    parent.request(StopReason.SIGINT)
     assert (other.reason, early.reason) == ("SIGINT", "endpoint")
     parent.force()
     late = parent.child()

@@ -45,7 +45,7 @@ from bulk_mms.ledger import load, open_store
 from bulk_mms.models import Group, RecipientStatus
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.testing import ledger_events
 from bulk_mms.track import (
     NOT_FOUND_GRACE_S,
@@ -396,7 +396,7 @@ async def test_follow_waiting_on_a_live_run_ends_at_a_stop(jobs: JobFactory) -> 
         )
         await asyncio.sleep(FAST.track.interval * 2.5)
         assert not tracking.done()
-        stop.request("SIGTERM")
+        stop.request(StopReason.SIGTERM)
         r = await asyncio.wait_for(tracking, 1)
     finally:
         run.close_sync()

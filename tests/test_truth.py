@@ -17,7 +17,7 @@ from bulk_mms.models import Group, SendReceipt
 from bulk_mms.recorder import Recorder
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.testing import groups_in
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
@@ -117,7 +117,7 @@ async def test_a_crash_between_attempt_and_outcome_is_counted_in_doubt(
             )
         )
         await out.wait()
-        stop.force("SIGKILL")
+        stop.force(StopReason.FORCED)
         await task
     r = report_json(job.ledger, capsys)
     assert r["recipients"] == states(12, 4, 0, 0, 4, 4)

@@ -18,7 +18,7 @@ from bulk_mms.ledger import load
 from bulk_mms.models import Group, SendReceipt
 from bulk_mms.pacing import WAIT_CEILING_S, PaceAborted, Pacer, PacingConfig
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.testing import groups_in, ledger_events
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_receipt
 
@@ -137,7 +137,7 @@ async def test_a_stop_during_backoff_records_the_last_try_not_doubt(jobs: JobFac
     stop = Stop()
 
     def answer(g: Group, n: int) -> SendReceipt | RateLimited:
-        stop.request("SIGTERM")
+        stop.request(StopReason.SIGTERM)
         return RateLimited("busy", retry_after=100.0, status=503)
 
     s = await run_job(job, FAST, FakeClient(answer), clock=FakeClock(), stop=stop)
@@ -158,8 +158,8 @@ async def test_a_forced_stop_cuts_off_in_flight_and_keeps_every_line(jobs: JobFa
         if n < 2:
             return ok_receipt(g, n)
         if n == 5:
-            stop.request("SIGINT")
-            asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
+            stop.request(StopReason.SIGINT)
+            asyncio.get_running_loop().call_soon(stop.force, StopReason.SIGINT)
         await hang.wait()  # never answers
         raise AssertionError
 
@@ -257,7 +257,7 @@ async def test_a_forced_stop_while_waiting_to_retry_records_the_last_try(
     stop = Stop()
 
     def answer(g: Group, n: int) -> SendReceipt | RateLimited:
-        asyncio.get_running_loop().call_soon(stop.force, "SIGINT")
+        asyncio.get_running_loop().call_soon(stop.force, StopReason.SIGINT)
         return RateLimited("busy", retry_after=60.0, status=503)
 
     s = await asyncio.wait_for(

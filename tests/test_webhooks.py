@@ -33,7 +33,7 @@ from bulk_mms.errors import ConfigError
 from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Sent, load, open_store
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.suppression import Suppressed, opted_out, suppression_for
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
@@ -373,7 +373,7 @@ async def test_server_picks_up_groups_sent_after_it_started(jobs: JobFactory) ->
     late = append_late_group(path, client.calls[0])  # sent after the server read the ledger
     raw, headers = signed(event("message.finalized", late, "late-msg", "delivered"))
     assert await posted(address, raw, headers) == 200
-    stop.request("test")
+    stop.request(StopReason.SIGTERM)
     receiver = await server
     assert receiver.recorded == 1
     assert [e["recipient"] for e in status_lines(path)] == ["+13125550111"]
@@ -401,7 +401,7 @@ async def test_no_header_a_request_carries_reaches_the_log(
                 sent = {**headers, "telnyx-signature-ed25519": sig, "Authorization": auth}
                 async with session.post(url, data=raw, headers=sent) as resp:
                     answers.append(resp.status)
-        stop.request("test")
+        stop.request(StopReason.SIGTERM)
         await server
     assert answers == [401, 400]
     assert "proxy-secret" not in repr(logs) + caplog.text

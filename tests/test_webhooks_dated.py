@@ -19,7 +19,7 @@ from bulk_mms.ledger import LedgerStore, Location, Sent, open_store
 from bulk_mms.ledger.store import exists
 from bulk_mms.models import Group, MessageBody
 from bulk_mms.runner import run_job
-from bulk_mms.signals import Stop
+from bulk_mms.signals import Stop, StopReason
 from bulk_mms.suppression import Suppressed
 from bulk_mms.testing import ledger_events
 from bulk_mms.webhooks import (
@@ -243,7 +243,7 @@ async def test_serve_webhooks_of_a_job_listens_before_the_days_first_run(jobs: J
     today, sent = await Sends(job).run_on(dt.datetime.now(dt.UTC))
     raw, headers = signed(finalized(sent[1], "delivered"))
     assert await posted(address, raw, headers) == 200
-    stop.request("test")
+    stop.request(StopReason.SIGTERM)
     receiver = await server
     assert receiver.recorded == 4
     assert recipients(today) == sorted(sent[1][0].to)
