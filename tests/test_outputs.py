@@ -312,6 +312,20 @@ def test_a_ledger_copied_onto_itself_is_refused_in_one_line(
     assert ledger.read_bytes() == before
 
 
+def test_a_ledger_copied_onto_a_hard_link_of_itself_is_refused(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy's target that is another name of the source's file (a hard link) is the source
+    itself: refused (exit 2, one line), not "copied 0 events"."""
+    _, _, ledger = sent(jobs, capsys)
+    target = jobs.root / "linked.jsonl"
+    os.link(ledger, target)
+    assert main(["-q", "ledger", "copy", str(ledger), str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"bulk-mms: error: {target}: is the source ledger: copy into a new ledger\n"
+    )
+
+
 def test_a_ledger_copy_into_another_ledgers_events_is_refused(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

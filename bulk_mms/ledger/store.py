@@ -378,12 +378,15 @@ async def copy_ledger(source: Location, target: Location) -> int:
 
 
 def _same_ledger(a: Location, b: Location) -> bool:
-    """Whether ``a`` and ``b`` name one ledger: one file however its path is written (a
-    link, a relative path), or one database ledger as named to a person (:func:`display`:
-    its URL without the password)."""
+    """Whether ``a`` and ``b`` name one ledger: one file however it is named (a link, a
+    hard link, a relative path), or one database ledger as named to a person
+    (:func:`display`: its URL without the password)."""
     if is_database(a) or is_database(b):
         return is_database(a) and is_database(b) and display(a) == display(b)
-    return Path(a).resolve() == Path(b).resolve()
+    try:
+        return Path(a).samefile(b)
+    except OSError:  # one of them is no file (a new target): not the same
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _pass_copied(store: LedgerStore, events: Iterator[Event], target: Location) -> None:
