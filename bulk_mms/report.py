@@ -434,8 +434,8 @@ def _input_changed(header: Header, ledger: str) -> str | None:
         return None
     if header.fingerprint and header.job.endswith(f"-{short_digest(header.fingerprint)}"):
         return (
-            f"no rerun resumes this ledger: its input file ({source}) changed since it was "
-            "started, and a run with --input of it now begins a ledger of its own; to send "
+            f"no rerun resumes this ledger: its input file ({escaped(str(source))}) changed since "
+            "it was started, and a run with --input of it now begins a ledger of its own; to send "
             f"the new one, add --exclude-sent {ledger} to that run"
         )
     return f"a rerun is refused: {changed}"
