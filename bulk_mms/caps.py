@@ -29,7 +29,11 @@ its lease, woken after the taker sent the group and settled its room, takes none
 would make nobody would settle). A run, as it begins, settles the room its ledger's
 groups still hold (:meth:`Limit.reconcile`): kept for a group sent or in doubt, given back
 for one that ended unsent or never left, each decided under the run's own claim on it and
-given back only while that claim holds.
+given back only while that claim holds; given back too for one the ledger shows failed for
+good, whoever holds its claim (a run killed between writing the failure and giving the room
+back leaves it live for a lease): no host sends such a group again. A run already going when
+another is killed so gives that room back before a limit stops it: the reservation refused is
+tried once more after.
 
 The spend ceiling counts each send at the larger of its price and what the API's answer said
 it cost: that cost is an estimate (the final one, in ``message.finalized``, adds the carriers'
@@ -400,8 +404,9 @@ class Limit(Protocol):
         what became of each group, by the ledger: :data:`SPENT` (it stays counted),
         :data:`UNSENT` (it is given back, under ``fence_of(group)``: the claim ``decide``
         took, so a room another process took the group over in meanwhile, this one paused,
-        is left to it) or :data:`UNDECIDED` (in doubt, or another live process holds it: it
-        stays held, the safe side).
+        is left to it), :data:`ENDED` (failed for good: given back, whoever holds its claim)
+        or :data:`UNDECIDED` (in doubt, or another live process holds it: it stays held, the
+        safe side).
 
         Never raises: a count that cannot be read or changed is logged
         (``limits.unreconciled``) and left as it is.
@@ -418,6 +423,12 @@ class Limit(Protocol):
 SPENT: Final = "spent"
 UNSENT: Final = "unsent"
 UNDECIDED: Final = "undecided"
+#: Its group failed for good, by the ledger: given back whoever holds its claim, unfenced.
+#: No host sends a group the ledger shows so (every claimant reads the group again before it
+#: decides, and skips it), so none reserves it again, nor sends in its room; and a release
+#: deletes the group's row and takes its amount off in one statement, so the late release of
+#: the host that failed it (paused, its claim live) finds no row and gives back nothing twice.
+ENDED: Final = "ended"
 
 
 async def _settle(
@@ -459,6 +470,8 @@ async def _reconcile(
                 await tally.spend(key, (ledger, gid), Decimal(0))
             elif verdict == UNSENT:
                 await tally.release(key, (ledger, gid), fence=fence_of(gid))
+            elif verdict == ENDED:
+                await tally.release(key, (ledger, gid))
             log.info("limits.reconciled", count=key, group=gid, verdict=verdict)
     except LedgerError as exc:
         log.warning("limits.unreconciled", ledger=ledger, error=str(exc))

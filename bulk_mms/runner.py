@@ -25,7 +25,7 @@ from typing import NamedTuple
 import structlog
 from msgspec.structs import replace
 
-from bulk_mms.caps import SPENT, UNDECIDED, UNSENT
+from bulk_mms.caps import ENDED, SPENT, UNDECIDED, UNSENT
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, utc
 from bulk_mms.codes import OPTED_OUT
@@ -36,6 +36,7 @@ from bulk_mms.errors import BulkMmsError, ConfigError, LedgerError
 from bulk_mms.gates import Gates, past
 from bulk_mms.ledger import keep_database_time, open_store
 from bulk_mms.ledger.fold import (
+    FAILED,
     IN_DOUBT,
     RETRY_PENDING,
     SENT,
@@ -132,6 +133,7 @@ class Runner:
         self.settings = settings
         self.client = client
         self.sender = sender
+        sender.leftover = self.give_back_ended
         self.recorder = recorder = sender.recorder
         self.view = recorder.view
         self.summary = recorder.summary
@@ -653,14 +655,29 @@ class Runner:
         for limit in self.sender.limits:
             await limit.reconcile(self._reservation_of, self.recorder.coordinator.fence)
 
+    async def give_back_ended(self) -> None:
+        """Before a limit stops the job: give back the room this ledger's groups hold that
+        the ledger shows failed for good now (:data:`~bulk_mms.caps.ENDED`). A process killed
+        since this run began, between writing such a failure and giving the room back, left
+        it held, its claim live for a lease. Nothing else is decided here, and no claim
+        taken: this process's own groups in flight hold room it settles itself."""
+        for limit in self.sender.limits:
+            await limit.reconcile(self._ended_now)
+
+    async def _ended_now(self, gid: str) -> str:
+        """:func:`_ended` of group ``gid`` as the ledger has it now (this process's view left
+        as it is)."""
+        return _ended(await self.sharing.looked(gid))
+
     async def _reservation_of(self, gid: str) -> str:
         """What becomes of the room group ``gid`` holds: spent (sent), given back (ended
         unsent, or never attempted, under this process's claim now: a request of the
-        process that held it can no longer leave), or kept (in doubt, or a live process
-        holds its claim and may send it under that room)."""
+        process that held it can no longer leave; or failed for good, whoever holds its
+        claim: :data:`~bulk_mms.caps.ENDED`), or kept (in doubt, or a live process holds its
+        claim and may send it under that room)."""
         held, rec = await self.sharing.claimed(gid)
-        if not held:
-            return UNDECIDED
+        if (ended := _ended(rec)) == ENDED or not held:
+            return ended  # failed for good, whoever holds its claim; else a live process's
         if rec is None:
             return UNSENT
         if rec.state == SENT:
@@ -817,6 +834,13 @@ class Runner:
         limited = self.limit is not None and self.queued >= self.limit
         stopped = self.stop.reason or (StopReason.LIMIT if limited else None)
         return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
+
+
+def _ended(rec: GroupRecord | None) -> str:
+    """What becomes of the room of a group as the ledger has it (``rec``), whoever holds its
+    claim: given back (:data:`~bulk_mms.caps.ENDED`) when it failed for good, which no host
+    sends again; else undecided."""
+    return ENDED if rec is not None and rec.state == FAILED else UNDECIDED
 
 
 def runner_parts(job: JobConfig, sender: GroupSender, clock: Clock) -> tuple[Sharing, Gates]:

@@ -11,7 +11,7 @@ shared ledger (:class:`~bulk_mms.claims.Claims`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -67,6 +67,10 @@ from bulk_mms.suppression import Suppressed, suppress_opted_out
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+async def _nothing() -> None:
+    """No room to give back: a sender without a runner's (a test's)."""
 
 
 class RequestTimes:
@@ -165,6 +169,10 @@ class GroupSender:
         self.suppressed = suppressed
         #: The limits a send must fit under, kept as groups go.
         self.limits: list[Limit] = limits or []
+        #: What gives back the room in :attr:`limits` that no group will use (the runner's
+        #: :meth:`~bulk_mms.runner.Runner.give_back_ended`), looked at once more before a
+        #: limit stops the job.
+        self.leftover: Callable[[], Awaitable[None]] = _nothing
         self.started = clock.monotonic()
         #: Retries told one line per cause now and then, not one line each.
         self.retries = RetryDigest(now=clock.monotonic)
@@ -420,18 +428,23 @@ class GroupSender:
 
     async def _reserve(self, tries: Tries) -> None:
         """Every gate is open now, no member is on the suppression list as it now stands, and
-        every cap (money, count) has room for the group: else the group's tries end on the
-        cap's :class:`LimitReached` (recorded pending a rerun, with the reset of a daily cap,
-        as a carrier's is: :meth:`conclude`), and the job stops. On a shared ledger the room
-        is taken under the group's claim, as its attempt is written next: a claim another
-        process took over meanwhile (this one paused past its lease) raises
+        every cap (money, count) has room for the group: else, once the room no group will
+        use is given back (:attr:`leftover`) and the cap still has none, the group's tries
+        end on the cap's :class:`LimitReached` (recorded pending a rerun, with the reset of a
+        daily cap, as a carrier's is: :meth:`conclude`), and the job stops. On a shared
+        ledger the room is taken under the group's claim, as its attempt is written next: a
+        claim another process took over meanwhile (this one paused past its lease) raises
         :class:`~bulk_mms.errors.ClaimLost` and takes no room, which its taker, done with the
         group already, would never settle."""
         self.gates.check(tries)
         self._check_optouts(tries)
         fence = self.recorder.coordinator.fence(tries.group.id)  # as the attempt's
         for limit in self.limits:
-            if (over := await self._unless_stopped(limit.reserve(tries.group, fence))) is not None:
+            over = await self._unless_stopped(limit.reserve(tries.group, fence))
+            if over is not None:  # room another process left, killed since this run began?
+                await self._unless_stopped(self.leftover())
+                over = await self._unless_stopped(limit.reserve(tries.group, fence))
+            if over is not None:
                 self.stops.fail(
                     over, stop_reason(over)
                 )  # at once: no other group takes room meanwhile

@@ -98,16 +98,31 @@ class Sharing:
 
     async def claimed(self, gid: str) -> tuple[bool, GroupRecord | None]:
         """Whether this process holds group ``gid``'s claim now (on a store not shared,
-        always), and the group's record as the ledger has it then (None: nothing of it).
+        always), and the group's record as the ledger has it then, held or not (None:
+        nothing of it).
 
         Raises:
             LedgerError: the claim or the ledger's read failed.
         """
         if not self.shared:
             return True, self.view.groups.get(gid)
-        if not await self.coordinator.claim(gid):
-            return False, None
-        return True, await self._refresh(gid)
+        held = await self.coordinator.claim(gid)
+        return held, await self._refresh(gid)
+
+    async def looked(self, gid: str) -> GroupRecord | None:
+        """Group ``gid`` as the ledger has it now (None: nothing of it), this process's view
+        left as it is: its own groups in flight may be ahead of the ledger there (outcomes
+        not yet committed). On a store not shared, as the view has it.
+
+        Raises:
+            LedgerError: the ledger's read failed.
+        """
+        if not self.shared:
+            return self.view.groups.get(gid)
+        fresh = LedgerView(statuses=False)
+        for ev in (await self.store.events_of([gid]))[gid]:
+            fresh.apply(ev)
+        return fresh.groups.get(gid)
 
     async def remakes(self, group: Group) -> bool:
         """Whether this process makes ``group`` in place of ``group.origin`` (without its

@@ -931,21 +931,21 @@ async def test_a_failure_whose_write_stalls_past_a_takeover_leaves_the_takers_at
     assert _counted(database) == Decimal("0.02")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a run reconciles only as it starts: a killed run's live claims hold"
-)
-async def test_a_rerun_within_a_lease_of_a_kill_is_not_stopped_by_a_failed_groups_room(
-    jobs: JobFactory, database: str
-) -> None:
-    """A run killed after a group's failure was on record but before its room went back
-    (its claim still live, as for a lease after a kill -9): a rerun started at once sends
-    the group still to send in max_cost's room, not stopped short by the failed group's."""
-    where = f"{database}?ledger=killed"
-    job, settings = _two_groups_priced(jobs, where, "0.02")
+async def _failed_one_of_two(jobs: JobFactory, database: str) -> tuple[JobConfig, Settings]:
+    """A job of two groups under max_cost 0.02 (one group's room) on the ledger ``killed``,
+    run once: one group failed for good (a 400), the other pending a rerun (a 401 stopped
+    the run)."""
+    job, settings = _two_groups_priced(jobs, f"{database}?ledger=killed", "0.02")
     handler = [Rejected("bad", status=400), AuthError("refused", status=401)]
     first = await run_job(job, settings, FakeClient(lambda g, n: handler[n]))
     assert isinstance(first.error, AuthError)
-    with psycopg.connect(database, autocommit=True) as conn:  # as a kill -9 leaves it
+    return job, settings
+
+
+def _killed_after_the_failure(database: str) -> None:
+    """As a run killed (kill -9) after its group's failure for good was on record, before
+    the group's room went back, leaves it: the room held, the claim live for a lease."""
+    with psycopg.connect(database, autocommit=True) as conn:
         failed = str(
             query(
                 database,
@@ -964,7 +964,78 @@ async def test_a_rerun_within_a_lease_of_a_kill_is_not_stopped_by_a_failed_group
             "expires = now() + interval '30 seconds' WHERE grp = %s",
             (failed,),
         )
+
+
+async def test_a_rerun_within_a_lease_of_a_kill_is_not_stopped_by_a_failed_groups_room(
+    jobs: JobFactory, database: str
+) -> None:
+    """A run killed after a group's failure was on record but before its room went back
+    (its claim still live, as for a lease after a kill -9): a rerun started at once sends
+    the group still to send in max_cost's room, not stopped short by the failed group's."""
+    job, settings = await _failed_one_of_two(jobs, database)
+    _killed_after_the_failure(database)
     rerun = FakeClient()
     second = await run_job(job, settings, rerun)
     assert (second.error, len(rerun.sent_numbers())) == (None, 2)
     assert _counted(database) == Decimal("0.02")
+
+
+async def test_a_host_running_when_another_is_killed_is_not_stopped_by_its_failed_groups_room(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host already running (its room settled as it began) when another is killed after a
+    group's failure was on record, before its room went back: the other's room stops none
+    of its groups, which it sends in max_cost's room (the failed group's given back)."""
+    job, settings = await _failed_one_of_two(jobs, database)
+    reconcile = runner.Runner.reconcile_limits
+
+    async def then_killed(self: runner.Runner) -> None:
+        await reconcile(self)
+        _killed_after_the_failure(database)
+
+    monkeypatch.setattr(runner.Runner, "reconcile_limits", then_killed)
+    running = FakeClient()
+    second = await run_job(job, settings, running)
+    assert (second.error, len(running.sent_numbers())) == (None, 2)
+    assert _counted(database) == Decimal("0.02")
+    assert query(database, "SELECT count(*) FROM bulk_mms_reservations") == 0
+
+
+async def test_a_paused_hosts_release_after_a_rerun_gave_its_failed_groups_room_back_counts_once(
+    jobs: JobFactory, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host paused after a group's failure for good was on record, before it gave the
+    group's room back (its claim live): a rerun started meanwhile gives that room back, and
+    the host's own release once woken gives nothing back twice, so its other group's send
+    stays counted in max_cost."""
+    job, settings = _two_groups_priced(jobs, f"{database}?ledger=paused", "0.04")
+    settings = replace(settings, concurrency=2)
+    release, reconcile = PostgresTally.release, runner.Runner.reconcile_limits
+    reconciled, rerun, held = asyncio.Event(), FakeClient(), []
+    reruns: list[asyncio.Task[JobSummary]] = []
+
+    async def paused(self: PostgresTally, key: str, holder: tuple[str, str], **kw: Any) -> None:
+        if not reruns:  # the first host gives back the failed group's room: paused first
+            reruns.append(asyncio.create_task(run_job(job, settings, rerun)))
+            await reconciled.wait()
+            sql = "SELECT count(*) FROM bulk_mms_reservations WHERE grp = %s"
+            held.append(query(database, sql, holder[1]))
+        await release(self, key, holder, **kw)
+
+    async def reconciling(self: runner.Runner) -> None:
+        await reconcile(self)
+        if reruns:
+            reconciled.set()
+
+    monkeypatch.setattr(PostgresTally, "release", paused)
+    monkeypatch.setattr(runner.Runner, "reconcile_limits", reconciling)
+    first = await run_job(
+        job,
+        settings,
+        FakeClient(lambda g, n: Rejected("bad", status=400) if n == 0 else ok_receipt(g, n)),
+    )
+    second = await reruns[0]
+    assert (first.error, first.sent_recipients, second.error, rerun.calls) == (None, 2, None, [])
+    assert held == [0]  # the rerun gave it back while the failing host was paused
+    assert _counted(database) == Decimal("0.02")
+    assert query(database, "SELECT count(*) FROM bulk_mms_reservations") == 0
