@@ -29,6 +29,11 @@ from typing import Final, Protocol
 #: record (:mod:`bulk_mms.settle`) or a webhook's event (:mod:`bulk_mms.webhooks`) stamped
 #: this far before a group's first try can still be that group's.
 CLOCK_SKEW_S = 120.0
+#: A moment at most this far off (seconds) has come: a sleep until it may end a hair early
+#: (asyncio runs a timer within its clock's resolution, and the sum of two floats rounds: a
+#: wall time, some 1.8e9 s since the epoch, is a quarter microsecond from the next float), and
+#: a look that follows the sleep must find it come, not sleep again or give up on it.
+DUE_SLACK_S: Final = 0.01
 
 
 class Clock(Protocol):
@@ -196,6 +201,14 @@ async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.0, seconds)):
             await stopping.wait()
+
+
+def wall_until(at: float, clock: Clock) -> float:
+    """Seconds from ``clock``'s wall time until ``at`` (seconds since the epoch): 0 once it
+    has come, or is no more than :data:`DUE_SLACK_S` off, so a sleep of what this said ends
+    with it come as this reads it then."""
+    left = at - clock.wall()
+    return left if left > DUE_SLACK_S else 0.0
 
 
 def utc(clock: Clock) -> dt.datetime:

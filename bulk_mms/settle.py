@@ -56,7 +56,7 @@ import msgspec
 import msgspec.structs
 import structlog
 
-from bulk_mms.clock import CLOCK_SKEW_S, Clock
+from bulk_mms.clock import CLOCK_SKEW_S, Clock, wall_until
 from bulk_mms.config import RetryConfig
 from bulk_mms.csvfile import CAMPAIGN_COLUMN
 from bulk_mms.errors import RecordsUnread, RetryableSendError, SendError
@@ -174,9 +174,10 @@ class Settler:
 
     def complete_in(self, rec: GroupRecord) -> float:
         """Seconds until the records of the group's tries are complete (0: they are), as
-        :meth:`complete_at` says."""
+        :meth:`complete_at` says: a run that slept this long finds them complete, though its
+        sleep ended a hair early (:func:`~bulk_mms.clock.wall_until`)."""
         at = self.complete_at(rec)
-        return max(0.0, at - self.clock.wall()) if at else 0.0
+        return wall_until(at, self.clock) if at else 0.0
 
     async def settle(self, rec: GroupRecord, ledger: LedgerView | None = None) -> Finding:
         """What the records say of ``rec`` (a group in doubt) now. While its records may still

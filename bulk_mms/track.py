@@ -32,7 +32,7 @@ import msgspec
 import structlog
 
 from bulk_mms.client import MmsClient
-from bulk_mms.clock import Clock, SystemClock, iso
+from bulk_mms.clock import DUE_SLACK_S, Clock, SystemClock, iso
 from bulk_mms.codes import Action
 from bulk_mms.config import Settings
 from bulk_mms.coordination import Coordinator, coordinator_for
@@ -74,10 +74,6 @@ log = structlog.get_logger(__name__)
 #: at the default backoff that is under a minute, not every group through every retry. Any
 #: answer from the API, an error status included, starts the count again.
 STOP_AFTER_UNREACHABLE = 5
-#: A group whose next ask is at most this far off is due now: a sleep until that moment may
-#: end a hair early (asyncio runs a timer within its clock's resolution, and the sum of two
-#: floats rounds), and must not cost a second sleep of :meth:`Tracker.run`'s one-second floor.
-DUE_SLACK_S = 0.01
 #: A 404 for a group sent less than this long ago says "not yet", not "never": Telnyx's
 #: message records may lag the send's answer, so such a group is asked again (backed off like
 #: one whose statuses did not change) instead of being given up as not found.
@@ -177,7 +173,9 @@ class Tracker:
     # -- choosing what to ask ---------------------------------------------------------------
 
     def due(self) -> list[GroupRecord]:
-        """Groups with a recipient not final, inside ``max_age``, whose backoff has passed."""
+        """Groups with a recipient not final, inside ``max_age``, whose backoff has passed (or
+        passes within :data:`~bulk_mms.clock.DUE_SLACK_S`: not worth a second sleep of
+        :meth:`run`'s one-second floor)."""
         now, wall = self.clock.monotonic() + DUE_SLACK_S, self.clock.wall()
         return [
             g
