@@ -359,14 +359,13 @@ class Recorder:
         """
         err, action = judged_error(err, self.policy, group.to)  # its code is the one that decides
         self.errors[err.code] += 1
-        rec = self.view.groups.get(group.id)
-        if rec is not None and rec.outcome == IN_DOUBT and not isinstance(err, AmbiguousSendError):
-            # in doubt before this run: a later failure does not undo what that try may have done
+        doubt = self.in_doubt_after(group, err)
+        if doubt and not isinstance(err, AmbiguousSendError):
             err = AmbiguousSendError(
                 f"in doubt since an earlier run; this run's tries ended with {err}",
                 status=err.status,
             )
-        if isinstance(err, AmbiguousSendError):
+        if doubt:
             self.summary.in_doubt_groups += 1
             ev: Event = InDoubt(
                 **self._members(group),
@@ -382,6 +381,13 @@ class Recorder:
         await self._write(failed, fence)
         self._count_failed(group, err, failed)
         return failed
+
+    def in_doubt_after(self, group: Group, err: SendError) -> bool:
+        """Whether :meth:`outcome` records ``group`` in doubt after ``err`` ended its tries:
+        a try may have been accepted (``err`` is ambiguous), or the group was in doubt
+        before this run, and a later failure does not undo what that try may have done."""
+        rec = self.view.groups.get(group.id)
+        return isinstance(err, AmbiguousSendError) or (rec is not None and rec.outcome == IN_DOUBT)
 
     def _failed(
         self,

@@ -621,7 +621,9 @@ class GroupSender:
             self.client, err, group, self.settings.error_policy
         )
         partial = refused if 0 < len(refused) < len(group.to) else ()
-        maybe_sent = isinstance(result.error, AmbiguousSendError)
+        # as recorded: a redirect settled in doubt, a group in doubt since an earlier run
+        # (whose room its reservation here is: one a group) keep their room
+        maybe_sent = self.recorder.in_doubt_after(group, err)
         self.open_attempts.pop(group.id, None)  # nothing of it is out any more
         try:  # every member refused by name (a group of one, say) is recorded so: opted out
             recorded = await self.recorder.outcome(

@@ -33,6 +33,7 @@ from bulk_mms.caps import (
     SpendCeiling,
     Tally,
 )
+from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import SystemClock
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.console import exit_for
@@ -50,6 +51,7 @@ from bulk_mms.errors import (
 from bulk_mms.fake_api import FakeTelnyx, Fault
 from bulk_mms.ledger import load
 from bulk_mms.ledger.events import Event
+from bulk_mms.ledger.fold import IN_DOUBT
 from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.pgschema import migrate_url
@@ -61,7 +63,7 @@ from bulk_mms.report import format_text, summarize
 from bulk_mms.runner import run_job
 from bulk_mms.stopping import stop_reason
 from bulk_mms.summary import JobSummary
-from bulk_mms.testing import ok_receipt
+from bulk_mms.testing import ledger_events, ok_receipt
 from bulk_mms.words import BY_KIND, MAX_COST
 from tests.conftest import (
     FAST,
@@ -307,6 +309,84 @@ async def test_two_jobs_in_one_ledger_folder_share_the_daily_cap_as_they_run(
     assert sent <= 10
     assert any(isinstance(s.error, LimitReached) for s in summaries)
     assert sum(summarize(j.ledger).sent_recipients for j in (first, second)) == sent
+
+
+def _day_count(job: JobConfig) -> dict[str, Any]:
+    """The day's count file beside ``job``'s ledger (its only one), as written."""
+    (count,) = job.ledger.parent.glob(".bulk-mms-daily-*.json")
+    return dict(orjson.loads(count.read_bytes()))
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+async def test_a_redirect_that_leaves_the_group_in_doubt_keeps_its_room(
+    fake_api: tuple[FakeTelnyx, str], jobs: JobFactory, status: int
+) -> None:
+    """A 301/302/303 to the POST stops the job with the group in doubt (the server may have
+    processed it): its 4 recipients stay counted in the day's count, held by the group, as
+    any group in doubt's are (they used to be given back, and a cap could then be passed)."""
+    fake, url = fake_api
+    fake.faults.append(Fault("redirect", status))
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    settings = replace(FAST, concurrency=1, daily_recipients=100)
+    async with AiohttpMmsClient(url, "test-key-123", request_timeout=5.0) as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+    assert (s.in_doubt_groups, s.sent_groups) == (1, 0)
+    (doubt,) = (rec.id for rec in load(job.ledger).groups.values() if rec.state == IN_DOUBT)
+    assert _day_count(job) == {"used": "4", "held": [[job.ledger.name, doubt, "4"]]}
+
+
+async def test_a_redirect_whose_outcome_cannot_be_written_keeps_the_groups_room(
+    fake_api: tuple[FakeTelnyx, str], jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 302 to the POST, and the ledger then refuses the group's in_doubt event (disk full):
+    its attempt is left open (in doubt), and its 4 recipients stay counted in the day's count
+    (they used to be given back)."""
+    fake, url = fake_api
+    fake.faults.append(Fault("redirect", 302))
+    write = JsonlStore._write_lines
+
+    def full(self: JsonlStore, lines: list[bytes]) -> None:
+        if any(b'"in_doubt"' in line for line in lines):
+            raise LedgerError(self.name, "cannot write: disk full")
+        write(self, lines)
+
+    monkeypatch.setattr(JsonlStore, "_write_lines", full)
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+    settings = replace(FAST, concurrency=1, daily_recipients=100)
+    async with AiohttpMmsClient(url, "test-key-123", request_timeout=5.0) as client:
+        s = await run_job(job, settings, client, clock=FakeClock())
+    assert (s.stopped, s.sent_groups) == ("endpoint", 0)  # the first stop's reason
+    assert not [e for e in ledger_events(job.ledger) if e["event"] == "in_doubt"]
+    (doubt,) = (rec.id for rec in load(job.ledger).groups.values() if rec.state == IN_DOUBT)
+    assert _day_count(job) == {"used": "4", "held": [[job.ledger.name, doubt, "4"]]}
+
+
+async def test_a_group_in_doubt_whose_resend_fails_keeps_the_room_its_first_run_held(
+    jobs: JobFactory,
+) -> None:
+    """A group left in doubt by a run holds its 4 in the day's count; resent by the next run
+    (--resend-in-doubt) into 503s until its retries run out, it stays in doubt, and so does
+    its room: the resend's reservation is that same room (one per group), so giving it back
+    would free the room of a send that may have happened."""
+    jobs.people(8)
+    job = jobs.job(extra="group_size = 4")
+    settings = replace(
+        FAST, concurrency=1, daily_recipients=100, retry=replace(FAST.retry, retry_ambiguous=False)
+    )
+
+    def first_dropped(g: Group, n: int) -> SendReceipt | AmbiguousSendError:
+        return AmbiguousSendError("dropped") if g.seq == 0 else ok_receipt(g, n)
+
+    await run_job(job, settings, FakeClient(first_dropped), clock=FakeClock())
+    (doubt,) = (rec.id for rec in load(job.ledger).groups.values() if rec.state == IN_DOUBT)
+    kept = {"used": "8", "held": [[job.ledger.name, doubt, "4"]]}
+    assert _day_count(job) == kept
+    down = FakeClient(lambda g, n: ServerError("down", status=503))
+    s = await run_job(job, settings, down, clock=FakeClock(), resend_in_doubt=True)
+    assert (len(down.calls), s.in_doubt_groups) == (3, 1)
+    assert _day_count(job) == kept
 
 
 async def test_tallies_in_one_database_never_pass_the_cap(database: str) -> None:
