@@ -22,7 +22,7 @@ import zoneinfo
 from collections.abc import Iterable, Mapping
 
 from bulk_mms.config import SendWindow
-from bulk_mms.config.job import transition
+from bulk_mms.config.job import iana_zone, transition
 
 #: phonenumbers' answer for a number it cannot place.
 _UNKNOWN = "Etc/Unknown"
@@ -56,7 +56,7 @@ def zone_named(value: str) -> str | None:
     """The IANA zone ``value`` names (blanks around it aside), or None."""
     name = value.strip()
     try:
-        zoneinfo.ZoneInfo(name)
+        iana_zone(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return None
     return name

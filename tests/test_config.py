@@ -105,6 +105,46 @@ def test_full_job_loads_with_paths_relative_to_the_job(tmp_path: Path) -> None:
         ('name = "n"\ninput = "a.csv"\ntimezone = ""\n' + GOOD_MESSAGE, "timezone", "is empty"),
         ('name = "n"\ninput = "a.csv"\ntimezone = " "\n' + GOOD_MESSAGE, "timezone", "is empty"),
         ('name = "n"\ninput = "a.csv"\nencoding = ""\n' + GOOD_MESSAGE, "encoding", "known"),
+        # a codec that is no text encoding (bytes to bytes, str to str, or none at all)
+        ('name = "n"\ninput = "a.csv"\nencoding = "rot13"\n' + GOOD_MESSAGE, "encoding", "text"),
+        ('name = "n"\ninput = "a.csv"\nencoding = "hex"\n' + GOOD_MESSAGE, "encoding", "text"),
+        ('name = "n"\ninput = "a.csv"\nencoding = "idna"\n' + GOOD_MESSAGE, "encoding", "text"),
+        ('name = "n"\ninput = "a.csv"\nencoding = "undefined"\n' + GOOD_MESSAGE, "encoding", ""),
+        # a folder of zones, not a zone
+        ('name = "n"\ninput = "a.csv"\ntimezone = "America"\n' + GOOD_MESSAGE, "timezone", "IANA"),
+        # a format spec or conversion in the ledger's name: the name is text, nothing to format
+        (
+            'name = "n"\ninput = "a.csv"\nledger = "{date:%Y}.jsonl"\n' + GOOD_MESSAGE,
+            "ledger",
+            "{date}",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\nledger = "{name:d}.jsonl"\n' + GOOD_MESSAGE,
+            "ledger",
+            "{name}",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\nledger = "{name!r}.jsonl"\n' + GOOD_MESSAGE,
+            "ledger",
+            "{name}",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\nledger = "{date:>9999999999}"\n' + GOOD_MESSAGE,
+            "ledger",
+            "{date}",
+        ),
+        # a template left blank: no ledger named, no quiet hours kept
+        ('name = "n"\ninput = "a.csv"\nledger = ""\n' + GOOD_MESSAGE, "ledger", "is empty"),
+        (
+            'name = "n"\ninput = "a.csv"\nrecipient_window = ""\n' + GOOD_MESSAGE,
+            "recipient_window",
+            "is empty",
+        ),
+        (
+            'name = "n"\ninput = "a.csv"\nrecipient_window = " "\n' + GOOD_MESSAGE,
+            "recipient_window",
+            "is empty",
+        ),
     ],
 )
 def test_bad_job_files_name_the_setting(
@@ -197,6 +237,7 @@ def test_an_empty_base_url_in_the_environment_is_refused(tmp_path: Path) -> None
         ("[suppression]\nopt_out_words = [1]\n", "suppression.opt_out_words"),
         ("[suppression]\nopt_in_words = ['stop']\n", "suppression.opt_in_words"),
         ("[suppression]\nopt_out_words = ['Alta']\nopt_in_words = ['ALTA']\n", "opt_in_words"),
+        ("[limits]\ndaily_reset = '00:00 America'\n", "limits.daily_reset"),  # a folder of zones
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
@@ -344,6 +385,9 @@ def test_limits_table_with_sender_limits(tmp_path: Path) -> None:
         ('[limits]\ncost = "message"\n', "limits.cost"),
         ("[limits.sender_types]\nlandline = 1\n", "limits.sender_types.landline"),
         ('[limits.senders]\n"+13125551234" = 0\n', "limits.senders.+13125551234"),
+        # a number as no job's from could be written: its ceiling would never apply
+        ('[limits.senders]\n"13125551234" = 1\n', "limits.senders.13125551234"),
+        ('[limits.senders]\n"+1 312 555 1234" = 1\n', "limits.senders.+1 312 555 1234"),
     ],
 )
 def test_bad_limits_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:

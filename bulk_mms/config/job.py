@@ -35,6 +35,8 @@ GROUPING_CHOICE = (
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SHORT_CODE = re.compile(r"[0-9]{3,8}")
 _ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+#: What a sender may be, in words.
+SENDER_FORMS = "an E.164 number (+15551234567), a short code or an alphanumeric sender id"
 
 
 class Template(msgspec.Struct, frozen=True):
@@ -227,15 +229,30 @@ def parse_template(value: str, setting: str, source: Path) -> Template:
     return Template(value, tuple(names))
 
 
-def _check_sender(value: str, source: Path) -> str:
-    if _E164.fullmatch(value) or _SHORT_CODE.fullmatch(value) or _ALPHANUMERIC.fullmatch(value):
-        return value
-    raise ConfigError(
-        "message.from",
-        f"{value!r} is not an E.164 number (+15551234567), a short code or an alphanumeric "
-        "sender id",
-        source=source,
+def is_sender(value: str) -> bool:
+    """Whether ``value`` is a sender as the API takes it (:data:`SENDER_FORMS`)."""
+    return bool(
+        _E164.fullmatch(value) or _SHORT_CODE.fullmatch(value) or _ALPHANUMERIC.fullmatch(value)
     )
+
+
+def _check_sender(value: str, source: Path) -> str:
+    if is_sender(value):
+        return value
+    raise ConfigError("message.from", f"{value!r} is not {SENDER_FORMS}", source=source)
+
+
+def iana_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA zone ``name`` names: :class:`zoneinfo.ZoneInfo`'s, save that a folder of zones
+    (``America``, a folder among tzdata's files) is no zone either, not an OSError.
+
+    Raises:
+        ZoneInfoNotFoundError, ValueError: ``name`` names no zone.
+    """
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except OSError:  # IsADirectoryError: read as a zone's file
+        raise zoneinfo.ZoneInfoNotFoundError(f"No time zone found with key {name}") from None
 
 
 def _check_url(value: str | None, setting: str, source: Path) -> str | None:
@@ -282,7 +299,7 @@ def load_job(
             "the setting out for UTC",
         )
     try:
-        zone = zoneinfo.ZoneInfo(timezone)
+        zone = iana_zone(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise top.error(
             "timezone", f"{timezone!r} is not an IANA time zone, e.g. 'America/Chicago'"
@@ -292,7 +309,9 @@ def load_job(
     max_age_s = top.float_("max_age_s", 0.0, 0.0, 365 * 86_400) or None
     recipient_text = top.str_("recipient_window")
     recipient_window = (
-        _parse_window(recipient_text, top, "recipient_window") if recipient_text else None
+        _parse_window(recipient_text, top, "recipient_window")
+        if recipient_text is not None
+        else None
     )
     timezone_column = top.column("timezone_column")
     window_text = top.str_("send_window")
@@ -301,7 +320,8 @@ def load_job(
     today = moment.date()
     if window is not None and window.crosses_midnight and moment.time() < window.end:
         today -= dt.timedelta(days=1)  # a night across midnight is the date it began on
-    ledger = _ledger_path(top.str_("ledger") or "ledgers/{name}.jsonl", name, today, top)
+    ledger_template = top.str_("ledger", "ledgers/{name}.jsonl") or ""
+    ledger = _ledger_path(ledger_template, name, today, top)
     phone_column = top.column("phone_column", "phone") or "phone"
     group_size = top.int_("group_size", MAX_GROUP_SIZE, 1, MAX_GROUP_SIZE)
     group_by = top.column("group_by")
@@ -344,8 +364,8 @@ def load_job(
         encoding=encoding,
         delimiter=delimiter,
         max_rejected_share=max_rejected_share,
-        dated_ledger="{date}" in (top.str_("ledger") or ""),
-        ledger_template=top.str_("ledger") or "ledgers/{name}.jsonl",
+        dated_ledger="{date}" in ledger_template,
+        ledger_template=ledger_template,
     )
 
 
@@ -396,16 +416,33 @@ def _defaults(table: Table) -> dict[str, str]:
 
 
 def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
-    """``ledger`` with ``{name}`` and ``{date}`` (YYYY-MM-DD in the job's timezone) filled in."""
+    """``ledger`` with ``{name}`` and ``{date}`` (YYYY-MM-DD in the job's timezone) filled in.
+    The template itself is never repeated in an error: a database URL may hold a password."""
+    if blank(template):  # a template left blank: no file, and the default is not what was meant
+        raise top.error(
+            "ledger",
+            "is empty: name a file or a database, or leave the setting out for "
+            "ledgers/{name}.jsonl",
+        )
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parsed = [
+            (field, spec, conversion)
+            for _, field, spec, conversion in string.Formatter().parse(template)
+            if field is not None
+        ]
     except ValueError as exc:
         raise top.error("ledger", f"bad placeholder: {exc}") from None
-    unknown = fields - {"name", "date"}
+    unknown = {field for field, _, _ in parsed} - {"name", "date"}
     if unknown:
         raise top.error(
             "ledger", f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{name}} or {{date}}"
         )
+    for field, spec, conversion in parsed:
+        if spec or conversion:  # the date is YYYY-MM-DD as it stands, the name as written
+            raise top.error(
+                "ledger",
+                f"placeholder {{{field}}} takes no format spec or conversion: write {{{field}}}",
+            )
     ledger = template.format(name=name, date=today.isoformat())
     try:
         location(ledger)
@@ -429,7 +466,13 @@ def _encoding(name: str, top: Table) -> str:
         raise top.error(
             "encoding", f"{name!r} is not a known encoding (e.g. 'utf-8', 'cp1252', 'latin-1')"
         ) from None
-    if '\n,"'.encode(codec, "replace") != b'\n,"' or codec.startswith("utf-16"):
+    try:
+        ascii_like = '\n,"'.encode(codec, "replace") == b'\n,"'
+    except (LookupError, UnicodeError):  # rot13, hex: no text codec; idna, undefined: no file's
+        raise top.error(
+            "encoding", f"{name!r} cannot read a text file: save the file as UTF-8 or cp1252"
+        ) from None
+    if not ascii_like or codec.startswith("utf-16"):
         raise top.error(
             "encoding", f"{name!r} is not ASCII-compatible: save the file as UTF-8 or cp1252"
         )
@@ -548,6 +591,10 @@ def _offset(offset: dt.timedelta | None) -> str:
 
 
 def _parse_window(text: str, top: Table, setting: str = "send_window") -> SendWindow:
+    if blank(text):  # a template left blank: no window is not what it meant
+        raise top.error(
+            setting, "is empty: give HH:MM-HH:MM (e.g. '09:00-20:00'), or leave the setting out"
+        )
     m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
     if m is None:
         raise top.error(setting, f"{text!r} is not HH:MM-HH:MM (e.g. '09:00-20:00')")

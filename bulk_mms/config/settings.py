@@ -26,6 +26,7 @@ from bulk_mms.codes import (
     keyword,
 )
 from bulk_mms.config._toml import URL, Bounds, Table, read_choice, read_toml
+from bulk_mms.config.job import SENDER_FORMS, iana_zone, is_sender
 from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
 from bulk_mms.policy import load_policy
@@ -205,7 +206,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             spam_window=limits.int_("spam_window", settings.spam_window, 2, 10_000),
             error_policy=load_policy(errors.strings(), source=f"{path}: errors"),
             suppression_file=listed_path,
-            sender_limits=limits.rate_table("senders"),
+            sender_limits=_sender_limits(limits),
             type_limits=limits.rate_table(
                 "sender_types", ("long_code", "toll_free", "short_code", "alphanumeric")
             ),
@@ -286,6 +287,18 @@ def _keywords(suppression: Table, key: str) -> frozenset[str]:
     return frozenset(words)
 
 
+def _sender_limits(limits: Table) -> dict[str, float]:
+    """``[limits.senders]``: number = rate, each number written as a job's ``from`` writes it
+    (another spelling, ``13125551234`` for ``+13125551234``, would never be matched)."""
+    rates = limits.rate_table("senders")
+    for number in rates:
+        if not is_sender(number):
+            raise limits.error(
+                f"senders.{number}", f"{number!r} is not {SENDER_FORMS}, as a job's from names it"
+            )
+    return rates
+
+
 def _daily_reset(limits: Table) -> str:
     """``daily_reset = "HH:MM Zone"``, checked."""
     text = limits.str_("daily_reset", DAILY_RESET) or DAILY_RESET
@@ -308,7 +321,7 @@ def day_start(reset: str, now: dt.datetime) -> dt.datetime:
     """
     clock, _, zone_name = reset.strip().partition(" ")
     hour, minute = (int(x) for x in clock.split(":"))
-    zone = zoneinfo.ZoneInfo(zone_name.strip())
+    zone = iana_zone(zone_name.strip())
     day = now.astimezone(zone).date()
     start = dt.datetime.combine(day, dt.time(hour, minute), zone)
     # by the instant, not the wall time (one zone's datetimes compare by wall time): in the
