@@ -66,7 +66,8 @@ def check_output(
 ) -> None:
     """Refuse ``path`` as the file ``option`` writes when it names a folder (``""``, ``.``,
     ``/``), is one of the files to ``keep`` (``(what it is, path)``; the same file by any
-    name, a symlink included) or is an existing bulk-mms ledger.
+    name, a symlink included), is an existing bulk-mms ledger, or an existing TOML file (a
+    job or settings file, which ``report`` is not told of: nothing bulk-mms writes is TOML).
 
     Raises:
         ConfigError: naming ``option``, ``path`` and what it is (exit 2); nothing is written.
@@ -86,6 +87,12 @@ def check_output(
         raise ConfigError(
             option,
             f"{path} is a bulk-mms ledger: it would be written over; name another file",
+            source=source,
+        )
+    if path.suffix.lower() == ".toml" and path.is_file():  # a job or settings file
+        raise ConfigError(
+            option,
+            f"{path} is a TOML file: it would be written over; name another file",
             source=source,
         )
 

@@ -109,23 +109,26 @@ def test_run_refuses_the_input_the_job_file_names_with_input(
         ("--html", "ledger", "is the ledger given on the command line"),
         ("--rejected-csv", "link", "is the ledger given on the command line"),
         ("--recipients-csv", "other", "is a bulk-mms ledger"),
+        ("--failed-csv", "job", "is a TOML file"),
+        ("--html", "job", "is a TOML file"),
     ],
 )
 def test_report_refuses_an_output_over_a_file_it_keeps(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], option: str, target: str, says: str
 ) -> None:
-    """report's outputs over the ledger's input, the ledger (by name or symlink) or another
-    ledger exit 2 in one line, before the report is printed, and change nothing."""
-    _, people, ledger = sent(jobs, capsys)
+    """report's outputs over the ledger's input, the ledger (by name or symlink), another
+    ledger or a job file (which no ledger names) exit 2 in one line, before the report is
+    printed, and change nothing."""
+    job, people, ledger = sent(jobs, capsys)
     link = jobs.root / "link.jsonl"
     link.symlink_to(ledger)
     other = jobs.root / "other.jsonl"
     other.write_bytes(ledger.read_bytes())
-    path = {"input": people, "ledger": ledger, "link": link, "other": other}[target]
-    before = contents(people, ledger, other)
+    path = {"input": people, "ledger": ledger, "link": link, "other": other, "job": job}[target]
+    before = contents(people, ledger, other, job)
     argv = ["report", str(ledger), "--format", "json", option, str(path)]
     assert says in refused(capsys, argv, option, path)
-    assert contents(people, ledger, other) == before
+    assert contents(people, ledger, other, job) == before
 
 
 def test_report_refuses_two_outputs_in_one_file(
