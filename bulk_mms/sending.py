@@ -444,10 +444,8 @@ class GroupSender:
             if over is not None:  # room another process left, killed since this run began?
                 await self._unless_stopped(self.leftover())
                 over = await self._unless_stopped(limit.reserve(tries.group, fence))
-            if over is not None:
-                self.stops.fail(
-                    over, stop_reason(over)
-                )  # at once: no other group takes room meanwhile
+            if over is not None:  # stop at once: no other group takes room meanwhile
+                self.stops.fail(over, stop_reason(over))
                 # its tries end on the cap, as on a carrier's; one in doubt since an earlier
                 # run stays so, unrecorded (the cap says nothing of whether it was sent)
                 raise StopRetrying(None if tries.ambiguous else over)
