@@ -203,6 +203,12 @@ async def sleep_unless(stopping: asyncio.Event | None, seconds: float) -> None:
             await stopping.wait()
 
 
+def mono_at(at: float, clock: Clock) -> float:
+    """The moment ``at`` (seconds since the epoch) on ``clock``'s monotonic clock, as its wall
+    clock reads it now: a wall clock stepped since (NTP) moves it."""
+    return clock.monotonic() + (at - clock.wall())
+
+
 def wall_until(at: float, clock: Clock) -> float:
     """Seconds from ``clock``'s wall time until ``at`` (seconds since the epoch): 0 once it
     has come, or is no more than :data:`DUE_SLACK_S` off, so a sleep of what this said ends

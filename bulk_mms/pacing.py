@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import structlog
 
-from bulk_mms.clock import Clock, SystemClock
+from bulk_mms.clock import Clock, SystemClock, mono_at
 from bulk_mms.rate import (
     CATCH_UP_S,
     AccountBudget,
@@ -458,8 +458,7 @@ class Pacer:
         (:meth:`queue_ahead`)."""
         pace = self.senders.get(sender)
         if pace is not None:
-            ends = self.clock.monotonic() + (leaves - self.clock.wall())
-            pace.departs = max(pace.departs, ends)
+            pace.departs = max(pace.departs, mono_at(leaves, self.clock))
 
     def usable(self, sender: str | None) -> bool:
         """Whether ``sender`` is in the pool and not retired."""

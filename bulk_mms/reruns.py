@@ -349,11 +349,12 @@ def _unfinished_runs(
             runs.append((rerun, where, view))
     unsent: list[tuple[JobConfig, frozenset[int]]] = []
     unread: list[str] = []
+    asking = ledger_name(texting)
     for run, where, view in runs:
         if not still_to_send(run, view):
             continue
         found, lost = resume_leaves_out(view, where)
-        if ledger_name(texting) in {ledger_name(w) for w in found}:
+        if asking in {ledger_name(w) for w in found}:
             continue  # whom the asking run texts, its ledger counts sent: this resume leaves out
         gone = sent_numbers(found, in_doubt_ok=True, own=where, folded=folds)
         unsent.append((run, left_to_send(run, view, gone)))

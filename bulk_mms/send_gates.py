@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from msgspec.structs import replace
 
-from bulk_mms.clock import Clock, utc
+from bulk_mms.clock import Clock, mono_at, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import Fence
 from bulk_mms.errors import (
@@ -157,26 +157,20 @@ class SendGates:
         """The job's deadline (``expires_at``) on the monotonic clock, where waits (the
         pacer's, a backoff's) end, as the wall clock reads it now: a wall clock stepped since
         the run began (NTP) moves it."""
-        return None if self.expires_at is None else self._mono(self.expires_at.timestamp())
+        return None if self.expires_at is None else mono_at(self.expires_at.timestamp(), self.clock)
 
     def window_closes(self, tries: Tries) -> float | None:
         """When the first of the group's windows closes (:attr:`Tries.window_closes_at`) on
         the monotonic clock, as the wall clock reads it now: a wall clock stepped while the
         group waits moves it, as it moves the deadline (:meth:`expires_mono`)."""
         at = tries.window_closes_at
-        return None if at is None else self._mono(at)
+        return None if at is None else mono_at(at, self.clock)
 
     def waits_end(self, tries: Tries) -> float | None:
         """No wait for the group's next try (the pacer's, a backoff) that ends after this
         (monotonic) is begun: its ``group_deadline`` or its first window's close, whichever
         comes first (:meth:`_held_for_window` says what then)."""
-        ends = [t for t in (tries.group_deadline, self.window_closes(tries)) if t is not None]
-        return min(ends, default=None)
-
-    def _mono(self, wall: float) -> float:
-        """The moment ``wall`` (seconds since the epoch) on the monotonic clock, as the wall
-        clock reads it now."""
-        return self.clock.monotonic() + (wall - self.clock.wall())
+        return _earliest(tries.group_deadline, self.window_closes(tries))
 
     def run_over(self) -> bool:
         """Whether ``max_job_duration_s`` has come: from then on no request leaves, and the
@@ -190,8 +184,7 @@ class SendGates:
         ``max_job_duration_s``, the job's deadline and this group's ``max_group_age_s``."""
         age_limit = self.settings.max_group_age_s
         own = self.clock.monotonic() + age_limit if age_limit else None
-        ends = [t for t in (self.run_deadline, self.expires_mono(), own) if t is not None]
-        return min(ends, default=None)
+        return _earliest(self.run_deadline, self.expires_mono(), own)
 
     def leave_within(self, tries: Tries, now: float) -> float | None:
         """Seconds until the first gate that is open ``now`` closes: the group's deadline
@@ -270,8 +263,7 @@ class SendGates:
         """By when (monotonic) the group's message must have left its sender's queue at Telnyx
         to reach its recipients in time: the job's deadline or its first window's close,
         whichever comes first; None when neither is set."""
-        ends = [t for t in (self.expires_mono(), self.window_closes(tries)) if t is not None]
-        return min(ends, default=None)
+        return _earliest(self.expires_mono(), self.window_closes(tries))
 
     def _check_queue(self, tries: Tries, leaves: float, on_record: bool) -> None:
         """Raise :class:`StopRetrying` when the group's message, accepted now, would leave
@@ -286,7 +278,8 @@ class SendGates:
         reported, and its ledger's earlier answers as it began (another host's messages from the
         same sender since are not in it); near a close, no try of a sender goes before an
         answer set its queue unless it is the one out (:meth:`first_answer`)."""
-        ends, closes = self._delivery_ends(tries), self.window_closes(tries)
+        closes = self.window_closes(tries)
+        ends = _earliest(self.expires_mono(), closes)  # as _delivery_ends, the close read once
         if ends is None or leaves < ends:
             return
         if self._outlasted(tries, leaves) or on_record:
@@ -471,3 +464,8 @@ class SendGates:
         self.window_left.add(group)  # a run inside the window sends it
         tries.held = True
         return False
+
+
+def _earliest(*moments: float | None) -> float | None:
+    """The first of ``moments`` that are set; None when none is."""
+    return min((t for t in moments if t is not None), default=None)

@@ -548,7 +548,7 @@ def recipient_rows(
                 continue
             remember(key)
             if key in excluded:
-                yield RejectedRow(row.line, phone, _EXCLUDED, Rejection.EXCLUDED)
+                yield _excluded(row.line, phone)
                 continue
             yield recipient
 
@@ -560,6 +560,11 @@ def _duplicate(line: int, value: str, phone: str, repeated: set[int] | None) -> 
         repeated.add(int(phone))
     reason = f"duplicate: {phone} appears earlier in the input"
     return RejectedRow(line, value, reason, Rejection.DUPLICATE)
+
+
+def _excluded(line: int, phone: str) -> RejectedRow:
+    """The row at ``line`` left out: an ``--exclude-sent`` ledger sent ``phone``."""
+    return RejectedRow(line, phone, _EXCLUDED, Rejection.EXCLUDED)
 
 
 def _unless_sent(
@@ -580,7 +585,7 @@ def _unless_sent(
     if key in seen:
         return _duplicate(rejected.line, value, phone, repeated)
     if key in excluded:
-        return RejectedRow(rejected.line, phone, _EXCLUDED, Rejection.EXCLUDED)
+        return _excluded(rejected.line, phone)
     return rejected
 
 

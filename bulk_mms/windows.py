@@ -2,11 +2,11 @@
 
 At the start, :func:`window_stop`: a run outside its ``send_window`` sends nothing and stops
 ``window`` (exit 4: a later run inside the window sends) when the window opens again before
-the job's deadline, else :attr:`~bulk_mms.summary.StopReason.AFTER_DEADLINE` (exit 1: no run can).
+the job's deadline, else :attr:`~bulk_mms.signals.StopReason.AFTER_DEADLINE` (exit 1: no run can).
 At the end, :func:`held_for_windows`: the recipients a run held for their quiet hours, or
 left unsent as the ``send_window`` closed, make it stop ``quiet_hours`` or ``window`` (exit 4)
 only when a later run can send one of them before the deadline; when nobody can,
-:attr:`~bulk_mms.summary.StopReason.AFTER_DEADLINE` (exit 1).
+:attr:`~bulk_mms.signals.StopReason.AFTER_DEADLINE` (exit 1).
 
 At the end too, :func:`reset_in_time`: a run a cap stopped (exit 5: a run after its reset
 resumes) whose reset comes only after the deadline ends with exit 1 instead: no run can.
