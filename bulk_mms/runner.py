@@ -676,8 +676,10 @@ class Runner:
         claim: :data:`~bulk_mms.caps.ENDED`), or kept (in doubt, or a live process holds its
         claim and may send it under that room)."""
         held, rec = await self.sharing.claimed(gid)
-        if (ended := _ended(rec)) == ENDED or not held:
-            return ended  # failed for good, whoever holds its claim; else a live process's
+        if _ended(rec) == ENDED:
+            return ENDED  # failed for good, whoever holds its claim
+        if not held:
+            return UNDECIDED  # a live process holds its claim and may send it
         if rec is None:
             return UNSENT
         if rec.state == SENT:

@@ -223,6 +223,13 @@ class GroupRecord(msgspec.Struct):
         return status == DELIVERED and phone in self.moved and phone not in self.reached
 
     @property
+    def moves_counted(self) -> tuple[str, ...]:
+        """The members moved out of it whose move counts towards
+        :data:`~bulk_mms.policy.MAX_RESENDS`: all but those its message reached after all
+        (:class:`~bulk_mms.ledger.events.Reached`)."""
+        return tuple(p for p in self.moved if p not in self.reached)
+
+    @property
     def counted(self) -> tuple[str, ...]:
         """The recipients whose state is this group's: all its members, except when the API
         refused some by name (those failed; the others are another group's now)."""
@@ -746,7 +753,7 @@ class LedgerView(msgspec.Struct, eq=False):
             if self._group_of is not None and old.moved:
                 later = {p: g for p in old.moved if (g := self._group_of.get(p, gid)) != gid}
             if self._moves is not None:
-                self._moves.subtract(p for p in old.moved if p not in old.reached)
+                self._moves.subtract(old.moves_counted)
             if old.reached:
                 self._back = None  # built again as the ledger has the group now
             self.groups[gid] = GroupRecord(gid, ())
@@ -878,9 +885,7 @@ class LedgerView(msgspec.Struct, eq=False):
         if not self._any_moved:
             return 0
         if self._moves is None:
-            self._moves = Counter(
-                p for rec in self.groups.values() for p in rec.moved if p not in rec.reached
-            )
+            self._moves = Counter(p for rec in self.groups.values() for p in rec.moves_counted)
         return self._moves[phone]
 
     def texted_twice(self) -> dict[str, tuple[str, str]]:
