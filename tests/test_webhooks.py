@@ -30,7 +30,15 @@ from bulk_mms.clock import instant, iso
 from bulk_mms.codes import OPT_IN_WORDS, OPT_OUT_WORDS
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger import GroupRecord, LedgerStore, LedgerView, Sent, load, open_store
+from bulk_mms.ledger import (
+    GroupRecord,
+    LedgerStore,
+    LedgerView,
+    Location,
+    Sent,
+    load,
+    open_store,
+)
 from bulk_mms.ledger.events import Status
 from bulk_mms.models import Group, Money, RecipientStatus
 from bulk_mms.signals import Stop, StopReason
@@ -343,7 +351,7 @@ async def test_unknown_recipients_and_other_events_write_nothing(
 
 
 def serving(
-    target: Path | JobConfig, stop: Stop
+    target: Location | JobConfig, stop: Stop
 ) -> tuple[asyncio.Task[WebhookReceiver | JobReceiver], asyncio.Future[str]]:
     """:func:`serve_webhooks` of ``target`` on port 0 as a task, until ``stop``; and the
     address it listens on, once it does."""
@@ -492,7 +500,12 @@ async def test_a_receiver_stopped_already_takes_one_last_look_for_a_late_event(
     late = append_late_group(path, client.calls[0])
     body = event("message.finalized", late, "late-msg", "delivered", event_id="evt-late")
     report = RecipientStatus(late.to[0], "delivered")
-    assert receiver.look_later("evt-late", "message.finalized", body["data"], "late-msg", [report])
+    assert (
+        await receiver.look_later(
+            "evt-late", "message.finalized", body["data"], "late-msg", [report]
+        )
+        is None
+    )
     stop.set()
     await receiver.settle()
     await receiver.close()

@@ -6,9 +6,11 @@ body (:data:`MAX_EVENT_BODY` at most), takes an inbound keyword onto the suppres
 (:mod:`bulk_mms.webhooks.keywords`), and hands a delivery report to the subclass, one delivery
 of an event at a time. An event no ledger knows yet is looked for again (:class:`Late`) every
 :data:`LATE_POLL_S` for :data:`LATE_WINDOW_S`, at most :data:`LATE_MAX` at once, then counted
-unmatched. A subclass says what a delivery report does (``_delivery``) and what a look reads
-and matches (``_read_late``, ``_views``, ``_found``): the receiver of one ledger
-(:mod:`bulk_mms.webhooks.receiver`), and of a job's dated ledgers
+unmatched; it is spooled before it is answered (:mod:`bulk_mms.webhooks.spool`), so one
+that a stop cut short is looked for again by the next receiver
+(:meth:`BaseReceiver.replay_held`). A subclass says what a delivery report does
+(``_delivery``) and what a look reads and matches (``_read_late``, ``_views``, ``_found``):
+the receiver of one ledger (:mod:`bulk_mms.webhooks.receiver`), and of a job's dated ledgers
 (:mod:`bulk_mms.webhooks.days`)."""
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bulk_mms.answers import as_message_id, parse_json, status_stamp
+from bulk_mms.answers import as_message_id, parse_json, payload_message_id, status_stamp
 from bulk_mms.clock import Clock, SystemClock, instant
 from bulk_mms.config import Settings
 from bulk_mms.errors import ConfigError, LedgerError
@@ -36,6 +38,7 @@ from bulk_mms.suppression import Suppressed
 from bulk_mms.webhooks.events import EVENTS, Origin, origin, reports_in, short_field
 from bulk_mms.webhooks.keywords import take_keywords
 from bulk_mms.webhooks.signature import Unverified, verify
+from bulk_mms.webhooks.spool import Held, Spool, SpoolFull
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +86,8 @@ class Late:
     as_group: tuple[RecipientStatus, ...] | None
     #: When it is given up (the receiver's monotonic time).
     deadline: float
+    #: Its line's token in the receiver's spool (:mod:`bulk_mms.webhooks.spool`); None: none.
+    held: str | None = None
     #: The recipients recorded already.
     done: set[str] = field(default_factory=set)
 
@@ -102,6 +107,7 @@ class ReceiverOptions(TypedDict, total=False):
     suppressed: Suppressed | None
     settings: Settings | None
     stop: asyncio.Event | None
+    spool: Spool | None
 
 
 class BaseReceiver:
@@ -119,9 +125,13 @@ class BaseReceiver:
         suppressed: Suppressed | None = None,
         settings: Settings | None = None,
         stop: asyncio.Event | None = None,
+        spool: Spool | None = None,
     ) -> None:
         #: Set when the receiver is stopping: events still looked for again are given up.
         self.stop = stop
+        #: Where an event looked for again is kept until it is settled, so that a stop before
+        #: its `sent` line does not lose it (None: in memory only).
+        self.spool = spool
         #: The account's suppression list, where inbound STOPs go (None: not kept).
         self.suppressed = suppressed
         #: The account's settings, as runs and ``track`` read delivery reports by them: the
@@ -257,41 +267,93 @@ class BaseReceiver:
             unmatched=self.unmatched,
         )
 
-    def look_later(
+    async def look_later(
         self,
         event_id: str,
         event_type: str,
         data: dict[str, Any],
         message_id: str,
         statuses: Sequence[RecipientStatus],
-    ) -> bool:
+    ) -> str | None:
         """Look for an event's reports again (``statuses``: as read now, none recorded,
         :func:`reports_in`), the request answered: every :data:`LATE_POLL_S` for
         :attr:`late_window_s` (a webhook can beat the run's ``sent`` line), with every other
-        such event (:meth:`_poll`); what matching needs is kept of it, not its body (:class:`Late`).
-        False, and not looked for, when :attr:`late_max` are already (:data:`LATE_MAX`), or
-        the receiver is stopping (no look would follow but the last, a moment later): the
-        caller answers 503 (:meth:`not_held`), so Telnyx delivers it again."""
+        such event (:meth:`_poll`); what matching needs is kept of it, not its body
+        (:class:`Late`), and kept durably in the :attr:`spool` first, so a stop before its
+        ``sent`` line does not lose it. None when it is looked for; else why not, and the
+        caller answers 503 (:meth:`not_held`), so Telnyx delivers it again: :attr:`late_max`
+        are already (:data:`LATE_MAX`), the receiver is stopping (no look would follow but
+        the last, a moment later), or the spool cannot take it (a full disk:
+        ``webhook.held_failed``)."""
         if self._stopping():
             log.warning("webhook.late_refused", id=short_field(event_id), reason="stopping")
-            return False
+            return "stopping"
         if len(self._late) >= self.late_max:
             log.warning("webhook.late_full", id=short_field(event_id), pending=len(self._late))
-            return False
-        payload = data.get("payload")
+            return "too many events are being looked for now"
+        token = self.spool.token() if self.spool is not None else None
+        held = Held(token, event_id, event_type, data)
+        if self.spool is not None:
+            hold = functools.partial(self.spool.hold, held, self.clock.wall())
+            try:
+                await self._finished(asyncio.to_thread(hold))
+            except (OSError, SpoolFull) as exc:
+                error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                log.error(  # noqa: TRY400 - one line, no traceback
+                    "webhook.held_failed", id=short_field(event_id), error=error
+                )
+                return "the held events cannot be written now"
+        self._keep(held, message_id, statuses)
+        self._start_looking()
+        return None
+
+    def _keep(self, held: Held, message_id: str, statuses: Sequence[RecipientStatus]) -> None:
+        """Look for an event again from now for :attr:`late_window_s` (:meth:`look_later`)."""
+        payload = held.data.get("payload")
         listed = isinstance(payload, dict) and payload.get("cc")
         self._late[next(self._late_numbers)] = Late(
-            event_id,
+            held.event_id,
             message_id,
-            *origin(data, payload),
+            *origin(held.data, payload),
             statuses=tuple(statuses),
-            as_group=reports_in(payload, event_type, message_id) if listed else None,
+            as_group=reports_in(payload, held.event_type, message_id) if listed else None,
             deadline=self.clock.monotonic() + self.late_window_s,
+            held=held.token,
         )
-        if self._poller is None or self._poller.done():
+
+    def _start_looking(self) -> None:
+        """Have the looks again (:meth:`_poll`) go on while there are events to look for."""
+        if self._late and (self._poller is None or self._poller.done()):
             self._poller = asyncio.create_task(self._poll())
             self._poller.add_done_callback(self._poll_ended)
-        return True
+
+    async def replay_held(self) -> None:
+        """Look again for the events of the :attr:`spool` (answered by a receiver before this
+        one, which stopped before it settled them: :meth:`Spool.replay`), each for a whole
+        :attr:`late_window_s` from now, the first look at once: those whose ``sent`` line
+        has landed since are recorded before the receiver takes a request. A spool that
+        cannot be read is logged, and the receiver serves all the same."""
+        if self.spool is None:
+            return
+        try:
+            found = await asyncio.to_thread(self.spool.replay, self.clock.wall())
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - one line, no traceback
+                "webhook.held_unreadable", spool=str(self.spool.path), error=exc.strerror
+            )
+            return
+        for held in found:
+            payload = held.data.get("payload")
+            message_id = payload_message_id(payload)
+            if message_id is not None:
+                self._keep(held, message_id, reports_in(payload, held.event_type))
+            elif held.token is not None:  # not one a receiver held: each names a message
+                self.spool.settle(held.token)
+        if self._late:
+            await self._look(self._stopping())
+        log.info("webhook.held_replayed", held=len(found), pending=len(self._late))
+        await self._compact()
+        self._start_looking()
 
     def _poll_ended(self, task: asyncio.Task[None]) -> None:
         """The looks again (:meth:`_poll`) ended: one that failed outside a look (a fault of
@@ -352,11 +414,31 @@ class BaseReceiver:
             except Exception as exc:  # one event's fault must not stop the others
                 log.error("webhook.late_failed", **fault(exc), id=late.event_id)  # noqa: TRY400
                 found = None
-            if found:
+            if found or (now >= late.deadline and found is not None):
                 del self._late[number]
-            elif found is None or last or now >= late.deadline:
-                del self._late[number]
+                self._settle(late)  # recorded, or looked for its whole window
+                if not found:
+                    self._unmatched(late.event_id, late.message_id, late.left())
+            elif found is None or last:
+                del self._late[number]  # its spool's line stays: the next receiver's to look for
                 self._unmatched(late.event_id, late.message_id, late.left())
+        await self._compact()
+
+    def _settle(self, late: Late) -> None:
+        """An event looked for again is done with: out of the spool at its next compaction."""
+        if self.spool is not None and late.held is not None:
+            self.spool.settle(late.held)
+
+    async def _compact(self) -> None:
+        """Take the events settled out of the spool, once they are at least as many as those
+        looked for (:meth:`Spool.wants_compaction`); one that fails is logged, and tried
+        again after the next look."""
+        if self.spool is None or not self.spool.wants_compaction(len(self._late)):
+            return
+        try:
+            await self._finished(asyncio.to_thread(self.spool.compact))
+        except OSError as exc:
+            log.warning("webhook.held_compaction_failed", error=exc.strerror)
 
     async def _finished(self, work: Coroutine[Any, Any, _T]) -> _T:
         """What ``work`` returns: a ledger opened or read in a worker thread, and what is done
@@ -373,10 +455,9 @@ class BaseReceiver:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def not_held(self) -> web.Response:
-        """The answer to an event that no ledger knows and that :meth:`look_later` refused
-        (the receiver stopping, or :data:`LATE_MAX` held): 503, so Telnyx delivers it again."""
-        why = "stopping" if self._stopping() else "too many events are being looked for now"
+    def not_held(self, why: str) -> web.Response:
+        """The answer to an event that no ledger knows and that :meth:`look_later` refused,
+        saying ``why``: 503, so Telnyx delivers it again."""
         return web.json_response({"error": why}, status=503)
 
     async def settle(self) -> None:

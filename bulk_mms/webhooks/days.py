@@ -274,8 +274,8 @@ class JobReceiver(BaseReceiver):
         reports = reports_in(payload, event_type)
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
-        elif not self.look_later(event_id, event_type, data, message_id, reports):
-            return self.not_held()
+        elif why := await self.look_later(event_id, event_type, data, message_id, reports):
+            return self.not_held(why)
         self._answered[event_id] = self.clock.monotonic()
         if len(self._answered) > ANSWERED_MAX:
             self._answered.popitem(last=False)

@@ -145,9 +145,9 @@ class WebhookReceiver(BaseReceiver):
         if (
             unknown
             and message_id is not None
-            and not self.look_later(event_id, event_type, data, message_id, unknown)
+            and (why := await self.look_later(event_id, event_type, data, message_id, unknown))
         ):
-            return self.not_held()
+            return self.not_held(why)
         self.view.webhook_ids.add(event_id)
         if unknown and message_id is None:
             self._unmatched(event_id, message_id, unknown)

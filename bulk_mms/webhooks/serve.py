@@ -20,7 +20,8 @@ from bulk_mms.ledger.store import display, is_database
 from bulk_mms.suppression import Suppressed
 from bulk_mms.webhooks.base import BaseReceiver
 from bulk_mms.webhooks.days import JobReceiver
-from bulk_mms.webhooks.receiver import WebhookReceiver, opened
+from bulk_mms.webhooks.receiver import LEARN_WINDOW_S, WebhookReceiver, opened
+from bulk_mms.webhooks.spool import Spool, spool_for
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,10 @@ async def serve_webhooks(
     ``target``: one ledger (:class:`WebhookReceiver`), or a job whose ledger is a new one each
     day (:class:`JobReceiver`, on the job's :meth:`~bulk_mms.config.job.JobConfig.ledger_on`
     in its time zone: none of its ledgers need exist yet). ``settings``: the account's
-    (:attr:`WebhookReceiver.settings`).
+    (:attr:`WebhookReceiver.settings`). Reports answered but not matched yet are spooled
+    (:func:`~bulk_mms.webhooks.spool.spool_for`), each kept at most :data:`LEARN_WINDOW_S`
+    (Telnyx's retry horizon); those a receiver before this one left are looked for again
+    before it listens (:meth:`~bulk_mms.webhooks.base.BaseReceiver.replay_held`).
 
     Raises:
         LedgerError: the ledger is missing, empty or cannot be written; a job's ledgers are
@@ -77,6 +81,7 @@ async def serve_webhooks(
     if is_database(where):  # a database's: its time, as the job's runs and track keep it
         await keep_database_time(clock, str(where))
     receiver: WebhookReceiver | JobReceiver
+    spool = Spool(spool_for(target), max_age_s=LEARN_WINDOW_S)
     if isinstance(target, JobConfig):
         receiver = JobReceiver(
             target.ledger_on,
@@ -86,6 +91,7 @@ async def serve_webhooks(
             suppressed=suppressed,
             settings=settings,
             stop=stop,
+            spool=spool,
         )
     else:
         reopen = functools.partial(open_store, target, "append")
@@ -99,6 +105,7 @@ async def serve_webhooks(
             reopen=reopen,
             settings=settings,
             stop=stop,
+            spool=spool,
         )
     try:
         if isinstance(receiver, JobReceiver):
@@ -109,6 +116,7 @@ async def serve_webhooks(
             }
         else:
             fields = {"ledger": receiver.store.name, "groups": len(receiver.view.groups)}
+        await receiver.replay_held()
         await _listen(receiver, host, port, stop, started, **fields)
     finally:
         await receiver.close()

@@ -1,0 +1,229 @@
+"""The held spool: a report answered 200 before its group's `sent` line lands survives the
+receiver's stop, a spool that cannot take one answers 503, and the spool stays bounded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from msgspec.structs import replace
+from structlog.testing import capture_logs
+
+from bulk_mms.clock import iso
+from bulk_mms.config import JobConfig
+from bulk_mms.config.folders import user_folder
+from bulk_mms.ledger import Location, open_store, read_events
+from bulk_mms.ledger.events import Sent, Status
+from bulk_mms.ledger.store import named
+from bulk_mms.models import Group
+from bulk_mms.runner import run_job
+from bulk_mms.signals import Stop, StopReason
+from bulk_mms.webhooks.receiver import LEARN_WINDOW_S
+from bulk_mms.webhooks.spool import Held, Spool, spool_for
+from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, sent_ledger
+from tests.test_webhooks import (
+    append_late_group,
+    beating,
+    disk_full_for,
+    event,
+    post_signed,
+    posted,
+    receiver_for_ledger,
+    serving,
+    signed,
+    status_lines,
+    stranger,
+)
+from tests.test_webhooks_dated import Sends, dated_job
+
+
+def held_lines(path: Path) -> list[bytes]:
+    """The lines of the spool of the ledger at ``path`` (none when it has no file)."""
+    spool = spool_for(path)
+    return spool.read_bytes().splitlines() if spool.exists() else []
+
+
+async def served_once(path: Location | JobConfig, *bodies: dict[str, Any]) -> tuple[list[int], Any]:
+    """``webhooks LEDGER`` started, sent ``bodies``, then stopped as by SIGTERM: what each
+    was answered, and the receiver."""
+    stop = Stop()
+    server, ready = serving(path, stop)
+    address = await ready
+    answers = []
+    for body in bodies:
+        raw, headers = signed(body)
+        answers.append(await posted(address, raw, headers))
+    stop.request(StopReason.SIGTERM)
+    return answers, await server
+
+
+async def test_a_report_answered_then_cut_short_by_a_stop_is_recorded_after_a_restart(
+    jobs: JobFactory,
+) -> None:
+    """A report answered 200 before its `sent` line, the receiver stopped before the line
+    lands, is recorded by the receiver started after it has; the spool is then empty."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    answers, first = await served_once(path, beating(like))
+    assert answers == [200]
+    assert (first.recorded, status_lines(path)) == (0, [])
+    assert len(held_lines(path)) == 1
+    append_late_group(path, like)  # the run's `sent` line, after the receiver stopped
+    _, again = await served_once(path)
+    assert again.recorded == 1
+    assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+    assert held_lines(path) == []
+
+
+async def test_a_report_the_spool_cannot_take_gets_503_and_its_redelivery_is_held(
+    jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the spool's disk is full a report no ledger knows yet gets 503 (Telnyx delivers
+    it again), never a 200 that could be lost; its redelivery, once space is back, is held,
+    and recorded when its `sent` line lands."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    receiver = await receiver_for_ledger(path, spool=Spool(spool_for(path), max_age_s=3600))
+    disk_full_for(monkeypatch, b'"token"', 1)
+    async with TestClient(TestServer(receiver.app())) as http:
+        with capture_logs() as logs:
+            assert (await post_signed(http, beating(like)))[0] == 503
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["webhook.held_failed"]
+        assert held_lines(path) == []
+        assert (await post_signed(http, beating(like)))[1]["pending"] == 1
+        append_late_group(path, like)
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert [(e["group"], e["status"]) for e in status_lines(path)] == [("late-group", "delivered")]
+    assert held_lines(path) == []
+
+
+async def test_a_spool_past_its_bound_answers_503(jobs: JobFactory) -> None:
+    """A report that would grow the spool past its bound gets 503 while none held is settled."""
+    path, client = await sent_ledger(jobs, 4)
+    spool = Spool(spool_for(path), max_age_s=3600)
+    receiver = await receiver_for_ledger(path, spool=spool)
+    async with TestClient(TestServer(receiver.app())) as http:
+        first = await post_signed(http, stranger(0, client.calls[0]))
+        spool.max_bytes = spool.path.stat().st_size * 3 // 2  # room for half a report more
+        second = await post_signed(http, stranger(1, client.calls[0]))
+    await receiver.close()
+    await receiver.store.close()
+    assert (first[0], second[0]) == (200, 503)
+    assert len(held_lines(path)) == 1
+
+
+async def test_reports_looked_for_their_whole_window_leave_the_spool(jobs: JobFactory) -> None:
+    """Other apps' reports, looked for their whole window by a running receiver, are counted
+    unmatched and taken out of the spool, as they were never kept past it before."""
+    path, client = await sent_ledger(jobs, 4)
+    receiver = await receiver_for_ledger(path, spool=Spool(spool_for(path), max_age_s=3600))
+    receiver.late_window_s = 1.0
+    async with TestClient(TestServer(receiver.app())) as http:
+        for n in range(3):
+            assert (await post_signed(http, stranger(n, client.calls[0])))[0] == 200
+        assert len(held_lines(path)) == 3
+        await receiver.settle()
+    await receiver.close()
+    await receiver.store.close()
+    assert (receiver.unmatched, held_lines(path)) == (3, [])
+
+
+async def test_a_report_held_past_the_bound_is_dropped_with_a_warning(jobs: JobFactory) -> None:
+    """A spooled report held longer ago than the spool keeps one is dropped at the next start,
+    with a warning, even once its message is known; a younger one is recorded."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    receiver = await receiver_for_ledger(path)
+    spool = Spool(spool_for(path), max_age_s=LEARN_WINDOW_S)
+    old, young = beating(like)["data"], beating(like)["data"]
+    now = receiver.clock.wall()
+    spool.hold(Held(spool.token(), old["id"], old["event_type"], old), now - LEARN_WINDOW_S - 1)
+    spool.hold(Held(spool.token(), young["id"], young["event_type"], young), now - 60)
+    await receiver.close()
+    await receiver.store.close()
+    append_late_group(path, like)
+    again = await receiver_for_ledger(path, spool=spool)
+    with capture_logs() as logs:
+        await again.replay_held()
+    await again.close()
+    await again.store.close()
+    assert [e["id"] for e in logs if e["event"] == "webhook.held_expired"] == [old["id"]]
+    assert [e["webhook_id"] for e in status_lines(path)] == [young["id"]]
+    assert held_lines(path) == []
+
+
+async def test_a_spool_line_cut_short_is_passed_over_and_taken_out(jobs: JobFactory) -> None:
+    """A spool whose last line a crash cut short replays the whole lines before it."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    answers, _ = await served_once(path, beating(like))
+    assert answers == [200]
+    with spool_for(path).open("ab") as f:
+        f.write(b'{"token": "x", "id"')
+    append_late_group(path, like)
+    with capture_logs() as logs:
+        _, again = await served_once(path)
+    assert again.recorded == 1
+    assert [e["line"] for e in logs if e["event"] == "webhook.held_unreadable"] == [2]
+    assert held_lines(path) == []
+
+
+async def test_a_spool_is_beside_its_ledger_or_job_file_and_never_a_ledgers_name(
+    jobs: JobFactory,
+) -> None:
+    """A ledger's spool is ``LEDGER.jsonl.held`` (no ``*.jsonl`` the account's ledgers are
+    looked for among), a job's receiver's ``JOB.toml.held``."""
+    path, _ = await sent_ledger(jobs, 4)
+    job = jobs.job()
+    assert spool_for(job) == job.path.with_name(job.path.name + ".held")
+    assert spool_for(path) == path.with_name(path.name + ".held")
+    assert not spool_for(path).match("*.jsonl")
+
+
+async def test_a_database_ledgers_report_cut_short_is_recorded_after_a_restart(
+    jobs: JobFactory, database: str
+) -> None:
+    """On a PostgreSQL ledger the spool is in the user's data folder, and a report answered
+    before its `sent` line and cut short by a stop is recorded after a restart all the same."""
+    jobs.people(4)
+    job = jobs.job(extra="group_size = 4")
+    job = replace(job, database=str(named(database, job.name)))
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    like = client.calls[0]
+    answers, _ = await served_once(job.where, beating(like))
+    assert answers == [200]
+    assert spool_for(job.where).is_relative_to(user_folder("data"))
+    assert len(spool_for(job.where).read_bytes().splitlines()) == 1
+    late = Group("late-group", 9, ("+13125550111",), (9,), like.message)
+    store = open_store(job.where, "append")
+    store.append_now(Sent(late.id, late.to, late.seq, message_id="late-msg", time=iso(time.time())))
+    store.close_sync()
+    _, again = await served_once(job.where)
+    assert again.recorded == 1
+    statuses = [e for e in read_events(job.where) if isinstance(e, Status)]
+    assert [(e.group, e.status) for e in statuses] == [("late-group", "delivered")]
+    assert spool_for(job.where).read_bytes() == b""
+
+
+async def test_a_jobs_report_cut_short_is_recorded_after_a_restart(jobs: JobFactory) -> None:
+    """A job's receiver (dated ledgers) stopped after it answered a report no ledger knew yet
+    holds it beside the job file; the receiver started after the day's run wrote the
+    message's `sent` line records it in that day's ledger."""
+    job = dated_job(jobs)
+    today, sent = await Sends(job).run_on(dt.datetime.now(dt.UTC))
+    late = Group("late-group", 9, ("+13125550111",), (9,), sent[0][0].message)
+    answers, _ = await served_once(job, event("message.sent", late, "late-msg", "sent"))
+    assert answers == [200]
+    assert len(spool_for(job).read_bytes().splitlines()) == 1
+    append_late_group(today, sent[0][0])
+    _, again = await served_once(job)
+    assert again.recorded == 1
+    assert [(e["group"], e["status"]) for e in status_lines(today)] == [("late-group", "sent")]
+    assert spool_for(job).read_bytes() == b""
