@@ -351,7 +351,8 @@ class BaseReceiver:
                 self.spool.settle(held.token)
         if self._late:
             await self._look(self._stopping())
-        log.info("webhook.held_replayed", held=len(found), pending=len(self._late))
+        if found:
+            log.info("webhook.held_replayed", held=len(found), pending=len(self._late))
         await self._compact()
         self._start_looking()
 
