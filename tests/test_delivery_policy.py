@@ -627,6 +627,39 @@ async def test_track_takes_in_a_moved_member_reported_delivered_while_its_group_
     assert run_outcome(s) == 0
 
 
+@pytest.mark.parametrize("statuses", [True, False], ids=["report", "resume"])
+@pytest.mark.parametrize("kind", ["jsonl", "database"])
+async def test_a_move_written_after_the_member_was_reached_leaves_it_reached(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str, statuses: bool
+) -> None:
+    """A ``moved`` event a stale process writes after a ``reached`` event for the same
+    member (another host that had not read it) leaves the member reached: its group's, no
+    rerun texts it, and its move is not counted; a file and a database fold it alike."""
+    where: Location = tmp_path / "stale.jsonl"
+    if kind == "database":
+        where = f"{request.getfixturevalue('database')}?ledger=stale"
+    stale: list[events.Event] = [
+        events.Attempt("g1", (A, B), from_=HEALTHY),
+        events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
+        Moved("g1", (A,), "", "40016", "t", 0.0),
+        events.Reached("g1", (A,), "t"),
+        Moved("g1", (A,), BLOCKED, "40003", "t", 0.0),
+    ]
+    store = open_store(where, "run")
+    try:
+        store.append_now(events.Header("job", "f" * 8, campaign="c1"))
+        for ev in stale:
+            await store.append(ev)
+    finally:
+        await store.close()
+    view = load(where, statuses=statuses)
+    assert view.groups["g1"].moved == ()
+    assert (view.moves(A), waiting(view), view.texted_twice()) == (0, {}, {})
+    r = view.recipients()
+    assert (r.valid, r.sent, r.later) == (2, 2, 0)
+    assert view.groups == LedgerView.fold(stale[:4], statuses=statuses).groups
+
+
 @pytest.mark.parametrize("before", ["refused", "moved"])
 def test_a_member_tried_in_a_group_before_the_one_that_reached_it_is_taken_back(
     before: str,

@@ -319,7 +319,9 @@ class Reached(msgspec.Struct, frozen=True):
     before the report came, or sends it still unaware of this event: another process, a run
     under way), the move stands, the one group that is tried is never changed: they count in
     that group, once, and where it was sent they were texted twice, which the report says
-    (:meth:`~bulk_mms.ledger.LedgerView.texted_twice`) rather than hides."""
+    (:meth:`~bulk_mms.ledger.LedgerView.texted_twice`) rather than hides. A :class:`Moved`
+    for them out of the same group written after it (a process that had not read it) changes
+    nothing: a member reached stays so."""
 
     group: str
     members: tuple[str, ...] = ()

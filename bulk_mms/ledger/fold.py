@@ -487,16 +487,7 @@ class LedgerView(msgspec.Struct, eq=False):
                 if rec.outcome is None and not rec.open:
                     rec.refused = ev.without
             case events.Moved():
-                rec = self._group(ev.group, ())
-                if self._moves is not None:
-                    self._moves.update(
-                        p for p in ev.members if p not in rec.moved and p not in rec.reached
-                    )
-                rec.moved = tuple(dict.fromkeys((*rec.moved, *ev.members)))
-                rec.moved_after = max(rec.moved_after, ev.after)
-                self._any_moved = True
-                if ev.sender:
-                    self.retired.add(ev.sender)
+                self._moved(ev)
             case events.Reached():
                 self._reached(ev)
             case events.Planned():
@@ -530,6 +521,20 @@ class LedgerView(msgspec.Struct, eq=False):
             if rec.open and rec.outcome != SENT:
                 rec.outcome, rec.why, rec.miss = IN_DOUBT, ENDED_WITHOUT_OUTCOME, None
         self._open.clear()
+
+    def _moved(self, ev: events.Moved) -> None:
+        """Members of ``ev.group`` that go again: all but those a ``reached`` event took back
+        or kept (:class:`~bulk_mms.ledger.events.Reached`): a member reached stays so,
+        whatever a process that had not read that event wrote after it."""
+        rec = self._group(ev.group, ())
+        new = [p for p in ev.members if p not in rec.moved and p not in rec.reached]
+        if self._moves is not None:
+            self._moves.update(new)
+        rec.moved = (*rec.moved, *dict.fromkeys(new))
+        rec.moved_after = max(rec.moved_after, ev.after)
+        self._any_moved = True
+        if ev.sender:
+            self.retired.add(ev.sender)
 
     def _reached(self, ev: events.Reached) -> None:
         """Members moved out of ``ev.group`` that its message reached after all: back in it,
