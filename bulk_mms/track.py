@@ -357,11 +357,12 @@ class Tracker:
     ) -> dict[str, RecipientStatus | None]:
         """Each recipient's report in an answer. A recipient listed under more than one
         message id (the group endpoint returns "all messages in a group MMS conversation",
-        and the same people may be texted again) takes the report under its own id, once
-        known; until then, the report under the one message id that lists it alone of the
-        group's members (a member's own message: :func:`_alone`), when there is exactly one
-        such id, else None: another message's status is never recorded as this one's.
-        A report whose message names another group of this ledger
+        and the same people may be texted again) takes the report under its own id of this
+        group's message, once known (:meth:`~bulk_mms.ledger.LedgerView.own_id`: a member
+        moved out and sent again keeps it); until then, the report under the one message id
+        that lists it alone of the group's members (a member's own message: :func:`_alone`),
+        when there is exactly one such id, else None: another message's status is never
+        recorded as this one's. A report whose message names another group of this ledger
         (:meth:`~bulk_mms.ledger.LedgerView.names_another`), or, when another report of the
         answer names this group's own id (so the field is seen to hold it), names any other
         group message (another send in the same conversation), is left out, logged: its
@@ -395,7 +396,7 @@ class Tracker:
                 doubled.add(st.phone)
         alone = _alone(statuses, own_id) if doubled else {}
         for phone in doubled:
-            own = k.message_id if (k := self.view.known.get(phone)) else None
+            own = self.view.own_id(g, phone)
             reports = [st for st in statuses if st.phone == phone]
             if own:
                 mine = [st for st in reports if st.message_id == own]

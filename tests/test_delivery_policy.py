@@ -564,13 +564,21 @@ async def test_a_moved_member_reported_delivered_is_not_texted_again(
     assert (r.valid, r.sent, r.failed, r.later) == (4, 4, 0, 0)
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "database"])
+@pytest.mark.parametrize("under", ["group", "own"])
 async def test_a_moved_member_reported_delivered_after_its_resend_is_reported_texted_twice(
-    jobs: JobFactory,
+    jobs: JobFactory, request: pytest.FixtureRequest, under: str, kind: str
 ) -> None:
-    """A member a blocked sender's 40003 moved and a run sent again from the other sender,
-    then reported delivered by the first send: the report says it was texted twice, counts it
-    sent once, and the next run sends nobody."""
-    job, client, first, receiver = await one_group_sent(jobs, f'["{BLOCKED}", "{HEALTHY}"]')
+    """A member a blocked sender's 40003 moved (reported under its own id) and a run sent
+    again from the other sender, then reported delivered by the first send, under the
+    group's id or under that same own id (kept with the first group as the resend replaced
+    its status): the report says it was texted twice, counts it sent once, a redelivery is
+    recorded once, a receiver reading the ledger afresh matches it the same, and the next
+    run sends nobody; in a file as in a database."""
+    database = request.getfixturevalue("database") if kind == "database" else None
+    job, client, first, receiver = await one_group_sent(
+        jobs, f'["{BLOCKED}", "{HEALTHY}"]', database
+    )
     phone = first.to[1]
     failed = own_event(
         "message.finalized", phone, "own-1", "delivery_failed", BLOCKED, code="40003"
@@ -581,16 +589,19 @@ async def test_a_moved_member_reported_delivered_after_its_resend_is_reported_te
     await run_job(job, FAST, client, clock=FakeClock())
     assert [g.to for g in client.calls[1:]] == [(phone,)]
     await receiver.take_in_new()
-    # under the group's id (its own id was the first send's, forgotten as it went again)
-    group_id = f"msg-{first.id}-0"
-    delivered = own_event("message.finalized", phone, group_id, "delivered", BLOCKED, later=60)
+    message_id = f"msg-{first.id}-0" if under == "group" else "own-1"
+    delivered = own_event("message.finalized", phone, message_id, "delivered", BLOCKED, later=60)
     async with TestClient(TestServer(receiver.app())) as http:
         assert (await post_signed(http, delivered))[1]["recorded"] == 1
         assert (await post_signed(http, delivered))[0] == 200  # redelivered: once
         await receiver.settle()
     await receiver.close()
     await receiver.store.close()
-    s = summarize(job.ledger)
+    fresh = receiver_on(job.where)
+    report = RecipientStatus(phone, "delivered")
+    assert fresh.match([report], message_id) == ([(first.id, report)], [])
+    await fresh.store.close()
+    s = summarize(job.where)
     assert s.texted_twice == 1
     assert (s.recipient_states.sent, s.recipient_states.later) == (4, 0)
     again = await run_job(job, FAST, client, clock=FakeClock())

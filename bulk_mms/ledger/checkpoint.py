@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 #: A fold that replayed at least this many lines leaves a checkpoint.
 EVERY: Final = 20_000
 #: The checkpoint's own format; another is ignored.
-VERSION: Final = 21
+VERSION: Final = 22
 _CHUNK: Final = 1 << 20
 
 
@@ -411,6 +411,8 @@ def _record(
     rec.moved = tuple(rec.moved.split(",")) if rec.moved else ()  # type: ignore[attr-defined]
     rec.reached = tuple(rec.reached.split(",")) if rec.reached else ()  # type: ignore[attr-defined]
     rec.miss = Miss(rec.miss) if rec.miss is not None else None
+    if rec.moved_ids is not None and not isinstance(rec.moved_ids, dict):
+        raise ValueError("a group's moved members' ids that are not a mapping")
     for name in _SHARED_CELLS:
         if isinstance(value := getattr(rec, name), str):
             setattr(rec, name, words.setdefault(value, value))
@@ -437,7 +439,7 @@ def _own_ids(recs: Iterable[GroupRecord]) -> dict[str, str]:
 
 def _cell(value: object) -> object:
     """A group field as JSON: numbers joined by commas (one string, not eight, to parse back),
-    money as its amount and currency, the rest as it is."""
+    money as its amount and currency, the rest (a mapping of numbers to ids too) as it is."""
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, Money):

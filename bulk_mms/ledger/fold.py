@@ -192,6 +192,11 @@ class GroupRecord(msgspec.Struct):
     #: own again (counted sent here, sent by no rerun); those still in it were tried in
     #: another group first, which counts them (:meth:`LedgerView.texted_twice`).
     reached: tuple[str, ...] = ()
+    #: Members moved out of it and sent again since, each with the own message id of their
+    #: copy of its message as known when their new send replaced their status: a later report
+    #: under that id is still about this group's message (:meth:`LedgerView.own_id`). One id
+    #: a member at most (a member leaves a group once); None while it keeps none.
+    moved_ids: dict[str, str] | None = None
     #: Pending a rerun because a cap refused it at the send (a carrier's, or the account's
     #: ``daily_recipients``; a run holds it for a carrier's only): when the cap lifts
     #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock):
@@ -648,7 +653,7 @@ class LedgerView(msgspec.Struct, eq=False):
             rec.why, rec.miss = _failure(ev)
 
     def _sent(self, rec: GroupRecord, ev: events.Sent, at: float | None) -> None:
-        again = self._sent_again(rec) if self.statuses else set()
+        again = self._sent_again(rec) if self.statuses else {}
         rec.outcome = SENT
         rec.message_id = ev.message_id
         rec.sender = ev.from_ or rec.sender
@@ -672,7 +677,11 @@ class LedgerView(msgspec.Struct, eq=False):
             old = known.get(phone)
             if phone in again and old is not None:
                 # sent again: its delivery starts over, and what the earlier send's reports
-                # said (counted with that group, its cost that send's) is not this one's
+                # said (counted with that group, its cost that send's) is not this one's; its
+                # own id of that send stays that group's, for a late report under it
+                if old.message_id:
+                    was = self.groups[again[phone]]
+                    was.moved_ids = {**(was.moved_ids or {}), phone: old.message_id}
                 delivery[old.status] -= 1
                 self.final_cost.pop(phone, None)
                 old = None
@@ -680,16 +689,17 @@ class LedgerView(msgspec.Struct, eq=False):
                 known[phone] = BARE[status]
             delivery[known[phone].status] += 1
 
-    def _sent_again(self, rec: GroupRecord) -> set[str]:
+    def _sent_again(self, rec: GroupRecord) -> dict[str, str]:
         """The members of ``rec`` (about to be recorded sent) whose latest send was another
-        group's that they were moved out of (:class:`~bulk_mms.ledger.events.Moved`)."""
-        again: set[str] = set()
+        group's that they were moved out of (:class:`~bulk_mms.ledger.events.Moved`), each
+        with that group."""
+        again: dict[str, str] = {}
         if not self._any_moved:
             return again  # the usual ledger: no number is in two groups
         for phone in rec.to:
             gid = self.group_of(phone)
             if gid is not None and gid != rec.id and phone in self.groups[gid].moved:
-                again.add(phone)
+                again[phone] = gid
         return again
 
     def apply_status(
@@ -967,6 +977,15 @@ class LedgerView(msgspec.Struct, eq=False):
             return False
         other = self.by_message_id.get(group_message_id)
         return other is not None and other != rec.id
+
+    def own_id(self, rec: GroupRecord, phone: str) -> str | None:
+        """The own message id of ``phone``'s copy of ``rec``'s message, when known: the one
+        ``rec`` kept as the member was sent again (:attr:`GroupRecord.moved_ids`), else its
+        latest status's."""
+        if rec.moved_ids is not None and (mid := rec.moved_ids.get(phone)) is not None:
+            return mid
+        k = self.known.get(phone)
+        return k.message_id if k is not None else None
 
     def status_of(self, phone: str) -> str | None:
         k = self.known.get(phone)

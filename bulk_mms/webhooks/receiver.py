@@ -192,9 +192,8 @@ class WebhookReceiver(BaseReceiver):
             return [], list(statuses)
         if self.view.group_message_id(rec) == message_id:
             mine = set(rec.to)
-        else:  # a recipient's own id: only that recipient
-            known = self.view.known
-            mine = {p for p in rec.to if (k := known.get(p)) and k.message_id == message_id}
+        else:  # a recipient's own id: only that recipient (one moved out and sent again too)
+            mine = {p for p in rec.to if self.view.own_id(rec, p) == message_id}
         matched = [(gid, st) for st in statuses if st.phone in mine]
         if len(matched) < len(statuses):
             log.warning(
