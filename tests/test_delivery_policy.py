@@ -402,6 +402,36 @@ def test_a_group_read_again_counts_its_moves_once() -> None:
 A, B = "+12125550100", "+12125550101"
 
 
+@pytest.mark.parametrize("statuses", [True, False], ids=["report", "resume"])
+def test_a_group_read_again_counts_its_events_once(statuses: bool) -> None:
+    """A shared run reads a group again (refresh_group) each time it looks at it: the view's
+    tallies (attempts, 429s, sends, waits, error codes, delivery counts, times) and its
+    members' statuses stay what a fold of the ledger has, however often it is read."""
+    g1: list[events.Event] = [
+        events.Attempt("g1", (A, B), from_=HEALTHY, time="2026-12-07T10:00:00Z"),
+        events.Failed(
+            "g1", (A, B), rate_limited=2, status=503, code="503", retryable=True,
+            time="2026-12-07T10:00:01Z",
+        ),
+        events.Attempt("g1", (A, B), from_=HEALTHY, time="2026-12-07T10:00:02Z"),
+        events.Sent(
+            "g1", (A, B), message_id="m1", from_=HEALTHY, wait_seconds=3.0,
+            time="2026-12-07T10:00:03Z",
+        ),
+    ]  # fmt: skip
+    later: list[events.Event] = [
+        events.Attempt("g2", ("+12125550102",), from_=HEALTHY, time="2026-12-07T10:05:00Z"),
+        events.Sent("g2", ("+12125550102",), message_id="m2", time="2026-12-07T10:05:01Z"),
+        events.Status("g1", A, "delivered", "own-a", at="2026-12-07T10:01:00Z"),
+    ]
+    fold = LedgerView.fold([*g1, *later], statuses=statuses)
+    view = LedgerView.fold([*g1, *later], statuses=statuses)
+    for _ in range(3):
+        view.refresh_group("g1", g1)  # a database's look: its events but the statuses
+    assert view == fold
+    assert (view.attempts, view.sent_events, view.rate_limited) == (3, 2, 2)
+
+
 def _moved_then(*later: events.Event, statuses: bool = True) -> LedgerView:
     """A ledger of one group of two sent, ``A`` moved out of it (40016), then ``later``."""
     return LedgerView.fold(
@@ -703,6 +733,30 @@ def test_a_member_tried_in_a_group_before_the_one_that_reached_it_is_taken_back(
     assert waiting(view) == {}
     assert view.texted_twice() == {}
     assert view.recipients().later == 0
+
+
+def test_a_moved_members_own_id_outlives_its_resend_in_a_checkpoint_and_a_read_again() -> None:
+    """The own id a moved member's report gave under its first group is kept with that group
+    once its resend replaces its status: in the fold, through a checkpoint, and when a shared
+    run reads the first group again (refresh_group); one id, however often it is read."""
+    first: list[events.Event] = [
+        events.Attempt("g1", (A, B), from_=HEALTHY),
+        events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
+        events.Status("g1", A, "delivery_failed", "own-1"),
+        Moved("g1", (A,), "", "40016", "t", 0.0),
+    ]
+    again: list[events.Event] = [
+        events.Attempt("g2", (A,), from_=HEALTHY),
+        events.Sent("g2", (A,), message_id="m2"),
+    ]
+    view = LedgerView.fold([*first, *again])
+    assert view.groups["g1"].moved_ids == {A: "own-1"}
+    assert (view.own_id(view.groups["g1"], A), view.own_id(view.groups["g2"], A)) == ("own-1", None)
+    loaded = ckpt.from_state(orjson.loads(orjson.dumps(ckpt.to_state(view))))
+    assert loaded == view
+    for _ in range(2):
+        view.refresh_group("g1", first)
+    assert view.groups["g1"].moved_ids == {A: "own-1"}
 
 
 def test_a_group_read_again_after_its_resend_still_makes_the_move_stand() -> None:

@@ -104,6 +104,39 @@ class Missed(NamedTuple):
     kind: Miss
 
 
+class _Tallies(NamedTuple):
+    """What :class:`LedgerView` sums over the events it takes in, beside its groups: what a
+    group read again (:meth:`LedgerView.refresh_group`) leaves as it was."""
+
+    attempts: int
+    rate_limited: int
+    sent_events: int
+    waits: int
+    error_codes: Counter[str]
+    first_time: str | None
+    last_time: str | None
+    run_first: float | None
+    run_last: float | None
+
+    @classmethod
+    def of(cls, view: LedgerView) -> _Tallies:
+        return cls(
+            view.attempts, view.rate_limited, view.sent_events, len(view.waits),
+            view.error_codes.copy(), view.first_time, view.last_time,
+            view._run_first, view._run_last,
+        )  # fmt: skip
+
+    def restore(self, view: LedgerView) -> None:
+        """Put ``view``'s tallies back as they were (events are only ever added to them)."""
+        view.attempts, view.rate_limited, view.sent_events = (
+            self.attempts, self.rate_limited, self.sent_events,
+        )  # fmt: skip
+        del view.waits[self.waits :]
+        view.error_codes = self.error_codes
+        view.first_time, view.last_time = self.first_time, self.last_time
+        view._run_first, view._run_last = self.run_first, self.run_last
+
+
 class News(enum.Flag):
     """What a delivery report told that was not known (:meth:`LedgerView.apply_status`);
     falsy when nothing (the report is not worth recording)."""
@@ -761,9 +794,18 @@ class LedgerView(msgspec.Struct, eq=False):
         """Rebuild one group from its events as the ledger has them now (another process
         may have sent it): what a shared run does before it decides about the group. Its
         moves count once, as the ledger has them now (:meth:`moves`). It keeps its place among
-        the groups: their order is the order they were first tried in (:meth:`_tried`)."""
+        the groups: their order is the order they were first tried in (:meth:`_tried`).
+
+        Only the group is rebuilt: the view's tallies (:class:`_Tallies`) count the events it
+        took in as they came, once each, and stay as they were (the events a group read again
+        gives were counted when first taken in; what other processes wrote is counted by a
+        fold of the ledger, as ``report`` reads it). Its members' statuses and delivery counts
+        are taken in once, when the view first learns it was sent; and the own ids it kept
+        for members sent again since (:attr:`GroupRecord.moved_ids`, learnt from their later
+        sends) stay with it."""
         old = self.groups.get(gid)
         later: dict[str, str] = {}  # its members a later send took (group_of): theirs still
+        tallies, statuses = _Tallies.of(self), self.statuses
         if old is not None:
             if self._group_of is not None and old.moved:
                 later = {p: g for p in old.moved if (g := self._group_of.get(p, gid)) != gid}
@@ -772,14 +814,22 @@ class LedgerView(msgspec.Struct, eq=False):
             if old.reached:
                 self._back = None  # built again as the ledger has the group now
             self.groups[gid] = GroupRecord(gid, ())
-        for ev in stream:
-            self.apply(ev)
+            # a group sent already had its members' statuses and delivery counts taken in
+            self.statuses = statuses and old.outcome != SENT
+        try:
+            for ev in stream:
+                self.apply(ev)
+        finally:
+            self.statuses = statuses
+            tallies.restore(self)
         if later and self._group_of is not None:
             self._group_of.update(later)
         rec = self.groups.get(gid)
         if rec is not None and rec == GroupRecord(gid, ()):
             del self.groups[gid]  # no event of it left: unknown, as a fold has it
             return None
+        if rec is not None and old is not None and old.moved_ids is not None:
+            rec.moved_ids = old.moved_ids
         return rec
 
     def kept_back(self, gid: str, members: tuple[str, ...]) -> None:
