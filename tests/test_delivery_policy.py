@@ -638,34 +638,54 @@ async def test_a_moved_member_reported_delivered_after_its_resend_is_reported_te
     assert (len(client.calls), again.sent_groups) == (2, 0)
 
 
+async def capped_and_tracked(
+    jobs: JobFactory, other: str
+) -> tuple[JobConfig, FakeClient, Group, str]:
+    """A job of two people in one group, sent; its first member reported failed by a
+    carrier's cap (40016), the other ``other``, as track asks once: the job, its client, the
+    group, and its member moved (the group's id is its message's)."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 2", sender=f'["{HEALTHY}"]')
+    client = FakeClient()
+    await run_job(job, FAST, client, clock=FakeClock())
+    (first,) = client.calls
+    capped = first.to[0]
+    cap = (ApiError("40016", "T-Mobile daily message limit reached", ""),)
+    client.delivery[f"msg-{first.id}-0"] = (
+        RecipientStatus(capped, "delivery_failed", errors=cap, at="2026-11-23T10:00:00Z"),
+        RecipientStatus(first.to[1], other),
+    )
+    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
+    assert load(job.ledger, statuses=False).groups[first.id].moved == (capped,)
+    return job, client, first, capped
+
+
 async def test_track_takes_in_a_moved_member_reported_delivered_while_its_group_is_asked(
     jobs: JobFactory,
 ) -> None:
     """A member a carrier's cap (40016) moved while the rest of its group was not final, then
     listed delivered as track asks about the group again: the next run after the reset texts
     nobody and exits 0."""
-    jobs.people(2)
-    job = jobs.job(extra="group_size = 2", sender=f'["{HEALTHY}"]')
-    client = FakeClient()
-    await run_job(job, FAST, client, clock=FakeClock())
-    (first,) = client.calls
-    capped, other = first.to
-    cap = (ApiError("40016", "T-Mobile daily message limit reached", ""),)
-    message = f"msg-{first.id}-0"
-    client.delivery[message] = (
-        RecipientStatus(capped, "delivery_failed", errors=cap, at="2026-11-23T10:00:00Z"),
-        RecipientStatus(other, "sent"),
-    )
-    await track_ledger(job.ledger, FAST, client, clock=FakeClock())
-    assert load(job.ledger, statuses=False).groups[first.id].moved == (capped,)
-    client.delivery[message] = (
+    job, client, first, capped = await capped_and_tracked(jobs, "sent")
+    client.delivery[f"msg-{first.id}-0"] = (
         RecipientStatus(capped, "delivered", at="2026-11-23T10:05:00Z"),
-        RecipientStatus(other, "delivered"),
+        RecipientStatus(first.to[1], "delivered"),
     )
     await track_ledger(job.ledger, FAST, client, clock=FakeClock())
     s = await run_job(job, FAST, client, clock=FakeClock(wall=time.time() + 2 * 86_400))
     assert (len(client.calls), s.sent_groups) == (1, 0)
     assert run_outcome(s) == 0
+
+
+async def test_track_follow_ends_once_a_moved_members_first_message_is_final(
+    jobs: JobFactory,
+) -> None:
+    """A member is moved (40016) only on a final failure of its first message: once the rest
+    of its group is final too, track --follow asks nothing more and ends, waiting for no late
+    report (a webhook still records one: under the group's id or the member's own)."""
+    job, client, _, _ = await capped_and_tracked(jobs, "delivered")
+    r = await track_ledger(job.ledger, FAST, client, follow=True, clock=FakeClock())
+    assert (r.requests, r.passes, r.pending, r.error) == (0, 1, 0, None)
 
 
 @pytest.mark.parametrize("statuses", [True, False], ids=["report", "resume"])
