@@ -262,10 +262,17 @@ def _money(text: str, currency: str) -> Money | None:
         return Money(dec, "USD")  # the API's only currency when it does not say
     cur = currency.strip().upper()
     # a currency that is not an ISO code is no currency: the amount cannot be added up
-    return Money(dec, cur) if _CURRENCY.fullmatch(cur) else None
+    return Money(dec, cur) if is_currency(cur) else None
 
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def is_currency(code: str) -> bool:
+    """Whether ``code`` is written as an ISO 4217 currency code is: three ASCII capital
+    letters (``USD``), nothing around them. The one rule for a currency, the API's and the
+    settings' alike."""
+    return _CURRENCY.fullmatch(code) is not None
 
 
 class RecipientStatus(msgspec.Struct, frozen=True):

@@ -682,3 +682,67 @@ def test_a_number_out_of_any_range_is_said_with_the_settings_own(
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text, "config.toml"), env={})
     assert said in str(info.value)
+
+
+NO_CODE = "is not an ISO 4217 currency code: three capital letters, e.g. 'USD' or 'EUR'"
+
+
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        ('""', f"'' {NO_CODE}"),
+        ('"€"', f"'€' {NO_CODE}"),
+        ('"US"', f"'US' {NO_CODE}"),
+        ('"US DOLLAR"', f"'US DOLLAR' {NO_CODE}"),
+        ('"\uff35\uff33\uff24"', f"'\uff35\uff33\uff24' {NO_CODE}"),  # full-width
+        ('"usd"', "'usd' is not an ISO 4217 currency code as written: write 'USD'"),
+    ],
+)
+def test_a_currency_that_is_no_iso_4217_code_is_refused(
+    tmp_path: Path, written: str, reason: str
+) -> None:
+    """[pricing] currency empty, a symbol, two letters, words, full-width or lower-case
+    letters is refused in one line naming the file and the setting (lower case with the code
+    to write); three ASCII capitals are taken as written."""
+    p = write(tmp_path, f"[pricing]\ncurrency = {written}\n", "config.toml")
+    with pytest.raises(ConfigError) as info:
+        load_settings(p, env={})
+    assert str(info.value) == f"{p}: pricing.currency: {reason}"
+    good = write(tmp_path, '[pricing]\ncurrency = "EUR"\n', "good.toml")
+    assert load_settings(good, env={}).currency == "EUR"
+
+
+@pytest.mark.parametrize("ledger", ["ledgers/", "ledgers/{date}/", "kept", "."])
+def test_a_ledger_that_names_a_folder_is_refused_naming_the_job_file(
+    tmp_path: Path, ledger: str
+) -> None:
+    """ledger = "ledgers/" (a trailing slash), or a path that is a folder already, is refused
+    in one line naming the job file and the setting, never made into a file beside it."""
+    (tmp_path / "kept").mkdir()
+    p = write(
+        tmp_path,
+        f'name = "n"\ninput = "a.csv"\ngroup_size = 1\nledger = "{ledger}"\n' + GOOD_MESSAGE,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert str(info.value).startswith(f"{p}: ledger: ")
+    assert "names a folder, not a file" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "ledgers").exists()
+
+
+def test_a_media_url_given_twice_is_refused_naming_its_position(tmp_path: Path) -> None:
+    """One media URL listed twice (the API would fetch and attach it twice, its bytes counted
+    twice against the 1 MB) is refused in one line naming the setting and both positions."""
+    p = write(
+        tmp_path,
+        'name = "n"\ninput = "a.csv"\ngroup_size = 1\n[message]\nfrom = "+18445550001"\n'
+        'text = "x"\n'
+        'media_urls = ["https://x.test/a.png", "https://x.test/b.png", "https://x.test/a.png"]\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert str(info.value) == (
+        f"{p}: message.media_urls[2]: 'https://x.test/a.png' is media_urls[0] again: "
+        "list each media file once"
+    )

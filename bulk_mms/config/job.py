@@ -142,8 +142,9 @@ class JobConfig(msgspec.Struct, frozen=True):
     deadline: dt.datetime | None = None
     #: Or: seconds after the campaign began (its ledger's first run) when the same happens.
     max_age_s: float | None = None
-    #: The most this job may spend, in the account's currency (``max_cost = "250.00"``): no
-    #: send starts that could take the ledger's spend past it.
+    #: The most this job may spend, in the settings' ``[pricing] currency``
+    #: (``max_cost = "250.00"``): no send starts that could take the ledger's spend past it
+    #: (:mod:`bulk_mms.caps`, which also says what a cost in another currency does).
     max_cost: Decimal | None = None
     #: A ``postgresql://`` URL naming the ledger (``?ledger=``, by default the job's name),
     #: from the job's ``ledger``, ``--ledger`` or ``BULK_MMS_LEDGER_URL``; None: the file.
@@ -342,6 +343,12 @@ def load_job(
     if group_by is None and not mix_unrelated and group_size > 1:
         raise top.error("group_by", GROUPING_CHOICE)
     where = _where(ledger, name, path.parent)
+    if isinstance(where, Path) and (ledger.endswith("/") or _is_folder(where)):
+        raise top.error(
+            "ledger",
+            f"{ledger_template!r} names a folder, not a file: name the ledger's file in it, "
+            f"e.g. '{ledger_template.rstrip('/')}/{{name}}.jsonl'",
+        )
     return JobConfig(
         name=name,
         path=path,
@@ -383,6 +390,11 @@ def _load_message(msg: Table, path: Path) -> MessageConfig:
     media = msg.str_list("media_urls")
     for i, url in enumerate(media):
         _check_url(url, f"message.media_urls[{i}]", path)
+        if url in media[:i]:  # fetched and attached twice, its bytes twice under the 1 MB
+            raise msg.error(
+                f"media_urls[{i}]",
+                f"{url!r} is media_urls[{media.index(url)}] again: list each media file once",
+            )
     if text is None and not media:
         raise msg.error("text", "a message needs text or media_urls")
     message = MessageConfig(
@@ -449,6 +461,15 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
     except ValueError as exc:
         raise top.error("ledger", str(exc)) from None
     return ledger
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder (one that cannot be looked at is left to the ledger's
+    opening, which says why)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _where(ledger: str, name: str, base: Path) -> Location:

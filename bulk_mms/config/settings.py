@@ -29,6 +29,7 @@ from bulk_mms.config._toml import URL, Bounds, Table, read_choice, read_toml
 from bulk_mms.config.job import SENDER_FORMS, iana_zone, is_sender
 from bulk_mms.csvfile import check_output
 from bulk_mms.errors import ConfigError
+from bulk_mms.models import is_currency
 from bulk_mms.policy import load_policy
 
 #: When a carrier's day starts: T-Mobile resets its daily caps at midnight US/Pacific.
@@ -139,6 +140,8 @@ class Settings(msgspec.Struct, frozen=True):
     #: ``[pricing] per_recipient``: what one recipient costs, for the dry run's estimate only
     #: (what Telnyx reports after sending is what the ledger and report use).
     price_per_recipient: Decimal | None = None
+    #: ``[pricing] currency``: an ISO 4217 code, that of ``price_per_recipient`` and of every
+    #: job's ``max_cost``.
     currency: str = "USD"
     #: ``[api] records_lag_s``: how long after a request the API's message detail records
     #: may still lack it (Telnyx: the last 4 hours may be missing). A group in doubt is taken
@@ -231,7 +234,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             settings,
             price_per_recipient=pricing.decimal("per_recipient"),
             records_lag_s=api.float_("records_lag_s", settings.records_lag_s, 0, 7 * 86_400),
-            currency=(pricing.str_("currency", settings.currency) or settings.currency).upper(),
+            currency=_currency(pricing, settings.currency),
             messaging_profile_id=api.str_("messaging_profile_id") or None,
             opt_out_words=OPT_OUT_WORDS | _keywords(suppression, "opt_out_words"),
             opt_in_words=OPT_IN_WORDS | _keywords(suppression, "opt_in_words"),
@@ -254,6 +257,22 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         return check_settings(settings)
     except ConfigError as exc:  # a value of the file's (the defaults are in bounds)
         raise ConfigError(exc.setting, exc.message, source=path) from None
+
+
+def _currency(pricing: Table, default: str) -> str:
+    """``[pricing] currency``: an ISO 4217 code as written (:func:`~bulk_mms.models.
+    is_currency`), the currency ``max_cost`` is counted in; one in lower case is refused
+    with the code to write, never taken for another."""
+    code = pricing.str_("currency", default) or ""
+    if is_currency(code):
+        return code
+    if is_currency(code.upper()):
+        why = f"{code!r} is not an ISO 4217 currency code as written: write {code.upper()!r}"
+    else:
+        why = (
+            f"{code!r} is not an ISO 4217 currency code: three capital letters, e.g. 'USD' or 'EUR'"
+        )
+    raise pricing.error("currency", why)
 
 
 def _key_replayed(api: Table, retry: Table) -> bool:
