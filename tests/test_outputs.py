@@ -198,6 +198,22 @@ def test_a_ledger_is_never_opened_in_a_file_that_is_not_one(
     assert people.read_bytes() == before
 
 
+@pytest.mark.parametrize("ledger", ["notes.txt", "/dev/null"])
+def test_a_job_ledger_that_is_no_ledger_is_refused_naming_the_job_file(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], ledger: str
+) -> None:
+    """A job whose ledger setting names a file that is not a ledger, or a device, is refused
+    in one line naming the job file and its ledger setting, as every other setting of the
+    file is named; the file keeps every byte."""
+    jobs.people(4)
+    notes = jobs.root / "notes.txt"
+    notes.write_text("keep me\n", encoding="utf-8")
+    job = jobs.job(extra=f'ledger = "{ledger}"')
+    where = jobs.root / ledger
+    line = refused(capsys, ["run", str(job.path), "--dry-run"], f"{job.path}: ledger", where)
+    assert ("is not a" in line, notes.read_text(encoding="utf-8")) == (True, "keep me\n")
+
+
 def test_the_suppression_file_is_never_the_jobs_input(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

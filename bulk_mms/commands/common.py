@@ -132,19 +132,20 @@ def _named_files(args: argparse.Namespace) -> list[tuple[str, Location | None]]:
     return named_
 
 
-def check_ledger_file(setting: str, where: Location) -> None:
+def check_ledger_file(setting: str, where: Location, *, source: str | Path | None = None) -> None:
     """Refuse a ledger file to write into that holds something else: it must be new, empty
     or a bulk-mms ledger (opening one cuts an unfinished last line, the mark of a crash), never
     a folder, a device or a pipe (a dry run is refused as the run would be).
 
     Raises:
-        ConfigError: naming ``setting`` and the file (exit 2); nothing is written.
+        ConfigError: naming ``setting`` (with ``source``, the file that holds it: a job's
+            ``ledger``) and the file (exit 2); nothing is written.
     """
     if not isinstance(where, Path):
         return
     try:
         if where.exists() and not where.is_file():
-            raise ConfigError(setting, f"{where} {NOT_A_FILE}")
+            raise ConfigError(setting, f"{where} {NOT_A_FILE}", source=source)
         holds = where.is_file() and where.stat().st_size > 0
         if holds:
             where.open("rb").close()  # one it may not read is not another file
@@ -152,7 +153,9 @@ def check_ledger_file(setting: str, where: Location) -> None:
         return  # opening it says why
     if holds and not is_ledger(where):
         raise ConfigError(
-            setting, f"{where} is not a bulk-mms ledger: it would be written into; name a new file"
+            setting,
+            f"{where} is not a bulk-mms ledger: it would be written into; name a new file",
+            source=source,
         )
 
 

@@ -123,9 +123,11 @@ def _job_and_settings(args: argparse.Namespace) -> tuple[JobConfig, Settings]:
     settings = settings_for(args)
     if args.sandbox:
         settings = sealed(settings)
-    check_ledger_file(
-        "--ledger" if args.ledger else LEDGER_URL_ENV if _ledger_given(args) else "ledger",
+    given = _ledger_given(args) is not None
+    check_ledger_file(  # the job's own ledger is named with its file, as its settings are
+        "--ledger" if args.ledger else LEDGER_URL_ENV if given else "ledger",
         job.where,
+        source=None if given else job.path,
     )
     refuse_overwrites(
         args,
