@@ -43,6 +43,14 @@ than the price it was reserved at can take the count past the ceiling by the dif
 the groups in flight, each by what it was underpriced.) The price is
 ``[pricing] per_recipient``; without one, the average this ledger has paid per recipient; with
 neither, ``max_cost`` is refused (:class:`~bulk_mms.errors.ConfigError`).
+
+``max_cost`` is counted in ``[pricing] currency``, and no rate to any other is known. A send
+whose answer gave its cost in another currency counts at the price (its amount is never added
+as if it were in this one), and no send starts after it: the run stops
+(:class:`~bulk_mms.errors.MaxCostReached`, exit 5) saying which currency came back. A run
+whose ledger holds a cost in another currency is refused before sending
+(:class:`~bulk_mms.errors.ConfigError`, exit 2), until ``[pricing] currency`` names the one
+the account is billed in (or the job drops ``max_cost``).
 """
 
 from __future__ import annotations
@@ -488,7 +496,10 @@ class SpendCeiling:
     Counted in ``tally`` under ``key`` (every process of the job shares it): what the ledger
     has paid, plus every send in flight at ``price`` per recipient. A send's own cost raises
     its reservation once the API says it, never lowers it (the answer's cost is an estimate);
-    a send of unknown cost stays counted at ``price``.
+    a send of unknown cost stays counted at ``price``, and so does one whose answer gave a
+    cost in another currency than ``price``'s: after such a send no reservation is made
+    (:attr:`foreign`; each is refused with :class:`~bulk_mms.errors.MaxCostReached` saying
+    why), as the spend can no longer be kept under ``ceiling``.
 
     Args:
         ceiling: ``max_cost``.
@@ -522,10 +533,19 @@ class SpendCeiling:
         self.key = key
         self.ledger = ledger
         self._reserved: dict[str, Decimal] = {}
+        #: The currency of a send's answer that was not the price's: set, no send starts.
+        self.foreign: str | None = None
 
     async def reserve(self, group: Group, fence: Fence | None = None) -> LimitReached | None:
         if group.id in self._reserved:
             return None  # a retry: already held
+        if self.foreign is not None:
+            return MaxCostReached(
+                f"a send's answer gave its cost in {self.foreign}, not {self.price.currency} "
+                f"([pricing] currency), which max_cost {self.ceiling} {self.price.currency} "
+                f"is counted in: {FOREIGN_STOP}",
+                status=None,
+            )
         need = self.price.amount * len(group.to)
         holder = (self.ledger, group.id)  # a takeover's holds what the group held already
         used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder, fence=fence)
@@ -552,7 +572,18 @@ class SpendCeiling:
             return
         # a null cost, or one under the price: it stays counted at the price (the answer's
         # cost is an estimate; the final one adds the carriers' fees)
-        more = receipt.cost.amount - need if receipt.cost is not None else Decimal(0)
+        cost = receipt.cost
+        if cost is not None and cost.currency != self.price.currency:
+            # no rate between the two is known: counted at the price, and nothing more sent
+            self.foreign = self.foreign or cost.currency
+            log.warning(
+                "limits.foreign_cost",
+                group=group.id,
+                currency=cost.currency,
+                counted_in=self.price.currency,
+            )
+            cost = None
+        more = cost.amount - need if cost is not None else Decimal(0)
         await _settle(self.tally, self.key, holder, max(Decimal(0), more), group)
 
     async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
@@ -667,7 +698,8 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
     opened until the first reservation; :meth:`Limit.close` each when the run is over.
 
     Raises:
-        ConfigError: ``max_cost`` without any price to keep to.
+        ConfigError: ``max_cost`` without any price to keep to, or with a ledger whose sends
+            cost in a currency other than ``[pricing] currency`` (naming the job file).
         LedgerError: the account's ledgers cannot be read (for the daily cap).
     """
     limits: list[Limit] = []
@@ -675,6 +707,13 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
         return limits
     daily, spend, key, ledger = _tallies(job)
     if job.max_cost is not None:
+        if foreign := sorted(set(view.cost()) - {settings.currency}):
+            raise ConfigError(
+                "max_cost",
+                f"this ledger's sends cost in {', '.join(foreign)}, not {settings.currency} "
+                f"([pricing] currency), which max_cost is counted in: {FOREIGN_STOP}",
+                source=job.path,
+            )
         price, paid = max_cost_counts(settings, view)
         limits.append(SpendCeiling(job.max_cost, paid, price, spend, key, ledger=ledger))
     if settings.daily_recipients is not None:
@@ -692,6 +731,14 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
             )
         )
     return limits
+
+
+#: What a spend in another currency than ``[pricing] currency`` leaves to do: no rate between
+#: the two is known, so ``max_cost`` cannot be kept, and nothing more is sent under it.
+FOREIGN_STOP: Final = (
+    "no more is sent under a ceiling that cannot be kept; set [pricing] currency to the "
+    "currency the account is billed in (or drop max_cost), then rerun"
+)
 
 
 def settings_price(settings: Settings) -> Money | None:
@@ -716,12 +763,17 @@ def recipient_price(settings: Settings, view: LedgerView) -> tuple[Money | None,
 def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
     """What a job's ``max_cost`` is counted in, by a run (:func:`run_limits`) and by the dry
     run's verdict alike: the price of a recipient (:func:`recipient_price`), and what the
-    ledger has paid (its sends' costs, and every recipient of a send the API gave no cost
-    for at that price)."""
+    ledger has paid in ``[pricing] currency`` (its sends' costs in it, and every recipient
+    of a send the API gave no cost for, or a cost in another currency, at that price: never
+    an amount of another currency added as if it were this one's)."""
     price, _ = recipient_price(settings, view)
-    paid = sum(view.cost().values(), Decimal(0))
+    paid = view.cost().get(settings.currency, Decimal(0))
     if price is not None:
-        unknown = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is None)
+        unknown = sum(
+            len(rec.to)
+            for rec in view.sent_groups()
+            if rec.cost is None or rec.cost.currency != settings.currency
+        )
         paid += price.amount * unknown
     return price, paid
 

@@ -41,6 +41,7 @@ from bulk_mms.coordination import Fence
 from bulk_mms.errors import (
     AmbiguousSendError,
     AuthError,
+    ConfigError,
     LedgerError,
     LedgerUnavailable,
     LimitReached,
@@ -170,6 +171,54 @@ async def test_a_send_counts_at_its_price_or_its_answers_cost_whichever_is_more(
     await ceiling.settle(dear, replace(ok_receipt(dear), cost=Money(Decimal("0.03"), "USD")))
     # 0.02 + 0.02 + 0.03 spent: no room for another group of 2
     assert isinstance(await ceiling.reserve(group(4)), LimitReached)
+
+
+async def test_a_send_whose_answer_costs_another_currency_blocks_the_ceiling() -> None:
+    """max_cost counted in USD ([pricing] currency): a send whose answer gave its cost in EUR
+    is counted at the USD price (its 0.50 EUR never added as dollars, never free), and no
+    further send starts under the ceiling, which refuses naming both currencies."""
+    ceiling = SpendCeiling(Decimal("1.00"), Decimal(0), Money(Decimal("0.01"), "USD"))
+    euro = group(1)
+    assert await ceiling.reserve(euro) is None
+    await ceiling.settle(euro, replace(ok_receipt(euro), cost=Money(Decimal("0.50"), "EUR")))
+    probe = ("probe", "p")  # refused at a cap of 0: the count as it stands
+    assert await ceiling.tally.take("spend", Decimal(0), Decimal(0), Decimal(0), probe) == (
+        Decimal("0.02")
+    )
+    refused = await ceiling.reserve(group(2))
+    assert isinstance(refused, MaxCostReached)
+    assert str(refused).startswith(
+        "a send's answer gave its cost in EUR, not USD ([pricing] currency), which max_cost "
+        "1.00 USD is counted in: "
+    )
+
+
+async def test_a_run_whose_answers_cost_another_currency_stops_and_the_next_is_refused(
+    jobs: JobFactory,
+) -> None:
+    """Every answer's cost in EUR, [pricing] currency USD, max_cost far off: the run sends the
+    first group and stops there (exit 5), saying why; a rerun and its dry run are refused
+    before sending (exit 2, naming the job file, max_cost and both currencies)."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "100.00"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+
+    def euros(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=Money(Decimal("0.02"), "EUR"))
+
+    client = FakeClient(euros)
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert isinstance(s.error, MaxCostReached)
+    assert (exit_for(s.error), len(client.sent_numbers())) == (5, 4)
+    assert "cost in EUR, not USD ([pricing] currency)" in str(s.error)
+    for again in (run_job(job, settings, client, clock=FakeClock()), dry_run(job, settings)):
+        with pytest.raises(ConfigError) as info:
+            await again
+        assert str(info.value).startswith(
+            f"{job.path}: max_cost: this ledger's sends cost in EUR, not USD ([pricing] "
+            "currency), which max_cost is counted in: "
+        )
+    assert len(client.sent_numbers()) == 4
 
 
 async def test_a_run_counts_null_cost_sends_at_the_configured_price_against_max_cost(
