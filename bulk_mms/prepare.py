@@ -70,7 +70,8 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
     ``<name>-seed-<UTC time>``: its own ledger and campaign, the real campaign untouched.
 
     Raises:
-        ConfigError: a seed number is not valid, is repeated, or there are more than 8.
+        ConfigError: a seed number is not valid, is repeated, is the job's own sender, or
+            there are more than 8.
         InputError: the input cannot be read.
     """
     seeds: list[str] = []
@@ -81,6 +82,12 @@ def seed_job(job: JobConfig, to: Sequence[str], now: dt.datetime) -> JobConfig:
             raise ConfigError("--to", f"{value!r}: {exc}") from None
         if phone in seeds:
             raise ConfigError("--to", f"{value!r} is given twice")
+        if phone in job.message.senders:  # as the input's rows are (checked_rows)
+            raise ConfigError(
+                "--to",
+                f"{value!r} is the job's own sender ({phone} is in message.from): a number "
+                "never texts itself",
+            )
         seeds.append(phone)
     if len(seeds) > MAX_GROUP_SIZE:
         raise ConfigError("--to", f"at most {MAX_GROUP_SIZE} numbers, not {len(seeds)}")

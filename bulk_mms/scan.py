@@ -200,7 +200,8 @@ def checked_rows(
     """The input's rows as the job's recipients, in input order: the one sequence of checks
     every pass over the input makes (the scan, the send, the dry run, a seed send).
 
-    A row is rejected for its number, for a control character in a value the message takes
+    A row is rejected for its number (one group MMS cannot reach, or one of the job's own
+    senders, ``message.from``), for a control character in a value the message takes
     (its line breaks made ``\\n`` first: :func:`~bulk_mms.grouping.plain_check`), for values
     that would leave the message's text blank (:func:`~bulk_mms.grouping.text_check`), for
     quiet hours that cannot be kept (:func:`~bulk_mms.grouping.zone_check`), for an empty
@@ -227,6 +228,7 @@ def checked_rows(
         [check for check in checks if check is not None],
         repeated=repeated,
         excluded=excluded,
+        senders=frozenset(job.message.senders),
     )
 
 

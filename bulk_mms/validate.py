@@ -479,13 +479,17 @@ def recipient_rows(
     *,
     repeated: set[int] | None = None,
     excluded: Container[int] = (),
+    senders: Container[str] = (),
 ) -> Iterator[Recipient | RejectedRow]:
     """Each row as a :class:`Recipient` with its number in E.164, or rejected, in input order;
     rejected rows pass through. A row is rejected for the first of these that applies (the
     checks are asked before the number's earlier rows are looked at):
 
     - for its number, with the reason it is not one group MMS can reach (or, for a number
-      that is the phone column's name, that the row is the header again);
+      that is the phone column's name, that the row is the header again), or, when it is
+      one of ``senders`` (the job's ``message.from``), that it is the job's own sender (a
+      loss: a number never texts itself, and the send's answer lists the sender among the
+      group's participants, where it is taken for the sender, not a member);
     - as a duplicate, when an earlier recipient has its number (the reason's value is the row's
       as written), whatever else is wrong with it: that person is in the job. Only recipients
       count: a row rejected for its values leaves its number free for a later, valid row of
@@ -526,6 +530,9 @@ def recipient_rows(
             except PhoneError as exc:
                 yield _not_a_number(row.line, raw, phone_column, exc)
                 continue
+        if phone in senders:
+            yield _own_sender(row.line, raw, phone)
+            continue
         recipient = Recipient(phone, row.line, fields)
         try:
             todo = rest if first is None or printable(values(fields)) else checks
@@ -560,6 +567,16 @@ def _duplicate(line: int, value: str, phone: str, repeated: set[int] | None) -> 
         repeated.add(int(phone))
     reason = f"duplicate: {phone} appears earlier in the input"
     return RejectedRow(line, value, reason, Rejection.DUPLICATE)
+
+
+def _own_sender(line: int, raw: str, phone: str) -> RejectedRow:
+    """The row at ``line`` (its phone cell ``raw``) rejected: ``phone`` is the job's own
+    sender."""
+    reason = (
+        f"the job's own sender ({phone} is in message.from): a number never texts itself, "
+        "and the API's answer lists it as the sender, not a recipient"
+    )
+    return RejectedRow(line, raw, reason, Rejection.INVALID)
 
 
 def _excluded(line: int, phone: str) -> RejectedRow:

@@ -592,6 +592,21 @@ def test_a_seed_send_reaches_only_the_seeds_in_a_ledger_of_its_own(
     assert "--to" in capsys.readouterr().err
 
 
+def test_a_seed_number_that_is_the_jobs_sender_is_refused_in_one_line(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --to naming the job's own sender (as people write it) exits 2 in one line naming
+    --to and the number, before anything is written or sent: a number never texts itself."""
+    jobs.people(4)
+    job = jobs.job(sender='"+13125550100"')
+    assert main(["-q", "run", str(job.path), "--sandbox", "--to", "(312) 555-0100"]) == 2
+    assert capsys.readouterr().err == (
+        "bulk-mms: error: --to: '(312) 555-0100' is the job's own sender (+13125550100 is in "
+        "message.from): a number never texts itself\n"
+    )
+    assert not (jobs.root / "sandbox").exists()
+
+
 def test_a_seed_send_of_a_cp1252_job_texts_its_accented_names_as_written(jobs: JobFactory) -> None:
     """run --to on a cp1252 job whose first rows have accented names writes its seed file so
     that the job, read under its encoding, takes it: the seeds get the name as written."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import phonenumbers
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from bulk_mms.models import Recipient, RejectedRow, Rejection
 from bulk_mms.reader import Row
-from bulk_mms.scan import checked_rows
+from bulk_mms.scan import checked_rows, scan_input
 from bulk_mms.validate import (
     _FLOAT,
     PhoneError,
@@ -668,3 +669,27 @@ def test_a_header_repeated_mid_file_is_rejected_as_such() -> None:
         (6, "phone number contains letters", Rejection.INVALID),
         (7, "the header row again", Rejection.ROW),
     ]
+
+
+def test_a_row_whose_number_is_one_of_the_jobs_senders_is_rejected_as_a_loss(
+    jobs: JobFactory, tmp_path: Path
+) -> None:
+    """A recipient whose number is one of the job's senders (the pool's second, written as
+    people write it; the first, canonical) is rejected with a reason that says so, a loss in
+    the scan's counts and in --rejected-csv, never a recipient; the rest are recipients."""
+    jobs.csv("phone,first\n+12125550101,Ann\n(212) 555-0199,Bob\n+12125550198,Cy\n")
+    job = jobs.job(sender='["+12125550198", "+12125550199"]')
+    scan = scan_input(job, rejected_csv=tmp_path / "rejected.csv")
+    assert (scan.recipients, scan.lost_rows) == (1, 2)
+    reason = "is in message.from): a number never texts itself, and the API's answer lists it "
+    reason += "as the sender, not a recipient"
+    assert (tmp_path / "rejected.csv").read_text(encoding="utf-8-sig").splitlines() == [
+        "line,value,reason",
+        f'3,(212) 555-0199,"the job\'s own sender (+12125550199 {reason}"',
+        f'4,+12125550198,"the job\'s own sender (+12125550198 {reason}"',
+    ]
+    assert scan.lost == {"the job's own sender": 2}
+    rows: list[Row | RejectedRow] = [Row(2, {"phone": "+12125550198", "first": "A"})]
+    [out] = checked_rows(job, rows)
+    assert isinstance(out, RejectedRow)
+    assert out.kind == Rejection.INVALID
