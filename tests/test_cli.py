@@ -1152,6 +1152,33 @@ def test_a_run_whose_output_nobody_reads_still_exits_with_its_code(
     assert code == Exit.INCOMPLETE
 
 
+def test_a_ledger_given_as_a_folder_with_its_slash_is_refused_and_no_file_made(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger named as a folder with its trailing slash, one that does not exist yet, is
+    refused in one line, exit 2, from --ledger, BULK_MMS_LEDGER_URL and the job's ledger
+    setting (naming the job file): no file takes the folder's name."""
+    jobs.people(2)
+    job = jobs.job()
+    given = f"{jobs.root / 'ledgers-new'}/"
+    why = f"{given!r} names a folder, not a file: name the ledger's file in it"
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(job.path), "--dry-run", "--ledger", given])
+    assert stopped.value.code == 2
+    monkeypatch.setenv("BULK_MMS_LEDGER_URL", given)
+    assert main(["run", str(job.path), "--dry-run"]) == 2
+    monkeypatch.delenv("BULK_MMS_LEDGER_URL")
+    own = jobs.root / "own.toml"
+    own.write_text(f'ledger = "{given}"\n' + job.path.read_text(encoding="utf-8"), "utf-8")
+    assert main(["run", str(own), "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"bulk-mms run: error: argument --ledger: {why} (see bulk-mms run --help)",
+        f"bulk-mms: error: BULK_MMS_LEDGER_URL: {why}",
+        f"bulk-mms: error: {own}: ledger: {why}",
+    ]
+    assert not (jobs.root / "ledgers-new").exists()
+
+
 @pytest.mark.parametrize("dry", [True, False])
 def test_a_sandbox_ledger_given_as_a_device_or_folder_is_refused_as_given(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str], dry: bool

@@ -343,7 +343,7 @@ def load_job(
     if group_by is None and not mix_unrelated and group_size > 1:
         raise top.error("group_by", GROUPING_CHOICE)
     where = _where(ledger, name, path.parent)
-    if isinstance(where, Path) and (ledger.endswith("/") or _is_folder(where)):
+    if isinstance(where, Path) and _is_folder(where):  # "ledgers/": refused as a location
         raise top.error(
             "ledger",
             f"{ledger_template!r} names a folder, not a file: name the ledger's file in it, "

@@ -180,8 +180,9 @@ def location(text: str | Path) -> Location:
             taken for a file's path, a ledger of this host's own beside the shared one; or
             a path that cannot be a file's name here (:func:`~bulk_mms.filenames.
             file_name_problem`); or a libpq ``key=value`` connection string, never taken
-            for a file's name (which would hold its password), and not quoted. Its message
-            names the text (but that last); the caller names the setting.
+            for a file's name (which would hold its password), and not quoted; or a path
+            that ends in ``/`` (a folder's: ``ledgers/``). Its message names the text (but
+            the connection string's); the caller names the setting.
     """
     text = str(text)
     if is_database(text):
@@ -195,6 +196,8 @@ def location(text: str | Path) -> Location:
         )
     if (problem := file_name_problem(text)) is not None:
         raise ValueError(problem)
+    if text.endswith("/"):  # Path would drop the slash, and a file would take the name
+        raise ValueError(f"{text!r} names a folder, not a file: name the ledger's file in it")
     return Path(text)
 
 
