@@ -699,7 +699,7 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
 
     Raises:
         ConfigError: ``max_cost`` without any price to keep to, or with a ledger whose sends
-            cost in a currency other than ``[pricing] currency`` (naming the job file).
+            cost in a currency other than ``[pricing] currency`` (each naming the job file).
         LedgerError: the account's ledgers cannot be read (for the daily cap).
     """
     limits: list[Limit] = []
@@ -715,7 +715,11 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
                 source=job.path,
             )
         price, paid = max_cost_counts(settings, view)
-        limits.append(SpendCeiling(job.max_cost, paid, price, spend, key, ledger=ledger))
+        try:
+            ceiling = SpendCeiling(job.max_cost, paid, price, spend, key, ledger=ledger)
+        except ConfigError as exc:  # the setting is the job file's: named with it
+            raise ConfigError(exc.setting, exc.message, source=job.path) from None
+        limits.append(ceiling)
     if settings.daily_recipients is not None:
         start = day_start(settings.daily_reset, utc(clock))
         sent = sent_since(job.where, start.timestamp())

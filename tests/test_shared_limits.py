@@ -11,7 +11,7 @@ import datetime as dt
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,29 @@ async def test_a_send_counts_at_its_price_or_its_answers_cost_whichever_is_more(
     assert isinstance(await ceiling.reserve(group(4)), LimitReached)
 
 
+def run_and_dry_run(
+    job: JobConfig, settings: Settings, client: FakeClient
+) -> list[Callable[[], Coroutine[Any, Any, JobSummary]]]:
+    """A run of ``job`` and its dry run, each begun when called: what a refusal must stop."""
+    return [
+        lambda: run_job(job, settings, client, clock=FakeClock()),
+        lambda: dry_run(job, settings),
+    ]
+
+
+async def test_max_cost_without_a_price_is_refused_naming_the_job_file(jobs: JobFactory) -> None:
+    """max_cost with no [pricing] per_recipient and a ledger that has paid nothing: a run and
+    its dry run are refused before sending, in one line naming the job file and max_cost."""
+    jobs.people(4)
+    job = jobs.job(extra='max_cost = "1.00"')
+    client = FakeClient()
+    for attempt in run_and_dry_run(job, FAST, client):
+        with pytest.raises(ConfigError) as info:
+            await attempt()
+        assert str(info.value).startswith(f"{job.path}: max_cost: needs a price to keep to: ")
+    assert client.sent_numbers() == []
+
+
 async def test_a_send_whose_answer_costs_another_currency_blocks_the_ceiling() -> None:
     """max_cost counted in USD ([pricing] currency): a send whose answer gave its cost in EUR
     is counted at the USD price (its 0.50 EUR never added as dollars, never free), and no
@@ -211,9 +234,9 @@ async def test_a_run_whose_answers_cost_another_currency_stops_and_the_next_is_r
     assert isinstance(s.error, MaxCostReached)
     assert (exit_for(s.error), len(client.sent_numbers())) == (5, 4)
     assert "cost in EUR, not USD ([pricing] currency)" in str(s.error)
-    for again in (run_job(job, settings, client, clock=FakeClock()), dry_run(job, settings)):
+    for again in run_and_dry_run(job, settings, client):
         with pytest.raises(ConfigError) as info:
-            await again
+            await again()
         assert str(info.value).startswith(
             f"{job.path}: max_cost: this ledger's sends cost in EUR, not USD ([pricing] "
             "currency), which max_cost is counted in: "
