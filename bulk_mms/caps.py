@@ -27,13 +27,13 @@ over reserves it in the room it holds. On a shared ledger a group's room is take
 this process's claim on it (its :class:`~bulk_mms.coordination.Fence`): a process paused past
 its lease, woken after the taker sent the group and settled its room, takes none (the room it
 would make nobody would settle). A run, as it begins, settles the room its ledger's
-groups still hold (:meth:`Limit.reconcile`): kept for a group sent or in doubt, given back
-for one that ended unsent or never left, each decided under the run's own claim on it and
-given back only while that claim holds; given back too for one the ledger shows failed for
-good, whoever holds its claim (a run killed between writing the failure and giving the room
-back leaves it live for a lease): no host sends such a group again. A run already going when
-another is killed so gives that room back before a limit stops it: the reservation refused is
-tried once more after.
+groups still hold (:meth:`Limit.reconcile`, decided by :mod:`bulk_mms.leftover`): kept for a
+group sent or in doubt, given back for one that ended unsent or never left, each decided
+under the run's own claim on it and given back only while that claim holds; given back too
+for one the ledger shows failed for good, whoever holds its claim (a run killed between
+writing the failure and giving the room back leaves it live for a lease): no host sends such
+a group again. A run already going when another is killed so gives that room back before a
+limit stops it: the reservation refused is tried once more after.
 
 The spend ceiling counts each send at the larger of its price and what the API's answer said
 it cost: that cost is an estimate (the final one, in ``message.finalized``, adds the carriers'

@@ -25,7 +25,6 @@ from typing import NamedTuple
 import structlog
 from msgspec.structs import replace
 
-from bulk_mms.caps import ENDED, SPENT, UNDECIDED, UNSENT
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, utc
 from bulk_mms.codes import OPTED_OUT
@@ -36,7 +35,6 @@ from bulk_mms.errors import BulkMmsError, ConfigError, LedgerError
 from bulk_mms.gates import Gates, past
 from bulk_mms.ledger import keep_database_time, open_store
 from bulk_mms.ledger.fold import (
-    FAILED,
     IN_DOUBT,
     RETRY_PENDING,
     SENT,
@@ -46,6 +44,7 @@ from bulk_mms.ledger.fold import (
     Miss,
 )
 from bulk_mms.ledger.store import is_database
+from bulk_mms.leftover import Leftover
 from bulk_mms.models import Group, RejectedRow, Rejection
 from bulk_mms.prepare import disposition, not_before, plan, remade_from, suppressed_as_planned
 from bulk_mms.progress import Progress, Snapshot
@@ -133,7 +132,9 @@ class Runner:
         self.settings = settings
         self.client = client
         self.sender = sender
-        sender.leftover = self.give_back_ended
+        #: The room the limits hold that no run settled (:mod:`bulk_mms.leftover`).
+        self.leftover = Leftover(sender.limits, sharing)
+        sender.leftover = self.leftover.give_back_ended
         self.recorder = recorder = sender.recorder
         self.view = recorder.view
         self.summary = recorder.summary
@@ -647,47 +648,6 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise broken[0]
 
-    async def reconcile_limits(self) -> None:
-        """Settle the room groups of this ledger hold in the shared counts from runs that
-        ended without settling it (killed, or cut off: :meth:`~bulk_mms.caps.Limit.reconcile`),
-        each decided by the ledger as it is once this process holds the group's claim, and
-        given back only while it still does (its fence)."""
-        for limit in self.sender.limits:
-            await limit.reconcile(self._reservation_of, self.recorder.coordinator.fence)
-
-    async def give_back_ended(self) -> None:
-        """Before a limit stops the job: give back the room this ledger's groups hold that
-        the ledger shows failed for good now (:data:`~bulk_mms.caps.ENDED`). A process killed
-        since this run began, between writing such a failure and giving the room back, left
-        it held, its claim live for a lease. Nothing else is decided here, and no claim
-        taken: this process's own groups in flight hold room it settles itself."""
-        for limit in self.sender.limits:
-            await limit.reconcile(self._ended_now)
-
-    async def _ended_now(self, gid: str) -> str:
-        """:func:`_ended` of group ``gid`` as the ledger has it now (this process's view left
-        as it is)."""
-        return _ended(await self.sharing.looked(gid))
-
-    async def _reservation_of(self, gid: str) -> str:
-        """What becomes of the room group ``gid`` holds: spent (sent), given back (ended
-        unsent, or never attempted, under this process's claim now: a request of the
-        process that held it can no longer leave; or failed for good, whoever holds its
-        claim: :data:`~bulk_mms.caps.ENDED`), or kept (in doubt, or a live process holds its
-        claim and may send it under that room)."""
-        held, rec = await self.sharing.claimed(gid)
-        if _ended(rec) == ENDED:
-            return ENDED  # failed for good, whoever holds its claim
-        if not held:
-            return UNDECIDED  # a live process holds its claim and may send it
-        if rec is None:
-            return UNSENT
-        if rec.state == SENT:
-            return SPENT
-        if rec.state == IN_DOUBT:  # an attempt still open is too
-            return UNDECIDED
-        return UNSENT
-
     @contextlib.asynccontextmanager
     async def keeping_claims(self) -> AsyncIterator[None]:
         """Renew this process's claims (a shared ledger) until the block ends: the run, the
@@ -838,13 +798,6 @@ class Runner:
         return final_summary(self.sender, self.job, self.clock, stopped=stopped, left=self.left)
 
 
-def _ended(rec: GroupRecord | None) -> str:
-    """What becomes of the room of a group as the ledger has it (``rec``), whoever holds its
-    claim: given back (:data:`~bulk_mms.caps.ENDED`) when it failed for good, which no host
-    sends again; else undecided."""
-    return ENDED if rec is not None and rec.state == FAILED else UNDECIDED
-
-
 def runner_parts(job: JobConfig, sender: GroupSender, clock: Clock) -> tuple[Sharing, Gates]:
     """What a :class:`Runner` is handed beside ``sender``, made from its recorder: the
     :class:`~bulk_mms.sharing.Sharing` of a shared ledger, through the recorder's coordinator
@@ -993,7 +946,7 @@ async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | No
     process's claims meanwhile and showing progress throughout."""
     async with _showing(runner, progress):
         async with runner.keeping_claims():
-            await runner.reconcile_limits()
+            await runner.leftover.reconcile()
             await runner.run(reader)
             await runner.settle()
         await runner.watch_blocked()

@@ -169,8 +169,8 @@ class GroupSender:
         self.suppressed = suppressed
         #: The limits a send must fit under, kept as groups go.
         self.limits: list[Limit] = limits or []
-        #: What gives back the room in :attr:`limits` that no group will use (the runner's
-        #: :meth:`~bulk_mms.runner.Runner.give_back_ended`), looked at once more before a
+        #: What gives back the room in :attr:`limits` that no group will use (the run's
+        #: :meth:`~bulk_mms.leftover.Leftover.give_back_ended`), looked at once more before a
         #: limit stops the job.
         self.leftover: Callable[[], Awaitable[None]] = _nothing
         self.started = clock.monotonic()

@@ -57,6 +57,7 @@ from bulk_mms.ledger.jsonl import JsonlStore
 from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
+from bulk_mms.leftover import Leftover
 from bulk_mms.models import Group, MessageBody, Money, SendReceipt
 from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
@@ -1139,13 +1140,13 @@ async def test_a_host_running_when_another_is_killed_is_not_stopped_by_its_faile
     group's failure was on record, before its room went back: the other's room stops none
     of its groups, which it sends in max_cost's room (the failed group's given back)."""
     job, settings = await _failed_one_of_two(jobs, database)
-    reconcile = runner.Runner.reconcile_limits
+    reconcile = Leftover.reconcile
 
-    async def then_killed(self: runner.Runner) -> None:
+    async def then_killed(self: Leftover) -> None:
         await reconcile(self)
         _killed_after_the_failure(database)
 
-    monkeypatch.setattr(runner.Runner, "reconcile_limits", then_killed)
+    monkeypatch.setattr(Leftover, "reconcile", then_killed)
     running = FakeClient()
     second = await run_job(job, settings, running)
     assert (second.error, len(running.sent_numbers())) == (None, 2)
@@ -1162,7 +1163,7 @@ async def test_a_paused_hosts_release_after_a_rerun_gave_its_failed_groups_room_
     stays counted in max_cost."""
     job, settings = _two_groups_priced(jobs, f"{database}?ledger=paused", "0.04")
     settings = replace(settings, concurrency=2)
-    release, reconcile = PostgresTally.release, runner.Runner.reconcile_limits
+    release, reconcile = PostgresTally.release, Leftover.reconcile
     reconciled, rerun, held = asyncio.Event(), FakeClient(), []
     reruns: list[asyncio.Task[JobSummary]] = []
 
@@ -1174,13 +1175,13 @@ async def test_a_paused_hosts_release_after_a_rerun_gave_its_failed_groups_room_
             held.append(query(database, sql, holder[1]))
         await release(self, key, holder, **kw)
 
-    async def reconciling(self: runner.Runner) -> None:
+    async def reconciling(self: Leftover) -> None:
         await reconcile(self)
         if reruns:
             reconciled.set()
 
     monkeypatch.setattr(PostgresTally, "release", paused)
-    monkeypatch.setattr(runner.Runner, "reconcile_limits", reconciling)
+    monkeypatch.setattr(Leftover, "reconcile", reconciling)
     first = await run_job(
         job,
         settings,
