@@ -10,6 +10,7 @@ given back whoever holds its claim: no host sends it again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from bulk_mms.caps import ENDED, SPENT, UNDECIDED, UNSENT, Limit
@@ -31,6 +32,8 @@ class Leftover:
     def __init__(self, limits: Sequence[Limit], sharing: Sharing) -> None:
         self.limits = limits
         self.sharing = sharing
+        #: Done as the pass of :meth:`give_back_ended` going now ends; None: none goes.
+        self._passing: asyncio.Future[None] | None = None
 
     async def reconcile(self) -> None:
         """Settle the room groups of this ledger hold in the shared counts from runs that
@@ -46,9 +49,21 @@ class Leftover:
         the ledger shows failed for good now (:data:`~bulk_mms.caps.ENDED`). A process killed
         since this run began, between writing such a failure and giving the room back, left
         it held, its claim live for a lease. Nothing else is decided here, and no claim
-        taken: this process's own groups in flight hold room it settles itself."""
-        for limit in self.limits:
-            await limit.reconcile(self._ended_now)
+        taken: this process's own groups in flight hold room it settles itself.
+
+        One pass at a time: a caller that comes while a pass goes (another group the cap
+        refused meanwhile) waits for that pass to end instead of making its own; one
+        cancelled as it waits leaves the pass to its maker."""
+        if self._passing is not None:
+            await asyncio.shield(self._passing)
+            return
+        self._passing = passing = asyncio.get_running_loop().create_future()
+        try:
+            for limit in self.limits:
+                await limit.reconcile(self._ended_now)
+        finally:
+            self._passing = None
+            passing.set_result(None)  # the waiters go on as the maker does, whatever it met
 
     async def _ended_now(self, gid: str) -> str:
         """:func:`ended` of group ``gid`` as the ledger has it now (this process's view left
