@@ -27,7 +27,6 @@ from msgspec.structs import replace
 
 from bulk_mms.client import MmsClient
 from bulk_mms.clock import Clock, SystemClock, utc
-from bulk_mms.codes import OPTED_OUT
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.coordination import coordinator_for
 from bulk_mms.ending import drain, final_summary, let_go
@@ -40,8 +39,6 @@ from bulk_mms.ledger.fold import (
     SENT,
     ExcludedLedger,
     GroupRecord,
-    LedgerView,
-    Miss,
 )
 from bulk_mms.ledger.store import is_database
 from bulk_mms.leftover import Leftover
@@ -64,7 +61,7 @@ from bulk_mms.startup import (
     scan_whole_input,
 )
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import Suppressed, suppress_opted_out, suppression_for
+from bulk_mms.suppression import put_back_opted_out, suppression_for
 from bulk_mms.track import Tracker
 
 log = structlog.get_logger(__name__)
@@ -882,7 +879,7 @@ async def run_job(
         sender: GroupSender | None = None
         try:
             view = await begin(store, job, scan, reader.columns, clock, excluded_from=excluded_from)
-            await _list_opted_out(view, suppressed)
+            await put_back_opted_out(view, suppressed)
             # off the loop too: a look at every member of a long ledger
             scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)
             recorder = build_recorder(
@@ -903,42 +900,6 @@ async def run_job(
         finally:
             await let_go(sender, store, coordinator, stop)
     return runner.finish()
-
-
-async def _list_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
-    """Put on the suppression list the recipients ``view`` (a run's: its sends, no delivery
-    statuses) records as opted out (refused at the send, 40300) that the list does not
-    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand),
-    nor records taken off after their group's latest try (``suppress remove``: the refusal
-    came after that try, so the removal came after the refusal, and is the user's word): an
-    earlier run that could not write the list as the API said so (a full disk, its database
-    lost) kept them in the ledger alone, where no other job looks."""
-
-    def missing() -> list[str]:
-        tried = {
-            p: r.last_try
-            for r in view.groups.values()
-            if r.miss is Miss.OPTED_OUT
-            for p in r.counted
-        }
-
-        def lifted(phone: str) -> bool:
-            removed = suppressed.removed_at(phone)
-            return removed is not None and removed > tried.get(phone, 0.0)
-
-        gone = view.not_received().items()
-        return [
-            p
-            for p, m in gone
-            if m.kind is Miss.OPTED_OUT
-            and p not in suppressed
-            and suppressed.keyword_at(p) is None
-            and not lifted(p)
-        ]
-
-    await suppress_opted_out(
-        suppressed, await asyncio.to_thread(missing), OPTED_OUT, source="ledger"
-    )
 
 
 async def _run_to_end(runner: Runner, reader: RowReader, progress: Progress | None) -> None:

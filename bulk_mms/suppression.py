@@ -24,8 +24,9 @@ line without a time (an older file) says nothing of the order.
 A number taken off the list (:meth:`Suppressed.remove`: ``suppress remove``, a START) leaves
 a comment line ``# +NUMBER removed at <when>`` (:meth:`Suppressed.removed_at`): a run puts
 back a number its ledger records refused as opted out (a list write that failed then) only
-when it was refused after its latest removal, so a removal by hand is never undone. A file
-written before removals were recorded reads as one that records none.
+when it was refused after its latest removal, so a removal by hand is never undone
+(:func:`put_back_opted_out`). A file written before removals were recorded reads as one that
+records none.
 
 Every change, and every judgement that must see the file as it stands
 (:meth:`Suppressed.held`), holds an exclusive ``flock`` of the side file ``.NAME.lock`` beside
@@ -44,16 +45,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import structlog
 
 from bulk_mms.clock import instant
+from bulk_mms.codes import OPTED_OUT
 from bulk_mms.config.folders import user_folder
 from bulk_mms.csvfile import write_whole
 from bulk_mms.errors import ConfigError, LedgerError
+from bulk_mms.ledger.fold import FAILED, LedgerView, Miss
 from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
@@ -71,6 +74,21 @@ _RECORD = re.compile(r"^\s*#\s*(\+[1-9]\d{6,14})\s+(texted .*)$")
 #: A number's removal as the list records it: a comment line of its own, ``# +NUMBER removed
 #: at <when>`` (:meth:`Suppressed.remove`, :meth:`Suppressed.removed_at`).
 _REMOVED = re.compile(r"^\s*#\s*(\+[1-9]\d{6,14})\s+removed at (\S+)")
+#: A ``+`` and the digits after it: a number in E.164 that a line holds begins one of these.
+_PLUS_DIGITS = re.compile(r"\+\d+")
+
+
+class Times(NamedTuple):
+    """What the list records of a number: when it texted its latest STOP or START
+    (:meth:`Suppressed.keyword_at`), and when it was last taken off
+    (:meth:`Suppressed.removed_at`), epoch seconds; None where it records none."""
+
+    keyword: float | None = None
+    removed: float | None = None
+
+
+#: A number the list records nothing of.
+NO_TIMES: Final = Times()
 
 
 def _utc(at: float) -> str:
@@ -124,6 +142,48 @@ async def suppress_opted_out(
         return []
     log.info("recipient.suppressed", recipients=phones, code=code, new=len(added), source=source)
     return added
+
+
+async def put_back_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
+    """Put on the suppression list the recipients ``view`` (a run's: its sends, no delivery
+    statuses) records as opted out (refused at the send, 40300) that the list does not
+    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand),
+    nor records taken off after their group's latest try (``suppress remove``: the refusal
+    came after that try, so the removal came after the refusal, and is the user's word): an
+    earlier run that could not write the list as the API said so (a full disk, its database
+    lost) kept them in the ledger alone, where no other job looks. One walk of the ledger's
+    groups and one read of the list's times (:meth:`Suppressed.times_of`), off the loop,
+    however many numbers the ledger records so (those a START lifted stay among them)."""
+
+    def missing() -> list[str]:
+        refused = {p: at for p, at in _refused_opted_out(view).items() if p not in suppressed}
+        times = suppressed.times_of(refused)
+        return [
+            p
+            for p, tried in refused.items()
+            if (t := times.get(p, NO_TIMES)).keyword is None
+            and (t.removed is None or t.removed <= tried)
+        ]
+
+    await suppress_opted_out(
+        suppressed, await asyncio.to_thread(missing), OPTED_OUT, source="ledger"
+    )
+
+
+def _refused_opted_out(view: LedgerView) -> dict[str, float]:
+    """The recipients ``view`` (a run's: no delivery statuses) counts opted out, in ledger
+    order: those the latest failed group that counts them failed as opted out
+    (:meth:`~bulk_mms.ledger.fold.LedgerView.not_received`), each with the latest try of
+    the latest group that refused it so (wall clock)."""
+    opted: dict[str, bool] = {}
+    tried: dict[str, float] = {}
+    for rec in view.groups.values():
+        counted, refused = rec.counted, rec.miss is Miss.OPTED_OUT
+        if refused:
+            tried.update(dict.fromkeys(counted, rec.last_try))
+        if rec.state == FAILED:
+            opted.update(dict.fromkeys(counted, refused))
+    return {p: tried[p] for p, is_opted in opted.items() if is_opted}
 
 
 class Suppressed:
@@ -232,11 +292,11 @@ class Suppressed:
         ``# +NUMBER removed at <when>``), epoch seconds; None when the list records no removal
         of it (none made, or made before removals were recorded)."""
         times = (
-            instant(m[2])
+            found[1]
             for line in self._lines()
-            if phone in line and (m := _REMOVED.match(line)) is not None and m[1] == phone
+            if phone in line and (found := _removal_in(line)) is not None and found[0] == phone
         )
-        return max((t for t in times if t is not None), default=None)
+        return max(times, default=None)
 
     def _lines(self) -> list[str]:
         """The list file's lines (none before it is begun, or without a file).
@@ -268,6 +328,27 @@ class Suppressed:
                 return False
             self._append(_record(phone, texted_at(reason, texted)))
         return True
+
+    def times_of(self, phones: Collection[str]) -> dict[str, Times]:
+        """The :class:`Times` the list records of each of ``phones`` (E.164), as
+        :meth:`keyword_at` and :meth:`removed_at` read them, from one read of the list; a
+        number it records nothing of is left out.
+
+        Raises:
+            ConfigError: the file cannot be read.
+        """
+        if not (wanted := set(phones)):
+            return {}
+        keyword: dict[str, float] = {}
+        removed: dict[str, float] = {}
+        lengths = {len(p) for p in wanted}
+        for line in self._lines():
+            if not any(run[:n] in wanted for run in _PLUS_DIGITS.findall(line) for n in lengths):
+                continue  # names none of them: passed over unparsed
+            for times, found in ((keyword, _keyword_in(line)), (removed, _removal_in(line))):
+                if found is not None and found[0] in wanted:
+                    times[found[0]] = max(found[1], times.get(found[0], found[1]))
+        return {p: Times(keyword.get(p), removed.get(p)) for p in keyword.keys() | removed}
 
     async def off_loop(self, change: Callable[[], T]) -> T:
         """Run ``change`` (an :meth:`add`, a :meth:`remove`, or several) in a thread, one
@@ -436,13 +517,20 @@ def _record(phone: str, said: str) -> str:
 
 
 def _texted(line: str, phone: str) -> float | None:
-    """When ``line`` says ``phone`` texted a keyword: its number line's reason, or a comment
-    line naming it (:data:`_RECORD`); None when the line says no such thing. Only lines this
-    module wrote carry a time, each with the number in E.164 as given: a line that does not
-    hold it is passed over unparsed (the whole list is read for each keyword, under its
-    lock)."""
+    """When ``line`` says ``phone`` texted a keyword (:func:`_keyword_in`); None when the line
+    says no such thing. A line that does not hold ``phone`` is passed over unparsed (the whole
+    list is read for each keyword, under its lock)."""
     if phone not in line:
         return None
+    found = _keyword_in(line)
+    return found[1] if found is not None and found[0] == phone else None
+
+
+def _keyword_in(line: str) -> tuple[str, float] | None:
+    """The number ``line`` says texted a keyword, and when: its number line's reason, or a
+    comment line naming it (:data:`_RECORD`); None when the line says no such thing. Only
+    lines this module wrote carry a time, each with the number in E.164 as given: a line that
+    does not hold its number so says nothing."""
     if (record := _RECORD.match(line)) is not None:
         number, note = record[1], record[2]
     else:
@@ -451,10 +539,18 @@ def _texted(line: str, phone: str) -> float | None:
     if not number or (at := texted_in(note)) is None:
         return None
     try:
-        same = normalize_phone(number) == phone
+        phone = normalize_phone(number)
     except PhoneError:
         return None
-    return at if same else None
+    return (phone, at) if phone in line else None
+
+
+def _removal_in(line: str) -> tuple[str, float] | None:
+    """The number ``line`` says was taken off the list, and when (:data:`_REMOVED`); None
+    when the line says no such thing, or no time that reads as one."""
+    if (m := _REMOVED.match(line)) is None or (at := instant(m[2])) is None:
+        return None
+    return m[1], at
 
 
 def _stamp(path: Path) -> tuple[int, ...] | None:

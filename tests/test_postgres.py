@@ -52,7 +52,7 @@ from bulk_mms.settle import never_accepted
 from bulk_mms.sharing import Sharing
 from bulk_mms.signals import Stop, StopReason
 from bulk_mms.summary import JobSummary
-from bulk_mms.suppression import suppression_for
+from bulk_mms.suppression import put_back_opted_out, suppression_for
 from bulk_mms.testing import groups_in, write_ledger
 from bulk_mms.track import track_ledger
 from tests.conftest import (
@@ -67,6 +67,7 @@ from tests.conftest import (
     ok_receipt,
     wait_for,
 )
+from tests.test_suppression import PUT_BACK, refusals
 from tests.test_webhooks import SIGNER
 from tests.threaded import fake_api_thread
 
@@ -1237,6 +1238,40 @@ def test_a_remove_whose_stop_time_cannot_be_kept_takes_nobody_off(
     assert listed.reason(phone) == stop
     assert listed.remove([phone]) == [phone]
     assert suppression_for(None, where).keyword_at(phone) == instant("2026-11-23T10:05:00Z")
+
+
+async def test_a_run_puts_back_the_opt_outs_its_table_lacks_in_one_read_of_the_table(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a database ledger, the run's look for the opt-outs its ledger records that the
+    table lacks reads their keyword and removal times in one statement, however many there
+    are, and puts back the same numbers as a file's list does."""
+    from bulk_mms.ledger.pgsuppression import PostgresSuppressed  # noqa: PLC0415 - psycopg
+
+    where = f"{database}?ledger=put-back"
+    suppression_for(None, where).add(["+12125550015"], "added by hand")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO bulk_mms_keywords (number, texted_at) VALUES (%s, %s)",
+            ("+12125550011", instant("2026-11-23T10:30:00Z")),
+        )
+        removals = [
+            ("+12125550012", instant("2026-11-23T11:00:00Z")),
+            ("+12125550013", instant("2026-11-23T09:00:00Z")),
+        ]
+        for removal in removals:
+            conn.execute("INSERT INTO bulk_mms_removals VALUES (%s, %s)", removal)
+    listed = PostgresSuppressed(where)
+    said: list[str] = []
+    run = listed._run
+
+    def counted(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        said.append(sql.split(maxsplit=1)[0])
+        return run(sql, params)
+
+    monkeypatch.setattr(listed, "_run", counted)
+    await put_back_opted_out(refusals(), listed)
+    assert (said, suppression_for(None, where).numbers()) == (["SELECT", "INSERT"], PUT_BACK)
 
 
 def test_a_resumes_excluded_ledger_is_opened_through_its_own_database_alone(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Final
 
 import pytest
 
+from bulk_mms.clock import instant
 from bulk_mms.errors import ConfigError
-from bulk_mms.suppression import Suppressed, texted_at
+from bulk_mms.ledger.fold import FAILED, GroupRecord, LedgerView, Miss
+from bulk_mms.suppression import Suppressed, Times, put_back_opted_out, texted_at
 from tests.conftest import numbers
 
 
@@ -130,3 +133,90 @@ def test_a_list_that_is_a_device_is_refused_not_read_or_written(tmp_path: Path) 
         Suppressed(Path("/dev/null")).add(numbers(1), "test")
     with pytest.raises(ConfigError, match="not a file"):
         Suppressed(tmp_path)
+
+
+def at(hh_mm: str) -> float:
+    """``hh_mm`` (UTC) of the day :data:`REFUSED` and :data:`LIST_SAYS` are about."""
+    when = instant(f"2026-11-23T{hh_mm}:00Z")
+    assert when is not None
+    return when
+
+
+#: The failed groups of a ledger's run, in ledger order: each one's number, its latest try, and
+#: whether it failed as opted out. The last number was refused as opted out in one group, then
+#: failed otherwise in a later one: it is not an opt-out any more.
+REFUSED: Final = (
+    ("+12125550011", at("10:00"), True),  # lifted by START since
+    ("+12125550012", at("10:00"), True),  # removed after the refusal
+    ("+12125550013", at("10:00"), True),  # removed before the refusal
+    ("+12125550014", at("10:00"), True),  # the list never took it
+    ("+12125550015", at("10:00"), True),  # on the list already
+    ("+12125550016", at("10:00"), False),  # failed, not opted out
+    ("+12125550017", at("10:00"), True),
+    ("+12125550017", at("10:10"), False),
+)
+#: Who goes back on the list of :data:`REFUSED`, as :data:`LIST_SAYS` has it.
+PUT_BACK: Final = ["+12125550013", "+12125550014", "+12125550015"]
+#: What the list says of :data:`REFUSED` (its file's lines).
+LIST_SAYS: Final = (
+    "+12125550015  # added by hand 2026-11-22\n"
+    f"# +12125550011  {texted_at('texted START (webhook)', at('10:30'))}\n"
+    "# +12125550012  removed at 2026-11-23T11:00:00.000000Z\n"
+    "# +12125550013  removed at 2026-11-23T09:00:00.000000Z\n"
+)
+
+
+def refusals() -> LedgerView:
+    """A run's view of :data:`REFUSED`."""
+    view = LedgerView(statuses=False)
+    for i, (phone, tried, opted) in enumerate(REFUSED):
+        miss = Miss.OPTED_OUT if opted else Miss.FAILED
+        view.groups[f"g{i}"] = GroupRecord(
+            f"g{i}", (phone,), outcome=FAILED, miss=miss, last_try=tried
+        )
+    return view
+
+
+class CountedReads(Suppressed):
+    """A file's list that counts its reads of the file's lines."""
+
+    reads = 0
+
+    def _lines(self) -> list[str]:
+        self.reads += 1
+        return super()._lines()
+
+
+async def test_a_run_puts_back_the_opt_outs_its_list_lacks_in_one_read_of_the_list(
+    tmp_path: Path,
+) -> None:
+    """The run's look for the opt-outs its ledger records that the list lacks reads the
+    list's keyword and removal times once, however many there are: those a START lifted or a
+    removal after the refusal took off stay off, the others go back on."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text(LIST_SAYS, encoding="utf-8")
+    listed = CountedReads(path)
+    await put_back_opted_out(refusals(), listed)
+    assert (listed.reads, listed.numbers()) == (1, PUT_BACK)
+
+
+def test_the_times_read_at_once_are_those_read_one_number_at_a_time(tmp_path: Path) -> None:
+    """A list's keyword and removal times read for many numbers at once are what
+    keyword_at and removed_at read one number at a time: STOP lines, START records and
+    removals, the latest of each, another number's lines and lines without a time passed
+    over."""
+    path = tmp_path / "suppressed.txt"
+    path.write_text(
+        LIST_SAYS
+        + f"+12125550016  # {texted_at('texted STOP (webhook)', at('09:00'))} 2026-11-23\n"
+        + f"# +12125550016  {texted_at('texted START (webhook)', at('09:30'))}\n"
+        + "# +12125550013  removed at 2026-11-23T09:45:00.000000Z\n"
+        + "# +121255500131  removed at 2026-11-23T12:00:00.000000Z\n"
+        + "# +12125550014 was texted at 2030-01-01T00:00:00Z by hand\n",
+        encoding="utf-8",
+    )
+    listed = Suppressed(path)
+    phones = numbers(8, start=11)
+    one_at_a_time = {p: Times(listed.keyword_at(p), listed.removed_at(p)) for p in phones}
+    assert listed.times_of(phones) == {p: t for p, t in one_at_a_time.items() if t != Times()}
+    assert listed.times_of(phones)["+12125550013"] == Times(None, at("09:45"))

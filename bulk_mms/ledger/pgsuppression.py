@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any, Final
 
 import psycopg
 
 from bulk_mms.ledger.pgconnect import failure, split, sync_connect
 from bulk_mms.ledger.pgschema import migrate
-from bulk_mms.suppression import Suppressed, listable, texted_in
+from bulk_mms.suppression import NO_TIMES, Suppressed, Times, listable, texted_in
 
 #: The advisory lock a webhook receiver holds while it judges and applies a keyword
 #: (:meth:`PostgresSuppressed.held`): receivers on one database take keywords one at a time.
@@ -130,11 +130,25 @@ class PostgresSuppressed(Suppressed):
         """When ``phone`` last texted STOP or START, as the table records it: its keyword
         record, or the time its suppression row's reason gives (a STOP taken before the
         records were kept); None when neither says."""
-        rows = self._run("SELECT texted_at FROM bulk_mms_keywords WHERE number = %s", (phone,))
-        times = [float(rows[0][0])] if rows else []
-        if (stop := texted_in(self.reason(phone))) is not None:
-            times.append(stop)
-        return max(times, default=None)
+        return self.times_of((phone,)).get(phone, NO_TIMES).keyword
+
+    def times_of(self, phones: Collection[str]) -> dict[str, Times]:
+        """The :class:`~bulk_mms.suppression.Times` the tables record of each of ``phones``
+        (:meth:`keyword_at`, :meth:`removed_at`), in one statement; a number they record
+        nothing of is left out."""
+        if not phones:
+            return {}
+        out: dict[str, Times] = {}
+        for number, texted, removed, reason in self._run(_TIMES, (list(phones),)):
+            phone = str(number)
+            times = [float(texted)] if texted is not None else []
+            stop = texted_in(str(reason)) if phone in self and reason is not None else None
+            if stop is not None:  # its row's reason, as :meth:`reason` reads it
+                times.append(stop)
+            said = Times(max(times, default=None), None if removed is None else float(removed))
+            if said != NO_TIMES:
+                out[phone] = said
+        return out
 
     def record_keyword(self, phone: str, reason: str, texted: float) -> bool:
         """Record that ``phone`` texted a keyword at ``texted`` (``reason`` says which; the
@@ -145,8 +159,7 @@ class PostgresSuppressed(Suppressed):
     def removed_at(self, phone: str) -> float | None:
         """When ``phone`` was last taken off the table (the database's clock), as
         ``bulk_mms_removals`` records it; None when it records none."""
-        rows = self._run("SELECT removed_at FROM bulk_mms_removals WHERE number = %s", (phone,))
-        return float(rows[0][0]) if rows else None
+        return self.times_of((phone,)).get(phone, NO_TIMES).removed
 
     def remove(self, phones: Iterable[str]) -> list[str]:
         """Delete the numbers the table holds (as it stands); the ones removed. A removed
@@ -189,6 +202,15 @@ _ADDED_SINCE: Final = """
     SELECT now(), array(
         SELECT number FROM bulk_mms_suppressions
         WHERE added > %s::timestamptz - make_interval(secs => %s))
+"""
+#: For each number (an array): its keyword time, when it was last taken off, and its
+#: suppression row's reason, each null when none is recorded.
+_TIMES: Final = """
+    SELECT n, k.texted_at, r.removed_at, s.reason
+    FROM unnest(%s::text[]) AS n
+    LEFT JOIN bulk_mms_keywords k ON k.number = n
+    LEFT JOIN bulk_mms_removals r ON r.number = n
+    LEFT JOIN bulk_mms_suppressions s ON s.number = n
 """
 #: A number's keyword time, kept only when later than the one recorded; the number comes back
 #: when it was written.
