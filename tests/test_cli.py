@@ -1048,6 +1048,35 @@ def test_a_password_libpq_cannot_decode_is_named_as_the_urls_mistake_unquoted(
     assert "s3cr3t" not in line
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bob:s3cr3t-%E9x@127.0.0.1:1/db",  # a Latin-1 é, percent-encoded
+        "postgresql://b%FFb:s3cr3t-pw@127.0.0.1:1/db",
+        "postgresql://bob:s3cr3t-pw@127.0.0.1:1/d%C3",  # half a UTF-8 character
+        "postgresql://bob@127.0.0.1:1/db?password=s3cr3t-%E9x",
+    ],
+)
+def test_a_ledger_url_whose_escapes_spell_no_utf8_is_one_line_exit_2(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A ledger URL with a %-escape that spells no UTF-8 (a password encoded from Latin-1)
+    is refused by run, status, db migrate, suppress and ledger copy in one line, exit 2,
+    without its password: never a traceback, nor a password libpq was given changed."""
+    jobs.people(1)
+    job = jobs.job()
+    no_api = ["--yes", "--base-url", "http://127.0.0.1:9/v2"]
+    assert main(["run", str(job.path), "--ledger", url, *no_api]) == 2
+    assert main(["status", url]) == 2
+    assert main(["db", "migrate", url]) == 2
+    assert main(["suppress", "list", "--ledger", url]) == 2
+    assert main(["ledger", "copy", str(jobs.root / "none.jsonl"), url]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5
+    assert all(line.startswith("bulk-mms: error: ledger URL: is not a usable") for line in err)
+    assert all("UTF-8" in line and "s3cr3t" not in line for line in err)
+
+
 def test_a_ledger_url_query_libpq_cannot_parse_is_exit_2_naming_the_parameter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -211,8 +211,15 @@ def database_url(where: str) -> yarl.URL:
 
     Raises:
         LedgerError: not a URL a connection can be made to (said without the URL: it may hold
-            a password).
+            a password), a %-escape in it that spells no UTF-8 text (a password encoded from
+            Latin-1) included: libpq would fail on it, or be given another password.
     """
+    try:
+        urllib.parse.unquote_to_bytes(where).decode()
+    except UnicodeDecodeError:
+        raise LedgerError(
+            "ledger URL", "is not a usable postgresql:// URL: a %-escape in it spells no UTF-8"
+        ) from None
     try:
         url = yarl.URL(where)
         port = url.port  # yarl reads the port only when asked
