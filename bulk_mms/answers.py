@@ -169,9 +169,10 @@ def parse_json(raw: bytes) -> object:
     """A body's JSON (None for an empty body), or :data:`NOT_JSON`. orjson refuses a whole
     document for one number beyond a double (``"amount": 1e999``), or for one string escaping
     half a surrogate pair (``"\\ud800"``: no character); the standard parser reads the
-    number as infinity, which the field's own bound then refuses, and the half pair is made
-    U+FFFD (:func:`_whole_text`), so the rest of the answer is not lost, and no text that
-    cannot be written as UTF-8 reaches the ledger or a log."""
+    number as infinity (a whole number: as an int, or infinity past the digits Python makes
+    an int of: :func:`_whole_number`), which the field's own bound then refuses, and the half
+    pair is made U+FFFD (:func:`_whole_text`), so the rest of the answer is not lost, and no
+    text that cannot be written as UTF-8 reaches the ledger or a log."""
     if not raw:
         return None
     try:
@@ -179,9 +180,18 @@ def parse_json(raw: bytes) -> object:
     except orjson.JSONDecodeError:
         pass
     try:
-        return _whole_text(json.loads(raw))
+        return _whole_text(json.loads(raw, parse_int=_whole_number))
     except (ValueError, RecursionError):
         return NOT_JSON
+
+
+def _whole_number(text: str) -> int | float:
+    """A JSON whole number: an int, or, past the digits Python turns into one
+    (:func:`sys.get_int_max_str_digits`, which refuses it), the float it is: infinity."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _whole_text(value: object) -> object:

@@ -496,11 +496,15 @@ async def test_a_key_shorter_than_a_real_one_leaves_the_answer_as_it_came() -> N
     assert receipt.message_id == "40385f64-5717-4562-b3fc-2c963f66afa6"
 
 
-async def test_a_wait_beyond_a_double_loses_only_the_wait(fake_api: API, jobs: JobFactory) -> None:
-    """ "wait_seconds" a whole number too large for a float (which orjson refuses, and the
-    standard parser reads as an int) is no wait: the group is recorded sent, never a crash."""
+@pytest.mark.parametrize("digits", [400, 5000])
+async def test_a_wait_beyond_a_double_loses_only_the_wait(
+    fake_api: API, jobs: JobFactory, digits: int
+) -> None:
+    """ "wait_seconds" a whole number too large for a float (which orjson refuses), of 400
+    digits or of 5,000 (past the digits Python turns into an int), is no wait: the group is
+    recorded sent, never a crash, nor in doubt."""
     fake, url = fake_api
-    raw = b'{"data": {"id": "{id}", "errors": [], "wait_seconds": 1' + b"0" * 400 + b"}}"
+    raw = b'{"data": {"id": "{id}", "errors": [], "wait_seconds": 1' + b"0" * digits + b"}}"
     fake.faults.append(Fault("raw", raw=raw))
     s, _ = await run_against(url, jobs)
     assert (s.sent_groups, s.in_doubt_groups) == (4, 0)
