@@ -286,24 +286,31 @@ def map_client_errors() -> _ClientErrors:
 
 
 def _translate(exc: BaseException) -> SendError:  # noqa: PLR0911 - one return per lower-layer error it maps (httpx's map_exceptions)
-    """The :class:`SendError` for an aiohttp, socket or URL failure."""
+    """The :class:`SendError` for an aiohttp, socket or URL failure, its words (:func:`_said`)
+    in one line."""
     if (exhausted := out_of_descriptors(exc)) is not None:
         return exhausted
     if isinstance(exc, aiohttp.InvalidURL | ValueError):
         # raised before anything is sent (check_settings refuses such URLs up front)
         return EndpointError(f"the base URL cannot be used ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return NetworkError(f"connect timed out ({exc or 'no answer'})")
+        return NetworkError(f"connect timed out ({_said(exc) or 'no answer'})")
     if isinstance(exc, aiohttp.ClientConnectorError):
         # DNS, refused, TLS: the connection was never made, so nothing was sent
-        return NetworkError(f"cannot connect: {exc}")
+        return NetworkError(f"cannot connect: {_said(exc)}")
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return AmbiguousSendError(f"no response in time ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return AmbiguousSendError("the server closed the connection before answering")
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return AmbiguousSendError(f"the response was cut off ({exc})")
-    return AmbiguousSendError(f"connection failed ({type(exc).__name__}: {exc})")
+        return AmbiguousSendError(f"the response was cut off ({_said(exc)})")
+    return AmbiguousSendError(f"connection failed ({type(exc).__name__}: {_said(exc)})")
+
+
+def _said(exc: BaseException) -> str:
+    """``exc``'s words in one line: aiohttp's break theirs over several (``400, message:`` and
+    the reason on the next), which a log line, the ledger and the terminal keep as one."""
+    return " ".join(str(exc).split())
 
 
 def out_of_descriptors(exc: BaseException) -> DescriptorsExhausted | None:

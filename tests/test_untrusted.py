@@ -429,6 +429,41 @@ async def test_an_unreadable_answer_that_echoes_the_key_never_writes_it(
     assert KEY not in ledger
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nabcde",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: 5\r\n\r\nabcde",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXY",
+    ],
+    ids=["gzip", "deflate", "chunk-end"],
+)
+async def test_an_answer_that_cannot_be_decoded_is_in_doubt_said_in_one_line(
+    jobs: JobFactory, answer: bytes
+) -> None:
+    """A 200 whose body cannot be decoded (not the gzip or deflate it says it is, a chunk
+    that does not end where it says) leaves its group in doubt, the reason the ledger and
+    the log keep said in one line, however many lines the HTTP library's words take."""
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with capture_logs() as logs:
+            s, _ = await run_against(f"http://127.0.0.1:{port}/v2", jobs, n=4)
+    assert s.in_doubt_groups == 1
+    events = ledger_events(jobs.root / "ledgers" / "test-job.jsonl")
+    [reason] = [str(e["reason"]) for e in events if e["event"] == "in_doubt"]
+    said = [str(e["reason"]) for e in logs if e["event"] == "group.in_doubt"]
+    assert said == [reason]
+    assert reason.isprintable()
+
+
 def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
     """A status's ``completed_at``/``sent_at`` is kept only when it is an ISO time no later
     than a day from now: an unparseable one (an escape sequence, words) or one in the year
