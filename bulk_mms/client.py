@@ -401,9 +401,10 @@ class AiohttpMmsClient:
         self.base_url = base_url.rstrip("/")
         self._send_url = self.base_url + SEND_PATH
         # an answer that quotes the key (a proxy's error echoing the request's headers) has it
-        # blanked before it is read, so no ledger, log or error ever holds it; a key too short
-        # to be a real one is not looked for (it would mangle the answer's own words)
-        self._secret = api_key.encode() if len(api_key) >= MIN_SECRET else b""
+        # blanked before it is read, so no ledger, log or error ever holds it, in each form it
+        # may be written in (_written); a key too short to be a real one is not looked for (it
+        # would mangle the answer's own words)
+        self._secrets = _written(api_key) if len(api_key) >= MIN_SECRET else ()
         #: the base URL as messages name it: a key put in it by mistake blanked, likewise
         self._shown_url = self._hidden(self.base_url)
         self._headers = {
@@ -661,8 +662,9 @@ class AiohttpMmsClient:
         except SendError as exc:
             self._blank(exc)
             raise
-        if raw and self._secret:
-            raw = raw.replace(self._secret, _REDACTED)
+        if raw:
+            for secret in self._secrets:
+                raw = raw.replace(secret, _REDACTED)
         if raw is None:
             if ok:
                 raise AmbiguousSendError(
@@ -678,9 +680,12 @@ class AiohttpMmsClient:
         raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
 
     def _hidden(self, text: str) -> str:
-        """``text`` with the API key blanked (:data:`REDACTED`) wherever it quotes it (a key
-        too short to be a real one is not looked for: it would mangle ordinary words)."""
-        return text.replace(self._secret.decode(), REDACTED) if self._secret else text
+        """``text`` with the API key blanked (:data:`REDACTED`) wherever it quotes it, in any
+        form :func:`_written` gives (a key too short to be a real one is not looked for: it
+        would mangle ordinary words)."""
+        for secret in self._secrets:
+            text = text.replace(secret.decode(), REDACTED)
+        return text
 
     def _blank(self, exc: SendError) -> None:
         """Blank the API key wherever ``exc``'s message quotes it (:meth:`_hidden`): a failure
@@ -689,6 +694,15 @@ class AiohttpMmsClient:
         if (hidden := self._hidden(exc.message)) != exc.message:
             exc.message = hidden
             exc.args = (str(exc),)
+
+
+def _written(key: str) -> tuple[bytes, ...]:
+    """The API key as an answer may quote it, longest first: as it is, and as it is written
+    in a JSON string (a quote or a backslash escaped, and a slash too, as some encoders
+    write it), where the answer's words, once parsed, would spell it out."""
+    in_json = orjson.dumps(key)[1:-1]
+    forms = {key.encode(), in_json, in_json.replace(b"/", b"\\/")}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 #: The statuses answering a send that may follow a request the server acted on: any 5xx but

@@ -25,7 +25,7 @@ from bulk_mms.answers import (
     parse_statuses,
 )
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
-from bulk_mms.errors import AmbiguousSendError, EndpointError
+from bulk_mms.errors import AmbiguousSendError, EndpointError, Rejected
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
 from bulk_mms.models import Group, MessageBody, Money, parse_money
 from bulk_mms.pacing import WAIT_CEILING_S
@@ -394,6 +394,37 @@ async def test_an_answer_that_echoes_the_key_never_writes_it(jobs: JobFactory) -
     assert KEY not in ledger
     assert KEY not in repr(logs)
     assert KEY not in str(s.error)
+
+
+@pytest.mark.parametrize(
+    ("key", "slash"),
+    [('test-"key"-123', "/"), ("test\\key-123", "/"), ("test/key-123", "\\/")],
+    ids=["quote", "backslash", "slash"],
+)
+async def test_an_answer_that_echoes_the_key_json_escaped_never_quotes_it(
+    key: str, slash: str
+) -> None:
+    """A key holding a character JSON escapes (a quote, a backslash; a slash, which some
+    encoders escape too), echoed in an error's JSON, is blanked as it is written there: what
+    the answer's words become (the error, its title and detail) never holds the key."""
+
+    async def echo(request: web.Request) -> web.Response:
+        told = f"header was {request.headers['Authorization']}"
+        error = {"code": "10015", "title": told, "detail": told}
+        body = orjson.dumps({"errors": [error]}).replace(b"/", slash.encode())
+        return web.Response(body=body, status=422, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v2/messages/group_mms", echo)
+    async with (
+        TestServer(app, host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), key) as client,
+    ):
+        with pytest.raises(Rejected) as refused:
+            await client.send(parse_group(numbers(2)), "k1")
+    [error] = refused.value.errors
+    assert error.title == error.detail == "header was Bearer [redacted]"
+    assert key not in str(refused.value)
 
 
 @pytest.mark.parametrize(
