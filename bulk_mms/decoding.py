@@ -184,8 +184,25 @@ class LineDecoder:
                 "fix that line, and run again",
                 line=lineno,
             )
+        return InputError(
+            self.path, f"is not valid {self.encoding} text; {self._hint(line)}", line=lineno
+        )
+
+    def _hint(self, line: bytes) -> str:
+        """What to do about ``line``, which is not text in :attr:`encoding`: the encoding it
+        looks like (:func:`likely_encoding`) to set, or to save the file as UTF-8. Never to
+        set latin-1: it reads the bytes that neither UTF-8 nor cp1252 reads as C1 control
+        characters, and stops at the same line."""
+        utf8 = codecs.lookup(self.encoding).name == "utf-8"
         looks = likely_encoding(line)
-        if codecs.lookup(looks).name == codecs.lookup(self.encoding).name:
+        if looks == "latin-1":
+            byte = line.decode("cp1252", "replace").index("\ufffd")
+            hint = (
+                f"it holds the byte 0x{line[byte]:02x}, text in neither utf-8 nor cp1252 (a "
+                "file in another encoding, such as Mac Roman or Shift JIS, or a damaged one): "
+                "save the file as UTF-8"
+            )
+        elif codecs.lookup(looks).name == codecs.lookup(self.encoding).name:
             hint = "the file is damaged"
         elif self._bom:  # the encoding setting does not apply: the mark makes it UTF-8
             hint = (
@@ -202,7 +219,7 @@ class LineDecoder:
                 f'it looks like {looks}: set encoding = "{looks}" in the job, or save the file '
                 f"as {self.encoding}"
             )
-        return InputError(self.path, f"is not valid {self.encoding} text; {hint}", line=lineno)
+        return hint
 
     def not_a_text_file(self, sample: bytes) -> InputError | None:
         """The error for a file whose first bytes (``sample``) hold a NUL or a UTF-16 byte

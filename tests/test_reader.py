@@ -226,6 +226,31 @@ def test_cp1252_smart_quotes_under_latin1_stop_the_file_naming_cp1252(
     assert 'set encoding = "cp1252"' in err.value.message
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "latin-1"])
+def test_a_byte_no_encoding_reads_as_text_names_no_encoding_to_set(
+    tmp_path: Path, name: str, encoding: str
+) -> None:
+    """A line with a byte neither UTF-8 nor cp1252 reads as text (Mac Roman's ç, 0x8D; Shift
+    JIS) stops the file saying to save it as UTF-8, naming the byte, never to set latin-1,
+    which would stop at the same line."""
+    if name.endswith(".jsonl"):
+        data = (
+            '{"phone": "+12125550100", "name": "Al"}\n'
+            '{"phone": "+12125550101", "name": "François"}\n'
+        )
+    else:
+        data = "phone,name\r\n+12125550100,Al\r\n+12125550101,François\r\n"
+    p = tmp_path / name
+    p.write_bytes(data.encode("mac_roman"))
+    with pytest.raises(InputError) as err:
+        read(p, keep=("name",), encoding=encoding)
+    assert err.value.line == (2 if name.endswith(".jsonl") else 3)
+    assert "set encoding" not in err.value.message
+    assert "0x8d" in err.value.message
+    assert "save the file as UTF-8" in err.value.message
+
+
 def test_a_cp1252_file_with_its_encoding_keeps_every_name(tmp_path: Path) -> None:
     """With encoding = cp1252 every name reads as written."""
     p = tmp_path / "a.csv"
