@@ -227,6 +227,21 @@ async def test_report_cli_writes_failed_csv(
     assert len(out.read_text().splitlines()) == 7
 
 
+async def test_report_failed_csv_of_one_says_one_recipient(
+    jobs: JobFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report --failed-csv of one recipient says "1 recipient", as its other counts do."""
+    jobs.people(2)
+    job = jobs.job(extra="group_size = 1")
+    client = FakeClient(
+        lambda g, n: Rejected("bad", status=400) if g.seq == 1 else ok_receipt(g, n)
+    )
+    await run_job(job, FAST, client, clock=FakeClock())
+    out = jobs.root / "f.csv"
+    assert main(["report", str(job.ledger), "--format", "json", "--failed-csv", str(out)]) == 0
+    assert f"wrote 1 recipient to {out} " in capsys.readouterr().err
+
+
 async def test_report_agrees_with_resume_on_what_is_in_doubt(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -98,7 +98,7 @@ def _write_failed(summary: LedgerSummary, failed_csv: Path) -> None:
     r = summary.recipient_states
     say(
         "report.failed_csv_written",
-        f"bulk-mms: wrote {n} recipients to {failed_csv} ({how}); not in it: "
+        f"bulk-mms: wrote {count(n, 'recipient')} to {failed_csv} ({how}); not in it: "
         f"{r.retry_pending} pending a rerun, {r.in_doubt} in doubt"
         + (
             f", {summary.expired_left_out} past the job's deadline (a late message is worse "
