@@ -29,7 +29,6 @@ from bulk_mms.decoding import LineDecoder, likely_encoding
 from bulk_mms.errors import InputError
 from bulk_mms.lines import (
     BLANK,
-    BOM,
     JSONL_LONE_CR_WHY,
     MAC_JSONL,
     TOO_LONG,
@@ -37,6 +36,7 @@ from bulk_mms.lines import (
     LongLine,
     line_start,
     other_case,
+    unmarked,
 )
 from bulk_mms.models import SHOWN_CHARS, RejectedRow, Row
 from bulk_mms.spans import CUT_OFF
@@ -201,8 +201,7 @@ class JsonlRows:
         encoding = self._text.encoding
         if type(raw) is LongLine:
             return RejectedRow(lineno, raw.shown(encoding), TOO_LONG)
-        if raw.startswith(BOM):
-            raw = raw[len(BOM) :]
+        raw = unmarked(raw)
         if not raw.strip(BLANK):
             return None
         last = lineno == self._lines.unended

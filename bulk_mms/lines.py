@@ -69,6 +69,14 @@ MAC_CSV: Final = (
 )
 
 
+def unmarked(line: bytes) -> bytes:
+    """``line`` without the UTF-8 byte order marks in front of it: one, or one written in front
+    of a file that already had its own (a mark is never text a line begins with)."""
+    while line.startswith(BOM):
+        line = line[len(BOM) :]
+    return line
+
+
 def other_case(name: str, names: Iterable[str], kind: str) -> str:
     """What to add to the reason a column or field ``name`` (the phone's) is not found, when
     ``names`` (a CSV header's columns, a JSONL record's or file's keys; ``kind``: "column" or
@@ -96,7 +104,7 @@ class LongLine:
         replaced), a carriage return written ``\\r``, then ``…``: a rejected row's value, by
         which the line can be found and fixed."""
         decoder = codecs.getincrementaldecoder(encoding)("replace")
-        text = decoder.decode(self.head.removeprefix(BOM))  # a character cut at the end: left out
+        text = decoder.decode(unmarked(self.head))  # a character cut at the end: left out
         return text[:SHOWN_CHARS].replace("\r", "\\r") + "…"
 
 
@@ -244,6 +252,6 @@ def _json_object(parts: list[bytes]) -> bool:
     UTF-8 (text in strings, in another encoding) are read as any character."""
     first = next((part for part in parts if part.strip()), b"")
     try:
-        return isinstance(orjson.loads(first.removeprefix(BOM).decode("utf-8", "replace")), dict)
+        return isinstance(orjson.loads(unmarked(first).decode("utf-8", "replace")), dict)
     except orjson.JSONDecodeError:
         return False

@@ -69,6 +69,7 @@ from bulk_mms.lines import (
     line_start,
     old_mac_ends,
     other_case,
+    unmarked,
 )
 from bulk_mms.models import SHOWN_CHARS, RejectedRow, Row
 from bulk_mms.spans import CUT_OFF, MAX_RECORD_LINES, SpanCheck, cut_off, unpadded
@@ -449,8 +450,8 @@ class RowReader:
         """One line as text, or a blank line with its reason in ``_bad``."""
         if type(line) is LongLine:
             return self._over_long(line)
-        if lineno == 1 and line.startswith(BOM):
-            line = line[len(BOM) :]
+        if lineno == 1:
+            line = unmarked(line)
         text = self.text.line(lineno, line, last=lineno == self._lines.unended)
         if isinstance(text, InputError):
             # raised when the rows reach this line, so the rows before it come first

@@ -280,6 +280,23 @@ def test_a_utf8_byte_order_mark_makes_the_file_utf8_whatever_the_job_says(
 
 
 @pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
+def test_a_byte_order_mark_written_twice_is_no_part_of_the_header(
+    tmp_path: Path, name: str
+) -> None:
+    """A file that starts with two UTF-8 byte order marks (one written in front of a file that
+    had its own) reads its first line whole: its phone column is found, not '\\ufeffphone'."""
+    if ".jsonl" in name:
+        text = '{"phone": "+12125550101", "name": "José"}\n'
+    else:
+        text = "phone,name\r\n+12125550101,José\r\n"
+    p = tmp_path / name
+    p.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read(p, keep=("name",)) == [
+        Row(1 if ".jsonl" in name else 2, {"phone": "+12125550101", "name": "José"})
+    ]
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
 def test_a_utf8_line_cut_inside_a_character_is_named_cut_not_cp1252(
     tmp_path: Path, name: str
 ) -> None:
