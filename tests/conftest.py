@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import inspect
 import os
 import secrets
@@ -153,6 +154,15 @@ FAST = Settings(
 def numbers(n: int, start: int = 0) -> list[str]:
     """``n`` distinct valid US numbers in E.164."""
     return [f"+1212555{i:04d}" for i in range(start, start + n)]
+
+
+def zone_at(hour: int) -> str:
+    """A fixed-offset zone (Etc/GMT...) where the local time now is from ``hour``:00 to
+    ``hour``:59, whatever the hour of the day in UTC: a window around that hour, in that
+    zone, is open (or shut) for a run now, and the hour it is now in UTC never moves it."""
+    offset = (hour - dt.datetime.now(dt.UTC).hour) % 24
+    offset = offset - 24 if offset > 14 else offset
+    return f"Etc/GMT{-offset:+d}" if offset else "Etc/UTC"
 
 
 @dataclass

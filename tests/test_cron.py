@@ -20,7 +20,16 @@ from bulk_mms.fake_api import FakeTelnyx
 from bulk_mms.prepare import continues_earlier
 from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
-from tests.conftest import FAKETIME, FAST, FakeClient, FakeClock, JobFactory, missing, numbers
+from tests.conftest import (
+    FAKETIME,
+    FAST,
+    FakeClient,
+    FakeClock,
+    JobFactory,
+    missing,
+    numbers,
+    zone_at,
+)
 from tests.threaded import fake_api_thread
 
 UTC = dt.UTC
@@ -184,13 +193,6 @@ async def test_a_night_window_belongs_to_the_date_it_opened(
     assert not continues_earlier(today, earlier.ledger)
 
 
-def _zone_at_one_am() -> str:
-    """A fixed-offset zone (Etc/GMT...) where the local time now is between 01:00 and 02:00."""
-    offset = (1 - dt.datetime.now(UTC).hour) % 24
-    offset = offset - 24 if offset > 14 else offset
-    return f"Etc/GMT{-offset:+d}" if offset else "Etc/UTC"
-
-
 def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
     jobs: JobFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -200,7 +202,7 @@ def test_a_night_whose_input_changed_after_midnight_is_refused_not_sent_again(
     jobs.people(8)
     extra = (
         'group_size = 4\nledger = "ledgers/{name}-{date}.jsonl"\n'
-        f'send_window = "22:00-06:00"\ntimezone = "{_zone_at_one_am()}"'
+        f'send_window = "22:00-06:00"\ntimezone = "{zone_at(1)}"'
     )
     job = jobs.job(extra=extra)
     night = dt.datetime.now(job.zone).replace(hour=23) - dt.timedelta(days=1)

@@ -66,6 +66,7 @@ from tests.conftest import (
     numbers,
     ok_receipt,
     wait_for,
+    zone_at,
 )
 from tests.test_suppression import PUT_BACK, refusals
 from tests.test_webhooks import SIGNER
@@ -248,9 +249,9 @@ def test_processes_never_wait_on_each_other_for_remade_groups_held_for_quiet_hou
     """Two processes; half the groups are in a zone outside the recipient window and each of
     those loses a member to the suppression list. A group held for quiet hours is neither
     claimed nor watched, so neither process waits for a remade group the other will not send
-    tonight: both end within seconds, the open zone's recipients sent once each."""
-    hour = dt.datetime.now(dt.UTC).hour
-    window = f"{max(0, hour - 1):02d}:00-{min(24, hour + 2):02d}:00"  # open now, to midnight
+    tonight: both end within seconds, the open zone's recipients sent once each. (Zones where
+    it is now noon and midnight: the window is six hours from either edge at any hour.)"""
+    opened, closed_zone = zone_at(12), zone_at(0)
     people = numbers(48)
     closed = {p for i, p in enumerate(people) if i // 4 % 2}  # every other group of four
     gone = sorted(closed)[::4]  # one member of each of those
@@ -258,10 +259,10 @@ def test_processes_never_wait_on_each_other_for_remade_groups_held_for_quiet_hou
     for phone in gone:
         assert main(["-q", "suppress", "add", phone, "--ledger", where]) == 0
     rows = [
-        {"phone": p, "first": "x", "tz": "Etc/GMT-12" if p in closed else "UTC"} for p in people
+        {"phone": p, "first": "x", "tz": closed_zone if p in closed else opened} for p in people
     ]
     jobs.csv(rows)
-    job = jobs.job(extra=f'group_size = 4\nrecipient_window = "{window}"\ntimezone_column = "tz"')
+    job = jobs.job(extra='group_size = 4\nrecipient_window = "06:00-18:00"\ntimezone_column = "tz"')
     config = jobs.root / "config.toml"
     config.write_text("[limits]\nrate = 20\nconcurrency = 1\nlease_s = 2\n")
     fake = FakeTelnyx(api_key=KEY)
