@@ -129,6 +129,35 @@ def _fsyncs_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonl._Syncer, "sync", seen)
 
 
+@pytest.fixture
+def off_loop_work_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work a run hands to threads (a JSONL store's fsyncs, ``asyncio.to_thread``: the
+    input's scan, the ledger's fold, the run's start written) runs on the loop's own thread,
+    done before it returns: the virtual clock stands still while the disk works, where it
+    otherwise moves in real time (:func:`_fsyncs_under_way`). For a test of what a run does
+    as a close nears on that clock: its outcome is then the same however slow a loaded
+    machine's fsync is. (Nothing then runs beside that work: not for a test of a stop while
+    the disk works.)"""
+
+    def settled(
+        self: jsonl._Syncer, owner: object, fsync: Callable[[], None]
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            fsync()
+        except BaseException as exc:  # as the store's thread hands it on
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        return fut
+
+    async def at_once(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(jsonl._Syncer, "sync", settled)
+    monkeypatch.setattr(asyncio, "to_thread", at_once)
+
+
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Each test starts with structlog's defaults (the CLI reconfigures it)."""

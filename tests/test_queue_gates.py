@@ -23,6 +23,9 @@ from bulk_mms.summary import JobSummary
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, ok_receipt, real_client
 from tests.test_quiet import NEW_YORK
 
+#: Each test runs near a close on the virtual clock, which the disk's work then never moves.
+pytestmark = pytest.mark.usefixtures("off_loop_work_on_the_loop")
+
 #: Ten seconds before 10:30 UTC, where the windows and deadlines below end.
 NOW = dt.datetime(2026, 11, 24, 10, 29, 50, tzinfo=dt.UTC)
 ONE = replace(FAST, concurrency=1)
