@@ -117,4 +117,4 @@ def test_sigterm_while_an_event_is_looked_for_again_exits_0_at_once(jobs: JobFac
     assert b"Traceback" not in err
     assert proc.returncode == 0
     assert b"webhooks.stopped" in err
-    assert took < 5, f"took {took:.1f} s to stop"
+    assert took < 15, f"took {took:.1f} s to stop"  # not the 30 s late window, even loaded

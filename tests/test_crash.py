@@ -185,7 +185,7 @@ def test_a_signal_ends_a_day_long_pause_at_once(
         _, err = proc.communicate(timeout=30)
         elapsed = time.monotonic() - t0
         assert proc.returncode == code, err.decode()[-2000:]
-        assert elapsed < 5, f"took {elapsed:.1f} s to stop"
+        assert elapsed < 15, f"took {elapsed:.1f} s to stop"  # not the pause's 600 s, even loaded
         assert b"Traceback" not in err
         assert b'"job.finished"' in err
         assert summarize(job.ledger).in_doubt_groups == 0

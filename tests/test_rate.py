@@ -164,7 +164,7 @@ async def test_fixed_rate_admits_at_its_rate_on_the_fake_clock() -> None:
     assert times[0] == 1e7
     assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([0.125] * 39)
     assert clock.monotonic() == pytest.approx(1e7 + 4.875)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 4.0  # not the 4.875 s of real waiting, even loaded
 
 
 async def test_fixed_rate_banks_credit_up_to_its_depth() -> None:
