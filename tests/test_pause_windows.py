@@ -189,6 +189,7 @@ async def test_a_pause_past_midnight_in_a_window_open_all_day_is_waited_out(
     assert (len(client.calls), s.sent_groups, s.stopped, s.quiet) == (3, 2, None, {})
 
 
+@pytest.mark.usefixtures("off_loop_work_on_the_loop")
 async def test_groups_a_paused_sender_holds_past_the_send_window_do_not_stop_the_job(
     jobs: JobFactory,
 ) -> None:

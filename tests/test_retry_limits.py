@@ -106,6 +106,7 @@ async def test_a_backoff_after_a_connection_error_past_a_limit_ends_as_the_limit
         assert (s.stopped, s.expired_groups, s.retry_later_groups) == ("deadline", 0, 1)
 
 
+@pytest.mark.usefixtures("off_loop_work_on_the_loop")
 async def test_a_try_whose_slot_comes_at_max_job_duration_stops_the_run(
     jobs: JobFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

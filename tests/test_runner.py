@@ -281,6 +281,7 @@ async def test_422_on_a_repeat_is_an_idempotency_conflict(
         Rejected("bad", status=400),
     ],
 )
+@pytest.mark.usefixtures("off_loop_work_on_the_loop")
 async def test_a_try_that_may_have_landed_keeps_its_group_in_doubt(
     jobs: JobFactory, after: SendError
 ) -> None:

@@ -577,6 +577,7 @@ def test_a_window_stays_open_for_all_the_time_closes_in_gives(
     ],
     ids=["429", "503", "network"],
 )
+@pytest.mark.usefixtures("off_loop_work_on_the_loop")
 async def test_a_wall_clock_jumping_past_a_gate_during_a_retry_wait_sends_nothing_more(
     jobs: JobFactory, extra: str, stopped: str | None, expired: int, error: SendError
 ) -> None:
