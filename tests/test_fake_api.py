@@ -510,6 +510,28 @@ async def test_a_records_query_matches_cli_and_cld_as_the_spec_writes_them(
     assert (query["cli"], query["cld"]) == ([FROM], ["+12125550101"])
 
 
+async def test_a_fake_given_a_tests_wall_clock_stamps_by_it_not_by_the_machines_date() -> None:
+    """A fake given a FakeClock's wall (a fixed date) stamps its records and messages by it,
+    and follows a step of it: a test on a fixed date finds them whatever day it runs."""
+    at = dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC).timestamp()
+    clock = FakeClock(wall=at)
+    fake = FakeTelnyx(api_key="test-key-123", clock=clock.monotonic, wall_clock=clock.wall)
+    async with (
+        TestServer(fake.app(), host="127.0.0.1", port=0) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        a = Api(fake, str(server.make_url("/v2")), http)
+        _, sent = await a.send(["+12125550100"])
+        clock.advance(60)
+        clock.step_wall(3600)
+        _, records, _ = await a.call("GET", "/reports/mdrs?cld=%2B12125550100")
+        _, message, _ = await a.call("GET", f"/messages/{sent['data']['id']}")
+    (record,) = records["data"]
+    assert parse_time(record["created_at"]) == pytest.approx(at, abs=1)
+    assert parse_time(message["data"]["sent_at"]) == pytest.approx(at + 3660, abs=1)
+    assert fake.wall() == pytest.approx(at + 3660, abs=1)
+
+
 async def test_records_younger_than_the_lag_are_not_listed_yet(api: ApiClock) -> None:
     """With records_lag_s, a message's records appear only once they are that old."""
     a, clock = api

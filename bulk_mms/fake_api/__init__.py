@@ -58,7 +58,8 @@ Faults are scripted per request with :class:`Fault` objects queued on :attr:`Fak
 (a status with headers, 5xx, a dropped connection before or after the message was accepted, a
 slow answer, a 200 with no id or a body that is not JSON...), and ``wait_seconds`` comes from a
 callable or a queue model, so a test can make it grow. Time is :attr:`FakeTelnyx.clock`: a test
-injects a fake one, and every timestamp the fake writes moves with it.
+injects a fake one, and every timestamp the fake writes moves with it; the date it writes is
+:attr:`FakeTelnyx.wall_clock`'s (a test's ``FakeClock.wall``), else the real one.
 
 Run it alone with ``python -m bulk_mms.fake_api --port 8080``.
 

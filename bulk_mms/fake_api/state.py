@@ -88,6 +88,10 @@ class FakeState:
     #: its window is answered 429 / 10011 with ``x-ratelimit-*`` headers. None: no limit.
     request_limit: tuple[int, float] | None = None
     clock: Callable[[], float] = time.monotonic
+    #: Unix time now, read for every time the fake writes (a test's ``FakeClock.wall``, so
+    #: that a test on a fixed date finds its stamps of that date whatever day it runs).
+    #: None: the real time when the fake was made, moved on by :attr:`clock`.
+    wall_clock: Callable[[], float] | None = None
     #: Refusals by rule: number (or ``*`` and its last four digits) → Telnyx error code. A
     #: send naming one with a code of :data:`REFUSALS` (40300, 20100, 40333...) is refused
     #: with that code and status: nothing is accepted. Any other code (a carrier's: 40016,
@@ -193,7 +197,7 @@ class FakeState:
     #: recipient without a pass over every message.
     by_member: dict[str, list[Accepted]] = field(default_factory=dict)
     _keys: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
-    # wall time = this + clock(): timestamps move with an injected clock
+    # wall time = this + clock() (no wall_clock): timestamps move with an injected clock
     _epoch: float = 0.0
     # (message id, recipient index) -> wall time first seen sent / final
     _sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -209,7 +213,7 @@ class FakeState:
         if not 0 <= self.webhook_repeats <= 2:
             # Telnyx tries a URL three times (FACTS 7): a 2xx lost at the third is not retried
             raise ValueError(f"webhook_repeats must be 0 to 2, not {self.webhook_repeats}")
-        self._epoch = time.time() - self.clock()
+        self._epoch = (time.time() if self.wall_clock is None else self.wall_clock()) - self.clock()
 
     @property
     def names_group_messages(self) -> bool:
@@ -226,8 +230,9 @@ class FakeState:
         return iso(wall, form)
 
     def wall(self) -> float:
-        """Unix time on the fake's clock: it moves with :attr:`clock` (so with a fake one)."""
-        return self._epoch + self.clock()
+        """Unix time on the fake's clock: :attr:`wall_clock`'s, else one that moves with
+        :attr:`clock` (so with a fake one)."""
+        return self._epoch + self.clock() if self.wall_clock is None else self.wall_clock()
 
     # -- views for tests -----------------------------------------------------------------
 
