@@ -1,7 +1,8 @@
 """The ledger: every outcome of a job, as typed events, in a durable store, read by one fold.
 
 * :mod:`~bulk_mms.ledger.events`: what is recorded (frozen records, one encoder/decoder);
-* :mod:`~bulk_mms.ledger.fold`: :class:`LedgerView`, the only code that turns events into state;
+* :mod:`~bulk_mms.ledger.fold`: :class:`LedgerView`, the only code that turns events into state
+  (its delivery statuses in its base, :mod:`~bulk_mms.ledger.delivery_fold`);
 * :mod:`~bulk_mms.ledger.store`: the :class:`LedgerStore` seam and :func:`open_store`;
 * :mod:`~bulk_mms.ledger.jsonl`: the JSONL file store.
 """

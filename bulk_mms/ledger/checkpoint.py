@@ -33,7 +33,8 @@ import structlog
 
 from bulk_mms.delivery import Known
 from bulk_mms.ledger import events
-from bulk_mms.ledger.fold import BARE, ExcludedLedger, GroupRecord, LedgerView, Miss
+from bulk_mms.ledger.delivery_fold import BARE
+from bulk_mms.ledger.fold import ExcludedLedger, GroupRecord, LedgerView, Miss
 from bulk_mms.models import Money, parse_money
 
 log = structlog.get_logger(__name__)

@@ -5,6 +5,11 @@ run, ``report`` and ``status``, ``track`` and ``webhooks`` (sent groups and thei
 latest statuses), and ``--failed-csv``. A run applies each event it writes to its own view, so
 the state it acts on is the state a later reader folds from the same events.
 
+This module folds the sends: the groups, their attempts, outcomes and moves, and who did not get
+the message. What delivery reports say of the sent groups (their recipients' latest statuses,
+the counts by status, final costs, own message ids) is the view's base,
+:class:`~bulk_mms.ledger.delivery_fold.DeliveryFold`, in a module of its own.
+
 Each group of the ledger is in one state, and so is each of its recipients::
 
     sent           the API accepted it (final: nothing undoes a sent)
@@ -25,19 +30,19 @@ import enum
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
 import msgspec
 import msgspec.structs
 
 from bulk_mms.clock import instant
-from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action, deciding
-from bulk_mms.delivery import DELIVERED, FINAL, NOT_RECEIVED, STATUSES, Known, supersedes
+from bulk_mms.codes import DEFAULT_POLICY, EXPIRED_UNSENT, RESENDABLE, Action
+from bulk_mms.delivery import DELIVERED, Known
 from bulk_mms.ledger import events
+from bulk_mms.ledger.delivery_fold import DeliveryFold
 from bulk_mms.models import (
     LOST,
     Money,
-    RecipientStatus,
     Rejection,
     reason_kind,
     row_kind,
@@ -137,44 +142,6 @@ class _Tallies(NamedTuple):
         view._run_first, view._run_last = self.run_first, self.run_last
 
 
-class News(enum.Flag):
-    """What a delivery report told that was not known (:meth:`LedgerView.apply_status`);
-    falsy when nothing (the report is not worth recording)."""
-
-    NONE = 0
-    #: Its status supersedes the one known (:func:`~bulk_mms.delivery.supersedes`): the one
-    #: kind of news the error policy acts on (a member moved, a sender retired or slowed).
-    STATUS = enum.auto()
-    #: A final cost: recorded, but no word on whether the message reached anyone.
-    COST = enum.auto()
-    #: ``delivered``, for a member moved out of the group it reports on, said for the first
-    #: time: the report is recorded, and so is a :class:`~bulk_mms.ledger.events.Reached` for
-    #: the member (:func:`~bulk_mms.policy.delivery_action`), even when it was sent again
-    #: since (the status is then its new send's: not this one's to replace).
-    REACHED = enum.auto()
-
-
-class _Bare(dict[str, Known]):
-    """Status → the :class:`Known` that says only it."""
-
-    def __missing__(self, status: str) -> Known:
-        return Known(status)  # not kept: a server's statuses do not grow it
-
-
-#: The :class:`Known` of each status that says nothing more (a sent group's recipients before
-#: any report): one for every recipient in a status of the API's, not one each.
-BARE: Final = _Bare((status, Known(status)) for status in STATUSES)
-
-
-class KnownColumns(Protocol):
-    """Latest statuses kept out of :attr:`LedgerView.known` until asked for (a checkpoint's:
-    :mod:`~bulk_mms.ledger.checkpoint`)."""
-
-    def select(self, only: frozenset[str] | None = None) -> dict[str, Known]:
-        """The latest status of every number (``only``: of those in one of these statuses)."""
-        ...
-
-
 class GroupRecord(msgspec.Struct):
     """One group as the ledger has it."""
 
@@ -235,6 +202,11 @@ class GroupRecord(msgspec.Struct):
     #: (its ``failed`` event's :attr:`~bulk_mms.ledger.events.Failed.resets`, wall clock):
     #: for a carrier's, the earliest a run may send it again. 0: no cap holds it.
     resets: float = 0.0
+
+    @property
+    def sent(self) -> bool:
+        """Whether the API accepted it (final: nothing undoes a sent)."""
+        return self.outcome == SENT
 
     @property
     def state(self) -> str | None:
@@ -356,17 +328,16 @@ class InputRows(msgspec.Struct, frozen=True):
         return self.valid + self.lost + self.left_out
 
 
-class LedgerView(msgspec.Struct, eq=False):
-    """Everything a ledger says, folded from its events in order by :meth:`apply`.
+class LedgerView(DeliveryFold, eq=False):
+    """Everything a ledger says, folded from its events in order by :meth:`apply`: its sends
+    here, its delivery statuses in its base
+    (:class:`~bulk_mms.ledger.delivery_fold.DeliveryFold`), one view.
 
     Two views are equal when everything they say is (``__eq__``: the fields, with
     :attr:`known` compared as built).
     """
 
     header: events.Header | None = None
-    #: Whether it keeps recipients' delivery statuses (a resume needs none: a million
-    #: recipients' worth of objects it would build for nothing).
-    statuses: bool = True
     runs: int = 0
     #: The job's deadline as the latest run had it (its ``run`` event's
     #: :attr:`~bulk_mms.ledger.events.RunStarted.deadline`, an event's stamp): None when it
@@ -399,19 +370,6 @@ class LedgerView(msgspec.Struct, eq=False):
     #: record it (a group whose members are all suppressed is made anew by every run), as a
     #: PostgreSQL ledger keeps one ``rejected`` event a line.
     suppressed_lines: set[int] = msgspec.field(default_factory=set)
-    #: :attr:`known`, once built: None while a checkpoint's columns wait in ``_known_columns``.
-    _known: dict[str, Known] | None = msgspec.field(default_factory=dict)
-    _known_columns: KnownColumns | None = None
-    #: Recipients of sent groups by their latest status, kept as statuses change.
-    _delivery: Counter[str] = msgspec.field(default_factory=Counter)
-    #: Group message ids and recipients' own ids → group id.
-    by_message_id: dict[str, str] = msgspec.field(default_factory=dict)
-    #: Webhook event ids already recorded: a redelivered event is recorded once.
-    webhook_ids: set[str] = msgspec.field(default_factory=set)
-    #: Recipient → the final cost of their message, once a final status report carried one
-    #: (``message.finalized``, a GET of a finalized message); the send's answer is only an
-    #: estimate (:meth:`cost_parts`).
-    final_cost: dict[str, Money] = msgspec.field(default_factory=dict)
     # what reports add up
     attempts: int = 0
     rate_limited: int = 0
@@ -459,16 +417,6 @@ class LedgerView(msgspec.Struct, eq=False):
         view.close_run()
         return view
 
-    @property
-    def known(self) -> dict[str, Known]:
-        """Latest delivery status per recipient of a sent group. After a checkpoint it is
-        built when first asked for: a report that needs only its counts and its failures
-        (:meth:`not_received`) never makes a million of them."""
-        if self._known is None:
-            self._known = self._known_columns.select() if self._known_columns else {}
-            self._known_columns = None
-        return self._known
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LedgerView):
             return NotImplemented
@@ -496,14 +444,7 @@ class LedgerView(msgspec.Struct, eq=False):
             self.last_time = ev.time
         match ev:
             case events.Status():
-                if not self.statuses:
-                    return
-                # a webhook's report carries a cost only from message.finalized: the final one
-                self.apply_status(
-                    ev.report, ev.group, finalized=bool(ev.webhook_id), action=ev.action
-                )
-                if ev.webhook_id:
-                    self.webhook_ids.add(ev.webhook_id)
+                self._status(ev)
             case events.Attempt():
                 self._attempt(ev)
                 if self.planned is not None and self.planned.excluded > self.sent_excluded:
@@ -704,91 +645,7 @@ class LedgerView(msgspec.Struct, eq=False):
             self._group_of.update(dict.fromkeys(rec.to, rec.id))
         if not self.statuses:
             return
-        known, delivery = self.known, self._delivery
-        for phone in rec.to:
-            status = ev.statuses.get(phone) or "queued"
-            old = known.get(phone)
-            if phone in again and old is not None:
-                # sent again: its delivery starts over, and what the earlier send's reports
-                # said (counted with that group, its cost that send's) is not this one's; its
-                # own id of that send stays that group's, for a late report under it
-                if old.message_id:
-                    was = self.groups[again[phone]]
-                    was.moved_ids = {**(was.moved_ids or {}), phone: old.message_id}
-                delivery[old.status] -= 1
-                self.final_cost.pop(phone, None)
-                old = None
-            if supersedes(status, None, old):
-                known[phone] = BARE[status]
-            delivery[known[phone].status] += 1
-
-    def _sent_again(self, rec: GroupRecord) -> dict[str, str]:
-        """The members of ``rec`` (about to be recorded sent) whose latest send was another
-        group's that they were moved out of (:class:`~bulk_mms.ledger.events.Moved`), each
-        with that group."""
-        again: dict[str, str] = {}
-        if not self._any_moved:
-            return again  # the usual ledger: no number is in two groups
-        for phone in rec.to:
-            gid = self.group_of(phone)
-            if gid is not None and gid != rec.id and phone in self.groups[gid].moved:
-                again[phone] = gid
-        return again
-
-    def apply_status(
-        self,
-        st: RecipientStatus,
-        group: str,
-        *,
-        finalized: bool = False,
-        action: str | None = None,
-    ) -> News:
-        """Take a delivery report in; what of it is news (:class:`News`; falsy: none, not
-        worth recording). ``action``: what the error policy of whoever recorded it did about
-        its code (the ``status`` event's), kept with the status for the kind of miss it makes.
-
-        News is a status that supersedes the one known (:func:`~bulk_mms.delivery.supersedes`),
-        or the one known again with the error code it was known without (why it failed),
-        or a final cost, alone (a stale report's, one after ``delivered``'s: no status news,
-        so none the error policy acts on): a report's cost is taken as the recipient's final
-        cost only when its status is final, and replaces one known only when the status is
-        news too (a late, stale report does not overwrite the cost of the newer one), or when
-        the report is ``finalized`` (``message.finalized``'s, which carries the final cost: it
-        replaces what a GET said).
-        """
-        old = self.known.get(st.phone)
-        if st.message_id:
-            self.by_message_id.setdefault(st.message_id, group)
-        rec = self.groups.get(group)
-        reached = News.NONE
-        if rec is not None and st.phone in rec.moved:
-            if rec.reached_after_move(st.phone, st.status):
-                reached = News.REACHED
-            if self.group_of(st.phone) != group:
-                return reached  # a report of a send it was moved out of: its new send's state
-        # the same status again, now saying why (the send's answer's errors, written after the
-        # sent line that gave the bare status; a GET's bare failure, then message.finalized's
-        # code): news, or the code that makes an opt-out or a carrier's refusal is never kept
-        why = old is not None and old.status == st.status and old.code is None
-        moved = supersedes(st.status, st.at, old) or (why and any(e.code for e in st.errors))
-        priced = False
-        if st.cost is not None and st.status in FINAL:
-            had = self.final_cost.get(st.phone)
-            if had is None or ((moved or finalized) and had != st.cost):
-                self.final_cost[st.phone] = st.cost
-                priced = True
-        news = (News.COST if priced else News.NONE) | reached
-        if not moved:
-            if old is not None and st.message_id and not old.message_id:
-                self.known[st.phone] = old._replace(message_id=st.message_id)
-            return news
-        mid = st.message_id or (old.message_id if old else None)
-        at = st.at or (old.at if why and old is not None else None)
-        self.known[st.phone] = Known(st.status, at, mid, _deciding_code(st, action), action)
-        if old is not None and rec is not None and rec.outcome == SENT and st.phone in rec.to:
-            self._delivery[old.status] -= 1  # a recipient of a sent group moves on
-            self._delivery[st.status] += 1
-        return news | News.STATUS
+        self._sent_statuses(rec, ev.statuses, again)
 
     def refresh_group(self, gid: str, stream: Iterable[events.Event]) -> GroupRecord | None:
         """Rebuild one group from its events as the ledger has them now (another process
@@ -953,19 +810,6 @@ class LedgerView(msgspec.Struct, eq=False):
             self._moves = Counter(p for rec in self.groups.values() for p in rec.moves_counted)
         return self._moves[phone]
 
-    def texted_twice(self) -> dict[str, tuple[str, str]]:
-        """The members a report said a group's message reached after they were moved out of
-        it (:class:`~bulk_mms.ledger.events.Reached`), whom another group was sent to as
-        well, each with both groups (the first, then the later): texted twice."""
-        if not self._any_reached:
-            return {}
-        return {
-            p: (rec.id, later)
-            for rec in self.groups.values()
-            for p in rec.reached
-            if p in rec.moved and (later := self.group_of(p)) not in (None, rec.id)
-        }
-
     def group_of(self, phone: str) -> str | None:
         """The sent group ``phone`` is in: its latest (a number is in two only when a delivery
         report moved it out of the first, and a later run sent it again)."""
@@ -1001,52 +845,6 @@ class LedgerView(msgspec.Struct, eq=False):
         known = self.known
         return {p: instant(k.at) if (k := known.get(p)) is not None else None for p in resent}
 
-    def group_message_id(self, rec: GroupRecord) -> str | None:
-        """The id the API knows a sent group by (``GET /messages/group/{id}``, the group's own
-        webhooks): its ``sent`` line's, unless that is one member's own message id. A group in
-        doubt that message detail records settled, when they name no group message, is
-        recorded under its first member's record, and each member's record id is that
-        member's own (the ``status`` lines written with it): such a group has no group id on
-        record, and is asked about member by member. (Told apart by every member having an
-        own id, one of them the ``sent`` line's: a group's own message that lists its members
-        past the first under ``cc`` gives only the first the group's id.)"""
-        mid = rec.message_id
-        if not mid:
-            return None
-        known = self.known
-        own = [k.message_id if (k := known.get(p)) is not None else None for p in rec.to]
-        return None if mid in own and all(own) else mid
-
-    def names_another(self, rec: GroupRecord, group_message_id: str | None) -> bool:
-        """Whether a report or an event that names the group message ``group_message_id``
-        (Telnyx's ``group_message_id``) shows it is about another group of this ledger than
-        ``rec``: it names the id of another of its groups (a message of this ledger's is its
-        group's alone). An id this ledger does not know proves nothing: the spec does not
-        declare the field, so what it holds is not ours to judge beyond our own ids."""
-        if group_message_id is None or group_message_id == self.group_message_id(rec):
-            return False
-        other = self.by_message_id.get(group_message_id)
-        return other is not None and other != rec.id
-
-    def own_id(self, rec: GroupRecord, phone: str) -> str | None:
-        """The own message id of ``phone``'s copy of ``rec``'s message, when known: the one
-        ``rec`` kept as the member was sent again (:attr:`GroupRecord.moved_ids`), else its
-        latest status's."""
-        if rec.moved_ids is not None and (mid := rec.moved_ids.get(phone)) is not None:
-            return mid
-        k = self.known.get(phone)
-        return k.message_id if k is not None else None
-
-    def status_of(self, phone: str) -> str | None:
-        k = self.known.get(phone)
-        return k.status if k else None
-
-    def pending(self, rec: GroupRecord) -> list[str]:
-        """The recipients of a sent group not yet in a final delivery status (a member moved
-        out of it is its new group's)."""
-        known = self.known
-        return [p for p in rec.counted if (k := known.get(p)) is None or k.status not in FINAL]
-
     def not_received(self) -> dict[str, Missed]:
         """Who did not get the message, with why and what kind of miss (:class:`Miss`), in
         ledger order: the failed groups' recipients (final failures only: no rerun sends
@@ -1063,18 +861,6 @@ class LedgerView(msgspec.Struct, eq=False):
                 # a moved member goes again (its state is its new group's): not in this list
                 out.update((p, _delivery_miss(known[p])) for p in rec.counted if p in failed)
         return out
-
-    def _failed_deliveries(self) -> dict[str, Known]:
-        """The recipients whose latest status is one of :data:`NOT_RECEIVED`: from the
-        checkpoint's columns while :attr:`known` is not built (only these become objects)."""
-        if self._known is not None or self._known_columns is None:
-            return {p: k for p, k in self.known.items() if k.status in NOT_RECEIVED}
-        return self._known_columns.select(NOT_RECEIVED)
-
-    def delivery(self) -> Counter[str]:
-        """Recipients of sent groups by their latest delivery status (``queued`` until one is
-        reported), as the fold kept them."""
-        return +self._delivery  # a copy, without the statuses nobody is in any more
 
     def cost(self) -> dict[str, Decimal]:
         """What the sent groups cost, per currency: final where known, else estimated
@@ -1122,16 +908,6 @@ def action_of(recorded: str | None, code: str | None) -> str | None:
     if recorded is not None:
         return recorded
     return DEFAULT_POLICY.get(code) if code is not None else None
-
-
-def _deciding_code(st: RecipientStatus, action: str | None) -> str | None:
-    """The code that decided what was done about a recorded delivery report: its first, when
-    the report records the action for it (whoever recorded it put the code that decided
-    first: :func:`~bulk_mms.policy.judged`); else (no action: a code no table had one for, or
-    a ledger written before reports kept it) the one the built-in table weighs first
-    (:func:`~bulk_mms.codes.deciding`), as :func:`action_of` reads it."""
-    codes = (e.code for e in st.errors if e.code)
-    return next(codes, None) if action is not None else deciding(codes, DEFAULT_POLICY)
 
 
 def _failure(ev: events.Failed) -> tuple[str, Miss | None]:

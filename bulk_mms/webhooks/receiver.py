@@ -25,8 +25,9 @@ from bulk_mms.answers import payload_message_id
 from bulk_mms.clock import CLOCK_SKEW_S, instant, iso
 from bulk_mms.errors import LedgerError
 from bulk_mms.ledger import LedgerStore, LedgerView
+from bulk_mms.ledger.delivery_fold import News
 from bulk_mms.ledger.events import Event, status_event
-from bulk_mms.ledger.fold import SENT, News
+from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, judged, opted_out_in
 from bulk_mms.suppression import suppress_opted_out
