@@ -56,7 +56,7 @@ from bulk_mms.codes import OPTED_OUT
 from bulk_mms.config.folders import user_folder
 from bulk_mms.csvfile import write_whole
 from bulk_mms.errors import ConfigError, LedgerError
-from bulk_mms.ledger.fold import FAILED, LedgerView, Miss
+from bulk_mms.ledger.fold import LedgerView
 from bulk_mms.validate import PhoneError, normalize_phone
 
 T = TypeVar("T")
@@ -146,9 +146,10 @@ async def suppress_opted_out(
 
 async def put_back_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
     """Put on the suppression list the recipients ``view`` (a run's: its sends, no delivery
-    statuses) records as opted out (refused at the send, 40300) that the list does not
-    hold, nor records a keyword of (a START that lifted the number, a STOP removed by hand),
-    nor records taken off after their group's latest try (``suppress remove``: the refusal
+    statuses) records as opted out (refused at the send, 40300:
+    :meth:`~bulk_mms.ledger.fold.LedgerView.refused_opted_out`) that the list does not hold,
+    nor records a keyword of (a START that lifted the number, a STOP removed by hand), nor
+    records taken off after their group's latest try (``suppress remove``: the refusal
     came after that try, so the removal came after the refusal, and is the user's word): an
     earlier run that could not write the list as the API said so (a full disk, its database
     lost) kept them in the ledger alone, where no other job looks. One walk of the ledger's
@@ -156,7 +157,7 @@ async def put_back_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
     however many numbers the ledger records so (those a START lifted stay among them)."""
 
     def missing() -> list[str]:
-        refused = {p: at for p, at in _refused_opted_out(view).items() if p not in suppressed}
+        refused = {p: at for p, at in view.refused_opted_out().items() if p not in suppressed}
         times = suppressed.times_of(refused)
         return [
             p
@@ -168,22 +169,6 @@ async def put_back_opted_out(view: LedgerView, suppressed: Suppressed) -> None:
     await suppress_opted_out(
         suppressed, await asyncio.to_thread(missing), OPTED_OUT, source="ledger"
     )
-
-
-def _refused_opted_out(view: LedgerView) -> dict[str, float]:
-    """The recipients ``view`` (a run's: no delivery statuses) counts opted out, in ledger
-    order: those the latest failed group that counts them failed as opted out
-    (:meth:`~bulk_mms.ledger.fold.LedgerView.not_received`), each with the latest try of
-    the latest group that refused it so (wall clock)."""
-    opted: dict[str, bool] = {}
-    tried: dict[str, float] = {}
-    for rec in view.groups.values():
-        counted, refused = rec.counted, rec.miss is Miss.OPTED_OUT
-        if refused:
-            tried.update(dict.fromkeys(counted, rec.last_try))
-        if rec.state == FAILED:
-            opted.update(dict.fromkeys(counted, refused))
-    return {p: tried[p] for p, is_opted in opted.items() if is_opted}
 
 
 class Suppressed:

@@ -42,6 +42,7 @@ from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, numbers, ok_
 
 # who is who: each kind of miss, and who is not a miss at all
 E1, E2, S1, F1, F2, D1, D2, D3, D4, C1, OK, R1 = numbers(12, start=300)
+S2, S3 = numbers(2, start=320)
 CAP = ApiError("40016", "T-Mobile daily cap", "")
 STOP = ApiError("40300", "Blocked due to STOP message", "")
 UNDELIVERABLE = ApiError("40008", "Undeliverable", "")
@@ -191,6 +192,27 @@ def test_failed_csv_leaves_out_the_expired_and_the_opted_out_by_kind(tmp_path: P
         "them with --failed-csv (not the 2 past the job's deadline: a late message is worse than "
         "none; not the 3 who opted out (STOP): never to be texted again)"
     ) in format_text(s, path)
+
+
+def test_the_opt_outs_refused_at_the_send_are_the_fold_s_without_delivery_reports() -> None:
+    """refused_opted_out is what not_received counts opted out by the groups alone (not D4 nor
+    C1, whose delivery reports said so), the latest failed group deciding (S2 failed since
+    for another reason), each with the latest try of the group that refused it so."""
+    evs = [
+        *every_kind(),
+        Attempt("g8", to=(S2, S3), time="2026-01-03T00:00:00Z"),
+        Failed("g8", to=(S2, S3), status=409, code="40300", refused=(S2, S3)),
+        Attempt("g9", to=(S2,), time="2026-01-04T00:00:00Z"),
+        Failed("g9", to=(S2,), status=400, code="40008"),
+        Attempt("g10", to=(S3,), time="2026-01-05T00:00:00Z"),
+        Attempt("g10", to=(S3,), time="2026-01-05T00:01:00Z"),
+        Failed("g10", to=(S3,), status=409, code="40300", refused=(S3,)),
+    ]
+    refused = {S1: 0.0, S3: 1_767_571_260.0}
+    run = LedgerView.fold(evs, statuses=False)
+    opted = {p for p, m in run.not_received().items() if m.kind is Miss.OPTED_OUT}
+    assert (run.refused_opted_out(), set(refused)) == (refused, opted)
+    assert LedgerView.fold(evs).refused_opted_out() == refused
 
 
 def test_failed_csv_is_the_same_whatever_the_notes_say(

@@ -850,17 +850,36 @@ class LedgerView(DeliveryFold, eq=False):
         ledger order: the failed groups' recipients (final failures only: no rerun sends
         them) and sent recipients whose delivery failed for good (as their latest status
         says). Never a recipient in doubt or pending a rerun."""
-        known = self._failed_deliveries()
-        failed = known.keys()
         out: dict[str, Missed] = {}
+        for _, missed in self._misses(self._failed_deliveries()):
+            out.update(missed)
+        return out
+
+    def refused_opted_out(self) -> dict[str, float]:
+        """The recipients refused at the send as opted out (40300), in ledger order, each with
+        the latest try (wall clock) of the group that refused them so: of the failed groups
+        that count a recipient the latest decides, as in :meth:`not_received`, whose opt-outs
+        these are with the delivery statuses left out (a run's view keeps none). What a run
+        puts back on the suppression list (:func:`~bulk_mms.suppression.put_back_opted_out`)."""
+        latest: dict[str, float | None] = {}
+        for rec, missed in self._misses({}):
+            at = rec.last_try
+            latest.update((p, at if m.kind is Miss.OPTED_OUT else None) for p, m in missed.items())
+        return {p: at for p, at in latest.items() if at is not None}
+
+    def _misses(self, failed: dict[str, Known]) -> Iterator[tuple[GroupRecord, dict[str, Missed]]]:
+        """The groups in ledger order, each with the misses it records: a failed group's, of
+        the recipients it counts (:attr:`GroupRecord.counted`), and a sent group's, of the
+        recipients it counts whose latest status is among ``failed`` (one of
+        :data:`~bulk_mms.delivery.NOT_RECEIVED`), as that status says. A recipient's miss is
+        the latest group's that records one."""
         for rec in self.groups.values():
             state = rec.state
             if state == FAILED:
-                out.update(dict.fromkeys(rec.counted, Missed(rec.why, rec.miss or Miss.FAILED)))
-            elif state == SENT and not failed.isdisjoint(rec.to):
+                yield rec, dict.fromkeys(rec.counted, Missed(rec.why, rec.miss or Miss.FAILED))
+            elif state == SENT and not failed.keys().isdisjoint(rec.to):
                 # a moved member goes again (its state is its new group's): not in this list
-                out.update((p, _delivery_miss(known[p])) for p in rec.counted if p in failed)
-        return out
+                yield rec, {p: _delivery_miss(failed[p]) for p in rec.counted if p in failed}
 
     def cost(self) -> dict[str, Decimal]:
         """What the sent groups cost, per currency: final where known, else estimated
