@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import errno
+import json
 import math
 import re
 import resource
@@ -663,8 +664,7 @@ class AiohttpMmsClient:
             self._blank(exc)
             raise
         if raw:
-            for secret in self._secrets:
-                raw = raw.replace(secret, _REDACTED)
+            raw = self._hidden_answer(raw)
         if raw is None:
             if ok:
                 raise AmbiguousSendError(
@@ -678,6 +678,34 @@ class AiohttpMmsClient:
             body = parse_json(raw)
             body = None if body is NOT_JSON else body
         raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
+
+    def _hidden_answer(self, raw: bytes) -> bytes:
+        """An answer's body with the API key blanked (:data:`REDACTED`) wherever it is
+        written: as it is or as a JSON string writes it (:func:`_written`), and in any other
+        escape JSON allows (a character as ``\\u004b``), which no form of the bytes matches
+        but the parsed strings would spell out. A JSON body holding an escape is parsed
+        (:func:`~bulk_mms.answers.parse_json`) and written again plainly; when a string (or a
+        name) of it holds the key, that plain JSON, the key blanked, is the body read. A body
+        nested too deep to be written again is not read (it becomes empty). A body that is not
+        JSON is blanked as bytes only: it is never parsed into words."""
+        raw = self._blanked(raw)
+        if not self._secrets or b"\\" not in raw:
+            return raw  # no escape: the bytes' forms are every form the key takes
+        body = parse_json(raw)
+        if body is NOT_JSON:
+            return raw
+        try:
+            plain = json.dumps(body, ensure_ascii=False).encode()  # escapes as _written does
+        except RecursionError:
+            return b""
+        blanked = self._blanked(plain)
+        return raw if blanked == plain else blanked
+
+    def _blanked(self, raw: bytes) -> bytes:
+        """``raw`` with each form of the API key :func:`_written` gives blanked."""
+        for secret in self._secrets:
+            raw = raw.replace(secret, _REDACTED)
+        return raw
 
     def _hidden(self, text: str) -> str:
         """``text`` with the API key blanked (:data:`REDACTED`) wherever it quotes it, in any

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import orjson
@@ -373,15 +374,25 @@ async def test_a_cost_beyond_a_double_loses_only_the_cost(fake_api: API, jobs: J
     assert sent[0]["message_id"] == fake.accepted[0].id
 
 
-async def test_an_answer_that_echoes_the_key_never_writes_it(jobs: JobFactory) -> None:
-    """A server (or a proxy before it) whose error echoes the request's Authorization header
-    gets its words recorded with the key blanked: the key never reaches the ledger, the
-    job's error or a log line."""
+def unicode_escaped(text: str) -> str:
+    """``text`` with every character written as a JSON ``\\uXXXX`` escape."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+@pytest.mark.parametrize("written", [str, unicode_escaped], ids=["plain", "unicode-escaped"])
+async def test_an_answer_that_echoes_the_key_never_writes_it(
+    jobs: JobFactory, written: Callable[[str], str]
+) -> None:
+    """A server (or a proxy before it) whose error echoes the request's Authorization header,
+    as it is or with every character a ``\\uXXXX`` escape (which no form of the raw bytes
+    matches), in its code, title, detail and pointer, gets its words recorded with the key
+    blanked: the key never reaches the ledger, the job's error or a log line."""
 
     async def echo(request: web.Request) -> web.Response:
-        told = f"header was {request.headers['Authorization']}"
-        error = {"code": "10015", "title": told, "detail": told, "source": {"pointer": told}}
-        return web.json_response({"errors": [error]}, status=422)
+        told = "header was " + written(request.headers["Authorization"])
+        fields = ", ".join(f'"{name}": "{told}"' for name in ("code", "title", "detail"))
+        body = f'{{"errors": [{{{fields}, "source": {{"pointer": "{told}"}}}}]}}'.encode()
+        return web.Response(body=body, status=422, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v2/messages/group_mms", echo)
@@ -414,17 +425,48 @@ async def test_an_answer_that_echoes_the_key_json_escaped_never_quotes_it(
         body = orjson.dumps({"errors": [error]}).replace(b"/", slash.encode())
         return web.Response(body=body, status=422, content_type="application/json")
 
+    refused = await refusal(echo, key)
+    [error] = refused.errors
+    assert error.title == error.detail == "header was Bearer [redacted]"
+    assert key not in str(refused)
+
+
+async def refusal(
+    answer: Callable[[web.Request], Awaitable[web.Response]], key: str = KEY
+) -> Rejected:
+    """The refusal the client raises for a send that ``answer`` answers, sent with ``key``."""
     app = web.Application()
-    app.router.add_post("/v2/messages/group_mms", echo)
+    app.router.add_post("/v2/messages/group_mms", answer)
     async with (
         TestServer(app, host="127.0.0.1", port=0) as server,
         AiohttpMmsClient(str(server.make_url("/v2")), key) as client,
     ):
         with pytest.raises(Rejected) as refused:
             await client.send(parse_group(numbers(2)), "k1")
-    [error] = refused.value.errors
-    assert error.title == error.detail == "header was Bearer [redacted]"
-    assert key not in str(refused.value)
+    return refused.value
+
+
+async def test_an_accepted_answer_or_a_lookup_that_spells_the_key_escaped_never_holds_it() -> None:
+    """A 2xx to a send, or to a lookup, whose recipient's status spells the key in ``\\uXXXX``
+    escapes gives that status with the key blanked, as the raw-bytes forms are."""
+    status = unicode_escaped(KEY)
+
+    async def accept(request: web.Request) -> web.Response:
+        to = (await request.json())["to"] if request.method == "POST" else ["+12025550100"]
+        members = ", ".join(f'{{"phone_number": "{n}", "status": "{status}"}}' for n in to)
+        body = f'{{"data": {{"id": "m1", "errors": [], "to": [{members}]}}}}'
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v2/messages/group_mms", accept)
+    app.router.add_get("/v2/messages/m1", accept)
+    async with (
+        TestServer(app, host="127.0.0.1", port=0) as server,
+        AiohttpMmsClient(str(server.make_url("/v2")), KEY) as client,
+    ):
+        receipt = await client.send(parse_group(numbers(2)), "k1")
+        looked_up = await client.fetch_message("m1")
+    assert {st.status for st in (*receipt.statuses, *looked_up)} == {"[redacted]"}
 
 
 @pytest.mark.parametrize(
@@ -652,3 +694,18 @@ async def test_a_refusal_whatever_its_body_fails_its_group_and_nothing_else(
     assert [(e["to"], e["code"], e.get("action")) for e in failed] == [([refused], code, action)]
     assert all(c.isprintable() for c in failed[0]["title"] + failed[0]["detail"])
     assert summarize(job.ledger).sent_recipients == 1
+
+
+async def test_an_answer_too_deep_to_check_for_the_key_is_not_read() -> None:
+    """A refusal spelling the key in ``\\uXXXX`` escapes beside an array nested too deep to be
+    written again plainly is read as an empty body: its words never reach the error."""
+    told = "header was " + unicode_escaped(f"Bearer {KEY}")
+    deep = "[" * 1020 + "]" * 1020
+    body = f'{{"errors": [{{"code": "10015", "title": "{told}"}}], "deep": {deep}}}'.encode()
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=body, status=422, content_type="application/json")
+
+    refused = await refusal(echo)
+    assert refused.errors == ()
+    assert KEY not in str(refused)
