@@ -55,6 +55,10 @@ RECORDS_PAGE_MAX = 1000
 RECORDS_MAX = 5000
 #: The largest ``page[size]`` the opt-out list serves.
 OPTOUT_PAGE_MAX = 250
+#: The most pages of the opt-out list ``optouts sync`` reads, each at most
+#: :data:`OPTOUT_PAGE_MAX` blocks: it holds at most 100,000 blocks, however many pages the
+#: list's ``meta.total_pages`` claims (the spec bounds a page's size, not their number).
+OPTOUT_SYNC_PAGES = 400
 #: A number as the opt-out list gives it: whole, or redacted (``+447766****``, the spec's
 #: example of ``redaction_enabled``).
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # whole (fullmatch), ASCII digits only
@@ -533,13 +537,13 @@ def _errors_of(errors: tuple[ApiError, ...], pointer: str, status: str) -> tuple
 
 
 def parse_optouts(body: object, size: int = OPTOUT_PAGE_MAX) -> tuple[list[OptOut], int]:
-    """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` (1 when it is
-    missing or absurd). A block whose ``to`` is an E.164 number, or one redacted
+    """The blocks of an opt-out page (at most ``size``) and ``meta.total_pages`` as the page
+    states it (1 when it is missing or no whole number from 0): the caller bounds how many it
+    reads (:data:`OPTOUT_SYNC_PAGES`). A block whose ``to`` is an E.164 number, or one redacted
     (``+447766****``: :attr:`~bulk_mms.models.OptOut.redacted`, a block that names nobody
     but is counted), is kept; one whose ``to`` is anything else (missing, not a number) is
     left out. Its ``from`` is kept as given (bounded), empty when missing."""
     data = body.get("data") if isinstance(body, dict) else None
-    meta = body.get("meta") if isinstance(body, dict) else None
     blocks = [
         OptOut(from_[:32] if isinstance(from_ := item.get("from"), str) else "", to)
         for item in (data if isinstance(data, list) else [])[:size]
@@ -547,8 +551,8 @@ def parse_optouts(body: object, size: int = OPTOUT_PAGE_MAX) -> tuple[list[OptOu
         and isinstance(to := item.get("to"), str)
         and (_E164.fullmatch(to) or _REDACTED.fullmatch(to))
     ]
-    pages = meta.get("total_pages") if isinstance(meta, dict) else None
-    return blocks, pages if isinstance(pages, int) and 0 <= pages <= 100_000 else 1
+    pages = page_meta(body).total_pages
+    return blocks, 1 if pages is None else pages
 
 
 def parse_records(body: object, limit: int = RECORDS_PAGE_MAX) -> list[MessageRecord]:
@@ -587,8 +591,9 @@ def parse_records(body: object, limit: int = RECORDS_PAGE_MAX) -> list[MessageRe
 
 
 class PageMeta(msgspec.Struct, frozen=True):
-    """What a records page says of the whole answer (the spec's ``reporting_PaginationMeta``,
-    every field optional): each a whole number from 0, or None."""
+    """What a page of a list says of the whole answer (the spec's ``reporting_PaginationMeta``
+    of the records, every field optional; ``messaging_PaginationMeta`` of the opt-outs): each
+    a whole number from 0, or None."""
 
     page_number: int | None
     total_pages: int | None
@@ -598,7 +603,7 @@ class PageMeta(msgspec.Struct, frozen=True):
 
 
 def page_meta(body: object) -> PageMeta:
-    """The paging a records answer states (:class:`PageMeta`), read bounded: a count that is
+    """The paging a list's answer states (:class:`PageMeta`), read bounded: a count that is
     not a whole number (a bool, a string, a float), or is negative, is no count."""
     meta = body.get("meta") if isinstance(body, dict) else None
     meta = meta if isinstance(meta, dict) else {}

@@ -231,6 +231,43 @@ def test_optouts_sync_stops_at_a_page_that_brings_no_new_number(
     assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(numbers(2))
 
 
+@dataclass
+class EndlessNewOptOuts(OptOutFake):
+    """An opt-out list that claims ``claimed`` pages and brings a new number on every page."""
+
+    claimed: int = 100_000
+
+    async def get_optouts(self, request: web.Request) -> web.StreamResponse:
+        self.queries.append(dict(request.query))
+        to = numbers(1, start=int(request.query["page[number]"]))[0]
+        data = [{"from": SENDER, "to": to, "keyword": "STOP"}]
+        return web.json_response({"data": data, "meta": {"total_pages": self.claimed}})
+
+
+@pytest.mark.parametrize("claimed", [100_000, 10**9])
+def test_optouts_sync_of_a_list_past_what_it_holds_stops_and_keeps_what_it_read(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    claimed: int,
+) -> None:
+    """A list that claims more pages than sync holds (OPTOUT_SYNC_PAGES of 250) and brings
+    news on each is read no further than that bound: one line says so, exit 1, and the
+    numbers read go on the list beside those it held already."""
+    monkeypatch.setattr("bulk_mms.commands.admin.OPTOUT_SYNC_PAGES", 3)
+    fake = EndlessNewOptOuts(api_key="test-key-123", claimed=claimed)
+    held = numbers(1, start=500)
+    Suppressed(tmp_path / "suppressed.txt").add(held, "by hand")
+    assert sync_against(fake, tmp_path, monkeypatch) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("bulk-mms: error: the opt-out list claims more than the 3 pages")
+    assert "3 opt-outs on the profile, 3 new" in line
+    assert len(fake.queries) == 3
+    assert Suppressed(tmp_path / "suppressed.txt").numbers() == sorted(
+        [*held, *numbers(3, start=1)]
+    )
+
+
 def test_optouts_sync_reads_on_past_a_page_of_numbers_already_blocked_by_another_sender(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

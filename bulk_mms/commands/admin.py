@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import functools
 import os
+from dataclasses import dataclass
 
+from bulk_mms.answers import OPTOUT_PAGE_MAX, OPTOUT_SYNC_PAGES
 from bulk_mms.commands.common import (
     LEDGER_URL_ENV,
     api_key,
@@ -106,11 +108,14 @@ def cmd_optouts(args: argparse.Namespace) -> int:
     """``optouts sync``: every number that opted out of the profile (``[api]
     messaging_profile_id``; else of any profile of the account) goes on the list, read
     unredacted. A block the API lists redacted all the same (``+447766****``) names nobody:
-    it is counted, not added, and the sync exits 1 saying so."""
+    it is counted, not added, and the sync exits 1 saying so. A list that goes on past
+    :data:`~bulk_mms.answers.OPTOUT_SYNC_PAGES` pages is read no further: the numbers read
+    are added, and the sync exits 1 saying so in one error line."""
     settings = sealed(settings_for(args)) if args.sandbox else settings_for(args)
     listed = suppression_for(settings.suppression_file, args.ledger)
     key = api_key(args)
-    numbers, hidden = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
+    pulled = asyncio.run(_pull_optouts(settings, key, sandbox=args.sandbox))
+    numbers, hidden = pulled.numbers, pulled.hidden
     added = listed.add(numbers, "opted out (messaging_optouts)")
     where = "with full numbers" if hidden else "on the profile"
     synced = f"{count(len(numbers), 'opt-out')} {where}, {len(added)} new on {listed.path}"
@@ -120,25 +125,47 @@ def cmd_optouts(args: argparse.Namespace) -> int:
             "full numbers were asked for (redaction_enabled=false): not added, as they name "
             f"nobody; {synced}"
         )
+    if pulled.cut:
+        synced = (
+            f"error: the opt-out list claims more than the {OPTOUT_SYNC_PAGES} pages (of "
+            f"{OPTOUT_PAGE_MAX} opt-outs each) optouts sync reads: the rest is not synced; "
+            f"{synced}"
+        )
+    event = "optouts.cut" if pulled.cut else "optouts.redacted" if hidden else "optouts.synced"
     say(
-        "optouts.redacted" if hidden else "optouts.synced",
+        event,
         f"bulk-mms: {synced}",
-        level="warning" if hidden else "info",
+        level="error" if pulled.cut else "warning" if hidden else "info",
         optouts=len(numbers),
         redacted=hidden,
         added=len(added),
         list=str(listed.path),
+        cut=pulled.cut,
     )
-    return Exit.INCOMPLETE if hidden else Exit.OK
+    return Exit.INCOMPLETE if hidden or pulled.cut else Exit.OK
 
 
-async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> tuple[list[str], int]:
+@dataclass(frozen=True, slots=True)
+class _Pulled:
+    """What :func:`_pull_optouts` read of the opt-out list."""
+
+    #: Every opted-out number, each once, in the order read.
+    numbers: list[str]
+    #: The blocks listed redacted (:attr:`~bulk_mms.models.OptOut.redacted`).
+    hidden: int
+    #: Whether the list claimed more pages than the :data:`OPTOUT_SYNC_PAGES` read (each
+    #: bringing news): it was not read to its end.
+    cut: bool
+
+
+async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> _Pulled:
     """Every opted-out number of the profile, each once, page by page to ``meta.total_pages``
     or the first page that brings no new block (an empty page, or one that repeats: no
-    answer makes it read on to a count of pages it claims). A block is a sender → number
-    pair: a page of other senders' blocks of numbers already read is news, not a repeat.
-    With them, the blocks listed redacted (:attr:`~bulk_mms.models.OptOut.redacted`) on the
-    pages that brought news."""
+    answer makes it read on to a count of pages it claims), and never past
+    :data:`OPTOUT_SYNC_PAGES` pages (what it holds is bounded, whatever the list claims). A
+    block is a sender → number pair: a page of other senders' blocks of numbers already read
+    is news, not a repeat. With them, the blocks listed redacted on the pages that brought
+    news, and whether the bound stopped the reading."""
     async with (
         endpoint(settings, sandbox) as base_url,
         client_for(settings, base_url, key) as client,
@@ -146,7 +173,7 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> tuple
         blocks: dict[OptOut, None] = {}  # in the order read
         hidden = 0
         page, pages = 1, 1
-        while page <= pages:
+        while page <= min(pages, OPTOUT_SYNC_PAGES):
             try:
                 found, pages = await fetch_with_retry(
                     functools.partial(
@@ -167,4 +194,5 @@ async def _pull_optouts(settings: Settings, key: str, *, sandbox: bool) -> tuple
             hidden += sum(block.redacted for block in found)
             page += 1
         named = (block.to for block in blocks if not block.redacted)
-        return list(dict.fromkeys(named)), hidden
+        cut = page > OPTOUT_SYNC_PAGES < pages
+        return _Pulled(list(dict.fromkeys(named)), hidden, cut)
