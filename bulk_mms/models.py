@@ -223,8 +223,9 @@ def parse_money(value: object) -> Money | None:
     The API sends the amount as a string on some endpoints and as a JSON number on others;
     ``str()`` of the parsed float gives back the shortest literal, so both become the same
     Decimal. An amount that is not a finite number from 0 to :data:`MAX_AMOUNT` (``"NaN"``,
-    ``"-1"``, ``"9e999999999"``) is no amount: None. The ledger's own cost fields are read
-    back through this too.
+    ``"-1"``, ``"9e999999999"``) is no amount: None (the spec's amount is what is deducted
+    from the account; it gives no negative one). Negative zero (``"-0"``) is 0. The ledger's
+    own cost fields are read back through this too.
     """
     if not isinstance(value, dict):
         return None
@@ -255,6 +256,7 @@ def _money(text: str, currency: str) -> Money | None:
         return None
     if not dec.is_finite() or not 0 <= dec <= MAX_AMOUNT:
         return None
+    dec = dec.copy_abs()  # "-0" is within the bounds, and is 0: no amount is kept negative
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -24:  # more places than any price has
         return None

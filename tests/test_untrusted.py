@@ -134,7 +134,33 @@ def test_a_currency_that_is_no_currency_makes_the_cost_unknown() -> None:
     assert parse_money({"amount": "0.1", "currency": 5}) is None
 
 
-@pytest.mark.parametrize("amount", ["9e999999999", "-5", "Infinity", "1e-999999999", "1" * 60])
+@pytest.mark.parametrize("amount", ["-0", "-0.000", -0.0])
+def test_a_cost_of_minus_zero_is_zero(amount: object) -> None:
+    """An amount written as negative zero is zero: no cost is read, or recorded, negative."""
+    cost = parse_money({"amount": amount, "currency": "USD"})
+    assert cost is not None
+    assert cost.amount == 0
+    assert not cost.amount.is_signed()
+    assert not str(cost.amount).startswith("-")
+
+
+async def test_a_send_answered_with_a_cost_of_minus_zero_records_zero(
+    fake_api: API, jobs: JobFactory
+) -> None:
+    """A send whose answer costs "-0" is recorded sent at a cost of 0, never "-0"."""
+    fake, url = fake_api
+    fake.faults.append(Fault("patch", patch={"cost": {"amount": "-0", "currency": "USD"}}))
+    s, _ = await run_against(url, jobs)
+    assert s.sent_groups == 4
+    sent = [
+        e for e in ledger_events(jobs.root / "ledgers" / "test-job.jsonl") if e["event"] == "sent"
+    ]
+    assert sent[0]["cost"] == {"amount": "0", "currency": "USD"}
+
+
+@pytest.mark.parametrize(
+    "amount", ["9e999999999", "-5", "-0.01", -0.5, "Infinity", "1e-999999999", "1" * 60]
+)
 async def test_an_absurd_cost_is_unknown_and_the_send_is_recorded(
     fake_api: API, jobs: JobFactory, amount: str
 ) -> None:
