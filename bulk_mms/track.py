@@ -42,11 +42,13 @@ from bulk_mms.errors import (
     ConfigError,
     FatalSendError,
     LedgerError,
+    MissingExtra,
     NetworkError,
     NotFound,
     RateLimited,
     SendError,
 )
+from bulk_mms.extras import needs
 from bulk_mms.ledger import (
     GroupRecord,
     LedgerStore,
@@ -661,9 +663,31 @@ async def track_ledger(
         tracker.result.job = view.header.job if view.header is not None else None
         groups = sum(1 for _ in view.sent_groups())
         log.info("track.started", ledger=store.name, groups=groups, follow=follow)
+        tracker.result.changes += await _held(tracker, location, suppressions)
         return await tracker.run(follow=follow)
     finally:
         await store.close()
+
+
+async def _held(
+    tracker: Tracker, location: Location, suppressed: Callable[[], Awaitable[Suppressed | None]]
+) -> int:
+    """The reports the webhook receiver of the ledger at ``location`` holds whose message the
+    ledger now knows, recorded into ``tracker``'s (:func:`~bulk_mms.webhooks.receiver.
+    apply_held`): how many. None are held where the ``webhooks`` extra is not installed (no
+    receiver runs without it)."""
+    try:
+        with needs("webhooks", "the webhook reports held"):
+            from bulk_mms.webhooks.receiver import apply_held  # noqa: PLC0415 - cryptography
+    except MissingExtra:
+        return 0
+    t = tracker
+    n = await apply_held(
+        location, t.view, t.store, t.settings, clock=t.clock, suppressed=suppressed
+    )
+    if n:
+        log.info("track.held_recorded", changes=n)
+    return n
 
 
 def _alone(statuses: Sequence[RecipientStatus], group_id: str | None) -> dict[str | None, str]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from msgspec.structs import replace
@@ -20,8 +21,10 @@ from bulk_mms.ledger import Location, open_store, read_events
 from bulk_mms.ledger.events import Sent, Status
 from bulk_mms.ledger.store import named
 from bulk_mms.models import Group
+from bulk_mms.report import summarize
 from bulk_mms.runner import run_job
 from bulk_mms.signals import Stop, StopReason
+from bulk_mms.track import track_ledger
 from bulk_mms.webhooks.receiver import LEARN_WINDOW_S
 from bulk_mms.webhooks.spool import Held, Spool, spool_for
 from tests.conftest import FAST, FakeClient, FakeClock, JobFactory, sent_ledger
@@ -227,3 +230,65 @@ async def test_a_jobs_report_cut_short_is_recorded_after_a_restart(jobs: JobFact
     assert again.recorded == 1
     assert [(e["group"], e["status"]) for e in status_lines(today)] == [("late-group", "sent")]
     assert spool_for(job).read_bytes() == b""
+
+
+async def test_track_records_the_held_reports_whose_message_the_ledger_now_knows(
+    jobs: JobFactory,
+) -> None:
+    """A receiver stopped after it answered a report no ledger knew yet, and never started
+    again: ``track``, once the `sent` line has landed, records the report and takes it out of
+    the spool; another app's report stays held, and a receiver started later records nothing
+    again."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    answers, _ = await served_once(path, beating(like), stranger(0, like))
+    assert answers == [200, 200]
+    append_late_group(path, like)
+    result = await track_ledger(path, FAST, client, clock=FakeClock())
+    late = [(e["status"], e["source"]) for e in status_lines(path) if e["group"] == "late-group"]
+    assert late == [("delivered", "webhook")]
+    assert result.changes >= 1
+    [left] = held_lines(path)
+    assert orjson.loads(left)["data"]["payload"]["id"] == "other-0"
+    _, again = await served_once(path)
+    assert again.recorded == 0
+
+
+async def test_a_held_report_both_track_and_a_receiver_apply_is_recorded_once(
+    jobs: JobFactory,
+) -> None:
+    """A held report that ``track`` recorded and a receiver replays all the same (its spool
+    line read before track settled it) writes no second status line; one both wrote at once
+    (a race) counts as one."""
+    path, client = await sent_ledger(jobs, 4)
+    like = client.calls[0]
+    answers, _ = await served_once(path, beating(like))
+    assert answers == [200]
+    spooled = spool_for(path).read_bytes()
+    append_late_group(path, like)
+    await track_ledger(path, FAST, client, clock=FakeClock())
+    spool_for(path).write_bytes(spooled)  # as a receiver that read it before track settled it
+    _, again = await served_once(path)
+    assert again.recorded == 0
+    assert [e["status"] for e in status_lines(path) if e["group"] == "late-group"] == ["delivered"]
+    assert held_lines(path) == []
+    once = summarize(path)
+    line = next(
+        x for x in path.read_bytes().splitlines() if b'"event":"status","group":"late-group"' in x
+    )
+    with path.open("ab") as f:
+        f.write(line + b"\n")
+    assert summarize(path) == once
+
+
+async def test_a_receiver_without_a_public_key_takes_no_request(jobs: JobFactory) -> None:
+    """A receiver made only to record its spool (``track``'s: no public key) answers a
+    signed request 401, as one it cannot verify, and records nothing."""
+    path, client = await sent_ledger(jobs, 4)
+    receiver = await receiver_for_ledger(path)
+    receiver.key = None
+    async with TestClient(TestServer(receiver.app())) as http:
+        answer = await post_signed(http, beating(client.calls[0]))
+    await receiver.close()
+    await receiver.store.close()
+    assert (answer[0], receiver.recorded) == (401, 0)

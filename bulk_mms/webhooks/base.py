@@ -119,7 +119,7 @@ class BaseReceiver:
 
     def __init__(
         self,
-        key: Ed25519PublicKey,
+        key: Ed25519PublicKey | None,
         *,
         clock: Clock | None = None,
         suppressed: Suppressed | None = None,
@@ -138,6 +138,9 @@ class BaseReceiver:
         #: error table (``[errors]``: which codes say a member opted out, which send a member
         #: again), the carriers' reset, and the keywords that opt out and back in.
         self.settings = settings or Settings()
+        #: The account's public key, which every request must be signed by (None: no request
+        #: is taken, as none can be verified: a receiver that only applies its spool,
+        #: :meth:`replay_held`, as ``track`` does).
         self.key = key
         self.clock: Clock = clock or SystemClock()
         self.rejected = 0
@@ -196,6 +199,8 @@ class BaseReceiver:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(request, "body too large", 413)
+        if self.key is None:  # no request can be verified (a receiver of its spool alone)
+            return self._reject(request, "no public key to verify it with", 401)
         try:
             verify(self.key, request.headers, raw, self.clock.wall())
         except Unverified as exc:
@@ -327,12 +332,15 @@ class BaseReceiver:
             self._poller = asyncio.create_task(self._poll())
             self._poller.add_done_callback(self._poll_ended)
 
-    async def replay_held(self) -> None:
+    async def replay_held(self, *, look_on: bool = True) -> None:
         """Look again for the events of the :attr:`spool` (answered by a receiver before this
         one, which stopped before it settled them: :meth:`Spool.replay`), each for a whole
         :attr:`late_window_s` from now, the first look at once: those whose ``sent`` line
-        has landed since are recorded before the receiver takes a request. A spool that
-        cannot be read is logged, and the receiver serves all the same."""
+        has landed since are recorded (and settled) before the receiver takes a request. A
+        spool that cannot be read is logged, and the receiver serves all the same. Without
+        ``look_on`` only that first look is taken: the events it does not find stay held,
+        neither looked for again nor counted unmatched (``track``'s, for a receiver that is
+        not running)."""
         if self.spool is None:
             return
         try:
@@ -353,6 +361,8 @@ class BaseReceiver:
             await self._look(self._stopping())
         if found:
             log.info("webhook.held_replayed", held=len(found), pending=len(self._late))
+        if not look_on:
+            self._late.clear()  # their spool's lines stay: the next receiver's to look for
         await self._compact()
         self._start_looking()
 

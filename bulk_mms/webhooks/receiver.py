@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Unpack
 
 import structlog
@@ -22,15 +22,16 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bulk_mms.answers import payload_message_id
-from bulk_mms.clock import CLOCK_SKEW_S, instant, iso
+from bulk_mms.clock import CLOCK_SKEW_S, Clock, instant, iso
+from bulk_mms.config import Settings
 from bulk_mms.errors import LedgerError
-from bulk_mms.ledger import LedgerStore, LedgerView
+from bulk_mms.ledger import LedgerStore, LedgerView, Location
 from bulk_mms.ledger.delivery_fold import News
 from bulk_mms.ledger.events import Event, status_event
 from bulk_mms.ledger.fold import SENT
 from bulk_mms.models import RecipientStatus
 from bulk_mms.policy import delivery_action, judged, opted_out_in
-from bulk_mms.suppression import suppress_opted_out
+from bulk_mms.suppression import Suppressed, suppress_opted_out
 from bulk_mms.webhooks.base import (
     BaseReceiver,
     Late,
@@ -38,6 +39,7 @@ from bulk_mms.webhooks.base import (
     write_failed,
 )
 from bulk_mms.webhooks.events import FIELD_MAX, Origin, origin, reports_in, short_field
+from bulk_mms.webhooks.spool import Spool, spool_for
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,42 @@ def opened(open_: Callable[[], LedgerStore]) -> tuple[LedgerStore, LedgerView]:
     return store, view
 
 
+async def apply_held(
+    location: Location,
+    view: LedgerView,
+    store: LedgerStore,
+    settings: Settings,
+    *,
+    clock: Clock,
+    suppressed: Callable[[], Awaitable[Suppressed | None]],
+) -> int:
+    """Record the reports the receiver of the ledger at ``location`` holds in its spool
+    (:func:`~bulk_mms.webhooks.spool.spool_for`) whose message the ledger (``view`` and
+    ``store``, open already) now knows, and settle them, as that receiver does when it
+    starts (:meth:`~bulk_mms.webhooks.base.BaseReceiver.replay_held`), without looking
+    again: the others stay held for the next receiver. For ``track``, whose user may never
+    start the receiver again; ``suppressed`` gives the list an opt-out reported goes on (read
+    only when the spool has a file). How many reports were recorded.
+
+    A report recorded both here and by a receiver that replays it (its line read before it
+    was settled here) is news once: the second finds its status on record and writes none
+    (two that write it at the same moment write the same line twice, which the fold takes
+    as one).
+    """
+    spool = Spool(spool_for(location), max_age_s=LEARN_WINDOW_S)
+    if not spool.path.exists():
+        return 0
+    receiver = WebhookReceiver(
+        view, store, None, clock=clock, suppressed=await suppressed(), settings=settings,
+        spool=spool,
+    )  # fmt: skip
+    try:
+        await receiver.replay_held(look_on=False)
+    finally:
+        await receiver.close()
+    return receiver.recorded
+
+
 def read_new(store: LedgerStore) -> tuple[list[Event], LedgerError | None]:
     """The events appended to ``store``'s ledger since its last read (blocking: called in a
     worker thread), with the error that ended the read, if one did: the events read before
@@ -91,7 +129,7 @@ class WebhookReceiver(BaseReceiver):
         self,
         view: LedgerView,
         store: LedgerStore,
-        key: Ed25519PublicKey,
+        key: Ed25519PublicKey | None,
         *,
         reopen: Callable[[], LedgerStore] | None = None,
         **options: Unpack[ReceiverOptions],

@@ -9,10 +9,11 @@ gets 503, so Telnyx delivers it again. A report leaves the spool once it is sett
 (:meth:`Spool.settle`): recorded into a ledger, or looked for by a running receiver for its
 whole late window (then counted unmatched, as one that never was spooled). What a stop cut
 short stays, and the next receiver on the same ledger (or job) looks for it again, a whole
-window, from its start (:meth:`Spool.replay`); one held longer ago than ``max_age_s`` (Telnyx's
-retry horizon) is dropped with a ``webhook.held_expired`` warning. Settled reports are taken
-out of the file by rewriting it (:meth:`Spool.compact`: a temporary file renamed over it), once
-at least as many are settled as are held.
+window, from its start (:meth:`Spool.replay`); ``track`` of a ledger records those whose
+message the ledger knows (:func:`~bulk_mms.webhooks.receiver.apply_held`). One held longer
+ago than ``max_age_s`` (Telnyx's retry horizon) is dropped with a ``webhook.held_expired``
+warning. Settled reports are taken out of the file by rewriting it (:meth:`Spool.compact`: a
+temporary file renamed over it), once at least as many are settled as are held.
 
 Each spool has the file to itself by ``flock``: receivers sharing one (two on a ledger) take
 turns, and take out only the reports they settled. What is kept of a report is what matching
