@@ -677,6 +677,7 @@ class Runner:
             self.store,
             self.client,
             replace(self.settings, track=track),
+            clock=self.clock,  # the run's: its groups' ages, by the clock that stamped them
             # its own stop: an answer that ends tracking ends the watch, not the run
             stop=self.stop.child(),
             on_status=self.sender.on_delivery,
