@@ -22,7 +22,6 @@ import email.utils
 import json
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Final
 
@@ -356,7 +355,7 @@ def parse_receipt(
                     raise AmbiguousSendError(
                         "accepted, but the response lists a number this request did not send to"
                     )
-    statuses = parse_statuses(data, asked=message_id, stamps=False, costs=False, sender=sender)
+    statuses = parse_statuses(data, asked=message_id, costs=False, sender=sender)
     sent_as, reports = _group_message(
         message_id, as_message_id(data.get("group_message_id")), statuses
     )
@@ -411,26 +410,26 @@ def _stamp(value: object) -> str | None:
     return value
 
 
-#: How far ahead of this machine's clock a status's stamp may be and still be a time.
+#: How far ahead of the reader's clock a status's stamp may be and still be a time.
 _STAMP_AHEAD_S = 86_400.0
 
 
-def status_stamp(value: object) -> str | None:
+def status_stamp(value: object, now: float) -> str | None:
     """``value`` as the time a status was reached, when it is an ISO time (:func:`_stamp`) no
-    more than :data:`_STAMP_AHEAD_S` ahead of now, else None: a stamp in the year 9999 would
-    outrank every later report of the recipient (:func:`~bulk_mms.delivery.supersedes`), and
-    one that is no time is no stamp. Every status's stamp (an answer's, a webhook's), and a
-    texted keyword's."""
+    more than :data:`_STAMP_AHEAD_S` ahead of ``now`` (the reader's wall time, by its job's
+    clock), else None: a stamp in the year 9999 would outrank every later report of the
+    recipient (:func:`~bulk_mms.delivery.supersedes`), and one that is no time is no stamp.
+    Every status's stamp (an answer's, a webhook's), and a texted keyword's."""
     stamp = _stamp(value)
     when = instant(stamp)
-    return stamp if when is not None and when <= time.time() + _STAMP_AHEAD_S else None
+    return stamp if when is not None and when <= now + _STAMP_AHEAD_S else None
 
 
-def _reached_at(msg: Mapping[str, object]) -> str | None:
+def _reached_at(msg: Mapping[str, object], now: float) -> str | None:
     """When a message's status was reached: its ``completed_at``, else its ``sent_at``, the
-    first that is a status's stamp (:func:`status_stamp`)."""
+    first that is a status's stamp as of ``now`` (:func:`status_stamp`)."""
     for key in ("completed_at", "sent_at"):
-        if (stamp := status_stamp(msg.get(key))) is not None:
+        if (stamp := status_stamp(msg.get(key), now)) is not None:
             return stamp
     return None
 
@@ -448,7 +447,7 @@ def parse_statuses(
     data: object,
     asked: str | None = None,
     *,
-    stamps: bool = True,
+    now: float | None = None,
     costs: bool = True,
     sender: str | None = None,
 ) -> tuple[RecipientStatus, ...]:
@@ -475,6 +474,10 @@ def parse_statuses(
     Each report keeps the group message its message names (``group_message_id``, when it is
     an id: :func:`as_message_id`), for the caller to tell another group's message from its
     own (:meth:`~bulk_mms.ledger.LedgerView.names_another`).
+
+    ``now`` is the reader's wall time (its job's clock): each report's ``at`` is when its
+    message says the status was reached (:func:`_reached_at`), judged as of then; None reads
+    no stamps (a send's answer).
     """
     messages = [
         m
@@ -487,7 +490,7 @@ def parse_statuses(
         mid = as_message_id(msg.get("id"))
         group = as_message_id(msg.get("group_message_id"))
         errors = parse_errors(msg)
-        at = _reached_at(msg) if stamps else None
+        at = _reached_at(msg, now) if now is not None else None
         listed, cc = msg.get("to"), msg.get("cc")
         items = listed if isinstance(listed, list) else []
         copies = cc if asked is not None and mid == asked and isinstance(cc, list) else []
@@ -622,15 +625,15 @@ def page_meta(body: object) -> PageMeta:
     )
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, ``Retry-After`` or ``x-ratelimit-reset``.
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``Retry-After`` or ``x-ratelimit-reset``, as
+    of ``now`` (the reader's wall time, by its job's clock).
 
     ``Retry-After`` may be seconds or an HTTP date; ``x-ratelimit-reset`` may be seconds or a
     Unix time (taken as a time when it is larger than a year in seconds). The result is a
     non-negative number, possibly huge or infinite (``1e999``): the retry and the pacer clamp
     it to ``max_retry_after``. What does not parse is no hint (None).
     """
-    now = time.time() if now is None else now
     value = headers.get("retry-after-ms")
     if value is not None and (ms := _seconds(value)) is not None:
         return ms / 1000

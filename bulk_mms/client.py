@@ -51,7 +51,7 @@ from bulk_mms.answers import (
     parse_statuses,
     read_receipt,
 )
-from bulk_mms.clock import running_timeout, since_boot
+from bulk_mms.clock import Clock, SystemClock, running_timeout, since_boot
 from bulk_mms.errors import (
     AccountRefused,
     AmbiguousSendError,
@@ -171,10 +171,12 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
     body: object,
     headers: Mapping[str, str],
     *,
+    now: float,
     base_url: str = "the base URL",
     method: str = "GET",
 ) -> SendError:
-    """The typed error for a response that is not a 2xx to a ``method`` request.
+    """The typed error for a response that is not a 2xx to a ``method`` request, read as of
+    ``now`` (the wall time a ``Retry-After`` date is counted from).
 
     A POST (a send) can change something: a 5xx that may follow the server's acting on it
     (:data:`_MAY_HAVE_ACTED`) is ambiguous, since no Idempotency-Key is declared for group
@@ -206,7 +208,10 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
         return AccountRefused("the account cannot send (402 Payment Required)", status=status)
     if status == 429:
         return RateLimited(
-            "rate limited", retry_after=parse_retry_after(headers), status=status, errors=errors
+            "rate limited",
+            retry_after=parse_retry_after(headers, now),
+            status=status,
+            errors=errors,
         )
     if send and status in _MAY_HAVE_ACTED:
         # a 500, 502 or 504 may come after the server acted (a gateway's, behind which the
@@ -223,7 +228,7 @@ def error_for_status(  # noqa: PLR0911 - a table from HTTP status to the error i
         hint = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}
         return ServerError(
             "the server failed",
-            retry_after=parse_retry_after(hint),
+            retry_after=parse_retry_after(hint, now),
             status=status,
             errors=errors,
         )
@@ -388,6 +393,8 @@ class AiohttpMmsClient:
         request_timeout: seconds for the whole request, connection included, in time this
             process ran (:func:`~bulk_mms.clock.running_timeout`).
         max_connections: connection pool size; match it to the concurrency.
+        clock: the job's clock, whose wall time its answers' times are read by (a status's
+            stamp, a ``Retry-After`` date); the system's by default.
     """
 
     def __init__(
@@ -398,7 +405,9 @@ class AiohttpMmsClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         max_connections: int = 8,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self.base_url = base_url.rstrip("/")
         self._send_url = self.base_url + SEND_PATH
         # an answer that quotes the key (a proxy's error echoing the request's headers) has it
@@ -489,13 +498,15 @@ class AiohttpMmsClient:
         """GET the group's messages; the recipients and statuses they list."""
         url = f"{self.base_url}{GROUP_PATH}{_segment(message_id)}"
         _, body = await self._request("GET", url)
-        return parse_statuses(body.get("data") if isinstance(body, dict) else None, message_id)
+        data = body.get("data") if isinstance(body, dict) else None
+        return parse_statuses(data, message_id, now=self._clock.wall())
 
     async def fetch_message(self, message_id: str) -> tuple[RecipientStatus, ...]:
         """GET one message; the recipients and statuses it lists."""
         url = f"{self.base_url}{MESSAGE_PATH}{_segment(message_id)}"
         _, body = await self._request("GET", url)
-        return parse_statuses(body.get("data") if isinstance(body, dict) else None, message_id)
+        data = body.get("data") if isinstance(body, dict) else None
+        return parse_statuses(data, message_id, now=self._clock.wall())
 
     async def fetch_optouts(
         self,
@@ -677,7 +688,14 @@ class AiohttpMmsClient:
         else:
             body = parse_json(raw)
             body = None if body is NOT_JSON else body
-        raise error_for_status(status, body, resp_headers, base_url=self._shown_url, method=method)
+        raise error_for_status(
+            status,
+            body,
+            resp_headers,
+            now=self._clock.wall(),
+            base_url=self._shown_url,
+            method=method,
+        )
 
     def _hidden_answer(self, raw: bytes) -> bytes:
         """An answer's body with the API key blanked (:data:`REDACTED`) wherever it is

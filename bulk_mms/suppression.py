@@ -381,9 +381,10 @@ class Suppressed:
                 found = line.partition("#")[2].strip() or None
         return found
 
-    def add(self, phones: Iterable[str], reason: str) -> list[str]:
-        """Append the numbers not on the list yet (durably); the ones added. Only numbers
-        the list can hold are taken (:func:`listable`: as the list is read back).
+    def add(self, phones: Iterable[str], reason: str, now: float | None = None) -> list[str]:
+        """Append the numbers not on the list yet (durably), each with ``reason`` and the date
+        (UTC) of ``now`` (the caller's wall time; the system's by default); the ones added.
+        Only numbers the list can hold are taken (:func:`listable`: as the list is read back).
 
         Raises:
             ConfigError: the list has no file, or it cannot be written.
@@ -393,7 +394,8 @@ class Suppressed:
             new = [p for p in listable(phones) if p not in self]
             if not new:
                 return []
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+            at = time.time() if now is None else now
+            stamp = dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")
             self._append("".join(f"{p}  # {reason} {stamp}\n" for p in new))
             self._numbers.update(int(p[1:]) for p in new)
         return new
@@ -415,14 +417,14 @@ class Suppressed:
         except OSError as exc:
             raise ConfigError("suppression.file", f"cannot write {path}: {exc.strerror}") from None
 
-    def remove(self, phones: Iterable[str]) -> list[str]:
+    def remove(self, phones: Iterable[str], now: float | None = None) -> list[str]:
         """Take numbers off the list (the file is rewritten in place, atomically; comment
         lines, keyword records among them, stay, and a removed line whose reason says when
         its number texted STOP leaves that as a record: :meth:`keyword_at` still orders a
         keyword texted before it and delivered late). Each number taken off leaves a comment
-        line saying when (``# +NUMBER removed at <when>``, :meth:`removed_at`): a run puts a
-        number its ledger records refused as opted out back on the list only when it was
-        refused after that."""
+        line saying when (``# +NUMBER removed at <when>``, :meth:`removed_at`: ``now``, the
+        caller's wall time, the system's by default): a run puts a number its ledger records
+        refused as opted out back on the list only when it was refused after that."""
         path = self._writable()
         with self.held():
             gone = {int(p[1:]) for p in phones if p in self}
@@ -432,7 +434,7 @@ class Suppressed:
             kept = "".join(_kept(line, gone) for line in lines)
             if kept and not kept.endswith("\n"):
                 kept += "\n"  # a last line written by hand without one: the records go after it
-            when = _utc(time.time())
+            when = _utc(time.time() if now is None else now)
             text = kept + "".join(_record(f"+{n}", f"removed at {when}") for n in sorted(gone))
             try:
                 write_whole(path, lambda f: f.write(text), newline="")  # flushed

@@ -164,7 +164,7 @@ def test_a_sends_refusal_is_acted_on_and_recorded_by_the_code_that_decides(
     first (:func:`~bulk_mms.codes.deciding`, as a delivery report's), whatever their order,
     and the error the runner sees names it first, with the action a ``failed`` event records."""
     body = {"errors": [{"code": code, "title": f"title {code}"} for code in codes]}
-    err = error_for_status(status, body, {}, method="POST")
+    err = error_for_status(status, body, {}, now=0.0, method="POST")
     now = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
     alone = Group("g", 0, (PEOPLE[0],), (1,), MessageBody("+13125550000", "hi"))
     acted = apply_policy(err, DEFAULT_POLICY, alone, now, "00:00 America/Los_Angeles")

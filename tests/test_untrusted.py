@@ -26,6 +26,7 @@ from bulk_mms.answers import (
     parse_statuses,
 )
 from bulk_mms.client import AiohttpMmsClient, idempotency_key
+from bulk_mms.clock import parse_time
 from bulk_mms.errors import AmbiguousSendError, EndpointError, Rejected
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
 from bulk_mms.models import Group, MessageBody, Money, parse_money
@@ -565,18 +566,22 @@ async def test_an_answer_that_cannot_be_decoded_is_in_doubt_said_in_one_line(
 
 def test_a_status_stamp_that_is_no_time_or_far_ahead_is_none() -> None:
     """A status's ``completed_at``/``sent_at`` is kept only when it is an ISO time no later
-    than a day from now: an unparseable one (an escape sequence, words) or one in the year
-    9999 is no stamp, and the next field that is one is taken instead."""
+    than a day from the reader's now: an unparseable one (an escape sequence, words) or one
+    in the year 9999 is no stamp, and the next field that is one is taken instead."""
+    now = parse_time("2026-12-06T12:00:00Z")
 
     def at(**stamps: str) -> str | None:
         msg = {"id": "m1", "to": [{"phone_number": "+12125550000", "status": "delivered"}]}
-        (st,) = parse_statuses({**msg, **stamps}, "m1")
+        (st,) = parse_statuses({**msg, **stamps}, "m1", now=now)
         return st.at
 
     assert at(completed_at="\x1b[2Jnot a time") is None
     assert at(completed_at="9999-12-31T23:59:59Z") is None
     assert at(completed_at="yesterday", sent_at="2026-12-06T10:00:00Z") == "2026-12-06T10:00:00Z"
     assert at(completed_at="2026-12-06T10:00:01Z") == "2026-12-06T10:00:01Z"
+    assert at(completed_at="2026-12-08T10:00:00Z", sent_at="2026-12-06T10:00:00Z") == (
+        "2026-12-06T10:00:00Z"
+    )  # two days ahead of the reader's clock, whatever the machine's says
 
 
 def test_times_written_with_a_lower_case_t_and_z_are_times() -> None:
@@ -587,7 +592,7 @@ def test_times_written_with_a_lower_case_t_and_z_are_times() -> None:
     (up,) = parse_records({"data": [{**record, "created_at": "2026-12-06T10:00:00.5Z"}]})
     assert low.created_at == up.created_at
     msg = {"id": "m1", "to": [{"phone_number": "+12125550000", "status": "delivered"}]}
-    (st,) = parse_statuses({**msg, "completed_at": "2026-12-06t10:00:01z"}, "m1")
+    (st,) = parse_statuses({**msg, "completed_at": "2026-12-06t10:00:01z"}, "m1", now=up.created_at)
     assert st.at == "2026-12-06t10:00:01z"
 
 

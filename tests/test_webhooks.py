@@ -1165,10 +1165,10 @@ async def test_a_stop_the_list_could_not_take_is_taken_when_redelivered(
     add = listed.add
     calls = iter(range(10))
 
-    def flaky(phones: Any, reason: str) -> list[str]:
+    def flaky(phones: Any, reason: str, now: float | None = None) -> list[str]:
         if next(calls) == 0:
             raise ConfigError("suppression.file", "cannot write: disk full")
-        return add(phones, reason)
+        return add(phones, reason, now)
 
     monkeypatch.setattr(listed, "add", flaky)
     stop = inbound("STOP", at="2026-11-23T10:00:00Z", event_id="e1")

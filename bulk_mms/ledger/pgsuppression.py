@@ -109,10 +109,11 @@ class PostgresSuppressed(Suppressed):
         except psycopg.Error as exc:
             raise failure(str(self.path), exc, self._conninfo) from None
 
-    def add(self, phones: Iterable[str], reason: str) -> list[str]:
+    def add(self, phones: Iterable[str], reason: str, now: float | None = None) -> list[str]:
         """Insert the numbers the table does not hold (as it stands, not as this process read
         it: another may have lifted one since); the ones added. Only numbers a list can hold
-        are taken (:func:`~bulk_mms.suppression.listable`), as the file's list takes them."""
+        are taken (:func:`~bulk_mms.suppression.listable`), as the file's list takes them.
+        Each row is stamped by the database's clock, not ``now``."""
         given = listable(phones)
         if not given:
             return []
@@ -161,13 +162,14 @@ class PostgresSuppressed(Suppressed):
         ``bulk_mms_removals`` records it; None when it records none."""
         return self.times_of((phone,)).get(phone, NO_TIMES).removed
 
-    def remove(self, phones: Iterable[str]) -> list[str]:
+    def remove(self, phones: Iterable[str], now: float | None = None) -> list[str]:
         """Delete the numbers the table holds (as it stands); the ones removed. A removed
         row whose reason says when its number texted STOP leaves that time in
         ``bulk_mms_keywords`` (:meth:`keyword_at` still orders a keyword texted before it and
         delivered late), and every removed number when it was taken off in
-        ``bulk_mms_removals`` (:meth:`removed_at`), under :meth:`held`, in one transaction: a
-        number is taken off with its times kept, or not at all."""
+        ``bulk_mms_removals`` (:meth:`removed_at`, by the database's clock, not ``now``), under
+        :meth:`held`, in one transaction: a number is taken off with its times kept, or not at
+        all."""
         given = list(dict.fromkeys(phones))
         if not given:
             return []

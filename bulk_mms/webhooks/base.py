@@ -218,12 +218,13 @@ class BaseReceiver:
             log.warning("webhook.malformed", remote=request.remote)
             return web.json_response({"error": "not a Telnyx event"}, status=400)
         if event_type == "message.received":
-            texted = instant(status_stamp(data.get("occurred_at")))  # one far ahead: none
+            now = self.clock.wall()
+            texted = instant(status_stamp(data.get("occurred_at"), now))  # one far ahead: none
             try:
                 suppressed, lifted = (
                     await self.suppressed.off_loop(
                         functools.partial(
-                            take_keywords, self.suppressed, self.settings, payload, texted
+                            take_keywords, self.suppressed, self.settings, payload, texted, now
                         )
                     )
                     if self.suppressed is not None
@@ -316,12 +317,13 @@ class BaseReceiver:
         """Look for an event again from now for :attr:`late_window_s` (:meth:`look_later`)."""
         payload = held.data.get("payload")
         listed = isinstance(payload, dict) and payload.get("cc")
+        now = self.clock.wall()
         self._late[next(self._late_numbers)] = Late(
             held.event_id,
             message_id,
-            *origin(held.data, payload),
+            *origin(held.data, payload, now),
             statuses=tuple(statuses),
-            as_group=reports_in(payload, held.event_type, message_id) if listed else None,
+            as_group=reports_in(payload, held.event_type, message_id, now=now) if listed else None,
             deadline=self.clock.monotonic() + self.late_window_s,
             held=held.token,
         )
@@ -354,7 +356,9 @@ class BaseReceiver:
             payload = held.data.get("payload")
             message_id = payload_message_id(payload)
             if message_id is not None:
-                self._keep(held, message_id, reports_in(payload, held.event_type))
+                self._keep(
+                    held, message_id, reports_in(payload, held.event_type, now=self.clock.wall())
+                )
             elif held.token is not None:  # not one a receiver held: each names a message
                 self.spool.settle(held.token)
         if self._late:

@@ -215,7 +215,10 @@ class JobReceiver(BaseReceiver):
             await receiver.catch_up(message_id)
             if receiver.knows(message_id) and self._serves(name, receiver):
                 return receiver
-        return self._known_sender(message_id, parse_statuses(payload), *origin(data, payload))
+        now = self.clock.wall()
+        return self._known_sender(
+            message_id, parse_statuses(payload, now=now), *origin(data, payload, now)
+        )
 
     def _known_sender(
         self,
@@ -271,7 +274,7 @@ class JobReceiver(BaseReceiver):
         if ledger is not None:
             return await ledger._delivery(event_id, event_type, data, payload)
         message_id = payload_message_id(payload)
-        reports = reports_in(payload, event_type)
+        reports = reports_in(payload, event_type, now=self.clock.wall())
         if message_id is None:
             self._unmatched(event_id, message_id, reports)
         elif why := await self.look_later(event_id, event_type, data, message_id, reports):

@@ -62,10 +62,11 @@ class Origin:
         return self.participants - {rec.sender} == set(rec.to)
 
 
-def origin(data: dict[str, Any], payload: object) -> tuple[str | None, Origin]:
-    """When an event says its message reached its status (``occurred_at``, when it is a time:
-    :func:`~bulk_mms.answers.status_stamp`), and where it says its message came from."""
-    stamp = status_stamp(data.get("occurred_at"))
+def origin(data: dict[str, Any], payload: object, now: float) -> tuple[str | None, Origin]:
+    """When an event says its message reached its status (``occurred_at``, when it is a time
+    as of ``now``, the receiver's wall time: :func:`~bulk_mms.answers.status_stamp`), and
+    where it says its message came from."""
+    stamp = status_stamp(data.get("occurred_at"), now)
     if not isinstance(payload, dict):
         return stamp, Origin()
     group_id = as_message_id(payload.get("group_message_id"))
@@ -87,12 +88,13 @@ def participants(payload: dict[str, Any]) -> frozenset[str] | None:
 
 
 def reports_in(
-    payload: object, event_type: str, own_group: str | None = None
+    payload: object, event_type: str, own_group: str | None = None, *, now: float
 ) -> tuple[RecipientStatus, ...]:
-    """The reports an event's payload carries: ``cc`` read only when it is the message
-    ``own_group``, a group's own (a recipient's lists the others); the cost only from
-    ``message.finalized`` (the others' is an estimate)."""
-    statuses = parse_statuses(payload, own_group)
+    """The reports an event's payload carries, their stamps read as of ``now`` (the
+    receiver's wall time): ``cc`` read only when it is the message ``own_group``, a group's
+    own (a recipient's lists the others); the cost only from ``message.finalized`` (the
+    others' is an estimate)."""
+    statuses = parse_statuses(payload, own_group, now=now)
     if event_type != FINALIZED:
         statuses = tuple(msgspec.structs.replace(st, cost=None) for st in statuses)
     return statuses

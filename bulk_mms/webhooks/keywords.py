@@ -30,7 +30,7 @@ START_REASON = "texted START (webhook)"
 
 
 def take_keywords(
-    suppressed: Suppressed, settings: Settings, payload: object, texted: float | None
+    suppressed: Suppressed, settings: Settings, payload: object, texted: float | None, now: float
 ) -> tuple[bool, bool]:
     """An inbound message's STOP or START applied, in the order its sender texted them
     (``texted``: the event's ``occurred_at``): one older than the latest the suppression
@@ -38,7 +38,8 @@ def take_keywords(
     lock, as every receiver on it left it, whenever it started) changes nothing (Telnyx
     redelivers an event up to three times; a STOP redelivered after a START must not undo
     it). One that fails to be taken in (the list cannot be written) is not recorded, so
-    its redelivery is taken. (suppressed, lifted).
+    its redelivery is taken. ``now``: the receiver's wall time, which the list records a
+    number added or taken off at. (suppressed, lifted).
 
     Raises:
         ConfigError, LedgerError: the suppression list cannot be written.
@@ -54,13 +55,18 @@ def take_keywords(
             return False, False
         # may raise: no 2xx, so Telnyx redelivers and it is taken again
         return (
-            opt_out(suppressed, settings.opt_out_words, payload, texted),
-            opt_in(suppressed, settings.opt_in_words, payload, texted),
+            opt_out(suppressed, settings.opt_out_words, payload, texted, now=now),
+            opt_in(suppressed, settings.opt_in_words, payload, texted, now=now),
         )
 
 
 def opt_out(
-    suppressed: Suppressed, words: Container[str], payload: object, texted: float | None = None
+    suppressed: Suppressed,
+    words: Container[str],
+    payload: object,
+    texted: float | None = None,
+    *,
+    now: float,
 ) -> bool:
     """An inbound message that opts out (one of ``words``: STOP and its synonyms): its sender
     goes on the suppression list, so no later job texts them, with when it was texted
@@ -70,7 +76,7 @@ def opt_out(
     if phone is None:
         return False
     reason = STOP_REASON if texted is None else texted_at(STOP_REASON, texted)
-    added = suppressed.add([phone], reason)
+    added = suppressed.add([phone], reason, now)
     if not added and texted is not None:
         suppressed.record_keyword(phone, STOP_REASON, texted)
     log.info("webhook.opt_out", recipient=phone, new=bool(added))
@@ -78,7 +84,12 @@ def opt_out(
 
 
 def opt_in(
-    suppressed: Suppressed, words: Container[str], payload: object, texted: float | None = None
+    suppressed: Suppressed,
+    words: Container[str],
+    payload: object,
+    texted: float | None = None,
+    *,
+    now: float,
 ) -> bool:
     """An inbound START (one of ``words``: START, UNSTOP; case and surrounding spaces aside)
     lifts its sender's suppression, but only one a STOP added
@@ -99,7 +110,7 @@ def opt_in(
     if not added_by_stop(reason):
         log.info("webhook.opt_in_kept", recipient=phone, reason=reason)
         return False
-    lifted = bool(suppressed.remove([phone]))
+    lifted = bool(suppressed.remove([phone], now))
     log.info("webhook.opt_in", recipient=phone, lifted=lifted)
     return lifted
 

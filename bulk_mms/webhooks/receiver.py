@@ -165,14 +165,15 @@ class WebhookReceiver(BaseReceiver):
         if event_id in self.view.webhook_ids:
             log.debug("webhook.duplicate", id=short_field(event_id))
             return web.json_response({"ok": True, "duplicate": True})
-        occurred_at, said = origin(data, payload)
+        now = self.clock.wall()
+        occurred_at, said = origin(data, payload, now)
         # an id that is not one (too long, a line end, an escape) names no message: the event
         # is never matched by it, nor learnt as a recipient's own id
         message_id = payload_message_id(payload)
         try:
             await self.ready()
             await self.catch_up(message_id)
-            statuses = reports_in(payload, event_type, self._own_group_id(message_id))
+            statuses = reports_in(payload, event_type, self._own_group_id(message_id), now=now)
             matched, unknown = self.match(statuses, message_id, said, occurred_at)
             recorded = await self.record(event_id, matched, message_id, occurred_at)
         except LedgerError as exc:
