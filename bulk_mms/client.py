@@ -73,6 +73,7 @@ from bulk_mms.models import (
     RecipientStatus,
     SendReceipt,
 )
+from bulk_mms.words import one_line
 
 SEND_PATH = "/messages/group_mms"
 GROUP_PATH = "/messages/group/"
@@ -314,9 +315,10 @@ def _translate(exc: BaseException) -> SendError:  # noqa: PLR0911 - one return p
 
 
 def _said(exc: BaseException) -> str:
-    """``exc``'s words in one line: aiohttp's break theirs over several (``400, message:`` and
-    the reason on the next), which a log line, the ledger and the terminal keep as one."""
-    return " ".join(str(exc).split())
+    """``exc``'s words in one line (:func:`~bulk_mms.words.one_line`): aiohttp's break theirs
+    over several (``400, message:`` and the reason on the next), which a log line, the ledger
+    and the terminal keep as one."""
+    return one_line(str(exc))
 
 
 def out_of_descriptors(exc: BaseException) -> DescriptorsExhausted | None:

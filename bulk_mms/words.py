@@ -77,6 +77,13 @@ def escaped(text: str) -> str:
     )
 
 
+def one_line(text: str) -> str:
+    """``text`` in one line, for a log line, the ledger or a terminal: each run of white space
+    (a line end among it) one space, and every other character that is not printable written
+    as :func:`escaped` writes it (an escape sequence a server's answer may carry)."""
+    return escaped(" ".join(text.split()))
+
+
 def error_words(code: str) -> str:
     """What a ``failed`` event's ``code`` means, as a sentence for a person.
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -25,10 +26,11 @@ from bulk_mms.answers import (
     parse_retry_after,
     parse_statuses,
 )
-from bulk_mms.client import AiohttpMmsClient, idempotency_key
+from bulk_mms.client import AiohttpMmsClient, idempotency_key, map_client_errors
 from bulk_mms.clock import parse_time
-from bulk_mms.errors import AmbiguousSendError, EndpointError, Rejected
+from bulk_mms.errors import AmbiguousSendError, EndpointError, Rejected, SendError
 from bulk_mms.fake_api import FAULT_PRESETS, FakeTelnyx, Fault, FaultKind, parse_faults
+from bulk_mms.ledger.pgconnect import scrub
 from bulk_mms.models import Group, MessageBody, Money, parse_money
 from bulk_mms.pacing import WAIT_CEILING_S
 from bulk_mms.report import summarize
@@ -740,3 +742,14 @@ async def test_an_answer_too_deep_to_check_for_the_key_is_not_read() -> None:
     refused = await refusal(echo)
     assert refused.errors == ()
     assert KEY not in str(refused)
+
+
+def test_a_failures_words_are_one_printable_line_whoever_says_them() -> None:
+    """What an HTTP library or a database driver says of a failure is kept in one line with
+    no control character left raw (an escape sequence a server put in it is written ``\\x1b``),
+    the database's password blanked all the same."""
+    said = "refused\n  by \x1b[2Jpeer\tsecret-pw"
+    with pytest.raises(SendError) as caught, map_client_errors():
+        raise aiohttp.ClientPayloadError(said)
+    assert str(caught.value).endswith("refused by \\x1b[2Jpeer secret-pw)")
+    assert scrub(Exception(said), "postgresql://u:secret-pw@db/x") == "refused by \\x1b[2Jpeer ***"

@@ -38,6 +38,7 @@ import yarl
 from bulk_mms.clock import STOPPED_AFTER_S, running_timeout
 from bulk_mms.errors import LedgerError, LedgerUnavailable
 from bulk_mms.ledger.store import database_url, display, secrets
+from bulk_mms.words import one_line
 
 log = structlog.get_logger(__name__)
 
@@ -79,12 +80,12 @@ def split(location: str) -> tuple[str, str, str]:
 
 def scrub(exc: Exception, conninfo: str) -> str:
     """A driver error in one line, without the password whatever the driver put in it, nor
-    the statement's text the server quotes after it (``LINE 1: SELECT ...``)."""
+    the statement's text the server quotes after it (``LINE 1: SELECT ...``), nor a control
+    character left raw (:func:`~bulk_mms.words.one_line`)."""
     said, _, _ = str(exc).partition("\nLINE ")
-    text = " ".join(said.split()) or type(exc).__name__
     for secret in secrets(yarl.URL(conninfo)):
-        text = text.replace(secret, "***")
-    return text
+        said = said.replace(secret, "***")
+    return one_line(said) or type(exc).__name__
 
 
 def failure(shown: str, exc: psycopg.Error, conninfo: str, what: str = "") -> LedgerError:
