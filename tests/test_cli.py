@@ -1096,7 +1096,7 @@ def test_a_disk_that_fills_mid_run_stops_it_resumably(
     and saying a rerun resumes; the rerun, with room again, sends everyone exactly once."""
     jobs.people(40)
     job = jobs.job(extra="group_size = 2")
-    cut = jsonl._cut_torn_tail
+    cut = jsonl.cut_torn_tail
     writes = iter(range(1_000_000))
 
     def full(fd: int) -> None:
@@ -1106,14 +1106,14 @@ def test_a_disk_that_fills_mid_run_stops_it_resumably(
 
     fake = FakeTelnyx()
     with fake_api_thread(fake) as url:
-        monkeypatch.setattr(jsonl, "_cut_torn_tail", full)
+        monkeypatch.setattr(jsonl, "cut_torn_tail", full)
         assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) == 7
         err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1
         assert str(job.ledger) in err[0]
         assert "disk full" in err[0]
         assert "rerun" in err[0]
-        monkeypatch.setattr(jsonl, "_cut_torn_tail", cut)
+        monkeypatch.setattr(jsonl, "cut_torn_tail", cut)
         assert main(["-q", "run", str(job.path), "--base-url", url, "--yes"]) in (0, 1)
         main(["-q", "run", str(job.path), "--base-url", url, "--yes", "--resend-in-doubt"])
     assert fake.recipient_counts() == dict.fromkeys(numbers(40), 1)

@@ -761,7 +761,7 @@ async def test_the_events_held_are_matched_again_only_once_the_ledger_changed(
     receiver, path, client = await receiver_for(jobs)
     like, found, real = client.calls[0], list[str](), receiver._found
 
-    async def counting(late: Any) -> bool:
+    async def counting(late: Any) -> bool | None:
         found.append(late.event_id)
         return await real(late)
 

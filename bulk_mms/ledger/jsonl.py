@@ -292,7 +292,7 @@ class JsonlStore(GroupCommitted[bytes]):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                _cut_torn_tail(fd)
+                cut_torn_tail(fd)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
@@ -419,7 +419,7 @@ class JsonlStore(GroupCommitted[bytes]):
             # newline (a writer killed mid-line leaves a tail that must go first).
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                _cut_torn_tail(self._fd)
+                cut_torn_tail(self._fd)
                 while view:
                     n = os.write(self._fd, view)
                     view = view[n:]
@@ -476,7 +476,7 @@ def _lock(fd: int, pause: Callable[[float], None]) -> bool:
     return False
 
 
-def _cut_torn_tail(fd: int) -> None:
+def cut_torn_tail(fd: int) -> None:
     """Truncate the file after its last newline: what follows is a torn write."""
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":

@@ -30,10 +30,12 @@ written against anyone: whatever arrives, the only file written is the ledger, a
 recipients of messages it sent. One task looks for all such events, every half second, with
 one read of what was appended to the ledger since; it looks for
 :data:`~bulk_mms.webhooks.base.LATE_MAX` at most, and one more gets 503 (Telnyx delivers it
-again), never a 2xx that drops it unlooked for; as does one that comes while the receiver
-stops, which no look would follow. Such an event is spooled durably before its 2xx
-(:mod:`bulk_mms.webhooks.spool`: a 503 when it cannot be), and one a stop or a crash cut
-short of its 30 s is looked for again by the next receiver, before it listens.
+again, 3 times at most, then to the failover URL), never a 2xx that drops it unlooked for;
+as does one that comes while the receiver stops, which no look would follow. Such an event
+is spooled durably before its 2xx (:mod:`bulk_mms.webhooks.spool`: a 503 when it cannot
+be), and one a stop or a crash cut short of its 30 s, or that a ledger which could not be
+read or written kept from being settled, is looked for again by the next receiver, before
+it listens.
 
 Inbound ``message.received`` events keep the suppression list as Telnyx keeps its block
 rules: a message that is only STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END or QUIT (case

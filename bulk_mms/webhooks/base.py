@@ -56,8 +56,9 @@ LATE_FAULTS = 5
 #: (:meth:`BaseReceiver.look_later`): a steady 333 events a second that no ledger knows (another
 #: app on the messaging profile sending 100 messages a second makes about 200) for their
 #: LATE_WINDOW_S each. One more is answered 503, not acknowledged: it may be a report of this
-#: ledger's that beat its `sent` line, so Telnyx must deliver it again (and ``track`` still
-#: reads a status Telnyx gave up on), never a 2xx that drops it unlooked for.
+#: ledger's that beat its `sent` line, so Telnyx must deliver it again (3 tries at most, then
+#: the failover URL; ``track`` still reads a status Telnyx gave up on), never a 2xx that drops
+#: it unlooked for.
 LATE_MAX = 10_000
 
 _T = TypeVar("_T")
@@ -86,8 +87,8 @@ class Late:
     as_group: tuple[RecipientStatus, ...] | None
     #: When it is given up (the receiver's monotonic time).
     deadline: float
-    #: Its line's token in the receiver's spool (:mod:`bulk_mms.webhooks.spool`); None: none.
-    held: str | None = None
+    #: Its line's token in the receiver's spool (:mod:`bulk_mms.webhooks.spool`), if it has one.
+    held: str = ""
     #: The recipients recorded already.
     done: set[str] = field(default_factory=set)
 
@@ -154,6 +155,8 @@ class BaseReceiver:
         #: The events looked for again, oldest first, each under a number of its own (a
         #: redelivery may be looked for beside its first: :meth:`look_later`).
         self._late: dict[int, Late] = {}
+        #: Places of :attr:`late_max` taken by events being held now (:meth:`look_later`).
+        self._reserved = 0
         self._late_numbers = itertools.count()
         #: Looks them over while there are any (:meth:`_poll`); one for the receiver.
         self._poller: asyncio.Task[None] | None = None
@@ -179,9 +182,15 @@ class BaseReceiver:
         """
         raise NotImplementedError
 
-    async def _found(self, late: Late) -> bool:
+    async def _found(self, late: Late) -> bool | None:
         """Record what a ledger, as its view stands (:meth:`_read_late`), now says is an
-        event's; whether it is recorded whole (a write that fails: not yet)."""
+        event's: True when it is recorded whole, False when what is left is not known, None
+        when a write failed (tried again at the next look)."""
+        raise NotImplementedError
+
+    def _seen(self, event_id: str) -> None:
+        """Remember an event answered 200 though no ledger knew it: its redelivery is a
+        duplicate."""
         raise NotImplementedError
 
     def _views(self) -> object:
@@ -287,20 +296,21 @@ class BaseReceiver:
         such event (:meth:`_poll`); what matching needs is kept of it, not its body
         (:class:`Late`), and kept durably in the :attr:`spool` first, so a stop before its
         ``sent`` line does not lose it. None when it is looked for; else why not, and the
-        caller answers 503 (:meth:`not_held`), so Telnyx delivers it again: :attr:`late_max`
-        are already (:data:`LATE_MAX`), the receiver is stopping (no look would follow but
+        caller answers 503 (:meth:`not_held`): :attr:`late_max` are already, those being
+        held counted (:data:`LATE_MAX`), the receiver is stopping (no look would follow but
         the last, a moment later), or the spool cannot take it (a full disk:
         ``webhook.held_failed``)."""
         if self._stopping():
             log.warning("webhook.late_refused", id=short_field(event_id), reason="stopping")
             return "stopping"
-        if len(self._late) >= self.late_max:
+        if len(self._late) + self._reserved >= self.late_max:
             log.warning("webhook.late_full", id=short_field(event_id), pending=len(self._late))
             return "too many events are being looked for now"
-        token = self.spool.token() if self.spool is not None else None
-        held = Held(token, event_id, event_type, data)
+        # without a spool, a token nothing settles (:meth:`_settle`)
+        held = Held(self.spool.token() if self.spool else "", event_id, event_type, data)
         if self.spool is not None:
             hold = functools.partial(self.spool.hold, held, self.clock.wall())
+            self._reserved += 1  # its place, while its hold is under way
             try:
                 await self._finished(asyncio.to_thread(hold))
             except (OSError, SpoolFull) as exc:
@@ -309,6 +319,8 @@ class BaseReceiver:
                     "webhook.held_failed", id=short_field(event_id), error=error
                 )
                 return "the held events cannot be written now"
+            finally:
+                self._reserved -= 1
         self._keep(held, message_id, statuses)
         self._start_looking()
         return None
@@ -338,8 +350,10 @@ class BaseReceiver:
         """Look again for the events of the :attr:`spool` (answered by a receiver before this
         one, which stopped before it settled them: :meth:`Spool.replay`), each for a whole
         :attr:`late_window_s` from now, the first look at once: those whose ``sent`` line
-        has landed since are recorded (and settled) before the receiver takes a request. A
-        spool that cannot be read is logged, and the receiver serves all the same. Without
+        has landed since are recorded (and settled) before the receiver takes a request, and a
+        redelivery of any is a duplicate. At most :attr:`late_max` are looked for; the rest stay
+        in the spool, unsettled, for a receiver after this one (``webhook.held_left``). A spool
+        that cannot be read is logged, and the receiver serves all the same. Without
         ``look_on`` only that first look is taken: the events it does not find stay held,
         neither looked for again nor counted unmatched (``track``'s, for a receiver that is
         not running)."""
@@ -352,15 +366,19 @@ class BaseReceiver:
                 "webhook.held_unreadable", spool=str(self.spool.path), error=exc.strerror
             )
             return
-        for held in found:
+        room = max(0, self.late_max - len(self._late))
+        if left := found[room:]:
+            log.warning("webhook.held_left", left=len(left), late_max=self.late_max)
+        for held in found[:room]:
             payload = held.data.get("payload")
             message_id = payload_message_id(payload)
-            if message_id is not None:
-                self._keep(
-                    held, message_id, reports_in(payload, held.event_type, now=self.clock.wall())
-                )
-            elif held.token is not None:  # not one a receiver held: each names a message
+            if message_id is None:  # not one a receiver held: each names a message
                 self.spool.settle(held.token)
+                continue
+            self._keep(
+                held, message_id, reports_in(payload, held.event_type, now=self.clock.wall())
+            )
+            self._seen(held.event_id)
         if self._late:
             await self._look(self._stopping())
         if found:
@@ -414,34 +432,41 @@ class BaseReceiver:
         found by its deadline (or at the ``last`` look) is counted unmatched, and so is one
         whose matching fails of a fault of the receiver's (logged), the others looked for
         all the same. Views unchanged since the last look match none of them (each came
-        after its request matched it against the views as they stood)."""
+        after its request matched it against the views as they stood). An event is settled
+        (:meth:`_settle`) once recorded, or once a look at or after its deadline read the
+        ledgers and still did not find it; one counted unmatched otherwise (a read or a write
+        that failed, a fault, a stop) stays in the spool, the next receiver's to look for."""
         now = self.clock.monotonic()
+        read = True
         try:
             await self._read_late()
         except LedgerError as exc:
             # the events are looked for in what was read; the next look reads again
             log.warning("webhook.late_read_failed", error=str(exc), pending=len(self._late))
+            read = False
         views, before = self._views(), self._matched_on
         self._matched_on = views
         for number, late in list(self._late.items()):
             try:
-                found = views != before and await self._found(late)
+                found = await self._found(late) if views != before else False
             except Exception as exc:  # one event's fault must not stop the others
                 log.error("webhook.late_failed", **fault(exc), id=late.event_id)  # noqa: TRY400
-                found = None
-            if found or (now >= late.deadline and found is not None):
                 del self._late[number]
-                self._settle(late)  # recorded, or looked for its whole window
-                if not found:
-                    self._unmatched(late.event_id, late.message_id, late.left())
-            elif found is None or last:
-                del self._late[number]  # its spool's line stays: the next receiver's to look for
+                self._unmatched(late.event_id, late.message_id, late.left())
+                continue
+            if found:
+                del self._late[number]
+                self._settle(late)
+            elif now >= late.deadline or last:
+                del self._late[number]
+                if read and found is False and now >= late.deadline:
+                    self._settle(late)  # looked for its whole window, in ledgers read whole
                 self._unmatched(late.event_id, late.message_id, late.left())
         await self._compact()
 
     def _settle(self, late: Late) -> None:
         """An event looked for again is done with: out of the spool at its next compaction."""
-        if self.spool is not None and late.held is not None:
+        if self.spool is not None:
             self.spool.settle(late.held)
 
     async def _compact(self) -> None:
@@ -472,7 +497,8 @@ class BaseReceiver:
 
     def not_held(self, why: str) -> web.Response:
         """The answer to an event that no ledger knows and that :meth:`look_later` refused,
-        saying ``why``: 503, so Telnyx delivers it again."""
+        saying ``why``: 503, so Telnyx delivers it again (3 tries at most, then the failover
+        URL; past those the report is ``track``'s to fetch)."""
         return web.json_response({"error": why}, status=503)
 
     async def settle(self) -> None:

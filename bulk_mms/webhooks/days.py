@@ -279,12 +279,16 @@ class JobReceiver(BaseReceiver):
             self._unmatched(event_id, message_id, reports)
         elif why := await self.look_later(event_id, event_type, data, message_id, reports):
             return self.not_held(why)
-        self._answered[event_id] = self.clock.monotonic()
-        if len(self._answered) > ANSWERED_MAX:
-            self._answered.popitem(last=False)
+        self._seen(event_id)
         log.info("webhook.received", event_type=event_type, id=event_id, recorded=0)
         pending = len(reports) if message_id is not None else 0
         return web.json_response({"ok": True, "recorded": 0, "pending": pending})
+
+    def _seen(self, event_id: str) -> None:
+        """Remember an event answered that no open ledger knew (:meth:`_answered_before`)."""
+        self._answered[event_id] = self.clock.monotonic()
+        if len(self._answered) > ANSWERED_MAX:
+            self._answered.popitem(last=False)
 
     def _answered_before(self, event_id: str) -> bool:
         """Whether ``event_id`` was answered though no open ledger knew it, within
@@ -318,10 +322,10 @@ class JobReceiver(BaseReceiver):
         """The open ledgers' revisions (no two receivers' are ever the same)."""
         return tuple(receiver.revision for _, receiver in self._newest())
 
-    async def _found(self, late: Late) -> bool:
+    async def _found(self, late: Late) -> bool | None:
         """Have the open ledger that sent an event's message, as the views stand, record it
-        (:meth:`WebhookReceiver._found`); whether one did, whole (a write that failed: the
-        next look tries again)."""
+        (:meth:`WebhookReceiver._found`); whether one did, whole (None: a write that failed,
+        which the next look tries again)."""
         ledger = self._known_sender(late.message_id, late.statuses, late.occurred_at, late.origin)
         return ledger is not None and await ledger._found(late)
 

@@ -373,6 +373,9 @@ class WebhookReceiver(BaseReceiver):
     def _views(self) -> object:
         return self.revision
 
+    def _seen(self, event_id: str) -> None:
+        self.view.webhook_ids.add(event_id)
+
     async def _read_late(self) -> None:
         """The ledger opened anew if a write failed (:meth:`ready`), and what was appended
         to it since taken in (:meth:`take_in_new`).
@@ -383,11 +386,11 @@ class WebhookReceiver(BaseReceiver):
         await self.ready()
         await self.take_in_new()
 
-    async def _found(self, late: Late) -> bool:
+    async def _found(self, late: Late) -> bool | None:
         """Record an event's reports whose recipients the view now knows (its group's own
         message read again once its `sent` line lands: the members it lists under ``cc`` too);
         whether none is left. A write that fails is logged, and tried at the next look (the
-        event was answered already: nobody redelivers it)."""
+        event was answered already: nobody redelivers it): None."""
         message_id = late.message_id
         statuses = late.reports(own_group=self._own_group_id(message_id) is not None)
         left = [st for st in statuses if st.phone not in late.done]
@@ -397,7 +400,7 @@ class WebhookReceiver(BaseReceiver):
                 await self.record(late.event_id, matched, message_id, late.occurred_at)
             except LedgerError as exc:
                 write_failed(late.event_id, exc)
-                return False
+                return None
             late.done.update(st.phone for _, st in matched)
         return not rest
 

@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bulk_mms.clock import SystemClock
 from bulk_mms.config import JobConfig, Settings
-from bulk_mms.errors import ConfigError
+from bulk_mms.errors import ConfigError, LedgerError
 from bulk_mms.ledger import Location, keep_database_time, open_store
 from bulk_mms.ledger.store import display, is_database
 from bulk_mms.suppression import Suppressed
 from bulk_mms.webhooks.base import BaseReceiver
 from bulk_mms.webhooks.days import JobReceiver
-from bulk_mms.webhooks.receiver import LEARN_WINDOW_S, WebhookReceiver, opened
-from bulk_mms.webhooks.spool import Spool, spool_for
+from bulk_mms.webhooks.receiver import WebhookReceiver, opened
+from bulk_mms.webhooks.spool import HELD_MAX_AGE_S, Spool, spool_for
 
 log = structlog.get_logger(__name__)
 
@@ -67,13 +67,15 @@ async def serve_webhooks(
     day (:class:`JobReceiver`, on the job's :meth:`~bulk_mms.config.job.JobConfig.ledger_on`
     in its time zone: none of its ledgers need exist yet). ``settings``: the account's
     (:attr:`WebhookReceiver.settings`). Reports answered but not matched yet are spooled
-    (:func:`~bulk_mms.webhooks.spool.spool_for`), each kept at most :data:`LEARN_WINDOW_S`
-    (Telnyx's retry horizon); those a receiver before this one left are looked for again
-    before it listens (:meth:`~bulk_mms.webhooks.base.BaseReceiver.replay_held`).
+    (:func:`~bulk_mms.webhooks.spool.spool_for`), each kept at most
+    :data:`~bulk_mms.webhooks.spool.HELD_MAX_AGE_S`; those a receiver before this one left
+    are looked for again before it listens
+    (:meth:`~bulk_mms.webhooks.base.BaseReceiver.replay_held`).
 
     Raises:
         LedgerError: the ledger is missing, empty or cannot be written; a job's ledgers are
-            a database's that cannot be reached.
+            a database's that cannot be reached; the spool cannot be made, opened for
+            writing or locked (:meth:`~bulk_mms.webhooks.spool.Spool.check`).
         ConfigError: the address cannot be listened on.
     """
     clock = SystemClock(stop)
@@ -81,7 +83,13 @@ async def serve_webhooks(
     if is_database(where):  # a database's: its time, as the job's runs and track keep it
         await keep_database_time(clock, str(where))
     receiver: WebhookReceiver | JobReceiver
-    spool = Spool(spool_for(target), max_age_s=LEARN_WINDOW_S)
+    spool = Spool(spool_for(target), max_age_s=HELD_MAX_AGE_S)
+    try:
+        await asyncio.to_thread(spool.check)
+    except OSError as exc:
+        raise LedgerError(
+            spool.path, f"the spool of held reports cannot be used: {exc.strerror or exc}"
+        ) from None
     if isinstance(target, JobConfig):
         receiver = JobReceiver(
             target.ledger_on,
