@@ -4,20 +4,20 @@ or killed before their group's `sent` line landed does not lose them (Telnyx nev
 an acknowledged event again).
 
 A report is appended, and the file fsync'd, before its 200 (:meth:`Spool.hold`); one that
-cannot be (a full disk, a folder that cannot be written, the spool past :data:`MAX_BYTES`)
-gets 503, so Telnyx delivers it again: up to 3 times at its URL, then to the failover URL, if
-any; past that the report is ``track``'s to fetch. A receiver whose spool cannot be opened and
+cannot be (a full disk, a folder that cannot be written, the spool past :data:`MAX_BYTES`) gets
+503, so Telnyx delivers it again: up to 3 times at its URL, then to the failover URL, if any;
+past that the report is ``track``'s to fetch. A receiver whose spool cannot be opened and
 locked at all does not start (:meth:`Spool.check`). A report leaves the spool once it is
-settled (:meth:`Spool.settle`): recorded into a ledger, or looked for by a running receiver
-for its whole late window in ledgers read without fault (then counted unmatched, as one that
-never was spooled). What a stop, or a ledger that could not be read or written, cut short
-stays, and the next receiver on the same ledger (or job) looks for it again, a whole window,
-from its start (:meth:`Spool.replay`); ``track`` of a ledger records those whose message
-the ledger knows (:func:`~bulk_mms.webhooks.receiver.apply_held`). One held longer ago
-than :data:`HELD_MAX_AGE_S` is dropped with a ``webhook.held_expired`` warning. Settled reports are taken out of the file by
-rewriting it (:meth:`Spool.compact`: a temporary file renamed over it), after a look, once at
-least as many are settled as are held or a report found the file full; never in a request's
-path. The file stays at most :data:`MAX_BYTES` long.
+settled (:meth:`Spool.settle`): recorded into a ledger, or looked for by a running receiver for
+its whole late window in ledgers read without fault (then counted unmatched, as one that never
+was spooled). What a stop, or a ledger that could not be read or written, cut short stays, and
+the next receiver on the same ledger (or job) looks for it again, a whole window, from its
+start (:meth:`Spool.replay`); ``track`` of a ledger records those whose message the ledger
+knows (:func:`~bulk_mms.webhooks.receiver.apply_held`). One held longer ago than
+:data:`HELD_MAX_AGE_S` is dropped with a ``webhook.held_expired`` warning. Settled reports are
+taken out of the file by rewriting it (:meth:`Spool.compact`: a temporary file renamed over
+it), after a look, once at least as many are settled as are held or a report found the file
+full; never in a request's path. The file stays at most :data:`MAX_BYTES` long.
 
 Each spool has the file to itself by ``flock``: receivers sharing one (two on a ledger) take
 turns, and take out only the reports they settled. What is kept of a report is what matching
