@@ -44,7 +44,9 @@ the groups in flight, each by what it was underpriced.) The price is
 ``[pricing] per_recipient``; without one, the average this ledger has paid per recipient; with
 neither, ``max_cost`` is refused (:class:`~bulk_mms.errors.ConfigError`).
 
-``max_cost`` is counted in ``[pricing] currency``, and no rate to any other is known. A send
+``max_cost`` is counted in ``[pricing] currency``, and so is a cost that names no currency
+(:attr:`~bulk_mms.models.Money.currency` None: the spec requires none); no rate to any other
+currency is known. A send
 whose answer gave its cost in another currency counts at the price (its amount is never added
 as if it were in this one), and no send starts after it: the run stops
 (:class:`~bulk_mms.errors.MaxCostReached`, exit 5) saying which currency came back. A run
@@ -504,7 +506,8 @@ class SpendCeiling:
     Args:
         ceiling: ``max_cost``.
         paid: what the ledger has spent already (the count's start, if nobody counted yet).
-        price: per recipient: ``[pricing] per_recipient``, else the ledger's average.
+        price: per recipient: ``[pricing] per_recipient``, else the ledger's average, in
+            ``[pricing] currency`` (a price naming no currency is no price to keep to).
         tally: where the count is kept.
         key: the count's name.
         ledger: the job's ledger, whose groups hold the reservations (:data:`Holder`).
@@ -520,7 +523,7 @@ class SpendCeiling:
         *,
         ledger: str = "",
     ) -> None:
-        if price is None:
+        if price is None or price.currency is None:
             raise ConfigError(
                 "max_cost",
                 "needs a price to keep to: set [pricing] per_recipient in the settings "
@@ -529,6 +532,8 @@ class SpendCeiling:
         self.ceiling = ceiling
         self.paid = paid
         self.price = price
+        #: ``[pricing] currency``: what the ceiling, and a cost naming no currency, are in.
+        self.currency: str = price.currency
         self.tally: Tally = tally or MemoryTally()
         self.key = key
         self.ledger = ledger
@@ -541,8 +546,8 @@ class SpendCeiling:
             return None  # a retry: already held
         if self.foreign is not None:
             return MaxCostReached(
-                f"a send's answer gave its cost in {self.foreign}, not {self.price.currency} "
-                f"([pricing] currency), which max_cost {self.ceiling} {self.price.currency} "
+                f"a send's answer gave its cost in {self.foreign}, not {self.currency} "
+                f"([pricing] currency), which max_cost {self.ceiling} {self.currency} "
                 f"is counted in: {FOREIGN_STOP}",
                 status=None,
             )
@@ -551,7 +556,7 @@ class SpendCeiling:
         used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder, fence=fence)
         if used is not None:
             return MaxCostReached(
-                f"the job's spend ceiling (max_cost {self.ceiling} {self.price.currency}) "
+                f"the job's spend ceiling (max_cost {self.ceiling} {self.currency}) "
                 f"would be passed: {used} spent or in flight, {need} more next; "
                 "resumable once max_cost is raised",
                 status=None,
@@ -573,14 +578,15 @@ class SpendCeiling:
         # a null cost, or one under the price: it stays counted at the price (the answer's
         # cost is an estimate; the final one adds the carriers' fees)
         cost = receipt.cost
-        if cost is not None and cost.currency != self.price.currency:
+        currency = self.currency if cost is None else cost.currency_or(self.currency)
+        if cost is not None and currency != self.currency:
             # no rate between the two is known: counted at the price, and nothing more sent
-            self.foreign = self.foreign or cost.currency
+            self.foreign = self.foreign or currency
             log.warning(
                 "limits.foreign_cost",
                 group=group.id,
-                currency=cost.currency,
-                counted_in=self.price.currency,
+                currency=currency,
+                counted_in=self.currency,
             )
             cost = None
         more = cost.amount - need if cost is not None else Decimal(0)
@@ -707,7 +713,7 @@ def run_limits(job: JobConfig, settings: Settings, view: LedgerView, clock: Cloc
         return limits
     daily, spend, key, ledger = _tallies(job)
     if job.max_cost is not None:
-        if foreign := sorted(set(view.cost()) - {settings.currency}):
+        if foreign := sorted(set(view.cost(settings.currency)) - {settings.currency}):
             raise ConfigError(
                 "max_cost",
                 f"this ledger's sends cost in {', '.join(foreign)}, not {settings.currency} "
@@ -759,7 +765,7 @@ def recipient_price(settings: Settings, view: LedgerView) -> tuple[Money | None,
     estimate count by it."""
     if (configured := settings_price(settings)) is not None:
         return configured, "[pricing] per_recipient"
-    if (observed := paid_per_recipient(view)) is not None:
+    if (observed := paid_per_recipient(view, settings.currency)) is not None:
         return observed, "the average per recipient this ledger has paid"
     return None, "unknown: set [pricing] per_recipient"
 
@@ -767,28 +773,31 @@ def recipient_price(settings: Settings, view: LedgerView) -> tuple[Money | None,
 def max_cost_counts(settings: Settings, view: LedgerView) -> tuple[Money | None, Decimal]:
     """What a job's ``max_cost`` is counted in, by a run (:func:`run_limits`) and by the dry
     run's verdict alike: the price of a recipient (:func:`recipient_price`), and what the
-    ledger has paid in ``[pricing] currency`` (its sends' costs in it, and every recipient
-    of a send the API gave no cost for, or a cost in another currency, at that price: never
-    an amount of another currency added as if it were this one's)."""
+    ledger has paid in ``[pricing] currency`` (its sends' costs in it, a cost that names no
+    currency taken to be in it, and every recipient of a send the API gave no cost for, or a
+    cost in another currency, at that price: never an amount of another currency added as
+    if it were this one's)."""
+    currency = settings.currency
     price, _ = recipient_price(settings, view)
-    paid = view.cost().get(settings.currency, Decimal(0))
+    paid = view.cost(currency).get(currency, Decimal(0))
     if price is not None:
         unknown = sum(
             len(rec.to)
             for rec in view.sent_groups()
-            if rec.cost is None or rec.cost.currency != settings.currency
+            if rec.cost is None or rec.cost.currency_or(currency) != currency
         )
         paid += price.amount * unknown
     return price, paid
 
 
-def paid_per_recipient(view: LedgerView) -> Money | None:
+def paid_per_recipient(view: LedgerView, currency: str) -> Money | None:
     """The mean price per recipient of a ledger's sent groups the API gave a cost for, if it
-    has any, in one currency (a send it gave none for is counted at this price: its
-    recipients are not in the mean, or they would lower it)."""
-    paid = view.cost()
+    has any and they all cost in ``currency`` (``[pricing] currency``: a cost that names none
+    is in it), else None: an average in another currency is no price in this one (a send it
+    gave no cost for is counted at this price: its recipients are not in the mean, or they
+    would lower it)."""
+    paid = view.cost(currency)
     sent = sum(len(rec.to) for rec in view.sent_groups() if rec.cost is not None)
-    if len(paid) != 1 or not sent:
+    if set(paid) != {currency} or not sent:
         return None
-    ((currency, total),) = paid.items()
-    return Money((total / sent).quantize(Decimal("0.000001")), currency)
+    return Money((paid[currency] / sent).quantize(Decimal("0.000001")), currency)

@@ -208,7 +208,15 @@ class Money(msgspec.Struct, frozen=True):
     """An amount and its currency. Telnyx sends the amount as a string or a number."""
 
     amount: Decimal
-    currency: str
+    #: An ISO 4217 code (:func:`is_currency`); None: the API gave the amount without one (the
+    #: spec's ``cost`` requires none of its fields). Such an amount is in the account's own
+    #: currency, which only whoever counts it knows (:meth:`currency_or`): never taken for USD.
+    currency: str | None
+
+    def currency_or(self, account: str) -> str:
+        """The currency this amount is in: its own, else ``account`` (``[pricing] currency``,
+        or what a ledger's runs counted in): the one rule for a cost that names none."""
+        return self.currency or account
 
 
 #: Largest cost accepted for one message, and the most characters its amount may have: a price
@@ -222,7 +230,8 @@ def parse_money(value: object) -> Money | None:
 
     The API sends the amount as a string on some endpoints and as a JSON number on others;
     ``str()`` of the parsed float gives back the shortest literal, so both become the same
-    Decimal. An amount that is not a finite number from 0 to :data:`MAX_AMOUNT` (``"NaN"``,
+    Decimal. No currency (missing, null or ``""``) is :attr:`Money.currency` None, the
+    account's own. An amount that is not a finite number from 0 to :data:`MAX_AMOUNT` (``"NaN"``,
     ``"-1"``, ``"9e999999999"``) is no amount: None (the spec's amount is what is deducted
     from the account; it gives no negative one). Negative zero (``"-0"``) is 0. The ledger's
     own cost fields are read back through this too.
@@ -261,7 +270,7 @@ def _money(text: str, currency: str) -> Money | None:
     if isinstance(exponent, int) and exponent < -24:  # more places than any price has
         return None
     if currency == "":
-        return Money(dec, "USD")  # the API's only currency when it does not say
+        return Money(dec, None)  # none given: the account's, which the counter knows
     cur = currency.strip().upper()
     # a currency that is not an ISO code is no currency: the amount cannot be added up
     return Money(dec, cur) if is_currency(cur) else None
@@ -272,8 +281,10 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 
 def is_currency(code: str) -> bool:
     """Whether ``code`` is written as an ISO 4217 currency code is: three ASCII capital
-    letters (``USD``), nothing around them. The one rule for a currency, the API's and the
-    settings' alike."""
+    letters (``USD``), nothing around them. The one rule for what a currency is. The settings'
+    ``[pricing] currency`` must be written so (``"usd"`` is refused, naming ``'USD'``); the
+    API's, untrusted input read leniently, is checked once trimmed and upper-cased (``"eur"``
+    is EUR), and one that then fails it is no currency (its amount cannot be added up)."""
     return _CURRENCY.fullmatch(code) is not None
 
 

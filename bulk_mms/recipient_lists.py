@@ -546,7 +546,7 @@ def _waiting_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
 
 
 def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
-    known, final_cost = view.known, view.final_cost
+    known, final_cost, unstated = view.known, view.final_cost, view.unstated_currency
     for rec in view.groups.values():
         state = rec.state
         if state is None:
@@ -554,7 +554,7 @@ def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
         cost = currency = ""
         if state == SENT and rec.cost is not None and rec.to:
             share = (rec.cost.amount / len(rec.to)).quantize(SHARE_PLACES).normalize()
-            cost, currency = f"{share:f}", rec.cost.currency
+            cost, currency = f"{share:f}", rec.cost.currency_or(unstated)
         code, title = ("", "") if state == SENT else _error_of(rec)
         for phone in rec.counted:
             status = ""
@@ -567,7 +567,8 @@ def _recipient_rows(view: LedgerView) -> Iterator[tuple[str, ...]]:
                     code, title = "", ""
                 if (final := final_cost.get(phone)) is not None:
                     amount = f"{final.amount:f}"
-                    yield (phone, rec.id, state, status, code, title, amount, final.currency)
+                    paid_in = final.currency_or(unstated)
+                    yield (phone, rec.id, state, status, code, title, amount, paid_in)
                     continue
             yield (phone, rec.id, state, status, code, title, cost, currency)
 

@@ -302,7 +302,7 @@ class Recorder:
         goes on meanwhile; a commit that fails stops the run at once (the store's
         ``on_failure``). Returns the final statuses the answer gives (a member it did not
         reach), each recorded as a ``status`` event, for the error policy."""
-        self.summary.note_sent(group, r.cost)
+        self.summary.note_sent(group, r.cost, self.view.unstated_currency)
         if r.wait_seconds is not None:
             self.waits.append(r.wait_seconds)
         self._queue(self._sent_event(group, r, attempts, throttled))

@@ -490,7 +490,7 @@ class Runner:
         if rec is None or not self.view.is_done(group.id):
             return
         if rec.state == SENT and rec.last_try == tried:
-            self.summary.note_sent(group, rec.cost)
+            self.summary.note_sent(group, rec.cost, self.view.unstated_currency)
         else:
             self.summary.skipped_groups += 1
 
@@ -879,7 +879,15 @@ async def run_job(
         coordinator = coordinator_for(store, settings.lease_s)
         sender: GroupSender | None = None
         try:
-            view = await begin(store, job, scan, reader.columns, clock, excluded_from=excluded_from)
+            view = await begin(
+                store,
+                job,
+                scan,
+                reader.columns,
+                clock,
+                excluded_from=excluded_from,
+                currency=settings.currency,
+            )
             await put_back_opted_out(view, suppressed)
             # off the loop too: a look at every member of a long ledger
             scan = await asyncio.to_thread(suppressed_as_planned, scan, view, suppressed, excluded)

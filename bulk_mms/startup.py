@@ -95,9 +95,11 @@ async def begin(
     clock: Clock,
     *,
     excluded_from: tuple[ExcludedLedger, ...] = (),
+    currency: str | None = None,
 ) -> LedgerView:
     """The ledger's view as this run begins: folded (:func:`_resume`), and this run's start
-    written to it, with the ledgers its ``--exclude-sent`` named (``excluded_from``:
+    written to it, with the ``[pricing] currency`` it counts in (``currency``) and the
+    ledgers its ``--exclude-sent`` named (``excluded_from``:
     :func:`~bulk_mms.prepare.ledger_names`). Off the loop (a long fold, an fsync, a lock's
     wait): a signal meanwhile is heard."""
     header = header_for(job, scan.fingerprint, clock)
@@ -112,6 +114,7 @@ async def begin(
         deadline=iso(expires.timestamp()) if expires is not None else None,
         excluded_from=tuple(name for name, _ in excluded_from),
         excluded_campaigns=tuple(campaign for _, campaign in excluded_from),
+        currency=currency,
     )
     await asyncio.to_thread(store.append_now, started)
     view.apply(started)

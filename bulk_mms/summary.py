@@ -242,12 +242,14 @@ class JobSummary(msgspec.Struct):
             text += f"; {excluded} already sent (--exclude-sent)"
         return text
 
-    def note_sent(self, group: Group, cost: Money | None) -> None:
-        """Count ``group`` sent by this run, at ``cost``."""
+    def note_sent(self, group: Group, cost: Money | None, unstated: str) -> None:
+        """Count ``group`` sent by this run, at ``cost`` (in ``unstated``, the run's
+        ``[pricing] currency``, when it names no currency)."""
         self.sent_groups += 1
         self.sent_recipients += len(group.to)
         if cost is not None:
-            self.cost[cost.currency] = self.cost.get(cost.currency, Decimal(0)) + cost.amount
+            currency = cost.currency_or(unstated)
+            self.cost[currency] = self.cost.get(currency, Decimal(0)) + cost.amount
 
     def note_template(self, group: Group) -> None:
         """Count the placeholders that do not fit ``group`` (see :attr:`template_differs`)."""

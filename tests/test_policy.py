@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
-from bulk_mms.caps import paid_per_recipient
+from bulk_mms.caps import max_cost_counts, paid_per_recipient
 from bulk_mms.cli import main
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.codes import Action
@@ -358,7 +358,7 @@ async def test_a_send_the_api_left_unpriced_is_counted_at_what_the_priced_ones_c
     settings = replace(FAST, concurrency=1)
     first = replace(settings, price_per_recipient=Decimal("0.0051"))  # a price to begin at
     await run_job(job, first, FakeClient(first_unpriced), clock=FakeClock(), limit=2)
-    assert paid_per_recipient(load(job.ledger)) == Money(Decimal("0.0051"), "USD")
+    assert paid_per_recipient(load(job.ledger), "USD") == Money(Decimal("0.0051"), "USD")
     assert await sends_until_a_limit(job, settings) == 1
 
 
@@ -972,7 +972,7 @@ async def test_the_dry_runs_estimate_prices_a_recipient_as_its_max_cost_line_doe
     job = jobs.job(extra="group_size = 4")
     paid = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
     await run_job(job, paid, FakeClient(), clock=FakeClock(), limit=2)
-    observed = paid_per_recipient(load(job.ledger))
+    observed = paid_per_recipient(load(job.ledger), "USD")
     assert observed is not None
     assert observed.amount != Decimal("0.0100")
     priced = await dry_run(job, replace(paid, price_per_recipient=Decimal("0.0100")))
@@ -982,6 +982,31 @@ async def test_the_dry_runs_estimate_prices_a_recipient_as_its_max_cost_line_doe
     unpriced = await dry_run(job, replace(paid, price_per_recipient=None))
     assert unpriced.estimate is not None
     assert unpriced.estimate.cost == Money(observed.amount * 8, "USD")
+
+
+async def test_a_ledger_paid_in_another_currency_gives_no_price_in_the_settings_one(
+    jobs: JobFactory,
+) -> None:
+    """A ledger whose sends cost EUR, [pricing] currency USD and no per_recipient: the dry
+    run has no price (never the EUR average taken for dollars), and max_cost's paid count
+    adds no EUR amount to the USD one; under EUR, the average is the price."""
+    jobs.people(16)
+    job = jobs.job(extra="group_size = 4")
+
+    def euros(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=Money(Decimal("0.08"), "EUR"))
+
+    await run_job(job, replace(FAST, concurrency=1), FakeClient(euros), clock=FakeClock(), limit=2)
+    view = load(job.ledger)
+    assert paid_per_recipient(view, "USD") is None
+    assert max_cost_counts(FAST, view) == (None, Decimal(0))
+    dollars = await dry_run(job, FAST)
+    assert dollars.estimate is not None
+    assert (dollars.estimate.cost, dollars.estimate.counted) == (None, None)
+    assert paid_per_recipient(view, "EUR") == Money(Decimal("0.02"), "EUR")
+    euro = await dry_run(job, replace(FAST, currency="EUR"))
+    assert euro.estimate is not None
+    assert euro.estimate.cost == Money(Decimal("0.16"), "EUR")  # 8 left at 0.02
 
 
 async def test_a_sender_not_on_the_account_is_retired_when_the_settings_say_so(

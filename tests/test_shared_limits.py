@@ -32,6 +32,7 @@ from bulk_mms.caps import (
     MemoryTally,
     SpendCeiling,
     Tally,
+    max_cost_counts,
 )
 from bulk_mms.client import AiohttpMmsClient
 from bulk_mms.clock import SystemClock
@@ -58,7 +59,7 @@ from bulk_mms.ledger.pgbudget import PostgresBudget, PostgresTally
 from bulk_mms.ledger.pgschema import migrate_url
 from bulk_mms.ledger.postgres import PostgresCoordinator, PostgresStore
 from bulk_mms.leftover import Leftover
-from bulk_mms.models import Group, MessageBody, Money, SendReceipt
+from bulk_mms.models import Group, MessageBody, Money, SendReceipt, parse_money
 from bulk_mms.pacing import PaceAborted, Pacer, PacingConfig
 from bulk_mms.prepare import dry_run
 from bulk_mms.report import format_text, summarize
@@ -1192,3 +1193,48 @@ async def test_a_paused_hosts_release_after_a_rerun_gave_its_failed_groups_room_
     assert held == [0]  # the rerun gave it back while the failing host was paused
     assert _counted(database) == Decimal("0.02")
     assert query(database, "SELECT count(*) FROM bulk_mms_reservations") == 0
+
+
+async def test_a_send_whose_answer_names_no_currency_counts_in_pricing_currency() -> None:
+    """[pricing] currency EUR: a send whose answer's cost names no currency (the spec requires
+    none) is counted in EUR, at its amount over the price, and the ceiling goes on reserving."""
+    ceiling = SpendCeiling(Decimal("1.00"), Decimal(0), Money(Decimal("0.01"), "EUR"))
+    unstated = group(1)
+    assert await ceiling.reserve(unstated) is None
+    cost = parse_money({"amount": "0.05"})
+    await ceiling.settle(unstated, replace(ok_receipt(unstated), cost=cost))
+    probe = ("probe", "p")  # refused at a cap of 0: the count as it stands
+    assert await ceiling.tally.take("spend", Decimal(0), Decimal(0), Decimal(0), probe) == (
+        Decimal("0.05")
+    )
+    assert ceiling.foreign is None
+    assert await ceiling.reserve(group(2)) is None
+
+
+async def test_a_run_whose_answers_name_no_currency_keeps_max_cost_in_pricing_currency(
+    jobs: JobFactory,
+) -> None:
+    """[pricing] currency EUR, max_cost set, every answer's cost {"amount": "0.02"} with no
+    currency: the run sends everyone (exit 0), a rerun and its dry run are not refused, the
+    paid count is in EUR, and the report totals the cost in EUR, never USD."""
+    jobs.people(16)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "100.00"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"), currency="EUR")
+
+    def unstated(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=parse_money({"amount": "0.02"}))
+
+    client = FakeClient(unstated)
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert (s.error, len(client.sent_numbers())) == (None, 16)
+    assert s.cost == {"EUR": Decimal("0.08")}
+    sent = [e for e in ledger_events(job.ledger) if e["event"] == "sent"]
+    assert [e["cost"]["currency"] for e in sent] == [None] * 4
+    _, paid = max_cost_counts(settings, load(job.ledger))
+    assert paid == Decimal("0.08")
+    for again in run_and_dry_run(job, settings, client):
+        assert (await again()).error is None
+    report = summarize(job.ledger)
+    assert report.cost == {"EUR": Decimal("0.08")}
+    assert report.as_dict()["currency"] == "EUR"
+    assert len(client.sent_numbers()) == 16

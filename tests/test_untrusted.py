@@ -130,8 +130,10 @@ async def test_a_body_past_the_bound_without_trusted_keys_is_in_doubt(
 
 
 def test_a_currency_that_is_no_currency_makes_the_cost_unknown() -> None:
-    """A missing currency is the API's USD; one that is not an ISO code cannot be added up."""
-    assert parse_money({"amount": "0.1"}) == Money(Decimal("0.1"), "USD")
+    """A missing currency is none given (the account's, never taken for USD); one that is
+    not an ISO code cannot be added up."""
+    assert parse_money({"amount": "0.1"}) == Money(Decimal("0.1"), None)
+    assert parse_money({"amount": "0.1", "currency": None}) == Money(Decimal("0.1"), None)
     assert parse_money({"amount": "0.1", "currency": "eur"}) == Money(Decimal("0.1"), "EUR")
     assert parse_money({"amount": "0.1", "currency": "<script>"}) is None
     assert parse_money({"amount": "0.1", "currency": 5}) is None

@@ -175,6 +175,7 @@ def to_state(view: LedgerView) -> dict[str, Any]:
         ],
         "counts": [view.runs, view.attempts, view.rate_limited, view.sent_events],
         "deadline": view.deadline,
+        "currency": view.currency,
         "times": [
             view.first_time,
             view.last_time,
@@ -225,6 +226,9 @@ def from_state(d: dict[str, Any]) -> LedgerView:
     if deadline is not None and not isinstance(deadline, str):
         raise TypeError("a deadline that is not a stamp")
     view.deadline = deadline
+    if (currency := d["currency"]) is not None and not isinstance(currency, str):
+        raise TypeError("a currency that is not text")
+    view.currency = currency
     (view.first_time, view.last_time, view.sending_seconds,
      view._run_first, view._run_last) = d["times"]  # fmt: skip
     columns = d["groups"]

@@ -178,6 +178,10 @@ class RunStarted(msgspec.Struct, frozen=True):
     #: one): another ledger begun at one's path since is not the one named. Not written when
     #: none (a ledger written before they were kept: its names alone).
     excluded_campaigns: tuple[str, ...] = ()
+    #: The ``[pricing] currency`` this run counted costs in: a cost the API gave without a
+    #: currency (recorded with ``"currency": null``) is in it (:attr:`LedgerView.currency
+    #: <bulk_mms.ledger.LedgerView.currency>`). None in a ledger written before it was kept.
+    currency: str | None = None
     kind: ClassVar[str] = "run"
 
 
@@ -435,7 +439,7 @@ Outcome = Sent | Failed | InDoubt
 # Encoding
 
 
-def _money(cost: Money | None) -> dict[str, str] | None:
+def _money(cost: Money | None) -> dict[str, str | None] | None:
     return None if cost is None else {"amount": str(cost.amount), "currency": cost.currency}
 
 
@@ -452,6 +456,7 @@ _HOW = {
     "resets": _UNLESS_EMPTY,
     "excluded_from": _UNLESS_EMPTY,
     "excluded_campaigns": _UNLESS_EMPTY,
+    "currency": _UNLESS_EMPTY,
 }
 #: Fields written otherwise in one class only: a status line's cost is left out when none.
 _HOW_IN = {("Status", "cost"): _COST_IF_ANY}
@@ -677,6 +682,7 @@ _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Event]]] = {
         _opt_str(d, "deadline"),
         _strings(d, "excluded_from", "ledgers"),
         _strings(d, "excluded_campaigns", "campaigns"),
+        _opt_str(d, "currency"),
     ),
     "planned": lambda d: Planned(
         _int(d, "recipients"),

@@ -343,6 +343,10 @@ class LedgerView(DeliveryFold, eq=False):
     #: :attr:`~bulk_mms.ledger.events.RunStarted.deadline`, an event's stamp): None when it
     #: had none, or its ledger was written before runs recorded it (:attr:`deadline_at`).
     deadline: str | None = None
+    #: The ``[pricing] currency`` the latest run counted in (its ``run`` event's
+    #: :attr:`~bulk_mms.ledger.events.RunStarted.currency`): None when its ledger was written
+    #: before runs recorded it (:attr:`unstated_currency`).
+    currency: str | None = None
     #: The latest ``planned`` event: how much of the input is valid.
     planned: events.Planned | None = None
     #: The most rows a run that sent (an attempt after its ``planned`` event) left out as
@@ -431,6 +435,13 @@ class LedgerView(DeliveryFold, eq=False):
         return None if when is None else dt.datetime.fromtimestamp(when, dt.UTC)
 
     @property
+    def unstated_currency(self) -> str:
+        """The currency a cost that names none is in: the one the latest run counted in
+        (:attr:`currency`); USD in a ledger no run recorded it in (bulk-mms wrote every such
+        cost as USD then, and a run records it before it writes any)."""
+        return self.currency or "USD"
+
+    @property
     def campaign(self) -> str | None:
         """The ledger's identity, part of every Idempotency-Key; None for a format-1 ledger."""
         return self.header.campaign if self.header is not None else None
@@ -473,6 +484,7 @@ class LedgerView(DeliveryFold, eq=False):
                 self.planned = ev
             case events.RunStarted():
                 self.deadline = ev.deadline
+                self.currency = ev.currency or self.currency
                 campaigns = ev.excluded_campaigns or ("",) * len(ev.excluded_from)
                 self._excluding = tuple(zip(ev.excluded_from, campaigns, strict=False))
                 self._run_started(ev.shared)
@@ -881,13 +893,15 @@ class LedgerView(DeliveryFold, eq=False):
                 # a moved member goes again (its state is its new group's): not in this list
                 yield rec, {p: _delivery_miss(failed[p]) for p in rec.counted if p in failed}
 
-    def cost(self) -> dict[str, Decimal]:
+    def cost(self, unstated: str | None = None) -> dict[str, Decimal]:
         """What the sent groups cost, per currency: final where known, else estimated
-        (:meth:`cost_parts` says how much is which)."""
-        return {cur: final + est for cur, (final, est) in self.cost_parts().items()}
+        (:meth:`cost_parts` says how much is which, and what ``unstated`` is)."""
+        return {cur: final + est for cur, (final, est) in self.cost_parts(unstated).items()}
 
-    def cost_parts(self) -> dict[str, tuple[Decimal, Decimal]]:
-        """What the sent groups cost, per currency, as (final, estimated).
+    def cost_parts(self, unstated: str | None = None) -> dict[str, tuple[Decimal, Decimal]]:
+        """What the sent groups cost, per currency, as (final, estimated). A cost that names
+        no currency is in ``unstated`` (a run's ``[pricing] currency``), by default
+        :attr:`unstated_currency`.
 
         Final: the recipients whose final cost a status report carried (:attr:`final_cost`),
         each with its latest send (a member moved out of a group is priced with its new one).
@@ -897,10 +911,12 @@ class LedgerView(DeliveryFold, eq=False):
         """
         parts: dict[str, tuple[Decimal, Decimal]] = {}
         final_cost = self.final_cost
+        account = unstated or self.unstated_currency
 
         def add(money: Money, final: Decimal, est: Decimal) -> None:
-            f, e = parts.get(money.currency, (Decimal(0), Decimal(0)))
-            parts[money.currency] = (f + final, e + est)
+            currency = money.currency_or(account)
+            f, e = parts.get(currency, (Decimal(0), Decimal(0)))
+            parts[currency] = (f + final, e + est)
 
         for rec in self.sent_groups():
             # a moved member's final cost is its new send's (not counted here)
