@@ -70,8 +70,9 @@ MAC_CSV: Final = (
 
 
 def unmarked(line: bytes) -> bytes:
-    """``line`` without the UTF-8 byte order marks in front of it: one, or one written in front
-    of a file that already had its own (a mark is never text a line begins with)."""
+    """``line`` without every UTF-8 byte order mark in front of it, however many there are (an
+    export written with one in front of a file that already had its own has two): a mark is
+    never text a line begins with."""
     while line.startswith(BOM):
         line = line[len(BOM) :]
     return line

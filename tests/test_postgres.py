@@ -1272,7 +1272,8 @@ async def test_a_run_puts_back_the_opt_outs_its_table_lacks_in_one_read_of_the_t
 
     monkeypatch.setattr(listed, "_run", counted)
     await put_back_opted_out(refusals(), listed)
-    assert (said, suppression_for(None, where).numbers()) == (["SELECT", "INSERT"], PUT_BACK)
+    added = sorted(set(suppression_for(None, where).numbers()) - {"+12125550015"})
+    assert (said, added) == (["SELECT", "INSERT"], PUT_BACK)
 
 
 def test_a_resumes_excluded_ledger_is_opened_through_its_own_database_alone(
