@@ -21,6 +21,7 @@ from bulk_mms.config import (
 from bulk_mms.config._toml import Table
 from bulk_mms.config.folders import user_folder
 from bulk_mms.errors import ConfigError
+from bulk_mms.ledger.store import location
 
 GOOD_MESSAGE = '[message]\nfrom = "+18445550001"\ntext = "Hi {name}"\n'
 
@@ -710,6 +711,25 @@ def test_a_currency_that_is_no_iso_4217_code_is_refused(
     assert str(info.value) == f"{p}: pricing.currency: {reason}"
     good = write(tmp_path, '[pricing]\ncurrency = "EUR"\n', "good.toml")
     assert load_settings(good, env={}).currency == "EUR"
+
+
+@pytest.mark.parametrize("ledger", ["ledgers/", "kept"])
+def test_a_ledger_folder_is_refused_in_the_words_of_every_place_a_ledger_is_given(
+    tmp_path: Path, ledger: str
+) -> None:
+    """A job's ledger that is a folder, by its slash or as one already, is refused in the one
+    message --ledger and BULK_MMS_LEDGER_URL give for a folder (the job file named first)."""
+    (tmp_path / "kept").mkdir()
+    p = write(
+        tmp_path,
+        f'name = "n"\ninput = "a.csv"\ngroup_size = 1\nledger = "{ledger}"\n' + GOOD_MESSAGE,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    with pytest.raises(ValueError, match="names a folder") as given:
+        location("kept/")
+    said = str(given.value).replace("'kept/'", repr(ledger))
+    assert str(info.value) == f"{p}: ledger: {said}"
 
 
 @pytest.mark.parametrize("ledger", ["ledgers/", "ledgers/{date}/", "kept", "."])

@@ -18,7 +18,7 @@ import msgspec.structs
 from bulk_mms.config._toml import URL, Table, read_toml
 from bulk_mms.csvfile import DELIMITERS, toml_string
 from bulk_mms.errors import ConfigError
-from bulk_mms.ledger.store import Location, is_database, location, named
+from bulk_mms.ledger.store import Location, is_database, location, named, refuse_folder
 
 MAX_GROUP_SIZE = 8  # the API's limit on `to`
 
@@ -342,13 +342,7 @@ def load_job(
         )
     if group_by is None and not mix_unrelated and group_size > 1:
         raise top.error("group_by", GROUPING_CHOICE)
-    where = _where(ledger, name, path.parent)
-    if isinstance(where, Path) and _is_folder(where):  # "ledgers/": refused as a location
-        raise top.error(
-            "ledger",
-            f"{ledger_template!r} names a folder, not a file: name the ledger's file in it, "
-            f"e.g. '{ledger_template.rstrip('/')}/{{name}}.jsonl'",
-        )
+    where = _job_where(ledger, name, path.parent, top)
     return JobConfig(
         name=name,
         path=path,
@@ -463,19 +457,22 @@ def _ledger_path(template: str, name: str, today: dt.date, top: Table) -> str:
     return ledger
 
 
-def _is_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder (one that cannot be looked at is left to the ledger's
-    opening, which says why)."""
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
-
-
 def _where(ledger: str, name: str, base: Path) -> Location:
     """A filled-in ``ledger`` setting as a location: the database's ledger (named after the
     job unless the URL names one), else the file, relative to the job's folder ``base``."""
     return str(named(ledger, name)) if is_database(ledger) else base / ledger
+
+
+def _job_where(ledger: str, name: str, base: Path, top: Table) -> Location:
+    """:func:`_where` of the job's ``ledger`` setting, refused (naming the setting) when it
+    is a folder already (one ending in ``/`` is refused as a location before)."""
+    where = _where(ledger, name, base)
+    if isinstance(where, Path):
+        try:
+            refuse_folder(ledger, where)
+        except ValueError as exc:
+            raise top.error("ledger", str(exc)) from None
+    return where
 
 
 def _encoding(name: str, top: Table) -> str:

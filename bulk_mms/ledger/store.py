@@ -196,9 +196,27 @@ def location(text: str | Path) -> Location:
         )
     if (problem := file_name_problem(text)) is not None:
         raise ValueError(problem)
-    if text.endswith("/"):  # Path would drop the slash, and a file would take the name
-        raise ValueError(f"{text!r} names a folder, not a file: name the ledger's file in it")
+    refuse_folder(text)
     return Path(text)
+
+
+def refuse_folder(text: str, path: Path | None = None) -> None:
+    """Refuse a ledger given as ``text`` that names a folder: one ending in ``/`` (Path would
+    drop the slash, and a file would take the name), or ``path`` (where ``text`` lies: a job
+    file's ledger is relative to the job's folder) that is a folder already (one that cannot
+    be looked at is left to the ledger's opening, which says why). The one refusal of a
+    folder for every place a ledger is given: the job's setting, ``--ledger``,
+    ``BULK_MMS_LEDGER_URL``.
+
+    Raises:
+        ValueError: it names a folder; the caller names the setting.
+    """
+    try:
+        folder = text.endswith("/") or (path is not None and path.is_dir())
+    except OSError:
+        folder = False
+    if folder:
+        raise ValueError(f"{text!r} names a folder, not a file: name the ledger's file in it")
 
 
 def is_database(where: Location) -> bool:
