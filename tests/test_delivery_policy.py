@@ -800,3 +800,20 @@ def test_a_group_read_again_after_its_resend_still_makes_the_move_stand() -> Non
     assert view.texted_twice() == {A: ("g1", "g2")}
     fold = LedgerView.fold([*first, *again, reached])
     assert (view.recipients(), view.moves(A)) == (fold.recipients(), fold.moves(A))
+
+
+def test_a_moved_member_s_own_id_in_its_first_group_is_never_its_resend_s() -> None:
+    """A member moved out of g1 before its own id there was known, and sent again in g2,
+    whose report gave its own id there: that id is g2's copy's, so g1's is not known (None),
+    never g2's, which track would take for g1's report."""
+    view = LedgerView.fold(
+        [
+            events.Attempt("g1", (A, B), from_=HEALTHY),
+            events.Sent("g1", (A, B), message_id="m1", from_=HEALTHY),
+            Moved("g1", (A,), "", "40016", "t", 0.0),
+            events.Attempt("g2", (A,), from_=HEALTHY),
+            events.Sent("g2", (A,), message_id="m2"),
+            events.Status("g2", A, "delivered", "own-2"),
+        ]
+    )
+    assert (view.own_id(view.groups["g1"], A), view.own_id(view.groups["g2"], A)) == (None, "own-2")

@@ -263,9 +263,13 @@ class DeliveryFold(msgspec.Struct, eq=False):
     def own_id(self, rec: GroupRecord, phone: str) -> str | None:
         """The own message id of ``phone``'s copy of ``rec``'s message, when known: the one
         ``rec`` kept as the member was sent again (:attr:`GroupRecord.moved_ids
-        <bulk_mms.ledger.fold.GroupRecord.moved_ids>`), else its latest status's."""
+        <bulk_mms.ledger.fold.GroupRecord.moved_ids>`), else its latest status's while ``rec``
+        is the sent group it is in (:meth:`group_of`); else None: that status is another
+        group's copy (a member moved out and sent again before its own id here was known)."""
         if rec.moved_ids is not None and (mid := rec.moved_ids.get(phone)) is not None:
             return mid
+        if self.group_of(phone) not in (None, rec.id):
+            return None
         k = self.known.get(phone)
         return k.message_id if k is not None else None
 
