@@ -75,7 +75,7 @@ from bulk_mms.clock import Clock, utc
 from bulk_mms.config import JobConfig, Settings
 from bulk_mms.config.settings import day_start, next_day_start
 from bulk_mms.coordination import Fence
-from bulk_mms.errors import ConfigError, LedgerError, LimitReached, MaxCostReached
+from bulk_mms.errors import ConfigError, ForeignCost, LedgerError, LimitReached, MaxCostReached
 from bulk_mms.ledger import LedgerView
 from bulk_mms.ledger.store import is_database, sent_since
 from bulk_mms.models import Group, Money, SendReceipt
@@ -399,9 +399,11 @@ class Limit(Protocol):
 
     async def settle(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False
-    ) -> None:
+    ) -> LimitReached | None:
         """The group's tries are over: ``receipt`` if it was sent. Without a receipt its
         room is released, unless ``maybe_sent`` (a try may have been accepted: in doubt).
+        Returns the error to stop the run with when the limit can no longer be kept after
+        this send (a cost in another currency than the ceiling's), else None.
 
         Never raises: a count that cannot be changed is logged (``limits.unsettled``) and
         stays as it was, its reservation counted (never a send too many).
@@ -545,12 +547,7 @@ class SpendCeiling:
         if group.id in self._reserved:
             return None  # a retry: already held
         if self.foreign is not None:
-            return MaxCostReached(
-                f"a send's answer gave its cost in {self.foreign}, not {self.currency} "
-                f"([pricing] currency), which max_cost {self.ceiling} {self.currency} "
-                f"is counted in: {FOREIGN_STOP}",
-                status=None,
-            )
+            return self._foreign_stop(self.foreign)
         need = self.price.amount * len(group.to)
         holder = (self.ledger, group.id)  # a takeover's holds what the group held already
         used = await self.tally.take(self.key, need, self.ceiling, self.paid, holder, fence=fence)
@@ -564,17 +561,26 @@ class SpendCeiling:
         self._reserved[group.id] = need
         return None
 
+    def _foreign_stop(self, currency: str) -> ForeignCost:
+        """What stops the run once a send cost in ``currency``, not the ceiling's."""
+        return ForeignCost(
+            f"a send's answer gave its cost in {currency}, not {self.currency} "
+            f"([pricing] currency), which max_cost {self.ceiling} {self.currency} "
+            f"is counted in: {FOREIGN_STOP}",
+            status=None,
+        )
+
     async def settle(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False
-    ) -> None:
+    ) -> LimitReached | None:
         need = self._reserved.pop(group.id, None)
         if need is None:
-            return
+            return None
         holder = (self.ledger, group.id)
         if receipt is None:
             if not maybe_sent:  # nothing was sent: the room goes back
                 await _settle(self.tally, self.key, holder, None, group)
-            return
+            return None
         # a null cost, or one under the price: it stays counted at the price (the answer's
         # cost is an estimate; the final one adds the carriers' fees)
         cost = receipt.cost
@@ -588,9 +594,11 @@ class SpendCeiling:
                 currency=currency,
                 counted_in=self.currency,
             )
-            cost = None
+            await _settle(self.tally, self.key, holder, Decimal(0), group)
+            return self._foreign_stop(currency)
         more = cost.amount - need if cost is not None else Decimal(0)
         await _settle(self.tally, self.key, holder, max(Decimal(0), more), group)
+        return None
 
     async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
         await _reconcile(self.tally, self.ledger, lambda key: key == self.key, decide, fence_of)
@@ -667,11 +675,12 @@ class DailyCap:
 
     async def settle(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool = False
-    ) -> None:
+    ) -> LimitReached | None:
         held = self._reserved.pop(group.id, None)
         if held is not None and not (receipt is None and maybe_sent):
             spent = None if receipt is None else Decimal(0)  # None: given back
             await _settle(self.tally, held[0], (self.ledger, group.id), spent, group)
+        return None
 
     async def reconcile(self, decide: Decide, fence_of: FenceOf = unfenced) -> None:
         prefix = f"daily-{_key_part(self.account)}"

@@ -30,9 +30,9 @@
           │    │    │                       of spam filtering: resumable
           │    │    ├── SpamFiltered          a burst of spam filtering: resumable once the
           │    │    │                         content or sender is fixed (nobody left: 0/1)
-          │    │    └── MaxCostReached        the job's max_cost (or a cost in another currency
-          │    │                              than [pricing] currency): resumable once it is
-          │    │                              raised (or the currency set right)
+          │    │    └── MaxCostReached        the job's max_cost: resumable once it is raised
+          │    │         └── ForeignCost      a cost in another currency than [pricing]
+          │    │                              currency: resumable once that is set right
           │    ├── AccountRefused      6    no funds (20100, or a 402 with no code), spend
           │    │                            limit (40333), every sender refused (40003/40315)
           │    ├── EndpointError       2    a 3xx (never followed), a 404/405 to the send, or a
@@ -329,6 +329,13 @@ class MaxCostReached(LimitReached):
     """The job's ``max_cost`` would be passed by the next group, or can no longer be kept (a
     send's cost came back in another currency than ``[pricing] currency``): stop, resumable
     once it is raised, or the currency set right (it never lifts by itself)."""
+
+
+class ForeignCost(MaxCostReached):
+    """A send's cost came back in another currency than ``[pricing] currency``, which the
+    job's ``max_cost`` is counted in: the ceiling can no longer be kept, so the run stops
+    (exit 5, whether or not anything was left to send), resumable once the currency is set
+    right (or ``max_cost`` dropped); raising ``max_cost`` does not lift it."""
 
 
 class AccountRefused(FatalSendError):

@@ -704,9 +704,12 @@ class GroupSender:
     async def _settle_limits(
         self, group: Group, receipt: SendReceipt | None, *, maybe_sent: bool
     ) -> None:
-        """The limits learn what the group's tries took (:meth:`~bulk_mms.caps.Limit.settle`)."""
+        """The limits learn what the group's tries took (:meth:`~bulk_mms.caps.Limit.settle`);
+        one that can no longer be kept after it stops the job, even after its last group (a
+        run that could not keep ``max_cost`` never exits 0)."""
         for limit in self.limits:
-            await limit.settle(group, receipt, maybe_sent=maybe_sent)
+            if (stop := await limit.settle(group, receipt, maybe_sent=maybe_sent)) is not None:
+                self.stops.fatal(stop)
 
     async def _suppress(self, group: Group, err: SendError, refused: tuple[str, ...]) -> None:
         """The members the API refused as opted out (40300) go on the suppression list, so no

@@ -33,6 +33,10 @@ _HELD: Final = "held: a plain rerun does not resend it (--resend-in-doubt does)"
 OWN_CAP: Final = "LimitReached"
 #: ... and of one the job's ``max_cost`` refused (:class:`~bulk_mms.errors.MaxCostReached`).
 MAX_COST: Final = "MaxCostReached"
+#: ... and of one refused after a send's cost came back in another currency than ``[pricing]
+#: currency`` (:class:`~bulk_mms.errors.ForeignCost`): max_cost was not reached, it could not
+#: be kept.
+FOREIGN_COST: Final = "ForeignCost"
 
 #: Each recorded kind of error or reason that is not a Telnyx code or an HTTP status, in words.
 BY_KIND: Final[Mapping[str, str]] = {
@@ -54,6 +58,8 @@ BY_KIND: Final[Mapping[str, str]] = {
     OWN_CAP: "not sent yet: the account's daily cap ([limits] daily_recipients) was reached "
     "before its request left",
     MAX_COST: "not sent yet: the job's max_cost was reached before its request left",
+    FOREIGN_COST: "not sent yet: a send's cost came back in another currency than [pricing] "
+    "currency, so max_cost could not be kept; set [pricing] currency to the account's",
     "AccountRefused": "the account refused to send (funds or the profile's spend limit)",
     "SendError": "sending failed",
     EXPIRED_UNSENT: "not sent before the job's deadline: a late message is worse than none",

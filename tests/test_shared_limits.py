@@ -67,7 +67,7 @@ from bulk_mms.runner import run_job
 from bulk_mms.stopping import stop_reason
 from bulk_mms.summary import JobSummary
 from bulk_mms.testing import ledger_events, ok_receipt
-from bulk_mms.words import BY_KIND, MAX_COST
+from bulk_mms.words import BY_KIND, MAX_COST, why_words
 from tests.conftest import (
     FAST,
     FakeClient,
@@ -1238,3 +1238,40 @@ async def test_a_run_whose_answers_name_no_currency_keeps_max_cost_in_pricing_cu
     assert report.cost == {"EUR": Decimal("0.08")}
     assert report.as_dict()["currency"] == "EUR"
     assert len(client.sent_numbers()) == 16
+
+
+async def test_a_cost_in_another_currency_on_the_last_group_still_exits_5(
+    jobs: JobFactory,
+) -> None:
+    """max_cost in USD, one group whose answer costs EUR: max_cost could not be kept, so the
+    run never exits 0 though nothing was left to send: exit 5, naming both currencies."""
+    jobs.people(4)
+    job = jobs.job(extra='group_size = 4\nmax_cost = "100.00"')
+    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
+
+    def euros(g: Group, n: int) -> SendReceipt:
+        return replace(ok_receipt(g, n), cost=Money(Decimal("0.02"), "EUR"))
+
+    client = FakeClient(euros)
+    s = await run_job(job, settings, client, clock=FakeClock())
+    assert len(client.sent_numbers()) == 4
+    assert isinstance(s.error, MaxCostReached)
+    assert exit_for(s.error) == 5
+    assert "cost in EUR, not USD ([pricing] currency)" in str(s.error)
+
+
+async def test_a_group_refused_for_a_cost_in_another_currency_says_so_not_max_cost_reached() -> (
+    None
+):
+    """A group refused once a cost came back in another currency is refused for that, in
+    words of its own: never "max_cost was reached", which it was not."""
+    ceiling = SpendCeiling(Decimal("1.00"), Decimal(0), Money(Decimal("0.01"), "USD"))
+    euro = group(1)
+    assert await ceiling.reserve(euro) is None
+    stop = await ceiling.settle(euro, replace(ok_receipt(euro), cost=Money(Decimal("1"), "EUR")))
+    refused = await ceiling.reserve(group(2))
+    assert isinstance(stop, MaxCostReached)
+    assert isinstance(refused, MaxCostReached)
+    said = why_words(f"failed: {refused.code} {type(refused).__name__}")
+    assert said != BY_KIND[MAX_COST]
+    assert said.startswith("not sent yet: a send's cost came back in another currency")
