@@ -713,12 +713,9 @@ def test_a_currency_that_is_no_iso_4217_code_is_refused(
     assert load_settings(good, env={}).currency == "EUR"
 
 
-@pytest.mark.parametrize("ledger", ["ledgers/", "kept"])
-def test_a_ledger_folder_is_refused_in_the_words_of_every_place_a_ledger_is_given(
-    tmp_path: Path, ledger: str
-) -> None:
-    """A job's ledger that is a folder, by its slash or as one already, is refused in the one
-    message --ledger and BULK_MMS_LEDGER_URL give for a folder (the job file named first)."""
+def folder_ledger_refused(tmp_path: Path, ledger: str) -> tuple[Path, str]:
+    """A job file whose ``ledger`` is ``ledger`` (beside a folder ``kept``), and the words
+    its load is refused in."""
     (tmp_path / "kept").mkdir()
     p = write(
         tmp_path,
@@ -726,10 +723,20 @@ def test_a_ledger_folder_is_refused_in_the_words_of_every_place_a_ledger_is_give
     )
     with pytest.raises(ConfigError) as info:
         load_job(p)
+    return p, str(info.value)
+
+
+@pytest.mark.parametrize("ledger", ["ledgers/", "kept"])
+def test_a_ledger_folder_is_refused_in_the_words_of_every_place_a_ledger_is_given(
+    tmp_path: Path, ledger: str
+) -> None:
+    """A job's ledger that is a folder, by its slash or as one already, is refused in the one
+    message --ledger and BULK_MMS_LEDGER_URL give for a folder (the job file named first)."""
+    p, refused = folder_ledger_refused(tmp_path, ledger)
     with pytest.raises(ValueError, match="names a folder") as given:
         location("kept/")
     said = str(given.value).replace("'kept/'", repr(ledger))
-    assert str(info.value) == f"{p}: ledger: {said}"
+    assert refused == f"{p}: ledger: {said}"
 
 
 @pytest.mark.parametrize("ledger", ["ledgers/", "ledgers/{date}/", "kept", "."])
@@ -738,16 +745,10 @@ def test_a_ledger_that_names_a_folder_is_refused_naming_the_job_file(
 ) -> None:
     """ledger = "ledgers/" (a trailing slash), or a path that is a folder already, is refused
     in one line naming the job file and the setting, never made into a file beside it."""
-    (tmp_path / "kept").mkdir()
-    p = write(
-        tmp_path,
-        f'name = "n"\ninput = "a.csv"\ngroup_size = 1\nledger = "{ledger}"\n' + GOOD_MESSAGE,
-    )
-    with pytest.raises(ConfigError) as info:
-        load_job(p)
-    assert str(info.value).startswith(f"{p}: ledger: ")
-    assert "names a folder, not a file" in str(info.value)
-    assert "\n" not in str(info.value)
+    p, refused = folder_ledger_refused(tmp_path, ledger)
+    assert refused.startswith(f"{p}: ledger: ")
+    assert "names a folder, not a file" in refused
+    assert "\n" not in refused
     assert not (tmp_path / "ledgers").exists()
 
 

@@ -218,13 +218,9 @@ async def test_a_send_whose_answer_costs_another_currency_blocks_the_ceiling() -
     )
 
 
-async def test_a_run_whose_answers_cost_another_currency_stops_and_the_next_is_refused(
-    jobs: JobFactory,
-) -> None:
-    """Every answer's cost in EUR, [pricing] currency USD, max_cost far off: the run sends the
-    first group and stops there (exit 5), saying why; a rerun and its dry run are refused
-    before sending (exit 2, naming the job file, max_cost and both currencies)."""
-    jobs.people(16)
+async def run_in_euros(jobs: JobFactory) -> tuple[JobConfig, Settings, FakeClient, JobSummary]:
+    """A run of the job's people in groups of 4, max_cost in USD far off, every answer's cost
+    in EUR: the job, its settings, the client and the run's summary."""
     job = jobs.job(extra='group_size = 4\nmax_cost = "100.00"')
     settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
 
@@ -232,7 +228,17 @@ async def test_a_run_whose_answers_cost_another_currency_stops_and_the_next_is_r
         return replace(ok_receipt(g, n), cost=Money(Decimal("0.02"), "EUR"))
 
     client = FakeClient(euros)
-    s = await run_job(job, settings, client, clock=FakeClock())
+    return job, settings, client, await run_job(job, settings, client, clock=FakeClock())
+
+
+async def test_a_run_whose_answers_cost_another_currency_stops_and_the_next_is_refused(
+    jobs: JobFactory,
+) -> None:
+    """Every answer's cost in EUR, [pricing] currency USD, max_cost far off: the run sends the
+    first group and stops there (exit 5), saying why; a rerun and its dry run are refused
+    before sending (exit 2, naming the job file, max_cost and both currencies)."""
+    jobs.people(16)
+    job, settings, client, s = await run_in_euros(jobs)
     assert isinstance(s.error, MaxCostReached)
     assert (exit_for(s.error), len(client.sent_numbers())) == (5, 4)
     assert "cost in EUR, not USD ([pricing] currency)" in str(s.error)
@@ -1246,14 +1252,7 @@ async def test_a_cost_in_another_currency_on_the_last_group_still_exits_5(
     """max_cost in USD, one group whose answer costs EUR: max_cost could not be kept, so the
     run never exits 0 though nothing was left to send: exit 5, naming both currencies."""
     jobs.people(4)
-    job = jobs.job(extra='group_size = 4\nmax_cost = "100.00"')
-    settings = replace(FAST, concurrency=1, price_per_recipient=Decimal("0.0051"))
-
-    def euros(g: Group, n: int) -> SendReceipt:
-        return replace(ok_receipt(g, n), cost=Money(Decimal("0.02"), "EUR"))
-
-    client = FakeClient(euros)
-    s = await run_job(job, settings, client, clock=FakeClock())
+    _, _, client, s = await run_in_euros(jobs)
     assert len(client.sent_numbers()) == 4
     assert isinstance(s.error, MaxCostReached)
     assert exit_for(s.error) == 5
